@@ -1,0 +1,88 @@
+"""The request: what the workload produces and every later stage reads and advances.
+
+A request carries its static description (lengths, prefix hashes, tenant, SLOs, session and
+program links) and its dynamic serving state (`num_computed_tokens`, state, timestamps).
+Policies may read `output_len` only when they are explicitly clairvoyant; the engine uses it
+as the ground truth of how many tokens will be generated.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RequestState(enum.IntEnum):
+    """Lifecycle states. The last three are terminal; every request ends in exactly one."""
+
+    WAITING = 0  # arrived, never scheduled (or re-queued after recompute preemption: PREEMPTED)
+    RUNNING = 1  # holds KV blocks on the GPU and is scheduled step after step
+    PREEMPTED = 2  # preempted by recompute: blocks freed, back in the waiting queue
+    SWAPPED = 3  # preempted by swap: KV lives in the CPU tier
+    FINISHED = 4
+    REJECTED = 5  # refused at admission (too long for the engine, or by an admission policy)
+    DROPPED = 6  # abandoned (e.g. by the client or still unfinished when the simulation stopped)
+
+    @property
+    def terminal(self) -> bool:
+        return self >= RequestState.FINISHED
+
+
+TERMINAL_STATES = (RequestState.FINISHED, RequestState.REJECTED, RequestState.DROPPED)
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One LLM call. Lengths are in tokens, times in simulated seconds."""
+
+    id: int
+    arrival_s: float
+    prompt_len: int
+    output_len: int
+    # Prefix identity: hash_ids[k] identifies the whole token prefix [0, (k+1)*hash_block_tokens)
+    # (Mooncake's chained 512-token block ids). Tokens past the covered range are unique.
+    hash_ids: tuple[int, ...] = ()
+    hash_block_tokens: int = 512
+    tenant: str = "default"
+    priority: int = 0  # lower value = more important (vLLM convention)
+    slo_class: str | None = None
+    ttft_slo_s: float | None = None  # per-request SLOs (override the scenario-wide ones)
+    tpot_slo_s: float | None = None
+    is_offline: bool = False
+    session_id: int | None = None
+    turn: int = 0
+    program_id: int | None = None
+    call_index: int = 0
+    parents: tuple[int, ...] = ()  # ids of calls (requests) this call waits for
+    max_tokens: int | None = None  # user cap; reservation-based admission reads it
+    extra: dict[str, Any] = field(default_factory=dict)  # policy- or workload-specific tags
+
+    # ---- dynamic state (owned by the replica engine) ----
+    state: RequestState = RequestState.WAITING
+    num_computed_tokens: int = 0  # tokens whose KV is computed (vLLM v1 vocabulary)
+    num_output_tokens: int = 0  # tokens generated so far
+    num_preemptions: int = 0
+    num_cached_tokens: int = 0  # prefix-cache hit tokens at first admission
+    num_cached_tokens_total: int = 0  # hit tokens summed over all admissions (incl. after preemption)
+    first_scheduled_s: float | None = None
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    # Emission times of generated tokens, as chunks: floats (one token) or numpy arrays (a run
+    # of tokens from a fast-forwarded decode segment). Gaps between them are the ITLs.
+    token_times: list[Any] = field(default_factory=list)
+    kv_block_keys: tuple[Any, ...] | None = None  # prefix keys at the engine's block size (engine-set)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens: what a recompute has to prefill again (vLLM v1)."""
+        return self.prompt_len + self.num_output_tokens
+
+    @property
+    def remaining_output(self) -> int:
+        return self.output_len - self.num_output_tokens
+
+    @property
+    def is_decoding(self) -> bool:
+        """True when only the last generated token is left to compute (one token per step)."""
+        return self.num_output_tokens > 0 and self.num_tokens - self.num_computed_tokens == 1
