@@ -1,0 +1,184 @@
+"""Read a run folder (the core's output contract) into plain data.
+
+Only files are read here; nothing from the simulation is imported. Missing optional files
+(`requests.csv`, `timeseries.csv`) leave their fields empty so the report can say what is
+absent; a missing or unreadable `summary.json` is an `InputError` because it is what makes a
+folder a run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from servesim.errors import InputError
+
+#: requests.csv columns the report reads as numbers (seconds or counts); empty cell -> NaN.
+REQUEST_NUMBER_COLUMNS = ("arrival_s", "ttft_s", "tpot_s", "e2e_s", "prompt_len", "num_output_tokens")
+#: requests.csv columns the report reads as text.
+REQUEST_TEXT_COLUMNS = ("tenant", "slo_class", "state")
+#: timeseries.csv columns, all numeric.
+TIMESERIES_COLUMNS = (
+    "time_s", "interval_s", "arrivals", "finished", "prompt_tokens", "output_tokens",
+    "num_running", "num_waiting", "kv_usage",
+)
+
+
+@dataclass
+class RunData:
+    """Everything a report shows about one run, as plain Python/numpy values."""
+
+    path: Path
+    """The run folder."""
+    scenario: dict[str, Any]
+    """The resolved scenario (empty when scenario.yaml is absent)."""
+    summary: dict[str, Any]
+    """summary.json as loaded."""
+    requests: dict[str, np.ndarray] = field(default_factory=dict)
+    """Column name -> array (float with NaN for numbers, object for text); empty if absent."""
+    timeseries: dict[str, np.ndarray] = field(default_factory=dict)
+    """Column name -> float array; empty if timeseries.csv is absent."""
+    notes: list[str] = field(default_factory=list)
+    """Human-readable remarks about missing inputs, shown on the page."""
+
+    @property
+    def num_request_rows(self) -> int:
+        return len(next(iter(self.requests.values()))) if self.requests else 0
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read one run folder; raise `InputError` if it is not a readable servesim run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"OUT_DIR '{run_dir}' does not exist or is not a folder")
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise InputError(f"OUT_DIR '{run_dir}' has no summary.json; is it a servesim run folder?")
+    run = RunData(path=run_dir, scenario=_load_scenario(run_dir / "scenario.yaml"),
+                  summary=_load_summary(summary_path))
+    if not run.scenario:
+        run.notes.append("scenario.yaml not found; scenario details omitted.")
+    run.requests = _load_requests(run_dir, run.notes)
+    run.timeseries = _load_timeseries(run_dir / "timeseries.csv", run.notes)
+    return run
+
+
+def _load_summary(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"'{path}' is not valid JSON: {_first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"'{path}' must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_scenario(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"'{path}' is not valid YAML: {_first_line(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"'{path}' must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _load_requests(run_dir: Path, notes: list[str]) -> dict[str, np.ndarray]:
+    csv_path, parquet_path = run_dir / "requests.csv", run_dir / "requests.parquet"
+    if csv_path.is_file():
+        header, rows = _read_csv(csv_path)
+        return _columns(csv_path, header, rows, REQUEST_NUMBER_COLUMNS, REQUEST_TEXT_COLUMNS)
+    if parquet_path.is_file():
+        return _load_requests_parquet(parquet_path, notes)
+    notes.append("requests.csv not found; latency distributions omitted.")
+    return {}
+
+
+def _load_requests_parquet(path: Path, notes: list[str]) -> dict[str, np.ndarray]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        notes.append("requests.parquet needs pyarrow (pip install 'servesim[parquet]'); "
+                     "latency distributions omitted.")
+        return {}
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for bad files
+        raise InputError(f"'{path}' is not a readable parquet file: {_first_line(exc)}") from None
+    out: dict[str, np.ndarray] = {}
+    for name in REQUEST_NUMBER_COLUMNS:
+        if name in table.column_names:
+            values = table.column(name).to_pylist()
+            out[name] = np.array([math.nan if v is None else float(v) for v in values])
+    for name in REQUEST_TEXT_COLUMNS:
+        if name in table.column_names:
+            values = table.column(name).to_pylist()
+            out[name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    return out
+
+
+def _load_timeseries(path: Path, notes: list[str]) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        notes.append("timeseries.csv not found; time series omitted.")
+        return {}
+    header, rows = _read_csv(path)
+    return _columns(path, header, rows, TIMESERIES_COLUMNS, ())
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"'{path}' is not a readable CSV file: {_first_line(exc)}") from None
+    if header is None:
+        raise InputError(f"'{path}' is empty; expected a header row")
+    return [name.strip() for name in header], rows
+
+
+def _columns(path: Path, header: list[str], rows: list[list[str]],
+             numbers: tuple[str, ...], texts: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Pick the wanted columns that are present; numbers become floats with NaN for blanks."""
+    index = {name: i for i, name in enumerate(header)}
+    out: dict[str, np.ndarray] = {}
+    for name in numbers:
+        if name in index:
+            out[name] = _number_column(path, name, index[name], rows)
+    for name in texts:
+        if name in index:
+            i = index[name]
+            out[name] = np.array([row[i] if i < len(row) else "" for row in rows], dtype=object)
+    return out
+
+
+def _number_column(path: Path, name: str, i: int, rows: list[list[str]]) -> np.ndarray:
+    values = np.empty(len(rows))
+    for line, row in enumerate(rows, start=2):
+        cell = row[i].strip() if i < len(row) else ""
+        if not cell:
+            values[line - 2] = math.nan
+            continue
+        try:
+            values[line - 2] = float(cell)
+        except ValueError:
+            raise InputError(f"'{path}' line {line}: column {name} holds '{cell}', "
+                             "expected a number or an empty cell") from None
+    return values
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
