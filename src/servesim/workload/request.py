@@ -68,9 +68,11 @@ class Request:
     first_scheduled_s: float | None = None
     first_token_s: float | None = None
     finish_s: float | None = None
-    # Emission times of generated tokens, as chunks: floats (one token) or numpy arrays (a run
-    # of tokens from a fast-forwarded decode segment). Gaps between them are the ITLs.
-    token_times: list[Any] = field(default_factory=list)
+    # Engine steps at whose end this request emitted a token, as flat inclusive runs
+    # [start0, end0, start1, end1, ...] of the replica's step indices; with the replica's step
+    # end times this gives every token's time (and so every inter-token gap) exactly, while a
+    # fast-forwarded decode stretch costs O(1) to record.
+    token_steps: list[int] = field(default_factory=list)
     kv_block_keys: tuple[Any, ...] | None = None  # prefix keys at the engine's block size (engine-set)
 
     @property

@@ -1,0 +1,43 @@
+"""Engine configuration, named and defaulted as vLLM names and defaults them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineConfig(BaseModel):
+    """vLLM engine arguments that shape scheduling and memory (`vllm serve` spelling)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    block_size: int = Field(16, ge=1, le=1024)
+    """Tokens per KV-cache block (vLLM CUDA default 16)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Fraction of GPU memory the engine may use for weights, activations and KV cache."""
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    """Token budget of one step. Unset: vLLM's `vllm serve` default for the GPU
+    (8192 on >= 70 GiB GPUs other than A100, else 2048)."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Most requests running at once. Unset: 1024 on >= 70 GiB GPUs other than A100, else 256."""
+    max_model_len: int | None = Field(None, ge=2)
+    """Longest prompt + output a request may have. Unset: the model's context length."""
+    enable_chunked_prefill: bool = True
+    """Split long prompts across steps (vLLM v1 default on)."""
+    enable_prefix_caching: bool = True
+    """Automatic prefix caching by chained block hashes (vLLM v1 default on)."""
+    long_prefill_token_threshold: int = Field(0, ge=0)
+    """Cap on the prefill tokens one request gets per step (0 = no cap)."""
+    swap_space_gb: float = Field(4.0, ge=0.0)
+    """CPU swap space per GPU in GiB, used by swap-based schedulers (vLLM v0 default 4)."""
+    fast_forward: bool = True
+    """Advance decode-only stretches many steps at once (identical results; off = step by step)."""
+
+
+def serve_batch_defaults(gpu_name: str, hbm_bytes: float) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) that `vllm serve` picks for a GPU.
+
+    vLLM's EngineArgs.get_batch_defaults: devices with >= 70 GiB that are not A100s get
+    8192 / 1024 for the API server; everything else 2048 / 256.
+    """
+    big = hbm_bytes >= 70 * 2**30 and "a100" not in gpu_name.lower()
+    return (8192, 1024) if big else (2048, 256)

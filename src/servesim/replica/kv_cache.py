@@ -1,0 +1,267 @@
+"""Paged KV cache with vLLM v1 prefix caching (block pool + free queue + hash map).
+
+Semantics follow vLLM v1's `KVCacheManager`/`BlockPool`:
+- a request holds `ceil(tokens / block_size)` blocks, allocated only for tokens scheduled now;
+- a full block whose tokens are known to be shareable gets a key and is registered in the
+  cache map when it is scheduled (not when computed), so a later request can hit it;
+- freed blocks go to the tail of one LRU free queue (a request's tail block first) and keep
+  their key until popped for reuse, so a later request, or the same request after preemption,
+  can still hit them; allocation pops from the head;
+- hits are whole blocks, and at most `num_tokens - 1` tokens (the last token is recomputed to
+  produce logits).
+
+What the simulation does not need is not modelled: physical block ids. Blocks without a key
+are interchangeable, so the free queue stores runs of them as counts; only keyed blocks are
+objects. A block computed twice concurrently (same key) stays unregistered — vLLM registers
+duplicates too, which only matters once the first copy is evicted (documented choice).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+
+class Block:
+    """A keyed (prefix-cacheable) KV block."""
+
+    __slots__ = ("key", "ref_cnt", "free_stamp", "registered")
+
+    def __init__(self, key: Hashable, registered: bool) -> None:
+        self.key = key
+        self.ref_cnt = 1
+        self.free_stamp = 0  # > 0 while the block sits in the free queue (lazy deletion stamp)
+        self.registered = registered
+
+
+@dataclass(slots=True)
+class _Held:
+    """Blocks held by one request: keyed blocks for positions [0, len(keyed)), then plain ones."""
+
+    keyed: list[Block] = field(default_factory=list)
+    num_plain: int = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.keyed) + self.num_plain
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class KVCacheManager:
+    """GPU block pool with prefix caching, plus a CPU swap tier tracked by capacity."""
+
+    def __init__(
+        self,
+        num_gpu_blocks: int,
+        block_size: int = 16,
+        enable_prefix_caching: bool = True,
+        num_cpu_blocks: int = 0,
+    ) -> None:
+        if num_gpu_blocks <= 0:
+            raise ValueError("the KV cache has no GPU blocks")
+        self.num_gpu_blocks = num_gpu_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.num_cpu_blocks = num_cpu_blocks
+        self.num_free_blocks = num_gpu_blocks
+        self.num_free_cpu_blocks = num_cpu_blocks
+        # Free queue, head = next to reuse. Entries: int (a run of plain blocks) or
+        # (stamp, Block) for a keyed block; stale entries (stamp mismatch) are skipped.
+        self._free: deque[Any] = deque([num_gpu_blocks])
+        self._stamp = 0
+        self._cached: dict[Hashable, Block] = {}
+        self._held: dict[int, _Held] = {}
+        self._cpu_held: dict[int, int] = {}
+        # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
+        self.num_queried_tokens = 0
+        self.num_hit_tokens = 0
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def usage(self) -> float:
+        """Fraction of GPU blocks held by requests (cached-but-free blocks count as free)."""
+        return 1.0 - self.num_free_blocks / self.num_gpu_blocks
+
+    def num_blocks_of(self, req_id: int) -> int:
+        held = self._held.get(req_id)
+        return held.num_blocks if held else 0
+
+    def num_cpu_blocks_of(self, req_id: int) -> int:
+        return self._cpu_held.get(req_id, 0)
+
+    def get_computed_blocks(self, req: Any) -> list[Block]:
+        """Longest run of cached blocks matching the request's prefix (vLLM v1 rule)."""
+        keys = req.kv_block_keys
+        if not self.enable_prefix_caching or not keys:
+            return []
+        limit = min(len(keys), (req.num_tokens - 1) // self.block_size)
+        hits = []
+        cached = self._cached
+        for i in range(limit):
+            block = cached.get(keys[i])
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def record_query(self, num_tokens: int, num_hit_tokens: int) -> None:
+        self.num_queried_tokens += num_tokens
+        self.num_hit_tokens += num_hit_tokens
+
+    def blocks_needed(self, req: Any, num_new_tokens: int, computed: list[Block] = ()) -> int:
+        """Free blocks an `allocate_slots` call would consume (cached-free hits included)."""
+        held = self._held.get(req.id)
+        have = held.num_blocks if held else 0
+        total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
+        need = cdiv(total, self.block_size) - have - len(computed)
+        return max(need, 0) + sum(1 for b in computed if b.ref_cnt == 0)
+
+    def keys_conflict(self, req: Any, num_tokens: int) -> bool:
+        """Would registering the request's blocks up to `num_tokens` meet keys already cached?
+
+        Registering in bulk (decode fast path) equals registering step by step unless one of
+        those keys is already in the cache; then the engine steps one by one instead.
+        """
+        held = self._held.get(req.id)
+        keys = req.kv_block_keys
+        if held is None or not keys:
+            return False
+        stop = min(num_tokens // self.block_size, len(keys))
+        return any(keys[i] in self._cached for i in range(len(held.keyed), stop))
+
+    # ---------------------------------------------------------------- mutation
+    def allocate_slots(self, req: Any, num_new_tokens: int, computed: list[Block] = ()) -> bool:
+        """Give `req` blocks for `num_new_tokens` more tokens (after `computed` hits).
+
+        Returns False, changing nothing, when there are not enough free blocks.
+        """
+        if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
+            return False
+        held = self._held.get(req.id)
+        if held is None:
+            held = self._held[req.id] = _Held()
+        for block in computed:
+            if block.ref_cnt == 0:  # leaves the free queue
+                block.free_stamp = 0
+                self.num_free_blocks -= 1
+            block.ref_cnt += 1
+        held.keyed.extend(computed)
+        total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
+        new = cdiv(total, self.block_size) - held.num_blocks
+        if new > 0:
+            self._pop_free(new)
+            held.num_plain += new
+        self._cache_full_blocks(req, held, min(total, req.num_tokens))
+        return True
+
+    def allocate_plain(self, req_id: int, num_blocks: int) -> None:
+        """Append `num_blocks` plain blocks (caller checked the free count); decode fast path."""
+        self._pop_free(num_blocks)
+        self._held[req_id].num_plain += num_blocks
+
+    def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
+        """Register the request's full keyed blocks covering its first `num_tokens` tokens."""
+        held = self._held.get(req.id)
+        if held is not None:
+            self._cache_full_blocks(req, held, num_tokens)
+
+    def free(self, req_id: int) -> None:
+        """Release a request's blocks; tail blocks enter the free queue first (evicted first)."""
+        held = self._held.pop(req_id, None)
+        if held is None:
+            return
+        self._push_plain(held.num_plain)
+        for block in reversed(held.keyed):
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                if block.registered:
+                    self._stamp += 1
+                    block.free_stamp = self._stamp
+                    self._free.append((self._stamp, block))
+                    self.num_free_blocks += 1
+                else:
+                    self._push_plain(1)
+
+    def swap_out(self, req_id: int) -> bool:
+        """Move a request's blocks to the CPU tier. False if the CPU tier lacks space."""
+        n = self.num_blocks_of(req_id)
+        if n > self.num_free_cpu_blocks:
+            return False
+        self.free(req_id)
+        self.num_free_cpu_blocks -= n
+        self._cpu_held[req_id] = n
+        return True
+
+    def swap_in(self, req_id: int) -> bool:
+        """Bring a swapped request's blocks back to the GPU. False if there is no room."""
+        n = self._cpu_held.get(req_id, 0)
+        if n > self.num_free_blocks:
+            return False
+        del self._cpu_held[req_id]
+        self.num_free_cpu_blocks += n
+        self._pop_free(n)
+        self._held[req_id] = _Held(num_plain=n)
+        return True
+
+    def free_cpu(self, req_id: int) -> None:
+        self.num_free_cpu_blocks += self._cpu_held.pop(req_id, 0)
+
+    # ---------------------------------------------------------------- internals
+    def _cache_full_blocks(self, req: Any, held: _Held, num_tokens: int) -> None:
+        keys = req.kv_block_keys
+        if not self.enable_prefix_caching or not keys:
+            return
+        full = min(num_tokens // self.block_size, len(keys), held.num_blocks)
+        cached = self._cached
+        while len(held.keyed) < full:
+            key = keys[len(held.keyed)]
+            registered = key not in cached
+            block = Block(key, registered)
+            if registered:
+                cached[key] = block
+            held.keyed.append(block)
+            held.num_plain -= 1
+
+    def _push_plain(self, n: int) -> None:
+        if n <= 0:
+            return
+        free = self._free
+        if free and type(free[-1]) is int:
+            free[-1] += n
+        else:
+            free.append(n)
+        self.num_free_blocks += n
+
+    def _pop_free(self, n: int) -> None:
+        """Take `n` blocks from the head of the free queue, evicting keyed ones from the cache."""
+        free = self._free
+        self.num_free_blocks -= n
+        while n > 0:
+            head = free[0]
+            if type(head) is int:
+                if head > n:
+                    free[0] = head - n
+                    return
+                free.popleft()
+                n -= head
+                continue
+            free.popleft()
+            stamp, block = head
+            if block.free_stamp != stamp:
+                continue  # stale: the block was reused by a cache hit
+            block.free_stamp = 0
+            del self._cached[block.key]
+            n -= 1
+
+    def check_all_free(self) -> None:
+        """Invariant at the end of a run: every block is back in the free pool."""
+        if self._held or self.num_free_blocks != self.num_gpu_blocks:
+            raise AssertionError(
+                f"KV blocks leaked: {self.num_gpu_blocks - self.num_free_blocks} held by {len(self._held)} requests"
+            )
+        if self._cpu_held or self.num_free_cpu_blocks != self.num_cpu_blocks:
+            raise AssertionError("CPU swap blocks leaked")

@@ -1,0 +1,112 @@
+"""The scheduler plug-in contract.
+
+A scheduler owns the replica's queues and decides, once per engine step, which requests run
+and with how many tokens. It allocates KV blocks through the engine's `KVCacheManager` while
+it decides (as vLLM does), and may preempt. It never advances time or request progress: the
+engine runs the step through the performance model and, at the step's end, advances
+`num_computed_tokens`, emits tokens and calls `finish` for completed requests.
+
+To add a policy: one file in this folder with a `Scheduler` subclass decorated with
+`@register("name")` and a pydantic `Params` model whose fields carry the reference
+implementation's names, defaults and docstrings. Nothing else needs editing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from servesim.replica.schedulers.queues import make_queue
+from servesim.workload.request import Request, RequestState
+
+if TYPE_CHECKING:
+    from servesim.replica.config import EngineConfig
+    from servesim.replica.kv_cache import KVCacheManager
+
+
+class SchedulerParams(BaseModel):
+    """Base of every scheduler's parameters (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """What one call to `schedule` decided."""
+
+    # (request, number of tokens to compute this step), in batch order. Decoding requests get
+    # 1 token; prefilling (or recomputing) requests get a chunk.
+    scheduled: list[tuple[Request, int]] = field(default_factory=list)
+    # Requests preempted by recompute while scheduling (their blocks are already freed).
+    preempted: list[Request] = field(default_factory=list)
+    # Requests whose KV was moved to / brought back from the CPU tier this step (swap policies).
+    swapped_out: list[Request] = field(default_factory=list)
+    swapped_in: list[Request] = field(default_factory=list)
+
+
+class Scheduler:
+    """Base class: queues, bookkeeping helpers and the default hooks."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[SchedulerParams]] = SchedulerParams
+
+    def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
+        self.params = params
+        self.config = config
+        self.kv = kv
+        self.perf = perf  # a cost model policies may consult (predictions, swap times)
+        self.waiting = make_queue(getattr(params, "policy", "fcfs"))
+        self.running: list[Request] = []
+
+    # ---- the decision ------------------------------------------------------------
+    def schedule(self, now_s: float) -> SchedulerOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        """May the engine repeat this decode-only step without calling `schedule` again?
+
+        Return True only if, with no new arrival and enough free KV blocks, the next
+        `schedule` calls would choose exactly the same requests with one token each until one
+        of them finishes. The engine then fast-forwards many steps at once (same results as
+        stepping one by one). Returning False is always safe, just slower.
+        """
+        return False
+
+    # ---- lifecycle hooks -----------------------------------------------------------
+    def add_request(self, req: Request, now_s: float) -> None:
+        self.waiting.append(req)
+
+    def finish(self, req: Request, now_s: float) -> None:
+        """The request emitted its last token: release it."""
+        self.running.remove(req)
+        self.kv.free(req.id)
+
+    def next_timer_s(self) -> float:
+        """Time of the next policy timer that can change decisions (inf if none)."""
+        return float("inf")
+
+    def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        """Called after the engine advanced the requests of `output`."""
+
+    # ---- helpers shared by policies ------------------------------------------------
+    def preempt(self, req: Request) -> None:
+        """Preempt by recompute: free the blocks, forget progress, re-queue at the front."""
+        self.kv.free(req.id)
+        req.state = RequestState.PREEMPTED
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        self.waiting.prepend(req)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def unfinished(self) -> list[Request]:
+        """Every request still held (for end-of-run accounting)."""
+        return list(self.running) + list(self.waiting)

@@ -1,0 +1,119 @@
+"""vLLM v1 scheduler (the default): one unified token budget per step.
+
+Follows `vllm/v1/core/sched/scheduler.py`: running requests first, in admission order, each
+given `min(remaining, budget)` tokens (chunked prefill; decodes get 1); on an allocation
+failure the last admitted running request (FCFS) or the lowest-priority, latest one
+(priority) is preempted by recompute and re-queued at the front of the waiting queue; then,
+only if nothing was preempted, waiting requests are admitted with their prefix-cache hits
+while `max_num_seqs`, the budget and free blocks allow (head-of-line blocking).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.workload.request import Request, RequestState
+
+
+class VLLMParams(SchedulerParams):
+    policy: Literal["fcfs", "priority"] = "fcfs"
+    """Queue order: `fcfs`, or `priority` = (priority, arrival time), lower value first."""
+
+
+@register("vllm")
+class VLLMScheduler(Scheduler):
+    Params = VLLMParams
+
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        cfg = self.config
+        kv = self.kv
+        threshold = cfg.long_prefill_token_threshold
+        max_len = cfg.max_model_len
+        budget = cfg.max_num_batched_tokens
+        out = SchedulerOutput()
+        scheduled = out.scheduled
+        running = self.running
+
+        # 1) running requests, in admission order
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = req.num_tokens - req.num_computed_tokens
+            if 0 < threshold < n:
+                n = threshold
+            n = min(n, budget, max_len - 1 - req.num_computed_tokens)
+            if n <= 0:
+                i += 1
+                continue
+            allocated = True
+            while not kv.allocate_slots(req, n):
+                victim = self._pick_victim()
+                if self.params.policy == "priority":
+                    for j, (other, m) in enumerate(scheduled):
+                        if other is victim:  # refund the tokens it was given this step
+                            del scheduled[j]
+                            budget += m
+                            i -= 1
+                            break
+                running.remove(victim)
+                self.preempt(victim)
+                out.preempted.append(victim)
+                if victim is req:
+                    allocated = False
+                    break
+            if not allocated:
+                break
+            scheduled.append((req, n))
+            budget -= n
+            i += 1
+
+        # 2) waiting requests, only if this step preempted nothing
+        if not out.preempted:
+            self._admit(out, budget)
+        return out
+
+    def _pick_victim(self) -> Request:
+        if self.params.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival_s))
+        return self.running[-1]
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        cfg = self.config
+        kv = self.kv
+        waiting = self.waiting
+        threshold = cfg.long_prefill_token_threshold
+        while waiting and budget > 0:
+            if len(self.running) >= cfg.max_num_seqs:
+                break
+            req = waiting.peek()
+            hits = kv.get_computed_blocks(req)
+            num_cached = len(hits) * kv.block_size
+            n = req.num_tokens - num_cached
+            if 0 < threshold < n:
+                n = threshold
+            if not cfg.enable_chunked_prefill and n > budget:
+                break
+            n = min(n, budget)
+            if not kv.allocate_slots(req, n, hits):
+                break  # head-of-line blocking, as vLLM
+            waiting.pop()
+            self.running.append(req)
+            req.state = RequestState.RUNNING
+            req.num_computed_tokens = num_cached
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = num_cached
+            req.num_cached_tokens_total += num_cached
+            kv.record_query(req.num_tokens, num_cached)
+            out.scheduled.append((req, n))
+            budget -= n
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        # Same batch next step iff everyone running got its token, nothing was preempted and
+        # the admission loop cannot admit (nothing waiting, or max_num_seqs reached).
+        return (
+            not output.preempted
+            and len(output.scheduled) == len(self.running)
+            and (not self.waiting or len(self.running) >= self.config.max_num_seqs)
+        )
