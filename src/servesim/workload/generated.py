@@ -1,0 +1,172 @@
+"""Generated workloads: an arrival process starts 'units' (a request, a session or a program);
+follow-ups (next turn, next agent call, a closed-loop user's next unit) come from
+on_request_done. Owns request ids, the request/duration limits and per-unit attributes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from servesim.workload.arrivals import open_loop_times
+from servesim.workload.attributes import AttributeMix
+from servesim.workload.config import WorkloadConfig
+from servesim.workload.lengths import length_sampler
+from servesim.workload.prefix import HashIds
+from servesim.workload.programs import CallSpec, ProgramPlanner, ProgramState
+from servesim.workload.request import Request
+from servesim.workload.sampling import int_spec_stream, think_time_stream
+from servesim.workload.sessions import SessionPlanner
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One started request / session / program, tracked while it has requests in flight."""
+
+    uid: int
+    user: int | None  # closed-loop user, else None
+    attrs: dict[str, Any]
+    turns: int = 1  # sessions: planned number of turns
+    program: ProgramState | None = None
+
+
+class GeneratedWorkload:
+    """See the module docstring. Random streams are spawned from `seed` in a fixed order."""
+
+    def __init__(self, config: WorkloadConfig, seed: np.random.SeedSequence):
+        self._cfg = config
+        s_arr, s_len, s_attr, s_turns, s_think, s_prog, s_prefix = seed.spawn(7)
+        self._arrival_rng = np.random.default_rng(s_arr)
+        self._lengths = length_sampler(config.lengths, np.random.default_rng(s_len))
+        self._attrs = AttributeMix(config.attributes, s_attr)
+        self._limit = config.request_limit
+        self._duration = config.duration_s
+        self._emitted = 0
+        self._uids = itertools.count()
+        self._units: dict[int, _Unit] = {}  # request id -> unit (only when a follow-up may come)
+        arrival = config.arrival
+        self._closed = arrival.process == "closed"
+        self._think_s = think_time_stream(arrival.think_time_s, arrival.think_time_dist, np.random.default_rng(s_think))
+        need_hashes = config.sessions is not None or config.shared_prefix is not None or (
+            config.programs is not None and config.programs.inherit_context)
+        self._hashes = HashIds(config.hash_block_tokens) if need_hashes else None
+        self._prefix_groups: list[tuple[int, ...]] = []
+        self._prefix_tokens = 0
+        self._prefix_choice: Iterator[int] | None = None
+        if config.shared_prefix is not None and self._hashes is not None:
+            sp = config.shared_prefix
+            self._prefix_tokens = sp.tokens
+            self._prefix_groups = [self._hashes.fresh(sp.tokens // config.hash_block_tokens) for _ in range(sp.groups)]
+            self._prefix_choice = int_spec_stream((0, sp.groups - 1), np.random.default_rng(s_prefix))
+        self._sessions = None
+        if config.sessions is not None:
+            sc = config.sessions
+            self._sessions = SessionPlanner(
+                sc, int_spec_stream(sc.turns, np.random.default_rng(s_turns)),
+                think_time_stream(sc.think_time_s, sc.think_time_dist, np.random.default_rng(s_turns.spawn(1)[0])),
+                self._lengths, self._hashes)  # type: ignore[arg-type]
+        self._programs = ProgramPlanner(config.programs, self._lengths, self._hashes, s_prog) if config.programs else None
+        self._tracked = self._closed or self._sessions is not None or self._programs is not None
+        self.expected_num_requests: int | None = self._limit
+        self.skipped_rows = 0
+
+    # ---- the Workload protocol ----
+
+    def arrivals(self) -> Iterator[Request]:
+        """Open-loop starts (closed loop: each user's first unit at time 0)."""
+        if self._closed:
+            for user in range(self._cfg.arrival.users):
+                first = self._start_unit(0.0, user, None)
+                if not first:
+                    return
+                yield from first
+            return
+        for t, tenant in self._open_loop_starts():
+            started = self._start_unit(t, None, tenant)
+            if not started:
+                return  # a limit was reached
+            yield from started
+
+    def on_request_done(self, req: Request, now_s: float) -> list[Request]:
+        unit = self._units.pop(req.id, None) if self._tracked else None
+        if unit is None:
+            return []
+        follow: list[Request] = []
+        if self._sessions is not None:
+            nxt = self._sessions.next_turn(req, now_s, unit.turns)
+            if nxt is not None:
+                r = self._emit(unit, nxt.arrival_s, nxt.prompt_len, nxt.output_len, nxt.hash_ids)
+                if r is not None:
+                    r.session_id, r.turn = unit.uid, nxt.turn
+                    follow.append(r)
+        elif unit.program is not None and self._programs is not None:
+            follow = self._issue_calls(unit, self._programs.on_done(unit.program, req, now_s))
+            if unit.program.outstanding > 0:
+                return follow
+        if not follow and unit.user is not None:
+            follow = self._start_unit(now_s + next(self._think_s), unit.user, None)
+        return follow
+
+    # ---- internals ----
+
+    def _open_loop_starts(self) -> Iterator[tuple[float, str | None]]:
+        arrival = self._cfg.arrival
+        if arrival.process == "servegen":
+            from servesim.workload.servegen import servegen_arrivals
+
+            return servegen_arrivals(arrival, self._cfg.duration_s, self._arrival_rng)
+        return ((t, None) for t in open_loop_times(arrival, self._arrival_rng))
+
+    def _emit(self, unit: _Unit, arrival_s: float, prompt: int, output: int, ids: tuple[int, ...]) -> Request | None:
+        if (self._limit is not None and self._emitted >= self._limit) or (
+            self._duration is not None and arrival_s > self._duration):
+            return None
+        req = Request(self._emitted, arrival_s, prompt, output, ids, self._cfg.hash_block_tokens)
+        self._emitted += 1
+        for key, value in unit.attrs.items():
+            setattr(req, key, value)
+        if self._tracked:
+            self._units[req.id] = unit
+        return req
+
+    def _start_unit(self, t: float, user: int | None, tenant: str | None) -> list[Request]:
+        attrs = self._attrs.draw() if self._attrs.active else {}
+        if tenant is not None and "tenant" not in attrs:
+            attrs["tenant"] = tenant
+        unit = _Unit(next(self._uids), user, attrs)
+        base_ids: tuple[int, ...] = ()
+        if self._prefix_choice is not None:
+            base_ids = self._prefix_groups[next(self._prefix_choice)]
+        if self._programs is not None:
+            unit.program = ProgramState(unit.uid)
+            return self._issue_calls(unit, self._programs.roots(t, base_ids, self._prefix_tokens))
+        prompt, output = self._lengths()
+        prompt += self._prefix_tokens
+        if self._sessions is not None:
+            unit.turns = self._sessions.num_turns()
+            ids = self._sessions.first_hash_ids(base_ids, prompt, output)
+        else:
+            ids = base_ids
+        req = self._emit(unit, t, prompt, output, ids)
+        if req is None:
+            return []
+        if self._sessions is not None:
+            req.session_id = unit.uid
+        return [req]
+
+    def _issue_calls(self, unit: _Unit, specs: list[CallSpec]) -> list[Request]:
+        state = unit.program
+        assert state is not None
+        out = []
+        for spec in specs:
+            req = self._emit(unit, spec.arrival_s, spec.prompt_len, spec.output_len, spec.hash_ids)
+            if req is None:
+                continue
+            req.program_id, req.call_index = unit.uid, spec.call_index
+            req.parents = tuple(state.requests[p].id for p in spec.parent_calls)
+            state.requests[spec.call_index] = req
+            state.outstanding += 1
+            out.append(req)
+        return out

@@ -1,0 +1,28 @@
+"""Prefix block ids for generated requests (Mooncake-style chained ids).
+
+hash_ids[k] names the whole prefix [0, (k+1) * block); two requests share KV for exactly the
+blocks whose ids agree. Generated ids come from one counter per Workload, so they never collide.
+"""
+
+from __future__ import annotations
+
+
+class HashIds:
+    """Allocates fresh block ids and builds chains that extend a shared base."""
+
+    def __init__(self, block_tokens: int):
+        self.block_tokens = block_tokens
+        self._next = 0
+
+    def fresh(self, n: int) -> tuple[int, ...]:
+        ids = tuple(range(self._next, self._next + n))
+        self._next += n
+        return ids
+
+    def extend(self, base: tuple[int, ...], total_tokens: int) -> tuple[int, ...]:
+        """Ids covering the full blocks of `total_tokens` tokens whose first len(base) blocks are
+        `base` (the caller guarantees those tokens are identical) and the rest new."""
+        n = total_tokens // self.block_tokens
+        if n <= len(base):
+            return base[:n]
+        return base + self.fresh(n - len(base))

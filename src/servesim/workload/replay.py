@@ -1,0 +1,75 @@
+"""Open-loop replay of a trace file: each row becomes one request at its (scaled) timestamp."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from servesim.errors import InputError
+from servesim.workload.attributes import AttributeMix
+from servesim.workload.config import WorkloadConfig
+from servesim.workload.request import Request
+from servesim.workload.traces.readers import TraceReader
+from servesim.workload.traces.registry import resolve_trace
+
+
+class TraceWorkload:
+    """Streams a trace; arrival_s = (timestamp - first timestamp - start_s) / speedup."""
+
+    def __init__(self, config: WorkloadConfig, seed: np.random.SeedSequence):
+        assert config.trace is not None
+        self._cfg = config
+        self._trace = config.trace
+        path, display, shipped = resolve_trace(self._trace.name)
+        if shipped is not None and not shipped.has_arrival:
+            raise InputError(
+                f"trace {shipped.name!r} has no arrival times; use it as "
+                f"`lengths: {{dataset: {shipped.name}}}` with an arrival process"
+            )
+        self._reader = TraceReader(path, display_name=display, skip_bad_rows=self._trace.skip_bad_rows)
+        self._attrs = AttributeMix(config.attributes, seed.spawn(1)[0])
+        limit = config.num_requests
+        whole = shipped is not None and self._trace.start_s == 0 and self._trace.end_s is None and config.duration_s is None
+        if whole and shipped is not None:
+            limit = min(limit, shipped.rows) if limit else shipped.rows
+        self.expected_num_requests: int | None = limit
+
+    @property
+    def skipped_rows(self) -> int:
+        """Malformed rows skipped so far (only with trace.skip_bad_rows)."""
+        return self._reader.skipped_rows
+
+    def arrivals(self) -> Iterator[Request]:
+        start, end = self._trace.start_s, self._trace.end_s
+        speedup = self._trace.speedup
+        limit = self._cfg.num_requests
+        duration = self._cfg.duration_s
+        attrs = self._attrs
+        first: float | None = None
+        next_id = 0
+        for t, prompt, output, hashes, block, row_attrs in self._reader.rows():
+            if t is None:
+                raise InputError(f"{self._reader.display_name}: no arrival-time column (arrival_s, timestamp, TIMESTAMP)")
+            if first is None:
+                first = t
+            rel = t - first
+            if rel < start:
+                continue
+            if end is not None and rel > end:
+                return
+            arrival = (rel - start) / speedup
+            if (duration is not None and arrival > duration) or (limit is not None and next_id >= limit):
+                return
+            req = Request(next_id, arrival, max(prompt, 1), max(output, 1), hashes, block)
+            next_id += 1
+            if attrs.active:
+                for key, value in attrs.draw().items():
+                    setattr(req, key, value)
+            if row_attrs:
+                for key, value in row_attrs.items():
+                    setattr(req, key, value)
+            yield req
+
+    def on_request_done(self, req: Request, now_s: float) -> list[Request]:
+        return []  # a replay is open loop
