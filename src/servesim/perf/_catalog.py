@@ -1,0 +1,37 @@
+"""Loading the YAML catalogues shipped in `perf/data/` and resolving names case-insensitively."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from servesim.errors import InputError
+
+
+@lru_cache(maxsize=None)  # read-only package data: caching the parsed file is not mutable state
+def _load_yaml(filename: str) -> dict[str, Any]:
+    text = resources.files("servesim.perf").joinpath("data").joinpath(filename).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def catalogue(filename: str) -> dict[str, dict[str, Any]]:
+    """The entries of a catalogue file, keyed by canonical (lower-case) name."""
+    return _load_yaml(filename)
+
+
+def resolve(filename: str, kind: str, name: str) -> tuple[str, dict[str, Any]]:
+    """(canonical name, entry) for `name` or one of its aliases, ignoring case.
+
+    Raises InputError naming the allowed canonical names.
+    """
+    entries = catalogue(filename)
+    key = str(name).strip().lower()
+    if key in entries:
+        return key, entries[key]
+    for canonical, entry in entries.items():
+        if key in (str(alias).lower() for alias in entry.get("aliases", [])):
+            return canonical, entry
+    raise InputError(f"unknown {kind} {name!r}; allowed: {', '.join(entries)}")

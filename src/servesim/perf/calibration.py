@@ -1,0 +1,150 @@
+"""Calibration constants: the few numbers that turn peak specs into measured step times.
+
+A calibration file (YAML) holds `defaults` plus `entries`, each entry a `match` on any of
+`gpu`, `dtype`, `engine` and the constants it `set`s:
+
+    defaults: {eta_compute: 0.7, ...}
+    entries:
+      - match: {gpu: h100-sxm, dtype: fp8}
+        set: {eta_compute: 0.55}
+
+Constants for one (gpu, dtype, engine) are resolved in this order, later wins: the shipped
+defaults, the engine profile's constants (engines.yaml), the shipped entries, then a user
+calibration file's defaults and entries; entries apply from least to most specific (number of
+match keys), file order breaking ties. So constants are shared per GPU, dtype and engine, never
+per measured point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from servesim.errors import InputError
+from servesim.perf._catalog import catalogue
+
+DEFAULT_FILE = "calibration_default.yaml"
+MATCH_KEYS = ("gpu", "dtype", "engine")
+
+
+@dataclass(frozen=True)
+class Constants:
+    """Resolved constants for one (gpu, dtype, engine); every field is a calibration knob."""
+
+    eta_compute: float = 0.7  # achieved share of the dtype's peak FLOP/s in large GEMMs
+    eta_memory: float = 0.85  # achieved share of HBM bandwidth when streaming weights
+    smoothing_k: float = 2.0  # roofline blend exponent (1 = additive, large = max())
+    eta_attn_compute: float = 0.5  # share of BF16 peak reached by prefill (flash) attention
+    eta_attn_memory: float = 0.75  # share of HBM bandwidth reached reading the KV cache in decode
+    ar_bw_eff: float = 0.75  # share of the scale-up link bandwidth an all-reduce reaches
+    moe_imbalance: float = 1.0  # busiest expert's load over the mean (>= 1)
+    pcie_eff: float = 0.8  # share of PCIe bandwidth reached by KV swaps
+    layer_floor_s: float = 10e-6  # fixed GPU time per layer (kernel launches and tails)
+    ar_launch_s: float = 10e-6  # fixed cost per all-reduce call
+    step_overhead_s: float = 1e-3  # engine CPU time per iteration
+    seq_overhead_s: float = 10e-6  # engine CPU time per running sequence per iteration
+    token_overhead_s: float = 0.0  # engine CPU time per scheduled token
+    overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
+
+
+CONSTANT_NAMES = tuple(f.name for f in fields(Constants))
+
+
+@dataclass(frozen=True)
+class Entry:
+    match: dict[str, str]
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """The parsed content of one calibration file."""
+
+    defaults: dict[str, float]
+    entries: tuple[Entry, ...]
+
+
+def _check_values(values: Any, where: str) -> dict[str, float]:
+    if not isinstance(values, Mapping):
+        raise InputError(f"{where}: expected a mapping of constant names to numbers")
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if key not in CONSTANT_NAMES:
+            raise InputError(f"{where}: unknown constant {key!r}; allowed: {', '.join(CONSTANT_NAMES)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: constant {key!r} must be a number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def parse_calibration(raw: Any, where: str) -> CalibrationData:
+    """Validate the YAML content of a calibration file."""
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{where}: a calibration file holds a mapping with 'defaults' and 'entries'")
+    unknown = set(raw) - {"defaults", "entries", "meta"}
+    if unknown:
+        raise InputError(f"{where}: unknown key {sorted(unknown)[0]!r}; allowed: defaults, entries, meta")
+    defaults = _check_values(raw.get("defaults") or {}, f"{where} defaults")
+    entries = []
+    for i, item in enumerate(raw.get("entries") or []):
+        at = f"{where} entries[{i}]"
+        if not isinstance(item, Mapping) or set(item) - {"match", "set"}:
+            raise InputError(f"{at}: expected keys 'match' and 'set'")
+        match = item.get("match") or {}
+        bad = [k for k in match if k not in MATCH_KEYS]
+        if bad:
+            raise InputError(f"{at}: unknown match key {bad[0]!r}; allowed: {', '.join(MATCH_KEYS)}")
+        entries.append(Entry({k: str(v).lower() for k, v in match.items()}, _check_values(item.get("set") or {}, at)))
+    return CalibrationData(defaults, tuple(entries))
+
+
+def shipped_calibration() -> CalibrationData:
+    return parse_calibration(catalogue(DEFAULT_FILE), f"package data {DEFAULT_FILE}")
+
+
+def load_calibration(path: str | Path) -> CalibrationData:
+    """Read a calibration file written by `servesim calibrate` (or by hand)."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"calibration file {str(p)!r} not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"calibration file {str(p)!r} is not readable YAML: {exc}") from None
+    return parse_calibration(raw, str(p))
+
+
+def _apply(values: dict[str, float], data: CalibrationData, key: Mapping[str, str]) -> None:
+    values.update(data.defaults)
+    matching = [e for e in data.entries if all(key.get(k) == v for k, v in e.match.items())]
+    for entry in sorted(matching, key=lambda e: len(e.match)):  # stable: file order breaks ties
+        values.update(entry.values)
+
+
+def resolve_constants(gpu: str, dtype: str, engine: str, engine_constants: Mapping[str, float],
+                      user: CalibrationData | None = None,
+                      overrides: Mapping[str, float] | None = None) -> Constants:
+    """The constants for one (gpu, dtype, engine) after layering (see the module docstring)."""
+    key = {"gpu": gpu, "dtype": dtype, "engine": engine}
+    shipped = shipped_calibration()
+    values: dict[str, float] = dict(shipped.defaults)
+    values.update(_check_values(engine_constants, f"engine {engine} constants"))
+    _apply(values, CalibrationData({}, shipped.entries), key)
+    if user is not None:
+        _apply(values, user, key)
+    if overrides:
+        values.update(_check_values(overrides, "perf.overrides"))
+    return replace(Constants(), **values)
+
+
+def dump_calibration(data: CalibrationData, meta: Mapping[str, Any] | None = None) -> str:
+    """YAML text of a calibration file (what `servesim calibrate` writes)."""
+    raw: dict[str, Any] = {}
+    if meta:
+        raw["meta"] = dict(meta)
+    raw["defaults"] = dict(data.defaults)
+    raw["entries"] = [{"match": dict(e.match), "set": dict(e.values)} for e in data.entries]
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -1,0 +1,230 @@
+"""`PerfModel`: step time, KV capacity and swap time for one (model, GPU, TP/PP, dtype, engine)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from servesim.errors import InputError
+from servesim.perf.calibration import Constants, load_calibration, resolve_constants
+from servesim.perf.config import PerfConfig
+from servesim.perf.engines import engine_profile
+from servesim.perf.hardware import ACTIVATION_BYTES, dtype_spec, gpu_spec, kv_dtype_bytes
+from servesim.perf.models import ModelSpec, check_tp, embedding_params, kv_elements_per_token_layer, model_spec, total_params
+from servesim.perf.roofline import causal_attention_pairs
+from servesim.perf.terms import LM_HEAD_BYTES, StepTerms
+
+# vLLM's memory profile samples this many sequences' logits (its default max_num_seqs).
+PROFILE_LOGIT_ROWS = 256
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """One iteration's time and where it goes (seconds)."""
+
+    total_s: float  # == PerfModel.step_time_s for the same batch
+    gpu_s: float  # linear + attention + communication + other
+    linear_s: float  # GEMMs of all layers incl. the per-layer floor
+    attention_s: float  # prefill attention FLOPs, cached-context reads, decode KV reads
+    communication_s: float  # TP all-reduces / EP all-to-alls / PP hand-offs
+    other_s: float  # element-wise ops, KV writes, LM head
+    overhead_s: float  # engine CPU time (hidden behind the GPU when the engine overlaps)
+    regime: str  # the dominant cost: compute, memory, attention, communication or overhead
+
+
+@dataclass(frozen=True, eq=False)
+class PerfModel:
+    """Step-time model for one deployment; build it with `build_perf_model`. No I/O, no globals."""
+
+    model_name: str
+    gpu_name: str
+    tp: int
+    dtype: str
+    pp: int
+    engine: str
+    kv_cache_dtype: str
+    kv_bytes_per_token: int  # per GPU, all layers of the (largest) stage, after TP split/replication
+    weight_bytes_per_gpu: int
+    hbm_bytes: int
+    constants: Constants
+    terms: StepTerms = field(repr=False)
+    misc_bytes: int = 1 << 30
+    _tok: dict[int, float] = field(default_factory=dict, repr=False)  # exact memo: tokens -> time
+    _logit: dict[int, float] = field(default_factory=dict, repr=False)  # exact memo: rows -> time
+
+    def __post_init__(self) -> None:
+        t = self.terms
+        win_layers = t.model.num_window_layers if t.model.sliding_window else 0
+        full_layers = t.model.num_layers - win_layers
+        per = t.decode_s_per_ctx_token()
+        object.__setattr__(self, "_window", t.model.sliding_window if win_layers else None)
+        object.__setattr__(self, "_g_full", full_layers * per)
+        object.__setattr__(self, "_g_win", win_layers * per)
+        object.__setattr__(self, "_pair_full", full_layers * t.pair_s())
+        object.__setattr__(self, "_pair_win", win_layers * t.pair_s())
+        object.__setattr__(self, "_kv_read", t.kv_read_s_per_token())
+        object.__setattr__(self, "_layers", (full_layers, win_layers))
+        object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
+
+    # ---- memoised exact terms ------------------------------------------------------------
+    def _token_s(self, num_tokens: int) -> float:
+        v = self._tok.get(num_tokens)
+        if v is None:
+            t = self.terms
+            v = t.linear_s(num_tokens) + t.other_s(num_tokens) + t.communication_s(num_tokens)
+            self._tok[num_tokens] = v
+        return v
+
+    def _logits_s(self, num_logits: int) -> float:
+        v = self._logit.get(num_logits)
+        if v is None:
+            v = self.terms.lm_head_s(num_logits)
+            self._logit[num_logits] = v
+        return v
+
+    def _prefill_attention_s(self, prefills: Sequence[tuple[int, int]]) -> float:
+        full_layers, win_layers = self._layers
+        w = self._window
+        pairs_full = pairs_win = 0.0
+        cached_full = cached_win = 0
+        for new, cached in prefills:
+            pairs_full += causal_attention_pairs(new, cached, None)
+            cached_full += cached
+            if w is not None:
+                pairs_win += causal_attention_pairs(new, cached, w)
+                cached_win += min(cached, w)
+        return (self._pair_full * pairs_full + self._pair_win * pairs_win
+                + self._kv_read * (full_layers * cached_full + win_layers * cached_win))
+
+    # ---- public API ----------------------------------------------------------------------
+    def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> float:
+        """Time of one engine iteration.
+
+        prefills: (new_tokens, cached_context_tokens) per prefill chunk; decode_ctxs: tokens already
+        in the KV cache for each decoding sequence (each decodes one token).
+        """
+        num_decode = len(decode_ctxs)
+        num_tokens = num_decode
+        for new, _ in prefills:
+            num_tokens += new
+        if num_tokens == 0:
+            return 0.0
+        num_seqs = len(prefills) + num_decode
+        gpu = self._token_s(num_tokens) + self._logits_s(num_seqs)
+        if prefills:
+            gpu = gpu + self._prefill_attention_s(prefills)
+        # The ctx-dependent part is kept as `gpu + g * sum` so decode_step_times_s can reproduce it bit for bit.
+        gpu = gpu + self._g_full * sum(decode_ctxs)
+        if self._window is not None:
+            w = self._window
+            gpu = gpu + self._g_win * sum(min(ctx, w) for ctx in decode_ctxs)
+        cpu = self.terms.cpu_s(num_seqs, num_tokens)
+        return max(gpu, cpu) if self._overlap else gpu + cpu
+
+    def decode_step_times_s(self, ctxs: np.ndarray, k: int) -> np.ndarray:
+        """Times of k consecutive decode-only steps of the batch with contexts ctxs, ctxs+1, ...
+
+        Bit-identical to [step_time_s([], list(ctxs + j)) for j in range(k)].
+        """
+        ctxs = np.asarray(ctxs, dtype=np.int64)
+        n = int(ctxs.shape[0])
+        if n == 0 or k <= 0:
+            return np.zeros(max(k, 0), dtype=np.float64)
+        steps = np.arange(k, dtype=np.int64)
+        base = self._token_s(n) + self._logits_s(n)
+        gpu = base + self._g_full * (int(ctxs.sum()) + n * steps)
+        if self._window is not None:
+            w = self._window
+            win_sums = np.array([np.minimum(ctxs + j, w).sum() for j in range(k)], dtype=np.int64) if n * k > 4_000_000 \
+                else np.minimum(ctxs[None, :] + steps[:, None], w).sum(axis=1)
+            gpu = gpu + self._g_win * win_sums
+        cpu = self.terms.cpu_s(n, n)
+        return np.maximum(gpu, cpu) if self._overlap else gpu + cpu
+
+    def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
+        """step_time_s split into its terms (not on the hot path)."""
+        t = self.terms
+        num_tokens = sum(new for new, _ in prefills) + len(decode_ctxs)
+        num_seqs = len(prefills) + len(decode_ctxs)
+        total = self.step_time_s(prefills, decode_ctxs)
+        if num_tokens == 0:
+            return StepTime(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "overhead")
+        linear = t.linear_s(num_tokens)
+        comm = t.communication_s(num_tokens)
+        other = t.other_s(num_tokens) + t.lm_head_s(num_seqs)
+        attn = self._prefill_attention_s(prefills) + self._g_full * sum(decode_ctxs)
+        if self._window is not None:
+            attn += self._g_win * sum(min(c, self._window) for c in decode_ctxs)
+        cpu = t.cpu_s(num_seqs, num_tokens)
+        compute_s, memory_s = t.linear_compute_memory_s(num_tokens)
+        parts = {"compute" if compute_s >= memory_s else "memory": linear, "attention": attn,
+                 "communication": comm, "overhead": cpu}
+        gpu = linear + attn + comm + other
+        return StepTime(total, gpu, linear, attn, comm, other, cpu, max(parts, key=parts.__getitem__))
+
+    def activation_peak_bytes(self, max_num_batched_tokens: int) -> int:
+        """Peak transient memory of a forward pass over `max_num_batched_tokens` tokens.
+
+        Model (as vLLM's profiling run sees it): per token, the hidden state, residual, normed input
+        and attention output (4*h) plus the FFN's gate/up output and activation (3*ffn_width), all
+        16-bit; plus FP32 logits for up to PROFILE_LOGIT_ROWS sequences over the local vocabulary.
+        """
+        m = self.terms.model
+        tokens = max(0, int(max_num_batched_tokens))
+        per_token = (4.0 * m.hidden_size + 3.0 * self.terms.ffn_width()) * ACTIVATION_BYTES
+        logits = min(tokens, PROFILE_LOGIT_ROWS) * (m.vocab_size / self.tp) * 4.0
+        return int(tokens * per_token + logits)
+
+    def num_gpu_blocks(self, block_size: int, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
+        """KV blocks per GPU, vLLM style:
+        floor((util*HBM - weights - activation_peak(max_num_batched_tokens) - misc) / (block_size*kv_bytes_per_token)).
+        """
+        if block_size <= 0:
+            raise InputError(f"block_size must be a positive integer, got {block_size}")
+        if not 0.0 < gpu_memory_utilization <= 1.0:
+            raise InputError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        free = (gpu_memory_utilization * self.hbm_bytes - self.weight_bytes_per_gpu
+                - self.activation_peak_bytes(max_num_batched_tokens) - self.misc_bytes)
+        return max(0, math.floor(free / (block_size * self.kv_bytes_per_token)))
+
+    def swap_time_s(self, num_tokens: int) -> float:
+        """Moving `num_tokens` tokens' KV one way over PCIe (each GPU moves its own share in parallel)."""
+        g = self.terms.gpu
+        return num_tokens * self.kv_bytes_per_token / (self.constants.pcie_eff * g.pcie_bw_bytes_s)
+
+
+def _weight_bytes_per_gpu(m: ModelSpec, weight_bytes: float, tp: int, pp: int) -> int:
+    layer_elems = total_params(m) - embedding_params(m)
+    stage_layers = math.ceil(m.num_layers / pp)
+    # With PP the first stage holds the embedding and the last the LM head; one of them per GPU.
+    emb_elems = embedding_params(m) if pp == 1 else m.vocab_size * m.hidden_size
+    return int(layer_elems * stage_layers / m.num_layers / tp * weight_bytes + emb_elems / tp * LM_HEAD_BYTES)
+
+
+def build_perf_model(model: str, gpu: str, tp: int = 1, dtype: str = "bf16", config: PerfConfig | None = None,
+                     pp: int = 1) -> PerfModel:
+    """Build the step-time model; bad names, tp, pp or dtype raise InputError naming allowed values."""
+    config = config if config is not None else PerfConfig()
+    spec = model_spec(model)
+    g = gpu_spec(gpu)
+    d = dtype_spec(dtype, g)
+    if isinstance(tp, bool) or not isinstance(tp, int):
+        raise InputError(f"tp must be an integer, got {tp!r}")
+    check_tp(spec, tp)
+    if isinstance(pp, bool) or not isinstance(pp, int) or not 1 <= pp <= spec.num_layers:
+        raise InputError(f"pp must be an integer from 1 to {spec.num_layers} (the layers of {spec.name}), got {pp!r}")
+    kv_name, kv_bytes = kv_dtype_bytes(config.kv_cache_dtype, d)
+    eng = engine_profile(config.engine)
+    user = load_calibration(config.calibration) if config.calibration else None
+    constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides)
+    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, config.expert_parallel)
+    kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
+    return PerfModel(
+        model_name=spec.name, gpu_name=g.name, tp=tp, dtype=d.name, pp=pp, engine=eng.name,
+        kv_cache_dtype=kv_name, kv_bytes_per_token=int(kv_per_token),
+        weight_bytes_per_gpu=_weight_bytes_per_gpu(spec, d.weight_bytes, tp, pp), hbm_bytes=g.hbm_bytes,
+        constants=constants, terms=terms, misc_bytes=config.misc_bytes,
+    )

@@ -1,0 +1,55 @@
+"""Pure cost formulas (shared/specs/perf-model.md §4). Seconds, bytes and FLOPs in, seconds out."""
+
+from __future__ import annotations
+
+
+def smooth_roofline_s(flops: float, bytes_moved: float, peak_flops: float, bw_bytes_s: float,
+                      eta_compute: float, eta_memory: float, smoothing_k: float) -> float:
+    """Time of a kernel that must both compute `flops` and move `bytes_moved`.
+
+    `((F/(eta_c*peak))^k + (B/(eta_m*bw))^k)^(1/k)`: k -> infinity is the classical
+    max(compute, memory) roofline; k = 1-2 fits measured GEMMs better near the ridge point,
+    where neither resource is saturated (spec §5).
+    """
+    compute_s = flops / (eta_compute * peak_flops)
+    memory_s = bytes_moved / (eta_memory * bw_bytes_s)
+    if compute_s == 0.0 or memory_s == 0.0:
+        return compute_s + memory_s
+    return (compute_s**smoothing_k + memory_s**smoothing_k) ** (1.0 / smoothing_k)
+
+
+def allreduce_s(message_bytes: float, num_gpus: int, link_bw_bytes_s: float, link_latency_s: float,
+                launch_s: float, bw_eff: float) -> float:
+    """Ring all-reduce (alpha-beta): launch + 2(n-1) hops + 2(n-1)/n of the message over the link."""
+    if num_gpus <= 1:
+        return 0.0
+    steps = 2 * (num_gpus - 1)
+    return launch_s + steps * link_latency_s + steps / num_gpus * message_bytes / (bw_eff * link_bw_bytes_s)
+
+
+def alltoall_s(message_bytes: float, num_gpus: int, link_bw_bytes_s: float, link_latency_s: float,
+               launch_s: float, bw_eff: float) -> float:
+    """All-to-all of `message_bytes` per GPU: (n-1)/n of it leaves the GPU."""
+    if num_gpus <= 1:
+        return 0.0
+    return launch_s + link_latency_s + (num_gpus - 1) / num_gpus * message_bytes / (bw_eff * link_bw_bytes_s)
+
+
+def p2p_s(message_bytes: float, link_bw_bytes_s: float, link_latency_s: float, launch_s: float) -> float:
+    """One point-to-point transfer (pipeline stage hand-off)."""
+    return launch_s + link_latency_s + message_bytes / link_bw_bytes_s
+
+
+def experts_touched(num_experts: int, top_k: int, num_tokens: int) -> float:
+    """Expected distinct experts hit by `num_tokens` tokens under uniform routing."""
+    if num_tokens <= 0:
+        return 0.0
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** num_tokens)
+
+
+def causal_attention_pairs(new_tokens: int, cached_tokens: int, window: int | None) -> float:
+    """Query-key pairs a prefill chunk computes: c*(p + c/2) (causal), each span capped at `window`."""
+    span = cached_tokens + new_tokens / 2.0
+    if window is not None and span > window:
+        span = float(window)
+    return new_tokens * span

@@ -1,0 +1,159 @@
+"""Step-time terms precomputed from (model, GPU, dtype, parallelism, constants).
+
+`StepTerms` turns the formulas of shared/specs/perf-model.md §4 into per-token and
+per-sequence coefficients once, so the per-step work is a few multiplications and memo lookups.
+Times cover the whole pipeline (all layers run one after the other on their stages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from servesim.perf import roofline
+from servesim.perf.calibration import Constants
+from servesim.perf.hardware import ACTIVATION_BYTES, DtypeSpec, GPUSpec
+from servesim.perf.models import ModelSpec, attention_params, dense_ffn_params, expert_params, kv_elements_per_token_layer
+
+LM_HEAD_BYTES = 2.0  # embeddings and LM head stay 16-bit in quantised checkpoints
+
+
+@dataclass(frozen=True)
+class Block:
+    """A group of identical GEMM blocks: `count` layers each holding `weight_elems` weights per GPU."""
+
+    count: int
+    weight_elems: float  # per GPU, always read
+    flops_per_token: float  # per GPU
+    act_bytes_per_token: float  # activation traffic per token
+    moe: bool = False  # weight reads depend on which experts the tokens touch
+
+
+@dataclass(frozen=True)
+class StepTerms:
+    """Everything a step time needs that does not depend on the batch."""
+
+    model: ModelSpec
+    gpu: GPUSpec
+    dtype: DtypeSpec
+    kv_bytes: float  # KV element size
+    tp: int
+    pp: int
+    c: Constants
+    expert_parallel: bool
+
+    # ---- linear layers -------------------------------------------------------------------
+    def blocks(self) -> list[Block]:
+        m, t, a = self.model, self.tp, ACTIVATION_BYTES
+        h = m.hidden_size
+        attn = attention_params(m) / t
+        out = [Block(m.num_layers, attn, 2.0 * attn, a * (2 * h + attn / h))]
+        if m.num_dense_ffn_layers:
+            ffn = dense_ffn_params(m) / t
+            out.append(Block(m.num_dense_ffn_layers, ffn, 2.0 * ffn, a * (2 * h + ffn / h)))
+        if m.moe is not None:
+            e = expert_params(m) / t
+            active = (m.moe.top_k * self.c.moe_imbalance + m.moe.num_shared_experts) * e
+            out.append(Block(m.num_moe_layers, m.moe.num_shared_experts * e + h * m.moe.num_experts / t,
+                             2.0 * active, a * (2 * h + active / h), moe=True))
+        return out
+
+    def linear_s(self, num_tokens: int) -> float:
+        """GEMM time of all layers for `num_tokens` tokens (smoothed roofline per block)."""
+        c, g, m = self.c, self.gpu, self.model
+        peak = g.peak_flops[self.dtype.compute]
+        total = 0.0
+        for b in self.blocks():
+            weight_elems = b.weight_elems
+            if b.moe:
+                assert m.moe is not None
+                touched = roofline.experts_touched(m.moe.num_experts, m.moe.top_k, num_tokens)
+                weight_elems += touched * expert_params(m) / self.tp
+            t_block = roofline.smooth_roofline_s(
+                b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
+                peak, g.hbm_bw_bytes_s, c.eta_compute, c.eta_memory, c.smoothing_k)
+            total += b.count * t_block
+        return total + m.num_layers * c.layer_floor_s
+
+    def linear_compute_memory_s(self, num_tokens: int) -> tuple[float, float]:
+        """The compute and memory sides of `linear_s` (for reporting the regime)."""
+        c, g = self.c, self.gpu
+        flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks())
+        bytes_ = sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens) for b in self.blocks())
+        return flops / (c.eta_compute * g.peak_flops[self.dtype.compute]), bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
+
+    # ---- memory-bound element-wise work, KV writes, LM head ---------------------------------
+    def ffn_width(self) -> float:
+        """Per-GPU FFN activation width of a token (dense width, or top_k experts for MoE)."""
+        m = self.model
+        if m.moe is not None and not m.num_dense_ffn_layers:
+            return (m.moe.top_k + m.moe.num_shared_experts) * m.moe.expert_intermediate_size / self.tp
+        return m.intermediate_size / self.tp
+
+    def other_s(self, num_tokens: int) -> float:
+        """Norms, RoPE, activation function, residuals and the KV write of the new tokens."""
+        m, c = self.model, self.c
+        elem_bytes = (10.0 * m.hidden_size + 3.0 * self.ffn_width()) * ACTIVATION_BYTES
+        kv_write = kv_elements_per_token_layer(m, self.tp) * self.kv_bytes
+        return m.num_layers * num_tokens * (elem_bytes + kv_write) / (c.eta_memory * self.gpu.hbm_bw_bytes_s)
+
+    def lm_head_s(self, num_logits: int) -> float:
+        """LM head for the sequences that sample a token this step (16-bit, vocab split over TP)."""
+        m, c, g = self.model, self.c, self.gpu
+        if num_logits <= 0:
+            return 0.0
+        w = m.vocab_size * m.hidden_size / self.tp
+        return roofline.smooth_roofline_s(2.0 * num_logits * w, w * LM_HEAD_BYTES, g.peak_flops["bf16"] if "bf16" in g.peak_flops else g.peak_flops["fp16"],
+                                          g.hbm_bw_bytes_s, c.eta_compute, c.eta_memory, c.smoothing_k) + c.layer_floor_s
+
+    # ---- communication -------------------------------------------------------------------
+    def communication_s(self, num_tokens: int) -> float:
+        """TP all-reduces (2 per layer, Megatron) or MoE all-to-alls, plus PP stage hand-offs."""
+        m, c, g, t = self.model, self.c, self.gpu, self.tp
+        msg = num_tokens * m.hidden_size * ACTIVATION_BYTES
+        ar = roofline.allreduce_s(msg, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff)
+        total = m.num_layers * ar  # after attention
+        if m.moe is not None and self.expert_parallel:
+            a2a = roofline.alltoall_s(msg * m.moe.top_k, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff)
+            total += m.num_dense_ffn_layers * ar + m.num_moe_layers * 2.0 * a2a  # dispatch + combine
+        else:
+            total += m.num_layers * ar  # after the FFN
+        if self.pp > 1:
+            total += (self.pp - 1) * roofline.p2p_s(msg, g.scaleup_bw_bytes_s * c.ar_bw_eff, g.scaleup_latency_s, c.ar_launch_s)
+        return total
+
+    # ---- attention -----------------------------------------------------------------------
+    def attention_flops_per_pair(self) -> float:
+        """Per layer per GPU: FLOPs of one query-key pair in prefill (QK^T and PV)."""
+        m = self.model
+        if m.mla is not None:
+            qk, v = m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim, m.mla.v_head_dim
+        else:
+            qk = v = m.head_dim
+        return 2.0 * m.num_heads / self.tp * (qk + v)
+
+    def attention_peak(self) -> float:
+        # Attention kernels run in 16-bit in every supported precision.
+        g = self.gpu
+        return g.peak_flops.get("bf16", g.peak_flops.get("fp16", 0.0)) * self.c.eta_attn_compute
+
+    def pair_s(self) -> float:
+        """Prefill attention time per query-key pair, summed over the layers of one kind (per layer)."""
+        return self.attention_flops_per_pair() / self.attention_peak()
+
+    def kv_read_s_per_token(self) -> float:
+        """Per layer: time to read one cached token's KV."""
+        kv = kv_elements_per_token_layer(self.model, self.tp) * self.kv_bytes
+        return kv / (self.c.eta_attn_memory * self.gpu.hbm_bw_bytes_s)
+
+    def decode_s_per_ctx_token(self) -> float:
+        """Per layer: decode attention time per context token (KV read or FLOPs, whichever binds)."""
+        m = self.model
+        if m.mla is not None:  # absorbed MLA: scores against the latent, then values from it
+            flops = 2.0 * m.num_heads / self.tp * (2 * m.mla.kv_lora_rank + m.mla.qk_rope_head_dim)
+        else:
+            flops = 4.0 * m.num_heads / self.tp * m.head_dim
+        return max(self.kv_read_s_per_token(), flops / self.attention_peak())
+
+    def cpu_s(self, num_seqs: int, num_tokens: int) -> float:
+        c = self.c
+        return c.step_overhead_s + c.seq_overhead_s * num_seqs + c.token_overhead_s * num_tokens
