@@ -76,7 +76,7 @@ def runs_table(runs: Sequence[RunData], labels: Sequence[str]) -> str:
     for label, run in zip(labels, runs):
         brief = dict(scenario_brief(run.scenario))
         rows.append([label, str(run.path), brief.get("Model", "–"), brief.get("GPU", "–"),
-                     brief.get("Scheduler", "–"), one_line(brief.get("Workload", "–"), 90)])
+                     brief.get("Scheduler", "–"), one_line(brief.get("Workload", "–"), 70)])
     return table(["Run", "Folder", "Model", "GPU", "Scheduler", "Workload"], rows)
 
 
@@ -135,7 +135,7 @@ def group_comparison_table(key: str, noun: str, runs: Sequence[RunData], labels:
         for name in (run.summary.get(key) or {}):
             if str(name) not in names:
                 names.append(str(name))
-    header = [noun.capitalize()]
+    header = [noun[:1].upper() + noun[1:]]
     cols = (("ttft_s", "p99", "TTFT p99", "ms"), ("e2e_s", "p99", "E2E p99", "ms"),
             ("slo_attainment", None, "SLO att.", "pct"))
     header += [f"{title} · {label}" for _, _, title, _ in cols for label in labels]

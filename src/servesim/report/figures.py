@@ -132,6 +132,9 @@ def timeseries(runs: Sequence[tuple[str, dict[str, np.ndarray]]]) -> go.Figure:
     fig.update_xaxes(title_text="Simulated time (s)", row=4, col=1)
     fig = _base_layout(fig, "Over time (interval means)", height=1000)
     fig.update_layout(hovermode="x unified")
+    if several:  # one entry per run and quantity: a side legend keeps the panels readable
+        fig.update_layout(legend={"orientation": "v", "yanchor": "top", "y": 1.0, "x": 1.02},
+                          margin={"r": 200})
     return fig
 
 

@@ -72,7 +72,7 @@ def latency_table(summary: dict[str, Any]) -> str:
 
 def group_table(noun: str, groups: dict[str, dict[str, Any]]) -> str:
     """One row per tenant / SLO class with counts, p50/p99 latencies, throughput, attainment."""
-    header = [noun.capitalize(), "Requests"]
+    header = [noun[:1].upper() + noun[1:], "Requests"]
     latency_cols = [(k, n, s) for k, n in LATENCIES if k != "itl_s"
                     for s in ("p50", "p99") if any(isinstance(g.get(k), dict) for g in groups.values())]
     header += [f"{n} {s}" for _, n, s in latency_cols]
