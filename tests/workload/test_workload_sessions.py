@@ -1,0 +1,75 @@
+from servesim.workload import RequestState
+from tests.workload.helpers import drive, make
+
+SESSIONS = {
+    "arrival": {"rate_per_s": 0.5},
+    "lengths": {"prompt_tokens": [50, 300], "output_tokens": [20, 200]},
+    "sessions": {"turns": 4, "think_time_s": 5.0, "think_time_dist": "fixed"},
+    "num_requests": 400,
+}
+
+
+def by_session(reqs):
+    out = {}
+    for r in reqs:
+        out.setdefault(r.session_id, []).append(r)
+    return out
+
+
+def test_turns_extend_the_previous_prompt_and_answer():
+    reqs = drive(make(SESSIONS))
+    assert len(reqs) == 400
+    sessions = by_session(reqs)
+    full = [s for s in sessions.values() if len(s) == 4]
+    assert len(full) >= 95
+    for turns in full:
+        assert [r.turn for r in turns] == [0, 1, 2, 3]
+        for prev, nxt in zip(turns, turns[1:]):
+            assert nxt.prompt_len > prev.prompt_len + prev.output_len
+            shared = (prev.prompt_len + prev.output_len) // 16
+            assert len(prev.hash_ids) == shared  # ids cover prompt and answer
+            assert nxt.hash_ids[:shared] == prev.hash_ids  # the whole previous context is reusable
+            assert nxt.arrival_s == prev.finish_s + 5.0  # fixed think time after the answer
+    # Different sessions share no blocks.
+    first_blocks = [s[0].hash_ids[0] for s in sessions.values()]
+    assert len(set(first_blocks)) == len(first_blocks)
+
+
+def test_rejected_turn_ends_the_session():
+    reqs = drive(make(SESSIONS), fail=lambda r: r.turn == 1)
+    assert max(r.turn for r in reqs) == 1
+    assert all(r.state in (RequestState.FINISHED, RequestState.REJECTED) for r in reqs)
+
+
+def test_context_limit_ends_sessions():
+    cfg = {**SESSIONS, "sessions": {"turns": 50, "max_prompt_tokens": 2000}}
+    reqs = drive(make(cfg))
+    assert max(r.prompt_len for r in reqs) <= 2000
+    assert max(r.turn for r in reqs) < 49
+
+
+def test_shared_prefix_groups():
+    cfg = {"lengths": {"prompt_tokens": 100, "output_tokens": 10}, "shared_prefix": {"tokens": 1024, "groups": 3},
+           "num_requests": 300}
+    reqs = list(make(cfg).arrivals())
+    assert {r.prompt_len for r in reqs} == {1124}
+    assert len({r.hash_ids for r in reqs}) == 3
+    assert all(len(r.hash_ids) == 64 for r in reqs)
+
+
+def test_closed_loop_users_keep_one_request_in_flight():
+    cfg = {"arrival": {"process": "closed", "users": 4, "think_time_s": 2.0, "think_time_dist": "fixed"},
+           "lengths": {"prompt_tokens": 10, "output_tokens": 100}, "num_requests": 40}
+    reqs = drive(make(cfg), service_s=lambda r: 1.0)
+    assert len(reqs) == 40
+    # 4 users, 1 s service + 2 s think: arrivals at 0, 3, 6, ... in groups of four.
+    assert [r.arrival_s for r in reqs] == [3.0 * (i // 4) for i in range(40)]
+
+
+def test_closed_loop_sessions_start_after_the_previous_session():
+    cfg = {"arrival": {"process": "closed", "users": 1, "think_time_s": 1.0, "think_time_dist": "fixed"},
+           "sessions": {"turns": 2, "think_time_s": 3.0, "think_time_dist": "fixed"},
+           "lengths": {"prompt_tokens": 10, "output_tokens": 10}, "num_requests": 6}
+    reqs = drive(make(cfg), service_s=lambda r: 1.0)
+    assert [(r.session_id, r.turn, r.arrival_s) for r in reqs] == [
+        (0, 0, 0.0), (0, 1, 4.0), (1, 0, 6.0), (1, 1, 10.0), (2, 0, 12.0), (2, 1, 16.0)]
