@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from servesim.core.loop import PRIO_STEP_END, EventLoop
+from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, cdiv
@@ -55,8 +55,9 @@ class Engine:
         if req.hash_ids and self.kv.enable_prefix_caching:
             req.kv_block_keys = _block_keys(req, self.kv.block_size)
         self.scheduler.add_request(req, now_s)
-        if not self.busy:
-            self._start_step(now_s)
+        if not self.busy:  # start after every arrival of this instant is queued, as a batch
+            self.busy = True
+            self.loop.schedule(now_s, lambda t, _: self._start_step(t), None, PRIO_STEP_START)
 
     def _reject_reason(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len

@@ -25,6 +25,7 @@ class VLLMParams(SchedulerParams):
 @register("vllm")
 class VLLMScheduler(Scheduler):
     Params = VLLMParams
+    _head_blocked_by_kv = False
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         cfg = self.config
@@ -84,6 +85,7 @@ class VLLMScheduler(Scheduler):
         kv = self.kv
         waiting = self.waiting
         threshold = cfg.long_prefill_token_threshold
+        self._head_blocked_by_kv = False
         while waiting and budget > 0:
             if len(self.running) >= cfg.max_num_seqs:
                 break
@@ -97,7 +99,10 @@ class VLLMScheduler(Scheduler):
                 break
             n = min(n, budget)
             if not kv.allocate_slots(req, n, hits):
-                break  # head-of-line blocking, as vLLM
+                # head-of-line blocking, as vLLM; without prefix keys the head's need is fixed
+                # while decodes only consume blocks, so it stays blocked until something finishes
+                self._head_blocked_by_kv = not req.kv_block_keys
+                break
             waiting.pop()
             self.running.append(req)
             req.state = RequestState.RUNNING
@@ -111,9 +116,10 @@ class VLLMScheduler(Scheduler):
 
     def is_steady(self, output: SchedulerOutput) -> bool:
         # Same batch next step iff everyone running got its token, nothing was preempted and
-        # the admission loop cannot admit (nothing waiting, or max_num_seqs reached).
+        # the admission loop cannot admit: nothing waiting, max_num_seqs reached, or the head
+        # waits for KV blocks that decode-only steps can only make scarcer.
         return (
             not output.preempted
             and len(output.scheduled) == len(self.running)
-            and (not self.waiting or len(self.running) >= self.config.max_num_seqs)
+            and (not self.waiting or len(self.running) >= self.config.max_num_seqs or self._head_blocked_by_kv)
         )

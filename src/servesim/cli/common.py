@@ -1,0 +1,56 @@
+"""Helpers shared by CLI commands: one-line errors, and help text generated from a schema."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import typing
+from typing import Any, Callable
+
+import typer
+from pydantic import BaseModel
+
+from servesim.errors import InputError
+
+
+def fail(message: str) -> typer.Exit:
+    """Print `error: message` to stderr and return the exit to raise (code 2)."""
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn InputError into one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as e:
+            raise fail(str(e)) from None
+
+    return wrapper
+
+
+def _type_name(ann: Any) -> str:
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    return getattr(ann, "__name__", str(ann))
+
+
+def schema_help(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per scenario key: `key  (type, default) docstring`, nested sections flattened."""
+    lines = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        key = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.extend(schema_help(ann, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        doc = (field.description or "").replace("\n", " ")
+        lines.append(f"{key} ({_type_name(ann)}, default {default!r}): {doc}")
+    return lines

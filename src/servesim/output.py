@@ -1,0 +1,105 @@
+"""Writing a run folder: scenario.yaml, summary.json, requests.csv|parquet, timeseries.csv.
+
+Files are first written into a temporary sibling folder which is renamed into place at the
+end, so a failed run never leaves half-written results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from servesim.errors import InputError
+from servesim.metrics.summary import STATE_NAMES
+from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
+from servesim.simulation import Result
+
+REQUEST_COLUMNS = ("id", "tenant", "priority", "slo_class", "is_offline", "session_id", "program_id", "arrival_s",
+                   "prompt_len", "output_len", "num_output_tokens", "state", "first_scheduled_s", "first_token_s",
+                   "finish_s", "ttft_s", "tpot_s", "e2e_s", "num_preemptions", "num_cached_tokens")
+
+
+def request_rows(result: Result):
+    cols = result.columns()
+    ttft, tpot, e2e = cols.ttft_s, cols.tpot_s, cols.e2e_s
+    for i, r in enumerate(result.requests):
+        yield (r.id, r.tenant, r.priority, r.slo_class, int(r.is_offline), r.session_id, r.program_id, r.arrival_s,
+               r.prompt_len, r.output_len, r.num_output_tokens, STATE_NAMES[r.state], r.first_scheduled_s,
+               r.first_token_s, r.finish_s, ttft[i], tpot[i], e2e[i], r.num_preemptions, r.num_cached_tokens)
+
+
+def _cell(v):
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else repr(float(v))
+    return v
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_run(result: Result, out_dir: Path, summary: dict | None = None) -> Path:
+    """Write the run folder atomically; returns its path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out '{out_dir}' exists and is not a folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_files(result, tmp, summary or result.summary())
+        if out_dir.exists():
+            for child in tmp.iterdir():  # replace our own files, keep anything else the user put there
+                target = out_dir / child.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                child.replace(target)
+            tmp.rmdir()
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _write_files(result: Result, folder: Path, summary: dict) -> None:
+    resolved = result.scenario.model_dump(mode="json")
+    resolved["engine"] = result.engine_config.model_dump(mode="json")
+    (folder / "scenario.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    (folder / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    if result.scenario.output.requests_format == "parquet":
+        _write_parquet(result, folder / "requests.parquet")
+    else:
+        with open(folder / "requests.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(REQUEST_COLUMNS)
+            w.writerows([_cell(v) for v in row] for row in request_rows(result))
+    ts = result.timeseries()
+    with open(folder / "timeseries.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(TS_COLUMNS)
+        w.writerows(zip(*[[_cell(float(x)) for x in ts[c]] for c in TS_COLUMNS]))
+
+
+def _write_parquet(result: Result, path: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("output.requests_format=parquet needs pyarrow: pip install 'servesim[parquet]'") from None
+    rows = list(request_rows(result))
+    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(REQUEST_COLUMNS)})
+    pq.write_table(table, path)

@@ -1,0 +1,176 @@
+"""The scenario: everything a run needs, as one validated YAML document.
+
+Top-level short keys hold what users change most (`model`, `gpu`, `tp`, `dtype`, `seed`);
+sections hold the engine arguments (vLLM names), the scheduler and its parameters, the
+workload, SLOs and outputs. Every field has a default and a docstring; `servesim run --help`
+prints them. Loading turns every problem into one `InputError` line.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from servesim.errors import InputError
+from servesim.perf import PerfConfig
+from servesim.replica.config import EngineConfig
+from servesim.replica.schedulers import SchedulerParams, get_scheduler
+from servesim.workload.config import WorkloadConfig
+
+_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class SchedulerConfig(BaseModel):
+    """The scheduling policy by name, with its own parameters beside the name."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    name: str = "vllm"
+    """Registered scheduler name (see `servesim catalog schedulers`)."""
+
+    @model_validator(mode="after")
+    def _check_params(self) -> "SchedulerConfig":
+        self.params()  # raises on unknown scheduler or bad parameters
+        return self
+
+    def params(self) -> SchedulerParams:
+        cls = get_scheduler(self.name)
+        try:
+            return cls.Params(**(self.model_extra or {}))
+        except ValidationError as e:
+            raise InputError(_one_line(e, prefix="scheduler.", allowed_from=cls.Params)) from None
+
+
+class SLOConfig(BaseModel):
+    model_config = _STRICT
+    ttft_s: float | None = Field(None, gt=0)
+    """Time-to-first-token target in seconds (unset: no TTFT SLO)."""
+    tpot_s: float | None = Field(None, gt=0)
+    """Time-per-output-token target in seconds (unset: no TPOT SLO)."""
+
+
+class OutputConfig(BaseModel):
+    model_config = _STRICT
+    requests_format: Literal["csv", "parquet"] = "csv"
+    """Format of the per-request table (`parquet` needs pyarrow)."""
+    timeseries_interval_s: float = Field(1.0, gt=0)
+    """Interval of the time series in seconds."""
+
+
+class Scenario(BaseModel):
+    """One simulation run."""
+
+    model_config = _STRICT
+
+    seed: int = 0
+    """Root random seed; every random component derives its own stream from it."""
+    model: str = "llama-3.1-8b"
+    """Model name from the catalogue, or a path to a Hugging Face config.json."""
+    gpu: str = "h100-sxm"
+    """GPU name from the catalogue."""
+    tp: int = Field(1, ge=1)
+    """Tensor-parallel size (GPUs per replica)."""
+    dtype: str = "bf16"
+    """Weight precision (bf16, fp16, fp8, int4, ...)."""
+    perf: PerfConfig = PerfConfig()
+    """Performance-model options: engine profile and calibration."""
+    engine: EngineConfig = EngineConfig()
+    """Engine arguments (vLLM names and defaults)."""
+    scheduler: SchedulerConfig = SchedulerConfig()
+    """Scheduling policy and its parameters."""
+    workload: WorkloadConfig = WorkloadConfig()
+    """Where requests come from."""
+    slo: SLOConfig = SLOConfig()
+    """Latency targets for SLO attainment and goodput."""
+    output: OutputConfig = OutputConfig()
+    """What the run writes."""
+    max_sim_time_s: float | None = Field(None, gt=0)
+    """Stop the simulation at this simulated time; unfinished requests are dropped."""
+
+
+DEFAULT_SCENARIO = "default.yaml"
+
+
+def default_scenario_text() -> str:
+    return resources.files("servesim.scenarios").joinpath(DEFAULT_SCENARIO).read_text()
+
+
+def load_scenario(path: str | Path | None = None, overrides: list[str] | None = None) -> Scenario:
+    """Read a scenario file (or the packaged default), apply `key.path=value` overrides, validate."""
+    if path is None:
+        text, where = default_scenario_text(), "default scenario"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"scenario file '{path}' does not exist")
+        text, where = p.read_text(), str(path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"{where}: malformed YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: a scenario must be a mapping of keys to values")
+    for item in overrides or []:
+        apply_override(data, item)
+    return validate_scenario(data, where)
+
+
+def validate_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise InputError(f"{where}: {_one_line(e, allowed_from=Scenario)}") from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in nested dicts; the value is parsed as YAML (numbers, booleans, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set expects KEY=VALUE (e.g. engine.max_num_seqs=128), got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {} if child is None else _fail_nested(key, part)
+        node = child
+    node[parts[-1]] = value
+
+
+def _fail_nested(key: str, part: str) -> dict:
+    raise InputError(f"--set {key}: '{part}' is a value, not a section")
+
+
+def _one_line(e: ValidationError, prefix: str = "", allowed_from: type[BaseModel] | None = None) -> str:
+    """The first validation error as one readable line, naming allowed keys for unknown ones."""
+    err = e.errors()[0]
+    loc = prefix + ".".join(str(x) for x in err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(allowed_from, err["loc"][:-1]) if allowed_from else []
+        return f"unknown field '{loc}'; allowed: {', '.join(allowed)}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{loc}: {msg}{shown}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)

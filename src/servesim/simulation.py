@@ -1,0 +1,164 @@
+"""Wires a Scenario into components and runs the event loop (the only module that knows every stage)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from servesim.core.loop import PRIO_ARRIVAL, EventLoop
+from servesim.errors import InputError
+from servesim.metrics.recorder import Recorder, StepLog
+from servesim.metrics.summary import RequestColumns, summarize
+from servesim.metrics.timeseries import timeseries
+from servesim.perf import build_perf_model
+from servesim.replica.config import EngineConfig, serve_batch_defaults
+from servesim.replica.engine import Engine
+from servesim.replica.kv_cache import KVCacheManager
+from servesim.replica.schedulers import get_scheduler
+from servesim.scenario import Scenario
+from servesim.workload import build_workload
+from servesim.workload.request import Request
+
+Progress = Callable[[int, int | None, float], None]  # (requests done, expected total, simulated time)
+
+
+@dataclass
+class Result:
+    """Everything a run produced: raw records plus the derived views."""
+
+    scenario: Scenario
+    engine_config: EngineConfig  # with every default resolved
+    num_gpu_blocks: int
+    requests: list[Request]
+    steps: StepLog
+    prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
+    wall_time_s: float
+    num_events: int
+    num_fast_forwarded_steps: int
+
+    def columns(self) -> RequestColumns:
+        reqs = self.requests
+        f = lambda get: np.array([get(r) for r in reqs], dtype=float)  # noqa: E731
+        return RequestColumns(
+            id=np.array([r.id for r in reqs], dtype=np.int64),
+            tenant=np.array([r.tenant for r in reqs], dtype=object),
+            slo_class=np.array([r.slo_class for r in reqs], dtype=object),
+            state=np.array([int(r.state) for r in reqs], dtype=np.int64),
+            arrival_s=f(lambda r: r.arrival_s),
+            prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64),
+            output_len=np.array([r.output_len for r in reqs], dtype=np.int64),
+            num_output_tokens=np.array([r.num_output_tokens for r in reqs], dtype=np.int64),
+            first_token_s=f(lambda r: np.nan if r.first_token_s is None else r.first_token_s),
+            finish_s=f(lambda r: np.nan if r.finish_s is None else r.finish_s),
+            num_preemptions=np.array([r.num_preemptions for r in reqs], dtype=np.int64),
+            ttft_slo_s=f(lambda r: np.nan if r.ttft_slo_s is None else r.ttft_slo_s),
+            tpot_slo_s=f(lambda r: np.nan if r.tpot_slo_s is None else r.tpot_slo_s),
+        )
+
+    def summary(self) -> dict:
+        slo = self.scenario.slo
+        return summarize(self.columns(), self.steps, [r.token_steps for r in self.requests],
+                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
+                         wall_time_s=self.wall_time_s)
+
+    def timeseries(self) -> dict[str, np.ndarray]:
+        cols = self.columns()
+        return timeseries(self.steps, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
+
+
+def resolve_engine_config(scenario: Scenario, perf) -> EngineConfig:
+    """Fill the engine arguments left unset with vLLM's defaults for this GPU and model."""
+    cfg = scenario.engine
+    tokens, seqs = serve_batch_defaults(perf.gpu_name, perf.gpu_hbm_bytes)
+    return cfg.model_copy(update={
+        "max_num_batched_tokens": cfg.max_num_batched_tokens or tokens,
+        "max_num_seqs": cfg.max_num_seqs or seqs,
+        "max_model_len": cfg.max_model_len or perf.max_model_len,
+    })
+
+
+def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
+    """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants."""
+    wall0 = time.perf_counter()
+    root = np.random.SeedSequence(scenario.seed)
+    workload_seed, _policy_seed = root.spawn(2)
+    perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
+    config = resolve_engine_config(scenario, perf)
+    num_gpu_blocks = perf.num_gpu_blocks(config.block_size, config.gpu_memory_utilization,
+                                         config.max_num_batched_tokens)
+    if num_gpu_blocks <= 0:
+        raise InputError(f"{scenario.model} does not fit on {scenario.tp} x {scenario.gpu} with "
+                         f"gpu_memory_utilization {config.gpu_memory_utilization}: no room for KV cache")
+    num_cpu_blocks = int(config.swap_space_gb * 2**30 // (config.block_size * perf.kv_bytes_per_token))
+    kv = KVCacheManager(num_gpu_blocks, config.block_size, config.enable_prefix_caching, num_cpu_blocks)
+    sched_cls = get_scheduler(scenario.scheduler.name)
+    scheduler = sched_cls(scenario.scheduler.params(), config, kv, perf)
+    loop = EventLoop()
+    recorder = Recorder()
+    workload = build_workload(scenario.workload, workload_seed)
+    expected = workload.expected_num_requests
+    done = 0
+
+    def on_done(req: Request, now_s: float) -> None:
+        nonlocal done
+        done += 1
+        if progress and done % 2000 == 0:
+            progress(done, expected, now_s)
+        for follow in workload.on_request_done(req, now_s):
+            loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
+
+    engine = Engine(config, scheduler, kv, perf, loop, recorder, on_done,
+                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"))
+    stream = workload.arrivals()
+
+    def arrive(now_s: float, req: Request) -> None:
+        engine.add_request(req, now_s)
+
+    def arrive_from_stream(now_s: float, req: Request) -> None:
+        schedule_next()  # keep exactly one stream arrival pending, so the trace is never all in memory
+        engine.add_request(req, now_s)
+
+    def schedule_next() -> None:
+        req = next(stream, None)
+        if req is not None:
+            if req.arrival_s < loop.now_s:
+                raise InputError(f"workload arrivals are not in time order: request {req.id} at "
+                                 f"{req.arrival_s} s after one at {loop.now_s} s")
+            loop.schedule(req.arrival_s, arrive_from_stream, req, PRIO_ARRIVAL)
+
+    schedule_next()
+    loop.run(until_s=scenario.max_sim_time_s or float("inf"))
+    engine.drain(loop.now_s)
+    if progress:
+        progress(done, expected, loop.now_s)
+    result = Result(scenario, config, num_gpu_blocks, recorder.requests, recorder.step_log(num_gpu_blocks),
+                    (kv.num_queried_tokens, kv.num_hit_tokens), time.perf_counter() - wall0,
+                    loop.num_events, engine.num_fast_forwarded_steps)
+    check_invariants(result, kv)
+    return result
+
+
+def check_invariants(result: Result, kv: KVCacheManager) -> None:
+    """Conservation and monotonicity, checked on every run (a failure is a simulator bug)."""
+    kv.check_all_free()
+    steps = result.steps
+    if len(steps) and (np.any(np.diff(steps.end_s) < 0) or np.any(steps.end_s < steps.start_s)):
+        raise AssertionError("time ran backwards in the step log")
+    emitted = 0
+    for r in result.requests:
+        if not r.state.terminal:
+            raise AssertionError(f"request {r.id} ended in non-terminal state {r.state.name}")
+        runs = r.token_steps
+        n = sum(runs[j + 1] - runs[j] + 1 for j in range(0, len(runs), 2))
+        if n != r.num_output_tokens or (r.state.name == "FINISHED" and n != r.output_len):
+            raise AssertionError(f"request {r.id}: token counts do not add up ({n} emitted, "
+                                 f"{r.num_output_tokens} counted, {r.output_len} expected)")
+        emitted += n
+    if emitted != int(steps.output_tokens.sum()):
+        raise AssertionError("tokens emitted by requests differ from tokens produced by steps")
+    ids = [r.id for r in result.requests]
+    if len(set(ids)) != len(ids):
+        raise AssertionError("a request id was seen twice")

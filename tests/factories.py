@@ -1,0 +1,47 @@
+"""Builders for requests, a toy cost model and a replica, for step-by-step tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.core.loop import EventLoop
+from servesim.metrics.recorder import Recorder
+from servesim.replica.config import EngineConfig
+from servesim.replica.engine import Engine
+from servesim.replica.kv_cache import KVCacheManager
+from servesim.replica.schedulers import get_scheduler
+from servesim.workload.request import Request
+
+
+def make_request(id: int, prompt: int, output: int, arrival: float = 0.0, **kw) -> Request:
+    return Request(id=id, arrival_s=arrival, prompt_len=prompt, output_len=output, **kw)
+
+
+class ToyPerf:
+    """Step time = 10 ms + 0.1 ms per new token + 1 us per context token (exactly linear)."""
+
+    def step_time_s(self, prefills, decode_ctxs) -> float:
+        tokens = sum(n for n, _ in prefills) + len(decode_ctxs)
+        ctx = sum(c for _, c in prefills) + sum(decode_ctxs)
+        return 0.01 + 1e-4 * tokens + 1e-6 * ctx
+
+    def decode_step_times_s(self, ctxs: np.ndarray, k: int) -> np.ndarray:
+        n = len(ctxs)
+        sums = int(ctxs.sum()) + n * np.arange(k)
+        return 0.01 + 1e-4 * n + 1e-6 * sums
+
+
+def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int = 16, perf=None,
+                params: dict | None = None, **engine_kw):
+    cfg = dict(max_num_batched_tokens=64, max_num_seqs=8, max_model_len=4096)
+    cfg.update(engine_kw)
+    config = EngineConfig(block_size=block_size, **cfg)
+    kv = KVCacheManager(num_blocks, block_size, config.enable_prefix_caching, num_cpu_blocks=num_blocks)
+    cls = get_scheduler(scheduler)
+    perf = perf or ToyPerf()
+    sched = cls(cls.Params(**(params or {})), config, kv, perf)
+    loop = EventLoop()
+    done: list[Request] = []
+    engine = Engine(config, sched, kv, perf, loop, Recorder(), lambda r, t: done.append(r),
+                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"))
+    return engine, sched, kv, loop, done

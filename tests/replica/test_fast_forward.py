@@ -1,0 +1,50 @@
+"""Fast-forwarding decode-only stretches gives exactly the results of stepping one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.core.loop import PRIO_ARRIVAL
+from tests.factories import make_engine, make_request
+
+
+def random_requests(seed: int, n: int = 300):
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(0.05, n))
+    reqs = []
+    for i in range(n):
+        kw = {}
+        if rng.random() < 0.4:  # shared prefixes from a small pool, some covering outputs too
+            kw = dict(hash_ids=tuple(int(x) for x in range(int(rng.integers(0, 3)) * 10,
+                                                           int(rng.integers(0, 3)) * 10 + int(rng.integers(1, 8)))),
+                      hash_block_tokens=32)
+        reqs.append(make_request(i, int(rng.integers(1, 400)), int(rng.integers(1, 300)), float(t[i]), **kw))
+    return reqs
+
+
+def run(reqs, fast_forward: bool, num_blocks: int):
+    engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=16,
+                                                fast_forward=fast_forward)
+    for r in reqs:
+        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
+    loop.run()
+    kv.check_all_free()
+    return engine
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(1, 400), (2, 120), (3, 60)])
+def test_fast_forward_matches_step_by_step(seed, num_blocks):
+    a_reqs, b_reqs = random_requests(seed), random_requests(seed)
+    a = run(a_reqs, True, num_blocks)
+    b = run(b_reqs, False, num_blocks)
+    assert a.num_fast_forwarded_steps > 0.5 * a.num_steps  # the fast path really was used
+    assert b.num_fast_forwarded_steps == 0
+    assert a.num_steps == b.num_steps
+    for x, y in zip(a_reqs, b_reqs):
+        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions, x.num_cached_tokens) == \
+               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions, y.num_cached_tokens)
+    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
+    for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
+        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+    assert sum(r.num_preemptions for r in b_reqs) > 0 or num_blocks == 400
