@@ -10,11 +10,13 @@ from pathlib import Path
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 #: Flags for a closed network: without the background-networking ones Chromium's own
-#: connections are refused and it can stall.
+#: connections are refused and it can stall. The dead proxy makes every http(s) request fail,
+#: so a page that renders here needs no network at all.
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--hide-scrollbars", "--disable-dev-shm-usage",
+    "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
 )
 
 
