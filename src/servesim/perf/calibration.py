@@ -42,6 +42,7 @@ class Constants:
     ar_bw_eff: float = 0.75  # share of the scale-up link bandwidth an all-reduce reaches
     moe_imbalance: float = 1.0  # busiest expert's load over the mean (>= 1)
     pcie_eff: float = 0.8  # share of PCIe bandwidth reached by KV swaps
+    gqa_sharing: float = 1.0  # share of GQA's KV reuse the decode kernel realises (0: K/V re-read per query head)
     layer_floor_s: float = 10e-6  # fixed GPU time per layer (kernel launches and tails)
     ar_launch_s: float = 10e-6  # fixed cost per all-reduce call
     step_overhead_s: float = 1e-3  # engine CPU time per iteration

@@ -146,13 +146,19 @@ class StepTerms:
         return kv / (self.c.eta_attn_memory * self.gpu.hbm_bw_bytes_s)
 
     def decode_s_per_ctx_token(self) -> float:
-        """Per layer: decode attention time per context token (KV read or FLOPs, whichever binds)."""
+        """Per layer: decode attention time per context token (KV read or FLOPs, whichever binds).
+
+        A decode kernel that is not GQA-aware reads each KV head once per query head of its group;
+        `gqa_sharing` (1 = read once) is the engine's share of that reuse.
+        """
         m = self.model
         if m.mla is not None:  # absorbed MLA: scores against the latent, then values from it
             flops = 2.0 * m.num_heads / self.tp * (2 * m.mla.kv_lora_rank + m.mla.qk_rope_head_dim)
+            rereads = 1.0
         else:
             flops = 4.0 * m.num_heads / self.tp * m.head_dim
-        return max(self.kv_read_s_per_token(), flops / self.attention_peak())
+            rereads = 1.0 + (1.0 - self.c.gqa_sharing) * (m.num_heads // m.num_kv_heads - 1)
+        return max(self.kv_read_s_per_token() * rereads, flops / self.attention_peak())
 
     def cpu_s(self, num_seqs: int, num_tokens: int) -> float:
         c = self.c
