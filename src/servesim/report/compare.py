@@ -50,10 +50,10 @@ def build_comparison_page(runs: Sequence[RunData], labels: Sequence[str]) -> Pag
     rows = difference_rows(per_run)
     if rows and len(runs) > 1:
         page.figure(figures.differences(labels, rows), "differences")
-    slos = slo_targets(runs[0].scenario)
+    slos = slo_targets(runs[0].scenario, runs[0].summary)
     if any(run.requests for run in runs):
         page.heading("Latency distributions")
-        if any(slo_targets(run.scenario) != slos for run in runs[1:]):
+        if any(slo_targets(run.scenario, run.summary) != slos for run in runs[1:]):
             page.note(f"The runs have different SLOs; lines show {labels[0]}'s.")
         page.figures_grid([
             (figures.latency_cdf(m, [(label, series.latency_values(run, m))

@@ -103,8 +103,11 @@ def timeseries(runs: Sequence[tuple[str, dict[str, np.ndarray]]]) -> go.Figure:
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[title for title, _ in _PANELS])
     several = len(runs) > 1
+    widths = []
     for i, (label, raw) in enumerate(runs):
         ts = series.rebin_timeseries(raw)
+        if len(ts.get("interval_s", ())):
+            widths.append(float(np.median(ts["interval_s"])))
         color = COLORS[i % len(COLORS)]
         lines = (
             (1, "arrival rate", series.rate(ts, "arrivals"), "solid", "req/s"),
@@ -130,7 +133,8 @@ def timeseries(runs: Sequence[tuple[str, dict[str, np.ndarray]]]) -> go.Figure:
         fig.update_yaxes(title_text=unit, rangemode="tozero", row=row, col=1)
     fig.update_yaxes(range=[0, 100], row=4, col=1)
     fig.update_xaxes(title_text="Simulated time (s)", row=4, col=1)
-    fig = _base_layout(fig, "Over time (interval means)", height=1000)
+    title = "Over time" + (f" (means over {max(widths):g} s intervals)" if widths else "")
+    fig = _base_layout(fig, title, height=1000)
     fig.update_layout(hovermode="x unified")
     if several:  # one entry per run and quantity: a side legend keeps the panels readable
         fig.update_layout(legend={"orientation": "v", "yanchor": "top", "y": 1.0, "x": 1.02},

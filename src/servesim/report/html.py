@@ -45,6 +45,7 @@ dl.brief dt { font-weight: 600; } dl.brief dd { margin: 0; overflow-wrap: anywhe
 .better { color: #1a7f37; } .worse { color: #c62828; } .delta { font-size: 0.8rem; margin-left: 4px; }
 .note { color: #8a6d00; }
 .scroll { overflow-x: auto; }
+details summary { cursor: pointer; color: #444; } pre { font-size: 0.8rem; max-height: 480px; overflow: auto; }
 """
 
 
@@ -124,6 +125,12 @@ def _cell(value: str) -> str:
 def definition_list(rows: Sequence[tuple[str, str]]) -> str:
     items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
     return f'<div class="card"><dl class="brief">{items}</dl></div>'
+
+
+def details(summary: str, text: str) -> str:
+    """A collapsed block of preformatted text (e.g. the full scenario)."""
+    return (f'<details class="card"><summary>{html.escape(summary)}</summary>'
+            f"<pre>{html.escape(text)}</pre></details>")
 
 
 def write_atomically(text: str, path: Path) -> Path:

@@ -46,6 +46,9 @@ _SCALARS = (
     ("Throughput", "prefix_cache_hit_rate", "Prefix-cache hit rate", "pct", 1),
     ("SLO", "slo_attainment", "SLO attainment", "pct", 1),
     ("SLO", "goodput_requests_per_s", "Goodput", "rate", 1),
+    ("SLO", "slo.ttft_s", "TTFT target", "ms", 0),
+    ("SLO", "slo.tpot_s", "TPOT target", "ms", 0),
+    ("SLO", "slo.e2e_s", "E2E target", "ms", 0),
     ("Time", "simulated_time_s", "Simulated time", "s", 0),
     ("Time", "wall_time_s", "Wall time", "s", -1),
 )
@@ -122,9 +125,12 @@ def group_breakdowns(summary: dict[str, Any]) -> list[tuple[str, dict[str, dict[
     return out
 
 
-def slo_targets(scenario: dict[str, Any]) -> dict[str, float]:
-    """Latency SLOs from the scenario (`slo: {ttft_s, tpot_s, e2e_s}`), only those set."""
+def slo_targets(scenario: dict[str, Any], summary: dict[str, Any] | None = None) -> dict[str, float]:
+    """Latency SLOs (`slo: {ttft_s, tpot_s, e2e_s}`), only those set; from the scenario, else
+    from the summary's own `slo` section."""
     slo = scenario.get("slo")
+    if not isinstance(slo, dict) and summary is not None:
+        slo = summary.get("slo")
     if not isinstance(slo, dict):
         return {}
     return {key: float(slo[key]) for key in ("ttft_s", "tpot_s", "e2e_s")
@@ -149,11 +155,52 @@ def scenario_brief(scenario: dict[str, Any]) -> list[tuple[str, str]]:
         picked = {k: engine[k] for k in keys if k in engine} or engine
         rows.append(("Engine", one_line(picked)))
     if scenario.get("workload") is not None:
-        rows.append(("Workload", one_line(scenario["workload"])))
+        rows.append(("Workload", workload_brief(scenario["workload"])))
     slo = scenario.get("slo")
     if isinstance(slo, dict) and any(v is not None for v in slo.values()):
         rows.append(("SLO", one_line({k: v for k, v in slo.items() if v is not None})))
     return rows
+
+
+def workload_brief(workload: Any) -> str:
+    """The workload in one line: trace or arrival process, lengths, limits, special features.
+
+    Resolved scenarios spell out every default, so only the keys that say what the workload
+    is are picked; anything unrecognised falls back to a compact dump.
+    """
+    if not isinstance(workload, dict):
+        return one_line(workload)
+    parts = []
+    trace = workload.get("trace")
+    if isinstance(trace, dict) and trace.get("name"):
+        speedup = trace.get("speedup")
+        parts.append(f"trace {trace['name']}" + (f" at {speedup}x speed" if speedup not in (None, 1, 1.0) else ""))
+    elif isinstance(trace, str):
+        parts.append(f"trace {trace}")
+    else:
+        parts += _arrival_and_lengths(workload)
+    parts += [f"{key}={workload[key]}" for key in ("num_requests", "duration_s")
+              if workload.get(key) is not None]
+    parts += [key.replace("_", " ") for key in ("sessions", "programs", "shared_prefix") if workload.get(key)]
+    attributes = workload.get("attributes")
+    if isinstance(attributes, dict) and isinstance(attributes.get("tenants"), dict) and attributes["tenants"]:
+        parts.append("tenants " + ", ".join(map(str, attributes["tenants"])))
+    return one_line("; ".join(parts)) if parts else one_line(workload)
+
+
+def _arrival_and_lengths(workload: dict[str, Any]) -> list[str]:
+    parts = []
+    arrival = workload.get("arrival")
+    if isinstance(arrival, dict) and arrival.get("process"):
+        rate = arrival.get("rate_per_s")
+        parts.append(f"{arrival['process']} arrivals" + (f" at {rate}/s" if rate is not None else ""))
+    lengths = workload.get("lengths")
+    if isinstance(lengths, dict):
+        if lengths.get("dataset"):
+            parts.append(f"lengths from {lengths['dataset']}")
+        elif lengths.get("prompt_tokens") is not None:
+            parts.append(f"{lengths['prompt_tokens']} prompt / {lengths.get('output_tokens')} output tokens")
+    return parts
 
 
 def one_line(value: Any, max_chars: int = 200) -> str:

@@ -10,6 +10,9 @@ from servesim.report.load import RunData
 
 #: Upper bound on points per drawn curve; keeps pages small for runs with millions of requests.
 MAX_POINTS = 2000
+#: Upper bound on time-series intervals drawn; finer series are merged (exactly) so that a
+#: long run's per-second noise does not hide its trends.
+MAX_INTERVALS = 500
 #: Time-series columns that are counts in an interval (summed when merging intervals).
 _COUNT_COLUMNS = ("arrivals", "finished", "prompt_tokens", "output_tokens")
 #: Time-series columns that are time-weighted means over an interval (weighted when merging).
@@ -59,7 +62,7 @@ def share_within(values: np.ndarray, limit: float) -> float:
     return float(np.mean(values <= limit)) if len(values) else math.nan
 
 
-def rebin_timeseries(ts: dict[str, np.ndarray], max_points: int = MAX_POINTS) -> dict[str, np.ndarray]:
+def rebin_timeseries(ts: dict[str, np.ndarray], max_points: int = MAX_INTERVALS) -> dict[str, np.ndarray]:
     """Merge consecutive intervals so at most `max_points` remain; exact sums and weighted means."""
     n = len(ts.get("time_s", ()))
     if n <= max_points or "interval_s" not in ts:

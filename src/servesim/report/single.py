@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from servesim.report import figures, series
 from servesim.report.fmt import format_value
-from servesim.report.html import Page, definition_list, table
+from servesim.report.html import Page, definition_list, details, table
 from servesim.report.load import RunData
 from servesim.report.metrics import (
     LATENCIES, LATENCY_STATS, Metric, group_breakdowns, scenario_brief, slo_targets, summary_metrics,
@@ -24,9 +26,10 @@ def build_run_page(run: RunData) -> Page:
     if run.scenario:
         page.heading("Scenario")
         page.raw(definition_list(scenario_brief(run.scenario)))
+        page.raw(details("Full resolved scenario", yaml.safe_dump(run.scenario, sort_keys=False)))
     page.heading("Summary")
     page.row([summary_table(summary_metrics(run.summary)), latency_table(run.summary)])
-    slos = slo_targets(run.scenario)
+    slos = slo_targets(run.scenario, run.summary)
     if run.requests:
         page.heading("Latency distributions")
         page.figures_grid([
