@@ -8,9 +8,10 @@ A calibration file (YAML) holds `defaults` plus `entries`, each entry a `match` 
       - match: {gpu: h100-sxm, dtype: fp8}
         set: {eta_compute: 0.55}
 
-Constants for one (gpu, dtype, engine) are resolved in this order, later wins: the shipped
-defaults, the engine profile's constants (engines.yaml), the shipped entries, then a user
-calibration file's defaults and entries; entries apply from least to most specific (number of
+Constants for one (gpu, dtype, engine) are resolved in this order, later wins: the priors'
+defaults (calibration_priors.yaml), the engine profile's constants (engines.yaml), the priors'
+entries, the shipped fit (calibration_default.yaml, fitted to shared/data/perf), then a user
+calibration file's defaults and entries, then `PerfConfig.overrides`; entries apply from least to most specific (number of
 match keys), file order breaking ties. So constants are shared per GPU, dtype and engine, never
 per measured point.
 """
@@ -26,6 +27,7 @@ import yaml
 from servesim.errors import InputError
 from servesim.perf._catalog import catalogue
 
+PRIORS_FILE = "calibration_priors.yaml"
 DEFAULT_FILE = "calibration_default.yaml"
 MATCH_KEYS = ("gpu", "dtype", "engine")
 
@@ -102,8 +104,9 @@ def parse_calibration(raw: Any, where: str) -> CalibrationData:
     return CalibrationData(defaults, tuple(entries))
 
 
-def shipped_calibration() -> CalibrationData:
-    return parse_calibration(catalogue(DEFAULT_FILE), f"package data {DEFAULT_FILE}")
+def shipped_calibration(filename: str = DEFAULT_FILE) -> CalibrationData:
+    """A calibration file shipped in the package (the priors or the shipped fit)."""
+    return parse_calibration(catalogue(filename), f"package data {filename}")
 
 
 def load_calibration(path: str | Path) -> CalibrationData:
@@ -127,13 +130,18 @@ def _apply(values: dict[str, float], data: CalibrationData, key: Mapping[str, st
 
 def resolve_constants(gpu: str, dtype: str, engine: str, engine_constants: Mapping[str, float],
                       user: CalibrationData | None = None,
-                      overrides: Mapping[str, float] | None = None) -> Constants:
-    """The constants for one (gpu, dtype, engine) after layering (see the module docstring)."""
+                      overrides: Mapping[str, float] | None = None, shipped_fit: bool = True) -> Constants:
+    """The constants for one (gpu, dtype, engine) after layering (see the module docstring).
+
+    `shipped_fit=False` leaves out calibration_default.yaml (used to refit it from the priors).
+    """
     key = {"gpu": gpu, "dtype": dtype, "engine": engine}
-    shipped = shipped_calibration()
-    values: dict[str, float] = dict(shipped.defaults)
+    priors = shipped_calibration(PRIORS_FILE)
+    values: dict[str, float] = dict(priors.defaults)
     values.update(_check_values(engine_constants, f"engine {engine} constants"))
-    _apply(values, CalibrationData({}, shipped.entries), key)
+    _apply(values, CalibrationData({}, priors.entries), key)
+    if shipped_fit:
+        _apply(values, shipped_calibration(DEFAULT_FILE), key)
     if user is not None:
         _apply(values, user, key)
     if overrides:

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from servesim.errors import InputError
-from servesim.perf.calibration import Constants, load_calibration, resolve_constants
+from servesim.perf.calibration import CalibrationData, Constants, load_calibration, resolve_constants
 from servesim.perf.config import PerfConfig
 from servesim.perf.engines import engine_profile
 from servesim.perf.hardware import ACTIVATION_BYTES, dtype_spec, gpu_spec, kv_dtype_bytes
@@ -206,8 +206,19 @@ def _weight_bytes_per_gpu(m: ModelSpec, weight_bytes: float, tp: int, pp: int) -
 
 def build_perf_model(model: str, gpu: str, tp: int = 1, dtype: str = "bf16", config: PerfConfig | None = None,
                      pp: int = 1) -> PerfModel:
-    """Build the step-time model; bad names, tp, pp or dtype raise InputError naming allowed values."""
+    """Build the step-time model; bad names, tp, pp or dtype raise InputError naming allowed values.
+
+    model: catalogue name or alias (any case) or a path to a Hugging Face config.json;
+    gpu: catalogue name or alias (any case); config.calibration: a file from `servesim calibrate`.
+    """
     config = config if config is not None else PerfConfig()
+    user = load_calibration(config.calibration) if config.calibration else None
+    return build_with_calibration(model, gpu, tp, dtype, config, pp, user)
+
+
+def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: PerfConfig, pp: int,
+                           user: CalibrationData | None, shipped_fit: bool = True) -> PerfModel:
+    """`build_perf_model` with the user calibration given as data (used by fitting and validation)."""
     spec = model_spec(model)
     g = gpu_spec(gpu)
     d = dtype_spec(dtype, g)
@@ -218,8 +229,7 @@ def build_perf_model(model: str, gpu: str, tp: int = 1, dtype: str = "bf16", con
         raise InputError(f"pp must be an integer from 1 to {spec.num_layers} (the layers of {spec.name}), got {pp!r}")
     kv_name, kv_bytes = kv_dtype_bytes(config.kv_cache_dtype, d)
     eng = engine_profile(config.engine)
-    user = load_calibration(config.calibration) if config.calibration else None
-    constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides)
+    constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides, shipped_fit)
     terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, config.expert_parallel)
     kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
     return PerfModel(

@@ -19,7 +19,7 @@ from servesim.perf.config import PerfConfig
 from servesim.perf.engines import engine_profile
 from servesim.perf.estimate import estimate, max_batch_that_fits
 from servesim.perf.measured import Point
-from servesim.perf.perf_model import PerfModel, build_perf_model
+from servesim.perf.perf_model import PerfModel, build_with_calibration
 
 # Theoretical-peak points (Fu 2024) are checked with every efficiency at 1 and no overheads.
 PEAK_OVERRIDES = {"eta_compute": 1.0, "eta_memory": 1.0, "smoothing_k": 64.0, "eta_attn_compute": 1.0,
@@ -56,8 +56,9 @@ def _model_name(raw: str) -> str:
 class Predictor:
     """Builds (and reuses, within one run) the PerfModels the points need."""
 
-    def __init__(self, calibration: CalibrationData | None = None) -> None:
+    def __init__(self, calibration: CalibrationData | None = None, shipped_fit: bool = True) -> None:
         self._calibration = calibration
+        self._shipped_fit = shipped_fit
         self._models: dict[tuple, PerfModel] = {}
 
     def model(self, p: Point, model: str | None = None) -> PerfModel:
@@ -67,12 +68,8 @@ class Predictor:
         key = (model or p.model, gpu, p.tp, p.dtype, engine)
         if key not in self._models:
             config = PerfConfig(engine=engine, overrides=overrides)
-            pm = build_perf_model(_model_name(key[0]), gpu, tp=p.tp, dtype=p.dtype, config=config)
-            if self._calibration is not None:
-                from servesim.perf.perf_model import rebuild_with
-
-                pm = rebuild_with(pm, self._calibration, overrides)
-            self._models[key] = pm
+            self._models[key] = build_with_calibration(_model_name(key[0]), gpu, p.tp, p.dtype, config, 1,
+                                                       self._calibration, self._shipped_fit)
         return self._models[key]
 
     def predict(self, p: Point) -> float:
@@ -142,9 +139,10 @@ DRIVERS: dict[str, Callable[[Predictor, Point], float]] = {
 }
 
 
-def evaluate(points: list[Point], calibration: CalibrationData | None = None) -> tuple[list[Result], list[tuple[Point, str]]]:
+def evaluate(points: list[Point], calibration: CalibrationData | None = None,
+             shipped_fit: bool = True) -> tuple[list[Result], list[tuple[Point, str]]]:
     """Predictions for every point the model can play, and the skipped points with the reason."""
-    pred = Predictor(calibration)
+    pred = Predictor(calibration, shipped_fit)
     results, skipped = [], []
     for p in points:
         try:
