@@ -143,17 +143,29 @@ def timeseries(runs: Sequence[tuple[str, dict[str, np.ndarray]]]) -> go.Figure:
 
 
 def differences(labels: Sequence[str], rows: Sequence[tuple[str, Sequence[float | None]]]) -> go.Figure:
-    """Horizontal bars: relative change of each metric for each run against the first run."""
+    """Horizontal bars: relative change of each metric for each run against the first run.
+
+    Bars are labelled with their value; when one change dwarfs the rest the axis is capped at
+    +300% so the small ones stay visible (the labels still give the true numbers).
+    """
     fig = go.Figure()
     names = [name for name, _ in rows]
+    extremes = [0.0]
     for i, label in enumerate(labels[1:]):
         values = [None if changes[i] is None else changes[i] * 100.0 for _, changes in rows]
+        extremes += [v for v in values if v is not None]
         fig.add_trace(go.Bar(
             y=names, x=values, orientation="h", name=label, marker_color=COLORS[(i + 1) % len(COLORS)],
-            hovertemplate=f"{label}<br>%{{y}}: %{{x:+.1f}}%<extra></extra>",
+            text=[None if v is None else f"{v:+.1f}%" for v in values],
+            textposition=["inside" if v is not None and v > 300 else "outside" for v in values],
+            cliponaxis=True, hovertemplate=f"{label}<br>%{{y}}: %{{x:+.1f}}%<extra></extra>",
         ))
+    low, high = min(extremes), max(extremes)
+    if high > 300:
+        fig.update_xaxes(range=[min(low, 0) * 1.15 - 10, 300])
     fig.add_vline(x=0, line={"color": "#444", "width": 1})
     fig.update_xaxes(title_text=f"Change against {labels[0]} (%)", zeroline=True)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(barmode="group")
-    return _base_layout(fig, f"Differences against {labels[0]}", height=max(360, 70 + 34 * len(rows) * max(1, len(labels) - 1)))
+    fig.update_layout(barmode="group", uniformtext={"minsize": 9, "mode": "show"})
+    height = max(360, 70 + 30 * len(rows) * max(1, len(labels) - 1))
+    return _base_layout(fig, f"Differences against {labels[0]}", height=height)
