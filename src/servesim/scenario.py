@@ -32,6 +32,11 @@ class SchedulerConfig(BaseModel):
     name: str = "vllm"
     """Registered scheduler name (see `servesim catalog schedulers`)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data  # `scheduler: sarathi`
+
     @model_validator(mode="after")
     def _check_params(self) -> "SchedulerConfig":
         self.params()  # raises on unknown scheduler or bad parameters
@@ -141,14 +146,15 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     for part in parts[:-1]:
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {} if child is None else _fail_nested(key, part)
+        if child is None:
+            child = {}
+        elif isinstance(child, str):  # a section given by name only, e.g. `trace: azure-conv`
+            child = {"name": child}
+        elif not isinstance(child, dict):
+            raise InputError(f"--set {key}: '{part}' is a value, not a section")
+        node[part] = child
         node = child
     node[parts[-1]] = value
-
-
-def _fail_nested(key: str, part: str) -> dict:
-    raise InputError(f"--set {key}: '{part}' is a value, not a section")
 
 
 def _one_line(e: ValidationError, prefix: str = "", allowed_from: type[BaseModel] | None = None) -> str:

@@ -72,11 +72,12 @@ class Result:
 def resolve_engine_config(scenario: Scenario, perf) -> EngineConfig:
     """Fill the engine arguments left unset with vLLM's defaults for this GPU and model."""
     cfg = scenario.engine
-    tokens, seqs = serve_batch_defaults(perf.gpu_name, perf.gpu_hbm_bytes)
+    tokens, seqs = serve_batch_defaults(perf.gpu_name, perf.hbm_bytes)
     return cfg.model_copy(update={
         "max_num_batched_tokens": cfg.max_num_batched_tokens or tokens,
         "max_num_seqs": cfg.max_num_seqs or seqs,
-        "max_model_len": cfg.max_model_len or perf.max_model_len,
+        # the model's context length when the catalogue knows it (Llama-3.1: 128K)
+        "max_model_len": cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072,
     })
 
 

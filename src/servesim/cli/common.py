@@ -32,10 +32,21 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    """The pydantic model behind `Model` or `Model | None`, else None."""
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
 def _type_name(ann: Any) -> str:
     args = typing.get_args(ann)
-    if typing.get_origin(ann) is typing.Literal:
+    origin = typing.get_origin(ann)
+    if origin is typing.Literal:
         return "|".join(str(a) for a in args)
+    if origin in (dict, list):
+        return f"{origin.__name__} of {' to '.join(_type_name(a) for a in args)}"
     if args:
         return " or ".join(_type_name(a) for a in args if a is not type(None))
     return getattr(ann, "__name__", str(ann))
@@ -47,8 +58,9 @@ def schema_help(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         ann = field.annotation
         key = f"{prefix}{name}"
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines.extend(schema_help(ann, key + "."))
+        sub = _model_in(ann)
+        if sub is not None:
+            lines.extend(schema_help(sub, key + "."))
             continue
         default = field.get_default(call_default_factory=True)
         doc = (field.description or "").replace("\n", " ")

@@ -42,7 +42,7 @@ class Recorder:
         self.requests: list[Request] = []
         self.num_steps = 0
         self._pending: list[tuple] = []
-        self._chunks: list[np.ndarray] = []
+        self._chunks: list = []  # lists of single-step tuples, or raw fast-forward stretches
 
     def add_request(self, req: Request) -> None:
         self.requests.append(req)
@@ -53,30 +53,32 @@ class Recorder:
         self.num_steps += 1
 
     def log_decode_steps(self, start_s: float, ends_s: np.ndarray, batch: int, num_waiting: int,
-                         kv_used_blocks: np.ndarray) -> None:
-        """A fast-forwarded stretch of identical decode steps ending at `ends_s`."""
-        self._flush()
-        k = len(ends_s)
-        chunk = np.empty((k, len(STEP_COLUMNS)))
-        chunk[0, 0] = start_s
-        chunk[1:, 0] = ends_s[:-1]
-        chunk[:, 1] = ends_s
-        chunk[:, 2] = 0
-        chunk[:, 3] = batch
-        chunk[:, 4] = batch
-        chunk[:, 5] = num_waiting
-        chunk[:, 6] = kv_used_blocks
-        self._chunks.append(chunk)
-        self.num_steps += k
-
-    def _flush(self) -> None:
+                         kv_used_blocks: list[int]) -> None:
+        """A fast-forwarded stretch of identical decode steps ending at `ends_s` (kept raw until read)."""
         if self._pending:
-            self._chunks.append(np.array(self._pending, dtype=float))
+            self._chunks.append(self._pending)
             self._pending = []
+        self._chunks.append((start_s, ends_s, batch, num_waiting, kv_used_blocks))
+        self.num_steps += len(ends_s)
+
+    @staticmethod
+    def _to_array(chunk) -> np.ndarray:
+        if isinstance(chunk, list):  # single steps
+            return np.array(chunk, dtype=float)
+        start_s, ends_s, batch, num_waiting, kv_used = chunk
+        out = np.empty((len(ends_s), len(STEP_COLUMNS)))
+        out[0, 0] = start_s
+        out[1:, 0] = ends_s[:-1]
+        out[:, 1] = ends_s
+        out[:, 2] = 0
+        out[:, 3] = batch
+        out[:, 4] = batch
+        out[:, 5] = num_waiting
+        out[:, 6] = kv_used
+        return out
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
-        self._flush()
-        data = np.concatenate(self._chunks) if self._chunks else np.empty((0, len(STEP_COLUMNS)))
-        self._chunks = [data] if len(data) else []
+        chunks = self._chunks + ([self._pending] if self._pending else [])
+        data = np.concatenate([self._to_array(c) for c in chunks]) if chunks else np.empty((0, len(STEP_COLUMNS)))
         cols = {name: data[:, i] for i, name in enumerate(STEP_COLUMNS)}
         return StepLog(num_gpu_blocks=num_gpu_blocks, **cols)

@@ -74,21 +74,28 @@ class Engine:
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:
         out = self.scheduler.schedule(now_s)
-        if not out.scheduled:
+        scheduled = out.scheduled
+        if not scheduled:
             self.busy = False
             if self.scheduler.num_waiting and not self.scheduler.num_running:
                 raise RuntimeError("scheduler is stuck: requests wait but nothing can run")
             return
         self.busy = True
-        prefills, decode_ctxs = [], []
-        for req, n in out.scheduled:
-            if req.first_scheduled_s is None:
-                req.first_scheduled_s = now_s
-            if n == 1 and req.is_decoding:
-                decode_ctxs.append(req.num_computed_tokens)
-            else:
-                prefills.append((n, req.num_computed_tokens))
-        if not prefills and self.config.fast_forward and self.scheduler.is_steady(out):
+        # A decode: one token scheduled and only the last generated token left to compute.
+        decode_ctxs = [r.num_computed_tokens for r, n in scheduled
+                       if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1]
+        prefills = []
+        if len(decode_ctxs) < len(scheduled):
+            decode_ctxs = []
+            for req, n in scheduled:
+                computed = req.num_computed_tokens
+                if n == 1 and req.num_output_tokens and req.prompt_len + req.num_output_tokens - computed == 1:
+                    decode_ctxs.append(computed)
+                else:
+                    prefills.append((n, computed))
+                    if req.first_scheduled_s is None:
+                        req.first_scheduled_s = now_s
+        elif self.config.fast_forward and self.scheduler.is_steady(out):
             if self._fast_forward(now_s, out, decode_ctxs):
                 return
         dt = self.perf.step_time_s(prefills, decode_ctxs)
@@ -101,10 +108,12 @@ class Engine:
         finished = []
         prefill_tokens = emitted = 0
         for req, n in out.scheduled:
-            if not req.is_decoding:
-                prefill_tokens += n
-            req.num_computed_tokens += n
-            if req.num_computed_tokens >= req.num_tokens:
+            computed = req.num_computed_tokens + n
+            req.num_computed_tokens = computed
+            num_tokens = req.prompt_len + req.num_output_tokens
+            if n > 1 or not req.num_output_tokens or computed != num_tokens:
+                prefill_tokens += n  # prefill or recompute chunk (not a decode)
+            if computed >= num_tokens:
                 emitted += 1
                 self._emit(req, step, step, now_s)
                 if req.num_output_tokens >= req.output_len:
@@ -138,27 +147,32 @@ class Engine:
 
     # ------------------------------------------------------------------ fast forward
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decode_ctxs: list[int]) -> bool:
-        """Run k >= 2 identical decode steps as one event; False if fewer would be safe."""
+        """Run k >= 2 identical decode steps as one event; False if fewer would be safe.
+
+        Batches are small (tens to hundreds of requests), so per-request arithmetic is plain
+        Python and numpy is used only where the work grows with the number of steps.
+        """
         reqs = [req for req, _ in out.scheduled]
-        k = min(req.output_len - req.num_output_tokens for req in reqs)  # up to the first finish
+        k = min([req.output_len - req.num_output_tokens for req in reqs])  # up to the first finish
         if k < 2:
             return False
-        ctx = np.array(decode_ctxs, dtype=np.int64)
-        times = self.perf.decode_step_times_s(ctx, k)
-        ends = np.cumsum(np.concatenate(([now_s], times)))[1:]  # sequential, like stepping
+        times = self.perf.decode_step_times_s(np.array(decode_ctxs, dtype=np.int64), k)
+        times[0] += now_s
+        ends = np.cumsum(times)  # sequential sums from now_s, exactly like stepping one by one
         # Step j >= 1 starts at ends[j-1]; an arrival or timer at or before that changes it.
         horizon = min(self.horizon_s(), self.scheduler.next_timer_s())
-        k = min(k, 1 + int(np.searchsorted(ends, horizon, side="left")))
+        k = min(k, 1 + int(ends.searchsorted(horizon)))
         if k < 2:
             return False
-        # KV: step j allocates room for ctx + j + 1 tokens; stop before blocks would run out.
+        # KV: step j allocates room for ctx + j + 1 tokens. first_new: the first step that needs
+        # one more block for a request; it needs another every block_size steps after that.
         bs = self.kv.block_size
-        held = np.array([self.kv.num_blocks_of(req.id) for req in reqs], dtype=np.int64)
-        first_new = held * bs - ctx  # first step index needing one more block
+        first_new = [h * bs - c for h, c in zip(self.kv.num_blocks_list(reqs), decode_ctxs)]
         free = self.kv.num_free_blocks
 
         def need(steps: int) -> int:
-            return int(np.maximum((steps - 1 - first_new) // bs + 1, 0).sum())
+            last = steps - 1
+            return sum((last - f) // bs + 1 for f in first_new if f <= last)
 
         if need(k) > free:
             lo, hi = 1, k  # need(lo) <= free < need(hi)
@@ -166,30 +180,42 @@ class Engine:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
             k = lo
-        if k < 2 or any(self.kv.keys_conflict(req, int(c) + k) for req, c in zip(reqs, ctx) if req.kv_block_keys):
+        keyed = [(req, c) for req, c in zip(reqs, decode_ctxs) if req.kv_block_keys]
+        if k < 2 or any(self.kv.keys_conflict(req, c + k) for req, c in keyed):
             return False
-        ends = ends[:k]
-        new_blocks = np.maximum((k - 1 - first_new) // bs + 1, 0)
+        added = [0] * k  # blocks allocated at each step of the stretch
+        new_blocks = []
+        for i, f in enumerate(first_new):
+            if f < k:
+                steps = range(f, k, bs)
+                new_blocks.append((reqs[i], len(steps)))
+                for j in steps:
+                    added[j] += 1
         used = self.kv.num_gpu_blocks - free
-        kv_used = used + _cumulative_crossings(first_new, new_blocks, bs, k)
-        payload = (now_s, reqs, ctx, new_blocks, ends, kv_used, out, self.scheduler.num_waiting)
-        self.loop.schedule(float(ends[-1]), self._end_fast_forward, payload, PRIO_STEP_END)
+        kv_used = [used := used + a for a in added]
+        finished = [req for req in reqs if req.output_len - req.num_output_tokens == k]
+        payload = (now_s, reqs, keyed, new_blocks, ends[:k], kv_used, out, self.scheduler.num_waiting, finished)
+        self.loop.schedule(float(ends[k - 1]), self._end_fast_forward, payload, PRIO_STEP_END)
         return True
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
-        start_s, reqs, ctx, new_blocks, ends, kv_used, out, num_waiting = payload
+        start_s, reqs, keyed, new_blocks, ends, kv_used, out, num_waiting, finished = payload
         k = len(ends)
         first = self.recorder.num_steps
-        finished = []
-        for req, c, nb in zip(reqs, ctx.tolist(), new_blocks.tolist()):
+        last, prev = first + k - 1, first - 1
+        for req in reqs:  # every request is decoding: it emits one token per step
             req.num_computed_tokens += k
-            self._emit(req, first, first + k - 1, float(ends[0]))
-            if nb:
-                self.kv.allocate_plain(req.id, nb)
-            if req.kv_block_keys:
-                self.kv.cache_full_blocks(req, c + k)
-            if req.num_output_tokens >= req.output_len:
-                finished.append(req)
+            req.num_output_tokens += k
+            runs = req.token_steps
+            if runs[-1] == prev:
+                runs[-1] = last
+            else:
+                runs.append(first)
+                runs.append(last)
+        for req, nb in new_blocks:
+            self.kv.allocate_plain(req.id, nb)
+        for req, c in keyed:
+            self.kv.cache_full_blocks(req, c + k)
         self.num_steps += k
         self.num_fast_forwarded_steps += k
         self.recorder.log_decode_steps(start_s, ends, len(reqs), num_waiting, kv_used)
@@ -206,16 +232,6 @@ class Engine:
         self.scheduler.running.clear()
         while self.scheduler.waiting:
             self.scheduler.waiting.pop()
-
-
-def _cumulative_crossings(first_new: np.ndarray, counts: np.ndarray, bs: int, k: int) -> np.ndarray:
-    """Blocks allocated by step j (0..k-1) of a stretch: request i gets one at first_new[i] + m*bs."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(k, dtype=np.int64)
-    starts = np.repeat(first_new, counts)
-    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.cumsum(np.bincount(starts + offsets * bs, minlength=k)[:k])
 
 
 def _block_keys(req: Request, block_size: int) -> tuple:

@@ -90,6 +90,11 @@ class KVCacheManager:
         held = self._held.get(req_id)
         return held.num_blocks if held else 0
 
+    def num_blocks_list(self, reqs: list[Any]) -> list[int]:
+        """Blocks held by each request (all must hold some)."""
+        held = self._held
+        return [len(h.keyed) + h.num_plain for h in [held[r.id] for r in reqs]]
+
     def num_cpu_blocks_of(self, req_id: int) -> int:
         return self._cpu_held.get(req_id, 0)
 
@@ -139,9 +144,21 @@ class KVCacheManager:
 
         Returns False, changing nothing, when there are not enough free blocks.
         """
+        held = self._held.get(req.id)
+        bs = self.block_size
+        if held is not None and not computed:  # hot path: a running request grows
+            total = req.num_computed_tokens + num_new_tokens
+            new = -(-total // bs) - len(held.keyed) - held.num_plain
+            if new > 0:
+                if new > self.num_free_blocks:
+                    return False
+                self._pop_free(new)
+                held.num_plain += new
+            if req.kv_block_keys:
+                self._cache_full_blocks(req, held, min(total, req.prompt_len + req.num_output_tokens))
+            return True
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
-        held = self._held.get(req.id)
         if held is None:
             held = self._held[req.id] = _Held()
         for block in computed:
@@ -150,12 +167,35 @@ class KVCacheManager:
                 self.num_free_blocks -= 1
             block.ref_cnt += 1
         held.keyed.extend(computed)
-        total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-        new = cdiv(total, self.block_size) - held.num_blocks
+        total = req.num_computed_tokens + len(computed) * bs + num_new_tokens
+        new = -(-total // bs) - held.num_blocks
         if new > 0:
             self._pop_free(new)
             held.num_plain += new
         self._cache_full_blocks(req, held, min(total, req.num_tokens))
+        return True
+
+    def allocate_decodes(self, reqs: list[Any]) -> bool:
+        """One more token for each request if all decode, have no prefix keys and fit; else no-op.
+
+        This is the bulk form of calling `allocate_slots(req, 1)` for each in order (the outcome
+        is the same when every call succeeds and no key is registered).
+        """
+        held = self._held
+        bs = self.block_size
+        grow = []
+        for r in reqs:
+            if r.prompt_len + r.num_output_tokens - r.num_computed_tokens != 1 or r.kv_block_keys:
+                return False
+            h = held[r.id]
+            if r.num_computed_tokens + 1 > (len(h.keyed) + h.num_plain) * bs:
+                grow.append(h)
+        if len(grow) > self.num_free_blocks:
+            return False
+        if grow:
+            self._pop_free(len(grow))
+            for h in grow:
+                h.num_plain += 1
         return True
 
     def allocate_plain(self, req_id: int, num_blocks: int) -> None:

@@ -38,18 +38,29 @@ class VLLMScheduler(Scheduler):
         running = self.running
 
         # 1) running requests, in admission order
+        if running and len(running) <= budget and kv.allocate_decodes(running):
+            # Fast path, same outcome as the loop below: everyone decodes and every block
+            # fits, so each running request gets its one token in order.
+            out.scheduled = [(req, 1) for req in running]
+            self._admit(out, budget - len(running))
+            return out
         i = 0
+        allocate = kv.allocate_slots
         while i < len(running) and budget > 0:
             req = running[i]
-            n = req.num_tokens - req.num_computed_tokens
+            computed = req.num_computed_tokens
+            n = req.prompt_len + req.num_output_tokens - computed  # this hot loop avoids properties
             if 0 < threshold < n:
                 n = threshold
-            n = min(n, budget, max_len - 1 - req.num_computed_tokens)
+            if n > budget:
+                n = budget
+            if n > max_len - 1 - computed:
+                n = max_len - 1 - computed
             if n <= 0:
                 i += 1
                 continue
             allocated = True
-            while not kv.allocate_slots(req, n):
+            while not allocate(req, n):
                 victim = self._pick_victim()
                 if self.params.policy == "priority":
                     for j, (other, m) in enumerate(scheduled):

@@ -1,0 +1,5 @@
+"""`python -m servesim` runs the CLI."""
+
+from servesim.cli import main
+
+main()

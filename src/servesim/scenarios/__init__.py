@@ -1,0 +1,1 @@
+"""Packaged scenarios (the default one that `servesim run` uses without arguments)."""
