@@ -94,8 +94,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         raise InputError(f"{scenario.model} does not fit on {scenario.tp} x {scenario.gpu} with "
                          f"gpu_memory_utilization {config.gpu_memory_utilization}: no room for KV cache")
     num_cpu_blocks = int(config.swap_space_gb * 2**30 // (config.block_size * perf.kv_bytes_per_token))
-    kv = KVCacheManager(num_gpu_blocks, config.block_size, config.enable_prefix_caching, num_cpu_blocks)
     sched_cls = get_scheduler(scenario.scheduler.name)
+    kv = sched_cls.make_kv_cache(num_gpu_blocks, config.block_size, config.enable_prefix_caching, num_cpu_blocks)
     scheduler = sched_cls(scenario.scheduler.params(), config, kv, perf)
     loop = EventLoop()
     recorder = Recorder()

@@ -82,38 +82,45 @@ class Engine:
             return
         self.busy = True
         # A decode: one token scheduled and only the last generated token left to compute.
-        decode_ctxs = [r.num_computed_tokens for r, n in scheduled
-                       if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1]
+        decodes = [r for r, n in scheduled
+                   if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1]
+        decode_ctxs = [r.num_computed_tokens for r in decodes]
         prefills = []
-        if len(decode_ctxs) < len(scheduled):
-            decode_ctxs = []
-            for req, n in scheduled:
-                computed = req.num_computed_tokens
-                if n == 1 and req.num_output_tokens and req.prompt_len + req.num_output_tokens - computed == 1:
-                    decode_ctxs.append(computed)
-                else:
-                    prefills.append((n, computed))
-                    if req.first_scheduled_s is None:
-                        req.first_scheduled_s = now_s
+        if len(decodes) < len(scheduled):
+            decoding = set(map(id, decodes))
+            prefills = [(r, n) for r, n in scheduled if id(r) not in decoding]
+            for r, _ in prefills:
+                if r.first_scheduled_s is None:
+                    r.first_scheduled_s = now_s
         elif self.config.fast_forward and self.scheduler.is_steady(out):
-            if self._fast_forward(now_s, out, decode_ctxs):
+            if self._fast_forward(now_s, out, decodes, decode_ctxs):
                 return
-        dt = self.perf.step_time_s(prefills, decode_ctxs)
-        payload = (now_s, out, self.scheduler.num_running, self.scheduler.num_waiting)
+        dt = self.perf.step_time_s([(n, r.num_computed_tokens) for r, n in prefills], decode_ctxs)
+        payload = (now_s, out, decodes, prefills, self.scheduler.num_running, self.scheduler.num_waiting)
         self.loop.schedule(now_s + dt, self._end_step, payload, PRIO_STEP_END)
 
     def _end_step(self, now_s: float, payload: tuple) -> None:
-        start_s, out, num_running, num_waiting = payload
+        start_s, out, decodes, prefills, num_running, num_waiting = payload
         step = self.recorder.num_steps
+        prev = step - 1
         finished = []
-        prefill_tokens = emitted = 0
-        for req, n in out.scheduled:
-            computed = req.num_computed_tokens + n
-            req.num_computed_tokens = computed
-            num_tokens = req.prompt_len + req.num_output_tokens
-            if n > 1 or not req.num_output_tokens or computed != num_tokens:
-                prefill_tokens += n  # prefill or recompute chunk (not a decode)
-            if computed >= num_tokens:
+        for req in decodes:  # the common case, kept tight
+            req.num_computed_tokens += 1
+            req.num_output_tokens += 1
+            runs = req.token_steps
+            if runs[-1] == prev:
+                runs[-1] = step
+            else:
+                runs.append(step)
+                runs.append(step)
+            if req.num_output_tokens >= req.output_len:
+                finished.append(req)
+        prefill_tokens = 0
+        emitted = len(decodes)
+        for req, n in prefills:  # prompt (or recompute) chunks: a token only when caught up
+            prefill_tokens += n
+            req.num_computed_tokens += n
+            if req.num_computed_tokens >= req.num_tokens:
                 emitted += 1
                 self._emit(req, step, step, now_s)
                 if req.num_output_tokens >= req.output_len:
@@ -146,13 +153,12 @@ class Engine:
         self._start_step(now_s)
 
     # ------------------------------------------------------------------ fast forward
-    def _fast_forward(self, now_s: float, out: SchedulerOutput, decode_ctxs: list[int]) -> bool:
+    def _fast_forward(self, now_s: float, out: SchedulerOutput, reqs: list[Request], decode_ctxs: list[int]) -> bool:
         """Run k >= 2 identical decode steps as one event; False if fewer would be safe.
 
         Batches are small (tens to hundreds of requests), so per-request arithmetic is plain
         Python and numpy is used only where the work grows with the number of steps.
         """
-        reqs = [req for req, _ in out.scheduled]
         k = min([req.output_len - req.num_output_tokens for req in reqs])  # up to the first finish
         if k < 2:
             return False

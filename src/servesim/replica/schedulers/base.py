@@ -60,6 +60,15 @@ class Scheduler:
         self.waiting = make_queue(getattr(params, "policy", "fcfs"))
         self.running: list[Request] = []
 
+    @classmethod
+    def make_kv_cache(cls, num_gpu_blocks: int, block_size: int, enable_prefix_caching: bool,
+                      num_cpu_blocks: int) -> KVCacheManager:
+        """The KV cache this policy runs on (a policy with its own cache structure, such as a
+        radix tree, returns a `KVCacheManager` subclass)."""
+        from servesim.replica.kv_cache import KVCacheManager
+
+        return KVCacheManager(num_gpu_blocks, block_size, enable_prefix_caching, num_cpu_blocks)
+
     # ---- the decision ------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
