@@ -11,6 +11,7 @@ import numpy as np
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.recorder import Recorder, StepLog
+from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize
 from servesim.metrics.timeseries import timeseries
 from servesim.perf import build_perf_model
@@ -60,9 +61,13 @@ class Result:
 
     def summary(self) -> dict:
         slo = self.scenario.slo
-        return summarize(self.columns(), self.steps, [r.token_steps for r in self.requests],
-                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
-                         wall_time_s=self.wall_time_s)
+        cols = self.columns()
+        out = summarize(cols, self.steps, [r.token_steps for r in self.requests],
+                        ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
+                        wall_time_s=self.wall_time_s)
+        out.update(compute_sections(SectionInput(self.requests, cols, self.steps.end_s,
+                                                 self.scenario.model_dump(mode="json"))))
+        return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
         cols = self.columns()
