@@ -56,6 +56,7 @@ def test_generated_default_limit_is_1000_requests():
         ({"sessions": {}, "programs": {}}, ["exclusive"]),
         ({"arrival": {"curve": {"kind": "piecewise", "points": [[5, 1]]}}}, ["time 0"]),
         ({"attributes": {"tenants": {"a": -1}}}, ["tenants"]),
+        ({"arrival": {"curve": {"kind": "piecewise", "points": [[0, 1], [60, 2]], "period_s": 30}}}, ["period_s", "30"]),
     ],
 )
 def test_bad_values_are_named(bad, words):

@@ -58,6 +58,13 @@ class RateCurveConfig(Strict):
             raise ValueError(f"curve.points rates must be >= 0 and not all 0, got {[r for _, r in points]}")
         return points
 
+    @model_validator(mode="after")
+    def _period_covers_points(self) -> RateCurveConfig:
+        last = self.points[-1][0]
+        if self.kind == "piecewise" and self.period_s is not None and self.period_s < last:
+            raise ValueError(f"curve.period_s ({self.period_s}) must be >= the last point's time ({last})")
+        return self
+
 
 ARRIVAL_FIELDS: dict[str, tuple[str, ...]] = {
     "poisson": ("rate_per_s", "curve"),

@@ -33,8 +33,6 @@ class RateCurve:
             times = np.array([p[0] for p in cfg.points], dtype=float)
             rates = np.array([p[1] for p in cfg.points], dtype=float)
             end = cfg.period_s or times[-1]
-            if end < times[-1]:
-                raise ValueError(f"curve.period_s ({end}) must be >= the last point's time ({times[-1]})")
             pieces_t, pieces_c = [0.0], [0.0]
             knots = np.append(times, end) if end > times[-1] else times
             for i in range(len(knots) - 1):
