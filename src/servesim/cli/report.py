@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 def report(
     out_dirs: list[Path] = typer.Argument(
-        ..., metavar="OUT_DIR...", help="Run output folder(s) written by `servesim run --out`."),
+        ..., metavar="OUT_DIR", help="Run output folder(s) written by `servesim run --out`."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Folder for the report; required when comparing several runs."),
 ) -> None:
