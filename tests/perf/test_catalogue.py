@@ -138,3 +138,8 @@ def test_pipeline_parallel_splits_layers_and_adds_handoff() -> None:
     assert pp2.weight_bytes_per_gpu < 0.55 * pp1.weight_bytes_per_gpu
     b1, b2 = pp1.step_breakdown([], [100]), pp2.step_breakdown([], [100])
     assert b2.communication_s > b1.communication_s  # one stage hand-off more
+
+
+def test_max_model_len_from_config() -> None:
+    assert build_perf_model("llama-3.1-8b", "h100-sxm").max_model_len == 131_072
+    assert build_perf_model("opt-13b", "a100-80gb").max_model_len == 2_048

@@ -83,6 +83,7 @@ def spec_from_config(name: str, config: dict[str, Any], source: str) -> ModelSpe
         mla=mla,
         sliding_window=int(window) if use_window and window_layers else None,
         num_window_layers=window_layers if use_window else 0,
+        max_position_embeddings=int(config["max_position_embeddings"]) if config.get("max_position_embeddings") else None,
     )
 
 

@@ -56,6 +56,7 @@ class ModelSpec:
     mla: MLASpec | None = None
     sliding_window: int | None = None  # attention span cap of the windowed layers
     num_window_layers: int = 0  # how many layers use the sliding window
+    max_position_embeddings: int | None = None  # longest sequence the model supports (None: unknown)
 
     @property
     def num_moe_layers(self) -> int:

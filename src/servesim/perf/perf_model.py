@@ -52,6 +52,7 @@ class PerfModel:
     constants: Constants
     terms: StepTerms = field(repr=False)
     misc_bytes: int = 1 << 30
+    max_model_len: int | None = None  # the model's max_position_embeddings (None when the config omits it)
     _tok: dict[int, float] = field(default_factory=dict, repr=False)  # exact memo: tokens -> time
     _logit: dict[int, float] = field(default_factory=dict, repr=False)  # exact memo: rows -> time
 
@@ -204,14 +205,14 @@ def _weight_bytes_per_gpu(m: ModelSpec, weight_bytes: float, tp: int, pp: int) -
     return int(layer_elems * stage_layers / m.num_layers / tp * weight_bytes + emb_elems / tp * LM_HEAD_BYTES)
 
 
-def build_perf_model(model: str, gpu: str, tp: int = 1, dtype: str = "bf16", config: PerfConfig | None = None,
+def build_perf_model(model: str, gpu: str, tp: int = 1, dtype: str = "bf16", config: PerfConfig = PerfConfig(),
                      pp: int = 1) -> PerfModel:
     """Build the step-time model; bad names, tp, pp or dtype raise InputError naming allowed values.
 
     model: catalogue name or alias (any case) or a path to a Hugging Face config.json;
     gpu: catalogue name or alias (any case); config.calibration: a file from `servesim calibrate`.
     """
-    config = config if config is not None else PerfConfig()
+    config = config if config is not None else PerfConfig()  # PerfConfig is frozen, so the default is safe to share
     user = load_calibration(config.calibration) if config.calibration else None
     return build_with_calibration(model, gpu, tp, dtype, config, pp, user)
 
@@ -236,5 +237,5 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
         model_name=spec.name, gpu_name=g.name, tp=tp, dtype=d.name, pp=pp, engine=eng.name,
         kv_cache_dtype=kv_name, kv_bytes_per_token=int(kv_per_token),
         weight_bytes_per_gpu=_weight_bytes_per_gpu(spec, d.weight_bytes, tp, pp), hbm_bytes=g.hbm_bytes,
-        constants=constants, terms=terms, misc_bytes=config.misc_bytes,
+        constants=constants, terms=terms, misc_bytes=config.misc_bytes, max_model_len=spec.max_position_embeddings,
     )
