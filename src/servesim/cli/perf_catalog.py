@@ -26,7 +26,7 @@ def _gpus() -> list[dict]:
 
 
 def _models() -> list[dict]:
-    from servesim.perf.models import active_params, kv_elements_per_token_layer, model_names, model_spec
+    from servesim.perf.models import active_params, kv_elements_per_token_layer, model_names, model_spec, total_params
 
     rows = []
     for name in model_names():
@@ -35,17 +35,11 @@ def _models() -> list[dict]:
         if m.num_kv_heads < m.num_heads and m.mla is None:
             features.insert(0, "gqa")
         rows.append({"name": m.name, "layers": m.num_layers, "hidden": m.hidden_size, "heads": m.num_heads,
-                     "kv_heads": m.num_kv_heads, "params_b": round(sum_params(m) / 1e9, 2),
+                     "kv_heads": m.num_kv_heads, "params_b": round(total_params(m) / 1e9, 2),
                      "active_b": round(active_params(m) / 1e9, 2),
                      "kv_kib_per_token_bf16": kv_elements_per_token_layer(m, 1) * m.num_layers * 2 / 1024,
                      "features": ",".join(features) or "-"})
     return rows
-
-
-def sum_params(m) -> int:
-    from servesim.perf.models import total_params
-
-    return total_params(m)
 
 
 def _engines() -> list[dict]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
@@ -35,3 +36,13 @@ def resolve(filename: str, kind: str, name: str) -> tuple[str, dict[str, Any]]:
         if key in (str(alias).lower() for alias in entry.get("aliases", [])):
             return canonical, entry
     raise InputError(f"unknown {kind} {name!r}; allowed: {', '.join(entries)}")
+
+
+def read_user_file(path: Path, what: str, parse: Callable[[str], Any], fmt: str) -> Any:
+    """Parse a user's file; a missing or malformed file is one InputError line naming it."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} {str(path)!r} not found") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise InputError(f"{what} {str(path)!r} is not valid {fmt}: {exc}") from None

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import yaml
 
 from servesim.errors import InputError
-from servesim.perf._catalog import catalogue
+from servesim.perf._catalog import catalogue, read_user_file
 
 PRIORS_FILE = "calibration_priors.yaml"
 DEFAULT_FILE = "calibration_default.yaml"
@@ -112,13 +112,7 @@ def shipped_calibration(filename: str = DEFAULT_FILE) -> CalibrationData:
 def load_calibration(path: str | Path) -> CalibrationData:
     """Read a calibration file written by `servesim calibrate` (or by hand)."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"calibration file {str(p)!r} not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"calibration file {str(p)!r} is not readable YAML: {exc}") from None
-    return parse_calibration(raw, str(p))
+    return parse_calibration(read_user_file(p, "calibration file", yaml.safe_load, "YAML"), str(p))
 
 
 def _apply(values: dict[str, float], data: CalibrationData, key: Mapping[str, str]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from servesim.errors import InputError
+from servesim.perf._catalog import read_user_file
 from servesim.perf.models import MLASpec, ModelSpec, MoESpec
 
 _NON_GATED = {"opt", "falcon", "bloom", "gpt2", "gpt_neox", "gptj"}
@@ -20,12 +21,7 @@ _NON_GATED = {"opt", "falcon", "bloom", "gpt2", "gpt_neox", "gptj"}
 
 def spec_from_config_file(path: Path) -> ModelSpec:
     """Read `path` as a config.json; the model is named after its folder."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"model config {str(path)!r} not found; give a catalogue name or an existing config.json path") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"model config {str(path)!r} is not valid JSON: {exc}") from None
+    config = read_user_file(path, "model config", json.loads, "JSON")
     if not isinstance(config, dict):
         raise InputError(f"model config {str(path)!r} must hold a JSON object")
     name = path.parent.name or path.stem

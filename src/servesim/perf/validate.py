@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from servesim.errors import InputError
 from servesim.perf import roofline
 from servesim.perf.calibration import CalibrationData
@@ -101,8 +103,6 @@ def _decode_step(pred: Predictor, p: Point) -> float:
 
 def _decode_total(pred: Predictor, p: Point) -> float:
     pm = pred.model(p)
-    import numpy as np
-
     return float(pm.decode_step_times_s(np.full(p.batch or 1, p.input_len), p.output_len).sum())
 
 
