@@ -182,3 +182,10 @@ def test_perf_config_fields_documented() -> None:
 def test_swap_time_uses_pcie(h100_8b: PerfModel) -> None:
     # 1000 tokens x 128 KiB over PCIe Gen5 (64 GB/s) at 80 % = 2.56 ms
     assert h100_8b.swap_time_s(1000) == pytest.approx(1000 * 131_072 / (0.8 * 64e9))
+
+
+def test_load_and_transfer_times(h100_8b: PerfModel) -> None:
+    c = h100_8b.constants
+    assert h100_8b.model_load_time_s() == pytest.approx(16_059_990_016 / (c.pcie_eff * 64e9))
+    assert h100_8b.kv_transfer_time_s(1000, link_bw_bytes_s=100e9) == pytest.approx(2.6e-6 + 1000 * 131_072 / 100e9)
+    assert h100_8b.gpu_spec.tdp_w == 700 and h100_8b.model_spec.num_layers == 32

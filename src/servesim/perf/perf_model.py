@@ -12,7 +12,7 @@ from servesim.errors import InputError
 from servesim.perf.calibration import CalibrationData, Constants, load_calibration, resolve_constants
 from servesim.perf.config import PerfConfig
 from servesim.perf.engines import engine_profile
-from servesim.perf.hardware import ACTIVATION_BYTES, dtype_spec, gpu_spec, kv_dtype_bytes
+from servesim.perf.hardware import ACTIVATION_BYTES, GPUSpec, dtype_spec, gpu_spec, kv_dtype_bytes
 from servesim.perf.models import ModelSpec, check_tp, embedding_params, kv_elements_per_token_layer, model_spec, total_params
 from servesim.perf.roofline import causal_attention_pairs
 from servesim.perf.terms import LM_HEAD_BYTES, StepTerms
@@ -190,6 +190,26 @@ class PerfModel:
         free = (gpu_memory_utilization * self.hbm_bytes - self.weight_bytes_per_gpu
                 - self.activation_peak_bytes(max_num_batched_tokens) - self.misc_bytes)
         return max(0, math.floor(free / (block_size * self.kv_bytes_per_token)))
+
+    @property
+    def gpu_spec(self) -> GPUSpec:
+        """The catalogue entry of the GPU (TDP and price for energy and cost reports)."""
+        return self.terms.gpu
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.terms.model
+
+    def model_load_time_s(self) -> float:
+        """Loading this GPU's weights from host memory over PCIe (a lower bound for a cold start)."""
+        return self.weight_bytes_per_gpu / (self.constants.pcie_eff * self.terms.gpu.pcie_bw_bytes_s)
+
+    def kv_transfer_time_s(self, num_tokens: int, link_bw_bytes_s: float | None = None) -> float:
+        """Moving `num_tokens` tokens' KV to another replica's GPUs, each GPU sending its own share
+        (prefill/decode disaggregation, migration); by default over the scale-up link."""
+        g = self.terms.gpu
+        bw = link_bw_bytes_s if link_bw_bytes_s is not None else g.scaleup_bw_bytes_s * self.constants.ar_bw_eff
+        return g.scaleup_latency_s + num_tokens * self.kv_bytes_per_token / bw
 
     def swap_time_s(self, num_tokens: int) -> float:
         """Moving `num_tokens` tokens' KV one way over PCIe (each GPU moves its own share in parallel)."""
