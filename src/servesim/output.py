@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -58,6 +59,9 @@ def write_run(result: Result, out_dir: Path, summary: dict | None = None) -> Pat
         raise InputError(f"--out '{out_dir}' exists and is not a folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a results folder is an ordinary one
     try:
         _write_files(result, tmp, summary or result.summary())
         if out_dir.exists():

@@ -39,6 +39,7 @@ class Result:
     wall_time_s: float
     num_events: int
     num_fast_forwarded_steps: int
+    num_skipped_rows: int = 0  # malformed trace rows skipped (workload.trace.skip_bad_rows)
 
     def columns(self) -> RequestColumns:
         reqs = self.requests
@@ -65,6 +66,8 @@ class Result:
         out = summarize(cols, self.steps, [r.token_steps for r in self.requests],
                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
                         wall_time_s=self.wall_time_s)
+        if self.num_skipped_rows:
+            out["num_skipped_trace_rows"] = self.num_skipped_rows
         out.update(compute_sections(SectionInput(self.requests, cols, self.steps.end_s,
                                                  self.scenario.model_dump(mode="json"))))
         return out
@@ -142,7 +145,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         progress(done, expected, loop.now_s)
     result = Result(scenario, config, num_gpu_blocks, recorder.requests, recorder.step_log(num_gpu_blocks),
                     (kv.num_queried_tokens, kv.num_hit_tokens), time.perf_counter() - wall0,
-                    loop.num_events, engine.num_fast_forwarded_steps)
+                    loop.num_events, engine.num_fast_forwarded_steps, getattr(workload, "skipped_rows", 0))
     check_invariants(result, kv)
     return result
 
