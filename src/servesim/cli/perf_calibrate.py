@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from servesim.cli.perf_common import one_line_errors, write_atomic
+from servesim.cli.common import user_errors
+
+from servesim.cli.perf_common import write_atomic
 from servesim.errors import InputError
 
 DEFAULT_MEASURED = "../shared/data/perf/measured_points.csv"
@@ -18,7 +20,7 @@ TABLE_END = "<!-- perf-report:end -->"
 
 def register(app: typer.Typer) -> None:
     @app.command("calibrate")
-    @one_line_errors
+    @user_errors
     def calibrate_cmd(
         measured: Path = typer.Argument(..., help="CSV in the schema of measured_points.csv."),
         output: Path = typer.Option(Path("calibration.yaml"), "--output", "-o", help="Calibration file to write (name it in a scenario's perf.calibration)."),
@@ -46,7 +48,7 @@ def register(app: typer.Typer) -> None:
         print(f"wrote {output}")
 
     @app.command("perf-report")
-    @one_line_errors
+    @user_errors
     def perf_report_cmd(
         measured: Path = typer.Option(Path(DEFAULT_MEASURED), help="Measured points CSV."),
         docs: Optional[Path] = typer.Option(None, help="Markdown file whose table between the perf-report markers is replaced (e.g. docs/perf-model.md); print only when omitted."),

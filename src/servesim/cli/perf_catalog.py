@@ -1,15 +1,18 @@
-"""`servesim catalog gpus|models|engines|constants`: what the performance model knows."""
+"""`servesim catalog gpus|models|engines|constants|schedulers`: what servesim knows."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 
 import typer
 
-from servesim.cli.perf_common import one_line_errors, print_json
+from servesim.cli.common import user_errors
+
+from servesim.cli.perf_common import print_json
 from servesim.errors import InputError
 
-KINDS = ("gpus", "models", "engines", "constants")
+KINDS = ("gpus", "models", "engines", "constants", "schedulers")
 
 
 def _gpus() -> list[dict]:
@@ -60,6 +63,18 @@ def _constants() -> list[dict]:
     return [{"name": f.name, "default": f.default} for f in fields(Constants)]
 
 
+def _schedulers() -> list[dict]:
+    from servesim.replica.schedulers import available, get_scheduler
+
+    rows = []
+    for name in available():
+        cls = get_scheduler(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+        params = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
+        rows.append({"name": name, "parameters": params or "-", "description": doc.splitlines()[0] if doc else ""})
+    return rows
+
+
 def _print_table(rows: list[dict]) -> None:
     if not rows:
         return
@@ -79,13 +94,14 @@ def _fmt(v: object) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command("catalog")
-    @one_line_errors
+    @user_errors
     def catalog(
-        kind: str = typer.Argument("gpus", help="What to list: gpus, models, engines or constants."),
+        kind: str = typer.Argument("gpus", help="What to list: gpus, models, engines, constants or schedulers."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        """List the catalogued GPUs, models, engine profiles or calibration constants."""
-        builders = {"gpus": _gpus, "models": _models, "engines": _engines, "constants": _constants}
+        """List the catalogued GPUs, models, engine profiles, calibration constants or schedulers."""
+        builders = {"gpus": _gpus, "models": _models, "engines": _engines, "constants": _constants,
+                    "schedulers": _schedulers}
         key = kind.strip().lower()
         if key not in builders:
             raise InputError(f"unknown catalog {kind!r}; allowed: {', '.join(KINDS)}")

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import typer
 
 from servesim.errors import InputError
-
-
-def one_line_errors(fn: Callable) -> Callable:
-    """InputError -> `error: <msg>` on stderr, exit 2, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -6,12 +6,14 @@ from typing import Optional
 
 import typer
 
-from servesim.cli.perf_common import one_line_errors, print_json
+from servesim.cli.common import user_errors
+
+from servesim.cli.perf_common import print_json
 
 
 def register(app: typer.Typer) -> None:
     @app.command("estimate")
-    @one_line_errors
+    @user_errors
     def estimate_cmd(
         model: str = typer.Option(..., help="Catalogue model name (any case) or a config.json path."),
         gpu: str = typer.Option(..., help="Catalogue GPU name (any case); see `servesim catalog gpus`."),
