@@ -109,3 +109,22 @@ def _scenario(tmp_path, text):
     p = tmp_path / "s.yaml"
     p.write_text(text)
     return p
+
+
+def test_skip_bad_rows_counts_them_in_the_summary(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:15:46.0,374,44\n2023-11-16 18:15:47.0,abc,10\n2023-11-16 18:15:48.0,100,5\n")
+    out = tmp_path / "out"
+    res = run_cli(str(_scenario(tmp_path, f"workload:\n  trace: {{name: {trace}, skip_bad_rows: true}}\n")),
+                  "--out", str(out), "-q")
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["num_requests"] == 2 and s["num_skipped_trace_rows"] == 1
+
+
+def test_report_flag_writes_report(tmp_path):
+    res = run_cli("--out", str(tmp_path / "r"), "-q", "--report", "--set", "workload.trace.end_s=60")
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "plotly" in html.lower() and "<script src=\"http" not in html
