@@ -1,0 +1,59 @@
+"""Earliest deadline first from each request's SLO (scheduling spec §10.1).
+
+Deadlines: a request that has not emitted its first token must do so by
+`arrival + ttft_slo`; a request that is generating must emit its next token by
+`last_token_time + tpot_slo`. Each step uses the unified token budget of `priority` with the
+deadline as the key: running requests are served earliest deadline first, waiting requests
+are admitted earliest deadline first, and when memory or sequence slots are short the
+latest-deadline running request is preempted (recompute). Requests without their own SLO use
+the `default_*` parameters; a request with no TTFT target at all sorts last (by arrival).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.priority import KeyedScheduler
+from servesim.workload.request import Request, RequestState
+
+
+class EDFParams(SchedulerParams):
+    default_ttft_s: float | None = Field(None, gt=0)
+    """TTFT target for requests without their own `ttft_slo_s` (None: no prefill deadline)."""
+    default_tpot_s: float | None = Field(None, gt=0)
+    """Per-token target for requests without their own `tpot_slo_s` (None: no decode deadline)."""
+    preemption: bool = True
+    """Preempt a later-deadline running request for an earlier-deadline waiting one."""
+
+
+@register("edf")
+class EDFScheduler(KeyedScheduler):
+    Params = EDFParams
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.preempt_for_waiting = params.preemption
+        self._last_token_s: dict[int, float] = {}
+
+    def deadline_s(self, req: Request) -> float:
+        if req.first_token_s is None:
+            ttft = req.ttft_slo_s if req.ttft_slo_s is not None else self.params.default_ttft_s
+            return float("inf") if ttft is None else req.arrival_s + ttft
+        tpot = req.tpot_slo_s if req.tpot_slo_s is not None else self.params.default_tpot_s
+        last = self._last_token_s.get(req.id, req.first_token_s)
+        return float("inf") if tpot is None else last + tpot
+
+    def key(self, req: Request) -> tuple:
+        return (self.deadline_s(req), req.arrival_s, req.id)
+
+    def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        for req, _ in output.scheduled:
+            if (req.state == RequestState.RUNNING and req.first_token_s is not None
+                    and req.num_computed_tokens >= req.num_tokens - 1):
+                self._last_token_s[req.id] = now_s  # it emitted a token at this step's end
+
+    def finish(self, req: Request, now_s: float) -> None:
+        super().finish(req, now_s)
+        self._last_token_s.pop(req.id, None)

@@ -1,0 +1,189 @@
+"""Strict priority with preemption (vLLM `policy="priority"` plus proactive preemption).
+
+Every step follows vLLM v1's unified token budget, with requests ordered by a key (here
+`(priority, arrival)`, lower first):
+1. running requests in key order get `min(remaining, budget)` tokens (decodes 1); when a block
+   cannot be allocated the running request with the *largest* key is preempted by recompute;
+2. waiting requests are admitted in key order; when the head cannot get its blocks (or
+   `max_num_seqs` is reached) and a running request has a larger key, that request is
+   preempted to make room (vLLM v0's `_schedule_priority_preemption`: only as much as the
+   head needs), its tokens this step refunded. A head that cannot be admitted blocks the rest.
+
+`KeyedScheduler` is the shared machinery; `edf` and `autellix` only change the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.workload.request import Request, RequestState
+
+
+class SortedWaiting:
+    """Waiting list re-sorted by the scheduler's (possibly time-varying) key before each use."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self) -> None:
+        self._q: list[Request] = []
+
+    def append(self, req: Request) -> None:
+        self._q.append(req)
+
+    prepend = append  # order comes from the key, not from the insertion point
+
+    def sort(self, key) -> None:
+        self._q.sort(key=key)
+
+    def peek(self) -> Request:
+        return self._q[0]
+
+    def pop(self) -> Request:
+        return self._q.pop(0)
+
+    def remove(self, req: Request) -> None:
+        self._q.remove(req)
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._q)
+
+
+class KeyedScheduler(Scheduler):
+    """Unified-budget scheduler whose every choice follows `key(req)` (smaller = first)."""
+
+    preempt_for_waiting: bool = True
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.waiting = SortedWaiting()
+        self.now_s = 0.0
+
+    def key(self, req: Request) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def begin_step(self, now_s: float) -> None:
+        """Update time-varying state before the keys are read (subclass hook)."""
+
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        self.now_s = now_s
+        self.begin_step(now_s)
+        key = self.key
+        self.running.sort(key=key)
+        self.waiting.sort(key=key)
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.preempted:
+            self._admit(out, budget)
+        return out
+
+    # ------------------------------------------------------------------ running
+    def _tokens_for(self, req: Request, budget: int) -> int:
+        n = req.num_tokens - req.num_computed_tokens
+        threshold = self.config.long_prefill_token_threshold
+        if 0 < threshold < n:
+            n = threshold
+        return min(n, budget, self.config.max_model_len - 1 - req.num_computed_tokens)
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = self._tokens_for(req, budget)
+            if n <= 0:
+                i += 1
+                continue
+            while not self.kv.allocate_slots(req, n):
+                victim = running[-1]  # sorted: the largest key
+                budget += self._evict(out, victim)
+                if victim is req:
+                    break
+            else:
+                out.scheduled.append((req, n))
+                budget -= n
+                i += 1
+                continue
+            break
+        return budget
+
+    def _evict(self, out: SchedulerOutput, victim: Request) -> int:
+        """Preempt `victim` by recompute; return the tokens it had been given this step."""
+        refund = 0
+        for j, (other, m) in enumerate(out.scheduled):
+            if other is victim:
+                del out.scheduled[j]
+                refund = m
+                break
+        self.running.remove(victim)
+        self.preempt(victim)
+        out.preempted.append(victim)
+        return refund
+
+    # ------------------------------------------------------------------ waiting
+    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        cfg = self.config
+        kv = self.kv
+        waiting = self.waiting
+        while waiting and budget > 0:
+            req = waiting.peek()
+            if req in out.preempted:
+                break  # preempted this very step: it does not come straight back
+            hits = kv.get_computed_blocks(req)
+            num_cached = len(hits) * kv.block_size
+            n = req.num_tokens - num_cached
+            threshold = cfg.long_prefill_token_threshold
+            if 0 < threshold < n:
+                n = threshold
+            if not cfg.enable_chunked_prefill and n > budget:
+                break
+            n = min(n, budget)
+            while len(self.running) >= cfg.max_num_seqs or not kv.allocate_slots(req, n, hits):
+                victim = self.running[-1] if self.running else None
+                if not self.preempt_for_waiting or victim is None or not self.key(victim) > self.key(req):
+                    return  # head-of-line blocking
+                budget += self._evict(out, victim)
+                hits = kv.get_computed_blocks(req)  # a victim's freed blocks may now be hits
+                num_cached = len(hits) * kv.block_size
+                n = min(req.num_tokens - num_cached, budget)
+                if 0 < threshold < n:
+                    n = threshold
+            waiting.pop()
+            self.running.append(req)
+            req.state = RequestState.RUNNING
+            req.num_computed_tokens = num_cached
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = num_cached
+            req.num_cached_tokens_total += num_cached
+            kv.record_query(req.num_tokens, num_cached)
+            out.scheduled.append((req, n))
+            budget -= n
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        # With nothing waiting, no preemption and everyone decoding, the next step is the same.
+        return not output.preempted and not self.waiting and len(output.scheduled) == len(self.running)
+
+
+class PriorityParams(SchedulerParams):
+    preemption: bool = True
+    """Preempt lower-priority running requests (recompute) when a higher-priority waiting
+    request cannot get blocks or a sequence slot. False = vLLM v1 `priority` (no proactive
+    preemption; lower-priority requests are only preempted when an allocation fails)."""
+
+
+@register("priority")
+class PriorityScheduler(KeyedScheduler):
+    """Strict priority: `(priority, arrival)` order, lower value first, with preemption."""
+
+    Params = PriorityParams
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.preempt_for_waiting = params.preemption
+
+    def key(self, req: Request) -> tuple:
+        return (req.priority, req.arrival_s, req.id)
