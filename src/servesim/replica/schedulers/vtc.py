@@ -1,0 +1,192 @@
+"""VTC, the Virtual Token Counter fair scheduler (Sheng et al., OSDI'24).
+
+Follows the VTC artifact (`slora/server/router/vtc_req_queue.py` and `manager.py`) on its
+LightLLM-style router:
+- each tenant u has a counter c_u of the weighted service it received and a FIFO queue;
+- when u becomes backlogged (its queue was empty), its counter is *lifted* to the smallest
+  counter of the other backlogged tenants, so an idle tenant cannot bank credit;
+- admission: repeatedly take the head request of the backlogged tenant with the smallest
+  counter while it passes the memory check and the mini-batch has room for its prompt
+  (`batch_max_tokens`); the first one that does not fit stops admission (no skipping);
+  admitting charges `c_u += input_price * prompt / weight_u`;
+- every decode step charges `c_u += output_price / weight_u` per running request of u;
+- a new prefill mini-batch is formed when nothing runs, or after `max_wait_tokens`
+  consecutive decode steps; it runs alone (decodes wait), whole prompts, then joins the
+  running batch;
+- memory check: LightLLM's future peak — with running requests sorted by remaining output
+  descending, `max_k (remaining_k * k + sum of the first k contexts)` must fit in the KV cache,
+  so requests never need preemption (the peak is checked in blocks of the engine's block size).
+
+`variant: lcf` (least counter first without the lift) and `variant: fcfs` (arrival order) are
+the artifact's baselines on the same router.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Literal
+
+from pydantic import Field
+
+from servesim.replica.kv_cache import cdiv
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.workload.request import Request, RequestState
+
+
+class VTCParams(SchedulerParams):
+    variant: Literal["vtc", "lcf", "fcfs"] = "vtc"
+    """`vtc` (counters with lift), `lcf` (least counter first, no lift) or `fcfs`."""
+    input_price: float = Field(1.0, ge=0.0)
+    """w_p: service charged per prompt token (VTC default 1)."""
+    output_price: float = Field(2.0, ge=0.0)
+    """w_q: service charged per generated token (VTC default 2)."""
+    tenant_weights: dict[str, float] = {}
+    """Weight per tenant (default 1): a tenant with weight 2 is entitled to twice the service."""
+    max_wait_tokens: int = Field(10, ge=1)
+    """Decode steps between two admission opportunities while requests run (LightLLM 10)."""
+    batch_max_tokens: int | None = Field(None, ge=1)
+    """Prompt tokens of one prefill mini-batch. Unset: max(KV tokens / 6, 3072) (LightLLM)."""
+    reserve: Literal["output_len", "max_tokens"] = "output_len"
+    """Output length the future-peak memory check reserves: `output_len` (the artifact's
+    benchmarks set max_new_tokens to the generated length) or the request's `max_tokens`
+    (else `max_model_len` - prompt)."""
+
+
+class TenantQueues:
+    """Per-tenant FIFO queues behind the scheduler's `waiting` interface."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[Request]] = {}
+        self._n = 0
+
+    def append(self, req: Request) -> None:
+        self.queues.setdefault(req.tenant, deque()).append(req)
+        self._n += 1
+
+    def prepend(self, req: Request) -> None:
+        self.queues.setdefault(req.tenant, deque()).appendleft(req)
+        self._n += 1
+
+    def pop_from(self, tenant: str) -> Request:
+        self._n -= 1
+        return self.queues[tenant].popleft()
+
+    def pop(self) -> Request:  # any request (used when the run is drained)
+        return self.pop_from(next(u for u, q in self.queues.items() if q))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        for q in self.queues.values():
+            yield from q
+
+
+@register("vtc")
+class VTCScheduler(Scheduler):
+    Params = VTCParams
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.waiting = TenantQueues()
+        self.counters: dict[str, float] = {}
+        self._decode_steps = 0
+        self._mark: tuple[Request, int] | None = None
+        capacity = kv.num_gpu_blocks * kv.block_size
+        self.batch_max_tokens = params.batch_max_tokens or max(capacity // 6, 3072)
+
+    def weight(self, tenant: str) -> float:
+        return self.params.tenant_weights.get(tenant, 1.0)
+
+    # ------------------------------------------------------------------ arrivals
+    def add_request(self, req: Request, now_s: float) -> None:
+        u = req.tenant
+        queue = self.waiting.queues.get(u)
+        counters = self.counters
+        counters.setdefault(u, 0.0)
+        if not queue and self.params.variant == "vtc":
+            others = [counters[v] for v, q in self.waiting.queues.items() if q and v != u]
+            if others:
+                counters[u] = max(counters[u], min(others))  # the counter lift
+        self.waiting.append(req)
+
+    # ------------------------------------------------------------------ the decision
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        self._mark = None
+        if self.waiting and (not self.running or self._decode_steps >= self.params.max_wait_tokens):
+            self._prefill_mini_batch(out)
+            if out.scheduled:
+                self._decode_steps = 0
+                return out
+        for req in list(self.running):  # a decode step for every running request
+            while not self.kv.allocate_slots(req, 1):  # only if the peak check was too loose
+                victim = self.running.pop()
+                self.preempt(victim)
+                out.preempted.append(victim)
+                if victim is req:
+                    break
+            else:
+                out.scheduled.append((req, 1))
+        if out.scheduled:
+            first = out.scheduled[0][0]
+            self._mark = (first, first.num_output_tokens)
+        return out
+
+    def _prefill_mini_batch(self, out: SchedulerOutput) -> None:
+        queues = self.waiting.queues
+        counters = self.counters
+        batch_tokens = 0
+        admitted: list[Request] = []
+        while len(self.running) < self.config.max_num_seqs:
+            backlogged = [u for u, q in queues.items() if q]
+            if not backlogged:
+                break
+            if self.params.variant == "fcfs":
+                u = min(backlogged, key=lambda v: (queues[v][0].arrival_s, queues[v][0].id))
+            else:
+                u = min(backlogged, key=lambda v: counters[v])
+            req = queues[u][0]
+            n = req.num_tokens
+            if (admitted and batch_tokens + n > self.batch_max_tokens) or not self._fits(req):
+                break  # no skipping: the chosen request waits for room
+            self.waiting.pop_from(u)
+            self.kv.allocate_slots(req, n)
+            self.running.append(req)
+            req.state = RequestState.RUNNING
+            admitted.append(req)
+            out.scheduled.append((req, n))
+            batch_tokens += n
+            counters[u] += self.params.input_price * req.prompt_len / self.weight(u)
+
+    def _max_new(self, req: Request) -> int:
+        if self.params.reserve == "output_len":
+            return req.output_len
+        return req.max_tokens or self.config.max_model_len - req.prompt_len
+
+    def _fits(self, new: Request) -> bool:
+        """LightLLM's future-peak check, in blocks (each request may waste part of one)."""
+        items = [(r.num_tokens, self._max_new(r) - r.num_output_tokens) for r in self.running]
+        items.append((new.num_tokens + 1, self._max_new(new) - new.num_output_tokens - 1))
+        items.sort(key=lambda x: -x[1])
+        peak = ctx = 0
+        for k, (c, rest) in enumerate(items, start=1):
+            ctx += c
+            peak = max(peak, ctx + rest * k)
+        return cdiv(peak, self.kv.block_size) + len(items) - 1 <= self.kv.num_gpu_blocks
+
+    # ------------------------------------------------------------------ bookkeeping
+    def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        if self._mark is None:
+            return
+        req, before = self._mark
+        steps = req.num_output_tokens - before  # > 1 when the engine fast-forwarded
+        self._decode_steps += steps
+        price = self.params.output_price * steps
+        for r, _ in output.scheduled:
+            self.counters[r.tenant] += price / self.weight(r.tenant)
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        # With nothing waiting no admission can happen, so decode steps repeat.
+        return not output.preempted and not self.waiting
