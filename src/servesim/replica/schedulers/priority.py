@@ -66,6 +66,10 @@ class KeyedScheduler(Scheduler):
     def key(self, req: Request) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def preempt_key(self, req: Request) -> Any:
+        """What a waiting request must beat to preempt a running one (default: the key)."""
+        return self.key(req)
+
     def begin_step(self, now_s: float) -> None:
         """Update time-varying state before the keys are read (subclass hook)."""
 
@@ -144,7 +148,7 @@ class KeyedScheduler(Scheduler):
             n = min(n, budget)
             while len(self.running) >= cfg.max_num_seqs or not kv.allocate_slots(req, n, hits):
                 victim = self.running[-1] if self.running else None
-                if not self.preempt_for_waiting or victim is None or not self.key(victim) > self.key(req):
+                if not self.preempt_for_waiting or victim is None or not self.preempt_key(victim) > self.preempt_key(req):
                     return  # head-of-line blocking
                 budget += self._evict(out, victim)
                 hits = kv.get_computed_blocks(req)  # a victim's freed blocks may now be hits

@@ -1,0 +1,69 @@
+"""Autellix driven step by step: program-level attained service in a multi-level queue."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.workload.request import RequestState
+from tests.factories import make_engine, make_request
+from tests.replica.test_vllm_scheduler import run_logged
+
+
+def test_a_new_program_preempts_a_program_with_more_service():
+    # Thresholds 0.02, 0.04, 0.08 s of engine time; each toy step takes ~10 ms.
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="autellix", max_num_seqs=1,
+                                                fast_forward=False, params={"base_quantum_s": 0.02})
+    old = make_request(0, 8, 10, program_id=1)
+    new = make_request(1, 8, 10, program_id=2, arrival=0.05)
+    steps = run_logged(engine, loop, [old, new])
+    assert steps[:5] == [[(0, 8)]] + [[(0, 1)]] * 4  # program 1 reaches level 2 (>= 0.04 s)
+    assert steps[5] == [(1, 8)]  # program 2 arrives in level 0 and takes the only slot
+    assert steps[6:13] == [[(1, 1)]] * 7
+    # Program 2 passes 0.08 s (level 3) while program 1 waits in level 2: 1 comes back.
+    assert steps[13] == [(0, 13)]
+    assert steps[18] == [(1, 16)]  # same level: the running call keeps its slot until it ends
+    assert old.num_preemptions == 1 and new.num_preemptions == 1
+    assert old.state == new.state == RequestState.FINISHED
+
+
+def test_plas_counts_service_of_completed_calls_of_the_program():
+    engine, sched, *_ = make_engine(scheduler="autellix", params={"base_quantum_s": 1.0})
+    first = make_request(0, 8, 1, program_id=7)
+    sched.add_request(first, 0.0)
+    sched.service_s[7] = 3.0  # program 7 already ran 3 s
+    follow_up = make_request(1, 8, 1, program_id=7, parents=(0,), call_index=1)
+    fresh = make_request(2, 8, 1, program_id=8)
+    sched.add_request(follow_up, 5.0)
+    sched.add_request(fresh, 5.0)
+    assert sched.level(follow_up) == 2  # thresholds 1, 2, 4 s: not the top queue
+    assert sched.level(fresh) == 0
+
+
+def test_atlas_uses_the_critical_path():
+    engine, sched, *_ = make_engine(scheduler="autellix", params={"mode": "atlas", "base_quantum_s": 1.0})
+    root = make_request(0, 8, 1, program_id=1)
+    sched.add_request(root, 0.0)
+    left, right = make_request(1, 8, 1, program_id=1, parents=(0,)), make_request(2, 8, 1, program_id=1, parents=(0,))
+    sched.call_service_s[0] = 1.5
+    sched.add_request(left, 1.0)
+    sched.add_request(right, 1.0)
+    sched.call_service_s[1] = 3.0
+    sched.call_service_s[2] = 0.2
+    join = make_request(3, 8, 1, program_id=1, parents=(1, 2))
+    sched.add_request(join, 5.0)
+    assert sched.attained_s(left) == pytest.approx(4.5)
+    assert sched.attained_s(right) == pytest.approx(1.7)  # the lighter thread goes first
+    assert sched.attained_s(join) == pytest.approx(4.5)  # max over parents
+
+
+def test_starving_program_returns_to_the_top_queue():
+    engine, sched, kv, loop, done = make_engine(scheduler="autellix", params={"starvation_ratio": 0.5})
+    req = make_request(0, 8, 1, program_id=3)
+    sched.add_request(req, 0.0)
+    sched.service_s[3] = 2.0
+    assert sched.level(req) == 3  # thresholds 0.5, 1, 2, ... s
+    from servesim.replica.schedulers.base import SchedulerOutput
+
+    sched._step_start_s = 0.0
+    sched.on_step_end(SchedulerOutput(), 1.0)  # waited 1 s >= 0.5 x 2 s
+    assert sched.level(req) == 0
