@@ -8,7 +8,6 @@ from servesim.core.loop import EventLoop
 from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
-from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers import get_scheduler
 from servesim.workload.request import Request
 
@@ -18,7 +17,16 @@ def make_request(id: int, prompt: int, output: int, arrival: float = 0.0, **kw) 
 
 
 class ToyPerf:
-    """Step time = 10 ms + 0.1 ms per new token + 1 us per context token (exactly linear)."""
+    """Step time = 10 ms + 0.1 ms per new token + 1 us per context token (exactly linear).
+
+    Swaps: 4 layers, 1 us of PCIe time per token moved.
+    """
+
+    num_layers = 4
+    kv_bytes_per_token = 1 << 17
+
+    def swap_time_s(self, num_tokens: int) -> float:
+        return 1e-6 * num_tokens
 
     def step_time_s(self, prefills, decode_ctxs) -> float:
         tokens = sum(n for n, _ in prefills) + len(decode_ctxs)
@@ -32,16 +40,17 @@ class ToyPerf:
 
 
 def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int = 16, perf=None,
-                params: dict | None = None, **engine_kw):
+                params: dict | None = None, num_cpu_blocks: int | None = None, rng=None, **engine_kw):
     cfg = dict(max_num_batched_tokens=64, max_num_seqs=8, max_model_len=4096)
     cfg.update(engine_kw)
     config = EngineConfig(block_size=block_size, **cfg)
-    kv = KVCacheManager(num_blocks, block_size, config.enable_prefix_caching, num_cpu_blocks=num_blocks)
     cls = get_scheduler(scheduler)
+    kv = cls.make_kv_cache(num_blocks, block_size, config.enable_prefix_caching,
+                           num_blocks if num_cpu_blocks is None else num_cpu_blocks)
     perf = perf or ToyPerf()
     sched = cls(cls.Params(**(params or {})), config, kv, perf)
     loop = EventLoop()
     done: list[Request] = []
     engine = Engine(config, sched, kv, perf, loop, Recorder(), lambda r, t: done.append(r),
-                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"))
+                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"), rng=rng)
     return engine, sched, kv, loop, done

@@ -30,7 +30,18 @@ class EngineConfig(BaseModel):
     swap_space_gb: float = Field(4.0, ge=0.0)
     """CPU swap space per GPU in GiB, used by swap-based schedulers (vLLM v0 default 4)."""
     fast_forward: bool = True
-    """Advance decode-only stretches many steps at once (identical results; off = step by step)."""
+    """Advance decode-only stretches many steps at once (identical results; off = step by step).
+    Not used while speculative decoding is on (acceptances are random per step)."""
+    num_speculative_tokens: int = Field(0, ge=0, le=64)
+    """Draft tokens proposed per decoding request and step (vLLM `speculative_config`
+    `num_speculative_tokens`; 0 = speculative decoding off). Applied by the engine with any
+    scheduler; each decode then verifies 1 + k tokens and emits accepted + 1."""
+    spec_acceptance_rate: float = Field(0.7, ge=0.0, le=1.0)
+    """Probability that each draft token is accepted, independently (the first rejection ends
+    the accepted run): E[tokens per step] = (1 - a^(k+1)) / (1 - a). Draws come from the run's seed."""
+    spec_draft_cost_ratio: float = Field(0.05, ge=0.0)
+    """Cost of drafting one token for the batch, as a fraction of a plain target decode step of
+    the same batch (n-gram ~0, an EAGLE/MTP head ~0.05, a separate draft model ~ its size ratio)."""
 
 
 def serve_batch_defaults(gpu_name: str, hbm_bytes: float) -> tuple[int, int]:

@@ -7,6 +7,13 @@ steps would repeat it (`is_steady`), the engine prices many steps at once with n
 handles them as one event, stopping before anything could change the decision: the first
 finish, the next arrival or timer, or the step that would run out of KV blocks. The result is
 identical to stepping one by one (tested).
+
+Swaps: a scheduler moves KV between tiers while it decides (`Scheduler.swap_out/swap_in`) and
+lists the requests in its output; the engine prices the copies with `replica.swap` and the
+scheduler's `swap_mechanics`: synchronous copies lengthen the step (vLLM v0), overlapped ones
+occupy a PCIe stream per direction and make a swapped-in request schedulable only when its copy
+is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied
+by the engine to every decoding request, whatever the scheduler (see `_speculate`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, cdiv
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
 
 DoneCallback = Callable[[Request, float], None]
@@ -29,7 +37,8 @@ class Engine:
     """A model replica serving requests with one scheduler, KV cache and cost model."""
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
-                 recorder: Recorder, on_done: DoneCallback, horizon_s: Callable[[], float] = lambda: float("inf")) -> None:
+                 recorder: Recorder, on_done: DoneCallback, horizon_s: Callable[[], float] = lambda: float("inf"),
+                 rng: np.random.Generator | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.kv = kv
@@ -41,6 +50,17 @@ class Engine:
         self.busy = False
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
+        # speculative decoding draws acceptances from this generator (pass one spawned from the
+        # run's seed; the default is fixed so that runs are reproducible either way)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._spec_k = config.num_speculative_tokens
+        # swap accounting
+        self.swap_stall_s = 0.0  # step time added by synchronous copies
+        self.swap_transfer_s = 0.0  # copy time, both directions, synchronous or not
+        self.num_swap_copies = 0
+        self.num_swapped_blocks = 0
+        self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
+        self._wake_s = float("inf")
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
@@ -69,15 +89,21 @@ class Engine:
             return f"prompt of {req.prompt_len} tokens > max_num_batched_tokens without chunked prefill"
         if cdiv(total, self.kv.block_size) > self.kv.num_gpu_blocks:
             return f"needs more KV blocks than the GPU has ({self.kv.num_gpu_blocks})"
-        return None
+        return self.scheduler.admission_error(req)
 
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:
-        out = self.scheduler.schedule(now_s)
+        sched = self.scheduler
+        sched.num_engine_steps = self.num_steps
+        out = sched.schedule(now_s)
         scheduled = out.scheduled
+        swap_s = self._swap(out, now_s) if out.swapped_out or out.swapped_in else 0.0
         if not scheduled:
             self.busy = False
-            if self.scheduler.num_waiting and not self.scheduler.num_running:
+            wake_s = now_s + swap_s if swap_s > 0 else sched.next_timer_s()
+            if now_s < wake_s < float("inf"):
+                self._wake_at(wake_s)
+            elif (sched.num_waiting or sched.swapped) and not sched.num_running:
                 raise RuntimeError("scheduler is stuck: requests wait but nothing can run")
             return
         self.busy = True
@@ -92,12 +118,16 @@ class Engine:
             for r, _ in prefills:
                 if r.first_scheduled_s is None:
                     r.first_scheduled_s = now_s
-        elif self.config.fast_forward and self.scheduler.is_steady(out):
+        elif self.config.fast_forward and not self._spec_k and not swap_s and sched.is_steady(out):
             if self._fast_forward(now_s, out, decodes, decode_ctxs):
                 return
-        dt = self.perf.step_time_s([(n, r.num_computed_tokens) for r, n in prefills], decode_ctxs)
-        payload = (now_s, out, decodes, prefills, self.scheduler.num_running, self.scheduler.num_waiting)
-        self.loop.schedule(now_s + dt, self._end_step, payload, PRIO_STEP_END)
+        chunks = [(n, r.num_computed_tokens) for r, n in prefills]
+        if self._spec_k and decodes:
+            dt, decodes, prefills = self._speculate(decodes, decode_ctxs, chunks, prefills)
+        else:
+            dt = self.perf.step_time_s(chunks, decode_ctxs)
+        payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting)
+        self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
 
     def _end_step(self, now_s: float, payload: tuple) -> None:
         start_s, out, decodes, prefills, num_running, num_waiting = payload
@@ -118,6 +148,11 @@ class Engine:
         prefill_tokens = 0
         emitted = len(decodes)
         for req, n in prefills:  # prompt (or recompute) chunks: a token only when caught up
+            if type(n) is tuple:  # a speculative decode: (1 + drafts, accepted drafts)
+                emitted += self._end_spec_decode(req, n[1], step, now_s)
+                if req.num_output_tokens >= req.output_len:
+                    finished.append(req)
+                continue
             prefill_tokens += n
             req.num_computed_tokens += n
             if req.num_computed_tokens >= req.num_tokens:
@@ -147,10 +182,93 @@ class Engine:
             req.state = RequestState.FINISHED
             req.finish_s = now_s
             self.scheduler.finish(req, now_s)
+        self.scheduler.num_engine_steps = self.num_steps
         self.scheduler.on_step_end(out, now_s)
         for req in finished:
             self.on_done(req, now_s)
         self._start_step(now_s)
+
+    # ------------------------------------------------------------------ swaps and timers
+    def _swap(self, out: SchedulerOutput, now_s: float) -> float:
+        """Price this step's swaps; returns the time the step waits for synchronous copies."""
+        mech = self.scheduler.swap_mechanics
+        bs = self.kv.block_size
+        layers = num_layers(self.perf)
+        wait_s = 0.0
+        sides = ((0, out.swapped_out, out.swap_out_blocks), (1, out.swapped_in, out.swap_in_blocks))
+        for direction, reqs, blocks in sides:
+            for i, req in enumerate(reqs):
+                nb = blocks[i] if i < len(blocks) else self.kv.num_blocks_of(req.id)
+                t = swap_time_s(nb, bs, self.perf, mech)
+                if nb:
+                    self.num_swap_copies += num_copies(nb, layers, mech.blocks_per_copy)
+                self.num_swapped_blocks += nb
+                self.swap_transfer_s += t
+                if mech.overlap:
+                    end = max(now_s, self._link_free_s[direction]) + t
+                    self._link_free_s[direction] = end
+                    if direction:
+                        self.scheduler.swap_ready_s[req.id] = end
+                else:
+                    wait_s += t
+        self.swap_stall_s += wait_s
+        return wait_s
+
+    def _wake_at(self, t: float) -> None:
+        """Call `schedule` again at `t` unless a step has started by then (policy timers)."""
+        if self._wake_s <= t and self._wake_s > self.loop.now_s:
+            return  # an earlier wake-up is pending
+        self._wake_s = t
+        self.loop.schedule(t, self._on_wake, None, PRIO_STEP_START)
+
+    def _on_wake(self, now_s: float, _) -> None:
+        self._wake_s = float("inf")
+        if not self.busy:
+            self.busy = True
+            self._start_step(now_s)
+
+    # ------------------------------------------------------------------ speculative decoding
+    def _speculate(self, decodes, decode_ctxs, chunks, prefills):
+        """Draft k tokens per decoding request and verify them in one target pass.
+
+        Each decode gets k = min(num_speculative_tokens, tokens it still has to emit - 1)
+        lookahead KV slots (none if the blocks are not free: it then decodes plainly). The
+        target verifies 1 + k tokens per request like a prefill chunk over its context; the
+        drafts cost `spec_draft_cost_ratio` of a plain decode step per draft token. The number
+        of accepted drafts is drawn at once (i.i.d. acceptance `spec_acceptance_rate`; the
+        first rejection ends the run), so the outcome depends only on the engine's generator.
+        Returns (step time, plain decodes, prefills + speculative decodes as (req, (1 + k, a))).
+        """
+        cfg = self.config
+        k_max = self._spec_k
+        plain, plain_ctxs, spec = [], [], []
+        for req, ctx in zip(decodes, decode_ctxs):
+            k = min(k_max, req.output_len - req.num_output_tokens - 1, cfg.max_model_len - 1 - ctx - 1)
+            if k > 0 and self.kv.allocate_slots(req, 1 + k):
+                spec.append((req, k, ctx))
+            else:
+                plain.append(req)
+                plain_ctxs.append(ctx)
+        if not spec:
+            return self.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
+        accepted = (self.rng.random((len(spec), k_max)) < cfg.spec_acceptance_rate).cumprod(axis=1).sum(axis=1)
+        verify = chunks + [(1 + k, ctx) for _, k, ctx in spec]
+        dt = self.perf.step_time_s(verify, plain_ctxs)
+        dt += cfg.spec_draft_cost_ratio * k_max * self.perf.step_time_s([], decode_ctxs)
+        spec_items = [(req, (1 + k, min(int(a), k))) for (req, k, _), a in zip(spec, accepted)]
+        return dt, plain, prefills + spec_items
+
+    def _end_spec_decode(self, req: Request, accepted: int, step: int, now_s: float) -> int:
+        """Emit the accepted drafts plus the target's own token; roll back the rejected ones."""
+        n = min(accepted + 1, req.output_len - req.num_output_tokens)
+        req.num_computed_tokens += n  # the rejected drafts' KV slots are simply overwritten later
+        self._emit(req, step, step, now_s)
+        runs = req.token_steps
+        for _ in range(n - 1):  # several tokens at one step's end: one single-step run each
+            runs.append(step)
+            runs.append(step)
+        req.num_output_tokens += n - 1
+        return n
 
     # ------------------------------------------------------------------ fast forward
     def _fast_forward(self, now_s: float, out: SchedulerOutput, reqs: list[Request], decode_ctxs: list[int]) -> bool:
@@ -235,7 +353,10 @@ class Engine:
             self.kv.free_cpu(req.id)
             req.state = RequestState.DROPPED
             req.finish_s = now_s
+        self.scheduler.drain(now_s)
         self.scheduler.running.clear()
+        self.scheduler.swapped.clear()
+        self.scheduler.swap_ready_s.clear()
         while self.scheduler.waiting:
             self.scheduler.waiting.pop()
 

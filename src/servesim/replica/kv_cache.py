@@ -76,6 +76,8 @@ class KVCacheManager:
         self._cached: dict[Hashable, Block] = {}
         self._held: dict[int, _Held] = {}
         self._cpu_held: dict[int, int] = {}
+        self._cpu_copies: dict[Hashable, int] = {}  # insertion order = reclaim order
+        self._num_copy_blocks = 0
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
@@ -226,29 +228,89 @@ class KVCacheManager:
                 else:
                     self._push_plain(1)
 
-    def swap_out(self, req_id: int) -> bool:
-        """Move a request's blocks to the CPU tier. False if the CPU tier lacks space."""
+    # ---------------------------------------------------------------- CPU tier
+    # The CPU tier holds (a) the blocks of swapped-out requests and (b) reclaimable copies:
+    # a request's CPU copy kept after its swap-in ("req", id) and a finished turn's copy kept
+    # for its conversation or program ("ctx", key). A copy makes the next swap-out of the same
+    # context move only the blocks computed since (FastSwitch's KV reuse); copies are
+    # reclaimed least recently stored first when the CPU tier needs room.
+    def swap_out(self, req_id: int, reuse_key: Hashable | None = None) -> int | None:
+        """Move a request's blocks to the CPU tier; the number of blocks to copy, or None
+        (nothing changes) if the CPU tier lacks room. A CPU copy of the request, or else the
+        retained copy under `reuse_key`, covers its first blocks, which need no copy."""
         n = self.num_blocks_of(req_id)
-        if n > self.num_free_cpu_blocks:
-            return False
-        self.free(req_id)
-        self.num_free_cpu_blocks -= n
+        copies = self._cpu_copies
+        src = ("req", req_id)
+        if src not in copies:
+            src = ("ctx", reuse_key) if reuse_key is not None and ("ctx", reuse_key) in copies else None
+        have = copies.get(src, 0) if src is not None else 0
+        need = n - min(have, n)
+        if need > self.num_free_cpu_blocks + self._num_copy_blocks - have:
+            return None
+        if src is not None:
+            self._release_copy(src)
+        self._reserve_cpu(n)
         self._cpu_held[req_id] = n
-        return True
+        self.free(req_id)
+        return need
 
-    def swap_in(self, req_id: int) -> bool:
-        """Bring a swapped request's blocks back to the GPU. False if there is no room."""
+    def swap_in(self, req_id: int, keep_cpu_copy: bool = False) -> int | None:
+        """Bring a swapped request's blocks back to the GPU; the number of blocks copied, or
+        None (nothing changes) if the GPU lacks room. `keep_cpu_copy` leaves the CPU blocks
+        in place as a reclaimable copy (FastSwitch)."""
         n = self._cpu_held.get(req_id, 0)
         if n > self.num_free_blocks:
-            return False
+            return None
         del self._cpu_held[req_id]
-        self.num_free_cpu_blocks += n
+        if keep_cpu_copy:
+            self._cpu_copies[("req", req_id)] = n
+            self._num_copy_blocks += n
+        else:
+            self.num_free_cpu_blocks += n
         self._pop_free(n)
         self._held[req_id] = _Held(num_plain=n)
-        return True
+        return n
+
+    def retain_cpu_copy(self, req_id: int, key: Hashable, max_blocks: int) -> None:
+        """Keep (up to `max_blocks` of) a finished request's CPU copy for the next turn of
+        `key` (a session or program); replaces that key's previous copy."""
+        have = self._cpu_copies.get(("req", req_id), 0)
+        if not have:
+            return
+        self._release_copy(("req", req_id))
+        if ("ctx", key) in self._cpu_copies:
+            self._release_copy(("ctx", key))
+        keep = min(have, max_blocks)
+        if keep > 0:
+            self._reserve_cpu(keep)
+            self._cpu_copies[("ctx", key)] = keep
+            self._num_copy_blocks += keep
+
+    def num_cpu_copy_blocks(self) -> int:
+        """CPU blocks held by reclaimable copies."""
+        return self._num_copy_blocks
 
     def free_cpu(self, req_id: int) -> None:
+        """Release a request's CPU blocks and its CPU copy."""
         self.num_free_cpu_blocks += self._cpu_held.pop(req_id, 0)
+        if ("req", req_id) in self._cpu_copies:
+            self._release_copy(("req", req_id))
+
+    def drop_cpu_copies(self) -> None:
+        """Release every reclaimable CPU copy (end of run)."""
+        for key in list(self._cpu_copies):
+            self._release_copy(key)
+
+    def _release_copy(self, key: Hashable) -> None:
+        n = self._cpu_copies.pop(key)
+        self._num_copy_blocks -= n
+        self.num_free_cpu_blocks += n
+
+    def _reserve_cpu(self, n: int) -> None:
+        """Take `n` free CPU blocks, reclaiming the oldest copies first if needed (caller checked)."""
+        while n > self.num_free_cpu_blocks:
+            self._release_copy(next(iter(self._cpu_copies)))
+        self.num_free_cpu_blocks -= n
 
     # ---------------------------------------------------------------- internals
     def _cache_full_blocks(self, req: Any, held: _Held, num_tokens: int) -> None:

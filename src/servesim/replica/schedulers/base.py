@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from servesim.replica.schedulers.queues import make_queue
+from servesim.replica.swap import VLLM_V0_SWAP, SwapMechanics
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -41,9 +42,15 @@ class SchedulerOutput:
     scheduled: list[tuple[Request, int]] = field(default_factory=list)
     # Requests preempted by recompute while scheduling (their blocks are already freed).
     preempted: list[Request] = field(default_factory=list)
-    # Requests whose KV was moved to / brought back from the CPU tier this step (swap policies).
+    # Requests whose KV was moved to / brought back from the CPU tier this step (swap policies;
+    # use `Scheduler.swap_out` / `swap_in`, which move the blocks and fill these lists). The
+    # engine charges the copy time according to `Scheduler.swap_mechanics`.
     swapped_out: list[Request] = field(default_factory=list)
     swapped_in: list[Request] = field(default_factory=list)
+    # Blocks actually copied for each entry of swapped_out / swapped_in (a CPU copy kept from
+    # an earlier swap makes a swap-out cheaper than the request's size).
+    swap_out_blocks: list[int] = field(default_factory=list)
+    swap_in_blocks: list[int] = field(default_factory=list)
 
 
 class Scheduler:
@@ -51,6 +58,9 @@ class Scheduler:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[SchedulerParams]] = SchedulerParams
+    # How this policy's swaps are executed (copy granularity, sync or overlapped); the engine
+    # prices `SchedulerOutput.swapped_out/in` with it. A policy may set it per instance.
+    swap_mechanics: SwapMechanics = VLLM_V0_SWAP
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
         self.params = params
@@ -59,6 +69,13 @@ class Scheduler:
         self.perf = perf  # a cost model policies may consult (predictions, swap times)
         self.waiting = make_queue(getattr(params, "policy", "fcfs"))
         self.running: list[Request] = []
+        self.swapped: list[Request] = []  # KV in the CPU tier (swap policies)
+        # Time at which an overlapped swap-in completes, by request id (written by the engine;
+        # the request must not be scheduled before). Sync swaps never appear here.
+        self.swap_ready_s: dict[int, float] = {}
+        # Engine steps run so far (set by the engine before `schedule` and `on_step_end`; a
+        # fast-forwarded stretch of k decode steps advances it by k between the two calls).
+        self.num_engine_steps = 0
 
     @classmethod
     def make_kv_cache(cls, num_gpu_blocks: int, block_size: int, enable_prefix_caching: bool,
@@ -93,8 +110,20 @@ class Scheduler:
         self.kv.free(req.id)
 
     def next_timer_s(self) -> float:
-        """Time of the next policy timer that can change decisions (inf if none)."""
-        return float("inf")
+        """Time of the next policy timer that can change decisions (inf if none).
+
+        The engine stops fast-forwarding before it and, when it goes idle with work left,
+        wakes up at it to call `schedule` again (TTL expiries, periodic ticks, swap-ins).
+        """
+        return min(self.swap_ready_s.values(), default=float("inf"))
+
+    def admission_error(self, req: Request) -> str | None:
+        """Why this policy can never serve `req` (the engine rejects it), or None."""
+        return None
+
+    def drain(self, now_s: float) -> None:
+        """End of run: release KV the policy holds beyond its requests (pins, CPU copies)."""
+        self.kv.drop_cpu_copies()
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         """Called after the engine advanced the requests of `output`."""
@@ -108,6 +137,38 @@ class Scheduler:
         req.num_preemptions += 1
         self.waiting.prepend(req)
 
+    def swap_out(self, req: Request, out: SchedulerOutput, reuse_key=None) -> bool:
+        """Preempt by swap: move the KV to the CPU tier now (vLLM v0 frees the GPU blocks in
+        the same decision) and record it in `out`; False if the CPU tier is full."""
+        blocks = self.kv.swap_out(req.id, reuse_key)
+        if blocks is None:
+            return False
+        req.state = RequestState.SWAPPED
+        req.num_preemptions += 1
+        out.swapped_out.append(req)
+        out.swap_out_blocks.append(blocks)
+        return True
+
+    def swap_in(self, req: Request, out: SchedulerOutput, keep_cpu_copy: bool = False) -> bool:
+        """Bring a swapped request's KV back to the GPU and record it; False if no room."""
+        blocks = self.kv.swap_in(req.id, keep_cpu_copy)
+        if blocks is None:
+            return False
+        req.state = RequestState.RUNNING
+        out.swapped_in.append(req)
+        out.swap_in_blocks.append(blocks)
+        return True
+
+    def is_swap_ready(self, req: Request, now_s: float) -> bool:
+        """Has the request's overlapped swap-in (if any) completed by `now_s`?"""
+        t = self.swap_ready_s.get(req.id)
+        if t is None:
+            return True
+        if t <= now_s:
+            del self.swap_ready_s[req.id]
+            return True
+        return False
+
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
@@ -118,4 +179,4 @@ class Scheduler:
 
     def unfinished(self) -> list[Request]:
         """Every request still held (for end-of-run accounting)."""
-        return list(self.running) + list(self.waiting)
+        return list(self.running) + list(self.waiting) + list(self.swapped)

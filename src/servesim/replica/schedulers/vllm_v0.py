@@ -1,0 +1,150 @@
+"""vLLM v0 scheduler, default path (chunked prefill off): prefill-first.
+
+Follows `vllm/core/scheduler.py` `_schedule_default` (v0.4-0.6), scheduling.md §1.2-1.3:
+- if nothing is swapped out, admit waiting requests FCFS with their *whole* prompt (plus the
+  tokens generated before a recompute preemption) while the blocks leave the watermark free
+  (`can_allocate`), the token budget and `max_num_seqs` allow; the head blocks the rest;
+- a step with prefills runs only prefills (prefill and decode never mix: generation stalls);
+- otherwise every running request decodes, oldest arrival first; when a block cannot be
+  appended the latest-arrived running request is preempted (by recompute: re-queued at the
+  front of the waiting queue; or by swap to the CPU tier), itself if nothing else is left;
+- swapped requests have priority over new ones and are swapped back in FIFO, only in a step
+  that preempted nothing, while the watermark holds.
+
+Deviations, each on purpose: block allocation counts exactly the blocks touched (block
+manager v2); when the CPU tier is full a swap preemption falls back to recompute (vLLM raises
+"lack of CPU swap space"); the `priority` policy and `delay_factor` are left out (the
+`priority` scheduler covers strict priorities). The engine's `enable_chunked_prefill` is not
+read: this is the chunked-prefill-off path (`sarathi` is the stall-free one).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Literal
+
+from pydantic import Field
+
+from servesim.replica.kv_cache import cdiv
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.workload.request import Request, RequestState
+
+
+class VLLMV0Params(SchedulerParams):
+    preemption_mode: Literal["recompute", "swap"] = "recompute"
+    """vLLM v0 `--preemption-mode`; unset in vLLM means recompute for single-sequence requests."""
+    watermark: float = Field(0.01, ge=0.0, lt=1.0)
+    """Fraction of GPU blocks an admission or swap-in must leave free (BlockSpaceManager 0.01)."""
+    max_num_seqs: int | None = Field(256, ge=1)
+    """Most running requests (v0 default 256; None: the engine's `max_num_seqs`)."""
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    """Token budget of a prefill step. None: max(max_model_len, 2048), v0's default with
+    chunked prefill off, so any prompt that fits the model fits one step."""
+
+
+@register("vllm-v0")
+class VLLMV0Scheduler(Scheduler):
+    Params = VLLMV0Params
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.max_num_seqs = params.max_num_seqs or config.max_num_seqs
+        self.token_budget = params.max_num_batched_tokens or max(config.max_model_len, 2048)
+        self.watermark_blocks = int(params.watermark * kv.num_gpu_blocks)
+        self.swapped: deque[Request] = deque()  # type: ignore[assignment]
+        self._blocked = False  # admission / swap-in stopped for a reason decodes cannot lift
+
+    def admission_error(self, req: Request) -> str | None:
+        total = req.prompt_len + req.output_len
+        if total > self.token_budget:
+            return f"prompt + output = {total} tokens > the v0 token budget {self.token_budget}"
+        if cdiv(total, self.kv.block_size) > self.kv.num_gpu_blocks - self.watermark_blocks:
+            return "needs more KV blocks than the GPU has above the watermark"
+        return None
+
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        self._blocked = False
+        if not self.swapped:
+            self._schedule_prefills(out)
+            if out.scheduled:
+                return out
+        self._schedule_running(out)
+        if not out.preempted and not out.swapped_out:
+            self._schedule_swapped(out)
+        return out
+
+    def _schedule_prefills(self, out: SchedulerOutput) -> None:
+        kv = self.kv
+        tokens = 0
+        while self.waiting:
+            req = self.waiting.peek()
+            hits = kv.get_computed_blocks(req)
+            num_cached = len(hits) * kv.block_size
+            n = req.num_tokens - num_cached
+            if kv.num_free_blocks - kv.blocks_needed(req, n, hits) < self.watermark_blocks:
+                self._blocked = not req.kv_block_keys  # LATER: head-of-line blocking
+                break
+            if tokens + n > self.token_budget or len(self.running) >= self.max_num_seqs:
+                self._blocked = True
+                break
+            kv.allocate_slots(req, n, hits)
+            self.waiting.pop()
+            req.state = RequestState.RUNNING
+            req.num_computed_tokens = num_cached
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = num_cached
+            req.num_cached_tokens_total += num_cached
+            kv.record_query(req.num_tokens, num_cached)
+            self.running.append(req)
+            out.scheduled.append((req, n))
+            tokens += n
+
+    def _schedule_running(self, out: SchedulerOutput) -> None:
+        queue = deque(sorted(self.running, key=lambda r: (r.arrival_s, r.id)))
+        kept = []
+        allocate = self.kv.allocate_slots
+        while queue:
+            req = queue.popleft()
+            while not allocate(req, 1):
+                if queue:
+                    self._preempt(queue.pop(), out)  # LIFO: the latest arrival
+                else:
+                    self._preempt(req, out)
+                    req = None
+                    break
+            if req is not None:
+                kept.append(req)
+                out.scheduled.append((req, 1))
+        self.running = kept
+
+    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+        if self.params.preemption_mode == "swap" and self.swap_out(req, out):
+            self.swapped.append(req)
+            return
+        self.preempt(req)
+        out.preempted.append(req)
+
+    def _schedule_swapped(self, out: SchedulerOutput) -> None:
+        kv = self.kv
+        while self.swapped:
+            req = self.swapped[0]
+            need = kv.num_cpu_blocks_of(req.id) + 1  # + a block for the next token
+            if kv.num_free_blocks - need < self.watermark_blocks or len(self.running) >= self.max_num_seqs:
+                self._blocked = True
+                break
+            self.swapped.popleft()
+            self.swap_in(req, out)
+            kv.allocate_slots(req, 1)
+            self.running.append(req)
+            out.scheduled.append((req, 1))
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        # Decode-only steps repeat while nothing is preempted or swapped and whatever waits
+        # (new or swapped) is held back by blocks, sequences or budget that decodes cannot free.
+        return (
+            not output.preempted and not output.swapped_in and not output.swapped_out
+            and len(output.scheduled) == len(self.running)
+            and ((not self.waiting and not self.swapped) or self._blocked)
+        )
