@@ -1,0 +1,211 @@
+"""HyGen (Sun, Wang, Lai; NeurIPS'25): online requests first, offline work fills each step.
+
+Online requests (`is_offline` false) are scheduled as in a chunked-prefill engine with the
+unified token budget `max_num_batched_tokens`: running online requests, then waiting online
+requests first come, first served (with prefix-cache hits). When memory is short, running
+*offline* requests are preempted (recompute) before any online one. Then offline work is added
+while the step's *predicted* time stays within `latency_budget_s` (the per-step budget HyGen's
+SLO-aware profiler derives from the online TBT/TTFT SLOs):
+1. decodes of running offline requests, in admission order, as many as fit the budget;
+2. prefill chunks of offline requests (partially prefilled ones first, then waiting ones in
+   the offline order), each the largest chunk whose predicted step time fits.
+The predictor is the simulation's own step-time model (HyGen fits a linear model to profiled
+batches; using the ground truth models a perfect predictor). Offline order `prefix` sorts the
+offline queue by prefix keys, which is the depth-first order of their prefix tree, so requests
+sharing a prefix run together and hit the cache; `offline_max_wait_s` moves offline requests
+that waited that long to the front of the offline queue (anti-starvation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.workload.request import Request, RequestState
+
+
+class HyGenParams(SchedulerParams):
+    latency_budget_s: float = Field(0.05, gt=0)
+    """Predicted step time up to which offline work is added (from the online SLO)."""
+    offline_order: Literal["fcfs", "prefix"] = "prefix"
+    """Offline queue order: arrival, or prefix-tree (depth-first) order for prefix sharing."""
+    offline_max_wait_s: float | None = Field(None, gt=0)
+    """Offline requests waiting longer than this go first among offline work (None: off)."""
+
+
+@register("hygen")
+class HyGenScheduler(Scheduler):
+    Params = HyGenParams
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.offline: list[Request] = []  # offline waiting queue (online ones use `waiting`)
+
+    # ------------------------------------------------------------------ queues
+    def add_request(self, req: Request, now_s: float) -> None:
+        if req.is_offline:
+            self.offline.append(req)
+        else:
+            self.waiting.append(req)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self.offline)
+
+    def unfinished(self) -> list[Request]:
+        return super().unfinished() + list(self.offline)
+
+    def drain(self, now_s: float) -> None:
+        super().drain(now_s)
+        self.offline.clear()
+
+    def preempt(self, req: Request) -> None:
+        super().preempt(req)
+        if req.is_offline:
+            self.waiting.remove(req)
+            self.offline.insert(0, req)
+
+    # ------------------------------------------------------------------ the decision
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        online = [r for r in self.running if not r.is_offline]
+        for req in online:  # 1) running online requests
+            if budget <= 0:
+                break
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n <= 0:
+                continue
+            if not self._allocate_online(out, req, n):
+                break
+            out.scheduled.append((req, n))
+            budget -= n
+        if not any(r for r in out.preempted if not r.is_offline):
+            budget = self._admit_online(out, budget)
+        self._fill_offline(out, budget, now_s)
+        return out
+
+    def _allocate_online(self, out: SchedulerOutput, req: Request, n: int, hits=(), admit: bool = False) -> bool:
+        """Allocate for an online request, preempting offline requests first, then (for a
+        running request only) the latest admitted online one, finally `req` itself."""
+        while not self.kv.allocate_slots(req, n, hits):
+            victims = [r for r in self.running if r.is_offline]
+            if not victims and not admit:
+                victims = [r for r in self.running if r is not req]
+            if not victims and admit:
+                return False
+            victim = victims[-1] if victims else req
+            self.running.remove(victim)
+            for j, (other, _) in enumerate(out.scheduled):
+                if other is victim:
+                    del out.scheduled[j]
+                    break
+            self.preempt(victim)
+            out.preempted.append(victim)
+            if victim is req:
+                return False
+            hits = self.kv.get_computed_blocks(req) if hits else hits
+        return True
+
+    def _admit_online(self, out: SchedulerOutput, budget: int) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            req = self.waiting.peek()
+            if req in out.preempted:
+                break
+            hits = self.kv.get_computed_blocks(req)
+            n = min(req.num_tokens - len(hits) * self.kv.block_size, budget)
+            if not self._allocate_online(out, req, n, hits, admit=True):
+                break
+            self._start(req, hits, out, n)
+            self.waiting.pop()
+            budget -= n
+        return budget
+
+    def _start(self, req: Request, hits, out: SchedulerOutput, n: int) -> None:
+        num_cached = len(hits) * self.kv.block_size
+        self.running.append(req)
+        req.state = RequestState.RUNNING
+        req.num_computed_tokens = num_cached
+        if req.num_preemptions == 0:
+            req.num_cached_tokens = num_cached
+        req.num_cached_tokens_total += num_cached
+        self.kv.record_query(req.num_tokens, num_cached)
+        out.scheduled.append((req, n))
+
+    # ------------------------------------------------------------------ offline fill
+    def _fill_offline(self, out: SchedulerOutput, budget: int, now_s: float) -> None:
+        limit = self.params.latency_budget_s
+        prefills = [(n, r.num_computed_tokens) for r, n in out.scheduled if not r.is_decoding]
+        decodes = [r.num_computed_tokens for r, n in out.scheduled if r.is_decoding]
+        predict = self.perf.step_time_s
+        offline_running = [r for r in self.running if r.is_offline]
+        # 1) offline decodes: the longest prefix of them that fits the time budget
+        cands = [r for r in offline_running if r.is_decoding][:max(budget, 0)]
+        lo, hi = 0, len(cands)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if predict(prefills, decodes + [r.num_computed_tokens for r in cands[:mid]]) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        for req in cands[:lo]:
+            if not self.kv.allocate_slots(req, 1):
+                break
+            out.scheduled.append((req, 1))
+            decodes.append(req.num_computed_tokens)
+            budget -= 1
+        # 2) offline prefill chunks: running ones first, then the offline queue
+        for req in [r for r in offline_running if not r.is_decoding] + self._offline_order(now_s):
+            if budget <= 0:
+                break
+            if req.state != RequestState.RUNNING and len(self.running) >= self.config.max_num_seqs:
+                break
+            hits = self.kv.get_computed_blocks(req) if req.state != RequestState.RUNNING else []
+            start = req.num_computed_tokens if req.state == RequestState.RUNNING else len(hits) * self.kv.block_size
+            n = self._largest_chunk(prefills, decodes, start, min(req.num_tokens - start, budget))
+            if n <= 0:
+                break
+            if req.state == RequestState.RUNNING:
+                if not self.kv.allocate_slots(req, n):
+                    break
+                out.scheduled.append((req, n))
+            else:
+                if req in out.preempted or not self.kv.allocate_slots(req, n, hits):
+                    break
+                self.offline.remove(req)
+                self._start(req, hits, out, n)
+            prefills.append((n, start))
+            budget -= n
+
+    def _largest_chunk(self, prefills, decodes, ctx: int, most: int) -> int:
+        predict = self.perf.step_time_s
+        limit = self.params.latency_budget_s
+        lo, hi = 0, most
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if predict(prefills + [(mid, ctx)], decodes) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _offline_order(self, now_s: float) -> list[Request]:
+        queue = self.offline
+        if self.params.offline_order == "prefix":
+            queue.sort(key=lambda r: (r.kv_block_keys or (), r.arrival_s, r.id))
+        else:
+            queue.sort(key=lambda r: (r.arrival_s, r.id))
+        wait = self.params.offline_max_wait_s
+        if wait is not None:
+            old = [r for r in queue if now_s - r.arrival_s >= wait]
+            if old:
+                queue[:] = old + [r for r in queue if now_s - r.arrival_s < wait]
+        return list(queue)
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        # Offline decodes are limited by a predicted time that grows with context: not steady.
+        return (not output.preempted and not self.num_waiting and len(output.scheduled) == len(self.running)
+                and not any(r.is_offline for r in self.running))

@@ -1,0 +1,46 @@
+"""HyGen driven step by step: online first, offline fill up to a predicted step-time budget."""
+
+from __future__ import annotations
+
+from servesim.workload.request import RequestState
+from tests.factories import make_engine, make_request
+from tests.replica.test_vllm_scheduler import run_logged
+
+
+def test_offline_chunks_fill_the_latency_budget():
+    # ToyPerf: 10 ms + 0.1 ms per token + 1 us per context token; budget 12.5 ms.
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="hygen", fast_forward=False,
+                                                params={"latency_budget_s": 0.0125})
+    online = make_request(0, 10, 5)
+    offline = [make_request(1, 100, 3, is_offline=True), make_request(2, 50, 3, is_offline=True)]
+    steps = run_logged(engine, loop, [online] + offline)
+    assert steps[0] == [(0, 10), (1, 15)]  # 25 tokens: 12.5 ms
+    assert steps[1] == [(0, 1), (1, 23)]  # 24 tokens + 25 context tokens: 12.425 ms
+    assert steps[4] == [(0, 1), (1, 16), (2, 7)]  # the rest of 1, then 2 starts
+    assert steps[5] == [(1, 1), (2, 22)]  # offline decodes come before offline chunks
+    assert all(r.state == RequestState.FINISHED for r in [online] + offline)
+
+
+def test_online_request_preempts_offline_work_for_memory():
+    engine, sched, kv, loop, done = make_engine(num_blocks=7, scheduler="hygen", fast_forward=False,
+                                                max_num_batched_tokens=128, params={"latency_budget_s": 1.0})
+    offline, online = make_request(1, 96, 10, is_offline=True), make_request(0, 30, 2, arrival=0.03)
+    steps = run_logged(engine, loop, [offline, online])
+    assert steps[:3] == [[(1, 96)], [(1, 1)], [(1, 1)]]
+    assert steps[3] == [(0, 30)]  # 2 blocks needed, 1 free: the offline request is preempted
+    assert steps[4] == [(0, 1)]
+    assert steps[5] == [(1, 99)]  # recompute of 96 + 3 tokens once the online request is done
+    assert offline.num_preemptions == 1 and online.num_preemptions == 0
+
+
+def test_prefix_order_groups_offline_requests_sharing_a_prefix():
+    engine, sched, *_ = make_engine(scheduler="hygen")
+    reqs = [make_request(0, 8, 1, is_offline=True), make_request(1, 8, 1, is_offline=True),
+            make_request(2, 8, 1, is_offline=True)]
+    reqs[0].kv_block_keys, reqs[1].kv_block_keys, reqs[2].kv_block_keys = ((9, 16),), ((3, 16),), ((9, 16), (4, 32))
+    for r in reqs:
+        sched.add_request(r, 0.0)
+    assert [r.id for r in sched._offline_order(0.0)] == [1, 0, 2]
+    sched.params = sched.Params(offline_max_wait_s=1.0)
+    reqs[2].arrival_s = -5.0
+    assert [r.id for r in sched._offline_order(0.0)][0] == 2  # waited 5 s: goes first
