@@ -24,6 +24,7 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.priority import start_request
 from servesim.workload.request import Request, RequestState
 
 
@@ -125,15 +126,7 @@ class HyGenScheduler(Scheduler):
         return budget
 
     def _start(self, req: Request, hits, out: SchedulerOutput, n: int) -> None:
-        num_cached = len(hits) * self.kv.block_size
-        self.running.append(req)
-        req.state = RequestState.RUNNING
-        req.num_computed_tokens = num_cached
-        if req.num_preemptions == 0:
-            req.num_cached_tokens = num_cached
-        req.num_cached_tokens_total += num_cached
-        self.kv.record_query(req.num_tokens, num_cached)
-        out.scheduled.append((req, n))
+        start_request(self, req, len(hits) * self.kv.block_size, n, out)
 
     # ------------------------------------------------------------------ offline fill
     def _fill_offline(self, out: SchedulerOutput, budget: int, now_s: float) -> None:

@@ -21,6 +21,18 @@ from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, Schedul
 from servesim.workload.request import Request, RequestState
 
 
+def start_request(sched: Scheduler, req: Request, num_cached: int, n: int, out: SchedulerOutput) -> None:
+    """Move an admitted request (its blocks allocated, `num_cached` tokens hit) to running."""
+    sched.running.append(req)
+    req.state = RequestState.RUNNING
+    req.num_computed_tokens = num_cached
+    if req.num_preemptions == 0:
+        req.num_cached_tokens = num_cached
+    req.num_cached_tokens_total += num_cached
+    sched.kv.record_query(req.num_tokens, num_cached)
+    out.scheduled.append((req, n))
+
+
 class SortedWaiting:
     """Waiting list re-sorted by the scheduler's (possibly time-varying) key before each use."""
 
@@ -157,14 +169,7 @@ class KeyedScheduler(Scheduler):
                 if 0 < threshold < n:
                     n = threshold
             waiting.pop()
-            self.running.append(req)
-            req.state = RequestState.RUNNING
-            req.num_computed_tokens = num_cached
-            if req.num_preemptions == 0:
-                req.num_cached_tokens = num_cached
-            req.num_cached_tokens_total += num_cached
-            kv.record_query(req.num_tokens, num_cached)
-            out.scheduled.append((req, n))
+            start_request(self, req, num_cached, n, out)
             budget -= n
 
     def is_steady(self, output: SchedulerOutput) -> bool:

@@ -1,0 +1,142 @@
+"""BatchLLM (Zheng et al., MLSys'26): offline batches with global prefix sharing.
+
+The whole waiting set is known (an offline batch), so the scheduler plans it globally:
+1. *global prefix grouping*: over the prefix keys of every waiting request, each request joins
+   the group of its deepest prefix block shared with another waiting request (a one-level
+   flattening of the prefix tree; a request sharing nothing is its own group), so a shared
+   prefix is computed once and stays referenced while its group runs, instead of depending on
+   an LRU cache that may evict it between two distant users;
+2. *decode-ratio ordering*: groups with a larger estimated output/prompt ratio go first, so
+   their long decode phases overlap with the prefills of later groups; members of a group run
+   in arrival order;
+3. *memory-centric token batching*: running requests (decodes and unfinished prompts) first,
+   then requests are admitted in plan order while the projected KV use — blocks held now, plus
+   the growth every running request still needs for its estimated output, plus the newcomer's
+   prompt and output — stays within `mem_threshold` of the cache. There is no fixed token
+   budget per step unless `max_num_batched_tokens` is set here.
+On an allocation failure (an estimate was short) the most recently admitted request is
+preempted by recompute. The shared-prefix attention kernel of the paper is a perf-model
+matter and is not modelled (each request's attention reads its whole context).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from servesim.replica.kv_cache import cdiv
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.priority import KeyedScheduler, start_request
+from servesim.workload.request import Request
+
+
+class BatchLLMParams(SchedulerParams):
+    mem_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Fraction of KV blocks the projected use of admitted requests may reach."""
+    output_len_estimate: Literal["oracle", "max_tokens"] = "oracle"
+    """Output length used for ordering and memory projection: the true one (clairvoyant;
+    offline jobs with known answer sizes) or `max_tokens` (else `max_model_len` - prompt)."""
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    """Optional token cap per step (None: memory-centric batching only)."""
+
+
+@register("batchllm")
+class BatchLLMScheduler(KeyedScheduler):
+    Params = BatchLLMParams
+    preempt_for_waiting = False
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self._plan: dict[int, tuple] = {}
+        self._planned_n = -1
+
+    # ------------------------------------------------------------------ the plan
+    def estimated_output(self, req: Request) -> int:
+        if self.params.output_len_estimate == "oracle":
+            return req.output_len
+        return req.max_tokens or self.config.max_model_len - req.prompt_len
+
+    def groups(self, reqs: list[Request]) -> dict[object, list[Request]]:
+        """Requests by group: the deepest prefix key each shares with another request."""
+        count: dict[object, int] = {}
+        for r in reqs:
+            for k in r.kv_block_keys or ():
+                count[k] = count.get(k, 0) + 1
+        groups: dict[object, list[Request]] = {}
+        for r in reqs:
+            keys = r.kv_block_keys or ()
+            shared = [k for k in keys if count[k] >= 2]  # chained keys: shared ones form a prefix
+            groups.setdefault(shared[-1] if shared else ("alone", r.id), []).append(r)
+        return groups
+
+    def _replan(self) -> None:
+        reqs = list(self.waiting)
+        plan = {}
+        ranked = []
+        for members in self.groups(reqs).values():
+            ratio = sum(self.estimated_output(r) for r in members) / max(sum(r.prompt_len for r in members), 1)
+            first = min(r.arrival_s for r in members)
+            ranked.append((-ratio, first, min(r.id for r in members), members))
+        ranked.sort(key=lambda g: g[:3])
+        for rank, (*_, members) in enumerate(ranked):
+            for r in members:
+                plan[r.id] = (rank, r.arrival_s, r.id)
+        self._plan = plan
+        self._planned_n = len(reqs)
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        super().add_request(req, now_s)
+        self._planned_n = -1  # the plan covers the whole waiting set: redo it
+
+    def preempt(self, req: Request) -> None:
+        super().preempt(req)
+        self._planned_n = -1
+
+    def key(self, req: Request) -> tuple:
+        return self._plan.get(req.id, (-1, req.arrival_s, req.id))
+
+    def begin_step(self, now_s: float) -> None:
+        if self._planned_n != len(self.waiting):
+            self._replan()
+        self._projected = self._projected_use()
+
+    # ------------------------------------------------------------------ memory-centric batching
+    def _growth(self, req: Request) -> int:
+        held = self.kv.num_blocks_of(req.id)
+        total = req.prompt_len + max(self.estimated_output(req), req.num_output_tokens + 1)
+        return max(cdiv(total, self.kv.block_size) - held, 0)
+
+    def _projected_use(self) -> int:
+        kv = self.kv
+        return kv.num_gpu_blocks - kv.num_free_blocks + sum(self._growth(r) for r in self.running)
+
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        self.now_s = now_s
+        self.begin_step(now_s)
+        self.running.sort(key=self.key)
+        self.waiting.sort(key=self.key)
+        out = SchedulerOutput()
+        budget = self.params.max_num_batched_tokens or 1 << 60
+        budget = self._schedule_running(out, budget)
+        if out.preempted:
+            return out
+        limit = self.params.mem_threshold * self.kv.num_gpu_blocks
+        kv = self.kv
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            req = self.waiting.peek()
+            hits = kv.get_computed_blocks(req)
+            n = min(req.num_tokens - len(hits) * kv.block_size, budget)
+            total = req.prompt_len + self.estimated_output(req)
+            held_after = cdiv(len(hits) * kv.block_size + n, kv.block_size)
+            future = kv.blocks_needed(req, n, hits) + max(cdiv(total, kv.block_size) - held_after, 0)
+            if self.running and self._projected + future > limit:
+                break
+            if not kv.allocate_slots(req, n, hits):
+                break
+            self._projected += future
+            self.waiting.pop()
+            start_request(self, req, len(hits) * kv.block_size, n, out)
+            budget -= n
+        return out

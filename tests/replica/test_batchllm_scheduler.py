@@ -1,0 +1,42 @@
+"""BatchLLM driven step by step: prefix groups, decode-ratio order, memory-centric batching."""
+
+from __future__ import annotations
+
+from tests.factories import make_engine, make_request
+from tests.replica.test_vllm_scheduler import run_logged
+
+
+def _req(i, prompt, output, hash_ids):
+    return make_request(i, prompt, output, hash_ids=hash_ids, hash_block_tokens=16)
+
+
+def test_groups_run_in_decode_ratio_order_and_share_their_prefix():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="batchllm", max_num_seqs=2,
+                                                fast_forward=False)
+    # 0 and 2 share their first 16-token block; ratios: 1 -> 1.0, 3 -> 0.2, {0, 2} -> 0.1.
+    reqs = [_req(0, 40, 4, (1, 2)), _req(1, 20, 20, (7,)), _req(2, 40, 4, (1, 3)), _req(3, 40, 8, (5,))]
+    steps = run_logged(engine, loop, reqs)
+    assert steps[0] == [(1, 20), (3, 40)]  # no token budget: whole prompts
+    assert steps[8] == [(1, 1), (0, 40)]
+    assert steps[12] == [(1, 1), (2, 24)]  # the group's shared block is still cached: 16 hit tokens
+    assert kv.num_hit_tokens == 16
+
+
+def test_group_of_deepest_shared_prefix():
+    engine, sched, *_ = make_engine(scheduler="batchllm")
+    a, b, c, d = (make_request(i, 8, 1) for i in range(4))
+    a.kv_block_keys, b.kv_block_keys = ("x", "y", "a"), ("x", "y", "b")
+    c.kv_block_keys, d.kv_block_keys = ("x", "c"), ("z",)
+    groups = sched.groups([a, b, c, d])
+    assert groups["y"] == [a, b] and groups["x"] == [c] and groups[("alone", 3)] == [d]
+
+
+def test_admission_stops_at_the_memory_threshold():
+    # Each request ends at 64 tokens = 4 blocks; 90% of 10 blocks = 9 admits two at a time.
+    engine, sched, kv, loop, done = make_engine(num_blocks=10, scheduler="batchllm", fast_forward=False,
+                                                params={"mem_threshold": 0.9})
+    steps = run_logged(engine, loop, [make_request(i, 32, 32) for i in range(4)])
+    assert steps[0] == [(0, 32), (1, 32)]
+    assert all(s == [(0, 1), (1, 1)] for s in steps[1:32])
+    assert steps[32] == [(2, 32), (3, 32)]
+    assert all(r.num_preemptions == 0 for r in done)
