@@ -1,0 +1,75 @@
+"""Andes' streaming QoE per request: how well the token-delivery timeline met the expected one.
+
+A user reads streamed tokens at a finite pace. Request r expects its first token TTFT_exp after
+arrival and then TDS_exp tokens per second: token i is expected at T_exp(i) = TTFT_exp + i/TDS_exp.
+The client buffer shows token i at show(i) = max(t_i, show(i-1) + 1/TDS_exp), show(0) =
+max(t_0, TTFT_exp) (times from arrival): tokens generated faster than TDS_exp bring nothing.
+QoE = area under the shown-tokens curve / area under the expected curve, both up to the last
+shown token (scheduling.md §5.2, Andes arXiv 2404.16283): 1 when every token is shown on
+time, lower for a long TTFT or stalls. With T = show(N-1), the areas are sum(T - show(i)) and
+sum(T - T_exp(i)).
+
+Expected TTFT / TDS: per request `extra["qoe_ttft_s"]` / `extra["qoe_tds"]`, else the
+scheduler's `ttft_exp_s` / `tds_exp` parameters (andes), else 1 s and 5 tokens/s. The section
+is reported when the scheduler is `andes` or a request carries its own targets; finished
+requests only (`num_unfinished` counts the others).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KEY = "qoe"
+DEFAULT_TTFT_S = 1.0
+DEFAULT_TDS = 5.0  # tokens per second: a fast reader (assumption)
+
+
+def qoe(token_times_s: np.ndarray, ttft_exp_s: float, tds_exp: float) -> float:
+    """QoE in [0, 1] of tokens emitted at `token_times_s` (seconds from the request's arrival)."""
+    n = len(token_times_s)
+    if n == 0:
+        return 0.0
+    gap = 1.0 / tds_exp
+    offset = gap * np.arange(n)
+    expected = ttft_exp_s + offset
+    shown = np.maximum.accumulate(np.maximum(token_times_s - offset, ttft_exp_s)) + offset
+    end = shown[-1]
+    target = float((end - expected).sum())
+    return 1.0 if target <= 0 else float((end - shown).sum()) / target
+
+
+def targets(req, ttft_exp_s: float = DEFAULT_TTFT_S, tds_exp: float = DEFAULT_TDS) -> tuple[float, float]:
+    """(TTFT_exp, TDS_exp) of a request: its own, else the given defaults."""
+    extra = req.extra
+    return float(extra.get("qoe_ttft_s", ttft_exp_s)), float(extra.get("qoe_tds", tds_exp))
+
+
+def section(data) -> dict | None:
+    sched = data.params.get("scheduler") or {}
+    if isinstance(sched, str):
+        sched = {"name": sched}
+    tagged = any("qoe_tds" in r.extra or "qoe_ttft_s" in r.extra for r in data.requests)
+    if sched.get("name") != "andes" and not tagged:
+        return None
+    ttft = float(sched.get("ttft_exp_s", DEFAULT_TTFT_S))
+    tds = float(sched.get("tds_exp", DEFAULT_TDS))
+    values, unfinished = [], 0
+    for req in data.requests:
+        if req.state.name != "FINISHED":
+            unfinished += 1
+            continue
+        values.append(qoe(data.token_times(req) - req.arrival_s, *targets(req, ttft, tds)))
+    if not values:
+        return None
+    v = np.array(values)
+    return {
+        "mean": float(v.mean()),
+        "p50": float(np.percentile(v, 50)),
+        "p10": float(np.percentile(v, 10)),
+        "min": float(v.min()),
+        "share_ge_0_9": float((v >= 0.9).mean()),
+        "num_requests": len(v),
+        "num_unfinished": unfinished,
+        "ttft_exp_s": ttft,
+        "tds_exp": tds,
+    }

@@ -1,0 +1,224 @@
+"""Andes: QoE-aware preemptive scheduling for text streaming.
+
+Liu et al., "Andes: Defining and Enhancing Quality-of-Experience in LLM-Based Text Streaming
+Services" (arXiv 2404.16283); scheduling.md §5, following the reference scheduler (a vLLM v0
+fork). Each request expects a token-delivery timeline (TTFT_exp, then TDS_exp tokens/s; QoE in
+`metrics/sections/qoe.py`). Every `solver_interval` steps, when KV memory is contended
+(utilisation >= `util_threshold`), Andes chooses which requests hold the GPU:
+- value(r) = (Q_serve - Q_wait) * (1 + 0.5 if running): the QoE a request gains over the next
+  `horizon_s` if served (at `token_latency_s` per token) rather than left waiting; weight(r) =
+  its KV blocks; density = value / weight;
+- preemption cap: the `sacrifice_percentile` slack (time a request can wait before its QoE
+  drops: its next token's expected time minus now) divided by the swap cost of a mean
+  request bounds how many running requests may be preempted this round (none below 1);
+- candidates: the running requests with the lowest density, no denser than the best waiting
+  one, up to the cap; a greedy knapsack over candidates + waiting + swapped by density, with
+  the blocks the other running requests leave, stops at the first misfit;
+- candidates not picked are swapped out (vLLM v0 swap: synchronous per-block copies); picked
+  swapped requests are swapped in and picked waiting ones admitted, in density order.
+Without contention, waiting requests are admitted by density and swapped ones come back.
+Then the step runs as vLLM's token-budget loop: running requests first (on allocation
+failure the latest running one is swapped out), then swap-ins and admissions (chunked).
+
+Expected TTFT / TDS live in this scheduler's parameters with per-request overrides in
+`Request.extra["qoe_ttft_s"]` / `extra["qoe_tds"]` (the QoE summary section reads the same).
+Value is the reference code's form; the served-token count is capped at the expected count
+(tokens ahead of the timeline are worth nothing). Slack is defined here (the reference code's
+definition was not available) as the expected time of the request's next token minus now.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+
+from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.workload.request import Request, RequestState
+
+
+class AndesParams(SchedulerParams):
+    ttft_exp_s: float = Field(DEFAULT_TTFT_S, gt=0.0)
+    """Expected time to first token (s), unless the request sets `extra["qoe_ttft_s"]`."""
+    tds_exp: float = Field(DEFAULT_TDS, gt=0.0)
+    """Expected token delivery speed (tokens/s), unless the request sets `extra["qoe_tds"]`."""
+    horizon_s: float = Field(10.0, gt=0.0)
+    """Look-ahead of the value function (reference code: delta_t = 10)."""
+    token_latency_s: float = Field(0.02, gt=0.0)
+    """Assumed time per generated token of a served request (reference code: 0.02 s)."""
+    util_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """KV utilisation from which the knapsack runs (selective triggering; reference 0.9)."""
+    sacrifice_percentile: float = Field(0.1, ge=0.0, lt=1.0)
+    """Slack percentile that bounds preemptions per round (reference 0.1)."""
+    unit_overhead_s: float = Field(3 / 90000, ge=0.0)
+    """Swap overhead per token of a block (reference: 3/90000 * block_size s per block)."""
+    solver_interval: int = Field(1, ge=1)
+    """Steps between knapsack rounds (the older reference version: 5)."""
+
+
+@register("andes")
+class AndesScheduler(Scheduler):
+    Params = AndesParams
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self._last_token_s: dict[int, float] = {}
+        self._outputs: dict[int, int] = {}
+
+    # ---- QoE model -------------------------------------------------------------------
+    def _targets(self, req: Request) -> tuple[float, float]:
+        return targets(req, self.params.ttft_exp_s, self.params.tds_exp)
+
+    def value(self, req: Request, now_s: float, running: bool) -> float:
+        p = self.params
+        ttft, tds = self._targets(req)
+        lat = 1.0 / tds
+        t = now_s - req.arrival_s
+        n = req.num_output_tokens
+        exp_len = (t + p.horizon_s) / lat
+        last = self._last_token_s.get(req.id, now_s) - req.arrival_s
+        if n > 0 and last < ttft + n * lat and p.token_latency_s <= lat:
+            q_serve = 1.0
+        else:
+            served = min(n + p.horizon_s / p.token_latency_s, exp_len)
+            q_serve = 1.0 - ((exp_len - served) / exp_len) ** 2
+        if n == 0:
+            q_wait = 1.0 if t + p.horizon_s <= ttft else 0.0
+        else:
+            q_wait = 1.0 - ((exp_len - min(n, exp_len)) / exp_len) ** 2
+        return (q_serve - q_wait) * (1.5 if running else 1.0)
+
+    def weight(self, req: Request) -> int:
+        return round((req.prompt_len + req.num_output_tokens + 1) / self.kv.block_size + 0.5)
+
+    def slack_s(self, req: Request, now_s: float) -> float:
+        ttft, tds = self._targets(req)
+        return req.arrival_s + ttft + req.num_output_tokens / tds - now_s
+
+    # ---- the decision ------------------------------------------------------------------
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        kv = self.kv
+        total = kv.num_gpu_blocks
+        util = (total - max(0, kv.num_free_blocks - len(self.running))) / total
+        solve = self.num_engine_steps % self.params.solver_interval == 0
+        pending = list(self.waiting) + self.swapped
+        if pending and solve and util >= self.params.util_threshold:
+            evict, chosen = self._knapsack(now_s, pending)
+        else:
+            evict = []
+            chosen = sorted(pending, key=lambda r: -self.value(r, now_s, False) / self.weight(r))
+        for req in evict:
+            self.running.remove(req)
+            self._swap_out(req, out)
+        num_evicted = len(out.swapped_out) + len(out.preempted)
+        budget = self._run_running(out, self.config.max_num_batched_tokens)
+        if len(out.swapped_out) + len(out.preempted) == num_evicted:  # swap-in only if nothing else was preempted
+            self._bring_in(out, chosen, budget)
+        return out
+
+    def _knapsack(self, now_s: float, pending: list[Request]) -> tuple[list[Request], list[Request]]:
+        p = self.params
+        everyone = self.running + pending
+        slacks = sorted(self.slack_s(r, now_s) for r in everyone)
+        threshold = slacks[int(p.sacrifice_percentile * len(slacks))]
+        overhead = p.unit_overhead_s * self.kv.block_size * sum(map(self.weight, everyone)) / len(everyone)
+        max_preempt = math.floor(threshold / overhead) if overhead > 0 else len(self.running)
+        dens = {r.id: self.value(r, now_s, False) / self.weight(r) for r in pending}
+        if max_preempt < 1:  # no slack to sacrifice: admit what fits, preempt nothing
+            return [], sorted(pending, key=lambda r: -dens[r.id])
+        run_dens = {r.id: self.value(r, now_s, True) / self.weight(r) for r in self.running}
+        best = max(dens.values())
+        cand = sorted((r for r in self.running if run_dens[r.id] <= best), key=lambda r: run_dens[r.id])
+        cand = cand[:max_preempt]
+        dens.update((r.id, run_dens[r.id]) for r in cand)
+        cand_ids = {r.id for r in cand}
+        capacity = self.kv.num_gpu_blocks - sum(self.weight(r) for r in self.running if r.id not in cand_ids)
+        picked = set()
+        for r in sorted(cand + pending, key=lambda r: -dens[r.id]):
+            w = self.weight(r)
+            if w > capacity:
+                break
+            capacity -= w
+            picked.add(r.id)
+        evict = [r for r in cand if r.id not in picked]
+        return evict, [r for r in sorted(pending, key=lambda r: -dens[r.id]) if r.id in picked]
+
+    def _swap_out(self, req: Request, out: SchedulerOutput) -> None:
+        if self.swap_out(req, out):
+            self.swapped.append(req)
+        else:  # CPU tier full: recompute
+            self.preempt(req)
+            out.preempted.append(req)
+
+    def _run_running(self, out: SchedulerOutput, budget: int) -> int:
+        cfg = self.config
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget, cfg.max_model_len - 1 - req.num_computed_tokens)
+            if n <= 0:
+                i += 1
+                continue
+            while not self.kv.allocate_slots(req, n):
+                victim = self.running.pop()  # the latest admitted, by swap (vLLM v0)
+                self._swap_out(victim, out)
+                if victim is req:
+                    return budget
+            out.scheduled.append((req, n))
+            budget -= n
+            i += 1
+        return budget
+
+    def _bring_in(self, out: SchedulerOutput, chosen: list[Request], budget: int) -> None:
+        cfg = self.config
+        kv = self.kv
+        for req in chosen:
+            if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
+                return
+            if req.state == RequestState.SWAPPED:
+                if kv.num_cpu_blocks_of(req.id) + 1 > kv.num_free_blocks:
+                    return
+                self.swapped.remove(req)
+                self.swap_in(req, out)
+                kv.allocate_slots(req, 1)
+                self.running.append(req)
+                out.scheduled.append((req, 1))
+                budget -= 1
+                continue
+            hits = kv.get_computed_blocks(req)
+            num_cached = len(hits) * kv.block_size
+            n = req.num_tokens - num_cached
+            if not cfg.enable_chunked_prefill and n > budget:
+                return
+            n = min(n, budget)
+            if not kv.allocate_slots(req, n, hits):
+                return
+            self.waiting.remove(req)
+            self.running.append(req)
+            req.state = RequestState.RUNNING
+            req.num_computed_tokens = num_cached
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = num_cached
+            req.num_cached_tokens_total += num_cached
+            kv.record_query(req.num_tokens, num_cached)
+            out.scheduled.append((req, n))
+            budget -= n
+
+    def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        for req, _ in output.scheduled:
+            if req.num_output_tokens != self._outputs.get(req.id, 0):
+                self._outputs[req.id] = req.num_output_tokens
+                self._last_token_s[req.id] = now_s
+
+    def finish(self, req: Request, now_s: float) -> None:
+        super().finish(req, now_s)
+        self._outputs.pop(req.id, None)
+        self._last_token_s.pop(req.id, None)
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        # Nothing waits or is swapped out: no knapsack or admission can change the batch.
+        return (not self.waiting and not self.swapped and not output.preempted and not output.swapped_out
+                and not output.swapped_in and len(output.scheduled) == len(self.running))
