@@ -61,8 +61,10 @@ class VLLMScheduler(Scheduler):
                 continue
             allocated = True
             while not allocate(req, n):
+                if self._reclaim(req):
+                    continue
                 victim = self._pick_victim()
-                if self.params.policy == "priority":
+                if getattr(self.params, "policy", "fcfs") == "priority":
                     for j, (other, m) in enumerate(scheduled):
                         if other is victim:  # refund the tokens it was given this step
                             del scheduled[j]
@@ -86,8 +88,12 @@ class VLLMScheduler(Scheduler):
             self._admit(out, budget)
         return out
 
+    def _reclaim(self, req: Request) -> bool:
+        """Free KV without preempting a running request (a policy's pins); True if it did."""
+        return False
+
     def _pick_victim(self) -> Request:
-        if self.params.policy == "priority":
+        if getattr(self.params, "policy", "fcfs") == "priority":
             return max(self.running, key=lambda r: (r.priority, r.arrival_s))
         return self.running[-1]
 

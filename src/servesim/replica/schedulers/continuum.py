@@ -1,0 +1,166 @@
+"""Continuum: pin an agent turn's KV cache for a time-to-live while its tool call runs.
+
+Li et al., "Continuum: Efficient and Robust Multi-Turn LLM Agent Scheduling with KV Cache
+Time-to-Live" (arXiv 2511.02230), scheduling.md §7.1, following the public fork's mechanics
+on top of the vLLM v1 scheduler (`vllm`):
+- when a call of a program (or a turn of a session) finishes, its KV blocks stay allocated
+  ("pinned") until `ttl_s` later instead of returning to the LRU free queue, so the program's
+  next call finds its prefix on the GPU even under memory pressure. A request tagged
+  `extra["last_call"] = True` is not pinned. A job keeps one pin (its latest finished call);
+- pins expire at their deadline (a policy timer: `next_timer_s`), except while the job has a
+  call waiting (it is about to use them); a running request that needs blocks releases pins
+  first (the job with the newest first call first) before anything is preempted, and when
+  nothing runs and the waiting head does not fit, pins are released (deadlock avoidance);
+- program-level FCFS: the waiting queue orders calls of jobs that hold a pin first, then by the
+  arrival of the job's first call, then by arrival; the preemption victim is the running call
+  whose job arrived last.
+The TTL is fixed (the public fork's 2 s); the paper's cost-benefit TTL per tool (τ* = argmax
+P(tool <= τ)·B − τ) needs tool identities the workload does not carry yet.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from pydantic import Field
+
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.vllm import VLLMScheduler
+from servesim.workload.request import Request
+
+
+class ContinuumParams(SchedulerParams):
+    ttl_s: float = Field(2.0, ge=0.0)
+    """How long a finished call's KV stays pinned for the job's next call (public fork: 2 s)."""
+
+
+def job_of(req: Request):
+    """The program or session a call belongs to (None: a standalone request)."""
+    if req.program_id is not None:
+        return ("program", req.program_id)
+    if req.session_id is not None:
+        return ("session", req.session_id)
+    return None
+
+
+class ProgramQueue:
+    """Waiting calls in program-level FCFS order (pinned jobs first); same interface as FCFSQueue."""
+
+    def __init__(self, sched: "ContinuumScheduler") -> None:
+        self._items: list[Request] = []
+        self._sched = sched
+
+    def _key(self, req: Request) -> tuple:
+        job = job_of(req)
+        first = self._sched.first_entry_s.get(job, req.arrival_s)
+        return (job not in self._sched.pins, first, req.arrival_s, req.id)
+
+    def append(self, req: Request) -> None:
+        self._items.append(req)
+
+    prepend = append  # a preempted call re-enters by its program's order
+
+    def peek(self) -> Request:
+        return min(self._items, key=self._key)
+
+    def pop(self) -> Request:
+        req = self.peek()
+        self._items.remove(req)
+        return req
+
+    def remove(self, req: Request) -> None:
+        self._items.remove(req)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(sorted(self._items, key=self._key))
+
+
+@register("continuum")
+class ContinuumScheduler(VLLMScheduler):
+    Params = ContinuumParams
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.first_entry_s: dict = {}  # job -> arrival of its first call
+        self.pins: dict = {}  # job -> (id of the finished call holding the blocks, deadline)
+        self.waiting = ProgramQueue(self)
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        job = job_of(req)
+        if job is not None:
+            self.first_entry_s.setdefault(job, req.arrival_s)
+        super().add_request(req, now_s)
+
+    def finish(self, req: Request, now_s: float) -> None:
+        self.running.remove(req)
+        job = job_of(req)
+        if job is None or self.params.ttl_s <= 0 or req.extra.get("last_call"):
+            self.kv.free(req.id)
+            return
+        self._unpin(job)
+        self.pins[job] = (req.id, now_s + self.params.ttl_s)
+
+    # ---- pins ----------------------------------------------------------------------
+    def _unpin(self, job) -> None:
+        pin = self.pins.pop(job, None)
+        if pin is not None:
+            self.kv.free(pin[0])
+
+    def _waiting_jobs(self) -> set:
+        return {job_of(r) for r in self.waiting}
+
+    def _expire(self, now_s: float) -> None:
+        due = [job for job, (_, deadline) in self.pins.items() if deadline <= now_s]
+        if due:
+            busy = self._waiting_jobs()
+            for job in due:
+                if job not in busy:
+                    self._unpin(job)
+
+    def next_timer_s(self) -> float:
+        if not self.pins:
+            return float("inf")
+        busy = self._waiting_jobs() if self.waiting else ()
+        return min((d for job, (_, d) in self.pins.items() if job not in busy), default=float("inf"))
+
+    def _reclaim(self, req: Request) -> bool:
+        if not self.pins:
+            return False
+        own = job_of(req)  # its own job's pin goes last: the request may be using those blocks
+        self._unpin(max(self.pins, key=lambda j: (j != own, self.first_entry_s.get(j, 0.0))))
+        return True
+
+    def drain(self, now_s: float) -> None:
+        for job in list(self.pins):
+            self._unpin(job)
+        super().drain(now_s)
+
+    # ---- the decision ------------------------------------------------------------------
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        if self.pins:
+            self._expire(now_s)
+            if not self.running and self.waiting and self.pins:
+                self._avoid_deadlock()
+        out = super().schedule(now_s)
+        if self.pins:
+            for req, _ in out.scheduled:  # the job's next call now holds the prefix it hit
+                job = job_of(req)
+                if job in self.pins:
+                    self._unpin(job)
+        return out
+
+    def _avoid_deadlock(self) -> None:
+        kv = self.kv
+        head = self.waiting.peek()
+        hits = kv.get_computed_blocks(head)
+        n = min(head.num_tokens - len(hits) * kv.block_size, self.config.max_num_batched_tokens)
+        while self.pins and kv.blocks_needed(head, n, hits) > kv.num_free_blocks:
+            self._reclaim(head)
+            hits = kv.get_computed_blocks(head)
+
+    def _pick_victim(self) -> Request:
+        return max(self.running, key=lambda r: (self.first_entry_s.get(job_of(r), r.arrival_s), r.arrival_s))
