@@ -1,0 +1,224 @@
+"""SGLang's scheduler on its radix-tree prefix cache (`replica/radix_cache.py`).
+
+Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.py`:
+- prefill first: each step first tries to build a prefill batch; if it gets any request the
+  step is that prefill batch alone (decodes wait; SGLang without `--enable-mixed-chunk`),
+  otherwise every running request decodes;
+- waiting order (`schedule_policy`): `fcfs`; `lpm`, longest cached prefix first (FCFS when
+  more than 128 requests wait, SGLang's cost guard); `dfs-weight`, a depth-first walk of the
+  radix tree visiting heavier subtrees (more waiting requests) first;
+- admission (PrefillAdder): with `rem = free + evictable tokens - sum over running of
+  min(max_new - generated, 4096) * new_token_ratio`, requests are added in order while their
+  new tokens plus `min(max_new, 4096)` stay below `rem`, their new tokens fit
+  `max_prefill_tokens` (unless first) and the chunk budget; a request longer than the chunk
+  budget left is truncated to whole pages and becomes the one chunked request, continued
+  first in the next steps;
+- `new_token_ratio` starts at 0.7 x `schedule_conservativeness`, decays linearly to 0.14 of
+  that over 600 decode steps; after a retraction it is reset to
+  `(sum generated + 20 x running) / sum max_new`;
+- decode out of memory: retract running requests with the fewest generated tokens (then the
+  longest prompt) until every remaining one has room for `retract_decode_steps` more tokens;
+  retracted requests free their private KV, keep their tree prefix, and re-queue at the end.
+`max_new` is the request's `max_tokens`, else `max_model_len - prompt` (SGLang's OpenAI
+server default). After each prefill chunk the request's computed blocks are inserted into the
+radix tree (locked by it); when it finishes the rest is inserted and the path unlocked.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from servesim.replica.radix_cache import RadixKVCache, RadixNode
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.priority import SortedWaiting, start_request
+from servesim.workload.request import Request
+
+CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
+LPM_MAX_QUEUE = 128  # above this many waiting requests, lpm falls back to fcfs
+
+
+class SGLangParams(SchedulerParams):
+    schedule_policy: Literal["fcfs", "lpm", "dfs-weight"] = "fcfs"
+    """Waiting-queue order (SGLang's current default `fcfs`; older releases used `lpm`)."""
+    schedule_conservativeness: float = Field(1.0, gt=0)
+    """Scales the initial new-token ratio (larger = more memory reserved for decodes)."""
+    max_prefill_tokens: int = Field(16384, ge=1)
+    """New prompt tokens of one prefill batch (the first request may exceed it)."""
+    chunked_prefill_size: int | None = Field(None, ge=1)
+    """Chunk budget of one prefill batch (None: the engine's `max_num_batched_tokens`)."""
+    max_running_requests: int | None = Field(None, ge=1)
+    """Most running requests (None: the engine's `max_num_seqs`)."""
+    init_new_token_ratio: float = Field(0.7, gt=0, le=1)
+    """SGLANG_INIT_NEW_TOKEN_RATIO."""
+    min_new_token_ratio_factor: float = Field(0.14, gt=0, le=1)
+    """The ratio's floor as a fraction of its initial value."""
+    new_token_ratio_decay_steps: int = Field(600, ge=1)
+    """Decode steps over which the ratio decays from its initial value to its floor."""
+    retract_decode_steps: int = Field(20, ge=1)
+    """Decode steps of headroom every remaining request gets after a retraction."""
+
+
+@register("sglang")
+class SGLangScheduler(Scheduler):
+    Params = SGLangParams
+    kv: RadixKVCache
+
+    @classmethod
+    def make_kv_cache(cls, num_gpu_blocks: int, block_size: int, enable_prefix_caching: bool,
+                      num_cpu_blocks: int) -> RadixKVCache:
+        return RadixKVCache(num_gpu_blocks, block_size, enable_prefix_caching, num_cpu_blocks)
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.waiting = SortedWaiting()
+        self.chunked: Request | None = None
+        self.init_ratio = min(params.init_new_token_ratio * params.schedule_conservativeness, 1.0)
+        self.min_ratio = self.init_ratio * params.min_new_token_ratio_factor
+        self.new_token_ratio = self.init_ratio
+        self.chunk_size = params.chunked_prefill_size or config.max_num_batched_tokens
+        self.max_running = params.max_running_requests or config.max_num_seqs
+        self._mark: tuple[Request, int] | None = None
+
+    def max_new(self, req: Request) -> int:
+        return req.max_tokens or self.config.max_model_len - req.prompt_len
+
+    # ------------------------------------------------------------------ the decision
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        self._mark = None
+        self._prefill_batch(out)
+        if out.scheduled:
+            return out
+        decoding = [r for r in self.running if r.is_decoding]
+        if self._decode_blocks(decoding) > self.kv.num_free_blocks:
+            decoding = self._retract(decoding, out)
+        for req in decoding:
+            if self.kv.allocate_slots(req, 1):
+                out.scheduled.append((req, 1))
+        if out.scheduled and not out.preempted:
+            first = out.scheduled[0][0]
+            self._mark = (first, first.num_output_tokens)
+        return out
+
+    def _decode_blocks(self, reqs: list[Request], steps: int = 1) -> int:
+        return sum(self.kv.blocks_needed(r, steps) for r in reqs)
+
+    def _retract(self, decoding: list[Request], out: SchedulerOutput) -> list[Request]:
+        order = sorted(decoding, key=lambda r: (r.num_output_tokens, -r.prompt_len), reverse=True)
+        steps = self.params.retract_decode_steps
+        while len(order) > 1 and self._decode_blocks(order, steps) > self.kv.num_free_blocks:
+            victim = order.pop()  # fewest generated tokens, then longest prompt
+            self.running.remove(victim)
+            self.preempt(victim)  # frees its private blocks, keeps its tree prefix; re-queued last
+            out.preempted.append(victim)
+        generated = sum(r.num_output_tokens for r in order)
+        self.new_token_ratio = min(1.0, (generated + steps * len(order)) / max(sum(self.max_new(r) for r in order), 1))
+        return [r for r in decoding if r in order]
+
+    def _ordered_waiting(self) -> list[Request]:
+        policy = self.params.schedule_policy
+        waiting = list(self.waiting)
+        if policy == "lpm" and len(waiting) <= LPM_MAX_QUEUE:
+            hits = {r.id: len(self.kv.match(r)) for r in waiting}
+            waiting.sort(key=lambda r: -hits[r.id])  # stable: FCFS among equal prefixes
+        elif policy == "dfs-weight":
+            waiting = self._dfs_weight_order(waiting)
+        return waiting
+
+    def _dfs_weight_order(self, waiting: list[Request]) -> list[Request]:
+        root = self.kv.root
+        at: dict[int, list[Request]] = {}
+        weight: dict[int, int] = {}
+        nodes: dict[int, RadixNode] = {id(root): root}
+        for r in waiting:
+            path = self.kv.match(r)
+            last = path[-1] if path else root
+            at.setdefault(id(last), []).append(r)
+            node = last
+            while node is not None:
+                weight[id(node)] = weight.get(id(node), 0) + 1
+                nodes[id(node)] = node
+                node = node.parent
+        order: list[Request] = []
+        stack: list[tuple[RadixNode, bool]] = [(root, False)]
+        while stack:  # post-order: a node's requests after its children's
+            node, expanded = stack.pop()
+            if expanded:
+                order += at.get(id(node), [])
+                continue
+            stack.append((node, True))
+            kids = [c for c in node.children.values() if weight.get(id(c), 0) > 0]
+            kids.sort(key=lambda c: -weight[id(c)])
+            stack.extend((c, False) for c in reversed(kids))
+        return order
+
+    def _prefill_batch(self, out: SchedulerOutput) -> None:
+        kv = self.kv
+        bs = kv.block_size
+        rem_total = kv.num_free_blocks * bs - sum(
+            min(max(self.max_new(r) - r.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) * self.new_token_ratio
+            for r in self.running)
+        rem_input = self.params.max_prefill_tokens
+        rem_chunk = self.chunk_size
+        if self.chunked is not None:  # continue the chunked request first
+            req = self.chunked
+            n = min(req.num_tokens - req.num_computed_tokens, rem_chunk)
+            if n < req.num_tokens - req.num_computed_tokens:
+                n = n // bs * bs or n
+            if kv.allocate_slots(req, n):
+                out.scheduled.append((req, n))
+                rem_chunk -= n
+                rem_input -= n
+                if req.num_computed_tokens + n >= req.num_tokens:
+                    self.chunked = None
+                else:
+                    return
+        if not self.waiting or len(self.running) >= self.max_running:
+            return
+        admitted = False
+        for req in self._ordered_waiting():
+            if len(self.running) >= self.max_running:
+                break
+            hits = kv.match(req)
+            ext = req.num_tokens - len(hits) * bs
+            total = ext + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
+            if total >= rem_total:
+                break
+            if ext > rem_input and admitted:
+                break
+            n = ext if ext <= rem_chunk else rem_chunk // bs * bs
+            if n <= 0 or not kv.allocate_slots(req, n, hits):
+                break
+            self.waiting.remove(req)
+            start_request(self, req, len(hits) * bs, n, out)
+            admitted = True
+            rem_total -= total
+            rem_input -= ext
+            rem_chunk -= n
+            if n < ext:
+                self.chunked = req
+                break
+
+    # ------------------------------------------------------------------ bookkeeping
+    def finish(self, req: Request, now_s: float) -> None:
+        self.running.remove(req)
+        self.kv.cache_finished(req)
+
+    def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        for req, n in output.scheduled:
+            if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
+                if req.state == req.state.RUNNING:
+                    self.kv.cache_unfinished(req)
+        if self._mark is not None:  # a decode step (or several, fast-forwarded)
+            req, before = self._mark
+            steps = req.num_output_tokens - before
+            decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
+            self.new_token_ratio = max(self.new_token_ratio - decay * steps, self.min_ratio)
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        # Nothing to prefill: decode steps repeat (the ratio only matters for admission).
+        return (not output.preempted and not self.waiting and self.chunked is None
+                and len(output.scheduled) == len(self.running))

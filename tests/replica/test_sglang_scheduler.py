@@ -1,0 +1,105 @@
+"""SGLang: the radix cache (lock refs, LRU leaf eviction) and the scheduler step by step."""
+
+from __future__ import annotations
+
+from servesim.replica.radix_cache import RadixKVCache
+from servesim.workload.request import RequestState
+from tests.factories import make_engine, make_request
+from tests.replica.test_vllm_scheduler import run_logged
+
+
+def _req(i, prompt, output, keys, **kw):
+    r = make_request(i, prompt, output, **kw)
+    r.kv_block_keys = tuple(keys)
+    return r
+
+
+def _finish(kv, req):
+    req.num_computed_tokens = req.num_tokens - 1
+    kv.cache_finished(req)
+
+
+def test_radix_insert_hit_lock_and_lru_leaf_eviction():
+    kv = RadixKVCache(8, block_size=4)
+    a = _req(0, 12, 1, ["a1", "a2", "a3"])
+    assert kv.allocate_slots(a, 12) and kv.num_free_blocks == 5
+    _finish(kv, a)  # 11 computed tokens: 2 full blocks enter the tree, the third is freed
+    assert kv.tree_blocks == 2 and kv.evictable_blocks == 2 and kv.num_free_blocks == 8
+    b = _req(1, 12, 1, ["a1", "b2", "b3"])
+    c = _req(2, 12, 1, ["c1", "c2", "c3"])
+    hits = kv.match(b)
+    assert [n.key for n in hits] == ["a1"]
+    assert kv.blocks_needed(b, 8, hits) == 2 + 1  # two new blocks + the hit leaves the evictable pool
+    assert kv.allocate_slots(b, 8, hits)  # b locks a1
+    _finish(kv, b)
+    _finish_c = kv.allocate_slots(c, 12)
+    assert _finish_c
+    _finish(kv, c)
+    # tree: a1 -> {a2, b2}, c1 -> c2 (5 blocks, all unlocked); a2 is the least recently used leaf
+    assert kv.tree_blocks == 5
+    d = _req(3, 16, 1, ["d1", "d2", "d3", "d4"])
+    assert kv.allocate_slots(d, 16)  # 4 blocks: 3 free + evict 1 leaf
+    assert "a2" not in kv.root.children["a1"].children and kv.tree_blocks == 4
+    kv.free(d.id)
+    e = _req(4, 32, 1, [f"e{i}" for i in range(8)])
+    assert kv.allocate_slots(e, 32)  # evicts everything, parents once their leaves are gone
+    assert kv.tree_blocks == 0 and kv.num_free_blocks == 0
+    kv.free(e.id)
+    kv.check_all_free()
+
+
+def test_locked_prefix_is_not_evicted():
+    kv = RadixKVCache(4, block_size=4)
+    a = _req(0, 8, 1, ["x", "y"])
+    kv.allocate_slots(a, 8)
+    _finish(kv, a)  # x enters the tree (7 computed tokens: one full block)
+    b = _req(1, 8, 1, ["x", "z"])
+    kv.allocate_slots(b, 4, kv.match(b))  # locks x
+    c = _req(2, 12, 1, ["q1", "q2", "q3"])
+    assert not kv.allocate_slots(c, 12)  # 3 free blocks minus b's 1: only 2 available
+    assert kv.root.children["x"].lock_ref == 1
+
+
+def test_prefill_batch_runs_alone_and_finished_prompts_are_cached():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                max_num_batched_tokens=64)
+    sched.kv = engine.kv = kv = RadixKVCache(100, 16)
+    first = _req(0, 32, 4, [("p", 16), ("p", 32)], max_tokens=8)
+    second = _req(1, 40, 2, [("p", 16), ("p", 32)], max_tokens=8, arrival=0.015)
+    steps = run_logged(engine, loop, [first, second])
+    assert steps[:2] == [[(0, 32)], [(0, 1)]]
+    assert steps[2] == [(1, 8)]  # prefill first: 0's decode waits; 32 tokens hit in the tree
+    assert steps[3] == [(0, 1), (1, 1)]
+    assert second.num_cached_tokens == 32
+    kv.check_all_free()
+
+
+def test_lpm_admits_the_longest_cached_prefix_first():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                params={"schedule_policy": "lpm"}, max_num_seqs=1)
+    sched.kv = engine.kv = kv = RadixKVCache(100, 16)
+    warm = _req(0, 48, 1, [("w", 16), ("w", 32), ("w", 48)], max_tokens=4)
+    miss = _req(1, 48, 1, [("m", 16)], max_tokens=4, arrival=0.001)
+    hit = _req(2, 48, 1, [("w", 16), ("w", 32), ("h", 48)], max_tokens=4, arrival=0.002)
+    steps = run_logged(engine, loop, [warm, miss, hit])
+    assert steps == [[(0, 48)], [(2, 16)], [(1, 48)]]  # fcfs would run 1 before 2
+    assert hit.num_cached_tokens == 32
+
+
+def test_decode_out_of_memory_retracts_the_request_with_fewest_outputs():
+    engine, sched, kv, loop, done = make_engine(num_blocks=6, scheduler="sglang", fast_forward=False,
+                                                params={"retract_decode_steps": 1, "init_new_token_ratio": 0.01})
+    sched.kv = engine.kv = kv = RadixKVCache(6, 16)
+    # max_tokens 8 (below the true 40 outputs) lets both in; then the decodes outgrow memory.
+    old = make_request(0, 32, 40, max_tokens=8)
+    young = make_request(1, 32, 40, max_tokens=8, arrival=0.02)
+    steps = run_logged(engine, loop, [old, young])
+    assert steps[:3] == [[(0, 32)], [(0, 1)], [(1, 32)]]
+    # Both grow a block every 16 tokens; at step 18 the next tokens no longer fit in 6 blocks
+    # and young, with fewer outputs, is retracted (its KV freed, re-queued).
+    assert steps[17] == [(0, 1), (1, 1)]
+    assert all(s == [(0, 1)] for s in steps[18:41])
+    assert steps[41] == [(1, 48)]  # re-prefill of 32 + 16 once old has finished
+    assert young.num_preemptions == 1 and old.num_preemptions == 0
+    assert old.state == young.state == RequestState.FINISHED
+    assert sched.new_token_ratio > 0.01  # reset from the running requests after the retraction
