@@ -48,3 +48,36 @@ def test_fast_forward_matches_step_by_step(seed, num_blocks):
     for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
         assert np.array_equal(getattr(la, col), getattr(lb, col)), col
     assert sum(r.num_preemptions for r in b_reqs) > 0 or num_blocks == 400
+
+
+def run_policy(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict):
+    engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=16,
+                                                fast_forward=fast_forward, scheduler=scheduler, params=params)
+    for r in reqs:
+        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
+    loop.run()
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    return engine
+
+
+@pytest.mark.parametrize("scheduler,params", [
+    ("vllm-v0", {}), ("vllm-v0", {"preemption_mode": "swap"}), ("fastswitch", {}),
+    ("fastswitch", {"priority_update_interval": 7, "overlap_swap": False}), ("andes", {}),
+    ("andes", {"solver_interval": 5}), ("continuum", {}),
+])
+@pytest.mark.parametrize("seed,num_blocks", [(2, 120), (3, 60)])
+def test_fast_forward_is_exact_for_every_policy(scheduler, params, seed, num_blocks):
+    a_reqs, b_reqs = random_requests(seed), random_requests(seed)
+    for reqs in (a_reqs, b_reqs):
+        for r in reqs:  # two tenants (fairness) in three programs (continuum pins)
+            r.tenant = "heavy" if r.id % 3 else "light"
+            r.program_id = r.id % 3
+    a = run_policy(a_reqs, True, num_blocks, scheduler, params)
+    b = run_policy(b_reqs, False, num_blocks, scheduler, params)
+    assert a.num_fast_forwarded_steps > 0 and b.num_fast_forwarded_steps == 0
+    assert a.num_steps == b.num_steps
+    for x, y in zip(a_reqs, b_reqs):
+        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
+               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+    assert a.swap_transfer_s == b.swap_transfer_s

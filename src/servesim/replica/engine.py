@@ -305,7 +305,7 @@ class Engine:
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
             k = lo
         keyed = [(req, c) for req, c in zip(reqs, decode_ctxs) if req.kv_block_keys]
-        if k < 2 or any(self.kv.keys_conflict(req, c + k) for req, c in keyed):
+        if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k) for req, c in keyed])):
             return False
         added = [0] * k  # blocks allocated at each step of the stretch
         new_blocks = []

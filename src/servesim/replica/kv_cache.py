@@ -140,6 +140,25 @@ class KVCacheManager:
         stop = min(num_tokens // self.block_size, len(keys))
         return any(keys[i] in self._cached for i in range(len(held.keyed), stop))
 
+    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
+        """`keys_conflict` for several requests registering together, also catching two of
+        them registering the same new key (stepping would register it for whichever got
+        there first; registering in bulk cannot tell)."""
+        seen: set = set()
+        cached = self._cached
+        bs = self.block_size
+        for req, num_tokens in reqs_tokens:
+            held = self._held.get(req.id)
+            keys = req.kv_block_keys
+            if held is None or not keys:
+                continue
+            for i in range(len(held.keyed), min(num_tokens // bs, len(keys))):
+                key = keys[i]
+                if key in cached or key in seen:
+                    return True
+                seen.add(key)
+        return False
+
     # ---------------------------------------------------------------- mutation
     def allocate_slots(self, req: Any, num_new_tokens: int, computed: list[Block] = ()) -> bool:
         """Give `req` blocks for `num_new_tokens` more tokens (after `computed` hits).

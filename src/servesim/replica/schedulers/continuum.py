@@ -88,6 +88,7 @@ class ContinuumScheduler(VLLMScheduler):
         self.first_entry_s: dict = {}  # job -> arrival of its first call
         self.pins: dict = {}  # job -> (id of the finished call holding the blocks, deadline)
         self.waiting = ProgramQueue(self)
+        self._released = False
 
     def add_request(self, req: Request, now_s: float) -> None:
         job = job_of(req)
@@ -146,12 +147,17 @@ class ContinuumScheduler(VLLMScheduler):
             if not self.running and self.waiting and self.pins:
                 self._avoid_deadlock()
         out = super().schedule(now_s)
+        self._released = False
         if self.pins:
             for req, _ in out.scheduled:  # the job's next call now holds the prefix it hit
                 job = job_of(req)
                 if job in self.pins:
                     self._unpin(job)
+                    self._released = True  # blocks freed after admission: the next step may admit
         return out
+
+    def is_steady(self, output: SchedulerOutput) -> bool:
+        return not self._released and super().is_steady(output)
 
     def _avoid_deadlock(self) -> None:
         kv = self.kv
