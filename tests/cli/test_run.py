@@ -69,7 +69,7 @@ BAD = {
     "negative rate": ("workload:\n  arrival: {process: poisson, rate_per_s: -2}\n", "rate_per_s"),
     "unknown model": ("model: llama-9\n", "llama-3.1-8b"),
     "unknown gpu": ("gpu: h800\n", "h100-sxm"),
-    "unknown scheduler": ("scheduler: {name: magic}\n", "allowed: vllm"),
+    "unknown scheduler": ("scheduler: {name: magic}\n", "unknown scheduler 'magic'; allowed: andes"),
 }
 
 
