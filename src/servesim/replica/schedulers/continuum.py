@@ -8,9 +8,11 @@ on top of the vLLM v1 scheduler (`vllm`):
   next call finds its prefix on the GPU even under memory pressure. A request tagged
   `extra["last_call"] = True` is not pinned. A job keeps one pin (its latest finished call);
 - pins expire at their deadline (a policy timer: `next_timer_s`), except while the job has a
-  call waiting (it is about to use them); a running request that needs blocks releases pins
-  first (the job with the newest first call first) before anything is preempted, and when
-  nothing runs and the waiting head does not fit, pins are released (deadlock avoidance);
+  call waiting (it is about to use them), and are released when the job's next call is
+  admitted (it then holds the prefix it hit; the fork waits for that call to finish: this
+  frees the unused rest earlier). Under memory pressure pins give way only to avoid a
+  deadlock, as in the public fork: when at most one request runs and it needs blocks, or
+  nothing runs and the waiting head does not fit (the newest program's pin first);
 - program-level FCFS: the waiting queue orders calls of jobs that hold a pin first, then by the
   arrival of the job's first call, then by arrival; the preemption victim is the running call
   whose job arrived last.
@@ -129,7 +131,9 @@ class ContinuumScheduler(VLLMScheduler):
         return min((d for job, (_, d) in self.pins.items() if job not in busy), default=float("inf"))
 
     def _reclaim(self, req: Request) -> bool:
-        if not self.pins:
+        # Pins give way only to avoid a deadlock (the public fork): with other requests
+        # running, the newest program's running call is preempted instead.
+        if not self.pins or len(self.running) > 1:
             return False
         own = job_of(req)  # its own job's pin goes last: the request may be using those blocks
         self._unpin(max(self.pins, key=lambda j: (j != own, self.first_entry_s.get(j, 0.0))))

@@ -1,0 +1,149 @@
+"""Continuum: TTL pins of finished agent calls, program-level FCFS, and program completion times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.core.loop import PRIO_ARRIVAL
+from servesim.metrics.sections import SectionInput
+from servesim.metrics.sections.programs import completion_times_s, section
+from servesim.workload.request import RequestState
+from tests.factories import make_engine, make_request
+
+H = 16  # hash block tokens = KV block size in these tests
+
+
+def ids(program: int, tokens: int) -> tuple[int, ...]:
+    """Chained prefix ids of a program's context: the same first ids for every call."""
+    return tuple(range(program * 10_000, program * 10_000 + tokens // H))
+
+
+def drive(engine, loop, first_calls, follow_up=None, extra=()):
+    """Run; `follow_up(req, t)` returns the next call of a finished one (or None)."""
+    def on_done(req, t):
+        nxt = follow_up(req, t) if follow_up else None
+        if nxt is not None:
+            loop.schedule(nxt.arrival_s, lambda tt, r: engine.add_request(r, tt), nxt, PRIO_ARRIVAL)
+
+    engine.on_done = on_done
+    for r in list(first_calls) + list(extra):
+        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
+    loop.run()
+    engine.drain(loop.now_s)
+
+
+def test_finished_call_is_pinned_until_ttl_expiry():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="continuum")
+    call = make_request(0, 64, 16, program_id=1, hash_ids=ids(1, 80), hash_block_tokens=H)
+    drive(engine, loop, [call])
+    assert call.state == RequestState.FINISHED
+    # nothing else happens: the engine wakes up at the TTL timer and releases the pin
+    assert loop.now_s == pytest.approx(call.finish_s + 2.0)
+    assert not sched.pins and kv.num_free_blocks == 100
+
+
+def test_last_call_is_not_pinned():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="continuum")
+    call = make_request(0, 64, 16, program_id=1, extra={"last_call": True})
+    drive(engine, loop, [call])
+    assert loop.now_s == call.finish_s
+
+
+def agent_with_filler(scheduler: str):
+    engine, sched, kv, loop, done = make_engine(num_blocks=30, scheduler=scheduler, fast_forward=False)
+    long = make_request(0, 64, 120)
+    call0 = make_request(1, 64, 16, program_id=7, hash_ids=ids(7, 80), hash_block_tokens=H)
+    filler = make_request(2, 320, 10, arrival=0.2)  # 20 blocks: fits only by evicting call 0's KV
+    calls = []
+
+    def follow_up(req, t):
+        if req is call0:  # a 0.5 s tool call, then the next call extends the context
+            nxt = make_request(3, 100, 10, arrival=t + 0.5, program_id=7, call_index=1, hash_ids=ids(7, 110),
+                               hash_block_tokens=H)
+            calls.append(nxt)
+            return nxt
+        return None
+
+    drive(engine, loop, [long, call0], follow_up, extra=[filler])
+    kv.check_all_free()
+    return call0, calls[0], filler
+
+
+def test_pin_keeps_the_prefix_for_the_next_call_under_pressure():
+    call0, call1, filler = agent_with_filler("continuum")
+    assert call1.num_cached_tokens == 64  # call 0's four full blocks survived on the GPU
+    # the newcomer's first chunk fits, but as the newest job it is the preemption victim until
+    # the agent's next call got through
+    assert filler.first_token_s > call1.first_token_s
+    call0, call1, filler = agent_with_filler("vllm")
+    assert call1.num_cached_tokens < 64  # LRU reuse evicted them for the newcomer
+    assert filler.first_token_s < call1.first_token_s
+
+
+def test_program_level_fcfs_order_and_victim():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="continuum")
+    old = make_request(0, 10, 1, arrival=0.0, program_id=1)
+    young = make_request(1, 10, 1, arrival=1.0, program_id=2)
+    old_next = make_request(2, 10, 1, arrival=2.0, program_id=1, call_index=1)
+    for r in (old, young):
+        sched.add_request(r, r.arrival_s)
+    sched.waiting.pop(), sched.waiting.pop()
+    for r in (young, old_next):
+        sched.add_request(r, r.arrival_s)
+    assert list(sched.waiting) == [old_next, young]  # program 1 started first
+    sched.running = [old_next, young]
+    assert sched._pick_victim() is young
+    sched.pins[("program", 2)] = (99, 5.0)  # a job holding a pin goes first
+    assert sched.waiting.peek() is young
+    sched.pins.clear()
+
+
+def agent_programs(scheduler: str, seed: int, n_prog: int = 100, calls: int = 4, rate: float = 4.0):
+    rng = np.random.default_rng(seed)
+    engine, sched, kv, loop, done = make_engine(num_blocks=1000, scheduler=scheduler, max_num_batched_tokens=512,
+                                                max_num_seqs=32)
+    reqs = []
+
+    def new(pid, call, prompt, t):
+        out = int(rng.integers(20, 80))
+        r = make_request(len(reqs), prompt, out, t, program_id=pid, call_index=call,
+                         hash_ids=ids(pid, prompt + out), hash_block_tokens=H)
+        reqs.append(r)
+        return r
+
+    def follow_up(req, t):
+        if req.call_index + 1 < calls and req.state == RequestState.FINISHED:
+            return new(req.program_id, req.call_index + 1, req.prompt_len + req.output_len + int(rng.integers(50, 150)),
+                       t + 1.0)
+        return None
+
+    t, first = 0.0, []
+    for p in range(n_prog):
+        t += rng.exponential(1 / rate)
+        first.append(new(p, 0, int(rng.integers(300, 800)), t))
+    drive(engine, loop, first, follow_up)
+    kv.check_all_free()
+    done_mask = np.array([r.state == RequestState.FINISHED for r in reqs])
+    times, incomplete = completion_times_s(np.array([r.program_id for r in reqs]), np.array([r.arrival_s for r in reqs]),
+                                           np.array([r.finish_s for r in reqs]), done_mask)
+    assert incomplete == 0 and len(times) == n_prog
+    return times.mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_continuum_lowers_mean_program_completion_time(seed):
+    assert agent_programs("continuum", seed) < 0.85 * agent_programs("vllm", seed)
+
+
+def test_program_completion_times_section():
+    reqs = []
+    for i, (pid, arr, fin, state) in enumerate([(1, 0.0, 2.0, "FINISHED"), (1, 3.0, 5.0, "FINISHED"),
+                                                (2, 1.0, 2.0, "FINISHED"), (3, 1.0, 4.0, "DROPPED")]):
+        r = make_request(i, 10, 2, arr, program_id=pid)
+        r.finish_s, r.state = fin, RequestState[state]
+        reqs.append(r)
+    out = section(SectionInput(reqs, None, np.empty(0), {}))
+    assert out["num_programs"] == 3 and out["num_incomplete"] == 1
+    assert out["mean_completion_s"] == pytest.approx((5.0 + 1.0) / 2)
+    assert section(SectionInput([make_request(9, 1, 1)], None, np.empty(0), {})) is None
