@@ -12,7 +12,8 @@ from tests.replica.test_vllm_scheduler import run_logged
 def test_a_new_program_preempts_a_program_with_more_service():
     # Thresholds 0.02, 0.04, 0.08 s of engine time; each toy step takes ~10 ms.
     engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="autellix", max_num_seqs=1,
-                                                fast_forward=False, params={"base_quantum_s": 0.02})
+                                                fast_forward=False,
+                                                params={"base_quantum_s": 0.02, "preemption_mode": "recompute"})
     old = make_request(0, 8, 10, program_id=1)
     new = make_request(1, 8, 10, program_id=2, arrival=0.05)
     steps = run_logged(engine, loop, [old, new])
@@ -67,3 +68,24 @@ def test_starving_program_returns_to_the_top_queue():
     sched._step_start_s = 0.0
     sched.on_step_end(SchedulerOutput(), 1.0)  # waited 1 s >= 0.5 x 2 s
     assert sched.level(req) == 0
+
+
+def test_preempted_call_is_swapped_out_and_back_in_by_queue_order():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="autellix", max_num_seqs=1,
+                                                fast_forward=False, params={"base_quantum_s": 0.02})
+    old = make_request(0, 8, 10, program_id=1)
+    new = make_request(1, 8, 3, program_id=2, arrival=0.05)
+    swaps = []
+    schedule = sched.schedule
+
+    def spy(now_s):
+        out = schedule(now_s)
+        swaps.append(([r.id for r in out.swapped_out], [r.id for r in out.swapped_in]))
+        return out
+
+    sched.schedule = spy
+    steps = run_logged(engine, loop, [old, new])
+    assert steps[5] == [(1, 8)] and swaps[5] == ([0], [])  # old's KV goes to the CPU tier
+    assert steps[8] == [(0, 1)] and swaps[8] == ([], [0])  # new finished: old is swapped back in
+    assert old.num_computed_tokens == old.num_tokens - 1  # nothing recomputed
+    assert old.state == new.state == RequestState.FINISHED and kv.num_free_blocks == 100

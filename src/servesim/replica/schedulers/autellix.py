@@ -1,7 +1,7 @@
 """Autellix (Luo et al., 2025): program-level scheduling for agent programs.
 
-A *process table* tracks, per program (`Request.program_id`; a request without one is its own
-program), the service it attained — here the engine time of the steps its calls took part in
+A *process table* tracks, per program (`Request.program_id`, else the chat session
+`session_id` — the paper's chatbot programs — else the request alone), the service it attained — here the engine time of the steps its calls took part in
 — and the time its calls waited. Calls are ordered by a multi-level queue over that service:
 - PLAS (single-threaded programs): a call's priority is its program's attained service,
   including completed calls, so a new call of a long program does not enter the top queue
@@ -13,8 +13,8 @@ program), the service it attained — here the engine time of the steps its call
 - anti-starvation: when a program's waiting time reaches `starvation_ratio` times its
   service, its service is forgotten (it returns to the top queue).
 The batch follows the unified token budget of `priority` with the key (level, arrival): a
-waiting call of a higher queue preempts lower-queue running calls (by recompute here; the
-paper swaps) when it lacks memory or a sequence slot. The multi-engine load balancer of the
+waiting call of a higher queue preempts lower-queue running calls (swapped to the CPU tier as
+in the paper, or by recompute) when it lacks memory or a sequence slot. The multi-engine load balancer of the
 paper is out of this single-replica policy's scope.
 
 The quanta are geometric with ratio 2 as in public re-implementations; the paper's table of
@@ -44,6 +44,9 @@ class AutellixParams(SchedulerParams):
     """Growth of the level thresholds (geometric)."""
     starvation_ratio: float = Field(8.0, gt=0)
     """β: a program whose waiting time reaches β x its service goes back to the top queue."""
+    preemption_mode: Literal["swap", "recompute"] = "swap"
+    """How lower-queue calls are preempted: swap to the CPU tier (the paper; recompute when
+    the CPU tier is full) or recompute."""
 
 
 @register("autellix")
@@ -53,6 +56,7 @@ class AutellixScheduler(KeyedScheduler):
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
         p = params
+        self.preemption_mode = p.preemption_mode
         self.thresholds = [p.base_quantum_s * p.quantum_ratio ** i for i in range(p.num_queues - 1)]
         self.service_s: dict[object, float] = {}  # process table: program -> attained service
         self.wait_s: dict[object, float] = {}  # program -> time its calls waited
@@ -63,7 +67,11 @@ class AutellixScheduler(KeyedScheduler):
 
     @staticmethod
     def program(req: Request) -> object:
-        return req.program_id if req.program_id is not None else ("request", req.id)
+        if req.program_id is not None:
+            return req.program_id
+        if req.session_id is not None:  # a multi-turn chat is a single-threaded program
+            return ("session", req.session_id)
+        return ("request", req.id)
 
     def add_request(self, req: Request, now_s: float) -> None:
         p = self.program(req)

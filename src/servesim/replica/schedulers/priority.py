@@ -3,7 +3,9 @@
 Every step follows vLLM v1's unified token budget, with requests ordered by a key (here
 `(priority, arrival)`, lower first):
 1. running requests in key order get `min(remaining, budget)` tokens (decodes 1); when a block
-   cannot be allocated the running request with the *largest* key is preempted by recompute;
+   cannot be allocated the running request with the *largest* key is preempted (recompute, or
+   swap to the CPU tier for policies that swap; swapped requests come back in key order
+   with the waiting ones, nothing else being admitted in a step that preempted);
 2. waiting requests are admitted in key order; when the head cannot get its blocks (or
    `max_num_seqs` is reached) and a running request has a larger key, that request is
    preempted to make room (vLLM v0's `_schedule_priority_preemption`: only as much as the
@@ -69,6 +71,7 @@ class KeyedScheduler(Scheduler):
     """Unified-budget scheduler whose every choice follows `key(req)` (smaller = first)."""
 
     preempt_for_waiting: bool = True
+    preemption_mode: str = "recompute"  # or "swap": victims go to the CPU tier when it has room
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
@@ -93,7 +96,7 @@ class KeyedScheduler(Scheduler):
         self.waiting.sort(key=key)
         out = SchedulerOutput()
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
-        if not out.preempted:
+        if not out.preempted and not out.swapped_out:
             self._admit(out, budget)
         return out
 
@@ -128,7 +131,8 @@ class KeyedScheduler(Scheduler):
         return budget
 
     def _evict(self, out: SchedulerOutput, victim: Request) -> int:
-        """Preempt `victim` by recompute; return the tokens it had been given this step."""
+        """Preempt `victim` (swap if this policy swaps and the CPU tier has room, else
+        recompute); return the tokens it had been given this step."""
         refund = 0
         for j, (other, m) in enumerate(out.scheduled):
             if other is victim:
@@ -136,45 +140,70 @@ class KeyedScheduler(Scheduler):
                 refund = m
                 break
         self.running.remove(victim)
-        self.preempt(victim)
-        out.preempted.append(victim)
+        if self.preemption_mode == "swap" and self.swap_out(victim, out):
+            self.swapped.append(victim)
+        else:
+            self.preempt(victim)
+            out.preempted.append(victim)
         return refund
 
-    # ------------------------------------------------------------------ waiting
+    # ------------------------------------------------------------------ waiting and swapped
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        """Admit waiting (and swap in swapped) requests in key order; a head that cannot get
+        room, even by preempting requests with a larger preemption key, blocks the rest."""
         cfg = self.config
         kv = self.kv
-        waiting = self.waiting
-        while waiting and budget > 0:
-            req = waiting.peek()
-            if req in out.preempted:
-                break  # preempted this very step: it does not come straight back
+        cands = sorted([*self.waiting, *self.swapped], key=self.key) if self.swapped else list(self.waiting)
+        for req in cands:
+            if budget <= 0 or req in out.preempted or req in out.swapped_out:
+                break  # a request preempted this very step does not come straight back
+            if req.state == RequestState.SWAPPED:
+                need = kv.num_cpu_blocks_of(req.id) + 1  # its blocks + one for the next token
+                while len(self.running) >= cfg.max_num_seqs or kv.num_free_blocks < need:
+                    if not self._can_preempt_for(req):
+                        return
+                    budget += self._evict(out, self._worst())
+                self.swapped.remove(req)
+                self.swap_in(req, out)
+                self.running.append(req)
+                n = self._tokens_for(req, budget)
+                if n > 0 and kv.allocate_slots(req, n):
+                    out.scheduled.append((req, n))
+                    budget -= n
+                continue
             hits = kv.get_computed_blocks(req)
             num_cached = len(hits) * kv.block_size
-            n = req.num_tokens - num_cached
-            threshold = cfg.long_prefill_token_threshold
-            if 0 < threshold < n:
-                n = threshold
-            if not cfg.enable_chunked_prefill and n > budget:
+            n = self._first_chunk(req, num_cached, budget)
+            if not cfg.enable_chunked_prefill and req.num_tokens - num_cached > budget:
                 break
-            n = min(n, budget)
             while len(self.running) >= cfg.max_num_seqs or not kv.allocate_slots(req, n, hits):
-                victim = self.running[-1] if self.running else None
-                if not self.preempt_for_waiting or victim is None or not self.preempt_key(victim) > self.preempt_key(req):
+                if not self._can_preempt_for(req):
                     return  # head-of-line blocking
-                budget += self._evict(out, victim)
+                budget += self._evict(out, self._worst())
                 hits = kv.get_computed_blocks(req)  # a victim's freed blocks may now be hits
                 num_cached = len(hits) * kv.block_size
-                n = min(req.num_tokens - num_cached, budget)
-                if 0 < threshold < n:
-                    n = threshold
-            waiting.pop()
+                n = self._first_chunk(req, num_cached, budget)
+            self.waiting.remove(req)
             start_request(self, req, num_cached, n, out)
             budget -= n
 
+    def _first_chunk(self, req: Request, num_cached: int, budget: int) -> int:
+        n = min(req.num_tokens - num_cached, budget)
+        threshold = self.config.long_prefill_token_threshold
+        return threshold if 0 < threshold < n else n
+
+    def _worst(self) -> Request:
+        return max(self.running, key=self.key)
+
+    def _can_preempt_for(self, req: Request) -> bool:
+        victim = self._worst() if self.running else None
+        return (self.preempt_for_waiting and victim is not None
+                and self.preempt_key(victim) > self.preempt_key(req))
+
     def is_steady(self, output: SchedulerOutput) -> bool:
         # With nothing waiting, no preemption and everyone decoding, the next step is the same.
-        return not output.preempted and not self.waiting and len(output.scheduled) == len(self.running)
+        return (not output.preempted and not output.swapped_out and not output.swapped_in
+                and not self.waiting and not self.swapped and len(output.scheduled) == len(self.running))
 
 
 class PriorityParams(SchedulerParams):

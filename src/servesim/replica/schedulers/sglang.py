@@ -5,7 +5,9 @@ Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.p
   step is that prefill batch alone (decodes wait; SGLang without `--enable-mixed-chunk`),
   otherwise every running request decodes;
 - waiting order (`schedule_policy`): `fcfs`; `lpm`, longest cached prefix first (FCFS when
-  more than 128 requests wait, SGLang's cost guard); `dfs-weight`, a depth-first walk of the
+  more than 128 requests wait, SGLang's cost guard; a request with at most 32 cached tokens
+  that shares 32+ tokens with an earlier waiting request goes last, SGLang's in-batch prefix
+  caching); `dfs-weight`, a depth-first walk of the
   radix tree visiting heavier subtrees (more waiting requests) first;
 - admission (PrefillAdder): with `rem = free + evictable tokens - sum over running of
   min(max_new - generated, 4096) * new_token_ratio`, requests are added in order while their
@@ -38,6 +40,8 @@ from servesim.workload.request import Request
 
 CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
 LPM_MAX_QUEUE = 128  # above this many waiting requests, lpm falls back to fcfs
+IN_BATCH_CHECK_TOKENS = 32  # IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD
+IN_BATCH_DEPRIORITIZE_TOKENS = 32  # IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD
 
 
 class SGLangParams(SchedulerParams):
@@ -122,8 +126,23 @@ class SGLangScheduler(Scheduler):
         policy = self.params.schedule_policy
         waiting = list(self.waiting)
         if policy == "lpm" and len(waiting) <= LPM_MAX_QUEUE:
-            hits = {r.id: len(self.kv.match(r)) for r in waiting}
-            waiting.sort(key=lambda r: -hits[r.id])  # stable: FCFS among equal prefixes
+            bs = self.kv.block_size
+            hits = {r.id: len(self.kv.match(r)) * bs for r in waiting}
+            # In-batch prefix caching: a request with (almost) no cached prefix that shares a
+            # prefix with an earlier waiting request goes last this round, so the shared
+            # prefix is computed once and the others hit it afterwards.
+            seen: set = set()
+            later = set()
+            for r in waiting:
+                if hits[r.id] > IN_BATCH_CHECK_TOKENS:
+                    continue
+                keys = r.kv_block_keys or ()
+                shared = next((i for i, k in enumerate(keys) if k not in seen), len(keys)) * bs
+                if shared >= IN_BATCH_DEPRIORITIZE_TOKENS:
+                    later.add(r.id)
+                else:
+                    seen.update(keys)
+            waiting.sort(key=lambda r: (r.id in later, -hits[r.id]))  # stable: FCFS among ties
         elif policy == "dfs-weight":
             waiting = self._dfs_weight_order(waiting)
         return waiting
