@@ -16,10 +16,12 @@ Every step follows vLLM v1's unified token budget, with requests ordered by a ke
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections import deque
+from typing import Any
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.queues import FCFSQueue
 from servesim.workload.request import Request, RequestState
 
 
@@ -35,36 +37,17 @@ def start_request(sched: Scheduler, req: Request, num_cached: int, n: int, out: 
     out.scheduled.append((req, n))
 
 
-class SortedWaiting:
-    """Waiting list re-sorted by the scheduler's (possibly time-varying) key before each use."""
+class SortedWaiting(FCFSQueue):
+    """Waiting queue re-sorted by the scheduler's (possibly time-varying) key before each use;
+    a preempted request re-enters by its key, not at the front."""
 
-    __slots__ = ("_q",)
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._q: list[Request] = []
-
-    def append(self, req: Request) -> None:
-        self._q.append(req)
-
-    prepend = append  # order comes from the key, not from the insertion point
+    def prepend(self, req: Request) -> None:
+        self.append(req)
 
     def sort(self, key) -> None:
-        self._q.sort(key=key)
-
-    def peek(self) -> Request:
-        return self._q[0]
-
-    def pop(self) -> Request:
-        return self._q.pop(0)
-
-    def remove(self, req: Request) -> None:
-        self._q.remove(req)
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter(self._q)
+        self._q = deque(sorted(self._q, key=key))
 
 
 class KeyedScheduler(Scheduler):
