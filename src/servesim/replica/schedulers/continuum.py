@@ -22,6 +22,7 @@ P(tool <= τ)·B − τ) needs tool identities the workload does not carry yet.
 
 from __future__ import annotations
 
+import heapq
 from typing import Iterator
 
 from pydantic import Field
@@ -47,38 +48,63 @@ def job_of(req: Request):
 
 
 class ProgramQueue:
-    """Waiting calls in program-level FCFS order (pinned jobs first); same interface as FCFSQueue."""
+    """Waiting calls in program-level FCFS order (pinned jobs first); same interface as FCFSQueue.
+
+    A heap on (job's first arrival, arrival, id) with lazy deletion, plus the waiting calls of
+    each job, so that the calls of pinned jobs are found without scanning the queue.
+    """
 
     def __init__(self, sched: "ContinuumScheduler") -> None:
-        self._items: list[Request] = []
         self._sched = sched
+        self._heap: list[tuple] = []
+        self._live: dict[int, int] = {}  # request id -> sequence number of its valid heap entry
+        self._by_job: dict = {}  # job -> {request id: request}
+        self._seq = 0
 
-    def _key(self, req: Request) -> tuple:
-        job = job_of(req)
-        first = self._sched.first_entry_s.get(job, req.arrival_s)
-        return (job not in self._sched.pins, first, req.arrival_s, req.id)
+    def _order(self, req: Request) -> tuple:
+        return (self._sched.first_entry_s.get(job_of(req), req.arrival_s), req.arrival_s, req.id)
 
     def append(self, req: Request) -> None:
-        self._items.append(req)
+        self._seq += 1
+        self._live[req.id] = self._seq
+        heapq.heappush(self._heap, (*self._order(req), self._seq, req))
+        self._by_job.setdefault(job_of(req), {})[req.id] = req
 
     prepend = append  # a preempted call re-enters by its program's order
 
     def peek(self) -> Request:
-        return min(self._items, key=self._key)
+        pinned = [r for job in self._sched.pins for r in self._by_job.get(job, {}).values()]
+        if pinned:
+            return min(pinned, key=self._order)
+        heap = self._heap
+        while self._live.get(heap[0][2]) != heap[0][3]:
+            heapq.heappop(heap)
+        return heap[0][4]
 
     def pop(self) -> Request:
         req = self.peek()
-        self._items.remove(req)
+        self.remove(req)
         return req
 
     def remove(self, req: Request) -> None:
-        self._items.remove(req)
+        del self._live[req.id]
+        job = job_of(req)
+        calls = self._by_job[job]
+        del calls[req.id]
+        if not calls:
+            del self._by_job[job]
+
+    def jobs(self):
+        """Jobs with a call waiting."""
+        return self._by_job.keys()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._live)
 
     def __iter__(self) -> Iterator[Request]:
-        return iter(sorted(self._items, key=self._key))
+        reqs = [r for calls in self._by_job.values() for r in calls.values()]
+        pins = self._sched.pins
+        return iter(sorted(reqs, key=lambda r: (job_of(r) not in pins, *self._order(r))))
 
 
 @register("continuum")
@@ -113,8 +139,8 @@ class ContinuumScheduler(VLLMScheduler):
         if pin is not None:
             self.kv.free(pin[0])
 
-    def _waiting_jobs(self) -> set:
-        return {job_of(r) for r in self.waiting}
+    def _waiting_jobs(self):
+        return self.waiting.jobs()
 
     def _expire(self, now_s: float) -> None:
         due = [job for job, (_, deadline) in self.pins.items() if deadline <= now_s]
@@ -127,7 +153,7 @@ class ContinuumScheduler(VLLMScheduler):
     def next_timer_s(self) -> float:
         if not self.pins:
             return float("inf")
-        busy = self._waiting_jobs() if self.waiting else ()
+        busy = self._waiting_jobs()
         return min((d for job, (_, d) in self.pins.items() if job not in busy), default=float("inf"))
 
     def _reclaim(self, req: Request) -> bool:
