@@ -4,7 +4,7 @@ Shen, Li, Gao, "FastSwitch: Optimizing Context Switching Efficiency in Fairness-
 Serving" (arXiv 2411.18424), scheduling.md §4.2. The policy is a preemptive priority
 scheduler whose priorities follow fairness: every `priority_update_interval` scheduling steps
 the priority of each request is refreshed from its tenant's Virtual Token Counter (weighted
-service: `input_weight` per prompt token computed, `output_weight` per generated token; a
+service: `input_price` per prompt token computed, `output_price` per generated token; a
 tenant that returns from idle is lifted to the smallest active counter, as in VTC). Each step
 walks running, swapped and waiting requests in priority order (tenant counter, then arrival)
 and serves them while the token budget, `max_num_seqs` and KV blocks allow; when a request
@@ -38,9 +38,9 @@ class FastSwitchParams(SchedulerParams):
     priority_update_interval: int = Field(100, ge=1)
     """Scheduling steps between priority refreshes (the paper varies this frequency; 100 is
     an assumption, TODO(verify))."""
-    input_weight: float = Field(1.0, ge=0.0)
+    input_price: float = Field(1.0, ge=0.0)
     """Counter weight of a prompt token (VTC w_p)."""
-    output_weight: float = Field(2.0, ge=0.0)
+    output_price: float = Field(2.0, ge=0.0)
     """Counter weight of a generated token (VTC w_q)."""
     block_group_size: int = Field(32, ge=1)
     """Blocks per contiguous group, i.e. per swap copy (the paper: dynamic, up to tens)."""
@@ -89,13 +89,13 @@ class FastSwitchScheduler(Scheduler):
             # snapshot the counters as they were at its start, exactly as stepping would.
             snap = dict(self.counters)
             for req, _ in output.scheduled:
-                snap[req.tenant] = snap.get(req.tenant, 0.0) + p.output_weight * (last_refresh - start)
+                snap[req.tenant] = snap.get(req.tenant, 0.0) + p.output_price * (last_refresh - start)
             self._snapshot, self._snap_step = snap, last_refresh
         for req, _ in output.scheduled:
             prompt_done = min(req.num_computed_tokens, req.prompt_len)
             old_in, old_out = self._served.get(req.id, (0, 0))
             new_in = max(old_in, prompt_done)
-            delta = p.input_weight * (new_in - old_in) + p.output_weight * (req.num_output_tokens - old_out)
+            delta = p.input_price * (new_in - old_in) + p.output_price * (req.num_output_tokens - old_out)
             if delta:
                 self.counters[req.tenant] = self.counters.get(req.tenant, 0.0) + delta
             self._served[req.id] = (new_in, req.num_output_tokens)
