@@ -64,6 +64,7 @@ class AutellixScheduler(KeyedScheduler):
         self.call_service_s: dict[int, float] = {}  # ATLAS: per call
         self.call_base_s: dict[int, float] = {}  # ATLAS: critical-path service before the call
         self._step_start_s = 0.0
+        self._queued_s: dict[int, float] = {}  # when each waiting call (re-)entered the queue
 
     @staticmethod
     def program(req: Request) -> object:
@@ -78,6 +79,7 @@ class AutellixScheduler(KeyedScheduler):
         self.service_s.setdefault(p, 0.0)
         self.wait_s.setdefault(p, 0.0)
         self.call_service_s[req.id] = 0.0
+        self._queued_s[req.id] = now_s
         self.call_base_s[req.id] = max((self.call_base_s.get(c, 0.0) + self.call_service_s.get(c, 0.0)
                                         for c in req.parents), default=0.0)
         super().add_request(req, now_s)
@@ -93,6 +95,18 @@ class AutellixScheduler(KeyedScheduler):
     def level(self, req: Request) -> int:
         s = self.attained_s(req)
         return sum(1 for t in self.thresholds if s >= t)
+
+    def preempt(self, req: Request) -> None:
+        super().preempt(req)
+        self._queued_s[req.id] = self.now_s
+
+    def swap_out(self, req: Request, out, reuse_key=None) -> bool:
+        self._queued_s[req.id] = self.now_s
+        return super().swap_out(req, out, reuse_key)
+
+    def finish(self, req: Request, now_s: float) -> None:
+        super().finish(req, now_s)
+        self._queued_s.pop(req.id, None)
 
     def key(self, req: Request) -> tuple:
         return (self.level(req), req.arrival_s, req.id)
@@ -111,12 +125,14 @@ class AutellixScheduler(KeyedScheduler):
             served.add(p)
             self.service_s[p] += dt
             self.call_service_s[req.id] += dt
-        for req in self.waiting:
+        for req in [*self.waiting, *self.swapped]:
             p = self.program(req)
             if p in served:
                 continue
             served.add(p)  # a program's waiting time grows once per step
-            self.wait_s[p] += dt
-            if self.wait_s[p] >= self.params.starvation_ratio * max(self.attained_s(req), dt):
-                self.discount_s[p] = self.discount_s.get(p, 0.0) + self.attained_s(req)  # promote
+            # from the step's start, or from when the call arrived or was preempted if later
+            self.wait_s[p] += now_s - max(self._step_start_s, self._queued_s.get(req.id, 0.0))
+            attained = self.attained_s(req)
+            if attained > 0 and self.wait_s[p] >= self.params.starvation_ratio * attained:
+                self.discount_s[p] = self.discount_s.get(p, 0.0) + attained  # promote
                 self.wait_s[p] = 0.0

@@ -77,6 +77,8 @@ class HyGenScheduler(Scheduler):
         for req in online:  # 1) running online requests
             if budget <= 0:
                 break
+            if req.state != RequestState.RUNNING:
+                continue  # preempted earlier in this loop to make room
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if n <= 0:
                 continue
@@ -144,12 +146,28 @@ class HyGenScheduler(Scheduler):
                 lo = mid
             else:
                 hi = mid - 1
-        for req in cands[:lo]:
-            if not self.kv.allocate_slots(req, 1):
-                break
-            out.scheduled.append((req, 1))
-            decodes.append(req.num_computed_tokens)
-            budget -= 1
+        pending = cands[:lo]
+        done: set[int] = set()
+        while pending:
+            req = pending.pop(0)
+            while not self.kv.allocate_slots(req, 1):  # memory short: the latest offline goes
+                others = [r for r in self.running if r.is_offline and r is not req and r.id not in done]
+                victim = others[-1] if others else req
+                if victim in pending:
+                    pending.remove(victim)
+                self.running.remove(victim)
+                self.preempt(victim)
+                out.preempted.append(victim)
+                if victim is req:
+                    break
+            else:
+                out.scheduled.append((req, 1))
+                done.add(req.id)
+                decodes.append(req.num_computed_tokens)
+                budget -= 1
+                continue
+            break
+        offline_running = [r for r in self.running if r.is_offline]
         # 2) offline prefill chunks: running ones first, then the offline queue
         for req in [r for r in offline_running if not r.is_decoding] + self._offline_order(now_s):
             if budget <= 0:

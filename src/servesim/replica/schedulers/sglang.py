@@ -204,8 +204,8 @@ class SGLangScheduler(Scheduler):
             hits = kv.match(req)
             ext = req.num_tokens - len(hits) * bs
             total = ext + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
-            if total >= rem_total:
-                break
+            if total >= rem_total and (admitted or self.running):
+                break  # (an idle engine still takes the head if its prompt fits, or it would stall)
             if ext > rem_input and admitted:
                 break
             n = ext if ext <= rem_chunk else rem_chunk // bs * bs
