@@ -40,6 +40,7 @@ class Result:
     num_events: int
     num_fast_forwarded_steps: int
     num_skipped_rows: int = 0  # malformed trace rows skipped (workload.trace.skip_bad_rows)
+    swap: dict | None = None  # KV swap totals of swap-based policies (None when nothing was swapped)
 
     def columns(self) -> RequestColumns:
         reqs = self.requests
@@ -68,6 +69,8 @@ class Result:
                         wall_time_s=self.wall_time_s)
         if self.num_skipped_rows:
             out["num_skipped_trace_rows"] = self.num_skipped_rows
+        if self.swap:
+            out["swap"] = self.swap
         out.update(compute_sections(SectionInput(self.requests, cols, self.steps.end_s,
                                                  self.scenario.model_dump(mode="json"))))
         return out
@@ -93,7 +96,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants."""
     wall0 = time.perf_counter()
     root = np.random.SeedSequence(scenario.seed)
-    workload_seed, _policy_seed = root.spawn(2)
+    workload_seed, policy_seed = root.spawn(2)
     perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
     config = resolve_engine_config(scenario, perf)
     num_gpu_blocks = perf.num_gpu_blocks(config.block_size, config.gpu_memory_utilization,
@@ -120,7 +123,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
             loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
 
     engine = Engine(config, scheduler, kv, perf, loop, recorder, on_done,
-                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"))
+                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"),
+                    rng=np.random.default_rng(policy_seed))
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
@@ -145,9 +149,17 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         progress(done, expected, loop.now_s)
     result = Result(scenario, config, num_gpu_blocks, recorder.requests, recorder.step_log(num_gpu_blocks),
                     (kv.num_queried_tokens, kv.num_hit_tokens), time.perf_counter() - wall0,
-                    loop.num_events, engine.num_fast_forwarded_steps, getattr(workload, "skipped_rows", 0))
+                    loop.num_events, engine.num_fast_forwarded_steps, getattr(workload, "skipped_rows", 0),
+                    _swap_totals(engine))
     check_invariants(result, kv)
     return result
+
+
+def _swap_totals(engine: Engine) -> dict | None:
+    if not engine.num_swapped_blocks:
+        return None
+    return {"num_swapped_blocks": engine.num_swapped_blocks, "num_copies": engine.num_swap_copies,
+            "transfer_s": engine.swap_transfer_s, "stall_s": engine.swap_stall_s}
 
 
 def check_invariants(result: Result, kv: KVCacheManager) -> None:

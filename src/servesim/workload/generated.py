@@ -166,6 +166,8 @@ class GeneratedWorkload:
                 continue
             req.program_id, req.call_index = unit.uid, spec.call_index
             req.parents = tuple(state.requests[p].id for p in spec.parent_calls)
+            if spec.is_last:
+                req.extra["last_call"] = True
             state.requests[spec.call_index] = req
             state.outstanding += 1
             out.append(req)

@@ -28,6 +28,7 @@ class CallSpec:
     output_len: int
     hash_ids: tuple[int, ...]
     parent_calls: tuple[int, ...]
+    is_last: bool = False  # no call depends on this one (policies such as Continuum read it)
 
 
 @dataclass(slots=True)
@@ -72,7 +73,7 @@ class ProgramPlanner:
             prompt = base_tokens + new
             ids = self._hashes.extend(base_ids, prompt + output) if self._hashes else ()
             # Roots start with the program (their tool_s is ignored) so that open-loop starts stay in order.
-            out.append(CallSpec(i, arrival_s, prompt, output, ids, ()))
+            out.append(CallSpec(i, arrival_s, prompt, output, ids, (), not self._children[i]))
         return out
 
     def on_done(self, state: ProgramState, req: Request, now_s: float) -> list[CallSpec]:
@@ -92,6 +93,7 @@ class ProgramPlanner:
             else:
                 prompt = new
                 ids = ()
-            ready.append(CallSpec(j, now_s + next(self._tool_s[j]), prompt, output, ids, tuple(parents)))
+            ready.append(CallSpec(j, now_s + next(self._tool_s[j]), prompt, output, ids, tuple(parents),
+                                  not self._children[j]))
         return ready
 
