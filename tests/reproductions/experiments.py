@@ -94,13 +94,14 @@ class HeavyTailedPrograms:
         self._next_id = 0
         self._calls_left: dict[int, int] = {}
 
-    def _call(self, program: int, arrival_s: float, context: int, index: int):
+    def _call(self, program: int, arrival_s: float, context: int, index: int, parents: tuple = ()):
         from servesim.workload.request import Request
 
         self._next_id += 1
         prompt = context + int(self.rng.integers(200, 800))
         return Request(id=self._next_id, arrival_s=float(arrival_s), prompt_len=prompt,
-                       output_len=int(self.rng.integers(50, 300)), program_id=program, call_index=index)
+                       output_len=int(self.rng.integers(50, 300)), program_id=program, call_index=index,
+                       parents=parents)
 
     def arrivals(self):
         for p, (start, n) in enumerate(zip(self.starts, self.num_calls)):
@@ -113,7 +114,7 @@ class HeavyTailedPrograms:
             return []
         self._calls_left[req.program_id] = left - 1
         context = min(req.prompt_len + req.output_len, 6000)
-        return [self._call(req.program_id, now_s + self.tool_s, context, req.call_index + 1)]
+        return [self._call(req.program_id, now_s + self.tool_s, context, req.call_index + 1, (req.id,))]
 
 
 def run_programs(scheduler: dict, num_programs: int = 200, rate_per_s: float = 2.0,
