@@ -103,3 +103,19 @@ def test_decode_out_of_memory_retracts_the_request_with_fewest_outputs():
     assert young.num_preemptions == 1 and old.num_preemptions == 0
     assert old.state == young.state == RequestState.FINISHED
     assert sched.new_token_ratio > 0.01  # reset from the running requests after the retraction
+
+
+def test_dfs_weight_visits_heavier_subtrees_first():
+    engine, sched, *_ = make_engine(num_blocks=100, scheduler="sglang", params={"schedule_policy": "dfs-weight"})
+    sched.kv = kv = RadixKVCache(100, 16)
+    for i, keys in enumerate([["a", "a1"], ["b", "b1"]]):  # cache two 2-block prefixes
+        r = _req(100 + i, 40, 1, keys + ["x"])
+        kv.allocate_slots(r, 40)
+        _finish(kv, r)
+    # waiting: one request under a, two under b (one deeper), one with no cached prefix
+    reqs = [_req(0, 48, 1, ["a", "a1", "p"]), _req(1, 48, 1, ["z", "z1", "p"]),
+            _req(2, 48, 1, ["b", "b1", "q"]), _req(3, 48, 1, ["b", "r", "q"])]
+    order = sched._dfs_weight_order(reqs)
+    # b's subtree holds two requests: it goes first (its deeper node b1 before b itself),
+    # then a's; requests matching nothing sit at the root and come last.
+    assert [r.id for r in order] == [2, 3, 0, 1]
