@@ -19,8 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 from servesim.scenario import validate_scenario  # noqa: E402
 from servesim.simulation import simulate  # noqa: E402
-from tests.reproductions.experiments import (SARATHI, VLLM_V0, mooncake_prefix, paged_vs_reservation, run,  # noqa: E402
-                                             run_programs, sarathi_vs_v0, vtc_overload)
+from tests.reproductions.experiments import (SARATHI, VLLM_V0, mooncake_prefix, online_offline,  # noqa: E402
+                                             online_offline_stats, paged_vs_reservation, run, run_programs,
+                                             sarathi_vs_v0, vtc_overload)
 
 BEGIN, END = "<!-- repro:begin -->", "<!-- repro:end -->"
 
@@ -102,12 +103,25 @@ def e5() -> str:
     return table(["schedule_policy", "prefix hit rate", "TTFT mean s", "TTFT p99 s"], rows)
 
 
+def e6() -> str:
+    rows = []
+    for rate in (4.0, 6.0):
+        for label, sched in [("vLLM v1 (offline as online)", {"name": "vllm"}),
+                             ("Sarathi τ=512 (offline as online)", SARATHI),
+                             ("HyGen, budget 30 ms", {"name": "hygen", "latency_budget_s": 0.03}),
+                             ("HyGen, budget 40 ms", {"name": "hygen", "latency_budget_s": 0.04})]:
+            st = online_offline_stats(online_offline(sched, rate))
+            rows.append([rate, label, st["online_ttft_p99_s"], st["online_tpot_p99_s"] * 1000, st["offline_tokens_per_s"]])
+    return table(["req/s", "policy", "online TTFT p99 s", "online TPOT p99 ms", "offline output tok/s"], rows)
+
+
 SECTIONS = [
     ("E1. Sarathi-Serve vs vLLM v0 (Mistral-7B, A100-80GB, arxiv lengths, 400 requests)", e1),
     ("E2. VTC vs FCFS under overload (Llama-2-7B, A10G, 2 tenants at 1.5 and 3 req/s, 256/256 tokens, 6 min)", e2),
     ("E3. Paged KV vs Orca reservation (OPT-13B, A100-40GB, ShareGPT, 600 requests)", e3),
     ("E4. Autellix vs FCFS on agent programs (Llama-3.1-8B, A100-80GB at 0.26 memory, 400 programs)", e4),
     ("E5. SGLang queue order on the Mooncake conversation trace (Llama-3.1-8B, TP 4 H100, 2x speed, 1,200 requests)", e5),
+    ("E6. HyGen online/offline co-location (Llama-3.1-8B, A100-80GB, ShareGPT, half offline, 600 requests)", e6),
 ]
 
 

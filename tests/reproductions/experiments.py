@@ -129,3 +129,28 @@ def run_programs(scheduler: dict, num_programs: int = 200, rate_per_s: float = 2
     workload = HeavyTailedPrograms(num_programs, rate_per_s, seed)
     with mock.patch("servesim.simulation.build_workload", lambda *a: workload):
         return simulate(scenario).summary()
+
+
+def online_offline(scheduler: dict, rate_per_s: float = 4.0, num_requests: int = 600, seed: int = 0) -> dict:
+    """E6: half of the ShareGPT requests are offline (batch) work sharing one Llama-3.1-8B on
+    an A100-80GB with online traffic."""
+    return {"seed": seed, "model": "llama-3.1-8b", "gpu": "a100-80gb", "scheduler": scheduler,
+            "workload": {"arrival": {"process": "poisson", "rate_per_s": rate_per_s},
+                         "lengths": {"dataset": "sharegpt"}, "attributes": {"offline_share": 0.5},
+                         "num_requests": num_requests}}
+
+
+def online_offline_stats(scenario: dict) -> dict:
+    """Online P99 TTFT and TPOT, offline output tokens per second over the run."""
+    import numpy as np
+
+    r = simulate(validate_scenario(scenario))
+    done = [q for q in r.requests if q.state.name == "FINISHED"]
+    online = [q for q in done if not q.is_offline]
+    end_s = max(q.finish_s for q in done)
+    return {
+        "online_ttft_p99_s": float(np.percentile([q.first_token_s - q.arrival_s for q in online], 99)),
+        "online_tpot_p99_s": float(np.percentile([(q.finish_s - q.first_token_s) / (q.output_len - 1)
+                                                  for q in online if q.output_len > 1], 99)),
+        "offline_tokens_per_s": sum(q.output_len for q in done if q.is_offline) / end_s,
+    }

@@ -69,3 +69,13 @@ def test_sglang_lpm_hits_the_prefix_cache_more_than_fcfs_on_mooncake():
     for policy in ("fcfs", "lpm"):
         hit[policy] = run(mooncake_prefix(policy))["prefix_cache_hit_rate"]
     assert hit["lpm"] > 1.3 * hit["fcfs"] > 0
+
+
+def test_hygen_keeps_online_latency_while_offline_work_fills_the_gaps():
+    from tests.reproductions.experiments import online_offline, online_offline_stats
+
+    mixed = online_offline_stats(online_offline({"name": "vllm"}, num_requests=400))
+    hygen = online_offline_stats(online_offline({"name": "hygen", "latency_budget_s": 0.03}, num_requests=400))
+    assert hygen["online_ttft_p99_s"] < 0.2 * mixed["online_ttft_p99_s"]  # offline no longer queues ahead
+    assert hygen["online_tpot_p99_s"] < 0.5 * mixed["online_tpot_p99_s"]
+    assert hygen["offline_tokens_per_s"] > 0.9 * mixed["offline_tokens_per_s"]  # at little offline cost
