@@ -61,3 +61,11 @@ def test_bad_variant_is_one_line_error(tmp_path):
     res = CliRunner().invoke(app, ["compare", "--set", "scheduler.name=vllm,nope", "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert "unknown scheduler 'nope'" in res.output
+
+
+def test_compare_report_writes_html(tmp_path):
+    res = CliRunner().invoke(app, ["compare", *SMALL, "--set", "scheduler.name=vllm,sglang", "--out", str(tmp_path),
+                                   "--report", "-q"])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "comparison.html").read_text()
+    assert "sglang" in html
