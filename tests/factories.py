@@ -38,6 +38,18 @@ class ToyPerf:
         sums = int(ctxs.sum()) + n * np.arange(k)
         return 0.01 + 1e-4 * n + 1e-6 * sums
 
+    def decode_time_fn(self, n: int):
+        base = 0.01 + 1e-4 * n
+        return lambda ctx_sum: base + 1e-6 * ctx_sum
+
+
+class VectorOnlyToyPerf(ToyPerf):
+    """ToyPerf without the scalar decode form (like a sliding-window model): the engine must
+    fast-forward with `decode_step_times_s`."""
+
+    def decode_time_fn(self, n: int):
+        return None
+
 
 def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int = 16, perf=None,
                 params: dict | None = None, num_cpu_blocks: int | None = None, rng=None, **engine_kw):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from servesim.core.loop import PRIO_ARRIVAL
-from tests.factories import make_engine, make_request
+from tests.factories import ToyPerf, VectorOnlyToyPerf, make_engine, make_request
 
 
 def random_requests(seed: int, n: int = 300):
@@ -23,9 +23,9 @@ def random_requests(seed: int, n: int = 300):
     return reqs
 
 
-def run(reqs, fast_forward: bool, num_blocks: int):
+def run(reqs, fast_forward: bool, num_blocks: int, perf=None):
     engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=16,
-                                                fast_forward=fast_forward)
+                                                fast_forward=fast_forward, perf=perf)
     for r in reqs:
         loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
     loop.run()
@@ -33,10 +33,11 @@ def run(reqs, fast_forward: bool, num_blocks: int):
     return engine
 
 
+@pytest.mark.parametrize("perf", [ToyPerf, VectorOnlyToyPerf])  # scalar and vectorised step times
 @pytest.mark.parametrize("seed,num_blocks", [(1, 400), (2, 120), (3, 60)])
-def test_fast_forward_matches_step_by_step(seed, num_blocks):
+def test_fast_forward_matches_step_by_step(seed, num_blocks, perf):
     a_reqs, b_reqs = random_requests(seed), random_requests(seed)
-    a = run(a_reqs, True, num_blocks)
+    a = run(a_reqs, True, num_blocks, perf())
     b = run(b_reqs, False, num_blocks)
     assert a.num_fast_forwarded_steps > 0.5 * a.num_steps  # the fast path really was used
     assert b.num_fast_forwarded_steps == 0

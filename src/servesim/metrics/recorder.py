@@ -40,45 +40,41 @@ class Recorder:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
-        self.num_steps = 0
-        self._pending: list[tuple] = []
-        self._chunks: list = []  # lists of single-step tuples, or raw fast-forward stretches
+        # one list per step column; a fast-forwarded stretch extends them at C speed
+        self._cols: tuple[list, ...] = tuple([] for _ in STEP_COLUMNS)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._cols[1])
 
     def add_request(self, req: Request) -> None:
         self.requests.append(req)
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
-        self._pending.append((start_s, end_s, prefill_tokens, output_tokens, num_running, num_waiting, kv_used_blocks))
-        self.num_steps += 1
+        c = self._cols
+        c[0].append(start_s)
+        c[1].append(end_s)
+        c[2].append(prefill_tokens)
+        c[3].append(output_tokens)
+        c[4].append(num_running)
+        c[5].append(num_waiting)
+        c[6].append(kv_used_blocks)
 
-    def log_decode_steps(self, start_s: float, ends_s: np.ndarray, batch: int, num_waiting: int,
+    def log_decode_steps(self, start_s: float, ends_s: list[float], batch: int, num_waiting: int,
                          kv_used_blocks: list[int]) -> None:
-        """A fast-forwarded stretch of identical decode steps ending at `ends_s` (kept raw until read)."""
-        if self._pending:
-            self._chunks.append(self._pending)
-            self._pending = []
-        self._chunks.append((start_s, ends_s, batch, num_waiting, kv_used_blocks))
-        self.num_steps += len(ends_s)
-
-    @staticmethod
-    def _to_array(chunk) -> np.ndarray:
-        if isinstance(chunk, list):  # single steps
-            return np.array(chunk, dtype=float)
-        start_s, ends_s, batch, num_waiting, kv_used = chunk
-        out = np.empty((len(ends_s), len(STEP_COLUMNS)))
-        out[0, 0] = start_s
-        out[1:, 0] = ends_s[:-1]
-        out[:, 1] = ends_s
-        out[:, 2] = 0
-        out[:, 3] = batch
-        out[:, 4] = batch
-        out[:, 5] = num_waiting
-        out[:, 6] = kv_used
-        return out
+        """A fast-forwarded stretch of identical decode steps ending at `ends_s`."""
+        k = len(ends_s)
+        c = self._cols
+        c[0].append(start_s)
+        c[0].extend(ends_s[:-1])
+        c[1].extend(ends_s)
+        c[2].extend([0] * k)
+        c[3].extend([batch] * k)
+        c[4].extend([batch] * k)
+        c[5].extend([num_waiting] * k)
+        c[6].extend(kv_used_blocks)
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
-        chunks = self._chunks + ([self._pending] if self._pending else [])
-        data = np.concatenate([self._to_array(c) for c in chunks]) if chunks else np.empty((0, len(STEP_COLUMNS)))
-        cols = {name: data[:, i] for i, name in enumerate(STEP_COLUMNS)}
+        cols = {name: np.array(col, dtype=float) for name, col in zip(STEP_COLUMNS, self._cols)}
         return StepLog(num_gpu_blocks=num_gpu_blocks, **cols)

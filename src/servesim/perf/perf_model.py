@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -144,6 +144,22 @@ class PerfModel:
             gpu = gpu + self._g_win * win_sums
         cpu = self.terms.cpu_s(n, n)
         return np.maximum(gpu, cpu) if self._overlap else gpu + cpu
+
+    def decode_time_fn(self, num_seqs: int) -> Callable[[int], float] | None:
+        """For a decode-only batch of `num_seqs` sequences: ctx_sum -> step time.
+
+        Bit-identical to step_time_s([], ctxs) for any ctxs with sum(ctxs) == ctx_sum (the same
+        float operations in the same order). None when the time is not a function of the sum
+        alone (sliding-window layers); use decode_step_times_s then.
+        """
+        if self._window is not None or num_seqs <= 0:
+            return None
+        base = self._token_s(num_seqs) + self._logits_s(num_seqs)
+        g = self._g_full
+        cpu = self.terms.cpu_s(num_seqs, num_seqs)
+        if self._overlap:
+            return lambda ctx_sum: max(base + g * ctx_sum, cpu)
+        return lambda ctx_sum: base + g * ctx_sum + cpu
 
     def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
         """step_time_s split into its terms (not on the hot path)."""

@@ -275,17 +275,17 @@ class Engine:
         """Run k >= 2 identical decode steps as one event; False if fewer would be safe.
 
         Batches are small (tens to hundreds of requests), so per-request arithmetic is plain
-        Python and numpy is used only where the work grows with the number of steps.
+        Python; step times come from the perf model's scalar decode form, one call per step
+        (no per-token work), or its vectorised form for models that have no scalar one.
         """
-        k = min([req.output_len - req.num_output_tokens for req in reqs])  # up to the first finish
+        remaining = [req.output_len - req.num_output_tokens for req in reqs]
+        k = min(remaining)  # up to the first finish
         if k < 2:
             return False
-        times = self.perf.decode_step_times_s(np.array(decode_ctxs, dtype=np.int64), k)
-        times[0] += now_s
-        ends = np.cumsum(times)  # sequential sums from now_s, exactly like stepping one by one
-        # Step j >= 1 starts at ends[j-1]; an arrival or timer at or before that changes it.
+        # Step j >= 1 starts at the end of step j-1; an arrival or timer at or before that changes it.
         horizon = min(self.horizon_s(), self.scheduler.next_timer_s())
-        k = min(k, 1 + int(ends.searchsorted(horizon)))
+        ends = self._decode_ends(now_s, decode_ctxs, k, horizon)
+        k = len(ends)
         if k < 2:
             return False
         # KV: step j allocates room for ctx + j + 1 tokens. first_new: the first step that needs
@@ -304,6 +304,7 @@ class Engine:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
             k = lo
+            del ends[k:]
         keyed = [(req, c) for req, c in zip(reqs, decode_ctxs) if req.kv_block_keys]
         if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k) for req, c in keyed])):
             return False
@@ -317,10 +318,30 @@ class Engine:
                     added[j] += 1
         used = self.kv.num_gpu_blocks - free
         kv_used = [used := used + a for a in added]
-        finished = [req for req in reqs if req.output_len - req.num_output_tokens == k]
-        payload = (now_s, reqs, keyed, new_blocks, ends[:k], kv_used, out, self.scheduler.num_waiting, finished)
-        self.loop.schedule(float(ends[k - 1]), self._end_fast_forward, payload, PRIO_STEP_END)
+        finished = [req for req, r in zip(reqs, remaining) if r == k]
+        payload = (now_s, reqs, keyed, new_blocks, ends, kv_used, out, self.scheduler.num_waiting, finished)
+        self.loop.schedule(ends[-1], self._end_fast_forward, payload, PRIO_STEP_END)
         return True
+
+    def _decode_ends(self, now_s: float, decode_ctxs: list[int], k: int, horizon: float) -> list[float]:
+        """End times of up to k decode steps, stopping before a step that would start at or
+        after `horizon`; summed one by one from now_s, exactly as stepping does."""
+        n = len(decode_ctxs)
+        f = self.perf.decode_time_fn(n)
+        if f is None:
+            times = self.perf.decode_step_times_s(np.array(decode_ctxs, dtype=np.int64), k)
+            times[0] += now_s
+            ends = np.cumsum(times)
+            return ends[: min(k, 1 + int(ends.searchsorted(horizon)))].tolist()
+        ctx_sum = sum(decode_ctxs)
+        t = now_s + f(ctx_sum)
+        ends = [t]
+        for j in range(1, k):
+            if t >= horizon:
+                break
+            t += f(ctx_sum + n * j)
+            ends.append(t)
+        return ends
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
         start_s, reqs, keyed, new_blocks, ends, kv_used, out, num_waiting, finished = payload
