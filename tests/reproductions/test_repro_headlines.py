@@ -79,3 +79,27 @@ def test_hygen_keeps_online_latency_while_offline_work_fills_the_gaps():
     assert hygen["online_ttft_p99_s"] < 0.2 * mixed["online_ttft_p99_s"]  # offline no longer queues ahead
     assert hygen["online_tpot_p99_s"] < 0.5 * mixed["online_tpot_p99_s"]
     assert hygen["offline_tokens_per_s"] > 0.9 * mixed["offline_tokens_per_s"]  # at little offline cost
+
+
+def test_vtc_lift_protects_a_steady_tenant_from_a_returning_one(tmp_path):
+    """LCF (no lift) lets a tenant that was idle monopolise the engine when it returns; VTC's
+    lift keeps the two tenants at equal service from then on (VTC §4, 'on_off')."""
+    rng = np.random.default_rng(0)
+    rows = ["arrival_s,prompt_len,output_len,tenant"]
+    for t in np.sort(rng.uniform(0, 120, 540)):
+        rows.append(f"{t:.3f},256,256,steady")
+    for t in np.sort(rng.uniform(60, 120, 270)):
+        rows.append(f"{t:.3f},256,256,returning")
+    rows = [rows[0]] + sorted(rows[1:], key=lambda r: float(r.split(",")[0]))
+    trace = tmp_path / "onoff.csv"
+    trace.write_text("\n".join(rows) + "\n")
+
+    def service_after_return(variant: str) -> dict:
+        f = run({"model": "llama-2-7b", "gpu": "a10g", "scheduler": {"name": "vtc", "variant": variant},
+                 "workload": {"trace": {"name": str(trace)}}, "max_sim_time_s": 120})["fairness"]
+        start = int(60 // f["window_s"]) + 1  # windows after the return
+        return {u: sum(w[start:start + 20]) for u, w in f["windows"].items()}
+
+    lcf, vtc = service_after_return("lcf"), service_after_return("vtc")
+    assert lcf["steady"] < 0.2 * lcf["returning"]  # starved while the newcomer catches up
+    assert 0.7 < vtc["steady"] / vtc["returning"] < 1.4  # within the bounded difference
