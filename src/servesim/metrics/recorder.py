@@ -62,14 +62,16 @@ class Recorder:
         c[6].append(kv_used_blocks)
 
     def log_decode_steps(self, start_s: float, ends_s: list[float], batch: int, num_waiting: int,
-                         kv_used_blocks: list[int]) -> None:
-        """A fast-forwarded stretch of identical decode steps ending at `ends_s`."""
+                         kv_used_blocks: list[int], first_prefill_tokens: int = 0) -> None:
+        """A fast-forwarded stretch of steps ending at `ends_s`, each emitting `batch` tokens;
+        only the first may also compute prompt tokens (`first_prefill_tokens`)."""
         k = len(ends_s)
         c = self._cols
         c[0].append(start_s)
         c[0].extend(ends_s[:-1])
         c[1].extend(ends_s)
-        c[2].extend([0] * k)
+        c[2].append(first_prefill_tokens)
+        c[2].extend([0] * (k - 1))
         c[3].extend([batch] * k)
         c[4].extend([batch] * k)
         c[5].extend([num_waiting] * k)

@@ -118,9 +118,10 @@ class Engine:
             for r, _ in prefills:
                 if r.first_scheduled_s is None:
                     r.first_scheduled_s = now_s
-        elif self.config.fast_forward and not self._spec_k and not swap_s and sched.is_steady(out):
-            if self._fast_forward(now_s, out, decodes, decode_ctxs):
-                return
+        if (self.config.fast_forward and not self._spec_k and not swap_s
+                and (not prefills or sched.steady_after_prefill) and sched.is_steady(out)
+                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills)):
+            return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
             dt, decodes, prefills = self._speculate(decodes, decode_ctxs, chunks, prefills)
@@ -271,42 +272,51 @@ class Engine:
         return n
 
     # ------------------------------------------------------------------ fast forward
-    def _fast_forward(self, now_s: float, out: SchedulerOutput, reqs: list[Request], decode_ctxs: list[int]) -> bool:
-        """Run k >= 2 identical decode steps as one event; False if fewer would be safe.
+    def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
+                      prefills: list[tuple[Request, int]]) -> bool:
+        """Run this step and the k-1 decode-only steps that repeat it as one event.
 
-        Batches are small (tens to hundreds of requests), so per-request arithmetic is plain
-        Python; step times come from the perf model's scalar decode form, one call per step
-        (no per-token work), or its vectorised form for models that have no scalar one.
+        Step 0 is the scheduled step itself: decodes, plus prompt chunks that finish their
+        prompts (those requests emit their first token and decode from step 1 on). Steps 1..k-1
+        give every request one token. Returns False, changing nothing, if k < 2 would be safe.
+        Per-request arithmetic is plain Python (batches are tens to hundreds of requests); step
+        times come from the perf model's scalar decode form, one call per step, so nothing
+        scales with tokens.
         """
+        for req, n in prefills:
+            if n != req.num_tokens - req.num_computed_tokens:
+                return False  # a prompt still in progress gets a chunk, not one token, next step
+        reqs = decodes + [req for req, _ in prefills]
+        # contexts after step 0 (the tokens in KV when step 1 starts)
+        ctx1 = [c + 1 for c in decode_ctxs] + [req.num_computed_tokens + n for req, n in prefills]
         remaining = [req.output_len - req.num_output_tokens for req in reqs]
-        k = min(remaining)  # up to the first finish
+        k = min(remaining)  # every request emits one token per step: stop at the first finish
         if k < 2:
             return False
         # Step j >= 1 starts at the end of step j-1; an arrival or timer at or before that changes it.
         horizon = min(self.horizon_s(), self.scheduler.next_timer_s())
-        ends = self._decode_ends(now_s, decode_ctxs, k, horizon)
+        t0 = self.perf.step_time_s([(n, req.num_computed_tokens) for req, n in prefills], decode_ctxs)
+        ends = self._stretch_ends(now_s + t0, ctx1, k, horizon)
         k = len(ends)
-        if k < 2:
-            return False
-        # KV: step j allocates room for ctx + j + 1 tokens. first_new: the first step that needs
+        # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
         # one more block for a request; it needs another every block_size steps after that.
         bs = self.kv.block_size
-        first_new = [h * bs - c for h, c in zip(self.kv.num_blocks_list(reqs), decode_ctxs)]
+        first_new = [h * bs - c + 1 for h, c in zip(self.kv.num_blocks_list(reqs), ctx1)]
         free = self.kv.num_free_blocks
 
         def need(steps: int) -> int:
             last = steps - 1
             return sum((last - f) // bs + 1 for f in first_new if f <= last)
 
-        if need(k) > free:
+        if k >= 2 and need(k) > free:
             lo, hi = 1, k  # need(lo) <= free < need(hi)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
             k = lo
             del ends[k:]
-        keyed = [(req, c) for req, c in zip(reqs, decode_ctxs) if req.kv_block_keys]
-        if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k) for req, c in keyed])):
+        keyed = [(req, c) for req, c in zip(reqs, ctx1) if req.kv_block_keys]
+        if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in keyed])):
             return False
         added = [0] * k  # blocks allocated at each step of the stretch
         new_blocks = []
@@ -319,36 +329,39 @@ class Engine:
         used = self.kv.num_gpu_blocks - free
         kv_used = [used := used + a for a in added]
         finished = [req for req, r in zip(reqs, remaining) if r == k]
-        payload = (now_s, reqs, keyed, new_blocks, ends, kv_used, out, self.scheduler.num_waiting, finished)
+        payload = (now_s, decodes, prefills, keyed, new_blocks, ends, kv_used, out, self.scheduler.num_waiting, finished)
         self.loop.schedule(ends[-1], self._end_fast_forward, payload, PRIO_STEP_END)
         return True
 
-    def _decode_ends(self, now_s: float, decode_ctxs: list[int], k: int, horizon: float) -> list[float]:
-        """End times of up to k decode steps, stopping before a step that would start at or
-        after `horizon`; summed one by one from now_s, exactly as stepping does."""
-        n = len(decode_ctxs)
+    def _stretch_ends(self, end0_s: float, ctx1: list[int], k: int, horizon: float) -> list[float]:
+        """End times of up to k steps: step 0 ends at end0_s, steps 1.. are decode-only steps
+        with contexts ctx1, ctx1 + 1, ...; stops before a step that would start at or after
+        `horizon`. Summed one by one, exactly as stepping does."""
+        n = len(ctx1)
+        ends = [end0_s]
+        if k < 2 or end0_s >= horizon:
+            return ends
         f = self.perf.decode_time_fn(n)
-        if f is None:
-            times = self.perf.decode_step_times_s(np.array(decode_ctxs, dtype=np.int64), k)
-            times[0] += now_s
-            ends = np.cumsum(times)
-            return ends[: min(k, 1 + int(ends.searchsorted(horizon)))].tolist()
-        ctx_sum = sum(decode_ctxs)
-        t = now_s + f(ctx_sum)
-        ends = [t]
-        for j in range(1, k):
-            if t >= horizon:
+        if f is None:  # no scalar form (sliding window): vectorised times
+            times = self.perf.decode_step_times_s(np.array(ctx1, dtype=np.int64), k - 1)
+            times[0] += end0_s
+            rest = np.cumsum(times)
+            return ends + rest[: min(k - 1, 1 + int(rest.searchsorted(horizon)))].tolist()
+        ctx_sum = sum(ctx1)
+        t = end0_s
+        for j in range(k - 1):
+            if j and t >= horizon:
                 break
             t += f(ctx_sum + n * j)
             ends.append(t)
         return ends
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
-        start_s, reqs, keyed, new_blocks, ends, kv_used, out, num_waiting, finished = payload
+        start_s, decodes, prefills, keyed, new_blocks, ends, kv_used, out, num_waiting, finished = payload
         k = len(ends)
         first = self.recorder.num_steps
         last, prev = first + k - 1, first - 1
-        for req in reqs:  # every request is decoding: it emits one token per step
+        for req in decodes:  # every request emits one token per step
             req.num_computed_tokens += k
             req.num_output_tokens += k
             runs = req.token_steps
@@ -357,13 +370,21 @@ class Engine:
             else:
                 runs.append(first)
                 runs.append(last)
+        prefill_tokens = 0
+        for req, n in prefills:  # prompts (or recomputes) that finished in step 0, then decoded
+            prefill_tokens += n
+            req.num_computed_tokens += n + k - 1
+            req.num_output_tokens += k
+            req.token_steps += (first, last)
+            if req.first_token_s is None:
+                req.first_token_s = ends[0]
         for req, nb in new_blocks:
             self.kv.allocate_plain(req.id, nb)
         for req, c in keyed:
-            self.kv.cache_full_blocks(req, c + k)
+            self.kv.cache_full_blocks(req, c + k - 1)
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(start_s, ends, len(reqs), num_waiting, kv_used)
+        self.recorder.log_decode_steps(start_s, ends, len(decodes) + len(prefills), num_waiting, kv_used, prefill_tokens)
         self._finish_and_continue(out, finished, now_s)
 
     # ------------------------------------------------------------------ end of run

@@ -90,6 +90,10 @@ class Scheduler:
     def schedule(self, now_s: float) -> SchedulerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # May `is_steady` be asked about a step that also finishes prompts (those requests then
+    # decode like the rest)? Opt in only if `is_steady` is exact for such steps too.
+    steady_after_prefill: ClassVar[bool] = False
+
     def is_steady(self, output: SchedulerOutput) -> bool:
         """May the engine repeat this decode-only step without calling `schedule` again?
 

@@ -109,6 +109,7 @@ class ProgramQueue:
 
 @register("continuum")
 class ContinuumScheduler(VLLMScheduler):
+    steady_after_prefill = False  # a finished prompt may pin or release; keep stepping there
     Params = ContinuumParams
 
     def __init__(self, params, config, kv, perf) -> None:

@@ -26,6 +26,7 @@ class VLLMParams(SchedulerParams):
 class VLLMScheduler(Scheduler):
     Params = VLLMParams
     _head_blocked_by_kv = False
+    steady_after_prefill = True  # after a prompt completes, its request just decodes with the rest
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         cfg = self.config
