@@ -61,6 +61,7 @@ class Engine:
         self.num_swapped_blocks = 0
         self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
         self._wake_s = float("inf")
+        self._decode_fns: dict = {}  # batch size -> the perf model's scalar decode step time (or False)
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
@@ -108,8 +109,10 @@ class Engine:
             return
         self.busy = True
         # A decode: one token scheduled and only the last generated token left to compute.
-        decodes = [r for r, n in scheduled
-                   if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1]
+        known = out.num_known_decodes
+        decodes = [r for r, _ in scheduled[:known]] if known else []
+        decodes += [r for r, n in scheduled[known:]
+                    if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1]
         decode_ctxs = [r.num_computed_tokens for r in decodes]
         prefills = []
         if len(decodes) < len(scheduled):
@@ -308,7 +311,8 @@ class Engine:
             last = steps - 1
             return sum((last - f) // bs + 1 for f in first_new if f <= last)
 
-        if k >= 2 and need(k) > free:
+        # (cheap bound first: each request needs at most one block per block_size steps, + 1)
+        if k >= 2 and len(first_new) * ((k - 1) // bs + 1) > free and need(k) > free:
             lo, hi = 1, k  # need(lo) <= free < need(hi)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
@@ -341,8 +345,10 @@ class Engine:
         ends = [end0_s]
         if k < 2 or end0_s >= horizon:
             return ends
-        f = self.perf.decode_time_fn(n)
-        if f is None:  # no scalar form (sliding window): vectorised times
+        f = self._decode_fns.get(n)
+        if f is None:
+            f = self._decode_fns[n] = self.perf.decode_time_fn(n) or False
+        if f is False:  # no scalar form (sliding window): vectorised times
             times = self.perf.decode_step_times_s(np.array(ctx1, dtype=np.int64), k - 1)
             times[0] += end0_s
             rest = np.cumsum(times)

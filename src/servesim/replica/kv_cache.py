@@ -197,7 +197,8 @@ class KVCacheManager:
         return True
 
     def allocate_decodes(self, reqs: list[Any]) -> bool:
-        """One more token for each request if all decode, have no prefix keys and fit; else no-op.
+        """One more token for each request if all decode (have generated a token and have only
+        it left to compute), have no prefix keys and fit; else no-op.
 
         This is the bulk form of calling `allocate_slots(req, 1)` for each in order (the outcome
         is the same when every call succeeds and no key is registered).
@@ -206,7 +207,8 @@ class KVCacheManager:
         bs = self.block_size
         grow = []
         for r in reqs:
-            if r.prompt_len + r.num_output_tokens - r.num_computed_tokens != 1 or r.kv_block_keys:
+            if (not r.num_output_tokens or r.prompt_len + r.num_output_tokens - r.num_computed_tokens != 1
+                    or r.kv_block_keys):
                 return False
             h = held[r.id]
             if r.num_computed_tokens + 1 > (len(h.keyed) + h.num_plain) * bs:

@@ -51,6 +51,9 @@ class SchedulerOutput:
     # an earlier swap makes a swap-out cheaper than the request's size).
     swap_out_blocks: list[int] = field(default_factory=list)
     swap_in_blocks: list[int] = field(default_factory=list)
+    # A hint that saves the engine a pass: the first `num_known_decodes` entries of `scheduled`
+    # are decodes (one token, only the last generated token left to compute). 0 = unknown.
+    num_known_decodes: int = 0
 
 
 class Scheduler:

@@ -43,6 +43,7 @@ class VLLMScheduler(Scheduler):
             # Fast path, same outcome as the loop below: everyone decodes and every block
             # fits, so each running request gets its one token in order.
             out.scheduled = [(req, 1) for req in running]
+            out.num_known_decodes = len(running)
             self._admit(out, budget - len(running))
             return out
         i = 0
