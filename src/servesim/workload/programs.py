@@ -8,7 +8,7 @@ its hash ids extend the parent's, so the parent's KV prefix can be reused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 

@@ -197,14 +197,7 @@ class AndesScheduler(Scheduler):
             if not kv.allocate_slots(req, n, hits):
                 return
             self.waiting.remove(req)
-            self.running.append(req)
-            req.state = RequestState.RUNNING
-            req.num_computed_tokens = num_cached
-            if req.num_preemptions == 0:
-                req.num_cached_tokens = num_cached
-            req.num_cached_tokens_total += num_cached
-            kv.record_query(req.num_tokens, num_cached)
-            out.scheduled.append((req, n))
+            self.start(req, num_cached, n, out)
             budget -= n
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:

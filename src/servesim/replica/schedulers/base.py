@@ -136,6 +136,18 @@ class Scheduler:
         """Called after the engine advanced the requests of `output`."""
 
     # ---- helpers shared by policies ------------------------------------------------
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        """Move an admitted request (blocks allocated, `num_cached` prompt tokens hit in the
+        prefix cache) to running, scheduled with `num_tokens` tokens this step."""
+        self.running.append(req)
+        req.state = RequestState.RUNNING
+        req.num_computed_tokens = num_cached
+        if req.num_preemptions == 0:
+            req.num_cached_tokens = num_cached
+        req.num_cached_tokens_total += num_cached
+        self.kv.record_query(req.num_tokens, num_cached)
+        out.scheduled.append((req, num_tokens))
+
     def preempt(self, req: Request) -> None:
         """Preempt by recompute: free the blocks, forget progress, re-queue at the front."""
         self.kv.free(req.id)

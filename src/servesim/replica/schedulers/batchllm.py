@@ -28,7 +28,7 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
-from servesim.replica.schedulers.priority import KeyedScheduler, start_request
+from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
 
 
@@ -137,6 +137,6 @@ class BatchLLMScheduler(KeyedScheduler):
                 break
             self._projected += future
             self.waiting.pop()
-            start_request(self, req, len(hits) * kv.block_size, n, out)
+            self.start(req, len(hits) * kv.block_size, n, out)
             budget -= n
         return out

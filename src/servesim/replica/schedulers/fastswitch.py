@@ -168,14 +168,7 @@ class FastSwitchScheduler(Scheduler):
         if not self._fit(lambda: kv.allocate_slots(req, n, hits), rank, i, out, swapped_now):
             return False
         self.waiting.remove(req)
-        self.running.append(req)
-        req.state = RequestState.RUNNING
-        req.num_computed_tokens = num_cached
-        if req.num_preemptions == 0:
-            req.num_cached_tokens = num_cached
-        req.num_cached_tokens_total += num_cached
-        kv.record_query(req.num_tokens, num_cached)
-        out.scheduled.append((req, n))
+        self.start(req, num_cached, n, out)
         return True
 
     def _fit(self, try_allocate, rank, i, out, swapped_now) -> bool:

@@ -24,7 +24,6 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
-from servesim.replica.schedulers.priority import start_request
 from servesim.workload.request import Request, RequestState
 
 
@@ -128,7 +127,7 @@ class HyGenScheduler(Scheduler):
         return budget
 
     def _start(self, req: Request, hits, out: SchedulerOutput, n: int) -> None:
-        start_request(self, req, len(hits) * self.kv.block_size, n, out)
+        self.start(req, len(hits) * self.kv.block_size, n, out)
 
     # ------------------------------------------------------------------ offline fill
     def _fill_offline(self, out: SchedulerOutput, budget: int, now_s: float) -> None:

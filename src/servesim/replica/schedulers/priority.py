@@ -25,18 +25,6 @@ from servesim.replica.schedulers.queues import FCFSQueue
 from servesim.workload.request import Request, RequestState
 
 
-def start_request(sched: Scheduler, req: Request, num_cached: int, n: int, out: SchedulerOutput) -> None:
-    """Move an admitted request (its blocks allocated, `num_cached` tokens hit) to running."""
-    sched.running.append(req)
-    req.state = RequestState.RUNNING
-    req.num_computed_tokens = num_cached
-    if req.num_preemptions == 0:
-        req.num_cached_tokens = num_cached
-    req.num_cached_tokens_total += num_cached
-    sched.kv.record_query(req.num_tokens, num_cached)
-    out.scheduled.append((req, n))
-
-
 class SortedWaiting(FCFSQueue):
     """Waiting queue re-sorted by the scheduler's (possibly time-varying) key before each use;
     a preempted request re-enters by its key, not at the front."""
@@ -167,7 +155,7 @@ class KeyedScheduler(Scheduler):
                 num_cached = len(hits) * kv.block_size
                 n = self._first_chunk(req, num_cached, budget)
             self.waiting.remove(req)
-            start_request(self, req, num_cached, n, out)
+            self.start(req, num_cached, n, out)
             budget -= n
 
     def _first_chunk(self, req: Request, num_cached: int, budget: int) -> int:

@@ -35,7 +35,7 @@ from pydantic import Field
 from servesim.replica.radix_cache import RadixKVCache, RadixNode
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
-from servesim.replica.schedulers.priority import SortedWaiting, start_request
+from servesim.replica.schedulers.priority import SortedWaiting
 from servesim.workload.request import Request
 
 CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
@@ -212,7 +212,7 @@ class SGLangScheduler(Scheduler):
             if n <= 0 or not kv.allocate_slots(req, n, hits):
                 break
             self.waiting.remove(req)
-            start_request(self, req, len(hits) * bs, n, out)
+            self.start(req, len(hits) * bs, n, out)
             admitted = True
             rem_total -= total
             rem_input -= ext

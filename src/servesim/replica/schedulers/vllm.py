@@ -14,7 +14,7 @@ from typing import Literal
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
-from servesim.workload.request import Request, RequestState
+from servesim.workload.request import Request
 
 
 class VLLMParams(SchedulerParams):
@@ -123,14 +123,7 @@ class VLLMScheduler(Scheduler):
                 self._head_blocked_by_kv = not req.kv_block_keys
                 break
             waiting.pop()
-            self.running.append(req)
-            req.state = RequestState.RUNNING
-            req.num_computed_tokens = num_cached
-            if req.num_preemptions == 0:
-                req.num_cached_tokens = num_cached
-            req.num_cached_tokens_total += num_cached
-            kv.record_query(req.num_tokens, num_cached)
-            out.scheduled.append((req, n))
+            self.start(req, num_cached, n, out)
             budget -= n
 
     def is_steady(self, output: SchedulerOutput) -> bool:

@@ -28,7 +28,7 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
-from servesim.workload.request import Request, RequestState
+from servesim.workload.request import Request
 
 
 class VLLMV0Params(SchedulerParams):
@@ -91,14 +91,7 @@ class VLLMV0Scheduler(Scheduler):
                 break
             kv.allocate_slots(req, n, hits)
             self.waiting.pop()
-            req.state = RequestState.RUNNING
-            req.num_computed_tokens = num_cached
-            if req.num_preemptions == 0:
-                req.num_cached_tokens = num_cached
-            req.num_cached_tokens_total += num_cached
-            kv.record_query(req.num_tokens, num_cached)
-            self.running.append(req)
-            out.scheduled.append((req, n))
+            self.start(req, num_cached, n, out)
             tokens += n
 
     def _schedule_running(self, out: SchedulerOutput) -> None:
