@@ -124,7 +124,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
             loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
 
     engine = Engine(config, scheduler, kv, perf, loop, recorder, on_done,
-                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"),
+                    horizon_s=loop.next_time_s,
                     rng=np.random.default_rng(policy_seed))
     stream = workload.arrivals()
 

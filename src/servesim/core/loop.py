@@ -45,6 +45,10 @@ class EventLoop:
     def peek_time_s(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 
+    def next_time_s(self) -> float:
+        """Time of the next pending event (inf when there is none)."""
+        return self._heap[0][0] if self._heap else float("inf")
+
     def run(self, until_s: float = float("inf")) -> None:
         """Handle events in order until the heap is empty or the next event is after `until_s`."""
         heap = self._heap

@@ -286,21 +286,26 @@ class Engine:
         times come from the perf model's scalar decode form, one call per step, so nothing
         scales with tokens.
         """
-        for req, n in prefills:
-            if n != req.num_tokens - req.num_computed_tokens:
-                return False  # a prompt still in progress gets a chunk, not one token, next step
-        reqs = decodes + [req for req, _ in prefills]
-        # contexts after step 0 (the tokens in KV when step 1 starts)
-        ctx1 = [c + 1 for c in decode_ctxs] + [req.num_computed_tokens + n for req, n in prefills]
+        if prefills:
+            for req, n in prefills:
+                if n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens:
+                    return False  # a prompt still in progress gets a chunk, not one token, next step
+            reqs = decodes + [req for req, _ in prefills]
+            # contexts after step 0 (the tokens in KV when step 1 starts)
+            ctx1 = [c + 1 for c in decode_ctxs] + [req.num_computed_tokens + n for req, n in prefills]
+            chunks = [(n, req.num_computed_tokens) for req, n in prefills]
+        else:
+            reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
         remaining = [req.output_len - req.num_output_tokens for req in reqs]
         k = min(remaining)  # every request emits one token per step: stop at the first finish
         if k < 2:
             return False
         # Step j >= 1 starts at the end of step j-1; an arrival or timer at or before that changes it.
         horizon = min(self.horizon_s(), self.scheduler.next_timer_s())
-        t0 = self.perf.step_time_s([(n, req.num_computed_tokens) for req, n in prefills], decode_ctxs)
-        ends = self._stretch_ends(now_s + t0, ctx1, k, horizon)
+        ends = self._stretch_ends(now_s + self.perf.step_time_s(chunks, decode_ctxs), ctx1, k, horizon)
         k = len(ends)
+        if k < 2:
+            return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
         # one more block for a request; it needs another every block_size steps after that.
         bs = self.kv.block_size
@@ -312,7 +317,7 @@ class Engine:
             return sum((last - f) // bs + 1 for f in first_new if f <= last)
 
         # (cheap bound first: each request needs at most one block per block_size steps, + 1)
-        if k >= 2 and len(first_new) * ((k - 1) // bs + 1) > free and need(k) > free:
+        if len(first_new) * ((k - 1) // bs + 1) > free and need(k) > free:
             lo, hi = 1, k  # need(lo) <= free < need(hi)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
