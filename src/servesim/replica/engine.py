@@ -13,7 +13,7 @@ lists the requests in its output; the engine prices the copies with `replica.swa
 scheduler's `swap_mechanics`: synchronous copies lengthen the step (vLLM v0), overlapped ones
 occupy a PCIe stream per direction and make a swapped-in request schedulable only when its copy
 is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied
-by the engine to every decoding request, whatever the scheduler (see `_speculate`).
+by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, cdiv
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.replica.spec_decode import end_spec_decode, speculate
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
 
@@ -127,7 +128,7 @@ class Engine:
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
-            dt, decodes, prefills = self._speculate(decodes, decode_ctxs, chunks, prefills)
+            dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
         else:
             dt = self.perf.step_time_s(chunks, decode_ctxs)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting)
@@ -136,24 +137,13 @@ class Engine:
     def _end_step(self, now_s: float, payload: tuple) -> None:
         start_s, out, decodes, prefills, num_running, num_waiting = payload
         step = self.recorder.num_steps
-        prev = step - 1
-        finished = []
-        for req in decodes:  # the common case, kept tight
-            req.num_computed_tokens += 1
-            req.num_output_tokens += 1
-            runs = req.token_steps
-            if runs[-1] == prev:
-                runs[-1] = step
-            else:
-                runs.append(step)
-                runs.append(step)
-            if req.num_output_tokens >= req.output_len:
-                finished.append(req)
+        _advance_decodes(decodes, step, step)
+        finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
         prefill_tokens = 0
         emitted = len(decodes)
         for req, n in prefills:  # prompt (or recompute) chunks: a token only when caught up
             if type(n) is tuple:  # a speculative decode: (1 + drafts, accepted drafts)
-                emitted += self._end_spec_decode(req, n[1], step, now_s)
+                emitted += end_spec_decode(self, req, n[1], step, now_s)
                 if req.num_output_tokens >= req.output_len:
                     finished.append(req)
                 continue
@@ -161,7 +151,7 @@ class Engine:
             req.num_computed_tokens += n
             if req.num_computed_tokens >= req.num_tokens:
                 emitted += 1
-                self._emit(req, step, step, now_s)
+                self.emit(req, step, step, now_s)
                 if req.num_output_tokens >= req.output_len:
                     finished.append(req)
         self.num_steps += 1
@@ -169,7 +159,7 @@ class Engine:
                                self.kv.num_gpu_blocks - self.kv.num_free_blocks)
         self._finish_and_continue(out, finished, now_s)
 
-    def _emit(self, req: Request, first_step: int, last_step: int, time_s: float) -> None:
+    def emit(self, req: Request, first_step: int, last_step: int, time_s: float) -> None:
         """Record tokens emitted at the end of steps first_step..last_step (time of the first)."""
         req.num_output_tokens += last_step - first_step + 1
         runs = req.token_steps
@@ -230,49 +220,6 @@ class Engine:
         if not self.busy:
             self.busy = True
             self._start_step(now_s)
-
-    # ------------------------------------------------------------------ speculative decoding
-    def _speculate(self, decodes, decode_ctxs, chunks, prefills):
-        """Draft k tokens per decoding request and verify them in one target pass.
-
-        Each decode gets k = min(num_speculative_tokens, tokens it still has to emit - 1)
-        lookahead KV slots (none if the blocks are not free: it then decodes plainly). The
-        target verifies 1 + k tokens per request like a prefill chunk over its context; the
-        drafts cost `spec_draft_cost_ratio` of a plain decode step per draft token. The number
-        of accepted drafts is drawn at once (i.i.d. acceptance `spec_acceptance_rate`; the
-        first rejection ends the run), so the outcome depends only on the engine's generator.
-        Returns (step time, plain decodes, prefills + speculative decodes as (req, (1 + k, a))).
-        """
-        cfg = self.config
-        k_max = self._spec_k
-        plain, plain_ctxs, spec = [], [], []
-        for req, ctx in zip(decodes, decode_ctxs):
-            k = min(k_max, req.output_len - req.num_output_tokens - 1, cfg.max_model_len - 1 - ctx - 1)
-            if k > 0 and self.kv.allocate_slots(req, 1 + k):
-                spec.append((req, k, ctx))
-            else:
-                plain.append(req)
-                plain_ctxs.append(ctx)
-        if not spec:
-            return self.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
-        accepted = (self.rng.random((len(spec), k_max)) < cfg.spec_acceptance_rate).cumprod(axis=1).sum(axis=1)
-        verify = chunks + [(1 + k, ctx) for _, k, ctx in spec]
-        dt = self.perf.step_time_s(verify, plain_ctxs)
-        dt += cfg.spec_draft_cost_ratio * k_max * self.perf.step_time_s([], decode_ctxs)
-        spec_items = [(req, (1 + k, min(int(a), k))) for (req, k, _), a in zip(spec, accepted)]
-        return dt, plain, prefills + spec_items
-
-    def _end_spec_decode(self, req: Request, accepted: int, step: int, now_s: float) -> int:
-        """Emit the accepted drafts plus the target's own token; roll back the rejected ones."""
-        n = min(accepted + 1, req.output_len - req.num_output_tokens)
-        req.num_computed_tokens += n  # the rejected drafts' KV slots are simply overwritten later
-        self._emit(req, step, step, now_s)
-        runs = req.token_steps
-        for _ in range(n - 1):  # several tokens at one step's end: one single-step run each
-            runs.append(step)
-            runs.append(step)
-        req.num_output_tokens += n - 1
-        return n
 
     # ------------------------------------------------------------------ fast forward
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
@@ -371,16 +318,8 @@ class Engine:
         start_s, decodes, prefills, keyed, new_blocks, ends, kv_used, out, num_waiting, finished = payload
         k = len(ends)
         first = self.recorder.num_steps
-        last, prev = first + k - 1, first - 1
-        for req in decodes:  # every request emits one token per step
-            req.num_computed_tokens += k
-            req.num_output_tokens += k
-            runs = req.token_steps
-            if runs[-1] == prev:
-                runs[-1] = last
-            else:
-                runs.append(first)
-                runs.append(last)
+        last = first + k - 1
+        _advance_decodes(decodes, first, last)
         prefill_tokens = 0
         for req, n in prefills:  # prompts (or recomputes) that finished in step 0, then decoded
             prefill_tokens += n
@@ -412,6 +351,21 @@ class Engine:
         self.scheduler.swap_ready_s.clear()
         while self.scheduler.waiting:
             self.scheduler.waiting.pop()
+
+
+def _advance_decodes(decodes: list[Request], first: int, last: int) -> None:
+    """Decoding requests emitted one token at the end of each step first..last (the hot loop)."""
+    k = last - first + 1
+    prev = first - 1
+    for req in decodes:
+        req.num_computed_tokens += k
+        req.num_output_tokens += k
+        runs = req.token_steps
+        if runs[-1] == prev:
+            runs[-1] = last
+        else:
+            runs.append(first)
+            runs.append(last)
 
 
 def _block_keys(req: Request, block_size: int) -> tuple:

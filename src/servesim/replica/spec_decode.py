@@ -1,0 +1,55 @@
+"""Speculative decoding, applied by the engine to the decodes of any scheduler's batch.
+
+Draft tokens are proposed for each decoding request, verified in one target pass, and the
+accepted prefix plus the target's own token are emitted; rejected drafts are rolled back
+(their KV slots are simply overwritten later). Parameters live in `EngineConfig`
+(`num_speculative_tokens`, `spec_acceptance_rate`, `spec_draft_cost_ratio`).
+"""
+
+from __future__ import annotations
+
+from servesim.workload.request import Request
+
+
+def speculate(engine, decodes, decode_ctxs, chunks, prefills):
+    """Draft k tokens per decoding request and verify them in one target pass.
+
+    Each decode gets k = min(num_speculative_tokens, tokens it still has to emit - 1)
+    lookahead KV slots (none if the blocks are not free: it then decodes plainly). The
+    target verifies 1 + k tokens per request like a prefill chunk over its context; the
+    drafts cost `spec_draft_cost_ratio` of a plain decode step per draft token. The number
+    of accepted drafts is drawn at once (i.i.d. acceptance `spec_acceptance_rate`; the
+    first rejection ends the run), so the outcome depends only on the engine's generator.
+    Returns (step time, plain decodes, prefills + speculative decodes as (req, (1 + k, a))).
+    """
+    cfg = engine.config
+    k_max = cfg.num_speculative_tokens
+    plain, plain_ctxs, spec = [], [], []
+    for req, ctx in zip(decodes, decode_ctxs):
+        k = min(k_max, req.output_len - req.num_output_tokens - 1, cfg.max_model_len - 1 - ctx - 1)
+        if k > 0 and engine.kv.allocate_slots(req, 1 + k):
+            spec.append((req, k, ctx))
+        else:
+            plain.append(req)
+            plain_ctxs.append(ctx)
+    if not spec:
+        return engine.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
+    accepted = (engine.rng.random((len(spec), k_max)) < cfg.spec_acceptance_rate).cumprod(axis=1).sum(axis=1)
+    verify = chunks + [(1 + k, ctx) for _, k, ctx in spec]
+    dt = engine.perf.step_time_s(verify, plain_ctxs)
+    dt += cfg.spec_draft_cost_ratio * k_max * engine.perf.step_time_s([], decode_ctxs)
+    spec_items = [(req, (1 + k, min(int(a), k))) for (req, k, _), a in zip(spec, accepted)]
+    return dt, plain, prefills + spec_items
+
+
+def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float) -> int:
+    """Emit the accepted drafts plus the target's own token; roll back the rejected ones."""
+    n = min(accepted + 1, req.output_len - req.num_output_tokens)
+    req.num_computed_tokens += n  # the rejected drafts' KV slots are simply overwritten later
+    engine.emit(req, step, step, now_s)
+    runs = req.token_steps
+    for _ in range(n - 1):  # several tokens at one step's end: one single-step run each
+        runs.append(step)
+        runs.append(step)
+    req.num_output_tokens += n - 1
+    return n
