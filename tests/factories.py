@@ -52,7 +52,8 @@ class VectorOnlyToyPerf(ToyPerf):
 
 
 def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int = 16, perf=None,
-                params: dict | None = None, num_cpu_blocks: int | None = None, rng=None, **engine_kw):
+                params: dict | None = None, num_cpu_blocks: int | None = None, rng=None, defer_finishes: bool = False,
+                **engine_kw):
     cfg = dict(max_num_batched_tokens=64, max_num_seqs=8, max_model_len=4096)
     cfg.update(engine_kw)
     config = EngineConfig(block_size=block_size, **cfg)
@@ -64,5 +65,5 @@ def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int 
     loop = EventLoop()
     done: list[Request] = []
     engine = Engine(config, sched, kv, perf, loop, Recorder(), lambda r, t: done.append(r),
-                    horizon_s=lambda: loop.peek_time_s() if len(loop) else float("inf"), rng=rng)
+                    horizon_s=loop.next_time_s, rng=rng, defer_finishes=defer_finishes)
     return engine, sched, kv, loop, done

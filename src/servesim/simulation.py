@@ -123,9 +123,15 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         for follow in workload.on_request_done(req, now_s):
             loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
 
+    until_s = scenario.max_sim_time_s or float("inf")
+
+    def horizon_s() -> float:  # no stretch may run past the next event or the end of the run
+        return min(loop.next_time_s(), until_s)
+
     engine = Engine(config, scheduler, kv, perf, loop, recorder, on_done,
-                    horizon_s=loop.next_time_s,
-                    rng=np.random.default_rng(policy_seed))
+                    horizon_s=horizon_s,
+                    rng=np.random.default_rng(policy_seed),
+                    defer_finishes=not getattr(workload, "closed_loop", True))
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
@@ -149,7 +155,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        loop.run(until_s=scenario.max_sim_time_s or float("inf"))
+        loop.run(until_s=until_s)
     finally:
         if gc_was_enabled:
             gc.enable()

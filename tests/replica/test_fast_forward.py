@@ -23,9 +23,9 @@ def random_requests(seed: int, n: int = 300):
     return reqs
 
 
-def run(reqs, fast_forward: bool, num_blocks: int, perf=None):
+def run(reqs, fast_forward: bool, num_blocks: int, perf=None, defer_finishes=False):
     engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=16,
-                                                fast_forward=fast_forward, perf=perf)
+                                                fast_forward=fast_forward, perf=perf, defer_finishes=defer_finishes)
     for r in reqs:
         loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
     loop.run()
@@ -33,11 +33,12 @@ def run(reqs, fast_forward: bool, num_blocks: int, perf=None):
     return engine
 
 
-@pytest.mark.parametrize("perf", [ToyPerf, VectorOnlyToyPerf])  # scalar and vectorised step times
-@pytest.mark.parametrize("seed,num_blocks", [(1, 400), (2, 120), (3, 60)])
-def test_fast_forward_matches_step_by_step(seed, num_blocks, perf):
+@pytest.mark.parametrize("perf,defer", [(ToyPerf, False), (VectorOnlyToyPerf, False),  # scalar / vectorised times
+                                        (ToyPerf, True)])  # stretches that run past finishes
+@pytest.mark.parametrize("seed,num_blocks", [(1, 400), (2, 120), (3, 60), (4, 2000)])
+def test_fast_forward_matches_step_by_step(seed, num_blocks, perf, defer):
     a_reqs, b_reqs = random_requests(seed), random_requests(seed)
-    a = run(a_reqs, True, num_blocks, perf())
+    a = run(a_reqs, True, num_blocks, perf(), defer)
     b = run(b_reqs, False, num_blocks)
     assert a.num_fast_forwarded_steps > 0.5 * a.num_steps  # the fast path really was used
     assert b.num_fast_forwarded_steps == 0
@@ -48,7 +49,7 @@ def test_fast_forward_matches_step_by_step(seed, num_blocks, perf):
     la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
     for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
         assert np.array_equal(getattr(la, col), getattr(lb, col)), col
-    assert sum(r.num_preemptions for r in b_reqs) > 0 or num_blocks == 400
+    assert sum(r.num_preemptions for r in b_reqs) > 0 or num_blocks >= 400
 
 
 def run_policy(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict):
@@ -82,3 +83,22 @@ def test_fast_forward_is_exact_for_every_policy(scheduler, params, seed, num_blo
         assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
                (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
     assert a.swap_transfer_s == b.swap_transfer_s
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(5, 2000), (6, 150)])
+def test_stretches_through_finishes_match_step_by_step(seed, num_blocks):
+    """Open-loop, no prefix keys: finishes are processed late inside stretches, same results."""
+    def reqs():
+        return [make_request(r.id, r.prompt_len, r.output_len, r.arrival_s) for r in random_requests(seed)]
+
+    a_reqs, b_reqs, c_reqs = reqs(), reqs(), reqs()
+    a = run(a_reqs, True, num_blocks, ToyPerf(), defer_finishes=True)
+    b = run(b_reqs, False, num_blocks)
+    c = run(c_reqs, True, num_blocks, ToyPerf(), defer_finishes=False)
+    assert a.loop.num_events < c.loop.num_events  # fewer events: stretches ran past finishes
+    for x, y in zip(a_reqs, b_reqs):
+        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
+               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
+    for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
+        assert np.array_equal(getattr(la, col), getattr(lb, col)), col

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from servesim.replica.spec_decode import speculate
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request
@@ -52,7 +53,7 @@ def test_lookahead_needs_free_blocks_else_plain_decode():
     r = make_request(0, 30, 10)
     assert kv.allocate_slots(r, 30)
     r.num_computed_tokens, r.num_output_tokens = 30, 1  # decoding its 31st token: 2 blocks suffice
-    dt, plain, items = engine._speculate([r], [30], [], [])
+    dt, plain, items = speculate(engine, [r], [30], [], [])
     assert plain == [r] and items == []  # 30 + 1 + 3 lookahead tokens would need a 3rd block
     assert dt == engine.perf.step_time_s([], [30])
     assert kv.num_blocks_of(0) == 2

@@ -63,10 +63,10 @@ class Recorder:
         c[5].append(num_waiting)
         c[6].append(kv_used_blocks)
 
-    def log_decode_steps(self, start_s: float, ends_s: list[float], batch: int, num_waiting: int,
+    def log_decode_steps(self, start_s: float, ends_s: list[float], batch: list[int], num_waiting: int,
                          kv_used_blocks: list[int], first_prefill_tokens: int = 0) -> None:
-        """A fast-forwarded stretch of steps ending at `ends_s`, each emitting `batch` tokens;
-        only the first may also compute prompt tokens (`first_prefill_tokens`)."""
+        """A fast-forwarded stretch of steps ending at `ends_s`; step j runs and emits a token
+        for `batch[j]` requests; only the first may also compute prompt tokens."""
         k = len(ends_s)
         c = self._cols
         c[0].append(start_s)
@@ -74,8 +74,8 @@ class Recorder:
         c[1].extend(ends_s)
         c[2].append(first_prefill_tokens)
         c[2].extend([0] * (k - 1))
-        c[3].extend([batch] * k)
-        c[4].extend([batch] * k)
+        c[3].extend(batch)
+        c[4].extend(batch)
         c[5].extend([num_waiting] * k)
         c[6].extend(kv_used_blocks)
 

@@ -39,7 +39,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
                  recorder: Recorder, on_done: DoneCallback, horizon_s: Callable[[], float] = lambda: float("inf"),
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, defer_finishes: bool = False) -> None:
         self.config = config
         self.scheduler = scheduler
         self.kv = kv
@@ -48,6 +48,9 @@ class Engine:
         self.recorder = recorder
         self.on_done = on_done
         self.horizon_s = horizon_s  # time of the next event that could change this replica's queues
+        # May a stretch process finishes late? Only when nothing reacts to a finish before the
+        # stretch ends (an open-loop workload: no follow-up requests).
+        self.defer_finishes = defer_finishes
         self.busy = False
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
@@ -174,7 +177,8 @@ class Engine:
     def _finish_and_continue(self, out: SchedulerOutput, finished: list[Request], now_s: float) -> None:
         for req in finished:
             req.state = RequestState.FINISHED
-            req.finish_s = now_s
+            if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
+                req.finish_s = now_s
             self.scheduler.finish(req, now_s)
         self.scheduler.num_engine_steps = self.num_steps
         self.scheduler.on_step_end(out, now_s)
@@ -224,11 +228,16 @@ class Engine:
     # ------------------------------------------------------------------ fast forward
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
                       prefills: list[tuple[Request, int]]) -> bool:
-        """Run this step and the k-1 decode-only steps that repeat it as one event.
+        """Run this step and the decode-only steps that repeat it as one event (a stretch).
 
         Step 0 is the scheduled step itself: decodes, plus prompt chunks that finish their
-        prompts (those requests emit their first token and decode from step 1 on). Steps 1..k-1
-        give every request one token. Returns False, changing nothing, if k < 2 would be safe.
+        prompts (those requests emit their first token and decode from step 1 on). Every later
+        step gives every request still running one token. The stretch stops before anything
+        could change that: the next arrival or timer, the step that would run out of KV blocks,
+        and the first finish — unless finishes can be processed late (open-loop workload, no
+        prefix keys, and a scheduler that stays steady when requests leave), in which case
+        requests leave the batch at their last step and their finish is recorded at its time.
+        Returns False, changing nothing, if fewer than two steps would be safe.
         Per-request arithmetic is plain Python (batches are tens to hundreds of requests); step
         times come from the perf model's scalar decode form, one call per step, so nothing
         scales with tokens.
@@ -243,25 +252,31 @@ class Engine:
             chunks = [(n, req.num_computed_tokens) for req, n in prefills]
         else:
             reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
-        remaining = [req.output_len - req.num_output_tokens for req in reqs]
-        k = min(remaining)  # every request emits one token per step: stop at the first finish
+        remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
+        through = (self.defer_finishes and self._decode_fn(1) is not False
+                   and self.scheduler.steady_through_finishes() and not any(r.kv_block_keys for r in reqs))
+        k = max(remaining) if through else min(remaining)
         if k < 2:
             return False
         # Step j >= 1 starts at the end of step j-1; an arrival or timer at or before that changes it.
         horizon = min(self.horizon_s(), self.scheduler.next_timer_s())
-        ends = self._stretch_ends(now_s + self.perf.step_time_s(chunks, decode_ctxs), ctx1, k, horizon)
+        end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
+        ends, sizes = (self._stretch_through(end0, ctx1, remaining, k, horizon) if through
+                       else self._stretch_ends(end0, ctx1, k, horizon))
         k = len(ends)
         if k < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
-        # one more block for a request; it needs another every block_size steps after that.
+        # one more block for a request; it needs another every block_size steps after that,
+        # until its last step (remaining - 1). Freed blocks are not counted on: allocations must
+        # fit in the blocks free now, which also keeps the free queue's order exact.
         bs = self.kv.block_size
-        first_new = [h * bs - c + 1 for h, c in zip(self.kv.num_blocks_list(reqs), ctx1)]
+        held = self.kv.num_blocks_list(reqs)
+        first_new = [h * bs - c + 1 for h, c in zip(held, ctx1)]
         free = self.kv.num_free_blocks
 
         def need(steps: int) -> int:
-            last = steps - 1
-            return sum((last - f) // bs + 1 for f in first_new if f <= last)
+            return sum((min(steps, r) - 1 - f) // bs + 1 for f, r in zip(first_new, remaining) if f < min(steps, r))
 
         # (cheap bound first: each request needs at most one block per block_size steps, + 1)
         if len(first_new) * ((k - 1) // bs + 1) > free and need(k) > free:
@@ -270,71 +285,116 @@ class Engine:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
             k = lo
-            del ends[k:]
+            del ends[k:], sizes[k:]
         keyed = [(req, c) for req, c in zip(reqs, ctx1) if req.kv_block_keys]
         if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in keyed])):
             return False
-        added = [0] * k  # blocks allocated at each step of the stretch
+        added = [0] * (k + 1)  # blocks allocated at each step; minus blocks freed before it
+        steps_of = []  # steps each request runs in the stretch
         new_blocks = []
         for i, f in enumerate(first_new):
-            if f < k:
-                steps = range(f, k, bs)
-                new_blocks.append((reqs[i], len(steps)))
+            m = min(k, remaining[i])
+            steps_of.append(m)
+            nb = 0
+            if f < m:
+                steps = range(f, m, bs)
+                nb = len(steps)
+                new_blocks.append((reqs[i], nb))
                 for j in steps:
                     added[j] += 1
+            if m < k:  # it finished at step m - 1: its blocks are free from step m on
+                added[m] -= held[i] + nb
         used = self.kv.num_gpu_blocks - free
-        kv_used = [used := used + a for a in added]
-        finished = [req for req, r in zip(reqs, remaining) if r == k]
-        payload = (now_s, decodes, prefills, keyed, new_blocks, ends, kv_used, out, self.scheduler.num_waiting, finished)
+        kv_used = [used := used + a for a in added[:k]]
+        finished = sorted((m, i) for i, m in enumerate(steps_of) if m == remaining[i])
+        payload = (now_s, decodes, prefills, steps_of, keyed, new_blocks, ends, sizes, kv_used, out,
+                   self.scheduler.num_waiting, [reqs[i] for _, i in finished])
         self.loop.schedule(ends[-1], self._end_fast_forward, payload, PRIO_STEP_END)
         return True
 
-    def _stretch_ends(self, end0_s: float, ctx1: list[int], k: int, horizon: float) -> list[float]:
-        """End times of up to k steps: step 0 ends at end0_s, steps 1.. are decode-only steps
-        with contexts ctx1, ctx1 + 1, ...; stops before a step that would start at or after
-        `horizon`. Summed one by one, exactly as stepping does."""
-        n = len(ctx1)
-        ends = [end0_s]
-        if k < 2 or end0_s >= horizon:
-            return ends
+    def _decode_fn(self, n: int):
+        """The perf model's scalar decode step time for n sequences, memoised (False: none)."""
         f = self._decode_fns.get(n)
         if f is None:
             f = self._decode_fns[n] = self.perf.decode_time_fn(n) or False
-        if f is False:  # no scalar form (sliding window): vectorised times
-            times = self.perf.decode_step_times_s(np.array(ctx1, dtype=np.int64), k - 1)
-            times[0] += end0_s
-            rest = np.cumsum(times)
-            return ends + rest[: min(k - 1, 1 + int(rest.searchsorted(horizon)))].tolist()
-        ctx_sum = sum(ctx1)
+        return f
+
+    def _stretch_ends(self, end0_s: float, ctx1: list[int], k: int, horizon: float) -> tuple[list[float], list[int]]:
+        """End times and batch sizes of up to k steps of a fixed batch: step 0 ends at end0_s,
+        steps 1.. are decode-only with contexts ctx1, ctx1 + 1, ...; stops before a step that
+        would start at or after `horizon`. Summed one by one, exactly as stepping does."""
+        n = len(ctx1)
+        ends = [end0_s]
+        if end0_s < horizon:
+            f = self._decode_fn(n)
+            if f is False:  # no scalar form (sliding window): vectorised times
+                times = self.perf.decode_step_times_s(np.array(ctx1, dtype=np.int64), k - 1)
+                times[0] += end0_s
+                rest = np.cumsum(times)
+                ends += rest[: min(k - 1, 1 + int(rest.searchsorted(horizon)))].tolist()
+            else:
+                ctx_sum = sum(ctx1)
+                t = end0_s
+                for j in range(k - 1):
+                    if j and t >= horizon:
+                        break
+                    t += f(ctx_sum + n * j)
+                    ends.append(t)
+        return ends, [n] * len(ends)
+
+    def _stretch_through(self, end0_s: float, ctx1: list[int], remaining: list[int], k: int,
+                         horizon: float) -> tuple[list[float], list[int]]:
+        """Like `_stretch_ends`, but request i leaves the batch after its step remaining[i] - 1."""
+        n = len(ctx1)
+        order = sorted(range(n), key=remaining.__getitem__)
+        ends, sizes = [end0_s], [n]
+        active, ctx_sum, p = n, sum(ctx1), 0
+        j = 1
+        while p < n and remaining[order[p]] == j:  # finished at step 0
+            ctx_sum -= ctx1[order[p]]
+            active -= 1
+            p += 1
         t = end0_s
-        for j in range(k - 1):
-            if j and t >= horizon:
-                break
-            t += f(ctx_sum + n * j)
+        while j < k and active and t < horizon:
+            t += self._decode_fn(active)(ctx_sum)
             ends.append(t)
-        return ends
+            sizes.append(active)
+            ctx_sum += active
+            j += 1
+            while p < n and remaining[order[p]] == j:  # finished at step j - 1
+                ctx_sum -= ctx1[order[p]] + j - 1
+                active -= 1
+                p += 1
+        return ends, sizes
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
-        start_s, decodes, prefills, keyed, new_blocks, ends, kv_used, out, num_waiting, finished = payload
+        (start_s, decodes, prefills, steps_of, keyed, new_blocks, ends, sizes, kv_used, out, num_waiting,
+         finished) = payload
         k = len(ends)
         first = self.recorder.num_steps
-        last = first + k - 1
-        _advance_decodes(decodes, first, last)
+        nd = len(decodes)
+        if all(m == k for m in steps_of[:nd]):
+            _advance_decodes(decodes, first, first + k - 1)
+        else:  # some left the batch before the last step
+            for req, m in zip(decodes, steps_of):
+                _advance_decodes((req,), first, first + m - 1)
         prefill_tokens = 0
-        for req, n in prefills:  # prompts (or recomputes) that finished in step 0, then decoded
+        for (req, n), m in zip(prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
             prefill_tokens += n
-            req.num_computed_tokens += n + k - 1
-            req.num_output_tokens += k
-            req.token_steps += (first, last)
+            req.num_computed_tokens += n + m - 1
+            req.num_output_tokens += m
+            req.token_steps += (first, first + m - 1)
             if req.first_token_s is None:
                 req.first_token_s = ends[0]
         for req, nb in new_blocks:
             self.kv.allocate_plain(req.id, nb)
         for req, c in keyed:
             self.kv.cache_full_blocks(req, c + k - 1)
+        for req in finished:
+            req.finish_s = ends[req.token_steps[-1] - first]
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(start_s, ends, len(decodes) + len(prefills), num_waiting, kv_used, prefill_tokens)
+        self.recorder.log_decode_steps(start_s, ends, sizes, num_waiting, kv_used, prefill_tokens)
         self._finish_and_continue(out, finished, now_s)
 
     # ------------------------------------------------------------------ end of run

@@ -33,6 +33,9 @@ class Workload(Protocol):
     """Total requests the workload will produce if known (for progress bars), else None."""
     skipped_rows: int
     """Malformed trace rows skipped so far (trace.skip_bad_rows); 0 for generated workloads."""
+    closed_loop: bool
+    """Whether on_request_done can return follow-ups (sessions, programs, closed-loop users).
+    When it cannot, the engine may process finishes inside a fast-forwarded stretch late."""
 
     def arrivals(self) -> Iterator[Request]:
         """Open-loop requests with non-decreasing arrival_s, produced lazily."""

@@ -69,6 +69,7 @@ class GeneratedWorkload:
                 self._lengths, self._hashes)  # type: ignore[arg-type]
         self._programs = ProgramPlanner(config.programs, self._lengths, self._hashes, s_prog) if config.programs else None
         self._tracked = self._closed or self._sessions is not None or self._programs is not None
+        self.closed_loop = self._tracked
         self.expected_num_requests: int | None = self._limit
         self.skipped_rows = 0
 

@@ -17,6 +17,8 @@ from servesim.workload.traces.registry import resolve_trace
 class TraceWorkload:
     """Streams a trace; arrival_s = (timestamp - first timestamp - start_s) / speedup."""
 
+    closed_loop = False  # a replay is open loop
+
     def __init__(self, config: WorkloadConfig, seed: np.random.SeedSequence):
         assert config.trace is not None
         self._cfg = config

@@ -97,6 +97,12 @@ class Scheduler:
     # decode like the rest)? Opt in only if `is_steady` is exact for such steps too.
     steady_after_prefill: ClassVar[bool] = False
 
+    def steady_through_finishes(self) -> bool:
+        """When `is_steady` holds, does it keep holding as requests finish (the rest go on
+        decoding, nothing is admitted, no finish hook changes a decision)? Only then may the
+        engine process finishes late inside a stretch. False is always safe."""
+        return False
+
     def is_steady(self, output: SchedulerOutput) -> bool:
         """May the engine repeat this decode-only step without calling `schedule` again?
 

@@ -126,6 +126,10 @@ class VLLMScheduler(Scheduler):
             self.start(req, num_cached, n, out)
             budget -= n
 
+    def steady_through_finishes(self) -> bool:
+        # a finish only frees blocks and a sequence slot; with nobody waiting nothing is admitted
+        return not self.waiting and type(self).finish is Scheduler.finish
+
     def is_steady(self, output: SchedulerOutput) -> bool:
         # Same batch next step iff everyone running got its token, nothing was preempted and
         # the admission loop cannot admit: nothing waiting, max_num_seqs reached, or the head
