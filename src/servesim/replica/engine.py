@@ -48,9 +48,6 @@ class Engine:
         self.recorder = recorder
         self.on_done = on_done
         self.horizon_s = horizon_s  # time of the next event that could change this replica's queues
-        # May a stretch process finishes late? Only when nothing reacts to a finish before the
-        # stretch ends (an open-loop workload: no follow-up requests).
-        self.defer_finishes = defer_finishes
         self.busy = False
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
@@ -66,6 +63,10 @@ class Engine:
         self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
         self._wake_s = float("inf")
         self._decode_fns: dict = {}  # batch size -> the perf model's scalar decode step time (or False)
+        # May a stretch process finishes late? Only when nothing reacts to a finish before the
+        # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar
+        # decode form that prices each step of a shrinking batch.
+        self.defer_finishes = defer_finishes and self._decode_fn(1) is not False
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
@@ -253,8 +254,8 @@ class Engine:
         else:
             reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
-        through = (self.defer_finishes and self._decode_fn(1) is not False
-                   and self.scheduler.steady_through_finishes() and not any(r.kv_block_keys for r in reqs))
+        keyed = [(req, c) for req, c in zip(reqs, ctx1) if req.kv_block_keys]
+        through = self.defer_finishes and not keyed and self.scheduler.steady_through_finishes()
         k = max(remaining) if through else min(remaining)
         if k < 2:
             return False
@@ -286,7 +287,6 @@ class Engine:
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
             k = lo
             del ends[k:], sizes[k:]
-        keyed = [(req, c) for req, c in zip(reqs, ctx1) if req.kv_block_keys]
         if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in keyed])):
             return False
         added = [0] * (k + 1)  # blocks allocated at each step; minus blocks freed before it
@@ -355,16 +355,21 @@ class Engine:
             active -= 1
             p += 1
         t = end0_s
+        decode_fn = self._decode_fn
+        f = decode_fn(active) if active else None
         while j < k and active and t < horizon:
-            t += self._decode_fn(active)(ctx_sum)
+            t += f(ctx_sum)
             ends.append(t)
             sizes.append(active)
             ctx_sum += active
             j += 1
-            while p < n and remaining[order[p]] == j:  # finished at step j - 1
-                ctx_sum -= ctx1[order[p]] + j - 1
-                active -= 1
-                p += 1
+            if p < n and remaining[order[p]] == j:
+                while p < n and remaining[order[p]] == j:  # finished at step j - 1
+                    ctx_sum -= ctx1[order[p]] + j - 1
+                    active -= 1
+                    p += 1
+                if active:
+                    f = decode_fn(active)
         return ends, sizes
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
@@ -386,8 +391,7 @@ class Engine:
             req.token_steps += (first, first + m - 1)
             if req.first_token_s is None:
                 req.first_token_s = ends[0]
-        for req, nb in new_blocks:
-            self.kv.allocate_plain(req.id, nb)
+        self.kv.allocate_plain_many(new_blocks)
         for req, c in keyed:
             self.kv.cache_full_blocks(req, c + k - 1)
         for req in finished:

@@ -221,6 +221,14 @@ class KVCacheManager:
                 h.num_plain += 1
         return True
 
+    def allocate_plain_many(self, grants: list[tuple[Any, int]]) -> None:
+        """`allocate_plain` for several (request, blocks) at once (caller checked the free count)."""
+        if grants:
+            held = self._held
+            self._pop_free(sum(nb for _, nb in grants))
+            for req, nb in grants:
+                held[req.id].num_plain += nb
+
     def allocate_plain(self, req_id: int, num_blocks: int) -> None:
         """Append `num_blocks` plain blocks (caller checked the free count); decode fast path."""
         self._pop_free(num_blocks)

@@ -164,6 +164,10 @@ class RadixKVCache(KVCacheManager):
         self._take(num_blocks)
         self._reqs[req_id].plain += num_blocks
 
+    def allocate_plain_many(self, grants: list[tuple[Any, int]]) -> None:
+        for req, nb in grants:
+            self.allocate_plain(req.id, nb)
+
     def keys_conflict(self, req: Any, num_tokens: int) -> bool:
         return False  # nothing is registered while a request runs
 
