@@ -18,7 +18,8 @@ by the engine to every decoding request, whatever the scheduler (see `replica/sp
 
 from __future__ import annotations
 
-from typing import Callable
+from itertools import repeat
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -141,7 +142,7 @@ class Engine:
     def _end_step(self, now_s: float, payload: tuple) -> None:
         start_s, out, decodes, prefills, num_running, num_waiting = payload
         step = self.recorder.num_steps
-        _advance_decodes(decodes, step, step)
+        _advance_decodes(decodes, repeat(1), step)
         finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
         prefill_tokens = 0
         emitted = len(decodes)
@@ -378,11 +379,7 @@ class Engine:
         k = len(ends)
         first = self.recorder.num_steps
         nd = len(decodes)
-        if all(m == k for m in steps_of[:nd]):
-            _advance_decodes(decodes, first, first + k - 1)
-        else:  # some left the batch before the last step
-            for req, m in zip(decodes, steps_of):
-                _advance_decodes((req,), first, first + m - 1)
+        _advance_decodes(decodes, steps_of, first)
         prefill_tokens = 0
         for (req, n), m in zip(prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
             prefill_tokens += n
@@ -417,19 +414,19 @@ class Engine:
             self.scheduler.waiting.pop()
 
 
-def _advance_decodes(decodes: list[Request], first: int, last: int) -> None:
-    """Decoding requests emitted one token at the end of each step first..last (the hot loop)."""
-    k = last - first + 1
+def _advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -> None:
+    """Each decoding request emitted one token at the end of each of its next `steps` engine
+    steps, from step `first` on (the hot loop of the engine)."""
     prev = first - 1
-    for req in decodes:
-        req.num_computed_tokens += k
-        req.num_output_tokens += k
+    for req, m in zip(decodes, steps):
+        req.num_computed_tokens += m
+        req.num_output_tokens += m
         runs = req.token_steps
         if runs[-1] == prev:
-            runs[-1] = last
+            runs[-1] = prev + m
         else:
             runs.append(first)
-            runs.append(last)
+            runs.append(prev + m)
 
 
 def _block_keys(req: Request, block_size: int) -> tuple:
