@@ -2,15 +2,16 @@
 
 It keeps the requests (with their timestamps and token step runs) and a log of engine steps:
 start, end, prefill tokens, output tokens, running and waiting counts and KV blocks in use.
-Single steps are appended as tuples; fast-forwarded decode stretches as numpy columns, so
-recording a stretch costs O(1) Python work. `summary.py` and `timeseries.py` derive
-everything else from these, as pure functions.
+Steps are logged in chunks (a single step, or a fast-forwarded stretch whose per-step lists the
+engine built anyway), so recording a stretch costs O(1) Python work; the columns are assembled
+once, with numpy, when read. `summary.py` and `timeseries.py` derive everything else from
+these, as pure functions.
 """
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -41,44 +42,56 @@ class Recorder:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
-        # one typed array per step column (C doubles): appends and a stretch's extends run at C
-        # speed, and reading them into numpy needs no conversion
-        self._cols: tuple[array, ...] = tuple(array("d") for _ in STEP_COLUMNS)
-
-    @property
-    def num_steps(self) -> int:
-        return len(self._cols[1])
+        self.num_steps = 0
+        # one entry per chunk of consecutive steps
+        self._start_s: list[float] = []  # start of the chunk's first step (later ones start when the previous ends)
+        self._prefill0: list[int] = []  # prompt tokens of the chunk's first step (later ones have none)
+        self._num_waiting: list[int] = []  # constant over a chunk
+        self._len: list[int] = []
+        # per-step lists, one per chunk (kept by reference, not copied)
+        self._ends: list[list[float]] = []
+        self._emitted: list[list[int]] = []
+        self._running: list[list[int]] = []
+        self._kv_used: list[list[int]] = []
 
     def add_request(self, req: Request) -> None:
         self.requests.append(req)
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
-        c = self._cols
-        c[0].append(start_s)
-        c[1].append(end_s)
-        c[2].append(prefill_tokens)
-        c[3].append(output_tokens)
-        c[4].append(num_running)
-        c[5].append(num_waiting)
-        c[6].append(kv_used_blocks)
+        self.log_decode_steps(start_s, [end_s], [num_running], num_waiting, [kv_used_blocks], prefill_tokens,
+                              [output_tokens])
 
     def log_decode_steps(self, start_s: float, ends_s: list[float], batch: list[int], num_waiting: int,
-                         kv_used_blocks: list[int], first_prefill_tokens: int = 0) -> None:
-        """A fast-forwarded stretch of steps ending at `ends_s`; step j runs and emits a token
-        for `batch[j]` requests; only the first may also compute prompt tokens."""
-        k = len(ends_s)
-        c = self._cols
-        c[0].append(start_s)
-        c[0].extend(ends_s[:-1])
-        c[1].extend(ends_s)
-        c[2].append(first_prefill_tokens)
-        c[2].extend([0] * (k - 1))
-        c[3].extend(batch)
-        c[4].extend(batch)
-        c[5].extend([num_waiting] * k)
-        c[6].extend(kv_used_blocks)
+                         kv_used_blocks: list[int], first_prefill_tokens: int = 0,
+                         emitted: list[int] | None = None) -> None:
+        """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests, which emit a
+        token each unless `emitted` says otherwise; only the first step computes prompt tokens."""
+        self._start_s.append(start_s)
+        self._prefill0.append(first_prefill_tokens)
+        self._num_waiting.append(num_waiting)
+        self._len.append(len(ends_s))
+        self._ends.append(ends_s)
+        self._running.append(batch)
+        self._emitted.append(batch if emitted is None else emitted)
+        self._kv_used.append(kv_used_blocks)
+        self.num_steps += len(ends_s)
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
-        cols = {name: np.frombuffer(col, dtype=float).copy() for name, col in zip(STEP_COLUMNS, self._cols)}
-        return StepLog(num_gpu_blocks=num_gpu_blocks, **cols)
+        n = self.num_steps
+        lens = np.array(self._len, dtype=np.int64)
+        first = np.cumsum(lens) - lens  # index of each chunk's first step
+
+        def flat(chunks: list[list]) -> np.ndarray:
+            return np.fromiter(chain.from_iterable(chunks), dtype=float, count=n)
+
+        end_s = flat(self._ends)
+        start_s = np.empty(n)
+        start_s[1:] = end_s[:-1]
+        start_s[first] = self._start_s
+        prefill = np.zeros(n)
+        prefill[first] = self._prefill0
+        return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=flat(self._emitted),
+                       num_running=flat(self._running),
+                       num_waiting=np.repeat(np.array(self._num_waiting, dtype=float), lens),
+                       kv_used_blocks=flat(self._kv_used), num_gpu_blocks=num_gpu_blocks)
