@@ -273,8 +273,7 @@ class Engine:
         # until its last step (remaining - 1). Freed blocks are not counted on: allocations must
         # fit in the blocks free now, which also keeps the free queue's order exact.
         bs = self.kv.block_size
-        held = self.kv.num_blocks_list(reqs)
-        first_new = [h * bs - c + 1 for h, c in zip(held, ctx1)]
+        first_new = self.kv.first_new_block_steps(reqs, ctx1)
         free = self.kv.num_free_blocks
 
         def need(steps: int) -> int:
@@ -290,26 +289,26 @@ class Engine:
             del ends[k:], sizes[k:]
         if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in keyed])):
             return False
+        steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
         added = [0] * (k + 1)  # blocks allocated at each step; minus blocks freed before it
-        steps_of = []  # steps each request runs in the stretch
         new_blocks = []
-        for i, f in enumerate(first_new):
-            m = min(k, remaining[i])
-            steps_of.append(m)
-            nb = 0
+        for req, f, m in zip(reqs, first_new, steps_of):
             if f < m:
                 steps = range(f, m, bs)
-                nb = len(steps)
-                new_blocks.append((reqs[i], nb))
+                new_blocks.append((req, len(steps)))
                 for j in steps:
                     added[j] += 1
+        finished = [i for i, r in enumerate(remaining) if r <= k]
+        if len(finished) > 1:
+            finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
+        for i in finished:
+            m = steps_of[i]
             if m < k:  # it finished at step m - 1: its blocks are free from step m on
-                added[m] -= held[i] + nb
+                added[m] -= self.kv.num_blocks_of(reqs[i].id) + len(range(first_new[i], m, bs))
         used = self.kv.num_gpu_blocks - free
         kv_used = [used := used + a for a in added[:k]]
-        finished = sorted((m, i) for i, m in enumerate(steps_of) if m == remaining[i])
         payload = (now_s, decodes, prefills, steps_of, keyed, new_blocks, ends, sizes, kv_used, out,
-                   self.scheduler.num_waiting, [reqs[i] for _, i in finished])
+                   self.scheduler.num_waiting, [reqs[i] for i in finished])
         self.loop.schedule(ends[-1], self._end_fast_forward, payload, PRIO_STEP_END)
         return True
 

@@ -92,10 +92,12 @@ class KVCacheManager:
         held = self._held.get(req_id)
         return held.num_blocks if held else 0
 
-    def num_blocks_list(self, reqs: list[Any]) -> list[int]:
-        """Blocks held by each request (all must hold some)."""
+    def first_new_block_steps(self, reqs: list[Any], ctx1: list[int]) -> list[int]:
+        """For requests holding blocks for ctx1[i] tokens' worth of work, the first decode step
+        j >= 1 of a stretch that needs one more block (step j needs room for ctx1[i] + j)."""
         held = self._held
-        return [len(h.keyed) + h.num_plain for h in [held[r.id] for r in reqs]]
+        bs = self.block_size
+        return [(len((h := held[r.id]).keyed) + h.num_plain) * bs - c + 1 for r, c in zip(reqs, ctx1)]
 
     def num_cpu_blocks_of(self, req_id: int) -> int:
         return self._cpu_held.get(req_id, 0)

@@ -131,6 +131,10 @@ class RadixKVCache(KVCacheManager):
         st = self._reqs.get(req_id)
         return len(st.path) + st.plain if st else 0
 
+    def first_new_block_steps(self, reqs: list[Any], ctx1: list[int]) -> list[int]:
+        bs = self.block_size
+        return [h * bs - c + 1 for h, c in zip(self.num_blocks_list(reqs), ctx1)]
+
     def num_blocks_list(self, reqs: list[Any]) -> list[int]:
         return [len(self._reqs[r.id].path) + self._reqs[r.id].plain for r in reqs]
 
