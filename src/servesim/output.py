@@ -28,7 +28,7 @@ REQUEST_COLUMNS = ("id", "tenant", "priority", "slo_class", "is_offline", "sessi
 
 
 def request_rows(result: Result):
-    cols = result.columns()
+    cols = result.columns
     ttft, tpot, e2e = cols.ttft_s, cols.tpot_s, cols.e2e_s
     for i, r in enumerate(result.requests):
         yield (r.id, r.tenant, r.priority, r.slo_class, int(r.is_offline), r.session_id, r.program_id, r.arrival_s,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass
+from functools import cached_property
+from operator import attrgetter
 from typing import Callable
 
 import numpy as np
@@ -43,28 +45,26 @@ class Result:
     num_skipped_rows: int = 0  # malformed trace rows skipped (workload.trace.skip_bad_rows)
     swap: dict | None = None  # KV swap totals of swap-based policies (None when nothing was swapped)
 
+    @cached_property
     def columns(self) -> RequestColumns:
+        """The requests as columns (computed once; None becomes NaN in float columns)."""
         reqs = self.requests
-        f = lambda get: np.array([get(r) for r in reqs], dtype=float)  # noqa: E731
+
+        def col(name: str, dtype) -> np.ndarray:
+            return np.array(list(map(attrgetter(name), reqs)), dtype=dtype)
+
         return RequestColumns(
-            id=np.array([r.id for r in reqs], dtype=np.int64),
-            tenant=np.array([r.tenant for r in reqs], dtype=object),
-            slo_class=np.array([r.slo_class for r in reqs], dtype=object),
-            state=np.array([int(r.state) for r in reqs], dtype=np.int64),
-            arrival_s=f(lambda r: r.arrival_s),
-            prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64),
-            output_len=np.array([r.output_len for r in reqs], dtype=np.int64),
-            num_output_tokens=np.array([r.num_output_tokens for r in reqs], dtype=np.int64),
-            first_token_s=f(lambda r: np.nan if r.first_token_s is None else r.first_token_s),
-            finish_s=f(lambda r: np.nan if r.finish_s is None else r.finish_s),
-            num_preemptions=np.array([r.num_preemptions for r in reqs], dtype=np.int64),
-            ttft_slo_s=f(lambda r: np.nan if r.ttft_slo_s is None else r.ttft_slo_s),
-            tpot_slo_s=f(lambda r: np.nan if r.tpot_slo_s is None else r.tpot_slo_s),
+            id=col("id", np.int64), tenant=col("tenant", object), slo_class=col("slo_class", object),
+            state=col("state", np.int64), arrival_s=col("arrival_s", float), prompt_len=col("prompt_len", np.int64),
+            output_len=col("output_len", np.int64), num_output_tokens=col("num_output_tokens", np.int64),
+            first_token_s=col("first_token_s", float), finish_s=col("finish_s", float),
+            num_preemptions=col("num_preemptions", np.int64), ttft_slo_s=col("ttft_slo_s", float),
+            tpot_slo_s=col("tpot_slo_s", float),
         )
 
     def summary(self) -> dict:
         slo = self.scenario.slo
-        cols = self.columns()
+        cols = self.columns
         out = summarize(cols, self.steps, [r.token_steps for r in self.requests],
                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
                         wall_time_s=self.wall_time_s)
@@ -77,7 +77,7 @@ class Result:
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
-        cols = self.columns()
+        cols = self.columns
         return timeseries(self.steps, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
 
 

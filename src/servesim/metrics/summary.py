@@ -10,6 +10,7 @@ second. Percentiles interpolate linearly between order statistics, as numpy's de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: tuple[floa
     values, weights = values[keep], weights[keep]
     if len(values) == 0:
         return [float("nan")] * len(qs)
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # ties hold equal values: their order does not matter
     v, c = values[order], np.cumsum(weights[order])
     n = int(c[-1])
     out = []
@@ -94,22 +95,21 @@ def itl_gaps(token_steps: list[list[int]], step_ends: np.ndarray) -> tuple[np.nd
 
     Inside a run [a, b] the gaps are the step-to-step gaps end[i+1] - end[i] for a <= i < b;
     many requests share the same steps, so those are counted with a difference array
-    (work scales with steps and runs, not tokens). Gaps between runs (a request skipped or
-    preempted) are listed one by one.
+    (work scales with steps and runs, not tokens). Gaps between consecutive runs of one request
+    (it was skipped or preempted) are listed one by one.
     """
     n = len(step_ends)
-    coverage = np.zeros(n + 1, dtype=np.int64)
-    between = []
-    for runs in token_steps:
-        for j in range(0, len(runs), 2):
-            a, b = runs[j], runs[j + 1]
-            coverage[a] += 1
-            coverage[b] -= 1
-            if j:
-                between.append(step_ends[a] - step_ends[runs[j - 1]])
+    counts = np.fromiter((len(r) // 2 for r in token_steps), dtype=np.int64, count=len(token_steps))
+    flat = np.fromiter(chain.from_iterable(token_steps), dtype=np.int64, count=2 * int(counts.sum()))
+    starts, ends = flat[0::2], flat[1::2]
+    coverage = np.bincount(starts, minlength=n + 1) - np.bincount(ends, minlength=n + 1)
     mult = np.cumsum(coverage)[: max(n - 1, 0)]
+    later = np.ones(len(starts), dtype=bool)  # runs that follow another run of the same request
+    later[(np.cumsum(counts) - counts)[counts > 0]] = False
+    idx = np.flatnonzero(later)
+    between = step_ends[starts[idx]] - step_ends[ends[idx - 1]]
     gaps = np.diff(step_ends)
-    return np.concatenate([gaps, np.array(between)]), np.concatenate([mult, np.ones(len(between), dtype=np.int64)])
+    return np.concatenate([gaps, between]), np.concatenate([mult, np.ones(len(between), dtype=np.int64)])
 
 
 def summarize(cols: RequestColumns, steps: StepLog, token_steps: list[list[int]], *, ttft_slo_s: float | None,
