@@ -15,7 +15,7 @@ from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.recorder import Recorder, StepLog
 from servesim.metrics.sections import SectionInput, compute_sections
-from servesim.metrics.summary import RequestColumns, summarize
+from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
 from servesim.metrics.timeseries import timeseries
 from servesim.perf import build_perf_model
 from servesim.replica.config import EngineConfig, serve_batch_defaults
@@ -24,7 +24,7 @@ from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers import get_scheduler
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
-from servesim.workload.request import Request
+from servesim.workload.request import Request, RequestState
 
 Progress = Callable[[int, int | None, float], None]  # (requests done, expected total, simulated time)
 
@@ -187,18 +187,19 @@ def check_invariants(result: Result, kv: KVCacheManager) -> None:
     steps = result.steps
     if len(steps) and (np.any(np.diff(steps.end_s) < 0) or np.any(steps.end_s < steps.start_s)):
         raise AssertionError("time ran backwards in the step log")
-    emitted = 0
-    for r in result.requests:
-        if not r.state.terminal:
-            raise AssertionError(f"request {r.id} ended in non-terminal state {r.state.name}")
-        runs = r.token_steps
-        n = sum(runs[j + 1] - runs[j] + 1 for j in range(0, len(runs), 2))
-        if n != r.num_output_tokens or (r.state.name == "FINISHED" and n != r.output_len):
-            raise AssertionError(f"request {r.id}: token counts do not add up ({n} emitted, "
-                                 f"{r.num_output_tokens} counted, {r.output_len} expected)")
-        emitted += n
-    if emitted != int(steps.output_tokens.sum()):
+    cols = result.columns
+    open_ = np.flatnonzero(cols.state < int(RequestState.FINISHED))
+    if len(open_):
+        r = result.requests[open_[0]]
+        raise AssertionError(f"request {r.id} ended in non-terminal state {r.state.name}")
+    emitted = tokens_per_request([r.token_steps for r in result.requests])
+    bad = np.flatnonzero((emitted != cols.num_output_tokens)
+                         | ((cols.state == int(RequestState.FINISHED)) & (emitted != cols.output_len)))
+    if len(bad):
+        i = bad[0]
+        raise AssertionError(f"request {cols.id[i]}: token counts do not add up ({emitted[i]} emitted, "
+                             f"{cols.num_output_tokens[i]} counted, {cols.output_len[i]} expected)")
+    if int(emitted.sum()) != int(steps.output_tokens.sum()):
         raise AssertionError("tokens emitted by requests differ from tokens produced by steps")
-    ids = [r.id for r in result.requests]
-    if len(set(ids)) != len(ids):
+    if len(np.unique(cols.id)) != len(cols.id):
         raise AssertionError("a request id was seen twice")

@@ -90,6 +90,21 @@ def stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, fl
     return {"mean": mean, "p50": p50, "p90": p90, "p99": p99, "max": float(values.max())}
 
 
+def _runs(token_steps: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(runs per request, run starts, run ends) of the requests' flat step runs."""
+    counts = np.fromiter((len(r) // 2 for r in token_steps), dtype=np.int64, count=len(token_steps))
+    flat = np.fromiter(chain.from_iterable(token_steps), dtype=np.int64, count=2 * int(counts.sum()))
+    return counts, flat[0::2], flat[1::2]
+
+
+def tokens_per_request(token_steps: list[list[int]]) -> np.ndarray:
+    """Tokens each request emitted: the total length of its step runs."""
+    counts, starts, ends = _runs(token_steps)
+    per_run = np.concatenate([[0], np.cumsum(ends - starts + 1)])
+    last = np.cumsum(counts)
+    return per_run[last] - per_run[last - counts]
+
+
 def itl_gaps(token_steps: list[list[int]], step_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every inter-token gap, as (gap values, multiplicities), from the requests' step runs.
 
@@ -99,9 +114,7 @@ def itl_gaps(token_steps: list[list[int]], step_ends: np.ndarray) -> tuple[np.nd
     (it was skipped or preempted) are listed one by one.
     """
     n = len(step_ends)
-    counts = np.fromiter((len(r) // 2 for r in token_steps), dtype=np.int64, count=len(token_steps))
-    flat = np.fromiter(chain.from_iterable(token_steps), dtype=np.int64, count=2 * int(counts.sum()))
-    starts, ends = flat[0::2], flat[1::2]
+    counts, starts, ends = _runs(token_steps)
     coverage = np.bincount(starts, minlength=n + 1) - np.bincount(ends, minlength=n + 1)
     mult = np.cumsum(coverage)[: max(n - 1, 0)]
     later = np.ones(len(starts), dtype=bool)  # runs that follow another run of the same request
