@@ -37,6 +37,47 @@ class StepLog:
         return len(self.end_s)
 
 
+@dataclass(frozen=True)
+class BlockGrowth:
+    """KV blocks in use over a fast-forwarded stretch, described instead of listed.
+
+    `used0` blocks are in use in step 0. Request i gets a new block at steps first_new[i],
+    first_new[i] + block_size, ... while below runs[i] (the steps it runs); `frees` lists
+    (step, blocks) released before a step by requests that finished earlier in the stretch.
+    """
+
+    used0: int
+    first_new: list[int]
+    runs: list[int]
+    block_size: int
+    frees: list[tuple[int, int]]
+
+
+def _block_usage(starts: np.ndarray, lens: np.ndarray, growths: list[BlockGrowth], n: int) -> np.ndarray:
+    """Blocks in use at every step of the stretches (global first step `starts`, `lens` steps
+    each), vectorised over all of them at once; values in step order."""
+    bs = growths[0].block_size
+    sizes = np.array([len(b.first_new) for b in growths], dtype=np.int64)
+    f = np.fromiter(chain.from_iterable(b.first_new for b in growths), dtype=np.int64, count=int(sizes.sum()))
+    m = np.fromiter(chain.from_iterable(b.runs for b in growths), dtype=np.int64, count=len(f))
+    c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
+    first_block = np.repeat(np.repeat(starts, sizes) + f, c)
+    nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
+    delta = np.bincount(first_block + bs * nth, minlength=n).astype(float)
+    frees = [(g + step, blocks) for g, b in zip(starts.tolist(), growths) for step, blocks in b.frees]
+    if frees:
+        at, blocks = zip(*frees)
+        delta -= np.bincount(np.array(at), weights=np.array(blocks, dtype=float), minlength=n)
+    cum = np.concatenate([[0.0], np.cumsum(delta)])  # cum[t + 1] = changes up to step t
+    offset = np.array([b.used0 for b in growths], dtype=float) - cum[starts]
+    return cum[_positions(starts, lens) + 1] + np.repeat(offset, lens)
+
+
+def _positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """All step indices of chunks starting at `starts` with `lens` steps each."""
+    return np.repeat(starts, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
+
+
 class Recorder:
     """Collects requests and engine steps of one replica during a run."""
 
@@ -52,18 +93,18 @@ class Recorder:
         self._ends: list[list[float]] = []
         self._emitted: list[list[int]] = []
         self._running: list[list[int]] = []
-        self._kv_used: list[list[int]] = []
+        self._kv_used: list[int | BlockGrowth] = []  # a single step's value, or a stretch's growth
 
     def add_request(self, req: Request) -> None:
         self.requests.append(req)
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
-        self.log_decode_steps(start_s, [end_s], [num_running], num_waiting, [kv_used_blocks], prefill_tokens,
+        self.log_decode_steps(start_s, [end_s], [num_running], num_waiting, kv_used_blocks, prefill_tokens,
                               [output_tokens])
 
     def log_decode_steps(self, start_s: float, ends_s: list[float], batch: list[int], num_waiting: int,
-                         kv_used_blocks: list[int], first_prefill_tokens: int = 0,
+                         kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
                          emitted: list[int] | None = None) -> None:
         """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests, which emit a
         token each unless `emitted` says otherwise; only the first step computes prompt tokens."""
@@ -86,6 +127,13 @@ class Recorder:
             return np.fromiter(chain.from_iterable(chunks), dtype=float, count=n)
 
         end_s = flat(self._ends)
+        kv_used = np.empty(n)
+        single = np.array([type(v) is int for v in self._kv_used], dtype=bool)
+        kv_used[first[single]] = [v for v in self._kv_used if type(v) is int]
+        if not single.all():
+            grown = ~single
+            kv_used[_positions(first[grown], lens[grown])] = _block_usage(
+                first[grown], lens[grown], [v for v in self._kv_used if type(v) is not int], n)
         start_s = np.empty(n)
         start_s[1:] = end_s[:-1]
         start_s[first] = self._start_s
@@ -94,4 +142,4 @@ class Recorder:
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=flat(self._emitted),
                        num_running=flat(self._running),
                        num_waiting=np.repeat(np.array(self._num_waiting, dtype=float), lens),
-                       kv_used_blocks=flat(self._kv_used), num_gpu_blocks=num_gpu_blocks)
+                       kv_used_blocks=kv_used, num_gpu_blocks=num_gpu_blocks)

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
-from servesim.metrics.recorder import Recorder
+from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, cdiv
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
@@ -290,23 +290,15 @@ class Engine:
         if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in keyed])):
             return False
         steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
-        added = [0] * (k + 1)  # blocks allocated at each step; minus blocks freed before it
-        new_blocks = []
-        for req, f, m in zip(reqs, first_new, steps_of):
-            if f < m:
-                steps = range(f, m, bs)
-                new_blocks.append((req, len(steps)))
-                for j in steps:
-                    added[j] += 1
+        # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
+        new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
         finished = [i for i, r in enumerate(remaining) if r <= k]
         if len(finished) > 1:
             finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
-        for i in finished:
-            m = steps_of[i]
-            if m < k:  # it finished at step m - 1: its blocks are free from step m on
-                added[m] -= self.kv.num_blocks_of(reqs[i].id) + len(range(first_new[i], m, bs))
-        used = self.kv.num_gpu_blocks - free
-        kv_used = [used := used + a for a in added[:k]]
+        # a request that finished before the last step frees all its blocks after its last step
+        frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
+                 for i in finished if (m := steps_of[i]) < k]
+        kv_used = BlockGrowth(self.kv.num_gpu_blocks - free, first_new, steps_of, bs, frees)
         payload = (now_s, decodes, prefills, steps_of, keyed, new_blocks, ends, sizes, kv_used, out,
                    self.scheduler.num_waiting, [reqs[i] for i in finished])
         self.loop.schedule(ends[-1], self._end_fast_forward, payload, PRIO_STEP_END)
