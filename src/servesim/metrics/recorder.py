@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,8 +38,7 @@ class StepLog:
         return len(self.end_s)
 
 
-@dataclass(frozen=True)
-class BlockGrowth:
+class BlockGrowth(NamedTuple):
     """KV blocks in use over a fast-forwarded stretch, described instead of listed.
 
     `used0` blocks are in use in step 0. Request i gets a new block at steps first_new[i],
@@ -51,26 +51,6 @@ class BlockGrowth:
     runs: list[int]
     block_size: int
     frees: list[tuple[int, int]]
-
-
-def _block_usage(starts: np.ndarray, lens: np.ndarray, growths: list[BlockGrowth], n: int) -> np.ndarray:
-    """Blocks in use at every step of the stretches (global first step `starts`, `lens` steps
-    each), vectorised over all of them at once; values in step order."""
-    bs = growths[0].block_size
-    sizes = np.array([len(b.first_new) for b in growths], dtype=np.int64)
-    f = np.fromiter(chain.from_iterable(b.first_new for b in growths), dtype=np.int64, count=int(sizes.sum()))
-    m = np.fromiter(chain.from_iterable(b.runs for b in growths), dtype=np.int64, count=len(f))
-    c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
-    first_block = np.repeat(np.repeat(starts, sizes) + f, c)
-    nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
-    delta = np.bincount(first_block + bs * nth, minlength=n).astype(float)
-    frees = [(g + step, blocks) for g, b in zip(starts.tolist(), growths) for step, blocks in b.frees]
-    if frees:
-        at, blocks = zip(*frees)
-        delta -= np.bincount(np.array(at), weights=np.array(blocks, dtype=float), minlength=n)
-    cum = np.concatenate([[0.0], np.cumsum(delta)])  # cum[t + 1] = changes up to step t
-    offset = np.array([b.used0 for b in growths], dtype=float) - cum[starts]
-    return cum[_positions(starts, lens) + 1] + np.repeat(offset, lens)
 
 
 def _positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -91,31 +71,47 @@ class Recorder:
         self._len: list[int] = []
         # per-step lists, one per chunk (kept by reference, not copied)
         self._ends: list[list[float]] = []
-        self._emitted: list[list[int]] = []
+        self._single_emitted: list[int] = []  # tokens emitted by each single step (a stretch emits `batch`)
         self._running: list[list[int]] = []
-        self._kv_used: list[int | BlockGrowth] = []  # a single step's value, or a stretch's growth
+        self._kv_used: list[int | None] = []  # a single step's blocks in use, or None for a stretch
+        # block growth of the stretches, flattened as they are logged (expanded in step_log)
+        self._block_size = 0
+        self._growth_used0: list[int] = []
+        self._growth_sizes: list[int] = []
+        self._growth_first_new: list[list[int]] = []
+        self._growth_runs: list[list[int]] = []
+        self._frees: list[tuple[int, int]] = []  # (global step, blocks freed before it)
 
     def add_request(self, req: Request) -> None:
         self.requests.append(req)
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
-        self.log_decode_steps(start_s, [end_s], [num_running], num_waiting, kv_used_blocks, prefill_tokens,
-                              [output_tokens])
+        self._single_emitted.append(output_tokens)
+        self.log_decode_steps(start_s, [end_s], [num_running], num_waiting, kv_used_blocks, prefill_tokens)
 
     def log_decode_steps(self, start_s: float, ends_s: list[float], batch: list[int], num_waiting: int,
-                         kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
-                         emitted: list[int] | None = None) -> None:
-        """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests, which emit a
-        token each unless `emitted` says otherwise; only the first step computes prompt tokens."""
+                         kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0) -> None:
+        """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests; only the first
+        computes prompt tokens. A stretch (KV use given as a `BlockGrowth`) emits a token per
+        running request per step; a single step logged by `log_step` says what it emitted."""
         self._start_s.append(start_s)
         self._prefill0.append(first_prefill_tokens)
         self._num_waiting.append(num_waiting)
         self._len.append(len(ends_s))
         self._ends.append(ends_s)
         self._running.append(batch)
-        self._emitted.append(batch if emitted is None else emitted)
-        self._kv_used.append(kv_used_blocks)
+        if not isinstance(kv_used_blocks, BlockGrowth):
+            self._kv_used.append(int(kv_used_blocks))
+        else:
+            used0, first_new, runs, self._block_size, frees = kv_used_blocks
+            self._kv_used.append(None)
+            self._growth_used0.append(used0)
+            self._growth_sizes.append(len(first_new))
+            self._growth_first_new.append(first_new)
+            self._growth_runs.append(runs)
+            for step, blocks in frees:
+                self._frees.append((self.num_steps + step, blocks))
         self.num_steps += len(ends_s)
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
@@ -127,19 +123,41 @@ class Recorder:
             return np.fromiter(chain.from_iterable(chunks), dtype=float, count=n)
 
         end_s = flat(self._ends)
-        kv_used = np.empty(n)
-        single = np.array([type(v) is int for v in self._kv_used], dtype=bool)
-        kv_used[first[single]] = [v for v in self._kv_used if type(v) is int]
-        if not single.all():
-            grown = ~single
-            kv_used[_positions(first[grown], lens[grown])] = _block_usage(
-                first[grown], lens[grown], [v for v in self._kv_used if type(v) is not int], n)
         start_s = np.empty(n)
         start_s[1:] = end_s[:-1]
         start_s[first] = self._start_s
         prefill = np.zeros(n)
         prefill[first] = self._prefill0
-        return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=flat(self._emitted),
-                       num_running=flat(self._running),
-                       num_waiting=np.repeat(np.array(self._num_waiting, dtype=float), lens),
-                       kv_used_blocks=kv_used, num_gpu_blocks=num_gpu_blocks)
+        running = flat(self._running)
+        single = np.array([v is not None for v in self._kv_used], dtype=bool)
+        emitted = running.copy()
+        emitted[first[single]] = self._single_emitted
+        return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
+                       num_running=running, num_waiting=np.repeat(np.array(self._num_waiting, dtype=float), lens),
+                       kv_used_blocks=self._block_usage(first, lens, single), num_gpu_blocks=num_gpu_blocks)
+
+    def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
+        """Blocks in use at every step: single steps as logged, stretches expanded from their
+        growth, vectorised over all of them at once."""
+        n = self.num_steps
+        kv = np.empty(n)
+        stretch = ~single
+        kv[first[single]] = [v for v in self._kv_used if v is not None]
+        if not stretch.any():
+            return kv
+        starts, slens, bs = first[stretch], lens[stretch], self._block_size
+        sizes = np.array(self._growth_sizes, dtype=np.int64)
+        count = int(sizes.sum())
+        f = np.fromiter(chain.from_iterable(self._growth_first_new), dtype=np.int64, count=count)
+        m = np.fromiter(chain.from_iterable(self._growth_runs), dtype=np.int64, count=count)
+        c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
+        first_block = np.repeat(np.repeat(starts, sizes) + f, c)
+        nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
+        delta = np.bincount(first_block + bs * nth, minlength=n).astype(float)
+        if self._frees:
+            at, blocks = zip(*self._frees)
+            delta -= np.bincount(np.array(at), weights=np.array(blocks, dtype=float), minlength=n)
+        cum = np.concatenate([[0.0], np.cumsum(delta)])  # cum[t + 1] = changes up to step t
+        offset = np.array(self._growth_used0, dtype=float) - cum[starts]
+        kv[_positions(starts, slens)] = cum[_positions(starts, slens) + 1] + np.repeat(offset, slens)
+        return kv
