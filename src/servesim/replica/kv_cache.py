@@ -180,6 +180,13 @@ class KVCacheManager:
             if req.kv_block_keys:
                 self._cache_full_blocks(req, held, min(total, req.prompt_len + req.num_output_tokens))
             return True
+        if held is None and not computed and not req.kv_block_keys:  # a new request without prefix keys
+            need = -(-(req.num_computed_tokens + num_new_tokens) // bs)
+            if need > self.num_free_blocks:
+                return False
+            self._pop_free(need)
+            self._held[req.id] = _Held(num_plain=need)
+            return True
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         if held is None:
