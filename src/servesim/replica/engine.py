@@ -29,6 +29,7 @@ from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, cdiv
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import end_spec_decode, speculate
+from servesim.replica.stretch import stretch_ends, stretch_through
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
 
@@ -263,8 +264,8 @@ class Engine:
         # Step j >= 1 starts at the end of step j-1; an arrival or timer at or before that changes it.
         horizon = min(self.horizon_s(), self.scheduler.next_timer_s())
         end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
-        ends, sizes = (self._stretch_through(end0, ctx1, remaining, k, horizon) if through
-                       else self._stretch_ends(end0, ctx1, k, horizon))
+        ends, sizes = (stretch_through(self._decode_fn, end0, ctx1, remaining, k, horizon) if through
+                       else stretch_ends(self._decode_fn, self.perf, end0, ctx1, k, horizon))
         k = len(ends)
         if k < 2:
             return False
@@ -310,59 +311,6 @@ class Engine:
         if f is None:
             f = self._decode_fns[n] = self.perf.decode_time_fn(n) or False
         return f
-
-    def _stretch_ends(self, end0_s: float, ctx1: list[int], k: int, horizon: float) -> tuple[list[float], list[int]]:
-        """End times and batch sizes of up to k steps of a fixed batch: step 0 ends at end0_s,
-        steps 1.. are decode-only with contexts ctx1, ctx1 + 1, ...; stops before a step that
-        would start at or after `horizon`. Summed one by one, exactly as stepping does."""
-        n = len(ctx1)
-        ends = [end0_s]
-        if end0_s < horizon:
-            f = self._decode_fn(n)
-            if f is False:  # no scalar form (sliding window): vectorised times
-                times = self.perf.decode_step_times_s(np.array(ctx1, dtype=np.int64), k - 1)
-                times[0] += end0_s
-                rest = np.cumsum(times)
-                ends += rest[: min(k - 1, 1 + int(rest.searchsorted(horizon)))].tolist()
-            else:
-                ctx_sum = sum(ctx1)
-                t = end0_s
-                for j in range(k - 1):
-                    if j and t >= horizon:
-                        break
-                    t += f(ctx_sum + n * j)
-                    ends.append(t)
-        return ends, [n] * len(ends)
-
-    def _stretch_through(self, end0_s: float, ctx1: list[int], remaining: list[int], k: int,
-                         horizon: float) -> tuple[list[float], list[int]]:
-        """Like `_stretch_ends`, but request i leaves the batch after its step remaining[i] - 1."""
-        n = len(ctx1)
-        order = sorted(range(n), key=remaining.__getitem__)
-        ends, sizes = [end0_s], [n]
-        active, ctx_sum, p = n, sum(ctx1), 0
-        j = 1
-        while p < n and remaining[order[p]] == j:  # finished at step 0
-            ctx_sum -= ctx1[order[p]]
-            active -= 1
-            p += 1
-        t = end0_s
-        decode_fn = self._decode_fn
-        f = decode_fn(active) if active else None
-        while j < k and active and t < horizon:
-            t += f(ctx_sum)
-            ends.append(t)
-            sizes.append(active)
-            ctx_sum += active
-            j += 1
-            if p < n and remaining[order[p]] == j:
-                while p < n and remaining[order[p]] == j:  # finished at step j - 1
-                    ctx_sum -= ctx1[order[p]] + j - 1
-                    active -= 1
-                    p += 1
-                if active:
-                    f = decode_fn(active)
-        return ends, sizes
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
         (start_s, decodes, prefills, steps_of, keyed, new_blocks, ends, sizes, kv_used, out, num_waiting,
