@@ -17,8 +17,7 @@ Handler = Callable[[float, Any], None]
 # are processed before new work is scheduled.
 PRIO_ARRIVAL = 0
 PRIO_STEP_END = 1
-PRIO_TIMER = 2
-PRIO_STEP_START = 3
+PRIO_STEP_START = 2
 
 
 class EventLoop:
@@ -41,9 +40,6 @@ class EventLoop:
 
     def __len__(self) -> int:
         return len(self._heap)
-
-    def peek_time_s(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
 
     def next_time_s(self) -> float:
         """Time of the next pending event (inf when there is none)."""

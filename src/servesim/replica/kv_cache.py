@@ -129,23 +129,11 @@ class KVCacheManager:
         need = cdiv(total, self.block_size) - have - len(computed)
         return max(need, 0) + sum(1 for b in computed if b.ref_cnt == 0)
 
-    def keys_conflict(self, req: Any, num_tokens: int) -> bool:
-        """Would registering the request's blocks up to `num_tokens` meet keys already cached?
-
-        Registering in bulk (decode fast path) equals registering step by step unless one of
-        those keys is already in the cache; then the engine steps one by one instead.
-        """
-        held = self._held.get(req.id)
-        keys = req.kv_block_keys
-        if held is None or not keys:
-            return False
-        stop = min(num_tokens // self.block_size, len(keys))
-        return any(keys[i] in self._cached for i in range(len(held.keyed), stop))
-
     def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
-        """`keys_conflict` for several requests registering together, also catching two of
-        them registering the same new key (stepping would register it for whichever got
-        there first; registering in bulk cannot tell)."""
+        """Would registering these requests' blocks (each up to its number of tokens) in bulk
+        differ from registering them step by step? Yes if a key is already cached, or if two of
+        them would register the same new key (stepping registers it for whichever gets there
+        first; bulk cannot tell). The engine then steps one by one instead."""
         seen: set = set()
         cached = self._cached
         bs = self.block_size
@@ -237,11 +225,6 @@ class KVCacheManager:
             self._pop_free(sum(nb for _, nb in grants))
             for req, nb in grants:
                 held[req.id].num_plain += nb
-
-    def allocate_plain(self, req_id: int, num_blocks: int) -> None:
-        """Append `num_blocks` plain blocks (caller checked the free count); decode fast path."""
-        self._pop_free(num_blocks)
-        self._held[req_id].num_plain += num_blocks
 
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Register the request's full keyed blocks covering its first `num_tokens` tokens."""

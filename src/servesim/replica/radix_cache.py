@@ -172,9 +172,6 @@ class RadixKVCache(KVCacheManager):
         for req, nb in grants:
             self.allocate_plain(req.id, nb)
 
-    def keys_conflict(self, req: Any, num_tokens: int) -> bool:
-        return False  # nothing is registered while a request runs
-
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Nothing to do: blocks enter the tree when the request finishes."""
 
