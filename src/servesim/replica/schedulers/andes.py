@@ -150,8 +150,7 @@ class AndesScheduler(Scheduler):
         if self.swap_out(req, out):
             self.swapped.append(req)
         else:  # CPU tier full: recompute
-            self.preempt(req)
-            out.preempted.append(req)
+            self.preempt(req, out)
 
     def _run_running(self, out: SchedulerOutput, budget: int) -> int:
         cfg = self.config

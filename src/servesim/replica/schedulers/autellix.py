@@ -96,8 +96,8 @@ class AutellixScheduler(KeyedScheduler):
         s = self.attained_s(req)
         return sum(1 for t in self.thresholds if s >= t)
 
-    def preempt(self, req: Request) -> None:
-        super().preempt(req)
+    def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        super().preempt(req, out)
         self._queued_s[req.id] = self.now_s
 
     def swap_out(self, req: Request, out, reuse_key=None) -> bool:

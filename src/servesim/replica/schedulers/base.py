@@ -154,13 +154,15 @@ class Scheduler:
         self.kv.record_query(req.num_tokens, num_cached)
         out.scheduled.append((req, num_tokens))
 
-    def preempt(self, req: Request) -> None:
-        """Preempt by recompute: free the blocks, forget progress, re-queue at the front."""
+    def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        """Preempt by recompute: free the blocks, forget progress, re-queue at the front, and
+        record it in this step's output."""
         self.kv.free(req.id)
         req.state = RequestState.PREEMPTED
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         self.waiting.prepend(req)
+        out.preempted.append(req)
 
     def swap_out(self, req: Request, out: SchedulerOutput, reuse_key=None) -> bool:
         """Preempt by swap: move the KV to the CPU tier now (vLLM v0 frees the GPU blocks in

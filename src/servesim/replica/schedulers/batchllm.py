@@ -90,8 +90,8 @@ class BatchLLMScheduler(KeyedScheduler):
         super().add_request(req, now_s)
         self._planned_n = -1  # the plan covers the whole waiting set: redo it
 
-    def preempt(self, req: Request) -> None:
-        super().preempt(req)
+    def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        super().preempt(req, out)
         self._planned_n = -1
 
     def key(self, req: Request) -> tuple:

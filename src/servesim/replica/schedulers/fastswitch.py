@@ -192,8 +192,7 @@ class FastSwitchScheduler(Scheduler):
         if self.swap_out(victim, out, context_key(victim) if self.params.reuse_cpu_kv else None):
             self.swapped.append(victim)
         else:
-            self.preempt(victim)
-            out.preempted.append(victim)
+            self.preempt(victim, out)
 
     def finish(self, req: Request, now_s: float) -> None:
         super().finish(req, now_s)

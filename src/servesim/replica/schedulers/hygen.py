@@ -62,8 +62,8 @@ class HyGenScheduler(Scheduler):
         super().drain(now_s)
         self.offline.clear()
 
-    def preempt(self, req: Request) -> None:
-        super().preempt(req)
+    def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        super().preempt(req, out)
         if req.is_offline:
             self.waiting.remove(req)
             self.offline.insert(0, req)
@@ -105,8 +105,7 @@ class HyGenScheduler(Scheduler):
                 if other is victim:
                     del out.scheduled[j]
                     break
-            self.preempt(victim)
-            out.preempted.append(victim)
+            self.preempt(victim, out)
             if victim is req:
                 return False
             hits = self.kv.get_computed_blocks(req) if hits else hits
@@ -155,8 +154,7 @@ class HyGenScheduler(Scheduler):
                 if victim in pending:
                     pending.remove(victim)
                 self.running.remove(victim)
-                self.preempt(victim)
-                out.preempted.append(victim)
+                self.preempt(victim, out)
                 if victim is req:
                     break
             else:

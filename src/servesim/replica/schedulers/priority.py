@@ -114,8 +114,7 @@ class KeyedScheduler(Scheduler):
         if self.preemption_mode == "swap" and self.swap_out(victim, out):
             self.swapped.append(victim)
         else:
-            self.preempt(victim)
-            out.preempted.append(victim)
+            self.preempt(victim, out)
         return refund
 
     # ------------------------------------------------------------------ waiting and swapped

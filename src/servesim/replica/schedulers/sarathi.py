@@ -87,8 +87,7 @@ class SarathiScheduler(Scheduler):
 
     def _preempt(self, out: SchedulerOutput, victim: Request) -> None:
         self.running.remove(victim)
-        self.preempt(victim)
-        out.preempted.append(victim)
+        self.preempt(victim, out)
 
     def is_steady(self, output: SchedulerOutput) -> bool:
         # Decode-only with every running request served and nothing waiting.

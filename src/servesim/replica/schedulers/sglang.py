@@ -116,8 +116,7 @@ class SGLangScheduler(Scheduler):
         while len(order) > 1 and self._decode_blocks(order, steps) > self.kv.num_free_blocks:
             victim = order.pop()  # fewest generated tokens, then longest prompt
             self.running.remove(victim)
-            self.preempt(victim)  # frees its private blocks, keeps its tree prefix; re-queued last
-            out.preempted.append(victim)
+            self.preempt(victim, out)  # frees its private blocks, keeps its tree prefix; re-queued last
         generated = sum(r.num_output_tokens for r in order)
         self.new_token_ratio = min(1.0, (generated + steps * len(order)) / max(sum(self.max_new(r) for r in order), 1))
         return [r for r in decoding if r in order]

@@ -74,8 +74,7 @@ class VLLMScheduler(Scheduler):
                             i -= 1
                             break
                 running.remove(victim)
-                self.preempt(victim)
-                out.preempted.append(victim)
+                self.preempt(victim, out)
                 if victim is req:
                     allocated = False
                     break

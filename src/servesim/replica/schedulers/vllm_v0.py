@@ -116,8 +116,7 @@ class VLLMV0Scheduler(Scheduler):
         if self.params.preemption_mode == "swap" and self.swap_out(req, out):
             self.swapped.append(req)
             return
-        self.preempt(req)
-        out.preempted.append(req)
+        self.preempt(req, out)
 
     def _schedule_swapped(self, out: SchedulerOutput) -> None:
         kv = self.kv

@@ -123,8 +123,7 @@ class VTCScheduler(Scheduler):
         for req in list(self.running):  # a decode step for every running request
             while not self.kv.allocate_slots(req, 1):  # only if the peak check was too loose
                 victim = self.running.pop()
-                self.preempt(victim)
-                out.preempted.append(victim)
+                self.preempt(victim, out)
                 if victim is req:
                     break
             else:
