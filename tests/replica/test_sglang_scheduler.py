@@ -63,7 +63,7 @@ def test_locked_prefix_is_not_evicted():
 def test_prefill_batch_runs_alone_and_finished_prompts_are_cached():
     engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
                                                 max_num_batched_tokens=64)
-    sched.kv = engine.kv = kv = RadixKVCache(100, 16)
+    sched.kv = engine.kv = RadixKVCache(100, 16)
     first = _req(0, 32, 4, [("p", 16), ("p", 32)], max_tokens=8)
     second = _req(1, 40, 2, [("p", 16), ("p", 32)], max_tokens=8, arrival=0.015)
     steps = run_logged(engine, loop, [first, second])
@@ -77,7 +77,7 @@ def test_prefill_batch_runs_alone_and_finished_prompts_are_cached():
 def test_lpm_admits_the_longest_cached_prefix_first():
     engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
                                                 params={"schedule_policy": "lpm"}, max_num_seqs=1)
-    sched.kv = engine.kv = kv = RadixKVCache(100, 16)
+    sched.kv = engine.kv = RadixKVCache(100, 16)
     warm = _req(0, 48, 1, [("w", 16), ("w", 32), ("w", 48)], max_tokens=4)
     miss = _req(1, 48, 1, [("m", 16)], max_tokens=4, arrival=0.001)
     hit = _req(2, 48, 1, [("w", 16), ("w", 32), ("h", 48)], max_tokens=4, arrival=0.002)
@@ -89,7 +89,7 @@ def test_lpm_admits_the_longest_cached_prefix_first():
 def test_decode_out_of_memory_retracts_the_request_with_fewest_outputs():
     engine, sched, kv, loop, done = make_engine(num_blocks=6, scheduler="sglang", fast_forward=False,
                                                 params={"retract_decode_steps": 1, "init_new_token_ratio": 0.01})
-    sched.kv = engine.kv = kv = RadixKVCache(6, 16)
+    sched.kv = engine.kv = RadixKVCache(6, 16)
     # max_tokens 8 (below the true 40 outputs) lets both in; then the decodes outgrow memory.
     old = make_request(0, 32, 40, max_tokens=8)
     young = make_request(1, 32, 40, max_tokens=8, arrival=0.02)
