@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from servesim.core.loop import EventLoop
+from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
@@ -67,3 +67,10 @@ def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int 
     engine = Engine(config, sched, kv, perf, loop, Recorder(), lambda r, t: done.append(r),
                     horizon_s=loop.next_time_s, rng=rng, defer_finishes=defer_finishes)
     return engine, sched, kv, loop, done
+
+
+def serve(engine: Engine, loop: EventLoop, requests) -> None:
+    """Queue each request's arrival on the loop and run it to the end."""
+    for r in requests:
+        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
+    loop.run()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.metrics.sections import SectionInput
 from servesim.metrics.sections.qoe import qoe, section
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import make_engine, make_request, serve
 from tests.replica.test_vllm_v0_scheduler import run_traced
 
 
@@ -71,9 +70,7 @@ def mean_qoe(name: str, num_blocks: int) -> float:
     reqs = bursty_workload()
     engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, scheduler=name, max_num_batched_tokens=512,
                                                 max_num_seqs=64)
-    for r in reqs:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, reqs)
     kv.check_all_free()
     log = engine.recorder.step_log(num_blocks)
     data = SectionInput(reqs, None, log.end_s, {"scheduler": {"name": "andes"}})

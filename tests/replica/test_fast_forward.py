@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servesim.core.loop import PRIO_ARRIVAL
-from tests.factories import ToyPerf, VectorOnlyToyPerf, make_engine, make_request
+from tests.factories import ToyPerf, VectorOnlyToyPerf, make_engine, make_request, serve
 
 
 def random_requests(seed: int, n: int = 300):
@@ -26,9 +25,7 @@ def random_requests(seed: int, n: int = 300):
 def run(reqs, fast_forward: bool, num_blocks: int, perf=None, defer_finishes=False):
     engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=16,
                                                 fast_forward=fast_forward, perf=perf, defer_finishes=defer_finishes)
-    for r in reqs:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, reqs)
     kv.check_all_free()
     return engine
 
@@ -55,9 +52,7 @@ def test_fast_forward_matches_step_by_step(seed, num_blocks, perf, defer):
 def run_policy(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict):
     engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=16,
                                                 fast_forward=fast_forward, scheduler=scheduler, params=params)
-    for r in reqs:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, reqs)
     engine.drain(loop.now_s)
     kv.check_all_free()
     return engine

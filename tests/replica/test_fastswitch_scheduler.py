@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.swap import LAUNCH_S
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import make_engine, make_request, serve
 from tests.replica.test_vllm_v0_scheduler import run_traced
 
 
@@ -55,9 +54,7 @@ def two_tenant_workload(seed: int = 1, n: int = 240):
 def run_workload(scheduler: str, params: dict, reqs):
     engine, sched, kv, loop, done = make_engine(num_blocks=200, scheduler=scheduler, params=params,
                                                 max_num_batched_tokens=512, max_num_seqs=32, num_cpu_blocks=400)
-    for r in reqs:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, reqs)
     engine.drain(loop.now_s)
     kv.check_all_free()
     assert all(r.state == RequestState.FINISHED for r in reqs)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.schedulers import get_scheduler
-from tests.factories import make_engine
+from tests.factories import make_engine, serve
 from tests.replica.test_fast_forward import random_requests
 
 
@@ -16,9 +15,7 @@ def run(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict)
                                                 fast_forward=fast_forward, scheduler=scheduler, params=params)
     kv = get_scheduler(scheduler).make_kv_cache(num_blocks, 16, True, num_blocks)
     sched.kv = engine.kv = kv
-    for r in reqs:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, reqs)
     engine.drain(loop.now_s)
     kv.check_all_free()
     return engine

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from servesim.replica.spec_decode import speculate
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import make_engine, make_request, serve
 from tests.replica.test_fast_forward import random_requests
 from tests.replica.test_vllm_v0_scheduler import run_traced
 
@@ -64,9 +63,7 @@ def run_random(seed_rng: int, scheduler: str = "vllm", k: int = 4):
     engine, sched, kv, loop, done = make_engine(num_blocks=120, scheduler=scheduler, max_num_batched_tokens=256,
                                                 max_num_seqs=16, num_speculative_tokens=k, spec_acceptance_rate=0.7,
                                                 rng=np.random.default_rng(seed_rng))
-    for r in reqs:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, reqs)
     engine.drain(loop.now_s)
     kv.check_all_free()
     assert all(r.state == RequestState.FINISHED and r.num_output_tokens == r.output_len for r in reqs)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import make_engine, make_request, serve
 
 
 def run_logged(engine, loop, requests):
@@ -19,9 +18,7 @@ def run_logged(engine, loop, requests):
         return out
 
     engine.scheduler.schedule = logged
-    for r in requests:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, requests)
     return steps
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import make_engine, make_request, serve
 
 
 def run_traced(engine, loop, requests):
@@ -21,9 +20,7 @@ def run_traced(engine, loop, requests):
         return out
 
     engine.scheduler.schedule = traced
-    for r in requests:
-        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-    loop.run()
+    serve(engine, loop, requests)
     engine.drain(loop.now_s)
     return trace
 
