@@ -157,7 +157,7 @@ class Engine:
             req.num_computed_tokens += n
             if req.num_computed_tokens >= req.num_tokens:
                 emitted += 1
-                self.emit(req, step, step, now_s)
+                self.emit(req, step, now_s)
                 if req.num_output_tokens >= req.output_len:
                     finished.append(req)
         self.num_steps += 1
@@ -165,15 +165,15 @@ class Engine:
                                self.kv.num_gpu_blocks - self.kv.num_free_blocks)
         self._finish_and_continue(out, finished, now_s)
 
-    def emit(self, req: Request, first_step: int, last_step: int, time_s: float) -> None:
-        """Record tokens emitted at the end of steps first_step..last_step (time of the first)."""
-        req.num_output_tokens += last_step - first_step + 1
+    def emit(self, req: Request, step: int, time_s: float) -> None:
+        """Record one token emitted at the end of `step` (at `time_s`)."""
+        req.num_output_tokens += 1
         runs = req.token_steps
-        if runs and runs[-1] == first_step - 1:
-            runs[-1] = last_step
+        if runs and runs[-1] == step - 1:
+            runs[-1] = step
         else:
-            runs.append(first_step)
-            runs.append(last_step)
+            runs.append(step)
+            runs.append(step)
         if req.first_token_s is None:
             req.first_token_s = time_s
 

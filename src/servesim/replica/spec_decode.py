@@ -46,7 +46,7 @@ def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float
     """Emit the accepted drafts plus the target's own token; roll back the rejected ones."""
     n = min(accepted + 1, req.output_len - req.num_output_tokens)
     req.num_computed_tokens += n  # the rejected drafts' KV slots are simply overwritten later
-    engine.emit(req, step, step, now_s)
+    engine.emit(req, step, now_s)
     runs = req.token_steps
     for _ in range(n - 1):  # several tokens at one step's end: one single-step run each
         runs.append(step)
