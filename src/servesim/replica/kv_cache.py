@@ -83,11 +83,6 @@ class KVCacheManager:
         self.num_hit_tokens = 0
 
     # ---------------------------------------------------------------- queries
-    @property
-    def usage(self) -> float:
-        """Fraction of GPU blocks held by requests (cached-but-free blocks count as free)."""
-        return 1.0 - self.num_free_blocks / self.num_gpu_blocks
-
     def num_blocks_of(self, req_id: int) -> int:
         held = self._held.get(req_id)
         return held.num_blocks if held else 0
