@@ -16,7 +16,8 @@ import numpy as np
 
 from servesim.metrics.recorder import StepLog
 
-STATE_NAMES = ("waiting", "running", "preempted", "swapped", "finished", "rejected", "dropped")
+STATE_NAMES = ("waiting", "running", "preempted", "swapped", "finished", "rejected", "dropped", "aborted",
+               "failed")
 FINISHED = 4
 
 
@@ -139,6 +140,8 @@ def summarize(cols: RequestColumns, steps: StepLog, token_steps: list[list[int]]
         "num_finished": int(finished.sum()),
         "num_rejected": int((cols.state == 5).sum()),
         "num_dropped": int((cols.state == 6).sum()),
+        "num_aborted": int((cols.state == 7).sum()),
+        "num_failed": int((cols.state == 8).sum()),
         "simulated_time_s": float(steps.end_s[-1]) if len(steps) else 0.0,
         "wall_time_s": wall_time_s,
         "ttft_s": stats(cols.ttft_s),

@@ -14,7 +14,7 @@ from typing import Any
 
 
 class RequestState(enum.IntEnum):
-    """Lifecycle states. The last three are terminal; every request ends in exactly one."""
+    """Lifecycle states. FINISHED and after are terminal; every request ends in exactly one."""
 
     WAITING = 0  # arrived, never scheduled (or re-queued after recompute preemption: PREEMPTED)
     RUNNING = 1  # holds KV blocks on the GPU and is scheduled step after step
@@ -22,7 +22,9 @@ class RequestState(enum.IntEnum):
     SWAPPED = 3  # preempted by swap: KV lives in the CPU tier
     FINISHED = 4
     REJECTED = 5  # refused at admission (too long for the engine, or by an admission policy)
-    DROPPED = 6  # abandoned (e.g. by the client or still unfinished when the simulation stopped)
+    DROPPED = 6  # still unfinished when the simulation stopped
+    ABORTED = 7  # abandoned by its client (e.g. a stream disconnected); its KV is freed
+    FAILED = 8  # its replica failed and no replica was left to retry it on
 
     @property
     def terminal(self) -> bool:
