@@ -125,11 +125,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
 
     until_s = scenario.max_sim_time_s or float("inf")
 
-    def horizon_s() -> float:  # no stretch may run past the next event or the end of the run
-        return min(loop.next_time_s(), until_s)
-
     engine = Engine(config, scheduler, kv, perf, loop, recorder, on_done,
-                    horizon_s=horizon_s,
+                    until_s=until_s,
                     rng=np.random.default_rng(policy_seed),
                     defer_finishes=not getattr(workload, "closed_loop", True))
     stream = workload.arrivals()
