@@ -166,3 +166,11 @@ def test_dodoor_token_load_counts_outstanding_and_dispatched_tokens() -> None:
     assert router.route(req(0), view) == 0
     router.on_dispatch(req(0, prompt=64, output=8), 0, 0.0)  # 100 + 72 = 172 > 150
     assert router.route(req(1), view) == 1
+
+
+def test_vllm_dp_live_view_already_counts_a_dispatch_at_the_same_instant() -> None:
+    router = make_router("vllm-dp", 2)
+    router.on_dispatch(req(0), 1, 0.5)
+    # the view taken at 0.5 already shows that request waiting on replica 1: scores 5 vs 4
+    live = [rv(0, running=5, t=0.5), rv(1, waiting=1, t=0.5)]
+    assert router.route(req(1), cluster(live, now=0.5)) == 1
