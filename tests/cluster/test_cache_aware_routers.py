@@ -137,6 +137,16 @@ def test_llm_d_sheds_only_sheddable_requests_and_only_when_saturated() -> None:
     assert make_router("llm-d", shed_offline=False).route(req(4, is_offline=True), full) is not None
 
 
+def test_llm_d_legacy_detector_needs_every_replica_full() -> None:
+    router = make_router("llm-d", saturation_detector="legacy")
+    # mean score (1.2 + 1.2 + 0.8) / 3 > 1, but replica 2 (4 waiting, 10% KV) still has capacity
+    mixed = _epp_view(waiting=(6, 6, 4))
+    assert make_router("llm-d").saturated(mixed) and not router.saturated(mixed)
+    assert router.route(req(0, is_offline=True), mixed) is not None
+    assert router.route(req(1, is_offline=True), _epp_view(waiting=(6, 6, 6))) is None
+    assert router.saturated(_epp_view(now=1.0, t=0.5))  # stale metrics never count as capacity
+
+
 def test_llm_d_saturation_filter_drops_full_replicas_and_fails_open() -> None:
     router = make_router("llm-d", saturation_filter=True, prefix_cache_mode="precise")
     # replica 1 has the best score (its cache) but 5 waiting is at the threshold: filtered out

@@ -40,6 +40,10 @@ class LlmDParams(RouterParams):
     """Utilization detector `metricsStalenessThreshold` (200 ms): older metrics count as saturated."""
     headroom: float = Field(0.0, ge=0.0, le=1.0)
     """Utilization detector `headroom`: the filter's burst allowance above the thresholds."""
+    saturation_detector: Literal["utilization", "legacy"] = "utilization"
+    """`utilization`: the utilization detector's mean roofline score, saturated at >= 1;
+    `legacy`: the first saturation detector, saturated when no replica with fresh metrics has
+    waiting <= `queue_depth_threshold` and KV usage <= `kv_cache_util_threshold`."""
     saturation_filter: bool = False
     """Run the utilization detector as a filter before scoring (drops replicas with stale
     metrics or at/over threshold x (1 + headroom); keeps all if it would drop all)."""
@@ -60,8 +64,9 @@ class LlmD(Router):
     plugins/utilizationdetector/detector.go`; llm-d-inference-scheduler's precise prefix scorer.
 
     - Saturation: pool saturation = mean over candidates of max(waiting / queueDepthThreshold,
-      kv usage / kvCacheUtilThreshold), 1.0 for stale metrics; the pool is saturated at >= 1.
-      A sheddable request (offline, or priority >= `shed_priority_from`) arriving at a
+      kv usage / kvCacheUtilThreshold), 1.0 for stale metrics; servesim reads >= 1 as
+      saturated (`saturation_detector: legacy`: saturated when no replica has fresh metrics
+      within both thresholds, GIE's `saturationdetector.go` IsSaturated). A sheddable request (offline, or priority >= `shed_priority_from`) arriving at a
       saturated pool is rejected (None), as flow control answers 429 for sheddable traffic;
       other requests are routed as usual (servesim has no gateway queue).
     - Score = sum of weight x score over: queue (max q - q) / (max q - min q) on waiting
@@ -79,7 +84,7 @@ class LlmD(Router):
 
     def route(self, req: Request, view: ClusterView) -> int | None:
         p = self.params
-        if self.sheddable(req) and self.saturation(view) >= 1.0:
+        if self.sheddable(req) and self.saturated(view):
             return None
         cands = list(view.candidates)
         if p.saturation_filter:
@@ -90,6 +95,13 @@ class LlmD(Router):
         p = self.params
         return (p.shed_offline and req.is_offline) or (
             p.shed_priority_from is not None and req.priority >= p.shed_priority_from)
+
+    def saturated(self, view: ClusterView) -> bool:
+        p = self.params
+        if p.saturation_detector == "utilization":
+            return self.saturation(view) >= 1.0
+        return not any(not self._stale(v, view.now_s) and v.num_waiting <= p.queue_depth_threshold
+                       and v.kv_usage <= p.kv_cache_util_threshold for v in view.views())
 
     def saturation(self, view: ClusterView) -> float:
         """GIE utilization detector: mean per-replica saturation (>= 1 means saturated)."""
