@@ -66,9 +66,10 @@ class LlmD(Router):
     - Saturation: pool saturation = mean over candidates of max(waiting / queueDepthThreshold,
       kv usage / kvCacheUtilThreshold), 1.0 for stale metrics; servesim reads >= 1 as
       saturated (`saturation_detector: legacy`: saturated when no replica has fresh metrics
-      within both thresholds, GIE's `saturationdetector.go` IsSaturated). A sheddable request (offline, or priority >= `shed_priority_from`) arriving at a
-      saturated pool is rejected (None), as flow control answers 429 for sheddable traffic;
-      other requests are routed as usual (servesim has no gateway queue).
+      within both thresholds, GIE's `saturationdetector.go` IsSaturated). A sheddable request
+      (offline, or priority >= `shed_priority_from`) arriving at a saturated pool is rejected
+      (None), as flow control answers 429 for sheddable traffic; other requests are routed
+      as usual (servesim has no gateway queue).
     - Score = sum of weight x score over: queue (max q - q) / (max q - min q) on waiting
       requests (1 for all if equal), kv 1 - usage, prefix matched blocks / prompt blocks
       (prompt blocks capped at `max_prefix_blocks_to_match`).
