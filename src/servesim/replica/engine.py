@@ -18,6 +18,7 @@ by the engine to every decoding request, whatever the scheduler (see `replica/sp
 
 from __future__ import annotations
 
+import math
 from itertools import repeat
 from typing import Callable, Iterable
 
@@ -26,7 +27,7 @@ import numpy as np
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.config import EngineConfig
-from servesim.replica.kv_cache import KVCacheManager, cdiv
+from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import end_spec_decode, speculate
 from servesim.replica.stretch import Stretch
@@ -50,7 +51,11 @@ class Engine:
         self.recorder = recorder
         self.on_done = on_done
         self.until_s = until_s  # the end of the run: no stretch runs past it
-        self._stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
+        self.stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
+        self._epoch = 0  # bumped by a crash: events of the lost step or timers are ignored
+        # Called with the time before anything here changes (a cluster keeping stale views
+        # takes its snapshot then); None when nobody needs it.
+        self.on_change: Callable[[float], None] | None = None
         self.busy = False
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
@@ -73,7 +78,9 @@ class Engine:
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
-        self.recorder.add_request(req)
+        """A request reaches this replica at `now_s` (the caller records it)."""
+        if self.on_change:
+            self.on_change(now_s)
         reason = self._reject_reason(req)
         if reason:
             req.state = RequestState.REJECTED
@@ -82,15 +89,15 @@ class Engine:
             self.on_done(req, now_s)
             return
         if req.hash_ids and self.kv.enable_prefix_caching:
-            req.kv_block_keys = _block_keys(req, self.kv.block_size)
-        if self._stretch is not None and self._stretch.cut(now_s):  # the scheduler must see it
-            st = self._stretch
+            req.kv_block_keys = block_keys(req, self.kv.block_size)
+        if self.stretch is not None and self.stretch.cut(now_s):  # the scheduler must see it
+            st = self.stretch
             st.gen += 1
             self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
         self.scheduler.add_request(req, now_s)
         if not self.busy:  # start after every arrival of this instant is queued, as a batch
             self.busy = True
-            self.loop.schedule(now_s, lambda t, _: self._start_step(t), None, PRIO_STEP_START)
+            self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)
 
     def _reject_reason(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len
@@ -106,6 +113,8 @@ class Engine:
 
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:
+        if self.on_change:
+            self.on_change(now_s)
         sched = self.scheduler
         sched.num_engine_steps = self.num_steps
         out = sched.schedule(now_s)
@@ -142,11 +151,19 @@ class Engine:
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
         else:
             dt = self.perf.step_time_s(chunks, decode_ctxs)
-        payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting)
+        payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
 
+    def _on_start(self, now_s: float, epoch: int) -> None:
+        if epoch == self._epoch:
+            self._start_step(now_s)
+
     def _end_step(self, now_s: float, payload: tuple) -> None:
-        start_s, out, decodes, prefills, num_running, num_waiting = payload
+        start_s, out, decodes, prefills, num_running, num_waiting, epoch = payload
+        if epoch != self._epoch:
+            return  # the replica crashed during this step
+        if self.on_change:
+            self.on_change(now_s)
         step = self.recorder.num_steps
         _advance_decodes(decodes, repeat(1), step)
         finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
@@ -225,9 +242,11 @@ class Engine:
         if self._wake_s <= t and self._wake_s > self.loop.now_s:
             return  # an earlier wake-up is pending
         self._wake_s = t
-        self.loop.schedule(t, self._on_wake, None, PRIO_STEP_START)
+        self.loop.schedule(t, self._on_wake, self._epoch, PRIO_STEP_START)
 
-    def _on_wake(self, now_s: float, _) -> None:
+    def _on_wake(self, now_s: float, epoch: int) -> None:
+        if epoch != self._epoch:
+            return
         self._wake_s = float("inf")
         if not self.busy:
             self.busy = True
@@ -267,9 +286,11 @@ class Engine:
         end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
                      self.perf, self.scheduler.num_waiting)
-        # Price up to the next event anywhere (for one replica alone: exactly its next arrival);
-        # `_end_fast_forward` extends the stretch if that event did not concern this replica.
-        st.price(min(self.loop.next_time_s(), self._own_horizon_s()))
+        # Price up to the next event anywhere, and at least one step past step 0: the event may
+        # not concern this replica (a submission here cuts the stretch back to the step in
+        # flight); `_end_fast_forward` extends the stretch when its end is reached uncut.
+        own = self._own_horizon_s()
+        st.price(min(max(self.loop.next_time_s(), math.nextafter(end0, math.inf)), own))
         if len(st.ends) < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
@@ -280,7 +301,7 @@ class Engine:
         st.free_blocks = self.kv.num_free_blocks
         if not self._limit(st, 1):
             return False
-        self._stretch = st
+        self.stretch = st
         self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
         return True
 
@@ -335,7 +356,9 @@ class Engine:
                 st.gen += 1
                 self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
                 return
-        self._stretch = None
+        self.stretch = None
+        if self.on_change:
+            self.on_change(now_s)
         self._finish_and_continue(st.out, self._apply_stretch(st), now_s)
 
     def _apply_stretch(self, st: Stretch) -> list[Request]:
@@ -376,14 +399,49 @@ class Engine:
         self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens)
         return done
 
+    # ------------------------------------------------------------------ failures
+    def crash(self, now_s: float) -> list[Request]:
+        """Stop at `now_s`: apply the stretch steps that ended before it, lose the step in
+        flight, release every request's KV and return the requests (unfinished, in the
+        scheduler's order: running, waiting, swapped)."""
+        if self.on_change:
+            self.on_change(now_s)
+        st = self.stretch
+        if st is not None:
+            self.stretch = None
+            st.gen += 1  # its end event is void
+            j = st.steps_before(now_s)
+            if j:
+                st.truncate(j)
+                done = self._apply_stretch(st)
+                for req in done:
+                    req.state = RequestState.FINISHED
+                    self.scheduler.finish(req, now_s)
+                for req in done:
+                    self.on_done(req, now_s)
+        self._epoch += 1  # a plain step in flight, a pending start or wake-up: all void
+        self.busy = False
+        self._wake_s = float("inf")
+        held = self.scheduler.unfinished()
+        self.drain(now_s, keep_state=True)
+        return held
+
+    def restart(self, scheduler: Scheduler, kv: KVCacheManager) -> None:
+        """Come back with a fresh scheduler and KV cache (a restarted engine)."""
+        self.scheduler = scheduler
+        self.kv = kv
+        self._link_free_s = [0.0, 0.0]
+
     # ------------------------------------------------------------------ end of run
-    def drain(self, now_s: float) -> None:
-        """Mark every request still held as dropped (the run stopped before they finished)."""
+    def drain(self, now_s: float, keep_state: bool = False) -> None:
+        """Release every request still held and mark it dropped (the run stopped before it
+        finished), or leave its state to the caller (`keep_state`, after a crash)."""
         for req in self.scheduler.unfinished():
             self.kv.free(req.id)
             self.kv.free_cpu(req.id)
-            req.state = RequestState.DROPPED
-            req.finish_s = now_s
+            if not keep_state:
+                req.state = RequestState.DROPPED
+                req.finish_s = now_s
         self.scheduler.drain(now_s)
         self.scheduler.running.clear()
         self.scheduler.swapped.clear()
@@ -405,14 +463,3 @@ def _advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -
         else:
             runs.append(first)
             runs.append(prev + m)
-
-
-def _block_keys(req: Request, block_size: int) -> tuple:
-    """Prefix keys at the engine's block size from the request's chained hash ids.
-
-    hash_ids[m] identifies tokens [0, (m+1)*H); a KV block ending at token e lies in hash block
-    m = (e-1)//H, and (hash_ids[m], e) identifies tokens [0, e) for any block size.
-    """
-    H = req.hash_block_tokens
-    covered = len(req.hash_ids) * H
-    return tuple((req.hash_ids[(e - 1) // H], e) for e in range(block_size, covered + 1, block_size))
