@@ -3,7 +3,7 @@
 Each step: the scheduler picks the batch (allocating KV blocks, maybe preempting), the
 performance model prices it, and at the step's end the engine advances the requests, emits
 tokens and finishes requests. When the batch is decode-only and the scheduler says the next
-steps would repeat it (`is_steady`), the engine prices many steps at once with numpy and
+steps would repeat it (`fast_forward`), the engine prices many steps at once with numpy and
 handles them as one event, stopping before anything could change the decision: the first
 finish, the next arrival or timer, or the step that would run out of KV blocks. The result is
 identical to stepping one by one (tested).
@@ -27,7 +27,7 @@ from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, cdiv
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.replica.schedulers.base import FastForward, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import end_spec_decode, speculate
 from servesim.replica.stretch import stretch_ends, stretch_through
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
@@ -102,7 +102,6 @@ class Engine:
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:
         sched = self.scheduler
-        sched.num_engine_steps = self.num_steps
         out = sched.schedule(now_s)
         scheduled = out.scheduled
         swap_s = self._swap(out, now_s) if out.swapped_out or out.swapped_in else 0.0
@@ -129,8 +128,9 @@ class Engine:
                 if r.first_scheduled_s is None:
                     r.first_scheduled_s = now_s
         if (self.config.fast_forward and not self._spec_k and not swap_s
-                and (not prefills or sched.steady_after_prefill) and sched.is_steady(out)
-                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills)):
+                and (ff := sched.fast_forward(out)).repeat
+                and (not prefills or ff.after_prefill)
+                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
@@ -183,8 +183,7 @@ class Engine:
             if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
                 req.finish_s = now_s
             self.scheduler.finish(req, now_s)
-        self.scheduler.num_engine_steps = self.num_steps
-        self.scheduler.on_step_end(out, now_s)
+        self.scheduler.end_step(out, now_s, self.num_steps)
         for req in finished:
             self.on_done(req, now_s)
         self._start_step(now_s)
@@ -209,7 +208,7 @@ class Engine:
                     end = max(now_s, self._link_free_s[direction]) + t
                     self._link_free_s[direction] = end
                     if direction:
-                        self.scheduler.swap_ready_s[req.id] = end
+                        self.scheduler.swap_done(req, end)
                 else:
                     wait_s += t
         self.swap_stall_s += wait_s
@@ -230,7 +229,7 @@ class Engine:
 
     # ------------------------------------------------------------------ fast forward
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
-                      prefills: list[tuple[Request, int]]) -> bool:
+                      prefills: list[tuple[Request, int]], ff: FastForward) -> bool:
         """Run this step and the decode-only steps that repeat it as one event (a stretch).
 
         Step 0 is the scheduled step itself: decodes, plus prompt chunks that finish their
@@ -257,7 +256,7 @@ class Engine:
             reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
         keyed = [(req, c) for req, c in zip(reqs, ctx1) if req.kv_block_keys]
-        through = self.defer_finishes and not keyed and self.scheduler.steady_through_finishes()
+        through = self.defer_finishes and not keyed and ff.through_finishes
         k = max(remaining) if through else min(remaining)
         if k < 2:
             return False
@@ -340,17 +339,9 @@ class Engine:
     # ------------------------------------------------------------------ end of run
     def drain(self, now_s: float) -> None:
         """Mark every request still held as dropped (the run stopped before they finished)."""
-        for req in self.scheduler.unfinished():
-            self.kv.free(req.id)
-            self.kv.free_cpu(req.id)
+        for req in self.scheduler.drain(now_s):
             req.state = RequestState.DROPPED
             req.finish_s = now_s
-        self.scheduler.drain(now_s)
-        self.scheduler.running.clear()
-        self.scheduler.swapped.clear()
-        self.scheduler.swap_ready_s.clear()
-        while self.scheduler.waiting:
-            self.scheduler.waiting.pop()
 
 
 def _advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -> None:
