@@ -175,7 +175,4 @@ class AndesScheduler(VLLMSteps):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch.
-        if (self.waiting or self.swapped or output.preempted or output.swapped_out or output.swapped_in
-                or len(output.scheduled) != len(self.running)):
-            return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD

@@ -126,6 +126,12 @@ class Scheduler:
         `FastForward`)? Must not change any state."""
         return NO_FAST_FORWARD
 
+    def nothing_pending(self, output: SchedulerOutput) -> bool:
+        """The usual condition for repeating a step: everyone running got its tokens, nothing
+        was preempted or swapped, and nothing waits (new or swapped) to be admitted."""
+        return (not (output.preempted or output.swapped_out or output.swapped_in or self.num_waiting or self.swapped)
+                and len(output.scheduled) == len(self.running))
+
     # ---- lifecycle hooks -----------------------------------------------------------
     def add_request(self, req: Request, now_s: float) -> None:
         self.waiting.append(req)

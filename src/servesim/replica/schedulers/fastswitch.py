@@ -188,7 +188,4 @@ class FastSwitchScheduler(VLLMSteps):
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting or swapped, priority refreshes change nothing: the same
         # requests decode until one finishes or arrives.
-        if (self.waiting or self.swapped or output.swapped_in or output.swapped_out or output.preempted
-                or self.swap_ready_s or len(output.scheduled) != len(self.running)):
-            return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        return REPEAT_DECODES if self.nothing_pending(output) and not self.swap_ready_s else NO_FAST_FORWARD

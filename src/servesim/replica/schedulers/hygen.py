@@ -208,7 +208,6 @@ class HyGenScheduler(VLLMSteps):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Offline decodes are limited by a predicted time that grows with context: not steady.
-        if (output.preempted or self.num_waiting or len(output.scheduled) != len(self.running)
-                or any(r.is_offline for r in self.running)):
-            return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        if self.nothing_pending(output) and not any(r.is_offline for r in self.running):
+            return REPEAT_DECODES
+        return NO_FAST_FORWARD

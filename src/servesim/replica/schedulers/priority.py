@@ -107,10 +107,7 @@ class KeyedScheduler(VLLMSteps):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting, no preemption and everyone decoding, the next step is the same.
-        if (output.preempted or output.swapped_out or output.swapped_in or self.waiting or self.swapped
-                or len(output.scheduled) != len(self.running)):
-            return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD
 
 
 class PriorityParams(SchedulerParams):

@@ -93,6 +93,4 @@ class SarathiScheduler(Scheduler):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only with every running request served and nothing waiting.
-        if output.preempted or self.waiting or len(output.scheduled) != len(self.running):
-            return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD

@@ -244,6 +244,4 @@ class SGLangScheduler(Scheduler):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing to prefill: decode steps repeat (the ratio only matters for admission).
-        if output.preempted or self.waiting or self.chunked is not None or len(output.scheduled) != len(self.running):
-            return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        return REPEAT_DECODES if self.nothing_pending(output) and self.chunked is None else NO_FAST_FORWARD
