@@ -11,7 +11,8 @@ The engine only calls methods: it never writes a scheduler's fields or touches i
 
 To add a policy: one file in this folder with a `Scheduler` subclass decorated with
 `@register("name")` and a pydantic `Params` model whose fields carry the reference
-implementation's names, defaults and docstrings. Nothing else needs editing.
+implementation's names, defaults and docstrings. Nothing else needs editing. A policy built
+on vLLM's mechanics subclasses `vllm_steps.VLLMSteps` and supplies only its order and victims.
 """
 
 from __future__ import annotations
