@@ -27,6 +27,7 @@ from servesim.replica.schedulers.queues import FCFSQueue
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
+
 class SortedWaiting(FCFSQueue):
     """Waiting queue re-sorted by the scheduler's (possibly time-varying) key before each use;
     a preempted request re-enters by its key, not at the front."""
