@@ -3,7 +3,7 @@
 Each step: the scheduler picks the batch (allocating KV blocks, maybe preempting), the
 performance model prices it, and at the step's end the engine advances the requests, emits
 tokens and finishes requests. When the batch is decode-only and the scheduler says the next
-steps would repeat it (`is_steady`), the engine prices many steps at once with numpy and
+steps would repeat it (`fast_forward`), the engine prices many steps at once with numpy and
 handles them as one event, stopping before anything could change the decision: the first
 finish, the next arrival or timer, or the step that would run out of KV blocks. The result is
 identical to stepping one by one (tested).
@@ -28,7 +28,7 @@ from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.replica.schedulers.base import FastForward, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import end_spec_decode, speculate
 from servesim.replica.stretch import Stretch
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
@@ -116,7 +116,6 @@ class Engine:
         if self.on_change:
             self.on_change(now_s)
         sched = self.scheduler
-        sched.num_engine_steps = self.num_steps
         out = sched.schedule(now_s)
         scheduled = out.scheduled
         swap_s = self._swap(out, now_s) if out.swapped_out or out.swapped_in else 0.0
@@ -143,8 +142,9 @@ class Engine:
                 if r.first_scheduled_s is None:
                     r.first_scheduled_s = now_s
         if (self.config.fast_forward and not self._spec_k and not swap_s
-                and (not prefills or sched.steady_after_prefill) and sched.is_steady(out)
-                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills)):
+                and (ff := sched.fast_forward(out)).repeat
+                and (not prefills or ff.after_prefill)
+                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
@@ -205,8 +205,7 @@ class Engine:
             if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
                 req.finish_s = now_s
             self.scheduler.finish(req, now_s)
-        self.scheduler.num_engine_steps = self.num_steps
-        self.scheduler.on_step_end(out, now_s)
+        self.scheduler.end_step(out, now_s, self.num_steps)
         for req in finished:
             self.on_done(req, now_s)
         self._start_step(now_s)
@@ -231,7 +230,7 @@ class Engine:
                     end = max(now_s, self._link_free_s[direction]) + t
                     self._link_free_s[direction] = end
                     if direction:
-                        self.scheduler.swap_ready_s[req.id] = end
+                        self.scheduler.swap_done(req, end)
                 else:
                     wait_s += t
         self.swap_stall_s += wait_s
@@ -254,7 +253,7 @@ class Engine:
 
     # ------------------------------------------------------------------ fast forward
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
-                      prefills: list[tuple[Request, int]]) -> bool:
+                      prefills: list[tuple[Request, int]], ff: FastForward) -> bool:
         """Run this step and the decode-only steps that repeat it as one event (a `Stretch`).
 
         Step 0 is the scheduled step itself: decodes, plus prompt chunks that finish their
@@ -279,8 +278,7 @@ class Engine:
         else:
             reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
-        through = (self.defer_finishes and not any(req.kv_block_keys for req in reqs)
-                   and self.scheduler.steady_through_finishes())
+        through = self.defer_finishes and ff.through_finishes and not any(req.kv_block_keys for req in reqs)
         if (max(remaining) if through else min(remaining)) < 2:
             return False
         end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
@@ -422,9 +420,7 @@ class Engine:
         self._epoch += 1  # a plain step in flight, a pending start or wake-up: all void
         self.busy = False
         self._wake_s = float("inf")
-        held = self.scheduler.unfinished()
-        self.drain(now_s, keep_state=True)
-        return held
+        return self.scheduler.drain(now_s)
 
     def restart(self, scheduler: Scheduler, kv: KVCacheManager) -> None:
         """Come back with a fresh scheduler and KV cache (a restarted engine)."""
@@ -433,21 +429,11 @@ class Engine:
         self._link_free_s = [0.0, 0.0]
 
     # ------------------------------------------------------------------ end of run
-    def drain(self, now_s: float, keep_state: bool = False) -> None:
-        """Release every request still held and mark it dropped (the run stopped before it
-        finished), or leave its state to the caller (`keep_state`, after a crash)."""
-        for req in self.scheduler.unfinished():
-            self.kv.free(req.id)
-            self.kv.free_cpu(req.id)
-            if not keep_state:
-                req.state = RequestState.DROPPED
-                req.finish_s = now_s
-        self.scheduler.drain(now_s)
-        self.scheduler.running.clear()
-        self.scheduler.swapped.clear()
-        self.scheduler.swap_ready_s.clear()
-        while self.scheduler.waiting:
-            self.scheduler.waiting.pop()
+    def drain(self, now_s: float) -> None:
+        """Mark every request still held as dropped (the run stopped before they finished)."""
+        for req in self.scheduler.drain(now_s):
+            req.state = RequestState.DROPPED
+            req.finish_s = now_s
 
 
 def _advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -> None:
