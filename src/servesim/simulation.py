@@ -93,13 +93,14 @@ def resolve_engine_config(scenario: Scenario, perf) -> EngineConfig:
     })
 
 
-def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
-    """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants."""
-    wall0 = time.perf_counter()
-    root = np.random.SeedSequence(scenario.seed)
-    workload_seed, policy_seed = root.spawn(2)
+def build_replica(scenario: Scenario, engine_update: dict | None = None) -> tuple:
+    """The parts of one replica: (perf model, resolved engine config, GPU blocks, KV cache,
+    scheduler). `engine_update` overrides resolved engine fields (the server turns off
+    `fast_forward`)."""
     perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
     config = resolve_engine_config(scenario, perf)
+    if engine_update:
+        config = config.model_copy(update=engine_update)
     num_gpu_blocks = perf.num_gpu_blocks(config.block_size, config.gpu_memory_utilization,
                                          config.max_num_batched_tokens)
     if num_gpu_blocks <= 0:
@@ -109,6 +110,15 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     sched_cls = get_scheduler(scenario.scheduler.name)
     kv = sched_cls.make_kv_cache(num_gpu_blocks, config.block_size, config.enable_prefix_caching, num_cpu_blocks)
     scheduler = sched_cls(scenario.scheduler.params(), config, kv, perf)
+    return perf, config, num_gpu_blocks, kv, scheduler
+
+
+def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
+    """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants."""
+    wall0 = time.perf_counter()
+    root = np.random.SeedSequence(scenario.seed)
+    workload_seed, policy_seed = root.spawn(2)
+    perf, config, num_gpu_blocks, kv, scheduler = build_replica(scenario)
     loop = EventLoop()
     recorder = Recorder()
     workload = build_workload(scenario.workload, workload_seed)

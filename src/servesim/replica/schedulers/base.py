@@ -122,6 +122,23 @@ class Scheduler:
         self.running.remove(req)
         self.kv.free(req.id)
 
+    def remove(self, req: Request, now_s: float) -> bool:
+        """Take `req` out of whichever queue holds it and free its GPU and CPU KV, setting no
+        terminal state (the caller decides: aborted, migrated...). False if no queue held it.
+        Call it between steps: a request in the step being run would still be advanced."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.swapped:
+            self.swapped.remove(req)
+        elif any(r is req for r in self.waiting):
+            self.waiting.remove(req)
+        else:
+            return False
+        self.kv.free(req.id)
+        self.kv.free_cpu(req.id)
+        self.swap_ready_s.pop(req.id, None)
+        return True
+
     def next_timer_s(self) -> float:
         """Time of the next policy timer that can change decisions (inf if none).
 
