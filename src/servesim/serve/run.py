@@ -47,8 +47,13 @@ def serve_forever(scenario_path: Path | None, overrides: list[str], options: dic
     from servesim.serve.app import create_app
 
     cfg = load_config(options)
-    app = create_app(load_scenario(scenario_path, overrides), cfg)
-    sock = bind(cfg.host, cfg.port)
+    scenario = load_scenario(scenario_path, overrides)
+    sock = bind(cfg.host, cfg.port)  # before the app opens its trace file: a taken port leaves nothing behind
+    try:
+        app = create_app(scenario, cfg)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     print(f"servesim serve: http://{host}:{port}/v1 (time scale {cfg.time_scale})", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, backlog=2048)
