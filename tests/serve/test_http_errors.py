@@ -94,3 +94,19 @@ def test_disconnect_mid_stream_frees_the_request(server):
     assert after[("vllm:request_success_total", abort)] - before.get(("vllm:request_success_total", abort), 0) == 1
     assert after[("vllm:num_requests_running", ())] == 0 and after[("vllm:num_requests_waiting", ())] == 0
     assert after[("vllm:kv_cache_usage_perc", ())] == 0  # its blocks are free (prefix-cached blocks count as free)
+
+
+def test_disconnect_while_waiting_for_a_whole_completion_frees_it(server):
+    before = metrics(server)
+    abort = (("finished_reason", "abort"),)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server + "/v1/completions", headers=AUTH, timeout=0.5,
+                   json={"prompt": "a long answer please", "max_tokens": 3000, "ignore_eos": True})
+    deadline = time.monotonic() + 10
+    while True:
+        after = metrics(server)
+        aborted = after[("vllm:request_success_total", abort)] - before.get(("vllm:request_success_total", abort), 0)
+        if aborted or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert aborted == 1 and after[("vllm:num_requests_running", ())] == 0

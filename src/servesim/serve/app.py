@@ -41,7 +41,7 @@ class Server:
 
     def submit(self, job: Job) -> Stream:
         hashes = block_hashes(job.tokens, self.driver.config.block_size)
-        stream = self.driver.submit(len(job.tokens), job.output_len, hashes, job.max_tokens)
+        stream = self.driver.submit(len(job.tokens), job.output_len, hashes, job.max_tokens, job.priority)
         req = stream.req
         req.extra["finish_reason"] = job.finish_reason
         if req.state == RequestState.REJECTED:
@@ -111,13 +111,17 @@ async def _generate(server: Server, kind: str, request: Request) -> Response:
             "created": int(time.time()), "model": server.model_name}
     if job.stream:
         return StreamingResponse(_sse(server, job, stream, head), media_type="text/event-stream")
+    watcher = asyncio.create_task(_abort_on_disconnect(request, d, stream))
     try:
         while not stream.done:
             await stream.event.wait()
             stream.event.clear()
     finally:
-        if not stream.done:  # the handler was cancelled (client gone, server stopping)
+        watcher.cancel()
+        if not stream.done:  # the handler was cancelled (server stopping)
             d.abort(stream)
+    if stream.aborted:
+        return Response(status_code=499)  # nobody is listening any more
     text = "".join(filler(stream.req.id, stream.req.num_output_tokens))
     choice = {"index": 0, "logprobs": None, "finish_reason": job.finish_reason, "stop_reason": job.stop_reason}
     if kind == "chat":
@@ -126,6 +130,14 @@ async def _generate(server: Server, kind: str, request: Request) -> Response:
     else:
         choice["text"] = text
     return JSONResponse({**head, "choices": [choice], "usage": _usage(job, stream)})
+
+
+async def _abort_on_disconnect(request: Request, driver: Driver, stream: Stream) -> None:
+    """A non-streaming client that hangs up frees its request too (the body is already read,
+    so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    driver.abort(stream)
 
 
 def _usage(job: Job, stream: Stream) -> dict:

@@ -135,12 +135,13 @@ class Driver:
 
     # ---------------------------------------------------------------- requests
     def submit(self, prompt_len: int, output_len: int, hash_ids: tuple[int, ...] = (),
-               max_tokens: int | None = None) -> Stream:
+               max_tokens: int | None = None, priority: int = 0) -> Stream:
         """A request arriving now; returns its stream (done at once if the engine rejected it)."""
         self.advance()
         now_s = self.now_s()
         req = Request(id=self.num_requests, arrival_s=now_s, prompt_len=prompt_len, output_len=output_len,
-                      hash_ids=hash_ids, hash_block_tokens=self.config.block_size, max_tokens=max_tokens)
+                      hash_ids=hash_ids, hash_block_tokens=self.config.block_size, max_tokens=max_tokens,
+                      priority=priority)
         self.num_requests += 1
         stream = self.streams[req.id] = Stream(req)
         if self.on_arrival:
@@ -156,6 +157,7 @@ class Driver:
             return
         self.streams.pop(stream.req.id, None)
         stream.done = stream.aborted = True
+        stream.event.set()  # a handler waiting on it returns
         if self.engine.busy:  # a step may be running it: remove it when the next one is scheduled
             self._pending_aborts.append(stream.req)
         else:

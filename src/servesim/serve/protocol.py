@@ -34,6 +34,7 @@ class _Common(BaseModel):
     ignore_eos: bool = False
     stop: str | list[str] | None = None
     seed: int | None = None
+    priority: int = 0  # vLLM's extra parameter: lower is served first by priority schedulers
 
 
 class CompletionBody(_Common):
@@ -66,6 +67,7 @@ class Job:
     stop_reason: str | None
     stream: bool
     include_usage: bool
+    priority: int = 0
 
 
 def parse(kind: str, raw: bytes, encode: Encoder, max_model_len: int, served_name: str, eos_mean: float,
@@ -97,7 +99,7 @@ def parse(kind: str, raw: bytes, encode: Encoder, max_model_len: int, served_nam
     n, finish, stop_reason = plan_output(key, max_tokens, body.min_tokens, body.ignore_eos, stop, eos_mean)
     opts = body.stream_options
     return Job(kind, tokens, n, max_tokens, finish, stop_reason, bool(body.stream),
-               bool(body.stream and opts and opts.include_usage))
+               bool(body.stream and opts and opts.include_usage), body.priority)
 
 
 def _check_lengths(prompt_len: int, max_tokens: int | None, min_tokens: int, max_model_len: int) -> int:
