@@ -55,7 +55,9 @@ def serve_forever(scenario_path: Path | None, overrides: list[str], options: dic
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
-    print(f"servesim serve: http://{host}:{port}/v1 (time scale {cfg.time_scale})", file=sys.stderr, flush=True)
+    server = app.state.server if hasattr(app, "state") else app.app.state.server
+    print(f"servesim serve: http://{host}:{port}/v1 (model {server.model_name}, time scale {cfg.time_scale}, "
+          f"tokenizer {server.tokenizer})", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, backlog=2048)
     uvicorn.Server(config).run(sockets=[sock])
 
