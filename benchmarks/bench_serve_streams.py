@@ -28,17 +28,23 @@ def rss_kib(pid: int, field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
 
 
-async def one(client: httpx.AsyncClient, url: str, max_tokens: int) -> int:
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def one(client: httpx.AsyncClient, url: str, max_tokens: int) -> tuple[int, float]:
     body = {"prompt": "stream load " * 20, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
     n = 0
+    t0 = time.perf_counter()
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             n += line.startswith("data: {")
-    return n
+    return n, time.perf_counter() - t0
 
 
-async def load(url: str, streams: int, max_tokens: int) -> list[int]:
+async def load(url: str, streams: int, max_tokens: int) -> list[tuple[int, float]]:
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         return await asyncio.gather(*(one(client, url, max_tokens) for _ in range(streams)))
@@ -62,15 +68,19 @@ def main() -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        rss0 = rss_kib(proc.pid, "VmRSS")
+        rss0, cpu0 = rss_kib(proc.pid, "VmRSS"), cpu_s(proc.pid)
         t0 = time.perf_counter()
-        counts = asyncio.run(load(url, args.streams, args.tokens))
+        results = asyncio.run(load(url, args.streams, args.tokens))
         wall = time.perf_counter() - t0
+        cpu = cpu_s(proc.pid) - cpu0
+        counts = [n for n, _ in results]
+        client_e2e = sum(e for _, e in results) / len(results)
         metrics = httpx.get(url + "/metrics").text
         e2e = re.search(r'vllm:e2e_request_latency_seconds_sum\{[^}]*\} (\S+)', metrics).group(1)
         done = sum(c == args.tokens for c in counts)
         print(f"streams: {args.streams}, completed with {args.tokens} tokens: {done}")
-        print(f"wall time: {wall:.2f} s; mean simulated e2e latency: {float(e2e) / args.streams:.2f} s")
+        print(f"wall time: {wall:.2f} s; server CPU: {cpu:.2f} s; mean e2e latency: client {client_e2e:.2f} s, "
+              f"simulated {float(e2e) / args.streams:.2f} s")
         print(f"server RSS: {rss0 / 1024:.1f} MiB idle, peak {rss_kib(proc.pid, 'VmHWM') / 1024:.1f} MiB")
     finally:
         proc.terminate()
