@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -29,3 +30,10 @@ def test_port_in_use_exits_2():
         port = taken.getsockname()[1]
         res = CliRunner().invoke(app, ["serve", "--port", str(port), "--tokenizer", "approx"])
     assert res.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in res.output
+
+
+def test_without_the_serve_extra_it_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    res = CliRunner().invoke(app, ["serve"])
+    assert res.exit_code == 2
+    assert "servesim serve needs uvicorn: pip install 'servesim[serve]'" in res.output

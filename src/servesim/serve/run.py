@@ -63,6 +63,10 @@ def serve_forever(scenario_path: Path | None, overrides: list[str], options: dic
 
 
 def _importable(name: str) -> bool:
-    import importlib.util
+    import importlib
 
-    return importlib.util.find_spec(name) is not None
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
