@@ -66,3 +66,11 @@ def test_unknown_model_and_n_are_refused(server):
 def test_wrong_api_key_gets_401(server):
     with pytest.raises(openai.AuthenticationError):
         client(server, "sk-wrong").models.list()
+
+
+def test_continuous_usage_stats_put_usage_in_every_chunk(server):
+    stream = client(server).completions.create(
+        model="llama-3.1-8b", prompt="x", max_tokens=4, stream=True, extra_body={"ignore_eos": True},
+        stream_options={"include_usage": True, "continuous_usage_stats": True})
+    chunks = list(stream)
+    assert [c.usage.completion_tokens for c in chunks] == [1, 2, 3, 4, 4]  # the last: the usage chunk

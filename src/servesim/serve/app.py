@@ -129,7 +129,7 @@ async def _generate(server: Server, kind: str, request: Request) -> Response:
         choice["message"] = {"role": "assistant", "content": text}
     else:
         choice["text"] = text
-    return JSONResponse({**head, "choices": [choice], "usage": _usage(job, stream)})
+    return JSONResponse({**head, "choices": [choice], "usage": _usage(job, stream.req.num_output_tokens)})
 
 
 async def _abort_on_disconnect(request: Request, driver: Driver, stream: Stream) -> None:
@@ -140,8 +140,7 @@ async def _abort_on_disconnect(request: Request, driver: Driver, stream: Stream)
     driver.abort(stream)
 
 
-def _usage(job: Job, stream: Stream) -> dict:
-    n = stream.req.num_output_tokens
+def _usage(job: Job, n: int) -> dict:
     return {"prompt_tokens": len(job.tokens), "completion_tokens": n, "total_tokens": len(job.tokens) + n}
 
 
@@ -176,14 +175,17 @@ async def _sse(server: Server, job: Job, stream: Stream, head: dict):
                 else:
                     choice["text"] = token
                     choice["stop_reason"] = job.stop_reason if last else None
-                frames.append(_frame({**head, "choices": [choice]}))
+                chunk = {**head, "choices": [choice]}
+                if job.continuous_usage:
+                    chunk["usage"] = _usage(job, i + 1)
+                frames.append(_frame(chunk))
             sent = ready
             if frames:
                 yield "".join(frames)
             if stream.done and sent >= stream.num_ready:
                 break
         if job.include_usage:
-            yield _frame({**head, "choices": [], "usage": _usage(job, stream)})
+            yield _frame({**head, "choices": [], "usage": _usage(job, stream.req.num_output_tokens)})
         yield "data: [DONE]\n\n"
     finally:
         if not stream.done:  # the client disconnected mid-stream: free its simulated request

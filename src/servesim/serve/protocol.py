@@ -68,6 +68,7 @@ class Job:
     stream: bool
     include_usage: bool
     priority: int = 0
+    continuous_usage: bool = False  # usage in every chunk (vLLM's stream_options.continuous_usage_stats)
 
 
 def parse(kind: str, raw: bytes, encode: Encoder, max_model_len: int, served_name: str, eos_mean: float,
@@ -99,7 +100,8 @@ def parse(kind: str, raw: bytes, encode: Encoder, max_model_len: int, served_nam
     n, finish, stop_reason = plan_output(key, max_tokens, body.min_tokens, body.ignore_eos, stop, eos_mean)
     opts = body.stream_options
     return Job(kind, tokens, n, max_tokens, finish, stop_reason, bool(body.stream),
-               bool(body.stream and opts and opts.include_usage), body.priority)
+               bool(body.stream and opts and opts.include_usage), body.priority,
+               bool(body.stream and opts and opts.include_usage and opts.continuous_usage_stats))
 
 
 def _check_lengths(prompt_len: int, max_tokens: int | None, min_tokens: int, max_model_len: int) -> int:
