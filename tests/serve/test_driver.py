@@ -62,3 +62,20 @@ def test_abort_mid_step_is_applied_before_the_next_step():
     d.advance()
     assert s.req.state == RequestState.ABORTED and d.num_aborted == 1
     assert d.kv.num_blocks_of(s.req.id) == 0 and d.scheduler.num_running == 0 and not d.engine.busy
+
+
+def test_a_simulation_failure_ends_open_streams_and_refuses_new_requests():
+    import pytest
+
+    d, clock = make_driver()
+    s = d.submit(prompt_len=100, output_len=50)
+
+    def broken(now_s, _):
+        raise ZeroDivisionError("boom")
+
+    d.loop.schedule(d.loop.now_s, broken)
+    with pytest.raises(ZeroDivisionError):
+        d.advance()
+    assert s.done and s.event.is_set() and isinstance(d.error, ZeroDivisionError)
+    with pytest.raises(RuntimeError, match="the simulated engine stopped: boom"):
+        d.submit(prompt_len=10, output_len=5)

@@ -41,7 +41,10 @@ class Server:
 
     def submit(self, job: Job) -> Stream:
         hashes = block_hashes(job.tokens, self.driver.config.block_size)
-        stream = self.driver.submit(len(job.tokens), job.output_len, hashes, job.max_tokens, job.priority)
+        try:
+            stream = self.driver.submit(len(job.tokens), job.output_len, hashes, job.max_tokens, job.priority)
+        except RuntimeError as e:
+            raise APIError(str(e), status=500) from None
         req = stream.req
         req.extra["finish_reason"] = job.finish_reason
         if req.state == RequestState.REJECTED:
@@ -74,7 +77,7 @@ def create_app(scenario: Scenario, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200)
+        return Response(status_code=500 if server.driver.error else 200)
 
     @app.get("/version")
     async def version() -> dict:
@@ -122,6 +125,8 @@ async def _generate(server: Server, kind: str, request: Request) -> Response:
             d.abort(stream)
     if stream.aborted:
         return Response(status_code=499)  # nobody is listening any more
+    if d.error is not None:
+        raise APIError(f"the simulated engine stopped: {d.error}", status=500)
     text = "".join(filler(stream.req.id, stream.req.num_output_tokens))
     choice = {"index": 0, "logprobs": None, "finish_reason": job.finish_reason, "stop_reason": job.stop_reason}
     if kind == "chat":
@@ -184,7 +189,9 @@ async def _sse(server: Server, job: Job, stream: Stream, head: dict):
                 yield "".join(frames)
             if stream.done and sent >= stream.num_ready:
                 break
-        if job.include_usage:
+        if server.driver.error is not None:
+            yield _frame(APIError(f"the simulated engine stopped: {server.driver.error}", status=500).body())
+        elif job.include_usage:
             yield _frame({**head, "choices": [], "usage": _usage(job, stream.req.num_output_tokens)})
         yield "data: [DONE]\n\n"
     finally:

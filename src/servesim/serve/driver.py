@@ -89,6 +89,7 @@ class Driver:
         self.num_aborted = 0
         self._pending_aborts: list[Request] = []
         self._wakeup: asyncio.Future | None = None
+        self.error: Exception | None = None  # why the simulation stopped, if it did
         schedule = self.scheduler.schedule
 
         def schedule_after_aborts(now_s: float):  # aborts take effect between steps, as in vLLM
@@ -109,14 +110,28 @@ class Driver:
         return self.t0 + sim_s * self.time_scale
 
     def advance(self, until_s: float | None = None) -> None:
-        """Handle every event up to `until_s` (default: now)."""
-        self.loop.run(until_s=self.now_s() if until_s is None else until_s)
+        """Handle every event up to `until_s` (default: now). If the simulation fails (a
+        simulator bug), every open stream ends and `error` keeps the cause; later calls raise it."""
+        if self.error is not None:
+            raise RuntimeError(f"the simulated engine stopped: {self.error}")
+        try:
+            self.loop.run(until_s=self.now_s() if until_s is None else until_s)
+        except Exception as e:
+            self.error = e
+            for stream in self.streams.values():
+                stream.done = True
+                stream.event.set()
+            self.streams.clear()
+            raise
 
     async def run(self) -> None:
         """Advance forever: handle what is due, then sleep until the next event or a wake-up."""
         aloop = asyncio.get_running_loop()
-        while True:
-            self.advance()
+        while self.error is None:
+            try:
+                self.advance()
+            except Exception:
+                return  # `error` is set: requests get 500s, /health reports it
             self._wakeup = fut = aloop.create_future()
             next_s = self.loop.next_time_s()
             handle = None

@@ -8,6 +8,8 @@ scrape time.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -128,7 +130,9 @@ class _ReplicaCollector:
 
     def collect(self):
         d = self.driver
-        d.advance()
+        if d.error is None:
+            with contextlib.suppress(Exception):  # a failure is reported by /health and the requests
+                d.advance()
         usage = 1.0 - d.kv.num_free_blocks / d.kv.num_gpu_blocks
         gauges = (("vllm:num_requests_running", "Number of requests in model execution batches.",
                    d.scheduler.num_running),
