@@ -33,20 +33,21 @@ class Server:
         self.model_name = cfg.served_model_name or scenario.model
         self.seed = scenario.seed
         self.tokenizer, self.encode = load_encoder(cfg.tokenizer)
+        self.driver = Driver(scenario, cfg.time_scale)
+        self.metrics = self.driver.observer = ServeMetrics(self.driver, self.model_name)
+        # opened last: a scenario that cannot be built leaves no file behind
         self.trace = ServedTrace(cfg.trace_out) if cfg.trace_out else None
-        self.driver = Driver(scenario, cfg.time_scale, on_arrival=self.trace.add if self.trace else None)
-        self.metrics = ServeMetrics(self.driver, self.model_name)
-        self.driver.observer = self.metrics
+        self.driver.on_arrival = self.trace.add if self.trace else None
         self.created = int(time.time())
 
     def submit(self, job: Job) -> Stream:
         hashes = block_hashes(job.tokens, self.driver.config.block_size)
         try:
-            stream = self.driver.submit(len(job.tokens), job.output_len, hashes, job.max_tokens, job.priority)
+            stream = self.driver.submit(len(job.tokens), job.output_len, hashes, job.max_tokens, job.priority,
+                                        {"finish_reason": job.finish_reason})
         except RuntimeError as e:
             raise APIError(str(e), status=500) from None
         req = stream.req
-        req.extra["finish_reason"] = job.finish_reason
         if req.state == RequestState.REJECTED:
             raise APIError(f"the emulated engine cannot serve this request: {req.extra['reject_reason']}")
         return stream

@@ -150,13 +150,13 @@ class Driver:
 
     # ---------------------------------------------------------------- requests
     def submit(self, prompt_len: int, output_len: int, hash_ids: tuple[int, ...] = (),
-               max_tokens: int | None = None, priority: int = 0) -> Stream:
+               max_tokens: int | None = None, priority: int = 0, tags: dict | None = None) -> Stream:
         """A request arriving now; returns its stream (done at once if the engine rejected it)."""
         self.advance()
         now_s = self.now_s()
         req = Request(id=self.num_requests, arrival_s=now_s, prompt_len=prompt_len, output_len=output_len,
                       hash_ids=hash_ids, hash_block_tokens=self.config.block_size, max_tokens=max_tokens,
-                      priority=priority)
+                      priority=priority, extra=tags or {})
         self.num_requests += 1
         stream = self.streams[req.id] = Stream(req)
         if self.on_arrival:
