@@ -53,6 +53,6 @@ def running_server(*args: str):
 
 @pytest.fixture(scope="module")
 def server():
-    """A server ten times faster than real time, with a small context (64K) and an API key."""
+    """A server ten times faster than real time, with a 4,096-token context and an API key."""
     with running_server("--time-scale", "0.1", "--set", "engine.max_model_len=4096", "--api-key", "sk-test") as (url, _):
         yield url
