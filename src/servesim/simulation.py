@@ -131,7 +131,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     for pool in pools:
         for _ in range(pool.replicas):
             replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)],
-                                     next_arrival_s, n))
+                                     next_arrival_s, 1 if n == 1 else 3 * n))
             models.append(pool.model)
     cluster.index_models()
     _schedule_faults(scenario, pools, cluster, fault_seed, lambda: bool(arrivals) or cluster.num_outstanding > 0)

@@ -55,8 +55,9 @@ class Engine:
         # The next event that may concern this replica (an arrival anywhere in the cluster):
         # stretches are priced up to it and extended if it went elsewhere.
         self.next_event_s = next_event_s or loop.next_time_s
-        # With n replicas sharing the arrivals, the next one here is about n arrivals away:
-        # a new stretch is priced that far ahead (pricing is cheap, events are not).
+        # With n replicas sharing the arrivals, the next one here is about n arrivals away: a
+        # new stretch is priced `lookahead` times as far ahead as the next arrival anywhere
+        # (pricing is cheap, events are not; the cluster uses 3n).
         self.lookahead = lookahead
         self.stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
         self._epoch = 0  # bumped by a crash: events of the lost step or timers are ignored
