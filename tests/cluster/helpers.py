@@ -24,9 +24,9 @@ class ReadsEverything(Router):
 @pytest.fixture
 def reads_everything(monkeypatch):
     """Register `ReadsEverything` as router 'test-reads-everything' for one test."""
-    routers._load_all()
+    routers.REGISTRY.available()  # load the real ones first
     ReadsEverything.name = "test-reads-everything"
-    monkeypatch.setitem(routers._REGISTRY, "test-reads-everything", ReadsEverything)
+    monkeypatch.setitem(routers.REGISTRY._classes, "test-reads-everything", ReadsEverything)
     return "test-reads-everything"
 
 
