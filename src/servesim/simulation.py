@@ -93,6 +93,58 @@ class Result:
         return timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
 
 
+class Feed:
+    """Brings the workload's requests to the cluster: one stream arrival pending at a time (the
+    trace is never all in memory), plus closed-loop follow-ups when requests end; knows when
+    the next arrival is (replicas price their stretches up to it) and counts progress."""
+
+    def __init__(self, workload, loop: EventLoop, progress: Progress | None) -> None:
+        self.workload = workload
+        self.loop = loop
+        self.progress = progress
+        self.deliver: Callable[[float, Request], None] = lambda t, req: None  # set to the cluster's entry
+        self.num_done = 0
+        self._stream = workload.arrivals()
+        self._times: list[float] = []  # arrivals scheduled and not yet arrived (a heap)
+
+    def start(self) -> None:
+        self._next_from_stream()
+
+    def next_arrival_s(self) -> float:
+        return self._times[0] if self._times else float("inf")
+
+    def pending(self) -> bool:
+        return bool(self._times)
+
+    def on_done(self, req: Request, now_s: float) -> None:
+        """A request reached a terminal state: count it, schedule its follow-ups."""
+        self.num_done += 1
+        if self.progress and self.num_done % 2000 == 0:
+            self.progress(self.num_done, self.workload.expected_num_requests, now_s)
+        for follow in self.workload.on_request_done(req, now_s):
+            self._schedule(follow, self._arrive)
+
+    def _schedule(self, req: Request, handler) -> None:
+        heapq.heappush(self._times, req.arrival_s)
+        self.loop.schedule(req.arrival_s, handler, req, PRIO_ARRIVAL)
+
+    def _arrive(self, now_s: float, req: Request) -> None:
+        heapq.heappop(self._times)
+        self.deliver(now_s, req)
+
+    def _arrive_from_stream(self, now_s: float, req: Request) -> None:
+        self._next_from_stream()
+        self._arrive(now_s, req)
+
+    def _next_from_stream(self) -> None:
+        req = next(self._stream, None)
+        if req is not None:
+            if req.arrival_s < self.loop.now_s:
+                raise InputError(f"workload arrivals are not in time order: request {req.id} at "
+                                 f"{req.arrival_s} s after one at {self.loop.now_s} s")
+            self._schedule(req, self._arrive_from_stream)
+
+
 def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants."""
     wall0 = time.perf_counter()
@@ -102,59 +154,25 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     pools = resolve_pools(scenario)
     loop = EventLoop()
     workload = build_workload(scenario.workload, workload_seed)
+    feed = Feed(workload, loop, progress)
     until_s = scenario.max_sim_time_s or float("inf")
     n = sum(p.replicas for p in pools)
-    router_cls = get_router(scenario.router.name)
-    router = router_cls(scenario.router.params(), n, np.random.default_rng(router_seed))
+    router = get_router(scenario.router.name)(scenario.router.params(), n, np.random.default_rng(router_seed))
     # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
     # no follow-up requests, and no router that tracks completions itself.
     defer = not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
-    expected = workload.expected_num_requests
-    done = 0
-    arrivals: list[float] = []  # times of the arrivals scheduled and not yet arrived (a heap)
-
-    def on_done(req: Request, now_s: float) -> None:
-        nonlocal done
-        done += 1
-        if progress and done % 2000 == 0:
-            progress(done, expected, now_s)
-        for follow in workload.on_request_done(req, now_s):
-            heapq.heappush(arrivals, follow.arrival_s)
-            loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
-
-    def next_arrival_s() -> float:  # replicas price their stretches up to the next arrival
-        return arrivals[0] if arrivals else float("inf")
-
-    replicas, models = [], []
+    cluster = Cluster([], [], router, loop, feed.on_done, scenario.router.refresh_interval_s)
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
-    cluster = Cluster(replicas, models, router, loop, on_done, scenario.router.refresh_interval_s)
     for pool in pools:
         for _ in range(pool.replicas):
-            replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)],
-                                     next_arrival_s, 1 if n == 1 else 3 * n))
-            models.append(pool.model)
+            i = len(cluster.replicas)
+            cluster.replicas.append(_replica(i, pool, loop, cluster, until_s, defer, seeds[i], feed.next_arrival_s,
+                                             1 if n == 1 else 3 * n))
+            cluster.models.append(pool.model)
     cluster.index_models()
-    _schedule_faults(scenario, pools, cluster, fault_seed, lambda: bool(arrivals) or cluster.num_outstanding > 0)
-    stream = workload.arrivals()
-
-    def arrive(now_s: float, req: Request) -> None:
-        heapq.heappop(arrivals)
-        cluster.arrive(now_s, req)
-
-    def arrive_from_stream(now_s: float, req: Request) -> None:
-        schedule_next()  # keep exactly one stream arrival pending, so the trace is never all in memory
-        arrive(now_s, req)
-
-    def schedule_next() -> None:
-        req = next(stream, None)
-        if req is not None:
-            if req.arrival_s < loop.now_s:
-                raise InputError(f"workload arrivals are not in time order: request {req.id} at "
-                                 f"{req.arrival_s} s after one at {loop.now_s} s")
-            heapq.heappush(arrivals, req.arrival_s)
-            loop.schedule(req.arrival_s, arrive_from_stream, req, PRIO_ARRIVAL)
-
-    schedule_next()
+    feed.deliver = cluster.arrive
+    _schedule_faults(scenario, pools, cluster, fault_seed, lambda: feed.pending() or cluster.num_outstanding > 0)
+    feed.start()
     # The loop allocates many long-lived small objects (token runs, step lists) and creates no
     # garbage cycles while it runs, so the cyclic collector is paused; afterwards the survivors
     # go straight to the oldest generation (freeze + unfreeze) instead of being scanned as young
@@ -168,12 +186,12 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
-    for r in replicas:
+    for r in cluster.replicas:
         r.engine.drain(loop.now_s)
     if progress:
-        progress(done, expected, loop.now_s)
+        progress(feed.num_done, workload.expected_num_requests, loop.now_s)
     result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
-    check_invariants(result, [r.engine.kv for r in replicas])
+    check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
 
 
