@@ -13,18 +13,23 @@ import numpy as np
 
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
+from servesim.metrics.notices import run_warnings
 from servesim.metrics.recorder import Recorder, StepLog
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
 from servesim.metrics.timeseries import timeseries
 from servesim.perf import build_perf_model
-from servesim.replica.config import EngineConfig, serve_batch_defaults
+from servesim.replica.config import EngineConfig, check_engine_limits, serve_batch_defaults
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers import get_scheduler
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
 from servesim.workload.request import Request, RequestState
+
+#: Latest arrival time accepted, s (about 32 years). Later ones are a time in the wrong unit (or
+#: a corrupt value such as 1e308); beyond it float seconds also lose sub-microsecond precision.
+MAX_ARRIVAL_S = 1e9
 
 Progress = Callable[[int, int | None, float], None]  # (requests done, expected total, simulated time)
 
@@ -74,6 +79,9 @@ class Result:
             out["swap"] = self.swap
         out.update(compute_sections(SectionInput(self.requests, cols, self.steps.end_s,
                                                  self.scenario.model_dump(mode="json"))))
+        warnings = run_warnings(cols, self.requests, is_trace=self.scenario.workload.trace is not None)
+        if warnings:
+            out["warnings"] = warnings
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
@@ -85,12 +93,17 @@ def resolve_engine_config(scenario: Scenario, perf) -> EngineConfig:
     """Fill the engine arguments left unset with vLLM's defaults for this GPU and model."""
     cfg = scenario.engine
     tokens, seqs = serve_batch_defaults(perf.gpu_name, perf.hbm_bytes)
-    return cfg.model_copy(update={
+    # the model's context length when the catalogue knows it (Llama-3.1: 128K)
+    model_len = cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072
+    if not cfg.enable_chunked_prefill:  # vLLM: a whole prompt must fit in one step's budget
+        tokens = max(tokens, model_len)
+    resolved = cfg.model_copy(update={
         "max_num_batched_tokens": cfg.max_num_batched_tokens or tokens,
         "max_num_seqs": cfg.max_num_seqs or seqs,
-        # the model's context length when the catalogue knows it (Llama-3.1: 128K)
-        "max_model_len": cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072,
+        "max_model_len": model_len,
     })
+    check_engine_limits(resolved)
+    return resolved
 
 
 def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
@@ -103,8 +116,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     num_gpu_blocks = perf.num_gpu_blocks(config.block_size, config.gpu_memory_utilization,
                                          config.max_num_batched_tokens)
     if num_gpu_blocks <= 0:
-        raise InputError(f"{scenario.model} does not fit on {scenario.tp} x {scenario.gpu} with "
-                         f"gpu_memory_utilization {config.gpu_memory_utilization}: no room for KV cache")
+        raise InputError(_no_kv_room(scenario, config, perf))
     num_cpu_blocks = int(config.swap_space_gb * 2**30 // (config.block_size * perf.kv_bytes_per_token))
     sched_cls = get_scheduler(scenario.scheduler.name)
     kv = sched_cls.make_kv_cache(num_gpu_blocks, config.block_size, config.enable_prefix_caching, num_cpu_blocks)
@@ -121,6 +133,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         if progress and done % 2000 == 0:
             progress(done, expected, now_s)
         for follow in workload.on_request_done(req, now_s):
+            _check_arrival(follow)
             loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
 
     until_s = scenario.max_sim_time_s or float("inf")
@@ -144,6 +157,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     def schedule_next() -> None:
         req = next(stream, None)
         if req is not None:
+            _check_arrival(req)
             if req.arrival_s < loop.now_s:
                 raise InputError(f"workload arrivals are not in time order: request {req.id} at "
                                  f"{req.arrival_s} s after one at {loop.now_s} s")
@@ -164,6 +178,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         if gc_was_enabled:
             gc.enable()
     engine.drain(loop.now_s)
+    if not recorder.requests:
+        raise InputError(_no_requests(scenario))
     if progress:
         progress(done, expected, loop.now_s)
     result = Result(scenario, config, num_gpu_blocks, recorder.requests, recorder.step_log(num_gpu_blocks),
@@ -172,6 +188,34 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
                     _swap_totals(engine))
     check_invariants(result, kv)
     return result
+
+
+def _no_kv_room(scenario: Scenario, config: EngineConfig, perf) -> str:
+    """Why no KV block fits: the memory budget and what takes it, largest share named first."""
+    gib = 2**30
+    budget = config.gpu_memory_utilization * perf.hbm_bytes
+    parts = sorted([(perf.weight_bytes_per_gpu, f"{scenario.model} weights"),
+                    (perf.activation_peak_bytes(config.max_num_batched_tokens),
+                     f"activations of max_num_batched_tokens {config.max_num_batched_tokens}"),
+                    (perf.misc_bytes, "perf.misc_bytes")], key=lambda p: -p[0])
+    used = ", ".join(f"{name} {b / gib:,.1f} GiB" for b, name in parts)
+    return (f"no room for KV cache on {scenario.tp} x {scenario.gpu}: gpu_memory_utilization "
+            f"{config.gpu_memory_utilization} gives {budget / gib:,.1f} GiB per GPU and {used} take it all")
+
+
+def _no_requests(scenario: Scenario) -> str:
+    w = scenario.workload
+    limits = f"workload.duration_s {w.duration_s}, max_sim_time_s {scenario.max_sim_time_s}"
+    if w.trace is not None:
+        return (f"no request to simulate: trace '{w.trace.name}' has no rows in the replayed slice "
+                f"(trace.start_s {w.trace.start_s:g}, trace.end_s {w.trace.end_s}, {limits})")
+    return f"no request to simulate: none arrives before the run ends ({limits})"
+
+
+def _check_arrival(req: Request) -> None:
+    if not req.arrival_s <= MAX_ARRIVAL_S:
+        raise InputError(f"request {req.id} arrives at {req.arrival_s:g} s, beyond the limit of {MAX_ARRIVAL_S:g} s "
+                         "(about 32 years); is a time given in the wrong unit (e.g. milliseconds as seconds)?")
 
 
 def _swap_totals(engine: Engine) -> dict | None:
