@@ -23,7 +23,7 @@ def _steps(spans: list[tuple[float, float]], running: list[int]) -> StepLog:
 
 def test_idle_gap_of_several_intervals_is_one_row():
     steps = _steps([(0.2, 0.7), (5.1, 5.3), (6.5, 6.6)], [2, 1, 1])
-    ts = timeseries(steps, np.array([0.1, 5.0, 6.4]), np.array([0.7, 5.3, 6.6]), 1.0)
+    ts = timeseries([steps], np.array([0.1, 5.0, 6.4]), np.array([0.7, 5.3, 6.6]), 1.0)
     assert ts["time_s"].tolist() == [0.0, 1.0, 5.0, 6.0]
     assert ts["interval_s"].tolist() == [1.0, 4.0, 1.0, 1.0]
     assert ts["arrivals"].tolist() == [1, 0, 1, 1] and ts["finished"].tolist() == [1, 0, 1, 1]
@@ -34,7 +34,7 @@ def test_idle_gap_of_several_intervals_is_one_row():
 
 def test_single_idle_interval_keeps_its_own_row():
     steps = _steps([(0.2, 0.7), (2.1, 2.3)], [1, 1])
-    ts = timeseries(steps, np.array([0.1, 2.0]), np.array([0.7, 2.3]), 1.0)
+    ts = timeseries([steps], np.array([0.1, 2.0]), np.array([0.7, 2.3]), 1.0)
     assert ts["time_s"].tolist() == [0.0, 1.0, 2.0] and ts["interval_s"].tolist() == [1.0, 1.0, 1.0]
 
 

@@ -47,8 +47,12 @@ def _row_edges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate((np.sort(np.concatenate((busy, gaps))), [n]))
 
 
-def timeseries(steps: StepLog, arrival_s: np.ndarray, finish_s: np.ndarray, interval_s: float) -> dict[str, np.ndarray]:
-    end = max(float(steps.end_s[-1]) if len(steps) else 0.0, float(arrival_s.max()) if len(arrival_s) else 0.0)
+def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
+               interval_s: float) -> dict[str, np.ndarray]:
+    """The run's time series; with several replicas (one step log each) levels are summed and
+    KV usage is the share of all replicas' blocks."""
+    ends = [float(g.end_s[-1]) for g in logs if len(g)]
+    end = max(max(ends, default=0.0), float(arrival_s.max()) if len(arrival_s) else 0.0)
     n = max(int(np.ceil(end / interval_s)), 1)
     finish_s = finish_s[np.isfinite(finish_s)]
 
@@ -56,8 +60,8 @@ def timeseries(steps: StepLog, arrival_s: np.ndarray, finish_s: np.ndarray, inte
         return np.minimum((times // interval_s).astype(np.int64), n - 1)
 
     points = index(np.concatenate((arrival_s, finish_s)))
-    lo = np.concatenate(([0], index(steps.start_s), points))  # interval 0 always starts the series
-    hi = np.concatenate(([0], index(steps.end_s), points))
+    lo = np.concatenate([[0], *(index(g.start_s) for g in logs), points])  # interval 0 always starts the series
+    hi = np.concatenate([[0], *(index(g.end_s) for g in logs), points])
     rows = _row_edges(lo, hi, n)
     edges = rows * interval_s
     width = np.diff(rows) * interval_s  # exactly interval_s for a one-interval row
@@ -69,9 +73,14 @@ def timeseries(steps: StepLog, arrival_s: np.ndarray, finish_s: np.ndarray, inte
 
     cols["arrivals"] = count(arrival_s)
     cols["finished"] = count(finish_s)
-    cols["prompt_tokens"] = count(steps.end_s, steps.prefill_tokens)
-    cols["output_tokens"] = count(steps.end_s, steps.output_tokens)
-    for name, level in (("num_running", steps.num_running), ("num_waiting", steps.num_waiting),
-                        ("kv_usage", steps.kv_used_blocks / steps.num_gpu_blocks)):
-        cols[name] = np.diff(_integral(edges, steps.start_s, steps.end_s, level)) / width
+    cols["prompt_tokens"] = sum(count(g.end_s, g.prefill_tokens) for g in logs)
+    cols["output_tokens"] = sum(count(g.end_s, g.output_tokens) for g in logs)
+    total_blocks = sum(g.num_gpu_blocks for g in logs)
+    for name in ("num_running", "num_waiting", "kv_usage"):
+        cols[name] = sum(np.diff(_integral(edges, g.start_s, g.end_s, _level(g, name, total_blocks))) / width
+                         for g in logs)
     return cols
+
+
+def _level(steps: StepLog, name: str, total_blocks: int) -> np.ndarray:
+    return steps.kv_used_blocks / total_blocks if name == "kv_usage" else getattr(steps, name)
