@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import heapq
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -118,32 +119,35 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     defer = not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
     expected = workload.expected_num_requests
     done = 0
-    pending = 0  # arrivals scheduled and not yet arrived (random failures stop when the run is over)
+    arrivals: list[float] = []  # times of the arrivals scheduled and not yet arrived (a heap)
 
     def on_done(req: Request, now_s: float) -> None:
-        nonlocal done, pending
+        nonlocal done
         done += 1
         if progress and done % 2000 == 0:
             progress(done, expected, now_s)
         for follow in workload.on_request_done(req, now_s):
             _check_arrival(follow)
-            pending += 1
+            heapq.heappush(arrivals, follow.arrival_s)
             loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
+
+    def next_arrival_s() -> float:  # replicas price their stretches up to the next arrival
+        return arrivals[0] if arrivals else float("inf")
 
     replicas, models = [], []
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
     cluster = Cluster(replicas, models, router, loop, on_done, scenario.router.refresh_interval_s)
     for pool in pools:
         for _ in range(pool.replicas):
-            replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)]))
+            replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)],
+                                     next_arrival_s))
             models.append(pool.model)
     cluster.index_models()
-    _schedule_faults(scenario, pools, cluster, fault_seed, lambda: pending > 0 or cluster.num_outstanding > 0)
+    _schedule_faults(scenario, pools, cluster, fault_seed, lambda: bool(arrivals) or cluster.num_outstanding > 0)
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
-        nonlocal pending
-        pending -= 1
+        heapq.heappop(arrivals)
         cluster.arrive(now_s, req)
 
     def arrive_from_stream(now_s: float, req: Request) -> None:
@@ -151,14 +155,13 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         arrive(now_s, req)
 
     def schedule_next() -> None:
-        nonlocal pending
         req = next(stream, None)
         if req is not None:
             _check_arrival(req)
             if req.arrival_s < loop.now_s:
                 raise InputError(f"workload arrivals are not in time order: request {req.id} at "
                                  f"{req.arrival_s} s after one at {loop.now_s} s")
-            pending += 1
+            heapq.heappush(arrivals, req.arrival_s)
             loop.schedule(req.arrival_s, arrive_from_stream, req, PRIO_ARRIVAL)
 
     schedule_next()
@@ -202,7 +205,7 @@ def _check_arrival(req: Request) -> None:
 
 
 def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, until_s: float, defer: bool,
-             seed: np.random.SeedSequence) -> Replica:
+             seed: np.random.SeedSequence, next_arrival_s: Callable[[], float]) -> Replica:
     scheduler, kv = pool.make_parts()
     replica: Replica | None = None
 
@@ -210,7 +213,7 @@ def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, unti
         cluster.replica_done(replica, req, now_s)
 
     engine = Engine(pool.config, scheduler, kv, pool.perf, loop, Recorder(), on_done, until_s=until_s,
-                    rng=np.random.default_rng(seed), defer_finishes=defer)
+                    rng=np.random.default_rng(seed), defer_finishes=defer, next_event_s=next_arrival_s)
     replica = Replica(index, pool.name, engine, pool.make_parts)
     if cluster.refresh_interval_s > 0:
         interval = cluster.refresh_interval_s

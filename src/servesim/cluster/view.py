@@ -8,32 +8,71 @@ nothing per replica, and one that reads a few fields pays only for those replica
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     from servesim.workload.request import Request
 
 
-@dataclass(frozen=True, slots=True)
 class ReplicaView:
-    """One replica's load at `time_s` (the decision time, or the last refresh when stale)."""
+    """One replica's load at `time_s` (the decision time, or the last refresh when stale).
 
-    index: int  # replica index in the cluster (stable for the whole run)
-    pool: str
-    time_s: float
-    num_outstanding: int  # requests dispatched here and not finished (a router's in-flight counter)
-    num_running: int  # engine metric: requests in the running batch
-    num_waiting: int  # engine metric: requests queued (waiting, preempted or swapped)
-    kv_used_blocks: int
-    num_gpu_blocks: int
-    outstanding_prefill_tokens: int  # prompt (or recompute) tokens not yet computed
-    outstanding_decode_tokens: int  # output tokens still to generate (the simulation's lengths)
+    The counts are read when the view is made; KV blocks and outstanding tokens cost a pass
+    over the replica's batch, so a live view computes them on first access (a view is valid
+    for the decision it was made for; stale views are computed in full when taken).
+    """
+
+    __slots__ = ("index", "pool", "time_s", "num_outstanding", "num_running", "num_waiting", "num_gpu_blocks",
+                 "_kv_used_blocks", "_prefill", "_decode", "_lazy")
+
+    def __init__(self, index: int, pool: str, time_s: float, num_outstanding: int, num_running: int,
+                 num_waiting: int, kv_used_blocks: int | None = None, num_gpu_blocks: int = 0,
+                 outstanding_prefill_tokens: int | None = None, outstanding_decode_tokens: int | None = None,
+                 lazy: Callable[[], tuple[int, int, int]] | None = None) -> None:
+        self.index = index  # replica index in the cluster (stable for the whole run)
+        self.pool = pool
+        self.time_s = time_s
+        self.num_outstanding = num_outstanding  # dispatched here and not finished (a router's in-flight counter)
+        self.num_running = num_running  # engine metric: requests in the running batch
+        self.num_waiting = num_waiting  # engine metric: requests queued (waiting, preempted or swapped)
+        self.num_gpu_blocks = num_gpu_blocks
+        self._kv_used_blocks = kv_used_blocks
+        self._prefill = outstanding_prefill_tokens
+        self._decode = outstanding_decode_tokens
+        self._lazy = lazy  # () -> (kv_used_blocks, prefill tokens, decode tokens)
+
+    def _force(self) -> None:
+        self._kv_used_blocks, self._prefill, self._decode = self._lazy()
+        self._lazy = None
+
+    @property
+    def kv_used_blocks(self) -> int:
+        if self._lazy is not None:
+            self._force()
+        return self._kv_used_blocks
+
+    @property
+    def outstanding_prefill_tokens(self) -> int:
+        """Prompt (or recompute) tokens not yet computed."""
+        if self._lazy is not None:
+            self._force()
+        return self._prefill
+
+    @property
+    def outstanding_decode_tokens(self) -> int:
+        """Output tokens still to generate (the simulation's lengths)."""
+        if self._lazy is not None:
+            self._force()
+        return self._decode
 
     @property
     def kv_usage(self) -> float:
         """Share of GPU KV blocks in use (vLLM's `gpu_cache_usage_perc`, 0-1)."""
         return self.kv_used_blocks / self.num_gpu_blocks if self.num_gpu_blocks else 1.0
+
+    def __repr__(self) -> str:
+        return (f"ReplicaView(index={self.index}, time_s={self.time_s}, outstanding={self.num_outstanding}, "
+                f"running={self.num_running}, waiting={self.num_waiting}, kv={self.kv_used_blocks}/{self.num_gpu_blocks})")
 
 
 class ClusterView:

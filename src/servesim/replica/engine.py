@@ -42,7 +42,8 @@ class Engine:
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
                  recorder: Recorder, on_done: DoneCallback, until_s: float = float("inf"),
-                 rng: np.random.Generator | None = None, defer_finishes: bool = False) -> None:
+                 rng: np.random.Generator | None = None, defer_finishes: bool = False,
+                 next_event_s: Callable[[], float] | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.kv = kv
@@ -51,6 +52,9 @@ class Engine:
         self.recorder = recorder
         self.on_done = on_done
         self.until_s = until_s  # the end of the run: no stretch runs past it
+        # The next event that may concern this replica (an arrival anywhere in the cluster):
+        # stretches are priced up to it and extended if it went elsewhere.
+        self.next_event_s = next_event_s or loop.next_time_s
         self.stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
         self._epoch = 0  # bumped by a crash: events of the lost step or timers are ignored
         # Called with the time before anything here changes (a cluster keeping stale views
@@ -70,7 +74,8 @@ class Engine:
         self.num_swapped_blocks = 0
         self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
         self._wake_s = float("inf")
-        self._decode_fns: dict = {}  # batch size -> the perf model's scalar decode step time (or False)
+        self._decode_fns: dict = {}
+        self._affines: dict = {}  # batch size -> the perf model's scalar decode step time (or False)
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
         # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar
         # decode form that prices each step of a shrinking batch.
@@ -283,12 +288,11 @@ class Engine:
             return False
         end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
-                     self.perf, self.scheduler.num_waiting)
+                     self.perf, self.scheduler.num_waiting, self._decode_affine)
         # Price up to the next event anywhere, and at least one step past step 0: the event may
         # not concern this replica (a submission here cuts the stretch back to the step in
         # flight); `_end_fast_forward` extends the stretch when its end is reached uncut.
-        own = self._own_horizon_s()
-        st.price(min(max(self.loop.next_time_s(), math.nextafter(end0, math.inf)), own))
+        st.price(min(max(self.next_event_s(), math.nextafter(end0, math.inf)), self._own_horizon_s()))
         if len(st.ends) < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
@@ -332,6 +336,14 @@ class Engine:
         """The next time this replica changes by itself: a policy timer or the end of the run."""
         return min(self.until_s, self.scheduler.next_timer_s())
 
+    def _decode_affine(self, n: int):
+        """The perf model's affine decode form for n sequences, memoised (None: none)."""
+        a = self._affines.get(n, False)
+        if a is False:
+            form = getattr(self.perf, "decode_affine", None)
+            a = self._affines[n] = form(n) if form else None
+        return a
+
     def _decode_fn(self, n: int):
         """The perf model's scalar decode step time for n sequences, memoised (False: none)."""
         f = self._decode_fns.get(n)
@@ -347,7 +359,7 @@ class Engine:
             # Nothing touched this replica: extend to at least twice the stretch's span so far.
             k = len(st.ends)
             own = self._own_horizon_s()
-            st.price(min(own, max(self.loop.next_time_s(), 2 * st.ends[-1] - st.start_s)))
+            st.price(min(own, max(self.next_event_s(), 2 * st.ends[-1] - st.start_s)))
             if len(st.ends) > k:
                 self._limit(st, k)
             if len(st.ends) > k:

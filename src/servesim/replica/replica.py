@@ -98,7 +98,7 @@ class Replica:
     def view(self, now_s: float, refresh_interval_s: float = 0.0) -> ReplicaView:
         """Load at `now_s`, or as of the last metrics refresh (a multiple of the interval)."""
         if refresh_interval_s <= 0:
-            return self._view_at(now_s)
+            return self._view_at(now_s, lazy=True)
         tick_s = (now_s // refresh_interval_s) * refresh_interval_s
         snap = self._snapshot
         if snap is None or snap.time_s != tick_s:
@@ -114,28 +114,37 @@ class Replica:
         if snap is None or snap.time_s < tick_s:
             self._snapshot = self._view_at(tick_s)
 
-    def _view_at(self, t: float) -> ReplicaView:
+    def _view_at(self, t: float, lazy: bool = False) -> ReplicaView:
+        """The replica's load at `t` (>= the last change here): counts now, the rest on first
+        access when `lazy` (a live view, used before anything changes), else at once."""
         e = self.engine
         sched, kv = e.scheduler, e.kv
-        running = sched.num_running
-        used = kv.num_gpu_blocks - kv.num_free_blocks
-        prefill = sum(r.num_tokens - r.num_computed_tokens for r in sched.running
-                      if r.num_computed_tokens < r.num_tokens)
-        prefill += sum(r.num_tokens for r in sched.waiting)
-        decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
-        outstanding = self.num_outstanding
+        outstanding, running = self.num_outstanding, sched.num_running
         st = e.stretch
+        j = 0
         if st is not None:
             j = min(st.steps_before(t), len(st.ends) - 1)  # step j is in flight at t
+            gone = st.finished_before(j)
+            outstanding -= gone
+            running -= gone
+
+        def rest() -> tuple[int, int, int]:
+            used = kv.num_gpu_blocks - kv.num_free_blocks
+            prefill = sum(r.num_tokens - r.num_computed_tokens for r in sched.running
+                          if r.num_computed_tokens < r.num_tokens)
+            prefill += sum(r.num_tokens for r in sched.waiting)
+            decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
             if j:
-                gone = st.finished_before(j)
-                outstanding -= gone
-                running -= gone
                 used += _stretch_blocks(st, j, kv.block_size, kv)
                 prefill -= sum(n for _, n in st.prefills)
                 decode -= sum(st.sizes[:j])
-        return ReplicaView(self.index, self.pool, t, outstanding, running, sched.num_waiting + len(sched.swapped),
-                           used, kv.num_gpu_blocks, prefill, decode)
+            return used, prefill, decode
+
+        view = ReplicaView(self.index, self.pool, t, outstanding, running, sched.num_waiting + len(sched.swapped),
+                           num_gpu_blocks=kv.num_gpu_blocks, lazy=rest)
+        if not lazy:
+            view.kv_used_blocks  # noqa: B018  (computed now: the state will change before it is read)
+        return view
 
     def cached_blocks(self, req: Request) -> int:
         """Leading prefix blocks of `req` (its `hash_block_tokens` blocks) in this replica's cache."""

@@ -20,7 +20,7 @@ the first finish.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -34,11 +34,12 @@ class Stretch:
 
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "first_new", "free_blocks", "kmax", "ends", "sizes", "final", "gen",
-                 "_decode_fn", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f")
+                 "_decode_fn", "_affine", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
+                 "_ctx_total", "_arrays")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
-                 num_waiting: int) -> None:
+                 num_waiting: int, affine: Callable[[int], tuple | None] = lambda n: None) -> None:
         self.start_s = start_s
         self.out = out
         self.decodes = decodes
@@ -57,9 +58,11 @@ class Stretch:
         self.final = False  # cut (or limited): never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
         self._decode_fn = decode_fn
+        self._affine = affine  # batch size -> the perf model's (base, g, cpu, overlap), or None
         self._perf = perf
         n = len(reqs)
-        self._ctx_sum = sum(ctx1)
+        self._ctx_sum = self._ctx_total = sum(ctx1)
+        self._arrays = None  # (sorted remaining, ctx1 prefix sums in that order), made on first use
         self._active = n
         self._order = sorted(range(n), key=remaining.__getitem__) if through else None
         self._sorted_rem = [remaining[i] for i in self._order] if through else None
@@ -80,30 +83,111 @@ class Stretch:
             self._active -= 1
             p += 1
         self._p = p
+        if self._active and self._f is not None:
+            self._f = self._decode_fn(self._active)
 
     def price(self, horizon: float) -> None:
-        """Append steps until one would start at or after `horizon`, or `kmax` steps."""
+        """Append steps until one would start at or after `horizon`, or `kmax` steps.
+
+        A step's time is an affine function of the batch's context sum, with coefficients
+        that depend on the batch size; long runs are priced with numpy over all their steps,
+        departures included (the same floats in the same order as the scalar loop, which
+        prices short runs)."""
         if self._f is False:
             return self._price_vectorised(horizon)
-        ends, sizes, k = self.ends, self.sizes, self.kmax
+        ends = self.ends
+        while len(ends) < self.kmax and self._active and ends[-1] < horizon:
+            m = self.kmax - len(ends)
+            if horizon != float("inf"):  # steps only grow longer: the next one bounds how many fit
+                m = min(m, int((horizon - ends[-1]) / self._f(self._ctx_sum)) + 2)
+            if m > 32 and self._affine(self._active) is not None:
+                self._price_numpy(min(m, 1 << 14), horizon)
+            else:
+                self._price_loop(m, horizon)
+
+    def _price_loop(self, m: int, horizon: float) -> None:
+        ends, sizes = self.ends, self.sizes
         t = ends[-1]
         j = len(ends)
+        stop = j + m
         f, ctx_sum, active = self._f, self._ctx_sum, self._active
-        through = self.through
-        while j < k and active and t < horizon:
+        order, rem = self._order, self._sorted_rem
+        while j < stop and active and t < horizon:
             t += f(ctx_sum)
             ends.append(t)
             sizes.append(active)
             ctx_sum += active
             j += 1
-            if through and self._p < len(self._order) and self.remaining[self._order[self._p]] == j:
-                self._ctx_sum = ctx_sum
-                self._active = active
+            if order is not None and self._p < len(order) and rem[self._p] == j:
+                self._ctx_sum, self._active = ctx_sum, active
                 self._leave(j)
-                ctx_sum, active = self._ctx_sum, self._active
-                if active:
-                    f = self._decode_fn(active)
-        self._f, self._ctx_sum, self._active = f, ctx_sum, active
+                ctx_sum, active, f = self._ctx_sum, self._active, self._f
+        self._ctx_sum, self._active = ctx_sum, active
+
+    def _price_numpy(self, m: int, horizon: float) -> None:
+        """Steps j0 .. j0+m-1 at once: step j runs the requests with remaining > j, whose
+        context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers, so the
+        same values the scalar loop reaches by increments."""
+        ends = self.ends
+        j0 = len(ends)
+        j = np.arange(j0, j0 + m, dtype=np.int64)
+        if self.through:
+            gone = np.searchsorted(self._rem_arr, j, side="right")  # requests done before step j
+            n = len(self._rem_arr) - gone
+            keep = int(np.count_nonzero(n))
+            j, gone, n = j[:keep], gone[:keep], n[:keep]
+            ctx = self._ctx_total - self._ctx_prefix[gone] + (j - 1) * n
+        else:
+            n = np.full(len(j), self._active, dtype=np.int64)
+            ctx = self._ctx_total + (j - 1) * self._active
+        if self.through:  # n only falls: one affine form per run of equal batch sizes
+            starts = np.concatenate([[0], np.flatnonzero(np.diff(n)) + 1])
+            lens = np.diff(np.append(starts, len(n)))
+            forms = [self._affine(int(x)) for x in n[starts]]
+            base = np.repeat([f[0] for f in forms], lens)
+            cpu = np.repeat([f[2] for f in forms], lens)
+        else:
+            forms = [self._affine(self._active)]
+            base, cpu = forms[0][0], forms[0][2]
+        x = base + forms[0][1] * ctx
+        times = np.maximum(x, cpu) if forms[0][3] else x + cpu
+        times[0] += ends[-1]
+        e = np.cumsum(times)
+        take = min(len(e), int(e.searchsorted(horizon)) + 1)
+        ends += e[:take].tolist()
+        self.sizes += n[:take].tolist()
+        # the scalar state after those steps
+        jn = j0 + take
+        if self.through:
+            self._leave_to(jn)
+        self._ctx_sum = self._ctx_at(jn)
+
+    @property
+    def _rem_arr(self) -> np.ndarray:
+        return self._sorted_arrays()[0]
+
+    @property
+    def _ctx_prefix(self) -> np.ndarray:
+        return self._sorted_arrays()[1]
+
+    def _sorted_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            ctx = np.array([self.ctx1[i] for i in self._order], dtype=np.int64)
+            self._arrays = (np.array(self._sorted_rem, dtype=np.int64), np.concatenate([[0], np.cumsum(ctx)]))
+        return self._arrays
+
+    def _leave_to(self, j: int) -> None:
+        """The batch before step j: every request with remaining <= j has left."""
+        self._p = bisect_right(self._sorted_rem, j)
+        self._active = len(self._order) - self._p
+        if self._active:
+            self._f = self._decode_fn(self._active)
+
+    def _ctx_at(self, j: int) -> int:
+        """Context sum of the batch in step j (integers, exact)."""
+        if self.through:
+            return self._ctx_total - int(self._ctx_prefix[self._p]) + (j - 1) * self._active
+        return self._ctx_total + (j - 1) * self._active
 
     def _price_vectorised(self, horizon: float) -> None:
         """Sliding-window models have no scalar decode form: price chunks of steps with numpy
