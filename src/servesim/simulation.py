@@ -140,7 +140,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     for pool in pools:
         for _ in range(pool.replicas):
             replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)],
-                                     next_arrival_s))
+                                     next_arrival_s, 1 if n == 1 else 3 * n))
             models.append(pool.model)
     cluster.index_models()
     _schedule_faults(scenario, pools, cluster, fault_seed, lambda: bool(arrivals) or cluster.num_outstanding > 0)
@@ -205,7 +205,7 @@ def _check_arrival(req: Request) -> None:
 
 
 def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, until_s: float, defer: bool,
-             seed: np.random.SeedSequence, next_arrival_s: Callable[[], float]) -> Replica:
+             seed: np.random.SeedSequence, next_arrival_s: Callable[[], float], lookahead: int) -> Replica:
     scheduler, kv = pool.make_parts()
     replica: Replica | None = None
 
@@ -213,7 +213,8 @@ def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, unti
         cluster.replica_done(replica, req, now_s)
 
     engine = Engine(pool.config, scheduler, kv, pool.perf, loop, Recorder(), on_done, until_s=until_s,
-                    rng=np.random.default_rng(seed), defer_finishes=defer, next_event_s=next_arrival_s)
+                    rng=np.random.default_rng(seed), defer_finishes=defer, next_event_s=next_arrival_s,
+                    lookahead=lookahead)
     replica = Replica(index, pool.name, engine, pool.make_parts)
     if cluster.refresh_interval_s > 0:
         interval = cluster.refresh_interval_s

@@ -43,7 +43,7 @@ class Engine:
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
                  recorder: Recorder, on_done: DoneCallback, until_s: float = float("inf"),
                  rng: np.random.Generator | None = None, defer_finishes: bool = False,
-                 next_event_s: Callable[[], float] | None = None) -> None:
+                 next_event_s: Callable[[], float] | None = None, lookahead: float = 1.0) -> None:
         self.config = config
         self.scheduler = scheduler
         self.kv = kv
@@ -55,6 +55,10 @@ class Engine:
         # The next event that may concern this replica (an arrival anywhere in the cluster):
         # stretches are priced up to it and extended if it went elsewhere.
         self.next_event_s = next_event_s or loop.next_time_s
+        # With n replicas sharing the arrivals, the next one here is about n arrivals away: a
+        # new stretch is priced `lookahead` times as far ahead as the next arrival anywhere
+        # (pricing is cheap, events are not; the cluster uses 3n).
+        self.lookahead = lookahead
         self.stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
         self._epoch = 0  # bumped by a crash: events of the lost step or timers are ignored
         # Called with the time before anything here changes (a cluster keeping stale views
@@ -292,7 +296,8 @@ class Engine:
         # Price up to the next event anywhere, and at least one step past step 0: the event may
         # not concern this replica (a submission here cuts the stretch back to the step in
         # flight); `_end_fast_forward` extends the stretch when its end is reached uncut.
-        st.price(min(max(self.next_event_s(), math.nextafter(end0, math.inf)), self._own_horizon_s()))
+        ahead_s = now_s + (self.next_event_s() - now_s) * self.lookahead
+        st.price(min(max(ahead_s, math.nextafter(end0, math.inf)), self._own_horizon_s()))
         if len(st.ends) < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
@@ -356,10 +361,10 @@ class Engine:
         if gen != st.gen:
             return  # replaced by a cut or an extension
         if not st.final and len(st.ends) < st.kmax:
-            # Nothing touched this replica: extend to at least twice the stretch's span so far.
+            # Nothing touched this replica: extend to at least four times the stretch's span so far.
             k = len(st.ends)
             own = self._own_horizon_s()
-            st.price(min(own, max(self.next_event_s(), 2 * st.ends[-1] - st.start_s)))
+            st.price(min(own, max(self.next_event_s(), 4 * st.ends[-1] - 3 * st.start_s)))
             if len(st.ends) > k:
                 self._limit(st, k)
             if len(st.ends) > k:

@@ -104,7 +104,17 @@ class Replica:
         if snap is None or snap.time_s != tick_s:
             # nothing changed here since the tick (see `before_change`), so now is then
             snap = self._snapshot = self._view_at(tick_s)
-        return snap
+        # The engine's metrics are as scraped at the tick; the router's own in-flight counter
+        # (dispatches minus completions) is always current.
+        return ReplicaView(snap.index, snap.pool, snap.time_s, self._outstanding_at(now_s), snap.num_running,
+                           snap.num_waiting, snap.kv_used_blocks, snap.num_gpu_blocks,
+                           snap.outstanding_prefill_tokens, snap.outstanding_decode_tokens)
+
+    def _outstanding_at(self, t: float) -> int:
+        st = self.engine.stretch
+        if st is None:
+            return self.num_outstanding
+        return self.num_outstanding - st.finished_before(min(st.steps_before(t), len(st.ends) - 1))
 
     def before_change(self, now_s: float, refresh_interval_s: float) -> None:
         """Called before the engine changes state at `now_s`: keep the view a refresh at or
@@ -124,7 +134,7 @@ class Replica:
         j = 0
         if st is not None:
             j = min(st.steps_before(t), len(st.ends) - 1)  # step j is in flight at t
-            gone = st.finished_before(j)
+            gone = st.finished_before(j)  # finished in steps before j, processed at the stretch's end
             outstanding -= gone
             running -= gone
 

@@ -2,7 +2,7 @@
 
 A router picks, for each arriving request, one replica among `ClusterView.candidates` (or
 None to reject it, e.g. load shedding). It reads replica load through the view (live or stale,
-as the scenario's `cluster.refresh_interval_s` says) and may keep its own state, updated by
+as the scenario's `router.refresh_interval_s` says) and may keep its own state, updated by
 `on_dispatch` and `on_complete` (approximate prefix trees, counters between refreshes).
 
 To add a policy: one file in this folder with a `Router` subclass decorated with

@@ -29,7 +29,7 @@ class VLLMDataParallel(Router):
     smaller score, then add `client_count` to the chosen engine's *local* waiting count.
     The counts come from the DP coordinator (`vllm/v1/engine/coordinator.py`), which
     publishes them every `stats_update_interval_ms` = 100 ms when they change: a stale
-    view. Run it with `cluster.refresh_interval_s: 0.1` to match.
+    view. Run it with `router.refresh_interval_s: 0.1` to match.
 
     The local increments last until the next published snapshot: an increment made at time
     t counts while the view's `time_s` is older than t (a snapshot taken at or after t
