@@ -66,24 +66,58 @@ def _jsonable(obj):
     return obj
 
 
+#: Every file a run folder may hold; a run removes those it did not write (e.g. the report.html
+#: of an earlier run with --report), so the folder never mixes runs.
+RUN_FILES = ("scenario.yaml", "summary.json", "requests.csv", "requests.parquet", "timeseries.csv", "report.html")
+
+
+def out_dir_option(value: str | None, default: Path) -> Path:
+    """The folder named by `--out` (`default` when not given); an empty name is an error."""
+    if value is None:
+        return default
+    if not value.strip():
+        raise InputError("--out is empty; name an output folder, e.g. --out out/run1")
+    return Path(value)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Fail now, before a long simulation, if the run folder cannot be written."""
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"--out '{out_dir}' exists and is not a folder")
+        existing = out_dir
+        while not existing.exists():  # the folder, or its nearest existing ancestor
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"--out '{out_dir}': '{existing}' is a file, not a folder")
+        os.rmdir(tempfile.mkdtemp(prefix=".servesim-check.", dir=existing))  # can we create in it?
+    except OSError as e:
+        raise InputError(f"--out '{out_dir}': cannot write there ({e.strerror or e})") from None
+
+
 def write_run(result: Result, out_dir: Path, summary: dict | None = None) -> Path:
     """Write the run folder atomically; returns its path."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out '{out_dir}' exists and is not a folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    check_out_dir(out_dir)
+    exists = out_dir.exists()
+    if not exists:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # staged inside an existing folder (moved up file by file), else beside it (renamed into place)
+    tmp = Path(tempfile.mkdtemp(prefix=".servesim-run.", dir=out_dir if exists else out_dir.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a results folder is an ordinary one
     try:
         _write_files(result, tmp, summary or result.summary())
-        if out_dir.exists():
+        if exists:
+            written = {child.name for child in tmp.iterdir()}
+            for name in RUN_FILES:  # our files from an earlier run that this one does not rewrite
+                if name not in written and (out_dir / name).is_file():
+                    (out_dir / name).unlink()
             for child in tmp.iterdir():  # replace our own files, keep anything else the user put there
-                target = out_dir / child.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                child.replace(target)
+                if (out_dir / child.name).is_dir():
+                    raise InputError(f"'{out_dir / child.name}' is a folder; remove it or choose another --out")
+                child.replace(out_dir / child.name)
             tmp.rmdir()
         else:
             tmp.rename(out_dir)

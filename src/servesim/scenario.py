@@ -72,8 +72,8 @@ class Scenario(BaseModel):
 
     model_config = _STRICT
 
-    seed: int = 0
-    """Root random seed; every random component derives its own stream from it."""
+    seed: int = Field(0, ge=0)
+    """Root random seed (>= 0); every random component derives its own stream from it."""
     model: str = "llama-3.1-8b"
     """Model name from the catalogue, or a path to a Hugging Face config.json."""
     gpu: str = "h100-sxm"
@@ -139,10 +139,7 @@ def load_scenario(path: str | Path | None = None, overrides: list[str] | None = 
     if path is None:
         text, where = default_scenario_text(), "default scenario"
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"scenario file '{path}' does not exist")
-        text, where = p.read_text(), str(path)
+        text, where = read_scenario_text(Path(path)), str(path)
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -154,6 +151,21 @@ def load_scenario(path: str | Path | None = None, overrides: list[str] | None = 
     for item in overrides or []:
         apply_override(data, item)
     return validate_scenario(data, where)
+
+
+def read_scenario_text(path: Path) -> str:
+    """The text of a scenario file, or one InputError line saying why it cannot be read."""
+    if path.is_dir():
+        raise InputError(f"scenario '{path}' is a folder; give a scenario YAML file (e.g. examples/azure-conv.yaml)")
+    if not path.is_file():
+        raise InputError(f"scenario file '{path}' does not exist")
+    try:
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the YAML
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a UTF-8 text file (byte {e.start} is 0x{e.object[e.start]:02x}); "
+                         "a scenario is a YAML text file") from None
+    except OSError as e:
+        raise InputError(f"cannot read scenario file '{path}': {e.strerror or e}") from None
 
 
 def validate_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:

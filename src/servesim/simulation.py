@@ -18,6 +18,7 @@ from servesim.cluster.routers import Router, get_router
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
+from servesim.metrics.notices import run_warnings
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
@@ -29,6 +30,10 @@ from servesim.replica.replica import Replica
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
 from servesim.workload.request import Request, RequestState
+
+#: Latest arrival time accepted, s (about 32 years). Later ones are a time in the wrong unit (or
+#: a corrupt value such as 1e308); beyond it float seconds also lose sub-microsecond precision.
+MAX_ARRIVAL_S = 1e9
 
 Progress = Callable[[int, int | None, float], None]  # (requests done, expected total, simulated time)
 
@@ -85,6 +90,9 @@ class Result:
         if self.cluster is not None:
             out["cluster"] = cluster_section(self.replicas, self.cluster, np.array([r.replica for r in self.requests]),
                                              cols, self.steps.end_s)
+        warnings = run_warnings(cols, self.requests, is_trace=self.scenario.workload.trace is not None)
+        if warnings:
+            out["warnings"] = warnings
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
@@ -125,6 +133,7 @@ class Feed:
             self._schedule(follow, self._arrive)
 
     def _schedule(self, req: Request, handler) -> None:
+        _check_arrival(req)
         heapq.heappush(self._times, req.arrival_s)
         self.loop.schedule(req.arrival_s, handler, req, PRIO_ARRIVAL)
 
@@ -188,11 +197,28 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
             gc.enable()
     for r in cluster.replicas:
         r.engine.drain(loop.now_s)
+    if not cluster.requests:
+        raise InputError(_no_requests(scenario))
     if progress:
         progress(feed.num_done, workload.expected_num_requests, loop.now_s)
     result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
+
+
+def _no_requests(scenario: Scenario) -> str:
+    w = scenario.workload
+    limits = f"workload.duration_s {w.duration_s}, max_sim_time_s {scenario.max_sim_time_s}"
+    if w.trace is not None:
+        return (f"no request to simulate: trace '{w.trace.name}' has no rows in the replayed slice "
+                f"(trace.start_s {w.trace.start_s:g}, trace.end_s {w.trace.end_s}, {limits})")
+    return f"no request to simulate: none arrives before the run ends ({limits})"
+
+
+def _check_arrival(req: Request) -> None:
+    if not req.arrival_s <= MAX_ARRIVAL_S:
+        raise InputError(f"request {req.id} arrives at {req.arrival_s:g} s, beyond the limit of {MAX_ARRIVAL_S:g} s "
+                         "(about 32 years); is a time given in the wrong unit (e.g. milliseconds as seconds)?")
 
 
 def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, until_s: float, defer: bool,

@@ -37,8 +37,8 @@ def test_compare_prints_one_table_and_writes_csv_and_runs(tmp_path):
     out = tmp_path / "cmp"
     res = CliRunner().invoke(app, ["compare", *SMALL, "--set", "scheduler.name=vllm,sarathi,vtc", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "sarathi" in res.stdout and "TTFT mean s" in res.stdout
-    rows = list(csv.DictReader(open(out / "comparison.csv")))
+    assert "sarathi" in res.stdout and "TTFT mean ms" in res.stdout  # on screen in ms, as `run` prints
+    rows = list(csv.DictReader(open(out / "comparison.csv")))  # the CSV keeps seconds
     assert [r["variant"] for r in rows] == ["vllm", "sarathi", "vtc"]
     assert all(r["finished"] == "60" for r in rows)
     for name in ("vllm", "sarathi", "vtc"):
@@ -69,3 +69,13 @@ def test_compare_report_writes_html(tmp_path):
     assert res.exit_code == 0, res.output
     html = (tmp_path / "comparison.html").read_text()
     assert "sglang" in html
+
+
+def test_compare_table_prints_latencies_in_milliseconds(tmp_path):
+    res = CliRunner().invoke(app, ["compare", *SMALL, "--set", "scheduler.name=vllm,orca", "--out", str(tmp_path)],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    rows = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "comparison.csv"))}
+    ttft_ms = float(rows["vllm"]["TTFT mean s"]) * 1e3
+    line = next(ln for ln in res.stdout.splitlines() if "TTFT mean ms" in ln)
+    assert f"{ttft_ms:.3g}" in line and " s " not in line.replace("TTFT mean ms", "")

@@ -63,30 +63,87 @@ def test_short_keys_override(tmp_path):
     assert "max_num_batched_tokens: 2048" in text  # vllm serve default on A100
 
 
-BAD = {
-    "malformed yaml": ("scenario: [unclosed", "malformed YAML"),
-    "unknown field": ("engine:\n  max_num_seq: 4\n", "unknown field 'engine.max_num_seq'; allowed: block_size"),
-    "negative rate": ("workload:\n  arrival: {process: poisson, rate_per_s: -2}\n", "rate_per_s"),
-    "unknown model": ("model: llama-9\n", "llama-3.1-8b"),
-    "unknown gpu": ("gpu: h800\n", "h100-sxm"),
-    "unknown scheduler": ("scheduler: {name: magic}\n", "unknown scheduler 'magic'; allowed: andes"),
+def _gzip(text: str) -> bytes:
+    import gzip
+
+    return gzip.compress(text.encode())
+
+
+TWO_ROWS = "arrival_s,prompt_len,output_len\n0,100,10\n"
+# Files every bad-input case can name as {tmp}/NAME.
+FILES: dict[str, bytes] = {
+    "latin1.csv": "arrival_s,prompt_len,output_len\n0,100,10\n1,50,5 caf\xe9\n".encode("latin-1"),
+    "binary.jsonl": bytes(range(256)) * 4,
+    "plain.csv.gz": TWO_ROWS.encode(),
+    "truncated.csv.gz": _gzip(TWO_ROWS + "".join(f"{i},100,10\n" for i in range(1, 4000)))[:400],
+    "header-only.csv": b"arrival_s,prompt_len,output_len\n",
+    "far.csv": (TWO_ROWS + "1e308,100,10\n").encode(),
+    "a-file": b"not a folder",
+}
+TRACE = "workload:\n  trace: {tmp}/%s\n"
+
+# name -> (scenario file content, extra CLI arguments, text the one error line must contain)
+BAD: dict[str, tuple[str | bytes, list[str], str]] = {
+    "malformed yaml": ("scenario: [unclosed", [], "malformed YAML"),
+    "unknown field": ("engine:\n  max_num_seq: 4\n", [], "unknown field 'engine.max_num_seq'; allowed: block_size"),
+    "negative rate": ("workload:\n  arrival: {process: poisson, rate_per_s: -2}\n", [], "rate_per_s"),
+    "unknown model": ("model: llama-9\n", [], "llama-3.1-8b"),
+    "unknown gpu": ("gpu: h800\n", [], "h100-sxm"),
+    "unknown scheduler": ("scheduler: {name: magic}\n", [], "unknown scheduler 'magic'; allowed: andes"),
+    # issue 16, item 4: tracebacks before
+    "non-utf8 scenario": ("seed: 1\n".encode() + b"model: caf\xe9\n", [], "not a UTF-8 text file"),
+    "binary scenario": (bytes(range(256)) * 4, [], "not a UTF-8 text file"),
+    "non-utf8 trace": (TRACE % "latin1.csv", [], "latin1.csv: not a UTF-8 text file"),
+    "binary trace": (TRACE % "binary.jsonl", [], "binary.jsonl: not a UTF-8 text file"),
+    "gz that is not gzip": (TRACE % "plain.csv.gz", [], "plain.csv.gz: not a readable gzip file"),
+    "truncated gz": (TRACE % "truncated.csv.gz", [], "truncated.csv.gz: not a readable gzip file"),
+    "negative seed": ("seed: -1\n", [], "seed: Input should be greater than or equal to 0"),
+    "out under a file": ("seed: 1\n", ["--out", "{tmp}/a-file/run"], "'{tmp}/a-file' is a file, not a folder"),
+    "out unwritable": ("seed: 1\n", ["--out", "/proc/servesim-test/run"], "cannot write there"),
+    "timestamp 1e308": (TRACE % "far.csv", [], "arrives at 1e+308 s, beyond the limit of 1e+09 s"),
+    "eta_memory 0": ("perf: {overrides: {eta_memory: 0}}\n", [], "constant 'eta_memory' must be in (0, 1], got 0"),
+    # item 5: nonsense accepted before
+    "eta_memory negative": ("perf: {overrides: {eta_memory: -1}}\n", [], "'eta_memory' must be in (0, 1]"),
+    "eta_compute above 1": ("perf: {overrides: {eta_compute: 1.5}}\n", [], "'eta_compute' must be in (0, 1]"),
+    "step overhead negative": ("perf: {overrides: {step_overhead_s: -0.001}}\n", [], "'step_overhead_s' must be >= 0"),
+    "token budget below max_model_len": (
+        "engine: {enable_chunked_prefill: false, max_num_batched_tokens: 4096}\n", [],
+        "engine.max_num_batched_tokens (4096) is smaller than engine.max_model_len (131072) with chunked prefill off"),
+    "token budget below max_num_seqs": ("engine: {max_num_batched_tokens: 64}\n", [],
+                                        "max_num_batched_tokens (64) must be >= engine.max_num_seqs (1024)"),
+    "empty trace": (TRACE % "header-only.csv", [], "no request to simulate: trace '{tmp}/header-only.csv' has no rows"),
+    # item 8: misleading messages before
+    "scenario is a folder": (None, ["{tmp}"], "is a folder; give a scenario YAML file"),
+    "huge token budget": ("engine: {max_num_batched_tokens: 1000000}\n", [],
+                          "activations of max_num_batched_tokens 1000000 110.7 GiB"),
+    "model does not fit": ("model: llama-3.1-70b\n", [], "llama-3.1-70b weights 131.4 GiB"),
+    "empty out": ("seed: 1\n", ["--out", ""], "--out is empty"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_one_line_exit_2_no_results(tmp_path, case):
-    text, expected = BAD[case]
-    scenario = tmp_path / "bad.yaml"
-    scenario.write_text(text)
+    text, extra, expected = BAD[case]
+    for name, content in FILES.items():
+        (tmp_path / name).write_bytes(content)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    if text is not None:
+        scenario = tmp_path / "bad.yaml"
+        content = text.replace("{tmp}", str(tmp_path)) if isinstance(text, str) else text
+        scenario.write_bytes(content.encode() if isinstance(content, str) else content)
+        args.insert(0, str(scenario))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "servesim", "run", str(scenario), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "servesim", "run", *args, "-q"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert expected in lines[0]
+    assert expected.replace("{tmp}", str(tmp_path)) in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no result folder, nothing half-written
 
 
 def test_bad_trace_row_names_file_line_column(tmp_path):
@@ -128,3 +185,60 @@ def test_report_flag_writes_report(tmp_path):
     assert res.exit_code == 0, res.output
     html = (tmp_path / "r" / "report.html").read_text()
     assert "plotly" in html.lower() and "<script src=\"http" not in html
+
+
+def test_rerun_without_report_removes_the_stale_report(tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("--out", str(out), "-q", "--report", "--set", "workload.trace.end_s=30").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    assert (out / "report.html").exists()
+    assert run_cli("--out", str(out), "-q", "--set", "workload.trace.end_s=20").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "requests.csv", "scenario.yaml", "summary.json",
+                                                      "timeseries.csv"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "servesim", "run", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_every_request_rejected_says_why(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_len,output_len\n0,5000,10\n1,6000,10\n")
+    proc = _cli("--set", f"workload.trace.name={trace}", "--set", "engine.max_model_len=4096",
+                "--out", str(tmp_path / "o"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ("warning: every request rejected (2); the first, request 0: "
+                                   "prompt + output = 5010 tokens > max_model_len 4096")
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["warnings"] == [proc.stderr.strip()[9:]]
+
+
+def test_trace_in_milliseconds_read_as_seconds_is_warned_about(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_len,output_len\n" + "".join(f"{i * 250_000},100,10\n" for i in range(12)))
+    proc = _cli("--set", f"workload.trace.name={trace}", "--out", str(tmp_path / "o"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("warning: the trace's 12 requests arrive over 31.8 days, one every 250,000 s")
+    assert "timestamp_ms" in proc.stderr
+    assert _cli("--out", str(tmp_path / "n"), "-q", *SHORT).stderr == ""  # an ordinary trace: no warning
+
+
+def test_csv_with_byte_order_mark_reads_its_first_column(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_bytes("\ufeffarrival_s,prompt_len,output_len\n0,100,10\n1,50,5\n".encode())
+    res = run_cli("--set", f"workload.trace.name={trace}", "--out", str(tmp_path / "o"), "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["num_finished"] == 2
+
+
+def test_chunked_prefill_off_gets_a_budget_of_max_model_len(tmp_path):
+    res = run_cli("--set", "engine.enable_chunked_prefill=false", "--out", str(tmp_path / "o"), "-q", *SHORT)
+    assert res.exit_code == 0, res.output
+    assert "max_num_batched_tokens: 131072" in (tmp_path / "o" / "scenario.yaml").read_text()  # as vLLM sets it
+
+
+def test_help_keeps_text_in_brackets():
+    res = CliRunner().invoke(app, ["run", "--help"], terminal_width=400)
+    flat = " ".join(res.stdout.replace("│", " ").split())
+    assert "fixed prompt length, or [low, high] uniform" in flat
+    assert "workload.lengths.prompt_tokens (int or [int, int], default 512)" in flat
+    assert "[[time_s, rate_per_s], ...]" in flat

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from servesim.cli import app
@@ -57,3 +58,33 @@ def test_generate_writes_the_scenario_workload(tmp_path):
     res = runner.invoke(app, ["trace", "generate", str(scn), str(out)])
     assert res.exit_code == 0, res.output
     assert len(out.read_text().splitlines()) == 250
+
+
+def _first_of_each_unit(requests_csv, key: str) -> list[tuple[float, int, int]]:
+    import csv
+
+    first: dict[str, tuple[float, int, int]] = {}
+    for r in csv.DictReader(open(requests_csv)):  # rows in id order: a unit's first request comes first
+        first.setdefault(r[key], (float(r["arrival_s"]), int(r["prompt_len"]), int(r["output_len"])))
+    return [first[k] for k in sorted(first, key=int)]
+
+
+@pytest.mark.parametrize(("workload", "key"), [
+    (["workload.arrival.rate_per_s=2", "workload.sessions.turns=[2, 6]"], "session_id"),
+    (["workload.arrival.rate_per_s=1", "workload.programs.calls=[{}, {parents: [0]}, {parents: [0, 1]}]",
+      "workload.sessions=null"], "program_id"),
+])
+def test_generate_writes_the_starts_that_run_simulates(tmp_path, workload, key):
+    import csv
+
+    sets = [x for item in ["workload.trace=null", "workload.lengths.dataset=sharegpt", "workload.num_requests=300",
+                           *workload] for x in ("--set", item)]
+    res = runner.invoke(app, ["trace", "generate", "src/servesim/scenarios/default.yaml", str(tmp_path / "g.csv"), *sets])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["run", "-q", "--out", str(tmp_path / "run"), *sets])
+    assert res.exit_code == 0, res.output
+    started = _first_of_each_unit(tmp_path / "run" / "requests.csv", key)
+    generated = [(float(r["arrival_s"]), int(r["prompt_len"]), int(r["output_len"]))
+                 for r in csv.DictReader(open(tmp_path / "g.csv"))]
+    assert 40 < len(started) < len(generated) == 300  # num_requests counts the follow-ups too
+    assert generated[:len(started)] == started

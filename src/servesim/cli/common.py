@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import typer
 from pydantic import BaseModel
+from rich.markup import escape
 
 from servesim.errors import InputError
 
@@ -17,6 +18,11 @@ def fail(message: str) -> typer.Exit:
     """Print `error: message` to stderr and return the exit to raise (code 2)."""
     print(f"error: {message}", file=sys.stderr)
     return typer.Exit(2)
+
+
+def warn(message: str) -> None:
+    """Print `warning: message` to stderr: the run completed, but probably not as meant."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -45,6 +51,8 @@ def _type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
+    if origin is tuple:
+        return f"[{', '.join(_type_name(a) for a in args)}]"
     if origin in (dict, list):
         return f"{origin.__name__} of {' to '.join(_type_name(a) for a in args)}"
     if args:
@@ -64,5 +72,6 @@ def schema_help(model: type[BaseModel], prefix: str = "") -> list[str]:
             continue
         default = field.get_default(call_default_factory=True)
         doc = (field.description or "").replace("\n", " ")
-        lines.append(f"{key} ({_type_name(ann)}, default {default!r}): {doc}")
+        # Typer renders help with Rich, which would swallow `[low, high]` as a markup tag
+        lines.append(escape(f"{key} ({_type_name(ann)}, default {default!r}): {doc}"))
     return lines

@@ -46,6 +46,11 @@ def register(app: typer.Typer) -> None:
         elif batch is None:
             raise InputError("give --batch N or --max-throughput")
         result = estimate(pm, profile, batch, input_len, output_len).to_dict()
+        if not result["fits_in_memory"]:  # the numbers would describe a batch the GPUs cannot hold
+            largest = max_batch_that_fits(pm, profile, input_len, output_len)  # raises if not even one fits
+            raise InputError(f"--batch {batch} of {input_len} + {output_len} tokens does not fit the KV cache of "
+                             f"{model} on {tp * pp} x {gpu} ({result['kv_capacity_tokens']:,} tokens); "
+                             f"allowed: --batch <= {largest}, --max-throughput, more GPUs or a smaller dtype")
         if as_json:
             print_json(result)
             return

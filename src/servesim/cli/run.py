@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from servesim.cli.common import schema_help, user_errors
+from servesim.cli.common import schema_help, user_errors, warn
 
 
 def _help_text() -> str:
@@ -29,18 +29,19 @@ def register(app: typer.Typer) -> None:
     def run(
         scenario: Optional[Path] = typer.Argument(None, help="Scenario YAML file."),
         set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set engine.max_num_seqs=128."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: out/<scenario name>)."),
+        out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: out/<scenario name>)."),
         report: bool = typer.Option(False, "--report", help="Also write report.html into the output folder."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
         json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
     ) -> None:
         from servesim.cli.display import progress_bar, summary_table
-        from servesim.output import write_run
+        from servesim.output import check_out_dir, out_dir_option, write_run
         from servesim.scenario import load_scenario
         from servesim.simulation import simulate
 
         scn = load_scenario(scenario, set_)
-        out_dir = out or Path("out") / (scenario.stem if scenario else "default")
+        out_dir = out_dir_option(out, Path("out") / (scenario.stem if scenario else "default"))
+        check_out_dir(out_dir)  # before the simulation, not after it
         with progress_bar(enabled=not quiet and not json_out) as progress:
             result = simulate(scn, progress=progress)
         summary = result.summary()
@@ -49,6 +50,8 @@ def register(app: typer.Typer) -> None:
             from servesim.report import write_run_report
 
             write_run_report(out_dir)
+        for message in summary.get("warnings", []):
+            warn(message)
         if json_out:
             typer.echo(json.dumps(summary, indent=2))
         elif not quiet:

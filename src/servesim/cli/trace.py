@@ -103,8 +103,10 @@ def generate(
     dest: Path = typer.Argument(..., help="Output .csv or .jsonl(.gz) file."),
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set workload.num_requests=500."),
 ) -> None:
-    """Write the open-loop requests of a scenario's workload (the same ones `servesim run` uses;
-    closed-loop follow-ups depend on the simulation and are not included)."""
+    """Write the open-loop requests of a scenario's workload: the same ones `servesim run` uses
+    (for sessions and agent programs, the first turns and root calls). Closed-loop follow-ups
+    depend on the simulation and are not included; as workload.num_requests counts them too, a
+    run may start only the first of the requests written."""
     import numpy as np
 
     from servesim.scenario import load_scenario

@@ -7,7 +7,7 @@ from typing import Any
 
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
-from servesim.replica.config import EngineConfig, serve_batch_defaults
+from servesim.replica.config import EngineConfig, check_engine_limits, serve_batch_defaults
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers import Scheduler, get_scheduler
 from servesim.scenario import Scenario, SchedulerConfig
@@ -40,14 +40,20 @@ class PoolSpec:
 
 
 def resolve_engine_config(cfg: EngineConfig, perf) -> EngineConfig:
-    """Fill the engine arguments left unset with vLLM's defaults for this GPU and model."""
+    """Fill the engine arguments left unset with vLLM's defaults for this GPU and model, and
+    refuse what vLLM refuses at start-up."""
     tokens, seqs = serve_batch_defaults(perf.gpu_name, perf.hbm_bytes)
-    return cfg.model_copy(update={
+    # the model's context length when the catalogue knows it (Llama-3.1: 128K)
+    model_len = cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072
+    if not cfg.enable_chunked_prefill:  # vLLM: a whole prompt must fit in one step's budget
+        tokens = max(tokens, model_len)
+    resolved = cfg.model_copy(update={
         "max_num_batched_tokens": cfg.max_num_batched_tokens or tokens,
         "max_num_seqs": cfg.max_num_seqs or seqs,
-        # the model's context length when the catalogue knows it (Llama-3.1: 128K)
-        "max_model_len": cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072,
+        "max_model_len": model_len,
     })
+    check_engine_limits(resolved)
+    return resolved
 
 
 def resolve_pools(scenario: Scenario) -> list[PoolSpec]:
@@ -69,6 +75,19 @@ def resolve_pools(scenario: Scenario) -> list[PoolSpec]:
     return out
 
 
+def _no_kv_room(model: str, gpu: str, tp: int, config: EngineConfig, perf) -> str:
+    """Why no KV block fits: the memory budget and what takes it, largest share named first."""
+    gib = 2**30
+    budget = config.gpu_memory_utilization * perf.hbm_bytes
+    parts = sorted([(perf.weight_bytes_per_gpu, f"{model} weights"),
+                    (perf.activation_peak_bytes(config.max_num_batched_tokens),
+                     f"activations of max_num_batched_tokens {config.max_num_batched_tokens}"),
+                    (perf.misc_bytes, "perf.misc_bytes")], key=lambda p: -p[0])
+    used = ", ".join(f"{what} {b / gib:,.1f} GiB" for b, what in parts)
+    return (f"no room for KV cache on {tp} x {gpu}: gpu_memory_utilization {config.gpu_memory_utilization} "
+            f"gives {budget / gib:,.1f} GiB per GPU and {used} take it all")
+
+
 def _pool(scenario: Scenario, name: str, replicas: int, model: str, gpu: str, tp: int, dtype: str,
           engine: EngineConfig, scheduler: SchedulerConfig, mtbf_s: float | None, mttr_s: float) -> PoolSpec:
     perf = build_perf_model(model, gpu, tp, dtype, scenario.perf)
@@ -77,8 +96,7 @@ def _pool(scenario: Scenario, name: str, replicas: int, model: str, gpu: str, tp
                                          config.max_num_batched_tokens)
     if num_gpu_blocks <= 0:
         where = "" if name == "default" else f"pool '{name}': "
-        raise InputError(f"{where}{model} does not fit on {tp} x {gpu} with gpu_memory_utilization "
-                         f"{config.gpu_memory_utilization}: no room for KV cache")
+        raise InputError(where + _no_kv_room(model, gpu, tp, config, perf))
     num_cpu_blocks = int(config.swap_space_gb * 2**30 // (config.block_size * perf.kv_bytes_per_token))
     return PoolSpec(name, replicas, model, gpu, tp, dtype, config, scheduler, perf, num_gpu_blocks, num_cpu_blocks,
                     mtbf_s, mttr_s)

@@ -1,9 +1,14 @@
-"""Fixed-interval time series from the raw step log (a pure function).
+"""Time series from the raw step log (a pure function), in intervals of `interval_s`.
 
 Levels (running, waiting, KV usage) are time-weighted means over each interval: a step holds
 its level from its start to its end, an idle replica holds zero. Counts (arrivals,
 completions, prompt and output tokens) are attributed to the interval in which they happen
 (tokens at the end of their step).
+
+Rows cost memory in proportion to what happened, not to the simulated span: every interval in
+which something happens is a row, and a run of two or more idle intervals (no step, arrival or
+completion) is one row of zeros whose `interval_s` is the whole gap. Two requests a year apart
+therefore give a handful of rows, not 31 million.
 """
 
 from __future__ import annotations
@@ -27,6 +32,21 @@ def _integral(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray, level: np
     return area[np.maximum(i - 1, 0)] * inside + partial
 
 
+def _row_edges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
+    """Left edges (interval indices) of the rows, then `n`: every interval of a busy range
+    [lo, hi], and one row for each gap between ranges."""
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], hi[order]
+    reach = np.maximum.accumulate(hi)
+    new = np.concatenate(([True], lo[1:] > reach[:-1] + 1))  # a gap of >= 1 idle interval before it
+    starts = lo[new]
+    ends = np.append(reach[np.flatnonzero(new)[1:] - 1], reach[-1])  # merged ranges [starts, ends]
+    lens = ends - starts + 1
+    busy = np.repeat(starts, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
+    gaps = ends[:-1] + 1
+    return np.concatenate((np.sort(np.concatenate((busy, gaps))), [n]))
+
+
 def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
                interval_s: float) -> dict[str, np.ndarray]:
     """The run's time series; with several replicas (one step log each) levels are summed and
@@ -34,20 +54,30 @@ def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
     ends = [float(g.end_s[-1]) for g in logs if len(g)]
     end = max(max(ends, default=0.0), float(arrival_s.max()) if len(arrival_s) else 0.0)
     n = max(int(np.ceil(end / interval_s)), 1)
-    edges = np.arange(n + 1) * interval_s
-    cols = {"time_s": edges[:-1], "interval_s": np.full(n, interval_s)}
+    finish_s = finish_s[np.isfinite(finish_s)]
+
+    def index(times: np.ndarray) -> np.ndarray:
+        return np.minimum((times // interval_s).astype(np.int64), n - 1)
+
+    points = index(np.concatenate((arrival_s, finish_s)))
+    lo = np.concatenate([[0], *(index(g.start_s) for g in logs), points])  # interval 0 always starts the series
+    hi = np.concatenate([[0], *(index(g.end_s) for g in logs), points])
+    rows = _row_edges(lo, hi, n)
+    edges = rows * interval_s
+    width = np.diff(rows) * interval_s  # exactly interval_s for a one-interval row
+    cols = {"time_s": edges[:-1], "interval_s": width}
 
     def count(times: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        idx = np.minimum((times // interval_s).astype(np.int64), n - 1)
-        return np.bincount(idx, weights=weights, minlength=n)[:n]
+        row = np.searchsorted(rows, index(times), side="right") - 1
+        return np.bincount(row, weights=weights, minlength=len(width))[:len(width)]
 
     cols["arrivals"] = count(arrival_s)
-    cols["finished"] = count(finish_s[np.isfinite(finish_s)])
+    cols["finished"] = count(finish_s)
     cols["prompt_tokens"] = sum(count(g.end_s, g.prefill_tokens) for g in logs)
     cols["output_tokens"] = sum(count(g.end_s, g.output_tokens) for g in logs)
     total_blocks = sum(g.num_gpu_blocks for g in logs)
     for name in ("num_running", "num_waiting", "kv_usage"):
-        cols[name] = sum(np.diff(_integral(edges, g.start_s, g.end_s, _level(g, name, total_blocks))) / interval_s
+        cols[name] = sum(np.diff(_integral(edges, g.start_s, g.end_s, _level(g, name, total_blocks))) / width
                          for g in logs)
     return cols
 

@@ -18,6 +18,7 @@ per measured point.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +56,30 @@ class Constants:
 
 CONSTANT_NAMES = tuple(f.name for f in fields(Constants))
 
+_SHARES = ("eta_compute", "eta_memory", "eta_attn_compute", "eta_attn_memory", "ar_bw_eff", "pcie_eff")
+#: Physical range of each constant: (low, high, low included). Shares of a peak are in (0, 1]
+#: (0 would make a step take forever, above 1 beats the hardware); times are >= 0.
+CONSTANT_RANGES: dict[str, tuple[float, float, bool]] = {
+    **{name: (0.0, 1.0, False) for name in _SHARES},
+    "gqa_sharing": (0.0, 1.0, True),
+    "overlap_cpu": (0.0, 1.0, True),
+    "smoothing_k": (1.0, math.inf, True),
+    "moe_imbalance": (1.0, math.inf, True),
+    **{name: (0.0, math.inf, True) for name in CONSTANT_NAMES if name.endswith("_s")},
+}
+
+
+def _range_text(name: str) -> str:
+    low, high, closed = CONSTANT_RANGES[name]
+    if high == math.inf:
+        return f">= {low:g}" if closed else f"> {low:g}"
+    return f"in {'[' if closed else '('}{low:g}, {high:g}]"
+
+
+def _in_range(name: str, value: float) -> bool:
+    low, high, closed = CONSTANT_RANGES[name]
+    return (value >= low if closed else value > low) and value <= high and math.isfinite(value)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -79,6 +104,8 @@ def _check_values(values: Any, where: str) -> dict[str, float]:
             raise InputError(f"{where}: unknown constant {key!r}; allowed: {', '.join(CONSTANT_NAMES)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{where}: constant {key!r} must be a number, got {value!r}")
+        if not _in_range(key, float(value)):
+            raise InputError(f"{where}: constant {key!r} must be {_range_text(key)}, got {value!r}")
         out[key] = float(value)
     return out
 

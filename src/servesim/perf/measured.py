@@ -81,41 +81,52 @@ def read_points(path: str | Path) -> list[Point]:
     """Parse the CSV; every problem is reported as `file:line: column 'x': ...`."""
     p = Path(path)
     try:
-        handle = p.open(newline="", encoding="utf-8")
+        handle = p.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(f"cannot read measured points {str(p)!r}: {exc.strerror}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{p}:1: missing column {missing[0]!r}; required: {', '.join(COLUMNS)}")
-        points = []
-        for row in reader:
-            line = reader.line_num
-            metric = (row["metric"] or "").strip()
-            if metric not in METRICS:
-                raise InputError(f"{p}:{line}: column 'metric': unknown {metric!r}; allowed: {', '.join(METRICS)}")
-            unit = (row["unit"] or "").strip().lower()
-            if unit not in UNIT_SCALE:
-                raise InputError(f"{p}:{line}: column 'unit': unknown {row['unit']!r}; allowed: {', '.join(UNIT_SCALE)}")
-            try:
-                value = float(row["value"]) * UNIT_SCALE[unit]
-            except (TypeError, ValueError):
-                raise InputError(f"{p}:{line}: column 'value': expected a number, got {row['value']!r}") from None
-            if not value > 0:
-                raise InputError(f"{p}:{line}: column 'value': must be positive, got {row['value']!r}")
-            notes = row.get("notes") or ""
-            tp = _int(row["tp"], p, line, "tp")
-            if tp is None or tp < 1:
-                raise InputError(f"{p}:{line}: column 'tp': must be >= 1, got {row['tp']!r}")
-            points.append(Point(
-                line=line, source=row["source"].strip(), model=row["model"].strip(), gpu=row["gpu"].strip(), tp=tp,
-                batch=_int(row["batch"], p, line, "batch", allow_none=True),
-                input_len=_int(row["input_len"], p, line, "input_len") or 0,
-                output_len=_int(row["output_len"], p, line, "output_len") or 0,
-                metric=metric, value=value,
-                engine=(row.get("engine") or "").strip().lower() or engine_for(row["source"], notes),
-                dtype=(row.get("dtype") or "").strip().lower() or dtype_for(notes),
-                notes=notes,
-            ))
+    try:
+        with handle:
+            return _parse_points(handle, p)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not a UTF-8 text file (found byte 0x{exc.object[exc.start]:02x}); "
+                         "measured points are a CSV text file") from None
+    except csv.Error as exc:
+        raise InputError(f"{p}: not a CSV text file ({exc})") from None
+
+
+def _parse_points(handle, p: Path) -> list[Point]:
+    """The rows of an open measured-points CSV as Points (see read_points)."""
+    reader = csv.DictReader(handle)
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"{p}:1: missing column {missing[0]!r}; required: {', '.join(COLUMNS)}")
+    points = []
+    for row in reader:
+        line = reader.line_num
+        metric = (row["metric"] or "").strip()
+        if metric not in METRICS:
+            raise InputError(f"{p}:{line}: column 'metric': unknown {metric!r}; allowed: {', '.join(METRICS)}")
+        unit = (row["unit"] or "").strip().lower()
+        if unit not in UNIT_SCALE:
+            raise InputError(f"{p}:{line}: column 'unit': unknown {row['unit']!r}; allowed: {', '.join(UNIT_SCALE)}")
+        try:
+            value = float(row["value"]) * UNIT_SCALE[unit]
+        except (TypeError, ValueError):
+            raise InputError(f"{p}:{line}: column 'value': expected a number, got {row['value']!r}") from None
+        if not value > 0:
+            raise InputError(f"{p}:{line}: column 'value': must be positive, got {row['value']!r}")
+        notes = row.get("notes") or ""
+        tp = _int(row["tp"], p, line, "tp")
+        if tp is None or tp < 1:
+            raise InputError(f"{p}:{line}: column 'tp': must be >= 1, got {row['tp']!r}")
+        points.append(Point(
+            line=line, source=row["source"].strip(), model=row["model"].strip(), gpu=row["gpu"].strip(), tp=tp,
+            batch=_int(row["batch"], p, line, "batch", allow_none=True),
+            input_len=_int(row["input_len"], p, line, "input_len") or 0,
+            output_len=_int(row["output_len"], p, line, "output_len") or 0,
+            metric=metric, value=value,
+            engine=(row.get("engine") or "").strip().lower() or engine_for(row["source"], notes),
+            dtype=(row.get("dtype") or "").strip().lower() or dtype_for(notes),
+            notes=notes,
+        ))
     return points

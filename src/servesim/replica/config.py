@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from servesim.errors import InputError
+
 
 class EngineConfig(BaseModel):
     """vLLM engine arguments that shape scheduling and memory (`vllm serve` spelling)."""
@@ -16,7 +18,8 @@ class EngineConfig(BaseModel):
     """Fraction of GPU memory the engine may use for weights, activations and KV cache."""
     max_num_batched_tokens: int | None = Field(None, ge=1)
     """Token budget of one step. Unset: vLLM's `vllm serve` default for the GPU
-    (8192 on >= 70 GiB GPUs other than A100, else 2048)."""
+    (8192 on >= 70 GiB GPUs other than A100, else 2048); without chunked prefill at least
+    max_model_len, as vLLM sets it, since a prompt must then fit in one step."""
     max_num_seqs: int | None = Field(None, ge=1)
     """Most requests running at once. Unset: 1024 on >= 70 GiB GPUs other than A100, else 256."""
     max_model_len: int | None = Field(None, ge=2)
@@ -42,6 +45,17 @@ class EngineConfig(BaseModel):
     spec_draft_cost_ratio: float = Field(0.05, ge=0.0)
     """Cost of drafting one token for the batch, as a fraction of a plain target decode step of
     the same batch (n-gram ~0, an EAGLE/MTP head ~0.05, a separate draft model ~ its size ratio)."""
+
+
+def check_engine_limits(cfg: EngineConfig) -> None:
+    """Refuse what vLLM's SchedulerConfig refuses at start-up (on the resolved config)."""
+    tokens, seqs, model_len = cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_model_len
+    if not cfg.enable_chunked_prefill and tokens < model_len:
+        raise InputError(f"engine.max_num_batched_tokens ({tokens}) is smaller than engine.max_model_len "
+                         f"({model_len}) with chunked prefill off, so longer prompts could never run; "
+                         "raise max_num_batched_tokens, lower max_model_len or enable chunked prefill")
+    if tokens < seqs:
+        raise InputError(f"engine.max_num_batched_tokens ({tokens}) must be >= engine.max_num_seqs ({seqs})")
 
 
 def serve_batch_defaults(gpu_name: str, hbm_bytes: float) -> tuple[int, int]:

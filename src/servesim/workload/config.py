@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from servesim.workload.config_base import IntSpec, Strict
 from servesim.workload.config_source import ArrivalConfig, LengthsConfig, RateCurveConfig, TraceConfig
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_NUM_REQUESTS = 1000  # generated workloads given neither num_requests nor duration_s
+GENERATED_ONLY = ("arrival", "lengths", "sessions", "programs", "shared_prefix")  # not with a trace
 
 
 class WorkloadConfig(Strict):
@@ -82,12 +83,20 @@ class WorkloadConfig(Strict):
     @model_validator(mode="after")
     def _exclusive(self) -> WorkloadConfig:
         if self.trace is not None:
-            clash = sorted(self.model_fields_set & {"arrival", "lengths", "sessions", "programs", "shared_prefix"})
+            clash = sorted(self.model_fields_set & set(GENERATED_ONLY))
             if clash:
                 raise ValueError(f"workload.trace replays a trace; remove workload.{clash[0]} (it applies to generated workloads)")
         if self.sessions is not None and self.programs is not None:
             raise ValueError("workload.sessions and workload.programs are exclusive; choose one")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump_applicable(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # A trace replay writes no generator sections: they do not apply, and would not load again.
+        data = handler(self)
+        if self.trace is not None:
+            data = {k: v for k, v in data.items() if k not in GENERATED_ONLY}
+        return data
 
     @property
     def request_limit(self) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from servesim.workload.config_base import Strict, check_int_spec, IntSpec
 
@@ -117,6 +117,13 @@ class ArrivalConfig(Strict):
             )
         return self
 
+    @model_serializer(mode="wrap")
+    def _dump_applicable(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # A dump (e.g. a run's resolved scenario.yaml) must load again: write only the fields
+        # of the chosen process, the ones the validator above accepts.
+        allowed = ("process", *ARRIVAL_FIELDS[self.process])
+        return {k: v for k, v in handler(self).items() if k in allowed}
+
 
 class LengthsConfig(Strict):
     """Prompt and output lengths of generated requests (tokens)."""
@@ -139,3 +146,11 @@ class LengthsConfig(Strict):
         if self.dataset is not None and self.model_fields_set & {"prompt_tokens", "output_tokens"}:
             raise ValueError("lengths.dataset and lengths.prompt_tokens/output_tokens are exclusive")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump_applicable(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # With a dataset the fixed lengths do not apply, and writing them would not load again.
+        data = handler(self)
+        if self.dataset is not None:
+            data = {k: v for k, v in data.items() if k not in ("prompt_tokens", "output_tokens")}
+        return data

@@ -14,7 +14,7 @@ from servesim.workload.arrivals import open_loop_times
 from servesim.workload.attributes import AttributeMix
 from servesim.workload.config import WorkloadConfig
 from servesim.workload.lengths import length_sampler
-from servesim.workload.prefix import HashIds
+from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds
 from servesim.workload.programs import CallSpec, ProgramPlanner, ProgramState
 from servesim.workload.request import Request
 from servesim.workload.sampling import int_spec_stream, think_time_stream
@@ -39,7 +39,8 @@ class GeneratedWorkload:
         self._cfg = config
         s_arr, s_len, s_attr, s_turns, s_think, s_prog, s_prefix = seed.spawn(7)
         self._arrival_rng = np.random.default_rng(s_arr)
-        self._lengths = length_sampler(config.lengths, np.random.default_rng(s_len))
+        self._lengths = length_sampler(config.lengths, np.random.default_rng(s_len))  # requests that start a unit
+        self._follow_lengths = length_sampler(config.lengths, np.random.default_rng(s_len.spawn(1)[0]))
         self._attrs = AttributeMix(config.attributes, s_attr)
         self._limit = config.request_limit
         self._duration = config.duration_s
@@ -52,6 +53,7 @@ class GeneratedWorkload:
         need_hashes = config.sessions is not None or config.shared_prefix is not None or (
             config.programs is not None and config.programs.inherit_context)
         self._hashes = HashIds(config.hash_block_tokens) if need_hashes else None
+        self._follow_hashes = HashIds(config.hash_block_tokens, FOLLOW_UP_IDS) if need_hashes else None
         self._prefix_groups: list[tuple[int, ...]] = []
         self._prefix_tokens = 0
         self._prefix_choice: Iterator[int] | None = None
@@ -66,8 +68,9 @@ class GeneratedWorkload:
             self._sessions = SessionPlanner(
                 sc, int_spec_stream(sc.turns, np.random.default_rng(s_turns)),
                 think_time_stream(sc.think_time_s, sc.think_time_dist, np.random.default_rng(s_turns.spawn(1)[0])),
-                self._lengths, self._hashes)  # type: ignore[arg-type]
-        self._programs = ProgramPlanner(config.programs, self._lengths, self._hashes, s_prog) if config.programs else None
+                self._follow_lengths, self._hashes, self._follow_hashes)  # type: ignore[arg-type]
+        self._programs = ProgramPlanner(config.programs, self._lengths, self._hashes, s_prog, self._follow_lengths,
+                                        self._follow_hashes) if config.programs else None
         self._tracked = self._closed or self._sessions is not None or self._programs is not None
         self.closed_loop = self._tracked
         self.expected_num_requests: int | None = self._limit

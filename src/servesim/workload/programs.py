@@ -45,9 +45,14 @@ class ProgramPlanner:
     """Pure DAG bookkeeping; the driver owns request ids, limits and attributes."""
 
     def __init__(self, cfg: ProgramsConfig, lengths: Callable[[], tuple[int, int]], hashes: HashIds | None,
-                 seed: np.random.SeedSequence):
+                 seed: np.random.SeedSequence, follow_lengths: Callable[[], tuple[int, int]] | None = None,
+                 follow_hashes: HashIds | None = None):
+        # Calls issued after a parent finishes draw lengths and ids from their own streams, so a
+        # program's root calls do not depend on the simulation (`trace generate` writes them).
         self._cfg = cfg
         self._hashes = hashes
+        self._follow_hashes = follow_hashes or hashes
+        self._follow_lengths = follow_lengths or lengths
         rngs = [np.random.default_rng(s) for s in seed.spawn(3)]
         self._children = [[j for j, c in enumerate(cfg.calls) if i in c.parents] for i in range(len(cfg.calls))]
         self._tool_s = [think_time_stream(c.tool_s, cfg.tool_time_dist, rngs[0]) for c in cfg.calls]
@@ -59,7 +64,7 @@ class ProgramPlanner:
                         for c in cfg.calls]
 
     def _sizes(self, index: int) -> tuple[int, int]:
-        prompt, output = self._lengths()
+        prompt, output = (self._follow_lengths if self._cfg.calls[index].parents else self._lengths)()
         p_override, o_override = self._prompt[index], self._output[index]
         return (next(p_override) if p_override else prompt), (next(o_override) if o_override else output)
 
@@ -89,7 +94,7 @@ class ProgramPlanner:
             first = state.requests[parents[0]]
             if self._cfg.inherit_context:
                 prompt = first.prompt_len + first.output_len + new
-                ids = self._hashes.extend(first.hash_ids, prompt + output) if self._hashes else ()
+                ids = self._follow_hashes.extend(first.hash_ids, prompt + output) if self._follow_hashes else ()
             else:
                 prompt = new
                 ids = ()

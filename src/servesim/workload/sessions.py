@@ -30,12 +30,15 @@ class SessionPlanner:
     """Pure bookkeeping of session turns; the driver owns ids, limits and attributes."""
 
     def __init__(self, cfg: SessionsConfig, turns: Iterator[int], think_s: Iterator[float],
-                 lengths: Callable[[], tuple[int, int]], hashes: HashIds):
+                 follow_lengths: Callable[[], tuple[int, int]], hashes: HashIds, follow_hashes: HashIds):
+        # Next turns draw lengths and ids from their own streams: a session's first turn is then
+        # the same whatever the simulation did before it (`trace generate` writes exactly these).
         self._cfg = cfg
         self._turns = turns
         self._think_s = think_s
-        self._lengths = lengths
+        self._lengths = follow_lengths
         self._hashes = hashes
+        self._follow_hashes = follow_hashes
 
     def num_turns(self) -> int:
         return next(self._turns)
@@ -52,5 +55,5 @@ class SessionPlanner:
         prompt = done.prompt_len + done.output_len + new_prompt
         if prompt > self._cfg.max_prompt_tokens:
             return None
-        ids = self._hashes.extend(done.hash_ids, prompt + output)
+        ids = self._follow_hashes.extend(done.hash_ids, prompt + output)
         return NextTurn(now_s + next(self._think_s), prompt, output, ids, done.turn + 1)

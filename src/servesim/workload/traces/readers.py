@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
@@ -35,10 +36,13 @@ def trace_format(path: Path) -> str:
 
 def open_text(path: Path) -> TextIO:
     """Open a possibly gzip-compressed text file for reading."""
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first column's name
     try:
+        if path.is_dir():
+            raise InputError(f"trace {path} is a folder; give a .csv or .jsonl(.gz) file")
         if path.name.endswith(".gz"):
-            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-        return open(path, encoding="utf-8", newline="")
+            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+        return open(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise InputError(f"cannot open trace {path}: {exc.strerror or exc}") from None
 
@@ -79,7 +83,7 @@ class TraceReader:
     def rows(self) -> Iterator[Row]:
         """Parsed rows in file order; arrival times are checked to be non-decreasing."""
         last_t = -1.0
-        rows = self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+        rows = self._checked(self._csv_rows() if self.format == "csv" else self._jsonl_rows())
         for line, arrival_col, row in rows:
             t = row[0]
             if t is not None:
@@ -88,6 +92,21 @@ class TraceReader:
                     continue
                 last_t = t
             yield row
+
+    def _checked(self, rows: Iterator[tuple[int, str | None, Row]]) -> Iterator[tuple[int, str | None, Row]]:
+        """The rows, with a file that is not text (or not the gzip it claims) as one InputError."""
+        try:
+            yield from rows
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self.display_name}: not a UTF-8 text file (found byte 0x{exc.object[exc.start]:02x}); "
+                             "a trace is CSV or JSON Lines text") from None
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise InputError(f"{self.display_name}: not a readable gzip file ({exc}); "
+                             "compress it again or drop the .gz suffix") from None
+        except csv.Error as exc:
+            raise InputError(f"{self.display_name}: not a CSV text file ({exc})") from None
+        except OSError as exc:
+            raise InputError(f"cannot read trace {self.display_name}: {exc.strerror or exc}") from None
 
     def _bad(self, line: int, column: str | None, problem: str) -> None:
         if not self.skip_bad_rows:

@@ -57,6 +57,8 @@ def resolve_trace(name_or_path: str) -> tuple[Path, str, ShippedTrace | None]:
     if shipped is not None:
         return shipped.path, shipped.name, shipped
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise InputError(f"trace {name_or_path!r} is a folder; give a .csv or .jsonl(.gz) file")
     if not path.is_file():
         raise InputError(
             f"unknown trace {name_or_path!r}: not a file and not a shipped name "

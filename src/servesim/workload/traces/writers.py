@@ -8,6 +8,7 @@ output_length, hash_ids) plus any non-default attribute, so Mooncake tools can r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -25,13 +26,21 @@ PEEK = 1000  # requests inspected to choose the optional CSV columns
 _DEFAULTS = {name: Request.__dataclass_fields__[field].default for name, (field, _) in schema.ATTRIBUTE_COLUMNS.items()}
 
 
-def open_out(path: Path) -> TextIO:
+@contextlib.contextmanager
+def open_out(path: Path, name: str | None = None) -> Iterator[TextIO]:
+    """A text stream writing `path` (gzip-compressed for .gz; `name` goes into the gzip header)."""
     try:
-        if path.name.endswith(".gz"):
-            return io.TextIOWrapper(gzip.open(path, "wb", compresslevel=6), encoding="utf-8", newline="")
-        return open(path, "w", encoding="utf-8", newline="")
+        raw = open(path, "wb")
     except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot write {name or path}: {exc.strerror or exc}") from None
+    with raw:
+        if (name or path.name).endswith(".gz"):
+            with gzip.GzipFile(filename=name or path.name, mode="wb", fileobj=raw, compresslevel=6) as gz, \
+                    io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
+                yield text
+        else:
+            with io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+                yield text
 
 
 def _attributes(req: Request) -> Iterator[tuple[str, Any]]:
@@ -86,5 +95,14 @@ def write_trace(requests: Iterable[Request], path: str | Path) -> int:
     """Write requests to `path` (.csv/.jsonl, optionally .gz); returns the number of rows."""
     path = Path(path)
     fmt = trace_format(path)
-    with open_out(path) as out:
-        return write_csv(requests, out) if fmt == "csv" else write_jsonl(requests, out)
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder")
+    # written beside the destination and renamed at the end: a failure leaves no partial file
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open_out(partial, path.name) as out:
+            n = write_csv(requests, out) if fmt == "csv" else write_jsonl(requests, out)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return n
