@@ -9,6 +9,7 @@ lowest failing rate probed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Generator
 
@@ -112,6 +113,11 @@ def bisect_goodput(guess_per_s: float, target: float, rel_tol: float, max_probes
         else:
             hi = mid
     return Goodput(lo, hi, probes=probes)
+
+
+def probe_requests(num_requests: int, min_duration_s: float, rate_per_s: float) -> int:
+    """Requests in a probe at `rate_per_s`: at least num_requests, and min_duration_s of arrivals."""
+    return max(num_requests, math.ceil(rate_per_s * min_duration_s))
 
 
 # Summary values kept per probe (the cache stores these, not whole runs).

@@ -32,8 +32,10 @@ class RateKnob:
 
 
 def candidate_scenario(base: dict[str, Any], cand: Candidate, rate_per_s: float, knob: RateKnob,
-                       replicas: int = 1) -> dict[str, Any]:
-    """The scenario (a plain mapping, not yet validated) that runs `cand` at `rate_per_s` in total."""
+                       replicas: int = 1, num_requests: int | None = None) -> dict[str, Any]:
+    """The scenario (a plain mapping, not yet validated) that runs `cand` at `rate_per_s` in total.
+
+    num_requests: the probe's size (None: the base workload's)."""
     s = copy.deepcopy(base)
     s.update(gpu=cand.gpu, tp=cand.tp, dtype=cand.dtype)
     perf = dict(s.get("perf") or {})
@@ -64,5 +66,7 @@ def candidate_scenario(base: dict[str, Any], cand: Candidate, rate_per_s: float,
         arrival = dict(workload.get("arrival") or {})
         arrival["rate_per_s"] = per_replica_rate
         workload["arrival"] = arrival
+    if num_requests is not None:
+        workload["num_requests"] = num_requests
     s["workload"] = workload
     return s

@@ -21,7 +21,7 @@ import numpy as np
 
 from servesim.planner.cache import ProbeCache
 from servesim.planner.drive import Bisection, Counters, drive
-from servesim.planner.goodput import bisect_goodput, run_probe
+from servesim.planner.goodput import bisect_goodput, probe_requests, run_probe
 from servesim.planner.mapping import RateKnob, candidate_scenario
 from servesim.planner.search import Evaluated
 from servesim.planner.space import GoodputConfig, MixConfig
@@ -52,7 +52,9 @@ def capacities(types: list[Evaluated], mix: MixConfig, base: dict, g: GoodputCon
         for e in types:
             guess = e.static.capacity_per_s or 1.0
             runs.append(Bisection(bisect_goodput(guess, g.target, g.rel_tol, g.max_probes),
-                                  lambda rate, s=scenario, c=e.cand: candidate_scenario(s, c, rate, RateKnob("generator", 0.0))))
+                                  lambda rate, s=scenario, c=e.cand: candidate_scenario(
+                                      s, c, rate, RateKnob("generator", 0.0), 1,
+                                      probe_requests(g.num_requests, g.min_duration_s, rate))))
     drive(runs, executor, cache, counters)
     return np.array([b.result.goodput_per_s for b in runs]).reshape(len(mix.buckets), len(types))
 
@@ -140,7 +142,9 @@ def verify(result: MixResult, types, mix, base, g, executor, work_dir: Path, ser
         if counts[j] == 0:
             continue
         path = work_dir / f"pool-{j}.csv"
-        rate = write_pool_trace(path, mix.buckets, list(served[:, j] / counts[j]), g.num_requests, j)
+        per_replica = served[:, j] / counts[j]
+        size = probe_requests(g.num_requests, g.min_duration_s, float(per_replica.sum()))
+        rate = write_pool_trace(path, mix.buckets, list(per_replica), size, j)
         trace_base = dict(base, workload={"trace": {"name": str(path)}})
         scenarios.append(candidate_scenario(trace_base, e.cand, rate, RateKnob("trace", rate)))
         labels.append(e.cand.label)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from servesim.errors import InputError
 from servesim.planner.cache import ProbeCache
 from servesim.planner.drive import Bisection, Counters, drive
-from servesim.planner.goodput import Goodput, WorkloadShape, bisect_goodput, workload_shape
+from servesim.planner.goodput import Goodput, WorkloadShape, bisect_goodput, probe_requests, workload_shape
 from servesim.planner.mapping import candidate_scenario
 from servesim.planner.plan import with_prices
 from servesim.planner.space import Candidate, PlanConfig, expand
@@ -203,7 +203,8 @@ def _bisection(e: Evaluated, plan: PlanConfig, base: dict, shape: WorkloadShape,
     r = c.replicas or 1
     guess = r * (e.static.capacity_per_s or 0.5 * e.static.upper_per_s)
     search = bisect_goodput(guess, g.target, g.rel_tol, g.max_probes, floor)
-    return Bisection(search, lambda rate: candidate_scenario(base, c, rate, shape.knob, r))
+    return Bisection(search, lambda rate: candidate_scenario(
+        base, c, rate, shape.knob, r, probe_requests(g.num_requests, g.min_duration_s, rate)))
 
 
 def _finish(e: Evaluated, b: Bisection | None, objective: str, rate: float | None) -> None:
@@ -233,4 +234,4 @@ def _static_pick(evals: list[Evaluated], objective: str, rate: float | None) -> 
         s = score(shadow, objective, rate)
         if best_score is None or s > best_score:
             best, best_score = shadow, s
-    return best
+    return best if best_score is not None and best_score[0] else None

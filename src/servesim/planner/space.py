@@ -104,7 +104,10 @@ class GoodputConfig(BaseModel):
     max_probes: int = Field(12, ge=2)
     """Most simulations per bisection."""
     num_requests: int = Field(1000, ge=10)
-    """Requests per probe simulation (a trace's first rows; a generator's first requests)."""
+    """Fewest requests per probe simulation (a trace's first rows; a generator's first requests)."""
+    min_duration_s: float = Field(60.0, ge=0)
+    """Probes last at least this long in arrival time (more requests at higher rates), so that a
+    burst absorbed by an empty system is not mistaken for a sustainable rate."""
 
 
 class TrafficConfig(BaseModel):
@@ -121,8 +124,9 @@ class SearchConfig(BaseModel):
     model_config = _STRICT
     objective: Literal["cost", "goodput_per_gpu", "goodput_per_dollar"] = "cost"
     """cost: cheapest deployment serving traffic.rate_per_s; goodput_per_gpu / goodput_per_dollar: highest."""
-    keep_ratio: float = Field(0.5, ge=0, le=1)
-    """Simulate candidates whose static estimate is at least keep_ratio x the best one (0 = all that fit)."""
+    keep_ratio: float = Field(0.25, ge=0, le=1)
+    """Simulate candidates whose static estimate is at least keep_ratio x the best one (0 = all that fit);
+    static estimates miss real goodput by up to 3-4x on some GPUs, so keep this loose."""
     max_simulated: int | None = Field(None, ge=1)
     """Simulate at most this many candidates, best static estimates first (None = no cap)."""
     wave_size: int = Field(8, ge=1)
