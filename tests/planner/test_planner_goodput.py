@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,12 @@ def test_closed_loop_workloads_have_no_rate():
 
     with pytest.raises(InputError, match="has no rate to search; allowed: poisson"):
         workload_shape(parse_plan(plan)[1])
+
+
+def test_replica_count_is_resolved_exactly_on_the_traffic_grid():
+    # threshold 3.4 req/s per replica, traffic 10: 3 replicas (3.33 each) suffice, 4 are not needed
+    g = run(bisect_goodput(5.0, 0.9, 0.1, 20, traffic_per_s=10.0), step(3.4))
+    assert math.ceil(10.0 / g.goodput_per_s - 1e-9) == 3
+    assert g.goodput_per_s == pytest.approx(10.0 / 3)
+    plain = run(bisect_goodput(5.0, 0.9, 0.1, 20), step(3.4))
+    assert plain.goodput_per_s < 10.0 / 3  # the plain bracket alone would have asked for 4

@@ -60,8 +60,10 @@ def print_outcome(outcome, out_dir: Path) -> None:
                       + f", goodput {best.capacity_per_s:.2f} req/s")
     if result.static_pick is not None:
         sp = result.static_pick
+        check = result.static_pick_check
         typer.echo(f"static pick (no queueing, TTFT x 1.8): {sp.cand.label}, {sp.replicas} replica(s)"
-                      + (f", ${sp.cost_usd_h:,.2f}/h" if sp.cost_usd_h else ""))
+                   + (f", ${sp.cost_usd_h:,.2f}/h" if sp.cost_usd_h else "")
+                   + (f"; simulated at the traffic it attains {check['slo_attainment']:.1%}" if check else ""))
     mix = outcome.mix
     if mix is not None:
         if mix.cost_usd_h is None:

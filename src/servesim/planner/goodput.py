@@ -80,11 +80,14 @@ class Goodput:
 
 
 def bisect_goodput(guess_per_s: float, target: float, rel_tol: float, max_probes: int,
-                   floor_per_s: float | None = None) -> Generator[float, float, Goodput]:
+                   floor_per_s: float | None = None, traffic_per_s: float | None = None
+                   ) -> Generator[float, float, Goodput]:
     """Yield rates to probe, receive attainments; return the bracketed goodput.
 
     guess_per_s: first rate to try (the static estimate); floor_per_s: the rate the candidate
     must sustain to beat the incumbent; if it fails there the search stops (early stopping).
+    traffic_per_s: when replicas are sized to a traffic, the rates that matter are traffic / n;
+    the bracket is then resolved on those, so the replica count is exact (one or two more probes).
     """
     lo, hi = 0.0, None
     probes: list[tuple[float, float]] = []
@@ -112,6 +115,15 @@ def bisect_goodput(guess_per_s: float, target: float, rel_tol: float, max_probes
             lo = mid
         else:
             hi = mid
+    while traffic_per_s and hi is not None and lo > 0:  # fewer replicas if traffic / (n - 1) is still open
+        n = math.ceil(traffic_per_s / lo - 1e-9)
+        fewer = traffic_per_s / (n - 1) if n > 1 else math.inf
+        if fewer >= hi:
+            break
+        if (yield from probe(fewer)):
+            lo = fewer
+        else:
+            hi = fewer
     return Goodput(lo, hi, probes=probes)
 
 

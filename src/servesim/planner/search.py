@@ -65,6 +65,7 @@ class SearchResult:
     counters: Counters
     wall_s: float
     traffic_per_s: float | None = None  # the plan's traffic.rate_per_s
+    static_pick_check: dict | None = None  # the static pick simulated as it would be deployed, at the traffic
 
     @property
     def best(self) -> Evaluated | None:
@@ -189,8 +190,26 @@ def run_search(plan: PlanConfig, base: dict, executor, cache: ProbeCache,
     simulated.sort(key=lambda e: score(e, objective, rate), reverse=True)
     seen = {id(e) for e in simulated}
     rest = [e for e in evals if id(e) not in seen]
-    return SearchResult(simulated + rest, _static_pick(evals, objective, rate), shape, base, counters,
-                        time.perf_counter() - wall0, rate)
+    pick = _static_pick(evals, objective, rate)
+    check = _check_pick(pick, plan, base, shape, executor, cache, counters) if pick and rate else None
+    return SearchResult(simulated + rest, pick, shape, base, counters, time.perf_counter() - wall0, rate, check)
+
+
+def _check_pick(pick: Evaluated, plan: PlanConfig, base: dict, shape: WorkloadShape, executor, cache: ProbeCache,
+                counters: Counters) -> dict:
+    """Simulate the static pick with the replicas the static estimate asked for, at the traffic's rate."""
+    rate, g = plan.traffic.rate_per_s, plan.goodput
+    n = pick.replicas
+    scenario = candidate_scenario(base, pick.cand, rate, shape.knob, n, probe_requests(g.num_requests, g.min_duration_s, rate / n))
+    probe = Bisection(_one_probe(rate), lambda _: scenario)
+    drive([probe], executor, cache, counters)
+    return dict(probe.summaries[rate], replicas=n)
+
+
+def _one_probe(rate: float):
+    """A 'bisection' that probes one rate and stops."""
+    attained = yield rate
+    return Goodput(rate, None, probes=[(rate, attained)])
 
 
 def _bisection(e: Evaluated, plan: PlanConfig, base: dict, shape: WorkloadShape,
@@ -202,7 +221,8 @@ def _bisection(e: Evaluated, plan: PlanConfig, base: dict, shape: WorkloadShape,
         return None
     r = c.replicas or 1
     guess = r * (e.static.capacity_per_s or 0.5 * e.static.upper_per_s)
-    search = bisect_goodput(guess, g.target, g.rel_tol, g.max_probes, floor)
+    sized = plan.traffic.rate_per_s if c.replicas is None and plan.search.objective == "cost" else None
+    search = bisect_goodput(guess, g.target, g.rel_tol, g.max_probes, floor, sized)
     return Bisection(search, lambda rate: candidate_scenario(
         base, c, rate, shape.knob, r, probe_requests(g.num_requests, g.min_duration_s, rate)))
 
