@@ -1,7 +1,7 @@
 """The planner's pick vs the static method (AIConfigurator-style) for Llama-3.1-70B.
 
 For each (trace, SLO) the planner searches NVIDIA GPUs x TP x max_num_seqs for the cheapest
-deployment of 10 req/s; the static pass (step latencies, TTFT x 1.8, no queueing) makes its own
+deployment of 10 req/s (max_num_batched_tokens: vLLM's default or 2048); the static pass (step latencies, TTFT x 1.8, no queueing) makes its own
 pick, which is then simulated as it would be deployed. Prints the markdown table of
 docs/planner.md. Run: python benchmarks/compare_static.py [--jobs 2]
 """
@@ -28,7 +28,8 @@ SETTINGS = [  # (trace, TTFT SLO s, TPOT SLO s)
 def plan_dict(trace: str, ttft_s: float, tpot_s: float) -> dict:
     return {"scenario": {"model": "llama-3.1-70b", "workload": {"trace": trace}},
             "slo": {"ttft_s": ttft_s, "tpot_s": tpot_s}, "traffic": {"rate_per_s": 10.0},
-            "space": {"gpu": ["h100-sxm", "h200", "a100-80gb"], "tp": [2, 4, 8], "max_num_seqs": [64, 256]}}
+            "space": {"gpu": ["h100-sxm", "h200", "a100-80gb"], "tp": [2, 4, 8], "max_num_seqs": [64, 256],
+                      "max_num_batched_tokens": [None, 2048]}}
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("path", sorted((ROOT / "examples" / "plans").glob("*.yaml")), ids=lambda p: p.stem)
 def test_example_plans_load(path):
     plan, base = load_plan(path)
-    assert len(expand(plan.space)) >= 8 and base["slo"]["ttft_s"] > 0
+    assert len(expand(plan.space)) >= 1 and base["slo"]["ttft_s"] > 0
 
 
 def test_doc_plan_blocks_parse():

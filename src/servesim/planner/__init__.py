@@ -39,6 +39,10 @@ def plan(path: str | Path, out_dir: str | Path, executor: str = "local", jobs: i
 
     config, base = load_plan(path)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        from servesim.errors import InputError
+
+        raise InputError(f"--out '{out}' exists and is not a folder")
     cache = ProbeCache(out / "cache.jsonl" if use_cache else None)
     pool = make_executor(executor, jobs, address)
     try:

@@ -200,7 +200,8 @@ def _check_pick(pick: Evaluated, plan: PlanConfig, base: dict, shape: WorkloadSh
     """Simulate the static pick with the replicas the static estimate asked for, at the traffic's rate."""
     rate, g = plan.traffic.rate_per_s, plan.goodput
     n = pick.replicas
-    scenario = candidate_scenario(base, pick.cand, rate, shape.knob, n, probe_requests(g.num_requests, g.min_duration_s, rate / n))
+    size = probe_requests(g.num_requests, g.min_duration_s, rate / n)
+    scenario = candidate_scenario(base, pick.cand, rate, shape.knob, n, size)
     probe = Bisection(_one_probe(rate), lambda _: scenario)
     drive([probe], executor, cache, counters)
     return dict(probe.summaries[rate], replicas=n)
