@@ -9,8 +9,9 @@ from servesim.planner.search import run_search
 
 PLAN = {
     "scenario": {"model": "llama-3.1-70b", "workload": {"trace": "azure-conv"}},
-    "slo": {"ttft_s": 1.0, "tpot_s": 0.05}, "traffic": {"rate_per_s": 10.0},
-    "goodput": {"num_requests": 500, "min_duration_s": 30.0},
+    "slo": {"ttft_s": 0.5, "tpot_s": 0.05}, "traffic": {"rate_per_s": 10.0},
+    "goodput": {"num_requests": 1000, "min_duration_s": 60.0},  # as in docs/planner.md: the conv trace's
+    # bursts need a long enough slice to show
     "space": {"gpu": ["h100-sxm", "h200"], "tp": [4], "max_num_seqs": [64, 256]},
 }
 
