@@ -91,3 +91,15 @@ def test_no_candidate_meeting_fixed_traffic_is_a_normal_result():
     assert result.best is None
     assert [e.status for e in result.ranked] == ["misses traffic"]
     assert result.ranked[0].capacity_per_s > 0
+
+
+def test_interrupted_search_resumes_with_only_the_missing_simulations(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    plan = small_plan(space={"gpu": ["h100-sxm", "a100-80gb"], "max_num_seqs": [32, 128]})
+    full = search(plan, ProbeCache(path))
+    lines = path.read_text().splitlines()
+    kept = len(lines) // 2
+    path.write_text("\n".join(lines[:kept]) + "\n" + lines[kept][:20])  # killed mid-write
+    resumed = search(plan, ProbeCache(path))
+    assert resumed.counters.probes_run == len(lines) - kept
+    assert rows(resumed) == rows(full)

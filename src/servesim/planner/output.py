@@ -100,7 +100,8 @@ def write_best(out_dir: Path, result: SearchResult, best: Evaluated) -> None:
     scenario = best_scenario(result, best)
     note = "" if CLUSTER_KEYS else (f"# One of {scenario.pop('replicas_planned')} replicas at its share of the "
                                     "traffic (run it as is with servesim run).\n")
-    head = f"# servesim plan: the best candidate, {best.cand.label}\n{note}"
+    head = (f"# servesim plan: the best candidate, {best.cand.label}\n{note}"
+            "# workload.num_requests is the planner's probe size; raise or remove it for a longer run.\n")
     _atomic(out_dir / "best.yaml", head + yaml.safe_dump(scenario, sort_keys=False))
 
 
