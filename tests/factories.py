@@ -65,7 +65,7 @@ def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int 
     loop = EventLoop()
     done: list[Request] = []
     engine = Engine(config, sched, kv, perf, loop, Recorder(), lambda r, t: done.append(r),
-                    horizon_s=loop.next_time_s, rng=rng, defer_finishes=defer_finishes)
+                    rng=rng, defer_finishes=defer_finishes)
     return engine, sched, kv, loop, done
 
 

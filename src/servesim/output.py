@@ -27,13 +27,27 @@ REQUEST_COLUMNS = ("id", "tenant", "priority", "slo_class", "is_offline", "sessi
                    "finish_s", "ttft_s", "tpot_s", "e2e_s", "num_preemptions", "num_cached_tokens")
 
 
+CLUSTER_COLUMNS = ("replica", "pool", "num_reroutes")  # added when the run has a cluster
+
+
+def request_columns(result: Result) -> tuple[str, ...]:
+    return REQUEST_COLUMNS + (CLUSTER_COLUMNS if result.cluster is not None else ())
+
+
 def request_rows(result: Result):
     cols = result.columns
     ttft, tpot, e2e = cols.ttft_s, cols.tpot_s, cols.e2e_s
+    pools = [r.pool for r in result.replicas or ()]
+    cluster = result.cluster is not None
     for i, r in enumerate(result.requests):
-        yield (r.id, r.tenant, r.priority, r.slo_class, int(r.is_offline), r.session_id, r.program_id, r.arrival_s,
+        row = (r.id, r.tenant, r.priority, r.slo_class, int(r.is_offline), r.session_id, r.program_id, r.arrival_s,
                r.prompt_len, r.output_len, r.num_output_tokens, STATE_NAMES[r.state], r.first_scheduled_s,
                r.first_token_s, r.finish_s, ttft[i], tpot[i], e2e[i], r.num_preemptions, r.num_cached_tokens)
+        if cluster:  # the replica that served it last (none if it never reached one)
+            placed = r.replica >= 0
+            row += (r.replica if placed else None, pools[r.replica] if placed else None,
+                    r.extra.get("num_reroutes", 0))
+        yield row
 
 
 def _cell(v):
@@ -89,7 +103,7 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
     else:
         with open(folder / "requests.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(REQUEST_COLUMNS)
+            w.writerow(request_columns(result))
             w.writerows([_cell(v) for v in row] for row in request_rows(result))
     ts = result.timeseries()
     with open(folder / "timeseries.csv", "w", newline="") as f:
@@ -105,5 +119,5 @@ def _write_parquet(result: Result, path: Path) -> None:
     except ImportError:
         raise InputError("output.requests_format=parquet needs pyarrow: pip install 'servesim[parquet]'") from None
     rows = list(request_rows(result))
-    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(REQUEST_COLUMNS)})
+    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(request_columns(result))})
     pq.write_table(table, path)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from servesim.cluster.config import FaultsConfig, PoolConfig, RouterConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
 from servesim.replica.config import EngineConfig
@@ -95,6 +96,35 @@ class Scenario(BaseModel):
     """What the run writes."""
     max_sim_time_s: float | None = Field(None, gt=0)
     """Stop the simulation at this simulated time; unfinished requests are dropped."""
+    replicas: int = Field(1, ge=1)
+    """Identical replicas of this model/GPU/engine behind the router (see `pools` for mixes)."""
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    """How requests are spread over replicas, and how fresh the router's view of them is."""
+    pools: list[PoolConfig] | None = None
+    """Groups of replicas that differ (GPU, parallelism, engine, scheduler, model); replaces
+    `replicas`. Unset fields of a pool take the top-level values."""
+    faults: FaultsConfig = FaultsConfig()
+    """Replica failures: their requests are re-routed and recomputed, or fail if none is left."""
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> "Scenario":
+        if self.pools is not None:
+            if self.replicas != 1:
+                raise ValueError("give either `replicas` or `pools`, not both")
+            if not self.pools:
+                raise ValueError("pools: list at least one pool")
+            names = [p.name for p in self.pools]
+            if len(set(names)) != len(names):
+                raise ValueError(f"pool names must be unique (got {', '.join(names)})")
+        n = self.num_replicas
+        for c in self.faults.crashes:
+            if c.replica >= n:
+                raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")
+        return self
+
+    @property
+    def num_replicas(self) -> int:
+        return sum(p.replicas for p in self.pools) if self.pools else self.replicas
 
 
 DEFAULT_SCENARIO = "default.yaml"

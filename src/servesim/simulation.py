@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import heapq
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,17 +12,20 @@ from typing import Callable
 
 import numpy as np
 
+from servesim.cluster.build import PoolSpec, resolve_pools
+from servesim.cluster.cluster import Cluster
+from servesim.cluster.routers import Router, get_router
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
-from servesim.metrics.recorder import Recorder, StepLog
+from servesim.metrics.cluster import ReplicaRecord, cluster_section
+from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
 from servesim.metrics.timeseries import timeseries
-from servesim.perf import build_perf_model
-from servesim.replica.config import EngineConfig, serve_batch_defaults
+from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
-from servesim.replica.schedulers import get_scheduler
+from servesim.replica.replica import Replica
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
 from servesim.workload.request import Request, RequestState
@@ -44,6 +48,10 @@ class Result:
     num_fast_forwarded_steps: int
     num_skipped_rows: int = 0  # malformed trace rows skipped (workload.trace.skip_bad_rows)
     swap: dict | None = None  # KV swap totals of swap-based policies (None when nothing was swapped)
+    # Per replica: its own step log and counters. `steps` above is their concatenation, and
+    # requests' token_steps index it (with one replica, the replica's own log).
+    replicas: list[ReplicaRecord] | None = None
+    cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
 
     @cached_property
     def columns(self) -> RequestColumns:
@@ -74,23 +82,15 @@ class Result:
             out["swap"] = self.swap
         out.update(compute_sections(SectionInput(self.requests, cols, self.steps.end_s,
                                                  self.scenario.model_dump(mode="json"))))
+        if self.cluster is not None:
+            out["cluster"] = cluster_section(self.replicas, self.cluster, np.array([r.replica for r in self.requests]),
+                                             cols, self.steps.end_s)
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
         cols = self.columns
-        return timeseries(self.steps, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
-
-
-def resolve_engine_config(scenario: Scenario, perf) -> EngineConfig:
-    """Fill the engine arguments left unset with vLLM's defaults for this GPU and model."""
-    cfg = scenario.engine
-    tokens, seqs = serve_batch_defaults(perf.gpu_name, perf.hbm_bytes)
-    return cfg.model_copy(update={
-        "max_num_batched_tokens": cfg.max_num_batched_tokens or tokens,
-        "max_num_seqs": cfg.max_num_seqs or seqs,
-        # the model's context length when the catalogue knows it (Llama-3.1: 128K)
-        "max_model_len": cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072,
-    })
+        logs = [r.steps for r in self.replicas] if self.replicas and len(self.replicas) > 1 else [self.steps]
+        return timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
 
 
 def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
@@ -98,22 +98,20 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     wall0 = time.perf_counter()
     root = np.random.SeedSequence(scenario.seed)
     workload_seed, policy_seed = root.spawn(2)
-    perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
-    config = resolve_engine_config(scenario, perf)
-    num_gpu_blocks = perf.num_gpu_blocks(config.block_size, config.gpu_memory_utilization,
-                                         config.max_num_batched_tokens)
-    if num_gpu_blocks <= 0:
-        raise InputError(f"{scenario.model} does not fit on {scenario.tp} x {scenario.gpu} with "
-                         f"gpu_memory_utilization {config.gpu_memory_utilization}: no room for KV cache")
-    num_cpu_blocks = int(config.swap_space_gb * 2**30 // (config.block_size * perf.kv_bytes_per_token))
-    sched_cls = get_scheduler(scenario.scheduler.name)
-    kv = sched_cls.make_kv_cache(num_gpu_blocks, config.block_size, config.enable_prefix_caching, num_cpu_blocks)
-    scheduler = sched_cls(scenario.scheduler.params(), config, kv, perf)
+    router_seed, fault_seed = root.spawn(2)  # (spawned after, so one replica draws as it always did)
+    pools = resolve_pools(scenario)
     loop = EventLoop()
-    recorder = Recorder()
     workload = build_workload(scenario.workload, workload_seed)
+    until_s = scenario.max_sim_time_s or float("inf")
+    n = sum(p.replicas for p in pools)
+    router_cls = get_router(scenario.router.name)
+    router = router_cls(scenario.router.params(), n, np.random.default_rng(router_seed))
+    # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
+    # no follow-up requests, and no router that tracks completions itself.
+    defer = not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
     expected = workload.expected_num_requests
     done = 0
+    arrivals: list[float] = []  # times of the arrivals scheduled and not yet arrived (a heap)
 
     def on_done(req: Request, now_s: float) -> None:
         nonlocal done
@@ -121,25 +119,31 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         if progress and done % 2000 == 0:
             progress(done, expected, now_s)
         for follow in workload.on_request_done(req, now_s):
+            heapq.heappush(arrivals, follow.arrival_s)
             loop.schedule(follow.arrival_s, arrive, follow, PRIO_ARRIVAL)
 
-    until_s = scenario.max_sim_time_s or float("inf")
+    def next_arrival_s() -> float:  # replicas price their stretches up to the next arrival
+        return arrivals[0] if arrivals else float("inf")
 
-    def horizon_s() -> float:  # no stretch may run past the next event or the end of the run
-        return min(loop.next_time_s(), until_s)
-
-    engine = Engine(config, scheduler, kv, perf, loop, recorder, on_done,
-                    horizon_s=horizon_s,
-                    rng=np.random.default_rng(policy_seed),
-                    defer_finishes=not getattr(workload, "closed_loop", True))
+    replicas, models = [], []
+    seeds = [policy_seed, *policy_seed.spawn(n - 1)]
+    cluster = Cluster(replicas, models, router, loop, on_done, scenario.router.refresh_interval_s)
+    for pool in pools:
+        for _ in range(pool.replicas):
+            replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)],
+                                     next_arrival_s, 1 if n == 1 else 3 * n))
+            models.append(pool.model)
+    cluster.index_models()
+    _schedule_faults(scenario, pools, cluster, fault_seed, lambda: bool(arrivals) or cluster.num_outstanding > 0)
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
-        engine.add_request(req, now_s)
+        heapq.heappop(arrivals)
+        cluster.arrive(now_s, req)
 
     def arrive_from_stream(now_s: float, req: Request) -> None:
         schedule_next()  # keep exactly one stream arrival pending, so the trace is never all in memory
-        engine.add_request(req, now_s)
+        arrive(now_s, req)
 
     def schedule_next() -> None:
         req = next(stream, None)
@@ -147,6 +151,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
             if req.arrival_s < loop.now_s:
                 raise InputError(f"workload arrivals are not in time order: request {req.id} at "
                                  f"{req.arrival_s} s after one at {loop.now_s} s")
+            heapq.heappush(arrivals, req.arrival_s)
             loop.schedule(req.arrival_s, arrive_from_stream, req, PRIO_ARRIVAL)
 
     schedule_next()
@@ -163,30 +168,96 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
-    engine.drain(loop.now_s)
+    for r in replicas:
+        r.engine.drain(loop.now_s)
     if progress:
         progress(done, expected, loop.now_s)
-    result = Result(scenario, config, num_gpu_blocks, recorder.requests, recorder.step_log(num_gpu_blocks),
-                    (kv.num_queried_tokens, kv.num_hit_tokens), time.perf_counter() - wall0,
-                    loop.num_events, engine.num_fast_forwarded_steps, getattr(workload, "skipped_rows", 0),
-                    _swap_totals(engine))
-    check_invariants(result, kv)
+    result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
+    check_invariants(result, [r.engine.kv for r in replicas])
     return result
 
 
-def _swap_totals(engine: Engine) -> dict | None:
-    if not engine.num_swapped_blocks:
+def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, until_s: float, defer: bool,
+             seed: np.random.SeedSequence, next_arrival_s: Callable[[], float], lookahead: int) -> Replica:
+    scheduler, kv = pool.make_parts()
+    replica: Replica | None = None
+
+    def on_done(req: Request, now_s: float) -> None:
+        cluster.replica_done(replica, req, now_s)
+
+    engine = Engine(pool.config, scheduler, kv, pool.perf, loop, Recorder(), on_done, until_s=until_s,
+                    rng=np.random.default_rng(seed), defer_finishes=defer, next_event_s=next_arrival_s,
+                    lookahead=lookahead)
+    replica = Replica(index, pool.name, engine, pool.make_parts)
+    if cluster.refresh_interval_s > 0:
+        interval = cluster.refresh_interval_s
+        engine.on_change = lambda now_s: replica.before_change(now_s, interval)
+    return replica
+
+
+def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, seed: np.random.SeedSequence,
+                     active) -> None:
+    for c in scenario.faults.crashes:
+        cluster.schedule_crash(c.replica, c.at_s, c.recovery_s)
+    index = 0
+    for pool in pools:
+        for _ in range(pool.replicas):
+            if pool.mtbf_s:
+                rng = np.random.default_rng(seed.spawn(1)[0])
+                cluster.random_failures(index, pool.mtbf_s, pool.mttr_s, rng, active)
+            index += 1
+
+
+def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: EventLoop, skipped: int,
+            wall_s: float) -> Result:
+    reps = cluster.replicas
+    records = [ReplicaRecord(r.index, r.pool, r.engine.recorder.step_log(r.engine.kv.num_gpu_blocks),
+                             r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s) for r in reps]
+    if len(reps) == 1:
+        steps = records[0].steps
+    else:
+        steps, offsets = concat_step_logs([rec.steps for rec in records])
+        _globalise_token_steps(cluster.requests, offsets)
+    hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
+    many = len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
+    info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
+            "reject_reasons": dict(cluster.reject_reasons)} if many else None
+    return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
+                  loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
+                  _swap_totals([r.engine for r in reps]), records, info)
+
+
+def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
+    """Rewrite token runs from per-replica step indices to indices into the concatenated log."""
+    for req in requests:
+        runs = req.token_steps
+        if not runs:
+            continue
+        marks = req.moves or [(0, req.replica)]
+        bounds = [m[0] for m in marks[1:]] + [len(runs)]
+        for (start, rep), stop in zip(marks, bounds):
+            off = offsets[rep]
+            if off:
+                for i in range(start, stop):
+                    runs[i] += off
+
+
+def _swap_totals(engines: list[Engine]) -> dict | None:
+    blocks = sum(e.num_swapped_blocks for e in engines)
+    if not blocks:
         return None
-    return {"num_swapped_blocks": engine.num_swapped_blocks, "num_copies": engine.num_swap_copies,
-            "transfer_s": engine.swap_transfer_s, "stall_s": engine.swap_stall_s}
+    return {"num_swapped_blocks": blocks, "num_copies": sum(e.num_swap_copies for e in engines),
+            "transfer_s": sum(e.swap_transfer_s for e in engines), "stall_s": sum(e.swap_stall_s for e in engines)}
 
 
-def check_invariants(result: Result, kv: KVCacheManager) -> None:
+def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:
     """Conservation and monotonicity, checked on every run (a failure is a simulator bug)."""
-    kv.check_all_free()
+    for kv in kvs:
+        kv.check_all_free()
+    for steps in [r.steps for r in result.replicas] if result.replicas else [result.steps]:
+        if len(steps) and (np.any(np.diff(steps.end_s) < 0) or np.any(steps.end_s < steps.start_s)):
+            raise AssertionError("time ran backwards in the step log")
     steps = result.steps
-    if len(steps) and (np.any(np.diff(steps.end_s) < 0) or np.any(steps.end_s < steps.start_s)):
-        raise AssertionError("time ran backwards in the step log")
     cols = result.columns
     open_ = np.flatnonzero(cols.state < int(RequestState.FINISHED))
     if len(open_):

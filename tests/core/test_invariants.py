@@ -28,7 +28,7 @@ def empty_kv():
 
 
 def test_a_clean_run_passes(result):
-    check_invariants(fresh(result), empty_kv())
+    check_invariants(fresh(result), [empty_kv()])
 
 
 @pytest.mark.parametrize("tamper,message", [
@@ -41,7 +41,7 @@ def test_a_broken_run_is_caught(result, tamper, message):
     broken = fresh(result)
     tamper(broken.requests[0])
     with pytest.raises(AssertionError, match=message):
-        check_invariants(broken, empty_kv())
+        check_invariants(broken, [empty_kv()])
 
 
 def test_leaked_blocks_are_caught(result):
@@ -49,4 +49,4 @@ def test_leaked_blocks_are_caught(result):
     req = result.requests[0]
     kv.allocate_slots(dataclasses.replace(req, num_computed_tokens=0), 20)
     with pytest.raises(AssertionError, match="KV blocks leaked"):
-        check_invariants(fresh(result), kv)
+        check_invariants(fresh(result), [kv])

@@ -93,7 +93,7 @@ def test_program_level_fcfs_order_and_victim():
         sched.add_request(r, r.arrival_s)
     assert list(sched.waiting) == [old_next, young]  # program 1 started first
     sched.running = [old_next, young]
-    assert sched._pick_victim() is young
+    assert sched.pick_victim() is young
     sched.pins[("program", 2)] = (99, 5.0)  # a job holding a pin goes first
     assert sched.waiting.peek() is young
     sched.pins.clear()

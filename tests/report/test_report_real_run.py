@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
@@ -31,3 +32,19 @@ def test_servesim_run_report(tmp_path: Path) -> None:
     page = (out / "report.html").read_text(encoding="utf-8")
     assert re.findall(r'data-plot="([^"]+)"', page)[:4] == ["ttft_s", "tpot_s", "e2e_s", "timeseries"]
     assert "TTFT SLO 2000 ms" in page
+
+
+def test_cluster_run_report_has_the_per_replica_load(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from servesim.cli import main; main()", "run", str(EXAMPLE),
+           "--set", "workload.num_requests=300", "--set", "replicas=3", "--set", "router.name=least-requests",
+           "--out", str(out), "--report", "-q"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    run = load_run(out)
+    assert run.notes == []
+    with open(out / "requests.csv") as f:
+        assert {row["replica"] for row in csv.DictReader(f)} == {"0", "1", "2"}
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "replicas" in re.findall(r'data-plot="([^"]+)"', page)
+    assert "Load per replica" in page

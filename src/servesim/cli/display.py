@@ -34,7 +34,7 @@ def _ms(stats: dict) -> list[str]:
 
 def summary_table(summary: dict, scenario, out_dir: Path) -> None:
     console = Console()
-    t = Table(title=f"{scenario.model} on {scenario.tp} x {scenario.gpu}, scheduler {scenario.scheduler.name}")
+    t = Table(title=_title(scenario))
     t.add_column("latency (ms)")
     for col in ("mean", "p50", "p90", "p99"):
         t.add_column(col, justify="right")
@@ -52,7 +52,31 @@ def summary_table(summary: dict, scenario, out_dir: Path) -> None:
     if "slo_attainment" in summary:
         lines.append(f"SLO attainment: {summary['slo_attainment']:.1%}; goodput "
                      f"{summary['goodput_requests_per_s']:.2f} req/s")
+    if "cluster" in summary:
+        lines += _cluster_lines(summary["cluster"])
     lines.append(f"simulated {summary['simulated_time_s']:,.1f} s in {summary['wall_time_s']:.2f} s wall; "
                  f"results in {out_dir}/")
     for line in lines:
         console.print(line)
+
+
+def _title(scenario) -> str:
+    if scenario.pools:
+        pools = ", ".join(f"{p.name}: {p.replicas} x {p.model or scenario.model} on {p.tp or scenario.tp} x "
+                          f"{p.gpu or scenario.gpu}" for p in scenario.pools)
+        return f"{pools}; router {scenario.router.name}"
+    many = f"{scenario.replicas} replicas of " if scenario.replicas > 1 else ""
+    router = f", router {scenario.router.name}" if scenario.replicas > 1 else ""
+    return f"{many}{scenario.model} on {scenario.tp} x {scenario.gpu}, scheduler {scenario.scheduler.name}{router}"
+
+
+def _cluster_lines(c: dict) -> list[str]:
+    lines = [f"cluster: {c['num_replicas']} replicas; load imbalance (max/mean) {c['load_imbalance']:.2f}; "
+             f"re-routed {c['num_rerouted']:,}; failed {c['num_failed']:,}"]
+    for name, p in c["per_pool"].items():
+        lines.append(f"  pool {name}: {p['num_replicas']} replicas, {p['num_dispatched']:,} dispatched, "
+                     f"busy {p['busy_share']:.0%}, {p['output_tokens_per_s']:,.0f} output tok/s, "
+                     f"{p['num_crashes']} crashes")
+    for reason, n in c["reject_reasons"].items():
+        lines.append(f"  rejected: {n:,} ({reason})")
+    return lines

@@ -1,4 +1,4 @@
-"""`servesim catalog gpus|models|engines|constants|schedulers`: what servesim knows."""
+"""`servesim catalog gpus|models|engines|constants|schedulers|routers`: what servesim knows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from servesim.cli.common import user_errors
 from servesim.cli.perf_common import print_json
 from servesim.errors import InputError
 
-KINDS = ("gpus", "models", "engines", "constants", "schedulers")
+KINDS = ("gpus", "models", "engines", "constants", "schedulers", "routers")
 
 
 def _gpus() -> list[dict]:
@@ -66,13 +66,20 @@ def _constants() -> list[dict]:
 def _schedulers() -> list[dict]:
     from servesim.replica.schedulers import available, get_scheduler
 
-    rows = []
-    for name in available():
-        cls = get_scheduler(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip()
-        params = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
-        rows.append({"name": name, "parameters": params or "-", "description": doc.splitlines()[0] if doc else ""})
-    return rows
+    return [_policy_row(name, get_scheduler(name)) for name in available()]
+
+
+def _routers() -> list[dict]:
+    from servesim.cluster.routers import available, get_router
+
+    return [_policy_row(name, get_router(name)) for name in available()]
+
+
+def _policy_row(name: str, cls: type) -> dict:
+    """A registered policy: its name, parameters with defaults, and its module's one-line summary."""
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+    params = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
+    return {"name": name, "parameters": params or "-", "description": doc.splitlines()[0] if doc else ""}
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -96,12 +103,12 @@ def register(app: typer.Typer) -> None:
     @app.command("catalog")
     @user_errors
     def catalog(
-        kind: str = typer.Argument("gpus", help="What to list: gpus, models, engines, constants or schedulers."),
+        kind: str = typer.Argument("gpus", help="What to list: gpus, models, engines, constants, schedulers or routers."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        """List the catalogued GPUs, models, engine profiles, calibration constants or schedulers."""
+        """List the catalogued GPUs, models, engine profiles, calibration constants, schedulers or routers."""
         builders = {"gpus": _gpus, "models": _models, "engines": _engines, "constants": _constants,
-                    "schedulers": _schedulers}
+                    "schedulers": _schedulers, "routers": _routers}
         key = kind.strip().lower()
         if key not in builders:
             raise InputError(f"unknown catalog {kind!r}; allowed: {', '.join(KINDS)}")

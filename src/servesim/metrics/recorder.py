@@ -161,3 +161,11 @@ class Recorder:
         offset = np.array(self._growth_used0, dtype=float) - cum[starts]
         kv[_positions(starts, slens)] = cum[_positions(starts, slens) + 1] + np.repeat(offset, slens)
         return kv
+
+
+def concat_step_logs(logs: list[StepLog]) -> tuple[StepLog, list[int]]:
+    """The replicas' logs one after another (each keeps its own time order), and the index of
+    each log's first step. Step-to-step differences across a boundary belong to no request."""
+    offsets = np.cumsum([0] + [len(g) for g in logs[:-1]]).tolist()
+    cols = {c: np.concatenate([getattr(g, c) for g in logs]) for c in STEP_COLUMNS}
+    return StepLog(**cols, num_gpu_blocks=sum(g.num_gpu_blocks for g in logs)), offsets

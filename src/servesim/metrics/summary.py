@@ -142,7 +142,7 @@ def summarize(cols: RequestColumns, steps: StepLog, token_steps: list[list[int]]
         "num_dropped": int((cols.state == 6).sum()),
         "num_aborted": int((cols.state == 7).sum()),
         "num_failed": int((cols.state == 8).sum()),
-        "simulated_time_s": float(steps.end_s[-1]) if len(steps) else 0.0,
+        "simulated_time_s": float(steps.end_s.max()) if len(steps) else 0.0,
         "wall_time_s": wall_time_s,
         "ttft_s": stats(cols.ttft_s),
         "tpot_s": stats(cols.tpot_s),

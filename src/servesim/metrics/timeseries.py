@@ -27,8 +27,12 @@ def _integral(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray, level: np
     return area[np.maximum(i - 1, 0)] * inside + partial
 
 
-def timeseries(steps: StepLog, arrival_s: np.ndarray, finish_s: np.ndarray, interval_s: float) -> dict[str, np.ndarray]:
-    end = max(float(steps.end_s[-1]) if len(steps) else 0.0, float(arrival_s.max()) if len(arrival_s) else 0.0)
+def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
+               interval_s: float) -> dict[str, np.ndarray]:
+    """The run's time series; with several replicas (one step log each) levels are summed and
+    KV usage is the share of all replicas' blocks."""
+    ends = [float(g.end_s[-1]) for g in logs if len(g)]
+    end = max(max(ends, default=0.0), float(arrival_s.max()) if len(arrival_s) else 0.0)
     n = max(int(np.ceil(end / interval_s)), 1)
     edges = np.arange(n + 1) * interval_s
     cols = {"time_s": edges[:-1], "interval_s": np.full(n, interval_s)}
@@ -39,9 +43,14 @@ def timeseries(steps: StepLog, arrival_s: np.ndarray, finish_s: np.ndarray, inte
 
     cols["arrivals"] = count(arrival_s)
     cols["finished"] = count(finish_s[np.isfinite(finish_s)])
-    cols["prompt_tokens"] = count(steps.end_s, steps.prefill_tokens)
-    cols["output_tokens"] = count(steps.end_s, steps.output_tokens)
-    for name, level in (("num_running", steps.num_running), ("num_waiting", steps.num_waiting),
-                        ("kv_usage", steps.kv_used_blocks / steps.num_gpu_blocks)):
-        cols[name] = np.diff(_integral(edges, steps.start_s, steps.end_s, level)) / interval_s
+    cols["prompt_tokens"] = sum(count(g.end_s, g.prefill_tokens) for g in logs)
+    cols["output_tokens"] = sum(count(g.end_s, g.output_tokens) for g in logs)
+    total_blocks = sum(g.num_gpu_blocks for g in logs)
+    for name in ("num_running", "num_waiting", "kv_usage"):
+        cols[name] = sum(np.diff(_integral(edges, g.start_s, g.end_s, _level(g, name, total_blocks))) / interval_s
+                         for g in logs)
     return cols
+
+
+def _level(steps: StepLog, name: str, total_blocks: int) -> np.ndarray:
+    return steps.kv_used_blocks / total_blocks if name == "kv_usage" else getattr(steps, name)

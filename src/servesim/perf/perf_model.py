@@ -152,14 +152,22 @@ class PerfModel:
         float operations in the same order). None when the time is not a function of the sum
         alone (sliding-window layers); use decode_step_times_s then.
         """
-        if self._window is not None or num_seqs <= 0:
+        aff = self.decode_affine(num_seqs)
+        if aff is None:
             return None
-        base = self._token_s(num_seqs) + self._logits_s(num_seqs)
-        g = self._g_full
-        cpu = self.terms.cpu_s(num_seqs, num_seqs)
-        if self._overlap:
+        base, g, cpu, overlap = aff
+        if overlap:
             return lambda ctx_sum: max(base + g * ctx_sum, cpu)
         return lambda ctx_sum: base + g * ctx_sum + cpu
+
+    def decode_affine(self, num_seqs: int) -> tuple[float, float, float, bool] | None:
+        """The decode step time's form for `num_seqs` sequences: (base, g, cpu, overlap) with
+        time = max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu, evaluated
+        in that order (so numpy over many ctx sums gives the scalar form's exact floats)."""
+        if self._window is not None or num_seqs <= 0:
+            return None
+        return (self._token_s(num_seqs) + self._logits_s(num_seqs), self._g_full,
+                self.terms.cpu_s(num_seqs, num_seqs), bool(self._overlap))
 
     def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
         """step_time_s split into its terms (not on the hot path)."""

@@ -54,7 +54,11 @@ def candidate_scenario(base: dict[str, Any], cand: Candidate, rate_per_s: float,
     per_replica_rate = rate_per_s
     if CLUSTER_KEYS:
         s["replicas"] = replicas
-        s["router"] = {"name": cand.router}
+        router = s.get("router")
+        router = {"name": router} if isinstance(router, str) else dict(router or {})
+        if router.get("name", "round-robin") != cand.router:
+            router = {"name": cand.router}  # the base's parameters belong to its own router
+        s["router"] = dict(router, name=cand.router)
     else:
         per_replica_rate = rate_per_s / replicas
     workload = copy.deepcopy(s.get("workload") or {})

@@ -3,7 +3,7 @@
 Each step: the scheduler picks the batch (allocating KV blocks, maybe preempting), the
 performance model prices it, and at the step's end the engine advances the requests, emits
 tokens and finishes requests. When the batch is decode-only and the scheduler says the next
-steps would repeat it (`is_steady`), the engine prices many steps at once with numpy and
+steps would repeat it (`fast_forward`), the engine prices many steps at once with numpy and
 handles them as one event, stopping before anything could change the decision: the first
 finish, the next arrival or timer, or the step that would run out of KV blocks. The result is
 identical to stepping one by one (tested).
@@ -18,6 +18,7 @@ by the engine to every decoding request, whatever the scheduler (see `replica/sp
 
 from __future__ import annotations
 
+import math
 from itertools import repeat
 from typing import Callable, Iterable
 
@@ -26,10 +27,10 @@ import numpy as np
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.config import EngineConfig
-from servesim.replica.kv_cache import KVCacheManager, cdiv
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
+from servesim.replica.schedulers.base import FastForward, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import end_spec_decode, speculate
-from servesim.replica.stretch import stretch_ends, stretch_through
+from servesim.replica.stretch import Stretch
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
 
@@ -40,8 +41,9 @@ class Engine:
     """A model replica serving requests with one scheduler, KV cache and cost model."""
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
-                 recorder: Recorder, on_done: DoneCallback, horizon_s: Callable[[], float] = lambda: float("inf"),
-                 rng: np.random.Generator | None = None, defer_finishes: bool = False) -> None:
+                 recorder: Recorder, on_done: DoneCallback, until_s: float = float("inf"),
+                 rng: np.random.Generator | None = None, defer_finishes: bool = False,
+                 next_event_s: Callable[[], float] | None = None, lookahead: float = 1.0) -> None:
         self.config = config
         self.scheduler = scheduler
         self.kv = kv
@@ -49,7 +51,19 @@ class Engine:
         self.loop = loop
         self.recorder = recorder
         self.on_done = on_done
-        self.horizon_s = horizon_s  # time of the next event that could change this replica's queues
+        self.until_s = until_s  # the end of the run: no stretch runs past it
+        # The next event that may concern this replica (an arrival anywhere in the cluster):
+        # stretches are priced up to it and extended if it went elsewhere.
+        self.next_event_s = next_event_s or loop.next_time_s
+        # With n replicas sharing the arrivals, the next one here is about n arrivals away: a
+        # new stretch is priced `lookahead` times as far ahead as the next arrival anywhere
+        # (pricing is cheap, events are not; the cluster uses 3n).
+        self.lookahead = lookahead
+        self.stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
+        self._epoch = 0  # bumped by a crash: events of the lost step or timers are ignored
+        # Called with the time before anything here changes (a cluster keeping stale views
+        # takes its snapshot then); None when nobody needs it.
+        self.on_change: Callable[[float], None] | None = None
         self.busy = False
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
@@ -64,7 +78,8 @@ class Engine:
         self.num_swapped_blocks = 0
         self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
         self._wake_s = float("inf")
-        self._decode_fns: dict = {}  # batch size -> the perf model's scalar decode step time (or False)
+        self._decode_fns: dict = {}
+        self._affines: dict = {}  # batch size -> the perf model's scalar decode step time (or False)
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
         # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar
         # decode form that prices each step of a shrinking batch.
@@ -72,7 +87,9 @@ class Engine:
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
-        self.recorder.add_request(req)
+        """A request reaches this replica at `now_s` (the caller records it)."""
+        if self.on_change:
+            self.on_change(now_s)
         reason = self._reject_reason(req)
         if reason:
             req.state = RequestState.REJECTED
@@ -81,11 +98,15 @@ class Engine:
             self.on_done(req, now_s)
             return
         if req.hash_ids and self.kv.enable_prefix_caching:
-            req.kv_block_keys = _block_keys(req, self.kv.block_size)
+            req.kv_block_keys = block_keys(req, self.kv.block_size)
+        if self.stretch is not None and self.stretch.cut(now_s):  # the scheduler must see it
+            st = self.stretch
+            st.gen += 1
+            self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
         self.scheduler.add_request(req, now_s)
         if not self.busy:  # start after every arrival of this instant is queued, as a batch
             self.busy = True
-            self.loop.schedule(now_s, lambda t, _: self._start_step(t), None, PRIO_STEP_START)
+            self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)
 
     def _reject_reason(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len
@@ -101,8 +122,9 @@ class Engine:
 
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:
+        if self.on_change:
+            self.on_change(now_s)
         sched = self.scheduler
-        sched.num_engine_steps = self.num_steps
         out = sched.schedule(now_s)
         scheduled = out.scheduled
         swap_s = self._swap(out, now_s) if out.swapped_out or out.swapped_in else 0.0
@@ -129,19 +151,28 @@ class Engine:
                 if r.first_scheduled_s is None:
                     r.first_scheduled_s = now_s
         if (self.config.fast_forward and not self._spec_k and not swap_s
-                and (not prefills or sched.steady_after_prefill) and sched.is_steady(out)
-                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills)):
+                and (ff := sched.fast_forward(out)).repeat
+                and (not prefills or ff.after_prefill)
+                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
         else:
             dt = self.perf.step_time_s(chunks, decode_ctxs)
-        payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting)
+        payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
 
+    def _on_start(self, now_s: float, epoch: int) -> None:
+        if epoch == self._epoch:
+            self._start_step(now_s)
+
     def _end_step(self, now_s: float, payload: tuple) -> None:
-        start_s, out, decodes, prefills, num_running, num_waiting = payload
+        start_s, out, decodes, prefills, num_running, num_waiting, epoch = payload
+        if epoch != self._epoch:
+            return  # the replica crashed during this step
+        if self.on_change:
+            self.on_change(now_s)
         step = self.recorder.num_steps
         _advance_decodes(decodes, repeat(1), step)
         finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
@@ -183,8 +214,7 @@ class Engine:
             if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
                 req.finish_s = now_s
             self.scheduler.finish(req, now_s)
-        self.scheduler.num_engine_steps = self.num_steps
-        self.scheduler.on_step_end(out, now_s)
+        self.scheduler.end_step(out, now_s, self.num_steps)
         for req in finished:
             self.on_done(req, now_s)
         self._start_step(now_s)
@@ -209,7 +239,7 @@ class Engine:
                     end = max(now_s, self._link_free_s[direction]) + t
                     self._link_free_s[direction] = end
                     if direction:
-                        self.scheduler.swap_ready_s[req.id] = end
+                        self.scheduler.swap_done(req, end)
                 else:
                     wait_s += t
         self.swap_stall_s += wait_s
@@ -220,9 +250,11 @@ class Engine:
         if self._wake_s <= t and self._wake_s > self.loop.now_s:
             return  # an earlier wake-up is pending
         self._wake_s = t
-        self.loop.schedule(t, self._on_wake, None, PRIO_STEP_START)
+        self.loop.schedule(t, self._on_wake, self._epoch, PRIO_STEP_START)
 
-    def _on_wake(self, now_s: float, _) -> None:
+    def _on_wake(self, now_s: float, epoch: int) -> None:
+        if epoch != self._epoch:
+            return
         self._wake_s = float("inf")
         if not self.busy:
             self.busy = True
@@ -230,19 +262,18 @@ class Engine:
 
     # ------------------------------------------------------------------ fast forward
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
-                      prefills: list[tuple[Request, int]]) -> bool:
-        """Run this step and the decode-only steps that repeat it as one event (a stretch).
+                      prefills: list[tuple[Request, int]], ff: FastForward) -> bool:
+        """Run this step and the decode-only steps that repeat it as one event (a `Stretch`).
 
         Step 0 is the scheduled step itself: decodes, plus prompt chunks that finish their
         prompts (those requests emit their first token and decode from step 1 on). Every later
         step gives every request still running one token. The stretch stops before anything
-        could change that: the next arrival or timer, the step that would run out of KV blocks,
-        and the first finish — unless finishes can be processed late (open-loop workload, no
-        prefix keys, and a scheduler that stays steady when requests leave), in which case
-        requests leave the batch at their last step and their finish is recorded at its time.
-        Returns False, changing nothing, if fewer than two steps would be safe.
-        Per-request arithmetic is plain Python (batches are tens to hundreds of requests); step
-        times come from the perf model's scalar decode form, one call per step, so nothing
+        could change that: an arrival here (`cut`), a policy timer, the step that would run out
+        of KV blocks, and the first finish — unless finishes can be processed late (nothing
+        reacts to them, no prefix keys, and a scheduler that stays steady when requests leave),
+        in which case requests leave the batch at their last step and their finish is recorded
+        at its time. Returns False, changing nothing, if fewer than two steps would be safe.
+        Step times come from the perf model's scalar decode form, one call per step, so nothing
         scales with tokens.
         """
         if prefills:
@@ -256,54 +287,67 @@ class Engine:
         else:
             reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
-        keyed = [(req, c) for req, c in zip(reqs, ctx1) if req.kv_block_keys]
-        through = self.defer_finishes and not keyed and self.scheduler.steady_through_finishes()
-        k = max(remaining) if through else min(remaining)
-        if k < 2:
+        through = self.defer_finishes and ff.through_finishes and not any(req.kv_block_keys for req in reqs)
+        if (max(remaining) if through else min(remaining)) < 2:
             return False
-        # Step j >= 1 starts at the end of step j-1; an arrival or timer at or before that changes it.
-        horizon = min(self.horizon_s(), self.scheduler.next_timer_s())
         end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
-        ends, sizes = (stretch_through(self._decode_fn, end0, ctx1, remaining, k, horizon) if through
-                       else stretch_ends(self._decode_fn, self.perf, end0, ctx1, k, horizon))
-        k = len(ends)
-        if k < 2:
+        st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
+                     self.perf, self.scheduler.num_waiting, self._decode_affine)
+        # Price up to the next event anywhere, and at least one step past step 0: the event may
+        # not concern this replica (a submission here cuts the stretch back to the step in
+        # flight); `_end_fast_forward` extends the stretch when its end is reached uncut.
+        ahead_s = now_s + (self.next_event_s() - now_s) * self.lookahead
+        st.price(min(max(ahead_s, math.nextafter(end0, math.inf)), self._own_horizon_s()))
+        if len(st.ends) < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
         # one more block for a request; it needs another every block_size steps after that,
         # until its last step (remaining - 1). Freed blocks are not counted on: allocations must
         # fit in the blocks free now, which also keeps the free queue's order exact.
+        st.first_new = self.kv.first_new_block_steps(reqs, ctx1)
+        st.free_blocks = self.kv.num_free_blocks
+        if not self._limit(st, 1):
+            return False
+        self.stretch = st
+        self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+        return True
+
+    def _limit(self, st: Stretch, k_safe: int) -> bool:
+        """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
+        prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
+        False if fewer than two steps remain."""
         bs = self.kv.block_size
-        first_new = self.kv.first_new_block_steps(reqs, ctx1)
-        free = self.kv.num_free_blocks
+        k = len(st.ends)
+        first_new, remaining, free = st.first_new, st.remaining, st.free_blocks
 
         def need(steps: int) -> int:
             return sum((min(steps, r) - 1 - f) // bs + 1 for f, r in zip(first_new, remaining) if f < min(steps, r))
 
         # (cheap bound first: each request needs at most one block per block_size steps, + 1)
         if len(first_new) * ((k - 1) // bs + 1) > free and need(k) > free:
-            lo, hi = 1, k  # need(lo) <= free < need(hi)
+            lo, hi = k_safe, k  # need(lo) <= free < need(hi)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
+            st.truncate(lo)
+            st.final = True
             k = lo
-            del ends[k:], sizes[k:]
-        if k < 2 or (keyed and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in keyed])):
-            return False
-        steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
-        # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
-        new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
-        finished = [i for i, r in enumerate(remaining) if r <= k]
-        if len(finished) > 1:
-            finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
-        # a request that finished before the last step frees all its blocks after its last step
-        frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
-                 for i in finished if (m := steps_of[i]) < k]
-        kv_used = BlockGrowth(self.kv.num_gpu_blocks - free, first_new, steps_of, bs, frees)
-        payload = (now_s, decodes, prefills, steps_of, keyed, new_blocks, ends, sizes, kv_used, out,
-                   self.scheduler.num_waiting, [reqs[i] for i in finished])
-        self.loop.schedule(ends[-1], self._end_fast_forward, payload, PRIO_STEP_END)
-        return True
+        if st.keyed and k > k_safe and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in st.keyed]):
+            st.truncate(k_safe)
+            st.final = True
+        return len(st.ends) >= 2
+
+    def _own_horizon_s(self) -> float:
+        """The next time this replica changes by itself: a policy timer or the end of the run."""
+        return min(self.until_s, self.scheduler.next_timer_s())
+
+    def _decode_affine(self, n: int):
+        """The perf model's affine decode form for n sequences, memoised (None: none)."""
+        a = self._affines.get(n, False)
+        if a is False:
+            form = getattr(self.perf, "decode_affine", None)
+            a = self._affines[n] = form(n) if form else None
+        return a
 
     def _decode_fn(self, n: int):
         """The perf model's scalar decode step time for n sequences, memoised (False: none)."""
@@ -313,14 +357,46 @@ class Engine:
         return f
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
-        (start_s, decodes, prefills, steps_of, keyed, new_blocks, ends, sizes, kv_used, out, num_waiting,
-         finished) = payload
-        k = len(ends)
+        st, gen = payload
+        if gen != st.gen:
+            return  # replaced by a cut or an extension
+        if not st.final and len(st.ends) < st.kmax:
+            # Nothing touched this replica: extend to at least four times the stretch's span so far.
+            k = len(st.ends)
+            own = self._own_horizon_s()
+            st.price(min(own, max(self.next_event_s(), 4 * st.ends[-1] - 3 * st.start_s)))
+            if len(st.ends) > k:
+                self._limit(st, k)
+            if len(st.ends) > k:
+                st.gen += 1
+                self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+                return
+        self.stretch = None
+        if self.on_change:
+            self.on_change(now_s)
+        self._finish_and_continue(st.out, self._apply_stretch(st), now_s)
+
+    def _apply_stretch(self, st: Stretch) -> list[Request]:
+        """Advance the requests, KV blocks and step log by the stretch's steps; returns the
+        requests that finished in it, in finish order."""
+        ends, k, reqs, remaining = st.ends, len(st.ends), st.reqs, st.remaining
+        bs = self.kv.block_size
+        first_new = st.first_new
+        steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
+        # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
+        new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
+        finished = [i for i, r in enumerate(remaining) if r <= k]
+        if len(finished) > 1:
+            finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
+        # a request that finished before the last step frees all its blocks after its last step
+        frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
+                 for i in finished if (m := steps_of[i]) < k]
+        kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         first = self.recorder.num_steps
-        nd = len(decodes)
-        _advance_decodes(decodes, steps_of, first)
+        nd = len(st.decodes)
+        _advance_decodes(st.decodes, steps_of, first)
         prefill_tokens = 0
-        for (req, n), m in zip(prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
+        for (req, n), m in zip(st.prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
             prefill_tokens += n
             req.num_computed_tokens += n + m - 1
             req.num_output_tokens += m
@@ -328,29 +404,53 @@ class Engine:
             if req.first_token_s is None:
                 req.first_token_s = ends[0]
         self.kv.allocate_plain_many(new_blocks)
-        for req, c in keyed:
+        for req, c in st.keyed:
             self.kv.cache_full_blocks(req, c + k - 1)
-        for req in finished:
+        done = [reqs[i] for i in finished]
+        for req in done:
             req.finish_s = ends[req.token_steps[-1] - first]
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(start_s, ends, sizes, num_waiting, kv_used, prefill_tokens)
-        self._finish_and_continue(out, finished, now_s)
+        self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens)
+        return done
+
+    # ------------------------------------------------------------------ failures
+    def crash(self, now_s: float) -> list[Request]:
+        """Stop at `now_s`: apply the stretch steps that ended before it, lose the step in
+        flight, release every request's KV and return the requests (unfinished, in the
+        scheduler's order: running, waiting, swapped)."""
+        if self.on_change:
+            self.on_change(now_s)
+        st = self.stretch
+        if st is not None:
+            self.stretch = None
+            st.gen += 1  # its end event is void
+            j = st.steps_before(now_s)
+            if j:
+                st.truncate(j)
+                done = self._apply_stretch(st)
+                for req in done:
+                    req.state = RequestState.FINISHED
+                    self.scheduler.finish(req, now_s)
+                for req in done:
+                    self.on_done(req, now_s)
+        self._epoch += 1  # a plain step in flight, a pending start or wake-up: all void
+        self.busy = False
+        self._wake_s = float("inf")
+        return self.scheduler.drain(now_s)
+
+    def restart(self, scheduler: Scheduler, kv: KVCacheManager) -> None:
+        """Come back with a fresh scheduler and KV cache (a restarted engine)."""
+        self.scheduler = scheduler
+        self.kv = kv
+        self._link_free_s = [0.0, 0.0]
 
     # ------------------------------------------------------------------ end of run
     def drain(self, now_s: float) -> None:
         """Mark every request still held as dropped (the run stopped before they finished)."""
-        for req in self.scheduler.unfinished():
-            self.kv.free(req.id)
-            self.kv.free_cpu(req.id)
+        for req in self.scheduler.drain(now_s):
             req.state = RequestState.DROPPED
             req.finish_s = now_s
-        self.scheduler.drain(now_s)
-        self.scheduler.running.clear()
-        self.scheduler.swapped.clear()
-        self.scheduler.swap_ready_s.clear()
-        while self.scheduler.waiting:
-            self.scheduler.waiting.pop()
 
 
 def _advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -> None:
@@ -366,14 +466,3 @@ def _advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -
         else:
             runs.append(first)
             runs.append(prev + m)
-
-
-def _block_keys(req: Request, block_size: int) -> tuple:
-    """Prefix keys at the engine's block size from the request's chained hash ids.
-
-    hash_ids[m] identifies tokens [0, (m+1)*H); a KV block ending at token e lies in hash block
-    m = (e-1)//H, and (hash_ids[m], e) identifies tokens [0, e) for any block size.
-    """
-    H = req.hash_block_tokens
-    covered = len(req.hash_ids) * H
-    return tuple((req.hash_ids[(e - 1) // H], e) for e in range(block_size, covered + 1, block_size))

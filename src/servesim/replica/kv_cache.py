@@ -51,6 +51,17 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def block_keys(req: Any, block_size: int) -> tuple:
+    """Prefix keys at the engine's block size from the request's chained hash ids.
+
+    hash_ids[m] identifies tokens [0, (m+1)*H); a KV block ending at token e lies in hash block
+    m = (e-1)//H, and (hash_ids[m], e) identifies tokens [0, e) for any block size.
+    """
+    H = req.hash_block_tokens
+    covered = len(req.hash_ids) * H
+    return tuple((req.hash_ids[(e - 1) // H], e) for e in range(block_size, covered + 1, block_size))
+
+
 class KVCacheManager:
     """GPU block pool with prefix caching, plus a CPU swap tier tracked by capacity."""
 
@@ -93,6 +104,19 @@ class KVCacheManager:
         held = self._held
         bs = self.block_size
         return [(len((h := held[r.id]).keyed) + h.num_plain) * bs - c + 1 for r, c in zip(reqs, ctx1)]
+
+    def num_cached_prefix_tokens(self, req: Any) -> int:
+        """Tokens of `req`'s prefix in cached blocks (leading blocks only, as a hit needs)."""
+        if not self.enable_prefix_caching or not req.hash_ids:
+            return 0
+        keys = req.kv_block_keys or block_keys(req, self.block_size)
+        cached = self._cached
+        n = 0
+        for key in keys:
+            if key not in cached:
+                break
+            n += 1
+        return n * self.block_size
 
     def num_cpu_blocks_of(self, req_id: int) -> int:
         return self._cpu_held.get(req_id, 0)

@@ -169,3 +169,21 @@ def differences(labels: Sequence[str], rows: Sequence[tuple[str, Sequence[float 
     fig.update_layout(barmode="group", uniformtext={"minsize": 9, "mode": "show"})
     height = max(360, 70 + 30 * len(rows) * max(1, len(labels) - 1))
     return _base_layout(fig, f"Differences against {labels[0]}", height=height)
+
+
+def replica_load(per_replica: Sequence[dict]) -> go.Figure:
+    """Per replica: requests dispatched, busy share and time-averaged running / waiting requests
+    (how evenly the router spread the load)."""
+    names = [f"{i} ({r['pool']})" for i, r in enumerate(per_replica)]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Requests dispatched", "Busy share (%)",
+                                                        "Mean running + waiting"))
+    fig.add_trace(go.Bar(x=names, y=[r["num_dispatched"] for r in per_replica], marker_color=COLORS[0],
+                         name="dispatched", showlegend=False), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[100 * r["busy_share"] for r in per_replica], marker_color=COLORS[1],
+                         name="busy", showlegend=False), row=1, col=2)
+    for j, key in enumerate(("mean_running", "mean_waiting")):
+        fig.add_trace(go.Bar(x=names, y=[r[key] for r in per_replica], name=key.split("_")[1],
+                             marker_color=COLORS[2 + j]), row=1, col=3)
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title_text="replica")
+    return _base_layout(fig, "Load per replica", height=420)

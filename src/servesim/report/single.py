@@ -35,6 +35,10 @@ def build_run_page(run: RunData) -> Page:
         page.figures_grid([
             (figures.latency_cdf(m, [("all requests", series.latency_values(run, m))], slos.get(m)), m)
             for m in CDF_METRICS if m in run.requests])
+    cluster = run.summary.get("cluster")
+    if cluster and cluster.get("per_replica"):
+        page.heading("Replicas")
+        page.figure(figures.replica_load(cluster["per_replica"]), "replicas")
     if run.timeseries:
         page.heading("Over time")
         page.figure(figures.timeseries([("run", run.timeseries)]), "timeseries")

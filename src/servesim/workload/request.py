@@ -31,7 +31,8 @@ class RequestState(enum.IntEnum):
         return self >= RequestState.FINISHED
 
 
-TERMINAL_STATES = (RequestState.FINISHED, RequestState.REJECTED, RequestState.DROPPED)
+TERMINAL_STATES = (RequestState.FINISHED, RequestState.REJECTED, RequestState.DROPPED, RequestState.ABORTED,
+                   RequestState.FAILED)
 
 
 @dataclass(slots=True, eq=False)
@@ -47,6 +48,7 @@ class Request:
     hash_ids: tuple[int, ...] = ()
     hash_block_tokens: int = 512
     tenant: str = "default"
+    model: str | None = None  # the model it asks for (None: the scenario's model)
     priority: int = 0  # lower value = more important (vLLM convention)
     slo_class: str | None = None
     ttft_slo_s: float | None = None  # per-request SLOs (override the scenario-wide ones)
@@ -76,6 +78,10 @@ class Request:
     # fast-forwarded decode stretch costs O(1) to record.
     token_steps: list[int] = field(default_factory=list)
     kv_block_keys: tuple[Any, ...] | None = None  # prefix keys at the engine's block size (engine-set)
+    replica: int = -1  # the replica serving it (its token_steps index that replica's step log)
+    # (index into token_steps, replica) each time it moved to another replica (after a crash);
+    # runs from that index on belong to that replica's step log
+    moves: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

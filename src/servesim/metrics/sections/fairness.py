@@ -35,7 +35,7 @@ def section(data: SectionInput) -> dict | None:
     sched = data.params.get("scheduler") or {}
     w_in = float(sched.get("input_price", 1.0))
     w_out = float(sched.get("output_price", 2.0))
-    end_s = float(data.step_ends_s[-1]) if len(data.step_ends_s) else 0.0
+    end_s = float(data.step_ends_s.max()) if len(data.step_ends_s) else 0.0
     interval = float((data.params.get("output") or {}).get("timeseries_interval_s", 1.0))
     window_s = max(interval, math.ceil(end_s / MAX_WINDOWS / interval) * interval) if end_s > 0 else interval
     edges = np.arange(0.0, end_s + window_s, window_s)

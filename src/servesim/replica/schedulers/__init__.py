@@ -31,7 +31,7 @@ def _load_all() -> None:
     global _LOADED  # the registry is a per-process table of classes, filled once, never mutated after
     if not _LOADED:
         for info in pkgutil.iter_modules(__path__):
-            if info.name not in ("base", "queues"):
+            if info.name not in ("base", "queues", "vllm_steps"):
                 importlib.import_module(f"{__name__}.{info.name}")
         _LOADED = True
 

@@ -35,7 +35,10 @@ from pydantic import Field
 
 from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+)
+from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
 
@@ -59,7 +62,7 @@ class AndesParams(SchedulerParams):
 
 
 @register("andes")
-class AndesScheduler(Scheduler):
+class AndesScheduler(VLLMSteps):
     Params = AndesParams
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -111,10 +114,10 @@ class AndesScheduler(Scheduler):
             evict = []
             chosen = sorted(pending, key=lambda r: -self.value(r, now_s, False) / self.weight(r))
         for req in evict:
-            self.running.remove(req)
-            self._swap_out(req, out)
+            self.evict(req, out, swap=True)
         num_evicted = len(out.swapped_out) + len(out.preempted)
-        budget = self._run_running(out, self.config.max_num_batched_tokens)
+        # the running pass evicts the latest admitted by swap (vLLM v0)
+        budget = self.schedule_running(out, self.config.max_num_batched_tokens, swap=True)
         if len(out.swapped_out) + len(out.preempted) == num_evicted:  # swap-in only if nothing else was preempted
             self._bring_in(out, chosen, budget)
         return out
@@ -146,58 +149,19 @@ class AndesScheduler(Scheduler):
         evict = [r for r in cand if r.id not in picked]
         return evict, [r for r in sorted(pending, key=lambda r: -dens[r.id]) if r.id in picked]
 
-    def _swap_out(self, req: Request, out: SchedulerOutput) -> None:
-        if self.swap_out(req, out):
-            self.swapped.append(req)
-        else:  # CPU tier full: recompute
-            self.preempt(req, out)
-
-    def _run_running(self, out: SchedulerOutput, budget: int) -> int:
-        cfg = self.config
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget, cfg.max_model_len - 1 - req.num_computed_tokens)
-            if n <= 0:
-                i += 1
-                continue
-            while not self.kv.allocate_slots(req, n):
-                victim = self.running.pop()  # the latest admitted, by swap (vLLM v0)
-                self._swap_out(victim, out)
-                if victim is req:
-                    return budget
-            out.scheduled.append((req, n))
-            budget -= n
-            i += 1
-        return budget
-
     def _bring_in(self, out: SchedulerOutput, chosen: list[Request], budget: int) -> None:
-        cfg = self.config
-        kv = self.kv
         for req in chosen:
-            if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 return
             if req.state == RequestState.SWAPPED:
-                if kv.num_cpu_blocks_of(req.id) + 1 > kv.num_free_blocks:
+                if self.swap_in_room(req) < 0:
                     return
-                self.swapped.remove(req)
-                self.swap_in(req, out)
-                kv.allocate_slots(req, 1)
-                self.running.append(req)
-                out.scheduled.append((req, 1))
-                budget -= 1
+                budget -= self.resume(req, out, 1)
                 continue
-            hits = kv.get_computed_blocks(req)
-            num_cached = len(hits) * kv.block_size
-            n = req.num_tokens - num_cached
-            if not cfg.enable_chunked_prefill and n > budget:
+            left = self.admit(req, budget, out)
+            if left is None:
                 return
-            n = min(n, budget)
-            if not kv.allocate_slots(req, n, hits):
-                return
-            self.waiting.remove(req)
-            self.start(req, num_cached, n, out)
-            budget -= n
+            budget = left
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         for req, _ in output.scheduled:
@@ -205,12 +169,10 @@ class AndesScheduler(Scheduler):
                 self._outputs[req.id] = req.num_output_tokens
                 self._last_token_s[req.id] = now_s
 
-    def finish(self, req: Request, now_s: float) -> None:
-        super().finish(req, now_s)
+    def forget(self, req: Request) -> None:
         self._outputs.pop(req.id, None)
         self._last_token_s.pop(req.id, None)
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch.
-        return (not self.waiting and not self.swapped and not output.preempted and not output.swapped_out
-                and not output.swapped_in and len(output.scheduled) == len(self.running))
+        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD

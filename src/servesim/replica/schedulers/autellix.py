@@ -104,9 +104,8 @@ class AutellixScheduler(KeyedScheduler):
         self._queued_s[req.id] = self.now_s
         return super().swap_out(req, out, reuse_key)
 
-    def finish(self, req: Request, now_s: float) -> None:
-        super().finish(req, now_s)
-        self._queued_s.pop(req.id, None)
+    def forget(self, req: Request) -> None:
+        self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
 
     def key(self, req: Request) -> tuple:
         return (self.level(req), req.arrival_s, req.id)

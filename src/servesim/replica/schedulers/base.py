@@ -4,11 +4,15 @@ A scheduler owns the replica's queues and decides, once per engine step, which r
 and with how many tokens. It allocates KV blocks through the engine's `KVCacheManager` while
 it decides (as vLLM does), and may preempt. It never advances time or request progress: the
 engine runs the step through the performance model and, at the step's end, advances
-`num_computed_tokens`, emits tokens and calls `finish` for completed requests.
+`num_computed_tokens`, emits tokens, calls `finish` for completed requests, then `end_step`.
+The engine only calls methods: it never writes a scheduler's fields or touches its queues
+(`add_request`, `schedule`, `fast_forward`, `swap_done`, `finish`, `end_step`, `remove`,
+`drain`, `next_timer_s`, `admission_error`, and the read-only counts).
 
 To add a policy: one file in this folder with a `Scheduler` subclass decorated with
 `@register("name")` and a pydantic `Params` model whose fields carry the reference
-implementation's names, defaults and docstrings. Nothing else needs editing.
+implementation's names, defaults and docstrings. Nothing else needs editing. A policy built
+on vLLM's mechanics subclasses `vllm_steps.VLLMSteps` and supplies only its order and victims.
 """
 
 from __future__ import annotations
@@ -56,6 +60,31 @@ class SchedulerOutput:
     num_known_decodes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FastForward:
+    """A policy's answer to: may the engine repeat this step without calling `schedule`?
+
+    The engine then advances many decode steps as one event (same results as stepping one by
+    one), stopping before anything the answer does not cover: the next arrival or policy
+    timer, the step that would run out of KV blocks and (unless `through_finishes`) the first
+    finish. The default, all False, is always safe, just slower.
+    """
+
+    repeat: bool = False
+    """With no new arrival and enough free KV blocks, the next `schedule` calls would choose
+    exactly the same requests with one token each until one of them finishes."""
+    after_prefill: bool = False
+    """`repeat` is exact also when this step finishes prompts (those requests then decode like
+    the rest); without it the engine fast-forwards only decode-only steps."""
+    through_finishes: bool = False
+    """`repeat` keeps holding as requests finish (the rest go on decoding, nothing is
+    admitted, no finish hook changes a decision), so finishes may be processed late."""
+
+
+NO_FAST_FORWARD = FastForward()
+REPEAT_DECODES = FastForward(repeat=True)  # the usual answer of a policy whose batch is steady
+
+
 class Scheduler:
     """Base class: queues, bookkeeping helpers and the default hooks."""
 
@@ -73,11 +102,11 @@ class Scheduler:
         self.waiting = make_queue(getattr(params, "policy", "fcfs"))
         self.running: list[Request] = []
         self.swapped: list[Request] = []  # KV in the CPU tier (swap policies)
-        # Time at which an overlapped swap-in completes, by request id (written by the engine;
-        # the request must not be scheduled before). Sync swaps never appear here.
+        # Time at which an overlapped swap-in completes, by request id (the engine reports it
+        # through `swap_done`; the request must not be scheduled before). Sync swaps never appear.
         self.swap_ready_s: dict[int, float] = {}
-        # Engine steps run so far (set by the engine before `schedule` and `on_step_end`; a
-        # fast-forwarded stretch of k decode steps advances it by k between the two calls).
+        # Engine steps run so far (recorded by `end_step`, so `schedule` sees the steps before
+        # it; a fast-forwarded stretch of k decode steps advances it by k in one call).
         self.num_engine_steps = 0
 
     @classmethod
@@ -93,25 +122,16 @@ class Scheduler:
     def schedule(self, now_s: float) -> SchedulerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # May `is_steady` be asked about a step that also finishes prompts (those requests then
-    # decode like the rest)? Opt in only if `is_steady` is exact for such steps too.
-    steady_after_prefill: ClassVar[bool] = False
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
+        """May the engine repeat the step `schedule` just returned, and how far (see
+        `FastForward`)? Must not change any state."""
+        return NO_FAST_FORWARD
 
-    def steady_through_finishes(self) -> bool:
-        """When `is_steady` holds, does it keep holding as requests finish (the rest go on
-        decoding, nothing is admitted, no finish hook changes a decision)? Only then may the
-        engine process finishes late inside a stretch. False is always safe."""
-        return False
-
-    def is_steady(self, output: SchedulerOutput) -> bool:
-        """May the engine repeat this decode-only step without calling `schedule` again?
-
-        Return True only if, with no new arrival and enough free KV blocks, the next
-        `schedule` calls would choose exactly the same requests with one token each until one
-        of them finishes. The engine then fast-forwards many steps at once (same results as
-        stepping one by one). Returning False is always safe, just slower.
-        """
-        return False
+    def nothing_pending(self, output: SchedulerOutput) -> bool:
+        """The usual condition for repeating a step: everyone running got its tokens, nothing
+        was preempted or swapped, and nothing waits (new or swapped) to be admitted."""
+        return (not (output.preempted or output.swapped_out or output.swapped_in or self.num_waiting or self.swapped)
+                and len(output.scheduled) == len(self.running))
 
     # ---- lifecycle hooks -----------------------------------------------------------
     def add_request(self, req: Request, now_s: float) -> None:
@@ -121,6 +141,26 @@ class Scheduler:
         """The request emitted its last token: release it."""
         self.running.remove(req)
         self.kv.free(req.id)
+        self.forget(req)
+
+    def forget(self, req: Request) -> None:
+        """Drop the policy's per-request state (the request finished or was removed)."""
+
+    def remove(self, req: Request, now_s: float) -> bool:
+        """Take `req` out of this scheduler wherever it is (waiting, running, swapped, or a
+        policy's own structures) and free its GPU and CPU KV blocks, without giving it a
+        terminal state: the caller decides (aborted, re-routed, migrated). False if this
+        scheduler does not hold it. Call it between steps: a request in the step the engine
+        is running is the engine's to drop from that step."""
+        queue = next((q for q in self.queues() if any(r is req for r in q)), None)
+        if queue is None:
+            return False
+        queue.remove(req)
+        self.swap_ready_s.pop(req.id, None)
+        self.kv.free(req.id)
+        self.kv.free_cpu(req.id)
+        self.forget(req)
+        return True
 
     def next_timer_s(self) -> float:
         """Time of the next policy timer that can change decisions (inf if none).
@@ -130,16 +170,37 @@ class Scheduler:
         """
         return min(self.swap_ready_s.values(), default=float("inf"))
 
+    def swap_done(self, req: Request, ready_s: float) -> None:
+        """An overlapped swap-in of `req` completes at `ready_s` (the engine priced the copy):
+        the request must not be scheduled before."""
+        self.swap_ready_s[req.id] = ready_s
+
     def admission_error(self, req: Request) -> str | None:
         """Why this policy can never serve `req` (the engine rejects it), or None."""
         return None
 
-    def drain(self, now_s: float) -> None:
-        """End of run: release KV the policy holds beyond its requests (pins, CPU copies)."""
+    def drain(self, now_s: float) -> list[Request]:
+        """End of run: take out every request still held, freeing its KV and whatever the
+        policy holds beyond its requests (pins, CPU copies); return them, for the caller to
+        give a terminal state."""
+        held = self.unfinished()
+        for req in held:
+            self.kv.free(req.id)
+            self.kv.free_cpu(req.id)
+        for queue in self.queues():
+            queue.clear()
+        self.swap_ready_s.clear()
         self.kv.drop_cpu_copies()
+        return held
+
+    def end_step(self, output: SchedulerOutput, now_s: float, num_engine_steps: int) -> None:
+        """The engine advanced the requests of `output` (and ran `finish` for those done);
+        `num_engine_steps` steps have run so far."""
+        self.num_engine_steps = num_engine_steps
+        self.on_step_end(output, now_s)
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        """Called after the engine advanced the requests of `output`."""
+        """Policy hook called by `end_step` (after `num_engine_steps` is up to date)."""
 
     # ---- helpers shared by policies ------------------------------------------------
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
@@ -204,6 +265,10 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
+    def queues(self) -> tuple:
+        """Every container this policy keeps requests in (override to add its own)."""
+        return (self.running, self.waiting, self.swapped)
+
     def unfinished(self) -> list[Request]:
         """Every request still held (for end-of-run accounting)."""
-        return list(self.running) + list(self.waiting) + list(self.swapped)
+        return [req for queue in self.queues() for req in queue]

@@ -119,7 +119,7 @@ class BatchLLMScheduler(KeyedScheduler):
         self.waiting.sort(key=self.key)
         out = SchedulerOutput()
         budget = self.params.max_num_batched_tokens or 1 << 60
-        budget = self._schedule_running(out, budget)
+        budget = self.schedule_running(out, budget, self._swaps)
         if out.preempted:
             return out
         limit = self.params.mem_threshold * self.kv.num_gpu_blocks

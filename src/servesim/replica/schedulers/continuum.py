@@ -28,7 +28,9 @@ from typing import Iterator
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+)
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.workload.request import Request
 
@@ -94,6 +96,11 @@ class ProgramQueue:
         if not calls:
             del self._by_job[job]
 
+    def clear(self) -> None:
+        self._heap.clear()
+        self._live.clear()
+        self._by_job.clear()
+
     def jobs(self):
         """Jobs with a call waiting."""
         return self._by_job.keys()
@@ -109,7 +116,6 @@ class ProgramQueue:
 
 @register("continuum")
 class ContinuumScheduler(VLLMScheduler):
-    steady_after_prefill = False  # a finished prompt may pin or release; keep stepping there
     Params = ContinuumParams
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -157,7 +163,7 @@ class ContinuumScheduler(VLLMScheduler):
         busy = self._waiting_jobs()
         return min((d for job, (_, d) in self.pins.items() if job not in busy), default=float("inf"))
 
-    def _reclaim(self, req: Request) -> bool:
+    def reclaim(self, req: Request) -> bool:
         # Pins give way only to avoid a deadlock (the public fork): with other requests
         # running, the newest program's running call is preempted instead.
         if not self.pins or len(self.running) > 1:
@@ -166,10 +172,10 @@ class ContinuumScheduler(VLLMScheduler):
         self._unpin(max(self.pins, key=lambda j: (j != own, self.first_entry_s.get(j, 0.0))))
         return True
 
-    def drain(self, now_s: float) -> None:
+    def drain(self, now_s: float) -> list[Request]:
         for job in list(self.pins):
             self._unpin(job)
-        super().drain(now_s)
+        return super().drain(now_s)
 
     # ---- the decision ------------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -187,8 +193,11 @@ class ContinuumScheduler(VLLMScheduler):
                     self._released = True  # blocks freed after admission: the next step may admit
         return out
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
-        return not self._released and super().is_steady(output)
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
+        # (finishes pin blocks: `finish` is overridden, so never through finishes)
+        if self._released or not super().fast_forward(output).repeat:
+            return NO_FAST_FORWARD
+        return REPEAT_DECODES
 
     def _avoid_deadlock(self) -> None:
         kv = self.kv
@@ -196,8 +205,8 @@ class ContinuumScheduler(VLLMScheduler):
         hits = kv.get_computed_blocks(head)
         n = min(head.num_tokens - len(hits) * kv.block_size, self.config.max_num_batched_tokens)
         while self.pins and kv.blocks_needed(head, n, hits) > kv.num_free_blocks:
-            self._reclaim(head)
+            self.reclaim(head)
             hits = kv.get_computed_blocks(head)
 
-    def _pick_victim(self) -> Request:
+    def pick_victim(self) -> Request:
         return max(self.running, key=lambda r: (self.first_entry_s.get(job_of(r), r.arrival_s), r.arrival_s))

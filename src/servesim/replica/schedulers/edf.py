@@ -54,6 +54,5 @@ class EDFScheduler(KeyedScheduler):
                     and req.num_computed_tokens >= req.num_tokens - 1):
                 self._last_token_s[req.id] = now_s  # it emitted a token at this step's end
 
-    def finish(self, req: Request, now_s: float) -> None:
-        super().finish(req, now_s)
+    def forget(self, req: Request) -> None:
         self._last_token_s.pop(req.id, None)

@@ -26,10 +26,15 @@ reusable at once (the paper waits for the copy): a simplification.
 
 from __future__ import annotations
 
+from functools import partial
+
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+)
+from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
 
@@ -60,7 +65,7 @@ def context_key(req: Request):
 
 
 @register("fastswitch")
-class FastSwitchScheduler(Scheduler):
+class FastSwitchScheduler(VLLMSteps):
     Params = FastSwitchParams
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -112,8 +117,7 @@ class FastSwitchScheduler(Scheduler):
             self._snap_step = step
         self._sched_step = step
         out = SchedulerOutput()
-        cfg = self.config
-        budget = cfg.max_num_batched_tokens
+        budget = self.config.max_num_batched_tokens
         order = sorted([*self.running, *self.swapped, *self.waiting], key=self._key)
         rank = {r.id: i for i, r in enumerate(order)}
         swapped_now: set[int] = set()
@@ -121,90 +125,67 @@ class FastSwitchScheduler(Scheduler):
         for i, req in enumerate(order):
             if req.id in swapped_now:
                 continue
+            make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
             if req.state == RequestState.RUNNING:
                 if budget <= 0 or not self.is_swap_ready(req, now_s):
                     continue  # no budget left, or its swap-in is still in flight
-                n = min(req.num_tokens - req.num_computed_tokens, budget,
-                        cfg.max_model_len - 1 - req.num_computed_tokens)
+                n = self.tokens_for(req, budget)
                 if n <= 0:
                     continue
-                if not self._fit(lambda: self.kv.allocate_slots(req, n), rank, i, out, swapped_now):
+                if not self._fit(lambda: self.kv.allocate_slots(req, n), make_room, out):
                     self._evict(req, out, swapped_now)  # nothing of lower priority left: itself
                     continue
                 out.scheduled.append((req, n))
                 budget -= n
                 continue
-            if not admitting or len(self.running) >= cfg.max_num_seqs:
+            if not admitting or len(self.running) >= self.config.max_num_seqs:
                 admitting = False
-                continue
-            if req.state == RequestState.SWAPPED:
-                need = self.kv.num_cpu_blocks_of(req.id) + 1
-                if not self._fit(lambda: self.kv.num_free_blocks >= need, rank, i, out, swapped_now):
+            elif req.state == RequestState.SWAPPED:
+                if not self._fit(lambda: self.swap_in_room(req) >= 0, make_room, out):
                     admitting = False
                     continue
-                self.swapped.remove(req)
-                self.swap_in(req, out, keep_cpu_copy=self.params.reuse_cpu_kv)
-                self.running.append(req)
-                if not self.swap_mechanics.overlap and budget > 0:  # a sync copy is done before the step
-                    self.kv.allocate_slots(req, 1)
-                    out.scheduled.append((req, 1))
-                    budget -= 1
-                elif self.swap_mechanics.overlap:
-                    self.swap_ready_s[req.id] = float("inf")  # the engine sets the copy's end
-            elif budget > 0 and self._admit(req, budget, rank, i, out, swapped_now):
-                budget -= out.scheduled[-1][1]
+                overlap = self.swap_mechanics.overlap  # a sync copy is done before the step
+                budget -= self.resume(req, out, 0 if overlap else min(budget, 1), self.params.reuse_cpu_kv)
+                if overlap:
+                    self.swap_ready_s[req.id] = float("inf")  # until the engine reports the copy's end
+            elif budget > 0 and (left := self.admit(req, budget, out, make_room)) is not None:
+                budget = left
             else:
                 admitting = False
         return out
 
-    def _admit(self, req, budget, rank, i, out, swapped_now) -> bool:
-        kv = self.kv
-        hits = kv.get_computed_blocks(req)
-        num_cached = len(hits) * kv.block_size
-        n = req.num_tokens - num_cached
-        if not self.config.enable_chunked_prefill and n > budget:
-            return False
-        n = min(n, budget)
-        if not self._fit(lambda: kv.allocate_slots(req, n, hits), rank, i, out, swapped_now):
-            return False
-        self.waiting.remove(req)
-        self.start(req, num_cached, n, out)
+    def _fit(self, try_allocate, make_room, out: SchedulerOutput) -> bool:
+        """Run `try_allocate`, making room, until it succeeds (False: no room can be made)."""
+        while not try_allocate():
+            if make_room(None, out) is None:
+                return False
         return True
 
-    def _fit(self, try_allocate, rank, i, out, swapped_now) -> bool:
-        """Run `try_allocate`, swapping out lower-priority running requests until it succeeds."""
-        while not try_allocate():
-            victims = [r for r in self.running if rank.get(r.id, -1) > i]
-            if not victims:
-                return False
-            self._evict(max(victims, key=lambda r: rank[r.id]), out, swapped_now)
-        return True
+    def _make_room(self, rank: dict, i: int, swapped_now: set[int], req, out: SchedulerOutput) -> int | None:
+        """Swap out the lowest-priority running request ranked after `i` (None if none is)."""
+        victims = [r for r in self.running if rank.get(r.id, -1) > i]
+        if not victims:
+            return None
+        self._evict(max(victims, key=lambda r: rank[r.id]), out, swapped_now)
+        return 0  # lower-priority requests come later in the walk: none was scheduled yet
 
     def _evict(self, victim: Request, out: SchedulerOutput, swapped_now: set[int]) -> None:
         """Swap a running request out (recompute if the CPU tier is full)."""
-        self.running.remove(victim)
-        self.swap_ready_s.pop(victim.id, None)
-        for j, (r, _) in enumerate(out.scheduled):
-            if r is victim:  # cannot happen for lower-priority victims; kept as a guard
-                del out.scheduled[j]
-                break
         swapped_now.add(victim.id)
-        if self.swap_out(victim, out, context_key(victim) if self.params.reuse_cpu_kv else None):
-            self.swapped.append(victim)
-        else:
-            self.preempt(victim, out)
+        self.evict(victim, out, swap=True, reuse_key=context_key(victim) if self.params.reuse_cpu_kv else None)
+
+    def forget(self, req: Request) -> None:
+        self._served.pop(req.id, None)
 
     def finish(self, req: Request, now_s: float) -> None:
         super().finish(req, now_s)
-        self._served.pop(req.id, None)
         key = context_key(req) if self.params.reuse_cpu_kv else None
         if key is not None:  # keep the turn's CPU copy for the conversation's next turn
             self.kv.retain_cpu_copy(req.id, key, (req.prompt_len + req.output_len) // self.kv.block_size)
         else:
             self.kv.free_cpu(req.id)
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting or swapped, priority refreshes change nothing: the same
         # requests decode until one finishes or arrives.
-        return (not self.waiting and not self.swapped and not output.swapped_in and not output.swapped_out
-                and not output.preempted and not self.swap_ready_s and len(output.scheduled) == len(self.running))
+        return REPEAT_DECODES if self.nothing_pending(output) and not self.swap_ready_s else NO_FAST_FORWARD

@@ -23,7 +23,10 @@ from typing import Literal
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+)
+from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
 
@@ -37,7 +40,7 @@ class HyGenParams(SchedulerParams):
 
 
 @register("hygen")
-class HyGenScheduler(Scheduler):
+class HyGenScheduler(VLLMSteps):
     Params = HyGenParams
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -55,12 +58,8 @@ class HyGenScheduler(Scheduler):
     def num_waiting(self) -> int:
         return len(self.waiting) + len(self.offline)
 
-    def unfinished(self) -> list[Request]:
-        return super().unfinished() + list(self.offline)
-
-    def drain(self, now_s: float) -> None:
-        super().drain(now_s)
-        self.offline.clear()
+    def queues(self) -> tuple:
+        return (*super().queues(), self.offline)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         super().preempt(req, out)
@@ -100,12 +99,7 @@ class HyGenScheduler(Scheduler):
             if not victims and admit:
                 return False
             victim = victims[-1] if victims else req
-            self.running.remove(victim)
-            for j, (other, _) in enumerate(out.scheduled):
-                if other is victim:
-                    del out.scheduled[j]
-                    break
-            self.preempt(victim, out)
+            self.evict(victim, out)  # (its tokens leave the batch; the budget is not refunded)
             if victim is req:
                 return False
             hits = self.kv.get_computed_blocks(req) if hits else hits
@@ -153,8 +147,7 @@ class HyGenScheduler(Scheduler):
                 victim = others[-1] if others else req
                 if victim in pending:
                     pending.remove(victim)
-                self.running.remove(victim)
-                self.preempt(victim, out)
+                self.evict(victim, out)
                 if victim is req:
                     break
             else:
@@ -213,7 +206,8 @@ class HyGenScheduler(Scheduler):
                 queue[:] = old + [r for r in queue if now_s - r.arrival_s < wait]
         return list(queue)
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Offline decodes are limited by a predicted time that grows with context: not steady.
-        return (not output.preempted and not self.num_waiting and len(output.scheduled) == len(self.running)
-                and not any(r.is_offline for r in self.running))
+        if self.nothing_pending(output) and not any(r.is_offline for r in self.running):
+            return REPEAT_DECODES
+        return NO_FAST_FORWARD

@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import Literal
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+)
 from servesim.workload.request import Request, RequestState
 
 
@@ -66,6 +68,8 @@ class OrcaScheduler(Scheduler):
             out.scheduled.append((req, req.prompt_len))
         return out
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decodes never allocate; only a finish (which ends the stretch) can admit the head.
-        return not self.waiting or self._head_blocked or len(self.running) >= self.config.max_num_seqs
+        if not self.waiting or self._head_blocked or len(self.running) >= self.config.max_num_seqs:
+            return REPEAT_DECODES
+        return NO_FAST_FORWARD

@@ -20,8 +20,11 @@ from collections import deque
 from typing import Any
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+)
 from servesim.replica.schedulers.queues import FCFSQueue
+from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
 
@@ -38,7 +41,7 @@ class SortedWaiting(FCFSQueue):
         self._q = deque(sorted(self._q, key=key))
 
 
-class KeyedScheduler(Scheduler):
+class KeyedScheduler(VLLMSteps):
     """Unified-budget scheduler whose every choice follows `key(req)` (smaller = first)."""
 
     preempt_for_waiting: bool = True
@@ -66,114 +69,46 @@ class KeyedScheduler(Scheduler):
         self.running.sort(key=key)
         self.waiting.sort(key=key)
         out = SchedulerOutput()
-        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        # running requests in key order; the victim is the largest key (`running[-1]`)
+        budget = self.schedule_running(out, self.config.max_num_batched_tokens, self._swaps)
         if not out.preempted and not out.swapped_out:
             self._admit(out, budget)
         return out
 
-    # ------------------------------------------------------------------ running
-    def _tokens_for(self, req: Request, budget: int) -> int:
-        n = req.num_tokens - req.num_computed_tokens
-        threshold = self.config.long_prefill_token_threshold
-        if 0 < threshold < n:
-            n = threshold
-        return min(n, budget, self.config.max_model_len - 1 - req.num_computed_tokens)
-
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
-        running = self.running
-        i = 0
-        while i < len(running) and budget > 0:
-            req = running[i]
-            n = self._tokens_for(req, budget)
-            if n <= 0:
-                i += 1
-                continue
-            while not self.kv.allocate_slots(req, n):
-                victim = running[-1]  # sorted: the largest key
-                budget += self._evict(out, victim)
-                if victim is req:
-                    break
-            else:
-                out.scheduled.append((req, n))
-                budget -= n
-                i += 1
-                continue
-            break
-        return budget
-
-    def _evict(self, out: SchedulerOutput, victim: Request) -> int:
-        """Preempt `victim` (swap if this policy swaps and the CPU tier has room, else
-        recompute); return the tokens it had been given this step."""
-        refund = 0
-        for j, (other, m) in enumerate(out.scheduled):
-            if other is victim:
-                del out.scheduled[j]
-                refund = m
-                break
-        self.running.remove(victim)
-        if self.preemption_mode == "swap" and self.swap_out(victim, out):
-            self.swapped.append(victim)
-        else:
-            self.preempt(victim, out)
-        return refund
+    @property
+    def _swaps(self) -> bool:
+        return self.preemption_mode == "swap"
 
     # ------------------------------------------------------------------ waiting and swapped
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting (and swap in swapped) requests in key order; a head that cannot get
         room, even by preempting requests with a larger preemption key, blocks the rest."""
-        cfg = self.config
-        kv = self.kv
         cands = sorted([*self.waiting, *self.swapped], key=self.key) if self.swapped else list(self.waiting)
         for req in cands:
             if budget <= 0 or req in out.preempted or req in out.swapped_out:
                 break  # a request preempted this very step does not come straight back
             if req.state == RequestState.SWAPPED:
-                need = kv.num_cpu_blocks_of(req.id) + 1  # its blocks + one for the next token
-                while len(self.running) >= cfg.max_num_seqs or kv.num_free_blocks < need:
-                    if not self._can_preempt_for(req):
+                while len(self.running) >= self.config.max_num_seqs or self.swap_in_room(req) < 0:
+                    if (refund := self._make_room(req, out)) is None:
                         return
-                    budget += self._evict(out, self._worst())
-                self.swapped.remove(req)
-                self.swap_in(req, out)
-                self.running.append(req)
-                n = self._tokens_for(req, budget)
-                if n > 0 and kv.allocate_slots(req, n):
-                    out.scheduled.append((req, n))
-                    budget -= n
+                    budget += refund
+                budget -= self.resume(req, out, self.tokens_for(req, budget))
                 continue
-            hits = kv.get_computed_blocks(req)
-            num_cached = len(hits) * kv.block_size
-            n = self._first_chunk(req, num_cached, budget)
-            if not cfg.enable_chunked_prefill and req.num_tokens - num_cached > budget:
-                break
-            while len(self.running) >= cfg.max_num_seqs or not kv.allocate_slots(req, n, hits):
-                if not self._can_preempt_for(req):
-                    return  # head-of-line blocking
-                budget += self._evict(out, self._worst())
-                hits = kv.get_computed_blocks(req)  # a victim's freed blocks may now be hits
-                num_cached = len(hits) * kv.block_size
-                n = self._first_chunk(req, num_cached, budget)
-            self.waiting.remove(req)
-            self.start(req, num_cached, n, out)
-            budget -= n
+            left = self.admit(req, budget, out, self._make_room)
+            if left is None:
+                return  # head-of-line blocking
+            budget = left
 
-    def _first_chunk(self, req: Request, num_cached: int, budget: int) -> int:
-        n = min(req.num_tokens - num_cached, budget)
-        threshold = self.config.long_prefill_token_threshold
-        return threshold if 0 < threshold < n else n
+    def _make_room(self, req: Request, out: SchedulerOutput) -> int | None:
+        """Evict the running request with the largest key if `req` beats it (its refund)."""
+        victim = max(self.running, key=self.key) if self.running else None
+        if not (self.preempt_for_waiting and victim is not None and self.preempt_key(victim) > self.preempt_key(req)):
+            return None
+        return self.evict(victim, out, self._swaps)
 
-    def _worst(self) -> Request:
-        return max(self.running, key=self.key)
-
-    def _can_preempt_for(self, req: Request) -> bool:
-        victim = self._worst() if self.running else None
-        return (self.preempt_for_waiting and victim is not None
-                and self.preempt_key(victim) > self.preempt_key(req))
-
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting, no preemption and everyone decoding, the next step is the same.
-        return (not output.preempted and not output.swapped_out and not output.swapped_in
-                and not self.waiting and not self.swapped and len(output.scheduled) == len(self.running))
+        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD
 
 
 class PriorityParams(SchedulerParams):

@@ -32,6 +32,9 @@ class FCFSQueue:
     def remove(self, req: Request) -> None:
         self._q.remove(req)
 
+    def clear(self) -> None:
+        self._q.clear()
+
     def __len__(self) -> int:
         return len(self._q)
 
@@ -64,8 +67,14 @@ class PriorityQueue:
         return heapq.heappop(self._heap)[3]
 
     def remove(self, req: Request) -> None:
+        if self._heap[0][3] is req:  # the head (an admission): no rebuild
+            heapq.heappop(self._heap)
+            return
         self._heap = [e for e in self._heap if e[3] is not req]
         heapq.heapify(self._heap)
+
+    def clear(self) -> None:
+        self._heap.clear()
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -19,7 +19,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+)
 from servesim.workload.request import Request, RequestState
 
 
@@ -89,6 +91,6 @@ class SarathiScheduler(Scheduler):
         self.running.remove(victim)
         self.preempt(victim, out)
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only with every running request served and nothing waiting.
-        return not output.preempted and not self.waiting and len(output.scheduled) == len(self.running)
+        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD

@@ -34,7 +34,9 @@ from pydantic import Field
 
 from servesim.replica.radix_cache import RadixKVCache, RadixNode
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+)
 from servesim.replica.schedulers.priority import SortedWaiting
 from servesim.workload.request import Request
 
@@ -225,6 +227,10 @@ class SGLangScheduler(Scheduler):
         self.running.remove(req)
         self.kv.cache_finished(req)
 
+    def forget(self, req: Request) -> None:
+        if self.chunked is req:  # (removed mid-prompt)
+            self.chunked = None
+
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         for req, n in output.scheduled:
             if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
@@ -236,7 +242,6 @@ class SGLangScheduler(Scheduler):
             decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
             self.new_token_ratio = max(self.new_token_ratio - decay * steps, self.min_ratio)
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing to prefill: decode steps repeat (the ratio only matters for admission).
-        return (not output.preempted and not self.waiting and self.chunked is None
-                and len(output.scheduled) == len(self.running))
+        return REPEAT_DECODES if self.nothing_pending(output) and self.chunked is None else NO_FAST_FORWARD

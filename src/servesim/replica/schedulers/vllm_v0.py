@@ -27,7 +27,10 @@ from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+)
+from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
 
 
@@ -44,7 +47,7 @@ class VLLMV0Params(SchedulerParams):
 
 
 @register("vllm-v0")
-class VLLMV0Scheduler(Scheduler):
+class VLLMV0Scheduler(VLLMSteps):
     Params = VLLMV0Params
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -113,30 +116,20 @@ class VLLMV0Scheduler(Scheduler):
         self.running = kept
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
-        if self.params.preemption_mode == "swap" and self.swap_out(req, out):
-            self.swapped.append(req)
-            return
-        self.preempt(req, out)
+        self.swap_or_recompute(req, out, self.params.preemption_mode == "swap")
 
     def _schedule_swapped(self, out: SchedulerOutput) -> None:
-        kv = self.kv
-        while self.swapped:
+        while self.swapped:  # FIFO
             req = self.swapped[0]
-            need = kv.num_cpu_blocks_of(req.id) + 1  # + a block for the next token
-            if kv.num_free_blocks - need < self.watermark_blocks or len(self.running) >= self.max_num_seqs:
+            if self.swap_in_room(req) < self.watermark_blocks or len(self.running) >= self.max_num_seqs:
                 self._blocked = True
                 break
-            self.swapped.popleft()
-            self.swap_in(req, out)
-            kv.allocate_slots(req, 1)
-            self.running.append(req)
-            out.scheduled.append((req, 1))
+            self.resume(req, out, 1)
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only steps repeat while nothing is preempted or swapped and whatever waits
         # (new or swapped) is held back by blocks, sequences or budget that decodes cannot free.
-        return (
-            not output.preempted and not output.swapped_in and not output.swapped_out
-            and len(output.scheduled) == len(self.running)
-            and ((not self.waiting and not self.swapped) or self._blocked)
-        )
+        if (output.preempted or output.swapped_in or output.swapped_out or len(output.scheduled) != len(self.running)
+                or ((self.waiting or self.swapped) and not self._blocked)):
+            return NO_FAST_FORWARD
+        return REPEAT_DECODES

@@ -30,7 +30,9 @@ from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+)
 from servesim.workload.request import Request, RequestState
 
 
@@ -72,8 +74,14 @@ class TenantQueues:
         self._n -= 1
         return self.queues[tenant].popleft()
 
-    def pop(self) -> Request:  # any request (used when the run is drained)
-        return self.pop_from(next(u for u, q in self.queues.items() if q))
+    def remove(self, req: Request) -> None:
+        self.queues[req.tenant].remove(req)
+        self._n -= 1
+
+    def clear(self) -> None:
+        for q in self.queues.values():
+            q.clear()
+        self._n = 0
 
     def __len__(self) -> int:
         return self._n
@@ -186,6 +194,6 @@ class VTCScheduler(Scheduler):
         for r, _ in output.scheduled:
             self.counters[r.tenant] += price / self.weight(r.tenant)
 
-    def is_steady(self, output: SchedulerOutput) -> bool:
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting no admission can happen, so decode steps repeat.
-        return not output.preempted and not self.waiting
+        return NO_FAST_FORWARD if output.preempted or self.waiting else REPEAT_DECODES

@@ -1,0 +1,84 @@
+"""Turning a scenario's pools into replicas (perf model, engine settings, scheduler, KV cache)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from servesim.errors import InputError
+from servesim.perf import build_perf_model
+from servesim.replica.config import EngineConfig, serve_batch_defaults
+from servesim.replica.kv_cache import KVCacheManager
+from servesim.replica.schedulers import Scheduler, get_scheduler
+from servesim.scenario import Scenario, SchedulerConfig
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """One pool with every setting resolved."""
+
+    name: str
+    replicas: int
+    model: str
+    gpu: str
+    tp: int
+    dtype: str
+    config: EngineConfig  # engine arguments with vLLM's defaults filled in for this GPU and model
+    scheduler: SchedulerConfig
+    perf: Any  # the pool's performance model
+    num_gpu_blocks: int
+    num_cpu_blocks: int
+    mtbf_s: float | None
+    mttr_s: float
+
+    def make_parts(self) -> tuple[Scheduler, KVCacheManager]:
+        """A fresh scheduler and KV cache for one replica of this pool."""
+        cls = get_scheduler(self.scheduler.name)
+        kv = cls.make_kv_cache(self.num_gpu_blocks, self.config.block_size, self.config.enable_prefix_caching,
+                               self.num_cpu_blocks)
+        return cls(self.scheduler.params(), self.config, kv, self.perf), kv
+
+
+def resolve_engine_config(cfg: EngineConfig, perf) -> EngineConfig:
+    """Fill the engine arguments left unset with vLLM's defaults for this GPU and model."""
+    tokens, seqs = serve_batch_defaults(perf.gpu_name, perf.hbm_bytes)
+    return cfg.model_copy(update={
+        "max_num_batched_tokens": cfg.max_num_batched_tokens or tokens,
+        "max_num_seqs": cfg.max_num_seqs or seqs,
+        # the model's context length when the catalogue knows it (Llama-3.1: 128K)
+        "max_model_len": cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072,
+    })
+
+
+def resolve_pools(scenario: Scenario) -> list[PoolSpec]:
+    """The scenario's pools (one pool named `default` without a `pools` section)."""
+    if not scenario.pools:
+        return [_pool(scenario, "default", scenario.replicas, scenario.model, scenario.gpu, scenario.tp,
+                      scenario.dtype, scenario.engine, scenario.scheduler, None, 300.0)]
+    out = []
+    for p in scenario.pools:
+        engine = scenario.engine
+        if p.engine:
+            try:
+                engine = EngineConfig.model_validate({**scenario.engine.model_dump(exclude_unset=True), **p.engine})
+            except Exception as e:  # pydantic's message, made one line
+                raise InputError(f"pools.{p.name}.engine: {str(e).splitlines()[-2].strip()}") from None
+        sched = scenario.scheduler if p.scheduler is None else SchedulerConfig.model_validate(p.scheduler)
+        out.append(_pool(scenario, p.name, p.replicas, p.model or scenario.model, p.gpu or scenario.gpu,
+                         p.tp or scenario.tp, p.dtype or scenario.dtype, engine, sched, p.mtbf_s, p.mttr_s))
+    return out
+
+
+def _pool(scenario: Scenario, name: str, replicas: int, model: str, gpu: str, tp: int, dtype: str,
+          engine: EngineConfig, scheduler: SchedulerConfig, mtbf_s: float | None, mttr_s: float) -> PoolSpec:
+    perf = build_perf_model(model, gpu, tp, dtype, scenario.perf)
+    config = resolve_engine_config(engine, perf)
+    num_gpu_blocks = perf.num_gpu_blocks(config.block_size, config.gpu_memory_utilization,
+                                         config.max_num_batched_tokens)
+    if num_gpu_blocks <= 0:
+        where = "" if name == "default" else f"pool '{name}': "
+        raise InputError(f"{where}{model} does not fit on {tp} x {gpu} with gpu_memory_utilization "
+                         f"{config.gpu_memory_utilization}: no room for KV cache")
+    num_cpu_blocks = int(config.swap_space_gb * 2**30 // (config.block_size * perf.kv_bytes_per_token))
+    return PoolSpec(name, replicas, model, gpu, tp, dtype, config, scheduler, perf, num_gpu_blocks, num_cpu_blocks,
+                    mtbf_s, mttr_s)

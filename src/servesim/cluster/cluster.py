@@ -1,0 +1,138 @@
+"""Replicas behind a router: dispatch, stale metrics, failures and re-routing.
+
+Every request enters here (`arrive`), is recorded once, and is routed to one eligible
+replica: a live replica of a pool that serves the request's model. A router may shed it
+(rejected). When a replica crashes, the requests it held are re-routed and recomputed; their
+tokens already delivered stay delivered. With no replica left they fail. The replica comes
+back after its recovery time, empty.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+
+from servesim.cluster.routers import Router
+from servesim.cluster.view import ClusterView
+from servesim.core.loop import PRIO_ARRIVAL, EventLoop
+from servesim.replica.replica import Replica
+from servesim.workload.request import Request, RequestState
+
+DoneCallback = Callable[[Request, float], None]
+
+
+class Cluster:
+    """The replicas, the router, and the bookkeeping of who went where."""
+
+    def __init__(self, replicas: list[Replica], models: list[str], router: Router, loop: EventLoop,
+                 on_done: DoneCallback, refresh_interval_s: float = 0.0) -> None:
+        self.replicas = replicas
+        self.models = models  # model served by each replica
+        self.router = router
+        self.loop = loop
+        self.on_done = on_done  # the run's callback for every request that reaches a terminal state
+        self.refresh_interval_s = refresh_interval_s
+        self.requests: list[Request] = []  # in order of first arrival
+        self.num_rerouted = 0  # dispatches after a crash
+        self.reject_reasons: Counter[str] = Counter()
+        self._all: list[int] = []
+        self._by_model: dict[str, list[int]] = {}
+        self._default_model = ""
+
+    def index_models(self) -> None:
+        """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
+        self._all = list(range(len(self.replicas)))
+        for i, m in enumerate(self.models):
+            self._by_model.setdefault(m, []).append(i)
+        self._default_model = self.models[0]
+
+    @property
+    def num_outstanding(self) -> int:
+        return sum(r.num_outstanding for r in self.replicas)
+
+    # ------------------------------------------------------------------ requests
+    def arrive(self, now_s: float, req: Request) -> None:
+        """A request reaches the cluster (recorded once, then routed)."""
+        self.requests.append(req)
+        self._dispatch(req, now_s)
+
+    def _dispatch(self, req: Request, now_s: float) -> None:
+        cands = self._candidates(req)
+        if cands is None:
+            return self._end(req, now_s, RequestState.REJECTED,
+                             f"no pool serves model '{req.model}' (served: {', '.join(sorted(self._by_model))})")
+        if not cands:
+            return self._end(req, now_s, RequestState.FAILED, "no live replica")
+        if len(self.replicas) == 1:
+            pick = cands[0]  # nothing to decide (and nothing to read)
+        else:
+            view = ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks)
+            pick = self.router.route(req, view)
+            if pick is None:
+                return self._end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
+        self.router.on_dispatch(req, pick, now_s)
+        self.replicas[pick].submit(req, now_s)
+
+    def _candidates(self, req: Request) -> list[int] | None:
+        """Live replicas serving the request's model (None: no pool serves it at all)."""
+        idx = self._by_model.get(req.model or self._default_model) if len(self._by_model) > 1 or req.model else self._all
+        if idx is None:
+            return None
+        return [i for i in idx if self.replicas[i].alive]
+
+    def _reader(self, now_s: float):
+        interval, replicas = self.refresh_interval_s, self.replicas
+        return lambda i: replicas[i].view(now_s, interval)
+
+    def _cached_blocks(self, i: int, req: Request) -> int:
+        return self.replicas[i].cached_blocks(req)
+
+    def _end(self, req: Request, now_s: float, state: RequestState, reason: str) -> None:
+        req.state = state
+        req.finish_s = now_s
+        req.extra["reject_reason" if state == RequestState.REJECTED else "fail_reason"] = reason
+        self.reject_reasons[reason.split(" (")[0]] += 1
+        self.on_done(req, now_s)
+
+    def replica_done(self, replica: Replica, req: Request, now_s: float) -> None:
+        """A replica is done with a request (finished, or rejected by its engine)."""
+        replica.on_done(req)
+        self.router.on_complete(req, replica.index, now_s)
+        self.on_done(req, now_s)
+
+    # ------------------------------------------------------------------ failures
+    def schedule_crash(self, index: int, at_s: float, recovery_s: float | None, chain: tuple | None = None) -> None:
+        """Crash replica `index` at `at_s`; it serves again `recovery_s` later (None: never).
+        `chain` = (mtbf_s, rng, active): draw the next random failure after this one while
+        `active()` says the run goes on."""
+        self.loop.schedule(at_s, self._crash, (index, recovery_s, chain), PRIO_ARRIVAL)
+
+    def random_failures(self, index: int, mtbf_s: float, mttr_s: float, rng: np.random.Generator,
+                        active: Callable[[], bool]) -> None:
+        """Replica `index` fails after exponential times with mean `mtbf_s` (counted from its
+        last recovery) and takes `mttr_s` to come back, for as long as the run goes on."""
+        self.schedule_crash(index, float(rng.exponential(mtbf_s)), mttr_s, (mtbf_s, rng, active))
+
+    def _crash(self, now_s: float, payload: tuple) -> None:
+        index, recovery_s, chain = payload
+        replica = self.replicas[index]
+        if chain is not None:
+            mtbf_s, rng, active = chain
+            if not active():
+                return  # the run is over: no more failures
+            self.schedule_crash(index, now_s + recovery_s + float(rng.exponential(mtbf_s)), recovery_s, chain)
+        if not replica.alive:
+            return  # already down: the failure changes nothing
+        evicted = replica.crash(now_s)
+        if recovery_s is not None:
+            self.loop.schedule(now_s + recovery_s, self._recover, index, PRIO_ARRIVAL)
+        for req in evicted:
+            self.router.on_complete(req, index, now_s)
+            self.num_rerouted += 1
+            req.extra["num_reroutes"] = req.extra.get("num_reroutes", 0) + 1
+            self._dispatch(req, now_s)
+
+    def _recover(self, now_s: float, index: int) -> None:
+        self.replicas[index].recover(now_s)

@@ -1,0 +1,98 @@
+"""The cluster's part of a scenario: replicas, pools, the router and failures.
+
+A scenario without any of these is one replica, as before. `replicas: 8` makes eight
+identical replicas of the top-level model/gpu/tp/engine/scheduler; `pools:` lists groups
+that differ (GPU, parallelism, engine settings, scheduler, or model: a request that names a
+model is routed only to pools serving it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from servesim.errors import InputError
+
+_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class RouterConfig(BaseModel):
+    """The routing policy by name, with its own parameters beside the name."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    name: str = "round-robin"
+    """Registered router name (see `servesim catalog routers`)."""
+    refresh_interval_s: float = Field(0.0, ge=0)
+    """How often routers see fresh replica metrics (running, waiting, KV usage, in-flight
+    counts); between refreshes they see the values of the last one. 0 = live."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data  # `router: least-requests`
+
+    @model_validator(mode="after")
+    def _check_params(self) -> "RouterConfig":
+        self.params()  # raises on an unknown router or bad parameters
+        return self
+
+    def params(self):
+        from servesim.cluster.routers import get_router
+        from servesim.scenario import _one_line
+
+        cls = get_router(self.name)
+        try:
+            return cls.Params(**(self.model_extra or {}))
+        except ValidationError as e:
+            raise InputError(_one_line(e, prefix="router.", allowed_from=cls.Params)) from None
+
+
+class PoolConfig(BaseModel):
+    """A group of identical replicas. Unset fields take the scenario's top-level values."""
+
+    model_config = _STRICT
+
+    name: str
+    """Pool name (shown in summaries and reports)."""
+    replicas: int = Field(1, ge=1)
+    """Number of replicas in the pool."""
+    model: str | None = None
+    """Model served (catalogue name or config.json path); default: the scenario's `model`."""
+    gpu: str | None = None
+    """GPU type; default: the scenario's `gpu`."""
+    tp: int | None = Field(None, ge=1)
+    """Tensor-parallel size; default: the scenario's `tp`."""
+    dtype: str | None = None
+    """Weight precision; default: the scenario's `dtype`."""
+    engine: dict[str, Any] = {}
+    """Engine arguments that differ from the scenario's `engine` section (vLLM names)."""
+    scheduler: dict[str, Any] | str | None = None
+    """Scheduler of this pool (name and parameters); default: the scenario's `scheduler`."""
+    mtbf_s: float | None = Field(None, gt=0)
+    """Mean time between failures of each replica (exponential); unset: no random failures."""
+    mttr_s: float = Field(300.0, ge=0)
+    """Time a failed replica takes to come back (restart with an empty KV cache)."""
+
+
+class Crash(BaseModel):
+    """One replica failure at a given time."""
+
+    model_config = _STRICT
+
+    replica: int = Field(ge=0)
+    """Replica index in the cluster (pools in order, replicas numbered from 0)."""
+    at_s: float = Field(ge=0)
+    """Simulated time of the crash."""
+    recovery_s: float | None = Field(300.0, ge=0)
+    """Time until the replica serves again (null: it never comes back)."""
+
+
+class FaultsConfig(BaseModel):
+    """Replica failures: scheduled crashes, plus random ones from each pool's `mtbf_s`."""
+
+    model_config = _STRICT
+
+    crashes: list[Crash] = []
+    """Crashes at given times."""

@@ -1,0 +1,52 @@
+"""The router plug-in contract.
+
+A router picks, for each arriving request, one replica among `ClusterView.candidates` (or
+None to reject it, e.g. load shedding). It reads replica load through the view (live or stale,
+as the scenario's `router.refresh_interval_s` says) and may keep its own state, updated by
+`on_dispatch` and `on_complete` (approximate prefix trees, counters between refreshes).
+
+To add a policy: one file in this folder with a `Router` subclass decorated with
+`@register("name")` and a pydantic `Params` model whose fields carry the reference
+implementation's names, defaults and docstrings (cite the source in the class docstring).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from servesim.cluster.view import ClusterView
+from servesim.workload.request import Request
+
+
+class RouterParams(BaseModel):
+    """Base of every router's parameters (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class Router:
+    """Base class: holds the parameters, the replica count and a random generator."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[RouterParams]] = RouterParams
+    # Does this router read replica state (views)? Routers that do not (round-robin, random)
+    # let replicas process finishes late inside a fast-forwarded stretch.
+    reads_state: ClassVar[bool] = True
+
+    def __init__(self, params: RouterParams, num_replicas: int, rng: np.random.Generator) -> None:
+        self.params = params
+        self.num_replicas = num_replicas
+        self.rng = rng  # the router's own stream, derived from the run's seed
+
+    def route(self, req: Request, view: ClusterView) -> int | None:  # pragma: no cover - abstract
+        """The index (from `view.candidates`) of the replica that serves `req`, or None to reject."""
+        raise NotImplementedError
+
+    def on_dispatch(self, req: Request, replica: int, now_s: float) -> None:
+        """`req` was sent to `replica` (update local state)."""
+
+    def on_complete(self, req: Request, replica: int, now_s: float) -> None:
+        """`req` left `replica` (finished, or failed there)."""

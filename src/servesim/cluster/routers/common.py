@@ -1,0 +1,86 @@
+"""Helpers shared by several routers: tie-broken argmin and a router-side prefix-block index.
+
+Not a policy (nothing registered here). The index is what "approximate" cache-aware routers
+keep: the prefix block ids of the requests they sent to each replica, forgotten by LRU
+capacity (GIE's per-pod LRU) or by age (Dynamo's `ApproxKvIndexer` TTL), never told what the
+engine really evicted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal, Sequence
+
+import numpy as np
+
+TieBreak = Literal["random", "first"]
+
+
+def argmin_pick(cands: Sequence[int], keys: Sequence[float], tie_break: TieBreak,
+                rng: np.random.Generator) -> int:
+    """The candidate with the smallest key; ties go to the first or to a uniform random one.
+
+    The generator is drawn from only when there is a tie, so a tie-free run does not
+    consume random numbers.
+    """
+    best = min(keys)
+    tied = [c for c, k in zip(cands, keys) if k == best]
+    if len(tied) == 1 or tie_break == "first":
+        return tied[0]
+    return tied[int(rng.integers(len(tied)))]
+
+
+def max_pick(cands: Sequence[int], scores: Sequence[float], rng: np.random.Generator) -> int:
+    """The candidate with the highest score, uniform among ties (GIE max-score-picker:
+    shuffle, then a stable sort by score)."""
+    best = max(scores)
+    tied = [c for c, s in zip(cands, scores) if s == best]
+    return tied[0] if len(tied) == 1 else tied[int(rng.integers(len(tied)))]
+
+
+class BlockIndex:
+    """Per-replica sets of prefix block ids with LRU capacity and/or a time to live.
+
+    `add` inserts a request's blocks in prefix order (so, as in GIE's per-pod LRU, the
+    first block of a request is the least recent of its blocks); `match` counts how many
+    leading blocks of a request a replica holds.
+    """
+
+    def __init__(self, ttl_s: float | None = None) -> None:
+        self.ttl_s = ttl_s
+        self._blocks: dict[int, OrderedDict[int, float]] = {}  # replica -> block id -> last add time
+
+    def add(self, replica: int, hash_ids: Sequence[int], now_s: float,
+            capacity_blocks: int | None = None) -> None:
+        blocks = self._blocks.setdefault(replica, OrderedDict())
+        for h in hash_ids:
+            blocks[h] = now_s
+            blocks.move_to_end(h)
+        if capacity_blocks is not None:
+            while len(blocks) > capacity_blocks:
+                blocks.popitem(last=False)
+        self._expire(blocks, now_s)
+
+    def match(self, replica: int, hash_ids: Sequence[int], now_s: float) -> int:
+        """Leading blocks of `hash_ids` that `replica` holds (and that have not expired)."""
+        blocks = self._blocks.get(replica)
+        if not blocks:
+            return 0
+        self._expire(blocks, now_s)
+        n = 0
+        for h in hash_ids:
+            if h not in blocks:
+                break
+            n += 1
+        return n
+
+    def size(self, replica: int) -> int:
+        """Blocks indexed for `replica` (Dynamo's tree size, its tie-breaker)."""
+        return len(self._blocks.get(replica, ()))
+
+    def _expire(self, blocks: OrderedDict[int, float], now_s: float) -> None:
+        # entries are in add-time order, so expired ones sit at the front
+        if self.ttl_s is None:
+            return
+        while blocks and now_s - next(iter(blocks.values())) > self.ttl_s:
+            blocks.popitem(last=False)

@@ -1,0 +1,77 @@
+"""The `cluster` section of a summary: load and service per replica and per pool (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from servesim.metrics.recorder import StepLog
+from servesim.metrics.summary import FINISHED, RequestColumns
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """What one replica did, for summaries and reports."""
+
+    index: int
+    pool: str
+    steps: StepLog
+    prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
+    num_dispatched: int  # requests routed here (re-routes included)
+    num_crashes: int
+    down_s: float
+
+
+def _replica_stats(rec: ReplicaRecord, on_it: np.ndarray, cols: RequestColumns, span_s: float) -> dict:
+    s = rec.steps
+    busy = s.end_s - s.start_s
+    queried, hit = rec.prefix_hits
+    return {
+        "pool": rec.pool,
+        "num_dispatched": rec.num_dispatched,
+        "num_finished": int((cols.state[on_it] == FINISHED).sum()),
+        "output_tokens_per_s": float(s.output_tokens.sum() / span_s),
+        "busy_share": float(busy.sum() / span_s),
+        # time-weighted over the whole run (an idle replica holds zero)
+        "mean_running": float(np.dot(s.num_running, busy) / span_s),
+        "mean_waiting": float(np.dot(s.num_waiting, busy) / span_s),
+        "mean_kv_usage": float(np.dot(s.kv_used_blocks, busy) / span_s / s.num_gpu_blocks),
+        "num_preemptions": int(cols.num_preemptions[on_it].sum()),
+        "prefix_cache_hit_rate": float(hit / queried) if queried else 0.0,
+        "num_crashes": rec.num_crashes,
+        "down_s": rec.down_s,
+    }
+
+
+def cluster_section(replicas: list[ReplicaRecord], info: dict, replica_of: np.ndarray, cols: RequestColumns,
+                    step_ends_s: np.ndarray) -> dict:
+    """Per replica and per pool: dispatches, throughput, busy share, load, KV usage,
+    preemptions, prefix hits, failures; and how unevenly the router spread the load."""
+    end = float(step_ends_s.max()) if len(step_ends_s) else 0.0
+    start = float(cols.arrival_s.min()) if len(cols.arrival_s) else 0.0
+    span_s = max(end - start, 1e-12)
+    per = [_replica_stats(rec, replica_of == rec.index, cols, span_s) for rec in replicas]
+    load = np.array([p["mean_running"] + p["mean_waiting"] for p in per])
+    sent = np.array([p["num_dispatched"] for p in per], dtype=float)
+    pools: dict[str, dict] = {}
+    for p in per:
+        g = pools.setdefault(p["pool"], {"num_replicas": 0, "num_dispatched": 0, "num_finished": 0,
+                                         "output_tokens_per_s": 0.0, "busy_share": 0.0, "num_preemptions": 0,
+                                         "num_crashes": 0})
+        g["num_replicas"] += 1
+        for k in ("num_dispatched", "num_finished", "output_tokens_per_s", "busy_share", "num_preemptions",
+                  "num_crashes"):
+            g[k] += p[k]
+    for g in pools.values():
+        g["busy_share"] /= g["num_replicas"]  # mean over the pool's replicas
+    return {
+        **info,
+        "num_replicas": len(replicas),
+        "num_failed": int((cols.state == 8).sum()),
+        # max over replicas / mean over replicas: 1 = perfectly even
+        "load_imbalance": float(load.max() / load.mean()) if load.mean() > 0 else 1.0,
+        "dispatch_imbalance": float(sent.max() / sent.mean()) if sent.mean() > 0 else 1.0,
+        "per_pool": pools,
+        "per_replica": per,
+    }

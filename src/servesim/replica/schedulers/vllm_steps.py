@@ -1,0 +1,164 @@
+"""vLLM's scheduling steps, written once for the policies built on them.
+
+`vllm`, `priority` (and `edf`, `autellix`, `batchllm`), `andes`, `fastswitch`, `hygen` and
+`vllm-v0` differ in *order* (which request first, which victim) but share vLLM's mechanics:
+- the running pass: each running request, in the policy's order, gets `min(remaining,
+  budget)` tokens (capped by `long_prefill_token_threshold` and `max_model_len`); when its
+  blocks cannot be allocated a victim chosen by the policy is evicted, until it fits or is
+  itself the victim (`schedule_running`);
+- eviction: the victim leaves `running`, its tokens already given this step are refunded to
+  the budget, and it is swapped to the CPU tier (if the policy swaps and the tier has room)
+  or preempted by recompute (`evict`, `swap_or_recompute`);
+- admission: a waiting request gets its prefix-cache hits and a first chunk; if its blocks
+  (or a sequence slot) are missing the policy may make room, else the head blocks (`admit`);
+- swap-in: a swapped request comes back to the GPU with one block of room for its next token,
+  joins `running` and is scheduled (`swap_in_room`, `resume`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.workload.request import Request
+
+# Frees room for a request that cannot get its blocks or a sequence slot: returns the tokens
+# it took back from this step's batch, or None when no room can be made.
+MakeRoom = Callable[[Request, SchedulerOutput], "int | None"]
+
+
+class VLLMSteps(Scheduler):
+    """A `Scheduler` with vLLM's running pass, eviction, admission and swap-in."""
+
+    def pick_victim(self) -> Request:
+        """The running request to evict when the running pass runs out of blocks (vLLM v1
+        FCFS: the last admitted)."""
+        return self.running[-1]
+
+    def reclaim(self, req: Request) -> bool:
+        """Free KV without evicting a running request (a policy's pins); True if it did."""
+        return False
+
+    def tokens_for(self, req: Request, budget: int) -> int:
+        """Tokens running `req` gets this step: the rest of its prompt (or 1 when decoding),
+        capped by `long_prefill_token_threshold`, the budget and `max_model_len` (<= 0: none)."""
+        computed = req.num_computed_tokens
+        n = req.prompt_len + req.num_output_tokens - computed
+        threshold = self.config.long_prefill_token_threshold
+        if 0 < threshold < n:
+            n = threshold
+        return min(n, budget, self.config.max_model_len - 1 - computed)
+
+    def schedule_running(self, out: SchedulerOutput, budget: int, swap: bool = False) -> int:
+        """vLLM's running pass over `self.running` in its current order; returns the budget left.
+
+        Stops at the first request that is itself evicted (nothing after it runs this step).
+        """
+        cfg = self.config
+        threshold = cfg.long_prefill_token_threshold
+        max_len = cfg.max_model_len
+        allocate = self.kv.allocate_slots
+        running = self.running
+        scheduled = out.scheduled
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            computed = req.num_computed_tokens
+            n = req.prompt_len + req.num_output_tokens - computed  # `tokens_for`, inlined (hot loop)
+            if 0 < threshold < n:
+                n = threshold
+            if n > budget:
+                n = budget
+            if n > max_len - 1 - computed:
+                n = max_len - 1 - computed
+            if n <= 0:
+                i += 1
+                continue
+            while not allocate(req, n):
+                if self.reclaim(req):
+                    continue
+                victim = self.pick_victim()
+                refund = self.evict(victim, out, swap)
+                if refund:  # it ran earlier in this pass: the requests after it moved up by one
+                    budget += refund
+                    i -= 1
+                if victim is req:
+                    return budget
+            scheduled.append((req, n))
+            budget -= n
+            i += 1
+        return budget
+
+    def evict(self, victim: Request, out: SchedulerOutput, swap: bool = False, reuse_key=None) -> int:
+        """Take running `victim` off the GPU (`swap_or_recompute`); return the tokens it had
+        been given this step, now removed from the batch (the caller refunds them)."""
+        refund = 0
+        for j, (other, m) in enumerate(out.scheduled):
+            if other is victim:
+                del out.scheduled[j]
+                refund = m
+                break
+        self.running.remove(victim)
+        self.swap_ready_s.pop(victim.id, None)
+        self.swap_or_recompute(victim, out, swap, reuse_key)
+        return refund
+
+    def swap_or_recompute(self, req: Request, out: SchedulerOutput, swap: bool, reuse_key=None) -> None:
+        """Preempt `req` (already out of `running`): swap it to the CPU tier if `swap` and the
+        tier has room (vLLM v0 would fail instead when it has none), else by recompute."""
+        if swap and self.swap_out(req, out, reuse_key):
+            self.swapped.append(req)
+        else:
+            self.preempt(req, out)
+
+    def first_chunk(self, req: Request, num_cached: int, budget: int) -> int:
+        """Tokens a waiting request gets when admitted with `num_cached` prompt tokens hit:
+        the rest of its prompt, capped by `long_prefill_token_threshold` and `budget`; 0 if it
+        does not fit the budget and chunked prefill is off."""
+        cfg = self.config
+        n = req.num_tokens - num_cached
+        threshold = cfg.long_prefill_token_threshold
+        if 0 < threshold < n:
+            n = threshold
+        if not cfg.enable_chunked_prefill and n > budget:
+            return 0
+        return min(n, budget)
+
+    def admit(self, req: Request, budget: int, out: SchedulerOutput, make_room: MakeRoom | None = None) -> int | None:
+        """Admit waiting `req` with its prefix-cache hits and first chunk; the budget left, or
+        None (nothing admitted) if it does not fit. While its blocks or a sequence slot are
+        missing, `make_room` may free some (the hits are looked up again after each)."""
+        kv = self.kv
+        max_num_seqs = self.config.max_num_seqs
+        hits = kv.get_computed_blocks(req)
+        num_cached = len(hits) * kv.block_size
+        n = self.first_chunk(req, num_cached, budget)
+        if n <= 0:
+            return None
+        while len(self.running) >= max_num_seqs or not kv.allocate_slots(req, n, hits):
+            refund = make_room(req, out) if make_room is not None else None
+            if refund is None:
+                return None
+            budget += refund
+            hits = kv.get_computed_blocks(req)  # a victim's freed blocks may now be hits
+            num_cached = len(hits) * kv.block_size
+            n = self.first_chunk(req, num_cached, budget)  # > 0: the budget grew, the hits too
+        self.waiting.remove(req)
+        self.start(req, num_cached, n, out)
+        return budget - n
+
+    def swap_in_room(self, req: Request) -> int:
+        """GPU blocks left free if swapped `req` came back with a block for its next token."""
+        kv = self.kv
+        return kv.num_free_blocks - kv.num_cpu_blocks_of(req.id) - 1
+
+    def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
+        """Swap `req` back in (the caller checked `swap_in_room`), make it running and schedule
+        it with `num_tokens` tokens if they get blocks (0: not this step); the tokens scheduled."""
+        self.swapped.remove(req)
+        self.swap_in(req, out, keep_cpu_copy)
+        self.running.append(req)
+        if num_tokens > 0 and self.kv.allocate_slots(req, num_tokens):
+            out.scheduled.append((req, num_tokens))
+            return num_tokens
+        return 0

@@ -1,0 +1,46 @@
+"""Small cluster scenarios and a router that reads every field of every view."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.cluster import routers
+from servesim.cluster.routers.base import Router
+
+
+class ReadsEverything(Router):
+    """Test router: the replica with the least (outstanding, tokens, KV, running, waiting),
+    so that every field of the views decides something; ties go to the lowest index."""
+
+    def route(self, req, view):
+        def key(i):
+            v = view.view(i)
+            return (v.num_outstanding + v.num_waiting, v.outstanding_prefill_tokens + v.outstanding_decode_tokens,
+                    v.kv_used_blocks, v.num_running, i)
+        return min(view.candidates, key=key)
+
+
+@pytest.fixture
+def reads_everything(monkeypatch):
+    """Register `ReadsEverything` as router 'test-reads-everything' for one test."""
+    routers._load_all()
+    ReadsEverything.name = "test-reads-everything"
+    monkeypatch.setitem(routers._REGISTRY, "test-reads-everything", ReadsEverything)
+    return "test-reads-everything"
+
+
+BASE = [
+    "workload.trace=null", "workload.arrival.process=poisson", "workload.arrival.rate_per_s=40", "workload.num_requests=400",
+    "workload.lengths.dataset=sharegpt", "engine.gpu_memory_utilization=0.3", "replicas=4",
+]
+
+
+def run(overrides: list[str], fast_forward: bool = True):
+    return simulate(load_scenario(None, BASE + overrides + [f"engine.fast_forward={str(fast_forward).lower()}"]))
+
+
+def outcome(result) -> list[tuple]:
+    """Everything a request went through, per request."""
+    return [(r.id, int(r.state), r.replica, r.first_token_s, r.finish_s, tuple(r.token_steps), r.num_preemptions,
+             r.num_cached_tokens) for r in result.requests]

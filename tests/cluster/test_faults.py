@@ -1,0 +1,56 @@
+"""Replica failures: nothing is lost, re-routed requests recompute, and with no replica left
+requests fail; results stay exact with fast-forward."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.workload.request import RequestState
+
+from .helpers import outcome, run
+
+CRASH = ["router.name=round-robin", "faults.crashes=[{replica: 1, at_s: 4.0, recovery_s: 5.0}]"]
+
+
+def test_a_crash_loses_nothing_and_rerouted_requests_recompute():
+    res = run(CRASH)
+    states = [r.state for r in res.requests]
+    assert states.count(RequestState.FINISHED) == len(states) == 400
+    moved = [r for r in res.requests if r.moves]
+    assert moved and res.cluster["num_rerouted"] == len(moved)
+    assert all(r.moves[0][1] == 1 and r.replica != 1 for r in moved)  # off the crashed replica
+    summary = res.summary()
+    assert summary["cluster"]["per_replica"][1]["num_crashes"] == 1
+    assert summary["cluster"]["per_replica"][1]["down_s"] == 5.0
+    # Requests that had a first token keep it; the others wait for the recompute on another
+    # replica, so their TTFT is far above that of requests never touched by the crash.
+    late = [r.first_token_s - r.arrival_s for r in moved if r.first_token_s > 4.0]
+    others = [r.first_token_s - r.arrival_s for r in res.requests if not r.moves and r.arrival_s < 4.0]
+    assert late and np.mean(late) > 2 * np.mean(others)
+    # the crashed replica serves again after its recovery, and nothing before
+    back = [r for r in res.requests if r.replica == 1 and not r.moves]
+    assert all(r.arrival_s < 4.0 or r.arrival_s >= 9.0 for r in back)
+    assert any(r.arrival_s >= 9.0 for r in back)
+
+
+def test_crash_results_are_exact_with_fast_forward():
+    assert outcome(run(CRASH)) == outcome(run(CRASH, fast_forward=False))
+
+
+def test_with_no_replica_left_requests_fail():
+    crashes = ", ".join(f"{{replica: {i}, at_s: 3.0, recovery_s: null}}" for i in range(4))
+    res = run([f"faults.crashes=[{crashes}]"])
+    failed = [r for r in res.requests if r.state == RequestState.FAILED]
+    done = [r for r in res.requests if r.state == RequestState.FINISHED]
+    assert len(failed) + len(done) == 400 and failed and done
+    assert all(r.finish_s >= 3.0 for r in failed) and all(r.finish_s < 3.0 for r in done)
+    assert res.summary()["num_failed"] == len(failed)
+
+
+def test_random_failures_from_mtbf_are_reproducible():
+    sets = ["pools=[{name: a, replicas: 4, mtbf_s: 5.0, mttr_s: 2.0}]", "replicas=1"]
+    a, b = run(sets), run(sets)
+    assert outcome(a) == outcome(b)
+    crashes = sum(r.num_crashes for r in a.replicas)
+    assert crashes >= 4
+    assert all(r.state == RequestState.FINISHED for r in a.requests)
