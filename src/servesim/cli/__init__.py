@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from servesim.cli import catalog, compare, report, run, serve, trace
+from servesim.cli import catalog, compare, plan, report, run, serve, trace
 
 app = typer.Typer(
     name="servesim",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (run, catalog, trace, report, compare, serve):
+for _module in (run, catalog, trace, report, compare, serve, plan):
     _module.register(app)
 
 
