@@ -20,6 +20,7 @@ from servesim.metrics.timeseries import timeseries
 from servesim.perf import build_perf_model
 from servesim.replica.config import EngineConfig, serve_batch_defaults
 from servesim.replica.engine import Engine
+from servesim.replica.frontend import FrontEnd
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers import get_scheduler
 from servesim.scenario import Scenario
@@ -133,13 +134,20 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
                     rng=np.random.default_rng(policy_seed),
                     defer_finishes=not getattr(workload, "closed_loop", True))
     stream = workload.arrivals()
+    front = FrontEnd(scenario.frontend) if scenario.frontend.active else None
+
+    def to_engine(now_s: float, req: Request) -> None:
+        engine.add_request(req, now_s)
 
     def arrive(now_s: float, req: Request) -> None:
-        engine.add_request(req, now_s)
+        if front is None:
+            engine.add_request(req, now_s)
+        else:  # the request keeps its client arrival time, so TTFT includes the front end
+            loop.schedule(front.engine_arrival_s(now_s, req.prompt_len), to_engine, req, PRIO_ARRIVAL)
 
     def arrive_from_stream(now_s: float, req: Request) -> None:
         schedule_next()  # keep exactly one stream arrival pending, so the trace is never all in memory
-        engine.add_request(req, now_s)
+        arrive(now_s, req)
 
     def schedule_next() -> None:
         req = next(stream, None)
