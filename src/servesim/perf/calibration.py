@@ -51,6 +51,7 @@ class Constants:
     seq_overhead_s: float = 10e-6  # engine CPU time per running sequence per iteration
     token_overhead_s: float = 0.0  # engine CPU time per scheduled token
     overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
+    custom_allreduce: float = 0.0  # 1: small all-reduces take the one-shot path (roofline.allreduce_s)
 
 
 CONSTANT_NAMES = tuple(f.name for f in fields(Constants))

@@ -48,16 +48,18 @@ def client_metrics(requests: Iterable) -> tuple[float, float, int]:
     return statistics.fmean(ttfts), statistics.fmean(tpots) if tpots else float("nan"), len(ttfts)
 
 
-def simulate_row(row: SiliconRow, options: ClientOptions = ClientOptions()) -> RowResult:
-    """Play one expressible row; InputError when the deployment cannot run (e.g. does not fit)."""
-    result = simulate(row_scenario(row, options))
+def simulate_row(row: SiliconRow, options: ClientOptions = ClientOptions(), **scenario_args) -> RowResult:
+    """Play one expressible row; InputError when the deployment cannot run (e.g. does not fit).
+
+    scenario_args go to row_scenario (perf overrides, front-end constants, calibration)."""
+    result = simulate(row_scenario(row, options, **scenario_args))
     ttft, tpot, n = client_metrics(result.requests)
     if n == 0:
         raise InputError(f"row {row.id}: no request finished (all rejected: prompt + output too long for the KV cache?)")
     return RowResult(row, ttft, tpot, n)
 
 
-def validate_rows(rows: list[SiliconRow], options: ClientOptions = ClientOptions(),
+def validate_rows(rows: list[SiliconRow], options: ClientOptions = ClientOptions(), calibration: str | None = "shipped",
                   progress: Callable[[int, int], None] | None = None) -> tuple[list[RowResult], list[tuple[SiliconRow, str]]]:
     """(results of the simulated rows, [(row, reason)] for the rows that cannot be simulated)."""
     results: list[RowResult] = []
@@ -66,7 +68,7 @@ def validate_rows(rows: list[SiliconRow], options: ClientOptions = ClientOptions
         reason = inexpressible_reason(row)
         if reason is None:
             try:
-                results.append(simulate_row(row, options))
+                results.append(simulate_row(row, options, calibration=calibration))
             except InputError as exc:
                 skipped.append((row, str(exc)))
         else:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Mapping
 
 from servesim.errors import InputError
 from servesim.perf.engines import engine_profile
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
 
+SERVING_CALIBRATION = "calibration_serving.yaml"
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
 REQUIRED = ("id", "backend", "backend_version", "model_path", "system", "mode", "isl", "osl", "gemm_quant_mode",
             "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size",
@@ -146,19 +149,31 @@ def row_dtype(row: SiliconRow) -> str:
     return dtype
 
 
-def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed: int = 0) -> Scenario:
-    """The scenario that replays `row` (call only when inexpressible_reason(row) is None)."""
+def serving_calibration_path() -> str:
+    """The shipped per-(GPU, engine) constants fitted on the silicon sample (a calibration file)."""
+    return str(resources.files("servesim.perf").joinpath("data").joinpath(SERVING_CALIBRATION))
+
+
+def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed: int = 0,
+                 overrides: Mapping[str, float] | None = None, frontend: Mapping[str, float] | None = None,
+                 calibration: str | None = "shipped") -> Scenario:
+    """The scenario that replays `row` (call only when inexpressible_reason(row) is None).
+
+    overrides: perf constants set last (fitting); frontend: front-end constants overriding the
+    engine's profile (fitting); calibration: "shipped" (the serving fit), None, or a file path.
+    """
     users = row.concurrency
     warmup = int(round(options.warmup_per_user * users))
     measured = max(options.min_requests, math.ceil(options.requests_per_user * users))
     profile = engine_profile(row.backend)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
-        "perf": {"engine": row.backend, "expert_parallel": row.moe_ep > 1},
+        "perf": {"engine": row.backend, "expert_parallel": row.moe_ep > 1, "overrides": dict(overrides or {}),
+                 "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
         "engine": {"max_num_seqs": max(row.batch_size, users), "max_num_batched_tokens": profile.max_num_tokens,
                    "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False},
         "scheduler": {"name": SCHEDULERS[row.backend]},
-        "frontend": {"profile": row.backend if options.frontend else "none"},
+        "frontend": {"profile": row.backend if options.frontend else "none", **(frontend or {})},
         "workload": {
             "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",
                         "ramp_up_s": options.ramp_up_s, "warmup_requests": warmup},
