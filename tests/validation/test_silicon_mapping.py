@@ -53,7 +53,6 @@ def test_engines_and_dtypes():
 @pytest.mark.parametrize("changes, reason", [
     ({"mode": "disagg"}, "not expressible yet: disaggregated (needs issue 10)"),
     ({"attention_dp_size": "4"}, "attention data parallelism is not modelled"),
-    ({"model_path": "Qwen/Qwen3.5-397B-A17B"}, "hybrid linear attention (Gated DeltaNet in 3 of 4 layers) is not modelled"),
     ({"tp_size": "64"}, "tp 64 spans several nodes: multi-node replicas are not modelled"),
     ({"moe_tp_size": "2", "moe_ep_size": "2"}, "mixed MoE TP 2 x EP 2 is not modelled (only all-TP or all-EP)"),
     ({"moe_tp_size": "1", "moe_ep_size": "2"}, "MoE TP 1 x EP 2 does not cover tp 4"),

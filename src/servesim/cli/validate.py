@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
         measured: Path = typer.Option(Path(DEFAULT_SILICON), help="Measured serving runs (schema of the AIConfigurator silicon sample)."),
         sample: Optional[int] = typer.Option(None, min=1, help="Simulate only this many expressible rows, spread evenly through the file (quick checks)."),
         ramp_up_s: float = typer.Option(0.0, min=0.0, help="Client start-up ramp: users start evenly over this many seconds."),
+        ramp_cycles: Optional[float] = typer.Option(None, min=0.0, help="Instead: start the users over this share of one request's decode time (1 = fully out of step)."),
         no_frontend: bool = typer.Option(False, "--no-frontend", help="Leave out the API-server front end (requests reach the engine at once)."),
         uncalibrated: bool = typer.Option(False, "--uncalibrated", help="Leave out the shipped serving fit (engine constants as in engines.yaml)."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the per-row results as CSV."),
@@ -69,7 +70,7 @@ def register(app: typer.Typer) -> None:
         from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
 
         rows = read_rows(measured)
-        options = ClientOptions(ramp_up_s=ramp_up_s, frontend=not no_frontend)
+        options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend)
         if fit_output is not None:
             if not fit_output.is_dir():
                 raise InputError(f"--fit-output {str(fit_output)!r} is not a folder")

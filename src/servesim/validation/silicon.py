@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from servesim.errors import InputError
+from servesim.perf import build_perf_model
 from servesim.perf.engines import engine_profile
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
@@ -32,9 +33,7 @@ DTYPES = {"": "bf16", "bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4":
 # The scheduler that plays each engine: TensorRT-LLM's in-flight batching with chunked context is
 # FCFS with a token budget, which the vLLM v1 policy implements.
 SCHEDULERS = {"vllm": "vllm", "sglang": "sglang", "trtllm": "vllm"}
-UNSUPPORTED_MODELS = {
-    "qwen/qwen3.5-397b-a17b": "hybrid linear attention (Gated DeltaNet in 3 of 4 layers) is not modelled",
-}
+UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it cannot be played
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,8 @@ class ClientOptions:
     requests_per_user: float = 4.0  # measured requests = ceil(requests_per_user * concurrency), >= min_requests
     min_requests: int = 32
     warmup_per_user: float = 1.0  # warm-up requests excluded from the means, per user
-    ramp_up_s: float = 0.0  # users start evenly over this time
+    ramp_up_s: float = 0.0  # users start evenly over this time (AIPerf starts them all at once)
+    ramp_cycles: float | None = None  # if set: the ramp is this share of one request's decode time instead
     frontend: bool = True  # play each engine's API server (perf/data/frontend.yaml)
 
 
@@ -181,4 +181,18 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
             "num_requests": warmup + measured,
         },
     }
-    return validate_scenario(data, f"row {row.id}")
+    scenario = validate_scenario(data, f"row {row.id}")
+    if options.ramp_cycles is not None:
+        arrival = scenario.workload.arrival.model_copy(update={"ramp_up_s": options.ramp_cycles * decode_cycle_s(scenario, row)})
+        scenario = scenario.model_copy(update={"workload": scenario.workload.model_copy(update={"arrival": arrival})})
+    return scenario
+
+
+def decode_cycle_s(scenario: Scenario, row: SiliconRow) -> float:
+    """How long one request decodes with every user decoding: osl steps of a decode-only batch of
+    `concurrency` sequences at the mean context. Starting the users evenly over this time puts
+    them out of step for good (fixed lengths keep whatever phases they start with), the opposite
+    extreme of starting them all at once; docs/fidelity.md reports how each compares."""
+    perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
+    ctx = row.isl + row.osl // 2
+    return row.osl * perf.step_time_s([], [ctx] * row.concurrency)
