@@ -25,7 +25,7 @@ def test_frontend_profile_and_overrides():
     assert FrontendConfig().constants() == (0.0, 0.0, 0.0) and not FrontendConfig().active
     cfg = FrontendConfig(profile="vllm", latency_s=0.5)
     assert cfg.constants()[2] == 0.5 and cfg.active
-    with pytest.raises(ValueError, match="unknown frontend profile 'nginx'; allowed: sglang, trtllm, vllm"):
+    with pytest.raises(ValueError, match="unknown frontend profile 'nginx'; allowed: sglang, sglang@b200"):
         FrontendConfig(profile="nginx")
 
 

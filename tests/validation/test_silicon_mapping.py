@@ -25,7 +25,7 @@ def test_row_maps_to_closed_loop_scenario():
     s = row_scenario(row(), ClientOptions(requests_per_user=4, warmup_per_user=1, ramp_up_s=2.0), calibration=None)
     assert (s.model, s.gpu, s.tp, s.dtype) == ("MiniMaxAI/MiniMax-M2.5", "b200", 4, "fp8")
     assert s.perf.engine == "vllm" and s.perf.expert_parallel is True
-    assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm"
+    assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm@b200"
     a = s.workload.arrival
     assert (a.process, a.users, a.think_time_s, a.ramp_up_s, a.warmup_requests) == ("closed", 64, 0.0, 2.0, 64)
     assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == (1024, 256)
@@ -79,3 +79,12 @@ def test_read_rows_errors(tmp_path: Path):
     broken.write_text(",".join(BASE) + "\n" + ",".join({**BASE, "isl": "many"}.values()) + "\n")
     with pytest.raises(InputError, match=r"broken.csv:2: bad value"):
         read_rows(broken)
+
+
+def test_frontend_profile_falls_back_to_the_engine():
+    from servesim.replica.frontend import FrontendConfig
+
+    assert row_scenario(row(system="h200_sxm"), calibration=None).frontend.profile == "vllm@h200"
+    assert row_scenario(row(), ClientOptions(frontend=False), calibration=None).frontend.profile == "none"
+    # the per-system profile overrides the engine's constants
+    assert FrontendConfig(profile="vllm@h200").constants() != FrontendConfig(profile="sglang").constants()

@@ -17,7 +17,9 @@ from typing import Mapping
 
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
+from servesim.perf._catalog import catalogue
 from servesim.perf.engines import engine_profile
+from servesim.replica.frontend import FRONTEND_FILE
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
 
@@ -149,6 +151,16 @@ def row_dtype(row: SiliconRow) -> str:
     return dtype
 
 
+def frontend_profile(engine: str, gpu: str) -> str:
+    """The front-end profile name of an engine on one system (perf/data/frontend.yaml)."""
+    return f"{engine}@{gpu}"
+
+
+def _frontend_name(row: SiliconRow) -> str:
+    name = frontend_profile(row.backend, GPUS[row.system])
+    return name if name in catalogue(FRONTEND_FILE) else row.backend
+
+
 def serving_calibration_path() -> str:
     """The shipped per-(GPU, engine) constants fitted on the silicon sample (a calibration file)."""
     return str(resources.files("servesim.perf").joinpath("data").joinpath(SERVING_CALIBRATION))
@@ -173,7 +185,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         "engine": {"max_num_seqs": max(row.batch_size, users), "max_num_batched_tokens": profile.max_num_tokens,
                    "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False},
         "scheduler": {"name": SCHEDULERS[row.backend]},
-        "frontend": {"profile": row.backend if options.frontend else "none", **(frontend or {})},
+        "frontend": {"profile": _frontend_name(row) if options.frontend else "none", **(frontend or {})},
         "workload": {
             "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",
                         "ramp_up_s": options.ramp_up_s, "warmup_requests": warmup},
