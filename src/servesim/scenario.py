@@ -19,6 +19,7 @@ from servesim.cluster.config import FaultsConfig, PoolConfig, RouterConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
 from servesim.replica.config import EngineConfig
+from servesim.replica.frontend import FrontendConfig
 from servesim.replica.schedulers import SchedulerParams, get_scheduler
 from servesim.workload.config import WorkloadConfig
 
@@ -88,6 +89,8 @@ class Scenario(BaseModel):
     """Engine arguments (vLLM names and defaults)."""
     scheduler: SchedulerConfig = SchedulerConfig()
     """Scheduling policy and its parameters."""
+    frontend: FrontendConfig = FrontendConfig()
+    """The API server in front of the engine (default none: requests reach the engine at once)."""
     workload: WorkloadConfig = WorkloadConfig()
     """Where requests come from."""
     slo: SLOConfig = SLOConfig()

@@ -25,6 +25,7 @@ from servesim.metrics.summary import RequestColumns, summarize, tokens_per_reque
 from servesim.metrics.timeseries import timeseries
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
+from servesim.replica.frontend import FrontEnd, FrontendConfig
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.replica import Replica
 from servesim.scenario import Scenario
@@ -176,7 +177,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         for _ in range(pool.replicas):
             i = len(cluster.replicas)
             cluster.replicas.append(_replica(i, pool, loop, cluster, until_s, defer, seeds[i], feed.next_arrival_s,
-                                             1 if n == 1 else 3 * n))
+                                             1 if n == 1 else 3 * n, scenario.frontend))
             cluster.models.append(pool.model)
     cluster.index_models()
     feed.deliver = cluster.arrive
@@ -222,7 +223,8 @@ def _check_arrival(req: Request) -> None:
 
 
 def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, until_s: float, defer: bool,
-             seed: np.random.SeedSequence, next_arrival_s: Callable[[], float], lookahead: int) -> Replica:
+             seed: np.random.SeedSequence, next_arrival_s: Callable[[], float], lookahead: int,
+             frontend: FrontendConfig) -> Replica:
     scheduler, kv = pool.make_parts()
     replica: Replica | None = None
 
@@ -232,7 +234,7 @@ def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, unti
     engine = Engine(pool.config, scheduler, kv, pool.perf, loop, Recorder(), on_done, until_s=until_s,
                     rng=np.random.default_rng(seed), defer_finishes=defer, next_event_s=next_arrival_s,
                     lookahead=lookahead)
-    replica = Replica(index, pool.name, engine, pool.make_parts)
+    replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend) if frontend.active else None)
     if cluster.refresh_interval_s > 0:
         interval = cluster.refresh_interval_s
         engine.on_change = lambda now_s: replica.before_change(now_s, interval)

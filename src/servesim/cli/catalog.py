@@ -11,8 +11,9 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
-    from servesim.cli import perf_calibrate, perf_catalog, perf_estimate
+    from servesim.cli import perf_calibrate, perf_catalog, perf_estimate, validate
 
     perf_catalog.register(app)
     perf_estimate.register(app)
     perf_calibrate.register(app)
+    validate.register(app)

@@ -52,6 +52,7 @@ class Constants:
     seq_overhead_s: float = 10e-6  # engine CPU time per running sequence per iteration
     token_overhead_s: float = 0.0  # engine CPU time per scheduled token
     overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
+    custom_allreduce: float = 0.0  # 1: small all-reduces take the one-shot path (roofline.allreduce_s)
 
 
 CONSTANT_NAMES = tuple(f.name for f in fields(Constants))
@@ -63,6 +64,7 @@ CONSTANT_RANGES: dict[str, tuple[float, float, bool]] = {
     **{name: (0.0, 1.0, False) for name in _SHARES},
     "gqa_sharing": (0.0, 1.0, True),
     "overlap_cpu": (0.0, 1.0, True),
+    "custom_allreduce": (0.0, 1.0, True),
     "smoothing_k": (1.0, math.inf, True),
     "moe_imbalance": (1.0, math.inf, True),
     **{name: (0.0, math.inf, True) for name in CONSTANT_NAMES if name.endswith("_s")},

@@ -41,13 +41,15 @@ class DtypeSpec:
 
 # INT4 is weight-only (W4A16, AWQ/GPTQ style): weights are dequantised and multiplied in BF16.
 # INT8 is W8A8 (SmoothQuant style) on INT8 tensor cores. FP8 runs the GEMMs on FP8 tensor cores and,
-# as vendor benchmarks do, stores the KV cache in FP8 by default.
+# as vendor benchmarks do, stores the KV cache in FP8 by default. FP4 is NVFP4 (W4A4 on Blackwell
+# FP4 tensor cores): 4-bit values plus one FP8 scale per 16 elements = 4.5 bits per weight.
 DTYPES: dict[str, DtypeSpec] = {
     "bf16": DtypeSpec("bf16", 2.0, "bf16", "bf16"),
     "fp16": DtypeSpec("fp16", 2.0, "fp16", "fp16"),
     "fp8": DtypeSpec("fp8", 1.0, "fp8", "fp8"),
     "int8": DtypeSpec("int8", 1.0, "int8", "bf16"),
     "int4": DtypeSpec("int4", 0.5, "bf16", "bf16"),
+    "fp4": DtypeSpec("fp4", 0.5625, "fp4", "fp8"),
 }
 KV_DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 ACTIVATION_BYTES = 2.0  # activations stay 16-bit in every supported precision

@@ -60,6 +60,10 @@ def spec_from_config(name: str, config: dict[str, Any], source: str) -> ModelSpe
     window_layers = layers
     if use_window and config.get("max_window_layers") is not None and model_type.startswith("qwen"):
         window_layers = max(0, layers - int(config["max_window_layers"]))
+    if use_window and isinstance(config.get("layer_types"), list):  # gpt-oss: per-layer kinds
+        window_layers = sum(1 for kind in config["layer_types"] if kind == "sliding_attention")
+    if use_window and config.get("num_sliding_layers") is not None:  # the catalogue's short form
+        window_layers = int(config["num_sliding_layers"])
     if mla is not None:
         kv_heads = heads  # MLA has no KV heads in the GQA sense; the latent is shared by all heads
     if heads <= 0 or kv_heads <= 0 or heads % kv_heads:

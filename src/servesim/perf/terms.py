@@ -110,7 +110,8 @@ class StepTerms:
         """TP all-reduces (2 per layer, Megatron) or MoE all-to-alls, plus PP stage hand-offs."""
         m, c, g, t = self.model, self.c, self.gpu, self.tp
         msg = num_tokens * m.hidden_size * ACTIVATION_BYTES
-        ar = roofline.allreduce_s(msg, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff)
+        ar = roofline.allreduce_s(msg, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff,
+                                  one_shot=c.custom_allreduce >= 0.5)
         total = m.num_layers * ar  # after attention
         if m.moe is not None and self.expert_parallel:
             a2a = roofline.alltoall_s(msg * m.moe.top_k, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff)

@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Callable
 
 from servesim.cluster.view import ReplicaView
+from servesim.core.loop import PRIO_ARRIVAL
+from servesim.replica.frontend import FrontEnd
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.base import Scheduler
@@ -32,10 +34,13 @@ PartsFactory = Callable[[], tuple[Scheduler, KVCacheManager]]
 class Replica:
     """One engine instance: its scheduler, KV cache, step log and load counters."""
 
-    def __init__(self, index: int, pool: str, engine: Engine, make_parts: PartsFactory) -> None:
+    def __init__(self, index: int, pool: str, engine: Engine, make_parts: PartsFactory,
+                 frontend: FrontEnd | None = None) -> None:
         self.index = index
         self.pool = pool
         self.engine = engine
+        self.frontend = frontend  # this replica's API server (None: requests reach the engine at once)
+        self._in_transit: set[Request] = set()  # in the API server, not yet at the engine
         self._make_parts = make_parts  # a fresh scheduler and KV cache, for a restart
         self.alive = True
         self.num_outstanding = 0  # submitted, not yet terminal
@@ -59,7 +64,17 @@ class Replica:
                     req.moves.append((0, req.replica))
                 req.moves.append((len(req.token_steps), self.index))
             req.replica = self.index
-        self.engine.add_request(req, now_s)
+        if self.frontend is None:
+            self.engine.add_request(req, now_s)
+        else:  # through the API server first; the request keeps its client arrival time
+            at_s = self.frontend.engine_arrival_s(now_s, req.prompt_len)
+            self._in_transit.add(req)
+            self.engine.loop.schedule(at_s, self._to_engine, req, PRIO_ARRIVAL)
+
+    def _to_engine(self, now_s: float, req: Request) -> None:
+        if req in self._in_transit:  # (not if a crash took it back meanwhile)
+            self._in_transit.discard(req)
+            self.engine.add_request(req, now_s)
 
     def on_done(self, req: Request) -> None:
         """The engine is done with `req` (finished or rejected)."""
@@ -68,7 +83,10 @@ class Replica:
     def crash(self, now_s: float) -> list[Request]:
         """Fail at `now_s`: settle, lose the step in flight, and return every request held
         (their progress is forgotten; tokens already emitted stay delivered)."""
-        evicted = self.engine.crash(now_s)
+        evicted = self.engine.crash(now_s) + sorted(self._in_transit, key=lambda r: r.id)
+        self._in_transit.clear()
+        if self.frontend is not None:
+            self.frontend = FrontEnd(self.frontend.config)  # the API server restarts too
         self.num_outstanding -= len(evicted)
         kv = self.engine.kv
         kv.check_all_free()  # conservation at the moment of the crash

@@ -71,7 +71,7 @@ ARRIVAL_FIELDS: dict[str, tuple[str, ...]] = {
     "gamma": ("rate_per_s", "cv", "curve"),
     "weibull": ("rate_per_s", "cv", "curve"),
     "onoff": ("rate_per_s", "on_s", "off_s", "off_rate_per_s"),
-    "closed": ("users", "think_time_s", "think_time_dist"),
+    "closed": ("users", "think_time_s", "think_time_dist", "ramp_up_s", "warmup_requests"),
     "servegen": ("rate_per_s", "model", "start_s", "top_clients"),
 }
 
@@ -99,6 +99,12 @@ class ArrivalConfig(Strict):
     """closed: mean time between a user's finished request and their next one, s."""
     think_time_dist: Literal["exponential", "fixed"] = "exponential"
     """closed: distribution of think times."""
+    ramp_up_s: float = Field(0.0, ge=0)
+    """closed: start the users evenly over this many seconds (user i at i * ramp_up_s / users)
+    instead of all at time 0, as benchmark clients ramp up; 0 = every user starts at once."""
+    warmup_requests: int = Field(0, ge=0)
+    """closed: mark the first N requests as warm-up (AIPerf/GenAI-Perf `--warmup-request-count`);
+    they are served but `client_metrics` leaves them out."""
     model: str = "m-small"
     """servegen: client-model name (servegen-m-small, deepseek-r1, mm-image...) or path to a traces .tar.xz."""
     start_s: float = Field(0.0, ge=0)

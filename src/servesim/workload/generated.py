@@ -49,6 +49,7 @@ class GeneratedWorkload:
         self._units: dict[int, _Unit] = {}  # request id -> unit (only when a follow-up may come)
         arrival = config.arrival
         self._closed = arrival.process == "closed"
+        self._warmup = arrival.warmup_requests if self._closed else 0
         self._think_s = think_time_stream(arrival.think_time_s, arrival.think_time_dist, np.random.default_rng(s_think))
         need_hashes = config.sessions is not None or config.shared_prefix is not None or (
             config.programs is not None and config.programs.inherit_context)
@@ -81,8 +82,9 @@ class GeneratedWorkload:
     def arrivals(self) -> Iterator[Request]:
         """Open-loop starts (closed loop: each user's first unit at time 0)."""
         if self._closed:
-            for user in range(self._cfg.arrival.users):
-                first = self._start_unit(0.0, user, None)
+            users, ramp_s = self._cfg.arrival.users, self._cfg.arrival.ramp_up_s
+            for user in range(users):
+                first = self._start_unit(user * ramp_s / users, user, None)
                 if not first:
                     return
                 yield from first
@@ -128,6 +130,8 @@ class GeneratedWorkload:
             self._duration is not None and arrival_s > self._duration):
             return None
         req = Request(self._emitted, arrival_s, prompt, output, ids, self._cfg.hash_block_tokens)
+        if self._emitted < self._warmup:
+            req.extra["warmup"] = True
         self._emitted += 1
         for key, value in unit.attrs.items():
             setattr(req, key, value)

@@ -1,0 +1,48 @@
+"""Fidelity benchmark: simulate the measured serving runs of the AIConfigurator silicon sample end
+to end and print the median error of TTFT and TPOT per engine and GPU (issue 14).
+
+Run: python benchmarks/bench_fidelity.py [--measured CSV] [--sample N] [--no-frontend] [--uncalibrated]
+Goal (issue 14, item 7): median absolute error <= 10 % for TTFT and for TPOT over the expressible
+aggregated rows, with constants per GPU and engine only. Takes a few minutes on 2 cores
+(`--sample 100` for a quick look); the same table is in docs/fidelity.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from servesim.validation.fit import spread_sample
+from servesim.validation.run import group_errors, markdown_table, skipped_table, validate_rows
+from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--measured", default=str(DEFAULT))
+    ap.add_argument("--sample", type=int, default=None, help="only this many expressible rows, spread through the file")
+    ap.add_argument("--ramp-up-s", type=float, default=0.0)
+    ap.add_argument("--no-frontend", action="store_true")
+    ap.add_argument("--uncalibrated", action="store_true")
+    args = ap.parse_args()
+    rows = read_rows(args.measured)
+    if args.sample:
+        rows = spread_sample([r for r in rows if inexpressible_reason(r) is None], args.sample)
+    t0 = time.perf_counter()
+    results, skipped = validate_rows(rows, ClientOptions(ramp_up_s=args.ramp_up_s, frontend=not args.no_frontend),
+                                     calibration=None if args.uncalibrated else "shipped")
+    wall = time.perf_counter() - t0
+    print(markdown_table(group_errors(results)))
+    print()
+    print(markdown_table(group_errors(results, key=lambda r: r.model)).replace("group (engine GPU)", "model"))
+    print()
+    print(skipped_table(skipped))
+    print(f"\n{len(results)} rows simulated in {wall:.0f} s wall ({len(results) / wall:.1f} rows/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""`servesim validate`: replay measured serving runs end to end and report the error per group."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from servesim.cli.common import user_errors
+from servesim.cli.perf_common import write_atomic
+from servesim.errors import InputError
+
+TABLE_BEGIN = "<!-- fidelity:begin -->"
+TABLE_END = "<!-- fidelity:end -->"
+
+
+def _rows_csv(results) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["id", "backend", "system", "model", "tp", "isl", "osl", "concurrency", "measured_ttft_ms",
+                "simulated_ttft_ms", "ttft_error", "measured_tpot_ms", "simulated_tpot_ms", "tpot_error"])
+    for r in results:
+        w.writerow([r.row.id, r.row.backend, r.row.system, r.row.model, r.row.tp, r.row.isl, r.row.osl,
+                    r.row.concurrency, f"{r.row.ttft_s * 1e3:.3f}", f"{r.ttft_s * 1e3:.3f}", f"{r.ttft_error:.4f}",
+                    f"{r.row.tpot_s * 1e3:.3f}", f"{r.tpot_s * 1e3:.3f}", f"{r.tpot_error:.4f}"])
+    return out.getvalue()
+
+
+def _replace_block(docs: Path, block: str) -> None:
+    try:
+        text = docs.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {str(docs)!r}: {exc.strerror}") from None
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise InputError(f"{docs}: missing the markers {TABLE_BEGIN} ... {TABLE_END}")
+    pattern = re.compile(re.escape(TABLE_BEGIN) + ".*?" + re.escape(TABLE_END), re.DOTALL)
+    write_atomic(docs, pattern.sub(lambda _: f"{TABLE_BEGIN}\n{block}\n{TABLE_END}", text))
+
+
+def register(app: typer.Typer) -> None:
+    from servesim.validation.silicon import DEFAULT_SILICON
+
+    @app.command("validate")
+    @user_errors
+    def validate_cmd(
+        measured: Path = typer.Option(Path(DEFAULT_SILICON), help="Measured serving runs (schema of the AIConfigurator silicon sample)."),
+        sample: Optional[int] = typer.Option(None, min=1, help="Simulate only this many expressible rows, spread evenly through the file (quick checks)."),
+        ramp_up_s: float = typer.Option(0.0, min=0.0, help="Client start-up ramp: users start evenly over this many seconds."),
+        ramp_cycles: Optional[float] = typer.Option(None, min=0.0, help="Instead: start the users over this share of one request's decode time (1 = fully out of step)."),
+        no_frontend: bool = typer.Option(False, "--no-frontend", help="Leave out the API-server front end (requests reach the engine at once)."),
+        uncalibrated: bool = typer.Option(False, "--uncalibrated", help="Leave out the shipped serving fit (engine constants as in engines.yaml)."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the per-row results as CSV."),
+        docs: Optional[Path] = typer.Option(None, help="Markdown file whose block between the fidelity markers is replaced (docs/fidelity.md)."),
+        fit_output: Optional[Path] = typer.Option(None, help="Fit the serving constants first and write calibration_serving.yaml and frontend.yaml into this folder."),
+        per_group: int = typer.Option(10, min=1, help="With --fit-output: rows per (GPU, engine) the fit simulates."),
+    ) -> None:
+        """Simulate every expressible measured run end to end (closed-loop client, front end, engine)
+        and print the median error of TTFT and TPOT per engine and GPU, plus the rows it cannot express."""
+        import yaml
+
+        from servesim.perf.calibration import dump_calibration
+        from servesim.validation.calibrate import fit_serving
+        from servesim.validation.fit import spread_sample
+        from servesim.validation.run import group_errors, markdown_table, skipped_table, validate_rows
+        from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+
+        rows = read_rows(measured)
+        options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend)
+        if fit_output is not None:
+            if not fit_output.is_dir():
+                raise InputError(f"--fit-output {str(fit_output)!r} is not a folder")
+            calibration, frontend = fit_serving(rows, options, per_group, log=lambda m: print(m, file=sys.stderr))
+            write_atomic(fit_output / "calibration_serving.yaml", dump_calibration(calibration, {"fitted_to": measured.name}))
+            header = f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name}.\n"
+            write_atomic(fit_output / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))
+            print(f"wrote {fit_output / 'calibration_serving.yaml'} and {fit_output / 'frontend.yaml'}")
+            return
+        if sample is not None:
+            ok = [r for r in rows if inexpressible_reason(r) is None]
+            rows = spread_sample(ok, sample)
+        results, skipped = validate_rows(rows, options, calibration=None if uncalibrated else "shipped")
+        block = (f"Simulated rows: {len(results)} of {len(rows)}.\n\n{markdown_table(group_errors(results))}\n\n"
+                 f"Rows not simulated, by reason:\n\n{skipped_table(skipped)}")
+        print(block)
+        if output is not None:
+            write_atomic(output, _rows_csv(results))
+            print(f"wrote {output}")
+        if docs is not None:
+            _replace_block(docs, block)
+            print(f"updated {docs}")

@@ -1,0 +1,81 @@
+"""The serving front end: the API server between the client and the engine.
+
+A request's way in passes through one API-server process (vLLM's `api_server`, SGLang's
+`TokenizerManager`, TensorRT-LLM's `trtllm-serve`): HTTP parsing, chat template and tokenization
+run there one request at a time, so when hundreds of requests arrive together the process admits
+them at its own rate. Then it hands the request to the engine, and the first streamed chunk
+travels back through it. TTFT as the client measures it is therefore
+
+    front-end queue + front-end service + hand-off/delivery latency + engine queue + prefill.
+
+Model (a single-server FIFO queue plus a fixed latency):
+
+    service_s = request_s + prompt_token_s * prompt_tokens      (serial: one process)
+    engine sees the request at  max(arrival, previous service end) + service_s + latency_s
+
+Per-output-token work (detokenization, streaming) is not modelled here: in the measured engines
+it overlaps the GPU step; its effect on step time belongs to the engine constants.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from servesim.perf._catalog import resolve
+
+FRONTEND_FILE = "frontend.yaml"
+
+
+class FrontendConfig(BaseModel):
+    """Cost of the API server in front of the engine (TTFT as clients measure it)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    profile: str = "none"
+    """Front-end constants by engine from perf/data/frontend.yaml (`vllm`, `sglang`, `trtllm`), or
+    `none`: requests reach the engine the instant they arrive (servesim's behaviour before the
+    front-end model). The fields below, when set, override the profile's values."""
+    request_s: float | None = Field(None, ge=0)
+    """Serial API-server time per request, s (HTTP parsing, chat template, request set-up)."""
+    prompt_token_s: float | None = Field(None, ge=0)
+    """Serial API-server time per prompt token, s (tokenization)."""
+    latency_s: float | None = Field(None, ge=0)
+    """Fixed non-serial time on the path, s (hand-off to the engine process and delivery of the
+    first streamed chunk back to the client)."""
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> FrontendConfig:
+        if self.profile.strip().lower() != "none":
+            resolve(FRONTEND_FILE, "frontend profile", self.profile)  # raises naming the allowed ones
+        return self
+
+    def constants(self) -> tuple[float, float, float]:
+        """(request_s, prompt_token_s, latency_s) after applying the profile and the overrides."""
+        base = {"request_s": 0.0, "prompt_token_s": 0.0, "latency_s": 0.0}
+        if self.profile.strip().lower() != "none":
+            _, entry = resolve(FRONTEND_FILE, "frontend profile", self.profile)
+            base.update({k: float(entry[k]) for k in base if k in entry})
+        for key in base:
+            value = getattr(self, key)
+            if value is not None:
+                base[key] = float(value)
+        return base["request_s"], base["prompt_token_s"], base["latency_s"]
+
+    @property
+    def active(self) -> bool:
+        return any(v > 0 for v in self.constants())
+
+
+class FrontEnd:
+    """One API-server process: a FIFO single server in virtual time (no I/O, no clock)."""
+
+    def __init__(self, config: FrontendConfig):
+        self.config = config
+        self.request_s, self.prompt_token_s, self.latency_s = config.constants()
+        self._free_s = 0.0  # when the process finishes the work it has already accepted
+
+    def engine_arrival_s(self, now_s: float, prompt_tokens: int) -> float:
+        """Accept a request arriving at `now_s`; return when the engine receives it."""
+        start_s = max(now_s, self._free_s)
+        self._free_s = start_s + self.request_s + self.prompt_token_s * prompt_tokens
+        return self._free_s + self.latency_s

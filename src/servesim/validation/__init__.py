@@ -1,0 +1,1 @@
+"""End-to-end fidelity: replay measured serving benchmarks through the simulator (`servesim validate`)."""

@@ -1,0 +1,129 @@
+"""Simulate measured rows end to end and tabulate the error of TTFT and TPOT per group.
+
+The client is played as the benchmark clients measure: TTFT = first token - client send time
+(so it includes the front end), TPOT = (E2E - TTFT) / (output tokens - 1), each a mean over the
+requests after the warm-up ones. Errors are relative, simulated / measured - 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from servesim.errors import InputError
+from servesim.simulation import simulate
+from servesim.validation.silicon import ClientOptions, SiliconRow, inexpressible_reason, row_scenario
+from servesim.workload.request import RequestState
+
+
+@dataclass(frozen=True)
+class RowResult:
+    row: SiliconRow
+    ttft_s: float  # simulated client mean
+    tpot_s: float
+    num_requests: int  # measured (non-warm-up) finished requests
+
+    @property
+    def ttft_error(self) -> float:
+        return self.ttft_s / self.row.ttft_s - 1.0
+
+    @property
+    def tpot_error(self) -> float:
+        return self.tpot_s / self.row.tpot_s - 1.0
+
+
+def client_metrics(requests: Iterable) -> tuple[float, float, int]:
+    """(mean TTFT s, mean TPOT s, count) over finished, non-warm-up requests, as a client computes them."""
+    ttfts, tpots = [], []
+    for r in requests:
+        if r.state != RequestState.FINISHED or r.extra.get("warmup"):
+            continue
+        ttft = r.first_token_s - r.arrival_s
+        ttfts.append(ttft)
+        if r.num_output_tokens > 1:
+            tpots.append((r.finish_s - r.first_token_s) / (r.num_output_tokens - 1))
+    if not ttfts:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(ttfts), statistics.fmean(tpots) if tpots else float("nan"), len(ttfts)
+
+
+def simulate_row(row: SiliconRow, options: ClientOptions = ClientOptions(), **scenario_args) -> RowResult:
+    """Play one expressible row; InputError when the deployment cannot run (e.g. does not fit).
+
+    scenario_args go to row_scenario (perf overrides, front-end constants, calibration)."""
+    result = simulate(row_scenario(row, options, **scenario_args))
+    ttft, tpot, n = client_metrics(result.requests)
+    if n == 0:
+        raise InputError(f"row {row.id}: no request finished (all rejected: prompt + output too long for the KV cache?)")
+    return RowResult(row, ttft, tpot, n)
+
+
+def validate_rows(rows: list[SiliconRow], options: ClientOptions = ClientOptions(), calibration: str | None = "shipped",
+                  progress: Callable[[int, int], None] | None = None) -> tuple[list[RowResult], list[tuple[SiliconRow, str]]]:
+    """(results of the simulated rows, [(row, reason)] for the rows that cannot be simulated)."""
+    results: list[RowResult] = []
+    skipped: list[tuple[SiliconRow, str]] = []
+    for i, row in enumerate(rows):
+        reason = inexpressible_reason(row)
+        if reason is None:
+            try:
+                results.append(simulate_row(row, options, calibration=calibration))
+            except InputError as exc:
+                skipped.append((row, str(exc)))
+        else:
+            skipped.append((row, reason))
+        if progress is not None:
+            progress(i + 1, len(rows))
+    return results, skipped
+
+
+def group_key(row: SiliconRow) -> str:
+    return f"{row.backend} {row.system}"
+
+
+@dataclass(frozen=True)
+class GroupError:
+    group: str
+    rows: int
+    ttft_mdape: float  # median |relative error|
+    tpot_mdape: float
+    ttft_bias: float  # median signed relative error (negative: simulation too fast)
+    tpot_bias: float
+
+
+def _group(name: str, rs: list[RowResult]) -> GroupError:
+    return GroupError(name, len(rs), statistics.median(abs(r.ttft_error) for r in rs),
+                      statistics.median(abs(r.tpot_error) for r in rs),
+                      statistics.median(r.ttft_error for r in rs), statistics.median(r.tpot_error for r in rs))
+
+
+def group_errors(results: list[RowResult], key: Callable[[SiliconRow], str] = group_key) -> list[GroupError]:
+    """Per-group error (sorted by group name) and, last, the row `all`."""
+    groups: dict[str, list[RowResult]] = {}
+    for r in results:
+        groups.setdefault(key(r.row), []).append(r)
+    out = [_group(name, groups[name]) for name in sorted(groups)]
+    if results:
+        out.append(_group("all", results))
+    return out
+
+
+def markdown_table(errors: list[GroupError]) -> str:
+    lines = ["| group (engine GPU) | rows | TTFT median abs err | TTFT median err | TPOT median abs err | TPOT median err |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for e in errors:
+        name = f"**{e.group}**" if e.group == "all" else e.group
+        lines.append(f"| {name} | {e.rows} | {e.ttft_mdape:.1%} | {e.ttft_bias:+.1%} | {e.tpot_mdape:.1%} | {e.tpot_bias:+.1%} |")
+    return "\n".join(lines)
+
+
+def skipped_table(skipped: list[tuple[SiliconRow, str]]) -> str:
+    """Inexpressible rows counted by reason (most frequent first)."""
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        counts[reason] = counts.get(reason, 0) + 1
+    lines = ["| rows | reason |", "|---:|---|"]
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"| {n} | {reason} |")
+    return "\n".join(lines)

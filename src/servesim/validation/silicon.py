@@ -1,0 +1,210 @@
+"""Rows of the AIConfigurator silicon sample and how each maps to a servesim scenario.
+
+Each aggregated row is one replica (tp / attention-dp / MoE TP x EP as given) serving a
+closed-loop client that keeps `concurrency` requests of fixed `isl` / `osl` tokens in flight;
+the measured results are mean TTFT and TPOT. `row_scenario` returns the scenario that plays the
+row, or the reason it cannot be expressed yet. The mapping is explicit and tested row by row.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+from servesim.errors import InputError
+from servesim.perf import build_perf_model
+from servesim.perf._catalog import catalogue
+from servesim.perf.engines import engine_profile
+from servesim.replica.frontend import FRONTEND_FILE
+from servesim.perf.models import check_tp, model_spec
+from servesim.scenario import Scenario, validate_scenario
+
+SERVING_CALIBRATION = "calibration_serving.yaml"
+DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
+REQUIRED = ("id", "backend", "backend_version", "model_path", "system", "mode", "isl", "osl", "gemm_quant_mode",
+            "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size",
+            "silicon_ttft_ms", "silicon_tpot_ms", "concurrency")
+GPUS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200", "b300_sxm": "b300", "gb200": "gb200"}
+# GEMM quantisation as the file names it -> servesim dtype. NVFP4 needs FP4 tensor cores; on Hopper
+# the same checkpoints (gpt-oss MXFP4) run weight-only, dequantised into BF16 GEMMs (servesim int4).
+DTYPES = {"": "bf16", "bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4": "fp4", "int4_wo": "int4"}
+# The scheduler that plays each engine: TensorRT-LLM's in-flight batching with chunked context is
+# FCFS with a token budget, which the vLLM v1 policy implements.
+SCHEDULERS = {"vllm": "vllm", "sglang": "sglang", "trtllm": "vllm"}
+UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it cannot be played
+
+
+@dataclass(frozen=True)
+class SiliconRow:
+    """One measured run (the columns servesim uses)."""
+
+    id: str
+    backend: str
+    version: str
+    model: str
+    system: str
+    mode: str
+    isl: int
+    osl: int
+    gemm_quant: str
+    batch_size: int
+    tp: int
+    pp: int
+    attention_dp: int
+    moe_tp: int
+    moe_ep: int
+    concurrency: int
+    ttft_s: float  # measured mean
+    tpot_s: float  # measured mean
+
+
+def _int(raw: str, default: int = 1) -> int:
+    """Parallelism columns: empty or 0 (dense models' MoE columns) mean 1."""
+    return int(float(raw)) if raw.strip() and float(raw) > 0 else default
+
+
+def parse_row(raw: dict[str, str]) -> SiliconRow:
+    agg = raw["mode"] == "agg"
+    return SiliconRow(
+        id=raw["id"], backend=raw["backend"].strip().lower(), version=raw["backend_version"].strip(),
+        model=raw["model_path"].strip(), system=raw["system"].strip().lower(), mode=raw["mode"].strip(),
+        isl=int(raw["isl"]), osl=int(raw["osl"]), gemm_quant=raw["gemm_quant_mode"].strip().lower(),
+        batch_size=_int(raw["batch_size"]) if agg else 0, tp=_int(raw["tp_size"]) if agg else 0,
+        pp=_int(raw["pp_size"]), attention_dp=_int(raw["attention_dp_size"]), moe_tp=_int(raw["moe_tp_size"]),
+        moe_ep=_int(raw["moe_ep_size"]), concurrency=_int(raw["concurrency"], default=0),
+        ttft_s=float(raw["silicon_ttft_ms"]) / 1e3, tpot_s=float(raw["silicon_tpot_ms"]) / 1e3,
+    )
+
+
+def read_rows(path: str | Path) -> list[SiliconRow]:
+    """All rows of a file in the schema of silicon_calibration.csv; a bad file is one InputError."""
+    p = Path(path)
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{p}: missing column {missing[0]!r}; required: {', '.join(REQUIRED)}")
+            rows = []
+            for line, raw in enumerate(reader, start=2):
+                try:
+                    rows.append(parse_row(raw))
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise InputError(f"{p}:{line}: bad value ({exc})") from None
+            return rows
+    except FileNotFoundError:
+        raise InputError(f"measured file {str(p)!r} not found") from None
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How the closed-loop benchmark client is played for every row."""
+
+    requests_per_user: float = 4.0  # measured requests = ceil(requests_per_user * concurrency), >= min_requests
+    min_requests: int = 32
+    warmup_per_user: float = 1.0  # warm-up requests excluded from the means, per user
+    ramp_up_s: float = 0.0  # users start evenly over this time (AIPerf starts them all at once)
+    ramp_cycles: float | None = None  # if set: the ramp is this share of one request's decode time instead
+    frontend: bool = True  # play each engine's API server (perf/data/frontend.yaml)
+
+
+def inexpressible_reason(row: SiliconRow) -> str | None:
+    """Why `row` cannot be simulated yet, or None when it can."""
+    if row.mode != "agg":
+        return "not expressible yet: disaggregated (needs issue 10)"
+    if row.concurrency <= 0:
+        return "the client concurrency is not recorded"
+    if row.system not in GPUS:
+        return f"GPU {row.system} is not in the catalogue"
+    if row.model.lower() in UNSUPPORTED_MODELS:
+        return UNSUPPORTED_MODELS[row.model.lower()]
+    if row.gemm_quant not in DTYPES:
+        return f"quantisation {row.gemm_quant!r} is not modelled (known: {', '.join(k or 'bf16' for k in DTYPES)})"
+    if row.pp != 1:
+        return "pipeline parallelism in the measured file is not mapped"
+    if row.attention_dp > 1:
+        return "attention data parallelism is not modelled"
+    if SCHEDULERS.get(row.backend) is None:
+        return f"engine {row.backend!r} has no servesim profile"
+    if row.tp > 16:
+        return f"tp {row.tp} spans several nodes: multi-node replicas are not modelled"
+    try:
+        spec = model_spec(row.model)
+        check_tp(spec, row.tp)
+    except InputError as exc:
+        return str(exc)
+    if spec.moe is not None and row.moe_tp * row.moe_ep != row.tp:
+        return f"MoE TP {row.moe_tp} x EP {row.moe_ep} does not cover tp {row.tp}"
+    if spec.moe is not None and row.moe_tp > 1 and row.moe_ep > 1:
+        return f"mixed MoE TP {row.moe_tp} x EP {row.moe_ep} is not modelled (only all-TP or all-EP)"
+    return None
+
+
+def row_dtype(row: SiliconRow) -> str:
+    dtype = DTYPES[row.gemm_quant]
+    if dtype == "fp4" and row.system.startswith("h"):  # no FP4 tensor cores on Hopper
+        return "int4"
+    return dtype
+
+
+def frontend_profile(engine: str, gpu: str) -> str:
+    """The front-end profile name of an engine on one system (perf/data/frontend.yaml)."""
+    return f"{engine}@{gpu}"
+
+
+def _frontend_name(row: SiliconRow) -> str:
+    name = frontend_profile(row.backend, GPUS[row.system])
+    return name if name in catalogue(FRONTEND_FILE) else row.backend
+
+
+def serving_calibration_path() -> str:
+    """The shipped per-(GPU, engine) constants fitted on the silicon sample (a calibration file)."""
+    return str(resources.files("servesim.perf").joinpath("data").joinpath(SERVING_CALIBRATION))
+
+
+def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed: int = 0,
+                 overrides: Mapping[str, float] | None = None, frontend: Mapping[str, float] | None = None,
+                 calibration: str | None = "shipped") -> Scenario:
+    """The scenario that replays `row` (call only when inexpressible_reason(row) is None).
+
+    overrides: perf constants set last (fitting); frontend: front-end constants overriding the
+    engine's profile (fitting); calibration: "shipped" (the serving fit), None, or a file path.
+    """
+    users = row.concurrency
+    warmup = int(round(options.warmup_per_user * users))
+    measured = max(options.min_requests, math.ceil(options.requests_per_user * users))
+    profile = engine_profile(row.backend)
+    data = {
+        "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
+        "perf": {"engine": row.backend, "expert_parallel": row.moe_ep > 1, "overrides": dict(overrides or {}),
+                 "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
+        "engine": {"max_num_seqs": max(row.batch_size, users), "max_num_batched_tokens": profile.max_num_tokens,
+                   "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False},
+        "scheduler": {"name": SCHEDULERS[row.backend]},
+        "frontend": {"profile": _frontend_name(row) if options.frontend else "none", **(frontend or {})},
+        "workload": {
+            "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",
+                        "ramp_up_s": options.ramp_up_s, "warmup_requests": warmup},
+            "lengths": {"prompt_tokens": row.isl, "output_tokens": row.osl},
+            "num_requests": warmup + measured,
+        },
+    }
+    scenario = validate_scenario(data, f"row {row.id}")
+    if options.ramp_cycles is not None:
+        arrival = scenario.workload.arrival.model_copy(update={"ramp_up_s": options.ramp_cycles * decode_cycle_s(scenario, row)})
+        scenario = scenario.model_copy(update={"workload": scenario.workload.model_copy(update={"arrival": arrival})})
+    return scenario
+
+
+def decode_cycle_s(scenario: Scenario, row: SiliconRow) -> float:
+    """How long one request decodes with every user decoding: osl steps of a decode-only batch of
+    `concurrency` sequences at the mean context. Starting the users evenly over this time puts
+    them out of step for good (fixed lengths keep whatever phases they start with), the opposite
+    extreme of starting them all at once; docs/fidelity.md reports how each compares."""
+    perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
+    ctx = row.isl + row.osl // 2
+    return row.osl * perf.step_time_s([], [ctx] * row.concurrency)

@@ -1,0 +1,90 @@
+"""How rows of the silicon sample map to scenarios, or to the reason they cannot (exact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servesim.errors import InputError
+from servesim.validation.silicon import ClientOptions, inexpressible_reason, parse_row, read_rows, row_scenario
+
+BASE = {
+    "id": "r1", "backend": "vllm", "backend_version": "0.19.0", "model_path": "MiniMaxAI/MiniMax-M2.5",
+    "system": "b200_sxm", "precision": "fp8", "mode": "agg", "isl": "1024", "osl": "256", "gemm_quant_mode": "fp8",
+    "moe_quant_mode": "fp8", "batch_size": "64", "tp_size": "4", "pp_size": "1", "attention_dp_size": "1",
+    "moe_tp_size": "1", "moe_ep_size": "4", "silicon_ttft_ms": "120.5", "silicon_tpot_ms": "12.25", "concurrency": "64",
+}
+
+
+def row(**changes):
+    return parse_row({**BASE, **changes})
+
+
+def test_row_maps_to_closed_loop_scenario():
+    s = row_scenario(row(), ClientOptions(requests_per_user=4, warmup_per_user=1, ramp_up_s=2.0), calibration=None)
+    assert (s.model, s.gpu, s.tp, s.dtype) == ("MiniMaxAI/MiniMax-M2.5", "b200", 4, "fp8")
+    assert s.perf.engine == "vllm" and s.perf.expert_parallel is True
+    assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm@b200"
+    a = s.workload.arrival
+    assert (a.process, a.users, a.think_time_s, a.ramp_up_s, a.warmup_requests) == ("closed", 64, 0.0, 2.0, 64)
+    assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == (1024, 256)
+    assert s.workload.num_requests == 64 + 256
+    assert s.engine.max_num_seqs == 64 and s.engine.enable_prefix_caching is False
+
+
+def test_measured_values_in_seconds():
+    r = row()
+    assert (r.ttft_s, r.tpot_s) == (pytest.approx(0.1205), pytest.approx(0.01225))
+
+
+def test_engines_and_dtypes():
+    assert row_scenario(row(backend="trtllm"), calibration=None).scheduler.name == "vllm"
+    assert row_scenario(row(backend="sglang"), calibration=None).scheduler.name == "sglang"
+    assert row_scenario(row(gemm_quant_mode="nvfp4"), calibration=None).dtype == "fp4"
+    # no FP4 tensor cores on Hopper: the 4-bit checkpoint runs weight-only
+    assert row_scenario(row(gemm_quant_mode="nvfp4", system="h200_sxm"), calibration=None).dtype == "int4"
+    assert row_scenario(row(gemm_quant_mode="", moe_tp_size="4", moe_ep_size="1"), calibration=None).dtype == "bf16"
+    dense = row(model_path="meta-llama/Llama-3.1-8B-Instruct", system="h100_sxm", tp_size="2", moe_tp_size="0", moe_ep_size="0")
+    assert inexpressible_reason(dense) is None
+    assert row_scenario(dense, calibration=None).perf.expert_parallel is False
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"mode": "disagg"}, "not expressible yet: disaggregated (needs issue 10)"),
+    ({"attention_dp_size": "4"}, "attention data parallelism is not modelled"),
+    ({"tp_size": "64"}, "tp 64 spans several nodes: multi-node replicas are not modelled"),
+    ({"moe_tp_size": "2", "moe_ep_size": "2"}, "mixed MoE TP 2 x EP 2 is not modelled (only all-TP or all-EP)"),
+    ({"moe_tp_size": "1", "moe_ep_size": "2"}, "MoE TP 1 x EP 2 does not cover tp 4"),
+    ({"concurrency": ""}, "the client concurrency is not recorded"),
+    ({"system": "gb300"}, "GPU gb300 is not in the catalogue"),
+    ({"pp_size": "2"}, "pipeline parallelism in the measured file is not mapped"),
+])
+def test_inexpressible_reasons(changes, reason):
+    assert inexpressible_reason(row(**changes)) == reason
+
+
+def test_unknown_model_reason_names_the_catalogue():
+    assert inexpressible_reason(row(model_path="acme/unknown-7b")).startswith("unknown model 'acme/unknown-7b'; allowed: ")
+
+
+def test_read_rows_errors(tmp_path: Path):
+    with pytest.raises(InputError, match="not found"):
+        read_rows(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,backend\nx,vllm\n")
+    with pytest.raises(InputError, match="missing column 'backend_version'"):
+        read_rows(bad)
+    broken = tmp_path / "broken.csv"
+    broken.write_text(",".join(BASE) + "\n" + ",".join({**BASE, "isl": "many"}.values()) + "\n")
+    with pytest.raises(InputError, match=r"broken.csv:2: bad value"):
+        read_rows(broken)
+
+
+def test_frontend_profile_falls_back_to_the_engine():
+    from servesim.replica.frontend import FrontendConfig
+
+    assert row_scenario(row(system="h200_sxm"), calibration=None).frontend.profile == "vllm@h200"
+    assert row_scenario(row(), ClientOptions(frontend=False), calibration=None).frontend.profile == "none"
+    # the per-system profile overrides the engine's constants
+    assert FrontendConfig(profile="vllm@h200").constants() != FrontendConfig(profile="sglang").constants()

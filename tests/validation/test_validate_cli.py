@@ -1,0 +1,46 @@
+"""`servesim validate`: table, per-row CSV, docs block; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from servesim.cli import app
+from tests.validation.test_silicon_mapping import BASE
+
+
+def _file(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "silicon.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(BASE))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_validate_prints_groups_and_reasons(tmp_path: Path):
+    rows = [{**BASE, "id": "a", "concurrency": "4", "batch_size": "4"}, {**BASE, "id": "b", "mode": "disagg"}]
+    docs = tmp_path / "fidelity.md"
+    docs.write_text("# x\n<!-- fidelity:begin -->\nold\n<!-- fidelity:end -->\nend\n")
+    out = tmp_path / "rows.csv"
+    res = CliRunner().invoke(app, ["validate", "--measured", str(_file(tmp_path, rows)), "-o", str(out), "--docs", str(docs)])
+    assert res.exit_code == 0, res.output
+    assert "Simulated rows: 1 of 2." in res.output
+    assert "| vllm b200_sxm | 1 |" in res.output and "| **all** | 1 |" in res.output
+    assert "| 1 | not expressible yet: disaggregated (needs issue 10) |" in res.output
+    table = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in table] == ["a"] and float(table[0]["measured_ttft_ms"]) == 120.5
+    text = docs.read_text()
+    assert "old" not in text and "| **all** | 1 |" in text and text.endswith("end\n")
+
+
+def test_validate_bad_input_is_one_line(tmp_path: Path):
+    res = CliRunner().invoke(app, ["validate", "--measured", str(tmp_path / "none.csv")])
+    assert res.exit_code == 2
+    assert "not found" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id\n1\n")
+    res = CliRunner().invoke(app, ["validate", "--measured", str(bad)])
+    assert res.exit_code == 2 and "missing column 'backend'" in res.output
