@@ -14,9 +14,11 @@ import numpy as np
 from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
+from servesim.cluster.scaling import build_controller
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
+from servesim.metrics.elastic import elastic_section, elastic_timeseries
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
@@ -24,7 +26,7 @@ from servesim.metrics.timeseries import timeseries
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
-from servesim.replica.replica import Replica
+from servesim.replica.replica import STOPPED, Replica
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
 from servesim.workload.request import Request, RequestState
@@ -51,6 +53,8 @@ class Result:
     # requests' token_steps index it (with one replica, the replica's own log).
     replicas: list[ReplicaRecord] | None = None
     cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
+    scale_events: list | None = None  # every autoscaler decision (ScaleEvent), when the scenario scales
+    elastic: dict | None = None  # cold starts, prices and power constants for the `elastic` summary section
 
     @cached_property
     def columns(self) -> RequestColumns:
@@ -84,12 +88,17 @@ class Result:
         if self.cluster is not None:
             out["cluster"] = cluster_section(self.replicas, self.cluster, np.array([r.replica for r in self.requests]),
                                              cols, self.steps.end_s)
+        if self.elastic is not None:
+            out["elastic"] = elastic_section(self.replicas, self.elastic, cols, self.scale_events, self.scenario.slo)
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
         cols = self.columns
         logs = [r.steps for r in self.replicas] if self.replicas and len(self.replicas) > 1 else [self.steps]
-        return timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
+        ts = timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
+        if self.elastic is not None:
+            ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"]))
+        return ts
 
 
 def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
@@ -103,11 +112,16 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     workload = build_workload(scenario.workload, workload_seed)
     until_s = scenario.max_sim_time_s or float("inf")
     n = sum(p.replicas for p in pools)
+    auto = scenario.autoscaler
+    scaled = next(p for p in pools if p.name == (auto.pool or pools[0].name)) if auto else None
+    extra = max(0, auto.max_replicas - scaled.replicas) if auto else 0  # stopped until scaled up
+    n += extra
     router_cls = get_router(scenario.router.name)
     router = router_cls(scenario.router.params(), n, np.random.default_rng(router_seed))
     # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
     # no follow-up requests, and no router that tracks completions itself.
-    defer = not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
+    defer = not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete) \
+        and auto is None  # a draining replica stops at its last finish
     expected = workload.expected_num_requests
     done = 0
     pending = 0  # arrivals scheduled and not yet arrived (random failures stop when the run is over)
@@ -128,8 +142,19 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         for _ in range(pool.replicas):
             replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)]))
             models.append(pool.model)
+    for _ in range(extra):  # after every pool, so fixed replicas keep their indices
+        replicas.append(_replica(len(replicas), scaled, loop, cluster, until_s, defer, seeds[len(replicas)]))
+        replicas[-1].set_state(0.0, STOPPED)
+        models.append(scaled.model)
     cluster.index_models()
-    _schedule_faults(scenario, pools, cluster, fault_seed, lambda: pending > 0 or cluster.num_outstanding > 0)
+    active = lambda: pending > 0 or cluster.num_outstanding > 0  # noqa: E731
+    _schedule_faults(scenario, pools, cluster, fault_seed, active)
+    controller = None
+    if auto:
+        first = sum(p.replicas for p in pools[:pools.index(scaled)])
+        indices = list(range(first, first + scaled.replicas)) + list(range(n - extra, n))
+        controller = build_controller(auto, scaled, cluster, loop, indices, active)
+        controller.start()
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
@@ -165,11 +190,15 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
+    cluster.fail_queued(loop.now_s)
     for r in replicas:
         r.engine.drain(loop.now_s)
     if progress:
         progress(done, expected, loop.now_s)
     result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
+    if controller is not None:
+        result.scale_events = controller.events
+        result.elastic = _elastic_info(scenario, pools, cluster, controller)
     check_invariants(result, [r.engine.kv for r in replicas])
     return result
 
@@ -215,12 +244,25 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
         steps, offsets = concat_step_logs([rec.steps for rec in records])
         _globalise_token_steps(cluster.requests, offsets)
     hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
-    many = len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
+    many = len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes) or scenario.autoscaler is not None
     info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
                   _swap_totals([r.engine for r in reps]), records, info)
+
+
+def _elastic_info(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, controller) -> dict:
+    """What the `elastic` summary section needs beyond the replica records: each replica's
+    lifecycle, GPUs, power constants and price, and the cold starts paid."""
+    by_name = {p.name: p for p in pools}
+    price = scenario.autoscaler.price_usd_h
+    per = []
+    for r in cluster.replicas:
+        gpu = by_name[r.pool].perf.gpu_spec
+        per.append({"lifecycle": list(r.lifecycle), "num_gpus": by_name[r.pool].tp, "gpu": gpu,
+                    "price_usd_h": gpu.price_usd_h if price is None else price})
+    return {"replicas": per, "cold_starts_s": list(controller.cold_starts_s), "autoscaler": scenario.autoscaler.name}
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

@@ -8,10 +8,11 @@ model is routed only to pools serving it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from servesim.cluster.coldstart import ColdStartConfig
 from servesim.errors import InputError
 
 _STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -96,3 +97,48 @@ class FaultsConfig(BaseModel):
 
     crashes: list[Crash] = []
     """Crashes at given times."""
+
+
+class AutoscalerConfig(BaseModel):
+    """Scale one pool with load: the policy by name with its parameters beside the name, the
+    bounds, the decision loop and the cold start a new replica pays."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    name: str = "hpa"
+    """Registered autoscaler name (see `servesim catalog autoscalers`)."""
+    pool: str | None = None
+    """Pool to scale (default: the first pool, or the top-level replicas)."""
+    min_replicas: int = Field(1, ge=0)
+    """Fewest replicas (0 = scale to zero: requests wait at the cluster for a cold start)."""
+    max_replicas: int = Field(4, ge=1)
+    """Most replicas."""
+    interval_s: float | None = Field(None, gt=0)
+    """Decision interval; default: the policy's reference value (HPA 15 s, KPA 2 s, ...)."""
+    scrape_delay_s: float = Field(0.0, ge=0)
+    """Age of the metrics a decision sees (scrape interval plus pipeline lag)."""
+    scale_down: Literal["drain", "evict"] = "drain"
+    """drain: the replica takes no new request and finishes what it holds; evict: its
+    requests are recomputed elsewhere at once (the crash path, without the failure)."""
+    cold_start: ColdStartConfig = ColdStartConfig()
+    """Time a new replica takes to serve, part by part."""
+    price_usd_h: float | None = Field(None, ge=0)
+    """Price per GPU-hour for the cost report; default: the GPU catalogue's dated price."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "AutoscalerConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        self.params()
+        return self
+
+    def params(self):
+        from servesim.cluster.autoscalers import get_autoscaler
+        from servesim.scenario import _one_line
+
+        cls = get_autoscaler(self.name)
+        extra = {k: v for k, v in (self.model_extra or {}).items()}
+        try:
+            return cls.Params(**extra)
+        except ValidationError as e:
+            raise InputError(_one_line(e, prefix="autoscaler.", allowed_from=cls.Params)) from None

@@ -1,0 +1,79 @@
+"""The `elastic` summary section and time-series columns: replicas over time, GPU-hours,
+energy, cost and the autoscaler's decisions (pure)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.cluster.power import cost_usd, gpu_power_w, replica_energy_j, step_power_w, up_intervals
+from servesim.metrics.summary import FINISHED, RequestColumns
+
+
+def _end_s(records, cols: RequestColumns) -> float:
+    ends = [float(r.steps.end_s[-1]) for r in records if len(r.steps)]
+    fin = cols.finish_s[np.isfinite(cols.finish_s)]
+    return max(ends + ([float(fin.max())] if len(fin) else []) + [0.0])
+
+
+def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> dict:
+    """GPU-hours, energy (per request and per output token), cost ($ per million output
+    tokens, $ per request meeting its SLO), scale events and cold starts."""
+    end = _end_s(records, cols)
+    gpu_h = energy_j = cost = ready_s = 0.0
+    for rec, rep in zip(records, info["replicas"]):
+        up_s = sum(b - a for a, b in up_intervals(rep["lifecycle"], end))
+        gpu_h += up_s * rep["num_gpus"] / 3600
+        energy_j += replica_energy_j(rec.steps, up_s, gpu_power_w(rep["gpu"]), rep["num_gpus"])
+        cost += cost_usd(up_s * rep["num_gpus"] / 3600, rep["price_usd_h"])
+        ready_s += up_s
+    done = cols.state == FINISHED
+    out_tokens = int(cols.num_output_tokens.sum())
+    ok = done.copy()
+    if slo.ttft_s is not None:
+        ok &= (cols.first_token_s - cols.arrival_s) <= slo.ttft_s
+    if slo.tpot_s is not None:
+        tpot = (cols.finish_s - cols.first_token_s) / np.maximum(cols.num_output_tokens - 1, 1)
+        ok &= (cols.num_output_tokens <= 1) | (tpot <= slo.tpot_s)
+    n_ok = int(ok.sum())
+    starts = info["cold_starts_s"]
+    return {
+        "autoscaler": info["autoscaler"],
+        "gpu_hours": gpu_h,
+        "mean_replicas_up": ready_s / end if end > 0 else 0.0,
+        "energy_kwh": energy_j / 3.6e6,
+        "mean_power_w": energy_j / end if end > 0 else 0.0,
+        "energy_per_request_j": energy_j / int(done.sum()) if done.any() else None,
+        "energy_per_output_token_j": energy_j / out_tokens if out_tokens else None,
+        "cost_usd": cost,
+        "usd_per_million_output_tokens": cost / out_tokens * 1e6 if out_tokens else None,
+        "usd_per_slo_request": cost / n_ok if n_ok else None,
+        "num_slo_requests": n_ok,
+        "num_decisions": len(events),
+        "num_scale_ups": sum(e.action == "up" for e in events),
+        "num_scale_downs": sum(e.action == "down" for e in events),
+        "num_cold_starts": len(starts),
+        "cold_start_s": float(np.mean(starts)) if starts else 0.0,
+        "cold_start_total_s": float(np.sum(starts)),
+    }
+
+
+def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.ndarray) -> dict[str, np.ndarray]:
+    """Per interval: replicas up (time-weighted), power draw (W, all GPUs) and cost ($)."""
+    edges = np.append(time_s, time_s[-1] + interval_s[-1]) if len(time_s) else np.zeros(1)
+    up = np.zeros(len(time_s))
+    energy = np.zeros(len(time_s))
+    cost = np.zeros(len(time_s))
+    for rec, rep in zip(records, info["replicas"]):
+        power = gpu_power_w(rep["gpu"])
+        g = rep["num_gpus"]
+        for a, b in up_intervals(rep["lifecycle"], float(edges[-1])):
+            share = np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0.0, None)
+            up += share
+            energy += share * power[0] * g
+            cost += share * g / 3600 * rep["price_usd_h"]
+        s = rec.steps
+        if len(s):
+            idx = np.minimum(np.searchsorted(edges, s.start_s, side="right") - 1, len(time_s) - 1)
+            excess = (step_power_w(s, power) - power[0]) * (s.end_s - s.start_s) * g
+            energy += np.bincount(idx, weights=excess, minlength=len(time_s))[:len(time_s)]
+    return {"num_replicas": up / interval_s, "power_w": energy / interval_s, "cost_usd": cost}
