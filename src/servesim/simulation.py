@@ -18,7 +18,7 @@ from servesim.cluster.scaling import build_controller
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
-from servesim.metrics.elastic import elastic_section, elastic_timeseries
+from servesim.metrics.elastic import elastic_section, elastic_timeseries, run_end_s
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
@@ -97,7 +97,8 @@ class Result:
         logs = [r.steps for r in self.replicas] if self.replicas and len(self.replicas) > 1 else [self.steps]
         ts = timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
         if self.elastic is not None:
-            ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"]))
+            ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
+                                         run_end_s(self.replicas, cols)))
         return ts
 
 

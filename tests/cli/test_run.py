@@ -70,6 +70,10 @@ BAD = {
     "unknown model": ("model: llama-9\n", "llama-3.1-8b"),
     "unknown gpu": ("gpu: h800\n", "h100-sxm"),
     "unknown scheduler": ("scheduler: {name: magic}\n", "unknown scheduler 'magic'; allowed: andes"),
+    "negative cold start": ("autoscaler: {name: kpa, cold_start: {engine_start_s: -5}}\n", "engine_start_s"),
+    "min above max replicas": ("autoscaler: {name: hpa, min_replicas: 5, max_replicas: 2}\n",
+                               "min_replicas (5) is above max_replicas (2)"),
+    "unknown autoscaler": ("autoscaler: {name: magic}\n", "unknown autoscaler 'magic'; allowed: aibrix-apa"),
 }
 
 

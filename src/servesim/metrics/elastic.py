@@ -9,7 +9,7 @@ from servesim.cluster.power import cost_usd, gpu_power_w, replica_energy_j, step
 from servesim.metrics.summary import FINISHED, RequestColumns
 
 
-def _end_s(records, cols: RequestColumns) -> float:
+def run_end_s(records, cols: RequestColumns) -> float:
     ends = [float(r.steps.end_s[-1]) for r in records if len(r.steps)]
     fin = cols.finish_s[np.isfinite(cols.finish_s)]
     return max(ends + ([float(fin.max())] if len(fin) else []) + [0.0])
@@ -18,7 +18,7 @@ def _end_s(records, cols: RequestColumns) -> float:
 def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> dict:
     """GPU-hours, energy (per request and per output token), cost ($ per million output
     tokens, $ per request meeting its SLO), scale events and cold starts."""
-    end = _end_s(records, cols)
+    end = run_end_s(records, cols)
     gpu_h = energy_j = cost = ready_s = 0.0
     for rec, rep in zip(records, info["replicas"]):
         up_s = sum(b - a for a, b in up_intervals(rep["lifecycle"], end))
@@ -57,8 +57,10 @@ def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> d
     }
 
 
-def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.ndarray) -> dict[str, np.ndarray]:
-    """Per interval: replicas up (time-weighted), power draw (W, all GPUs) and cost ($)."""
+def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.ndarray,
+                       end_s: float) -> dict[str, np.ndarray]:
+    """Per interval: replicas up (time-weighted), power draw (W, all GPUs) and cost ($), up to
+    the end of the run (as the summary counts them)."""
     edges = np.append(time_s, time_s[-1] + interval_s[-1]) if len(time_s) else np.zeros(1)
     up = np.zeros(len(time_s))
     energy = np.zeros(len(time_s))
@@ -66,7 +68,7 @@ def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.n
     for rec, rep in zip(records, info["replicas"]):
         power = gpu_power_w(rep["gpu"])
         g = rep["num_gpus"]
-        for a, b in up_intervals(rep["lifecycle"], float(edges[-1])):
+        for a, b in up_intervals(rep["lifecycle"], end_s):
             share = np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0.0, None)
             up += share
             energy += share * power[0] * g
