@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from servesim.cluster.config import AutoscalerConfig, FaultsConfig, PoolConfig, RouterConfig
+from servesim.cluster.config import AutoscalerConfig, FaultsConfig, PoolConfig, PowerConfig, RouterConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
 from servesim.replica.config import EngineConfig
@@ -108,6 +108,8 @@ class Scenario(BaseModel):
     autoscaler: AutoscalerConfig | None = None
     """Scale a pool with load (replicas start with a cold start and drain to stop); unset:
     a fixed cluster. See docs/elastic.md."""
+    power: PowerConfig | None = None
+    """GPU power caps and POLCA row power management; adds energy and cost reports."""
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":

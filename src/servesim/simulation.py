@@ -14,6 +14,7 @@ import numpy as np
 from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
+from servesim.cluster.polca import PowerManager
 from servesim.cluster.scaling import build_controller
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
@@ -156,6 +157,10 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         indices = list(range(first, first + scaled.replicas)) + list(range(n - extra, n))
         controller = build_controller(auto, scaled, cluster, loop, indices, active)
         controller.start()
+    power = None
+    if scenario.power is not None:
+        power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
+        power.start()
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
@@ -199,7 +204,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
     if controller is not None:
         result.scale_events = controller.events
-        result.elastic = _elastic_info(scenario, pools, cluster, controller)
+    if controller is not None or power is not None:
+        result.elastic = _elastic_info(scenario, pools, cluster, controller, power)
     check_invariants(result, [r.engine.kv for r in replicas])
     return result
 
@@ -245,7 +251,7 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
         steps, offsets = concat_step_logs([rec.steps for rec in records])
         _globalise_token_steps(cluster.requests, offsets)
     hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
-    many = len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes) or scenario.autoscaler is not None
+    many = len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes) or scenario.autoscaler is not None or scenario.power is not None
     info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
@@ -253,17 +259,24 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
                   _swap_totals([r.engine for r in reps]), records, info)
 
 
-def _elastic_info(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, controller) -> dict:
+def _elastic_info(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, controller, power) -> dict:
     """What the `elastic` summary section needs beyond the replica records: each replica's
-    lifecycle, GPUs, power constants and price, and the cold starts paid."""
+    lifecycle, GPUs, power constants, clock changes and price, and the cold starts paid."""
     by_name = {p.name: p for p in pools}
-    price = scenario.autoscaler.price_usd_h
+    price = next((c.price_usd_h for c in (scenario.autoscaler, scenario.power) if c and c.price_usd_h is not None), None)
     per = []
     for r in cluster.replicas:
         gpu = by_name[r.pool].perf.gpu_spec
         per.append({"lifecycle": list(r.lifecycle), "num_gpus": by_name[r.pool].tp, "gpu": gpu,
-                    "price_usd_h": gpu.price_usd_h if price is None else price})
-    return {"replicas": per, "cold_starts_s": list(controller.cold_starts_s), "autoscaler": scenario.autoscaler.name}
+                    "price_usd_h": gpu.price_usd_h if price is None else price,
+                    "clock_log": power.clock_logs[r.index] if power else []})
+    info = {"replicas": per, "cold_starts_s": list(controller.cold_starts_s) if controller else [],
+            "autoscaler": scenario.autoscaler.name if controller else None,
+            "gamma": scenario.power.frequency_exponent if power else 2.5}
+    if power is not None and scenario.power.row_power_budget_w is not None:
+        info["num_throttle_events"] = power.num_throttle_events
+        info["max_row_power_w"] = max((w for _, w in power.row_w), default=0.0)
+    return info
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

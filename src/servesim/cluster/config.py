@@ -142,3 +142,40 @@ class AutoscalerConfig(BaseModel):
             return cls.Params(**extra)
         except ValidationError as e:
             raise InputError(_one_line(e, prefix="autoscaler.", allowed_from=cls.Params)) from None
+
+
+class PowerConfig(BaseModel):
+    """GPU power: a static cap per GPU, and POLCA-style row power management (a budget for
+    all servers, with clock caps when the row draws too much). Setting this section adds
+    the `elastic` summary section (energy, GPU-hours, cost) and power columns."""
+
+    model_config = _STRICT
+
+    gpu_power_cap_w: float | None = Field(None, gt=0)
+    """Static power cap per GPU (nvidia-smi -pl); the clock runs at the ratio whose peak power
+    meets it. Must lie between the GPU's idle power and its TDP."""
+    frequency_exponent: float = Field(2.5, ge=1, le=4)
+    """gamma in P = P_idle + (P_phase - P_idle) x f^gamma (voltage-frequency scaling, 2-3;
+    shared/specs/cluster.md §7.1)."""
+    row_power_budget_w: float | None = Field(None, gt=0)
+    """POLCA: provisioned power of the row (all replicas' GPUs); unset: no row management."""
+    control_period_s: float = Field(2.0, gt=0)
+    """POLCA: how often row power is read and caps are set."""
+    threshold_low: float = Field(0.85, gt=0, le=1)
+    """POLCA T1: above this share of the budget, lock clocks to `clock_low`."""
+    threshold_high: float = Field(0.95, gt=0, le=1.5)
+    """POLCA T2: above this share, brake every server to `clock_brake`."""
+    hysteresis: float = Field(0.05, ge=0, lt=1)
+    """Release caps only below (T1 - hysteresis) of the budget."""
+    clock_low: float = Field(0.8, gt=0, le=1)
+    """Clock ratio of the first capping level (placeholder to calibrate, as POLCA's thresholds)."""
+    clock_brake: float = Field(0.6, gt=0, le=1)
+    """Clock ratio of the power brake."""
+    price_usd_h: float | None = Field(None, ge=0)
+    """Price per GPU-hour for the cost report (default: the catalogue's dated price)."""
+
+    @model_validator(mode="after")
+    def _order(self) -> "PowerConfig":
+        if self.threshold_low >= self.threshold_high:
+            raise ValueError(f"threshold_low ({self.threshold_low}) must be below threshold_high ({self.threshold_high})")
+        return self

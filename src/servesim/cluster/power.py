@@ -43,18 +43,46 @@ def up_intervals(lifecycle: list[tuple[float, str]], end_s: float) -> list[tuple
     return [(a, min(b, end_s)) for a, b in out if min(b, end_s) > a]
 
 
-def step_power_w(steps: StepLog, power: tuple[float, float, float]) -> np.ndarray:
-    """Per-GPU power during each step (prefill power if the step ran prompt tokens)."""
-    _, prefill_w, decode_w = power
-    return np.where(steps.prefill_tokens > 0, prefill_w, decode_w)
+def step_power_w(steps: StepLog, power: tuple[float, float, float], clock_log: list[tuple[float, float]] = (),
+                 gamma: float = 2.5) -> np.ndarray:
+    """Per-GPU power during each step (prefill power if the step ran prompt tokens), at the
+    clock in force when the step started."""
+    idle, prefill_w, decode_w = power
+    phase = np.where(steps.prefill_tokens > 0, prefill_w, decode_w)
+    if not clock_log:
+        return phase
+    return idle + (phase - idle) * clock_at(list(clock_log), steps.start_s) ** gamma
 
 
-def replica_energy_j(steps: StepLog, up_s: float, power: tuple[float, float, float], num_gpus: int) -> float:
+def replica_energy_j(steps: StepLog, up_s: float, power: tuple[float, float, float], num_gpus: int,
+                     clock_log: list[tuple[float, float]] = (), gamma: float = 2.5) -> float:
     """Energy of one replica: idle power over its up time plus the excess of each step."""
     busy = steps.end_s - steps.start_s
-    excess = float(np.dot(step_power_w(steps, power) - power[0], busy))
+    excess = float(np.dot(step_power_w(steps, power, clock_log, gamma) - power[0], busy))
     return num_gpus * (power[0] * up_s + excess)
 
 
 def cost_usd(gpu_hours: float, price_usd_h: float) -> float:
     return gpu_hours * price_usd_h
+
+
+def power_at_clock_w(power: tuple[float, float, float], phase_w: float, ratio: float, gamma: float) -> float:
+    """Per-GPU power in a phase at clock `ratio`: idle + (phase - idle) x ratio^gamma."""
+    return power[0] + (phase_w - power[0]) * ratio ** gamma
+
+
+def clock_for_cap(power: tuple[float, float, float], cap_w: float, gamma: float) -> float:
+    """The clock ratio at which the peak (prefill) power meets `cap_w` (1 if it already does)."""
+    idle, peak = power[0], power[1]
+    if cap_w >= peak:
+        return 1.0
+    return ((cap_w - idle) / (peak - idle)) ** (1.0 / gamma)
+
+
+def clock_at(clock_log: list[tuple[float, float]], times_s: np.ndarray) -> np.ndarray:
+    """The clock ratio in force at each time, from a log of (time, ratio) changes (1 before any)."""
+    if not clock_log:
+        return np.ones(len(times_s))
+    t = np.array([c[0] for c in clock_log])
+    r = np.concatenate(([1.0], [c[1] for c in clock_log]))
+    return r[np.searchsorted(t, times_s, side="right")]

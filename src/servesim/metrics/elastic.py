@@ -23,7 +23,8 @@ def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> d
     for rec, rep in zip(records, info["replicas"]):
         up_s = sum(b - a for a, b in up_intervals(rep["lifecycle"], end))
         gpu_h += up_s * rep["num_gpus"] / 3600
-        energy_j += replica_energy_j(rec.steps, up_s, gpu_power_w(rep["gpu"]), rep["num_gpus"])
+        energy_j += replica_energy_j(rec.steps, up_s, gpu_power_w(rep["gpu"]), rep["num_gpus"], rep["clock_log"],
+                                     info["gamma"])
         cost += cost_usd(up_s * rep["num_gpus"] / 3600, rep["price_usd_h"])
         ready_s += up_s
     done = cols.state == FINISHED
@@ -36,6 +37,8 @@ def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> d
         ok &= (cols.num_output_tokens <= 1) | (tpot <= slo.tpot_s)
     n_ok = int(ok.sum())
     starts = info["cold_starts_s"]
+    events = events or []
+    extra = {k: info[k] for k in ("num_throttle_events", "max_row_power_w") if k in info}
     return {
         "autoscaler": info["autoscaler"],
         "gpu_hours": gpu_h,
@@ -54,6 +57,7 @@ def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> d
         "num_cold_starts": len(starts),
         "cold_start_s": float(np.mean(starts)) if starts else 0.0,
         "cold_start_total_s": float(np.sum(starts)),
+        **extra,
     }
 
 
@@ -76,6 +80,6 @@ def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.n
         s = rec.steps
         if len(s):
             idx = np.minimum(np.searchsorted(edges, s.start_s, side="right") - 1, len(time_s) - 1)
-            excess = (step_power_w(s, power) - power[0]) * (s.end_s - s.start_s) * g
+            excess = (step_power_w(s, power, rep["clock_log"], info["gamma"]) - power[0]) * (s.end_s - s.start_s) * g
             energy += np.bincount(idx, weights=excess, minlength=len(time_s))[:len(time_s)]
     return {"num_replicas": up / interval_s, "power_w": energy / interval_s, "cost_usd": cost}
