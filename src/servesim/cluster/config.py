@@ -161,6 +161,9 @@ class PowerConfig(BaseModel):
     """POLCA: provisioned power of the row (all replicas' GPUs); unset: no row management."""
     control_period_s: float = Field(2.0, gt=0)
     """POLCA: how often row power is read and caps are set."""
+    telemetry_window_s: float = Field(10.0, gt=0)
+    """POLCA: the row meter averages the readings of this long a window (power telemetry is
+    averaged, not instantaneous; our choice, a parameter)."""
     threshold_low: float = Field(0.85, gt=0, le=1)
     """POLCA T1: above this share of the budget, lock clocks to `clock_low`."""
     threshold_high: float = Field(0.95, gt=0, le=1.5)
