@@ -73,6 +73,7 @@ BAD = {
     "negative cold start": ("autoscaler: {name: kpa, cold_start: {engine_start_s: -5}}\n", "engine_start_s"),
     "min above max replicas": ("autoscaler: {name: hpa, min_replicas: 5, max_replicas: 2}\n",
                                "min_replicas (5) is above max_replicas (2)"),
+    "power cap below idle": ("power: {gpu_power_cap_w: 50}\n", "50 W is not above the idle power of h100-sxm (75 W)"),
     "unknown autoscaler": ("autoscaler: {name: magic}\n", "unknown autoscaler 'magic'; allowed: aibrix-apa"),
 }
 
