@@ -28,6 +28,7 @@ REQUEST_TEXT_COLUMNS = ("tenant", "slo_class", "state")
 TIMESERIES_COLUMNS = (
     "time_s", "interval_s", "arrivals", "finished", "prompt_tokens", "output_tokens",
     "num_running", "num_waiting", "kv_usage",
+    "num_replicas", "power_w", "cost_usd",  # elastic runs only
 )
 
 
