@@ -65,3 +65,25 @@ def test_clock_changes_keep_fast_forward_exact():
     assert fast.num_fast_forwarded_steps > 0
     for a, b in zip(fast.replicas, slow.replicas):
         assert np.array_equal(a.steps.end_s, b.steps.end_s)
+
+
+def test_scale_to_zero_queues_arrivals_until_a_cold_start_ends():
+    # the trace is idle from ~60 s to ~180 s: KPA gives the last replica back after its
+    # stable window + grace, and the burst waits at the cluster for a cold start
+    r = _azure(["autoscaler.name=kpa", "autoscaler.min_replicas=0", "autoscaler.stable_window_s=10",
+                "autoscaler.container_concurrency_target_default=10"])
+    assert any(e.desired == 0 and e.num_ready == 1 for e in r.scale_events)  # scaled to zero
+    waited = [e for e in r.scale_events if e.num_ready == 0 and e.num_queued > 0]
+    assert waited  # requests were held at the cluster with no replica ready
+    assert all(q.state.name == "FINISHED" for q in r.requests)
+    cold_s = r.summary()["elastic"]["cold_start_s"]
+    first = min((q for q in r.requests if q.arrival_s > waited[0].time_s - 2.0), key=lambda q: q.arrival_s)
+    assert first.first_token_s - first.arrival_s >= cold_s - 2.0  # it paid (most of) a cold start
+
+
+def test_scrape_delay_postpones_the_reaction():
+    base = ["autoscaler.name=kpa", "autoscaler.container_concurrency_target_default=10"]
+    now = _azure(base)
+    late = _azure(base + ["autoscaler.scrape_delay_s=10"])
+    first = [next(e.time_s for e in r.scale_events if e.action == "up") for r in (now, late)]
+    assert first[1] == first[0] + 10  # the same decision, made on metrics 10 s old

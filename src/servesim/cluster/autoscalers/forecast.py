@@ -33,7 +33,8 @@ class Forecast(Autoscaler):
 
     def desired(self, now_s, samples, current):
         p: ForecastParams = self.params
-        rate, isl, osl = _window(samples, now_s - p.window_s, now_s)
+        seen_s = samples[-1].time_s  # the newest metrics (they lag by the scrape delay)
+        rate, isl, osl = _window(samples, seen_s - p.window_s, seen_s)
         if p.season_s:
             start = now_s + self.capacity.cold_start_s - p.season_s
             if samples[0].time_s - samples[0].window_s <= start:

@@ -51,8 +51,9 @@ class KPA(Autoscaler):
         p: KPAParams = self.params
         target = p.container_concurrency_target_default * p.container_concurrency_target_percentage / 100
         panic_window_s = p.stable_window_s * p.panic_window_percentage / 100
-        stable = _mean(window(samples, now_s, p.stable_window_s))
-        panic = _mean(window(samples, now_s, panic_window_s))
+        seen_s = samples[-1].time_s  # windows end at the newest metrics (they lag by the scrape delay)
+        stable = _mean(window(samples, seen_s, p.stable_window_s))
+        panic = _mean(window(samples, seen_s, panic_window_s))
         ready = samples[-1].num_ready
         d_stable, d_panic = ceil_div(stable, target), ceil_div(panic, target)
         if ready > 0:  # at zero the activator scales from zero, unclamped
