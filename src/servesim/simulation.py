@@ -15,11 +15,11 @@ from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
 from servesim.cluster.polca import PowerManager
-from servesim.cluster.scaling import build_controller
+from servesim.cluster.scaling import build_controller, scaled_pool
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
-from servesim.metrics.elastic import elastic_section, elastic_timeseries, run_end_s
+from servesim.metrics.elastic import elastic_info, elastic_section, elastic_timeseries, run_end_s
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
@@ -115,8 +115,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     until_s = scenario.max_sim_time_s or float("inf")
     n = sum(p.replicas for p in pools)
     auto = scenario.autoscaler
-    scaled = next(p for p in pools if p.name == (auto.pool or pools[0].name)) if auto else None
-    extra = max(0, auto.max_replicas - scaled.replicas) if auto else 0  # stopped until scaled up
+    scaled, extra = scaled_pool(auto, pools)  # extra replicas stay stopped until scaled up
     n += extra
     router_cls = get_router(scenario.router.name)
     router = router_cls(scenario.router.params(), n, np.random.default_rng(router_seed))
@@ -205,7 +204,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     if controller is not None:
         result.scale_events = controller.events
     if controller is not None or power is not None:
-        result.elastic = _elastic_info(scenario, pools, cluster, controller, power)
+        result.elastic = elastic_info(scenario, pools, cluster.replicas, controller, power)
     check_invariants(result, [r.engine.kv for r in replicas])
     return result
 
@@ -251,32 +250,13 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
         steps, offsets = concat_step_logs([rec.steps for rec in records])
         _globalise_token_steps(cluster.requests, offsets)
     hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
-    many = len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes) or scenario.autoscaler is not None or scenario.power is not None
+    many = (len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
+            or scenario.autoscaler is not None or scenario.power is not None)
     info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
                   _swap_totals([r.engine for r in reps]), records, info)
-
-
-def _elastic_info(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, controller, power) -> dict:
-    """What the `elastic` summary section needs beyond the replica records: each replica's
-    lifecycle, GPUs, power constants, clock changes and price, and the cold starts paid."""
-    by_name = {p.name: p for p in pools}
-    price = next((c.price_usd_h for c in (scenario.autoscaler, scenario.power) if c and c.price_usd_h is not None), None)
-    per = []
-    for r in cluster.replicas:
-        gpu = by_name[r.pool].perf.gpu_spec
-        per.append({"lifecycle": list(r.lifecycle), "num_gpus": by_name[r.pool].tp, "gpu": gpu,
-                    "price_usd_h": gpu.price_usd_h if price is None else price,
-                    "clock_log": power.clock_logs[r.index] if power else []})
-    info = {"replicas": per, "cold_starts_s": list(controller.cold_starts_s) if controller else [],
-            "autoscaler": scenario.autoscaler.name if controller else None,
-            "gamma": scenario.power.frequency_exponent if power else 2.5}
-    if power is not None and scenario.power.row_power_budget_w is not None:
-        info["num_throttle_events"] = power.num_throttle_events
-        info["max_row_power_w"] = max((w for _, w in power.row_w), default=0.0)
-    return info
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

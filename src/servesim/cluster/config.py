@@ -180,5 +180,6 @@ class PowerConfig(BaseModel):
     @model_validator(mode="after")
     def _order(self) -> "PowerConfig":
         if self.threshold_low >= self.threshold_high:
-            raise ValueError(f"threshold_low ({self.threshold_low}) must be below threshold_high ({self.threshold_high})")
+            raise ValueError(f"threshold_low ({self.threshold_low}) must be below "
+                             f"threshold_high ({self.threshold_high})")
         return self

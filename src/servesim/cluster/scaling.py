@@ -175,3 +175,11 @@ def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventL
     cls = get_autoscaler(cfg.name)
     scaler = cls(cfg.params(), pool_capacity(pool, sum(phases.values())), cfg.min_replicas, cfg.max_replicas)
     return ScaleController(cfg, scaler, cluster, loop, indices, phases, active)
+
+
+def scaled_pool(cfg: AutoscalerConfig | None, pools: list) -> tuple[object | None, int]:
+    """The pool the autoscaler scales and how many replicas it may add to its initial count."""
+    if cfg is None:
+        return None, 0
+    pool = next(p for p in pools if p.name == (cfg.pool or pools[0].name))
+    return pool, max(0, cfg.max_replicas - pool.replicas)

@@ -83,3 +83,24 @@ def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.n
             excess = (step_power_w(s, power, rep["clock_log"], info["gamma"]) - power[0]) * (s.end_s - s.start_s) * g
             energy += np.bincount(idx, weights=excess, minlength=len(time_s))[:len(time_s)]
     return {"num_replicas": up / interval_s, "power_w": energy / interval_s, "cost_usd": cost}
+
+
+def elastic_info(scenario, pools, replicas, controller, power) -> dict:
+    """What the `elastic` summary section needs beyond the replica records: each replica's
+    lifecycle, GPUs, power constants, clock changes and price, and the cold starts paid."""
+    by_name = {p.name: p for p in pools}
+    prices = [c.price_usd_h for c in (scenario.autoscaler, scenario.power) if c and c.price_usd_h is not None]
+    price = prices[0] if prices else None
+    per = []
+    for r in replicas:
+        gpu = by_name[r.pool].perf.gpu_spec
+        per.append({"lifecycle": list(r.lifecycle), "num_gpus": by_name[r.pool].tp, "gpu": gpu,
+                    "price_usd_h": gpu.price_usd_h if price is None else price,
+                    "clock_log": power.clock_logs[r.index] if power else []})
+    info = {"replicas": per, "cold_starts_s": list(controller.cold_starts_s) if controller else [],
+            "autoscaler": scenario.autoscaler.name if controller else None,
+            "gamma": scenario.power.frequency_exponent if power else 2.5}
+    if power is not None and scenario.power.row_power_budget_w is not None:
+        info["num_throttle_events"] = power.num_throttle_events
+        info["max_row_power_w"] = max((w for _, w in power.row_w), default=0.0)
+    return info
