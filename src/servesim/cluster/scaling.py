@@ -70,6 +70,9 @@ class ScaleController:
     def _tick(self, now_s: float, _) -> None:
         if not self.active():
             return  # the run is over: no more decisions
+        for r in self.replicas:  # a draining replica emptied by a crash has no last finish to stop at
+            if r.state == DRAINING and r.num_outstanding == 0:
+                r.set_state(now_s, STOPPED)
         self.samples.append(self._scrape(now_s))
         visible = [s for s in self.samples if s.time_s <= now_s - self.cfg.scrape_delay_s]
         if visible:
