@@ -20,6 +20,9 @@ import yaml
 from servesim.errors import InputError
 from servesim.metrics.summary import STATE_NAMES
 from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
+
+SCALE_EVENT_COLUMNS = ("time_s", "num_ready", "num_starting", "num_draining", "num_queued", "metric", "desired",
+                       "action", "delta")
 from servesim.simulation import Result
 
 REQUEST_COLUMNS = ("id", "tenant", "priority", "slo_class", "is_offline", "session_id", "program_id", "arrival_s",
@@ -142,8 +145,14 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
     ts = result.timeseries()
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(TS_COLUMNS)
-        w.writerows(zip(*[[_cell(float(x)) for x in ts[c]] for c in TS_COLUMNS]))
+        names = list(TS_COLUMNS) + [c for c in ts if c not in TS_COLUMNS]  # + elastic columns when scaling
+        w.writerow(names)
+        w.writerows(zip(*[[_cell(float(x)) for x in ts[c]] for c in names]))
+    if result.scale_events is not None:
+        with open(folder / "scale_events.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(SCALE_EVENT_COLUMNS)
+            w.writerows([_cell(getattr(e, c)) for c in SCALE_EVENT_COLUMNS] for e in result.scale_events)
 
 
 def _write_parquet(result: Result, path: Path) -> None:

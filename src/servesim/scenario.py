@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from servesim.cluster.config import FaultsConfig, PoolConfig, RouterConfig
+from servesim.cluster.config import AutoscalerConfig, FaultsConfig, PoolConfig, PowerConfig, RouterConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
 from servesim.replica.config import EngineConfig
@@ -108,6 +108,11 @@ class Scenario(BaseModel):
     `replicas`. Unset fields of a pool take the top-level values."""
     faults: FaultsConfig = FaultsConfig()
     """Replica failures: their requests are re-routed and recomputed, or fail if none is left."""
+    autoscaler: AutoscalerConfig | None = None
+    """Scale a pool with load (replicas start with a cold start and drain to stop); unset:
+    a fixed cluster. See docs/elastic.md."""
+    power: PowerConfig | None = None
+    """GPU power caps and POLCA row power management; adds energy and cost reports."""
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":
@@ -120,6 +125,16 @@ class Scenario(BaseModel):
             if len(set(names)) != len(names):
                 raise ValueError(f"pool names must be unique (got {', '.join(names)})")
         n = self.num_replicas
+        a = self.autoscaler
+        if a is not None:
+            names = [p.name for p in self.pools] if self.pools else ["default"]
+            pool = a.pool or names[0]
+            if pool not in names:
+                raise ValueError(f"autoscaler.pool: no pool '{pool}' (pools: {', '.join(names)})")
+            start = next(p.replicas for p in self.pools if p.name == pool) if self.pools else self.replicas
+            if not a.min_replicas <= start <= a.max_replicas:
+                raise ValueError(f"autoscaler: the pool starts with {start} replicas, outside "
+                                 f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")

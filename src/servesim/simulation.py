@@ -15,9 +15,12 @@ import numpy as np
 from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
+from servesim.cluster.polca import PowerManager
+from servesim.cluster.scaling import build_controller, scaled_pool
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
+from servesim.metrics.elastic import elastic_info, elastic_section, elastic_timeseries, run_end_s
 from servesim.metrics.notices import run_warnings
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
@@ -27,7 +30,7 @@ from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
 from servesim.replica.kv_cache import KVCacheManager
-from servesim.replica.replica import Replica
+from servesim.replica.replica import STOPPED, Replica
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
 from servesim.workload.request import Request, RequestState
@@ -58,6 +61,8 @@ class Result:
     # requests' token_steps index it (with one replica, the replica's own log).
     replicas: list[ReplicaRecord] | None = None
     cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
+    scale_events: list | None = None  # every autoscaler decision (ScaleEvent), when the scenario scales
+    elastic: dict | None = None  # cold starts, prices and power constants for the `elastic` summary section
 
     @cached_property
     def columns(self) -> RequestColumns:
@@ -91,6 +96,8 @@ class Result:
         if self.cluster is not None:
             out["cluster"] = cluster_section(self.replicas, self.cluster, np.array([r.replica for r in self.requests]),
                                              cols, self.steps.end_s)
+        if self.elastic is not None:
+            out["elastic"] = elastic_section(self.replicas, self.elastic, cols, self.scale_events, self.scenario.slo)
         warnings = run_warnings(cols, self.requests, is_trace=self.scenario.workload.trace is not None)
         if warnings:
             out["warnings"] = warnings
@@ -99,7 +106,11 @@ class Result:
     def timeseries(self) -> dict[str, np.ndarray]:
         cols = self.columns
         logs = [r.steps for r in self.replicas] if self.replicas and len(self.replicas) > 1 else [self.steps]
-        return timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
+        ts = timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
+        if self.elastic is not None:
+            ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
+                                         run_end_s(self.replicas, cols)))
+        return ts
 
 
 class Feed:
@@ -167,21 +178,36 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     feed = Feed(workload, loop, progress)
     until_s = scenario.max_sim_time_s or float("inf")
     n = sum(p.replicas for p in pools)
+    auto = scenario.autoscaler
+    scaled, extra = scaled_pool(auto, pools)  # extra replicas stay stopped until scaled up
+    n += extra
     router = get_router(scenario.router.name)(scenario.router.params(), n, np.random.default_rng(router_seed))
     # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
-    # no follow-up requests, and no router that tracks completions itself.
-    defer = not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
+    # no follow-up requests, no router that tracks completions itself, no autoscaler (a
+    # draining replica stops at its last finish).
+    defer = (not getattr(workload, "closed_loop", True) and auto is None
+             and (n == 1 or type(router).on_complete is Router.on_complete))
     cluster = Cluster([], [], router, loop, feed.on_done, scenario.router.refresh_interval_s)
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
     for pool in pools:
         for _ in range(pool.replicas):
-            i = len(cluster.replicas)
-            cluster.replicas.append(_replica(i, pool, loop, cluster, until_s, defer, seeds[i], feed.next_arrival_s,
-                                             1 if n == 1 else 3 * n, scenario.frontend))
-            cluster.models.append(pool.model)
+            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend)
+    for _ in range(extra):  # after every pool, so fixed replicas keep their indices
+        _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend).set_state(0.0, STOPPED)
     cluster.index_models()
     feed.deliver = cluster.arrive
-    _schedule_faults(scenario, pools, cluster, fault_seed, lambda: feed.pending() or cluster.num_outstanding > 0)
+    active = lambda: feed.pending() or cluster.num_outstanding > 0  # noqa: E731  (the run goes on)
+    _schedule_faults(scenario, pools, cluster, fault_seed, active)
+    controller = None
+    if auto:
+        first = sum(p.replicas for p in pools[:pools.index(scaled)])
+        indices = list(range(first, first + scaled.replicas)) + list(range(n - extra, n))
+        controller = build_controller(auto, scaled, cluster, loop, indices, active)
+        controller.start()
+    power = None
+    if scenario.power is not None:
+        power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
+        power.start()
     feed.start()
     # The loop allocates many long-lived small objects (token runs, step lists) and creates no
     # garbage cycles while it runs, so the cyclic collector is paused; afterwards the survivors
@@ -196,6 +222,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
+    cluster.fail_queued(loop.now_s)
     for r in cluster.replicas:
         r.engine.drain(loop.now_s)
     if not cluster.requests:
@@ -203,6 +230,10 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     if progress:
         progress(feed.num_done, workload.expected_num_requests, loop.now_s)
     result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
+    if controller is not None:
+        result.scale_events = controller.events
+    if controller is not None or power is not None:
+        result.elastic = elastic_info(scenario, pools, cluster.replicas, controller, power)
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
 
@@ -222,22 +253,26 @@ def _check_arrival(req: Request) -> None:
                          "(about 32 years); is a time given in the wrong unit (e.g. milliseconds as seconds)?")
 
 
-def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, until_s: float, defer: bool,
-             seed: np.random.SeedSequence, next_arrival_s: Callable[[], float], lookahead: int,
-             frontend: FrontendConfig) -> Replica:
+def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, seeds: list, feed: Feed,
+                 n: int, frontend: FrontendConfig) -> Replica:
+    """Build the next replica of `pool` and add it to the cluster."""
+    index = len(cluster.replicas)
     scheduler, kv = pool.make_parts()
     replica: Replica | None = None
 
     def on_done(req: Request, now_s: float) -> None:
         cluster.replica_done(replica, req, now_s)
 
-    engine = Engine(pool.config, scheduler, kv, pool.perf, loop, Recorder(), on_done, until_s=until_s,
-                    rng=np.random.default_rng(seed), defer_finishes=defer, next_event_s=next_arrival_s,
-                    lookahead=lookahead)
+    # With n replicas a stretch is priced ~3n arrival gaps ahead (one replica: exactly one).
+    engine = Engine(pool.config, scheduler, kv, pool.perf, cluster.loop, Recorder(), on_done, until_s=until_s,
+                    rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
+                    next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 3 * n)
     replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend) if frontend.active else None)
     if cluster.refresh_interval_s > 0:
         interval = cluster.refresh_interval_s
         engine.on_change = lambda now_s: replica.before_change(now_s, interval)
+    cluster.replicas.append(replica)
+    cluster.models.append(pool.model)
     return replica
 
 
@@ -265,7 +300,8 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
         steps, offsets = concat_step_logs([rec.steps for rec in records])
         _globalise_token_steps(cluster.requests, offsets)
     hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
-    many = len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
+    many = (len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
+            or scenario.autoscaler is not None or scenario.power is not None)
     info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,

@@ -118,6 +118,11 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                           "activations of max_num_batched_tokens 1000000 110.7 GiB"),
     "model does not fit": ("model: llama-3.1-70b\n", [], "llama-3.1-70b weights 131.4 GiB"),
     "empty out": ("seed: 1\n", ["--out", ""], "--out is empty"),
+    "negative cold start": ("autoscaler: {name: kpa, cold_start: {engine_start_s: -5}}\n", [], "engine_start_s"),
+    "min above max replicas": ("autoscaler: {name: hpa, min_replicas: 5, max_replicas: 2}\n", [],
+                               "min_replicas (5) is above max_replicas (2)"),
+    "power cap below idle": ("power: {gpu_power_cap_w: 50}\n", [], "50 W is not above the idle power of h100-sxm (75 W)"),
+    "unknown autoscaler": ("autoscaler: {name: magic}\n", [], "unknown autoscaler 'magic'; allowed: aibrix-apa"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`servesim catalog gpus|models|engines|constants|schedulers|routers`: what servesim knows."""
+"""`servesim catalog gpus|models|engines|constants|schedulers|routers|autoscalers`: what servesim knows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from servesim.cli.common import user_errors
 from servesim.cli.perf_common import print_json
 from servesim.errors import InputError
 
-KINDS = ("gpus", "models", "engines", "constants", "schedulers", "routers")
+KINDS = ("gpus", "models", "engines", "constants", "schedulers", "routers", "autoscalers")
 
 
 def _gpus() -> list[dict]:
@@ -75,6 +75,13 @@ def _routers() -> list[dict]:
     return [_policy_row(name, get_router(name)) for name in available()]
 
 
+def _autoscalers() -> list[dict]:
+    from servesim.cluster.autoscalers import available, get_autoscaler
+
+    return [{**_policy_row(name, get_autoscaler(name)), "interval_s": get_autoscaler(name).default_interval_s}
+            for name in available()]
+
+
 def _policy_row(name: str, cls: type) -> dict:
     """A registered policy: its name, parameters with defaults, and its module's one-line summary."""
     doc = (sys.modules[cls.__module__].__doc__ or "").strip()
@@ -103,12 +110,12 @@ def register(app: typer.Typer) -> None:
     @app.command("catalog")
     @user_errors
     def catalog(
-        kind: str = typer.Argument("gpus", help="What to list: gpus, models, engines, constants, schedulers or routers."),
+        kind: str = typer.Argument("gpus", help="What to list: gpus, models, engines, constants, schedulers, routers or autoscalers."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        """List the catalogued GPUs, models, engine profiles, calibration constants, schedulers or routers."""
+        """List the catalogued GPUs, models, engine profiles, calibration constants, schedulers, routers or autoscalers."""
         builders = {"gpus": _gpus, "models": _models, "engines": _engines, "constants": _constants,
-                    "schedulers": _schedulers, "routers": _routers}
+                    "schedulers": _schedulers, "routers": _routers, "autoscalers": _autoscalers}
         key = kind.strip().lower()
         if key not in builders:
             raise InputError(f"unknown catalog {kind!r}; allowed: {', '.join(KINDS)}")

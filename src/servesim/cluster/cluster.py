@@ -9,7 +9,7 @@ back after its recovery time, empty.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 import numpy as np
@@ -40,6 +40,14 @@ class Cluster:
         self._all: list[int] = []
         self._by_model: dict[str, list[int]] = {}
         self._default_model = ""
+        # elastic clusters: hold requests while no replica is ready (scale from zero, cold
+        # starts) instead of failing them; arrivals counted for autoscalers
+        self.hold = False
+        self.queue: deque[Request] = deque()
+        self.on_drained: Callable[[Replica, float], None] | None = None
+        self.num_arrivals = 0
+        self.arrived_prompt_tokens = 0
+        self.arrived_output_tokens = 0
 
     def index_models(self) -> None:
         """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
@@ -50,12 +58,15 @@ class Cluster:
 
     @property
     def num_outstanding(self) -> int:
-        return sum(r.num_outstanding for r in self.replicas)
+        return sum(r.num_outstanding for r in self.replicas) + len(self.queue)
 
     # ------------------------------------------------------------------ requests
     def arrive(self, now_s: float, req: Request) -> None:
         """A request reaches the cluster (recorded once, then routed)."""
         self.requests.append(req)
+        self.num_arrivals += 1
+        self.arrived_prompt_tokens += req.prompt_len
+        self.arrived_output_tokens += req.output_len
         self._dispatch(req, now_s)
 
     def _dispatch(self, req: Request, now_s: float) -> None:
@@ -64,6 +75,8 @@ class Cluster:
             return self._end(req, now_s, RequestState.REJECTED,
                              f"no pool serves model '{req.model}' (served: {', '.join(sorted(self._by_model))})")
         if not cands:
+            if self.hold:
+                return self.queue.append(req)  # served, in arrival order, when a replica is ready
             return self._end(req, now_s, RequestState.FAILED, "no live replica")
         if len(self.replicas) == 1:
             pick = cands[0]  # nothing to decide (and nothing to read)
@@ -80,7 +93,7 @@ class Cluster:
         idx = self._by_model.get(req.model or self._default_model) if len(self._by_model) > 1 or req.model else self._all
         if idx is None:
             return None
-        return [i for i in idx if self.replicas[i].alive]
+        return [i for i in idx if self.replicas[i].accepting]
 
     def _reader(self, now_s: float):
         interval, replicas = self.refresh_interval_s, self.replicas
@@ -101,6 +114,27 @@ class Cluster:
         replica.on_done(req)
         self.router.on_complete(req, replica.index, now_s)
         self.on_done(req, now_s)
+        if self.on_drained and replica.state == "draining" and replica.num_outstanding == 0:
+            self.on_drained(replica, now_s)
+
+    # ------------------------------------------------------------------ elastic
+    def flush_queue(self, now_s: float) -> None:
+        """A replica became ready: dispatch the held requests in arrival order."""
+        held, self.queue = self.queue, deque()
+        for req in held:
+            self._dispatch(req, now_s)
+
+    def redispatch(self, evicted: list[Request], index: int, now_s: float) -> None:
+        """Requests evicted from a draining replica go elsewhere (recomputed)."""
+        for req in evicted:
+            self.router.on_complete(req, index, now_s)
+            req.extra["num_reroutes"] = req.extra.get("num_reroutes", 0) + 1
+            self._dispatch(req, now_s)
+
+    def fail_queued(self, now_s: float) -> None:
+        """End of run: requests still held never found a ready replica."""
+        while self.queue:
+            self._end(self.queue.popleft(), now_s, RequestState.FAILED, "no ready replica")
 
     # ------------------------------------------------------------------ failures
     def schedule_crash(self, index: int, at_s: float, recovery_s: float | None, chain: tuple | None = None) -> None:

@@ -8,10 +8,11 @@ model is routed only to pools serving it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from servesim.cluster.coldstart import ColdStartConfig
 from servesim.errors import InputError
 
 _STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -96,3 +97,89 @@ class FaultsConfig(BaseModel):
 
     crashes: list[Crash] = []
     """Crashes at given times."""
+
+
+class AutoscalerConfig(BaseModel):
+    """Scale one pool with load: the policy by name with its parameters beside the name, the
+    bounds, the decision loop and the cold start a new replica pays."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    name: str = "hpa"
+    """Registered autoscaler name (see `servesim catalog autoscalers`)."""
+    pool: str | None = None
+    """Pool to scale (default: the first pool, or the top-level replicas)."""
+    min_replicas: int = Field(1, ge=0)
+    """Fewest replicas (0 = scale to zero: requests wait at the cluster for a cold start)."""
+    max_replicas: int = Field(4, ge=1)
+    """Most replicas."""
+    interval_s: float | None = Field(None, gt=0)
+    """Decision interval; default: the policy's reference value (HPA 15 s, KPA 2 s, ...)."""
+    scrape_delay_s: float = Field(0.0, ge=0)
+    """Age of the metrics a decision sees (scrape interval plus pipeline lag)."""
+    scale_down: Literal["drain", "evict"] = "drain"
+    """drain: the replica takes no new request and finishes what it holds; evict: its
+    requests are recomputed elsewhere at once (the crash path, without the failure)."""
+    cold_start: ColdStartConfig = ColdStartConfig()
+    """Time a new replica takes to serve, part by part."""
+    price_usd_h: float | None = Field(None, ge=0)
+    """Price per GPU-hour for the cost report; default: the GPU catalogue's dated price."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "AutoscalerConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        self.params()
+        return self
+
+    def params(self):
+        from servesim.cluster.autoscalers import get_autoscaler
+        from servesim.scenario import _one_line
+
+        cls = get_autoscaler(self.name)
+        extra = {k: v for k, v in (self.model_extra or {}).items()}
+        try:
+            return cls.Params(**extra)
+        except ValidationError as e:
+            raise InputError(_one_line(e, prefix="autoscaler.", allowed_from=cls.Params)) from None
+
+
+class PowerConfig(BaseModel):
+    """GPU power: a static cap per GPU, and POLCA-style row power management (a budget for
+    all servers, with clock caps when the row draws too much). Setting this section adds
+    the `elastic` summary section (energy, GPU-hours, cost) and power columns."""
+
+    model_config = _STRICT
+
+    gpu_power_cap_w: float | None = Field(None, gt=0)
+    """Static power cap per GPU (nvidia-smi -pl); the clock runs at the ratio whose peak power
+    meets it. Must lie between the GPU's idle power and its TDP."""
+    frequency_exponent: float = Field(2.5, ge=1, le=4)
+    """gamma in P = P_idle + (P_phase - P_idle) x f^gamma (voltage-frequency scaling, 2-3;
+    shared/specs/cluster.md §7.1)."""
+    row_power_budget_w: float | None = Field(None, gt=0)
+    """POLCA: provisioned power of the row (all replicas' GPUs); unset: no row management."""
+    control_period_s: float = Field(2.0, gt=0)
+    """POLCA: how often row power is read and caps are set."""
+    telemetry_window_s: float = Field(10.0, gt=0)
+    """POLCA: the row meter averages the readings of this long a window (power telemetry is
+    averaged, not instantaneous; our choice, a parameter)."""
+    threshold_low: float = Field(0.85, gt=0, le=1)
+    """POLCA T1: above this share of the budget, lock clocks to `clock_low`."""
+    threshold_high: float = Field(0.95, gt=0, le=1.5)
+    """POLCA T2: above this share, brake every server to `clock_brake`."""
+    hysteresis: float = Field(0.05, ge=0, lt=1)
+    """Release caps only below (T1 - hysteresis) of the budget."""
+    clock_low: float = Field(0.8, gt=0, le=1)
+    """Clock ratio of the first capping level (placeholder to calibrate, as POLCA's thresholds)."""
+    clock_brake: float = Field(0.6, gt=0, le=1)
+    """Clock ratio of the power brake."""
+    price_usd_h: float | None = Field(None, ge=0)
+    """Price per GPU-hour for the cost report (default: the catalogue's dated price)."""
+
+    @model_validator(mode="after")
+    def _order(self) -> "PowerConfig":
+        if self.threshold_low >= self.threshold_high:
+            raise ValueError(f"threshold_low ({self.threshold_low}) must be below "
+                             f"threshold_high ({self.threshold_high})")
+        return self

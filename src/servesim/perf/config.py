@@ -15,4 +15,6 @@ class PerfConfig(BaseModel):
     kv_cache_dtype: str = Field("auto", description="KV cache precision: auto (fp8 for fp8 weights, else 16-bit), bf16, fp16 or fp8.")
     expert_parallel: bool = Field(False, description="MoE models: place whole experts on GPUs of the TP group (all-to-all) instead of splitting every expert (all-reduce).")
     misc_bytes: int = Field(1 << 30, ge=0, description="GPU memory outside weights, activations and KV (CUDA context, NCCL buffers, CUDA graphs), subtracted before sizing the KV cache.")
+    gpu_clock_ratio: float = Field(1.0, gt=0, le=1, description="SM clock as a share of its maximum (frequency locking or power capping): peak FLOP/s scale with it, HBM bandwidth with its `memory_clock_sensitivity` power, so compute-bound steps slow in proportion and memory-bound ones much less.")
+    memory_clock_sensitivity: float = Field(0.2, ge=0, le=1, description="Exponent k of the achieved HBM bandwidth's dependence on the SM clock (bandwidth x ratio^k); decode slows as ratio^-k, k = 0.1-0.3 in DVFS studies (shared/specs/cluster.md §7.1).")
     overrides: dict[str, float] = Field(default_factory=dict, description="Calibration constants to set last, e.g. {eta_memory: 0.8}; names as in `servesim catalog constants`.")

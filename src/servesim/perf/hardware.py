@@ -27,6 +27,10 @@ class GPUSpec:
     price_usd_h: float
     price_date: str
     notes: str = ""
+    # measured per-GPU power (splitwise-sim power_model/constant.yaml); None: shares of TDP
+    idle_w: float | None = None
+    prefill_w: float | None = None
+    decode_w: float | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -241,6 +241,16 @@ class PerfModel:
         return num_tokens * self.kv_bytes_per_token / (self.constants.pcie_eff * g.pcie_bw_bytes_s)
 
 
+def at_clock(gpu: GPUSpec, ratio: float, memory_sensitivity: float) -> GPUSpec:
+    """The GPU with its SM clock at `ratio` of the maximum: peak FLOP/s x ratio, achieved HBM
+    bandwidth x ratio^memory_sensitivity (the memory clock itself does not move; only the SMs
+    issuing loads slow down). Unchanged at ratio 1."""
+    if ratio == 1.0:
+        return gpu
+    return replace(gpu, peak_flops={k: v * ratio for k, v in gpu.peak_flops.items()},
+                   hbm_bw_bytes_s=gpu.hbm_bw_bytes_s * ratio ** memory_sensitivity)
+
+
 def _weight_bytes_per_gpu(m: ModelSpec, weight_bytes: float, tp: int, pp: int) -> int:
     layer_elems = total_params(m) - embedding_params(m)
     stage_layers = math.ceil(m.num_layers / pp)
@@ -265,7 +275,7 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
                            user: CalibrationData | None, shipped_fit: bool = True) -> PerfModel:
     """`build_perf_model` with the user calibration given as data (used by fitting and validation)."""
     spec = model_spec(model)
-    g = gpu_spec(gpu)
+    g = at_clock(gpu_spec(gpu), config.gpu_clock_ratio, config.memory_clock_sensitivity)
     d = dtype_spec(dtype, g)
     if isinstance(tp, bool) or not isinstance(tp, int):
         raise InputError(f"tp must be an integer, got {tp!r}")

@@ -414,6 +414,19 @@ class Engine:
         self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens)
         return done
 
+    # ------------------------------------------------------------------ clock
+    def set_perf(self, perf, now_s: float) -> None:
+        """Steps that start after `now_s` are timed by `perf` (a clock change: power capping,
+        frequency locking). The step in flight keeps its time, as on a GPU; a fast-forwarded
+        stretch is cut there, exactly as an arrival cuts it."""
+        if self.stretch is not None and self.stretch.cut(now_s):
+            st = self.stretch
+            st.gen += 1
+            self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+        self.perf = perf
+        self._decode_fns = {}
+        self._affines = {}
+
     # ------------------------------------------------------------------ failures
     def crash(self, now_s: float) -> list[Request]:
         """Stop at `now_s`: apply the stretch steps that ended before it, lose the step in

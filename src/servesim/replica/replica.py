@@ -28,6 +28,7 @@ from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.base import Scheduler
 from servesim.workload.request import Request, RequestState
 
+PENDING, LOADING, WARMING, READY, DRAINING, STOPPED = "pending", "loading", "warming", "ready", "draining", "stopped"
 PartsFactory = Callable[[], tuple[Scheduler, KVCacheManager]]
 
 
@@ -52,6 +53,9 @@ class Replica:
         # prefix-cache statistics of KV caches replaced by restarts
         self._old_queried = 0
         self._old_hits = 0
+        # lifecycle (elastic clusters): pending -> loading -> warming -> ready -> draining -> stopped
+        self.state = READY
+        self.lifecycle: list[tuple[float, str]] = []  # (time, state entered); empty: ready all run
 
     # ------------------------------------------------------------------ requests
     def submit(self, req: Request, now_s: float) -> None:
@@ -106,6 +110,37 @@ class Replica:
         self.engine.restart(scheduler, kv)
         self.alive = True
         self.down_s += now_s - self._down_since
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def accepting(self) -> bool:
+        """Takes new requests: alive and ready (not starting, draining or stopped)."""
+        return self.alive and self.state == READY
+
+    def set_state(self, now_s: float, state: str) -> None:
+        """Enter a lifecycle state (logged with its time)."""
+        if state == PENDING and self.state == STOPPED:
+            self._fresh_parts()  # a new engine process: empty scheduler and KV cache
+        self.state = state
+        self.lifecycle.append((now_s, state))
+
+    def evict_all(self, now_s: float) -> list[Request]:
+        """Drain by eviction: settle, take every request out for recompute elsewhere (as a
+        crash does, but the replica is healthy and this is not counted as a failure)."""
+        evicted = self.crash(now_s)  # (its KV statistics are banked; the cache is replaced below)
+        self.num_crashes -= 1
+        self.alive = True
+        scheduler, kv = self._make_parts()
+        self.engine.restart(scheduler, kv)
+        return evicted
+
+    def _fresh_parts(self) -> None:
+        kv = self.engine.kv
+        kv.check_all_free()
+        self._old_queried += kv.num_queried_tokens
+        self._old_hits += kv.num_hit_tokens
+        scheduler, kv = self._make_parts()
+        self.engine.restart(scheduler, kv)
 
     # ------------------------------------------------------------------ reading
     @property

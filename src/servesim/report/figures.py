@@ -187,3 +187,17 @@ def replica_load(per_replica: Sequence[dict]) -> go.Figure:
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="replica")
     return _base_layout(fig, "Load per replica", height=420)
+
+
+def elastic(ts: dict[str, np.ndarray]) -> go.Figure:
+    """Replicas up and row power over simulated time (elastic or power-managed runs)."""
+    ts = series.rebin_timeseries(ts)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["Replicas up", "Power draw"])
+    for row, (col, unit) in enumerate((("num_replicas", "replicas"), ("power_w", "W")), start=1):
+        fig.add_trace(go.Scatter(x=ts["time_s"], y=ts[col], name=col, mode="lines", line_shape="hv",
+                                 line={"color": COLORS[row - 1], "width": 1.6},
+                                 hovertemplate=f"t=%{{x:.1f}} s<br>%{{y:.2f}} {unit}<extra></extra>"), row=row, col=1)
+        fig.update_yaxes(title_text=unit, rangemode="tozero", row=row, col=1)
+    fig.update_xaxes(title_text="Simulated time (s)", row=2, col=1)
+    return _base_layout(fig, "Elastic cluster", height=500)

@@ -29,6 +29,8 @@ TIMESERIES_COLUMNS = (
     "time_s", "interval_s", "arrivals", "finished", "prompt_tokens", "output_tokens",
     "num_running", "num_waiting", "kv_usage",
 )
+#: timeseries.csv columns of elastic or power-managed runs only.
+ELASTIC_TIMESERIES_COLUMNS = ("num_replicas", "power_w", "cost_usd")
 
 
 @dataclass
@@ -133,7 +135,7 @@ def _load_timeseries(path: Path, notes: list[str]) -> dict[str, np.ndarray]:
         notes.append("timeseries.csv not found; time series omitted.")
         return {}
     header, rows = _read_csv(path)
-    return _columns(path, header, rows, TIMESERIES_COLUMNS, ())
+    return _columns(path, header, rows, TIMESERIES_COLUMNS + ELASTIC_TIMESERIES_COLUMNS, ())
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -14,9 +14,9 @@ MAX_POINTS = 2000
 #: long run's per-second noise does not hide its trends.
 MAX_INTERVALS = 500
 #: Time-series columns that are counts in an interval (summed when merging intervals).
-_COUNT_COLUMNS = ("arrivals", "finished", "prompt_tokens", "output_tokens")
+_COUNT_COLUMNS = ("arrivals", "finished", "prompt_tokens", "output_tokens", "cost_usd")
 #: Time-series columns that are time-weighted means over an interval (weighted when merging).
-_LEVEL_COLUMNS = ("num_running", "num_waiting", "kv_usage")
+_LEVEL_COLUMNS = ("num_running", "num_waiting", "kv_usage", "num_replicas", "power_w")
 
 
 def cdf_points(values: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:

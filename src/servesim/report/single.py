@@ -42,6 +42,11 @@ def build_run_page(run: RunData) -> Page:
     if run.timeseries:
         page.heading("Over time")
         page.figure(figures.timeseries([("run", run.timeseries)]), "timeseries")
+    if isinstance(run.summary.get("elastic"), dict):
+        page.heading("Elastic cluster: replicas, power and cost")
+        page.raw(definition_list([(k, _plain(v)) for k, v in run.summary["elastic"].items()]))
+        if "num_replicas" in run.timeseries and "power_w" in run.timeseries:
+            page.figure(figures.elastic(run.timeseries), "elastic")
     for noun, groups in group_breakdowns(run.summary):
         page.heading(f"By {noun}")
         page.raw(group_table(noun, groups))
@@ -52,6 +57,10 @@ def build_run_page(run: RunData) -> Page:
                     for name, mask in masks.items()]
             page.figure(figures.group_cdfs(noun, data, slos), f"by-{column}")
     return page
+
+
+def _plain(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
 def summary_table(metrics: list[Metric]) -> str:
