@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from servesim.cluster.config import FaultsConfig, PoolConfig, RouterConfig
+from servesim.cluster.config import DisaggregationConfig, FaultsConfig, PoolConfig, RouterConfig
+from servesim.cluster.network import NetworkConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
 from servesim.replica.config import EngineConfig
@@ -105,6 +106,10 @@ class Scenario(BaseModel):
     `replicas`. Unset fields of a pool take the top-level values."""
     faults: FaultsConfig = FaultsConfig()
     """Replica failures: their requests are re-routed and recomputed, or fail if none is left."""
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    """Links between replicas (KV transfers of disaggregated pools)."""
+    disaggregation: DisaggregationConfig = Field(default_factory=DisaggregationConfig)
+    """Decode router and options of prefill/decode disaggregation (pools with role prefill/decode)."""
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":
@@ -116,11 +121,31 @@ class Scenario(BaseModel):
             names = [p.name for p in self.pools]
             if len(set(names)) != len(names):
                 raise ValueError(f"pool names must be unique (got {', '.join(names)})")
+            self._check_roles()
         n = self.num_replicas
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")
         return self
+
+    def _check_roles(self) -> None:
+        """Every prefill pool needs a decode pool for its model, and every decode pool a
+        prefill pool feeding it (or conditional disaggregation, which sends it short prompts)."""
+        def model(p):
+            return p.model or self.model
+
+        prefill = {model(p) for p in self.pools if p.role == "prefill"}
+        decode = {model(p) for p in self.pools if p.role == "decode"}
+        for p in self.pools:
+            if p.role == "prefill" and model(p) not in decode:
+                raise ValueError(f"pools.{p.name}: a prefill pool needs a decode pool serving {model(p)} "
+                                 "(role: decode) to send its KV to")
+            if p.role == "decode" and model(p) not in prefill:
+                raise ValueError(f"pools.{p.name}: a decode pool has no route from a prefill pool serving "
+                                 f"{model(p)} (add a pool with role: prefill)")
+        if prefill and (self.faults.crashes or any(p.mtbf_s for p in self.pools)):
+            raise ValueError("faults with prefill/decode pools are not supported yet (a crash during a KV "
+                             "transfer); remove faults or the prefill/decode roles")
 
     @property
     def num_replicas(self) -> int:

@@ -13,10 +13,12 @@ import numpy as np
 
 from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
+from servesim.cluster.disaggregation import Disaggregator
 from servesim.cluster.routers import Router, get_router
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
+from servesim.metrics.disaggregation import disaggregation_section
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
@@ -51,6 +53,7 @@ class Result:
     # requests' token_steps index it (with one replica, the replica's own log).
     replicas: list[ReplicaRecord] | None = None
     cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
+    disaggregation: dict | None = None  # KV transfers, links, TTFT split (pools with prefill/decode roles)
 
     @cached_property
     def columns(self) -> RequestColumns:
@@ -84,6 +87,8 @@ class Result:
         if self.cluster is not None:
             out["cluster"] = cluster_section(self.replicas, self.cluster, np.array([r.replica for r in self.requests]),
                                              cols, self.steps.end_s)
+        if self.disaggregation is not None:
+            out["disaggregation"] = self.disaggregation
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
@@ -107,7 +112,9 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     router = router_cls(scenario.router.params(), n, np.random.default_rng(router_seed))
     # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
     # no follow-up requests, and no router that tracks completions itself.
-    defer = not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
+    disagg = any(p.role != "mixed" for p in pools)
+    defer = (not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
+             and not disagg)  # (a decode replica's finish may let a reservation through at once)
     expected = workload.expected_num_requests
     done = 0
     pending = 0  # arrivals scheduled and not yet arrived (random failures stop when the run is over)
@@ -129,6 +136,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
             replicas.append(_replica(len(replicas), pool, loop, cluster, until_s, defer, seeds[len(replicas)]))
             models.append(pool.model)
     cluster.index_models()
+    if disagg:
+        cluster.disagg = _disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
     _schedule_faults(scenario, pools, cluster, fault_seed, lambda: pending > 0 or cluster.num_outstanding > 0)
     stream = workload.arrivals()
 
@@ -191,6 +200,16 @@ def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, unti
     return replica
 
 
+def _disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, n: int,
+                   seed: np.random.SeedSequence) -> Disaggregator:
+    cfg = scenario.disaggregation
+    cls = get_router(cfg.decode_router.name)
+    decode_router = cls(cfg.decode_router.params(), n, np.random.default_rng(seed))
+    d = Disaggregator(cluster, pools, cfg, scenario.network, decode_router)
+    d.attach()
+    return d
+
+
 def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, seed: np.random.SeedSequence,
                      active) -> None:
     for c in scenario.faults.crashes:
@@ -220,7 +239,19 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
-                  _swap_totals([r.engine for r in reps]), records, info)
+                  _swap_totals([r.engine for r in reps]), records, info, _disagg_info(cluster, records))
+
+
+def _disagg_info(cluster: Cluster, records: list[ReplicaRecord]) -> dict | None:
+    d = cluster.disagg
+    if d is None:
+        return None
+    start = min((r.arrival_s for r in cluster.requests), default=0.0)
+    end = max((float(rec.steps.end_s.max()) for rec in records if len(rec.steps)), default=start)
+    span_s = max(end - start, 1e-12)
+    busy = [float((rec.steps.end_s - rec.steps.start_s).sum() / span_s) for rec in records]
+    return disaggregation_section(d.transfers, list(d.links.values()), d.roles, busy, d.num_local_prefills,
+                                  d.cfg.first_token, span_s)
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

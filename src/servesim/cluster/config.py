@@ -8,7 +8,7 @@ model is routed only to pools serving it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -74,6 +74,12 @@ class PoolConfig(BaseModel):
     """Mean time between failures of each replica (exponential); unset: no random failures."""
     mttr_s: float = Field(300.0, ge=0)
     """Time a failed replica takes to come back (restart with an empty KV cache)."""
+    role: Literal["mixed", "prefill", "decode"] = "mixed"
+    """Phase served: `mixed` (both, the default), `prefill` (prompts only: each request's KV
+    then moves to a decode replica) or `decode` (requests arrive with their KV computed)."""
+    gpus_per_node: int = Field(8, ge=1)
+    """GPUs per node: replicas are packed on nodes in order, which decides the link (NVLink
+    within a node, the network between nodes) their KV transfers use."""
 
 
 class Crash(BaseModel):
@@ -96,3 +102,29 @@ class FaultsConfig(BaseModel):
 
     crashes: list[Crash] = []
     """Crashes at given times."""
+
+
+class DisaggregationConfig(BaseModel):
+    """How requests move from prefill pools to decode pools (used when a pool has role prefill)."""
+
+    model_config = _STRICT
+
+    decode_router: RouterConfig = Field(default_factory=RouterConfig)
+    """Picks the decode replica of each request (any router; it sees only decode replicas).
+    The top-level `router` picks among prefill and mixed replicas."""
+    first_token: Literal["prefill", "decode"] = "prefill"
+    """Who emits the first token: `prefill` (DistServe, Splitwise, Mooncake, SGLang: the prefill
+    instance samples it and TTFT does not wait for the transfer) or `decode` (vLLM's
+    disaggregated proxy with NixlConnector, llm-d: the prefill request has max_tokens 1 whose
+    token is dropped; the decode side recomputes the last prompt token and samples it)."""
+    conditional: Literal["off", "dynamo", "llm-d"] = "off"
+    """Prefill on the decode replica when the prompt's uncached part is short. The decode
+    replica is chosen first (decode router) and its prefix cache decides: `dynamo` prefills
+    remotely iff uncached tokens > `max_local_prefill_length` (Dynamo DisaggregatedRouter);
+    `llm-d` iff uncached tokens >= `non_cached_tokens` (llm-d prefix-based P/D decider).
+    `off`: every request routed to a prefill replica is disaggregated."""
+    max_local_prefill_length: int = Field(1000, ge=0)
+    """Dynamo's threshold (its DisaggRouterConf default: 1000 tokens)."""
+    non_cached_tokens: int = Field(0, ge=0)
+    """llm-d's threshold (servesim default 0: always disaggregate, as llm-d's AlwaysDisagg
+    decider; the value deployments set is workload-specific)."""

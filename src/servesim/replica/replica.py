@@ -51,6 +51,15 @@ class Replica:
     # ------------------------------------------------------------------ requests
     def submit(self, req: Request, now_s: float) -> None:
         """Hand a request to the engine at `now_s` (it may reject it)."""
+        self._take(req)
+        self.engine.add_request(req, now_s)
+
+    def receive(self, req: Request, now_s: float) -> None:
+        """`req` arrives with its KV computed elsewhere, in blocks reserved here (disaggregation)."""
+        self._take(req)
+        self.engine.ports.arrive(req, now_s)
+
+    def _take(self, req: Request) -> None:
         self.num_dispatched += 1
         self.num_outstanding += 1
         if req.replica != self.index:
@@ -59,7 +68,6 @@ class Replica:
                     req.moves.append((0, req.replica))
                 req.moves.append((len(req.token_steps), self.index))
             req.replica = self.index
-        self.engine.add_request(req, now_s)
 
     def on_done(self, req: Request) -> None:
         """The engine is done with `req` (finished or rejected)."""
