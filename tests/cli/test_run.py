@@ -70,6 +70,14 @@ BAD = {
     "unknown model": ("model: llama-9\n", "llama-3.1-8b"),
     "unknown gpu": ("gpu: h800\n", "h100-sxm"),
     "unknown scheduler": ("scheduler: {name: magic}\n", "unknown scheduler 'magic'; allowed: andes"),
+    "decode pool without prefill": ("pools: [{name: d, role: decode}]\n",
+                                    "pools.d: a decode pool has no route from a prefill pool"),
+    "prefill pool without decode": ("pools: [{name: p, role: prefill}, {name: m}]\n",
+                                    "pools.p: a prefill pool needs a decode pool"),
+    "zero-bandwidth link": ("network: {inter_node: {bandwidth_GBps: 0}}\n", "bandwidth_GBps"),
+    "unknown link kind": ("network: {inter_node: ib-xdr}\n", "unknown link kind 'ib-xdr'; allowed: nvlink4"),
+    "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", "replicas"),
+    "bad pool role": ("pools: [{name: p, role: encode}]\n", "role"),
 }
 
 

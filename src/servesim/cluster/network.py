@@ -17,7 +17,7 @@ replica's egress is k times the per-GPU figure, and every transfer leaving a rep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -72,19 +72,23 @@ class NetworkConfig(BaseModel):
 
     model_config = _STRICT
 
-    intra_node: str | LinkSpec = "nvlink4"
+    intra_node: LinkSpec = LINK_KINDS["nvlink4"]
     """Link between GPUs of one node: a kind (nvlink4, nvlink3, ...) or {bandwidth_GBps, latency_s, per_message_s}."""
-    inter_node: str | LinkSpec = "ib-ndr"
+    inter_node: LinkSpec = LINK_KINDS["ib-ndr"]
     """Link between nodes (per GPU): a kind (ib-ndr, ib-hdr, roce-400g, ethernet-100g) or a spec."""
     layerwise_overlap: bool = False
     """Send each layer's KV as soon as the prefill computed it (Splitwise, Mooncake); off:
     the transfer starts when the prefill ends (vLLM's NixlConnector, DistServe)."""
 
-    @model_validator(mode="after")
-    def _kinds(self) -> "NetworkConfig":
-        self.intra_node = _link(self.intra_node, "intra_node")
-        self.inter_node = _link(self.inter_node, "inter_node")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _kinds(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for where in ("intra_node", "inter_node"):
+                if isinstance(data.get(where), str):
+                    data[where] = _link(data[where], where)
+        return data
 
 
 # ---------------------------------------------------------------- pure functions
