@@ -1,0 +1,1 @@
+"""Planning on top of the simulator: searches that run many simulations."""
