@@ -43,7 +43,8 @@ class Transfer:
 class Disaggregator:
     """Routes requests to prefill (or mixed) replicas and moves their KV to decode replicas."""
 
-    def __init__(self, cluster, pools, cfg: DisaggregationConfig, network: NetworkConfig, decode_router: Router) -> None:
+    def __init__(self, cluster, pools, cfg: DisaggregationConfig, network: NetworkConfig,
+                 decode_router: Router) -> None:
         self.cluster = cluster
         self.cfg = cfg
         self.network = network
@@ -111,7 +112,8 @@ class Disaggregator:
             return None
         kv, cfg = c.replicas[d].engine.kv, c.replicas[d].engine.config
         if cdiv(req.prompt_len + req.output_len, kv.block_size) > kv.num_gpu_blocks:
-            c.end(req, now_s, RequestState.REJECTED, f"needs more KV blocks than the decode GPU has ({kv.num_gpu_blocks})")
+            c.end(req, now_s, RequestState.REJECTED,
+                  f"needs more KV blocks than the decode GPU has ({kv.num_gpu_blocks})")
             return None
         if req.prompt_len + req.output_len > cfg.max_model_len:
             c.end(req, now_s, RequestState.REJECTED, f"prompt + output > decode max_model_len {cfg.max_model_len}")
