@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from servesim.cluster.config import DisaggregationConfig, FaultsConfig, PoolConfig, RouterConfig
+from servesim.cluster.config import DisaggregationConfig, FaultsConfig, MigrationConfig, PoolConfig, RouterConfig
 from servesim.cluster.network import NetworkConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
@@ -110,6 +110,8 @@ class Scenario(BaseModel):
     """Links between replicas (KV transfers of disaggregated pools)."""
     disaggregation: DisaggregationConfig = Field(default_factory=DisaggregationConfig)
     """Decode router and options of prefill/decode disaggregation (pools with role prefill/decode)."""
+    migration: MigrationConfig = Field(default_factory=MigrationConfig)
+    """Live migration of running requests between replicas (Llumnix)."""
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":
@@ -123,6 +125,10 @@ class Scenario(BaseModel):
                 raise ValueError(f"pool names must be unique (got {', '.join(names)})")
             self._check_roles()
         n = self.num_replicas
+        if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
+            raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
+        if self.migration.enabled and (self.faults.crashes or any(p.mtbf_s for p in self.pools or [])):
+            raise ValueError("migration.enabled with faults is not supported yet (a crash during a migration)")
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")

@@ -14,11 +14,12 @@ import numpy as np
 from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.disaggregation import Disaggregator
+from servesim.cluster.migration import Migrator
 from servesim.cluster.routers import Router, get_router
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
-from servesim.metrics.disaggregation import disaggregation_section
+from servesim.metrics.disaggregation import disaggregation_section, migration_section
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
@@ -26,6 +27,7 @@ from servesim.metrics.timeseries import timeseries
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
+from servesim.replica.kv_ports import KVPorts
 from servesim.replica.replica import Replica
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
@@ -54,6 +56,7 @@ class Result:
     replicas: list[ReplicaRecord] | None = None
     cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
     disaggregation: dict | None = None  # KV transfers, links, TTFT split (pools with prefill/decode roles)
+    migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
 
     @cached_property
     def columns(self) -> RequestColumns:
@@ -89,6 +92,8 @@ class Result:
                                              cols, self.steps.end_s)
         if self.disaggregation is not None:
             out["disaggregation"] = self.disaggregation
+        if self.migration is not None:
+            out["migration"] = self.migration
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
@@ -113,8 +118,9 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
     # no follow-up requests, and no router that tracks completions itself.
     disagg = any(p.role != "mixed" for p in pools)
+    migrate = scenario.migration.enabled
     defer = (not getattr(workload, "closed_loop", True) and (n == 1 or type(router).on_complete is Router.on_complete)
-             and not disagg)  # (a decode replica's finish may let a reservation through at once)
+             and not disagg and not migrate)  # (a decode replica's finish may let a reservation through at once)
     expected = workload.expected_num_requests
     done = 0
     pending = 0  # arrivals scheduled and not yet arrived (random failures stop when the run is over)
@@ -139,6 +145,9 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     if disagg:
         cluster.disagg = _disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
     _schedule_faults(scenario, pools, cluster, fault_seed, lambda: pending > 0 or cluster.num_outstanding > 0)
+    migrator = None
+    if migrate:
+        migrator = _migrator(scenario, pools, cluster, lambda: pending > 0 or cluster.num_outstanding > 0)
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
@@ -179,6 +188,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     if progress:
         progress(done, expected, loop.now_s)
     result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
+    if migrator is not None:
+        result.migration = migration_section(migrator.migrations)
     check_invariants(result, [r.engine.kv for r in replicas])
     return result
 
@@ -208,6 +219,20 @@ def _disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, 
     d = Disaggregator(cluster, pools, cfg, scenario.network, decode_router)
     d.attach()
     return d
+
+
+def _migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, active) -> Migrator:
+    def unused(*_) -> None:  # (mixed replicas hand nothing off and expect no P/D transfer)
+        raise AssertionError("no prefill/decode roles with migration")
+
+    per_block = []
+    for pool in pools:
+        per_block += [pool.perf.kv_bytes_per_token * pool.tp * pool.config.block_size] * pool.replicas
+    for rep in cluster.replicas:
+        rep.engine.ports = KVPorts(rep.engine, unused, unused)
+    m = Migrator(cluster, scenario.migration, per_block, active)
+    m.start()
+    return m
 
 
 def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, seed: np.random.SeedSequence,

@@ -128,3 +128,31 @@ class DisaggregationConfig(BaseModel):
     non_cached_tokens: int = Field(0, ge=0)
     """llm-d's threshold (servesim default 0: always disaggregate, as llm-d's AlwaysDisagg
     decider; the value deployments set is workload-specific)."""
+
+
+class MigrationConfig(BaseModel):
+    """Llumnix live migration between replicas (off unless `enabled`). Names and defaults are
+    Llumnix's (initial open-source release; HEAD differences noted)."""
+
+    model_config = _STRICT
+
+    enabled: bool = False
+    """Migrate running requests from loaded replicas to free ones."""
+    polling_interval_s: float = Field(0.05, gt=0)
+    """How often the global scheduler checks loads and pairs replicas (`polling_interval`)."""
+    migrate_out_threshold: float = 3.0
+    """A replica whose freeness (available blocks per request, the HOL request's demand counted)
+    is below this migrates out, one above it migrates in (Llumnix negates it internally to -3)."""
+    last_stage_max_blocks: int = Field(4, ge=1)
+    """The stop-and-copy stage starts once at most this many blocks are left to copy (HEAD: 16)."""
+    max_stages: int = Field(3, ge=1)
+    """Copy stages before giving up (the migration is aborted, the request stays)."""
+    bandwidth_GBps: float = Field(10.0, gt=0)
+    """Migration copy bandwidth (Llumnix's gloo/rpc backends stage through CPU buffers; the paper
+    sweeps 1, 10 and 25 GB/s)."""
+    latency_s: float = Field(1e-3, ge=0)
+    """Fixed cost per stage (RPC and commit)."""
+    block_size: int = Field(16, ge=1)
+    """KV block size used for the load metric (the engine's `block_size`)."""
+    watermark: float = Field(0.01, ge=0, lt=1)
+    """Share of blocks not counted as available (vLLM's watermark)."""

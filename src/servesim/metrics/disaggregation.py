@@ -58,3 +58,22 @@ def disaggregation_section(transfers: list, links: list, roles: list[str], busy_
         "ttft_split_mean_s": split,
         "busy_share_by_role": {r: float(np.mean(v)) for r, v in sorted(by_role.items())},
     }
+
+
+def migration_section(migrations: list) -> dict:
+    """Live migrations: completed, aborted (by reason), stages, blocks copied, and downtime
+    (the request stopped on the source until it runs on the destination)."""
+    done = [m for m in migrations if m.end_s >= 0]
+    reasons: dict[str, int] = {}
+    for m in migrations:
+        if m.aborted:
+            reasons[m.aborted] = reasons.get(m.aborted, 0) + 1
+    return {
+        "num_migrations": len(done),
+        "num_aborted": sum(reasons.values()),
+        "abort_reasons": dict(sorted(reasons.items())),
+        "mean_stages": float(np.mean([m.num_stages for m in done])) if done else 0.0,
+        "copied_blocks": int(sum(m.copied_blocks for m in done)),
+        "downtime_s": _stats(np.array([m.end_s - m.stop_s for m in done])),
+        "duration_s": _stats(np.array([m.end_s - m.start_s for m in done])),
+    }

@@ -39,6 +39,7 @@ class KVPorts:
         self._releases: list[object] = []  # transfer keys to free at the next boundary
         self.held: set[object] = set()  # transfer keys holding blocks here (sender)
         self.reserved: dict[int, Request] = {}  # reserved, KV not arrived yet (receiver)
+        self._calls: list[Callable[[float], None]] = []  # run at the next boundary (migration)
 
     # ------------------------------------------------------------------ engine side
     def allows_stretch(self, prefills) -> bool:
@@ -65,6 +66,10 @@ class KVPorts:
             kv.free(key)
             self.held.discard(key)
         self._releases.clear()
+        if self._calls:
+            calls, self._calls = self._calls, []
+            for fn in calls:
+                fn(now_s)
         max_seqs = eng.config.max_num_seqs
         while self._expected:
             req, num_tokens = self._expected[0]
@@ -89,6 +94,24 @@ class KVPorts:
         """`req`'s KV for `num_tokens` tokens will come here: reserve blocks when possible."""
         self._expected.append((req, num_tokens))
         self.engine.interrupt(now_s)
+
+    def call(self, fn: Callable[[float], None], now_s: float) -> None:
+        """Run `fn(t)` at the next step boundary, where every request's state is exact (a
+        migration picks, checks or removes its request there)."""
+        self._calls.append(fn)
+        self.engine.interrupt(now_s)
+
+    def reserve_now(self, req: Request, num_tokens: int) -> bool:
+        """At a boundary: reserve blocks for `num_tokens` of `req` if free (False if not)."""
+        if not self.engine.kv.reserve(req.id, num_tokens):
+            return False
+        self.reserved[req.id] = req
+        return True
+
+    def cancel(self, req: Request) -> None:
+        """At a boundary: give back the blocks reserved for `req` (its migration was aborted)."""
+        if self.reserved.pop(req.id, None) is not None:
+            self.engine.kv.free(req.id)
 
     def arrive(self, req: Request, now_s: float) -> None:
         """`req`'s KV is here (in its reserved blocks): it joins the running batch."""
