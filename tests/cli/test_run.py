@@ -78,6 +78,8 @@ BAD = {
     "unknown link kind": ("network: {inter_node: ib-xdr}\n", "unknown link kind 'ib-xdr'; allowed: nvlink4"),
     "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", "replicas"),
     "bad pool role": ("pools: [{name: p, role: encode}]\n", "role"),
+    "migration with P/D pools": ("migration: {enabled: true}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n",
+                                 "migration.enabled works between mixed pools only"),
 }
 
 

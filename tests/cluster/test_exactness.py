@@ -61,3 +61,15 @@ def test_disaggregated_pools_are_exact(extra, reads_everything):
     assert fast.summary()["disaggregation"] == slow.summary()["disaggregation"]
     assert fast.summary()["disaggregation"]["num_transfers"] > 100
     assert fast.num_fast_forwarded_steps > 0.2 * len(fast.steps)
+
+
+@pytest.mark.parametrize("router", ["round-robin", "llumnix"])
+def test_live_migration_is_exact(router):
+    """Migration picks, checks and removes its request at step boundaries: same results."""
+    sets = [f"router.name={router}", "migration.enabled=true", "workload.num_requests=600",
+            "workload.arrival.rate_per_s=30"]
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    assert outcome(fast) == outcome(slow)
+    assert fast.summary()["migration"] == slow.summary()["migration"]
+    assert fast.summary()["migration"]["num_migrations"] > 10
+    assert fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)

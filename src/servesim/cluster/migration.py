@@ -102,14 +102,16 @@ class Migrator:
         if req is None:
             return self._end(m, "no decoding request")
         m.req = req
+        first = self._src_blocks(m) - 1  # stage 1: all but the block being written (counted here, exactly)
         need = min(req.prompt_len + req.output_len, req.num_computed_tokens
                    + self.cfg.last_stage_max_blocks * self.cluster.replicas[m.dst].engine.kv.block_size)
-        self._ports(m.dst).call(lambda t: self._reserve(m, need, t), now_s)
+        self._ports(m.dst).call(lambda t: self._reserve(m, need, first, t), now_s)
 
-    def _reserve(self, m: Migration, num_tokens: int, now_s: float) -> None:
+    def _reserve(self, m: Migration, num_tokens: int, num_blocks: int, now_s: float) -> None:
+        """At the destination's boundary (the source may be inside a stretch: not read here)."""
         if not self._ports(m.dst).reserve_now(m.req, num_tokens):
             return self._end(m, "no room at the destination")
-        self._copy(m, self._src_blocks(m) - 1, now_s, self._after_stage)  # all but the block being written
+        self._copy(m, num_blocks, now_s, self._after_stage)
 
     def _src_blocks(self, m: Migration) -> int:
         return self.cluster.replicas[m.src].engine.kv.num_blocks_of(m.req.id)
