@@ -13,13 +13,12 @@ import numpy as np
 
 from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
-from servesim.cluster.disaggregation import Disaggregator
-from servesim.cluster.migration import Migrator
 from servesim.cluster.routers import Router, get_router
+from servesim.cluster.setup import build_disaggregator, build_migrator, disaggregation_summary
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
-from servesim.metrics.disaggregation import disaggregation_section, migration_section
+from servesim.metrics.disaggregation import migration_section
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
@@ -27,7 +26,6 @@ from servesim.metrics.timeseries import timeseries
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
-from servesim.replica.kv_ports import KVPorts
 from servesim.replica.replica import Replica
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
@@ -143,11 +141,11 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
             models.append(pool.model)
     cluster.index_models()
     if disagg:
-        cluster.disagg = _disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
+        cluster.disagg = build_disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
     _schedule_faults(scenario, pools, cluster, fault_seed, lambda: pending > 0 or cluster.num_outstanding > 0)
     migrator = None
     if migrate:
-        migrator = _migrator(scenario, pools, cluster, lambda: pending > 0 or cluster.num_outstanding > 0)
+        migrator = build_migrator(scenario, pools, cluster, lambda: pending > 0 or cluster.num_outstanding > 0)
     stream = workload.arrivals()
 
     def arrive(now_s: float, req: Request) -> None:
@@ -211,30 +209,6 @@ def _replica(index: int, pool: PoolSpec, loop: EventLoop, cluster: Cluster, unti
     return replica
 
 
-def _disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, n: int,
-                   seed: np.random.SeedSequence) -> Disaggregator:
-    cfg = scenario.disaggregation
-    cls = get_router(cfg.decode_router.name)
-    decode_router = cls(cfg.decode_router.params(), n, np.random.default_rng(seed))
-    d = Disaggregator(cluster, pools, cfg, scenario.network, decode_router)
-    d.attach()
-    return d
-
-
-def _migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, active) -> Migrator:
-    def unused(*_) -> None:  # (mixed replicas hand nothing off and expect no P/D transfer)
-        raise AssertionError("no prefill/decode roles with migration")
-
-    per_block = []
-    for pool in pools:
-        per_block += [pool.perf.kv_bytes_per_token * pool.tp * pool.config.block_size] * pool.replicas
-    for rep in cluster.replicas:
-        rep.engine.ports = KVPorts(rep.engine, unused, unused)
-    m = Migrator(cluster, scenario.migration, per_block, active)
-    m.start()
-    return m
-
-
 def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, seed: np.random.SeedSequence,
                      active) -> None:
     for c in scenario.faults.crashes:
@@ -264,19 +238,7 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
-                  _swap_totals([r.engine for r in reps]), records, info, _disagg_info(cluster, records))
-
-
-def _disagg_info(cluster: Cluster, records: list[ReplicaRecord]) -> dict | None:
-    d = cluster.disagg
-    if d is None:
-        return None
-    start = min((r.arrival_s for r in cluster.requests), default=0.0)
-    end = max((float(rec.steps.end_s.max()) for rec in records if len(rec.steps)), default=start)
-    span_s = max(end - start, 1e-12)
-    busy = [float((rec.steps.end_s - rec.steps.start_s).sum() / span_s) for rec in records]
-    return disaggregation_section(d.transfers, list(d.links.values()), d.roles, busy, d.num_local_prefills,
-                                  d.cfg.first_token, span_s)
+                  _swap_totals([r.engine for r in reps]), records, info, disaggregation_summary(cluster, records))
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
