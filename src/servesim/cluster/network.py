@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
@@ -72,23 +72,18 @@ class NetworkConfig(BaseModel):
 
     model_config = _STRICT
 
-    intra_node: LinkSpec = LINK_KINDS["nvlink4"]
+    intra_node: LinkSpec | str = Field("nvlink4", validate_default=True)
     """Link between GPUs of one node: a kind (nvlink4, nvlink3, ...) or {bandwidth_GBps, latency_s, per_message_s}."""
-    inter_node: LinkSpec = LINK_KINDS["ib-ndr"]
+    inter_node: LinkSpec | str = Field("ib-ndr", validate_default=True)
     """Link between nodes (per GPU): a kind (ib-ndr, ib-hdr, roce-400g, ethernet-100g) or a spec."""
     layerwise_overlap: bool = False
     """Send each layer's KV as soon as the prefill computed it (Splitwise, Mooncake); off:
     the transfer starts when the prefill ends (vLLM's NixlConnector, DistServe)."""
 
-    @model_validator(mode="before")
+    @field_validator("intra_node", "inter_node", mode="before")
     @classmethod
-    def _kinds(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            for where in ("intra_node", "inter_node"):
-                if isinstance(data.get(where), str):
-                    data[where] = _link(data[where], where)
-        return data
+    def _kind(cls, value: Any, info: ValidationInfo) -> Any:
+        return _link(value, info.field_name) if isinstance(value, str) else value
 
 
 # ---------------------------------------------------------------- pure functions
