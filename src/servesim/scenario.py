@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from servesim.cluster.config import AutoscalerConfig, FaultsConfig, PoolConfig, PowerConfig, RouterConfig
+from servesim.cluster.config import (AutoscalerConfig, DisaggregationConfig, FaultsConfig, MigrationConfig, PoolConfig,
+                                     PowerConfig, RouterConfig)
+from servesim.cluster.network import NetworkConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
 from servesim.replica.config import EngineConfig
@@ -113,6 +115,12 @@ class Scenario(BaseModel):
     a fixed cluster. See docs/elastic.md."""
     power: PowerConfig | None = None
     """GPU power caps and POLCA row power management; adds energy and cost reports."""
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    """Links between replicas (KV transfers of disaggregated pools)."""
+    disaggregation: DisaggregationConfig = Field(default_factory=DisaggregationConfig)
+    """Decode router and options of prefill/decode disaggregation (pools with role prefill/decode)."""
+    migration: MigrationConfig = Field(default_factory=MigrationConfig)
+    """Live migration of running requests between replicas (Llumnix)."""
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":
@@ -124,6 +132,7 @@ class Scenario(BaseModel):
             names = [p.name for p in self.pools]
             if len(set(names)) != len(names):
                 raise ValueError(f"pool names must be unique (got {', '.join(names)})")
+            self._check_roles()
         n = self.num_replicas
         a = self.autoscaler
         if a is not None:
@@ -135,10 +144,33 @@ class Scenario(BaseModel):
             if not a.min_replicas <= start <= a.max_replicas:
                 raise ValueError(f"autoscaler: the pool starts with {start} replicas, outside "
                                  f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
+        if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
+            raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
+        if self.migration.enabled and (self.faults.crashes or any(p.mtbf_s for p in self.pools or [])):
+            raise ValueError("migration.enabled with faults is not supported yet (a crash during a migration)")
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")
         return self
+
+    def _check_roles(self) -> None:
+        """Every prefill pool needs a decode pool for its model, and every decode pool a
+        prefill pool feeding it (or conditional disaggregation, which sends it short prompts)."""
+        def model(p):
+            return p.model or self.model
+
+        prefill = {model(p) for p in self.pools if p.role == "prefill"}
+        decode = {model(p) for p in self.pools if p.role == "decode"}
+        for p in self.pools:
+            if p.role == "prefill" and model(p) not in decode:
+                raise ValueError(f"pools.{p.name}: a prefill pool needs a decode pool serving {model(p)} "
+                                 "(role: decode) to send its KV to")
+            if p.role == "decode" and model(p) not in prefill:
+                raise ValueError(f"pools.{p.name}: a decode pool has no route from a prefill pool serving "
+                                 f"{model(p)} (add a pool with role: prefill)")
+        if prefill and (self.faults.crashes or any(p.mtbf_s for p in self.pools)):
+            raise ValueError("faults with prefill/decode pools are not supported yet (a crash during a KV "
+                             "transfer); remove faults or the prefill/decode roles")
 
     @property
     def num_replicas(self) -> int:

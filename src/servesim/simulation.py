@@ -16,10 +16,12 @@ from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
 from servesim.cluster.polca import PowerManager
+from servesim.cluster.setup import build_disaggregator, build_migrator, disaggregation_summary
 from servesim.cluster.scaling import build_controller, scaled_pool
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
+from servesim.metrics.disaggregation import migration_section
 from servesim.metrics.elastic import elastic_info, elastic_section, elastic_timeseries, run_end_s
 from servesim.metrics.notices import run_warnings
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
@@ -63,6 +65,8 @@ class Result:
     cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
     scale_events: list | None = None  # every autoscaler decision (ScaleEvent), when the scenario scales
     elastic: dict | None = None  # cold starts, prices and power constants for the `elastic` summary section
+    disaggregation: dict | None = None  # KV transfers, links, TTFT split (pools with prefill/decode roles)
+    migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
 
     @cached_property
     def columns(self) -> RequestColumns:
@@ -101,6 +105,10 @@ class Result:
         warnings = run_warnings(cols, self.requests, is_trace=self.scenario.workload.trace is not None)
         if warnings:
             out["warnings"] = warnings
+        if self.disaggregation is not None:
+            out["disaggregation"] = self.disaggregation
+        if self.migration is not None:
+            out["migration"] = self.migration
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
@@ -184,8 +192,11 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     router = get_router(scenario.router.name)(scenario.router.params(), n, np.random.default_rng(router_seed))
     # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
     # no follow-up requests, no router that tracks completions itself, no autoscaler (a
-    # draining replica stops at its last finish).
-    defer = (not getattr(workload, "closed_loop", True) and auto is None
+    # draining replica stops at its last finish), no prefill/decode pools or migration (a
+    # decode replica's finish may let a reservation through at once).
+    disagg = any(p.role != "mixed" for p in pools)
+    migrate = scenario.migration.enabled
+    defer = (not getattr(workload, "closed_loop", True) and auto is None and not disagg and not migrate
              and (n == 1 or type(router).on_complete is Router.on_complete))
     cluster = Cluster([], [], router, loop, feed.on_done, scenario.router.refresh_interval_s)
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
@@ -197,7 +208,10 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     cluster.index_models()
     feed.deliver = cluster.arrive
     active = lambda: feed.pending() or cluster.num_outstanding > 0  # noqa: E731  (the run goes on)
+    if disagg:
+        cluster.disagg = build_disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
+    migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controller = None
     if auto:
         first = sum(p.replicas for p in pools[:pools.index(scaled)])
@@ -234,6 +248,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         result.scale_events = controller.events
     if controller is not None or power is not None:
         result.elastic = elastic_info(scenario, pools, cluster.replicas, controller, power)
+    if migrator is not None:
+        result.migration = migration_section(migrator.migrations)
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
 
@@ -306,7 +322,8 @@ def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: E
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
-                  _swap_totals([r.engine for r in reps]), records, info)
+                  _swap_totals([r.engine for r in reps]), records, info,
+                  disaggregation=disaggregation_summary(cluster, records))
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

@@ -123,6 +123,16 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                                "min_replicas (5) is above max_replicas (2)"),
     "power cap below idle": ("power: {gpu_power_cap_w: 50}\n", [], "50 W is not above the idle power of h100-sxm (75 W)"),
     "unknown autoscaler": ("autoscaler: {name: magic}\n", [], "unknown autoscaler 'magic'; allowed: aibrix-apa"),
+    "decode pool without prefill": ("pools: [{name: d, role: decode}]\n", [],
+                                    "pools.d: a decode pool has no route from a prefill pool"),
+    "prefill pool without decode": ("pools: [{name: p, role: prefill}, {name: m}]\n", [],
+                                    "pools.p: a prefill pool needs a decode pool"),
+    "zero-bandwidth link": ("network: {inter_node: {bandwidth_GBps: 0}}\n", [], "bandwidth_GBps"),
+    "unknown link kind": ("network: {inter_node: ib-xdr}\n", [], "unknown link kind 'ib-xdr'; allowed: nvlink4"),
+    "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", [], "replicas"),
+    "bad pool role": ("pools: [{name: p, role: encode}]\n", [], "role"),
+    "migration with P/D pools": ("migration: {enabled: true}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n",
+                                 [], "migration.enabled works between mixed pools only"),
 }
 
 

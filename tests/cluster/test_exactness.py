@@ -39,3 +39,37 @@ def test_stale_views_are_exact_too(refresh, reads_everything):
     assert fast.num_fast_forwarded_steps > 0.8 * len(fast.steps)
     live = run([f"router.name={reads_everything}"])
     assert outcome(live) != outcome(fast)  # staleness changes the decisions
+
+
+PD_POOLS = "pools=[{name: p, role: prefill, replicas: 2}, {name: d, role: decode, replicas: 2, gpus_per_node: 1}]"
+
+
+@pytest.mark.parametrize("extra", [
+    ["disaggregation.first_token=prefill"],
+    ["disaggregation.first_token=decode", "network.layerwise_overlap=true"],
+    ["disaggregation.conditional=dynamo", "pools=[{name: p, role: prefill}, {name: m}, {name: d, role: decode, replicas: 2}]"],
+])
+def test_disaggregated_pools_are_exact(extra, reads_everything):
+    """Hand-offs, reservations, transfers and arrivals cut stretches as submissions do."""
+    sets = ["replicas=1", PD_POOLS, f"router.name={reads_everything}",
+            f"disaggregation.decode_router.name={reads_everything}"] + extra
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    assert outcome(fast) == outcome(slow)
+    for a, b in zip(fast.replicas, slow.replicas):
+        for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "kv_used_blocks"):
+            assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col
+    assert fast.summary()["disaggregation"] == slow.summary()["disaggregation"]
+    assert fast.summary()["disaggregation"]["num_transfers"] > 100
+    assert fast.num_fast_forwarded_steps > 0.2 * len(fast.steps)
+
+
+@pytest.mark.parametrize("router", ["round-robin", "llumnix"])
+def test_live_migration_is_exact(router):
+    """Migration picks, checks and removes its request at step boundaries: same results."""
+    sets = [f"router.name={router}", "migration.enabled=true", "workload.num_requests=600",
+            "workload.arrival.rate_per_s=30"]
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    assert outcome(fast) == outcome(slow)
+    assert fast.summary()["migration"] == slow.summary()["migration"]
+    assert fast.summary()["migration"]["num_migrations"] > 10
+    assert fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)

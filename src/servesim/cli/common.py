@@ -67,10 +67,10 @@ def schema_help(model: type[BaseModel], prefix: str = "") -> list[str]:
         ann = field.annotation
         key = f"{prefix}{name}"
         sub = _model_in(ann)
-        if sub is not None:
+        default = field.get_default(call_default_factory=True)
+        if sub is not None and (default is None or isinstance(default, BaseModel)):  # (not `Model | str = "name"`)
             lines.extend(schema_help(sub, key + "."))
             continue
-        default = field.get_default(call_default_factory=True)
         doc = (field.description or "").replace("\n", " ")
         # Typer renders help with Rich, which would swallow `[low, high]` as a markup tag
         lines.append(escape(f"{key} ({_type_name(ann)}, default {default!r}): {doc}"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from servesim.errors import InputError
@@ -30,6 +30,8 @@ class PoolSpec:
     num_cpu_blocks: int
     mtbf_s: float | None
     mttr_s: float
+    role: str = "mixed"  # mixed, prefill or decode (disaggregation)
+    gpus_per_node: int = 8
 
     def make_parts(self) -> tuple[Scheduler, KVCacheManager]:
         """A fresh scheduler and KV cache for one replica of this pool."""
@@ -70,8 +72,9 @@ def resolve_pools(scenario: Scenario) -> list[PoolSpec]:
             except Exception as e:  # pydantic's message, made one line
                 raise InputError(f"pools.{p.name}.engine: {str(e).splitlines()[-2].strip()}") from None
         sched = scenario.scheduler if p.scheduler is None else SchedulerConfig.model_validate(p.scheduler)
-        out.append(_pool(scenario, p.name, p.replicas, p.model or scenario.model, p.gpu or scenario.gpu,
-                         p.tp or scenario.tp, p.dtype or scenario.dtype, engine, sched, p.mtbf_s, p.mttr_s))
+        spec = _pool(scenario, p.name, p.replicas, p.model or scenario.model, p.gpu or scenario.gpu,
+                     p.tp or scenario.tp, p.dtype or scenario.dtype, engine, sched, p.mtbf_s, p.mttr_s)
+        out.append(replace(spec, role=p.role, gpus_per_node=p.gpus_per_node))
     return out
 
 

@@ -48,6 +48,7 @@ class Cluster:
         self.num_arrivals = 0
         self.arrived_prompt_tokens = 0
         self.arrived_output_tokens = 0
+        self.disagg = None  # the Disaggregator when pools have prefill/decode roles
 
     def index_models(self) -> None:
         """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
@@ -78,15 +79,19 @@ class Cluster:
             if self.hold:
                 return self.queue.append(req)  # served, in arrival order, when a replica is ready
             return self._end(req, now_s, RequestState.FAILED, "no live replica")
-        if len(self.replicas) == 1:
-            pick = cands[0]  # nothing to decide (and nothing to read)
-        else:
-            view = ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks)
-            pick = self.router.route(req, view)
-            if pick is None:
-                return self._end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
+        if self.disagg is not None:
+            return self.disagg.dispatch(req, cands, now_s)
+        pick = self.route(self.router, req, cands, now_s)
+        if pick is None:
+            return self._end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
         self.router.on_dispatch(req, pick, now_s)
         self.replicas[pick].submit(req, now_s)
+
+    def route(self, router: Router, req: Request, cands: list[int], now_s: float) -> int | None:
+        """`router`'s pick among `cands` (None: shed)."""
+        if len(self.replicas) == 1:
+            return cands[0]  # nothing to decide (and nothing to read)
+        return router.route(req, ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks))
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all)."""
@@ -102,6 +107,10 @@ class Cluster:
     def _cached_blocks(self, i: int, req: Request) -> int:
         return self.replicas[i].cached_blocks(req)
 
+    def end(self, req: Request, now_s: float, state: RequestState, reason: str) -> None:
+        """Give `req` a terminal state before it reaches a replica (rejected or failed)."""
+        self._end(req, now_s, state, reason)
+
     def _end(self, req: Request, now_s: float, state: RequestState, reason: str) -> None:
         req.state = state
         req.finish_s = now_s
@@ -112,7 +121,8 @@ class Cluster:
     def replica_done(self, replica: Replica, req: Request, now_s: float) -> None:
         """A replica is done with a request (finished, or rejected by its engine)."""
         replica.on_done(req)
-        self.router.on_complete(req, replica.index, now_s)
+        router = self.router if self.disagg is None else self.disagg.router_of(replica.index)
+        router.on_complete(req, replica.index, now_s)
         self.on_done(req, now_s)
         if self.on_drained and replica.state == "draining" and replica.num_outstanding == 0:
             self.on_drained(replica, now_s)

@@ -75,6 +75,12 @@ class PoolConfig(BaseModel):
     """Mean time between failures of each replica (exponential); unset: no random failures."""
     mttr_s: float = Field(300.0, ge=0)
     """Time a failed replica takes to come back (restart with an empty KV cache)."""
+    role: Literal["mixed", "prefill", "decode"] = "mixed"
+    """Phase served: `mixed` (both, the default), `prefill` (prompts only: each request's KV
+    then moves to a decode replica) or `decode` (requests arrive with their KV computed)."""
+    gpus_per_node: int = Field(8, ge=1)
+    """GPUs per node: replicas are packed on nodes in order, which decides the link (NVLink
+    within a node, the network between nodes) their KV transfers use."""
 
 
 class Crash(BaseModel):
@@ -183,3 +189,57 @@ class PowerConfig(BaseModel):
             raise ValueError(f"threshold_low ({self.threshold_low}) must be below "
                              f"threshold_high ({self.threshold_high})")
         return self
+
+
+class DisaggregationConfig(BaseModel):
+    """How requests move from prefill pools to decode pools (used when a pool has role prefill)."""
+
+    model_config = _STRICT
+
+    decode_router: RouterConfig = Field(default_factory=RouterConfig)
+    """Picks the decode replica of each request (any router; it sees only decode replicas).
+    The top-level `router` picks among prefill and mixed replicas."""
+    first_token: Literal["prefill", "decode"] = "prefill"
+    """Who emits the first token: `prefill` (DistServe, Splitwise, Mooncake, SGLang: the prefill
+    instance samples it and TTFT does not wait for the transfer) or `decode` (vLLM's
+    disaggregated proxy with NixlConnector, llm-d: the prefill request has max_tokens 1 whose
+    token is dropped; the decode side recomputes the last prompt token and samples it)."""
+    conditional: Literal["off", "dynamo", "llm-d"] = "off"
+    """Prefill on the decode replica when the prompt's uncached part is short. The decode
+    replica is chosen first (decode router) and its prefix cache decides: `dynamo` prefills
+    remotely iff uncached tokens > `max_local_prefill_length` (Dynamo DisaggregatedRouter);
+    `llm-d` iff uncached tokens >= `non_cached_tokens` (llm-d prefix-based P/D decider).
+    `off`: every request routed to a prefill replica is disaggregated."""
+    max_local_prefill_length: int = Field(1000, ge=0)
+    """Dynamo's threshold (its DisaggRouterConf default: 1000 tokens)."""
+    non_cached_tokens: int = Field(0, ge=0)
+    """llm-d's threshold (servesim default 0: always disaggregate, as llm-d's AlwaysDisagg
+    decider; the value deployments set is workload-specific)."""
+
+
+class MigrationConfig(BaseModel):
+    """Llumnix live migration between replicas (off unless `enabled`). Names and defaults are
+    Llumnix's (initial open-source release; HEAD differences noted)."""
+
+    model_config = _STRICT
+
+    enabled: bool = False
+    """Migrate running requests from loaded replicas to free ones."""
+    polling_interval_s: float = Field(0.05, gt=0)
+    """How often the global scheduler checks loads and pairs replicas (`polling_interval`)."""
+    migrate_out_threshold: float = 3.0
+    """A replica whose freeness (available blocks per request, the HOL request's demand counted)
+    is below this migrates out, one above it migrates in (Llumnix negates it internally to -3)."""
+    last_stage_max_blocks: int = Field(4, ge=1)
+    """The stop-and-copy stage starts once at most this many blocks are left to copy (HEAD: 16)."""
+    max_stages: int = Field(3, ge=1)
+    """Copy stages before giving up (the migration is aborted, the request stays)."""
+    bandwidth_GBps: float = Field(10.0, gt=0)
+    """Migration copy bandwidth (Llumnix's gloo/rpc backends stage through CPU buffers; the paper
+    sweeps 1, 10 and 25 GB/s)."""
+    latency_s: float = Field(1e-3, ge=0)
+    """Fixed cost per stage (RPC and commit)."""
+    block_size: int = Field(16, ge=1)
+    """KV block size used for the load metric (the engine's `block_size`)."""
+    watermark: float = Field(0.01, ge=0, lt=1)
+    """Share of blocks not counted as available (vLLM's watermark)."""

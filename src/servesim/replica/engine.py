@@ -28,6 +28,7 @@ from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
+from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import FastForward, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import end_spec_decode, speculate
 from servesim.replica.stretch import Stretch
@@ -64,6 +65,8 @@ class Engine:
         # Called with the time before anything here changes (a cluster keeping stale views
         # takes its snapshot then); None when nobody needs it.
         self.on_change: Callable[[float], None] | None = None
+        # KV moving to or from other replicas (disaggregated prefill/decode); None otherwise
+        self.ports: KVPorts | None = None
         self.busy = False
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
@@ -99,11 +102,17 @@ class Engine:
             return
         if req.hash_ids and self.kv.enable_prefix_caching:
             req.kv_block_keys = block_keys(req, self.kv.block_size)
+        self.interrupt(now_s, before=lambda: self.scheduler.add_request(req, now_s))
+
+    def interrupt(self, now_s: float, before: Callable[[], None] | None = None) -> None:
+        """Something changes here at `now_s` (`before()`, if given, makes the change): cut the
+        stretch in flight so the next step boundary sees it, or start a step if idle."""
         if self.stretch is not None and self.stretch.cut(now_s):  # the scheduler must see it
             st = self.stretch
             st.gen += 1
             self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
-        self.scheduler.add_request(req, now_s)
+        if before is not None:
+            before()
         if not self.busy:  # start after every arrival of this instant is queued, as a batch
             self.busy = True
             self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)
@@ -125,6 +134,8 @@ class Engine:
         if self.on_change:
             self.on_change(now_s)
         sched = self.scheduler
+        if self.ports is not None:
+            self.ports.at_boundary(now_s)
         out = sched.schedule(now_s)
         scheduled = out.scheduled
         swap_s = self._swap(out, now_s) if out.swapped_out or out.swapped_in else 0.0
@@ -133,7 +144,8 @@ class Engine:
             wake_s = now_s + swap_s if swap_s > 0 else sched.next_timer_s()
             if now_s < wake_s < float("inf"):
                 self._wake_at(wake_s)
-            elif (sched.num_waiting or sched.swapped) and not sched.num_running:
+            elif ((sched.num_waiting or sched.swapped) and not sched.num_running
+                  and not (self.ports is not None and self.ports.holds_blocks)):
                 raise RuntimeError("scheduler is stuck: requests wait but nothing can run")
             return
         self.busy = True
@@ -153,6 +165,7 @@ class Engine:
         if (self.config.fast_forward and not self._spec_k and not swap_s
                 and (ff := sched.fast_forward(out)).repeat
                 and (not prefills or ff.after_prefill)
+                and (self.ports is None or self.ports.allows_stretch(prefills))
                 and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
@@ -178,6 +191,7 @@ class Engine:
         finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
         prefill_tokens = 0
         emitted = len(decodes)
+        ports, handoffs = self.ports, []
         for req, n in prefills:  # prompt (or recompute) chunks: a token only when caught up
             if type(n) is tuple:  # a speculative decode: (1 + drafts, accepted drafts)
                 emitted += end_spec_decode(self, req, n[1], step, now_s)
@@ -187,14 +201,22 @@ class Engine:
             prefill_tokens += n
             req.num_computed_tokens += n
             if req.num_computed_tokens >= req.num_tokens:
-                emitted += 1
-                self.emit(req, step, now_s)
-                if req.num_output_tokens >= req.output_len:
-                    finished.append(req)
+                pd = req.extra.get("pd") if ports is not None else None  # handed off to a decode replica
+                if pd != "decode":  # the prefill replica emits the first token (or no hand-off)
+                    emitted += 1
+                    self.emit(req, step, now_s)
+                    if req.num_output_tokens >= req.output_len:
+                        finished.append(req)
+                        continue
+                if pd:
+                    handoffs.append(req)
         self.num_steps += 1
         self.recorder.log_step(start_s, now_s, prefill_tokens, emitted, num_running, num_waiting,
                                self.kv.num_gpu_blocks - self.kv.num_free_blocks)
-        self._finish_and_continue(out, finished, now_s)
+        if handoffs:
+            self._finish_and_continue(out, finished, now_s, lambda: ports.hand_off(handoffs, now_s, now_s - start_s))
+        else:
+            self._finish_and_continue(out, finished, now_s)
 
     def emit(self, req: Request, step: int, time_s: float) -> None:
         """Record one token emitted at the end of `step` (at `time_s`)."""
@@ -208,13 +230,16 @@ class Engine:
         if req.first_token_s is None:
             req.first_token_s = time_s
 
-    def _finish_and_continue(self, out: SchedulerOutput, finished: list[Request], now_s: float) -> None:
+    def _finish_and_continue(self, out: SchedulerOutput, finished: list[Request], now_s: float,
+                             hand_off: Callable[[], None] | None = None) -> None:
         for req in finished:
             req.state = RequestState.FINISHED
             if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
                 req.finish_s = now_s
             self.scheduler.finish(req, now_s)
         self.scheduler.end_step(out, now_s, self.num_steps)
+        if hand_off is not None:  # prompts handed to decode replicas leave after the step, as finishes
+            hand_off()
         for req in finished:
             self.on_done(req, now_s)
         self._start_step(now_s)
@@ -460,8 +485,12 @@ class Engine:
 
     # ------------------------------------------------------------------ end of run
     def drain(self, now_s: float) -> None:
-        """Mark every request still held as dropped (the run stopped before they finished)."""
-        for req in self.scheduler.drain(now_s):
+        """Mark every request still held as dropped (the run stopped before they finished),
+        with those whose KV was coming here."""
+        held = self.scheduler.drain(now_s)
+        if self.ports is not None:
+            held += self.ports.drain()
+        for req in held:
             req.state = RequestState.DROPPED
             req.finish_s = now_s
 

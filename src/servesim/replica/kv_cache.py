@@ -268,6 +268,25 @@ class KVCacheManager:
                 else:
                     self._push_plain(1)
 
+    # ---------------------------------------------------------------- KV transfers
+    def detach(self, req_id: int, key: Hashable) -> None:
+        """Keep a request's blocks under `key` (its KV is being sent to another replica): the
+        request can leave the scheduler while its blocks stay held until `free(key)`."""
+        held = self._held.pop(req_id, None)
+        if held is not None:
+            self._held[key] = held
+
+    def reserve(self, req_id: int, num_tokens: int) -> bool:
+        """Hold plain blocks for `num_tokens` tokens of a request whose KV is arriving from
+        another replica (the receiver allocates before the transfer starts); False, changing
+        nothing, if they are not free."""
+        need = cdiv(num_tokens, self.block_size)
+        if need > self.num_free_blocks or req_id in self._held:
+            return False
+        self._pop_free(need)
+        self._held[req_id] = _Held(num_plain=need)
+        return True
+
     # ---------------------------------------------------------------- CPU tier
     # The CPU tier holds (a) the blocks of swapped-out requests and (b) reclaimable copies:
     # a request's CPU copy kept after its swap-in ("req", id) and a finished turn's copy kept

@@ -60,14 +60,7 @@ class Replica:
     # ------------------------------------------------------------------ requests
     def submit(self, req: Request, now_s: float) -> None:
         """Hand a request to the engine at `now_s` (it may reject it)."""
-        self.num_dispatched += 1
-        self.num_outstanding += 1
-        if req.replica != self.index:
-            if req.replica >= 0:  # moved (after a crash): remember where each part of its runs was made
-                if not req.moves:
-                    req.moves.append((0, req.replica))
-                req.moves.append((len(req.token_steps), self.index))
-            req.replica = self.index
+        self._take(req)
         if self.frontend is None:
             self.engine.add_request(req, now_s)
         else:  # through the API server first; the request keeps its client arrival time
@@ -79,6 +72,21 @@ class Replica:
         if req in self._in_transit:  # (not if a crash took it back meanwhile)
             self._in_transit.discard(req)
             self.engine.add_request(req, now_s)
+
+    def receive(self, req: Request, now_s: float) -> None:
+        """`req` arrives with its KV computed elsewhere, in blocks reserved here (disaggregation)."""
+        self._take(req)
+        self.engine.ports.arrive(req, now_s)
+
+    def _take(self, req: Request) -> None:
+        self.num_dispatched += 1
+        self.num_outstanding += 1
+        if req.replica != self.index:
+            if req.replica >= 0:  # moved (after a crash): remember where each part of its runs was made
+                if not req.moves:
+                    req.moves.append((0, req.replica))
+                req.moves.append((len(req.token_steps), self.index))
+            req.replica = self.index
 
     def on_done(self, req: Request) -> None:
         """The engine is done with `req` (finished or rejected)."""

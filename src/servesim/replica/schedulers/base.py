@@ -137,6 +137,12 @@ class Scheduler:
     def add_request(self, req: Request, now_s: float) -> None:
         self.waiting.append(req)
 
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        """A request whose KV was computed on another replica arrived in blocks already
+        reserved for it (`KVCacheManager.reserve`): it joins the running batch and is scheduled
+        from the next step on (its first token, or its next decode)."""
+        self.running.append(req)
+
     def finish(self, req: Request, now_s: float) -> None:
         """The request emitted its last token: release it."""
         self.running.remove(req)

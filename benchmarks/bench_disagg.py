@@ -1,0 +1,44 @@
+"""Disaggregation overhead: the azure-conv trace on 4 prefill + 4 decode replicas against the
+same trace on 8 aggregated replicas (wall time; issue 10's target: within 2x).
+
+Run: python benchmarks/bench_disagg.py [--end-s 600]
+Both runs use the default model and GPU, round-robin routers and the trace's first `end_s`
+seconds; each prints wall time, events, fast-forwarded share, and the P/D run's transfer stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from servesim import load_scenario, simulate
+
+POOLS = "pools=[{name: p, role: prefill, replicas: 4}, {name: d, role: decode, replicas: 4}]"
+
+
+def run(sets: list[str]) -> tuple[float, dict]:
+    res = simulate(load_scenario(None, sets))
+    s = res.summary()
+    share = res.num_fast_forwarded_steps / max(len(res.steps), 1)
+    print(f"  wall {res.wall_time_s:.2f} s, {res.num_events} events, {len(res.steps)} steps, "
+          f"{share:.0%} fast-forwarded, {s['num_finished']}/{s['num_requests']} finished, "
+          f"TTFT p50 {s['ttft_s']['p50'] * 1e3:.0f} ms, TPOT p50 {s['tpot_s']['p50'] * 1e3:.1f} ms")
+    return res.wall_time_s, s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--end-s", type=float, default=600.0)
+    args = ap.parse_args()
+    base = [f"workload.trace.end_s={args.end_s}"]
+    print("8 aggregated replicas")
+    agg_s, _ = run(base + ["replicas=8"])
+    print("4 prefill + 4 decode replicas")
+    pd_s, s = run(base + [POOLS])
+    d = s["disaggregation"]
+    print(f"  {d['num_transfers']} transfers, {d['kv_bytes'] / 1e9:.1f} GB, transfer p99 "
+          f"{d['transfer_time_s']['p99'] * 1e3:.2f} ms, wait p99 {d['transfer_wait_s']['p99'] * 1e3:.2f} ms")
+    print(f"ratio P/D / aggregated wall time: {pd_s / agg_s:.2f} (target <= 2)")
+
+
+if __name__ == "__main__":
+    main()

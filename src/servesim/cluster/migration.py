@@ -1,0 +1,155 @@
+"""Llumnix live migration: pair loaded and free replicas, move running requests with a
+multi-stage KV copy while they keep decoding, and a short stop-and-copy at the end.
+
+Every `polling_interval_s` the migrator computes each live replica's migrate load, negated
+freeness: n = running (+1 if a request waits), available = free blocks - watermark (- the
+head-of-line request's blocks if one waits), load = -available / n (-inf when n = 0). Sources
+have load > -threshold, destinations load < -threshold; sorted sources (most loaded first) pair
+with sorted destinations (least loaded first), as Llumnix's `defrag` pairing. A source takes
+part in one migration at a time (`max_migration_concurrency` 1).
+
+A migration (each step at a step boundary of the replica concerned, so state is exact and
+fast-forward stays exact):
+1. source: pick the last running request that is decoding (LCFS); destination: reserve its
+   blocks (abort if they are not free);
+2. stage k copies the blocks written since the previous stage (all of them in stage 1) at
+   `bandwidth_GBps` plus `latency_s`, while the request keeps decoding on the source;
+3. at the end of a stage, on the source: if the request left (finished, preempted) abort; if
+   at most `last_stage_max_blocks` remain, stop it (taken out of the source batch) and copy them:
+   the downtime; it then joins the destination's batch. After `max_stages` stages: abort.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from servesim.cluster.config import MigrationConfig
+from servesim.core.loop import PRIO_ARRIVAL
+from servesim.replica.kv_cache import cdiv
+from servesim.workload.request import Request
+
+
+@dataclass(slots=True)
+class Migration:
+    """One request's move (times in seconds)."""
+
+    src: int
+    dst: int
+    req: Request | None = None
+    start_s: float = 0.0
+    stop_s: float = -1.0  # stop-and-copy began (the request left the source)
+    end_s: float = -1.0  # joined the destination
+    num_stages: int = 0
+    copied_blocks: int = 0
+    aborted: str = ""
+
+
+class Migrator:
+    """Periodic pairing and the migration state machine over the cluster's replicas."""
+
+    def __init__(self, cluster, cfg: MigrationConfig, kv_bytes_per_block: list[int], active) -> None:
+        self.cluster = cluster
+        self.cfg = cfg
+        self.kv_bytes_per_block = kv_bytes_per_block  # per replica, all TP shards
+        self.active = active  # does the run go on?
+        self.migrations: list[Migration] = []
+        self._busy: set[int] = set()  # replicas in a migration (as source or destination)
+
+    def start(self) -> None:
+        self.cluster.loop.schedule(self.cfg.polling_interval_s, self._tick, None, PRIO_ARRIVAL)
+
+    # ------------------------------------------------------------------ pairing
+    def load(self, i: int, now_s: float) -> float:
+        """Llumnix's migrate load of replica i at `now_s` (exact: the wall's view)."""
+        rep = self.cluster.replicas[i]
+        v = rep.view(now_s)
+        sched = rep.engine.scheduler
+        n = v.num_running
+        avail = v.num_gpu_blocks - v.kv_used_blocks - self.cfg.watermark * v.num_gpu_blocks
+        if sched.num_waiting:
+            n += 1
+            head = sched.waiting.peek()
+            avail -= cdiv(head.num_tokens, rep.engine.kv.block_size)
+        return -avail / n if n else -math.inf
+
+    def _tick(self, now_s: float, _) -> None:
+        if not self.active():
+            return
+        self.cluster.loop.schedule(now_s + self.cfg.polling_interval_s, self._tick, None, PRIO_ARRIVAL)
+        thr = -self.cfg.migrate_out_threshold
+        live = [i for i, r in enumerate(self.cluster.replicas) if r.alive and i not in self._busy]
+        if len(live) < 2:
+            return
+        loads = {i: self.load(i, now_s) for i in live}
+        order = sorted(live, key=lambda i: (loads[i], i))
+        dst = [i for i in order if loads[i] < thr]
+        src = [i for i in reversed(order) if loads[i] > thr]
+        for s, d in zip(src, dst):
+            m = Migration(s, d, start_s=now_s)
+            self._busy |= {s, d}
+            self.migrations.append(m)
+            self._ports(s).call(lambda t, m=m: self._pick(m, t), now_s)
+
+    # ------------------------------------------------------------------ the state machine
+    def _ports(self, i: int):
+        return self.cluster.replicas[i].engine.ports
+
+    def _pick(self, m: Migration, now_s: float) -> None:
+        """At the source's boundary: the last running request that decodes (LCFS)."""
+        running = self.cluster.replicas[m.src].engine.scheduler.running
+        req = next((r for r in reversed(running) if r.is_decoding and r.remaining_output > 1), None)
+        if req is None:
+            return self._end(m, "no decoding request")
+        m.req = req
+        first = self._src_blocks(m) - 1  # stage 1: all but the block being written (counted here, exactly)
+        need = min(req.prompt_len + req.output_len, req.num_computed_tokens
+                   + self.cfg.last_stage_max_blocks * self.cluster.replicas[m.dst].engine.kv.block_size)
+        self._ports(m.dst).call(lambda t: self._reserve(m, need, first, t), now_s)
+
+    def _reserve(self, m: Migration, num_tokens: int, num_blocks: int, now_s: float) -> None:
+        """At the destination's boundary (the source may be inside a stretch: not read here)."""
+        if not self._ports(m.dst).reserve_now(m.req, num_tokens):
+            return self._end(m, "no room at the destination")
+        self._copy(m, num_blocks, now_s, self._after_stage)
+
+    def _src_blocks(self, m: Migration) -> int:
+        return self.cluster.replicas[m.src].engine.kv.num_blocks_of(m.req.id)
+
+    def _copy(self, m: Migration, num_blocks: int, now_s: float, then) -> None:
+        m.num_stages += 1
+        m.copied_blocks += num_blocks
+        t = num_blocks * self.kv_bytes_per_block[m.src] / (self.cfg.bandwidth_GBps * 1e9) + self.cfg.latency_s
+        self.cluster.loop.schedule(now_s + t, lambda t2, _: then(m, t2), None, PRIO_ARRIVAL)
+
+    def _after_stage(self, m: Migration, now_s: float) -> None:
+        self._ports(m.src).call(lambda t: self._next_stage(m, t), now_s)
+
+    def _next_stage(self, m: Migration, now_s: float) -> None:
+        """At the source's boundary after a stage: stop-and-copy, another stage, or abort."""
+        src = self.cluster.replicas[m.src]
+        req = m.req
+        if not any(r is req for r in src.engine.scheduler.running) or not req.is_decoding:
+            self._ports(m.dst).call(lambda t: self._ports(m.dst).cancel(req), now_s)
+            return self._end(m, "request left the source")
+        left = self._src_blocks(m) - m.copied_blocks
+        if left <= self.cfg.last_stage_max_blocks:
+            src.engine.scheduler.remove(req, now_s)  # stop: its blocks on the source are freed
+            src.num_outstanding -= 1
+            self.cluster.router.on_complete(req, m.src, now_s)
+            m.stop_s = now_s
+            return self._copy(m, max(left, 0), now_s, self._arrive)
+        if m.num_stages >= self.cfg.max_stages:
+            self._ports(m.dst).call(lambda t: self._ports(m.dst).cancel(req), now_s)
+            return self._end(m, "stages exhausted")
+        self._copy(m, left - 1, now_s, self._after_stage)
+
+    def _arrive(self, m: Migration, now_s: float) -> None:
+        m.end_s = now_s
+        self.cluster.router.on_dispatch(m.req, m.dst, now_s)
+        self.cluster.replicas[m.dst].receive(m.req, now_s)
+        self._end(m, "")
+
+    def _end(self, m: Migration, aborted: str) -> None:
+        m.aborted = aborted
+        self._busy -= {m.src, m.dst}

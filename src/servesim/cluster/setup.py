@@ -1,0 +1,55 @@
+"""Wiring of the cluster's optional machinery: prefill/decode disaggregation and live migration
+(built by `simulation.simulate` when the scenario asks for them), and their summary."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.cluster.build import PoolSpec
+from servesim.cluster.cluster import Cluster
+from servesim.cluster.disaggregation import Disaggregator
+from servesim.cluster.migration import Migrator
+from servesim.cluster.routers import get_router
+from servesim.metrics.cluster import ReplicaRecord
+from servesim.metrics.disaggregation import disaggregation_section
+from servesim.replica.kv_ports import KVPorts
+from servesim.scenario import Scenario
+
+
+def build_disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, n: int,
+                        seed: np.random.SeedSequence) -> Disaggregator:
+    """The disaggregator with its decode router (its own random stream), ports attached."""
+    cfg = scenario.disaggregation
+    cls = get_router(cfg.decode_router.name)
+    decode_router = cls(cfg.decode_router.params(), n, np.random.default_rng(seed))
+    d = Disaggregator(cluster, pools, cfg, scenario.network, decode_router)
+    d.attach()
+    return d
+
+
+def build_migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, active) -> Migrator:
+    """The migrator, ticking while `active()`, with ports on every replica."""
+    def unused(*_) -> None:  # (mixed replicas hand nothing off and expect no P/D transfer)
+        raise AssertionError("no prefill/decode roles with migration")
+
+    per_block = []
+    for pool in pools:
+        per_block += [pool.perf.kv_bytes_per_token * pool.tp * pool.config.block_size] * pool.replicas
+    for rep in cluster.replicas:
+        rep.engine.ports = KVPorts(rep.engine, unused, unused)
+    m = Migrator(cluster, scenario.migration, per_block, active)
+    m.start()
+    return m
+
+
+def disaggregation_summary(cluster: Cluster, records: list[ReplicaRecord]) -> dict | None:
+    """The `disaggregation` summary section (None without prefill/decode roles)."""
+    d = cluster.disagg
+    if d is None:
+        return None
+    start = min((r.arrival_s for r in cluster.requests), default=0.0)
+    end = max((float(rec.steps.end_s.max()) for rec in records if len(rec.steps)), default=start)
+    span_s = max(end - start, 1e-12)
+    busy = [float((rec.steps.end_s - rec.steps.start_s).sum() / span_s) for rec in records]
+    return disaggregation_section(d.transfers, list(d.links.values()), d.roles, busy, d.num_local_prefills,
+                                  d.cfg.first_token, span_s)

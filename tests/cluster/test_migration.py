@@ -1,0 +1,78 @@
+"""Llumnix: dispatch by freeness, and live migration (pairing, multi-stage copy, stop-and-copy
+downtime, aborts), with every request ending and every block returned."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.cluster import routers
+from servesim.cluster.routers.base import Router
+from servesim.cluster.routers.llumnix import Llumnix, dispatch_load
+from servesim.cluster.view import ClusterView, ReplicaView
+
+MIG = ["workload.trace=null", "workload.arrival.process=poisson", "workload.arrival.rate_per_s=30",
+       "workload.num_requests=600", "workload.lengths.dataset=sharegpt", "engine.gpu_memory_utilization=0.3",
+       "replicas=4"]
+
+
+def _view(i, running, waiting, used, prefill_tokens=0):
+    return ReplicaView(i, "default", 0.0, running + waiting, running, waiting, used, 1000, prefill_tokens, 0)
+
+
+def test_llumnix_dispatch_load_and_choice():
+    # 1000 blocks, 10 kept by the watermark; 2 requests, 490 used, 160 queued tokens = 10 blocks
+    assert dispatch_load(_view(0, 1, 1, 490, 160), 16, 0.01) == pytest.approx(-(1000 - 490 - 10 - 10) / 2)
+    assert dispatch_load(_view(1, 0, 0, 0), 16, 0.01) == -math.inf
+    views = {0: _view(0, 4, 0, 600), 1: _view(1, 1, 0, 900), 2: _view(2, 2, 0, 200)}
+    router = Llumnix(Llumnix.Params(), 3, np.random.default_rng(0))
+    view = ClusterView(0.0, [0, 1, 2], views.__getitem__, lambda i, r: 0)
+    assert router.route(None, view) == 2  # 790 free blocks for 2 requests: the freest
+
+
+class AllToFirst(Router):
+    """Test router: every request to the first candidate (a maximally imbalanced dispatch)."""
+
+    def route(self, req, view):
+        return view.candidates[0]
+
+
+@pytest.fixture
+def all_to_first(monkeypatch):
+    routers.REGISTRY.available()
+    AllToFirst.name = "test-all-to-first"
+    monkeypatch.setitem(routers.REGISTRY._classes, "test-all-to-first", AllToFirst)
+    return "test-all-to-first"
+
+
+def test_migration_moves_requests_off_an_overloaded_replica(all_to_first):
+    sets = ["workload.trace=null", "workload.arrival.rate_per_s=4", "workload.num_requests=120",
+            "workload.lengths.dataset=sharegpt", "engine.gpu_memory_utilization=0.25", "replicas=2",
+            f"router={all_to_first}"]
+    off = simulate(load_scenario(None, sets))
+    on = simulate(load_scenario(None, sets + ["migration.enabled=true"]))
+    assert {r.replica for r in off.requests} == {0}
+    moved = [r for r in on.requests if r.moves]
+    m = on.summary()["migration"]
+    assert m["num_migrations"] == len(moved) > 5 and all(r.replica == 1 for r in moved)
+    assert on.summary()["num_finished"] == 120
+    # stop-and-copy: at most last_stage_max_blocks (4) blocks of 16 x 128 KiB at 10 GB/s, plus 1 ms
+    assert m["downtime_s"]["max"] <= 1e-3 + 4 * 16 * 131072 / 10e9 + 1e-12
+    assert m["downtime_s"]["max"] < 0.01 * m["duration_s"]["mean"] + 2e-3
+    assert on.summary()["num_preemptions"] < off.summary()["num_preemptions"]
+    assert on.summary()["ttft_s"]["p99"] < 0.5 * off.summary()["ttft_s"]["p99"]
+
+
+def test_migration_cuts_tail_ttft_against_dispatch_only():
+    dispatch_only = simulate(load_scenario(None, MIG + ["router=llumnix"])).summary()
+    migrating = simulate(load_scenario(None, MIG + ["router=llumnix", "migration.enabled=true"])).summary()
+    assert migrating["migration"]["num_migrations"] > 20
+    assert migrating["ttft_s"]["p99"] < 0.9 * dispatch_only["ttft_s"]["p99"]
+
+
+def test_no_migration_section_when_off():
+    s = simulate(load_scenario(None, MIG[:4] + ["workload.num_requests=50", "replicas=2"])).summary()
+    assert "migration" not in s
