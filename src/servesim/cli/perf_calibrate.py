@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +9,7 @@ import typer
 
 from servesim.cli.common import user_errors
 
-from servesim.cli.perf_common import write_atomic
+from servesim.cli.perf_common import replace_marked_block, write_atomic
 from servesim.errors import InputError
 
 DEFAULT_MEASURED = "../shared/data/perf/measured_points.csv"
@@ -60,12 +59,5 @@ def register(app: typer.Typer) -> None:
         if docs is None:
             print(table)
             return
-        try:
-            text = docs.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot read {str(docs)!r}: {exc.strerror}") from None
-        if TABLE_BEGIN not in text or TABLE_END not in text:
-            raise InputError(f"{docs}: missing the markers {TABLE_BEGIN} ... {TABLE_END}")
-        pattern = re.compile(re.escape(TABLE_BEGIN) + ".*?" + re.escape(TABLE_END), re.DOTALL)
-        write_atomic(docs, pattern.sub(lambda _: f"{TABLE_BEGIN}\n{table}\n{TABLE_END}", text))
+        replace_marked_block(docs, TABLE_BEGIN, TABLE_END, table)
         print(f"updated {docs}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,18 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_marked_block(docs: Path, begin: str, end: str, block: str) -> None:
+    """Rewrite the text between the `begin` and `end` markers of a docs file (atomically)."""
+    try:
+        text = docs.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {str(docs)!r}: {exc.strerror}") from None
+    if begin not in text or end not in text:
+        raise InputError(f"{docs}: missing the markers {begin} ... {end}")
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+    write_atomic(docs, pattern.sub(lambda _: f"{begin}\n{block}\n{end}", text))
 
 
 def print_json(data: Any) -> None:

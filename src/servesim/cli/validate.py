@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ from typing import Optional
 import typer
 
 from servesim.cli.common import user_errors
-from servesim.cli.perf_common import write_atomic
+from servesim.cli.perf_common import replace_marked_block, write_atomic
 from servesim.errors import InputError
 
 TABLE_BEGIN = "<!-- fidelity:begin -->"
@@ -29,17 +28,6 @@ def _rows_csv(results) -> str:
                     r.row.concurrency, f"{r.row.ttft_s * 1e3:.3f}", f"{r.ttft_s * 1e3:.3f}", f"{r.ttft_error:.4f}",
                     f"{r.row.tpot_s * 1e3:.3f}", f"{r.tpot_s * 1e3:.3f}", f"{r.tpot_error:.4f}"])
     return out.getvalue()
-
-
-def _replace_block(docs: Path, block: str) -> None:
-    try:
-        text = docs.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {str(docs)!r}: {exc.strerror}") from None
-    if TABLE_BEGIN not in text or TABLE_END not in text:
-        raise InputError(f"{docs}: missing the markers {TABLE_BEGIN} ... {TABLE_END}")
-    pattern = re.compile(re.escape(TABLE_BEGIN) + ".*?" + re.escape(TABLE_END), re.DOTALL)
-    write_atomic(docs, pattern.sub(lambda _: f"{TABLE_BEGIN}\n{block}\n{TABLE_END}", text))
 
 
 def register(app: typer.Typer) -> None:
@@ -91,5 +79,5 @@ def register(app: typer.Typer) -> None:
             write_atomic(output, _rows_csv(results))
             print(f"wrote {output}")
         if docs is not None:
-            _replace_block(docs, block)
+            replace_marked_block(docs, TABLE_BEGIN, TABLE_END, block)
             print(f"updated {docs}")
