@@ -321,8 +321,12 @@ class Engine:
         # Price up to the next event anywhere, and at least one step past step 0: the event may
         # not concern this replica (a submission here cuts the stretch back to the step in
         # flight); `_end_fast_forward` extends the stretch when its end is reached uncut.
-        ahead_s = now_s + (self.next_event_s() - now_s) * self.lookahead
-        st.price(min(max(ahead_s, math.nextafter(end0, math.inf)), self._own_horizon_s()))
+        # A lone replica knows the next arrival is its own: price exactly up to it (and give
+        # up below two steps). With others, price ahead and at least one step past step 0.
+        next_s = self.next_event_s()
+        if self.lookahead > 1:
+            next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
+        st.price(min(next_s, self._own_horizon_s()))
         if len(st.ends) < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs

@@ -100,7 +100,8 @@ class Stretch:
             m = self.kmax - len(ends)
             if horizon != float("inf"):  # steps only grow longer: the next one bounds how many fit
                 m = min(m, int((horizon - ends[-1]) / self._f(self._ctx_sum)) + 2)
-            if m > 32 and self._affine(self._active) is not None:
+            # numpy's fixed cost per call pays off only for long runs (more so with departures)
+            if m > (256 if self.through else 64) and self._affine(self._active) is not None:
                 self._price_numpy(min(m, 1 << 14), horizon)
             else:
                 self._price_loop(m, horizon)
@@ -111,17 +112,19 @@ class Stretch:
         j = len(ends)
         stop = j + m
         f, ctx_sum, active = self._f, self._ctx_sum, self._active
-        order, rem = self._order, self._sorted_rem
+        rem = self._sorted_rem
+        leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
         while j < stop and active and t < horizon:
             t += f(ctx_sum)
             ends.append(t)
             sizes.append(active)
             ctx_sum += active
             j += 1
-            if order is not None and self._p < len(order) and rem[self._p] == j:
+            if j == leave_at:
                 self._ctx_sum, self._active = ctx_sum, active
                 self._leave(j)
                 ctx_sum, active, f = self._ctx_sum, self._active, self._f
+                leave_at = rem[self._p] if self._p < len(rem) else -1
         self._ctx_sum, self._active = ctx_sum, active
 
     def _price_numpy(self, m: int, horizon: float) -> None:
