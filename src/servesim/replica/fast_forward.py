@@ -1,0 +1,198 @@
+"""Fast-forward: an engine step and the decode-only steps that repeat it, as one event.
+
+When the scheduler says the next steps would repeat the batch (`Scheduler.fast_forward`), the
+engine plans a `Stretch` (see `replica/stretch.py`), prices it up to the next event that may
+concern this replica, and applies all its steps when it ends: the requests' tokens, their KV
+blocks and the step log, exactly as stepping one by one would have left them. A request
+arriving here cuts the stretch (`Engine.interrupt`); a stretch whose end is reached uncut is
+extended. This part of the engine is a mixin of `Engine`, kept apart because it is the
+subtle part: everything here must stay bit-identical to stepping (tests/replica/test_fast_forward.py,
+tests/cluster/test_exactness.py, tests/golden).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from servesim.core.loop import PRIO_STEP_END
+from servesim.metrics.recorder import BlockGrowth
+from servesim.replica.schedulers.base import FastForward, SchedulerOutput
+from servesim.replica.stretch import Stretch
+from servesim.workload.request import Request
+
+
+class FastForwarding:
+    """The fast-forward methods of `Engine` (which holds the state they use)."""
+
+    def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
+                      prefills: list[tuple[Request, int]], ff: FastForward) -> bool:
+        """Run this step and the decode-only steps that repeat it as one event (a `Stretch`).
+
+        Step 0 is the scheduled step itself: decodes, plus prompt chunks that finish their
+        prompts (those requests emit their first token and decode from step 1 on). Every later
+        step gives every request still running one token. The stretch stops before anything
+        could change that: an arrival here (`cut`), a policy timer, the step that would run out
+        of KV blocks, and the first finish — unless finishes can be processed late (nothing
+        reacts to them, no prefix keys, and a scheduler that stays steady when requests leave),
+        in which case requests leave the batch at their last step and their finish is recorded
+        at its time. Returns False, changing nothing, if fewer than two steps would be safe.
+        Step times come from the perf model's scalar decode form, one call per step, so nothing
+        scales with tokens.
+        """
+        if prefills:
+            for req, n in prefills:
+                if n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens:
+                    return False  # a prompt still in progress gets a chunk, not one token, next step
+            reqs = decodes + [req for req, _ in prefills]
+            # contexts after step 0 (the tokens in KV when step 1 starts)
+            ctx1 = [c + 1 for c in decode_ctxs] + [req.num_computed_tokens + n for req, n in prefills]
+            chunks = [(n, req.num_computed_tokens) for req, n in prefills]
+        else:
+            reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
+        remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
+        through = self.defer_finishes and ff.through_finishes and not any(req.kv_block_keys for req in reqs)
+        if (max(remaining) if through else min(remaining)) < 2:
+            return False
+        end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
+        st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
+                     self.perf, self.scheduler.num_waiting, self._decode_affine)
+        # Price up to the next event anywhere, and at least one step past step 0: the event may
+        # not concern this replica (a submission here cuts the stretch back to the step in
+        # flight); `_end_fast_forward` extends the stretch when its end is reached uncut.
+        # A lone replica knows the next arrival is its own: price exactly up to it (and give
+        # up below two steps). With others, price ahead and at least one step past step 0.
+        next_s = self.next_event_s()
+        if self.lookahead > 1:
+            next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
+        st.price(min(next_s, self._own_horizon_s()))
+        if len(st.ends) < 2:
+            return False
+        # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
+        # one more block for a request; it needs another every block_size steps after that,
+        # until its last step (remaining - 1). Freed blocks are not counted on: allocations must
+        # fit in the blocks free now, which also keeps the free queue's order exact.
+        st.first_new = self.kv.first_new_block_steps(reqs, ctx1)
+        st.free_blocks = self.kv.num_free_blocks
+        if not self._limit(st, 1):
+            return False
+        self.stretch = st
+        self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+        return True
+
+    def _limit(self, st: Stretch, k_safe: int) -> bool:
+        """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
+        prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
+        False if fewer than two steps remain."""
+        bs = self.kv.block_size
+        k = len(st.ends)
+        first_new, remaining, free = st.first_new, st.remaining, st.free_blocks
+
+        def need(steps: int) -> int:
+            return sum((min(steps, r) - 1 - f) // bs + 1 for f, r in zip(first_new, remaining) if f < min(steps, r))
+
+        # (cheap bound first: each request needs at most one block per block_size steps, + 1)
+        if len(first_new) * ((k - 1) // bs + 1) > free and need(k) > free:
+            lo, hi = k_safe, k  # need(lo) <= free < need(hi)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
+            st.truncate(lo)
+            st.final = True
+            k = lo
+        if st.keyed and k > k_safe and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in st.keyed]):
+            st.truncate(k_safe)
+            st.final = True
+        return len(st.ends) >= 2
+
+    def _own_horizon_s(self) -> float:
+        """The next time this replica changes by itself: a policy timer or the end of the run."""
+        return min(self.until_s, self.scheduler.next_timer_s())
+
+    def _decode_affine(self, n: int):
+        """The perf model's affine decode form for n sequences, memoised (None: none)."""
+        a = self._affines.get(n, False)
+        if a is False:
+            form = getattr(self.perf, "decode_affine", None)
+            a = self._affines[n] = form(n) if form else None
+        return a
+
+    def _decode_fn(self, n: int):
+        """The perf model's scalar decode step time for n sequences, memoised (False: none)."""
+        f = self._decode_fns.get(n)
+        if f is None:
+            f = self._decode_fns[n] = self.perf.decode_time_fn(n) or False
+        return f
+
+    def _end_fast_forward(self, now_s: float, payload) -> None:
+        st, gen = payload
+        if gen != st.gen:
+            return  # replaced by a cut or an extension
+        if not st.final and len(st.ends) < st.kmax:
+            # Nothing touched this replica: extend to at least four times the stretch's span so far.
+            k = len(st.ends)
+            own = self._own_horizon_s()
+            st.price(min(own, max(self.next_event_s(), 4 * st.ends[-1] - 3 * st.start_s)))
+            if len(st.ends) > k:
+                self._limit(st, k)
+            if len(st.ends) > k:
+                st.gen += 1
+                self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+                return
+        self.stretch = None
+        if self.on_change:
+            self.on_change(now_s)
+        self._finish_and_continue(st.out, self._apply_stretch(st), now_s)
+
+    def _apply_stretch(self, st: Stretch) -> list[Request]:
+        """Advance the requests, KV blocks and step log by the stretch's steps; returns the
+        requests that finished in it, in finish order."""
+        ends, k, reqs, remaining = st.ends, len(st.ends), st.reqs, st.remaining
+        bs = self.kv.block_size
+        first_new = st.first_new
+        steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
+        # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
+        new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
+        finished = [i for i, r in enumerate(remaining) if r <= k]
+        if len(finished) > 1:
+            finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
+        # a request that finished before the last step frees all its blocks after its last step
+        frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
+                 for i in finished if (m := steps_of[i]) < k]
+        kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
+        first = self.recorder.num_steps
+        nd = len(st.decodes)
+        advance_decodes(st.decodes, steps_of, first)
+        prefill_tokens = 0
+        for (req, n), m in zip(st.prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
+            prefill_tokens += n
+            req.num_computed_tokens += n + m - 1
+            req.num_output_tokens += m
+            req.token_steps += (first, first + m - 1)
+            if req.first_token_s is None:
+                req.first_token_s = ends[0]
+        self.kv.allocate_plain_many(new_blocks)
+        for req, c in st.keyed:
+            self.kv.cache_full_blocks(req, c + k - 1)
+        done = [reqs[i] for i in finished]
+        for req in done:
+            req.finish_s = ends[req.token_steps[-1] - first]
+        self.num_steps += k
+        self.num_fast_forwarded_steps += k
+        self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens)
+        return done
+
+
+def advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -> None:
+    """Each decoding request emitted one token at the end of each of its next `steps` engine
+    steps, from step `first` on (the hot loop of the engine)."""
+    prev = first - 1
+    for req, m in zip(decodes, steps):
+        req.num_computed_tokens += m
+        req.num_output_tokens += m
+        runs = req.token_steps
+        if runs[-1] == prev:
+            runs[-1] = prev + m
+        else:
+            runs.append(first)
+            runs.append(prev + m)
