@@ -86,15 +86,20 @@ class LoRACache:
             victim = next((n for n in self.gpu if n not in busy), None)
             if victim is None:
                 return False  # every slot is in use: the request is skipped
-            del self.gpu[victim]
-            self.num_evictions += 1
-            self._to_cpu(victim)
+        else:
+            victim = None
+        # the source is decided before the victim moves to host memory (and maybe pushes it out)
         if name in self.cpu:
             load_s, source = self.cpu_load_s, "cpu"
             self.cpu.move_to_end(name)
         else:
             load_s, source = self.storage_load_s, "storage"
             self.num_storage_loads += 1
+        if victim is not None:
+            del self.gpu[victim]
+            self.num_evictions += 1
+            self._to_cpu(victim)
+        if source == "storage":
             self._to_cpu(name)
         req.extra["lora_load_s"] = req.extra.get("lora_load_s", 0.0) + load_s
         req.extra["lora_num_loads"] = req.extra.get("lora_num_loads", 0) + 1
