@@ -139,6 +139,9 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                                       "max_cpu_loras (2) must be >= max_loras (4)"),
     "unknown lora router param": ("router: {name: lora-affinity, lora_wieght: 2}\n", [],
                                   "unknown field 'router.lora_wieght'; allowed: loaded_score, free_slot_score"),
+    "lora mix with a scheduler that cannot serve it": (
+        "scheduler: sarathi\nworkload: {attributes: {loras: {count: 3}}}\n", [],
+        "bad.yaml: scheduler: sarathi cannot serve LoRA adapters (workload.attributes.loras); allowed: vllm"),
     "negative lora share": ("workload: {attributes: {loras: {proportions: {a: -1}}}}\n", [],
                             "loras.proportions must be >= 0 with a positive sum"),
 }
