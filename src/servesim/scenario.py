@@ -148,10 +148,24 @@ class Scenario(BaseModel):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
         if self.migration.enabled and (self.faults.crashes or any(p.mtbf_s for p in self.pools or [])):
             raise ValueError("migration.enabled with faults is not supported yet (a crash during a migration)")
+        if self.workload.attributes.loras.mix():
+            self._check_lora_schedulers()
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")
         return self
+
+    def _check_lora_schedulers(self) -> None:
+        """Adapters drawn by the workload need schedulers that serve them (vllm)."""
+        from servesim.replica.schedulers import get_scheduler
+
+        named = [("scheduler", self.scheduler)] + [
+            (f"pools.{p.name}.scheduler", SchedulerConfig.model_validate(p.scheduler))
+            for p in self.pools or [] if p.scheduler is not None]
+        for where, cfg in named:
+            if not get_scheduler(cfg.name).supports_lora:
+                raise ValueError(f"{where}: {cfg.name} cannot serve LoRA adapters (workload.attributes.loras); "
+                                 "allowed: vllm")
 
     def _check_roles(self) -> None:
         """Every prefill pool needs a decode pool for its model, and every decode pool a
@@ -261,7 +275,7 @@ def _one_line(e: ValidationError, prefix: str = "", allowed_from: type[BaseModel
         msg = msg[len("Value error, "):]
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-    return f"{loc}: {msg}{shown}"
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"  # (a whole-scenario check has no location)
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

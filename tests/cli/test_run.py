@@ -133,6 +133,17 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
     "bad pool role": ("pools: [{name: p, role: encode}]\n", [], "role"),
     "migration with P/D pools": ("migration: {enabled: true}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n",
                                  [], "migration.enabled works between mixed pools only"),
+    # issue 11 item 3: LoRA adapters
+    "negative max_loras": ("engine: {max_loras: -1}\n", [], "engine.max_loras: Input should be greater than or equal to 1"),
+    "max_cpu_loras below max_loras": ("engine: {max_loras: 4, max_cpu_loras: 2}\n", [],
+                                      "max_cpu_loras (2) must be >= max_loras (4)"),
+    "unknown lora router param": ("router: {name: lora-affinity, lora_wieght: 2}\n", [],
+                                  "unknown field 'router.lora_wieght'; allowed: loaded_score, free_slot_score"),
+    "lora mix with a scheduler that cannot serve it": (
+        "scheduler: sarathi\nworkload: {attributes: {loras: {count: 3}}}\n", [],
+        "bad.yaml: scheduler: sarathi cannot serve LoRA adapters (workload.attributes.loras); allowed: vllm"),
+    "negative lora share": ("workload: {attributes: {loras: {proportions: {a: -1}}}}\n", [],
+                            "loras.proportions must be >= 0 with a positive sum"),
 }
 
 

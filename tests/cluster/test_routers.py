@@ -12,11 +12,11 @@ from servesim.cluster.view import ClusterView
 from servesim.errors import InputError
 from tests.cluster.views import ScriptedRng, cluster, make_router, req, rv
 
-ALL = ["dodoor", "dynamo-kv", "least-kv", "least-requests", "least-tokens", "llm-d", "llumnix", "power-of-two",
-       "random", "round-robin", "sglang-cache-aware", "vllm-dp"]
+ALL = ["dodoor", "dynamo-kv", "least-kv", "least-requests", "least-tokens", "llm-d", "llumnix", "lora-affinity",
+       "power-of-two", "random", "round-robin", "sglang-cache-aware", "vllm-dp"]
 
 
-def test_available_lists_all_twelve_routers() -> None:
+def test_available_lists_all_thirteen_routers() -> None:
     assert available() == ALL
 
 

@@ -12,11 +12,12 @@ from tests.workload.helpers import make
 
 def fields(reqs):
     return [(round(r.arrival_s, 3), r.prompt_len, r.output_len, r.hash_ids, r.hash_block_tokens, r.tenant,
-             r.priority, r.slo_class, r.ttft_slo_s, r.is_offline, r.session_id, r.turn) for r in reqs]
+             r.priority, r.slo_class, r.ttft_slo_s, r.is_offline, r.session_id, r.turn, r.lora) for r in reqs]
 
 
 ATTRS = {"tenants": {"a": 1, "b": 2}, "priorities": {0: 1, 2: 1}, "offline_share": 0.3,
-         "slo_classes": {"chat": {"share": 1, "ttft_s": 0.5, "tpot_s": 0.05}, "batch": {"share": 1}}}
+         "slo_classes": {"chat": {"share": 1, "ttft_s": 0.5, "tpot_s": 0.05}, "batch": {"share": 1}},
+         "loras": {"count": 5, "share": 0.7}}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".jsonl", ".jsonl.gz"])
@@ -87,3 +88,23 @@ def test_missing_length_column_is_named(tmp_path):
     path.write_text("arrival_s,prompt_len\n0,10\n")
     with pytest.raises(InputError, match="no output length column; expected one of output_len"):
         list(TraceReader(path).rows())
+
+
+def test_lora_mix_zipf_shares_and_seed(tmp_path):
+    cfg = {"attributes": {"loras": {"count": 4, "zipf_s": 1.0, "share": 0.5}}, "num_requests": 20000}
+    reqs = list(make(cfg).arrivals())
+    names = [r.lora for r in reqs]
+    with_adapter = [n for n in names if n is not None]
+    assert abs(len(with_adapter) / len(names) - 0.5) < 0.02
+    harmonic = 1 + 1 / 2 + 1 / 3 + 1 / 4  # Zipf s=1 over 4 adapters: lora-k has share 1 / ((k + 1) * H4)
+    for k in range(4):
+        assert abs(with_adapter.count(f"lora-{k}") / len(with_adapter) - 1 / ((k + 1) * harmonic)) < 0.02
+    assert names == [r.lora for r in make(cfg).arrivals()]  # same seed, same adapters
+    assert names != [r.lora for r in make(cfg, seed=1).arrivals()]
+    # adding adapters does not change the other attributes' draws
+    base = {"attributes": {"tenants": {"a": 1, "b": 1}}, "num_requests": 200}
+    both = {"attributes": {"tenants": {"a": 1, "b": 1}, "loras": {"count": 3}}, "num_requests": 200}
+    assert [r.tenant for r in make(base).arrivals()] == [r.tenant for r in make(both).arrivals()]
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,prompt_len,output_len,lora\n0,10,5,sql\n1,10,5,\n")
+    assert [r.lora for r in make({"trace": str(path)}).arrivals()] == ["sql", None]

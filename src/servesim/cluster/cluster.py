@@ -91,7 +91,8 @@ class Cluster:
         """`router`'s pick among `cands` (None: shed)."""
         if len(self.replicas) == 1:
             return cands[0]  # nothing to decide (and nothing to read)
-        return router.route(req, ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks))
+        return router.route(req, ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks,
+                                              self._lora_state))
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all)."""
@@ -106,6 +107,9 @@ class Cluster:
 
     def _cached_blocks(self, i: int, req: Request) -> int:
         return self.replicas[i].cached_blocks(req)
+
+    def _lora_state(self, i: int, name: str) -> tuple[bool, bool]:
+        return self.replicas[i].lora_state(name)
 
     def end(self, req: Request, now_s: float, state: RequestState, reason: str) -> None:
         """Give `req` a terminal state before it reaches a replica (rejected or failed)."""

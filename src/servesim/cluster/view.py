@@ -81,17 +81,20 @@ class ClusterView:
     `candidates` are replica indices, in a fixed order (healthy replicas of the pools that
     serve the request's model). `view(i)` is memoised within the decision. `cached_blocks(i,
     req)` is the engine's real prefix-cache hit (in prefix blocks) on replica i, for routers
-    that model precise, KV-event-driven cache awareness.
+    that model precise, KV-event-driven cache awareness; `lora_state(i, name)` is replica i's
+    adapter residency, for adapter-aware routers.
     """
 
-    __slots__ = ("now_s", "candidates", "_read", "_cached", "_memo")
+    __slots__ = ("now_s", "candidates", "_read", "_cached", "_lora", "_memo")
 
     def __init__(self, now_s: float, candidates: Sequence[int], read: Callable[[int], ReplicaView],
-                 cached_blocks: Callable[[int, "Request"], int]) -> None:
+                 cached_blocks: Callable[[int, "Request"], int],
+                 lora_state: Callable[[int, str], tuple[bool, bool]] | None = None) -> None:
         self.now_s = now_s
         self.candidates = candidates
         self._read = read
         self._cached = cached_blocks
+        self._lora = lora_state
         self._memo: dict[int, ReplicaView] = {}
 
     def view(self, i: int) -> ReplicaView:
@@ -105,3 +108,8 @@ class ClusterView:
 
     def cached_blocks(self, i: int, req: "Request") -> int:
         return self._cached(i, req)
+
+    def lora_state(self, i: int, name: str) -> tuple[bool, bool]:
+        """(adapter `name` on replica i's GPU or loading, a slot there could take it now), live
+        (as the adapter lists vLLM exports in `vllm:lora_requests_info`)."""
+        return self._lora(i, name) if self._lora is not None else (False, True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servesim.errors import InputError
 
@@ -45,6 +45,30 @@ class EngineConfig(BaseModel):
     spec_draft_cost_ratio: float = Field(0.05, ge=0.0)
     """Cost of drafting one token for the batch, as a fraction of a plain target decode step of
     the same batch (n-gram ~0, an EAGLE/MTP head ~0.05, a separate draft model ~ its size ratio)."""
+    max_loras: int = Field(1, ge=1)
+    """LoRA adapters resident on the GPU at once, so at most this many distinct adapters per
+    batch (vLLM `--max-loras`, default 1). Used only when requests name adapters."""
+    max_cpu_loras: int | None = Field(None, ge=1)
+    """Adapters kept in host memory (a reload from there costs PCIe time, not storage time);
+    unset: `max_loras`, as vLLM; it must be >= `max_loras` (vLLM refuses less)."""
+    max_lora_rank: int = Field(16, ge=1)
+    """Rank of every adapter (vLLM `--max-lora-rank`, default 16); sets the adapter size."""
+    lora_target_modules: int = Field(4, ge=1)
+    """Weight matrices per layer an adapter modifies (4: q, k, v, o projections). Size =
+    2 * rank * hidden_size * layers * modules * 2 bytes (bf16 A and B matrices, S-LoRA's count)."""
+    lora_size_mb: float | None = Field(None, gt=0)
+    """Adapter size in MB (1e6 bytes), overriding the size from rank and model dimensions."""
+    lora_pcie_gb_per_s: float = Field(25.0, gt=0)
+    """Host-to-GPU bandwidth for an adapter held in host memory, GB/s (PCIe 4.0 x16 effective)."""
+    lora_storage_gb_per_s: float = Field(2.0, gt=0)
+    """Bandwidth of a cold adapter load from storage (local NVMe SSD), GB/s; the adapter then
+    also enters the host-memory tier."""
+
+    @model_validator(mode="after")
+    def _cpu_loras(self) -> "EngineConfig":
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})")
+        return self
 
 
 def check_engine_limits(cfg: EngineConfig) -> None:

@@ -127,6 +127,8 @@ class Engine(FastForwarding):
             return f"prompt + output = {total} tokens > max_model_len {self.config.max_model_len}"
         if not self.config.enable_chunked_prefill and req.prompt_len > self.config.max_num_batched_tokens:
             return f"prompt of {req.prompt_len} tokens > max_num_batched_tokens without chunked prefill"
+        if req.lora is not None and not self.scheduler.supports_lora:
+            return f"LoRA adapters are served only by the vllm scheduler, not {self.scheduler.name}"
         if cdiv(total, self.kv.block_size) > self.kv.num_gpu_blocks:
             return f"needs more KV blocks than the GPU has ({self.kv.num_gpu_blocks})"
         return self.scheduler.admission_error(req)

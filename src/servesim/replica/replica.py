@@ -217,6 +217,14 @@ class Replica:
             view.kv_used_blocks  # noqa: B018  (computed now: the state will change before it is read)
         return view
 
+    def lora_state(self, name: str) -> tuple[bool, bool]:
+        """(adapter `name` on this GPU or loading, a slot could take it now)."""
+        sched = self.engine.scheduler
+        cache = getattr(sched, "lora", None)
+        if cache is None:
+            return False, True
+        return cache.state(name, (r.lora for r in sched.running))
+
     def cached_blocks(self, req: Request) -> int:
         """Leading prefix blocks of `req` (its `hash_block_tokens` blocks) in this replica's cache."""
         if not req.hash_ids:

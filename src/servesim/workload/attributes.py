@@ -1,4 +1,4 @@
-"""Per-request attributes (tenant, priority, SLO class, offline) drawn from configured shares.
+"""Per-request attributes (tenant, priority, SLO class, offline, LoRA adapter) drawn from configured shares.
 
 Each attribute has its own random stream, so adding e.g. an SLO mix does not change which
 tenant each request gets. Trace columns, when present, override the mix (applied after).
@@ -18,7 +18,9 @@ class AttributeMix:
     """draw() -> dict of Request fields to set on one request (or all calls of one unit)."""
 
     def __init__(self, cfg: AttributesConfig, seed: np.random.SeedSequence):
-        rngs = [np.random.default_rng(s) for s in seed.spawn(4)]
+        loras = cfg.loras.mix()
+        # (a fifth stream only when adapters are drawn, so runs without them keep their draws)
+        rngs = [np.random.default_rng(s) for s in seed.spawn(5 if loras else 4)]
         self._tenants = choice_stream(cfg.tenants, rngs[0]) if cfg.tenants else None
         self._priorities = choice_stream(cfg.priorities, rngs[1]) if cfg.priorities else None
         self._slo_classes = cfg.slo_classes
@@ -28,7 +30,24 @@ class AttributeMix:
         self._offline_share = cfg.offline_share
         if cfg.offline_share > 0:
             self._offline = stream(lambda n: rngs[3].random(size=n))
-        self.active = any(x is not None for x in (self._tenants, self._priorities, self._slos, self._offline))
+        self._loras: Iterator | None = None
+        self._lora_share = cfg.loras.share
+        if loras and cfg.loras.share > 0:
+            # one draw per request: a uniform for the share, then the adapter (independent of order)
+            names = list(loras)
+            p = np.array([loras[k] for k in names], dtype=float)
+            cdf = np.cumsum(p / p.sum())
+            rng = rngs[4]
+
+            def draws(n: int):
+                u = rng.random(size=(n, 2))
+                picks = np.minimum(np.searchsorted(cdf, u[:, 1], side="right"), len(names) - 1)
+                return np.array([names[k] if a < self._lora_share else None for a, k in zip(u[:, 0], picks)],
+                                dtype=object)
+
+            self._loras = stream(draws)
+        self.active = any(x is not None for x in (self._tenants, self._priorities, self._slos, self._offline,
+                                                  self._loras))
 
     def draw(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -44,4 +63,6 @@ class AttributeMix:
             out["tpot_slo_s"] = slo.tpot_s
         if self._offline is not None:
             out["is_offline"] = next(self._offline) < self._offline_share
+        if self._loras is not None:
+            out["lora"] = next(self._loras)
         return out

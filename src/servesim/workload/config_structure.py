@@ -20,6 +20,34 @@ class SloClassConfig(Strict):
     """Time-per-output-token target, s (None = scenario-wide default)."""
 
 
+class LoRAMixConfig(Strict):
+    """Which LoRA adapter each request names: `count` adapters `lora-0` .. `lora-{count-1}`
+    with Zipf popularity (adapter k has weight 1 / (k + 1)^zipf_s, as S-LoRA's power-law mix),
+    or explicit `proportions`. Drawn from the run's seed; a trace's `lora` column overrides."""
+
+    count: int = Field(0, ge=0)
+    """Number of adapters (0 = requests name none, unless `proportions` is set)."""
+    zipf_s: float = Field(1.0, ge=0)
+    """Zipf exponent of the popularity (0 = uniform; larger = more skewed)."""
+    proportions: dict[str, float] = {}
+    """Adapter name -> share (normalised); replaces `count` and `zipf_s` when set."""
+    share: float = Field(1.0, ge=0, le=1)
+    """Share of requests that name an adapter (the rest use the base model)."""
+
+    @model_validator(mode="after")
+    def _shares(self) -> "LoRAMixConfig":
+        mix = self.proportions
+        if any(v < 0 for v in mix.values()) or (mix and sum(mix.values()) <= 0):
+            raise ValueError(f"attributes.loras.proportions must be >= 0 with a positive sum, got {mix}")
+        return self
+
+    def mix(self) -> dict[str, float]:
+        """Adapter name -> weight (empty: no adapters)."""
+        if self.proportions:
+            return dict(self.proportions)
+        return {f"lora-{k}": 1.0 / (k + 1) ** self.zipf_s for k in range(self.count)}
+
+
 class AttributesConfig(Strict):
     """Per-request attributes drawn from a mix. Trace columns, when present, take precedence."""
 
@@ -31,6 +59,8 @@ class AttributesConfig(Strict):
     """SLO class name -> share and targets. Empty: no class, scenario-wide SLOs."""
     offline_share: float = Field(0.0, ge=0, le=1)
     """Share of requests marked offline (batch, latency-insensitive)."""
+    loras: LoRAMixConfig = LoRAMixConfig()
+    """LoRA adapters the requests name (default: none)."""
 
     @model_validator(mode="after")
     def _shares(self) -> AttributesConfig:

@@ -49,6 +49,7 @@ class Request:
     hash_block_tokens: int = 512
     tenant: str = "default"
     model: str | None = None  # the model it asks for (None: the scenario's model)
+    lora: str | None = None  # the LoRA adapter it asks for (None: the base model)
     priority: int = 0  # lower value = more important (vLLM convention)
     slo_class: str | None = None
     ttft_slo_s: float | None = None  # per-request SLOs (override the scenario-wide ones)

@@ -93,6 +93,9 @@ class Scheduler:
     # How this policy's swaps are executed (copy granularity, sync or overlapped); the engine
     # prices `SchedulerOutput.swapped_out/in` with it. A policy may set it per instance.
     swap_mechanics: SwapMechanics = VLLM_V0_SWAP
+    # Whether this policy serves requests that name a LoRA adapter (`replica/lora.py`); the
+    # engine rejects such requests, with a reason, on policies that do not.
+    supports_lora: ClassVar[bool] = False
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
         self.params = params

@@ -6,6 +6,10 @@ failure the last admitted running request (FCFS) or the lowest-priority, latest 
 (priority) is preempted by recompute and re-queued at the front of the waiting queue; then,
 only if nothing was preempted, waiting requests are admitted with their prefix-cache hits
 while `max_num_seqs`, the budget and free blocks allow (head-of-line blocking).
+
+LoRA (`replica/lora.py`): a waiting request whose adapter is not ready on the GPU is skipped,
+as vLLM skips it when its adapter would exceed `max_loras`; its adapter starts loading if a
+slot is free, and the load's completion is a timer.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 from servesim.replica.schedulers import register
+from servesim.replica.lora import LoRACache
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, FastForward, Scheduler, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
@@ -30,11 +35,27 @@ class VLLMParams(SchedulerParams):
 @register("vllm")
 class VLLMScheduler(VLLMSteps):
     Params = VLLMParams
+    supports_lora = True
     _head_blocked_by_kv = False
+    _lora_blocked = False  # every waiting request was skipped for its adapter (or the head waits for KV)
+    lora: LoRACache | None = None  # made when the first request naming an adapter arrives
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        if req.lora is not None:
+            if self.lora is None:
+                self.lora = LoRACache(self.config, self.perf)
+            self.lora.lookup(req)
+        super().add_request(req, now_s)
+
+    def next_timer_s(self) -> float:
+        t = super().next_timer_s()
+        return t if self.lora is None else min(t, self.lora.next_ready_s())
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
         out = SchedulerOutput()
+        if self.lora is not None:
+            self.lora.advance(now_s)
         running = self.running
 
         # 1) running requests, in admission order
@@ -43,13 +64,13 @@ class VLLMScheduler(VLLMSteps):
             # fits, so each running request gets its one token in order.
             out.scheduled = [(req, 1) for req in running]
             out.num_known_decodes = len(running)
-            self._admit(out, budget - len(running))
+            self._admit(out, budget - len(running), now_s)
             return out
         budget = self.schedule_running(out, budget)
 
         # 2) waiting requests, only if this step preempted nothing
         if not out.preempted:
-            self._admit(out, budget)
+            self._admit(out, budget, now_s)
         return out
 
     def pick_victim(self) -> Request:
@@ -57,7 +78,9 @@ class VLLMScheduler(VLLMSteps):
             return max(self.running, key=lambda r: (r.priority, r.arrival_s))
         return self.running[-1]
 
-    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+    def _admit(self, out: SchedulerOutput, budget: int, now_s: float) -> None:
+        if self.lora is not None:
+            return self._admit_lora(out, budget, now_s)
         waiting = self.waiting
         max_num_seqs = self.config.max_num_seqs
         self._head_blocked_by_kv = False
@@ -71,12 +94,34 @@ class VLLMScheduler(VLLMSteps):
                 break
             budget = left
 
+    def _admit_lora(self, out: SchedulerOutput, budget: int, now_s: float) -> None:
+        """`_admit` skipping the requests whose adapter is not ready (vLLM's skipped waiting
+        requests keep their place in the queue)."""
+        max_num_seqs = self.config.max_num_seqs
+        lora, running = self.lora, self.running
+        self._head_blocked_by_kv = False
+        blocked = True  # no waiting request left that the next step could admit without an event
+        for req in list(self.waiting):
+            if budget <= 0 or len(running) >= max_num_seqs:
+                blocked = False
+                break
+            if req.lora is not None and not lora.acquire(req, now_s, (r.lora for r in running)):
+                continue  # its adapter is loading (a timer) or needs a slot (a finish)
+            left = self.admit(req, budget, out)
+            if left is None:
+                self._head_blocked_by_kv = not req.kv_block_keys and self.first_chunk(req, 0, budget) > 0
+                blocked = self._head_blocked_by_kv
+                break
+            budget = left
+        self._lora_blocked = blocked
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and
         # the admission loop cannot admit: nothing waiting, max_num_seqs reached, or the head
         # waits for KV blocks that decode-only steps can only make scarcer.
         if (output.preempted or len(output.scheduled) != len(self.running)
-                or (self.waiting and len(self.running) < self.config.max_num_seqs and not self._head_blocked_by_kv)):
+                or (self.waiting and len(self.running) < self.config.max_num_seqs and not self._head_blocked_by_kv
+                    and not (self.lora is not None and self._lora_blocked))):
             return NO_FAST_FORWARD
         # a finish only frees blocks and a sequence slot; with nobody waiting nothing is admitted
         if not self.waiting and type(self).finish is Scheduler.finish:

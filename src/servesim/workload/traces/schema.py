@@ -118,6 +118,7 @@ ATTRIBUTE_COLUMNS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "session_id": ("session_id", parse_int),
     "turn": ("turn", parse_count),
     "max_tokens": ("max_tokens", parse_count),
+    "lora": ("lora", str),
 }
 
 # Column order the writers use (the canonical schema).
