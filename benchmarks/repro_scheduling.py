@@ -84,10 +84,13 @@ def e3() -> str:
 
 def e4() -> str:
     rows = []
-    for label, sched in [("vLLM v1 FCFS", {"name": "vllm"}), ("Autellix PLAS (swap)", {"name": "autellix"}),
-                         ("Autellix ATLAS (swap)", {"name": "autellix", "mode": "atlas"}),
-                         ("Autellix PLAS (recompute)", {"name": "autellix", "preemption_mode": "recompute"})]:
-        s = run_programs(sched, num_programs=400)
+    for label, sched, caching in [
+            ("vLLM FCFS, no prefix caching (the paper's baseline)", {"name": "vllm"}, False),
+            ("Autellix PLAS (swap), no prefix caching", {"name": "autellix"}, False),
+            ("vLLM v1 FCFS", {"name": "vllm"}, True), ("Autellix PLAS (swap)", {"name": "autellix"}, True),
+            ("Autellix ATLAS (swap)", {"name": "autellix", "mode": "atlas"}, True),
+            ("Autellix PLAS (recompute)", {"name": "autellix", "preemption_mode": "recompute"}, True)]:
+        s = run_programs(sched, num_programs=400, enable_prefix_caching=caching)
         p = s["programs"]
         rows.append([label, p["mean_completion_s"], p["p50_completion_s"], p["p99_completion_s"], s["num_preemptions"]])
     return table(["policy", "mean program s", "p50 s", "p99 s", "preemptions"], rows)

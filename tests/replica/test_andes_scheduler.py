@@ -53,7 +53,9 @@ def test_request_ahead_of_its_timeline_yields_to_a_new_one():
         assert ahead.state == new.state == RequestState.FINISHED
         ttft[name] = new.first_token_s - new.arrival_s
         if name == "andes":
-            assert any(0 in t[3] for t in trace)  # the request ahead of its timeline was swapped out
+            # the request ahead of its timeline was preempted (it waits for its recompute: with
+            # hits on its own blocks it needs them all at once, so it is not re-admitted early)
+            assert any(0 in t[2] for t in trace) and ahead.num_cached_tokens_total > 0
             assert engine.swap_stall_s > 0  # synchronous vLLM v0 copies
         else:
             assert ahead.num_preemptions == 0  # vLLM v1 preempts the newcomer (last admitted) instead

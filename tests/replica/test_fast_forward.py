@@ -97,3 +97,22 @@ def test_stretches_through_finishes_match_step_by_step(seed, num_blocks):
     la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
     for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
         assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+
+
+@pytest.mark.parametrize("defer", [False, True])
+@pytest.mark.parametrize("seed,num_blocks", [(8, 60), (9, 90)])
+def test_recompute_hits_on_own_blocks_match_step_by_step(seed, num_blocks, defer):
+    """Preempted requests without hash ids re-admitted with hits on their surviving blocks:
+    stretches evict from those runs exactly as steps do."""
+    def reqs():
+        return [make_request(r.id, r.prompt_len, r.output_len, r.arrival_s) for r in random_requests(seed, 200)]
+
+    a_reqs, b_reqs = reqs(), reqs()
+    a = run(a_reqs, True, num_blocks, ToyPerf(), defer)
+    b = run(b_reqs, False, num_blocks)
+    assert a.num_fast_forwarded_steps > 0.3 * a.num_steps and a.num_steps == b.num_steps
+    assert [(r.finish_s, r.token_steps, r.num_preemptions, r.num_cached_tokens_total) for r in a_reqs] == \
+           [(r.finish_s, r.token_steps, r.num_preemptions, r.num_cached_tokens_total) for r in b_reqs]
+    assert np.array_equal(a.recorder.step_log(num_blocks).kv_used_blocks, b.recorder.step_log(num_blocks).kv_used_blocks)
+    assert sum(r.num_cached_tokens_total for r in b_reqs) > 0  # re-admissions did hit
+    assert a.scheduler.kv.num_hit_tokens == b.scheduler.kv.num_hit_tokens

@@ -29,7 +29,9 @@ def test_online_request_preempts_offline_work_for_memory():
     assert steps[:3] == [[(1, 96)], [(1, 1)], [(1, 1)]]
     assert steps[3] == [(0, 30)]  # 2 blocks needed, 1 free: the offline request is preempted
     assert steps[4] == [(0, 1)]
-    assert steps[5] == [(1, 99)]  # recompute of 96 + 3 tokens once the online request is done
+    # recompute of 96 + 3 tokens once the online request is done, less its 5 full blocks (of
+    # 6 computed) that the online request's 2 blocks did not evict
+    assert steps[5] == [(1, 99 - 80)]
     assert offline.num_preemptions == 1 and online.num_preemptions == 0
 
 

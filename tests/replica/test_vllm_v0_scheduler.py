@@ -80,7 +80,10 @@ def test_recompute_preemption_latest_arrival_requeued_at_front():
     # step 18: B (now the latest running arrival) cannot grow: preempted, put in FRONT of C
     assert trace[18][1:3] == ([(0, 1)], [1])
     refill = next(i for i, t in enumerate(trace) if (2, 17) in t[1])
-    assert trace[refill][1] == [(1, 48 + 17), (2, 17)]  # B first, whole prompt + generated tokens
+    # B first, prompt + generated tokens past its 2 full blocks that A's growth (blocks 7 and 8)
+    # did not evict; C's one full block was evicted
+    assert trace[refill][1] == [(1, 48 + 17 - 32), (2, 17)]
+    assert b.num_cached_tokens_total == 32 and c.num_cached_tokens_total == 0
     assert trace[refill - 1][1] == [(0, 1)]  # ... once A, the only one left, finished
     assert a.state == RequestState.FINISHED and a.finish_s <= trace[refill][0]
     assert (a.num_preemptions, b.num_preemptions, c.num_preemptions) == (0, 1, 1)

@@ -118,13 +118,14 @@ class HeavyTailedPrograms:
 
 
 def run_programs(scheduler: dict, num_programs: int = 200, rate_per_s: float = 2.0,
-                 gpu_memory_utilization: float = 0.26, seed: int = 0) -> dict:
+                 gpu_memory_utilization: float = 0.26, seed: int = 0, enable_prefix_caching: bool = True) -> dict:
     """E4: heavy-tailed agent programs on Llama-3.1-8B / A100-80GB, KV-memory bound (0.26 of
     the GPU leaves 2,300 blocks = 36,800 tokens of KV cache)."""
     from unittest import mock
 
     scenario = validate_scenario({"seed": seed, "model": "llama-3.1-8b", "gpu": "a100-80gb",
-                                  "engine": {"gpu_memory_utilization": gpu_memory_utilization},
+                                  "engine": {"gpu_memory_utilization": gpu_memory_utilization,
+                                             "enable_prefix_caching": enable_prefix_caching},
                                   "scheduler": scheduler})
     workload = HeavyTailedPrograms(num_programs, rate_per_s, seed)
     with mock.patch("servesim.simulation.build_workload", lambda *a: workload):

@@ -57,8 +57,12 @@ def test_paged_kv_sustains_a_higher_rate_than_orca_reservation():
 
 
 def test_autellix_lowers_mean_program_completion_time():
-    fcfs = run_programs({"name": "vllm"})["programs"]
-    plas = run_programs({"name": "autellix"})["programs"]
+    # The paper's vLLM baseline runs without prefix caching (vLLM v0's default), so recompute
+    # preemption re-prefills everything and FCFS thrashes. With it on (v1), a preempted call
+    # hits its own blocks: FCFS preempts 246 times, not 2,270, and its mean completion (24.8 s)
+    # beats swap-based PLAS (55.3 s); see docs/scheduling.md E4.
+    fcfs = run_programs({"name": "vllm"}, enable_prefix_caching=False)["programs"]
+    plas = run_programs({"name": "autellix"}, enable_prefix_caching=False)["programs"]
     assert plas["num_programs"] == fcfs["num_programs"] == 200
     assert plas["mean_completion_s"] < 0.9 * fcfs["mean_completion_s"]
     assert plas["p50_completion_s"] < 0.6 * fcfs["p50_completion_s"]  # short programs no longer wait

@@ -14,6 +14,20 @@ What the simulation does not need is not modelled: physical block ids. Blocks wi
 are interchangeable, so the free queue stores runs of them as counts; only keyed blocks are
 objects. A block computed twice concurrently (same key) stays unregistered — vLLM registers
 duplicates too, which only matters once the first copy is evicted (documented choice).
+
+Every request's blocks have an identity, as vLLM hashes every full block of every request.
+Keys (`Request.kv_block_keys`, from the trace's `hash_ids`) cover the prefix a request may
+share; the blocks past it hold tokens unique to the request, so only the request itself can hit
+them, after its own recompute preemption. They need no hash map: `free_preempted` puts a
+preempted request's full computed unique blocks in the free queue as one tagged run (`_Tail`:
+owner and surviving count), after its partial/uncomputed blocks and before its keyed ones
+(vLLM's order: a request's tail blocks enter first, so they are evicted first). Popping from
+the head evicts the run's last blocks first, so what survives is a leading run. Re-admitted,
+the request hits its keyed prefix as before and, if all of it hit, the surviving unique blocks
+that follow (capped, like every hit, at `num_tokens - 1` tokens). Choices: only blocks whose
+KV was computed count (vLLM also hashes blocks scheduled in the step that preempts them); a
+request's run is forgotten when it is admitted again (hit or not) or removed; blocks of a
+request that finishes or is swapped out stay anonymous (nobody else can hit them).
 """
 
 from __future__ import annotations
@@ -33,6 +47,21 @@ class Block:
         self.ref_cnt = 1
         self.free_stamp = 0  # > 0 while the block sits in the free queue (lazy deletion stamp)
         self.registered = registered
+
+
+# A hit on a block of the request's own surviving tail run (`get_computed_blocks`). Such blocks
+# are interchangeable plain blocks, so one shared object stands for each of them in a hit list;
+# its ref_cnt stays 0 (every such block is taken from the free queue).
+OWN_TAIL_HIT = Block(None, registered=False)
+OWN_TAIL_HIT.ref_cnt = 0
+
+
+@dataclass(slots=True)
+class _Tail:
+    """A free-queue run of one preempted request's unique blocks (positions start..start+count)."""
+
+    req_id: int
+    count: int
 
 
 @dataclass(slots=True)
@@ -85,6 +114,7 @@ class KVCacheManager:
         self._free: deque[Any] = deque([num_gpu_blocks])
         self._stamp = 0
         self._cached: dict[Hashable, Block] = {}
+        self._tails: dict[int, _Tail] = {}  # live tagged runs of preempted requests, by owner
         self._held: dict[int, _Held] = {}
         self._cpu_held: dict[int, int] = {}
         self._cpu_copies: dict[Hashable, int] = {}  # insertion order = reclaim order
@@ -122,18 +152,25 @@ class KVCacheManager:
         return self._cpu_held.get(req_id, 0)
 
     def get_computed_blocks(self, req: Any) -> list[Block]:
-        """Longest run of cached blocks matching the request's prefix (vLLM v1 rule)."""
+        """Longest run of cached blocks matching the request's prefix (vLLM v1 rule): keyed
+        blocks, then (all keys hit) the request's own surviving unique blocks, as `OWN_TAIL_HIT`."""
         keys = req.kv_block_keys
-        if not self.enable_prefix_caching or not keys:
+        tail = self._tails.get(req.id) if self._tails else None
+        if not self.enable_prefix_caching or not (keys or tail):
             return []
-        limit = min(len(keys), (req.num_tokens - 1) // self.block_size)
+        limit = (req.num_tokens - 1) // self.block_size
         hits = []
-        cached = self._cached
-        for i in range(limit):
-            block = cached.get(keys[i])
-            if block is None:
-                break
-            hits.append(block)
+        if keys:
+            cached = self._cached
+            for i in range(min(len(keys), limit)):
+                block = cached.get(keys[i])
+                if block is None:
+                    return hits
+                hits.append(block)
+            if len(hits) < len(keys):
+                return hits
+        if tail is not None and limit > len(hits):
+            hits += [OWN_TAIL_HIT] * min(tail.count, limit - len(hits))
         return hits
 
     def record_query(self, num_tokens: int, num_hit_tokens: int) -> None:
@@ -191,6 +228,8 @@ class KVCacheManager:
             need = -(-(req.num_computed_tokens + num_new_tokens) // bs)
             if need > self.num_free_blocks:
                 return False
+            if self._tails:
+                self._tails.pop(req.id, None)  # re-admitted without hits: its run is forgotten
             self._pop_free(need)
             self._held[req.id] = _Held(num_plain=need)
             return True
@@ -198,13 +237,20 @@ class KVCacheManager:
             return False
         if held is None:
             held = self._held[req.id] = _Held()
+        tail = self._tails.pop(req.id, None) if self._tails else None
+        num_own = computed.count(OWN_TAIL_HIT) if tail is not None else 0
+        if num_own:  # the surviving unique blocks leave their run (the rest become anonymous)
+            tail.count -= num_own
+            self.num_free_blocks -= num_own
+            held.num_plain += num_own
+            computed = computed[:len(computed) - num_own]
         for block in computed:
             if block.ref_cnt == 0:  # leaves the free queue
                 block.free_stamp = 0
                 self.num_free_blocks -= 1
             block.ref_cnt += 1
         held.keyed.extend(computed)
-        total = req.num_computed_tokens + len(computed) * bs + num_new_tokens
+        total = req.num_computed_tokens + (len(computed) + num_own) * bs + num_new_tokens
         new = -(-total // bs) - held.num_blocks
         if new > 0:
             self._pop_free(new)
@@ -253,10 +299,32 @@ class KVCacheManager:
 
     def free(self, req_id: int) -> None:
         """Release a request's blocks; tail blocks enter the free queue first (evicted first)."""
+        if self._tails:
+            self._tails.pop(req_id, None)  # a preempted request removed while waiting
         held = self._held.pop(req_id, None)
-        if held is None:
+        if held is not None:
+            self._push_plain(held.num_plain)
+            self._free_keyed(held)
+
+    def free_preempted(self, req: Any) -> None:
+        """Release a request preempted by recompute (call before resetting its progress): its
+        full computed blocks past its keyed prefix go to the free queue as a run tagged with
+        its id, which it can hit when admitted again (see the module docstring)."""
+        held = self._held.get(req.id)
+        start = len(req.kv_block_keys or ())
+        full = min(req.num_computed_tokens, req.num_tokens) // self.block_size
+        if held is None or not self.enable_prefix_caching or full <= start or len(held.keyed) != start:
+            self.free(req.id)
             return
-        self._push_plain(held.num_plain)
+        del self._held[req.id]
+        unique = full - start
+        self._push_plain(held.num_plain - unique)  # partial or uncomputed blocks: evicted first
+        tail = self._tails[req.id] = _Tail(req.id, unique)
+        self._free.append(tail)
+        self.num_free_blocks += unique
+        self._free_keyed(held)
+
+    def _free_keyed(self, held: _Held) -> None:
         for block in reversed(held.keyed):
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
@@ -409,6 +477,15 @@ class KVCacheManager:
                     return
                 free.popleft()
                 n -= head
+                continue
+            if type(head) is _Tail:  # evicts the run's last blocks first: a leading run survives
+                if head.count > n:
+                    head.count -= n
+                    return
+                free.popleft()
+                n -= head.count
+                if self._tails.get(head.req_id) is head:
+                    del self._tails[head.req_id]
                 continue
             free.popleft()
             stamp, block = head

@@ -185,6 +185,11 @@ class RadixKVCache(KVCacheManager):
         self._unlock(st.path)
         self._sync()
 
+    def free_preempted(self, req: Any) -> None:
+        """A retracted request's private blocks return unindexed (SGLang frees them too); its
+        prefix in the tree stays cached."""
+        self.free(req.id)
+
     def cache_unfinished(self, req: Any) -> None:
         """Insert a running request's computed full keyed blocks (SGLang does this after each
         prefill), keeping them locked by the request; a block already in the tree replaces the

@@ -226,8 +226,9 @@ class Scheduler:
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         """Preempt by recompute: free the blocks, forget progress, re-queue at the front, and
-        record it in this step's output."""
-        self.kv.free(req.id)
+        record it in this step's output. Its computed blocks stay hittable until evicted
+        (`KVCacheManager.free_preempted`)."""
+        self.kv.free_preempted(req)
         req.state = RequestState.PREEMPTED
         req.num_computed_tokens = 0
         req.num_preemptions += 1

@@ -89,7 +89,9 @@ class VLLMScheduler(VLLMSteps):
             left = self.admit(req, budget, out)
             if left is None:
                 # head-of-line blocking, as vLLM; without prefix keys the head's need is fixed
-                # while decodes only consume blocks, so it stays blocked until something finishes
+                # (or, with hits on its own preempted blocks, shrinks by at most one block per
+                # block decodes take) while decodes only consume blocks, so it stays blocked
+                # until something finishes
                 self._head_blocked_by_kv = not req.kv_block_keys and self.first_chunk(req, 0, budget) > 0
                 break
             budget = left
