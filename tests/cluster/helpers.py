@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from servesim import load_scenario, simulate
@@ -44,3 +45,11 @@ def outcome(result) -> list[tuple]:
     """Everything a request went through, per request."""
     return [(r.id, int(r.state), r.replica, r.first_token_s, r.finish_s, tuple(r.token_steps), r.num_preemptions,
              r.num_cached_tokens) for r in result.requests]
+
+
+def assert_same_steps(fast, slow) -> None:
+    """Every replica's step log is the same column by column."""
+    for a, b in zip(fast.replicas, slow.replicas):
+        for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting",
+                    "kv_used_blocks"):
+            assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col

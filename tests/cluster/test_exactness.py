@@ -9,7 +9,7 @@ import pytest
 
 from servesim.replica.schedulers import available
 
-from .helpers import outcome, reads_everything, run  # noqa: F401  (fixture)
+from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
 
 # Policies whose `is_steady` holds for most steps of this overloaded workload. The others are
 # exact too, but stop their stretches at more events (issue 15 widens their steady cases).
@@ -21,10 +21,7 @@ def test_fast_forward_is_exact_with_a_state_reading_router(scheduler, reads_ever
     sets = [f"router.name={reads_everything}", f"scheduler.name={scheduler}"]
     fast, slow = run(sets), run(sets, fast_forward=False)
     assert outcome(fast) == outcome(slow)
-    for a, b in zip(fast.replicas, slow.replicas):
-        for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting",
-                    "kv_used_blocks"):
-            assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col
+    assert_same_steps(fast, slow)
     assert len({r.replica for r in fast.requests}) == 4  # the router spread the load
     assert slow.num_fast_forwarded_steps == 0
     share = fast.num_fast_forwarded_steps / len(fast.steps)

@@ -4,11 +4,10 @@ against round-robin (the S-LoRA / ServerlessLoRA point: place requests where the
 
 from __future__ import annotations
 
-import numpy as np
 
 from servesim import load_scenario, simulate
 
-from .helpers import outcome, reads_everything, run  # noqa: F401  (fixture)
+from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
 from .views import cluster, make_router, rv
 
 LORAS = ["workload.attributes.loras.count=12", "workload.attributes.loras.zipf_s=1.0", "engine.max_loras=2",
@@ -20,10 +19,7 @@ def test_fast_forward_is_exact_with_adapters(reads_everything):
         sets = LORAS + [f"router.name={router}"]
         fast, slow = run(sets), run(sets, fast_forward=False)
         assert outcome(fast) == outcome(slow)
-        for a, b in zip(fast.replicas, slow.replicas):
-            for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting",
-                        "kv_used_blocks"):
-                assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col
+        assert_same_steps(fast, slow)
         assert fast.summary()["lora"] == slow.summary()["lora"]
         assert fast.summary()["lora"]["num_loads"] > 20  # loads really happen (and cut stretches)
         assert fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)
