@@ -73,17 +73,17 @@ class Cluster:
     def _dispatch(self, req: Request, now_s: float) -> None:
         cands = self._candidates(req)
         if cands is None:
-            return self._end(req, now_s, RequestState.REJECTED,
+            return self.end(req, now_s, RequestState.REJECTED,
                              f"no pool serves model '{req.model}' (served: {', '.join(sorted(self._by_model))})")
         if not cands:
             if self.hold:
                 return self.queue.append(req)  # served, in arrival order, when a replica is ready
-            return self._end(req, now_s, RequestState.FAILED, "no live replica")
+            return self.end(req, now_s, RequestState.FAILED, "no live replica")
         if self.disagg is not None:
             return self.disagg.dispatch(req, cands, now_s)
         pick = self.route(self.router, req, cands, now_s)
         if pick is None:
-            return self._end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
+            return self.end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
         self.router.on_dispatch(req, pick, now_s)
         self.replicas[pick].submit(req, now_s)
 
@@ -113,9 +113,6 @@ class Cluster:
 
     def end(self, req: Request, now_s: float, state: RequestState, reason: str) -> None:
         """Give `req` a terminal state before it reaches a replica (rejected or failed)."""
-        self._end(req, now_s, state, reason)
-
-    def _end(self, req: Request, now_s: float, state: RequestState, reason: str) -> None:
         req.state = state
         req.finish_s = now_s
         req.extra["reject_reason" if state == RequestState.REJECTED else "fail_reason"] = reason
@@ -148,7 +145,7 @@ class Cluster:
     def fail_queued(self, now_s: float) -> None:
         """End of run: requests still held never found a ready replica."""
         while self.queue:
-            self._end(self.queue.popleft(), now_s, RequestState.FAILED, "no ready replica")
+            self.end(self.queue.popleft(), now_s, RequestState.FAILED, "no ready replica")
 
     # ------------------------------------------------------------------ failures
     def schedule_crash(self, index: int, at_s: float, recovery_s: float | None, chain: tuple | None = None) -> None:
