@@ -35,7 +35,7 @@ class Cluster:
         self.on_done = on_done  # the run's callback for every request that reaches a terminal state
         self.refresh_interval_s = refresh_interval_s
         self.requests: list[Request] = []  # in order of first arrival
-        self.num_rerouted = 0  # dispatches after a crash
+        self.num_rerouted = 0  # dispatches of requests taken off a replica (crash or scale-down eviction)
         self.reject_reasons: Counter[str] = Counter()
         self._all: list[int] = []
         self._by_model: dict[str, list[int]] = {}
@@ -136,9 +136,11 @@ class Cluster:
             self._dispatch(req, now_s)
 
     def redispatch(self, evicted: list[Request], index: int, now_s: float) -> None:
-        """Requests evicted from a draining replica go elsewhere (recomputed)."""
+        """Requests taken off replica `index` (crashed, or evicted when scaling down) are
+        routed again and recomputed where they land."""
         for req in evicted:
             self.router.on_complete(req, index, now_s)
+            self.num_rerouted += 1
             req.extra["num_reroutes"] = req.extra.get("num_reroutes", 0) + 1
             self._dispatch(req, now_s)
 
@@ -173,11 +175,7 @@ class Cluster:
         evicted = replica.crash(now_s)
         if recovery_s is not None:
             self.loop.schedule(now_s + recovery_s, self._recover, index, PRIO_ARRIVAL)
-        for req in evicted:
-            self.router.on_complete(req, index, now_s)
-            self.num_rerouted += 1
-            req.extra["num_reroutes"] = req.extra.get("num_reroutes", 0) + 1
-            self._dispatch(req, now_s)
+        self.redispatch(evicted, index, now_s)
 
     def _recover(self, now_s: float, index: int) -> None:
         self.replicas[index].recover(now_s)
