@@ -104,17 +104,13 @@ class Engine(FastForwarding):
             return
         if req.hash_ids and self.kv.enable_prefix_caching:
             req.kv_block_keys = block_keys(req, self.kv.block_size)
-        self.interrupt(now_s, before=lambda: self.scheduler.add_request(req, now_s))
+        self.scheduler.add_request(req, now_s)
+        self.interrupt(now_s)
 
-    def interrupt(self, now_s: float, before: Callable[[], None] | None = None) -> None:
-        """Something changes here at `now_s` (`before()`, if given, makes the change): cut the
-        stretch in flight so the next step boundary sees it, or start a step if idle."""
-        if self.stretch is not None and self.stretch.cut(now_s):  # the scheduler must see it
-            st = self.stretch
-            st.gen += 1
-            self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
-        if before is not None:
-            before()
+    def interrupt(self, now_s: float) -> None:
+        """Something changed here at `now_s`: cut the stretch in flight so the next step
+        boundary sees it, or start a step if idle."""
+        self._cut(now_s)
         if not self.busy:  # start after every arrival of this instant is queued, as a batch
             self.busy = True
             self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)
@@ -294,10 +290,7 @@ class Engine(FastForwarding):
         """Steps that start after `now_s` are timed by `perf` (a clock change: power capping,
         frequency locking). The step in flight keeps its time, as on a GPU; a fast-forwarded
         stretch is cut there, exactly as an arrival cuts it."""
-        if self.stretch is not None and self.stretch.cut(now_s):
-            st = self.stretch
-            st.gen += 1
-            self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+        self._cut(now_s)
         self.perf = perf
         self._decode_fns = {}
         self._affines = {}

@@ -57,11 +57,10 @@ class FastForwarding:
         end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
                      self.perf, self.scheduler.num_waiting, self._decode_affine)
-        # Price up to the next event anywhere, and at least one step past step 0: the event may
-        # not concern this replica (a submission here cuts the stretch back to the step in
-        # flight); `_end_fast_forward` extends the stretch when its end is reached uncut.
-        # A lone replica knows the next arrival is its own: price exactly up to it (and give
-        # up below two steps). With others, price ahead and at least one step past step 0.
+        # A lone replica knows the next arrival is its own: price exactly up to it (and give up
+        # below two steps). With others the next arrival may go elsewhere: price `lookahead`
+        # times as far and at least one step past step 0; a submission here cuts the stretch
+        # back to the step in flight, and `_end_fast_forward` extends it if reached uncut.
         next_s = self.next_event_s()
         if self.lookahead > 1:
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
@@ -77,8 +76,19 @@ class FastForwarding:
         if not self._limit(st, 1):
             return False
         self.stretch = st
-        self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+        self._schedule_stretch_end(st)
         return True
+
+    def _schedule_stretch_end(self, st: Stretch) -> None:
+        """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
+        st.gen += 1
+        self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+
+    def _cut(self, now_s: float) -> None:
+        """Something changes here at `now_s` that the scheduler must see: keep only the steps
+        of the stretch in flight that started before it."""
+        if self.stretch is not None and self.stretch.cut(now_s):
+            self._schedule_stretch_end(self.stretch)
 
     def _limit(self, st: Stretch, k_safe: int) -> bool:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
@@ -136,9 +146,7 @@ class FastForwarding:
             if len(st.ends) > k:
                 self._limit(st, k)
             if len(st.ends) > k:
-                st.gen += 1
-                self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
-                return
+                return self._schedule_stretch_end(st)
         self.stretch = None
         if self.on_change:
             self.on_change(now_s)

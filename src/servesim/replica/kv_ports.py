@@ -118,7 +118,8 @@ class KVPorts:
         del self.reserved[req.id]
         req.state = RequestState.RUNNING
         eng = self.engine
-        eng.interrupt(now_s, before=lambda: eng.scheduler.add_transferred(req, now_s))
+        eng.scheduler.add_transferred(req, now_s)
+        eng.interrupt(now_s)
 
     def drain(self) -> list[Request]:
         """End of run: free every held or reserved block; return the requests waiting for a
