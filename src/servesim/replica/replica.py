@@ -175,7 +175,7 @@ class Replica:
         st = self.engine.stretch
         if st is None:
             return self.num_outstanding
-        return self.num_outstanding - st.finished_before(min(st.steps_before(t), len(st.ends) - 1))
+        return self.num_outstanding - st.finished_before(st.step_in_flight(t))
 
     def before_change(self, now_s: float, refresh_interval_s: float) -> None:
         """Called before the engine changes state at `now_s`: keep the view a refresh at or
@@ -194,7 +194,7 @@ class Replica:
         st = e.stretch
         j = 0
         if st is not None:
-            j = min(st.steps_before(t), len(st.ends) - 1)  # step j is in flight at t
+            j = st.step_in_flight(t)
             gone = st.finished_before(j)  # finished in steps before j, processed at the stretch's end
             outstanding -= gone
             running -= gone
@@ -206,7 +206,7 @@ class Replica:
             prefill += sum(r.num_tokens for r in sched.waiting)
             decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
             if j:
-                used += _stretch_blocks(st, j, kv.block_size, kv)
+                used += st.blocks_added(j, kv.block_size, lambda req: kv.num_blocks_of(req.id))
                 prefill -= sum(n for _, n in st.prefills)
                 decode -= sum(st.sizes[:j])
             return used, prefill, decode
@@ -231,16 +231,3 @@ class Replica:
             return 0
         kv = self.engine.kv
         return kv.num_cached_prefix_tokens(req) // req.hash_block_tokens
-
-
-def _stretch_blocks(st, j: int, bs: int, kv: KVCacheManager) -> int:
-    """Blocks the stretch added by step j (allocated at steps 1..j), less those freed by
-    requests that finished before step j."""
-    delta = 0
-    for i, (f, r) in enumerate(zip(st.first_new, st.remaining)):
-        last = min(j, r - 1)  # the request's last step at or before j
-        if f <= last:
-            delta += (last - f) // bs + 1
-        if r <= j:  # finished in step r - 1 < j: everything it held is free again
-            delta -= kv.num_blocks_of(st.reqs[i].id) + (max(0, (r - 1 - f) // bs + 1) if f <= r - 1 else 0)
-    return delta

@@ -211,6 +211,22 @@ class Stretch:
         """Steps that ended before `t` (events at `t` come before a step ending at `t`)."""
         return bisect_left(self.ends, t)
 
+    def step_in_flight(self, t: float) -> int:
+        """The step running at `t` (the last one if `t` is at or after the priced end)."""
+        return min(self.steps_before(t), len(self.ends) - 1)
+
+    def blocks_added(self, j: int, block_size: int, blocks_held: Callable[[Any], int]) -> int:
+        """KV blocks the stretch has added by step j (allocated at steps 1..j), less those of
+        requests that finished before step j (`blocks_held(req)`: what each held at step 0)."""
+        delta = 0
+        for req, f, r in zip(self.reqs, self.first_new, self.remaining):
+            last = min(j, r - 1)  # the request's last step at or before j
+            if f <= last:
+                delta += (last - f) // block_size + 1
+            if r <= j:  # finished in step r - 1 < j: everything it held is free again
+                delta -= blocks_held(req) + ((r - 1 - f) // block_size + 1 if f <= r - 1 else 0)
+        return delta
+
     def truncate(self, k: int) -> None:
         """Keep the first k steps (k >= 1)."""
         del self.ends[k:], self.sizes[k:]
