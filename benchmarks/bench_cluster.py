@@ -14,6 +14,7 @@ import resource
 import time
 from pathlib import Path
 
+from bench_replay import best_of  # (this folder is on the path when run as a script)
 from servesim import load_scenario, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench(replicas: int, router: str, repeat: int) -> None:
     scenario = load_scenario(ROOT / "examples/cluster-azure-conv.yaml",
                              [f"replicas={replicas}", f"router.name={router}"])
-    best = best_cpu = float("inf")
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = simulate(scenario)
-        summary = result.summary()
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
+    result, summary, best, best_cpu = best_of(scenario, repeat)
     n = summary["num_requests"]
     share = result.num_fast_forwarded_steps / max(summary["num_steps"], 1)
     print(f"{replicas:4d} replicas ({router}): {n:,} requests, {summary['num_steps']:,} steps, "

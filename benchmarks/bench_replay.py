@@ -15,6 +15,18 @@ from servesim import load_scenario, simulate
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def best_of(scenario, repeat: int):
+    """Simulate and summarize `repeat` times: (last result, its summary, best wall s, best CPU s)."""
+    best = best_cpu = float("inf")
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = simulate(scenario)
+        summary = result.summary()
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return result, summary, best, best_cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("scenario", nargs="?", default=str(ROOT / "examples" / "azure-conv.yaml"))
@@ -22,13 +34,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     scenario = load_scenario(args.scenario, args.set)
-    best = best_cpu = float("inf")
-    for _ in range(args.repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = simulate(scenario)
-        summary = result.summary()
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
+    result, summary, best, best_cpu = best_of(scenario, args.repeat)
     n = summary["num_requests"]
     print(f"{Path(args.scenario).name}: {n:,} requests, {summary['num_steps']:,} steps "
           f"({result.num_fast_forwarded_steps:,} fast-forwarded), {result.num_events:,} events")
