@@ -12,20 +12,25 @@ from rich.table import Table
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator:
-    """Yields a `progress(done, total, sim_time_s)` callback; the bar appears only on a terminal."""
+def live_bar(label: str, enabled: bool = True) -> Iterator:
+    """Yields `update(done, total, note)`, or None off a terminal (the bar draws on stderr
+    and disappears when done)."""
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:
         yield None
         return
-    with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[sim]}"),
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("run", total=None, sim="")
+        task = bar.add_task(label, total=None, note="")
+        yield lambda done, total, note: bar.update(task, completed=done, total=total, note=note)
 
-        def update(done: int, total: int | None, sim_time_s: float) -> None:
-            bar.update(task, completed=done, total=total, sim=f"t={sim_time_s:,.0f}s simulated")
 
-        yield update
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator:
+    """Yields a `progress(done, total, sim_time_s)` callback; the bar appears only on a terminal."""
+    with live_bar("simulating", enabled) as update:
+        yield None if update is None else (
+            lambda done, total, sim_time_s: update(done, total, f"t={sim_time_s:,.0f}s simulated"))
 
 
 def _ms(stats: dict) -> list[str]:

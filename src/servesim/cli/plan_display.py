@@ -8,27 +8,19 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from servesim.cli.display import live_bar
 
 TOP = 10
 
 
 @contextlib.contextmanager
 def search_progress(enabled: bool = True) -> Iterator:
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield None
-        return
-    with Progress(TextColumn("planning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[sims]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("plan", total=None, sims="")
-
-        def update(done: int, total: int, counters) -> None:
-            bar.update(task, completed=done, total=total,
-                       sims=f"{counters.probes_run} simulated, {counters.probes_cached} cached")
-
-        yield update
+    """Yields `update(done, total, counters)` for the search, or None off a terminal."""
+    with live_bar("planning", enabled) as update:
+        yield None if update is None else (
+            lambda done, total, c: update(done, total, f"{c.probes_run} simulated, {c.probes_cached} cached"))
 
 
 def _f(v, spec: str = ".2f") -> str:
