@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -87,7 +86,7 @@ def spawn_cell(scheduler: str, workload: str, replicas: int, requests: int, time
     """Run one cell in a fresh interpreter; {"status": "ok"|"timeout"|"error", ...measurements}."""
     cmd = [sys.executable, __file__, "--cell", scheduler, workload, str(replicas), str(requests)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:  # subprocess.run kills the child it started
         return {"status": "timeout"}
     if done.returncode != 0:
