@@ -8,8 +8,7 @@ import typing
 from typing import Any, Callable
 
 import typer
-from pydantic import BaseModel
-from rich.markup import escape
+from typer.core import TyperCommand
 
 from servesim.errors import InputError
 
@@ -38,8 +37,26 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _model_in(ann: Any) -> type[BaseModel] | None:
+def lazy_help(build: Callable[[], str]) -> type[TyperCommand]:
+    """A command class whose long help is `build()`, called only when that help is shown.
+
+    The scenario-key listings of `run` and `serve` need the whole schema and every policy
+    imported; building them at registration made every `servesim ...` start-up pay for that.
+    Pass the first paragraph as `help=` so `servesim --help` still lists the command.
+    """
+
+    class LazyHelpCommand(TyperCommand):
+        def format_help(self, ctx: Any, formatter: Any) -> None:
+            self.help = build()
+            return super().format_help(ctx, formatter)
+
+    return LazyHelpCommand
+
+
+def _model_in(ann: Any) -> type | None:
     """The pydantic model behind `Model` or `Model | None`, else None."""
+    from pydantic import BaseModel
+
     for a in (ann, *typing.get_args(ann)):
         if isinstance(a, type) and issubclass(a, BaseModel):
             return a
@@ -60,8 +77,11 @@ def _type_name(ann: Any) -> str:
     return getattr(ann, "__name__", str(ann))
 
 
-def schema_help(model: type[BaseModel], prefix: str = "") -> list[str]:
+def schema_help(model: type, prefix: str = "") -> list[str]:
     """One line per scenario key: `key  (type, default) docstring`, nested sections flattened."""
+    from pydantic import BaseModel
+    from rich.markup import escape
+
     lines = []
     for name, field in model.model_fields.items():
         ann = field.annotation

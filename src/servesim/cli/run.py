@@ -8,14 +8,16 @@ from typing import Optional
 
 import typer
 
-from servesim.cli.common import schema_help, user_errors, warn
+from servesim.cli.common import lazy_help, schema_help, user_errors, warn
+
+_SUMMARY = "Simulate SCENARIO (a YAML file; default: the packaged default scenario)."
 
 
 def _help_text() -> str:
     from servesim.replica.schedulers import available, get_scheduler
     from servesim.scenario import Scenario
 
-    lines = ["Simulate SCENARIO (a YAML file; default: the packaged default scenario).", "",
+    lines = [_SUMMARY, "",
              "Scenario keys (set any with --set KEY=VALUE, e.g. --set model=llama-3.1-70b --set tp=4):", ""]
     lines += schema_help(Scenario)
     for name in available():
@@ -24,7 +26,7 @@ def _help_text() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("run", help=_help_text())
+    @app.command("run", help=_SUMMARY, cls=lazy_help(_help_text))
     @user_errors
     def run(
         scenario: Optional[Path] = typer.Argument(None, help="Scenario YAML file."),

@@ -7,22 +7,23 @@ from typing import Optional
 
 import typer
 
-from servesim.cli.common import schema_help, user_errors
+from servesim.cli.common import lazy_help, schema_help, user_errors
+
+_SUMMARY = ("Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models, /health, /version,"
+            " /metrics) with the timing SCENARIO's replica would have: continuous batching, chunked prefill,"
+            " KV pressure, preemption and prefix caching as simulated. The scenario's workload is not used;"
+            " the requests are. Needs the `serve` extra: pip install 'servesim\\[serve]'. See docs/serve.md.")
 
 
 def _help_text() -> str:
     from servesim.serve.config import ServeConfig
 
-    lines = ["Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models, /health, /version,"
-             " /metrics) with the timing SCENARIO's replica would have: continuous batching, chunked prefill,"
-             " KV pressure, preemption and prefix caching as simulated. The scenario's workload is not used;"
-             " the requests are. Needs the `serve` extra: pip install 'servesim\\[serve]'. See docs/serve.md.",
-             "", "Options (flags spell them with dashes, e.g. --time-scale):", ""]
+    lines = [_SUMMARY, "", "Options (flags spell them with dashes, e.g. --time-scale):", ""]
     return "\n\n".join(lines + schema_help(ServeConfig))
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("serve", help=_help_text())
+    @app.command("serve", help=_SUMMARY, cls=lazy_help(_help_text))
     @user_errors
     def serve(
         scenario: Optional[Path] = typer.Argument(None, help="Scenario YAML file (default: the packaged default)."),
