@@ -49,6 +49,8 @@ def test_engine_limits_of_the_benchmark_deployments():
     assert trt.engine.max_num_batched_tokens == 2656 and trt.engine.max_num_seqs == 101  # 2625 -> 83 blocks
     sg = row_scenario(row(backend="sglang"), calibration=None)
     assert sg.engine.max_num_batched_tokens == 16384 and sg.scheduler.params().enable_mixed_chunk is False
+    mixed = row_scenario(row(backend="sglang", system="h200_sxm"), calibration=None).scheduler.params()
+    assert mixed.enable_mixed_chunk is True and mixed.max_prefill_tokens == 1024 + 1500
 
 
 def test_measured_values_in_seconds():

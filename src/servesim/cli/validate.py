@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
             if frontend_only:
                 frontend = refit_frontends(rows, options, per_group, log=log)
                 header = (f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name};\n"
-                          f"# the <engine>@<gpu> entries refitted with --frontend-only --per-group {per_group}.\n")
+                          f"# the <engine>@<gpu> entries refitted with --frontend-only --per-group {per_group}. Seconds.\n")
                 write_atomic(fit_output / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))
                 print(f"wrote {fit_output / 'frontend.yaml'}")
                 return
