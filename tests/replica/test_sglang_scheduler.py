@@ -74,6 +74,24 @@ def test_prefill_batch_runs_alone_and_finished_prompts_are_cached():
     kv.check_all_free()
 
 
+def test_mixed_chunk_runs_decodes_with_the_prefill_and_takes_their_tokens_off_the_budgets():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                max_num_batched_tokens=64,
+                                                params={"enable_mixed_chunk": True, "max_prefill_tokens": 48})
+    sched.kv = engine.kv = RadixKVCache(100, 16)
+    first = _req(0, 32, 4, [("a", 16), ("a", 32)], max_tokens=8)
+    second = _req(1, 40, 2, [("b", 16), ("b", 32)], max_tokens=8, arrival=0.015)
+    third = _req(2, 64, 2, [("c", i) for i in range(4)], max_tokens=8, arrival=0.015)
+    steps = run_logged(engine, loop, [first, second, third])
+    assert steps[:2] == [[(0, 32)], [(0, 1)]]
+    # 0 keeps decoding inside the prefill step; its token leaves 47 prefill tokens (1 admits
+    # whole, 40) and 63 chunk tokens, so 2 does not join (48 tokens would exceed the input budget)
+    assert steps[2] == [(1, 40), (0, 1)]
+    # next step: 2 decodes run (0 and 1), the chunk budget left is 62, 2's 64 tokens are cut to 48
+    assert steps[3] == [(2, 48), (0, 1), (1, 1)]
+    kv.check_all_free()
+
+
 def test_lpm_admits_the_longest_cached_prefix_first():
     engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
                                                 params={"schedule_policy": "lpm"}, max_num_seqs=1)

@@ -42,3 +42,32 @@ def test_descent_caps_efficiencies_and_keeps_start_on_ties():
 def test_spread_sample_is_even_and_deterministic():
     assert spread_sample(list(range(10)), 3) == [0, 3, 6]
     assert spread_sample([1, 2], 5) == [1, 2]
+
+
+def test_frontend_only_refit_changes_one_profile_and_never_worsens_it():
+    from pathlib import Path
+
+    from servesim.perf._catalog import catalogue
+    from servesim.replica.frontend import FRONTEND_FILE
+    from servesim.validation.calibrate import refit_frontends
+    from servesim.validation.run import simulate_row
+    from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+
+    silicon = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+    if not silicon.is_file():
+        pytest.skip(f"{silicon} not found")
+    rows = [r for r in read_rows(silicon) if inexpressible_reason(r) is None and r.backend == "vllm"
+            and r.system == "h100_sxm" and r.concurrency == 4 and r.isl == 1024][:1]
+    assert len(rows) == 1
+    options = ClientOptions(min_requests=4)
+    fitted = refit_frontends(rows, options, per_group=1)
+    shipped = catalogue(FRONTEND_FILE)
+    assert set(fitted) == set(shipped)
+    assert all(fitted[n] == {k: float(shipped[n][k]) for k in fitted[n]} for n in fitted if n != "vllm@h100-sxm")
+
+    def err(fe):
+        return abs(simulate_row(rows[0], options, frontend=fe).ttft_error)
+
+    before = {k: float(v) for k, v in shipped["vllm@h100-sxm"].items()}
+    after, start = err(fitted["vllm@h100-sxm"]), err(before)
+    assert after < start if fitted["vllm@h100-sxm"] != before else after == start  # moves only when strictly better

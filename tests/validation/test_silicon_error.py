@@ -2,8 +2,9 @@
 
 12 rows spread through the silicon sample (different engines, GPUs, models, lengths and
 concurrencies). Bounds, stated in docs/fidelity.md: TPOT median absolute error <= 10 %, every
-row's TPOT within 50 %, TTFT median absolute error <= 50 % (the goal is 10 %; TTFT is not there
-yet), and the shipped fit must beat the uncalibrated engine constants on TPOT.
+row's TPOT within 50 %, TTFT median absolute error <= 35 % (the goal is 10 %; TTFT is not there
+yet; these rows measure 26 %), and the shipped fit must beat the uncalibrated engine constants on
+TPOT and on TTFT.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def test_shipped_fit_error_bounds(sample):
     assert not skipped and len(results) == 12
     overall = group_errors(results)[-1]
     assert overall.tpot_mdape <= 0.10
-    assert overall.ttft_mdape <= 0.50
+    assert overall.ttft_mdape <= 0.35
     assert max(abs(r.tpot_error) for r in results) <= 0.50
 
 
@@ -39,3 +40,4 @@ def test_fit_beats_uncalibrated_constants_on_tpot(sample):
     fitted = group_errors(validate_rows(sample)[0])[-1]
     raw = group_errors(validate_rows(sample, calibration=None)[0])[-1]
     assert fitted.tpot_mdape < raw.tpot_mdape
+    assert fitted.ttft_mdape < raw.ttft_mdape

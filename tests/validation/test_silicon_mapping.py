@@ -22,7 +22,8 @@ def row(**changes):
 
 
 def test_row_maps_to_closed_loop_scenario():
-    s = row_scenario(row(), ClientOptions(requests_per_user=4, warmup_per_user=1, ramp_up_s=2.0), calibration=None)
+    s = row_scenario(row(), ClientOptions(requests_per_user=4, warmup_per_user=1, ramp_up_s=2.0, warmup_drains=False),
+                     calibration=None)
     assert (s.model, s.gpu, s.tp, s.dtype) == ("MiniMaxAI/MiniMax-M2.5", "b200", 4, "fp8")
     assert s.perf.engine == "vllm" and s.perf.expert_parallel is True
     assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm@b200"
@@ -31,6 +32,25 @@ def test_row_maps_to_closed_loop_scenario():
     assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == (1024, 256)
     assert s.workload.num_requests == 64 + 256
     assert s.engine.max_num_seqs == 64 and s.engine.enable_prefix_caching is False
+
+
+def test_warmup_that_drains_is_a_fresh_start():
+    # AIPerf's profiling phase starts all users at once on an idle engine: no warm-up simulated
+    s = row_scenario(row(), ClientOptions(requests_per_user=4, warmup_per_user=1), calibration=None)
+    assert s.workload.arrival.warmup_requests == 0 and s.workload.num_requests == 256
+    small = row_scenario(row(concurrency="2", batch_size="2"), calibration=None)
+    assert small.workload.num_requests == 32  # at least min_requests
+
+
+def test_engine_limits_of_the_benchmark_deployments():
+    # token budget = batch + prompt + 1500 (TensorRT-LLM: rounded up to 32-token blocks)
+    assert row_scenario(row(), calibration=None).engine.max_num_batched_tokens == 64 + 1024 + 1500
+    trt = row_scenario(row(backend="trtllm", batch_size="101", concurrency="101"), calibration=None)
+    assert trt.engine.max_num_batched_tokens == 2656 and trt.engine.max_num_seqs == 101  # 2625 -> 83 blocks
+    sg = row_scenario(row(backend="sglang"), calibration=None)
+    assert sg.engine.max_num_batched_tokens == 16384 and sg.scheduler.params().enable_mixed_chunk is False
+    mixed = row_scenario(row(backend="sglang", system="h200_sxm"), calibration=None).scheduler.params()
+    assert mixed.enable_mixed_chunk is True and mixed.max_prefill_tokens == 1024 + 1500
 
 
 def test_measured_values_in_seconds():

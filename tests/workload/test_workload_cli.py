@@ -25,8 +25,15 @@ def test_stats_text_and_list():
     res = runner.invoke(app, ["trace", "stats", "azure-code"])
     assert res.exit_code == 0 and "8,819 requests" in res.stdout and "CV 13.15" in res.stdout
     listing = runner.invoke(app, ["trace", "list"]).stdout
-    for name in ("azure-conv", "azure-code", "mooncake-conversation", "sharegpt", "arxiv", "servegen-deepseek-r1"):
+    for name in ("azure-conv", "azure-code", "mooncake-conversation", "sharegpt-sarathi-8k", "sharegpt", "arxiv",
+                 "servegen-deepseek-r1"):
         assert name in listing
+
+
+def test_sharegpt_is_the_sarathi_table_under_its_old_name():
+    old = json.loads(runner.invoke(app, ["trace", "stats", "sharegpt", "--json"]).stdout)
+    named = json.loads(runner.invoke(app, ["trace", "stats", "sharegpt-sarathi-8k", "--json"]).stdout)
+    assert old == named and old["num_requests"] == 30731
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path):

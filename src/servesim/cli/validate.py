@@ -43,29 +43,40 @@ def register(app: typer.Typer) -> None:
         sample: Optional[int] = typer.Option(None, min=1, help="Simulate only this many expressible rows, spread evenly through the file (quick checks)."),
         ramp_up_s: float = typer.Option(0.0, min=0.0, help="Client start-up ramp: users start evenly over this many seconds."),
         ramp_cycles: Optional[float] = typer.Option(None, min=0.0, help="Instead: start the users over this share of one request's decode time (1 = fully out of step)."),
+        warmup_continuous: bool = typer.Option(False, "--warmup-continuous", help="Run the warm-up requests in the same closed loop as the measured ones (default: AIPerf's phases, the profiling users start at once on an idle engine)."),
         no_frontend: bool = typer.Option(False, "--no-frontend", help="Leave out the API-server front end (requests reach the engine at once)."),
         uncalibrated: bool = typer.Option(False, "--uncalibrated", help="Leave out the shipped serving fit (engine constants as in engines.yaml)."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the per-row results as CSV."),
         docs: Optional[Path] = typer.Option(None, help="Markdown file whose block between the fidelity markers is replaced (docs/fidelity.md)."),
         fit_output: Optional[Path] = typer.Option(None, help="Fit the serving constants first and write calibration_serving.yaml and frontend.yaml into this folder."),
         per_group: int = typer.Option(10, min=1, help="With --fit-output: rows per (GPU, engine) the fit simulates."),
+        frontend_only: bool = typer.Option(False, "--frontend-only", help="With --fit-output: refit only the per-(engine, GPU) front ends, keeping the shipped engine constants; writes frontend.yaml."),
     ) -> None:
         """Simulate every expressible measured run end to end (closed-loop client, front end, engine)
         and print the median error of TTFT and TPOT per engine and GPU, plus the rows it cannot express."""
         import yaml
 
         from servesim.perf.calibration import dump_calibration
-        from servesim.validation.calibrate import fit_serving
+        from servesim.validation.calibrate import fit_serving, refit_frontends
         from servesim.validation.fit import spread_sample
         from servesim.validation.run import group_errors, markdown_table, skipped_table, validate_rows
         from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
 
         rows = read_rows(measured)
-        options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend)
+        options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend,
+                                warmup_drains=not warmup_continuous)
         if fit_output is not None:
             if not fit_output.is_dir():
                 raise InputError(f"--fit-output {str(fit_output)!r} is not a folder")
-            calibration, frontend = fit_serving(rows, options, per_group, log=lambda m: print(m, file=sys.stderr))
+            log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+            if frontend_only:
+                frontend = refit_frontends(rows, options, per_group, log=log)
+                header = (f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name};\n"
+                          f"# the <engine>@<gpu> entries refitted with --frontend-only --per-group {per_group}. Seconds.\n")
+                write_atomic(fit_output / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))
+                print(f"wrote {fit_output / 'frontend.yaml'}")
+                return
+            calibration, frontend = fit_serving(rows, options, per_group, log=log)
             write_atomic(fit_output / "calibration_serving.yaml", dump_calibration(calibration, {"fitted_to": measured.name}))
             header = f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name}.\n"
             write_atomic(fit_output / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))

@@ -20,7 +20,9 @@ from typing import Callable
 
 from servesim.errors import InputError
 from servesim.perf.calibration import CalibrationData, Entry, resolve_constants
+from servesim.perf._catalog import catalogue
 from servesim.perf.engines import engine_profile
+from servesim.replica.frontend import FRONTEND_FILE
 from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, Errors, coordinate_descent, spread_sample
 from servesim.validation.run import simulate_row
 from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, frontend_profile, inexpressible_reason, row_dtype
@@ -30,11 +32,12 @@ NO_FRONTEND = {"latency_s": 0.0, "request_s": 0.0, "prompt_token_s": 0.0}
 
 
 def _errors(rows: list[SiliconRow], options: ClientOptions, perf: dict[tuple[str, str], dict[str, float]],
-            frontend: dict[str, dict[str, float]]) -> Errors:
+            frontend: dict[str, dict[str, float]], calibration: str | None = None) -> Errors:
     ttft, tpot = [], []
     for row in rows:
         fe = frontend.get(frontend_profile(row.backend, GPUS[row.system]), frontend.get(row.backend, NO_FRONTEND))
-        r = simulate_row(row, options, overrides=perf.get((row.system, row.backend)), frontend=fe, calibration=None)
+        r = simulate_row(row, options, overrides=perf.get((row.system, row.backend)), frontend=fe,
+                         calibration=calibration)
         ttft.append(r.ttft_error)
         tpot.append(r.tpot_error)
     return Errors(tuple(ttft), tuple(tpot))
@@ -93,15 +96,29 @@ def fit_serving(rows: list[SiliconRow], options: ClientOptions = ClientOptions()
     return to_calibration(perf), frontend
 
 
+def refit_frontends(rows: list[SiliconRow], options: ClientOptions = ClientOptions(), per_group: int = 10,
+                    log: Log = lambda _: None) -> dict[str, dict[str, float]]:
+    """Stage 4 alone: the `<engine>@<gpu>` front ends refitted with the shipped engine constants,
+    each started from the shipped profile (after a change to the client or the engine limits,
+    which moves TTFT but hardly TPOT; a whole fit takes many times longer)."""
+    samples = group_samples(rows, options, per_group)
+    shipped = catalogue(FRONTEND_FILE)
+    frontend = {name: {k: float(shipped[name][k]) for k in FRONTEND_GRID} for name in shipped}
+    fit_frontends_per_gpu(samples, options, {}, frontend, log, calibration="shipped")
+    return frontend
+
+
 def fit_frontends_per_gpu(samples: dict[tuple[str, str], list[SiliconRow]], options: ClientOptions,
                           perf: dict[tuple[str, str], dict[str, float]], frontend: dict[str, dict[str, float]],
-                          log: Log) -> None:
-    """Stage 4: add `<engine>@<gpu>` front-end entries to `frontend`, each started from the engine's."""
+                          log: Log, calibration: str | None = None) -> None:
+    """Stage 4: add `<engine>@<gpu>` front-end entries to `frontend`, each started from the
+    existing entry of that name, else from the engine's."""
     for (system, engine), sample in samples.items():
         name = frontend_profile(engine, GPUS[system])
-        start = dict(frontend[engine])
+        start = dict(frontend.get(name, frontend[engine]))
         frontend[name], score = coordinate_descent(
-            start, FRONTEND_GRID, lambda v, s=sample, n=name: _errors(s, options, perf, {**frontend, n: dict(v)}),
+            start, FRONTEND_GRID,
+            lambda v, s=sample, n=name: _errors(s, options, perf, {**frontend, n: dict(v)}, calibration),
             weights=(1.0, 0.0), relative=False, sweeps=1)
         log(f"stage 4 {name}: TTFT median abs error {score:.1%} with front end {frontend[name]}")
 

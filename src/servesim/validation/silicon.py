@@ -107,6 +107,12 @@ class ClientOptions:
     requests_per_user: float = 4.0  # measured requests = ceil(requests_per_user * concurrency), >= min_requests
     min_requests: int = 32
     warmup_per_user: float = 1.0  # warm-up requests excluded from the means, per user
+    # AIPerf waits for every warm-up response before the profiling phase starts all its users at
+    # once. The engine is then empty (prefix caching is off in these runs), so the profiling phase
+    # plays exactly like a fresh start: the warm-up requests need not be simulated, and the
+    # measured means include the first wave of `concurrency` simultaneous prompts. False: the
+    # warm-up requests run in the same closed loop and the measured ones follow without a pause.
+    warmup_drains: bool = True
     ramp_up_s: float = 0.0  # users start evenly over this time (AIPerf starts them all at once)
     ramp_cycles: float | None = None  # if set: the ramp is this share of one request's decode time instead
     frontend: bool = True  # play each engine's API server (perf/data/frontend.yaml)
@@ -151,6 +157,36 @@ def row_dtype(row: SiliconRow) -> str:
     return dtype
 
 
+# The engine limits of AIConfigurator's benchmark deployments (its generator's rule_plugin/
+# benchmark/<engine>.rule, aggregated workers): for vLLM and TensorRT-LLM the token budget of one
+# step is the batch size plus the prompt plus 1,500 (TensorRT-LLM rounds it up to its 32-token KV
+# blocks). For SGLang the generator sets max_prefill_tokens = prompt + 1,500 and
+# --enable-mixed-chunk; played that way only the H200 rows came closer to the measurements (the
+# others were measured with SGLang's defaults, prefill batches alone; docs/fidelity.md), so the
+# generator's SGLang settings apply on the systems listed here. The file does not record each
+# run's flags; this is a per-(GPU, engine) deployment setting, never per row.
+SGLANG_MIXED_CHUNK_SYSTEMS = frozenset({"h200_sxm"})
+BUDGET_MARGIN_TOKENS = 1500
+TRTLLM_TOKENS_PER_BLOCK = 32
+
+
+def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
+    """(engine section, scheduler section) of the deployment that ran `row`."""
+    profile = engine_profile(row.backend)
+    batch = max(row.batch_size, row.concurrency)
+    engine = {"max_num_seqs": batch, "max_num_batched_tokens": profile.max_num_tokens,
+              "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False}
+    scheduler: dict = {"name": SCHEDULERS[row.backend]}
+    if row.backend in ("vllm", "trtllm"):
+        budget = batch + row.isl + BUDGET_MARGIN_TOKENS
+        if row.backend == "trtllm":
+            budget = -(-budget // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
+        engine["max_num_batched_tokens"] = budget
+    elif row.backend == "sglang" and row.system in SGLANG_MIXED_CHUNK_SYSTEMS:
+        scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)
+    return engine, scheduler
+
+
 def frontend_profile(engine: str, gpu: str) -> str:
     """The front-end profile name of an engine on one system (perf/data/frontend.yaml)."""
     return f"{engine}@{gpu}"
@@ -175,16 +211,15 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     engine's profile (fitting); calibration: "shipped" (the serving fit), None, or a file path.
     """
     users = row.concurrency
-    warmup = int(round(options.warmup_per_user * users))
+    warmup = 0 if options.warmup_drains else int(round(options.warmup_per_user * users))
     measured = max(options.min_requests, math.ceil(options.requests_per_user * users))
-    profile = engine_profile(row.backend)
+    engine, scheduler = engine_limits(row)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
         "perf": {"engine": row.backend, "expert_parallel": row.moe_ep > 1, "overrides": dict(overrides or {}),
                  "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
-        "engine": {"max_num_seqs": max(row.batch_size, users), "max_num_batched_tokens": profile.max_num_tokens,
-                   "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False},
-        "scheduler": {"name": SCHEDULERS[row.backend]},
+        "engine": engine,
+        "scheduler": scheduler,
         "frontend": {"profile": _frontend_name(row) if options.frontend else "none", **(frontend or {})},
         "workload": {
             "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",

@@ -2,8 +2,9 @@
 
 Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.py`:
 - prefill first: each step first tries to build a prefill batch; if it gets any request the
-  step is that prefill batch alone (decodes wait; SGLang without `--enable-mixed-chunk`),
-  otherwise every running request decodes;
+  step is that prefill batch alone (decodes wait), otherwise every running request decodes;
+  with `enable_mixed_chunk` the running decodes join the prefill batch instead (SGLang's
+  `mix_with_running`), their tokens taken off the prefill and chunk budgets first;
 - waiting order (`schedule_policy`): `fcfs`; `lpm`, longest cached prefix first (FCFS when
   more than 128 requests wait, SGLang's cost guard; a request with at most 32 cached tokens
   that shares 32+ tokens with an earlier waiting request goes last, SGLang's in-batch prefix
@@ -65,6 +66,9 @@ class SGLangParams(SchedulerParams):
     """Decode steps over which the ratio decays from its initial value to its floor."""
     retract_decode_steps: int = Field(20, ge=1)
     """Decode steps of headroom every remaining request gets after a retraction."""
+    enable_mixed_chunk: bool = False
+    """Run the running decodes in the same step as a prefill batch (`--enable-mixed-chunk`);
+    off, a prefill batch stalls every decode for its step."""
 
 
 @register("sglang")
@@ -97,6 +101,8 @@ class SGLangScheduler(Scheduler):
         self._mark = None
         self._prefill_batch(out)
         if out.scheduled:
+            if self.params.enable_mixed_chunk:
+                self._mix_decodes(out)
             return out
         decoding = [r for r in self.running if r.is_decoding]
         if self._decode_blocks(decoding) > self.kv.num_free_blocks:
@@ -108,6 +114,19 @@ class SGLangScheduler(Scheduler):
             first = out.scheduled[0][0]
             self._mark = (first, first.num_output_tokens)
         return out
+
+    def _mix_decodes(self, out: SchedulerOutput) -> None:
+        """Add one token for every running decode to this prefill step (SGLang mixes the whole
+        running batch; a decode whose next block cannot be allocated sits this step out)."""
+        prefilling = {id(req) for req, _ in out.scheduled}
+        for req in self.running:
+            if req.is_decoding and id(req) not in prefilling and self.kv.allocate_slots(req, 1):
+                out.scheduled.append((req, 1))
+
+    def _num_mixed_decodes(self) -> int:
+        if not self.params.enable_mixed_chunk:
+            return 0
+        return sum(1 for r in self.running if r.is_decoding)
 
     def _decode_blocks(self, reqs: list[Request], steps: int = 1) -> int:
         return sum(self.kv.blocks_needed(r, steps) for r in reqs)
@@ -178,17 +197,18 @@ class SGLangScheduler(Scheduler):
     def _prefill_batch(self, out: SchedulerOutput) -> None:
         kv = self.kv
         bs = kv.block_size
-        rem_total = kv.num_free_blocks * bs - sum(
+        mixed = self._num_mixed_decodes()  # decode tokens that will share this step
+        rem_total = kv.num_free_blocks * bs - mixed - sum(
             min(max(self.max_new(r) - r.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) * self.new_token_ratio
             for r in self.running)
-        rem_input = self.params.max_prefill_tokens
-        rem_chunk = self.chunk_size
+        rem_input = self.params.max_prefill_tokens - mixed
+        rem_chunk = self.chunk_size - mixed
         if self.chunked is not None:  # continue the chunked request first
             req = self.chunked
             n = min(req.num_tokens - req.num_computed_tokens, rem_chunk)
             if n < req.num_tokens - req.num_computed_tokens:
                 n = n // bs * bs or n
-            if kv.allocate_slots(req, n):
+            if n > 0 and kv.allocate_slots(req, n):
                 out.scheduled.append((req, n))
                 rem_chunk -= n
                 rem_input -= n

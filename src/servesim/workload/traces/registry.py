@@ -35,8 +35,15 @@ SHIPPED_TRACES: dict[str, ShippedTrace] = {
                      "CC-BY-4.0", "Azure LLM inference 2023, code: 1 h, 2.6 req/s, very bursty"),
         ShippedTrace("mooncake-conversation", "mooncake_fast25/conversation_trace.jsonl.gz", 12031, True,
                      "Apache-2.0", "Mooncake/Kimi FAST'25 conversation: 1 h, long prompts, 512-token prefix hashes"),
+        # Sarathi-Serve's filtered ShareGPT (whole conversations up to 8K tokens: long prompts, mean
+        # 2,340). Not what `vllm bench serve --dataset-name sharegpt` samples (first turn of
+        # ShareGPT_V3, prompts <= 1,024 tokens, prompt + output <= 2,048); see docs/workloads.md.
+        ShippedTrace("sharegpt-sarathi-8k", "length_distributions/sharegpt_8k_filtered_stats_llama2_tokenizer.csv.gz",
+                     30731, False, "Apache-2.0",
+                     "Sarathi-Serve's filtered ShareGPT lengths (Llama-2 tokenizer, total <= 8K), no timestamps"),
+        # the historical name of the same table, kept so that existing scenarios run unchanged
         ShippedTrace("sharegpt", "length_distributions/sharegpt_8k_filtered_stats_llama2_tokenizer.csv.gz",
-                     30731, False, "Apache-2.0", "ShareGPT prompt/output lengths (Llama-2 tokenizer), no timestamps"),
+                     30731, False, "Apache-2.0", "same table as sharegpt-sarathi-8k (the older name)"),
         ShippedTrace("arxiv", "length_distributions/arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv.gz",
                      28257, False, "MIT", "arXiv summarization prompt/output lengths, no timestamps"),
     )
