@@ -21,7 +21,7 @@ per block. Freeing puts each segment in the free queue as one entry, evicted las
 as vLLM's per-block entries in reverse order would be. A block computed twice concurrently
 (same key) stays unregistered — vLLM registers duplicates too, which only matters once the
 first copy is evicted (documented choice); the request holding it remembers its position
-(`_Held.dups`).
+(`Held.dups`, `prefix_index.py`).
 
 Every request's blocks have an identity, as vLLM hashes every full block of every request.
 Keys (`Request.kv_block_keys`, from the trace's `hash_ids`) cover the prefix a request may
@@ -42,30 +42,16 @@ The CPU swap tier is a composed `CPUTier` (`cpu_tier.py`).
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections import deque
-from dataclasses import dataclass, field
-from itertools import repeat
+from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
-from servesim.replica.block_keys import BlockKeys, block_keys, runs_of
+from servesim.replica.block_keys import BlockKeys, block_keys
 from servesim.replica.cpu_tier import CPUTier
 from servesim.replica.prefix_groups import Group
+from servesim.replica.prefix_index import Held, Hits, PrefixIndex
 
 __all__ = ["KVCacheManager", "Hits", "BlockKeys", "block_keys", "cdiv"]
-
-
-@dataclass(slots=True)
-class Hits:
-    """A prefix-cache hit (`get_computed_blocks`): the request's first `num_keyed` keyed
-    blocks, then `num_own` blocks of its own surviving unique run. Valid until the next
-    allocation (which may evict)."""
-
-    num_keyed: int = 0
-    num_own: int = 0
-
-    def __len__(self) -> int:
-        return self.num_keyed + self.num_own
 
 
 @dataclass(slots=True)
@@ -74,25 +60,6 @@ class _Tail:
 
     req_id: int
     count: int
-
-
-@dataclass(slots=True)
-class _Held:
-    """Blocks held by one request: keyed blocks for positions [0, num_keyed), then plain ones.
-    `segs` lists the keyed positions as [group, first, end] in order; a position refers to the
-    group's block at that slot, except the positions in `dups`, which hold an unregistered copy."""
-
-    num_keyed: int = 0
-    num_plain: int = 0
-    segs: list[list] = field(default_factory=list)
-    dups: set[int] | None = None
-
-    def add(self, group: Group, p0: int, p1: int) -> None:
-        segs = self.segs
-        if segs and segs[-1][0] is group and segs[-1][2] == p0:
-            segs[-1][2] = p1
-        else:
-            segs.append([group, p0, p1])
 
 
 def cdiv(a: int, b: int) -> int:
@@ -121,9 +88,9 @@ class KVCacheManager:
         # carry the stamp; the others were hit since and are skipped).
         self._free: deque[Any] = deque([num_gpu_blocks])
         self._stamp = 0
-        self._index: dict[Hashable, Group] = {}  # key run -> the group holding its blocks
+        self._prefix = PrefixIndex()
         self._tails: dict[int, _Tail] = {}  # live tagged runs of preempted requests, by owner
-        self._held: dict[Any, _Held] = {}
+        self._held: dict[Any, Held] = {}
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
@@ -145,7 +112,7 @@ class KVCacheManager:
         if not self.enable_prefix_caching or not req.hash_ids:
             return 0
         keys = req.kv_block_keys or block_keys(req, self.block_size)
-        return self._num_leading_cached(keys, len(keys)) * self.block_size
+        return self._prefix.num_leading_cached(keys, len(keys)) * self.block_size
 
     def num_cpu_blocks_of(self, req_id: int) -> int:
         return self.cpu.num_blocks_of(req_id)
@@ -159,7 +126,7 @@ class KVCacheManager:
             return Hits()
         limit = (req.num_tokens - 1) // self.block_size
         num_keys = len(keys) if keys else 0
-        nk = self._num_leading_cached(keys, min(num_keys, limit)) if keys else 0
+        nk = self._prefix.num_leading_cached(keys, min(num_keys, limit)) if keys else 0
         if nk < num_keys or tail is None or limit <= nk:
             return Hits(nk)
         return Hits(nk, min(tail.count, limit - nk))
@@ -179,46 +146,21 @@ class KVCacheManager:
             return max(need, 0)
         if not computed.num_keyed:
             return max(need, 0) + computed.num_own
-        in_queue = sum(g.num_free(p0, p1) for g, p0, p1, _, _ in self._extents(req.kv_block_keys, 0, computed.num_keyed))
-        return max(need, 0) + in_queue + computed.num_own
+        return max(need, 0) + self._prefix.num_free(req.kv_block_keys, computed.num_keyed) + computed.num_own
 
     def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
         """Would registering these requests' blocks (each up to its number of tokens) in bulk
         differ from registering them step by step? Yes if a key is already cached, or if two of
         them would register the same new key (stepping registers it for whichever gets there
         first; bulk cannot tell). The engine then steps one by one instead."""
-        seen: dict[Hashable, Any] = {}  # run key -> positions (a, b) to register, or a list of them
         bs = self.block_size
+        ranges = []
         for req, num_tokens in reqs_tokens:
             held = self._held.get(req.id)
             keys = req.kv_block_keys
-            if held is None or not keys:
-                continue
-            p0, p1 = held.num_keyed, min(num_tokens // bs, len(keys))
-            if p0 >= p1:
-                continue
-            exts = self._extents(keys, p0, p1)
-            if any(g is not None and g.any_cached(q0, q1) for g, q0, q1, _, _ in exts):
-                return True
-            run_keys, starts, ends = runs_of(keys)
-            i, j = exts[0][3], exts[-1][4]
-            if j - i == 1:
-                spans = [(p0, p1)]
-            else:
-                spans = list(zip(starts[i:j], ends[i:j]))
-                spans[0] = (p0, spans[0][1])
-                spans[-1] = (spans[-1][0], p1)
-            rks = run_keys[i:j]
-            if seen.keys().isdisjoint(rks):  # the usual case: no run shared so far
-                seen.update(zip(rks, spans))
-                continue
-            for rk, (a, b) in zip(rks, spans):
-                prev = seen.get(rk)
-                prev = [] if prev is None else [prev] if type(prev) is tuple else prev
-                if any(x < b and a < y for x, y in prev):
-                    return True
-                seen[rk] = prev + [(a, b)]
-        return False
+            if held is not None and keys and held.num_keyed < min(num_tokens // bs, len(keys)):
+                ranges.append((keys, held.num_keyed, min(num_tokens // bs, len(keys))))
+        return self._prefix.conflicts(ranges)
 
     # ---------------------------------------------------------------- mutation
     def allocate_slots(self, req: Any, num_new_tokens: int, computed: Hits | Sequence = ()) -> bool:
@@ -236,8 +178,8 @@ class KVCacheManager:
                     return False
                 self._pop_free(new)
                 held.num_plain += new
-            if req.kv_block_keys:
-                self._cache_full_blocks(req, held, min(total, req.prompt_len + req.num_output_tokens))
+            end = req.prompt_len + req.num_output_tokens
+            self._cache_full_blocks(req, held, total if total < end else end)
             return True
         if held is None and not computed and not req.kv_block_keys:  # a new request without prefix keys
             need = -(-(req.num_computed_tokens + num_new_tokens) // bs)
@@ -246,12 +188,12 @@ class KVCacheManager:
             if self._tails:
                 self._tails.pop(req.id, None)  # re-admitted without hits: its run is forgotten
             self._pop_free(need)
-            self._held[req.id] = _Held(num_plain=need)
+            self._held[req.id] = Held(num_plain=need)
             return True
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         if held is None:
-            held = self._held[req.id] = _Held()
+            held = self._held[req.id] = Held()
         tail = self._tails.pop(req.id, None) if self._tails else None
         num_keyed = computed.num_keyed if computed else 0
         num_own = computed.num_own if computed and tail is not None else 0
@@ -260,9 +202,7 @@ class KVCacheManager:
             self.num_free_blocks -= num_own
             held.num_plain += num_own
         if num_keyed:
-            for g, p0, p1, _, _ in self._extents(req.kv_block_keys, 0, num_keyed):
-                self.num_free_blocks -= g.hit(p0, p1)  # those at count 0 leave the free queue
-                held.add(g, p0, p1)
+            self.num_free_blocks -= self._prefix.hit(req.kv_block_keys, num_keyed, held)  # count 0 -> leave the queue
             held.num_keyed += num_keyed
         total = req.num_computed_tokens + (num_keyed + num_own) * bs + num_new_tokens
         new = -(-total // bs) - held.num_keyed - held.num_plain
@@ -274,7 +214,8 @@ class KVCacheManager:
 
     def allocate_decodes(self, reqs: list[Any]) -> bool:
         """One more token for each request if all decode (have generated a token and have only
-        it left to compute), have no prefix keys and fit; else no-op.
+        it left to compute), register no key by it (no prefix keys, or its keyed blocks are
+        registered already) and fit; else no-op.
 
         This is the bulk form of calling `allocate_slots(req, 1)` for each in order (the outcome
         is the same when every call succeeds and no key is registered).
@@ -282,12 +223,20 @@ class KVCacheManager:
         held = self._held
         bs = self.block_size
         grow = []
+        if not reqs:
+            return True
+        last = reqs[-1]  # the latest admitted: the one most likely still in its prompt
+        if last.prompt_len + last.num_output_tokens != last.num_computed_tokens + 1:
+            return False
         for r in reqs:
-            if (not r.num_output_tokens or r.prompt_len + r.num_output_tokens - r.num_computed_tokens != 1
-                    or r.kv_block_keys):
+            nc1 = r.num_computed_tokens + 1
+            if not r.num_output_tokens or r.prompt_len + r.num_output_tokens != nc1:
                 return False
             h = held[r.id]
-            if r.num_computed_tokens + 1 > (h.num_keyed + h.num_plain) * bs:
+            keys = r.kv_block_keys
+            if keys and h.num_keyed < min(nc1 // bs, len(keys)):
+                return False  # this token completes a keyed block: allocate_slots registers it
+            if nc1 > (h.num_keyed + h.num_plain) * bs:
                 grow.append(h)
         if len(grow) > self.num_free_blocks:
             return False
@@ -338,7 +287,7 @@ class KVCacheManager:
         self.num_free_blocks += unique
         self._free_keyed(held)
 
-    def _free_keyed(self, held: _Held) -> None:
+    def _free_keyed(self, held: Held) -> None:
         """Drop the request's references, last position first; each segment's blocks whose
         count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
         dups = held.dups
@@ -379,7 +328,7 @@ class KVCacheManager:
         if need > self.num_free_blocks or req_id in self._held:
             return False
         self._pop_free(need)
-        self._held[req_id] = _Held(num_plain=need)
+        self._held[req_id] = Held(num_plain=need)
         return True
 
     # ---------------------------------------------------------------- CPU tier (`cpu_tier.py`)
@@ -408,7 +357,7 @@ class KVCacheManager:
             return None
         self.cpu.load(req_id, keep_cpu_copy)
         self._pop_free(n)
-        self._held[req_id] = _Held(num_plain=n)
+        self._held[req_id] = Held(num_plain=n)
         return n
 
     def retain_cpu_copy(self, req_id: int, key: Hashable, max_blocks: int) -> None:
@@ -429,59 +378,19 @@ class KVCacheManager:
         self.cpu.drop_copies()
 
     # ---------------------------------------------------------------- internals
-    def _extents(self, keys: Sequence, p0: int, p1: int) -> list[tuple]:
-        """Split positions [p0, p1) where the group their key runs map to changes: (group or
-        None, first, end, first run, end run)."""
-        run_keys, starts, ends = runs_of(keys)
-        i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
-        i1 = bisect_left(starts, p1, i0)
-        if i1 - i0 == 1:
-            return [(self._index.get(run_keys[i0]), p0, p1, i0, i1)]
-        gs = list(map(self._index.get, run_keys[i0:i1]))
-        out = []
-        k, n = 0, len(gs)
-        while k < n:
-            g = gs[k]
-            m = k + gs.count(g)  # the usual case: all of g's runs are together
-            if m > n or gs[k:m].count(g) != m - k:
-                m = k + 1
-                while m < n and gs[m] is g:
-                    m += 1
-            out.append((g, starts[i0 + k] if k else p0, ends[i0 + m - 1] if m < n else p1, i0 + k, i0 + m))
-            k = m
-        return out
-
-    def _num_leading_cached(self, keys: Sequence, num_keys: int) -> int:
-        """How many of the first `num_keys` keys are cached before the first that is not."""
-        n = 0
-        for g, p0, p1, _, _ in self._extents(keys, 0, num_keys):
-            k = g.num_leading_cached(p0, p1) if g is not None else 0
-            n += k
-            if k < p1 - p0:
-                break
-        return n
-
-    def _cache_full_blocks(self, req: Any, held: _Held, num_tokens: int) -> None:
-        keys = req.kv_block_keys
-        if not self.enable_prefix_caching or not keys:
-            return
+    def _cache_full_blocks(self, req: Any, held: Held, num_tokens: int) -> None:
         k0 = held.num_keyed
-        full = min(num_tokens // self.block_size, len(keys), k0 + held.num_plain)
-        if full <= k0:
+        full = num_tokens // self.block_size
+        if full <= k0:  # the usual case in decode: no block filled since
             return
-        for g, p0, p1, i, j in self._extents(keys, k0, full):
-            if g is None:  # new runs: into the request's last group if it ends here, else a new one
-                last = held.segs[-1][0] if held.segs else None
-                g = last if last is not None and last.hi == p0 else Group(p0)
-                new_runs = runs_of(keys)[0][i:j]
-                self._index.update(zip(new_runs, repeat(g)))
-                g.runs += new_runs
-            dups = g.register(p0, p1)
-            if dups:
-                held.dups = (held.dups or set()).union(dups)
-            held.add(g, p0, p1)
-        held.num_keyed = full
-        held.num_plain -= full - k0
+        keys = req.kv_block_keys
+        if not self.enable_prefix_caching or keys is None:
+            return
+        full = min(full, len(keys), k0 + held.num_plain)
+        if full > k0:
+            self._prefix.register(keys, held, k0, full)
+            held.num_keyed = full
+            held.num_plain -= full - k0
 
     def _push_plain(self, n: int) -> None:
         if n <= 0:
@@ -519,19 +428,11 @@ class KVCacheManager:
                 k, s1 = group.evict(s0, s1, stamp, n)
                 n -= k
                 if k and group.num_cached == 0:
-                    self._drop_group(group)
+                    self._prefix.drop(group)
                 if n > 0 or s1 <= s0:
                     free.popleft()
                 else:
                     head[3] = s1
-
-    def _drop_group(self, group: Group) -> None:
-        """A group with no cached block leaves the index (it may still be someone's extent)."""
-        index = self._index
-        for rk in group.runs:
-            if index.get(rk) is group:
-                del index[rk]
-        group.runs = []
 
     def check_all_free(self) -> None:
         """Invariant at the end of a run: every block is back in the free pool."""

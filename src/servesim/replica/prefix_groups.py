@@ -89,6 +89,13 @@ class Group:
         the free queue (their count was 0)."""
         i, j = s0 - self.lo, s1 - self.lo
         r = self.ref[i:j]
+        v = r[0]
+        if r.count(v) == j - i:  # the usual case: one count over the range
+            self.ref[i:j] = [v + 1] * (j - i)
+            if v:
+                return 0
+            self.stamp[i:j] = [0] * (j - i)
+            return j - i
         z = r.count(0)
         if z:
             stamp = self.stamp
@@ -102,12 +109,18 @@ class Group:
         """A request drops its reference on blocks [s0, s1); those whose count reaches 0 get
         `stamp` (one free-queue entry holds them); returns how many."""
         i, j = s0 - self.lo, s1 - self.lo
-        r = [x - 1 for x in self.ref[i:j]]
+        r = self.ref[i:j]
+        v = r[0]
+        if r.count(v) == j - i:  # the usual case: one count over the range
+            self.ref[i:j] = [v - 1] * (j - i)
+            if v != 1:
+                return 0
+            self.stamp[i:j] = [stamp] * (j - i)
+            return j - i
+        r = [x - 1 for x in r]
         self.ref[i:j] = r
         z = r.count(0)
-        if z == j - i:
-            self.stamp[i:j] = [stamp] * z
-        elif z:
+        if z:
             st = self.stamp
             for k in range(i, j):
                 if r[k - i] == 0:
