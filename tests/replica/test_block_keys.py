@@ -24,14 +24,17 @@ def test_keys_are_the_per_block_keys_and_runs_cover_them(H, bs):
         assert list(keys) == list(want) and (keys[1:3] == want[1:3])
         # runs are contiguous, in order, and each holds the blocks of one hash id
         assert keys.starts == ([0] + keys.ends[:-1] if want else []) and (keys.ends[-1] if want else 0) == len(want)
-        for (h, a), b in zip(keys.run_keys, keys.ends):
-            assert {k[0] for k in want[a:b]} == {h} and a == keys.starts[keys.run_keys.index((h, a))]
+        for rk, a, b in zip(keys.run_keys, keys.starts, keys.ends):  # one hash id per run, keyed (id, start)
+            (h,) = {k[0] for k in want[a:b]}
+            assert rk == h << 32 | a
 
 
 def test_mooncake_hash_block_is_one_run_of_32_blocks():
     keys = BlockKeys([7, 9, 11], 512, 16)
-    assert keys.run_keys == [(7, 0), (9, 32), (11, 64)] and keys.ends == [32, 64, 96] and len(keys) == 96
+    assert keys.run_keys == [7 << 32, 9 << 32 | 32, 11 << 32 | 64] and keys.ends == [32, 64, 96] and len(keys) == 96
     assert keys[33] == (9, 34 * 16)
+    named = BlockKeys(["a", "b"], 512, 16)  # ids that are not ints: (id, start) tuples
+    assert named.run_keys == [("a", 0), ("b", 32)] and named[40] == ("b", 41 * 16)
 
 
 def test_keys_compare_and_hash_like_the_tuple():

@@ -11,6 +11,8 @@ built when a policy asks for it (sequence access).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
+from operator import lshift, or_
 from typing import Any
 
 
@@ -18,28 +20,31 @@ class BlockKeys(Sequence):
     """The keys `(hash_ids[(e-1)//H], e)` of a request's first `len(self)` KV blocks (e = end
     token), as runs: run i holds positions [starts[i], ends[i]) under key `run_keys[i]`."""
 
-    __slots__ = ("run_keys", "starts", "ends", "_n", "_block_size", "_tuple")
+    __slots__ = ("run_keys", "starts", "ends", "_ids", "_n", "_block_size", "_tuple")
 
     def __init__(self, hash_ids: Sequence, hash_block_tokens: int, block_size: int) -> None:
         H = hash_block_tokens
-        self._n = len(hash_ids) * H // block_size
+        self._n = n = len(hash_ids) * H // block_size
         # hash block m holds the positions p with m*H < (p+1)*bs <= (m+1)*H: [m*H//bs, (m+1)*H//bs)
-        n = self._n
-        if H % block_size == 0:  # the usual case: H/bs blocks per hash id, built without a Python loop
-            step = H // block_size
-            self.starts = list(range(0, n, step))
-            self.ends = self.starts[1:] + [n] if n else []
-            self.run_keys = list(zip(hash_ids, self.starts))
+        if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
+            self._ids = list(hash_ids)
+            self.starts = list(range(0, n, H // block_size))
         else:
-            self.run_keys, self.starts, self.ends = [], [], []
+            self._ids, self.starts = [], []
             a = 0
             for m, h in enumerate(hash_ids):
                 b = (m + 1) * H // block_size
                 if b > a:
-                    self.run_keys.append((h, a))
+                    self._ids.append(h)
                     self.starts.append(a)
-                    self.ends.append(b)
                     a = b
+        self.ends = self.starts[1:] + [n] if n else []
+        # A run's key is (hash id, first position), packed into one int when the ids are ints
+        # (ints hash and compare faster; the packing is one-to-one as positions are < 2**32).
+        if set(map(type, self._ids)) <= {int}:
+            self.run_keys: list = list(map(or_, map(lshift, self._ids, repeat(32)), self.starts))
+        else:
+            self.run_keys = list(zip(self._ids, self.starts))
         self._block_size = block_size
         self._tuple: tuple | None = None
 
@@ -53,7 +58,7 @@ class BlockKeys(Sequence):
         if self._tuple is None:
             bs = self._block_size
             keys = []
-            for (h, a), b in zip(self.run_keys, self.ends):
+            for h, a, b in zip(self._ids, self.starts, self.ends):
                 keys += [(h, e) for e in range((a + 1) * bs, b * bs + 1, bs)]
             self._tuple = tuple(keys)
         return self._tuple
@@ -94,8 +99,8 @@ def block_keys(req: Any, block_size: int) -> BlockKeys:
 
 def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
     """(run keys, first positions, end positions) of any key sequence. A plain tuple of keys (as
-    tests and policies may set) is one run per key; its keys are taken to identify their
-    position, as those from `block_keys` do."""
+    tests and policies may set) is one run per key, keyed (None, key); its keys are taken to
+    identify their position, as those from `block_keys` do."""
     if type(keys) is BlockKeys:
         return keys.run_keys, keys.starts, keys.ends
-    return keys, range(len(keys)), range(1, len(keys) + 1)
+    return [(None, k) for k in keys], range(len(keys)), range(1, len(keys) + 1)

@@ -112,7 +112,7 @@ class KVCacheManager:
         if not self.enable_prefix_caching or not req.hash_ids:
             return 0
         keys = req.kv_block_keys or block_keys(req, self.block_size)
-        return self._prefix.num_leading_cached(keys, len(keys)) * self.block_size
+        return sum(p1 - p0 for _, p0, p1 in self._prefix.leading_cached(keys, len(keys))) * self.block_size
 
     def num_cpu_blocks_of(self, req_id: int) -> int:
         return self.cpu.num_blocks_of(req_id)
@@ -126,10 +126,11 @@ class KVCacheManager:
             return Hits()
         limit = (req.num_tokens - 1) // self.block_size
         num_keys = len(keys) if keys else 0
-        nk = self._prefix.num_leading_cached(keys, min(num_keys, limit)) if keys else 0
+        exts = self._prefix.leading_cached(keys, min(num_keys, limit)) if keys else []
+        nk = exts[-1][2] if exts else 0
         if nk < num_keys or tail is None or limit <= nk:
-            return Hits(nk)
-        return Hits(nk, min(tail.count, limit - nk))
+            return Hits(nk, 0, exts)
+        return Hits(nk, min(tail.count, limit - nk), exts)
 
     def record_query(self, num_tokens: int, num_hit_tokens: int) -> None:
         self.num_queried_tokens += num_tokens
@@ -146,7 +147,7 @@ class KVCacheManager:
             return max(need, 0)
         if not computed.num_keyed:
             return max(need, 0) + computed.num_own
-        return max(need, 0) + self._prefix.num_free(req.kv_block_keys, computed.num_keyed) + computed.num_own
+        return max(need, 0) + self._prefix.num_free(computed) + computed.num_own
 
     def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
         """Would registering these requests' blocks (each up to its number of tokens) in bulk
@@ -202,7 +203,7 @@ class KVCacheManager:
             self.num_free_blocks -= num_own
             held.num_plain += num_own
         if num_keyed:
-            self.num_free_blocks -= self._prefix.hit(req.kv_block_keys, num_keyed, held)  # count 0 -> leave the queue
+            self.num_free_blocks -= self._prefix.hit(computed, held)  # count 0 -> leave the queue
             held.num_keyed += num_keyed
         total = req.num_computed_tokens + (num_keyed + num_own) * bs + num_new_tokens
         new = -(-total // bs) - held.num_keyed - held.num_plain

@@ -25,6 +25,7 @@ class Hits:
 
     num_keyed: int = 0
     num_own: int = 0
+    extents: list | None = None  # (group, first, end) covering the keyed blocks, found by the lookup
 
     def __len__(self) -> int:
         return self.num_keyed + self.num_own
@@ -77,25 +78,28 @@ class PrefixIndex:
             k = m
         return out
 
-    def num_leading_cached(self, keys: Sequence, num_keys: int) -> int:
-        """How many of the first `num_keys` keys are cached before the first that is not."""
-        n = 0
+    def leading_cached(self, keys: Sequence, num_keys: int) -> list[tuple]:
+        """The leading cached part of the first `num_keys` keys, as (group, first, end)."""
+        if not num_keys or self._index.get(runs_of(keys)[0][0]) is None:
+            return []  # the usual miss: not even the first run (no lookup of the others)
+        out = []
         for g, p0, p1, _, _ in self.extents(keys, 0, num_keys):
             k = g.num_leading_cached(p0, p1) if g is not None else 0
-            n += k
+            if k:
+                out.append((g, p0, p0 + k))
             if k < p1 - p0:
                 break
-        return n
+        return out
 
-    def num_free(self, keys: Sequence, num_keys: int) -> int:
-        """Blocks among the first `num_keys` (all cached) that sit in the free queue."""
-        return sum(g.num_free(p0, p1) for g, p0, p1, _, _ in self.extents(keys, 0, num_keys))
+    def num_free(self, hits: Hits) -> int:
+        """Blocks of the hit's keyed part that sit in the free queue."""
+        return sum(g.num_free(p0, p1) for g, p0, p1 in hits.extents)
 
-    def hit(self, keys: Sequence, num_keys: int, held: Held) -> int:
-        """`held` takes a reference on the first `num_keys` blocks (all cached); returns how
-        many left the free queue (their count was 0)."""
+    def hit(self, hits: Hits, held: Held) -> int:
+        """`held` takes a reference on the hit's keyed blocks; returns how many left the free
+        queue (their count was 0)."""
         n = 0
-        for g, p0, p1, _, _ in self.extents(keys, 0, num_keys):
+        for g, p0, p1 in hits.extents:
             n += g.hit(p0, p1)
             held.add(g, p0, p1)
         return n
