@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servesim.replica.kv_cache import OWN_TAIL_HIT, KVCacheManager
+from servesim.replica.kv_cache import KVCacheManager
 from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request, serve
 
@@ -29,14 +29,14 @@ def test_preempted_request_hits_its_surviving_leading_blocks():
     assert kv.allocate_slots(b, 96)  # 6 blocks: the 4 anonymous ones, then a's blocks 5 and 4
     a.num_computed_tokens = 0
     hits = kv.get_computed_blocks(a)
-    assert hits == [OWN_TAIL_HIT] * 4  # blocks 0..3 survive
+    assert (hits.num_keyed, hits.num_own) == (0, 4)  # blocks 0..3 survive
     assert kv.blocks_needed(a, 101 - 64, hits) == 7 > kv.num_free_blocks == 4
     kv.free(b.id)  # b finishes: its blocks are anonymous and enter behind a's survivors
     hits = kv.get_computed_blocks(a)
     assert len(hits) == 4
     assert kv.allocate_slots(a, 101 - 64, hits)
     assert kv.num_blocks_of(a.id) == 7 and kv.num_free_blocks == 3
-    assert kv.get_computed_blocks(a) == []  # the run is consumed by the re-admission
+    assert len(kv.get_computed_blocks(a)) == 0  # the run is consumed by the re-admission
     kv.free(a.id)
     kv.check_all_free()
 
@@ -51,12 +51,13 @@ def test_hits_are_capped_at_num_tokens_minus_one_and_need_the_whole_keyed_prefix
     a.num_computed_tokens = 0
     hits = kv.get_computed_blocks(a)
     # 4 full blocks computed, but a hit leaves the last token to compute: 63 // 16 = 3 blocks
-    assert [h.key for h in hits[:2]] == [(7, 16), (7, 32)] and hits[2:] == [OWN_TAIL_HIT]
+    assert (hits.num_keyed, hits.num_own) == (2, 1)  # keyed blocks 0-1, then own block 2
     # free queue: 16 never used, a's unique blocks 3 and 2, keyed block 1, keyed block 0
     kv.allocate_slots(make_request(1, 16 * 17, 1), 16 * 17)  # evicts block 3
-    assert [h.key for h in kv.get_computed_blocks(a)][2:] == [None]  # block 2 survives
+    assert kv.get_computed_blocks(a).num_own == 1  # block 2 survives
     kv.allocate_slots(make_request(2, 16 * 2, 1), 16 * 2)  # evicts block 2 and keyed block 1
-    assert [h.key for h in kv.get_computed_blocks(a)] == [(7, 16)]
+    hits = kv.get_computed_blocks(a)
+    assert (hits.num_keyed, hits.num_own) == (1, 0)
     assert kv.num_free_blocks == 1
 
 
@@ -67,7 +68,7 @@ def test_finished_and_swapped_requests_leave_no_run():
     _computed(a, 64, 1)
     kv.free(a.id)  # finished
     a.num_computed_tokens = 0
-    assert kv.get_computed_blocks(a) == []
+    assert len(kv.get_computed_blocks(a)) == 0
 
 
 def test_recompute_after_preemption_hits_what_the_other_request_did_not_evict():

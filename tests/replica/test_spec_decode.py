@@ -88,3 +88,16 @@ def test_fewer_steps_with_speculation():
     # a decode emits (1 - 0.7^5) / 0.3 = 2.77 tokens per step on average; prefill steps and
     # requests near their end emit fewer
     assert plain.num_steps / spec.num_steps > 1.8
+
+
+def test_acceptance_draws_in_blocks_equal_one_draw_per_step():
+    import numpy as np
+
+    from servesim.replica.spec_decode import DRAW_BLOCK_ROWS, AcceptanceDraws
+
+    sizes = [3, 1, 7, DRAW_BLOCK_ROWS - 5, 9, 2 * DRAW_BLOCK_ROWS, 4]  # crosses block ends, and one larger
+    draws = AcceptanceDraws(np.random.default_rng(5), 4, 0.6)
+    ref = np.random.default_rng(5)
+    for n in sizes:
+        want = (ref.random((n, 4)) < 0.6).cumprod(axis=1).sum(axis=1).tolist()
+        assert draws.take(n) == want

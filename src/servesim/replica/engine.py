@@ -29,7 +29,7 @@ from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
-from servesim.replica.spec_decode import end_spec_decode, speculate
+from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, speculate
 from servesim.replica.fast_forward import FastForwarding, advance_decodes
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
@@ -76,6 +76,7 @@ class Engine(FastForwarding):
         # run's seed; the default is fixed so that runs are reproducible either way)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self._spec_k = config.num_speculative_tokens
+        self.spec_draws = AcceptanceDraws(self.rng, self._spec_k, config.spec_acceptance_rate) if self._spec_k else None
         # swap accounting
         self.swap_stall_s = 0.0  # step time added by synchronous copies
         self.swap_transfer_s = 0.0  # copy time, both directions, synchronous or not

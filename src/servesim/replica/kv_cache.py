@@ -11,9 +11,17 @@ Semantics follow vLLM v1's `KVCacheManager`/`BlockPool`:
   produce logits).
 
 What the simulation does not need is not modelled: physical block ids. Blocks without a key
-are interchangeable, so the free queue stores runs of them as counts; only keyed blocks are
-objects. A block computed twice concurrently (same key) stays unregistered — vLLM registers
-duplicates too, which only matters once the first copy is evicted (documented choice).
+are interchangeable, so the free queue stores runs of them as counts. Keyed blocks are slots
+of groups (`prefix_groups.py`: flat lists of reference counts and free-queue stamps over a
+stretch of positions, typically one request's prefix); the index maps each key run (one trace
+hash block, e.g. 32 KV blocks under one Mooncake hash) to its group. A request's keyed blocks
+are its first `num_keyed` positions, held as a few (group, positions) segments, so hits,
+registration, freeing and eviction cost a few list slices per segment rather than Python work
+per block. Freeing puts each segment in the free queue as one entry, evicted last block first,
+as vLLM's per-block entries in reverse order would be. A block computed twice concurrently
+(same key) stays unregistered — vLLM registers duplicates too, which only matters once the
+first copy is evicted (documented choice); the request holding it remembers its position
+(`Held.dups`, `prefix_index.py`).
 
 Every request's blocks have an identity, as vLLM hashes every full block of every request.
 Keys (`Request.kv_block_keys`, from the trace's `hash_ids`) cover the prefix a request may
@@ -28,32 +36,22 @@ that follow (capped, like every hit, at `num_tokens - 1` tokens). Choices: only 
 KV was computed count (vLLM also hashes blocks scheduled in the step that preempts them); a
 request's run is forgotten when it is admitted again (hit or not) or removed; blocks of a
 request that finishes or is swapped out stay anonymous (nobody else can hit them).
+
+The CPU swap tier is a composed `CPUTier` (`cpu_tier.py`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Hashable
+from dataclasses import dataclass
+from typing import Any, Hashable, Sequence
 
+from servesim.replica.block_keys import BlockKeys, block_keys
+from servesim.replica.cpu_tier import CPUTier
+from servesim.replica.prefix_groups import Group
+from servesim.replica.prefix_index import Held, Hits, PrefixIndex
 
-class Block:
-    """A keyed (prefix-cacheable) KV block."""
-
-    __slots__ = ("key", "ref_cnt", "free_stamp", "registered")
-
-    def __init__(self, key: Hashable, registered: bool) -> None:
-        self.key = key
-        self.ref_cnt = 1
-        self.free_stamp = 0  # > 0 while the block sits in the free queue (lazy deletion stamp)
-        self.registered = registered
-
-
-# A hit on a block of the request's own surviving tail run (`get_computed_blocks`). Such blocks
-# are interchangeable plain blocks, so one shared object stands for each of them in a hit list;
-# its ref_cnt stays 0 (every such block is taken from the free queue).
-OWN_TAIL_HIT = Block(None, registered=False)
-OWN_TAIL_HIT.ref_cnt = 0
+__all__ = ["KVCacheManager", "Hits", "BlockKeys", "block_keys", "cdiv"]
 
 
 @dataclass(slots=True)
@@ -64,31 +62,8 @@ class _Tail:
     count: int
 
 
-@dataclass(slots=True)
-class _Held:
-    """Blocks held by one request: keyed blocks for positions [0, len(keyed)), then plain ones."""
-
-    keyed: list[Block] = field(default_factory=list)
-    num_plain: int = 0
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.keyed) + self.num_plain
-
-
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def block_keys(req: Any, block_size: int) -> tuple:
-    """Prefix keys at the engine's block size from the request's chained hash ids.
-
-    hash_ids[m] identifies tokens [0, (m+1)*H); a KV block ending at token e lies in hash block
-    m = (e-1)//H, and (hash_ids[m], e) identifies tokens [0, e) for any block size.
-    """
-    H = req.hash_block_tokens
-    covered = len(req.hash_ids) * H
-    return tuple((req.hash_ids[(e - 1) // H], e) for e in range(block_size, covered + 1, block_size))
 
 
 class KVCacheManager:
@@ -106,19 +81,16 @@ class KVCacheManager:
         self.num_gpu_blocks = num_gpu_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.num_cpu_blocks = num_cpu_blocks
         self.num_free_blocks = num_gpu_blocks
-        self.num_free_cpu_blocks = num_cpu_blocks
-        # Free queue, head = next to reuse. Entries: int (a run of plain blocks) or
-        # (stamp, Block) for a keyed block; stale entries (stamp mismatch) are skipped.
+        self.cpu = CPUTier(num_cpu_blocks)
+        # Free queue, head = next to reuse. Entries: int (a run of plain blocks), `_Tail`, or
+        # [stamp, Group, s0, s1] for a group's keyed blocks (slots s1-1 down to s0 that still
+        # carry the stamp; the others were hit since and are skipped).
         self._free: deque[Any] = deque([num_gpu_blocks])
         self._stamp = 0
-        self._cached: dict[Hashable, Block] = {}
+        self._prefix = PrefixIndex()
         self._tails: dict[int, _Tail] = {}  # live tagged runs of preempted requests, by owner
-        self._held: dict[int, _Held] = {}
-        self._cpu_held: dict[int, int] = {}
-        self._cpu_copies: dict[Hashable, int] = {}  # insertion order = reclaim order
-        self._num_copy_blocks = 0
+        self._held: dict[Any, Held] = {}
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
@@ -126,87 +98,73 @@ class KVCacheManager:
     # ---------------------------------------------------------------- queries
     def num_blocks_of(self, req_id: int) -> int:
         held = self._held.get(req_id)
-        return held.num_blocks if held else 0
+        return held.num_keyed + held.num_plain if held else 0
 
     def first_new_block_steps(self, reqs: list[Any], ctx1: list[int]) -> list[int]:
         """For requests holding blocks for ctx1[i] tokens' worth of work, the first decode step
         j >= 1 of a stretch that needs one more block (step j needs room for ctx1[i] + j)."""
         held = self._held
         bs = self.block_size
-        return [(len((h := held[r.id]).keyed) + h.num_plain) * bs - c + 1 for r, c in zip(reqs, ctx1)]
+        return [((h := held[r.id]).num_keyed + h.num_plain) * bs - c + 1 for r, c in zip(reqs, ctx1)]
 
     def num_cached_prefix_tokens(self, req: Any) -> int:
         """Tokens of `req`'s prefix in cached blocks (leading blocks only, as a hit needs)."""
         if not self.enable_prefix_caching or not req.hash_ids:
             return 0
         keys = req.kv_block_keys or block_keys(req, self.block_size)
-        cached = self._cached
-        n = 0
-        for key in keys:
-            if key not in cached:
-                break
-            n += 1
-        return n * self.block_size
+        return sum(p1 - p0 for _, p0, p1 in self._prefix.leading_cached(keys, len(keys))) * self.block_size
 
     def num_cpu_blocks_of(self, req_id: int) -> int:
-        return self._cpu_held.get(req_id, 0)
+        return self.cpu.num_blocks_of(req_id)
 
-    def get_computed_blocks(self, req: Any) -> list[Block]:
+    def get_computed_blocks(self, req: Any) -> Hits:
         """Longest run of cached blocks matching the request's prefix (vLLM v1 rule): keyed
-        blocks, then (all keys hit) the request's own surviving unique blocks, as `OWN_TAIL_HIT`."""
+        blocks, then (all keys hit) the request's own surviving unique blocks."""
         keys = req.kv_block_keys
         tail = self._tails.get(req.id) if self._tails else None
         if not self.enable_prefix_caching or not (keys or tail):
-            return []
+            return Hits()
         limit = (req.num_tokens - 1) // self.block_size
-        hits = []
-        if keys:
-            cached = self._cached
-            for i in range(min(len(keys), limit)):
-                block = cached.get(keys[i])
-                if block is None:
-                    return hits
-                hits.append(block)
-            if len(hits) < len(keys):
-                return hits
-        if tail is not None and limit > len(hits):
-            hits += [OWN_TAIL_HIT] * min(tail.count, limit - len(hits))
-        return hits
+        num_keys = len(keys) if keys else 0
+        exts = self._prefix.leading_cached(keys, min(num_keys, limit)) if keys else []
+        nk = exts[-1][2] if exts else 0
+        if nk < num_keys or tail is None or limit <= nk:
+            return Hits(nk, 0, exts)
+        return Hits(nk, min(tail.count, limit - nk), exts)
 
     def record_query(self, num_tokens: int, num_hit_tokens: int) -> None:
         self.num_queried_tokens += num_tokens
         self.num_hit_tokens += num_hit_tokens
 
-    def blocks_needed(self, req: Any, num_new_tokens: int, computed: list[Block] = ()) -> int:
+    def blocks_needed(self, req: Any, num_new_tokens: int, computed: Hits | Sequence = ()) -> int:
         """Free blocks an `allocate_slots` call would consume (cached-free hits included)."""
         held = self._held.get(req.id)
-        have = held.num_blocks if held else 0
-        total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-        need = cdiv(total, self.block_size) - have - len(computed)
-        return max(need, 0) + sum(1 for b in computed if b.ref_cnt == 0)
+        have = held.num_keyed + held.num_plain if held else 0
+        num_hit = len(computed)
+        total = req.num_computed_tokens + num_hit * self.block_size + num_new_tokens
+        need = cdiv(total, self.block_size) - have - num_hit
+        if not computed:
+            return max(need, 0)
+        if not computed.num_keyed:
+            return max(need, 0) + computed.num_own
+        return max(need, 0) + self._prefix.num_free(computed) + computed.num_own
 
     def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
         """Would registering these requests' blocks (each up to its number of tokens) in bulk
         differ from registering them step by step? Yes if a key is already cached, or if two of
         them would register the same new key (stepping registers it for whichever gets there
         first; bulk cannot tell). The engine then steps one by one instead."""
-        seen: set = set()
-        cached = self._cached
         bs = self.block_size
+        ranges = []
         for req, num_tokens in reqs_tokens:
             held = self._held.get(req.id)
             keys = req.kv_block_keys
-            if held is None or not keys:
-                continue
-            for i in range(len(held.keyed), min(num_tokens // bs, len(keys))):
-                key = keys[i]
-                if key in cached or key in seen:
-                    return True
-                seen.add(key)
-        return False
+            if held is not None and keys and held.num_keyed < min(num_tokens // bs, len(keys)):
+                ranges.append((keys, held.num_keyed, min(num_tokens // bs, len(keys))))
+        return self._prefix.conflicts(ranges)
 
     # ---------------------------------------------------------------- mutation
-    def allocate_slots(self, req: Any, num_new_tokens: int, computed: list[Block] = ()) -> bool:
+    def allocate_slots(self, req: Any, num_new_tokens: int, computed: Hits | Sequence = ()) -> bool:
         """Give `req` blocks for `num_new_tokens` more tokens (after `computed` hits).
 
         Returns False, changing nothing, when there are not enough free blocks.
@@ -215,14 +173,14 @@ class KVCacheManager:
         bs = self.block_size
         if held is not None and not computed:  # hot path: a running request grows
             total = req.num_computed_tokens + num_new_tokens
-            new = -(-total // bs) - len(held.keyed) - held.num_plain
+            new = -(-total // bs) - held.num_keyed - held.num_plain
             if new > 0:
                 if new > self.num_free_blocks:
                     return False
                 self._pop_free(new)
                 held.num_plain += new
-            if req.kv_block_keys:
-                self._cache_full_blocks(req, held, min(total, req.prompt_len + req.num_output_tokens))
+            end = req.prompt_len + req.num_output_tokens
+            self._cache_full_blocks(req, held, total if total < end else end)
             return True
         if held is None and not computed and not req.kv_block_keys:  # a new request without prefix keys
             need = -(-(req.num_computed_tokens + num_new_tokens) // bs)
@@ -231,27 +189,24 @@ class KVCacheManager:
             if self._tails:
                 self._tails.pop(req.id, None)  # re-admitted without hits: its run is forgotten
             self._pop_free(need)
-            self._held[req.id] = _Held(num_plain=need)
+            self._held[req.id] = Held(num_plain=need)
             return True
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         if held is None:
-            held = self._held[req.id] = _Held()
+            held = self._held[req.id] = Held()
         tail = self._tails.pop(req.id, None) if self._tails else None
-        num_own = computed.count(OWN_TAIL_HIT) if tail is not None else 0
+        num_keyed = computed.num_keyed if computed else 0
+        num_own = computed.num_own if computed and tail is not None else 0
         if num_own:  # the surviving unique blocks leave their run (the rest become anonymous)
             tail.count -= num_own
             self.num_free_blocks -= num_own
             held.num_plain += num_own
-            computed = computed[:len(computed) - num_own]
-        for block in computed:
-            if block.ref_cnt == 0:  # leaves the free queue
-                block.free_stamp = 0
-                self.num_free_blocks -= 1
-            block.ref_cnt += 1
-        held.keyed.extend(computed)
-        total = req.num_computed_tokens + (len(computed) + num_own) * bs + num_new_tokens
-        new = -(-total // bs) - held.num_blocks
+        if num_keyed:
+            self.num_free_blocks -= self._prefix.hit(computed, held)  # count 0 -> leave the queue
+            held.num_keyed += num_keyed
+        total = req.num_computed_tokens + (num_keyed + num_own) * bs + num_new_tokens
+        new = -(-total // bs) - held.num_keyed - held.num_plain
         if new > 0:
             self._pop_free(new)
             held.num_plain += new
@@ -260,7 +215,8 @@ class KVCacheManager:
 
     def allocate_decodes(self, reqs: list[Any]) -> bool:
         """One more token for each request if all decode (have generated a token and have only
-        it left to compute), have no prefix keys and fit; else no-op.
+        it left to compute), register no key by it (no prefix keys, or its keyed blocks are
+        registered already) and fit; else no-op.
 
         This is the bulk form of calling `allocate_slots(req, 1)` for each in order (the outcome
         is the same when every call succeeds and no key is registered).
@@ -268,12 +224,20 @@ class KVCacheManager:
         held = self._held
         bs = self.block_size
         grow = []
+        if not reqs:
+            return True
+        last = reqs[-1]  # the latest admitted: the one most likely still in its prompt
+        if last.prompt_len + last.num_output_tokens != last.num_computed_tokens + 1:
+            return False
         for r in reqs:
-            if (not r.num_output_tokens or r.prompt_len + r.num_output_tokens - r.num_computed_tokens != 1
-                    or r.kv_block_keys):
+            nc1 = r.num_computed_tokens + 1
+            if not r.num_output_tokens or r.prompt_len + r.num_output_tokens != nc1:
                 return False
             h = held[r.id]
-            if r.num_computed_tokens + 1 > (len(h.keyed) + h.num_plain) * bs:
+            keys = r.kv_block_keys
+            if keys and h.num_keyed < min(nc1 // bs, len(keys)):
+                return False  # this token completes a keyed block: allocate_slots registers it
+            if nc1 > (h.num_keyed + h.num_plain) * bs:
                 grow.append(h)
         if len(grow) > self.num_free_blocks:
             return False
@@ -297,7 +261,7 @@ class KVCacheManager:
         if held is not None:
             self._cache_full_blocks(req, held, num_tokens)
 
-    def free(self, req_id: int) -> None:
+    def free(self, req_id: Any) -> None:
         """Release a request's blocks; tail blocks enter the free queue first (evicted first)."""
         if self._tails:
             self._tails.pop(req_id, None)  # a preempted request removed while waiting
@@ -313,7 +277,7 @@ class KVCacheManager:
         held = self._held.get(req.id)
         start = len(req.kv_block_keys or ())
         full = min(req.num_computed_tokens, req.num_tokens) // self.block_size
-        if held is None or not self.enable_prefix_caching or full <= start or len(held.keyed) != start:
+        if held is None or not self.enable_prefix_caching or full <= start or held.num_keyed != start:
             self.free(req.id)
             return
         del self._held[req.id]
@@ -324,17 +288,30 @@ class KVCacheManager:
         self.num_free_blocks += unique
         self._free_keyed(held)
 
-    def _free_keyed(self, held: _Held) -> None:
-        for block in reversed(held.keyed):
-            block.ref_cnt -= 1
-            if block.ref_cnt == 0:
-                if block.registered:
-                    self._stamp += 1
-                    block.free_stamp = self._stamp
-                    self._free.append((self._stamp, block))
-                    self.num_free_blocks += 1
-                else:
+    def _free_keyed(self, held: Held) -> None:
+        """Drop the request's references, last position first; each segment's blocks whose
+        count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
+        dups = held.dups
+        for g, p0, p1 in reversed(held.segs):
+            if dups is None or dups.isdisjoint(range(p0, p1)):
+                self._release(g, p0, p1)
+                continue
+            hi = p1  # split the segment at the copies, keeping the last-first order
+            for p in range(p1 - 1, p0 - 1, -1):
+                if p in dups:
+                    if hi > p + 1:
+                        self._release(g, p + 1, hi)
                     self._push_plain(1)
+                    hi = p
+            if hi > p0:
+                self._release(g, p0, hi)
+
+    def _release(self, group: Group, s0: int, s1: int) -> None:
+        self._stamp += 1
+        n = group.release(s0, s1, self._stamp)
+        if n:
+            self._free.append([self._stamp, group, s0, s1])
+            self.num_free_blocks += n
 
     # ---------------------------------------------------------------- KV transfers
     def detach(self, req_id: int, key: Hashable) -> None:
@@ -352,108 +329,69 @@ class KVCacheManager:
         if need > self.num_free_blocks or req_id in self._held:
             return False
         self._pop_free(need)
-        self._held[req_id] = _Held(num_plain=need)
+        self._held[req_id] = Held(num_plain=need)
         return True
 
-    # ---------------------------------------------------------------- CPU tier
-    # The CPU tier holds (a) the blocks of swapped-out requests and (b) reclaimable copies:
-    # a request's CPU copy kept after its swap-in ("req", id) and a finished turn's copy kept
-    # for its conversation or program ("ctx", key). A copy makes the next swap-out of the same
-    # context move only the blocks computed since (FastSwitch's KV reuse); copies are
-    # reclaimed least recently stored first when the CPU tier needs room.
+    # ---------------------------------------------------------------- CPU tier (`cpu_tier.py`)
+    @property
+    def num_cpu_blocks(self) -> int:
+        return self.cpu.num_cpu_blocks
+
+    @property
+    def num_free_cpu_blocks(self) -> int:
+        return self.cpu.num_free_cpu_blocks
+
     def swap_out(self, req_id: int, reuse_key: Hashable | None = None) -> int | None:
         """Move a request's blocks to the CPU tier; the number of blocks to copy, or None
-        (nothing changes) if the CPU tier lacks room. A CPU copy of the request, or else the
-        retained copy under `reuse_key`, covers its first blocks, which need no copy."""
-        n = self.num_blocks_of(req_id)
-        copies = self._cpu_copies
-        src = ("req", req_id)
-        if src not in copies:
-            src = ("ctx", reuse_key) if reuse_key is not None and ("ctx", reuse_key) in copies else None
-        have = copies.get(src, 0) if src is not None else 0
-        need = n - min(have, n)
-        if need > self.num_free_cpu_blocks + self._num_copy_blocks - have:
-            return None
-        if src is not None:
-            self._release_copy(src)
-        self._reserve_cpu(n)
-        self._cpu_held[req_id] = n
-        self.free(req_id)
+        (nothing changes) if the CPU tier lacks room (see `CPUTier.store`)."""
+        need = self.cpu.store(req_id, self.num_blocks_of(req_id), reuse_key)
+        if need is not None:
+            self.free(req_id)
         return need
 
     def swap_in(self, req_id: int, keep_cpu_copy: bool = False) -> int | None:
         """Bring a swapped request's blocks back to the GPU; the number of blocks copied, or
         None (nothing changes) if the GPU lacks room. `keep_cpu_copy` leaves the CPU blocks
         in place as a reclaimable copy (FastSwitch)."""
-        n = self._cpu_held.get(req_id, 0)
+        n = self.cpu.num_blocks_of(req_id)
         if n > self.num_free_blocks:
             return None
-        del self._cpu_held[req_id]
-        if keep_cpu_copy:
-            self._cpu_copies[("req", req_id)] = n
-            self._num_copy_blocks += n
-        else:
-            self.num_free_cpu_blocks += n
+        self.cpu.load(req_id, keep_cpu_copy)
         self._pop_free(n)
-        self._held[req_id] = _Held(num_plain=n)
+        self._held[req_id] = Held(num_plain=n)
         return n
 
     def retain_cpu_copy(self, req_id: int, key: Hashable, max_blocks: int) -> None:
         """Keep (up to `max_blocks` of) a finished request's CPU copy for the next turn of
         `key` (a session or program); replaces that key's previous copy."""
-        have = self._cpu_copies.get(("req", req_id), 0)
-        if not have:
-            return
-        self._release_copy(("req", req_id))
-        if ("ctx", key) in self._cpu_copies:
-            self._release_copy(("ctx", key))
-        keep = min(have, max_blocks)
-        if keep > 0:
-            self._reserve_cpu(keep)
-            self._cpu_copies[("ctx", key)] = keep
-            self._num_copy_blocks += keep
+        self.cpu.retain_copy(req_id, key, max_blocks)
 
     def num_cpu_copy_blocks(self) -> int:
         """CPU blocks held by reclaimable copies."""
-        return self._num_copy_blocks
+        return self.cpu.num_copy_blocks
 
     def free_cpu(self, req_id: int) -> None:
         """Release a request's CPU blocks and its CPU copy."""
-        self.num_free_cpu_blocks += self._cpu_held.pop(req_id, 0)
-        if ("req", req_id) in self._cpu_copies:
-            self._release_copy(("req", req_id))
+        self.cpu.free(req_id)
 
     def drop_cpu_copies(self) -> None:
         """Release every reclaimable CPU copy (end of run)."""
-        for key in list(self._cpu_copies):
-            self._release_copy(key)
-
-    def _release_copy(self, key: Hashable) -> None:
-        n = self._cpu_copies.pop(key)
-        self._num_copy_blocks -= n
-        self.num_free_cpu_blocks += n
-
-    def _reserve_cpu(self, n: int) -> None:
-        """Take `n` free CPU blocks, reclaiming the oldest copies first if needed (caller checked)."""
-        while n > self.num_free_cpu_blocks:
-            self._release_copy(next(iter(self._cpu_copies)))
-        self.num_free_cpu_blocks -= n
+        self.cpu.drop_copies()
 
     # ---------------------------------------------------------------- internals
-    def _cache_full_blocks(self, req: Any, held: _Held, num_tokens: int) -> None:
-        keys = req.kv_block_keys
-        if not self.enable_prefix_caching or not keys:
+    def _cache_full_blocks(self, req: Any, held: Held, num_tokens: int) -> None:
+        k0 = held.num_keyed
+        full = num_tokens // self.block_size
+        if full <= k0:  # the usual case in decode: no block filled since
             return
-        full = min(num_tokens // self.block_size, len(keys), held.num_blocks)
-        cached = self._cached
-        while len(held.keyed) < full:
-            key = keys[len(held.keyed)]
-            registered = key not in cached
-            block = Block(key, registered)
-            if registered:
-                cached[key] = block
-            held.keyed.append(block)
-            held.num_plain -= 1
+        keys = req.kv_block_keys
+        if not self.enable_prefix_caching or keys is None:
+            return
+        full = min(full, len(keys), k0 + held.num_plain)
+        if full > k0:
+            self._prefix.register(keys, held, k0, full)
+            held.num_keyed = full
+            held.num_plain -= full - k0
 
     def _push_plain(self, n: int) -> None:
         if n <= 0:
@@ -471,14 +409,14 @@ class KVCacheManager:
         self.num_free_blocks -= n
         while n > 0:
             head = free[0]
-            if type(head) is int:
+            kind = type(head)
+            if kind is int:
                 if head > n:
                     free[0] = head - n
                     return
                 free.popleft()
                 n -= head
-                continue
-            if type(head) is _Tail:  # evicts the run's last blocks first: a leading run survives
+            elif kind is _Tail:  # evicts the run's last blocks first: a leading run survives
                 if head.count > n:
                     head.count -= n
                     return
@@ -486,14 +424,16 @@ class KVCacheManager:
                 n -= head.count
                 if self._tails.get(head.req_id) is head:
                     del self._tails[head.req_id]
-                continue
-            free.popleft()
-            stamp, block = head
-            if block.free_stamp != stamp:
-                continue  # stale: the block was reused by a cache hit
-            block.free_stamp = 0
-            del self._cached[block.key]
-            n -= 1
+            else:
+                stamp, group, s0, s1 = head
+                k, s1 = group.evict(s0, s1, stamp, n)
+                n -= k
+                if k and group.num_cached == 0:
+                    self._prefix.drop(group)
+                if n > 0 or s1 <= s0:
+                    free.popleft()
+                else:
+                    head[3] = s1
 
     def check_all_free(self) -> None:
         """Invariant at the end of a run: every block is back in the free pool."""
@@ -501,5 +441,4 @@ class KVCacheManager:
             raise AssertionError(
                 f"KV blocks leaked: {self.num_gpu_blocks - self.num_free_blocks} held by {len(self._held)} requests"
             )
-        if self._cpu_held or self.num_free_cpu_blocks != self.num_cpu_blocks:
-            raise AssertionError("CPU swap blocks leaked")
+        self.cpu.check_all_free()

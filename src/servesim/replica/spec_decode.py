@@ -10,6 +10,37 @@ from __future__ import annotations
 
 from servesim.workload.request import Request
 
+DRAW_BLOCK_ROWS = 1024  # acceptance rows drawn per generator call (any size gives the same numbers)
+
+
+class AcceptanceDraws:
+    """Accepted-draft counts for successive speculative decodes, drawn from the engine's
+    generator a block of rows at a time and counted with one vectorised pass per block.
+
+    Row i is k_max uniforms; its count is the number of leading ones below the acceptance rate
+    (the first rejection ends the run). A generator yields its doubles in order whatever the
+    shape asked for, so these are exactly the rows one `rng.random((n, k_max))` call per step
+    would give; nothing else draws from this generator.
+    """
+
+    def __init__(self, rng, k_max: int, acceptance_rate: float) -> None:
+        self._rng = rng
+        self._k_max = k_max
+        self._rate = acceptance_rate
+        self._counts: list[int] = []
+        self._pos = 0
+
+    def take(self, n: int) -> list[int]:
+        """The next `n` rows' counts."""
+        pos = self._pos
+        if pos + n > len(self._counts):
+            rest = self._counts[pos:]
+            u = self._rng.random((max(DRAW_BLOCK_ROWS, n - len(rest)), self._k_max))
+            self._counts = rest + (u < self._rate).cumprod(axis=1).sum(axis=1).tolist()
+            pos = 0
+        self._pos = pos + n
+        return self._counts[pos:pos + n]
+
 
 def speculate(engine, decodes, decode_ctxs, chunks, prefills):
     """Draft k tokens per decoding request and verify them in one target pass.
@@ -19,7 +50,8 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills):
     target verifies 1 + k tokens per request like a prefill chunk over its context; the
     drafts cost `spec_draft_cost_ratio` of a plain decode step per draft token. The number
     of accepted drafts is drawn at once (i.i.d. acceptance `spec_acceptance_rate`; the
-    first rejection ends the run), so the outcome depends only on the engine's generator.
+    first rejection ends the run; `AcceptanceDraws`), so the outcome depends only on the
+    engine's generator.
     Returns (step time, plain decodes, prefills + speculative decodes as (req, (1 + k, a))).
     """
     cfg = engine.config
@@ -34,11 +66,11 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills):
             plain_ctxs.append(ctx)
     if not spec:
         return engine.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
-    accepted = (engine.rng.random((len(spec), k_max)) < cfg.spec_acceptance_rate).cumprod(axis=1).sum(axis=1)
+    accepted = engine.spec_draws.take(len(spec))
     verify = chunks + [(1 + k, ctx) for _, k, ctx in spec]
     dt = engine.perf.step_time_s(verify, plain_ctxs)
     dt += cfg.spec_draft_cost_ratio * k_max * engine.perf.step_time_s([], decode_ctxs)
-    spec_items = [(req, (1 + k, min(int(a), k))) for (req, k, _), a in zip(spec, accepted)]
+    spec_items = [(req, (1 + k, a if a < k else k)) for (req, k, _), a in zip(spec, accepted)]
     return dt, plain, prefills + spec_items
 
 

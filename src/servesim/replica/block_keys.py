@@ -1,0 +1,106 @@
+"""A request's prefix keys at the engine's block size, kept as runs of the trace's hash blocks.
+
+`hash_ids[m]` identifies tokens [0, (m+1)*H) (H = `hash_block_tokens`); a KV block ending at
+token e lies in hash block m = (e-1)//H, so `(hash_ids[m], e)` identifies tokens [0, e) for any
+block size. The KV blocks under one hash id form a contiguous run of positions (H/bs of them,
+e.g. 32 for Mooncake's 512-token hashes and 16-token blocks), so the prefix cache indexes runs
+(`run_keys`: (hash id, first position)) rather than blocks; the per-block key tuple is only
+built when a policy asks for it (sequence access).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import repeat
+from operator import lshift, or_
+from typing import Any
+
+
+class BlockKeys(Sequence):
+    """The keys `(hash_ids[(e-1)//H], e)` of a request's first `len(self)` KV blocks (e = end
+    token), as runs: run i holds positions [starts[i], ends[i]) under key `run_keys[i]`."""
+
+    __slots__ = ("run_keys", "starts", "ends", "_ids", "_n", "_block_size", "_tuple")
+
+    def __init__(self, hash_ids: Sequence, hash_block_tokens: int, block_size: int) -> None:
+        H = hash_block_tokens
+        self._n = n = len(hash_ids) * H // block_size
+        # hash block m holds the positions p with m*H < (p+1)*bs <= (m+1)*H: [m*H//bs, (m+1)*H//bs)
+        if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
+            self._ids = list(hash_ids)
+            self.starts = list(range(0, n, H // block_size))
+        else:
+            self._ids, self.starts = [], []
+            a = 0
+            for m, h in enumerate(hash_ids):
+                b = (m + 1) * H // block_size
+                if b > a:
+                    self._ids.append(h)
+                    self.starts.append(a)
+                    a = b
+        self.ends = self.starts[1:] + [n] if n else []
+        # A run's key is (hash id, first position), packed into one int when the ids are ints
+        # (ints hash and compare faster; the packing is one-to-one as positions are < 2**32).
+        if set(map(type, self._ids)) <= {int}:
+            self.run_keys: list = list(map(or_, map(lshift, self._ids, repeat(32)), self.starts))
+        else:
+            self.run_keys = list(zip(self._ids, self.starts))
+        self._block_size = block_size
+        self._tuple: tuple | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def as_tuple(self) -> tuple:
+        if self._tuple is None:
+            bs = self._block_size
+            keys = []
+            for h, a, b in zip(self._ids, self.starts, self.ends):
+                keys += [(h, e) for e in range((a + 1) * bs, b * bs + 1, bs)]
+            self._tuple = tuple(keys)
+        return self._tuple
+
+    def __getitem__(self, i):
+        return self.as_tuple()[i]
+
+    def __iter__(self):
+        return iter(self.as_tuple())
+
+    def __hash__(self) -> int:
+        return hash(self.as_tuple())
+
+    def __eq__(self, other) -> bool:
+        return self.as_tuple() == _tuple_of(other)
+
+    def __lt__(self, other) -> bool:
+        return self.as_tuple() < _tuple_of(other)
+
+    def __le__(self, other) -> bool:
+        return self.as_tuple() <= _tuple_of(other)
+
+    def __gt__(self, other) -> bool:
+        return self.as_tuple() > _tuple_of(other)
+
+    def __ge__(self, other) -> bool:
+        return self.as_tuple() >= _tuple_of(other)
+
+
+def _tuple_of(keys) -> tuple:
+    return keys.as_tuple() if type(keys) is BlockKeys else tuple(keys)
+
+
+def block_keys(req: Any, block_size: int) -> BlockKeys:
+    """The request's prefix keys at `block_size` (from its chained hash ids)."""
+    return BlockKeys(req.hash_ids, req.hash_block_tokens, block_size)
+
+
+def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
+    """(run keys, first positions, end positions) of any key sequence. A plain tuple of keys (as
+    tests and policies may set) is one run per key, keyed (None, key); its keys are taken to
+    identify their position, as those from `block_keys` do."""
+    if type(keys) is BlockKeys:
+        return keys.run_keys, keys.starts, keys.ends
+    return [(None, k) for k in keys], range(len(keys)), range(1, len(keys) + 1)

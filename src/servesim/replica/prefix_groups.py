@@ -1,0 +1,149 @@
+"""Per-slot state of the cached KV blocks of one prefix-cache group (extent), in flat lists.
+
+A group holds the blocks of a stretch of consecutive block positions (slot = position),
+registered under the key runs listed in `runs` (`block_keys.py`): a request registering a
+prefix extends the group it last registered into when that ends where it continues, so one
+request's prefix, and a conversation's growing context, is a handful of groups rather than
+hundreds of block objects. Each position of a group belongs to one run, and every cached block
+of a run lives in the group the cache's index maps the run to. For slot s: `ref[s - lo]` is
+the reference count of the block registered there, or -1 when none is (the key is not
+cached); `stamp[s - lo]` is the stamp of the free-queue entry holding the block while its count
+is 0 (lazy deletion: a block hit from the free queue gets stamp 0, so the entry no longer
+matches it), else 0.
+
+Each method works on a range of slots with list slices, falling back to a per-slot loop only
+when the range is mixed (some slots cached and some not, or differing counts).
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+
+class Group:
+    """The registered blocks of one extent of positions (see the module docstring)."""
+
+    __slots__ = ("runs", "lo", "ref", "stamp", "num_cached")
+
+    def __init__(self, s0: int) -> None:
+        self.runs: list[Hashable] = []  # run keys the index maps here
+        self.lo = s0
+        self.ref: list[int] = []
+        self.stamp: list[int] = []
+        self.num_cached = 0
+
+    @property
+    def hi(self) -> int:
+        """End of the slots covered."""
+        return self.lo + len(self.ref)
+
+    def _cover(self, s0: int, s1: int) -> None:
+        """Grow the lists to cover slots [s0, s1)."""
+        if s0 < self.lo:
+            k = self.lo - s0
+            self.ref[:0] = [-1] * k
+            self.stamp[:0] = [0] * k
+            self.lo = s0
+        k = s1 - self.lo - len(self.ref)
+        if k > 0:
+            self.ref += [-1] * k
+            self.stamp += [0] * k
+
+    def num_leading_cached(self, s0: int, s1: int) -> int:
+        """How many of slots s0, s0+1, ... (up to s1) are cached before the first that is not."""
+        i = s0 - self.lo
+        if i < 0:
+            return 0
+        r = self.ref[i:s1 - self.lo]
+        return r.index(-1) if -1 in r else len(r)
+
+    def any_cached(self, s0: int, s1: int) -> bool:
+        r = self.ref[max(s0 - self.lo, 0):max(s1 - self.lo, 0)]
+        return bool(r) and max(r) >= 0
+
+    def num_free(self, s0: int, s1: int) -> int:
+        """Cached blocks among [s0, s1) with count 0 (in the free queue)."""
+        return self.ref[s0 - self.lo:s1 - self.lo].count(0)
+
+    def register(self, s0: int, s1: int) -> list[int]:
+        """A request computes keys [s0, s1): each key not cached gets a new block held once;
+        returns the slots that were cached already (the request's copies stay unregistered)."""
+        self._cover(s0, s1)
+        i, j = s0 - self.lo, s1 - self.lo
+        ref = self.ref
+        if ref[i:j].count(-1) == j - i:  # the usual case: none cached (stamps are 0)
+            ref[i:j] = [1] * (j - i)
+            self.num_cached += j - i
+            return []
+        dups = []
+        for k in range(i, j):
+            if ref[k] < 0:
+                ref[k] = 1
+                self.num_cached += 1
+            else:
+                dups.append(k + self.lo)
+        return dups
+
+    def hit(self, s0: int, s1: int) -> int:
+        """A request takes a reference on the cached blocks [s0, s1); returns how many left
+        the free queue (their count was 0)."""
+        i, j = s0 - self.lo, s1 - self.lo
+        r = self.ref[i:j]
+        v = r[0]
+        if r.count(v) == j - i:  # the usual case: one count over the range
+            self.ref[i:j] = [v + 1] * (j - i)
+            if v:
+                return 0
+            self.stamp[i:j] = [0] * (j - i)
+            return j - i
+        z = r.count(0)
+        if z:
+            stamp = self.stamp
+            for k in range(i, j):
+                if r[k - i] == 0:
+                    stamp[k] = 0
+        self.ref[i:j] = [x + 1 for x in r]
+        return z
+
+    def release(self, s0: int, s1: int, stamp: int) -> int:
+        """A request drops its reference on blocks [s0, s1); those whose count reaches 0 get
+        `stamp` (one free-queue entry holds them); returns how many."""
+        i, j = s0 - self.lo, s1 - self.lo
+        r = self.ref[i:j]
+        v = r[0]
+        if r.count(v) == j - i:  # the usual case: one count over the range
+            self.ref[i:j] = [v - 1] * (j - i)
+            if v != 1:
+                return 0
+            self.stamp[i:j] = [stamp] * (j - i)
+            return j - i
+        r = [x - 1 for x in r]
+        self.ref[i:j] = r
+        z = r.count(0)
+        if z:
+            st = self.stamp
+            for k in range(i, j):
+                if r[k - i] == 0:
+                    st[k] = stamp
+        return z
+
+    def evict(self, s0: int, s1: int, stamp: int, n: int) -> tuple[int, int]:
+        """Evict up to `n` blocks of the free-queue entry (`stamp`, slots [s0, s1)), last slot
+        first, skipping slots no longer in it; returns (blocks evicted, new end slot)."""
+        i, j = s0 - self.lo, s1 - self.lo
+        st, ref = self.stamp, self.ref
+        if st[i:j].count(stamp) == j - i:  # the usual case: the whole entry is still free
+            k = min(n, j - i)
+            ref[j - k:j] = [-1] * k
+            st[j - k:j] = [0] * k
+            self.num_cached -= k
+            return k, s1 - k
+        k = 0
+        while j > i and k < n:
+            j -= 1
+            if st[j] == stamp:
+                st[j] = 0
+                ref[j] = -1
+                k += 1
+        self.num_cached -= k
+        return k, j + self.lo

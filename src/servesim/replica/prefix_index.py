@@ -1,0 +1,157 @@
+"""The prefix cache's index: key runs -> groups, and the per-request segments over them.
+
+`KVCacheManager` (kv_cache.py) owns the free queue and the counts; this module answers which
+of a request's keys are cached and updates the groups (`prefix_groups.py`) a request hits or
+registers. Work is per extent (a stretch of positions whose key runs map to one group) plus
+C-level list and dict operations per run, never Python work per block.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any, Hashable, Sequence
+
+from servesim.replica.block_keys import runs_of
+from servesim.replica.prefix_groups import Group
+
+
+@dataclass(slots=True)
+class Hits:
+    """A prefix-cache hit (`get_computed_blocks`): the request's first `num_keyed` keyed
+    blocks, then `num_own` blocks of its own surviving unique run. Valid until the next
+    allocation (which may evict)."""
+
+    num_keyed: int = 0
+    num_own: int = 0
+    extents: list | None = None  # (group, first, end) covering the keyed blocks, found by the lookup
+
+    def __len__(self) -> int:
+        return self.num_keyed + self.num_own
+
+
+@dataclass(slots=True)
+class Held:
+    """Blocks held by one request: keyed blocks for positions [0, num_keyed), then plain ones.
+    `segs` lists the keyed positions as [group, first, end] in order; a position refers to the
+    group's block at that slot, except the positions in `dups`, which hold an unregistered copy."""
+
+    num_keyed: int = 0
+    num_plain: int = 0
+    segs: list[list] = field(default_factory=list)
+    dups: set[int] | None = None
+
+    def add(self, group: Group, p0: int, p1: int) -> None:
+        segs = self.segs
+        if segs and segs[-1][0] is group and segs[-1][2] == p0:
+            segs[-1][2] = p1
+        else:
+            segs.append([group, p0, p1])
+
+
+class PrefixIndex:
+    """Which group holds each key run's blocks (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._index: dict[Hashable, Group] = {}
+
+    def extents(self, keys: Sequence, p0: int, p1: int) -> list[tuple]:
+        """Split positions [p0, p1) where the group their key runs map to changes: (group or
+        None, first, end, first run, end run)."""
+        run_keys, starts, ends = runs_of(keys)
+        i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
+        i1 = bisect_left(starts, p1, i0)
+        if i1 - i0 == 1:
+            return [(self._index.get(run_keys[i0]), p0, p1, i0, i1)]
+        gs = list(map(self._index.get, run_keys[i0:i1]))
+        out = []
+        k, n = 0, len(gs)
+        while k < n:
+            g = gs[k]
+            m = k + gs.count(g)  # the usual case: all of g's runs are together
+            if m > n or gs[k:m].count(g) != m - k:
+                m = k + 1
+                while m < n and gs[m] is g:
+                    m += 1
+            out.append((g, starts[i0 + k] if k else p0, ends[i0 + m - 1] if m < n else p1, i0 + k, i0 + m))
+            k = m
+        return out
+
+    def leading_cached(self, keys: Sequence, num_keys: int) -> list[tuple]:
+        """The leading cached part of the first `num_keys` keys, as (group, first, end)."""
+        if not num_keys or self._index.get(runs_of(keys)[0][0]) is None:
+            return []  # the usual miss: not even the first run (no lookup of the others)
+        out = []
+        for g, p0, p1, _, _ in self.extents(keys, 0, num_keys):
+            k = g.num_leading_cached(p0, p1) if g is not None else 0
+            if k:
+                out.append((g, p0, p0 + k))
+            if k < p1 - p0:
+                break
+        return out
+
+    def num_free(self, hits: Hits) -> int:
+        """Blocks of the hit's keyed part that sit in the free queue."""
+        return sum(g.num_free(p0, p1) for g, p0, p1 in hits.extents)
+
+    def hit(self, hits: Hits, held: Held) -> int:
+        """`held` takes a reference on the hit's keyed blocks; returns how many left the free
+        queue (their count was 0)."""
+        n = 0
+        for g, p0, p1 in hits.extents:
+            n += g.hit(p0, p1)
+            held.add(g, p0, p1)
+        return n
+
+    def register(self, keys: Sequence, held: Held, k0: int, k1: int) -> None:
+        """`held` computes keys [k0, k1): each key not cached gets a block held once; the
+        positions already cached become `held.dups`. New runs go into the group `held` last
+        registered into if it ends at their start (a prefix stays one group), else a new one."""
+        for g, p0, p1, i, j in self.extents(keys, k0, k1):
+            if g is None:
+                last = held.segs[-1][0] if held.segs else None
+                g = last if last is not None and last.hi == p0 else Group(p0)
+                new_runs = runs_of(keys)[0][i:j]
+                self._index.update(zip(new_runs, repeat(g)))
+                g.runs += new_runs
+            dups = g.register(p0, p1)
+            if dups:
+                held.dups = (held.dups or set()).union(dups)
+            held.add(g, p0, p1)
+
+    def drop(self, group: Group) -> None:
+        """A group with no cached block leaves the index (it may still be someone's extent)."""
+        index = self._index
+        for rk in group.runs:
+            if index.get(rk) is group:
+                del index[rk]
+        group.runs = []
+
+    def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
+        """Would registering keys [p0, p1) of each (keys, p0, p1) meet a cached key, or a key
+        that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
+        seen: dict[Hashable, Any] = {}  # run key -> positions (a, b) to register, or a list of them
+        for keys, p0, p1 in ranges:
+            exts = self.extents(keys, p0, p1)
+            if any(g is not None and g.any_cached(q0, q1) for g, q0, q1, _, _ in exts):
+                return True
+            run_keys, starts, ends = runs_of(keys)
+            i, j = exts[0][3], exts[-1][4]
+            if j - i == 1:
+                spans = [(p0, p1)]
+            else:
+                spans = list(zip(starts[i:j], ends[i:j]))
+                spans[0] = (p0, spans[0][1])
+                spans[-1] = (spans[-1][0], p1)
+            rks = run_keys[i:j]
+            if seen.keys().isdisjoint(rks):  # the usual case: no run shared so far
+                seen.update(zip(rks, spans))
+                continue
+            for rk, (a, b) in zip(rks, spans):
+                prev = seen.get(rk)
+                prev = [] if prev is None else [prev] if type(prev) is tuple else prev
+                if any(x < b and a < y for x, y in prev):
+                    return True
+                seen[rk] = prev + [(a, b)]
+        return False

@@ -1,0 +1,144 @@
+"""The run-based prefix cache answers exactly as the per-block one it replaced.
+
+`kv_reference.py` is the previous implementation (one object per keyed block). Both are
+driven with the same random vLLM-like life of requests sharing prefixes (admission with hits,
+chunked prefill, decode, recompute preemption, finish, bulk decode, stretch conflict checks)
+at several hash-block sizes, and every answer and the free-block count are compared after
+each operation.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from servesim.replica.block_keys import BlockKeys
+from servesim.replica.kv_cache import KVCacheManager
+from tests.factories import make_request
+from tests.replica.kv_reference import ReferenceKVCache
+from tests.replica.kv_reference import block_keys as reference_keys
+
+BS = 16
+
+
+def _chains(rng: random.Random, num_chains: int, length: int) -> list[list[int]]:
+    """Chained hash ids that branch: each chain copies a prefix of an earlier one."""
+    chains, next_id = [], 1
+    for _ in range(num_chains):
+        keep = rng.randrange(length) if chains else 0
+        base = rng.choice(chains)[:keep] if chains else []
+        fresh = list(range(next_id, next_id + length - len(base)))
+        next_id += len(fresh)
+        chains.append(base + fresh)
+    return chains
+
+
+class _Pair:
+    """One request as each cache sees it (they differ only in the key object)."""
+
+    def __init__(self, rid: int, prompt: int, output: int, ids: list[int], H: int) -> None:
+        self.new = make_request(rid, prompt, output, hash_ids=tuple(ids), hash_block_tokens=H)
+        self.ref = make_request(rid, prompt, output, hash_ids=tuple(ids), hash_block_tokens=H)
+        self.new.kv_block_keys = BlockKeys(ids, H, BS)
+        self.ref.kv_block_keys = reference_keys(self.ref, BS)
+        assert self.new.kv_block_keys.as_tuple() == self.ref.kv_block_keys
+
+    def set(self, **kw) -> None:
+        for r in (self.new, self.ref):
+            for k, v in kw.items():
+                setattr(r, k, v)
+
+
+def _same_hits(new_hits, ref_hits) -> None:
+    own = sum(1 for b in ref_hits if b.key is None)
+    assert (new_hits.num_keyed, new_hits.num_own) == (len(ref_hits) - own, own)
+
+
+def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
+    rng = random.Random(seed)
+    new, ref = KVCacheManager(num_blocks, BS), ReferenceKVCache(num_blocks, BS)
+    chains = _chains(rng, 6, 24 * BS // H + 2)
+    waiting: list[_Pair] = []
+    running: list[_Pair] = []
+    counts = dict.fromkeys(["hits", "preempt", "finish", "bulk", "conflict"], 0)
+    rid = 0
+
+    def check() -> None:
+        assert new.num_free_blocks == ref.num_free_blocks
+        for p in running:
+            assert new.num_blocks_of(p.new.id) == ref.num_blocks_of(p.ref.id)
+
+    for _ in range(steps):
+        op = rng.random()
+        if op < 0.25:  # an arrival on a random chain, with a prompt ending anywhere in it
+            ids = rng.choice(chains)
+            prompt = rng.randrange(1, len(ids) * H + 1)
+            waiting.append(_Pair(rid, prompt, rng.randrange(1, 24), ids[:-(-prompt // H)], H))
+            rid += 1
+        elif op < 0.45 and waiting and len(running) < 5:  # admit the head with its hits and a first chunk
+            p = waiting[0]
+            hn, hr = new.get_computed_blocks(p.new), ref.get_computed_blocks(p.ref)
+            _same_hits(hn, hr)
+            counts["hits"] += len(hr) > 0
+            assert new.num_cached_prefix_tokens(p.new) == ref.num_cached_prefix_tokens(p.ref)
+            n = min(p.new.num_tokens - len(hr) * BS, rng.choice([16, 64, 200, 10_000]))
+            assert new.blocks_needed(p.new, n, hn) == ref.blocks_needed(p.ref, n, hr)
+            ok = new.allocate_slots(p.new, n, hn)
+            assert ok == ref.allocate_slots(p.ref, n, hr)
+            if ok:
+                waiting.pop(0)
+                p.set(num_computed_tokens=len(hr) * BS + n)
+                running.append(p)
+        elif op < 0.75 and running:  # a step of everyone running: chunks or decodes
+            batch = [p for p in running if p.new.num_computed_tokens < p.new.num_tokens]
+            decodes = [p for p in batch if p.new.num_output_tokens and p.new.num_tokens - p.new.num_computed_tokens == 1]
+            if decodes and len(decodes) == len(batch) and new.allocate_decodes([p.new for p in batch]):
+                counts["bulk"] += 1
+                assert all(ref.allocate_slots(p.ref, 1) for p in batch)
+                for p in batch:
+                    p.set(num_computed_tokens=p.new.num_computed_tokens + 1)
+            else:
+                for p in batch:
+                    n = min(p.new.num_tokens - p.new.num_computed_tokens, rng.choice([1, 16, 100]))
+                    ok = new.allocate_slots(p.new, n)
+                    assert ok == ref.allocate_slots(p.ref, n)
+                    if ok:
+                        p.set(num_computed_tokens=p.new.num_computed_tokens + n)
+            for p in running:  # a token comes when the prompt (and what was generated) is computed
+                if p.new.num_computed_tokens == p.new.num_tokens:
+                    p.set(num_output_tokens=p.new.num_output_tokens + 1)
+            for p in [p for p in running if p.new.num_output_tokens >= p.new.output_len]:
+                running.remove(p)
+                new.free(p.new.id), ref.free(p.ref.id)
+                counts["finish"] += 1
+        elif op < 0.8 and running:  # recompute preemption of the latest admitted
+            p = running.pop()
+            new.free_preempted(p.new), ref.free_preempted(p.ref)
+            p.set(num_computed_tokens=0)
+            waiting.insert(0, p)
+            counts["preempt"] += 1
+        elif running:  # would a stretch of k tokens for everyone register keys in conflict?
+            k = rng.choice([1, 16, 300])
+            pairs = [(p, p.new.num_computed_tokens + k) for p in running]
+            a = new.keys_conflict_many([(p.new, t) for p, t in pairs])
+            assert a == ref.keys_conflict_many([(p.ref, t) for p, t in pairs])
+            counts["conflict"] += a
+            if not a and rng.random() < 0.5:  # register them in bulk, as a stretch does
+                for p, t in pairs:
+                    t = min(t, p.new.num_computed_tokens + 1)
+                    new.cache_full_blocks(p.new, t), ref.cache_full_blocks(p.ref, t)
+        check()
+    for p in running + waiting:
+        new.free(p.new.id), ref.free(p.ref.id)
+    check()
+    new.check_all_free()
+    return counts
+
+
+@pytest.mark.parametrize("H", [16, 32, 64, 512])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_run_based_cache_matches_the_per_block_reference(H, seed):
+    counts = _run(seed, H, num_blocks=100, steps=1500)
+    # the scenario exercised what it is meant to: hits, preemptions, finishes, bulk decodes
+    assert counts["hits"] > 20 and counts["preempt"] > 20 and counts["finish"] > 5 and counts["bulk"] > 0
