@@ -23,6 +23,8 @@ thresholds was not available (see docs/scheduling.md).
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import chain
 from typing import Literal
 
 from pydantic import Field
@@ -65,6 +67,9 @@ class AutellixScheduler(KeyedScheduler):
         self.call_base_s: dict[int, float] = {}  # ATLAS: critical-path service before the call
         self._step_start_s = 0.0
         self._queued_s: dict[int, float] = {}  # when each waiting call (re-)entered the queue
+        # Keys computed during one `schedule` call (service and discounts only change at step
+        # ends, so each call's key is computed once per step, not once per comparison).
+        self._keys: dict[int, tuple] = {}
 
     @staticmethod
     def program(req: Request) -> object:
@@ -93,8 +98,7 @@ class AutellixScheduler(KeyedScheduler):
         return max(raw - self.discount_s.get(p, 0.0), 0.0)
 
     def level(self, req: Request) -> int:
-        s = self.attained_s(req)
-        return sum(1 for t in self.thresholds if s >= t)
+        return bisect_right(self.thresholds, self.attained_s(req))  # thresholds passed (increasing)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         super().preempt(req, out)
@@ -108,30 +112,43 @@ class AutellixScheduler(KeyedScheduler):
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
 
     def key(self, req: Request) -> tuple:
-        return (self.level(req), req.arrival_s, req.id)
+        k = self._keys.get(req.id)
+        if k is None:
+            k = self._keys[req.id] = (self.level(req), req.arrival_s, req.id)
+        return k
 
     def preempt_key(self, req: Request) -> int:
-        return self.level(req)  # only a higher queue preempts; within a queue, FCFS
+        return self.key(req)[0]  # the level: only a higher queue preempts; within a queue, FCFS
 
     def begin_step(self, now_s: float) -> None:
         self._step_start_s = now_s
+        self._keys = {}
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        dt = now_s - self._step_start_s
+        self._keys = {}  # service changes now
+        start = self._step_start_s
+        dt = now_s - start
+        program, service, call_service = self.program, self.service_s, self.call_service_s
         served = set()
         for req, _ in output.scheduled:
-            p = self.program(req)
+            p = program(req)
             served.add(p)
-            self.service_s[p] += dt
-            self.call_service_s[req.id] += dt
-        for req in [*self.waiting, *self.swapped]:
-            p = self.program(req)
+            service[p] += dt
+            call_service[req.id] += dt
+        # Waiting time and anti-starvation (`attained_s` inlined: this runs over the whole queue)
+        atlas = self.params.mode == "atlas"
+        ratio = self.params.starvation_ratio
+        wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
+        for req in chain(self.waiting, self.swapped):
+            p = program(req)
             if p in served:
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
-            self.wait_s[p] += now_s - max(self._step_start_s, self._queued_s.get(req.id, 0.0))
-            attained = self.attained_s(req)
-            if attained > 0 and self.wait_s[p] >= self.params.starvation_ratio * attained:
-                self.discount_s[p] = self.discount_s.get(p, 0.0) + attained  # promote
-                self.wait_s[p] = 0.0
+            q = queued.get(req.id, 0.0)
+            w = wait[p] = wait[p] + (now_s - max(start, q))
+            raw = base[req.id] + call_service[req.id] if atlas else service[p]
+            attained = max(raw - discount.get(p, 0.0), 0.0)
+            if attained > 0 and w >= ratio * attained:
+                discount[p] = discount.get(p, 0.0) + attained  # promote
+                wait[p] = 0.0
