@@ -89,3 +89,31 @@ def test_preempted_call_is_swapped_out_and_back_in_by_queue_order():
     assert steps[8] == [(0, 1)] and swaps[8] == ([], [0])  # new finished: old is swapped back in
     assert old.num_computed_tokens == old.num_tokens - 1  # nothing recomputed
     assert old.state == new.state == RequestState.FINISHED and kv.num_free_blocks == 100
+
+
+@pytest.mark.parametrize("params", [
+    {"base_quantum_s": 0.02, "starvation_ratio": 0.5},
+    {"mode": "atlas", "base_quantum_s": 0.02, "starvation_ratio": 0.5, "preemption_mode": "recompute"},
+])
+def test_kept_keys_equal_fresh_keys_at_every_step(params):
+    """The keys kept between steps (updated only for programs served or promoted) are the keys
+    computed from scratch, before every decision: programs with parallel calls, calls of one
+    program waiting while another runs, promotions and preemptions all happen here."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="autellix", max_num_seqs=3,
+                                                fast_forward=False, params=params)
+    reqs = [make_request(i, 8 + 8 * (i % 3), 6 + 5 * (i % 4), arrival=0.004 * i, program_id=i % 5,
+                         parents=(i - 5,) if i >= 5 else ()) for i in range(30)]
+    schedule, checked = sched.schedule, []
+
+    def checking(now_s):
+        held = [*sched.running, *sched.waiting, *sched.swapped]
+        assert all(sched.key(r) == (sched.level(r), r.arrival_s, r.id) for r in held)
+        checked.append(len(held))
+        return schedule(now_s)
+
+    sched.schedule = checking
+    steps = run_logged(engine, loop, reqs)
+    assert len(done) == 30 and all(r.state == RequestState.FINISHED for r in reqs)
+    assert sum(r.num_preemptions for r in reqs) > 0  # the levels did reorder running calls
+    assert sum(sched.discount_s.values()) > 0  # and some program was promoted
+    assert max(checked) > 10 and len(checked) >= len(steps) > 100

@@ -67,9 +67,10 @@ class AutellixScheduler(KeyedScheduler):
         self.call_base_s: dict[int, float] = {}  # ATLAS: critical-path service before the call
         self._step_start_s = 0.0
         self._queued_s: dict[int, float] = {}  # when each waiting call (re-)entered the queue
-        # Keys computed during one `schedule` call (service and discounts only change at step
-        # ends, so each call's key is computed once per step, not once per comparison).
-        self._keys: dict[int, tuple] = {}
+        # Each held call's key, kept up to date: service and discounts change only at step
+        # ends (`on_step_end` recomputes the keys of the programs served or promoted), so a
+        # waiting call's key is not recomputed every step and the queue stays nearly sorted.
+        self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
 
     @staticmethod
     def program(req: Request) -> object:
@@ -88,6 +89,7 @@ class AutellixScheduler(KeyedScheduler):
         self.call_base_s[req.id] = max((self.call_base_s.get(c, 0.0) + self.call_service_s.get(c, 0.0)
                                         for c in req.parents), default=0.0)
         super().add_request(req, now_s)
+        self._keys[req] = self._fresh_key(req)
 
     def attained_s(self, req: Request) -> float:
         p = self.program(req)
@@ -110,22 +112,31 @@ class AutellixScheduler(KeyedScheduler):
 
     def forget(self, req: Request) -> None:
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
+        self._keys.pop(req, None)
+
+    def _fresh_key(self, req: Request) -> tuple:
+        return (self.level(req), req.arrival_s, req.id)
 
     def key(self, req: Request) -> tuple:
-        k = self._keys.get(req.id)
+        k = self._keys.get(req)
         if k is None:
-            k = self._keys[req.id] = (self.level(req), req.arrival_s, req.id)
+            k = self._keys[req] = self._fresh_key(req)
         return k
+
+    def sort_key(self):
+        return self._keys.__getitem__  # every held call has its key (`begin_step`)
 
     def preempt_key(self, req: Request) -> int:
         return self.key(req)[0]  # the level: only a higher queue preempts; within a queue, FCFS
 
     def begin_step(self, now_s: float) -> None:
         self._step_start_s = now_s
-        self._keys = {}
+        keys = self._keys
+        for req in self.running:  # (a call handed over by another replica joins running directly)
+            if req not in keys:
+                keys[req] = self._fresh_key(req)
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        self._keys = {}  # service changes now
         start = self._step_start_s
         dt = now_s - start
         program, service, call_service = self.program, self.service_s, self.call_service_s
@@ -139,9 +150,11 @@ class AutellixScheduler(KeyedScheduler):
         atlas = self.params.mode == "atlas"
         ratio = self.params.starvation_ratio
         wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
+        keys, fresh = self._keys, self._fresh_key
         for req in chain(self.waiting, self.swapped):
             p = program(req)
-            if p in served:
+            if p in served:  # served (its service grew) or promoted: its calls' keys change
+                keys[req] = fresh(req)
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
@@ -152,3 +165,6 @@ class AutellixScheduler(KeyedScheduler):
             if attained > 0 and w >= ratio * attained:
                 discount[p] = discount.get(p, 0.0) + attained  # promote
                 wait[p] = 0.0
+                keys[req] = fresh(req)
+        for req in self.running:  # served, or of a promoted program
+            keys[req] = fresh(req)
