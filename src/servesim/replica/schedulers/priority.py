@@ -49,12 +49,29 @@ class KeyedScheduler(VLLMSteps):
     # The key of a request never changes (it depends on the request alone): a waiting head
     # that cannot be admitted stays blocked while only decodes run (see `fast_forward`).
     static_keys: bool = False
+    # A request's key does not change while it waits (it is computed when the request enters
+    # the queue and the waiting queue is sorted on the stored keys, without Python calls).
+    static_waiting_keys: bool = False
     _head_blocked = False
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
         self.waiting = SortedWaiting()
         self.now_s = 0.0
+        self._waiting_keys: dict[Request, Any] = {}  # (`static_waiting_keys`; requests hash by identity)
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        super().add_request(req, now_s)
+        if self.static_waiting_keys:
+            self._waiting_keys[req] = self.key(req)
+
+    def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        super().preempt(req, out)
+        if self.static_waiting_keys:
+            self._waiting_keys[req] = self.key(req)
+
+    def forget(self, req: Request) -> None:
+        self._waiting_keys.pop(req, None)
 
     def key(self, req: Request) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -75,7 +92,7 @@ class KeyedScheduler(VLLMSteps):
         self.begin_step(now_s)
         key = self.sort_key()
         self.running.sort(key=key)
-        self.waiting.sort(key=key)
+        self.waiting.sort(key=self._waiting_keys.__getitem__ if self.static_waiting_keys else key)
         out = SchedulerOutput()
         self._head_blocked = False
         # running requests in key order; the victim is the largest key (`running[-1]`)
@@ -146,6 +163,7 @@ class PriorityScheduler(KeyedScheduler):
 
     Params = PriorityParams
     static_keys = True
+    static_waiting_keys = True
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
