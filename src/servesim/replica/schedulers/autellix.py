@@ -24,7 +24,9 @@ thresholds was not available (see docs/scheduling.md).
 from __future__ import annotations
 
 from bisect import bisect_right
-from itertools import chain
+from functools import reduce
+from itertools import chain, islice
+from operator import add
 from typing import Literal
 
 from pydantic import Field
@@ -71,6 +73,14 @@ class AutellixScheduler(KeyedScheduler):
         # ends (`on_step_end` recomputes the keys of the programs served or promoted), so a
         # waiting call's key is not recomputed every step and the queue stays nearly sorted.
         self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
+        # Waiting time added lazily: a lone call (no program or session) with no attained
+        # service cannot be promoted, so its program's waiting time only grows by each step's
+        # length. Such calls are skipped by the per-step pass; `_lazy[call]` is the index in
+        # `_step_log` (lengths of the steps ended since) of the first step not yet added, and
+        # `_settle` adds them when the call stops waiting, with the same float additions.
+        self._lazy: dict[Request, int] = {}
+        self._step_log: list[float] = []
+        self._log_start = 0  # index of `_step_log[0]` (the log is trimmed of settled steps)
 
     @staticmethod
     def program(req: Request) -> object:
@@ -111,8 +121,37 @@ class AutellixScheduler(KeyedScheduler):
         return super().swap_out(req, out, reuse_key)
 
     def forget(self, req: Request) -> None:
+        self._settle(req)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
         self._keys.pop(req, None)
+
+    # ---- lazy waiting time ---------------------------------------------------------
+    def _settle(self, req: Request) -> None:
+        """Add the steps a lazy call waited through to its program's waiting time."""
+        i = self._lazy.pop(req, None)
+        if i is not None:
+            p = self.program(req)
+            # w + d1 + d2 + ... left to right, as the per-step pass would have added them
+            self.wait_s[p] = reduce(add, islice(self._step_log, i - self._log_start, None), self.wait_s[p])
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        self._settle(req)  # admitted: it stops waiting (this step is not a waiting step)
+        super().start(req, num_cached, num_tokens, out)
+
+    def swap_in(self, req: Request, out: SchedulerOutput, keep_cpu_copy: bool = False) -> bool:
+        self._settle(req)
+        return super().swap_in(req, out, keep_cpu_copy)
+
+    def drain(self, now_s: float) -> list[Request]:
+        for req in list(self._lazy):
+            self._settle(req)
+        return super().drain(now_s)
+
+    def _trim_log(self) -> None:
+        """Drop the logged steps before the first one a lazy call has yet to be credited with."""
+        first = min(self._lazy.values(), default=self._log_start + len(self._step_log))
+        del self._step_log[:first - self._log_start]
+        self._log_start = first
 
     def _fresh_key(self, req: Request) -> tuple:
         return (self.level(req), req.arrival_s, req.id)
@@ -150,8 +189,12 @@ class AutellixScheduler(KeyedScheduler):
         atlas = self.params.mode == "atlas"
         ratio = self.params.starvation_ratio
         wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
-        keys, fresh = self._keys, self._fresh_key
+        keys, fresh, lazy = self._keys, self._fresh_key, self._lazy
+        log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
+        self._step_log.append(dt)
         for req in chain(self.waiting, self.swapped):
+            if req in lazy:
+                continue  # credited with this step's `dt` when it stops waiting
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
                 keys[req] = fresh(req)
@@ -166,5 +209,10 @@ class AutellixScheduler(KeyedScheduler):
                 discount[p] = discount.get(p, 0.0) + attained  # promote
                 wait[p] = 0.0
                 keys[req] = fresh(req)
+                attained = max(raw - discount[p], 0.0)
+            if attained == 0 and req.program_id is None and req.session_id is None:
+                lazy[req] = log_end  # a lone call that cannot be promoted before it is served
         for req in self.running:  # served, or of a promoted program
             keys[req] = fresh(req)
+        if len(self._step_log) > 4096:
+            self._trim_log()
