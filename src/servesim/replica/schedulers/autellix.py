@@ -24,7 +24,9 @@ thresholds was not available (see docs/scheduling.md).
 from __future__ import annotations
 
 from bisect import bisect_right
+from math import inf
 from functools import reduce
+from heapq import heappop, heappush
 from itertools import chain, islice
 from operator import add
 from typing import Literal
@@ -73,12 +75,16 @@ class AutellixScheduler(KeyedScheduler):
         # ends (`on_step_end` recomputes the keys of the programs served or promoted), so a
         # waiting call's key is not recomputed every step and the queue stays nearly sorted.
         self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
-        # Waiting time added lazily: a lone call (no program or session) with no attained
-        # service cannot be promoted, so its program's waiting time only grows by each step's
-        # length. Such calls are skipped by the per-step pass; `_lazy[call]` is the index in
-        # `_step_log` (lengths of the steps ended since) of the first step not yet added, and
-        # `_settle` adds them when the call stops waiting, with the same float additions.
-        self._lazy: dict[Request, int] = {}
+        # Waiting time added lazily: while a lone call (no program or session) waits, its
+        # program's waiting time only grows by each step's length, and it cannot be promoted
+        # before that time reaches starvation_ratio x its attained service (never, without
+        # service). Such calls are skipped by the per-step pass until then (`_due`, a heap of
+        # (time, seq, call)); `_lazy[call]` = (index in `_step_log`, the lengths of the steps
+        # ended since, of the first step not yet added; due time), and `_settle` adds them
+        # when the call stops waiting or is due, with the same float additions.
+        self._lazy: dict[Request, tuple[int, float]] = {}
+        self._due: list[tuple[float, int, Request]] = []
+        self._due_seq = 0
         self._step_log: list[float] = []
         self._log_start = 0  # index of `_step_log[0]` (the log is trimmed of settled steps)
 
@@ -128,9 +134,9 @@ class AutellixScheduler(KeyedScheduler):
     # ---- lazy waiting time ---------------------------------------------------------
     def _settle(self, req: Request) -> None:
         """Add the steps a lazy call waited through to its program's waiting time."""
-        i = self._lazy.pop(req, None)
-        if i is not None:
-            p = self.program(req)
+        entry = self._lazy.pop(req, None)
+        if entry is not None:
+            i, p = entry[0], self.program(req)
             # w + d1 + d2 + ... left to right, as the per-step pass would have added them
             self.wait_s[p] = reduce(add, islice(self._step_log, i - self._log_start, None), self.wait_s[p])
 
@@ -149,7 +155,7 @@ class AutellixScheduler(KeyedScheduler):
 
     def _trim_log(self) -> None:
         """Drop the logged steps before the first one a lazy call has yet to be credited with."""
-        first = min(self._lazy.values(), default=self._log_start + len(self._step_log))
+        first = min((i for i, _ in self._lazy.values()), default=self._log_start + len(self._step_log))
         del self._step_log[:first - self._log_start]
         self._log_start = first
 
@@ -190,6 +196,12 @@ class AutellixScheduler(KeyedScheduler):
         ratio = self.params.starvation_ratio
         wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
         keys, fresh, lazy = self._keys, self._fresh_key, self._lazy
+        due = self._due
+        while due and due[0][0] <= now_s:  # may reach their promotion in this step: eager again
+            t, _, req = heappop(due)
+            entry = lazy.get(req)
+            if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
+                self._settle(req)
         log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
         self._step_log.append(dt)
         for req in chain(self.waiting, self.swapped):
@@ -210,8 +222,16 @@ class AutellixScheduler(KeyedScheduler):
                 wait[p] = 0.0
                 keys[req] = fresh(req)
                 attained = max(raw - discount[p], 0.0)
-            if attained == 0 and req.program_id is None and req.session_id is None:
-                lazy[req] = log_end  # a lone call that cannot be promoted before it is served
+            if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
+                if attained == 0:
+                    lazy[req] = (log_end, inf)  # cannot be promoted before it is served
+                else:
+                    # The step lengths to come add up to at most the time elapsed (up to float
+                    # rounding: the margin), so it cannot be promoted before then.
+                    t = now_s + (ratio * attained - w) * (1 - 1e-9) - 1e-6
+                    lazy[req] = (log_end, t)
+                    self._due_seq += 1
+                    heappush(due, (t, self._due_seq, req))
         for req in self.running:  # served, or of a promoted program
             keys[req] = fresh(req)
         if len(self._step_log) > 4096:
