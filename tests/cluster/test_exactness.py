@@ -11,9 +11,10 @@ from servesim.replica.schedulers import available
 
 from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
 
-# Policies whose `is_steady` holds for most steps of this overloaded workload. The others are
-# exact too, but stop their stretches at more events (issue 15 widens their steady cases).
-MOSTLY_STRETCHES = {"vllm", "vllm-v0", "continuum", "orca"}
+# Policies whose fast-forward hook holds for most steps of this overloaded workload (priority
+# since a blocked head lets it repeat). The others are exact too, but stop their stretches at
+# more events (each policy's share here: docs/scheduling-engine.md, "Speed of the policies").
+MOSTLY_STRETCHES = {"vllm", "vllm-v0", "continuum", "orca", "priority"}
 
 
 @pytest.mark.parametrize("scheduler", available())
@@ -25,7 +26,7 @@ def test_fast_forward_is_exact_with_a_state_reading_router(scheduler, reads_ever
     assert len({r.replica for r in fast.requests}) == 4  # the router spread the load
     assert slow.num_fast_forwarded_steps == 0
     share = fast.num_fast_forwarded_steps / len(fast.steps)
-    assert share > (0.8 if scheduler in MOSTLY_STRETCHES else 0.05), share
+    assert share > (0.9 if scheduler in MOSTLY_STRETCHES else 0.08), share
 
 
 @pytest.mark.parametrize("refresh", [0.01, 0.1])

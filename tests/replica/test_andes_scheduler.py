@@ -94,3 +94,25 @@ def test_qoe_section_only_for_andes_or_tagged_requests():
     r.extra["qoe_tds"] = 5.0
     out = section(SectionInput([r], None, steps, {"scheduler": {"name": "vllm"}}))
     assert out["mean"] == 1.0 and out["num_requests"] == 1 and out["tds_exp"] == 5.0
+
+
+def test_batch_densities_and_slacks_are_bit_identical_to_the_per_request_model():
+    """The hot path values many requests in one loop; it must give exactly value / weight and
+    slack_s (the decisions compare these floats), for every branch of the value function."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="andes", params={"token_latency_s": 0.1})
+    rng = np.random.default_rng(3)
+    reqs = []
+    for i in range(300):
+        extra = {"qoe_ttft_s": float(rng.uniform(0.2, 3)), "qoe_tds": float(rng.uniform(2, 20))} if i % 3 == 0 else {}
+        r = make_request(i, int(rng.integers(1, 3000)), 500, arrival=float(rng.uniform(0, 20)), extra=extra)
+        r.num_output_tokens = int(rng.integers(0, 200)) if i % 4 else 0
+        if i % 5:
+            sched._last_token_s[i] = r.arrival_s + float(rng.uniform(0, 30))
+        reqs.append(r)
+    for now_s in (0.5, 21.0, 60.0):
+        for running in (False, True):
+            assert sched.densities(reqs, now_s, running) == [sched.value(r, now_s, running) / sched.weight(r)
+                                                             for r in reqs]
+        assert sched.slacks_s(reqs, now_s) == [sched.slack_s(r, now_s) for r in reqs]
+    values = {sched.value(r, 21.0, False) for r in reqs}
+    assert len(values) > 100 and 0.0 in values  # both q_serve branches and both q_wait branches ran

@@ -89,3 +89,64 @@ def test_preempted_call_is_swapped_out_and_back_in_by_queue_order():
     assert steps[8] == [(0, 1)] and swaps[8] == ([], [0])  # new finished: old is swapped back in
     assert old.num_computed_tokens == old.num_tokens - 1  # nothing recomputed
     assert old.state == new.state == RequestState.FINISHED and kv.num_free_blocks == 100
+
+
+@pytest.mark.parametrize("params", [
+    {"base_quantum_s": 0.02, "starvation_ratio": 0.5},
+    {"mode": "atlas", "base_quantum_s": 0.02, "starvation_ratio": 0.5, "preemption_mode": "recompute"},
+])
+def test_kept_keys_equal_fresh_keys_at_every_step(params):
+    """The keys kept between steps (updated only for programs served or promoted) are the keys
+    computed from scratch, before every decision: programs with parallel calls, calls of one
+    program waiting while another runs, promotions and preemptions all happen here."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="autellix", max_num_seqs=3,
+                                                fast_forward=False, params=params)
+    reqs = [make_request(i, 8 + 8 * (i % 3), 6 + 5 * (i % 4), arrival=0.004 * i, program_id=i % 5,
+                         parents=(i - 5,) if i >= 5 else ()) for i in range(30)]
+    schedule, checked = sched.schedule, []
+
+    def checking(now_s):
+        held = [*sched.running, *sched.waiting, *sched.swapped]
+        assert all(sched.key(r) == (sched.level(r), r.arrival_s, r.id) for r in held)
+        checked.append(len(held))
+        return schedule(now_s)
+
+    sched.schedule = checking
+    steps = run_logged(engine, loop, reqs)
+    assert len(done) == 30 and all(r.state == RequestState.FINISHED for r in reqs)
+    assert sum(r.num_preemptions for r in reqs) > 0  # the levels did reorder running calls
+    assert sum(sched.discount_s.values()) > 0  # and some program was promoted
+    assert max(checked) > 10 and len(checked) >= len(steps) > 100
+
+
+@pytest.mark.parametrize("preemption_mode", ["swap", "recompute"])
+def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_mode):
+    """Lone calls (no program, no session) have their waiting time added when they stop
+    waiting or may be due for promotion; the same calls as one-call sessions are accounted at
+    every step. Same schedule, and bit-identical waiting times and promotions."""
+    def run(as_sessions: bool):
+        engine, sched, kv, loop, done = make_engine(num_blocks=24, scheduler="autellix", max_num_seqs=3,
+                                                    fast_forward=False, num_cpu_blocks=16,
+                                                    params={"base_quantum_s": 0.01, "starvation_ratio": 1.5,
+                                                            "preemption_mode": preemption_mode})
+        reqs = [make_request(i, 8 + 8 * (i % 3), 4 + 9 * (i % 4), arrival=0.006 * i,
+                             session_id=1000 + i if as_sessions else None) for i in range(40)]
+        schedule, most_lazy, served_lazy = sched.schedule, [], []
+
+        def spy(now_s):
+            most_lazy.append(len(sched._lazy))
+            served_lazy.append(sum(due_s < float("inf") for _, due_s in sched._lazy.values()))
+            return schedule(now_s)
+
+        sched.schedule = spy
+        steps = run_logged(engine, loop, reqs)
+        by_call = lambda table: {k[1] % 1000: v for k, v in table.items()}  # noqa: E731
+        return steps, [(r.finish_s, r.num_preemptions) for r in reqs], by_call(sched.wait_s), \
+            by_call(sched.discount_s), max(most_lazy), max(served_lazy)
+
+    lazy, eager = run(False), run(True)
+    assert lazy[:4] == eager[:4]
+    assert lazy[4] > 5 and eager[4] == 0  # the lone calls did wait lazily; the sessions never
+    assert lazy[5] > 0  # also calls with service, until they were due for promotion
+    assert len(lazy[3]) > 3  # promotions happened
+    assert sum(n for _, n in lazy[1]) > 5

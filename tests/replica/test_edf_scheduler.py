@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.factories import make_engine, make_request
+import pytest
+
+from tests.factories import make_engine, make_request, serve
 from tests.replica.test_vllm_scheduler import run_logged
 
 
@@ -33,3 +35,28 @@ def test_default_slos_apply_to_requests_without_their_own():
     engine, sched, kv, *_ = make_engine(scheduler="edf", params={"default_ttft_s": 2.0})
     assert sched.deadline_s(make_request(0, 8, 1, arrival=1.0)) == 3.0
     assert sched.deadline_s(make_request(1, 8, 1, arrival=1.0, ttft_slo_s=0.5)) == 1.5
+
+
+@pytest.mark.parametrize("scheduler,params", [
+    ("edf", {"default_ttft_s": 0.05, "default_tpot_s": 0.02}),
+    ("priority", {}),
+])
+def test_stored_waiting_keys_equal_fresh_keys_at_every_step(scheduler, params):
+    """The waiting queue is sorted on keys stored when each request entered it; they must be
+    the keys of now (deadlines of waiting requests, and priorities, do not move), through
+    arrivals, preemptions (which re-enter with a deadline from their last token) and finishes."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=30, scheduler=scheduler, max_num_seqs=4,
+                                                fast_forward=False, params=params)
+    reqs = [make_request(i, 8 + 8 * (i % 4), 6 + 7 * (i % 3), arrival=0.003 * i, priority=(7 * i) % 5)
+            for i in range(40)]
+    schedule, checked = sched.schedule, []
+
+    def checking(now_s):
+        assert all(sched._waiting_keys[r] == sched.key(r) for r in sched.waiting)
+        checked.append(len(sched.waiting))
+        return schedule(now_s)
+
+    sched.schedule = checking
+    serve(engine, loop, reqs)
+    assert len(done) == 40 and sum(r.num_preemptions for r in reqs) > 0 and max(checked) > 10
+    assert not sched._waiting_keys  # forgotten when they finished

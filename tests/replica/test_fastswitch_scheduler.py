@@ -80,3 +80,30 @@ def test_priority_refresh_interval_limits_switching():
     often = run_workload("fastswitch", {"priority_update_interval": 1}, two_tenant_workload())
     rarely = run_workload("fastswitch", {"priority_update_interval": 200}, two_tenant_workload())
     assert rarely.num_swapped_blocks < often.num_swapped_blocks
+
+
+def test_held_tenants_and_the_priority_order_match_a_full_recount():
+    """The tenants held (kept as counts, for the VTC lift at each arrival) and the order of
+    each step (arrival order when all counters are equal) are those computed from scratch."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=200, scheduler="fastswitch", params={"priority_update_interval": 7},
+                                                max_num_batched_tokens=512, max_num_seqs=32, num_cpu_blocks=400)
+    add, order, seen = sched.add_request, sched._order, {"lift": 0, "single": 0, "mixed": 0}
+
+    def checked_add(req, now_s):
+        assert set(sched._held) == {r.tenant for r in sched.unfinished()}
+        seen["lift"] += req.tenant not in sched._held
+        add(req, now_s)
+
+    def checked_order():
+        got = order()
+        assert got == sorted([*sched.running, *sched.swapped, *sched.waiting], key=sched._key)
+        seen["single" if len({r.tenant for r in got}) == 1 else "mixed"] += 1
+        return got
+
+    sched.add_request, sched._order = checked_add, checked_order
+    reqs = two_tenant_workload(n=120)
+    for r in reqs[:30]:  # a single-tenant start: the arrival-order path
+        r.tenant = "heavy"
+    serve(engine, loop, reqs)
+    assert all(r.state == RequestState.FINISHED for r in reqs) and not sched._held
+    assert seen["lift"] >= 2 and seen["single"] > 10 and seen["mixed"] > 10

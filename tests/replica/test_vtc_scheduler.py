@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request
 from tests.replica.test_vllm_scheduler import run_logged
 
@@ -55,3 +56,32 @@ def test_fcfs_variant_ignores_counters():
     assert steps[0] == [(0, 10), (1, 10)]
     assert steps[4] == [(2, 10), (3, 10)]
     assert steps[8] == [(10, 10), (11, 10)]
+
+
+def test_a_request_preempted_for_a_decode_is_neither_scheduled_nor_charged():
+    # Three requests decode, each at a block boundary (16 tokens computed); the KV cache has
+    # room for only one more block (the rest taken from outside, as a too-loose peak check
+    # would leave it), so the second one's growth preempts the last admitted. The decode pass
+    # used to walk a copy of `running` and so still scheduled (and charged) the victim.
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="vtc", fast_forward=False)
+    reqs = [make_request(i, 16, 10, tenant="abc"[i]) for i in range(3)]
+    for r in reqs:
+        sched.add_request(r, 0.0)
+    out = sched.schedule(0.0)
+    assert [(r.id, n) for r, n in out.scheduled] == [(0, 16), (1, 16), (2, 16)]
+    for r in reqs:  # the prefill step ran: each emitted its first token
+        r.num_computed_tokens, r.num_output_tokens = 16, 1
+    sched.end_step(out, 0.1, 1)
+    filler = make_request(99, 16 * (kv.num_free_blocks - 1), 1)
+    assert kv.allocate_slots(filler, filler.prompt_len)  # one block left free
+    counters = dict(sched.counters)
+    out = sched.schedule(0.1)
+    # request 0 takes the last block; 1 gets the block of 2, the last admitted, preempted
+    assert [r.id for r in out.preempted] == [2]
+    assert [(r.id, n) for r, n in out.scheduled] == [(0, 1), (1, 1)]  # not 2, now waiting
+    assert sched.running == reqs[:2] and reqs[2].state == RequestState.PREEMPTED and kv.num_blocks_of(2) == 0
+    for r in reqs[:2]:
+        r.num_computed_tokens, r.num_output_tokens = 17, 2
+    sched.end_step(out, 0.2, 2)
+    # only the decodes that ran are charged (output price 2)
+    assert sched.counters == {**counters, "a": counters["a"] + 2.0, "b": counters["b"] + 2.0}

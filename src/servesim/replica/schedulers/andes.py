@@ -69,6 +69,9 @@ class AndesScheduler(VLLMSteps):
         super().__init__(params, config, kv, perf)
         self._last_token_s: dict[int, float] = {}
         self._outputs: dict[int, int] = {}
+        # (arrival, TTFT_exp, TDS_exp, 1 / TDS_exp) per held request: fixed for its lifetime,
+        # read for every pending request at every step (`densities`, `slacks_s`)
+        self._qoe: dict[Request, tuple[float, float, float, float]] = {}
 
     # ---- QoE model -------------------------------------------------------------------
     def _targets(self, req: Request) -> tuple[float, float]:
@@ -100,6 +103,50 @@ class AndesScheduler(VLLMSteps):
         ttft, tds = self._targets(req)
         return req.arrival_s + ttft + req.num_output_tokens / tds - now_s
 
+    # The same three, for many requests at once (the hot path: every pending request is valued
+    # at every step). Each float operation is the one of `value`/`weight`/`slack_s`, in the
+    # same order, so the results are identical; only the per-request overhead is gone.
+    def _qoe_of(self, req: Request) -> tuple[float, float, float, float]:
+        q = self._qoe.get(req)
+        if q is None:
+            ttft, tds = self._targets(req)
+            q = self._qoe[req] = (req.arrival_s, ttft, tds, 1.0 / tds)
+        return q
+
+    def densities(self, reqs: list[Request], now_s: float, running: bool) -> list[float]:
+        """`value(r, now_s, running) / weight(r)` for each of `reqs`."""
+        p = self.params
+        horizon, tok_lat = p.horizon_s, p.token_latency_s
+        served_ahead = horizon / tok_lat
+        boost = 1.5 if running else 1.0
+        bs = self.kv.block_size
+        last_token, qoe, qoe_of = self._last_token_s, self._qoe, self._qoe_of
+        out = []
+        for req in reqs:
+            arrival, ttft, _, lat = qoe.get(req) or qoe_of(req)
+            t = now_s - arrival
+            n = req.num_output_tokens
+            exp_len = (t + horizon) / lat
+            if n > 0 and last_token.get(req.id, now_s) - arrival < ttft + n * lat and tok_lat <= lat:
+                q_serve = 1.0
+            else:
+                q_serve = 1.0 - ((exp_len - min(n + served_ahead, exp_len)) / exp_len) ** 2
+            if n == 0:
+                q_wait = 1.0 if t + horizon <= ttft else 0.0
+            else:
+                q_wait = 1.0 - ((exp_len - min(n, exp_len)) / exp_len) ** 2
+            out.append((q_serve - q_wait) * boost / round((req.prompt_len + n + 1) / bs + 0.5))
+        return out
+
+    def slacks_s(self, reqs: list[Request], now_s: float) -> list[float]:
+        """`slack_s(r, now_s)` for each of `reqs`."""
+        qoe, qoe_of = self._qoe, self._qoe_of
+        out = []
+        for req in reqs:
+            arrival, ttft, tds, _ = qoe.get(req) or qoe_of(req)
+            out.append(arrival + ttft + req.num_output_tokens / tds - now_s)
+        return out
+
     # ---- the decision ------------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -112,7 +159,7 @@ class AndesScheduler(VLLMSteps):
             evict, chosen = self._knapsack(now_s, pending)
         else:
             evict = []
-            chosen = sorted(pending, key=lambda r: -self.value(r, now_s, False) / self.weight(r))
+            chosen = _by_density(pending, self.densities(pending, now_s, False))
         for req in evict:
             self.evict(req, out, swap=True)
         num_evicted = len(out.swapped_out) + len(out.preempted)
@@ -125,14 +172,17 @@ class AndesScheduler(VLLMSteps):
     def _knapsack(self, now_s: float, pending: list[Request]) -> tuple[list[Request], list[Request]]:
         p = self.params
         everyone = self.running + pending
-        slacks = sorted(self.slack_s(r, now_s) for r in everyone)
+        slacks = sorted(self.slacks_s(everyone, now_s))
         threshold = slacks[int(p.sacrifice_percentile * len(slacks))]
-        overhead = p.unit_overhead_s * self.kv.block_size * sum(map(self.weight, everyone)) / len(everyone)
+        bs = self.kv.block_size
+        total_weight = sum([round((r.prompt_len + r.num_output_tokens + 1) / bs + 0.5) for r in everyone])  # `weight`
+        overhead = p.unit_overhead_s * bs * total_weight / len(everyone)
         max_preempt = math.floor(threshold / overhead) if overhead > 0 else len(self.running)
-        dens = {r.id: self.value(r, now_s, False) / self.weight(r) for r in pending}
+        pending_dens = self.densities(pending, now_s, False)
         if max_preempt < 1:  # no slack to sacrifice: admit what fits, preempt nothing
-            return [], sorted(pending, key=lambda r: -dens[r.id])
-        run_dens = {r.id: self.value(r, now_s, True) / self.weight(r) for r in self.running}
+            return [], _by_density(pending, pending_dens)
+        dens = {r.id: d for r, d in zip(pending, pending_dens)}
+        run_dens = {r.id: d for r, d in zip(self.running, self.densities(self.running, now_s, True))}
         best = max(dens.values())
         cand = sorted((r for r in self.running if run_dens[r.id] <= best), key=lambda r: run_dens[r.id])
         cand = cand[:max_preempt]
@@ -172,7 +222,13 @@ class AndesScheduler(VLLMSteps):
     def forget(self, req: Request) -> None:
         self._outputs.pop(req.id, None)
         self._last_token_s.pop(req.id, None)
+        self._qoe.pop(req, None)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch.
         return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD
+
+
+def _by_density(reqs: list[Request], dens: list[float]) -> list[Request]:
+    """`reqs` by decreasing density, ties in their order (a stable sort on -density)."""
+    return [reqs[i] for i in sorted(range(len(reqs)), key=[-d for d in dens].__getitem__)]

@@ -23,6 +23,12 @@ thresholds was not available (see docs/scheduling.md).
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from math import inf
+from functools import reduce
+from heapq import heappop, heappush
+from itertools import chain, islice
+from operator import add
 from typing import Literal
 
 from pydantic import Field
@@ -65,6 +71,22 @@ class AutellixScheduler(KeyedScheduler):
         self.call_base_s: dict[int, float] = {}  # ATLAS: critical-path service before the call
         self._step_start_s = 0.0
         self._queued_s: dict[int, float] = {}  # when each waiting call (re-)entered the queue
+        # Each held call's key, kept up to date: service and discounts change only at step
+        # ends (`on_step_end` recomputes the keys of the programs served or promoted), so a
+        # waiting call's key is not recomputed every step and the queue stays nearly sorted.
+        self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
+        # Waiting time added lazily: while a lone call (no program or session) waits, its
+        # program's waiting time only grows by each step's length, and it cannot be promoted
+        # before that time reaches starvation_ratio x its attained service (never, without
+        # service). Such calls are skipped by the per-step pass until then (`_due`, a heap of
+        # (time, seq, call)); `_lazy[call]` = (index in `_step_log`, the lengths of the steps
+        # ended since, of the first step not yet added; due time), and `_settle` adds them
+        # when the call stops waiting or is due, with the same float additions.
+        self._lazy: dict[Request, tuple[int, float]] = {}
+        self._due: list[tuple[float, int, Request]] = []
+        self._due_seq = 0
+        self._step_log: list[float] = []
+        self._log_start = 0  # index of `_step_log[0]` (the log is trimmed of settled steps)
 
     @staticmethod
     def program(req: Request) -> object:
@@ -83,6 +105,7 @@ class AutellixScheduler(KeyedScheduler):
         self.call_base_s[req.id] = max((self.call_base_s.get(c, 0.0) + self.call_service_s.get(c, 0.0)
                                         for c in req.parents), default=0.0)
         super().add_request(req, now_s)
+        self._keys[req] = self._fresh_key(req)
 
     def attained_s(self, req: Request) -> float:
         p = self.program(req)
@@ -93,8 +116,7 @@ class AutellixScheduler(KeyedScheduler):
         return max(raw - self.discount_s.get(p, 0.0), 0.0)
 
     def level(self, req: Request) -> int:
-        s = self.attained_s(req)
-        return sum(1 for t in self.thresholds if s >= t)
+        return bisect_right(self.thresholds, self.attained_s(req))  # thresholds passed (increasing)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         super().preempt(req, out)
@@ -105,33 +127,112 @@ class AutellixScheduler(KeyedScheduler):
         return super().swap_out(req, out, reuse_key)
 
     def forget(self, req: Request) -> None:
+        self._settle(req)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
+        self._keys.pop(req, None)
 
-    def key(self, req: Request) -> tuple:
+    # ---- lazy waiting time ---------------------------------------------------------
+    def _settle(self, req: Request) -> None:
+        """Add the steps a lazy call waited through to its program's waiting time."""
+        entry = self._lazy.pop(req, None)
+        if entry is not None:
+            i, p = entry[0], self.program(req)
+            # w + d1 + d2 + ... left to right, as the per-step pass would have added them
+            self.wait_s[p] = reduce(add, islice(self._step_log, i - self._log_start, None), self.wait_s[p])
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        self._settle(req)  # admitted: it stops waiting (this step is not a waiting step)
+        super().start(req, num_cached, num_tokens, out)
+
+    def swap_in(self, req: Request, out: SchedulerOutput, keep_cpu_copy: bool = False) -> bool:
+        self._settle(req)
+        return super().swap_in(req, out, keep_cpu_copy)
+
+    def drain(self, now_s: float) -> list[Request]:
+        for req in list(self._lazy):
+            self._settle(req)
+        return super().drain(now_s)
+
+    def _trim_log(self) -> None:
+        """Drop the logged steps before the first one a lazy call has yet to be credited with."""
+        first = min((i for i, _ in self._lazy.values()), default=self._log_start + len(self._step_log))
+        del self._step_log[:first - self._log_start]
+        self._log_start = first
+
+    def _fresh_key(self, req: Request) -> tuple:
         return (self.level(req), req.arrival_s, req.id)
 
+    def key(self, req: Request) -> tuple:
+        k = self._keys.get(req)
+        if k is None:
+            k = self._keys[req] = self._fresh_key(req)
+        return k
+
+    def sort_key(self):
+        return self._keys.__getitem__  # every held call has its key (`begin_step`)
+
     def preempt_key(self, req: Request) -> int:
-        return self.level(req)  # only a higher queue preempts; within a queue, FCFS
+        return self.key(req)[0]  # the level: only a higher queue preempts; within a queue, FCFS
 
     def begin_step(self, now_s: float) -> None:
         self._step_start_s = now_s
+        keys = self._keys
+        for req in self.running:  # (a call handed over by another replica joins running directly)
+            if req not in keys:
+                keys[req] = self._fresh_key(req)
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        dt = now_s - self._step_start_s
+        start = self._step_start_s
+        dt = now_s - start
+        program, service, call_service = self.program, self.service_s, self.call_service_s
         served = set()
         for req, _ in output.scheduled:
-            p = self.program(req)
+            p = program(req)
             served.add(p)
-            self.service_s[p] += dt
-            self.call_service_s[req.id] += dt
-        for req in [*self.waiting, *self.swapped]:
-            p = self.program(req)
-            if p in served:
+            service[p] += dt
+            call_service[req.id] += dt
+        # Waiting time and anti-starvation (`attained_s` inlined: this runs over the whole queue)
+        atlas = self.params.mode == "atlas"
+        ratio = self.params.starvation_ratio
+        wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
+        keys, fresh, lazy = self._keys, self._fresh_key, self._lazy
+        due = self._due
+        while due and due[0][0] <= now_s:  # may reach their promotion in this step: eager again
+            t, _, req = heappop(due)
+            entry = lazy.get(req)
+            if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
+                self._settle(req)
+        log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
+        self._step_log.append(dt)
+        for req in chain(self.waiting, self.swapped):
+            if req in lazy:
+                continue  # credited with this step's `dt` when it stops waiting
+            p = program(req)
+            if p in served:  # served (its service grew) or promoted: its calls' keys change
+                keys[req] = fresh(req)
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
-            self.wait_s[p] += now_s - max(self._step_start_s, self._queued_s.get(req.id, 0.0))
-            attained = self.attained_s(req)
-            if attained > 0 and self.wait_s[p] >= self.params.starvation_ratio * attained:
-                self.discount_s[p] = self.discount_s.get(p, 0.0) + attained  # promote
-                self.wait_s[p] = 0.0
+            q = queued.get(req.id, 0.0)
+            w = wait[p] = wait[p] + (now_s - max(start, q))
+            raw = base[req.id] + call_service[req.id] if atlas else service[p]
+            attained = max(raw - discount.get(p, 0.0), 0.0)
+            if attained > 0 and w >= ratio * attained:
+                discount[p] = discount.get(p, 0.0) + attained  # promote
+                wait[p] = 0.0
+                keys[req] = fresh(req)
+                attained = max(raw - discount[p], 0.0)
+            if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
+                if attained == 0:
+                    lazy[req] = (log_end, inf)  # cannot be promoted before it is served
+                else:
+                    # The step lengths to come add up to at most the time elapsed (up to float
+                    # rounding: the margin), so it cannot be promoted before then.
+                    t = now_s + (ratio * attained - w) * (1 - 1e-9) - 1e-6
+                    lazy[req] = (log_end, t)
+                    self._due_seq += 1
+                    heappush(due, (t, self._due_seq, req))
+        for req in self.running:  # served, or of a promoted program
+            keys[req] = fresh(req)
+        if len(self._step_log) > 4096:
+            self._trim_log()

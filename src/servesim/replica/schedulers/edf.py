@@ -31,6 +31,7 @@ class EDFParams(SchedulerParams):
 @register("edf")
 class EDFScheduler(KeyedScheduler):
     Params = EDFParams
+    static_waiting_keys = True  # a waiting request's deadline is fixed: its arrival or its last token
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
@@ -55,4 +56,5 @@ class EDFScheduler(KeyedScheduler):
                 self._last_token_s[req.id] = now_s  # it emitted a token at this step's end
 
     def forget(self, req: Request) -> None:
+        super().forget(req)
         self._last_token_s.pop(req.id, None)

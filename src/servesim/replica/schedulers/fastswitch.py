@@ -27,6 +27,7 @@ reusable at once (the paper waits for the copy): a simplification.
 from __future__ import annotations
 
 from functools import partial
+from operator import attrgetter
 
 from pydantic import Field
 
@@ -55,6 +56,9 @@ class FastSwitchParams(SchedulerParams):
     """Keep CPU copies across swap-ins and turns; swap out only what is new."""
 
 
+_ARRIVAL_ID = attrgetter("arrival_s", "id")  # `_key` without the counter (all counters equal)
+
+
 def context_key(req: Request):
     """The conversation a request continues (its KV prefix is the previous turn's), if any."""
     if req.session_id is not None:
@@ -76,14 +80,24 @@ class FastSwitchScheduler(VLLMSteps):
         self._served: dict[int, tuple[int, int]] = {}  # req id -> (prompt tokens, outputs) counted
         self._snap_step = -1  # engine step at whose start the snapshot was taken
         self._sched_step = 0
+        self._held: dict[str, int] = {}  # tenant -> requests held (running, swapped, waiting)
 
     # ---- fairness bookkeeping ------------------------------------------------------
     def add_request(self, req: Request, now_s: float) -> None:
-        active = {r.tenant for r in self.unfinished()}
-        if req.tenant not in active:  # VTC lift: a returning tenant starts at the active minimum
-            floor = min((self.counters.get(t, 0.0) for t in active), default=0.0)
+        held = self._held
+        if req.tenant not in held:  # VTC lift: a returning tenant starts at the active minimum
+            floor = min((self.counters.get(t, 0.0) for t in held), default=0.0)
             self.counters[req.tenant] = max(self.counters.get(req.tenant, 0.0), floor)
+        held[req.tenant] = held.get(req.tenant, 0) + 1
         super().add_request(req, now_s)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        self._held[req.tenant] = self._held.get(req.tenant, 0) + 1
+        super().add_transferred(req, now_s)
+
+    def drain(self, now_s: float) -> list[Request]:
+        self._held.clear()
+        return super().drain(now_s)
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         p = self.params
@@ -118,27 +132,33 @@ class FastSwitchScheduler(VLLMSteps):
         self._sched_step = step
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        order = sorted([*self.running, *self.swapped, *self.waiting], key=self._key)
+        order = self._order()
         rank = {r.id: i for i, r in enumerate(order)}
         swapped_now: set[int] = set()
+        allocate, ready = self.kv.allocate_slots, self.swap_ready_s
         admitting = True  # new and swapped requests join in priority order until one does not fit
         for i, req in enumerate(order):
-            if req.id in swapped_now:
-                continue
-            make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
             if req.state == RequestState.RUNNING:
-                if budget <= 0 or not self.is_swap_ready(req, now_s):
+                if budget <= 0 or (ready and not self.is_swap_ready(req, now_s)):
                     continue  # no budget left, or its swap-in is still in flight
                 n = self.tokens_for(req, budget)
                 if n <= 0:
                     continue
-                if not self._fit(lambda: self.kv.allocate_slots(req, n), make_room, out):
+                if allocate(req, n):  # (the usual case, without making room)
+                    out.scheduled.append((req, n))
+                    budget -= n
+                    continue
+                make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
+                if not self._fit(lambda: allocate(req, n), make_room, out):
                     self._evict(req, out, swapped_now)  # nothing of lower priority left: itself
                     continue
                 out.scheduled.append((req, n))
                 budget -= n
                 continue
-            if not admitting or len(self.running) >= self.config.max_num_seqs:
+            if req.id in swapped_now or not admitting:
+                continue  # swapped out this step, or admission has stopped
+            make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
+            if len(self.running) >= self.config.max_num_seqs:
                 admitting = False
             elif req.state == RequestState.SWAPPED:
                 if not self._fit(lambda: self.swap_in_room(req) >= 0, make_room, out):
@@ -153,6 +173,17 @@ class FastSwitchScheduler(VLLMSteps):
             else:
                 admitting = False
         return out
+
+    def _order(self) -> list[Request]:
+        """Every held request in priority order (`_key`). When all their tenants have the
+        same counter (one tenant, say) that is arrival order, sorted without Python keys."""
+        held = [*self.running, *self.swapped, *self.waiting]
+        if len({self._key_counter(t) for t in self._held}) <= 1:
+            return sorted(held, key=_ARRIVAL_ID)
+        return sorted(held, key=self._key)
+
+    def _key_counter(self, tenant: str) -> float:
+        return self._snapshot.get(tenant, self.counters.get(tenant, 0.0))
 
     def _fit(self, try_allocate, make_room, out: SchedulerOutput) -> bool:
         """Run `try_allocate`, making room, until it succeeds (False: no room can be made)."""
@@ -176,6 +207,11 @@ class FastSwitchScheduler(VLLMSteps):
 
     def forget(self, req: Request) -> None:
         self._served.pop(req.id, None)
+        held = self._held
+        if held.get(req.tenant, 0) > 1:
+            held[req.tenant] -= 1
+        else:
+            held.pop(req.tenant, None)
 
     def finish(self, req: Request, now_s: float) -> None:
         super().finish(req, now_s)

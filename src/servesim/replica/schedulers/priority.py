@@ -46,14 +46,39 @@ class KeyedScheduler(VLLMSteps):
 
     preempt_for_waiting: bool = True
     preemption_mode: str = "recompute"  # or "swap": victims go to the CPU tier when it has room
+    # The key of a request never changes (it depends on the request alone): a waiting head
+    # that cannot be admitted stays blocked while only decodes run (see `fast_forward`).
+    static_keys: bool = False
+    # A request's key does not change while it waits (it is computed when the request enters
+    # the queue and the waiting queue is sorted on the stored keys, without Python calls).
+    static_waiting_keys: bool = False
+    _head_blocked = False
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
         self.waiting = SortedWaiting()
         self.now_s = 0.0
+        self._waiting_keys: dict[Request, Any] = {}  # (`static_waiting_keys`; requests hash by identity)
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        super().add_request(req, now_s)
+        if self.static_waiting_keys:
+            self._waiting_keys[req] = self.key(req)
+
+    def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        super().preempt(req, out)
+        if self.static_waiting_keys:
+            self._waiting_keys[req] = self.key(req)
+
+    def forget(self, req: Request) -> None:
+        self._waiting_keys.pop(req, None)
 
     def key(self, req: Request) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def sort_key(self):
+        """The key function the step's sorts use (a policy may hand a faster equivalent)."""
+        return self.key
 
     def preempt_key(self, req: Request) -> Any:
         """What a waiting request must beat to preempt a running one (default: the key)."""
@@ -65,10 +90,11 @@ class KeyedScheduler(VLLMSteps):
     def schedule(self, now_s: float) -> SchedulerOutput:
         self.now_s = now_s
         self.begin_step(now_s)
-        key = self.key
+        key = self.sort_key()
         self.running.sort(key=key)
-        self.waiting.sort(key=key)
+        self.waiting.sort(key=self._waiting_keys.__getitem__ if self.static_waiting_keys else key)
         out = SchedulerOutput()
+        self._head_blocked = False
         # running requests in key order; the victim is the largest key (`running[-1]`)
         budget = self.schedule_running(out, self.config.max_num_batched_tokens, self._swaps)
         if not out.preempted and not out.swapped_out:
@@ -83,9 +109,10 @@ class KeyedScheduler(VLLMSteps):
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting (and swap in swapped) requests in key order; a head that cannot get
         room, even by preempting requests with a larger preemption key, blocks the rest."""
-        cands = sorted([*self.waiting, *self.swapped], key=self.key) if self.swapped else list(self.waiting)
+        cands = sorted([*self.waiting, *self.swapped], key=self.sort_key()) if self.swapped else list(self.waiting)
         for req in cands:
             if budget <= 0 or req in out.preempted or req in out.swapped_out:
+                self._head_blocked = self.static_keys and budget <= 0  # decodes use the same budget next step
                 break  # a request preempted this very step does not come straight back
             if req.state == RequestState.SWAPPED:
                 while len(self.running) >= self.config.max_num_seqs or self.swap_in_room(req) < 0:
@@ -96,7 +123,11 @@ class KeyedScheduler(VLLMSteps):
                 continue
             left = self.admit(req, budget, out, self._make_room)
             if left is None:
-                return  # head-of-line blocking
+                # Head-of-line blocking. With static keys no running request can become a
+                # victim; without prefix keys the head's need is fixed while decode-only steps
+                # only take blocks, so (as in `vllm`) it stays blocked until something finishes.
+                self._head_blocked = self.static_keys and not req.kv_block_keys
+                return
             budget = left
 
     def _make_room(self, req: Request, out: SchedulerOutput) -> int | None:
@@ -107,8 +138,16 @@ class KeyedScheduler(VLLMSteps):
         return self.evict(victim, out, self._swaps)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # With nothing waiting, no preemption and everyone decoding, the next step is the same.
-        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD
+        # With nothing waiting (or a head that stays blocked), no preemption and everyone
+        # decoding, the next step is the same.
+        if self.nothing_pending(output) or (self._head_blocked and not self.swapped and self._steady(output)):
+            return REPEAT_DECODES
+        return NO_FAST_FORWARD
+
+    def _steady(self, output: SchedulerOutput) -> bool:
+        """Everyone running got its tokens and nobody was preempted or swapped this step."""
+        return (not (output.preempted or output.swapped_out or output.swapped_in)
+                and len(output.scheduled) == len(self.running))
 
 
 class PriorityParams(SchedulerParams):
@@ -123,6 +162,8 @@ class PriorityScheduler(KeyedScheduler):
     """Strict priority: `(priority, arrival)` order, lower value first, with preemption."""
 
     Params = PriorityParams
+    static_keys = True
+    static_waiting_keys = True
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

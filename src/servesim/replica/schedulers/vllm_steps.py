@@ -54,12 +54,18 @@ class VLLMSteps(Scheduler):
 
         Stops at the first request that is itself evicted (nothing after it runs this step).
         """
+        running = self.running
+        scheduled = out.scheduled
+        if not scheduled and running and len(running) <= budget and self.kv.allocate_decodes(running):
+            # Fast path, same outcome as the loop below: everyone decodes and every block
+            # fits, so each running request gets its one token in order (no eviction).
+            out.scheduled = [(req, 1) for req in running]
+            out.num_known_decodes = len(running)
+            return budget - len(running)
         cfg = self.config
         threshold = cfg.long_prefill_token_threshold
         max_len = cfg.max_model_len
         allocate = self.kv.allocate_slots
-        running = self.running
-        scheduled = out.scheduled
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
@@ -96,6 +102,8 @@ class VLLMSteps(Scheduler):
         for j, (other, m) in enumerate(out.scheduled):
             if other is victim:
                 del out.scheduled[j]
+                if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
+                    out.num_known_decodes -= 1
                 refund = m
                 break
         self.running.remove(victim)

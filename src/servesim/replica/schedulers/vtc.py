@@ -128,14 +128,18 @@ class VTCScheduler(Scheduler):
             if out.scheduled:
                 self._decode_steps = 0
                 return out
-        for req in list(self.running):  # a decode step for every running request
+        running = self.running
+        i = 0
+        while i < len(running):  # a decode step for every running request, in admission order
+            req = running[i]
             while not self.kv.allocate_slots(req, 1):  # only if the peak check was too loose
-                victim = self.running.pop()
+                victim = running.pop()  # the last admitted: it has not been scheduled yet
                 self.preempt(victim, out)
                 if victim is req:
                     break
             else:
                 out.scheduled.append((req, 1))
+            i += 1  # (a preempted request left the end of `running`: it is not visited)
         if out.scheduled:
             first = out.scheduled[0][0]
             self._mark = (first, first.num_output_tokens)
