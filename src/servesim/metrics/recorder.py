@@ -53,11 +53,6 @@ class BlockGrowth(NamedTuple):
     frees: list[tuple[int, int]]
 
 
-def _positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """All step indices of chunks starting at `starts` with `lens` steps each."""
-    return np.repeat(starts, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
-
-
 class Column:
     """A growing typed column: scalars gather in a short list, flushed to numpy every
     `FLUSH` values; long runs (a stretch's steps) are copied in as one array. Held memory is
@@ -184,28 +179,31 @@ class Recorder:
 
     def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
         """Blocks in use at every step: single steps as logged, stretches expanded from their
-        growth, vectorised over all of them at once."""
+        growth, vectorised over all of them at once (integers, with one step-sized temporary)."""
         n = self.num_steps
-        kv = np.empty(n, dtype=np.int64)
         stretch = ~single
-        kv[first[single]] = self._kv_single.array()
         if not stretch.any():
-            return kv.astype(np.int32)
-        starts, slens, bs = first[stretch], lens[stretch], self._block_size
+            kv = np.empty(n, dtype=np.int32)
+            kv[first] = self._kv_single.array()
+            return kv
+        starts, bs = first[stretch], self._block_size
         sizes = self._growth_sizes.array()
         f = self._growth_first_new.array()
         m = self._growth_runs.array()
         c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
         first_block = np.repeat(np.repeat(starts, sizes) + f, c)
         nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
-        delta = np.bincount(first_block + bs * nth, minlength=n)
+        delta = np.bincount(first_block + bs * nth, minlength=n)  # blocks added at each step
+        del first_block, nth
         at = self._free_at.array()
         if len(at):
             delta -= np.bincount(at, weights=self._free_blocks.array(), minlength=n).astype(np.int64)
-        cum = np.concatenate([[0], np.cumsum(delta)])  # cum[t + 1] = changes up to step t
-        offset = self._growth_used0.array() - cum[starts]
-        pos = _positions(starts, slens)
-        kv[pos] = cum[pos + 1] + np.repeat(offset, slens)
+        kv = np.cumsum(delta)  # changes up to and including each step
+        offset = np.zeros(len(lens), dtype=np.int64)  # per chunk: its level before its first change
+        offset[stretch] = self._growth_used0.array() - (kv[starts] - delta[starts])
+        del delta
+        kv += np.repeat(offset, lens)
+        kv[first[single]] = self._kv_single.array()
         return kv.astype(np.int32)
 
 
