@@ -67,8 +67,9 @@ def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: tuple[floa
     if len(values) == 0:
         return [float("nan")] * len(qs)
     order = np.argsort(values)  # ties hold equal values: their order does not matter
-    v, c = values[order], np.cumsum(weights[order])
+    v, c = values[order], weights[order]
     del order
+    np.cumsum(c, out=c)
     n = int(c[-1])
     out = []
     for q in qs:
@@ -135,6 +136,8 @@ def itl_gaps(runs: TokenRuns, step_ends: np.ndarray) -> tuple[np.ndarray, np.nda
     idx = np.flatnonzero(later)
     between = step_ends[starts[idx]] - step_ends[ends[idx - 1]]
     gaps = np.diff(step_ends)
+    if not len(between):  # (no copy of the per-step columns when no request was interrupted)
+        return gaps, mult
     return np.concatenate([gaps, between]), np.concatenate([mult, np.ones(len(between), dtype=np.int64)])
 
 
@@ -145,7 +148,13 @@ def summarize(cols: RequestColumns, steps: StepLog, runs: TokenRuns, *, ttft_slo
     start = float(cols.arrival_s.min()) if len(cols.arrival_s) else 0.0
     end = float(np.nanmax(cols.finish_s)) if finished.any() else start
     duration = max(end - start, 1e-12)
-    itl = stats(*itl_gaps(runs, steps.end_s))  # (its per-step columns are freed at once)
+    gaps, mult = itl_gaps(runs, steps.end_s)
+    keep = (mult > 0) & np.isfinite(gaps)  # what `stats` keeps, dropped here so it copies nothing
+    if not keep.all():
+        gaps, mult = gaps[keep], mult[keep]
+    del keep
+    itl = stats(gaps, mult)
+    del gaps, mult  # (per-step columns: freed before the rest of the summary)
     queried, hit = prefix_hits
     out = {
         "num_requests": int(len(cols.id)),
