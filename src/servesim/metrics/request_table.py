@@ -5,7 +5,7 @@ order) and reduced to its row when it reaches a terminal state: the fields `requ
 writes, what the summary and its sections read (SLO targets, LoRA adapter, a few tags from
 `extra`) and its token step runs (two integers per run, with the replica whose step log they
 index). The `Request` object itself is then released (unless the caller asked to keep them),
-so memory grows by about 190 bytes per finished request, not by the object graph of a live
+so memory grows by about 180 bytes per finished request, not by the object graph of a live
 one (dicts, lists, prefix keys: several kilobytes). Requests still held when the run stops
 (dropped) are reduced at the end. `close()` puts the rows in arrival order.
 """
