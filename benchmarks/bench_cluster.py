@@ -37,7 +37,7 @@ def scale() -> None:
         "workload.num_requests=1000000", "workload.lengths.dataset=sharegpt", "replicas=100",
         "router.name=least-requests"])
     t0 = time.perf_counter()
-    result = simulate(scenario)
+    result = simulate(scenario, keep_requests=False)  # as the CLI runs: finished requests become rows
     summary = result.summary()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"100 replicas, {summary['num_requests']:,} requests ({summary['num_finished']:,} finished): "

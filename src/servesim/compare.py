@@ -121,7 +121,7 @@ def run_comparison(variants: Sequence[Variant], out_dir: Path, on_done: Callable
 
     summaries, run_dirs = [], []
     for v in variants:
-        result = simulate(v.scenario)
+        result = simulate(v.scenario, keep_requests=False)
         summary = result.summary()
         if write_runs:
             run_dir = out_dir / slug(v.label)

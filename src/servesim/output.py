@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from servesim.errors import InputError
+from servesim.metrics.request_table import NONE_ID
 from servesim.metrics.summary import STATE_NAMES
 from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
 
@@ -37,20 +38,40 @@ def request_columns(result: Result) -> tuple[str, ...]:
     return REQUEST_COLUMNS + (CLUSTER_COLUMNS if result.cluster is not None else ())
 
 
-def request_rows(result: Result):
-    cols = result.columns
-    ttft, tpot, e2e = cols.ttft_s, cols.tpot_s, cols.e2e_s
-    pools = [r.pool for r in result.replicas or ()]
-    cluster = result.cluster is not None
-    for i, r in enumerate(result.requests):
-        row = (r.id, r.tenant, r.priority, r.slo_class, int(r.is_offline), r.session_id, r.program_id, r.arrival_s,
-               r.prompt_len, r.output_len, r.num_output_tokens, STATE_NAMES[r.state], r.first_scheduled_s,
-               r.first_token_s, r.finish_s, ttft[i], tpot[i], e2e[i], r.num_preemptions, r.num_cached_tokens)
-        if cluster:  # the replica that served it last (none if it never reached one)
-            placed = r.replica >= 0
-            row += (r.replica if placed else None, pools[r.replica] if placed else None,
-                    r.extra.get("num_reroutes", 0))
-        yield row
+#: Rows turned into Python values (and CSV lines) at a time, so writing holds one chunk.
+ROW_CHUNK = 65536
+
+
+def column_values(result: Result, name: str, start: int = 0, stop: int | None = None) -> list:
+    """Column `name` of requests.csv for rows `start` to `stop`, as Python values (None where a
+    value does not exist; TTFT, TPOT and E2E are NaN there, as computed)."""
+    t, sl = result.table, slice(start, stop)
+    c = t.cols
+    if name in ("ttft_s", "tpot_s", "e2e_s"):
+        return getattr(result.columns, name)[sl].tolist()
+    if name in ("tenant", "slo_class"):
+        return t.labels(name)[sl].tolist()
+    if name == "state":
+        return [STATE_NAMES[x] for x in c["state"][sl].tolist()]
+    if name == "is_offline":
+        return c["is_offline"][sl].astype(np.int64).tolist()
+    if name in ("replica", "pool"):  # the replica that served it last (none if it never reached one)
+        pools = [r.pool for r in result.replicas or ()]
+        return [None if x < 0 else x if name == "replica" else pools[x] for x in c["replica"][sl].tolist()]
+    v = c[name][sl]
+    out = v.tolist()
+    if name in OPTIONAL:
+        for i in np.flatnonzero((v == NONE_ID) if v.dtype.kind == "i" else np.isnan(v)).tolist():
+            out[i] = None
+    return out
+
+
+OPTIONAL = ("session_id", "program_id", "first_scheduled_s", "first_token_s", "finish_s")
+
+
+def request_rows(result: Result, start: int = 0, stop: int | None = None):
+    """The rows of requests.csv from `start` to `stop`, as tuples of Python values."""
+    return zip(*[column_values(result, name, start, stop) for name in request_columns(result)])
 
 
 def _cell(v):
@@ -141,7 +162,9 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
         with open(folder / "requests.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(request_columns(result))
-            w.writerows([_cell(v) for v in row] for row in request_rows(result))
+            n = len(result.table)
+            for start in range(0, n, ROW_CHUNK):  # written a chunk at a time
+                w.writerows([_cell(v) for v in row] for row in request_rows(result, start, start + ROW_CHUNK))
     ts = result.timeseries()
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -161,6 +184,6 @@ def _write_parquet(result: Result, path: Path) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("output.requests_format=parquet needs pyarrow: pip install 'servesim[parquet]'") from None
-    rows = list(request_rows(result))
-    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(request_columns(result))})
-    pq.write_table(table, path)
+    # one column at a time as Python values, typed by pyarrow exactly as a list of rows would be
+    columns = {name: pa.array(column_values(result, name)) for name in request_columns(result)}
+    pq.write_table(pa.table(columns), path)

@@ -7,7 +7,6 @@ import heapq
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from operator import attrgetter
 from typing import Callable
 
 import numpy as np
@@ -25,6 +24,7 @@ from servesim.metrics.disaggregation import migration_section
 from servesim.metrics.elastic import elastic_info, elastic_section, elastic_timeseries, run_end_s
 from servesim.metrics.notices import run_warnings
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
+from servesim.metrics.request_table import RequestTable
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
 from servesim.metrics.timeseries import timeseries
@@ -51,7 +51,7 @@ class Result:
     scenario: Scenario
     engine_config: EngineConfig  # with every default resolved
     num_gpu_blocks: int
-    requests: list[Request]
+    table: RequestTable  # every request as a row of typed columns, in arrival order
     steps: StepLog
     prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
     wall_time_s: float
@@ -67,42 +67,39 @@ class Result:
     elastic: dict | None = None  # cold starts, prices and power constants for the `elastic` summary section
     disaggregation: dict | None = None  # KV transfers, links, TTFT split (pools with prefill/decode roles)
     migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
+    kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
+
+    @property
+    def requests(self) -> list[Request]:
+        """The run's Request objects in arrival order (only kept with `keep_requests=True`)."""
+        if self.kept_requests is None:
+            raise ValueError("this run kept its requests as table rows only (result.table); "
+                             "call simulate(scenario, keep_requests=True) to keep the Request objects")
+        return self.kept_requests
 
     @cached_property
     def columns(self) -> RequestColumns:
-        """The requests as columns (computed once; None becomes NaN in float columns)."""
-        reqs = self.requests
-
-        def col(name: str, dtype) -> np.ndarray:
-            return np.array(list(map(attrgetter(name), reqs)), dtype=dtype)
-
-        return RequestColumns(
-            id=col("id", np.int64), tenant=col("tenant", object), slo_class=col("slo_class", object),
-            state=col("state", np.int64), arrival_s=col("arrival_s", float), prompt_len=col("prompt_len", np.int64),
-            output_len=col("output_len", np.int64), num_output_tokens=col("num_output_tokens", np.int64),
-            first_token_s=col("first_token_s", float), finish_s=col("finish_s", float),
-            num_preemptions=col("num_preemptions", np.int64), ttft_slo_s=col("ttft_slo_s", float),
-            tpot_slo_s=col("tpot_slo_s", float),
-        )
+        """The requests as summary columns (computed once; None is NaN in float columns)."""
+        return self.table.request_columns()
 
     def summary(self) -> dict:
         slo = self.scenario.slo
         cols = self.columns
-        out = summarize(cols, self.steps, [r.token_steps for r in self.requests],
+        out = summarize(cols, self.steps, self.table.token_runs(),
                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
                         wall_time_s=self.wall_time_s)
         if self.num_skipped_rows:
             out["num_skipped_trace_rows"] = self.num_skipped_rows
         if self.swap:
             out["swap"] = self.swap
-        out.update(compute_sections(SectionInput(self.requests, cols, self.steps.end_s,
+        out.update(compute_sections(SectionInput(self.table, cols, self.steps.end_s,
                                                  self.scenario.model_dump(mode="json"))))
         if self.cluster is not None:
-            out["cluster"] = cluster_section(self.replicas, self.cluster, np.array([r.replica for r in self.requests]),
+            out["cluster"] = cluster_section(self.replicas, self.cluster, self.table.cols["replica"],
                                              cols, self.steps.end_s)
         if self.elastic is not None:
             out["elastic"] = elastic_section(self.replicas, self.elastic, cols, self.scale_events, self.scenario.slo)
-        warnings = run_warnings(cols, self.requests, is_trace=self.scenario.workload.trace is not None)
+        warnings = run_warnings(cols, self.table.extras, is_trace=self.scenario.workload.trace is not None)
         if warnings:
             out["warnings"] = warnings
         if self.disaggregation is not None:
@@ -174,8 +171,12 @@ class Feed:
             self._schedule(req, self._arrive_from_stream)
 
 
-def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
-    """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants."""
+def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_requests: bool = True) -> Result:
+    """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants.
+
+    Every request is reduced to a row of `result.table` when it ends. `keep_requests=False`
+    also lets the Request object go then, so memory does not grow with finished requests'
+    objects (the CLI runs so); True keeps them for `result.requests` (tests, notebooks)."""
     wall0 = time.perf_counter()
     root = np.random.SeedSequence(scenario.seed)
     workload_seed, policy_seed = root.spawn(2)
@@ -198,7 +199,14 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     migrate = scenario.migration.enabled
     defer = (not getattr(workload, "closed_loop", True) and auto is None and not disagg and not migrate
              and (n == 1 or type(router).on_complete is Router.on_complete))
-    cluster = Cluster([], [], router, loop, feed.on_done, scenario.router.refresh_interval_s)
+    table = RequestTable(keep_requests)
+
+    def on_done(req: Request, now_s: float) -> None:
+        feed.on_done(req, now_s)
+        table.done(req)  # reduced to its row, and released unless kept
+
+    cluster = Cluster([], [], router, loop, on_done, scenario.router.refresh_interval_s)
+    cluster.requests = table  # the cluster registers each request once, on first arrival
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
     for pool in pools:
         for _ in range(pool.replicas):
@@ -243,7 +251,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         raise InputError(_no_requests(scenario))
     if progress:
         progress(feed.num_done, workload.expected_num_requests, loop.now_s)
-    result = _result(scenario, pools, cluster, loop, getattr(workload, "skipped_rows", 0), time.perf_counter() - wall0)
+    result = _result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
+                     time.perf_counter() - wall0)
     if controller is not None:
         result.scale_events = controller.events
     if controller is not None or power is not None:
@@ -305,25 +314,28 @@ def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster
             index += 1
 
 
-def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: EventLoop, skipped: int,
-            wall_s: float) -> Result:
+def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, table: RequestTable, loop: EventLoop,
+            skipped: int, wall_s: float) -> Result:
     reps = cluster.replicas
     records = [ReplicaRecord(r.index, r.pool, r.engine.recorder.step_log(r.engine.kv.num_gpu_blocks),
                              r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s) for r in reps]
     if len(reps) == 1:
         steps = records[0].steps
+        table.close()
     else:
         steps, offsets = concat_step_logs([rec.steps for rec in records])
-        _globalise_token_steps(cluster.requests, offsets)
+        table.close(offsets)
+        if table.kept is not None:
+            _globalise_token_steps(table.kept, offsets)
     hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
     many = (len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
             or scenario.autoscaler is not None or scenario.power is not None)
     info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
-    return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, cluster.requests, steps, hits, wall_s,
+    return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, table, steps, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
                   _swap_totals([r.engine for r in reps]), records, info,
-                  disaggregation=disaggregation_summary(cluster, records))
+                  disaggregation=disaggregation_summary(cluster, records), kept_requests=table.kept)
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
@@ -360,9 +372,9 @@ def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:
     cols = result.columns
     open_ = np.flatnonzero(cols.state < int(RequestState.FINISHED))
     if len(open_):
-        r = result.requests[open_[0]]
-        raise AssertionError(f"request {r.id} ended in non-terminal state {r.state.name}")
-    emitted = tokens_per_request([r.token_steps for r in result.requests])
+        i = open_[0]
+        raise AssertionError(f"request {cols.id[i]} ended in non-terminal state {RequestState(cols.state[i]).name}")
+    emitted = tokens_per_request(result.table.token_runs())
     bad = np.flatnonzero((emitted != cols.num_output_tokens)
                          | ((cols.state == int(RequestState.FINISHED)) & (emitted != cols.output_len)))
     if len(bad):

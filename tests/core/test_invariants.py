@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from servesim import simulate
+from servesim.metrics.request_table import RequestTable
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.scenario import validate_scenario
 from servesim.simulation import check_invariants
@@ -18,9 +19,12 @@ def result():
     return simulate(validate_scenario({"workload": {"trace": {"name": "azure-conv", "end_s": 30}}}))
 
 
-def fresh(result):
+def fresh(result, tamper=None):
+    """A copy of the run whose requests (the first one changed by `tamper`) make its table."""
     reqs = [dataclasses.replace(r, token_steps=list(r.token_steps)) for r in result.requests]
-    return dataclasses.replace(result, requests=reqs)
+    if tamper is not None:
+        tamper(reqs[0])
+    return dataclasses.replace(result, table=RequestTable.from_requests(reqs), kept_requests=reqs)
 
 
 def empty_kv():
@@ -38,8 +42,7 @@ def test_a_clean_run_passes(result):
     (lambda r: setattr(r, "id", r.id + 1), "seen twice"),
 ])
 def test_a_broken_run_is_caught(result, tamper, message):
-    broken = fresh(result)
-    tamper(broken.requests[0])
+    broken = fresh(result, tamper)
     with pytest.raises(AssertionError, match=message):
         check_invariants(broken, [empty_kv()])
 

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         out_dir = out_dir_option(out, Path("out") / (scenario.stem if scenario else "default"))
         check_out_dir(out_dir)  # before the simulation, not after it
         with progress_bar(enabled=not quiet and not json_out) as progress:
-            result = simulate(scn, progress=progress)
+            result = simulate(scn, progress=progress, keep_requests=False)
         summary = result.summary()
         write_run(result, out_dir, summary)
         if report:

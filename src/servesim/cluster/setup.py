@@ -47,7 +47,8 @@ def disaggregation_summary(cluster: Cluster, records: list[ReplicaRecord]) -> di
     d = cluster.disagg
     if d is None:
         return None
-    start = min((r.arrival_s for r in cluster.requests), default=0.0)
+    arrivals = cluster.requests.cols["arrival_s"]  # the run's RequestTable, closed
+    start = float(arrivals.min()) if len(arrivals) else 0.0
     end = max((float(rec.steps.end_s.max()) for rec in records if len(rec.steps)), default=start)
     span_s = max(end - start, 1e-12)
     busy = [float((rec.steps.end_s - rec.steps.start_s).sum() / span_s) for rec in records]

@@ -7,12 +7,9 @@ but the summary carries one line per problem under `warnings` and the CLI prints
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from servesim.metrics.summary import RequestColumns, STATE_NAMES
-from servesim.workload.request import Request
 
 REJECTED = STATE_NAMES.index("rejected")
 #: Warn when at least this share of the requests is rejected (the run measures little else).
@@ -24,16 +21,16 @@ LONG_SPAN_S = 86400.0
 SPARSE_RATE_PER_S = 0.01
 
 
-def run_warnings(cols: RequestColumns, requests: Sequence[Request], is_trace: bool) -> list[str]:
-    """One line per problem found; empty for an ordinary run."""
+def run_warnings(cols: RequestColumns, extras: dict[int, dict], is_trace: bool) -> list[str]:
+    """One line per problem found; empty for an ordinary run (`extras`: each row's kept tags)."""
     out = []
     n = len(cols.id)
     rejected = np.flatnonzero(cols.state == REJECTED)
     if n and len(rejected) >= REJECTED_SHARE * n:
-        first = requests[rejected[0]]
-        reason = first.extra.get("reject_reason", "no reason recorded")
+        first = int(rejected[0])
+        reason = extras.get(first, {}).get("reject_reason", "no reason recorded")
         share = "every request" if len(rejected) == n else f"{len(rejected):,} of {n:,} requests"
-        out.append(f"{share} rejected ({len(rejected):,}); the first, request {first.id}: {reason}")
+        out.append(f"{share} rejected ({len(rejected):,}); the first, request {cols.id[first]}: {reason}")
     if is_trace and n > 1:
         span_s = float(cols.arrival_s.max() - cols.arrival_s.min())
         if span_s > LONG_SPAN_S and n / span_s < SPARSE_RATE_PER_S:

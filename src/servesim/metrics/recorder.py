@@ -1,37 +1,37 @@
 """The recorder: raw facts of a run, nothing derived.
 
-It keeps the requests (with their timestamps and token step runs) and a log of engine steps:
-start, end, prefill tokens, output tokens, running and waiting counts and KV blocks in use.
-Steps are logged in chunks (a single step, or a fast-forwarded stretch whose per-step lists the
-engine built anyway), so recording a stretch costs O(1) Python work; the columns are assembled
-once, with numpy, when read. `summary.py` and `timeseries.py` derive everything else from
-these, as pure functions.
+It keeps a log of engine steps: start, end, prefill tokens, output tokens, running and waiting
+counts and KV blocks in use. Steps are logged in chunks (a single step, or a fast-forwarded
+stretch whose per-step values the engine computed anyway), so recording a stretch costs O(1)
+Python work. Everything is held in typed numpy columns as it arrives (8 bytes per step for
+the end time, 4 for the batch size, a few per chunk), never as lists of Python objects; the
+full columns are assembled once, with numpy, when read. `summary.py` and `timeseries.py`
+derive everything else from these, as pure functions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
-
-from servesim.workload.request import Request
 
 STEP_COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks")
 
 
 @dataclass(frozen=True)
 class StepLog:
-    """Per-step columns of one replica, all the same length (one entry per engine step)."""
+    """Per-step columns of one replica, all the same length (one entry per engine step).
+    Times are float64; counts are int32 (4 bytes a step; arithmetic with a float promotes them
+    to float64, so every derived value is what float64 counts would give)."""
 
     start_s: np.ndarray
     end_s: np.ndarray
-    prefill_tokens: np.ndarray
-    output_tokens: np.ndarray
-    num_running: np.ndarray
-    num_waiting: np.ndarray
-    kv_used_blocks: np.ndarray
+    prefill_tokens: np.ndarray  # int32
+    output_tokens: np.ndarray  # int32
+    num_running: np.ndarray  # int32
+    num_waiting: np.ndarray  # int32
+    kv_used_blocks: np.ndarray  # int32
     num_gpu_blocks: int
 
     def __len__(self) -> int:
@@ -53,114 +53,158 @@ class BlockGrowth(NamedTuple):
     frees: list[tuple[int, int]]
 
 
-def _positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """All step indices of chunks starting at `starts` with `lens` steps each."""
-    return np.repeat(starts, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
+class Column:
+    """A growing typed column: scalars gather in a short list, flushed to numpy every
+    `FLUSH` values; long runs (a stretch's steps) are copied in as one array. Held memory is
+    the dtype's size per value, not a Python object's (a float in a list costs 32 bytes)."""
+
+    FLUSH = 4096
+
+    def __init__(self, dtype) -> None:
+        self.dtype = dtype
+        self._parts: list[np.ndarray] = []
+        self._tail: list = []
+
+    def append(self, value) -> None:
+        self._tail.append(value)
+        if len(self._tail) >= self.FLUSH:
+            self._flush()
+
+    def extend(self, values) -> None:
+        """Append a 1-D sequence (list or numpy array); copied, so the caller may reuse it."""
+        if len(values) < 64:
+            self._tail.extend(values)
+            if len(self._tail) >= self.FLUSH:
+                self._flush()
+        else:
+            self._flush()
+            self._parts.append(np.array(values, dtype=self.dtype))
+
+    def _flush(self) -> None:
+        if self._tail:
+            self._parts.append(np.array(self._tail, dtype=self.dtype))
+            self._tail = []
+
+    def array(self) -> np.ndarray:
+        self._flush()
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self._parts[0] if self._parts else np.empty(0, dtype=self.dtype)
 
 
 class Recorder:
-    """Collects requests and engine steps of one replica during a run."""
+    """Collects the engine steps of one replica during a run, as compact typed columns."""
 
     def __init__(self) -> None:
-        self.requests: list[Request] = []
         self.num_steps = 0
         # one entry per chunk of consecutive steps
-        self._start_s: list[float] = []  # start of the chunk's first step (later ones start when the previous ends)
-        self._prefill0: list[int] = []  # prompt tokens of the chunk's first step (later ones have none)
-        self._num_waiting: list[int] = []  # constant over a chunk
-        self._len: list[int] = []
-        # per-step lists, one per chunk (kept by reference, not copied)
-        self._ends: list[list[float]] = []
-        self._single_emitted: list[int] = []  # tokens emitted by each single step (a stretch emits `batch`)
-        self._running: list[list[int]] = []
-        self._kv_used: list[int | None] = []  # a single step's blocks in use, or None for a stretch
+        self._start_s = Column(np.float64)  # start of the chunk's first step (later ones start when the previous ends)
+        self._prefill0 = Column(np.int64)  # prompt tokens of the chunk's first step (later ones have none)
+        self._num_waiting = Column(np.int64)  # constant over a chunk
+        self._len = Column(np.int64)
+        self._single = Column(np.bool_)  # a single step (kv use as logged) or a stretch (kv use as growth)
+        # one entry per step
+        self._ends = Column(np.float64)
+        self._running = Column(np.int32)  # requests in the step
+        # single steps only: tokens emitted (a stretch emits `batch`) and blocks in use
+        self._single_emitted = Column(np.int64)
+        self._kv_single = Column(np.int64)
         # block growth of the stretches, flattened as they are logged (expanded in step_log)
         self._block_size = 0
-        self._growth_used0: list[int] = []
-        self._growth_sizes: list[int] = []
-        self._growth_first_new: list[list[int]] = []
-        self._growth_runs: list[list[int]] = []
-        self._frees: list[tuple[int, int]] = []  # (global step, blocks freed before it)
-
-    def add_request(self, req: Request) -> None:
-        self.requests.append(req)
+        self._growth_used0 = Column(np.int64)
+        self._growth_sizes = Column(np.int64)
+        self._growth_first_new = Column(np.int64)
+        self._growth_runs = Column(np.int64)
+        self._free_at = Column(np.int64)  # global step before which blocks were freed
+        self._free_blocks = Column(np.int64)
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
         self._single_emitted.append(output_tokens)
-        self.log_decode_steps(start_s, [end_s], [num_running], num_waiting, kv_used_blocks, prefill_tokens)
+        self._start_s.append(start_s)
+        self._prefill0.append(prefill_tokens)
+        self._num_waiting.append(num_waiting)
+        self._len.append(1)
+        self._single.append(True)
+        self._ends.append(end_s)
+        self._running.append(num_running)
+        self._kv_single.append(kv_used_blocks)
+        self.num_steps += 1
 
-    def log_decode_steps(self, start_s: float, ends_s: list[float], batch: list[int], num_waiting: int,
+    def log_decode_steps(self, start_s: float, ends_s, batch, num_waiting: int,
                          kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0) -> None:
         """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests; only the first
         computes prompt tokens. A stretch (KV use given as a `BlockGrowth`) emits a token per
-        running request per step; a single step logged by `log_step` says what it emitted."""
+        running request per step; a single step logged by `log_step` says what it emitted.
+        `ends_s` and `batch` may be lists or 1-D numpy arrays (copied)."""
+        if not isinstance(kv_used_blocks, BlockGrowth):
+            if len(ends_s) != 1:
+                raise ValueError("several steps logged at once need their KV use as a BlockGrowth")
+            return self.log_step(start_s, float(ends_s[0]), first_prefill_tokens, int(batch[0]), int(batch[0]),
+                                 num_waiting, int(kv_used_blocks))
         self._start_s.append(start_s)
         self._prefill0.append(first_prefill_tokens)
         self._num_waiting.append(num_waiting)
         self._len.append(len(ends_s))
-        self._ends.append(ends_s)
-        self._running.append(batch)
-        if not isinstance(kv_used_blocks, BlockGrowth):
-            self._kv_used.append(int(kv_used_blocks))
-        else:
-            used0, first_new, runs, self._block_size, frees = kv_used_blocks
-            self._kv_used.append(None)
-            self._growth_used0.append(used0)
-            self._growth_sizes.append(len(first_new))
-            self._growth_first_new.append(first_new)
-            self._growth_runs.append(runs)
-            for step, blocks in frees:
-                self._frees.append((self.num_steps + step, blocks))
+        self._single.append(False)
+        self._ends.extend(ends_s)
+        self._running.extend(batch)
+        used0, first_new, runs, self._block_size, frees = kv_used_blocks
+        self._growth_used0.append(used0)
+        self._growth_sizes.append(len(first_new))
+        self._growth_first_new.extend(first_new)
+        self._growth_runs.extend(runs)
+        for step, blocks in frees:
+            self._free_at.append(self.num_steps + step)
+            self._free_blocks.append(blocks)
         self.num_steps += len(ends_s)
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
         n = self.num_steps
-        lens = np.array(self._len, dtype=np.int64)
+        lens = self._len.array()
         first = np.cumsum(lens) - lens  # index of each chunk's first step
-
-        def flat(chunks: list[list]) -> np.ndarray:
-            return np.fromiter(chain.from_iterable(chunks), dtype=float, count=n)
-
-        end_s = flat(self._ends)
+        end_s = self._ends.array()
         start_s = np.empty(n)
         start_s[1:] = end_s[:-1]
-        start_s[first] = self._start_s
-        prefill = np.zeros(n)
-        prefill[first] = self._prefill0
-        running = flat(self._running)
-        single = np.array([v is not None for v in self._kv_used], dtype=bool)
+        start_s[first] = self._start_s.array()
+        prefill = np.zeros(n, dtype=np.int32)
+        prefill[first] = self._prefill0.array()
+        running = self._running.array()
+        single = self._single.array()
         emitted = running.copy()
-        emitted[first[single]] = self._single_emitted
+        emitted[first[single]] = self._single_emitted.array()
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
-                       num_running=running, num_waiting=np.repeat(np.array(self._num_waiting, dtype=float), lens),
+                       num_running=running, num_waiting=np.repeat(self._num_waiting.array().astype(np.int32), lens),
                        kv_used_blocks=self._block_usage(first, lens, single), num_gpu_blocks=num_gpu_blocks)
 
     def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
         """Blocks in use at every step: single steps as logged, stretches expanded from their
-        growth, vectorised over all of them at once."""
+        growth, vectorised over all of them at once (integers, with one step-sized temporary)."""
         n = self.num_steps
-        kv = np.empty(n)
         stretch = ~single
-        kv[first[single]] = [v for v in self._kv_used if v is not None]
         if not stretch.any():
+            kv = np.empty(n, dtype=np.int32)
+            kv[first] = self._kv_single.array()
             return kv
-        starts, slens, bs = first[stretch], lens[stretch], self._block_size
-        sizes = np.array(self._growth_sizes, dtype=np.int64)
-        count = int(sizes.sum())
-        f = np.fromiter(chain.from_iterable(self._growth_first_new), dtype=np.int64, count=count)
-        m = np.fromiter(chain.from_iterable(self._growth_runs), dtype=np.int64, count=count)
+        starts, bs = first[stretch], self._block_size
+        sizes = self._growth_sizes.array()
+        f = self._growth_first_new.array()
+        m = self._growth_runs.array()
         c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
         first_block = np.repeat(np.repeat(starts, sizes) + f, c)
         nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
-        delta = np.bincount(first_block + bs * nth, minlength=n).astype(float)
-        if self._frees:
-            at, blocks = zip(*self._frees)
-            delta -= np.bincount(np.array(at), weights=np.array(blocks, dtype=float), minlength=n)
-        cum = np.concatenate([[0.0], np.cumsum(delta)])  # cum[t + 1] = changes up to step t
-        offset = np.array(self._growth_used0, dtype=float) - cum[starts]
-        kv[_positions(starts, slens)] = cum[_positions(starts, slens) + 1] + np.repeat(offset, slens)
-        return kv
+        delta = np.bincount(first_block + bs * nth, minlength=n)  # blocks added at each step
+        del first_block, nth
+        at = self._free_at.array()
+        if len(at):
+            delta -= np.bincount(at, weights=self._free_blocks.array(), minlength=n).astype(np.int64)
+        kv = np.cumsum(delta)  # changes up to and including each step
+        offset = np.zeros(len(lens), dtype=np.int64)  # per chunk: its level before its first change
+        offset[stretch] = self._growth_used0.array() - (kv[starts] - delta[starts])
+        del delta
+        kv += np.repeat(offset, lens)
+        kv[first[single]] = self._kv_single.array()
+        return kv.astype(np.int32)
 
 
 def concat_step_logs(logs: list[StepLog]) -> tuple[StepLog, list[int]]:

@@ -61,11 +61,15 @@ class RequestColumns:
 def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]) -> list[float]:
     """np.percentile(np.repeat(values, weights), qs) without materialising the repeat."""
     keep = weights > 0
-    values, weights = values[keep], weights[keep]
+    if not keep.all():  # (no copy when nothing is dropped: the ITL columns have a value per step)
+        values, weights = values[keep], weights[keep]
+    del keep
     if len(values) == 0:
         return [float("nan")] * len(qs)
     order = np.argsort(values)  # ties hold equal values: their order does not matter
-    v, c = values[order], np.cumsum(weights[order])
+    v, c = values[order], weights[order]
+    del order
+    np.cumsum(c, out=c)
     n = int(c[-1])
     out = []
     for q in qs:
@@ -83,7 +87,9 @@ def stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, fl
     if weights is None:
         weights = np.ones(len(values), dtype=np.int64)
     ok = np.isfinite(values) & (weights > 0)
-    values, weights = values[ok], weights[ok]
+    if not ok.all():
+        values, weights = values[ok], weights[ok]
+    del ok
     if len(values) == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
     p50, p90, p99 = weighted_percentiles(values, weights, (50, 90, 99))
@@ -91,22 +97,27 @@ def stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, fl
     return {"mean": mean, "p50": p50, "p90": p90, "p99": p99, "max": float(values.max())}
 
 
-def _runs(token_steps: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(runs per request, run starts, run ends) of the requests' flat step runs."""
+#: A run's token emissions as (runs per request, run starts, run ends): request i emitted one
+#: token at the end of every step of its runs, inclusive ranges of the (concatenated) step log.
+TokenRuns = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def token_runs(token_steps: list[list[int]]) -> TokenRuns:
+    """The runs of requests' flat `token_steps` lists [start0, end0, start1, end1, ...]."""
     counts = np.fromiter((len(r) // 2 for r in token_steps), dtype=np.int64, count=len(token_steps))
     flat = np.fromiter(chain.from_iterable(token_steps), dtype=np.int64, count=2 * int(counts.sum()))
     return counts, flat[0::2], flat[1::2]
 
 
-def tokens_per_request(token_steps: list[list[int]]) -> np.ndarray:
+def tokens_per_request(runs: TokenRuns) -> np.ndarray:
     """Tokens each request emitted: the total length of its step runs."""
-    counts, starts, ends = _runs(token_steps)
+    counts, starts, ends = runs
     per_run = np.concatenate([[0], np.cumsum(ends - starts + 1)])
     last = np.cumsum(counts)
     return per_run[last] - per_run[last - counts]
 
 
-def itl_gaps(token_steps: list[list[int]], step_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def itl_gaps(runs: TokenRuns, step_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every inter-token gap, as (gap values, multiplicities), from the requests' step runs.
 
     Inside a run [a, b] the gaps are the step-to-step gaps end[i+1] - end[i] for a <= i < b;
@@ -115,25 +126,35 @@ def itl_gaps(token_steps: list[list[int]], step_ends: np.ndarray) -> tuple[np.nd
     (it was skipped or preempted) are listed one by one.
     """
     n = len(step_ends)
-    counts, starts, ends = _runs(token_steps)
-    coverage = np.bincount(starts, minlength=n + 1) - np.bincount(ends, minlength=n + 1)
+    counts, starts, ends = runs
+    coverage = np.bincount(starts, minlength=n + 1)
+    coverage -= np.bincount(ends, minlength=n + 1)
     mult = np.cumsum(coverage)[: max(n - 1, 0)]
+    del coverage
     later = np.ones(len(starts), dtype=bool)  # runs that follow another run of the same request
     later[(np.cumsum(counts) - counts)[counts > 0]] = False
     idx = np.flatnonzero(later)
     between = step_ends[starts[idx]] - step_ends[ends[idx - 1]]
     gaps = np.diff(step_ends)
+    if not len(between):  # (no copy of the per-step columns when no request was interrupted)
+        return gaps, mult
     return np.concatenate([gaps, between]), np.concatenate([mult, np.ones(len(between), dtype=np.int64)])
 
 
-def summarize(cols: RequestColumns, steps: StepLog, token_steps: list[list[int]], *, ttft_slo_s: float | None,
+def summarize(cols: RequestColumns, steps: StepLog, runs: TokenRuns, *, ttft_slo_s: float | None,
               tpot_slo_s: float | None, prefix_hits: tuple[int, int], wall_time_s: float) -> dict:
     """The summary.json dictionary."""
     finished = cols.state == FINISHED
     start = float(cols.arrival_s.min()) if len(cols.arrival_s) else 0.0
     end = float(np.nanmax(cols.finish_s)) if finished.any() else start
     duration = max(end - start, 1e-12)
-    gaps, mult = itl_gaps(token_steps, steps.end_s)
+    gaps, mult = itl_gaps(runs, steps.end_s)
+    keep = (mult > 0) & np.isfinite(gaps)  # what `stats` keeps, dropped here so it copies nothing
+    if not keep.all():
+        gaps, mult = gaps[keep], mult[keep]
+    del keep
+    itl = stats(gaps, mult)
+    del gaps, mult  # (per-step columns: freed before the rest of the summary)
     queried, hit = prefix_hits
     out = {
         "num_requests": int(len(cols.id)),
@@ -146,7 +167,7 @@ def summarize(cols: RequestColumns, steps: StepLog, token_steps: list[list[int]]
         "wall_time_s": wall_time_s,
         "ttft_s": stats(cols.ttft_s),
         "tpot_s": stats(cols.tpot_s),
-        "itl_s": stats(gaps, mult),
+        "itl_s": itl,
         "e2e_s": stats(cols.e2e_s),
         "throughput": {
             "requests_per_s": float(finished.sum() / duration),

@@ -47,6 +47,16 @@ def _row_edges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate((np.sort(np.concatenate((busy, gaps))), [n]))
 
 
+def _busy_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One replica's step ranges [lo, hi] (interval indices, in time order) merged as
+    `_row_edges` merges them (overlapping or adjacent), so rows are found from a few ranges
+    instead of one per step."""
+    if len(lo) < 2:
+        return lo, hi
+    new = np.flatnonzero(lo[1:] > hi[:-1] + 1) + 1  # a range that starts after an idle interval
+    return lo[np.concatenate(([0], new))], hi[np.concatenate((new - 1, [len(hi) - 1]))]
+
+
 def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
                interval_s: float) -> dict[str, np.ndarray]:
     """The run's time series; with several replicas (one step log each) levels are summed and
@@ -60,8 +70,9 @@ def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
         return np.minimum((times // interval_s).astype(np.int64), n - 1)
 
     points = index(np.concatenate((arrival_s, finish_s)))
-    lo = np.concatenate([[0], *(index(g.start_s) for g in logs), points])  # interval 0 always starts the series
-    hi = np.concatenate([[0], *(index(g.end_s) for g in logs), points])
+    busy = [_busy_ranges(index(g.start_s), index(g.end_s)) for g in logs]
+    lo = np.concatenate([[0], *(b[0] for b in busy), points])  # interval 0 always starts the series
+    hi = np.concatenate([[0], *(b[1] for b in busy), points])
     rows = _row_edges(lo, hi, n)
     edges = rows * interval_s
     width = np.diff(rows) * interval_s  # exactly interval_s for a one-interval row

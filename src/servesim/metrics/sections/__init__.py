@@ -14,24 +14,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from servesim.metrics.request_table import RequestTable, positions
 from servesim.metrics.summary import RequestColumns
 from servesim.workload.request import Request
 
 
 @dataclass(frozen=True)
 class SectionInput:
-    requests: list[Request]  # every request of the run, in arrival order, with final state
-    cols: RequestColumns  # the same requests as columns
-    step_ends_s: np.ndarray  # end time of every engine step (index = step number in token_steps)
+    """What a section reads: the run's requests as rows (a list of `Request` objects is turned
+    into a table, for callers that hold them), their summary columns, the step end times and
+    the scenario."""
+
+    requests: RequestTable | list[Request]  # every request of the run, rows in arrival order
+    cols: RequestColumns | None  # the same requests as summary columns (None: derived)
+    step_ends_s: np.ndarray  # end time of every engine step (index = step number in token runs)
     params: dict  # the scenario as a plain dict (scheduler parameters, SLOs, ...)
 
-    def token_times(self, req: Request) -> np.ndarray:
-        """Emission time of each generated token of `req`."""
-        runs = req.token_steps
-        if not runs:
-            return np.empty(0)
-        idx = np.concatenate([np.arange(runs[j], runs[j + 1] + 1) for j in range(0, len(runs), 2)])
-        return self.step_ends_s[idx]
+    def __post_init__(self) -> None:
+        if not isinstance(self.requests, RequestTable):
+            object.__setattr__(self, "requests", RequestTable.from_requests(list(self.requests)))
+        if self.cols is None:
+            object.__setattr__(self, "cols", self.requests.request_columns())
+
+    @property
+    def table(self) -> RequestTable:
+        return self.requests  # (a RequestTable after __post_init__)
+
+    def token_times(self, row: int) -> np.ndarray:
+        """Emission time of each generated token of request `row`."""
+        return self.step_ends_s[self.table.token_steps(row)]
+
+    def token_times_of(self, rows: np.ndarray) -> np.ndarray:
+        """Emission times of every token of the requests `rows` (grouped by request)."""
+        t = self.table
+        pick = positions(t.first_run[rows], t.cols["num_runs"][rows])
+        starts = t.run_starts[pick]
+        return self.step_ends_s[positions(starts, t.run_ends[pick] - starts + 1)]
+
+    def extra(self, row: int) -> dict:
+        """The tags of request `row` kept from its `extra` (see request_table.EXTRA_KEYS)."""
+        return self.table.extras.get(row, {})
 
 
 def compute_sections(data: SectionInput) -> dict:

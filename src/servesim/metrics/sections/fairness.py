@@ -29,7 +29,8 @@ def jain_index(values) -> float | None:
 
 
 def section(data: SectionInput) -> dict | None:
-    tenants = sorted({r.tenant for r in data.requests})
+    labels = data.table.labels("tenant")
+    tenants = sorted(set(labels))
     if len(tenants) < 2:
         return None
     sched = data.params.get("scheduler") or {}
@@ -41,27 +42,30 @@ def section(data: SectionInput) -> dict | None:
     edges = np.arange(0.0, end_s + window_s, window_s)
     if len(edges) < 2:
         edges = np.array([0.0, window_s])
+    c = data.table.cols
     per: dict[str, dict] = {}
     windows: dict[str, list[float]] = {}
     for u in tenants:
-        reqs = [r for r in data.requests if r.tenant == u]
-        started = [r for r in reqs if r.first_token_s is not None]
-        in_tok = sum(r.prompt_len for r in started)
-        out_tok = sum(r.num_output_tokens for r in reqs)
-        times = [data.token_times(r) for r in reqs if r.token_steps]
-        out_hist = np.histogram(np.concatenate(times), edges)[0] if times else np.zeros(len(edges) - 1)
-        in_hist = np.histogram([r.first_token_s for r in started], edges,
-                               weights=[r.prompt_len for r in started])[0]
+        rows = np.flatnonzero(labels == u)
+        first_s, arrival_s, prompt = c["first_token_s"][rows], c["arrival_s"][rows], c["prompt_len"][rows]
+        started = ~np.isnan(first_s)
+        in_tok = int(prompt[started].sum())
+        out_tok = int(c["num_output_tokens"][rows].sum())
+        emitting = rows[c["num_runs"][rows] > 0]
+        out_hist = (np.histogram(data.token_times_of(emitting), edges)[0] if len(emitting)
+                    else np.zeros(len(edges) - 1))
+        in_hist = np.histogram(first_s[started], edges, weights=prompt[started])[0]
         windows[u] = (w_in * in_hist + w_out * out_hist).tolist()
-        finished = [r for r in reqs if r.finish_s is not None and r.first_token_s is not None
-                    and r.num_output_tokens == r.output_len]
+        finished = (~np.isnan(c["finish_s"][rows]) & started
+                    & (c["num_output_tokens"][rows] == c["output_len"][rows]))
         per[u] = {
-            "requests": len(reqs),
+            "requests": len(rows),
             "input_tokens": in_tok,
             "output_tokens": out_tok,
             "service": w_in * in_tok + w_out * out_tok,
-            "mean_ttft_s": float(np.mean([r.first_token_s - r.arrival_s for r in started])) if started else None,
-            "mean_e2e_s": float(np.mean([r.finish_s - r.arrival_s for r in finished])) if finished else None,
+            "mean_ttft_s": float(np.mean(first_s[started] - arrival_s[started])) if started.any() else None,
+            "mean_e2e_s": (float(np.mean(c["finish_s"][rows][finished] - arrival_s[finished]))
+                           if finished.any() else None),
         }
     total = sum(p["service"] for p in per.values())
     for p in per.values():

@@ -16,18 +16,22 @@ KEY = "lora"
 
 
 def section(data) -> dict | None:
-    reqs = [r for r in data.requests if r.lora is not None]
-    if not reqs:
+    t = data.table
+    rows = np.flatnonzero(t.cols["lora"] >= 0)
+    if not len(rows):
         return None
-    looked = [r.extra["lora_hit"] for r in reqs if "lora_hit" in r.extra]
-    load_s = sum(r.extra.get("lora_load_s", 0.0) for r in reqs)
-    ttft = np.array([r.first_token_s - r.arrival_s for r in reqs if r.first_token_s is not None])
+    tags = [data.extra(i) for i in rows]
+    looked = [x["lora_hit"] for x in tags if "lora_hit" in x]
+    load_s = sum(x.get("lora_load_s", 0.0) for x in tags)
+    first_s = t.cols["first_token_s"][rows]
+    started = ~np.isnan(first_s)
+    ttft = first_s[started] - t.cols["arrival_s"][rows][started]
     return {
-        "num_requests": len(reqs),
-        "num_adapters": len({r.lora for r in reqs}),
+        "num_requests": len(rows),
+        "num_adapters": len(np.unique(t.cols["lora"][rows])),
         "cache_hit_rate": sum(looked) / len(looked) if looked else None,
-        "num_loads": sum(r.extra.get("lora_num_loads", 0) for r in reqs),
-        "num_storage_loads": sum(r.extra.get("lora_num_storage_loads", 0) for r in reqs),
+        "num_loads": sum(x.get("lora_num_loads", 0) for x in tags),
+        "num_storage_loads": sum(x.get("lora_num_storage_loads", 0) for x in tags),
         "load_time_s": float(load_s),
         "mean_ttft_s": float(ttft.mean()) if ttft.size else None,
         "p99_ttft_s": float(np.percentile(ttft, 99)) if ttft.size else None,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from servesim.metrics.request_table import NONE_ID
+from servesim.workload.request import RequestState
+
 KEY = "programs"
 
 
@@ -26,15 +29,12 @@ def completion_times_s(program_ids: np.ndarray, arrival_s: np.ndarray, finish_s:
 
 
 def section(data) -> dict | None:
-    reqs = [r for r in data.requests if r.program_id is not None]
-    if not reqs:
+    c = data.table.cols
+    rows = np.flatnonzero(c["program_id"] != NONE_ID)
+    if not len(rows):
         return None
-    done = np.array([r.state.name == "FINISHED" for r in reqs])
-    times, incomplete = completion_times_s(
-        np.array([r.program_id for r in reqs], dtype=np.int64),
-        np.array([r.arrival_s for r in reqs], dtype=float),
-        np.array([np.nan if r.finish_s is None else r.finish_s for r in reqs], dtype=float),
-        done)
+    times, incomplete = completion_times_s(c["program_id"][rows], c["arrival_s"][rows], c["finish_s"][rows],
+                                           c["state"][rows] == int(RequestState.FINISHED))
     out = {"num_programs": len(times) + incomplete, "num_incomplete": incomplete}
     if len(times):
         out.update({

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from servesim.workload.request import RequestState
+
 KEY = "qoe"
 DEFAULT_TTFT_S = 1.0
 DEFAULT_TDS = 5.0  # tokens per second: a fast reader (assumption)
@@ -40,7 +42,10 @@ def qoe(token_times_s: np.ndarray, ttft_exp_s: float, tds_exp: float) -> float:
 
 def targets(req, ttft_exp_s: float = DEFAULT_TTFT_S, tds_exp: float = DEFAULT_TDS) -> tuple[float, float]:
     """(TTFT_exp, TDS_exp) of a request: its own, else the given defaults."""
-    extra = req.extra
+    return targets_of(req.extra, ttft_exp_s, tds_exp)
+
+
+def targets_of(extra: dict, ttft_exp_s: float, tds_exp: float) -> tuple[float, float]:
     return float(extra.get("qoe_ttft_s", ttft_exp_s)), float(extra.get("qoe_tds", tds_exp))
 
 
@@ -48,17 +53,17 @@ def section(data) -> dict | None:
     sched = data.params.get("scheduler") or {}
     if isinstance(sched, str):
         sched = {"name": sched}
-    tagged = any("qoe_tds" in r.extra or "qoe_ttft_s" in r.extra for r in data.requests)
+    t = data.table
+    tagged = any("qoe_tds" in x or "qoe_ttft_s" in x for x in t.extras.values())
     if sched.get("name") != "andes" and not tagged:
         return None
     ttft = float(sched.get("ttft_exp_s", DEFAULT_TTFT_S))
     tds = float(sched.get("tds_exp", DEFAULT_TDS))
-    values, unfinished = [], 0
-    for req in data.requests:
-        if req.state.name != "FINISHED":
-            unfinished += 1
-            continue
-        values.append(qoe(data.token_times(req) - req.arrival_s, *targets(req, ttft, tds)))
+    finished = t.cols["state"] == int(RequestState.FINISHED)
+    arrival_s = t.cols["arrival_s"]
+    values = [qoe(data.token_times(i) - arrival_s[i], *targets_of(data.extra(i), ttft, tds))
+              for i in np.flatnonzero(finished)]
+    unfinished = int((~finished).sum())
     if not values:
         return None
     v = np.array(values)

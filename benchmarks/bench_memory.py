@@ -1,0 +1,80 @@
+"""Memory: peak RSS, CPU seconds and engine steps of open-loop Poisson runs with ShareGPT lengths.
+
+Each size runs in a fresh process (peak RSS is per process), one after another. The run is
+simulated as the CLI does (`keep_requests=False`: finished requests become table rows), then
+summarised, its time series computed and its run folder written, so the peak covers the whole
+of `servesim run`.
+
+Run: python benchmarks/bench_memory.py [--sizes 100000,1000000] [--replicas 1] [--rate 1.0]
+     python benchmarks/bench_memory.py --scale   # 100 replicas x 1,000,000 requests (bench_cluster --scale)
+Targets (issue 15): 1,000,000 requests in < 30 s and < 300 MB peak RSS; memory independent of
+the number of requests for open-loop traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool) -> dict:
+    """Simulate, summarise and write one run in this process; returns its measurements."""
+    from servesim import load_scenario, simulate
+    from servesim.output import write_run
+
+    sets = ["workload.trace=null", "workload.arrival.process=poisson", "workload.lengths.dataset=sharegpt",
+            f"workload.num_requests={num_requests}", f"replicas={replicas}"]
+    if rate_per_s is not None:
+        sets.append(f"workload.arrival.rate_per_s={rate_per_s}")
+    if replicas > 1:
+        sets.append("router.name=least-requests")
+    cpu0 = time.process_time()
+    try:
+        result = simulate(load_scenario(None, sets), keep_requests=keep)
+    except TypeError:  # a baseline from before keep_requests (it kept every request)
+        result = simulate(load_scenario(None, sets))
+    cpu_sim = time.process_time() - cpu0
+    summary = result.summary()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_run(result, Path(tmp) / "run", summary)
+    return {"requests": summary["num_requests"], "steps": summary["num_steps"], "cpu_sim_s": round(cpu_sim, 2),
+            "cpu_total_s": round(time.process_time() - cpu0, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="100000")
+    ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--rate", type=float, default=None, help="arrivals per second (default: the workload's)")
+    ap.add_argument("--keep-requests", action="store_true", help="keep the Request objects (Python API default)")
+    ap.add_argument("--scale", action="store_true", help="100 replicas x 1,000,000 requests at 300 req/s")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.scale:
+        args.sizes, args.replicas, args.rate = "1000000", 100, 300.0
+    if args.child is not None:
+        print(json.dumps(one(args.child, args.replicas, args.rate, args.keep_requests)))
+        return
+    for n in map(int, args.sizes.split(",")):
+        cmd = [sys.executable, __file__, "--child", str(n), "--replicas", str(args.replicas)]
+        cmd += ["--rate", str(args.rate)] if args.rate is not None else []
+        cmd += ["--keep-requests"] if args.keep_requests else []
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        per_req = out["peak_rss_mb"] * 1e6 / out["requests"]
+        print(f"{out['requests']:>10,} requests x {args.replicas} replica(s): {out['steps']:,} steps, "
+              f"CPU {out['cpu_sim_s']:.1f} s simulate / {out['cpu_total_s']:.1f} s with outputs, "
+              f"peak RSS {out['peak_rss_mb']:,} MB ({per_req:,.0f} B per request, "
+              f"{out['peak_rss_mb'] * 1e6 / max(out['steps'], 1):.0f} B per step)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

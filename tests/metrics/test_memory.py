@@ -1,0 +1,88 @@
+"""Bounded memory: finished requests become compact rows and are let go; steps are held as
+typed columns. Asserted by counting objects and traced bytes, never by timing."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.metrics.recorder import BlockGrowth, Recorder
+from servesim.output import request_rows
+from servesim.workload.request import Request
+
+POISSON = ["workload.trace=null", "workload.arrival.process=poisson", "workload.lengths.dataset=sharegpt",
+           "workload.arrival.rate_per_s=4", "workload.num_requests=5000"]
+
+
+def live_requests() -> int:
+    return sum(type(o) is Request for o in gc.get_objects())
+
+
+def peak_live_requests(keep: bool) -> tuple[int, object]:
+    """Request objects of this run alive each time 2,000 more requests are done (the progress
+    callback), over those alive before it (other tests in this process may hold some)."""
+    gc.collect()
+    before = live_requests()
+    seen = []
+    result = simulate(load_scenario(None, POISSON), lambda done, total, now_s: seen.append(live_requests()),
+                      keep_requests=keep)
+    return max(seen) - before, result
+
+
+def test_finished_requests_are_let_go_during_an_open_loop_run():
+    peak, result = peak_live_requests(keep=False)
+    # only the requests in flight (and the one arrival pending) are alive: none of the 4,000+ done
+    assert peak < 200
+    assert len(result.table) == 5000
+    with pytest.raises(ValueError, match="keep_requests=True"):
+        result.requests
+    kept_peak, kept = peak_live_requests(keep=True)
+    assert kept_peak >= 4000 and len(kept.requests) == 5000
+
+
+def test_a_finished_request_costs_under_200_bytes_of_rows():
+    result = simulate(load_scenario(None, POISSON[:-1] + ["workload.num_requests=2000"]), keep_requests=False)
+    t = result.table
+    nbytes = sum(c.nbytes for c in t.cols.values()) + t.run_starts.nbytes + t.run_ends.nbytes + t.first_run.nbytes
+    assert nbytes / len(t) < 200
+
+
+def test_rows_and_summary_do_not_depend_on_keeping_the_requests():
+    # a crash moves requests between replicas (token runs on two step logs), sessions send follow-ups
+    sets = ["replicas=2", "faults.crashes=[{replica: 1, at_s: 20, recovery_s: 5}]", "workload.trace.end_s=60"]
+    a = simulate(load_scenario("examples/azure-conv.yaml", sets), keep_requests=False)
+    b = simulate(load_scenario("examples/azure-conv.yaml", sets), keep_requests=True)
+    assert any(r.moves for r in b.requests)
+    sa, sb = a.summary(), b.summary()
+    sa.pop("wall_time_s"), sb.pop("wall_time_s")
+    assert sa == sb
+    assert list(request_rows(a)) == list(request_rows(b))
+    c = a.table.cols
+    assert c["id"].tolist() == [r.id for r in b.requests]
+    assert c["finish_s"].tolist() == [r.finish_s for r in b.requests]
+
+
+def test_recorder_holds_12_bytes_per_fast_forwarded_step():
+    rec = Recorder()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        t = 0.0
+        for i in range(200):  # 200 stretches of 1,000 decode steps, 4 requests each
+            ends = [t + 0.01 * (j + 1) for j in range(1000)]
+            growth = BlockGrowth(10, [3, 5, 7, 9], [1000, 1000, 1000, 1000], 16, [])
+            rec.log_decode_steps(t, ends, [4] * 1000, 2, growth)
+            t = ends[-1]
+            del ends
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert rec.num_steps == 200_000
+    assert held < 13 * 200_000  # a float64 end time and an int32 batch size per step
+    log = rec.step_log(1000)
+    assert log.end_s[-1] == pytest.approx(2000.0) and log.num_running.dtype == np.int32
+    assert int(log.kv_used_blocks[0]) == 10 and int(log.output_tokens.sum()) == 800_000
