@@ -206,6 +206,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     for _ in range(extra):  # after every pool, so fixed replicas keep their indices
         _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend).set_state(0.0, STOPPED)
     cluster.index_models()
+    router.bind(cluster.replicas)
     feed.deliver = cluster.arrive
     active = lambda: feed.pending() or cluster.num_outstanding > 0  # noqa: E731  (the run goes on)
     if disagg:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from servesim.cluster.config import DisaggregationConfig
+from servesim.cluster.rejection import Admission
 from servesim.cluster.network import Link, NetworkConfig, exposed_bytes, fixed_time_s, kv_transfer_bytes, place_on_nodes
 from servesim.cluster.routers import Router
 from servesim.replica.kv_cache import cdiv
@@ -59,6 +60,9 @@ class Disaggregator:
         self.transfers: list[Transfer] = []
         self._in_flight: dict[int, Transfer] = {}
         self.num_local_prefills = 0  # conditional disaggregation kept these on the decode replica
+        self.num_overflow = 0  # Splitwise overflow: served whole by a mixed replica
+        decode = [i for i, r in enumerate(self.roles) if r == "decode"]
+        self.admission = Admission(cluster, cfg, decode) if cfg.rejection != "off" else None
 
     def attach(self) -> None:
         """Give every prefill and decode replica its KV ports (after the replicas exist)."""
@@ -82,17 +86,57 @@ class Disaggregator:
                 self.num_local_prefills += 1
                 return c.replicas[d].submit(req, now_s)
             req.extra["pd_target"] = d
+        if self.cfg.overflow == "splitwise":
+            front = self._splitwise_front(req, front, cands, now_s)
         if not front:
             return c.end(req, now_s, RequestState.FAILED, "no live prefill replica")
         pick = c.route(c.router, req, front, now_s)
         if pick is None:
             return c.end(req, now_s, RequestState.REJECTED, f"shed by router {c.router.name}")
-        c.router.on_dispatch(req, pick, now_s)
         if self.roles[pick] == "prefill":
+            reason = self.admission.at_arrival(req, pick, now_s) if self.admission is not None else None
+            if reason is not None:
+                self._forget_target(req, now_s)
+                return c.end(req, now_s, RequestState.REJECTED, reason)
             req.extra["pd"] = self.cfg.first_token
         else:
             req.extra.pop("pd_target", None)  # a mixed replica serves it whole
+            req.extra.pop("ttft_pred_s", None)
+        c.router.on_dispatch(req, pick, now_s)
         c.replicas[pick].submit(req, now_s)
+
+    def _splitwise_front(self, req: Request, front: list[int], cands: list[int], now_s: float) -> list[int]:
+        """Splitwise's mixed-pool rule (splitwise-sim `MixedPoolScheduler`): the prefill
+        replicas that can take the prompt (no pending prompt tokens, or pending + prompt <=
+        `prompt_max_pending_batch_tokens`) while some decode replica has KV memory for the
+        whole request; else the mixed replicas, which serve it whole. servesim's
+        simplification: machines are not moved between pools."""
+        c, lim = self.cluster, self.cfg.prompt_max_pending_batch_tokens
+        mixed = [i for i in front if self.roles[i] == "mixed"]
+        prefill = [i for i in front if self.roles[i] == "prefill"]
+        if not mixed:
+            return prefill
+
+        def takes_prompt(i: int) -> bool:
+            q = c.replicas[i].view(now_s).outstanding_prefill_tokens
+            return q == 0 or q + req.prompt_len <= lim
+
+        def has_memory(i: int) -> bool:
+            v = c.replicas[i].view(now_s)
+            return v.kv_used_blocks + cdiv(req.prompt_len + req.output_len, c.replicas[i].engine.kv.block_size) \
+                < v.num_gpu_blocks
+
+        ok = [i for i in prefill if takes_prompt(i)]
+        if ok and any(has_memory(i) for i in cands if self.roles[i] == "decode"):
+            return ok
+        self.num_overflow += 1
+        return mixed
+
+    def _forget_target(self, req: Request, now_s: float) -> None:
+        """A request rejected after conditional disaggregation chose its decode replica."""
+        d = req.extra.pop("pd_target", None)
+        if d is not None:
+            self.decode_router.on_complete(req, d, now_s)
 
     def _remote(self, req: Request, d: int) -> bool:
         """Dynamo / llm-d rule on the uncached prompt tokens at decode replica d."""
@@ -127,6 +171,11 @@ class Disaggregator:
             c = self.cluster
             c.replicas[src].num_outstanding -= 1
             c.router.on_complete(req, src, now_s)
+            reason = self.admission.at_decode(req, now_s) if self.admission is not None else None
+            if reason is not None:  # Mooncake's per-stage baseline: this prefill is wasted
+                self._forget_target(req, now_s)
+                c.replicas[src].engine.ports.release(key, now_s)
+                return c.end(req, now_s, RequestState.REJECTED, reason)
             d = req.extra.pop("pd_target", None)
             if d is None or not c.replicas[d].alive:
                 cands = c._candidates(req) or []

@@ -11,7 +11,7 @@ from servesim.cluster.disaggregation import Disaggregator
 from servesim.cluster.migration import Migrator
 from servesim.cluster.routers import get_router
 from servesim.metrics.cluster import ReplicaRecord
-from servesim.metrics.disaggregation import disaggregation_section
+from servesim.metrics.disaggregation import disaggregation_section, late_prefill_tokens
 from servesim.replica.kv_ports import KVPorts
 from servesim.scenario import Scenario
 
@@ -22,6 +22,7 @@ def build_disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Clus
     cfg = scenario.disaggregation
     cls = get_router(cfg.decode_router.name)
     decode_router = cls(cfg.decode_router.params(), n, np.random.default_rng(seed))
+    decode_router.bind(cluster.replicas)
     d = Disaggregator(cluster, pools, cfg, scenario.network, decode_router)
     d.attach()
     return d
@@ -51,5 +52,12 @@ def disaggregation_summary(cluster: Cluster, records: list[ReplicaRecord]) -> di
     end = max((float(rec.steps.end_s.max()) for rec in records if len(rec.steps)), default=start)
     span_s = max(end - start, 1e-12)
     busy = [float((rec.steps.end_s - rec.steps.start_s).sum() / span_s) for rec in records]
-    return disaggregation_section(d.transfers, list(d.links.values()), d.roles, busy, d.num_local_prefills,
-                                  d.cfg.first_token, span_s)
+    out = disaggregation_section(d.transfers, list(d.links.values()), d.roles, busy, d.num_local_prefills,
+                                 d.cfg.first_token, span_s)
+    if d.cfg.overflow != "off":
+        out["num_overflow"] = d.num_overflow
+    if d.admission is not None:
+        rej = out["rejection"] = d.admission.section()
+        rej["late_prefill_tokens"] = late_prefill_tokens(cluster.requests, d.cfg.ttft_slo_s, d.cfg.tbt_slo_s)
+        rej["wasted_prefill_tokens"] = rej["rejected_after_prefill_tokens"] + rej["late_prefill_tokens"]
+    return out
