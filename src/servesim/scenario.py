@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from servesim.cluster.config import (AutoscalerConfig, DisaggregationConfig, FaultsConfig, MigrationConfig, PoolConfig,
                                      PowerConfig, RouterConfig)
+from servesim.cluster.kv_store import KVStoreConfig
 from servesim.cluster.network import NetworkConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
@@ -121,6 +122,9 @@ class Scenario(BaseModel):
     """Decode router and options of prefill/decode disaggregation (pools with role prefill/decode)."""
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
     """Live migration of running requests between replicas (Llumnix)."""
+    kv_store: KVStoreConfig = Field(default_factory=KVStoreConfig)
+    """A KV store in CPU memory and on disk that keeps computed prompt prefixes for reuse
+    (LMCache, Mooncake store); off unless enabled. See docs/disaggregation.md."""
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":

@@ -49,6 +49,7 @@ class Cluster:
         self.arrived_prompt_tokens = 0
         self.arrived_output_tokens = 0
         self.disagg = None  # the Disaggregator when pools have prefill/decode roles
+        self.kv_store = None  # the KVStore when the scenario enables one
 
     def index_models(self) -> None:
         """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
@@ -85,7 +86,15 @@ class Cluster:
         if pick is None:
             return self.end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
         self.router.on_dispatch(req, pick, now_s)
-        self.replicas[pick].submit(req, now_s)
+        self.submit(pick, req, now_s)
+
+    def submit(self, index: int, req: Request, now_s: float) -> None:
+        """Hand `req` to replica `index`, after loading from the KV store the part of its
+        prefix the replica does not cache (when a store is enabled and the load pays)."""
+        delay_s = 0.0
+        if self.kv_store is not None and req.hash_ids:
+            delay_s = self.kv_store.load(req, index, self.replicas[index].cached_blocks(req))
+        self.replicas[index].submit(req, now_s, delay_s)
 
     def route(self, router: Router, req: Request, cands: list[int], now_s: float) -> int | None:
         """`router`'s pick among `cands` (None: shed)."""

@@ -84,7 +84,7 @@ class Disaggregator:
                 return
             if not self._remote(req, d):
                 self.num_local_prefills += 1
-                return c.replicas[d].submit(req, now_s)
+                return c.submit(d, req, now_s)
             req.extra["pd_target"] = d
         if self.cfg.overflow == "splitwise":
             front = self._splitwise_front(req, front, cands, now_s)
@@ -103,7 +103,7 @@ class Disaggregator:
             req.extra.pop("pd_target", None)  # a mixed replica serves it whole
             req.extra.pop("ttft_pred_s", None)
         c.router.on_dispatch(req, pick, now_s)
-        c.replicas[pick].submit(req, now_s)
+        c.submit(pick, req, now_s)
 
     def _splitwise_front(self, req: Request, front: list[int], cands: list[int], now_s: float) -> list[int]:
         """Splitwise's mixed-pool rule (splitwise-sim `MixedPoolScheduler`): the prefill
@@ -171,6 +171,8 @@ class Disaggregator:
             c = self.cluster
             c.replicas[src].num_outstanding -= 1
             c.router.on_complete(req, src, now_s)
+            if c.kv_store is not None:
+                c.kv_store.put(req, src)  # the prompt's KV exists from now on
             reason = self.admission.at_decode(req, now_s) if self.admission is not None else None
             if reason is not None:  # Mooncake's per-stage baseline: this prefill is wasted
                 self._forget_target(req, now_s)

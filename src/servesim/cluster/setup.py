@@ -8,12 +8,14 @@ import numpy as np
 from servesim.cluster.build import PoolSpec
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.disaggregation import Disaggregator
+from servesim.cluster.kv_store import KVStore
 from servesim.cluster.migration import Migrator
 from servesim.cluster.routers import get_router
 from servesim.metrics.cluster import ReplicaRecord
 from servesim.metrics.disaggregation import disaggregation_section, late_prefill_tokens
 from servesim.replica.kv_ports import KVPorts
 from servesim.scenario import Scenario
+from servesim.workload.request import Request, RequestState
 
 
 def build_disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, n: int,
@@ -22,10 +24,27 @@ def build_disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Clus
     cfg = scenario.disaggregation
     cls = get_router(cfg.decode_router.name)
     decode_router = cls(cfg.decode_router.params(), n, np.random.default_rng(seed))
-    decode_router.bind(cluster.replicas)
+    decode_router.bind(cluster.replicas, cluster.kv_store)
     d = Disaggregator(cluster, pools, cfg, scenario.network, decode_router)
     d.attach()
     return d
+
+
+def build_kv_store(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster) -> KVStore:
+    """The KV store; every finished request's prompt prefix is written to it (prefill hand-offs
+    write theirs in the disaggregator)."""
+    by_name = {p.name: p for p in pools}
+    per_token = [by_name[r.pool].perf.kv_bytes_per_token * by_name[r.pool].tp for r in cluster.replicas]
+    store = KVStore(scenario.kv_store, [r.engine for r in cluster.replicas], per_token)
+    done = cluster.on_done
+
+    def on_done(req: Request, now_s: float) -> None:
+        if req.state == RequestState.FINISHED and req.replica >= 0:
+            store.put(req, req.replica)
+        done(req, now_s)
+
+    cluster.on_done = on_done
+    return store
 
 
 def build_migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, active) -> Migrator:

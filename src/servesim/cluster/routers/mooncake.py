@@ -28,9 +28,11 @@ class Mooncake(Router):
     (here the engine's real prefix cache, as the conductor reads the store's metadata),
     `T_queue` the predicted prefill times of what is queued there (servesim: its prompt tokens
     not yet computed, priced at the perf model's full-chunk rate) and `T_prefill` the perf
-    model's time for the uncached tokens. The estimate is kept in `req.extra["ttft_pred_s"]`
-    for early rejection. Not modelled: the "cache-balancing" branch that fetches a longer
-    prefix from another instance's store (`kvcache_balancing_threshold`, no published default).
+    model's time for the uncached tokens. With a KV store (`kv_store`), a longer prefix in the
+    store adds its load time and shortens the prefill when loading beats recomputing (the
+    paper's `T_transfer` branch, with the store's own rule in place of the manually tuned
+    `kvcache_balancing_threshold`). The estimate is kept in `req.extra["ttft_pred_s"]` for
+    early rejection. Not modelled: hot-block replication between instances.
     """
 
     Params = MooncakeParams
@@ -38,9 +40,11 @@ class Mooncake(Router):
     def __init__(self, params, num_replicas, rng) -> None:
         super().__init__(params, num_replicas, rng)
         self.predictor: Predictor | None = None
+        self.kv_store = None
 
-    def bind(self, replicas: list) -> None:
+    def bind(self, replicas: list, kv_store=None) -> None:
         self.predictor = Predictor([r.engine for r in replicas])
+        self.kv_store = kv_store
 
     def route(self, req: Request, view: ClusterView) -> int | None:
         cands = view.candidates
@@ -51,9 +55,18 @@ class Mooncake(Router):
 
     def estimates(self, req: Request, view: ClusterView) -> list[float]:
         """Estimated TTFT of `req` on each candidate."""
-        pred = self.predictor
+        pred, store = self.predictor, self.kv_store
         out = []
         for i in view.candidates:
-            cached = view.cached_blocks(i, req) * req.hash_block_tokens if self.params.cache_aware else 0
-            out.append(pred.ttft_s(i, view.view(i).outstanding_prefill_tokens, req.prompt_len, cached))
+            queued = view.view(i).outstanding_prefill_tokens
+            if not self.params.cache_aware:
+                out.append(pred.ttft_s(i, queued, req.prompt_len, 0))
+                continue
+            blocks = view.cached_blocks(i, req)
+            load_s, cached = 0.0, blocks * req.hash_block_tokens
+            if store is not None:  # the store's longer prefix, when loading it beats recomputing
+                tokens, t_s = store.plan(req, i, blocks)
+                if tokens:
+                    load_s, cached = t_s, tokens
+            out.append(load_s + pred.ttft_s(i, queued, req.prompt_len, cached))
         return out
