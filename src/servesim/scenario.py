@@ -150,8 +150,6 @@ class Scenario(BaseModel):
                                  f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
         if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
-        if self.migration.enabled and (self.faults.crashes or any(p.mtbf_s for p in self.pools or [])):
-            raise ValueError("migration.enabled with faults is not supported yet (a crash during a migration)")
         if self.workload.attributes.loras.mix():
             self._check_lora_schedulers()
         for c in self.faults.crashes:
@@ -186,9 +184,6 @@ class Scenario(BaseModel):
             if p.role == "decode" and model(p) not in prefill:
                 raise ValueError(f"pools.{p.name}: a decode pool has no route from a prefill pool serving "
                                  f"{model(p)} (add a pool with role: prefill)")
-        if prefill and (self.faults.crashes or any(p.mtbf_s for p in self.pools)):
-            raise ValueError("faults with prefill/decode pools are not supported yet (a crash during a KV "
-                             "transfer); remove faults or the prefill/decode roles")
 
     @property
     def num_replicas(self) -> int:

@@ -39,6 +39,7 @@ class Transfer:
     link: str = ""  # "intra" or "inter" (node)
     start_s: float = -1.0  # blocks reserved at the receiver, bytes start to move
     end_s: float = -1.0  # the KV is usable at the receiver
+    void: bool = False  # its sender or receiver crashed before the end
 
 
 class Disaggregator:
@@ -61,6 +62,7 @@ class Disaggregator:
         self._in_flight: dict[int, Transfer] = {}
         self.num_local_prefills = 0  # conditional disaggregation kept these on the decode replica
         self.num_overflow = 0  # Splitwise overflow: served whole by a mixed replica
+        cluster.crash_hooks.append(self.on_crash)
         decode = [i for i, r in enumerate(self.roles) if r == "decode"]
         self.admission = Admission(cluster, cfg, decode) if cfg.rejection != "off" else None
 
@@ -185,13 +187,43 @@ class Disaggregator:
                 if d is None:
                     c.replicas[src].engine.ports.release(key, now_s)
                     return
-            pool = self.pool_of[src]
-            nbytes = kv_transfer_bytes(req.prompt_len, pool.perf.kv_bytes_per_token, pool.tp)
-            x = Transfer(req, src, d, key, now_s, step_s, nbytes)
-            self._in_flight[req.id] = x
-            self.transfers.append(x)
-            c.replicas[d].engine.ports.expect(req, req.prompt_len, now_s)
+            self._send(req, src, d, key, now_s, step_s)
         return on_prefilled
+
+    def _send(self, req: Request, src: int, dst: int, key: object, now_s: float, step_s: float) -> None:
+        """Queue `req`'s KV (held on `src` under `key`) for a reservation at decode replica `dst`."""
+        pool = self.pool_of[src]
+        # the KV that exists: the prompt (plus, after a recompute, the tokens generated before)
+        nbytes = kv_transfer_bytes(req.num_computed_tokens, pool.perf.kv_bytes_per_token, pool.tp)
+        x = Transfer(req, src, dst, key, now_s, step_s, nbytes)
+        self._in_flight[req.id] = x
+        self.transfers.append(x)
+        self.cluster.replicas[dst].engine.ports.expect(req, req.num_computed_tokens, now_s)
+
+    def on_crash(self, index: int, now_s: float) -> None:
+        """Replica `index` is about to crash. Transfers from it lose their KV: their requests
+        start over (re-routed, recomputed). Transfers to it go to another decode replica (the
+        sender still holds the KV; the bytes are sent again). Its ports are reset."""
+        c = self.cluster
+        for x in [x for x in self._in_flight.values() if index in (x.src, x.dst)]:
+            del self._in_flight[x.req.id]
+            x.void = True  # (a flow still on the wire ends in nothing)
+            if x.src == index:
+                if x.dst != index:
+                    c.replicas[x.dst].engine.ports.forget(x.req, now_s)
+                self.decode_router.on_complete(x.req, x.dst, now_s)
+                x.req.state = RequestState.WAITING
+                x.req.num_computed_tokens = 0
+                c.redispatch([x.req], index, now_s, left=True)
+                continue
+            self.decode_router.on_complete(x.req, index, now_s)
+            cands = [i for i in (c._candidates(x.req) or []) if self.roles[i] == "decode" and i != index]
+            d = self._pick_decode(x.req, cands, now_s)
+            if d is None:  # ended (no decode replica left): the sender frees its blocks
+                c.replicas[x.src].engine.ports.release(x.key, now_s)
+            else:
+                self._send(x.req, x.src, d, x.key, now_s, 0.0)
+        c.replicas[index].engine.ports.reset()
 
     def _reserved(self, dst: int):
         def on_reserved(req: Request, now_s: float) -> None:
@@ -217,13 +249,16 @@ class Disaggregator:
         return link
 
     def _arrived(self, now_s: float, x: Transfer) -> None:
+        if x.void:
+            return  # its sender or receiver crashed meanwhile
         x.end_s = now_s
         del self._in_flight[x.req.id]
         c = self.cluster
         c.replicas[x.src].engine.ports.release(x.key, now_s)
         req = x.req
-        # first token from the prefill replica: decode from here; else the decode replica
-        # recomputes the last prompt token and samples the first token (vLLM NixlConnector)
-        req.num_computed_tokens = req.prompt_len if req.num_output_tokens else req.prompt_len - 1
+        # first token from the prefill replica: decode from here (its KV is not computed yet);
+        # else the decode replica recomputes the last prompt token and samples the first
+        # token (vLLM NixlConnector). Either way: every token's KV but the last one's.
+        req.num_computed_tokens = req.num_tokens - 1
         req.kv_block_keys = None  # received blocks are not indexed by the receiver's prefix cache
         c.replicas[x.dst].receive(req, now_s)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from servesim.cluster.config import MigrationConfig
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.kv_cache import cdiv
-from servesim.workload.request import Request
+from servesim.workload.request import Request, RequestState
 
 
 @dataclass(slots=True)
@@ -57,6 +57,7 @@ class Migrator:
         self._busy: set[int] = set()  # replicas in a migration (as source or destination)
 
     def start(self) -> None:
+        self.cluster.crash_hooks.append(self.on_crash)
         self.cluster.loop.schedule(self.cfg.polling_interval_s, self._tick, None, PRIO_ARRIVAL)
 
     # ------------------------------------------------------------------ pairing
@@ -97,6 +98,8 @@ class Migrator:
 
     def _pick(self, m: Migration, now_s: float) -> None:
         """At the source's boundary: the last running request that decodes (LCFS)."""
+        if m.aborted:
+            return  # a replica crashed meanwhile
         running = self.cluster.replicas[m.src].engine.scheduler.running
         req = next((r for r in reversed(running) if r.is_decoding and r.remaining_output > 1), None)
         if req is None:
@@ -109,6 +112,8 @@ class Migrator:
 
     def _reserve(self, m: Migration, num_tokens: int, num_blocks: int, now_s: float) -> None:
         """At the destination's boundary (the source may be inside a stretch: not read here)."""
+        if m.aborted:
+            return
         if not self._ports(m.dst).reserve_now(m.req, num_tokens):
             return self._end(m, "no room at the destination")
         self._copy(m, num_blocks, now_s, self._after_stage)
@@ -123,10 +128,14 @@ class Migrator:
         self.cluster.loop.schedule(now_s + t, lambda t2, _: then(m, t2), None, PRIO_ARRIVAL)
 
     def _after_stage(self, m: Migration, now_s: float) -> None:
+        if m.aborted:
+            return
         self._ports(m.src).call(lambda t: self._next_stage(m, t), now_s)
 
     def _next_stage(self, m: Migration, now_s: float) -> None:
         """At the source's boundary after a stage: stop-and-copy, another stage, or abort."""
+        if m.aborted:
+            return
         src = self.cluster.replicas[m.src]
         req = m.req
         if not any(r is req for r in src.engine.scheduler.running) or not req.is_decoding:
@@ -145,10 +154,33 @@ class Migrator:
         self._copy(m, left - 1, now_s, self._after_stage)
 
     def _arrive(self, m: Migration, now_s: float) -> None:
+        if m.aborted:
+            return
         m.end_s = now_s
         self.cluster.router.on_dispatch(m.req, m.dst, now_s)
         self.cluster.replicas[m.dst].receive(m.req, now_s)
         self._end(m, "")
+
+    def on_crash(self, index: int, now_s: float) -> None:
+        """Replica `index` is about to crash: its migrations are aborted. A request still on
+        the source stays there (and is re-routed with the source's other requests if the
+        source is the one crashing); one stopped for its last copy is re-routed and recomputed;
+        a reservation on a live destination is given back. The replica's ports are reset."""
+        c = self.cluster
+        for m in self.migrations:
+            if m.end_s >= 0 or m.aborted or index not in (m.src, m.dst):
+                continue
+            self._end(m, "replica crashed")
+            req = m.req
+            if req is None:
+                continue  # not picked yet
+            if m.dst != index:
+                c.replicas[m.dst].engine.ports.forget(req, now_s)
+            if m.stop_s >= 0:  # on neither replica
+                req.state = RequestState.WAITING
+                req.num_computed_tokens = 0
+                c.redispatch([req], m.src, now_s, left=True)
+        c.replicas[index].engine.ports.reset()
 
     def _end(self, m: Migration, aborted: str) -> None:
         m.aborted = aborted
