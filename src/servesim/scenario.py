@@ -152,6 +152,9 @@ class Scenario(BaseModel):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
         if self.workload.attributes.loras.mix():
             self._check_lora_schedulers()
+        if any(c.warning_s > 0 for c in self.faults.crashes) and not self.migration.enabled:
+            raise ValueError("faults.crashes: warning_s drains the replica by migration; set migration.enabled: true "
+                             "(or warning_s: 0)")
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")

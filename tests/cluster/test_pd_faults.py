@@ -63,3 +63,25 @@ def test_crashes_abort_the_migrations_they_cut_and_lose_no_request():
     assert mig["num_migrations"] > 0 and mig["abort_reasons"].get("replica crashed", 0) > 0
     fast_slow = [simulate(load_scenario(None, MIG + [crashes, f"engine.fast_forward={ff}"])) for ff in ("false",)]
     assert outcome(fast_slow[0]) == outcome(res)
+
+
+def test_a_warned_replica_drains_by_migration_before_it_crashes():
+    crash = "faults.crashes=[{replica: 0, at_s: 8.0, recovery_s: 5.0, warning_s: %s}]"
+    warned = simulate(load_scenario(None, MIG + [crash % 4.0]))
+    cold = simulate(load_scenario(None, MIG + [crash % 0.0]))
+    ws, cs = warned.summary(), cold.summary()
+    assert ws["num_finished"] == cs["num_finished"] == 400
+    assert ws["migration"]["num_drain_migrations"] > 0 and cs["migration"]["num_drain_migrations"] == 0
+    # it took nothing new for 4 s and moved its decodes out: far fewer requests lost at the crash
+    assert ws["cluster"]["num_rerouted"] < 0.5 * cs["cluster"]["num_rerouted"]
+    lost = [r for r in warned.requests if r.extra.get("num_reroutes")]
+    assert all(r.arrival_s < 4.0 for r in lost)  # only requests it took before the notice
+    fast = simulate(load_scenario(None, MIG + [crash % 4.0, "engine.fast_forward=false"]))
+    assert outcome(fast) == outcome(warned)
+
+
+def test_a_warning_without_migration_is_refused():
+    from servesim.errors import InputError
+
+    with pytest.raises(InputError, match="warning_s drains the replica by migration"):
+        load_scenario(None, BUSY + ["replicas=2", "faults.crashes=[{replica: 0, at_s: 1, warning_s: 2}]"])

@@ -94,6 +94,10 @@ class Crash(BaseModel):
     """Simulated time of the crash."""
     recovery_s: float | None = Field(300.0, ge=0)
     """Time until the replica serves again (null: it never comes back)."""
+    warning_s: float = Field(0.0, ge=0)
+    """Notice before the crash (a spot instance's preemption notice, a failing health check):
+    from then on the replica takes no new request and, with `migration.enabled`, migrates its
+    running requests out (Llumnix). 0: no notice."""
 
 
 class FaultsConfig(BaseModel):

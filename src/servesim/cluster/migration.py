@@ -43,6 +43,7 @@ class Migration:
     num_stages: int = 0
     copied_blocks: int = 0
     aborted: str = ""
+    drain: bool = False  # its source was warned of a crash
 
 
 class Migrator:
@@ -55,6 +56,7 @@ class Migrator:
         self.active = active  # does the run go on?
         self.migrations: list[Migration] = []
         self._busy: set[int] = set()  # replicas in a migration (as source or destination)
+        self._draining: set[int] = set()  # warned of a coming crash: migrate out, take nothing new
 
     def start(self) -> None:
         self.cluster.crash_hooks.append(self.on_crash)
@@ -84,10 +86,14 @@ class Migrator:
             return
         loads = {i: self.load(i, now_s) for i in live}
         order = sorted(live, key=lambda i: (loads[i], i))
-        dst = [i for i in order if loads[i] < thr]
-        src = [i for i in reversed(order) if loads[i] > thr]
-        for s, d in zip(src, dst):
-            m = Migration(s, d, start_s=now_s)
+        # a replica warned of its failure migrates out whatever its load, to the freest others
+        draining = [i for i in live if i in self._draining]
+        free = [i for i in order if i not in self._draining]
+        pairs = list(zip(draining, free))
+        free = free[len(pairs):]
+        pairs += zip([i for i in reversed(free) if loads[i] > thr], [i for i in free if loads[i] < thr])
+        for s, d in pairs:
+            m = Migration(s, d, start_s=now_s, drain=s in self._draining)
             self._busy |= {s, d}
             self.migrations.append(m)
             self._ports(s).call(lambda t, m=m: self._pick(m, t), now_s)
@@ -157,9 +163,19 @@ class Migrator:
         if m.aborted:
             return
         m.end_s = now_s
+
         self.cluster.router.on_dispatch(m.req, m.dst, now_s)
         self.cluster.replicas[m.dst].receive(m.req, now_s)
         self._end(m, "")
+
+    def drain(self, index: int, now_s: float) -> None:
+        """Replica `index` will fail soon (a crash with `warning_s`): it takes no new request
+        and, from the next tick on, migrates its decoding requests out one at a time, to the
+        freest other replicas, until it crashes (what is left then is recomputed elsewhere)."""
+        rep = self.cluster.replicas[index]
+        if rep.alive and rep.state == "ready":
+            rep.set_state(now_s, "draining")
+            self._draining.add(index)
 
     def on_crash(self, index: int, now_s: float) -> None:
         """Replica `index` is about to crash: its migrations are aborted. A request still on
@@ -181,6 +197,9 @@ class Migrator:
                 req.num_computed_tokens = 0
                 c.redispatch([req], m.src, now_s, left=True)
         c.replicas[index].engine.ports.reset()
+        if index in self._draining:  # it comes back (if it does) ready
+            self._draining.discard(index)
+            c.replicas[index].set_state(now_s, "ready")
 
     def _end(self, m: Migration, aborted: str) -> None:
         m.aborted = aborted

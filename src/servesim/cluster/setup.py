@@ -10,6 +10,7 @@ from servesim.cluster.cluster import Cluster
 from servesim.cluster.disaggregation import Disaggregator
 from servesim.cluster.kv_store import KVStore
 from servesim.cluster.migration import Migrator
+from servesim.core.loop import PRIO_ARRIVAL
 from servesim.cluster.routers import get_router
 from servesim.metrics.cluster import ReplicaRecord
 from servesim.metrics.disaggregation import disaggregation_section, late_prefill_tokens
@@ -59,6 +60,9 @@ def build_migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, 
         rep.engine.ports = KVPorts(rep.engine, unused, unused)
     m = Migrator(cluster, scenario.migration, per_block, active)
     m.start()
+    for c in scenario.faults.crashes:  # notices of coming crashes: drain by migration
+        if c.warning_s > 0:
+            cluster.loop.schedule(max(c.at_s - c.warning_s, 0.0), lambda t, i: m.drain(i, t), c.replica, PRIO_ARRIVAL)
     return m
 
 

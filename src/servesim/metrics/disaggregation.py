@@ -84,6 +84,7 @@ def migration_section(migrations: list) -> dict:
             reasons[m.aborted] = reasons.get(m.aborted, 0) + 1
     return {
         "num_migrations": len(done),
+        "num_drain_migrations": sum(1 for m in done if m.drain),
         "num_aborted": sum(reasons.values()),
         "abort_reasons": dict(sorted(reasons.items())),
         "mean_stages": float(np.mean([m.num_stages for m in done])) if done else 0.0,

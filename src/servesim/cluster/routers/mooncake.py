@@ -32,7 +32,9 @@ class Mooncake(Router):
     store adds its load time and shortens the prefill when loading beats recomputing (the
     paper's `T_transfer` branch, with the store's own rule in place of the manually tuned
     `kvcache_balancing_threshold`). The estimate is kept in `req.extra["ttft_pred_s"]` for
-    early rejection. Not modelled: hot-block replication between instances.
+    early rejection. Not modelled: hot-block replication between instances. A router not
+    bound to replicas (hand-built views) applies the same rule counted in tokens (queued +
+    uncached prompt tokens).
     """
 
     Params = MooncakeParams
@@ -59,6 +61,10 @@ class Mooncake(Router):
         out = []
         for i in view.candidates:
             queued = view.view(i).outstanding_prefill_tokens
+            if pred is None:  # not bound to replicas (views only): the same rule counted in tokens
+                cached = view.cached_blocks(i, req) * req.hash_block_tokens if self.params.cache_aware else 0
+                out.append(float(queued + req.prompt_len - min(cached, req.prompt_len - 1)))
+                continue
             if not self.params.cache_aware:
                 out.append(pred.ttft_s(i, queued, req.prompt_len, 0))
                 continue
