@@ -152,6 +152,11 @@ class Scenario(BaseModel):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
         if self.workload.attributes.loras.mix():
             self._check_lora_schedulers()
+        d = self.disaggregation
+        if (d.rejection != "off" or d.overflow != "off") and not any(p.role == "prefill" for p in self.pools or []):
+            which = "rejection" if d.rejection != "off" else "overflow"
+            raise ValueError(f"disaggregation.{which} acts on prefill/decode pools; add pools with role: prefill "
+                             f"and role: decode (or {which}: off)")
         if any(c.warning_s > 0 for c in self.faults.crashes) and not self.migration.enabled:
             raise ValueError("faults.crashes: warning_s drains the replica by migration; set migration.enabled: true "
                              "(or warning_s: 0)")

@@ -141,3 +141,17 @@ def test_store_loads_are_exact_under_fast_forward():
     assert fast.summary()["kv_store"]["num_loads"] > 0
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["kv_store.tiers=[]"], "kv_store.tiers: List should have at least 1 item"),
+    (["kv_store.tiers=[{name: cpu}, {name: cpu}]"], "each tier name once .got cpu, cpu; allowed: cpu, disk"),
+    (["kv_store.tiers=[{name: cpu, load_bandwidth_GBps: 0}]"], "load_bandwidth_GBps: Input should be greater than 0"),
+    (["disaggregation.rejection=early"], "disaggregation.rejection acts on prefill/decode pools"),
+    (["disaggregation.overflow=splitwise"], "disaggregation.overflow acts on prefill/decode pools"),
+])
+def test_bad_store_and_admission_settings_are_refused_in_one_line(sets, message):
+    from servesim.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        load_scenario(None, sets)

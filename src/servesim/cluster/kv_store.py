@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servesim.cluster.prediction import Predictor
 from servesim.workload.request import Request
@@ -59,12 +59,19 @@ class KVStoreConfig(BaseModel):
     """`cluster`: one store every replica loads from; `replica`: one per replica."""
     tiers: list[TierConfig] = Field(default_factory=lambda: [
         TierConfig(name="cpu", capacity_gb=256.0, load_bandwidth_GBps=25.0),
-        TierConfig(name="disk", capacity_gb=2000.0, load_bandwidth_GBps=5.0)])
-    """Tiers from fastest to slowest (blocks evicted from one go to the next)."""
+        TierConfig(name="disk", capacity_gb=2000.0, load_bandwidth_GBps=5.0)], min_length=1)
+    """Tiers from fastest to slowest (blocks evicted from one go to the next), each name once."""
     load_latency_s: float = Field(1e-3, ge=0)
     """Fixed cost of one load (lookup, RPC, first byte); servesim's choice."""
     load_only_if_faster: bool = True
     """Skip a load when the replica would recompute those tokens faster (perf model)."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> "KVStoreConfig":
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tiers: each tier name once (got {', '.join(names)}; allowed: cpu, disk)")
+        return self
 
 
 class _Tier:
