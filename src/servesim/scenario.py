@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from servesim.cluster.config import (AutoscalerConfig, DisaggregationConfig, FaultsConfig, MigrationConfig, PoolConfig,
                                      PowerConfig, RouterConfig)
+from servesim.cluster.kv_store import KVStoreConfig
 from servesim.cluster.network import NetworkConfig
 from servesim.errors import InputError
 from servesim.perf import PerfConfig
@@ -121,6 +122,9 @@ class Scenario(BaseModel):
     """Decode router and options of prefill/decode disaggregation (pools with role prefill/decode)."""
     migration: MigrationConfig = Field(default_factory=MigrationConfig)
     """Live migration of running requests between replicas (Llumnix)."""
+    kv_store: KVStoreConfig = Field(default_factory=KVStoreConfig)
+    """A KV store in CPU memory and on disk that keeps computed prompt prefixes for reuse
+    (LMCache, Mooncake store); off unless enabled. See docs/disaggregation.md."""
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":
@@ -146,10 +150,16 @@ class Scenario(BaseModel):
                                  f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
         if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
-        if self.migration.enabled and (self.faults.crashes or any(p.mtbf_s for p in self.pools or [])):
-            raise ValueError("migration.enabled with faults is not supported yet (a crash during a migration)")
         if self.workload.attributes.loras.mix():
             self._check_lora_schedulers()
+        d = self.disaggregation
+        if (d.rejection != "off" or d.overflow != "off") and not any(p.role == "prefill" for p in self.pools or []):
+            which = "rejection" if d.rejection != "off" else "overflow"
+            raise ValueError(f"disaggregation.{which} acts on prefill/decode pools; add pools with role: prefill "
+                             f"and role: decode (or {which}: off)")
+        if any(c.warning_s > 0 for c in self.faults.crashes) and not self.migration.enabled:
+            raise ValueError("faults.crashes: warning_s drains the replica by migration; set migration.enabled: true "
+                             "(or warning_s: 0)")
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")
@@ -182,9 +192,6 @@ class Scenario(BaseModel):
             if p.role == "decode" and model(p) not in prefill:
                 raise ValueError(f"pools.{p.name}: a decode pool has no route from a prefill pool serving "
                                  f"{model(p)} (add a pool with role: prefill)")
-        if prefill and (self.faults.crashes or any(p.mtbf_s for p in self.pools)):
-            raise ValueError("faults with prefill/decode pools are not supported yet (a crash during a KV "
-                             "transfer); remove faults or the prefill/decode roles")
 
     @property
     def num_replicas(self) -> int:

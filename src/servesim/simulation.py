@@ -15,7 +15,7 @@ from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
 from servesim.cluster.polca import PowerManager
-from servesim.cluster.setup import build_disaggregator, build_migrator, disaggregation_summary
+from servesim.cluster.setup import build_disaggregator, build_kv_store, build_migrator, disaggregation_summary
 from servesim.cluster.scaling import build_controller, scaled_pool
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
@@ -67,6 +67,7 @@ class Result:
     elastic: dict | None = None  # cold starts, prices and power constants for the `elastic` summary section
     disaggregation: dict | None = None  # KV transfers, links, TTFT split (pools with prefill/decode roles)
     migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
+    kv_store: dict | None = None  # KV store loads and tiers (kv_store.enabled)
     kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
 
     @property
@@ -106,6 +107,8 @@ class Result:
             out["disaggregation"] = self.disaggregation
         if self.migration is not None:
             out["migration"] = self.migration
+        if self.kv_store is not None:
+            out["kv_store"] = self.kv_store
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
@@ -214,6 +217,9 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     for _ in range(extra):  # after every pool, so fixed replicas keep their indices
         _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend).set_state(0.0, STOPPED)
     cluster.index_models()
+    if scenario.kv_store.enabled:
+        cluster.kv_store = build_kv_store(scenario, pools, cluster)
+    router.bind(cluster.replicas, cluster.kv_store)
     feed.deliver = cluster.arrive
     active = lambda: feed.pending() or cluster.num_outstanding > 0  # noqa: E731  (the run goes on)
     if disagg:
@@ -259,6 +265,8 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
         result.elastic = elastic_info(scenario, pools, cluster.replicas, controller, power)
     if migrator is not None:
         result.migration = migration_section(migrator.migrations)
+    if cluster.kv_store is not None:
+        result.kv_store = cluster.kv_store.section()
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
 

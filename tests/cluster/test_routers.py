@@ -13,10 +13,10 @@ from servesim.errors import InputError
 from tests.cluster.views import ScriptedRng, cluster, make_router, req, rv
 
 ALL = ["dodoor", "dynamo-kv", "least-kv", "least-requests", "least-tokens", "llm-d", "llumnix", "lora-affinity",
-       "power-of-two", "random", "round-robin", "sglang-cache-aware", "vllm-dp"]
+       "mooncake", "power-of-two", "random", "round-robin", "sglang-cache-aware", "vllm-dp"]
 
 
-def test_available_lists_all_thirteen_routers() -> None:
+def test_available_lists_all_fourteen_routers() -> None:
     assert available() == ALL
 
 

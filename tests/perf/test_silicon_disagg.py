@@ -33,3 +33,11 @@ def test_rows_the_model_cannot_express_say_why():
     assert "prefill attention data parallelism (8)" in map_row({**ROW, "prefill_attention_dp_size": "8"}).reason
     assert "Qwen/Qwen3-32B is not in the catalogue" in map_row({**ROW, "model_path": "Qwen/Qwen3-32B"}).reason
     assert map_row({**ROW, "precision": "fp4"}).overrides is None
+
+
+def test_mtp_turns_on_speculative_decoding_for_deepseek_rows_only():
+    s = load_scenario(None, map_row(ROW, mtp_tokens=1, mtp_acceptance_rate=0.9).overrides)
+    assert (s.engine.num_speculative_tokens, s.engine.spec_acceptance_rate) == (1, 0.9)
+    assert load_scenario(None, map_row(ROW).overrides).engine.num_speculative_tokens == 0
+    llama = {**ROW, "model_path": "meta-llama/Llama-3.1-8B", "prefill_tp_size": "1", "decode_tp_size": "1"}
+    assert load_scenario(None, map_row(llama, mtp_tokens=1).overrides).engine.num_speculative_tokens == 0

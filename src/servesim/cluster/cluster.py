@@ -49,6 +49,10 @@ class Cluster:
         self.arrived_prompt_tokens = 0
         self.arrived_output_tokens = 0
         self.disagg = None  # the Disaggregator when pools have prefill/decode roles
+        self.kv_store = None  # the KVStore when the scenario enables one
+        # called with (replica index, now_s) just before a replica crashes (the disaggregator
+        # and the migrator settle the transfers and migrations it takes part in)
+        self.crash_hooks: list[Callable[[int, float], None]] = []
 
     def index_models(self) -> None:
         """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
@@ -85,7 +89,15 @@ class Cluster:
         if pick is None:
             return self.end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
         self.router.on_dispatch(req, pick, now_s)
-        self.replicas[pick].submit(req, now_s)
+        self.submit(pick, req, now_s)
+
+    def submit(self, index: int, req: Request, now_s: float) -> None:
+        """Hand `req` to replica `index`, after loading from the KV store the part of its
+        prefix the replica does not cache (when a store is enabled and the load pays)."""
+        delay_s = 0.0
+        if self.kv_store is not None and req.hash_ids:
+            delay_s = self.kv_store.load(req, index, self.replicas[index].cached_blocks(req))
+        self.replicas[index].submit(req, now_s, delay_s)
 
     def route(self, router: Router, req: Request, cands: list[int], now_s: float) -> int | None:
         """`router`'s pick among `cands` (None: shed)."""
@@ -135,11 +147,14 @@ class Cluster:
         for req in held:
             self._dispatch(req, now_s)
 
-    def redispatch(self, evicted: list[Request], index: int, now_s: float) -> None:
+    def redispatch(self, evicted: list[Request], index: int, now_s: float, left: bool = False) -> None:
         """Requests taken off replica `index` (crashed, or evicted when scaling down) are
-        routed again and recomputed where they land."""
+        routed again and recomputed where they land (`left`: they had already left it, and
+        its router knows)."""
+        router = self.router if self.disagg is None else self.disagg.router_of(index)
         for req in evicted:
-            self.router.on_complete(req, index, now_s)
+            if not left:
+                router.on_complete(req, index, now_s)
             self.num_rerouted += 1
             req.extra["num_reroutes"] = req.extra.get("num_reroutes", 0) + 1
             self._dispatch(req, now_s)
@@ -172,6 +187,8 @@ class Cluster:
             self.schedule_crash(index, now_s + recovery_s + float(rng.exponential(mtbf_s)), recovery_s, chain)
         if not replica.alive:
             return  # already down: the failure changes nothing
+        for hook in self.crash_hooks:
+            hook(index, now_s)
         evicted = replica.crash(now_s)
         if recovery_s is not None:
             self.loop.schedule(now_s + recovery_s, self._recover, index, PRIO_ARRIVAL)

@@ -94,6 +94,10 @@ class Crash(BaseModel):
     """Simulated time of the crash."""
     recovery_s: float | None = Field(300.0, ge=0)
     """Time until the replica serves again (null: it never comes back)."""
+    warning_s: float = Field(0.0, ge=0)
+    """Notice before the crash (a spot instance's preemption notice, a failing health check):
+    from then on the replica takes no new request and, with `migration.enabled`, migrates its
+    running requests out (Llumnix). 0: no notice."""
 
 
 class FaultsConfig(BaseModel):
@@ -215,6 +219,38 @@ class DisaggregationConfig(BaseModel):
     non_cached_tokens: int = Field(0, ge=0)
     """llm-d's threshold (servesim default 0: always disaggregate, as llm-d's AlwaysDisagg
     decider; the value deployments set is workload-specific)."""
+    rejection: Literal["off", "decode", "early", "predictive"] = "off"
+    """Mooncake's overload admission (arXiv v3 §7), judged on predicted SLO loads (prefill:
+    estimated TTFT / `ttft_slo_s`; decode: predicted TBT / `tbt_slo_s`): `decode` rejects at
+    each stage on its own (at arrival if the prefill load is >= 1, after the prefill if the
+    decode load is then >= 1, wasting that prefill); `early` admits at arrival iff both loads,
+    the decode one as it is now, are < 1; `predictive` iff both are <= 1 with the decode load
+    predicted for when the prefill ends (each decode assumed to last `decode_time_s`)."""
+    ttft_slo_s: float = Field(30.0, gt=0)
+    """TTFT threshold of the rejection rule (Mooncake FAST'25 evaluation: 30 s)."""
+    tbt_slo_s: float = Field(0.1, gt=0)
+    """TBT threshold of the rejection rule (Mooncake FAST'25 thresholds I/II/III: 0.1/0.2/0.3 s)."""
+    decode_time_s: float = Field(10.0, gt=0)
+    """`predictive`: the uniform decode time t_d assumed for every request (Mooncake publishes
+    no value; servesim's choice, set it near the workload's mean decode time)."""
+    overflow: Literal["off", "splitwise"] = "off"
+    """Mixed pools: `off` (the router picks among prefill and mixed replicas alike) or
+    `splitwise` (Splitwise's mixed pool absorbs bursts: a request goes to the prefill pool
+    unless every prefill replica is over `prompt_max_pending_batch_tokens`, or every decode
+    replica lacks KV memory for it; then a mixed replica serves it whole)."""
+    prompt_max_pending_batch_tokens: int = Field(8192, ge=1)
+    """Splitwise's prompt-machine limit (splitwise-sim `MixedPoolScheduler` default 8192): a
+    prefill replica with pending prompt tokens is overloaded when they plus the new prompt
+    exceed it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (`conditional: off`, `--set ...=off`)
+        if isinstance(data, dict):
+            data = {k: "off" if v is False and k in ("conditional", "rejection", "overflow") else v
+                    for k, v in data.items()}
+        return data
 
 
 class MigrationConfig(BaseModel):

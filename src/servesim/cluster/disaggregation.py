@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from servesim.cluster.config import DisaggregationConfig
+from servesim.cluster.rejection import Admission
 from servesim.cluster.network import Link, NetworkConfig, exposed_bytes, fixed_time_s, kv_transfer_bytes, place_on_nodes
 from servesim.cluster.routers import Router
 from servesim.replica.kv_cache import cdiv
@@ -38,6 +39,7 @@ class Transfer:
     link: str = ""  # "intra" or "inter" (node)
     start_s: float = -1.0  # blocks reserved at the receiver, bytes start to move
     end_s: float = -1.0  # the KV is usable at the receiver
+    void: bool = False  # its sender or receiver crashed before the end
 
 
 class Disaggregator:
@@ -59,6 +61,10 @@ class Disaggregator:
         self.transfers: list[Transfer] = []
         self._in_flight: dict[int, Transfer] = {}
         self.num_local_prefills = 0  # conditional disaggregation kept these on the decode replica
+        self.num_overflow = 0  # Splitwise overflow: served whole by a mixed replica
+        cluster.crash_hooks.append(self.on_crash)
+        decode = [i for i, r in enumerate(self.roles) if r == "decode"]
+        self.admission = Admission(cluster, cfg, decode) if cfg.rejection != "off" else None
 
     def attach(self) -> None:
         """Give every prefill and decode replica its KV ports (after the replicas exist)."""
@@ -80,19 +86,59 @@ class Disaggregator:
                 return
             if not self._remote(req, d):
                 self.num_local_prefills += 1
-                return c.replicas[d].submit(req, now_s)
+                return c.submit(d, req, now_s)
             req.extra["pd_target"] = d
+        if self.cfg.overflow == "splitwise":
+            front = self._splitwise_front(req, front, cands, now_s)
         if not front:
             return c.end(req, now_s, RequestState.FAILED, "no live prefill replica")
         pick = c.route(c.router, req, front, now_s)
         if pick is None:
             return c.end(req, now_s, RequestState.REJECTED, f"shed by router {c.router.name}")
-        c.router.on_dispatch(req, pick, now_s)
         if self.roles[pick] == "prefill":
+            reason = self.admission.at_arrival(req, pick, now_s) if self.admission is not None else None
+            if reason is not None:
+                self._forget_target(req, now_s)
+                return c.end(req, now_s, RequestState.REJECTED, reason)
             req.extra["pd"] = self.cfg.first_token
         else:
             req.extra.pop("pd_target", None)  # a mixed replica serves it whole
-        c.replicas[pick].submit(req, now_s)
+            req.extra.pop("ttft_pred_s", None)
+        c.router.on_dispatch(req, pick, now_s)
+        c.submit(pick, req, now_s)
+
+    def _splitwise_front(self, req: Request, front: list[int], cands: list[int], now_s: float) -> list[int]:
+        """Splitwise's mixed-pool rule (splitwise-sim `MixedPoolScheduler`): the prefill
+        replicas that can take the prompt (no pending prompt tokens, or pending + prompt <=
+        `prompt_max_pending_batch_tokens`) while some decode replica has KV memory for the
+        whole request; else the mixed replicas, which serve it whole. servesim's
+        simplification: machines are not moved between pools."""
+        c, lim = self.cluster, self.cfg.prompt_max_pending_batch_tokens
+        mixed = [i for i in front if self.roles[i] == "mixed"]
+        prefill = [i for i in front if self.roles[i] == "prefill"]
+        if not mixed:
+            return prefill
+
+        def takes_prompt(i: int) -> bool:
+            q = c.replicas[i].view(now_s).outstanding_prefill_tokens
+            return q == 0 or q + req.prompt_len <= lim
+
+        def has_memory(i: int) -> bool:
+            v = c.replicas[i].view(now_s)
+            return v.kv_used_blocks + cdiv(req.prompt_len + req.output_len, c.replicas[i].engine.kv.block_size) \
+                < v.num_gpu_blocks
+
+        ok = [i for i in prefill if takes_prompt(i)]
+        if ok and any(has_memory(i) for i in cands if self.roles[i] == "decode"):
+            return ok
+        self.num_overflow += 1
+        return mixed
+
+    def _forget_target(self, req: Request, now_s: float) -> None:
+        """A request rejected after conditional disaggregation chose its decode replica."""
+        d = req.extra.pop("pd_target", None)
+        if d is not None:
+            self.decode_router.on_complete(req, d, now_s)
 
     def _remote(self, req: Request, d: int) -> bool:
         """Dynamo / llm-d rule on the uncached prompt tokens at decode replica d."""
@@ -127,6 +173,13 @@ class Disaggregator:
             c = self.cluster
             c.replicas[src].num_outstanding -= 1
             c.router.on_complete(req, src, now_s)
+            if c.kv_store is not None:
+                c.kv_store.put(req, src)  # the prompt's KV exists from now on
+            reason = self.admission.at_decode(req, now_s) if self.admission is not None else None
+            if reason is not None:  # Mooncake's per-stage baseline: this prefill is wasted
+                self._forget_target(req, now_s)
+                c.replicas[src].engine.ports.release(key, now_s)
+                return c.end(req, now_s, RequestState.REJECTED, reason)
             d = req.extra.pop("pd_target", None)
             if d is None or not c.replicas[d].alive:
                 cands = c._candidates(req) or []
@@ -134,13 +187,43 @@ class Disaggregator:
                 if d is None:
                     c.replicas[src].engine.ports.release(key, now_s)
                     return
-            pool = self.pool_of[src]
-            nbytes = kv_transfer_bytes(req.prompt_len, pool.perf.kv_bytes_per_token, pool.tp)
-            x = Transfer(req, src, d, key, now_s, step_s, nbytes)
-            self._in_flight[req.id] = x
-            self.transfers.append(x)
-            c.replicas[d].engine.ports.expect(req, req.prompt_len, now_s)
+            self._send(req, src, d, key, now_s, step_s)
         return on_prefilled
+
+    def _send(self, req: Request, src: int, dst: int, key: object, now_s: float, step_s: float) -> None:
+        """Queue `req`'s KV (held on `src` under `key`) for a reservation at decode replica `dst`."""
+        pool = self.pool_of[src]
+        # the KV that exists: the prompt (plus, after a recompute, the tokens generated before)
+        nbytes = kv_transfer_bytes(req.num_computed_tokens, pool.perf.kv_bytes_per_token, pool.tp)
+        x = Transfer(req, src, dst, key, now_s, step_s, nbytes)
+        self._in_flight[req.id] = x
+        self.transfers.append(x)
+        self.cluster.replicas[dst].engine.ports.expect(req, req.num_computed_tokens, now_s)
+
+    def on_crash(self, index: int, now_s: float) -> None:
+        """Replica `index` is about to crash. Transfers from it lose their KV: their requests
+        start over (re-routed, recomputed). Transfers to it go to another decode replica (the
+        sender still holds the KV; the bytes are sent again). Its ports are reset."""
+        c = self.cluster
+        for x in [x for x in self._in_flight.values() if index in (x.src, x.dst)]:
+            del self._in_flight[x.req.id]
+            x.void = True  # (a flow still on the wire ends in nothing)
+            if x.src == index:
+                if x.dst != index:
+                    c.replicas[x.dst].engine.ports.forget(x.req, now_s)
+                self.decode_router.on_complete(x.req, x.dst, now_s)
+                x.req.state = RequestState.WAITING
+                x.req.num_computed_tokens = 0
+                c.redispatch([x.req], index, now_s, left=True)
+                continue
+            self.decode_router.on_complete(x.req, index, now_s)
+            cands = [i for i in (c._candidates(x.req) or []) if self.roles[i] == "decode" and i != index]
+            d = self._pick_decode(x.req, cands, now_s)
+            if d is None:  # ended (no decode replica left): the sender frees its blocks
+                c.replicas[x.src].engine.ports.release(x.key, now_s)
+            else:
+                self._send(x.req, x.src, d, x.key, now_s, 0.0)
+        c.replicas[index].engine.ports.reset()
 
     def _reserved(self, dst: int):
         def on_reserved(req: Request, now_s: float) -> None:
@@ -166,13 +249,16 @@ class Disaggregator:
         return link
 
     def _arrived(self, now_s: float, x: Transfer) -> None:
+        if x.void:
+            return  # its sender or receiver crashed meanwhile
         x.end_s = now_s
         del self._in_flight[x.req.id]
         c = self.cluster
         c.replicas[x.src].engine.ports.release(x.key, now_s)
         req = x.req
-        # first token from the prefill replica: decode from here; else the decode replica
-        # recomputes the last prompt token and samples the first token (vLLM NixlConnector)
-        req.num_computed_tokens = req.prompt_len if req.num_output_tokens else req.prompt_len - 1
+        # first token from the prefill replica: decode from here (its KV is not computed yet);
+        # else the decode replica recomputes the last prompt token and samples the first
+        # token (vLLM NixlConnector). Either way: every token's KV but the last one's.
+        req.num_computed_tokens = req.num_tokens - 1
         req.kv_block_keys = None  # received blocks are not indexed by the receiver's prefix cache
         c.replicas[x.dst].receive(req, now_s)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from servesim.cluster.config import MigrationConfig
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.kv_cache import cdiv
-from servesim.workload.request import Request
+from servesim.workload.request import Request, RequestState
 
 
 @dataclass(slots=True)
@@ -43,6 +43,7 @@ class Migration:
     num_stages: int = 0
     copied_blocks: int = 0
     aborted: str = ""
+    drain: bool = False  # its source was warned of a crash
 
 
 class Migrator:
@@ -55,8 +56,10 @@ class Migrator:
         self.active = active  # does the run go on?
         self.migrations: list[Migration] = []
         self._busy: set[int] = set()  # replicas in a migration (as source or destination)
+        self._draining: set[int] = set()  # warned of a coming crash: migrate out, take nothing new
 
     def start(self) -> None:
+        self.cluster.crash_hooks.append(self.on_crash)
         self.cluster.loop.schedule(self.cfg.polling_interval_s, self._tick, None, PRIO_ARRIVAL)
 
     # ------------------------------------------------------------------ pairing
@@ -83,10 +86,14 @@ class Migrator:
             return
         loads = {i: self.load(i, now_s) for i in live}
         order = sorted(live, key=lambda i: (loads[i], i))
-        dst = [i for i in order if loads[i] < thr]
-        src = [i for i in reversed(order) if loads[i] > thr]
-        for s, d in zip(src, dst):
-            m = Migration(s, d, start_s=now_s)
+        # a replica warned of its failure migrates out whatever its load, to the freest others
+        draining = [i for i in live if i in self._draining]
+        free = [i for i in order if i not in self._draining]
+        pairs = list(zip(draining, free))
+        free = free[len(pairs):]
+        pairs += zip([i for i in reversed(free) if loads[i] > thr], [i for i in free if loads[i] < thr])
+        for s, d in pairs:
+            m = Migration(s, d, start_s=now_s, drain=s in self._draining)
             self._busy |= {s, d}
             self.migrations.append(m)
             self._ports(s).call(lambda t, m=m: self._pick(m, t), now_s)
@@ -97,6 +104,8 @@ class Migrator:
 
     def _pick(self, m: Migration, now_s: float) -> None:
         """At the source's boundary: the last running request that decodes (LCFS)."""
+        if m.aborted:
+            return  # a replica crashed meanwhile
         running = self.cluster.replicas[m.src].engine.scheduler.running
         req = next((r for r in reversed(running) if r.is_decoding and r.remaining_output > 1), None)
         if req is None:
@@ -109,6 +118,8 @@ class Migrator:
 
     def _reserve(self, m: Migration, num_tokens: int, num_blocks: int, now_s: float) -> None:
         """At the destination's boundary (the source may be inside a stretch: not read here)."""
+        if m.aborted:
+            return
         if not self._ports(m.dst).reserve_now(m.req, num_tokens):
             return self._end(m, "no room at the destination")
         self._copy(m, num_blocks, now_s, self._after_stage)
@@ -123,10 +134,14 @@ class Migrator:
         self.cluster.loop.schedule(now_s + t, lambda t2, _: then(m, t2), None, PRIO_ARRIVAL)
 
     def _after_stage(self, m: Migration, now_s: float) -> None:
+        if m.aborted:
+            return
         self._ports(m.src).call(lambda t: self._next_stage(m, t), now_s)
 
     def _next_stage(self, m: Migration, now_s: float) -> None:
         """At the source's boundary after a stage: stop-and-copy, another stage, or abort."""
+        if m.aborted:
+            return
         src = self.cluster.replicas[m.src]
         req = m.req
         if not any(r is req for r in src.engine.scheduler.running) or not req.is_decoding:
@@ -145,10 +160,46 @@ class Migrator:
         self._copy(m, left - 1, now_s, self._after_stage)
 
     def _arrive(self, m: Migration, now_s: float) -> None:
+        if m.aborted:
+            return
         m.end_s = now_s
+
         self.cluster.router.on_dispatch(m.req, m.dst, now_s)
         self.cluster.replicas[m.dst].receive(m.req, now_s)
         self._end(m, "")
+
+    def drain(self, index: int, now_s: float) -> None:
+        """Replica `index` will fail soon (a crash with `warning_s`): it takes no new request
+        and, from the next tick on, migrates its decoding requests out one at a time, to the
+        freest other replicas, until it crashes (what is left then is recomputed elsewhere)."""
+        rep = self.cluster.replicas[index]
+        if rep.alive and rep.state == "ready":
+            rep.set_state(now_s, "draining")
+            self._draining.add(index)
+
+    def on_crash(self, index: int, now_s: float) -> None:
+        """Replica `index` is about to crash: its migrations are aborted. A request still on
+        the source stays there (and is re-routed with the source's other requests if the
+        source is the one crashing); one stopped for its last copy is re-routed and recomputed;
+        a reservation on a live destination is given back. The replica's ports are reset."""
+        c = self.cluster
+        for m in self.migrations:
+            if m.end_s >= 0 or m.aborted or index not in (m.src, m.dst):
+                continue
+            self._end(m, "replica crashed")
+            req = m.req
+            if req is None:
+                continue  # not picked yet
+            if m.dst != index:
+                c.replicas[m.dst].engine.ports.forget(req, now_s)
+            if m.stop_s >= 0:  # on neither replica
+                req.state = RequestState.WAITING
+                req.num_computed_tokens = 0
+                c.redispatch([req], m.src, now_s, left=True)
+        c.replicas[index].engine.ports.reset()
+        if index in self._draining:  # it comes back (if it does) ready
+            self._draining.discard(index)
+            c.replicas[index].set_state(now_s, "ready")
 
     def _end(self, m: Migration, aborted: str) -> None:
         m.aborted = aborted

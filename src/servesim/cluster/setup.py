@@ -8,12 +8,15 @@ import numpy as np
 from servesim.cluster.build import PoolSpec
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.disaggregation import Disaggregator
+from servesim.cluster.kv_store import KVStore
 from servesim.cluster.migration import Migrator
+from servesim.core.loop import PRIO_ARRIVAL
 from servesim.cluster.routers import get_router
 from servesim.metrics.cluster import ReplicaRecord
-from servesim.metrics.disaggregation import disaggregation_section
+from servesim.metrics.disaggregation import disaggregation_section, late_prefill_tokens
 from servesim.replica.kv_ports import KVPorts
 from servesim.scenario import Scenario
+from servesim.workload.request import Request, RequestState
 
 
 def build_disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, n: int,
@@ -22,9 +25,27 @@ def build_disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Clus
     cfg = scenario.disaggregation
     cls = get_router(cfg.decode_router.name)
     decode_router = cls(cfg.decode_router.params(), n, np.random.default_rng(seed))
+    decode_router.bind(cluster.replicas, cluster.kv_store)
     d = Disaggregator(cluster, pools, cfg, scenario.network, decode_router)
     d.attach()
     return d
+
+
+def build_kv_store(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster) -> KVStore:
+    """The KV store; every finished request's prompt prefix is written to it (prefill hand-offs
+    write theirs in the disaggregator)."""
+    by_name = {p.name: p for p in pools}
+    per_token = [by_name[r.pool].perf.kv_bytes_per_token * by_name[r.pool].tp for r in cluster.replicas]
+    store = KVStore(scenario.kv_store, [r.engine for r in cluster.replicas], per_token)
+    done = cluster.on_done
+
+    def on_done(req: Request, now_s: float) -> None:
+        if req.state == RequestState.FINISHED and req.replica >= 0:
+            store.put(req, req.replica)
+        done(req, now_s)
+
+    cluster.on_done = on_done
+    return store
 
 
 def build_migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, active) -> Migrator:
@@ -39,6 +60,9 @@ def build_migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, 
         rep.engine.ports = KVPorts(rep.engine, unused, unused)
     m = Migrator(cluster, scenario.migration, per_block, active)
     m.start()
+    for c in scenario.faults.crashes:  # notices of coming crashes: drain by migration
+        if c.warning_s > 0:
+            cluster.loop.schedule(max(c.at_s - c.warning_s, 0.0), lambda t, i: m.drain(i, t), c.replica, PRIO_ARRIVAL)
     return m
 
 
@@ -52,5 +76,12 @@ def disaggregation_summary(cluster: Cluster, records: list[ReplicaRecord]) -> di
     end = max((float(rec.steps.end_s.max()) for rec in records if len(rec.steps)), default=start)
     span_s = max(end - start, 1e-12)
     busy = [float((rec.steps.end_s - rec.steps.start_s).sum() / span_s) for rec in records]
-    return disaggregation_section(d.transfers, list(d.links.values()), d.roles, busy, d.num_local_prefills,
-                                  d.cfg.first_token, span_s)
+    out = disaggregation_section(d.transfers, list(d.links.values()), d.roles, busy, d.num_local_prefills,
+                                 d.cfg.first_token, span_s)
+    if d.cfg.overflow != "off":
+        out["num_overflow"] = d.num_overflow
+    if d.admission is not None:
+        rej = out["rejection"] = d.admission.section()
+        rej["late_prefill_tokens"] = late_prefill_tokens(cluster.requests, d.cfg.ttft_slo_s, d.cfg.tbt_slo_s)
+        rej["wasted_prefill_tokens"] = rej["rejected_after_prefill_tokens"] + rej["late_prefill_tokens"]
+    return out

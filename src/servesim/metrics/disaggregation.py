@@ -60,6 +60,20 @@ def disaggregation_section(transfers: list, links: list, roles: list[str], busy_
     }
 
 
+def late_prefill_tokens(requests, ttft_slo_s: float, tpot_slo_s: float) -> int:
+    """Prompt tokens computed (prefix-cache hits excluded) for requests that finished beyond
+    `ttft_slo_s` or `tpot_slo_s`: prefill work that bought no goodput."""
+    n = 0
+    for r in requests:
+        if r.finish_s is None or r.first_token_s is None or r.state.name != "FINISHED":
+            continue
+        ttft = r.first_token_s - r.arrival_s
+        tpot = (r.finish_s - r.first_token_s) / (r.output_len - 1) if r.output_len > 1 else 0.0
+        if ttft > ttft_slo_s or tpot > tpot_slo_s:
+            n += r.prompt_len - r.num_cached_tokens
+    return n
+
+
 def migration_section(migrations: list) -> dict:
     """Live migrations: completed, aborted (by reason), stages, blocks copied, and downtime
     (the request stopped on the source until it runs on the destination)."""
@@ -70,6 +84,7 @@ def migration_section(migrations: list) -> dict:
             reasons[m.aborted] = reasons.get(m.aborted, 0) + 1
     return {
         "num_migrations": len(done),
+        "num_drain_migrations": sum(1 for m in done if m.drain),
         "num_aborted": sum(reasons.values()),
         "abort_reasons": dict(sorted(reasons.items())),
         "mean_stages": float(np.mean([m.num_stages for m in done])) if done else 0.0,

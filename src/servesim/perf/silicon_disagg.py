@@ -61,13 +61,25 @@ def _unsupported(row: dict) -> str | None:
     return None
 
 
-def map_row(row: dict, requests_per_user: int = 3) -> RowMapping:
+MTP_MODELS = ("deepseek-v3",)  # models with multi-token-prediction modules (DeepSeek-V3/R1: one)
+
+
+def map_row(row: dict, requests_per_user: int = 3, mtp_tokens: int = 0, mtp_acceptance_rate: float = 0.85) -> RowMapping:
     """Overrides that simulate the row (closed loop: `concurrency` users, each sending
     `requests_per_user` requests back to back), or why it cannot be simulated. Unset worker
-    counts are 1; an unset batch size is the concurrency."""
+    counts are 1; an unset batch size is the concurrency.
+
+    The rows do not record whether MTP (multi-token prediction, DeepSeek's speculative
+    decoding head) ran. `mtp_tokens` > 0 assumes it did on models that have it: the engine's
+    speculative decoding with that many draft tokens, each accepted with
+    `mtp_acceptance_rate` (DeepSeek-V3 report: 85-90% for the second token), drafted at the
+    engine's default cost of an MTP head."""
     reason = _unsupported(row)
     if reason:
         return RowMapping(row["id"], None, reason)
+    mtp = []
+    if mtp_tokens and MODELS[row["model_path"]] in MTP_MODELS:
+        mtp = [f"engine.num_speculative_tokens={mtp_tokens}", f"engine.spec_acceptance_rate={mtp_acceptance_rate}"]
     users = _int(row, "concurrency")
     pools = []
     for side in ("prefill", "decode"):
@@ -82,7 +94,7 @@ def map_row(row: dict, requests_per_user: int = 3) -> RowMapping:
         "workload.arrival.think_time_s=0", f"workload.num_requests={users * requests_per_user}",
         f"workload.lengths.prompt_tokens={_int(row, 'isl')}", f"workload.lengths.output_tokens={_int(row, 'osl')}",
         f"pools=[{', '.join(pools)}]", "router=least-requests", "disaggregation.decode_router=least-requests",
-        "disaggregation.first_token=prefill",
+        "disaggregation.first_token=prefill", *mtp,
     ])
 
 

@@ -121,6 +121,20 @@ class KVPorts:
         eng.scheduler.add_transferred(req, now_s)
         eng.interrupt(now_s)
 
+    def forget(self, req: Request, now_s: float) -> None:
+        """`req`'s KV will not come (its sender crashed): at the next boundary, drop it from
+        the queue for a reservation, or give back the blocks reserved for it."""
+        def drop(_t: float) -> None:
+            self._expected = deque(e for e in self._expected if e[0] is not req)
+            self.cancel(req)
+        self.call(drop, now_s)
+
+    def reset(self) -> list[Request]:
+        """The replica crashes: pending calls are void; free every held or reserved block and
+        return the requests that were waiting for or holding a reservation here."""
+        self._calls.clear()
+        return self.drain()
+
     def drain(self) -> list[Request]:
         """End of run: free every held or reserved block; return the requests waiting for a
         reservation or in transfer to this replica (for the caller to drop)."""

@@ -58,13 +58,14 @@ class Replica:
         self.lifecycle: list[tuple[float, str]] = []  # (time, state entered); empty: ready all run
 
     # ------------------------------------------------------------------ requests
-    def submit(self, req: Request, now_s: float) -> None:
-        """Hand a request to the engine at `now_s` (it may reject it)."""
+    def submit(self, req: Request, now_s: float, delay_s: float = 0.0) -> None:
+        """Hand a request to the engine at `now_s`, or `delay_s` later (a KV store loading
+        its prefix first); the engine may reject it."""
         self._take(req)
-        if self.frontend is None:
+        if self.frontend is None and delay_s == 0.0:
             self.engine.add_request(req, now_s)
         else:  # through the API server first; the request keeps its client arrival time
-            at_s = self.frontend.engine_arrival_s(now_s, req.prompt_len)
+            at_s = (self.frontend.engine_arrival_s(now_s, req.prompt_len) if self.frontend else now_s) + delay_s
             self._in_transit.add(req)
             self.engine.loop.schedule(at_s, self._to_engine, req, PRIO_ARRIVAL)
 

@@ -41,6 +41,12 @@ class Router:
         self.num_replicas = num_replicas
         self.rng = rng  # the router's own stream, derived from the run's seed
 
+    def bind(self, replicas: list, kv_store=None) -> None:
+        """Called once the cluster's replicas exist (indices as in views), with the cluster's
+        KV store (None without one). Routers that predict from the replicas' perf models
+        (Mooncake's conductor) or count store hits (Dynamo's tiers) keep what they need; the
+        others read views only."""
+
     def route(self, req: Request, view: ClusterView) -> int | None:  # pragma: no cover - abstract
         """The index (from `view.candidates`) of the replica that serves `req`, or None to reject."""
         raise NotImplementedError

@@ -25,6 +25,11 @@ class DynamoKVParams(RouterParams):
     `router_ttl_secs`."""
     router_ttl_secs: float = Field(120.0, gt=0.0)
     """Time to live of the approximate index's entries (Dynamo's `ApproxKvIndexer`: 120 s)."""
+    host_cache_hit_weight: float = Field(0.75, ge=0.0)
+    """`--router-host-cache-hit-weight`: a prefix block found only in the worker's CPU tier
+    (servesim: the KV store's `cpu` tier) counts this much of a GPU hit."""
+    disk_cache_hit_weight: float = Field(0.25, ge=0.0)
+    """`--router-disk-cache-hit-weight`: the same for the disk tier."""
     kv_block_size: int = Field(16, ge=1)
     """`--kv-cache-block-size`: tokens per KV block, the cost's unit; set it to the engine's
     block size (vLLM 16), since decode blocks are the engine's blocks in use."""
@@ -39,6 +44,8 @@ class DynamoKV(Router):
     `SchedulerConfig::default()` (weight 1.0, temperature 0.0) and the router docs (KV
     events on, approximate TTL 120 s). Per candidate:
 
+    - overlap = GPU prefix hits + `host_cache_hit_weight` x blocks found beyond them in the KV
+      store's CPU tier + `disk_cache_hit_weight` x those on its disk tier (with a `kv_store`);
     - prefill_blocks = max(0, prompt tokens - overlap blocks x their tokens) / kv_block_size
       (fractional, as Dynamo's `potential_prefill_block`);
     - decode_blocks = the engine's KV blocks in use (`kv_used_blocks`) + floor(prefill_blocks),
@@ -54,6 +61,14 @@ class DynamoKV(Router):
     def __init__(self, params, num_replicas, rng) -> None:
         super().__init__(params, num_replicas, rng)
         self.index = BlockIndex(ttl_s=params.router_ttl_secs)
+        self.kv_store = None
+        self._weights: list[float] = []
+
+    def bind(self, replicas: list, kv_store=None) -> None:
+        self.kv_store = kv_store
+        if kv_store is not None:
+            w = {"cpu": self.params.host_cache_hit_weight, "disk": self.params.disk_cache_hit_weight}
+            self._weights = [w[t.name] for t in kv_store.cfg.tiers]
 
     def route(self, req: Request, view: ClusterView) -> int | None:
         cands = view.candidates
@@ -77,7 +92,10 @@ class DynamoKV(Router):
         for i in view.candidates:
             if p.use_kv_events:
                 overlap = view.cached_blocks(i, req)
-            else:
+                if self.kv_store is not None:  # lower tiers, weighted (KV events carry the tier)
+                    counts = self.kv_store.tier_blocks(i, req, overlap)
+                    overlap += sum(w * c for w, c in zip(self._weights, counts))
+            else:  # (the approximate index predicts GPU reuse only, as Dynamo's)
                 overlap = self.index.match(i, req.hash_ids, view.now_s)
             prefill_tokens = max(0, req.prompt_len - overlap * req.hash_block_tokens)
             prefill_blocks = prefill_tokens / p.kv_block_size

@@ -140,19 +140,22 @@ class VLLMSteps(Scheduler):
         max_num_seqs = self.config.max_num_seqs
         hits = kv.get_computed_blocks(req)
         num_cached = len(hits) * kv.block_size
-        n = self.first_chunk(req, num_cached, budget)
+        ext = external_tokens(req, num_cached, kv.block_size)
+        n = self.first_chunk(req, num_cached + ext, budget)
         if n <= 0:
             return None
-        while len(self.running) >= max_num_seqs or not kv.allocate_slots(req, n, hits):
+        while len(self.running) >= max_num_seqs or not kv.allocate_slots(req, ext + n, hits):
             refund = make_room(req, out) if make_room is not None else None
             if refund is None:
                 return None
             budget += refund
             hits = kv.get_computed_blocks(req)  # a victim's freed blocks may now be hits
             num_cached = len(hits) * kv.block_size
-            n = self.first_chunk(req, num_cached, budget)  # > 0: the budget grew, the hits too
+            ext = external_tokens(req, num_cached, kv.block_size)
+            n = self.first_chunk(req, num_cached + ext, budget)  # > 0: the budget grew, the hits too
         self.waiting.remove(req)
-        self.start(req, num_cached, n, out)
+        req.extra.pop("kv_store_tokens", None)  # loaded once: a recompute after preemption starts over
+        self.start(req, num_cached + ext, n, out)
         return budget - n
 
     def swap_in_room(self, req: Request) -> int:
@@ -170,3 +173,16 @@ class VLLMSteps(Scheduler):
             out.scheduled.append((req, num_tokens))
             return num_tokens
         return 0
+
+
+def external_tokens(req: Request, num_cached: int, block_size: int) -> int:
+    """Prompt tokens beyond the GPU prefix hits whose KV a cluster KV store has loaded for
+    this request (`req.extra["kv_store_tokens"]`, set by the cluster before the request
+    reaches the engine), in whole blocks, the last prompt token excluded: vLLM v1's
+    `num_external_computed_tokens` from a KV connector (LMCache, Mooncake store). Their blocks
+    are allocated with the new tokens' and enter the prefix cache like computed ones."""
+    stored = req.extra.get("kv_store_tokens", 0)
+    if stored <= num_cached:
+        return 0
+    top = min(stored, req.num_tokens - 1) // block_size * block_size
+    return max(top - num_cached, 0)
