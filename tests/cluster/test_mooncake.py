@@ -107,7 +107,7 @@ def test_yaml_off_is_the_literal_off():
 @cache
 def _trace(*sets: str):
     res = simulate(load_scenario(ROOT / "examples/mooncake-pd.yaml", ["workload.trace.end_s=300", *sets]))
-    return res.summary(), res.requests
+    return res.summary(), res.table.cols
 
 
 def test_cache_aware_prefill_choice_beats_load_only_and_random():

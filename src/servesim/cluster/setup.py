@@ -82,6 +82,6 @@ def disaggregation_summary(cluster: Cluster, records: list[ReplicaRecord]) -> di
         out["num_overflow"] = d.num_overflow
     if d.admission is not None:
         rej = out["rejection"] = d.admission.section()
-        rej["late_prefill_tokens"] = late_prefill_tokens(cluster.requests, d.cfg.ttft_slo_s, d.cfg.tbt_slo_s)
+        rej["late_prefill_tokens"] = late_prefill_tokens(cluster.requests.cols, d.cfg.ttft_slo_s, d.cfg.tbt_slo_s)
         rej["wasted_prefill_tokens"] = rej["rejected_after_prefill_tokens"] + rej["late_prefill_tokens"]
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from servesim.workload.request import RequestState
+
 
 def _stats(x: np.ndarray) -> dict:
     if not len(x):
@@ -60,18 +62,18 @@ def disaggregation_section(transfers: list, links: list, roles: list[str], busy_
     }
 
 
-def late_prefill_tokens(requests, ttft_slo_s: float, tpot_slo_s: float) -> int:
+def late_prefill_tokens(cols: dict[str, np.ndarray], ttft_slo_s: float, tpot_slo_s: float) -> int:
     """Prompt tokens computed (prefix-cache hits excluded) for requests that finished beyond
-    `ttft_slo_s` or `tpot_slo_s`: prefill work that bought no goodput."""
-    n = 0
-    for r in requests:
-        if r.finish_s is None or r.first_token_s is None or r.state.name != "FINISHED":
-            continue
-        ttft = r.first_token_s - r.arrival_s
-        tpot = (r.finish_s - r.first_token_s) / (r.output_len - 1) if r.output_len > 1 else 0.0
-        if ttft > ttft_slo_s or tpot > tpot_slo_s:
-            n += r.prompt_len - r.num_cached_tokens
-    return n
+    `ttft_slo_s` or `tpot_slo_s`: prefill work that bought no goodput. `cols`: the run's
+    request table columns."""
+    first, finish, arrival = cols["first_token_s"], cols["finish_s"], cols["arrival_s"]
+    out_len = cols["output_len"]
+    done = (cols["state"] == RequestState.FINISHED) & ~np.isnan(first) & ~np.isnan(finish)
+    ttft = first - arrival
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out_len > 1, (finish - first) / np.maximum(out_len - 1, 1), 0.0)
+    late = done & ((ttft > ttft_slo_s) | (tpot > tpot_slo_s))
+    return int((cols["prompt_len"][late] - cols["num_cached_tokens"][late]).sum())
 
 
 def migration_section(migrations: list) -> dict:
