@@ -157,6 +157,9 @@ class Scenario(BaseModel):
             which = "rejection" if d.rejection != "off" else "overflow"
             raise ValueError(f"disaggregation.{which} acts on prefill/decode pools; add pools with role: prefill "
                              f"and role: decode (or {which}: off)")
+        if a is not None and a.scale_down == "migrate" and not self.migration.enabled:
+            raise ValueError("autoscaler.scale_down: migrate drains the replica by live migration; set "
+                             "migration.enabled: true (or scale_down: drain / evict)")
         if any(c.warning_s > 0 for c in self.faults.crashes) and not self.migration.enabled:
             raise ValueError("faults.crashes: warning_s drains the replica by migration; set migration.enabled: true "
                              "(or warning_s: 0)")

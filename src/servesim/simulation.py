@@ -230,7 +230,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     if auto:
         first = sum(p.replicas for p in pools[:pools.index(scaled)])
         indices = list(range(first, first + scaled.replicas)) + list(range(n - extra, n))
-        controller = build_controller(auto, scaled, cluster, loop, indices, active)
+        controller = build_controller(auto, scaled, cluster, loop, indices, active, migrator and migrator.drain)
         controller.start()
     power = None
     if scenario.power is not None:

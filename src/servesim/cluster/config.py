@@ -127,9 +127,11 @@ class AutoscalerConfig(BaseModel):
     """Decision interval; default: the policy's reference value (HPA 15 s, KPA 2 s, ...)."""
     scrape_delay_s: float = Field(0.0, ge=0)
     """Age of the metrics a decision sees (scrape interval plus pipeline lag)."""
-    scale_down: Literal["drain", "evict"] = "drain"
+    scale_down: Literal["drain", "evict", "migrate"] = "drain"
     """drain: the replica takes no new request and finishes what it holds; evict: its
-    requests are recomputed elsewhere at once (the crash path, without the failure)."""
+    requests are recomputed elsewhere at once (the crash path, without the failure); migrate:
+    drain, and its decoding requests are live-migrated out to the freest replicas (Llumnix's
+    scale-in; needs migration.enabled), so it stops sooner without recomputing anything."""
     cold_start: ColdStartConfig = ColdStartConfig()
     """Time a new replica takes to serve, part by part."""
     price_usd_h: float | None = Field(None, ge=0)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from servesim.cluster.config import MigrationConfig
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.kv_cache import cdiv
+from servesim.replica.replica import DRAINING, READY
 from servesim.workload.request import Request, RequestState
 
 
@@ -81,14 +82,17 @@ class Migrator:
             return
         self.cluster.loop.schedule(now_s + self.cfg.polling_interval_s, self._tick, None, PRIO_ARRIVAL)
         thr = -self.cfg.migrate_out_threshold
-        live = [i for i, r in enumerate(self.cluster.replicas) if r.alive and i not in self._busy]
+        reps = self.cluster.replicas
+        self._draining = {i for i in self._draining if reps[i].state == DRAINING}  # re-admitted or stopped
+        live = [i for i, r in enumerate(reps) if r.alive and r.state in (READY, DRAINING) and i not in self._busy]
         if len(live) < 2:
             return
         loads = {i: self.load(i, now_s) for i in live}
         order = sorted(live, key=lambda i: (loads[i], i))
-        # a replica warned of its failure migrates out whatever its load, to the freest others
+        # a replica warned of its failure, or being scaled in, migrates out whatever its load, to
+        # the freest replicas that take requests
         draining = [i for i in live if i in self._draining]
-        free = [i for i in order if i not in self._draining]
+        free = [i for i in order if reps[i].state == READY]
         pairs = list(zip(draining, free))
         free = free[len(pairs):]
         pairs += zip([i for i in reversed(free) if loads[i] > thr], [i for i in free if loads[i] < thr])
@@ -152,6 +156,8 @@ class Migrator:
             src.engine.scheduler.remove(req, now_s)  # stop: its blocks on the source are freed
             src.num_outstanding -= 1
             self.cluster.router.on_complete(req, m.src, now_s)
+            if self.cluster.on_drained and src.state == DRAINING and src.num_outstanding == 0:
+                self.cluster.on_drained(src, now_s)  # scaled in: its last request left by migration
             m.stop_s = now_s
             return self._copy(m, max(left, 0), now_s, self._arrive)
         if m.num_stages >= self.cfg.max_stages:
@@ -169,12 +175,14 @@ class Migrator:
         self._end(m, "")
 
     def drain(self, index: int, now_s: float) -> None:
-        """Replica `index` will fail soon (a crash with `warning_s`): it takes no new request
-        and, from the next tick on, migrates its decoding requests out one at a time, to the
-        freest other replicas, until it crashes (what is left then is recomputed elsewhere)."""
+        """Replica `index` will fail soon (a crash with `warning_s`) or is being scaled in
+        (`autoscaler.scale_down: migrate`): it takes no new request and, from the next tick on,
+        migrates its decoding requests out one at a time, to the freest other replicas, until
+        it crashes (what is left then is recomputed elsewhere) or runs empty and stops."""
         rep = self.cluster.replicas[index]
-        if rep.alive and rep.state == "ready":
-            rep.set_state(now_s, "draining")
+        if rep.alive and rep.state in (READY, DRAINING):
+            if rep.state == READY:
+                rep.set_state(now_s, DRAINING)
             self._draining.add(index)
 
     def on_crash(self, index: int, now_s: float) -> None:
@@ -199,7 +207,7 @@ class Migrator:
         c.replicas[index].engine.ports.reset()
         if index in self._draining:  # it comes back (if it does) ready
             self._draining.discard(index)
-            c.replicas[index].set_state(now_s, "ready")
+            c.replicas[index].set_state(now_s, READY)
 
     def _end(self, m: Migration, aborted: str) -> None:
         m.aborted = aborted

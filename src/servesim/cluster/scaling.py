@@ -45,8 +45,10 @@ class ScaleController:
     """Runs one autoscaler over the replicas `indices` of the cluster."""
 
     def __init__(self, cfg: AutoscalerConfig, scaler: Autoscaler, cluster: Cluster, loop: EventLoop,
-                 indices: list[int], phases_s: dict[str, float], active: Callable[[], bool]) -> None:
+                 indices: list[int], phases_s: dict[str, float], active: Callable[[], bool],
+                 drain: Callable[[int, float], None] | None = None) -> None:
         self.cfg, self.scaler, self.cluster, self.loop = cfg, scaler, cluster, loop
+        self.drain = drain  # migrates a scaled-in replica's requests out (scale_down: migrate)
         self.replicas: list[Replica] = [cluster.replicas[i] for i in indices]
         self.phases_s = phases_s  # pending, loading, warming durations
         self.active = active
@@ -144,7 +146,9 @@ class ScaleController:
             return 0
         r = min(ready, key=lambda x: (x.view(now_s).num_outstanding, -x.index))
         r.set_state(now_s, DRAINING)
-        if self.cfg.scale_down == "evict" and r.num_outstanding:
+        if self.cfg.scale_down == "migrate" and r.num_outstanding and self.drain is not None:
+            self.drain(r.index, now_s)
+        elif self.cfg.scale_down == "evict" and r.num_outstanding:
             evicted = r.evict_all(now_s)
             r.set_state(now_s, STOPPED)
             self.cluster.redispatch(evicted, r.index, now_s)
@@ -172,12 +176,12 @@ def pool_capacity(pool, cold_start_s: float) -> Capacity:
 
 
 def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventLoop, indices: list[int],
-                     active: Callable[[], bool]) -> ScaleController:
+                     active: Callable[[], bool], drain: Callable[[int, float], None] | None = None) -> ScaleController:
     """The scaler named in `cfg`, with its parameters and the pool's capacity, in a controller."""
     phases = phase_times_s(cfg.cold_start, pool.perf.weight_bytes_per_gpu)
     cls = get_autoscaler(cfg.name)
     scaler = cls(cfg.params(), pool_capacity(pool, sum(phases.values())), cfg.min_replicas, cfg.max_replicas)
-    return ScaleController(cfg, scaler, cluster, loop, indices, phases, active)
+    return ScaleController(cfg, scaler, cluster, loop, indices, phases, active, drain)
 
 
 def scaled_pool(cfg: AutoscalerConfig | None, pools: list) -> tuple[object | None, int]:

@@ -53,9 +53,9 @@ def build_migrator(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, 
     def unused(*_) -> None:  # (mixed replicas hand nothing off and expect no P/D transfer)
         raise AssertionError("no prefill/decode roles with migration")
 
-    per_block = []
-    for pool in pools:
-        per_block += [pool.perf.kv_bytes_per_token * pool.tp * pool.config.block_size] * pool.replicas
+    by_name = {p.name: p for p in pools}  # every replica, the autoscaler's spares included
+    per_block = [by_name[r.pool].perf.kv_bytes_per_token * by_name[r.pool].tp * by_name[r.pool].config.block_size
+                 for r in cluster.replicas]
     for rep in cluster.replicas:
         rep.engine.ports = KVPorts(rep.engine, unused, unused)
     m = Migrator(cluster, scenario.migration, per_block, active)
