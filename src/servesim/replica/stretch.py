@@ -40,7 +40,7 @@ class Stretch:
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "first_new", "free_blocks", "kmax", "ends", "sizes", "final", "gen",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
-                 "_ctx_total", "_arrays", "_ahead", "_ahead_sizes", "_ahead_at")
+                 "_ctx_total", "_arrays", "_ahead", "_ahead_sizes", "_ahead_at", "_step1_s")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
@@ -72,6 +72,7 @@ class Stretch:
         # steps priced ahead with numpy (end times, batch sizes), taken into `ends` as the horizon moves
         self._ahead = self._ahead_sizes = None
         self._ahead_at = 0
+        self._step1_s = None  # an estimate of a step's time, for sizing chunks
         self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
         # the batch of the next step for the scalar loop: size, context sum, step time function
         self._active = n
@@ -157,13 +158,14 @@ class Stretch:
         self._f = None  # the scalar state is behind: synced again if the loop is needed
 
     def _steps_to(self, horizon: float) -> int:
-        """About how many steps reach `horizon` (at least one more than the batch of step 1
-        would need: steps only lengthen while it holds; when it shrinks, more steps follow)."""
-        base, cpu, g, overlap = self._forms
-        n = len(self.reqs)
-        x = base[n] + g * self._ctx_total
-        step_s = max(x, cpu[n]) if overlap else x + cpu[n]
-        return int((horizon - self.ends[-1]) / step_s) + 1
+        """About how many steps reach `horizon`, from the step time of the batch of step 1
+        (steps only lengthen while it holds; if it shrinks, more steps follow)."""
+        if self._step1_s is None:
+            base, cpu, g, overlap = self._forms
+            n = len(self.reqs)
+            x = float(base[n]) + g * self._ctx_total
+            self._step1_s = max(x, float(cpu[n])) if overlap else x + float(cpu[n])
+        return int((horizon - self.ends[-1]) / self._step1_s) + 1
 
     def _sync(self) -> None:
         """The scalar loop's state for the next step, after numpy chunks (exact integers)."""
