@@ -119,8 +119,8 @@ class Recorder:
         lens = np.array(self._len, dtype=np.int64)
         first = np.cumsum(lens) - lens  # index of each chunk's first step
 
-        def flat(chunks: list) -> np.ndarray:  # (lists, or numpy arrays from fast-forwarded stretches)
-            return np.concatenate(chunks).astype(float, copy=False) if chunks else np.empty(0)
+        def flat(chunks: list[list]) -> np.ndarray:
+            return np.fromiter(chain.from_iterable(chunks), dtype=float, count=n)
 
         end_s = flat(self._ends)
         start_s = np.empty(n)
