@@ -160,6 +160,8 @@ class Stretch:
     def _steps_to(self, horizon: float) -> int:
         """About how many steps reach `horizon`, from the step time of the batch of step 1
         (steps only lengthen while it holds; if it shrinks, more steps follow)."""
+        if self._step1_s is None and self._f:  # (the scalar form is cheapest, while in sync)
+            self._step1_s = self._f(self._ctx_sum)
         if self._step1_s is None:
             base, cpu, g, overlap = self._forms
             n = len(self.reqs)
