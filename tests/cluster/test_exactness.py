@@ -71,3 +71,27 @@ def test_live_migration_is_exact(router):
     assert fast.summary()["migration"] == slow.summary()["migration"]
     assert fast.summary()["migration"]["num_migrations"] > 10
     assert fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)
+
+
+@pytest.mark.parametrize("router", ["least-requests", "power-of-two"])
+def test_count_reading_routers_are_exact_and_read_the_views_count(router, monkeypatch):
+    """Routers reading only in-flight counts ask `ClusterView.outstanding(i)`, not a view:
+    the same number as the view's at every decision, and results equal to stepping."""
+    from servesim.cluster.view import ClusterView
+
+    checked = []
+    plain = ClusterView.outstanding
+
+    def outstanding(self, i):
+        n = plain(self, i)
+        assert n == self._read(i).num_outstanding
+        checked.append(n)
+        return n
+
+    monkeypatch.setattr(ClusterView, "outstanding", outstanding)
+    sets = [f"router.name={router}"]
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(checked) >= 2 * len(fast.requests) and max(checked) > 1
+    assert fast.num_fast_forwarded_steps > 0.8 * len(fast.steps)

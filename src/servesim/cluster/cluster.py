@@ -103,8 +103,9 @@ class Cluster:
         """`router`'s pick among `cands` (None: shed)."""
         if len(self.replicas) == 1:
             return cands[0]  # nothing to decide (and nothing to read)
+        replicas = self.replicas
         return router.route(req, ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks,
-                                              self._lora_state))
+                                              self._lora_state, lambda i: replicas[i].outstanding_at(now_s)))
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all)."""

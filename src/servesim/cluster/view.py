@@ -79,22 +79,26 @@ class ClusterView:
     """The eligible replicas for one routing decision and a way to read each one's state.
 
     `candidates` are replica indices, in a fixed order (healthy replicas of the pools that
-    serve the request's model). `view(i)` is memoised within the decision. `cached_blocks(i,
+    serve the request's model). `view(i)` is memoised within the decision; `outstanding(i)`
+    is its `num_outstanding` alone, without making a view (routers that read only the
+    router's in-flight counts read it for every candidate at every arrival). `cached_blocks(i,
     req)` is the engine's real prefix-cache hit (in prefix blocks) on replica i, for routers
     that model precise, KV-event-driven cache awareness; `lora_state(i, name)` is replica i's
     adapter residency, for adapter-aware routers.
     """
 
-    __slots__ = ("now_s", "candidates", "_read", "_cached", "_lora", "_memo")
+    __slots__ = ("now_s", "candidates", "_read", "_cached", "_lora", "_memo", "_outstanding")
 
     def __init__(self, now_s: float, candidates: Sequence[int], read: Callable[[int], ReplicaView],
                  cached_blocks: Callable[[int, "Request"], int],
-                 lora_state: Callable[[int, str], tuple[bool, bool]] | None = None) -> None:
+                 lora_state: Callable[[int, str], tuple[bool, bool]] | None = None,
+                 outstanding: Callable[[int], int] | None = None) -> None:
         self.now_s = now_s
         self.candidates = candidates
         self._read = read
         self._cached = cached_blocks
         self._lora = lora_state
+        self._outstanding = outstanding
         self._memo: dict[int, ReplicaView] = {}
 
     def view(self, i: int) -> ReplicaView:
@@ -102,6 +106,12 @@ class ClusterView:
         if v is None:
             v = self._memo[i] = self._read(i)
         return v
+
+    def outstanding(self, i: int) -> int:
+        """Replica i's `num_outstanding` (the same number as `view(i).num_outstanding`)."""
+        if self._outstanding is None or i in self._memo:
+            return self.view(i).num_outstanding
+        return self._outstanding(i)
 
     def views(self) -> list[ReplicaView]:
         return [self.view(i) for i in self.candidates]

@@ -85,7 +85,7 @@ class Engine(FastForwarding):
         self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
         self._wake_s = float("inf")
         self._decode_fns: dict = {}
-        self._affines: dict = {}  # batch size -> the perf model's scalar decode step time (or False)
+        self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
         # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar
         # decode form that prices each step of a shrinking batch.
@@ -294,7 +294,7 @@ class Engine(FastForwarding):
         self._cut(now_s)
         self.perf = perf
         self._decode_fns = {}
-        self._affines = {}
+        self._forms = None
 
     # ------------------------------------------------------------------ failures
     def crash(self, now_s: float) -> list[Request]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
+import numpy as np
+
 from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
-from servesim.replica.stretch import Stretch
+from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.workload.request import Request
 
 
@@ -56,7 +58,7 @@ class FastForwarding:
             return False
         end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
-                     self.perf, self.scheduler.num_waiting, self._decode_affine)
+                     self.perf, self.scheduler.num_waiting, self._decode_forms)
         # A lone replica knows the next arrival is its own: price exactly up to it (and give up
         # below two steps). With others the next arrival may go elsewhere: price `lookahead`
         # times as far and at least one step past step 0; a submission here cuts the stretch
@@ -65,7 +67,7 @@ class FastForwarding:
         if self.lookahead > 1:
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
         st.price(min(next_s, self._own_horizon_s()))
-        if len(st.ends) < 2:
+        if st.k < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
         # one more block for a request; it needs another every block_size steps after that,
@@ -82,7 +84,7 @@ class FastForwarding:
     def _schedule_stretch_end(self, st: Stretch) -> None:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
         st.gen += 1
-        self.loop.schedule(st.ends[-1], self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+        self.loop.schedule(st.end_s, self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
 
     def _cut(self, now_s: float) -> None:
         """Something changes here at `now_s` that the scheduler must see: keep only the steps
@@ -95,7 +97,7 @@ class FastForwarding:
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
         bs = self.kv.block_size
-        k = len(st.ends)
+        k = st.k
         first_new, remaining, free = st.first_new, st.remaining, st.free_blocks
 
         def need(steps: int) -> int:
@@ -113,19 +115,30 @@ class FastForwarding:
         if st.keyed and k > k_safe and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in st.keyed]):
             st.truncate(k_safe)
             st.final = True
-        return len(st.ends) >= 2
+        return st.k >= 2
 
     def _own_horizon_s(self) -> float:
         """The next time this replica changes by itself: a policy timer or the end of the run."""
         return min(self.until_s, self.scheduler.next_timer_s())
 
-    def _decode_affine(self, n: int):
-        """The perf model's affine decode form for n sequences, memoised (None: none)."""
-        a = self._affines.get(n, False)
-        if a is False:
-            form = getattr(self.perf, "decode_affine", None)
-            a = self._affines[n] = form(n) if form else None
-        return a
+    def _decode_forms(self, n: int) -> DecodeForms | None:
+        """The perf model's affine decode forms for batch sizes 0..n (at least), as arrays
+        indexed by batch size, extended on demand (None: the model has no affine form)."""
+        forms = self._forms
+        if forms is False:
+            return None
+        if forms is not None and len(forms[0]) > n:
+            return forms
+        affine = getattr(self.perf, "decode_affine", None)
+        first = affine(max(n, 1)) if affine else None
+        if first is None:
+            self._forms = False
+            return None
+        size = max(2 * n, 64) + 1
+        coeffs = [(0.0, 0.0)] + [affine(k)[::2] for k in range(1, size)]  # (base, cpu) per batch size
+        base, cpu = (np.array(col, dtype=float) for col in zip(*coeffs))
+        self._forms = (base, cpu, first[1], first[3])
+        return self._forms
 
     def _decode_fn(self, n: int):
         """The perf model's scalar decode step time for n sequences, memoised (False: none)."""
@@ -138,14 +151,14 @@ class FastForwarding:
         st, gen = payload
         if gen != st.gen:
             return  # replaced by a cut or an extension
-        if not st.final and len(st.ends) < st.kmax:
+        if not st.final and st.k < st.kmax:
             # Nothing touched this replica: extend to at least four times the stretch's span so far.
-            k = len(st.ends)
+            k = st.k
             own = self._own_horizon_s()
-            st.price(min(own, max(self.next_event_s(), 4 * st.ends[-1] - 3 * st.start_s)))
-            if len(st.ends) > k:
+            st.price(min(own, max(self.next_event_s(), 4 * st.end_s - 3 * st.start_s)))
+            if st.k > k:
                 self._limit(st, k)
-            if len(st.ends) > k:
+            if st.k > k:
                 return self._schedule_stretch_end(st)
         self.stretch = None
         if self.on_change:
@@ -155,7 +168,7 @@ class FastForwarding:
     def _apply_stretch(self, st: Stretch) -> list[Request]:
         """Advance the requests, KV blocks and step log by the stretch's steps; returns the
         requests that finished in it, in finish order."""
-        ends, k, reqs, remaining = st.ends, len(st.ends), st.reqs, st.remaining
+        ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
         bs = self.kv.block_size
         first_new = st.first_new
         steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch

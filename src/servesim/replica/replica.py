@@ -168,11 +168,13 @@ class Replica:
             snap = self._snapshot = self._view_at(tick_s)
         # The engine's metrics are as scraped at the tick; the router's own in-flight counter
         # (dispatches minus completions) is always current.
-        return ReplicaView(snap.index, snap.pool, snap.time_s, self._outstanding_at(now_s), snap.num_running,
+        return ReplicaView(snap.index, snap.pool, snap.time_s, self.outstanding_at(now_s), snap.num_running,
                            snap.num_waiting, snap.kv_used_blocks, snap.num_gpu_blocks,
                            snap.outstanding_prefill_tokens, snap.outstanding_decode_tokens)
 
-    def _outstanding_at(self, t: float) -> int:
+    def outstanding_at(self, t: float) -> int:
+        """Requests dispatched here and not finished at `t` (the router's in-flight count;
+        finishes inside a stretch count from the end of their last step)."""
         st = self.engine.stretch
         if st is None:
             return self.num_outstanding
@@ -190,7 +192,7 @@ class Replica:
         """The replica's load at `t` (>= the last change here): counts now, the rest on first
         access when `lazy` (a live view, used before anything changes), else at once."""
         e = self.engine
-        sched, kv = e.scheduler, e.kv
+        sched = e.scheduler
         outstanding, running = self.num_outstanding, sched.num_running
         st = e.stretch
         j = 0
@@ -199,24 +201,27 @@ class Replica:
             gone = st.finished_before(j)  # finished in steps before j, processed at the stretch's end
             outstanding -= gone
             running -= gone
-
-        def rest() -> tuple[int, int, int]:
-            used = kv.num_gpu_blocks - kv.num_free_blocks
-            prefill = sum(r.num_tokens - r.num_computed_tokens for r in sched.running
-                          if r.num_computed_tokens < r.num_tokens)
-            prefill += sum(r.num_tokens for r in sched.waiting)
-            decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
-            if j:
-                used += st.blocks_added(j, kv.block_size, lambda req: kv.num_blocks_of(req.id))
-                prefill -= sum(n for _, n in st.prefills)
-                decode -= sum(st.sizes[:j])
-            return used, prefill, decode
-
         view = ReplicaView(self.index, self.pool, t, outstanding, running, sched.num_waiting + len(sched.swapped),
-                           num_gpu_blocks=kv.num_gpu_blocks, lazy=rest)
+                           num_gpu_blocks=e.kv.num_gpu_blocks, lazy=lambda: self._rest(st, j))
         if not lazy:
             view.kv_used_blocks  # noqa: B018  (computed now: the state will change before it is read)
         return view
+
+    def _rest(self, st, j: int) -> tuple[int, int, int]:
+        """KV blocks in use, prompt tokens and output tokens outstanding, `j` steps into the
+        stretch `st` (0: none)."""
+        e = self.engine
+        sched, kv = e.scheduler, e.kv
+        used = kv.num_gpu_blocks - kv.num_free_blocks
+        prefill = sum(r.num_tokens - r.num_computed_tokens for r in sched.running
+                      if r.num_computed_tokens < r.num_tokens)
+        prefill += sum(r.num_tokens for r in sched.waiting)
+        decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
+        if j:
+            used += st.blocks_added(j, kv.block_size, lambda req: kv.num_blocks_of(req.id))
+            prefill -= sum(n for _, n in st.prefills)
+            decode -= sum(st.sizes[:j])
+        return used, prefill, decode
 
     def lora_state(self, name: str) -> tuple[bool, bool]:
         """(adapter `name` on this GPU or loading, a slot could take it now)."""

@@ -8,7 +8,8 @@ many other replicas share the event loop:
 - `price(horizon)` sums step times one by one, exactly as stepping would, and stops before a
   step that would start at or after `horizon` or past `kmax` steps. Pricing is lazy: the
   engine prices up to the next event it knows of and extends the stretch when that event
-  turned out not to concern this replica.
+  turned out not to concern this replica. Long runs are priced with numpy, ahead of the
+  horizon, and taken into the stretch as the horizon moves.
 - `cut(t)`: something happened at `t` that the scheduler must see (a request arrived): keep
   only the steps that started before `t` (the last one is in flight) and never extend again.
 - `steps_before(t)`: how many steps ended before `t` (reading the replica's state at `t`).
@@ -21,25 +22,29 @@ the first finish.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from typing import Any, Callable, Literal
 
 import numpy as np
 
 # the perf model's scalar decode step time for n sequences (ctx_sum -> seconds), or False
 DecodeFn = Callable[[int], "Callable[[int], float] | Literal[False]"]
+# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
+# max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine)
+DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
 
 
 class Stretch:
-    """Steps of a fixed decode batch, priced lazily; the engine applies them at `ends[-1]`."""
+    """Steps of a fixed decode batch, priced lazily; the engine applies them at `end_s`."""
 
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "first_new", "free_blocks", "kmax", "ends", "sizes", "final", "gen",
-                 "_decode_fn", "_affine", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
-                 "_ctx_total", "_arrays")
+                 "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
+                 "_ctx_total", "_arrays", "_ahead", "_ahead_sizes", "_ahead_at", "_step1_s")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
-                 num_waiting: int, affine: Callable[[int], tuple | None] = lambda n: None) -> None:
+                 num_waiting: int, forms: Callable[[int], "DecodeForms | None"] = lambda n: None) -> None:
         self.start_s = start_s
         self.out = out
         self.decodes = decodes
@@ -53,19 +58,24 @@ class Stretch:
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
         self.free_blocks = 0  # free KV blocks when the stretch was planned
         self.kmax = max(remaining) if through else min(remaining)
-        self.ends = [end0_s]
-        self.sizes = [len(reqs)]
+        n = len(reqs)
+        self.ends = [end0_s]  # end time of each step of the stretch (s)
+        self.sizes = [n]  # requests in each step
         self.final = False  # cut (or limited): never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
         self._decode_fn = decode_fn
-        self._affine = affine  # batch size -> the perf model's (base, g, cpu, overlap), or None
         self._perf = perf
-        n = len(reqs)
         self._ctx_sum = self._ctx_total = sum(ctx1)
-        self._arrays = None  # (sorted remaining, ctx1 prefix sums in that order), made on first use
-        self._active = n
         self._order = sorted(range(n), key=remaining.__getitem__) if through else None
         self._sorted_rem = [remaining[i] for i in self._order] if through else None
+        self._arrays = None  # (sorted remaining, ctx1 prefix sums in that order), made on first use
+        # steps priced ahead with numpy (end times, batch sizes), taken into `ends` as the horizon moves
+        self._ahead = self._ahead_sizes = None
+        self._ahead_at = 0
+        self._step1_s = None  # an estimate of a step's time, for sizing chunks
+        self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
+        # the batch of the next step for the scalar loop: size, context sum, step time function
+        self._active = n
         self._p = 0
         self._f = None
         if through:
@@ -73,7 +83,111 @@ class Stretch:
         if self._active:
             self._f = decode_fn(self._active)
 
+    @property
+    def k(self) -> int:
+        """Steps in the stretch."""
+        return len(self.ends)
+
+    @property
+    def end_s(self) -> float:
+        """End of the last step: when the engine applies the stretch."""
+        return self.ends[-1]
+
     # ---------------------------------------------------------------- pricing
+    def price(self, horizon: float) -> None:
+        """Take steps until one would start at or after `horizon`, or `kmax` steps.
+
+        A step's time is an affine function of the batch's context sum, with coefficients
+        that depend on the batch size. With that form, long runs are priced with numpy in
+        chunks that run ahead of the horizon (the same floats in the same order as stepping:
+        each step's time from exact integers, then a sequential cumulative sum), so extending
+        a stretch rarely prices anything. numpy's fixed cost per call pays off only over many
+        steps: a few steps up to a near horizon, or models without that form, are priced one
+        by one with the scalar form."""
+        ends = self.ends
+        while len(ends) < self.kmax and ends[-1] < horizon:
+            a, at = self._ahead, self._ahead_at
+            if a is None or at == len(a):
+                if self._forms is not None and (horizon == float("inf") or self._steps_to(horizon) > 64):
+                    self._chunk(horizon)
+                    a, at = self._ahead, 0
+                elif self._f is False:
+                    self._price_vectorised(horizon)
+                    continue
+                else:
+                    if self._f is None:
+                        self._sync()
+                    if not self._active:
+                        return
+                    self._price_loop(horizon)
+                    continue
+            # the priced steps that start before the horizon (the last may end after it)
+            stop = min(len(a), int(a.searchsorted(horizon)) + 1)
+            ends += a[at:stop].tolist()
+            sizes = self._ahead_sizes
+            self.sizes += sizes[at:stop].tolist() if self.through else [sizes] * (stop - at)
+            self._ahead_at = stop
+
+    def _chunk(self, horizon: float) -> None:
+        """Price the next steps j0 .. j0+m-1 at once: step j runs the requests with remaining
+        > j, whose context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers,
+        the values stepping reaches by increments."""
+        j0 = len(self.ends)
+        m = self.kmax - j0
+        if horizon != float("inf"):  # about twice the steps the horizon needs (at least 64, or j0)
+            m = min(m, max(64, j0, 2 * self._steps_to(horizon)))
+        m = min(m, 1 << 15)
+        base, cpu, g, overlap = self._forms
+        j = np.arange(j0, j0 + m, dtype=np.int64)
+        if self.through:
+            rem, prefix = self._sorted_arrays()
+            gone = rem.searchsorted(j, side="right")  # requests done before step j
+            n = len(rem) - gone  # (>= 1: j < kmax, the largest remaining)
+            ctx = (self._ctx_total - prefix[gone]) + (j - 1) * n
+            b, c = base[n], cpu[n]
+        else:
+            n = len(self.reqs)
+            ctx = self._ctx_total + (j - 1) * n
+            b, c = base[n], cpu[n]
+        x = b + g * ctx
+        times = np.maximum(x, c) if overlap else x + c
+        times[0] += self.ends[-1]
+        self._ahead = np.cumsum(times)
+        self._ahead_sizes = n
+        self._ahead_at = 0
+        self._f = None  # the scalar state is behind: synced again if the loop is needed
+
+    def _steps_to(self, horizon: float) -> int:
+        """About how many steps reach `horizon`, from the step time of the batch of step 1
+        (steps only lengthen while it holds; if it shrinks, more steps follow)."""
+        if self._step1_s is None and self._f:  # (the scalar form is cheapest, while in sync)
+            self._step1_s = self._f(self._ctx_sum)
+        if self._step1_s is None:
+            base, cpu, g, overlap = self._forms
+            n = len(self.reqs)
+            x = float(base[n]) + g * self._ctx_total
+            self._step1_s = max(x, float(cpu[n])) if overlap else x + float(cpu[n])
+        return int((horizon - self.ends[-1]) / self._step1_s) + 1
+
+    def _sync(self) -> None:
+        """The scalar loop's state for the next step, after numpy chunks (exact integers)."""
+        j = len(self.ends)
+        if self.through:
+            self._p = bisect_right(self._sorted_rem, j)  # requests with remaining <= j have left
+            self._active = len(self._sorted_rem) - self._p
+            self._ctx_sum = self._ctx_total - int(self._sorted_arrays()[1][self._p]) + (j - 1) * self._active
+        else:
+            self._ctx_sum = self._ctx_total + (j - 1) * self._active
+        self._f = self._decode_fn(self._active) if self._active else None
+
+    def _sorted_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(remaining in increasing order, prefix sums of ctx1 in that order), made once."""
+        if self._arrays is None:
+            ctx1 = self.ctx1
+            prefix = list(accumulate((ctx1[i] for i in self._order), initial=0))
+            self._arrays = (np.array(self._sorted_rem, dtype=np.int64), np.array(prefix, dtype=np.int64))
+        return self._arrays
+
     def _leave(self, j: int) -> None:
         """Requests whose last token was step j - 1 leave the batch before step j."""
         order, rem, ctx1, p = self._order, self.remaining, self.ctx1, self._p
@@ -86,35 +200,15 @@ class Stretch:
         if self._active and self._f is not None:
             self._f = self._decode_fn(self._active)
 
-    def price(self, horizon: float) -> None:
-        """Append steps until one would start at or after `horizon`, or `kmax` steps.
-
-        A step's time is an affine function of the batch's context sum, with coefficients
-        that depend on the batch size; long runs are priced with numpy over all their steps,
-        departures included (the same floats in the same order as the scalar loop, which
-        prices short runs)."""
-        if self._f is False:
-            return self._price_vectorised(horizon)
-        ends = self.ends
-        while len(ends) < self.kmax and self._active and ends[-1] < horizon:
-            m = self.kmax - len(ends)
-            if horizon != float("inf"):  # steps only grow longer: the next one bounds how many fit
-                m = min(m, int((horizon - ends[-1]) / self._f(self._ctx_sum)) + 2)
-            # numpy's fixed cost per call pays off only for long runs (more so with departures)
-            if m > (256 if self.through else 64) and self._affine(self._active) is not None:
-                self._price_numpy(min(m, 1 << 14), horizon)
-            else:
-                self._price_loop(m, horizon)
-
-    def _price_loop(self, m: int, horizon: float) -> None:
+    def _price_loop(self, horizon: float) -> None:
+        """One scalar call per step, up to the horizon."""
         ends, sizes = self.ends, self.sizes
         t = ends[-1]
         j = len(ends)
-        stop = j + m
         f, ctx_sum, active = self._f, self._ctx_sum, self._active
         rem = self._sorted_rem
         leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
-        while j < stop and active and t < horizon:
+        while j < self.kmax and active and t < horizon:
             t += f(ctx_sum)
             ends.append(t)
             sizes.append(active)
@@ -127,84 +221,18 @@ class Stretch:
                 leave_at = rem[self._p] if self._p < len(rem) else -1
         self._ctx_sum, self._active = ctx_sum, active
 
-    def _price_numpy(self, m: int, horizon: float) -> None:
-        """Steps j0 .. j0+m-1 at once: step j runs the requests with remaining > j, whose
-        context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers, so the
-        same values the scalar loop reaches by increments."""
-        ends = self.ends
-        j0 = len(ends)
-        j = np.arange(j0, j0 + m, dtype=np.int64)
-        if self.through:
-            gone = np.searchsorted(self._rem_arr, j, side="right")  # requests done before step j
-            n = len(self._rem_arr) - gone
-            keep = int(np.count_nonzero(n))
-            j, gone, n = j[:keep], gone[:keep], n[:keep]
-            ctx = self._ctx_total - self._ctx_prefix[gone] + (j - 1) * n
-        else:
-            n = np.full(len(j), self._active, dtype=np.int64)
-            ctx = self._ctx_total + (j - 1) * self._active
-        if self.through:  # n only falls: one affine form per run of equal batch sizes
-            starts = np.concatenate([[0], np.flatnonzero(np.diff(n)) + 1])
-            lens = np.diff(np.append(starts, len(n)))
-            forms = [self._affine(int(x)) for x in n[starts]]
-            base = np.repeat([f[0] for f in forms], lens)
-            cpu = np.repeat([f[2] for f in forms], lens)
-        else:
-            forms = [self._affine(self._active)]
-            base, cpu = forms[0][0], forms[0][2]
-        x = base + forms[0][1] * ctx
-        times = np.maximum(x, cpu) if forms[0][3] else x + cpu
-        times[0] += ends[-1]
-        e = np.cumsum(times)
-        take = min(len(e), int(e.searchsorted(horizon)) + 1)
-        ends += e[:take].tolist()
-        self.sizes += n[:take].tolist()
-        # the scalar state after those steps
-        jn = j0 + take
-        if self.through:
-            self._leave_to(jn)
-        self._ctx_sum = self._ctx_at(jn)
-
-    @property
-    def _rem_arr(self) -> np.ndarray:
-        return self._sorted_arrays()[0]
-
-    @property
-    def _ctx_prefix(self) -> np.ndarray:
-        return self._sorted_arrays()[1]
-
-    def _sorted_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._arrays is None:
-            ctx = np.array([self.ctx1[i] for i in self._order], dtype=np.int64)
-            self._arrays = (np.array(self._sorted_rem, dtype=np.int64), np.concatenate([[0], np.cumsum(ctx)]))
-        return self._arrays
-
-    def _leave_to(self, j: int) -> None:
-        """The batch before step j: every request with remaining <= j has left."""
-        self._p = bisect_right(self._sorted_rem, j)
-        self._active = len(self._order) - self._p
-        if self._active:
-            self._f = self._decode_fn(self._active)
-
-    def _ctx_at(self, j: int) -> int:
-        """Context sum of the batch in step j (integers, exact)."""
-        if self.through:
-            return self._ctx_total - int(self._ctx_prefix[self._p]) + (j - 1) * self._active
-        return self._ctx_total + (j - 1) * self._active
-
     def _price_vectorised(self, horizon: float) -> None:
         """Sliding-window models have no scalar decode form: price chunks of steps with numpy
         (the same sequential sums; only without `through`)."""
         ends = self.ends
-        while len(ends) < self.kmax and ends[-1] < horizon:
-            j = len(ends)
-            m = min(self.kmax - j, max(16, j))
-            times = self._perf.decode_step_times_s(np.array(self.ctx1, dtype=np.int64) + (j - 1), m)
-            times[0] += ends[-1]
-            rest = np.cumsum(times)
-            take = rest[: min(m, 1 + int(rest.searchsorted(horizon)))].tolist()
-            ends += take
-            self.sizes += [len(self.reqs)] * len(take)
+        j = len(ends)
+        m = min(self.kmax - j, max(16, j))
+        times = self._perf.decode_step_times_s(np.array(self.ctx1, dtype=np.int64) + (j - 1), m)
+        times[0] += ends[-1]
+        rest = np.cumsum(times)
+        take = rest[: min(m, 1 + int(rest.searchsorted(horizon)))].tolist()
+        ends += take
+        self.sizes += [len(self.reqs)] * len(take)
 
     # ---------------------------------------------------------------- cutting
     def steps_before(self, t: float) -> int:
@@ -212,8 +240,8 @@ class Stretch:
         return bisect_left(self.ends, t)
 
     def step_in_flight(self, t: float) -> int:
-        """The step running at `t` (the last one if `t` is at or after the priced end)."""
-        return min(self.steps_before(t), len(self.ends) - 1)
+        """The step running at `t` (the last one if `t` is at or after the end)."""
+        return min(bisect_left(self.ends, t), len(self.ends) - 1)
 
     def blocks_added(self, j: int, block_size: int, blocks_held: Callable[[Any], int]) -> int:
         """KV blocks the stretch has added by step j (allocated at steps 1..j), less those of
@@ -228,13 +256,14 @@ class Stretch:
         return delta
 
     def truncate(self, k: int) -> None:
-        """Keep the first k steps (k >= 1)."""
+        """Keep the first k steps (k >= 1); nothing priced ahead is taken any more."""
         del self.ends[k:], self.sizes[k:]
+        self._ahead = None
 
     def cut(self, t: float) -> bool:
         """Keep the steps that started before `t`; True if steps were dropped."""
         self.final = True
-        k = min(self.steps_before(t) + 1, len(self.ends))
+        k = bisect_left(self.ends, t) + 1
         if k < len(self.ends):
             self.truncate(k)
             return True

@@ -45,7 +45,7 @@ class LoRAAffinity(Router):
     def route(self, req: Request, view: ClusterView) -> int | None:
         p = self.params
         cands = view.candidates
-        queues = [view.view(i).num_outstanding for i in cands]
+        queues = [view.outstanding(i) for i in cands]
         lo, hi = min(queues), max(queues)
         span = hi - lo
         scores = []

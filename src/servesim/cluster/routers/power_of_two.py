@@ -27,6 +27,6 @@ class PowerOfTwo(Router):
         b = int(self.rng.integers(n - 1))
         b += b >= a  # distinct from a, uniform over the rest
         first, second = cands[a], cands[b]
-        if view.view(first).num_outstanding <= view.view(second).num_outstanding:
+        if view.outstanding(first) <= view.outstanding(second):
             return first
         return second

@@ -121,7 +121,7 @@ class SGLangCacheAware(Router):
     def route(self, req: Request, view: ClusterView) -> int | None:
         p, cands = self.params, view.candidates
         self._maybe_evict(view.now_s)
-        loads = [view.view(i).num_outstanding for i in cands]
+        loads = [view.outstanding(i) for i in cands]
         hi, lo = max(loads), min(loads)
         if hi - lo > p.balance_abs_threshold and hi > lo * p.balance_rel_threshold:
             return cands[loads.index(lo)]

@@ -1,0 +1,58 @@
+"""Stretch pricing: numpy chunks priced ahead of the horizon give exactly the floats of the
+scalar loop (one perf-model call per step), through departures and extensions."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.perf.perf_model import build_perf_model
+from servesim.replica.fast_forward import FastForwarding
+from servesim.replica.stretch import Stretch
+
+
+class _Forms(FastForwarding):
+    """Just the engine's memoised decode forms."""
+
+    def __init__(self, perf) -> None:
+        self.perf = perf
+        self._forms = None
+
+
+class _Req:
+    kv_block_keys = None
+
+
+def _stretch(perf, forms, through: bool) -> Stretch:
+    n = 12
+    ctx1 = [300 + 97 * i for i in range(n)]
+    remaining = [40 + 53 * i for i in range(n)]  # departures every 53 steps in `through` mode
+    return Stretch(0.0, 0.02, None, [], [], [_Req() for _ in range(n)], ctx1, remaining, through,
+                   lambda k: perf.decode_time_fn(k) or False, perf, 0, forms)
+
+
+@pytest.mark.parametrize("through", [True, False])
+def test_numpy_chunks_match_the_scalar_loop_bit_for_bit(through):
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    fast = _stretch(perf, _Forms(perf)._decode_forms, through)
+    slow = _stretch(perf, lambda n: None, through)
+    for horizon in (0.05, 0.9, 2.5, float("inf")):  # a first pricing, then extensions
+        fast.price(horizon)
+        slow.price(horizon)
+        assert fast.ends == slow.ends
+        assert fast.sizes == slow.sizes
+    assert fast._ahead is not None  # numpy priced (the loop only ever prices step by step)
+    assert slow._ahead is None
+    assert len(fast.ends) == (40 + 53 * 11 if through else 40)
+    if through:
+        assert fast.sizes[-1] == 1 and fast.sizes[1] == 12
+
+
+def test_a_cut_keeps_the_step_in_flight_and_drops_what_was_priced_ahead():
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    st = _stretch(perf, _Forms(perf)._decode_forms, True)
+    st.price(0.5)
+    t = (st.ends[9] + st.ends[10]) / 2  # during step 10
+    assert st.cut(t)
+    assert len(st.ends) == 11 and len(st.sizes) == 11 and st.final
+    assert st._ahead is None  # steps priced ahead are forgotten
+    assert not st.cut(t)  # nothing more to drop
