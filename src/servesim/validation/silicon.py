@@ -145,9 +145,14 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
         return str(exc)
     if spec.moe is not None and row.moe_tp * row.moe_ep != row.tp:
         return f"MoE TP {row.moe_tp} x EP {row.moe_ep} does not cover tp {row.tp}"
-    if spec.moe is not None and row.moe_tp > 1 and row.moe_ep > 1:
-        return f"mixed MoE TP {row.moe_tp} x EP {row.moe_ep} is not modelled (only all-TP or all-EP)"
     return None
+
+
+def moe_parallelism(row: SiliconRow) -> dict:
+    """The perf section's MoE split: all-EP as `expert_parallel`, a mixed TP x EP grid by its sizes."""
+    if row.moe_tp > 1 and row.moe_ep > 1:
+        return {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep}
+    return {"expert_parallel": row.moe_ep > 1}
 
 
 def row_dtype(row: SiliconRow) -> str:
@@ -216,7 +221,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     engine, scheduler = engine_limits(row)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
-        "perf": {"engine": row.backend, "expert_parallel": row.moe_ep > 1, "overrides": dict(overrides or {}),
+        "perf": {"engine": row.backend, **moe_parallelism(row), "overrides": dict(overrides or {}),
                  "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
         "engine": engine,
         "scheduler": scheduler,
