@@ -67,3 +67,11 @@ def test_mixed_term_is_alltoall_over_ep_plus_allreduce_over_moe_tp() -> None:
 def test_bad_split_in_a_build_is_one_input_error() -> None:
     with pytest.raises(InputError, match="must equal tp 4, got 2 x 4"):
         build_perf_model("mixtral-8x7b", "h100-sxm", tp=4, config=PerfConfig(moe_tp_size=2, moe_ep_size=4))
+
+
+@pytest.mark.parametrize("split", [dict(expert_parallel=True), dict(moe_tp_size=4, moe_ep_size=4), dict(moe_tp_size=2, moe_ep_size=8)])
+def test_without_all_to_all_expert_parallelism_communicates_as_all_tp(split) -> None:
+    # vLLM (all-to-all kernels only when dp > 1), SGLang's default backend and TensorRT-LLM without
+    # attention DP: every rank holds all tokens, the MoE output is all-reduced over the TP group
+    assert _step_times(PerfConfig(moe_a2a_backend="none", **split)) == _step_times(PerfConfig())
+    assert _step_times(PerfConfig(moe_a2a_backend="deepep", **split)) != _step_times(PerfConfig())

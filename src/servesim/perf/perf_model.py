@@ -286,7 +286,7 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
     eng = engine_profile(config.engine)
     constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides, shipped_fit)
     _, moe_ep = moe_split(tp, config.expert_parallel, config.moe_tp_size, config.moe_ep_size)
-    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep)
+    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep, config.moe_a2a_backend != "none")
     kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
     return PerfModel(
         model_name=spec.name, gpu_name=g.name, tp=tp, dtype=d.name, pp=pp, engine=eng.name,

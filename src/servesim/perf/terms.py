@@ -41,6 +41,7 @@ class StepTerms:
     pp: int
     c: Constants
     moe_ep: int = 1  # MoE expert-parallel ranks; each expert is split over moe_tp = tp // moe_ep ranks
+    moe_a2a: bool = True  # expert parallelism dispatches tokens by all-to-all (else: all-reduce, as all-TP)
 
     @property
     def moe_tp(self) -> int:
@@ -118,7 +119,7 @@ class StepTerms:
         ar = roofline.allreduce_s(msg, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff,
                                   one_shot=c.custom_allreduce >= 0.5)
         total = m.num_layers * ar  # after attention
-        if m.moe is not None and self.moe_ep > 1:
+        if m.moe is not None and self.moe_ep > 1 and self.moe_a2a:
             total += m.num_dense_ffn_layers * ar + m.num_moe_layers * moe_communication_s(
                 msg, m.moe.top_k, self.moe_tp, self.moe_ep, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c)
         else:
