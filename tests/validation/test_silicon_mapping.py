@@ -74,9 +74,11 @@ def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
     r = row(moe_tp_size="2", moe_ep_size="2")
     assert inexpressible_reason(r) is None
     p = row_scenario(r, calibration=None).perf
-    assert (p.expert_parallel, p.moe_tp_size, p.moe_ep_size) == (False, 2, 2)
+    assert (p.expert_parallel, p.moe_tp_size, p.moe_ep_size, p.moe_a2a_backend) == (False, 2, 2, "none")
     all_ep = row_scenario(row(), calibration=None).perf
     assert (all_ep.expert_parallel, all_ep.moe_tp_size, all_ep.moe_ep_size) == (True, None, None)
+    # no attention DP: the MoE output is all-reduced over the TP group, no all-to-all
+    assert all_ep.moe_a2a_backend == "none"
 
 
 @pytest.mark.parametrize("changes, reason", [

@@ -149,10 +149,17 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
 
 
 def moe_parallelism(row: SiliconRow) -> dict:
-    """The perf section's MoE split: all-EP as `expert_parallel`, a mixed TP x EP grid by its sizes."""
+    """The perf section's MoE split: all-EP as `expert_parallel`, a mixed TP x EP grid by its sizes.
+
+    Without attention data parallelism every rank of the TP group holds all tokens, and the engines
+    reduce the MoE output with one all-reduce over the group instead of an all-to-all (vLLM takes its
+    all-to-all kernels only when dp > 1; SGLang's moe_a2a_backend defaults to none; TensorRT-LLM's
+    all-to-all is for attention DP), so these rows play with moe_a2a_backend none.
+    """
+    split = {"expert_parallel": row.moe_ep > 1}
     if row.moe_tp > 1 and row.moe_ep > 1:
-        return {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep}
-    return {"expert_parallel": row.moe_ep > 1}
+        split = {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep}
+    return {**split, "moe_a2a_backend": "none" if row.attention_dp <= 1 else "deepep"}
 
 
 def row_dtype(row: SiliconRow) -> str:
