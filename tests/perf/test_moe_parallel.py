@@ -28,7 +28,7 @@ def test_split_resolution() -> None:
 
 @pytest.mark.parametrize("tp, expert_parallel, moe_tp, moe_ep, message", [
     (16, False, 4, 2, "moe_tp_size x moe_ep_size must equal tp 16, got 4 x 2; allowed sizes: 1, 2, 4, 8, 16"),
-    (8, False, 3, None, "moe_tp_size x moe_ep_size must equal tp 8, got 3 x None; allowed sizes: 1, 2, 4, 8"),
+    (8, False, 3, None, "moe_tp_size x moe_ep_size must equal tp 8, got 3 x unset; allowed sizes: 1, 2, 4, 8"),
     (8, True, 2, 4, "expert_parallel: true means moe_ep_size = tp (8), got moe_ep_size 4"),
 ])
 def test_split_errors_name_the_allowed_values(tp, expert_parallel, moe_tp, moe_ep, message) -> None:

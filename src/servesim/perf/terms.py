@@ -184,7 +184,8 @@ def moe_split(tp: int, expert_parallel: bool, moe_tp_size: int | None, moe_ep_si
     mtp = moe_tp_size if moe_tp_size is not None else tp // ep
     divisors = [d for d in range(1, tp + 1) if tp % d == 0]
     if mtp < 1 or ep < 1 or mtp * ep != tp:
-        raise InputError(f"moe_tp_size x moe_ep_size must equal tp {tp}, got {moe_tp_size} x {moe_ep_size}; "
+        got = " x ".join("unset" if v is None else str(v) for v in (moe_tp_size, moe_ep_size))
+        raise InputError(f"moe_tp_size x moe_ep_size must equal tp {tp}, got {got}; "
                          f"allowed sizes: {', '.join(map(str, divisors))}")
     if expert_parallel and ep != tp:
         raise InputError(f"expert_parallel: true means moe_ep_size = tp ({tp}), got moe_ep_size {ep}; "
