@@ -70,11 +70,21 @@ def test_engines_and_dtypes():
     assert row_scenario(dense, calibration=None).perf.expert_parallel is False
 
 
+def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
+    r = row(moe_tp_size="2", moe_ep_size="2")
+    assert inexpressible_reason(r) is None
+    p = row_scenario(r, calibration=None).perf
+    assert (p.expert_parallel, p.moe_tp_size, p.moe_ep_size, p.moe_a2a_backend) == (False, 2, 2, "none")
+    all_ep = row_scenario(row(), calibration=None).perf
+    assert (all_ep.expert_parallel, all_ep.moe_tp_size, all_ep.moe_ep_size) == (True, None, None)
+    # no attention DP: the MoE output is all-reduced over the TP group, no all-to-all
+    assert all_ep.moe_a2a_backend == "none"
+
+
 @pytest.mark.parametrize("changes, reason", [
     ({"mode": "disagg"}, "not expressible yet: disaggregated (needs issue 10)"),
     ({"attention_dp_size": "4"}, "attention data parallelism is not modelled"),
     ({"tp_size": "64"}, "tp 64 spans several nodes: multi-node replicas are not modelled"),
-    ({"moe_tp_size": "2", "moe_ep_size": "2"}, "mixed MoE TP 2 x EP 2 is not modelled (only all-TP or all-EP)"),
     ({"moe_tp_size": "1", "moe_ep_size": "2"}, "MoE TP 1 x EP 2 does not cover tp 4"),
     ({"concurrency": ""}, "the client concurrency is not recorded"),
     ({"system": "gb300"}, "GPU gb300 is not in the catalogue"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -14,6 +16,9 @@ class PerfConfig(BaseModel):
     calibration: str | None = Field(None, description="Path to a calibration file written by `servesim calibrate`; its constants override the shipped ones.")
     kv_cache_dtype: str = Field("auto", description="KV cache precision: auto (fp8 for fp8 weights, else 16-bit), bf16, fp16 or fp8.")
     expert_parallel: bool = Field(False, description="MoE models: place whole experts on GPUs of the TP group (all-to-all) instead of splitting every expert (all-reduce).")
+    moe_tp_size: int | None = Field(None, ge=1, description="MoE models: ranks each expert's GEMMs are split over (TensorRT-LLM's moe_tp_size); moe_tp_size x moe_ep_size = tp. Unset: tp // moe_ep_size, or from expert_parallel when both are unset.")
+    moe_ep_size: int | None = Field(None, ge=1, description="MoE models: ranks the experts are divided over (TensorRT-LLM's moe_ep_size, SGLang's ep_size); dispatch/combine all-to-all over these ranks plus an all-reduce over the moe_tp_size ranks of each expert. Unset: tp // moe_tp_size, or from expert_parallel.")
+    moe_a2a_backend: Literal["deepep", "none"] = Field("deepep", description="MoE expert parallelism's token exchange (SGLang's moe_a2a_backend): deepep = dispatch/combine all-to-all over the EP ranks (vLLM does this only with data parallelism, dp > 1); none = every rank holds all tokens and the MoE output is all-reduced over the TP group, as without EP (vLLM, SGLang's default and TensorRT-LLM without attention DP). servesim's default keeps its earlier expert-parallel model.")
     misc_bytes: int = Field(1 << 30, ge=0, description="GPU memory outside weights, activations and KV (CUDA context, NCCL buffers, CUDA graphs), subtracted before sizing the KV cache.")
     gpu_clock_ratio: float = Field(1.0, gt=0, le=1, description="SM clock as a share of its maximum (frequency locking or power capping): peak FLOP/s scale with it, HBM bandwidth with its `memory_clock_sensitivity` power, so compute-bound steps slow in proportion and memory-bound ones much less.")
     memory_clock_sensitivity: float = Field(0.2, ge=0, le=1, description="Exponent k of the achieved HBM bandwidth's dependence on the SM clock (bandwidth x ratio^k); decode slows as ratio^-k, k = 0.1-0.3 in DVFS studies (shared/specs/cluster.md §7.1).")

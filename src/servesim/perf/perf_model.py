@@ -15,7 +15,7 @@ from servesim.perf.engines import engine_profile
 from servesim.perf.hardware import ACTIVATION_BYTES, GPUSpec, dtype_spec, gpu_spec, kv_dtype_bytes
 from servesim.perf.models import ModelSpec, check_tp, embedding_params, kv_elements_per_token_layer, model_spec, total_params
 from servesim.perf.roofline import causal_attention_pairs
-from servesim.perf.terms import LM_HEAD_BYTES, StepTerms
+from servesim.perf.terms import LM_HEAD_BYTES, StepTerms, moe_split
 
 # vLLM's memory profile samples this many sequences' logits (its default max_num_seqs).
 PROFILE_LOGIT_ROWS = 256
@@ -285,7 +285,8 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
     kv_name, kv_bytes = kv_dtype_bytes(config.kv_cache_dtype, d)
     eng = engine_profile(config.engine)
     constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides, shipped_fit)
-    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, config.expert_parallel)
+    _, moe_ep = moe_split(tp, config.expert_parallel, config.moe_tp_size, config.moe_ep_size)
+    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep, config.moe_a2a_backend != "none")
     kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
     return PerfModel(
         model_name=spec.name, gpu_name=g.name, tp=tp, dtype=d.name, pp=pp, engine=eng.name,

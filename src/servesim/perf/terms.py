@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from servesim.errors import InputError
 from servesim.perf import roofline
 from servesim.perf.calibration import Constants
 from servesim.perf.hardware import ACTIVATION_BYTES, DtypeSpec, GPUSpec
@@ -39,7 +40,12 @@ class StepTerms:
     tp: int
     pp: int
     c: Constants
-    expert_parallel: bool
+    moe_ep: int = 1  # MoE expert-parallel ranks; each expert is split over moe_tp = tp // moe_ep ranks
+    moe_a2a: bool = True  # expert parallelism dispatches tokens by all-to-all (else: all-reduce, as all-TP)
+
+    @property
+    def moe_tp(self) -> int:
+        return self.tp // self.moe_ep
 
     # ---- linear layers -------------------------------------------------------------------
     def blocks(self) -> list[Block]:
@@ -113,9 +119,9 @@ class StepTerms:
         ar = roofline.allreduce_s(msg, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff,
                                   one_shot=c.custom_allreduce >= 0.5)
         total = m.num_layers * ar  # after attention
-        if m.moe is not None and self.expert_parallel:
-            a2a = roofline.alltoall_s(msg * m.moe.top_k, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff)
-            total += m.num_dense_ffn_layers * ar + m.num_moe_layers * 2.0 * a2a  # dispatch + combine
+        if m.moe is not None and self.moe_ep > 1 and self.moe_a2a:
+            total += m.num_dense_ffn_layers * ar + m.num_moe_layers * moe_communication_s(
+                msg, m.moe.top_k, self.moe_tp, self.moe_ep, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c)
         else:
             total += m.num_layers * ar  # after the FFN
         if self.pp > 1:
@@ -164,3 +170,39 @@ class StepTerms:
     def cpu_s(self, num_seqs: int, num_tokens: int) -> float:
         c = self.c
         return c.step_overhead_s + c.seq_overhead_s * num_seqs + c.token_overhead_s * num_tokens
+
+
+def moe_split(tp: int, expert_parallel: bool, moe_tp_size: int | None, moe_ep_size: int | None) -> tuple[int, int]:
+    """(moe_tp, moe_ep) of a MoE layer on a TP group of `tp` GPUs; InputError naming the allowed values.
+
+    Unset sizes follow `expert_parallel` (all-EP: 1 x tp, else all-TP: tp x 1); one size set gives
+    the other as tp // size (as TensorRT-LLM derives moe_tp_size); both set must multiply to tp.
+    """
+    if moe_tp_size is None and moe_ep_size is None:
+        return (1, tp) if expert_parallel else (tp, 1)
+    ep = moe_ep_size if moe_ep_size is not None else tp // moe_tp_size  # type: ignore[operator]
+    mtp = moe_tp_size if moe_tp_size is not None else tp // ep
+    divisors = [d for d in range(1, tp + 1) if tp % d == 0]
+    if mtp < 1 or ep < 1 or mtp * ep != tp:
+        got = " x ".join("unset" if v is None else str(v) for v in (moe_tp_size, moe_ep_size))
+        raise InputError(f"moe_tp_size x moe_ep_size must equal tp {tp}, got {got}; "
+                         f"allowed sizes: {', '.join(map(str, divisors))}")
+    if expert_parallel and ep != tp:
+        raise InputError(f"expert_parallel: true means moe_ep_size = tp ({tp}), got moe_ep_size {ep}; "
+                         "drop expert_parallel or the MoE sizes")
+    return mtp, ep
+
+
+def moe_communication_s(msg_bytes: float, top_k: int, moe_tp: int, moe_ep: int, link_bw_bytes_s: float,
+                        link_latency_s: float, c: Constants) -> float:
+    """One MoE layer's communication on a moe_tp x moe_ep grid, every rank holding all tokens' hidden states.
+
+    Dispatch and combine: an all-to-all of the tokens' top_k copies over the moe_ep ranks that hold
+    different experts. Each expert's GEMMs are split over moe_tp ranks, whose partial outputs are
+    summed by one all-reduce of the combined hidden states over those ranks (zero when moe_tp = 1,
+    so 1 x N is exactly the all-EP term; N x 1 never reaches here: all-TP is the all-reduce path).
+    """
+    a2a = roofline.alltoall_s(msg_bytes * top_k, moe_ep, link_bw_bytes_s, link_latency_s, c.ar_launch_s, c.ar_bw_eff)
+    ar = roofline.allreduce_s(msg_bytes, moe_tp, link_bw_bytes_s, link_latency_s, c.ar_launch_s, c.ar_bw_eff,
+                              one_shot=c.custom_allreduce >= 0.5)
+    return 2.0 * a2a + ar  # dispatch + combine (+ the expert-TP all-reduce)

@@ -145,9 +145,21 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
         return str(exc)
     if spec.moe is not None and row.moe_tp * row.moe_ep != row.tp:
         return f"MoE TP {row.moe_tp} x EP {row.moe_ep} does not cover tp {row.tp}"
-    if spec.moe is not None and row.moe_tp > 1 and row.moe_ep > 1:
-        return f"mixed MoE TP {row.moe_tp} x EP {row.moe_ep} is not modelled (only all-TP or all-EP)"
     return None
+
+
+def moe_parallelism(row: SiliconRow) -> dict:
+    """The perf section's MoE split: all-EP as `expert_parallel`, a mixed TP x EP grid by its sizes.
+
+    Without attention data parallelism every rank of the TP group holds all tokens, and the engines
+    reduce the MoE output with one all-reduce over the group instead of an all-to-all (vLLM takes its
+    all-to-all kernels only when dp > 1; SGLang's moe_a2a_backend defaults to none; TensorRT-LLM's
+    all-to-all is for attention DP), so these rows play with moe_a2a_backend none.
+    """
+    split = {"expert_parallel": row.moe_ep > 1}
+    if row.moe_tp > 1 and row.moe_ep > 1:
+        split = {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep}
+    return {**split, "moe_a2a_backend": "none" if row.attention_dp <= 1 else "deepep"}
 
 
 def row_dtype(row: SiliconRow) -> str:
@@ -216,7 +228,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     engine, scheduler = engine_limits(row)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
-        "perf": {"engine": row.backend, "expert_parallel": row.moe_ep > 1, "overrides": dict(overrides or {}),
+        "perf": {"engine": row.backend, **moe_parallelism(row), "overrides": dict(overrides or {}),
                  "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
         "engine": engine,
         "scheduler": scheduler,
