@@ -160,9 +160,9 @@ class FastForwarding:
                 self._limit(st, k)
             if st.k > k:
                 return self._schedule_stretch_end(st)
-        self.stretch = None
-        if self.on_change:
+        if self.on_change:  # (while the stretch is in flight: a view taken now reads its steps)
             self.on_change(now_s)
+        self.stretch = None
         self._finish_and_continue(st.out, self._apply_stretch(st), now_s)
 
     def _apply_stretch(self, st: Stretch) -> list[Request]:
