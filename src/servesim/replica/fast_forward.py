@@ -200,7 +200,8 @@ class FastForwarding:
             req.finish_s = ends[req.token_steps[-1] - first]
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens)
+        self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens,
+                                       [j for j in st.waiting_from if j < k])
         return done
 
 
