@@ -26,37 +26,46 @@ def test_recorder_adds_kept_arrivals_to_the_waiting_count_until_the_chunk_ends()
     assert rec.step_log(10).num_waiting.tolist() == [2, 3, 3, 4, 4, 6, 6, 7, 7]
 
 
-def overloaded_requests(seed: int, n: int = 300):
+def overloaded_requests(seed: int, n: int = 300, gap_s: float = 0.01):
     """Fast arrivals, few KV blocks and sequence slots: the head of the queue is often blocked.
     A few short urgent requests (priority 0) would jump the queue under the priority policy."""
     rng = np.random.default_rng(seed)
-    t = np.cumsum(rng.exponential(0.01, n))
+    t = np.cumsum(rng.exponential(gap_s, n))
     urgent = rng.random(n) < 0.15
     return [make_request(i, int(rng.integers(5, 20) if urgent[i] else rng.integers(100, 300)),
                          int(rng.integers(20, 200)), float(t[i]), priority=int(not urgent[i])) for i in range(n)]
 
 
-def run(reqs, fast_forward: bool, policy: str, num_blocks: int):
+def run(reqs, fast_forward: bool, scheduler: str, params: dict, num_blocks: int):
     engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=12,
-                                                fast_forward=fast_forward, params={"policy": policy})
+                                                fast_forward=fast_forward, scheduler=scheduler, params=params)
     serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
     kv.check_all_free()
     return engine
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "priority"])
-@pytest.mark.parametrize("num_blocks", [60, 400])  # blocked by KV / by max_num_seqs
-def test_stretches_outlive_blocked_arrivals_and_match_step_by_step(policy, num_blocks, monkeypatch):
+@pytest.mark.parametrize("scheduler,params", [
+    ("vllm", {"policy": "fcfs"}), ("vllm", {"policy": "priority"}), ("orca", {"reservation": "pow2"}),
+    ("vllm-v0", {"max_num_seqs": 12}), ("vllm-v0", {"max_num_seqs": 12, "preemption_mode": "swap"}),
+])
+@pytest.mark.parametrize("num_blocks,gap_s", [
+    (60, 0.01), (400, 0.01),  # blocked by KV / by max_num_seqs: most arrivals are kept
+    (2000, 0.15),  # light load: the queue is often empty and arrivals must cut
+])
+def test_stretches_outlive_blocked_arrivals_and_match_step_by_step(scheduler, params, num_blocks, gap_s, monkeypatch):
     kept = []
     add = Stretch.add_waiting
     monkeypatch.setattr(Stretch, "add_waiting", lambda st, t: (kept.append(t), add(st, t)))
-    a_reqs, b_reqs = overloaded_requests(7), overloaded_requests(7)
-    a, b = run(a_reqs, True, policy, num_blocks), run(b_reqs, False, policy, num_blocks)
-    assert len(kept) > 20  # arrivals really joined a stretch's blocked queue
+    a_reqs, b_reqs = overloaded_requests(7, gap_s=gap_s), overloaded_requests(7, gap_s=gap_s)
+    a = run(a_reqs, True, scheduler, params, num_blocks)
+    b = run(b_reqs, False, scheduler, params, num_blocks)
+    assert len(kept) > 20 or gap_s > 0.1  # arrivals really joined a stretch's blocked queue
     assert a.num_steps == b.num_steps and b.num_fast_forwarded_steps == 0
     for x, y in zip(a_reqs, b_reqs):
-        assert (x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
-               (y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
+               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+    assert a.swap_transfer_s == b.swap_transfer_s
     la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
     for col in COLUMNS:
         assert np.array_equal(getattr(la, col), getattr(lb, col)), col
