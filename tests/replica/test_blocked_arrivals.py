@@ -89,4 +89,4 @@ def test_more_steps_fast_forwarded_on_the_overloaded_trace_with_the_same_results
     for col in COLUMNS:
         assert np.array_equal(getattr(kept.steps, col), getattr(stepped.steps, col)), col
     share = {name: r.num_fast_forwarded_steps / len(r.steps) for name, r in (("kept", kept), ("cut", cut))}
-    assert share["kept"] > share["cut"] + 0.01, share  # measured: 89.5% against 87.6%
+    assert share["kept"] > share["cut"] + 0.03, share  # measured: 93.3% against 87.6%

@@ -60,11 +60,13 @@ class FastForwarding:
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
                      self.perf, self.scheduler.num_waiting, self._decode_forms)
         # A lone replica knows the next arrival is its own: price exactly up to it (and give up
-        # below two steps). With others the next arrival may go elsewhere: price `lookahead`
-        # times as far and at least one step past step 0; a submission here cuts the stretch
-        # back to the step in flight, and `_end_fast_forward` extends it if reached uncut.
+        # below two steps). With others the next arrival may go elsewhere, and a queue blocked
+        # for any newcomer keeps the stretch through arrivals: price `lookahead` times as far
+        # and at least one step past step 0; a submission here that the scheduler cannot keep
+        # cuts the stretch back to the step in flight, and `_end_fast_forward` extends it if
+        # reached uncut.
         next_s = self.next_event_s()
-        if self.lookahead > 1:
+        if self.lookahead > 1 or (self.ports is None and self.scheduler.arrival_keeps_batch(None)):
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
         st.price(min(next_s, self._own_horizon_s()))
         if st.k < 2:

@@ -70,7 +70,7 @@ class OrcaScheduler(Scheduler):
             out.scheduled.append((req, req.prompt_len))
         return out
 
-    def arrival_keeps_batch(self, req: Request) -> bool:
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer queues behind a head that only a finish can admit (the stretch stops there).
         if not self.waiting:
             return False

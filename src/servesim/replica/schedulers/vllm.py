@@ -119,12 +119,12 @@ class VLLMScheduler(VLLMSteps):
             budget = left
         self._lora_blocked = blocked
 
-    def arrival_keeps_batch(self, req: Request) -> bool:
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
         # Admission is head-of-line: a newcomer queued behind a head that cannot be admitted
         # until something finishes (max_num_seqs reached, or KV blocks that decode-only steps
         # only make scarcer) is never looked at, so its prefix hits cannot matter either.
         # Adapters are left out: an arrival may start a LoRA load (a timer).
-        if self.lora is not None or req.lora is not None or not self.waiting:
+        if self.lora is not None or (req is not None and req.lora is not None) or not self.waiting:
             return False
         if len(self.running) >= self.config.max_num_seqs:
             return True  # the admission loop does not run at all
@@ -132,7 +132,8 @@ class VLLMScheduler(VLLMSteps):
         if not (self._head_blocked_by_kv and head is self._blocked_head):
             return False
         # priority order: the newcomer must sort after the head (ties: after, by insertion)
-        return self.params.policy == "fcfs" or (req.priority, req.arrival_s) >= (head.priority, head.arrival_s)
+        return self.params.policy == "fcfs" or (req is not None
+                                                and (req.priority, req.arrival_s) >= (head.priority, head.arrival_s))
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and

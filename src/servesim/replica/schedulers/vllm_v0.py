@@ -129,7 +129,7 @@ class VLLMV0Scheduler(VLLMSteps):
                 break
             self.resume(req, out, 1)
 
-    def arrival_keeps_batch(self, req: Request) -> bool:
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer joins the FCFS queue's tail: harmless while swapped requests (which come
         # first) cannot come back, or behind a head that admission stopped at, for a reason
         # decodes cannot lift (the stretch stops at a finish, which could lift it).
