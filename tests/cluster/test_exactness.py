@@ -4,9 +4,12 @@ and it really is used: each replica's stretches run to its own next event."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from servesim import load_scenario, simulate
 from servesim.replica.schedulers import available
 
 from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
@@ -14,6 +17,7 @@ from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: 
 # Policies whose fast-forward hook holds for most steps of this overloaded workload (priority
 # since a blocked head lets it repeat). The others are exact too, but stop their stretches at
 # more events (each policy's share here: docs/scheduling-engine.md, "Speed of the policies").
+ROOT = Path(__file__).resolve().parents[2]
 MOSTLY_STRETCHES = {"vllm", "vllm-v0", "continuum", "orca", "priority"}
 
 
@@ -27,6 +31,20 @@ def test_fast_forward_is_exact_with_a_state_reading_router(scheduler, reads_ever
     assert slow.num_fast_forwarded_steps == 0
     share = fast.num_fast_forwarded_steps / len(fast.steps)
     assert share > (0.9 if scheduler in MOSTLY_STRETCHES else 0.08), share
+
+
+def test_stale_counts_read_at_a_stretchs_end_are_exact():
+    """A stale view taken when a stretch ends (the first change in a refresh interval) reads the
+    stretch's steps: with deferred finishes on an open-loop trace it once read the running
+    count as of the stretch's start, and routing went another way than stepping's."""
+    sets = ["replicas=8", "workload.trace.speedup=14", "workload.trace.end_s=300", "router.name=least-requests",
+            "router.count=engine", "router.refresh_interval_s=0.01"]
+    path = str(ROOT / "examples/azure-code.yaml")
+    fast = simulate(load_scenario(path, sets))
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]))
+    assert len(fast.requests) > 700 and fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
 
 
 @pytest.mark.parametrize("refresh", [0.01, 0.1])

@@ -56,7 +56,9 @@ def test_stale_metrics_pile_up_on_one_replica():
     runs = [azure_code("router.name=least-requests", "router.count=engine", f"router.refresh_interval_s={dt}")
             for dt in (0.0, 0.01, 0.1, 1.0)]
     p99 = [r["ttft_s"]["p99"] for r in runs]
-    assert p99 == sorted(p99) and len(set(p99)) == 4  # every step of staleness makes the tail worse
+    # 10 ms is as good as live for the tail (stepping one by one agrees); beyond, every step of
+    # staleness makes it worse
+    assert abs(p99[1] - p99[0]) < 0.02 * p99[0] and p99[1] < p99[2] < p99[3]
     assert p99[2] > 1.2 * p99[0] and p99[3] > 4 * p99[0]
     assert runs[3]["cluster"]["load_imbalance"] > 2 * runs[0]["cluster"]["load_imbalance"]
     # the router's own in-flight counter is never stale: refreshes do not change its decisions

@@ -100,7 +100,8 @@ class Recorder:
         # one entry per chunk of consecutive steps
         self._start_s = Column(np.float64)  # start of the chunk's first step (later ones start when the previous ends)
         self._prefill0 = Column(np.int64)  # prompt tokens of the chunk's first step (later ones have none)
-        self._num_waiting = Column(np.int64)  # constant over a chunk
+        self._num_waiting = Column(np.int64)  # at the chunk's first step
+        self._waiting_from = Column(np.int64)  # global steps from which one more waits, until the chunk ends
         self._len = Column(np.int64)
         self._single = Column(np.bool_)  # a single step (kv use as logged) or a stretch (kv use as growth)
         # one entry per step
@@ -132,10 +133,13 @@ class Recorder:
         self.num_steps += 1
 
     def log_decode_steps(self, start_s: float, ends_s, batch, num_waiting: int,
-                         kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0) -> None:
+                         kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
+                         waiting_from: list[int] = ()) -> None:
         """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests; only the first
         computes prompt tokens. A stretch (KV use given as a `BlockGrowth`) emits a token per
         running request per step; a single step logged by `log_step` says what it emitted.
+        `num_waiting` requests wait in the first step, one more from each step listed in
+        `waiting_from` on (arrivals that joined a blocked queue; indices into this chunk).
         `ends_s` and `batch` may be lists or 1-D numpy arrays (copied)."""
         if not isinstance(kv_used_blocks, BlockGrowth):
             if len(ends_s) != 1:
@@ -157,6 +161,8 @@ class Recorder:
         for step, blocks in frees:
             self._free_at.append(self.num_steps + step)
             self._free_blocks.append(blocks)
+        for step in waiting_from:
+            self._waiting_from.append(self.num_steps + step)
         self.num_steps += len(ends_s)
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
@@ -174,8 +180,19 @@ class Recorder:
         emitted = running.copy()
         emitted[first[single]] = self._single_emitted.array()
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
-                       num_running=running, num_waiting=np.repeat(self._num_waiting.array().astype(np.int32), lens),
+                       num_running=running, num_waiting=self._waiting(first, lens),
                        kv_used_blocks=self._block_usage(first, lens, single), num_gpu_blocks=num_gpu_blocks)
+
+    def _waiting(self, first: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Waiting count at every step: each chunk's first value, plus the arrivals it kept
+        from their step to the chunk's end."""
+        waiting = np.repeat(self._num_waiting.array(), lens)
+        at = self._waiting_from.array()
+        if len(at):
+            delta = np.bincount(at, minlength=self.num_steps)
+            grown = np.cumsum(delta)  # arrivals kept up to each step, over all chunks
+            waiting += grown - np.repeat(grown[first] - delta[first], lens)  # less those of earlier chunks
+        return waiting.astype(np.int32)
 
     def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
         """Blocks in use at every step: single steps as logged, stretches expanded from their

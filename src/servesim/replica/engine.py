@@ -105,8 +105,16 @@ class Engine(FastForwarding):
             return
         if req.hash_ids and self.kv.enable_prefix_caching:
             req.kv_block_keys = block_keys(req, self.kv.block_size)
+        st = self.stretch
+        # A request queued behind a blocked head changes nothing the stretch repeats: it goes
+        # on, logging one more waiting request from the step after the one in flight (the
+        # first step whose `schedule` would see it when stepping).
+        keep = st is not None and self.ports is None and self.scheduler.arrival_keeps_batch(req)
         self.scheduler.add_request(req, now_s)
-        self.interrupt(now_s)
+        if keep:
+            st.add_waiting(now_s)
+        else:
+            self.interrupt(now_s)
 
     def interrupt(self, now_s: float) -> None:
         """Something changed here at `now_s`: cut the stretch in flight so the next step

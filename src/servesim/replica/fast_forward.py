@@ -60,11 +60,13 @@ class FastForwarding:
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
                      self.perf, self.scheduler.num_waiting, self._decode_forms)
         # A lone replica knows the next arrival is its own: price exactly up to it (and give up
-        # below two steps). With others the next arrival may go elsewhere: price `lookahead`
-        # times as far and at least one step past step 0; a submission here cuts the stretch
-        # back to the step in flight, and `_end_fast_forward` extends it if reached uncut.
+        # below two steps). With others the next arrival may go elsewhere, and a queue blocked
+        # for any newcomer keeps the stretch through arrivals: price `lookahead` times as far
+        # and at least one step past step 0; a submission here that the scheduler cannot keep
+        # cuts the stretch back to the step in flight, and `_end_fast_forward` extends it if
+        # reached uncut.
         next_s = self.next_event_s()
-        if self.lookahead > 1:
+        if self.lookahead > 1 or (self.ports is None and self.scheduler.arrival_keeps_batch(None)):
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
         st.price(min(next_s, self._own_horizon_s()))
         if st.k < 2:
@@ -160,9 +162,9 @@ class FastForwarding:
                 self._limit(st, k)
             if st.k > k:
                 return self._schedule_stretch_end(st)
-        self.stretch = None
-        if self.on_change:
+        if self.on_change:  # (while the stretch is in flight: a view taken now reads its steps)
             self.on_change(now_s)
+        self.stretch = None
         self._finish_and_continue(st.out, self._apply_stretch(st), now_s)
 
     def _apply_stretch(self, st: Stretch) -> list[Request]:
@@ -200,7 +202,8 @@ class FastForwarding:
             req.finish_s = ends[req.token_steps[-1] - first]
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens)
+        self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens,
+                                       [j for j in st.waiting_from if j < k])
         return done
 
 

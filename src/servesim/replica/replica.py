@@ -219,7 +219,8 @@ class Replica:
         decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
         if j:
             used += st.blocks_added(j, kv.block_size, lambda req: kv.num_blocks_of(req.id))
-            prefill -= sum(n for _, n in st.prefills)
+            # a prompt finished in step 0 is left with its first token to compute, as decodes
+            prefill -= sum(n - 1 for _, n in st.prefills)
             decode -= sum(st.sizes[:j])
         return used, prefill, decode
 

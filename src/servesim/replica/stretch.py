@@ -38,7 +38,7 @@ class Stretch:
     """Steps of a fixed decode batch, priced lazily; the engine applies them at `end_s`."""
 
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
-                 "num_waiting", "first_new", "free_blocks", "kmax", "ends", "sizes", "final", "gen",
+                 "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "ends", "sizes", "final", "gen",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_arrays", "_ahead", "_ahead_sizes", "_ahead_at", "_step1_s")
 
@@ -54,7 +54,8 @@ class Stretch:
         self.remaining = remaining  # tokens each still emits, step 0 included
         self.through = through
         self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys]
-        self.num_waiting = num_waiting  # the scheduler's waiting count, logged for every step
+        self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
+        self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
         self.free_blocks = 0  # free KV blocks when the stretch was planned
         self.kmax = max(remaining) if through else min(remaining)
@@ -242,6 +243,13 @@ class Stretch:
     def step_in_flight(self, t: float) -> int:
         """The step running at `t` (the last one if `t` is at or after the end)."""
         return min(bisect_left(self.ends, t), len(self.ends) - 1)
+
+    def add_waiting(self, t: float) -> None:
+        """A request joined the waiting queue at `t` without cutting the stretch: stepping,
+        the step after the one in flight (events at `t` come before a step ending at `t`)
+        would be the first to see it. That step may lie past the priced ones (the stretch
+        may be extended); it is logged only if the stretch reaches it."""
+        self.waiting_from.append(bisect_left(self.ends, t) + 1)
 
     def blocks_added(self, j: int, block_size: int, blocks_held: Callable[[Any], int]) -> int:
         """KV blocks the stretch has added by step j (allocated at steps 1..j), less those of

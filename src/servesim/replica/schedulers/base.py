@@ -130,6 +130,16 @@ class Scheduler:
         `FastForward`)? Must not change any state."""
         return NO_FAST_FORWARD
 
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        """Asked while a fast-forwarded stretch planned from this policy's last `schedule`
+        runs (repeat held, nothing changed here since): would every `schedule` call until
+        the stretch's next stop choose the same batch with `req` in the waiting queue? Then
+        the engine queues `req` and the stretch goes on (its waiting count grows from the
+        next step). `req=None`: would that hold for any request (the engine then prices the
+        stretch past the next arrival)? Must not change any state. The default, False, cuts
+        the stretch."""
+        return False
+
     def nothing_pending(self, output: SchedulerOutput) -> bool:
         """The usual condition for repeating a step: everyone running got its tokens, nothing
         was preempted or swapped, and nothing waits (new or swapped) to be admitted."""

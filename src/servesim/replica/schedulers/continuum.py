@@ -193,6 +193,11 @@ class ContinuumScheduler(VLLMScheduler):
                     self._released = True  # blocks freed after admission: the next step may admit
         return out
 
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # A call may jump the queue (its program's order) and an arrival changes which pins
+        # may expire (the timers): every arrival cuts the stretch.
+        return False
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # (finishes pin blocks: `finish` is overridden, so never through finishes)
         if self._released or not super().fast_forward(output).repeat:

@@ -36,6 +36,7 @@ class OrcaParams(SchedulerParams):
 class OrcaScheduler(Scheduler):
     Params = OrcaParams
     _head_blocked = False
+    _blocked_head: Request | None = None  # the waiting head `_head_blocked` is about
 
     def reserved_tokens(self, req: Request) -> int:
         limit = self.config.max_model_len
@@ -61,12 +62,20 @@ class OrcaScheduler(Scheduler):
             req = self.waiting.peek()
             if not self.kv.allocate_slots(req, self.reserved_tokens(req)):
                 self._head_blocked = True  # FCFS head-of-line: wait for a finish
+                self._blocked_head = req
                 break
             self.waiting.pop()
             self.running.append(req)
             req.state = RequestState.RUNNING
             out.scheduled.append((req, req.prompt_len))
         return out
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # A newcomer queues behind a head that only a finish can admit (the stretch stops there).
+        if not self.waiting:
+            return False
+        return len(self.running) >= self.config.max_num_seqs or (self._head_blocked
+                                                                  and self.waiting.peek() is self._blocked_head)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decodes never allocate; only a finish (which ends the stretch) can admit the head.

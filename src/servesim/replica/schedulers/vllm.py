@@ -37,6 +37,7 @@ class VLLMScheduler(VLLMSteps):
     Params = VLLMParams
     supports_lora = True
     _head_blocked_by_kv = False
+    _blocked_head: Request | None = None  # the waiting head `_head_blocked_by_kv` is about
     _lora_blocked = False  # every waiting request was skipped for its adapter (or the head waits for KV)
     lora: LoRACache | None = None  # made when the first request naming an adapter arrives
 
@@ -93,6 +94,7 @@ class VLLMScheduler(VLLMSteps):
                 # block decodes take) while decodes only consume blocks, so it stays blocked
                 # until something finishes
                 self._head_blocked_by_kv = not req.kv_block_keys and self.first_chunk(req, 0, budget) > 0
+                self._blocked_head = req
                 break
             budget = left
 
@@ -116,6 +118,22 @@ class VLLMScheduler(VLLMSteps):
                 break
             budget = left
         self._lora_blocked = blocked
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # Admission is head-of-line: a newcomer queued behind a head that cannot be admitted
+        # until something finishes (max_num_seqs reached, or KV blocks that decode-only steps
+        # only make scarcer) is never looked at, so its prefix hits cannot matter either.
+        # Adapters are left out: an arrival may start a LoRA load (a timer).
+        if self.lora is not None or (req is not None and req.lora is not None) or not self.waiting:
+            return False
+        if len(self.running) >= self.config.max_num_seqs:
+            return True  # the admission loop does not run at all
+        head = self.waiting.peek()
+        if not (self._head_blocked_by_kv and head is self._blocked_head):
+            return False
+        # priority order: the newcomer must sort after the head (ties: after, by insertion)
+        return self.params.policy == "fcfs" or (req is not None
+                                                and (req.priority, req.arrival_s) >= (head.priority, head.arrival_s))
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and

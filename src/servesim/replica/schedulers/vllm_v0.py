@@ -57,6 +57,7 @@ class VLLMV0Scheduler(VLLMSteps):
         self.watermark_blocks = int(params.watermark * kv.num_gpu_blocks)
         self.swapped: deque[Request] = deque()  # type: ignore[assignment]
         self._blocked = False  # admission / swap-in stopped for a reason decodes cannot lift
+        self._blocked_head: Request | None = None  # the waiting head that stopped admission
 
     def admission_error(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len
@@ -88,9 +89,11 @@ class VLLMV0Scheduler(VLLMSteps):
             n = req.num_tokens - num_cached
             if kv.num_free_blocks - kv.blocks_needed(req, n, hits) < self.watermark_blocks:
                 self._blocked = not req.kv_block_keys  # LATER: head-of-line blocking
+                self._blocked_head = req
                 break
             if tokens + n > self.token_budget or len(self.running) >= self.max_num_seqs:
                 self._blocked = True
+                self._blocked_head = req
                 break
             kv.allocate_slots(req, n, hits)
             self.waiting.pop()
@@ -125,6 +128,12 @@ class VLLMV0Scheduler(VLLMSteps):
                 self._blocked = True
                 break
             self.resume(req, out, 1)
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # A newcomer joins the FCFS queue's tail: harmless while swapped requests (which come
+        # first) cannot come back, or behind a head that admission stopped at, for a reason
+        # decodes cannot lift (the stretch stops at a finish, which could lift it).
+        return self._blocked and bool(self.swapped or (self.waiting and self.waiting.peek() is self._blocked_head))
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only steps repeat while nothing is preempted or swapped and whatever waits
