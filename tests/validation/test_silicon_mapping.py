@@ -82,7 +82,7 @@ def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
 
 
 @pytest.mark.parametrize("changes, reason", [
-    ({"mode": "disagg"}, "not expressible yet: disaggregated (needs issue 10)"),
+    ({"mode": "disagg"}, "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"),
     ({"attention_dp_size": "4"}, "attention data parallelism is not modelled"),
     ({"tp_size": "64"}, "tp 64 spans several nodes: multi-node replicas are not modelled"),
     ({"moe_tp_size": "1", "moe_ep_size": "2"}, "MoE TP 1 x EP 2 does not cover tp 4"),

@@ -29,7 +29,7 @@ def test_validate_prints_groups_and_reasons(tmp_path: Path):
     assert res.exit_code == 0, res.output
     assert "Simulated rows: 1 of 2." in res.output
     assert "| vllm b200_sxm | 1 |" in res.output and "| **all** | 1 |" in res.output
-    assert "| 1 | not expressible yet: disaggregated (needs issue 10) |" in res.output
+    assert "| 1 | disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md) |" in res.output
     table = list(csv.DictReader(out.open()))
     assert [r["id"] for r in table] == ["a"] and float(table[0]["measured_ttft_ms"]) == 120.5
     text = docs.read_text()

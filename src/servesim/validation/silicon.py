@@ -121,7 +121,7 @@ class ClientOptions:
 def inexpressible_reason(row: SiliconRow) -> str | None:
     """Why `row` cannot be simulated yet, or None when it can."""
     if row.mode != "agg":
-        return "not expressible yet: disaggregated (needs issue 10)"
+        return "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"
     if row.concurrency <= 0:
         return "the client concurrency is not recorded"
     if row.system not in GPUS:
