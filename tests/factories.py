@@ -74,3 +74,13 @@ def serve(engine: Engine, loop: EventLoop, requests) -> None:
     for r in requests:
         loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
     loop.run()
+
+
+def run_engine(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict, max_num_seqs: int = 16):
+    """One engine (token budget 256) serving `reqs` to the end, all KV blocks returned."""
+    engine, _, kv, loop, _ = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=max_num_seqs,
+                                         fast_forward=fast_forward, scheduler=scheduler, params=params)
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    return engine

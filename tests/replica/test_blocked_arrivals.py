@@ -10,7 +10,7 @@ from servesim import load_scenario, simulate
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.stretch import Stretch
-from tests.factories import make_engine, make_request, serve
+from tests.factories import make_request, run_engine
 from tests.golden.cases import OVERLOAD, ROOT
 
 COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks")
@@ -36,15 +36,6 @@ def overloaded_requests(seed: int, n: int = 300, gap_s: float = 0.01):
                          int(rng.integers(20, 200)), float(t[i]), priority=int(not urgent[i])) for i in range(n)]
 
 
-def run(reqs, fast_forward: bool, scheduler: str, params: dict, num_blocks: int):
-    engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=12,
-                                                fast_forward=fast_forward, scheduler=scheduler, params=params)
-    serve(engine, loop, reqs)
-    engine.drain(loop.now_s)
-    kv.check_all_free()
-    return engine
-
-
 @pytest.mark.parametrize("scheduler,params", [
     ("vllm", {"policy": "fcfs"}), ("vllm", {"policy": "priority"}), ("orca", {"reservation": "pow2"}),
     ("vllm-v0", {"max_num_seqs": 12}), ("vllm-v0", {"max_num_seqs": 12, "preemption_mode": "swap"}),
@@ -58,8 +49,8 @@ def test_stretches_outlive_blocked_arrivals_and_match_step_by_step(scheduler, pa
     add = Stretch.add_waiting
     monkeypatch.setattr(Stretch, "add_waiting", lambda st, t: (kept.append(t), add(st, t)))
     a_reqs, b_reqs = overloaded_requests(7, gap_s=gap_s), overloaded_requests(7, gap_s=gap_s)
-    a = run(a_reqs, True, scheduler, params, num_blocks)
-    b = run(b_reqs, False, scheduler, params, num_blocks)
+    a = run_engine(a_reqs, True, num_blocks, scheduler, params, max_num_seqs=12)
+    b = run_engine(b_reqs, False, num_blocks, scheduler, params, max_num_seqs=12)
     assert len(kept) > 20 or gap_s > 0.1  # arrivals really joined a stretch's blocked queue
     assert a.num_steps == b.num_steps and b.num_fast_forwarded_steps == 0
     for x, y in zip(a_reqs, b_reqs):

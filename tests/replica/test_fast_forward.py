@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.factories import ToyPerf, VectorOnlyToyPerf, make_engine, make_request, serve
+from tests.factories import ToyPerf, VectorOnlyToyPerf, make_engine, make_request, run_engine, serve
 
 
 def random_requests(seed: int, n: int = 300):
@@ -49,15 +49,6 @@ def test_fast_forward_matches_step_by_step(seed, num_blocks, perf, defer):
     assert sum(r.num_preemptions for r in b_reqs) > 0 or num_blocks >= 400
 
 
-def run_policy(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict):
-    engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=16,
-                                                fast_forward=fast_forward, scheduler=scheduler, params=params)
-    serve(engine, loop, reqs)
-    engine.drain(loop.now_s)
-    kv.check_all_free()
-    return engine
-
-
 @pytest.mark.parametrize("scheduler,params", [
     ("vllm-v0", {}), ("vllm-v0", {"preemption_mode": "swap"}), ("fastswitch", {}),
     ("fastswitch", {"priority_update_interval": 7, "overlap_swap": False}), ("andes", {}),
@@ -70,8 +61,8 @@ def test_fast_forward_is_exact_for_every_policy(scheduler, params, seed, num_blo
         for r in reqs:  # two tenants (fairness) in three programs (continuum pins)
             r.tenant = "heavy" if r.id % 3 else "light"
             r.program_id = r.id % 3
-    a = run_policy(a_reqs, True, num_blocks, scheduler, params)
-    b = run_policy(b_reqs, False, num_blocks, scheduler, params)
+    a = run_engine(a_reqs, True, num_blocks, scheduler, params)
+    b = run_engine(b_reqs, False, num_blocks, scheduler, params)
     assert a.num_fast_forwarded_steps > 0 and b.num_fast_forwarded_steps == 0
     assert a.num_steps == b.num_steps
     for x, y in zip(a_reqs, b_reqs):
