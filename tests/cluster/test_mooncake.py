@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.cluster.prediction import Predictor, prefill_time_s
+from servesim.cluster.prediction import Predictor
+from servesim.perf.estimate import prefill_time_s
 from servesim.metrics.disaggregation import late_prefill_tokens
 from servesim.perf import build_perf_model
 from servesim.scenario import Scenario

@@ -17,7 +17,7 @@ import numpy as np
 from servesim.cluster.routers import Router
 from servesim.cluster.view import ClusterView
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
-from servesim.replica.replica import Replica
+from servesim.replica.replica import DRAINING, Replica
 from servesim.workload.request import Request, RequestState
 
 DoneCallback = Callable[[Request, float], None]
@@ -138,7 +138,12 @@ class Cluster:
         router = self.router if self.disagg is None else self.disagg.router_of(replica.index)
         router.on_complete(req, replica.index, now_s)
         self.on_done(req, now_s)
-        if self.on_drained and replica.state == "draining" and replica.num_outstanding == 0:
+        self.stop_if_drained(replica, now_s)
+
+    def stop_if_drained(self, replica: Replica, now_s: float) -> None:
+        """A draining replica that holds nothing more (its last request finished or migrated
+        out) is handed to the scale controller to stop."""
+        if self.on_drained and replica.state == DRAINING and replica.num_outstanding == 0:
             self.on_drained(replica, now_s)
 
     # ------------------------------------------------------------------ elastic

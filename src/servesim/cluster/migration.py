@@ -156,8 +156,7 @@ class Migrator:
             src.engine.scheduler.remove(req, now_s)  # stop: its blocks on the source are freed
             src.num_outstanding -= 1
             self.cluster.router.on_complete(req, m.src, now_s)
-            if self.cluster.on_drained and src.state == DRAINING and src.num_outstanding == 0:
-                self.cluster.on_drained(src, now_s)  # scaled in: its last request left by migration
+            self.cluster.stop_if_drained(src, now_s)
             m.stop_s = now_s
             return self._copy(m, max(left, 0), now_s, self._arrive)
         if m.num_stages >= self.cfg.max_stages:

@@ -10,17 +10,7 @@ approximate only in what they leave out (batching with other work).
 
 from __future__ import annotations
 
-
-def prefill_time_s(perf, num_new_tokens: int, num_cached_tokens: int, chunk_tokens: int) -> float:
-    """Time to prefill `num_new_tokens` after `num_cached_tokens` cached ones, in chunks of at
-    most `chunk_tokens` (the engine's `max_num_batched_tokens`), nothing else in the batch."""
-    t_s, done, left = 0.0, num_cached_tokens, num_new_tokens
-    while left > 0:
-        n = min(left, chunk_tokens)
-        t_s += perf.step_time_s([(n, done)], ())
-        done += n
-        left -= n
-    return t_s
+from servesim.perf.estimate import prefill_time_s
 
 
 def prefill_s_per_token(perf, chunk_tokens: int) -> float:

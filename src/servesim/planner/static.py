@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servesim.perf import PerfConfig, PerfModel, build_perf_model
+from servesim.perf.estimate import prefill_time_s
 from servesim.planner.goodput import WorkloadShape
 from servesim.planner.space import Candidate
 from servesim.replica.config import EngineConfig, serve_batch_defaults
@@ -56,14 +57,7 @@ def engine_limits(cand: Candidate, pm: PerfModel, engine: EngineConfig) -> tuple
 
 def prefill_s(pm: PerfModel, prompt: int, budget: int, chunked: bool) -> float:
     """Unloaded prefill of one prompt, in budget-sized chunks when chunked prefill is on."""
-    if not chunked or prompt <= budget:
-        return pm.step_time_s([(prompt, 0)], [])
-    total, done = 0.0, 0
-    while done < prompt:
-        take = min(budget, prompt - done)
-        total += pm.step_time_s([(take, done)], [])
-        done += take
-    return total
+    return prefill_time_s(pm, prompt, 0, budget if chunked else prompt)
 
 
 def _share_below(sorted_values: np.ndarray, ok) -> float:
