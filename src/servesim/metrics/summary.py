@@ -10,7 +10,6 @@ second. Percentiles interpolate linearly between order statistics, as numpy's de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
@@ -100,13 +99,6 @@ def stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, fl
 #: A run's token emissions as (runs per request, run starts, run ends): request i emitted one
 #: token at the end of every step of its runs, inclusive ranges of the (concatenated) step log.
 TokenRuns = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def token_runs(token_steps: list[list[int]]) -> TokenRuns:
-    """The runs of requests' flat `token_steps` lists [start0, end0, start1, end1, ...]."""
-    counts = np.fromiter((len(r) // 2 for r in token_steps), dtype=np.int64, count=len(token_steps))
-    flat = np.fromiter(chain.from_iterable(token_steps), dtype=np.int64, count=2 * int(counts.sum()))
-    return counts, flat[0::2], flat[1::2]
 
 
 def tokens_per_request(runs: TokenRuns) -> np.ndarray:
