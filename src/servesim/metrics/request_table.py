@@ -71,11 +71,6 @@ class RequestTable:
     def __len__(self) -> int:
         return self._n
 
-    @property
-    def num_live(self) -> int:
-        """Requests registered and not yet reduced (the run's outstanding ones)."""
-        return len(self._live)
-
     def append(self, req: Request) -> None:
         """`req` reaches the cluster for the first time (its row is its arrival order)."""
         self._live[id(req)] = (self._n, req)
@@ -144,9 +139,6 @@ class RequestTable:
     def labels(self, name: str) -> np.ndarray:
         """`tenant`, `slo_class` or `lora` of every row as an object array (None where absent)."""
         return self._labels[name].decode(self.cols[name])
-
-    def has_label(self, name: str) -> bool:
-        return bool(self._labels[name].codes)
 
     def request_columns(self) -> RequestColumns:
         c = self.cols
