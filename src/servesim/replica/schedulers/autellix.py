@@ -189,8 +189,10 @@ class AutellixScheduler(KeyedScheduler):
         for req, _ in output.scheduled:
             p = program(req)
             served.add(p)
-            service[p] += dt
-            call_service[req.id] += dt
+            # a call that finished inside a stretch running through finishes was served until then
+            d = dt if req.finish_s is None or req.finish_s >= now_s else req.finish_s - start
+            service[p] += d
+            call_service[req.id] += d
         # Waiting time and anti-starvation (`attained_s` inlined: this runs over the whole queue)
         atlas = self.params.mode == "atlas"
         ratio = self.params.starvation_ratio

@@ -36,7 +36,8 @@ from pydantic import Field
 from servesim.replica.radix_cache import RadixKVCache, RadixNode
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput,
+    SchedulerParams,
 )
 from servesim.replica.schedulers.priority import SortedWaiting
 from servesim.workload.request import Request
@@ -103,6 +104,9 @@ class SGLangScheduler(Scheduler):
         if out.scheduled:
             if self.params.enable_mixed_chunk:
                 self._mix_decodes(out)
+            if self.chunked is None:  # every prompt of the batch is done: its first request
+                first = out.scheduled[0][0]  # emits a token now and one per decode step after
+                self._mark = (first, first.num_output_tokens + 1)
             return out
         decoding = [r for r in self.running if r.is_decoding]
         if self._decode_blocks(decoding) > self.kv.num_free_blocks:
@@ -256,12 +260,21 @@ class SGLangScheduler(Scheduler):
             if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
                 if req.state == req.state.RUNNING:
                     self.kv.cache_unfinished(req)
-        if self._mark is not None:  # a decode step (or several, fast-forwarded)
+        if self._mark is not None:  # decode steps (several when fast-forwarded; none: a prefill step)
             req, before = self._mark
             steps = req.num_output_tokens - before
+            if steps <= 0:
+                return
             decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
             self.new_token_ratio = max(self.new_token_ratio - decay * steps, self.min_ratio)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # Nothing to prefill: decode steps repeat (the ratio only matters for admission).
-        return REPEAT_DECODES if self.nothing_pending(output) and self.chunked is None else NO_FAST_FORWARD
+        # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After
+        # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
+        # step's end (`on_step_end`), which must not wait for the stretch's end. Never through
+        # finishes: a finish returns blocks that the radix cache would take before evicting.
+        if not (self.nothing_pending(output) and self.chunked is None):
+            return NO_FAST_FORWARD
+        if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
+            return REPEAT_DECODES
+        return REPEAT_AFTER_PREFILL
