@@ -109,11 +109,18 @@ class SGLangScheduler(Scheduler):
                 self._mark = (first, first.num_output_tokens + 1)
             return out
         decoding = [r for r in self.running if r.is_decoding]
-        if self._decode_blocks(decoding) > self.kv.num_free_blocks:
-            decoding = self._retract(decoding, out)
-        for req in decoding:
-            if self.kv.allocate_slots(req, 1):
-                out.scheduled.append((req, 1))
+        # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
+        bs = self.kv.block_size
+        grants = [(r, 1) for r, held in zip(decoding, self.kv.num_blocks_list(decoding))
+                  if r.num_computed_tokens >= held * bs]
+        if len(grants) > self.kv.num_free_blocks:
+            for req in self._retract(decoding, out):
+                if self.kv.allocate_slots(req, 1):
+                    out.scheduled.append((req, 1))
+        else:  # everyone fits: the same blocks, taken in the same order, as one by one
+            self.kv.allocate_plain_many(grants)
+            out.scheduled = [(req, 1) for req in decoding]
+            out.num_known_decodes = len(decoding)
         if out.scheduled and not out.preempted:
             first = out.scheduled[0][0]
             self._mark = (first, first.num_output_tokens)
@@ -202,9 +209,7 @@ class SGLangScheduler(Scheduler):
         kv = self.kv
         bs = kv.block_size
         mixed = self._num_mixed_decodes()  # decode tokens that will share this step
-        rem_total = kv.num_free_blocks * bs - mixed - sum(
-            min(max(self.max_new(r) - r.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) * self.new_token_ratio
-            for r in self.running)
+        free_blocks = kv.num_free_blocks  # (before the chunked request's next chunk)
         rem_input = self.params.max_prefill_tokens - mixed
         rem_chunk = self.chunk_size - mixed
         if self.chunked is not None:  # continue the chunked request first
@@ -222,6 +227,10 @@ class SGLangScheduler(Scheduler):
                     return
         if not self.waiting or len(self.running) >= self.max_running:
             return
+        ratio, max_len = self.new_token_ratio, self.config.max_model_len  # (`max_new`, inlined: a pass per step)
+        rem_total = free_blocks * bs - mixed - sum([
+            min(max((r.max_tokens or max_len - r.prompt_len) - r.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) * ratio
+            for r in self.running])
         admitted = False
         for req in self._ordered_waiting():
             if len(self.running) >= self.max_running:
