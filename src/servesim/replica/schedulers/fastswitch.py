@@ -156,12 +156,20 @@ class FastSwitchScheduler(VLLMSteps):
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         order = self._order()
-        rank = {r.id: i for i, r in enumerate(order)}
         swapped_now: set[int] = set()
         allocate, ready = self.kv.allocate_slots, self.swap_ready_s
         admitting = True  # new and swapped requests join in priority order until one does not fit
-        for i, req in enumerate(order):
+        running_left = len(self.running)  # running requests not reached yet (or evicted)
+        first = self._decode_prefix(order, budget)
+        if first:
+            out.scheduled = [(req, 1) for req in order[:first]]
+            out.num_known_decodes = first
+            budget -= first
+            running_left -= first
+        for i in range(first, len(order)):
+            req = order[i]
             if req.state == RequestState.RUNNING:
+                running_left -= 1
                 if budget <= 0 or (ready and not self.is_swap_ready(req, now_s)):
                     continue  # no budget left, or its swap-in is still in flight
                 n = self.tokens_for(req, budget)
@@ -171,7 +179,7 @@ class FastSwitchScheduler(VLLMSteps):
                     out.scheduled.append((req, n))
                     budget -= n
                     continue
-                make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
+                make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
                 if not self._fit(lambda: allocate(req, n), make_room, out):
                     self._evict(req, out, swapped_now)  # nothing of lower priority left: itself
                     continue
@@ -179,8 +187,10 @@ class FastSwitchScheduler(VLLMSteps):
                 budget -= n
                 continue
             if req.id in swapped_now or not admitting:
+                if not admitting and running_left <= 0:
+                    break  # only waiting and swapped requests are left, and none may join
                 continue  # swapped out this step, or admission has stopped
-            make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
+            make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
             if len(self.running) >= self.config.max_num_seqs:
                 admitting = False
             elif req.state == RequestState.SWAPPED:
@@ -196,6 +206,17 @@ class FastSwitchScheduler(VLLMSteps):
             else:
                 admitting = False
         return out
+
+    def _decode_prefix(self, order: list[Request], budget: int) -> int:
+        """How many running requests lead the order and all decode and fit (their blocks then
+        allocated in one call, `allocate_decodes`: the outcome of the walk's first steps, one
+        token each, nothing admitted in between); 0 if they do not (or a swap-in is in flight)."""
+        if self.swap_ready_s:
+            return 0
+        k, n = 0, len(order)
+        while k < n and order[k].state is RequestState.RUNNING:
+            k += 1
+        return k if 0 < k <= budget and self.kv.allocate_decodes(order[:k]) else 0
 
     def _order(self) -> list[Request]:
         """Every held request in priority order (`_key`). When all their tenants have the
@@ -215,12 +236,16 @@ class FastSwitchScheduler(VLLMSteps):
                 return False
         return True
 
-    def _make_room(self, rank: dict, i: int, swapped_now: set[int], req, out: SchedulerOutput) -> int | None:
-        """Swap out the lowest-priority running request ranked after `i` (None if none is)."""
-        victims = [r for r in self.running if rank.get(r.id, -1) > i]
+    def _make_room(self, at: Request, swapped_now: set[int], req, out: SchedulerOutput) -> int | None:
+        """Swap out the lowest-priority running request after `at` in the step's order (None
+        if none is). The order is `_key`'s, fixed during the walk; requests admitted in it
+        come before `at`."""
+        key = self._key
+        at_key = key(at)
+        victims = [r for r in self.running if key(r) > at_key]
         if not victims:
             return None
-        self._evict(max(victims, key=lambda r: rank[r.id]), out, swapped_now)
+        self._evict(max(victims, key=key), out, swapped_now)
         return 0  # lower-priority requests come later in the walk: none was scheduled yet
 
     def _evict(self, victim: Request, out: SchedulerOutput, swapped_now: set[int]) -> None:
