@@ -139,8 +139,10 @@ class KeyedScheduler(VLLMSteps):
 
     def _make_room(self, req: Request, out: SchedulerOutput) -> int | None:
         """Evict the running request with the largest key if `req` beats it (its refund)."""
-        victim = max(self.running, key=self.key) if self.running else None
-        if not (self.preempt_for_waiting and victim is not None and self.preempt_key(victim) > self.preempt_key(req)):
+        if not (self.preempt_for_waiting and self.running):
+            return None
+        victim = max(self.running, key=self.sort_key())  # (the same keys, maybe without Python calls)
+        if not self.preempt_key(victim) > self.preempt_key(req):
             return None
         return self.evict(victim, out, self._swaps)
 
