@@ -40,3 +40,34 @@ def test_admission_stops_at_the_memory_threshold():
     assert all(s == [(0, 1), (1, 1)] for s in steps[1:32])
     assert steps[32] == [(2, 32), (3, 32)]
     assert all(r.num_preemptions == 0 for r in done)
+
+
+def test_the_kept_plan_orders_the_queue_as_a_plan_from_scratch():
+    """Keys fixed at entry (no prefix keys) and regrouping of the keyed part only give the
+    order of ranking every group of the whole waiting set again (the former `_replan`)."""
+    import numpy as np
+
+    engine, sched, *_ = make_engine(scheduler="batchllm")
+    rng = np.random.default_rng(3)
+    reqs = []
+    for i in range(60):
+        r = make_request(i, int(rng.integers(1, 200)), int(rng.integers(1, 200)), float(i))
+        if rng.random() < 0.5:  # prefixes from a small tree: some shared, some not
+            r.kv_block_keys = tuple(("k", int(rng.integers(0, 3)), j) for j in range(int(rng.integers(1, 4))))
+        reqs.append(r)
+
+    def from_scratch():
+        ranked = sorted((-sum(r.output_len for r in m) / max(sum(r.prompt_len for r in m), 1),
+                         min(r.arrival_s for r in m), min(r.id for r in m), m)
+                        for m in sched.groups(list(sched.waiting)).values())
+        rank = {r.id: g for g, (*_, m) in enumerate(ranked) for r in m}
+        return sorted(sched.waiting, key=lambda r: (rank[r.id], r.arrival_s, r.id))
+
+    for i, r in enumerate(reqs):
+        sched.add_request(r, float(i))
+        if i % 7 == 6:  # some leave the queue (as admitted or aborted ones do)
+            sched.remove(sched.waiting.peek(), float(i))
+        sched.begin_step(float(i))
+        sched.waiting.sort(key=sched._plan.__getitem__)
+        assert [r.id for r in sched.waiting] == [r.id for r in from_scratch()]
+    assert len(sched._plan) == len(sched.waiting)

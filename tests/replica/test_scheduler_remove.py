@@ -155,4 +155,6 @@ def test_fast_forward_is_one_answer_per_step():
     out = sched.schedule(0.03)
     ff = sched.fast_forward(out)
     assert ff == FastForward(repeat=True, after_prefill=True, through_finishes=True)
-    assert make_engine(scheduler="orca")[1].fast_forward(SchedulerOutput()) == FastForward(repeat=True)
+    # orca with nobody waiting: prompts run whole then decode, and a finish admits nobody
+    assert make_engine(scheduler="orca")[1].fast_forward(SchedulerOutput()) == \
+        FastForward(repeat=True, after_prefill=True, through_finishes=True)

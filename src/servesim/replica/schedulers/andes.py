@@ -36,7 +36,7 @@ from pydantic import Field
 from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
@@ -215,7 +215,7 @@ class AndesScheduler(VLLMSteps):
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         for req, _ in output.scheduled:
-            if req.num_output_tokens != self._outputs.get(req.id, 0):
+            if req.state is RequestState.RUNNING and req.num_output_tokens != self._outputs.get(req.id, 0):
                 self._outputs[req.id] = req.num_output_tokens
                 self._last_token_s[req.id] = now_s
 
@@ -225,8 +225,9 @@ class AndesScheduler(VLLMSteps):
         self._qoe.pop(req, None)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # Nothing waits or is swapped out: no knapsack or admission can change the batch.
-        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD
+        # Nothing waits or is swapped out: no knapsack or admission can change the batch, and
+        # a finish admits nobody (prompts done this step decode with the rest).
+        return REPEAT_THROUGH if self.nothing_pending(output) else NO_FAST_FORWARD
 
 
 def _by_density(reqs: list[Request], dens: list[float]) -> list[Request]:

@@ -27,7 +27,7 @@ from bisect import bisect_right
 from math import inf
 from functools import reduce
 from heapq import heappop, heappush
-from itertools import chain, islice
+from itertools import chain, filterfalse, islice
 from operator import add
 from typing import Literal
 
@@ -189,8 +189,10 @@ class AutellixScheduler(KeyedScheduler):
         for req, _ in output.scheduled:
             p = program(req)
             served.add(p)
-            service[p] += dt
-            call_service[req.id] += dt
+            # a call that finished inside a stretch running through finishes was served until then
+            d = dt if req.finish_s is None or req.finish_s >= now_s else req.finish_s - start
+            service[p] += d
+            call_service[req.id] += d
         # Waiting time and anti-starvation (`attained_s` inlined: this runs over the whole queue)
         atlas = self.params.mode == "atlas"
         ratio = self.params.starvation_ratio
@@ -204,9 +206,8 @@ class AutellixScheduler(KeyedScheduler):
                 self._settle(req)
         log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
         self._step_log.append(dt)
-        for req in chain(self.waiting, self.swapped):
-            if req in lazy:
-                continue  # credited with this step's `dt` when it stops waiting
+        # (lazy calls are credited with this step's `dt` when they stop waiting; skipped in C)
+        for req in filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
                 keys[req] = fresh(req)
@@ -232,7 +233,10 @@ class AutellixScheduler(KeyedScheduler):
                     lazy[req] = (log_end, t)
                     self._due_seq += 1
                     heappush(due, (t, self._due_seq, req))
-        for req in self.running:  # served, or of a promoted program
-            keys[req] = fresh(req)
+        thresholds = self.thresholds
+        for req in self.running:  # served, or of a promoted program (`_fresh_key`, inlined)
+            p = program(req)
+            raw = base[req.id] + call_service[req.id] if atlas else service[p]
+            keys[req] = (bisect_right(thresholds, max(raw - discount.get(p, 0.0), 0.0)), req.arrival_s, req.id)
         if len(self._step_log) > 4096:
             self._trim_log()

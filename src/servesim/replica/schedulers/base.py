@@ -83,6 +83,10 @@ class FastForward:
 
 NO_FAST_FORWARD = FastForward()
 REPEAT_DECODES = FastForward(repeat=True)  # the usual answer of a policy whose batch is steady
+# A batch that stays steady once this step's prompts are done (they then decode with the rest).
+REPEAT_AFTER_PREFILL = FastForward(repeat=True, after_prefill=True)
+# ... and through finishes: nothing waits, so a finish only frees blocks and a sequence slot.
+REPEAT_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True)
 
 
 class Scheduler:

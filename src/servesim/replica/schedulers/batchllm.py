@@ -21,6 +21,7 @@ matter and is not modelled (each request's attention reads its whole context).
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Literal
 
 from pydantic import Field
@@ -30,6 +31,9 @@ from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
+
+# Running requests are out of the plan: they go first, by arrival (the plan's "no group").
+_ARRIVAL_ID = attrgetter("arrival_s", "id")
 
 
 class BatchLLMParams(SchedulerParams):
@@ -49,8 +53,13 @@ class BatchLLMScheduler(KeyedScheduler):
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
-        self._plan: dict[int, tuple] = {}
-        self._planned_n = -1
+        # Each waiting request's key: (its group's (-ratio, first arrival, smallest id), arrival,
+        # id), the order of the plan's ranks. A request without prefix keys shares nothing, so
+        # it is always its own group: its key is fixed when it enters the queue. Only the
+        # requests with prefix keys are regrouped, when that part of the queue changed.
+        self._plan: dict[Request, tuple] = {}
+        self._keyed: dict[Request, None] = {}  # waiting requests with prefix keys (in entry order)
+        self._keyed_dirty = False
 
     # ------------------------------------------------------------------ the plan
     def estimated_output(self, req: Request) -> int:
@@ -71,35 +80,50 @@ class BatchLLMScheduler(KeyedScheduler):
             groups.setdefault(shared[-1] if shared else ("alone", r.id), []).append(r)
         return groups
 
-    def _replan(self) -> None:
-        reqs = list(self.waiting)
-        plan = {}
-        ranked = []
-        for members in self.groups(reqs).values():
-            ratio = sum(self.estimated_output(r) for r in members) / max(sum(r.prompt_len for r in members), 1)
-            first = min(r.arrival_s for r in members)
-            ranked.append((-ratio, first, min(r.id for r in members), members))
-        ranked.sort(key=lambda g: g[:3])
-        for rank, (*_, members) in enumerate(ranked):
+    def _group_key(self, members: list[Request]) -> tuple:
+        """(-estimated output/prompt ratio, first arrival, smallest id): groups in plan order."""
+        ratio = sum(self.estimated_output(r) for r in members) / max(sum(r.prompt_len for r in members), 1)
+        return (-ratio, min(r.arrival_s for r in members), min(r.id for r in members))
+
+    def _replan_keyed(self) -> None:
+        plan = self._plan
+        for members in self.groups(list(self._keyed)).values():
+            g = self._group_key(members)
             for r in members:
-                plan[r.id] = (rank, r.arrival_s, r.id)
-        self._plan = plan
-        self._planned_n = len(reqs)
+                plan[r] = (*g, r.arrival_s, r.id)
+        self._keyed_dirty = False
+
+    def _enter(self, req: Request) -> None:
+        if req.kv_block_keys:
+            self._keyed[req] = None
+            self._keyed_dirty = True
+        else:
+            self._plan[req] = (*self._group_key([req]), req.arrival_s, req.id)
+
+    def _leave(self, req: Request) -> None:
+        self._plan.pop(req, None)
+        if req in self._keyed:
+            del self._keyed[req]
+            self._keyed_dirty = True
 
     def add_request(self, req: Request, now_s: float) -> None:
         super().add_request(req, now_s)
-        self._planned_n = -1  # the plan covers the whole waiting set: redo it
+        self._enter(req)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         super().preempt(req, out)
-        self._planned_n = -1
+        self._enter(req)
+
+    def forget(self, req: Request) -> None:
+        super().forget(req)
+        self._leave(req)  # (removed while waiting)
 
     def key(self, req: Request) -> tuple:
-        return self._plan.get(req.id, (-1, req.arrival_s, req.id))
+        return self._plan.get(req, (float("-inf"), 0.0, -1, req.arrival_s, req.id))
 
     def begin_step(self, now_s: float) -> None:
-        if self._planned_n != len(self.waiting):
-            self._replan()
+        if self._keyed_dirty:
+            self._replan_keyed()
         self._projected = self._projected_use()
 
     # ------------------------------------------------------------------ memory-centric batching
@@ -109,14 +133,25 @@ class BatchLLMScheduler(KeyedScheduler):
         return max(cdiv(total, self.kv.block_size) - held, 0)
 
     def _projected_use(self) -> int:
+        """Blocks used now plus the growth every running request still needs (`_growth`,
+        inlined: this runs over the running batch at every step)."""
         kv = self.kv
-        return kv.num_gpu_blocks - kv.num_free_blocks + sum(self._growth(r) for r in self.running)
+        bs, held = kv.block_size, kv.num_blocks_of
+        growth = 0
+        if self.params.output_len_estimate == "oracle":
+            for r in self.running:
+                g = -(-(r.prompt_len + max(r.output_len, r.num_output_tokens + 1)) // bs) - held(r.id)
+                if g > 0:
+                    growth += g
+        else:
+            growth = sum(self._growth(r) for r in self.running)
+        return kv.num_gpu_blocks - kv.num_free_blocks + growth
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         self.now_s = now_s
         self.begin_step(now_s)
-        self.running.sort(key=self.key)
-        self.waiting.sort(key=self.key)
+        self.running.sort(key=_ARRIVAL_ID)  # (`key` of a request out of the plan)
+        self.waiting.sort(key=self._plan.__getitem__)
         out = SchedulerOutput()
         budget = self.params.max_num_batched_tokens or 1 << 60
         budget = self.schedule_running(out, budget, self._swaps)
@@ -136,7 +171,7 @@ class BatchLLMScheduler(KeyedScheduler):
             if not kv.allocate_slots(req, n, hits):
                 break
             self._projected += future
-            self.waiting.pop()
+            self._leave(self.waiting.pop())
             self.start(req, len(hits) * kv.block_size, n, out)
             budget -= n
         return out

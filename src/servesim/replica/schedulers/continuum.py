@@ -29,7 +29,7 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.workload.request import Request
@@ -199,10 +199,9 @@ class ContinuumScheduler(VLLMScheduler):
         return False
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # (finishes pin blocks: `finish` is overridden, so never through finishes)
-        if self._released or not super().fast_forward(output).repeat:
-            return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        # vLLM's answer (prompts finished this step decode with the rest; finishes pin blocks:
+        # `finish` is overridden, so never through finishes), unless a pin was released
+        return NO_FAST_FORWARD if self._released else super().fast_forward(output)
 
     def _avoid_deadlock(self) -> None:
         kv = self.kv

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
@@ -81,15 +81,27 @@ class FastSwitchScheduler(VLLMSteps):
         self._snap_step = -1  # engine step at whose start the snapshot was taken
         self._sched_step = 0
         self._held: dict[str, int] = {}  # tenant -> requests held (running, swapped, waiting)
+        self._arrived: dict[str, int] = {}  # tenant -> requests arrived since the last step (`_lift`)
 
     # ---- fairness bookkeeping ------------------------------------------------------
     def add_request(self, req: Request, now_s: float) -> None:
-        held = self._held
-        if req.tenant not in held:  # VTC lift: a returning tenant starts at the active minimum
-            floor = min((self.counters.get(t, 0.0) for t in held), default=0.0)
-            self.counters[req.tenant] = max(self.counters.get(req.tenant, 0.0), floor)
-        held[req.tenant] = held.get(req.tenant, 0) + 1
+        self._held[req.tenant] = self._held.get(req.tenant, 0) + 1
+        self._arrived[req.tenant] = self._arrived.get(req.tenant, 0) + 1
         super().add_request(req, now_s)
+
+    def _lift(self) -> None:
+        """VTC lift: a tenant back from idle (all it holds arrived since the last step) starts
+        at the smallest counter of the tenants active before. Decided when the next step is
+        scheduled (an engine takes new requests in at a step boundary), so the counters and
+        finishes include the step that was running at the arrival, whether it ran alone or
+        in a fast-forwarded stretch (settled at its end): the same either way."""
+        arrived, self._arrived = self._arrived, {}
+        held, counters = self._held, self.counters
+        back = [t for t, n in arrived.items() if 0 < held.get(t, 0) <= n]
+        if back:
+            floor = min((counters.get(t, 0.0) for t in held if t not in back), default=0.0)
+            for tenant in back:
+                counters[tenant] = max(counters.get(tenant, 0.0), floor)
 
     def add_transferred(self, req: Request, now_s: float) -> None:
         self._held[req.tenant] = self._held.get(req.tenant, 0) + 1
@@ -97,6 +109,7 @@ class FastSwitchScheduler(VLLMSteps):
 
     def drain(self, now_s: float) -> list[Request]:
         self._held.clear()
+        self._arrived.clear()
         return super().drain(now_s)
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
@@ -104,11 +117,16 @@ class FastSwitchScheduler(VLLMSteps):
         start, k = self._sched_step, self.num_engine_steps - self._sched_step
         last_refresh = (start + k - 1) // p.priority_update_interval * p.priority_update_interval
         if k > 1 and last_refresh > start:
-            # A fast-forwarded stretch of k identical decode steps crossed a refresh step:
-            # snapshot the counters as they were at its start, exactly as stepping would.
+            # A fast-forwarded stretch of k steps crossed a refresh step: snapshot the counters
+            # as they were at its start, exactly as stepping would (a prompt finished in step 0
+            # counted its tokens there; every request emitted one token per step).
             snap = dict(self.counters)
             for req, _ in output.scheduled:
-                snap[req.tenant] = snap.get(req.tenant, 0.0) + p.output_price * (last_refresh - start)
+                old_in, old_out = self._served.get(req.id, (0, 0))
+                new_in = max(old_in, min(req.num_computed_tokens, req.prompt_len))
+                emitted = min(last_refresh - start, req.num_output_tokens - old_out)
+                delta = p.input_price * (new_in - old_in) + p.output_price * emitted
+                snap[req.tenant] = snap.get(req.tenant, 0.0) + delta
             self._snapshot, self._snap_step = snap, last_refresh
         for req, _ in output.scheduled:
             prompt_done = min(req.num_computed_tokens, req.prompt_len)
@@ -117,7 +135,10 @@ class FastSwitchScheduler(VLLMSteps):
             delta = p.input_price * (new_in - old_in) + p.output_price * (req.num_output_tokens - old_out)
             if delta:
                 self.counters[req.tenant] = self.counters.get(req.tenant, 0.0) + delta
-            self._served[req.id] = (new_in, req.num_output_tokens)
+            if req.state is RequestState.FINISHED:
+                self._served.pop(req.id, None)  # (kept by `forget` until its last tokens counted)
+            else:
+                self._served[req.id] = (new_in, req.num_output_tokens)
 
     def _key(self, req: Request) -> tuple:
         t = req.tenant
@@ -125,6 +146,8 @@ class FastSwitchScheduler(VLLMSteps):
 
     # ---- the decision ----------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
+        if self._arrived:
+            self._lift()
         step = self.num_engine_steps
         if step % self.params.priority_update_interval == 0 and step != self._snap_step:
             self._snapshot = dict(self.counters)
@@ -133,12 +156,20 @@ class FastSwitchScheduler(VLLMSteps):
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         order = self._order()
-        rank = {r.id: i for i, r in enumerate(order)}
         swapped_now: set[int] = set()
         allocate, ready = self.kv.allocate_slots, self.swap_ready_s
         admitting = True  # new and swapped requests join in priority order until one does not fit
-        for i, req in enumerate(order):
+        running_left = len(self.running)  # running requests not reached yet (or evicted)
+        first = self._decode_prefix(order, budget)
+        if first:
+            out.scheduled = [(req, 1) for req in order[:first]]
+            out.num_known_decodes = first
+            budget -= first
+            running_left -= first
+        for i in range(first, len(order)):
+            req = order[i]
             if req.state == RequestState.RUNNING:
+                running_left -= 1
                 if budget <= 0 or (ready and not self.is_swap_ready(req, now_s)):
                     continue  # no budget left, or its swap-in is still in flight
                 n = self.tokens_for(req, budget)
@@ -148,7 +179,7 @@ class FastSwitchScheduler(VLLMSteps):
                     out.scheduled.append((req, n))
                     budget -= n
                     continue
-                make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
+                make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
                 if not self._fit(lambda: allocate(req, n), make_room, out):
                     self._evict(req, out, swapped_now)  # nothing of lower priority left: itself
                     continue
@@ -156,8 +187,10 @@ class FastSwitchScheduler(VLLMSteps):
                 budget -= n
                 continue
             if req.id in swapped_now or not admitting:
+                if not admitting and running_left <= 0:
+                    break  # only waiting and swapped requests are left, and none may join
                 continue  # swapped out this step, or admission has stopped
-            make_room = partial(self._make_room, rank, i, swapped_now)  # lower priorities give way
+            make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
             if len(self.running) >= self.config.max_num_seqs:
                 admitting = False
             elif req.state == RequestState.SWAPPED:
@@ -173,6 +206,17 @@ class FastSwitchScheduler(VLLMSteps):
             else:
                 admitting = False
         return out
+
+    def _decode_prefix(self, order: list[Request], budget: int) -> int:
+        """How many running requests lead the order and all decode and fit (their blocks then
+        allocated in one call, `allocate_decodes`: the outcome of the walk's first steps, one
+        token each, nothing admitted in between); 0 if they do not (or a swap-in is in flight)."""
+        if self.swap_ready_s:
+            return 0
+        k, n = 0, len(order)
+        while k < n and order[k].state is RequestState.RUNNING:
+            k += 1
+        return k if 0 < k <= budget and self.kv.allocate_decodes(order[:k]) else 0
 
     def _order(self) -> list[Request]:
         """Every held request in priority order (`_key`). When all their tenants have the
@@ -192,12 +236,16 @@ class FastSwitchScheduler(VLLMSteps):
                 return False
         return True
 
-    def _make_room(self, rank: dict, i: int, swapped_now: set[int], req, out: SchedulerOutput) -> int | None:
-        """Swap out the lowest-priority running request ranked after `i` (None if none is)."""
-        victims = [r for r in self.running if rank.get(r.id, -1) > i]
+    def _make_room(self, at: Request, swapped_now: set[int], req, out: SchedulerOutput) -> int | None:
+        """Swap out the lowest-priority running request after `at` in the step's order (None
+        if none is). The order is `_key`'s, fixed during the walk; requests admitted in it
+        come before `at`."""
+        key = self._key
+        at_key = key(at)
+        victims = [r for r in self.running if key(r) > at_key]
         if not victims:
             return None
-        self._evict(max(victims, key=lambda r: rank[r.id]), out, swapped_now)
+        self._evict(max(victims, key=key), out, swapped_now)
         return 0  # lower-priority requests come later in the walk: none was scheduled yet
 
     def _evict(self, victim: Request, out: SchedulerOutput, swapped_now: set[int]) -> None:
@@ -206,7 +254,8 @@ class FastSwitchScheduler(VLLMSteps):
         self.evict(victim, out, swap=True, reuse_key=context_key(victim) if self.params.reuse_cpu_kv else None)
 
     def forget(self, req: Request) -> None:
-        self._served.pop(req.id, None)
+        if req.state is not RequestState.FINISHED:  # a finished one's last step is counted at its end
+            self._served.pop(req.id, None)
         held = self._held
         if held.get(req.tenant, 0) > 1:
             held[req.tenant] -= 1
@@ -223,5 +272,7 @@ class FastSwitchScheduler(VLLMSteps):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting or swapped, priority refreshes change nothing: the same
-        # requests decode until one finishes or arrives.
-        return REPEAT_DECODES if self.nothing_pending(output) and not self.swap_ready_s else NO_FAST_FORWARD
+        # requests decode until one finishes or arrives (prompts done this step with them).
+        # Through finishes too: a finish counts the request's tokens up to its last and
+        # changes nothing else before the next step (lifts are decided there).
+        return REPEAT_THROUGH if self.nothing_pending(output) and not self.swap_ready_s else NO_FAST_FORWARD

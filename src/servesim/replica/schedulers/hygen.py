@@ -24,7 +24,7 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
@@ -208,6 +208,8 @@ class HyGenScheduler(VLLMSteps):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Offline decodes are limited by a predicted time that grows with context: not steady.
+        # Online alone with nothing waiting: prompts done now decode with the rest, and a
+        # finish admits nobody.
         if self.nothing_pending(output) and not any(r.is_offline for r in self.running):
-            return REPEAT_DECODES
+            return REPEAT_THROUGH
         return NO_FAST_FORWARD

@@ -20,7 +20,8 @@ from typing import Literal
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
+    SchedulerParams,
 )
 from servesim.workload.request import Request, RequestState
 
@@ -78,7 +79,11 @@ class OrcaScheduler(Scheduler):
                                                                   and self.waiting.peek() is self._blocked_head)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # Decodes never allocate; only a finish (which ends the stretch) can admit the head.
-        if not self.waiting or self._head_blocked or len(self.running) >= self.config.max_num_seqs:
-            return REPEAT_DECODES
+        # Decodes never allocate (their blocks are reserved) and a prompt runs whole in its
+        # first step, then decodes: only a finish can admit the head, and with nobody waiting
+        # a finish admits nobody.
+        if not self.waiting:
+            return REPEAT_THROUGH
+        if self._head_blocked or len(self.running) >= self.config.max_num_seqs:
+            return REPEAT_AFTER_PREFILL
         return NO_FAST_FORWARD

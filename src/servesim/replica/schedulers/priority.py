@@ -21,7 +21,8 @@ from typing import Any
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
+    SchedulerParams,
 )
 from servesim.replica.schedulers.queues import FCFSQueue
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
@@ -53,6 +54,10 @@ class KeyedScheduler(VLLMSteps):
     # the queue and the waiting queue is sorted on the stored keys, without Python calls).
     static_waiting_keys: bool = False
     _head_blocked = False
+    # ... and blocked by KV blocks or sequence slots (not by the budget, which this step's
+    # prompts used): it stays blocked after those prompts are done too
+    _head_blocked_by_kv = False
+    _blocked_head: Request | None = None  # the waiting head the two flags are about
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
@@ -94,7 +99,7 @@ class KeyedScheduler(VLLMSteps):
         self.running.sort(key=key)
         self.waiting.sort(key=self._waiting_keys.__getitem__ if self.static_waiting_keys else key)
         out = SchedulerOutput()
-        self._head_blocked = False
+        self._head_blocked = self._head_blocked_by_kv = False
         # running requests in key order; the victim is the largest key (`running[-1]`)
         budget = self.schedule_running(out, self.config.max_num_batched_tokens, self._swaps)
         if not out.preempted and not out.swapped_out:
@@ -127,22 +132,37 @@ class KeyedScheduler(VLLMSteps):
                 # victim; without prefix keys the head's need is fixed while decode-only steps
                 # only take blocks, so (as in `vllm`) it stays blocked until something finishes.
                 self._head_blocked = self.static_keys and not req.kv_block_keys
+                self._head_blocked_by_kv = self._head_blocked and self.first_chunk(req, 0, budget) > 0
+                self._blocked_head = req
                 return
             budget = left
 
     def _make_room(self, req: Request, out: SchedulerOutput) -> int | None:
         """Evict the running request with the largest key if `req` beats it (its refund)."""
-        victim = max(self.running, key=self.key) if self.running else None
-        if not (self.preempt_for_waiting and victim is not None and self.preempt_key(victim) > self.preempt_key(req)):
+        if not (self.preempt_for_waiting and self.running):
+            return None
+        victim = max(self.running, key=self.sort_key())  # (the same keys, maybe without Python calls)
+        if not self.preempt_key(victim) > self.preempt_key(req):
             return None
         return self.evict(victim, out, self._swaps)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # With nothing waiting (or a head that stays blocked), no preemption and everyone
-        # decoding, the next step is the same.
-        if self.nothing_pending(output) or (self._head_blocked and not self.swapped and self._steady(output)):
-            return REPEAT_DECODES
+        # With nothing waiting, no preemption and everyone scheduled, the next steps give every
+        # running request one token (prompts finished now decode with the rest), and a finish
+        # admits nobody. A head that stays blocked holds the batch too, until a finish.
+        if self.nothing_pending(output):
+            return REPEAT_THROUGH
+        if self._head_blocked and not self.swapped and self._steady(output):
+            return REPEAT_AFTER_PREFILL if self._head_blocked_by_kv else REPEAT_DECODES
         return NO_FAST_FORWARD
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # With static keys, a newcomer sorting after a head that KV blocks or sequence slots
+        # hold back is never looked at (admission stops at the head), as in `vllm`.
+        if req is None or not (self._head_blocked_by_kv and self.waiting and not self.swapped):
+            return False
+        head = self.waiting.peek()
+        return head is self._blocked_head and self.key(req) > self._waiting_keys.get(head, self.key(head))
 
     def _steady(self, output: SchedulerOutput) -> bool:
         """Everyone running got its tokens and nobody was preempted or swapped this step."""

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
 from servesim.workload.request import Request, RequestState
 
@@ -92,5 +92,7 @@ class SarathiScheduler(Scheduler):
         self.preempt(victim, out)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # Decode-only with every running request served and nothing waiting.
-        return REPEAT_DECODES if self.nothing_pending(output) else NO_FAST_FORWARD
+        # Every running request served and nothing waiting: prompts whose last chunk ran now
+        # decode with the rest (a chunk that leaves a prompt unfinished is not repeated: the
+        # engine checks), and a finish admits nobody.
+        return REPEAT_THROUGH if self.nothing_pending(output) else NO_FAST_FORWARD

@@ -36,7 +36,8 @@ from pydantic import Field
 from servesim.replica.radix_cache import RadixKVCache, RadixNode
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput,
+    SchedulerParams,
 )
 from servesim.replica.schedulers.priority import SortedWaiting
 from servesim.workload.request import Request
@@ -103,13 +104,23 @@ class SGLangScheduler(Scheduler):
         if out.scheduled:
             if self.params.enable_mixed_chunk:
                 self._mix_decodes(out)
+            if self.chunked is None:  # every prompt of the batch is done: its first request
+                first = out.scheduled[0][0]  # emits a token now and one per decode step after
+                self._mark = (first, first.num_output_tokens + 1)
             return out
         decoding = [r for r in self.running if r.is_decoding]
-        if self._decode_blocks(decoding) > self.kv.num_free_blocks:
-            decoding = self._retract(decoding, out)
-        for req in decoding:
-            if self.kv.allocate_slots(req, 1):
-                out.scheduled.append((req, 1))
+        # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
+        bs = self.kv.block_size
+        grants = [(r, 1) for r, held in zip(decoding, self.kv.num_blocks_list(decoding))
+                  if r.num_computed_tokens >= held * bs]
+        if len(grants) > self.kv.num_free_blocks:
+            for req in self._retract(decoding, out):
+                if self.kv.allocate_slots(req, 1):
+                    out.scheduled.append((req, 1))
+        else:  # everyone fits: the same blocks, taken in the same order, as one by one
+            self.kv.allocate_plain_many(grants)
+            out.scheduled = [(req, 1) for req in decoding]
+            out.num_known_decodes = len(decoding)
         if out.scheduled and not out.preempted:
             first = out.scheduled[0][0]
             self._mark = (first, first.num_output_tokens)
@@ -198,9 +209,7 @@ class SGLangScheduler(Scheduler):
         kv = self.kv
         bs = kv.block_size
         mixed = self._num_mixed_decodes()  # decode tokens that will share this step
-        rem_total = kv.num_free_blocks * bs - mixed - sum(
-            min(max(self.max_new(r) - r.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) * self.new_token_ratio
-            for r in self.running)
+        free_blocks = kv.num_free_blocks  # (before the chunked request's next chunk)
         rem_input = self.params.max_prefill_tokens - mixed
         rem_chunk = self.chunk_size - mixed
         if self.chunked is not None:  # continue the chunked request first
@@ -218,6 +227,10 @@ class SGLangScheduler(Scheduler):
                     return
         if not self.waiting or len(self.running) >= self.max_running:
             return
+        ratio, max_len = self.new_token_ratio, self.config.max_model_len  # (`max_new`, inlined: a pass per step)
+        rem_total = free_blocks * bs - mixed - sum([
+            min(max((r.max_tokens or max_len - r.prompt_len) - r.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) * ratio
+            for r in self.running])
         admitted = False
         for req in self._ordered_waiting():
             if len(self.running) >= self.max_running:
@@ -256,12 +269,21 @@ class SGLangScheduler(Scheduler):
             if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
                 if req.state == req.state.RUNNING:
                     self.kv.cache_unfinished(req)
-        if self._mark is not None:  # a decode step (or several, fast-forwarded)
+        if self._mark is not None:  # decode steps (several when fast-forwarded; none: a prefill step)
             req, before = self._mark
             steps = req.num_output_tokens - before
+            if steps <= 0:
+                return
             decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
             self.new_token_ratio = max(self.new_token_ratio - decay * steps, self.min_ratio)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # Nothing to prefill: decode steps repeat (the ratio only matters for admission).
-        return REPEAT_DECODES if self.nothing_pending(output) and self.chunked is None else NO_FAST_FORWARD
+        # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After
+        # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
+        # step's end (`on_step_end`), which must not wait for the stretch's end. Never through
+        # finishes: a finish returns blocks that the radix cache would take before evicting.
+        if not (self.nothing_pending(output) and self.chunked is None):
+            return NO_FAST_FORWARD
+        if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
+            return REPEAT_DECODES
+        return REPEAT_AFTER_PREFILL

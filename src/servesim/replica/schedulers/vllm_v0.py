@@ -28,7 +28,8 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
+    SchedulerParams,
 )
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
@@ -58,6 +59,7 @@ class VLLMV0Scheduler(VLLMSteps):
         self.swapped: deque[Request] = deque()  # type: ignore[assignment]
         self._blocked = False  # admission / swap-in stopped for a reason decodes cannot lift
         self._blocked_head: Request | None = None  # the waiting head that stopped admission
+        self._blocked_by_budget = False  # ... by this step's prefill tokens: the next step may admit it
 
     def admission_error(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len
@@ -69,7 +71,7 @@ class VLLMV0Scheduler(VLLMSteps):
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
-        self._blocked = False
+        self._blocked = self._blocked_by_budget = False
         if not self.swapped:
             self._schedule_prefills(out)
             if out.scheduled:
@@ -93,6 +95,7 @@ class VLLMV0Scheduler(VLLMSteps):
                 break
             if tokens + n > self.token_budget or len(self.running) >= self.max_num_seqs:
                 self._blocked = True
+                self._blocked_by_budget = len(self.running) < self.max_num_seqs
                 self._blocked_head = req
                 break
             kv.allocate_slots(req, n, hits)
@@ -133,12 +136,18 @@ class VLLMV0Scheduler(VLLMSteps):
         # A newcomer joins the FCFS queue's tail: harmless while swapped requests (which come
         # first) cannot come back, or behind a head that admission stopped at, for a reason
         # decodes cannot lift (the stretch stops at a finish, which could lift it).
-        return self._blocked and bool(self.swapped or (self.waiting and self.waiting.peek() is self._blocked_head))
+        return (self._blocked and not self._blocked_by_budget
+                and bool(self.swapped or (self.waiting and self.waiting.peek() is self._blocked_head)))
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only steps repeat while nothing is preempted or swapped and whatever waits
-        # (new or swapped) is held back by blocks, sequences or budget that decodes cannot free.
+        # (new or swapped) is held back by blocks or sequences that decodes cannot free. A
+        # prefill step repeats as decodes only if it ran every running request (no stalled
+        # decodes) and did not stop at the budget (the next step's is whole again); with
+        # nothing waiting a finish admits nobody.
         if (output.preempted or output.swapped_in or output.swapped_out or len(output.scheduled) != len(self.running)
                 or ((self.waiting or self.swapped) and not self._blocked)):
             return NO_FAST_FORWARD
-        return REPEAT_DECODES
+        if not (self.waiting or self.swapped):
+            return REPEAT_THROUGH
+        return REPEAT_DECODES if self._blocked_by_budget else REPEAT_AFTER_PREFILL

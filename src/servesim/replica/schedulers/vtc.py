@@ -31,7 +31,8 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput,
+    SchedulerParams,
 )
 from servesim.workload.request import Request, RequestState
 
@@ -127,6 +128,10 @@ class VTCScheduler(Scheduler):
             self._prefill_mini_batch(out)
             if out.scheduled:
                 self._decode_steps = 0
+                # whole prompts: the first request emits a token now (not a decode step, not
+                # charged) and one per decode step after (charged, when fast-forwarded)
+                first = out.scheduled[0][0]
+                self._mark = (first, first.num_output_tokens + 1)
                 return out
         running = self.running
         i = 0
@@ -193,11 +198,17 @@ class VTCScheduler(Scheduler):
             return
         req, before = self._mark
         steps = req.num_output_tokens - before  # > 1 when the engine fast-forwarded
+        if steps <= 0:
+            return  # a prefill mini-batch alone
         self._decode_steps += steps
         price = self.params.output_price * steps
         for r, _ in output.scheduled:
             self.counters[r.tenant] += price / self.weight(r.tenant)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # With nothing waiting no admission can happen, so decode steps repeat.
-        return NO_FAST_FORWARD if output.preempted or self.waiting else REPEAT_DECODES
+        # With nothing waiting no admission can happen, so decode steps repeat; after a prefill
+        # mini-batch too if it holds every running request (else the stalled decodes join next
+        # step). Not through finishes: the charge per step is counted on one request.
+        if output.preempted or self.waiting:
+            return NO_FAST_FORWARD
+        return REPEAT_AFTER_PREFILL if len(output.scheduled) == len(self.running) else REPEAT_DECODES

@@ -1,0 +1,93 @@
+"""Every policy's fast-forward answer: stretches that start with the step finishing prompts
+(`after_prefill`) and run through finishes (`through_finishes`) give exactly the results of
+stepping one by one, and they are really taken."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.factories import make_engine, make_request, serve
+from tests.replica.test_fast_forward import random_requests
+
+COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks")
+
+POLICIES = [
+    ("priority", {}), ("priority", {"preemption": False}), ("edf", {"default_ttft_s": 1.0, "default_tpot_s": 0.05}),
+    ("autellix", {}), ("autellix", {"mode": "atlas", "preemption_mode": "recompute"}), ("batchllm", {}),
+    ("orca", {"reservation": "oracle"}), ("vllm-v0", {}), ("vllm-v0", {"preemption_mode": "swap"}),
+    ("continuum", {}), ("hygen", {}), ("sarathi", {"chunk_size": 128}), ("andes", {}), ("sglang", {}),
+    ("sglang", {"enable_mixed_chunk": True}), ("vtc", {}), ("fastswitch", {}),
+    ("fastswitch", {"priority_update_interval": 7}),
+]
+
+
+def engine_run(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict, defer: bool):
+    engine, _, kv, loop, _ = make_engine(num_blocks=num_blocks, scheduler=scheduler, params=params,
+                                         max_num_batched_tokens=256, max_num_seqs=16, fast_forward=fast_forward,
+                                         defer_finishes=defer)
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    return engine
+
+
+def mixed_requests(seed: int, keys: bool, n: int = 150):
+    reqs = random_requests(seed, n)
+    if not keys:  # (prefix keys stop stretches at finishes: none here)
+        reqs = [make_request(r.id, r.prompt_len, r.output_len, r.arrival_s) for r in reqs]
+    for r in reqs:  # two tenants, three programs, priorities; no offline work (hygen's is never steady)
+        r.tenant = "heavy" if r.id % 3 else "light"
+        r.program_id = r.id % 3
+        r.priority = r.id % 2
+    return reqs
+
+
+def assert_same(a, b, a_reqs, b_reqs, num_blocks):
+    assert b.num_fast_forwarded_steps == 0 and a.num_steps == b.num_steps
+    for x, y in zip(a_reqs, b_reqs):
+        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
+               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
+    for col in COLUMNS:
+        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+    assert a.swap_transfer_s == b.swap_transfer_s
+
+
+@pytest.mark.parametrize("scheduler,params", POLICIES)
+@pytest.mark.parametrize("seed,num_blocks,keys", [(2, 120, True), (3, 60, False), (4, 2000, False)])
+def test_stretches_match_step_by_step(scheduler, params, seed, num_blocks, keys):
+    a_reqs, b_reqs = mixed_requests(seed, keys), mixed_requests(seed, keys)
+    a = engine_run(a_reqs, True, num_blocks, scheduler, params, defer=True)
+    b = engine_run(b_reqs, False, num_blocks, scheduler, params, defer=False)
+    assert a.num_fast_forwarded_steps > 0
+    assert_same(a, b, a_reqs, b_reqs, num_blocks)
+
+
+# Requests that each run alone (no overlap): with `after_prefill` the prompt's step starts the
+# stretch, so every step is fast-forwarded; without it one step per request is not.
+@pytest.mark.parametrize("scheduler,params", POLICIES)
+def test_a_lone_request_is_one_stretch_from_its_prompt_on(scheduler, params):
+    reqs = [make_request(i, 100, 30, 2.0 * i) for i in range(10)]
+    engine = engine_run(reqs, True, 400, scheduler, params, defer=True)
+    assert engine.num_steps == 10 * 30
+    assert engine.num_fast_forwarded_steps == engine.num_steps
+    assert engine.loop.num_events == 10 * 3  # arrival, step start, stretch end
+
+
+THROUGH = [p for p in POLICIES if p[0] not in ("continuum", "sglang", "vtc")]
+
+
+# Overlapping requests with nobody waiting: a stretch runs past the finishes of its shorter
+# requests instead of stopping at each.
+@pytest.mark.parametrize("scheduler,params", THROUGH)
+def test_stretches_run_through_finishes_when_nothing_waits(scheduler, params):
+    def reqs():
+        return [make_request(i, 50, 10 + 7 * i, 0.0) for i in range(8)]
+
+    a_reqs, b_reqs, c_reqs = reqs(), reqs(), reqs()
+    a = engine_run(a_reqs, True, 400, scheduler, params, defer=True)
+    b = engine_run(b_reqs, False, 400, scheduler, params, defer=False)
+    c = engine_run(c_reqs, True, 400, scheduler, params, defer=False)
+    assert_same(a, b, a_reqs, b_reqs, 400)
+    assert a.loop.num_events < c.loop.num_events - 5  # eight finishes, about one stretch
