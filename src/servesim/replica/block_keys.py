@@ -5,14 +5,15 @@ token e lies in hash block m = (e-1)//H, so `(hash_ids[m], e)` identifies tokens
 block size. The KV blocks under one hash id form a contiguous run of positions (H/bs of them,
 e.g. 32 for Mooncake's 512-token hashes and 16-token blocks), so the prefix cache indexes runs
 (`run_keys`: (hash id, first position)) rather than blocks; the per-block key tuple is only
-built when a policy asks for it (sequence access).
+built when a policy asks for it (sequence access), and `block_idents` gives a cheaper per-block
+identity (the run key repeated over its run) for the radix cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
-from operator import lshift, or_
+from itertools import chain, repeat
+from operator import lshift, or_, sub
 from typing import Any
 
 
@@ -27,24 +28,24 @@ class BlockKeys(Sequence):
         self._n = n = len(hash_ids) * H // block_size
         # hash block m holds the positions p with m*H < (p+1)*bs <= (m+1)*H: [m*H//bs, (m+1)*H//bs)
         if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
-            self._ids = list(hash_ids)
-            self.starts = list(range(0, n, H // block_size))
+            # No copies: a request keeps its keys for its lifetime, and a copy per block (ids,
+            # starts, ends, packed keys) was most of a multi-turn run's memory.
+            self._ids = hash_ids if type(hash_ids) is tuple else tuple(hash_ids)
+            r = H // block_size
+            self.starts: Sequence[int] = range(0, n, r)
+            self.ends: Sequence[int] = range(r, n + 1, r)
         else:
-            self._ids, self.starts = [], []
+            ids, starts = [], []
             a = 0
             for m, h in enumerate(hash_ids):
                 b = (m + 1) * H // block_size
                 if b > a:
-                    self._ids.append(h)
-                    self.starts.append(a)
+                    ids.append(h)
+                    starts.append(a)
                     a = b
-        self.ends = self.starts[1:] + [n] if n else []
-        # A run's key is (hash id, first position), packed into one int when the ids are ints
-        # (ints hash and compare faster; the packing is one-to-one as positions are < 2**32).
-        if set(map(type, self._ids)) <= {int}:
-            self.run_keys: list = list(map(or_, map(lshift, self._ids, repeat(32)), self.starts))
-        else:
-            self.run_keys = list(zip(self._ids, self.starts))
+            self._ids, self.starts = tuple(ids), starts
+            self.ends = starts[1:] + [n] if n else []
+        self.run_keys = RunKeys(self._ids, self.starts)
         self._block_size = block_size
         self._tuple: tuple | None = None
 
@@ -88,6 +89,34 @@ class BlockKeys(Sequence):
         return self.as_tuple() >= _tuple_of(other)
 
 
+class RunKeys(Sequence):
+    """The run keys of a `BlockKeys`, computed when read: run i's key is (hash id, first
+    position), packed into one int when the ids are ints (ints hash and compare faster; the
+    packing is one-to-one as positions are < 2**32). Not stored: a slice costs what a list copy
+    would, and storing them cost 40 bytes per run for every request of a run."""
+
+    __slots__ = ("_ids", "_starts", "_packed")
+
+    def __init__(self, ids: tuple, starts: Sequence[int]) -> None:
+        self._ids = ids
+        self._starts = starts
+        self._packed = set(map(type, ids)) <= {int}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        if type(i) is slice:
+            ids, starts = self._ids[i], self._starts[i]
+            if self._packed:
+                return list(map(or_, map(lshift, ids, repeat(32)), starts))
+            return list(zip(ids, starts))
+        return self._ids[i] << 32 | self._starts[i] if self._packed else (self._ids[i], self._starts[i])
+
+    def __iter__(self):
+        return iter(self[:])
+
+
 def _tuple_of(keys) -> tuple:
     return keys.as_tuple() if type(keys) is BlockKeys else tuple(keys)
 
@@ -104,3 +133,15 @@ def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
     if type(keys) is BlockKeys:
         return keys.run_keys, keys.starts, keys.ends
     return [(None, k) for k in keys], range(len(keys)), range(1, len(keys) + 1)
+
+
+def block_idents(keys: Sequence) -> Sequence:
+    """One hashable per block such that two requests' blocks at the same position are equal
+    exactly when their keys are: a `BlockKeys`' run key repeated over its run (a run key and a
+    position name one (hash id, end token) key), else the keys themselves."""
+    if type(keys) is not BlockKeys:
+        return keys
+    rks = keys.run_keys[:]
+    if len(rks) == len(keys):
+        return rks
+    return list(chain.from_iterable(map(repeat, rks, map(sub, keys.ends, keys.starts))))
