@@ -135,12 +135,12 @@ def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
     return [(None, k) for k in keys], range(len(keys)), range(1, len(keys) + 1)
 
 
-def block_idents(keys: Sequence) -> Sequence:
+def block_idents(keys: Sequence) -> list:
     """One hashable per block such that two requests' blocks at the same position are equal
     exactly when their keys are: a `BlockKeys`' run key repeated over its run (a run key and a
-    position name one (hash id, end token) key), else the keys themselves."""
+    position name one (hash id, end token) key), else the keys themselves (as a list)."""
     if type(keys) is not BlockKeys:
-        return keys
+        return list(keys)
     rks = keys.run_keys[:]
     if len(rks) == len(keys):
         return rks
