@@ -52,6 +52,11 @@ class BlockKeys(Sequence):
     def __len__(self) -> int:
         return self._n
 
+    def release(self) -> None:
+        """Drop what was built for lookups (the request's blocks are gone)."""
+        self.run_keys.release()
+        self._tuple = None
+
     def __bool__(self) -> bool:
         return self._n > 0
 
@@ -90,31 +95,41 @@ class BlockKeys(Sequence):
 
 
 class RunKeys(Sequence):
-    """The run keys of a `BlockKeys`, computed when read: run i's key is (hash id, first
-    position), packed into one int when the ids are ints (ints hash and compare faster; the
-    packing is one-to-one as positions are < 2**32). Not stored: a slice costs what a list copy
-    would, and storing them cost 40 bytes per run for every request of a run."""
+    """The run keys of a `BlockKeys`: run i's key is (hash id, first position), packed into one
+    int when the ids are ints (ints hash and compare faster; the packing is one-to-one as
+    positions are < 2**32). Built on first read and kept until `release` (the KV cache releases
+    them when the request's blocks are freed): kept for every request of a run, they were most
+    of a multi-turn run's memory (40 bytes per run per request)."""
 
-    __slots__ = ("_ids", "_starts", "_packed")
+    __slots__ = ("_ids", "_starts", "_list")
 
     def __init__(self, ids: tuple, starts: Sequence[int]) -> None:
         self._ids = ids
         self._starts = starts
-        self._packed = set(map(type, ids)) <= {int}
+        self._list: list | None = None
+
+    def _build(self) -> list:
+        ids = self._ids
+        if set(map(type, ids)) <= {int}:
+            lst = list(map(or_, map(lshift, ids, repeat(32)), self._starts))
+        else:
+            lst = list(zip(ids, self._starts))
+        self._list = lst
+        return lst
+
+    def release(self) -> None:
+        self._list = None
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __getitem__(self, i):
-        if type(i) is slice:
-            ids, starts = self._ids[i], self._starts[i]
-            if self._packed:
-                return list(map(or_, map(lshift, ids, repeat(32)), starts))
-            return list(zip(ids, starts))
-        return self._ids[i] << 32 | self._starts[i] if self._packed else (self._ids[i], self._starts[i])
+        lst = self._list
+        return (lst if lst is not None else self._build())[i]
 
     def __iter__(self):
-        return iter(self[:])
+        lst = self._list
+        return iter(lst if lst is not None else self._build())
 
 
 def _tuple_of(keys) -> tuple:

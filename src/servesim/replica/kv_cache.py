@@ -182,7 +182,7 @@ class KVCacheManager:
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         if held is None:
-            held = self._held[req.id] = Held()
+            held = self._held[req.id] = Held(keys=req.kv_block_keys)
         tail = self._tails.pop(req.id, None) if self._tails else None
         num_keyed = computed.num_keyed if computed else 0
         num_own = computed.num_own if computed and tail is not None else 0
@@ -257,6 +257,8 @@ class KVCacheManager:
         if held is not None:
             self._push_plain(held.num_plain)
             self._free_keyed(held)
+            if type(held.keys) is BlockKeys:
+                held.keys.release()
 
     def free_preempted(self, req: Any) -> None:
         """Release a request preempted by recompute (call before resetting its progress): its

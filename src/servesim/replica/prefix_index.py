@@ -9,6 +9,7 @@ C-level list and dict operations per run, never Python work per block.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Hashable, Sequence
@@ -41,6 +42,7 @@ class Held:
     num_plain: int = 0
     segs: list[list] = field(default_factory=list)
     dups: set[int] | None = None
+    keys: Any = None  # the request's prefix keys, released with its blocks
 
     def add(self, group: Group, p0: int, p1: int) -> None:
         segs = self.segs
@@ -122,10 +124,14 @@ class PrefixIndex:
 
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent)."""
-        index = self._index
-        for rk in group.runs:
-            if index.get(rk) is group:
-                del index[rk]
+        index, runs = self._index, group.runs
+        owners = list(map(index.get, runs))
+        if owners.count(group) == len(runs):  # the usual case: every run still maps here
+            deque(map(index.__delitem__, runs), maxlen=0)
+        else:
+            for rk, g in zip(runs, owners):
+                if g is group:
+                    del index[rk]
         group.runs = []
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:

@@ -31,7 +31,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from servesim.replica.block_keys import block_idents
+from servesim.replica.block_keys import BlockKeys, block_idents
 from servesim.replica.kv_cache import KVCacheManager, cdiv
 
 
@@ -342,6 +342,8 @@ class RadixKVCache(KVCacheManager):
         self._truly_free += st.plain
         self._unlock(st.last)
         self._sync()
+        if type(req.kv_block_keys) is BlockKeys:
+            req.kv_block_keys.release()  # done: what lookups built is not needed again
 
     def swap_out(self, req_id: int, reuse_key=None):  # pragma: no cover - SGLang never swaps
         raise NotImplementedError("the radix cache has no CPU swap tier")
