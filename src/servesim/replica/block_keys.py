@@ -120,6 +120,10 @@ class RunKeys(Sequence):
     def release(self) -> None:
         self._list = None
 
+    def as_list(self) -> list:
+        lst = self._list
+        return lst if lst is not None else self._build()
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -146,7 +150,7 @@ def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
     tests and policies may set) is one run per key, keyed (None, key); its keys are taken to
     identify their position, as those from `block_keys` do."""
     if type(keys) is BlockKeys:
-        return keys.run_keys, keys.starts, keys.ends
+        return keys.run_keys.as_list(), keys.starts, keys.ends
     return [(None, k) for k in keys], range(len(keys)), range(1, len(keys) + 1)
 
 

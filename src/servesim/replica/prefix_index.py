@@ -62,8 +62,12 @@ class PrefixIndex:
         """Split positions [p0, p1) where the group their key runs map to changes: (group or
         None, first, end, first run, end run)."""
         run_keys, starts, ends = runs_of(keys)
-        i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
-        i1 = bisect_left(starts, p1, i0)
+        if type(starts) is range:  # runs of one length: no search
+            r = starts.step
+            i0, i1 = p0 // r, -(-p1 // r)
+        else:
+            i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
+            i1 = bisect_left(starts, p1, i0)
         if i1 - i0 == 1:
             return [(self._index.get(run_keys[i0]), p0, p1, i0, i1)]
         gs = list(map(self._index.get, run_keys[i0:i1]))
