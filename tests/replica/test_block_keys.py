@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import BlockKeys
+from servesim.replica.block_keys import BlockKeys, block_idents
 
 
 def _per_block(ids, H, bs):
@@ -23,7 +23,7 @@ def test_keys_are_the_per_block_keys_and_runs_cover_them(H, bs):
         assert keys.as_tuple() == want and len(keys) == len(want) and bool(keys) == bool(want)
         assert list(keys) == list(want) and (keys[1:3] == want[1:3])
         # runs are contiguous, in order, and each holds the blocks of one hash id
-        assert keys.starts == ([0] + keys.ends[:-1] if want else []) and (keys.ends[-1] if want else 0) == len(want)
+        assert list(keys.starts) == ([0] + list(keys.ends)[:-1] if want else []) and (keys.ends[-1] if want else 0) == len(want)
         for rk, a, b in zip(keys.run_keys, keys.starts, keys.ends):  # one hash id per run, keyed (id, start)
             (h,) = {k[0] for k in want[a:b]}
             assert rk == h << 32 | a
@@ -31,10 +31,10 @@ def test_keys_are_the_per_block_keys_and_runs_cover_them(H, bs):
 
 def test_mooncake_hash_block_is_one_run_of_32_blocks():
     keys = BlockKeys([7, 9, 11], 512, 16)
-    assert keys.run_keys == [7 << 32, 9 << 32 | 32, 11 << 32 | 64] and keys.ends == [32, 64, 96] and len(keys) == 96
+    assert keys.run_keys[:] == [7 << 32, 9 << 32 | 32, 11 << 32 | 64] and list(keys.ends) == [32, 64, 96] and len(keys) == 96
     assert keys[33] == (9, 34 * 16)
     named = BlockKeys(["a", "b"], 512, 16)  # ids that are not ints: (id, start) tuples
-    assert named.run_keys == [("a", 0), ("b", 32)] and named[40] == ("b", 41 * 16)
+    assert named.run_keys[:] == [("a", 0), ("b", 32)] and named[40] == ("b", 41 * 16)
 
 
 def test_keys_compare_and_hash_like_the_tuple():
@@ -42,3 +42,16 @@ def test_keys_compare_and_hash_like_the_tuple():
     assert a < b and b > a and a == _per_block([1, 2], 16, 16) and a != b
     assert () < a and sorted([b, (), a]) == [(), a, b]  # as a policy sorts (r.kv_block_keys or ())
     assert hash(a) == hash(_per_block([1, 2], 16, 16))
+
+
+@pytest.mark.parametrize("H,bs", [(512, 16), (16, 16), (24, 16), (5, 8)])
+def test_block_idents_are_equal_exactly_where_the_keys_are(H, bs):
+    rng = random.Random(H + bs)
+    for _ in range(20):
+        a_ids = [rng.randrange(4) for _ in range(rng.randrange(1, 6))]
+        b_ids = [rng.randrange(4) for _ in range(rng.randrange(1, 6))]
+        a, b = BlockKeys(a_ids, H, bs), BlockKeys(b_ids, H, bs)
+        ia, ib = block_idents(a), block_idents(b)
+        assert len(ia) == len(a) and len(ib) == len(b)
+        assert [x == y for x, y in zip(ia, ib)] == [x == y for x, y in zip(a, b)]
+    assert block_idents(("x", "y")) == ["x", "y"]  # plain keys are their own identity

@@ -28,7 +28,7 @@ def test_radix_insert_hit_lock_and_lru_leaf_eviction():
     b = _req(1, 12, 1, ["a1", "b2", "b3"])
     c = _req(2, 12, 1, ["c1", "c2", "c3"])
     hits = kv.match(b)
-    assert [n.key for n in hits] == ["a1"]
+    assert [n.key for n in hits.nodes()] == ["a1"] and len(hits) == 1
     assert kv.blocks_needed(b, 8, hits) == 2 + 1  # two new blocks + the hit leaves the evictable pool
     assert kv.allocate_slots(b, 8, hits)  # b locks a1
     _finish(kv, b)

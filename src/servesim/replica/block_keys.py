@@ -5,14 +5,15 @@ token e lies in hash block m = (e-1)//H, so `(hash_ids[m], e)` identifies tokens
 block size. The KV blocks under one hash id form a contiguous run of positions (H/bs of them,
 e.g. 32 for Mooncake's 512-token hashes and 16-token blocks), so the prefix cache indexes runs
 (`run_keys`: (hash id, first position)) rather than blocks; the per-block key tuple is only
-built when a policy asks for it (sequence access).
+built when a policy asks for it (sequence access), and `block_idents` gives a cheaper per-block
+identity (the run key repeated over its run) for the radix cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
-from operator import lshift, or_
+from itertools import chain, repeat
+from operator import lshift, or_, sub
 from typing import Any
 
 
@@ -27,29 +28,34 @@ class BlockKeys(Sequence):
         self._n = n = len(hash_ids) * H // block_size
         # hash block m holds the positions p with m*H < (p+1)*bs <= (m+1)*H: [m*H//bs, (m+1)*H//bs)
         if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
-            self._ids = list(hash_ids)
-            self.starts = list(range(0, n, H // block_size))
+            # No copies: a request keeps its keys for its lifetime, and a copy per block (ids,
+            # starts, ends, packed keys) was most of a multi-turn run's memory.
+            self._ids = hash_ids if type(hash_ids) is tuple else tuple(hash_ids)
+            r = H // block_size
+            self.starts: Sequence[int] = range(0, n, r)
+            self.ends: Sequence[int] = range(r, n + 1, r)
         else:
-            self._ids, self.starts = [], []
+            ids, starts = [], []
             a = 0
             for m, h in enumerate(hash_ids):
                 b = (m + 1) * H // block_size
                 if b > a:
-                    self._ids.append(h)
-                    self.starts.append(a)
+                    ids.append(h)
+                    starts.append(a)
                     a = b
-        self.ends = self.starts[1:] + [n] if n else []
-        # A run's key is (hash id, first position), packed into one int when the ids are ints
-        # (ints hash and compare faster; the packing is one-to-one as positions are < 2**32).
-        if set(map(type, self._ids)) <= {int}:
-            self.run_keys: list = list(map(or_, map(lshift, self._ids, repeat(32)), self.starts))
-        else:
-            self.run_keys = list(zip(self._ids, self.starts))
+            self._ids, self.starts = tuple(ids), starts
+            self.ends = starts[1:] + [n] if n else []
+        self.run_keys = RunKeys(self._ids, self.starts)
         self._block_size = block_size
         self._tuple: tuple | None = None
 
     def __len__(self) -> int:
         return self._n
+
+    def release(self) -> None:
+        """Drop what was built for lookups (the request's blocks are gone)."""
+        self.run_keys.release()
+        self._tuple = None
 
     def __bool__(self) -> bool:
         return self._n > 0
@@ -88,6 +94,48 @@ class BlockKeys(Sequence):
         return self.as_tuple() >= _tuple_of(other)
 
 
+class RunKeys(Sequence):
+    """The run keys of a `BlockKeys`: run i's key is (hash id, first position), packed into one
+    int when the ids are ints (ints hash and compare faster; the packing is one-to-one as
+    positions are < 2**32). Built on first read and kept until `release` (the KV cache releases
+    them when the request's blocks are freed): kept for every request of a run, they were most
+    of a multi-turn run's memory (40 bytes per run per request)."""
+
+    __slots__ = ("_ids", "_starts", "_list")
+
+    def __init__(self, ids: tuple, starts: Sequence[int]) -> None:
+        self._ids = ids
+        self._starts = starts
+        self._list: list | None = None
+
+    def _build(self) -> list:
+        ids = self._ids
+        if set(map(type, ids)) <= {int}:
+            lst = list(map(or_, map(lshift, ids, repeat(32)), self._starts))
+        else:
+            lst = list(zip(ids, self._starts))
+        self._list = lst
+        return lst
+
+    def release(self) -> None:
+        self._list = None
+
+    def as_list(self) -> list:
+        lst = self._list
+        return lst if lst is not None else self._build()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        lst = self._list
+        return (lst if lst is not None else self._build())[i]
+
+    def __iter__(self):
+        lst = self._list
+        return iter(lst if lst is not None else self._build())
+
+
 def _tuple_of(keys) -> tuple:
     return keys.as_tuple() if type(keys) is BlockKeys else tuple(keys)
 
@@ -102,5 +150,17 @@ def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
     tests and policies may set) is one run per key, keyed (None, key); its keys are taken to
     identify their position, as those from `block_keys` do."""
     if type(keys) is BlockKeys:
-        return keys.run_keys, keys.starts, keys.ends
+        return keys.run_keys.as_list(), keys.starts, keys.ends
     return [(None, k) for k in keys], range(len(keys)), range(1, len(keys) + 1)
+
+
+def block_idents(keys: Sequence) -> list:
+    """One hashable per block such that two requests' blocks at the same position are equal
+    exactly when their keys are: a `BlockKeys`' run key repeated over its run (a run key and a
+    position name one (hash id, end token) key), else the keys themselves (as a list)."""
+    if type(keys) is not BlockKeys:
+        return list(keys)
+    rks = keys.run_keys[:]
+    if len(rks) == len(keys):
+        return rks
+    return list(chain.from_iterable(map(repeat, rks, map(sub, keys.ends, keys.starts))))

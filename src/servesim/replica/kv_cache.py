@@ -27,7 +27,7 @@ Every request's blocks have an identity, as vLLM hashes every full block of ever
 Keys (`Request.kv_block_keys`, from the trace's `hash_ids`) cover the prefix a request may
 share; the blocks past it hold tokens unique to the request, so only the request itself can hit
 them, after its own recompute preemption. They need no hash map: `free_preempted` puts a
-preempted request's full computed unique blocks in the free queue as one tagged run (`_Tail`:
+preempted request's full computed unique blocks in the free queue as one tagged run (`Tail`:
 owner and surviving count), after its partial/uncomputed blocks and before its keyed ones
 (vLLM's order: a request's tail blocks enter first, so they are evicted first). Popping from
 the head evicts the run's last blocks first, so what survives is a leading run. Re-admitted,
@@ -37,29 +37,21 @@ KV was computed count (vLLM also hashes blocks scheduled in the step that preemp
 request's run is forgotten when it is admitted again (hit or not) or removed; blocks of a
 request that finishes or is swapped out stay anonymous (nobody else can hit them).
 
-The CPU swap tier is a composed `CPUTier` (`cpu_tier.py`).
+The free queue is a composed `FreeQueue` (`free_queue.py`), the CPU swap tier a composed
+`CPUTier` (`cpu_tier.py`).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, block_keys
 from servesim.replica.cpu_tier import CPUTier
+from servesim.replica.free_queue import FreeQueue
 from servesim.replica.prefix_groups import Group
 from servesim.replica.prefix_index import Held, Hits, PrefixIndex
 
 __all__ = ["KVCacheManager", "Hits", "BlockKeys", "block_keys", "cdiv"]
-
-
-@dataclass(slots=True)
-class _Tail:
-    """A free-queue run of one preempted request's unique blocks (positions start..start+count)."""
-
-    req_id: int
-    count: int
 
 
 def cdiv(a: int, b: int) -> int:
@@ -83,13 +75,9 @@ class KVCacheManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.num_free_blocks = num_gpu_blocks
         self.cpu = CPUTier(num_cpu_blocks)
-        # Free queue, head = next to reuse. Entries: int (a run of plain blocks), `_Tail`, or
-        # [stamp, Group, s0, s1] for a group's keyed blocks (slots s1-1 down to s0 that still
-        # carry the stamp; the others were hit since and are skipped).
-        self._free: deque[Any] = deque([num_gpu_blocks])
-        self._stamp = 0
         self._prefix = PrefixIndex()
-        self._tails: dict[int, _Tail] = {}  # live tagged runs of preempted requests, by owner
+        self._queue = FreeQueue(num_gpu_blocks, self._prefix)
+        self._tails = self._queue.tails  # live tagged runs of preempted requests, by owner
         self._held: dict[Any, Held] = {}
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
@@ -194,7 +182,7 @@ class KVCacheManager:
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         if held is None:
-            held = self._held[req.id] = Held()
+            held = self._held[req.id] = Held(keys=req.kv_block_keys)
         tail = self._tails.pop(req.id, None) if self._tails else None
         num_keyed = computed.num_keyed if computed else 0
         num_own = computed.num_own if computed and tail is not None else 0
@@ -269,6 +257,8 @@ class KVCacheManager:
         if held is not None:
             self._push_plain(held.num_plain)
             self._free_keyed(held)
+            if type(held.keys) is BlockKeys:
+                held.keys.release()
 
     def free_preempted(self, req: Any) -> None:
         """Release a request preempted by recompute (call before resetting its progress): its
@@ -283,8 +273,7 @@ class KVCacheManager:
         del self._held[req.id]
         unique = full - start
         self._push_plain(held.num_plain - unique)  # partial or uncomputed blocks: evicted first
-        tail = self._tails[req.id] = _Tail(req.id, unique)
-        self._free.append(tail)
+        self._queue.push_tail(req.id, unique)
         self.num_free_blocks += unique
         self._free_keyed(held)
 
@@ -307,11 +296,7 @@ class KVCacheManager:
                 self._release(g, p0, hi)
 
     def _release(self, group: Group, s0: int, s1: int) -> None:
-        self._stamp += 1
-        n = group.release(s0, s1, self._stamp)
-        if n:
-            self._free.append([self._stamp, group, s0, s1])
-            self.num_free_blocks += n
+        self.num_free_blocks += self._queue.release(group, s0, s1)
 
     # ---------------------------------------------------------------- KV transfers
     def detach(self, req_id: int, key: Hashable) -> None:
@@ -394,46 +379,14 @@ class KVCacheManager:
             held.num_plain -= full - k0
 
     def _push_plain(self, n: int) -> None:
-        if n <= 0:
-            return
-        free = self._free
-        if free and type(free[-1]) is int:
-            free[-1] += n
-        else:
-            free.append(n)
-        self.num_free_blocks += n
+        if n > 0:
+            self._queue.push_plain(n)
+            self.num_free_blocks += n
 
     def _pop_free(self, n: int) -> None:
         """Take `n` blocks from the head of the free queue, evicting keyed ones from the cache."""
-        free = self._free
         self.num_free_blocks -= n
-        while n > 0:
-            head = free[0]
-            kind = type(head)
-            if kind is int:
-                if head > n:
-                    free[0] = head - n
-                    return
-                free.popleft()
-                n -= head
-            elif kind is _Tail:  # evicts the run's last blocks first: a leading run survives
-                if head.count > n:
-                    head.count -= n
-                    return
-                free.popleft()
-                n -= head.count
-                if self._tails.get(head.req_id) is head:
-                    del self._tails[head.req_id]
-            else:
-                stamp, group, s0, s1 = head
-                k, s1 = group.evict(s0, s1, stamp, n)
-                n -= k
-                if k and group.num_cached == 0:
-                    self._prefix.drop(group)
-                if n > 0 or s1 <= s0:
-                    free.popleft()
-                else:
-                    head[3] = s1
+        self._queue.pop(n)
 
     def check_all_free(self) -> None:
         """Invariant at the end of a run: every block is back in the free pool."""

@@ -9,6 +9,7 @@ C-level list and dict operations per run, never Python work per block.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Hashable, Sequence
@@ -41,6 +42,7 @@ class Held:
     num_plain: int = 0
     segs: list[list] = field(default_factory=list)
     dups: set[int] | None = None
+    keys: Any = None  # the request's prefix keys, released with its blocks
 
     def add(self, group: Group, p0: int, p1: int) -> None:
         segs = self.segs
@@ -60,8 +62,12 @@ class PrefixIndex:
         """Split positions [p0, p1) where the group their key runs map to changes: (group or
         None, first, end, first run, end run)."""
         run_keys, starts, ends = runs_of(keys)
-        i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
-        i1 = bisect_left(starts, p1, i0)
+        if type(starts) is range:  # runs of one length: no search
+            r = starts.step
+            i0, i1 = p0 // r, -(-p1 // r)
+        else:
+            i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
+            i1 = bisect_left(starts, p1, i0)
         if i1 - i0 == 1:
             return [(self._index.get(run_keys[i0]), p0, p1, i0, i1)]
         gs = list(map(self._index.get, run_keys[i0:i1]))
@@ -122,10 +128,14 @@ class PrefixIndex:
 
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent)."""
-        index = self._index
-        for rk in group.runs:
-            if index.get(rk) is group:
-                del index[rk]
+        index, runs = self._index, group.runs
+        owners = list(map(index.get, runs))
+        if owners.count(group) == len(runs):  # the usual case: every run still maps here
+            deque(map(index.__delitem__, runs), maxlen=0)
+        else:
+            for rk, g in zip(runs, owners):
+                if g is group:
+                    del index[rk]
         group.runs = []
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:

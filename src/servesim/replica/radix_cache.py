@@ -1,20 +1,26 @@
 """SGLang's radix-tree KV cache (RadixAttention) as a `KVCacheManager` for the `sglang` policy.
 
 Granularity: the tree is built over the engine's chained prefix keys (`Request.kv_block_keys`,
-one key per KV block), so one tree edge is one block of `block_size` tokens — SGLang with
-`page_size = block_size`. Keys are chained (a key identifies its whole prefix), so a path of
-one-key edges is exactly a radix tree with every edge split at page boundaries.
+one key per KV block), so SGLang with `page_size = block_size`. A node is an *extent*: a run of
+consecutive blocks (a compressed radix-tree edge) whose blocks share one lock count and one
+last-access time; a node is split where a match, an insert or a lock covers only part of it
+(SGLang splits its nodes the same way). So lookups, inserts, locks and eviction cost work per
+extent on the path, not per block. Nodes compare blocks by `block_idents` (one hashable per
+block, equal exactly where the keys are).
 
 Semantics (`mem_cache/radix_cache.py`):
-- a request's prefix hit is the longest path of tree nodes matching its keys (at most
-  `num_tokens - 1` tokens); matching refreshes the nodes' last-access time;
+- a request's prefix hit is the longest path of tree blocks matching its keys (at most
+  `num_tokens - 1` tokens); matching refreshes the blocks' last-access time;
 - an admitted request *locks* its matched path (lock_ref along the path); locked nodes are
   never evicted; tokens beyond the hit live in blocks private to the request;
-- when a request finishes, its full keyed blocks are *inserted* into the tree (a block whose
-  node already exists — computed twice concurrently — is freed instead) and its path is
-  unlocked; a retracted (preempted) request frees its private blocks without inserting;
-- allocation evicts unlocked *leaves*, least recently accessed first, when free blocks run
-  out; a parent whose last child goes becomes a leaf itself;
+- when a request finishes, its full keyed blocks are *inserted* into the tree (a block already
+  in the tree — computed twice concurrently — is freed instead) and its path is unlocked; a
+  retracted (preempted) request frees its private blocks without inserting;
+- allocation evicts unlocked *leaf* blocks, least recently accessed first, when free blocks run
+  out; a block whose last child goes becomes a leaf itself. Per extent: the leaf extent with the
+  oldest access loses blocks from its end. This is the per-block order exactly: the blocks
+  touched at one access time lie on one root path, so no two leaves ever share an access time,
+  and once an extent's last block goes the block before it (same time) is the oldest leaf;
 - blocks of unlocked tree nodes count as available (`num_free_blocks` = free + evictable,
   SGLang's `available_size + evictable_size`), so KV usage is what requests hold.
 """
@@ -22,38 +28,85 @@ Semantics (`mem_cache/radix_cache.py`):
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import Any, Hashable
+from dataclasses import dataclass
+from typing import Any, Sequence
 
+from servesim.replica.block_keys import BlockKeys, block_idents
 from servesim.replica.kv_cache import KVCacheManager, cdiv
 
 
 class RadixNode:
-    __slots__ = ("key", "parent", "children", "lock_ref", "last_access", "alive")
+    """An extent of tree blocks; `idents[0]` keys it in its parent's `children`."""
 
-    def __init__(self, key: Hashable, parent: "RadixNode | None", now: int) -> None:
-        self.key = key
+    __slots__ = ("idents", "parent", "children", "lock_ref", "last_access", "alive")
+
+    def __init__(self, idents: list, parent: "RadixNode | None", now: int) -> None:
+        self.idents = idents
         self.parent = parent
-        self.children: dict[Hashable, RadixNode] = {}
+        self.children: dict[Any, RadixNode] = {}
         self.lock_ref = 0
         self.last_access = now
         self.alive = True
 
+    @property
+    def key(self) -> Any:
+        return self.idents[0]
+
+    def path(self) -> list["RadixNode"]:
+        """This node and its ancestors below the root, deepest first."""
+        out, n = [], self
+        while n.parent is not None:
+            out.append(n)
+            n = n.parent
+        return out
+
+
+@dataclass(slots=True)
+class Match:
+    """A prefix hit: the first `num_blocks` blocks of the request, the root path ending at
+    `last`'s end (None: no hit). Valid until the next allocation (which may evict)."""
+
+    last: RadixNode | None = None
+    num_blocks: int = 0
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def nodes(self) -> list[RadixNode]:
+        """The path's nodes, root side first."""
+        return self.last.path()[::-1] if self.last is not None else []
+
 
 @dataclass(slots=True)
 class _ReqKV:
-    path: list[RadixNode] = field(default_factory=list)  # locked prefix nodes (blocks shared via the tree)
+    last: RadixNode | None = None  # deepest node of the locked path (blocks shared via the tree)
+    num_path: int = 0  # blocks on that path
     plain: int = 0  # blocks private to the request
 
 
+def _num_common(a: Sequence, b: Sequence, p: int, m: int) -> int:
+    """Length of the common prefix of a[:m] and b[p:p+m] (binary search on C-level slice
+    comparisons: equal prefixes are monotone, whatever the keys)."""
+    if a[:m] == b[p:p + m]:
+        return m
+    lo, hi = 0, m - 1  # a[:lo] == b[p:p+lo] holds; a[:hi+1] differs
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[p:p + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class RadixKVCache(KVCacheManager):
-    """Block-granular radix tree with lock refs and LRU leaf eviction."""
+    """Radix tree of block extents with lock refs and LRU leaf eviction."""
 
     def __init__(self, num_gpu_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True,
                  num_cpu_blocks: int = 0) -> None:
         super().__init__(num_gpu_blocks, block_size, enable_prefix_caching, num_cpu_blocks)
         self._clock = 0  # logical time of accesses (deterministic LRU)
-        self.root = RadixNode(None, None, 0)
+        self.root = RadixNode([], None, 0)
         self.root.lock_ref = 1
         self._reqs: dict[int, _ReqKV] = {}
         self._truly_free = num_gpu_blocks
@@ -63,43 +116,65 @@ class RadixKVCache(KVCacheManager):
         self._seq = 0
 
     # ---------------------------------------------------------------- tree
-    def match(self, req: Any) -> list[RadixNode]:
-        """Longest cached prefix of the request, as tree nodes (touches them)."""
+    def match(self, req: Any) -> Match:
+        """Longest cached prefix of the request (touches its blocks)."""
         keys = req.kv_block_keys
         if not self.enable_prefix_caching or not keys:
-            return []
+            return Match()
         limit = min(len(keys), (req.num_tokens - 1) // self.block_size)
-        node, path = self.root, []
-        for i in range(limit):
-            node = node.children.get(keys[i])
-            if node is None:
+        ids = block_idents(keys) if limit else ()
+        node, p = self.root, 0
+        while p < limit:
+            child = node.children.get(ids[p])
+            if child is None:
                 break
-            path.append(node)
+            n = len(child.idents)
+            k = _num_common(child.idents, ids, p, min(n, limit - p))
+            node = child if k == n else self._split(child, k)
+            p += k
+            if k < n:
+                break
         self._clock += 1
-        for n in path:
-            n.last_access = self._clock
-        if path:
-            self._push_if_evictable(path[-1])
-        return path
+        if not p:
+            return Match()
+        self._touch(node)
+        self._push_if_evictable(node)
+        return Match(node, p)
 
     get_computed_blocks = match
+
+    def _split(self, node: RadixNode, k: int) -> RadixNode:
+        """Cut `node` after its first `k` blocks; returns the new upper part. The lower part
+        keeps the node object, so heap entries, children and requests' path ends stay valid."""
+        upper = RadixNode(node.idents[:k], node.parent, node.last_access)
+        upper.lock_ref = node.lock_ref
+        node.parent.children[node.idents[0]] = upper  # same key: the children's order is kept
+        node.idents = node.idents[k:]
+        upper.children[node.idents[0]] = node
+        node.parent = upper
+        return upper
+
+    def _touch(self, node: RadixNode) -> None:
+        while node.parent is not None:
+            node.last_access = self._clock
+            node = node.parent
 
     def _push_if_evictable(self, node: RadixNode) -> None:
         if node.lock_ref == 0 and not node.children and node is not self.root:
             self._seq += 1
             heapq.heappush(self._heap, (node.last_access, self._seq, node))
 
-    def _lock(self, path: list[RadixNode]) -> None:
-        for n in path:
+    def _lock(self, last: RadixNode) -> None:
+        for n in last.path():
             if n.lock_ref == 0:
-                self.evictable_blocks -= 1
+                self.evictable_blocks -= len(n.idents)
             n.lock_ref += 1
 
-    def _unlock(self, path: list[RadixNode]) -> None:
-        for n in path:
+    def _unlock(self, last: RadixNode | None) -> None:
+        for n in reversed(last.path()) if last is not None else ():
             n.lock_ref -= 1
             if n.lock_ref == 0:
-                self.evictable_blocks += 1
+                self.evictable_blocks += len(n.idents)
                 self._push_if_evictable(n)
 
     def _evict(self, num_blocks: int) -> None:
@@ -108,14 +183,19 @@ class RadixKVCache(KVCacheManager):
             access, _, node = heapq.heappop(heap)  # enough evictable blocks: caller checked
             if not node.alive or node.children or node.lock_ref or access != node.last_access:
                 continue  # stale entry
+            n = len(node.idents)
+            k = n if n <= num_blocks else num_blocks
+            num_blocks -= k
+            self.evictable_blocks -= k
+            self.tree_blocks -= k
+            self._truly_free += k
+            if k < n:  # its last blocks go; the rest is still the oldest leaf
+                node.idents = node.idents[:n - k]
+                self._push_if_evictable(node)
+                continue
             node.alive = False
-            parent = node.parent
-            del parent.children[node.key]
-            self.evictable_blocks -= 1
-            self.tree_blocks -= 1
-            self._truly_free += 1
-            num_blocks -= 1
-            self._push_if_evictable(parent)
+            del node.parent.children[node.idents[0]]
+            self._push_if_evictable(node.parent)
 
     def _take(self, n: int) -> None:
         if n > self._truly_free:
@@ -126,36 +206,76 @@ class RadixKVCache(KVCacheManager):
     def _sync(self) -> None:
         self.num_free_blocks = self._truly_free + self.evictable_blocks
 
+    def _insert(self, req: Any, st: _ReqKV, full: int, lock: bool) -> RadixNode:
+        """Put the request's keyed blocks [st.num_path, full) under its path end (touched now,
+        and locked by it if `lock`); a block already in the tree frees the request's copy.
+        Returns the new path end."""
+        node = st.last or self.root
+        p = st.num_path
+        ids = block_idents(req.kv_block_keys) if p < full else ()
+        while p < full:
+            child = node.children.get(ids[p])
+            if child is None:  # the rest is new: one extent
+                child = node.children[ids[p]] = RadixNode(ids[p:full], node, self._clock)
+                m = full - p
+                self.tree_blocks += m
+                st.plain -= m
+                if lock:
+                    child.lock_ref = 1
+                else:
+                    self.evictable_blocks += m
+                return child
+            n = len(child.idents)
+            k = _num_common(child.idents, ids, p, min(n, full - p))
+            if k < n:
+                child = self._split(child, k)
+            st.plain -= k
+            self._truly_free += k  # computed twice: keep the tree's copy
+            if lock:
+                if child.lock_ref == 0:
+                    self.evictable_blocks -= k
+                child.lock_ref += 1
+            child.last_access = self._clock
+            node = child
+            p += k
+        return node
+
     # ---------------------------------------------------------------- KVCacheManager interface
     def num_blocks_of(self, req_id: int) -> int:
         st = self._reqs.get(req_id)
-        return len(st.path) + st.plain if st else 0
+        return st.num_path + st.plain if st else 0
 
     def first_new_block_steps(self, reqs: list[Any], ctx1: list[int]) -> list[int]:
         bs = self.block_size
         return [h * bs - c + 1 for h, c in zip(self.num_blocks_list(reqs), ctx1)]
 
     def num_blocks_list(self, reqs: list[Any]) -> list[int]:
-        return [len(self._reqs[r.id].path) + self._reqs[r.id].plain for r in reqs]
+        return [(st := self._reqs[r.id]).num_path + st.plain for r in reqs]
 
-    def blocks_needed(self, req: Any, num_new_tokens: int, computed: list[RadixNode] = ()) -> int:
+    def blocks_needed(self, req: Any, num_new_tokens: int, computed: Match | Sequence = ()) -> int:
         held = self.num_blocks_of(req.id)
-        total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-        need = cdiv(total, self.block_size) - held - len(computed)
-        return max(need, 0) + sum(1 for n in computed if n.lock_ref == 0)
+        num_hit = len(computed)
+        total = req.num_computed_tokens + num_hit * self.block_size + num_new_tokens
+        need = max(cdiv(total, self.block_size) - held - num_hit, 0)
+        if not num_hit:
+            return need
+        return need + sum(len(n.idents) for n in computed.last.path() if n.lock_ref == 0)
 
-    def allocate_slots(self, req: Any, num_new_tokens: int, computed: list[RadixNode] = ()) -> bool:
+    def allocate_slots(self, req: Any, num_new_tokens: int, computed: Match | Sequence = ()) -> bool:
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         st = self._reqs.get(req.id)
         if st is None:
             st = self._reqs[req.id] = _ReqKV()
-        if computed:
-            self._lock(computed)  # before evicting, so the hit cannot be evicted
-            st.path.extend(computed)
+        num_hit = len(computed)
+        if num_hit:
+            if st.num_path:
+                raise AssertionError("a request that holds a tree path was given a prefix hit")
+            self._lock(computed.last)  # before evicting, so the hit cannot be evicted
+            st.last, st.num_path = computed.last, num_hit
             self._sync()
-        total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-        new = cdiv(total, self.block_size) - len(st.path) - st.plain
+        total = req.num_computed_tokens + num_hit * self.block_size + num_new_tokens
+        new = cdiv(total, self.block_size) - st.num_path - st.plain
         if new > 0:
             self._take(new)
             st.plain += new
@@ -182,7 +302,7 @@ class RadixKVCache(KVCacheManager):
         if st is None:
             return
         self._truly_free += st.plain
-        self._unlock(st.path)
+        self._unlock(st.last)
         self._sync()
 
     def free_preempted(self, req: Any) -> None:
@@ -190,32 +310,22 @@ class RadixKVCache(KVCacheManager):
         prefix in the tree stays cached."""
         self.free(req.id)
 
+    def _num_full(self, req: Any, st: _ReqKV) -> int:
+        keys = req.kv_block_keys
+        return min(len(keys), req.num_computed_tokens // self.block_size, st.num_path + st.plain) if keys else 0
+
     def cache_unfinished(self, req: Any) -> None:
         """Insert a running request's computed full keyed blocks (SGLang does this after each
         prefill), keeping them locked by the request; a block already in the tree replaces the
         request's own copy, which is freed."""
         st = self._reqs.get(req.id)
-        keys = req.kv_block_keys
-        if st is None or not keys or not self.enable_prefix_caching:
+        if st is None or not self.enable_prefix_caching:
             return
-        full = min(len(keys), req.num_computed_tokens // self.block_size, len(st.path) + st.plain)
-        if full <= len(st.path):
+        full = self._num_full(req, st)
+        if full <= st.num_path:
             return
-        node = st.path[-1] if st.path else self.root
         self._clock += 1
-        for i in range(len(st.path), full):
-            child = node.children.get(keys[i])
-            st.plain -= 1
-            if child is None:
-                child = node.children[keys[i]] = RadixNode(keys[i], node, self._clock)
-                child.lock_ref = 1
-                self.tree_blocks += 1
-            else:
-                self._truly_free += 1
-                self._lock([child])
-                child.last_access = self._clock
-            st.path.append(child)
-            node = child
+        st.last, st.num_path = self._insert(req, st, full, lock=True), full
         self._sync()
 
     def cache_finished(self, req: Any) -> None:
@@ -223,27 +333,17 @@ class RadixKVCache(KVCacheManager):
         st = self._reqs.pop(req.id, None)
         if st is None:
             return
-        keys = req.kv_block_keys or ()
-        full = min(len(keys), req.num_computed_tokens // self.block_size, len(st.path) + st.plain)
-        node = st.path[-1] if st.path else self.root
+        full = self._num_full(req, st) if self.enable_prefix_caching else 0
         self._clock += 1
-        for n in st.path:
-            n.last_access = self._clock
-        for i in range(len(st.path), full if self.enable_prefix_caching else 0):
-            child = node.children.get(keys[i])
-            st.plain -= 1
-            if child is None:
-                child = node.children[keys[i]] = RadixNode(keys[i], node, self._clock)
-                self.tree_blocks += 1
-                self.evictable_blocks += 1
-            else:
-                self._truly_free += 1  # computed twice: keep the tree's copy
-                child.last_access = self._clock
-            node = child
+        if st.last is not None:
+            self._touch(st.last)
+        node = self._insert(req, st, full, lock=False) if full > st.num_path else st.last or self.root
         self._push_if_evictable(node)
         self._truly_free += st.plain
-        self._unlock(st.path)
+        self._unlock(st.last)
         self._sync()
+        if type(req.kv_block_keys) is BlockKeys:
+            req.kv_block_keys.release()  # done: what lookups built is not needed again
 
     def swap_out(self, req_id: int, reuse_key=None):  # pragma: no cover - SGLang never swaps
         raise NotImplementedError("the radix cache has no CPU swap tier")

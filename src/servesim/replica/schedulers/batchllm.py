@@ -21,11 +21,15 @@ matter and is not modelled (each request's attention reads its whole context).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
+from itertools import chain
 from operator import attrgetter
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import Field
 
+from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
@@ -44,6 +48,22 @@ class BatchLLMParams(SchedulerParams):
     offline jobs with known answer sizes) or `max_tokens` (else `max_model_len` - prompt)."""
     max_num_batched_tokens: int | None = Field(None, ge=1)
     """Optional token cap per step (None: memory-centric batching only)."""
+
+
+def _runs(keys) -> Sequence:
+    if not keys:
+        return ()
+    return keys.run_keys[:] if type(keys) is BlockKeys else keys
+
+
+def _num_shared(rks: Sequence, count: Counter) -> int:
+    """1 + the index of the last key counted twice or more (0: none). Chained keys make the
+    shared ones a prefix, found by bisection; anything else falls back to a scan."""
+    counts = list(map(count.__getitem__, rks))
+    j = bisect_left(counts, True, key=(2).__gt__)
+    if max(counts[j:], default=0) < 2:
+        return j
+    return max(i + 1 for i, c in enumerate(counts) if c >= 2)
 
 
 @register("batchllm")
@@ -68,16 +88,16 @@ class BatchLLMScheduler(KeyedScheduler):
         return req.max_tokens or self.config.max_model_len - req.prompt_len
 
     def groups(self, reqs: list[Request]) -> dict[object, list[Request]]:
-        """Requests by group: the deepest prefix key each shares with another request."""
-        count: dict[object, int] = {}
-        for r in reqs:
-            for k in r.kv_block_keys or ():
-                count[k] = count.get(k, 0) + 1
+        """Requests by group: the deepest prefix key each shares with another request.
+
+        Counted per key run (`block_keys.py`: every request holds a run whole, so a run's
+        blocks share one count and its key stands for its last block)."""
+        runs = [_runs(r.kv_block_keys) for r in reqs]
+        count = Counter(chain.from_iterable(runs))
         groups: dict[object, list[Request]] = {}
-        for r in reqs:
-            keys = r.kv_block_keys or ()
-            shared = [k for k in keys if count[k] >= 2]  # chained keys: shared ones form a prefix
-            groups.setdefault(shared[-1] if shared else ("alone", r.id), []).append(r)
+        for r, rks in zip(reqs, runs):
+            j = _num_shared(rks, count)
+            groups.setdefault(rks[j - 1] if j else ("alone", r.id), []).append(r)
         return groups
 
     def _group_key(self, members: list[Request]) -> tuple:

@@ -33,6 +33,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from servesim.replica.block_keys import block_idents
 from servesim.replica.radix_cache import RadixKVCache, RadixNode
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
@@ -167,7 +168,7 @@ class SGLangScheduler(Scheduler):
             for r in waiting:
                 if hits[r.id] > IN_BATCH_CHECK_TOKENS:
                     continue
-                keys = r.kv_block_keys or ()
+                keys = block_idents(r.kv_block_keys or ())
                 shared = next((i for i, k in enumerate(keys) if k not in seen), len(keys)) * bs
                 if shared >= IN_BATCH_DEPRIORITIZE_TOKENS:
                     later.add(r.id)
@@ -183,9 +184,9 @@ class SGLangScheduler(Scheduler):
         at: dict[int, list[Request]] = {}
         weight: dict[int, int] = {}
         nodes: dict[int, RadixNode] = {id(root): root}
-        for r in waiting:
-            path = self.kv.match(r)
-            last = path[-1] if path else root
+        # Match every request first: a match may split a node that an earlier one ends below.
+        lasts = [self.kv.match(r).last or root for r in waiting]
+        for r, last in zip(waiting, lasts):
             at.setdefault(id(last), []).append(r)
             node = last
             while node is not None:
