@@ -13,7 +13,8 @@ lists the requests in its output; the engine prices the copies with `replica.swa
 scheduler's `swap_mechanics`: synchronous copies lengthen the step (vLLM v0), overlapped ones
 occupy a PCIe stream per direction and make a swapped-in request schedulable only when its copy
 is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied
-by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`).
+by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`);
+its decode-only steps are fast-forwarded by `replica/spec_stretch.py`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, speculate
+from servesim.replica.spec_stretch import spec_fast_forward
 from servesim.replica.fast_forward import FastForwarding, advance_decodes
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
@@ -179,7 +181,12 @@ class Engine(FastForwarding):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
+            ff = (sched.fast_forward(out) if self.config.fast_forward and not swap_s and not chunks
+                  and (self.ports is None or self.ports.allows_stretch(prefills)) else None)
+            batch = decodes
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
+            if ff is not None and ff.repeat and spec_fast_forward(self, now_s, out, batch, dt, decodes, prefills, ff):
+                return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         else:
             dt = self.perf.step_time_s(chunks, decode_ctxs)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)

@@ -34,12 +34,33 @@ class AcceptanceDraws:
         """The next `n` rows' counts."""
         pos = self._pos
         if pos + n > len(self._counts):
-            rest = self._counts[pos:]
-            u = self._rng.random((max(DRAW_BLOCK_ROWS, n - len(rest)), self._k_max))
-            self._counts = rest + (u < self._rate).cumprod(axis=1).sum(axis=1).tolist()
+            self._refill(n)
             pos = 0
         self._pos = pos + n
         return self._counts[pos:pos + n]
+
+    def peek(self, offset: int, n: int) -> list[int]:
+        """Rows offset .. offset + n - 1 after the next one, without taking them: a
+        fast-forwarded stretch reads its steps' rows ahead and takes (`skip`) only those of
+        the steps it keeps, so a stretch cut early leaves the rest for stepping."""
+        pos = self._pos + offset
+        if pos + n > len(self._counts):
+            self._refill(offset + n)
+            pos = offset
+        return self._counts[pos:pos + n]
+
+    def skip(self, n: int) -> None:
+        """Take the next `n` rows (read before with `peek`)."""
+        if self._pos + n > len(self._counts):
+            self._refill(n)
+        self._pos += n
+
+    def _refill(self, n: int) -> None:
+        """Keep the rows not taken yet and draw at least enough blocks to have `n` of them."""
+        rest = self._counts[self._pos:]
+        u = self._rng.random((max(DRAW_BLOCK_ROWS, n - len(rest)), self._k_max))
+        self._counts = rest + (u < self._rate).cumprod(axis=1).sum(axis=1).tolist()
+        self._pos = 0
 
 
 def speculate(engine, decodes, decode_ctxs, chunks, prefills):

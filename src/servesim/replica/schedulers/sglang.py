@@ -74,6 +74,7 @@ class SGLangParams(SchedulerParams):
 @register("sglang")
 class SGLangScheduler(Scheduler):
     Params = SGLangParams
+    stable_decode_order = True  # (running order / arrival order, whatever the progress)
     kv: RadixKVCache
 
     @classmethod
