@@ -180,15 +180,14 @@ class Engine(FastForwarding):
                 and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
+        ff = (sched.fast_forward(out) if self._spec_k and self.config.fast_forward and not swap_s
+              and (self.ports is None or self.ports.allows_stretch(prefills)) else None)
         if self._spec_k and decodes:
-            ff = (sched.fast_forward(out) if self.config.fast_forward and not swap_s and not chunks
-                  and (self.ports is None or self.ports.allows_stretch(prefills)) else None)
-            batch = decodes
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
-            if ff is not None and ff.repeat and spec_fast_forward(self, now_s, out, batch, dt, decodes, prefills, ff):
-                return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         else:
             dt = self.perf.step_time_s(chunks, decode_ctxs)
+        if ff is not None and ff.repeat and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff):
+            return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
 

@@ -44,19 +44,25 @@ class SpecStretch:
     keyed: list = []
     prefills: list = []  # (a replica's view subtracts prompt chunks finished in step 0: none)
 
-    def __init__(self, engine, start_s: float, out: Any, batch: list[Request], step0: list[int], dt0_s: float,
-                 spec0_reqs: list[Request], num_running: int, num_waiting: int, through: bool) -> None:
+    def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], dt0_s: float,
+                 through: bool) -> None:
+        """`step0`: per request in batch order, (request, tokens it computes in step 0, tokens it
+        emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode)."""
         cfg = engine.config
+        sched = engine.scheduler
+        batch = [r for r, _, _, _ in step0]
         self.start_s = start_s
         self.out = out
-        self.reqs = batch  # the decodes in batch order (the order of their acceptance rows)
+        self.reqs = batch  # in batch order (the order of their acceptance rows)
+        self.prefills = [(r, c) for r, c, _, kind in step0 if kind == 1]  # prompt chunks finished in step 0
         self.through = through
-        self.num_running = num_running  # the scheduler's counts when step 0 was scheduled
-        self.num_waiting = num_waiting
+        self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
+        self.num_waiting = sched.num_waiting
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.final = False  # cut, or nothing more to price: never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
         self._perf = engine.perf
+        self._decode_fn = engine._decode_fn  # the scalar decode step time by batch size (False: none)
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
         self._draft_ratio = cfg.spec_draft_cost_ratio
@@ -66,19 +72,19 @@ class SpecStretch:
         self.free_blocks = kv.num_free_blocks  # after step 0's allocations
         self._used0 = kv.num_gpu_blocks - kv.num_free_blocks
         # the running state after the last priced step, per request (index into `reqs`)
-        self._ctx = [r.num_computed_tokens + n for r, n in zip(batch, step0)]
-        self._rem = [r.output_len - r.num_output_tokens - n for r, n in zip(batch, step0)]
+        self._adv0 = [c for _, c, _, _ in step0]
+        self._ctx = [r.num_computed_tokens + c for r, c, _, _ in step0]
+        self._rem = [r.output_len - r.num_output_tokens - e for r, _, e, _ in step0]
         self._held = [kv.num_blocks_of(r.id) for r in batch]
-        self.held0 = list(self._held)
-        # step 0's finishes as stepping lists them: plain decodes first, then speculative ones
-        spec0 = {id(r) for r in spec0_reqs}
-        gone = sorted((i for i, left in enumerate(self._rem) if not left), key=lambda i: id(batch[i]) in spec0)
-        self._active = [i for i, left in enumerate(self._rem) if left] if through else list(range(len(batch)))
+        n = len(batch)
+        # step 0's finishes as stepping lists them: plain decodes, prompts, speculative decodes
+        gone = sorted((i for i in range(n) if not self._rem[i]), key=lambda i: step0[i][3])
+        self._active = [i for i in range(n) if self._rem[i]] if through else list(range(n))
         # per step: end time, tokens emitted, requests run, their emitted tokens, blocks granted
         self.ends = [start_s + dt0_s]
-        self.sizes = [sum(step0)]  # tokens emitted in each step
-        self._runs: list[list[int]] = [list(range(len(batch)))]
-        self._emits: list[list[int]] = [step0]
+        self.sizes = [sum(e for _, _, e, _ in step0)]  # tokens emitted in each step
+        self._runs: list[list[int]] = [list(range(n))]
+        self._emits: list[list[int]] = [[e for _, _, e, _ in step0]]
         self._grants: list[list[tuple[int, int]]] = [[]]  # (step 0's blocks are allocated already)
         self._alloc = [0]  # blocks granted in steps 1..j
         self._rows = [0]  # acceptance rows read by steps 1..j
@@ -133,13 +139,15 @@ class SpecStretch:
             return
         perf = self._perf
         rows = self._rows[-1]
+        f = self._decode_fn(len(act))  # step_time_s([], ctxs), bit for bit, from the context sum
+        draft_s = f(sum(ctxs)) if f else perf.step_time_s([], ctxs)
         if verify:
             accepted = iter(self._draws.peek(rows, len(verify)))
             rows += len(verify)
             dt = perf.step_time_s(verify, plain)
-            dt += self._draft_ratio * k_max * perf.step_time_s([], ctxs)  # (as `speculate`, term for term)
+            dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
         else:
-            dt = perf.step_time_s([], ctxs)
+            dt = draft_s
         emits = []
         done_plain, done_spec = [], []  # stepping lists a step's finishes plain decodes first
         for i, k in zip(act, spec):
@@ -238,15 +246,18 @@ class SpecStretch:
             for i, n in zip(self._runs[j], self._emits[j]):
                 total[i] += n
                 runs = reqs[i].token_steps  # as `Engine.emit`, then one single-step run per extra token
-                if runs[-1] == s - 1:
+                if runs and runs[-1] == s - 1:
                     runs[-1] = s
                 else:
                     runs += (s, s)
                 if n > 1:
                     runs += (s, s) * (n - 1)
-        for req, n in zip(reqs, total):
-            req.num_computed_tokens += n
+        for req, adv0, e0, n in zip(reqs, self._adv0, self._emits[0], total):
+            req.num_computed_tokens += adv0 + n - e0  # (a prompt chunk computes its tokens, emits one)
             req.num_output_tokens += n
+        for req, _ in self.prefills:
+            if req.first_token_s is None:
+                req.first_token_s = self.ends[0]
         grants = [0] * len(reqs)
         for j in range(1, k):
             for i, nb in self._grants[j]:
@@ -269,37 +280,44 @@ class SpecStretch:
         freed, f = 0, 0
         free_at = self._free_at
         start = self.start_s
+        prefill_tokens = sum(n for _, n in self.prefills)
         for j in range(k):
             while f < len(free_at) and free_at[f][0] <= j:
                 freed += free_at[f][1]
                 f += 1
             running = self.num_running - (n0 - len(self._runs[j])) if j else self.num_running
-            log(start, self.ends[j], 0, self.sizes[j], running, self.num_waiting + bisect_right(waiting, j),
+            log(start, self.ends[j], prefill_tokens if not j else 0, self.sizes[j], running, self.num_waiting + bisect_right(waiting, j),
                 self._used0 + self._alloc[j] - freed)
             start = self.ends[j]
 
 
-def spec_fast_forward(engine, now_s: float, out, batch: list[Request], dt0_s: float, plain: list[Request],
-                      spec_items: list, ff) -> bool:
-    """Run step 0 (a decode-only step `speculate` just planned: `plain` decodes and `spec_items`
-    (req, (1 + k, accepted))) and the speculative steps that repeat it as one event. False,
-    changing nothing, if fewer than two steps would be safe."""
+def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Request], prefills: list, ff) -> bool:
+    """Run step 0 (the step `speculate` just planned: `plain` decodes, then `prefills`: prompt
+    chunks (req, tokens) and speculative decodes (req, (1 + k, accepted))) and the speculative
+    decode steps that repeat it as one event. False, changing nothing, if the step is not one
+    to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
+    register) or fewer than two steps would be safe."""
     sched = engine.scheduler
     if not sched.stable_decode_order:
         return False
+    step0 = {id(r): (r, 1, 1, 0) for r in plain}
+    for req, n in prefills:
+        left = req.output_len - req.num_output_tokens
+        if type(n) is tuple:  # a speculative decode: it emits its accepted drafts + 1
+            e = min(n[1] + 1, left)
+            step0[id(req)] = (req, e, e, 2)
+        elif n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens or not ff.after_prefill:
+            return False  # a prompt still in progress gets a chunk, not a decode, next step
+        else:
+            step0[id(req)] = (req, n, 1, 1)
     bs = engine.kv.block_size
-    for req in batch:  # a prefix block still to register would be registered by stepping only
+    for req, _ in out.scheduled:  # a prefix block still to register would be registered by stepping only
         keys = req.kv_block_keys
         if keys and len(keys) * bs > req.prompt_len + req.num_output_tokens:
             return False
-    left = {id(r): r.output_len - r.num_output_tokens for r in batch}
-    emitted = {id(r): 1 for r in plain}
-    for req, (_, a) in spec_items:
-        emitted[id(req)] = min(a + 1, left[id(req)])
-    step0 = [emitted[id(r)] for r in batch]
-    through = engine.defer_finishes and ff.through_finishes and not any(r.kv_block_keys for r in batch)
-    st = SpecStretch(engine, now_s, out, batch, step0, dt0_s, [r for r, _ in spec_items], sched.num_running,
-                     sched.num_waiting, through)
+    batch = [step0[id(r)] for r, _ in out.scheduled]  # repeated steps keep this order
+    through = engine.defer_finishes and ff.through_finishes and not any(r.kv_block_keys for r, *_ in batch)
+    st = SpecStretch(engine, now_s, out, batch, dt0_s, through)
     next_s = engine.next_event_s()
     if engine.lookahead > 1 or (engine.ports is None and sched.arrival_keeps_batch(None)):
         next_s = max(now_s + (next_s - now_s) * engine.lookahead, math.nextafter(st.end_s, math.inf))
