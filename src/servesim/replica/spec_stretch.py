@@ -62,11 +62,11 @@ class SpecStretch:
         self.final = False  # cut, or nothing more to price: never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
         self._perf = engine.perf
+        self._next_event_s = engine.next_event_s
         self._decode_fn = engine._decode_fn  # the scalar decode step time by batch size (False: none)
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
         self._draft_ratio = cfg.spec_draft_cost_ratio
-        self._max_len = cfg.max_model_len
         kv = engine.kv
         self._bs = kv.block_size
         self.free_blocks = kv.num_free_blocks  # after step 0's allocations
@@ -106,30 +106,42 @@ class SpecStretch:
 
     # ---------------------------------------------------------------- pricing
     def price(self, horizon: float) -> None:
-        """Take steps until one would start at or after `horizon`, or the stretch is done."""
+        """Take steps until one would start at or after `horizon` or the next event anywhere
+        (at least one step), or the stretch is done. Pricing a step costs about what applying
+        it does, so steps are not priced far ahead of an event that may cut them: an uncut
+        stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
+        horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
         while not self.final and self.ends[-1] < horizon:
             self._step()
 
     def _step(self) -> None:
-        """Price one more step (or mark the stretch done if its blocks do not fit)."""
+        """Price one more step (or mark the stretch done if its blocks do not fit).
+
+        `speculate`'s rules, with two simplifications that are exact here: the `max_model_len`
+        bound on k never binds (a decode's context + tokens left < max_model_len, so
+        tokens left - 1 is the tighter bound), and k = 0 only on a request's last token."""
         ctx, rem, held = self._ctx, self._rem, self._held
-        k_max, bs, max_len = self._k_max, self._bs, self._max_len
+        k_max, bs = self._k_max, self._bs
         act = self._active
-        verify, plain, ctxs, spec, grants = [], [], [], [], []
-        need = 0
+        rows = self._rows[-1]
+        acc = self._draws.peek(rows, len(act))  # (rows of speculating requests, in batch order)
+        verify, plain, emits, grants = [], [], [], []
+        need = ctx_sum = used = 0
         for i in act:
             c = ctx[i]
-            k = min(k_max, rem[i] - 1, max_len - 2 - c)
-            ctxs.append(c)
-            if k > 0:
+            r = rem[i]
+            ctx_sum += c
+            if r > 1:  # k lookahead slots: blocks for c + 1 + k tokens; emits accepted + 1 (<= r)
+                k = k_max if r > k_max else r - 1
                 verify.append((1 + k, c))
-                spec.append(k)
-                tokens = c + 1 + k
-            else:
+                a = acc[used]
+                used += 1
+                emits.append(a + 1 if a < k else k + 1)
+                nb = (c + k) // bs + 1 - held[i]
+            else:  # its last token: a plain decode
                 plain.append(c)
-                spec.append(0)
-                tokens = c + 1
-            nb = -(-tokens // bs) - held[i]
+                emits.append(1)
+                nb = c // bs + 1 - held[i]
             if nb > 0:
                 grants.append((i, nb))
                 need += nb
@@ -138,29 +150,20 @@ class SpecStretch:
             self.final = True
             return
         perf = self._perf
-        rows = self._rows[-1]
         f = self._decode_fn(len(act))  # step_time_s([], ctxs), bit for bit, from the context sum
-        draft_s = f(sum(ctxs)) if f else perf.step_time_s([], ctxs)
+        draft_s = f(ctx_sum) if f else perf.step_time_s([], [ctx[i] for i in act])
         if verify:
-            accepted = iter(self._draws.peek(rows, len(verify)))
-            rows += len(verify)
             dt = perf.step_time_s(verify, plain)
             dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
         else:
             dt = draft_s
-        emits = []
         done_plain, done_spec = [], []  # stepping lists a step's finishes plain decodes first
-        for i, k in zip(act, spec):
-            if k:
-                a = next(accepted)
-                n = min((a if a < k else k) + 1, rem[i])
-            else:
-                n = 1
-            emits.append(n)
+        for i, n in zip(act, emits):
             ctx[i] += n
-            rem[i] -= n
-            if not rem[i]:
-                (done_spec if k else done_plain).append(i)
+            r = rem[i]
+            rem[i] = r - n
+            if r == n:
+                (done_plain if r == 1 else done_spec).append(i)
         for i, nb in grants:
             held[i] += nb
         j = len(self.ends)
@@ -170,7 +173,7 @@ class SpecStretch:
         self._emits.append(emits)
         self._grants.append(grants)
         self._alloc.append(alloc)
-        self._rows.append(rows)
+        self._rows.append(rows + used)
         if done_plain or done_spec:
             done = done_plain + done_spec
             self._finishes += [(j, i) for i in done]
@@ -320,7 +323,7 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     st = SpecStretch(engine, now_s, out, batch, dt0_s, through)
     next_s = engine.next_event_s()
     if engine.lookahead > 1 or (engine.ports is None and sched.arrival_keeps_batch(None)):
-        next_s = max(now_s + (next_s - now_s) * engine.lookahead, math.nextafter(st.end_s, math.inf))
+        next_s = max(now_s + (next_s - now_s) * (max(1.0, engine.lookahead / 3)), math.nextafter(st.end_s, math.inf))
     st.price(min(next_s, engine._own_horizon_s()))
     if st.k < 2:
         return False
