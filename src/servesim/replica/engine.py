@@ -30,8 +30,7 @@ from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
-from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, speculate
-from servesim.replica.spec_stretch import spec_fast_forward
+from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
 from servesim.replica.fast_forward import FastForwarding, advance_decodes
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState

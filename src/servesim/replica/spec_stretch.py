@@ -1,38 +1,30 @@
 """A fast-forwarded stretch of speculative decode steps (`num_speculative_tokens > 0`).
 
-The plain `Stretch` relies on every request emitting one token a step. With speculative
-decoding each request emits 1 + accepted drafts, a random number, so contexts, KV blocks and
-finishes differ per request and per step. This stretch replays the engine's decode steps
-without the engine and scheduler machinery: per step and per request, in batch order,
-
-- k = min(num_speculative_tokens, tokens left - 1, the `max_model_len` bound) lookahead slots
-  (k = 0: the request decodes plainly, as `speculate` does on its last token);
-- its KV blocks grow to hold ctx + 1 + k tokens (`allocate_slots`); the stretch stops before
-  the first step whose blocks would not fit in those free when it started (stepping would then
-  decode a request plainly or preempt: the engine steps that one);
-- its accepted drafts are the next row of `AcceptanceDraws` (rows in batch order per step,
-  read with `peek` and taken only for the steps applied, so a cut leaves the rest to
-  stepping); it emits min(accepted + 1, tokens left);
-- the step time is `speculate`'s: the perf model's step time over the verify chunks and plain
-  decodes, plus the draft cost.
-
-It stops at the first finish, or (when finishes may be processed late, as for `Stretch`)
-when every request has finished. Pricing is lazy up to a horizon and extended like a
-`Stretch`; the engine applies it with `apply` (requests, KV blocks, step log), exactly as
-stepping one by one would have left them (tests/replica/test_spec_fast_forward.py).
-
-Only decode-only steps are fast-forwarded, for schedulers whose repeated steps keep the batch
-in the same order (`Scheduler.stable_decode_order`: acceptances are drawn in batch order).
+With speculative decoding each request emits 1 + accepted drafts a step, a random number, so
+contexts, KV blocks and finishes differ per request and per step (a plain `Stretch` relies on
+one token each). This stretch replays `speculate` step by step, per request in batch order,
+without the engine or the scheduler: k = min(num_speculative_tokens, tokens left - 1)
+lookahead slots (0 on the last token: a plain decode); blocks for ctx + 1 + k tokens; the next
+row of `AcceptanceDraws`; min(accepted + 1, tokens left) tokens emitted; the step time of the
+verify chunks and plain decodes plus the draft term. It stops before the first step whose
+blocks would not fit in those free when it started (stepping would decode plainly or preempt
+there), at the first finish or, when finishes may be processed late, once all have finished.
+Acceptance rows are read with `peek` and taken only for the steps applied, so a cut leaves
+them to stepping. Step 0 is the step the engine planned (it may finish prompts); acceptances
+go by batch order, so only schedulers with `stable_decode_order` fast-forward. Exact as
+stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test_spec_exactness.py.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from servesim.replica.spec_decode import AcceptanceDraws
 from servesim.workload.request import Request
+
+if TYPE_CHECKING:
+    from servesim.replica.spec_decode import AcceptanceDraws
 
 
 class SpecStretch:
@@ -42,7 +34,6 @@ class SpecStretch:
     first_new: list = []
     remaining: list = []
     keyed: list = []
-    prefills: list = []  # (a replica's view subtracts prompt chunks finished in step 0: none)
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], dt0_s: float,
                  through: bool) -> None:
@@ -293,40 +284,3 @@ class SpecStretch:
                 self._used0 + self._alloc[j] - freed)
             start = self.ends[j]
 
-
-def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Request], prefills: list, ff) -> bool:
-    """Run step 0 (the step `speculate` just planned: `plain` decodes, then `prefills`: prompt
-    chunks (req, tokens) and speculative decodes (req, (1 + k, accepted))) and the speculative
-    decode steps that repeat it as one event. False, changing nothing, if the step is not one
-    to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
-    register) or fewer than two steps would be safe."""
-    sched = engine.scheduler
-    if not sched.stable_decode_order:
-        return False
-    step0 = {id(r): (r, 1, 1, 0) for r in plain}
-    for req, n in prefills:
-        left = req.output_len - req.num_output_tokens
-        if type(n) is tuple:  # a speculative decode: it emits its accepted drafts + 1
-            e = min(n[1] + 1, left)
-            step0[id(req)] = (req, e, e, 2)
-        elif n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens or not ff.after_prefill:
-            return False  # a prompt still in progress gets a chunk, not a decode, next step
-        else:
-            step0[id(req)] = (req, n, 1, 1)
-    bs = engine.kv.block_size
-    for req, _ in out.scheduled:  # a prefix block still to register would be registered by stepping only
-        keys = req.kv_block_keys
-        if keys and len(keys) * bs > req.prompt_len + req.num_output_tokens:
-            return False
-    batch = [step0[id(r)] for r, _ in out.scheduled]  # repeated steps keep this order
-    through = engine.defer_finishes and ff.through_finishes and not any(r.kv_block_keys for r, *_ in batch)
-    st = SpecStretch(engine, now_s, out, batch, dt0_s, through)
-    next_s = engine.next_event_s()
-    if engine.lookahead > 1 or (engine.ports is None and sched.arrival_keeps_batch(None)):
-        next_s = max(now_s + (next_s - now_s) * (max(1.0, engine.lookahead / 3)), math.nextafter(st.end_s, math.inf))
-    st.price(min(next_s, engine._own_horizon_s()))
-    if st.k < 2:
-        return False
-    engine.stretch = st
-    engine._schedule_stretch_end(st)
-    return True
