@@ -48,7 +48,7 @@ def assert_same_run(a, b, a_reqs, b_reqs, num_blocks: int) -> None:
     assert a.spec_draws.take(50) == b.spec_draws.take(50)
 
 
-@pytest.mark.parametrize("scheduler", ["vllm", "sarathi", "sglang", "orca", "vllm-v0"])
+@pytest.mark.parametrize("scheduler", ["vllm", "sarathi", "sglang", "orca", "vllm-v0", "continuum"])
 @pytest.mark.parametrize("seed,num_blocks", [(1, 400), (2, 2000)])
 def test_spec_fast_forward_matches_stepping(scheduler, seed, num_blocks):
     a_reqs, b_reqs = spaced_requests(seed), spaced_requests(seed)

@@ -14,7 +14,7 @@ scheduler's `swap_mechanics`: synchronous copies lengthen the step (vLLM v0), ov
 occupy a PCIe stream per direction and make a swapped-in request schedulable only when its copy
 is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied
 by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`);
-its decode-only steps are fast-forwarded by `replica/spec_stretch.py`.
+steps that repeat are fast-forwarded by `replica/spec_stretch.py`.
 """
 
 from __future__ import annotations

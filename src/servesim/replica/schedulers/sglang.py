@@ -74,7 +74,7 @@ class SGLangParams(SchedulerParams):
 @register("sglang")
 class SGLangScheduler(Scheduler):
     Params = SGLangParams
-    stable_decode_order = True  # (running order / arrival order, whatever the progress)
+    stable_decode_order = True  # (decodes in running order, whatever their progress)
     kv: RadixKVCache
 
     @classmethod
