@@ -13,7 +13,8 @@ lists the requests in its output; the engine prices the copies with `replica.swa
 scheduler's `swap_mechanics`: synchronous copies lengthen the step (vLLM v0), overlapped ones
 occupy a PCIe stream per direction and make a swapped-in request schedulable only when its copy
 is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied
-by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`).
+by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`);
+steps that repeat are fast-forwarded by `replica/spec_stretch.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
-from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, speculate
+from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
 from servesim.replica.fast_forward import FastForwarding, advance_decodes
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
@@ -178,10 +179,14 @@ class Engine(FastForwarding):
                 and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
+        ff = (sched.fast_forward(out) if self._spec_k and self.config.fast_forward and not swap_s
+              and (self.ports is None or self.ports.allows_stretch(prefills)) else None)
         if self._spec_k and decodes:
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
         else:
             dt = self.perf.step_time_s(chunks, decode_ctxs)
+        if ff is not None and ff.repeat and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff):
+            return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
 

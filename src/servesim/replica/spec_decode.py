@@ -3,11 +3,13 @@
 Draft tokens are proposed for each decoding request, verified in one target pass, and the
 accepted prefix plus the target's own token are emitted; rejected drafts are rolled back
 (their KV slots are simply overwritten later). Parameters live in `EngineConfig`
-(`num_speculative_tokens`, `spec_acceptance_rate`, `spec_draft_cost_ratio`).
+(`num_speculative_tokens`, `spec_acceptance_rate`, `spec_draft_cost_ratio`). Steps that
+repeat are fast-forwarded by `spec_fast_forward` (a `SpecStretch`, `replica/spec_stretch.py`).
 """
 
 from __future__ import annotations
 
+from servesim.replica.spec_stretch import SpecStretch
 from servesim.workload.request import Request
 
 DRAW_BLOCK_ROWS = 1024  # acceptance rows drawn per generator call (any size gives the same numbers)
@@ -34,12 +36,33 @@ class AcceptanceDraws:
         """The next `n` rows' counts."""
         pos = self._pos
         if pos + n > len(self._counts):
-            rest = self._counts[pos:]
-            u = self._rng.random((max(DRAW_BLOCK_ROWS, n - len(rest)), self._k_max))
-            self._counts = rest + (u < self._rate).cumprod(axis=1).sum(axis=1).tolist()
+            self._refill(n)
             pos = 0
         self._pos = pos + n
         return self._counts[pos:pos + n]
+
+    def peek(self, offset: int, n: int) -> list[int]:
+        """Rows offset .. offset + n - 1 after the next one, without taking them: a
+        fast-forwarded stretch reads its steps' rows ahead and takes (`skip`) only those of
+        the steps it keeps, so a stretch cut early leaves the rest for stepping."""
+        pos = self._pos + offset
+        if pos + n > len(self._counts):
+            self._refill(offset + n)
+            pos = offset
+        return self._counts[pos:pos + n]
+
+    def skip(self, n: int) -> None:
+        """Take the next `n` rows (read before with `peek`)."""
+        if self._pos + n > len(self._counts):
+            self._refill(n)
+        self._pos += n
+
+    def _refill(self, n: int) -> None:
+        """Keep the rows not taken yet and draw at least enough blocks to have `n` of them."""
+        rest = self._counts[self._pos:]
+        u = self._rng.random((max(DRAW_BLOCK_ROWS, n - len(rest)), self._k_max))
+        self._counts = rest + (u < self._rate).cumprod(axis=1).sum(axis=1).tolist()
+        self._pos = 0
 
 
 def speculate(engine, decodes, decode_ctxs, chunks, prefills):
@@ -85,3 +108,41 @@ def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float
         runs.append(step)
     req.num_output_tokens += n - 1
     return n
+
+
+def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Request], prefills: list, ff) -> bool:
+    """Run step 0 (the step `speculate` just planned: `plain` decodes, then `prefills`: prompt
+    chunks (req, tokens) and speculative decodes (req, (1 + k, accepted))) and the speculative
+    decode steps that repeat it as one event. False, changing nothing, if the step is not one
+    to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
+    register) or fewer than two steps would be safe."""
+    sched = engine.scheduler
+    if not sched.stable_decode_order:
+        return False
+    step0 = {id(r): (r, 1, 1, 0) for r in plain}
+    for req, n in prefills:
+        left = req.output_len - req.num_output_tokens
+        if type(n) is tuple:  # a speculative decode: it emits its accepted drafts + 1
+            e = min(n[1] + 1, left)
+            step0[id(req)] = (req, e, e, 2)
+        elif n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens or not ff.after_prefill:
+            return False  # a prompt still in progress gets a chunk, not a decode, next step
+        else:
+            step0[id(req)] = (req, n, 1, 1)
+    bs = engine.kv.block_size
+    for req, _ in out.scheduled:  # a prefix block still to register would be registered by stepping only
+        keys = req.kv_block_keys
+        if keys and len(keys) * bs > req.prompt_len + req.num_output_tokens:
+            return False
+    batch = [step0[id(r)] for r, _ in out.scheduled]  # repeated steps keep this order
+    through = engine.defer_finishes and ff.through_finishes and not any(r.kv_block_keys for r, *_ in batch)
+    if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
+            and not (engine.ports is None and sched.arrival_keeps_batch(None))):
+        return False  # a lone replica's next arrival comes during step 0 and would cut there
+    st = SpecStretch(engine, now_s, out, batch, dt0_s, through)
+    st.price(engine._own_horizon_s())  # (up to the next event anywhere: `SpecStretch.price`)
+    if st.k < 2:
+        return False
+    engine.stretch = st
+    engine._schedule_stretch_end(st)
+    return True

@@ -100,6 +100,12 @@ class Scheduler:
     # Whether this policy serves requests that name a LoRA adapter (`replica/lora.py`); the
     # engine rejects such requests, with a reason, on policies that do not.
     supports_lora: ClassVar[bool] = False
+    # Whether steps that repeat (`fast_forward`) list the requests in the order of the step
+    # they repeat (its `scheduled`, prompts that finished in it included).
+    # Speculative decoding draws acceptances in batch order, so the engine fast-forwards its
+    # steps only for such policies (`replica/spec_stretch.py`); a policy that re-sorts its
+    # running requests by their progress (service, counters) must leave it False.
+    stable_decode_order: ClassVar[bool] = False
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
         self.params = params

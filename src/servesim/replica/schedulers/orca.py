@@ -36,6 +36,7 @@ class OrcaParams(SchedulerParams):
 @register("orca")
 class OrcaScheduler(Scheduler):
     Params = OrcaParams
+    stable_decode_order = True  # (decodes in running order, whatever their progress)
     _head_blocked = False
     _blocked_head: Request | None = None  # the waiting head `_head_blocked` is about
 

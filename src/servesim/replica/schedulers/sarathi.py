@@ -36,6 +36,7 @@ class SarathiParams(SchedulerParams):
 @register("sarathi")
 class SarathiScheduler(Scheduler):
     Params = SarathiParams
+    stable_decode_order = True  # (decodes in arrival order, whatever their progress)
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         kv = self.kv

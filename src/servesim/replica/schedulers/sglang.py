@@ -76,6 +76,7 @@ class SGLangParams(SchedulerParams):
 @register("sglang")
 class SGLangScheduler(Scheduler):
     Params = SGLangParams
+    stable_decode_order = True  # (decodes in running order, whatever their progress)
     kv: RadixKVCache
 
     @classmethod

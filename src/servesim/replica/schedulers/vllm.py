@@ -35,6 +35,7 @@ class VLLMParams(SchedulerParams):
 @register("vllm")
 class VLLMScheduler(VLLMSteps):
     Params = VLLMParams
+    stable_decode_order = True  # (decodes in running order, whatever their progress; `continuum` inherits it)
     supports_lora = True
     _head_blocked_by_kv = False
     _blocked_head: Request | None = None  # the waiting head `_head_blocked_by_kv` is about

@@ -50,6 +50,7 @@ class VLLMV0Params(SchedulerParams):
 @register("vllm-v0")
 class VLLMV0Scheduler(VLLMSteps):
     Params = VLLMV0Params
+    stable_decode_order = True  # (decodes in arrival order, whatever their progress)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

@@ -1,0 +1,286 @@
+"""A fast-forwarded stretch of speculative decode steps (`num_speculative_tokens > 0`).
+
+With speculative decoding each request emits 1 + accepted drafts a step, a random number, so
+contexts, KV blocks and finishes differ per request and per step (a plain `Stretch` relies on
+one token each). This stretch replays `speculate` step by step, per request in batch order,
+without the engine or the scheduler: k = min(num_speculative_tokens, tokens left - 1)
+lookahead slots (0 on the last token: a plain decode); blocks for ctx + 1 + k tokens; the next
+row of `AcceptanceDraws`; min(accepted + 1, tokens left) tokens emitted; the step time of the
+verify chunks and plain decodes plus the draft term. It stops before the first step whose
+blocks would not fit in those free when it started (stepping would decode plainly or preempt
+there), at the first finish or, when finishes may be processed late, once all have finished.
+Acceptance rows are read with `peek` and taken only for the steps applied, so a cut leaves
+them to stepping. Step 0 is the step the engine planned (it may finish prompts); acceptances
+go by batch order, so only schedulers with `stable_decode_order` fast-forward. Exact as
+stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test_spec_exactness.py.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING, Any, Callable
+
+from servesim.workload.request import Request
+
+if TYPE_CHECKING:
+    from servesim.replica.spec_decode import AcceptanceDraws
+
+
+class SpecStretch:
+    """Speculative decode steps of a fixed batch, priced lazily; applied at `end_s`."""
+
+    # what the engine's generic stretch code reads (`FastForwarding._limit`): nothing to limit here
+    first_new: list = []
+    remaining: list = []
+    keyed: list = []
+
+    def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], dt0_s: float,
+                 through: bool) -> None:
+        """`step0`: per request in batch order, (request, tokens it computes in step 0, tokens it
+        emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode)."""
+        cfg = engine.config
+        sched = engine.scheduler
+        batch = [r for r, _, _, _ in step0]
+        self.start_s = start_s
+        self.out = out
+        self.reqs = batch  # in batch order (the order of their acceptance rows)
+        self.prefills = [(r, c) for r, c, _, kind in step0 if kind == 1]  # prompt chunks finished in step 0
+        self.through = through
+        self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
+        self.num_waiting = sched.num_waiting
+        self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
+        self.final = False  # cut, or nothing more to price: never extended again
+        self.gen = 0  # bumped whenever the pending end event is replaced
+        self._perf = engine.perf
+        self._next_event_s = engine.next_event_s
+        self._decode_fn = engine._decode_fn  # the scalar decode step time by batch size (False: none)
+        self._draws: AcceptanceDraws = engine.spec_draws
+        self._k_max = cfg.num_speculative_tokens
+        self._draft_ratio = cfg.spec_draft_cost_ratio
+        kv = engine.kv
+        self._bs = kv.block_size
+        self.free_blocks = kv.num_free_blocks  # after step 0's allocations
+        self._used0 = kv.num_gpu_blocks - kv.num_free_blocks
+        # the running state after the last priced step, per request (index into `reqs`)
+        self._adv0 = [c for _, c, _, _ in step0]
+        self._ctx = [r.num_computed_tokens + c for r, c, _, _ in step0]
+        self._rem = [r.output_len - r.num_output_tokens - e for r, _, e, _ in step0]
+        self._held = [kv.num_blocks_of(r.id) for r in batch]
+        n = len(batch)
+        # step 0's finishes as stepping lists them: plain decodes, prompts, speculative decodes
+        gone = sorted((i for i in range(n) if not self._rem[i]), key=lambda i: step0[i][3])
+        self._active = [i for i in range(n) if self._rem[i]] if through else list(range(n))
+        # per step: end time, tokens emitted, requests run, their emitted tokens, blocks granted
+        self.ends = [start_s + dt0_s]
+        self.sizes = [sum(e for _, _, e, _ in step0)]  # tokens emitted in each step
+        self._runs: list[list[int]] = [list(range(n))]
+        self._emits: list[list[int]] = [[e for _, _, e, _ in step0]]
+        self._grants: list[list[tuple[int, int]]] = [[]]  # (step 0's blocks are allocated already)
+        self._alloc = [0]  # blocks granted in steps 1..j
+        self._rows = [0]  # acceptance rows read by steps 1..j
+        self._finishes: list[tuple[int, int]] = [(0, i) for i in gone]  # (step, request) in finish order
+        self._free_at: list[tuple[int, int]] = []  # (first step after a finish, blocks it frees)
+        self._extra_step = False  # `truncate` by a crash: the step in flight had taken its rows
+        self.kmax = 1 << 62  # unknown: `final` says when the stretch is done
+        if gone:
+            self._done_with(0, gone)
+
+    @property
+    def k(self) -> int:
+        """Steps in the stretch."""
+        return len(self.ends)
+
+    @property
+    def end_s(self) -> float:
+        return self.ends[-1]
+
+    # ---------------------------------------------------------------- pricing
+    def price(self, horizon: float) -> None:
+        """Take steps until one would start at or after `horizon` or the next event anywhere
+        (at least one step), or the stretch is done. Pricing a step costs about what applying
+        it does, so steps are not priced far ahead of an event that may cut them: an uncut
+        stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
+        horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
+        while not self.final and self.ends[-1] < horizon:
+            self._step()
+
+    def _step(self) -> None:
+        """Price one more step (or mark the stretch done if its blocks do not fit).
+
+        `speculate`'s rules, with two simplifications that are exact here: the `max_model_len`
+        bound on k never binds (a decode's context + tokens left < max_model_len, so
+        tokens left - 1 is the tighter bound), and k = 0 only on a request's last token."""
+        ctx, rem, held = self._ctx, self._rem, self._held
+        k_max, bs = self._k_max, self._bs
+        act = self._active
+        rows = self._rows[-1]
+        acc = self._draws.peek(rows, len(act))  # (rows of speculating requests, in batch order)
+        verify, plain, emits, grants = [], [], [], []
+        need = ctx_sum = used = 0
+        for i in act:
+            c = ctx[i]
+            r = rem[i]
+            ctx_sum += c
+            if r > 1:  # k lookahead slots: blocks for c + 1 + k tokens; emits accepted + 1 (<= r)
+                k = k_max if r > k_max else r - 1
+                verify.append((1 + k, c))
+                a = acc[used]
+                used += 1
+                emits.append(a + 1 if a < k else k + 1)
+                nb = (c + k) // bs + 1 - held[i]
+            else:  # its last token: a plain decode
+                plain.append(c)
+                emits.append(1)
+                nb = c // bs + 1 - held[i]
+            if nb > 0:
+                grants.append((i, nb))
+                need += nb
+        alloc = self._alloc[-1] + need
+        if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
+            self.final = True
+            return
+        perf = self._perf
+        f = self._decode_fn(len(act))  # step_time_s([], ctxs), bit for bit, from the context sum
+        draft_s = f(ctx_sum) if f else perf.step_time_s([], [ctx[i] for i in act])
+        if verify:
+            dt = perf.step_time_s(verify, plain)
+            dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
+        else:
+            dt = draft_s
+        done_plain, done_spec = [], []  # stepping lists a step's finishes plain decodes first
+        for i, n in zip(act, emits):
+            ctx[i] += n
+            r = rem[i]
+            rem[i] = r - n
+            if r == n:
+                (done_plain if r == 1 else done_spec).append(i)
+        for i, nb in grants:
+            held[i] += nb
+        j = len(self.ends)
+        self.ends.append(self.ends[-1] + dt)
+        self.sizes.append(sum(emits))
+        self._runs.append(act)
+        self._emits.append(emits)
+        self._grants.append(grants)
+        self._alloc.append(alloc)
+        self._rows.append(rows + used)
+        if done_plain or done_spec:
+            done = done_plain + done_spec
+            self._finishes += [(j, i) for i in done]
+            self._done_with(j, done)
+
+    def _done_with(self, j: int, done: list[int]) -> None:
+        """Requests that emitted their last token in step j: the stretch ends there, or they
+        leave the batch (their blocks free from step j + 1 on, for the views)."""
+        if not self.through:
+            self.final = True
+            return
+        gone = set(done)
+        self._active = [i for i in self._active if i not in gone]
+        self._free_at.append((j + 1, sum(self._held[i] for i in done)))
+        if not self._active:
+            self.final = True
+
+    # ---------------------------------------------------------------- cutting and reading
+    def steps_before(self, t: float) -> int:
+        """Steps that ended before `t` (events at `t` come before a step ending at `t`)."""
+        return bisect_left(self.ends, t)
+
+    def step_in_flight(self, t: float) -> int:
+        """The step running at `t` (the last one if `t` is at or after the end)."""
+        return min(bisect_left(self.ends, t), len(self.ends) - 1)
+
+    def add_waiting(self, t: float) -> None:
+        """A request joined the waiting queue at `t` without cutting the stretch (as `Stretch`)."""
+        self.waiting_from.append(bisect_left(self.ends, t) + 1)
+
+    def cut(self, t: float) -> bool:
+        """Keep the steps that started before `t`; True if steps were dropped (their
+        acceptance rows stay untaken)."""
+        self.final = True
+        k = bisect_left(self.ends, t) + 1
+        if k < len(self.ends):
+            self._keep(k)
+            return True
+        return False
+
+    def truncate(self, k: int) -> None:
+        """Keep the first k steps, step k having started (a crash during it): its acceptance
+        rows were drawn when it started, so they stay taken."""
+        self._extra_step = k < len(self.ends)
+        self._keep(k)
+
+    def _keep(self, k: int) -> None:
+        self.final = True
+        for lst in (self.ends, self.sizes, self._runs, self._emits, self._grants):
+            del lst[k:]
+        del self._alloc[k:], self._rows[k + 1:]  # (a crash's step in flight took its rows)
+        self._finishes = [(j, i) for j, i in self._finishes if j < k]
+        self._free_at = [(j, b) for j, b in self._free_at if j <= k]
+
+    def finished_before(self, j: int) -> int:
+        """How many requests emitted their last token in steps 0..j-1."""
+        return bisect_left(self._finishes, (j, -1))
+
+    def blocks_added(self, j: int, block_size: int, blocks_held: Callable[[Any], int]) -> int:
+        """KV blocks the stretch has added by step j (granted at steps 1..j), less those of
+        requests that finished before step j."""
+        return self._alloc[min(j, len(self._alloc) - 1)] - sum(b for s, b in self._free_at if s <= j)
+
+    # ---------------------------------------------------------------- applying
+    def apply(self, engine) -> list[Request]:
+        """Advance the requests, KV blocks, acceptance draws and step log by the stretch's
+        steps; returns the requests that finished in it, in finish order."""
+        k, reqs = len(self.ends), self.reqs
+        first = engine.recorder.num_steps
+        total = [0] * len(reqs)
+        for j in range(k):
+            s = first + j
+            for i, n in zip(self._runs[j], self._emits[j]):
+                total[i] += n
+                runs = reqs[i].token_steps  # as `Engine.emit`, then one single-step run per extra token
+                if runs and runs[-1] == s - 1:
+                    runs[-1] = s
+                else:
+                    runs += (s, s)
+                if n > 1:
+                    runs += (s, s) * (n - 1)
+        for req, adv0, e0, n in zip(reqs, self._adv0, self._emits[0], total):
+            req.num_computed_tokens += adv0 + n - e0  # (a prompt chunk computes its tokens, emits one)
+            req.num_output_tokens += n
+        for req, _ in self.prefills:
+            if req.first_token_s is None:
+                req.first_token_s = self.ends[0]
+        grants = [0] * len(reqs)
+        for j in range(1, k):
+            for i, nb in self._grants[j]:
+                grants[i] += nb
+        engine.kv.allocate_plain_many([(reqs[i], nb) for i, nb in enumerate(grants) if nb])
+        self._draws.skip(self._rows[min(k, len(self._rows) - 1)] if self._extra_step else self._rows[k - 1])
+        done = [reqs[i] for _, i in self._finishes]
+        for j, i in self._finishes:
+            reqs[i].finish_s = self.ends[j]
+        self._log(engine, k)
+        engine.num_steps += k
+        engine.num_fast_forwarded_steps += k
+        return done
+
+    def _log(self, engine, k: int) -> None:
+        """One step-log entry per step (tokens emitted differ from the batch size)."""
+        log = engine.recorder.log_step
+        n0 = len(self.reqs)
+        waiting = sorted(self.waiting_from)
+        freed, f = 0, 0
+        free_at = self._free_at
+        start = self.start_s
+        prefill_tokens = sum(n for _, n in self.prefills)
+        for j in range(k):
+            while f < len(free_at) and free_at[f][0] <= j:
+                freed += free_at[f][1]
+                f += 1
+            running = self.num_running - (n0 - len(self._runs[j])) if j else self.num_running
+            log(start, self.ends[j], prefill_tokens if not j else 0, self.sizes[j], running, self.num_waiting + bisect_right(waiting, j),
+                self._used0 + self._alloc[j] - freed)
+            start = self.ends[j]
+
