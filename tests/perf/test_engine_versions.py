@@ -28,17 +28,38 @@ def test_version_at_least(version, expected):
     assert version_at_least(version, "0.14.0") is expected
 
 
-def test_vllm_async_scheduling_from_0_14():
-    # vLLM 0.14.0 turned async scheduling on by default: CPU work overlaps the GPU step
+@pytest.fixture
+def async_rule(monkeypatch):
+    """engines.yaml with a per-release rule on vllm: vLLM 0.14.0 turned async scheduling on by
+    default (not shipped: docs/fidelity.md says why), CPU work overlapping the GPU step."""
+    import servesim.perf.engines as engines
+
+    real = engines.resolve
+
+    def resolve(filename, kind, name):
+        canonical, entry = real(filename, kind, name)
+        if canonical == "vllm":
+            entry["versions"] = [{"since": "0.14.0", "constants": {"overlap_cpu": 1}}]
+        return canonical, entry
+
+    monkeypatch.setattr(engines, "resolve", resolve)
+
+
+def test_shipped_profiles_have_no_release_rules_yet():
+    assert engine_profile("vllm", "0.18.0").constants == engine_profile("vllm").constants
+
+
+def test_release_rule_applies_from_its_release(async_rule):
     assert engine_profile("vllm").constants["overlap_cpu"] == 0
     assert engine_profile("vllm", "0.11.2").constants["overlap_cpu"] == 0
     assert engine_profile("vllm", "0.18.0").constants["overlap_cpu"] == 1
     assert engine_profile("vllm", "0.18.0").version == "0.18.0"
+    assert engine_profile("vllm", "nightly-5b8c30d6").constants["overlap_cpu"] == 1
     # other constants are the base profile's
     assert engine_profile("vllm", "0.18.0").constants["step_overhead_s"] == engine_profile("vllm").constants["step_overhead_s"]
 
 
-def test_overlap_makes_a_decode_step_max_not_sum():
+def test_overlap_makes_a_decode_step_max_not_sum(async_rule):
     base = build_perf_model("llama-3.1-8b", "h100-sxm", 1, "bf16", PerfConfig(engine="vllm", overrides={"step_overhead_s": 0.05}))
     new = build_perf_model("llama-3.1-8b", "h100-sxm", 1, "bf16",
                            PerfConfig(engine="vllm", engine_version="0.18.0", overrides={"step_overhead_s": 0.05}))
