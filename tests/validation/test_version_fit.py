@@ -51,3 +51,10 @@ def test_fit_recovers_the_step_overhead_of_the_measurements():
     assert perf == {"step_overhead_s": pytest.approx(round(2.0 * start, 6))}
     assert tpot_score == pytest.approx(0.0, abs=1e-6)
     assert set(frontend) == {"request_s", "prompt_token_s", "latency_s"} and ttft_score < 0.05
+
+
+def test_overlapping_engines_fit_gpu_time_per_layer():
+    from servesim.validation.versions import step_constant
+
+    # SGLang's overlap scheduler hides CPU time behind the GPU step: per-step time is GPU-side
+    assert step_constant(1.0) == "layer_floor_s" and step_constant(0.0) == "step_overhead_s"
