@@ -26,7 +26,7 @@ def test_row_maps_to_closed_loop_scenario():
                      calibration=None)
     assert (s.model, s.gpu, s.tp, s.dtype) == ("MiniMaxAI/MiniMax-M2.5", "b200", 4, "fp8")
     assert s.perf.engine == "vllm" and s.perf.expert_parallel is True
-    assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm@b200"
+    assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm@b200@0.19.0"  # the release's own profile
     a = s.workload.arrival
     assert (a.process, a.users, a.think_time_s, a.ramp_up_s, a.warmup_requests) == ("closed", 64, 0.0, 2.0, 64)
     assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == (1024, 256)
@@ -126,6 +126,7 @@ def test_row_version_reaches_the_perf_section_and_the_front_end():
     s = row_scenario(row(backend_version="0.18.0", system="h200_sxm"), calibration=None)
     assert s.perf.engine_version == "0.18.0"
     # most specific profile first: <engine>@<gpu>@<version>, then <engine>@<gpu>, then <engine>
+    assert profile_name("vllm", "h200", "0.18.0") == "vllm@h200@0.18.0"
     assert profile_name("vllm", "h200", "0.0.1") == "vllm@h200"
     assert profile_name("vllm", "h200", "") == "vllm@h200"
     assert profile_name("vllm", "no-such-gpu", "0.18.0") == "vllm"
