@@ -26,7 +26,7 @@ def test_row_maps_to_closed_loop_scenario():
                      calibration=None)
     assert (s.model, s.gpu, s.tp, s.dtype) == ("MiniMaxAI/MiniMax-M2.5", "b200", 4, "fp8")
     assert s.perf.engine == "vllm" and s.perf.expert_parallel is True
-    assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm@b200"
+    assert s.scheduler.name == "vllm" and s.frontend.profile == "vllm@b200@0.19.0"  # the release's own profile
     a = s.workload.arrival
     assert (a.process, a.users, a.think_time_s, a.ramp_up_s, a.warmup_requests) == ("closed", 64, 0.0, 2.0, 64)
     assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == (1024, 256)
@@ -118,3 +118,29 @@ def test_frontend_profile_falls_back_to_the_engine():
     assert row_scenario(row(), ClientOptions(frontend=False), calibration=None).frontend.profile == "none"
     # the per-system profile overrides the engine's constants
     assert FrontendConfig(profile="vllm@h200").constants() != FrontendConfig(profile="sglang").constants()
+
+
+def test_row_version_reaches_the_perf_section_and_the_front_end():
+    from servesim.replica.frontend import profile_name
+
+    s = row_scenario(row(backend_version="0.18.0", system="h200_sxm"), calibration=None)
+    assert s.perf.engine_version == "0.18.0"
+    # most specific profile first: <engine>@<gpu>@<version>, then <engine>@<gpu>, then <engine>
+    assert profile_name("vllm", "h200", "0.18.0") == "vllm@h200@0.18.0"
+    assert profile_name("vllm", "h200", "0.0.1") == "vllm@h200"
+    assert profile_name("vllm", "h200", "") == "vllm@h200"
+    assert profile_name("vllm", "no-such-gpu", "0.18.0") == "vllm"
+    assert profile_name("VLLM", "", "") == "vllm"
+
+
+def test_deployment_settings_per_system_and_version():
+    # SGLang with the generator's mixed chunks: every H200 run, and the B300 runs of 0.5.10.post1 only
+    def mixed(system, version):
+        return row_scenario(row(backend="sglang", system=system, backend_version=version), calibration=None).scheduler.params().enable_mixed_chunk
+    assert mixed("h200_sxm", "0.5.6.post2") and mixed("h200_sxm", "")
+    assert mixed("b300_sxm", "0.5.10.post1") and not mixed("b300_sxm", "0.5.9") and not mixed("b200_sxm", "0.5.9")
+    # vLLM runs that recorded no version on H100 / B200: warm-up in the same closed loop
+    unversioned = row_scenario(row(system="h100_sxm", backend_version=""), calibration=None).workload.arrival
+    versioned = row_scenario(row(system="h100_sxm", backend_version="0.18.0"), calibration=None).workload.arrival
+    assert (unversioned.warmup_requests, versioned.warmup_requests) == (64, 0)
+    assert row_scenario(row(system="h200_sxm", backend_version=""), calibration=None).workload.arrival.warmup_requests == 0

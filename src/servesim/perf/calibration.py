@@ -1,7 +1,8 @@
 """Calibration constants: the few numbers that turn peak specs into measured step times.
 
 A calibration file (YAML) holds `defaults` plus `entries`, each entry a `match` on any of
-`gpu`, `dtype`, `engine` and the constants it `set`s:
+`gpu`, `dtype`, `engine`, `version` (the engine release, `PerfConfig.engine_version`, matched
+exactly) and the constants it `set`s:
 
     defaults: {eta_compute: 0.7, ...}
     entries:
@@ -12,8 +13,9 @@ Constants for one (gpu, dtype, engine) are resolved in this order, later wins: t
 defaults (calibration_priors.yaml), the engine profile's constants (engines.yaml), the priors'
 entries, the shipped fit (calibration_default.yaml, fitted to shared/data/perf), then a user
 calibration file's defaults and entries, then `PerfConfig.overrides`; entries apply from least to most specific (number of
-match keys), file order breaking ties. So constants are shared per GPU, dtype and engine, never
-per measured point.
+match keys), file order breaking ties. So constants are shared per GPU, dtype, engine and engine
+release, never per measured point; an entry without `version` serves every release, one with it
+only that release (more specific, so it wins over the entry without).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from servesim.perf._catalog import catalogue, read_user_file
 
 PRIORS_FILE = "calibration_priors.yaml"
 DEFAULT_FILE = "calibration_default.yaml"
-MATCH_KEYS = ("gpu", "dtype", "engine")
+MATCH_KEYS = ("gpu", "dtype", "engine", "version")
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def parse_calibration(raw: Any, where: str) -> CalibrationData:
         bad = [k for k in match if k not in MATCH_KEYS]
         if bad:
             raise InputError(f"{at}: unknown match key {bad[0]!r}; allowed: {', '.join(MATCH_KEYS)}")
+        if "version" in match and not isinstance(match["version"], str):  # YAML reads 1.10 as the number 1.1
+            raise InputError(f"{at}: match version must be quoted text such as '0.18.0', got {match['version']!r}")
         entries.append(Entry({k: str(v).lower() for k, v in match.items()}, _check_values(item.get("set") or {}, at)))
     return CalibrationData(defaults, tuple(entries))
 
@@ -153,12 +157,14 @@ def _apply(values: dict[str, float], data: CalibrationData, key: Mapping[str, st
 
 def resolve_constants(gpu: str, dtype: str, engine: str, engine_constants: Mapping[str, float],
                       user: CalibrationData | None = None,
-                      overrides: Mapping[str, float] | None = None, shipped_fit: bool = True) -> Constants:
-    """The constants for one (gpu, dtype, engine) after layering (see the module docstring).
+                      overrides: Mapping[str, float] | None = None, shipped_fit: bool = True,
+                      version: str = "") -> Constants:
+    """The constants for one (gpu, dtype, engine[, engine release]) after layering (see the module
+    docstring); `engine_constants` already carry the release's engine defaults (engines.py).
 
     `shipped_fit=False` leaves out calibration_default.yaml (used to refit it from the priors).
     """
-    key = {"gpu": gpu, "dtype": dtype, "engine": engine}
+    key = {"gpu": gpu, "dtype": dtype, "engine": engine, "version": version.strip().lower()}
     priors = shipped_calibration(PRIORS_FILE)
     values: dict[str, float] = dict(priors.defaults)
     values.update(_check_values(engine_constants, f"engine {engine} constants"))

@@ -13,6 +13,7 @@ class PerfConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     engine: str = Field("vllm", description="Engine profile (CPU and launch overhead constants): vllm, sglang, trtllm, ideal, ... (see `servesim catalog engines`).")
+    engine_version: str = Field("", description="Release of the engine (e.g. 0.18.0): applies the engine's per-release defaults from engines.yaml (`versions:` rules) and calibration entries that match this `version`. Empty (default): the base profile; non-release builds (nightly-..., custom branches) count as newer than every release.")
     calibration: str | None = Field(None, description="Path to a calibration file written by `servesim calibrate`; its constants override the shipped ones.")
     kv_cache_dtype: str = Field("auto", description="KV cache precision: auto (fp8 for fp8 weights, else 16-bit), bf16, fp16 or fp8.")
     expert_parallel: bool = Field(False, description="MoE models: place whole experts on GPUs of the TP group (all-to-all) instead of splitting every expert (all-reduce).")

@@ -283,8 +283,9 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
     if isinstance(pp, bool) or not isinstance(pp, int) or not 1 <= pp <= spec.num_layers:
         raise InputError(f"pp must be an integer from 1 to {spec.num_layers} (the layers of {spec.name}), got {pp!r}")
     kv_name, kv_bytes = kv_dtype_bytes(config.kv_cache_dtype, d)
-    eng = engine_profile(config.engine)
-    constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides, shipped_fit)
+    eng = engine_profile(config.engine, config.engine_version)
+    constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides, shipped_fit,
+                                  version=eng.version)
     _, moe_ep = moe_split(tp, config.expert_parallel, config.moe_tp_size, config.moe_ep_size)
     terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep, config.moe_a2a_backend != "none")
     kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes

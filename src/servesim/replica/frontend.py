@@ -21,9 +21,18 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from servesim.perf._catalog import resolve
+from servesim.perf._catalog import catalogue, resolve
 
 FRONTEND_FILE = "frontend.yaml"
+
+
+def profile_name(engine: str, gpu: str = "", version: str = "") -> str:
+    """The most specific front-end profile of frontend.yaml for an engine release on one system:
+    `<engine>@<gpu>@<version>`, else `<engine>@<gpu>`, else `<engine>` (the API server's cost
+    depends on the host CPU of each system and on the release's server code)."""
+    names = catalogue(FRONTEND_FILE)
+    candidates = ([f"{engine}@{gpu}@{version}"] if gpu and version else []) + ([f"{engine}@{gpu}"] if gpu else [])
+    return next((c.lower() for c in candidates if c.lower() in names), engine.lower())
 
 
 class FrontendConfig(BaseModel):
@@ -32,7 +41,8 @@ class FrontendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
     profile: str = "none"
-    """Front-end constants by engine from perf/data/frontend.yaml (`vllm`, `sglang`, `trtllm`), or
+    """Front-end constants from perf/data/frontend.yaml: by engine (`vllm`, `sglang`, `trtllm`), by
+    engine and system (`vllm@h100-sxm`) or engine, system and release (`vllm@h100-sxm@0.18.0`), or
     `none`: requests reach the engine the instant they arrive (servesim's behaviour before the
     front-end model). The fields below, when set, override the profile's values."""
     request_s: float | None = Field(None, ge=0)

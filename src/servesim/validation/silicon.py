@@ -17,9 +17,8 @@ from typing import Mapping
 
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
-from servesim.perf._catalog import catalogue
 from servesim.perf.engines import engine_profile
-from servesim.replica.frontend import FRONTEND_FILE
+from servesim.replica.frontend import profile_name
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
 
@@ -176,8 +175,16 @@ def row_dtype(row: SiliconRow) -> str:
 # --enable-mixed-chunk; played that way only the H200 rows came closer to the measurements (the
 # others were measured with SGLang's defaults, prefill batches alone; docs/fidelity.md), so the
 # generator's SGLang settings apply on the systems listed here. The file does not record each
-# run's flags; this is a per-(GPU, engine) deployment setting, never per row.
-SGLANG_MIXED_CHUNK_SYSTEMS = frozenset({"h200_sxm"})
+# run's flags; this is a per-(GPU, engine[, version]) deployment setting, never per row: (system,
+# version) pairs, "*" for every version. On B300 the 0.5.10.post1 runs (68 rows) match the
+# generator's settings and the 0.5.9 ones SGLang's defaults (docs/fidelity.md, versions).
+SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")})
+# Measurement campaigns whose waves were not kept together: the runs that recorded no engine
+# version (the file's oldest) of vLLM with Llama-3.1-70B on H100 and B200 measure a first token
+# 1.5-2.5x faster than a drained warm-up followed by one wave of prompts can give at any token
+# budget; played with the warm-up in the same closed loop (users already out of step) they come
+# within 45-70 % (docs/fidelity.md, versions). Keyed (engine, system, version).
+WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", "")})
 BUDGET_MARGIN_TOKENS = 1500
 TRTLLM_TOKENS_PER_BLOCK = 32
 
@@ -194,19 +201,14 @@ def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
         if row.backend == "trtllm":
             budget = -(-budget // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
         engine["max_num_batched_tokens"] = budget
-    elif row.backend == "sglang" and row.system in SGLANG_MIXED_CHUNK_SYSTEMS:
+    elif row.backend == "sglang" and ({(row.system, "*"), (row.system, row.version)} & SGLANG_MIXED_CHUNK):
         scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)
     return engine, scheduler
 
 
-def frontend_profile(engine: str, gpu: str) -> str:
-    """The front-end profile name of an engine on one system (perf/data/frontend.yaml)."""
-    return f"{engine}@{gpu}"
-
-
-def _frontend_name(row: SiliconRow) -> str:
-    name = frontend_profile(row.backend, GPUS[row.system])
-    return name if name in catalogue(FRONTEND_FILE) else row.backend
+def frontend_profile(engine: str, gpu: str, version: str = "") -> str:
+    """The front-end profile name of an engine (release) on one system (perf/data/frontend.yaml)."""
+    return f"{engine}@{gpu}@{version}" if version else f"{engine}@{gpu}"
 
 
 def serving_calibration_path() -> str:
@@ -223,16 +225,19 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     engine's profile (fitting); calibration: "shipped" (the serving fit), None, or a file path.
     """
     users = row.concurrency
-    warmup = 0 if options.warmup_drains else int(round(options.warmup_per_user * users))
+    drains = options.warmup_drains and (row.backend, row.system, row.version) not in WARMUP_CONTINUOUS
+    warmup = 0 if drains else int(round(options.warmup_per_user * users))
     measured = max(options.min_requests, math.ceil(options.requests_per_user * users))
     engine, scheduler = engine_limits(row)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
-        "perf": {"engine": row.backend, **moe_parallelism(row), "overrides": dict(overrides or {}),
+        "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row),
+                 "overrides": dict(overrides or {}),
                  "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
         "engine": engine,
         "scheduler": scheduler,
-        "frontend": {"profile": _frontend_name(row) if options.frontend else "none", **(frontend or {})},
+        "frontend": {"profile": profile_name(row.backend, GPUS[row.system], row.version) if options.frontend else "none",
+                     **(frontend or {})},
         "workload": {
             "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",
                         "ramp_up_s": options.ramp_up_s, "warmup_requests": warmup},

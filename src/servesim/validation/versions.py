@@ -1,0 +1,95 @@
+"""Constants per engine release: fit `step_overhead_s` and the front end per (engine, GPU, version).
+
+The silicon sample records each run's engine version, and the runs of one engine on one system
+differ by release (vLLM 0.16 vs 0.18 on H200: TPOT +75 % vs -4 % with one set of constants). Where
+a (engine, GPU, version) key has enough rows (`min_rows`, default 20), this refits two things on
+top of the shipped per-(GPU, engine) fit, each a coordinate descent over the fit's grids:
+
+1. the per-step time against TPOT: `step_overhead_s` (CPU time per step) when the release's CPU
+   work adds to the GPU step, `layer_floor_s` (GPU time per layer) when it overlaps it (SGLang's
+   overlap scheduler, vLLM's async scheduling), where CPU time cannot show in the step;
+2. the front end's `latency_s` and `request_s` against TTFT (a release's API server adds a fixed
+   delay and a serial cost per request; the cost per prompt token stays the system's).
+
+Only rows at even positions of the file are fitted (the odd ones are held out, so the error on
+them shows what the fit generalises to); keys with fewer rows, and rows that recorded no version,
+keep the (GPU, engine) constants.
+The result is a list of calibration entries matched on gpu, engine and version, and front-end
+profiles named `<engine>@<gpu>@<version>`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from servesim.perf import build_perf_model
+from servesim.perf.calibration import Entry
+from servesim.replica.frontend import profile_name
+from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, Errors, coordinate_descent, spread_sample
+from servesim.validation.run import simulate_row
+from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, frontend_profile, inexpressible_reason, row_scenario
+
+Key = tuple[str, str, str]  # (engine, system, version)
+
+
+def version_keys(rows: list[SiliconRow], engines: tuple[str, ...], min_rows: int = 20) -> dict[Key, list[SiliconRow]]:
+    """(engine, system, version) -> the key's fitting rows (even positions in `rows`), for keys with
+    at least `min_rows` expressible rows in all."""
+    groups: dict[Key, list[tuple[int, SiliconRow]]] = {}
+    for i, r in enumerate(rows):
+        if r.backend in engines and r.version and inexpressible_reason(r) is None:
+            groups.setdefault((r.backend, r.system, r.version), []).append((i, r))
+    return {k: [r for i, r in v if i % 2 == 0] for k, v in sorted(groups.items()) if len(v) >= min_rows}
+
+
+def _errors(rows: list[SiliconRow], options: ClientOptions, overrides: dict, frontend: dict) -> Errors:
+    ttft, tpot = [], []
+    for row in rows:
+        r = simulate_row(row, options, overrides=overrides, frontend=frontend)
+        ttft.append(r.ttft_error)
+        tpot.append(r.tpot_error)
+    return Errors(tuple(ttft), tuple(tpot))
+
+
+# Multipliers of the shipped value tried for the per-step time of one release.
+STEP_GRID = {"step_overhead_s": PERF_GRID["step_overhead_s"], "layer_floor_s": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
+
+
+def step_constant(overlap_cpu: float) -> str:
+    """The constant that carries a release's per-step time: CPU time per step (`step_overhead_s`)
+    when the engine's CPU work adds to the GPU step, else GPU time per layer (`layer_floor_s`):
+    with an overlapping scheduler (SGLang's, vLLM's async scheduling) CPU time hides behind the GPU
+    step, so per-step time that the measurements show in every decode step is GPU-side."""
+    return "layer_floor_s" if overlap_cpu >= 0.5 else "step_overhead_s"
+
+
+def fit_key(sample: list[SiliconRow], options: ClientOptions) -> tuple[dict[str, float], dict[str, float], float, float]:
+    """(engine constants, front end, TPOT score, TTFT score) for one key's sample."""
+    s = row_scenario(sample[0], options)
+    constants = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants
+    name = step_constant(constants.overlap_cpu)
+    fe_start = dict(zip(("request_s", "prompt_token_s", "latency_s"), s.frontend.constants()))
+    grid = {name: STEP_GRID[name]}
+    perf, tpot_score = coordinate_descent({name: getattr(constants, name)}, grid,
+                                          lambda v: _errors(sample, options, dict(v), fe_start),
+                                          weights=(0.0, 1.0), relative=True, sweeps=1)
+    fe_grid = {k: FRONTEND_GRID[k] for k in ("latency_s", "request_s")}
+    frontend, ttft_score = coordinate_descent(fe_start, fe_grid, lambda v: _errors(sample, options, perf, dict(v)),
+                                              weights=(1.0, 0.0), relative=False, sweeps=1)
+    return {k: round(v, 6) for k, v in perf.items()}, frontend, tpot_score, ttft_score
+
+
+def fit_versions(rows: list[SiliconRow], engines: tuple[str, ...], options: ClientOptions = ClientOptions(),
+                 min_rows: int = 20, per_key: int = 20,
+                 log: Callable[[str], None] = lambda _: None) -> tuple[list[Entry], dict[str, dict[str, float]]]:
+    """(calibration entries per (gpu, engine, version), front-end profiles `<engine>@<gpu>@<version>`)."""
+    entries: list[Entry] = []
+    frontends: dict[str, dict[str, float]] = {}
+    for (engine, system, version), fit_rows in version_keys(rows, engines, min_rows).items():
+        sample = spread_sample(fit_rows, per_key)
+        perf, frontend, tpot, ttft = fit_key(sample, options)
+        entries.append(Entry({"gpu": GPUS[system], "engine": engine, "version": version}, perf))
+        frontends[frontend_profile(engine, GPUS[system], version)] = frontend
+        log(f"{engine} {system} {version or '(none)'}: {perf} TPOT {tpot:.1%}; front end {frontend} TTFT {ttft:.1%}"
+            f" (was {profile_name(engine, GPUS[system])})")
+    return entries, frontends

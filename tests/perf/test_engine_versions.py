@@ -1,0 +1,98 @@
+"""Constants keyed by engine release: engines.yaml `versions:` rules and calibration `version` matches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servesim.errors import InputError
+from servesim.perf import build_perf_model
+from servesim.perf.calibration import load_calibration, resolve_constants
+from servesim.perf.config import PerfConfig
+from servesim.perf.engines import engine_profile, release_key, version_at_least
+
+
+def test_release_key_reads_the_release_line():
+    assert release_key("0.5.10.post1") == (0, 5, 10)
+    assert release_key("1.1.0rc2.post2") == (1, 1, 0)
+    assert release_key("v0.18.0") == (0, 18, 0)
+    assert release_key("nightly-5b8c30d62b754b57") is None and release_key("glm5-hopper") is None
+
+
+@pytest.mark.parametrize("version, expected", [
+    ("", False), ("0.11.2", False), ("0.13.9", False), ("0.14", True), ("0.14.0", True), ("0.18.0", True),
+    ("1.0", True), ("nightly-dev", True),  # non-release builds are newer than every release
+])
+def test_version_at_least(version, expected):
+    assert version_at_least(version, "0.14.0") is expected
+
+
+@pytest.fixture
+def async_rule(monkeypatch):
+    """engines.yaml with a per-release rule on vllm: vLLM 0.14.0 turned async scheduling on by
+    default (not shipped: docs/fidelity.md says why), CPU work overlapping the GPU step."""
+    import servesim.perf.engines as engines
+
+    real = engines.resolve
+
+    def resolve(filename, kind, name):
+        canonical, entry = real(filename, kind, name)
+        if canonical == "vllm":
+            entry["versions"] = [{"since": "0.14.0", "constants": {"overlap_cpu": 1}}]
+        return canonical, entry
+
+    monkeypatch.setattr(engines, "resolve", resolve)
+
+
+def test_shipped_profiles_have_no_release_rules_yet():
+    assert engine_profile("vllm", "0.18.0").constants == engine_profile("vllm").constants
+
+
+def test_release_rule_applies_from_its_release(async_rule):
+    assert engine_profile("vllm").constants["overlap_cpu"] == 0
+    assert engine_profile("vllm", "0.11.2").constants["overlap_cpu"] == 0
+    assert engine_profile("vllm", "0.18.0").constants["overlap_cpu"] == 1
+    assert engine_profile("vllm", "0.18.0").version == "0.18.0"
+    assert engine_profile("vllm", "nightly-5b8c30d6").constants["overlap_cpu"] == 1
+    # other constants are the base profile's
+    assert engine_profile("vllm", "0.18.0").constants["step_overhead_s"] == engine_profile("vllm").constants["step_overhead_s"]
+
+
+def test_overlap_makes_a_decode_step_max_not_sum(async_rule):
+    base = build_perf_model("llama-3.1-8b", "h100-sxm", 1, "bf16", PerfConfig(engine="vllm", overrides={"step_overhead_s": 0.05}))
+    new = build_perf_model("llama-3.1-8b", "h100-sxm", 1, "bf16",
+                           PerfConfig(engine="vllm", engine_version="0.18.0", overrides={"step_overhead_s": 0.05}))
+    b = base.step_breakdown([], [1000] * 8)
+    assert 0 < b.gpu_s < b.overhead_s  # the CPU dominates this step
+    assert base.step_time_s([], [1000] * 8) == pytest.approx(b.gpu_s + b.overhead_s)  # sum before 0.14
+    assert new.step_time_s([], [1000] * 8) == pytest.approx(b.overhead_s)  # max(cpu, gpu) from 0.14
+
+
+CAL = """
+entries:
+  - match: {gpu: h100-sxm, engine: vllm, version: '0.18.0'}
+    set: {step_overhead_s: 0.005}
+  - match: {gpu: h100-sxm, engine: vllm}
+    set: {step_overhead_s: 0.002}
+"""
+
+
+def test_calibration_entry_per_release_wins_over_the_engine_entry(tmp_path: Path):
+    p = tmp_path / "cal.yaml"
+    p.write_text(CAL)
+    user = load_calibration(p)
+    consts = engine_profile("vllm").constants
+    at = {v: resolve_constants("h100-sxm", "bf16", "vllm", consts, user, version=v).step_overhead_s
+          for v in ("0.18.0", "0.17.0", "")}
+    assert at == {"0.18.0": 0.005, "0.17.0": 0.002, "": 0.002}
+    # through the scenario's perf section
+    pm = build_perf_model("llama-3.1-8b", "h100-sxm", 1, "bf16", PerfConfig(calibration=str(p), engine_version="0.18.0"))
+    assert pm.constants.step_overhead_s == 0.005
+
+
+def test_unquoted_version_is_one_input_error(tmp_path: Path):
+    p = tmp_path / "cal.yaml"
+    p.write_text("entries:\n  - match: {engine: vllm, version: 1.10}\n    set: {step_overhead_s: 0.001}\n")
+    with pytest.raises(InputError, match=r"match version must be quoted text such as '0.18.0', got 1.1"):
+        load_calibration(p)
