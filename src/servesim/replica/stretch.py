@@ -277,6 +277,19 @@ class Stretch:
             return True
         return False
 
+    def finished_by(self, t: float) -> int:
+        """How many requests emitted their last token in steps that ended before `t`
+        (`finished_before(step_in_flight(t))`, read at every routing decision: none while the
+        first departure's step has not ended, without a search)."""
+        rem = self._sorted_rem
+        if rem is None:
+            return 0
+        ends = self.ends
+        r = rem[0]  # the first departure: its last token is step r - 1's
+        if r >= len(ends) or ends[r - 1] >= t:
+            return 0
+        return bisect_left(rem, min(bisect_left(ends, t), len(ends) - 1) + 1)
+
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""
         if not self.through:
