@@ -219,7 +219,7 @@ class Replica:
             used += st.blocks_added(j, kv.block_size, lambda req: kv.num_blocks_of(req.id))
             # a prompt finished in step 0 is left with its first token to compute, as decodes
             prefill -= sum(n - 1 for _, n in st.prefills)
-            decode -= sum(st.sizes[:j])
+            decode -= st.tokens_before(j)
         return used, prefill, decode
 
     def lora_state(self, name: str) -> tuple[bool, bool]:
