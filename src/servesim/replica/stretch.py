@@ -32,6 +32,9 @@ DecodeFn = Callable[[int], "Callable[[int], float] | Literal[False]"]
 # the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
 # max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine)
 DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
+# A numpy chunk with at most this many departures is priced run by run of a constant batch
+# (four numpy calls a run); with more, vectorised over its steps (about fifteen calls).
+SEGMENTS = 4
 
 
 class Stretch:
@@ -40,7 +43,7 @@ class Stretch:
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
-                 "_ctx_total", "_arrays", "_ends", "_priced", "_step1_s")
+                 "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
@@ -75,7 +78,7 @@ class Stretch:
         self._ctx_sum = self._ctx_total = sum(ctx1)
         self._order = sorted(range(n), key=remaining.__getitem__) if through else None
         self._sorted_rem = [remaining[i] for i in self._order] if through else None
-        self._arrays = None  # (sorted remaining, ctx1 prefix sums in that order), made on first use
+        self._prefix_sums = None  # ctx1 prefix sums in increasing order of remaining, made on first use
         self._step1_s = None  # an estimate of a step's time, for sizing chunks
         self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
         # the batch of the next step for the scalar loop: size, context sum, step time function
@@ -178,24 +181,56 @@ class Stretch:
         if horizon != float("inf"):  # about twice the steps the horizon needs (at least 64, or j0)
             m = min(m, max(64, j0, 2 * self._steps_to(horizon)))
         m = min(m, 1 << 15)
-        base, cpu, g, overlap = self._forms
-        j = np.arange(j0, j0 + m, dtype=np.int64)
+        times = self._room(m)
+        p = q = 0  # departures p..q-1 (in increasing order of remaining) happen inside the chunk
         if self.through:
-            rem, prefix = self._sorted_arrays()
-            gone = rem.searchsorted(j, side="right")  # requests done before step j
-            n = len(rem) - gone  # (>= 1: j < kmax, the largest remaining)
-            ctx = (self._ctx_total - prefix[gone]) + (j - 1) * n
-            b, c = base[n], cpu[n]
+            rem = self._sorted_rem
+            p = bisect_right(rem, j0)
+            q = bisect_left(rem, j0 + m, p)
+        if q - p <= SEGMENTS:
+            self._runs(times, j0, p, q)
         else:
-            n = len(self.reqs)
-            ctx = self._ctx_total + (j - 1) * n
-            b, c = base[n], cpu[n]
-        x = b + g * ctx
-        times = np.maximum(x, c) if overlap else x + c
+            self._vectorised(times, j0)
         times[0] += self.end_s
-        np.cumsum(times, out=self._room(m))
+        np.cumsum(times, out=times)
         self._priced += m
         self._f = None  # the scalar state is behind: synced again if the loop is needed
+
+    def _runs(self, times: np.ndarray, j0: int, p: int, q: int) -> None:
+        """Step times from step j0 on, run by run of a constant batch (four numpy calls a
+        run; departures p..q-1 of the sorted order end runs)."""
+        base, cpu, g, overlap = self._forms
+        n_all, rem = len(self.reqs), self._sorted_rem
+        prefix = self._prefix() if self.through else None
+        j, end = j0, j0 + len(times)
+        while j < end:
+            stop = min(rem[p], end) if p < q else end
+            n = n_all - p
+            ctx0 = self._ctx_total - (prefix[p] if prefix else 0) + (j - 1) * n
+            run = times[j - j0:stop - j0]
+            np.multiply(np.arange(ctx0, ctx0 + (stop - j) * n, n, dtype=np.int64), g, out=run)
+            run += base[n]
+            if overlap:
+                np.maximum(run, cpu[n], out=run)
+            else:
+                run += cpu[n]
+            j = stop
+            while p < q and rem[p] == j:
+                p += 1
+
+    def _vectorised(self, times: np.ndarray, j0: int) -> None:
+        """Step times from step j0 on with many departures among them, vectorised over the
+        steps (each step's batch from the sorted remaining counts)."""
+        base, cpu, g, overlap = self._forms
+        rem, prefix = (np.array(a, dtype=np.int64) for a in (self._sorted_rem, self._prefix()))
+        j = np.arange(j0, j0 + len(times), dtype=np.int64)
+        gone = rem.searchsorted(j, side="right")  # requests done before step j
+        n = len(rem) - gone  # (>= 1: j < kmax, the largest remaining)
+        x = base[n] + g * ((self._ctx_total - prefix[gone]) + (j - 1) * n)
+        if overlap:
+            np.maximum(x, cpu[n], out=times)
+        else:
+            np.add(x, cpu[n], out=times)
 
     def _steps_to(self, horizon: float) -> int:
         """About how many steps reach `horizon`, from the step time of the batch of step 1
@@ -215,18 +250,17 @@ class Stretch:
         if self.through:
             self._p = bisect_right(self._sorted_rem, j)  # requests with remaining <= j have left
             self._active = len(self._sorted_rem) - self._p
-            self._ctx_sum = self._ctx_total - int(self._sorted_arrays()[1][self._p]) + (j - 1) * self._active
+            self._ctx_sum = self._ctx_total - self._prefix()[self._p] + (j - 1) * self._active
         else:
             self._ctx_sum = self._ctx_total + (j - 1) * self._active
         self._f = self._decode_fn(self._active) if self._active else None
 
-    def _sorted_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(remaining in increasing order, prefix sums of ctx1 in that order), made once."""
-        if self._arrays is None:
+    def _prefix(self) -> list[int]:
+        """Prefix sums of ctx1 in increasing order of remaining, made once."""
+        if self._prefix_sums is None:
             ctx1 = self.ctx1
-            prefix = list(accumulate((ctx1[i] for i in self._order), initial=0))
-            self._arrays = (np.array(self._sorted_rem, dtype=np.int64), np.array(prefix, dtype=np.int64))
-        return self._arrays
+            self._prefix_sums = list(accumulate((ctx1[i] for i in self._order), initial=0))
+        return self._prefix_sums
 
     def _leave(self, j: int) -> None:
         """Requests whose last token was step j - 1 leave the batch before step j."""
