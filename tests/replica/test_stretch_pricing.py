@@ -7,7 +7,7 @@ import pytest
 
 from servesim.perf.perf_model import build_perf_model
 from servesim.replica.fast_forward import FastForwarding
-from servesim.replica import stretch
+from servesim.replica import stretch_chunks
 from servesim.replica.stretch import Stretch
 
 
@@ -34,7 +34,7 @@ def _stretch(perf, forms, through: bool) -> Stretch:
 @pytest.mark.parametrize("segments", [0, 4, 100])  # chunks vectorised over steps, or run by run
 @pytest.mark.parametrize("through", [True, False])
 def test_numpy_chunks_match_the_scalar_loop_bit_for_bit(through, segments, monkeypatch):
-    monkeypatch.setattr(stretch, "SEGMENTS", segments)
+    monkeypatch.setattr(stretch_chunks, "SEGMENTS", segments)
     chunks = []
     plain = Stretch._chunk
     monkeypatch.setattr(Stretch, "_chunk", lambda st, horizon: chunks.append(st) or plain(st, horizon))

@@ -27,14 +27,11 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from servesim.replica import stretch_chunks as chunks
+from servesim.replica.stretch_chunks import DecodeForms
+
 # the perf model's scalar decode step time for n sequences (ctx_sum -> seconds), or False
 DecodeFn = Callable[[int], "Callable[[int], float] | Literal[False]"]
-# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
-# max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine)
-DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
-# A numpy chunk with at most this many departures is priced run by run of a constant batch
-# (four numpy calls a run); with more, vectorised over its steps (about fifteen calls).
-SEGMENTS = 4
 
 
 class Stretch:
@@ -187,50 +184,15 @@ class Stretch:
             rem = self._sorted_rem
             p = bisect_right(rem, j0)
             q = bisect_left(rem, j0 + m, p)
-        if q - p <= SEGMENTS:
-            self._runs(times, j0, p, q)
+        prefix = self._prefix() if self.through else [0]
+        if q - p <= chunks.SEGMENTS:
+            chunks.times_by_runs(times, j0, self._forms, len(self.reqs), self._sorted_rem, prefix, self._ctx_total, p, q)
         else:
-            self._vectorised(times, j0)
+            chunks.times_by_steps(times, j0, self._forms, self._sorted_rem, prefix, self._ctx_total)
         times[0] += self.end_s
         np.cumsum(times, out=times)
         self._priced += m
         self._f = None  # the scalar state is behind: synced again if the loop is needed
-
-    def _runs(self, times: np.ndarray, j0: int, p: int, q: int) -> None:
-        """Step times from step j0 on, run by run of a constant batch (four numpy calls a
-        run; departures p..q-1 of the sorted order end runs)."""
-        base, cpu, g, overlap = self._forms
-        n_all, rem = len(self.reqs), self._sorted_rem
-        prefix = self._prefix() if self.through else None
-        j, end = j0, j0 + len(times)
-        while j < end:
-            stop = min(rem[p], end) if p < q else end
-            n = n_all - p
-            ctx0 = self._ctx_total - (prefix[p] if prefix else 0) + (j - 1) * n
-            run = times[j - j0:stop - j0]
-            np.multiply(np.arange(ctx0, ctx0 + (stop - j) * n, n, dtype=np.int64), g, out=run)
-            run += base[n]
-            if overlap:
-                np.maximum(run, cpu[n], out=run)
-            else:
-                run += cpu[n]
-            j = stop
-            while p < q and rem[p] == j:
-                p += 1
-
-    def _vectorised(self, times: np.ndarray, j0: int) -> None:
-        """Step times from step j0 on with many departures among them, vectorised over the
-        steps (each step's batch from the sorted remaining counts)."""
-        base, cpu, g, overlap = self._forms
-        rem, prefix = (np.array(a, dtype=np.int64) for a in (self._sorted_rem, self._prefix()))
-        j = np.arange(j0, j0 + len(times), dtype=np.int64)
-        gone = rem.searchsorted(j, side="right")  # requests done before step j
-        n = len(rem) - gone  # (>= 1: j < kmax, the largest remaining)
-        x = base[n] + g * ((self._ctx_total - prefix[gone]) + (j - 1) * n)
-        if overlap:
-            np.maximum(x, cpu[n], out=times)
-        else:
-            np.add(x, cpu[n], out=times)
 
     def _steps_to(self, horizon: float) -> int:
         """About how many steps reach `horizon`, from the step time of the batch of step 1
