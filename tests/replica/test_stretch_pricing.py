@@ -7,6 +7,7 @@ import pytest
 
 from servesim.perf.perf_model import build_perf_model
 from servesim.replica.fast_forward import FastForwarding
+from servesim.replica import stretch_chunks
 from servesim.replica.stretch import Stretch
 
 
@@ -30,21 +31,33 @@ def _stretch(perf, forms, through: bool) -> Stretch:
                    lambda k: perf.decode_time_fn(k) or False, perf, 0, forms)
 
 
+@pytest.mark.parametrize("segments", [0, 4, 100])  # chunks vectorised over steps, or run by run
 @pytest.mark.parametrize("through", [True, False])
-def test_numpy_chunks_match_the_scalar_loop_bit_for_bit(through):
+def test_numpy_chunks_match_the_scalar_loop_bit_for_bit(through, segments, monkeypatch):
+    monkeypatch.setattr(stretch_chunks, "SEGMENTS", segments)
+    chunks = []
+    plain = Stretch._chunk
+    monkeypatch.setattr(Stretch, "_chunk", lambda st, horizon: chunks.append(st) or plain(st, horizon))
     perf = build_perf_model("llama-3.1-8b", "h100-sxm")
     fast = _stretch(perf, _Forms(perf)._decode_forms, through)
     slow = _stretch(perf, lambda n: None, through)
     for horizon in (0.05, 0.9, 2.5, float("inf")):  # a first pricing, then extensions
         fast.price(horizon)
         slow.price(horizon)
-        assert fast.ends == slow.ends
-        assert fast.sizes == slow.sizes
-    assert fast._ahead is not None  # numpy priced (the loop only ever prices step by step)
-    assert slow._ahead is None
-    assert len(fast.ends) == (40 + 53 * 11 if through else 40)
-    if through:
-        assert fast.sizes[-1] == 1 and fast.sizes[1] == 12
+        assert [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+        assert fast.batch_sizes() == slow.batch_sizes()
+    assert chunks and set(map(id, chunks)) == {id(fast)}  # numpy priced (the loop only ever prices step by step)
+    assert len(fast.ends) == fast.k == (40 + 53 * 11 if through else 40)
+    sizes = fast.batch_sizes()
+    assert len(sizes) == fast.k
+    if through:  # one request leaves every 53 steps from step 40 on
+        assert sizes[0] == sizes[39] == 12 and sizes[40] == 11 and sizes[-1] == 1
+        assert sizes.count(11) == 53
+    else:
+        assert set(sizes) == {12}
+    for j in (1, 39, 40, 41, 200):
+        if j < fast.k:
+            assert fast.tokens_before(j) == sum(sizes[:j])
 
 
 def test_a_cut_keeps_the_step_in_flight_and_drops_what_was_priced_ahead():
@@ -53,6 +66,6 @@ def test_a_cut_keeps_the_step_in_flight_and_drops_what_was_priced_ahead():
     st.price(0.5)
     t = (st.ends[9] + st.ends[10]) / 2  # during step 10
     assert st.cut(t)
-    assert len(st.ends) == 11 and len(st.sizes) == 11 and st.final
-    assert st._ahead is None  # steps priced ahead are forgotten
+    assert len(st.ends) == st.k == 11 and len(st.batch_sizes()) == 11 and st.final
+    assert st._priced == 11  # steps priced ahead are forgotten
     assert not st.cut(t)  # nothing more to drop

@@ -113,6 +113,14 @@ class ClusterView:
             return self.view(i).num_outstanding
         return self._outstanding(i)
 
+    def outstandings(self) -> list[int]:
+        """`outstanding(i)` of every candidate, in order (one call for the whole list: a
+        count-reading router reads them all at every arrival)."""
+        read = self._outstanding
+        if read is None or self._memo:
+            return [self.outstanding(i) for i in self.candidates]
+        return [read(i) for i in self.candidates]
+
     def views(self) -> list[ReplicaView]:
         return [self.view(i) for i in self.candidates]
 

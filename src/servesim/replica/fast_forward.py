@@ -196,16 +196,16 @@ class FastForwarding:
             req.num_output_tokens += m
             req.token_steps += (first, first + m - 1)
             if req.first_token_s is None:
-                req.first_token_s = ends[0]
+                req.first_token_s = float(ends[0])
         self.kv.allocate_plain_many(new_blocks)
         for req, c in st.keyed:
             self.kv.cache_full_blocks(req, c + k - 1)
         done = [reqs[i] for i in finished]
         for req in done:
-            req.finish_s = ends[req.token_steps[-1] - first]
+            req.finish_s = float(ends[req.token_steps[-1] - first])
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(st.start_s, ends, st.sizes, st.num_waiting, kv_used, prefill_tokens,
+        self.recorder.log_decode_steps(st.start_s, ends, st.batch_sizes(), st.num_waiting, kv_used, prefill_tokens,
                                        [j for j in st.waiting_from if j < k])
         return done
 

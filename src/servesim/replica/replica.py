@@ -176,9 +176,7 @@ class Replica:
         """Requests dispatched here and not finished at `t` (the router's in-flight count;
         finishes inside a stretch count from the end of their last step)."""
         st = self.engine.stretch
-        if st is None:
-            return self.num_outstanding
-        return self.num_outstanding - st.finished_before(st.step_in_flight(t))
+        return self.num_outstanding if st is None else self.num_outstanding - st.finished_by(t)
 
     def before_change(self, now_s: float, refresh_interval_s: float) -> None:
         """Called before the engine changes state at `now_s`: keep the view a refresh at or
@@ -222,7 +220,7 @@ class Replica:
             # a prompt finished in step 0 is left with its first token to compute, as decodes;
             # a request that finished before step j (processed at the stretch's end) has none
             prefill -= sum(n - 1 for _, n in st.prefills) + st.finished_before(j)
-            decode -= sum(st.sizes[:j])
+            decode -= st.tokens_before(j)
         return used, prefill, decode
 
     def lora_state(self, name: str) -> tuple[bool, bool]:

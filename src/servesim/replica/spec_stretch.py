@@ -223,6 +223,14 @@ class SpecStretch:
         """How many requests emitted their last token in steps 0..j-1."""
         return bisect_left(self._finishes, (j, -1))
 
+    def finished_by(self, t: float) -> int:
+        """How many requests emitted their last token in steps that ended before `t`."""
+        return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
+
+    def tokens_before(self, j: int) -> int:
+        """Tokens emitted by steps 0..j-1."""
+        return sum(self.sizes[:j])
+
     def blocks_added(self, j: int, block_size: int, blocks_held: Callable[[Any], int]) -> int:
         """KV blocks the stretch has added by step j (granted at steps 1..j), less those of
         requests that finished before step j."""

@@ -27,20 +27,20 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from servesim.replica import stretch_chunks as chunks
+from servesim.replica.stretch_chunks import DecodeForms
+
 # the perf model's scalar decode step time for n sequences (ctx_sum -> seconds), or False
 DecodeFn = Callable[[int], "Callable[[int], float] | Literal[False]"]
-# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
-# max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine)
-DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
 
 
 class Stretch:
     """Steps of a fixed decode batch, priced lazily; the engine applies them at `end_s`."""
 
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
-                 "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "ends", "sizes", "final", "gen",
+                 "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
-                 "_ctx_total", "_arrays", "_ahead", "_ahead_sizes", "_ahead_at", "_step1_s")
+                 "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
@@ -60,8 +60,14 @@ class Stretch:
         self.free_blocks = 0  # free KV blocks when the stretch was planned
         self.kmax = max(remaining) if through else min(remaining)
         n = len(reqs)
-        self.ends = [end0_s]  # end time of each step of the stretch (s)
-        self.sizes = [n]  # requests in each step
+        # End times of the steps (s): the first k are the stretch's, up to `_priced` are priced
+        # ahead with numpy and taken as the horizon moves. A list while the scalar loop prices
+        # (short stretches: no numpy call at all), a float array from the first numpy chunk on
+        # (the step log copies it as it is, never through Python floats).
+        self._ends: list[float] | np.ndarray = [end0_s]
+        self.k = 1  # steps in the stretch
+        self.end_s = end0_s  # end of its last step: when the engine applies the stretch
+        self._priced = 1
         self.final = False  # cut (or limited): never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
         self._decode_fn = decode_fn
@@ -69,10 +75,7 @@ class Stretch:
         self._ctx_sum = self._ctx_total = sum(ctx1)
         self._order = sorted(range(n), key=remaining.__getitem__) if through else None
         self._sorted_rem = [remaining[i] for i in self._order] if through else None
-        self._arrays = None  # (sorted remaining, ctx1 prefix sums in that order), made on first use
-        # steps priced ahead with numpy (end times, batch sizes), taken into `ends` as the horizon moves
-        self._ahead = self._ahead_sizes = None
-        self._ahead_at = 0
+        self._prefix_sums = None  # ctx1 prefix sums in increasing order of remaining, made on first use
         self._step1_s = None  # an estimate of a step's time, for sizing chunks
         self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
         # the batch of the next step for the scalar loop: size, context sum, step time function
@@ -85,14 +88,56 @@ class Stretch:
             self._f = decode_fn(self._active)
 
     @property
-    def k(self) -> int:
-        """Steps in the stretch."""
-        return len(self.ends)
+    def ends(self) -> list[float] | np.ndarray:
+        """End time of each step of the stretch (s) (an array is a view: valid until the
+        stretch changes)."""
+        return self._ends[:self.k]
 
-    @property
-    def end_s(self) -> float:
-        """End of the last step: when the engine applies the stretch."""
-        return self.ends[-1]
+    def batch_sizes(self) -> list[int]:
+        """Requests in each step: all of them, less (`through`) those whose last token was
+        an earlier step's (built run by run, not step by step)."""
+        k, n = self.k, len(self.reqs)
+        if not self.through:
+            return [n] * k
+        rem = self._sorted_rem
+        sizes: list[int] = []
+        j = p = 0
+        while j < k:
+            while rem[p] <= j:  # (p < n: j < kmax, the largest remaining)
+                p += 1
+            stop = min(rem[p], k)
+            sizes += [n - p] * (stop - j)
+            j = stop
+        return sizes
+
+    def tokens_before(self, j: int) -> int:
+        """Tokens emitted by steps 0..j-1 (j < k): each request runs min(remaining, j) of them."""
+        return sum(r if r < j else j for r in self.remaining)
+
+    def _take(self, stop: int) -> None:
+        """The priced steps up to `stop` join the stretch."""
+        self.k = stop
+        self.end_s = float(self._ends[stop - 1])
+
+    def _room(self, m: int) -> np.ndarray:
+        """The array's free tail for m more priced steps (grown by doubling; made from the
+        list on the first numpy chunk)."""
+        ends, p = self._ends, self._priced
+        if type(ends) is list or p + m > len(ends):
+            grown = np.empty(max(2 * len(ends), p + m, 64))
+            grown[:p] = ends[:p]
+            self._ends = ends = grown
+        return ends[p:p + m]
+
+    def _append(self, ends: list[float]) -> None:
+        """Steps priced by the scalar loop join the stretch."""
+        if type(self._ends) is list:
+            del self._ends[self._priced:]  # (what a truncation dropped)
+            self._ends += ends
+        else:
+            self._room(len(ends))[:] = ends
+        self._priced += len(ends)
+        self._take(self._priced)
 
     # ---------------------------------------------------------------- pricing
     def price(self, horizon: float) -> None:
@@ -105,13 +150,12 @@ class Stretch:
         a stretch rarely prices anything. numpy's fixed cost per call pays off only over many
         steps: a few steps up to a near horizon, or models without that form, are priced one
         by one with the scalar form."""
-        ends = self.ends
-        while len(ends) < self.kmax and ends[-1] < horizon:
-            a, at = self._ahead, self._ahead_at
-            if a is None or at == len(a):
+        while self.k < self.kmax and self.end_s < horizon:
+            k, p = self.k, self._priced
+            if p == k:
                 if self._forms is not None and (horizon == float("inf") or self._steps_to(horizon) > 64):
                     self._chunk(horizon)
-                    a, at = self._ahead, 0
+                    p = self._priced
                 elif self._f is False:
                     self._price_vectorised(horizon)
                     continue
@@ -123,39 +167,31 @@ class Stretch:
                     self._price_loop(horizon)
                     continue
             # the priced steps that start before the horizon (the last may end after it)
-            stop = min(len(a), int(a.searchsorted(horizon)) + 1)
-            ends += a[at:stop].tolist()
-            sizes = self._ahead_sizes
-            self.sizes += sizes[at:stop].tolist() if self.through else [sizes] * (stop - at)
-            self._ahead_at = stop
+            self._take(min(p, k + int(self._ends[k:p].searchsorted(horizon)) + 1))
 
     def _chunk(self, horizon: float) -> None:
         """Price the next steps j0 .. j0+m-1 at once: step j runs the requests with remaining
         > j, whose context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers,
         the values stepping reaches by increments."""
-        j0 = len(self.ends)
+        j0 = self.k
         m = self.kmax - j0
         if horizon != float("inf"):  # about twice the steps the horizon needs (at least 64, or j0)
             m = min(m, max(64, j0, 2 * self._steps_to(horizon)))
         m = min(m, 1 << 15)
-        base, cpu, g, overlap = self._forms
-        j = np.arange(j0, j0 + m, dtype=np.int64)
+        times = self._room(m)
+        p = q = 0  # departures p..q-1 (in increasing order of remaining) happen inside the chunk
         if self.through:
-            rem, prefix = self._sorted_arrays()
-            gone = rem.searchsorted(j, side="right")  # requests done before step j
-            n = len(rem) - gone  # (>= 1: j < kmax, the largest remaining)
-            ctx = (self._ctx_total - prefix[gone]) + (j - 1) * n
-            b, c = base[n], cpu[n]
+            rem = self._sorted_rem
+            p = bisect_right(rem, j0)
+            q = bisect_left(rem, j0 + m, p)
+        prefix = self._prefix() if self.through else [0]
+        if q - p <= chunks.SEGMENTS:
+            chunks.times_by_runs(times, j0, self._forms, len(self.reqs), self._sorted_rem, prefix, self._ctx_total, p, q)
         else:
-            n = len(self.reqs)
-            ctx = self._ctx_total + (j - 1) * n
-            b, c = base[n], cpu[n]
-        x = b + g * ctx
-        times = np.maximum(x, c) if overlap else x + c
-        times[0] += self.ends[-1]
-        self._ahead = np.cumsum(times)
-        self._ahead_sizes = n
-        self._ahead_at = 0
+            chunks.times_by_steps(times, j0, self._forms, self._sorted_rem, prefix, self._ctx_total)
+        times[0] += self.end_s
+        np.cumsum(times, out=times)
+        self._priced += m
         self._f = None  # the scalar state is behind: synced again if the loop is needed
 
     def _steps_to(self, horizon: float) -> int:
@@ -168,26 +204,25 @@ class Stretch:
             n = len(self.reqs)
             x = float(base[n]) + g * self._ctx_total
             self._step1_s = max(x, float(cpu[n])) if overlap else x + float(cpu[n])
-        return int((horizon - self.ends[-1]) / self._step1_s) + 1
+        return int((horizon - self.end_s) / self._step1_s) + 1
 
     def _sync(self) -> None:
         """The scalar loop's state for the next step, after numpy chunks (exact integers)."""
-        j = len(self.ends)
+        j = self.k
         if self.through:
             self._p = bisect_right(self._sorted_rem, j)  # requests with remaining <= j have left
             self._active = len(self._sorted_rem) - self._p
-            self._ctx_sum = self._ctx_total - int(self._sorted_arrays()[1][self._p]) + (j - 1) * self._active
+            self._ctx_sum = self._ctx_total - self._prefix()[self._p] + (j - 1) * self._active
         else:
             self._ctx_sum = self._ctx_total + (j - 1) * self._active
         self._f = self._decode_fn(self._active) if self._active else None
 
-    def _sorted_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(remaining in increasing order, prefix sums of ctx1 in that order), made once."""
-        if self._arrays is None:
+    def _prefix(self) -> list[int]:
+        """Prefix sums of ctx1 in increasing order of remaining, made once."""
+        if self._prefix_sums is None:
             ctx1 = self.ctx1
-            prefix = list(accumulate((ctx1[i] for i in self._order), initial=0))
-            self._arrays = (np.array(self._sorted_rem, dtype=np.int64), np.array(prefix, dtype=np.int64))
-        return self._arrays
+            self._prefix_sums = list(accumulate((ctx1[i] for i in self._order), initial=0))
+        return self._prefix_sums
 
     def _leave(self, j: int) -> None:
         """Requests whose last token was step j - 1 leave the batch before step j."""
@@ -203,16 +238,15 @@ class Stretch:
 
     def _price_loop(self, horizon: float) -> None:
         """One scalar call per step, up to the horizon."""
-        ends, sizes = self.ends, self.sizes
-        t = ends[-1]
-        j = len(ends)
+        ends: list[float] = []
+        t = self.end_s
+        j = self.k
         f, ctx_sum, active = self._f, self._ctx_sum, self._active
         rem = self._sorted_rem
         leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
         while j < self.kmax and active and t < horizon:
             t += f(ctx_sum)
             ends.append(t)
-            sizes.append(active)
             ctx_sum += active
             j += 1
             if j == leave_at:
@@ -221,35 +255,36 @@ class Stretch:
                 ctx_sum, active, f = self._ctx_sum, self._active, self._f
                 leave_at = rem[self._p] if self._p < len(rem) else -1
         self._ctx_sum, self._active = ctx_sum, active
+        if ends:
+            self._append(ends)
 
     def _price_vectorised(self, horizon: float) -> None:
         """Sliding-window models have no scalar decode form: price chunks of steps with numpy
         (the same sequential sums; only without `through`)."""
-        ends = self.ends
-        j = len(ends)
+        j = self.k
         m = min(self.kmax - j, max(16, j))
         times = self._perf.decode_step_times_s(np.array(self.ctx1, dtype=np.int64) + (j - 1), m)
-        times[0] += ends[-1]
-        rest = np.cumsum(times)
-        take = rest[: min(m, 1 + int(rest.searchsorted(horizon)))].tolist()
-        ends += take
-        self.sizes += [len(self.reqs)] * len(take)
+        times[0] += self.end_s
+        rest = self._room(m)
+        np.cumsum(times, out=rest)
+        self._priced += m
+        self._take(j + min(m, 1 + int(rest.searchsorted(horizon))))
 
     # ---------------------------------------------------------------- cutting
     def steps_before(self, t: float) -> int:
         """Steps that ended before `t` (events at `t` come before a step ending at `t`)."""
-        return bisect_left(self.ends, t)
+        return bisect_left(self._ends, t, 0, self.k)
 
     def step_in_flight(self, t: float) -> int:
         """The step running at `t` (the last one if `t` is at or after the end)."""
-        return min(bisect_left(self.ends, t), len(self.ends) - 1)
+        return min(bisect_left(self._ends, t, 0, self.k), self.k - 1)
 
     def add_waiting(self, t: float) -> None:
         """A request joined the waiting queue at `t` without cutting the stretch: stepping,
         the step after the one in flight (events at `t` come before a step ending at `t`)
         would be the first to see it. That step may lie past the priced ones (the stretch
         may be extended); it is logged only if the stretch reaches it."""
-        self.waiting_from.append(bisect_left(self.ends, t) + 1)
+        self.waiting_from.append(bisect_left(self._ends, t, 0, self.k) + 1)
 
     def blocks_added(self, j: int, block_size: int, blocks_held: Callable[[Any], int]) -> int:
         """KV blocks the stretch has added by step j (allocated at steps 1..j), less those of
@@ -265,17 +300,29 @@ class Stretch:
 
     def truncate(self, k: int) -> None:
         """Keep the first k steps (k >= 1); nothing priced ahead is taken any more."""
-        del self.ends[k:], self.sizes[k:]
-        self._ahead = None
+        self._priced = k
+        self._take(k)
 
     def cut(self, t: float) -> bool:
         """Keep the steps that started before `t`; True if steps were dropped."""
         self.final = True
-        k = bisect_left(self.ends, t) + 1
-        if k < len(self.ends):
+        k = bisect_left(self._ends, t, 0, self.k) + 1
+        if k < self.k:
             self.truncate(k)
             return True
         return False
+
+    def finished_by(self, t: float) -> int:
+        """How many requests emitted their last token in steps that ended before `t`
+        (`finished_before(step_in_flight(t))`, read at every routing decision: none while the
+        first departure's step has not ended, without a search)."""
+        rem = self._sorted_rem
+        if rem is None:
+            return 0
+        r = rem[0]  # the first departure: its last token is step r - 1's
+        if r >= self.k or self._ends[r - 1] >= t:
+            return 0
+        return bisect_left(rem, self.step_in_flight(t) + 1)
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""

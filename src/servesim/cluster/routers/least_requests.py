@@ -38,5 +38,5 @@ class LeastRequests(Router):
         if self.params.count == "engine":
             keys = [(v := view.view(i)).num_running + v.num_waiting for i in cands]
         else:
-            keys = [view.outstanding(i) for i in cands]
+            keys = view.outstandings()
         return argmin_pick(cands, keys, self.params.tie_break, self.rng)

@@ -1,0 +1,60 @@
+"""Step times of a stretch's numpy chunk: pure functions of the perf model's affine decode
+forms and the batch (see `Stretch.price`).
+
+Step j of a stretch runs the requests with remaining > j, whose context sum is (their ctx1
+sum) + (j - 1) * (their count): exact integers, the values stepping reaches by increments.
+Each step's time is computed from them with the scalar form's float operations in the same
+order, so a sequential cumulative sum of these times gives stepping's end times bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
+# max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine)
+DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
+# A chunk with at most this many departures is priced run by run of a constant batch (four
+# numpy calls a run); with more, vectorised over its steps (about fifteen calls and two arrays).
+SEGMENTS = 4
+
+
+def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, rem: list[int] | None,
+                  prefix: list[int], ctx_total: int, p: int, q: int) -> None:
+    """Fill `times` with the step times from step j0 on, run by run of a constant batch.
+
+    `rem`: remaining counts in increasing order (None: nobody leaves), `prefix`: prefix sums of
+    ctx1 in that order; the requests p..q-1 of that order leave inside the chunk (before step
+    rem[i]), the first p before it."""
+    base, cpu, g, overlap = forms
+    j, end = j0, j0 + len(times)
+    while j < end:
+        stop = min(rem[p], end) if p < q else end
+        n = n_all - p
+        ctx0 = ctx_total - prefix[p] + (j - 1) * n
+        run = times[j - j0:stop - j0]
+        np.multiply(np.arange(ctx0, ctx0 + (stop - j) * n, n, dtype=np.int64), g, out=run)
+        run += base[n]
+        if overlap:
+            np.maximum(run, cpu[n], out=run)
+        else:
+            run += cpu[n]
+        j = stop
+        while p < q and rem[p] == j:
+            p += 1
+
+
+def times_by_steps(times: np.ndarray, j0: int, forms: DecodeForms, rem: list[int], prefix: list[int],
+                   ctx_total: int) -> None:
+    """Fill `times` with the step times from step j0 on, vectorised over the steps (each
+    step's batch from the sorted remaining counts `rem`; `prefix` as in `times_by_runs`)."""
+    base, cpu, g, overlap = forms
+    rem_a, prefix_a = np.array(rem, dtype=np.int64), np.array(prefix, dtype=np.int64)
+    j = np.arange(j0, j0 + len(times), dtype=np.int64)
+    gone = rem_a.searchsorted(j, side="right")  # requests done before step j
+    n = len(rem_a) - gone  # (>= 1: j < kmax, the largest remaining)
+    x = base[n] + g * ((ctx_total - prefix_a[gone]) + (j - 1) * n)
+    if overlap:
+        np.maximum(x, cpu[n], out=times)
+    else:
+        np.add(x, cpu[n], out=times)
