@@ -30,12 +30,11 @@ def test_no_evict_refuses_what_max_utilization_takes_then_pauses():
     # 10 blocks of 16 tokens; each request reserves 16 + 64 tokens = 5 blocks.
     reqs = lambda: [make_request(i, 16, 64) for i in range(3)]  # noqa: E731
     engine, sched, kv, loop, done = make_engine(num_blocks=10, scheduler="trtllm", fast_forward=False)
-    no_evict, a = run_logged(engine, loop, reqs()), sched
+    no_evict = run_logged(engine, loop, reqs())
     assert no_evict[0] == [(0, 16), (1, 16)]  # the third reservation does not fit: it waits
     first_c = next(i for i, s in enumerate(no_evict) if (2, 16) in s)
     assert first_c == 64  # admitted only when a request finishes (its 64th token at step 64)
-    assert all(r.num_preemptions == 0 for r in a.running) and len(done) == 3
-    assert sum(r.num_preemptions for r in done) == 0
+    assert len(done) == 3 and sum(r.num_preemptions for r in done) == 0
 
     engine, sched, kv, loop, done = make_engine(num_blocks=10, scheduler="trtllm", fast_forward=False,
                                                 params={"capacity_scheduler_policy": "MAX_UTILIZATION"})
@@ -66,7 +65,7 @@ def test_batch_size_and_generation_first():
 
 def test_admission_errors_name_the_limit():
     engine, sched, *_ = make_engine(num_blocks=10, scheduler="trtllm", max_num_batched_tokens=64)
-    assert "need 7 KV blocks; the cache has 10" not in (sched.admission_error(make_request(0, 16, 96)) or "")
+    assert sched.admission_error(make_request(0, 16, 144)) is None  # 160 tokens: exactly the 10 blocks
     assert sched.admission_error(make_request(0, 16, 160)) == "prompt + max new tokens need 11 KV blocks; the cache has 10"
     assert "a prompt of 65 tokens exceeds max_num_tokens 64" in sched.admission_error(make_request(1, 65, 1))
     engine, sched, *_ = make_engine(num_blocks=10, scheduler="trtllm", max_num_batched_tokens=64,
