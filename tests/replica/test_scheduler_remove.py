@@ -14,7 +14,7 @@ from servesim.replica.schedulers.base import NO_FAST_FORWARD, FastForward, Sched
 from servesim.workload.request import Request, RequestState
 from tests.factories import make_engine, make_request
 
-CHUNKED = {"vllm", "continuum", "priority", "edf", "autellix", "andes", "fastswitch", "hygen", "sglang"}
+CHUNKED = {"vllm", "continuum", "priority", "edf", "autellix", "andes", "fastswitch", "hygen", "sglang", "trtllm"}
 SWAPPING = {"andes", "autellix", "fastswitch", "vllm-v0"}
 # Where each policy can hold a request between two steps of the workload below: a prompt
 # is only seen half done by policies that chunk it (64-token budget, 96-token prompts; batchllm
@@ -22,7 +22,8 @@ SWAPPING = {"andes", "autellix", "fastswitch", "vllm-v0"}
 # only swapping policies hold requests on the CPU tier (vllm-v0 with preemption_mode swap).
 EXPECTED = {name: {"waiting", "decode"} | ({"prefill"} if name in CHUNKED else set())
             | ({"swapped"} if name in SWAPPING else set()) for name in available()}
-PARAMS = {"vllm-v0": {"preemption_mode": "swap"}, "andes": {"util_threshold": 0.5}}
+# trtllm with chunked context: off (its default) the engine would reject these prompts (96 > 64 tokens)
+PARAMS = {"vllm-v0": {"preemption_mode": "swap"}, "andes": {"util_threshold": 0.5}, "trtllm": {"enable_chunked_context": True}}
 
 
 def workload() -> list[Request]:

@@ -71,3 +71,35 @@ def test_frontend_only_refit_changes_one_profile_and_never_worsens_it():
     before = {k: float(v) for k, v in shipped["vllm@h100-sxm"].items()}
     after, start = err(fitted["vllm@h100-sxm"]), err(before)
     assert after < start if fitted["vllm@h100-sxm"] != before else after == start  # moves only when strictly better
+
+
+def test_frontend_refit_restricted_to_one_engine_keeps_the_others_as_shipped():
+    from pathlib import Path
+
+    from servesim.perf._catalog import catalogue
+    from servesim.replica.frontend import FRONTEND_FILE
+    from servesim.validation.calibrate import refit_frontends
+    from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+
+    silicon = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+    if not silicon.is_file():
+        pytest.skip(f"{silicon} not found")
+    ok = [r for r in read_rows(silicon) if inexpressible_reason(r) is None and r.system == "h100_sxm"
+          and r.concurrency <= 8 and r.osl <= 1024]
+    rows = [next(r for r in ok if r.backend == "vllm"), next(r for r in ok if r.backend == "trtllm")]
+    logged = []
+    fitted = refit_frontends(rows, ClientOptions(min_requests=4), per_group=1, log=logged.append, engines=("trtllm",))
+    shipped = catalogue(FRONTEND_FILE)
+    assert all(fitted[n] == {k: float(shipped[n][k]) for k in fitted[n]} for n in fitted if n != "trtllm@h100-sxm")
+    assert len(logged) == 1 and logged[0].startswith("stage 4 trtllm@h100-sxm")  # the vllm row was not fitted
+
+
+def test_cli_refuses_an_unknown_engine_to_refit(tmp_path):
+    from typer.testing import CliRunner
+
+    from servesim.cli import app
+
+    res = CliRunner().invoke(app, ["validate", "--fit-output", str(tmp_path), "--frontend-only", "--engine", "tgi"])
+    assert res.exit_code == 2
+    assert "--engine 'tgi' is not a measured engine; allowed: sglang, trtllm, vllm" in res.output
+    assert not list(tmp_path.iterdir())

@@ -47,6 +47,10 @@ def test_engine_limits_of_the_benchmark_deployments():
     assert row_scenario(row(), calibration=None).engine.max_num_batched_tokens == 64 + 1024 + 1500
     trt = row_scenario(row(backend="trtllm", batch_size="101", concurrency="101"), calibration=None)
     assert trt.engine.max_num_batched_tokens == 2656 and trt.engine.max_num_seqs == 101  # 2625 -> 83 blocks
+    # the generator's TensorRT-LLM: chunked context off, GUARANTEED_NO_EVICT, 32-token KV blocks
+    assert trt.scheduler.name == "trtllm" and trt.engine.block_size == 32
+    trt_params = trt.scheduler.params()
+    assert trt_params.enable_chunked_context is False and trt_params.capacity_scheduler_policy == "GUARANTEED_NO_EVICT"
     sg = row_scenario(row(backend="sglang"), calibration=None)
     assert sg.engine.max_num_batched_tokens == 16384 and sg.scheduler.params().enable_mixed_chunk is False
     mixed = row_scenario(row(backend="sglang", system="h200_sxm"), calibration=None).scheduler.params()
@@ -59,7 +63,7 @@ def test_measured_values_in_seconds():
 
 
 def test_engines_and_dtypes():
-    assert row_scenario(row(backend="trtllm"), calibration=None).scheduler.name == "vllm"
+    assert row_scenario(row(backend="trtllm"), calibration=None).scheduler.name == "trtllm"
     assert row_scenario(row(backend="sglang"), calibration=None).scheduler.name == "sglang"
     assert row_scenario(row(gemm_quant_mode="nvfp4"), calibration=None).dtype == "fp4"
     # no FP4 tensor cores on Hopper: the 4-bit checkpoint runs weight-only

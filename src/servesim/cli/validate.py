@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
         fit_output: Optional[Path] = typer.Option(None, help="Fit the serving constants first and write calibration_serving.yaml and frontend.yaml into this folder."),
         per_group: int = typer.Option(10, min=1, help="With --fit-output: rows per (GPU, engine) the fit simulates."),
         frontend_only: bool = typer.Option(False, "--frontend-only", help="With --fit-output: refit only the per-(engine, GPU) front ends, keeping the shipped engine constants; writes frontend.yaml."),
+        engine: list[str] = typer.Option([], "--engine", help="With --frontend-only: refit only this engine's front ends (repeatable: vllm, sglang, trtllm); the others are written as shipped."),
     ) -> None:
         """Simulate every expressible measured run end to end (closed-loop client, front end, engine)
         and print the median error of TTFT and TPOT per engine and GPU, plus the rows it cannot express."""
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from servesim.validation.calibrate import fit_serving, refit_frontends
         from servesim.validation.fit import spread_sample
         from servesim.validation.run import group_errors, markdown_table, skipped_table, validate_rows
-        from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+        from servesim.validation.silicon import SCHEDULERS, ClientOptions, inexpressible_reason, read_rows
 
         rows = read_rows(measured)
         options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend,
@@ -70,7 +71,10 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"--fit-output {str(fit_output)!r} is not a folder")
             log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
             if frontend_only:
-                frontend = refit_frontends(rows, options, per_group, log=log)
+                unknown = sorted(set(engine) - set(SCHEDULERS))
+                if unknown:
+                    raise InputError(f"--engine {unknown[0]!r} is not a measured engine; allowed: {', '.join(sorted(SCHEDULERS))}")
+                frontend = refit_frontends(rows, options, per_group, log=log, engines=engine)
                 header = (f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name};\n"
                           f"# the <engine>@<gpu> entries refitted with --frontend-only --per-group {per_group}. Seconds.\n")
                 write_atomic(fit_output / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))

@@ -16,7 +16,7 @@ profiles, named `<engine>` and `<engine>@<gpu>`.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Collection
 
 from servesim.errors import InputError
 from servesim.perf.calibration import CalibrationData, Entry, resolve_constants
@@ -97,11 +97,12 @@ def fit_serving(rows: list[SiliconRow], options: ClientOptions = ClientOptions()
 
 
 def refit_frontends(rows: list[SiliconRow], options: ClientOptions = ClientOptions(), per_group: int = 10,
-                    log: Log = lambda _: None) -> dict[str, dict[str, float]]:
+                    log: Log = lambda _: None, engines: Collection[str] = ()) -> dict[str, dict[str, float]]:
     """Stage 4 alone: the `<engine>@<gpu>` front ends refitted with the shipped engine constants,
     each started from the shipped profile (after a change to the client or the engine limits,
-    which moves TTFT but hardly TPOT; a whole fit takes many times longer)."""
-    samples = group_samples(rows, options, per_group)
+    which moves TTFT but hardly TPOT; a whole fit takes many times longer). `engines`: refit only
+    these engines' profiles (the others are returned as shipped); empty: all."""
+    samples = group_samples([r for r in rows if not engines or r.backend in engines], options, per_group)
     shipped = catalogue(FRONTEND_FILE)
     frontend = {name: {k: float(shipped[name][k]) for k in FRONTEND_GRID} for name in shipped}
     fit_frontends_per_gpu(samples, options, {}, frontend, log, calibration="shipped")

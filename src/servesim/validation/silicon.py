@@ -31,9 +31,8 @@ GPUS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200", "b300_sx
 # GEMM quantisation as the file names it -> servesim dtype. NVFP4 needs FP4 tensor cores; on Hopper
 # the same checkpoints (gpt-oss MXFP4) run weight-only, dequantised into BF16 GEMMs (servesim int4).
 DTYPES = {"": "bf16", "bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4": "fp4", "int4_wo": "int4"}
-# The scheduler that plays each engine: TensorRT-LLM's in-flight batching with chunked context is
-# FCFS with a token budget, which the vLLM v1 policy implements.
-SCHEDULERS = {"vllm": "vllm", "sglang": "sglang", "trtllm": "vllm"}
+# The scheduler that plays each engine (each engine's own policy, replica/schedulers/<name>.py).
+SCHEDULERS = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
 UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it cannot be played
 
 
@@ -187,6 +186,12 @@ SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")}
 WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", "")})
 BUDGET_MARGIN_TOKENS = 1500
 TRTLLM_TOKENS_PER_BLOCK = 32
+# TensorRT-LLM as the generator deploys it, the same in every version it has a template for
+# (backend_templates/trtllm/extra_engine_args.<version>.yaml.j2, 1.0.0rc3 to 1.3): chunked context
+# off (`enable_chunked_prefill: false`), the default capacity scheduler policy
+# (GUARANTEED_NO_EVICT), KV blocks of `tokens_per_block` 32 (TensorRT-LLM's default; the templates
+# leave it unset) and no block reuse.
+TRTLLM_SCHEDULER = {"name": "trtllm", "capacity_scheduler_policy": "GUARANTEED_NO_EVICT", "enable_chunked_context": False}
 
 
 def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
@@ -200,6 +205,8 @@ def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
         budget = batch + row.isl + BUDGET_MARGIN_TOKENS
         if row.backend == "trtllm":
             budget = -(-budget // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
+            engine["block_size"] = TRTLLM_TOKENS_PER_BLOCK
+            scheduler = dict(TRTLLM_SCHEDULER)
         engine["max_num_batched_tokens"] = budget
     elif row.backend == "sglang" and ({(row.system, "*"), (row.system, row.version)} & SGLANG_MIXED_CHUNK):
         scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)

@@ -1,0 +1,237 @@
+"""TensorRT-LLM's in-flight batching: a capacity scheduler, then a micro-batch scheduler.
+
+Follows the batch manager of NVIDIA/TensorRT-LLM, `cpp/tensorrt_llm/batch_manager/
+capacityScheduler.cpp` and `microBatchScheduler.cpp`; the PyTorch backend of 1.x
+(`tensorrt_llm/_torch/pyexecutor/scheduler.py`, `docs/source/torch/scheduler.md`) runs the same
+two schedulers through bindings. Each iteration, over the active requests in arrival order:
+
+1. The capacity scheduler picks the requests that get resources, at most `max_batch_size`:
+   - `GUARANTEED_NO_EVICT` (the default): every request already generating is kept and reserves
+     the KV blocks it still needs to reach prompt + max new tokens; then requests waiting for
+     their context, in order, are taken while their whole reservation fits in the free blocks
+     those reservations leave; the first that does not fit stops the rest. Nothing is evicted.
+   - `MAX_UTILIZATION`: requests in order each take the blocks of their next step only; when a
+     started one does not fit, the last started request is paused (its KV freed, its context
+     recomputed later, here a recompute preemption) and it is tried again; a waiting request
+     that does not fit stops the rest. (A paused context longer than `max_num_tokens` runs in
+     budget-sized pieces here; TensorRT-LLM truncates it to `max_input_len` and regenerates.)
+2. The micro-batch scheduler walks the fitting requests in that order (generation requests
+   first under GUARANTEED_NO_EVICT): a generation request takes 1 token, a context request its
+   whole context; when the next one would pass `max_num_tokens` the walk stops (head-of-line:
+   with chunked context off a prompt that does not fit waits whole). With
+   `enable_chunked_context` the contexts are set aside and, if they do not all fit the tokens
+   left, sized first come first served (`kFIRST_COME_FIRST_SERVED`), each cut to a multiple of
+   `tokens_per_block` (the KV block size) unless it is the rest of its context.
+
+Modelling choices: the active list is `running` (started requests, in admission order) then the
+waiting queue (new and paused requests in arrival order; a paused request is the latest started,
+so it goes to the front); a context request's KV for its whole context is allocated at its first
+chunk (as `add_sequence` does); max new tokens is the request's `max_tokens`, else its output
+length (benchmark clients send `max_tokens`; TensorRT-LLM would otherwise reserve up to
+`max_seq_len`); prefix-cache hits shorten the context before it is sized (TensorRT-LLM sizes it
+before the reuse lookup: the same when block reuse is off). Not modelled: `STATIC_BATCH`,
+`PREFILL_FIRST`, the `EQUAL_PROGRESS` chunking policy, skipping a context to reuse blocks another
+context is computing (`beneficialToSkip`), beam search and draft tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from servesim.replica.kv_cache import cdiv
+from servesim.replica.schedulers import register
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+)
+from servesim.workload.request import Request
+
+_REPEAT_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True)
+
+
+class TRTLLMParams(SchedulerParams):
+    capacity_scheduler_policy: Literal["GUARANTEED_NO_EVICT", "MAX_UTILIZATION"] = "GUARANTEED_NO_EVICT"
+    """TensorRT-LLM `SchedulerConfig.capacity_scheduler_policy` (default GUARANTEED_NO_EVICT)."""
+    enable_chunked_context: bool = False
+    """Chunked context (`enable_chunked_prefill` in the LLM API / trtllm-serve, C++
+    `enableChunkedContext`): off by default in TensorRT-LLM 1.x and in AIConfigurator's templates."""
+    max_batch_size: int | None = Field(None, ge=1)
+    """Most requests in a batch (TensorRT-LLM `max_batch_size`); None: the engine's `max_num_seqs`."""
+    max_num_tokens: int | None = Field(None, ge=1)
+    """Most tokens in a batch (TensorRT-LLM `max_num_tokens`); None: the engine's
+    `max_num_batched_tokens`."""
+
+
+@register("trtllm")
+class TRTLLMScheduler(Scheduler):
+    Params = TRTLLMParams
+
+    def __init__(self, params, config, kv, perf) -> None:
+        super().__init__(params, config, kv, perf)
+        self.max_batch_size = params.max_batch_size or config.max_num_seqs
+        self.max_num_tokens = params.max_num_tokens or config.max_num_batched_tokens
+        self.no_evict = params.capacity_scheduler_policy == "GUARANTEED_NO_EVICT"
+        self.chunked = params.enable_chunked_context
+        # The waiting head the last `schedule` stopped at, for a reason decode-only steps cannot
+        # lift (batch full, KV, or the token budget with chunking off); None if none.
+        self._blocked_head: Request | None = None
+
+    def total_blocks(self, req: Request) -> int:
+        """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
+        new = max(req.max_tokens or 0, req.output_len)
+        return cdiv(req.prompt_len + new, self.kv.block_size)
+
+    def admission_error(self, req: Request) -> str | None:
+        need, have = self.total_blocks(req), self.kv.num_gpu_blocks
+        if need > have:
+            return f"prompt + max new tokens need {need} KV blocks; the cache has {have}"
+        if not self.chunked and req.prompt_len > self.max_num_tokens:
+            return (f"a prompt of {req.prompt_len} tokens exceeds max_num_tokens {self.max_num_tokens} "
+                    "with chunked context off (enable_chunked_context: true would chunk it)")
+        return None
+
+    # ---- one iteration -------------------------------------------------------------
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        running = self.running
+        self._blocked_head = None
+        if not self.waiting and running and len(running) <= min(self.max_num_tokens, self.max_batch_size) \
+                and self.kv.allocate_decodes(running):
+            # Same outcome as the passes below: everyone generates and every block fits.
+            out.scheduled = [(req, 1) for req in running]
+            out.num_known_decodes = len(running)
+            return out
+        if self.no_evict:
+            started, candidates = self._no_evict()
+        else:
+            started, candidates = self._max_utilization(out)
+        self._micro_batch(started, candidates, out)
+        return out
+
+    def _no_evict(self) -> tuple[list[Request], list[Request]]:
+        """GUARANTEED_NO_EVICT: (started requests, generation first; waiting requests whose whole
+        reservation fits). Running requests never pass `max_batch_size`, so all are kept."""
+        kv = self.kv
+        gens = [r for r in self.running if r.is_decoding]
+        started = gens + [r for r in self.running if not r.is_decoding] if len(gens) < len(self.running) else gens
+        available = kv.num_free_blocks - sum(self.total_blocks(r) - kv.num_blocks_of(r.id) for r in started)
+        candidates = []
+        for req in self.waiting:
+            if len(started) + len(candidates) >= self.max_batch_size:
+                self._blocked_head = req
+                break
+            need = self.total_blocks(req) - kv.num_blocks_of(req.id)
+            if need > available:  # reservations only move between free and held while requests decode
+                self._blocked_head = req
+                break
+            available -= need
+            candidates.append(req)
+        return started, candidates
+
+    def _max_utilization(self, out: SchedulerOutput) -> tuple[list[Request], list[Request]]:
+        """MAX_UTILIZATION: each request takes its next step's blocks; a started request that
+        does not fit pauses the last started one (recompute) and tries again."""
+        kv = self.kv
+        taken = 0  # blocks the requests taken so far will use this step
+        started: list[Request] = []
+        i = 0
+        while i < len(self.running):
+            req = self.running[i]
+            need = kv.blocks_needed(req, 1 if req.is_decoding else req.num_tokens - req.num_computed_tokens)
+            if taken + need <= kv.num_free_blocks:
+                taken += need
+                started.append(req)
+                i += 1
+                continue
+            victim = self.running.pop()  # the last started request (maybe `req` itself); its blocks are freed
+            self.preempt(victim, out)
+        free = kv.num_free_blocks - taken
+        if out.preempted:
+            return started, []  # the walk ended at a paused request: nothing after it is looked at
+        candidates = []
+        for req in self.waiting:
+            need = cdiv(req.num_tokens, kv.block_size)
+            if len(started) + len(candidates) >= self.max_batch_size or need > free:
+                self._blocked_head = req  # decodes only take free blocks: it stays out until a finish
+                break
+            free -= need
+            candidates.append(req)
+        return started, candidates
+
+    def _micro_batch(self, started: list[Request], candidates: list[Request], out: SchedulerOutput) -> None:
+        """The micro-batch scheduler over the fitting requests, in order."""
+        budget, cap = self.max_num_tokens, self.max_batch_size
+        tokens = count = 0
+        contexts: list[tuple[Request, int, object]] = []  # (request, context tokens left, hits or None)
+        for i, req in enumerate(started + candidates):
+            if req.is_decoding:
+                if tokens + 1 > budget:
+                    break
+                if not self.kv.allocate_slots(req, 1):
+                    raise AssertionError("trtllm: a scheduled generation request found no KV block")
+                out.scheduled.append((req, 1))
+                tokens += 1
+            else:
+                hits = self.kv.get_computed_blocks(req) if i >= len(started) else None  # a new context
+                left = req.num_tokens - req.num_computed_tokens - (len(hits) * self.kv.block_size if hits else 0)
+                if not self.chunked and tokens + left > budget:
+                    if left > budget:  # a paused context longer than any batch: budget-sized pieces
+                        n = (budget - tokens) // self.kv.block_size * self.kv.block_size
+                        contexts += [(req, n, hits)] if n > 0 else []
+                    else:  # the batch's token count stays put while it decodes; hits may not
+                        self._blocked_head = req if hits is not None and not req.kv_block_keys else None
+                    break
+                contexts.append((req, left, hits))
+                tokens += 0 if self.chunked else left
+            count += 1
+            if count >= cap:
+                break
+        out.num_known_decodes = len(out.scheduled)
+        for req, n, hits in self._size_chunks(contexts, budget - tokens):
+            self._run_context(req, n, hits, out)
+
+    def _size_chunks(self, contexts: list, capacity: int) -> list:
+        """Chunk sizes, first come first served, when the contexts do not all fit `capacity`."""
+        if not self.chunked or sum(left for _, left, _ in contexts) <= capacity:  # off: sized above
+            return contexts
+        unit = self.kv.block_size
+        sized = []
+        for req, left, hits in contexts:
+            n = min(left, capacity)
+            if n != left:
+                n = n // unit * unit
+            capacity -= n
+            if n > 0:
+                sized.append((req, n, hits))
+        return sized
+
+    def _run_context(self, req: Request, n: int, hits, out: SchedulerOutput) -> None:
+        """Schedule `n` context tokens of `req`, starting it (whole context's blocks) if new."""
+        if hits is None:  # a started context: its blocks were allocated at its first chunk
+            self.kv.allocate_slots(req, n)
+            out.scheduled.append((req, n))
+            return
+        num_cached = len(hits) * self.kv.block_size
+        if not self.kv.allocate_slots(req, req.num_tokens - num_cached, hits):
+            raise AssertionError("trtllm: an admitted context found no KV blocks")
+        self.waiting.remove(req)
+        self.start(req, num_cached, n, out)
+
+    # ---- fast forward --------------------------------------------------------------
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # FCFS: a newcomer queues behind a head that only a finish can let in.
+        return bool(self.waiting) and self.waiting.peek() is self._blocked_head
+
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
+        # Repeat while everyone running got a token, nothing was paused and whatever waits is
+        # held back by the batch size, its KV blocks or (chunked context off) the token budget:
+        # decode-only steps keep the no-evict reservations and the token count of the batch
+        # constant and only take free blocks, so nothing waiting gets in before a finish.
+        if output.preempted or len(output.scheduled) != len(self.running):
+            return NO_FAST_FORWARD
+        if not self.waiting:
+            return _REPEAT_THROUGH
+        if self.waiting.peek() is self._blocked_head:
+            return REPEAT_DECODES
+        return NO_FAST_FORWARD

@@ -1,0 +1,129 @@
+"""TensorRT-LLM's in-flight batching driven step by step: no-evict reservations, max utilization
+pauses, whole contexts with chunked context off, FCFS chunks with it on, and fast forward exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.workload.request import RequestState
+from tests.factories import make_engine, make_request, run_engine
+from tests.replica.test_vllm_scheduler import run_logged
+
+
+def test_context_waits_whole_where_vllm_chunks_it():
+    # Budget 64: A decodes (1 token), B's 64-token prompt does not fit the 63 left.
+    def steps_of(scheduler):
+        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler=scheduler, max_num_batched_tokens=64,
+                                                    fast_forward=False)
+        return run_logged(engine, loop, [make_request(0, 10, 3), make_request(1, 64, 2, arrival=0.005)])
+
+    trt, vllm = steps_of("trtllm"), steps_of("vllm")
+    assert vllm[1] == [(0, 1), (1, 63)]  # vLLM chunks B at once
+    assert trt[0] == [(0, 10)]
+    assert trt[1] == [(0, 1)] and trt[2] == [(0, 1)]  # B waits whole while A decodes
+    assert trt[3] == [(1, 64)]  # and runs its whole context once A is done
+    assert trt[4] == [(1, 1)] and len(trt) == 5
+
+
+def test_no_evict_refuses_what_max_utilization_takes_then_pauses():
+    # 10 blocks of 16 tokens; each request reserves 16 + 64 tokens = 5 blocks.
+    reqs = lambda: [make_request(i, 16, 64) for i in range(3)]  # noqa: E731
+    engine, sched, kv, loop, done = make_engine(num_blocks=10, scheduler="trtllm", fast_forward=False)
+    no_evict = run_logged(engine, loop, reqs())
+    assert no_evict[0] == [(0, 16), (1, 16)]  # the third reservation does not fit: it waits
+    first_c = next(i for i, s in enumerate(no_evict) if (2, 16) in s)
+    assert first_c == 64  # admitted only when a request finishes (its 64th token at step 64)
+    assert len(done) == 3 and sum(r.num_preemptions for r in done) == 0
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=10, scheduler="trtllm", fast_forward=False,
+                                                params={"capacity_scheduler_policy": "MAX_UTILIZATION"})
+    steps = run_logged(engine, loop, reqs())
+    assert steps[0] == [(0, 16), (1, 16), (2, 16)]  # next-step blocks only: all three start
+    assert len(done) == 3 and all(r.state == RequestState.FINISHED for r in done)
+    paused = [r.id for r in done if r.num_preemptions]
+    assert paused == [2]  # the last started request is paused when the cache runs out
+
+
+def test_chunked_context_sizes_chunks_first_come_first_served_in_blocks():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="trtllm", max_num_batched_tokens=64,
+                                                fast_forward=False, params={"enable_chunked_context": True})
+    steps = run_logged(engine, loop, [make_request(0, 10, 3), make_request(1, 100, 2, arrival=0.005)])
+    assert steps[1] == [(0, 1), (1, 48)]  # 63 tokens left, cut to a multiple of the 16-token block
+    assert steps[2] == [(0, 1), (1, 52)]  # the rest of its context is not cut
+    assert steps[3] == [(1, 1)]
+
+
+def test_batch_size_and_generation_first():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="trtllm", max_num_batched_tokens=64,
+                                                max_num_seqs=2, fast_forward=False)
+    steps = run_logged(engine, loop, [make_request(i, 8, 2, arrival=0.001 * i) for i in range(3)])
+    assert steps[0] == [(0, 8)]
+    assert steps[1] == [(0, 1), (1, 8)]  # generation first, then the context; max_batch_size 2
+    assert steps[2] == [(1, 1), (2, 8)]
+
+
+def test_admission_errors_name_the_limit():
+    engine, sched, *_ = make_engine(num_blocks=10, scheduler="trtllm", max_num_batched_tokens=64)
+    assert sched.admission_error(make_request(0, 16, 144)) is None  # 160 tokens: exactly the 10 blocks
+    assert sched.admission_error(make_request(0, 16, 160)) == "prompt + max new tokens need 11 KV blocks; the cache has 10"
+    assert "a prompt of 65 tokens exceeds max_num_tokens 64" in sched.admission_error(make_request(1, 65, 1))
+    engine, sched, *_ = make_engine(num_blocks=10, scheduler="trtllm", max_num_batched_tokens=64,
+                                    params={"enable_chunked_context": True})
+    assert sched.admission_error(make_request(1, 65, 1)) is None
+
+
+def requests(seed: int, n: int = 250):
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(0.03, n))
+    reqs = []
+    for i in range(n):
+        kw = {}
+        if rng.random() < 0.3:  # shared prefixes from a small pool
+            kw = dict(hash_ids=tuple(range(int(rng.integers(0, 3)) * 10, int(rng.integers(0, 3)) * 10 + 5)),
+                      hash_block_tokens=32)
+        reqs.append(make_request(i, int(rng.integers(1, 200)), int(rng.integers(1, 200)), float(t[i]), **kw))
+    return reqs
+
+
+@pytest.mark.parametrize("params", [{}, {"enable_chunked_context": True},
+                                    {"capacity_scheduler_policy": "MAX_UTILIZATION"},
+                                    {"capacity_scheduler_policy": "MAX_UTILIZATION", "enable_chunked_context": True}])
+@pytest.mark.parametrize("seed,num_blocks", [(1, 60), (2, 150), (3, 1000)])
+def test_fast_forward_matches_step_by_step(params, seed, num_blocks):
+    a_reqs, b_reqs = requests(seed), requests(seed)
+    a = run_engine(a_reqs, True, num_blocks, "trtllm", params, max_num_seqs=12)
+    b = run_engine(b_reqs, False, num_blocks, "trtllm", params, max_num_seqs=12)
+    assert a.num_fast_forwarded_steps > 0.3 * a.num_steps and b.num_fast_forwarded_steps == 0
+    assert a.num_steps == b.num_steps
+    for x, y in zip(a_reqs, b_reqs):
+        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
+               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+    assert all(r.state == RequestState.FINISHED for r in a_reqs)
+    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
+    for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
+        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+    if "capacity_scheduler_policy" not in params:
+        assert sum(r.num_preemptions for r in b_reqs) == 0  # no-evict never preempts
+
+
+@pytest.mark.parametrize("params", [{}, {"enable_chunked_context": True}, {"capacity_scheduler_policy": "MAX_UTILIZATION"}])
+@pytest.mark.parametrize("num_blocks", [60, 400])  # blocked by KV / by max_batch_size
+def test_arrivals_behind_a_blocked_head_keep_the_stretch(params, num_blocks, monkeypatch):
+    from servesim.replica.stretch import Stretch
+
+    kept = []
+    add = Stretch.add_waiting
+    monkeypatch.setattr(Stretch, "add_waiting", lambda st, t: (kept.append(t), add(st, t)))
+    fast, slow = requests(4, n=300), requests(4, n=300)
+    for reqs in (fast, slow):
+        for r in reqs:
+            r.arrival_s /= 3  # overload: the queue's head is blocked most of the time
+    a = run_engine(fast, True, num_blocks, "trtllm", params, max_num_seqs=12)
+    b = run_engine(slow, False, num_blocks, "trtllm", params, max_num_seqs=12)
+    assert len(kept) > 20
+    assert a.num_steps == b.num_steps
+    for x, y in zip(fast, slow):
+        assert (x.state, x.first_token_s, x.finish_s, x.token_steps) == (y.state, y.first_token_s, y.finish_s, y.token_steps)
+    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
+    assert np.array_equal(la.num_waiting, lb.num_waiting) and np.array_equal(la.end_s, lb.end_s)
