@@ -1,12 +1,14 @@
-"""The recorder: raw facts of a run, nothing derived.
+"""The recorder: raw facts of a run, reduced as they arrive.
 
-It keeps a log of engine steps: start, end, prefill tokens, output tokens, running and waiting
+It takes a log of engine steps: start, end, prefill tokens, output tokens, running and waiting
 counts and KV blocks in use. Steps are logged in chunks (a single step, or a fast-forwarded
 stretch whose per-step values the engine computed anyway), so recording a stretch costs O(1)
-Python work. Everything is held in typed numpy columns as it arrives (8 bytes per step for
-the end time, 4 for the batch size, a few per chunk), never as lists of Python objects; the
-full columns are assembled once, with numpy, when read. `summary.py` and `timeseries.py`
-derive everything else from these, as pure functions.
+Python work. They gather in typed numpy columns (8 bytes per step for the end time, 4 for the
+batch size, a few per chunk), never as lists of Python objects; every `CHUNK_STEPS` steps the
+buffer is expanded into per-step columns (a `StepLog` chunk) and handed to the run's
+`StepReducer` (metrics/step_reduce.py), which keeps only what summaries and time series read.
+Unless the recorder was made with `keep_steps=False`, the chunks are also kept, and
+`step_log()` returns the whole log (tests and tools that look at single steps).
 """
 
 from __future__ import annotations
@@ -93,15 +95,30 @@ class Column:
 
 
 class Recorder:
-    """Collects the engine steps of one replica during a run, as compact typed columns."""
+    """Collects the engine steps of one replica during a run, as compact typed columns,
+    reduced every `CHUNK_STEPS` steps (so held memory is bounded by the chunk, not the run)."""
 
-    def __init__(self) -> None:
+    #: steps buffered before they are reduced (about 20 bytes each while buffered)
+    CHUNK_STEPS = 16384
+
+    def __init__(self, keep_steps: bool = True) -> None:
         self.num_steps = 0
+        self.reducer = None  # a StepReducer, set by `start` (None: chunks are only kept)
+        self._kept: list[StepLog] | None = [] if keep_steps else None
+        self._base = 0  # global index of the buffer's first step
+        self._flush_at = self.CHUNK_STEPS
+        self._reset()
+
+    def start(self, reducer) -> None:
+        """Reduce the steps into `reducer` (a StepReducer) from now on."""
+        self.reducer = reducer
+
+    def _reset(self) -> None:
         # one entry per chunk of consecutive steps
         self._start_s = Column(np.float64)  # start of the chunk's first step (later ones start when the previous ends)
         self._prefill0 = Column(np.int64)  # prompt tokens of the chunk's first step (later ones have none)
         self._num_waiting = Column(np.int64)  # at the chunk's first step
-        self._waiting_from = Column(np.int64)  # global steps from which one more waits, until the chunk ends
+        self._waiting_from = Column(np.int64)  # buffer steps from which one more waits, until the chunk ends
         self._len = Column(np.int64)
         self._single = Column(np.bool_)  # a single step (kv use as logged) or a stretch (kv use as growth)
         # one entry per step
@@ -116,7 +133,7 @@ class Recorder:
         self._growth_sizes = Column(np.int64)
         self._growth_first_new = Column(np.int64)
         self._growth_runs = Column(np.int64)
-        self._free_at = Column(np.int64)  # global step before which blocks were freed
+        self._free_at = Column(np.int64)  # buffer step before which blocks were freed
         self._free_blocks = Column(np.int64)
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
@@ -131,6 +148,8 @@ class Recorder:
         self._running.append(num_running)
         self._kv_single.append(kv_used_blocks)
         self.num_steps += 1
+        if self.num_steps >= self._flush_at:
+            self._flush()
 
     def log_decode_steps(self, start_s: float, ends_s, batch, num_waiting: int,
                          kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
@@ -158,15 +177,45 @@ class Recorder:
         self._growth_sizes.append(len(first_new))
         self._growth_first_new.extend(first_new)
         self._growth_runs.extend(runs)
+        local = self.num_steps - self._base  # buffer index of the chunk's first step
         for step, blocks in frees:
-            self._free_at.append(self.num_steps + step)
+            self._free_at.append(local + step)
             self._free_blocks.append(blocks)
         for step in waiting_from:
-            self._waiting_from.append(self.num_steps + step)
+            self._waiting_from.append(local + step)
         self.num_steps += len(ends_s)
+        if self.num_steps >= self._flush_at:
+            self._flush()
+
+    def _flush(self, num_gpu_blocks: int = 0) -> None:
+        """Expand the buffered steps into a chunk, hand it on, and start an empty buffer."""
+        if self.num_steps > self._base:
+            log = self._buffer_log(num_gpu_blocks)
+            if self.reducer is not None:
+                self.reducer.add(log)
+            if self._kept is not None:
+                self._kept.append(log)
+            self._base = self.num_steps
+            self._reset()
+        self._flush_at = self.num_steps + self.CHUNK_STEPS
+
+    def finish(self) -> None:
+        """End of run: reduce the steps still buffered."""
+        self._flush()
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
-        n = self.num_steps
+        """The whole log (only when the recorder keeps its steps)."""
+        if self._kept is None:
+            raise ValueError("this recorder reduced its steps as they came (keep_steps=False)")
+        self._flush()
+        cols = {c: np.concatenate([getattr(g, c) for g in self._kept]) if self._kept
+                else np.empty(0, dtype=np.float64 if c.endswith("_s") else np.int32) for c in STEP_COLUMNS}
+        if len(self._kept) > 1:
+            self._kept = [StepLog(**cols, num_gpu_blocks=0)]  # (held once, not twice)
+        return StepLog(**cols, num_gpu_blocks=num_gpu_blocks)
+
+    def _buffer_log(self, num_gpu_blocks: int) -> StepLog:
+        n = self.num_steps - self._base
         lens = self._len.array()
         first = np.cumsum(lens) - lens  # index of each chunk's first step
         end_s = self._ends.array()
@@ -189,7 +238,7 @@ class Recorder:
         waiting = np.repeat(self._num_waiting.array(), lens)
         at = self._waiting_from.array()
         if len(at):
-            delta = np.bincount(at, minlength=self.num_steps)
+            delta = np.bincount(at, minlength=self.num_steps - self._base)
             grown = np.cumsum(delta)  # arrivals kept up to each step, over all chunks
             waiting += grown - np.repeat(grown[first] - delta[first], lens)  # less those of earlier chunks
         return waiting.astype(np.int32)
@@ -197,7 +246,7 @@ class Recorder:
     def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
         """Blocks in use at every step: single steps as logged, stretches expanded from their
         growth, vectorised over all of them at once (integers, with one step-sized temporary)."""
-        n = self.num_steps
+        n = self.num_steps - self._base
         stretch = ~single
         if not stretch.any():
             kv = np.empty(n, dtype=np.int32)
