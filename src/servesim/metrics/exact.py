@@ -18,7 +18,7 @@ import numpy as np
 
 _EXP0 = 1100  # offset of the binary exponent (frexp gives -1073..1024) in the accumulators
 _HALF = 26  # a 53-bit mantissa is summed as two halves, so bincount's float64 sums stay exact
-_CHUNK = 1 << 22  # values summed per bincount (2^27-sized halves: sums below 2^53, exact)
+_CHUNK = 1 << 18  # values summed per bincount (exact while below 2^26 of them: sums stay below 2^53)
 
 
 class ExactSum:
@@ -59,7 +59,7 @@ class WeightedValues:
     every chunk goes to a temporary file (deleted with this object or by `close`)."""
 
     #: pairs sorted at once in the last pass (and held in memory before spilling)
-    memory_pairs = 1 << 20
+    memory_pairs = 1 << 18
 
     def __init__(self, folder: str | Path | None = None) -> None:
         self._folder = folder

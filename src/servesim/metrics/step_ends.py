@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 #: values read at a time when scanning
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 
 class StepEnds:

@@ -101,6 +101,10 @@ class StepReducer:
     def _levels(self, log: StepLog) -> tuple[np.ndarray, ...]:
         return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
 
+    def nbytes(self) -> int:
+        """Bytes held by the time-series partials (what grows during a run: intervals, not steps)."""
+        return sum(a.nbytes for part in (self._ranges, self._tokens, self._marks) for t in part for a in t)
+
     # ------------------------------------------------------------------ reading (after the run)
     def busy_ranges(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
         """Interval ranges [lo, hi] that hold a step (indices above `clip` are `clip`)."""
