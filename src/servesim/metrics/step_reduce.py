@@ -77,26 +77,26 @@ class StepReducer:
         start, end = log.start_s, log.end_s
         lo = (start // interval).astype(np.int64)
         hi = (end // interval).astype(np.int64)
-        self._ranges.append(busy_ranges(lo, hi))
+        ranges = busy_ranges(lo, hi)
+        self._ranges.append(ranges)
         at, inverse = np.unique(hi, return_inverse=True)
         self._tokens.append((at, np.bincount(inverse, weights=log.prefill_tokens),
                              np.bincount(inverse, weights=log.output_tokens)))
-        # every edge from just before the step's start interval to two past its end interval
-        # (a margin for floor-division rounding), kept where the edge is at or after the start
-        first = lo - 1
-        lens = hi + 2 - first + 1
-        step = np.repeat(np.arange(len(log)), lens)
-        edge_k = np.repeat(first, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
+        # the edges around the busy ranges (a margin of one before and two after, for
+        # floor-division rounding), each valued by the last step starting at or before it,
+        # as the whole-log integral does
+        first, lens = ranges[0] - 1, ranges[1] - ranges[0] + 4
+        edge_k = np.unique(np.repeat(first, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)))
         edge_s = edge_k * interval
-        ok = edge_s >= start[step]
+        step = np.searchsorted(start, edge_s, side="right") - 1
+        ok = step >= 0  # (edges before the chunk's first step keep the earlier chunks' value)
         step, edge_k, edge_s = step[ok], edge_k[ok], edge_s[ok]
         values = np.empty((len(step), 3))
         for i, level in enumerate(self._levels(log)):
             area = np.cumsum(np.concatenate(([self._area[i]], level * busy)))  # before each step, carried
             self._area[i] = float(area[-1])
             values[:, i] = area[step] + level[step] * np.clip(edge_s - start[step], 0.0, busy[step])
-        last = len(edge_k) - 1 - np.unique(edge_k[::-1], return_index=True)[1]  # a later step's value wins
-        self._marks.append((edge_k[last], values[last]))
+        self._marks.append((edge_k, values))
 
     def _levels(self, log: StepLog) -> tuple[np.ndarray, ...]:
         return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
