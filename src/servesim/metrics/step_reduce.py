@@ -86,7 +86,8 @@ class StepReducer:
         # floor-division rounding), each valued by the last step starting at or before it,
         # as the whole-log integral does
         first, lens = ranges[0] - 1, ranges[1] - ranges[0] + 4
-        edge_k = np.unique(np.repeat(first, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)))
+        nth = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        edge_k = np.unique(np.repeat(first, lens) + nth)
         edge_s = edge_k * interval
         step = np.searchsorted(start, edge_s, side="right") - 1
         ok = step >= 0  # (edges before the chunk's first step keep the earlier chunks' value)
