@@ -170,7 +170,8 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
         w = csv.writer(f)
         names = list(TS_COLUMNS) + [c for c in ts if c not in TS_COLUMNS]  # + elastic columns when scaling
         w.writerow(names)
-        w.writerows(zip(*[[_cell(float(x)) for x in ts[c]] for c in names]))
+        for start in range(0, len(ts["time_s"]), ROW_CHUNK):  # a chunk of rows as Python values at a time
+            w.writerows(zip(*[[_cell(float(x)) for x in ts[c][start:start + ROW_CHUNK]] for c in names]))
     if result.scale_events is not None:
         with open(folder / "scale_events.csv", "w", newline="") as f:
             w = csv.writer(f)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import heapq
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,8 +28,10 @@ from servesim.metrics.notices import run_warnings
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
 from servesim.metrics.request_table import RequestTable
 from servesim.metrics.sections import SectionInput, compute_sections
+from servesim.metrics.step_ends import StepEnds
+from servesim.metrics.step_reduce import StepReducer
 from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
-from servesim.metrics.timeseries import timeseries
+from servesim.metrics.timeseries import series
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
@@ -52,15 +56,17 @@ class Result:
     engine_config: EngineConfig  # with every default resolved
     num_gpu_blocks: int
     table: RequestTable  # every request as a row of typed columns, in arrival order
-    steps: StepLog
+    # The replicas' step logs one after another (requests' token runs index it), or None when
+    # the logs were reduced as they came (simulate(keep_requests=False): see `ends`).
+    steps: StepLog | None
+    ends: StepEnds  # end time of every step, in the same order (in memory or in files of `spill`)
     prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
     wall_time_s: float
     num_events: int
     num_fast_forwarded_steps: int
     num_skipped_rows: int = 0  # malformed trace rows skipped (workload.trace.skip_bad_rows)
     swap: dict | None = None  # KV swap totals of swap-based policies (None when nothing was swapped)
-    # Per replica: its own step log and counters. `steps` above is their concatenation, and
-    # requests' token_steps index it (with one replica, the replica's own log).
+    # Per replica: its own step log (if kept), its reduced log and counters.
     replicas: list[ReplicaRecord] | None = None
     cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
     scale_events: list | None = None  # every autoscaler decision (ScaleEvent), when the scenario scales
@@ -69,6 +75,7 @@ class Result:
     migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
     kv_store: dict | None = None  # KV store loads and tiers (kv_store.enabled)
     kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
+    spill: tempfile.TemporaryDirectory | None = None  # step ends and summary scratch files, deleted with the result
 
     @property
     def requests(self) -> list[Request]:
@@ -86,18 +93,18 @@ class Result:
     def summary(self) -> dict:
         slo = self.scenario.slo
         cols = self.columns
-        out = summarize(cols, self.steps, self.table.token_runs(),
+        out = summarize(cols, self.ends, self.table.token_runs(),
                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
-                        wall_time_s=self.wall_time_s)
+                        wall_time_s=self.wall_time_s, folder=self.spill and self.spill.name)
         if self.num_skipped_rows:
             out["num_skipped_trace_rows"] = self.num_skipped_rows
         if self.swap:
             out["swap"] = self.swap
-        out.update(compute_sections(SectionInput(self.table, cols, self.steps.end_s,
-                                                 self.scenario.model_dump(mode="json"))))
+        ends = self.ends if self.steps is None else self.steps.end_s
+        out.update(compute_sections(SectionInput(self.table, cols, ends, self.scenario.model_dump(mode="json"))))
         if self.cluster is not None:
             out["cluster"] = cluster_section(self.replicas, self.cluster, self.table.cols["replica"],
-                                             cols, self.steps.end_s)
+                                             cols, out["simulated_time_s"])
         if self.elastic is not None:
             out["elastic"] = elastic_section(self.replicas, self.elastic, cols, self.scale_events, self.scenario.slo)
         warnings = run_warnings(cols, self.table.extras, is_trace=self.scenario.workload.trace is not None)
@@ -113,8 +120,8 @@ class Result:
 
     def timeseries(self) -> dict[str, np.ndarray]:
         cols = self.columns
-        logs = [r.steps for r in self.replicas] if self.replicas and len(self.replicas) > 1 else [self.steps]
-        ts = timeseries(logs, cols.arrival_s, cols.finish_s, self.scenario.output.timeseries_interval_s)
+        ts = series([r.stats for r in self.replicas], cols.arrival_s, cols.finish_s,
+                    self.scenario.output.timeseries_interval_s)
         if self.elastic is not None:
             ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
                                          run_end_s(self.replicas, cols)))
@@ -179,7 +186,10 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
 
     Every request is reduced to a row of `result.table` when it ends. `keep_requests=False`
     also lets the Request object go then, so memory does not grow with finished requests'
-    objects (the CLI runs so); True keeps them for `result.requests` (tests, notebooks)."""
+    objects (the CLI runs so); True keeps them for `result.requests` (tests, notebooks).
+    With `keep_requests=False` the step logs are also reduced as they come (memory does not
+    grow with the steps; `result.steps` is None, step end times are in files deleted with the
+    result), except for runs whose power, scaling or disaggregation sections read every step."""
     wall0 = time.perf_counter()
     root = np.random.SeedSequence(scenario.seed)
     workload_seed, policy_seed = root.spawn(2)
@@ -203,6 +213,9 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     defer = (not getattr(workload, "closed_loop", True) and auto is None and not disagg and not migrate
              and (n == 1 or type(router).on_complete is Router.on_complete))
     table = RequestTable(keep_requests)
+    # elastic/power and disaggregation summaries read every step (prefill or decode power, busy time)
+    keep_steps = keep_requests or auto is not None or scenario.power is not None or disagg
+    spill = None if keep_steps else tempfile.TemporaryDirectory(prefix="servesim-steps-")
 
     def on_done(req: Request, now_s: float) -> None:
         feed.on_done(req, now_s)
@@ -213,9 +226,11 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
     for pool in pools:
         for _ in range(pool.replicas):
-            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend)
+            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keep_steps)
     for _ in range(extra):  # after every pool, so fixed replicas keep their indices
-        _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend).set_state(0.0, STOPPED)
+        _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend,
+                     keep_steps).set_state(0.0, STOPPED)
+    _start_reducers(cluster, scenario.output.timeseries_interval_s, spill)
     cluster.index_models()
     if scenario.kv_store.enabled:
         cluster.kv_store = build_kv_store(scenario, pools, cluster)
@@ -253,12 +268,14 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     cluster.fail_queued(loop.now_s)
     for r in cluster.replicas:
         r.engine.drain(loop.now_s)
+        r.engine.recorder.finish()
+        r.engine.recorder.reducer.close()
     if not cluster.requests:
         raise InputError(_no_requests(scenario))
     if progress:
         progress(feed.num_done, workload.expected_num_requests, loop.now_s)
     result = _result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
-                     time.perf_counter() - wall0)
+                     time.perf_counter() - wall0, spill)
     if controller is not None:
         result.scale_events = controller.events
     if controller is not None or power is not None:
@@ -287,7 +304,7 @@ def _check_arrival(req: Request) -> None:
 
 
 def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, seeds: list, feed: Feed,
-                 n: int, frontend: FrontendConfig) -> Replica:
+                 n: int, frontend: FrontendConfig, keep_steps: bool) -> Replica:
     """Build the next replica of `pool` and add it to the cluster."""
     index = len(cluster.replicas)
     scheduler, kv = pool.make_parts()
@@ -297,7 +314,7 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
         cluster.replica_done(replica, req, now_s)
 
     # With n replicas a stretch is priced ~3n arrival gaps ahead (one replica: exactly one).
-    engine = Engine(pool.config, scheduler, kv, pool.perf, cluster.loop, Recorder(), on_done, until_s=until_s,
+    engine = Engine(pool.config, scheduler, kv, pool.perf, cluster.loop, Recorder(keep_steps), on_done, until_s=until_s,
                     rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
                     next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 3 * n)
     replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend) if frontend.active else None)
@@ -307,6 +324,15 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     cluster.replicas.append(replica)
     cluster.models.append(pool.model)
     return replica
+
+
+def _start_reducers(cluster: Cluster, interval_s: float, spill: tempfile.TemporaryDirectory | None) -> None:
+    """Every replica's steps reduced as they come; KV usage in the time series is a share of
+    all replicas' blocks; step end times go to files in `spill` (None: kept in the logs)."""
+    total = sum(r.engine.kv.num_gpu_blocks for r in cluster.replicas)
+    for r in cluster.replicas:
+        path = None if spill is None else Path(spill.name) / f"ends-{r.index}.f8"
+        r.engine.recorder.start(StepReducer(interval_s, total, path))
 
 
 def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, seed: np.random.SeedSequence,
@@ -323,27 +349,35 @@ def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster
 
 
 def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, table: RequestTable, loop: EventLoop,
-            skipped: int, wall_s: float) -> Result:
+            skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None) -> Result:
     reps = cluster.replicas
-    records = [ReplicaRecord(r.index, r.pool, r.engine.recorder.step_log(r.engine.kv.num_gpu_blocks),
-                             r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s) for r in reps]
-    if len(reps) == 1:
+    records = []
+    for r in reps:
+        rec, blocks = r.engine.recorder, r.engine.kv.num_gpu_blocks
+        records.append(ReplicaRecord(r.index, r.pool, blocks, None if spill else rec.step_log(blocks), rec.reducer,
+                                     r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s))
+    if spill is not None:
+        steps = None
+        ends = StepEnds([(str(rec.stats.ends_path), rec.stats.num_steps) for rec in records])
+    elif len(reps) == 1:
         steps = records[0].steps
-        table.close()
     else:
-        steps, offsets = concat_step_logs([rec.steps for rec in records])
-        table.close(offsets)
-        if table.kept is not None:
-            _globalise_token_steps(table.kept, offsets)
+        steps = concat_step_logs([rec.steps for rec in records])[0]
+    if spill is None:
+        ends = StepEnds([rec.steps.end_s for rec in records])
+    offsets = np.cumsum([0] + [rec.stats.num_steps for rec in records[:-1]]).tolist()
+    table.close(offsets if len(reps) > 1 else None)
+    if len(reps) > 1 and table.kept is not None:
+        _globalise_token_steps(table.kept, offsets)
     hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
     many = (len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
             or scenario.autoscaler is not None or scenario.power is not None)
     info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
             "reject_reasons": dict(cluster.reject_reasons)} if many else None
-    return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, table, steps, hits, wall_s,
+    return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, table, steps, ends, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
                   _swap_totals([r.engine for r in reps]), records, info,
-                  disaggregation=disaggregation_summary(cluster, records), kept_requests=table.kept)
+                  disaggregation=disaggregation_summary(cluster, records), kept_requests=table.kept, spill=spill)
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
@@ -373,10 +407,8 @@ def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:
     """Conservation and monotonicity, checked on every run (a failure is a simulator bug)."""
     for kv in kvs:
         kv.check_all_free()
-    for steps in [r.steps for r in result.replicas] if result.replicas else [result.steps]:
-        if len(steps) and (np.any(np.diff(steps.end_s) < 0) or np.any(steps.end_s < steps.start_s)):
-            raise AssertionError("time ran backwards in the step log")
-    steps = result.steps
+    if any(r.stats.backwards for r in result.replicas):
+        raise AssertionError("time ran backwards in the step log")
     cols = result.columns
     open_ = np.flatnonzero(cols.state < int(RequestState.FINISHED))
     if len(open_):
@@ -389,7 +421,7 @@ def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:
         i = bad[0]
         raise AssertionError(f"request {cols.id[i]}: token counts do not add up ({emitted[i]} emitted, "
                              f"{cols.num_output_tokens[i]} counted, {cols.output_len[i]} expected)")
-    if int(emitted.sum()) != int(steps.output_tokens.sum()):
+    if int(emitted.sum()) != sum(r.stats.output_tokens for r in result.replicas):
         raise AssertionError("tokens emitted by requests differ from tokens produced by steps")
     if len(np.unique(cols.id)) != len(cols.id):
         raise AssertionError("a request id was seen twice")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servesim.metrics.recorder import StepLog
+from servesim.metrics.step_reduce import StepReducer
 from servesim.metrics.summary import FINISHED, RequestColumns
 
 
@@ -16,7 +17,9 @@ class ReplicaRecord:
 
     index: int
     pool: str
-    steps: StepLog
+    num_gpu_blocks: int
+    steps: StepLog | None  # the whole log (None when it was reduced as it came)
+    stats: StepReducer  # totals, sums and time-series partials of the log
     prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
     num_dispatched: int  # requests routed here (re-routes included)
     num_crashes: int
@@ -24,19 +27,18 @@ class ReplicaRecord:
 
 
 def _replica_stats(rec: ReplicaRecord, on_it: np.ndarray, cols: RequestColumns, span_s: float) -> dict:
-    s = rec.steps
-    busy = s.end_s - s.start_s
+    s = rec.stats
     queried, hit = rec.prefix_hits
     return {
         "pool": rec.pool,
         "num_dispatched": rec.num_dispatched,
         "num_finished": int((cols.state[on_it] == FINISHED).sum()),
-        "output_tokens_per_s": float(s.output_tokens.sum() / span_s),
-        "busy_share": float(busy.sum() / span_s),
-        # time-weighted over the whole run (an idle replica holds zero)
-        "mean_running": float(np.dot(s.num_running, busy) / span_s),
-        "mean_waiting": float(np.dot(s.num_waiting, busy) / span_s),
-        "mean_kv_usage": float(np.dot(s.kv_used_blocks, busy) / span_s / s.num_gpu_blocks),
+        "output_tokens_per_s": float(s.output_tokens / span_s),
+        "busy_share": float(s.busy_s.value() / span_s),
+        # time-weighted over the whole run (an idle replica holds zero); exact sums of level x duration
+        "mean_running": float(s.level_s["num_running"].value() / span_s),
+        "mean_waiting": float(s.level_s["num_waiting"].value() / span_s),
+        "mean_kv_usage": float(s.level_s["kv_used_blocks"].value() / span_s / rec.num_gpu_blocks),
         "num_preemptions": int(cols.num_preemptions[on_it].sum()),
         "prefix_cache_hit_rate": float(hit / queried) if queried else 0.0,
         "num_crashes": rec.num_crashes,
@@ -45,10 +47,10 @@ def _replica_stats(rec: ReplicaRecord, on_it: np.ndarray, cols: RequestColumns, 
 
 
 def cluster_section(replicas: list[ReplicaRecord], info: dict, replica_of: np.ndarray, cols: RequestColumns,
-                    step_ends_s: np.ndarray) -> dict:
+                    end_s: float) -> dict:
     """Per replica and per pool: dispatches, throughput, busy share, load, KV usage,
     preemptions, prefix hits, failures; and how unevenly the router spread the load."""
-    end = float(step_ends_s.max()) if len(step_ends_s) else 0.0
+    end = end_s  # the last step's end (0 without steps)
     start = float(cols.arrival_s.min()) if len(cols.arrival_s) else 0.0
     span_s = max(end - start, 1e-12)
     per = [_replica_stats(rec, replica_of == rec.index, cols, span_s) for rec in replicas]

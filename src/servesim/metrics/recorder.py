@@ -1,12 +1,14 @@
-"""The recorder: raw facts of a run, nothing derived.
+"""The recorder: raw facts of a run, reduced as they arrive.
 
-It keeps a log of engine steps: start, end, prefill tokens, output tokens, running and waiting
+It takes a log of engine steps: start, end, prefill tokens, output tokens, running and waiting
 counts and KV blocks in use. Steps are logged in chunks (a single step, or a fast-forwarded
 stretch whose per-step values the engine computed anyway), so recording a stretch costs O(1)
-Python work. Everything is held in typed numpy columns as it arrives (8 bytes per step for
-the end time, 4 for the batch size, a few per chunk), never as lists of Python objects; the
-full columns are assembled once, with numpy, when read. `summary.py` and `timeseries.py`
-derive everything else from these, as pure functions.
+Python work. They gather in typed numpy columns (8 bytes per step for the end time, 4 for the
+batch size, a few per chunk), never as lists of Python objects; every `CHUNK_STEPS` steps the
+buffer is expanded into per-step columns (a `StepLog` chunk) and handed to the run's
+`StepReducer` (metrics/step_reduce.py), which keeps only what summaries and time series read.
+Unless the recorder was made with `keep_steps=False`, the chunks are also kept, and
+`step_log()` returns the whole log (tests and tools that look at single steps).
 """
 
 from __future__ import annotations
@@ -92,45 +94,127 @@ class Column:
         return self._parts[0] if self._parts else np.empty(0, dtype=self.dtype)
 
 
-class Recorder:
-    """Collects the engine steps of one replica during a run, as compact typed columns."""
+class StepBuffer:
+    """Steps as logged, in compact typed columns (a few per chunk of steps, 12 bytes per step);
+    `log()` expands them into per-step columns. Step indices are local to the buffer."""
 
     def __init__(self) -> None:
         self.num_steps = 0
         # one entry per chunk of consecutive steps
-        self._start_s = Column(np.float64)  # start of the chunk's first step (later ones start when the previous ends)
-        self._prefill0 = Column(np.int64)  # prompt tokens of the chunk's first step (later ones have none)
-        self._num_waiting = Column(np.int64)  # at the chunk's first step
-        self._waiting_from = Column(np.int64)  # global steps from which one more waits, until the chunk ends
-        self._len = Column(np.int64)
-        self._single = Column(np.bool_)  # a single step (kv use as logged) or a stretch (kv use as growth)
+        self.start_s = Column(np.float64)  # start of the chunk's first step (later ones start when the previous ends)
+        self.prefill0 = Column(np.int64)  # prompt tokens of the chunk's first step (later ones have none)
+        self.num_waiting = Column(np.int64)  # at the chunk's first step
+        self.waiting_from = Column(np.int64)  # steps from which one more waits, until the chunk ends
+        self.len = Column(np.int64)
+        self.single = Column(np.bool_)  # a single step (kv use as logged) or a stretch (kv use as growth)
         # one entry per step
-        self._ends = Column(np.float64)
-        self._running = Column(np.int32)  # requests in the step
+        self.ends = Column(np.float64)
+        self.running = Column(np.int32)  # requests in the step
         # single steps only: tokens emitted (a stretch emits `batch`) and blocks in use
-        self._single_emitted = Column(np.int64)
-        self._kv_single = Column(np.int64)
-        # block growth of the stretches, flattened as they are logged (expanded in step_log)
-        self._block_size = 0
-        self._growth_used0 = Column(np.int64)
-        self._growth_sizes = Column(np.int64)
-        self._growth_first_new = Column(np.int64)
-        self._growth_runs = Column(np.int64)
-        self._free_at = Column(np.int64)  # global step before which blocks were freed
-        self._free_blocks = Column(np.int64)
+        self.single_emitted = Column(np.int64)
+        self.kv_single = Column(np.int64)
+        # block growth of the stretches, flattened as they are logged (expanded in `log`)
+        self.block_size = 0
+        self.growth_used0 = Column(np.int64)
+        self.growth_sizes = Column(np.int64)
+        self.growth_first_new = Column(np.int64)
+        self.growth_runs = Column(np.int64)
+        self.free_at = Column(np.int64)  # step before which blocks were freed
+        self.free_blocks = Column(np.int64)
+
+    def log(self, num_gpu_blocks: int) -> StepLog:
+        n = self.num_steps
+        lens = self.len.array()
+        first = np.cumsum(lens) - lens  # index of each chunk's first step
+        end_s = self.ends.array()
+        start_s = np.empty(n)
+        start_s[1:] = end_s[:-1]
+        start_s[first] = self.start_s.array()
+        prefill = np.zeros(n, dtype=np.int32)
+        prefill[first] = self.prefill0.array()
+        running = self.running.array()
+        single = self.single.array()
+        emitted = running.copy()
+        emitted[first[single]] = self.single_emitted.array()
+        return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
+                       num_running=running, num_waiting=self._waiting(first, lens),
+                       kv_used_blocks=self._block_usage(first, lens, single), num_gpu_blocks=num_gpu_blocks)
+
+    def _waiting(self, first: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Waiting count at every step: each chunk's first value, plus the arrivals it kept
+        from their step to the chunk's end."""
+        waiting = np.repeat(self.num_waiting.array(), lens)
+        at = self.waiting_from.array()
+        if len(at):
+            delta = np.bincount(at, minlength=self.num_steps)
+            grown = np.cumsum(delta)  # arrivals kept up to each step, over all chunks
+            waiting += grown - np.repeat(grown[first] - delta[first], lens)  # less those of earlier chunks
+        return waiting.astype(np.int32)
+
+    def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
+        """Blocks in use at every step: single steps as logged, stretches expanded from their
+        growth, vectorised over all of them at once (integers, with one step-sized temporary)."""
+        n = self.num_steps
+        stretch = ~single
+        if not stretch.any():
+            kv = np.empty(n, dtype=np.int32)
+            kv[first] = self.kv_single.array()
+            return kv
+        starts, bs = first[stretch], self.block_size
+        sizes = self.growth_sizes.array()
+        f = self.growth_first_new.array()
+        m = self.growth_runs.array()
+        c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
+        first_block = np.repeat(np.repeat(starts, sizes) + f, c)
+        nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
+        delta = np.bincount(first_block + bs * nth, minlength=n)  # blocks added at each step
+        del first_block, nth
+        at = self.free_at.array()
+        if len(at):
+            delta -= np.bincount(at, weights=self.free_blocks.array(), minlength=n).astype(np.int64)
+        kv = np.cumsum(delta)  # changes up to and including each step
+        offset = np.zeros(len(lens), dtype=np.int64)  # per chunk: its level before its first change
+        offset[stretch] = self.growth_used0.array() - (kv[starts] - delta[starts])
+        del delta
+        kv += np.repeat(offset, lens)
+        kv[first[single]] = self.kv_single.array()
+        return kv.astype(np.int32)
+
+
+class Recorder:
+    """Collects the engine steps of one replica during a run, as compact typed columns,
+    reduced every `CHUNK_STEPS` steps (so held memory is bounded by the chunk, not the run)."""
+
+    #: steps buffered before they are reduced (about 20 bytes each while buffered)
+    CHUNK_STEPS = 16384
+
+    def __init__(self, keep_steps: bool = True) -> None:
+        self.num_steps = 0
+        self.reducer = None  # a StepReducer, set by `start` (None: the steps are only kept)
+        self._kept: list[StepBuffer] | None = [] if keep_steps else None  # full buffers, compact
+        self._buf = StepBuffer()
+        self._flush_at = self.CHUNK_STEPS
+
+    def start(self, reducer) -> None:
+        """Reduce the steps into `reducer` (a StepReducer) from now on."""
+        self.reducer = reducer
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
-        self._single_emitted.append(output_tokens)
-        self._start_s.append(start_s)
-        self._prefill0.append(prefill_tokens)
-        self._num_waiting.append(num_waiting)
-        self._len.append(1)
-        self._single.append(True)
-        self._ends.append(end_s)
-        self._running.append(num_running)
-        self._kv_single.append(kv_used_blocks)
+        b = self._buf
+        b.single_emitted.append(output_tokens)
+        b.start_s.append(start_s)
+        b.prefill0.append(prefill_tokens)
+        b.num_waiting.append(num_waiting)
+        b.len.append(1)
+        b.single.append(True)
+        b.ends.append(end_s)
+        b.running.append(num_running)
+        b.kv_single.append(kv_used_blocks)
+        b.num_steps += 1
         self.num_steps += 1
+        if self.num_steps >= self._flush_at:
+            self._flush()
 
     def log_decode_steps(self, start_s: float, ends_s, batch, num_waiting: int,
                          kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
@@ -146,82 +230,55 @@ class Recorder:
                 raise ValueError("several steps logged at once need their KV use as a BlockGrowth")
             return self.log_step(start_s, float(ends_s[0]), first_prefill_tokens, int(batch[0]), int(batch[0]),
                                  num_waiting, int(kv_used_blocks))
-        self._start_s.append(start_s)
-        self._prefill0.append(first_prefill_tokens)
-        self._num_waiting.append(num_waiting)
-        self._len.append(len(ends_s))
-        self._single.append(False)
-        self._ends.extend(ends_s)
-        self._running.extend(batch)
-        used0, first_new, runs, self._block_size, frees = kv_used_blocks
-        self._growth_used0.append(used0)
-        self._growth_sizes.append(len(first_new))
-        self._growth_first_new.extend(first_new)
-        self._growth_runs.extend(runs)
+        b = self._buf
+        b.start_s.append(start_s)
+        b.prefill0.append(first_prefill_tokens)
+        b.num_waiting.append(num_waiting)
+        b.len.append(len(ends_s))
+        b.single.append(False)
+        b.ends.extend(ends_s)
+        b.running.extend(batch)
+        used0, first_new, runs, b.block_size, frees = kv_used_blocks
+        b.growth_used0.append(used0)
+        b.growth_sizes.append(len(first_new))
+        b.growth_first_new.extend(first_new)
+        b.growth_runs.extend(runs)
+        local = b.num_steps  # buffer index of the chunk's first step
         for step, blocks in frees:
-            self._free_at.append(self.num_steps + step)
-            self._free_blocks.append(blocks)
+            b.free_at.append(local + step)
+            b.free_blocks.append(blocks)
         for step in waiting_from:
-            self._waiting_from.append(self.num_steps + step)
+            b.waiting_from.append(local + step)
+        b.num_steps += len(ends_s)
         self.num_steps += len(ends_s)
+        if self.num_steps >= self._flush_at:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the buffered steps on (expanded) and start an empty buffer."""
+        if self._buf.num_steps:
+            if self.reducer is not None:
+                self.reducer.add(self._buf.log(0))
+            if self._kept is not None:
+                self._kept.append(self._buf)
+            self._buf = StepBuffer()
+        self._flush_at = self.num_steps + self.CHUNK_STEPS
+
+    def finish(self) -> None:
+        """End of run: reduce the steps still buffered."""
+        self._flush()
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
-        n = self.num_steps
-        lens = self._len.array()
-        first = np.cumsum(lens) - lens  # index of each chunk's first step
-        end_s = self._ends.array()
-        start_s = np.empty(n)
-        start_s[1:] = end_s[:-1]
-        start_s[first] = self._start_s.array()
-        prefill = np.zeros(n, dtype=np.int32)
-        prefill[first] = self._prefill0.array()
-        running = self._running.array()
-        single = self._single.array()
-        emitted = running.copy()
-        emitted[first[single]] = self._single_emitted.array()
-        return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
-                       num_running=running, num_waiting=self._waiting(first, lens),
-                       kv_used_blocks=self._block_usage(first, lens, single), num_gpu_blocks=num_gpu_blocks)
-
-    def _waiting(self, first: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        """Waiting count at every step: each chunk's first value, plus the arrivals it kept
-        from their step to the chunk's end."""
-        waiting = np.repeat(self._num_waiting.array(), lens)
-        at = self._waiting_from.array()
-        if len(at):
-            delta = np.bincount(at, minlength=self.num_steps)
-            grown = np.cumsum(delta)  # arrivals kept up to each step, over all chunks
-            waiting += grown - np.repeat(grown[first] - delta[first], lens)  # less those of earlier chunks
-        return waiting.astype(np.int32)
-
-    def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
-        """Blocks in use at every step: single steps as logged, stretches expanded from their
-        growth, vectorised over all of them at once (integers, with one step-sized temporary)."""
-        n = self.num_steps
-        stretch = ~single
-        if not stretch.any():
-            kv = np.empty(n, dtype=np.int32)
-            kv[first] = self._kv_single.array()
-            return kv
-        starts, bs = first[stretch], self._block_size
-        sizes = self._growth_sizes.array()
-        f = self._growth_first_new.array()
-        m = self._growth_runs.array()
-        c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
-        first_block = np.repeat(np.repeat(starts, sizes) + f, c)
-        nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
-        delta = np.bincount(first_block + bs * nth, minlength=n)  # blocks added at each step
-        del first_block, nth
-        at = self._free_at.array()
-        if len(at):
-            delta -= np.bincount(at, weights=self._free_blocks.array(), minlength=n).astype(np.int64)
-        kv = np.cumsum(delta)  # changes up to and including each step
-        offset = np.zeros(len(lens), dtype=np.int64)  # per chunk: its level before its first change
-        offset[stretch] = self._growth_used0.array() - (kv[starts] - delta[starts])
-        del delta
-        kv += np.repeat(offset, lens)
-        kv[first[single]] = self._kv_single.array()
-        return kv.astype(np.int32)
+        """The whole log (only when the recorder keeps its steps)."""
+        if self._kept is None:
+            raise ValueError("this recorder reduced its steps as they came (keep_steps=False)")
+        self._flush()
+        logs = [b.log(num_gpu_blocks) for b in self._kept]
+        if len(logs) == 1:
+            return logs[0]
+        cols = {c: np.concatenate([getattr(g, c) for g in logs]) if logs
+                else np.empty(0, dtype=np.float64 if c.endswith("_s") else np.int32) for c in STEP_COLUMNS}
+        return StepLog(**cols, num_gpu_blocks=num_gpu_blocks)
 
 
 def concat_step_logs(logs: list[StepLog]) -> tuple[StepLog, list[int]]:

@@ -4,7 +4,9 @@ TTFT = first token time - arrival; TPOT = (E2E - TTFT) / (output tokens - 1); IT
 between consecutive tokens of a request; E2E = last token time - arrival. Throughput divides
 by the span from the first arrival to the last completion. SLO attainment (DistServe) is the
 share of all requests meeting both the TTFT and the TPOT target; goodput is that count per
-second. Percentiles interpolate linearly between order statistics, as numpy's default.
+second. Percentiles interpolate linearly between order statistics, as numpy's default; the
+inter-token gaps (one per step, so as many as the run has steps) are reduced out of core
+(metrics/exact.py), with exact percentiles and a mean from an exact sum.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servesim.metrics.recorder import StepLog
+from servesim.metrics.exact import WeightedValues
+from servesim.metrics.step_ends import StepEnds
 
 STATE_NAMES = ("waiting", "running", "preempted", "swapped", "finished", "rejected", "dropped", "aborted",
                "failed")
@@ -109,44 +112,66 @@ def tokens_per_request(runs: TokenRuns) -> np.ndarray:
     return per_run[last] - per_run[last - counts]
 
 
-def itl_gaps(runs: TokenRuns, step_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every inter-token gap, as (gap values, multiplicities), from the requests' step runs.
+def itl_values(runs: TokenRuns, ends: StepEnds, folder: str | None = None) -> WeightedValues:
+    """Every inter-token gap, as (gap value, multiplicity) pairs, from the requests' step runs.
 
     Inside a run [a, b] the gaps are the step-to-step gaps end[i+1] - end[i] for a <= i < b;
-    many requests share the same steps, so those are counted with a difference array
-    (work scales with steps and runs, not tokens). Gaps between consecutive runs of one request
-    (it was skipped or preempted) are listed one by one.
+    many requests share the same steps, so step i's gap counts the runs with start <= i < end
+    (sorted run bounds, counted a chunk of steps at a time: work and memory scale with steps
+    and runs, not tokens). Gaps between consecutive runs of one request (it was skipped or
+    preempted) are listed one by one. Pairs beyond memory go to a file in `folder`.
     """
-    n = len(step_ends)
-    counts, starts, ends = runs
-    coverage = np.bincount(starts, minlength=n + 1)
-    coverage -= np.bincount(ends, minlength=n + 1)
-    mult = np.cumsum(coverage)[: max(n - 1, 0)]
-    del coverage
+    counts, starts, stops = runs
+    first_start, first_stop = np.sort(starts), np.sort(stops)
+    out = WeightedValues(folder)
+    prev, base = None, 0  # last end of the previous chunk, global index of this chunk's first step
+    for chunk in ends.chunks():
+        seq = chunk if prev is None else np.concatenate(([prev], chunk))
+        lo = base - (prev is not None)  # global index of the step whose gap is seq[1] - seq[0]
+        gaps = np.diff(seq)
+        hi = lo + len(gaps)
+        mult = (_count_upto(first_start, lo, hi) - _count_upto(first_stop, lo, hi))
+        keep = (mult > 0) & np.isfinite(gaps)
+        out.add(gaps[keep], mult[keep])
+        prev, base = chunk[-1], base + len(chunk)
     later = np.ones(len(starts), dtype=bool)  # runs that follow another run of the same request
     later[(np.cumsum(counts) - counts)[counts > 0]] = False
     idx = np.flatnonzero(later)
-    between = step_ends[starts[idx]] - step_ends[ends[idx - 1]]
-    gaps = np.diff(step_ends)
-    if not len(between):  # (no copy of the per-step columns when no request was interrupted)
-        return gaps, mult
-    return np.concatenate([gaps, between]), np.concatenate([mult, np.ones(len(between), dtype=np.int64)])
+    if len(idx):
+        between = ends[starts[idx]] - ends[stops[idx - 1]]
+        between = between[np.isfinite(between)]
+        out.add(between, np.ones(len(between), dtype=np.int64))
+    return out
 
 
-def summarize(cols: RequestColumns, steps: StepLog, runs: TokenRuns, *, ttft_slo_s: float | None,
-              tpot_slo_s: float | None, prefix_hits: tuple[int, int], wall_time_s: float) -> dict:
-    """The summary.json dictionary."""
+def _count_upto(sorted_bounds: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """For each i in [lo, hi): how many bounds are <= i."""
+    a, b = np.searchsorted(sorted_bounds, [lo, hi])
+    inside = np.bincount(sorted_bounds[a:b] - lo, minlength=hi - lo)
+    return a + np.cumsum(inside)
+
+
+def itl_stats(runs: TokenRuns, ends: StepEnds, folder: str | None = None) -> dict[str, float | None]:
+    """`stats` of the inter-token gaps (exact percentiles; the mean from an exact sum)."""
+    values = itl_values(runs, ends, folder)
+    try:
+        if values.total_weight == 0:
+            return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+        p50, p90, p99 = values.percentiles((50, 90, 99))
+        return {"mean": values.mean(), "p50": p50, "p90": p90, "p99": p99, "max": values.max}
+    finally:
+        values.close()
+
+
+def summarize(cols: RequestColumns, ends: StepEnds, runs: TokenRuns, *, ttft_slo_s: float | None,
+              tpot_slo_s: float | None, prefix_hits: tuple[int, int], wall_time_s: float,
+              folder: str | None = None) -> dict:
+    """The summary.json dictionary (`ends`: every step's end time, as token runs index them)."""
     finished = cols.state == FINISHED
     start = float(cols.arrival_s.min()) if len(cols.arrival_s) else 0.0
     end = float(np.nanmax(cols.finish_s)) if finished.any() else start
     duration = max(end - start, 1e-12)
-    gaps, mult = itl_gaps(runs, steps.end_s)
-    keep = (mult > 0) & np.isfinite(gaps)  # what `stats` keeps, dropped here so it copies nothing
-    if not keep.all():
-        gaps, mult = gaps[keep], mult[keep]
-    del keep
-    itl = stats(gaps, mult)
-    del gaps, mult  # (per-step columns: freed before the rest of the summary)
+    itl = itl_stats(runs, ends, folder)
     queried, hit = prefix_hits
     out = {
         "num_requests": int(len(cols.id)),
@@ -155,7 +180,7 @@ def summarize(cols: RequestColumns, steps: StepLog, runs: TokenRuns, *, ttft_slo
         "num_dropped": int((cols.state == 6).sum()),
         "num_aborted": int((cols.state == 7).sum()),
         "num_failed": int((cols.state == 8).sum()),
-        "simulated_time_s": float(steps.end_s.max()) if len(steps) else 0.0,
+        "simulated_time_s": ends.max() if len(ends) else 0.0,
         "wall_time_s": wall_time_s,
         "ttft_s": stats(cols.ttft_s),
         "tpot_s": stats(cols.tpot_s),
@@ -168,7 +193,7 @@ def summarize(cols: RequestColumns, steps: StepLog, runs: TokenRuns, *, ttft_slo
         },
         "num_preemptions": int(cols.num_preemptions.sum()),
         "prefix_cache_hit_rate": float(hit / queried) if queried else 0.0,
-        "num_steps": int(len(steps)),
+        "num_steps": len(ends),
     }
     met = slo_met(cols, ttft_slo_s, tpot_slo_s)
     if met is not None:

@@ -1,4 +1,4 @@
-"""Time series from the raw step log (a pure function), in intervals of `interval_s`.
+"""Time series from the reduced step logs (a pure function), in intervals of `interval_s`.
 
 Levels (running, waiting, KV usage) are time-weighted means over each interval: a step holds
 its level from its start to its end, an idle replica holds zero. Counts (arrivals,
@@ -16,20 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from servesim.metrics.recorder import StepLog
+from servesim.metrics.step_reduce import LEVELS, StepReducer, reduce_logs
 
 COLUMNS = ("time_s", "interval_s", "arrivals", "finished", "prompt_tokens", "output_tokens",
            "num_running", "num_waiting", "kv_usage")
-
-
-def _integral(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray, level: np.ndarray) -> np.ndarray:
-    """Integral of a piecewise-constant level (zero between steps) from 0 to each edge."""
-    area = np.concatenate(([0.0], np.cumsum(level * (ends - starts))))
-    i = np.searchsorted(starts, edges, side="right")  # steps starting at or before the edge
-    partial = np.zeros(len(edges))
-    inside = i > 0
-    j = i[inside] - 1
-    partial[inside] = level[j] * np.clip(edges[inside] - starts[j], 0.0, ends[j] - starts[j])
-    return area[np.maximum(i - 1, 0)] * inside + partial
 
 
 def _row_edges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
@@ -47,21 +37,17 @@ def _row_edges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate((np.sort(np.concatenate((busy, gaps))), [n]))
 
 
-def _busy_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One replica's step ranges [lo, hi] (interval indices, in time order) merged as
-    `_row_edges` merges them (overlapping or adjacent), so rows are found from a few ranges
-    instead of one per step."""
-    if len(lo) < 2:
-        return lo, hi
-    new = np.flatnonzero(lo[1:] > hi[:-1] + 1) + 1  # a range that starts after an idle interval
-    return lo[np.concatenate(([0], new))], hi[np.concatenate((new - 1, [len(hi) - 1]))]
-
-
 def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
                interval_s: float) -> dict[str, np.ndarray]:
-    """The run's time series; with several replicas (one step log each) levels are summed and
-    KV usage is the share of all replicas' blocks."""
-    ends = [float(g.end_s[-1]) for g in logs if len(g)]
+    """The time series of whole step logs (one per replica)."""
+    return series(reduce_logs(logs, interval_s), arrival_s, finish_s, interval_s)
+
+
+def series(reducers: list[StepReducer], arrival_s: np.ndarray, finish_s: np.ndarray,
+           interval_s: float) -> dict[str, np.ndarray]:
+    """The run's time series from its replicas' reduced step logs; with several replicas
+    levels are summed and KV usage is the share of all replicas' blocks."""
+    ends = [r.last_end_s for r in reducers if r.num_steps]
     end = max(max(ends, default=0.0), float(arrival_s.max()) if len(arrival_s) else 0.0)
     n = max(int(np.ceil(end / interval_s)), 1)
     finish_s = finish_s[np.isfinite(finish_s)]
@@ -70,7 +56,7 @@ def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
         return np.minimum((times // interval_s).astype(np.int64), n - 1)
 
     points = index(np.concatenate((arrival_s, finish_s)))
-    busy = [_busy_ranges(index(g.start_s), index(g.end_s)) for g in logs]
+    busy = [r.busy_ranges(n - 1) for r in reducers]
     lo = np.concatenate([[0], *(b[0] for b in busy), points])  # interval 0 always starts the series
     hi = np.concatenate([[0], *(b[1] for b in busy), points])
     rows = _row_edges(lo, hi, n)
@@ -78,20 +64,16 @@ def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
     width = np.diff(rows) * interval_s  # exactly interval_s for a one-interval row
     cols = {"time_s": edges[:-1], "interval_s": width}
 
-    def count(times: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        row = np.searchsorted(rows, index(times), side="right") - 1
+    def count(at: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        row = np.searchsorted(rows, at, side="right") - 1
         return np.bincount(row, weights=weights, minlength=len(width))[:len(width)]
 
-    cols["arrivals"] = count(arrival_s)
-    cols["finished"] = count(finish_s)
-    cols["prompt_tokens"] = sum(count(g.end_s, g.prefill_tokens) for g in logs)
-    cols["output_tokens"] = sum(count(g.end_s, g.output_tokens) for g in logs)
-    total_blocks = sum(g.num_gpu_blocks for g in logs)
-    for name in ("num_running", "num_waiting", "kv_usage"):
-        cols[name] = sum(np.diff(_integral(edges, g.start_s, g.end_s, _level(g, name, total_blocks))) / width
-                         for g in logs)
+    cols["arrivals"] = count(index(arrival_s))
+    cols["finished"] = count(index(finish_s))
+    tokens = [r.tokens(n - 1) for r in reducers]
+    cols["prompt_tokens"] = sum(count(at, prompt) for at, prompt, _ in tokens)
+    cols["output_tokens"] = sum(count(at, output) for at, _, output in tokens)
+    areas = [r.integrals(rows) for r in reducers]
+    for i, name in enumerate(LEVELS):
+        cols[name] = sum(np.diff(a[:, i]) / width for a in areas)
     return cols
-
-
-def _level(steps: StepLog, name: str, total_blocks: int) -> np.ndarray:
-    return steps.kv_used_blocks / total_blocks if name == "kv_usage" else getattr(steps, name)

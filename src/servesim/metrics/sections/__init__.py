@@ -27,7 +27,9 @@ class SectionInput:
 
     requests: RequestTable | list[Request]  # every request of the run, rows in arrival order
     cols: RequestColumns | None  # the same requests as summary columns (None: derived)
-    step_ends_s: np.ndarray  # end time of every engine step (index = step number in token runs)
+    # end time of every engine step (index = step number in token runs): an array, or a StepEnds
+    # (metrics/step_ends.py) reading files when the run reduced its step logs as they came
+    step_ends_s: np.ndarray
     params: dict  # the scenario as a plain dict (scheduler parameters, SLOs, ...)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,181 @@
+"""Reductions whose result does not depend on how the data was chunked.
+
+A run's step log is reduced as it arrives (in chunks) or all at once (small runs, tests);
+both must give the same bytes. `ExactSum` adds float64 values exactly (rounded once, when
+read), so any order or chunking gives the same sum. `WeightedValues` holds (value, weight)
+pairs, in memory up to a limit and in a temporary file beyond it, and finds exact weighted
+percentiles (numpy's linear interpolation) by narrowing histograms over the values' float
+bits, then sorting only the few values left around each wanted rank.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+_EXP0 = 1100  # offset of the binary exponent (frexp gives -1073..1024) in the accumulators
+_HALF = 26  # a 53-bit mantissa is summed as two halves, so bincount's float64 sums stay exact
+_CHUNK = 1 << 18  # values summed per bincount (exact while below 2^26 of them: sums stay below 2^53)
+
+
+class ExactSum:
+    """Sum of finite float64 values, kept exactly as integer mantissas per binary exponent."""
+
+    def __init__(self) -> None:
+        self._hi = np.zeros(2 * _EXP0, dtype=np.int64)
+        self._lo = np.zeros(2 * _EXP0, dtype=np.int64)
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        for i in range(0, len(values), _CHUNK):
+            m, e = np.frexp(values[i:i + _CHUNK])
+            mant = np.ldexp(m, 53).astype(np.int64)  # exact: |mant| < 2^53
+            at = e.astype(np.int64) + _EXP0
+            self._hi += np.bincount(at, weights=mant >> _HALF, minlength=2 * _EXP0).astype(np.int64)
+            self._lo += np.bincount(at, weights=mant & ((1 << _HALF) - 1), minlength=2 * _EXP0).astype(np.int64)
+
+    def value(self) -> float:
+        """The exact sum, rounded once to the nearest float64."""
+        total = Fraction(0)
+        for i in np.flatnonzero(self._hi | self._lo).tolist():
+            mant = (int(self._hi[i]) << _HALF) + int(self._lo[i])
+            total += Fraction(mant) * Fraction(2) ** (i - _EXP0 - 53)
+        return float(total)
+
+
+def exact_sum(values: np.ndarray) -> float:
+    s = ExactSum()
+    s.add(values)
+    return s.value()
+
+
+class WeightedValues:
+    """Non-negative finite values with integer weights (multiplicities), for exact percentiles.
+
+    Pairs are held as (float bits, weight) in memory until `memory_pairs` are held, then
+    every chunk goes to a temporary file (deleted with this object or by `close`)."""
+
+    #: pairs sorted at once in the last pass (and held in memory before spilling)
+    memory_pairs = 1 << 18
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self._folder = folder
+        self._mem: list[tuple[np.ndarray, np.ndarray]] = []
+        self._num_mem = 0
+        self._file = None
+        self._lens: list[int] = []
+        self.num_pairs = 0
+        self.total_weight = 0
+        self.sum = ExactSum()  # of value x weight
+        self.max = -np.inf
+
+    def add(self, values: np.ndarray, weights: np.ndarray) -> None:
+        if not len(values):
+            return
+        bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+        weights = np.ascontiguousarray(weights, dtype=np.int64)
+        self.num_pairs += len(values)
+        self.total_weight += int(weights.sum())
+        self.sum.add(values * weights)
+        self.max = max(self.max, float(values.max()))
+        if self._file is None and self._num_mem + len(values) <= self.memory_pairs:
+            self._mem.append((bits.copy(), weights.copy()))
+            self._num_mem += len(values)
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self._folder)
+            for b, w in self._mem:
+                self._write(b, w)
+            self._mem, self._num_mem = [], 0
+        self._write(bits, weights)
+
+    def _write(self, bits: np.ndarray, weights: np.ndarray) -> None:
+        self._file.write(bits.tobytes())
+        self._file.write(weights.tobytes())
+        self._lens.append(len(bits))
+
+    def _chunks(self):
+        if self._file is None:
+            yield from self._mem
+            return
+        self._file.seek(0)
+        for n in self._lens:
+            yield np.fromfile(self._file, np.uint64, n), np.fromfile(self._file, np.int64, n)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._mem = []
+
+    def mean(self) -> float:
+        return self.sum.value() / self.total_weight
+
+    def percentiles(self, qs: tuple[float, ...]) -> list[float]:
+        """np.percentile(np.repeat(values, weights), qs), exactly."""
+        n = self.total_weight
+        if n == 0:
+            return [float("nan")] * len(qs)
+        ranks = []
+        for q in qs:
+            pos = q / 100.0 * (n - 1)
+            lo = int(np.floor(pos))
+            ranks.append((pos, lo, min(lo + 1, n - 1)))
+        at = self._select(sorted({r for _, lo, hi in ranks for r in (lo, hi)}))
+        out = []
+        for pos, lo, hi in ranks:
+            a, b = at[lo], at[hi]
+            out.append(float(a + (b - a) * (pos - lo)))
+        return out
+
+    def _select(self, ranks: list[int]) -> dict[int, np.float64]:
+        """The value at each 0-based rank of the repeated, sorted values."""
+        # per rank: (prefix of the float bits, bits below the prefix, rank among values with that prefix)
+        state = {r: (0, 64, r) for r in ranks}
+        count = self.num_pairs
+        while True:
+            groups = sorted({(p, w) for p, w, _ in state.values()})
+            if count <= self.memory_pairs or all(w == 0 for _, w in groups):
+                return self._pick(state, groups)
+            hists = {g: np.zeros(1 << 16, dtype=np.int64) for g in groups}
+            counts = {g: np.zeros(1 << 16, dtype=np.int64) for g in groups}
+            for bits, weights in self._chunks():
+                for p, w in groups:
+                    sel = _with_prefix(bits, p, w)
+                    sub = ((bits[sel] >> np.uint64(w - 16)) & np.uint64(0xFFFF)).astype(np.int64)
+                    hists[(p, w)] += np.bincount(sub, weights=weights[sel], minlength=1 << 16).astype(np.int64)
+                    counts[(p, w)] += np.bincount(sub, minlength=1 << 16)
+            count = 0
+            for r, (p, w, k) in state.items():
+                cum = np.cumsum(hists[(p, w)])
+                b = int(np.searchsorted(cum, k + 1))  # first bucket whose cumulative weight passes rank k
+                below = int(cum[b - 1]) if b else 0
+                state[r] = ((p << 16) | b, w - 16, k - below)
+                count = max(count, int(counts[(p, w)][b]))
+
+    def _pick(self, state: dict, groups: list) -> dict[int, np.float64]:
+        kept = {g: ([], []) for g in groups}
+        for bits, weights in self._chunks():
+            for p, w in groups:
+                sel = _with_prefix(bits, p, w)
+                kept[(p, w)][0].append(bits[sel])
+                kept[(p, w)][1].append(weights[sel])
+        out = {}
+        for (p, w), (b, c) in kept.items():
+            bits, weights = np.concatenate(b), np.concatenate(c)
+            order = np.argsort(bits, kind="stable")
+            values, cum = bits[order].view(np.float64), np.cumsum(weights[order])
+            for r, (p2, w2, k) in state.items():
+                if (p2, w2) == (p, w):
+                    out[r] = values[np.searchsorted(cum, k + 1)]
+        return out
+
+
+def _with_prefix(bits: np.ndarray, prefix: int, width: int) -> np.ndarray:
+    """Mask of the bit patterns whose top (64 - width) bits equal `prefix`."""
+    if width >= 64:
+        return np.ones(len(bits), dtype=bool)
+    return (bits >> np.uint64(width)) == np.uint64(prefix)

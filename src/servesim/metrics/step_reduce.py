@@ -1,0 +1,157 @@
+"""One replica's step log reduced as it arrives, to exactly what the outputs read.
+
+The summary reads totals (steps, tokens, the last step end), busy time and time-weighted
+levels (running, waiting, KV blocks: sums of level x step duration), and the step end times
+(inter-token gaps; summary sections that look at single tokens). The time series reads, per
+interval, the integral of each level up to the interval's edge, the tokens of the steps that
+end in it, and which intervals hold a step. All of these are reduced chunk by chunk:
+
+- sums are `ExactSum`s, so they do not depend on the chunking;
+- level integrals are cumulative sums carried from chunk to chunk (numpy's cumulative sum
+  adds in order, so the carried sum is bit for bit the one over the whole log), evaluated
+  at every interval edge a step touches; an edge no step touches holds the integral after
+  the last step before it;
+- step end times go to a file (8 bytes a step on disk, read back in chunks), or are left to
+  the full log when the recorder keeps it.
+
+Memory held therefore grows with the intervals in which something happened (the time series'
+own rows), not with the steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from servesim.metrics.exact import ExactSum
+from servesim.metrics.recorder import StepLog
+
+LEVELS = ("num_running", "num_waiting", "kv_usage")
+
+
+class StepReducer:
+    """Totals, sums and time-series partials of one replica's steps (see the module doc)."""
+
+    def __init__(self, interval_s: float, total_blocks: int, ends_path: Path | None = None) -> None:
+        self.interval_s = interval_s  # the time series' interval
+        self.total_blocks = total_blocks  # KV blocks of every replica the time series sums (KV usage share)
+        self.num_steps = 0
+        self.last_end_s = float("-inf")
+        self.output_tokens = 0
+        self.backwards = False  # a step ended before the previous one, or before it started
+        self.busy_s = ExactSum()
+        self.level_s = {"num_running": ExactSum(), "num_waiting": ExactSum(), "kv_used_blocks": ExactSum()}
+        self.ends_path = ends_path
+        self._ends_file = open(ends_path, "wb") if ends_path is not None else None
+        self._area = [0.0, 0.0, 0.0]  # integral of each level up to the last step's end
+        self._ranges: list[tuple[np.ndarray, np.ndarray]] = []  # busy interval ranges, per chunk
+        self._tokens: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (interval, prompt, output)
+        self._marks: list[tuple[np.ndarray, np.ndarray]] = []  # (edge index, integrals at it), per chunk
+
+    def add(self, log: StepLog) -> None:
+        n = len(log)
+        if not n:
+            return
+        start, end = log.start_s, log.end_s
+        if end[0] < self.last_end_s or np.any(np.diff(end) < 0) or np.any(end < start):
+            self.backwards = True
+        self.num_steps += n
+        self.last_end_s = float(end[-1])
+        self.output_tokens += int(log.output_tokens.sum())
+        busy = end - start
+        self.busy_s.add(busy)
+        for name, acc in self.level_s.items():
+            acc.add(getattr(log, name) * busy)
+        if self._ends_file is not None:
+            self._ends_file.write(np.ascontiguousarray(end, dtype=np.float64).tobytes())
+        self._reduce_series(log, busy)
+
+    def close(self) -> None:
+        if self._ends_file is not None:
+            self._ends_file.close()
+            self._ends_file = None
+
+    def _reduce_series(self, log: StepLog, busy: np.ndarray) -> None:
+        interval = self.interval_s
+        start, end = log.start_s, log.end_s
+        lo = (start // interval).astype(np.int64)
+        hi = (end // interval).astype(np.int64)
+        ranges = busy_ranges(lo, hi)
+        self._ranges.append(ranges)
+        at, inverse = np.unique(hi, return_inverse=True)
+        self._tokens.append((at, np.bincount(inverse, weights=log.prefill_tokens),
+                             np.bincount(inverse, weights=log.output_tokens)))
+        # the edges around the busy ranges (a margin of one before and two after, for
+        # floor-division rounding), each valued by the last step starting at or before it,
+        # as the whole-log integral does
+        first, lens = ranges[0] - 1, ranges[1] - ranges[0] + 4
+        nth = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        edge_k = np.unique(np.repeat(first, lens) + nth)
+        edge_s = edge_k * interval
+        step = np.searchsorted(start, edge_s, side="right") - 1
+        ok = step >= 0  # (edges before the chunk's first step keep the earlier chunks' value)
+        step, edge_k, edge_s = step[ok], edge_k[ok], edge_s[ok]
+        values = np.empty((len(step), 3))
+        for i, level in enumerate(self._levels(log)):
+            area = np.cumsum(np.concatenate(([self._area[i]], level * busy)))  # before each step, carried
+            self._area[i] = float(area[-1])
+            values[:, i] = area[step] + level[step] * np.clip(edge_s - start[step], 0.0, busy[step])
+        self._marks.append((edge_k, values))
+
+    def _levels(self, log: StepLog) -> tuple[np.ndarray, ...]:
+        return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
+
+    def nbytes(self) -> int:
+        """Bytes held by the time-series partials (what grows during a run: intervals, not steps)."""
+        return sum(a.nbytes for part in (self._ranges, self._tokens, self._marks) for t in part for a in t)
+
+    # ------------------------------------------------------------------ reading (after the run)
+    def busy_ranges(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
+        """Interval ranges [lo, hi] that hold a step (indices above `clip` are `clip`)."""
+        if not self._ranges:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        lo = np.concatenate([r[0] for r in self._ranges])
+        hi = np.concatenate([r[1] for r in self._ranges])
+        return np.minimum(lo, clip), np.minimum(hi, clip)
+
+    def tokens(self, clip: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(interval, prompt tokens, output tokens) of the steps ending in each interval."""
+        if not self._tokens:
+            return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+        return (np.minimum(np.concatenate([t[0] for t in self._tokens]), clip),
+                np.concatenate([t[1] for t in self._tokens]), np.concatenate([t[2] for t in self._tokens]))
+
+    def integrals(self, edges_k: np.ndarray) -> np.ndarray:
+        """Integral of each level (columns in LEVELS order) from 0 to each edge `edges_k` x interval."""
+        if not self._marks:
+            return np.zeros((len(edges_k), 3))
+        keys = np.concatenate([m[0] for m in self._marks])
+        values = np.concatenate([m[1] for m in self._marks])
+        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
+        keys, values = keys[last], values[last]
+        self._marks = [(keys, values)]  # (merged once)
+        i = np.searchsorted(keys, edges_k, side="right") - 1
+        out = values[np.maximum(i, 0)]
+        out[i < 0] = 0.0
+        return out
+
+
+def busy_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step ranges [lo, hi] (interval indices, in time order) merged where they overlap or
+    touch, so rows are found from a few ranges instead of one per step."""
+    if len(lo) < 2:
+        return lo, hi
+    new = np.flatnonzero(lo[1:] > hi[:-1] + 1) + 1  # a range that starts after an idle interval
+    return lo[np.concatenate(([0], new))], hi[np.concatenate((new - 1, [len(hi) - 1]))]
+
+
+def reduce_logs(logs: list[StepLog], interval_s: float) -> list[StepReducer]:
+    """Reducers of whole logs (the time series of logs given as such)."""
+    total = sum(g.num_gpu_blocks for g in logs)
+    out = []
+    for g in logs:
+        r = StepReducer(interval_s, total)
+        r.add(g)
+        out.append(r)
+    return out

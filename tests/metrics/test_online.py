@@ -1,0 +1,99 @@
+"""The step log reduced as it comes: same results as the whole log, memory that plateaus.
+
+Asserted by comparing outputs byte for byte and by the size of the structures held, never by
+timing."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.metrics.exact import ExactSum, WeightedValues
+from servesim.metrics.recorder import Recorder
+from servesim.metrics.summary import weighted_percentiles
+
+POISSON = ["workload.trace=null", "workload.arrival.process=poisson", "workload.lengths.dataset=sharegpt",
+           "workload.arrival.rate_per_s=20", "output.timeseries_interval_s=100"]
+
+
+def _outputs(result) -> tuple[str, dict]:
+    s = result.summary()
+    s.pop("wall_time_s")
+    return json.dumps(s, sort_keys=True), {k: v.tolist() for k, v in result.timeseries().items()}
+
+
+@pytest.mark.parametrize("sets", [
+    ["workload.num_requests=1500", "workload.trace=null", "workload.arrival.process=poisson",
+     "workload.arrival.rate_per_s=30", "workload.lengths.dataset=sharegpt"],
+    # preemptions (token runs with gaps between them), several replicas, two tenants (fairness section)
+    ["replicas=3", "workload.trace.speedup=6", "workload.trace.end_s=120", "engine.gpu_memory_utilization=0.3",
+     "workload.attributes.tenants={a: 1, b: 1}"],
+])
+def test_reduced_as_it_came_equals_the_whole_log(sets, monkeypatch):
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1000)  # many chunks
+    monkeypatch.setattr(WeightedValues, "memory_pairs", 2000)  # ITL gaps spilled to a file
+    path = None if "workload.trace=null" in sets else "examples/azure-conv.yaml"
+    streamed = simulate(load_scenario(path, sets), keep_requests=False)
+    whole = simulate(load_scenario(path, sets), keep_requests=True)
+    assert streamed.steps is None and len(whole.steps) > 4000
+    assert _outputs(streamed) == _outputs(whole)
+
+
+def test_step_ends_files_are_deleted_with_the_result():
+    result = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
+    folder = Path(result.spill.name)
+    assert [p.name for p in folder.iterdir()] == ["ends-0.f8"]
+    assert folder.joinpath("ends-0.f8").stat().st_size == 8 * result.summary()["num_steps"]
+    del result
+    gc.collect()
+    assert not folder.exists()
+
+
+def _held_bytes(num_requests: int) -> tuple[int, int]:
+    """(steps, bytes the step-log structures hold at the end) of a streamed Poisson run."""
+    result = simulate(load_scenario(None, POISSON + [f"workload.num_requests={num_requests}"]), keep_requests=False)
+    stats = result.replicas[0].stats
+    return stats.num_steps, stats.nbytes()
+
+
+def test_step_log_memory_plateaus(monkeypatch):
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1000)  # several reductions per run
+    steps, held = _held_bytes(1000)
+    steps4, held4 = _held_bytes(4000)
+    assert steps4 > 3 * steps
+    # what stays grows with time-series intervals (here 100 s each), not steps: a 4x longer run
+    # holds a few more intervals, far below 4x and below a byte per step
+    assert held4 < held + 8_000 and held4 < steps4
+
+
+def test_exact_sum_does_not_depend_on_order_or_chunking():
+    rng = np.random.default_rng(0)
+    x = rng.exponential(0.02, 10_000) * rng.choice([1e-6, 1.0, 1e6], 10_000)
+    a, b = ExactSum(), ExactSum()
+    a.add(x)
+    for part in np.array_split(x[::-1], 7):
+        b.add(part)
+    assert a.value() == b.value() == pytest.approx(float(np.sum(x)), rel=1e-12)
+    import math
+    assert a.value() == math.fsum(x.tolist())  # correctly rounded
+
+
+def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):
+    monkeypatch.setattr(WeightedValues, "memory_pairs", 500)
+    rng = np.random.default_rng(1)
+    v = np.round(rng.exponential(0.03, 20_000), 4)  # many ties
+    w = rng.integers(1, 9, len(v))
+    values = WeightedValues()
+    for part_v, part_w in zip(np.array_split(v, 13), np.array_split(w, 13)):
+        values.add(part_v, part_w)
+    qs = (0, 1, 50, 90, 99, 100)
+    assert values._file is not None
+    assert values.percentiles(qs) == weighted_percentiles(v, w.copy(), qs)
+    assert values.percentiles(qs) == np.percentile(np.repeat(v, w), qs).tolist()
+    assert values.max == v.max() and values.total_weight == w.sum()
+    values.close()
