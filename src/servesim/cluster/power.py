@@ -58,7 +58,7 @@ def replica_energy_j(steps: StepLog, up_s: float, power: tuple[float, float, flo
                      clock_log: list[tuple[float, float]] = (), gamma: float = 2.5) -> float:
     """Energy of one replica: idle power over its up time plus the excess of each step."""
     busy = steps.end_s - steps.start_s
-    excess = float(np.dot(step_power_w(steps, power, clock_log, gamma) - power[0], busy))
+    excess = float(((step_power_w(steps, power, clock_log, gamma) - power[0]) * busy).sum())  # not np.dot (see metrics/summary.stats)
     return num_gpus * (power[0] * up_s + excess)
 
 

@@ -95,7 +95,9 @@ def stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, fl
     if len(values) == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
     p50, p90, p99 = weighted_percentiles(values, weights, (50, 90, 99))
-    mean = float(np.dot(values, weights) / weights.sum())
+    # not np.dot: BLAS splits long dot products over its threads, so the last bits would depend
+    # on the machine's core count; numpy's pairwise sum has one fixed order everywhere
+    mean = float((values * weights).sum() / weights.sum())
     return {"mean": mean, "p50": p50, "p90": p90, "p99": p99, "max": float(values.max())}
 
 
