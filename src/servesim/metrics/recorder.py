@@ -281,6 +281,12 @@ class Recorder:
         return StepLog(**cols, num_gpu_blocks=num_gpu_blocks)
 
 
+def positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """All indices of ranges starting at `starts` with `lens` elements each."""
+    lens = np.asarray(lens, dtype=np.int64)
+    return np.repeat(starts, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
+
+
 def concat_step_logs(logs: list[StepLog]) -> tuple[StepLog, list[int]]:
     """The replicas' logs one after another (each keeps its own time order), and the index of
     each log's first step. Step-to-step differences across a boundary belong to no request."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from servesim.metrics.recorder import Column
+from servesim.metrics.recorder import Column, positions
 from servesim.metrics.summary import RequestColumns
 from servesim.workload.request import Request
 
@@ -183,8 +183,3 @@ def _run_replicas(r: Request) -> list[int]:
         out += [rep] * ((stop - start) // 2)
     return out
 
-
-def positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """All indices of ranges starting at `starts` with `lens` elements each."""
-    lens = np.asarray(lens, dtype=np.int64)
-    return np.repeat(starts, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))

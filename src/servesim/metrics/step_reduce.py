@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from servesim.metrics.exact import ExactSum
-from servesim.metrics.recorder import StepLog
+from servesim.metrics.recorder import StepLog, positions
 
 LEVELS = ("num_running", "num_waiting", "kv_usage")
 
@@ -85,9 +85,7 @@ class StepReducer:
         # the edges around the busy ranges (a margin of one before and two after, for
         # floor-division rounding), each valued by the last step starting at or before it,
         # as the whole-log integral does
-        first, lens = ranges[0] - 1, ranges[1] - ranges[0] + 4
-        nth = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-        edge_k = np.unique(np.repeat(first, lens) + nth)
+        edge_k = np.unique(positions(ranges[0] - 1, ranges[1] - ranges[0] + 4))
         edge_s = edge_k * interval
         step = np.searchsorted(start, edge_s, side="right") - 1
         ok = step >= 0  # (edges before the chunk's first step keep the earlier chunks' value)

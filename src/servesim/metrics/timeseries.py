@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from servesim.metrics.recorder import StepLog
+from servesim.metrics.recorder import StepLog, positions
 from servesim.metrics.step_reduce import LEVELS, StepReducer, reduce_logs
 
 COLUMNS = ("time_s", "interval_s", "arrivals", "finished", "prompt_tokens", "output_tokens",
@@ -31,8 +31,7 @@ def _row_edges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
     new = np.concatenate(([True], lo[1:] > reach[:-1] + 1))  # a gap of >= 1 idle interval before it
     starts = lo[new]
     ends = np.append(reach[np.flatnonzero(new)[1:] - 1], reach[-1])  # merged ranges [starts, ends]
-    lens = ends - starts + 1
-    busy = np.repeat(starts, lens) + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
+    busy = positions(starts, ends - starts + 1)
     gaps = ends[:-1] + 1
     return np.concatenate((np.sort(np.concatenate((busy, gaps))), [n]))
 

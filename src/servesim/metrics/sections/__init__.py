@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servesim.metrics.request_table import RequestTable, positions
+from servesim.metrics.recorder import positions
+from servesim.metrics.request_table import RequestTable
 from servesim.metrics.summary import RequestColumns
 from servesim.workload.request import Request
 
