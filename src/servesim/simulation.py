@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import gc
-import heapq
 import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,10 +17,11 @@ from servesim.cluster.routers import Router, get_router
 from servesim.cluster.polca import PowerManager
 from servesim.cluster.setup import build_disaggregator, build_kv_store, build_migrator, disaggregation_summary
 from servesim.cluster.scaling import build_controller, scaled_pool
-from servesim.core.loop import PRIO_ARRIVAL, EventLoop
+from servesim.core.loop import EventLoop
 from servesim.errors import InputError
 from servesim.metrics.cluster import ReplicaRecord, cluster_section
 from servesim.metrics.disaggregation import migration_section
+from servesim.invariants import check_invariants
 from servesim.metrics.elastic import elastic_info, elastic_section, elastic_timeseries, run_end_s
 from servesim.metrics.notices import run_warnings
 from servesim.metrics.recorder import Recorder, StepLog, concat_step_logs
@@ -30,22 +29,18 @@ from servesim.metrics.request_table import RequestTable
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.step_ends import StepEnds
 from servesim.metrics.step_reduce import StepReducer
-from servesim.metrics.summary import RequestColumns, summarize, tokens_per_request
+from servesim.metrics.summary import RequestColumns, summarize
 from servesim.metrics.timeseries import series
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
-from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.replica import STOPPED, Replica
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
-from servesim.workload.request import Request, RequestState
+from servesim.workload.feed import Feed, Progress
+from servesim.workload.request import Request
 
-#: Latest arrival time accepted, s (about 32 years). Later ones are a time in the wrong unit (or
-#: a corrupt value such as 1e308); beyond it float seconds also lose sub-microsecond precision.
-MAX_ARRIVAL_S = 1e9
 
-Progress = Callable[[int, int | None, float], None]  # (requests done, expected total, simulated time)
 
 
 @dataclass
@@ -126,59 +121,6 @@ class Result:
             ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
                                          run_end_s(self.replicas, cols)))
         return ts
-
-
-class Feed:
-    """Brings the workload's requests to the cluster: one stream arrival pending at a time (the
-    trace is never all in memory), plus closed-loop follow-ups when requests end; knows when
-    the next arrival is (replicas price their stretches up to it) and counts progress."""
-
-    def __init__(self, workload, loop: EventLoop, progress: Progress | None) -> None:
-        self.workload = workload
-        self.loop = loop
-        self.progress = progress
-        self.deliver: Callable[[float, Request], None] = lambda t, req: None  # set to the cluster's entry
-        self.num_done = 0
-        self._stream = workload.arrivals()
-        self._times: list[float] = []  # arrivals scheduled and not yet arrived (a heap)
-
-    def start(self) -> None:
-        self._next_from_stream()
-
-    def next_arrival_s(self) -> float:
-        return self._times[0] if self._times else float("inf")
-
-    def pending(self) -> bool:
-        return bool(self._times)
-
-    def on_done(self, req: Request, now_s: float) -> None:
-        """A request reached a terminal state: count it, schedule its follow-ups."""
-        self.num_done += 1
-        if self.progress and self.num_done % 2000 == 0:
-            self.progress(self.num_done, self.workload.expected_num_requests, now_s)
-        for follow in self.workload.on_request_done(req, now_s):
-            self._schedule(follow, self._arrive)
-
-    def _schedule(self, req: Request, handler) -> None:
-        _check_arrival(req)
-        heapq.heappush(self._times, req.arrival_s)
-        self.loop.schedule(req.arrival_s, handler, req, PRIO_ARRIVAL)
-
-    def _arrive(self, now_s: float, req: Request) -> None:
-        heapq.heappop(self._times)
-        self.deliver(now_s, req)
-
-    def _arrive_from_stream(self, now_s: float, req: Request) -> None:
-        self._next_from_stream()
-        self._arrive(now_s, req)
-
-    def _next_from_stream(self) -> None:
-        req = next(self._stream, None)
-        if req is not None:
-            if req.arrival_s < self.loop.now_s:
-                raise InputError(f"workload arrivals are not in time order: request {req.id} at "
-                                 f"{req.arrival_s} s after one at {self.loop.now_s} s")
-            self._schedule(req, self._arrive_from_stream)
 
 
 def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_requests: bool = True) -> Result:
@@ -297,12 +239,6 @@ def _no_requests(scenario: Scenario) -> str:
     return f"no request to simulate: none arrives before the run ends ({limits})"
 
 
-def _check_arrival(req: Request) -> None:
-    if not req.arrival_s <= MAX_ARRIVAL_S:
-        raise InputError(f"request {req.id} arrives at {req.arrival_s:g} s, beyond the limit of {MAX_ARRIVAL_S:g} s "
-                         "(about 32 years); is a time given in the wrong unit (e.g. milliseconds as seconds)?")
-
-
 def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, seeds: list, feed: Feed,
                  n: int, frontend: FrontendConfig, keep_steps: bool) -> Replica:
     """Build the next replica of `pool` and add it to the cluster."""
@@ -401,27 +337,3 @@ def _swap_totals(engines: list[Engine]) -> dict | None:
         return None
     return {"num_swapped_blocks": blocks, "num_copies": sum(e.num_swap_copies for e in engines),
             "transfer_s": sum(e.swap_transfer_s for e in engines), "stall_s": sum(e.swap_stall_s for e in engines)}
-
-
-def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:
-    """Conservation and monotonicity, checked on every run (a failure is a simulator bug)."""
-    for kv in kvs:
-        kv.check_all_free()
-    if any(r.stats.backwards for r in result.replicas):
-        raise AssertionError("time ran backwards in the step log")
-    cols = result.columns
-    open_ = np.flatnonzero(cols.state < int(RequestState.FINISHED))
-    if len(open_):
-        i = open_[0]
-        raise AssertionError(f"request {cols.id[i]} ended in non-terminal state {RequestState(cols.state[i]).name}")
-    emitted = tokens_per_request(result.table.token_runs())
-    bad = np.flatnonzero((emitted != cols.num_output_tokens)
-                         | ((cols.state == int(RequestState.FINISHED)) & (emitted != cols.output_len)))
-    if len(bad):
-        i = bad[0]
-        raise AssertionError(f"request {cols.id[i]}: token counts do not add up ({emitted[i]} emitted, "
-                             f"{cols.num_output_tokens[i]} counted, {cols.output_len[i]} expected)")
-    if int(emitted.sum()) != sum(r.stats.output_tokens for r in result.replicas):
-        raise AssertionError("tokens emitted by requests differ from tokens produced by steps")
-    if len(np.unique(cols.id)) != len(cols.id):
-        raise AssertionError("a request id was seen twice")

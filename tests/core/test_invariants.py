@@ -10,7 +10,7 @@ from servesim import simulate
 from servesim.metrics.request_table import RequestTable
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.scenario import validate_scenario
-from servesim.simulation import check_invariants
+from servesim.invariants import check_invariants
 from servesim.workload.request import RequestState
 
 

@@ -1,0 +1,76 @@
+"""The workload's way into the event loop: requests scheduled as arrivals one at a time from
+the workload's stream, plus the follow-ups a closed-loop workload makes when requests end."""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable
+
+from servesim.core.loop import PRIO_ARRIVAL, EventLoop
+from servesim.errors import InputError
+from servesim.workload.request import Request
+
+#: Latest arrival time accepted, s (about 32 years). Later ones are a time in the wrong unit (or
+#: a corrupt value such as 1e308); beyond it float seconds also lose sub-microsecond precision.
+MAX_ARRIVAL_S = 1e9
+
+Progress = Callable[[int, int | None, float], None]  # (requests done, expected total, simulated time)
+
+
+class Feed:
+    """Brings the workload's requests to the cluster: one stream arrival pending at a time (the
+    trace is never all in memory), plus closed-loop follow-ups when requests end; knows when
+    the next arrival is (replicas price their stretches up to it) and counts progress."""
+
+    def __init__(self, workload, loop: EventLoop, progress: Progress | None) -> None:
+        self.workload = workload
+        self.loop = loop
+        self.progress = progress
+        self.deliver: Callable[[float, Request], None] = lambda t, req: None  # set to the cluster's entry
+        self.num_done = 0
+        self._stream = workload.arrivals()
+        self._times: list[float] = []  # arrivals scheduled and not yet arrived (a heap)
+
+    def start(self) -> None:
+        self._next_from_stream()
+
+    def next_arrival_s(self) -> float:
+        return self._times[0] if self._times else float("inf")
+
+    def pending(self) -> bool:
+        return bool(self._times)
+
+    def on_done(self, req: Request, now_s: float) -> None:
+        """A request reached a terminal state: count it, schedule its follow-ups."""
+        self.num_done += 1
+        if self.progress and self.num_done % 2000 == 0:
+            self.progress(self.num_done, self.workload.expected_num_requests, now_s)
+        for follow in self.workload.on_request_done(req, now_s):
+            self._schedule(follow, self._arrive)
+
+    def _schedule(self, req: Request, handler) -> None:
+        _check_arrival(req)
+        heapq.heappush(self._times, req.arrival_s)
+        self.loop.schedule(req.arrival_s, handler, req, PRIO_ARRIVAL)
+
+    def _arrive(self, now_s: float, req: Request) -> None:
+        heapq.heappop(self._times)
+        self.deliver(now_s, req)
+
+    def _arrive_from_stream(self, now_s: float, req: Request) -> None:
+        self._next_from_stream()
+        self._arrive(now_s, req)
+
+    def _next_from_stream(self) -> None:
+        req = next(self._stream, None)
+        if req is not None:
+            if req.arrival_s < self.loop.now_s:
+                raise InputError(f"workload arrivals are not in time order: request {req.id} at "
+                                 f"{req.arrival_s} s after one at {self.loop.now_s} s")
+            self._schedule(req, self._arrive_from_stream)
+
+
+def _check_arrival(req: Request) -> None:
+    if not req.arrival_s <= MAX_ARRIVAL_S:
+        raise InputError(f"request {req.id} arrives at {req.arrival_s:g} s, beyond the limit of {MAX_ARRIVAL_S:g} s "
+                         "(about 32 years); is a time given in the wrong unit (e.g. milliseconds as seconds)?")
