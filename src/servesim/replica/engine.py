@@ -29,7 +29,7 @@ from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
-from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
 from servesim.replica.fast_forward import FastForwarding, advance_decodes
 from servesim.replica.swap import num_copies, num_layers, swap_time_s
@@ -172,20 +172,17 @@ class Engine(FastForwarding):
             for r, _ in prefills:
                 if r.first_scheduled_s is None:
                     r.first_scheduled_s = now_s
-        if (self.config.fast_forward and not self._spec_k and not swap_s
-                and (ff := sched.fast_forward(out)).repeat
-                and (not prefills or ff.after_prefill)
-                and (self.ports is None or self.ports.allows_stretch(prefills))
+        ff = (sched.fast_forward(out) if self.config.fast_forward and not swap_s
+              and (self.ports is None or self.ports.allows_stretch(prefills)) else NO_FAST_FORWARD)
+        if (not self._spec_k and ff.repeat and (not prefills or ff.after_prefill)
                 and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
-        ff = (sched.fast_forward(out) if self._spec_k and self.config.fast_forward and not swap_s
-              and (self.ports is None or self.ports.allows_stretch(prefills)) else None)
         if self._spec_k and decodes:
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
         else:
             dt = self.perf.step_time_s(chunks, decode_ctxs)
-        if ff is not None and ff.repeat and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff):
+        if self._spec_k and ff.repeat and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff):
             return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
