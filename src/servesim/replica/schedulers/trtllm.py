@@ -43,12 +43,9 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
 from servesim.workload.request import Request
-
-_REPEAT_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True)
-
 
 class TRTLLMParams(SchedulerParams):
     capacity_scheduler_policy: Literal["GUARANTEED_NO_EVICT", "MAX_UTILIZATION"] = "GUARANTEED_NO_EVICT"
@@ -231,7 +228,7 @@ class TRTLLMScheduler(Scheduler):
         if output.preempted or len(output.scheduled) != len(self.running):
             return NO_FAST_FORWARD
         if not self.waiting:
-            return _REPEAT_THROUGH
+            return REPEAT_THROUGH
         if self.waiting.peek() is self._blocked_head:
             return REPEAT_DECODES
         return NO_FAST_FORWARD

@@ -18,13 +18,11 @@ from typing import Literal
 
 from servesim.replica.schedulers import register
 from servesim.replica.lora import LoRACache
-from servesim.replica.schedulers.base import NO_FAST_FORWARD, FastForward, Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import (
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+)
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
-
-# After a prompt completes its request just decodes with the rest, so prefill steps may repeat.
-_REPEAT = FastForward(repeat=True, after_prefill=True)
-_REPEAT_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True)
 
 
 class VLLMParams(SchedulerParams):
@@ -146,5 +144,5 @@ class VLLMScheduler(VLLMSteps):
             return NO_FAST_FORWARD
         # a finish only frees blocks and a sequence slot; with nobody waiting nothing is admitted
         if not self.waiting and type(self).finish is Scheduler.finish:
-            return _REPEAT_THROUGH
-        return _REPEAT
+            return REPEAT_THROUGH
+        return REPEAT_AFTER_PREFILL  # a prompt completed now just decodes with the rest
