@@ -26,12 +26,19 @@ from servesim.perf._catalog import catalogue, resolve
 FRONTEND_FILE = "frontend.yaml"
 
 
+def frontend_profile(engine: str, gpu: str, version: str = "") -> str:
+    """The front-end profile name of an engine (release) on one system: `<engine>@<gpu>` or
+    `<engine>@<gpu>@<version>` (the key scheme of frontend.yaml)."""
+    return f"{engine}@{gpu}@{version}" if version else f"{engine}@{gpu}"
+
+
 def profile_name(engine: str, gpu: str = "", version: str = "") -> str:
     """The most specific front-end profile of frontend.yaml for an engine release on one system:
     `<engine>@<gpu>@<version>`, else `<engine>@<gpu>`, else `<engine>` (the API server's cost
     depends on the host CPU of each system and on the release's server code)."""
     names = catalogue(FRONTEND_FILE)
-    candidates = ([f"{engine}@{gpu}@{version}"] if gpu and version else []) + ([f"{engine}@{gpu}"] if gpu else [])
+    candidates = ([frontend_profile(engine, gpu, version)] if gpu and version else []) + \
+        ([frontend_profile(engine, gpu)] if gpu else [])
     return next((c.lower() for c in candidates if c.lower() in names), engine.lower())
 
 

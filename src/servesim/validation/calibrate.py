@@ -25,7 +25,8 @@ from servesim.perf.engines import engine_profile
 from servesim.replica.frontend import FRONTEND_FILE
 from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, Errors, coordinate_descent, spread_sample
 from servesim.validation.run import simulate_row
-from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, frontend_profile, inexpressible_reason, row_dtype
+from servesim.replica.frontend import frontend_profile
+from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_dtype
 
 Log = Callable[[str], None]
 NO_FRONTEND = {"latency_s": 0.0, "request_s": 0.0, "prompt_token_s": 0.0}

@@ -213,11 +213,6 @@ def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
     return engine, scheduler
 
 
-def frontend_profile(engine: str, gpu: str, version: str = "") -> str:
-    """The front-end profile name of an engine (release) on one system (perf/data/frontend.yaml)."""
-    return f"{engine}@{gpu}@{version}" if version else f"{engine}@{gpu}"
-
-
 def serving_calibration_path() -> str:
     """The shipped per-(GPU, engine) constants fitted on the silicon sample (a calibration file)."""
     return str(resources.files("servesim.perf").joinpath("data").joinpath(SERVING_CALIBRATION))

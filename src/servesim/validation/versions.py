@@ -24,10 +24,10 @@ from typing import Callable
 
 from servesim.perf import build_perf_model
 from servesim.perf.calibration import Entry
-from servesim.replica.frontend import profile_name
+from servesim.replica.frontend import frontend_profile, profile_name
 from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, Errors, coordinate_descent, spread_sample
 from servesim.validation.run import simulate_row
-from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, frontend_profile, inexpressible_reason, row_scenario
+from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario
 
 Key = tuple[str, str, str]  # (engine, system, version)
 
