@@ -3,7 +3,7 @@
 12 rows spread through the silicon sample (different engines, GPUs, models, lengths and
 concurrencies). Bounds, stated in docs/fidelity.md: TPOT median absolute error <= 10 %, every
 row's TPOT within 50 %, TTFT median absolute error <= 35 % (the goal is 10 %; TTFT is not there
-yet; these rows measure 26 %), and the shipped fit must beat the uncalibrated engine constants on
+yet; these rows measure 16 %), and the shipped fit must beat the uncalibrated engine constants on
 TPOT and on TTFT.
 """
 

@@ -55,6 +55,12 @@ class Constants:
     token_overhead_s: float = 0.0  # engine CPU time per scheduled token
     overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
     custom_allreduce: float = 0.0  # 1: small all-reduces take the one-shot path (roofline.allreduce_s)
+    # GEMM efficiency rising with M (the tokens of a step): a GEMM of a few hundred rows fills few of
+    # the GPU's tiles/SMs, one of thousands (a prefill) fills all of them. 0 (the default): eta_compute
+    # at every M; else the share of peak GEMMs approach at large M, reached halfway at gemm_m_half_tokens
+    # (terms.StepTerms.eta_compute_at).
+    eta_compute_large_m: float = 0.0
+    gemm_m_half_tokens: float = 2048.0  # tokens per step at which eta is halfway to eta_compute_large_m
 
 
 CONSTANT_NAMES = tuple(f.name for f in fields(Constants))
@@ -67,6 +73,8 @@ CONSTANT_RANGES: dict[str, tuple[float, float, bool]] = {
     "gqa_sharing": (0.0, 1.0, True),
     "overlap_cpu": (0.0, 1.0, True),
     "custom_allreduce": (0.0, 1.0, True),
+    "eta_compute_large_m": (0.0, 1.0, True),  # 0 = off (eta_compute at every M)
+    "gemm_m_half_tokens": (0.0, math.inf, False),
     "smoothing_k": (1.0, math.inf, True),
     "moe_imbalance": (1.0, math.inf, True),
     **{name: (0.0, math.inf, True) for name in CONSTANT_NAMES if name.endswith("_s")},

@@ -63,10 +63,24 @@ class StepTerms:
                              2.0 * active, a * (2 * h + active / h), moe=True))
         return out
 
+    def eta_compute_at(self, num_tokens: int) -> float:
+        """Achieved share of peak FLOP/s by the step's GEMMs (M = num_tokens rows).
+
+        eta_compute, or with eta_compute_large_m set: eta_compute + (large - eta_compute) * M / (M + M_half).
+        Why: a GEMM's output tiles are spread over the SMs; with a few hundred rows most SMs idle or
+        run one partial wave, with thousands every SM runs several full waves. The saturating form
+        and its half point are a modelling choice (one constant per GPU and engine), not a tile model.
+        """
+        c = self.c
+        if c.eta_compute_large_m <= 0.0:
+            return c.eta_compute
+        return c.eta_compute + (c.eta_compute_large_m - c.eta_compute) * num_tokens / (num_tokens + c.gemm_m_half_tokens)
+
     def linear_s(self, num_tokens: int) -> float:
         """GEMM time of all layers for `num_tokens` tokens (smoothed roofline per block)."""
         c, g, m = self.c, self.gpu, self.model
         peak = g.peak_flops[self.dtype.compute]
+        eta_c = self.eta_compute_at(num_tokens)
         total = 0.0
         for b in self.blocks():
             weight_elems = b.weight_elems
@@ -76,7 +90,7 @@ class StepTerms:
                 weight_elems += touched * expert_params(m) / self.tp
             t_block = roofline.smooth_roofline_s(
                 b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
-                peak, g.hbm_bw_bytes_s, c.eta_compute, c.eta_memory, c.smoothing_k)
+                peak, g.hbm_bw_bytes_s, eta_c, c.eta_memory, c.smoothing_k)
             total += b.count * t_block
         return total + m.num_layers * c.layer_floor_s
 
@@ -85,7 +99,7 @@ class StepTerms:
         c, g = self.c, self.gpu
         flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks())
         bytes_ = sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens) for b in self.blocks())
-        return flops / (c.eta_compute * g.peak_flops[self.dtype.compute]), bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
+        return flops / (self.eta_compute_at(num_tokens) * g.peak_flops[self.dtype.compute]), bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
 
     # ---- memory-bound element-wise work, KV writes, LM head ---------------------------------
     def ffn_width(self) -> float:

@@ -1,0 +1,64 @@
+"""Prefill constants fitted on low-concurrency rows (validation/prefill.py): which rows are fitted
+and held out, and that the fit recovers constants the measurements were made with."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.validation import prefill
+from servesim.validation.run import simulate_row
+from servesim.validation.silicon import ClientOptions, parse_row
+
+BASE = {
+    "id": "r", "backend": "vllm", "backend_version": "0.18.0", "model_path": "meta-llama/Llama-3.1-8B-Instruct",
+    "system": "h100_sxm", "precision": "", "mode": "agg", "isl": "1024", "osl": "4", "gemm_quant_mode": "",
+    "moe_quant_mode": "", "batch_size": "2", "tp_size": "1", "pp_size": "1", "attention_dp_size": "1",
+    "moe_tp_size": "0", "moe_ep_size": "0", "silicon_ttft_ms": "20", "silicon_tpot_ms": "10", "concurrency": "2",
+}
+
+
+def row(i, **changes):
+    return parse_row({**BASE, "id": f"r{i}", **changes})
+
+
+def test_groups_hold_low_concurrency_rows_split_by_file_position():
+    rows = [row(0), row(1), row(2, concurrency="9", batch_size="9"), row(3, backend="sglang"), row(4),
+            row(5, system="b200_sxm"), row(6, mode="disagg")]
+    groups = prefill.low_concurrency_groups(rows, ("vllm",))
+    assert list(groups) == [("vllm", "b200_sxm"), ("vllm", "h100_sxm")]
+    even, odd = groups[("vllm", "h100_sxm")]
+    assert [r.id for r in even] == ["r0", "r4"] and [r.id for r in odd] == ["r1"]  # r2: 9 users
+    assert [r.id for r in groups[("vllm", "b200_sxm")][1]] == ["r5"]
+
+
+def test_added_latency_adds_to_ttft_and_leaves_tpot():
+    options = ClientOptions(min_requests=2, requests_per_user=1)
+    start = prefill.shipped_values(row(0), options)
+    base = prefill.errors([row(0, concurrency="1", batch_size="1")], options, start)
+    later = prefill.errors([row(0, concurrency="1", batch_size="1")], options, {**start, "latency_add_s": 0.02})
+    assert later.ttft[0] - base.ttft[0] == pytest.approx(0.02 / 0.020)  # +20 ms on a 20 ms measurement
+    assert later.tpot == base.tpot
+
+
+def test_fit_recovers_the_prefill_efficiency_and_latency_of_the_measurements(monkeypatch):
+    # measurements made by servesim itself with large-M GEMMs at 0.9 of peak and 40 ms more front end
+    monkeypatch.setattr(prefill, "PREFILL_GRID", {"eta_compute_large_m": (0.0, 0.7, 0.9), "eta_attn_compute": (0.5,),
+                                                  "ar_bw_eff": (0.75,), "latency_add_s": (0.0, 0.02, 0.04, 0.08)})
+    options = ClientOptions(min_requests=2, requests_per_user=1)
+    shapes = [(512, 1), (8192, 1), (2048, 2), (4096, 1), (1024, 2), (6144, 1)]
+    rows = [row(i, isl=str(isl), concurrency=str(c), batch_size=str(c)) for i, (isl, c) in enumerate(shapes)]
+    truth = {**prefill.shipped_values(rows[0], options), "eta_compute_large_m": 0.9, "latency_add_s": 0.04}
+    measured = []
+    for r in rows:
+        latency_s = prefill.row_scenario(r, options).frontend.constants()[2] + 0.04
+        sim = simulate_row(r, options, overrides={k: truth[k] for k in prefill.PERF_NAMES}, frontend={"latency_s": latency_s})
+        measured.append(parse_row({**BASE, "id": r.id, "isl": str(r.isl), "concurrency": str(r.concurrency),
+                                   "batch_size": str(r.batch_size), "silicon_ttft_ms": str(sim.ttft_s * 1e3),
+                                   "silicon_tpot_ms": str(sim.tpot_s * 1e3)}))
+    logs: list[str] = []
+    fitted = prefill.fit_prefill(measured, ("vllm",), options, log=logs.append)
+    assert fitted[("vllm", "h100_sxm")]["eta_compute_large_m"] == 0.9
+    assert fitted[("vllm", "h100_sxm")]["latency_add_s"] == 0.04
+    assert len(logs) == 1 and "held out (3 rows)" in logs[0] and "-> 0.0%" in logs[0]
+    (entry,) = prefill.calibration_entries(fitted)
+    assert entry.match == {"gpu": "h100-sxm", "engine": "vllm"} and entry.values["eta_compute_large_m"] == 0.9
