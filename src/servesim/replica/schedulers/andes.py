@@ -30,6 +30,7 @@ definition was not available) as the expected time of the request's next token m
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from heapq import merge
 from itertools import chain
 from typing import Iterable
@@ -178,23 +179,33 @@ class AndesScheduler(VLLMSteps):
             return self._knapsack(now_s)
         return [], (e[3] for e in self._pending.order(now_s))
 
-    def _knapsack(self, now_s: float) -> tuple[list[Request], list[Request] | Iterable[Request]]:
+    def _max_preempt(self, now_s: float) -> tuple[int, list[int]]:
+        """How many running requests this round may preempt (the `sacrifice_percentile` slack
+        over the swap cost of a mean request), and the running requests' weights."""
         p = self.params
         running, pending = self.running, self._pending
+        k = int(p.sacrifice_percentile * (len(running) + len(pending)))
+        if p.unit_overhead_s >= 1e-200 and bisect_right(pending.slack_keys, now_s) > k:
+            # k + 1 pending requests are past their next token's time: the k-th smallest
+            # slack is <= 0, and so is the cap (the overhead is > 0), whatever runs
+            return 0, []
         qoe, qoe_of = self._qoe, self._qoe_of
         run_keys = []  # `slacks_s` + now of the running requests
         for r in running:
             arrival, ttft, tds, _ = qoe.get(r) or qoe_of(r)
             run_keys.append(arrival + ttft + r.num_output_tokens / tds)
         run_keys.sort()
-        k = int(p.sacrifice_percentile * (len(running) + len(pending)))
         threshold = pending.kth_slack_key(k, run_keys) - now_s  # the k-th smallest slack
         bs = self.kv.block_size
         run_weights = [round((r.prompt_len + r.num_output_tokens + 1) / bs + 0.5) for r in running]  # `weight`
         total_weight = sum(run_weights) + pending.total_weight
         overhead = p.unit_overhead_s * bs * total_weight / (len(running) + len(pending))
-        max_preempt = math.floor(threshold / overhead) if overhead > 0 else len(running)
-        order = pending.order(now_s)
+        return (math.floor(threshold / overhead) if overhead > 0 else len(running)), run_weights
+
+    def _knapsack(self, now_s: float) -> tuple[list[Request], list[Request] | Iterable[Request]]:
+        running = self.running
+        max_preempt, run_weights = self._max_preempt(now_s)
+        order = self._pending.order(now_s)
         if max_preempt < 1:  # no slack to sacrifice: admit what fits, preempt nothing
             return [], (e[3] for e in order)
         head = next(order)
@@ -231,10 +242,12 @@ class AndesScheduler(VLLMSteps):
             budget = left
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        outputs, last_token, running = self._outputs, self._last_token_s, RequestState.RUNNING
         for req, _ in output.scheduled:
-            if req.state is RequestState.RUNNING and req.num_output_tokens != self._outputs.get(req.id, 0):
-                self._outputs[req.id] = req.num_output_tokens
-                self._last_token_s[req.id] = now_s
+            n = req.num_output_tokens
+            if outputs.get(req.id, 0) != n and req.state is running:
+                outputs[req.id] = n
+                last_token[req.id] = now_s
 
     # ---- pending membership (`PendingOrder`) ----------------------------------------
     def add_request(self, req: Request, now_s: float) -> None:

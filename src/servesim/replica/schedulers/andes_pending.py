@@ -20,7 +20,7 @@ The slack percentile and mean weight need the pending requests' slack keys (arri
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from heapq import heappop, heappush, merge
+from heapq import heappop, heappush
 from itertools import count
 from math import inf
 from typing import Iterator
@@ -37,7 +37,8 @@ class PendingOrder:
     def __init__(self, sched) -> None:
         self.sched = sched
         self.static: list[tuple] = []  # (-density, group, place, request, weight), sorted
-        self.dynamic: dict[Request, tuple[int, int, int]] = {}  # request -> (group, place, weight)
+        # (weight, group, place, request), sorted: by decreasing bound of the density (1 / weight)
+        self.dynamic: list[tuple] = []
         self.info: dict[Request, list] = {}  # request -> [group, place, weight, slack key, where]
         self.slack_keys: list[float] = []  # sorted
         self.total_weight = 0
@@ -78,7 +79,8 @@ class PendingOrder:
             return
         where = info[4]
         if where is DYNAMIC:
-            del self.dynamic[req]
+            entry = (info[2], info[0], info[1], req)
+            del self.dynamic[bisect_left(self.dynamic, entry)]
         elif where is not None:
             del self.static[bisect_left(self.static, where)]
         del self.slack_keys[bisect_left(self.slack_keys, info[3])]
@@ -108,7 +110,7 @@ class PendingOrder:
         value = self._constant(req, i[2], now_s)
         if value is None:
             i[4] = DYNAMIC
-            self.dynamic[req] = (i[0], i[1], i[2])
+            insort(self.dynamic, (i[2], i[0], i[1], req))
             return
         density, until_s = value
         entry = i[4] = (-density, i[0], i[1], req, i[2])
@@ -156,16 +158,40 @@ class PendingOrder:
     # ---- reading ---------------------------------------------------------------------
     def order(self, now_s: float) -> Iterator[tuple]:
         """(-density, group, place, request, weight) of every pending request, densest first,
-        ties in queue order; lazily (a snapshot: admissions while reading do not disturb it)."""
-        dyn = list(self.dynamic)
-        if not dyn:
+        ties in queue order; lazily, from a snapshot taken now (admissions while reading, or
+        evictions, do not disturb it)."""
+        if not self.dynamic:
             return iter(self.static.copy())
-        dens = self.sched.densities(dyn, now_s, False)
-        dynamic = self.dynamic
-        ranked = sorted([(-d, *dynamic[r][:2], r, dynamic[r][2]) for d, r in zip(dens, dyn)])
-        if not self.static:
-            return iter(ranked)
-        return merge(self.static.copy(), ranked)
+        return self._merge(self.static.copy(), self.dynamic.copy(), now_s)
+
+    def _merge(self, static: list[tuple], dynamic: list[tuple], now_s: float) -> Iterator[tuple]:
+        """A dynamic request is valued only when it could come next: its density is at most
+        1 / weight (Q_serve <= 1, Q_wait >= 0, and rounding is monotone), so the requests of
+        one weight are valued together once that bound reaches the next request's density
+        (a tie too: a request earlier in the queue may have exactly that density)."""
+        densities = self.sched.densities
+        valued: list[tuple] = []  # a heap of valued dynamic requests
+        i = j = 0
+        while True:
+            s_head = static[i] if i < len(static) else None
+            v_head = valued[0] if valued else None
+            head = v_head if v_head is not None and (s_head is None or v_head < s_head) else s_head
+            if j < len(dynamic) and (head is None or -(1.0 / dynamic[j][0]) <= head[0]):
+                w, k = dynamic[j][0], j
+                while k < len(dynamic) and dynamic[k][0] == w:
+                    k += 1
+                batch = dynamic[j:k]
+                for d, (_, group, place, req) in zip(densities([e[3] for e in batch], now_s, False), batch):
+                    heappush(valued, (-d, group, place, req, w))
+                j = k
+                continue
+            if head is None:
+                return
+            if head is v_head:
+                heappop(valued)
+            else:
+                i += 1
+            yield head
 
     def kth_slack_key(self, k: int, running_keys: list[float]) -> float:
         """The k-th smallest (from 0) of the pending slack keys and sorted `running_keys`."""
