@@ -75,6 +75,7 @@ class AutellixScheduler(KeyedScheduler):
         # ends (`on_step_end` recomputes the keys of the programs served or promoted), so a
         # waiting call's key is not recomputed every step and the queue stays nearly sorted.
         self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
+        self.waiting.key = self._keys.__getitem__  # kept sorted: the waiting pass flags key changes
         # Waiting time added lazily: while a lone call (no program or session) waits, its
         # program's waiting time only grows by each step's length, and it cannot be promoted
         # before that time reaches starvation_ratio x its attained service (never, without
@@ -111,8 +112,8 @@ class AutellixScheduler(KeyedScheduler):
         self._queued_s[req.id] = now_s
         self.call_base_s[req.id] = max((self.call_base_s.get(c, 0.0) + self.call_service_s.get(c, 0.0)
                                         for c in req.parents), default=0.0)
+        self._keys[req] = self._fresh_key(req)  # (before it joins the queue: its place)
         super().add_request(req, now_s)
-        self._keys[req] = self._fresh_key(req)
 
     def attained_s(self, req: Request) -> float:
         self._settle_running(req)
@@ -257,7 +258,10 @@ class AutellixScheduler(KeyedScheduler):
         for req in filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
-                keys[req] = fresh(req)
+                k = fresh(req)
+                if k != keys[req]:
+                    keys[req] = k
+                    self.waiting.clean = False
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
@@ -269,6 +273,7 @@ class AutellixScheduler(KeyedScheduler):
                 discount[p] = discount.get(p, 0.0) + attained  # promote
                 wait[p] = 0.0
                 keys[req] = fresh(req)
+                self.waiting.clean = False
                 attained = max(raw - discount[p], 0.0)
             if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
                 if attained == 0:
