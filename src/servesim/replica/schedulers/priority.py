@@ -83,6 +83,7 @@ class KeyedScheduler(VLLMSteps):
     # prompts used): it stays blocked after those prompts are done too
     _head_blocked_by_kv = False
     _blocked_head: Request | None = None  # the waiting head the two flags are about
+    _num_sorted = 0  # leading running requests in key order (`_admit`, `_make_room`)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
@@ -142,6 +143,9 @@ class KeyedScheduler(VLLMSteps):
         """Admit waiting (and swap in swapped) requests in key order; a head that cannot get
         room, even by preempting requests with a larger preemption key, blocks the rest."""
         cands = _merged(list(self.waiting), self.swapped, self.sort_key()) if self.swapped else list(self.waiting)
+        # `running` is in key order here (sorted at the step's start, nothing evicted since): its
+        # first `_num_sorted` stay so, the requests admitted below join after them
+        self._num_sorted = len(self.running)
         for req in cands:
             if budget <= 0 or req in out.preempted or req in out.swapped_out:
                 self._head_blocked = self.static_keys and budget <= 0  # decodes use the same budget next step
@@ -168,9 +172,13 @@ class KeyedScheduler(VLLMSteps):
         """Evict the running request with the largest key if `req` beats it (its refund)."""
         if not (self.preempt_for_waiting and self.running):
             return None
-        victim = max(self.running, key=self.sort_key())  # (the same keys, maybe without Python calls)
+        # The largest key: the sorted part's last or one admitted since (the keys are unique).
+        running, k = self.running, self._num_sorted
+        victim = max(running[k - 1:] if k else running, key=self.sort_key())
         if not self.preempt_key(victim) > self.preempt_key(req):
             return None
+        if k and victim is running[k - 1]:
+            self._num_sorted = k - 1
         return self.evict(victim, out, self._swaps)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
