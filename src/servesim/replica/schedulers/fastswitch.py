@@ -146,17 +146,21 @@ class FastSwitchScheduler(VLLMSteps):
                 delta = p.input_price * (new_in - old_in) + p.output_price * emitted
                 snap[req.tenant] = snap.get(req.tenant, 0.0) + delta
             self._snapshot, self._snap_step = snap, last_refresh
-        for req, _ in output.scheduled:
-            prompt_done = min(req.num_computed_tokens, req.prompt_len)
-            old_in, old_out = self._served.get(req.id, (0, 0))
-            new_in = max(old_in, prompt_done)
-            delta = p.input_price * (new_in - old_in) + p.output_price * (req.num_output_tokens - old_out)
+        served, counters, finished = self._served, self.counters, RequestState.FINISHED
+        in_price, out_price = p.input_price, p.output_price
+        for req, _ in output.scheduled:  # (the hot loop: names bound once)
+            computed, n_out = req.num_computed_tokens, req.num_output_tokens
+            old_in, old_out = served.get(req.id, (0, 0))
+            new_in = computed if computed < req.prompt_len else req.prompt_len  # min(computed, prompt)
+            if new_in < old_in:
+                new_in = old_in
+            delta = in_price * (new_in - old_in) + out_price * (n_out - old_out)
             if delta:
-                self.counters[req.tenant] = self.counters.get(req.tenant, 0.0) + delta
-            if req.state is RequestState.FINISHED:
-                self._served.pop(req.id, None)  # (kept by `forget` until its last tokens counted)
+                counters[req.tenant] = counters.get(req.tenant, 0.0) + delta
+            if req.state is finished:
+                served.pop(req.id, None)  # (kept by `forget` until its last tokens counted)
             else:
-                self._served[req.id] = (new_in, req.num_output_tokens)
+                served[req.id] = (new_in, n_out)
 
     def _key(self, req: Request) -> tuple:
         t = req.tenant
