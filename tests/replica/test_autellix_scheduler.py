@@ -122,18 +122,21 @@ def test_kept_keys_equal_fresh_keys_at_every_step(params):
 @pytest.mark.parametrize("preemption_mode", ["swap", "recompute"])
 def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_mode):
     """Lone calls (no program, no session) have their waiting time added when they stop
-    waiting or may be due for promotion; the same calls as one-call sessions are accounted at
-    every step. Same schedule, and bit-identical waiting times and promotions."""
+    waiting or may be due for promotion, and their service when they stop running, miss a
+    step or may reach the next level; the same calls as one-call sessions are accounted at
+    every step. Same schedule, and bit-identical waiting times, services and promotions."""
     def run(as_sessions: bool):
         engine, sched, kv, loop, done = make_engine(num_blocks=24, scheduler="autellix", max_num_seqs=3,
                                                     fast_forward=False, num_cpu_blocks=16,
                                                     params={"base_quantum_s": 0.01, "starvation_ratio": 1.5,
                                                             "preemption_mode": preemption_mode})
-        reqs = [make_request(i, 8 + 8 * (i % 3), 4 + 9 * (i % 4), arrival=0.006 * i,
+        # (every 7th prompt takes several chunks: the running calls after it miss steps)
+        reqs = [make_request(i, 8 + 8 * (i % 3) + (120 if i % 7 == 3 else 0), 4 + 9 * (i % 4), arrival=0.006 * i,
                              session_id=1000 + i if as_sessions else None) for i in range(40)]
-        schedule, most_lazy, served_lazy = sched.schedule, [], []
+        schedule, most_lazy, served_lazy, running_lazy = sched.schedule, [], [], []
 
         def spy(now_s):
+            running_lazy.append(len(sched._run_lazy))
             most_lazy.append(len(sched._lazy))
             served_lazy.append(sum(due_s < float("inf") for _, due_s in sched._lazy.values()))
             return schedule(now_s)
@@ -141,12 +144,15 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
         sched.schedule = spy
         steps = run_logged(engine, loop, reqs)
         by_call = lambda table: {k[1] % 1000: v for k, v in table.items()}  # noqa: E731
+        service = (by_call(sched.service_s), sched.call_service_s)
         return steps, [(r.finish_s, r.num_preemptions) for r in reqs], by_call(sched.wait_s), \
-            by_call(sched.discount_s), max(most_lazy), max(served_lazy)
+            by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy)
 
     lazy, eager = run(False), run(True)
-    assert lazy[:4] == eager[:4]
-    assert lazy[4] > 5 and eager[4] == 0  # the lone calls did wait lazily; the sessions never
-    assert lazy[5] > 0  # also calls with service, until they were due for promotion
+    assert lazy[:5] == eager[:5]
+    assert lazy[5] > 5 and eager[5] == 0  # the lone calls did wait lazily; the sessions never
+    assert lazy[6] > 0  # also calls with service, until they were due for promotion
+    assert lazy[7] == 3 and eager[7] == 0  # every running lone call was credited lazily at times
     assert len(lazy[3]) > 3  # promotions happened
+    assert len(lazy[4][0]) == 40 and max(lazy[4][0].values()) > 0.04  # some passed several levels
     assert sum(n for _, n in lazy[1]) > 5

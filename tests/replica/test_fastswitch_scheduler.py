@@ -105,5 +105,5 @@ def test_held_tenants_and_the_priority_order_match_a_full_recount():
     for r in reqs[:30]:  # a single-tenant start: the arrival-order path
         r.tenant = "heavy"
     serve(engine, loop, reqs)
-    assert all(r.state == RequestState.FINISHED for r in reqs) and not sched._held
+    assert all(r.state == RequestState.FINISHED for r in reqs) and not sched._held and not sched._by_arrival
     assert seen["lift"] >= 2 and seen["single"] > 10 and seen["mixed"] > 10

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import make_engine, make_request, serve
 from tests.replica.test_vllm_scheduler import run_logged
 
 
@@ -49,3 +51,31 @@ def test_waiting_order_is_priority_then_arrival():
     steps = run_logged(engine, loop, reqs)
     assert steps[0] == [(1, 8), (2, 8)]
     assert steps[1] == [(0, 8)]
+
+
+@pytest.mark.parametrize("scheduler,params", [
+    ("priority", {}), ("edf", {"default_ttft_s": 0.05, "default_tpot_s": 0.01}),
+    ("autellix", {"base_quantum_s": 0.02, "starvation_ratio": 0.5}),
+    ("autellix", {"base_quantum_s": 0.02, "mode": "atlas", "preemption_mode": "recompute"}),
+])
+def test_waiting_queue_kept_sorted_between_steps(scheduler, params):
+    """A queue left clean (not re-sorted) is in key order at every decision, and the runs
+    did skip sorts, with requests joining in the middle and preempted ones re-entering."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler=scheduler, max_num_seqs=4,
+                                                fast_forward=False, params=params)
+    reqs = [make_request(i, 8 + 8 * (i % 3), 6 + 5 * (i % 4), arrival=0.004 * i, priority=(i * 7) % 3,
+                         program_id=i % 5 if i % 2 else None) for i in range(60)]
+    schedule, seen = sched.schedule, {"clean": 0, "inserted": 0}
+
+    def checking(now_s):
+        held = list(sched.waiting)
+        if sched.waiting.clean:
+            assert held == sorted(held, key=sched.key)
+            seen["clean"] += 1
+            seen["inserted"] += sum(1 for a, b in zip(held, held[1:]) if a.arrival_s > b.arrival_s)
+        return schedule(now_s)
+
+    sched.schedule = checking
+    serve(engine, loop, reqs)
+    assert len(done) == 60 and sum(r.num_preemptions for r in reqs) > 0
+    assert seen["clean"] > 20 and seen["inserted"] > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request
 from tests.replica.test_vllm_scheduler import run_logged
@@ -85,3 +87,25 @@ def test_a_request_preempted_for_a_decode_is_neither_scheduled_nor_charged():
     sched.end_step(out, 0.2, 2)
     # only the decodes that ran are charged (output price 2)
     assert sched.counters == {**counters, "a": counters["a"] + 2.0, "b": counters["b"] + 2.0}
+
+
+def test_future_peak_is_lightllms_loop():
+    """The vectorised peak equals LightLLM's loop (sort by remaining output, descending,
+    stable), ties and negative remainders included."""
+    from servesim.replica.schedulers.vtc import future_peak
+
+    def loop(contexts, rests):
+        items = sorted(zip(contexts, rests), key=lambda x: -x[1])
+        peak = ctx = 0
+        for k, (c, rest) in enumerate(items, start=1):
+            ctx += c
+            peak = max(peak, ctx + rest * k)
+        return peak
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 5, 40, 300):
+        for _ in range(50):
+            contexts = rng.integers(1, 5000, n).tolist()
+            rests = rng.integers(-3, 60 if n > 5 else 4, n).tolist()  # many ties
+            assert future_peak(contexts, rests) == loop(contexts, rests)
+    assert future_peak([10], [-20]) == 0

@@ -30,11 +30,16 @@ definition was not available) as the expected time of the request's next token m
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from heapq import merge
+from itertools import chain
+from typing import Iterable
 
 from pydantic import Field
 
 from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingOrder
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
@@ -72,6 +77,8 @@ class AndesScheduler(VLLMSteps):
         # (arrival, TTFT_exp, TDS_exp, 1 / TDS_exp) per held request: fixed for its lifetime,
         # read for every pending request at every step (`densities`, `slacks_s`)
         self._qoe: dict[Request, tuple[float, float, float, float]] = {}
+        # the pending requests in density order, kept up to date by the hooks below
+        self._pending = PendingOrder(self)
 
     # ---- QoE model -------------------------------------------------------------------
     def _targets(self, req: Request) -> tuple[float, float]:
@@ -154,12 +161,8 @@ class AndesScheduler(VLLMSteps):
         total = kv.num_gpu_blocks
         util = (total - max(0, kv.num_free_blocks - len(self.running))) / total
         solve = self.num_engine_steps % self.params.solver_interval == 0
-        pending = list(self.waiting) + self.swapped
-        if pending and solve and util >= self.params.util_threshold:
-            evict, chosen = self._knapsack(now_s, pending)
-        else:
-            evict = []
-            chosen = _by_density(pending, self.densities(pending, now_s, False))
+        self._pending.refresh(now_s)
+        evict, chosen = self.decide(now_s, solve and util >= self.params.util_threshold)
         for req in evict:
             self.evict(req, out, swap=True)
         num_evicted = len(out.swapped_out) + len(out.preempted)
@@ -169,35 +172,60 @@ class AndesScheduler(VLLMSteps):
             self._bring_in(out, chosen, budget)
         return out
 
-    def _knapsack(self, now_s: float, pending: list[Request]) -> tuple[list[Request], list[Request]]:
+    def decide(self, now_s: float, contended: bool) -> tuple[list[Request], Iterable[Request]]:
+        """(running requests to swap out, pending requests to bring in, in that order): the
+        knapsack when memory is `contended`, else every pending request by density."""
+        if len(self._pending) and contended:
+            return self._knapsack(now_s)
+        return [], (e[3] for e in self._pending.order(now_s))
+
+    def _max_preempt(self, now_s: float) -> tuple[int, list[int]]:
+        """How many running requests this round may preempt (the `sacrifice_percentile` slack
+        over the swap cost of a mean request), and the running requests' weights."""
         p = self.params
-        everyone = self.running + pending
-        slacks = sorted(self.slacks_s(everyone, now_s))
-        threshold = slacks[int(p.sacrifice_percentile * len(slacks))]
+        running, pending = self.running, self._pending
+        k = int(p.sacrifice_percentile * (len(running) + len(pending)))
+        if p.unit_overhead_s >= 1e-200 and bisect_right(pending.slack_keys, now_s) > k:
+            # k + 1 pending requests are past their next token's time: the k-th smallest
+            # slack is <= 0, and so is the cap (the overhead is > 0), whatever runs
+            return 0, []
+        qoe, qoe_of = self._qoe, self._qoe_of
+        run_keys = []  # `slacks_s` + now of the running requests
+        for r in running:
+            arrival, ttft, tds, _ = qoe.get(r) or qoe_of(r)
+            run_keys.append(arrival + ttft + r.num_output_tokens / tds)
+        run_keys.sort()
+        threshold = pending.kth_slack_key(k, run_keys) - now_s  # the k-th smallest slack
         bs = self.kv.block_size
-        total_weight = sum([round((r.prompt_len + r.num_output_tokens + 1) / bs + 0.5) for r in everyone])  # `weight`
-        overhead = p.unit_overhead_s * bs * total_weight / len(everyone)
-        max_preempt = math.floor(threshold / overhead) if overhead > 0 else len(self.running)
-        pending_dens = self.densities(pending, now_s, False)
+        run_weights = [round((r.prompt_len + r.num_output_tokens + 1) / bs + 0.5) for r in running]  # `weight`
+        total_weight = sum(run_weights) + pending.total_weight
+        overhead = p.unit_overhead_s * bs * total_weight / (len(running) + len(pending))
+        return (math.floor(threshold / overhead) if overhead > 0 else len(running)), run_weights
+
+    def _knapsack(self, now_s: float) -> tuple[list[Request], list[Request] | Iterable[Request]]:
+        running = self.running
+        max_preempt, run_weights = self._max_preempt(now_s)
+        order = self._pending.order(now_s)
         if max_preempt < 1:  # no slack to sacrifice: admit what fits, preempt nothing
-            return [], _by_density(pending, pending_dens)
-        dens = {r.id: d for r, d in zip(pending, pending_dens)}
-        run_dens = {r.id: d for r, d in zip(self.running, self.densities(self.running, now_s, True))}
-        best = max(dens.values())
-        cand = sorted((r for r in self.running if run_dens[r.id] <= best), key=lambda r: run_dens[r.id])
-        cand = cand[:max_preempt]
-        dens.update((r.id, run_dens[r.id]) for r in cand)
-        cand_ids = {r.id for r in cand}
-        capacity = self.kv.num_gpu_blocks - sum(self.weight(r) for r in self.running if r.id not in cand_ids)
-        picked = set()
-        for r in sorted(cand + pending, key=lambda r: -dens[r.id]):
-            w = self.weight(r)
+            return [], (e[3] for e in order)
+        head = next(order)
+        best = -head[0]
+        run_dens = self.densities(running, now_s, True)
+        idx = sorted((i for i, d in enumerate(run_dens) if d <= best), key=run_dens.__getitem__)[:max_preempt]
+        cand = [(-run_dens[i], -1, j, running[i], run_weights[i]) for j, i in enumerate(idx)]
+        in_cand = set(idx)
+        capacity = self.kv.num_gpu_blocks - sum(w for i, w in enumerate(run_weights) if i not in in_cand)
+        picked, chosen = set(), []
+        # cand and pending by decreasing density, ties: candidates first, then queue order
+        for _, group, _, r, w in merge(sorted(cand), chain((head,), order)):
             if w > capacity:
                 break
             capacity -= w
-            picked.add(r.id)
-        evict = [r for r in cand if r.id not in picked]
-        return evict, [r for r in sorted(pending, key=lambda r: -dens[r.id]) if r.id in picked]
+            if group < 0:
+                picked.add(r)
+            else:
+                chosen.append(r)
+        return [c[3] for c in cand if c[3] not in picked], chosen
 
     def _bring_in(self, out: SchedulerOutput, chosen: list[Request], budget: int) -> None:
         for req in chosen:
@@ -214,22 +242,49 @@ class AndesScheduler(VLLMSteps):
             budget = left
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        outputs, last_token, running = self._outputs, self._last_token_s, RequestState.RUNNING
         for req, _ in output.scheduled:
-            if req.state is RequestState.RUNNING and req.num_output_tokens != self._outputs.get(req.id, 0):
-                self._outputs[req.id] = req.num_output_tokens
-                self._last_token_s[req.id] = now_s
+            n = req.num_output_tokens
+            if outputs.get(req.id, 0) != n and req.state is running:
+                outputs[req.id] = n
+                last_token[req.id] = now_s
+
+    # ---- pending membership (`PendingOrder`) ----------------------------------------
+    def add_request(self, req: Request, now_s: float) -> None:
+        super().add_request(req, now_s)
+        self._pending.add(req, WAITING)
+
+    def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        super().preempt(req, out)
+        self._pending.add(req, WAITING, front=True)
+
+    def swap_or_recompute(self, req: Request, out: SchedulerOutput, swap: bool, reuse_key=None) -> None:
+        super().swap_or_recompute(req, out, swap, reuse_key)
+        if req.state is RequestState.SWAPPED:  # (else `preempt` queued it)
+            self._pending.add(req, SWAPPED)
+
+    def admit(self, req: Request, budget: int, out: SchedulerOutput, make_room=None) -> int | None:
+        left = super().admit(req, budget, out, make_room)
+        if left is not None:
+            self._pending.remove(req)
+        return left
+
+    def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
+        self._pending.remove(req)
+        return super().resume(req, out, num_tokens, keep_cpu_copy)
+
+    def drain(self, now_s: float) -> list[Request]:
+        self._pending.clear()
+        return super().drain(now_s)
 
     def forget(self, req: Request) -> None:
         self._outputs.pop(req.id, None)
         self._last_token_s.pop(req.id, None)
         self._qoe.pop(req, None)
+        self._pending.remove(req)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch, and
         # a finish admits nobody (prompts done this step decode with the rest).
         return REPEAT_THROUGH if self.nothing_pending(output) else NO_FAST_FORWARD
 
-
-def _by_density(reqs: list[Request], dens: list[float]) -> list[Request]:
-    """`reqs` by decreasing density, ties in their order (a stable sort on -density)."""
-    return [reqs[i] for i in sorted(range(len(reqs)), key=[-d for d in dens].__getitem__)]

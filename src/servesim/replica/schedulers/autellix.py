@@ -28,7 +28,7 @@ from math import inf
 from functools import reduce
 from heapq import heappop, heappush
 from itertools import chain, filterfalse, islice
-from operator import add
+from operator import add, itemgetter
 from typing import Literal
 
 from pydantic import Field
@@ -75,6 +75,7 @@ class AutellixScheduler(KeyedScheduler):
         # ends (`on_step_end` recomputes the keys of the programs served or promoted), so a
         # waiting call's key is not recomputed every step and the queue stays nearly sorted.
         self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
+        self.waiting.key = self._keys.__getitem__  # kept sorted: the waiting pass flags key changes
         # Waiting time added lazily: while a lone call (no program or session) waits, its
         # program's waiting time only grows by each step's length, and it cannot be promoted
         # before that time reaches starvation_ratio x its attained service (never, without
@@ -87,6 +88,13 @@ class AutellixScheduler(KeyedScheduler):
         self._due_seq = 0
         self._step_log: list[float] = []
         self._log_start = 0  # index of `_step_log[0]` (the log is trimmed of settled steps)
+        # Service credited lazily too: a running lone call is credited each step's length
+        # while it is scheduled, and its key (level) cannot change before its service reaches
+        # the next threshold, at the earliest after that much time. `_run_lazy[call]` = (index
+        # in `_step_log` of the first step not yet credited, due time); `_settle_running` adds
+        # them (same float additions) when it leaves, finishes, is due, or misses a step.
+        self._run_lazy: dict[Request, tuple[int, float]] = {}
+        self._run_due: list[tuple[float, int, Request]] = []
 
     @staticmethod
     def program(req: Request) -> object:
@@ -104,10 +112,11 @@ class AutellixScheduler(KeyedScheduler):
         self._queued_s[req.id] = now_s
         self.call_base_s[req.id] = max((self.call_base_s.get(c, 0.0) + self.call_service_s.get(c, 0.0)
                                         for c in req.parents), default=0.0)
+        self._keys[req] = self._fresh_key(req)  # (before it joins the queue: its place)
         super().add_request(req, now_s)
-        self._keys[req] = self._fresh_key(req)
 
     def attained_s(self, req: Request) -> float:
+        self._settle_running(req)
         p = self.program(req)
         if self.params.mode == "atlas":
             raw = self.call_base_s[req.id] + self.call_service_s[req.id]
@@ -119,15 +128,18 @@ class AutellixScheduler(KeyedScheduler):
         return bisect_right(self.thresholds, self.attained_s(req))  # thresholds passed (increasing)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        self._settle_running(req)
         super().preempt(req, out)
         self._queued_s[req.id] = self.now_s
 
     def swap_out(self, req: Request, out, reuse_key=None) -> bool:
+        self._settle_running(req)
         self._queued_s[req.id] = self.now_s
         return super().swap_out(req, out, reuse_key)
 
     def forget(self, req: Request) -> None:
         self._settle(req)
+        self._settle_running(req)  # (a call finishing in this step is credited with it eagerly)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
         self._keys.pop(req, None)
 
@@ -151,11 +163,23 @@ class AutellixScheduler(KeyedScheduler):
     def drain(self, now_s: float) -> list[Request]:
         for req in list(self._lazy):
             self._settle(req)
+        for req in list(self._run_lazy):
+            self._settle_running(req)
         return super().drain(now_s)
+
+    def _settle_running(self, req: Request) -> None:
+        """Credit a lazy running call with the steps logged since it became lazy."""
+        entry = self._run_lazy.pop(req, None)
+        if entry is not None:
+            i, p = entry[0] - self._log_start, self.program(req)
+            self.service_s[p] = reduce(add, islice(self._step_log, i, None), self.service_s[p])
+            calls = self.call_service_s
+            calls[req.id] = reduce(add, islice(self._step_log, i, None), calls[req.id])
 
     def _trim_log(self) -> None:
         """Drop the logged steps before the first one a lazy call has yet to be credited with."""
-        first = min((i for i, _ in self._lazy.values()), default=self._log_start + len(self._step_log))
+        first = min(chain((i for i, _ in self._lazy.values()), (i for i, _ in self._run_lazy.values())),
+                    default=self._log_start + len(self._step_log))
         del self._step_log[:first - self._log_start]
         self._log_start = first
 
@@ -184,16 +208,42 @@ class AutellixScheduler(KeyedScheduler):
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         start = self._step_start_s
         dt = now_s - start
+        served = self._credit(output, now_s, start, dt)
+        log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
+        self._step_log.append(dt)
+        self._wait_pass(served, now_s, start, log_end)
+        self._rekey_running(now_s, log_end)
+        if len(self._step_log) > 4096:
+            self._trim_log()
+
+    def _credit(self, output: SchedulerOutput, now_s: float, start: float, dt: float) -> set:
+        """Credit this step's service to the calls scheduled in it (lazy ones: by the log);
+        the programs served."""
+        run_lazy, due = self._run_lazy, self._run_due
+        while due and due[0][0] <= now_s:  # may reach their next level in this step: eager again
+            t, _, req = heappop(due)
+            entry = run_lazy.get(req)
+            if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
+                self._settle_running(req)
+        reqs = list(map(itemgetter(0), output.scheduled))
+        if run_lazy and sum(map(run_lazy.__contains__, reqs)) < len(run_lazy):
+            missed = set(run_lazy).difference(reqs)  # running, not scheduled: no credit this step
+            for req in missed:
+                self._settle_running(req)
         program, service, call_service = self.program, self.service_s, self.call_service_s
         served = set()
-        for req, _ in output.scheduled:
+        for req in filterfalse(run_lazy.__contains__, reqs):
             p = program(req)
             served.add(p)
             # a call that finished inside a stretch running through finishes was served until then
             d = dt if req.finish_s is None or req.finish_s >= now_s else req.finish_s - start
             service[p] += d
             call_service[req.id] += d
-        # Waiting time and anti-starvation (`attained_s` inlined: this runs over the whole queue)
+        return served
+
+    def _wait_pass(self, served: set, now_s: float, start: float, log_end: int) -> None:
+        """Waiting time and anti-starvation (`attained_s` inlined: this runs over the queue)."""
+        program, service, call_service = self.program, self.service_s, self.call_service_s
         atlas = self.params.mode == "atlas"
         ratio = self.params.starvation_ratio
         wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
@@ -204,13 +254,14 @@ class AutellixScheduler(KeyedScheduler):
             entry = lazy.get(req)
             if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
                 self._settle(req)
-        log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
-        self._step_log.append(dt)
         # (lazy calls are credited with this step's `dt` when they stop waiting; skipped in C)
         for req in filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
-                keys[req] = fresh(req)
+                k = fresh(req)
+                if k != keys[req]:
+                    keys[req] = k
+                    self.waiting.clean = False
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
@@ -222,6 +273,7 @@ class AutellixScheduler(KeyedScheduler):
                 discount[p] = discount.get(p, 0.0) + attained  # promote
                 wait[p] = 0.0
                 keys[req] = fresh(req)
+                self.waiting.clean = False
                 attained = max(raw - discount[p], 0.0)
             if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
                 if attained == 0:
@@ -233,10 +285,26 @@ class AutellixScheduler(KeyedScheduler):
                     lazy[req] = (log_end, t)
                     self._due_seq += 1
                     heappush(due, (t, self._due_seq, req))
+
+    def _rekey_running(self, now_s: float, log_end: int) -> None:
+        """Keys of the running calls served eagerly, or of a promoted program; lone ones
+        become lazy until their service may reach the next threshold."""
+        program, service, call_service = self.program, self.service_s, self.call_service_s
+        atlas = self.params.mode == "atlas"
+        base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
         thresholds = self.thresholds
-        for req in self.running:  # served, or of a promoted program (`_fresh_key`, inlined)
+        for req in filterfalse(run_lazy.__contains__, self.running):  # (`_fresh_key`, inlined)
             p = program(req)
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
-            keys[req] = (bisect_right(thresholds, max(raw - discount.get(p, 0.0), 0.0)), req.arrival_s, req.id)
-        if len(self._step_log) > 4096:
-            self._trim_log()
+            disc = discount.get(p, 0.0)
+            level = bisect_right(thresholds, max(raw - disc, 0.0))
+            keys[req] = (level, req.arrival_s, req.id)
+            if req.program_id is None and req.session_id is None:  # nothing else moves its key
+                if level >= len(thresholds):
+                    run_lazy[req] = (log_end, inf)
+                else:
+                    # its service grows by at most the time elapsed (the margin: float rounding)
+                    t = now_s + (thresholds[level] + disc - raw) * (1 - 1e-9) - 1e-6
+                    run_lazy[req] = (log_end, t)
+                    self._due_seq += 1
+                    heappush(self._run_due, (t, self._due_seq, req))

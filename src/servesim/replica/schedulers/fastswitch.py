@@ -26,8 +26,8 @@ reusable at once (the paper waits for the copy): a simplification.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from functools import partial
-from operator import attrgetter
 
 from pydantic import Field
 
@@ -56,7 +56,6 @@ class FastSwitchParams(SchedulerParams):
     """Keep CPU copies across swap-ins and turns; swap out only what is new."""
 
 
-_ARRIVAL_ID = attrgetter("arrival_s", "id")  # `_key` without the counter (all counters equal)
 
 
 def context_key(req: Request):
@@ -82,12 +81,28 @@ class FastSwitchScheduler(VLLMSteps):
         self._sched_step = 0
         self._held: dict[str, int] = {}  # tenant -> requests held (running, swapped, waiting)
         self._arrived: dict[str, int] = {}  # tenant -> requests arrived since the last step (`_lift`)
+        # every held request in arrival order (`_order` when all counters are equal), kept
+        # as requests come and go instead of sorted at every step
+        self._arrival_keys: list[tuple[float, int]] = []
+        self._by_arrival: list[Request] = []
 
     # ---- fairness bookkeeping ------------------------------------------------------
     def add_request(self, req: Request, now_s: float) -> None:
         self._held[req.tenant] = self._held.get(req.tenant, 0) + 1
         self._arrived[req.tenant] = self._arrived.get(req.tenant, 0) + 1
+        self._hold(req)
         super().add_request(req, now_s)
+
+    def _hold(self, req: Request) -> None:
+        key = (req.arrival_s, req.id)
+        i = bisect_right(self._arrival_keys, key)
+        self._arrival_keys.insert(i, key)
+        self._by_arrival.insert(i, req)
+
+    def _release(self, req: Request) -> None:
+        i = bisect_left(self._arrival_keys, (req.arrival_s, req.id))
+        if i < len(self._by_arrival) and self._by_arrival[i] is req:
+            del self._arrival_keys[i], self._by_arrival[i]
 
     def _lift(self) -> None:
         """VTC lift: a tenant back from idle (all it holds arrived since the last step) starts
@@ -105,11 +120,14 @@ class FastSwitchScheduler(VLLMSteps):
 
     def add_transferred(self, req: Request, now_s: float) -> None:
         self._held[req.tenant] = self._held.get(req.tenant, 0) + 1
+        self._hold(req)
         super().add_transferred(req, now_s)
 
     def drain(self, now_s: float) -> list[Request]:
         self._held.clear()
         self._arrived.clear()
+        self._arrival_keys.clear()
+        self._by_arrival.clear()
         return super().drain(now_s)
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
@@ -128,17 +146,21 @@ class FastSwitchScheduler(VLLMSteps):
                 delta = p.input_price * (new_in - old_in) + p.output_price * emitted
                 snap[req.tenant] = snap.get(req.tenant, 0.0) + delta
             self._snapshot, self._snap_step = snap, last_refresh
-        for req, _ in output.scheduled:
-            prompt_done = min(req.num_computed_tokens, req.prompt_len)
-            old_in, old_out = self._served.get(req.id, (0, 0))
-            new_in = max(old_in, prompt_done)
-            delta = p.input_price * (new_in - old_in) + p.output_price * (req.num_output_tokens - old_out)
+        served, counters, finished = self._served, self.counters, RequestState.FINISHED
+        in_price, out_price = p.input_price, p.output_price
+        for req, _ in output.scheduled:  # (the hot loop: names bound once)
+            computed, n_out = req.num_computed_tokens, req.num_output_tokens
+            old_in, old_out = served.get(req.id, (0, 0))
+            new_in = computed if computed < req.prompt_len else req.prompt_len  # min(computed, prompt)
+            if new_in < old_in:
+                new_in = old_in
+            delta = in_price * (new_in - old_in) + out_price * (n_out - old_out)
             if delta:
-                self.counters[req.tenant] = self.counters.get(req.tenant, 0.0) + delta
-            if req.state is RequestState.FINISHED:
-                self._served.pop(req.id, None)  # (kept by `forget` until its last tokens counted)
+                counters[req.tenant] = counters.get(req.tenant, 0.0) + delta
+            if req.state is finished:
+                served.pop(req.id, None)  # (kept by `forget` until its last tokens counted)
             else:
-                self._served[req.id] = (new_in, req.num_output_tokens)
+                served[req.id] = (new_in, n_out)
 
     def _key(self, req: Request) -> tuple:
         t = req.tenant
@@ -220,11 +242,10 @@ class FastSwitchScheduler(VLLMSteps):
 
     def _order(self) -> list[Request]:
         """Every held request in priority order (`_key`). When all their tenants have the
-        same counter (one tenant, say) that is arrival order, sorted without Python keys."""
-        held = [*self.running, *self.swapped, *self.waiting]
+        same counter (one tenant, say) that is arrival order, kept between steps."""
         if len({self._key_counter(t) for t in self._held}) <= 1:
-            return sorted(held, key=_ARRIVAL_ID)
-        return sorted(held, key=self._key)
+            return self._by_arrival.copy()
+        return sorted([*self.running, *self.swapped, *self.waiting], key=self._key)
 
     def _key_counter(self, tenant: str) -> float:
         return self._snapshot.get(tenant, self.counters.get(tenant, 0.0))
@@ -254,6 +275,7 @@ class FastSwitchScheduler(VLLMSteps):
         self.evict(victim, out, swap=True, reuse_key=context_key(victim) if self.params.reuse_cpu_kv else None)
 
     def forget(self, req: Request) -> None:
+        self._release(req)
         if req.state is not RequestState.FINISHED:  # a finished one's last step is counted at its end
             self._served.pop(req.id, None)
         held = self._held

@@ -16,8 +16,9 @@ Every step follows vLLM v1's unified token budget, with requests ordered by a ke
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
-from typing import Any
+from typing import Any, Iterator
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
@@ -31,15 +32,39 @@ from servesim.workload.request import Request, RequestState
 
 class SortedWaiting(FCFSQueue):
     """Waiting queue re-sorted by the scheduler's (possibly time-varying) key before each use;
-    a preempted request re-enters by its key, not at the front."""
+    a preempted request re-enters by its key, not at the front.
 
-    __slots__ = ()
+    With `key` (the stored keys of a scheduler that tells the queue when a waiting request's
+    key changes, by clearing `clean`), the queue stays sorted between uses: a request joins
+    at its place (after equal keys, as a stable sort puts a request appended last) and a
+    clean queue is not sorted again. Without it every `sort` sorts.
+    """
+
+    __slots__ = ("key", "clean")
+
+    def __init__(self, key=None) -> None:
+        super().__init__()
+        self.key = key
+        self.clean = False  # sorted by `key`, and no key changed since
+
+    def append(self, req: Request) -> None:
+        q = self._q
+        if self.clean and q:
+            key = self.key
+            k = key(req)
+            if k < key(q[-1]):
+                q.insert(bisect_right(q, k, key=key), req)
+                return
+        q.append(req)
 
     def prepend(self, req: Request) -> None:
         self.append(req)
 
     def sort(self, key) -> None:
-        self._q = deque(sorted(self._q, key=key))
+        """Sort by `key` (the same order as `self.key`'s when that is set)."""
+        if not self.clean:
+            self._q = deque(sorted(self._q, key=key))
+            self.clean = self.key is not None
 
 
 class KeyedScheduler(VLLMSteps):
@@ -58,22 +83,25 @@ class KeyedScheduler(VLLMSteps):
     # prompts used): it stays blocked after those prompts are done too
     _head_blocked_by_kv = False
     _blocked_head: Request | None = None  # the waiting head the two flags are about
+    _num_sorted = 0  # leading running requests in key order (`_admit`, `_make_room`)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
-        self.waiting = SortedWaiting()
         self.now_s = 0.0
         self._waiting_keys: dict[Request, Any] = {}  # (`static_waiting_keys`; requests hash by identity)
+        # fixed keys: the queue stays sorted between steps (a request's key is stored before
+        # it joins the queue)
+        self.waiting = SortedWaiting(self._waiting_keys.__getitem__ if self.static_waiting_keys else None)
 
     def add_request(self, req: Request, now_s: float) -> None:
-        super().add_request(req, now_s)
         if self.static_waiting_keys:
             self._waiting_keys[req] = self.key(req)
+        super().add_request(req, now_s)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
-        super().preempt(req, out)
         if self.static_waiting_keys:
-            self._waiting_keys[req] = self.key(req)
+            self._waiting_keys[req] = self.key(req)  # (a preemption leaves the key as it is)
+        super().preempt(req, out)
 
     def forget(self, req: Request) -> None:
         self._waiting_keys.pop(req, None)
@@ -114,7 +142,10 @@ class KeyedScheduler(VLLMSteps):
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting (and swap in swapped) requests in key order; a head that cannot get
         room, even by preempting requests with a larger preemption key, blocks the rest."""
-        cands = sorted([*self.waiting, *self.swapped], key=self.sort_key()) if self.swapped else list(self.waiting)
+        cands = _merged(list(self.waiting), self.swapped, self.sort_key()) if self.swapped else list(self.waiting)
+        # `running` is in key order here (sorted at the step's start, nothing evicted since): its
+        # first `_num_sorted` stay so, the requests admitted below join after them
+        self._num_sorted = len(self.running)
         for req in cands:
             if budget <= 0 or req in out.preempted or req in out.swapped_out:
                 self._head_blocked = self.static_keys and budget <= 0  # decodes use the same budget next step
@@ -141,9 +172,13 @@ class KeyedScheduler(VLLMSteps):
         """Evict the running request with the largest key if `req` beats it (its refund)."""
         if not (self.preempt_for_waiting and self.running):
             return None
-        victim = max(self.running, key=self.sort_key())  # (the same keys, maybe without Python calls)
+        # The largest key: the sorted part's last or one admitted since (the keys are unique).
+        running, k = self.running, self._num_sorted
+        victim = max(running[k - 1:] if k else running, key=self.sort_key())
         if not self.preempt_key(victim) > self.preempt_key(req):
             return None
+        if k and victim is running[k - 1]:
+            self._num_sorted = k - 1
         return self.evict(victim, out, self._swaps)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
@@ -168,6 +203,23 @@ class KeyedScheduler(VLLMSteps):
         """Everyone running got its tokens and nobody was preempted or swapped this step."""
         return (not (output.preempted or output.swapped_out or output.swapped_in)
                 and len(output.scheduled) == len(self.running))
+
+
+def _merged(waiting: list[Request], swapped: list[Request], key) -> Iterator[Request]:
+    """`sorted(waiting + swapped, key=key)`, lazily, for `waiting` already sorted by `key`
+    (admission usually stops after a few requests)."""
+    swapped = sorted(swapped, key=key)
+    keys = [key(r) for r in swapped]
+    i = j = 0
+    while i < len(waiting) and j < len(swapped):
+        if keys[j] < key(waiting[i]):  # (ties: waiting first, as the stable sort)
+            yield swapped[j]
+            j += 1
+        else:
+            yield waiting[i]
+            i += 1
+    yield from waiting[i:]
+    yield from swapped[j:]
 
 
 class PriorityParams(SchedulerParams):

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Literal
 
+import numpy as np
+
 from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
@@ -155,6 +157,7 @@ class VTCScheduler(Scheduler):
         counters = self.counters
         batch_tokens = 0
         admitted: list[Request] = []
+        items = self._items()  # (kept as requests join: one pass over the batch per mini-batch)
         while len(self.running) < self.config.max_num_seqs:
             backlogged = [u for u, q in queues.items() if q]
             if not backlogged:
@@ -165,11 +168,13 @@ class VTCScheduler(Scheduler):
                 u = min(backlogged, key=lambda v: counters[v])
             req = queues[u][0]
             n = req.num_tokens
-            if (admitted and batch_tokens + n > self.batch_max_tokens) or not self._fits(req):
+            if (admitted and batch_tokens + n > self.batch_max_tokens) or not self._fits(req, items):
                 break  # no skipping: the chosen request waits for room
             self.waiting.pop_from(u)
             self.kv.allocate_slots(req, n)
             self.running.append(req)
+            items[0].append(req.num_tokens)
+            items[1].append(self._max_new(req) - req.num_output_tokens)
             req.state = RequestState.RUNNING
             admitted.append(req)
             out.scheduled.append((req, n))
@@ -181,16 +186,17 @@ class VTCScheduler(Scheduler):
             return req.output_len
         return req.max_tokens or self.config.max_model_len - req.prompt_len
 
-    def _fits(self, new: Request) -> bool:
-        """LightLLM's future-peak check, in blocks (each request may waste part of one)."""
-        items = [(r.num_tokens, self._max_new(r) - r.num_output_tokens) for r in self.running]
-        items.append((new.num_tokens + 1, self._max_new(new) - new.num_output_tokens - 1))
-        items.sort(key=lambda x: -x[1])
-        peak = ctx = 0
-        for k, (c, rest) in enumerate(items, start=1):
-            ctx += c
-            peak = max(peak, ctx + rest * k)
-        return cdiv(peak, self.kv.block_size) + len(items) - 1 <= self.kv.num_gpu_blocks
+    def _items(self) -> tuple[list[int], list[int]]:
+        """(contexts, remaining outputs) of the running requests, for `_fits`."""
+        max_new = self._max_new
+        return [r.num_tokens for r in self.running], [max_new(r) - r.num_output_tokens for r in self.running]
+
+    def _fits(self, new: Request, items: tuple[list[int], list[int]] | None = None) -> bool:
+        """LightLLM's future-peak check, in blocks (each request may waste part of one);
+        `items`: the running requests' `_items()`, when the caller keeps them."""
+        contexts, rests = items or self._items()
+        peak = future_peak(contexts + [new.num_tokens + 1], rests + [self._max_new(new) - new.num_output_tokens - 1])
+        return cdiv(peak, self.kv.block_size) + len(contexts) <= self.kv.num_gpu_blocks
 
     # ------------------------------------------------------------------ bookkeeping
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
@@ -212,3 +218,14 @@ class VTCScheduler(Scheduler):
         if output.preempted or self.waiting:
             return NO_FAST_FORWARD
         return REPEAT_AFTER_PREFILL if len(output.scheduled) == len(self.running) else REPEAT_DECODES
+
+
+def future_peak(contexts: list[int], rests: list[int]) -> int:
+    """LightLLM's future peak of KV tokens: with the requests sorted by remaining output
+    (descending), max over k of (k x the k-th remaining + the first k contexts), at least 0.
+    Integers, so exact; requests tied on remaining output give the same peak in any order
+    (within a tie the term grows with k). Vectorised: it runs for every admission."""
+    c, rest = np.asarray(contexts, dtype=np.int64), np.asarray(rests, dtype=np.int64)
+    order = np.argsort(-rest, kind="stable")
+    terms = np.cumsum(c[order]) + rest[order] * np.arange(1, len(c) + 1, dtype=np.int64)
+    return max(0, int(terms.max()))

@@ -1,0 +1,198 @@
+"""Andes's pending requests (waiting, then swapped) kept in density order between steps.
+
+Andes values every pending request at every step (`AndesScheduler.densities`). A pending
+request's output count and last token time do not change, so its density depends on the time
+only through t = now - arrival, and with the default targets it is a constant for long spells:
+Q_serve is exactly 1.0 while the expected length (t + horizon) / TDS_exp^-1 has not passed the
+tokens it would be served within the horizon, and Q_wait is 1.0 or 0.0 by a threshold on t (no
+token yet) or exactly 1.0 while the expected length has not passed the tokens it holds. Each
+condition is monotone in `now`, so a request is either *static* (its density is that constant
+until a boundary time, computed with a margin and re-checked exactly once reached) or
+*dynamic* (a condition has failed for good: it is valued at every step, float for float as
+`densities` does). Static requests stay in one sorted list, updated on change; the order read
+by the scheduler is the merge of that list and the sorted dynamic ones, by (-density, place in
+`list(waiting) + swapped`): the stable sort of the per-step valuation, so the same decisions.
+
+The slack percentile and mean weight need the pending requests' slack keys (arrival + TTFT_exp
++ n / TDS_exp, minus now) and weights: both constant while pending, kept sorted and summed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from heapq import heappop, heappush
+from itertools import count
+from math import inf
+from typing import Iterator
+
+from servesim.workload.request import Request
+
+WAITING, SWAPPED = 0, 1  # groups, in the order `list(waiting) + swapped`
+DYNAMIC = "dynamic"
+
+
+class PendingOrder:
+    """Density order, slack keys and total weight of a scheduler's pending requests."""
+
+    def __init__(self, sched) -> None:
+        self.sched = sched
+        self.static: list[tuple] = []  # (-density, group, place, request, weight), sorted
+        # (weight, group, place, request), sorted: by decreasing bound of the density (1 / weight)
+        self.dynamic: list[tuple] = []
+        self.info: dict[Request, list] = {}  # request -> [group, place, weight, slack key, where]
+        self.slack_keys: list[float] = []  # sorted
+        self.total_weight = 0
+        self.checks: list[tuple] = []  # heap of (time to re-check, seq, request, static entry)
+        self._new: list[Request] = []  # added since the last `refresh`: not yet valued
+        self._front, self._back, self._swapped = 0, 0, 0
+        self._seq = count()
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    # ---- membership ------------------------------------------------------------------
+    def add(self, req: Request, group: int, front: bool = False) -> None:
+        """`req` joined the waiting queue (at its back, or `front`) or the swapped list."""
+        self.remove(req)
+        if group == SWAPPED:
+            self._swapped += 1
+            place = self._swapped
+        elif front:
+            self._front -= 1
+            place = self._front
+        else:
+            self._back += 1
+            place = self._back
+        s = self.sched
+        arrival, ttft, tds, _ = s._qoe_of(req)
+        n = req.num_output_tokens
+        weight = round((req.prompt_len + n + 1) / s.kv.block_size + 0.5)  # `weight`
+        key = arrival + ttft + n / tds  # `slack_s` + now
+        self.info[req] = [group, place, weight, key, None]
+        insort(self.slack_keys, key)
+        self.total_weight += weight
+        self._new.append(req)
+
+    def remove(self, req: Request) -> None:
+        info = self.info.pop(req, None)
+        if info is None:
+            return
+        where = info[4]
+        if where is DYNAMIC:
+            entry = (info[2], info[0], info[1], req)
+            del self.dynamic[bisect_left(self.dynamic, entry)]
+        elif where is not None:
+            del self.static[bisect_left(self.static, where)]
+        del self.slack_keys[bisect_left(self.slack_keys, info[3])]
+        self.total_weight -= info[2]
+
+    def clear(self) -> None:
+        self.__init__(self.sched)
+
+    # ---- valuation -------------------------------------------------------------------
+    def refresh(self, now_s: float) -> None:
+        """Value what was added and re-check the static requests whose boundary has come."""
+        info = self.info
+        todo = [r for r in dict.fromkeys(self._new) if r in info and info[r][4] is None]
+        self._new = []
+        checks = self.checks
+        while checks and checks[0][0] <= now_s:
+            _, _, req, entry = heappop(checks)
+            i = info.get(req)
+            if i is not None and i[4] is entry:  # (else removed or re-valued since)
+                del self.static[bisect_left(self.static, entry)]
+                i[4] = None
+                todo.append(req)
+        for req in todo:
+            self._place(req, info[req], now_s)
+
+    def _place(self, req: Request, i: list, now_s: float) -> None:
+        value = self._constant(req, i[2], now_s)
+        if value is None:
+            i[4] = DYNAMIC
+            insort(self.dynamic, (i[2], i[0], i[1], req))
+            return
+        density, until_s = value
+        entry = i[4] = (-density, i[0], i[1], req, i[2])
+        insort(self.static, entry)
+        if until_s < inf:
+            heappush(self.checks, (until_s, next(self._seq), req, entry))
+
+    def _constant(self, req: Request, weight: int, now_s: float) -> tuple[float, float] | None:
+        """(density, time before which it surely stays this) if `densities` gives `req` a
+        value that is constant from `now_s` on for a while, else None (it varies for good)."""
+        s = self.sched
+        p = s.params
+        horizon, tok_lat = p.horizon_s, p.token_latency_s
+        arrival, ttft, _, lat = s._qoe_of(req)
+        n = req.num_output_tokens
+        t = now_s - arrival
+        exp_len = (t + horizon) / lat
+        bounds = []
+        last = s._last_token_s.get(req.id)
+        if n > 0 and last is None:
+            return None  # its last token time reads as `now`: not constant
+        if n > 0 and last - arrival < ttft + n * lat and tok_lat <= lat:
+            q_serve = 1.0
+        elif exp_len <= n + horizon / tok_lat:
+            q_serve = 1.0  # (E - min(n + ahead, E)) / E = 0: until E passes n + ahead
+            bounds.append(arrival + (n + horizon / tok_lat) * lat - horizon)
+        else:
+            return None
+        if n == 0:
+            if t + horizon <= ttft:
+                q_wait = 1.0
+                bounds.append(arrival + ttft - horizon)
+            else:
+                q_wait = 0.0
+        elif exp_len <= n:
+            q_wait = 1.0  # until E passes n
+            bounds.append(arrival + n * lat - horizon)
+        else:
+            return None
+        until_s = min(bounds, default=inf)
+        # margin far above the float error of the conditions (a few ulps of the times)
+        until_s -= 1e-6 + 1e-9 * abs(until_s) if until_s < inf else 0.0
+        return (q_serve - q_wait) * 1.0 / weight, until_s  # as `densities` (boost 1.0)
+
+    # ---- reading ---------------------------------------------------------------------
+    def order(self, now_s: float) -> Iterator[tuple]:
+        """(-density, group, place, request, weight) of every pending request, densest first,
+        ties in queue order; lazily, from a snapshot taken now (admissions while reading, or
+        evictions, do not disturb it)."""
+        if not self.dynamic:
+            return iter(self.static.copy())
+        return self._merge(self.static.copy(), self.dynamic.copy(), now_s)
+
+    def _merge(self, static: list[tuple], dynamic: list[tuple], now_s: float) -> Iterator[tuple]:
+        """A dynamic request is valued only when it could come next: its density is at most
+        1 / weight (Q_serve <= 1, Q_wait >= 0, and rounding is monotone), so the requests of
+        one weight are valued together once that bound reaches the next request's density
+        (a tie too: a request earlier in the queue may have exactly that density)."""
+        densities = self.sched.densities
+        valued: list[tuple] = []  # a heap of valued dynamic requests
+        i = j = 0
+        while True:
+            s_head = static[i] if i < len(static) else None
+            v_head = valued[0] if valued else None
+            head = v_head if v_head is not None and (s_head is None or v_head < s_head) else s_head
+            if j < len(dynamic) and (head is None or -(1.0 / dynamic[j][0]) <= head[0]):
+                w, k = dynamic[j][0], j
+                while k < len(dynamic) and dynamic[k][0] == w:
+                    k += 1
+                batch = dynamic[j:k]
+                for d, (_, group, place, req) in zip(densities([e[3] for e in batch], now_s, False), batch):
+                    heappush(valued, (-d, group, place, req, w))
+                j = k
+                continue
+            if head is None:
+                return
+            if head is v_head:
+                heappop(valued)
+            else:
+                i += 1
+            yield head
+
+    def kth_slack_key(self, k: int, running_keys: list[float]) -> float:
+        """The k-th smallest (from 0) of the pending slack keys and sorted `running_keys`."""
+        return sorted(self.slack_keys[:k + 1] + running_keys[:k + 1])[k]
