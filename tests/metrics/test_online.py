@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.metrics.exact import ExactSum, WeightedValues
+from servesim.metrics.exact import ExactSum, WeightedValues, exact_sum
 from servesim.metrics.recorder import Recorder
 from servesim.metrics.summary import weighted_percentiles
 
@@ -81,6 +81,22 @@ def test_exact_sum_does_not_depend_on_order_or_chunking():
     assert a.value() == b.value() == pytest.approx(float(np.sum(x)), rel=1e-12)
     import math
     assert a.value() == math.fsum(x.tolist())  # correctly rounded
+
+
+def test_exact_sum_is_the_rounded_exact_sum_over_every_exponent_and_sign():
+    from fractions import Fraction
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(5_000) * np.exp2(rng.integers(-1074, 1000, 5_000))  # both signs, any binade
+    x[::9] = 0.0
+    x[::13] = -0.0
+    x[::17] = 5e-324 * rng.integers(1, 1 << 52, len(x[::17]))  # subnormals
+    x[::19] = 2.0 ** 52 + 1.0  # many equal values with a full mantissa: a bin's units add up
+    exact = float(sum(map(Fraction, x.tolist()), Fraction(0)))
+    s = ExactSum()
+    for part in np.array_split(x, 4):
+        s.add(part)
+    assert s.value() == exact
+    assert exact_sum(np.full(300_000, 0.1)) == float(300_000 * Fraction(0.1))  # more than one bincount chunk
 
 
 def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):

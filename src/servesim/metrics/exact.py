@@ -16,33 +16,44 @@ from pathlib import Path
 
 import numpy as np
 
-_EXP0 = 1100  # offset of the binary exponent (frexp gives -1073..1024) in the accumulators
-_HALF = 26  # a 53-bit mantissa is summed as two halves, so bincount's float64 sums stay exact
-_CHUNK = 1 << 18  # values summed per bincount (exact while below 2^26 of them: sums stay below 2^53)
+_BINS = 1 << 12  # a float64's sign and exponent bits: values in one bin share sign and exponent
+_LOW = 26  # mantissa bits in a value's low part (the high part keeps the other 27)
+_HIGH_MASK = np.uint64((1 << 64) - (1 << _LOW))
+_CHUNK = 1 << 18  # values summed per bincount (each bin's partial sums stay below 2^53 units: exact)
+_E = np.maximum(np.arange(_BINS) & 0x7FF, 1) - 1075  # log2 of the unit in the last place, per bin
+_UNIT_LO = _E  # a low part is a multiple of 2^(exponent - 1075) below 2^26 of them
+_UNIT_HI = _E + _LOW  # a high part is a multiple of 2^(exponent - 1049) below 2^27 of them
 
 
 class ExactSum:
-    """Sum of finite float64 values, kept exactly as integer mantissas per binary exponent."""
+    """Sum of finite float64 values, kept exactly as integers per (sign, binary exponent).
+
+    Each value is split, without rounding, into a high part (its low 26 mantissa bits cleared)
+    and a low part (the rest). Within one sign and exponent, the high parts are multiples of
+    one unit below 2^27 units, the low parts multiples of a 2^26 times smaller unit below 2^26
+    of them; so numpy's float64 bincount adds up to 2^18 of them per bin exactly (no partial
+    sum reaches 2^53 units), and the bin sums are carried as integer counts of units."""
 
     def __init__(self) -> None:
-        self._hi = np.zeros(2 * _EXP0, dtype=np.int64)
-        self._lo = np.zeros(2 * _EXP0, dtype=np.int64)
+        self._hi = np.zeros(_BINS, dtype=np.int64)
+        self._lo = np.zeros(_BINS, dtype=np.int64)
 
     def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64)
+        values = np.ascontiguousarray(values, dtype=np.float64)
         for i in range(0, len(values), _CHUNK):
-            m, e = np.frexp(values[i:i + _CHUNK])
-            mant = np.ldexp(m, 53).astype(np.int64)  # exact: |mant| < 2^53
-            at = e.astype(np.int64) + _EXP0
-            self._hi += np.bincount(at, weights=mant >> _HALF, minlength=2 * _EXP0).astype(np.int64)
-            self._lo += np.bincount(at, weights=mant & ((1 << _HALF) - 1), minlength=2 * _EXP0).astype(np.int64)
+            part = values[i:i + _CHUNK]
+            bits = part.view(np.uint64)
+            at = (bits >> np.uint64(52)).view(np.int64)  # sign and biased exponent
+            high = (bits & _HIGH_MASK).view(np.float64)
+            self._hi += np.ldexp(np.bincount(at, weights=high, minlength=_BINS), -_UNIT_HI).astype(np.int64)
+            self._lo += np.ldexp(np.bincount(at, weights=part - high, minlength=_BINS), -_UNIT_LO).astype(np.int64)
 
     def value(self) -> float:
         """The exact sum, rounded once to the nearest float64."""
         total = Fraction(0)
         for i in np.flatnonzero(self._hi | self._lo).tolist():
-            mant = (int(self._hi[i]) << _HALF) + int(self._lo[i])
-            total += Fraction(mant) * Fraction(2) ** (i - _EXP0 - 53)
+            total += Fraction(int(self._hi[i])) * Fraction(2) ** int(_UNIT_HI[i])
+            total += Fraction(int(self._lo[i])) * Fraction(2) ** int(_UNIT_LO[i])
         return float(total)
 
 
