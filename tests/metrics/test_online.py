@@ -113,3 +113,26 @@ def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):
     assert values.percentiles(qs) == np.percentile(np.repeat(v, w), qs).tolist()
     assert values.max == v.max() and values.total_weight == w.sum()
     values.close()
+
+
+def test_floor_div_is_numpy_floor_division():
+    from servesim.metrics.step_reduce import floor_div
+    rng = np.random.default_rng(4)
+    for interval in (1.0, 0.1, 0.3, 60.0, 7.7, 1e-3):
+        edges = np.arange(4000) * interval
+        t = np.concatenate([rng.uniform(0, 4000, 20_000), edges, np.nextafter(edges, 0), np.nextafter(edges, np.inf)])
+        expected = (t // interval).astype(np.int64)
+        assert np.array_equal(floor_div(t, interval), expected)
+    # where the rounded quotient is a whole number it is not always the floor: the slow path is needed
+    t = np.arange(4000) * 0.1
+    assert (np.floor(t / 0.1) != t // 0.1).sum() > 1000
+
+
+def test_unique_sorted_is_numpy_unique():
+    from servesim.metrics.step_reduce import unique_sorted
+    rng = np.random.default_rng(5)
+    for x in (np.sort(rng.integers(0, 50, 1000)), rng.integers(0, 50, 1000), np.array([3]), np.array([1, 1, 1])):
+        at, inverse = unique_sorted(x)
+        expected_at, expected_inverse = np.unique(x, return_inverse=True)
+        assert np.array_equal(at, expected_at) and np.array_equal(inverse, expected_inverse)
+        assert inverse.dtype == expected_inverse.dtype
