@@ -40,6 +40,8 @@ class ExactSum:
 
     def add(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=np.float64)
+        if not values.any():
+            return  # (zeros add nothing: a level that stayed at 0, such as an empty queue)
         for i in range(0, len(values), _CHUNK):
             part = values[i:i + _CHUNK]
             bits = part.view(np.uint64)
