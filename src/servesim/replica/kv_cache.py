@@ -143,12 +143,18 @@ class KVCacheManager:
         them would register the same new key (stepping registers it for whichever gets there
         first; bulk cannot tell). The engine then steps one by one instead."""
         bs = self.block_size
+        held_of = self._held
         ranges = []
         for req, num_tokens in reqs_tokens:
-            held = self._held.get(req.id)
             keys = req.kv_block_keys
-            if held is not None and keys and held.num_keyed < min(num_tokens // bs, len(keys)):
-                ranges.append((keys, held.num_keyed, min(num_tokens // bs, len(keys))))
+            held = held_of.get(req.id)
+            if held is not None and keys:
+                end = num_tokens // bs
+                n = len(keys)
+                if end > n:
+                    end = n
+                if held.num_keyed < end:
+                    ranges.append((keys, held.num_keyed, end))
         return self._prefix.conflicts(ranges)
 
     # ---------------------------------------------------------------- mutation
@@ -248,6 +254,27 @@ class KVCacheManager:
         held = self._held.get(req.id)
         if held is not None:
             self._cache_full_blocks(req, held, num_tokens)
+
+    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> None:
+        """`cache_full_blocks(req, n + more_tokens)` for each (req, n), in order (a stretch's
+        registrations: one call, and no Python call for a request that filled no block)."""
+        if not self.enable_prefix_caching:
+            return
+        held_of, bs, register = self._held, self.block_size, self._prefix.register
+        for req, n in reqs_tokens:
+            held = held_of.get(req.id)
+            if held is None:
+                continue
+            k0 = held.num_keyed
+            full = (n + more_tokens) // bs
+            keys = req.kv_block_keys
+            if full <= k0 or keys is None:
+                continue
+            full = min(full, len(keys), k0 + held.num_plain)
+            if full > k0:
+                register(keys, held, k0, full)
+                held.num_keyed = full
+                held.num_plain -= full - k0
 
     def free(self, req_id: Any) -> None:
         """Release a request's blocks; tail blocks enter the free queue first (evicted first)."""

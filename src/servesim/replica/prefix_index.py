@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Hashable, Sequence
 
-from servesim.replica.block_keys import runs_of
+from servesim.replica.block_keys import BlockKeys, runs_of
 from servesim.replica.prefix_groups import Group
 
 
@@ -114,6 +114,17 @@ class PrefixIndex:
         """`held` computes keys [k0, k1): each key not cached gets a block held once; the
         positions already cached become `held.dups`. New runs go into the group `held` last
         registered into if it ends at their start (a prefix stays one group), else a new one."""
+        new_runs = _whole_runs(keys, k0, k1)
+        if new_runs is not None and self._index.keys().isdisjoint(new_runs):
+            # The usual case (a decode completes blocks of its own): whole runs none of which
+            # is indexed, i.e. one extent of new keys, registered without splitting.
+            last = held.segs[-1][0] if held.segs else None
+            g = last if last is not None and last.hi == k0 else Group(k0)
+            self._index.update(zip(new_runs, repeat(g)))
+            g.runs += new_runs
+            g.register(k0, k1)  # (no slot of g past its runs is cached: no copies)
+            held.add(g, k0, k1)
+            return
         for g, p0, p1, i, j in self.extents(keys, k0, k1):
             if g is None:
                 last = held.segs[-1][0] if held.segs else None
@@ -141,6 +152,20 @@ class PrefixIndex:
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
         """Would registering keys [p0, p1) of each (keys, p0, p1) meet a cached key, or a key
         that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
+        pending: list = []
+        for keys, p0, p1 in ranges:
+            runs = _whole_runs(keys, p0, p1)
+            if runs is None:
+                return self._conflicts(ranges)
+            pending += runs
+        # The usual case, decided in C: no run to register is indexed (so none of its blocks
+        # is cached) and no run is registered twice. Otherwise the exact search below.
+        if len(set(pending)) == len(pending) and self._index.keys().isdisjoint(pending):
+            return False
+        return self._conflicts(ranges)
+
+    def _conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
+        """`conflicts`, position by position where runs are shared."""
         seen: dict[Hashable, Any] = {}  # run key -> positions (a, b) to register, or a list of them
         for keys, p0, p1 in ranges:
             exts = self.extents(keys, p0, p1)
@@ -165,3 +190,16 @@ class PrefixIndex:
                     return True
                 seen[rk] = prev + [(a, b)]
         return False
+
+
+def _whole_runs(keys: Sequence, p0: int, p1: int) -> list | None:
+    """The run keys of positions [p0, p1) if they are whole runs of equal length of a
+    `BlockKeys` (p0 starts a run: a run is registered whole unless the request stopped inside
+    it), else None."""
+    if type(keys) is not BlockKeys:
+        return None
+    starts = keys.starts
+    if type(starts) is not range or p0 % starts.step:
+        return None
+    r = starts.step
+    return keys.run_keys.as_list()[p0 // r:-(-p1 // r)]
