@@ -37,6 +37,19 @@ def test_mooncake_hash_block_is_one_run_of_32_blocks():
     assert named.run_keys[:] == [("a", 0), ("b", 32)] and named[40] == ("b", 41 * 16)
 
 
+@pytest.mark.parametrize("lo,hi", [(0, 100), (-(1 << 31), -(1 << 31) + 5), ((1 << 31) - 5, 1 << 31), (1 << 31, (1 << 31) + 5), (1 << 70, (1 << 70) + 3)])
+def test_long_contexts_pack_like_short_ones(lo, hi):
+    # more than 64 runs go through numpy when the ids fit (id << 32 | start in an int64)
+    rng = random.Random(hi)
+    ids = tuple(rng.randrange(lo, hi) for _ in range(300))
+    for H in (16, 64):
+        keys = BlockKeys(ids, H, 16)
+        r = H // 16
+        want = [h << 32 | i * r for i, h in enumerate(ids)]
+        got = keys.run_keys[:]
+        assert got == want and all(type(k) is int for k in got)
+
+
 def test_keys_compare_and_hash_like_the_tuple():
     a, b = BlockKeys([1, 2], 16, 16), BlockKeys([1, 3], 16, 16)
     assert a < b and b > a and a == _per_block([1, 2], 16, 16) and a != b

@@ -65,6 +65,12 @@ class Group:
         """Cached blocks among [s0, s1) with count 0 (in the free queue)."""
         return self.ref[s0 - self.lo:s1 - self.lo].count(0)
 
+    def append_held(self, n: int) -> None:
+        """Slots [hi, hi + n) get new blocks held once (`register` of them, without the checks)."""
+        self.ref += [1] * n
+        self.stamp += [0] * n
+        self.num_cached += n
+
     def register(self, s0: int, s1: int) -> list[int]:
         """A request computes keys [s0, s1): each key not cached gets a new block held once;
         returns the slots that were cached already (the request's copies stay unregistered)."""

@@ -9,7 +9,6 @@ C-level list and dict operations per run, never Python work per block.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections import deque
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Hashable, Sequence
@@ -117,13 +116,21 @@ class PrefixIndex:
         new_runs = _whole_runs(keys, k0, k1)
         if new_runs is not None and self._index.keys().isdisjoint(new_runs):
             # The usual case (a decode completes blocks of its own): whole runs none of which
-            # is indexed, i.e. one extent of new keys, registered without splitting.
-            last = held.segs[-1][0] if held.segs else None
-            g = last if last is not None and last.hi == k0 else Group(k0)
+            # is indexed, i.e. one extent of new keys, each getting a block held once (as
+            # below, without the search).
+            segs = held.segs
+            seg = segs[-1] if segs else None
+            if seg is not None and (g := seg[0]).lo + len(g.ref) == k0:
+                if seg[2] == k0:
+                    seg[2] = k1
+                else:
+                    segs.append([g, k0, k1])
+            else:
+                g = Group(k0)
+                segs.append([g, k0, k1])
             self._index.update(zip(new_runs, repeat(g)))
             g.runs += new_runs
-            g.register(k0, k1)  # (no slot of g past its runs is cached: no copies)
-            held.add(g, k0, k1)
+            g.append_held(k1 - k0)
             return
         for g, p0, p1, i, j in self.extents(keys, k0, k1):
             if g is None:
@@ -140,13 +147,11 @@ class PrefixIndex:
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent)."""
         index, runs = self._index, group.runs
-        owners = list(map(index.get, runs))
-        if owners.count(group) == len(runs):  # the usual case: every run still maps here
-            deque(map(index.__delitem__, runs), maxlen=0)
-        else:
+        owners = list(map(index.pop, runs, repeat(None)))  # (one pass: popped, then restored)
+        if owners.count(group) != len(runs):  # the usual case: every run mapped here
             for rk, g in zip(runs, owners):
-                if g is group:
-                    del index[rk]
+                if g is not group and g is not None:
+                    index[rk] = g
         group.runs = []
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
