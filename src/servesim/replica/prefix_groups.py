@@ -138,8 +138,10 @@ class Group:
         first, skipping slots no longer in it; returns (blocks evicted, new end slot)."""
         i, j = s0 - self.lo, s1 - self.lo
         st, ref = self.stamp, self.ref
-        if st[i:j].count(stamp) == j - i:  # the usual case: the whole entry is still free
-            k = min(n, j - i)
+        k = min(n, j - i)
+        # The usual case: the last k slots are all still in the entry (checked over those k
+        # only: an allocation often takes a block or two of an entry of hundreds).
+        if st[j - k:j].count(stamp) == k:
             ref[j - k:j] = [-1] * k
             st[j - k:j] = [0] * k
             self.num_cached -= k

@@ -113,24 +113,7 @@ class PrefixIndex:
         """`held` computes keys [k0, k1): each key not cached gets a block held once; the
         positions already cached become `held.dups`. New runs go into the group `held` last
         registered into if it ends at their start (a prefix stays one group), else a new one."""
-        new_runs = _whole_runs(keys, k0, k1)
-        if new_runs is not None and self._index.keys().isdisjoint(new_runs):
-            # The usual case (a decode completes blocks of its own): whole runs none of which
-            # is indexed, i.e. one extent of new keys, each getting a block held once (as
-            # below, without the search).
-            segs = held.segs
-            seg = segs[-1] if segs else None
-            if seg is not None and (g := seg[0]).lo + len(g.ref) == k0:
-                if seg[2] == k0:
-                    seg[2] = k1
-                else:
-                    segs.append([g, k0, k1])
-            else:
-                g = Group(k0)
-                segs.append([g, k0, k1])
-            self._index.update(zip(new_runs, repeat(g)))
-            g.runs += new_runs
-            g.append_held(k1 - k0)
+        if self._register_new(keys, held, k0, k1):
             return
         for g, p0, p1, i, j in self.extents(keys, k0, k1):
             if g is None:
@@ -143,6 +126,36 @@ class PrefixIndex:
             if dups:
                 held.dups = (held.dups or set()).union(dups)
             held.add(g, p0, p1)
+
+    def _register_new(self, keys: Sequence, held: Held, k0: int, k1: int) -> bool:
+        """`register` in the usual case (a prefill chunk or a decode completes blocks of the
+        request's own), without the search: the runs from k0 on are not indexed, except the
+        first when k0 is inside it and `held` registered its first part into its last group,
+        which ends at k0. Then no key is cached and every new one goes to that group (or a new
+        one if `held`'s last group does not end at k0). False (nothing done) otherwise."""
+        runs = _runs_from(keys, k0, k1)
+        if runs is None:
+            return False
+        index, segs = self._index, held.segs
+        seg = segs[-1] if segs else None
+        g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
+        if k0 % keys.starts.step:  # inside a run: held's last group must hold its first part
+            if g is None or index.get(runs[0]) is not g:
+                return False
+            runs = runs[1:]
+        if not index.keys().isdisjoint(runs):
+            return False
+        if g is None:
+            g = Group(k0)
+            segs.append([g, k0, k1])
+        elif seg[2] == k0:
+            seg[2] = k1
+        else:
+            segs.append([g, k0, k1])
+        index.update(zip(runs, repeat(g)))
+        g.runs += runs
+        g.append_held(k1 - k0)
+        return True
 
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent)."""
@@ -159,8 +172,8 @@ class PrefixIndex:
         that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
         pending: list = []
         for keys, p0, p1 in ranges:
-            runs = _whole_runs(keys, p0, p1)
-            if runs is None:
+            runs = _runs_from(keys, p0, p1)
+            if runs is None or p0 % keys.starts.step:  # (inside a run: its key is indexed already)
                 return self._conflicts(ranges)
             pending += runs
         # The usual case, decided in C: no run to register is indexed (so none of its blocks
@@ -197,14 +210,13 @@ class PrefixIndex:
         return False
 
 
-def _whole_runs(keys: Sequence, p0: int, p1: int) -> list | None:
-    """The run keys of positions [p0, p1) if they are whole runs of equal length of a
-    `BlockKeys` (p0 starts a run: a run is registered whole unless the request stopped inside
-    it), else None."""
+def _runs_from(keys: Sequence, p0: int, p1: int) -> list | None:
+    """The run keys of positions [p0, p1), from the run holding p0, if `keys` is a
+    `BlockKeys` with runs of equal length, else None."""
     if type(keys) is not BlockKeys:
         return None
     starts = keys.starts
-    if type(starts) is not range or p0 % starts.step:
+    if type(starts) is not range:
         return None
     r = starts.step
     return keys.run_keys.as_list()[p0 // r:-(-p1 // r)]
