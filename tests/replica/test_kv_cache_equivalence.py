@@ -66,6 +66,11 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
 
     def check() -> None:
         assert new.num_free_blocks == ref.num_free_blocks
+        # the invariant lookups rely on (`PrefixIndex._leading_runs_of`): a group's run keys
+        # are exactly the keys the index maps to it
+        index = new._prefix._index
+        for g in set(index.values()):
+            assert {rk for rk, h in index.items() if h is g} == set(g.runs) and len(set(g.runs)) == len(g.runs)
         for p in running:
             assert new.num_blocks_of(p.new.id) == ref.num_blocks_of(p.ref.id)
 

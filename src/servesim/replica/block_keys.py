@@ -61,6 +61,32 @@ class BlockKeys(Sequence):
         self.run_keys.release()
         self._tuple = None
 
+    def built_run_keys(self) -> tuple[tuple, int, list] | None:
+        """(ids, run length, run keys) if the run keys are built, packed ints, over runs of
+        one length: what `reuse` takes."""
+        lst = self.run_keys._list
+        if lst is None or type(self.starts) is not range or not lst or type(lst[0]) is not int:
+            return None
+        return self._ids, self.starts.step, lst
+
+    def reuse(self, built: tuple[tuple, int, list]) -> bool:
+        """Build the run keys from another request's (`built_run_keys`) when its ids start
+        these (a conversation's next turn extends the previous turn's context): its keys for
+        the common ids, packed ones for the rest. False (nothing done) if they do not."""
+        ids, r, lst = built
+        rk = self.run_keys
+        n = min(len(ids), len(self._ids))
+        if rk._list is not None or type(self.starts) is not range or self.starts.step != r or n < 2:
+            return False
+        if self._ids[:n] != ids[:n] or not set(map(type, self._ids)) <= {int}:  # (packed as `RunKeys` would)
+            return False
+        rk._list = lst[:n] + list(map(or_, map(lshift, self._ids[n:], repeat(32)), self.starts[n:]))
+        return True
+
+    def first_id(self):
+        """The first hash id (None without any)."""
+        return self._ids[0] if self._ids else None
+
     def __bool__(self) -> bool:
         return self._n > 0
 

@@ -54,6 +54,12 @@ from servesim.replica.prefix_index import Held, Hits, PrefixIndex
 __all__ = ["KVCacheManager", "Hits", "BlockKeys", "block_keys", "cdiv"]
 
 
+# Freed requests whose run keys are kept for reuse (`KVCacheManager._keep_keys`): a bound on
+# the memory (a key list is about 40 bytes per run), large enough for the turns that finish
+# during a think time (`examples/sessions.yaml`: about 30 per 15 s on one replica).
+RECENT_KEYS = 128
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -79,6 +85,10 @@ class KVCacheManager:
         self._queue = FreeQueue(num_gpu_blocks, self._prefix)
         self._tails = self._queue.tails  # live tagged runs of preempted requests, by owner
         self._held: dict[Any, Held] = {}
+        # The built run keys of the last requests freed, by first hash id (at most
+        # RECENT_KEYS): a conversation's next turn builds its keys from its previous turn's
+        # (`BlockKeys.reuse`) rather than packing its whole context again.
+        self._recent_keys: dict[Hashable, tuple] = {}
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
@@ -112,6 +122,11 @@ class KVCacheManager:
         tail = self._tails.get(req.id) if self._tails else None
         if not self.enable_prefix_caching or not (keys or tail):
             return Hits()
+        if self._recent_keys and type(keys) is BlockKeys:
+            first = keys.first_id()
+            built = self._recent_keys.get(first)
+            if built is not None and keys.reuse(built):
+                del self._recent_keys[first]
         limit = (req.num_tokens - 1) // self.block_size
         num_keys = len(keys) if keys else 0
         exts = self._prefix.leading_cached(keys, min(num_keys, limit)) if keys else []
@@ -285,6 +300,7 @@ class KVCacheManager:
             self._push_plain(held.num_plain)
             self._free_keyed(held)
             if type(held.keys) is BlockKeys:
+                self._keep_keys(held.keys)
                 held.keys.release()
 
     def free_preempted(self, req: Any) -> None:
@@ -404,6 +420,18 @@ class KVCacheManager:
             self._prefix.register(keys, held, k0, full)
             held.num_keyed = full
             held.num_plain -= full - k0
+
+    def _keep_keys(self, keys: BlockKeys) -> None:
+        """Keep a freed request's run keys for `get_computed_blocks` to reuse (long ones only,
+        the most recent RECENT_KEYS)."""
+        built = keys.built_run_keys()
+        if built is None or len(built[2]) < 64:
+            return
+        recent = self._recent_keys
+        recent.pop(built[0][0], None)
+        recent[built[0][0]] = built
+        if len(recent) > RECENT_KEYS:
+            del recent[next(iter(recent))]
 
     def _push_plain(self, n: int) -> None:
         if n > 0:

@@ -85,16 +85,44 @@ class PrefixIndex:
 
     def leading_cached(self, keys: Sequence, num_keys: int) -> list[tuple]:
         """The leading cached part of the first `num_keys` keys, as (group, first, end)."""
-        if not num_keys or self._index.get(runs_of(keys)[0][0]) is None:
+        if not num_keys:
+            return []
+        g = self._index.get(runs_of(keys)[0][0])
+        if g is None:
             return []  # the usual miss: not even the first run (no lookup of the others)
-        out = []
-        for g, p0, p1, _, _ in self.extents(keys, 0, num_keys):
+        out: list[tuple] = []
+        p0 = self._leading_runs_of(keys, g, num_keys)
+        if p0:  # positions [0, p0) map to g: no lookup of their runs
+            k = g.num_leading_cached(0, p0)
+            if k:
+                out.append((g, 0, k))
+            if k < p0 or p0 == num_keys:
+                return out
+        for g, p0, p1, _, _ in self.extents(keys, p0, num_keys):
             k = g.num_leading_cached(p0, p1) if g is not None else 0
             if k:
                 out.append((g, p0, p0 + k))
             if k < p1 - p0:
                 break
         return out
+
+    @staticmethod
+    def _leading_runs_of(keys: Sequence, g: Group, num_keys: int) -> int:
+        """How many leading positions (of the first `num_keys`) map to `g`, known without a
+        lookup per run: g's runs are keys' first runs (a conversation's next turn, whose
+        context registered into one group), or 0 (not known).
+
+        Exact because a run key in `g.runs` maps to g as long as g is indexed (a key is
+        indexed only when absent, and leaves only when its group is dropped, which empties
+        `g.runs`), and the runs of `keys` past a common prefix with `g.runs` are not in it
+        (a run key names its first position)."""
+        if type(keys) is not BlockKeys or type(keys.starts) is not range:
+            return 0
+        r = keys.starts.step
+        n = min(len(g.runs), -(-num_keys // r))
+        if n < 2:
+            return 0
+        return min(n * r, num_keys) if g.runs[:n] == keys.run_keys.as_list()[:n] else 0
 
     def num_free(self, hits: Hits) -> int:
         """Blocks of the hit's keyed part that sit in the free queue."""
