@@ -37,6 +37,19 @@ def test_mooncake_hash_block_is_one_run_of_32_blocks():
     assert named.run_keys[:] == [("a", 0), ("b", 32)] and named[40] == ("b", 41 * 16)
 
 
+@pytest.mark.parametrize("lo,hi", [(0, 100), (-(1 << 31), -(1 << 31) + 5), ((1 << 31) - 5, 1 << 31), (1 << 31, (1 << 31) + 5), (1 << 70, (1 << 70) + 3)])
+def test_long_contexts_pack_like_short_ones(lo, hi):
+    # more than 64 runs go through numpy when the ids fit (id << 32 | start in an int64)
+    rng = random.Random(hi)
+    ids = tuple(rng.randrange(lo, hi) for _ in range(300))
+    for H in (16, 64):
+        keys = BlockKeys(ids, H, 16)
+        r = H // 16
+        want = [h << 32 | i * r for i, h in enumerate(ids)]
+        got = keys.run_keys[:]
+        assert got == want and all(type(k) is int for k in got)
+
+
 def test_keys_compare_and_hash_like_the_tuple():
     a, b = BlockKeys([1, 2], 16, 16), BlockKeys([1, 3], 16, 16)
     assert a < b and b > a and a == _per_block([1, 2], 16, 16) and a != b
@@ -55,3 +68,37 @@ def test_block_idents_are_equal_exactly_where_the_keys_are(H, bs):
         assert len(ia) == len(a) and len(ib) == len(b)
         assert [x == y for x, y in zip(ia, ib)] == [x == y for x, y in zip(a, b)]
     assert block_idents(("x", "y")) == ["x", "y"]  # plain keys are their own identity
+
+
+@pytest.mark.parametrize("child", [
+    tuple(range(1000, 1300)) + tuple(range(5000, 5080)),  # the next turn: the context, then new ids
+    tuple(range(1000, 1150)),  # shorter than the other
+    (1000, 1001, 77) + tuple(range(5000, 5200)),  # diverges early: no reuse
+    tuple(range(1000, 1300)) + ("x",),  # ids that are not all ints: (id, start) keys, no reuse
+])
+def test_reused_run_keys_are_the_ones_built(child):
+    parent = BlockKeys(tuple(range(1000, 1300)), 16, 16)
+    parent.run_keys.as_list()
+    built = parent.built_run_keys()
+    keys = BlockKeys(child, 16, 16)
+    reused = keys.reuse(built)
+    assert reused == (child[:3] != (1000, 1001, 77) and "x" not in child)
+    assert keys.run_keys[:] == BlockKeys(child, 16, 16).run_keys[:]
+    assert not BlockKeys(child, 32, 16).reuse(built)  # other run length
+
+
+def test_a_next_turn_reuses_the_previous_turns_keys():
+    from servesim.replica.kv_cache import KVCacheManager
+    from tests.factories import make_request
+
+    kv = KVCacheManager(10_000, 16)
+    first = make_request(1, 300 * 16, 10, hash_ids=tuple(range(7, 307)), hash_block_tokens=16)
+    first.kv_block_keys = BlockKeys(first.hash_ids, 16, 16)
+    assert kv.allocate_slots(first, first.prompt_len, kv.get_computed_blocks(first))
+    kv.free(first.id)
+    assert first.kv_block_keys.run_keys._list is None  # released, kept by the cache for reuse
+    nxt = make_request(2, 320 * 16, 10, hash_ids=first.hash_ids + tuple(range(900, 920)), hash_block_tokens=16)
+    nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
+    hits = kv.get_computed_blocks(nxt)
+    assert hits.num_keyed == 300 and not kv._recent_keys  # reused (taken from the cache)
+    assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]

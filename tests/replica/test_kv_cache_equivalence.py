@@ -66,6 +66,11 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
 
     def check() -> None:
         assert new.num_free_blocks == ref.num_free_blocks
+        # the invariant lookups rely on (`PrefixIndex._leading_runs_of`): a group's run keys
+        # are exactly the keys the index maps to it
+        index = new._prefix._index
+        for g in set(index.values()):
+            assert {rk for rk, h in index.items() if h is g} == set(g.runs) and len(set(g.runs)) == len(g.runs)
         for p in running:
             assert new.num_blocks_of(p.new.id) == ref.num_blocks_of(p.ref.id)
 
@@ -125,9 +130,10 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
             assert a == ref.keys_conflict_many([(p.ref, t) for p, t in pairs])
             counts["conflict"] += a
             if not a and rng.random() < 0.5:  # register them in bulk, as a stretch does
-                for p, t in pairs:
-                    t = min(t, p.new.num_computed_tokens + 1)
-                    new.cache_full_blocks(p.new, t), ref.cache_full_blocks(p.ref, t)
+                capped = [(p, min(t, p.new.num_computed_tokens + 1)) for p, t in pairs]
+                new.cache_full_blocks_many([(p.new, t - 1) for p, t in capped], 1)
+                for p, t in capped:
+                    ref.cache_full_blocks(p.ref, t)
         check()
     for p in running + waiting:
         new.free(p.new.id), ref.free(p.ref.id)

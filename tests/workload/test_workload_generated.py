@@ -46,3 +46,14 @@ def test_duration_limit_and_default_count():
     reqs = list(make({"arrival": {"rate_per_s": 10}, "duration_s": 100}).arrivals())
     assert all(r.arrival_s <= 100 for r in reqs) and 850 < len(reqs) < 1150
     assert len(list(make({}).arrivals())) == 1000
+
+
+def test_a_length_table_is_read_once_for_first_turns_and_follow_ups(monkeypatch):
+    from servesim.workload import lengths
+
+    calls = []
+    real = lengths.load_length_table
+    monkeypatch.setattr(lengths, "load_length_table", lambda name: calls.append(name) or real(name))
+    cfg = {"lengths": {"dataset": "sharegpt"}, "sessions": {"turns": [3, 3], "think_time_s": 1}, "num_requests": 60}
+    reqs = list(make(cfg).arrivals())
+    assert calls == ["sharegpt"] and len(reqs) > 0

@@ -16,6 +16,10 @@ from itertools import chain, repeat
 from operator import lshift, or_, sub
 from typing import Any
 
+import numpy as np
+
+_ID_LIMIT = 1 << 31  # ids packed with numpy: id << 32 | position must fit an int64
+
 
 class BlockKeys(Sequence):
     """The keys `(hash_ids[(e-1)//H], e)` of a request's first `len(self)` KV blocks (e = end
@@ -56,6 +60,32 @@ class BlockKeys(Sequence):
         """Drop what was built for lookups (the request's blocks are gone)."""
         self.run_keys.release()
         self._tuple = None
+
+    def built_run_keys(self) -> tuple[tuple, int, list] | None:
+        """(ids, run length, run keys) if the run keys are built, packed ints, over runs of
+        one length: what `reuse` takes."""
+        lst = self.run_keys._list
+        if lst is None or type(self.starts) is not range or not lst or type(lst[0]) is not int:
+            return None
+        return self._ids, self.starts.step, lst
+
+    def reuse(self, built: tuple[tuple, int, list]) -> bool:
+        """Build the run keys from another request's (`built_run_keys`) when its ids start
+        these (a conversation's next turn extends the previous turn's context): its keys for
+        the common ids, packed ones for the rest. False (nothing done) if they do not."""
+        ids, r, lst = built
+        rk = self.run_keys
+        n = min(len(ids), len(self._ids))
+        if rk._list is not None or type(self.starts) is not range or self.starts.step != r or n < 2:
+            return False
+        if self._ids[:n] != ids[:n] or not set(map(type, self._ids)) <= {int}:  # (packed as `RunKeys` would)
+            return False
+        rk._list = lst[:n] + list(map(or_, map(lshift, self._ids[n:], repeat(32)), self.starts[n:]))
+        return True
+
+    def first_id(self):
+        """The first hash id (None without any)."""
+        return self._ids[0] if self._ids else None
 
     def __bool__(self) -> bool:
         return self._n > 0
@@ -109,9 +139,14 @@ class RunKeys(Sequence):
         self._list: list | None = None
 
     def _build(self) -> list:
-        ids = self._ids
+        ids, starts = self._ids, self._starts
         if set(map(type, ids)) <= {int}:
-            lst = list(map(or_, map(lshift, ids, repeat(32)), self._starts))
+            if len(ids) > 64 and type(starts) is range and -_ID_LIMIT <= min(ids) and max(ids) < _ID_LIMIT:
+                # numpy packs long ones faster (a multi-turn context: hundreds of runs), alike
+                a = np.array(ids, dtype=np.int64)
+                lst = ((a << 32) | np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
+            else:
+                lst = list(map(or_, map(lshift, ids, repeat(32)), starts))
         else:
             lst = list(zip(ids, self._starts))
         self._list = lst

@@ -198,8 +198,7 @@ class FastForwarding:
             if req.first_token_s is None:
                 req.first_token_s = float(ends[0])
         self.kv.allocate_plain_many(new_blocks)
-        for req, c in st.keyed:
-            self.kv.cache_full_blocks(req, c + k - 1)
+        self.kv.cache_full_blocks_many(st.keyed, k - 1)
         done = [reqs[i] for i in finished]
         for req in done:
             req.finish_s = float(ends[req.token_steps[-1] - first])

@@ -65,6 +65,12 @@ class Group:
         """Cached blocks among [s0, s1) with count 0 (in the free queue)."""
         return self.ref[s0 - self.lo:s1 - self.lo].count(0)
 
+    def append_held(self, n: int) -> None:
+        """Slots [hi, hi + n) get new blocks held once (`register` of them, without the checks)."""
+        self.ref += [1] * n
+        self.stamp += [0] * n
+        self.num_cached += n
+
     def register(self, s0: int, s1: int) -> list[int]:
         """A request computes keys [s0, s1): each key not cached gets a new block held once;
         returns the slots that were cached already (the request's copies stay unregistered)."""
@@ -132,8 +138,10 @@ class Group:
         first, skipping slots no longer in it; returns (blocks evicted, new end slot)."""
         i, j = s0 - self.lo, s1 - self.lo
         st, ref = self.stamp, self.ref
-        if st[i:j].count(stamp) == j - i:  # the usual case: the whole entry is still free
-            k = min(n, j - i)
+        k = min(n, j - i)
+        # The usual case: the last k slots are all still in the entry (checked over those k
+        # only: an allocation often takes a block or two of an entry of hundreds).
+        if st[j - k:j].count(stamp) == k:
             ref[j - k:j] = [-1] * k
             st[j - k:j] = [0] * k
             self.num_cached -= k

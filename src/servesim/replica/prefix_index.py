@@ -9,12 +9,11 @@ C-level list and dict operations per run, never Python work per block.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections import deque
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Hashable, Sequence
 
-from servesim.replica.block_keys import runs_of
+from servesim.replica.block_keys import BlockKeys, runs_of
 from servesim.replica.prefix_groups import Group
 
 
@@ -86,16 +85,44 @@ class PrefixIndex:
 
     def leading_cached(self, keys: Sequence, num_keys: int) -> list[tuple]:
         """The leading cached part of the first `num_keys` keys, as (group, first, end)."""
-        if not num_keys or self._index.get(runs_of(keys)[0][0]) is None:
+        if not num_keys:
+            return []
+        g = self._index.get(runs_of(keys)[0][0])
+        if g is None:
             return []  # the usual miss: not even the first run (no lookup of the others)
-        out = []
-        for g, p0, p1, _, _ in self.extents(keys, 0, num_keys):
+        out: list[tuple] = []
+        p0 = self._leading_runs_of(keys, g, num_keys)
+        if p0:  # positions [0, p0) map to g: no lookup of their runs
+            k = g.num_leading_cached(0, p0)
+            if k:
+                out.append((g, 0, k))
+            if k < p0 or p0 == num_keys:
+                return out
+        for g, p0, p1, _, _ in self.extents(keys, p0, num_keys):
             k = g.num_leading_cached(p0, p1) if g is not None else 0
             if k:
                 out.append((g, p0, p0 + k))
             if k < p1 - p0:
                 break
         return out
+
+    @staticmethod
+    def _leading_runs_of(keys: Sequence, g: Group, num_keys: int) -> int:
+        """How many leading positions (of the first `num_keys`) map to `g`, known without a
+        lookup per run: g's runs are keys' first runs (a conversation's next turn, whose
+        context registered into one group), or 0 (not known).
+
+        Exact because a run key in `g.runs` maps to g as long as g is indexed (a key is
+        indexed only when absent, and leaves only when its group is dropped, which empties
+        `g.runs`), and the runs of `keys` past a common prefix with `g.runs` are not in it
+        (a run key names its first position)."""
+        if type(keys) is not BlockKeys or type(keys.starts) is not range:
+            return 0
+        r = keys.starts.step
+        n = min(len(g.runs), -(-num_keys // r))
+        if n < 2:
+            return 0
+        return min(n * r, num_keys) if g.runs[:n] == keys.run_keys.as_list()[:n] else 0
 
     def num_free(self, hits: Hits) -> int:
         """Blocks of the hit's keyed part that sit in the free queue."""
@@ -114,6 +141,8 @@ class PrefixIndex:
         """`held` computes keys [k0, k1): each key not cached gets a block held once; the
         positions already cached become `held.dups`. New runs go into the group `held` last
         registered into if it ends at their start (a prefix stays one group), else a new one."""
+        if self._register_new(keys, held, k0, k1):
+            return
         for g, p0, p1, i, j in self.extents(keys, k0, k1):
             if g is None:
                 last = held.segs[-1][0] if held.segs else None
@@ -126,21 +155,63 @@ class PrefixIndex:
                 held.dups = (held.dups or set()).union(dups)
             held.add(g, p0, p1)
 
+    def _register_new(self, keys: Sequence, held: Held, k0: int, k1: int) -> bool:
+        """`register` in the usual case (a prefill chunk or a decode completes blocks of the
+        request's own), without the search: the runs from k0 on are not indexed, except the
+        first when k0 is inside it and `held` registered its first part into its last group,
+        which ends at k0. Then no key is cached and every new one goes to that group (or a new
+        one if `held`'s last group does not end at k0). False (nothing done) otherwise."""
+        runs = _runs_from(keys, k0, k1)
+        if runs is None:
+            return False
+        index, segs = self._index, held.segs
+        seg = segs[-1] if segs else None
+        g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
+        if k0 % keys.starts.step:  # inside a run: held's last group must hold its first part
+            if g is None or index.get(runs[0]) is not g:
+                return False
+            runs = runs[1:]
+        if not index.keys().isdisjoint(runs):
+            return False
+        if g is None:
+            g = Group(k0)
+            segs.append([g, k0, k1])
+        elif seg[2] == k0:
+            seg[2] = k1
+        else:
+            segs.append([g, k0, k1])
+        index.update(zip(runs, repeat(g)))
+        g.runs += runs
+        g.append_held(k1 - k0)
+        return True
+
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent)."""
         index, runs = self._index, group.runs
-        owners = list(map(index.get, runs))
-        if owners.count(group) == len(runs):  # the usual case: every run still maps here
-            deque(map(index.__delitem__, runs), maxlen=0)
-        else:
+        owners = list(map(index.pop, runs, repeat(None)))  # (one pass: popped, then restored)
+        if owners.count(group) != len(runs):  # the usual case: every run mapped here
             for rk, g in zip(runs, owners):
-                if g is group:
-                    del index[rk]
+                if g is not group and g is not None:
+                    index[rk] = g
         group.runs = []
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
         """Would registering keys [p0, p1) of each (keys, p0, p1) meet a cached key, or a key
         that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
+        pending: list = []
+        for keys, p0, p1 in ranges:
+            runs = _runs_from(keys, p0, p1)
+            if runs is None or p0 % keys.starts.step:  # (inside a run: its key is indexed already)
+                return self._conflicts(ranges)
+            pending += runs
+        # The usual case, decided in C: no run to register is indexed (so none of its blocks
+        # is cached) and no run is registered twice. Otherwise the exact search below.
+        if len(set(pending)) == len(pending) and self._index.keys().isdisjoint(pending):
+            return False
+        return self._conflicts(ranges)
+
+    def _conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
+        """`conflicts`, position by position where runs are shared."""
         seen: dict[Hashable, Any] = {}  # run key -> positions (a, b) to register, or a list of them
         for keys, p0, p1 in ranges:
             exts = self.extents(keys, p0, p1)
@@ -165,3 +236,15 @@ class PrefixIndex:
                     return True
                 seen[rk] = prev + [(a, b)]
         return False
+
+
+def _runs_from(keys: Sequence, p0: int, p1: int) -> list | None:
+    """The run keys of positions [p0, p1), from the run holding p0, if `keys` is a
+    `BlockKeys` with runs of equal length, else None."""
+    if type(keys) is not BlockKeys:
+        return None
+    starts = keys.starts
+    if type(starts) is not range:
+        return None
+    r = starts.step
+    return keys.run_keys.as_list()[p0 // r:-(-p1 // r)]

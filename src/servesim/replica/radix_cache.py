@@ -295,6 +295,9 @@ class RadixKVCache(KVCacheManager):
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Nothing to do: blocks enter the tree when the request finishes."""
 
+    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> None:
+        """Nothing to do (as `cache_full_blocks`)."""
+
     def free(self, req_id: int) -> None:
         """Release without inserting (retraction, end of run): private blocks return, the
         matched path is unlocked."""

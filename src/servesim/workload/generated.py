@@ -13,7 +13,7 @@ import numpy as np
 from servesim.workload.arrivals import open_loop_times
 from servesim.workload.attributes import AttributeMix
 from servesim.workload.config import WorkloadConfig
-from servesim.workload.lengths import length_sampler
+from servesim.workload.lengths import length_samplers
 from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds
 from servesim.workload.programs import CallSpec, ProgramPlanner, ProgramState
 from servesim.workload.request import Request
@@ -39,8 +39,9 @@ class GeneratedWorkload:
         self._cfg = config
         s_arr, s_len, s_attr, s_turns, s_think, s_prog, s_prefix = seed.spawn(7)
         self._arrival_rng = np.random.default_rng(s_arr)
-        self._lengths = length_sampler(config.lengths, np.random.default_rng(s_len))  # requests that start a unit
-        self._follow_lengths = length_sampler(config.lengths, np.random.default_rng(s_len.spawn(1)[0]))
+        # requests that start a unit, then follow-ups (one dataset table read for both)
+        self._lengths, self._follow_lengths = length_samplers(
+            config.lengths, [np.random.default_rng(s_len), np.random.default_rng(s_len.spawn(1)[0])])
         self._attrs = AttributeMix(config.attributes, s_attr)
         self._limit = config.request_limit
         self._duration = config.duration_s
