@@ -50,15 +50,9 @@ from servesim.replica.cpu_tier import CPUTier
 from servesim.replica.free_queue import FreeQueue
 from servesim.replica.prefix_groups import Group
 from servesim.replica.prefix_index import Held, Hits, PrefixIndex
+from servesim.replica.recent_keys import RecentKeys
 
 __all__ = ["KVCacheManager", "Hits", "BlockKeys", "block_keys", "cdiv"]
-
-
-# Freed requests whose run keys are kept for reuse (`KVCacheManager._keep_keys`): a bound on
-# the memory (a key list is about 40 bytes per run), large enough for the turns that finish
-# during a think time (`examples/sessions.yaml`, 4,000 requests: 2,793 next turns reuse their
-# keys with 64 kept, 2,820 with 128, 2,255 with 32).
-RECENT_KEYS = 64
 
 
 def cdiv(a: int, b: int) -> int:
@@ -86,10 +80,7 @@ class KVCacheManager:
         self._queue = FreeQueue(num_gpu_blocks, self._prefix)
         self._tails = self._queue.tails  # live tagged runs of preempted requests, by owner
         self._held: dict[Any, Held] = {}
-        # The built run keys of the last requests freed, by first hash id (at most
-        # RECENT_KEYS): a conversation's next turn builds its keys from its previous turn's
-        # (`BlockKeys.reuse`) rather than packing its whole context again.
-        self._recent_keys: dict[Hashable, tuple] = {}
+        self._recent_keys = RecentKeys()  # a next turn builds its keys from its parent's
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
@@ -124,10 +115,7 @@ class KVCacheManager:
         if not self.enable_prefix_caching or not (keys or tail):
             return Hits()
         if self._recent_keys and type(keys) is BlockKeys:
-            first = keys.first_id()
-            built = self._recent_keys.get(first)
-            if built is not None and keys.reuse(built):
-                del self._recent_keys[first]
+            self._recent_keys.reuse_into(keys)
         limit = (req.num_tokens - 1) // self.block_size
         num_keys = len(keys) if keys else 0
         exts = self._prefix.leading_cached(keys, min(num_keys, limit)) if keys else []
@@ -301,7 +289,7 @@ class KVCacheManager:
             self._push_plain(held.num_plain)
             self._free_keyed(held)
             if type(held.keys) is BlockKeys:
-                self._keep_keys(held.keys)
+                self._recent_keys.keep(held.keys)
                 held.keys.release()
 
     def free_preempted(self, req: Any) -> None:
@@ -421,18 +409,6 @@ class KVCacheManager:
             self._prefix.register(keys, held, k0, full)
             held.num_keyed = full
             held.num_plain -= full - k0
-
-    def _keep_keys(self, keys: BlockKeys) -> None:
-        """Keep a freed request's run keys for `get_computed_blocks` to reuse (long ones only,
-        the most recent RECENT_KEYS)."""
-        built = keys.built_run_keys()
-        if built is None or len(built[2]) < 64:
-            return
-        recent = self._recent_keys
-        recent.pop(built[0][0], None)
-        recent[built[0][0]] = built
-        if len(recent) > RECENT_KEYS:
-            del recent[next(iter(recent))]
 
     def _push_plain(self, n: int) -> None:
         if n > 0:
