@@ -7,18 +7,13 @@ import pytest
 
 from servesim.validation import prefill
 from servesim.validation.run import simulate_row
-from servesim.validation.silicon import ClientOptions, parse_row
+from servesim.validation.silicon import ClientOptions
 
-BASE = {
-    "id": "r", "backend": "vllm", "backend_version": "0.18.0", "model_path": "meta-llama/Llama-3.1-8B-Instruct",
-    "system": "h100_sxm", "precision": "", "mode": "agg", "isl": "1024", "osl": "4", "gemm_quant_mode": "",
-    "moe_quant_mode": "", "batch_size": "2", "tp_size": "1", "pp_size": "1", "attention_dp_size": "1",
-    "moe_tp_size": "0", "moe_ep_size": "0", "silicon_ttft_ms": "20", "silicon_tpot_ms": "10", "concurrency": "2",
-}
+from tests.validation.silicon_rows import silicon_row
 
 
 def row(i, **changes):
-    return parse_row({**BASE, "id": f"r{i}", **changes})
+    return silicon_row(i, **{"isl": "1024", "osl": "4", **changes})
 
 
 def test_groups_hold_low_concurrency_rows_split_by_file_position():
@@ -52,7 +47,7 @@ def test_fit_recovers_the_prefill_efficiency_and_latency_of_the_measurements(mon
     for r in rows:
         latency_s = prefill.row_scenario(r, options).frontend.constants()[2] + 0.04
         sim = simulate_row(r, options, overrides={k: truth[k] for k in prefill.PERF_NAMES}, frontend={"latency_s": latency_s})
-        measured.append(parse_row({**BASE, "id": r.id, "isl": str(r.isl), "concurrency": str(r.concurrency),
+        measured.append(row(0, **{"id": r.id, "isl": str(r.isl), "concurrency": str(r.concurrency),
                                    "batch_size": str(r.batch_size), "silicon_ttft_ms": str(sim.ttft_s * 1e3),
                                    "silicon_tpot_ms": str(sim.tpot_s * 1e3)}))
     logs: list[str] = []

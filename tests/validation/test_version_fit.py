@@ -6,19 +6,10 @@ from __future__ import annotations
 import pytest
 
 from servesim.validation.run import simulate_row
-from servesim.validation.silicon import ClientOptions, parse_row
+from servesim.validation.silicon import ClientOptions
 from servesim.validation.versions import fit_key, version_keys
 
-BASE = {
-    "id": "r", "backend": "vllm", "backend_version": "0.18.0", "model_path": "meta-llama/Llama-3.1-8B-Instruct",
-    "system": "h100_sxm", "precision": "", "mode": "agg", "isl": "128", "osl": "8", "gemm_quant_mode": "",
-    "moe_quant_mode": "", "batch_size": "2", "tp_size": "1", "pp_size": "1", "attention_dp_size": "1",
-    "moe_tp_size": "0", "moe_ep_size": "0", "silicon_ttft_ms": "20", "silicon_tpot_ms": "10", "concurrency": "2",
-}
-
-
-def row(i, **changes):
-    return parse_row({**BASE, "id": f"r{i}", **changes})
+from tests.validation.silicon_rows import silicon_row as row
 
 
 def test_keys_need_enough_rows_and_a_recorded_version_and_fit_even_positions():
@@ -44,7 +35,7 @@ def test_fit_recovers_the_step_overhead_of_the_measurements():
     measured = []
     for r in rows:
         sim = simulate_row(r, options, overrides=truth)
-        measured.append(parse_row({**BASE, "id": r.id, "backend_version": "0.11.2", "isl": str(r.isl), "concurrency": str(r.concurrency),
+        measured.append(row(0, **{"id": r.id, "backend_version": "0.11.2", "isl": str(r.isl), "concurrency": str(r.concurrency),
                                    "batch_size": str(r.batch_size), "silicon_ttft_ms": str(sim.ttft_s * 1e3),
                                    "silicon_tpot_ms": str(sim.tpot_s * 1e3)}))
     perf, frontend, tpot_score, ttft_score = fit_key(measured, options)
