@@ -57,7 +57,7 @@ def _errors(rows: list[SiliconRow], options: ClientOptions, overrides: dict, fro
 
 
 # Multipliers of the shipped value tried for the per-step time of one release.
-STEP_GRID = {"step_overhead_s": PERF_GRID["step_overhead_s"], "layer_floor_s": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
+STEP_GRID = {"step_overhead_s": PERF_GRID["step_overhead_s"], "layer_floor_s": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 16.0)}
 
 
 def step_constant(overlap_cpu: float) -> str:
