@@ -96,3 +96,33 @@ def test_unquoted_version_is_one_input_error(tmp_path: Path):
     p.write_text("entries:\n  - match: {engine: vllm, version: 1.10}\n    set: {step_overhead_s: 0.001}\n")
     with pytest.raises(InputError, match=r"match version must be quoted text such as '0.18.0', got 1.1"):
         load_calibration(p)
+
+
+def test_trtllm_overlap_scheduler_from_1_0():
+    # trtllm-serve runs the PyTorch backend from 1.0, its overlap scheduler on by default: CPU work
+    # of step n+1 overlaps the GPU step n. Unversioned scenarios keep the base (C++ runtime) profile.
+    assert engine_profile("trtllm").constants["overlap_cpu"] == 0
+    assert engine_profile("trtllm", "0.18.2").constants["overlap_cpu"] == 0
+    for version in ("1.0.0rc3", "1.2.0rc6.post3", "1.3.0rc5"):
+        assert engine_profile("trtllm", version).constants["overlap_cpu"] == 1
+    over = {"step_overhead_s": 0.05}
+    base = build_perf_model("llama-3.1-8b", "h100-sxm", 1, "bf16", PerfConfig(engine="trtllm", overrides=over))
+    new = build_perf_model("llama-3.1-8b", "h100-sxm", 1, "bf16",
+                           PerfConfig(engine="trtllm", engine_version="1.0.0rc3", overrides=over))
+    b = base.step_breakdown([], [1000] * 8)
+    assert base.step_time_s([], [1000] * 8) == pytest.approx(b.gpu_s + b.overhead_s)
+    assert new.step_time_s([], [1000] * 8) == pytest.approx(max(b.gpu_s, b.overhead_s))
+
+
+def test_shipped_trtllm_release_constants_are_gpu_time_per_layer():
+    # the per-release TensorRT-LLM entries of the serving fit carry GPU time per layer (the overlap
+    # scheduler hides CPU time); a release without an entry keeps the (GPU, engine) constants
+    from servesim.validation.silicon import serving_calibration_path
+
+    user = load_calibration(Path(serving_calibration_path()))
+    consts = lambda v: resolve_constants("b200", "bf16", "trtllm", engine_profile("trtllm", v).constants, user, version=v)
+    fitted, other = consts("1.2.0rc6.post2"), consts("1.3.0rc1")
+    assert fitted.overlap_cpu == 1 and other.overlap_cpu == 1
+    # the release's own value, and the per-GPU value fitted on the rows no release entry covers
+    assert (fitted.layer_floor_s, other.layer_floor_s) == (8.9e-05, 5.95e-05)
+    assert fitted.step_overhead_s == other.step_overhead_s == consts("").step_overhead_s

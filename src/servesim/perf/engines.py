@@ -1,7 +1,8 @@
 """Engine profiles (`engines.yaml`): per-engine CPU/launch constants and benchmark settings.
 
-An engine's defaults change between releases (e.g. vLLM turned async scheduling on in 0.14.0;
-played as overlap_cpu that rule made the measured runs fit worse, so it is not shipped: see
+An engine's defaults change between releases (TensorRT-LLM's PyTorch backend, default from 1.0,
+overlaps CPU and GPU: shipped as a rule; vLLM turned async scheduling on in 0.14.0, but played as
+overlap_cpu that rule made the measured runs fit worse, so it is not shipped: see
 docs/fidelity.md), so a profile may list `versions:` rules, each `{since: <release>, why: <source>, constants: {...}}`:
 `engine_profile(name, version)` applies, in file order, every rule whose `since` is at or below
 `version`. The empty version (not recorded) is the base profile, so scenarios that do not name a

@@ -16,6 +16,11 @@ them shows what the fit generalises to); keys with fewer rows, and rows that rec
 keep the (GPU, engine) constants.
 The result is a list of calibration entries matched on gpu, engine and version, and front-end
 profiles named `<engine>@<gpu>@<version>`.
+
+`fit_fallback` refits, per (GPU, engine), the GPU time per layer of the rows that keep the (GPU,
+engine) constants (no version, or a release with too few rows), again on even positions only.
+GPU time per layer adds to the step whether or not the release overlaps CPU work with the GPU, so
+one value serves both kinds of rows.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def _errors(rows: list[SiliconRow], options: ClientOptions, overrides: dict, fro
 
 
 # Multipliers of the shipped value tried for the per-step time of one release.
-STEP_GRID = {"step_overhead_s": PERF_GRID["step_overhead_s"], "layer_floor_s": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
+STEP_GRID = {"step_overhead_s": PERF_GRID["step_overhead_s"], "layer_floor_s": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 16.0)}
 
 
 def step_constant(overlap_cpu: float) -> str:
@@ -93,3 +98,34 @@ def fit_versions(rows: list[SiliconRow], engines: tuple[str, ...], options: Clie
         log(f"{engine} {system} {version or '(none)'}: {perf} TPOT {tpot:.1%}; front end {frontend} TTFT {ttft:.1%}"
             f" (was {profile_name(engine, GPUS[system])})")
     return entries, frontends
+
+
+def fallback_rows(rows: list[SiliconRow], engines: tuple[str, ...], min_rows: int = 20) -> dict[tuple[str, str], list[SiliconRow]]:
+    """(engine, system) -> the fitting rows (even positions) that no per-release key covers."""
+    keyed = set(version_keys(rows, engines, min_rows))
+    groups: dict[tuple[str, str], list[SiliconRow]] = {}
+    for i, r in enumerate(rows):
+        if (r.backend in engines and i % 2 == 0 and inexpressible_reason(r) is None
+                and (r.backend, r.system, r.version) not in keyed):
+            groups.setdefault((r.backend, r.system), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def fit_fallback(rows: list[SiliconRow], engines: tuple[str, ...], options: ClientOptions = ClientOptions(),
+                 min_rows: int = 20, per_gpu: int = 20, min_fit_rows: int = 8,
+                 log: Callable[[str], None] = lambda _: None) -> list[Entry]:
+    """Calibration entries {gpu, engine} -> {layer_floor_s} fitted against TPOT on `fallback_rows`
+    (systems with fewer than `min_fit_rows` of them keep their constants)."""
+    entries: list[Entry] = []
+    for (engine, system), fit_rows in fallback_rows(rows, engines, min_rows).items():
+        if len(fit_rows) < min_fit_rows:
+            continue
+        sample = spread_sample(fit_rows, per_gpu)
+        s = row_scenario(sample[0], options)
+        start = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants.layer_floor_s
+        perf, tpot = coordinate_descent({"layer_floor_s": start}, {"layer_floor_s": STEP_GRID["layer_floor_s"]},
+                                        lambda v: _errors(sample, options, dict(v), {}),
+                                        weights=(0.0, 1.0), relative=True, sweeps=1)
+        entries.append(Entry({"gpu": GPUS[system], "engine": engine}, {k: round(v, 6) for k, v in perf.items()}))
+        log(f"{engine} {system} ({len(sample)} of {len(fit_rows)} rows): {perf} TPOT {tpot:.1%}")
+    return entries
