@@ -11,7 +11,8 @@ blocks would not fit in those free when it started (stepping would decode plainl
 there), at the first finish or, when finishes may be processed late, once all have finished.
 Acceptance rows are read with `peek` and taken only for the steps applied, so a cut leaves
 them to stepping. Step 0 is the step the engine planned (it may finish prompts); acceptances
-go by batch order, so only schedulers with `stable_decode_order` fast-forward. Exact as
+go by batch order, so only schedulers that know the order of the repeated steps
+(`Scheduler.repeat_order`: step 0's, or a re-sort by a key decodes do not change) fast-forward. Exact as
 stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test_spec_exactness.py.
 """
 
@@ -35,16 +36,17 @@ class SpecStretch:
     remaining: list = []
     keyed: list = []
 
-    def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], dt0_s: float,
-                 through: bool) -> None:
-        """`step0`: per request in batch order, (request, tokens it computes in step 0, tokens it
-        emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode)."""
+    def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
+                 dt0_s: float, through: bool) -> None:
+        """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
+        tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
+        the indices of those requests in the order of the later steps' batches."""
         cfg = engine.config
         sched = engine.scheduler
         batch = [r for r, _, _, _ in step0]
         self.start_s = start_s
         self.out = out
-        self.reqs = batch  # in batch order (the order of their acceptance rows)
+        self.reqs = batch  # in step 0's batch order (`_active` holds the later steps' order)
         self.prefills = [(r, c) for r, c, _, kind in step0 if kind == 1]  # prompt chunks finished in step 0
         self.through = through
         self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
@@ -70,7 +72,7 @@ class SpecStretch:
         n = len(batch)
         # step 0's finishes as stepping lists them: plain decodes, prompts, speculative decodes
         gone = sorted((i for i in range(n) if not self._rem[i]), key=lambda i: step0[i][3])
-        self._active = [i for i in range(n) if self._rem[i]] if through else list(range(n))
+        self._active = [i for i in order if self._rem[i]] if through else list(order)  # (in batch order)
         # per step: end time, tokens emitted, requests run, their emitted tokens, blocks granted
         self.ends = [start_s + dt0_s]
         self.sizes = [sum(e for _, _, e, _ in step0)]  # tokens emitted in each step

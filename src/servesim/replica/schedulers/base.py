@@ -140,6 +140,15 @@ class Scheduler:
         `FastForward`)? Must not change any state."""
         return NO_FAST_FORWARD
 
+    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
+        """The requests of `output.scheduled` in the order the steps that repeat it
+        (`fast_forward`) list them, or None if that order may change from step to step.
+        Speculative decoding draws acceptances in batch order, so the engine fast-forwards
+        speculative steps only when this is known. The default: `scheduled`'s own order for a
+        policy with `stable_decode_order`, else None; a policy that re-sorts its running
+        requests by a key that decode steps cannot change returns them sorted by it."""
+        return [r for r, _ in output.scheduled] if self.stable_decode_order else None
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`
         runs (repeat held, nothing changed here since): would every `schedule` call until
