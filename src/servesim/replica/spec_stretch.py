@@ -22,6 +22,9 @@ import math
 from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
+from servesim.replica.spec_blocks import BLOCK_MAX_STEPS, BLOCK_MIN_STEPS, regular_block
 from servesim.workload.request import Request
 
 if TYPE_CHECKING:
@@ -57,6 +60,11 @@ class SpecStretch:
         self._perf = engine.perf
         self._next_event_s = engine.next_event_s
         self._decode_fn = engine._decode_fn  # the scalar decode step time by batch size (False: none)
+        # the block path's forms (None: the perf model has none, or sliding windows: step by step)
+        self._affine = getattr(engine.perf, "decode_affine", None)
+        self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
+        if self._affine is None or engine._decode_fn(1) is False:
+            self._verify_fn = None
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
         self._draft_ratio = cfg.spec_draft_cost_ratio
@@ -105,7 +113,65 @@ class SpecStretch:
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
         horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
         while not self.final and self.ends[-1] < horizon:
-            self._step()
+            if not self._block(horizon):
+                self._step()
+
+    def _block(self, horizon: float) -> bool:
+        """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
+        of them are ahead: every request has more than k + 1 tokens left, and the steps to the
+        horizon (guessed from the last step's time) number at least `BLOCK_MIN_STEPS`. False
+        if not tried or nothing was priced (the next step then goes one by one)."""
+        if self._verify_fn is None:
+            return False
+        act, rem, k_max = self._active, self._rem, self._k_max
+        r_min = min([rem[i] for i in act])
+        ends = self.ends
+        steps = r_min - k_max - 1  # (at most this many before someone reaches its last k + 1 tokens)
+        if len(ends) > 1 and horizon < math.inf:
+            steps = min(steps, int((horizon - ends[-1]) / max(ends[-1] - ends[-2], 1e-9)) + 2)
+        steps = min(steps, BLOCK_MAX_STEPS)
+        if steps < BLOCK_MIN_STEPS:
+            return False
+        n = len(act)
+        rows = self._rows[-1]
+        acc = np.array(self._draws.peek(rows, steps * n), dtype=np.int64).reshape(steps, n)
+        ctx, held = self._ctx, self._held
+        b = regular_block(acc, act, [ctx[i] for i in act], [rem[i] for i in act], [held[i] for i in act], k_max,
+                          self._bs, self._alloc[-1], self.free_blocks, ends[-1], horizon, self._block_times(n))
+        m = b.m
+        if b.out_of_blocks:
+            self.final = True
+        if not m:
+            return b.out_of_blocks
+        ends += b.ends_s
+        self.sizes += b.sizes
+        self._runs += [act] * m
+        self._emits += b.emits
+        self._grants += b.grants
+        self._alloc += b.alloc
+        self._rows += range(rows + n, rows + n * m + 1, n)
+        for i, t, h in zip(act, b.tokens, b.held):
+            ctx[i] += t
+            rem[i] -= t
+            held[i] = h
+        return True
+
+    def _block_times(self, n: int):
+        """Step times of regular steps of `n` requests by their context sum: `_step`'s verify
+        pass plus draft term, term for term."""
+        verify, t = self._verify_fn, 1 + self._k_max
+        base, g, cpu, overlap = self._affine(n)
+        draft = self._draft_ratio * self._k_max
+
+        def times(ctx_sums: np.ndarray) -> np.ndarray | None:
+            v = verify(n, t, ctx_sums)
+            if v is None:
+                return None
+            d = base + g * ctx_sums
+            d = np.maximum(d, cpu) if overlap else d + cpu
+            return v + draft * d
+
+        return times
 
     def _step(self) -> None:
         """Price one more step (or mark the stretch done if its blocks do not fit).

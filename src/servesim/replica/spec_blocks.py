@@ -1,0 +1,79 @@
+"""Speculative decode steps priced a block at a time with numpy (`SpecStretch.price`).
+
+While every request of the batch has more than `num_speculative_tokens` + 1 tokens left, each
+step of a stretch is regular: every request speculates k = num_speculative_tokens drafts, emits
+its accepted count + 1 tokens (it cannot finish), and the step's time depends on the batch's
+context sum alone. A block of S such steps reads S x n acceptance rows at once (the same rows,
+in the same order, that S steps would read one by one) and gets the contexts, KV blocks and
+step times with cumulative sums: a few numpy calls for the whole block. The block ends before
+its first step that is not regular (a request down to its last k + 1 tokens: stepping's own
+rules take over there), before the first step whose blocks would not fit, or after the first
+step that ends at or past the horizon, exactly where pricing step by step would stop.
+Bit-identical to `SpecStretch._step` (tests/replica/test_spec_blocks.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+BLOCK_MIN_STEPS = 8  # below this, the per-step path costs less than the block's numpy calls
+BLOCK_MAX_STEPS = 4096  # rows read ahead at most (a cut leaves the rest to stepping anyway)
+
+
+class Block(NamedTuple):
+    """The first `m` steps of a block (m may be 0 when the first does not fit)."""
+
+    m: int
+    ends_s: list[float]  # each step's end
+    sizes: list[int]  # tokens emitted in each step
+    emits: list[list[int]]  # per step, per request in batch order
+    grants: list[list[tuple[int, int]]]  # per step, (request index, blocks) for those that grow
+    alloc: list[int]  # blocks granted in the stretch by the end of each step
+    tokens: list[int]  # per request, tokens emitted in the m steps
+    held: list[int]  # per request, blocks held after them
+    out_of_blocks: bool  # step m would not fit in the free blocks (the stretch ends there)
+
+
+def regular_block(acc: np.ndarray, act: list[int], ctx0: list[int], rem0: list[int], held0: list[int],
+                  k_max: int, block_size: int, alloc0: int, free_blocks: int, end0_s: float, horizon_s: float,
+                  step_times) -> Block:
+    """Price up to len(acc) regular steps from the stretch's state after its last priced step.
+
+    `acc`: acceptance counts, one row of the batch per step (S x n, batch order); `act`: the
+    requests' indices in the stretch; `ctx0`, `rem0`, `held0`: their contexts, tokens left and
+    blocks held; `alloc0`: blocks granted so far; `step_times(ctx_sums)`: the step times by
+    the batch's context sum before each step (verify pass plus draft term; None: none exact)."""
+    S = acc.shape[0]
+    emits = acc + 1  # accepted drafts + the target's token (k = k_max: nothing is capped)
+    done = np.cumsum(emits, axis=0)  # tokens emitted by the end of each step
+    rem = np.asarray(rem0, dtype=np.int64)
+    left_min = (rem - done).min(axis=1)  # tokens left after each step, least in the batch
+    # step s is regular if its requests start it with > k_max left and none finishes in it
+    before_min = np.concatenate(([min(rem0)], left_min[:-1]))
+    irregular = np.flatnonzero((left_min < 1) | (before_min <= k_max))
+    m_reg = int(irregular[0]) if len(irregular) else S
+    ctx = np.asarray(ctx0, dtype=np.int64)
+    ctx_before = np.vstack((ctx, ctx + done[:-1]))  # each step's contexts before it
+    held = np.maximum((ctx_before + k_max) // block_size + 1, np.asarray(held0, dtype=np.int64))
+    grants = np.diff(held, axis=0, prepend=np.asarray(held0, dtype=np.int64)[None, :])
+    alloc = alloc0 + np.cumsum(grants.sum(axis=1))
+    over = np.flatnonzero(alloc > free_blocks)
+    m_fit = int(over[0]) if len(over) else S
+    sizes = emits.sum(axis=1)
+    ctx_sums = int(ctx.sum()) + np.concatenate(([0], np.cumsum(sizes[:-1])))
+    dts = step_times(ctx_sums)
+    if dts is None:  # (no exact vectorised form for these contexts: step by step)
+        return Block(0, [], [], [], [], [], [0] * len(act), list(held0), False)
+    ends = np.cumsum(np.concatenate(([end0_s], dts)))[1:]  # (sequential: stepping's sums)
+    m_h = 1 + int(np.searchsorted(ends[:S - 1], horizon_s, side="left"))  # steps that start before the horizon
+    m = min(m_reg, m_fit, m_h)
+    rows, cols = np.nonzero(grants[:m])
+    per_step: list[list[tuple[int, int]]] = [[] for _ in range(m)]
+    for s, c, nb in zip(rows.tolist(), cols.tolist(), grants[rows, cols].tolist()):
+        per_step[s].append((act[c], nb))
+    last = m - 1
+    return Block(m, ends[:m].tolist(), sizes[:m].tolist(), emits[:m].tolist(), per_step, alloc[:m].tolist(),
+                 done[last].tolist() if m else [0] * len(act), held[last].tolist() if m else list(held0),
+                 m_fit < min(m_reg, m_h))
