@@ -67,7 +67,7 @@ def test_block_priced_stretches_match_stepping(blocks, engine, n, spacing_s, def
     a = run(a_reqs, True, engine, 4000, defer)
     b = run(b_reqs, False, engine, 4000)
     assert_same_run(a, b, a_reqs, b_reqs, 4000)
-    assert sum(m for m, _ in blocks) > 0.5 * a.num_steps  # most steps were priced in blocks
+    assert sum(m for m, _ in blocks) > 0.3 * a.num_steps  # a large share of the steps was priced in blocks
 
 
 def test_a_block_stops_where_the_free_blocks_run_out(blocks):

@@ -185,12 +185,17 @@ class PerfModel:
         num_tokens = n * t
         pairs = (2 * t * ctx_sums + n * t * t) / 2.0  # exact: what the scalar loop sums
         full_layers, win_layers = self._layers
-        attention = self._pair_full * pairs + self._pair_win * 0.0 + self._kv_read * (full_layers * ctx_sums + win_layers * 0)
+        attention = self._pair_full * pairs
+        attention += self._pair_win * 0.0
+        attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
         gpu = self._token_s(num_tokens) + self._logits_s(n)
         gpu = gpu + attention
-        gpu = gpu + self._g_full * 0  # (no plain decodes)
+        gpu += self._g_full * 0  # (no plain decodes)
         cpu = self.terms.cpu_s(n, num_tokens)
-        return np.maximum(gpu, cpu) if self._overlap else gpu + cpu
+        if self._overlap:
+            return np.maximum(gpu, cpu, out=gpu)
+        gpu += cpu
+        return gpu
 
     def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
         """step_time_s split into its terms (not on the hot path)."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from servesim.replica.spec_blocks import BLOCK_MAX_STEPS, BLOCK_MIN_STEPS, regular_block
+from servesim.replica.spec_blocks import BLOCK_MAX_STEPS, BLOCK_MIN_WORK, regular_block
 from servesim.workload.request import Request
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ class SpecStretch:
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
+        p = cfg.spec_acceptance_rate  # tokens a speculative decode emits on average: 1 + p + ... + p^k
+        self._mean_emits = sum(p ** j for j in range(cfg.num_speculative_tokens + 1))
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
         self._draft_ratio = cfg.spec_draft_cost_ratio
@@ -112,27 +114,32 @@ class SpecStretch:
         it does, so steps are not priced far ahead of an event that may cut them: an uncut
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
         horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
+        blocks = self._verify_fn is not None
         while not self.final and self.ends[-1] < horizon:
-            if not self._block(horizon):
-                self._step()
+            if blocks:
+                blocks = self._block(horizon)  # (if declined now, it would be at the later steps too)
+                if blocks:
+                    continue
+            self._step()
 
     def _block(self, horizon: float) -> bool:
         """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
-        of them are ahead: every request has more than k + 1 tokens left, and the steps to the
-        horizon (guessed from the last step's time) number at least `BLOCK_MIN_STEPS`. False
-        if not tried or nothing was priced (the next step then goes one by one)."""
-        if self._verify_fn is None:
-            return False
+        of them are expected: before the horizon (guessed from the last step's time) and
+        before a request gets down to its last k + 1 tokens (at the mean tokens per step).
+        True if it priced steps and more regular ones may follow."""
         act, rem, k_max = self._active, self._rem, self._k_max
         r_min = min([rem[i] for i in act])
         ends = self.ends
-        steps = r_min - k_max - 1  # (at most this many before someone reaches its last k + 1 tokens)
-        if len(ends) > 1 and horizon < math.inf:
-            steps = min(steps, int((horizon - ends[-1]) / max(ends[-1] - ends[-2], 1e-9)) + 2)
-        steps = min(steps, BLOCK_MAX_STEPS)
-        if steps < BLOCK_MIN_STEPS:
-            return False
+        room = r_min - k_max - 1  # tokens to emit before someone reaches its last k + 1
         n = len(act)
+        least = BLOCK_MIN_WORK / (n + 3)  # steps for which a block costs less than step by step
+        if room < least * self._mean_emits:
+            return False
+        span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
+        to_horizon = (horizon - ends[-1]) / span if span > 0 else math.inf
+        if to_horizon < least:
+            return False
+        steps = int(min(room, to_horizon + 2, BLOCK_MAX_STEPS))
         rows = self._rows[-1]
         acc = np.array(self._draws.peek(rows, steps * n), dtype=np.int64).reshape(steps, n)
         ctx, held = self._ctx, self._held
@@ -142,7 +149,7 @@ class SpecStretch:
         if b.out_of_blocks:
             self.final = True
         if not m:
-            return b.out_of_blocks
+            return False
         ends += b.ends_s
         self.sizes += b.sizes
         self._runs += [act] * m
@@ -154,7 +161,7 @@ class SpecStretch:
             ctx[i] += t
             rem[i] -= t
             held[i] = h
-        return True
+        return m == steps and not self.final
 
     def _block_times(self, n: int):
         """Step times of regular steps of `n` requests by their context sum: `_step`'s verify
