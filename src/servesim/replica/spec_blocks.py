@@ -14,7 +14,7 @@ Bit-identical to `SpecStretch._step` (tests/replica/test_spec_blocks.py).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -37,6 +37,37 @@ class Block(NamedTuple):
     tokens: list[int]  # per request, tokens emitted in the m steps
     held: list[int]  # per request, blocks held after them
     out_of_blocks: bool  # step m would not fit in the free blocks (the stretch ends there)
+
+
+def block_steps(n: int, to_horizon: float, room: Callable[[], int], mean_emits: float) -> int:
+    """Steps to read for a block of `n` requests (0: price step by step): enough are expected
+    before the horizon (`to_horizon` steps ahead, guessed from the last step's time) and before
+    a request gets down to its last k + 1 tokens (`room()` tokens ahead, at `mean_emits` a step)."""
+    least = BLOCK_MIN_WORK / (n + 3)  # steps for which a block costs less than step by step
+    if to_horizon < least:
+        return 0
+    tokens = room()  # (after the cheap test: a pass over the batch)
+    if tokens < least * mean_emits:
+        return 0
+    return int(min(tokens, to_horizon + 2, BLOCK_MAX_STEPS))
+
+
+def block_step_times(verify, affine, n: int, k_max: int, draft_ratio: float):
+    """Step times of regular steps of `n` requests by their context sum: `SpecStretch._step`'s
+    verify pass (`PerfModel.verify_step_times_s`) plus draft term (`decode_affine`), term for
+    term (None from the perf model: no exact form for those sums)."""
+    base, g, cpu, overlap = affine(n)
+    draft = draft_ratio * k_max
+
+    def times(ctx_sums: np.ndarray) -> np.ndarray | None:
+        v = verify(n, 1 + k_max, ctx_sums)
+        if v is None:
+            return None
+        d = base + g * ctx_sums
+        d = np.maximum(d, cpu) if overlap else d + cpu
+        return v + draft * d
+
+    return times
 
 
 def regular_block(acc: np.ndarray, act: list[int], ctx0: list[int], rem0: list[int], held0: list[int],

@@ -136,11 +136,15 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         keys = req.kv_block_keys
         if keys and len(keys) * bs > req.prompt_len + req.num_output_tokens:
             return False
-    batch = [step0[id(r)] for r, _ in out.scheduled]  # step 0's order (its finishes are listed in it)
-    index = {id(r): i for i, (r, *_) in enumerate(batch)}
-    order = [index.get(id(r)) for r in order]  # the later steps' order (`Scheduler.repeat_order`)
-    if len(order) != len(batch) or None in order:
-        return False  # (not the batch's requests: nothing to repeat)
+    step0_reqs = [r for r, _ in out.scheduled]
+    batch = [step0[id(r)] for r in step0_reqs]  # step 0's order (its finishes are listed in it)
+    if order == step0_reqs:  # (the usual case: the same order, the same objects)
+        order = range(len(batch))
+    else:  # the later steps' order (`Scheduler.repeat_order`)
+        index = {id(r): i for i, r in enumerate(step0_reqs)}
+        order = [index.get(id(r)) for r in order]
+        if len(order) != len(batch) or None in order:
+            return False  # (not the batch's requests: nothing to repeat)
     through = engine.defer_finishes and ff.through_finishes and not any(r.kv_block_keys for r, *_ in batch)
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
             and not (engine.ports is None and sched.arrival_keeps_batch(None))):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from servesim.replica.spec_blocks import BLOCK_MAX_STEPS, BLOCK_MIN_WORK, regular_block
+from servesim.replica.spec_blocks import block_step_times, block_steps, regular_block
 from servesim.workload.request import Request
 
 if TYPE_CHECKING:
@@ -127,24 +127,19 @@ class SpecStretch:
         of them are expected: before the horizon (guessed from the last step's time) and
         before a request gets down to its last k + 1 tokens (at the mean tokens per step).
         True if it priced steps and more regular ones may follow."""
-        act, rem, k_max = self._active, self._rem, self._k_max
-        r_min = min([rem[i] for i in act])
-        ends = self.ends
-        room = r_min - k_max - 1  # tokens to emit before someone reaches its last k + 1
+        act, rem, k_max, ends = self._active, self._rem, self._k_max, self.ends
         n = len(act)
-        least = BLOCK_MIN_WORK / (n + 3)  # steps for which a block costs less than step by step
-        if room < least * self._mean_emits:
-            return False
         span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
-        to_horizon = (horizon - ends[-1]) / span if span > 0 else math.inf
-        if to_horizon < least:
+        steps = block_steps(n, (horizon - ends[-1]) / span if span > 0 else math.inf,
+                            lambda: min([rem[i] for i in act]) - k_max - 1, self._mean_emits)
+        if not steps:
             return False
-        steps = int(min(room, to_horizon + 2, BLOCK_MAX_STEPS))
         rows = self._rows[-1]
         acc = np.array(self._draws.peek(rows, steps * n), dtype=np.int64).reshape(steps, n)
         ctx, held = self._ctx, self._held
         b = regular_block(acc, act, [ctx[i] for i in act], [rem[i] for i in act], [held[i] for i in act], k_max,
-                          self._bs, self._alloc[-1], self.free_blocks, ends[-1], horizon, self._block_times(n))
+                          self._bs, self._alloc[-1], self.free_blocks, ends[-1], horizon,
+                          block_step_times(self._verify_fn, self._affine, n, k_max, self._draft_ratio))
         m = b.m
         if b.out_of_blocks:
             self.final = True
@@ -162,23 +157,6 @@ class SpecStretch:
             rem[i] -= t
             held[i] = h
         return m == steps and not self.final
-
-    def _block_times(self, n: int):
-        """Step times of regular steps of `n` requests by their context sum: `_step`'s verify
-        pass plus draft term, term for term."""
-        verify, t = self._verify_fn, 1 + self._k_max
-        base, g, cpu, overlap = self._affine(n)
-        draft = self._draft_ratio * self._k_max
-
-        def times(ctx_sums: np.ndarray) -> np.ndarray | None:
-            v = verify(n, t, ctx_sums)
-            if v is None:
-                return None
-            d = base + g * ctx_sums
-            d = np.maximum(d, cpu) if overlap else d + cpu
-            return v + draft * d
-
-        return times
 
     def _step(self) -> None:
         """Price one more step (or mark the stretch done if its blocks do not fit).

@@ -103,8 +103,8 @@ class Scheduler:
     # Whether steps that repeat (`fast_forward`) list the requests in the order of the step
     # they repeat (its `scheduled`, prompts that finished in it included).
     # Speculative decoding draws acceptances in batch order, so the engine fast-forwards its
-    # steps only for such policies (`replica/spec_stretch.py`); a policy that re-sorts its
-    # running requests by their progress (service, counters) must leave it False.
+    # steps only when the order is known (`repeat_order`, which reads this flag by default); a
+    # policy that re-sorts its running requests overrides `repeat_order` instead.
     stable_decode_order: ClassVar[bool] = False
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
