@@ -65,8 +65,7 @@ class SpecStretch:
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
-        p = cfg.spec_acceptance_rate  # tokens a speculative decode emits on average: 1 + p + ... + p^k
-        self._mean_emits = sum(p ** j for j in range(cfg.num_speculative_tokens + 1))
+        self._acceptance_rate = cfg.spec_acceptance_rate
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
         self._draft_ratio = cfg.spec_draft_cost_ratio
@@ -131,7 +130,7 @@ class SpecStretch:
         n = len(act)
         span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
         steps = block_steps(n, (horizon - ends[-1]) / span if span > 0 else math.inf,
-                            lambda: min([rem[i] for i in act]) - k_max - 1, self._mean_emits)
+                            lambda: min([rem[i] for i in act]) - k_max - 1, self._acceptance_rate, k_max)
         if not steps:
             return False
         rows = self._rows[-1]
