@@ -137,7 +137,7 @@ def test_crash_in_a_stretch_keeps_the_draws_of_the_step_in_flight():
 
 def test_unstable_order_policies_step_one_by_one():
     reqs = spaced_requests(6, n=60)
-    engine = run_spec(reqs, True, scheduler="fastswitch")  # re-sorts running requests by tenant counters
+    engine = run_spec(reqs, True, scheduler="fastswitch")  # its priority refresh counts one token per step
     assert engine.num_fast_forwarded_steps == 0
 
 

@@ -169,6 +169,34 @@ class PerfModel:
         return (self._token_s(num_seqs) + self._logits_s(num_seqs), self._g_full,
                 self.terms.cpu_s(num_seqs, num_seqs), bool(self._overlap))
 
+    def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
+        """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
+        chunk over its context (a speculative verify pass), one step per total context in
+        `ctx_sums`. Bit-identical to step_time_s([(tokens_per_seq, c) for c in ctxs], []) for
+        any ctxs summing to that total: the chunks' attention pairs, t * (c + t / 2), are
+        multiples of 1/2 summed exactly, and the rest is that method's float operations in its
+        order. None with sliding-window layers (the time then depends on each context)."""
+        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0:
+            return None
+        t, n = tokens_per_seq, num_seqs
+        ctx_sums = np.asarray(ctx_sums, dtype=np.int64)
+        if int(ctx_sums.max(initial=0)) * 2 * t >= 1 << 52:
+            return None  # (pair sums no longer exact in floats: the scalar path's own rounding)
+        num_tokens = n * t
+        pairs = (2 * t * ctx_sums + n * t * t) / 2.0  # exact: what the scalar loop sums
+        full_layers, win_layers = self._layers
+        attention = self._pair_full * pairs
+        attention += self._pair_win * 0.0
+        attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
+        gpu = self._token_s(num_tokens) + self._logits_s(n)
+        gpu = gpu + attention
+        gpu += self._g_full * 0  # (no plain decodes)
+        cpu = self.terms.cpu_s(n, num_tokens)
+        if self._overlap:
+            return np.maximum(gpu, cpu, out=gpu)
+        gpu += cpu
+        return gpu
+
     def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
         """step_time_s split into its terms (not on the hot path)."""
         t = self.terms

@@ -115,10 +115,12 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     chunks (req, tokens) and speculative decodes (req, (1 + k, accepted))) and the speculative
     decode steps that repeat it as one event. False, changing nothing, if the step is not one
     to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
-    register) or fewer than two steps would be safe."""
+    register) or fewer than two steps would be safe. Step 0 keeps `scheduled`'s order, the
+    later steps the policy's `repeat_order` (a re-sort by a key decodes do not change)."""
     sched = engine.scheduler
-    if not sched.stable_decode_order:
-        return False
+    order = sched.repeat_order(out)
+    if order is None:
+        return False  # the repeated steps may list the batch in another order: another draw each
     step0 = {id(r): (r, 1, 1, 0) for r in plain}
     for req, n in prefills:
         left = req.output_len - req.num_output_tokens
@@ -134,12 +136,20 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         keys = req.kv_block_keys
         if keys and len(keys) * bs > req.prompt_len + req.num_output_tokens:
             return False
-    batch = [step0[id(r)] for r, _ in out.scheduled]  # repeated steps keep this order
+    step0_reqs = [r for r, _ in out.scheduled]
+    batch = [step0[id(r)] for r in step0_reqs]  # step 0's order (its finishes are listed in it)
+    if order == step0_reqs:  # (the usual case: the same order, the same objects)
+        order = range(len(batch))
+    else:  # the later steps' order (`Scheduler.repeat_order`)
+        index = {id(r): i for i, r in enumerate(step0_reqs)}
+        order = [index.get(id(r)) for r in order]
+        if len(order) != len(batch) or None in order:
+            return False  # (not the batch's requests: nothing to repeat)
     through = engine.defer_finishes and ff.through_finishes and not any(r.kv_block_keys for r, *_ in batch)
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
             and not (engine.ports is None and sched.arrival_keeps_batch(None))):
         return False  # a lone replica's next arrival comes during step 0 and would cut there
-    st = SpecStretch(engine, now_s, out, batch, dt0_s, through)
+    st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through)
     st.price(engine._own_horizon_s())  # (up to the next event anywhere: `SpecStretch.price`)
     if st.k < 2:
         return False

@@ -11,7 +11,8 @@ blocks would not fit in those free when it started (stepping would decode plainl
 there), at the first finish or, when finishes may be processed late, once all have finished.
 Acceptance rows are read with `peek` and taken only for the steps applied, so a cut leaves
 them to stepping. Step 0 is the step the engine planned (it may finish prompts); acceptances
-go by batch order, so only schedulers with `stable_decode_order` fast-forward. Exact as
+go by batch order, so only schedulers that know the order of the repeated steps
+(`Scheduler.repeat_order`: step 0's, or a re-sort by a key decodes do not change) fast-forward. Exact as
 stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test_spec_exactness.py.
 """
 
@@ -21,6 +22,9 @@ import math
 from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
+from servesim.replica.spec_blocks import block_step_times, block_steps, regular_block
 from servesim.workload.request import Request
 
 if TYPE_CHECKING:
@@ -35,16 +39,17 @@ class SpecStretch:
     remaining: list = []
     keyed: list = []
 
-    def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], dt0_s: float,
-                 through: bool) -> None:
-        """`step0`: per request in batch order, (request, tokens it computes in step 0, tokens it
-        emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode)."""
+    def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
+                 dt0_s: float, through: bool) -> None:
+        """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
+        tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
+        the indices of those requests in the order of the later steps' batches."""
         cfg = engine.config
         sched = engine.scheduler
         batch = [r for r, _, _, _ in step0]
         self.start_s = start_s
         self.out = out
-        self.reqs = batch  # in batch order (the order of their acceptance rows)
+        self.reqs = batch  # in step 0's batch order (`_active` holds the later steps' order)
         self.prefills = [(r, c) for r, c, _, kind in step0 if kind == 1]  # prompt chunks finished in step 0
         self.through = through
         self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
@@ -55,6 +60,12 @@ class SpecStretch:
         self._perf = engine.perf
         self._next_event_s = engine.next_event_s
         self._decode_fn = engine._decode_fn  # the scalar decode step time by batch size (False: none)
+        # the block path's forms (None: the perf model has none, or sliding windows: step by step)
+        self._affine = getattr(engine.perf, "decode_affine", None)
+        self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
+        if self._affine is None or engine._decode_fn(1) is False:
+            self._verify_fn = None
+        self._acceptance_rate = cfg.spec_acceptance_rate
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
         self._draft_ratio = cfg.spec_draft_cost_ratio
@@ -70,7 +81,7 @@ class SpecStretch:
         n = len(batch)
         # step 0's finishes as stepping lists them: plain decodes, prompts, speculative decodes
         gone = sorted((i for i in range(n) if not self._rem[i]), key=lambda i: step0[i][3])
-        self._active = [i for i in range(n) if self._rem[i]] if through else list(range(n))
+        self._active = [i for i in order if self._rem[i]] if through else list(order)  # (in batch order)
         # per step: end time, tokens emitted, requests run, their emitted tokens, blocks granted
         self.ends = [start_s + dt0_s]
         self.sizes = [sum(e for _, _, e, _ in step0)]  # tokens emitted in each step
@@ -102,8 +113,49 @@ class SpecStretch:
         it does, so steps are not priced far ahead of an event that may cut them: an uncut
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
         horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
+        blocks = self._verify_fn is not None
         while not self.final and self.ends[-1] < horizon:
+            if blocks:
+                blocks = self._block(horizon)  # (if declined now, it would be at the later steps too)
+                if blocks:
+                    continue
             self._step()
+
+    def _block(self, horizon: float) -> bool:
+        """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
+        of them are expected: before the horizon (guessed from the last step's time) and
+        before a request gets down to its last k + 1 tokens (at the mean tokens per step).
+        True if it priced steps and more regular ones may follow."""
+        act, rem, k_max, ends = self._active, self._rem, self._k_max, self.ends
+        n = len(act)
+        span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
+        steps = block_steps(n, (horizon - ends[-1]) / span if span > 0 else math.inf,
+                            lambda: min([rem[i] for i in act]) - k_max - 1, self._acceptance_rate, k_max)
+        if not steps:
+            return False
+        rows = self._rows[-1]
+        acc = np.array(self._draws.peek(rows, steps * n), dtype=np.int64).reshape(steps, n)
+        ctx, held = self._ctx, self._held
+        b = regular_block(acc, act, [ctx[i] for i in act], [rem[i] for i in act], [held[i] for i in act], k_max,
+                          self._bs, self._alloc[-1], self.free_blocks, ends[-1], horizon,
+                          block_step_times(self._verify_fn, self._affine, n, k_max, self._draft_ratio))
+        m = b.m
+        if b.out_of_blocks:
+            self.final = True
+        if not m:
+            return False
+        ends += b.ends_s
+        self.sizes += b.sizes
+        self._runs += [act] * m
+        self._emits += b.emits
+        self._grants += b.grants
+        self._alloc += b.alloc
+        self._rows += range(rows + n, rows + n * m + 1, n)
+        for i, t, h in zip(act, b.tokens, b.held):
+            ctx[i] += t
+            rem[i] -= t
+            held[i] = h
+        return m == steps and not self.final
 
     def _step(self) -> None:
         """Price one more step (or mark the stretch done if its blocks do not fit).

@@ -69,6 +69,7 @@ class AndesParams(SchedulerParams):
 @register("andes")
 class AndesScheduler(VLLMSteps):
     Params = AndesParams
+    stable_decode_order = True  # (running order; it repeats only with nothing pending: no knapsack)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

@@ -103,8 +103,8 @@ class Scheduler:
     # Whether steps that repeat (`fast_forward`) list the requests in the order of the step
     # they repeat (its `scheduled`, prompts that finished in it included).
     # Speculative decoding draws acceptances in batch order, so the engine fast-forwards its
-    # steps only for such policies (`replica/spec_stretch.py`); a policy that re-sorts its
-    # running requests by their progress (service, counters) must leave it False.
+    # steps only when the order is known (`repeat_order`, which reads this flag by default); a
+    # policy that re-sorts its running requests overrides `repeat_order` instead.
     stable_decode_order: ClassVar[bool] = False
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
@@ -139,6 +139,15 @@ class Scheduler:
         """May the engine repeat the step `schedule` just returned, and how far (see
         `FastForward`)? Must not change any state."""
         return NO_FAST_FORWARD
+
+    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
+        """The requests of `output.scheduled` in the order the steps that repeat it
+        (`fast_forward`) list them, or None if that order may change from step to step.
+        Speculative decoding draws acceptances in batch order, so the engine fast-forwards
+        speculative steps only when this is known. The default: `scheduled`'s own order for a
+        policy with `stable_decode_order`, else None; a policy that re-sorts its running
+        requests by a key that decode steps cannot change returns them sorted by it."""
+        return [r for r, _ in output.scheduled] if self.stable_decode_order else None
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`

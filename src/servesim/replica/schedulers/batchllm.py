@@ -167,6 +167,9 @@ class BatchLLMScheduler(KeyedScheduler):
             growth = sum(self._growth(r) for r in self.running)
         return kv.num_gpu_blocks - kv.num_free_blocks + growth
 
+    def repeat_order(self, output: SchedulerOutput) -> list[Request]:
+        return sorted((r for r, _ in output.scheduled), key=_ARRIVAL_ID)  # (as `schedule` sorts `running`)
+
     def schedule(self, now_s: float) -> SchedulerOutput:
         self.now_s = now_s
         self.begin_step(now_s)

@@ -49,6 +49,16 @@ class EDFScheduler(KeyedScheduler):
     def key(self, req: Request) -> tuple:
         return (self.deadline_s(req), req.arrival_s, req.id)
 
+    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
+        # In a repeated step every request's last token came at the previous step's end, so
+        # deadlines differ only by the per-token targets: with one target for the whole batch
+        # (or none) they tie and the order is (arrival, id) at every step.
+        default = self.params.default_tpot_s
+        reqs = [r for r, _ in output.scheduled]
+        if len({default if r.tpot_slo_s is None else r.tpot_slo_s for r in reqs}) > 1:
+            return None
+        return sorted(reqs, key=lambda r: (r.arrival_s, r.id))
+
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         for req, _ in output.scheduled:
             if (req.state == RequestState.RUNNING and req.first_token_s is not None

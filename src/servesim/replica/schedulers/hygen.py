@@ -42,6 +42,7 @@ class HyGenParams(SchedulerParams):
 @register("hygen")
 class HyGenScheduler(VLLMSteps):
     Params = HyGenParams
+    stable_decode_order = True  # (online decodes in running order; it repeats only with no offline work)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

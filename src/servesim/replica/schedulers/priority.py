@@ -191,6 +191,12 @@ class KeyedScheduler(VLLMSteps):
             return REPEAT_AFTER_PREFILL if self._head_blocked_by_kv else REPEAT_DECODES
         return NO_FAST_FORWARD
 
+    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
+        # Each step re-sorts the running requests by key: a static key gives the repeated
+        # steps one order (prompts admitted in step 0 take their place in it); a key that
+        # progress changes (service, deadlines) may not, unless the policy knows better.
+        return sorted((r for r, _ in output.scheduled), key=self.key) if self.static_keys else None
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # With static keys, a newcomer sorting after a head that KV blocks or sequence slots
         # hold back is never looked at (admission stops at the head), as in `vllm`.

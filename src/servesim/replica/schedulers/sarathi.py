@@ -36,7 +36,6 @@ class SarathiParams(SchedulerParams):
 @register("sarathi")
 class SarathiScheduler(Scheduler):
     Params = SarathiParams
-    stable_decode_order = True  # (decodes in arrival order, whatever their progress)
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         kv = self.kv
@@ -91,6 +90,11 @@ class SarathiScheduler(Scheduler):
     def _preempt(self, out: SchedulerOutput, victim: Request) -> None:
         self.running.remove(victim)
         self.preempt(victim, out)
+
+    def repeat_order(self, output: SchedulerOutput) -> list[Request]:
+        # Decode steps run the running requests sorted by arrival, whatever their progress (a
+        # recompute finished in step 0 may have been listed after later arrivals there).
+        return sorted((r for r, _ in output.scheduled), key=lambda r: (r.arrival_s, r.id))
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Every running request served and nothing waiting: prompts whose last chunk ran now

@@ -76,7 +76,6 @@ class SGLangParams(SchedulerParams):
 @register("sglang")
 class SGLangScheduler(Scheduler):
     Params = SGLangParams
-    stable_decode_order = True  # (decodes in running order, whatever their progress)
     kv: RadixKVCache
 
     @classmethod
@@ -278,6 +277,14 @@ class SGLangScheduler(Scheduler):
                 return
             decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
             self.new_token_ratio = max(self.new_token_ratio - decay * steps, self.min_ratio)
+
+    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
+        # Decode steps list `running` in its order. A mixed step (`enable_mixed_chunk`) lists
+        # its prompt chunks first: then the ratio's decay, counted on the batch's first
+        # request (`_mark`, one step per token it emits), would follow another request in
+        # the repeated steps than in this one, so speculative steps are not repeated.
+        running = self.running
+        return list(running) if running and output.scheduled[0][0] is running[0] else None
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After

@@ -220,6 +220,11 @@ class TRTLLMScheduler(Scheduler):
         # FCFS: a newcomer queues behind a head that only a finish can let in.
         return bool(self.waiting) and self.waiting.peek() is self._blocked_head
 
+    def repeat_order(self, output: SchedulerOutput) -> list[Request]:
+        # Decode-only steps list `running` in its order (a step that started contexts listed
+        # its generation requests first).
+        return list(self.running)
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Repeat while everyone running got a token, nothing was paused and whatever waits is
         # held back by the batch size, its KV blocks or (chunked context off) the token budget:

@@ -50,7 +50,6 @@ class VLLMV0Params(SchedulerParams):
 @register("vllm-v0")
 class VLLMV0Scheduler(VLLMSteps):
     Params = VLLMV0Params
-    stable_decode_order = True  # (decodes in arrival order, whatever their progress)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
@@ -139,6 +138,11 @@ class VLLMV0Scheduler(VLLMSteps):
         # decodes cannot lift (the stretch stops at a finish, which could lift it).
         return (self._blocked and not self._blocked_by_budget
                 and bool(self.swapped or (self.waiting and self.waiting.peek() is self._blocked_head)))
+
+    def repeat_order(self, output: SchedulerOutput) -> list[Request]:
+        # Decode steps run the running requests sorted by arrival, whatever their progress (a
+        # recompute finished in step 0 may have been listed after later arrivals there).
+        return sorted((r for r, _ in output.scheduled), key=lambda r: (r.arrival_s, r.id))
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only steps repeat while nothing is preempted or swapped and whatever waits

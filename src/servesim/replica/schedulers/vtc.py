@@ -97,6 +97,7 @@ class TenantQueues:
 @register("vtc")
 class VTCScheduler(Scheduler):
     Params = VTCParams
+    stable_decode_order = True  # (decodes in admission order, whatever the counters)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
