@@ -79,7 +79,7 @@ def test_fallback_fit_recovers_gpu_time_per_layer():
     measured = []
     for r in rows:
         sim = simulate_row(r, options, overrides={"layer_floor_s": 4.0 * start})
-        measured.append(parse_row({**BASE, "id": r.id, "backend": "trtllm", "backend_version": r.version, "isl": str(r.isl),
+        measured.append(row(0, **{"id": r.id, "backend": "trtllm", "backend_version": r.version, "isl": str(r.isl),
                                    "concurrency": str(r.concurrency), "batch_size": str(r.batch_size),
                                    "silicon_ttft_ms": str(sim.ttft_s * 1e3), "silicon_tpot_ms": str(sim.tpot_s * 1e3)}))
     # every row is fitted here: odd positions are held out, so interleave copies at odd positions
