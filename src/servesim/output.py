@@ -47,8 +47,8 @@ def column_values(result: Result, name: str, start: int = 0, stop: int | None = 
     value does not exist; TTFT, TPOT and E2E are NaN there, as computed)."""
     t, sl = result.table, slice(start, stop)
     c = t.cols
-    if name in ("ttft_s", "tpot_s", "e2e_s"):
-        return getattr(result.columns, name)[sl].tolist()
+    if name in ("ttft_s", "tpot_s", "e2e_s"):  # (element-wise: the slice's values are the column's)
+        return getattr(result.columns.select(sl), name).tolist()
     if name in ("tenant", "slo_class"):
         return t.labels(name)[sl].tolist()
     if name == "state":
