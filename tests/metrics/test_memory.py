@@ -127,3 +127,26 @@ def test_a_failed_run_leaves_no_scratch_files(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="invariant"):
         simulate(load_scenario(None, POISSON[:-1] + ["workload.num_requests=300"]), keep_requests=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_is_written_in_row_groups_with_the_csv_values(tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import csv
+
+    import servesim.output as output
+
+    monkeypatch.setattr(output, "ROW_CHUNK", 50)
+    sets = POISSON[:-1] + ["workload.num_requests=120", "workload.attributes.tenants={a: 1, b: 1}"]
+    result = simulate(load_scenario(None, sets), keep_requests=False)
+    folder = output.write_run(result, tmp_path / "csv")
+    result.scenario.output.requests_format = "parquet"
+    output.write_run(result, tmp_path / "pq")
+    f = pq.ParquetFile(tmp_path / "pq" / "requests.parquet")
+    assert f.metadata.num_row_groups == 3 and f.metadata.num_rows == 120
+    table = f.read()
+    assert str(table.schema.field("slo_class").type) == "null"  # no SLO classes: all None, as pyarrow infers
+    assert str(table.schema.field("tenant").type) == "string" and str(table.schema.field("ttft_s").type) == "double"
+    rows = list(csv.reader((folder / "requests.csv").open()))
+    assert rows[0] == table.column_names
+    by_row = [[output._cell(v) for v in row] for row in zip(*(table.column(c).to_pylist() for c in rows[0]))]
+    assert [[str(v) for v in row] for row in by_row] == rows[1:]
