@@ -48,9 +48,9 @@ def column_values(result: Result, name: str, start: int = 0, stop: int | None = 
     t, sl = result.table, slice(start, stop)
     c = t.cols
     if name in ("ttft_s", "tpot_s", "e2e_s"):  # (element-wise: the slice's values are the column's)
-        return getattr(result.columns.select(sl), name).tolist()
+        return getattr(t.request_columns(sl), name).tolist()
     if name in ("tenant", "slo_class"):
-        return t.labels(name)[sl].tolist()
+        return t.labels(name, sl).tolist()
     if name == "state":
         return [STATE_NAMES[x] for x in c["state"][sl].tolist()]
     if name == "is_offline":

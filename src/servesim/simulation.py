@@ -6,7 +6,6 @@ import gc
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +80,18 @@ class Result:
                              "call simulate(scenario, keep_requests=True) to keep the Request objects")
         return self.kept_requests
 
-    @cached_property
+    @property
     def columns(self) -> RequestColumns:
-        """The requests as summary columns (computed once; None is NaN in float columns)."""
-        return self.table.request_columns()
+        """The requests as summary columns (None is NaN in float columns). Computed once when the
+        rows are in memory; rebuilt on each use when they were spilled, so the pages of the
+        mapped files and the decoded labels are let go once a pass is over."""
+        cached = self.__dict__.get("_columns")
+        if cached is not None:
+            return cached
+        cols = self.table.request_columns()
+        if not self.table.spilled:
+            self.__dict__["_columns"] = cols
+        return cols
 
     def summary(self) -> dict:
         slo = self.scenario.slo

@@ -37,6 +37,8 @@ FIELDS = (("seq", np.int64), ("id", np.int64), ("tenant", np.int32), ("priority"
           ("num_cached_tokens", np.int64), ("replica", np.int32), ("num_reroutes", np.int32),
           ("ttft_slo_s", np.float64), ("tpot_slo_s", np.float64), ("lora", np.int32), ("num_runs", np.int32))
 FLUSH_ROWS = 8192
+_SUMMARY_FIELDS = ("id", "state", "arrival_s", "prompt_len", "output_len", "num_output_tokens", "first_token_s",
+                   "finish_s", "num_preemptions", "ttft_slo_s", "tpot_slo_s")
 
 
 class _Labels:
@@ -166,14 +168,20 @@ class RequestTable:
         return self._spill.read(name)
 
     # ------------------------------------------------------------------ reading (after close)
-    def labels(self, name: str) -> np.ndarray:
-        """`tenant`, `slo_class` or `lora` of every row as an object array (None where absent)."""
-        return self._labels[name].decode(self.cols[name])
+    @property
+    def spilled(self) -> bool:
+        """The columns are files mapped when read (rows were spilled during the run)."""
+        return self._spill is not None
 
-    def request_columns(self) -> RequestColumns:
-        c = self.cols
+    def labels(self, name: str, rows: slice = slice(None)) -> np.ndarray:
+        """`tenant`, `slo_class` or `lora` of the rows as an object array (None where absent)."""
+        return self._labels[name].decode(self.cols[name][rows])
+
+    def request_columns(self, rows: slice = slice(None)) -> RequestColumns:
+        """The summary's columns of `rows` (every row by default)."""
+        c = {name: self.cols[name][rows] for name in _SUMMARY_FIELDS}
         return RequestColumns(
-            id=c["id"], tenant=self.labels("tenant"), slo_class=self.labels("slo_class"),
+            id=c["id"], tenant=self.labels("tenant", rows), slo_class=self.labels("slo_class", rows),
             state=c["state"].astype(np.int64), arrival_s=c["arrival_s"], prompt_len=c["prompt_len"],
             output_len=c["output_len"], num_output_tokens=c["num_output_tokens"], first_token_s=c["first_token_s"],
             finish_s=c["finish_s"], num_preemptions=c["num_preemptions"].astype(np.int64),
