@@ -50,12 +50,18 @@ def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool) 
     except TypeError:  # a baseline from before keep_requests (it kept every request)
         result = simulate(load_scenario(None, sets))
     cpu_sim = time.process_time() - cpu0
+    peak_sim = _peak_rss_mb()
     summary = result.summary()
     with tempfile.TemporaryDirectory() as tmp:
         write_run(result, Path(tmp) / "run", summary)
     return {"requests": summary["num_requests"], "steps": summary["num_steps"], "cpu_sim_s": round(cpu_sim, 2),
-            "cpu_total_s": round(time.process_time() - cpu0, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "cpu_total_s": round(time.process_time() - cpu0, 2), "peak_rss_sim_mb": peak_sim,
+            "peak_rss_mb": _peak_rss_mb(), "series_partials_mb": round(sum(r.stats.nbytes() for r in result.replicas)
+                                                                       / 1e6, 1)}
+
+
+def _peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main() -> None:
@@ -65,7 +71,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5.0, help="arrivals per second (default 5: ~75 %% of one replica)")
     ap.add_argument("--keep-requests", action="store_true", help="keep the Request objects (Python API default)")
     ap.add_argument("--scale", action="store_true", help="100 replicas x 1,000,000 requests at 300 req/s")
-    ap.add_argument("--huge", action="store_true", help="10,000,000 requests on one replica at 5 req/s")
+    ap.add_argument("--huge", action="store_true", help="10,000,000 requests on one replica at 5 req/s (streamed: "
+                    "about 20 CPU minutes)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.scale:
@@ -84,7 +91,8 @@ def main() -> None:
         print(f"{out['requests']:>10,} requests x {args.replicas} replica(s): {out['steps']:,} steps, "
               f"CPU {out['cpu_sim_s']:.1f} s simulate / {out['cpu_total_s']:.1f} s with outputs, "
               f"peak RSS {out['peak_rss_mb']:,} MB ({per_req:,.0f} B per request, "
-              f"{out['peak_rss_mb'] * 1e6 / max(out['steps'], 1):.0f} B per step)", flush=True)
+              f"{out['peak_rss_mb'] * 1e6 / max(out['steps'], 1):.0f} B per step; {out['peak_rss_sim_mb']:,} MB "
+              f"at the end of the simulation; time-series partials {out['series_partials_mb']} MB)", flush=True)
 
 
 if __name__ == "__main__":

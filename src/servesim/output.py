@@ -47,10 +47,10 @@ def column_values(result: Result, name: str, start: int = 0, stop: int | None = 
     value does not exist; TTFT, TPOT and E2E are NaN there, as computed)."""
     t, sl = result.table, slice(start, stop)
     c = t.cols
-    if name in ("ttft_s", "tpot_s", "e2e_s"):
-        return getattr(result.columns, name)[sl].tolist()
+    if name in ("ttft_s", "tpot_s", "e2e_s"):  # (element-wise: the slice's values are the column's)
+        return getattr(t.request_columns(sl), name).tolist()
     if name in ("tenant", "slo_class"):
-        return t.labels(name)[sl].tolist()
+        return t.labels(name, sl).tolist()
     if name == "state":
         return [STATE_NAMES[x] for x in c["state"][sl].tolist()]
     if name == "is_offline":
@@ -185,6 +185,22 @@ def _write_parquet(result: Result, path: Path) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("output.requests_format=parquet needs pyarrow: pip install 'servesim[parquet]'") from None
-    # one column at a time as Python values, typed by pyarrow exactly as a list of rows would be
-    columns = {name: pa.array(column_values(result, name)) for name in request_columns(result)}
-    pq.write_table(pa.table(columns), path)
+    # a row group per chunk of rows, so writing holds one chunk; each column's type is the one
+    # pyarrow infers from its values (the first chunk with a value decides; all None: null)
+    names = request_columns(result)
+    n = len(result.table)
+    types = {name: _arrow_type(result, name, n, pa) for name in names}
+    schema = pa.schema([(name, types[name]) for name in names])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, n, ROW_CHUNK):
+            stop = start + ROW_CHUNK
+            writer.write_table(pa.table([pa.array(column_values(result, name, start, stop), type=types[name])
+                                         for name in names], schema=schema))
+
+
+def _arrow_type(result: Result, name: str, n: int, pa):
+    for start in range(0, n, ROW_CHUNK):
+        t = pa.array(column_values(result, name, start, start + ROW_CHUNK)).type
+        if not pa.types.is_null(t):
+            return t
+    return pa.null()

@@ -6,7 +6,6 @@ import gc
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,7 @@ class Result:
     num_gpu_blocks: int
     table: RequestTable  # every request as a row of typed columns, in arrival order
     # The replicas' step logs one after another (requests' token runs index it), or None when
-    # the logs were reduced as they came (simulate(keep_requests=False): see `ends`).
+    # the logs were reduced as they came (simulate(keep_steps=False), the default: see `ends`).
     steps: StepLog | None
     ends: StepEnds  # end time of every step, in the same order (in memory or in files of `spill`)
     prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
@@ -70,7 +69,8 @@ class Result:
     migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
     kv_store: dict | None = None  # KV store loads and tiers (kv_store.enabled)
     kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
-    spill: tempfile.TemporaryDirectory | None = None  # step ends and summary scratch files, deleted with the result
+    # step ends, request rows and summary scratch files, deleted with the result
+    spill: tempfile.TemporaryDirectory | None = None
 
     @property
     def requests(self) -> list[Request]:
@@ -80,10 +80,18 @@ class Result:
                              "call simulate(scenario, keep_requests=True) to keep the Request objects")
         return self.kept_requests
 
-    @cached_property
+    @property
     def columns(self) -> RequestColumns:
-        """The requests as summary columns (computed once; None is NaN in float columns)."""
-        return self.table.request_columns()
+        """The requests as summary columns (None is NaN in float columns). Computed once when the
+        rows are in memory; rebuilt on each use when they were spilled, so the pages of the
+        mapped files and the decoded labels are let go once a pass is over."""
+        cached = self.__dict__.get("_columns")
+        if cached is not None:
+            return cached
+        cols = self.table.request_columns()
+        if not self.table.spilled:
+            self.__dict__["_columns"] = cols
+        return cols
 
     def summary(self) -> dict:
         slo = self.scenario.slo
@@ -123,20 +131,37 @@ class Result:
         return ts
 
 
-def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_requests: bool = True) -> Result:
+def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_requests: bool = True,
+             keep_steps: bool = False) -> Result:
     """Run one scenario to completion (or to `max_sim_time_s`) and check the invariants.
 
     Every request is reduced to a row of `result.table` when it ends. `keep_requests=False`
-    also lets the Request object go then, so memory does not grow with finished requests'
-    objects (the CLI runs so); True keeps them for `result.requests` (tests, notebooks).
-    With `keep_requests=False` the step logs are also reduced as they come (memory does not
-    grow with the steps; `result.steps` is None, step end times are in files deleted with the
-    result), except for runs whose power, scaling or disaggregation sections read every step."""
+    also lets the Request object go then and spills the rows to a temporary file in chunks, so
+    memory does not grow with finished requests (the CLI runs so); True keeps the objects for
+    `result.requests` (tests, notebooks) and the rows in memory. The step logs are reduced as
+    they come (memory does not grow with the steps; step end times are in files deleted with
+    the result); `keep_steps=True` also keeps every step in `result.steps` (tests and tools that
+    look at single steps), as do runs whose power, scaling or disaggregation sections read every
+    step. Scratch files live in `result.spill`, deleted with the result or when the run fails."""
+    pools = resolve_pools(scenario)
+    disagg = any(p.role != "mixed" for p in pools)
+    # elastic/power and disaggregation summaries read every step (prefill or decode power, busy time)
+    keep_steps = keep_steps or scenario.autoscaler is not None or scenario.power is not None or disagg
+    spill = None if keep_steps and keep_requests else tempfile.TemporaryDirectory(prefix="servesim-run-")
+    try:
+        return _simulate(scenario, progress, pools, keep_requests, keep_steps, spill)
+    except BaseException:
+        if spill is not None:
+            spill.cleanup()
+        raise
+
+
+def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpec], keep_requests: bool,
+              keep_steps: bool, spill: tempfile.TemporaryDirectory | None) -> Result:
     wall0 = time.perf_counter()
     root = np.random.SeedSequence(scenario.seed)
     workload_seed, policy_seed = root.spawn(2)
     router_seed, fault_seed = root.spawn(2)  # (spawned after, so one replica draws as it always did)
-    pools = resolve_pools(scenario)
     loop = EventLoop()
     workload = build_workload(scenario.workload, workload_seed)
     feed = Feed(workload, loop, progress)
@@ -154,10 +179,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     migrate = scenario.migration.enabled
     defer = (not getattr(workload, "closed_loop", True) and auto is None and not disagg and not migrate
              and (n == 1 or type(router).on_complete is Router.on_complete))
-    table = RequestTable(keep_requests)
-    # elastic/power and disaggregation summaries read every step (prefill or decode power, busy time)
-    keep_steps = keep_requests or auto is not None or scenario.power is not None or disagg
-    spill = None if keep_steps else tempfile.TemporaryDirectory(prefix="servesim-steps-")
+    table = RequestTable(keep_requests, folder=None if keep_requests else spill.name)
 
     def on_done(req: Request, now_s: float) -> None:
         feed.on_done(req, now_s)
@@ -172,7 +194,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     for _ in range(extra):  # after every pool, so fixed replicas keep their indices
         _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend,
                      keep_steps).set_state(0.0, STOPPED)
-    _start_reducers(cluster, scenario.output.timeseries_interval_s, spill)
+    _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
     cluster.index_models()
     if scenario.kv_store.enabled:
         cluster.kv_store = build_kv_store(scenario, pools, cluster)
@@ -217,7 +239,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     if progress:
         progress(feed.num_done, workload.expected_num_requests, loop.now_s)
     result = _result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
-                     time.perf_counter() - wall0, spill)
+                     time.perf_counter() - wall0, spill, keep_steps)
     if controller is not None:
         result.scale_events = controller.events
     if controller is not None or power is not None:
@@ -285,21 +307,21 @@ def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster
 
 
 def _result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, table: RequestTable, loop: EventLoop,
-            skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None) -> Result:
+            skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None, keep_steps: bool) -> Result:
     reps = cluster.replicas
     records = []
     for r in reps:
         rec, blocks = r.engine.recorder, r.engine.kv.num_gpu_blocks
-        records.append(ReplicaRecord(r.index, r.pool, blocks, None if spill else rec.step_log(blocks), rec.reducer,
+        records.append(ReplicaRecord(r.index, r.pool, blocks, rec.step_log(blocks) if keep_steps else None, rec.reducer,
                                      r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s))
-    if spill is not None:
+    if not keep_steps:
         steps = None
         ends = StepEnds([(str(rec.stats.ends_path), rec.stats.num_steps) for rec in records])
     elif len(reps) == 1:
         steps = records[0].steps
     else:
         steps = concat_step_logs([rec.steps for rec in records])[0]
-    if spill is None:
+    if keep_steps:
         ends = StepEnds([rec.steps.end_s for rec in records])
     offsets = np.cumsum([0] + [rec.stats.num_steps for rec in records[:-1]]).tolist()
     table.close(offsets if len(reps) > 1 else None)

@@ -38,7 +38,8 @@ BASE = [
 
 
 def run(overrides: list[str], fast_forward: bool = True):
-    return simulate(load_scenario(None, BASE + overrides + [f"engine.fast_forward={str(fast_forward).lower()}"]))
+    sets = BASE + overrides + [f"engine.fast_forward={str(fast_forward).lower()}"]
+    return simulate(load_scenario(None, sets), keep_steps=True)
 
 
 def outcome(result) -> list[tuple]:

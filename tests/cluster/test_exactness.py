@@ -40,8 +40,8 @@ def test_stale_counts_read_at_a_stretchs_end_are_exact():
     sets = ["replicas=8", "workload.trace.speedup=14", "workload.trace.end_s=300", "router.name=least-requests",
             "router.count=engine", "router.refresh_interval_s=0.01"]
     path = str(ROOT / "examples/azure-code.yaml")
-    fast = simulate(load_scenario(path, sets))
-    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]))
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert len(fast.requests) > 700 and fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)

@@ -32,8 +32,8 @@ def test_spec_fast_forward_on_a_code_trace_with_live_and_stale_counts(refresh):
     sets = ["replicas=4", "workload.trace.speedup=4", "workload.trace.end_s=300", "router.name=least-requests",
             "router.count=engine", f"router.refresh_interval_s={refresh}", "engine.num_speculative_tokens=3"]
     path = str(ROOT / "examples/azure-code.yaml")
-    fast = simulate(load_scenario(path, sets))
-    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]))
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert len(fast.requests) > 500
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)

@@ -86,3 +86,67 @@ def test_recorder_holds_12_bytes_per_fast_forwarded_step():
     log = rec.step_log(1000)
     assert log.end_s[-1] == pytest.approx(2000.0) and log.num_running.dtype == np.int32
     assert int(log.kv_used_blocks[0]) == 10 and int(log.output_tokens.sum()) == 800_000
+
+
+def test_spilled_rows_give_the_same_run_folder_byte_for_byte(tmp_path, monkeypatch):
+    import servesim.metrics.request_table as request_table
+    from servesim.metrics.row_spill import MappedColumns, RowSpill
+    from servesim.output import write_run
+
+    monkeypatch.setattr(request_table, "FLUSH_ROWS", 16)  # many chunks
+    chunks = []
+    write = RowSpill.write
+    monkeypatch.setattr(RowSpill, "write", lambda self, cols, *runs: (chunks.append(len(cols[0])),
+                                                                      write(self, cols, *runs)))
+    sets = ["replicas=2", "faults.crashes=[{replica: 1, at_s: 20, recovery_s: 5}]", "workload.trace.end_s=60"]
+    folders = []
+    for keep in (False, True):
+        result = simulate(load_scenario("examples/azure-conv.yaml", sets), keep_requests=keep)
+        summary = result.summary()
+        summary.pop("wall_time_s")
+        folders.append(write_run(result, tmp_path / str(keep), summary))
+        assert isinstance(result.table.cols, MappedColumns) is not keep
+    n = len(result.table)
+    # rows went to disk 16 at a time as they ended (the last chunk: those left at the end)
+    assert n > 150 and sum(chunks) == n and max(chunks) == 16 and len(chunks) >= n // 16
+    for name in ("summary.json", "requests.csv", "timeseries.csv"):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+
+
+def test_a_failed_run_leaves_no_scratch_files(tmp_path, monkeypatch):
+    import tempfile
+
+    import servesim.simulation as simulation
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail(*args):
+        raise RuntimeError("invariant")
+
+    monkeypatch.setattr(simulation, "check_invariants", fail)
+    with pytest.raises(RuntimeError, match="invariant"):
+        simulate(load_scenario(None, POISSON[:-1] + ["workload.num_requests=300"]), keep_requests=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_is_written_in_row_groups_with_the_csv_values(tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import csv
+
+    import servesim.output as output
+
+    monkeypatch.setattr(output, "ROW_CHUNK", 50)
+    sets = POISSON[:-1] + ["workload.num_requests=120", "workload.attributes.tenants={a: 1, b: 1}"]
+    result = simulate(load_scenario(None, sets), keep_requests=False)
+    folder = output.write_run(result, tmp_path / "csv")
+    result.scenario.output.requests_format = "parquet"
+    output.write_run(result, tmp_path / "pq")
+    f = pq.ParquetFile(tmp_path / "pq" / "requests.parquet")
+    assert f.metadata.num_row_groups == 3 and f.metadata.num_rows == 120
+    table = f.read()
+    assert str(table.schema.field("slo_class").type) == "null"  # no SLO classes: all None, as pyarrow infers
+    assert str(table.schema.field("tenant").type) == "string" and str(table.schema.field("ttft_s").type) == "double"
+    rows = list(csv.reader((folder / "requests.csv").open()))
+    assert rows[0] == table.column_names
+    by_row = [[output._cell(v) for v in row] for row in zip(*(table.column(c).to_pylist() for c in rows[0]))]
+    assert [[str(v) for v in row] for row in by_row] == rows[1:]

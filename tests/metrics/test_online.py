@@ -39,15 +39,18 @@ def test_reduced_as_it_came_equals_the_whole_log(sets, monkeypatch):
     monkeypatch.setattr(WeightedValues, "memory_pairs", 2000)  # ITL gaps spilled to a file
     path = None if "workload.trace=null" in sets else "examples/azure-conv.yaml"
     streamed = simulate(load_scenario(path, sets), keep_requests=False)
-    whole = simulate(load_scenario(path, sets), keep_requests=True)
+    whole = simulate(load_scenario(path, sets), keep_requests=True, keep_steps=True)
     assert streamed.steps is None and len(whole.steps) > 4000
     assert _outputs(streamed) == _outputs(whole)
 
 
-def test_step_ends_files_are_deleted_with_the_result():
+def test_step_ends_and_row_files_are_deleted_with_the_result():
     result = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
     folder = Path(result.spill.name)
-    assert [p.name for p in folder.iterdir()] == ["ends-0.f8"]
+    # the step ends, and one file per request column in arrival order (the rows' chunk file is gone)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["ends-0.f8"] + [f"col-{name}.bin" for name in
+                                                                            result.table.cols])
+    assert folder.joinpath("col-arrival_s.bin").stat().st_size == 8 * 300
     assert folder.joinpath("ends-0.f8").stat().st_size == 8 * result.summary()["num_steps"]
     del result
     gc.collect()

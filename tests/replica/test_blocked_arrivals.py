@@ -67,7 +67,7 @@ def test_more_steps_fast_forwarded_on_the_overloaded_trace_with_the_same_results
     """The golden overload case (azure-conv 6x, KV at 30%): before, every arrival cut."""
     def go(fast_forward=True):
         sets = ["scheduler.name=vllm", *OVERLOAD, f"engine.fast_forward={str(fast_forward).lower()}"]
-        result = simulate(load_scenario(str(ROOT / "examples/azure-conv.yaml"), sets))
+        result = simulate(load_scenario(str(ROOT / "examples/azure-conv.yaml"), sets), keep_steps=True)
         summary = result.summary()
         summary.pop("wall_time_s")
         return result, summary

@@ -8,6 +8,11 @@ index). The `Request` object itself is then released (unless the caller asked to
 so memory grows by about 180 bytes per finished request, not by the object graph of a live
 one (dicts, lists, prefix keys: several kilobytes). Requests still held when the run stops
 (dropped) are reduced at the end. `close()` puts the rows in arrival order.
+
+Given a spill folder (the CLI's runs), rows do not stay in memory either: every FLUSH_ROWS
+rows go to a scratch file (row_spill.py), and after `close()` the columns are files in arrival
+order, mapped when read, so what a run holds does not grow with its finished requests until
+the outputs read them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from servesim.metrics.recorder import Column, positions
+from servesim.metrics.row_spill import RowSpill
 from servesim.metrics.summary import RequestColumns
 from servesim.workload.request import Request
 
@@ -31,6 +37,8 @@ FIELDS = (("seq", np.int64), ("id", np.int64), ("tenant", np.int32), ("priority"
           ("num_cached_tokens", np.int64), ("replica", np.int32), ("num_reroutes", np.int32),
           ("ttft_slo_s", np.float64), ("tpot_slo_s", np.float64), ("lora", np.int32), ("num_runs", np.int32))
 FLUSH_ROWS = 8192
+_SUMMARY_FIELDS = ("id", "state", "arrival_s", "prompt_len", "output_len", "num_output_tokens", "first_token_s",
+                   "finish_s", "num_preemptions", "ttft_slo_s", "tpot_slo_s")
 
 
 class _Labels:
@@ -55,7 +63,7 @@ class _Labels:
 class RequestTable:
     """Rows of the run's requests, filled as they end; columns in arrival order after `close`."""
 
-    def __init__(self, keep_requests: bool = False) -> None:
+    def __init__(self, keep_requests: bool = False, folder: str | None = None) -> None:
         self.kept: list[Request] | None = [] if keep_requests else None  # the objects, in arrival order
         self._live: dict[int, tuple[int, Request]] = {}  # id(req) -> (row, req) of requests not yet over
         self._n = 0
@@ -65,8 +73,9 @@ class RequestTable:
         self._run_replica = Column(np.int32)
         self._labels = {"tenant": _Labels(), "slo_class": _Labels(), "lora": _Labels()}
         self.extras: dict[int, dict] = {}  # row -> the EXTRA_KEYS tags it carries
-        self.cols: dict[str, np.ndarray] = {}
-        self.run_starts = self.run_ends = self.first_run = np.empty(0, dtype=np.int64)
+        self._spill = None if folder is None else RowSpill(folder, FIELDS)
+        self.cols: dict[str, np.ndarray] = {}  # (a MappedColumns of files when spilled)
+        self.run_starts = self.run_ends = self.first_run = self.num_runs = np.empty(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return self._n
@@ -106,10 +115,16 @@ class RequestTable:
             self._flush()
 
     def _flush(self) -> None:
-        if self._rows:
+        if not self._rows:
+            return
+        if self._spill is not None:
+            self._spill.write([np.array(v, dtype=d) for (_, d), v in zip(FIELDS, zip(*self._rows))],
+                              self._run_bounds.array(), self._run_replica.array())
+            self._run_bounds, self._run_replica = Column(np.int64), Column(np.int32)
+        else:
             for (name, _), values in zip(FIELDS, zip(*self._rows)):
                 self._parts[name].extend(values)
-            self._rows = []
+        self._rows = []
 
     def close(self, offsets: list[int] | None = None) -> None:
         """End of run: reduce what is still held, order rows by arrival and make the runs index
@@ -118,32 +133,55 @@ class RequestTable:
             self._reduce(seq, req)
         self._live = {}
         self._flush()
-        seq = self._parts.pop("seq").array()
+        seq = self._column("seq")
+        self._parts.pop("seq")
         order = np.empty(len(seq), dtype=np.int64)
         order[seq] = np.arange(len(seq))  # reduce position of each row
-        counts = self._parts["num_runs"].array().astype(np.int64)  # in reduce order
-        for name in list(self._parts):  # one column at a time, so the table is never held twice
-            self.cols[name] = self._parts.pop(name).array()[order]
-        bounds = self._run_bounds.array()
-        rep = self._run_replica.array()
+        del seq
+        counts = self._column("num_runs").astype(np.int64)  # in reduce order
+        for name, _ in FIELDS[1:]:  # one column at a time, so the table is never held twice
+            if self._spill is None:
+                self.cols[name] = self._parts.pop(name).array()[order]
+            else:
+                self._spill.write_column(name, self._spill.read(name)[order])
+        if self._spill is not None:
+            self._spill.finish()
+            bounds, rep = self._spill.runs()
+            self._spill.remove()
+            self.cols = self._spill.columns(len(order))
+        else:
+            bounds, rep = self._run_bounds.array(), self._run_replica.array()
         if offsets is not None and any(offsets):
             bounds = bounds + np.repeat(np.asarray(offsets, dtype=np.int64)[rep], 2)
         first = np.cumsum(counts) - counts  # first run of each row, in reduce order
         pick = positions(first[order], counts[order])
         self.run_starts, self.run_ends = bounds[0::2][pick], bounds[1::2][pick]
         self._run_bounds = self._run_replica = None
-        sorted_counts = counts[order]
-        self.first_run = np.cumsum(sorted_counts) - sorted_counts
+        self.num_runs = counts[order]  # (in memory: per-row reads of it are common)
+        self.first_run = np.cumsum(self.num_runs) - self.num_runs
+
+    def _column(self, name: str) -> np.ndarray:
+        """Field `name` of every row in reduce order (before the rows are put in arrival order)."""
+        if self._spill is None:
+            return self._parts[name].array()
+        self._spill.finish()
+        return self._spill.read(name)
 
     # ------------------------------------------------------------------ reading (after close)
-    def labels(self, name: str) -> np.ndarray:
-        """`tenant`, `slo_class` or `lora` of every row as an object array (None where absent)."""
-        return self._labels[name].decode(self.cols[name])
+    @property
+    def spilled(self) -> bool:
+        """The columns are files mapped when read (rows were spilled during the run)."""
+        return self._spill is not None
 
-    def request_columns(self) -> RequestColumns:
-        c = self.cols
+    def labels(self, name: str, rows: slice = slice(None)) -> np.ndarray:
+        """`tenant`, `slo_class` or `lora` of the rows as an object array (None where absent)."""
+        return self._labels[name].decode(self.cols[name][rows])
+
+    def request_columns(self, rows: slice = slice(None)) -> RequestColumns:
+        """The summary's columns of `rows` (every row by default)."""
+        c = {name: self.cols[name][rows] for name in _SUMMARY_FIELDS}
         return RequestColumns(
-            id=c["id"], tenant=self.labels("tenant"), slo_class=self.labels("slo_class"),
+            id=c["id"], tenant=self.labels("tenant", rows), slo_class=self.labels("slo_class", rows),
             state=c["state"].astype(np.int64), arrival_s=c["arrival_s"], prompt_len=c["prompt_len"],
             output_len=c["output_len"], num_output_tokens=c["num_output_tokens"], first_token_s=c["first_token_s"],
             finish_s=c["finish_s"], num_preemptions=c["num_preemptions"].astype(np.int64),
@@ -152,12 +190,12 @@ class RequestTable:
     def token_runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(runs per row, run starts, run ends): inclusive step ranges in which each request
         emitted one token per step, rows in arrival order."""
-        return self.cols["num_runs"].astype(np.int64), self.run_starts, self.run_ends
+        return self.num_runs, self.run_starts, self.run_ends
 
     def token_steps(self, row: int) -> np.ndarray:
         """Every step at whose end request `row` emitted a token."""
         first = int(self.first_run[row])
-        stop = first + int(self.cols["num_runs"][row])
+        stop = first + int(self.num_runs[row])
         s, e = self.run_starts[first:stop], self.run_ends[first:stop]
         return positions(s, e - s + 1)
 
