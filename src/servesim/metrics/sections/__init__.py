@@ -43,16 +43,28 @@ class SectionInput:
     def table(self) -> RequestTable:
         return self.requests  # (a RequestTable after __post_init__)
 
-    def token_times(self, row: int) -> np.ndarray:
-        """Emission time of each generated token of request `row`."""
-        return self.step_ends_s[self.table.token_steps(row)]
-
     def token_times_of(self, rows: np.ndarray) -> np.ndarray:
         """Emission times of every token of the requests `rows` (grouped by request)."""
         t = self.table
         pick = positions(t.first_run[rows], t.cols["num_runs"][rows])
         starts = t.run_starts[pick]
         return self.step_ends_s[positions(starts, t.run_ends[pick] - starts + 1)]
+
+    def token_times_each(self, rows: np.ndarray, chunk: int = 512):
+        """Emission times of each request of `rows`, one array per request, read a chunk of
+        requests at a time (one read of the step ends per chunk, not per request: a spilled
+        step log maps its file once per read)."""
+        t = self.table
+        for c in range(0, len(rows), chunk):
+            part = rows[c:c + chunk]
+            num_runs = t.cols["num_runs"][part]
+            pick = positions(t.first_run[part], num_runs)
+            starts = t.run_starts[pick]
+            run_lens = t.run_ends[pick] - starts + 1
+            times = self.step_ends_s[positions(starts, run_lens)]
+            owner = np.repeat(np.arange(len(part)), num_runs)
+            per_row = np.bincount(owner, weights=run_lens, minlength=len(part)).astype(np.int64)
+            yield from np.split(times, np.cumsum(per_row)[:-1])
 
     def extra(self, row: int) -> dict:
         """The tags of request `row` kept from its `extra` (see request_table.EXTRA_KEYS)."""

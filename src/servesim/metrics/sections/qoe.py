@@ -61,8 +61,9 @@ def section(data) -> dict | None:
     tds = float(sched.get("tds_exp", DEFAULT_TDS))
     finished = t.cols["state"] == int(RequestState.FINISHED)
     arrival_s = t.cols["arrival_s"]
-    values = [qoe(data.token_times(i) - arrival_s[i], *targets_of(data.extra(i), ttft, tds))
-              for i in np.flatnonzero(finished)]
+    rows = np.flatnonzero(finished)
+    values = [qoe(times - arrival_s[i], *targets_of(data.extra(i), ttft, tds))
+              for i, times in zip(rows.tolist(), data.token_times_each(rows))]
     unfinished = int((~finished).sum())
     if not values:
         return None
