@@ -52,6 +52,10 @@ class Constants:
     ar_launch_s: float = 10e-6  # fixed cost per all-reduce call
     step_overhead_s: float = 1e-3  # engine CPU time per iteration
     seq_overhead_s: float = 10e-6  # engine CPU time per running sequence per iteration
+    # GPU-side time per sequence in the step (0, off, by default): per-sequence work that an overlapping
+    # scheduler cannot hide and that the roofline terms do not price (per-request metadata, sampling,
+    # decode-kernel splits per sequence); fitted per (GPU, engine) on the serving runs (docs/fidelity.md).
+    seq_gpu_s: float = 0.0
     token_overhead_s: float = 0.0  # engine CPU time per scheduled token
     overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
     custom_allreduce: float = 0.0  # 1: small all-reduces take the one-shot path (roofline.allreduce_s)

@@ -117,13 +117,18 @@ class StepTerms:
         return m.num_layers * num_tokens * (elem_bytes + kv_write) / (c.eta_memory * self.gpu.hbm_bw_bytes_s)
 
     def lm_head_s(self, num_logits: int) -> float:
-        """LM head for the sequences that sample a token this step (16-bit, vocab split over TP)."""
+        """LM head for the sequences that sample a token this step (16-bit, vocab split over TP), plus
+        the GPU time per sequence `seq_gpu_s` (here so that every fast path that prices the step's
+        sequences through this term keeps it; 0 by default, adding exactly nothing)."""
         m, c, g = self.model, self.c, self.gpu
         if num_logits <= 0:
             return 0.0
         w = m.vocab_size * m.hidden_size / self.tp
-        return roofline.smooth_roofline_s(2.0 * num_logits * w, w * LM_HEAD_BYTES, g.peak_flops["bf16"] if "bf16" in g.peak_flops else g.peak_flops["fp16"],
+        head = roofline.smooth_roofline_s(2.0 * num_logits * w, w * LM_HEAD_BYTES, g.peak_flops["bf16"] if "bf16" in g.peak_flops else g.peak_flops["fp16"],
                                           g.hbm_bw_bytes_s, c.eta_compute, c.eta_memory, c.smoothing_k) + c.layer_floor_s
+        if c.seq_gpu_s > 0.0:
+            head += c.seq_gpu_s * num_logits
+        return head
 
     # ---- communication -------------------------------------------------------------------
     def communication_s(self, num_tokens: int) -> float:
