@@ -12,6 +12,7 @@ from servesim import simulate
 from servesim.errors import InputError
 from servesim.replica.frontend import FrontEnd, FrontendConfig
 from servesim.scenario import validate_scenario
+from servesim.validation import silicon
 from servesim.validation.silicon import ClientOptions, row_scenario
 from tests.validation.silicon_rows import silicon_row
 
@@ -61,9 +62,11 @@ def test_bad_spread_is_one_input_error():
         validate_scenario(_scenario(-0.5))
 
 
-def test_validation_plays_the_fitted_spread_per_gpu_and_engine():
+def test_validation_plays_the_fitted_spread_per_gpu_and_engine(monkeypatch):
     sglang_h200 = silicon_row(1, backend="sglang", backend_version="0.5.9", system="h200_sxm")
+    assert row_scenario(sglang_h200).frontend.time_cv == 0.0  # nothing shipped: every row as before
+    monkeypatch.setitem(silicon.FRONTEND_TIME_CV, ("h200_sxm", "sglang"), 1.0)
     assert row_scenario(sglang_h200).frontend.time_cv == 1.0
-    assert row_scenario(silicon_row(2)).frontend.time_cv == 0.0  # vLLM H100: not fitted, off
+    assert row_scenario(silicon_row(2)).frontend.time_cv == 0.0  # vLLM H100: no entry, off
     assert row_scenario(silicon_row(2), ClientOptions(frontend_time_cv=0.3)).frontend.time_cv == 0.3
     assert row_scenario(sglang_h200, ClientOptions(frontend=False)).frontend.time_cv == 0.0

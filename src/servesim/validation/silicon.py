@@ -187,10 +187,10 @@ SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")}
 # budget; played with the warm-up in the same closed loop (users already out of step) they come
 # within 45-70 % (docs/fidelity.md, versions). Keyed (engine, system, version).
 # Coefficient of variation of the front end's per-request time per (system, engine), fitted on
-# the rows at even file positions (docs/fidelity.md, "Waves above 64 users"); absent: 0.
-# Grid 0 / 0.5 / 1 / 2 on the rows above 64 users; a value is kept only when it and every smaller
-# grid value lower the even rows' TTFT median absolute error, by at least 1 point at the value kept.
-FRONTEND_TIME_CV: dict[tuple[str, str], float] = {("b200_sxm", "sglang"): 1.0, ("h200_sxm", "sglang"): 1.0}
+# the rows at even file positions; absent: 0. Empty: the spread that helps above 64 users (SGLang
+# B200 / H200) breaks the waves at 9-64 users too, and on all of the group's even rows 0 is best
+# (docs/fidelity.md, "Waves above 64 users: the client's start and a front-end time spread").
+FRONTEND_TIME_CV: dict[tuple[str, str], float] = {}
 
 WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", "")})
 BUDGET_MARGIN_TOKENS = 1500
