@@ -275,7 +275,9 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     engine = Engine(pool.config, scheduler, kv, pool.perf, cluster.loop, Recorder(keep_steps), on_done, until_s=until_s,
                     rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
                     next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 3 * n)
-    replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend) if frontend.active else None)
+    # The front end's own stream only when it draws (time_cv > 0): other runs stay byte-identical.
+    fe_rng = np.random.default_rng(seeds[index].spawn(1)[0]) if frontend.time_cv > 0 else None
+    replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend, fe_rng) if frontend.active else None)
     if cluster.refresh_interval_s > 0:
         interval = cluster.refresh_interval_s
         engine.on_change = lambda now_s: replica.before_change(now_s, interval)

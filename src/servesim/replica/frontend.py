@@ -13,12 +13,19 @@ Model (a single-server FIFO queue plus a fixed latency):
     service_s = request_s + prompt_token_s * prompt_tokens      (serial: one process)
     engine sees the request at  max(arrival, previous service end) + service_s + latency_s
 
+With `time_cv > 0` each request's service and latency are scaled by one factor drawn from a gamma
+distribution of mean 1 and that coefficient of variation (seeded by the scenario): a real API
+server's per-request time varies (HTTP, tokenizer, event-loop scheduling, detokenisation of
+the other streams), which keeps a closed loop's users from staying in lock-step. The gamma keeps
+times positive and the mean equal to the constant; its spread is a fitted constant (docs/fidelity.md).
+
 Per-output-token work (detokenization, streaming) is not modelled here: in the measured engines
 it overlaps the GPU step; its effect on step time belongs to the engine constants.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servesim.perf._catalog import catalogue, resolve
@@ -59,6 +66,10 @@ class FrontendConfig(BaseModel):
     latency_s: float | None = Field(None, ge=0)
     """Fixed non-serial time on the path, s (hand-off to the engine process and delivery of the
     first streamed chunk back to the client)."""
+    time_cv: float = Field(0.0, ge=0, le=10)
+    """Coefficient of variation of each request's front-end time: its service and latency are
+    scaled by one gamma-distributed factor of mean 1 (0: every request takes the constants exactly,
+    as before). Breaks the lock-step of a closed loop's users; seeded by the scenario's seed."""
 
     @model_validator(mode="after")
     def _known_profile(self) -> FrontendConfig:
@@ -86,13 +97,24 @@ class FrontendConfig(BaseModel):
 class FrontEnd:
     """One API-server process: a FIFO single server in virtual time (no I/O, no clock)."""
 
-    def __init__(self, config: FrontendConfig):
+    def __init__(self, config: FrontendConfig, rng: np.random.Generator | None = None):
+        if config.time_cv > 0 and rng is None:
+            raise ValueError("a front end with time_cv > 0 needs a seeded generator")
         self.config = config
+        self.rng = rng
         self.request_s, self.prompt_token_s, self.latency_s = config.constants()
         self._free_s = 0.0  # when the process finishes the work it has already accepted
 
+    def _factor(self) -> float:
+        """This request's time factor: 1, or a gamma draw of mean 1 and CV time_cv."""
+        cv = self.config.time_cv
+        if cv <= 0:
+            return 1.0
+        return float(self.rng.gamma(1.0 / (cv * cv), cv * cv))
+
     def engine_arrival_s(self, now_s: float, prompt_tokens: int) -> float:
         """Accept a request arriving at `now_s`; return when the engine receives it."""
+        factor = self._factor()
         start_s = max(now_s, self._free_s)
-        self._free_s = start_s + self.request_s + self.prompt_token_s * prompt_tokens
-        return self._free_s + self.latency_s
+        self._free_s = start_s + factor * (self.request_s + self.prompt_token_s * prompt_tokens)
+        return self._free_s + factor * self.latency_s

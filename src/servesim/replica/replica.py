@@ -99,7 +99,7 @@ class Replica:
         evicted = self.engine.crash(now_s) + sorted(self._in_transit, key=lambda r: r.id)
         self._in_transit.clear()
         if self.frontend is not None:
-            self.frontend = FrontEnd(self.frontend.config)  # the API server restarts too
+            self.frontend = FrontEnd(self.frontend.config, self.frontend.rng)  # the API server restarts too
         self.num_outstanding -= len(evicted)
         kv = self.engine.kv
         kv.check_all_free()  # conservation at the moment of the crash

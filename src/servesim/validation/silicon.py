@@ -114,6 +114,9 @@ class ClientOptions:
     ramp_up_s: float = 0.0  # users start evenly over this time (AIPerf starts them all at once)
     ramp_cycles: float | None = None  # if set: the ramp is this share of one request's decode time instead
     frontend: bool = True  # play each engine's API server (perf/data/frontend.yaml)
+    # The front end's per-request time spread (FrontendConfig.time_cv): None plays the fitted
+    # FRONTEND_TIME_CV of the row's (GPU, engine); a number plays that value on every row (fitting).
+    frontend_time_cv: float | None = None
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
@@ -183,6 +186,12 @@ SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")}
 # 1.5-2.5x faster than a drained warm-up followed by one wave of prompts can give at any token
 # budget; played with the warm-up in the same closed loop (users already out of step) they come
 # within 45-70 % (docs/fidelity.md, versions). Keyed (engine, system, version).
+# Coefficient of variation of the front end's per-request time per (system, engine), fitted on
+# the rows at even file positions; absent: 0. Empty: the spread that helps above 64 users (SGLang
+# B200 / H200) breaks the waves at 9-64 users too, and on all of the group's even rows 0 is best
+# (docs/fidelity.md, "Waves above 64 users: the client's start and a front-end time spread").
+FRONTEND_TIME_CV: dict[tuple[str, str], float] = {}
+
 WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", "")})
 BUDGET_MARGIN_TOKENS = 1500
 TRTLLM_TOKENS_PER_BLOCK = 32
@@ -239,7 +248,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         "engine": engine,
         "scheduler": scheduler,
         "frontend": {"profile": profile_name(row.backend, GPUS[row.system], row.version) if options.frontend else "none",
-                     **(frontend or {})},
+                     "time_cv": frontend_time_cv(row, options), **(frontend or {})},
         "workload": {
             "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",
                         "ramp_up_s": options.ramp_up_s, "warmup_requests": warmup},
@@ -252,6 +261,15 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         arrival = scenario.workload.arrival.model_copy(update={"ramp_up_s": options.ramp_cycles * decode_cycle_s(scenario, row)})
         scenario = scenario.model_copy(update={"workload": scenario.workload.model_copy(update={"arrival": arrival})})
     return scenario
+
+
+def frontend_time_cv(row: SiliconRow, options: ClientOptions) -> float:
+    """The spread of the row's front-end time: the option if set, else the fitted (GPU, engine) value."""
+    if not options.frontend:
+        return 0.0
+    if options.frontend_time_cv is not None:
+        return options.frontend_time_cv
+    return FRONTEND_TIME_CV.get((row.system, row.backend), 0.0)
 
 
 def decode_cycle_s(scenario: Scenario, row: SiliconRow) -> float:
