@@ -1,0 +1,48 @@
+"""Refit serving constants per (GPU, engine) on the silicon rows and print calibration entries
+(for perf/data/calibration_serving.yaml), each fit on even file positions with the odd ones held out.
+
+Run: python benchmarks/fit_silicon.py prefill|seq-gpu [--measured CSV] [--engine vllm --engine sglang ...]
+- prefill: prefill constants on the rows with at most 8 users (validation/prefill.py), plus the
+  latency to add to each group's front-end profiles; 5-10 minutes per engine on two busy cores.
+- seq-gpu: the GPU time per sequence (`seq_gpu_s`) on the rows with more than 8 users
+  (validation/batch.py); about 3-10 minutes.
+docs/fidelity.md ("Prefill at low concurrency", "Decode at large batches") says which groups
+were shipped and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from servesim.validation.batch import fit_seq_gpu
+from servesim.validation.prefill import calibration_entries, fit_prefill
+from servesim.validation.silicon import read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("prefill", "seq-gpu"))
+    ap.add_argument("--measured", default=str(DEFAULT))
+    ap.add_argument("--engine", action="append", choices=("vllm", "sglang", "trtllm"), help="repeatable; default: all three")
+    args = ap.parse_args()
+    rows = read_rows(args.measured)
+    engines = tuple(args.engine or ("vllm", "sglang", "trtllm"))
+    if args.what == "seq-gpu":
+        entries = fit_seq_gpu(rows, engines, log=print)
+    else:
+        fitted = fit_prefill(rows, engines, log=print)
+        entries = calibration_entries(fitted)
+    print(yaml.safe_dump({"entries": [{"match": e.match, "set": e.values} for e in entries]}, sort_keys=False))
+    if args.what == "prefill":
+        for (engine, system), values in fitted.items():
+            print(f"front end {engine} {system}: add {values['latency_add_s']:g} s to latency_s")
+
+
+if __name__ == "__main__":
+    main()
