@@ -268,3 +268,27 @@ def test_help_keeps_text_in_brackets():
     assert "fixed prompt length, or [low, high] uniform" in flat
     assert "workload.lengths.prompt_tokens (int or [int, int], default 512)" in flat
     assert "[[time_s, rate_per_s], ...]" in flat
+
+
+def test_a_terminated_run_leaves_no_scratch_folders(tmp_path):
+    # SIGTERM (a `kill`, a job scheduler's limit) mid-run: the spilled step log's and rows' scratch
+    # folder is removed and nothing is written, as on an error; the exit code says "terminated"
+    import os
+    import signal
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "servesim", "run", "-q", "--out", str(tmp_path / "out")],
+                            cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(scratch.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be terminated"
+    assert [p.name[:13] for p in scratch.iterdir()] == ["servesim-run-"]  # the run's scratch folder
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "out").exists()
