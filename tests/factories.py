@@ -84,3 +84,23 @@ def run_engine(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params
     engine.drain(loop.now_s)
     kv.check_all_free()
     return engine
+
+
+STEP_LOG_COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting",
+                    "kv_used_blocks")
+REQUEST_OUTCOME = ("state", "first_token_s", "finish_s", "token_steps", "num_preemptions")
+
+
+def assert_same_run(fast: Engine, slow: Engine, fast_reqs, slow_reqs, num_blocks: int | None = None,
+                    fields: tuple[str, ...] = REQUEST_OUTCOME) -> None:
+    """A fast-forwarded engine run equals one stepped one by one: as many steps, the same
+    `fields` of every request, the same swap time and, given `num_blocks`, the same step log."""
+    assert slow.num_fast_forwarded_steps == 0
+    assert fast.num_steps == slow.num_steps
+    for x, y in zip(fast_reqs, slow_reqs, strict=True):
+        assert [getattr(x, f) for f in fields] == [getattr(y, f) for f in fields], (x.id, fields)
+    assert fast.swap_transfer_s == slow.swap_transfer_s
+    if num_blocks is not None:
+        la, lb = fast.recorder.step_log(num_blocks), slow.recorder.step_log(num_blocks)
+        for col in STEP_LOG_COLUMNS:
+            assert np.array_equal(getattr(la, col), getattr(lb, col)), col

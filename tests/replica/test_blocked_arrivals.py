@@ -10,10 +10,9 @@ from servesim import load_scenario, simulate
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.stretch import Stretch
-from tests.factories import make_request, run_engine
+from tests.factories import STEP_LOG_COLUMNS, assert_same_run, make_request, run_engine
 from tests.golden.cases import OVERLOAD, ROOT
 
-COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks")
 
 
 def test_recorder_adds_kept_arrivals_to_the_waiting_count_until_the_chunk_ends():
@@ -53,14 +52,7 @@ def test_stretches_outlive_blocked_arrivals_and_match_step_by_step(scheduler, pa
     a = run_engine(a_reqs, True, num_blocks, scheduler, params, max_num_seqs=12)
     b = run_engine(b_reqs, False, num_blocks, scheduler, params, max_num_seqs=12)
     assert len(kept) > 20 or gap_s > 0.1  # arrivals really joined a stretch's blocked queue
-    assert a.num_steps == b.num_steps and b.num_fast_forwarded_steps == 0
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
-    assert a.swap_transfer_s == b.swap_transfer_s
-    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
-    for col in COLUMNS:
-        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
 
 
 def test_more_steps_fast_forwarded_on_the_overloaded_trace_with_the_same_results(monkeypatch):
@@ -78,7 +70,7 @@ def test_more_steps_fast_forwarded_on_the_overloaded_trace_with_the_same_results
         m.setattr(VLLMScheduler, "arrival_keeps_batch", lambda self, req: False)
         cut, c_sum = go()
     assert k_sum == s_sum == c_sum
-    for col in COLUMNS:
+    for col in STEP_LOG_COLUMNS:
         assert np.array_equal(getattr(kept.steps, col), getattr(stepped.steps, col)), col
     share = {name: r.num_fast_forwarded_steps / len(r.steps) for name, r in (("kept", kept), ("cut", cut))}
     assert share["kept"] > share["cut"] + 0.03, share  # measured: 93.3% against 87.6%

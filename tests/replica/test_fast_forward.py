@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.factories import ToyPerf, VectorOnlyToyPerf, make_engine, make_request, run_engine, serve
+from tests.factories import (REQUEST_OUTCOME, ToyPerf, VectorOnlyToyPerf, assert_same_run, make_engine, make_request,
+                             run_engine, serve)
 
 
 def random_requests(seed: int, n: int = 300):
@@ -38,14 +39,7 @@ def test_fast_forward_matches_step_by_step(seed, num_blocks, perf, defer):
     a = run(a_reqs, True, num_blocks, perf(), defer)
     b = run(b_reqs, False, num_blocks)
     assert a.num_fast_forwarded_steps > 0.5 * a.num_steps  # the fast path really was used
-    assert b.num_fast_forwarded_steps == 0
-    assert a.num_steps == b.num_steps
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions, x.num_cached_tokens) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions, y.num_cached_tokens)
-    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
-    for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
-        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, REQUEST_OUTCOME + ("num_cached_tokens",))
     assert sum(r.num_preemptions for r in b_reqs) > 0 or num_blocks >= 400
 
 
@@ -63,12 +57,8 @@ def test_fast_forward_is_exact_for_every_policy(scheduler, params, seed, num_blo
             r.program_id = r.id % 3
     a = run_engine(a_reqs, True, num_blocks, scheduler, params)
     b = run_engine(b_reqs, False, num_blocks, scheduler, params)
-    assert a.num_fast_forwarded_steps > 0 and b.num_fast_forwarded_steps == 0
-    assert a.num_steps == b.num_steps
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
-    assert a.swap_transfer_s == b.swap_transfer_s
+    assert a.num_fast_forwarded_steps > 0
+    assert_same_run(a, b, a_reqs, b_reqs)
 
 
 @pytest.mark.parametrize("seed,num_blocks", [(5, 2000), (6, 150)])
@@ -82,12 +72,7 @@ def test_stretches_through_finishes_match_step_by_step(seed, num_blocks):
     b = run(b_reqs, False, num_blocks)
     c = run(c_reqs, True, num_blocks, ToyPerf(), defer_finishes=False)
     assert a.loop.num_events < c.loop.num_events  # fewer events: stretches ran past finishes
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
-    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
-    for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
-        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
 
 
 @pytest.mark.parametrize("defer", [False, True])

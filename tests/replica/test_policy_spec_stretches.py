@@ -9,7 +9,7 @@ import pytest
 
 from tests.factories import make_engine, make_request, serve
 from tests.replica.test_policy_stretches import POLICIES, mixed_requests
-from tests.replica.test_spec_fast_forward import assert_same_run
+from tests.replica.test_spec_fast_forward import assert_same_spec_run
 
 # Policies whose batch order may change between repeated steps: keys that progress changes
 # (Autellix's attained service; FastSwitch's tenant counters, whose priority refresh inside a
@@ -45,7 +45,7 @@ def test_spec_stretches_match_stepping_for_every_policy(scheduler, params, seed,
     a_reqs, b_reqs = spread_requests(seed, keys), spread_requests(seed, keys)
     a = spec_run(a_reqs, True, scheduler, params, num_blocks)
     b = spec_run(b_reqs, False, scheduler, params, num_blocks)
-    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, num_blocks)
     ran = a.num_fast_forwarded_steps / a.num_steps
     if scheduler in UNORDERED:
         assert ran == 0.0

@@ -4,13 +4,11 @@ stepping one by one, and they are really taken."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from tests.factories import make_engine, make_request, serve
+from tests.factories import assert_same_run, make_engine, make_request, serve
 from tests.replica.test_fast_forward import random_requests
 
-COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks")
 
 POLICIES = [
     ("priority", {}), ("priority", {"preemption": False}), ("edf", {"default_ttft_s": 1.0, "default_tpot_s": 0.05}),
@@ -43,17 +41,6 @@ def mixed_requests(seed: int, keys: bool, n: int = 150):
     return reqs
 
 
-def assert_same(a, b, a_reqs, b_reqs, num_blocks):
-    assert b.num_fast_forwarded_steps == 0 and a.num_steps == b.num_steps
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
-    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
-    for col in COLUMNS:
-        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
-    assert a.swap_transfer_s == b.swap_transfer_s
-
-
 @pytest.mark.parametrize("scheduler,params", POLICIES)
 @pytest.mark.parametrize("seed,num_blocks,keys", [(2, 120, True), (3, 60, False), (4, 2000, False)])
 def test_stretches_match_step_by_step(scheduler, params, seed, num_blocks, keys):
@@ -61,7 +48,7 @@ def test_stretches_match_step_by_step(scheduler, params, seed, num_blocks, keys)
     a = engine_run(a_reqs, True, num_blocks, scheduler, params, defer=True)
     b = engine_run(b_reqs, False, num_blocks, scheduler, params, defer=False)
     assert a.num_fast_forwarded_steps > 0
-    assert_same(a, b, a_reqs, b_reqs, num_blocks)
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
 
 
 # Requests that each run alone (no overlap): with `after_prefill` the prompt's step starts the
@@ -89,5 +76,5 @@ def test_stretches_run_through_finishes_when_nothing_waits(scheduler, params):
     a = engine_run(a_reqs, True, 400, scheduler, params, defer=True)
     b = engine_run(b_reqs, False, 400, scheduler, params, defer=False)
     c = engine_run(c_reqs, True, 400, scheduler, params, defer=False)
-    assert_same(a, b, a_reqs, b_reqs, 400)
+    assert_same_run(a, b, a_reqs, b_reqs, 400)
     assert a.loop.num_events < c.loop.num_events - 5  # eight finishes, about one stretch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from servesim.replica.schedulers import get_scheduler
-from tests.factories import make_engine, serve
+from tests.factories import assert_same_run, make_engine, serve
 from tests.replica.test_fast_forward import random_requests
 
 
@@ -38,8 +38,4 @@ def test_fast_forward_is_exact(scheduler, params, seed, num_blocks):
             r.is_offline = r.id % 3 == 0
     a = run(a_reqs, True, num_blocks, scheduler, params)
     b = run(b_reqs, False, num_blocks, scheduler, params)
-    assert b.num_fast_forwarded_steps == 0
-    assert a.num_steps == b.num_steps
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+    assert_same_run(a, b, a_reqs, b_reqs)

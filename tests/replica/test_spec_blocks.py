@@ -10,7 +10,7 @@ import servesim.replica.spec_stretch as spec_stretch
 from servesim.perf import build_perf_model
 from servesim.perf.config import PerfConfig
 from tests.factories import make_engine, make_request, serve
-from tests.replica.test_spec_fast_forward import assert_same_run
+from tests.replica.test_spec_fast_forward import assert_same_spec_run
 
 PERF = {engine: build_perf_model("llama-3.1-8b", "h100-sxm", config=PerfConfig(engine=engine))
         for engine in ("vllm", "sglang")}  # the CPU time added to the GPU's, and overlapped with it
@@ -66,7 +66,7 @@ def test_block_priced_stretches_match_stepping(blocks, engine, n, spacing_s, def
     a_reqs, b_reqs = long_requests(n, spacing_s), long_requests(n, spacing_s)
     a = run(a_reqs, True, engine, 4000, defer)
     b = run(b_reqs, False, engine, 4000)
-    assert_same_run(a, b, a_reqs, b_reqs, 4000)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, 4000)
     assert sum(m for m, _ in blocks) > 0.3 * a.num_steps  # a large share of the steps was priced in blocks
 
 
@@ -75,6 +75,6 @@ def test_a_block_stops_where_the_free_blocks_run_out(blocks):
     a_reqs, b_reqs = long_requests(6), long_requests(6)
     a = run(a_reqs, True, "vllm", 420)
     b = run(b_reqs, False, "vllm", 420)
-    assert_same_run(a, b, a_reqs, b_reqs, 420)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, 420)
     assert any(out for _, out in blocks)
     assert sum(r.num_preemptions for r in b_reqs) > 0

@@ -8,10 +8,9 @@ import pytest
 
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.spec_decode import AcceptanceDraws
-from tests.factories import make_engine, make_request, serve
+from tests.factories import REQUEST_OUTCOME, assert_same_run, make_engine, make_request, serve
 from tests.replica.test_fast_forward import random_requests
 
-COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks")
 
 
 def spaced_requests(seed: int, n: int = 150, spread: float = 10.0):
@@ -35,15 +34,8 @@ def run_spec(reqs, fast_forward: bool, scheduler: str = "vllm", num_blocks: int 
     return engine
 
 
-def assert_same_run(a, b, a_reqs, b_reqs, num_blocks: int) -> None:
-    assert b.num_fast_forwarded_steps == 0
-    assert a.num_steps == b.num_steps
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions, x.num_computed_tokens) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions, y.num_computed_tokens)
-    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
-    for col in COLUMNS:
-        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+def assert_same_spec_run(a, b, a_reqs, b_reqs, num_blocks: int) -> None:
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, REQUEST_OUTCOME + ("num_computed_tokens",))
     # the generator's stream stands at the same row: stretches took exactly the rows of their steps
     assert a.spec_draws.take(50) == b.spec_draws.take(50)
 
@@ -54,7 +46,7 @@ def test_spec_fast_forward_matches_stepping(scheduler, seed, num_blocks):
     a_reqs, b_reqs = spaced_requests(seed), spaced_requests(seed)
     a = run_spec(a_reqs, True, scheduler, num_blocks)
     b = run_spec(b_reqs, False, scheduler, num_blocks)
-    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, num_blocks)
     assert a.num_fast_forwarded_steps > 0.6 * a.num_steps
 
 
@@ -63,7 +55,7 @@ def test_spec_fast_forward_under_kv_pressure_and_queueing(scheduler):
     a_reqs, b_reqs = random_requests(2, n=150), random_requests(2, n=150)  # preemptions, retractions
     a = run_spec(a_reqs, True, scheduler, 120)
     b = run_spec(b_reqs, False, scheduler, 120)
-    assert_same_run(a, b, a_reqs, b_reqs, 120)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, 120)
     assert a.num_fast_forwarded_steps > 0
     assert sum(r.num_preemptions for r in b_reqs) > 0 or scheduler == "sglang"  # (SGLang reserves ahead)
 
@@ -76,7 +68,7 @@ def test_spec_stretches_through_finishes_match_stepping(seed, num_blocks):
             r.hash_ids, r.kv_block_keys = (), None
     a = run_spec(a_reqs, True, num_blocks=num_blocks, defer=True)
     b = run_spec(b_reqs, False, num_blocks=num_blocks)
-    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, num_blocks)
     assert a.num_fast_forwarded_steps > 0.7 * a.num_steps
 
 
@@ -85,7 +77,7 @@ def test_acceptance_extremes_match_stepping(rate):
     a_reqs, b_reqs = spaced_requests(5, n=100, spread=30), spaced_requests(5, n=100, spread=30)
     a = run_spec(a_reqs, True, rate=rate)
     b = run_spec(b_reqs, False, rate=rate)
-    assert_same_run(a, b, a_reqs, b_reqs, 400)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, 400)
     assert a.num_fast_forwarded_steps > 0.5 * a.num_steps
     per_step = a.recorder.step_log(400).output_tokens
     if rate == 1.0:  # every speculative decode emits k + 1 = 4 tokens, or what it had left
@@ -99,7 +91,7 @@ def test_long_lone_decode_is_one_event_and_exact():
     a, b = make_request(0, 64, 400), make_request(0, 64, 400)
     ea = run_spec([a], True)
     eb = run_spec([b], False)
-    assert_same_run(ea, eb, [a], [b], 400)
+    assert_same_spec_run(ea, eb, [a], [b], 400)
     assert ea.num_fast_forwarded_steps == ea.num_steps  # prompt step + every decode: one stretch
     assert ea.num_steps < 400 / 2  # about 2.5 tokens per step at acceptance 0.7, k = 3
 
@@ -110,7 +102,7 @@ def test_arrival_cuts_a_stretch_and_stepping_goes_on_with_the_same_draws():
 
     a_reqs, b_reqs = reqs(), reqs()
     a, b = run_spec(a_reqs, True), run_spec(b_reqs, False)
-    assert_same_run(a, b, a_reqs, b_reqs, 400)
+    assert_same_spec_run(a, b, a_reqs, b_reqs, 400)
     assert a.num_fast_forwarded_steps > 0.8 * a.num_steps
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request, run_engine
+from tests.factories import assert_same_run, make_engine, make_request, run_engine
 from tests.replica.test_vllm_scheduler import run_logged
 
 
@@ -94,15 +94,9 @@ def test_fast_forward_matches_step_by_step(params, seed, num_blocks):
     a_reqs, b_reqs = requests(seed), requests(seed)
     a = run_engine(a_reqs, True, num_blocks, "trtllm", params, max_num_seqs=12)
     b = run_engine(b_reqs, False, num_blocks, "trtllm", params, max_num_seqs=12)
-    assert a.num_fast_forwarded_steps > 0.3 * a.num_steps and b.num_fast_forwarded_steps == 0
-    assert a.num_steps == b.num_steps
-    for x, y in zip(a_reqs, b_reqs):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps, x.num_preemptions) == \
-               (y.state, y.first_token_s, y.finish_s, y.token_steps, y.num_preemptions)
+    assert a.num_fast_forwarded_steps > 0.3 * a.num_steps
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
     assert all(r.state == RequestState.FINISHED for r in a_reqs)
-    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
-    for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
-        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
     if "capacity_scheduler_policy" not in params:
         assert sum(r.num_preemptions for r in b_reqs) == 0  # no-evict never preempts
 
@@ -122,8 +116,4 @@ def test_arrivals_behind_a_blocked_head_keep_the_stretch(params, num_blocks, mon
     a = run_engine(fast, True, num_blocks, "trtllm", params, max_num_seqs=12)
     b = run_engine(slow, False, num_blocks, "trtllm", params, max_num_seqs=12)
     assert len(kept) > 20
-    assert a.num_steps == b.num_steps
-    for x, y in zip(fast, slow):
-        assert (x.state, x.first_token_s, x.finish_s, x.token_steps) == (y.state, y.first_token_s, y.finish_s, y.token_steps)
-    la, lb = a.recorder.step_log(num_blocks), b.recorder.step_log(num_blocks)
-    assert np.array_equal(la.num_waiting, lb.num_waiting) and np.array_equal(la.end_s, lb.end_s)
+    assert_same_run(a, b, fast, slow, num_blocks)
