@@ -45,26 +45,28 @@ class SectionInput:
 
     def token_times_of(self, rows: np.ndarray) -> np.ndarray:
         """Emission times of every token of the requests `rows` (grouped by request)."""
-        t = self.table
-        pick = positions(t.first_run[rows], t.cols["num_runs"][rows])
-        starts = t.run_starts[pick]
-        return self.step_ends_s[positions(starts, t.run_ends[pick] - starts + 1)]
+        return self._token_times(rows)[0]
 
     def token_times_each(self, rows: np.ndarray, chunk: int = 512):
         """Emission times of each request of `rows`, one array per request, read a chunk of
         requests at a time (one read of the step ends per chunk, not per request: a spilled
         step log maps its file once per read)."""
-        t = self.table
         for c in range(0, len(rows), chunk):
             part = rows[c:c + chunk]
-            num_runs = t.cols["num_runs"][part]
-            pick = positions(t.first_run[part], num_runs)
-            starts = t.run_starts[pick]
-            run_lens = t.run_ends[pick] - starts + 1
-            times = self.step_ends_s[positions(starts, run_lens)]
+            times, run_lens, num_runs = self._token_times(part)
             owner = np.repeat(np.arange(len(part)), num_runs)
             per_row = np.bincount(owner, weights=run_lens, minlength=len(part)).astype(np.int64)
             yield from np.split(times, np.cumsum(per_row)[:-1])
+
+    def _token_times(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(emission times of the requests' tokens, grouped by request; the length of each of
+        their token runs; the number of runs of each request)."""
+        t = self.table
+        num_runs = t.cols["num_runs"][rows]
+        pick = positions(t.first_run[rows], num_runs)
+        starts = t.run_starts[pick]
+        run_lens = t.run_ends[pick] - starts + 1
+        return self.step_ends_s[positions(starts, run_lens)], run_lens, num_runs
 
     def extra(self, row: int) -> dict:
         """The tags of request `row` kept from its `extra` (see request_table.EXTRA_KEYS)."""
