@@ -20,7 +20,7 @@ from typing import Callable
 from servesim.perf.calibration import Entry
 from servesim.validation.fit import coordinate_descent, spread_sample
 from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason
-from servesim.validation.versions import _errors
+from servesim.validation.run import row_errors
 
 # Absolute candidates (seconds per sequence per step); 0 = off.
 SEQ_GPU_GRID = (0.0, 5e-6, 10e-6, 20e-6, 30e-6, 45e-6, 60e-6)
@@ -53,7 +53,7 @@ def fit_seq_gpu(rows: list[SiliconRow], engines: tuple[str, ...] = ("vllm", "sgl
             continue
         sample = spread_sample(fit_rows, per_group)
         best, score = coordinate_descent({"seq_gpu_s": 0.0}, {"seq_gpu_s": SEQ_GPU_GRID},
-                                         lambda v: _errors(sample, options, dict(v), {}),
+                                         lambda v: row_errors(sample, options, overrides=dict(v), frontend={}),
                                          weights=(ttft_weight, 1.0), relative=False, sweeps=1)
         log(f"{engine} {system} ({len(sample)} of {len(fit_rows)} rows): seq_gpu_s {best['seq_gpu_s'] * 1e6:g} us score {score:.1%}")
         if best["seq_gpu_s"] > 0.0:

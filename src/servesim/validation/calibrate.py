@@ -24,7 +24,7 @@ from servesim.perf._catalog import catalogue
 from servesim.perf.engines import engine_profile
 from servesim.replica.frontend import FRONTEND_FILE
 from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, Errors, coordinate_descent, spread_sample
-from servesim.validation.run import simulate_row
+from servesim.validation.run import row_errors, simulate_row
 from servesim.replica.frontend import frontend_profile
 from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_dtype
 
@@ -34,14 +34,11 @@ NO_FRONTEND = {"latency_s": 0.0, "request_s": 0.0, "prompt_token_s": 0.0}
 
 def _errors(rows: list[SiliconRow], options: ClientOptions, perf: dict[tuple[str, str], dict[str, float]],
             frontend: dict[str, dict[str, float]], calibration: str | None = None) -> Errors:
-    ttft, tpot = [], []
-    for row in rows:
+    def args_of(row: SiliconRow) -> dict:
         fe = frontend.get(frontend_profile(row.backend, GPUS[row.system]), frontend.get(row.backend, NO_FRONTEND))
-        r = simulate_row(row, options, overrides=perf.get((row.system, row.backend)), frontend=fe,
-                         calibration=calibration)
-        ttft.append(r.ttft_error)
-        tpot.append(r.tpot_error)
-    return Errors(tuple(ttft), tuple(tpot))
+        return {"overrides": perf.get((row.system, row.backend)), "frontend": fe}
+
+    return row_errors(rows, options, args_of, calibration=calibration)
 
 
 def _runnable(rows: list[SiliconRow], options: ClientOptions) -> list[SiliconRow]:

@@ -27,7 +27,7 @@ from typing import Callable
 from servesim.perf import build_perf_model
 from servesim.perf.calibration import Entry
 from servesim.validation.fit import Errors, coordinate_descent
-from servesim.validation.run import simulate_row
+from servesim.validation.run import row_errors
 from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario
 
 LOW_CONCURRENCY = 8
@@ -58,14 +58,12 @@ def low_concurrency_groups(rows: list[SiliconRow], engines: tuple[str, ...],
 
 def errors(rows: list[SiliconRow], options: ClientOptions, values: dict[str, float]) -> Errors:
     """TTFT and TPOT errors of `rows` with the perf constants and the added front-end latency of `values`."""
-    ttft, tpot = [], []
-    overrides = {k: values[k] for k in PERF_NAMES if k in values}
-    for row in rows:
-        latency_s = row_scenario(row, options).frontend.constants()[2] + values.get("latency_add_s", 0.0)
-        r = simulate_row(row, options, overrides=overrides, frontend={"latency_s": latency_s})
-        ttft.append(r.ttft_error)
-        tpot.append(r.tpot_error)
-    return Errors(tuple(ttft), tuple(tpot))
+    added_s = values.get("latency_add_s", 0.0)
+
+    def args_of(row: SiliconRow) -> dict:
+        return {"frontend": {"latency_s": row_scenario(row, options).frontend.constants()[2] + added_s}}
+
+    return row_errors(rows, options, args_of, overrides={k: values[k] for k in PERF_NAMES if k in values})
 
 
 def shipped_values(row: SiliconRow, options: ClientOptions) -> dict[str, float]:

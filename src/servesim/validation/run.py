@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 from servesim.errors import InputError
 from servesim.simulation import simulate
+from servesim.validation.fit import Errors
 from servesim.validation.silicon import ClientOptions, SiliconRow, inexpressible_reason, row_scenario
 from servesim.workload.request import RequestState
 
@@ -57,6 +58,18 @@ def simulate_row(row: SiliconRow, options: ClientOptions = ClientOptions(), **sc
     if n == 0:
         raise InputError(f"row {row.id}: no request finished (all rejected: prompt + output too long for the KV cache?)")
     return RowResult(row, ttft, tpot, n)
+
+
+def row_errors(rows: Iterable[SiliconRow], options: ClientOptions,
+               args_of: Callable[[SiliconRow], dict] | None = None, **scenario_args) -> Errors:
+    """TTFT and TPOT errors of `rows`, each played with `scenario_args` plus what `args_of(row)`
+    gives for that row (the objective of the fits: validation/calibrate.py, versions.py, ...)."""
+    ttft, tpot = [], []
+    for row in rows:
+        r = simulate_row(row, options, **scenario_args, **(args_of(row) if args_of else {}))
+        ttft.append(r.ttft_error)
+        tpot.append(r.tpot_error)
+    return Errors(tuple(ttft), tuple(tpot))
 
 
 def validate_rows(rows: list[SiliconRow], options: ClientOptions = ClientOptions(), calibration: str | None = "shipped",

@@ -30,8 +30,8 @@ from typing import Callable
 from servesim.perf import build_perf_model
 from servesim.perf.calibration import Entry
 from servesim.replica.frontend import frontend_profile, profile_name
-from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, Errors, coordinate_descent, spread_sample
-from servesim.validation.run import simulate_row
+from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, coordinate_descent, spread_sample
+from servesim.validation.run import row_errors
 from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario
 
 Key = tuple[str, str, str]  # (engine, system, version)
@@ -45,15 +45,6 @@ def version_keys(rows: list[SiliconRow], engines: tuple[str, ...], min_rows: int
         if r.backend in engines and r.version and inexpressible_reason(r) is None:
             groups.setdefault((r.backend, r.system, r.version), []).append((i, r))
     return {k: [r for i, r in v if i % 2 == 0] for k, v in sorted(groups.items()) if len(v) >= min_rows}
-
-
-def _errors(rows: list[SiliconRow], options: ClientOptions, overrides: dict, frontend: dict) -> Errors:
-    ttft, tpot = [], []
-    for row in rows:
-        r = simulate_row(row, options, overrides=overrides, frontend=frontend)
-        ttft.append(r.ttft_error)
-        tpot.append(r.tpot_error)
-    return Errors(tuple(ttft), tuple(tpot))
 
 
 # Multipliers of the shipped value tried for the per-step time of one release.
@@ -76,10 +67,10 @@ def fit_key(sample: list[SiliconRow], options: ClientOptions) -> tuple[dict[str,
     fe_start = dict(zip(("request_s", "prompt_token_s", "latency_s"), s.frontend.constants()))
     grid = {name: STEP_GRID[name]}
     perf, tpot_score = coordinate_descent({name: getattr(constants, name)}, grid,
-                                          lambda v: _errors(sample, options, dict(v), fe_start),
+                                          lambda v: row_errors(sample, options, overrides=dict(v), frontend=fe_start),
                                           weights=(0.0, 1.0), relative=True, sweeps=1)
     fe_grid = {k: FRONTEND_GRID[k] for k in ("latency_s", "request_s")}
-    frontend, ttft_score = coordinate_descent(fe_start, fe_grid, lambda v: _errors(sample, options, perf, dict(v)),
+    frontend, ttft_score = coordinate_descent(fe_start, fe_grid, lambda v: row_errors(sample, options, overrides=perf, frontend=dict(v)),
                                               weights=(1.0, 0.0), relative=False, sweeps=1)
     return {k: round(v, 6) for k, v in perf.items()}, frontend, tpot_score, ttft_score
 
@@ -124,7 +115,7 @@ def fit_fallback(rows: list[SiliconRow], engines: tuple[str, ...], options: Clie
         s = row_scenario(sample[0], options)
         start = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants.layer_floor_s
         perf, tpot = coordinate_descent({"layer_floor_s": start}, {"layer_floor_s": STEP_GRID["layer_floor_s"]},
-                                        lambda v: _errors(sample, options, dict(v), {}),
+                                        lambda v: row_errors(sample, options, overrides=dict(v), frontend={}),
                                         weights=(0.0, 1.0), relative=True, sweeps=1)
         entries.append(Entry({"gpu": GPUS[system], "engine": engine}, {k: round(v, 6) for k, v in perf.items()}))
         log(f"{engine} {system} ({len(sample)} of {len(fit_rows)} rows): {perf} TPOT {tpot:.1%}")
