@@ -44,6 +44,7 @@ class EDFScheduler(KeyedScheduler):
         self._last_token_s: dict[int, float] = {}
         self._no_default_deadline = params.default_ttft_s is None and params.default_tpot_s is None
         self._num_with_slo = 0  # held requests (waiting, running, swapped) with their own SLO
+        self._num_with_tpot = 0  # ... with their own per-token target
 
     @property
     def static_keys(self) -> bool:  # every deadline infinite: the key is (inf, arrival, id)
@@ -51,10 +52,12 @@ class EDFScheduler(KeyedScheduler):
 
     def add_request(self, req: Request, now_s: float) -> None:
         self._num_with_slo += _has_slo(req)
+        self._num_with_tpot += req.tpot_slo_s is not None
         super().add_request(req, now_s)
 
     def add_transferred(self, req: Request, now_s: float) -> None:
         self._num_with_slo += _has_slo(req)
+        self._num_with_tpot += req.tpot_slo_s is not None
         super().add_transferred(req, now_s)
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
@@ -83,6 +86,8 @@ class EDFScheduler(KeyedScheduler):
         return sorted(reqs, key=lambda r: (r.arrival_s, r.id))
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        if self.params.default_tpot_s is None and not self._num_with_tpot:
+            return  # no decode deadline to keep: the last token times are never read
         for req, _ in output.scheduled:
             if (req.state == RequestState.RUNNING and req.first_token_s is not None
                     and req.num_computed_tokens >= req.num_tokens - 1):
@@ -91,10 +96,11 @@ class EDFScheduler(KeyedScheduler):
     def forget(self, req: Request) -> None:
         super().forget(req)
         self._num_with_slo -= _has_slo(req)
+        self._num_with_tpot -= req.tpot_slo_s is not None
         self._last_token_s.pop(req.id, None)
 
     def drain(self, now_s: float) -> list[Request]:
-        self._num_with_slo = 0
+        self._num_with_slo = self._num_with_tpot = 0
         return super().drain(now_s)
 
 
