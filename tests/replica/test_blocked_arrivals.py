@@ -38,7 +38,8 @@ def overloaded_requests(seed: int, n: int = 300, gap_s: float = 0.01):
 @pytest.mark.parametrize("scheduler,params", [
     ("vllm", {"policy": "fcfs"}), ("vllm", {"policy": "priority"}), ("orca", {"reservation": "pow2"}),
     ("vllm-v0", {"max_num_seqs": 12}), ("vllm-v0", {"max_num_seqs": 12, "preemption_mode": "swap"}),
-    ("priority", {}), ("priority", {"preemption": False}),
+    ("priority", {}), ("priority", {"preemption": False}), ("edf", {}), ("edf", {"preemption": False}),
+    ("hygen", {}),
 ])
 @pytest.mark.parametrize("num_blocks,gap_s", [
     (60, 0.01), (400, 0.01),  # blocked by KV / by max_num_seqs: most arrivals are kept

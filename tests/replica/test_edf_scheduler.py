@@ -60,3 +60,19 @@ def test_stored_waiting_keys_equal_fresh_keys_at_every_step(scheduler, params):
     serve(engine, loop, reqs)
     assert len(done) == 40 and sum(r.num_preemptions for r in reqs) > 0 and max(checked) > 10
     assert not sched._waiting_keys  # forgotten when they finished
+
+
+def test_keys_are_static_only_while_no_deadline_exists():
+    """No target anywhere: every key is (inf, arrival, id) and a blocked head may hold the batch
+    (fast-forward); a request with its own SLO makes the keys time-varying until it leaves."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="edf", fast_forward=False)
+    plain, timed = make_request(0, 20, 3), make_request(1, 20, 3, tpot_slo_s=0.1)
+    assert sched.static_keys
+    engine.add_request(plain, 0.0)
+    assert sched.static_keys and sched.arrival_keeps_batch(timed) is False  # (no blocked head: no)
+    engine.add_request(timed, 0.0)
+    assert not sched.static_keys and sched.sort_key() == sched.key
+    loop.run()
+    assert len(done) == 2 and sched.static_keys  # both finished: static again
+    with_defaults, *_ = make_engine(num_blocks=100, scheduler="edf", params={"default_ttft_s": 1.0})
+    assert not with_defaults.scheduler.static_keys

@@ -11,7 +11,7 @@ from tests.replica.test_fast_forward import random_requests
 
 
 POLICIES = [
-    ("priority", {}), ("priority", {"preemption": False}), ("edf", {"default_ttft_s": 1.0, "default_tpot_s": 0.05}),
+    ("priority", {}), ("priority", {"preemption": False}), ("edf", {"default_ttft_s": 1.0, "default_tpot_s": 0.05}), ("edf", {}),
     ("autellix", {}), ("autellix", {"mode": "atlas", "preemption_mode": "recompute"}), ("batchllm", {}),
     ("orca", {"reservation": "oracle"}), ("vllm-v0", {}), ("vllm-v0", {"preemption_mode": "swap"}),
     ("continuum", {}), ("hygen", {}), ("sarathi", {"chunk_size": 128}), ("andes", {}), ("sglang", {}),

@@ -7,6 +7,11 @@ deadline as the key: running requests are served earliest deadline first, waitin
 are admitted earliest deadline first, and when memory or sequence slots are short the
 latest-deadline running request is preempted (recompute). Requests without their own SLO use
 the `default_*` parameters; a request with no TTFT target at all sorts last (by arrival).
+
+With no target at all (no `default_*`, none held with its own SLO) every deadline is infinite
+and the order is arrival: the keys are then static, so a waiting head that KV blocks or
+sequence slots hold back stays blocked while only decodes run (as under `priority`), and
+fast-forward covers those steps and the arrivals queued behind it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,27 @@ class EDFScheduler(KeyedScheduler):
         super().__init__(params, config, kv, perf)
         self.preempt_for_waiting = params.preemption
         self._last_token_s: dict[int, float] = {}
+        self._no_default_deadline = params.default_ttft_s is None and params.default_tpot_s is None
+        self._num_with_slo = 0  # held requests (waiting, running, swapped) with their own SLO
+        self._num_with_tpot = 0  # ... with their own per-token target
+
+    @property
+    def static_keys(self) -> bool:  # every deadline infinite: the key is (inf, arrival, id)
+        return self._no_default_deadline and not self._num_with_slo
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        self._num_with_slo += _has_slo(req)
+        self._num_with_tpot += req.tpot_slo_s is not None
+        super().add_request(req, now_s)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        self._num_with_slo += _has_slo(req)
+        self._num_with_tpot += req.tpot_slo_s is not None
+        super().add_transferred(req, now_s)
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # a newcomer with its own deadline would make the keys time-varying
+        return self.static_keys and req is not None and not _has_slo(req) and super().arrival_keeps_batch(req)
 
     def deadline_s(self, req: Request) -> float:
         if req.first_token_s is None:
@@ -60,6 +86,8 @@ class EDFScheduler(KeyedScheduler):
         return sorted(reqs, key=lambda r: (r.arrival_s, r.id))
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        if self.params.default_tpot_s is None and not self._num_with_tpot:
+            return  # no decode deadline to keep: the last token times are never read
         for req, _ in output.scheduled:
             if (req.state == RequestState.RUNNING and req.first_token_s is not None
                     and req.num_computed_tokens >= req.num_tokens - 1):
@@ -67,4 +95,14 @@ class EDFScheduler(KeyedScheduler):
 
     def forget(self, req: Request) -> None:
         super().forget(req)
+        self._num_with_slo -= _has_slo(req)
+        self._num_with_tpot -= req.tpot_slo_s is not None
         self._last_token_s.pop(req.id, None)
+
+    def drain(self, now_s: float) -> list[Request]:
+        self._num_with_slo = self._num_with_tpot = 0
+        return super().drain(now_s)
+
+
+def _has_slo(req: Request) -> bool:
+    return req.ttft_slo_s is not None or req.tpot_slo_s is not None

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
@@ -47,6 +47,9 @@ class HyGenScheduler(VLLMSteps):
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
         self.offline: list[Request] = []  # offline waiting queue (online ones use `waiting`)
+        self._online_only = False  # the last `schedule` found no offline request, running or waiting
+        self._head_blocked = False  # ... and a waiting head that only a finish can let in
+        self._blocked_head: Request | None = None
 
     # ------------------------------------------------------------------ queues
     def add_request(self, req: Request, now_s: float) -> None:
@@ -73,6 +76,14 @@ class HyGenScheduler(VLLMSteps):
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         online = [r for r in self.running if not r.is_offline]
+        self._online_only = len(online) == len(self.running) and not self.offline
+        self._head_blocked = False
+        if self._online_only and len(online) <= budget and self.kv.allocate_decodes(online):
+            # Every running request decodes and every block fits: the loop below would give
+            # each its one token in order, evicting nobody (`allocate_decodes` is its bulk form).
+            out.scheduled = [(req, 1) for req in online]
+            out.num_known_decodes = len(online)
+            online, budget = [], budget - len(online)
         for req in online:  # 1) running online requests
             if budget <= 0:
                 break
@@ -87,7 +98,8 @@ class HyGenScheduler(VLLMSteps):
             budget -= n
         if not any(r for r in out.preempted if not r.is_offline):
             budget = self._admit_online(out, budget)
-        self._fill_offline(out, budget, now_s)
+        if not self._online_only:
+            self._fill_offline(out, budget, now_s)
         return out
 
     def _allocate_online(self, out: SchedulerOutput, req: Request, n: int, hits=(), admit: bool = False) -> bool:
@@ -107,6 +119,9 @@ class HyGenScheduler(VLLMSteps):
         return True
 
     def _admit_online(self, out: SchedulerOutput, budget: int) -> int:
+        # (a full batch also holds the head back until a finish: no admission runs at all)
+        if self._online_only and self.waiting and len(self.running) >= self.config.max_num_seqs:
+            self._head_blocked, self._blocked_head = True, self.waiting.peek()
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.waiting.peek()
             if req in out.preempted:
@@ -114,6 +129,10 @@ class HyGenScheduler(VLLMSteps):
             hits = self.kv.get_computed_blocks(req)
             n = min(req.num_tokens - len(hits) * self.kv.block_size, budget)
             if not self._allocate_online(out, req, n, hits, admit=True):
+                # Head-of-line: with no offline request to evict and no prefix keys, its need
+                # is fixed and decode-only steps only take blocks: blocked until a finish.
+                self._head_blocked = self._online_only and not req.kv_block_keys
+                self._blocked_head = req
                 break
             self._start(req, hits, out, n)
             self.waiting.pop()
@@ -210,7 +229,17 @@ class HyGenScheduler(VLLMSteps):
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Offline decodes are limited by a predicted time that grows with context: not steady.
         # Online alone with nothing waiting: prompts done now decode with the rest, and a
-        # finish admits nobody.
+        # finish admits nobody. With a waiting head blocked (as in `vllm`) the batch holds
+        # until a finish; the head stays blocked after this step's prompts are done too.
         if self.nothing_pending(output) and not any(r.is_offline for r in self.running):
             return REPEAT_THROUGH
+        if (self._head_blocked and self._online_only and not (output.preempted or self.swapped)
+                and len(output.scheduled) == len(self.running) and self.waiting.peek() is self._blocked_head):
+            return REPEAT_AFTER_PREFILL
         return NO_FAST_FORWARD
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # An online newcomer queues behind the blocked head and is never looked at; an offline
+        # one would be tried by the offline fill.
+        return (req is not None and not req.is_offline and self._head_blocked and self._online_only
+                and bool(self.waiting) and self.waiting.peek() is self._blocked_head)

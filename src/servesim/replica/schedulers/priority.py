@@ -98,6 +98,11 @@ class KeyedScheduler(VLLMSteps):
             self._waiting_keys[req] = self.key(req)
         super().add_request(req, now_s)
 
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        if self.static_waiting_keys:  # (read by `sort_key` while the keys are static)
+            self._waiting_keys[req] = self.key(req)
+        super().add_transferred(req, now_s)
+
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         if self.static_waiting_keys:
             self._waiting_keys[req] = self.key(req)  # (a preemption leaves the key as it is)
@@ -110,8 +115,10 @@ class KeyedScheduler(VLLMSteps):
         raise NotImplementedError
 
     def sort_key(self):
-        """The key function the step's sorts use (a policy may hand a faster equivalent)."""
-        return self.key
+        """The key function the step's sorts use (a policy may hand a faster equivalent).
+        Static keys are the ones stored when each request arrived or was preempted (every
+        held request has one): a dict lookup instead of a Python call per request and step."""
+        return self._waiting_keys.__getitem__ if self.static_keys and self.static_waiting_keys else self.key
 
     def preempt_key(self, req: Request) -> Any:
         """What a waiting request must beat to preempt a running one (default: the key)."""

@@ -16,6 +16,8 @@ over several steps. Sarathi has no prefix cache: prompts are always computed in 
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from pydantic import Field
 
 from servesim.replica.schedulers import register
@@ -33,6 +35,9 @@ class SarathiParams(SchedulerParams):
     """Fraction of GPU blocks kept free when admitting a new prompt (vLLM v0 block manager)."""
 
 
+_ARRIVAL = attrgetter("arrival_s", "id")  # the order decodes run in (ties: by id)
+
+
 @register("sarathi")
 class SarathiScheduler(Scheduler):
     Params = SarathiParams
@@ -43,23 +48,32 @@ class SarathiScheduler(Scheduler):
         budget = self.params.chunk_size
         # 1) decodes in arrival order (all of them: each costs one token of the budget);
         #    when a block cannot be appended, preempt the latest-arrived request not yet handled
-        queue = sorted(self.running, key=lambda r: (r.arrival_s, r.id))
+        queue = sorted(self.running, key=_ARRIVAL)
         prefilling: list[Request] = []
         kept: list[Request] = []
-        while queue:
-            req = queue.pop(0)
-            if not req.is_decoding:
+        scheduled = out.scheduled
+        allocate = kv.allocate_slots
+        i, end = 0, len(queue)  # queue[i:end]: not handled yet (victims leave from the end)
+        while i < end:
+            req = queue[i]
+            i += 1
+            n_out = req.num_output_tokens
+            if not (n_out and req.prompt_len + n_out - req.num_computed_tokens == 1):  # (`is_decoding`)
                 prefilling.append(req)
                 continue
-            while not kv.allocate_slots(req, 1):
-                victim = queue.pop() if queue else req
+            while not allocate(req, 1):
+                if i < end:
+                    end -= 1
+                    victim = queue[end]
+                else:
+                    victim = req
                 self._preempt(out, victim)
                 if victim is req:
                     break
             else:
-                out.scheduled.append((req, 1))
+                scheduled.append((req, 1))
                 kept.append(req)
-                budget -= 1
+        budget -= len(kept)
         # 2) partially prefilled requests (their blocks were allocated at admission)
         for req in prefilling:
             kept.append(req)
@@ -94,7 +108,7 @@ class SarathiScheduler(Scheduler):
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode steps run the running requests sorted by arrival, whatever their progress (a
         # recompute finished in step 0 may have been listed after later arrivals there).
-        return sorted((r for r, _ in output.scheduled), key=lambda r: (r.arrival_s, r.id))
+        return sorted((r for r, _ in output.scheduled), key=_ARRIVAL)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Every running request served and nothing waiting: prompts whose last chunk ran now
