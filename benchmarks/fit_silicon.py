@@ -1,13 +1,15 @@
 """Refit serving constants per (GPU, engine) on the silicon rows and print calibration entries
 (for perf/data/calibration_serving.yaml), each fit on even file positions with the odd ones held out.
 
-Run: python benchmarks/fit_silicon.py prefill|seq-gpu [--measured CSV] [--engine vllm --engine sglang ...]
+Run: python benchmarks/fit_silicon.py prefill|seq-gpu|waves [--measured CSV] [--engine vllm --engine sglang ...]
 - prefill: prefill constants on the rows with at most 8 users (validation/prefill.py), plus the
   latency to add to each group's front-end profiles; 5-10 minutes per engine on two busy cores.
 - seq-gpu: the GPU time per sequence (`seq_gpu_s`) on the rows with more than 8 users
   (validation/batch.py); about 3-10 minutes.
-docs/fidelity.md ("Prefill at low concurrency", "Decode at large batches") says which groups
-were shipped and why.
+- waves: the same prefill constants per engine release (per GPU for the rows no release covers)
+  on rows of every concurrency (validation/waves.py; default engine trtllm); 20-40 minutes on busy cores.
+docs/fidelity.md ("Prefill at low concurrency", "Decode at large batches", "TensorRT-LLM TTFT by
+release") says which groups were shipped and why.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from servesim.validation.batch import fit_seq_gpu
+from servesim.validation import waves
 from servesim.validation.prefill import calibration_entries, fit_prefill
 from servesim.validation.silicon import read_rows
 
@@ -27,13 +30,18 @@ DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("prefill", "seq-gpu"))
+    ap.add_argument("what", choices=("prefill", "seq-gpu", "waves"))
     ap.add_argument("--measured", default=str(DEFAULT))
-    ap.add_argument("--engine", action="append", choices=("vllm", "sglang", "trtllm"), help="repeatable; default: all three")
+    ap.add_argument("--engine", action="append", choices=("vllm", "sglang", "trtllm"), help="repeatable; default: all three (waves: trtllm)")
     args = ap.parse_args()
     rows = read_rows(args.measured)
-    engines = tuple(args.engine or ("vllm", "sglang", "trtllm"))
-    if args.what == "seq-gpu":
+    engines = tuple(args.engine or (("trtllm",) if args.what == "waves" else ("vllm", "sglang", "trtllm")))
+    if args.what == "waves":
+        fitted_waves = waves.fit_waves(rows, engines, log=print)
+        entries = waves.calibration_entries(fitted_waves)
+        for profile, added_s in waves.frontend_additions(fitted_waves).items():
+            print(f"front end {profile}: add {added_s:g} s to latency_s")
+    elif args.what == "seq-gpu":
         entries = fit_seq_gpu(rows, engines, log=print)
     else:
         fitted = fit_prefill(rows, engines, log=print)
