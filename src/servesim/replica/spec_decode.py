@@ -149,7 +149,8 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
             and not (engine.ports is None and sched.arrival_keeps_batch(None))):
         return False  # a lone replica's next arrival comes during step 0 and would cut there
-    st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through)
+    until_s, max_steps = sched.repeat_order_limit(out)
+    st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through, until_s, max_steps)
     st.price(engine._own_horizon_s())  # (up to the next event anywhere: `SpecStretch.price`)
     if st.k < 2:
         return False

@@ -40,10 +40,12 @@ class SpecStretch:
     keyed: list = []
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
-                 dt0_s: float, through: bool) -> None:
+                 dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62) -> None:
         """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
         tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
-        the indices of those requests in the order of the later steps' batches."""
+        the indices of those requests in the order of the later steps' batches; `until_s`,
+        `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
+        that start before `until_s`, at most `max_steps` of them)."""
         cfg = engine.config
         sched = engine.scheduler
         batch = [r for r, _, _, _ in step0]
@@ -93,7 +95,8 @@ class SpecStretch:
         self._finishes: list[tuple[int, int]] = [(0, i) for i in gone]  # (step, request) in finish order
         self._free_at: list[tuple[int, int]] = []  # (first step after a finish, blocks it frees)
         self._extra_step = False  # `truncate` by a crash: the step in flight had taken its rows
-        self.kmax = 1 << 62  # unknown: `final` says when the stretch is done
+        self.kmax = max_steps  # (else unknown: `final` says when the stretch is done)
+        self._until_s = until_s
         if gone:
             self._done_with(0, gone)
 
@@ -113,13 +116,17 @@ class SpecStretch:
         it does, so steps are not priced far ahead of an event that may cut them: an uncut
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
         horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
+        if horizon >= self._until_s:  # (the policy's order holds only so far)
+            horizon = self._until_s
         blocks = self._verify_fn is not None
-        while not self.final and self.ends[-1] < horizon:
+        while not self.final and self.ends[-1] < horizon and len(self.ends) < self.kmax:
             if blocks:
                 blocks = self._block(horizon)  # (if declined now, it would be at the later steps too)
                 if blocks:
                     continue
             self._step()
+        if self.ends[-1] >= self._until_s or len(self.ends) >= self.kmax:
+            self.final = True  # (not extended past the policy's limit)
 
     def _block(self, horizon: float) -> bool:
         """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
@@ -131,7 +138,8 @@ class SpecStretch:
         span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
         steps = block_steps(n, (horizon - ends[-1]) / span if span > 0 else math.inf,
                             lambda: min([rem[i] for i in act]) - k_max - 1, self._acceptance_rate, k_max)
-        if not steps:
+        steps = min(steps, self.kmax - len(ends))
+        if steps <= 0:
             return False
         rows = self._rows[-1]
         acc = np.array(self._draws.peek(rows, steps * n), dtype=np.int64).reshape(steps, n)
