@@ -335,20 +335,18 @@ class SpecStretch:
         return done
 
     def _log(self, engine, k: int) -> None:
-        """One step-log entry per step (tokens emitted differ from the batch size)."""
-        log = engine.recorder.log_step
-        n0 = len(self.reqs)
-        waiting = sorted(self.waiting_from)
-        freed, f = 0, 0
-        free_at = self._free_at
-        start = self.start_s
-        prefill_tokens = sum(n for _, n in self.prefills)
-        for j in range(k):
-            while f < len(free_at) and free_at[f][0] <= j:
-                freed += free_at[f][1]
-                f += 1
-            running = self.num_running - (n0 - len(self._runs[j])) if j else self.num_running
-            log(start, self.ends[j], prefill_tokens if not j else 0, self.sizes[j], running, self.num_waiting + bisect_right(waiting, j),
-                self._used0 + self._alloc[j] - freed)
-            start = self.ends[j]
-
+        """One step-log entry per step (tokens emitted differ from the batch size), logged at
+        once (`Recorder.log_steps`)."""
+        n0, run0 = len(self.reqs), self.num_running
+        running = [run0] + [run0 - n0 + len(act) for act in self._runs[1:k]]
+        waiting = [self.num_waiting] * k
+        if self.waiting_from:  # one more waits from each step listed on
+            for j in self.waiting_from:
+                for s in range(j, k):
+                    waiting[s] += 1
+        kv = [self._used0 + a for a in self._alloc[:k]]
+        for j, blocks in self._free_at:  # (blocks of requests that finished before step j)
+            for s in range(j, k):
+                kv[s] -= blocks
+        engine.recorder.log_steps(self.start_s, self.ends[:k], sum(n for _, n in self.prefills), self.sizes[:k],
+                                  running, waiting, kv)
