@@ -67,6 +67,7 @@ class SpecStretch:
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
+        self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step`)
         self._acceptance_rate = cfg.spec_acceptance_rate
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
@@ -177,13 +178,17 @@ class SpecStretch:
         rows = self._rows[-1]
         acc = self._draws.peek(rows, len(act))  # (rows of speculating requests, in batch order)
         verify, plain, emits, grants = [], [], [], []
-        need = ctx_sum = used = 0
+        need = ctx_sum = used = short = 0
         for i in act:
             c = ctx[i]
             r = rem[i]
             ctx_sum += c
             if r > 1:  # k lookahead slots: blocks for c + 1 + k tokens; emits accepted + 1 (<= r)
-                k = k_max if r > k_max else r - 1
+                if r > k_max:
+                    k = k_max
+                else:
+                    k = r - 1
+                    short += 1
                 verify.append((1 + k, c))
                 a = acc[used]
                 used += 1
@@ -204,7 +209,12 @@ class SpecStretch:
         f = self._decode_fn(len(act))  # step_time_s([], ctxs), bit for bit, from the context sum
         draft_s = f(ctx_sum) if f else perf.step_time_s([], [ctx[i] for i in act])
         if verify:
-            dt = perf.step_time_s(verify, plain)
+            dt = None
+            if not (plain or short) and self._verify_time_fn is not None:  # every request verifies 1 + k_max
+                fn = self._verify_time_fn(len(act), 1 + k_max)
+                dt = fn(ctx_sum) if fn is not None else None
+            if dt is None:
+                dt = perf.step_time_s(verify, plain)
             dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
         else:
             dt = draft_s
