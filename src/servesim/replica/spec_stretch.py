@@ -67,7 +67,8 @@ class SpecStretch:
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
-        self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step`)
+        self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
+        self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
         self._acceptance_rate = cfg.spec_acceptance_rate
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
@@ -119,13 +120,11 @@ class SpecStretch:
         horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
         if horizon >= self._until_s:  # (the policy's order holds only so far)
             horizon = self._until_s
-        blocks = self._verify_fn is not None
-        while not self.final and self.ends[-1] < horizon and len(self.ends) < self.kmax:
-            if blocks:
-                blocks = self._block(horizon)  # (if declined now, it would be at the later steps too)
-                if blocks:
-                    continue
-            self._step()
+        if self._verify_fn is not None:
+            while not self.final and self.ends[-1] < horizon and len(self.ends) < self.kmax:
+                if not self._block(horizon):
+                    break  # (declined now, it would be at the later steps too)
+        self._steps(horizon)
         if self.ends[-1] >= self._until_s or len(self.ends) >= self.kmax:
             self.final = True  # (not extended past the policy's limit)
 
@@ -166,79 +165,96 @@ class SpecStretch:
             held[i] = h
         return m == steps and not self.final
 
-    def _step(self) -> None:
-        """Price one more step (or mark the stretch done if its blocks do not fit).
+    def _steps(self, horizon: float) -> None:
+        """Price steps one by one while one would start before `horizon` (and `kmax`), until
+        the stretch is done or a step's blocks do not fit.
 
         `speculate`'s rules, with two simplifications that are exact here: the `max_model_len`
         bound on k never binds (a decode's context + tokens left < max_model_len, so
         tokens left - 1 is the tighter bound), and k = 0 only on a request's last token."""
         ctx, rem, held = self._ctx, self._rem, self._held
-        k_max, bs = self._k_max, self._bs
-        act = self._active
-        rows = self._rows[-1]
-        acc = self._draws.peek(rows, len(act))  # (rows of speculating requests, in batch order)
-        verify, plain, emits, grants = [], [], [], []
-        need = ctx_sum = used = short = 0
-        for i in act:
-            c = ctx[i]
-            r = rem[i]
-            ctx_sum += c
-            if r > 1:  # k lookahead slots: blocks for c + 1 + k tokens; emits accepted + 1 (<= r)
-                if r > k_max:
-                    k = k_max
-                else:
+        k_max, bs, kmax = self._k_max, self._bs, self.kmax
+        ends, sizes, runs, emits_of, grants_of, allocs, rows_of = (
+            self.ends, self.sizes, self._runs, self._emits, self._grants, self._alloc, self._rows)
+        peek = self._draws.peek
+        while not self.final and ends[-1] < horizon and len(ends) < kmax:
+            act = self._active
+            rows = rows_of[-1]
+            acc = peek(rows, len(act))  # (rows of speculating requests, in batch order)
+            emits, grants, done_plain, done_spec = [], [], [], []  # (finishes: plain decodes first)
+            need = ctx_sum = used = 0
+            regular = True  # every request verifies 1 + k_max tokens
+            for i in act:
+                c = ctx[i]
+                r = rem[i]
+                ctx_sum += c
+                if r > k_max:  # k_max lookahead slots: blocks for c + 1 + k_max tokens
+                    e = acc[used] + 1  # accepted drafts + the target's token
+                    used += 1
+                    nb = (c + k_max) // bs + 1 - held[i]
+                    if e == r:
+                        done_spec.append(i)
+                elif r > 1:  # k = r - 1 slots; emits at most r
                     k = r - 1
-                    short += 1
-                verify.append((1 + k, c))
-                a = acc[used]
-                used += 1
-                emits.append(a + 1 if a < k else k + 1)
-                nb = (c + k) // bs + 1 - held[i]
-            else:  # its last token: a plain decode
-                plain.append(c)
-                emits.append(1)
-                nb = c // bs + 1 - held[i]
-            if nb > 0:
-                grants.append((i, nb))
-                need += nb
-        alloc = self._alloc[-1] + need
-        if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
-            self.final = True
-            return
-        perf = self._perf
-        f = self._decode_fn(len(act))  # step_time_s([], ctxs), bit for bit, from the context sum
-        draft_s = f(ctx_sum) if f else perf.step_time_s([], [ctx[i] for i in act])
-        if verify:
-            dt = None
-            if not (plain or short) and self._verify_time_fn is not None:  # every request verifies 1 + k_max
-                fn = self._verify_time_fn(len(act), 1 + k_max)
-                dt = fn(ctx_sum) if fn is not None else None
-            if dt is None:
-                dt = perf.step_time_s(verify, plain)
-            dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
-        else:
-            dt = draft_s
-        done_plain, done_spec = [], []  # stepping lists a step's finishes plain decodes first
-        for i, n in zip(act, emits):
-            ctx[i] += n
-            r = rem[i]
-            rem[i] = r - n
-            if r == n:
-                (done_plain if r == 1 else done_spec).append(i)
-        for i, nb in grants:
-            held[i] += nb
-        j = len(self.ends)
-        self.ends.append(self.ends[-1] + dt)
-        self.sizes.append(sum(emits))
-        self._runs.append(act)
-        self._emits.append(emits)
-        self._grants.append(grants)
-        self._alloc.append(alloc)
-        self._rows.append(rows + used)
-        if done_plain or done_spec:
-            done = done_plain + done_spec
-            self._finishes += [(j, i) for i in done]
-            self._done_with(j, done)
+                    a = acc[used]
+                    used += 1
+                    e = a + 1 if a < k else r
+                    nb = (c + k) // bs + 1 - held[i]
+                    regular = False
+                    if e == r:
+                        done_spec.append(i)
+                else:  # its last token: a plain decode
+                    e = 1
+                    nb = c // bs + 1 - held[i]
+                    regular = False
+                    done_plain.append(i)
+                emits.append(e)
+                if nb > 0:
+                    grants.append((i, nb))
+                    need += nb
+            alloc = allocs[-1] + need
+            if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
+                self.final = True
+                return
+            dt = self._step_time_s(act, ctx_sum, used, regular)
+            for i, e in zip(act, emits):
+                ctx[i] += e
+                rem[i] -= e
+            for i, nb in grants:
+                held[i] += nb
+            j = len(ends)
+            ends.append(ends[-1] + dt)
+            sizes.append(sum(emits))
+            runs.append(act)
+            emits_of.append(emits)
+            grants_of.append(grants)
+            allocs.append(alloc)
+            rows_of.append(rows + used)
+            if done_plain or done_spec:
+                done = done_plain + done_spec
+                self._finishes += [(j, i) for i in done]
+                self._done_with(j, done)
+
+    def _step_time_s(self, act: list[int], ctx_sum: int, num_spec: int, regular: bool) -> float:
+        """The step's time as `speculate` prices it (verify pass + draft term), from the
+        contexts before it: by the context sum alone when the perf model has the forms."""
+        n = len(act)
+        fns = self._fns.get(n)
+        if fns is None:  # (per batch size: the draft term's and a regular verify pass's forms)
+            verify = self._verify_time_fn(n, 1 + self._k_max) if self._verify_time_fn is not None else None
+            fns = self._fns[n] = (self._decode_fn(n), verify)
+        draft_fn, verify_fn = fns
+        ctx = self._ctx
+        draft_s = draft_fn(ctx_sum) if draft_fn else self._perf.step_time_s([], [ctx[i] for i in act])
+        if not num_spec:  # every request on its last token: a plain decode step
+            return draft_s
+        dt = verify_fn(ctx_sum) if regular and verify_fn is not None else None
+        if dt is None:
+            k_max, rem = self._k_max, self._rem
+            verify = [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
+            dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
+        dt += self._draft_ratio * self._k_max * draft_s  # (as `speculate`, term for term)
+        return dt
 
     def _done_with(self, j: int, done: list[int]) -> None:
         """Requests that emitted their last token in step j: the stretch ends there, or they
