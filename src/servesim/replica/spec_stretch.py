@@ -12,7 +12,8 @@ there), at the first finish or, when finishes may be processed late, once all ha
 Acceptance rows are read with `peek` and taken only for the steps applied, so a cut leaves
 them to stepping. Step 0 is the step the engine planned (it may finish prompts); acceptances
 go by batch order, so only schedulers that know the order of the repeated steps
-(`Scheduler.repeat_order`: step 0's, or a re-sort by a key decodes do not change) fast-forward. Exact as
+(`Scheduler.repeat_order`: step 0's, or a re-sort by a key decodes do not change, for as long
+as `Scheduler.repeat_order_limit` says it holds) fast-forward. Exact as
 stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test_spec_exactness.py.
 """
 
