@@ -217,6 +217,7 @@ class PerfModel:
         pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
         base = self._token_s(n * t) + self._logits_s(n)
         cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
+
         def time_s(ctx_sum: int) -> float | None:
             if 2 * t * ctx_sum >= 1 << 52:
                 return None  # (as `verify_step_times_s`)

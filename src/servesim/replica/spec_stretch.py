@@ -20,7 +20,7 @@ stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
