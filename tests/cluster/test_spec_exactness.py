@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = ["engine.num_speculative_tokens=3", "engine.spec_acceptance_rate=0.7", "workload.arrival.rate_per_s=10"]
 
 
-@pytest.mark.parametrize("scheduler,share", [("vllm", 0.8), ("sarathi", 0.5), ("sglang", 0.6)])
+@pytest.mark.parametrize("scheduler,share", [("vllm", 0.8), ("sarathi", 0.5), ("sglang", 0.6), ("autellix", 0.8),
+                                             ("fastswitch", 0.8)])
 def test_spec_fast_forward_is_exact_with_a_state_reading_router(scheduler, share, reads_everything):
     sets = SPEC + [f"router.name={reads_everything}", f"scheduler.name={scheduler}"]
     fast, slow = run(sets), run(sets, fast_forward=False)

@@ -11,10 +11,6 @@ from tests.factories import make_engine, make_request, serve
 from tests.replica.test_policy_stretches import POLICIES, mixed_requests
 from tests.replica.test_spec_fast_forward import assert_same_spec_run
 
-# Policies whose batch order may change between repeated steps: keys that progress changes
-# (Autellix's attained service; FastSwitch's tenant counters, whose priority refresh inside a
-# stretch is rebuilt for one token per step).
-UNORDERED = ("autellix", "fastswitch")
 SPEC_POLICIES = POLICIES + [("trtllm", {}), ("trtllm", {"capacity_scheduler_policy": "MAX_UTILIZATION",
                                                         "enable_chunked_context": True})]
 
@@ -47,10 +43,7 @@ def test_spec_stretches_match_stepping_for_every_policy(scheduler, params, seed,
     b = spec_run(b_reqs, False, scheduler, params, num_blocks)
     assert_same_spec_run(a, b, a_reqs, b_reqs, num_blocks)
     ran = a.num_fast_forwarded_steps / a.num_steps
-    if scheduler in UNORDERED:
-        assert ran == 0.0
-    else:  # (with prefix keys and 120 blocks: only that it ran)
-        assert ran > share and a.num_fast_forwarded_steps > 0
+    assert ran > share and a.num_fast_forwarded_steps > 0  # (with prefix keys and 120 blocks: only that it ran)
 
 
 def test_priority_repeats_a_step_in_key_order_not_in_its_scheduled_order():
@@ -77,3 +70,33 @@ def test_edf_repeats_in_arrival_order_only_with_one_per_token_target():
     assert sched.repeat_order(out) == [a, b]
     b.tpot_slo_s = 0.01  # its deadline then comes first or not depending on the token times
     assert sched.repeat_order(out) is None
+
+
+def test_autellix_order_holds_until_a_level_may_change():
+    """Repeated steps keep (level, arrival) order until a call's service may reach its next
+    threshold (0.5 s): a lone call from the step's start; two calls of one program (PLAS:
+    both credit the program) in half that time; nothing is repeated on a stale key."""
+    engine, sched, _, _, _ = make_engine(scheduler="autellix")
+    lone, a, b = make_request(0, 16, 50, 0.0), make_request(1, 16, 50, 0.0, program_id=7), \
+        make_request(2, 16, 50, 0.0, program_id=7)
+    for r in (lone, a, b):
+        sched.add_request(r, 0.0)
+    out = sched.schedule(1.0)
+    assert [r for r, _ in out.scheduled] == [lone, a, b] == sched.repeat_order(out)
+    until_s, steps = sched.repeat_order_limit(out)
+    assert until_s == 1.0 + 0.25 * (1 - 1e-9) - 1e-6 and steps > 1 << 40
+    sched.service_s[7] = 0.6  # (level 1 now, its key still says 0)
+    assert sched.repeat_order_limit(out)[1] == 0
+
+
+def test_fastswitch_order_holds_until_the_next_priority_refresh():
+    engine, sched, _, _, _ = make_engine(scheduler="fastswitch", params={"priority_update_interval": 7})
+    a, b = make_request(0, 16, 50, 0.0, tenant="x"), make_request(1, 16, 50, 0.1, tenant="y")
+    sched.num_engine_steps = 12
+    for r in (a, b):
+        sched.add_request(r, 0.0)
+    out = sched.schedule(1.0)
+    assert sched.repeat_order_limit(out) == (float("inf"), 2)  # steps 12 and 13; 14 refreshes
+    assert sched.repeat_order(out) is None  # tenants absent from the snapshot (none taken yet): live counters
+    sched._snapshot = {"x": 5.0, "y": 1.0}
+    assert sched.repeat_order(out) == [b, a]  # y's smaller counter first

@@ -25,10 +25,13 @@ def test_verify_step_times_equal_the_scalar_step_times(engine, n, t):
     got = perf.verify_step_times_s(n, t, np.array([sum(b) for b in batches]))
     want = [perf.step_time_s([(t, c) for c in b], []) for b in batches]
     assert got.tolist() == want  # bit for bit
+    fn = perf.verify_time_fn(n, t)  # the scalar form `SpecStretch._step` uses
+    assert [fn(sum(b)) for b in batches] == want and fn((1 << 52) // (2 * t) + 1) is None
 
 
 def test_sliding_window_models_have_no_verify_form():
-    assert build_perf_model("mistral-7b", "h100-sxm").verify_step_times_s(2, 4, np.array([10, 20])) is None
+    perf = build_perf_model("mistral-7b", "h100-sxm")
+    assert perf.verify_step_times_s(2, 4, np.array([10, 20])) is None and perf.verify_time_fn(2, 4) is None
 
 
 @pytest.fixture

@@ -127,12 +127,6 @@ def test_crash_in_a_stretch_keeps_the_draws_of_the_step_in_flight():
     assert a.spec_draws.take(20) == b.spec_draws.take(20)
 
 
-def test_unstable_order_policies_step_one_by_one():
-    reqs = spaced_requests(6, n=60)
-    engine = run_spec(reqs, True, scheduler="fastswitch")  # its priority refresh counts one token per step
-    assert engine.num_fast_forwarded_steps == 0
-
-
 def test_peeked_rows_then_skipped_equal_taken_rows():
     a = AcceptanceDraws(np.random.default_rng(9), 3, 0.6)
     b = AcceptanceDraws(np.random.default_rng(9), 3, 0.6)

@@ -216,6 +216,34 @@ class Recorder:
         if self.num_steps >= self._flush_at:
             self._flush()
 
+    def log_steps(self, start_s: float, ends_s: list[float], prefill_tokens: int, output_tokens: list[int],
+                  num_running: list[int], num_waiting: list[int], kv_used_blocks: list[int]) -> None:
+        """Consecutive steps logged as `log_step` would log them one by one (a fast-forwarded
+        stretch whose steps emit any number of tokens: speculative decoding): the first
+        starts at `start_s` and computes `prefill_tokens` prompt tokens, each later one starts
+        when the one before ends and computes none; the lists hold one value per step. The
+        buffer is handed on at the same steps as one by one."""
+        n, i = len(ends_s), 0
+        starts = [start_s, *ends_s[:-1]]
+        while i < n:
+            m = min(n - i, self._flush_at - self.num_steps)  # (>= 1: a full buffer was handed on)
+            j = i + m
+            b = self._buf
+            b.single_emitted.extend(output_tokens[i:j])
+            b.start_s.extend(starts[i:j])
+            b.prefill0.extend([prefill_tokens if i == 0 else 0] + [0] * (m - 1))
+            b.num_waiting.extend(num_waiting[i:j])
+            b.len.extend([1] * m)
+            b.single.extend([True] * m)
+            b.ends.extend(ends_s[i:j])
+            b.running.extend(num_running[i:j])
+            b.kv_single.extend(kv_used_blocks[i:j])
+            b.num_steps += m
+            self.num_steps += m
+            if self.num_steps >= self._flush_at:
+                self._flush()
+            i = j
+
     def log_decode_steps(self, start_s: float, ends_s, batch, num_waiting: int,
                          kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
                          waiting_from: list[int] = ()) -> None:

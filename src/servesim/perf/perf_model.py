@@ -69,6 +69,7 @@ class PerfModel:
         object.__setattr__(self, "_kv_read", t.kv_read_s_per_token())
         object.__setattr__(self, "_layers", (full_layers, win_layers))
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
+        object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each) -> verify_time_fn
 
     # ---- memoised exact terms ------------------------------------------------------------
     def _token_s(self, num_tokens: int) -> float:
@@ -196,6 +197,38 @@ class PerfModel:
             return np.maximum(gpu, cpu, out=gpu)
         gpu += cpu
         return gpu
+
+    def verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
+        """`verify_step_times_s` for one total context at a time, as a scalar function
+        (ctx_sum -> step time; the same float operations in the same order, so bit-identical
+        to step_time_s([(tokens_per_seq, c) for c in ctxs], []) with sum(ctxs) == ctx_sum);
+        it returns None for a total whose pair sum is no longer exact in floats. None with
+        sliding-window layers. Memoised."""
+        fn = self._verify_fns.get((num_seqs, tokens_per_seq), False)
+        if fn is False:
+            fn = self._verify_fns[num_seqs, tokens_per_seq] = self._verify_time_fn(num_seqs, tokens_per_seq)
+        return fn
+
+    def _verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
+        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0:
+            return None
+        t, n = tokens_per_seq, num_seqs
+        full_layers, win_layers = self._layers
+        pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
+        base = self._token_s(n * t) + self._logits_s(n)
+        cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
+
+        def time_s(ctx_sum: int) -> float | None:
+            if 2 * t * ctx_sum >= 1 << 52:
+                return None  # (as `verify_step_times_s`)
+            attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
+            attention += pair_win * 0.0
+            attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
+            gpu = base + attention
+            gpu += g * 0
+            return max(gpu, cpu) if overlap else gpu + cpu
+
+        return time_s
 
     def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
         """step_time_s split into its terms (not on the hot path)."""

@@ -116,7 +116,8 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     decode steps that repeat it as one event. False, changing nothing, if the step is not one
     to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
     register) or fewer than two steps would be safe. Step 0 keeps `scheduled`'s order, the
-    later steps the policy's `repeat_order` (a re-sort by a key decodes do not change)."""
+    later steps the policy's `repeat_order` (a re-sort by a key decodes do not change), up to
+    its `repeat_order_limit`."""
     sched = engine.scheduler
     order = sched.repeat_order(out)
     if order is None:
@@ -149,7 +150,8 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
             and not (engine.ports is None and sched.arrival_keeps_batch(None))):
         return False  # a lone replica's next arrival comes during step 0 and would cut there
-    st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through)
+    until_s, max_steps = sched.repeat_order_limit(out)
+    st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through, until_s, max_steps)
     st.price(engine._own_horizon_s())  # (up to the next event anywhere: `SpecStretch.price`)
     if st.k < 2:
         return False

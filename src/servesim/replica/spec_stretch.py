@@ -12,14 +12,15 @@ there), at the first finish or, when finishes may be processed late, once all ha
 Acceptance rows are read with `peek` and taken only for the steps applied, so a cut leaves
 them to stepping. Step 0 is the step the engine planned (it may finish prompts); acceptances
 go by batch order, so only schedulers that know the order of the repeated steps
-(`Scheduler.repeat_order`: step 0's, or a re-sort by a key decodes do not change) fast-forward. Exact as
+(`Scheduler.repeat_order`: step 0's, or a re-sort by a key decodes do not change, for as long
+as `Scheduler.repeat_order_limit` says it holds) fast-forward. Exact as
 stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test_spec_exactness.py.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -40,10 +41,12 @@ class SpecStretch:
     keyed: list = []
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
-                 dt0_s: float, through: bool) -> None:
+                 dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62) -> None:
         """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
         tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
-        the indices of those requests in the order of the later steps' batches."""
+        the indices of those requests in the order of the later steps' batches; `until_s`,
+        `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
+        that start before `until_s`, at most `max_steps` of them)."""
         cfg = engine.config
         sched = engine.scheduler
         batch = [r for r, _, _, _ in step0]
@@ -65,6 +68,8 @@ class SpecStretch:
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
+        self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
+        self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
         self._acceptance_rate = cfg.spec_acceptance_rate
         self._draws: AcceptanceDraws = engine.spec_draws
         self._k_max = cfg.num_speculative_tokens
@@ -93,7 +98,8 @@ class SpecStretch:
         self._finishes: list[tuple[int, int]] = [(0, i) for i in gone]  # (step, request) in finish order
         self._free_at: list[tuple[int, int]] = []  # (first step after a finish, blocks it frees)
         self._extra_step = False  # `truncate` by a crash: the step in flight had taken its rows
-        self.kmax = 1 << 62  # unknown: `final` says when the stretch is done
+        self.kmax = max_steps  # (else unknown: `final` says when the stretch is done)
+        self._until_s = until_s
         if gone:
             self._done_with(0, gone)
 
@@ -113,13 +119,15 @@ class SpecStretch:
         it does, so steps are not priced far ahead of an event that may cut them: an uncut
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
         horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
-        blocks = self._verify_fn is not None
-        while not self.final and self.ends[-1] < horizon:
-            if blocks:
-                blocks = self._block(horizon)  # (if declined now, it would be at the later steps too)
-                if blocks:
-                    continue
-            self._step()
+        if horizon >= self._until_s:  # (the policy's order holds only so far)
+            horizon = self._until_s
+        if self._verify_fn is not None:
+            while not self.final and self.ends[-1] < horizon and len(self.ends) < self.kmax:
+                if not self._block(horizon):
+                    break  # (declined now, it would be at the later steps too)
+        self._steps(horizon)
+        if self.ends[-1] >= self._until_s or len(self.ends) >= self.kmax:
+            self.final = True  # (not extended past the policy's limit)
 
     def _block(self, horizon: float) -> bool:
         """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
@@ -131,7 +139,8 @@ class SpecStretch:
         span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
         steps = block_steps(n, (horizon - ends[-1]) / span if span > 0 else math.inf,
                             lambda: min([rem[i] for i in act]) - k_max - 1, self._acceptance_rate, k_max)
-        if not steps:
+        steps = min(steps, self.kmax - len(ends))
+        if steps <= 0:
             return False
         rows = self._rows[-1]
         acc = np.array(self._draws.peek(rows, steps * n), dtype=np.int64).reshape(steps, n)
@@ -157,70 +166,96 @@ class SpecStretch:
             held[i] = h
         return m == steps and not self.final
 
-    def _step(self) -> None:
-        """Price one more step (or mark the stretch done if its blocks do not fit).
+    def _steps(self, horizon: float) -> None:
+        """Price steps one by one while one would start before `horizon` (and `kmax`), until
+        the stretch is done or a step's blocks do not fit.
 
         `speculate`'s rules, with two simplifications that are exact here: the `max_model_len`
         bound on k never binds (a decode's context + tokens left < max_model_len, so
         tokens left - 1 is the tighter bound), and k = 0 only on a request's last token."""
         ctx, rem, held = self._ctx, self._rem, self._held
-        k_max, bs = self._k_max, self._bs
-        act = self._active
-        rows = self._rows[-1]
-        acc = self._draws.peek(rows, len(act))  # (rows of speculating requests, in batch order)
-        verify, plain, emits, grants = [], [], [], []
-        need = ctx_sum = used = 0
-        for i in act:
-            c = ctx[i]
-            r = rem[i]
-            ctx_sum += c
-            if r > 1:  # k lookahead slots: blocks for c + 1 + k tokens; emits accepted + 1 (<= r)
-                k = k_max if r > k_max else r - 1
-                verify.append((1 + k, c))
-                a = acc[used]
-                used += 1
-                emits.append(a + 1 if a < k else k + 1)
-                nb = (c + k) // bs + 1 - held[i]
-            else:  # its last token: a plain decode
-                plain.append(c)
-                emits.append(1)
-                nb = c // bs + 1 - held[i]
-            if nb > 0:
-                grants.append((i, nb))
-                need += nb
-        alloc = self._alloc[-1] + need
-        if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
-            self.final = True
-            return
-        perf = self._perf
-        f = self._decode_fn(len(act))  # step_time_s([], ctxs), bit for bit, from the context sum
-        draft_s = f(ctx_sum) if f else perf.step_time_s([], [ctx[i] for i in act])
-        if verify:
-            dt = perf.step_time_s(verify, plain)
-            dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
-        else:
-            dt = draft_s
-        done_plain, done_spec = [], []  # stepping lists a step's finishes plain decodes first
-        for i, n in zip(act, emits):
-            ctx[i] += n
-            r = rem[i]
-            rem[i] = r - n
-            if r == n:
-                (done_plain if r == 1 else done_spec).append(i)
-        for i, nb in grants:
-            held[i] += nb
-        j = len(self.ends)
-        self.ends.append(self.ends[-1] + dt)
-        self.sizes.append(sum(emits))
-        self._runs.append(act)
-        self._emits.append(emits)
-        self._grants.append(grants)
-        self._alloc.append(alloc)
-        self._rows.append(rows + used)
-        if done_plain or done_spec:
-            done = done_plain + done_spec
-            self._finishes += [(j, i) for i in done]
-            self._done_with(j, done)
+        k_max, bs, kmax = self._k_max, self._bs, self.kmax
+        ends, sizes, runs, emits_of, grants_of, allocs, rows_of = (
+            self.ends, self.sizes, self._runs, self._emits, self._grants, self._alloc, self._rows)
+        peek = self._draws.peek
+        while not self.final and ends[-1] < horizon and len(ends) < kmax:
+            act = self._active
+            rows = rows_of[-1]
+            acc = peek(rows, len(act))  # (rows of speculating requests, in batch order)
+            emits, grants, done_plain, done_spec = [], [], [], []  # (finishes: plain decodes first)
+            need = ctx_sum = used = 0
+            regular = True  # every request verifies 1 + k_max tokens
+            for i in act:
+                c = ctx[i]
+                r = rem[i]
+                ctx_sum += c
+                if r > k_max:  # k_max lookahead slots: blocks for c + 1 + k_max tokens
+                    e = acc[used] + 1  # accepted drafts + the target's token
+                    used += 1
+                    nb = (c + k_max) // bs + 1 - held[i]
+                    if e == r:
+                        done_spec.append(i)
+                elif r > 1:  # k = r - 1 slots; emits at most r
+                    k = r - 1
+                    a = acc[used]
+                    used += 1
+                    e = a + 1 if a < k else r
+                    nb = (c + k) // bs + 1 - held[i]
+                    regular = False
+                    if e == r:
+                        done_spec.append(i)
+                else:  # its last token: a plain decode
+                    e = 1
+                    nb = c // bs + 1 - held[i]
+                    regular = False
+                    done_plain.append(i)
+                emits.append(e)
+                if nb > 0:
+                    grants.append((i, nb))
+                    need += nb
+            alloc = allocs[-1] + need
+            if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
+                self.final = True
+                return
+            dt = self._step_time_s(act, ctx_sum, used, regular)
+            for i, e in zip(act, emits):
+                ctx[i] += e
+                rem[i] -= e
+            for i, nb in grants:
+                held[i] += nb
+            j = len(ends)
+            ends.append(ends[-1] + dt)
+            sizes.append(sum(emits))
+            runs.append(act)
+            emits_of.append(emits)
+            grants_of.append(grants)
+            allocs.append(alloc)
+            rows_of.append(rows + used)
+            if done_plain or done_spec:
+                done = done_plain + done_spec
+                self._finishes += [(j, i) for i in done]
+                self._done_with(j, done)
+
+    def _step_time_s(self, act: list[int], ctx_sum: int, num_spec: int, regular: bool) -> float:
+        """The step's time as `speculate` prices it (verify pass + draft term), from the
+        contexts before it: by the context sum alone when the perf model has the forms."""
+        n = len(act)
+        fns = self._fns.get(n)
+        if fns is None:  # (per batch size: the draft term's and a regular verify pass's forms)
+            verify = self._verify_time_fn(n, 1 + self._k_max) if self._verify_time_fn is not None else None
+            fns = self._fns[n] = (self._decode_fn(n), verify)
+        draft_fn, verify_fn = fns
+        ctx = self._ctx
+        draft_s = draft_fn(ctx_sum) if draft_fn else self._perf.step_time_s([], [ctx[i] for i in act])
+        if not num_spec:  # every request on its last token: a plain decode step
+            return draft_s
+        dt = verify_fn(ctx_sum) if regular and verify_fn is not None else None
+        if dt is None:
+            k_max, rem = self._k_max, self._rem
+            verify = [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
+            dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
+        dt += self._draft_ratio * self._k_max * draft_s  # (as `speculate`, term for term)
+        return dt
 
     def _done_with(self, j: int, done: list[int]) -> None:
         """Requests that emitted their last token in step j: the stretch ends there, or they
@@ -327,20 +362,18 @@ class SpecStretch:
         return done
 
     def _log(self, engine, k: int) -> None:
-        """One step-log entry per step (tokens emitted differ from the batch size)."""
-        log = engine.recorder.log_step
-        n0 = len(self.reqs)
-        waiting = sorted(self.waiting_from)
-        freed, f = 0, 0
-        free_at = self._free_at
-        start = self.start_s
-        prefill_tokens = sum(n for _, n in self.prefills)
-        for j in range(k):
-            while f < len(free_at) and free_at[f][0] <= j:
-                freed += free_at[f][1]
-                f += 1
-            running = self.num_running - (n0 - len(self._runs[j])) if j else self.num_running
-            log(start, self.ends[j], prefill_tokens if not j else 0, self.sizes[j], running, self.num_waiting + bisect_right(waiting, j),
-                self._used0 + self._alloc[j] - freed)
-            start = self.ends[j]
-
+        """One step-log entry per step (tokens emitted differ from the batch size), logged at
+        once (`Recorder.log_steps`)."""
+        n0, run0 = len(self.reqs), self.num_running
+        running = [run0] + [run0 - n0 + len(act) for act in self._runs[1:k]]
+        waiting = [self.num_waiting] * k
+        if self.waiting_from:  # one more waits from each step listed on
+            for j in self.waiting_from:
+                for s in range(j, k):
+                    waiting[s] += 1
+        kv = [self._used0 + a for a in self._alloc[:k]]
+        for j, blocks in self._free_at:  # (blocks of requests that finished before step j)
+            for s in range(j, k):
+                kv[s] -= blocks
+        engine.recorder.log_steps(self.start_s, self.ends[:k], sum(n for _, n in self.prefills), self.sizes[:k],
+                                  running, waiting, kv)

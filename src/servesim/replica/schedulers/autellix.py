@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.base import UNLIMITED_STEPS, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
 
@@ -308,3 +308,39 @@ class AutellixScheduler(KeyedScheduler):
                     run_lazy[req] = (log_end, t)
                     self._due_seq += 1
                     heappush(self._run_due, (t, self._due_seq, req))
+
+    # ---- the order of repeated steps (speculative decoding) ------------------------
+    def repeat_order(self, output: SchedulerOutput) -> list[Request]:
+        # Each step sorts the running calls by (level, arrival): with nothing waiting (the only
+        # case `fast_forward` repeats) the order changes only when a call's level does, which
+        # `repeat_order_limit` bounds.
+        return sorted((r for r, _ in output.scheduled), key=self.key)
+
+    def repeat_order_limit(self, output: SchedulerOutput) -> tuple[float, int]:
+        """The earliest time a scheduled call's service may reach its next threshold, counted
+        from this step's start: a lazy call's due time; an eager call's distance to the
+        threshold over the rate its service grows (PLAS: one step length per call of its
+        program in the batch), less the margin of the lazy due times (float rounding)."""
+        start, thresholds, atlas = self._step_start_s, self.thresholds, self.params.mode == "atlas"
+        program, service, call_service = self.program, self.service_s, self.call_service_s
+        base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
+        calls: dict[object, int] = {}
+        for req, _ in output.scheduled:
+            p = program(req)
+            calls[p] = calls.get(p, 0) + 1
+        until = inf
+        for req, _ in output.scheduled:
+            entry = run_lazy.get(req)
+            if entry is not None:  # (its level cannot change before its due time)
+                until = min(until, entry[1])
+                continue
+            p = program(req)
+            raw = base[req.id] + call_service[req.id] if atlas else service[p]
+            disc = discount.get(p, 0.0)
+            level = bisect_right(thresholds, max(raw - disc, 0.0))
+            if level != keys[req][0]:
+                return -inf, 0  # (a key not up to date: do not repeat)
+            if level < len(thresholds):
+                gap_s = (thresholds[level] + disc - raw) / (1 if atlas else calls[p])
+                until = min(until, start + gap_s * (1 - 1e-9) - 1e-6)
+        return until, UNLIMITED_STEPS

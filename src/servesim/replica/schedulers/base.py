@@ -17,6 +17,7 @@ on vLLM's mechanics subclasses `vllm_steps.VLLMSteps` and supplies only its orde
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -82,6 +83,7 @@ class FastForward:
 
 
 NO_FAST_FORWARD = FastForward()
+UNLIMITED_STEPS = 1 << 62  # (`Scheduler.repeat_order_limit`: no step limit)
 REPEAT_DECODES = FastForward(repeat=True)  # the usual answer of a policy whose batch is steady
 # A batch that stays steady once this step's prompts are done (they then decode with the rest).
 REPEAT_AFTER_PREFILL = FastForward(repeat=True, after_prefill=True)
@@ -148,6 +150,13 @@ class Scheduler:
         policy with `stable_decode_order`, else None; a policy that re-sorts its running
         requests by a key that decode steps cannot change returns them sorted by it."""
         return [r for r, _ in output.scheduled] if self.stable_decode_order else None
+
+    def repeat_order_limit(self, output: SchedulerOutput) -> tuple[float, int]:
+        """How long `repeat_order`'s answer holds, for a policy whose order follows progress
+        at points it can foresee: (a time, a number of steps) such that the repeated steps
+        that start before that time, at most that many of them (step 0 included), keep the
+        order. The default: for good. Must not change any state."""
+        return math.inf, UNLIMITED_STEPS
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`

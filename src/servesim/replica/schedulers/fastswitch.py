@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from functools import partial
+from math import inf
 
 from pydantic import Field
 
@@ -298,3 +299,21 @@ class FastSwitchScheduler(VLLMSteps):
         # Through finishes too: a finish counts the request's tokens up to its last and
         # changes nothing else before the next step (lifts are decided there).
         return REPEAT_THROUGH if self.nothing_pending(output) and not self.swap_ready_s else NO_FAST_FORWARD
+
+    # ---- the order of repeated steps (speculative decoding) ------------------------
+    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
+        # With nothing waiting or swapped (the only case `fast_forward` repeats), each step
+        # walks the running requests by (snapshot counter, arrival): fixed until the next
+        # priority refresh (`repeat_order_limit`). A tenant not in the snapshot is keyed by its
+        # live counter, which every step changes (unless it is the only tenant held: then the
+        # walk is in arrival order).
+        snapshot = self._snapshot
+        if len(self._held) > 1 and any(t not in snapshot for t in self._held):
+            return None
+        return sorted((r for r, _ in output.scheduled), key=self._key)
+
+    def repeat_order_limit(self, output: SchedulerOutput) -> tuple[float, int]:
+        # Up to the step before the next refresh: that step may re-sort by new counters (and a
+        # stretch past it would rebuild the snapshot assuming one token per request per step).
+        interval, step = self.params.priority_update_interval, self.num_engine_steps
+        return inf, (step // interval + 1) * interval - step

@@ -1,0 +1,31 @@
+"""`Recorder.log_steps` (a speculative stretch's steps at once) logs exactly what `log_step`
+one by one would, handing its buffer on at the same steps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.metrics.recorder import STEP_COLUMNS, Recorder
+
+
+def test_steps_logged_at_once_equal_steps_logged_one_by_one(monkeypatch):
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 7)  # (the 20-step stretch crosses three hand-overs)
+    ends = [0.5 + 0.01 * j + 1e-3 * (j % 3) for j in range(20)]
+    emitted = [3 + j % 4 for j in range(20)]
+    running = [4] * 12 + [3] * 8
+    waiting = [2] * 5 + [3] * 15
+    kv = [40 + j // 2 for j in range(20)]
+    one, bulk = Recorder(), Recorder()
+    for rec in (one, bulk):
+        rec.log_step(0.0, 0.4, 64, 2, 2, 1, 30)  # (a step before: the stretch starts mid-buffer)
+    start = 0.4
+    for j in range(20):
+        one.log_step(start, ends[j], 128 if j == 0 else 0, emitted[j], running[j], waiting[j], kv[j])
+        start = ends[j]
+    bulk.log_steps(0.4, ends, 128, emitted, running, waiting, kv)
+    assert [b.num_steps for b in bulk._kept] == [b.num_steps for b in one._kept] == [7, 7, 7]  # (21 steps)
+    a, b = one.step_log(100), bulk.step_log(100)
+    for c in STEP_COLUMNS:
+        assert getattr(a, c).dtype == getattr(b, c).dtype
+        np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
+    assert b.prefill_tokens.tolist()[:3] == [64, 128, 0] and b.output_tokens.tolist()[1:] == emitted
