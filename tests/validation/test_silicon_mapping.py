@@ -148,3 +148,17 @@ def test_deployment_settings_per_system_and_version():
     versioned = row_scenario(row(system="h100_sxm", backend_version="0.18.0"), calibration=None).workload.arrival
     assert (unversioned.warmup_requests, versioned.warmup_requests) == (64, 0)
     assert row_scenario(row(system="h200_sxm", backend_version=""), calibration=None).workload.arrival.warmup_requests == 0
+
+
+def test_unversioned_vllm_h100_runs_start_out_of_step():
+    # OUT_OF_STEP: those users start evenly over one request's decode time; every other row at once
+    from servesim.validation.silicon import decode_cycle_s
+
+    unversioned = row(system="h100_sxm", backend_version="")
+    s = row_scenario(unversioned, calibration=None)
+    assert s.workload.arrival.ramp_up_s == pytest.approx(decode_cycle_s(s, unversioned)) and s.workload.arrival.ramp_up_s > 0
+    assert row_scenario(row(system="h100_sxm", backend_version="0.18.0"), calibration=None).workload.arrival.ramp_up_s == 0.0
+    assert row_scenario(row(system="b200_sxm", backend_version=""), calibration=None).workload.arrival.ramp_up_s == 0.0
+    # an explicit ramp option wins
+    assert row_scenario(unversioned, ClientOptions(ramp_cycles=0.0), calibration=None).workload.arrival.ramp_up_s == 0.0
+
