@@ -55,6 +55,11 @@ def test_engine_limits_of_the_benchmark_deployments():
     assert sg.engine.max_num_batched_tokens == 16384 and sg.scheduler.params().enable_mixed_chunk is False
     mixed = row_scenario(row(backend="sglang", system="h200_sxm"), calibration=None).scheduler.params()
     assert mixed.enable_mixed_chunk is True and mixed.max_prefill_tokens == 1024 + 1500
+    # SGLang's chunked_prefill_size by GPU memory: 8,192 below 160 GiB, 16,384 above
+    chunk = {system: row_scenario(row(backend="sglang", system=system), calibration=None).scheduler.params().chunked_prefill_size
+             for system in ("h100_sxm", "h200_sxm", "b200_sxm", "b300_sxm", "gb200")}
+    assert chunk == {"h100_sxm": 8192, "h200_sxm": 8192, "b200_sxm": 16384, "b300_sxm": 16384, "gb200": 16384}
+    assert mixed.chunked_prefill_size == 8192 and row_scenario(row(), calibration=None).scheduler.name == "vllm"
 
 
 def test_measured_values_in_seconds():

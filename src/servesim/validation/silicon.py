@@ -18,6 +18,7 @@ from typing import Mapping
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
 from servesim.perf.engines import engine_profile
+from servesim.perf.hardware import gpu_spec
 from servesim.replica.frontend import profile_name
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
@@ -200,6 +201,16 @@ WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", ""
 # request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity.md.
 OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
 BUDGET_MARGIN_TOKENS = 1500
+# SGLang's default `chunked_prefill_size` by GPU memory (server_args.py, `_handle_gpu_memory_settings`,
+# the same in 0.5.1.post1 to 0.5.10.post1; neither the generator's templates nor SGLang's defaults
+# set it otherwise): 8,192 tokens below 160 GiB (H100, H200), 16,384 above (B200, B300, GB200).
+SGLANG_CHUNK_SMALL_GPU_TOKENS, SGLANG_CHUNK_LARGE_GPU_TOKENS, SGLANG_CHUNK_GPU_GIB = 8192, 16384, 160
+
+
+def sglang_chunked_prefill_size(gpu: str) -> int:
+    """SGLang's default chunk budget on `gpu` (a servesim GPU name)."""
+    small = gpu_spec(gpu).hbm_bytes < SGLANG_CHUNK_GPU_GIB * 2**30
+    return SGLANG_CHUNK_SMALL_GPU_TOKENS if small else SGLANG_CHUNK_LARGE_GPU_TOKENS
 TRTLLM_TOKENS_PER_BLOCK = 32
 # TensorRT-LLM as the generator deploys it, the same in every version it has a template for
 # (backend_templates/trtllm/extra_engine_args.<version>.yaml.j2, 1.0.0rc3 to 1.3): chunked context
@@ -223,8 +234,10 @@ def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
             engine["block_size"] = TRTLLM_TOKENS_PER_BLOCK
             scheduler = dict(TRTLLM_SCHEDULER)
         engine["max_num_batched_tokens"] = budget
-    elif row.backend == "sglang" and ({(row.system, "*"), (row.system, row.version)} & SGLANG_MIXED_CHUNK):
-        scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)
+    elif row.backend == "sglang":
+        scheduler["chunked_prefill_size"] = sglang_chunked_prefill_size(GPUS[row.system])
+        if {(row.system, "*"), (row.system, row.version)} & SGLANG_MIXED_CHUNK:
+            scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)
     return engine, scheduler
 
 
