@@ -211,6 +211,8 @@ def sglang_chunked_prefill_size(gpu: str) -> int:
     """SGLang's default chunk budget on `gpu` (a servesim GPU name)."""
     small = gpu_spec(gpu).hbm_bytes < SGLANG_CHUNK_GPU_GIB * 2**30
     return SGLANG_CHUNK_SMALL_GPU_TOKENS if small else SGLANG_CHUNK_LARGE_GPU_TOKENS
+
+
 TRTLLM_TOKENS_PER_BLOCK = 32
 # TensorRT-LLM as the generator deploys it, the same in every version it has a template for
 # (backend_templates/trtllm/extra_engine_args.<version>.yaml.j2, 1.0.0rc3 to 1.3): chunked context

@@ -14,9 +14,8 @@ Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.p
   min(max_new - generated, 4096) * new_token_ratio`, requests are added in order while their
   new tokens plus `min(max_new, 4096)` stay below `rem`, their new tokens stay below what is
   left of `max_prefill_tokens` (unless first; SGLang stops at equality too) and fit the chunk
-  budget; a request longer than the chunk
-  budget left is truncated to whole pages and becomes the one chunked request, continued
-  first in the next steps;
+  budget; a request longer than the chunk budget left is truncated to whole pages and becomes
+  the one chunked request, continued first in the next steps;
 - `new_token_ratio` starts at 0.7 x `schedule_conservativeness`, decays linearly to 0.14 of
   that over 600 decode steps; after a retraction it is reset to
   `(sum generated + 20 x running) / sum max_new`;
