@@ -92,6 +92,22 @@ def test_mixed_chunk_runs_decodes_with_the_prefill_and_takes_their_tokens_off_th
     kv.check_all_free()
 
 
+def test_a_prompt_equal_to_the_prefill_tokens_left_waits_for_the_next_batch():
+    # SGLang's PrefillAdder (0.5.1 to 0.5.10): `real_input_tokens >= rem_input_tokens` ends the
+    # batch once it holds a request, so two 32-token prompts under max_prefill_tokens 64 run in
+    # two prefill batches (the second would exactly use the 32 tokens left); 31 tokens still join
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                max_num_batched_tokens=256, params={"max_prefill_tokens": 64})
+    sched.kv = engine.kv = RadixKVCache(100, 16)
+    steps = run_logged(engine, loop, [make_request(0, 32, 2, max_tokens=4), make_request(1, 32, 2, max_tokens=4)])
+    assert steps[:2] == [[(0, 32)], [(1, 32)]]
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                max_num_batched_tokens=256, params={"max_prefill_tokens": 64})
+    sched.kv = engine.kv = RadixKVCache(100, 16)
+    steps = run_logged(engine, loop, [make_request(0, 32, 2, max_tokens=4), make_request(1, 31, 2, max_tokens=4)])
+    assert steps[0] == [(0, 32), (1, 31)]
+
+
 def test_lpm_admits_the_longest_cached_prefix_first():
     engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
                                                 params={"schedule_policy": "lpm"}, max_num_seqs=1)

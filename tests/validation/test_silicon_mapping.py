@@ -55,6 +55,11 @@ def test_engine_limits_of_the_benchmark_deployments():
     assert sg.engine.max_num_batched_tokens == 16384 and sg.scheduler.params().enable_mixed_chunk is False
     mixed = row_scenario(row(backend="sglang", system="h200_sxm"), calibration=None).scheduler.params()
     assert mixed.enable_mixed_chunk is True and mixed.max_prefill_tokens == 1024 + 1500
+    # SGLang's chunked_prefill_size by GPU memory: 8,192 below 160 GiB, 16,384 above
+    chunk = {system: row_scenario(row(backend="sglang", system=system), calibration=None).scheduler.params().chunked_prefill_size
+             for system in ("h100_sxm", "h200_sxm", "b200_sxm", "b300_sxm", "gb200")}
+    assert chunk == {"h100_sxm": 8192, "h200_sxm": 8192, "b200_sxm": 16384, "b300_sxm": 16384, "gb200": 16384}
+    assert mixed.chunked_prefill_size == 8192 and row_scenario(row(), calibration=None).scheduler.name == "vllm"
 
 
 def test_measured_values_in_seconds():
@@ -148,3 +153,17 @@ def test_deployment_settings_per_system_and_version():
     versioned = row_scenario(row(system="h100_sxm", backend_version="0.18.0"), calibration=None).workload.arrival
     assert (unversioned.warmup_requests, versioned.warmup_requests) == (64, 0)
     assert row_scenario(row(system="h200_sxm", backend_version=""), calibration=None).workload.arrival.warmup_requests == 0
+
+
+def test_unversioned_vllm_h100_runs_start_out_of_step():
+    # OUT_OF_STEP: those users start evenly over one request's decode time; every other row at once
+    from servesim.validation.silicon import decode_cycle_s
+
+    unversioned = row(system="h100_sxm", backend_version="")
+    s = row_scenario(unversioned, calibration=None)
+    assert s.workload.arrival.ramp_up_s == pytest.approx(decode_cycle_s(s, unversioned)) and s.workload.arrival.ramp_up_s > 0
+    assert row_scenario(row(system="h100_sxm", backend_version="0.18.0"), calibration=None).workload.arrival.ramp_up_s == 0.0
+    assert row_scenario(row(system="b200_sxm", backend_version=""), calibration=None).workload.arrival.ramp_up_s == 0.0
+    # an explicit ramp option wins
+    assert row_scenario(unversioned, ClientOptions(ramp_cycles=0.0), calibration=None).workload.arrival.ramp_up_s == 0.0
+

@@ -18,6 +18,7 @@ from typing import Mapping
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
 from servesim.perf.engines import engine_profile
+from servesim.perf.hardware import gpu_spec
 from servesim.replica.frontend import profile_name
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
@@ -112,7 +113,7 @@ class ClientOptions:
     # warm-up requests run in the same closed loop and the measured ones follow without a pause.
     warmup_drains: bool = True
     ramp_up_s: float = 0.0  # users start evenly over this time (AIPerf starts them all at once)
-    ramp_cycles: float | None = None  # if set: the ramp is this share of one request's decode time instead
+    ramp_cycles: float | None = None  # if set: the ramp is this share of one request's decode time instead (None: OUT_OF_STEP rows 1)
     frontend: bool = True  # play each engine's API server (perf/data/frontend.yaml)
     # The front end's per-request time spread (FrontendConfig.time_cv): None plays the fitted
     # FRONTEND_TIME_CV of the row's (GPU, engine); a number plays that value on every row (fitting).
@@ -193,7 +194,25 @@ SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")}
 FRONTEND_TIME_CV: dict[tuple[str, str], float] = {}
 
 WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", "")})
+# Measurement campaigns whose users ran out of step: the vLLM H100 runs that recorded no version
+# (measured 2025-10-29 to 2025-12-05, before AIConfigurator's generator had benchmark rules) show,
+# at 4 users and 8,192-token prompts, a first token as fast as one prefill alone (TP 2 / 4 / 8),
+# which no wave of simultaneous prompts can give. Played with the users started evenly over one
+# request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity.md.
+OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
 BUDGET_MARGIN_TOKENS = 1500
+# SGLang's default `chunked_prefill_size` by GPU memory (server_args.py, `_handle_gpu_memory_settings`,
+# the same in 0.5.1.post1 to 0.5.10.post1; neither the generator's templates nor SGLang's defaults
+# set it otherwise): 8,192 tokens below 160 GiB (H100, H200), 16,384 above (B200, B300, GB200).
+SGLANG_CHUNK_SMALL_GPU_TOKENS, SGLANG_CHUNK_LARGE_GPU_TOKENS, SGLANG_CHUNK_GPU_GIB = 8192, 16384, 160
+
+
+def sglang_chunked_prefill_size(gpu: str) -> int:
+    """SGLang's default chunk budget on `gpu` (a servesim GPU name)."""
+    small = gpu_spec(gpu).hbm_bytes < SGLANG_CHUNK_GPU_GIB * 2**30
+    return SGLANG_CHUNK_SMALL_GPU_TOKENS if small else SGLANG_CHUNK_LARGE_GPU_TOKENS
+
+
 TRTLLM_TOKENS_PER_BLOCK = 32
 # TensorRT-LLM as the generator deploys it, the same in every version it has a template for
 # (backend_templates/trtllm/extra_engine_args.<version>.yaml.j2, 1.0.0rc3 to 1.3): chunked context
@@ -217,8 +236,10 @@ def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
             engine["block_size"] = TRTLLM_TOKENS_PER_BLOCK
             scheduler = dict(TRTLLM_SCHEDULER)
         engine["max_num_batched_tokens"] = budget
-    elif row.backend == "sglang" and ({(row.system, "*"), (row.system, row.version)} & SGLANG_MIXED_CHUNK):
-        scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)
+    elif row.backend == "sglang":
+        scheduler["chunked_prefill_size"] = sglang_chunked_prefill_size(GPUS[row.system])
+        if {(row.system, "*"), (row.system, row.version)} & SGLANG_MIXED_CHUNK:
+            scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)
     return engine, scheduler
 
 
@@ -257,8 +278,11 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         },
     }
     scenario = validate_scenario(data, f"row {row.id}")
-    if options.ramp_cycles is not None:
-        arrival = scenario.workload.arrival.model_copy(update={"ramp_up_s": options.ramp_cycles * decode_cycle_s(scenario, row)})
+    ramp_cycles = options.ramp_cycles
+    if ramp_cycles is None and (row.backend, row.system, row.version) in OUT_OF_STEP:
+        ramp_cycles = 1.0
+    if ramp_cycles is not None:
+        arrival = scenario.workload.arrival.model_copy(update={"ramp_up_s": ramp_cycles * decode_cycle_s(scenario, row)})
         scenario = scenario.model_copy(update={"workload": scenario.workload.model_copy(update={"arrival": arrival})})
     return scenario
 

@@ -12,10 +12,10 @@ Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.p
   radix tree visiting heavier subtrees (more waiting requests) first;
 - admission (PrefillAdder): with `rem = free + evictable tokens - sum over running of
   min(max_new - generated, 4096) * new_token_ratio`, requests are added in order while their
-  new tokens plus `min(max_new, 4096)` stay below `rem`, their new tokens fit
-  `max_prefill_tokens` (unless first) and the chunk budget; a request longer than the chunk
-  budget left is truncated to whole pages and becomes the one chunked request, continued
-  first in the next steps;
+  new tokens plus `min(max_new, 4096)` stay below `rem`, their new tokens stay below what is
+  left of `max_prefill_tokens` (unless first; SGLang stops at equality too) and fit the chunk
+  budget; a request longer than the chunk budget left is truncated to whole pages and becomes
+  the one chunked request, continued first in the next steps;
 - `new_token_ratio` starts at 0.7 x `schedule_conservativeness`, decays linearly to 0.14 of
   that over 600 decode steps; after a retraction it is reset to
   `(sum generated + 20 x running) / sum max_new`;
@@ -241,7 +241,7 @@ class SGLangScheduler(Scheduler):
             total = ext + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
             if total >= rem_total and (admitted or self.running):
                 break  # (an idle engine still takes the head if its prompt fits, or it would stall)
-            if ext > rem_input and admitted:
+            if ext >= rem_input and admitted:  # (SGLang: `real_input_tokens >= rem_input_tokens`)
                 break
             n = ext if ext <= rem_chunk else rem_chunk // bs * bs
             if n <= 0 or not kv.allocate_slots(req, n, hits):
