@@ -92,7 +92,10 @@ class SGLangScheduler(Scheduler):
         self.new_token_ratio = self.init_ratio
         self.chunk_size = params.chunked_prefill_size or config.max_num_batched_tokens
         self.max_running = params.max_running_requests or config.max_num_seqs
-        self._mark: tuple[Request, int] | None = None
+        # engine steps before this decision's first decode step (None: no decode to count):
+        # SGLang decays the ratio once per decode batch, not per token (a speculative step
+        # emits several)
+        self._mark: int | None = None
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
@@ -106,8 +109,7 @@ class SGLangScheduler(Scheduler):
             if self.params.enable_mixed_chunk:
                 self._mix_decodes(out)
             if self.chunked is None:  # every prompt of the batch is done: its first request
-                first = out.scheduled[0][0]  # emits a token now and one per decode step after
-                self._mark = (first, first.num_output_tokens + 1)
+                self._mark = self.num_engine_steps + 1  # (this step prefills: decodes follow)
             return out
         decoding = [r for r in self.running if r.is_decoding]
         # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
@@ -123,8 +125,7 @@ class SGLangScheduler(Scheduler):
             out.scheduled = [(req, 1) for req in decoding]
             out.num_known_decodes = len(decoding)
         if out.scheduled and not out.preempted:
-            first = out.scheduled[0][0]
-            self._mark = (first, first.num_output_tokens)
+            self._mark = self.num_engine_steps
         return out
 
     def _mix_decodes(self, out: SchedulerOutput) -> None:
@@ -271,8 +272,7 @@ class SGLangScheduler(Scheduler):
                 if req.state == req.state.RUNNING:
                     self.kv.cache_unfinished(req)
         if self._mark is not None:  # decode steps (several when fast-forwarded; none: a prefill step)
-            req, before = self._mark
-            steps = req.num_output_tokens - before
+            steps = self.num_engine_steps - self._mark
             if steps <= 0:
                 return
             decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
@@ -280,9 +280,8 @@ class SGLangScheduler(Scheduler):
 
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
         # Decode steps list `running` in its order. A mixed step (`enable_mixed_chunk`) lists
-        # its prompt chunks first: then the ratio's decay, counted on the batch's first
-        # request (`_mark`, one step per token it emits), would follow another request in
-        # the repeated steps than in this one, so speculative steps are not repeated.
+        # its prompt chunks first, another order than the decode steps after it: those
+        # speculative steps are not repeated.
         running = self.running
         return list(running) if running and output.scheduled[0][0] is running[0] else None
 

@@ -9,7 +9,8 @@ LightLLM-style router:
   counter while it passes the memory check and the mini-batch has room for its prompt
   (`batch_max_tokens`); the first one that does not fit stops admission (no skipping);
   admitting charges `c_u += input_price * prompt / weight_u`;
-- every decode step charges `c_u += output_price / weight_u` per running request of u;
+- every decode step charges `c_u += output_price / weight_u` per running request of u (per
+  token: with speculative decoding a step emits 1 + the accepted drafts);
 - a new prefill mini-batch is formed when nothing runs, or after `max_wait_tokens`
   consecutive decode steps; it runs alone (decodes wait), whole prompts, then joins the
   running batch;
@@ -104,7 +105,12 @@ class VTCScheduler(Scheduler):
         self.waiting = TenantQueues()
         self.counters: dict[str, float] = {}
         self._decode_steps = 0
-        self._mark: tuple[Request, int] | None = None
+        # engine steps before this decision's first decode step (None: nothing to count); with
+        # speculative decoding also each scheduled request's output tokens then, because a
+        # step emits 1 + its accepted drafts and the counters charge tokens, not steps
+        self._mark: int | None = None
+        self._tokens_before: list[int] | None = None
+        self._speculative = config.num_speculative_tokens > 0
         capacity = kv.num_gpu_blocks * kv.block_size
         self.batch_max_tokens = params.batch_max_tokens or max(capacity // 6, 3072)
 
@@ -133,8 +139,7 @@ class VTCScheduler(Scheduler):
                 self._decode_steps = 0
                 # whole prompts: the first request emits a token now (not a decode step, not
                 # charged) and one per decode step after (charged, when fast-forwarded)
-                first = out.scheduled[0][0]
-                self._mark = (first, first.num_output_tokens + 1)
+                self._mark_decodes(out, 1)
                 return out
         running = self.running
         i = 0
@@ -149,9 +154,15 @@ class VTCScheduler(Scheduler):
                 out.scheduled.append((req, 1))
             i += 1  # (a preempted request left the end of `running`: it is not visited)
         if out.scheduled:
-            first = out.scheduled[0][0]
-            self._mark = (first, first.num_output_tokens)
+            self._mark_decodes(out, 0)
         return out
+
+    def _mark_decodes(self, out: SchedulerOutput, prefill: int) -> None:
+        """Count the decode steps (and tokens) that follow this decision; `prefill`: 1 when
+        this step prefills (its first token is not a decode step and is not charged)."""
+        self._mark = self.num_engine_steps + prefill
+        if self._speculative:
+            self._tokens_before = [req.num_output_tokens + prefill for req, _ in out.scheduled]
 
     def _prefill_mini_batch(self, out: SchedulerOutput) -> None:
         queues = self.waiting.queues
@@ -203,14 +214,17 @@ class VTCScheduler(Scheduler):
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         if self._mark is None:
             return
-        req, before = self._mark
-        steps = req.num_output_tokens - before  # > 1 when the engine fast-forwarded
+        steps = self.num_engine_steps - self._mark  # > 1 when the engine fast-forwarded
         if steps <= 0:
             return  # a prefill mini-batch alone
         self._decode_steps += steps
-        price = self.params.output_price * steps
-        for r, _ in output.scheduled:
-            self.counters[r.tenant] += price / self.weight(r.tenant)
+        price = self.params.output_price
+        if self._tokens_before is None:  # one token per request and step
+            for r, _ in output.scheduled:
+                self.counters[r.tenant] += price * steps / self.weight(r.tenant)
+            return
+        for (r, _), before in zip(output.scheduled, self._tokens_before):
+            self.counters[r.tenant] += price * (r.num_output_tokens - before) / self.weight(r.tenant)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting no admission can happen, so decode steps repeat; after a prefill
