@@ -3,8 +3,8 @@
 It takes a log of engine steps: start, end, prefill tokens, output tokens, running and waiting
 counts and KV blocks in use. Steps are logged in chunks (a single step, or a fast-forwarded
 stretch whose per-step values the engine computed anyway), so recording a stretch costs O(1)
-Python work. They gather in typed numpy columns (8 bytes per step for the end time, 4 for the
-batch size, a few per chunk), never as lists of Python objects; every `CHUNK_STEPS` steps the
+Python work. They gather in typed numpy columns (8 bytes per step for the end time; batch
+sizes as runs of equal size and a few values per chunk), never as lists of Python objects; every `CHUNK_STEPS` steps the
 buffer is expanded into per-step columns (a `StepLog` chunk) and handed to the run's
 `StepReducer` (metrics/step_reduce.py), which keeps only what summaries and time series read.
 Unless the recorder was made with `keep_steps=False`, the chunks are also kept, and
@@ -55,6 +55,24 @@ class BlockGrowth(NamedTuple):
     frees: list[tuple[int, int]]
 
 
+class BatchRuns(NamedTuple):
+    """Batch sizes of consecutive steps, run by run: `lens[i]` steps of `sizes[i]` requests
+    (a stretch's batch changes only when a request leaves, so it is logged in a few runs
+    instead of a value per step)."""
+
+    sizes: list[int]
+    lens: list[int]
+
+    @classmethod
+    def of(cls, batch) -> "BatchRuns":
+        """The runs of a batch size per step (a list or 1-D array)."""
+        if len(batch) < 2:
+            return cls(list(batch), [1] * len(batch))
+        a = np.asarray(batch)
+        starts = np.concatenate(([0], np.flatnonzero(a[1:] != a[:-1]) + 1))
+        return cls(a[starts], np.diff(starts, append=len(a)))
+
+
 class Column:
     """A growing typed column: scalars gather in a short list, flushed to numpy every
     `FLUSH` values; long runs (a stretch's steps) are copied in as one array. Held memory is
@@ -95,7 +113,8 @@ class Column:
 
 
 class StepBuffer:
-    """Steps as logged, in compact typed columns (a few per chunk of steps, 12 bytes per step);
+    """Steps as logged, in compact typed columns (a few per chunk of steps or run of
+    equal batch sizes, 8 bytes per step);
     `log()` expands them into per-step columns. Step indices are local to the buffer."""
 
     def __init__(self) -> None:
@@ -109,7 +128,9 @@ class StepBuffer:
         self.single = Column(np.bool_)  # a single step (kv use as logged) or a stretch (kv use as growth)
         # one entry per step
         self.ends = Column(np.float64)
-        self.running = Column(np.int32)  # requests in the step
+        # requests in each step, as runs of equal batch sizes (expanded in `log`)
+        self.run_size = Column(np.int32)
+        self.run_len = Column(np.int64)
         # single steps only: tokens emitted (a stretch emits `batch`) and blocks in use
         self.single_emitted = Column(np.int64)
         self.kv_single = Column(np.int64)
@@ -132,7 +153,7 @@ class StepBuffer:
         start_s[first] = self.start_s.array()
         prefill = np.zeros(n, dtype=np.int32)
         prefill[first] = self.prefill0.array()
-        running = self.running.array()
+        running = np.repeat(self.run_size.array(), self.run_len.array())
         single = self.single.array()
         emitted = running.copy()
         emitted[first[single]] = self.single_emitted.array()
@@ -209,7 +230,8 @@ class Recorder:
         b.len.append(1)
         b.single.append(True)
         b.ends.append(end_s)
-        b.running.append(num_running)
+        b.run_size.append(num_running)
+        b.run_len.append(1)
         b.kv_single.append(kv_used_blocks)
         b.num_steps += 1
         self.num_steps += 1
@@ -224,7 +246,8 @@ class Recorder:
         running request per step; a single step logged by `log_step` says what it emitted.
         `num_waiting` requests wait in the first step, one more from each step listed in
         `waiting_from` on (arrivals that joined a blocked queue; indices into this chunk).
-        `ends_s` and `batch` may be lists or 1-D numpy arrays (copied)."""
+        `ends_s` and `batch` may be lists or 1-D numpy arrays (copied); `batch` may also be
+        given as `BatchRuns`."""
         if not isinstance(kv_used_blocks, BlockGrowth):
             if len(ends_s) != 1:
                 raise ValueError("several steps logged at once need their KV use as a BlockGrowth")
@@ -237,7 +260,10 @@ class Recorder:
         b.len.append(len(ends_s))
         b.single.append(False)
         b.ends.extend(ends_s)
-        b.running.extend(batch)
+        if type(batch) is not BatchRuns:
+            batch = BatchRuns.of(batch)
+        b.run_size.extend(batch.sizes)
+        b.run_len.extend(batch.lens)
         used0, first_new, runs, b.block_size, frees = kv_used_blocks
         b.growth_used0.append(used0)
         b.growth_sizes.append(len(first_new))

@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from servesim.metrics.recorder import BatchRuns
 from servesim.replica import stretch_chunks as chunks
 from servesim.replica.stretch_chunks import DecodeForms
 
@@ -93,22 +94,29 @@ class Stretch:
         stretch changes)."""
         return self._ends[:self.k]
 
-    def batch_sizes(self) -> list[int]:
-        """Requests in each step: all of them, less (`through`) those whose last token was
-        an earlier step's (built run by run, not step by step)."""
+    def batch_runs(self) -> BatchRuns:
+        """Requests in each step, run by run of a constant batch: all of them, less
+        (`through`) those whose last token was an earlier step's."""
         k, n = self.k, len(self.reqs)
         if not self.through:
-            return [n] * k
+            return BatchRuns([n], [k])
         rem = self._sorted_rem
         sizes: list[int] = []
+        lens: list[int] = []
         j = p = 0
         while j < k:
             while rem[p] <= j:  # (p < n: j < kmax, the largest remaining)
                 p += 1
             stop = min(rem[p], k)
-            sizes += [n - p] * (stop - j)
+            sizes.append(n - p)
+            lens.append(stop - j)
             j = stop
-        return sizes
+        return BatchRuns(sizes, lens)
+
+    def batch_sizes(self) -> list[int]:
+        """Requests in each step (`batch_runs` expanded)."""
+        sizes, lens = self.batch_runs()
+        return [size for size, m in zip(sizes, lens) for _ in range(m)]
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1 (j < k): each request runs min(remaining, j) of them."""
