@@ -161,8 +161,11 @@ class Stretch:
         while self.k < self.kmax and self.end_s < horizon:
             k, p = self.k, self._priced
             if p == k:
-                if self._forms is not None and (horizon == float("inf") or self._steps_to(horizon) > 64):
-                    self._chunk(horizon)
+                steps = 0  # (about how many steps reach the horizon, -1: none; only with the forms)
+                if self._forms is not None:
+                    steps = -1 if horizon == float("inf") else self._steps_to(horizon)
+                if steps < 0 or steps > 64:
+                    self._chunk(steps)
                     p = self._priced
                 elif self._f is False:
                     self._price_vectorised(horizon)
@@ -177,14 +180,15 @@ class Stretch:
             # the priced steps that start before the horizon (the last may end after it)
             self._take(min(p, k + int(self._ends[k:p].searchsorted(horizon)) + 1))
 
-    def _chunk(self, horizon: float) -> None:
+    def _chunk(self, steps: int) -> None:
         """Price the next steps j0 .. j0+m-1 at once: step j runs the requests with remaining
         > j, whose context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers,
-        the values stepping reaches by increments."""
+        the values stepping reaches by increments. `steps`: about how many steps reach the
+        horizon (`_steps_to`; -1: no horizon)."""
         j0 = self.k
         m = self.kmax - j0
-        if horizon != float("inf"):  # about twice the steps the horizon needs (at least 64, or j0)
-            m = min(m, max(64, j0, 2 * self._steps_to(horizon)))
+        if steps >= 0:  # about twice the steps the horizon needs (at least 64, or j0)
+            m = min(m, max(64, j0, 2 * steps))
         m = min(m, 1 << 15)
         times = self._room(m)
         p = q = 0  # departures p..q-1 (in increasing order of remaining) happen inside the chunk
@@ -198,7 +202,7 @@ class Stretch:
         else:
             chunks.times_by_steps(times, j0, self._forms, self._sorted_rem, prefix, self._ctx_total)
         times[0] += self.end_s
-        np.cumsum(times, out=times)
+        times.cumsum(out=times)
         self._priced += m
         self._f = None  # the scalar state is behind: synced again if the loop is needed
 
