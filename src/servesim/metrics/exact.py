@@ -172,11 +172,10 @@ class WeightedValues:
             hists = {g: np.zeros(1 << 16, dtype=np.int64) for g in groups}
             counts = {g: np.zeros(1 << 16, dtype=np.int64) for g in groups}
             for bits, weights in self._chunks():
-                for p, w in groups:
-                    sel = _with_prefix(bits, p, w)
-                    sub = ((bits[sel] >> np.uint64(w - 16)) & np.uint64(0xFFFF)).astype(np.int64)
-                    hists[(p, w)] += np.bincount(sub, weights=weights[sel], minlength=1 << 16).astype(np.int64)
-                    counts[(p, w)] += np.bincount(sub, minlength=1 << 16)
+                for g, b, c in _by_prefix(bits, weights, groups):
+                    sub = ((b >> np.uint64(g[1] - 16)) & np.uint64(0xFFFF)).astype(np.int64)
+                    hists[g] += np.bincount(sub, weights=c, minlength=1 << 16).astype(np.int64)
+                    counts[g] += np.bincount(sub, minlength=1 << 16)
             count = 0
             for r, (p, w, k) in state.items():
                 cum = np.cumsum(hists[(p, w)])
@@ -188,10 +187,9 @@ class WeightedValues:
     def _pick(self, state: dict, groups: list) -> dict[int, np.float64]:
         kept = {g: ([], []) for g in groups}
         for bits, weights in self._chunks():
-            for p, w in groups:
-                sel = _with_prefix(bits, p, w)
-                kept[(p, w)][0].append(bits[sel])
-                kept[(p, w)][1].append(weights[sel])
+            for g, b, c in _by_prefix(bits, weights, groups):
+                kept[g][0].append(b)
+                kept[g][1].append(c)
         out = {}
         for (p, w), (b, c) in kept.items():
             bits, weights = np.concatenate(b), np.concatenate(c)
@@ -203,8 +201,17 @@ class WeightedValues:
         return out
 
 
-def _with_prefix(bits: np.ndarray, prefix: int, width: int) -> np.ndarray:
-    """Mask of the bit patterns whose top (64 - width) bits equal `prefix`."""
-    if width >= 64:
-        return np.ones(len(bits), dtype=bool)
-    return (bits >> np.uint64(width)) == np.uint64(prefix)
+def _by_prefix(bits: np.ndarray, weights: np.ndarray, groups: list[tuple[int, int]]):
+    """(group, its bits, its weights) for each group (prefix, width): the bit patterns whose
+    top (64 - width) bits equal the prefix (all of them for width 64, without a copy; the
+    shift is made once per width, not once per group)."""
+    shifted: dict[int, np.ndarray] = {}
+    for p, w in groups:
+        if w >= 64:
+            yield (p, w), bits, weights
+            continue
+        top = shifted.get(w)
+        if top is None:
+            top = shifted[w] = bits >> np.uint64(w)
+        sel = top == np.uint64(p)
+        yield (p, w), bits[sel], weights[sel]
