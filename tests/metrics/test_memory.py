@@ -66,7 +66,7 @@ def test_rows_and_summary_do_not_depend_on_keeping_the_requests():
     assert c["finish_s"].tolist() == [r.finish_s for r in b.requests]
 
 
-def test_recorder_holds_12_bytes_per_fast_forwarded_step():
+def test_recorder_holds_8_bytes_per_fast_forwarded_step():
     rec = Recorder()
     tracemalloc.start()
     try:
@@ -82,10 +82,11 @@ def test_recorder_holds_12_bytes_per_fast_forwarded_step():
     finally:
         tracemalloc.stop()
     assert rec.num_steps == 200_000
-    assert held < 13 * 200_000  # a float64 end time and an int32 batch size per step
+    assert held < 9 * 200_000  # a float64 end time per step (batch sizes as runs: one per stretch here)
     log = rec.step_log(1000)
     assert log.end_s[-1] == pytest.approx(2000.0) and log.num_running.dtype == np.int32
     assert int(log.kv_used_blocks[0]) == 10 and int(log.output_tokens.sum()) == 800_000
+    assert (log.num_running == 4).all() and len(log.num_running) == 200_000
 
 
 def test_spilled_rows_give_the_same_run_folder_byte_for_byte(tmp_path, monkeypatch):
@@ -150,3 +151,18 @@ def test_parquet_is_written_in_row_groups_with_the_csv_values(tmp_path, monkeypa
     assert rows[0] == table.column_names
     by_row = [[output._cell(v) for v in row] for row in zip(*(table.column(c).to_pylist() for c in rows[0]))]
     assert [[str(v) for v in row] for row in by_row] == rows[1:]
+
+
+def test_batch_sizes_logged_as_runs_expand_to_the_same_column():
+    from servesim.metrics.recorder import BatchRuns
+    runs = BatchRuns.of([3, 3, 2, 2, 2, 5])
+    assert list(runs.sizes) == [3, 2, 5] and list(runs.lens) == [2, 3, 1]
+    per_step, by_runs = Recorder(), Recorder()
+    ends = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    growth = BlockGrowth(4, [1, 2, 9], [6, 6, 6], 16, [])
+    per_step.log_decode_steps(0.0, ends, [3, 3, 2, 2, 2, 5], 1, growth)
+    by_runs.log_decode_steps(0.0, ends, BatchRuns([3, 2, 5], [2, 3, 1]), 1, growth)
+    by_runs.log_step(6.0, 7.0, 0, 4, 4, 0, 5)
+    a, b = per_step.step_log(100), by_runs.step_log(100)
+    assert a.num_running.tolist() == [3, 3, 2, 2, 2, 5] == b.num_running[:6].tolist()
+    assert b.num_running.tolist()[6] == 4 and b.output_tokens.tolist() == [3, 3, 2, 2, 2, 5, 4]

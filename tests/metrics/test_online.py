@@ -118,6 +118,26 @@ def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):
     values.close()
 
 
+@pytest.mark.parametrize("kind", ["one octave", "all equal", "zeros and spread", "few bits differ"])
+def test_spilled_percentiles_of_narrow_or_equal_values(monkeypatch, kind):
+    """The first histogram starts below the bits all values share: values in one octave,
+    all equal, from 0 up, or differing only in their last bits give numpy's percentiles."""
+    monkeypatch.setattr(WeightedValues, "memory_pairs", 300)
+    rng = np.random.default_rng(7)
+    n = 5_000
+    v = {"one octave": 0.02 + 0.01 * rng.random(n), "all equal": np.full(n, 0.013),
+         "zeros and spread": np.where(rng.random(n) < 0.3, 0.0, rng.exponential(0.03, n)),
+         "few bits differ": 0.0125 + 2.0 ** -60 * rng.integers(0, 40, n)}[kind]
+    w = rng.integers(1, 4, n)
+    values = WeightedValues()
+    for part_v, part_w in zip(np.array_split(v, 7), np.array_split(w, 7)):
+        values.add(part_v, part_w)
+    qs = (0, 10, 50, 90, 99, 100)
+    assert values._file is not None
+    assert values.percentiles(qs) == np.percentile(np.repeat(v, w), qs).tolist()
+    values.close()
+
+
 def test_floor_div_is_numpy_floor_division():
     from servesim.metrics.step_reduce import floor_div
     rng = np.random.default_rng(4)

@@ -100,6 +100,7 @@ class WeightedValues:
         self.total_weight = 0
         self.sum = ExactSum()  # of value x weight
         self.max = -np.inf
+        self._bits_lo, self._bits_hi = (1 << 64) - 1, 0  # the smallest and largest bit patterns held
 
     def add(self, values: np.ndarray, weights: np.ndarray) -> None:
         if not len(values):
@@ -110,6 +111,7 @@ class WeightedValues:
         self.total_weight += int(weights.sum())
         self.sum.add(values * weights)
         self.max = max(self.max, float(values.max()))
+        self._bits_lo, self._bits_hi = min(self._bits_lo, int(bits.min())), max(self._bits_hi, int(bits.max()))
         if self._file is None and self._num_mem + len(values) <= self.memory_pairs:
             self._mem.append((bits.copy(), weights.copy()))
             self._num_mem += len(values)
@@ -162,36 +164,39 @@ class WeightedValues:
 
     def _select(self, ranks: list[int]) -> dict[int, np.float64]:
         """The value at each 0-based rank of the repeated, sorted values."""
-        # per rank: (prefix of the float bits, bits below the prefix, rank among values with that prefix)
-        state = {r: (0, 64, r) for r in ranks}
+        # per rank: (prefix of the float bits, bits below the prefix, rank among values with that
+        # prefix); every value shares the leading bits its smallest and largest patterns share
+        # (as integers, they lie between those two), so the first histogram starts below them
+        whole = (self._bits_lo ^ self._bits_hi).bit_length()
+        state = {r: (self._bits_lo >> whole, whole, r) for r in ranks}
         count = self.num_pairs
         while True:
             groups = sorted({(p, w) for p, w, _ in state.values()})
             if count <= self.memory_pairs or all(w == 0 for _, w in groups):
-                return self._pick(state, groups)
-            hists = {g: np.zeros(1 << 16, dtype=np.int64) for g in groups}
-            counts = {g: np.zeros(1 << 16, dtype=np.int64) for g in groups}
+                return self._pick(state, groups, whole)
+            step = {g: min(16, g[1]) for g in groups}  # bits resolved by this pass (fewer at the end)
+            hists = {g: np.zeros(1 << step[g], dtype=np.int64) for g in groups}
+            counts = {g: np.zeros(1 << step[g], dtype=np.int64) for g in groups}
             for bits, weights in self._chunks():
-                for p, w in groups:
-                    sel = _with_prefix(bits, p, w)
-                    sub = ((bits[sel] >> np.uint64(w - 16)) & np.uint64(0xFFFF)).astype(np.int64)
-                    hists[(p, w)] += np.bincount(sub, weights=weights[sel], minlength=1 << 16).astype(np.int64)
-                    counts[(p, w)] += np.bincount(sub, minlength=1 << 16)
+                for g, b, c in _by_prefix(bits, weights, groups, whole):
+                    size = 1 << step[g]
+                    sub = ((b >> np.uint64(g[1] - step[g])) & np.uint64(size - 1)).astype(np.int64)
+                    hists[g] += np.bincount(sub, weights=c, minlength=size).astype(np.int64)
+                    counts[g] += np.bincount(sub, minlength=size)
             count = 0
             for r, (p, w, k) in state.items():
                 cum = np.cumsum(hists[(p, w)])
                 b = int(np.searchsorted(cum, k + 1))  # first bucket whose cumulative weight passes rank k
                 below = int(cum[b - 1]) if b else 0
-                state[r] = ((p << 16) | b, w - 16, k - below)
+                state[r] = ((p << step[(p, w)]) | b, w - step[(p, w)], k - below)
                 count = max(count, int(counts[(p, w)][b]))
 
-    def _pick(self, state: dict, groups: list) -> dict[int, np.float64]:
+    def _pick(self, state: dict, groups: list, whole: int) -> dict[int, np.float64]:
         kept = {g: ([], []) for g in groups}
         for bits, weights in self._chunks():
-            for p, w in groups:
-                sel = _with_prefix(bits, p, w)
-                kept[(p, w)][0].append(bits[sel])
-                kept[(p, w)][1].append(weights[sel])
+            for g, b, c in _by_prefix(bits, weights, groups, whole):
+                kept[g][0].append(b)
+                kept[g][1].append(c)
         out = {}
         for (p, w), (b, c) in kept.items():
             bits, weights = np.concatenate(b), np.concatenate(c)
@@ -203,8 +208,17 @@ class WeightedValues:
         return out
 
 
-def _with_prefix(bits: np.ndarray, prefix: int, width: int) -> np.ndarray:
-    """Mask of the bit patterns whose top (64 - width) bits equal `prefix`."""
-    if width >= 64:
-        return np.ones(len(bits), dtype=bool)
-    return (bits >> np.uint64(width)) == np.uint64(prefix)
+def _by_prefix(bits: np.ndarray, weights: np.ndarray, groups: list[tuple[int, int]], whole: int):
+    """(group, its bits, its weights) for each group (prefix, width): the bit patterns whose
+    top (64 - width) bits equal the prefix (all of them for a width of at least `whole`, which
+    every pattern shares, without a copy; the shift is made once per width, not per group)."""
+    shifted: dict[int, np.ndarray] = {}
+    for p, w in groups:
+        if w >= whole:
+            yield (p, w), bits, weights
+            continue
+        top = shifted.get(w)
+        if top is None:
+            top = shifted[w] = bits >> np.uint64(w)
+        sel = top == np.uint64(p)
+        yield (p, w), bits[sel], weights[sel]

@@ -3,8 +3,8 @@
 It takes a log of engine steps: start, end, prefill tokens, output tokens, running and waiting
 counts and KV blocks in use. Steps are logged in chunks (a single step, or a fast-forwarded
 stretch whose per-step values the engine computed anyway), so recording a stretch costs O(1)
-Python work. They gather in typed numpy columns (8 bytes per step for the end time, 4 for the
-batch size, a few per chunk), never as lists of Python objects; every `CHUNK_STEPS` steps the
+Python work. They gather in typed numpy columns (8 bytes per step for the end time; batch
+sizes as runs of equal size and a few values per chunk), never as lists of Python objects; every `CHUNK_STEPS` steps the
 buffer is expanded into per-step columns (a `StepLog` chunk) and handed to the run's
 `StepReducer` (metrics/step_reduce.py), which keeps only what summaries and time series read.
 Unless the recorder was made with `keep_steps=False`, the chunks are also kept, and
@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+# the fields of a chunk's row in `StepBuffer.chunks` (a, b: see there)
+CHUNK_FIELDS = ("start_s", "prefill0", "num_waiting", "len", "single", "a", "b")
 STEP_COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks")
 
 
@@ -53,6 +55,24 @@ class BlockGrowth(NamedTuple):
     runs: list[int]
     block_size: int
     frees: list[tuple[int, int]]
+
+
+class BatchRuns(NamedTuple):
+    """Batch sizes of consecutive steps, run by run: `lens[i]` steps of `sizes[i]` requests
+    (a stretch's batch changes only when a request leaves, so it is logged in a few runs
+    instead of a value per step)."""
+
+    sizes: list[int]
+    lens: list[int]
+
+    @classmethod
+    def of(cls, batch) -> "BatchRuns":
+        """The runs of a batch size per step (a list or 1-D array)."""
+        if len(batch) < 2:
+            return cls(list(batch), [1] * len(batch))
+        a = np.asarray(batch)
+        starts = np.concatenate(([0], np.flatnonzero(a[1:] != a[:-1]) + 1))
+        return cls(a[starts], np.diff(starts, append=len(a)))
 
 
 class Column:
@@ -94,29 +114,58 @@ class Column:
         return self._parts[0] if self._parts else np.empty(0, dtype=self.dtype)
 
 
+class Rows:
+    """A growing table of a few numbers per row (one row per chunk of steps): rows gather as
+    tuples, packed every `FLUSH` rows into a float64 table (exact for times and for integers
+    below 2^53), so a chunk costs one append whatever its number of fields."""
+
+    FLUSH = 4096
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._parts: list[np.ndarray] = []
+        self._tail: list[tuple] = []
+
+    def append(self, row: tuple) -> None:
+        self._tail.append(row)
+        if len(self._tail) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._tail:
+            self._parts.append(np.array(self._tail, dtype=np.float64))
+            self._tail = []
+
+    def table(self) -> np.ndarray:
+        """All rows, shape (rows, width)."""
+        self._flush()
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self._parts[0] if self._parts else np.empty((0, self.width))
+
+
 class StepBuffer:
-    """Steps as logged, in compact typed columns (a few per chunk of steps, 12 bytes per step);
+    """Steps as logged, in compact typed columns (a few per chunk of steps or run of
+    equal batch sizes, 8 bytes per step);
     `log()` expands them into per-step columns. Step indices are local to the buffer."""
 
     def __init__(self) -> None:
         self.num_steps = 0
-        # one entry per chunk of consecutive steps
-        self.start_s = Column(np.float64)  # start of the chunk's first step (later ones start when the previous ends)
-        self.prefill0 = Column(np.int64)  # prompt tokens of the chunk's first step (later ones have none)
-        self.num_waiting = Column(np.int64)  # at the chunk's first step
+        # one row per chunk of consecutive steps: the start of its first step (later ones start
+        # when the previous ends), that step's prompt tokens (later ones have none) and waiting
+        # count, its number of steps, whether it is a single step (KV use as logged) or a
+        # stretch (KV use as growth), then for a single step the tokens it emitted (a stretch
+        # emits `batch`) and its blocks in use, for a stretch its blocks in use in its first
+        # step and its number of growing requests
+        self.chunks = Rows(len(CHUNK_FIELDS))
         self.waiting_from = Column(np.int64)  # steps from which one more waits, until the chunk ends
-        self.len = Column(np.int64)
-        self.single = Column(np.bool_)  # a single step (kv use as logged) or a stretch (kv use as growth)
         # one entry per step
         self.ends = Column(np.float64)
-        self.running = Column(np.int32)  # requests in the step
-        # single steps only: tokens emitted (a stretch emits `batch`) and blocks in use
-        self.single_emitted = Column(np.int64)
-        self.kv_single = Column(np.int64)
+        # requests in each step, as runs of equal batch sizes (expanded in `log`)
+        self.run_size = Column(np.int32)
+        self.run_len = Column(np.int64)
         # block growth of the stretches, flattened as they are logged (expanded in `log`)
         self.block_size = 0
-        self.growth_used0 = Column(np.int64)
-        self.growth_sizes = Column(np.int64)
         self.growth_first_new = Column(np.int64)
         self.growth_runs = Column(np.int64)
         self.free_at = Column(np.int64)  # step before which blocks were freed
@@ -124,26 +173,27 @@ class StepBuffer:
 
     def log(self, num_gpu_blocks: int) -> StepLog:
         n = self.num_steps
-        lens = self.len.array()
+        chunks = {name: col for name, col in zip(CHUNK_FIELDS, self.chunks.table().T)}
+        lens = chunks["len"].astype(np.int64)
+        single = chunks["single"] != 0
         first = np.cumsum(lens) - lens  # index of each chunk's first step
         end_s = self.ends.array()
         start_s = np.empty(n)
         start_s[1:] = end_s[:-1]
-        start_s[first] = self.start_s.array()
+        start_s[first] = chunks["start_s"]
         prefill = np.zeros(n, dtype=np.int32)
-        prefill[first] = self.prefill0.array()
-        running = self.running.array()
-        single = self.single.array()
+        prefill[first] = chunks["prefill0"]
+        running = np.repeat(self.run_size.array(), self.run_len.array())
         emitted = running.copy()
-        emitted[first[single]] = self.single_emitted.array()
+        emitted[first[single]] = chunks["a"][single]
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
-                       num_running=running, num_waiting=self._waiting(first, lens),
-                       kv_used_blocks=self._block_usage(first, lens, single), num_gpu_blocks=num_gpu_blocks)
+                       num_running=running, num_waiting=self._waiting(first, lens, chunks["num_waiting"]),
+                       kv_used_blocks=self._block_usage(first, lens, single, chunks), num_gpu_blocks=num_gpu_blocks)
 
-    def _waiting(self, first: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    def _waiting(self, first: np.ndarray, lens: np.ndarray, first_waiting: np.ndarray) -> np.ndarray:
         """Waiting count at every step: each chunk's first value, plus the arrivals it kept
         from their step to the chunk's end."""
-        waiting = np.repeat(self.num_waiting.array(), lens)
+        waiting = np.repeat(first_waiting.astype(np.int64), lens)
         at = self.waiting_from.array()
         if len(at):
             delta = np.bincount(at, minlength=self.num_steps)
@@ -151,17 +201,18 @@ class StepBuffer:
             waiting += grown - np.repeat(grown[first] - delta[first], lens)  # less those of earlier chunks
         return waiting.astype(np.int32)
 
-    def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray) -> np.ndarray:
+    def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray, chunks: dict) -> np.ndarray:
         """Blocks in use at every step: single steps as logged, stretches expanded from their
         growth, vectorised over all of them at once (integers, with one step-sized temporary)."""
         n = self.num_steps
         stretch = ~single
+        kv_single = chunks["b"][single].astype(np.int64)
         if not stretch.any():
             kv = np.empty(n, dtype=np.int32)
-            kv[first] = self.kv_single.array()
+            kv[first] = kv_single
             return kv
         starts, bs = first[stretch], self.block_size
-        sizes = self.growth_sizes.array()
+        sizes = chunks["b"][stretch].astype(np.int64)
         f = self.growth_first_new.array()
         m = self.growth_runs.array()
         c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
@@ -174,10 +225,10 @@ class StepBuffer:
             delta -= np.bincount(at, weights=self.free_blocks.array(), minlength=n).astype(np.int64)
         kv = np.cumsum(delta)  # changes up to and including each step
         offset = np.zeros(len(lens), dtype=np.int64)  # per chunk: its level before its first change
-        offset[stretch] = self.growth_used0.array() - (kv[starts] - delta[starts])
+        offset[stretch] = chunks["a"][stretch].astype(np.int64) - (kv[starts] - delta[starts])
         del delta
         kv += np.repeat(offset, lens)
-        kv[first[single]] = self.kv_single.array()
+        kv[first[single]] = kv_single
         return kv.astype(np.int32)
 
 
@@ -202,15 +253,10 @@ class Recorder:
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
         b = self._buf
-        b.single_emitted.append(output_tokens)
-        b.start_s.append(start_s)
-        b.prefill0.append(prefill_tokens)
-        b.num_waiting.append(num_waiting)
-        b.len.append(1)
-        b.single.append(True)
+        b.chunks.append((start_s, prefill_tokens, num_waiting, 1, 1, output_tokens, kv_used_blocks))
         b.ends.append(end_s)
-        b.running.append(num_running)
-        b.kv_single.append(kv_used_blocks)
+        b.run_size.append(num_running)
+        b.run_len.append(1)
         b.num_steps += 1
         self.num_steps += 1
         if self.num_steps >= self._flush_at:
@@ -252,23 +298,21 @@ class Recorder:
         running request per step; a single step logged by `log_step` says what it emitted.
         `num_waiting` requests wait in the first step, one more from each step listed in
         `waiting_from` on (arrivals that joined a blocked queue; indices into this chunk).
-        `ends_s` and `batch` may be lists or 1-D numpy arrays (copied)."""
+        `ends_s` and `batch` may be lists or 1-D numpy arrays (copied); `batch` may also be
+        given as `BatchRuns`."""
         if not isinstance(kv_used_blocks, BlockGrowth):
             if len(ends_s) != 1:
                 raise ValueError("several steps logged at once need their KV use as a BlockGrowth")
             return self.log_step(start_s, float(ends_s[0]), first_prefill_tokens, int(batch[0]), int(batch[0]),
                                  num_waiting, int(kv_used_blocks))
         b = self._buf
-        b.start_s.append(start_s)
-        b.prefill0.append(first_prefill_tokens)
-        b.num_waiting.append(num_waiting)
-        b.len.append(len(ends_s))
-        b.single.append(False)
-        b.ends.extend(ends_s)
-        b.running.extend(batch)
         used0, first_new, runs, b.block_size, frees = kv_used_blocks
-        b.growth_used0.append(used0)
-        b.growth_sizes.append(len(first_new))
+        b.chunks.append((start_s, first_prefill_tokens, num_waiting, len(ends_s), 0, used0, len(first_new)))
+        b.ends.extend(ends_s)
+        if type(batch) is not BatchRuns:
+            batch = BatchRuns.of(batch)
+        b.run_size.extend(batch.sizes)
+        b.run_len.extend(batch.lens)
         b.growth_first_new.extend(first_new)
         b.growth_runs.extend(runs)
         local = b.num_steps  # buffer index of the chunk's first step

@@ -92,6 +92,9 @@ class StepReducer:
         step, edge_k, edge_s = step[ok], edge_k[ok], edge_s[ok]
         values = np.empty((len(step), 3))
         for i, level in enumerate(self._levels(log)):
+            if not level.any():  # (an empty queue: the integral stays where it was, exactly)
+                values[:, i] = self._area[i]
+                continue
             area = np.cumsum(np.concatenate(([self._area[i]], level * busy)))  # before each step, carried
             self._area[i] = float(area[-1])
             values[:, i] = area[step] + level[step] * np.clip(edge_s - start[step], 0.0, busy[step])

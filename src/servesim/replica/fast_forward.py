@@ -204,7 +204,7 @@ class FastForwarding:
             req.finish_s = float(ends[req.token_steps[-1] - first])
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(st.start_s, ends, st.batch_sizes(), st.num_waiting, kv_used, prefill_tokens,
+        self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
                                        [j for j in st.waiting_from if j < k])
         return done
 

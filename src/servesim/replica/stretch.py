@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from servesim.metrics.recorder import BatchRuns
 from servesim.replica import stretch_chunks as chunks
 from servesim.replica.stretch_chunks import DecodeForms
 
@@ -93,22 +94,29 @@ class Stretch:
         stretch changes)."""
         return self._ends[:self.k]
 
-    def batch_sizes(self) -> list[int]:
-        """Requests in each step: all of them, less (`through`) those whose last token was
-        an earlier step's (built run by run, not step by step)."""
+    def batch_runs(self) -> BatchRuns:
+        """Requests in each step, run by run of a constant batch: all of them, less
+        (`through`) those whose last token was an earlier step's."""
         k, n = self.k, len(self.reqs)
         if not self.through:
-            return [n] * k
+            return BatchRuns([n], [k])
         rem = self._sorted_rem
         sizes: list[int] = []
+        lens: list[int] = []
         j = p = 0
         while j < k:
             while rem[p] <= j:  # (p < n: j < kmax, the largest remaining)
                 p += 1
             stop = min(rem[p], k)
-            sizes += [n - p] * (stop - j)
+            sizes.append(n - p)
+            lens.append(stop - j)
             j = stop
-        return sizes
+        return BatchRuns(sizes, lens)
+
+    def batch_sizes(self) -> list[int]:
+        """Requests in each step (`batch_runs` expanded)."""
+        sizes, lens = self.batch_runs()
+        return [size for size, m in zip(sizes, lens) for _ in range(m)]
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1 (j < k): each request runs min(remaining, j) of them."""
@@ -153,8 +161,11 @@ class Stretch:
         while self.k < self.kmax and self.end_s < horizon:
             k, p = self.k, self._priced
             if p == k:
-                if self._forms is not None and (horizon == float("inf") or self._steps_to(horizon) > 64):
-                    self._chunk(horizon)
+                steps = 0  # (about how many steps reach the horizon, -1: none; only with the forms)
+                if self._forms is not None:
+                    steps = -1 if horizon == float("inf") else self._steps_to(horizon)
+                if steps < 0 or steps > 64:
+                    self._chunk(steps)
                     p = self._priced
                 elif self._f is False:
                     self._price_vectorised(horizon)
@@ -169,14 +180,15 @@ class Stretch:
             # the priced steps that start before the horizon (the last may end after it)
             self._take(min(p, k + int(self._ends[k:p].searchsorted(horizon)) + 1))
 
-    def _chunk(self, horizon: float) -> None:
+    def _chunk(self, steps: int) -> None:
         """Price the next steps j0 .. j0+m-1 at once: step j runs the requests with remaining
         > j, whose context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers,
-        the values stepping reaches by increments."""
+        the values stepping reaches by increments. `steps`: about how many steps reach the
+        horizon (`_steps_to`; -1: no horizon)."""
         j0 = self.k
         m = self.kmax - j0
-        if horizon != float("inf"):  # about twice the steps the horizon needs (at least 64, or j0)
-            m = min(m, max(64, j0, 2 * self._steps_to(horizon)))
+        if steps >= 0:  # about twice the steps the horizon needs (at least 64, or j0)
+            m = min(m, max(64, j0, 2 * steps))
         m = min(m, 1 << 15)
         times = self._room(m)
         p = q = 0  # departures p..q-1 (in increasing order of remaining) happen inside the chunk
@@ -190,7 +202,7 @@ class Stretch:
         else:
             chunks.times_by_steps(times, j0, self._forms, self._sorted_rem, prefix, self._ctx_total)
         times[0] += self.end_s
-        np.cumsum(times, out=times)
+        times.cumsum(out=times)
         self._priced += m
         self._f = None  # the scalar state is behind: synced again if the loop is needed
 
