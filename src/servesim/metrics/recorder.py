@@ -131,6 +131,11 @@ class Rows:
         if len(self._tail) >= self.FLUSH:
             self._flush()
 
+    def extend(self, rows) -> None:
+        self._tail.extend(rows)
+        if len(self._tail) >= self.FLUSH:
+            self._flush()
+
     def _flush(self) -> None:
         if self._tail:
             self._parts.append(np.array(self._tail, dtype=np.float64))
@@ -275,15 +280,11 @@ class Recorder:
             m = min(n - i, self._flush_at - self.num_steps)  # (>= 1: a full buffer was handed on)
             j = i + m
             b = self._buf
-            b.single_emitted.extend(output_tokens[i:j])
-            b.start_s.extend(starts[i:j])
-            b.prefill0.extend([prefill_tokens if i == 0 else 0] + [0] * (m - 1))
-            b.num_waiting.extend(num_waiting[i:j])
-            b.len.extend([1] * m)
-            b.single.extend([True] * m)
+            b.chunks.extend(zip(starts[i:j], [prefill_tokens if i == 0 else 0] + [0] * (m - 1), num_waiting[i:j],
+                                [1] * m, [1] * m, output_tokens[i:j], kv_used_blocks[i:j]))
             b.ends.extend(ends_s[i:j])
-            b.running.extend(num_running[i:j])
-            b.kv_single.extend(kv_used_blocks[i:j])
+            b.run_size.extend(num_running[i:j])
+            b.run_len.extend([1] * m)
             b.num_steps += m
             self.num_steps += m
             if self.num_steps >= self._flush_at:
