@@ -185,6 +185,52 @@ class PrefixIndex:
         g.append_held(k1 - k0)
         return True
 
+    def register_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> bool:
+        """`register(keys, held, k0, k1)` for each item, in order, when every one is the usual
+        case of `_register_new` and none can affect another: none of their new runs is indexed
+        or listed twice, no two extend the same group, and none holds an unregistered copy
+        (`dups`). Then every group extended holds a block of its request, so no pop of the free
+        queue can drop it, and these registrations give the same state before or after pops
+        (a stretch's or a step's decodes: one call for all). False, nothing done, otherwise."""
+        index = self._index
+        pending: list = []
+        plan = []
+        groups = []
+        for keys, held, k0, k1 in items:
+            if type(keys) is not BlockKeys or held.dups is not None:
+                return False
+            starts = keys.starts
+            if type(starts) is not range:
+                return False
+            r = starts.step
+            runs = keys.run_keys.as_list()[k0 // r:-(-k1 // r)]
+            seg = held.segs[-1] if held.segs else None
+            g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
+            if k0 % r:  # inside a run: held's last group must hold its first part
+                if g is None or index.get(runs[0]) is not g:
+                    return False
+                runs = runs[1:]
+            if g is not None:
+                groups.append(g)
+            pending += runs
+            plan.append((held, g, seg, k0, k1, runs))
+        if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
+            return False
+        if len(groups) > 1 and len(set(map(id, groups))) != len(groups):
+            return False
+        for held, g, seg, k0, k1, runs in plan:
+            if g is None:
+                g = Group(k0)
+                held.segs.append([g, k0, k1])
+            elif seg[2] == k0:
+                seg[2] = k1
+            else:
+                held.segs.append([g, k0, k1])
+            index.update(zip(runs, repeat(g)))
+            g.runs += runs
+            g.append_held(k1 - k0)
+        return True
+
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent)."""
         index, runs = self._index, group.runs
