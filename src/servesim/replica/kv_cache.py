@@ -80,10 +80,15 @@ class KVCacheManager:
         self._queue = FreeQueue(num_gpu_blocks, self._prefix)
         self._tails = self._queue.tails  # live tagged runs of preempted requests, by owner
         self._held: dict[Any, Held] = {}
-        self._recent_keys = RecentKeys()  # a next turn builds its keys from its parent's
+        self._recent_keys = RecentKeys().shared()  # a next turn builds its keys from its parent's
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
+
+    def share_recent_keys(self, store: RecentKeys) -> None:
+        """Keep the built keys of freed requests in `store`, shared with other caches (the
+        replicas of a pool), instead of this cache's own (`RecentKeys.shared`)."""
+        self._recent_keys = store.shared()
 
     # ---------------------------------------------------------------- queries
     def num_blocks_of(self, req_id: int) -> int:
