@@ -245,14 +245,25 @@ class PrefixIndex:
         """Would registering keys [p0, p1) of each (keys, p0, p1) meet a cached key, or a key
         that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
         pending: list = []
+        inside: list = []  # first runs of ranges starting inside a run indexed already
+        index = self._index
         for keys, p0, p1 in ranges:
             runs = _runs_from(keys, p0, p1)
-            if runs is None or p0 % keys.starts.step:  # (inside a run: its key is indexed already)
+            if runs is None:
                 return self._conflicts(ranges)
+            r = keys.starts.step
+            if p0 % r and (g := index.get(runs[0])) is not None:
+                # (a decode inside the last run of a Mooncake prompt: the run is indexed to
+                # the request's group, whose later slots are not cached, unless someone else's)
+                if g.any_cached(p0, min(p1, p0 - p0 % r + r)):
+                    return self._conflicts(ranges)
+                inside.append(runs[0])
+                runs = runs[1:]
             pending += runs
-        # The usual case, decided in C: no run to register is indexed (so none of its blocks
-        # is cached) and no run is registered twice. Otherwise the exact search below.
-        if len(set(pending)) == len(pending) and self._index.keys().isdisjoint(pending):
+        # The usual case, decided in C: no other run to register is indexed (so none of its
+        # blocks is cached) and no run is registered twice. Otherwise the exact search below.
+        every = pending + inside if inside else pending
+        if len(set(every)) == len(every) and index.keys().isdisjoint(pending):
             return False
         return self._conflicts(ranges)
 
