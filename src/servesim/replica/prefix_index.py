@@ -96,8 +96,8 @@ class PrefixIndex:
             k = g.num_leading_cached(0, p0)
             if k:
                 out.append((g, 0, k))
-            if k < p0 or p0 == num_keys:
-                return out
+            if k < p0 or p0 == num_keys or self._index.get(keys.run_keys[p0 // keys.starts.step]) is None:
+                return out  # (the last: a next turn's new message, whose runs need no lookup)
         for g, p0, p1, _, _ in self.extents(keys, p0, num_keys):
             k = g.num_leading_cached(p0, p1) if g is not None else 0
             if k:
