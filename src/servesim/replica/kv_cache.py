@@ -357,16 +357,21 @@ class KVCacheManager:
         count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
         dups = held.dups
         for g, p0, p1 in reversed(held.segs):
-            if dups is None or dups.isdisjoint(range(p0, p1)):
+            ds = dups.intersection(range(p0, p1)) if dups is not None else None
+            if not ds:
                 self._release(g, p0, p1)
                 continue
-            hi = p1  # split the segment at the copies, keeping the last-first order
-            for p in range(p1 - 1, p0 - 1, -1):
-                if p in dups:
-                    if hi > p + 1:
-                        self._release(g, p + 1, hi)
-                    self._push_plain(1)
-                    hi = p
+            # Split the segment at the copies, last first; a run of copies enters the queue as
+            # one plain entry (as one at a time would, merged). The usual case: one run (a
+            # policy computing a whole cached context again without looking up its hits).
+            ds = sorted(ds, reverse=True)
+            runs = [(ds[0], ds[-1])] if ds[0] - ds[-1] + 1 == len(ds) else [(p, p) for p in ds]
+            hi = p1
+            for top, low in runs:
+                if hi > top + 1:
+                    self._release(g, top + 1, hi)
+                self._push_plain(top - low + 1)
+                hi = low
             if hi > p0:
                 self._release(g, p0, hi)
 
