@@ -77,10 +77,13 @@ class Group:
         self._cover(s0, s1)
         i, j = s0 - self.lo, s1 - self.lo
         ref = self.ref
-        if ref[i:j].count(-1) == j - i:  # the usual case: none cached (stamps are 0)
+        c = ref[i:j].count(-1)
+        if c == j - i:  # the usual case: none cached (stamps are 0)
             ref[i:j] = [1] * (j - i)
             self.num_cached += j - i
             return []
+        if not c:  # all cached: all copies (a policy computing a cached context again)
+            return list(range(s0, s1))
         dups = []
         for k in range(i, j):
             if ref[k] < 0:
