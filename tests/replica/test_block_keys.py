@@ -138,3 +138,20 @@ def test_the_replicas_of_a_pool_share_their_recent_keys():
     (pool,) = resolve_pools(scenario)
     kvs = [pool.make_parts()[1] for _ in range(3)]
     assert all(kv._recent_keys is pool.recent_keys for kv in kvs)
+
+
+def test_sglangs_next_turn_reuses_the_previous_turns_keys():
+    from servesim.replica.radix_cache import RadixKVCache
+    from tests.factories import make_request
+
+    kv = RadixKVCache(10_000, 16)
+    first = make_request(1, 300 * 16, 10, hash_ids=tuple(range(7, 307)), hash_block_tokens=16)
+    first.kv_block_keys = BlockKeys(first.hash_ids, 16, 16)
+    assert kv.allocate_slots(first, first.prompt_len, kv.match(first))
+    first.num_computed_tokens = first.prompt_len
+    kv.cache_finished(first)
+    assert kv._recent_keys and first.kv_block_keys.run_keys._list is None  # kept for the next turn
+    nxt = make_request(2, 320 * 16, 10, hash_ids=first.hash_ids + tuple(range(900, 920)), hash_block_tokens=16)
+    nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
+    assert len(kv.match(nxt)) == 300 and not kv._recent_keys  # hit, keys built from the previous turn's
+    assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]
