@@ -79,7 +79,8 @@ def test_block_idents_are_equal_exactly_where_the_keys_are(H, bs):
 def test_reused_run_keys_are_the_ones_built(child):
     parent = BlockKeys(tuple(range(1000, 1300)), 16, 16)
     parent.run_keys.as_list()
-    built = parent.built_run_keys()
+    built = parent.take_run_keys()
+    assert parent.run_keys._list is None  # given away (the next turn may extend it in place)
     keys = BlockKeys(child, 16, 16)
     reused = keys.reuse(built)
     assert reused == (child[:3] != (1000, 1001, 77) and "x" not in child)
@@ -101,4 +102,56 @@ def test_a_next_turn_reuses_the_previous_turns_keys():
     nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
     hits = kv.get_computed_blocks(nxt)
     assert hits.num_keyed == 300 and not kv._recent_keys  # reused (taken from the cache)
+    assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]
+
+
+def test_a_next_turn_on_another_replica_reuses_the_previous_turns_keys():
+    """The KV caches of a pool share one store of freed turns' keys (`PoolSpec.recent_keys`)."""
+    from servesim.replica.kv_cache import KVCacheManager
+    from servesim.replica.recent_keys import RECENT_KEYS, RecentKeys
+    from tests.factories import make_request
+
+    store = RecentKeys()
+    a, b = KVCacheManager(10_000, 16), KVCacheManager(10_000, 16)
+    a.share_recent_keys(store), b.share_recent_keys(store)
+    assert store.capacity == 2 * RECENT_KEYS  # room for both caches' turns
+    first = make_request(1, 300 * 16, 10, hash_ids=tuple(range(7, 307)), hash_block_tokens=16)
+    first.kv_block_keys = BlockKeys(first.hash_ids, 16, 16)
+    assert a.allocate_slots(first, first.prompt_len, a.get_computed_blocks(first))
+    a.free(first.id)
+    assert store  # kept by replica a's cache ...
+    nxt = make_request(2, 320 * 16, 10, hash_ids=first.hash_ids + tuple(range(900, 920)), hash_block_tokens=16)
+    nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
+    assert b.get_computed_blocks(nxt).num_keyed == 0  # ... no hit on replica b,
+    assert not store  # but its keys were built from the previous turn's
+    assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]
+
+
+def test_the_replicas_of_a_pool_share_their_recent_keys():
+    from pathlib import Path
+
+    from servesim import load_scenario
+    from servesim.cluster.build import resolve_pools
+
+    root = Path(__file__).resolve().parents[2]
+    scenario = load_scenario(str(root / "examples/sessions.yaml"), ["replicas=3"])
+    (pool,) = resolve_pools(scenario)
+    kvs = [pool.make_parts()[1] for _ in range(3)]
+    assert all(kv._recent_keys is pool.recent_keys for kv in kvs)
+
+
+def test_sglangs_next_turn_reuses_the_previous_turns_keys():
+    from servesim.replica.radix_cache import RadixKVCache
+    from tests.factories import make_request
+
+    kv = RadixKVCache(10_000, 16)
+    first = make_request(1, 300 * 16, 10, hash_ids=tuple(range(7, 307)), hash_block_tokens=16)
+    first.kv_block_keys = BlockKeys(first.hash_ids, 16, 16)
+    assert kv.allocate_slots(first, first.prompt_len, kv.match(first))
+    first.num_computed_tokens = first.prompt_len
+    kv.cache_finished(first)
+    assert kv._recent_keys and first.kv_block_keys.run_keys._list is None  # kept for the next turn
+    nxt = make_request(2, 320 * 16, 10, hash_ids=first.hash_ids + tuple(range(900, 920)), hash_block_tokens=16)
+    nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
+    assert len(kv.match(nxt)) == 300 and not kv._recent_keys  # hit, keys built from the previous turn's
     assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]

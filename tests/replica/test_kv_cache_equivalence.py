@@ -61,7 +61,7 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
     chains = _chains(rng, 6, 24 * BS // H + 2)
     waiting: list[_Pair] = []
     running: list[_Pair] = []
-    counts = dict.fromkeys(["hits", "preempt", "finish", "bulk", "conflict"], 0)
+    counts = dict.fromkeys(["hits", "preempt", "finish", "bulk", "bulk keys", "leading", "conflict"], 0)
     rid = 0
 
     def check() -> None:
@@ -98,15 +98,21 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
         elif op < 0.75 and running:  # a step of everyone running: chunks or decodes
             batch = [p for p in running if p.new.num_computed_tokens < p.new.num_tokens]
             decodes = [p for p in batch if p.new.num_output_tokens and p.new.num_tokens - p.new.num_computed_tokens == 1]
+            keyed = sum(h.num_keyed for h in new._held.values())  # registered blocks held
             if decodes and len(decodes) == len(batch) and new.allocate_decodes([p.new for p in batch]):
                 counts["bulk"] += 1
+                counts["bulk keys"] += sum(h.num_keyed for h in new._held.values()) > keyed
                 assert all(ref.allocate_slots(p.ref, 1) for p in batch)
                 for p in batch:
                     p.set(num_computed_tokens=p.new.num_computed_tokens + 1)
             else:
-                for p in batch:
-                    n = min(p.new.num_tokens - p.new.num_computed_tokens, rng.choice([1, 16, 100]))
-                    ok = new.allocate_slots(p.new, n)
+                # the leading decodes in one call (a running pass's fast path), the rest one by one
+                lead = new.allocate_leading_decodes([p.new for p in batch]) if rng.random() < 0.7 else 0
+                counts["leading"] += 0 < lead < len(batch)
+                counts["bulk keys"] += sum(h.num_keyed for h in new._held.values()) > keyed
+                for i, p in enumerate(batch):
+                    n = 1 if i < lead else min(p.new.num_tokens - p.new.num_computed_tokens, rng.choice([1, 16, 100]))
+                    ok = i < lead or new.allocate_slots(p.new, n)
                     assert ok == ref.allocate_slots(p.ref, n)
                     if ok:
                         p.set(num_computed_tokens=p.new.num_computed_tokens + n)
@@ -147,4 +153,6 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
 def test_run_based_cache_matches_the_per_block_reference(H, seed):
     counts = _run(seed, H, num_blocks=100, steps=1500)
     # the scenario exercised what it is meant to: hits, preemptions, finishes, bulk decodes
+    # (some registering keys), leading decodes allocated in one call before a prompt chunk
     assert counts["hits"] > 20 and counts["preempt"] > 20 and counts["finish"] > 5 and counts["bulk"] > 0
+    assert counts["bulk keys"] > 0 and counts["leading"] > 0, counts

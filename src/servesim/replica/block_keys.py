@@ -61,26 +61,36 @@ class BlockKeys(Sequence):
         self.run_keys.release()
         self._tuple = None
 
-    def built_run_keys(self) -> tuple[tuple, int, list] | None:
+    def take_run_keys(self) -> tuple[tuple, int, list] | None:
         """(ids, run length, run keys) if the run keys are built, packed ints, over runs of
-        one length: what `reuse` takes."""
+        one length: what `reuse` takes. The list then belongs to the caller (these keys
+        forget it, and build it again if read)."""
         lst = self.run_keys._list
         if lst is None or type(self.starts) is not range or not lst or type(lst[0]) is not int:
             return None
+        self.run_keys._list = None
         return self._ids, self.starts.step, lst
 
     def reuse(self, built: tuple[tuple, int, list]) -> bool:
-        """Build the run keys from another request's (`built_run_keys`) when its ids start
+        """Build the run keys from another request's (`take_run_keys`) when its ids start
         these (a conversation's next turn extends the previous turn's context): its keys for
-        the common ids, packed ones for the rest. False (nothing done) if they do not."""
+        the common ids, packed ones for the rest. False (nothing done) if they do not. The
+        list in `built` becomes these keys' own (`take_run_keys` gave it away)."""
         ids, r, lst = built
         rk = self.run_keys
-        n = min(len(ids), len(self._ids))
+        mine = self._ids
+        n = min(len(ids), len(mine))
         if rk._list is not None or type(self.starts) is not range or self.starts.step != r or n < 2:
             return False
-        if self._ids[:n] != ids[:n] or not set(map(type, self._ids)) <= {int}:  # (packed as `RunKeys` would)
+        # Packed as `RunKeys` would (all ids ints): the common ids equal the other's, which
+        # are ints as its keys are packed, so only the new ones are checked (choice: an id of
+        # another type equal to an int, 5.0 for 5, counts as that int here).
+        if (mine[:n] != ids if n == len(ids) else mine[:n] != ids[:n]) or not set(map(type, mine[n:])) <= {int}:
             return False
-        rk._list = lst[:n] + list(map(or_, map(lshift, self._ids[n:], repeat(32)), self.starts[n:]))
+        if n < len(lst):
+            del lst[n:]
+        lst += map(or_, map(lshift, mine[n:], repeat(32)), self.starts[n:])  # (in place: see above)
+        rk._list = lst
         return True
 
     def first_id(self):

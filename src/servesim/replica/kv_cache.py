@@ -80,10 +80,15 @@ class KVCacheManager:
         self._queue = FreeQueue(num_gpu_blocks, self._prefix)
         self._tails = self._queue.tails  # live tagged runs of preempted requests, by owner
         self._held: dict[Any, Held] = {}
-        self._recent_keys = RecentKeys()  # a next turn builds its keys from its parent's
+        self._recent_keys = RecentKeys().shared()  # a next turn builds its keys from its parent's
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
+
+    def share_recent_keys(self, store: RecentKeys) -> None:
+        """Keep the built keys of freed requests in `store`, shared with other caches (the
+        replicas of a pool), instead of this cache's own (`RecentKeys.shared`)."""
+        self._recent_keys = store.shared()
 
     # ---------------------------------------------------------------- queries
     def num_blocks_of(self, req_id: int) -> int:
@@ -213,37 +218,67 @@ class KVCacheManager:
 
     def allocate_decodes(self, reqs: list[Any]) -> bool:
         """One more token for each request if all decode (have generated a token and have only
-        it left to compute), register no key by it (no prefix keys, or its keyed blocks are
-        registered already) and fit; else no-op.
+        it left to compute) and fit, and the keyed blocks their tokens complete register in
+        bulk (`PrefixIndex.register_appends`); else no-op.
 
         This is the bulk form of calling `allocate_slots(req, 1)` for each in order (the outcome
-        is the same when every call succeeds and no key is registered).
+        is the same when every call succeeds and the registrations are the usual case: they do
+        not depend on the free queue's pops, see `register_appends`).
         """
-        held = self._held
-        bs = self.block_size
-        grow = []
         if not reqs:
             return True
         last = reqs[-1]  # the latest admitted: the one most likely still in its prompt
         if last.prompt_len + last.num_output_tokens != last.num_computed_tokens + 1:
             return False
-        for r in reqs:
+        return self._allocate_decodes(reqs, True) == len(reqs)
+
+    def allocate_leading_decodes(self, reqs: list[Any]) -> int:
+        """`allocate_decodes` for the leading requests of `reqs` that decode, as many as fit;
+        returns how many got their token (0: nothing changed). The same as the first calls of
+        `allocate_slots(req, 1)` in order, when they all succeed (a running pass up to the
+        first request still in its prompt: a Mooncake batch whose latest prompt is chunked)."""
+        return self._allocate_decodes(reqs, False)
+
+    def _allocate_decodes(self, reqs: list[Any], whole: bool) -> int:
+        held = self._held
+        bs = self.block_size
+        grow = []  # (index, held) of those needing a block for their token
+        reg = []
+        prefix = self.enable_prefix_caching
+        n = len(reqs)
+        for i, r in enumerate(reqs):
             nc1 = r.num_computed_tokens + 1
             if not r.num_output_tokens or r.prompt_len + r.num_output_tokens != nc1:
-                return False
+                if whole:
+                    return 0
+                n = i
+                break
             h = held[r.id]
+            nb = h.num_keyed + h.num_plain
+            if nc1 > nb * bs:
+                grow.append((i, h))
+                nb += 1
             keys = r.kv_block_keys
-            if keys and h.num_keyed < min(nc1 // bs, len(keys)):
-                return False  # this token completes a keyed block: allocate_slots registers it
-            if nc1 > (h.num_keyed + h.num_plain) * bs:
-                grow.append(h)
+            if keys and prefix and h.num_keyed < nc1 // bs:  # this token completes keyed blocks
+                full = min(nc1 // bs, len(keys), nb)
+                if full > h.num_keyed:
+                    reg.append((keys, h, h.num_keyed, full, i))
         if len(grow) > self.num_free_blocks:
-            return False
+            if whole or not self.num_free_blocks:
+                return 0
+            n = grow[self.num_free_blocks][0]  # those before the first that does not fit
+            grow = grow[:self.num_free_blocks]
+            reg = [x for x in reg if x[4] < n]
+        if not n or (reg and not self._prefix.register_appends([x[:4] for x in reg])):
+            return 0
         if grow:
             self._pop_free(len(grow))
-            for h in grow:
+            for _, h in grow:
                 h.num_plain += 1
-        return True
+        for _, h, k0, full, _ in reg:
+            h.num_keyed = full
+            h.num_plain -= full - k0
+        return n
 
     def allocate_plain_many(self, grants: list[tuple[Any, int]]) -> None:
         """`allocate_plain` for several (request, blocks) at once (caller checked the free count)."""
@@ -264,7 +299,8 @@ class KVCacheManager:
         registrations: one call, and no Python call for a request that filled no block)."""
         if not self.enable_prefix_caching:
             return
-        held_of, bs, register = self._held, self.block_size, self._prefix.register
+        held_of, bs = self._held, self.block_size
+        items = []
         for req, n in reqs_tokens:
             held = held_of.get(req.id)
             if held is None:
@@ -276,9 +312,16 @@ class KVCacheManager:
                 continue
             full = min(full, len(keys), k0 + held.num_plain)
             if full > k0:
+                items.append((keys, held, k0, full))
+        if not items:
+            return
+        if not self._prefix.register_appends(items):  # (the usual case: all at once)
+            register = self._prefix.register
+            for keys, held, k0, full in items:
                 register(keys, held, k0, full)
-                held.num_keyed = full
-                held.num_plain -= full - k0
+        for _, held, k0, full in items:
+            held.num_keyed = full
+            held.num_plain -= full - k0
 
     def free(self, req_id: Any) -> None:
         """Release a request's blocks; tail blocks enter the free queue first (evicted first)."""
@@ -314,16 +357,21 @@ class KVCacheManager:
         count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
         dups = held.dups
         for g, p0, p1 in reversed(held.segs):
-            if dups is None or dups.isdisjoint(range(p0, p1)):
+            ds = dups.intersection(range(p0, p1)) if dups is not None else None
+            if not ds:
                 self._release(g, p0, p1)
                 continue
-            hi = p1  # split the segment at the copies, keeping the last-first order
-            for p in range(p1 - 1, p0 - 1, -1):
-                if p in dups:
-                    if hi > p + 1:
-                        self._release(g, p + 1, hi)
-                    self._push_plain(1)
-                    hi = p
+            # Split the segment at the copies, last first; a run of copies enters the queue as
+            # one plain entry (as one at a time would, merged). The usual case: one run (a
+            # policy computing a whole cached context again without looking up its hits).
+            ds = sorted(ds, reverse=True)
+            runs = [(ds[0], ds[-1])] if ds[0] - ds[-1] + 1 == len(ds) else [(p, p) for p in ds]
+            hi = p1
+            for top, low in runs:
+                if hi > top + 1:
+                    self._release(g, top + 1, hi)
+                self._push_plain(top - low + 1)
+                hi = low
             if hi > p0:
                 self._release(g, p0, hi)
 

@@ -77,10 +77,13 @@ class Group:
         self._cover(s0, s1)
         i, j = s0 - self.lo, s1 - self.lo
         ref = self.ref
-        if ref[i:j].count(-1) == j - i:  # the usual case: none cached (stamps are 0)
+        c = ref[i:j].count(-1)
+        if c == j - i:  # the usual case: none cached (stamps are 0)
             ref[i:j] = [1] * (j - i)
             self.num_cached += j - i
             return []
+        if not c:  # all cached: all copies (a policy computing a cached context again)
+            return list(range(s0, s1))
         dups = []
         for k in range(i, j):
             if ref[k] < 0:
@@ -146,12 +149,19 @@ class Group:
             st[j - k:j] = [0] * k
             self.num_cached -= k
             return k, s1 - k
-        k = 0
-        while j > i and k < n:
-            j -= 1
-            if st[j] == stamp:
-                st[j] = 0
-                ref[j] = -1
-                k += 1
+        # Else find the slots still in the entry, last first, by C-level searches (an entry
+        # whose blocks a next turn hit since is hundreds of slots and none of them).
+        seg = st[i:j]
+        c = seg.count(stamp)
+        if not c:
+            return 0, s0
+        k = min(n, c)
+        rev = seg[::-1]
+        x = -1
+        for _ in range(k):
+            x = rev.index(stamp, x + 1)
+            st[j - 1 - x] = 0
+            ref[j - 1 - x] = -1
         self.num_cached -= k
-        return k, j + self.lo
+        # the scan stops at the n-th slot evicted, else runs through the entry's first slot
+        return k, (j - 1 - x + self.lo) if k == n else s0

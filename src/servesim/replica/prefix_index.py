@@ -96,8 +96,8 @@ class PrefixIndex:
             k = g.num_leading_cached(0, p0)
             if k:
                 out.append((g, 0, k))
-            if k < p0 or p0 == num_keys:
-                return out
+            if k < p0 or p0 == num_keys or self._index.get(keys.run_keys[p0 // keys.starts.step]) is None:
+                return out  # (the last: a next turn's new message, whose runs need no lookup)
         for g, p0, p1, _, _ in self.extents(keys, p0, num_keys):
             k = g.num_leading_cached(p0, p1) if g is not None else 0
             if k:
@@ -185,6 +185,52 @@ class PrefixIndex:
         g.append_held(k1 - k0)
         return True
 
+    def register_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> bool:
+        """`register(keys, held, k0, k1)` for each item, in order, when every one is the usual
+        case of `_register_new` and none can affect another: none of their new runs is indexed
+        or listed twice, no two extend the same group, and none holds an unregistered copy
+        (`dups`). Then every group extended holds a block of its request, so no pop of the free
+        queue can drop it, and these registrations give the same state before or after pops
+        (a stretch's or a step's decodes: one call for all). False, nothing done, otherwise."""
+        index = self._index
+        pending: list = []
+        plan = []
+        groups = []
+        for keys, held, k0, k1 in items:
+            if type(keys) is not BlockKeys or held.dups is not None:
+                return False
+            starts = keys.starts
+            if type(starts) is not range:
+                return False
+            r = starts.step
+            runs = keys.run_keys.as_list()[k0 // r:-(-k1 // r)]
+            seg = held.segs[-1] if held.segs else None
+            g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
+            if k0 % r:  # inside a run: held's last group must hold its first part
+                if g is None or index.get(runs[0]) is not g:
+                    return False
+                runs = runs[1:]
+            if g is not None:
+                groups.append(g)
+            pending += runs
+            plan.append((held, g, seg, k0, k1, runs))
+        if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
+            return False
+        if len(groups) > 1 and len(set(map(id, groups))) != len(groups):
+            return False
+        for held, g, seg, k0, k1, runs in plan:
+            if g is None:
+                g = Group(k0)
+                held.segs.append([g, k0, k1])
+            elif seg[2] == k0:
+                seg[2] = k1
+            else:
+                held.segs.append([g, k0, k1])
+            index.update(zip(runs, repeat(g)))
+            g.runs += runs
+            g.append_held(k1 - k0)
+        return True
+
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent)."""
         index, runs = self._index, group.runs
@@ -199,14 +245,25 @@ class PrefixIndex:
         """Would registering keys [p0, p1) of each (keys, p0, p1) meet a cached key, or a key
         that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
         pending: list = []
+        inside: list = []  # first runs of ranges starting inside a run indexed already
+        index = self._index
         for keys, p0, p1 in ranges:
             runs = _runs_from(keys, p0, p1)
-            if runs is None or p0 % keys.starts.step:  # (inside a run: its key is indexed already)
+            if runs is None:
                 return self._conflicts(ranges)
+            r = keys.starts.step
+            if p0 % r and (g := index.get(runs[0])) is not None:
+                # (a decode inside the last run of a Mooncake prompt: the run is indexed to
+                # the request's group, whose later slots are not cached, unless someone else's)
+                if g.any_cached(p0, min(p1, p0 - p0 % r + r)):
+                    return self._conflicts(ranges)
+                inside.append(runs[0])
+                runs = runs[1:]
             pending += runs
-        # The usual case, decided in C: no run to register is indexed (so none of its blocks
-        # is cached) and no run is registered twice. Otherwise the exact search below.
-        if len(set(pending)) == len(pending) and self._index.keys().isdisjoint(pending):
+        # The usual case, decided in C: no other run to register is indexed (so none of its
+        # blocks is cached) and no run is registered twice. Otherwise the exact search below.
+        every = pending + inside if inside else pending
+        if len(set(every)) == len(every) and index.keys().isdisjoint(pending):
             return False
         return self._conflicts(ranges)
 

@@ -122,6 +122,8 @@ class RadixKVCache(KVCacheManager):
         if not self.enable_prefix_caching or not keys:
             return Match()
         limit = min(len(keys), (req.num_tokens - 1) // self.block_size)
+        if self._recent_keys and type(keys) is BlockKeys:
+            self._recent_keys.reuse_into(keys)  # a next turn's keys from its previous turn's
         ids = block_idents(keys) if limit else ()
         node, p = self.root, 0
         while p < limit:
@@ -346,6 +348,7 @@ class RadixKVCache(KVCacheManager):
         self._unlock(st.last)
         self._sync()
         if type(req.kv_block_keys) is BlockKeys:
+            self._recent_keys.keep(req.kv_block_keys)  # (for the conversation's next turn)
             req.kv_block_keys.release()  # done: what lookups built is not needed again
 
     def swap_out(self, req_id: int, reuse_key=None):  # pragma: no cover - SGLang never swaps

@@ -19,22 +19,30 @@ MIN_RUNS = 64
 
 
 class RecentKeys:
-    """Built run keys by first hash id, the most recent RECENT_KEYS kept."""
+    """Built run keys by first hash id, the most recent `capacity` kept."""
 
     def __init__(self) -> None:
         self._by_first: dict[Hashable, tuple] = {}
+        self.capacity = 0  # RECENT_KEYS per KV cache using the store (`shared`)
+
+    def shared(self) -> RecentKeys:
+        """This store, with room for one more KV cache's turns. The replicas of a pool share
+        one, so a next turn routed to another replica than its previous turn's builds its keys
+        from that turn's too (the keys are the same whichever cache builds them)."""
+        self.capacity += RECENT_KEYS
+        return self
 
     def __bool__(self) -> bool:
         return bool(self._by_first)
 
     def keep(self, keys: BlockKeys) -> None:
-        built = keys.built_run_keys()
+        built = keys.take_run_keys()
         if built is None or len(built[2]) < MIN_RUNS:
             return
         recent = self._by_first
         recent.pop(built[0][0], None)
         recent[built[0][0]] = built
-        if len(recent) > RECENT_KEYS:
+        if len(recent) > self.capacity:
             del recent[next(iter(recent))]
 
     def reuse_into(self, keys: BlockKeys) -> None:

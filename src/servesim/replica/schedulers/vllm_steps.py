@@ -55,18 +55,23 @@ class VLLMSteps(Scheduler):
         Stops at the first request that is itself evicted (nothing after it runs this step).
         """
         running = self.running
+        i = 0
+        if not out.scheduled and running:
+            # Fast path, same outcome as the loop's first passes: the leading requests that
+            # decode and fit get their one token each, in order (no eviction); the loop goes on
+            # from the first one left (a prompt chunk, or one without a free block).
+            i = self.kv.allocate_leading_decodes(running if len(running) <= budget else running[:budget])
+            if i:
+                out.scheduled = [(req, 1) for req in running[:i]] if i < len(running) else [(req, 1) for req in running]
+                out.num_known_decodes = i
+                budget -= i
+                if i == len(running):
+                    return budget
         scheduled = out.scheduled
-        if not scheduled and running and len(running) <= budget and self.kv.allocate_decodes(running):
-            # Fast path, same outcome as the loop below: everyone decodes and every block
-            # fits, so each running request gets its one token in order (no eviction).
-            out.scheduled = [(req, 1) for req in running]
-            out.num_known_decodes = len(running)
-            return budget - len(running)
         cfg = self.config
         threshold = cfg.long_prefill_token_threshold
         max_len = cfg.max_model_len
         allocate = self.kv.allocate_slots
-        i = 0
         while i < len(running) and budget > 0:
             req = running[i]
             computed = req.num_computed_tokens
