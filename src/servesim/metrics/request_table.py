@@ -193,8 +193,10 @@ class RequestTable:
     def _run(self, key: str) -> np.ndarray:
         return self.cols.run(key) if self.spilled else self._runs[key]
 
-    def chunks(self, rows: int = ROWS_PER_PASS):
-        """Row slices of the table, `rows` at a time (a pass over a spilled table holds one)."""
+    def chunks(self, rows: int | None = None):
+        """Row slices of the table, `rows` (ROWS_PER_PASS) at a time (a pass over a spilled
+        table holds one)."""
+        rows = rows or ROWS_PER_PASS
         for start in range(0, self._n, rows):
             yield slice(start, min(start + rows, self._n))
 
