@@ -117,9 +117,11 @@ class Result:
         ends = self.ends if self.steps is None else self.steps.end_s
         in_memory = None if self.table.spilled else chunks
         out.update(compute_sections(SectionInput(self.table, in_memory, ends, self.scenario.model_dump(mode="json"))))
-        if self.cluster is not None:  # (whole columns: a column per replica pass)
-            out["cluster"] = cluster_section(self.replicas, self.cluster, self.table.cols["replica"],
-                                             self.columns, out["simulated_time_s"])
+        if self.cluster is not None:
+            t = self.table
+            pairs = ((lambda: ((t.cols["replica"][rows], t.request_columns(rows)) for rows in t.chunks()))
+                     if t.spilled else (lambda: [(t.cols["replica"], self.columns)]))
+            out["cluster"] = cluster_section(self.replicas, self.cluster, pairs, out["simulated_time_s"])
         if self.elastic is not None:
             out["elastic"] = elastic_section(self.replicas, self.elastic, self.columns, self.scale_events,
                                              self.scenario.slo)
