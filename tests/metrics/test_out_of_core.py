@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from servesim import load_scenario, simulate
 from servesim.metrics import itl, request_table, row_spill
