@@ -22,19 +22,40 @@ def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:
         kv.check_all_free()
     if any(r.stats.backwards for r in result.replicas):
         raise AssertionError("time ran backwards in the step log")
-    cols = result.columns
-    open_ = np.flatnonzero(cols.state < int(RequestState.FINISHED))
-    if len(open_):
-        i = open_[0]
-        raise AssertionError(f"request {cols.id[i]} ended in non-terminal state {RequestState(cols.state[i]).name}")
-    emitted = tokens_per_request(result.table.token_runs())
-    bad = np.flatnonzero((emitted != cols.num_output_tokens)
-                         | ((cols.state == int(RequestState.FINISHED)) & (emitted != cols.output_len)))
-    if len(bad):
-        i = bad[0]
-        raise AssertionError(f"request {cols.id[i]}: token counts do not add up ({emitted[i]} emitted, "
-                             f"{cols.num_output_tokens[i]} counted, {cols.output_len[i]} expected)")
-    if int(emitted.sum()) != sum(r.stats.output_tokens for r in result.replicas):
+    emitted_total = 0
+    last_id = None  # ids seen so far are unique and increasing up to this one (else: checked at the end)
+    increasing = True
+    for cols, runs in _passes(result):
+        open_ = np.flatnonzero(cols.state < int(RequestState.FINISHED))
+        if len(open_):
+            i = open_[0]
+            raise AssertionError(f"request {cols.id[i]} ended in non-terminal state "
+                                 f"{RequestState(cols.state[i]).name}")
+        emitted = tokens_per_request(runs)
+        bad = np.flatnonzero((emitted != cols.num_output_tokens)
+                             | ((cols.state == int(RequestState.FINISHED)) & (emitted != cols.output_len)))
+        if len(bad):
+            i = bad[0]
+            raise AssertionError(f"request {cols.id[i]}: token counts do not add up ({emitted[i]} emitted, "
+                                 f"{cols.num_output_tokens[i]} counted, {cols.output_len[i]} expected)")
+        emitted_total += int(emitted.sum())
+        if increasing and len(cols.id):
+            ids = cols.id
+            increasing = bool((np.diff(ids) > 0).all()) and (last_id is None or ids[0] > last_id)
+            last_id = ids[-1]
+    if emitted_total != sum(r.stats.output_tokens for r in result.replicas):
         raise AssertionError("tokens emitted by requests differ from tokens produced by steps")
-    if len(np.unique(cols.id)) != len(cols.id):
-        raise AssertionError("a request id was seen twice")
+    if not increasing:  # (generated and most traced ids increase with arrival: no whole-column pass)
+        ids = result.table.cols["id"]
+        if len(np.unique(ids)) != len(ids):
+            raise AssertionError("a request id was seen twice")
+
+
+def _passes(result: Result):
+    """(summary columns, token runs) of the requests, all at once or a chunk of rows at a time."""
+    t = result.table
+    if not t.spilled:
+        yield result.columns, t.token_runs()
+        return
+    for rows in t.chunks():
+        yield t.request_columns(rows), t.token_runs_of(rows)

@@ -38,8 +38,11 @@ def request_columns(result: Result) -> tuple[str, ...]:
     return REQUEST_COLUMNS + (CLUSTER_COLUMNS if result.cluster is not None else ())
 
 
-#: Rows turned into Python values (and CSV lines) at a time, so writing holds one chunk.
+#: Rows turned into Python values at a time, so writing holds one chunk (a Parquet row group).
 ROW_CHUNK = 65536
+#: Rows turned into CSV lines at a time: the chunk's Python values (about 1 kB a row) are what
+#: writing requests.csv holds, so this many, not ROW_CHUNK (65,536 rows cost ~70 MB).
+CSV_ROWS = 8192
 
 
 def column_values(result: Result, name: str, start: int = 0, stop: int | None = None) -> list:
@@ -80,6 +83,18 @@ def _cell(v):
     if isinstance(v, (float, np.floating)):
         return "" if math.isnan(v) else repr(float(v))
     return v
+
+
+#: Columns of requests.csv that hold floats (or None); the others hold ints, strings or None.
+FLOAT_COLUMNS = frozenset({"arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s"})
+
+
+def _texts(name: str, values: list) -> list:
+    """`_cell` of a column's values, without a call per cell: floats as repr ("" for None or
+    NaN); ints and strings as they are (the csv writer writes None as "")."""
+    if name not in FLOAT_COLUMNS:
+        return values
+    return ["" if v is None or v != v else repr(v) for v in values]
 
 
 def _jsonable(obj):
@@ -163,15 +178,16 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
             w = csv.writer(f)
             w.writerow(request_columns(result))
             n = len(result.table)
-            for start in range(0, n, ROW_CHUNK):  # written a chunk at a time
-                w.writerows([_cell(v) for v in row] for row in request_rows(result, start, start + ROW_CHUNK))
+            for start in range(0, n, CSV_ROWS):  # written a chunk at a time, formatted a column at a time
+                w.writerows(zip(*[_texts(name, column_values(result, name, start, start + CSV_ROWS))
+                                  for name in request_columns(result)]))
     ts = result.timeseries()
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)
         names = list(TS_COLUMNS) + [c for c in ts if c not in TS_COLUMNS]  # + elastic columns when scaling
         w.writerow(names)
-        for start in range(0, len(ts["time_s"]), ROW_CHUNK):  # a chunk of rows as Python values at a time
-            w.writerows(zip(*[[_cell(float(x)) for x in ts[c][start:start + ROW_CHUNK]] for c in names]))
+        for start in range(0, len(ts["time_s"]), CSV_ROWS):  # a chunk of rows as Python values at a time
+            w.writerows(zip(*[[_cell(float(x)) for x in ts[c][start:start + CSV_ROWS]] for c in names]))
     if result.scale_events is not None:
         with open(folder / "scale_events.csv", "w", newline="") as f:
             w = csv.writer(f)

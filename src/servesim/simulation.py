@@ -93,10 +93,21 @@ class Result:
             self.__dict__["_columns"] = cols
         return cols
 
+    def column_chunks(self):
+        """The requests' summary columns: all at once in memory, or (spilled rows) a function
+        giving them a chunk of rows at a time, so a pass over them holds one chunk."""
+        t = self.table
+        return (lambda: (t.request_columns(rows) for rows in t.chunks())) if t.spilled else self.columns
+
+    def run_chunks(self):
+        """The token runs, likewise (`TokenRuns`, or a function giving them per chunk of rows)."""
+        t = self.table
+        return (lambda: (t.token_runs_of(rows) for rows in t.chunks())) if t.spilled else t.token_runs()
+
     def summary(self) -> dict:
         slo = self.scenario.slo
-        cols = self.columns
-        out = summarize(cols, self.ends, self.table.token_runs(),
+        chunks = self.column_chunks()
+        out = summarize(chunks, self.ends, self.run_chunks(),
                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
                         wall_time_s=self.wall_time_s, folder=self.spill and self.spill.name)
         if self.num_skipped_rows:
@@ -104,13 +115,17 @@ class Result:
         if self.swap:
             out["swap"] = self.swap
         ends = self.ends if self.steps is None else self.steps.end_s
-        out.update(compute_sections(SectionInput(self.table, cols, ends, self.scenario.model_dump(mode="json"))))
+        in_memory = None if self.table.spilled else chunks
+        out.update(compute_sections(SectionInput(self.table, in_memory, ends, self.scenario.model_dump(mode="json"))))
         if self.cluster is not None:
-            out["cluster"] = cluster_section(self.replicas, self.cluster, self.table.cols["replica"],
-                                             cols, out["simulated_time_s"])
+            t = self.table
+            pairs = ((lambda: ((t.cols["replica"][rows], t.request_columns(rows)) for rows in t.chunks()))
+                     if t.spilled else (lambda: [(t.cols["replica"], self.columns)]))
+            out["cluster"] = cluster_section(self.replicas, self.cluster, pairs, out["simulated_time_s"])
         if self.elastic is not None:
-            out["elastic"] = elastic_section(self.replicas, self.elastic, cols, self.scale_events, self.scenario.slo)
-        warnings = run_warnings(cols, self.table.extras, is_trace=self.scenario.workload.trace is not None)
+            out["elastic"] = elastic_section(self.replicas, self.elastic, self.columns, self.scale_events,
+                                             self.scenario.slo)
+        warnings = run_warnings(chunks, self.table.extras, is_trace=self.scenario.workload.trace is not None)
         if warnings:
             out["warnings"] = warnings
         if self.disaggregation is not None:
@@ -122,12 +137,15 @@ class Result:
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
-        cols = self.columns
-        ts = series([r.stats for r in self.replicas], cols.arrival_s, cols.finish_s,
-                    self.scenario.output.timeseries_interval_s)
+        t = self.table
+        if t.spilled:  # arrival and finish times a chunk of rows at a time
+            times = lambda: ((t.cols["arrival_s"][rows], t.cols["finish_s"][rows]) for rows in t.chunks())  # noqa: E731
+        else:
+            times = lambda: [(t.cols["arrival_s"], t.cols["finish_s"])]  # noqa: E731
+        ts = series([r.stats for r in self.replicas], times, self.scenario.output.timeseries_interval_s)
         if self.elastic is not None:
             ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
-                                         run_end_s(self.replicas, cols)))
+                                         run_end_s(self.replicas, self.columns)))
         return ts
 
 

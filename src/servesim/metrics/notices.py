@@ -7,6 +7,8 @@ but the summary carries one line per problem under `warnings` and the CLI prints
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 
 from servesim.metrics.summary import RequestColumns, STATE_NAMES
@@ -21,18 +23,28 @@ LONG_SPAN_S = 86400.0
 SPARSE_RATE_PER_S = 0.01
 
 
-def run_warnings(cols: RequestColumns, extras: dict[int, dict], is_trace: bool) -> list[str]:
-    """One line per problem found; empty for an ordinary run (`extras`: each row's kept tags)."""
+def run_warnings(cols: RequestColumns | Callable[[], Iterable[RequestColumns]], extras: dict[int, dict],
+                 is_trace: bool) -> list[str]:
+    """One line per problem found; empty for an ordinary run (`extras`: each row's kept tags;
+    `cols`: the requests' columns, or a function giving them a chunk of rows at a time)."""
     out = []
-    n = len(cols.id)
-    rejected = np.flatnonzero(cols.state == REJECTED)
-    if n and len(rejected) >= REJECTED_SHARE * n:
-        first = int(rejected[0])
+    n = num_rejected = 0
+    first = first_id = None  # the first rejected request's row and id
+    lo_s, hi_s = np.inf, -np.inf  # first and last arrival
+    for c in ((lambda: [cols]) if isinstance(cols, RequestColumns) else cols)():
+        rejected = np.flatnonzero(c.state == REJECTED)
+        if first is None and len(rejected):
+            first, first_id = n + int(rejected[0]), c.id[rejected[0]]
+        n += len(c.id)
+        num_rejected += len(rejected)
+        if len(c.id):
+            lo_s, hi_s = min(lo_s, float(c.arrival_s.min())), max(hi_s, float(c.arrival_s.max()))
+    if n and num_rejected >= REJECTED_SHARE * n:
         reason = extras.get(first, {}).get("reject_reason", "no reason recorded")
-        share = "every request" if len(rejected) == n else f"{len(rejected):,} of {n:,} requests"
-        out.append(f"{share} rejected ({len(rejected):,}); the first, request {cols.id[first]}: {reason}")
+        share = "every request" if num_rejected == n else f"{num_rejected:,} of {n:,} requests"
+        out.append(f"{share} rejected ({num_rejected:,}); the first, request {first_id}: {reason}")
     if is_trace and n > 1:
-        span_s = float(cols.arrival_s.max() - cols.arrival_s.min())
+        span_s = hi_s - lo_s
         if span_s > LONG_SPAN_S and n / span_s < SPARSE_RATE_PER_S:
             out.append(f"the trace's {n:,} requests arrive over {span_s / 86400:,.1f} days, one every "
                        f"{span_s / (n - 1):,.0f} s on average; if its times are milliseconds, name the "

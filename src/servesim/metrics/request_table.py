@@ -37,6 +37,8 @@ FIELDS = (("seq", np.int64), ("id", np.int64), ("tenant", np.int32), ("priority"
           ("num_cached_tokens", np.int64), ("replica", np.int32), ("num_reroutes", np.int32),
           ("ttft_slo_s", np.float64), ("tpot_slo_s", np.float64), ("lora", np.int32), ("num_runs", np.int32))
 FLUSH_ROWS = 8192
+#: Rows a pass over the closed table reads at a time (summary, invariants, time series).
+ROWS_PER_PASS = 1 << 16
 _SUMMARY_FIELDS = ("id", "state", "arrival_s", "prompt_len", "output_len", "num_output_tokens", "first_token_s",
                    "finish_s", "num_preemptions", "ttft_slo_s", "tpot_slo_s")
 
@@ -75,7 +77,8 @@ class RequestTable:
         self.extras: dict[int, dict] = {}  # row -> the EXTRA_KEYS tags it carries
         self._spill = None if folder is None else RowSpill(folder, FIELDS)
         self.cols: dict[str, np.ndarray] = {}  # (a MappedColumns of files when spilled)
-        self.run_starts = self.run_ends = self.first_run = self.num_runs = np.empty(0, dtype=np.int64)
+        self._runs = {key: np.empty(0, dtype=np.int64) for key in ("run_starts", "run_ends", "first_run")}
+        self._num_runs_total = 0
 
     def __len__(self) -> int:
         return self._n
@@ -109,6 +112,7 @@ class RequestTable:
             if tags:
                 self.extras[seq] = tags
         if runs:
+            self._num_runs_total += len(runs) // 2
             self._run_bounds.extend(runs)
             self._run_replica.extend(_run_replicas(r))
         if len(self._rows) >= FLUSH_ROWS:
@@ -117,9 +121,14 @@ class RequestTable:
     def _flush(self) -> None:
         if not self._rows:
             return
-        if self._spill is not None:
-            self._spill.write([np.array(v, dtype=d) for (_, d), v in zip(FIELDS, zip(*self._rows))],
-                              self._run_bounds.array(), self._run_replica.array())
+        if self._spill is not None:  # a chunk in arrival order (rows.sort: seq first and unique)
+            order = sorted(range(len(self._rows)), key=lambda i: self._rows[i][0])
+            rows = [self._rows[i] for i in order]
+            counts = np.fromiter((r[-1] for r in self._rows), np.int64, len(self._rows))
+            pick = positions((np.cumsum(counts) - counts)[order], counts[order])
+            bounds = self._run_bounds.array().reshape(-1, 2)[pick].ravel()
+            self._spill.write([np.array(v, dtype=d) for (_, d), v in zip(FIELDS, zip(*rows))], bounds,
+                              self._run_replica.array()[pick])
             self._run_bounds, self._run_replica = Column(np.int64), Column(np.int32)
         else:
             for (name, _), values in zip(FIELDS, zip(*self._rows)):
@@ -133,45 +142,63 @@ class RequestTable:
             self._reduce(seq, req)
         self._live = {}
         self._flush()
-        seq = self._column("seq")
-        self._parts.pop("seq")
+        if self._spill is not None:  # merged out of core into files, mapped when read
+            self._spill.merge(self._n, offsets)
+            self.cols = self._spill.columns(self._n, self._num_runs_total)
+            self._run_bounds = self._run_replica = None
+            return
+        seq = self._parts.pop("seq").array()
         order = np.empty(len(seq), dtype=np.int64)
         order[seq] = np.arange(len(seq))  # reduce position of each row
         del seq
-        counts = self._column("num_runs").astype(np.int64)  # in reduce order
+        counts = self._parts["num_runs"].array().astype(np.int64)  # in reduce order
         for name, _ in FIELDS[1:]:  # one column at a time, so the table is never held twice
-            if self._spill is None:
-                self.cols[name] = self._parts.pop(name).array()[order]
-            else:
-                self._spill.write_column(name, self._spill.read(name)[order])
-        if self._spill is not None:
-            self._spill.finish()
-            bounds, rep = self._spill.runs()
-            self._spill.remove()
-            self.cols = self._spill.columns(len(order))
-        else:
-            bounds, rep = self._run_bounds.array(), self._run_replica.array()
+            self.cols[name] = self._parts.pop(name).array()[order]
+        bounds, rep = self._run_bounds.array(), self._run_replica.array()
         if offsets is not None and any(offsets):
             bounds = bounds + np.repeat(np.asarray(offsets, dtype=np.int64)[rep], 2)
         first = np.cumsum(counts) - counts  # first run of each row, in reduce order
         pick = positions(first[order], counts[order])
-        self.run_starts, self.run_ends = bounds[0::2][pick], bounds[1::2][pick]
+        self._runs = {"run_starts": bounds[0::2][pick], "run_ends": bounds[1::2][pick]}
         self._run_bounds = self._run_replica = None
-        self.num_runs = counts[order]  # (in memory: per-row reads of it are common)
-        self.first_run = np.cumsum(self.num_runs) - self.num_runs
-
-    def _column(self, name: str) -> np.ndarray:
-        """Field `name` of every row in reduce order (before the rows are put in arrival order)."""
-        if self._spill is None:
-            return self._parts[name].array()
-        self._spill.finish()
-        return self._spill.read(name)
+        num_runs = counts[order]
+        self._runs["first_run"] = np.cumsum(num_runs) - num_runs
 
     # ------------------------------------------------------------------ reading (after close)
     @property
     def spilled(self) -> bool:
         """The columns are files mapped when read (rows were spilled during the run)."""
         return self._spill is not None
+
+    @property
+    def run_starts(self) -> np.ndarray:
+        """First step of every token run (rows in arrival order, each row's runs in order)."""
+        return self._run("run_starts")
+
+    @property
+    def run_ends(self) -> np.ndarray:
+        """Last step of every token run."""
+        return self._run("run_ends")
+
+    @property
+    def first_run(self) -> np.ndarray:
+        """Index of each row's first run in `run_starts`."""
+        return self._run("first_run")
+
+    @property
+    def num_runs(self) -> np.ndarray:
+        """Token runs of each row."""
+        return self.cols["num_runs"].astype(np.int64) if len(self.cols) else np.empty(0, dtype=np.int64)
+
+    def _run(self, key: str) -> np.ndarray:
+        return self.cols.run(key) if self.spilled else self._runs[key]
+
+    def chunks(self, rows: int | None = None):
+        """Row slices of the table, `rows` (ROWS_PER_PASS) at a time (a pass over a spilled
+        table holds one)."""
+        rows = rows or ROWS_PER_PASS
+        for start in range(0, self._n, rows):
+            yield slice(start, min(start + rows, self._n))
 
     def labels(self, name: str, rows: slice = slice(None)) -> np.ndarray:
         """`tenant`, `slo_class` or `lora` of the rows as an object array (None where absent)."""
@@ -192,11 +219,18 @@ class RequestTable:
         emitted one token per step, rows in arrival order."""
         return self.num_runs, self.run_starts, self.run_ends
 
+    def token_runs_of(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`token_runs` of a slice of rows (a pass over the runs a chunk of rows at a time)."""
+        counts = self.cols["num_runs"][rows].astype(np.int64)
+        if not len(counts):
+            return counts, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        first = int(self.first_run[rows.start])
+        stop = first + int(counts.sum())
+        return counts, np.array(self.run_starts[first:stop]), np.array(self.run_ends[first:stop])
+
     def token_steps(self, row: int) -> np.ndarray:
         """Every step at whose end request `row` emitted a token."""
-        first = int(self.first_run[row])
-        stop = first + int(self.num_runs[row])
-        s, e = self.run_starts[first:stop], self.run_ends[first:stop]
+        _, s, e = self.token_runs_of(slice(row, row + 1))
         return positions(s, e - s + 1)
 
     @classmethod

@@ -11,11 +11,13 @@ inter-token gaps (one per step, so as many as the run has steps) are reduced out
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from servesim.metrics.exact import WeightedValues
+from servesim.metrics.itl import TokenRuns, itl_stats
+from servesim.metrics.stream_stats import StreamStats, stats, weighted_percentiles  # noqa: F401  (re-exported)
 from servesim.metrics.step_ends import StepEnds
 
 STATE_NAMES = ("waiting", "running", "preempted", "swapped", "finished", "rejected", "dropped", "aborted",
@@ -60,52 +62,6 @@ class RequestColumns:
         return RequestColumns(**{k: getattr(self, k)[mask] for k in self.__dataclass_fields__})
 
 
-def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    """np.percentile(np.repeat(values, weights), qs) without materialising the repeat."""
-    keep = weights > 0
-    if not keep.all():  # (no copy when nothing is dropped: the ITL columns have a value per step)
-        values, weights = values[keep], weights[keep]
-    del keep
-    if len(values) == 0:
-        return [float("nan")] * len(qs)
-    order = np.argsort(values)  # ties hold equal values: their order does not matter
-    v, c = values[order], weights[order]
-    del order
-    np.cumsum(c, out=c)
-    n = int(c[-1])
-    out = []
-    for q in qs:
-        pos = q / 100.0 * (n - 1)
-        lo = int(np.floor(pos))
-        hi = min(lo + 1, n - 1)
-        a = v[np.searchsorted(c, lo + 1)]
-        b = v[np.searchsorted(c, hi + 1)]
-        out.append(float(a + (b - a) * (pos - lo)))
-    return out
-
-
-def stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float | None]:
-    """mean, p50, p90, p99 and max of the finite values (weights: multiplicities)."""
-    if weights is None:
-        weights = np.ones(len(values), dtype=np.int64)
-    ok = np.isfinite(values) & (weights > 0)
-    if not ok.all():
-        values, weights = values[ok], weights[ok]
-    del ok
-    if len(values) == 0:
-        return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
-    p50, p90, p99 = weighted_percentiles(values, weights, (50, 90, 99))
-    # not np.dot: BLAS splits long dot products over its threads, so the last bits would depend
-    # on the machine's core count; numpy's pairwise sum has one fixed order everywhere
-    mean = float((values * weights).sum() / weights.sum())
-    return {"mean": mean, "p50": p50, "p90": p90, "p99": p99, "max": float(values.max())}
-
-
-#: A run's token emissions as (runs per request, run starts, run ends): request i emitted one
-#: token at the end of every step of its runs, inclusive ranges of the (concatenated) step log.
-TokenRuns = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
 def tokens_per_request(runs: TokenRuns) -> np.ndarray:
     """Tokens each request emitted: the total length of its step runs."""
     counts, starts, ends = runs
@@ -114,100 +70,119 @@ def tokens_per_request(runs: TokenRuns) -> np.ndarray:
     return per_run[last] - per_run[last - counts]
 
 
-def itl_values(runs: TokenRuns, ends: StepEnds, folder: str | None = None) -> WeightedValues:
-    """Every inter-token gap, as (gap value, multiplicity) pairs, from the requests' step runs.
-
-    Inside a run [a, b] the gaps are the step-to-step gaps end[i+1] - end[i] for a <= i < b;
-    many requests share the same steps, so step i's gap counts the runs with start <= i < end
-    (sorted run bounds, counted a chunk of steps at a time: work and memory scale with steps
-    and runs, not tokens). Gaps between consecutive runs of one request (it was skipped or
-    preempted) are listed one by one. Pairs beyond memory go to a file in `folder`.
-    """
-    counts, starts, stops = runs
-    first_start, first_stop = np.sort(starts), np.sort(stops)
-    out = WeightedValues(folder)
-    prev, base = None, 0  # last end of the previous chunk, global index of this chunk's first step
-    for chunk in ends.chunks():
-        seq = chunk if prev is None else np.concatenate(([prev], chunk))
-        lo = base - (prev is not None)  # global index of the step whose gap is seq[1] - seq[0]
-        gaps = np.diff(seq)
-        hi = lo + len(gaps)
-        mult = (_count_upto(first_start, lo, hi) - _count_upto(first_stop, lo, hi))
-        keep = (mult > 0) & np.isfinite(gaps)
-        out.add(gaps[keep], mult[keep])
-        prev, base = chunk[-1], base + len(chunk)
-    later = np.ones(len(starts), dtype=bool)  # runs that follow another run of the same request
-    later[(np.cumsum(counts) - counts)[counts > 0]] = False
-    idx = np.flatnonzero(later)
-    if len(idx):
-        between = ends[starts[idx]] - ends[stops[idx - 1]]
-        between = between[np.isfinite(between)]
-        out.add(between, np.ones(len(between), dtype=np.int64))
-    return out
+#: The requests' columns: all at once, or a function giving them a chunk of rows at a time
+ColumnChunks = RequestColumns | Callable[[], Iterable[RequestColumns]]
 
 
-def _count_upto(sorted_bounds: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """For each i in [lo, hi): how many bounds are <= i."""
-    a, b = np.searchsorted(sorted_bounds, [lo, hi])
-    inside = np.bincount(sorted_bounds[a:b] - lo, minlength=hi - lo)
-    return a + np.cumsum(inside)
-
-
-def itl_stats(runs: TokenRuns, ends: StepEnds, folder: str | None = None) -> dict[str, float | None]:
-    """`stats` of the inter-token gaps (exact percentiles; the mean from an exact sum)."""
-    values = itl_values(runs, ends, folder)
-    try:
-        if values.total_weight == 0:
-            return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
-        p50, p90, p99 = values.percentiles((50, 90, 99))
-        return {"mean": values.mean(), "p50": p50, "p90": p90, "p99": p99, "max": values.max}
-    finally:
-        values.close()
-
-
-def summarize(cols: RequestColumns, ends: StepEnds, runs: TokenRuns, *, ttft_slo_s: float | None,
+def summarize(cols: ColumnChunks, ends: StepEnds, runs: TokenRuns, *, ttft_slo_s: float | None,
               tpot_slo_s: float | None, prefix_hits: tuple[int, int], wall_time_s: float,
               folder: str | None = None) -> dict:
-    """The summary.json dictionary (`ends`: every step's end time, as token runs index them)."""
-    finished = cols.state == FINISHED
-    start = float(cols.arrival_s.min()) if len(cols.arrival_s) else 0.0
-    end = float(np.nanmax(cols.finish_s)) if finished.any() else start
-    duration = max(end - start, 1e-12)
+    """The summary.json dictionary (`ends`: every step's end time, as token runs index them).
+
+    Given chunks of rows (a spilled table), every figure is reduced chunk by chunk, the
+    percentiles out of core (stream_stats.py): the same bytes as from the whole columns."""
+    chunks = (lambda: [cols]) if isinstance(cols, RequestColumns) else cols
+    total = _Group(folder)
+    labels: dict[str, set] = {"per_tenant": set(), "per_slo_class": set()}
+    for c in chunks():
+        total.add(c, _met(c, ttft_slo_s, tpot_slo_s))
+        labels["per_tenant"].update(np.unique(c.tenant[c.tenant != None]).tolist())  # noqa: E711
+        labels["per_slo_class"].update(np.unique(c.slo_class[c.slo_class != None]).tolist())  # noqa: E711
+    duration = max(total.end_s - total.start_s, 1e-12) if total.num_finished else 1e-12
     itl = itl_stats(runs, ends, folder)
     queried, hit = prefix_hits
+    states = total.states
     out = {
-        "num_requests": int(len(cols.id)),
-        "num_finished": int(finished.sum()),
-        "num_rejected": int((cols.state == 5).sum()),
-        "num_dropped": int((cols.state == 6).sum()),
-        "num_aborted": int((cols.state == 7).sum()),
-        "num_failed": int((cols.state == 8).sum()),
+        "num_requests": total.n,
+        "num_finished": total.num_finished,
+        "num_rejected": int(states[5]),
+        "num_dropped": int(states[6]),
+        "num_aborted": int(states[7]),
+        "num_failed": int(states[8]),
         "simulated_time_s": ends.max() if len(ends) else 0.0,
         "wall_time_s": wall_time_s,
-        "ttft_s": stats(cols.ttft_s),
-        "tpot_s": stats(cols.tpot_s),
+        "ttft_s": total.ttft.result(),
+        "tpot_s": total.tpot.result(),
         "itl_s": itl,
-        "e2e_s": stats(cols.e2e_s),
+        "e2e_s": total.e2e.result(),
         "throughput": {
-            "requests_per_s": float(finished.sum() / duration),
-            "input_tokens_per_s": float(cols.prompt_len[finished].sum() / duration),
-            "output_tokens_per_s": float(cols.num_output_tokens.sum() / duration),
+            "requests_per_s": float(total.num_finished / duration),
+            "input_tokens_per_s": float(total.input_tokens / duration),
+            "output_tokens_per_s": float(total.output_tokens / duration),
         },
-        "num_preemptions": int(cols.num_preemptions.sum()),
+        "num_preemptions": total.num_preemptions,
         "prefix_cache_hit_rate": float(hit / queried) if queried else 0.0,
         "num_steps": len(ends),
     }
-    met = slo_met(cols, ttft_slo_s, tpot_slo_s)
-    if met is not None:
+    report_met = ttft_slo_s is not None or tpot_slo_s is not None or total.has_own_slo
+    if report_met:
         out["slo"] = {"ttft_s": ttft_slo_s, "tpot_s": tpot_slo_s}
-        out["slo_attainment"] = float(met.mean()) if len(met) else 0.0
-        out["goodput_requests_per_s"] = float(met.sum() / duration)
-    for key, labels in (("per_tenant", cols.tenant), ("per_slo_class", cols.slo_class)):
-        groups = sorted({x for x in labels if x is not None})
-        if len(groups) > 1 or (key == "per_slo_class" and groups):
-            out[key] = {g: _group(cols.select(labels == g), met[labels == g] if met is not None else None, duration)
-                        for g in groups}
+        out["slo_attainment"] = float(total.num_met / total.n) if total.n else 0.0
+        out["goodput_requests_per_s"] = float(total.num_met / duration)
+    wanted = {key: sorted(g) for key, g in labels.items() if len(g) > 1 or (key == "per_slo_class" and g)}
+    if wanted:
+        out.update(_groups(chunks, wanted, ttft_slo_s, tpot_slo_s, duration, report_met, folder))
     return out
+
+
+def _groups(chunks, wanted: dict[str, list], ttft_slo_s, tpot_slo_s, duration: float, report_met: bool,
+            folder) -> dict:
+    """per_tenant / per_slo_class: a second pass over the chunks, a `_Group` per label."""
+    acc = {key: {g: _Group(folder) for g in groups} for key, groups in wanted.items()}
+    for c in chunks():
+        met = _met(c, ttft_slo_s, tpot_slo_s)
+        for key, groups in acc.items():
+            labels = c.tenant if key == "per_tenant" else c.slo_class
+            for g, group in groups.items():
+                mask = labels == g
+                if mask.any():
+                    group.add(c.select(mask), met[mask])
+    return {key: {g: group.section(duration, report_met) for g, group in groups.items()}
+            for key, groups in acc.items()}
+
+
+class _Group:
+    """The summary's figures of a set of requests, added a chunk of rows at a time."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.n = self.num_finished = self.num_met = self.num_preemptions = 0
+        self.input_tokens = self.output_tokens = 0
+        self.states = np.zeros(len(STATE_NAMES), dtype=np.int64)
+        self.start_s, self.end_s = np.inf, -np.inf  # first arrival, last finish
+        self.has_own_slo = False
+        self.ttft, self.tpot, self.e2e = StreamStats(folder), StreamStats(folder), StreamStats(folder)
+
+    def add(self, c: RequestColumns, met: np.ndarray) -> None:
+        finished = c.state == FINISHED
+        self.n += len(c.id)
+        self.num_finished += int(finished.sum())
+        self.states += np.bincount(c.state, minlength=len(STATE_NAMES))[:len(STATE_NAMES)]
+        if len(c.id):
+            self.start_s = min(self.start_s, float(c.arrival_s.min()))
+        done = c.finish_s[~np.isnan(c.finish_s)]
+        if len(done):
+            self.end_s = max(self.end_s, float(done.max()))
+        self.input_tokens += int(c.prompt_len[finished].sum())
+        self.output_tokens += int(c.num_output_tokens.sum())
+        self.num_preemptions += int(c.num_preemptions.sum())
+        self.num_met += int(met.sum())
+        self.has_own_slo = self.has_own_slo or bool(np.isfinite(c.ttft_slo_s).any() or np.isfinite(c.tpot_slo_s).any())
+        self.ttft.add(c.ttft_s)
+        self.tpot.add(c.tpot_s)
+        self.e2e.add(c.e2e_s)
+
+    def section(self, duration: float, report_met: bool) -> dict:
+        g = {
+            "num_requests": self.n,
+            "num_finished": self.num_finished,
+            "ttft_s": self.ttft.result(),
+            "tpot_s": self.tpot.result(),
+            "e2e_s": self.e2e.result(),
+            "output_tokens_per_s": float(self.output_tokens / duration),
+        }
+        if report_met:
+            g["slo_attainment"] = float(self.num_met / self.n) if self.n else 0.0
+        return g
 
 
 def slo_met(cols: RequestColumns, ttft_slo_s: float | None, tpot_slo_s: float | None) -> np.ndarray | None:
@@ -215,21 +190,12 @@ def slo_met(cols: RequestColumns, ttft_slo_s: float | None, tpot_slo_s: float | 
     has_own = np.isfinite(cols.ttft_slo_s).any() or np.isfinite(cols.tpot_slo_s).any()
     if ttft_slo_s is None and tpot_slo_s is None and not has_own:
         return None
+    return _met(cols, ttft_slo_s, tpot_slo_s)
+
+
+def _met(cols: RequestColumns, ttft_slo_s: float | None, tpot_slo_s: float | None) -> np.ndarray:
+    """`slo_met` as if a target were set (no target: +inf)."""
     ttft_t = np.where(np.isfinite(cols.ttft_slo_s), cols.ttft_slo_s, np.inf if ttft_slo_s is None else ttft_slo_s)
     tpot_t = np.where(np.isfinite(cols.tpot_slo_s), cols.tpot_slo_s, np.inf if tpot_slo_s is None else tpot_slo_s)
     tpot = np.nan_to_num(cols.tpot_s, nan=0.0)  # one-token outputs have no TPOT to miss
     return (cols.state == FINISHED) & (cols.ttft_s <= ttft_t) & (tpot <= tpot_t)
-
-
-def _group(cols: RequestColumns, met: np.ndarray | None, duration: float) -> dict:
-    g = {
-        "num_requests": int(len(cols.id)),
-        "num_finished": int((cols.state == FINISHED).sum()),
-        "ttft_s": stats(cols.ttft_s),
-        "tpot_s": stats(cols.tpot_s),
-        "e2e_s": stats(cols.e2e_s),
-        "output_tokens_per_s": float(cols.num_output_tokens.sum() / duration),
-    }
-    if met is not None:
-        g["slo_attainment"] = float(met.mean()) if len(met) else 0.0
-    return g

@@ -13,6 +13,8 @@ therefore give a handful of rows, not 31 million.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 
 from servesim.metrics.recorder import StepLog, positions
@@ -39,24 +41,26 @@ def _row_edges(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
 def timeseries(logs: list[StepLog], arrival_s: np.ndarray, finish_s: np.ndarray,
                interval_s: float) -> dict[str, np.ndarray]:
     """The time series of whole step logs (one per replica)."""
-    return series(reduce_logs(logs, interval_s), arrival_s, finish_s, interval_s)
+    return series(reduce_logs(logs, interval_s), lambda: [(arrival_s, finish_s)], interval_s)
 
 
-def series(reducers: list[StepReducer], arrival_s: np.ndarray, finish_s: np.ndarray,
+def series(reducers: list[StepReducer], times: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
            interval_s: float) -> dict[str, np.ndarray]:
-    """The run's time series from its replicas' reduced step logs; with several replicas
+    """The run's time series from its replicas' reduced step logs and the requests' (arrival,
+    finish) times, which `times()` gives a chunk of rows at a time; with several replicas
     levels are summed and KV usage is the share of all replicas' blocks."""
     ends = [r.last_end_s for r in reducers if r.num_steps]
-    end = max(max(ends, default=0.0), float(arrival_s.max()) if len(arrival_s) else 0.0)
+    last_arrival_s = max((float(a.max()) for a, _ in times() if len(a)), default=0.0)
+    end = max(max(ends, default=0.0), last_arrival_s)
     n = max(int(np.ceil(end / interval_s)), 1)
-    finish_s = finish_s[np.isfinite(finish_s)]
 
     def index(times: np.ndarray) -> np.ndarray:
         return np.minimum((times // interval_s).astype(np.int64), n - 1)
 
     # intervals holding an arrival or a completion, each once (rows depend on which, not on how
     # many: one entry per interval instead of two per request keeps the passes below small)
-    points = np.union1d(index(arrival_s), index(finish_s))
+    points = np.unique(np.concatenate([np.empty(0, dtype=np.int64)] + [
+        np.union1d(index(a), index(f[np.isfinite(f)])) for a, f in times()]))
     busy = [r.busy_ranges(n - 1) for r in reducers]
     lo = np.concatenate([[0], *(b[0] for b in busy), points])  # interval 0 always starts the series
     hi = np.concatenate([[0], *(b[1] for b in busy), points])
@@ -69,8 +73,10 @@ def series(reducers: list[StepReducer], arrival_s: np.ndarray, finish_s: np.ndar
         row = np.searchsorted(rows, at, side="right") - 1
         return np.bincount(row, weights=weights, minlength=len(width))[:len(width)]
 
-    cols["arrivals"] = count(index(arrival_s))
-    cols["finished"] = count(index(finish_s))
+    cols["arrivals"] = cols["finished"] = np.zeros(len(width), dtype=np.int64)
+    for a, f in times():
+        cols["arrivals"] = cols["arrivals"] + count(index(a))
+        cols["finished"] = cols["finished"] + count(index(f[np.isfinite(f)]))
     tokens = [r.tokens(n - 1) for r in reducers]
     cols["prompt_tokens"] = sum(count(at, prompt) for at, prompt, _ in tokens)
     cols["output_tokens"] = sum(count(at, output) for at, _, output in tokens)

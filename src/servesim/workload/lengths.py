@@ -44,9 +44,11 @@ def length_pairs(cfg: LengthsConfig, rng: np.random.Generator,
         pairs = pmf_length_pairs(cfg.dataset.removeprefix("servegen-"), rng)
     else:
         plist, olist = table if table is not None else _table_lists(cfg.dataset)
-        # Rows are sampled whole, keeping each prompt's real output length with it.
+        # Rows are sampled whole, keeping each prompt's real output length with it; the rows
+        # are clipped once here, not each time one is drawn (a lookup per request).
+        rows_clipped = list(_clipped(zip(plist, olist), cfg.max_prompt_tokens, cfg.max_output_tokens))
         rows: Iterator[int] = stream(lambda n: rng.integers(0, len(plist), size=n))
-        pairs = ((plist[i], olist[i]) for i in rows)
+        return map(rows_clipped.__getitem__, rows)
     return _clipped(pairs, cfg.max_prompt_tokens, cfg.max_output_tokens)
 
 

@@ -27,7 +27,7 @@ class SectionInput:
     the scenario."""
 
     requests: RequestTable | list[Request]  # every request of the run, rows in arrival order
-    cols: RequestColumns | None  # the same requests as summary columns (None: derived)
+    cols: RequestColumns | None  # the same requests as summary columns (None: derived, unless spilled)
     # end time of every engine step (index = step number in token runs): an array, or a StepEnds
     # (metrics/step_ends.py) reading files when the run reduced its step logs as they came
     step_ends_s: np.ndarray
@@ -36,7 +36,7 @@ class SectionInput:
     def __post_init__(self) -> None:
         if not isinstance(self.requests, RequestTable):
             object.__setattr__(self, "requests", RequestTable.from_requests(list(self.requests)))
-        if self.cols is None:
+        if self.cols is None and not self.requests.spilled:  # (spilled: sections read the table)
             object.__setattr__(self, "cols", self.requests.request_columns())
 
     @property

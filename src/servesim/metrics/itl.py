@@ -1,0 +1,142 @@
+"""Inter-token latencies from the requests' token runs, reduced out of core.
+
+Every gap between consecutive tokens of a request, as (gap, multiplicity) pairs: inside a run
+[a, b] the gaps are the step-to-step gaps end[i+1] - end[i] for a <= i < b; many requests share
+the same steps, so step i's gap counts the runs with start <= i < end. Those counts come a
+chunk of steps at a time (the step ends are read in chunks) from the run bounds: sorted, when
+the runs are arrays in memory; sorted into one file per chunk of steps (`BoundFiles`), when
+they come a chunk of rows at a time from a spilled table, so memory holds a chunk of steps
+and of runs, not every run. Gaps between consecutive runs of one request (it was skipped or
+preempted) are listed one by one. Work scales with steps and runs, not tokens.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from servesim.metrics.exact import WeightedValues
+from servesim.metrics.step_ends import CHUNK, StepEnds
+
+#: A run's token emissions as (runs per request, run starts, run ends): request i emitted one
+#: token at the end of every step of its runs, inclusive ranges of the (concatenated) step log.
+TokenRuns = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: Token runs all at once, or a function giving them a chunk of rows at a time.
+RunChunks = TokenRuns | Callable[[], Iterable[TokenRuns]]
+
+
+class SortedBounds:
+    """Run bounds (step indices) held sorted in memory."""
+
+    def __init__(self, bounds: np.ndarray) -> None:
+        self.sorted = np.sort(bounds)
+
+    def upto(self, k: int, lo: int, hi: int) -> np.ndarray:
+        """For each step i in [lo, hi): how many bounds are <= i (`k`: the chunk of steps)."""
+        a, b = np.searchsorted(self.sorted, [lo, hi])
+        inside = np.bincount(self.sorted[a:b] - lo, minlength=hi - lo)
+        return a + np.cumsum(inside)
+
+    def close(self) -> None:
+        pass
+
+
+class BoundFiles:
+    """Run bounds sorted into one file per chunk of steps (`firsts`: first step of each chunk,
+    as `StepEnds.chunks` gives them); `upto` reads one chunk's file."""
+
+    def __init__(self, firsts: np.ndarray, folder: str | None) -> None:
+        self.firsts = firsts
+        self.before = np.zeros(len(firsts) + 1, dtype=np.int64)  # bounds in each chunk, then cumulated
+        self.dir = Path(tempfile.mkdtemp(prefix="bounds-", dir=folder))
+
+    def add(self, bounds: np.ndarray) -> None:
+        chunk = np.searchsorted(self.firsts, bounds, side="right") - 1
+        order = np.argsort(chunk, kind="stable")
+        chunk, bounds = chunk[order], bounds[order]
+        cuts = np.flatnonzero(np.diff(chunk)) + 1
+        for part, k in zip(np.split(bounds, cuts), chunk[np.concatenate(([0], cuts))].tolist() if len(chunk) else []):
+            with open(self.dir / f"{k}.i8", "ab") as f:
+                part.astype(np.int64).tofile(f)
+            self.before[k + 1] += len(part)
+
+    def done(self) -> None:
+        np.cumsum(self.before, out=self.before)  # before[k]: bounds below chunk k
+
+    def upto(self, k: int, lo: int, hi: int) -> np.ndarray:
+        path = self.dir / f"{k}.i8"
+        mine = np.fromfile(path, np.int64) if path.exists() else np.empty(0, dtype=np.int64)
+        first = int(self.firsts[k])
+        counts = self.before[k] + np.cumsum(np.bincount(mine - first, minlength=hi - first))
+        counts = np.concatenate(([self.before[k]], counts))  # from step first - 1
+        return counts[lo - first + 1:hi - first + 1]
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def itl_values(runs: RunChunks, ends: StepEnds, folder: str | None = None) -> WeightedValues:
+    """Every inter-token gap, as (gap value, multiplicity) pairs; pairs beyond memory go to a
+    file in `folder`."""
+    chunks = (lambda: [runs]) if isinstance(runs, tuple) else runs
+    if isinstance(runs, tuple):
+        starts, stops = SortedBounds(runs[1]), SortedBounds(runs[2])
+    else:
+        starts, stops = BoundFiles(_chunk_firsts(ends), folder), BoundFiles(_chunk_firsts(ends), folder)
+        for _, a, b in chunks():
+            starts.add(a)
+            stops.add(b)
+        starts.done()
+        stops.done()
+    out = WeightedValues(folder)
+    try:
+        prev, base = None, 0  # last end of the previous chunk, global index of this chunk's first step
+        for k, chunk in enumerate(ends.chunks()):
+            seq = chunk if prev is None else np.concatenate(([prev], chunk))
+            lo = base - (prev is not None)  # global index of the step whose gap is seq[1] - seq[0]
+            gaps = np.diff(seq)
+            hi = lo + len(gaps)
+            mult = starts.upto(k, lo, hi) - stops.upto(k, lo, hi)
+            keep = (mult > 0) & np.isfinite(gaps)
+            out.add(gaps[keep], mult[keep])
+            prev, base = chunk[-1], base + len(chunk)
+    finally:
+        starts.close()
+        stops.close()
+    for counts, a, b in chunks():
+        _between_runs(counts, a, b, ends, out)
+    return out
+
+
+def _chunk_firsts(ends: StepEnds) -> np.ndarray:
+    """Global index of the first step of each chunk `ends.chunks()` yields."""
+    return np.concatenate([np.arange(0, n, CHUNK, dtype=np.int64) + off
+                           for off, n in zip(ends.offsets[:-1].tolist(), ends._lens)] or [np.empty(0, np.int64)])
+
+
+def _between_runs(counts: np.ndarray, starts: np.ndarray, stops: np.ndarray, ends: StepEnds,
+                  out: WeightedValues) -> None:
+    """The gaps from each run's end to the next run of the same request."""
+    later = np.ones(len(starts), dtype=bool)  # runs that follow another run of the same request
+    later[(np.cumsum(counts) - counts)[counts > 0]] = False
+    idx = np.flatnonzero(later)
+    if len(idx):
+        between = ends[starts[idx]] - ends[stops[idx - 1]]
+        between = between[np.isfinite(between)]
+        out.add(between, np.ones(len(between), dtype=np.int64))
+
+
+def itl_stats(runs: RunChunks, ends: StepEnds, folder: str | None = None) -> dict[str, float | None]:
+    """`stats` of the inter-token gaps (exact percentiles; the mean from an exact sum)."""
+    values = itl_values(runs, ends, folder)
+    try:
+        if values.total_weight == 0:
+            return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+        p50, p90, p99 = values.percentiles((50, 90, 99))
+        return {"mean": values.mean(), "p50": p50, "p90": p90, "p99": p99, "max": values.max}
+    finally:
+        values.close()
