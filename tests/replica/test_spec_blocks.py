@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import servesim.replica.spec_stretch as spec_stretch
+import servesim.replica.spec_stretch_pricing as spec_stretch_pricing
 from servesim.perf import build_perf_model
 from servesim.perf.config import PerfConfig
 from tests.factories import make_engine, make_request, serve
@@ -38,14 +38,14 @@ def test_sliding_window_models_have_no_verify_form():
 def blocks(monkeypatch):
     """Every block priced, as (steps kept, out of blocks)."""
     seen: list[tuple[int, bool]] = []
-    real = spec_stretch.regular_block
+    real = spec_stretch_pricing.regular_block
 
     def spy(*args, **kw):
         b = real(*args, **kw)
         seen.append((b.m, b.out_of_blocks))
         return b
 
-    monkeypatch.setattr(spec_stretch, "regular_block", spy)
+    monkeypatch.setattr(spec_stretch_pricing, "regular_block", spy)
     return seen
 
 

@@ -15,6 +15,9 @@ occupy a PCIe stream per direction and make a swapped-in request schedulable onl
 is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied
 by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`);
 steps that repeat are fast-forwarded by `replica/spec_stretch.py`.
+
+The swap pricing and timer wake-ups are `StepWaits`' (`replica/engine_waits.py`); clock changes,
+crashes, restarts and the end of run are `EngineLifecycle`'s (`replica/engine_lifecycle.py`).
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import numpy as np
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
+from servesim.replica.engine_lifecycle import EngineLifecycle
+from servesim.replica.engine_waits import StepWaits
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
 from servesim.replica.fast_forward import FastForwarding, advance_decodes
-from servesim.replica.swap import num_copies, num_layers, swap_time_s
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
 DoneCallback = Callable[[Request, float], None]
 
 
-class Engine(FastForwarding):
+class Engine(FastForwarding, StepWaits, EngineLifecycle):
     """A model replica serving requests with one scheduler, KV cache and cost model."""
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
@@ -254,96 +258,3 @@ class Engine(FastForwarding):
         for req in finished:
             self.on_done(req, now_s)
         self._start_step(now_s)
-
-    # ------------------------------------------------------------------ swaps and timers
-    def _swap(self, out: SchedulerOutput, now_s: float) -> float:
-        """Price this step's swaps; returns the time the step waits for synchronous copies."""
-        mech = self.scheduler.swap_mechanics
-        bs = self.kv.block_size
-        layers = num_layers(self.perf)
-        wait_s = 0.0
-        sides = ((0, out.swapped_out, out.swap_out_blocks), (1, out.swapped_in, out.swap_in_blocks))
-        for direction, reqs, blocks in sides:
-            for i, req in enumerate(reqs):
-                nb = blocks[i] if i < len(blocks) else self.kv.num_blocks_of(req.id)
-                t = swap_time_s(nb, bs, self.perf, mech)
-                if nb:
-                    self.num_swap_copies += num_copies(nb, layers, mech.blocks_per_copy)
-                self.num_swapped_blocks += nb
-                self.swap_transfer_s += t
-                if mech.overlap:
-                    end = max(now_s, self._link_free_s[direction]) + t
-                    self._link_free_s[direction] = end
-                    if direction:
-                        self.scheduler.swap_done(req, end)
-                else:
-                    wait_s += t
-        self.swap_stall_s += wait_s
-        return wait_s
-
-    def _wake_at(self, t: float) -> None:
-        """Call `schedule` again at `t` unless a step has started by then (policy timers)."""
-        if self._wake_s <= t and self._wake_s > self.loop.now_s:
-            return  # an earlier wake-up is pending
-        self._wake_s = t
-        self.loop.schedule(t, self._on_wake, self._epoch, PRIO_STEP_START)
-
-    def _on_wake(self, now_s: float, epoch: int) -> None:
-        if epoch != self._epoch:
-            return
-        self._wake_s = float("inf")
-        if not self.busy:
-            self.busy = True
-            self._start_step(now_s)
-
-    # ------------------------------------------------------------------ clock
-    def set_perf(self, perf, now_s: float) -> None:
-        """Steps that start after `now_s` are timed by `perf` (a clock change: power capping,
-        frequency locking). The step in flight keeps its time, as on a GPU; a fast-forwarded
-        stretch is cut there, exactly as an arrival cuts it."""
-        self._cut(now_s)
-        self.perf = perf
-        self._decode_fns = {}
-        self._forms = None
-
-    # ------------------------------------------------------------------ failures
-    def crash(self, now_s: float) -> list[Request]:
-        """Stop at `now_s`: apply the stretch steps that ended before it, lose the step in
-        flight, release every request's KV and return the requests (unfinished, in the
-        scheduler's order: running, waiting, swapped)."""
-        if self.on_change:
-            self.on_change(now_s)
-        st = self.stretch
-        if st is not None:
-            self.stretch = None
-            st.gen += 1  # its end event is void
-            j = st.steps_before(now_s)
-            if j:
-                st.truncate(j)
-                done = self._apply_stretch(st)
-                for req in done:
-                    req.state = RequestState.FINISHED
-                    self.scheduler.finish(req, now_s)
-                for req in done:
-                    self.on_done(req, now_s)
-        self._epoch += 1  # a plain step in flight, a pending start or wake-up: all void
-        self.busy = False
-        self._wake_s = float("inf")
-        return self.scheduler.drain(now_s)
-
-    def restart(self, scheduler: Scheduler, kv: KVCacheManager) -> None:
-        """Come back with a fresh scheduler and KV cache (a restarted engine)."""
-        self.scheduler = scheduler
-        self.kv = kv
-        self._link_free_s = [0.0, 0.0]
-
-    # ------------------------------------------------------------------ end of run
-    def drain(self, now_s: float) -> None:
-        """Mark every request still held as dropped (the run stopped before they finished),
-        with those whose KV was coming here."""
-        held = self.scheduler.drain(now_s)
-        if self.ports is not None:
-            held += self.ports.drain()
-        for req in held:
-            req.state = RequestState.DROPPED
-            req.finish_s = now_s

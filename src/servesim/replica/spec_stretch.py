@@ -15,6 +15,7 @@ go by batch order, so only schedulers that know the order of the repeated steps
 (`Scheduler.repeat_order`: step 0's, or a re-sort by a key decodes do not change, for as long
 as `Scheduler.repeat_order_limit` says it holds) fast-forward. Exact as
 stepping one by one: tests/replica/test_spec_fast_forward.py, tests/cluster/test_spec_exactness.py.
+The steps are priced by `SpecStretchPricing` (`replica/spec_stretch_pricing.py`).
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ import math
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from servesim.replica.spec_blocks import block_step_times, block_steps, regular_block
+from servesim.replica.spec_stretch_pricing import SpecStretchPricing
 from servesim.workload.request import Request
 
 if TYPE_CHECKING:
     from servesim.replica.spec_decode import AcceptanceDraws
 
 
-class SpecStretch:
+class SpecStretch(SpecStretchPricing):
     """Speculative decode steps of a fixed batch, priced lazily; applied at `end_s`."""
 
     # what the engine's generic stretch code reads (`FastForwarding._limit`): nothing to limit here
@@ -111,163 +110,6 @@ class SpecStretch:
     @property
     def end_s(self) -> float:
         return self.ends[-1]
-
-    # ---------------------------------------------------------------- pricing
-    def price(self, horizon: float) -> None:
-        """Take steps until one would start at or after `horizon` or the next event anywhere
-        (at least one step), or the stretch is done. Pricing a step costs about what applying
-        it does, so steps are not priced far ahead of an event that may cut them: an uncut
-        stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
-        horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
-        if horizon >= self._until_s:  # (the policy's order holds only so far)
-            horizon = self._until_s
-        if self._verify_fn is not None:
-            while not self.final and self.ends[-1] < horizon and len(self.ends) < self.kmax:
-                if not self._block(horizon):
-                    break  # (declined now, it would be at the later steps too)
-        self._steps(horizon)
-        if self.ends[-1] >= self._until_s or len(self.ends) >= self.kmax:
-            self.final = True  # (not extended past the policy's limit)
-
-    def _block(self, horizon: float) -> bool:
-        """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
-        of them are expected: before the horizon (guessed from the last step's time) and
-        before a request gets down to its last k + 1 tokens (at the mean tokens per step).
-        True if it priced steps and more regular ones may follow."""
-        act, rem, k_max, ends = self._active, self._rem, self._k_max, self.ends
-        n = len(act)
-        span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
-        steps = block_steps(n, (horizon - ends[-1]) / span if span > 0 else math.inf,
-                            lambda: min([rem[i] for i in act]) - k_max - 1, self._acceptance_rate, k_max)
-        steps = min(steps, self.kmax - len(ends))
-        if steps <= 0:
-            return False
-        rows = self._rows[-1]
-        acc = np.array(self._draws.peek(rows, steps * n), dtype=np.int64).reshape(steps, n)
-        ctx, held = self._ctx, self._held
-        b = regular_block(acc, act, [ctx[i] for i in act], [rem[i] for i in act], [held[i] for i in act], k_max,
-                          self._bs, self._alloc[-1], self.free_blocks, ends[-1], horizon,
-                          block_step_times(self._verify_fn, self._affine, n, k_max, self._draft_ratio))
-        m = b.m
-        if b.out_of_blocks:
-            self.final = True
-        if not m:
-            return False
-        ends += b.ends_s
-        self.sizes += b.sizes
-        self._runs += [act] * m
-        self._emits += b.emits
-        self._grants += b.grants
-        self._alloc += b.alloc
-        self._rows += range(rows + n, rows + n * m + 1, n)
-        for i, t, h in zip(act, b.tokens, b.held):
-            ctx[i] += t
-            rem[i] -= t
-            held[i] = h
-        return m == steps and not self.final
-
-    def _steps(self, horizon: float) -> None:
-        """Price steps one by one while one would start before `horizon` (and `kmax`), until
-        the stretch is done or a step's blocks do not fit.
-
-        `speculate`'s rules, with two simplifications that are exact here: the `max_model_len`
-        bound on k never binds (a decode's context + tokens left < max_model_len, so
-        tokens left - 1 is the tighter bound), and k = 0 only on a request's last token."""
-        ctx, rem, held = self._ctx, self._rem, self._held
-        k_max, bs, kmax = self._k_max, self._bs, self.kmax
-        ends, sizes, runs, emits_of, grants_of, allocs, rows_of = (
-            self.ends, self.sizes, self._runs, self._emits, self._grants, self._alloc, self._rows)
-        peek = self._draws.peek
-        while not self.final and ends[-1] < horizon and len(ends) < kmax:
-            act = self._active
-            rows = rows_of[-1]
-            acc = peek(rows, len(act))  # (rows of speculating requests, in batch order)
-            emits, grants, done_plain, done_spec = [], [], [], []  # (finishes: plain decodes first)
-            need = ctx_sum = used = 0
-            regular = True  # every request verifies 1 + k_max tokens
-            for i in act:
-                c = ctx[i]
-                r = rem[i]
-                ctx_sum += c
-                if r > k_max:  # k_max lookahead slots: blocks for c + 1 + k_max tokens
-                    e = acc[used] + 1  # accepted drafts + the target's token
-                    used += 1
-                    nb = (c + k_max) // bs + 1 - held[i]
-                    if e == r:
-                        done_spec.append(i)
-                elif r > 1:  # k = r - 1 slots; emits at most r
-                    k = r - 1
-                    a = acc[used]
-                    used += 1
-                    e = a + 1 if a < k else r
-                    nb = (c + k) // bs + 1 - held[i]
-                    regular = False
-                    if e == r:
-                        done_spec.append(i)
-                else:  # its last token: a plain decode
-                    e = 1
-                    nb = c // bs + 1 - held[i]
-                    regular = False
-                    done_plain.append(i)
-                emits.append(e)
-                if nb > 0:
-                    grants.append((i, nb))
-                    need += nb
-            alloc = allocs[-1] + need
-            if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
-                self.final = True
-                return
-            dt = self._step_time_s(act, ctx_sum, used, regular)
-            for i, e in zip(act, emits):
-                ctx[i] += e
-                rem[i] -= e
-            for i, nb in grants:
-                held[i] += nb
-            j = len(ends)
-            ends.append(ends[-1] + dt)
-            sizes.append(sum(emits))
-            runs.append(act)
-            emits_of.append(emits)
-            grants_of.append(grants)
-            allocs.append(alloc)
-            rows_of.append(rows + used)
-            if done_plain or done_spec:
-                done = done_plain + done_spec
-                self._finishes += [(j, i) for i in done]
-                self._done_with(j, done)
-
-    def _step_time_s(self, act: list[int], ctx_sum: int, num_spec: int, regular: bool) -> float:
-        """The step's time as `speculate` prices it (verify pass + draft term), from the
-        contexts before it: by the context sum alone when the perf model has the forms."""
-        n = len(act)
-        fns = self._fns.get(n)
-        if fns is None:  # (per batch size: the draft term's and a regular verify pass's forms)
-            verify = self._verify_time_fn(n, 1 + self._k_max) if self._verify_time_fn is not None else None
-            fns = self._fns[n] = (self._decode_fn(n), verify)
-        draft_fn, verify_fn = fns
-        ctx = self._ctx
-        draft_s = draft_fn(ctx_sum) if draft_fn else self._perf.step_time_s([], [ctx[i] for i in act])
-        if not num_spec:  # every request on its last token: a plain decode step
-            return draft_s
-        dt = verify_fn(ctx_sum) if regular and verify_fn is not None else None
-        if dt is None:
-            k_max, rem = self._k_max, self._rem
-            verify = [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
-            dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
-        dt += self._draft_ratio * self._k_max * draft_s  # (as `speculate`, term for term)
-        return dt
-
-    def _done_with(self, j: int, done: list[int]) -> None:
-        """Requests that emitted their last token in step j: the stretch ends there, or they
-        leave the batch (their blocks free from step j + 1 on, for the views)."""
-        if not self.through:
-            self.final = True
-            return
-        gone = set(done)
-        self._active = [i for i in self._active if i not in gone]
-        self._free_at.append((j + 1, sum(self._held[i] for i in done)))
-        if not self._active:
-            self.final = True
 
     # ---------------------------------------------------------------- cutting and reading
     def steps_before(self, t: float) -> int:

@@ -19,6 +19,9 @@ paper is out of this single-replica policy's scope.
 
 The quanta are geometric with ratio 2 as in public re-implementations; the paper's table of
 thresholds was not available (see docs/scheduling.md).
+
+The per-step accounting (service, waiting time, promotions, keys: `on_step_end`) is
+`AutellixAccounting`'s (`autellix_accounting.py`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from __future__ import annotations
 from bisect import bisect_right
 from math import inf
 from functools import reduce
-from heapq import heappop, heappush
-from itertools import chain, filterfalse, islice
-from operator import add, itemgetter
+from itertools import chain, islice
+from operator import add
 from typing import Literal
 
 from pydantic import Field
 
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.autellix_accounting import AutellixAccounting
 from servesim.replica.schedulers.base import UNLIMITED_STEPS, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
@@ -56,7 +59,7 @@ class AutellixParams(SchedulerParams):
 
 
 @register("autellix")
-class AutellixScheduler(KeyedScheduler):
+class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     Params = AutellixParams
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -204,110 +207,6 @@ class AutellixScheduler(KeyedScheduler):
         for req in self.running:  # (a call handed over by another replica joins running directly)
             if req not in keys:
                 keys[req] = self._fresh_key(req)
-
-    def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        start = self._step_start_s
-        dt = now_s - start
-        served = self._credit(output, now_s, start, dt)
-        log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
-        self._step_log.append(dt)
-        self._wait_pass(served, now_s, start, log_end)
-        self._rekey_running(now_s, log_end)
-        if len(self._step_log) > 4096:
-            self._trim_log()
-
-    def _credit(self, output: SchedulerOutput, now_s: float, start: float, dt: float) -> set:
-        """Credit this step's service to the calls scheduled in it (lazy ones: by the log);
-        the programs served."""
-        run_lazy, due = self._run_lazy, self._run_due
-        while due and due[0][0] <= now_s:  # may reach their next level in this step: eager again
-            t, _, req = heappop(due)
-            entry = run_lazy.get(req)
-            if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
-                self._settle_running(req)
-        reqs = list(map(itemgetter(0), output.scheduled))
-        if run_lazy and sum(map(run_lazy.__contains__, reqs)) < len(run_lazy):
-            missed = set(run_lazy).difference(reqs)  # running, not scheduled: no credit this step
-            for req in missed:
-                self._settle_running(req)
-        program, service, call_service = self.program, self.service_s, self.call_service_s
-        served = set()
-        for req in filterfalse(run_lazy.__contains__, reqs):
-            p = program(req)
-            served.add(p)
-            # a call that finished inside a stretch running through finishes was served until then
-            d = dt if req.finish_s is None or req.finish_s >= now_s else req.finish_s - start
-            service[p] += d
-            call_service[req.id] += d
-        return served
-
-    def _wait_pass(self, served: set, now_s: float, start: float, log_end: int) -> None:
-        """Waiting time and anti-starvation (`attained_s` inlined: this runs over the queue)."""
-        program, service, call_service = self.program, self.service_s, self.call_service_s
-        atlas = self.params.mode == "atlas"
-        ratio = self.params.starvation_ratio
-        wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
-        keys, fresh, lazy = self._keys, self._fresh_key, self._lazy
-        due = self._due
-        while due and due[0][0] <= now_s:  # may reach their promotion in this step: eager again
-            t, _, req = heappop(due)
-            entry = lazy.get(req)
-            if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
-                self._settle(req)
-        # (lazy calls are credited with this step's `dt` when they stop waiting; skipped in C)
-        for req in filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
-            p = program(req)
-            if p in served:  # served (its service grew) or promoted: its calls' keys change
-                k = fresh(req)
-                if k != keys[req]:
-                    keys[req] = k
-                    self.waiting.clean = False
-                continue
-            served.add(p)  # a program's waiting time grows once per step
-            # from the step's start, or from when the call arrived or was preempted if later
-            q = queued.get(req.id, 0.0)
-            w = wait[p] = wait[p] + (now_s - max(start, q))
-            raw = base[req.id] + call_service[req.id] if atlas else service[p]
-            attained = max(raw - discount.get(p, 0.0), 0.0)
-            if attained > 0 and w >= ratio * attained:
-                discount[p] = discount.get(p, 0.0) + attained  # promote
-                wait[p] = 0.0
-                keys[req] = fresh(req)
-                self.waiting.clean = False
-                attained = max(raw - discount[p], 0.0)
-            if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
-                if attained == 0:
-                    lazy[req] = (log_end, inf)  # cannot be promoted before it is served
-                else:
-                    # The step lengths to come add up to at most the time elapsed (up to float
-                    # rounding: the margin), so it cannot be promoted before then.
-                    t = now_s + (ratio * attained - w) * (1 - 1e-9) - 1e-6
-                    lazy[req] = (log_end, t)
-                    self._due_seq += 1
-                    heappush(due, (t, self._due_seq, req))
-
-    def _rekey_running(self, now_s: float, log_end: int) -> None:
-        """Keys of the running calls served eagerly, or of a promoted program; lone ones
-        become lazy until their service may reach the next threshold."""
-        program, service, call_service = self.program, self.service_s, self.call_service_s
-        atlas = self.params.mode == "atlas"
-        base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
-        thresholds = self.thresholds
-        for req in filterfalse(run_lazy.__contains__, self.running):  # (`_fresh_key`, inlined)
-            p = program(req)
-            raw = base[req.id] + call_service[req.id] if atlas else service[p]
-            disc = discount.get(p, 0.0)
-            level = bisect_right(thresholds, max(raw - disc, 0.0))
-            keys[req] = (level, req.arrival_s, req.id)
-            if req.program_id is None and req.session_id is None:  # nothing else moves its key
-                if level >= len(thresholds):
-                    run_lazy[req] = (log_end, inf)
-                else:
-                    # its service grows by at most the time elapsed (the margin: float rounding)
-                    t = now_s + (thresholds[level] + disc - raw) * (1 - 1e-9) - 1e-6
-                    run_lazy[req] = (log_end, t)
-                    self._due_seq += 1
-                    heappush(self._run_due, (t, self._due_seq, req))
 
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:

@@ -13,16 +13,20 @@ To add a policy: one file in this folder with a `Scheduler` subclass decorated w
 `@register("name")` and a pydantic `Params` model whose fields carry the reference
 implementation's names, defaults and docstrings. Nothing else needs editing. A policy built
 on vLLM's mechanics subclasses `vllm_steps.VLLMSteps` and supplies only its order and victims.
+What the decisions return (`SchedulerOutput`, `FastForward`) is defined in `outputs.py`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from servesim.replica.schedulers.outputs import (
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, UNLIMITED_STEPS, FastForward,
+    SchedulerOutput,
+)
 from servesim.replica.schedulers.queues import make_queue
 from servesim.replica.swap import VLLM_V0_SWAP, SwapMechanics
 from servesim.workload.request import Request, RequestState
@@ -31,64 +35,15 @@ if TYPE_CHECKING:
     from servesim.replica.config import EngineConfig
     from servesim.replica.kv_cache import KVCacheManager
 
+# (`SchedulerOutput`, `FastForward` and the answers live in `outputs.py`; importable from here)
+__all__ = ["NO_FAST_FORWARD", "REPEAT_AFTER_PREFILL", "REPEAT_DECODES", "REPEAT_THROUGH", "UNLIMITED_STEPS",
+           "FastForward", "Scheduler", "SchedulerOutput", "SchedulerParams"]
+
 
 class SchedulerParams(BaseModel):
     """Base of every scheduler's parameters (unknown keys are rejected)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
-
-
-@dataclass(slots=True)
-class SchedulerOutput:
-    """What one call to `schedule` decided."""
-
-    # (request, number of tokens to compute this step), in batch order. Decoding requests get
-    # 1 token; prefilling (or recomputing) requests get a chunk.
-    scheduled: list[tuple[Request, int]] = field(default_factory=list)
-    # Requests preempted by recompute while scheduling (their blocks are already freed).
-    preempted: list[Request] = field(default_factory=list)
-    # Requests whose KV was moved to / brought back from the CPU tier this step (swap policies;
-    # use `Scheduler.swap_out` / `swap_in`, which move the blocks and fill these lists). The
-    # engine charges the copy time according to `Scheduler.swap_mechanics`.
-    swapped_out: list[Request] = field(default_factory=list)
-    swapped_in: list[Request] = field(default_factory=list)
-    # Blocks actually copied for each entry of swapped_out / swapped_in (a CPU copy kept from
-    # an earlier swap makes a swap-out cheaper than the request's size).
-    swap_out_blocks: list[int] = field(default_factory=list)
-    swap_in_blocks: list[int] = field(default_factory=list)
-    # A hint that saves the engine a pass: the first `num_known_decodes` entries of `scheduled`
-    # are decodes (one token, only the last generated token left to compute). 0 = unknown.
-    num_known_decodes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class FastForward:
-    """A policy's answer to: may the engine repeat this step without calling `schedule`?
-
-    The engine then advances many decode steps as one event (same results as stepping one by
-    one), stopping before anything the answer does not cover: the next arrival or policy
-    timer, the step that would run out of KV blocks and (unless `through_finishes`) the first
-    finish. The default, all False, is always safe, just slower.
-    """
-
-    repeat: bool = False
-    """With no new arrival and enough free KV blocks, the next `schedule` calls would choose
-    exactly the same requests with one token each until one of them finishes."""
-    after_prefill: bool = False
-    """`repeat` is exact also when this step finishes prompts (those requests then decode like
-    the rest); without it the engine fast-forwards only decode-only steps."""
-    through_finishes: bool = False
-    """`repeat` keeps holding as requests finish (the rest go on decoding, nothing is
-    admitted, no finish hook changes a decision), so finishes may be processed late."""
-
-
-NO_FAST_FORWARD = FastForward()
-UNLIMITED_STEPS = 1 << 62  # (`Scheduler.repeat_order_limit`: no step limit)
-REPEAT_DECODES = FastForward(repeat=True)  # the usual answer of a policy whose batch is steady
-# A batch that stays steady once this step's prompts are done (they then decode with the rest).
-REPEAT_AFTER_PREFILL = FastForward(repeat=True, after_prefill=True)
-# ... and through finishes: nothing waits, so a finish only frees blocks and a sequence slot.
-REPEAT_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True)
 
 
 class Scheduler:

@@ -22,11 +22,13 @@ that they can be switched off one by one (all off = vLLM v0 swapping):
 The paper's group-size policy is dynamic (split/merge); here every request's blocks form
 groups of `block_group_size` (an upper bound on contiguity). Blocks being swapped out are
 reusable at once (the paper waits for the copy): a simplification.
+
+The fairness bookkeeping (counters, snapshot, lift, held requests, `_key`) is
+`FastSwitchFairness`'s (`fastswitch_fairness.py`).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from functools import partial
 from math import inf
 
@@ -36,6 +38,7 @@ from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
@@ -69,7 +72,7 @@ def context_key(req: Request):
 
 
 @register("fastswitch")
-class FastSwitchScheduler(VLLMSteps):
+class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
     Params = FastSwitchParams
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -86,86 +89,6 @@ class FastSwitchScheduler(VLLMSteps):
         # as requests come and go instead of sorted at every step
         self._arrival_keys: list[tuple[float, int]] = []
         self._by_arrival: list[Request] = []
-
-    # ---- fairness bookkeeping ------------------------------------------------------
-    def add_request(self, req: Request, now_s: float) -> None:
-        self._held[req.tenant] = self._held.get(req.tenant, 0) + 1
-        self._arrived[req.tenant] = self._arrived.get(req.tenant, 0) + 1
-        self._hold(req)
-        super().add_request(req, now_s)
-
-    def _hold(self, req: Request) -> None:
-        key = (req.arrival_s, req.id)
-        i = bisect_right(self._arrival_keys, key)
-        self._arrival_keys.insert(i, key)
-        self._by_arrival.insert(i, req)
-
-    def _release(self, req: Request) -> None:
-        i = bisect_left(self._arrival_keys, (req.arrival_s, req.id))
-        if i < len(self._by_arrival) and self._by_arrival[i] is req:
-            del self._arrival_keys[i], self._by_arrival[i]
-
-    def _lift(self) -> None:
-        """VTC lift: a tenant back from idle (all it holds arrived since the last step) starts
-        at the smallest counter of the tenants active before. Decided when the next step is
-        scheduled (an engine takes new requests in at a step boundary), so the counters and
-        finishes include the step that was running at the arrival, whether it ran alone or
-        in a fast-forwarded stretch (settled at its end): the same either way."""
-        arrived, self._arrived = self._arrived, {}
-        held, counters = self._held, self.counters
-        back = [t for t, n in arrived.items() if 0 < held.get(t, 0) <= n]
-        if back:
-            floor = min((counters.get(t, 0.0) for t in held if t not in back), default=0.0)
-            for tenant in back:
-                counters[tenant] = max(counters.get(tenant, 0.0), floor)
-
-    def add_transferred(self, req: Request, now_s: float) -> None:
-        self._held[req.tenant] = self._held.get(req.tenant, 0) + 1
-        self._hold(req)
-        super().add_transferred(req, now_s)
-
-    def drain(self, now_s: float) -> list[Request]:
-        self._held.clear()
-        self._arrived.clear()
-        self._arrival_keys.clear()
-        self._by_arrival.clear()
-        return super().drain(now_s)
-
-    def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        p = self.params
-        start, k = self._sched_step, self.num_engine_steps - self._sched_step
-        last_refresh = (start + k - 1) // p.priority_update_interval * p.priority_update_interval
-        if k > 1 and last_refresh > start:
-            # A fast-forwarded stretch of k steps crossed a refresh step: snapshot the counters
-            # as they were at its start, exactly as stepping would (a prompt finished in step 0
-            # counted its tokens there; every request emitted one token per step).
-            snap = dict(self.counters)
-            for req, _ in output.scheduled:
-                old_in, old_out = self._served.get(req.id, (0, 0))
-                new_in = max(old_in, min(req.num_computed_tokens, req.prompt_len))
-                emitted = min(last_refresh - start, req.num_output_tokens - old_out)
-                delta = p.input_price * (new_in - old_in) + p.output_price * emitted
-                snap[req.tenant] = snap.get(req.tenant, 0.0) + delta
-            self._snapshot, self._snap_step = snap, last_refresh
-        served, counters, finished = self._served, self.counters, RequestState.FINISHED
-        in_price, out_price = p.input_price, p.output_price
-        for req, _ in output.scheduled:  # (the hot loop: names bound once)
-            computed, n_out = req.num_computed_tokens, req.num_output_tokens
-            old_in, old_out = served.get(req.id, (0, 0))
-            new_in = computed if computed < req.prompt_len else req.prompt_len  # min(computed, prompt)
-            if new_in < old_in:
-                new_in = old_in
-            delta = in_price * (new_in - old_in) + out_price * (n_out - old_out)
-            if delta:
-                counters[req.tenant] = counters.get(req.tenant, 0.0) + delta
-            if req.state is finished:
-                served.pop(req.id, None)  # (kept by `forget` until its last tokens counted)
-            else:
-                served[req.id] = (new_in, n_out)
-
-    def _key(self, req: Request) -> tuple:
-        t = req.tenant
-        return (self._snapshot.get(t, self.counters.get(t, 0.0)), req.arrival_s, req.id)
 
     # ---- the decision ----------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -274,16 +197,6 @@ class FastSwitchScheduler(VLLMSteps):
         """Swap a running request out (recompute if the CPU tier is full)."""
         swapped_now.add(victim.id)
         self.evict(victim, out, swap=True, reuse_key=context_key(victim) if self.params.reuse_cpu_kv else None)
-
-    def forget(self, req: Request) -> None:
-        self._release(req)
-        if req.state is not RequestState.FINISHED:  # a finished one's last step is counted at its end
-            self._served.pop(req.id, None)
-        held = self._held
-        if held.get(req.tenant, 0) > 1:
-            held[req.tenant] -= 1
-        else:
-            held.pop(req.tenant, None)
 
     def finish(self, req: Request, now_s: float) -> None:
         super().finish(req, now_s)

@@ -1,0 +1,64 @@
+"""The engine's waits: KV swap copies priced per step, and wake-ups at policy timers.
+
+`Engine` (`replica/engine.py`) runs the step loop; this mixin owns what makes a step wait or
+an idle engine wake up other than compute: the copies of the swaps a scheduler decided
+(synchronous ones lengthen the step, overlapped ones occupy a PCIe stream per direction and
+report when a swapped-in request may run) and the wake-up at the next policy timer. Separate
+because neither runs on a step without swaps or timers, and both keep their own accounting
+(`swap_*`, `_link_free_s`, `_wake_s`, set by `Engine.__init__`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from servesim.core.loop import PRIO_STEP_START
+from servesim.replica.swap import num_copies, num_layers, swap_time_s
+
+if TYPE_CHECKING:
+    from servesim.replica.schedulers.base import SchedulerOutput
+
+
+class StepWaits:
+    """`Engine`'s swap pricing and timer wake-ups."""
+
+    # ------------------------------------------------------------------ swaps and timers
+    def _swap(self, out: SchedulerOutput, now_s: float) -> float:
+        """Price this step's swaps; returns the time the step waits for synchronous copies."""
+        mech = self.scheduler.swap_mechanics
+        bs = self.kv.block_size
+        layers = num_layers(self.perf)
+        wait_s = 0.0
+        sides = ((0, out.swapped_out, out.swap_out_blocks), (1, out.swapped_in, out.swap_in_blocks))
+        for direction, reqs, blocks in sides:
+            for i, req in enumerate(reqs):
+                nb = blocks[i] if i < len(blocks) else self.kv.num_blocks_of(req.id)
+                t = swap_time_s(nb, bs, self.perf, mech)
+                if nb:
+                    self.num_swap_copies += num_copies(nb, layers, mech.blocks_per_copy)
+                self.num_swapped_blocks += nb
+                self.swap_transfer_s += t
+                if mech.overlap:
+                    end = max(now_s, self._link_free_s[direction]) + t
+                    self._link_free_s[direction] = end
+                    if direction:
+                        self.scheduler.swap_done(req, end)
+                else:
+                    wait_s += t
+        self.swap_stall_s += wait_s
+        return wait_s
+
+    def _wake_at(self, t: float) -> None:
+        """Call `schedule` again at `t` unless a step has started by then (policy timers)."""
+        if self._wake_s <= t and self._wake_s > self.loop.now_s:
+            return  # an earlier wake-up is pending
+        self._wake_s = t
+        self.loop.schedule(t, self._on_wake, self._epoch, PRIO_STEP_START)
+
+    def _on_wake(self, now_s: float, epoch: int) -> None:
+        if epoch != self._epoch:
+            return
+        self._wake_s = float("inf")
+        if not self.busy:
+            self.busy = True
+            self._start_step(now_s)

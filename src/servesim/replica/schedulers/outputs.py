@@ -1,0 +1,67 @@
+"""What a scheduler's decisions return: `SchedulerOutput` (the batch of one step) and
+`FastForward` (whether the step may be repeated), with the usual answers as constants.
+
+`base.py` holds the `Scheduler` contract itself (its hooks and the helpers policies share);
+these are plain data records the engine reads, with no behaviour of their own, kept apart so
+that the contract's file stays about behaviour. `base` re-exports every name, so
+`from servesim.replica.schedulers.base import SchedulerOutput` keeps working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from servesim.workload.request import Request
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """What one call to `schedule` decided."""
+
+    # (request, number of tokens to compute this step), in batch order. Decoding requests get
+    # 1 token; prefilling (or recomputing) requests get a chunk.
+    scheduled: list[tuple[Request, int]] = field(default_factory=list)
+    # Requests preempted by recompute while scheduling (their blocks are already freed).
+    preempted: list[Request] = field(default_factory=list)
+    # Requests whose KV was moved to / brought back from the CPU tier this step (swap policies;
+    # use `Scheduler.swap_out` / `swap_in`, which move the blocks and fill these lists). The
+    # engine charges the copy time according to `Scheduler.swap_mechanics`.
+    swapped_out: list[Request] = field(default_factory=list)
+    swapped_in: list[Request] = field(default_factory=list)
+    # Blocks actually copied for each entry of swapped_out / swapped_in (a CPU copy kept from
+    # an earlier swap makes a swap-out cheaper than the request's size).
+    swap_out_blocks: list[int] = field(default_factory=list)
+    swap_in_blocks: list[int] = field(default_factory=list)
+    # A hint that saves the engine a pass: the first `num_known_decodes` entries of `scheduled`
+    # are decodes (one token, only the last generated token left to compute). 0 = unknown.
+    num_known_decodes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FastForward:
+    """A policy's answer to: may the engine repeat this step without calling `schedule`?
+
+    The engine then advances many decode steps as one event (same results as stepping one by
+    one), stopping before anything the answer does not cover: the next arrival or policy
+    timer, the step that would run out of KV blocks and (unless `through_finishes`) the first
+    finish. The default, all False, is always safe, just slower.
+    """
+
+    repeat: bool = False
+    """With no new arrival and enough free KV blocks, the next `schedule` calls would choose
+    exactly the same requests with one token each until one of them finishes."""
+    after_prefill: bool = False
+    """`repeat` is exact also when this step finishes prompts (those requests then decode like
+    the rest); without it the engine fast-forwards only decode-only steps."""
+    through_finishes: bool = False
+    """`repeat` keeps holding as requests finish (the rest go on decoding, nothing is
+    admitted, no finish hook changes a decision), so finishes may be processed late."""
+
+
+NO_FAST_FORWARD = FastForward()
+UNLIMITED_STEPS = 1 << 62  # (`Scheduler.repeat_order_limit`: no step limit)
+REPEAT_DECODES = FastForward(repeat=True)  # the usual answer of a policy whose batch is steady
+# A batch that stays steady once this step's prompts are done (they then decode with the rest).
+REPEAT_AFTER_PREFILL = FastForward(repeat=True, after_prefill=True)
+# ... and through finishes: nothing waits, so a finish only frees blocks and a sequence slot.
+REPEAT_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True)

@@ -1,0 +1,180 @@
+"""Pricing a `Stretch`: the end times of its decode steps, up to a horizon.
+
+`Stretch` owns the stretch's state and what the engine reads of it (its steps, batch sizes,
+cuts, counts); this mixin owns how the steps' end times are computed and stored: numpy chunks
+priced ahead of the horizon from the affine decode forms (`stretch_chunks`), the scalar loop
+for short runs, numpy chunks for sliding-window models, and the growing array of end times.
+Separate because pricing is the one part that follows the perf model's forms; it shares the
+stretch's slots (`_ends`, `_priced`, `_ctx_sum`, `_active`, ...), hence a mixin (with no
+slots of its own) rather than functions.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from itertools import accumulate
+
+import numpy as np
+
+from servesim.replica import stretch_chunks as chunks
+
+
+class StretchPricing:
+    """`Stretch`'s pricing methods (state in `Stretch`'s slots)."""
+
+    __slots__ = ()
+
+    def _room(self, m: int) -> np.ndarray:
+        """The array's free tail for m more priced steps (grown by doubling; made from the
+        list on the first numpy chunk)."""
+        ends, p = self._ends, self._priced
+        if type(ends) is list or p + m > len(ends):
+            grown = np.empty(max(2 * len(ends), p + m, 64))
+            grown[:p] = ends[:p]
+            self._ends = ends = grown
+        return ends[p:p + m]
+
+    def _append(self, ends: list[float]) -> None:
+        """Steps priced by the scalar loop join the stretch."""
+        if type(self._ends) is list:
+            del self._ends[self._priced:]  # (what a truncation dropped)
+            self._ends += ends
+        else:
+            self._room(len(ends))[:] = ends
+        self._priced += len(ends)
+        self._take(self._priced)
+
+    # ---------------------------------------------------------------- pricing
+    def price(self, horizon: float) -> None:
+        """Take steps until one would start at or after `horizon`, or `kmax` steps.
+
+        A step's time is an affine function of the batch's context sum, with coefficients
+        that depend on the batch size. With that form, long runs are priced with numpy in
+        chunks that run ahead of the horizon (the same floats in the same order as stepping:
+        each step's time from exact integers, then a sequential cumulative sum), so extending
+        a stretch rarely prices anything. numpy's fixed cost per call pays off only over many
+        steps: a few steps up to a near horizon, or models without that form, are priced one
+        by one with the scalar form."""
+        while self.k < self.kmax and self.end_s < horizon:
+            k, p = self.k, self._priced
+            if p == k:
+                steps = 0  # (about how many steps reach the horizon, -1: none; only with the forms)
+                if self._forms is not None:
+                    steps = -1 if horizon == float("inf") else self._steps_to(horizon)
+                if steps < 0 or steps > 64:
+                    self._chunk(steps)
+                    p = self._priced
+                elif self._f is False:
+                    self._price_vectorised(horizon)
+                    continue
+                else:
+                    if self._f is None:
+                        self._sync()
+                    if not self._active:
+                        return
+                    self._price_loop(horizon)
+                    continue
+            # the priced steps that start before the horizon (the last may end after it)
+            self._take(min(p, k + int(self._ends[k:p].searchsorted(horizon)) + 1))
+
+    def _chunk(self, steps: int) -> None:
+        """Price the next steps j0 .. j0+m-1 at once: step j runs the requests with remaining
+        > j, whose context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers,
+        the values stepping reaches by increments. `steps`: about how many steps reach the
+        horizon (`_steps_to`; -1: no horizon)."""
+        j0 = self.k
+        m = self.kmax - j0
+        if steps >= 0:  # about twice the steps the horizon needs (at least 64, or j0)
+            m = min(m, max(64, j0, 2 * steps))
+        m = min(m, 1 << 15)
+        times = self._room(m)
+        p = q = 0  # departures p..q-1 (in increasing order of remaining) happen inside the chunk
+        if self.through:
+            rem = self._sorted_rem
+            p = bisect_right(rem, j0)
+            q = bisect_left(rem, j0 + m, p)
+        prefix = self._prefix() if self.through else [0]
+        if q - p <= chunks.SEGMENTS:
+            chunks.times_by_runs(times, j0, self._forms, len(self.reqs), self._sorted_rem, prefix, self._ctx_total, p, q)
+        else:
+            chunks.times_by_steps(times, j0, self._forms, self._sorted_rem, prefix, self._ctx_total)
+        times[0] += self.end_s
+        times.cumsum(out=times)
+        self._priced += m
+        self._f = None  # the scalar state is behind: synced again if the loop is needed
+
+    def _steps_to(self, horizon: float) -> int:
+        """About how many steps reach `horizon`, from the step time of the batch of step 1
+        (steps only lengthen while it holds; if it shrinks, more steps follow)."""
+        if self._step1_s is None and self._f:  # (the scalar form is cheapest, while in sync)
+            self._step1_s = self._f(self._ctx_sum)
+        if self._step1_s is None:
+            base, cpu, g, overlap = self._forms
+            n = len(self.reqs)
+            x = float(base[n]) + g * self._ctx_total
+            self._step1_s = max(x, float(cpu[n])) if overlap else x + float(cpu[n])
+        return int((horizon - self.end_s) / self._step1_s) + 1
+
+    def _sync(self) -> None:
+        """The scalar loop's state for the next step, after numpy chunks (exact integers)."""
+        j = self.k
+        if self.through:
+            self._p = bisect_right(self._sorted_rem, j)  # requests with remaining <= j have left
+            self._active = len(self._sorted_rem) - self._p
+            self._ctx_sum = self._ctx_total - self._prefix()[self._p] + (j - 1) * self._active
+        else:
+            self._ctx_sum = self._ctx_total + (j - 1) * self._active
+        self._f = self._decode_fn(self._active) if self._active else None
+
+    def _prefix(self) -> list[int]:
+        """Prefix sums of ctx1 in increasing order of remaining, made once."""
+        if self._prefix_sums is None:
+            ctx1 = self.ctx1
+            self._prefix_sums = list(accumulate((ctx1[i] for i in self._order), initial=0))
+        return self._prefix_sums
+
+    def _leave(self, j: int) -> None:
+        """Requests whose last token was step j - 1 leave the batch before step j."""
+        order, rem, ctx1, p = self._order, self.remaining, self.ctx1, self._p
+        n = len(order)
+        while p < n and rem[order[p]] == j:
+            self._ctx_sum -= ctx1[order[p]] + j - 1
+            self._active -= 1
+            p += 1
+        self._p = p
+        if self._active and self._f is not None:
+            self._f = self._decode_fn(self._active)
+
+    def _price_loop(self, horizon: float) -> None:
+        """One scalar call per step, up to the horizon."""
+        ends: list[float] = []
+        t = self.end_s
+        j = self.k
+        f, ctx_sum, active = self._f, self._ctx_sum, self._active
+        rem = self._sorted_rem
+        leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
+        while j < self.kmax and active and t < horizon:
+            t += f(ctx_sum)
+            ends.append(t)
+            ctx_sum += active
+            j += 1
+            if j == leave_at:
+                self._ctx_sum, self._active = ctx_sum, active
+                self._leave(j)
+                ctx_sum, active, f = self._ctx_sum, self._active, self._f
+                leave_at = rem[self._p] if self._p < len(rem) else -1
+        self._ctx_sum, self._active = ctx_sum, active
+        if ends:
+            self._append(ends)
+
+    def _price_vectorised(self, horizon: float) -> None:
+        """Sliding-window models have no scalar decode form: price chunks of steps with numpy
+        (the same sequential sums; only without `through`)."""
+        j = self.k
+        m = min(self.kmax - j, max(16, j))
+        times = self._perf.decode_step_times_s(np.array(self.ctx1, dtype=np.int64) + (j - 1), m)
+        times[0] += self.end_s
+        rest = self._room(m)
+        np.cumsum(times, out=rest)
+        self._priced += m
+        self._take(j + min(m, 1 + int(rest.searchsorted(horizon))))
