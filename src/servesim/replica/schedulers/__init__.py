@@ -9,7 +9,9 @@ from __future__ import annotations
 from servesim.registry import Registry
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
 
-REGISTRY: Registry[Scheduler] = Registry("scheduler", __name__, __path__, helpers=("base", "queues", "vllm_steps"))
+# modules of this package that hold shared code, not a policy (the registry does not import them)
+HELPERS = ("base", "outputs", "queues", "vllm_steps", "andes_pending", "autellix_accounting", "fastswitch_fairness")
+REGISTRY: Registry[Scheduler] = Registry("scheduler", __name__, __path__, helpers=HELPERS)
 register = REGISTRY.register
 available = REGISTRY.available
 get_scheduler = REGISTRY.get
