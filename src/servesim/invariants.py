@@ -13,7 +13,7 @@ from servesim.workload.request import RequestState
 
 if TYPE_CHECKING:
     from servesim.replica.kv_cache import KVCacheManager
-    from servesim.simulation import Result
+    from servesim.result import Result
 
 
 def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:

@@ -24,7 +24,7 @@ from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
 
 SCALE_EVENT_COLUMNS = ("time_s", "num_ready", "num_starting", "num_draining", "num_queued", "metric", "desired",
                        "action", "delta")
-from servesim.simulation import Result
+from servesim.result import Result
 
 REQUEST_COLUMNS = ("id", "tenant", "priority", "slo_class", "is_offline", "session_id", "program_id", "arrival_s",
                    "prompt_len", "output_len", "num_output_tokens", "state", "first_scheduled_s", "first_token_s",

@@ -5,6 +5,7 @@ returned `PerfModel`; everything else here serves the CLI (`catalog`, `estimate`
 """
 
 from servesim.perf.config import PerfConfig
-from servesim.perf.perf_model import PerfModel, StepTime, build_perf_model
+from servesim.perf.build import build_perf_model
+from servesim.perf.perf_model import PerfModel, StepTime
 
 __all__ = ["PerfConfig", "PerfModel", "StepTime", "build_perf_model"]

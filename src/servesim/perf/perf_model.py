@@ -1,24 +1,21 @@
-"""`PerfModel`: step time, KV capacity and swap time for one (model, GPU, TP/PP, dtype, engine)."""
+"""`PerfModel`: step time, KV capacity and swap time for one (model, GPU, TP/PP, dtype, engine).
+
+The step-time methods are here; KV capacity and data-movement times are inherited from
+perf/memory.py; building a model from names is perf/build.py."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from servesim.errors import InputError
-from servesim.perf.calibration import CalibrationData, Constants, load_calibration, resolve_constants
-from servesim.perf.config import PerfConfig
-from servesim.perf.engines import engine_profile
-from servesim.perf.hardware import ACTIVATION_BYTES, GPUSpec, dtype_spec, gpu_spec, kv_dtype_bytes
-from servesim.perf.models import ModelSpec, check_tp, embedding_params, kv_elements_per_token_layer, model_spec, total_params
+from servesim.perf.calibration import Constants
+from servesim.perf.hardware import GPUSpec
+from servesim.perf.memory import MemoryMixin
+from servesim.perf.models import ModelSpec
 from servesim.perf.roofline import causal_attention_pairs
-from servesim.perf.terms import LM_HEAD_BYTES, StepTerms, moe_split
-
-# vLLM's memory profile samples this many sequences' logits (its default max_num_seqs).
-PROFILE_LOGIT_ROWS = 256
+from servesim.perf.terms import StepTerms
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class StepTime:
 
 
 @dataclass(frozen=True, eq=False)
-class PerfModel:
+class PerfModel(MemoryMixin):
     """Step-time model for one deployment; build it with `build_perf_model`. No I/O, no globals."""
 
     model_name: str
@@ -251,31 +248,6 @@ class PerfModel:
         gpu = linear + attn + comm + other
         return StepTime(total, gpu, linear, attn, comm, other, cpu, max(parts, key=parts.__getitem__))
 
-    def activation_peak_bytes(self, max_num_batched_tokens: int) -> int:
-        """Peak transient memory of a forward pass over `max_num_batched_tokens` tokens.
-
-        Model (as vLLM's profiling run sees it): per token, the hidden state, residual, normed input
-        and attention output (4*h) plus the FFN's gate/up output and activation (3*ffn_width), all
-        16-bit; plus FP32 logits for up to PROFILE_LOGIT_ROWS sequences over the local vocabulary.
-        """
-        m = self.terms.model
-        tokens = max(0, int(max_num_batched_tokens))
-        per_token = (4.0 * m.hidden_size + 3.0 * self.terms.ffn_width()) * ACTIVATION_BYTES
-        logits = min(tokens, PROFILE_LOGIT_ROWS) * (m.vocab_size / self.tp) * 4.0
-        return int(tokens * per_token + logits)
-
-    def num_gpu_blocks(self, block_size: int, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
-        """KV blocks per GPU, vLLM style:
-        floor((util*HBM - weights - activation_peak(max_num_batched_tokens) - misc) / (block_size*kv_bytes_per_token)).
-        """
-        if block_size <= 0:
-            raise InputError(f"block_size must be a positive integer, got {block_size}")
-        if not 0.0 < gpu_memory_utilization <= 1.0:
-            raise InputError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        free = (gpu_memory_utilization * self.hbm_bytes - self.weight_bytes_per_gpu
-                - self.activation_peak_bytes(max_num_batched_tokens) - self.misc_bytes)
-        return max(0, math.floor(free / (block_size * self.kv_bytes_per_token)))
-
     @property
     def gpu_spec(self) -> GPUSpec:
         """The catalogue entry of the GPU (TDP and price for energy and cost reports)."""
@@ -285,74 +257,11 @@ class PerfModel:
     def model_spec(self) -> ModelSpec:
         return self.terms.model
 
-    def model_load_time_s(self) -> float:
-        """Loading this GPU's weights from host memory over PCIe (a lower bound for a cold start)."""
-        return self.weight_bytes_per_gpu / (self.constants.pcie_eff * self.terms.gpu.pcie_bw_bytes_s)
 
-    def kv_transfer_time_s(self, num_tokens: int, link_bw_bytes_s: float | None = None) -> float:
-        """Moving `num_tokens` tokens' KV to another replica's GPUs, each GPU sending its own share
-        (prefill/decode disaggregation, migration); by default over the scale-up link."""
-        g = self.terms.gpu
-        bw = link_bw_bytes_s if link_bw_bytes_s is not None else g.scaleup_bw_bytes_s * self.constants.ar_bw_eff
-        return g.scaleup_latency_s + num_tokens * self.kv_bytes_per_token / bw
-
-    def swap_time_s(self, num_tokens: int) -> float:
-        """Moving `num_tokens` tokens' KV one way over PCIe (each GPU moves its own share in parallel)."""
-        g = self.terms.gpu
-        return num_tokens * self.kv_bytes_per_token / (self.constants.pcie_eff * g.pcie_bw_bytes_s)
-
-
-def at_clock(gpu: GPUSpec, ratio: float, memory_sensitivity: float) -> GPUSpec:
-    """The GPU with its SM clock at `ratio` of the maximum: peak FLOP/s x ratio, achieved HBM
-    bandwidth x ratio^memory_sensitivity (the memory clock itself does not move; only the SMs
-    issuing loads slow down). Unchanged at ratio 1."""
-    if ratio == 1.0:
-        return gpu
-    return replace(gpu, peak_flops={k: v * ratio for k, v in gpu.peak_flops.items()},
-                   hbm_bw_bytes_s=gpu.hbm_bw_bytes_s * ratio ** memory_sensitivity)
-
-
-def _weight_bytes_per_gpu(m: ModelSpec, weight_bytes: float, tp: int, pp: int) -> int:
-    layer_elems = total_params(m) - embedding_params(m)
-    stage_layers = math.ceil(m.num_layers / pp)
-    # With PP the first stage holds the embedding and the last the LM head; one of them per GPU.
-    emb_elems = embedding_params(m) if pp == 1 else m.vocab_size * m.hidden_size
-    return int(layer_elems * stage_layers / m.num_layers / tp * weight_bytes + emb_elems / tp * LM_HEAD_BYTES)
-
-
-def build_perf_model(model: str, gpu: str, tp: int = 1, dtype: str = "bf16", config: PerfConfig = PerfConfig(),
-                     pp: int = 1) -> PerfModel:
-    """Build the step-time model; bad names, tp, pp or dtype raise InputError naming allowed values.
-
-    model: catalogue name or alias (any case) or a path to a Hugging Face config.json;
-    gpu: catalogue name or alias (any case); config.calibration: a file from `servesim calibrate`.
-    """
-    config = config if config is not None else PerfConfig()  # PerfConfig is frozen, so the default is safe to share
-    user = load_calibration(config.calibration) if config.calibration else None
-    return build_with_calibration(model, gpu, tp, dtype, config, pp, user)
-
-
-def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: PerfConfig, pp: int,
-                           user: CalibrationData | None, shipped_fit: bool = True) -> PerfModel:
-    """`build_perf_model` with the user calibration given as data (used by fitting and validation)."""
-    spec = model_spec(model)
-    g = at_clock(gpu_spec(gpu), config.gpu_clock_ratio, config.memory_clock_sensitivity)
-    d = dtype_spec(dtype, g)
-    if isinstance(tp, bool) or not isinstance(tp, int):
-        raise InputError(f"tp must be an integer, got {tp!r}")
-    check_tp(spec, tp)
-    if isinstance(pp, bool) or not isinstance(pp, int) or not 1 <= pp <= spec.num_layers:
-        raise InputError(f"pp must be an integer from 1 to {spec.num_layers} (the layers of {spec.name}), got {pp!r}")
-    kv_name, kv_bytes = kv_dtype_bytes(config.kv_cache_dtype, d)
-    eng = engine_profile(config.engine, config.engine_version)
-    constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides, shipped_fit,
-                                  version=eng.version)
-    _, moe_ep = moe_split(tp, config.expert_parallel, config.moe_tp_size, config.moe_ep_size)
-    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep, config.moe_a2a_backend != "none")
-    kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
-    return PerfModel(
-        model_name=spec.name, gpu_name=g.name, tp=tp, dtype=d.name, pp=pp, engine=eng.name,
-        kv_cache_dtype=kv_name, kv_bytes_per_token=int(kv_per_token),
-        weight_bytes_per_gpu=_weight_bytes_per_gpu(spec, d.weight_bytes, tp, pp), hbm_bytes=g.hbm_bytes,
-        constants=constants, terms=terms, misc_bytes=config.misc_bytes, max_model_len=spec.max_position_embeddings,
-    )
+def __getattr__(name: str):
+    """The builders moved to perf/build.py (which imports this module, hence the lazy import);
+    still importable from here."""
+    if name in ("at_clock", "build_perf_model", "build_with_calibration"):
+        from servesim.perf import build
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

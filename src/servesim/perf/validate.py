@@ -21,7 +21,8 @@ from servesim.perf.config import PerfConfig
 from servesim.perf.engines import engine_profile
 from servesim.perf.estimate import estimate, max_batch_that_fits
 from servesim.perf.measured import Point
-from servesim.perf.perf_model import PerfModel, build_with_calibration
+from servesim.perf.build import build_with_calibration
+from servesim.perf.perf_model import PerfModel
 
 # Theoretical-peak points (Fu 2024) are checked with every efficiency at 1 and no overheads.
 PEAK_OVERRIDES = {"eta_compute": 1.0, "eta_memory": 1.0, "smoothing_k": 64.0, "eta_attn_compute": 1.0,

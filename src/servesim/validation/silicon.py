@@ -1,4 +1,5 @@
-"""Rows of the AIConfigurator silicon sample and how each maps to a servesim scenario.
+"""How each row of the AIConfigurator silicon sample maps to a servesim scenario (the file's
+schema and reader: silicon_file.py).
 
 Each aggregated row is one replica (tp / attention-dp / MoE TP x EP as given) serving a
 closed-loop client that keeps `concurrency` requests of fixed `isl` / `osl` tokens in flight;
@@ -8,11 +9,9 @@ row, or the reason it cannot be expressed yet. The mapping is explicit and teste
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Mapping
 
 from servesim.errors import InputError
@@ -22,12 +21,11 @@ from servesim.perf.hardware import gpu_spec
 from servesim.replica.frontend import profile_name
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
+# The measured file's schema and reader, re-exported here where callers have always found them.
+from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
-REQUIRED = ("id", "backend", "backend_version", "model_path", "system", "mode", "isl", "osl", "gemm_quant_mode",
-            "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size",
-            "silicon_ttft_ms", "silicon_tpot_ms", "concurrency")
 GPUS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200", "b300_sxm": "b300", "gb200": "gb200"}
 # GEMM quantisation as the file names it -> servesim dtype. NVFP4 needs FP4 tensor cores; on Hopper
 # the same checkpoints (gpt-oss MXFP4) run weight-only, dequantised into BF16 GEMMs (servesim int4).
@@ -35,68 +33,6 @@ DTYPES = {"": "bf16", "bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4":
 # The scheduler that plays each engine (each engine's own policy, replica/schedulers/<name>.py).
 SCHEDULERS = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
 UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it cannot be played
-
-
-@dataclass(frozen=True)
-class SiliconRow:
-    """One measured run (the columns servesim uses)."""
-
-    id: str
-    backend: str
-    version: str
-    model: str
-    system: str
-    mode: str
-    isl: int
-    osl: int
-    gemm_quant: str
-    batch_size: int
-    tp: int
-    pp: int
-    attention_dp: int
-    moe_tp: int
-    moe_ep: int
-    concurrency: int
-    ttft_s: float  # measured mean
-    tpot_s: float  # measured mean
-
-
-def _int(raw: str, default: int = 1) -> int:
-    """Parallelism columns: empty or 0 (dense models' MoE columns) mean 1."""
-    return int(float(raw)) if raw.strip() and float(raw) > 0 else default
-
-
-def parse_row(raw: dict[str, str]) -> SiliconRow:
-    agg = raw["mode"] == "agg"
-    return SiliconRow(
-        id=raw["id"], backend=raw["backend"].strip().lower(), version=raw["backend_version"].strip(),
-        model=raw["model_path"].strip(), system=raw["system"].strip().lower(), mode=raw["mode"].strip(),
-        isl=int(raw["isl"]), osl=int(raw["osl"]), gemm_quant=raw["gemm_quant_mode"].strip().lower(),
-        batch_size=_int(raw["batch_size"]) if agg else 0, tp=_int(raw["tp_size"]) if agg else 0,
-        pp=_int(raw["pp_size"]), attention_dp=_int(raw["attention_dp_size"]), moe_tp=_int(raw["moe_tp_size"]),
-        moe_ep=_int(raw["moe_ep_size"]), concurrency=_int(raw["concurrency"], default=0),
-        ttft_s=float(raw["silicon_ttft_ms"]) / 1e3, tpot_s=float(raw["silicon_tpot_ms"]) / 1e3,
-    )
-
-
-def read_rows(path: str | Path) -> list[SiliconRow]:
-    """All rows of a file in the schema of silicon_calibration.csv; a bad file is one InputError."""
-    p = Path(path)
-    try:
-        with p.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{p}: missing column {missing[0]!r}; required: {', '.join(REQUIRED)}")
-            rows = []
-            for line, raw in enumerate(reader, start=2):
-                try:
-                    rows.append(parse_row(raw))
-                except (ValueError, TypeError, AttributeError) as exc:
-                    raise InputError(f"{p}:{line}: bad value ({exc})") from None
-            return rows
-    except FileNotFoundError:
-        raise InputError(f"measured file {str(p)!r} not found") from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,178 @@
+"""Compact storage of logged steps: growing typed columns and the `StepBuffer` built on them.
+
+The recorder (recorder.py) decides what is logged and when it is handed on; this module owns
+how logged steps are held (a few numbers per chunk of steps or run of equal batch sizes, 8
+bytes per step) and how a buffer is expanded, vectorised, into a per-step `StepLog`. `Column`
+and `Rows` are general growing columns (the request table uses `Column` too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.metrics.step_log import StepLog
+
+# the fields of a chunk's row in `StepBuffer.chunks` (a, b: see there)
+CHUNK_FIELDS = ("start_s", "prefill0", "num_waiting", "len", "single", "a", "b")
+
+
+class Column:
+    """A growing typed column: scalars gather in a short list, flushed to numpy every
+    `FLUSH` values; long runs (a stretch's steps) are copied in as one array. Held memory is
+    the dtype's size per value, not a Python object's (a float in a list costs 32 bytes)."""
+
+    FLUSH = 4096
+
+    def __init__(self, dtype) -> None:
+        self.dtype = dtype
+        self._parts: list[np.ndarray] = []
+        self._tail: list = []
+
+    def append(self, value) -> None:
+        self._tail.append(value)
+        if len(self._tail) >= self.FLUSH:
+            self._flush()
+
+    def extend(self, values) -> None:
+        """Append a 1-D sequence (list or numpy array); copied, so the caller may reuse it."""
+        if len(values) < 64:
+            self._tail.extend(values)
+            if len(self._tail) >= self.FLUSH:
+                self._flush()
+        else:
+            self._flush()
+            self._parts.append(np.array(values, dtype=self.dtype))
+
+    def _flush(self) -> None:
+        if self._tail:
+            self._parts.append(np.array(self._tail, dtype=self.dtype))
+            self._tail = []
+
+    def array(self) -> np.ndarray:
+        self._flush()
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self._parts[0] if self._parts else np.empty(0, dtype=self.dtype)
+
+
+class Rows:
+    """A growing table of a few numbers per row (one row per chunk of steps): rows gather as
+    tuples, packed every `FLUSH` rows into a float64 table (exact for times and for integers
+    below 2^53), so a chunk costs one append whatever its number of fields."""
+
+    FLUSH = 4096
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._parts: list[np.ndarray] = []
+        self._tail: list[tuple] = []
+
+    def append(self, row: tuple) -> None:
+        self._tail.append(row)
+        if len(self._tail) >= self.FLUSH:
+            self._flush()
+
+    def extend(self, rows) -> None:
+        self._tail.extend(rows)
+        if len(self._tail) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._tail:
+            self._parts.append(np.array(self._tail, dtype=np.float64))
+            self._tail = []
+
+    def table(self) -> np.ndarray:
+        """All rows, shape (rows, width)."""
+        self._flush()
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self._parts[0] if self._parts else np.empty((0, self.width))
+
+
+class StepBuffer:
+    """Steps as logged, in compact typed columns (a few per chunk of steps or run of
+    equal batch sizes, 8 bytes per step);
+    `log()` expands them into per-step columns. Step indices are local to the buffer."""
+
+    def __init__(self) -> None:
+        self.num_steps = 0
+        # one row per chunk of consecutive steps: the start of its first step (later ones start
+        # when the previous ends), that step's prompt tokens (later ones have none) and waiting
+        # count, its number of steps, whether it is a single step (KV use as logged) or a
+        # stretch (KV use as growth), then for a single step the tokens it emitted (a stretch
+        # emits `batch`) and its blocks in use, for a stretch its blocks in use in its first
+        # step and its number of growing requests
+        self.chunks = Rows(len(CHUNK_FIELDS))
+        self.waiting_from = Column(np.int64)  # steps from which one more waits, until the chunk ends
+        # one entry per step
+        self.ends = Column(np.float64)
+        # requests in each step, as runs of equal batch sizes (expanded in `log`)
+        self.run_size = Column(np.int32)
+        self.run_len = Column(np.int64)
+        # block growth of the stretches, flattened as they are logged (expanded in `log`)
+        self.block_size = 0
+        self.growth_first_new = Column(np.int64)
+        self.growth_runs = Column(np.int64)
+        self.free_at = Column(np.int64)  # step before which blocks were freed
+        self.free_blocks = Column(np.int64)
+
+    def log(self, num_gpu_blocks: int) -> StepLog:
+        n = self.num_steps
+        chunks = {name: col for name, col in zip(CHUNK_FIELDS, self.chunks.table().T)}
+        lens = chunks["len"].astype(np.int64)
+        single = chunks["single"] != 0
+        first = np.cumsum(lens) - lens  # index of each chunk's first step
+        end_s = self.ends.array()
+        start_s = np.empty(n)
+        start_s[1:] = end_s[:-1]
+        start_s[first] = chunks["start_s"]
+        prefill = np.zeros(n, dtype=np.int32)
+        prefill[first] = chunks["prefill0"]
+        running = np.repeat(self.run_size.array(), self.run_len.array())
+        emitted = running.copy()
+        emitted[first[single]] = chunks["a"][single]
+        return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
+                       num_running=running, num_waiting=self._waiting(first, lens, chunks["num_waiting"]),
+                       kv_used_blocks=self._block_usage(first, lens, single, chunks), num_gpu_blocks=num_gpu_blocks)
+
+    def _waiting(self, first: np.ndarray, lens: np.ndarray, first_waiting: np.ndarray) -> np.ndarray:
+        """Waiting count at every step: each chunk's first value, plus the arrivals it kept
+        from their step to the chunk's end."""
+        waiting = np.repeat(first_waiting.astype(np.int64), lens)
+        at = self.waiting_from.array()
+        if len(at):
+            delta = np.bincount(at, minlength=self.num_steps)
+            grown = np.cumsum(delta)  # arrivals kept up to each step, over all chunks
+            waiting += grown - np.repeat(grown[first] - delta[first], lens)  # less those of earlier chunks
+        return waiting.astype(np.int32)
+
+    def _block_usage(self, first: np.ndarray, lens: np.ndarray, single: np.ndarray, chunks: dict) -> np.ndarray:
+        """Blocks in use at every step: single steps as logged, stretches expanded from their
+        growth, vectorised over all of them at once (integers, with one step-sized temporary)."""
+        n = self.num_steps
+        stretch = ~single
+        kv_single = chunks["b"][single].astype(np.int64)
+        if not stretch.any():
+            kv = np.empty(n, dtype=np.int32)
+            kv[first] = kv_single
+            return kv
+        starts, bs = first[stretch], self.block_size
+        sizes = chunks["b"][stretch].astype(np.int64)
+        f = self.growth_first_new.array()
+        m = self.growth_runs.array()
+        c = np.where(f < m, (m - f - 1) // bs + 1, 0)  # blocks each request gets in its stretch
+        first_block = np.repeat(np.repeat(starts, sizes) + f, c)
+        nth = np.arange(len(first_block)) - np.repeat(np.cumsum(c) - c, c)
+        delta = np.bincount(first_block + bs * nth, minlength=n)  # blocks added at each step
+        del first_block, nth
+        at = self.free_at.array()
+        if len(at):
+            delta -= np.bincount(at, weights=self.free_blocks.array(), minlength=n).astype(np.int64)
+        kv = np.cumsum(delta)  # changes up to and including each step
+        offset = np.zeros(len(lens), dtype=np.int64)  # per chunk: its level before its first change
+        offset[stretch] = chunks["a"][stretch].astype(np.int64) - (kv[starts] - delta[starts])
+        del delta
+        kv += np.repeat(offset, lens)
+        kv[first[single]] = kv_single
+        return kv.astype(np.int32)

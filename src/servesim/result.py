@@ -1,0 +1,192 @@
+"""`Result`: what a run produced, and its assembly from the finished cluster.
+
+Separate from simulation.py, which wires the components and runs the loop: this module owns the
+result's shape (raw records plus the summary and time-series views derived from them) and how
+the replicas' recorders, request table and counters become one result when the loop is over.
+The output writers, reports and invariants read a `Result` without needing the run loop.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from servesim.cluster.build import PoolSpec
+from servesim.cluster.cluster import Cluster
+from servesim.cluster.setup import disaggregation_summary
+from servesim.core.loop import EventLoop
+from servesim.metrics.cluster import ReplicaRecord, cluster_section
+from servesim.metrics.elastic import elastic_section, elastic_timeseries, run_end_s
+from servesim.metrics.notices import run_warnings
+from servesim.metrics.recorder import StepLog, concat_step_logs
+from servesim.metrics.request_table import RequestTable
+from servesim.metrics.sections import SectionInput, compute_sections
+from servesim.metrics.step_ends import StepEnds
+from servesim.metrics.summary import RequestColumns, summarize
+from servesim.metrics.timeseries import series
+from servesim.replica.config import EngineConfig
+from servesim.replica.engine import Engine
+from servesim.scenario import Scenario
+from servesim.workload.request import Request
+
+@dataclass
+class Result:
+    """Everything a run produced: raw records plus the derived views."""
+
+    scenario: Scenario
+    engine_config: EngineConfig  # with every default resolved
+    num_gpu_blocks: int
+    table: RequestTable  # every request as a row of typed columns, in arrival order
+    # The replicas' step logs one after another (requests' token runs index it), or None when
+    # the logs were reduced as they came (simulate(keep_steps=False), the default: see `ends`).
+    steps: StepLog | None
+    ends: StepEnds  # end time of every step, in the same order (in memory or in files of `spill`)
+    prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
+    wall_time_s: float
+    num_events: int
+    num_fast_forwarded_steps: int
+    num_skipped_rows: int = 0  # malformed trace rows skipped (workload.trace.skip_bad_rows)
+    swap: dict | None = None  # KV swap totals of swap-based policies (None when nothing was swapped)
+    # Per replica: its own step log (if kept), its reduced log and counters.
+    replicas: list[ReplicaRecord] | None = None
+    cluster: dict | None = None  # router name, re-routed requests, reject reasons (more than one replica)
+    scale_events: list | None = None  # every autoscaler decision (ScaleEvent), when the scenario scales
+    elastic: dict | None = None  # cold starts, prices and power constants for the `elastic` summary section
+    disaggregation: dict | None = None  # KV transfers, links, TTFT split (pools with prefill/decode roles)
+    migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
+    kv_store: dict | None = None  # KV store loads and tiers (kv_store.enabled)
+    kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
+    # step ends, request rows and summary scratch files, deleted with the result
+    spill: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def requests(self) -> list[Request]:
+        """The run's Request objects in arrival order (only kept with `keep_requests=True`)."""
+        if self.kept_requests is None:
+            raise ValueError("this run kept its requests as table rows only (result.table); "
+                             "call simulate(scenario, keep_requests=True) to keep the Request objects")
+        return self.kept_requests
+
+    @property
+    def columns(self) -> RequestColumns:
+        """The requests as summary columns (None is NaN in float columns). Computed once when the
+        rows are in memory; rebuilt on each use when they were spilled, so the pages of the
+        mapped files and the decoded labels are let go once a pass is over."""
+        cached = self.__dict__.get("_columns")
+        if cached is not None:
+            return cached
+        cols = self.table.request_columns()
+        if not self.table.spilled:
+            self.__dict__["_columns"] = cols
+        return cols
+
+    def column_chunks(self):
+        """The requests' summary columns: all at once in memory, or (spilled rows) a function
+        giving them a chunk of rows at a time, so a pass over them holds one chunk."""
+        t = self.table
+        return (lambda: (t.request_columns(rows) for rows in t.chunks())) if t.spilled else self.columns
+
+    def run_chunks(self):
+        """The token runs, likewise (`TokenRuns`, or a function giving them per chunk of rows)."""
+        t = self.table
+        return (lambda: (t.token_runs_of(rows) for rows in t.chunks())) if t.spilled else t.token_runs()
+
+    def summary(self) -> dict:
+        slo = self.scenario.slo
+        chunks = self.column_chunks()
+        out = summarize(chunks, self.ends, self.run_chunks(),
+                        ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
+                        wall_time_s=self.wall_time_s, folder=self.spill and self.spill.name)
+        if self.num_skipped_rows:
+            out["num_skipped_trace_rows"] = self.num_skipped_rows
+        if self.swap:
+            out["swap"] = self.swap
+        ends = self.ends if self.steps is None else self.steps.end_s
+        in_memory = None if self.table.spilled else chunks
+        out.update(compute_sections(SectionInput(self.table, in_memory, ends, self.scenario.model_dump(mode="json"))))
+        if self.cluster is not None:
+            t = self.table
+            pairs = ((lambda: ((t.cols["replica"][rows], t.request_columns(rows)) for rows in t.chunks()))
+                     if t.spilled else (lambda: [(t.cols["replica"], self.columns)]))
+            out["cluster"] = cluster_section(self.replicas, self.cluster, pairs, out["simulated_time_s"])
+        if self.elastic is not None:
+            out["elastic"] = elastic_section(self.replicas, self.elastic, self.columns, self.scale_events,
+                                             self.scenario.slo)
+        warnings = run_warnings(chunks, self.table.extras, is_trace=self.scenario.workload.trace is not None)
+        if warnings:
+            out["warnings"] = warnings
+        if self.disaggregation is not None:
+            out["disaggregation"] = self.disaggregation
+        if self.migration is not None:
+            out["migration"] = self.migration
+        if self.kv_store is not None:
+            out["kv_store"] = self.kv_store
+        return out
+
+    def timeseries(self) -> dict[str, np.ndarray]:
+        t = self.table
+        if t.spilled:  # arrival and finish times a chunk of rows at a time
+            times = lambda: ((t.cols["arrival_s"][rows], t.cols["finish_s"][rows]) for rows in t.chunks())  # noqa: E731
+        else:
+            times = lambda: [(t.cols["arrival_s"], t.cols["finish_s"])]  # noqa: E731
+        ts = series([r.stats for r in self.replicas], times, self.scenario.output.timeseries_interval_s)
+        if self.elastic is not None:
+            ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
+                                         run_end_s(self.replicas, self.columns)))
+        return ts
+
+def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, table: RequestTable, loop: EventLoop,
+            skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None, keep_steps: bool) -> Result:
+    reps = cluster.replicas
+    records = []
+    for r in reps:
+        rec, blocks = r.engine.recorder, r.engine.kv.num_gpu_blocks
+        records.append(ReplicaRecord(r.index, r.pool, blocks, rec.step_log(blocks) if keep_steps else None, rec.reducer,
+                                     r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s))
+    if not keep_steps:
+        steps = None
+        ends = StepEnds([(str(rec.stats.ends_path), rec.stats.num_steps) for rec in records])
+    elif len(reps) == 1:
+        steps = records[0].steps
+    else:
+        steps = concat_step_logs([rec.steps for rec in records])[0]
+    if keep_steps:
+        ends = StepEnds([rec.steps.end_s for rec in records])
+    offsets = np.cumsum([0] + [rec.stats.num_steps for rec in records[:-1]]).tolist()
+    table.close(offsets if len(reps) > 1 else None)
+    if len(reps) > 1 and table.kept is not None:
+        _globalise_token_steps(table.kept, offsets)
+    hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
+    many = (len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
+            or scenario.autoscaler is not None or scenario.power is not None)
+    info = {"router": scenario.router.name, "num_rerouted": cluster.num_rerouted,
+            "reject_reasons": dict(cluster.reject_reasons)} if many else None
+    return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, table, steps, ends, hits, wall_s,
+                  loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
+                  _swap_totals([r.engine for r in reps]), records, info,
+                  disaggregation=disaggregation_summary(cluster, records), kept_requests=table.kept, spill=spill)
+
+
+def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
+    """Rewrite token runs from per-replica step indices to indices into the concatenated log."""
+    for req in requests:
+        runs = req.token_steps
+        if not runs:
+            continue
+        marks = req.moves or [(0, req.replica)]
+        bounds = [m[0] for m in marks[1:]] + [len(runs)]
+        for (start, rep), stop in zip(marks, bounds):
+            off = offsets[rep]
+            if off:
+                for i in range(start, stop):
+                    runs[i] += off
+
+
+def _swap_totals(engines: list[Engine]) -> dict | None:
+    blocks = sum(e.num_swapped_blocks for e in engines)
+    if not blocks:
+        return None
+    return {"num_swapped_blocks": blocks, "num_copies": sum(e.num_swap_copies for e in engines),
+            "transfer_s": sum(e.swap_transfer_s for e in engines), "stall_s": sum(e.swap_stall_s for e in engines)}

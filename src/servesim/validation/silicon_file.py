@@ -1,0 +1,80 @@
+"""Reading the AIConfigurator silicon sample: the file's columns, parsed into `SiliconRow`s.
+
+silicon.py maps a row to the scenario that plays it; this module owns only the measured file's
+schema (the required columns, how empty parallelism cells read) and one clear InputError for a
+missing file, a missing column or a bad value, so readers of the rows need none of the mapping.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from servesim.errors import InputError
+
+REQUIRED = ("id", "backend", "backend_version", "model_path", "system", "mode", "isl", "osl", "gemm_quant_mode",
+            "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size",
+            "silicon_ttft_ms", "silicon_tpot_ms", "concurrency")
+
+
+@dataclass(frozen=True)
+class SiliconRow:
+    """One measured run (the columns servesim uses)."""
+
+    id: str
+    backend: str
+    version: str
+    model: str
+    system: str
+    mode: str
+    isl: int
+    osl: int
+    gemm_quant: str
+    batch_size: int
+    tp: int
+    pp: int
+    attention_dp: int
+    moe_tp: int
+    moe_ep: int
+    concurrency: int
+    ttft_s: float  # measured mean
+    tpot_s: float  # measured mean
+
+
+def _int(raw: str, default: int = 1) -> int:
+    """Parallelism columns: empty or 0 (dense models' MoE columns) mean 1."""
+    return int(float(raw)) if raw.strip() and float(raw) > 0 else default
+
+
+def parse_row(raw: dict[str, str]) -> SiliconRow:
+    agg = raw["mode"] == "agg"
+    return SiliconRow(
+        id=raw["id"], backend=raw["backend"].strip().lower(), version=raw["backend_version"].strip(),
+        model=raw["model_path"].strip(), system=raw["system"].strip().lower(), mode=raw["mode"].strip(),
+        isl=int(raw["isl"]), osl=int(raw["osl"]), gemm_quant=raw["gemm_quant_mode"].strip().lower(),
+        batch_size=_int(raw["batch_size"]) if agg else 0, tp=_int(raw["tp_size"]) if agg else 0,
+        pp=_int(raw["pp_size"]), attention_dp=_int(raw["attention_dp_size"]), moe_tp=_int(raw["moe_tp_size"]),
+        moe_ep=_int(raw["moe_ep_size"]), concurrency=_int(raw["concurrency"], default=0),
+        ttft_s=float(raw["silicon_ttft_ms"]) / 1e3, tpot_s=float(raw["silicon_tpot_ms"]) / 1e3,
+    )
+
+
+def read_rows(path: str | Path) -> list[SiliconRow]:
+    """All rows of a file in the schema of silicon_calibration.csv; a bad file is one InputError."""
+    p = Path(path)
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{p}: missing column {missing[0]!r}; required: {', '.join(REQUIRED)}")
+            rows = []
+            for line, raw in enumerate(reader, start=2):
+                try:
+                    rows.append(parse_row(raw))
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise InputError(f"{p}:{line}: bad value ({exc})") from None
+            return rows
+    except FileNotFoundError:
+        raise InputError(f"measured file {str(p)!r} not found") from None
