@@ -19,7 +19,7 @@ import numpy as np
 
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.metrics.recorder import Recorder
-from servesim.perf.perf_model import build_perf_model
+from servesim.perf.build import build_perf_model
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.replica.schedulers import get_scheduler

@@ -13,7 +13,7 @@ from servesim.cluster.coldstart import ColdStartConfig, cold_start_s, phase_time
 from servesim.cluster.power import clock_at, clock_for_cap, gpu_power_w, power_at_clock_w, up_intervals
 from servesim.cluster.view import ReplicaView
 from servesim.perf.hardware import gpu_spec
-from servesim.perf.perf_model import at_clock
+from servesim.perf.build import at_clock
 
 GB = 1e9
 CAP = Capacity(prefill_tokens_per_s=10_000.0, decode_tokens_per_s=2_000.0, max_num_seqs=256, num_gpu_blocks=1000,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.perf.perf_model import build_perf_model
+from servesim.perf.build import build_perf_model
 from servesim.replica.fast_forward import FastForwarding
 from servesim.replica import stretch_chunks
 from servesim.replica.stretch import Stretch

@@ -256,12 +256,3 @@ class PerfModel(MemoryMixin):
     @property
     def model_spec(self) -> ModelSpec:
         return self.terms.model
-
-
-def __getattr__(name: str):
-    """The builders moved to perf/build.py (which imports this module, hence the lazy import);
-    still importable from here."""
-    if name in ("at_clock", "build_perf_model", "build_with_calibration"):
-        from servesim.perf import build
-        return getattr(build, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
