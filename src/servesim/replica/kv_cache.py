@@ -38,17 +38,22 @@ request's run is forgotten when it is admitted again (hit or not) or removed; bl
 request that finishes or is swapped out stay anonymous (nobody else can hit them).
 
 The free queue is a composed `FreeQueue` (`free_queue.py`), the CPU swap tier a composed
-`CPUTier` (`cpu_tier.py`).
+`CPUTier` (`cpu_tier.py`). This module holds the pool and allocation; the manager's other
+methods come from mixins, one per responsibility: prefix lookups and registration
+(`kv_prefix_caching.py`), freeing (`kv_release.py`), swapping to the CPU tier
+(`kv_cpu_swap.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from typing import Any, Sequence
 
 from servesim.replica.block_keys import BlockKeys, block_keys
 from servesim.replica.cpu_tier import CPUTier
 from servesim.replica.free_queue import FreeQueue
-from servesim.replica.prefix_groups import Group
+from servesim.replica.kv_cpu_swap import CPUSwap
+from servesim.replica.kv_prefix_caching import PrefixCaching
+from servesim.replica.kv_release import BlockRelease
 from servesim.replica.prefix_index import Held, Hits, PrefixIndex
 from servesim.replica.recent_keys import RecentKeys
 
@@ -59,7 +64,7 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-class KVCacheManager:
+class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
     """GPU block pool with prefix caching, plus a CPU swap tier tracked by capacity."""
 
     def __init__(
@@ -102,33 +107,6 @@ class KVCacheManager:
         bs = self.block_size
         return [((h := held[r.id]).num_keyed + h.num_plain) * bs - c + 1 for r, c in zip(reqs, ctx1)]
 
-    def num_cached_prefix_tokens(self, req: Any) -> int:
-        """Tokens of `req`'s prefix in cached blocks (leading blocks only, as a hit needs)."""
-        if not self.enable_prefix_caching or not req.hash_ids:
-            return 0
-        keys = req.kv_block_keys or block_keys(req, self.block_size)
-        return sum(p1 - p0 for _, p0, p1 in self._prefix.leading_cached(keys, len(keys))) * self.block_size
-
-    def num_cpu_blocks_of(self, req_id: int) -> int:
-        return self.cpu.num_blocks_of(req_id)
-
-    def get_computed_blocks(self, req: Any) -> Hits:
-        """Longest run of cached blocks matching the request's prefix (vLLM v1 rule): keyed
-        blocks, then (all keys hit) the request's own surviving unique blocks."""
-        keys = req.kv_block_keys
-        tail = self._tails.get(req.id) if self._tails else None
-        if not self.enable_prefix_caching or not (keys or tail):
-            return Hits()
-        if self._recent_keys and type(keys) is BlockKeys:
-            self._recent_keys.reuse_into(keys)
-        limit = (req.num_tokens - 1) // self.block_size
-        num_keys = len(keys) if keys else 0
-        exts = self._prefix.leading_cached(keys, min(num_keys, limit)) if keys else []
-        nk = exts[-1][2] if exts else 0
-        if nk < num_keys or tail is None or limit <= nk:
-            return Hits(nk, 0, exts)
-        return Hits(nk, min(tail.count, limit - nk), exts)
-
     def record_query(self, num_tokens: int, num_hit_tokens: int) -> None:
         self.num_queried_tokens += num_tokens
         self.num_hit_tokens += num_hit_tokens
@@ -145,26 +123,6 @@ class KVCacheManager:
         if not computed.num_keyed:
             return max(need, 0) + computed.num_own
         return max(need, 0) + self._prefix.num_free(computed) + computed.num_own
-
-    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
-        """Would registering these requests' blocks (each up to its number of tokens) in bulk
-        differ from registering them step by step? Yes if a key is already cached, or if two of
-        them would register the same new key (stepping registers it for whichever gets there
-        first; bulk cannot tell). The engine then steps one by one instead."""
-        bs = self.block_size
-        held_of = self._held
-        ranges = []
-        for req, num_tokens in reqs_tokens:
-            keys = req.kv_block_keys
-            held = held_of.get(req.id)
-            if held is not None and keys:
-                end = num_tokens // bs
-                n = len(keys)
-                if end > n:
-                    end = n
-                if held.num_keyed < end:
-                    ranges.append((keys, held.num_keyed, end))
-        return self._prefix.conflicts(ranges)
 
     # ---------------------------------------------------------------- mutation
     def allocate_slots(self, req: Any, num_new_tokens: int, computed: Hits | Sequence = ()) -> bool:
@@ -288,104 +246,7 @@ class KVCacheManager:
             for req, nb in grants:
                 held[req.id].num_plain += nb
 
-    def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
-        """Register the request's full keyed blocks covering its first `num_tokens` tokens."""
-        held = self._held.get(req.id)
-        if held is not None:
-            self._cache_full_blocks(req, held, num_tokens)
-
-    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> None:
-        """`cache_full_blocks(req, n + more_tokens)` for each (req, n), in order (a stretch's
-        registrations: one call, and no Python call for a request that filled no block)."""
-        if not self.enable_prefix_caching:
-            return
-        held_of, bs = self._held, self.block_size
-        items = []
-        for req, n in reqs_tokens:
-            held = held_of.get(req.id)
-            if held is None:
-                continue
-            k0 = held.num_keyed
-            full = (n + more_tokens) // bs
-            keys = req.kv_block_keys
-            if full <= k0 or keys is None:
-                continue
-            full = min(full, len(keys), k0 + held.num_plain)
-            if full > k0:
-                items.append((keys, held, k0, full))
-        if not items:
-            return
-        if not self._prefix.register_appends(items):  # (the usual case: all at once)
-            register = self._prefix.register
-            for keys, held, k0, full in items:
-                register(keys, held, k0, full)
-        for _, held, k0, full in items:
-            held.num_keyed = full
-            held.num_plain -= full - k0
-
-    def free(self, req_id: Any) -> None:
-        """Release a request's blocks; tail blocks enter the free queue first (evicted first)."""
-        if self._tails:
-            self._tails.pop(req_id, None)  # a preempted request removed while waiting
-        held = self._held.pop(req_id, None)
-        if held is not None:
-            self._push_plain(held.num_plain)
-            self._free_keyed(held)
-            if type(held.keys) is BlockKeys:
-                self._recent_keys.keep(held.keys)
-                held.keys.release()
-
-    def free_preempted(self, req: Any) -> None:
-        """Release a request preempted by recompute (call before resetting its progress): its
-        full computed blocks past its keyed prefix go to the free queue as a run tagged with
-        its id, which it can hit when admitted again (see the module docstring)."""
-        held = self._held.get(req.id)
-        start = len(req.kv_block_keys or ())
-        full = min(req.num_computed_tokens, req.num_tokens) // self.block_size
-        if held is None or not self.enable_prefix_caching or full <= start or held.num_keyed != start:
-            self.free(req.id)
-            return
-        del self._held[req.id]
-        unique = full - start
-        self._push_plain(held.num_plain - unique)  # partial or uncomputed blocks: evicted first
-        self._queue.push_tail(req.id, unique)
-        self.num_free_blocks += unique
-        self._free_keyed(held)
-
-    def _free_keyed(self, held: Held) -> None:
-        """Drop the request's references, last position first; each segment's blocks whose
-        count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
-        dups = held.dups
-        for g, p0, p1 in reversed(held.segs):
-            ds = dups.intersection(range(p0, p1)) if dups is not None else None
-            if not ds:
-                self._release(g, p0, p1)
-                continue
-            # Split the segment at the copies, last first; a run of copies enters the queue as
-            # one plain entry (as one at a time would, merged). The usual case: one run (a
-            # policy computing a whole cached context again without looking up its hits).
-            ds = sorted(ds, reverse=True)
-            runs = [(ds[0], ds[-1])] if ds[0] - ds[-1] + 1 == len(ds) else [(p, p) for p in ds]
-            hi = p1
-            for top, low in runs:
-                if hi > top + 1:
-                    self._release(g, top + 1, hi)
-                self._push_plain(top - low + 1)
-                hi = low
-            if hi > p0:
-                self._release(g, p0, hi)
-
-    def _release(self, group: Group, s0: int, s1: int) -> None:
-        self.num_free_blocks += self._queue.release(group, s0, s1)
-
-    # ---------------------------------------------------------------- KV transfers
-    def detach(self, req_id: int, key: Hashable) -> None:
-        """Keep a request's blocks under `key` (its KV is being sent to another replica): the
-        request can leave the scheduler while its blocks stay held until `free(key)`."""
-        held = self._held.pop(req_id, None)
-        if held is not None:
-            self._held[key] = held
-
+    # ---------------------------------------------------------------- KV transfers (`detach`: kv_release.py)
     def reserve(self, req_id: int, num_tokens: int) -> bool:
         """Hold plain blocks for `num_tokens` tokens of a request whose KV is arriving from
         another replica (the receiver allocates before the transfer starts); False, changing
@@ -397,72 +258,7 @@ class KVCacheManager:
         self._held[req_id] = Held(num_plain=need)
         return True
 
-    # ---------------------------------------------------------------- CPU tier (`cpu_tier.py`)
-    @property
-    def num_cpu_blocks(self) -> int:
-        return self.cpu.num_cpu_blocks
-
-    @property
-    def num_free_cpu_blocks(self) -> int:
-        return self.cpu.num_free_cpu_blocks
-
-    def swap_out(self, req_id: int, reuse_key: Hashable | None = None) -> int | None:
-        """Move a request's blocks to the CPU tier; the number of blocks to copy, or None
-        (nothing changes) if the CPU tier lacks room (see `CPUTier.store`)."""
-        need = self.cpu.store(req_id, self.num_blocks_of(req_id), reuse_key)
-        if need is not None:
-            self.free(req_id)
-        return need
-
-    def swap_in(self, req_id: int, keep_cpu_copy: bool = False) -> int | None:
-        """Bring a swapped request's blocks back to the GPU; the number of blocks copied, or
-        None (nothing changes) if the GPU lacks room. `keep_cpu_copy` leaves the CPU blocks
-        in place as a reclaimable copy (FastSwitch)."""
-        n = self.cpu.num_blocks_of(req_id)
-        if n > self.num_free_blocks:
-            return None
-        self.cpu.load(req_id, keep_cpu_copy)
-        self._pop_free(n)
-        self._held[req_id] = Held(num_plain=n)
-        return n
-
-    def retain_cpu_copy(self, req_id: int, key: Hashable, max_blocks: int) -> None:
-        """Keep (up to `max_blocks` of) a finished request's CPU copy for the next turn of
-        `key` (a session or program); replaces that key's previous copy."""
-        self.cpu.retain_copy(req_id, key, max_blocks)
-
-    def num_cpu_copy_blocks(self) -> int:
-        """CPU blocks held by reclaimable copies."""
-        return self.cpu.num_copy_blocks
-
-    def free_cpu(self, req_id: int) -> None:
-        """Release a request's CPU blocks and its CPU copy."""
-        self.cpu.free(req_id)
-
-    def drop_cpu_copies(self) -> None:
-        """Release every reclaimable CPU copy (end of run)."""
-        self.cpu.drop_copies()
-
     # ---------------------------------------------------------------- internals
-    def _cache_full_blocks(self, req: Any, held: Held, num_tokens: int) -> None:
-        k0 = held.num_keyed
-        full = num_tokens // self.block_size
-        if full <= k0:  # the usual case in decode: no block filled since
-            return
-        keys = req.kv_block_keys
-        if not self.enable_prefix_caching or keys is None:
-            return
-        full = min(full, len(keys), k0 + held.num_plain)
-        if full > k0:
-            self._prefix.register(keys, held, k0, full)
-            held.num_keyed = full
-            held.num_plain -= full - k0
-
-    def _push_plain(self, n: int) -> None:
-        if n > 0:
-            self._queue.push_plain(n)
-            self.num_free_blocks += n
-
     def _pop_free(self, n: int) -> None:
         """Take `n` blocks from the head of the free queue, evicting keyed ones from the cache."""
         self.num_free_blocks -= n

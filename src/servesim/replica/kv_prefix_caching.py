@@ -1,0 +1,123 @@
+"""Prefix caching of `KVCacheManager` (kv_cache.py): lookups and registration of keyed blocks.
+
+The methods here find a request's cached prefix (`get_computed_blocks`), say whether bulk
+registration would differ from stepping (`keys_conflict_many`) and register a request's
+completed keyed blocks in the index (`cache_full_blocks*`). They are separate from the
+allocation in kv_cache.py because they are the only part that knows about keys: with
+`enable_prefix_caching` off nothing here changes the pool. A mixin rather than a helper
+object: they share the manager's per-request records (`_held`) and its `PrefixIndex`, and the
+engine calls several of them per step, so no extra call or attribute hop is added.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from servesim.replica.block_keys import BlockKeys, block_keys
+from servesim.replica.prefix_index import Held, Hits, PrefixIndex
+from servesim.replica.recent_keys import RecentKeys
+
+
+class PrefixCaching:
+    """`KVCacheManager`'s prefix-cache lookups and registration (see the module docstring)."""
+
+    # State owned by `KVCacheManager.__init__`.
+    block_size: int
+    enable_prefix_caching: bool
+    _held: dict[Any, Held]
+    _prefix: PrefixIndex
+    _tails: dict
+    _recent_keys: RecentKeys
+
+    def num_cached_prefix_tokens(self, req: Any) -> int:
+        """Tokens of `req`'s prefix in cached blocks (leading blocks only, as a hit needs)."""
+        if not self.enable_prefix_caching or not req.hash_ids:
+            return 0
+        keys = req.kv_block_keys or block_keys(req, self.block_size)
+        return sum(p1 - p0 for _, p0, p1 in self._prefix.leading_cached(keys, len(keys))) * self.block_size
+
+    def get_computed_blocks(self, req: Any) -> Hits:
+        """Longest run of cached blocks matching the request's prefix (vLLM v1 rule): keyed
+        blocks, then (all keys hit) the request's own surviving unique blocks."""
+        keys = req.kv_block_keys
+        tail = self._tails.get(req.id) if self._tails else None
+        if not self.enable_prefix_caching or not (keys or tail):
+            return Hits()
+        if self._recent_keys and type(keys) is BlockKeys:
+            self._recent_keys.reuse_into(keys)
+        limit = (req.num_tokens - 1) // self.block_size
+        num_keys = len(keys) if keys else 0
+        exts = self._prefix.leading_cached(keys, min(num_keys, limit)) if keys else []
+        nk = exts[-1][2] if exts else 0
+        if nk < num_keys or tail is None or limit <= nk:
+            return Hits(nk, 0, exts)
+        return Hits(nk, min(tail.count, limit - nk), exts)
+
+    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
+        """Would registering these requests' blocks (each up to its number of tokens) in bulk
+        differ from registering them step by step? Yes if a key is already cached, or if two of
+        them would register the same new key (stepping registers it for whichever gets there
+        first; bulk cannot tell). The engine then steps one by one instead."""
+        bs = self.block_size
+        held_of = self._held
+        ranges = []
+        for req, num_tokens in reqs_tokens:
+            keys = req.kv_block_keys
+            held = held_of.get(req.id)
+            if held is not None and keys:
+                end = num_tokens // bs
+                n = len(keys)
+                if end > n:
+                    end = n
+                if held.num_keyed < end:
+                    ranges.append((keys, held.num_keyed, end))
+        return self._prefix.conflicts(ranges)
+
+    def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
+        """Register the request's full keyed blocks covering its first `num_tokens` tokens."""
+        held = self._held.get(req.id)
+        if held is not None:
+            self._cache_full_blocks(req, held, num_tokens)
+
+    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> None:
+        """`cache_full_blocks(req, n + more_tokens)` for each (req, n), in order (a stretch's
+        registrations: one call, and no Python call for a request that filled no block)."""
+        if not self.enable_prefix_caching:
+            return
+        held_of, bs = self._held, self.block_size
+        items = []
+        for req, n in reqs_tokens:
+            held = held_of.get(req.id)
+            if held is None:
+                continue
+            k0 = held.num_keyed
+            full = (n + more_tokens) // bs
+            keys = req.kv_block_keys
+            if full <= k0 or keys is None:
+                continue
+            full = min(full, len(keys), k0 + held.num_plain)
+            if full > k0:
+                items.append((keys, held, k0, full))
+        if not items:
+            return
+        if not self._prefix.register_appends(items):  # (the usual case: all at once)
+            register = self._prefix.register
+            for keys, held, k0, full in items:
+                register(keys, held, k0, full)
+        for _, held, k0, full in items:
+            held.num_keyed = full
+            held.num_plain -= full - k0
+
+    def _cache_full_blocks(self, req: Any, held: Held, num_tokens: int) -> None:
+        k0 = held.num_keyed
+        full = num_tokens // self.block_size
+        if full <= k0:  # the usual case in decode: no block filled since
+            return
+        keys = req.kv_block_keys
+        if not self.enable_prefix_caching or keys is None:
+            return
+        full = min(full, len(keys), k0 + held.num_plain)
+        if full > k0:
+            self._prefix.register(keys, held, k0, full)
+            held.num_keyed = full
+            held.num_plain -= full - k0

@@ -1,0 +1,99 @@
+"""Freeing of `KVCacheManager` (kv_cache.py): blocks going back to the LRU free queue.
+
+A request's blocks leave it when it finishes or is removed (`free`), when it is preempted by
+recompute (`free_preempted`: its unique computed blocks become a run it can hit again, see
+kv_cache.py's docstring), or are kept under a transfer key (`detach`). The order in which they
+enter the free queue decides what is evicted first, which is why this is its own module: it
+is where vLLM's tail-first freeing order is reproduced. A mixin over the manager's state
+(`_held`, the queue, the free count), as allocation pops what these methods push.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from servesim.replica.block_keys import BlockKeys
+from servesim.replica.free_queue import FreeQueue
+from servesim.replica.prefix_groups import Group
+from servesim.replica.prefix_index import Held
+from servesim.replica.recent_keys import RecentKeys
+
+
+class BlockRelease:
+    """`KVCacheManager`'s freeing of blocks (see the module docstring)."""
+
+    # State owned by `KVCacheManager.__init__`.
+    block_size: int
+    enable_prefix_caching: bool
+    num_free_blocks: int
+    _held: dict[Any, Held]
+    _queue: FreeQueue
+    _tails: dict
+    _recent_keys: RecentKeys
+
+    def free(self, req_id: Any) -> None:
+        """Release a request's blocks; tail blocks enter the free queue first (evicted first)."""
+        if self._tails:
+            self._tails.pop(req_id, None)  # a preempted request removed while waiting
+        held = self._held.pop(req_id, None)
+        if held is not None:
+            self._push_plain(held.num_plain)
+            self._free_keyed(held)
+            if type(held.keys) is BlockKeys:
+                self._recent_keys.keep(held.keys)
+                held.keys.release()
+
+    def free_preempted(self, req: Any) -> None:
+        """Release a request preempted by recompute (call before resetting its progress): its
+        full computed blocks past its keyed prefix go to the free queue as a run tagged with
+        its id, which it can hit when admitted again (see kv_cache.py's docstring)."""
+        held = self._held.get(req.id)
+        start = len(req.kv_block_keys or ())
+        full = min(req.num_computed_tokens, req.num_tokens) // self.block_size
+        if held is None or not self.enable_prefix_caching or full <= start or held.num_keyed != start:
+            self.free(req.id)
+            return
+        del self._held[req.id]
+        unique = full - start
+        self._push_plain(held.num_plain - unique)  # partial or uncomputed blocks: evicted first
+        self._queue.push_tail(req.id, unique)
+        self.num_free_blocks += unique
+        self._free_keyed(held)
+
+    def _free_keyed(self, held: Held) -> None:
+        """Drop the request's references, last position first; each segment's blocks whose
+        count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
+        dups = held.dups
+        for g, p0, p1 in reversed(held.segs):
+            ds = dups.intersection(range(p0, p1)) if dups is not None else None
+            if not ds:
+                self._release(g, p0, p1)
+                continue
+            # Split the segment at the copies, last first; a run of copies enters the queue as
+            # one plain entry (as one at a time would, merged). The usual case: one run (a
+            # policy computing a whole cached context again without looking up its hits).
+            ds = sorted(ds, reverse=True)
+            runs = [(ds[0], ds[-1])] if ds[0] - ds[-1] + 1 == len(ds) else [(p, p) for p in ds]
+            hi = p1
+            for top, low in runs:
+                if hi > top + 1:
+                    self._release(g, top + 1, hi)
+                self._push_plain(top - low + 1)
+                hi = low
+            if hi > p0:
+                self._release(g, p0, hi)
+
+    def _release(self, group: Group, s0: int, s1: int) -> None:
+        self.num_free_blocks += self._queue.release(group, s0, s1)
+
+    def detach(self, req_id: int, key: Hashable) -> None:
+        """Keep a request's blocks under `key` (its KV is being sent to another replica): the
+        request can leave the scheduler while its blocks stay held until `free(key)`."""
+        held = self._held.pop(req_id, None)
+        if held is not None:
+            self._held[key] = held
+
+    def _push_plain(self, n: int) -> None:
+        if n > 0:
+            self._queue.push_plain(n)
+            self.num_free_blocks += n

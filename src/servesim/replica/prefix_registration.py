@@ -1,0 +1,196 @@
+"""Registration in the prefix index (`PrefixIndex`, prefix_index.py): key runs entering and leaving it.
+
+A request that computes keyed blocks registers them (`register`, or `register_appends` for a
+stretch's or a step's decodes at once); a group whose blocks are all evicted leaves the index
+(`drop`); `conflicts` tells the engine whether registering many requests in bulk would differ
+from registering them step by step. These are the index's writes and their preconditions,
+apart from the lookups in prefix_index.py (which only read it), and the usual cases here are
+decided in C on run keys (`_runs_from`) with a search by position only when they fail. A
+mixin: they share the index dict and `PrefixIndex.extents`.
+"""
+
+from __future__ import annotations
+
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
+
+from servesim.replica.block_keys import BlockKeys, runs_of
+from servesim.replica.prefix_groups import Group
+
+if TYPE_CHECKING:
+    from servesim.replica.prefix_index import Held
+
+
+class PrefixRegistration:
+    """`PrefixIndex`'s registration, dropping and conflict checks (see the module docstring)."""
+
+    _index: dict[Hashable, Group]  # owned by `PrefixIndex.__init__` (which also gives `extents`)
+
+    def register(self, keys: Sequence, held: Held, k0: int, k1: int) -> None:
+        """`held` computes keys [k0, k1): each key not cached gets a block held once; the
+        positions already cached become `held.dups`. New runs go into the group `held` last
+        registered into if it ends at their start (a prefix stays one group), else a new one."""
+        if self._register_new(keys, held, k0, k1):
+            return
+        for g, p0, p1, i, j in self.extents(keys, k0, k1):
+            if g is None:
+                last = held.segs[-1][0] if held.segs else None
+                g = last if last is not None and last.hi == p0 else Group(p0)
+                new_runs = runs_of(keys)[0][i:j]
+                self._index.update(zip(new_runs, repeat(g)))
+                g.runs += new_runs
+            dups = g.register(p0, p1)
+            if dups:
+                held.dups = (held.dups or set()).union(dups)
+            held.add(g, p0, p1)
+
+    def _register_new(self, keys: Sequence, held: Held, k0: int, k1: int) -> bool:
+        """`register` in the usual case (a prefill chunk or a decode completes blocks of the
+        request's own), without the search: the runs from k0 on are not indexed, except the
+        first when k0 is inside it and `held` registered its first part into its last group,
+        which ends at k0. Then no key is cached and every new one goes to that group (or a new
+        one if `held`'s last group does not end at k0). False (nothing done) otherwise."""
+        runs = _runs_from(keys, k0, k1)
+        if runs is None:
+            return False
+        index, segs = self._index, held.segs
+        seg = segs[-1] if segs else None
+        g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
+        if k0 % keys.starts.step:  # inside a run: held's last group must hold its first part
+            if g is None or index.get(runs[0]) is not g:
+                return False
+            runs = runs[1:]
+        if not index.keys().isdisjoint(runs):
+            return False
+        if g is None:
+            g = Group(k0)
+            segs.append([g, k0, k1])
+        elif seg[2] == k0:
+            seg[2] = k1
+        else:
+            segs.append([g, k0, k1])
+        index.update(zip(runs, repeat(g)))
+        g.runs += runs
+        g.append_held(k1 - k0)
+        return True
+
+    def register_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> bool:
+        """`register(keys, held, k0, k1)` for each item, in order, when every one is the usual
+        case of `_register_new` and none can affect another: none of their new runs is indexed
+        or listed twice, no two extend the same group, and none holds an unregistered copy
+        (`dups`). Then every group extended holds a block of its request, so no pop of the free
+        queue can drop it, and these registrations give the same state before or after pops
+        (a stretch's or a step's decodes: one call for all). False, nothing done, otherwise."""
+        index = self._index
+        pending: list = []
+        plan = []
+        groups = []
+        for keys, held, k0, k1 in items:
+            if type(keys) is not BlockKeys or held.dups is not None:
+                return False
+            starts = keys.starts
+            if type(starts) is not range:
+                return False
+            r = starts.step
+            runs = keys.run_keys.as_list()[k0 // r:-(-k1 // r)]
+            seg = held.segs[-1] if held.segs else None
+            g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
+            if k0 % r:  # inside a run: held's last group must hold its first part
+                if g is None or index.get(runs[0]) is not g:
+                    return False
+                runs = runs[1:]
+            if g is not None:
+                groups.append(g)
+            pending += runs
+            plan.append((held, g, seg, k0, k1, runs))
+        if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
+            return False
+        if len(groups) > 1 and len(set(map(id, groups))) != len(groups):
+            return False
+        for held, g, seg, k0, k1, runs in plan:
+            if g is None:
+                g = Group(k0)
+                held.segs.append([g, k0, k1])
+            elif seg[2] == k0:
+                seg[2] = k1
+            else:
+                held.segs.append([g, k0, k1])
+            index.update(zip(runs, repeat(g)))
+            g.runs += runs
+            g.append_held(k1 - k0)
+        return True
+
+    def drop(self, group: Group) -> None:
+        """A group with no cached block leaves the index (it may still be someone's extent)."""
+        index, runs = self._index, group.runs
+        owners = list(map(index.pop, runs, repeat(None)))  # (one pass: popped, then restored)
+        if owners.count(group) != len(runs):  # the usual case: every run mapped here
+            for rk, g in zip(runs, owners):
+                if g is not group and g is not None:
+                    index[rk] = g
+        group.runs = []
+
+    def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
+        """Would registering keys [p0, p1) of each (keys, p0, p1) meet a cached key, or a key
+        that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
+        pending: list = []
+        inside: list = []  # first runs of ranges starting inside a run indexed already
+        index = self._index
+        for keys, p0, p1 in ranges:
+            runs = _runs_from(keys, p0, p1)
+            if runs is None:
+                return self._conflicts(ranges)
+            r = keys.starts.step
+            if p0 % r and (g := index.get(runs[0])) is not None:
+                # (a decode inside the last run of a Mooncake prompt: the run is indexed to
+                # the request's group, whose later slots are not cached, unless someone else's)
+                if g.any_cached(p0, min(p1, p0 - p0 % r + r)):
+                    return self._conflicts(ranges)
+                inside.append(runs[0])
+                runs = runs[1:]
+            pending += runs
+        # The usual case, decided in C: no other run to register is indexed (so none of its
+        # blocks is cached) and no run is registered twice. Otherwise the exact search below.
+        every = pending + inside if inside else pending
+        if len(set(every)) == len(every) and index.keys().isdisjoint(pending):
+            return False
+        return self._conflicts(ranges)
+
+    def _conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
+        """`conflicts`, position by position where runs are shared."""
+        seen: dict[Hashable, Any] = {}  # run key -> positions (a, b) to register, or a list of them
+        for keys, p0, p1 in ranges:
+            exts = self.extents(keys, p0, p1)
+            if any(g is not None and g.any_cached(q0, q1) for g, q0, q1, _, _ in exts):
+                return True
+            run_keys, starts, ends = runs_of(keys)
+            i, j = exts[0][3], exts[-1][4]
+            if j - i == 1:
+                spans = [(p0, p1)]
+            else:
+                spans = list(zip(starts[i:j], ends[i:j]))
+                spans[0] = (p0, spans[0][1])
+                spans[-1] = (spans[-1][0], p1)
+            rks = run_keys[i:j]
+            if seen.keys().isdisjoint(rks):  # the usual case: no run shared so far
+                seen.update(zip(rks, spans))
+                continue
+            for rk, (a, b) in zip(rks, spans):
+                prev = seen.get(rk)
+                prev = [] if prev is None else [prev] if type(prev) is tuple else prev
+                if any(x < b and a < y for x, y in prev):
+                    return True
+                seen[rk] = prev + [(a, b)]
+        return False
+
+
+def _runs_from(keys: Sequence, p0: int, p1: int) -> list | None:
+    """The run keys of positions [p0, p1), from the run holding p0, if `keys` is a
+    `BlockKeys` with runs of equal length, else None."""
+    if type(keys) is not BlockKeys:
+        return None
+    starts = keys.starts
+    if type(starts) is not range:
+        return None
+    r = starts.step
+    return keys.run_keys.as_list()[p0 // r:-(-p1 // r)]
