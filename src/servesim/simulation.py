@@ -120,6 +120,24 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
         power.start()
     feed.start()
+    _run_loop(loop, until_s)
+    cluster.fail_queued(loop.now_s)
+    for r in cluster.replicas:
+        r.engine.drain(loop.now_s)
+        r.engine.recorder.finish()
+        r.engine.recorder.reducer.close()
+    if not cluster.requests:
+        raise InputError(_no_requests(scenario))
+    if progress:
+        progress(feed.num_done, workload.expected_num_requests, loop.now_s)
+    result = assemble_result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
+                     time.perf_counter() - wall0, spill, keep_steps)
+    _add_control_sections(result, scenario, pools, cluster, controller, power, migrator)
+    check_invariants(result, [r.engine.kv for r in cluster.replicas])
+    return result
+
+
+def _run_loop(loop: EventLoop, until_s: float) -> None:
     # The loop allocates many long-lived small objects (token runs, step lists) and creates no
     # garbage cycles while it runs, so the cyclic collector is paused; afterwards the survivors
     # go straight to the oldest generation (freeze + unfreeze) instead of being scanned as young
@@ -133,17 +151,11 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
-    cluster.fail_queued(loop.now_s)
-    for r in cluster.replicas:
-        r.engine.drain(loop.now_s)
-        r.engine.recorder.finish()
-        r.engine.recorder.reducer.close()
-    if not cluster.requests:
-        raise InputError(_no_requests(scenario))
-    if progress:
-        progress(feed.num_done, workload.expected_num_requests, loop.now_s)
-    result = assemble_result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
-                     time.perf_counter() - wall0, spill, keep_steps)
+
+
+def _add_control_sections(result: Result, scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,
+                          controller, power: PowerManager | None, migrator) -> None:
+    """What the autoscaler, power manager, migrator and KV store did, into `result`."""
     if controller is not None:
         result.scale_events = controller.events
     if controller is not None or power is not None:
@@ -152,8 +164,6 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         result.migration = migration_section(migrator.migrations)
     if cluster.kv_store is not None:
         result.kv_store = cluster.kv_store.section()
-    check_invariants(result, [r.engine.kv for r in cluster.replicas])
-    return result
 
 
 def _no_requests(scenario: Scenario) -> str:
