@@ -57,7 +57,6 @@ def test_run_folder_is_the_same_with_every_pass_out_of_core(monkeypatch, tmp_pat
     monkeypatch.setattr(row_spill, "BLOCK_ROWS", 100)
     monkeypatch.setattr(StreamStats, "memory_values", 40)
     monkeypatch.setattr(WeightedValues, "memory_pairs", 300)
-    monkeypatch.setattr(itl, "CHUNK", 512)
     monkeypatch.setattr("servesim.metrics.step_ends.CHUNK", 512)
     files = []
     add = itl.BoundFiles.add

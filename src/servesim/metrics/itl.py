@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from servesim.metrics.exact import WeightedValues
-from servesim.metrics.step_ends import CHUNK, StepEnds
+from servesim.metrics.step_ends import StepEnds
 
 #: A run's token emissions as (runs per request, run starts, run ends): request i emitted one
 #: token at the end of every step of its runs, inclusive ranges of the (concatenated) step log.
@@ -86,7 +86,8 @@ def itl_values(runs: RunChunks, ends: StepEnds, folder: str | None = None) -> We
     if isinstance(runs, tuple):
         starts, stops = SortedBounds(runs[1]), SortedBounds(runs[2])
     else:
-        starts, stops = BoundFiles(_chunk_firsts(ends), folder), BoundFiles(_chunk_firsts(ends), folder)
+        firsts = ends.chunk_firsts()
+        starts, stops = BoundFiles(firsts, folder), BoundFiles(firsts, folder)
         for _, a, b in chunks():
             starts.add(a)
             stops.add(b)
@@ -110,12 +111,6 @@ def itl_values(runs: RunChunks, ends: StepEnds, folder: str | None = None) -> We
     for counts, a, b in chunks():
         _between_runs(counts, a, b, ends, out)
     return out
-
-
-def _chunk_firsts(ends: StepEnds) -> np.ndarray:
-    """Global index of the first step of each chunk `ends.chunks()` yields."""
-    return np.concatenate([np.arange(0, n, CHUNK, dtype=np.int64) + off
-                           for off, n in zip(ends.offsets[:-1].tolist(), ends._lens)] or [np.empty(0, np.int64)])
 
 
 def _between_runs(counts: np.ndarray, starts: np.ndarray, stops: np.ndarray, ends: StepEnds,

@@ -38,6 +38,11 @@ class StepEnds:
                 for i in range(0, n, CHUNK):
                     yield np.fromfile(f, np.float64, min(CHUNK, n - i))
 
+    def chunk_firsts(self) -> np.ndarray:
+        """The global index of the first step of each chunk `chunks()` yields."""
+        firsts = [np.arange(0, n, CHUNK, dtype=np.int64) + off for off, n in zip(self.offsets[:-1].tolist(), self._lens)]
+        return np.concatenate(firsts) if firsts else np.empty(0, np.int64)
+
     def __getitem__(self, index) -> np.ndarray:
         """Values at the (global) step indices `index` (an integer array)."""
         index = np.asarray(index, dtype=np.int64)
