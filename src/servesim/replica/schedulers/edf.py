@@ -50,14 +50,17 @@ class EDFScheduler(KeyedScheduler):
     def static_keys(self) -> bool:  # every deadline infinite: the key is (inf, arrival, id)
         return self._no_default_deadline and not self._num_with_slo
 
+    def _count_targets(self, req: Request, sign: int) -> None:
+        """A held request with its own targets joins (+1) or leaves (-1) the counts."""
+        self._num_with_slo += sign * _has_slo(req)
+        self._num_with_tpot += sign * (req.tpot_slo_s is not None)
+
     def add_request(self, req: Request, now_s: float) -> None:
-        self._num_with_slo += _has_slo(req)
-        self._num_with_tpot += req.tpot_slo_s is not None
+        self._count_targets(req, 1)
         super().add_request(req, now_s)
 
     def add_transferred(self, req: Request, now_s: float) -> None:
-        self._num_with_slo += _has_slo(req)
-        self._num_with_tpot += req.tpot_slo_s is not None
+        self._count_targets(req, 1)
         super().add_transferred(req, now_s)
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
@@ -95,8 +98,7 @@ class EDFScheduler(KeyedScheduler):
 
     def forget(self, req: Request) -> None:
         super().forget(req)
-        self._num_with_slo -= _has_slo(req)
-        self._num_with_tpot -= req.tpot_slo_s is not None
+        self._count_targets(req, -1)
         self._last_token_s.pop(req.id, None)
 
     def drain(self, now_s: float) -> list[Request]:
