@@ -38,7 +38,7 @@ def main() -> None:
     engines = tuple(args.engine or (("trtllm",) if args.what == "waves" else ("vllm", "sglang", "trtllm")))
     if args.what == "waves":
         fitted_waves = waves.fit_waves(rows, engines, log=print)
-        entries = waves.calibration_entries(fitted_waves)
+        entries = calibration_entries(fitted_waves)
         for profile, added_s in waves.frontend_additions(fitted_waves).items():
             print(f"front end {profile}: add {added_s:g} s to latency_s")
     elif args.what == "seq-gpu":

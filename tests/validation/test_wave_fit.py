@@ -31,7 +31,7 @@ def test_release_keys_then_a_gpu_fallback_for_the_rest():
 def test_entries_match_the_release_or_the_gpu_and_name_the_profile_each_key_resolves():
     values = {"eta_compute_large_m": 0.9, "eta_attn_compute": 0.5, "ar_bw_eff": 1.0, "latency_add_s": 0.02}
     fitted = {("trtllm", "b200_sxm", "1.2"): values, ("trtllm", "h200_sxm", ""): {**values, "latency_add_s": 0.0}}
-    a, b = waves.calibration_entries(fitted)
+    a, b = prefill.calibration_entries(fitted)
     assert a.match == {"gpu": "b200", "engine": "trtllm", "version": "1.2"} and a.values == {
         "eta_compute_large_m": 0.9, "eta_attn_compute": 0.5, "ar_bw_eff": 1.0}
     assert b.match == {"gpu": "h200", "engine": "trtllm"}

@@ -102,7 +102,12 @@ def fit_prefill(rows: list[SiliconRow], engines: tuple[str, ...] = ("vllm", "sgl
     return fitted
 
 
-def calibration_entries(fitted: dict[Group, dict[str, float]]) -> list[Entry]:
-    """The perf constants of `fitted` as calibration entries matched on (gpu, engine)."""
-    return [Entry({"gpu": GPUS[system], "engine": engine}, {k: round(v[k], 6) for k in PERF_NAMES})
-            for (engine, system), v in fitted.items()]
+def calibration_entries(fitted: dict[tuple, dict[str, float]]) -> list[Entry]:
+    """The perf constants of `fitted` as calibration entries matched on (gpu, engine[, version]):
+    keys (engine, system) or (engine, system, version), an empty version matching any release."""
+    out = []
+    for key, v in fitted.items():
+        engine, system, version = (*key, "")[:3]
+        match = {"gpu": GPUS[system], "engine": engine, **({"version": version} if version else {})}
+        out.append(Entry(match, {k: round(v[k], 6) for k in PERF_NAMES}))
+    return out

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from servesim.perf.calibration import Entry
 from servesim.replica.frontend import frontend_profile
 from servesim.validation.fit import Errors, coordinate_descent, spread_sample
-from servesim.validation.prefill import PERF_NAMES, TPOT_WEIGHT, errors, group_grid, shipped_values
+from servesim.validation.prefill import TPOT_WEIGHT, errors, group_grid, shipped_values
 from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason
 from servesim.validation.versions import fallback_rows, version_keys
 
@@ -68,15 +67,6 @@ def fit_waves(rows: list[SiliconRow], engines: tuple[str, ...] = ("trtllm",), op
 
 def _text(e: Errors) -> str:
     return f"TTFT {e.score(1, 0):.1%} / TPOT {e.score(0, 1):.1%}"
-
-
-def calibration_entries(fitted: dict[Key, dict[str, float]]) -> list[Entry]:
-    """The perf constants of `fitted` as calibration entries matched on (gpu, engine[, version])."""
-    out = []
-    for (engine, system, version), v in fitted.items():
-        match = {"gpu": GPUS[system], "engine": engine, **({"version": version} if version else {})}
-        out.append(Entry(match, {k: round(v[k], 6) for k in PERF_NAMES}))
-    return out
 
 
 def frontend_additions(fitted: dict[Key, dict[str, float]]) -> dict[str, float]:
