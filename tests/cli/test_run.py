@@ -291,9 +291,8 @@ def test_a_terminated_run_leaves_no_scratch_folders(tmp_path):
     def run_folders():  # (other libraries may make short-lived files there too)
         return [p for p in scratch.iterdir() if p.name.startswith("servesim-run-")]
 
-    # wait until the loop runs (the replicas' step-end files exist): the handler's SystemExit
-    # can be lost when the signal lands while the run still imports numpy.random (an extension
-    # module's import swallows it), a known gap of the handler, not what this test checks
+    # wait until the loop runs (the replicas' step-end files exist), so the signal lands in the
+    # loop and not before the handler is installed (a swallowed exit: the test below)
     deadline = time.monotonic() + 60
     while (not any(any(p.iterdir()) for p in run_folders()) and proc.poll() is None
            and time.monotonic() < deadline):
@@ -305,3 +304,25 @@ def test_a_terminated_run_leaves_no_scratch_folders(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
     assert list(scratch.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_a_swallowed_sigterm_exits_at_the_runs_next_progress_point(monkeypatch):
+    # An extension module being imported when SIGTERM lands (numpy.random's, at a run's start) can
+    # swallow the handler's SystemExit; the quiet run's progress callback then exits instead of
+    # letting the run finish and write its results
+    import signal
+
+    from servesim.cli import terminate
+    from servesim.cli.display import progress_bar
+    from servesim.scenario import Scenario
+    from servesim.simulation import simulate
+
+    monkeypatch.setattr(terminate, "_received", [])
+    try:
+        terminate._handle(signal.SIGTERM, None)
+    except SystemExit:
+        pass  # what the import did
+    scn = Scenario.model_validate({"workload": {"num_requests": 5000, "arrival": {"rate_per_s": 50}}})
+    with progress_bar(enabled=False) as progress, pytest.raises(SystemExit) as exit_:
+        simulate(scn, progress=progress, keep_requests=False)
+    assert exit_.value.code == 128 + signal.SIGTERM

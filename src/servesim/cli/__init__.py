@@ -6,11 +6,9 @@ modules import the simulation lazily so that `servesim --help` stays fast.
 
 from __future__ import annotations
 
-import signal
-
 import typer
 
-from servesim.cli import catalog, compare, plan, report, run, serve, trace
+from servesim.cli import catalog, compare, plan, report, run, serve, terminate, trace
 
 app = typer.Typer(
     name="servesim",
@@ -25,11 +23,5 @@ for _module in (run, catalog, trace, report, compare, serve, plan):
 
 
 def main() -> None:
-    # A terminated run (SIGTERM: `kill`, a job scheduler's time limit) unwinds as Ctrl-C does, so
-    # the scratch folders of spilled step logs and request rows are removed on the way out.
-    signal.signal(signal.SIGTERM, _terminate)
+    terminate.install()
     app()
-
-
-def _terminate(signum: int, _frame) -> None:
-    raise SystemExit(128 + signum)

@@ -10,27 +10,33 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from servesim.cli import terminate
+
 
 @contextlib.contextmanager
 def live_bar(label: str, enabled: bool = True) -> Iterator:
-    """Yields `update(done, total, note)`, or None off a terminal (the bar draws on stderr
-    and disappears when done)."""
+    """Yields `update(done, total, note)`: a bar on stderr that disappears when done, drawn only on
+    a terminal. Either way each update is a point where a swallowed SIGTERM exits (terminate.py)."""
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:
-        yield None
+        yield lambda done, total, note: terminate.check()
         return
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(label, total=None, note="")
-        yield lambda done, total, note: bar.update(task, completed=done, total=total, note=note)
+
+        def update(done, total, note) -> None:
+            terminate.check()
+            bar.update(task, completed=done, total=total, note=note)
+
+        yield update
 
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator:
     """Yields a `progress(done, total, sim_time_s)` callback; the bar appears only on a terminal."""
     with live_bar("simulating", enabled) as update:
-        yield None if update is None else (
-            lambda done, total, sim_time_s: update(done, total, f"t={sim_time_s:,.0f}s simulated"))
+        yield lambda done, total, sim_time_s: update(done, total, f"t={sim_time_s:,.0f}s simulated")
 
 
 def _ms(stats: dict) -> list[str]:

@@ -17,10 +17,9 @@ TOP = 10
 
 @contextlib.contextmanager
 def search_progress(enabled: bool = True) -> Iterator:
-    """Yields `update(done, total, counters)` for the search, or None off a terminal."""
+    """Yields `update(done, total, counters)` for the search (a bar only on a terminal)."""
     with live_bar("planning", enabled) as update:
-        yield None if update is None else (
-            lambda done, total, c: update(done, total, f"{c.probes_run} simulated, {c.probes_cached} cached"))
+        yield lambda done, total, c: update(done, total, f"{c.probes_run} simulated, {c.probes_cached} cached")
 
 
 def _f(v, spec: str = ".2f") -> str:
