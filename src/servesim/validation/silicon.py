@@ -1,7 +1,8 @@
 """How each row of the AIConfigurator silicon sample maps to a servesim scenario (the file's
 schema and reader: silicon_file.py).
 
-Each aggregated row is one replica (tp / attention-dp / MoE TP x EP as given) serving a
+Each aggregated row is one replica (tp / attention-dp / MoE TP x EP as the engine ran them:
+recorded_parallelism.py decodes the rows recorded as the engine's tp x ep product) serving a
 closed-loop client that keeps `concurrency` requests of fixed `isl` / `osl` tokens in flight;
 the measured results are mean TTFT and TPOT. `row_scenario` returns the scenario that plays the
 row, or the reason it cannot be expressed yet. The mapping is explicit and tested row by row.
