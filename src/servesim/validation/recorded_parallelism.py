@@ -5,11 +5,12 @@ GPUs, their MoE split moe_tp_size x moe_ep_size over the same GPUs). One family 
 DeepSeek-R1/V3 and Qwen3.5-397B runs with expert parallelism on B200, B300 and H200, ids named
 `..._tp8_ep8_...`, `..._tp4_ep4_...` or `dsr1_..._cfgNNN`) is recorded with the engine's flags
 `--tp X --ep Y` as tp_size = X * Y (or attention_dp_size = X * Y), moe_tp_size = X, moe_ep_size = Y:
-the product, not the GPU count. The file shows it: 31 of these measurements appear twice with
+the product, not the GPU count. The file shows it: 57 of these measurements appear twice with
 every number identical to the last digit (engine, version, system, model, lengths, concurrency,
-TTFT, TPOT), once as (tp 64, moe 8 x 8) and once as (tp 8, moe 1 x 8), or (tp 16, moe 4 x 4) and
-(tp 4, moe 1 x 4): one run of X GPUs with its experts over Y of them
-(tests/validation/test_recorded_parallelism.py checks every twin). So tp 64 on an 8-GPU HGX
+TTFT, TPOT), once as (tp 64, moe 8 x 8) and once as (tp 8, moe 1 x 8), (tp 16, moe 4 x 4) and
+(tp 4, moe 1 x 4), or (attention DP 64, moe 8 x 8) and (attention DP 8, moe 1 x 8): one run of X
+GPUs with its experts over Y of them (tests/validation/test_recorded_parallelism.py checks every
+twin). So tp 64 on an 8-GPU HGX
 system is one node of 8 GPUs, not 64 GPUs over InfiniBand.
 
 The runs recorded in AIConfigurator's terms with a genuine moe_tp x moe_ep grid (TensorRT-LLM

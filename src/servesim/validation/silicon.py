@@ -89,8 +89,9 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
     return None
 
 
-# check_tp's largest attention TP: beyond it the heads of the catalogue's models (64-128) leave
-# each GPU one or two, which no engine here runs as TP (docs/fidelity.md, "Replicas of more than 8 GPUs").
+# The largest attention TP servesim's models accept (perf.models.check_tp). The measured rows above
+# it (TensorRT-LLM DeepSeek-R1 on 20-64 GB200 GPUs) ran attention DP with wide EP (docs/fidelity.md,
+# "Replicas of more than 8 GPUs").
 MAX_ATTENTION_TP = 16
 
 
