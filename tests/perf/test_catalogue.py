@@ -143,3 +143,10 @@ def test_pipeline_parallel_splits_layers_and_adds_handoff() -> None:
 def test_max_model_len_from_config() -> None:
     assert build_perf_model("llama-3.1-8b", "h100-sxm").max_model_len == 131_072
     assert build_perf_model("opt-13b", "a100-80gb").max_model_len == 2_048
+
+
+def test_scaleup_domain_is_the_hgx_board_unless_the_system_is_larger():
+    domains = {name: gpu_spec(name).scaleup_domain_gpus for name in gpu_names()}
+    assert domains["gb200"] == 72  # NVL72: one NVLink switch fabric over 72 GPUs
+    assert {n: d for n, d in domains.items() if n != "gb200"} == {n: 8 for n in domains if n != "gb200"}
+    assert isinstance(domains["gb200"], int)

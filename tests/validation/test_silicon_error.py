@@ -15,7 +15,7 @@ import pytest
 
 from servesim.validation.fit import spread_sample
 from servesim.validation.run import group_errors, validate_rows
-from servesim.validation.silicon import inexpressible_reason, read_rows
+from servesim.validation.silicon import inexpressible_reason, read_rows, row_scenario
 
 SILICON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
 pytestmark = pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
@@ -45,12 +45,14 @@ def test_fit_beats_uncalibrated_constants_on_tpot(sample):
     assert fitted.ttft_mdape < raw.ttft_mdape
 
 
-def test_mixed_moe_tp_by_ep_rows_play_end_to_end():
-    # The 12 SGLang B300 Qwen3.5 rows with MoE TP 2 x EP 2 (tp 4, one node): every one simulates,
-    # and their errors hold the state docs/fidelity.md reports (TTFT 20.7 %, TPOT 32.8 %, too fast).
+def test_tp_times_ep_rows_play_on_the_gpus_that_ran_them():
+    # The 12 SGLang B300 Qwen3.5 rows recorded as tp 4 = MoE 2 x 2 are `--tp 2 --ep 2` runs of 2
+    # GPUs (validation/recorded_parallelism.py). Played as 4 GPUs their TPOT was 32.8 % too fast
+    # (docs/fidelity.md); as 2 GPUs every row simulates and TTFT 18.9 %, TPOT 17.3 % (+5.6 %).
     rows = [r for r in read_rows(SILICON) if (r.system, r.moe_tp, r.moe_ep, r.attention_dp) == ("b300_sxm", 2, 2, 1)]
     assert len(rows) == 12 and all(inexpressible_reason(r) is None for r in rows)
+    assert {row_scenario(r).tp for r in rows} == {2}
     results, skipped = validate_rows(rows)
     assert not skipped and len(results) == 12
     err = group_errors(results)[-1]
-    assert err.ttft_mdape <= 0.25 and err.tpot_mdape <= 0.40 and err.tpot_bias < 0
+    assert err.ttft_mdape <= 0.25 and err.tpot_mdape <= 0.25 and abs(err.tpot_bias) <= 0.10

@@ -80,7 +80,9 @@ def test_engines_and_dtypes():
 
 
 def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
-    r = row(moe_tp_size="2", moe_ep_size="2")
+    # attention_dp_size empty: recorded in AIConfigurator's terms (tp 4 = MoE 2 x 2), not as the
+    # engine's tp x ep product (validation/recorded_parallelism.py)
+    r = row(moe_tp_size="2", moe_ep_size="2", attention_dp_size="")
     assert inexpressible_reason(r) is None
     p = row_scenario(r, calibration=None).perf
     assert (p.expert_parallel, p.moe_tp_size, p.moe_ep_size, p.moe_a2a_backend) == (False, 2, 2, "none")
@@ -93,7 +95,7 @@ def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
 @pytest.mark.parametrize("changes, reason", [
     ({"mode": "disagg"}, "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"),
     ({"attention_dp_size": "4"}, "attention data parallelism is not modelled"),
-    ({"tp_size": "64"}, "tp 64 spans several nodes: multi-node replicas are not modelled"),
+    ({"tp_size": "64"}, "tp 64 spans several NVLink domains of 8 GPUs: multi-node replicas are not modelled"),
     ({"moe_tp_size": "1", "moe_ep_size": "2"}, "MoE TP 1 x EP 2 does not cover tp 4"),
     ({"concurrency": ""}, "the client concurrency is not recorded"),
     ({"system": "gb300"}, "GPU gb300 is not in the catalogue"),

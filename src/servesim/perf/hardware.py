@@ -31,6 +31,10 @@ class GPUSpec:
     idle_w: float | None = None
     prefill_w: float | None = None
     decode_w: float | None = None
+    # GPUs one scale-up (NVLink) fabric joins at full per-GPU bandwidth: the 8 of an HGX / DGX
+    # board (and of an MI300X platform), 72 in a GB200 NVL72 rack. A TP group larger than this
+    # needs the scale-out network, which the step-time model does not price.
+    scaleup_domain_gpus: int = 8
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def gpu_spec(name: str) -> GPUSpec:
     for key in ("hbm_bw_bytes_s", "scaleup_bw_bytes_s", "scaleup_latency_s", "pcie_bw_bytes_s", "tdp_w", "price_usd_h"):
         fields[key] = float(fields[key])
     fields["hbm_bytes"] = int(fields["hbm_bytes"])
+    if "scaleup_domain_gpus" in fields:
+        fields["scaleup_domain_gpus"] = int(fields["scaleup_domain_gpus"])
     fields["price_date"] = str(fields["price_date"])
     return GPUSpec(name=canonical, **fields)
 

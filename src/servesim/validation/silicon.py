@@ -1,7 +1,8 @@
 """How each row of the AIConfigurator silicon sample maps to a servesim scenario (the file's
 schema and reader: silicon_file.py).
 
-Each aggregated row is one replica (tp / attention-dp / MoE TP x EP as given) serving a
+Each aggregated row is one replica (tp / attention-dp / MoE TP x EP as the engine ran them:
+recorded_parallelism.py decodes the rows recorded as the engine's tp x ep product) serving a
 closed-loop client that keeps `concurrency` requests of fixed `isl` / `osl` tokens in flight;
 the measured results are mean TTFT and TPOT. `row_scenario` returns the scenario that plays the
 row, or the reason it cannot be expressed yet. The mapping is explicit and tested row by row.
@@ -23,6 +24,7 @@ from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
 # The measured file's schema and reader, re-exported here where callers have always found them.
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
+from servesim.validation.recorded_parallelism import engine_parallelism
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
@@ -58,6 +60,7 @@ class ClientOptions:
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
     """Why `row` cannot be simulated yet, or None when it can."""
+    row = engine_parallelism(row)
     if row.mode != "agg":
         return "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"
     if row.concurrency <= 0:
@@ -74,8 +77,8 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
         return "attention data parallelism is not modelled"
     if SCHEDULERS.get(row.backend) is None:
         return f"engine {row.backend!r} has no servesim profile"
-    if row.tp > 16:
-        return f"tp {row.tp} spans several nodes: multi-node replicas are not modelled"
+    if (reason := replica_size_reason(row)) is not None:
+        return reason
     try:
         spec = model_spec(row.model)
         check_tp(spec, row.tp)
@@ -83,6 +86,25 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
         return str(exc)
     if spec.moe is not None and row.moe_tp * row.moe_ep != row.tp:
         return f"MoE TP {row.moe_tp} x EP {row.moe_ep} does not cover tp {row.tp}"
+    return None
+
+
+# The largest attention TP servesim's models accept (perf.models.check_tp). The measured rows above
+# it (TensorRT-LLM DeepSeek-R1 on 20-64 GB200 GPUs) ran attention DP with wide EP (docs/fidelity.md,
+# "Replicas of more than 8 GPUs").
+MAX_ATTENTION_TP = 16
+
+
+def replica_size_reason(row: SiliconRow) -> str | None:
+    """Why a replica of `row.tp` GPUs cannot be played: more GPUs than one NVLink domain of the
+    system holds (8 on HGX boards, 72 in a GB200 NVL72 rack; scale-out collectives are not
+    modelled), or an attention TP above MAX_ATTENTION_TP; None when it fits."""
+    domain = gpu_spec(GPUS[row.system]).scaleup_domain_gpus
+    if row.tp > domain:
+        return f"tp {row.tp} spans several NVLink domains of {domain} GPUs: multi-node replicas are not modelled"
+    if row.tp > MAX_ATTENTION_TP:
+        return (f"tp {row.tp} within one {domain}-GPU NVLink domain: attention TP over more than "
+                f"{MAX_ATTENTION_TP} GPUs is not modelled (such runs use attention DP)")
     return None
 
 
@@ -192,6 +214,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     overrides: perf constants set last (fitting); frontend: front-end constants overriding the
     engine's profile (fitting); calibration: "shipped" (the serving fit), None, or a file path.
     """
+    row = engine_parallelism(row)
     users = row.concurrency
     drains = options.warmup_drains and (row.backend, row.system, row.version) not in WARMUP_CONTINUOUS
     warmup = 0 if drains else int(round(options.warmup_per_user * users))

@@ -40,6 +40,9 @@ class SiliconRow:
     concurrency: int
     ttft_s: float  # measured mean
     tpot_s: float  # measured mean
+    # False when attention_dp_size is empty: the runs recorded in AIConfigurator's own terms leave
+    # it so, the ones recorded as the engine's tp x ep product fill it (recorded_parallelism.py).
+    attention_dp_recorded: bool = True
 
 
 def _int(raw: str, default: int = 1) -> int:
@@ -57,6 +60,7 @@ def parse_row(raw: dict[str, str]) -> SiliconRow:
         pp=_int(raw["pp_size"]), attention_dp=_int(raw["attention_dp_size"]), moe_tp=_int(raw["moe_tp_size"]),
         moe_ep=_int(raw["moe_ep_size"]), concurrency=_int(raw["concurrency"], default=0),
         ttft_s=float(raw["silicon_ttft_ms"]) / 1e3, tpot_s=float(raw["silicon_tpot_ms"]) / 1e3,
+        attention_dp_recorded=bool(raw["attention_dp_size"].strip()),
     )
 
 
