@@ -233,10 +233,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             self._pop_free(len(grow))
             for _, h in grow:
                 h.num_plain += 1
-        for _, h, k0, full, _ in reg:
-            h.num_keyed = full
-            h.num_plain -= full - k0
-        return n
+        return n  # (`register_appends` moved the registered blocks from plain to keyed)
 
     def allocate_plain_many(self, grants: list[tuple[Any, int]]) -> None:
         """`allocate_plain` for several (request, blocks) at once (caller checked the free count)."""
