@@ -216,8 +216,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             if nc1 > nb * bs:
                 grow.append((i, h))
                 nb += 1
-            keys = r.kv_block_keys
-            if keys and prefix and h.num_keyed < nc1 // bs:  # this token completes keyed blocks
+            if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys):  # this token completes keyed blocks
                 full = min(nc1 // bs, len(keys), nb)
                 if full > h.num_keyed:
                     reg.append((keys, h, h.num_keyed, full, i))
