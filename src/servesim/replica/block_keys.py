@@ -144,9 +144,10 @@ class BlockKeys(Sequence):
 
 class RunKeys(Sequence):
     """The run keys of a `BlockKeys`: run i's key is (hash id, first position), packed into one
-    int when the ids are ints (`RUN_KEY_BASE`: ints hash and compare faster). Built on first read and kept until `release` (the KV cache releases
-    them when the request's blocks are freed): kept for every request of a run, they were most
-    of a multi-turn run's memory (40 bytes per run per request)."""
+    int when the ids are ints (`RUN_KEY_BASE`: ints hash and compare faster). Built on first
+    read and kept until `release` (the KV cache releases them when the request's blocks are
+    freed): kept for every request of a run, they were most of a multi-turn run's memory (40
+    bytes per run per request)."""
 
     __slots__ = ("_ids", "_starts", "_list")
 

@@ -216,7 +216,8 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             if nc1 > nb * bs:
                 grow.append((i, h))
                 nb += 1
-            if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys):  # this token completes keyed blocks
+            # this token completes keyed blocks (the keys read last: a Python `__bool__`)
+            if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys):
                 full = min(nc1 // bs, len(keys), nb)
                 if full > h.num_keyed:
                     reg.append((keys, h, h.num_keyed, full, i))
