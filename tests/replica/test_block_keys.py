@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import BlockKeys, block_idents
+from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents
 
 
 def _per_block(ids, H, bs):
@@ -26,26 +26,28 @@ def test_keys_are_the_per_block_keys_and_runs_cover_them(H, bs):
         assert list(keys.starts) == ([0] + list(keys.ends)[:-1] if want else []) and (keys.ends[-1] if want else 0) == len(want)
         for rk, a, b in zip(keys.run_keys, keys.starts, keys.ends):  # one hash id per run, keyed (id, start)
             (h,) = {k[0] for k in want[a:b]}
-            assert rk == h << 32 | a
+            assert rk == h * RUN_KEY_BASE + a
 
 
 def test_mooncake_hash_block_is_one_run_of_32_blocks():
     keys = BlockKeys([7, 9, 11], 512, 16)
-    assert keys.run_keys[:] == [7 << 32, 9 << 32 | 32, 11 << 32 | 64] and list(keys.ends) == [32, 64, 96] and len(keys) == 96
+    B = RUN_KEY_BASE
+    assert keys.run_keys[:] == [7 * B, 9 * B + 32, 11 * B + 64] and list(keys.ends) == [32, 64, 96] and len(keys) == 96
     assert keys[33] == (9, 34 * 16)
     named = BlockKeys(["a", "b"], 512, 16)  # ids that are not ints: (id, start) tuples
     assert named.run_keys[:] == [("a", 0), ("b", 32)] and named[40] == ("b", 41 * 16)
 
 
-@pytest.mark.parametrize("lo,hi", [(0, 100), (-(1 << 31), -(1 << 31) + 5), ((1 << 31) - 5, 1 << 31), (1 << 31, (1 << 31) + 5), (1 << 70, (1 << 70) + 3)])
+@pytest.mark.parametrize("lo,hi", [(0, 100), (-(1 << 30), -(1 << 30) + 5), ((1 << 30) - 5, 1 << 30), (1 << 30, (1 << 30) + 5),
+                                   ((1 << 31) - 5, 1 << 31), (1 << 70, (1 << 70) + 3)])
 def test_long_contexts_pack_like_short_ones(lo, hi):
-    # more than 64 runs go through numpy when the ids fit (id << 32 | start in an int64)
+    # more than 64 runs go through numpy when the ids fit (id * RUN_KEY_BASE + start in an int64)
     rng = random.Random(hi)
     ids = tuple(rng.randrange(lo, hi) for _ in range(300))
     for H in (16, 64):
         keys = BlockKeys(ids, H, 16)
         r = H // 16
-        want = [h << 32 | i * r for i, h in enumerate(ids)]
+        want = [h * RUN_KEY_BASE + i * r for i, h in enumerate(ids)]
         got = keys.run_keys[:]
         assert got == want and all(type(k) is int for k in got)
 
@@ -155,3 +157,15 @@ def test_sglangs_next_turn_reuses_the_previous_turns_keys():
     nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
     assert len(kv.match(nxt)) == 300 and not kv._recent_keys  # hit, keys built from the previous turn's
     assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]
+
+
+def test_run_keys_at_one_position_spread_over_dict_slots():
+    # The index holds one key per block on sessions: the keys of many requests at one position
+    # must not share their hash's low bits (which pick the dict slot), as `id << 32 | start` did.
+    ids = [(1 << 48) + 1000 * i for i in range(1000)] + list(range(1000))
+    slots = {hash(BlockKeys([h], 16, 16).run_keys[0]) & 0xFFFF for h in ids}
+    assert len(slots) > 1900  # (1,984: some collide by chance in 65,536; one value before)
+    # one-to-one: a key gives back its (id, start), negative ids and the largest start included
+    for h in (-(1 << 40), -1, 0, 7, (1 << 48) + 3):
+        keys = BlockKeys([h, h + 1], (1 << 32) - 1, 1)
+        assert [divmod(k, RUN_KEY_BASE) for k in keys.run_keys] == [(h, 0), (h + 1, (1 << 32) - 1)]

@@ -216,8 +216,8 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             if nc1 > nb * bs:
                 grow.append((i, h))
                 nb += 1
-            keys = r.kv_block_keys
-            if keys and prefix and h.num_keyed < nc1 // bs:  # this token completes keyed blocks
+            # this token completes keyed blocks (the keys read last: a Python `__bool__`)
+            if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys):
                 full = min(nc1 // bs, len(keys), nb)
                 if full > h.num_keyed:
                     reg.append((keys, h, h.num_keyed, full, i))
@@ -233,10 +233,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             self._pop_free(len(grow))
             for _, h in grow:
                 h.num_plain += 1
-        for _, h, k0, full, _ in reg:
-            h.num_keyed = full
-            h.num_plain -= full - k0
-        return n
+        return n  # (`register_appends` moved the registered blocks from plain to keyed)
 
     def allocate_plain_many(self, grants: list[tuple[Any, int]]) -> None:
         """`allocate_plain` for several (request, blocks) at once (caller checked the free count)."""

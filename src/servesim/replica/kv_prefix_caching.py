@@ -64,7 +64,7 @@ class PrefixCaching:
         for req, num_tokens in reqs_tokens:
             keys = req.kv_block_keys
             held = held_of.get(req.id)
-            if held is not None and keys:
+            if held is not None and keys is not None:
                 end = num_tokens // bs
                 n = len(keys)
                 if end > n:
@@ -100,11 +100,11 @@ class PrefixCaching:
                 items.append((keys, held, k0, full))
         if not items:
             return
-        if not self._prefix.register_appends(items):  # (the usual case: all at once)
-            register = self._prefix.register
-            for keys, held, k0, full in items:
-                register(keys, held, k0, full)
-        for _, held, k0, full in items:
+        if self._prefix.register_appends(items):  # (the usual case: all at once)
+            return
+        register = self._prefix.register
+        for keys, held, k0, full in items:
+            register(keys, held, k0, full)
             held.num_keyed = full
             held.num_plain -= full - k0
 

@@ -75,16 +75,17 @@ class PrefixRegistration:
         return True
 
     def register_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> bool:
-        """`register(keys, held, k0, k1)` for each item, in order, when every one is the usual
-        case of `_register_new` and none can affect another: none of their new runs is indexed
-        or listed twice, no two extend the same group, and none holds an unregistered copy
-        (`dups`). Then every group extended holds a block of its request, so no pop of the free
-        queue can drop it, and these registrations give the same state before or after pops
-        (a stretch's or a step's decodes: one call for all). False, nothing done, otherwise."""
+        """`register(keys, held, k0, k1)` for each item, in order, then `held.num_keyed = k1`
+        (its blocks [k0, k1) were plain), when every one is the usual case of `_register_new`
+        and none can affect another: none of their new runs is indexed or listed twice, no two
+        extend the same group, and none holds an unregistered copy (`dups`). Then every group
+        extended holds a block of its request, so no pop of the free queue can drop it, and
+        these registrations give the same state before or after pops (a stretch's or a step's
+        decodes: one call for all). False, nothing done, otherwise."""
         index = self._index
         pending: list = []
         plan = []
-        groups = []
+        groups = set()
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys or held.dups is not None:
                 return False
@@ -92,22 +93,30 @@ class PrefixRegistration:
             if type(starts) is not range:
                 return False
             r = starts.step
-            runs = keys.run_keys.as_list()[k0 // r:-(-k1 // r)]
-            seg = held.segs[-1] if held.segs else None
+            lst = keys.run_keys._list
+            if lst is None:
+                lst = keys.run_keys.as_list()
+            segs = held.segs
+            seg = segs[-1] if segs else None
             g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
-            if k0 % r:  # inside a run: held's last group must hold its first part
-                if g is None or index.get(runs[0]) is not g:
-                    return False
-                runs = runs[1:]
+            if r == 1:  # (a run per block: sessions' keys)
+                runs = lst[k0:k1]
+            else:
+                runs = lst[k0 // r:-(-k1 // r)]
+                if k0 % r:  # inside a run: held's last group must hold its first part
+                    if g is None or index.get(runs[0]) is not g:
+                        return False
+                    del runs[0]
             if g is not None:
-                groups.append(g)
+                if g in groups:
+                    return False
+                groups.add(g)
             pending += runs
             plan.append((held, g, seg, k0, k1, runs))
         if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
             return False
-        if len(groups) > 1 and len(set(map(id, groups))) != len(groups):
-            return False
         for held, g, seg, k0, k1, runs in plan:
+            n = k1 - k0
             if g is None:
                 g = Group(k0)
                 held.segs.append([g, k0, k1])
@@ -115,9 +124,16 @@ class PrefixRegistration:
                 seg[2] = k1
             else:
                 held.segs.append([g, k0, k1])
-            index.update(zip(runs, repeat(g)))
+            if len(runs) == 1:
+                index[runs[0]] = g
+            else:
+                index.update(zip(runs, repeat(g)))
             g.runs += runs
-            g.append_held(k1 - k0)
+            g.ref += [1] * n  # (`Group.append_held`, inline: one call less per request)
+            g.stamp += [0] * n
+            g.num_cached += n
+            held.num_keyed = k1
+            held.num_plain -= n
         return True
 
     def drop(self, group: Group) -> None:
@@ -137,10 +153,16 @@ class PrefixRegistration:
         inside: list = []  # first runs of ranges starting inside a run indexed already
         index = self._index
         for keys, p0, p1 in ranges:
-            runs = _runs_from(keys, p0, p1)
-            if runs is None:
+            if type(keys) is not BlockKeys or type(keys.starts) is not range:
                 return self._conflicts(ranges)
             r = keys.starts.step
+            lst = keys.run_keys._list
+            if lst is None:
+                lst = keys.run_keys.as_list()
+            if r == 1:  # (`_runs_from`, inline: a run per block, sessions' keys)
+                pending += lst[p0:p1]
+                continue
+            runs = lst[p0 // r:-(-p1 // r)]
             if p0 % r and (g := index.get(runs[0])) is not None:
                 # (a decode inside the last run of a Mooncake prompt: the run is indexed to
                 # the request's group, whose later slots are not cached, unless someone else's)
