@@ -47,7 +47,8 @@ class Stretch(StretchPricing):
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
-                 num_waiting: int, forms: Callable[[int], "DecodeForms | None"] = lambda n: None) -> None:
+                 num_waiting: int, forms: Callable[[int], "DecodeForms | None"] = lambda n: None,
+                 keyed: list | None = None) -> None:
         self.start_s = start_s
         self.out = out
         self.decodes = decodes
@@ -56,7 +57,8 @@ class Stretch(StretchPricing):
         self.ctx1 = ctx1  # their contexts when step 1 starts
         self.remaining = remaining  # tokens each still emits, step 0 included
         self.through = through
-        self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys]
+        # (request, ctx1) of those with prefix keys (`keyed`: the caller's, when it made them)
+        self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys] if keyed is None else keyed
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
@@ -95,6 +97,12 @@ class Stretch(StretchPricing):
         """End time of each step of the stretch (s) (an array is a view: valid until the
         stretch changes)."""
         return self._ends[:self.k]
+
+    @property
+    def first_finish(self) -> int:
+        """The smallest `remaining`: the stretch's steps before the first request's last token
+        (with fewer steps nobody finished in it)."""
+        return self._sorted_rem[0] if self.through else self.kmax
 
     def batch_runs(self) -> BatchRuns:
         """Requests in each step, run by run of a constant batch: all of them, less
