@@ -22,7 +22,6 @@ crashes, restarts and the end of run are `EngineLifecycle`'s (`replica/engine_li
 
 from __future__ import annotations
 
-from itertools import repeat
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -36,7 +35,7 @@ from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
-from servesim.replica.fast_forward import FastForwarding, advance_decodes
+from servesim.replica.fast_forward import FastForwarding, advance_decodes_by
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -204,7 +203,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
-        advance_decodes(decodes, repeat(1), step)
+        advance_decodes_by(decodes, 1, step)
         finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
         prefill_tokens = 0
         emitted = len(decodes)

@@ -63,7 +63,11 @@ class Stretch(StretchPricing):
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
         self.free_blocks = 0  # free KV blocks when the stretch was planned
-        self.kmax = max(remaining) if through else min(remaining)
+        # remaining in increasing order (`through`: the departures); the requests' order by it
+        # is sorted only when a departure is priced (`departure_order`)
+        self._sorted_rem = sorted(remaining) if through else None
+        self._order = None
+        self.kmax = self._sorted_rem[-1] if through else min(remaining)
         n = len(reqs)
         # End times of the steps (s): the first k are the stretch's, up to `_priced` are priced
         # ahead with numpy and taken as the horizon moves. A list while the scalar loop prices
@@ -78,8 +82,6 @@ class Stretch(StretchPricing):
         self._decode_fn = decode_fn
         self._perf = perf
         self._ctx_sum = self._ctx_total = sum(ctx1)
-        self._order = sorted(range(n), key=remaining.__getitem__) if through else None
-        self._sorted_rem = [remaining[i] for i in self._order] if through else None
         self._prefix_sums = None  # ctx1 prefix sums in increasing order of remaining, made on first use
         self._step1_s = None  # an estimate of a step's time, for sizing chunks
         self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
@@ -87,7 +89,7 @@ class Stretch(StretchPricing):
         self._active = n
         self._p = 0
         self._f = None
-        if through:
+        if through and self._sorted_rem[0] == 1:
             self._leave(1)  # requests whose only token is step 0's
         if self._active:
             self._f = decode_fn(self._active)
@@ -97,6 +99,12 @@ class Stretch(StretchPricing):
         """End time of each step of the stretch (s) (an array is a view: valid until the
         stretch changes)."""
         return self._ends[:self.k]
+
+    def departure_order(self) -> list[int]:
+        """Indices of the requests in increasing order of remaining (then running order)."""
+        if self._order is None:
+            self._order = sorted(range(len(self.remaining)), key=self.remaining.__getitem__)
+        return self._order
 
     @property
     def first_finish(self) -> int:

@@ -130,12 +130,12 @@ class StretchPricing:
         """Prefix sums of ctx1 in increasing order of remaining, made once."""
         if self._prefix_sums is None:
             ctx1 = self.ctx1
-            self._prefix_sums = list(accumulate((ctx1[i] for i in self._order), initial=0))
+            self._prefix_sums = list(accumulate((ctx1[i] for i in self.departure_order()), initial=0))
         return self._prefix_sums
 
     def _leave(self, j: int) -> None:
         """Requests whose last token was step j - 1 leave the batch before step j."""
-        order, rem, ctx1, p = self._order, self.remaining, self.ctx1, self._p
+        order, rem, ctx1, p = self.departure_order(), self.remaining, self.ctx1, self._p
         n = len(order)
         while p < n and rem[order[p]] == j:
             self._ctx_sum -= ctx1[order[p]] + j - 1
