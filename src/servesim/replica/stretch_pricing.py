@@ -135,10 +135,14 @@ class StretchPricing:
 
     def _leave(self, j: int) -> None:
         """Requests whose last token was step j - 1 leave the batch before step j."""
-        order, rem, ctx1, p = self.departure_order(), self.remaining, self.ctx1, self._p
-        n = len(order)
-        while p < n and rem[order[p]] == j:
-            self._ctx_sum -= ctx1[order[p]] + j - 1
+        # (found by a C scan of `remaining`, usually one: no sort of the batch by remaining;
+        # the context sum is of integers, so the order of the subtractions does not matter)
+        sorted_rem, rem, ctx1, p = self._sorted_rem, self.remaining, self.ctx1, self._p
+        n = len(sorted_rem)
+        i = -1
+        while p < n and sorted_rem[p] == j:
+            i = rem.index(j, i + 1)
+            self._ctx_sum -= ctx1[i] + j - 1
             self._active -= 1
             p += 1
         self._p = p
