@@ -24,7 +24,7 @@ The pricing itself (`price` and the numpy and scalar paths behind it) is `Stretc
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -116,15 +116,14 @@ class Stretch(StretchPricing):
         """Requests in each step, run by run of a constant batch: all of them, less
         (`through`) those whose last token was an earlier step's."""
         k, n = self.k, len(self.reqs)
-        if not self.through:
-            return BatchRuns([n], [k])
         rem = self._sorted_rem
+        if not self.through or k <= rem[0]:  # nobody left before the last step
+            return BatchRuns([n], [k])
         sizes: list[int] = []
         lens: list[int] = []
         j = p = 0
         while j < k:
-            while rem[p] <= j:  # (p < n: j < kmax, the largest remaining)
-                p += 1
+            p = bisect_right(rem, j, p)  # (< n: j < kmax, the largest remaining)
             stop = min(rem[p], k)
             sizes.append(n - p)
             lens.append(stop - j)
