@@ -98,3 +98,27 @@ def test_no_stretch_is_built_when_step_1_cannot_start_before_the_horizon(monkeyp
     assert len(first_k) > 100  # stretches were planned ...
     assert len(plans) - len(first_k) > 20  # ... and others given up before a Stretch was built
     assert min(first_k) >= 2  # every stretch built reached step 1 (none built to be dropped)
+
+
+def test_the_affine_loop_prices_as_the_scalar_calls_bit_for_bit(perf, monkeypatch):
+    from servesim.replica.fast_forward import FastForwarding
+    from servesim.replica.stretch_pricing import StretchPricing
+
+    class _Forms(FastForwarding):
+        def __init__(self) -> None:
+            self.perf, self._forms = perf, None
+
+    affine = []
+    plain = StretchPricing._price_affine
+    monkeypatch.setattr(StretchPricing, "_price_affine", lambda st, h: affine.append(1) or plain(st, h))
+    rng = random.Random(3)
+    remaining = [rng.randrange(1, 60) for _ in range(25)]
+    ctx1 = [rng.randrange(10, 9000) for _ in remaining]
+    fast = Stretch(0.0, 0.02, None, [], [], [_Req() for _ in ctx1], ctx1, remaining, True,
+                   lambda k: perf.decode_time_fn(k) or False, perf, 0, _Forms()._decode_forms)
+    slow = _scalar_stretch(perf, ctx1, remaining)
+    for horizon in (0.1, 0.3, 0.7, 5.0):  # under 64 steps each: the loop, not numpy chunks
+        fast.price(horizon)
+        slow.price(horizon)
+        assert list(fast.ends) == list(slow.ends)
+    assert affine and fast.k == slow.k == max(remaining)
