@@ -22,7 +22,6 @@ crashes, restarts and the end of run are `EngineLifecycle`'s (`replica/engine_li
 
 from __future__ import annotations
 
-from itertools import repeat
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -36,7 +35,7 @@ from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
-from servesim.replica.fast_forward import FastForwarding, advance_decodes
+from servesim.replica.fast_forward import FastForwarding, advance_decodes_by
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -166,26 +165,28 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # A decode: one token scheduled and only the last generated token left to compute.
         known = out.num_known_decodes
         decodes = [r for r, _ in scheduled[:known]] if known else []
-        decodes += [r for r, n in scheduled[known:]
-                    if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1]
-        decode_ctxs = [r.num_computed_tokens for r in decodes]
         prefills = []
-        if len(decodes) < len(scheduled):
-            decoding = set(map(id, decodes))
-            prefills = [(r, n) for r, n in scheduled if id(r) not in decoding]
-            for r, _ in prefills:
+        # the rest: decodes and prompt (or recompute) chunks, split in one pass (the known
+        # decodes are a prefix of `scheduled`, so prefills keep their scheduled order)
+        for r, n in (scheduled[known:] if known else scheduled):
+            if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1:
+                decodes.append(r)
+            else:
+                prefills.append((r, n))
                 if r.first_scheduled_s is None:
                     r.first_scheduled_s = now_s
+        decode_ctxs = [r.num_computed_tokens for r in decodes]
         ff = (sched.fast_forward(out) if self.config.fast_forward and not swap_s
               and (self.ports is None or self.ports.allows_stretch(prefills)) else NO_FAST_FORWARD)
-        if (not self._spec_k and ff.repeat and (not prefills or ff.after_prefill)
-                and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
-            return
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
         else:
+            # (priced before planning a stretch, whose step 0 it is: one call either way)
             dt = self.perf.step_time_s(chunks, decode_ctxs)
+            if (ff.repeat and not self._spec_k and (not prefills or ff.after_prefill)
+                    and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff, dt)):
+                return
         if self._spec_k and ff.repeat and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff):
             return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
@@ -202,7 +203,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
-        advance_decodes(decodes, repeat(1), step)
+        advance_decodes_by(decodes, 1, step)
         finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
         prefill_tokens = 0
         emitted = len(decodes)

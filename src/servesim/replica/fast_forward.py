@@ -29,7 +29,7 @@ class FastForwarding:
     """The fast-forward methods of `Engine` (which holds the state they use)."""
 
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
-                      prefills: list[tuple[Request, int]], ff: FastForward) -> bool:
+                      prefills: list[tuple[Request, int]], ff: FastForward, dt0_s: float) -> bool:
         """Run this step and the decode-only steps that repeat it as one event (a `Stretch`).
 
         Step 0 is the scheduled step itself: decodes, plus prompt chunks that finish their
@@ -41,25 +41,13 @@ class FastForwarding:
         in which case requests leave the batch at their last step and their finish is recorded
         at its time. Returns False, changing nothing, if fewer than two steps would be safe.
         Step times come from the perf model's scalar decode form, one call per step, so nothing
-        scales with tokens.
+        scales with tokens. `dt0_s`: the time of step 0 (priced by the caller).
         """
         if prefills:
             for req, n in prefills:
                 if n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens:
                     return False  # a prompt still in progress gets a chunk, not one token, next step
-            reqs = decodes + [req for req, _ in prefills]
-            # contexts after step 0 (the tokens in KV when step 1 starts)
-            ctx1 = [c + 1 for c in decode_ctxs] + [req.num_computed_tokens + n for req, n in prefills]
-            chunks = [(n, req.num_computed_tokens) for req, n in prefills]
-        else:
-            reqs, ctx1, chunks = decodes, [c + 1 for c in decode_ctxs], prefills
-        remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
-        through = self.defer_finishes and ff.through_finishes and not any(req.kv_block_keys for req in reqs)
-        if (max(remaining) if through else min(remaining)) < 2:
-            return False
-        end0 = now_s + self.perf.step_time_s(chunks, decode_ctxs)
-        st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
-                     self.perf, self.scheduler.num_waiting, self._decode_forms)
+        end0 = now_s + dt0_s
         # A lone replica knows the next arrival is its own: price exactly up to it (and give up
         # below two steps). With others the next arrival may go elsewhere, and a queue blocked
         # for any newcomer keeps the stretch through arrivals: price `lookahead` times as far
@@ -69,7 +57,23 @@ class FastForwarding:
         next_s = self.next_event_s()
         if self.lookahead > 1 or (self.ports is None and self.scheduler.arrival_keeps_batch(None)):
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
-        st.price(min(next_s, self._own_horizon_s()))
+        horizon_s = min(next_s, self._own_horizon_s())
+        if horizon_s <= end0:
+            return False  # step 1 would start at or after the horizon: `price` would take no step
+        if prefills:
+            reqs = decodes + [req for req, _ in prefills]
+            # contexts after step 0 (the tokens in KV when step 1 starts)
+            ctx1 = [c + 1 for c in decode_ctxs] + [req.num_computed_tokens + n for req, n in prefills]
+        else:
+            reqs, ctx1 = decodes, [c + 1 for c in decode_ctxs]
+        remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
+        keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys]
+        through = self.defer_finishes and ff.through_finishes and not keyed
+        if (max(remaining) if through else min(remaining)) < 2:
+            return False
+        st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
+                     self.perf, self.scheduler.num_waiting, self._decode_forms, keyed)
+        st.price(horizon_s)
         if st.k < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
@@ -176,19 +180,25 @@ class FastForwarding:
         ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
         bs = self.kv.block_size
         first_new = st.first_new
-        steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
-        # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
-        new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
-        finished = [i for i, r in enumerate(remaining) if r <= k]
-        if len(finished) > 1:
-            finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
-        # a request that finished before the last step frees all its blocks after its last step
-        frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
-                 for i in finished if (m := steps_of[i]) < k]
-        kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         first = self.recorder.num_steps
         nd = len(st.decodes)
-        advance_decodes(st.decodes, steps_of, first)
+        if k < st.first_finish:  # nobody finished: every request ran all k steps
+            steps_of = [k] * len(reqs)
+            new_blocks = [(req, (k - f - 1) // bs + 1) for req, f in zip(reqs, first_new) if f < k]
+            finished, frees = [], []
+            advance_decodes_by(st.decodes, k, first)
+        else:
+            steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
+            # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
+            new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
+            finished = [i for i, r in enumerate(remaining) if r <= k]
+            if len(finished) > 1:
+                finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
+            # a request that finished before the last step frees all its blocks after its last step
+            frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
+                     for i in finished if (m := steps_of[i]) < k]
+            advance_decodes(st.decodes, steps_of, first)
+        kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         prefill_tokens = 0
         for (req, n), m in zip(st.prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
             prefill_tokens += n
@@ -222,3 +232,16 @@ def advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) ->
         else:
             runs.append(first)
             runs.append(prev + m)
+
+
+def advance_decodes_by(decodes: list[Request], m: int, first: int) -> None:
+    """`advance_decodes` with the same `m` steps for every request (a stretch nobody left)."""
+    prev, last = first - 1, first - 1 + m
+    for req in decodes:
+        req.num_computed_tokens += m
+        req.num_output_tokens += m
+        runs = req.token_steps
+        if runs[-1] == prev:
+            runs[-1] = last
+        else:
+            runs += (first, last)

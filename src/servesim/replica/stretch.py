@@ -24,7 +24,7 @@ The pricing itself (`price` and the numpy and scalar paths behind it) is `Stretc
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -47,7 +47,8 @@ class Stretch(StretchPricing):
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
-                 num_waiting: int, forms: Callable[[int], "DecodeForms | None"] = lambda n: None) -> None:
+                 num_waiting: int, forms: Callable[[int], "DecodeForms | None"] = lambda n: None,
+                 keyed: list | None = None) -> None:
         self.start_s = start_s
         self.out = out
         self.decodes = decodes
@@ -56,12 +57,17 @@ class Stretch(StretchPricing):
         self.ctx1 = ctx1  # their contexts when step 1 starts
         self.remaining = remaining  # tokens each still emits, step 0 included
         self.through = through
-        self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys]
+        # (request, ctx1) of those with prefix keys (`keyed`: the caller's, when it made them)
+        self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys] if keyed is None else keyed
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
         self.free_blocks = 0  # free KV blocks when the stretch was planned
-        self.kmax = max(remaining) if through else min(remaining)
+        # remaining in increasing order (`through`: the departures); the requests' order by it
+        # is sorted only when a departure is priced (`departure_order`)
+        self._sorted_rem = sorted(remaining) if through else None
+        self._order = None
+        self.kmax = self._sorted_rem[-1] if through else min(remaining)
         n = len(reqs)
         # End times of the steps (s): the first k are the stretch's, up to `_priced` are priced
         # ahead with numpy and taken as the horizon moves. A list while the scalar loop prices
@@ -76,8 +82,6 @@ class Stretch(StretchPricing):
         self._decode_fn = decode_fn
         self._perf = perf
         self._ctx_sum = self._ctx_total = sum(ctx1)
-        self._order = sorted(range(n), key=remaining.__getitem__) if through else None
-        self._sorted_rem = [remaining[i] for i in self._order] if through else None
         self._prefix_sums = None  # ctx1 prefix sums in increasing order of remaining, made on first use
         self._step1_s = None  # an estimate of a step's time, for sizing chunks
         self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
@@ -85,7 +89,7 @@ class Stretch(StretchPricing):
         self._active = n
         self._p = 0
         self._f = None
-        if through:
+        if through and self._sorted_rem[0] == 1:
             self._leave(1)  # requests whose only token is step 0's
         if self._active:
             self._f = decode_fn(self._active)
@@ -96,19 +100,30 @@ class Stretch(StretchPricing):
         stretch changes)."""
         return self._ends[:self.k]
 
+    def departure_order(self) -> list[int]:
+        """Indices of the requests in increasing order of remaining (then running order)."""
+        if self._order is None:
+            self._order = sorted(range(len(self.remaining)), key=self.remaining.__getitem__)
+        return self._order
+
+    @property
+    def first_finish(self) -> int:
+        """The smallest `remaining`: the stretch's steps before the first request's last token
+        (with fewer steps nobody finished in it)."""
+        return self._sorted_rem[0] if self.through else self.kmax
+
     def batch_runs(self) -> BatchRuns:
         """Requests in each step, run by run of a constant batch: all of them, less
         (`through`) those whose last token was an earlier step's."""
         k, n = self.k, len(self.reqs)
-        if not self.through:
-            return BatchRuns([n], [k])
         rem = self._sorted_rem
+        if not self.through or k <= rem[0]:  # nobody left before the last step
+            return BatchRuns([n], [k])
         sizes: list[int] = []
         lens: list[int] = []
         j = p = 0
         while j < k:
-            while rem[p] <= j:  # (p < n: j < kmax, the largest remaining)
-                p += 1
+            p = bisect_right(rem, j, p)  # (< n: j < kmax, the largest remaining)
             stop = min(rem[p], k)
             sizes.append(n - p)
             lens.append(stop - j)

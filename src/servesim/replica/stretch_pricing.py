@@ -130,15 +130,19 @@ class StretchPricing:
         """Prefix sums of ctx1 in increasing order of remaining, made once."""
         if self._prefix_sums is None:
             ctx1 = self.ctx1
-            self._prefix_sums = list(accumulate((ctx1[i] for i in self._order), initial=0))
+            self._prefix_sums = list(accumulate((ctx1[i] for i in self.departure_order()), initial=0))
         return self._prefix_sums
 
     def _leave(self, j: int) -> None:
         """Requests whose last token was step j - 1 leave the batch before step j."""
-        order, rem, ctx1, p = self._order, self.remaining, self.ctx1, self._p
-        n = len(order)
-        while p < n and rem[order[p]] == j:
-            self._ctx_sum -= ctx1[order[p]] + j - 1
+        # (found by a C scan of `remaining`, usually one: no sort of the batch by remaining;
+        # the context sum is of integers, so the order of the subtractions does not matter)
+        sorted_rem, rem, ctx1, p = self._sorted_rem, self.remaining, self.ctx1, self._p
+        n = len(sorted_rem)
+        i = -1
+        while p < n and sorted_rem[p] == j:
+            i = rem.index(j, i + 1)
+            self._ctx_sum -= ctx1[i] + j - 1
             self._active -= 1
             p += 1
         self._p = p
@@ -147,6 +151,8 @@ class StretchPricing:
 
     def _price_loop(self, horizon: float) -> None:
         """One scalar call per step, up to the horizon."""
+        if self._forms is not None:
+            return self._price_affine(horizon)
         ends: list[float] = []
         t = self.end_s
         j = self.k
@@ -162,6 +168,38 @@ class StretchPricing:
                 self._ctx_sum, self._active = ctx_sum, active
                 self._leave(j)
                 ctx_sum, active, f = self._ctx_sum, self._active, self._f
+                leave_at = rem[self._p] if self._p < len(rem) else -1
+        self._ctx_sum, self._active = ctx_sum, active
+        if ends:
+            self._append(ends)
+
+    def _price_affine(self, horizon: float) -> None:
+        """`_price_loop` with the perf model's affine decode form written out (no call per
+        step): the same floats, as the scalar form evaluates it (`PerfModel.decode_time_fn`:
+        base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
+        max keeps the first of equals), with base and cpu the forms' entries for the batch size."""
+        base_a, cpu_a, g, overlap = self._forms
+        ends: list[float] = []
+        t = self.end_s
+        j = self.k
+        ctx_sum, active = self._ctx_sum, self._active
+        base, cpu = float(base_a[active]), float(cpu_a[active])
+        rem = self._sorted_rem
+        leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
+        while j < self.kmax and active and t < horizon:
+            x = base + g * ctx_sum
+            if overlap:
+                t += cpu if cpu > x else x
+            else:
+                t += x + cpu
+            ends.append(t)
+            ctx_sum += active
+            j += 1
+            if j == leave_at:
+                self._ctx_sum, self._active = ctx_sum, active
+                self._leave(j)
+                ctx_sum, active = self._ctx_sum, self._active
+                base, cpu = float(base_a[active]), float(cpu_a[active])
                 leave_at = rem[self._p] if self._p < len(rem) else -1
         self._ctx_sum, self._active = ctx_sum, active
         if ends:

@@ -170,7 +170,8 @@ class Scheduler:
         The engine stops fast-forwarding before it and, when it goes idle with work left,
         wakes up at it to call `schedule` again (TTL expiries, periodic ticks, swap-ins).
         """
-        return min(self.swap_ready_s.values(), default=float("inf"))
+        ready = self.swap_ready_s  # (asked at every stretch planned: empty unless swaps overlap)
+        return min(ready.values()) if ready else float("inf")
 
     def swap_done(self, req: Request, ready_s: float) -> None:
         """An overlapped swap-in of `req` completes at `ready_s` (the engine priced the copy):

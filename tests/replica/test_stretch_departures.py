@@ -1,0 +1,124 @@
+"""The per-stretch shortcuts of the engine give what the general paths give: departures found
+by scanning `remaining` (ties, any order), the batch runs of a stretch nobody left, the
+uniform advance of a stretch without finishes, and no stretch built when step 1 cannot start
+before the horizon."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from servesim.perf.build import build_perf_model
+from servesim.replica import fast_forward
+from servesim.replica.fast_forward import advance_decodes, advance_decodes_by
+from servesim.replica.stretch import Stretch
+from servesim.workload.request import Request
+
+
+class _Req:
+    kv_block_keys = None
+
+
+@pytest.fixture(scope="module")
+def perf():
+    return build_perf_model("llama-3.1-8b", "h100-sxm")
+
+
+def _scalar_stretch(perf, ctx1: list[int], remaining: list[int]) -> Stretch:
+    """A `through` stretch priced by the scalar loop only (no affine forms)."""
+    return Stretch(0.0, 0.02, None, [], [], [_Req() for _ in ctx1], ctx1, remaining, True,
+                   lambda k: perf.decode_time_fn(k) or False, perf, 0, lambda n: None)
+
+
+def test_departures_with_ties_in_any_order_price_as_stepping(perf):
+    rng = random.Random(7)
+    remaining = [rng.choice([1, 2, 5, 5, 9, 9, 9, 30]) for _ in range(40)]  # ties, unsorted, some leave at once
+    ctx1 = [rng.randrange(10, 4000) for _ in remaining]
+    st = _scalar_stretch(perf, ctx1, remaining)
+    st.price(float("inf"))
+    # stepping: step j >= 1 runs the requests with remaining > j, each at context ctx1 + j - 1
+    t, ends = 0.02, [0.02]
+    for j in range(1, max(remaining)):
+        active = [c + j - 1 for c, r in zip(ctx1, remaining) if r > j]
+        t += perf.decode_time_fn(len(active))(sum(active))
+        ends.append(t)
+    assert st.k == max(remaining) == 30
+    assert list(st.ends) == ends  # bit for bit
+    assert st._order is None  # no departure order was sorted for the scalar loop
+
+
+def test_batch_runs_of_a_stretch_nobody_left_and_of_one_with_departures(perf):
+    st = _scalar_stretch(perf, [100, 200, 300], [50, 20, 20])
+    st.price(0.021)  # one step past step 0
+    assert st.k == 2
+    assert st.batch_runs() == ([3], [2])
+    st.price(float("inf"))
+    assert st.batch_runs() == ([3, 1], [20, 30])
+    assert st.batch_sizes() == [3] * 20 + [1] * 30
+
+
+def test_uniform_advance_is_the_general_advance_with_equal_steps():
+    def batch() -> list[Request]:
+        reqs = [Request(i, 0.0, 10, 100) for i in range(4)]
+        for i, r in enumerate(reqs):
+            r.num_computed_tokens, r.num_output_tokens = 12, 3
+            r.token_steps = [0, 6] if i % 2 else [0, 2, 5, 7]  # runs ending at the step before, or earlier
+        return reqs
+
+    a, b = batch(), batch()
+    advance_decodes(a, [5] * 4, 8)
+    advance_decodes_by(b, 5, 8)
+    assert [(r.num_computed_tokens, r.num_output_tokens, r.token_steps) for r in a] == \
+           [(r.num_computed_tokens, r.num_output_tokens, r.token_steps) for r in b]
+    assert b[0].token_steps == [0, 2, 5, 12] and b[1].token_steps == [0, 6, 8, 12]
+
+
+def test_no_stretch_is_built_when_step_1_cannot_start_before_the_horizon(monkeypatch):
+    from servesim import load_scenario, simulate
+
+    plans, first_k = [], []
+    plan = fast_forward.FastForwarding._fast_forward
+    monkeypatch.setattr(fast_forward.FastForwarding, "_fast_forward",
+                        lambda self, *a: plans.append(1) or plan(self, *a))
+    price = Stretch.price
+
+    def first_price(st, horizon):
+        fresh = st.k == 1
+        price(st, horizon)
+        if fresh:
+            first_k.append(st.k)
+
+    monkeypatch.setattr(Stretch, "price", first_price)
+    # arrivals about one engine step apart: many plans meet the next arrival within step 0
+    result = simulate(load_scenario(None, ["workload.trace=null", "workload.arrival.process=poisson",
+                                           "workload.arrival.rate_per_s=40", "workload.num_requests=300",
+                                           "workload.lengths.dataset=sharegpt"]))
+    assert result.summary()["num_requests"] == 300 and result.num_fast_forwarded_steps > 0
+    assert len(first_k) > 100  # stretches were planned ...
+    assert len(plans) - len(first_k) > 20  # ... and others given up before a Stretch was built
+    assert min(first_k) >= 2  # every stretch built reached step 1 (none built to be dropped)
+
+
+def test_the_affine_loop_prices_as_the_scalar_calls_bit_for_bit(perf, monkeypatch):
+    from servesim.replica.fast_forward import FastForwarding
+    from servesim.replica.stretch_pricing import StretchPricing
+
+    class _Forms(FastForwarding):
+        def __init__(self) -> None:
+            self.perf, self._forms = perf, None
+
+    affine = []
+    plain = StretchPricing._price_affine
+    monkeypatch.setattr(StretchPricing, "_price_affine", lambda st, h: affine.append(1) or plain(st, h))
+    rng = random.Random(3)
+    remaining = [rng.randrange(1, 60) for _ in range(25)]
+    ctx1 = [rng.randrange(10, 9000) for _ in remaining]
+    fast = Stretch(0.0, 0.02, None, [], [], [_Req() for _ in ctx1], ctx1, remaining, True,
+                   lambda k: perf.decode_time_fn(k) or False, perf, 0, _Forms()._decode_forms)
+    slow = _scalar_stretch(perf, ctx1, remaining)
+    for horizon in (0.1, 0.3, 0.7, 5.0):  # under 64 steps each: the loop, not numpy chunks
+        fast.price(horizon)
+        slow.price(horizon)
+        assert list(fast.ends) == list(slow.ends)
+    assert affine and fast.k == slow.k == max(remaining)
