@@ -25,7 +25,7 @@ from servesim.metrics.request_table import RequestTable
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.step_ends import StepEnds
 from servesim.metrics.summary import RequestColumns, summarize
-from servesim.metrics.timeseries import series
+from servesim.metrics.timeseries import series_blocks
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.scenario import Scenario
@@ -125,13 +125,23 @@ class Result:
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
+        """The whole time series at once (`timeseries_blocks`, joined)."""
+        blocks = list(self.timeseries_blocks())
+        return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+
+    def timeseries_blocks(self):
+        """The time series a block of rows at a time (columns by name), as timeseries.csv is
+        written: what is held is a block, whatever the simulated span."""
         t = self.table
         times = lambda: ((t.cols["arrival_s"][rows], t.cols["finish_s"][rows]) for rows in t.chunks())  # noqa: E731
-        ts = series([r.stats for r in self.replicas], times, self.scenario.output.timeseries_interval_s)
-        if self.elastic is not None:
-            ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
-                                         run_end_s(self.replicas, self.columns)))
-        return ts
+        interval_s = self.scenario.output.timeseries_interval_s
+        end_s = None if self.elastic is None else run_end_s(self.replicas, self.columns)
+        for ts, next_s in series_blocks([r.stats for r in self.replicas], times, interval_s,
+                                        self.spill and self.spill.name):
+            if self.elastic is not None:
+                ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"], end_s,
+                                             next_s))
+            yield ts
 
 def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, table: RequestTable, loop: EventLoop,
             skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None, keep_steps: bool) -> Result:
