@@ -6,7 +6,9 @@ each test asserts that the path ran."""
 
 from __future__ import annotations
 
+import gc
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +100,11 @@ def test_run_folder_is_the_same_with_the_series_built_in_blocks(monkeypatch, tmp
     assert json.dumps(a) == json.dumps(b)
     sa = write_run(spilled, tmp_path / "a", a)
     assert len(blocks) > 10  # the series was built in many blocks of 32 intervals
+    two = [spilled.timeseries_blocks(), spilled.timeseries_blocks()]  # built at once, each with its own files
+    assert [next(g)["time_s"].tolist() for g in two] == [next(spilled.timeseries_blocks())["time_s"].tolist()] * 2
+    del two
+    gc.collect()
+    assert not list(Path(spilled.spill.name).glob("series-points-*"))  # scratch files go when a series is done
     text = (sa / "timeseries.csv").read_text()
     assert text.count("\n") > 400 and text == (sb / "timeseries.csv").read_text()
     ref = _reference([r.stats for r in spilled.replicas], spilled.table.cols["arrival_s"],

@@ -19,6 +19,8 @@ whole series at once, so the bytes do not depend on the blocks.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -76,7 +78,12 @@ def series_blocks(reducers: list[StepReducer], times: Times, interval_s: float,
 def _points(times: Times, interval_s: float, folder: str | None) -> tuple[Spool, float]:
     """The intervals holding arrivals or completions (not clipped to the run's end), with their
     counts, spooled a chunk of rows at a time; and the last arrival (0 without requests)."""
-    spool = Spool(POINTS, None if folder is None else Path(folder) / "series-points")
+    path = None
+    if folder is not None:  # (a file of its own: two series may be built at once)
+        fd, name = tempfile.mkstemp(prefix="series-points-", dir=folder)
+        os.close(fd)
+        path = Path(name)
+    spool = Spool(POINTS, path)
     last_arrival_s = None
     for a, f in times():
         if len(a):
