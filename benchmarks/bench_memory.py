@@ -12,7 +12,7 @@ preemptions, about 11 engine steps per request). At 1 req/s (`--rate 1`) the rep
 idle and decodes each request nearly alone: about 119 steps per request, the worst case for
 the step log.
 
-Run: python benchmarks/bench_memory.py [--sizes 100000,1000000] [--replicas 1] [--rate 5]
+Run: python benchmarks/bench_memory.py [--sizes 100000,1000000] [--replicas 1] [--rate 5] [--interval 1]
      python benchmarks/bench_memory.py --huge    # 10,000,000 requests, 1 replica, 5 req/s
      python benchmarks/bench_memory.py --scale   # 100 replicas x 1,000,000 requests at 300 req/s
 Targets (issue 15): 1,000,000 requests in < 30 s and < 300 MB peak RSS; memory independent of
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool) -> dict:
+def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, interval_s: float | None) -> dict:
     """Simulate, summarise and write one run in this process; returns its measurements."""
     from servesim import load_scenario, simulate
     from servesim.output import write_run
@@ -44,6 +44,8 @@ def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool) 
         sets.append(f"workload.arrival.rate_per_s={rate_per_s}")
     if replicas > 1:
         sets.append("router.name=least-requests")
+    if interval_s is not None:
+        sets.append(f"output.timeseries_interval_s={interval_s}")
     cpu0 = time.process_time()
     try:
         result = simulate(load_scenario(None, sets), keep_requests=keep)
@@ -51,13 +53,19 @@ def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool) 
         result = simulate(load_scenario(None, sets))
     cpu_sim = time.process_time() - cpu0
     peak_sim = _peak_rss_mb()
+    held_mb = sum(r.stats.nbytes() for r in result.replicas) / 1e6
+    partials = [r.stats.parts for r in result.replicas if hasattr(r.stats, "parts")]  # (a baseline holds them)
+    spooled_mb = sum(s.path.stat().st_size for p in partials for s in (p.ranges, p.tokens, p.marks)
+                     if s.path is not None) / 1e6
     summary = result.summary()
+    peak_summary = _peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         write_run(result, Path(tmp) / "run", summary)
+        rows = sum(1 for _ in open(Path(tmp) / "run" / "timeseries.csv")) - 1
     return {"requests": summary["num_requests"], "steps": summary["num_steps"], "cpu_sim_s": round(cpu_sim, 2),
             "cpu_total_s": round(time.process_time() - cpu0, 2), "peak_rss_sim_mb": peak_sim,
-            "peak_rss_mb": _peak_rss_mb(), "series_partials_mb": round(sum(r.stats.nbytes() for r in result.replicas)
-                                                                       / 1e6, 1)}
+            "peak_rss_summary_mb": peak_summary, "peak_rss_mb": _peak_rss_mb(), "timeseries_rows": rows,
+            "series_partials_mb": round(held_mb, 1), "series_partials_file_mb": round(spooled_mb, 1)}
 
 
 def _peak_rss_mb() -> int:
@@ -69,6 +77,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--rate", type=float, default=5.0, help="arrivals per second (default 5: ~75 %% of one replica)")
+    ap.add_argument("--interval", type=float, help="output.timeseries_interval_s (default: the scenario's, 1 s)")
     ap.add_argument("--keep-requests", action="store_true", help="keep the Request objects (Python API default)")
     ap.add_argument("--scale", action="store_true", help="100 replicas x 1,000,000 requests at 300 req/s")
     ap.add_argument("--huge", action="store_true", help="10,000,000 requests on one replica at 5 req/s (streamed: "
@@ -80,19 +89,22 @@ def main() -> None:
     if args.huge:
         args.sizes, args.replicas = "10000000", 1
     if args.child is not None:
-        print(json.dumps(one(args.child, args.replicas, args.rate, args.keep_requests)))
+        print(json.dumps(one(args.child, args.replicas, args.rate, args.keep_requests, args.interval)))
         return
     for n in map(int, args.sizes.split(",")):
         cmd = [sys.executable, __file__, "--child", str(n), "--replicas", str(args.replicas)]
         cmd += ["--rate", str(args.rate)] if args.rate is not None else []
         cmd += ["--keep-requests"] if args.keep_requests else []
+        cmd += ["--interval", str(args.interval)] if args.interval is not None else []
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         per_req = out["peak_rss_mb"] * 1e6 / out["requests"]
         print(f"{out['requests']:>10,} requests x {args.replicas} replica(s): {out['steps']:,} steps, "
               f"CPU {out['cpu_sim_s']:.1f} s simulate / {out['cpu_total_s']:.1f} s with outputs, "
               f"peak RSS {out['peak_rss_mb']:,} MB ({per_req:,.0f} B per request, "
-              f"{out['peak_rss_mb'] * 1e6 / max(out['steps'], 1):.0f} B per step; {out['peak_rss_sim_mb']:,} MB "
-              f"at the end of the simulation; time-series partials {out['series_partials_mb']} MB)", flush=True)
+              f"{out['peak_rss_mb'] * 1e6 / max(out['steps'], 1):.0f} B per step; high-water mark "
+              f"{out['peak_rss_sim_mb']:,} MB at the end of the simulation, {out['peak_rss_summary_mb']:,} MB after "
+              f"the summary; time-series partials {out['series_partials_mb']} MB held, "
+              f"{out['series_partials_file_mb']} MB in files; {out['timeseries_rows']:,} time-series rows)", flush=True)
 
 
 if __name__ == "__main__":

@@ -52,10 +52,7 @@ def check_invariants(result: Result, kvs: list[KVCacheManager]) -> None:
 
 
 def _passes(result: Result):
-    """(summary columns, token runs) of the requests, all at once or a chunk of rows at a time."""
+    """(summary columns, token runs) of the requests a chunk of rows at a time."""
     t = result.table
-    if not t.spilled:
-        yield result.columns, t.token_runs()
-        return
     for rows in t.chunks():
         yield t.request_columns(rows), t.token_runs_of(rows)

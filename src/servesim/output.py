@@ -181,13 +181,15 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
             for start in range(0, n, CSV_ROWS):  # written a chunk at a time, formatted a column at a time
                 w.writerows(zip(*[_texts(name, column_values(result, name, start, start + CSV_ROWS))
                                   for name in request_columns(result)]))
-    ts = result.timeseries()
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)
-        names = list(TS_COLUMNS) + [c for c in ts if c not in TS_COLUMNS]  # + elastic columns when scaling
-        w.writerow(names)
-        for start in range(0, len(ts["time_s"]), CSV_ROWS):  # a chunk of rows as Python values at a time
-            w.writerows(zip(*[[_cell(float(x)) for x in ts[c][start:start + CSV_ROWS]] for c in names]))
+        names = None
+        for ts in result.timeseries_blocks():  # built a block of intervals at a time
+            if names is None:
+                names = list(TS_COLUMNS) + [c for c in ts if c not in TS_COLUMNS]  # + elastic columns when scaling
+                w.writerow(names)
+            for start in range(0, len(ts["time_s"]), CSV_ROWS):  # a chunk of rows as Python values at a time
+                w.writerows(zip(*[[_cell(float(x)) for x in ts[c][start:start + CSV_ROWS]] for c in names]))
     if result.scale_events is not None:
         with open(folder / "scale_events.csv", "w", newline="") as f:
             w = csv.writer(f)

@@ -25,7 +25,7 @@ from servesim.metrics.request_table import RequestTable
 from servesim.metrics.sections import SectionInput, compute_sections
 from servesim.metrics.step_ends import StepEnds
 from servesim.metrics.summary import RequestColumns, summarize
-from servesim.metrics.timeseries import series
+from servesim.metrics.timeseries import series_blocks
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.scenario import Scenario
@@ -71,9 +71,9 @@ class Result:
 
     @property
     def columns(self) -> RequestColumns:
-        """The requests as summary columns (None is NaN in float columns). Computed once when the
-        rows are in memory; rebuilt on each use when they were spilled, so the pages of the
-        mapped files and the decoded labels are let go once a pass is over."""
+        """The requests as summary columns (None is NaN in float columns), every row at once.
+        Computed once when the rows are in memory; rebuilt on each use when they were spilled,
+        so the pages of the mapped files and the decoded labels are let go once a pass is over."""
         cached = self.__dict__.get("_columns")
         if cached is not None:
             return cached
@@ -82,16 +82,17 @@ class Result:
             self.__dict__["_columns"] = cols
         return cols
 
+    # A pass over the requests reads them a chunk of rows at a time (`RequestTable.chunks`: one
+    # chunk of every row when they are in memory), so each pass is written once for both.
     def column_chunks(self):
-        """The requests' summary columns: all at once in memory, or (spilled rows) a function
-        giving them a chunk of rows at a time, so a pass over them holds one chunk."""
+        """A function giving the requests' summary columns a chunk of rows at a time."""
         t = self.table
-        return (lambda: (t.request_columns(rows) for rows in t.chunks())) if t.spilled else self.columns
+        return lambda: (t.request_columns(rows) for rows in t.chunks())
 
     def run_chunks(self):
-        """The token runs, likewise (`TokenRuns`, or a function giving them per chunk of rows)."""
+        """A function giving the token runs (`TokenRuns`) a chunk of rows at a time."""
         t = self.table
-        return (lambda: (t.token_runs_of(rows) for rows in t.chunks())) if t.spilled else t.token_runs()
+        return lambda: (t.token_runs_of(rows) for rows in t.chunks())
 
     def summary(self) -> dict:
         slo = self.scenario.slo
@@ -104,12 +105,10 @@ class Result:
         if self.swap:
             out["swap"] = self.swap
         ends = self.ends if self.steps is None else self.steps.end_s
-        in_memory = None if self.table.spilled else chunks
-        out.update(compute_sections(SectionInput(self.table, in_memory, ends, self.scenario.model_dump(mode="json"))))
+        out.update(compute_sections(SectionInput(self.table, ends, self.scenario.model_dump(mode="json"))))
         if self.cluster is not None:
             t = self.table
-            pairs = ((lambda: ((t.cols["replica"][rows], t.request_columns(rows)) for rows in t.chunks()))
-                     if t.spilled else (lambda: [(t.cols["replica"], self.columns)]))
+            pairs = lambda: ((t.cols["replica"][rows], t.request_columns(rows)) for rows in t.chunks())  # noqa: E731
             out["cluster"] = cluster_section(self.replicas, self.cluster, pairs, out["simulated_time_s"])
         if self.elastic is not None:
             out["elastic"] = elastic_section(self.replicas, self.elastic, self.columns, self.scale_events,
@@ -126,16 +125,23 @@ class Result:
         return out
 
     def timeseries(self) -> dict[str, np.ndarray]:
+        """The whole time series at once (`timeseries_blocks`, joined)."""
+        blocks = list(self.timeseries_blocks())
+        return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+
+    def timeseries_blocks(self):
+        """The time series a block of rows at a time (columns by name), as timeseries.csv is
+        written: what is held is a block, whatever the simulated span."""
         t = self.table
-        if t.spilled:  # arrival and finish times a chunk of rows at a time
-            times = lambda: ((t.cols["arrival_s"][rows], t.cols["finish_s"][rows]) for rows in t.chunks())  # noqa: E731
-        else:
-            times = lambda: [(t.cols["arrival_s"], t.cols["finish_s"])]  # noqa: E731
-        ts = series([r.stats for r in self.replicas], times, self.scenario.output.timeseries_interval_s)
-        if self.elastic is not None:
-            ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"],
-                                         run_end_s(self.replicas, self.columns)))
-        return ts
+        times = lambda: ((t.cols["arrival_s"][rows], t.cols["finish_s"][rows]) for rows in t.chunks())  # noqa: E731
+        interval_s = self.scenario.output.timeseries_interval_s
+        end_s = None if self.elastic is None else run_end_s(self.replicas, self.columns)
+        for ts, next_s in series_blocks([r.stats for r in self.replicas], times, interval_s,
+                                        self.spill and self.spill.name):
+            if self.elastic is not None:
+                ts.update(elastic_timeseries(self.replicas, self.elastic, ts["time_s"], ts["interval_s"], end_s,
+                                             next_s))
+            yield ts
 
 def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, table: RequestTable, loop: EventLoop,
             skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None, keep_steps: bool) -> Result:

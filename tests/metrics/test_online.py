@@ -47,11 +47,12 @@ def test_reduced_as_it_came_equals_the_whole_log(sets, monkeypatch):
 def test_step_ends_and_row_files_are_deleted_with_the_result():
     result = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
     folder = Path(result.spill.name)
-    # the step ends, one file per request column in arrival order and the token runs' files (the
-    # rows' chunk file is gone)
+    # the step ends and the time-series partials, one file per request column in arrival order and
+    # the token runs' files (the rows' chunk file is gone)
     from servesim.metrics.row_spill import RUN_FILES
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["ends-0.f8", *RUN_FILES.values()] + [
-        f"col-{name}.bin" for name in result.table.cols])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["ends-0.f8", "ends-0.ranges", "ends-0.tokens", "ends-0.marks", *RUN_FILES.values()]
+        + [f"col-{name}.bin" for name in result.table.cols])
     assert folder.joinpath("col-arrival_s.bin").stat().st_size == 8 * 300
     assert folder.joinpath("ends-0.f8").stat().st_size == 8 * result.summary()["num_steps"]
     del result

@@ -75,7 +75,7 @@ def mean_qoe(name: str, num_blocks: int) -> float:
     serve(engine, loop, reqs)
     kv.check_all_free()
     log = engine.recorder.step_log(num_blocks)
-    data = SectionInput(reqs, None, log.end_s, {"scheduler": {"name": "andes"}})
+    data = SectionInput(reqs, log.end_s, {"scheduler": {"name": "andes"}})
     return section(data)["mean"]
 
 
@@ -90,9 +90,9 @@ def test_qoe_section_only_for_andes_or_tagged_requests():
     r.state = RequestState.FINISHED
     r.token_steps = [0, 1]
     steps = np.array([0.5, 0.7])
-    assert section(SectionInput([r], None, steps, {"scheduler": {"name": "vllm"}})) is None
+    assert section(SectionInput([r], steps, {"scheduler": {"name": "vllm"}})) is None
     r.extra["qoe_tds"] = 5.0
-    out = section(SectionInput([r], None, steps, {"scheduler": {"name": "vllm"}}))
+    out = section(SectionInput([r], steps, {"scheduler": {"name": "vllm"}}))
     assert out["mean"] == 1.0 and out["num_requests"] == 1 and out["tds_exp"] == 5.0
 
 

@@ -143,7 +143,7 @@ def test_program_completion_times_section():
         r = make_request(i, 10, 2, arr, program_id=pid)
         r.finish_s, r.state = fin, RequestState[state]
         reqs.append(r)
-    out = section(SectionInput(reqs, None, np.empty(0), {}))
+    out = section(SectionInput(reqs, np.empty(0), {}))
     assert out["num_programs"] == 3 and out["num_incomplete"] == 1
     assert out["mean_completion_s"] == pytest.approx((5.0 + 1.0) / 2)
-    assert section(SectionInput([make_request(9, 1, 1)], None, np.empty(0), {})) is None
+    assert section(SectionInput([make_request(9, 1, 1)], np.empty(0), {})) is None

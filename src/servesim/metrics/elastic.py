@@ -62,10 +62,13 @@ def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> d
 
 
 def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.ndarray,
-                       end_s: float) -> dict[str, np.ndarray]:
+                       end_s: float, next_s: float | None = None) -> dict[str, np.ndarray]:
     """Per interval: replicas up (time-weighted), power draw (W, all GPUs) and cost ($), up to
-    the end of the run (as the summary counts them)."""
-    edges = np.append(time_s, time_s[-1] + interval_s[-1]) if len(time_s) else np.zeros(1)
+    the end of the run (as the summary counts them). Given a block of the series' rows, `next_s`
+    is the start of the row after it (None: the block ends the series)."""
+    last = next_s is None
+    edges = (np.append(time_s, time_s[-1] + interval_s[-1] if last else next_s) if len(time_s)
+             else np.zeros(1))
     up = np.zeros(len(time_s))
     energy = np.zeros(len(time_s))
     cost = np.zeros(len(time_s))
@@ -79,9 +82,12 @@ def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.n
             cost += share * g / 3600 * rep["price_usd_h"]
         s = rec.steps
         if len(s):
-            idx = np.minimum(np.searchsorted(edges, s.start_s, side="right") - 1, len(time_s) - 1)
+            idx = np.searchsorted(edges, s.start_s, side="right") - 1
+            if last:  # (steps starting after the series count in its last row)
+                idx = np.minimum(idx, len(time_s) - 1)
+            mine = (idx >= 0) & (idx < len(time_s))  # the steps that start in this block's rows
             excess = (step_power_w(s, power, rep["clock_log"], info["gamma"]) - power[0]) * (s.end_s - s.start_s) * g
-            energy += np.bincount(idx, weights=excess, minlength=len(time_s))[:len(time_s)]
+            energy += np.bincount(idx[mine], weights=excess[mine], minlength=len(time_s))[:len(time_s)]
     return {"num_replicas": up / interval_s, "power_w": energy / interval_s, "cost_usd": cost}
 
 

@@ -3,10 +3,10 @@
 Every gap between consecutive tokens of a request, as (gap, multiplicity) pairs: inside a run
 [a, b] the gaps are the step-to-step gaps end[i+1] - end[i] for a <= i < b; many requests share
 the same steps, so step i's gap counts the runs with start <= i < end. Those counts come a
-chunk of steps at a time (the step ends are read in chunks) from the run bounds: sorted, when
-the runs are arrays in memory; sorted into one file per chunk of steps (`BoundFiles`), when
-they come a chunk of rows at a time from a spilled table, so memory holds a chunk of steps
-and of runs, not every run. Gaps between consecutive runs of one request (it was skipped or
+chunk of steps at a time (the step ends are read in chunks) from the run bounds: sorted in
+memory when the runs come as one chunk of rows (a table in memory, or a small one); sorted
+into one file per chunk of steps (`BoundFiles`) when they come in several (a spilled table),
+so memory holds a chunk of steps and of runs, not every run. Gaps between consecutive runs of one request (it was skipped or
 preempted) are listed one by one. Work scales with steps and runs, not tokens.
 """
 
@@ -25,8 +25,8 @@ from servesim.metrics.step_ends import StepEnds
 #: A run's token emissions as (runs per request, run starts, run ends): request i emitted one
 #: token at the end of every step of its runs, inclusive ranges of the (concatenated) step log.
 TokenRuns = tuple[np.ndarray, np.ndarray, np.ndarray]
-#: Token runs all at once, or a function giving them a chunk of rows at a time.
-RunChunks = TokenRuns | Callable[[], Iterable[TokenRuns]]
+#: A function giving the token runs a chunk of rows at a time (one chunk when they are in memory).
+RunChunks = Callable[[], Iterable[TokenRuns]]
 
 
 class SortedBounds:
@@ -79,12 +79,14 @@ class BoundFiles:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def itl_values(runs: RunChunks, ends: StepEnds, folder: str | None = None) -> WeightedValues:
+def itl_values(chunks: RunChunks, ends: StepEnds, folder: str | None = None) -> WeightedValues:
     """Every inter-token gap, as (gap value, multiplicity) pairs; pairs beyond memory go to a
     file in `folder`."""
-    chunks = (lambda: [runs]) if isinstance(runs, tuple) else runs
-    if isinstance(runs, tuple):
-        starts, stops = SortedBounds(runs[1]), SortedBounds(runs[2])
+    parts = iter(chunks())
+    first, more = next(parts, None), next(parts, None)
+    if more is None:  # one chunk (rows in memory, or few): its bounds sorted in memory
+        none = np.empty(0, dtype=np.int64)
+        starts, stops = SortedBounds(none if first is None else first[1]), SortedBounds(none if first is None else first[2])
     else:
         firsts = ends.chunk_firsts()
         starts, stops = BoundFiles(firsts, folder), BoundFiles(firsts, folder)
@@ -125,9 +127,9 @@ def _between_runs(counts: np.ndarray, starts: np.ndarray, stops: np.ndarray, end
         out.add(between, np.ones(len(between), dtype=np.int64))
 
 
-def itl_stats(runs: RunChunks, ends: StepEnds, folder: str | None = None) -> dict[str, float | None]:
+def itl_stats(chunks: RunChunks, ends: StepEnds, folder: str | None = None) -> dict[str, float | None]:
     """`stats` of the inter-token gaps (exact percentiles; the mean from an exact sum)."""
-    values = itl_values(runs, ends, folder)
+    values = itl_values(chunks, ends, folder)
     try:
         if values.total_weight == 0:
             return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}

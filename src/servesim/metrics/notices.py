@@ -23,15 +23,15 @@ LONG_SPAN_S = 86400.0
 SPARSE_RATE_PER_S = 0.01
 
 
-def run_warnings(cols: RequestColumns | Callable[[], Iterable[RequestColumns]], extras: dict[int, dict],
+def run_warnings(chunks: Callable[[], Iterable[RequestColumns]], extras: dict[int, dict],
                  is_trace: bool) -> list[str]:
     """One line per problem found; empty for an ordinary run (`extras`: each row's kept tags;
-    `cols`: the requests' columns, or a function giving them a chunk of rows at a time)."""
+    `chunks`: a function giving the requests' columns a chunk of rows at a time)."""
     out = []
     n = num_rejected = 0
     first = first_id = None  # the first rejected request's row and id
     lo_s, hi_s = np.inf, -np.inf  # first and last arrival
-    for c in ((lambda: [cols]) if isinstance(cols, RequestColumns) else cols)():
+    for c in chunks():
         rejected = np.flatnonzero(c.state == REJECTED)
         if first is None and len(rejected):
             first, first_id = n + int(rejected[0]), c.id[rejected[0]]

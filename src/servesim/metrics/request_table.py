@@ -194,9 +194,10 @@ class RequestTable:
         return self.cols.run(key) if self.spilled else self._runs[key]
 
     def chunks(self, rows: int | None = None):
-        """Row slices of the table, `rows` (ROWS_PER_PASS) at a time (a pass over a spilled
-        table holds one)."""
-        rows = rows or ROWS_PER_PASS
+        """Row slices of the table for a pass over it: `rows` (ROWS_PER_PASS) at a time when
+        the columns are spilled files (a pass holds one), one slice of every row when they are
+        in memory already. Every pass is written once, over these slices."""
+        rows = rows or (ROWS_PER_PASS if self.spilled else max(self._n, 1))
         for start in range(0, self._n, rows):
             yield slice(start, min(start + rows, self._n))
 
@@ -214,13 +215,9 @@ class RequestTable:
             finish_s=c["finish_s"], num_preemptions=c["num_preemptions"].astype(np.int64),
             ttft_slo_s=c["ttft_slo_s"], tpot_slo_s=c["tpot_slo_s"])
 
-    def token_runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(runs per row, run starts, run ends): inclusive step ranges in which each request
-        emitted one token per step, rows in arrival order."""
-        return self.num_runs, self.run_starts, self.run_ends
-
     def token_runs_of(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`token_runs` of a slice of rows (a pass over the runs a chunk of rows at a time)."""
+        """(runs per row, run starts, run ends) of a slice of rows: the inclusive step ranges
+        in which each request emitted one token per step (a pass reads them per `chunks()`)."""
         counts = self.cols["num_runs"][rows].astype(np.int64)
         if not len(counts):
             return counts, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)

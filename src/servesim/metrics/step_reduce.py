@@ -14,8 +14,9 @@ end in it, and which intervals hold a step. All of these are reduced chunk by ch
 - step end times go to a file (8 bytes a step on disk, read back in chunks), or are left to
   the full log when the recorder keeps it.
 
-Memory held therefore grows with the intervals in which something happened (the time series'
-own rows), not with the steps.
+The time-series partials of each chunk go to spools (series_parts.py), files beside the step
+ends when there is a spill folder: memory held does not grow with the steps nor with the
+intervals; the time series reads them back a block of intervals at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from servesim.metrics.exact import ExactSum
 from servesim.metrics.recorder import StepLog, positions
+from servesim.metrics.series_parts import SeriesParts
 
 LEVELS = ("num_running", "num_waiting", "kv_usage")
 
@@ -45,9 +47,8 @@ class StepReducer:
         self.ends_path = ends_path
         self._ends_file = open(ends_path, "wb") if ends_path is not None else None
         self._area = [0.0, 0.0, 0.0]  # integral of each level up to the last step's end
-        self._ranges: list[tuple[np.ndarray, np.ndarray]] = []  # busy interval ranges, per chunk
-        self._tokens: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (interval, prompt, output)
-        self._marks: list[tuple[np.ndarray, np.ndarray]] = []  # (edge index, integrals at it), per chunk
+        # busy interval ranges, tokens per interval and integrals at edges, per chunk
+        self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""))
 
     def add(self, log: StepLog) -> None:
         n = len(log)
@@ -71,6 +72,7 @@ class StepReducer:
         if self._ends_file is not None:
             self._ends_file.close()
             self._ends_file = None
+        self.parts.close()
 
     def _reduce_series(self, log: StepLog, busy: np.ndarray) -> None:
         interval = self.interval_s
@@ -78,10 +80,7 @@ class StepReducer:
         lo = floor_div(start, interval)
         hi = floor_div(end, interval)
         ranges = busy_ranges(lo, hi)
-        self._ranges.append(ranges)
         at, inverse = unique_sorted(hi)
-        self._tokens.append((at, np.bincount(inverse, weights=log.prefill_tokens),
-                             np.bincount(inverse, weights=log.output_tokens)))
         # the edges around the busy ranges (a margin of one before and two after, for
         # floor-division rounding), each valued by the last step starting at or before it,
         # as the whole-log integral does
@@ -98,44 +97,15 @@ class StepReducer:
             area = np.cumsum(np.concatenate(([self._area[i]], level * busy)))  # before each step, carried
             self._area[i] = float(area[-1])
             values[:, i] = area[step] + level[step] * np.clip(edge_s - start[step], 0.0, busy[step])
-        self._marks.append((edge_k, values))
+        self.parts.add(*ranges, at, np.bincount(inverse, weights=log.prefill_tokens),
+                       np.bincount(inverse, weights=log.output_tokens), edge_k, values)
 
     def _levels(self, log: StepLog) -> tuple[np.ndarray, ...]:
         return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
 
     def nbytes(self) -> int:
-        """Bytes held by the time-series partials (what grows during a run: intervals, not steps)."""
-        return sum(a.nbytes for part in (self._ranges, self._tokens, self._marks) for t in part for a in t)
-
-    # ------------------------------------------------------------------ reading (after the run)
-    def busy_ranges(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
-        """Interval ranges [lo, hi] that hold a step (indices above `clip` are `clip`)."""
-        if not self._ranges:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        lo = np.concatenate([r[0] for r in self._ranges])
-        hi = np.concatenate([r[1] for r in self._ranges])
-        return np.minimum(lo, clip), np.minimum(hi, clip)
-
-    def tokens(self, clip: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(interval, prompt tokens, output tokens) of the steps ending in each interval."""
-        if not self._tokens:
-            return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
-        return (np.minimum(np.concatenate([t[0] for t in self._tokens]), clip),
-                np.concatenate([t[1] for t in self._tokens]), np.concatenate([t[2] for t in self._tokens]))
-
-    def integrals(self, edges_k: np.ndarray) -> np.ndarray:
-        """Integral of each level (columns in LEVELS order) from 0 to each edge `edges_k` x interval."""
-        if not self._marks:
-            return np.zeros((len(edges_k), 3))
-        keys = np.concatenate([m[0] for m in self._marks])
-        values = np.concatenate([m[1] for m in self._marks])
-        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
-        keys, values = keys[last], values[last]
-        self._marks = [(keys, values)]  # (merged once)
-        i = np.searchsorted(keys, edges_k, side="right") - 1
-        out = values[np.maximum(i, 0)]
-        out[i < 0] = 0.0
-        return out
+        """Bytes held in memory by the time-series partials (none per interval when spooled to files)."""
+        return self.parts.nbytes()
 
 
 def floor_div(times: np.ndarray, interval: float) -> np.ndarray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servesim.metrics.itl import TokenRuns, itl_stats
+from servesim.metrics.itl import RunChunks, TokenRuns, itl_stats
 from servesim.metrics.stream_stats import StreamStats, stats, weighted_percentiles  # noqa: F401  (re-exported)
 from servesim.metrics.step_ends import StepEnds
 
@@ -70,18 +70,18 @@ def tokens_per_request(runs: TokenRuns) -> np.ndarray:
     return per_run[last] - per_run[last - counts]
 
 
-#: The requests' columns: all at once, or a function giving them a chunk of rows at a time
-ColumnChunks = RequestColumns | Callable[[], Iterable[RequestColumns]]
+#: The requests' columns: a function giving them a chunk of rows at a time (one chunk of every
+#: row when they are in memory)
+ColumnChunks = Callable[[], Iterable[RequestColumns]]
 
 
-def summarize(cols: ColumnChunks, ends: StepEnds, runs: TokenRuns, *, ttft_slo_s: float | None,
+def summarize(chunks: ColumnChunks, ends: StepEnds, runs: RunChunks, *, ttft_slo_s: float | None,
               tpot_slo_s: float | None, prefix_hits: tuple[int, int], wall_time_s: float,
               folder: str | None = None) -> dict:
     """The summary.json dictionary (`ends`: every step's end time, as token runs index them).
 
-    Given chunks of rows (a spilled table), every figure is reduced chunk by chunk, the
-    percentiles out of core (stream_stats.py): the same bytes as from the whole columns."""
-    chunks = (lambda: [cols]) if isinstance(cols, RequestColumns) else cols
+    Every figure is reduced chunk by chunk, the percentiles out of core beyond memory
+    (stream_stats.py): the same bytes as from the whole columns."""
     total = _Group(folder)
     labels: dict[str, set] = {"per_tenant": set(), "per_slo_class": set()}
     for c in chunks():

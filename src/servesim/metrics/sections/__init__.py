@@ -16,18 +16,15 @@ import numpy as np
 
 from servesim.metrics.recorder import positions
 from servesim.metrics.request_table import RequestTable
-from servesim.metrics.summary import RequestColumns
 from servesim.workload.request import Request
 
 
 @dataclass(frozen=True)
 class SectionInput:
     """What a section reads: the run's requests as rows (a list of `Request` objects is turned
-    into a table, for callers that hold them), their summary columns, the step end times and
-    the scenario."""
+    into a table, for callers that hold them), the step end times and the scenario."""
 
     requests: RequestTable | list[Request]  # every request of the run, rows in arrival order
-    cols: RequestColumns | None  # the same requests as summary columns (None: derived, unless spilled)
     # end time of every engine step (index = step number in token runs): an array, or a StepEnds
     # (metrics/step_ends.py) reading files when the run reduced its step logs as they came
     step_ends_s: np.ndarray
@@ -36,8 +33,6 @@ class SectionInput:
     def __post_init__(self) -> None:
         if not isinstance(self.requests, RequestTable):
             object.__setattr__(self, "requests", RequestTable.from_requests(list(self.requests)))
-        if self.cols is None and not self.requests.spilled:  # (spilled: sections read the table)
-            object.__setattr__(self, "cols", self.requests.request_columns())
 
     @property
     def table(self) -> RequestTable:

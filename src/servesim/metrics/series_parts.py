@@ -1,0 +1,151 @@
+"""Records keyed by time-series interval, spooled as a run makes them and read back in interval
+order a window of intervals at a time.
+
+The step reducer (step_reduce.py) makes, for each chunk of steps, sorted records keyed by
+interval index: the busy ranges, the tokens of the steps that end in each interval and the
+level integrals at interval edges; the time series (timeseries.py) makes, for each chunk of
+request rows, the intervals holding arrivals and completions. A `Spool` appends each piece as
+it comes, to a file when given one (so a run holds nothing per interval), else to a list.
+
+Pieces come nearly in key order, not exactly: a chunk of steps may end inside an interval that
+the next chunk continues, or value an edge that the next chunk values again (the later value
+is the right one); a chunk of rows holds completions long after its arrivals. `Stream` reads a
+spool back in key order, merging exactly as the whole concatenation would be merged, and holds
+only what is not final yet: an entry is final once every later piece's smallest key (noted as
+each piece is written) is above it. In a run that goes forward in time that is about a piece.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: Busy interval ranges [k, hi] of a chunk of steps (merged where they touch).
+RANGES = np.dtype([("k", np.int64), ("hi", np.int64)])
+#: Prompt and output tokens of the steps ending in interval k.
+TOKENS = np.dtype([("k", np.int64), ("prompt", np.float64), ("output", np.float64)])
+#: Integral of each level (step_reduce.LEVELS) from 0 to edge k x interval.
+MARKS = np.dtype([("k", np.int64), ("v", np.float64, (3,))])
+#: Arrivals and completions in interval k.
+POINTS = np.dtype([("k", np.int64), ("arrivals", np.int64), ("finished", np.int64)])
+
+
+class Spool:
+    """Pieces of records of one dtype (a field `k` first), appended in order."""
+
+    def __init__(self, dtype: np.dtype, path: Path | None = None) -> None:
+        self.dtype = dtype
+        self.path = path
+        self._file = open(path, "wb") if path is not None else None
+        self._held: list[np.ndarray] = []  # the pieces, when there is no file
+        self.lengths: list[int] = []  # records of each piece
+        self.min_keys: list[int] = []  # smallest key of each piece
+
+    def append(self, records: np.ndarray) -> None:
+        if not len(records):
+            return
+        self.lengths.append(len(records))
+        self.min_keys.append(int(records["k"].min()))
+        if self._file is not None:
+            self._file.write(records.tobytes())
+        else:
+            self._held.append(records)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def pieces(self):
+        """Every piece, in the order appended."""
+        if self.path is None:
+            yield from self._held
+            return
+        if self._file is not None:
+            self._file.flush()
+        with open(self.path, "rb") as f:
+            for n in self.lengths:
+                yield np.fromfile(f, self.dtype, n)
+
+    def nbytes(self) -> int:
+        """Bytes held in memory (the pieces without a file, and each piece's length and key)."""
+        return sum(p.nbytes for p in self._held) + 16 * len(self.lengths)
+
+
+class Stream:
+    """A spool's records in key order, taken a window of keys at a time. `last_wins`: of the
+    records with one key only the last appended is kept (an edge valued again); otherwise all
+    are kept, in the order appended (stable)."""
+
+    def __init__(self, spool: Spool, last_wins: bool = False) -> None:
+        self._pieces = spool.pieces()
+        mins = np.asarray(spool.min_keys, dtype=np.int64)
+        self._later_min = np.minimum.accumulate(mins[::-1])[::-1]  # smallest key of piece i or later
+        self._next = 0  # pieces read so far
+        self._held = np.empty(0, dtype=spool.dtype)  # read, in key order, not taken yet
+        self._last_wins = last_wins
+
+    def next_key(self) -> int | None:
+        """The smallest key not taken yet (None: the stream is over)."""
+        keys = [int(self._held["k"][0])] if len(self._held) else []
+        if self._next < len(self._later_min):
+            keys.append(int(self._later_min[self._next]))
+        return min(keys, default=None)
+
+    def take(self, end: int | None) -> np.ndarray:
+        """Every record with key < `end` (every one left: None), in key order."""
+        parts = [self._held]
+        while self._next < len(self._later_min) and (end is None or self._later_min[self._next] < end):
+            parts.append(next(self._pieces))
+            self._next += 1
+        held = self._order(np.concatenate(parts)) if len(parts) > 1 else self._held
+        cut = len(held) if end is None else int(np.searchsorted(held["k"], end))
+        self._held = held[cut:]
+        return held[:cut]
+
+    def _order(self, records: np.ndarray) -> np.ndarray:
+        keys = records["k"]
+        if self._last_wins:
+            if (keys[1:] > keys[:-1]).all():
+                return records
+            last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # sorted by key
+            return records[last]
+        if (keys[1:] >= keys[:-1]).all():
+            return records
+        return records[np.argsort(keys, kind="stable")]
+
+
+class SeriesParts:
+    """One replica's time-series partials: three spools (files `<prefix>.ranges` etc. when
+    given a prefix, else in memory)."""
+
+    def __init__(self, prefix: Path | None = None) -> None:
+        def path(kind: str) -> Path | None:
+            return None if prefix is None else prefix.with_name(f"{prefix.name}.{kind}")
+        self.ranges = Spool(RANGES, path("ranges"))
+        self.tokens = Spool(TOKENS, path("tokens"))
+        self.marks = Spool(MARKS, path("marks"))
+
+    def add(self, lo: np.ndarray, hi: np.ndarray, at: np.ndarray, prompt: np.ndarray, output: np.ndarray,
+            edge_k: np.ndarray, values: np.ndarray) -> None:
+        """A chunk of steps' busy ranges [lo, hi], tokens per interval `at`, and level
+        integrals `values` (one row of 3 per edge) at edges `edge_k`."""
+        self.ranges.append(records(RANGES, k=lo, hi=hi))
+        self.tokens.append(records(TOKENS, k=at, prompt=prompt, output=output))
+        self.marks.append(records(MARKS, k=edge_k, v=values))
+
+    def close(self) -> None:
+        for s in (self.ranges, self.tokens, self.marks):
+            s.close()
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in (self.ranges, self.tokens, self.marks))
+
+
+def records(dtype: np.dtype, **fields: np.ndarray) -> np.ndarray:
+    """A record array of `dtype` from its fields' columns."""
+    out = np.empty(len(fields["k"]), dtype=dtype)
+    for name, values in fields.items():
+        out[name] = values
+    return out
