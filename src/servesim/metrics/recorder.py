@@ -141,11 +141,12 @@ class Recorder:
         b.growth_first_new.extend(first_new)
         b.growth_runs.extend(runs)
         local = b.num_steps  # buffer index of the chunk's first step
-        for step, blocks in frees:
-            b.free_at.append(local + step)
-            b.free_blocks.append(blocks)
-        for step in waiting_from:
-            b.waiting_from.append(local + step)
+        if frees:
+            for step, blocks in frees:
+                b.free_at.append(local + step)
+                b.free_blocks.append(blocks)
+        if waiting_from:
+            b.waiting_from.extend([local + step for step in waiting_from])
         b.num_steps += len(ends_s)
         self.num_steps += len(ends_s)
         if self.num_steps >= self._flush_at:
@@ -157,6 +158,7 @@ class Recorder:
             if self.reducer is not None:
                 self.reducer.add(self._buf.log(0))
             if self._kept is not None:
+                self._buf.pack()
                 self._kept.append(self._buf)
             self._buf = StepBuffer()
         self._flush_at = self.num_steps + self.CHUNK_STEPS
