@@ -58,3 +58,11 @@ def test_a_failure_in_the_helper_fails_the_run_with_its_traceback(monkeypatch):
     monkeypatch.setattr(StepReducer, "add", broken)  # (inherited by the forked child)
     with pytest.raises(RuntimeError, match="(?s)helper process failed.*ValueError: reducer broke"):
         _run(monkeypatch, helper=True)
+
+
+def test_a_sweeps_worker_process_reduces_in_process():
+    import concurrent.futures as cf
+
+    assert step_helper.helper_wanted()  # (this process: the module's skip says so)
+    with cf.ProcessPoolExecutor(1) as pool:
+        assert pool.submit(step_helper.helper_wanted).result() is False

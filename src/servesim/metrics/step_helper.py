@@ -26,8 +26,9 @@ from servesim.metrics.step_reduce import StepReducer
 
 
 def helper_wanted() -> bool:
-    """Reduce in a helper: `fork` exists and this process may run on at least two cores."""
-    if "fork" not in multiprocessing.get_all_start_methods():
+    """Reduce in a helper: `fork` exists, this process may run on at least two cores, and it is
+    not itself a worker (a parallel sweep's workers already share the cores out)."""
+    if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.parent_process() is not None:
         return False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores >= 2
