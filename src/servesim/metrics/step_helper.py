@@ -40,7 +40,8 @@ class ReducerHelper:
     def __init__(self, reducers: list[StepReducer]) -> None:
         self.reducers = reducers  # replica index -> its reducer (the child's copies, once forked)
         self.num_buffers = 0  # buffers sent to the child
-        self._conn = None
+        self._conn = None  # buffers go down this end
+        self._answers = None  # the child's answer comes back on this one
         self._proc = None
 
     def add(self, index: int, buf: StepBuffer) -> None:
@@ -74,7 +75,7 @@ class ReducerHelper:
 
     def _answer(self) -> tuple[str, object]:
         try:
-            return self._conn.recv()
+            return self._answers.recv()
         except (EOFError, OSError):
             self._proc.join(timeout=5)
             return "error", f"it exited with code {self._proc.exitcode}"
@@ -83,6 +84,7 @@ class ReducerHelper:
         """End the child (a failed run: whatever it holds is not needed)."""
         if self._conn is not None:
             self._conn.close()
+            self._answers.close()
         if self._proc is not None:
             self._proc.join(timeout=5)
             if self._proc.is_alive():  # pragma: no cover - a child stuck in a write
@@ -91,31 +93,48 @@ class ReducerHelper:
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context("fork")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, self._conn, self.reducers), daemon=True,
+        down_r, down_w = ctx.Pipe(duplex=False)  # buffers to the child
+        up_r, up_w = ctx.Pipe(duplex=False)  # its answer
+        _widen(down_w)
+        self._proc = ctx.Process(target=_serve, args=(down_r, up_w, (down_w, up_r), self.reducers), daemon=True,
                                  name="servesim-steps")
         self._proc.start()
-        child.close()
+        down_r.close()
+        up_w.close()
+        self._conn, self._answers = down_w, up_r
 
 
-def _serve(conn, parent_end, reducers: list[StepReducer]) -> None:
+def _widen(conn) -> None:
+    """Let the pipe hold a few buffers (about 150 kB each; Linux gives a pipe 64 kB), so the loop
+    writes and goes on while the child is busy or waits for a core; elsewhere, or if refused,
+    the loop waits on a full pipe instead."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer]) -> None:
     """The child: reduce buffers until told to stop, then send the reducers back."""
-    parent_end.close()  # (else the pipe would never report the parent gone)
+    for end in parent_ends:
+        end.close()  # (else the pipe would never report the parent gone)
     # Ctrl-C reaches the whole process group: the parent stops the run (and the pipe closes);
     # a termination signal ends the child quietly, not through the parent's handlers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        while (msg := conn.recv()) is not None:
+        while (msg := down.recv()) is not None:
             index, buf = msg
             reducers[index].add(buf.log(0))
         for r in reducers:
             r.close()
-        conn.send(("ok", reducers))
+        up.send(("ok", reducers))
     except EOFError:
         return  # the loop's process failed or went away: nothing to report to
     except BaseException:  # noqa: BLE001  (reported to the parent, which raises it)
         try:
-            conn.send(("error", traceback.format_exc()))
+            up.send(("error", traceback.format_exc()))
         except OSError:
             pass  # (the parent is gone too)
