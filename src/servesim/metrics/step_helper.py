@@ -101,6 +101,8 @@ class ReducerHelper:
         self._proc.start()
         down_r.close()
         up_w.close()
+        for r in self.reducers:
+            r.close()  # (this process's copies of their step-end files: the child writes them)
         self._conn, self._answers = down_w, up_r
 
 
