@@ -22,6 +22,7 @@ from servesim.invariants import check_invariants
 from servesim.metrics.elastic import elastic_info
 from servesim.metrics.recorder import Recorder
 from servesim.metrics.request_table import RequestTable
+from servesim.metrics.step_helper import ReducerHelper, helper_wanted
 from servesim.metrics.step_reduce import StepReducer
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
@@ -98,7 +99,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     for _ in range(extra):  # after every pool, so fixed replicas keep their indices
         _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend,
                      keep_steps).set_state(0.0, STOPPED)
-    _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
+    helper = _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
     cluster.index_models()
     if scenario.kv_store.enabled:
         cluster.kv_store = build_kv_store(scenario, pools, cluster)
@@ -120,11 +121,19 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
         power.start()
     feed.start()
-    _run_loop(loop, until_s)
-    cluster.fail_queued(loop.now_s)
+    try:
+        _run_loop(loop, until_s)
+        cluster.fail_queued(loop.now_s)
+        for r in cluster.replicas:
+            r.engine.drain(loop.now_s)
+            r.engine.recorder.finish()
+        for r, reducer in zip(cluster.replicas, helper.finish() if helper else []):
+            r.engine.recorder.reducer = reducer
+    except BaseException:
+        if helper:
+            helper.stop()
+        raise
     for r in cluster.replicas:
-        r.engine.drain(loop.now_s)
-        r.engine.recorder.finish()
         r.engine.recorder.reducer.close()
     if not cluster.requests:
         raise InputError(_no_requests(scenario))
@@ -200,13 +209,18 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     return replica
 
 
-def _start_reducers(cluster: Cluster, interval_s: float, spill: tempfile.TemporaryDirectory | None) -> None:
-    """Every replica's steps reduced as they come; KV usage in the time series is a share of
-    all replicas' blocks; step end times go to files in `spill` (None: kept in the logs)."""
+def _start_reducers(cluster: Cluster, interval_s: float, spill: tempfile.TemporaryDirectory | None
+                    ) -> ReducerHelper | None:
+    """Every replica's steps reduced as they come, in a helper process when a second core is
+    there (metrics/step_helper.py; returned, None: here); KV usage in the time series is a
+    share of all replicas' blocks; step end times go to files in `spill` (None: kept in the logs)."""
     total = sum(r.engine.kv.num_gpu_blocks for r in cluster.replicas)
-    for r in cluster.replicas:
-        path = None if spill is None else Path(spill.name) / f"ends-{r.index}.f8"
-        r.engine.recorder.start(StepReducer(interval_s, total, path))
+    reducers = [StepReducer(interval_s, total, None if spill is None else Path(spill.name) / f"ends-{r.index}.f8")
+                for r in cluster.replicas]
+    helper = ReducerHelper(reducers) if helper_wanted() else None
+    for i, (r, reducer) in enumerate(zip(cluster.replicas, reducers)):
+        r.engine.recorder.start(reducer, helper, i)
+    return helper
 
 
 def _schedule_faults(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, seed: np.random.SeedSequence,

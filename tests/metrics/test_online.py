@@ -162,3 +162,47 @@ def test_unique_sorted_is_numpy_unique():
         expected_at, expected_inverse = np.unique(x, return_inverse=True)
         assert np.array_equal(at, expected_at) and np.array_equal(inverse, expected_inverse)
         assert inverse.dtype == expected_inverse.dtype
+
+
+def _steps(rng, n: int, interval: float):
+    """Step starts and ends of stretches (each step starts when the one before ends) with
+    idle gaps between them, some ends on interval edges."""
+    busy = rng.uniform(0.001, 0.05, n)
+    gap = np.where(rng.random(n) < 0.05, rng.uniform(0, 3 * interval, n), 0.0)
+    end = np.cumsum(busy + gap)
+    end[::97] = np.round(end[::97] / interval) * interval  # (on an edge)
+    end = np.maximum.accumulate(end)
+    start = np.concatenate(([0.0], end[:-1]))
+    start[gap > 0] = (end - busy)[gap > 0]
+    start = np.minimum(start, end)
+    return start, end
+
+
+def test_start_intervals_are_the_floor_division_of_the_starts():
+    from servesim.metrics.step_reduce import floor_div, start_intervals
+    rng = np.random.default_rng(6)
+    for interval in (1.0, 0.1, 0.3):
+        start, end = _steps(rng, 5000, interval)
+        shared = (start[1:] == end[:-1]).mean()
+        assert 0.5 < shared < 1.0  # both paths ran: starts taken from the previous end, and divided
+        got = start_intervals(start, end, floor_div(end, interval), interval)
+        assert np.array_equal(got, (start // interval).astype(np.int64))
+
+
+def test_tokens_by_interval_are_the_weighted_bincounts_over_unique_intervals():
+    from servesim.metrics.step_reduce import floor_div, tokens_by_interval
+    rng = np.random.default_rng(7)
+    for interval, ordered in ((1.0, True), (0.3, True), (1.0, False)):
+        start, end = _steps(rng, 5000, interval)
+        k = floor_div(end, interval)
+        if not ordered:
+            k = rng.permutation(k)  # (the sorting path)
+        prefill = np.where(rng.random(5000) < 0.02, rng.integers(1, 9000, 5000), 0).astype(np.int32)
+        output = rng.integers(0, 300, 5000).astype(np.int32)
+        at, inverse = np.unique(k, return_inverse=True)
+        got = tokens_by_interval(k, prefill, output)
+        expected = (at, np.bincount(inverse, weights=prefill), np.bincount(inverse, weights=output))
+        for g, e in zip(got, expected):
+            assert g.dtype == e.dtype and g.tobytes() == e.tobytes()
+    no_prompt = tokens_by_interval(np.array([0, 0, 2]), np.zeros(3, dtype=np.int32), np.ones(3, dtype=np.int32))
+    assert [a.tolist() for a in no_prompt] == [[0, 2], [0.0, 0.0], [2.0, 1.0]]

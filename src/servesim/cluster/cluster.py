@@ -17,7 +17,7 @@ import numpy as np
 from servesim.cluster.routers import Router
 from servesim.cluster.view import ClusterView
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
-from servesim.replica.replica import DRAINING, Replica
+from servesim.replica.replica import DRAINING, READY, Replica
 from servesim.workload.request import Request, RequestState
 
 DoneCallback = Callable[[Request, float], None]
@@ -105,14 +105,16 @@ class Cluster:
             return cands[0]  # nothing to decide (and nothing to read)
         replicas = self.replicas
         return router.route(req, ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks,
-                                              self._lora_state, lambda i: replicas[i].outstanding_at(now_s)))
+                                              self._lora_state, lambda i: replicas[i].outstanding_at(now_s),
+                                              lambda c: outstandings_at(replicas, c, now_s)))
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all)."""
         idx = self._by_model.get(req.model or self._default_model) if len(self._by_model) > 1 or req.model else self._all
         if idx is None:
             return None
-        return [i for i in idx if self.replicas[i].accepting]
+        replicas = self.replicas
+        return [i for i in idx if (r := replicas[i]).alive and r.state == READY]  # (`accepting`, inlined)
 
     def _reader(self, now_s: float):
         interval, replicas = self.refresh_interval_s, self.replicas
@@ -202,3 +204,14 @@ class Cluster:
 
     def _recover(self, now_s: float, index: int) -> None:
         self.replicas[index].recover(now_s)
+
+
+def outstandings_at(replicas: list[Replica], indices, t: float) -> list[int]:
+    """`replicas[i].outstanding_at(t)` for each index, in one pass (a count-reading router reads
+    every candidate at every arrival; this is that method inlined)."""
+    out = []
+    for i in indices:
+        r = replicas[i]
+        st = r.engine.stretch
+        out.append(r.num_outstanding if st is None else r.num_outstanding - st.finished_by(t))
+    return out

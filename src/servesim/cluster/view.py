@@ -87,18 +87,20 @@ class ClusterView:
     adapter residency, for adapter-aware routers.
     """
 
-    __slots__ = ("now_s", "candidates", "_read", "_cached", "_lora", "_memo", "_outstanding")
+    __slots__ = ("now_s", "candidates", "_read", "_cached", "_lora", "_memo", "_outstanding", "_outstandings")
 
     def __init__(self, now_s: float, candidates: Sequence[int], read: Callable[[int], ReplicaView],
                  cached_blocks: Callable[[int, "Request"], int],
                  lora_state: Callable[[int, str], tuple[bool, bool]] | None = None,
-                 outstanding: Callable[[int], int] | None = None) -> None:
+                 outstanding: Callable[[int], int] | None = None,
+                 outstandings: Callable[[Sequence[int]], list[int]] | None = None) -> None:
         self.now_s = now_s
         self.candidates = candidates
         self._read = read
         self._cached = cached_blocks
         self._lora = lora_state
         self._outstanding = outstanding
+        self._outstandings = outstandings  # `outstanding` of a list of replicas, in one call
         self._memo: dict[int, ReplicaView] = {}
 
     def view(self, i: int) -> ReplicaView:
@@ -119,6 +121,8 @@ class ClusterView:
         read = self._outstanding
         if read is None or self._memo:
             return [self.outstanding(i) for i in self.candidates]
+        if self._outstandings is not None:
+            return self._outstandings(self.candidates)
         return [read(i) for i in self.candidates]
 
     def views(self) -> list[ReplicaView]:

@@ -71,13 +71,18 @@ class Recorder:
     def __init__(self, keep_steps: bool = True) -> None:
         self.num_steps = 0
         self.reducer = None  # a StepReducer, set by `start` (None: the steps are only kept)
+        self._helper = None  # a ReducerHelper reducing in another process (None: here)
+        self._index = 0
         self._kept: list[StepBuffer] | None = [] if keep_steps else None  # full buffers, compact
         self._buf = StepBuffer()
         self._flush_at = self.CHUNK_STEPS
 
-    def start(self, reducer) -> None:
-        """Reduce the steps into `reducer` (a StepReducer) from now on."""
+    def start(self, reducer, helper=None, index: int = 0) -> None:
+        """Reduce the steps into `reducer` (a StepReducer) from now on; with a `ReducerHelper`
+        (metrics/step_helper.py), in its process, as replica `index`'s."""
         self.reducer = reducer
+        self._helper = helper
+        self._index = index
 
     def log_step(self, start_s: float, end_s: float, prefill_tokens: int, output_tokens: int,
                  num_running: int, num_waiting: int, kv_used_blocks: int) -> None:
@@ -141,11 +146,12 @@ class Recorder:
         b.growth_first_new.extend(first_new)
         b.growth_runs.extend(runs)
         local = b.num_steps  # buffer index of the chunk's first step
-        for step, blocks in frees:
-            b.free_at.append(local + step)
-            b.free_blocks.append(blocks)
-        for step in waiting_from:
-            b.waiting_from.append(local + step)
+        if frees:
+            for step, blocks in frees:
+                b.free_at.append(local + step)
+                b.free_blocks.append(blocks)
+        if waiting_from:
+            b.waiting_from.extend([local + step for step in waiting_from])
         b.num_steps += len(ends_s)
         self.num_steps += len(ends_s)
         if self.num_steps >= self._flush_at:
@@ -154,9 +160,12 @@ class Recorder:
     def _flush(self) -> None:
         """Hand the buffered steps on (expanded) and start an empty buffer."""
         if self._buf.num_steps:
-            if self.reducer is not None:
+            if self._helper is not None:
+                self._helper.add(self._index, self._buf)
+            elif self.reducer is not None:
                 self.reducer.add(self._buf.log(0))
             if self._kept is not None:
+                self._buf.pack()
                 self._kept.append(self._buf)
             self._buf = StepBuffer()
         self._flush_at = self.num_steps + self.CHUNK_STEPS

@@ -90,6 +90,37 @@ class Rows:
         return self._parts[0] if self._parts else np.empty((0, self.width))
 
 
+class Ints(list):
+    """A buffer's per-run values (batch-size runs, block growth of a stretch's requests): a
+    plain list while the buffer fills (a stretch adds one or two values to each, and a list's
+    C `extend` costs a fifth of `Column.extend`), an array once the buffer is packed."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def array(self) -> np.ndarray:
+        return np.array(self, dtype=self.dtype)
+
+
+class Packed:
+    """A packed `Ints`: its values as an array."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def array(self) -> np.ndarray:
+        return self.values
+
+
+# the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
+_LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks")
+
+
 class StepBuffer:
     """Steps as logged, in compact typed columns (a few per chunk of steps or run of
     equal batch sizes, 8 bytes per step);
@@ -104,18 +135,26 @@ class StepBuffer:
         # emits `batch`) and its blocks in use, for a stretch its blocks in use in its first
         # step and its number of growing requests
         self.chunks = Rows(len(CHUNK_FIELDS))
-        self.waiting_from = Column(np.int64)  # steps from which one more waits, until the chunk ends
+        self.waiting_from = Ints(np.int64)  # steps from which one more waits, until the chunk ends
         # one entry per step
         self.ends = Column(np.float64)
         # requests in each step, as runs of equal batch sizes (expanded in `log`)
-        self.run_size = Column(np.int32)
-        self.run_len = Column(np.int64)
+        self.run_size = Ints(np.int32)
+        self.run_len = Ints(np.int64)
         # block growth of the stretches, flattened as they are logged (expanded in `log`)
         self.block_size = 0
-        self.growth_first_new = Column(np.int64)
-        self.growth_runs = Column(np.int64)
-        self.free_at = Column(np.int64)  # step before which blocks were freed
-        self.free_blocks = Column(np.int64)
+        self.growth_first_new = Ints(np.int64)
+        self.growth_runs = Ints(np.int64)
+        self.free_at = Ints(np.int64)  # step before which blocks were freed
+        self.free_blocks = Ints(np.int64)
+
+    def pack(self) -> None:
+        """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
+        value instead of a list slot and an int object)."""
+        for name in _LISTS:
+            col = getattr(self, name)
+            if isinstance(col, Ints):
+                setattr(self, name, Packed(col.array()))
 
     def log(self, num_gpu_blocks: int) -> StepLog:
         n = self.num_steps

@@ -55,18 +55,20 @@ class StepReducer:
         if not n:
             return
         start, end = log.start_s, log.end_s
-        if end[0] < self.last_end_s or np.any(np.diff(end) < 0) or np.any(end < start):
+        if end[0] < self.last_end_s or (end[1:] < end[:-1]).any() or (end < start).any():
             self.backwards = True
         self.num_steps += n
         self.last_end_s = float(end[-1])
         self.output_tokens += int(log.output_tokens.sum())
         busy = end - start
         self.busy_s.add(busy)
-        for name, acc in self.level_s.items():
-            acc.add(getattr(log, name) * busy)
+        running_s = log.num_running * busy  # (the time series' integral reads it too)
+        self.level_s["num_running"].add(running_s)
+        self.level_s["num_waiting"].add(log.num_waiting * busy)
+        self.level_s["kv_used_blocks"].add(log.kv_used_blocks * busy)
         if self._ends_file is not None:
             self._ends_file.write(np.ascontiguousarray(end, dtype=np.float64).tobytes())
-        self._reduce_series(log, busy)
+        self._reduce_series(log, busy, running_s)
 
     def close(self) -> None:
         if self._ends_file is not None:
@@ -74,13 +76,12 @@ class StepReducer:
             self._ends_file = None
         self.parts.close()
 
-    def _reduce_series(self, log: StepLog, busy: np.ndarray) -> None:
+    def _reduce_series(self, log: StepLog, busy: np.ndarray, running_s: np.ndarray | None = None) -> None:
         interval = self.interval_s
         start, end = log.start_s, log.end_s
-        lo = floor_div(start, interval)
         hi = floor_div(end, interval)
-        ranges = busy_ranges(lo, hi)
-        at, inverse = unique_sorted(hi)
+        ranges = busy_ranges(start_intervals(start, end, hi, interval), hi)
+        tokens = tokens_by_interval(hi, log.prefill_tokens, log.output_tokens)
         # the edges around the busy ranges (a margin of one before and two after, for
         # floor-division rounding), each valued by the last step starting at or before it,
         # as the whole-log integral does
@@ -94,11 +95,11 @@ class StepReducer:
             if not level.any():  # (an empty queue: the integral stays where it was, exactly)
                 values[:, i] = self._area[i]
                 continue
-            area = np.cumsum(np.concatenate(([self._area[i]], level * busy)))  # before each step, carried
+            weighted = running_s if i == 0 and running_s is not None else level * busy
+            area = np.cumsum(np.concatenate(([self._area[i]], weighted)))  # before each step, carried
             self._area[i] = float(area[-1])
             values[:, i] = area[step] + level[step] * np.clip(edge_s - start[step], 0.0, busy[step])
-        self.parts.add(*ranges, at, np.bincount(inverse, weights=log.prefill_tokens),
-                       np.bincount(inverse, weights=log.output_tokens), edge_k, values)
+        self.parts.add(*ranges, *tokens, edge_k, values)
 
     def _levels(self, log: StepLog) -> tuple[np.ndarray, ...]:
         return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
@@ -121,6 +122,38 @@ def floor_div(times: np.ndarray, interval: float) -> np.ndarray:
     if len(whole):
         out[whole] = times[whole] // interval
     return out.astype(np.int64)
+
+
+def start_intervals(start: np.ndarray, end: np.ndarray, end_k: np.ndarray, interval: float) -> np.ndarray:
+    """`floor_div(start, interval)`, given `end_k = floor_div(end, interval)`: a step that
+    starts when the one before it ends (every step of a stretch but its first) starts in the
+    interval that one ended in, so only the other starts are divided."""
+    lo = np.empty_like(end_k)
+    lo[1:] = end_k[:-1]
+    own = np.concatenate(([0], np.flatnonzero(start[1:] != end[:-1]) + 1))
+    lo[own] = floor_div(start[own], interval)
+    return lo
+
+
+def tokens_by_interval(end_k: np.ndarray, prefill: np.ndarray, output: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intervals in which steps end, prompt tokens and output tokens of those steps), as
+    `np.unique(end_k, return_inverse=True)` and two weighted `np.bincount`s over it give
+    them, without the sort when `end_k` never decreases (one replica's steps, in order: the
+    usual case). Token counts are integers, so sums in any order are those floats exactly:
+    output tokens are summed as integer running totals read at group ends, prompt tokens
+    only where a step has some (the first step of a stretch)."""
+    n = len(end_k)
+    if n < 2 or not (end_k[1:] >= end_k[:-1]).all():
+        at, inverse = unique_sorted(end_k)
+        return at, np.bincount(inverse, weights=prefill), np.bincount(inverse, weights=output)
+    first = np.concatenate(([0], np.flatnonzero(end_k[1:] != end_k[:-1]) + 1))  # each group's first step
+    total = np.cumsum(output, dtype=np.int64)
+    out = np.diff(total[np.append(first[1:], n) - 1], prepend=0).astype(np.float64)
+    has = np.flatnonzero(prefill)
+    group = np.searchsorted(first, has, side="right") - 1
+    pre = np.bincount(group, weights=prefill[has], minlength=len(first))
+    return end_k[first], pre, out
 
 
 def unique_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

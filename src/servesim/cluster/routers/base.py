@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from servesim.cluster.routers.common import UniformInts
 from servesim.cluster.view import ClusterView
 from servesim.workload.request import Request
 
@@ -40,6 +41,15 @@ class Router:
         self.params = params
         self.num_replicas = num_replicas
         self.rng = rng  # the router's own stream, derived from the run's seed
+        self._ints: UniformInts | None = None
+
+    @property
+    def ints(self) -> UniformInts:
+        """`rng.integers(n)` drawn in blocks (`UniformInts`), for a router that draws nothing
+        else from `rng` (a tie-break at every arrival)."""
+        if self._ints is None:
+            self._ints = UniformInts(self.rng)
+        return self._ints
 
     def bind(self, replicas: list, kv_store=None) -> None:
         """Called once the cluster's replicas exist (indices as in views), with the cluster's

@@ -1,4 +1,5 @@
-"""Helpers shared by several routers: tie-broken argmin and a router-side prefix-block index.
+"""Helpers shared by several routers: tie-broken argmin, uniform integers drawn in blocks, and
+a router-side prefix-block index.
 
 Not a policy (nothing registered here). The index is what "approximate" cache-aware routers
 keep: the prefix block ids of the requests they sent to each replica, forgotten by LRU
@@ -17,7 +18,7 @@ TieBreak = Literal["random", "first"]
 
 
 def argmin_pick(cands: Sequence[int], keys: Sequence[float], tie_break: TieBreak,
-                rng: np.random.Generator) -> int:
+                rng: "np.random.Generator | UniformInts") -> int:
     """The candidate with the smallest key; ties go to the first or to a uniform random one.
 
     The generator is drawn from only when there is a tie, so a tie-free run does not
@@ -36,6 +37,59 @@ def max_pick(cands: Sequence[int], scores: Sequence[float], rng: np.random.Gener
     best = max(scores)
     tied = [c for c, s in zip(cands, scores) if s == best]
     return tied[0] if len(tied) == 1 else tied[int(rng.integers(len(tied)))]
+
+
+class UniformInts:
+    """`rng.integers(n)`, value for value, drawn from the generator's raw words in blocks.
+
+    A least-requests router breaks a tie at nearly every arrival; one `Generator.integers`
+    call costs 1.5-4 us of numpy's per-call overhead, this about 0.4 us. numpy draws a bounded
+    integer below 2^32 by Lemire's method on 32-bit words, and PCG64 serves 32-bit words as
+    the low then the high half of each 64-bit output; both are replayed here on words taken
+    256 at a time with `random_raw` (tests/cluster/test_uniform_ints.py checks it against
+    `integers`). The generator then runs ahead of what was used: whoever holds a
+    `UniformInts` must draw nothing else from its generator. Generators other than a fresh
+    PCG64 are left to `integers` itself; bounds above 2^32 (numpy draws those from 64-bit
+    words) are refused.
+    """
+
+    BLOCK = 256  # 64-bit words drawn at a time
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        bits = getattr(rng, "bit_generator", None)  # (tests script generators without one)
+        self._exact = type(bits) is np.random.PCG64 and not bits.state["has_uint32"]
+        self._words: list[int] = []
+        self._i = 0
+
+    def integers(self, n: int) -> int:
+        """A uniform integer in [0, n) (n >= 1), the one `rng.integers(n)` would return."""
+        if n > 0x100000000:
+            raise ValueError(f"UniformInts draws below at most 2^32, not {n}")
+        if not self._exact:
+            return int(self._rng.integers(n))
+        if n == 1:
+            return 0  # (numpy draws nothing for a single value)
+        m = self._word() * n
+        left = m & 0xFFFFFFFF
+        if left < n:  # Lemire's rejection: only the lowest (2^32 mod n) leftovers are redrawn
+            threshold = (0x100000000 - n) % n
+            while left < threshold:
+                m = self._word() * n
+                left = m & 0xFFFFFFFF
+        return m >> 32
+
+    def _word(self) -> int:
+        i = self._i
+        if i == len(self._words):
+            raw = self._rng.bit_generator.random_raw(self.BLOCK)
+            halves = np.empty(2 * self.BLOCK, dtype=np.uint64)
+            halves[0::2] = raw & 0xFFFFFFFF  # (PCG64's 32-bit draws: low half first)
+            halves[1::2] = raw >> 32
+            self._words = halves.tolist()
+            i = 0
+        self._i = i + 1
+        return self._words[i]
 
 
 class BlockIndex:

@@ -29,4 +29,4 @@ class LeastKV(Router):
     def route(self, req: Request, view: ClusterView) -> int | None:
         cands = view.candidates
         keys = [view.view(i).kv_usage for i in cands]
-        return argmin_pick(cands, keys, self.params.tie_break, self.rng)
+        return argmin_pick(cands, keys, self.params.tie_break, self.ints)

@@ -39,4 +39,4 @@ class LeastRequests(Router):
             keys = [(v := view.view(i)).num_running + v.num_waiting for i in cands]
         else:
             keys = view.outstandings()
-        return argmin_pick(cands, keys, self.params.tie_break, self.rng)
+        return argmin_pick(cands, keys, self.params.tie_break, self.ints)

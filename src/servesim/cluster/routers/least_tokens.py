@@ -33,4 +33,4 @@ class LeastTokens(Router):
         for i in cands:
             v = view.view(i)
             keys.append(v.outstanding_prefill_tokens + v.outstanding_decode_tokens)
-        return argmin_pick(cands, keys, self.params.tie_break, self.rng)
+        return argmin_pick(cands, keys, self.params.tie_break, self.ints)

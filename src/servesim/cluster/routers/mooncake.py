@@ -51,7 +51,7 @@ class Mooncake(Router):
     def route(self, req: Request, view: ClusterView) -> int | None:
         cands = view.candidates
         est = self.estimates(req, view)
-        pick = argmin_pick(cands, est, self.params.tie_break, self.rng)
+        pick = argmin_pick(cands, est, self.params.tie_break, self.ints)
         req.extra["ttft_pred_s"] = est[cands.index(pick)]
         return pick
 
