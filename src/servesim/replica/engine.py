@@ -32,6 +32,7 @@ from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
+from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
@@ -181,6 +182,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         if (not self._spec_k and ff.repeat and (not prefills or ff.after_prefill)
                 and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff)):
             return
+        if prefills and self._chunk_stretch(now_s, out, decodes, decode_ctxs, prefills, swap_s):
+            return  # a prompt's chunks beside the same decodes fast-forwarded (`replica/chunk_stretch.py`)
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
@@ -190,6 +193,12 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
+
+    def _chunk_stretch(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
+                       prefills: list[tuple[Request, int]], swap_s: float) -> bool:
+        """The hook of chunk stretches: only plain steps (no speculation, swap or KV ports)."""
+        return (self.config.fast_forward and not (self._spec_k or swap_s) and self.ports is None
+                and chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills))
 
     def _on_start(self, now_s: float, epoch: int) -> None:
         if epoch == self._epoch:

@@ -113,6 +113,16 @@ class Scheduler:
         order. The default: for good. Must not change any state."""
         return math.inf, UNLIMITED_STEPS
 
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        """Is `output` decodes (one token each) plus one prompt chunk taking the whole token
+        budget they leave, such that, whatever arrives, the next `schedule` calls would run the
+        same decodes and that prompt's next chunks of the same size (every other request
+        untouched) until the prompt's last chunk, a decode's finish or the step whose decode
+        blocks do not fit? The prompt's chunks must allocate and register no KV block (taken
+        at admission). Then the engine fast-forwards those steps (`replica/chunk_stretch.py`).
+        Must not change any state. The default, False, steps them one by one."""
+        return False
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`
         runs (repeat held, nothing changed here since): would every `schedule` call until
