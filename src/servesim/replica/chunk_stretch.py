@@ -8,8 +8,9 @@ runs are most of its steps on long-prompt workloads (Mooncake: 89 % of the steps
 16). When the scheduler says a step repeats like that (`Scheduler.repeats_chunk`), the engine
 plans a `ChunkStretch`: step j (step 0 is the scheduled step) runs the same decodes with
 contexts ctx + j and the chunk `c` over the prompt's first `computed + j * c` tokens, so its
-time is a known function of j, priced step by step with the perf model's own `step_time_s`
-(the same floats in the same order as stepping). The stretch stops before the prompt's last
+time is a known function of j, priced step by step with the perf model's scalar form of such
+steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_time_s`, so as
+stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
 chunk (its end step admits or finishes the prompt), at the first decode's finish, at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
 and at any cut (a clock change, a crash); an arrival does not cut it (the budget is spent), it
@@ -22,7 +23,7 @@ Exact as stepping one by one: tests/replica/test_chunk_stretch.py, tests/cluster
 
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any
 
 from servesim.replica.fast_forward import advance_decodes
@@ -33,7 +34,7 @@ from servesim.workload.request import Request
 class ChunkStretch(Stretch):
     """Steps of fixed decodes plus one prompt's next full chunks, priced lazily; applied at `end_s`."""
 
-    __slots__ = ("prompt", "chunk", "num_running", "_ctxs", "_ctx_sum0", "_by_sum")
+    __slots__ = ("prompt", "chunk", "num_running", "_ctxs", "_ctx_sum0", "_form")
 
     def __init__(self, engine, start_s: float, end0_s: float, out: Any, decodes: list[Request],
                  decode_ctxs: list[int], prompt: Request, chunk: int, kmax: int) -> None:
@@ -63,11 +64,10 @@ class ChunkStretch(Stretch):
         self._order = self._sorted_rem = None  # (nobody leaves before the last step)
         self._ctxs = decode_ctxs
         self._ctx_sum0 = sum(decode_ctxs)
-        # A model whose decode time is a function of the batch's context sum (`decode_time_fn`)
-        # reads the decodes' contexts only through their count and sum in a mixed step too
-        # (`PerfModel.step_time_s`: gpu + g * sum): a list holding the sum, then zeros, gives
-        # the same floats without building every decode's context at every step.
-        self._by_sum = bool(decodes) and engine._decode_fn(len(decodes)) is not False
+        # the perf model's scalar form of these steps: (cached, decodes' context sum) -> time
+        # (None: none, e.g. sliding windows; then `step_time_s` with every context)
+        form = getattr(engine.perf, "chunk_time_fn", None)
+        self._form = form(len(decodes), chunk) if form else None
 
     def prompt_tokens_before(self, j: int) -> int:
         """Prompt tokens computed by steps 0..j-1 beyond what the requests show (the views)."""
@@ -80,20 +80,23 @@ class ChunkStretch(Stretch):
             return
         ends = self._ends
         del ends[self._priced:]  # (what a truncation dropped)
-        step_time_s, c, n = self._perf.step_time_s, self.chunk, len(self.decodes)
+        c, n, f = self.chunk, len(self.decodes), self._form
         cached = self.prompt.num_computed_tokens + k * c  # the prompt's tokens in KV when step k starts
-        ctx_sum = self._ctx_sum0 + k * n
-        ctxs = [0] * n
-        while k < self.kmax and t < horizon:
-            if self._by_sum:
-                ctxs[0] = ctx_sum
-            else:
-                ctxs = [x + k for x in self._ctxs]
-            t += step_time_s([(c, cached)], ctxs)
-            ends.append(t)
-            k += 1
-            cached += c
-            ctx_sum += n
+        if f is not None:
+            ctx_sum = self._ctx_sum0 + k * n
+            while k < self.kmax and t < horizon:
+                t += f(cached, ctx_sum)
+                ends.append(t)
+                k += 1
+                cached += c
+                ctx_sum += n
+        else:
+            step_time_s, ctxs0 = self._perf.step_time_s, self._ctxs
+            while k < self.kmax and t < horizon:
+                t += step_time_s([(c, cached)], [x + k for x in ctxs0])
+                ends.append(t)
+                k += 1
+                cached += c
         self._priced = k
         self._take(k)
 
@@ -109,8 +112,8 @@ class ChunkStretch(Stretch):
         grants = [(req, (k - f - 1) // bs + 1) for req, f in zip(decodes, self.first_new) if f < k]
         kv.allocate_plain_many(grants)
         kv.cache_full_blocks_many(self.keyed, k - 1)
-        # the step log, one step at a time as `_end_step` logs it: blocks in use after each
-        # step's allocations (a decode takes a block at f, f + bs, ...), waiting counts growing
+        # the step log, each step as `_end_step` logs it: blocks in use after each step's
+        # allocations (a decode takes a block at f, f + bs, ...), waiting counts growing
         # from the steps listed in `waiting_from`
         added = [0] * k
         for f in self.first_new:
@@ -120,15 +123,10 @@ class ChunkStretch(Stretch):
         for j in self.waiting_from:
             if j < k:
                 waits[j] += 1
-        log, c, n, running = rec.log_step, self.chunk, len(decodes), self.num_running
-        start, ends = self.start_s, self._ends
-        used, waiting = kv.num_gpu_blocks - self.free_blocks, self.num_waiting  # (step 0's)
-        for j in range(k):
-            used += added[j]
-            waiting += waits[j]
-            end = ends[j]
-            log(start, end, c, n, running, waiting, used)
-            start = end
+        used = list(accumulate(added, initial=kv.num_gpu_blocks - self.free_blocks))[1:]  # (step 0 adds none)
+        waiting = list(accumulate(waits, initial=self.num_waiting))[1:]
+        ends = self._ends[:k]
+        rec.log_steps(self.start_s, ends, [self.chunk] * k, [len(decodes)] * k, [self.num_running] * k, waiting, used)
         done = [req for req, r in zip(decodes, self.remaining) if r <= k]
         for req in done:
             req.finish_s = ends[k - 1]
