@@ -6,8 +6,8 @@ it decides (as vLLM does), and may preempt. It never advances time or request pr
 engine runs the step through the performance model and, at the step's end, advances
 `num_computed_tokens`, emits tokens, calls `finish` for completed requests, then `end_step`.
 The engine only calls methods: it never writes a scheduler's fields or touches its queues
-(`add_request`, `schedule`, `fast_forward`, `repeats_chunk`, `swap_done`, `finish`, `end_step`, `remove`,
-`drain`, `next_timer_s`, `admission_error`, and the read-only counts).
+(`add_request`, `schedule`, `fast_forward`, `repeats_chunk`, `swap_done`, `finish`, `end_step`,
+`remove`, `drain`, `next_timer_s`, `admission_error`, and the read-only counts).
 
 To add a policy: one file in this folder with a `Scheduler` subclass decorated with
 `@register("name")` and a pydantic `Params` model whose fields carry the reference
