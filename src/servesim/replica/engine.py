@@ -29,10 +29,10 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import Recorder
+from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
-from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
