@@ -98,6 +98,32 @@ def test_kv_running_short_ends_the_stretch_before_a_preemption(chunk_steps):
     assert_same_run(a, b, a_reqs, b_reqs, 150)
 
 
+@pytest.mark.parametrize("num_blocks,prompt_at_s,limited", [(70, 0.1, (3, 7)), (75, 0.3, (4, 7))])
+def test_the_stretch_stops_where_decode_blocks_run_out(monkeypatch, num_blocks, prompt_at_s, limited):
+    """Three decodes beside a 1,000-token prompt that took nearly every free block at
+    admission (chunks of 125: seven full ones before its last): the stretch keeps the steps
+    whose decode blocks fit, and stepping goes on from there (a preemption follows)."""
+    stretches = []
+    apply = ChunkStretch.apply
+
+    def seen(self, engine):
+        stretches.append((self.k, self.kmax))
+        return apply(self, engine)
+
+    monkeypatch.setattr(ChunkStretch, "apply", seen)
+
+    def reqs():
+        return ([make_request(i, 20, 200, 0.0) for i in range(3)]
+                + [make_request(3, 1000, 5, prompt_at_s), make_request(4, 1000, 5, prompt_at_s + 0.01)])
+
+    a_reqs, b_reqs = reqs(), reqs()
+    a = engine_run(a_reqs, True, num_blocks)
+    b = engine_run(b_reqs, False, num_blocks)
+    assert limited in stretches and (7, 7) in stretches
+    assert sum(r.num_preemptions for r in a_reqs) == 1
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
+
+
 MOONCAKE = ["scheduler.name=sarathi", "scheduler.chunk_size=256", "workload.num_requests=80", "replicas=3"]
 
 
