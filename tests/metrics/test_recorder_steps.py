@@ -29,3 +29,20 @@ def test_steps_logged_at_once_equal_steps_logged_one_by_one(monkeypatch):
         assert getattr(a, c).dtype == getattr(b, c).dtype
         np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
     assert b.prefill_tokens.tolist()[:3] == [64, 128, 0] and b.output_tokens.tolist()[1:] == emitted
+
+
+def test_prompt_tokens_per_step_logged_at_once(monkeypatch):
+    """A prompt's chunks (a chunk stretch): `prefill_tokens` given per step."""
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 7)
+    ends = [0.1 * (j + 1) for j in range(10)]
+    prefill = [500 - j for j in range(10)]
+    one, bulk = Recorder(), Recorder()
+    start = 0.0
+    for j in range(10):
+        one.log_step(start, ends[j], prefill[j], 12, 13, j // 4, 90 + j)
+        start = ends[j]
+    bulk.log_steps(0.0, ends, prefill, [12] * 10, [13] * 10, [j // 4 for j in range(10)], [90 + j for j in range(10)])
+    a, b = one.step_log(100), bulk.step_log(100)
+    for c in STEP_COLUMNS:
+        np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
+    assert b.prefill_tokens.tolist() == prefill and [x.num_steps for x in bulk._kept] == [7, 3]

@@ -67,3 +67,26 @@ def test_watermark_blocks_admission():
     assert steps[0] == [(0, 640)]  # B would leave 100 - 60 = 40 < 50 blocks free
     assert steps[1] == [(0, 1)]
     assert steps[2] == [(1, 320)]
+
+
+def test_repeats_chunk_only_while_a_full_chunk_leaves_the_prompt_unfinished():
+    """`repeats_chunk` (chunk stretches): decodes plus one prompt whose chunk spends the budget
+    they leave and leaves it unfinished; not its last chunk, nor a step with two prompts."""
+    engine, sched, kv, loop, done = _engine(num_blocks=100)
+    answers = []
+    schedule = sched.schedule
+
+    def spy(now_s):
+        out = schedule(now_s)
+        answers.append((out.num_known_decodes, [(r.id, n) for r, n in out.scheduled], sched.repeats_chunk(out),
+                        sched.arrival_keeps_batch(None)))
+        return out
+
+    sched.schedule = spy
+    run_logged(engine, loop, [make_request(0, 10, 8), make_request(1, 200, 1, arrival=0.005),
+                              make_request(2, 30, 1, arrival=0.005)])
+    assert answers[0] == (0, [(0, 10)], False, False)  # A's whole prompt: not a chunk
+    assert answers[1] == (1, [(0, 1), (1, 63)], True, True)  # B: 63 of 200, then 137 left
+    assert answers[2] == (1, [(0, 1), (1, 63)], True, True)  # 74 left
+    assert answers[3] == (1, [(0, 1), (1, 63)], True, True)  # 11 left
+    assert answers[4] == (1, [(0, 1), (1, 11), (2, 30)], False, False)  # B's last chunk, C admitted

@@ -96,20 +96,21 @@ class Recorder:
         if self.num_steps >= self._flush_at:
             self._flush()
 
-    def log_steps(self, start_s: float, ends_s: list[float], prefill_tokens: int, output_tokens: list[int],
+    def log_steps(self, start_s: float, ends_s: list[float], prefill_tokens: int | list[int], output_tokens: list[int],
                   num_running: list[int], num_waiting: list[int], kv_used_blocks: list[int]) -> None:
         """Consecutive steps logged as `log_step` would log them one by one (a fast-forwarded
-        stretch whose steps emit any number of tokens: speculative decoding): the first
-        starts at `start_s` and computes `prefill_tokens` prompt tokens, each later one starts
-        when the one before ends and computes none; the lists hold one value per step. The
-        buffer is handed on at the same steps as one by one."""
+        stretch whose steps emit any number of tokens: speculative decoding; a prompt's chunks):
+        the first starts at `start_s` and computes `prefill_tokens` prompt tokens (a list: one
+        value per step), each later one starts when the one before ends and computes none;
+        the lists hold one value per step. The buffer is handed on at the same steps as one by one."""
         n, i = len(ends_s), 0
         starts = [start_s, *ends_s[:-1]]
+        prefill = prefill_tokens if type(prefill_tokens) is list else [prefill_tokens] + [0] * (n - 1)
         while i < n:
             m = min(n - i, self._flush_at - self.num_steps)  # (>= 1: a full buffer was handed on)
             j = i + m
             b = self._buf
-            b.chunks.extend(zip(starts[i:j], [prefill_tokens if i == 0 else 0] + [0] * (m - 1), num_waiting[i:j],
+            b.chunks.extend(zip(starts[i:j], prefill[i:j], num_waiting[i:j],
                                 [1] * m, [1] * m, output_tokens[i:j], kv_used_blocks[i:j]))
             b.ends.extend(ends_s[i:j])
             b.run_size.extend(num_running[i:j])

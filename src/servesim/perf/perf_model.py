@@ -167,6 +167,31 @@ class PerfModel(MemoryMixin):
         return (self._token_s(num_seqs) + self._logits_s(num_seqs), self._g_full,
                 self.terms.cpu_s(num_seqs, num_seqs), bool(self._overlap))
 
+    def chunk_time_fn(self, num_decodes: int, chunk: int) -> Callable[[int, int], float] | None:
+        """For a step of one prompt chunk of `chunk` tokens beside `num_decodes` decodes:
+        (the chunk's cached context, the decodes' context sum) -> step time.
+
+        Bit-identical to step_time_s([(chunk, cached)], ctxs) for any `num_decodes` ctxs with
+        that sum: `step_time_s`'s float operations in the same order (a fast-forwarded prompt's
+        successive chunks, `replica/chunk_stretch.py`; tests/perf/test_chunk_time_fn.py keeps
+        the two in step). None with sliding-window layers (the decodes' time is not a function
+        of their sum)."""
+        if self._window is not None or chunk <= 0 or num_decodes < 0:
+            return None
+        num_tokens, num_seqs = chunk + num_decodes, 1 + num_decodes
+        base = self._token_s(num_tokens) + self._logits_s(num_seqs)
+        pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
+        full_layers = self._layers[0]
+        half = chunk / 2.0
+        cpu = self.terms.cpu_s(num_seqs, num_tokens)
+
+        def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])`, no window
+            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached)
+
+        if self._overlap:
+            return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
+        return lambda cached, ctx_sum: base + attention_s(cached) + g * ctx_sum + cpu
+
     def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
         """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
         chunk over its context (a speculative verify pass), one step per total context in

@@ -28,6 +28,7 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import Recorder
+from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
@@ -178,6 +179,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         decode_ctxs = [r.num_computed_tokens for r in decodes]
         ff = (sched.fast_forward(out) if self.config.fast_forward and not swap_s
               and (self.ports is None or self.ports.allows_stretch(prefills)) else NO_FAST_FORWARD)
+        if prefills and self._chunk_stretch(now_s, out, decodes, decode_ctxs, prefills, swap_s):
+            return  # a prompt's chunks beside the same decodes fast-forwarded (`replica/chunk_stretch.py`)
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
@@ -191,6 +194,12 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
+
+    def _chunk_stretch(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
+                       prefills: list[tuple[Request, int]], swap_s: float) -> bool:
+        """The hook of chunk stretches: only plain steps (no speculation, swap or KV ports)."""
+        return (self.config.fast_forward and not (self._spec_k or swap_s) and self.ports is None
+                and chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills))
 
     def _on_start(self, now_s: float, epoch: int) -> None:
         if epoch == self._epoch:

@@ -20,7 +20,6 @@ import numpy as np
 from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
-from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.workload.request import Request
 
@@ -175,7 +174,7 @@ class FastForwarding:
     def _apply_stretch(self, st: Stretch) -> list[Request]:
         """Advance the requests, KV blocks and step log by the stretch's steps; returns the
         requests that finished in it, in finish order."""
-        if isinstance(st, SpecStretch):
+        if type(st) is not Stretch:  # (a `SpecStretch` or a `ChunkStretch`: steps of their own)
             return st.apply(self)
         ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
         bs = self.kv.block_size

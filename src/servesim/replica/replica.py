@@ -217,9 +217,10 @@ class Replica:
         decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
         if j:
             used += st.blocks_added(j, kv.block_size, lambda req: kv.num_blocks_of(req.id))
-            # a prompt finished in step 0 is left with its first token to compute, as decodes;
-            # a request that finished before step j (processed at the stretch's end) has none
-            prefill -= sum(n - 1 for _, n in st.prefills) + st.finished_before(j)
+            # a prompt finished in step 0 is left with its first token to compute, as decodes
+            # (a prompt in progress has computed its chunks); a request that finished before
+            # step j (processed at the stretch's end) has none
+            prefill -= st.prompt_tokens_before(j) + st.finished_before(j)
             decode -= st.tokens_before(j)
         return used, prefill, decode
 

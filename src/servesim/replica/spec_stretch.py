@@ -156,6 +156,10 @@ class SpecStretch(SpecStretchPricing):
         """How many requests emitted their last token in steps that ended before `t`."""
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
 
+    def prompt_tokens_before(self, j: int) -> int:
+        """As `Stretch.prompt_tokens_before`: prompts finished in step 0 leave one token each."""
+        return sum(n - 1 for _, n in self.prefills)
+
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
         return sum(self.sizes[:j])

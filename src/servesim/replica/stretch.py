@@ -135,6 +135,11 @@ class Stretch(StretchPricing):
         sizes, lens = self.batch_runs()
         return [size for size, m in zip(sizes, lens) for _ in range(m)]
 
+    def prompt_tokens_before(self, j: int) -> int:
+        """Prompt tokens computed by steps 0..j-1 (1 <= j < k) beyond what the requests show,
+        as the views count them: a prompt finished in step 0 is left with one token to compute."""
+        return sum(n - 1 for _, n in self.prefills)
+
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1 (j < k): each request runs min(remaining, j) of them."""
         return sum(r if r < j else j for r in self.remaining)

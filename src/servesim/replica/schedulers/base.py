@@ -6,8 +6,8 @@ it decides (as vLLM does), and may preempt. It never advances time or request pr
 engine runs the step through the performance model and, at the step's end, advances
 `num_computed_tokens`, emits tokens, calls `finish` for completed requests, then `end_step`.
 The engine only calls methods: it never writes a scheduler's fields or touches its queues
-(`add_request`, `schedule`, `fast_forward`, `swap_done`, `finish`, `end_step`, `remove`,
-`drain`, `next_timer_s`, `admission_error`, and the read-only counts).
+(`add_request`, `schedule`, `fast_forward`, `repeats_chunk`, `swap_done`, `finish`, `end_step`,
+`remove`, `drain`, `next_timer_s`, `admission_error`, and the read-only counts).
 
 To add a policy: one file in this folder with a `Scheduler` subclass decorated with
 `@register("name")` and a pydantic `Params` model whose fields carry the reference
@@ -112,6 +112,16 @@ class Scheduler:
         that start before that time, at most that many of them (step 0 included), keep the
         order. The default: for good. Must not change any state."""
         return math.inf, UNLIMITED_STEPS
+
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        """Is `output` decodes (one token each) plus one prompt chunk taking the whole token
+        budget they leave, such that, whatever arrives, the next `schedule` calls would run the
+        same decodes and that prompt's next chunks of the same size (every other request
+        untouched) until the prompt's last chunk, a decode's finish or the step whose decode
+        blocks do not fit? The prompt's chunks must allocate and register no KV block (taken
+        at admission). Then the engine fast-forwards those steps (`replica/chunk_stretch.py`).
+        Must not change any state. The default, False, steps them one by one."""
+        return False
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`

@@ -10,7 +10,9 @@ per-step token budget τ (a decode counts one token):
    remain and their *whole* prompt fits in free blocks above the watermark (Sarathi allocates
    all prompt blocks at admission, unlike vLLM v1); each gets a chunk of the budget left.
 Ongoing decodes are never paused by a prefill (no generation stalls); a long prompt is spread
-over several steps. Sarathi has no prefix cache: prompts are always computed in full.
+over several steps (the engine fast-forwards a prompt's chunks beside the same decodes as one
+event: `repeats_chunk`, `replica/chunk_stretch.py`). Sarathi has no prefix cache: prompts are
+always computed in full.
 `max_num_seqs` comes from the engine arguments (Sarathi's own default is 128).
 """
 
@@ -41,6 +43,10 @@ _ARRIVAL = attrgetter("arrival_s", "id")  # the order decodes run in (ties: by i
 @register("sarathi")
 class SarathiScheduler(Scheduler):
     Params = SarathiParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._chunk_step = False  # the last `schedule` spent the budget on a prompt left unfinished
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         kv = self.kv
@@ -74,6 +80,7 @@ class SarathiScheduler(Scheduler):
                 scheduled.append((req, 1))
                 kept.append(req)
         budget -= len(kept)
+        out.num_known_decodes = len(kept)  # (the decodes lead `scheduled`)
         # 2) partially prefilled requests (their blocks were allocated at admission)
         for req in prefilling:
             kept.append(req)
@@ -99,6 +106,7 @@ class SarathiScheduler(Scheduler):
             n = min(req.num_tokens, budget)
             out.scheduled.append((req, n))
             budget -= n
+        self._chunk_step = self.repeats_chunk(out)
         return out
 
     def _preempt(self, out: SchedulerOutput, victim: Request) -> None:
@@ -115,3 +123,22 @@ class SarathiScheduler(Scheduler):
         # decode with the rest (a chunk that leaves a prompt unfinished is not repeated: the
         # engine checks), and a finish admits nobody.
         return REPEAT_THROUGH if self.nothing_pending(output) else NO_FAST_FORWARD
+
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        # Decodes, then one prompt whose chunk spends the rest of the budget and leaves it
+        # unfinished: the next steps run the same decodes (blocks permitting), the budget they
+        # leave goes to the same prompt again (the first in progress, in arrival order), and
+        # with none left nobody is admitted. Its blocks and prefix keys were all taken at
+        # admission, so its chunks allocate nothing.
+        n = output.num_known_decodes
+        scheduled = output.scheduled
+        if len(scheduled) != n + 1 or output.preempted:
+            return False
+        req, chunk = scheduled[-1]
+        return chunk == self.params.chunk_size - n and req.num_computed_tokens + chunk < req.num_tokens
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # A stretch planned after a step that left its prompt unfinished is a chunk stretch
+        # (decode stretches start only once step 0's prompts are done); its steps spend the
+        # whole budget, so a newcomer waits until the prompt's last chunk.
+        return self._chunk_step

@@ -1,0 +1,165 @@
+"""A fast-forwarded chunk stretch: steps that run the same decodes beside the successive
+chunks of one prompt, as one event.
+
+Sarathi-Serve splits a long prompt over many steps under its token budget: while the prompt is
+in progress every step runs all decoding requests (one token each) and the prompt's next
+chunk, which takes the whole budget they leave, so nothing is admitted whatever arrives. Such
+runs are most of its steps on long-prompt workloads (Mooncake: 89 % of the steps, in runs of
+16). When the scheduler says a step repeats like that (`Scheduler.repeats_chunk`), the engine
+plans a `ChunkStretch`: step j (step 0 is the scheduled step) runs the same decodes with
+contexts ctx + j and the chunk `c` over the prompt's first `computed + j * c` tokens, so its
+time is a known function of j, priced step by step with the perf model's scalar form of such
+steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_time_s`, so as
+stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
+chunk (its end step admits or finishes the prompt), at the first decode's finish, at the step
+whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
+and at any cut (a clock change, a crash); an arrival does not cut it (the budget is spent), it
+joins the waiting count from the step after the one in flight. The prompt's chunks allocate
+and register no KV block (the policy guarantees its blocks and prefix keys were taken at
+admission), so the blocks, cuts and views of the stretch are those of a decode stretch over the
+decodes (`Stretch`), plus the prompt's progress (`prompt_tokens_before`).
+Exact as stepping one by one: tests/replica/test_chunk_stretch.py, tests/cluster/test_exactness.py.
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate, repeat
+from typing import Any
+
+from servesim.replica.fast_forward import advance_decodes
+from servesim.replica.stretch import Stretch
+from servesim.workload.request import Request
+
+
+class ChunkStretch(Stretch):
+    """Steps of fixed decodes plus one prompt's next full chunks, priced lazily; applied at `end_s`."""
+
+    __slots__ = ("prompt", "chunk", "num_running", "_ctxs", "_ctx_sum0", "_form")
+
+    def __init__(self, engine, start_s: float, end0_s: float, out: Any, decodes: list[Request],
+                 decode_ctxs: list[int], prompt: Request, chunk: int, kmax: int) -> None:
+        sched = engine.scheduler
+        self.start_s = start_s
+        self.out = out
+        self.decodes = self.reqs = decodes
+        self.prefills = []  # (no prompt finishes in step 0: `Stretch.prefills` are those that do)
+        self.prompt = prompt  # the prompt in progress, its chunk each step (tokens)
+        self.chunk = chunk
+        self.ctx1 = [c + 1 for c in decode_ctxs]
+        self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
+        self.through = False
+        self.keyed = [(r, c) for r, c in zip(decodes, self.ctx1) if r.kv_block_keys]
+        self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
+        self.num_waiting = sched.num_waiting
+        self.waiting_from = []
+        self.first_new = []
+        self.free_blocks = 0
+        self.kmax = kmax
+        self._ends = [end0_s]
+        self.k = self._priced = 1
+        self.end_s = end0_s
+        self.final = False
+        self.gen = 0
+        self._perf = engine.perf
+        self._order = self._sorted_rem = None  # (nobody leaves before the last step)
+        self._ctxs = decode_ctxs
+        self._ctx_sum0 = sum(decode_ctxs)
+        # the perf model's scalar form of these steps: (cached, decodes' context sum) -> time
+        # (None: none, e.g. sliding windows; then `step_time_s` with every context)
+        form = getattr(engine.perf, "chunk_time_fn", None)
+        self._form = form(len(decodes), chunk) if form else None
+
+    def prompt_tokens_before(self, j: int) -> int:
+        """Prompt tokens computed by steps 0..j-1 beyond what the requests show (the views)."""
+        return j * self.chunk
+
+    def price(self, horizon: float) -> None:
+        """Take steps until one would start at or after `horizon`, or `kmax` steps."""
+        k, t = self.k, self.end_s
+        if k >= self.kmax or t >= horizon:
+            return
+        ends = self._ends
+        del ends[self._priced:]  # (what a truncation dropped)
+        c, n, f = self.chunk, len(self.decodes), self._form
+        cached = self.prompt.num_computed_tokens + k * c  # the prompt's tokens in KV when step k starts
+        if f is not None:
+            ctx_sum = self._ctx_sum0 + k * n
+            while k < self.kmax and t < horizon:
+                t += f(cached, ctx_sum)
+                ends.append(t)
+                k += 1
+                cached += c
+                ctx_sum += n
+        else:
+            step_time_s, ctxs0 = self._perf.step_time_s, self._ctxs
+            while k < self.kmax and t < horizon:
+                t += step_time_s([(c, cached)], [x + k for x in ctxs0])
+                ends.append(t)
+                k += 1
+                cached += c
+        self._priced = k
+        self._take(k)
+
+    def apply(self, engine) -> list[Request]:
+        """Advance the decodes, the prompt, the KV blocks and the step log by the stretch's
+        steps; returns the decodes that finished in its last step (in batch order, as stepping)."""
+        k, decodes = self.k, self.decodes
+        kv, rec = engine.kv, engine.recorder
+        bs = kv.block_size
+        first = rec.num_steps
+        advance_decodes(decodes, repeat(k), first)
+        self.prompt.num_computed_tokens += k * self.chunk
+        grants = [(req, (k - f - 1) // bs + 1) for req, f in zip(decodes, self.first_new) if f < k]
+        kv.allocate_plain_many(grants)
+        kv.cache_full_blocks_many(self.keyed, k - 1)
+        # the step log, each step as `_end_step` logs it: blocks in use after each step's
+        # allocations (a decode takes a block at f, f + bs, ...), waiting counts growing
+        # from the steps listed in `waiting_from`
+        added = [0] * k
+        for f in self.first_new:
+            for j in range(f, k, bs):
+                added[j] += 1
+        waits = [0] * k
+        for j in self.waiting_from:
+            if j < k:
+                waits[j] += 1
+        used = list(accumulate(added, initial=kv.num_gpu_blocks - self.free_blocks))[1:]  # (step 0 adds none)
+        waiting = list(accumulate(waits, initial=self.num_waiting))[1:]
+        ends = self._ends[:k]
+        rec.log_steps(self.start_s, ends, [self.chunk] * k, [len(decodes)] * k, [self.num_running] * k, waiting, used)
+        done = [req for req, r in zip(decodes, self.remaining) if r <= k]
+        for req in done:
+            req.finish_s = ends[k - 1]
+        engine.num_steps += k
+        engine.num_fast_forwarded_steps += k
+        return done
+
+
+def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
+                       prefills: list[tuple[Request, int]]) -> bool:
+    """Run the step just scheduled (`decodes` and one prompt chunk) and the steps that repeat
+    it as a `ChunkStretch`, if the scheduler says they repeat and at least two steps are safe;
+    False, changing nothing, otherwise."""
+    if len(prefills) != 1 or not engine.scheduler.repeats_chunk(out):
+        return False
+    (prompt, chunk), = prefills
+    # steps 0, 1, ... give the prompt a full chunk and leave it unfinished; the decodes run
+    # until the first of them emits its last token
+    kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1
+    for r in decodes:
+        kmax = min(kmax, r.output_len - r.num_output_tokens)
+    if kmax < 2:
+        return False
+    end0 = now_s + engine.perf.step_time_s([(chunk, prompt.num_computed_tokens)], decode_ctxs)
+    st = ChunkStretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk, kmax)
+    st.price(engine._own_horizon_s())
+    if st.k < 2:
+        return False
+    kv = engine.kv
+    st.first_new = kv.first_new_block_steps(decodes, st.ctx1)
+    st.free_blocks = kv.num_free_blocks
+    if not engine._limit(st, 1):
+        return False
+    engine.stretch = st
+    engine._schedule_stretch_end(st)
+    return True
