@@ -66,3 +66,19 @@ def test_a_sweeps_worker_process_reduces_in_process():
     assert step_helper.helper_wanted()  # (this process: the module's skip says so)
     with cf.ProcessPoolExecutor(1) as pool:
         assert pool.submit(step_helper.helper_wanted).result() is False
+
+
+def test_a_process_running_other_threads_reduces_in_process():
+    # (a server's or a Ray worker's threads: a fork would copy none of them, nor free their locks)
+    import threading
+
+    assert step_helper.helper_wanted()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert step_helper.helper_wanted() is False
+    finally:
+        stop.set()
+        other.join()
+    assert step_helper.helper_wanted()

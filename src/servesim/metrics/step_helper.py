@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import traceback
 
 from servesim.metrics.step_buffer import StepBuffer
@@ -26,9 +27,12 @@ from servesim.metrics.step_reduce import StepReducer
 
 
 def helper_wanted() -> bool:
-    """Reduce in a helper: `fork` exists, this process may run on at least two cores, and it is
-    not itself a worker (a parallel sweep's workers already share the cores out)."""
-    if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.parent_process() is not None:
+    """Reduce in a helper: `fork` exists, this process may run on at least two cores, it is
+    not itself a worker (a parallel sweep's workers already share the cores out), and it runs
+    one thread (a fork copies no other thread, so a lock one of them held would stay held in
+    the child: a server's, or a Ray worker's, threads)."""
+    if ("fork" not in multiprocessing.get_all_start_methods() or multiprocessing.parent_process() is not None
+            or threading.active_count() > 1):
         return False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores >= 2
