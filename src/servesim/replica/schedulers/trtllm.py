@@ -22,6 +22,10 @@ two schedulers through bindings. Each iteration, over the active requests in arr
    `enable_chunked_context` the contexts are set aside and, if they do not all fit the tokens
    left, sized first come first served (`kFIRST_COME_FIRST_SERVED`), each cut to a multiple of
    `tokens_per_block` (the KV block size) unless it is the rest of its context.
+3. Batch waiting (PyTorch executor, `PyExecutor._waiting_requests`; off by default): when the
+   step has both generation requests and contexts, the contexts are held back until they have
+   waited `batch_wait_timeout_iters` iterations or the step's tokens reach
+   `batch_wait_max_tokens_ratio * max_num_tokens`.
 
 Modelling choices: the active list is `running` (started requests, in admission order) then the
 waiting queue (new and paused requests in arrival order; a paused request is the latest started,
