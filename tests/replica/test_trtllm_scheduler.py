@@ -63,6 +63,26 @@ def test_batch_size_and_generation_first():
     assert steps[2] == [(1, 1), (2, 8)]
 
 
+def test_batch_waiting_holds_contexts_while_generation_runs():
+    # PyExecutor._waiting_requests: with requests generating, a new context waits up to
+    # batch_wait_timeout_iters iterations unless the step's tokens reach ratio x max_num_tokens.
+    def steps_of(params):
+        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="trtllm", max_num_batched_tokens=64,
+                                                    fast_forward=False, params=params)
+        return run_logged(engine, loop, [make_request(0, 10, 8), make_request(1, 8, 2, arrival=0.005)])
+
+    off = steps_of({})
+    assert off[0] == [(0, 10)] and off[1] == [(0, 1), (1, 8)]  # no waiting: B's context runs at once
+    held = steps_of({"batch_wait_timeout_iters": 3, "batch_wait_max_tokens_ratio": 0.9})
+    assert held[0] == [(0, 10)]  # nothing is generating: the first context is never held
+    assert held[1] == held[2] == held[3] == [(0, 1)]  # B held 3 iterations (8 + 1 tokens < 0.9 x 64)
+    assert held[4] == [(0, 1), (1, 8)]  # the timeout lets it in
+    early = steps_of({"batch_wait_timeout_iters": 3, "batch_wait_max_tokens_ratio": 0.1})
+    assert early[1] == [(0, 1), (1, 8)]  # 8 + 1 tokens >= 0.1 x 64: no wait
+    none = steps_of({"batch_wait_timeout_iters": 3})
+    assert none[1] == [(0, 1), (1, 8)]  # ratio 0: any token count reaches it, as in TensorRT-LLM
+
+
 def test_admission_errors_name_the_limit():
     engine, sched, *_ = make_engine(num_blocks=10, scheduler="trtllm", max_num_batched_tokens=64)
     assert sched.admission_error(make_request(0, 16, 144)) is None  # 160 tokens: exactly the 10 blocks
@@ -88,6 +108,7 @@ def requests(seed: int, n: int = 250):
 
 @pytest.mark.parametrize("params", [{}, {"enable_chunked_context": True},
                                     {"capacity_scheduler_policy": "MAX_UTILIZATION"},
+                                    {"batch_wait_timeout_iters": 5, "batch_wait_max_tokens_ratio": 0.5},
                                     {"capacity_scheduler_policy": "MAX_UTILIZATION", "enable_chunked_context": True}])
 @pytest.mark.parametrize("seed,num_blocks", [(1, 60), (2, 150), (3, 1000)])
 def test_fast_forward_matches_step_by_step(params, seed, num_blocks):

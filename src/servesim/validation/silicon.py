@@ -22,6 +22,7 @@ from servesim.perf.hardware import gpu_spec
 from servesim.replica.frontend import profile_name
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
+from servesim.validation import inferencemax
 # The measured file's schema and reader, re-exported here where callers have always found them.
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
@@ -56,6 +57,10 @@ class ClientOptions:
     # The front end's per-request time spread (FrontendConfig.time_cv): None plays the fitted
     # FRONTEND_TIME_CV of the row's (GPU, engine); a number plays that value on every row (fitting).
     frontend_time_cv: float | None = None
+    # Rows whose benchmark script is known (validation/inferencemax.py) play its engine flags and
+    # its client (10 requests per user, lengths drawn over [0.8 x, 1 x]); False: the generator's
+    # flags and the AIPerf client above, as every other row.
+    benchmark_recipes: bool = True
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
@@ -220,6 +225,14 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     warmup = 0 if drains else int(round(options.warmup_per_user * users))
     measured = max(options.min_requests, math.ceil(options.requests_per_user * users))
     engine, scheduler = engine_limits(row)
+    lengths: dict = {"prompt_tokens": row.isl, "output_tokens": row.osl}
+    recipe = inferencemax.recipe(row) if options.benchmark_recipes else None
+    if recipe is not None:
+        engine.update(recipe.engine)
+        scheduler.update(recipe.scheduler)
+        measured = inferencemax.ROUNDS_PER_USER * users
+        prompt, output = inferencemax.client_lengths(row)
+        lengths = {"prompt_tokens": prompt, "output_tokens": output}
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
         "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row),
@@ -232,7 +245,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         "workload": {
             "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",
                         "ramp_up_s": options.ramp_up_s, "warmup_requests": warmup},
-            "lengths": {"prompt_tokens": row.isl, "output_tokens": row.osl},
+            "lengths": lengths,
             "num_requests": warmup + measured,
         },
     }

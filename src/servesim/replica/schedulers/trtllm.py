@@ -22,6 +22,10 @@ two schedulers through bindings. Each iteration, over the active requests in arr
    `enable_chunked_context` the contexts are set aside and, if they do not all fit the tokens
    left, sized first come first served (`kFIRST_COME_FIRST_SERVED`), each cut to a multiple of
    `tokens_per_block` (the KV block size) unless it is the rest of its context.
+3. Batch waiting (PyTorch executor, `PyExecutor._waiting_requests`; off by default): when the
+   step has both generation requests and contexts, the contexts are held back until they have
+   waited `batch_wait_timeout_iters` iterations or the step's tokens reach
+   `batch_wait_max_tokens_ratio * max_num_tokens`.
 
 Modelling choices: the active list is `running` (started requests, in admission order) then the
 waiting queue (new and paused requests in arrival order; a paused request is the latest started,
@@ -58,6 +62,13 @@ class TRTLLMParams(SchedulerParams):
     max_num_tokens: int | None = Field(None, ge=1)
     """Most tokens in a batch (TensorRT-LLM `max_num_tokens`); None: the engine's
     `max_num_batched_tokens`."""
+    batch_wait_timeout_iters: int = Field(0, ge=0)
+    """Batch waiting (PyTorch executor, `batch_wait_timeout_iters`; 0 = off, the default): while
+    generation requests run, new contexts are held for up to this many iterations so that more
+    of them share one step."""
+    batch_wait_max_tokens_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """Batch waiting stops early once the step's tokens (whole contexts + one per generation
+    request) reach this share of `max_num_tokens` (`batch_wait_max_tokens_ratio`; 0 = off)."""
 
 
 @register("trtllm")
@@ -70,6 +81,8 @@ class TRTLLMScheduler(Scheduler):
         self.max_num_tokens = params.max_num_tokens or config.max_num_batched_tokens
         self.no_evict = params.capacity_scheduler_policy == "GUARANTEED_NO_EVICT"
         self.chunked = params.enable_chunked_context
+        self.wait_iters, self.wait_ratio = params.batch_wait_timeout_iters, params.batch_wait_max_tokens_ratio
+        self._waited_iters = 0  # iterations the waiting contexts have been held (PyExecutor.batch_wait_iters_count)
         # The waiting head the last `schedule` stopped at, for a reason decode-only steps cannot
         # lift (batch full, KV, or the token budget with chunking off); None if none.
         self._blocked_head: Request | None = None
@@ -185,8 +198,24 @@ class TRTLLMScheduler(Scheduler):
             if count >= cap:
                 break
         out.num_known_decodes = len(out.scheduled)
+        if contexts and out.scheduled and self._hold_contexts(contexts, len(out.scheduled)):
+            return
         for req, n, hits in self._size_chunks(contexts, budget - tokens):
             self._run_context(req, n, hits, out)
+
+    def _hold_contexts(self, contexts: list, num_generation: int) -> bool:
+        """Batch waiting (`PyExecutor._waiting_requests`, applied only when the step has both
+        context and generation requests): hold the contexts back this iteration unless they have
+        waited `batch_wait_timeout_iters` or the step's tokens (each context's whole token list,
+        one per generation request) reach `batch_wait_max_tokens_ratio * max_num_tokens`."""
+        if not (self.wait_iters or self.wait_ratio):
+            return False
+        tokens = sum(req.num_tokens for req, _, _ in contexts) + num_generation
+        if self._waited_iters >= self.wait_iters or tokens >= self.wait_ratio * self.max_num_tokens:
+            self._waited_iters = 0
+            return False
+        self._waited_iters += 1
+        return True
 
     def _size_chunks(self, contexts: list, capacity: int) -> list:
         """Chunk sizes, first come first served, when the contexts do not all fit `capacity`."""

@@ -1,0 +1,68 @@
+"""TensorRT-LLM rows measured by InferenceMAX's benchmark scripts, played with their flags and client.
+
+Most TensorRT-LLM H200 / B200 rows of the silicon sample were not measured with AIConfigurator's
+generated deployments but, by every trace the upstream file keeps (`silicon_data_source`: image
+names written `nvcr.io#nvidia/tensorrt-llm/release:<tag>` as InferenceMAX's SLURM launchers write
+them, the shapes 1k/1k, 1k/8k, 8k/1k at 4-64+ users, the models Llama-3.x-70B, DeepSeek-R1 and
+gpt-oss-120b, and the Llama-70B H200 runs dated 2025-10-29, the day InferenceMAX dropped that
+model), by SemiAnalysis' InferenceMAX (github SemiAnalysisAI/InferenceX). Its scripts of that
+time, sourced per model:
+
+- the client is vLLM's `benchmark_serving.py` (`--dataset-name random --random-range-ratio 0.8
+  --num-prompts CONC*10 --max-concurrency CONC --request-rate inf --ignore-eos`): ten requests
+  per user, every prompt and output length drawn uniformly from [int(0.8 x len), len], all users
+  started at once (no warm-up in the 2025 scripts; a drained warm-up plays the same);
+- `benchmarks/70b_fp8_h200_trt_slurm.sh` (Sep-Oct 2025): `trtllm-serve --max_num_tokens 16384`,
+  CUDA graphs to batch 1,024, chunked context off (the default), and for 1k/1k below TP 8
+  TensorRT-LLM's batch waiting, `batch_wait_max_tokens_ratio: 0.9`, `batch_wait_timeout_iters:
+  20` (new contexts held up to 20 iterations while requests decode, unless they fill 90 % of the
+  token budget). That flag is why those runs' TTFT depends on the output length (1k/1k slower
+  than 1k/8k at the same users): no fitted constant could give it.
+
+Only the (engine, system, version, model) keys listed here play a recipe; a recipe is the
+benchmark script that ran those rows, not a fitted constant. Everything else keeps the generator's
+flags (silicon.engine_limits) and servesim's AIPerf client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from servesim.validation.silicon_file import SiliconRow
+
+ROUNDS_PER_USER = 10  # --num-prompts CONC * 10
+RANDOM_RANGE_RATIO = 0.8  # the workflows' default, unchanged from Sep 2025 to Apr 2026
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one benchmark script changes in a row's scenario."""
+
+    engine: dict  # engine-section fields
+    scheduler: dict  # scheduler-section fields
+
+
+def llama70b_h200_trt(row: SiliconRow) -> Recipe:
+    """`70b_fp8_h200_trt_slurm.sh` as it ran until 2025-10-29."""
+    scheduler = {}
+    if row.isl == 1024 and row.osl == 1024 and row.tp < 8:
+        scheduler = {"batch_wait_max_tokens_ratio": 0.9, "batch_wait_timeout_iters": 20}
+    return Recipe(engine={"max_num_batched_tokens": 16384}, scheduler=scheduler)
+
+
+# (engine, system, version, model lower case) -> the script's recipe.
+RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
+    ("trtllm", "h200_sxm", "", "meta-llama/llama-3.1-70b"): llama70b_h200_trt,
+}
+
+
+def recipe(row: SiliconRow) -> Recipe | None:
+    """The InferenceMAX recipe that played `row`, or None (the generator's deployment)."""
+    fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
+    return fn(row) if fn else None
+
+
+def client_lengths(row: SiliconRow) -> tuple[list[int], list[int]]:
+    """benchmark_serving's random lengths: uniform over [int(ratio x len), len], inclusive."""
+    return ([int(row.isl * RANDOM_RANGE_RATIO), row.isl], [int(row.osl * RANDOM_RANGE_RATIO), row.osl])

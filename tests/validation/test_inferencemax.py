@@ -1,0 +1,68 @@
+"""TensorRT-LLM rows measured by InferenceMAX's scripts play those scripts' flags and client (exact)."""
+
+from __future__ import annotations
+
+from servesim.scenario import validate_scenario
+from servesim.simulation import simulate
+from servesim.validation.silicon import ClientOptions, parse_row, row_scenario
+from tests.validation.test_silicon_mapping import BASE
+
+LLAMA_H200 = {**BASE, "backend": "trtllm", "backend_version": "", "model_path": "meta-llama/Llama-3.1-70B",
+              "system": "h200_sxm", "moe_ep_size": "1", "tp_size": "4", "batch_size": "16", "concurrency": "16",
+              "isl": "1024", "osl": "1024"}
+
+
+def waits(s) -> tuple:
+    """The scenario's batch-waiting flags (scheduler fields left unset are TensorRT-LLM's defaults, 0)."""
+    extra = s.scheduler.model_dump()
+    return extra.get("batch_wait_timeout_iters", 0), extra.get("batch_wait_max_tokens_ratio", 0.0)
+
+
+def scenario(options: ClientOptions = ClientOptions(), **changes):
+    return row_scenario(parse_row({**LLAMA_H200, **changes}), options, calibration=None)
+
+
+def test_llama70b_h200_plays_the_70b_script_and_its_client():
+    s = scenario()
+    assert s.engine.max_num_batched_tokens == 16384  # --max_num_tokens 16384, not batch + isl + 1,500
+    assert waits(s) == (20, 0.9)  # 1k/1k, tp < 8
+    assert s.workload.num_requests == 160 and s.workload.arrival.warmup_requests == 0  # --num-prompts CONC * 10
+    assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == ((819, 1024), (819, 1024))
+    assert s.scheduler.model_dump()["enable_chunked_context"] is False
+
+
+def test_batch_waiting_only_where_the_script_sets_it():
+    for changes in ({"osl": "8192"}, {"isl": "8192"}, {"tp_size": "8"}):
+        s = scenario(**changes)
+        assert waits(s) == (0, 0.0)
+        assert s.engine.max_num_batched_tokens == 16384 and s.workload.num_requests == 160
+
+
+def test_other_rows_and_the_switch_keep_the_generator_deployment():
+    off = scenario(ClientOptions(benchmark_recipes=False))
+    assert off.engine.max_num_batched_tokens == 2560  # batch + prompt + 1,500 = 2,540, up to 32-token blocks
+    assert waits(off) == (0, 0.0) and off.workload.num_requests == 64
+    assert off.workload.lengths.prompt_tokens == 1024
+    for changes in ({"backend_version": "1.1.0rc2.post2"}, {"system": "b200_sxm"}, {"backend": "vllm"},
+                    {"model_path": "deepseek-ai/DeepSeek-R1", "tp_size": "8"}):
+        s = scenario(**changes)
+        assert s.workload.num_requests == 64 and s.workload.lengths.prompt_tokens == 1024, changes
+
+
+def test_batch_waiting_delays_the_first_tokens_and_lengths_vary():
+    # The same 1k/1k run with the script's batch waiting and without it: later prompts wait for up
+    # to 20 iterations while the others decode, so the mean TTFT rises (the measured 1k/1k runs
+    # below TP 8 are slower to the first token than the 1k/8k ones, where the script leaves it off).
+    waiting = scenario(ClientOptions(frontend=False), concurrency="4", batch_size="4")
+    data = waiting.model_dump()
+    data["scheduler"].update(batch_wait_timeout_iters=0, batch_wait_max_tokens_ratio=0.0)
+    plain = validate_scenario(data, "no waiting")
+
+    def mean_ttft(s):
+        reqs = simulate(s).requests
+        assert len({r.prompt_len for r in reqs}) > 1 and len({r.output_len for r in reqs}) > 1
+        assert all(819 <= r.prompt_len <= 1024 and 819 <= r.output_len <= 1024 for r in reqs)
+        return sum(r.first_token_s - r.arrival_s for r in reqs) / len(reqs)
+
+    assert waits(waiting) == (20, 0.9)
+    assert mean_ttft(waiting) > 1.5 * mean_ttft(plain)
