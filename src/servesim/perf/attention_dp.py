@@ -26,6 +26,9 @@ all ranks exchange hidden states and run the experts on every rank's tokens. So:
   CUDA graphs match; TensorRT-LLM's attention-DP CUDA graphs pad the same way), so the experts
   see dp x the largest rank's tokens.
 - engine CPU time: every rank has its own engine core; the step's CPU time is the busiest rank's.
+- fitted (constants `dp_step_s`, `dp_seq_s`; 0 by default): GPU time per lock-step step and per
+  sequence of the padded batch (dp x the largest rank's sequences) that the terms above do not
+  price (docs/fidelity.md).
 
 `AttentionDPPerf` keeps the `PerfModel` interface the replica uses. The engine prices a step with
 `step_time_s(prefills, decode_ctxs)`, which carries no rank; the attention-DP scheduler
@@ -117,7 +120,7 @@ class AttentionDPPerf:
             return 0.0
         rank, t = self.rank, self.rank.terms
         slowest = cpu = 0.0
-        largest = 0
+        largest = most_seqs = 0
         for batch in batches:
             prefills, ctxs = batch if (batch[0] or batch[1]) else DUMMY_BATCH
             n = batch_tokens((prefills, ctxs))
@@ -129,8 +132,9 @@ class AttentionDPPerf:
                 gpu += rank._g_win * sum(min(c, rank._window) for c in ctxs)
             slowest = max(slowest, gpu)
             cpu = max(cpu, t.cpu_s(seqs, n))
-            largest = max(largest, n)
-        gpu = slowest + self._moe_token_s(largest * self.data_parallel_size)
+            largest, most_seqs = max(largest, n), max(most_seqs, seqs)
+        c, dp = t.c, self.data_parallel_size
+        gpu = slowest + self._moe_token_s(largest * dp) + c.dp_step_s + c.dp_seq_s * dp * most_seqs
         return max(gpu, cpu) if rank._overlap else gpu + cpu
 
     def _rank_token_s(self, n: int) -> float:
