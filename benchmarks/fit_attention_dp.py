@@ -41,11 +41,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measured", default=str(DEFAULT))
     ap.add_argument("--rows-out", help="write per-row results (fitted constants) to this CSV")
+    ap.add_argument("--before", help="CSV of (pos, simulated TPOT s) with the constants at 0: written if absent, else reused")
     args = ap.parse_args()
     rows = dp_rows(read_rows(args.measured))
-    before = [(i, simulate_row(r, overrides=ZERO)) for i, r in rows]
-    summary(before, "before")
-    entries = fit_entries([(res.row, res.tpot_s) for i, res in before if i % 2 == 0])
+    if args.before and Path(args.before).is_file():
+        with open(args.before) as f:
+            sim = {int(p): float(t) for p, t in csv.reader(f)}
+    else:
+        before = [(i, simulate_row(r, overrides=ZERO)) for i, r in rows]
+        summary(before, "before")
+        sim = {i: res.tpot_s for i, res in before}
+        if args.before:
+            with open(args.before, "w", newline="") as f:
+                csv.writer(f).writerows([(i, repr(t)) for i, t in sim.items()])
+    entries = fit_entries([(r, sim[i]) for i, r in rows if i % 2 == 0])
     print(yaml.safe_dump([{"match": e.match, "set": e.values} for e in entries], sort_keys=False))
     fitted = {e.match["engine"]: dict(e.values) for e in entries}
     after = [(i, simulate_row(r, overrides=fitted.get(r.backend, ZERO))) for i, r in rows]

@@ -17,6 +17,11 @@ def test_fit_line_is_least_squares_with_nonnegative_terms() -> None:
     assert fit_line([(1.0, 3.0), (2.0, 5.0), (4.0, 9.0)]) == pytest.approx((1.0, 2.0))
     assert fit_line([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]) == pytest.approx((2.0, 0.0))  # falling: the mean, no slope
     assert fit_line([(10.0, 1.0), (20.0, 3.0)]) == pytest.approx((0.0, 0.14))  # negative intercept: through 0
+    # relative residuals: an exact line stays exact, and a point off the line moves the fit less
+    # when its scale is large
+    assert fit_line([(1.0, 3.0, 1.0), (2.0, 5.0, 10.0), (4.0, 9.0, 0.5)]) == pytest.approx((1.0, 2.0))
+    off = [(1.0, 3.0, 1.0), (2.0, 5.0, 1.0), (4.0, 9.0, 1.0), (3.0, 17.0)]
+    assert fit_line([p + (100.0,) if len(p) == 2 else p for p in off])[1] < fit_line([p[:2] for p in off])[1]
 
 
 def test_decode_batch_is_dp_times_the_largest_rank() -> None:

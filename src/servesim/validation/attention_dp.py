@@ -9,7 +9,9 @@ batch (dp x the largest rank's sequences), fitted per engine by least squares on
 
     measured TPOT - simulated TPOT  =  dp_step_s + dp_seq_s x decode sequences per step
 
-over the rows at even file positions (odd ones held out), each constant kept >= 0. A decode step
+over the rows at even file positions (odd ones held out), each residual relative to the measured
+TPOT (the error is judged relative; unweighted, the few slow rows set the constants and the fast
+ones overshoot by 25 %), each constant kept >= 0. A decode step
 of a row runs `decode_seqs(row)` sequences (its users dealt evenly over the ranks). Per
 sequence rather than per token: a term per token would charge the prefill steps' thousands of
 tokens the decode steps' missing time, and TTFT is not short by that much. Per engine
@@ -39,14 +41,18 @@ def decode_seqs(row: SiliconRow) -> int:
     return dp * per_rank
 
 
-def fit_line(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
-    """Least squares (a, b) of y = a + b x with a, b >= 0 (a negative one refitted at 0)."""
-    xs, ys = map(np.asarray, zip(*points))
-    a, b = np.linalg.lstsq(np.stack([np.ones_like(xs), xs], axis=1), ys, rcond=None)[0]
+def fit_line(points: Iterable[tuple[float, ...]]) -> tuple[float, float]:
+    """Least squares (a, b) of y = a + b x with a, b >= 0 (a negative one refitted at 0), from
+    (x, y) or (x, y, scale) points; with a scale each point's residual counts divided by it (the
+    measured TPOT: relative errors, as the medians are taken, not milliseconds)."""
+    cols = list(zip(*points))
+    xs, ys = np.asarray(cols[0]), np.asarray(cols[1])
+    w = 1.0 / np.asarray(cols[2]) if len(cols) > 2 else np.ones_like(xs)
+    a, b = np.linalg.lstsq(np.stack([w, xs * w], axis=1), ys * w, rcond=None)[0]
     if b < 0:
-        return max(0.0, float(ys.mean())), 0.0
+        return max(0.0, float((ys * w * w).sum() / (w * w).sum())), 0.0
     if a < 0:
-        return 0.0, max(0.0, float((xs * ys).sum() / (xs * xs).sum()))
+        return 0.0, max(0.0, float((xs * ys * w * w).sum() / (xs * xs * w * w).sum()))
     return float(a), float(b)
 
 
@@ -55,7 +61,7 @@ def fit_entries(results: list[tuple[SiliconRow, float]]) -> list[Entry]:
     the constants) of fitting rows."""
     by_engine: dict[str, list[tuple[float, float]]] = {}
     for row, sim_tpot_s in results:
-        by_engine.setdefault(row.backend, []).append((float(decode_seqs(row)), row.tpot_s - sim_tpot_s))
+        by_engine.setdefault(row.backend, []).append((float(decode_seqs(row)), row.tpot_s - sim_tpot_s, row.tpot_s))
     entries = []
     for engine, points in sorted(by_engine.items()):
         step_s, seq_s = fit_line(points)
