@@ -1,7 +1,7 @@
 """Measured attention-DP rows played end to end (vLLM tp 2 x dp 2, TensorRT-LLM dp 4 / 8 on B200).
 
 Bounds stated in docs/fidelity.md ("Attention data parallelism"): with the shipped constants
-every row's TPOT within 20 % and their median within 10 % (7.4 % when set), better than without
+every row's TPOT within 20 % and their median within 10 % (6.4 % when set), better than without
 the fitted attention-DP constants; TTFT is too short on every row (the open item), by at most 45 %
 in the median (36 % when set).
 """
