@@ -163,6 +163,10 @@ class AttentionDPPerf:
             v = self._moe_tok[n] = t.linear_s(n, moe=True) + m.num_moe_layers * 2.0 * one
         return v
 
+    def step_breakdown(self, prefills, decode_ctxs):
+        """Not split by term with attention DP (the rank model's breakdown would not be this step's)."""
+        raise InputError("a step-time breakdown is not available with attention data parallelism (data_parallel_size > 1)")
+
     # ---- the PerfModel fast paths: none (the step depends on the split, not the sums) -----
     def decode_step_times_s(self, ctxs: np.ndarray, k: int) -> np.ndarray:
         ctxs = [int(c) for c in np.asarray(ctxs)]
