@@ -94,7 +94,8 @@ def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
 
 @pytest.mark.parametrize("changes, reason", [
     ({"mode": "disagg"}, "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"),
-    ({"attention_dp_size": "4"}, "attention data parallelism is not modelled"),
+    ({"attention_dp_size": "4", "moe_ep_size": "16"}, "attention DP over 16 GPUs (tp 4 x dp 4) spans several nodes: multi-node replicas are not modelled"),
+    ({"attention_dp_size": "2"}, "MoE TP 1 x EP 4 does not cover tp 4 x attention DP 2"),
     ({"tp_size": "64"}, "tp 64 spans several NVLink domains of 8 GPUs: multi-node replicas are not modelled"),
     ({"moe_tp_size": "1", "moe_ep_size": "2"}, "MoE TP 1 x EP 2 does not cover tp 4"),
     ({"concurrency": ""}, "the client concurrency is not recorded"),
@@ -103,6 +104,17 @@ def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
 ])
 def test_inexpressible_reasons(changes, reason):
     assert inexpressible_reason(row(**changes)) == reason
+
+
+def test_attention_dp_row_maps_to_dp_ranks():
+    # vLLM tp 2 x dp 2 with the experts over all 4 GPUs; batch_size is per rank (x dp = concurrency)
+    r = row(tp_size="2", attention_dp_size="2", moe_ep_size="4", batch_size="32", concurrency="64")
+    assert inexpressible_reason(r) is None
+    s = row_scenario(r, calibration=None)
+    p = s.perf
+    assert (s.tp, p.data_parallel_size, p.moe_tp_size, p.moe_ep_size, p.expert_parallel) == (2, 2, 1, 4, False)
+    assert s.engine.max_num_seqs == 32 and s.engine.max_num_batched_tokens == 32 + 1024 + 1500
+    assert s.workload.arrival.users == 64
 
 
 def test_unknown_model_reason_names_the_catalogue():

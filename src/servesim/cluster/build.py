@@ -7,6 +7,7 @@ from typing import Any
 
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
+from servesim.replica.attention_dp import make_attention_dp_parts
 from servesim.replica.config import EngineConfig, check_engine_limits, serve_batch_defaults
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.recent_keys import RecentKeys
@@ -39,6 +40,9 @@ class PoolSpec:
     def make_parts(self) -> tuple[Scheduler, KVCacheManager]:
         """A fresh scheduler and KV cache for one replica of this pool."""
         cls = get_scheduler(self.scheduler.name)
+        if getattr(self.perf, "data_parallel_size", 1) > 1:  # attention DP: one scheduler and KV cache per rank
+            return make_attention_dp_parts(cls, self.scheduler.params(), self.config, self.perf, self.num_gpu_blocks,
+                                           self.num_cpu_blocks, self.recent_keys)
         kv = cls.make_kv_cache(self.num_gpu_blocks, self.config.block_size, self.config.enable_prefix_caching,
                                self.num_cpu_blocks)
         if isinstance(kv, KVCacheManager):

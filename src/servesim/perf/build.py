@@ -17,6 +17,7 @@ from servesim.perf.config import PerfConfig
 from servesim.perf.engines import engine_profile
 from servesim.perf.hardware import GPUSpec, dtype_spec, gpu_spec, kv_dtype_bytes
 from servesim.perf.models import ModelSpec, check_tp, embedding_params, kv_elements_per_token_layer, model_spec, total_params
+from servesim.perf.attention_dp import build_attention_dp
 from servesim.perf.perf_model import PerfModel
 from servesim.perf.terms import LM_HEAD_BYTES, StepTerms, moe_split
 
@@ -66,12 +67,16 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
     eng = engine_profile(config.engine, config.engine_version)
     constants = resolve_constants(g.name, d.name, eng.name, eng.constants, user, config.overrides, shipped_fit,
                                   version=eng.version)
-    _, moe_ep = moe_split(tp, config.expert_parallel, config.moe_tp_size, config.moe_ep_size)
-    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep, config.moe_a2a_backend != "none")
+    dp = config.data_parallel_size
+    _, moe_ep = moe_split(tp * dp, config.expert_parallel, config.moe_tp_size, config.moe_ep_size)
+    terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep if dp == 1 else 1, config.moe_a2a_backend != "none")
     kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
-    return PerfModel(
+    model = PerfModel(
         model_name=spec.name, gpu_name=g.name, tp=tp, dtype=d.name, pp=pp, engine=eng.name,
         kv_cache_dtype=kv_name, kv_bytes_per_token=int(kv_per_token),
         weight_bytes_per_gpu=_weight_bytes_per_gpu(spec, d.weight_bytes, tp, pp), hbm_bytes=g.hbm_bytes,
         constants=constants, terms=terms, misc_bytes=config.misc_bytes, max_model_len=spec.max_position_embeddings,
     )
+    if dp > 1:  # attention data parallelism: dp ranks of this model in lock-step over the experts
+        return build_attention_dp(model, d.weight_bytes, dp, moe_ep, config.data_parallel_balance)
+    return model

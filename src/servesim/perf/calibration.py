@@ -65,6 +65,12 @@ class Constants:
     # (terms.StepTerms.eta_compute_at).
     eta_compute_large_m: float = 0.0
     gemm_m_half_tokens: float = 2048.0  # tokens per step at which eta is halfway to eta_compute_large_m
+    # Attention data parallelism only (perf/attention_dp.py; 0 by default, read by nothing else): GPU
+    # time per lock-step step and per sequence of the ranks' padded batch (dp x the largest rank's
+    # sequences) that the lock-step terms do not price, fitted per engine on the attention-DP serving
+    # runs (validation/attention_dp.py; docs/fidelity.md, "Attention data parallelism").
+    dp_step_s: float = 0.0
+    dp_seq_s: float = 0.0
 
 
 CONSTANT_NAMES = tuple(f.name for f in fields(Constants))

@@ -76,13 +76,19 @@ class StepTerms:
             return c.eta_compute
         return c.eta_compute + (c.eta_compute_large_m - c.eta_compute) * num_tokens / (num_tokens + c.gemm_m_half_tokens)
 
-    def linear_s(self, num_tokens: int) -> float:
-        """GEMM time of all layers for `num_tokens` tokens (smoothed roofline per block)."""
+    def linear_s(self, num_tokens: int, moe: bool | None = None) -> float:
+        """GEMM time of all layers for `num_tokens` tokens (smoothed roofline per block).
+
+        moe: None prices every block plus the per-layer floor; False only the attention and dense
+        blocks plus the floor; True only the MoE blocks (attention data parallelism prices the two
+        on different token counts: perf/attention_dp.py)."""
         c, g, m = self.c, self.gpu, self.model
         peak = g.peak_flops[self.dtype.compute]
         eta_c = self.eta_compute_at(num_tokens)
         total = 0.0
         for b in self.blocks():
+            if moe is not None and b.moe != moe:
+                continue
             weight_elems = b.weight_elems
             if b.moe:
                 assert m.moe is not None
@@ -92,7 +98,7 @@ class StepTerms:
                 b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
                 peak, g.hbm_bw_bytes_s, eta_c, c.eta_memory, c.smoothing_k)
             total += b.count * t_block
-        return total + m.num_layers * c.layer_floor_s
+        return total if moe else total + m.num_layers * c.layer_floor_s
 
     def linear_compute_memory_s(self, num_tokens: int) -> tuple[float, float]:
         """The compute and memory sides of `linear_s` (for reporting the regime)."""

@@ -78,8 +78,8 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
         return f"quantisation {row.gemm_quant!r} is not modelled (known: {', '.join(k or 'bf16' for k in DTYPES)})"
     if row.pp != 1:
         return "pipeline parallelism in the measured file is not mapped"
-    if row.attention_dp > 1:
-        return "attention data parallelism is not modelled"
+    if row.attention_dp > 1 and (reason := attention_dp_reason(row)):
+        return reason
     if SCHEDULERS.get(row.backend) is None:
         return f"engine {row.backend!r} has no servesim profile"
     if (reason := replica_size_reason(row)) is not None:
@@ -89,8 +89,23 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
         check_tp(spec, row.tp)
     except InputError as exc:
         return str(exc)
-    if spec.moe is not None and row.moe_tp * row.moe_ep != row.tp:
-        return f"MoE TP {row.moe_tp} x EP {row.moe_ep} does not cover tp {row.tp}"
+    if spec.moe is not None and row.moe_tp * row.moe_ep != row.tp * row.attention_dp:
+        dp = f" x attention DP {row.attention_dp}" if row.attention_dp > 1 else ""
+        return f"MoE TP {row.moe_tp} x EP {row.moe_ep} does not cover tp {row.tp}{dp}"
+    return None
+
+
+# GPUs per scale-up (NVLink) domain of the systems whose attention-DP rows are mapped: HGX boards of 8.
+ATTENTION_DP_NODE_GPUS = 8
+
+
+def attention_dp_reason(row: SiliconRow) -> str | None:
+    """Why an attention-DP row cannot be played yet, or None. The replica spans tp x attention_dp
+    GPUs (tp per attention rank, the experts over all of them); beyond one 8-GPU node the MoE
+    exchange crosses the scale-out network, which the catalogue does not describe."""
+    gpus = row.tp * row.attention_dp
+    if gpus > ATTENTION_DP_NODE_GPUS:
+        return f"attention DP over {gpus} GPUs (tp {row.tp} x dp {row.attention_dp}) spans several nodes: multi-node replicas are not modelled"
     return None
 
 
@@ -124,6 +139,9 @@ def moe_parallelism(row: SiliconRow) -> dict:
     split = {"expert_parallel": row.moe_ep > 1}
     if row.moe_tp > 1 and row.moe_ep > 1:
         split = {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep}
+    if row.attention_dp > 1:  # attention DP: experts over tp x dp GPUs (perf/attention_dp.py)
+        split = {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep,
+                 "data_parallel_size": row.attention_dp}
     return {**split, "moe_a2a_backend": "none" if row.attention_dp <= 1 else "deepep"}
 
 
@@ -188,7 +206,8 @@ TRTLLM_SCHEDULER = {"name": "trtllm", "capacity_scheduler_policy": "GUARANTEED_N
 def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
     """(engine section, scheduler section) of the deployment that ran `row`."""
     profile = engine_profile(row.backend)
-    batch = max(row.batch_size, row.concurrency)
+    # batch_size is per attention rank (the attention-DP rows record batch_size x dp = concurrency)
+    batch = max(row.batch_size, -(-row.concurrency // max(1, row.attention_dp)))
     engine = {"max_num_seqs": batch, "max_num_batched_tokens": profile.max_num_tokens,
               "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False}
     scheduler: dict = {"name": SCHEDULERS[row.backend]}
