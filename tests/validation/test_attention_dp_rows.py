@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not fo
 IDS = ("minimaxm2_5_b200_vllm_fp8_agg_1024x1024_c4_cfg690", "minimaxm2_5_b200_vllm_fp8_agg_1024x1024_c16_cfg690",
        "minimaxm2_5_b200_vllm_fp8_agg_1024x1024_c64_cfg690",
        "2026_03_25_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c64_tp8_0_ep8_0_976",
-       "2026_04_06_gpt_oss_120b_b200_sxm_trtllm_fp4_agg_1024x1024_c64_tp2_ep2_1994")
+       "2026_03_25_gpt_oss_120b_b200_sxm_trtllm_fp4_agg_1024x1024_c64_tp4_0_ep4_0_1007")
 
 
 @pytest.fixture(scope="module")

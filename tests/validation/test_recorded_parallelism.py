@@ -40,10 +40,13 @@ def test_other_products_and_attention_dp_column():
     assert sizes(engine_parallelism(row(tp_size="4", moe_tp_size="2", moe_ep_size="2"))) == (2, 1, 1, 2)
     # --tp 8 --ep 4 (TensorRT-LLM: each expert over 8 / 4 = 2 ranks)
     assert sizes(engine_parallelism(row(tp_size="32", moe_tp_size="8", moe_ep_size="4"))) == (8, 1, 2, 4)
-    # attention DP recorded as the product: 8 attention ranks on 8 GPUs (still not modelled here)
+    # attention DP recorded as the product: 8 attention ranks of one GPU on 8 GPUs, the experts
+    # over all 8 (played by the attention-DP replica, perf/attention_dp.py)
     dp = row(tp_size="1", attention_dp_size="64")
     assert sizes(engine_parallelism(dp)) == (1, 8, 1, 8)
-    assert inexpressible_reason(dp) == "attention data parallelism is not modelled"
+    assert inexpressible_reason(dp) is None
+    s = row_scenario(dp, calibration=None)
+    assert (s.tp, s.perf.data_parallel_size, s.perf.moe_ep_size) == (1, 8, 8)
 
 
 def test_rows_in_aiconfigurator_terms_are_left_as_recorded():
