@@ -16,7 +16,7 @@ import resource
 import time
 from pathlib import Path
 
-from bench_replay import best_of  # (this folder is on the path when run as a script)
+from bench_replay import best_of, children_cpu_s  # (this folder is on the path when run as a script)
 from servesim import load_scenario, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,20 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench(replicas: int, router: str, repeat: int) -> None:
     scenario = load_scenario(ROOT / "examples/cluster-azure-conv.yaml",
                              [f"replicas={replicas}", f"router.name={router}"])
-    children0 = _children_cpu_s()
+    children0 = children_cpu_s()
     result, summary, best, best_cpu = best_of(scenario, repeat)
-    helper_s = (_children_cpu_s() - children0) / repeat  # the step log's helper process (metrics/step_helper.py)
+    helper_s = (children_cpu_s() - children0) / repeat  # the step log's helper process (metrics/step_helper.py)
     n = summary["num_requests"]
     share = result.num_fast_forwarded_steps / max(summary["num_steps"], 1)
     print(f"{replicas:4d} replicas ({router}): {n:,} requests, {summary['num_steps']:,} steps, "
           f"{share:.2%} fast-forwarded, {result.num_events:,} events; best of {repeat}: {best:.2f} s wall "
           f"-> {n / best:,.0f} req/s; {best_cpu:.2f} s CPU -> {n / best_cpu:,.0f} req per CPU s "
           f"(+ {helper_s:.2f} s CPU in the helper, mean)", flush=True)
-
-
-def _children_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def scale() -> None:

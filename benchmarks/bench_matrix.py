@@ -58,9 +58,10 @@ def run_cell(path: str, overrides: list[str]) -> dict:
 
     from servesim import load_scenario, simulate
 
-    def cpu() -> float:  # this process and its ended children: the step reduction's helper process
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.process_time() + kids.ru_utime + kids.ru_stime
+    from bench_replay import children_cpu_s  # (this folder is on the path: a cell runs as a script)
+
+    def cpu() -> float:  # this process and the step reduction's helper process
+        return time.process_time() + children_cpu_s()
 
     scenario = load_scenario(path, overrides)
     t0, c0 = time.perf_counter(), cpu()

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, interval_s: float | None) -> dict:
     """Simulate, summarise and write one run in this process; returns its measurements."""
+    from bench_replay import children_cpu_s  # (this folder is on the path: the run is this script)
     from servesim import load_scenario, simulate
     from servesim.output import write_run
 
@@ -46,13 +47,13 @@ def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, 
         sets.append("router.name=least-requests")
     if interval_s is not None:
         sets.append(f"output.timeseries_interval_s={interval_s}")
-    cpu0, helper0 = time.process_time(), _children_cpu_s()
+    cpu0, helper0 = time.process_time(), children_cpu_s()
     try:
         result = simulate(load_scenario(None, sets), keep_requests=keep)
     except TypeError:  # a baseline from before keep_requests (it kept every request)
         result = simulate(load_scenario(None, sets))
     cpu_sim = time.process_time() - cpu0
-    helper_s = _children_cpu_s() - helper0  # the step reduction's helper process (metrics/step_helper.py)
+    helper_s = children_cpu_s() - helper0  # the step reduction's helper process (metrics/step_helper.py)
     peak_sim = _peak_rss_mb()
     held_mb = sum(r.stats.nbytes() for r in result.replicas) / 1e6
     partials = [r.stats.parts for r in result.replicas if hasattr(r.stats, "parts")]  # (a baseline holds them)
@@ -68,11 +69,6 @@ def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, 
             "cpu_total_s": round(time.process_time() - cpu0, 2), "peak_rss_sim_mb": peak_sim,
             "peak_rss_summary_mb": peak_summary, "peak_rss_mb": _peak_rss_mb(), "timeseries_rows": rows,
             "series_partials_mb": round(held_mb, 1), "series_partials_file_mb": round(spooled_mb, 1)}
-
-
-def _children_cpu_s() -> float:
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return kids.ru_utime + kids.ru_stime
 
 
 def _peak_rss_mb() -> int:
