@@ -56,7 +56,9 @@ class Cluster:
         # what a routing decision reads, bound once (not five closures made at every arrival):
         # replicas as of `_route_s`, the time of the decision being made
         self._route_s = 0.0
-        self._router_tracks = type(router).on_complete is not Router.on_complete  # (else: a call that does nothing)
+        # whether the router's hooks do anything (else: no call that does nothing, per request)
+        self._router_dispatch = getattr(type(router), "on_dispatch", None) is not Router.on_dispatch
+        self._router_tracks = getattr(type(router), "on_complete", None) is not Router.on_complete
         self._readers = (self._read_view, self._cached_blocks, self._lora_state, self._outstanding, self._outstandings)
 
     def index_models(self) -> None:
@@ -93,7 +95,8 @@ class Cluster:
         pick = self.route(self.router, req, cands, now_s)
         if pick is None:
             return self.end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
-        self.router.on_dispatch(req, pick, now_s)
+        if self._router_dispatch:
+            self.router.on_dispatch(req, pick, now_s)
         self.submit(pick, req, now_s)
 
     def submit(self, index: int, req: Request, now_s: float) -> None:
