@@ -6,8 +6,9 @@ reads nothing the loop changes afterwards. Where a second core and `fork` exist,
 process does it: the loop sends each buffer down a pipe (compact: 8 bytes a step and a few
 numbers per stretch), in the order the recorders hand them on, and takes the reducers back
 when the run ends. A buffer goes as a fixed header and its columns' raw bytes in one
-`writev` (`StepBuffer.wire`): pickling it cost the loop about ten times the copy. The child runs the same code on the same values in the same order, so the
-results are the bytes an in-process reduction gives (tests/metrics/test_step_helper.py).
+`writev` (`StepBuffer.wire`; pickling it cost the loop several times the copy). The child
+runs the same code on the same values in the same order, so the results are the bytes an
+in-process reduction gives (tests/metrics/test_step_helper.py).
 
 The fork happens at the first full buffer, so short runs never fork. A fork (not spawn) copies
 the reducers as they are, with the files their step ends go to; the parent never writes those.
