@@ -82,3 +82,58 @@ def test_a_process_running_other_threads_reduces_in_process():
         stop.set()
         other.join()
     assert step_helper.helper_wanted()
+
+
+def _logged_buffer():
+    """A buffer with every kind of chunk: a single step, stretches with growth, frees and
+    arrivals kept waiting (its columns are what the helper is sent)."""
+    from servesim.metrics.recorder import BatchRuns, BlockGrowth, Recorder
+
+    rec = Recorder(keep_steps=False)
+    rec.log_step(0.0, 0.25, 300, 2, 2, 1, 30)
+    ends = np.cumsum(np.full(70, 0.0125)) + 0.25  # (>= 64 values: copied as an array)
+    rec.log_decode_steps(0.25, ends, BatchRuns([3, 2], [40, 30]), 1, BlockGrowth(31, [3, 5, 9], [70, 40, 70], 16,
+                                                                                      [(40, 6)]), 12, [5, 20])
+    rec.log_decode_steps(float(ends[-1]), [1.2, 1.3], [2, 2], 0, BlockGrowth(35, [1], [2], 16, []))
+    return rec._buf
+
+
+def test_a_buffer_sent_as_raw_columns_expands_to_the_same_steps():
+    buf = _logged_buffer()
+    arrays = buf.wire()
+    assert [a.dtype for a in arrays] == [np.dtype(d) for d in step_helper.WIRE]
+    # (the child reads the bytes into fresh arrays)
+    copies = [np.frombuffer(bytes(memoryview(a).cast("B")), dtype=a.dtype) for a in arrays]
+    back = step_helper.StepBuffer.from_wire(buf.num_steps, buf.block_size, copies)
+    a, b = buf.log(500), back.log(500)
+    assert len(b) == buf.num_steps == 73
+    for c in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
+        assert getattr(a, c).dtype == getattr(b, c).dtype
+        np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
+    assert b.kv_used_blocks[0] == 30 and b.num_waiting.tolist()[1:8] == [1, 1, 1, 1, 1, 2, 2]
+
+
+def test_writes_cut_short_are_continued_and_read_back_whole(monkeypatch):
+    import os
+
+    parts = [b"head", np.arange(1000, dtype=np.float64), np.arange(7, dtype=np.int32), b""]
+    want = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    r, w = os.pipe()
+    real = os.writev
+    sizes = []
+
+    def short(fd, views):  # a signal cutting each write after at most 333 bytes
+        n = real(fd, [bytes(b"".join(bytes(v) for v in views)[:333])])
+        sizes.append(n)
+        return n
+
+    monkeypatch.setattr(step_helper.os, "writev", short)
+    step_helper._write_all(w, parts)
+    os.close(w)
+    assert len(sizes) == -(-len(want) // 333) and sum(sizes) == len(want)
+    got = bytearray(len(want))
+    step_helper._read_into(r, memoryview(got))
+    assert bytes(got) == want
+    with pytest.raises(EOFError):  # (the writer is gone: nothing more comes)
+        step_helper._read_into(r, memoryview(bytearray(1)))
+    os.close(r)

@@ -53,6 +53,13 @@ class Cluster:
         # called with (replica index, now_s) just before a replica crashes (the disaggregator
         # and the migrator settle the transfers and migrations it takes part in)
         self.crash_hooks: list[Callable[[int, float], None]] = []
+        # what a routing decision reads, bound once (not five closures made at every arrival):
+        # replicas as of `_route_s`, the time of the decision being made
+        self._route_s = 0.0
+        # whether the router's hooks do anything (else: no call that does nothing, per request)
+        self._router_dispatch = getattr(type(router), "on_dispatch", None) is not Router.on_dispatch
+        self._router_tracks = getattr(type(router), "on_complete", None) is not Router.on_complete
+        self._readers = (self._read_view, self._cached_blocks, self._lora_state, self._outstanding, self._outstandings)
 
     def index_models(self) -> None:
         """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
@@ -88,7 +95,8 @@ class Cluster:
         pick = self.route(self.router, req, cands, now_s)
         if pick is None:
             return self.end(req, now_s, RequestState.REJECTED, f"shed by router {self.router.name}")
-        self.router.on_dispatch(req, pick, now_s)
+        if self._router_dispatch:
+            self.router.on_dispatch(req, pick, now_s)
         self.submit(pick, req, now_s)
 
     def submit(self, index: int, req: Request, now_s: float) -> None:
@@ -103,10 +111,8 @@ class Cluster:
         """`router`'s pick among `cands` (None: shed)."""
         if len(self.replicas) == 1:
             return cands[0]  # nothing to decide (and nothing to read)
-        replicas = self.replicas
-        return router.route(req, ClusterView(now_s, cands, self._reader(now_s), self._cached_blocks,
-                                              self._lora_state, lambda i: replicas[i].outstanding_at(now_s),
-                                              lambda c: outstandings_at(replicas, c, now_s)))
+        self._route_s = now_s
+        return router.route(req, ClusterView(now_s, cands, *self._readers))
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all)."""
@@ -116,9 +122,14 @@ class Cluster:
         replicas = self.replicas
         return [i for i in idx if (r := replicas[i]).alive and r.state == READY]  # (`accepting`, inlined)
 
-    def _reader(self, now_s: float):
-        interval, replicas = self.refresh_interval_s, self.replicas
-        return lambda i: replicas[i].view(now_s, interval)
+    def _read_view(self, i: int):
+        return self.replicas[i].view(self._route_s, self.refresh_interval_s)
+
+    def _outstanding(self, i: int) -> int:
+        return self.replicas[i].outstanding_at(self._route_s)
+
+    def _outstandings(self, indices) -> list[int]:
+        return outstandings_at(self.replicas, indices, self._route_s)
 
     def _cached_blocks(self, i: int, req: Request) -> int:
         return self.replicas[i].cached_blocks(req)
@@ -136,11 +147,14 @@ class Cluster:
 
     def replica_done(self, replica: Replica, req: Request, now_s: float) -> None:
         """A replica is done with a request (finished, or rejected by its engine)."""
-        replica.on_done(req)
-        router = self.router if self.disagg is None else self.disagg.router_of(replica.index)
-        router.on_complete(req, replica.index, now_s)
+        replica.num_outstanding -= 1  # (`replica.on_done`, inlined: once per request)
+        if self.disagg is not None:
+            self.disagg.router_of(replica.index).on_complete(req, replica.index, now_s)
+        elif self._router_tracks:
+            self.router.on_complete(req, replica.index, now_s)
         self.on_done(req, now_s)
-        self.stop_if_drained(replica, now_s)
+        if self.on_drained:
+            self.stop_if_drained(replica, now_s)
 
     def stop_if_drained(self, replica: Replica, now_s: float) -> None:
         """A draining replica that holds nothing more (its last request finished or migrated

@@ -161,14 +161,17 @@ class Recorder:
     def _flush(self) -> None:
         """Hand the buffered steps on (expanded) and start an empty buffer."""
         if self._buf.num_steps:
+            ends = None
             if self._helper is not None:
-                self._helper.add(self._index, self._buf)
+                self._helper.add(self._index, self._buf)  # (its bytes are in the pipe when this returns)
+                ends = self._buf.ends
             elif self.reducer is not None:
                 self.reducer.add(self._buf.log(0))
             if self._kept is not None:
                 self._buf.pack()
                 self._kept.append(self._buf)
-            self._buf = StepBuffer()
+                ends = None
+            self._buf = StepBuffer(None if ends is None else ends.clear())
         self._flush_at = self.num_steps + self.CHUNK_STEPS
 
     def finish(self) -> None:

@@ -101,12 +101,15 @@ class RequestTable:
         lab = self._labels
         runs = r.token_steps
         extra = r.extra
+        tenant, slo_class, lora = r.tenant, r.slo_class, r.lora  # (mostly None: no call for those)
         self._rows.append((
-            seq, r.id, lab["tenant"].code(r.tenant), r.priority, lab["slo_class"].code(r.slo_class), r.is_offline,
+            seq, r.id, -1 if tenant is None else lab["tenant"].code(tenant), r.priority,
+            -1 if slo_class is None else lab["slo_class"].code(slo_class), r.is_offline,
             NONE_ID if r.session_id is None else r.session_id, NONE_ID if r.program_id is None else r.program_id,
             r.arrival_s, r.prompt_len, r.output_len, r.num_output_tokens, int(r.state), r.first_scheduled_s,
             r.first_token_s, r.finish_s, r.num_preemptions, r.num_cached_tokens, r.replica,
-            extra.get("num_reroutes", 0), r.ttft_slo_s, r.tpot_slo_s, lab["lora"].code(r.lora), len(runs) // 2))
+            extra.get("num_reroutes", 0) if extra else 0, r.ttft_slo_s, r.tpot_slo_s,
+            -1 if lora is None else lab["lora"].code(lora), len(runs) // 2))
         if extra:
             tags = {k: extra[k] for k in EXTRA_KEYS if k in extra}
             if tags:

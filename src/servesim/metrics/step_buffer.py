@@ -57,29 +57,32 @@ class Column:
 
 class Rows:
     """A growing table of a few numbers per row (one row per chunk of steps): rows gather as
-    tuples, packed every `FLUSH` rows into a float64 table (exact for times and for integers
-    below 2^53), so a chunk costs one append whatever its number of fields."""
+    values in one flat list (a row costs one C `extend`, and converting a flat list is about
+    ten times cheaper than a list of tuples), packed every `FLUSH` rows into a float64 table
+    (exact for times and for integers below 2^53)."""
 
     FLUSH = 4096
 
     def __init__(self, width: int) -> None:
         self.width = width
         self._parts: list[np.ndarray] = []
-        self._tail: list[tuple] = []
+        self._tail: list = []  # the rows' values, row after row
 
     def append(self, row: tuple) -> None:
-        self._tail.append(row)
-        if len(self._tail) >= self.FLUSH:
+        self._tail += row
+        if len(self._tail) >= self.FLUSH * self.width:
             self._flush()
 
     def extend(self, rows) -> None:
-        self._tail.extend(rows)
-        if len(self._tail) >= self.FLUSH:
+        tail = self._tail
+        for row in rows:
+            tail += row
+        if len(tail) >= self.FLUSH * self.width:
             self._flush()
 
     def _flush(self) -> None:
         if self._tail:
-            self._parts.append(np.array(self._tail, dtype=np.float64))
+            self._parts.append(np.array(self._tail, dtype=np.float64).reshape(-1, self.width))
             self._tail = []
 
     def table(self) -> np.ndarray:
@@ -88,6 +91,51 @@ class Rows:
         if len(self._parts) > 1:
             self._parts = [np.concatenate(self._parts)]
         return self._parts[0] if self._parts else np.empty((0, self.width))
+
+
+class Floats:
+    """A growing float64 column in one array with room to spare (a step buffer's end times:
+    a stretch's steps are one slice assignment, and the buffer is handed on as a view, with no
+    list of parts to join). `clear` keeps the array for the next buffer."""
+
+    __slots__ = ("_a", "n")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._a = np.empty(capacity)
+        self.n = 0
+
+    def _grow(self, need: int) -> None:
+        a = np.empty(max(need, 2 * len(self._a)))
+        a[:self.n] = self._a[:self.n]
+        self._a = a
+
+    def append(self, value: float) -> None:
+        n = self.n
+        if n == len(self._a):
+            self._grow(n + 1)
+        self._a[n] = value
+        self.n = n + 1
+
+    def extend(self, values) -> None:
+        """Append a 1-D sequence (list or numpy array), copied."""
+        n, m = self.n, len(values)
+        if n + m > len(self._a):
+            self._grow(n + m)
+        self._a[n:n + m] = values
+        self.n = n + m
+
+    def array(self) -> np.ndarray:
+        """The values (a view: valid until the column changes or is cleared)."""
+        return self._a[:self.n]
+
+    def trimmed(self) -> np.ndarray:
+        """The values in an array of their own size (a buffer kept for the whole run)."""
+        self._a = self._a[:self.n].copy()
+        return self._a
+
+    def clear(self) -> "Floats":
+        self.n = 0
+        return self
 
 
 class Ints(list):
@@ -119,6 +167,8 @@ class Packed:
 
 # the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
 _LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks")
+#: dtypes of the arrays `StepBuffer.wire` gives: the chunks' table (flat), the end times, `_LISTS`
+WIRE = (np.float64, np.float64, np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64)
 
 
 class StepBuffer:
@@ -126,7 +176,7 @@ class StepBuffer:
     equal batch sizes, 8 bytes per step);
     `log()` expands them into per-step columns. Step indices are local to the buffer."""
 
-    def __init__(self) -> None:
+    def __init__(self, ends: Floats | None = None) -> None:
         self.num_steps = 0
         # one row per chunk of consecutive steps: the start of its first step (later ones start
         # when the previous ends), that step's prompt tokens (later ones have none) and waiting
@@ -136,8 +186,8 @@ class StepBuffer:
         # step and its number of growing requests
         self.chunks = Rows(len(CHUNK_FIELDS))
         self.waiting_from = Ints(np.int64)  # steps from which one more waits, until the chunk ends
-        # one entry per step
-        self.ends = Column(np.float64)
+        # one entry per step (`ends`: an emptied column of an earlier buffer may be reused)
+        self.ends = Floats() if ends is None else ends
         # requests in each step, as runs of equal batch sizes (expanded in `log`)
         self.run_size = Ints(np.int32)
         self.run_len = Ints(np.int64)
@@ -150,11 +200,29 @@ class StepBuffer:
 
     def pack(self) -> None:
         """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
-        value instead of a list slot and an int object)."""
+        value instead of a list slot and an int object), the end times in an array of their size."""
+        self.ends.trimmed()
         for name in _LISTS:
             col = getattr(self, name)
             if isinstance(col, Ints):
                 setattr(self, name, Packed(col.array()))
+
+    def wire(self) -> list[np.ndarray]:
+        """The buffer's columns as contiguous arrays, in `WIRE` order (what the helper process
+        is sent: raw bytes, no pickling; the end times are a view of this buffer's column)."""
+        return [self.chunks.table().ravel(), self.ends.array(), *(getattr(self, name).array() for name in _LISTS)]
+
+    @classmethod
+    def from_wire(cls, num_steps: int, block_size: int, arrays: list[np.ndarray]) -> "StepBuffer":
+        """The buffer `wire` described (its columns, read back in `WIRE` order)."""
+        buf = cls()
+        buf.num_steps, buf.block_size = num_steps, block_size
+        table, ends, *lists = arrays
+        buf.chunks._parts = [table.reshape(-1, len(CHUNK_FIELDS))]
+        buf.ends._a, buf.ends.n = ends, len(ends)
+        for name, values in zip(_LISTS, lists):
+            setattr(buf, name, Packed(values))
+        return buf
 
     def log(self, num_gpu_blocks: int) -> StepLog:
         n = self.num_steps

@@ -5,8 +5,10 @@ buffer and reducing it (metrics/step_reduce.py) is about a tenth of an 8-replica
 reads nothing the loop changes afterwards. Where a second core and `fork` exist, a forked
 process does it: the loop sends each buffer down a pipe (compact: 8 bytes a step and a few
 numbers per stretch), in the order the recorders hand them on, and takes the reducers back
-when the run ends. The child runs the same code on the same values in the same order, so the
-results are the bytes an in-process reduction gives (tests/metrics/test_step_helper.py).
+when the run ends. A buffer goes as a fixed header and its columns' raw bytes in one
+`writev` (`StepBuffer.wire`; pickling it cost the loop several times the copy). The child
+runs the same code on the same values in the same order, so the results are the bytes an
+in-process reduction gives (tests/metrics/test_step_helper.py).
 
 The fork happens at the first full buffer, so short runs never fork. A fork (not spawn) copies
 the reducers as they are, with the files their step ends go to; the parent never writes those.
@@ -19,11 +21,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import struct
 import threading
 import traceback
 
-from servesim.metrics.step_buffer import StepBuffer
+import numpy as np
+
+from servesim.metrics.step_buffer import WIRE, StepBuffer
 from servesim.metrics.step_reduce import StepReducer
+
+# a buffer's header: replica index (-1: the run ended), steps, block size, values per column
+_HEAD = struct.Struct(f"<3q{len(WIRE)}q")
 
 
 def helper_wanted() -> bool:
@@ -52,16 +60,15 @@ class ReducerHelper:
         """Reduce `buf` into replica `index`'s reducer (in the child, in sending order)."""
         if self._conn is None:
             self._start()
-        buf.pack()  # (a few arrays to pickle, not lists of numbers)
-        buf.ends.array()
-        self._send((index, buf))
+        arrays = buf.wire()
+        self._send([_HEAD.pack(index, buf.num_steps, buf.block_size, *map(len, arrays)), *arrays])
         self.num_buffers += 1
 
     def finish(self) -> list[StepReducer]:
         """The reducers, every buffer sent reduced into them (their step-end files closed)."""
         if self._conn is None:
             return self.reducers
-        self._send(None)
+        self._send([_HEAD.pack(-1, 0, 0, *[0] * len(WIRE))])
         status, payload = self._answer()
         self.stop()
         if status != "ok":
@@ -69,9 +76,9 @@ class ReducerHelper:
         self.reducers = payload
         return payload
 
-    def _send(self, msg) -> None:
+    def _send(self, parts: list) -> None:
         try:
-            self._conn.send(msg)
+            _write_all(self._conn.fileno(), parts)
         except OSError:  # the child is gone: it failed (its report may wait in the pipe)
             _, payload = self._answer()
             self.stop()
@@ -130,10 +137,16 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer]) -> None:
     # a termination signal ends the child quietly, not through the parent's handlers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    fd = down.fileno()
     try:
-        while (msg := down.recv()) is not None:
-            index, buf = msg
-            reducers[index].add(buf.log(0))
+        while True:
+            index, num_steps, block_size, *sizes = _HEAD.unpack(_read_exact(fd, _HEAD.size))
+            if index < 0:
+                break
+            arrays = [np.empty(n, dtype=dtype) for n, dtype in zip(sizes, WIRE)]
+            for a in arrays:
+                _read_into(fd, memoryview(a).cast("B"))
+            reducers[index].add(StepBuffer.from_wire(num_steps, block_size, arrays).log(0))
         for r in reducers:
             r.close()
         up.send(("ok", reducers))
@@ -144,3 +157,30 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer]) -> None:
             up.send(("error", traceback.format_exc()))
         except OSError:
             pass  # (the parent is gone too)
+
+
+def _write_all(fd: int, parts: list) -> None:
+    """Write the byte buffers (bytes, contiguous arrays) to the pipe `fd`, all of them: one
+    `writev`, continued where a signal cut it short."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        done = os.writev(fd, views)
+        while views and done >= len(views[0]):
+            done -= len(views.pop(0))
+        if done:
+            views[0] = views[0][done:]
+
+
+def _read_into(fd: int, view: memoryview) -> None:
+    """Fill `view` from the pipe `fd` (EOFError: the writer is gone)."""
+    while len(view):
+        n = os.readv(fd, [view])
+        if n == 0:
+            raise EOFError
+        view = view[n:]
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    buf = bytearray(n)
+    _read_into(fd, memoryview(buf))
+    return bytes(buf)

@@ -28,6 +28,7 @@ class Feed:
         self.progress = progress
         self.deliver: Callable[[float, Request], None] = lambda t, req: None  # set to the cluster's entry
         self.num_done = 0
+        self._closed_loop = getattr(workload, "closed_loop", True)
         self._stream = workload.arrivals()
         self._times: list[float] = []  # arrivals scheduled and not yet arrived (a heap)
 
@@ -45,8 +46,9 @@ class Feed:
         self.num_done += 1
         if self.progress and self.num_done % 2000 == 0:
             self.progress(self.num_done, self.workload.expected_num_requests, now_s)
-        for follow in self.workload.on_request_done(req, now_s):
-            self._schedule(follow, self._arrive)
+        if self._closed_loop:  # (an open-loop workload makes no follow-ups: no call per request)
+            for follow in self.workload.on_request_done(req, now_s):
+                self._schedule(follow, self._arrive)
 
     def _schedule(self, req: Request, handler) -> None:
         _check_arrival(req)
