@@ -85,11 +85,13 @@ class VLLMSteps(Scheduler):
             if n <= 0:
                 i += 1
                 continue
+            bulk = n != 1  # a prompt chunk: the decodes after it may go in bulk
             while not allocate(req, n):
                 if self.reclaim(req):
                     continue
                 victim = self.pick_victim()
                 refund = self.evict(victim, out, swap)
+                bulk = True
                 if refund:  # it ran earlier in this pass: the requests after it moved up by one
                     budget += refund
                     i -= 1
@@ -98,6 +100,16 @@ class VLLMSteps(Scheduler):
             scheduled.append((req, n))
             budget -= n
             i += 1
+            if bulk and i < len(running) and budget > 0:
+                # After a prompt chunk or an eviction (the victim's blocks usually cover many of
+                # the decodes after `req` under overload) take the decodes that follow in one
+                # call, as the fast path above: the same outcome as allocating each in order up
+                # to the first that is not a decode or does not fit.
+                k = self.kv.allocate_leading_decodes(running[i:i + budget])
+                if k:
+                    scheduled.extend([(r, 1) for r in running[i:i + k]])
+                    budget -= k
+                    i += k
         return budget
 
     def evict(self, victim: Request, out: SchedulerOutput, swap: bool = False, reuse_key=None) -> int:
