@@ -1,6 +1,7 @@
 """vLLM's running pass (`VLLMSteps.schedule_running`) takes the decodes after a prompt chunk
-or an eviction in one `allocate_leading_decodes` call: the same run as allocating each
-request one by one, and the bulk calls do run mid-pass."""
+or an eviction in one `allocate_leading_decodes` call, and VTC's decode step its decodes:
+the same run as allocating each request one by one, and the bulk calls do run (mid-pass:
+not the step's first call)."""
 
 from __future__ import annotations
 
@@ -21,26 +22,27 @@ def _requests():
 def _run(scheduler: str, bulk: bool):
     engine, sched, kv, loop, _ = make_engine(num_blocks=NUM_BLOCKS, scheduler=scheduler, max_num_seqs=32,
                                              max_num_batched_tokens=256, fast_forward=False)
-    calls = {"pass": 0, "mid_pass": 0, "mid_pass_taken": 0}
+    calls = {"pass": 0, "taken": 0, "mid_pass": 0, "mid_pass_taken": 0}
     lead = kv.allocate_leading_decodes
-    running_pass = sched.schedule_running
+    schedule = sched.schedule
 
     def counted_lead(reqs):
         if not bulk:
             return 0  # the reference: every request allocated by `allocate_slots`, in order
         k = lead(reqs)
+        calls["taken"] += k
         if calls["pass"] > 0:  # not the pass's first call
             calls["mid_pass"] += 1
             calls["mid_pass_taken"] += k
         calls["pass"] += 1
         return k
 
-    def counted_pass(*args, **kw):
+    def counted_schedule(*args, **kw):
         calls["pass"] = 0
-        return running_pass(*args, **kw)
+        return schedule(*args, **kw)
 
     kv.allocate_leading_decodes = counted_lead
-    sched.schedule_running = counted_pass
+    sched.schedule = counted_schedule
     reqs = _requests()
     serve(engine, loop, reqs)
     engine.drain(loop.now_s)
@@ -55,3 +57,10 @@ def test_bulk_decodes_after_prompts_and_evictions_match_one_by_one(scheduler):
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
     assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the pass evicts
     assert calls["mid_pass"] >= 20 and calls["mid_pass_taken"] >= 60  # and the bulk calls ran mid-pass
+
+
+def test_vtc_decode_step_in_bulk_matches_one_by_one():
+    fast, fast_reqs, calls = _run("vtc", bulk=True)
+    slow, slow_reqs, _ = _run("vtc", bulk=False)
+    assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
+    assert calls["taken"] > 2_000  # most decode tokens were taken in bulk
