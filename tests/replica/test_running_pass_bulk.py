@@ -1,5 +1,6 @@
 """vLLM's running pass (`VLLMSteps.schedule_running`) takes the decodes after a prompt chunk
-or an eviction in one `allocate_leading_decodes` call, and VTC's decode step its decodes:
+or an eviction in one `allocate_leading_decodes` call (vLLM v0's too), and VTC's decode step
+and TensorRT-LLM's micro-batch their leading decodes:
 the same run as allocating each request one by one, and the bulk calls do run (mid-pass:
 not the step's first call)."""
 
@@ -50,7 +51,7 @@ def _run(scheduler: str, bulk: bool):
     return engine, reqs, calls
 
 
-@pytest.mark.parametrize("scheduler", ["vllm", "priority", "autellix"])
+@pytest.mark.parametrize("scheduler", ["vllm", "priority", "autellix", "vllm-v0"])
 def test_bulk_decodes_after_prompts_and_evictions_match_one_by_one(scheduler):
     fast, fast_reqs, calls = _run(scheduler, bulk=True)
     slow, slow_reqs, _ = _run(scheduler, bulk=False)
@@ -59,8 +60,10 @@ def test_bulk_decodes_after_prompts_and_evictions_match_one_by_one(scheduler):
     assert calls["mid_pass"] >= 20 and calls["mid_pass_taken"] >= 60  # and the bulk calls ran mid-pass
 
 
-def test_vtc_decode_step_in_bulk_matches_one_by_one():
-    fast, fast_reqs, calls = _run("vtc", bulk=True)
-    slow, slow_reqs, _ = _run("vtc", bulk=False)
+@pytest.mark.parametrize("scheduler", ["vtc", "trtllm"])
+def test_decode_steps_in_bulk_match_one_by_one(scheduler):
+    """VTC's decode step and TensorRT-LLM's micro-batch take their leading decodes in bulk."""
+    fast, fast_reqs, calls = _run(scheduler, bulk=True)
+    slow, slow_reqs, _ = _run(scheduler, bulk=False)
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
-    assert calls["taken"] > 2_000  # most decode tokens were taken in bulk
+    assert calls["taken"] > 4_000  # most decode tokens were taken in bulk

@@ -41,7 +41,7 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.priority import SortedWaiting
-from servesim.replica.schedulers.sglang_reserve import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
+from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
 from servesim.workload.request import Request
 
 LPM_MAX_QUEUE = 128  # above this many waiting requests, lpm falls back to fcfs

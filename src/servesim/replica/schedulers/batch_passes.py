@@ -1,9 +1,9 @@
-"""Per-step passes of SGLang's scheduler over its running batch, written for long batches.
+"""Per-step passes of the policies over their running batch, written for long batches.
 
-Under overload (hundreds of running requests, a prefill tried every step) these passes were
-most of `sglang`'s time: a Python `min`/`max` and a property call per running request per
-step. They return exactly what the per-request expressions did: the same products, added
-by Python's `sum` in the same order.
+Under overload (hundreds of running requests, a decision every step) such passes were most
+of `sglang`'s and `trtllm`'s time: a Python `min`/`max` and a property call per running
+request per step. They return exactly what the per-request expressions did (for floats: the
+same products, added by Python's `sum` in the same order).
 """
 
 from __future__ import annotations

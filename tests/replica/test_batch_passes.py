@@ -1,11 +1,11 @@
-"""SGLang's per-step passes over a long running batch (`sglang_reserve.py`) return exactly
-what the per-request expressions they replace returned."""
+"""The policies' per-step passes over a long running batch (`batch_passes.py`, TensorRT-LLM's
+`reserved_blocks`) return exactly what the per-request expressions they replace returned."""
 
 from __future__ import annotations
 
 import random
 
-from servesim.replica.schedulers.sglang_reserve import (
+from servesim.replica.schedulers.batch_passes import (
     _ARRAY_MIN_RUNNING, CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens,
 )
 from tests.factories import make_request
@@ -51,3 +51,17 @@ def test_decoding_requests_is_is_decoding():
     got = decoding_requests(running)
     assert got == [r for r in running if r.is_decoding]
     assert 0 < len(got) < len(running)
+
+
+def test_trtllm_reserved_blocks_is_the_per_request_sum():
+    from servesim.replica.schedulers.trtllm import reserved_blocks
+    from tests.factories import make_engine
+
+    _, sched, kv, *_ = make_engine(num_blocks=200_000, scheduler="trtllm")
+    running = _running(random.Random(5), 200)
+    for r in running[::2]:  # half hold blocks for their computed tokens
+        assert kv.allocate_slots(r, 1 + r.id % 40)
+    want = sum(sched.total_blocks(r) - kv.num_blocks_of(r.id) for r in running)
+    assert reserved_blocks(running, kv.num_blocks_list(running), kv.block_size) == want
+    assert any(r.max_tokens and r.max_tokens > r.output_len for r in running)  # both sides of the max
+    assert any(r.max_tokens and r.max_tokens < r.output_len for r in running)
