@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Callable
 
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
@@ -116,13 +117,18 @@ class VLLMSteps(Scheduler):
         """Take running `victim` off the GPU (`swap_or_recompute`); return the tokens it had
         been given this step, now removed from the batch (the caller refunds them)."""
         refund = 0
-        for j, (other, m) in enumerate(out.scheduled):
-            if other is victim:
-                del out.scheduled[j]
-                if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
-                    out.num_known_decodes -= 1
-                refund = m
-                break
+        scheduled = out.scheduled
+        # its entry, found in C (`Request` compares by identity): a Python scan of a long
+        # batch per eviction was most of this under overload
+        try:
+            j = list(map(itemgetter(0), scheduled)).index(victim)
+        except ValueError:
+            j = -1
+        if j >= 0:
+            refund = scheduled[j][1]
+            del scheduled[j]
+            if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
+                out.num_known_decodes -= 1
         self.running.remove(victim)
         self.swap_ready_s.pop(victim.id, None)
         self.swap_or_recompute(victim, out, swap, reuse_key)
