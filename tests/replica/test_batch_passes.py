@@ -1,5 +1,5 @@
-"""The policies' per-step passes over a long running batch (`batch_passes.py`, TensorRT-LLM's
-`reserved_blocks`) return exactly what the per-request expressions they replace returned."""
+"""The policies' per-step passes over a long running batch (`batch_passes.py`) return
+exactly what the per-request expressions they replace returned."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_decoding_requests_is_is_decoding():
 
 
 def test_trtllm_reserved_blocks_is_the_per_request_sum():
-    from servesim.replica.schedulers.trtllm import reserved_blocks
+    from servesim.replica.schedulers.batch_passes import reserved_blocks
     from tests.factories import make_engine
 
     _, sched, kv, *_ = make_engine(num_blocks=200_000, scheduler="trtllm")

@@ -46,7 +46,7 @@ from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.batch_passes import decoding_requests
+from servesim.replica.schedulers.batch_passes import decoding_requests, reserved_blocks
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -274,13 +274,3 @@ class TRTLLMScheduler(Scheduler):
             return REPEAT_DECODES
         return NO_FAST_FORWARD
 
-
-def reserved_blocks(reqs: list[Request], held: list[int], block_size: int) -> int:
-    """The blocks `reqs` still reserve under GUARANTEED_NO_EVICT: each one's `total_blocks`
-    less the `held` ones (the sum of `total_blocks(r) - num_blocks_of(r.id)`, without two
-    calls per running request and step)."""
-    total = 0
-    for r, h in zip(reqs, held):
-        new = r.output_len if r.output_len >= (r.max_tokens or 0) else r.max_tokens
-        total += -(-(r.prompt_len + new) // block_size) - h
-    return total
