@@ -88,7 +88,7 @@ class TRTLLMScheduler(Scheduler):
         # lift (batch full, KV, or the token budget with chunking off); None if none.
         self._blocked_head: Request | None = None
 
-    def total_blocks(self, req: Request) -> int:  # (`reserved_blocks` below for a batch)
+    def total_blocks(self, req: Request) -> int:  # (for a batch: `batch_passes.reserved_blocks`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
         new = max(req.max_tokens or 0, req.output_len)
         return cdiv(req.prompt_len + new, self.kv.block_size)
@@ -273,4 +273,3 @@ class TRTLLMScheduler(Scheduler):
         if self.waiting.peek() is self._blocked_head:
             return REPEAT_DECODES
         return NO_FAST_FORWARD
-
