@@ -71,3 +71,43 @@ def test_the_kept_plan_orders_the_queue_as_a_plan_from_scratch():
         sched.waiting.sort(key=sched._plan.__getitem__)
         assert [r.id for r in sched.waiting] == [r.id for r in from_scratch()]
     assert len(sched._plan) == len(sched.waiting)
+
+
+def test_waiting_queue_kept_in_plan_order_between_steps():
+    """The queue left sorted between steps (requests without prefix keys placed by their key
+    as they arrive or are preempted) is in plan order at every decision it is not sorted
+    again, keyed requests and their replans included; and such decisions happen."""
+    from tests.factories import serve
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=30, scheduler="batchllm", max_num_seqs=6,
+                                                fast_forward=False, params={"output_len_estimate": "max_tokens"})
+    reqs = []
+    for i in range(80):
+        r = make_request(i, 8 + 9 * (i % 5), 4 + 40 * (i % 6), arrival=0.003 * i, max_tokens=2 + 10 * (i % 4))
+        if i % 3 == 0:  # some share a prefix: the keyed part is regrouped when it changes
+            r.kv_block_keys = (("p", i % 2), ("q", i))
+        reqs.append(r)
+    begin, seen = sched.begin_step, {"clean": 0, "inserted": 0}
+
+    def checking(now_s):
+        begin(now_s)
+        held = list(sched.waiting)
+        if sched.waiting.clean:
+            assert held == sorted(held, key=sched._plan.__getitem__)
+            seen["clean"] += 1
+            seen["inserted"] += sum(1 for a, b in zip(held, held[1:]) if a.arrival_s > b.arrival_s)
+
+    sched.begin_step = checking
+    serve(engine, loop, reqs)
+    assert len(done) == 80 and sum(r.num_preemptions for r in reqs) > 0
+    assert seen["clean"] > 20 and seen["inserted"] > 0
+
+
+def test_num_blocks_list_is_num_blocks_of_each():
+    from servesim.replica.kv_cache import KVCacheManager
+
+    kv = KVCacheManager(50, block_size=4)
+    reqs = [make_request(i, 3 + 5 * i, 4) for i in range(6)]
+    for r in reqs[:4]:  # the last two hold nothing
+        assert kv.allocate_slots(r, r.prompt_len)
+    assert kv.num_blocks_list(reqs) == [kv.num_blocks_of(r.id) for r in reqs] == [1, 2, 4, 5, 0, 0]

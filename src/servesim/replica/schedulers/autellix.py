@@ -27,7 +27,7 @@ The per-step accounting (service, waiting time, promotions, keys: `on_step_end`)
 from __future__ import annotations
 
 from bisect import bisect_right
-from math import inf
+from math import copysign, inf
 from functools import reduce
 from itertools import chain, islice
 from operator import add
@@ -175,9 +175,13 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         entry = self._run_lazy.pop(req, None)
         if entry is not None:
             i, p = entry[0] - self._log_start, self.program(req)
-            self.service_s[p] = reduce(add, islice(self._step_log, i, None), self.service_s[p])
-            calls = self.call_service_s
-            calls[req.id] = reduce(add, islice(self._step_log, i, None), calls[req.id])
+            service, calls = self.service_s, self.call_service_s
+            s0, c0 = service[p], calls[req.id]
+            s = service[p] = reduce(add, islice(self._step_log, i, None), s0)
+            # A lone call's program has served only it: the two sums start from the same float
+            # (the sign of a zero included) and add the same steps, so they are equal.
+            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else \
+                reduce(add, islice(self._step_log, i, None), c0)
 
     def _trim_log(self) -> None:
         """Drop the logged steps before the first one a lazy call has yet to be credited with."""

@@ -80,6 +80,10 @@ class BatchLLMScheduler(KeyedScheduler):
         self._plan: dict[Request, tuple] = {}
         self._keyed: dict[Request, None] = {}  # waiting requests with prefix keys (in entry order)
         self._keyed_dirty = False
+        # The waiting queue stays sorted by plan key between steps (keys are unique: arrival and
+        # id end them): a request joins at its place once its key is set, and the queue is
+        # sorted again only after a replan or a keyed request's entry (no key yet).
+        self.waiting.key = self._plan.__getitem__
 
     # ------------------------------------------------------------------ the plan
     def estimated_output(self, req: Request) -> int:
@@ -112,11 +116,13 @@ class BatchLLMScheduler(KeyedScheduler):
             for r in members:
                 plan[r] = (*g, r.arrival_s, r.id)
         self._keyed_dirty = False
+        self.waiting.clean = False
 
     def _enter(self, req: Request) -> None:
         if req.kv_block_keys:
             self._keyed[req] = None
             self._keyed_dirty = True
+            self.waiting.clean = False  # (it joins the queue without a key until the replan)
         else:
             self._plan[req] = (*self._group_key([req]), req.arrival_s, req.id)
 
@@ -127,12 +133,12 @@ class BatchLLMScheduler(KeyedScheduler):
             self._keyed_dirty = True
 
     def add_request(self, req: Request, now_s: float) -> None:
+        self._enter(req)  # (its key first: the sorted queue places it by key)
         super().add_request(req, now_s)
-        self._enter(req)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
-        super().preempt(req, out)
         self._enter(req)
+        super().preempt(req, out)
 
     def forget(self, req: Request) -> None:
         super().forget(req)
@@ -156,11 +162,13 @@ class BatchLLMScheduler(KeyedScheduler):
         """Blocks used now plus the growth every running request still needs (`_growth`,
         inlined: this runs over the running batch at every step)."""
         kv = self.kv
-        bs, held = kv.block_size, kv.num_blocks_of
+        bs = kv.block_size
         growth = 0
-        if self.params.output_len_estimate == "oracle":
-            for r in self.running:
-                g = -(-(r.prompt_len + max(r.output_len, r.num_output_tokens + 1)) // bs) - held(r.id)
+        if self.params.output_len_estimate == "oracle":  # (`max` inlined too: hundreds of calls per step)
+            running = self.running
+            for r, h in zip(running, kv.num_blocks_list(running)):
+                o, n = r.output_len, r.num_output_tokens + 1
+                g = -(-(r.prompt_len + (o if o >= n else n)) // bs) - h
                 if g > 0:
                     growth += g
         else:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from functools import partial
 from math import inf
+from operator import attrgetter
 
 from pydantic import Field
 
@@ -42,6 +43,8 @@ from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
+
+_ARRIVAL_ID = attrgetter("arrival_s", "id")
 
 
 class FastSwitchParams(SchedulerParams):
@@ -83,6 +86,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         self._served: dict[int, tuple[int, int]] = {}  # req id -> (prompt tokens, outputs) counted
         self._snap_step = -1  # engine step at whose start the snapshot was taken
         self._sched_step = 0
+        self._arrival_order = False  # `_order` was arrival order this step (every counter equal)
         self._held: dict[str, int] = {}  # tenant -> requests held (running, swapped, waiting)
         self._arrived: dict[str, int] = {}  # tenant -> requests arrived since the last step (`_lift`)
         # every held request in arrival order (`_order` when all counters are equal), kept
@@ -167,7 +171,8 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
     def _order(self) -> list[Request]:
         """Every held request in priority order (`_key`). When all their tenants have the
         same counter (one tenant, say) that is arrival order, kept between steps."""
-        if len({self._key_counter(t) for t in self._held}) <= 1:
+        self._arrival_order = len({self._key_counter(t) for t in self._held}) <= 1  # (read by `_make_room`)
+        if self._arrival_order:
             return self._by_arrival.copy()
         return sorted([*self.running, *self.swapped, *self.waiting], key=self._key)
 
@@ -187,10 +192,16 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         come before `at`."""
         key = self._key
         at_key = key(at)
-        victims = [r for r in self.running if key(r) > at_key]
-        if not victims:
-            return None
-        self._evict(max(victims, key=key), out, swapped_now)
+        if self._arrival_order:  # every held request's counter is the same: keys go by arrival
+            victim = max(self.running, key=_ARRIVAL_ID, default=None)  # (in C: no `_key` per request)
+            if victim is None or key(victim) <= at_key:
+                return None
+        else:
+            victims = [r for r in self.running if key(r) > at_key]
+            if not victims:
+                return None
+            victim = max(victims, key=key)
+        self._evict(victim, out, swapped_now)
         return 0  # lower-priority requests come later in the walk: none was scheduled yet
 
     def _evict(self, victim: Request, out: SchedulerOutput, swapped_now: set[int]) -> None:

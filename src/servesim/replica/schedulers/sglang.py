@@ -41,9 +41,9 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.priority import SortedWaiting
+from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
 from servesim.workload.request import Request
 
-CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
 LPM_MAX_QUEUE = 128  # above this many waiting requests, lpm falls back to fcfs
 IN_BATCH_CHECK_TOKENS = 32  # IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD
 IN_BATCH_DEPRIORITIZE_TOKENS = 32  # IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD
@@ -111,7 +111,7 @@ class SGLangScheduler(Scheduler):
             if self.chunked is None:  # every prompt of the batch is done: its first request
                 self._mark = self.num_engine_steps + 1  # (this step prefills: decodes follow)
             return out
-        decoding = [r for r in self.running if r.is_decoding]
+        decoding = decoding_requests(self.running)
         # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
         bs = self.kv.block_size
         grants = [(r, 1) for r, held in zip(decoding, self.kv.num_blocks_list(decoding))
@@ -139,7 +139,7 @@ class SGLangScheduler(Scheduler):
     def _num_mixed_decodes(self) -> int:
         if not self.params.enable_mixed_chunk:
             return 0
-        return sum(1 for r in self.running if r.is_decoding)
+        return len(decoding_requests(self.running))
 
     def _decode_blocks(self, reqs: list[Request], steps: int = 1) -> int:
         return sum(self.kv.blocks_needed(r, steps) for r in reqs)
@@ -229,10 +229,8 @@ class SGLangScheduler(Scheduler):
                     return
         if not self.waiting or len(self.running) >= self.max_running:
             return
-        ratio, max_len = self.new_token_ratio, self.config.max_model_len  # (`max_new`, inlined: a pass per step)
-        rem_total = free_blocks * bs - mixed - sum([
-            min(max((r.max_tokens or max_len - r.prompt_len) - r.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) * ratio
-            for r in self.running])
+        rem_total = free_blocks * bs - mixed - reserved_tokens(self.running, self.new_token_ratio,
+                                                                 self.config.max_model_len)
         admitted = False
         for req in self._ordered_waiting():
             if len(self.running) >= self.max_running:

@@ -46,6 +46,7 @@ from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.batch_passes import decoding_requests, reserved_blocks
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -87,7 +88,7 @@ class TRTLLMScheduler(Scheduler):
         # lift (batch full, KV, or the token budget with chunking off); None if none.
         self._blocked_head: Request | None = None
 
-    def total_blocks(self, req: Request) -> int:
+    def total_blocks(self, req: Request) -> int:  # (for a batch: `batch_passes.reserved_blocks`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
         new = max(req.max_tokens or 0, req.output_len)
         return cdiv(req.prompt_len + new, self.kv.block_size)
@@ -123,9 +124,10 @@ class TRTLLMScheduler(Scheduler):
         """GUARANTEED_NO_EVICT: (started requests, generation first; waiting requests whose whole
         reservation fits). Running requests never pass `max_batch_size`, so all are kept."""
         kv = self.kv
-        gens = [r for r in self.running if r.is_decoding]
-        started = gens + [r for r in self.running if not r.is_decoding] if len(gens) < len(self.running) else gens
-        available = kv.num_free_blocks - sum(self.total_blocks(r) - kv.num_blocks_of(r.id) for r in started)
+        running = self.running
+        gens = decoding_requests(running)
+        started = gens + [r for r in running if not r.is_decoding] if len(gens) < len(running) else gens
+        available = kv.num_free_blocks - reserved_blocks(started, kv.num_blocks_list(started), kv.block_size)
         candidates = []
         for req in self.waiting:
             if len(started) + len(candidates) >= self.max_batch_size:
@@ -172,9 +174,14 @@ class TRTLLMScheduler(Scheduler):
     def _micro_batch(self, started: list[Request], candidates: list[Request], out: SchedulerOutput) -> None:
         """The micro-batch scheduler over the fitting requests, in order."""
         budget, cap = self.max_num_tokens, self.max_batch_size
-        tokens = count = 0
+        fitting = started + candidates
+        # the leading generation requests in one call (the same as `allocate_slots(req, 1)` for
+        # each in order while they fit; the loop goes on from the first one left)
+        tokens = count = self.kv.allocate_leading_decodes(fitting[:min(budget, cap)])
+        out.scheduled += [(req, 1) for req in fitting[:count]]
         contexts: list[tuple[Request, int, object]] = []  # (request, context tokens left, hits or None)
-        for i, req in enumerate(started + candidates):
+        for i in range(count, len(fitting) if count < cap else count):
+            req = fitting[i]
             if req.is_decoding:
                 if tokens + 1 > budget:
                     break

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Callable
 
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
@@ -85,11 +86,13 @@ class VLLMSteps(Scheduler):
             if n <= 0:
                 i += 1
                 continue
+            bulk = n != 1  # a prompt chunk: the decodes after it may go in bulk
             while not allocate(req, n):
                 if self.reclaim(req):
                     continue
                 victim = self.pick_victim()
                 refund = self.evict(victim, out, swap)
+                bulk = True
                 if refund:  # it ran earlier in this pass: the requests after it moved up by one
                     budget += refund
                     i -= 1
@@ -98,19 +101,34 @@ class VLLMSteps(Scheduler):
             scheduled.append((req, n))
             budget -= n
             i += 1
+            if bulk and i < len(running) and budget > 0:
+                # After a prompt chunk or an eviction (the victim's blocks usually cover many of
+                # the decodes after `req` under overload) take the decodes that follow in one
+                # call, as the fast path above: the same outcome as allocating each in order up
+                # to the first that is not a decode or does not fit.
+                k = self.kv.allocate_leading_decodes(running[i:i + budget])
+                if k:
+                    scheduled.extend([(r, 1) for r in running[i:i + k]])
+                    budget -= k
+                    i += k
         return budget
 
     def evict(self, victim: Request, out: SchedulerOutput, swap: bool = False, reuse_key=None) -> int:
         """Take running `victim` off the GPU (`swap_or_recompute`); return the tokens it had
         been given this step, now removed from the batch (the caller refunds them)."""
         refund = 0
-        for j, (other, m) in enumerate(out.scheduled):
-            if other is victim:
-                del out.scheduled[j]
-                if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
-                    out.num_known_decodes -= 1
-                refund = m
-                break
+        scheduled = out.scheduled
+        # its entry, found in C (`Request` compares by identity): a Python scan of a long
+        # batch per eviction was most of this under overload
+        try:
+            j = list(map(itemgetter(0), scheduled)).index(victim)
+        except ValueError:
+            j = -1
+        if j >= 0:
+            refund = scheduled[j][1]
+            del scheduled[j]
+            if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
+                out.num_known_decodes -= 1
         self.running.remove(victim)
         self.swap_ready_s.pop(victim.id, None)
         self.swap_or_recompute(victim, out, swap, reuse_key)

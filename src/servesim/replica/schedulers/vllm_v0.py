@@ -21,6 +21,7 @@ read: this is the chunked-prefill-off path (`sarathi` is the stall-free one).
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import Literal
 
 from pydantic import Field
@@ -33,6 +34,8 @@ from servesim.replica.schedulers.base import (
 )
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
+
+_ARRIVAL_ID = attrgetter("arrival_s", "id")  # (the same tuples as a lambda, built in C)
 
 
 class VLLMV0Params(SchedulerParams):
@@ -104,21 +107,36 @@ class VLLMV0Scheduler(VLLMSteps):
             tokens += n
 
     def _schedule_running(self, out: SchedulerOutput) -> None:
-        queue = deque(sorted(self.running, key=lambda r: (r.arrival_s, r.id)))
-        kept = []
-        allocate = self.kv.allocate_slots
-        while queue:
-            req = queue.popleft()
+        # The queue is `order[i:end]`: a request is taken from its front, a victim from its end.
+        # At the start and after each preemption the leading decodes that fit take their token
+        # in one call (`allocate_leading_decodes`: the same as `allocate_slots(req, 1)` for
+        # each in order up to the first that does not fit or is not a decode).
+        order = sorted(self.running, key=_ARRIVAL_ID)
+        i, end = 0, len(order)
+        kv = self.kv
+        allocate = kv.allocate_slots
+        bulk = True
+        while i < end:
+            if bulk and (k := kv.allocate_leading_decodes(order[i:end])):
+                i += k
+                if i == end:
+                    break
+            req = order[i]
+            i += 1
+            bulk = False
             while not allocate(req, 1):
-                if queue:
-                    self._preempt(queue.pop(), out)  # LIFO: the latest arrival
+                bulk = True
+                if i < end:
+                    end -= 1
+                    self._preempt(order[end], out)  # LIFO: the latest arrival
                 else:
                     self._preempt(req, out)
                     req = None
                     break
-            if req is not None:
-                kept.append(req)
-                out.scheduled.append((req, 1))
+            if req is None:
+                order[i - 1] = None  # (preempted: not kept)
+        kept = [r for r in order[:end] if r is not None]
+        out.scheduled += [(r, 1) for r in kept]
         self.running = kept
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
@@ -142,7 +160,7 @@ class VLLMV0Scheduler(VLLMSteps):
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode steps run the running requests sorted by arrival, whatever their progress (a
         # recompute finished in step 0 may have been listed after later arrivals there).
-        return sorted((r for r, _ in output.scheduled), key=lambda r: (r.arrival_s, r.id))
+        return sorted((r for r, _ in output.scheduled), key=_ARRIVAL_ID)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only steps repeat while nothing is preempted or swapped and whatever waits

@@ -141,11 +141,15 @@ class VTCScheduler(Scheduler):
                 # charged) and one per decode step after (charged, when fast-forwarded)
                 self._mark_decodes(out, 1)
                 return out
-        running = self.running
-        i = 0
-        while i < len(running):  # a decode step for every running request, in admission order
+        # A decode step for every running request, in admission order. The leading ones that
+        # decode and fit take their token in one call (`allocate_leading_decodes`: the same as
+        # `allocate_slots(req, 1)` for each in order), again after a preemption.
+        running, kv = self.running, self.kv
+        i = kv.allocate_leading_decodes(running)
+        out.scheduled = [(req, 1) for req in running[:i]]
+        while i < len(running):
             req = running[i]
-            while not self.kv.allocate_slots(req, 1):  # only if the peak check was too loose
+            while not kv.allocate_slots(req, 1):  # only if the peak check was too loose
                 victim = running.pop()  # the last admitted: it has not been scheduled yet
                 self.preempt(victim, out)
                 if victim is req:
@@ -153,6 +157,9 @@ class VTCScheduler(Scheduler):
             else:
                 out.scheduled.append((req, 1))
             i += 1  # (a preempted request left the end of `running`: it is not visited)
+            if (k := kv.allocate_leading_decodes(running[i:])) > 0:
+                out.scheduled += [(req, 1) for req in running[i:i + k]]
+                i += k
         if out.scheduled:
             self._mark_decodes(out, 0)
         return out
@@ -220,8 +227,15 @@ class VTCScheduler(Scheduler):
         self._decode_steps += steps
         price = self.params.output_price
         if self._tokens_before is None:  # one token per request and step
+            # each request adds its tenant's `price * steps / weight` (computed once per tenant:
+            # the same float), in batch order as before
+            counters, weights, charge = self.counters, self.params.tenant_weights, {}
             for r, _ in output.scheduled:
-                self.counters[r.tenant] += price * steps / self.weight(r.tenant)
+                t = r.tenant
+                c = charge.get(t)
+                if c is None:
+                    c = charge[t] = price * steps / weights.get(t, 1.0)
+                counters[t] += c
             return
         for (r, _), before in zip(output.scheduled, self._tokens_before):
             self.counters[r.tenant] += price * (r.num_output_tokens - before) / self.weight(r.tenant)

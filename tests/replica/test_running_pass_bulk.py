@@ -1,0 +1,69 @@
+"""vLLM's running pass (`VLLMSteps.schedule_running`) takes the decodes after a prompt chunk
+or an eviction in one `allocate_leading_decodes` call (vLLM v0's too), and VTC's decode step
+and TensorRT-LLM's micro-batch their leading decodes:
+the same run as allocating each request one by one, and the bulk calls do run (mid-pass:
+not the step's first call)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.factories import assert_same_run, make_engine, make_request, serve
+
+NUM_BLOCKS = 80
+
+
+def _requests():
+    rng = random.Random(11)
+    return [make_request(i, rng.randint(20, 300), rng.randint(5, 120), arrival=0.002 * i) for i in range(100)]
+
+
+def _run(scheduler: str, bulk: bool):
+    engine, sched, kv, loop, _ = make_engine(num_blocks=NUM_BLOCKS, scheduler=scheduler, max_num_seqs=32,
+                                             max_num_batched_tokens=256, fast_forward=False)
+    calls = {"pass": 0, "taken": 0, "mid_pass": 0, "mid_pass_taken": 0}
+    lead = kv.allocate_leading_decodes
+    schedule = sched.schedule
+
+    def counted_lead(reqs):
+        if not bulk:
+            return 0  # the reference: every request allocated by `allocate_slots`, in order
+        k = lead(reqs)
+        calls["taken"] += k
+        if calls["pass"] > 0:  # not the pass's first call
+            calls["mid_pass"] += 1
+            calls["mid_pass_taken"] += k
+        calls["pass"] += 1
+        return k
+
+    def counted_schedule(*args, **kw):
+        calls["pass"] = 0
+        return schedule(*args, **kw)
+
+    kv.allocate_leading_decodes = counted_lead
+    sched.schedule = counted_schedule
+    reqs = _requests()
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    return engine, reqs, calls
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "priority", "autellix", "vllm-v0"])
+def test_bulk_decodes_after_prompts_and_evictions_match_one_by_one(scheduler):
+    fast, fast_reqs, calls = _run(scheduler, bulk=True)
+    slow, slow_reqs, _ = _run(scheduler, bulk=False)
+    assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
+    assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the pass evicts
+    assert calls["mid_pass"] >= 20 and calls["mid_pass_taken"] >= 60  # and the bulk calls ran mid-pass
+
+
+@pytest.mark.parametrize("scheduler", ["vtc", "trtllm"])
+def test_decode_steps_in_bulk_match_one_by_one(scheduler):
+    """VTC's decode step and TensorRT-LLM's micro-batch take their leading decodes in bulk."""
+    fast, fast_reqs, calls = _run(scheduler, bulk=True)
+    slow, slow_reqs, _ = _run(scheduler, bulk=False)
+    assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
+    assert calls["taken"] > 4_000  # most decode tokens were taken in bulk
