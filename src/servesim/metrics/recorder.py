@@ -158,11 +158,11 @@ class Recorder:
         if self.num_steps >= self._flush_at:
             self._flush()
 
-    def _flush(self) -> None:
-        """Hand the buffered steps on (expanded) and start an empty buffer."""
+    def _flush(self, last: bool = False) -> None:
+        """Hand the buffered steps on (expanded) and start an empty buffer (`last`: the run's end)."""
         if self._buf.num_steps:
             if self._helper is not None:
-                self._helper.add(self._index, self._buf)
+                self._helper.add(self._index, self._buf, last)
             elif self.reducer is not None:
                 self.reducer.add(self._buf.log(0))
             if self._kept is not None:
@@ -173,7 +173,7 @@ class Recorder:
 
     def finish(self) -> None:
         """End of run: reduce the steps still buffered."""
-        self._flush()
+        self._flush(last=True)
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
         """The whole log (only when the recorder keeps its steps)."""
