@@ -1,0 +1,34 @@
+"""A run's fixed cost: simulate() freezes what exists before the run for the run's length (the
+cyclic collector does not rescan a fresh process's imports during the set-up) and leaves the
+collector as it found it; a run and its summary do not import numpy.ma (np.unique does)."""
+
+import gc
+import subprocess
+import sys
+
+from servesim import load_scenario, simulate
+
+
+def test_objects_from_before_the_run_are_frozen_during_it_and_released_after():
+    scenario = load_scenario("examples/azure-conv.yaml", ["workload.num_requests=30"])
+    before = ["made before the run"]  # (a container: tracked by the collector)
+    seen = []
+
+    def progress(done: int, total, now_s: float) -> None:
+        seen.append((gc.get_freeze_count(), any(o is before for o in gc.get_objects())))
+
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    result = simulate(scenario, progress)
+    assert seen and all(count > 10_000 and not listed for count, listed in seen)
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    assert any(o is before for o in gc.get_objects()) and result.summary()["num_finished"] == 30
+
+
+def test_a_run_and_its_summary_do_not_import_numpy_ma():
+    # (8 replicas, two tenants: the per-tenant groups and the fairness section are computed)
+    code = ("import sys; from servesim import load_scenario, simulate; "
+            "r = simulate(load_scenario('examples/cluster-azure-conv.yaml', ['workload.num_requests=300', "
+            "'workload.attributes.tenants={a: 1, b: 1}'])); s = r.summary(); "
+            "print(s['num_finished'], sorted(s['per_tenant']), 'fairness' in s, 'numpy.ma' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["300", "['a',", "'b']", "True", "False"]
