@@ -158,11 +158,11 @@ class Recorder:
         if self.num_steps >= self._flush_at:
             self._flush()
 
-    def _flush(self, last: bool = False) -> None:
-        """Hand the buffered steps on (expanded) and start an empty buffer (`last`: the run's end)."""
+    def _flush(self) -> None:
+        """Hand the buffered steps on (expanded) and start an empty buffer."""
         if self._buf.num_steps:
             if self._helper is not None:
-                self._helper.add(self._index, self._buf, last)
+                self._helper.add(self._index, self._buf)
             elif self.reducer is not None:
                 self.reducer.add(self._buf.log(0))
             if self._kept is not None:
@@ -172,8 +172,12 @@ class Recorder:
         self._flush_at = self.num_steps + self.CHUNK_STEPS
 
     def finish(self) -> None:
-        """End of run: reduce the steps still buffered."""
-        self._flush(last=True)
+        """End of run: reduce the steps still buffered. With a helper process that was never
+        started (no full buffer yet), here: forking at the end would only move this buffer's
+        reduction to another process and add the fork's own cost (a short run never forks)."""
+        if self._helper is not None and not self._helper.num_buffers:
+            self._helper = None
+        self._flush()
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
         """The whole log (only when the recorder keeps its steps)."""

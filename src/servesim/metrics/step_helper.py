@@ -48,15 +48,9 @@ class ReducerHelper:
         self._answers = None  # the child's answer comes back on this one
         self._proc = None
 
-    def add(self, index: int, buf: StepBuffer, last: bool = False) -> None:
-        """Reduce `buf` into replica `index`'s reducer (in the child, in sending order). A
-        replica's `last` buffer, the run's partial one at its end, is reduced here while no
-        child runs: starting one then would cost more than the buffer (about 20 ms of CPU in
-        the child of a 200-request run), and would fork every short run."""
+    def add(self, index: int, buf: StepBuffer) -> None:
+        """Reduce `buf` into replica `index`'s reducer (in the child, in sending order)."""
         if self._conn is None:
-            if last:
-                self.reducers[index].add(buf.log(0))
-                return
             self._start()
         buf.pack()  # (a few arrays to pickle, not lists of numbers)
         buf.ends.array()
