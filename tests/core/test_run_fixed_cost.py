@@ -32,3 +32,26 @@ def test_a_run_and_its_summary_do_not_import_numpy_ma():
             "print(s['num_finished'], sorted(s['per_tenant']), 'fairness' in s, 'numpy.ma' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["300", "['a',", "'b']", "True", "False"]
+
+
+def test_a_run_imports_only_the_policies_it_names():
+    code = ("import sys; from servesim import load_scenario, simulate; "
+            "simulate(load_scenario('examples/cluster-azure-conv.yaml', ['workload.num_requests=20'])); "
+            "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith(('servesim.replica.schedulers.', "
+            "'servesim.cluster.routers.', 'servesim.cluster.autoscalers.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = eval(out)  # noqa: S307  (a list of module names printed above)
+    assert "vllm" in loaded and "least_requests" in loaded
+    assert not {"sarathi", "sglang", "orca", "llumnix", "power_of_two"} & set(loaded)  # (not the default router)
+
+
+def test_an_unknown_policy_name_still_lists_every_one():
+    from servesim.cluster.routers import get_router
+    from servesim.errors import InputError
+
+    try:
+        get_router("least_requests")  # (the module's name, not the policy's)
+    except InputError as exc:
+        assert "allowed:" in str(exc) and "least-requests" in str(exc) and "round-robin" in str(exc)
+    else:
+        raise AssertionError("no InputError")
