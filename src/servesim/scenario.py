@@ -26,13 +26,13 @@ from servesim.replica.frontend import FrontendConfig
 from servesim.replica.schedulers import SchedulerParams, get_scheduler
 from servesim.workload.config import WorkloadConfig
 
-_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+_STRICT = ConfigDict(extra="forbid")
 
 
 class SchedulerConfig(BaseModel):
     """The scheduling policy by name, with its own parameters beside the name."""
 
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="allow")
 
     name: str = "vllm"
     """Registered scheduler name (see `servesim catalog schedulers`)."""

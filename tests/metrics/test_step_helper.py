@@ -51,6 +51,19 @@ def test_summary_and_time_series_are_the_in_process_bytes(monkeypatch):
     assert there.summary()["num_steps"] > 24 * 16384
 
 
+def test_a_short_run_reduces_its_last_buffers_in_process_without_forking(monkeypatch):
+    # 8 replicas, none fills a buffer of 16,384 steps: each hands on only its last, partial one
+    forks = []
+    monkeypatch.setattr(step_helper.ReducerHelper, "_start", lambda self: forks.append(1))
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    short = load_scenario(ROOT / "examples/cluster-azure-conv.yaml", ["workload.num_requests=300"])
+    there = simulate(short)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(short)
+    assert forks == [] and 8 < there.summary()["num_steps"] < 8 * 16384
+    assert _outputs(there) == _outputs(here)
+
+
 def test_a_failure_in_the_helper_fails_the_run_with_its_traceback(monkeypatch):
     def broken(self, log):
         raise ValueError("reducer broke")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from servesim.config_docs import field_doc
 from servesim.errors import InputError
 from servesim.perf import PerfConfig, PerfModel, StepTime, build_perf_model
 
@@ -174,7 +175,7 @@ def test_bad_input_names_allowed_values(kwargs: dict, message: str) -> None:
 
 def test_perf_config_fields_documented() -> None:
     for name, info in PerfConfig.model_fields.items():
-        assert info.description, name
+        assert field_doc(PerfConfig, name), name
     with pytest.raises(ValueError):
         PerfConfig(unknown=1)  # type: ignore[call-arg]
     assert PerfConfig().engine == "vllm" and PerfConfig().calibration is None

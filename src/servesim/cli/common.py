@@ -82,6 +82,8 @@ def schema_help(model: type, prefix: str = "") -> list[str]:
     from pydantic import BaseModel
     from rich.markup import escape
 
+    from servesim.config_docs import field_doc
+
     lines = []
     for name, field in model.model_fields.items():
         ann = field.annotation
@@ -91,7 +93,7 @@ def schema_help(model: type, prefix: str = "") -> list[str]:
         if sub is not None and (default is None or isinstance(default, BaseModel)):  # (not `Model | str = "name"`)
             lines.extend(schema_help(sub, key + "."))
             continue
-        doc = (field.description or "").replace("\n", " ")
+        doc = field_doc(model, name).replace("\n", " ")
         # Typer renders help with Rich, which would swallow `[low, high]` as a markup tag
         lines.append(escape(f"{key} ({_type_name(ann)}, default {default!r}): {doc}"))
     return lines

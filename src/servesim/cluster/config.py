@@ -15,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from servesim.cluster.coldstart import ColdStartConfig
 from servesim.errors import InputError
 
-_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+_STRICT = ConfigDict(extra="forbid")
 
 
 class RouterConfig(BaseModel):
     """The routing policy by name, with its own parameters beside the name."""
 
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="allow")
 
     name: str = "round-robin"
     """Registered router name (see `servesim catalog routers`)."""
@@ -113,7 +113,7 @@ class AutoscalerConfig(BaseModel):
     """Scale one pool with load: the policy by name with its parameters beside the name, the
     bounds, the decision loop and the cold start a new replica pays."""
 
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="allow")
 
     name: str = "hpa"
     """Registered autoscaler name (see `servesim catalog autoscalers`)."""

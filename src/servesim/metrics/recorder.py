@@ -175,7 +175,11 @@ class Recorder:
         self._flush_at = self.num_steps + self.CHUNK_STEPS
 
     def finish(self) -> None:
-        """End of run: reduce the steps still buffered."""
+        """End of run: reduce the steps still buffered. With a helper process that was never
+        started (no full buffer yet), here: forking at the end would only move this buffer's
+        reduction to another process and add the fork's own cost (a short run never forks)."""
+        if self._helper is not None and not self._helper.num_buffers:
+            self._helper = None
         self._flush()
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:

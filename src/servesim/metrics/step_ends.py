@@ -48,7 +48,7 @@ class StepEnds:
         index = np.asarray(index, dtype=np.int64)
         out = np.empty(index.shape)
         seg = np.searchsorted(self.offsets, index, side="right") - 1
-        for s in np.unique(seg).tolist():
+        for s in np.flatnonzero(np.bincount(seg)).tolist():  # (the segments used, in order)
             sel = seg == s
             out[sel] = self._open(s)[index[sel] - self.offsets[s]]
         return out

@@ -85,7 +85,7 @@ class StepReducer:
         # the edges around the busy ranges (a margin of one before and two after, for
         # floor-division rounding), each valued by the last step starting at or before it,
         # as the whole-log integral does
-        edge_k = np.unique(positions(ranges[0] - 1, ranges[1] - ranges[0] + 4))
+        edge_k = unique_sorted(np.sort(positions(ranges[0] - 1, ranges[1] - ranges[0] + 4)))[0]
         edge_s = edge_k * interval
         step = np.searchsorted(start, edge_s, side="right") - 1
         ok = step >= 0  # (edges before the chunk's first step keep the earlier chunks' value)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from servesim.errors import InputError
 
-_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 class GPUChoice(BaseModel):

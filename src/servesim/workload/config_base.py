@@ -23,6 +23,7 @@ def check_int_spec(name: str, value: IntSpec | None, minimum: int) -> None:
 
 
 class Strict(BaseModel):
-    """Base of every workload config model: unknown keys are errors, fields carry docstrings."""
+    """Base of every workload config model: unknown keys are errors, fields carry docstrings
+    (read by servesim.config_docs.field_doc)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -27,7 +27,7 @@ from servesim.cluster.view import ReplicaView
 class AutoscalerParams(BaseModel):
     """Base of every autoscaler's parameters (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)

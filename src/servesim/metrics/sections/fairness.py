@@ -29,7 +29,8 @@ def jain_index(values) -> float | None:
 
 
 def section(data: SectionInput) -> dict | None:
-    if len(np.unique(data.table.cols["tenant"])) < 2:  # one tenant (known without decoding every row)
+    codes = data.table.cols["tenant"]  # (label codes: one tenant known without decoding every row)
+    if len(codes) == 0 or codes.min() == codes.max():
         return None
     labels = data.table.labels("tenant")
     tenants = sorted(set(labels))
