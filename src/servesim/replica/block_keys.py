@@ -27,6 +27,7 @@ import numpy as np
 # consecutive positions in nearby slots: dict inserts, lookups and removals about 2x faster.
 RUN_KEY_BASE = (1 << 32) + 1
 _ID_LIMIT = 1 << 30  # ids packed with numpy: id * RUN_KEY_BASE + position must fit an int64
+_RANGE_LIMIT = 1 << 62  # ids split into ranges with numpy (`pack_ranges`): their differences fit an int64
 
 
 class BlockKeys(Sequence):
@@ -97,7 +98,14 @@ class BlockKeys(Sequence):
             return False
         if n < len(lst):
             del lst[n:]
-        lst += map(add, map(mul, mine[n:], repeat(RUN_KEY_BASE)), self.starts[n:])  # (in place: see above)
+        new = mine[n:]  # (packed in place: see above)
+        if len(new) > 8 and new[-1] - new[0] == len(new) - 1 and new == tuple(range(new[0], new[-1] + 1)):
+            # the usual case: the turn's new ids are one fresh range (`HashIds.fresh`)
+            step = RUN_KEY_BASE + r
+            k = new[0] * RUN_KEY_BASE + n * r
+            lst += range(k, k + len(new) * step, step)
+        else:
+            lst += map(add, map(mul, new, repeat(RUN_KEY_BASE)), self.starts[n:])
         rk._list = lst
         return True
 
@@ -159,11 +167,8 @@ class RunKeys(Sequence):
     def _build(self) -> list:
         ids, starts = self._ids, self._starts
         if set(map(type, ids)) <= {int}:
-            if len(ids) > 64 and type(starts) is range and -_ID_LIMIT <= min(ids) and max(ids) < _ID_LIMIT:
-                # numpy packs long ones faster (a multi-turn context: hundreds of runs), alike
-                a = np.array(ids, dtype=np.int64)
-                lst = (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
-            else:
+            lst = pack_long(ids, starts) if len(ids) > 64 and type(starts) is range else None
+            if lst is None:
                 lst = list(map(add, map(mul, ids, repeat(RUN_KEY_BASE)), starts))
         else:
             lst = list(zip(ids, self._starts))
@@ -187,6 +192,35 @@ class RunKeys(Sequence):
     def __iter__(self):
         lst = self._list
         return iter(lst if lst is not None else self._build())
+
+
+def pack_long(ids: tuple, starts: range) -> list | None:
+    """The packed run keys `ids[i] * RUN_KEY_BASE + starts[i]` of a long context (ints) with
+    numpy's help, else None (then packed id by id). A generated context is a few ranges of
+    consecutive ids (`HashIds` gives each turn fresh consecutive ids; a next turn's extend its
+    previous turn's): over such a range the keys step by RUN_KEY_BASE + starts.step, so each
+    range is one C-level `range`, the same ints as packing id by id (a follow-up's ids are >=
+    2**48, too large for packing in int64, and a Python multiply-add per id was most of
+    building a multi-turn context's keys). Other ids that fit pack in int64."""
+    try:
+        a = np.array(ids, dtype=np.int64)
+    except OverflowError:  # (an id outside int64)
+        return None
+    lo, hi = a.min(), a.max()
+    if -_RANGE_LIMIT <= lo and hi < _RANGE_LIMIT:  # (so that np.diff cannot wrap around)
+        cuts = np.flatnonzero(np.diff(a) != 1)
+        if len(cuts) <= len(ids) >> 4:  # a few ranges
+            bounds = [0, *(cuts + 1).tolist(), len(ids)]
+            start, step = starts.start, starts.step
+            stride = RUN_KEY_BASE + step
+            lst: list = []
+            for i, j in zip(bounds, bounds[1:]):
+                k = ids[i] * RUN_KEY_BASE + start + i * step
+                lst += range(k, k + (j - i) * stride, stride)
+            return lst
+    if -_ID_LIMIT <= lo and hi < _ID_LIMIT:  # id * RUN_KEY_BASE + start fits an int64
+        return (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
+    return None
 
 
 def _tuple_of(keys) -> tuple:

@@ -155,7 +155,12 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         if held is None:
-            held = self._held[req.id] = Held(keys=req.kv_block_keys)
+            keys = req.kv_block_keys
+            if type(keys) is BlockKeys and keys.run_keys._list is None and self._recent_keys:
+                # A policy that registers without looking up hits first (orca, sarathi, vtc):
+                # a next turn's keys from its previous turn's, as a lookup would build them.
+                self._recent_keys.reuse_into(keys)
+            held = self._held[req.id] = Held(keys=keys)
         tail = self._tails.pop(req.id, None) if self._tails else None
         num_keyed = computed.num_keyed if computed else 0
         num_own = computed.num_own if computed and tail is not None else 0
