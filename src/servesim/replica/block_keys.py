@@ -34,11 +34,12 @@ class BlockKeys(Sequence):
     """The keys `(hash_ids[(e-1)//H], e)` of a request's first `len(self)` KV blocks (e = end
     token), as runs: run i holds positions [starts[i], ends[i]) under key `run_keys[i]`."""
 
-    __slots__ = ("run_keys", "starts", "ends", "_ids", "_n", "_block_size", "_tuple")
+    __slots__ = ("run_keys", "starts", "ends", "_ids", "num_blocks", "_block_size", "_tuple")
 
     def __init__(self, hash_ids: Sequence, hash_block_tokens: int, block_size: int) -> None:
         H = hash_block_tokens
-        self._n = n = len(hash_ids) * H // block_size
+        # len(self), read as an attribute on hot paths (len() of a BlockKeys is a Python call)
+        self.num_blocks = n = len(hash_ids) * H // block_size
         # hash block m holds the positions p with m*H < (p+1)*bs <= (m+1)*H: [m*H//bs, (m+1)*H//bs)
         if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
             # No copies: a request keeps its keys for its lifetime, and a copy per block (ids,
@@ -63,7 +64,7 @@ class BlockKeys(Sequence):
         self._tuple: tuple | None = None
 
     def __len__(self) -> int:
-        return self._n
+        return self.num_blocks
 
     def release(self) -> None:
         """Drop what was built for lookups (the request's blocks are gone)."""
@@ -114,7 +115,7 @@ class BlockKeys(Sequence):
         return self._ids[0] if self._ids else None
 
     def __bool__(self) -> bool:
-        return self._n > 0
+        return self.num_blocks > 0
 
     def as_tuple(self) -> tuple:
         if self._tuple is None:

@@ -223,7 +223,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                 nb += 1
             # this token completes keyed blocks (the keys read last: a Python `__bool__`)
             if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys):
-                full = min(nc1 // bs, len(keys), nb)
+                full = min(nc1 // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys), nb)
                 if full > h.num_keyed:
                     reg.append((keys, h, h.num_keyed, full, i))
         if len(grow) > self.num_free_blocks:
