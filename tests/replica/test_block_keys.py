@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents
+from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents, pack_long
 
 
 def _per_block(ids, H, bs):
@@ -50,6 +50,30 @@ def test_long_contexts_pack_like_short_ones(lo, hi):
         want = [h * RUN_KEY_BASE + i * r for i, h in enumerate(ids)]
         got = keys.run_keys[:]
         assert got == want and all(type(k) is int for k in got)
+
+
+F = 1 << 48  # `prefix.FOLLOW_UP_IDS`: the first id of a follow-up turn
+
+
+@pytest.mark.parametrize("ids,by_ranges", [
+    (tuple(range(10, 310)), True),  # a first turn: one fresh range
+    (tuple(range(10, 200)) + tuple(range(F, F + 150)) + tuple(range(F + 900, F + 960)), True),  # a third turn
+    (tuple(range(-(1 << 62), -(1 << 62) + 100)), True),  # the lowest ids split into ranges
+    (tuple(range((1 << 62) - 50, (1 << 62) + 50)), False),  # past the split's limit: id by id
+    (tuple(range((1 << 63) - 50, (1 << 63) + 50)), False),  # past int64: id by id
+    (tuple(range(F, F + 40)) + tuple(random.Random(3).randrange(F, 2 * F) for _ in range(60)), False),  # not ranges
+])
+def test_generated_contexts_pack_by_ranges(ids, by_ranges):
+    """A context made of ranges of consecutive ids packs each range as one `range` of keys
+    (`pack_long`), the same ints as id by id, including follow-up ids >= 2**48."""
+    for H in (16, 64):
+        r = H // 16
+        got = BlockKeys(ids, H, 16).run_keys[:]
+        assert got == [h * RUN_KEY_BASE + i * r for i, h in enumerate(ids)] and all(type(k) is int for k in got)
+    packed = pack_long(ids, range(0, len(ids), 1))
+    assert (packed is not None) == by_ranges  # (ids >= 2**30 pack in numpy only as ranges)
+    if by_ranges:
+        assert packed == [h * RUN_KEY_BASE + i for i, h in enumerate(ids)]
 
 
 def test_keys_compare_and_hash_like_the_tuple():
@@ -105,6 +129,37 @@ def test_a_next_turn_reuses_the_previous_turns_keys():
     hits = kv.get_computed_blocks(nxt)
     assert hits.num_keyed == 300 and not kv._recent_keys  # reused (taken from the cache)
     assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]
+
+
+@pytest.mark.parametrize("new", [tuple(range(F, F + 40)), tuple(range(F, F + 20)) + (5, 9, F + 77)])
+def test_a_reused_list_packs_the_new_ids_as_built(new):
+    """The next turn's new ids (one fresh range, or not) extend the kept list to the keys
+    `BlockKeys` builds id by id."""
+    parent = BlockKeys(tuple(range(1000, 1300)), 16, 16)
+    parent.run_keys.as_list()
+    child = parent._ids + new
+    keys = BlockKeys(child, 16, 16)
+    assert keys.reuse(parent.take_run_keys())
+    assert keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(child)]
+
+
+def test_a_policy_without_lookups_reuses_the_previous_turns_keys():
+    """orca, sarathi and vtc allocate a prompt without looking up hits: the next turn's keys
+    are still built from its previous turn's (the cache's kept list, taken at allocation)."""
+    from servesim.replica.kv_cache import KVCacheManager
+    from tests.factories import make_request
+
+    kv = KVCacheManager(10_000, 16)
+    first = make_request(1, 300 * 16, 10, hash_ids=tuple(range(7, 307)), hash_block_tokens=16)
+    first.kv_block_keys = BlockKeys(first.hash_ids, 16, 16)
+    assert kv.allocate_slots(first, first.prompt_len)
+    kv.free(first.id)
+    assert kv._recent_keys
+    nxt = make_request(2, 320 * 16, 10, hash_ids=first.hash_ids + tuple(range(F, F + 20)), hash_block_tokens=16)
+    nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
+    assert kv.allocate_slots(nxt, nxt.prompt_len)
+    assert not kv._recent_keys  # taken
+    assert nxt.kv_block_keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(nxt.hash_ids)]
 
 
 def test_a_next_turn_on_another_replica_reuses_the_previous_turns_keys():

@@ -27,17 +27,19 @@ import numpy as np
 # consecutive positions in nearby slots: dict inserts, lookups and removals about 2x faster.
 RUN_KEY_BASE = (1 << 32) + 1
 _ID_LIMIT = 1 << 30  # ids packed with numpy: id * RUN_KEY_BASE + position must fit an int64
+_RANGE_LIMIT = 1 << 62  # ids split into ranges with numpy (`pack_ranges`): their differences fit an int64
 
 
 class BlockKeys(Sequence):
     """The keys `(hash_ids[(e-1)//H], e)` of a request's first `len(self)` KV blocks (e = end
     token), as runs: run i holds positions [starts[i], ends[i]) under key `run_keys[i]`."""
 
-    __slots__ = ("run_keys", "starts", "ends", "_ids", "_n", "_block_size", "_tuple")
+    __slots__ = ("run_keys", "starts", "ends", "_ids", "num_blocks", "_block_size", "_tuple")
 
     def __init__(self, hash_ids: Sequence, hash_block_tokens: int, block_size: int) -> None:
         H = hash_block_tokens
-        self._n = n = len(hash_ids) * H // block_size
+        # len(self), read as an attribute on hot paths (len() of a BlockKeys is a Python call)
+        self.num_blocks = n = len(hash_ids) * H // block_size
         # hash block m holds the positions p with m*H < (p+1)*bs <= (m+1)*H: [m*H//bs, (m+1)*H//bs)
         if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
             # No copies: a request keeps its keys for its lifetime, and a copy per block (ids,
@@ -62,7 +64,7 @@ class BlockKeys(Sequence):
         self._tuple: tuple | None = None
 
     def __len__(self) -> int:
-        return self._n
+        return self.num_blocks
 
     def release(self) -> None:
         """Drop what was built for lookups (the request's blocks are gone)."""
@@ -97,7 +99,14 @@ class BlockKeys(Sequence):
             return False
         if n < len(lst):
             del lst[n:]
-        lst += map(add, map(mul, mine[n:], repeat(RUN_KEY_BASE)), self.starts[n:])  # (in place: see above)
+        new = mine[n:]  # (packed in place: see above)
+        if len(new) > 8 and new[-1] - new[0] == len(new) - 1 and new == tuple(range(new[0], new[-1] + 1)):
+            # the usual case: the turn's new ids are one fresh range (`HashIds.fresh`)
+            step = RUN_KEY_BASE + r
+            k = new[0] * RUN_KEY_BASE + n * r
+            lst += range(k, k + len(new) * step, step)
+        else:
+            lst += map(add, map(mul, new, repeat(RUN_KEY_BASE)), self.starts[n:])
         rk._list = lst
         return True
 
@@ -106,7 +115,7 @@ class BlockKeys(Sequence):
         return self._ids[0] if self._ids else None
 
     def __bool__(self) -> bool:
-        return self._n > 0
+        return self.num_blocks > 0
 
     def as_tuple(self) -> tuple:
         if self._tuple is None:
@@ -159,11 +168,8 @@ class RunKeys(Sequence):
     def _build(self) -> list:
         ids, starts = self._ids, self._starts
         if set(map(type, ids)) <= {int}:
-            if len(ids) > 64 and type(starts) is range and -_ID_LIMIT <= min(ids) and max(ids) < _ID_LIMIT:
-                # numpy packs long ones faster (a multi-turn context: hundreds of runs), alike
-                a = np.array(ids, dtype=np.int64)
-                lst = (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
-            else:
+            lst = pack_long(ids, starts) if len(ids) > 64 and type(starts) is range else None
+            if lst is None:
                 lst = list(map(add, map(mul, ids, repeat(RUN_KEY_BASE)), starts))
         else:
             lst = list(zip(ids, self._starts))
@@ -187,6 +193,35 @@ class RunKeys(Sequence):
     def __iter__(self):
         lst = self._list
         return iter(lst if lst is not None else self._build())
+
+
+def pack_long(ids: tuple, starts: range) -> list | None:
+    """The packed run keys `ids[i] * RUN_KEY_BASE + starts[i]` of a long context (ints) with
+    numpy's help, else None (then packed id by id). A generated context is a few ranges of
+    consecutive ids (`HashIds` gives each turn fresh consecutive ids; a next turn's extend its
+    previous turn's): over such a range the keys step by RUN_KEY_BASE + starts.step, so each
+    range is one C-level `range`, the same ints as packing id by id (a follow-up's ids are >=
+    2**48, too large for packing in int64, and a Python multiply-add per id was most of
+    building a multi-turn context's keys). Other ids that fit pack in int64."""
+    try:
+        a = np.array(ids, dtype=np.int64)
+    except OverflowError:  # (an id outside int64)
+        return None
+    lo, hi = a.min(), a.max()
+    if -_RANGE_LIMIT <= lo and hi < _RANGE_LIMIT:  # (so that np.diff cannot wrap around)
+        cuts = np.flatnonzero(np.diff(a) != 1)
+        if len(cuts) <= len(ids) >> 4:  # a few ranges
+            bounds = [0, *(cuts + 1).tolist(), len(ids)]
+            start, step = starts.start, starts.step
+            stride = RUN_KEY_BASE + step
+            lst: list = []
+            for i, j in zip(bounds, bounds[1:]):
+                k = ids[i] * RUN_KEY_BASE + start + i * step
+                lst += range(k, k + (j - i) * stride, stride)
+            return lst
+    if -_ID_LIMIT <= lo and hi < _ID_LIMIT:  # id * RUN_KEY_BASE + start fits an int64
+        return (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
+    return None
 
 
 def _tuple_of(keys) -> tuple:

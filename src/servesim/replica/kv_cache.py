@@ -160,7 +160,12 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
             return False
         if held is None:
-            held = self._held[req.id] = Held(keys=req.kv_block_keys)
+            keys = req.kv_block_keys
+            if type(keys) is BlockKeys and keys.run_keys._list is None and self._recent_keys:
+                # A policy that registers without looking up hits first (orca, sarathi, vtc):
+                # a next turn's keys from its previous turn's, as a lookup would build them.
+                self._recent_keys.reuse_into(keys)
+            held = self._held[req.id] = Held(keys=keys)
         tail = self._tails.pop(req.id, None) if self._tails else None
         num_keyed = computed.num_keyed if computed else 0
         num_own = computed.num_own if computed and tail is not None else 0
@@ -223,7 +228,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                 nb += 1
             # this token completes keyed blocks (the keys read last: a Python `__bool__`)
             if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys):
-                full = min(nc1 // bs, len(keys), nb)
+                full = min(nc1 // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys), nb)
                 if full > h.num_keyed:
                     reg.append((keys, h, h.num_keyed, full, i))
         if len(grow) > self.num_free_blocks:

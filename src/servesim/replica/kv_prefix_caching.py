@@ -66,7 +66,7 @@ class PrefixCaching:
             held = held_of.get(req.id)
             if held is not None and keys is not None:
                 end = num_tokens // bs
-                n = len(keys)
+                n = keys.num_blocks if type(keys) is BlockKeys else len(keys)  # (not a Python `__len__` call)
                 if end > n:
                     end = n
                 if held.num_keyed < end:
@@ -95,7 +95,7 @@ class PrefixCaching:
             keys = req.kv_block_keys
             if full <= k0 or keys is None:
                 continue
-            full = min(full, len(keys), k0 + held.num_plain)
+            full = min(full, keys.num_blocks if type(keys) is BlockKeys else len(keys), k0 + held.num_plain)
             if full > k0:
                 items.append((keys, held, k0, full))
         if not items:

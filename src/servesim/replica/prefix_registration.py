@@ -11,6 +11,7 @@ mixin: they share the index dict and `PrefixIndex.extents`.
 
 from __future__ import annotations
 
+from collections import deque
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
@@ -83,7 +84,8 @@ class PrefixRegistration:
         these registrations give the same state before or after pops (a stretch's or a step's
         decodes: one call for all). False, nothing done, otherwise."""
         index = self._index
-        pending: list = []
+        pending: list = []  # the runs to register, in order
+        owners: list = []  # the group each goes to
         plan = []
         groups = set()
         for keys, held, k0, k1 in items:
@@ -107,27 +109,25 @@ class PrefixRegistration:
                     if g is None or index.get(runs[0]) is not g:
                         return False
                     del runs[0]
-            if g is not None:
-                if g in groups:
-                    return False
+            if g is None:
+                g = Group(k0)  # (nothing refers to it unless the checks below pass)
+                seg = None
+            elif g in groups:
+                return False
+            else:
                 groups.add(g)
             pending += runs
+            owners += [g] * len(runs)
             plan.append((held, g, seg, k0, k1, runs))
         if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
             return False
+        index.update(zip(pending, owners))
         for held, g, seg, k0, k1, runs in plan:
             n = k1 - k0
-            if g is None:
-                g = Group(k0)
-                held.segs.append([g, k0, k1])
-            elif seg[2] == k0:
+            if seg is not None and seg[2] == k0:
                 seg[2] = k1
-            else:
+            else:  # (a new group, or held's last segment of g ends before k0)
                 held.segs.append([g, k0, k1])
-            if len(runs) == 1:
-                index[runs[0]] = g
-            else:
-                index.update(zip(runs, repeat(g)))
             g.runs += runs
             g.ref += [1] * n  # (`Group.append_held`, inline: one call less per request)
             g.stamp += [0] * n
@@ -137,13 +137,12 @@ class PrefixRegistration:
         return True
 
     def drop(self, group: Group) -> None:
-        """A group with no cached block leaves the index (it may still be someone's extent)."""
-        index, runs = self._index, group.runs
-        owners = list(map(index.pop, runs, repeat(None)))  # (one pass: popped, then restored)
-        if owners.count(group) != len(runs):  # the usual case: every run mapped here
-            for rk, g in zip(runs, owners):
-                if g is not group and g is not None:
-                    index[rk] = g
+        """A group with no cached block leaves the index (it may still be someone's extent).
+        Its runs are exactly the keys indexed to it (a key is indexed only when absent, to the
+        group whose runs then list it, and leaves only here; `test_kv_cache_equivalence.py`
+        asserts it after every operation), so they are popped without looking at the owners
+        (a C-level pass, about twice as fast as collecting and checking them)."""
+        deque(map(self._index.pop, group.runs, repeat(None)), maxlen=0)  # (None: a run listed twice)
         group.runs = []
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
