@@ -118,7 +118,8 @@ class Packed:
 
 
 # the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
-_LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks")
+_LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks",
+          "prefill_at", "prefill_more")
 
 
 class StepBuffer:
@@ -147,6 +148,9 @@ class StepBuffer:
         self.growth_runs = Ints(np.int64)
         self.free_at = Ints(np.int64)  # step before which blocks were freed
         self.free_blocks = Ints(np.int64)
+        # prompt tokens of steps inside a stretch (requests that joined it), beyond each chunk's first
+        self.prefill_at = Ints(np.int64)
+        self.prefill_more = Ints(np.int32)
 
     def pack(self) -> None:
         """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
@@ -168,6 +172,9 @@ class StepBuffer:
         start_s[first] = chunks["start_s"]
         prefill = np.zeros(n, dtype=np.int32)
         prefill[first] = chunks["prefill0"]
+        at = self.prefill_at.array()
+        if len(at):
+            prefill[at] += self.prefill_more.array()  # (steps distinct, never a chunk's first)
         running = np.repeat(self.run_size.array(), self.run_len.array())
         emitted = running.copy()
         emitted[first[single]] = chunks["a"][single]
