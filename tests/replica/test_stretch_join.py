@@ -75,3 +75,19 @@ def test_max_num_seqs_stops_joins(llama):
     b = run(reqs_b, False, 2000, llama, max_num_seqs=4)
     assert_same_run(a, b, reqs_a, reqs_b, 2000, REQUEST_OUTCOME)
     assert b.recorder.step_log(2000).num_running.max() == 4
+
+
+def test_vllm_answers_which_arrivals_join():
+    _, sched, _, _, _ = make_engine(num_blocks=100, max_num_batched_tokens=64, max_num_seqs=3)
+    fresh, second = make_request(0, 40, 5), make_request(1, 20, 5)
+    sched.add_request(fresh, 0.0)
+    assert sched.arrivals_join(2) == [(fresh, 40)]
+    assert sched.arrivals_join(30) is None  # 34 tokens left by 30 decodes: its prompt would be chunked
+    sched.add_request(second, 0.0)
+    assert sched.arrivals_join(4) == [(fresh, 40), (second, 20)]  # in queue order, from the budget left
+    assert sched.arrivals_join(5) is None  # 59 tokens left: the second prompt would be chunked
+    sched.running.extend([make_request(9, 1, 1), make_request(8, 1, 1)])
+    assert sched.arrivals_join(2) is None  # max_num_seqs 3: the second is not admitted
+    sched.running.clear()
+    second.num_output_tokens = 2  # emitted on a replica that crashed: its recompute is not a fresh prompt
+    assert sched.arrivals_join(0) is None
