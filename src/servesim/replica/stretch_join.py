@@ -25,6 +25,12 @@ from servesim.replica.schedulers.outputs import SchedulerOutput
 from servesim.replica.stretch import Stretch
 
 
+# A stretch keeps the requests that left it (they are applied when it ends), and some of its
+# passes (pricing from the numpy chunks' prefix sums, block counts) read them all: requests
+# join it while it holds at most this many more that left than are running.
+MAX_EXTRA_DEPARTED = 32
+
+
 def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     """At `now_s`, the end of the stretch `st` (cut by arrivals): admit the waiting requests
     into it if stepping would admit them whole at the next step, and price it on. True if they
@@ -35,6 +41,8 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
     num_running = st.active_at(s)
+    if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
+        return False  # mostly requests that left: the stretch is applied, the next one holds only those running
     joins = sched.arrivals_join(num_running)
     if not joins:
         return False
