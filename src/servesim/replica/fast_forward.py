@@ -115,8 +115,9 @@ class FastForwarding:
         free = st.free_blocks - st.join_blocks  # (prompts that joined took theirs before step k_safe)
         need = st.blocks_needed
 
-        # (cheap bound first: each request needs at most one block per block_size steps, + 1)
-        if len(st.first_new) * ((k - 1) // bs + 1) > free and need(k, bs) > free:
+        # (cheap bound first: each request that may still grow needs at most one block per
+        # block_size steps since the last count, + 1)
+        if st.blocks_bound(k, bs) > free and need(k, bs) > free:
             lo, hi = k_safe, k  # need(lo) <= free < need(hi)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
