@@ -166,9 +166,11 @@ class Packed:
 
 
 # the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
-_LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks")
+_LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks",
+          "prefill_at", "prefill_more")
 #: dtypes of the arrays `StepBuffer.wire` gives: the chunks' table (flat), the end times, `_LISTS`
-WIRE = (np.float64, np.float64, np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64)
+WIRE = (np.float64, np.float64, np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64,
+        np.int64, np.int32)
 
 
 class StepBuffer:
@@ -197,6 +199,9 @@ class StepBuffer:
         self.growth_runs = Ints(np.int64)
         self.free_at = Ints(np.int64)  # step before which blocks were freed
         self.free_blocks = Ints(np.int64)
+        # prompt tokens of steps inside a stretch (requests that joined it), beyond each chunk's first
+        self.prefill_at = Ints(np.int64)
+        self.prefill_more = Ints(np.int32)
 
     def pack(self) -> None:
         """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
@@ -236,6 +241,9 @@ class StepBuffer:
         start_s[first] = chunks["start_s"]
         prefill = np.zeros(n, dtype=np.int32)
         prefill[first] = chunks["prefill0"]
+        at = self.prefill_at.array()
+        if len(at):
+            prefill[at] += self.prefill_more.array()  # (steps distinct, never a chunk's first)
         running = np.repeat(self.run_size.array(), self.run_len.array())
         emitted = running.copy()
         emitted[first[single]] = chunks["a"][single]

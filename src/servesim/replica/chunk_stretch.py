@@ -54,6 +54,7 @@ class ChunkStretch(Stretch):
         self.waiting_from = []
         self.first_new = []
         self.free_blocks = 0
+        self._no_joins(len(decodes))
         self.kmax = kmax
         self._ends = [end0_s]
         self.k = self._priced = 1

@@ -21,6 +21,7 @@ from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
+from servesim.replica.stretch_join import join_arrivals
 from servesim.workload.request import Request
 
 
@@ -47,16 +48,7 @@ class FastForwarding:
                 if n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens:
                     return False  # a prompt still in progress gets a chunk, not one token, next step
         end0 = now_s + dt0_s
-        # A lone replica knows the next arrival is its own: price exactly up to it (and give up
-        # below two steps). With others the next arrival may go elsewhere, and a queue blocked
-        # for any newcomer keeps the stretch through arrivals: price `lookahead` times as far
-        # and at least one step past step 0; a submission here that the scheduler cannot keep
-        # cuts the stretch back to the step in flight, and `_end_fast_forward` extends it if
-        # reached uncut.
-        next_s = self.next_event_s()
-        if self.lookahead > 1 or (self.ports is None and self.scheduler.arrival_keeps_batch(None)):
-            next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0, math.inf))
-        horizon_s = min(next_s, self._own_horizon_s())
+        horizon_s = self._stretch_horizon_s(now_s, end0)
         if horizon_s <= end0:
             return False  # step 1 would start at or after the horizon: `price` would take no step
         if prefills:
@@ -87,6 +79,20 @@ class FastForwarding:
         self._schedule_stretch_end(st)
         return True
 
+    def _stretch_horizon_s(self, now_s: float, end0_s: float) -> float:
+        """How far to price a stretch whose step starting at `now_s` ends at `end0_s`.
+
+        A lone replica knows the next arrival is its own: price exactly up to it (and give up
+        below two steps). With others the next arrival may go elsewhere, and a queue blocked
+        for any newcomer keeps the stretch through arrivals: price `lookahead` times as far
+        and at least one step past that one; a submission here that the scheduler cannot keep
+        cuts the stretch back to the step in flight, and `_end_fast_forward` extends it if
+        reached uncut (or lets the newcomers join it)."""
+        next_s = self.next_event_s()
+        if self.lookahead > 1 or (self.ports is None and self.scheduler.arrival_keeps_batch(None)):
+            next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0_s, math.inf))
+        return min(next_s, self._own_horizon_s())
+
     def _schedule_stretch_end(self, st: Stretch) -> None:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
         st.gen += 1
@@ -102,25 +108,26 @@ class FastForwarding:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
+        if not (st.first_new or st.keyed):  # (nothing grows: a `SpecStretch` limits itself)
+            return st.k >= 2
         bs = self.kv.block_size
         k = st.k
-        first_new, remaining, free = st.first_new, st.remaining, st.free_blocks
+        free = st.free_blocks - st.join_blocks  # (prompts that joined took theirs before step k_safe)
+        need = st.blocks_needed
 
-        def need(steps: int) -> int:
-            return sum((min(steps, r) - 1 - f) // bs + 1 for f, r in zip(first_new, remaining) if f < min(steps, r))
-
-        # (cheap bound first: each request needs at most one block per block_size steps, + 1)
-        if len(first_new) * ((k - 1) // bs + 1) > free and need(k) > free:
+        # (cheap bound first: each request that may still grow needs at most one block per
+        # block_size steps since the last count, + 1)
+        if st.blocks_bound(k, bs) > free and need(k, bs) > free:
             lo, hi = k_safe, k  # need(lo) <= free < need(hi)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
+                lo, hi = (mid, hi) if need(mid, bs) <= free else (lo, mid)
             st.truncate(lo)
-            st.final = True
+            st.final = st.limited = True
             k = lo
         if st.keyed and k > k_safe and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in st.keyed]):
             st.truncate(k_safe)
-            st.final = True
+            st.final = st.limited = True
         return st.k >= 2
 
     def _own_horizon_s(self) -> float:
@@ -168,6 +175,8 @@ class FastForwarding:
                 return self._schedule_stretch_end(st)
         if self.on_change:  # (while the stretch is in flight: a view taken now reads its steps)
             self.on_change(now_s)
+        if st.final and self.scheduler.num_waiting and join_arrivals(self, st, now_s):
+            return  # arrivals admitted whole at this boundary: the stretch goes on with them
         self.stretch = None
         self._finish_and_continue(st.out, self._apply_stretch(st), now_s)
 
@@ -197,7 +206,6 @@ class FastForwarding:
             frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
                      for i in finished if (m := steps_of[i]) < k]
             advance_decodes(st.decodes, steps_of, first)
-        kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         prefill_tokens = 0
         for (req, n), m in zip(st.prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
             prefill_tokens += n
@@ -206,6 +214,8 @@ class FastForwarding:
             req.token_steps += (first, first + m - 1)
             if req.first_token_s is None:
                 req.first_token_s = float(ends[0])
+        prefill_at = _apply_joins(st, steps_of, first, frees, bs) if st.joins else ()
+        kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         self.kv.cache_full_blocks_many(st.keyed, k - 1)
         done = [reqs[i] for i in finished]
@@ -214,8 +224,31 @@ class FastForwarding:
         self.num_steps += k
         self.num_fast_forwarded_steps += k
         self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
-                                       [j for j in st.waiting_from if j < k])
+                                       [j for j in st.waiting_from if j < k], prefill_at=prefill_at)
         return done
+
+
+def _apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[int, int]],
+                 bs: int) -> list[tuple[int, int]]:
+    """Advance the requests that joined the stretch (`replica/stretch_join.py`): each computed
+    its prompt in its join step s and emitted a token in each of its steps from s on. Their
+    prompts' blocks, taken when they joined, are logged as blocks in use from step s (a
+    negative free); returns the (step, prompt tokens) of the join steps, for the step log."""
+    k = st.k
+    ends = st.ends
+    prefill_at: dict[int, int] = {}
+    for (s, req, n), m_end in zip(st.joins, steps_of[len(steps_of) - len(st.joins):]):
+        if s >= k:  # (a crash settled the stretch before the step it joined in ended)
+            continue
+        m = m_end - s  # the steps it ran: s .. m_end - 1
+        req.num_computed_tokens += n + m - 1
+        req.num_output_tokens += m
+        req.token_steps += (first + s, first + m_end - 1)
+        if req.first_token_s is None:
+            req.first_token_s = float(ends[s])
+        prefill_at[s] = prefill_at.get(s, 0) + n
+        frees.append((s, -(-(-n // bs))))
+    return list(prefill_at.items())
 
 
 def advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -> None:

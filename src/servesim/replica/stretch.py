@@ -24,7 +24,7 @@ The pricing itself (`price` and the numpy and scalar paths behind it) is `Stretc
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -43,7 +43,8 @@ class Stretch(StretchPricing):
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
-                 "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s")
+                 "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
+                 "_need_at")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
@@ -63,6 +64,7 @@ class Stretch(StretchPricing):
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
         self.free_blocks = 0  # free KV blocks when the stretch was planned
+        self._no_joins(len(reqs))
         # remaining in increasing order (`through`: the departures); the requests' order by it
         # is sorted only when a departure is priced (`departure_order`)
         self._sorted_rem = sorted(remaining) if through else None
@@ -94,6 +96,17 @@ class Stretch(StretchPricing):
         if self._active:
             self._f = decode_fn(self._active)
 
+    def _no_joins(self, n: int) -> None:
+        """The state of joins and of the block count, for a stretch of n requests (none joined)."""
+        # requests admitted at a step boundary inside the stretch (`join`): (step, request,
+        # prompt tokens), in admission order; their entries follow the others' in `reqs`,
+        # `ctx1`, `remaining`, `first_new`, in the stretch's frame (see `join`)
+        self.joins: list[tuple[int, Any, int]] = []
+        self.join_blocks = 0  # the blocks their prompts took when they joined
+        self.limited = False  # shortened to the KV blocks free or to the prefix keys (`Engine._limit`)
+        # (a step j, blocks_needed(j), requests that may grow from step j on): `blocks_needed`'s base
+        self._need_at = (0, 0, list(range(n)))
+
     @property
     def ends(self) -> list[float] | np.ndarray:
         """End time of each step of the stretch (s) (an array is a view: valid until the
@@ -115,6 +128,8 @@ class Stretch(StretchPricing):
     def batch_runs(self) -> BatchRuns:
         """Requests in each step, run by run of a constant batch: all of them, less
         (`through`) those whose last token was an earlier step's."""
+        if self.joins:
+            return self._batch_runs_joined()
         k, n = self.k, len(self.reqs)
         rem = self._sorted_rem
         if not self.through or k <= rem[0]:  # nobody left before the last step
@@ -130,6 +145,16 @@ class Stretch(StretchPricing):
             j = stop
         return BatchRuns(sizes, lens)
 
+    def _batch_runs_joined(self) -> BatchRuns:
+        """`batch_runs` with joins: the batch also grows at each join step."""
+        k, rem, joins = self.k, self._sorted_rem, self.joins
+        starts = [j for j, _, _ in joins]
+        n0 = len(self.reqs) - len(joins)
+        marks = sorted({0, *(r for r in rem if r < k), *(j for j in starts if j < k)})
+        sizes = [n0 + bisect_right(starts, j) - bisect_right(rem, j) for j in marks]
+        lens = [b - a for a, b in zip(marks, marks[1:] + [k])]
+        return BatchRuns(sizes, lens)
+
     def batch_sizes(self) -> list[int]:
         """Requests in each step (`batch_runs` expanded)."""
         sizes, lens = self.batch_runs()
@@ -137,12 +162,43 @@ class Stretch(StretchPricing):
 
     def prompt_tokens_before(self, j: int) -> int:
         """Prompt tokens computed by steps 0..j-1 (1 <= j < k) beyond what the requests show,
-        as the views count them: a prompt finished in step 0 is left with one token to compute."""
-        return sum(n - 1 for _, n in self.prefills)
+        as the views count them: a prompt finished in step 0 (or when joining) is left with one
+        token to compute."""
+        return sum(n - 1 for _, n in self.prefills) + sum(n - 1 for s, _, n in self.joins if s < j)
 
     def tokens_before(self, j: int) -> int:
-        """Tokens emitted by steps 0..j-1 (j < k): each request runs min(remaining, j) of them."""
-        return sum(r if r < j else j for r in self.remaining)
+        """Tokens emitted by steps 0..j-1 (j < k): each request runs min(remaining, j) of them
+        (a request that joined at step s, from s on)."""
+        total = sum(r if r < j else j for r in self.remaining)
+        for s, _, _ in self.joins:  # (their steps before they joined were counted above)
+            total -= s if s < j else j
+        return total
+
+    def active_at(self, j: int) -> int:
+        """Requests running in step j (`through`: less those whose last token was earlier)."""
+        return len(self._sorted_rem) - bisect_right(self._sorted_rem, j)
+
+    def blocks_needed(self, steps: int, block_size: int) -> int:
+        """KV blocks the first `steps` steps add to the blocks held at step 0 (the decodes'
+        growth; the joined prompts' blocks are `join_blocks`). Counted on from the last count
+        over the requests that may still grow (a long stretch that requests joined and left
+        holds many that no longer do)."""
+        at, need, live = self._need_at
+        if steps < at:
+            return sum(_growth(f, 0, min(steps, r), block_size) for f, r in zip(self.first_new, self.remaining))
+        first_new, remaining = self.first_new, self.remaining
+        need += sum(_growth(first_new[i], at, min(steps, remaining[i]), block_size) for i in live)
+        self._need_at = (steps, need, [i for i in live if remaining[i] > steps])
+        return need
+
+    def blocks_bound(self, steps: int, block_size: int) -> int:
+        """An upper bound of `blocks_needed(steps)` in O(1): the last count plus a block per
+        `block_size` steps since for each request that may still grow (a request gets one
+        block every `block_size` steps at most)."""
+        at, need, live = self._need_at
+        if steps <= at:
+            return need
+        return need + len(live) * ((steps - at - 1) // block_size + 1)
 
     def _take(self, stop: int) -> None:
         """The priced steps up to `stop` join the stretch."""
@@ -177,8 +233,58 @@ class Stretch(StretchPricing):
                 delta -= blocks_held(req) + ((r - 1 - f) // block_size + 1 if f <= r - 1 else 0)
         return delta
 
+    def join(self, joins: list[tuple[Any, int]], first_new: list[int], blocks: int, step_s: float,
+             forms: "DecodeForms | None", block_size: int) -> None:
+        """Requests admitted whole at the boundary after the stretch's last step (`joins`:
+        (request, prompt tokens), in admission order; their prompts took `blocks` blocks): the
+        next step, s = k, runs the decodes still running and those prompts (`step_s` long,
+        priced by the caller), and from s + 1 on they decode with the rest. In the stretch's
+        frame a request that joined at s with an n-token prompt decodes at step j > s with
+        n + (j - s - 1) tokens in KV, so ctx1 = n - s, and emits its last token in step
+        s + output_len - 1, so remaining = s + output_len: the pricing only reads steps after s,
+        where both hold as for the others. `first_new`: the first step that needs one more
+        block for each (`KVCacheManager.first_new_block_steps` with that ctx1). `forms`: the
+        affine decode forms covering the grown batch."""
+        s = self.k
+        in_sync = self._f is not None and self._priced == s  # the scalar state is step s's
+        ctx_sum, active = self._ctx_sum, self._active
+        self.truncate(s)
+        self._append([self.end_s + step_s])
+        if self.reqs is self.decodes:  # (shared while only decodes ran)
+            self.reqs = list(self.reqs)
+        reqs, ctx1, remaining, rem = self.reqs, self.ctx1, self.remaining, self._sorted_rem
+        for (req, n), f in zip(joins, first_new):
+            r = s + req.output_len
+            self.joins.append((s, req, n))
+            reqs.append(req)
+            ctx1.append(n - s)
+            remaining.append(r)
+            insort(rem, r)  # (after the departed ones: r > s)
+            self.first_new.append(f)
+            self._ctx_total += n - s
+            ctx_sum += n  # (its context at step s + 1; the others' grow by one below)
+        self.kmax = rem[-1]
+        self.join_blocks += blocks
+        at, need, live = self._need_at  # (the joiners grow from step s + 1 on: count what they grow before `at`)
+        for i in range(len(reqs) - len(joins), len(reqs)):
+            need += _growth(self.first_new[i], 0, min(at, remaining[i]), block_size)
+            live.append(i)
+        self._need_at = (at, need, live)
+        self._forms = forms
+        self._prefix_sums = self._order = self._step1_s = None  # (rebuilt from the lists when needed)
+        self.final = False
+        if in_sync:  # the scalar loop goes on from step s + 1 without a pass over the batch
+            self._ctx_sum, self._active = ctx_sum + active, active + len(joins)
+            self._f = self._decode_fn(self._active)
+            if self._p < len(rem) and rem[self._p] == s + 1:
+                self._leave(s + 1)
+        else:
+            self._f = None  # (`_sync` rebuilds it from the lists)
+
     def truncate(self, k: int) -> None:
         """Keep the first k steps (k >= 1); nothing priced ahead is taken any more."""
+        if k < self._priced and getattr(self, "_f", None):  # (a `ChunkStretch` has none)
+            self._f = None  # the scalar loop's state was a later step's: `_sync` rebuilds it
         self._priced = k
         self._take(k)
 
@@ -208,3 +314,10 @@ class Stretch(StretchPricing):
         if not self.through:
             return 0
         return bisect_left(self._sorted_rem, j + 1)
+
+
+def _growth(first_new: int, lo: int, hi: int, block_size: int) -> int:
+    """Blocks a request gets at steps first_new, first_new + block_size, ... in [lo, hi)."""
+    if first_new < lo:
+        first_new += (lo - first_new + block_size - 1) // block_size * block_size
+    return (hi - 1 - first_new) // block_size + 1 if first_new < hi else 0

@@ -1,0 +1,79 @@
+"""Arrivals joining a fast-forwarded stretch instead of ending it.
+
+At light load nearly every arrival lands in a stretch through finishes (nothing was waiting
+when it was planned). Stepping, the next `schedule` runs every request still running for one
+token and admits the newcomer with its whole prompt; the steps after it decode the grown
+batch. Ending the stretch there meant applying it to every running request, scheduling them
+again and planning a new stretch from the request objects: a few passes over the batch per
+arrival. Instead, when the scheduler answers that the waiting requests are admitted whole
+(`Scheduler.arrivals_join`) and their blocks fit, they are admitted at that boundary (the
+stretch's last step so far) and the stretch goes on with them: the next step is priced with
+their prompts beside the running decodes, the later ones as decodes of the grown batch, and the
+running requests stay unapplied until the stretch really ends (a request left waiting, the KV
+blocks free when it was planned run out, the end of the run, or anything else that cuts it).
+
+Exact: the stretch's steps are those stepping would run (same batches, same prices, same
+allocations: every block comes from those free when the stretch was planned, so the free
+queue pops the same blocks whatever the order of the allocations, and the request objects
+show the same state once it is applied). Checked against stepping by
+`tests/replica/test_stretch_join.py`.
+"""
+
+from __future__ import annotations
+
+from servesim.replica.schedulers.outputs import SchedulerOutput
+from servesim.replica.stretch import Stretch
+
+
+# A stretch keeps the requests that left it (they are applied when it ends), and some of its
+# passes (pricing from the numpy chunks' prefix sums, block counts) read them all: requests
+# join it while it holds at most this many more that left than are running.
+MAX_EXTRA_DEPARTED = 32
+
+
+def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
+    """At `now_s`, the end of the stretch `st` (cut by arrivals): admit the waiting requests
+    into it if stepping would admit them whole at the next step, and price it on. True if they
+    joined (the stretch's end event is rescheduled); False changes nothing."""
+    sched, kv = engine.scheduler, engine.kv
+    if (type(st) is not Stretch or not st.through or st.limited or st._perf is not engine.perf
+            or engine.ports is not None or len(sched.running) != len(st.reqs)):
+        return False
+    s = st.k  # the next step: the first whose `schedule` sees the newcomers
+    num_running = st.active_at(s)
+    if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
+        return False  # mostly requests that left: the stretch is applied, the next one holds only those running
+    joins = sched.arrivals_join(num_running)
+    if not joins:
+        return False
+    bs = kv.block_size
+    blocks = sum(-(-n // bs) for _, n in joins)
+    free = st.free_blocks - st.join_blocks - blocks
+    if st.blocks_bound(s + 1, bs) > free and st.blocks_needed(s + 1, bs) > free:
+        return False  # the decodes' next blocks and the prompts do not fit in those free at the start
+    step_s = _join_step_s(engine.perf, st, s, num_running, joins)
+    sched.join(joins, SchedulerOutput())
+    for req, _ in joins:
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now_s
+    first_new = kv.first_new_block_steps([req for req, _ in joins], [n - s for _, n in joins])
+    st.join(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
+    engine.num_joined_arrivals += len(joins)
+    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    engine._limit(st, s + 1)
+    engine._schedule_stretch_end(st)
+    return True
+
+
+def _join_step_s(perf, st: Stretch, s: int, num_running: int, joins: list) -> float:
+    """The time of step s: the `num_running` decodes still running (contexts ctx1 + s - 1)
+    and the joining prompts (none cached). One prompt beside decodes whose context sum the
+    pricing already holds: the perf model's form of that step, bit-identical to
+    `step_time_s` (no pass over the batch); else `step_time_s` itself."""
+    chunk_fn = getattr(perf, "chunk_time_fn", None)
+    if len(joins) == 1 and chunk_fn is not None and st._f is not None and st._priced == s:
+        f = chunk_fn(num_running, joins[0][1])
+        if f is not None:
+            return f(0, st._ctx_sum)  # (the scalar state is step s's: its context sum)
+    ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
+    return perf.step_time_s([(n, 0) for _, n in joins], ctxs)
