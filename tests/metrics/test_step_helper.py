@@ -98,15 +98,17 @@ def test_a_process_running_other_threads_reduces_in_process():
 
 
 def _logged_buffer():
-    """A buffer with every kind of chunk: a single step, stretches with growth, frees and
-    arrivals kept waiting (its columns are what the helper is sent)."""
+    """A buffer with every kind of chunk: a single step, stretches with growth, frees,
+    arrivals kept waiting and arrivals that joined with their prompts (its columns are what
+    the helper is sent)."""
     from servesim.metrics.recorder import BatchRuns, BlockGrowth, Recorder
 
     rec = Recorder(keep_steps=False)
     rec.log_step(0.0, 0.25, 300, 2, 2, 1, 30)
     ends = np.cumsum(np.full(70, 0.0125)) + 0.25  # (>= 64 values: copied as an array)
     rec.log_decode_steps(0.25, ends, BatchRuns([3, 2], [40, 30]), 1, BlockGrowth(31, [3, 5, 9], [70, 40, 70], 16,
-                                                                                      [(40, 6)]), 12, [5, 20])
+                                                                                      [(40, 6)]), 12, [5, 20],
+                         prefill_at=[(7, 900), (33, 45)])
     rec.log_decode_steps(float(ends[-1]), [1.2, 1.3], [2, 2], 0, BlockGrowth(35, [1], [2], 16, []))
     return rec._buf
 
@@ -124,6 +126,7 @@ def test_a_buffer_sent_as_raw_columns_expands_to_the_same_steps():
         assert getattr(a, c).dtype == getattr(b, c).dtype
         np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
     assert b.kv_used_blocks[0] == 30 and b.num_waiting.tolist()[1:8] == [1, 1, 1, 1, 1, 2, 2]
+    assert b.prefill_tokens[[1, 8, 34]].tolist() == [12, 900, 45]
 
 
 def test_writes_cut_short_are_continued_and_read_back_whole(monkeypatch):
