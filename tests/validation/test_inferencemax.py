@@ -66,3 +66,22 @@ def test_batch_waiting_delays_the_first_tokens_and_lengths_vary():
 
     assert waits(waiting) == (20, 0.9)
     assert mean_ttft(waiting) > 1.5 * mean_ttft(plain)
+
+
+GPTOSS_B200 = {**LLAMA_H200, "model_path": "openai/gpt-oss-120b", "system": "b200_sxm", "gemm_quant_mode": "nvfp4",
+               "tp_size": "2", "moe_tp_size": "2", "moe_ep_size": "1", "backend_version": "1.2.0rc2.post2"}  # the generator's
+
+
+def test_gptoss_b200_plays_the_gptoss_script_where_no_release_constants_were_fitted_without_it():
+    for version in ("", "1.2.0rc2"):
+        s = row_scenario(parse_row({**GPTOSS_B200, "backend_version": version}), calibration=None)
+        assert s.engine.max_num_batched_tokens == 20000, version  # --max_num_tokens 20000
+        assert waits(s) == (0, 0.0) and s.scheduler.model_dump()["enable_chunked_context"] is False
+        assert s.workload.num_requests == 160  # --num-prompts CONC * 10
+        assert s.workload.lengths.prompt_tokens == (819, 1024)
+    # another release, another system or the switch off: the generator's budget and AIPerf's client
+    # (1.2.0rc2.post2 ran the script too, but its release constants were fitted on the generator's flags)
+    for changes, options in (({"backend_version": "1.2.0rc6.post3"}, ClientOptions()), ({"system": "h200_sxm"}, ClientOptions()),
+                             ({}, ClientOptions()), ({"backend_version": ""}, ClientOptions(benchmark_recipes=False))):
+        s = row_scenario(parse_row({**GPTOSS_B200, **changes}), options, calibration=None)
+        assert s.engine.max_num_batched_tokens == 2560 and s.workload.num_requests == 64, changes

@@ -18,6 +18,13 @@ time, sourced per model:
   20` (new contexts held up to 20 iterations while requests decode, unless they fill 90 % of the
   token budget). That flag is why those runs' TTFT depends on the output length (1k/1k slower
   than 1k/8k at the same users): no fitted constant could give it.
+- `benchmarks/gptoss_fp4_b200_trt_slurm.sh` (later `single_node/gptoss_fp4_b200_trt.sh`; the same
+  flags from 2025-09-19 to 2026-05): `trtllm-serve --max_num_tokens 20000 --max_batch_size 512`,
+  CUDA graphs padded to CONC, chunked context off, no batch waiting; the same client. It ran the
+  gpt-oss-120b B200 rows of every release the file records for them (none, 1.2.0rc2, 1.2.0rc2.post2);
+  played for the first two. 1.2.0rc2.post2 keeps the generator's flags until its release constants
+  (front end, GPU time per layer, prefill), fitted on that play, are refitted with the script
+  (docs/fidelity.md, "TensorRT-LLM on H100 and B200").
 
 Only the (engine, system, version, model) keys listed here play a recipe; a recipe is the
 benchmark script that ran those rows, not a fitted constant. Everything else keeps the generator's
@@ -51,9 +58,16 @@ def llama70b_h200_trt(row: SiliconRow) -> Recipe:
     return Recipe(engine={"max_num_batched_tokens": 16384}, scheduler=scheduler)
 
 
+def gptoss_b200_trt(row: SiliconRow) -> Recipe:
+    """`gptoss_fp4_b200_trt_slurm.sh`: a 20,000-token budget (its batch cap, 512, is above every row's users)."""
+    return Recipe(engine={"max_num_batched_tokens": 20000}, scheduler={})
+
+
 # (engine, system, version, model lower case) -> the script's recipe.
 RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
     ("trtllm", "h200_sxm", "", "meta-llama/llama-3.1-70b"): llama70b_h200_trt,
+    **{("trtllm", "b200_sxm", version, "openai/gpt-oss-120b"): gptoss_b200_trt
+       for version in ("", "1.2.0rc2")},
 }
 
 

@@ -61,6 +61,8 @@ class ClientOptions:
     # its client (10 requests per user, lengths drawn over [0.8 x, 1 x]); False: the generator's
     # flags and the AIPerf client above, as every other row.
     benchmark_recipes: bool = True
+    # Play ENGINE_SLOTS_HELD (one batch slot held in the campaigns listed there); off by default.
+    engine_slots_held: bool = False
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
@@ -181,6 +183,11 @@ WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", ""
 # which no wave of simultaneous prompts can give. Played with the users started evenly over one
 # request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity.md.
 OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
+# Runs whose engine served one user fewer than the batch at a time (TensorRT-LLM 1.0.0rc3 on H100: a returning
+# user waits for the next request to finish; inferred from the measured TTFT's growth with the output length,
+# not sourced). Keyed (engine, system, version); played only with ClientOptions.engine_slots_held (off by
+# default: docs/fidelity.md, "TensorRT-LLM on H100 and B200", says what it gains and which check it fails).
+ENGINE_SLOTS_HELD: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 1}
 BUDGET_MARGIN_TOKENS = 1500
 # SGLang's default `chunked_prefill_size` by GPU memory (server_args.py, `_handle_gpu_memory_settings`,
 # the same in 0.5.1.post1 to 0.5.10.post1; neither the generator's templates nor SGLang's defaults
@@ -203,12 +210,14 @@ TRTLLM_TOKENS_PER_BLOCK = 32
 TRTLLM_SCHEDULER = {"name": "trtllm", "capacity_scheduler_policy": "GUARANTEED_NO_EVICT", "enable_chunked_context": False}
 
 
-def engine_limits(row: SiliconRow) -> tuple[dict, dict]:
-    """(engine section, scheduler section) of the deployment that ran `row`."""
+def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict]:
+    """(engine section, scheduler section) of the deployment that ran `row`; slots_held: play ENGINE_SLOTS_HELD."""
     profile = engine_profile(row.backend)
     # batch_size is per attention rank (the attention-DP rows record batch_size x dp = concurrency)
     batch = max(row.batch_size, -(-row.concurrency // max(1, row.attention_dp)))
-    engine = {"max_num_seqs": batch, "max_num_batched_tokens": profile.max_num_tokens,
+    held = ENGINE_SLOTS_HELD.get((row.backend, row.system, row.version), 0) if slots_held else 0
+    running = max(1, batch - held)
+    engine = {"max_num_seqs": running, "max_num_batched_tokens": profile.max_num_tokens,
               "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False}
     scheduler: dict = {"name": SCHEDULERS[row.backend]}
     if row.backend in ("vllm", "trtllm"):
@@ -243,7 +252,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     drains = options.warmup_drains and (row.backend, row.system, row.version) not in WARMUP_CONTINUOUS
     warmup = 0 if drains else int(round(options.warmup_per_user * users))
     measured = max(options.min_requests, math.ceil(options.requests_per_user * users))
-    engine, scheduler = engine_limits(row)
+    engine, scheduler = engine_limits(row, options.engine_slots_held)
     lengths: dict = {"prompt_tokens": row.isl, "output_tokens": row.osl}
     recipe = inferencemax.recipe(row) if options.benchmark_recipes else None
     if recipe is not None:
