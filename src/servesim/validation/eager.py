@@ -16,7 +16,9 @@ positions (the odd ones are held out), against TTFT + TPOT:
 - a front-end latency added to every front-end profile of that engine on that GPU (`latency_s`
   floored at 0): a slower prefill step moves into the engine time the front end stood in for.
 
-Nothing is per row, model or shape.
+Coordinate descent moves one constant at a time: more eager time alone lengthens every first token
+before the front end's latency can give it back, so check a shipped choice against joint moves
+(docs/fidelity.md does so by hand for B200). Nothing is per row, model or shape.
 """
 
 from __future__ import annotations
