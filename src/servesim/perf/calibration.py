@@ -56,6 +56,12 @@ class Constants:
     # scheduler cannot hide and that the roofline terms do not price (per-request metadata, sampling,
     # decode-kernel splits per sequence); fitted per (GPU, engine) on the serving runs (docs/fidelity.md).
     seq_gpu_s: float = 0.0
+    # Time per layer of a step that runs eagerly, outside CUDA graphs (0, off, by default): an engine
+    # that captures graphs for decode batches only launches every kernel of a step with prompt tokens
+    # from Python, and small prefills are launch-bound. SGLang runs extend and mixed batches so
+    # (`enable_piecewise_cuda_graph` defaults to False); fitted per (GPU, engine) on the serving runs
+    # (docs/fidelity.md, "SGLang: eager prefill steps").
+    eager_layer_s: float = 0.0
     token_overhead_s: float = 0.0  # engine CPU time per scheduled token
     overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
     custom_allreduce: float = 0.0  # 1: small all-reduces take the one-shot path (roofline.allreduce_s)

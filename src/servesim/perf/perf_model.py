@@ -66,6 +66,7 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_kv_read", t.kv_read_s_per_token())
         object.__setattr__(self, "_layers", (full_layers, win_layers))
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
+        object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each) -> verify_time_fn
 
     # ---- memoised exact terms ------------------------------------------------------------
@@ -85,6 +86,11 @@ class PerfModel(MemoryMixin):
         return v
 
     def _prefill_attention_s(self, prefills: Sequence[tuple[int, int]]) -> float:
+        """GPU work only a step with prompt tokens does: attention over the new tokens plus the
+        eager launch time (`eager_layer_s` per layer; 0 by default, adding exactly nothing)."""
+        return self._prefill_pairs_s(prefills) + self._eager
+
+    def _prefill_pairs_s(self, prefills: Sequence[tuple[int, int]]) -> float:
         full_layers, win_layers = self._layers
         w = self._window
         pairs_full = pairs_win = 0.0
@@ -185,8 +191,10 @@ class PerfModel(MemoryMixin):
         half = chunk / 2.0
         cpu = self.terms.cpu_s(num_seqs, num_tokens)
 
+        eager = self._eager
+
         def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])`, no window
-            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached)
+            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + eager
 
         if self._overlap:
             return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
@@ -211,6 +219,7 @@ class PerfModel(MemoryMixin):
         attention = self._pair_full * pairs
         attention += self._pair_win * 0.0
         attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
+        attention += self._eager
         gpu = self._token_s(num_tokens) + self._logits_s(n)
         gpu = gpu + attention
         gpu += self._g_full * 0  # (no plain decodes)
@@ -236,7 +245,7 @@ class PerfModel(MemoryMixin):
             return None
         t, n = tokens_per_seq, num_seqs
         full_layers, win_layers = self._layers
-        pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
+        pair_full, pair_win, kv_read, g, eager = self._pair_full, self._pair_win, self._kv_read, self._g_full, self._eager
         base = self._token_s(n * t) + self._logits_s(n)
         cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
 
@@ -246,6 +255,7 @@ class PerfModel(MemoryMixin):
             attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
             attention += pair_win * 0.0
             attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
+            attention += eager
             gpu = base + attention
             gpu += g * 0
             return max(gpu, cpu) if overlap else gpu + cpu
@@ -262,8 +272,8 @@ class PerfModel(MemoryMixin):
             return StepTime(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "overhead")
         linear = t.linear_s(num_tokens)
         comm = t.communication_s(num_tokens)
-        other = t.other_s(num_tokens) + t.lm_head_s(num_seqs)
-        attn = self._prefill_attention_s(prefills) + self._g_full * sum(decode_ctxs)
+        other = t.other_s(num_tokens) + t.lm_head_s(num_seqs) + (self._eager if prefills else 0.0)
+        attn = self._prefill_pairs_s(prefills) + self._g_full * sum(decode_ctxs)
         if self._window is not None:
             attn += self._g_win * sum(min(c, self._window) for c in decode_ctxs)
         cpu = t.cpu_s(num_seqs, num_tokens)
