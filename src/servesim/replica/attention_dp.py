@@ -16,7 +16,8 @@ does (`data_parallel_balance`):
 - round_robin: rank after rank (SGLang's default `load_balance_method`).
 
 Each step every rank schedules its own batch; the engine sees their union, and the step is
-priced by the lock-step model with the per-rank split (`AttentionDPPerf.price_next`). Steps are
+priced by the lock-step model with the per-rank split, which travels with the step's output
+(`SchedulerOutput.rank_batches`, priced by `AttentionDPPerf.lockstep_step_time_s`). Steps are
 not fast-forwarded (the time of a repeated step depends on each rank's batch, not on the sums the
 fast paths price); speculative decoding and KV hand-offs are not combined with attention DP.
 """
@@ -193,7 +194,7 @@ class AttentionDPScheduler(Scheduler):
             merged.swap_out_blocks += o.swap_out_blocks
             merged.swap_in_blocks += o.swap_in_blocks
         if merged.scheduled:
-            self.perf.price_next([rank_batch(o) for o in self._outs])
+            merged.rank_batches = [rank_batch(o) for o in self._outs]
         return merged
 
     def fast_forward(self, output: SchedulerOutput):
