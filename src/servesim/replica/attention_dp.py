@@ -103,6 +103,9 @@ class AttentionDPScheduler(Scheduler):
         # TensorRT-LLM's context balance across the ranks (replica/attention_dp_balance.py), when
         # the rank policy has it switched on (TRTLLMParams.attention_dp_enable_balance)
         self._balance = BalanceState() if getattr(self.params, "attention_dp_enable_balance", False) else None
+        for r in ranks:  # TensorRT-LLM's batch waiting is off with attention DP (PyExecutor._schedule)
+            if hasattr(r, "adp_hold"):
+                r.adp_hold = False
 
     # ---- views the engine, replica and reports read ------------------------------------
     @property
