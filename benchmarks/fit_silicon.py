@@ -1,13 +1,16 @@
 """Refit serving constants per (GPU, engine) on the silicon rows and print calibration entries
 (for perf/data/calibration_serving.yaml), each fit on even file positions with the odd ones held out.
 
-Run: python benchmarks/fit_silicon.py prefill|seq-gpu|waves [--measured CSV] [--engine vllm --engine sglang ...]
+Run: python benchmarks/fit_silicon.py prefill|seq-gpu|waves|release [--measured CSV] [--engine vllm --engine sglang ...]
 - prefill: prefill constants on the rows with at most 8 users (validation/prefill.py), plus the
   latency to add to each group's front-end profiles; 5-10 minutes per engine on two busy cores.
 - seq-gpu: the GPU time per sequence (`seq_gpu_s`) on the rows with more than 8 users
   (validation/batch.py); about 3-10 minutes.
 - waves: the same prefill constants per engine release (per GPU for the rows no release covers)
   on rows of every concurrency (validation/waves.py; default engine trtllm); 20-40 minutes on busy cores.
+- release --key ENGINE:SYSTEM:VERSION (repeatable) [--name CONSTANT ...]: the front end (per-token
+  cost included) and the prefill constants of one release together, on its rows of every
+  concurrency (validation/release_waves.py); about 5 CPU minutes per key for all six constants.
 docs/fidelity.md ("Prefill at low concurrency", "Decode at large batches", "TensorRT-LLM TTFT by
 release") says which groups were shipped and why.
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from servesim.validation.batch import fit_seq_gpu
-from servesim.validation import waves
+from servesim.validation import release_waves, waves
 from servesim.validation.prefill import calibration_entries, fit_prefill
 from servesim.validation.silicon import read_rows
 
@@ -30,13 +33,25 @@ DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("prefill", "seq-gpu", "waves"))
+    ap.add_argument("what", choices=("prefill", "seq-gpu", "waves", "release"))
+    ap.add_argument("--key", action="append", default=[], help="release: ENGINE:SYSTEM:VERSION (repeatable)")
+    ap.add_argument("--name", action="append", help="release: only these constants move (repeatable; default all)")
     ap.add_argument("--measured", default=str(DEFAULT))
     ap.add_argument("--engine", action="append", choices=("vllm", "sglang", "trtllm"), help="repeatable; default: all three (waves: trtllm)")
     args = ap.parse_args()
     rows = read_rows(args.measured)
     engines = tuple(args.engine or (("trtllm",) if args.what == "waves" else ("vllm", "sglang", "trtllm")))
-    if args.what == "waves":
+    if args.what == "release":
+        profiles = {}
+        entries = []
+        for text in args.key:
+            key = tuple(text.split(":", 2))
+            entry, profile, frontend = release_waves.shipped_form(key, release_waves.fit_release(
+                rows, key, names=tuple(args.name or release_waves.FRONTEND_NAMES + release_waves.PERF_NAMES), log=print))
+            entries.append(entry)
+            profiles[profile] = frontend
+        print(yaml.safe_dump(profiles, sort_keys=False))
+    elif args.what == "waves":
         fitted_waves = waves.fit_waves(rows, engines, log=print)
         entries = calibration_entries(fitted_waves)
         for profile, added_s in waves.frontend_additions(fitted_waves).items():

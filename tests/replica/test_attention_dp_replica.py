@@ -58,9 +58,8 @@ def test_each_rank_schedules_its_own_requests_and_the_step_is_priced_by_rank() -
     assert sorted(r.id for r, _ in out.scheduled) == [0, 1, 2]
     assert [kv.num_blocks_of(0) > 0 for kv in sched.kv.caches] == [True, False]  # request 0 on rank 0 only
     assert [kv.num_blocks_of(1) > 0 for kv in sched.kv.caches] == [False, True]
-    perf = sched.perf
-    expected = perf.lockstep_step_time_s([([(512, 0), (512, 0)], []), ([(512, 0)], [])])
-    assert perf.step_time_s([(512, 0)] * 3, []) == expected
+    # the split travels with the step's output; the engine prices it with the lock-step model
+    assert out.rank_batches == [([(512, 0), (512, 0)], []), ([(512, 0)], [])]
 
 
 def test_closed_loop_run_finishes_everything_and_its_first_step_is_the_lockstep_price() -> None:

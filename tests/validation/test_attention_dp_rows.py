@@ -3,7 +3,8 @@
 Bounds stated in docs/fidelity.md ("Attention data parallelism"): with the shipped constants
 every row's TPOT within 20 % and their median within 10 % (6.4 % when set), better than without
 the fitted attention-DP constants; TTFT is too short on every row (the open item), by at most 45 %
-in the median (36 % when set).
+in the median (36 % when set; 32 % once the TensorRT-LLM rows play InferenceMAX's attention-DP
+balance and client).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from servesim.replica.schedulers.trtllm import TRTLLMParams
 from servesim.scenario import validate_scenario
 from servesim.simulation import simulate
 from servesim.validation.silicon import ClientOptions, parse_row, row_scenario
@@ -85,3 +86,32 @@ def test_gptoss_b200_plays_the_gptoss_script_where_no_release_constants_were_fit
                              ({}, ClientOptions()), ({"backend_version": ""}, ClientOptions(benchmark_recipes=False))):
         s = row_scenario(parse_row({**GPTOSS_B200, **changes}), options, calibration=None)
         assert s.engine.max_num_batched_tokens == 2560 and s.workload.num_requests == 64, changes
+
+
+DSR1_DP = {**BASE, "backend": "trtllm", "backend_version": "1.1.0rc2.post2", "model_path": "deepseek-ai/DeepSeek-R1",
+           "system": "b200_sxm", "tp_size": "1", "attention_dp_size": "8", "moe_tp_size": "1", "moe_ep_size": "8",
+           "batch_size": "8", "concurrency": "64", "isl": "1024", "osl": "1024", "gemm_quant_mode": "nvfp4"}
+
+
+def balance(s) -> tuple:
+    extra = s.scheduler.model_dump()
+    return (extra.get("attention_dp_enable_balance"), extra.get("attention_dp_timeout_iters"),
+            extra.get("attention_dp_batching_wait_iters"))
+
+
+def test_trtllm_attention_dp_rows_play_the_scripts_balance_budget_and_client():
+    s = row_scenario(parse_row(DSR1_DP), calibration=None)
+    assert balance(s) == (True, 60, 0)  # attention_dp_config of dsr1_*_trt*.sh
+    assert s.engine.max_num_batched_tokens == 1152  # (64 + 1024 + 64 + 63) // 64 * 64, per rank
+    assert s.workload.num_requests == 640 and s.workload.lengths.prompt_tokens == (819, 1024)
+    newer = row_scenario(parse_row({**DSR1_DP, "backend_version": "1.2.0rc6.post3"}), calibration=None)
+    assert newer.engine.max_num_batched_tokens == 8192  # at least 8,192 from the 1.2.0rc6 images
+    oss = row_scenario(parse_row({**DSR1_DP, "model_path": "openai/gpt-oss-120b", "attention_dp_size": "4",
+                                  "moe_ep_size": "4", "batch_size": "16"}), calibration=None)
+    # gptoss_fp4_b200_trt.sh: enable_balance only, TensorRT-LLM's AttentionDpConfig defaults for the rest
+    assert balance(oss) == (True, None, None) and oss.engine.max_num_batched_tokens == 20000
+    defaults = TRTLLMParams()
+    assert (defaults.attention_dp_timeout_iters, defaults.attention_dp_batching_wait_iters) == (50, 10)
+    for changes in ({"attention_dp_size": "1", "tp_size": "8"}, {"backend": "vllm"}, {"system": "gb200"}):
+        other = row_scenario(parse_row({**DSR1_DP, **changes}), calibration=None)
+        assert not balance(other)[0], changes

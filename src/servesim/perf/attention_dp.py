@@ -30,11 +30,12 @@ all ranks exchange hidden states and run the experts on every rank's tokens. So:
   sequence of the padded batch (dp x the largest rank's sequences) that the terms above do not
   price (docs/fidelity.md).
 
-`AttentionDPPerf` keeps the `PerfModel` interface the replica uses. The engine prices a step with
-`step_time_s(prefills, decode_ctxs)`, which carries no rank; the attention-DP scheduler
-(replica/attention_dp.py) hands over the step's per-rank split with `price_next` just before, in
-the same call, and `step_time_s` checks that the split has the engine's token count. Called
-without a split (planning, estimates) the sequences are dealt round robin over the ranks.
+`AttentionDPPerf` keeps the `PerfModel` interface the replica uses and holds no state between
+calls (its memos are exact functions of their keys). The attention-DP scheduler
+(replica/attention_dp.py) returns each step's per-rank split with the step
+(`SchedulerOutput.rank_batches`) and the engine prices it with `lockstep_step_time_s(batches)`;
+`step_time_s(prefills, decode_ctxs)`, which carries no rank (planning, estimates), deals the
+sequences round robin over the ranks.
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ class AttentionDPPerf:
     moe_terms: StepTerms
     data_parallel_size: int
     data_parallel_balance: str = "auto"  # PerfConfig.data_parallel_balance (read by replica/attention_dp.py)
-    _next: list[RankBatch] | None = field(default=None, repr=False)
     _rank_tok: dict[int, float] = field(default_factory=dict, repr=False)  # exact memo: rank tokens -> time
     _moe_tok: dict[int, float] = field(default_factory=dict, repr=False)  # exact memo: all tokens -> time
 
@@ -100,17 +100,10 @@ class AttentionDPPerf:
         return getattr(self.rank, name)
 
     # ---- the lock-step step --------------------------------------------------------------
-    def price_next(self, batches: list[RankBatch]) -> None:
-        """The per-rank split of the step the engine prices next (called by the DP scheduler)."""
-        self._next = batches
-
     def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> float:
-        batches, self._next = self._next, None
-        if batches is None:
-            batches = round_robin_split(prefills, decode_ctxs, self.data_parallel_size)
-        elif sum(map(batch_tokens, batches)) != sum(n for n, _ in prefills) + len(decode_ctxs):
-            raise RuntimeError("attention-DP split does not match the engine's batch")
-        return self.lockstep_step_time_s(batches)
+        """A step of these sequences dealt round robin over the ranks (no split known: planning,
+        estimates); the engine prices its steps' real split with `lockstep_step_time_s`."""
+        return self.lockstep_step_time_s(round_robin_split(prefills, decode_ctxs, self.data_parallel_size))
 
     def lockstep_step_time_s(self, batches: Sequence[RankBatch]) -> float:
         """One lock-step iteration: the slowest rank's own part, then the MoE on all tokens."""

@@ -16,7 +16,8 @@ does (`data_parallel_balance`):
 - round_robin: rank after rank (SGLang's default `load_balance_method`).
 
 Each step every rank schedules its own batch; the engine sees their union, and the step is
-priced by the lock-step model with the per-rank split (`AttentionDPPerf.price_next`). Steps are
+priced by the lock-step model with the per-rank split, which travels with the step's output
+(`SchedulerOutput.rank_batches`, priced by `AttentionDPPerf.lockstep_step_time_s`). Steps are
 not fast-forwarded (the time of a repeated step depends on each rank's batch, not on the sums the
 fast paths price); speculative decoding and KV hand-offs are not combined with attention DP.
 """
@@ -24,6 +25,7 @@ fast paths price); speculative decoding and KV hand-offs are not combined with a
 from __future__ import annotations
 
 from servesim.errors import InputError
+from servesim.replica.attention_dp_balance import BalanceState, RankView, balance_step
 from servesim.replica.kv_cache import KVCacheManager, cdiv
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.workload.request import Request
@@ -98,6 +100,12 @@ class AttentionDPScheduler(Scheduler):
         self._tokens = [0] * len(ranks)  # active prompt tokens per rank (trtllm balance)
         self._next_rank = 0  # round_robin
         self._outs: list[SchedulerOutput] = []
+        # TensorRT-LLM's context balance across the ranks (replica/attention_dp_balance.py), when
+        # the rank policy has it switched on (TRTLLMParams.attention_dp_enable_balance)
+        self._balance = BalanceState() if getattr(self.params, "attention_dp_enable_balance", False) else None
+        for r in ranks:  # TensorRT-LLM's batch waiting is off with attention DP (PyExecutor._schedule)
+            if hasattr(r, "adp_hold"):
+                r.adp_hold = False
 
     # ---- views the engine, replica and reports read ------------------------------------
     @property
@@ -183,6 +191,10 @@ class AttentionDPScheduler(Scheduler):
 
     # ---- steps ---------------------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
+        if self._balance is not None:
+            hold = self._hold_contexts()
+            for r in self.ranks:
+                r.adp_hold = hold
         self._outs = [r.schedule(now_s) for r in self.ranks]
         merged = SchedulerOutput()
         for o in self._outs:
@@ -193,8 +205,21 @@ class AttentionDPScheduler(Scheduler):
             merged.swap_out_blocks += o.swap_out_blocks
             merged.swap_in_blocks += o.swap_in_blocks
         if merged.scheduled:
-            self.perf.price_next([rank_batch(o) for o in self._outs])
+            merged.rank_batches = [rank_batch(o) for o in self._outs]
         return merged
+
+    def _hold_contexts(self) -> bool:
+        """Whether the ranks hold their contexts this iteration (TensorRT-LLM's balance)."""
+        views = []
+        for r in self.ranks:
+            gens = sum(1 for req in r.running if req.is_decoding)
+            idle = not r.running and not r.num_waiting  # runs the dummy generation request
+            views.append(RankView(has_context=bool(r.num_waiting) or gens < len(r.running),
+                                  num_generation=1 if idle else gens,
+                                  max_batch_size=getattr(r, "max_batch_size", r.config.max_num_seqs)))
+        hold, self._balance = balance_step(self._balance, views, self.params.attention_dp_timeout_iters,
+                                           self.params.attention_dp_batching_wait_iters)
+        return hold
 
     def fast_forward(self, output: SchedulerOutput):
         return NO_FAST_FORWARD

@@ -187,7 +187,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
         else:
             # (priced before planning a stretch, whose step 0 it is: one call either way)
-            dt = self.perf.step_time_s(chunks, decode_ctxs)
+            dt = (self.perf.step_time_s(chunks, decode_ctxs) if out.rank_batches is None
+                  else self.perf.lockstep_step_time_s(out.rank_batches))
             if (ff.repeat and not self._spec_k and (not prefills or ff.after_prefill)
                     and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff, dt)):
                 return

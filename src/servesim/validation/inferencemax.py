@@ -26,6 +26,17 @@ time, sourced per model:
   (front end, GPU time per layer, prefill), fitted on that play, are refitted with the script
   (docs/fidelity.md, "TensorRT-LLM on H100 and B200").
 
+- the DeepSeek-R1 attention-DP runs (`benchmarks/dsr1_{fp4,fp8}_b200_trt*.sh`,
+  `dsr1_fp8_h200_trt*.sh`, from Sep 2025) add `attention_dp_config: {batching_wait_iters: 0,
+  enable_balance: true, timeout_iters: 60}`, and `gptoss_fp4_b200_trt.sh` (Dec 2025)
+  `attention_dp_config: {enable_balance: true}` (TensorRT-LLM's defaults 50 / 10 for the rest):
+  every TensorRT-LLM attention-DP row on H200 / B200 plays that balance
+  (`attention_dp_balance`; replica/attention_dp_balance.py) with the scripts' client (ten
+  requests per user, lengths over [0.8 x, x]: with fixed lengths the closed loop's users finish
+  together and every rank has a context at once, so the balance never waits) and token budget per
+  rank (`max_num_tokens`: DeepSeek-R1 concurrency + prompt + 64 rounded up to 64 tokens, at least
+  8,192 from 2026-01-21, i.e. the 1.2.0rc6 images; gpt-oss 20,000; `attention_dp_recipe`).
+
 Only the (engine, system, version, model) keys listed here play a recipe; a recipe is the
 benchmark script that ran those rows, not a fitted constant. Everything else keeps the generator's
 flags (silicon.engine_limits) and servesim's AIPerf client.
@@ -74,9 +85,45 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 def recipe(row: SiliconRow) -> Recipe | None:
     """The InferenceMAX recipe that played `row`, or None (the generator's deployment)."""
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
-    return fn(row) if fn else None
+    return fn(row) if fn else attention_dp_recipe(row)
 
 
 def client_lengths(row: SiliconRow) -> tuple[list[int], list[int]]:
     """benchmark_serving's random lengths: uniform over [int(ratio x len), len], inclusive."""
     return ([int(row.isl * RANDOM_RANGE_RATIO), row.isl], [int(row.osl * RANDOM_RANGE_RATIO), row.osl])
+
+
+# InferenceMAX's attention-DP runs (TensorRT-LLM rows on these systems): `attention_dp_config`
+# per model family, as the scripts set it.
+ATTENTION_DP_SYSTEMS = frozenset({"b200_sxm", "h200_sxm"})
+ATTENTION_DP_BALANCE = {
+    "deepseek": {"attention_dp_enable_balance": True, "attention_dp_timeout_iters": 60, "attention_dp_batching_wait_iters": 0},
+    "gpt-oss": {"attention_dp_enable_balance": True},
+}
+# Token budget (`--max_num_tokens`, per attention rank): the DeepSeek-R1 scripts take concurrency
+# + prompt + 64 rounded up to 64 tokens, at least 8,192 since 2026-01-21 (the TensorRT-LLM
+# 1.2.0rc6 images came with the updates of 2026-01-29 / 02-03; 1.1.0rc2.post2 ran from Sep 2025);
+# the gpt-oss script 20,000.
+DSR1_BUDGET_FLOOR_TOKENS, DSR1_FLOOR_VERSIONS = 8192, frozenset({"1.2.0rc6.post2", "1.2.0rc6.post3"})
+GPTOSS_BUDGET_TOKENS = 20000
+
+
+def attention_dp_balance(row: SiliconRow) -> dict:
+    """Scheduler fields of the InferenceMAX script's `attention_dp_config` for `row` (empty if none)."""
+    if row.backend != "trtllm" or row.attention_dp <= 1 or row.system not in ATTENTION_DP_SYSTEMS:
+        return {}
+    name = row.model.lower().split("/")[-1]
+    return next((dict(v) for k, v in ATTENTION_DP_BALANCE.items() if name.startswith(k)), {})
+
+
+def attention_dp_recipe(row: SiliconRow) -> Recipe | None:
+    """The InferenceMAX attention-DP deployment of `row` (its balance and token budget), or None."""
+    balance = attention_dp_balance(row)
+    if not balance:
+        return None
+    if row.model.lower().split("/")[-1].startswith("gpt-oss"):
+        return Recipe(engine={"max_num_batched_tokens": GPTOSS_BUDGET_TOKENS}, scheduler=balance)
+    budget = (row.concurrency + row.isl + 64 + 63) // 64 * 64
+    if row.version in DSR1_FLOOR_VERSIONS:
+        budget = max(budget, DSR1_BUDGET_FLOOR_TOKENS)
+    return Recipe(engine={"max_num_batched_tokens": budget}, scheduler=balance)

@@ -70,6 +70,14 @@ class TRTLLMParams(SchedulerParams):
     batch_wait_max_tokens_ratio: float = Field(0.0, ge=0.0, le=1.0)
     """Batch waiting stops early once the step's tokens (whole contexts + one per generation
     request) reach this share of `max_num_tokens` (`batch_wait_max_tokens_ratio`; 0 = off)."""
+    attention_dp_enable_balance: bool = False
+    """With attention DP only (`attention_dp_config.enable_balance`, default off): the ranks hold
+    their new contexts until every rank has one (replica/attention_dp_balance.py)."""
+    attention_dp_timeout_iters: int = Field(50, ge=0)
+    """`attention_dp_config.timeout_iters` (default 50): iterations the balance holds contexts at most."""
+    attention_dp_batching_wait_iters: int = Field(10, ge=0)
+    """`attention_dp_config.batching_wait_iters` (default 10): iterations every rank's contexts
+    wait for more while every rank generates."""
 
 
 @register("trtllm")
@@ -87,6 +95,9 @@ class TRTLLMScheduler(Scheduler):
         # The waiting head the last `schedule` stopped at, for a reason decode-only steps cannot
         # lift (batch full, KV, or the token budget with chunking off); None if none.
         self._blocked_head: Request | None = None
+        # Attention DP only: whether this iteration's contexts are held by the ranks' balance (set
+        # by replica/attention_dp.py before each `schedule`); None without attention DP.
+        self.adp_hold: bool | None = None
 
     def total_blocks(self, req: Request) -> int:  # (for a batch: `batch_passes.reserved_blocks`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
@@ -205,7 +216,10 @@ class TRTLLMScheduler(Scheduler):
             if count >= cap:
                 break
         out.num_known_decodes = len(out.scheduled)
-        if contexts and out.scheduled and self._hold_contexts(contexts, len(out.scheduled)):
+        if contexts and self.adp_hold is not None:  # attention DP: batch waiting is off (PyExecutor._schedule)
+            if self.adp_hold:
+                return
+        elif contexts and out.scheduled and self._hold_contexts(contexts, len(out.scheduled)):
             return
         for req, n, hits in self._size_chunks(contexts, budget - tokens):
             self._run_context(req, n, hits, out)

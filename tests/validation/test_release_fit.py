@@ -1,0 +1,40 @@
+"""Front end and prefill constants of one release fitted together (validation/release_waves.py):
+which rows it fits and holds out, that it recovers the per-token front-end cost a set of
+measurements was made with, and the entries it writes."""
+
+from __future__ import annotations
+
+from servesim.validation import release_waves
+from servesim.validation.run import simulate_row
+from servesim.validation.silicon import ClientOptions
+
+from tests.validation.silicon_rows import silicon_row
+
+KEY = ("vllm", "h100_sxm", "0.18.0")
+
+
+def test_rows_of_the_key_at_even_positions_fit_odd_ones_are_held_out():
+    rows = [silicon_row(0), silicon_row(1), silicon_row(2, backend_version="0.16.0"), silicon_row(3),
+            silicon_row(4, mode="disagg"), silicon_row(5)]
+    fit, held = release_waves.key_rows(rows, KEY)
+    assert [r.id for r in fit] == ["r0"] and [r.id for r in held] == ["r1", "r3", "r5"]
+
+
+def test_fit_recovers_the_per_token_front_end_cost():
+    # measurements made by servesim itself with 1 us per prompt token: a wave of 8 prompts of 2,048
+    # tokens reaches the engine 2 ms apart, so the mean TTFT says how large the cost is
+    options = ClientOptions(min_requests=8, requests_per_user=1)
+    rows = [silicon_row(i, isl=str(isl), concurrency="8", batch_size="8") for i, isl in enumerate((2048, 1024, 4096, 512))]
+    measured = []
+    for r in rows:
+        sim = simulate_row(r, options, frontend={"prompt_token_s": 1e-6})
+        measured.append(silicon_row(int(r.id[1:]), isl=str(r.isl), concurrency="8", batch_size="8",
+                                    silicon_ttft_ms=str(sim.ttft_s * 1e3), silicon_tpot_ms=str(sim.tpot_s * 1e3)))
+    logs: list[str] = []
+    fitted = release_waves.fit_release(measured, KEY, options, names=("prompt_token_s",), log=logs.append)
+    assert fitted["prompt_token_s"] == 1e-6
+    assert len(logs) == 1 and "held out (2 rows) TTFT" in logs[0] and "-> 0.0%" in logs[0]
+    entry, profile, frontend = release_waves.shipped_form(KEY, fitted)
+    assert entry.match == {"gpu": "h100-sxm", "engine": "vllm", "version": "0.18.0"}
+    assert set(entry.values) == {"eta_compute_large_m", "eta_attn_compute", "ar_bw_eff"}
+    assert profile == "vllm@h100-sxm@0.18.0" and frontend["prompt_token_s"] == 1e-6
