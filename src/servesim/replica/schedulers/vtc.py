@@ -149,15 +149,20 @@ class VTCScheduler(Scheduler):
         out.scheduled = [(req, 1) for req in running[:i]]
         while i < len(running):
             req = running[i]
+            preempted = False
             while not kv.allocate_slots(req, 1):  # only if the peak check was too loose
                 victim = running.pop()  # the last admitted: it has not been scheduled yet
                 self.preempt(victim, out)
+                preempted = True
                 if victim is req:
                     break
             else:
                 out.scheduled.append((req, 1))
             i += 1  # (a preempted request left the end of `running`: it is not visited)
-            if (k := kv.allocate_leading_decodes(running[i:])) > 0:
+            # Only after a preemption (its blocks may let the rest fit): a bulk call that failed
+            # for another reason (a block key another request registered) would fail again,
+            # and retrying after every request would scan the batch once per request.
+            if preempted and (k := kv.allocate_leading_decodes(running[i:])) > 0:
                 out.scheduled += [(req, 1) for req in running[i:i + k]]
                 i += k
         if out.scheduled:
