@@ -183,10 +183,8 @@ WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", ""
 # which no wave of simultaneous prompts can give. Played with the users started evenly over one
 # request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity.md.
 OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
-# Runs whose engine served one user fewer than the batch at a time (TensorRT-LLM 1.0.0rc3 on H100: a returning
-# user waits for the next request to finish; inferred from the measured TTFT's growth with the output length,
-# not sourced). Keyed (engine, system, version); played only with ClientOptions.engine_slots_held (off by
-# default: docs/fidelity.md, "TensorRT-LLM on H100 and B200", says what it gains and which check it fails).
+# Batch slots held in a campaign (TensorRT-LLM 1.0.0rc3 on H100: inferred from TTFT's growth with the output length,
+# not sourced); keyed (engine, system, version); only with ClientOptions.engine_slots_held (docs/fidelity.md).
 ENGINE_SLOTS_HELD: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 1}
 BUDGET_MARGIN_TOKENS = 1500
 # SGLang's default `chunked_prefill_size` by GPU memory (server_args.py, `_handle_gpu_memory_settings`,
@@ -216,8 +214,7 @@ def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict
     # batch_size is per attention rank (the attention-DP rows record batch_size x dp = concurrency)
     batch = max(row.batch_size, -(-row.concurrency // max(1, row.attention_dp)))
     held = ENGINE_SLOTS_HELD.get((row.backend, row.system, row.version), 0) if slots_held else 0
-    running = max(1, batch - held)
-    engine = {"max_num_seqs": running, "max_num_batched_tokens": profile.max_num_tokens,
+    engine = {"max_num_seqs": max(1, batch - held), "max_num_batched_tokens": profile.max_num_tokens,
               "gpu_memory_utilization": profile.kv_fraction, "enable_prefix_caching": False}
     scheduler: dict = {"name": SCHEDULERS[row.backend]}
     if row.backend in ("vllm", "trtllm"):
@@ -298,9 +295,8 @@ def frontend_time_cv(row: SiliconRow, options: ClientOptions) -> float:
 
 def decode_cycle_s(scenario: Scenario, row: SiliconRow) -> float:
     """How long one request decodes with every user decoding: osl steps of a decode-only batch of
-    `concurrency` sequences at the mean context. Starting the users evenly over this time puts
-    them out of step for good (fixed lengths keep whatever phases they start with), the opposite
-    extreme of starting them all at once; docs/fidelity.md reports how each compares."""
+    `concurrency` sequences at the mean context. Users started evenly over it stay out of step
+    (fixed lengths keep their phases), the opposite of starting them all at once (docs/fidelity.md)."""
     perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
     ctx = row.isl + row.osl // 2
     return row.osl * perf.step_time_s([], [ctx] * row.concurrency)

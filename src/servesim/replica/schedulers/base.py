@@ -134,14 +134,11 @@ class Scheduler:
         return False
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
-        """Asked at a step boundary of a fast-forwarded stretch through finishes (nothing was
-        waiting when it was planned; arrivals since cut it there), with `num_running` requests
-        still decoding: would the next `schedule` run every one of them for one token and
-        admit every waiting request (in queue order) with its whole prompt and no prefix hit,
-        KV blocks permitting (the engine checks them)? Then the list of (request, prompt
-        tokens) to admit, which `join` admits, and the stretch goes on with them (their prompts
-        priced in the next step). Must not change any state. The default, None, ends the
-        stretch there."""
+        """At a step boundary of a stretch through finishes where arrivals cut it, `num_running`
+        still decoding: if the next `schedule` would run each for one token and admit every
+        waiting request whole with no prefix hit (the engine checks the KV blocks), the
+        (request, prompt tokens) that `join` admits, and the stretch goes on with them. Changes
+        no state. The default, None, ends the stretch there."""
         return None
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:

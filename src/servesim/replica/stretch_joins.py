@@ -1,0 +1,105 @@
+"""Requests that join a stretch in flight (`Stretch.join`) and the KV block counts a stretch
+with joins needs: the part of `Stretch` that arrivals joining it add (`replica/stretch_join.py`
+decides when they may). A mixin of `Stretch`, which holds the state (`joins`, `join_blocks`,
+`_need_at`: see `Stretch._no_joins`)."""
+
+from __future__ import annotations
+
+from bisect import bisect_right, insort
+from typing import Any
+
+from servesim.metrics.recorder import BatchRuns
+from servesim.replica.stretch_chunks import DecodeForms
+
+
+class StretchJoins:
+    """`Stretch`'s methods for joins and block counts (no state of its own)."""
+
+    __slots__ = ()
+
+    def _batch_runs_joined(self) -> BatchRuns:
+        """`batch_runs` with joins: the batch also grows at each join step."""
+        k, rem, joins = self.k, self._sorted_rem, self.joins
+        starts = [j for j, _, _ in joins]
+        n0 = len(self.reqs) - len(joins)
+        marks = sorted({0, *(r for r in rem if r < k), *(j for j in starts if j < k)})
+        sizes = [n0 + bisect_right(starts, j) - bisect_right(rem, j) for j in marks]
+        lens = [b - a for a, b in zip(marks, marks[1:] + [k])]
+        return BatchRuns(sizes, lens)
+
+    def blocks_needed(self, steps: int, block_size: int) -> int:
+        """KV blocks the first `steps` steps add to the blocks held at step 0 (the decodes'
+        growth; the joined prompts' blocks are `join_blocks`). Counted on from the last count
+        over the requests that may still grow (a long stretch that requests joined and left
+        holds many that no longer do)."""
+        at, need, live = self._need_at
+        if steps < at:
+            return sum(_growth(f, 0, min(steps, r), block_size) for f, r in zip(self.first_new, self.remaining))
+        first_new, remaining = self.first_new, self.remaining
+        need += sum(_growth(first_new[i], at, min(steps, remaining[i]), block_size) for i in live)
+        self._need_at = (steps, need, [i for i in live if remaining[i] > steps])
+        return need
+
+    def blocks_bound(self, steps: int, block_size: int) -> int:
+        """An upper bound of `blocks_needed(steps)` in O(1): the last count plus a block per
+        `block_size` steps since for each request that may still grow (a request gets one
+        block every `block_size` steps at most)."""
+        at, need, live = self._need_at
+        if steps <= at:
+            return need
+        return need + len(live) * ((steps - at - 1) // block_size + 1)
+
+    def join(self, joins: list[tuple[Any, int]], first_new: list[int], blocks: int, step_s: float,
+             forms: "DecodeForms | None", block_size: int) -> None:
+        """Requests admitted whole at the boundary after the stretch's last step (`joins`:
+        (request, prompt tokens), in admission order; their prompts took `blocks` blocks): the
+        next step, s = k, runs the decodes still running and those prompts (`step_s` long,
+        priced by the caller), and from s + 1 on they decode with the rest. In the stretch's
+        frame a request that joined at s with an n-token prompt decodes at step j > s with
+        n + (j - s - 1) tokens in KV, so ctx1 = n - s, and emits its last token in step
+        s + output_len - 1, so remaining = s + output_len: the pricing only reads steps after s,
+        where both hold as for the others. `first_new`: the first step that needs one more
+        block for each (`KVCacheManager.first_new_block_steps` with that ctx1). `forms`: the
+        affine decode forms covering the grown batch."""
+        s = self.k
+        in_sync = self._f is not None and self._priced == s  # the scalar state is step s's
+        ctx_sum, active = self._ctx_sum, self._active
+        self.truncate(s)
+        self._append([self.end_s + step_s])
+        if self.reqs is self.decodes:  # (shared while only decodes ran)
+            self.reqs = list(self.reqs)
+        reqs, ctx1, remaining, rem = self.reqs, self.ctx1, self.remaining, self._sorted_rem
+        for (req, n), f in zip(joins, first_new):
+            r = s + req.output_len
+            self.joins.append((s, req, n))
+            reqs.append(req)
+            ctx1.append(n - s)
+            remaining.append(r)
+            insort(rem, r)  # (after the departed ones: r > s)
+            self.first_new.append(f)
+            self._ctx_total += n - s
+            ctx_sum += n  # (its context at step s + 1; the others' grow by one below)
+        self.kmax = rem[-1]
+        self.join_blocks += blocks
+        at, need, live = self._need_at  # (the joiners grow from step s + 1 on: count what they grow before `at`)
+        for i in range(len(reqs) - len(joins), len(reqs)):
+            need += _growth(self.first_new[i], 0, min(at, remaining[i]), block_size)
+            live.append(i)
+        self._need_at = (at, need, live)
+        self._forms = forms
+        self._prefix_sums = self._order = self._step1_s = None  # (rebuilt from the lists when needed)
+        self.final = False
+        if in_sync:  # the scalar loop goes on from step s + 1 without a pass over the batch
+            self._ctx_sum, self._active = ctx_sum + active, active + len(joins)
+            self._f = self._decode_fn(self._active)
+            if self._p < len(rem) and rem[self._p] == s + 1:
+                self._leave(s + 1)
+        else:
+            self._f = None  # (`_sync` rebuilds it from the lists)
+
+
+def _growth(first_new: int, lo: int, hi: int, block_size: int) -> int:
+    """Blocks a request gets at steps first_new, first_new + block_size, ... in [lo, hi)."""
+    if first_new < lo:
+        first_new += (lo - first_new + block_size - 1) // block_size * block_size
+    return (hi - 1 - first_new) // block_size + 1 if first_new < hi else 0
