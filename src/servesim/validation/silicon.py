@@ -57,12 +57,10 @@ class ClientOptions:
     # The front end's per-request time spread (FrontendConfig.time_cv): None plays the fitted
     # FRONTEND_TIME_CV of the row's (GPU, engine); a number plays that value on every row (fitting).
     frontend_time_cv: float | None = None
-    # Rows whose benchmark script is known (validation/inferencemax.py) play its engine flags and
-    # its client (10 requests per user, lengths drawn over [0.8 x, 1 x]); False: the generator's
-    # flags and the AIPerf client above, as every other row.
+    # Rows whose benchmark script is known (validation/inferencemax.py) play its engine flags and client
+    # (10 requests per user, lengths over [0.8 x, 1 x]); False: the generator's flags and AIPerf's client.
     benchmark_recipes: bool = True
-    # Play ENGINE_SLOTS_HELD (one batch slot held in the campaigns listed there); off by default.
-    engine_slots_held: bool = False
+    engine_slots_held: bool = False  # play ENGINE_SLOTS_HELD (batch slots held in the campaigns listed there)
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
@@ -74,8 +72,8 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
         return "the client concurrency is not recorded"
     if row.system not in GPUS:
         return f"GPU {row.system} is not in the catalogue"
-    if row.model.lower() in UNSUPPORTED_MODELS:
-        return UNSUPPORTED_MODELS[row.model.lower()]
+    if (why := UNSUPPORTED_MODELS.get(row.model.lower())) is not None:
+        return why
     if row.gemm_quant not in DTYPES:
         return f"quantisation {row.gemm_quant!r} is not modelled (known: {', '.join(k or 'bf16' for k in DTYPES)})"
     if row.pp != 1:
