@@ -52,8 +52,8 @@ def test_a_length_table_is_read_once_for_first_turns_and_follow_ups(monkeypatch)
     from servesim.workload import lengths
 
     calls = []
-    real = lengths.load_length_table
-    monkeypatch.setattr(lengths, "load_length_table", lambda name: calls.append(name) or real(name))
+    real = lengths.read_length_table
+    monkeypatch.setattr(lengths, "read_length_table", lambda name: calls.append(name) or real(name))
     cfg = {"lengths": {"dataset": "sharegpt"}, "sessions": {"turns": [3, 3], "think_time_s": 1}, "num_requests": 60}
     reqs = list(make(cfg).arrivals())
     assert calls == ["sharegpt"] and len(reqs) > 0

@@ -88,4 +88,3 @@ def read_user_file(path: Path, what: str, parse: Callable[[str], Any], fmt: str)
         raise InputError(f"{what} {str(path)!r} not found") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
         raise InputError(f"{what} {str(path)!r} is not valid {fmt}: {exc}") from None
-

@@ -19,6 +19,7 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
+from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.replica.stretch_join import join_arrivals
@@ -247,7 +248,7 @@ def _apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple
         if req.first_token_s is None:
             req.first_token_s = float(ends[s])
         prefill_at[s] = prefill_at.get(s, 0) + n
-        frees.append((s, -(-(-n // bs))))
+        frees.append((s, -cdiv(n, bs)))
     return list(prefill_at.items())
 
 

@@ -15,11 +15,6 @@ from servesim.workload.sampling import BLOCK, int_spec_stream
 PMF_DATASETS = ("deepseek-r1", "mm-image")
 
 
-def load_length_table(name_or_path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(prompt_lens, output_lens) of every row of a shipped table or trace file."""
-    return read_length_table(name_or_path)
-
-
 def length_pairs(cfg: LengthsConfig, rng: np.random.Generator,
                  table: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[tuple[int, int]]:
     """An endless stream of (prompt_len, output_len) following the config (`table`: the
@@ -56,7 +51,7 @@ def _clipped(pairs: Iterator[tuple[int, int]], max_prompt: int | None, max_outpu
 def clipped_table(cfg: LengthsConfig) -> tuple[np.ndarray, np.ndarray]:
     """The dataset's (prompts, outputs) columns clipped once as `_clipped` clips each pair (at
     least 1, at most max_prompt_tokens / max_output_tokens), not each time a row is drawn."""
-    prompts, outputs = load_length_table(cfg.dataset)
+    prompts, outputs = read_length_table(cfg.dataset)
     return (np.clip(prompts, 1, cfg.max_prompt_tokens or 1 << 62),
             np.clip(outputs, 1, cfg.max_output_tokens or 1 << 62))
 

@@ -136,9 +136,10 @@ class VLLMScheduler(VLLMSteps):
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
         # `_admit` on a queue of newcomers: each fresh (no prefix keys, adapter, preemption,
-        # token emitted elsewhere before a crash or KV store load, so no hit) and admitted whole from the budget the decodes leave, in
-        # queue order (a priority queue iterates in its order). `admit` counts the stale running list (requests that finished inside
-        # the stretch leave it when the stretch ends), so the sequence cap is checked on it.
+        # token emitted elsewhere before a crash or KV store load, so no hit) and admitted whole
+        # from the budget the decodes leave, in queue order (a priority queue iterates in its
+        # order). `admit` counts the stale running list (requests that finished inside the
+        # stretch leave it when the stretch ends), so the sequence cap is checked on it.
         # (A subclass deciding otherwise, `continuum`, keeps ending the stretch.)
         waiting = self.waiting
         if (type(self).schedule is not VLLMScheduler.schedule or self.lora is not None
@@ -159,9 +160,10 @@ class VLLMScheduler(VLLMSteps):
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._head_blocked_by_kv = False
-        budget = self.config.max_num_batched_tokens
-        for req, n in joins:
-            if self.admit(req, budget, out) is None:
+        budget = self.config.max_num_batched_tokens  # (the decodes' share: `arrivals_join` checked it)
+        for req, _ in joins:
+            budget = self.admit(req, budget, out)
+            if budget is None:
                 raise AssertionError(f"request {req.id} could not join the stretch")
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
