@@ -27,6 +27,7 @@ from __future__ import annotations
 from servesim.errors import InputError
 from servesim.replica.attention_dp_balance import BalanceState, RankView, balance_step
 from servesim.replica.kv_cache import KVCacheManager, cdiv
+from servesim.replica.schedulers.batch_passes import decoding_requests
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.workload.request import Request
 
@@ -212,7 +213,7 @@ class AttentionDPScheduler(Scheduler):
         """Whether the ranks hold their contexts this iteration (TensorRT-LLM's balance)."""
         views = []
         for r in self.ranks:
-            gens = sum(1 for req in r.running if req.is_decoding)
+            gens = len(decoding_requests(r.running))
             idle = not r.running and not r.num_waiting  # runs the dummy generation request
             views.append(RankView(has_context=bool(r.num_waiting) or gens < len(r.running),
                                   num_generation=1 if idle else gens,
