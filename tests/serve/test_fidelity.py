@@ -1,7 +1,13 @@
 """Observe, then replay: a Poisson load at time scale 1, measured by a client that follows
 vLLM's `bench serve` protocol (streaming completions; TTFT at the first chunk with text, TPOT =
-(latency - TTFT) / (tokens - 1)), agrees within 10% with `simulate()` replaying the trace the
-server wrote (same arrival times, lengths and prefix hashes)."""
+(latency - TTFT) / (tokens - 1)), agrees with `simulate()` replaying the trace the server wrote
+(same arrival times, lengths and prefix hashes), request by request.
+
+The client also measures what the simulation cannot know: its own HTTP path into the server
+(JSON encoding, the connection, parsing: 5-15 ms here, tens of ms on a loaded CI machine) and
+the token's way back. The check therefore compares each request's client latency with its own
+replayed latency: never earlier (the server must not release a token before its simulated
+time), and off by a median of under 10 % of the replayed latency."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 
 from servesim.scenario import load_scenario
 from servesim.simulation import simulate
@@ -19,9 +26,10 @@ from servesim.workload.request import RequestState
 from tests.serve.conftest import running_server
 
 # A slow GPU keeps every step tens of milliseconds long, so a millisecond of HTTP or
-# scheduling jitter on a shared machine is small against what is measured.
+# scheduling jitter is small against what is measured. The test runs `alone` (no other test
+# runs meanwhile): a CPU-bound test beside it on 2 cores tripled the HTTP path's time.
 SCENARIO = ["model=llama-3.1-8b", "gpu=l4", "engine.max_model_len=4096"]
-RATE_PER_S, DURATION_S = 2.0, 12.0
+RATE_PER_S, DURATION_S = 2.5, 12.0
 
 
 async def one_request(client: httpx.AsyncClient, url: str, start_s: float, prompt: list[int], out_len: int) -> dict:
@@ -41,7 +49,7 @@ async def one_request(client: httpx.AsyncClient, url: str, start_s: float, promp
                     ttft = time.perf_counter() - sent
     latency = time.perf_counter() - sent
     assert tokens == out_len
-    return {"ttft": ttft, "tpot": (latency - ttft) / (tokens - 1)}
+    return {"key": (len(prompt), out_len), "ttft": ttft, "tpot": (latency - ttft) / (tokens - 1)}
 
 
 async def load(url: str) -> list[dict]:
@@ -56,6 +64,7 @@ async def load(url: str) -> list[dict]:
         return await asyncio.gather(*jobs)
 
 
+@pytest.mark.alone
 def test_client_latencies_match_the_replayed_simulation(tmp_path):
     trace = tmp_path / "served.csv"
     args = ["--trace-out", str(trace)] + [a for s in SCENARIO for a in ("--set", s)]
@@ -64,11 +73,16 @@ def test_client_latencies_match_the_replayed_simulation(tmp_path):
     result = simulate(load_scenario(None, SCENARIO + [f"workload.trace.name={trace}"]))
     cols = result.columns
     assert len(cols.id) == len(measured) and np.all(cols.state == int(RequestState.FINISHED))
-    sim_ttft = cols.first_token_s - cols.arrival_s
-    sim_tpot = (cols.finish_s - cols.first_token_s) / (cols.num_output_tokens - 1)
-    got_ttft = np.array([m["ttft"] for m in measured])
-    got_tpot = np.array([m["tpot"] for m in measured])
-    for name, got, want in (("TTFT", got_ttft, sim_ttft), ("TPOT", got_tpot, sim_tpot)):
-        print(name, "client mean, median:", np.mean(got), np.median(got), "simulated:", np.mean(want), np.median(want))
-        for stat in (np.mean, np.median):
-            assert abs(stat(got) / stat(want) - 1) < 0.10, (name, stat.__name__, stat(got), stat(want))
+    # the client's requests in the server's arrival order (no two have the same lengths)
+    order = {k: i for i, k in enumerate(zip(cols.prompt_len.tolist(), cols.output_len.tolist()))}
+    assert len(order) == len(measured)
+    measured = sorted(measured, key=lambda m: order[m["key"]])
+    sim = {"ttft": cols.first_token_s - cols.arrival_s,
+           "tpot": (cols.finish_s - cols.first_token_s) / (cols.num_output_tokens - 1)}
+    for name, want in sim.items():
+        late = np.array([m[name] for m in measured]) - want
+        print(name, "replayed median:", np.median(want), "client late by (min, median, max):", late.min(),
+              np.median(late), late.max())
+        if name == "ttft":  # (a TPOT may come out shorter: its first token was the later one)
+            assert late.min() > -0.002, ("a first token reached the client before its simulated time", late.min())
+        assert np.median(np.abs(late)) < 0.10 * np.median(want), (name, np.median(late), np.median(want))
