@@ -42,12 +42,12 @@ def test_batch_waiting_only_where_the_script_sets_it():
 def test_other_rows_and_the_switch_keep_the_generator_deployment():
     off = scenario(ClientOptions(benchmark_recipes=False))
     assert off.engine.max_num_batched_tokens == 2560  # batch + prompt + 1,500 = 2,540, up to 32-token blocks
-    assert waits(off) == (0, 0.0) and off.workload.num_requests == 64
+    assert waits(off) == (0, 0.0) and off.workload.num_requests == 64 + 16  # AIPerf's client: 4 rounds + 1 trailing
     assert off.workload.lengths.prompt_tokens == 1024
     for changes in ({"backend_version": "1.1.0rc2.post2"}, {"system": "b200_sxm"}, {"backend": "vllm"},
                     {"model_path": "deepseek-ai/DeepSeek-R1", "tp_size": "8"}):
         s = scenario(**changes)
-        assert s.workload.num_requests == 64 and s.workload.lengths.prompt_tokens == 1024, changes
+        assert s.workload.num_requests == 64 + 16 and s.workload.lengths.prompt_tokens == 1024, changes
 
 
 def test_batch_waiting_delays_the_first_tokens_and_lengths_vary():
@@ -85,7 +85,7 @@ def test_gptoss_b200_plays_the_gptoss_script_where_no_release_constants_were_fit
     for changes, options in (({"backend_version": "1.2.0rc6.post3"}, ClientOptions()), ({"system": "h200_sxm"}, ClientOptions()),
                              ({}, ClientOptions()), ({"backend_version": ""}, ClientOptions(benchmark_recipes=False))):
         s = row_scenario(parse_row({**GPTOSS_B200, **changes}), options, calibration=None)
-        assert s.engine.max_num_batched_tokens == 2560 and s.workload.num_requests == 64, changes
+        assert s.engine.max_num_batched_tokens == 2560 and s.workload.num_requests == 64 + 16, changes
 
 
 DSR1_DP = {**BASE, "backend": "trtllm", "backend_version": "1.1.0rc2.post2", "model_path": "deepseek-ai/DeepSeek-R1",

@@ -30,16 +30,16 @@ def test_row_maps_to_closed_loop_scenario():
     a = s.workload.arrival
     assert (a.process, a.users, a.think_time_s, a.ramp_up_s, a.warmup_requests) == ("closed", 64, 0.0, 2.0, 64)
     assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == (1024, 256)
-    assert s.workload.num_requests == 64 + 256
+    assert s.workload.num_requests == 64 + 256 + 64  # warm-up, measured, one trailing round
     assert s.engine.max_num_seqs == 64 and s.engine.enable_prefix_caching is False
 
 
 def test_warmup_that_drains_is_a_fresh_start():
     # AIPerf's profiling phase starts all users at once on an idle engine: no warm-up simulated
     s = row_scenario(row(), ClientOptions(requests_per_user=4, warmup_per_user=1), calibration=None)
-    assert s.workload.arrival.warmup_requests == 0 and s.workload.num_requests == 256
+    assert s.workload.arrival.warmup_requests == 0 and s.workload.num_requests == 256 + 64
     small = row_scenario(row(concurrency="2", batch_size="2"), calibration=None)
-    assert small.workload.num_requests == 32  # at least min_requests
+    assert small.workload.num_requests == 32 + 2  # at least min_requests, then the trailing round
 
 
 def test_engine_limits_of_the_benchmark_deployments():

@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         warmup_continuous: bool = typer.Option(False, "--warmup-continuous", help="Run the warm-up requests in the same closed loop as the measured ones (default: AIPerf's phases, the profiling users start at once on an idle engine)."),
         no_frontend: bool = typer.Option(False, "--no-frontend", help="Leave out the API-server front end (requests reach the engine at once)."),
         frontend_time_cv: Optional[float] = typer.Option(None, min=0.0, max=10.0, help="Play every row with this spread (coefficient of variation) of the front end's per-request time instead of the fitted per-(GPU, engine) values."),
+        trailing_rounds: int = typer.Option(1, min=0, max=100, help="Unmeasured requests per user sent after the measured ones (the benchmark's later rounds keep the engine loaded while the last measured requests decode); 0 stops with the measured requests."),
         engine_slots_held: bool = typer.Option(False, "--engine-slots-held", help="Play the campaigns of validation/silicon.py's ENGINE_SLOTS_HELD with one batch slot held (TensorRT-LLM 1.0.0rc3 on H100; off by default, docs/fidelity.md)."),
         uncalibrated: bool = typer.Option(False, "--uncalibrated", help="Leave out the shipped serving fit (engine constants as in engines.yaml)."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the per-row results as CSV."),
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
         rows = read_rows(measured)
         options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend,
                                 warmup_drains=not warmup_continuous, frontend_time_cv=frontend_time_cv,
-                                engine_slots_held=engine_slots_held)
+                                engine_slots_held=engine_slots_held, trailing_rounds=trailing_rounds)
         if fit_output is not None:
             if not fit_output.is_dir():
                 raise InputError(f"--fit-output {str(fit_output)!r} is not a folder")

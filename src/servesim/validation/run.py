@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 from servesim.errors import InputError
 from servesim.simulation import simulate
 from servesim.validation.fit import Errors
-from servesim.validation.silicon import ClientOptions, SiliconRow, inexpressible_reason, row_scenario
+from servesim.validation.silicon import ClientOptions, SiliconRow, inexpressible_reason, row_request_counts, row_scenario
 from servesim.workload.request import RequestState
 
 
@@ -34,11 +34,13 @@ class RowResult:
         return self.tpot_s / self.row.tpot_s - 1.0
 
 
-def client_metrics(requests: Iterable) -> tuple[float, float, int]:
-    """(mean TTFT s, mean TPOT s, count) over finished, non-warm-up requests, as a client computes them."""
+def client_metrics(requests: Iterable, measured_end: int | None = None) -> tuple[float, float, int]:
+    """(mean TTFT s, mean TPOT s, count) over finished, non-warm-up requests, as a client computes them;
+    measured_end: leave out the requests from this id on (a closed loop's ids count up as it sends:
+    the unmeasured trailing round, validation/client.py)."""
     ttfts, tpots = [], []
     for r in requests:
-        if r.state != RequestState.FINISHED or r.extra.get("warmup"):
+        if r.state != RequestState.FINISHED or r.extra.get("warmup") or (measured_end is not None and r.id >= measured_end):
             continue
         ttft = r.first_token_s - r.arrival_s
         ttfts.append(ttft)
@@ -54,7 +56,7 @@ def simulate_row(row: SiliconRow, options: ClientOptions = ClientOptions(), **sc
 
     scenario_args go to row_scenario (perf overrides, front-end constants, calibration)."""
     result = simulate(row_scenario(row, options, **scenario_args))
-    ttft, tpot, n = client_metrics(result.requests)
+    ttft, tpot, n = client_metrics(result.requests, row_request_counts(row, options).measured_end)
     if n == 0:
         raise InputError(f"row {row.id}: no request finished (all rejected: prompt + output too long for the KV cache?)")
     return RowResult(row, ttft, tpot, n)

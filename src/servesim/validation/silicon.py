@@ -10,8 +10,6 @@ row, or the reason it cannot be expressed yet. The mapping is explicit and teste
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from importlib import resources
 from typing import Mapping
 
@@ -23,6 +21,7 @@ from servesim.replica.frontend import profile_name
 from servesim.perf.models import check_tp, model_spec
 from servesim.scenario import Scenario, validate_scenario
 from servesim.validation import inferencemax
+from servesim.validation.client import ClientOptions, RequestCounts, request_counts  # noqa: F401 (re-exported)
 # The measured file's schema and reader, re-exported here where callers have always found them.
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
@@ -36,31 +35,6 @@ DTYPES = {"": "bf16", "bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4":
 # The scheduler that plays each engine (each engine's own policy, replica/schedulers/<name>.py).
 SCHEDULERS = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
 UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it cannot be played
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """How the closed-loop benchmark client is played for every row."""
-
-    requests_per_user: float = 4.0  # measured requests = ceil(requests_per_user * concurrency), >= min_requests
-    min_requests: int = 32
-    warmup_per_user: float = 1.0  # warm-up requests excluded from the means, per user
-    # AIPerf waits for every warm-up response before the profiling phase starts all its users at
-    # once. The engine is then empty (prefix caching is off in these runs), so the profiling phase
-    # plays exactly like a fresh start: the warm-up requests need not be simulated, and the
-    # measured means include the first wave of `concurrency` simultaneous prompts. False: the
-    # warm-up requests run in the same closed loop and the measured ones follow without a pause.
-    warmup_drains: bool = True
-    ramp_up_s: float = 0.0  # users start evenly over this time (AIPerf starts them all at once)
-    ramp_cycles: float | None = None  # if set: the ramp is this share of one request's decode time instead (None: OUT_OF_STEP rows 1)
-    frontend: bool = True  # play each engine's API server (perf/data/frontend.yaml)
-    # The front end's per-request time spread (FrontendConfig.time_cv): None plays the fitted
-    # FRONTEND_TIME_CV of the row's (GPU, engine); a number plays that value on every row (fitting).
-    frontend_time_cv: float | None = None
-    # Rows whose benchmark script is known (validation/inferencemax.py) play its engine flags and client
-    # (10 requests per user, lengths over [0.8 x, 1 x]); False: the generator's flags and AIPerf's client.
-    benchmark_recipes: bool = True
-    engine_slots_held: bool = False  # play ENGINE_SLOTS_HELD (batch slots held in the campaigns listed there)
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
@@ -244,16 +218,13 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     """
     row = engine_parallelism(row)
     users = row.concurrency
-    drains = options.warmup_drains and (row.backend, row.system, row.version) not in WARMUP_CONTINUOUS
-    warmup = 0 if drains else int(round(options.warmup_per_user * users))
-    measured = max(options.min_requests, math.ceil(options.requests_per_user * users))
+    counts = row_request_counts(row, options)
     engine, scheduler = engine_limits(row, options.engine_slots_held)
     lengths: dict = {"prompt_tokens": row.isl, "output_tokens": row.osl}
     recipe = inferencemax.recipe(row) if options.benchmark_recipes else None
     if recipe is not None:
         engine.update(recipe.engine)
         scheduler.update(recipe.scheduler)
-        measured = inferencemax.ROUNDS_PER_USER * users
         prompt, output = inferencemax.client_lengths(row)
         lengths = {"prompt_tokens": prompt, "output_tokens": output}
     data = {
@@ -267,9 +238,9 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
                      "time_cv": frontend_time_cv(row, options), **(frontend or {})},
         "workload": {
             "arrival": {"process": "closed", "users": users, "think_time_s": 0.0, "think_time_dist": "fixed",
-                        "ramp_up_s": options.ramp_up_s, "warmup_requests": warmup},
+                        "ramp_up_s": options.ramp_up_s, "warmup_requests": counts.warmup},
             "lengths": lengths,
-            "num_requests": warmup + measured,
+            "num_requests": counts.total,
         },
     }
     scenario = validate_scenario(data, f"row {row.id}")
@@ -280,6 +251,14 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         arrival = scenario.workload.arrival.model_copy(update={"ramp_up_s": ramp_cycles * decode_cycle_s(scenario, row)})
         scenario = scenario.model_copy(update={"workload": scenario.workload.model_copy(update={"arrival": arrival})})
     return scenario
+
+
+def row_request_counts(row: SiliconRow, options: ClientOptions) -> RequestCounts:
+    """The warm-up, measured and trailing requests `row` sends (validation/client.py)."""
+    row = engine_parallelism(row)
+    in_loop = not options.warmup_drains or (row.backend, row.system, row.version) in WARMUP_CONTINUOUS
+    script = options.benchmark_recipes and inferencemax.recipe(row) is not None
+    return request_counts(row.concurrency, options, in_loop, inferencemax.ROUNDS_PER_USER if script else None)
 
 
 def frontend_time_cv(row: SiliconRow, options: ClientOptions) -> float:
