@@ -7,6 +7,7 @@ end, so a failed run never leaves half-written results.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -85,16 +86,35 @@ def _cell(v):
     return v
 
 
-#: Columns of requests.csv that hold floats (or None); the others hold ints, strings or None.
-FLOAT_COLUMNS = frozenset({"arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s"})
+#: Columns of requests.csv that hold strings (or None); the others hold numbers (or None).
+TEXT_COLUMNS = frozenset({"tenant", "slo_class", "state", "pool"})
+_BLANK = {"None": "", "nan": ""}  # a number column's None and NaN are empty cells
 
 
-def _texts(name: str, values: list) -> list:
-    """`_cell` of a column's values, without a call per cell: floats as repr ("" for None or
-    NaN); ints and strings as they are (the csv writer writes None as "")."""
-    if name not in FLOAT_COLUMNS:
-        return values
-    return ["" if v is None or v != v else repr(v) for v in values]
+def _csv_texts(values: list, numbers: bool) -> list[str]:
+    """The cells `csv.writer` writes for a column's values, made a column at a time (no call
+    per cell): numbers as `str` (a float's is its repr), None and NaN empty; strings quoted
+    as the writer quotes them, each distinct string once."""
+    if numbers:
+        texts = list(map(str, values))
+        return list(map(_BLANK.get, texts, texts))
+    cells = {v: _csv_cell(v) for v in set(values)}
+    return list(map(cells.__getitem__, values))
+
+
+def _csv_cell(value: str | None) -> str:
+    if value is None:
+        return ""
+    buf = io.StringIO()
+    csv.writer(buf).writerow([value, ""])  # (a second field: a lone empty string is quoted)
+    return buf.getvalue()[:-3]
+
+
+def _write_lines(f, columns: list[list[str]]) -> None:
+    """Rows of cells as csv.writer's lines (comma-separated, CRLF-terminated)."""
+    if columns and columns[0]:
+        f.write("\r\n".join(map(",".join, zip(*columns))))
+        f.write("\r\n")
 
 
 def _jsonable(obj):
@@ -179,8 +199,8 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
             w.writerow(request_columns(result))
             n = len(result.table)
             for start in range(0, n, CSV_ROWS):  # written a chunk at a time, formatted a column at a time
-                w.writerows(zip(*[_texts(name, column_values(result, name, start, start + CSV_ROWS))
-                                  for name in request_columns(result)]))
+                _write_lines(f, [_csv_texts(column_values(result, name, start, start + CSV_ROWS),
+                                            name not in TEXT_COLUMNS) for name in request_columns(result)])
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)
         names = None
@@ -189,7 +209,8 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
                 names = list(TS_COLUMNS) + [c for c in ts if c not in TS_COLUMNS]  # + elastic columns when scaling
                 w.writerow(names)
             for start in range(0, len(ts["time_s"]), CSV_ROWS):  # a chunk of rows as Python values at a time
-                w.writerows(zip(*[[_cell(float(x)) for x in ts[c][start:start + CSV_ROWS]] for c in names]))
+                _write_lines(f, [_csv_texts(np.asarray(ts[c][start:start + CSV_ROWS], dtype=np.float64).tolist(), True)
+                                 for c in names])
     if result.scale_events is not None:
         with open(folder / "scale_events.csv", "w", newline="") as f:
             w = csv.writer(f)

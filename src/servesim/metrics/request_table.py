@@ -17,6 +17,9 @@ the outputs read them.
 
 from __future__ import annotations
 
+from itertools import chain
+from operator import attrgetter
+
 import numpy as np
 
 from servesim.metrics.recorder import Column, positions
@@ -36,6 +39,12 @@ FIELDS = (("seq", np.int64), ("id", np.int64), ("tenant", np.int32), ("priority"
           ("first_token_s", np.float64), ("finish_s", np.float64), ("num_preemptions", np.int32),
           ("num_cached_tokens", np.int64), ("replica", np.int32), ("num_reroutes", np.int32),
           ("ttft_slo_s", np.float64), ("tpot_slo_s", np.float64), ("lora", np.int32), ("num_runs", np.int32))
+#: What a row reads of its request, in one C call when the request ends (`_reduce`); the chunk's
+#: values become typed columns a column at a time when it is flushed (`_columns`).
+READ = ("id", "priority", "is_offline", "session_id", "program_id", "arrival_s", "prompt_len", "output_len",
+        "num_output_tokens", "state", "first_scheduled_s", "first_token_s", "finish_s", "num_preemptions",
+        "num_cached_tokens", "replica", "ttft_slo_s", "tpot_slo_s", "tenant", "slo_class", "lora", "token_steps")
+_read = attrgetter(*READ)
 FLUSH_ROWS = 8192
 #: Rows a pass over the closed table reads at a time (summary, invariants, time series).
 ROWS_PER_PASS = 1 << 16
@@ -48,14 +57,20 @@ class _Labels:
 
     def __init__(self) -> None:
         self.codes: dict[str, int] = {}
+        self._of: dict = {None: -1}  # codes, and None
 
     def code(self, label: str | None) -> int:
-        if label is None:
-            return -1
-        c = self.codes.get(label)
+        c = self._of.get(label)
         if c is None:
-            c = self.codes[label] = len(self.codes)
+            c = self.codes[label] = self._of[label] = len(self.codes)  # type: ignore[index]
         return c
+
+    def codes_of(self, labels: tuple) -> list[int]:
+        """The code of each label; a new label gets the next code, in the order they come."""
+        try:
+            return list(map(self._of.__getitem__, labels))
+        except KeyError:
+            return [self.code(x) for x in labels]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Object array of the labels (None for -1, the last entry)."""
@@ -69,7 +84,10 @@ class RequestTable:
         self.kept: list[Request] | None = [] if keep_requests else None  # the objects, in arrival order
         self._live: dict[int, tuple[int, Request]] = {}  # id(req) -> (row, req) of requests not yet over
         self._n = 0
-        self._rows: list[tuple] = []
+        self._rows: list[tuple] = []  # READ of each request reduced since the last flush
+        self._seqs: list[int] = []  # and its row
+        self._reroutes: dict[int, int] = {}  # chunk position -> reroutes (from `extra`)
+        self._moved: dict[int, list[int]] = {}  # chunk position -> replica of each run, if it moved
         self._parts = {name: Column(dtype) for name, dtype in FIELDS}
         self._run_bounds = Column(np.int64)  # start, end of each run (replica-local steps), flat
         self._run_replica = Column(np.int32)
@@ -98,45 +116,61 @@ class RequestTable:
                 self._reduce(*entry)
 
     def _reduce(self, seq: int, r: Request) -> None:
-        lab = self._labels
-        runs = r.token_steps
+        # (the request is over: its fields, and its token_steps list, do not change any more)
+        self._seqs.append(seq)
+        self._rows.append(_read(r))
         extra = r.extra
-        tenant, slo_class, lora = r.tenant, r.slo_class, r.lora  # (mostly None: no call for those)
-        self._rows.append((
-            seq, r.id, -1 if tenant is None else lab["tenant"].code(tenant), r.priority,
-            -1 if slo_class is None else lab["slo_class"].code(slo_class), r.is_offline,
-            NONE_ID if r.session_id is None else r.session_id, NONE_ID if r.program_id is None else r.program_id,
-            r.arrival_s, r.prompt_len, r.output_len, r.num_output_tokens, int(r.state), r.first_scheduled_s,
-            r.first_token_s, r.finish_s, r.num_preemptions, r.num_cached_tokens, r.replica,
-            extra.get("num_reroutes", 0) if extra else 0, r.ttft_slo_s, r.tpot_slo_s,
-            -1 if lora is None else lab["lora"].code(lora), len(runs) // 2))
         if extra:
+            if "num_reroutes" in extra:
+                self._reroutes[len(self._rows) - 1] = extra["num_reroutes"]
             tags = {k: extra[k] for k in EXTRA_KEYS if k in extra}
             if tags:
                 self.extras[seq] = tags
-        if runs:
-            self._num_runs_total += len(runs) // 2
-            self._run_bounds.extend(runs)
-            self._run_replica.extend(_run_replicas(r))
+        if r.moves:
+            self._moved[len(self._rows) - 1] = _run_replicas(r)
         if len(self._rows) >= FLUSH_ROWS:
             self._flush()
 
     def _flush(self) -> None:
         if not self._rows:
             return
-        if self._spill is not None:  # a chunk in arrival order (rows.sort: seq first and unique)
-            order = sorted(range(len(self._rows)), key=lambda i: self._rows[i][0])
-            rows = [self._rows[i] for i in order]
-            counts = np.fromiter((r[-1] for r in self._rows), np.int64, len(self._rows))
+        columns, bounds, replicas, counts = self._columns()
+        self._num_runs_total += int(counts.sum())
+        if self._spill is not None:  # a chunk in arrival order
+            order = np.argsort(columns[0], kind="stable")
             pick = positions((np.cumsum(counts) - counts)[order], counts[order])
-            bounds = self._run_bounds.array().reshape(-1, 2)[pick].ravel()
-            self._spill.write([np.array(v, dtype=d) for (_, d), v in zip(FIELDS, zip(*rows))], bounds,
-                              self._run_replica.array()[pick])
-            self._run_bounds, self._run_replica = Column(np.int64), Column(np.int32)
+            self._spill.write([c[order] for c in columns], bounds.reshape(-1, 2)[pick].ravel(), replicas[pick])
         else:
-            for (name, _), values in zip(FIELDS, zip(*self._rows)):
+            for (name, _), values in zip(FIELDS, columns):
                 self._parts[name].extend(values)
-        self._rows = []
+            self._run_bounds.extend(bounds)
+            self._run_replica.extend(replicas)
+
+    def _columns(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """The chunk's rows as FIELDS' columns (in reduce order), its runs' bounds (flat) and
+        replicas, and each row's number of runs; the chunk is emptied."""
+        rows, n = self._rows, len(self._rows)
+        v = dict(zip(READ, zip(*rows)))
+        steps = v["token_steps"]
+        counts = np.fromiter(map(len, steps), np.int64, n) >> 1
+        bounds = np.fromiter(chain.from_iterable(steps), np.int64, 2 * int(counts.sum()))
+        replica = np.array(v["replica"], dtype=np.int32)
+        replicas = np.repeat(replica, counts)
+        if self._moved:
+            first = np.cumsum(counts) - counts
+            for i, reps in self._moved.items():
+                replicas[first[i]:first[i] + counts[i]] = reps
+        reroutes = np.zeros(n, dtype=np.int32)
+        for i, k in self._reroutes.items():
+            reroutes[i] = k
+        lab = self._labels
+        made = {"seq": self._seqs, "tenant": lab["tenant"].codes_of(v["tenant"]),
+                "slo_class": lab["slo_class"].codes_of(v["slo_class"]), "session_id": _ids(v["session_id"]),
+                "program_id": _ids(v["program_id"]), "state": list(map(int, v["state"])), "replica": replica,
+                "num_reroutes": reroutes, "lora": lab["lora"].codes_of(v["lora"]), "num_runs": counts}
+        columns = [np.asarray(made[name] if name in made else v[name], dtype=dtype) for name, dtype in FIELDS]
+        self._rows, self._seqs, self._reroutes, self._moved = [], [], {}, {}
+        return columns, bounds, replicas, counts
 
     def close(self, offsets: list[int] | None = None) -> None:
         """End of run: reduce what is still held, order rows by arrival and make the runs index
@@ -241,6 +275,14 @@ class RequestTable:
             t.append(r)
         t.close()
         return t
+
+
+def _ids(values: tuple) -> tuple | list:
+    """Session or program ids with NONE_ID for None (a run without them: every value)."""
+    nones = values.count(None)
+    if nones == len(values):
+        return [NONE_ID] * nones
+    return [NONE_ID if x is None else x for x in values] if nones else values
 
 
 def _run_replicas(r: Request) -> list[int]:

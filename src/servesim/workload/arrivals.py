@@ -16,6 +16,7 @@ from servesim.workload.rate_curve import RateCurve
 from servesim.workload.sampling import BLOCK
 
 DEFAULT_RATE_PER_S = 1.0
+RENEWAL_PROCESSES = ("poisson", "gamma", "weibull")  # (unit_interarrivals draws them)
 
 
 def weibull_shape_for_cv(cv: float) -> float:
@@ -49,15 +50,21 @@ def unit_interarrivals(process: str, cv: float, rng: np.random.Generator, n: int
     raise ValueError(f"not a renewal process: {process!r}")
 
 
-def renewal_times(cfg: ArrivalConfig, rng: np.random.Generator) -> Iterator[float]:
-    """Arrival times of a Poisson/Gamma/Weibull process, optionally following a rate curve."""
+def renewal_blocks(cfg: ArrivalConfig, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Arrival times of a Poisson/Gamma/Weibull process, optionally following a rate curve,
+    BLOCK at a time (float64 arrays, non-decreasing; inf once a curve's rate ends)."""
     rate = cfg.rate_per_s or DEFAULT_RATE_PER_S
     curve = RateCurve(cfg.curve, rate) if cfg.curve is not None else None
     u = 0.0  # operational time (for a constant rate: expected arrivals so far)
     while True:
         cum = u + np.cumsum(unit_interarrivals(cfg.process, cfg.cv, rng, BLOCK))
         u = float(cum[-1])
-        times = curve.warp(cum) if curve is not None else cum / rate
+        yield curve.warp(cum) if curve is not None else cum / rate
+
+
+def renewal_times(cfg: ArrivalConfig, rng: np.random.Generator) -> Iterator[float]:
+    """`renewal_blocks` one time at a time, ending at the first inf."""
+    for times in renewal_blocks(cfg, rng):
         for t in times.tolist():
             if t == math.inf:
                 return

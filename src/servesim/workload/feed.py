@@ -60,16 +60,32 @@ class Feed:
         self.deliver(now_s, req)
 
     def _arrive_from_stream(self, now_s: float, req: Request) -> None:
-        self._next_from_stream()
-        self._arrive(now_s, req)
+        # `_next_from_stream` then `_arrive`, in one call (every request of a trace passes here):
+        # the next stream arrival's time replaces this one's, the smallest, in the heap.
+        nxt = next(self._stream, None)
+        if nxt is None:
+            heapq.heappop(self._times)
+        else:
+            t = nxt.arrival_s
+            if t < now_s:
+                _out_of_order(nxt, now_s)
+            if not t <= MAX_ARRIVAL_S:
+                _check_arrival(nxt)
+            heapq.heapreplace(self._times, t)
+            self.loop.schedule(t, self._arrive_from_stream, nxt, PRIO_ARRIVAL)
+        self.deliver(now_s, req)
 
     def _next_from_stream(self) -> None:
         req = next(self._stream, None)
         if req is not None:
             if req.arrival_s < self.loop.now_s:
-                raise InputError(f"workload arrivals are not in time order: request {req.id} at "
-                                 f"{req.arrival_s} s after one at {self.loop.now_s} s")
+                _out_of_order(req, self.loop.now_s)
             self._schedule(req, self._arrive_from_stream)
+
+
+def _out_of_order(req: Request, now_s: float) -> None:
+    raise InputError(f"workload arrivals are not in time order: request {req.id} at {req.arrival_s} s after one "
+                     f"at {now_s} s")
 
 
 def _check_arrival(req: Request) -> None:

@@ -5,15 +5,16 @@ on_request_done. Owns request ids, the request/duration limits and per-unit attr
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
-from servesim.workload.arrivals import open_loop_times
+from servesim.workload.arrivals import RENEWAL_PROCESSES, open_loop_times, renewal_blocks
 from servesim.workload.attributes import AttributeMix
 from servesim.workload.config import WorkloadConfig
-from servesim.workload.lengths import length_samplers
+from servesim.workload.lengths import length_streams
 from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds
 from servesim.workload.programs import CallSpec, ProgramPlanner, ProgramState
 from servesim.workload.request import Request
@@ -40,8 +41,9 @@ class GeneratedWorkload:
         s_arr, s_len, s_attr, s_turns, s_think, s_prog, s_prefix = seed.spawn(7)
         self._arrival_rng = np.random.default_rng(s_arr)
         # requests that start a unit, then follow-ups (one dataset table read for both)
-        self._lengths, self._follow_lengths = length_samplers(
+        self._length_pairs, follow_pairs = length_streams(
             config.lengths, [np.random.default_rng(s_len), np.random.default_rng(s_len.spawn(1)[0])])
+        self._lengths, self._follow_lengths = self._length_pairs.__next__, follow_pairs.__next__
         self._attrs = AttributeMix(config.attributes, s_attr)
         self._limit = config.request_limit
         self._duration = config.duration_s
@@ -75,6 +77,9 @@ class GeneratedWorkload:
                                         self._follow_hashes) if config.programs else None
         self._tracked = self._closed or self._sessions is not None or self._programs is not None
         self.closed_loop = self._tracked
+        # Nothing drawn or kept per unit: requests are made a block of arrivals at a time.
+        self._plain = (not self._tracked and self._prefix_choice is None and not self._attrs.active
+                       and arrival.process in RENEWAL_PROCESSES)
         self.expected_num_requests: int | None = self._limit
         self.skipped_rows = 0
 
@@ -82,6 +87,9 @@ class GeneratedWorkload:
 
     def arrivals(self) -> Iterator[Request]:
         """Open-loop starts (closed loop: each user's first unit at time 0)."""
+        return self._plain_arrivals() if self._plain else self._unit_arrivals()
+
+    def _unit_arrivals(self) -> Iterator[Request]:
         if self._closed:
             users, ramp_s = self._cfg.arrival.users, self._cfg.arrival.ramp_up_s
             for user in range(users):
@@ -95,6 +103,28 @@ class GeneratedWorkload:
             if not started:
                 return  # a limit was reached
             yield from started
+
+    def _plain_arrivals(self) -> Iterator[Request]:
+        """The requests `_start_unit` makes one by one when nothing is drawn or tracked per unit
+        (same ids, times, lengths and draws), a block of arrival times at a time: `map` builds
+        them from the block's columns, with no Python frame per request but the Request's own."""
+        limit, duration = self._limit, self._duration
+        block_tokens = self._cfg.hash_block_tokens
+        first = 0
+        for times in renewal_blocks(self._cfg.arrival, self._arrival_rng):
+            late = times == math.inf  # (a rate curve that ends)
+            if duration is not None:
+                late |= times > duration
+            stop = int(late.argmax()) if late.any() else len(times)
+            if limit is not None:
+                stop = min(stop, limit - first)
+            if stop > 0:
+                prompts, outputs = zip(*itertools.islice(self._length_pairs, stop))
+                yield from map(Request, range(first, first + stop), times[:stop].tolist(), prompts, outputs,
+                               itertools.repeat(()), itertools.repeat(block_tokens))
+                first += stop
+            if stop < len(times) or first == limit:
+                return
 
     def on_request_done(self, req: Request, now_s: float) -> list[Request]:
         unit = self._units.pop(req.id, None) if self._tracked else None

@@ -56,10 +56,15 @@ def clipped_table(cfg: LengthsConfig) -> tuple[np.ndarray, np.ndarray]:
             np.clip(outputs, 1, cfg.max_output_tokens or 1 << 62))
 
 
-def length_samplers(cfg: LengthsConfig, rngs: list[np.random.Generator]) -> list[Callable[[], tuple[int, int]]]:
-    """For each generator, a function returning the next (prompt_len, output_len); a dataset
-    table is read and clipped once for all (a session workload's first turns and follow-ups)."""
+def length_streams(cfg: LengthsConfig, rngs: list[np.random.Generator]) -> list[Iterator[tuple[int, int]]]:
+    """For each generator, the endless stream of (prompt_len, output_len); a dataset table is
+    read and clipped once for all (a session workload's first turns and follow-ups)."""
     table = None
     if cfg.dataset is not None and cfg.dataset.removeprefix("servegen-") not in PMF_DATASETS:
         table = clipped_table(cfg)
-    return [length_pairs(cfg, rng, table).__next__ for rng in rngs]
+    return [length_pairs(cfg, rng, table) for rng in rngs]
+
+
+def length_samplers(cfg: LengthsConfig, rngs: list[np.random.Generator]) -> list[Callable[[], tuple[int, int]]]:
+    """For each generator, a function returning the next (prompt_len, output_len) of its stream."""
+    return [pairs.__next__ for pairs in length_streams(cfg, rngs)]

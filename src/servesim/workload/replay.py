@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Iterator
 
 import numpy as np
@@ -10,8 +11,10 @@ from servesim.errors import InputError
 from servesim.workload.attributes import AttributeMix
 from servesim.workload.config import WorkloadConfig
 from servesim.workload.request import Request
+from servesim.workload.trace_arrays import read_rows
 from servesim.workload.traces.readers import TraceReader
 from servesim.workload.traces.registry import resolve_trace
+from servesim.workload.traces.schema import DEFAULT_HASH_BLOCK_TOKENS
 
 
 class TraceWorkload:
@@ -31,6 +34,8 @@ class TraceWorkload:
             )
         self._reader = TraceReader(path, display_name=display, skip_bad_rows=self._trace.skip_bad_rows)
         self._attrs = AttributeMix(config.attributes, seed.spawn(1)[0])
+        # a shipped trace's rows as an array (trace_arrays.py), when nothing is drawn per request
+        self._rows = None if self._attrs.active else read_rows(shipped)
         limit = config.num_requests
         whole = shipped is not None and self._trace.start_s == 0 and self._trace.end_s is None and config.duration_s is None
         if whole and shipped is not None:
@@ -43,6 +48,24 @@ class TraceWorkload:
         return self._reader.skipped_rows
 
     def arrivals(self) -> Iterator[Request]:
+        return self._row_arrivals() if self._rows is None else self._array_arrivals(self._rows)
+
+    def _array_arrivals(self, rows) -> Iterator[Request]:
+        """The requests `_row_arrivals` makes from a shipped trace's rows, from its array: the
+        same float operations on each time, made a column at a time."""
+        start, end = self._trace.start_s, self._trace.end_s
+        limit, duration = self._cfg.num_requests, self._cfg.duration_s
+        rel = rows["arrival_s"] - rows["arrival_s"][:1]
+        first = int(np.searchsorted(rel, start, side="left"))  # rows before start_s are skipped (times ascend)
+        stop = len(rel) if end is None else int(np.searchsorted(rel, end, side="right"))
+        rows, arrival = rows[first:stop], (rel[first:stop] - start) / self._trace.speedup
+        if duration is not None:
+            arrival = arrival[:int(np.searchsorted(arrival, duration, side="right"))]
+        n = len(arrival) if limit is None else min(len(arrival), limit)
+        return map(Request, range(n), arrival[:n].tolist(), np.maximum(rows["prompt_len"][:n], 1).tolist(),
+                   np.maximum(rows["output_len"][:n], 1).tolist(), repeat(()), repeat(DEFAULT_HASH_BLOCK_TOKENS))
+
+    def _row_arrivals(self) -> Iterator[Request]:
         start, end = self._trace.start_s, self._trace.end_s
         speedup = self._trace.speedup
         limit = self._cfg.num_requests
