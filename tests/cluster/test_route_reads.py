@@ -36,3 +36,31 @@ def test_a_view_reads_the_counts_in_one_call_unless_it_made_views():
                        outstandings=lambda c: calls.append(list(c)) or [10 + i for i in c])
     assert view.outstandings() == [10, 12]
     assert calls == [[0, 2]]
+
+
+def test_candidates_follow_every_status_change_of_a_replica():
+    """The list of replicas taking requests is kept between arrivals and made again after any
+    change of `alive` or `state` (crash, recovery, lifecycle), per model; callers get their own copy."""
+    from servesim.cluster.cluster import Cluster
+    from servesim.core.loop import EventLoop
+    from servesim.replica.replica import DRAINING, READY, Replica
+    from servesim.workload.request import Request
+
+    replicas = [Replica(i, "pool", None, None) for i in range(4)]
+    cluster = Cluster(replicas, ["a", "a", "b", "b"], object(), EventLoop(), lambda req, t: None)
+    cluster.index_models()
+    req_a, req_b = Request(id=0, arrival_s=0.0, prompt_len=8, output_len=2, model="a"), \
+        Request(id=1, arrival_s=0.0, prompt_len=8, output_len=2, model="b")
+    first = cluster._candidates(req_a)
+    assert first == [0, 1] and cluster._candidates(req_b) == [2, 3]
+    first.append(99)  # the caller's own list
+    assert cluster._candidates(req_a) == [0, 1]
+    replicas[1].alive = False
+    assert cluster._candidates(req_a) == [0]
+    replicas[0].state = DRAINING
+    assert cluster._candidates(req_a) == [] and cluster._candidates(req_b) == [2, 3]
+    replicas[1].alive = True
+    replicas[0].state = READY
+    replicas[3].alive = False
+    assert cluster._candidates(req_a) == [0, 1] and cluster._candidates(req_b) == [2]
+    assert cluster._candidates(Request(id=2, arrival_s=0.0, prompt_len=8, output_len=2, model="c")) is None

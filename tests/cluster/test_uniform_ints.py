@@ -44,3 +44,16 @@ def test_argmin_pick_with_block_draws_picks_as_with_the_generator() -> None:
 def test_bounds_above_two_to_the_32_are_refused() -> None:
     with pytest.raises(ValueError, match="at most 2\\^32, not 8589934592"):
         UniformInts(np.random.default_rng(0)).integers(2**33)
+
+
+def test_argmin_pick_on_lists_picks_and_draws_as_the_general_path() -> None:
+    """Lists take C-level scans when the minimum is unique or ties go first; the pick and the
+    draws (none without a tie) must be those of the general path (a tuple goes there)."""
+    keys_of = np.random.default_rng(3).integers(0, 4, size=(2_000, 8)).tolist()
+    keys_of += [[2.5, float("inf"), 0.5, 0.5], [1.0, float("nan"), 0.5, 3.0], [1, 1.0, 0.0, 0]]
+    for tie_break in ("random", "first"):
+        fast, slow = np.random.default_rng(9), np.random.default_rng(9)
+        for keys in keys_of:
+            cands = list(range(10, 10 + len(keys)))
+            assert argmin_pick(cands, keys, tie_break, fast) == argmin_pick(cands, tuple(keys), tie_break, slow)
+        assert fast.integers(1 << 30) == slow.integers(1 << 30)  # as many draws on both

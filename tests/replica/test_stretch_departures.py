@@ -5,6 +5,7 @@ before the horizon."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -46,6 +47,32 @@ def test_departures_with_ties_in_any_order_price_as_stepping(perf):
     assert st.k == max(remaining) == 30
     assert list(st.ends) == ends  # bit for bit
     assert st._order is None  # no departure order was sorted for the scalar loop
+
+
+@pytest.mark.parametrize("remaining", [[7], [7, 40], [3, 3, 5, 9, 9, 9, 12, 30], list(range(2, 40, 3))])
+@pytest.mark.parametrize("forms", [False, True])  # ends as a list (scalar loop) or an array (numpy chunks)
+def test_finished_by_counts_the_requests_whose_last_step_ended_before_t(perf, remaining, forms):
+    """`finished_by(t)` (a scan of the first departures, a search beyond four) is the count
+    its definition gives: requests whose last step ended before t and is not the stretch's
+    last, at every step boundary, just before and after it, and as the stretch grows."""
+    from servesim.replica.fast_forward import FastForwarding
+
+    class _Forms(FastForwarding):
+        def __init__(self) -> None:
+            self.perf, self._forms = perf, None
+
+    st = Stretch(0.0, 0.02, None, [], [], [_Req() for _ in remaining], [500] * len(remaining), list(remaining), True,
+                 lambda k: perf.decode_time_fn(k) or False, perf, 0, _Forms()._decode_forms if forms else lambda n: None)
+    counted = set()
+    for horizon in (0.05, 0.2, float("inf")):
+        st.price(horizon)
+        ends = [float(e) for e in st.ends]
+        for e in ends + [0.0, ends[-1] + 1.0]:
+            for t in (e, math.nextafter(e, -math.inf), math.nextafter(e, math.inf)):
+                want = sum(1 for r in remaining if r <= st.k - 1 and ends[r - 1] < t)
+                assert st.finished_by(t) == want == st.finished_before(st.step_in_flight(t))
+                counted.add(want)
+    assert max(counted) == sum(1 for r in remaining if r < max(remaining))  # up to all but the last
 
 
 def test_batch_runs_of_a_stretch_nobody_left_and_of_one_with_departures(perf):

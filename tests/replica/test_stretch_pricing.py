@@ -3,6 +3,7 @@ scalar loop (one perf-model call per step), through departures and extensions.""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from servesim.perf.build import build_perf_model
@@ -69,3 +70,29 @@ def test_a_cut_keeps_the_step_in_flight_and_drops_what_was_priced_ahead():
     assert len(st.ends) == st.k == 11 and len(st.batch_sizes()) == 11 and st.final
     assert st._priced == 11  # steps priced ahead are forgotten
     assert not st.cut(t)  # nothing more to drop
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("ctx0", [10, 368_500, 400_000])  # below, across and above the CPU floor
+def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
+    """`times_of_run` (a chunk nobody leaves) skips the CPU floor when its first step is above
+    it; every step time must still be the general path's, bit for bit, and the floor must bind
+    where it should."""
+    base = np.array([0.0, 0.004, 0.0041, 0.0042])
+    cpu = np.array([0.0, 0.009, 0.009, 0.009])
+    forms = (base, cpu, 1.3e-8, overlap)
+    n, m = 3, 500
+    fast, slow = np.empty(m), np.empty(m)
+    stretch_chunks.times_of_run(fast, forms, n, ctx0)
+    # the general path: step j0 = 5 of a batch of n with ctx sum ctx0 at that step, nobody leaving
+    stretch_chunks.times_by_runs(slow, 5, forms, n, None, [0], ctx0 - 4 * n, 0, 0)
+    assert fast.tobytes() == slow.tobytes()
+    expected = [0.0042 + 1.3e-8 * (ctx0 + i * n) for i in range(m)]
+    expected = [max(x, 0.009) if overlap else x + 0.009 for x in expected]
+    assert fast.tolist() == expected  # the scalar form's floats
+    if overlap and ctx0 == 10:
+        assert fast[0] == 0.009  # the floor binds
+    if overlap and ctx0 == 400_000:
+        assert fast[0] > 0.009
+    if overlap and ctx0 == 368_500:
+        assert fast[0] == 0.009 < fast[-1]  # the floor binds for the first steps only

@@ -39,6 +39,9 @@ class Cluster:
         self.reject_reasons: Counter[str] = Counter()
         self._all: list[int] = []
         self._by_model: dict[str, list[int]] = {}
+        # replicas taking requests (alive and ready), by model (None: all), made on first use
+        # and forgotten whenever a replica's status changes (`Replica.on_status`)
+        self._live: dict[str | None, list[int]] = {}
         self._default_model = ""
         # elastic clusters: hold requests while no replica is ready (scale from zero, cold
         # starts) instead of failing them; arrivals counted for autoscalers
@@ -67,6 +70,9 @@ class Cluster:
         for i, m in enumerate(self.models):
             self._by_model.setdefault(m, []).append(i)
         self._default_model = self.models[0]
+        self._live.clear()
+        for r in self.replicas:
+            r.on_status = self._live.clear
 
     @property
     def num_outstanding(self) -> int:
@@ -116,11 +122,18 @@ class Cluster:
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all)."""
-        idx = self._by_model.get(req.model or self._default_model) if len(self._by_model) > 1 or req.model else self._all
-        if idx is None:
-            return None
-        replicas = self.replicas
-        return [i for i in idx if (r := replicas[i]).alive and r.state == READY]  # (`accepting`, inlined)
+        if len(self._by_model) > 1 or req.model:
+            key = req.model or self._default_model
+            idx = self._by_model.get(key)
+            if idx is None:
+                return None
+        else:
+            key, idx = None, self._all
+        live = self._live.get(key)
+        if live is None:
+            replicas = self.replicas
+            live = self._live[key] = [i for i in idx if (r := replicas[i]).alive and r.state == READY]  # (`accepting`)
+        return live.copy()  # (the caller's own list)
 
     def _read_view(self, i: int):
         return self.replicas[i].view(self._route_s, self.refresh_interval_s)

@@ -43,7 +43,10 @@ class Replica:
         self.frontend = frontend  # this replica's API server (None: requests reach the engine at once)
         self._in_transit: set[Request] = set()  # in the API server, not yet at the engine
         self._make_parts = make_parts  # a fresh scheduler and KV cache, for a restart
-        self.alive = True
+        # called whenever `alive` or `state` is set (the cluster keeps its list of replicas
+        # taking requests up to date by it, instead of checking every replica at each arrival)
+        self.on_status: Callable[[], None] | None = None
+        self._alive = True
         self.num_outstanding = 0  # submitted, not yet terminal
         self.num_dispatched = 0
         self.num_crashes = 0
@@ -54,7 +57,7 @@ class Replica:
         self._old_queried = 0
         self._old_hits = 0
         # lifecycle (elastic clusters): pending -> loading -> warming -> ready -> draining -> stopped
-        self.state = READY
+        self._state = READY
         self.lifecycle: list[tuple[float, str]] = []  # (time, state entered); empty: ready all run
 
     # ------------------------------------------------------------------ requests
@@ -121,6 +124,28 @@ class Replica:
         self.down_s += now_s - self._down_since
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def alive(self) -> bool:
+        """Up (not crashed and waiting to recover)."""
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        self._alive = value
+        if self.on_status is not None:
+            self.on_status()
+
+    @property
+    def state(self) -> str:
+        """Lifecycle state (`READY` all run unless the cluster is elastic)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        if self.on_status is not None:
+            self.on_status()
+
     @property
     def accepting(self) -> bool:
         """Takes new requests: alive and ready (not starting, draining or stopped)."""

@@ -225,10 +225,19 @@ class Stretch(StretchJoins, StretchPricing):
         rem = self._sorted_rem
         if rem is None:
             return 0
-        r = rem[0]  # the first departure: its last token is step r - 1's
-        if r >= self.k or self._ends[r - 1] >= t:
-            return 0
-        return bisect_left(rem, self.step_in_flight(t) + 1)
+        # request r's last token is step r - 1's: it counts if that step ended before t and is
+        # not the stretch's last (the step in flight at or after its end). Departures in order
+        # of r end in that order, so count up to the first that does not (a stretch holds one
+        # or two requests at 8 replicas: a short scan, not a search of its steps; many, a search).
+        k, ends = self.k, self._ends
+        n = 0
+        for r in rem:
+            if r >= k or ends[r - 1] >= t:
+                return n
+            n += 1
+            if n == 4:
+                return bisect_left(rem, self.step_in_flight(t) + 1)
+        return n
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""

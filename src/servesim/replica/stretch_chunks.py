@@ -19,6 +19,25 @@ DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
 SEGMENTS = 4
 
 
+def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> None:
+    """Fill `times` with the step times of a run of n requests whose first step's context sum is
+    `ctx0` (it grows by n a step): `times_by_runs` with no departure, in three or four numpy
+    calls. With `overlap`, the CPU floor is applied only if the first step is below it: the
+    times only grow along the run (n and g >= 0, and rounding keeps order), so past a first
+    step at or above the floor `maximum` would change nothing (the scalar form's first
+    element, computed the same way: the int to float, times g, plus base)."""
+    base, cpu, g, overlap = forms
+    b = base[n]
+    np.multiply(np.arange(ctx0, ctx0 + len(times) * n, n, dtype=np.int64), g, out=times)
+    times += b
+    if overlap:
+        c = cpu[n]
+        if g < 0 or float(ctx0) * g + b < c:
+            np.maximum(times, c, out=times)
+    else:
+        times += cpu[n]
+
+
 def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, rem: list[int] | None,
                   prefix: list[int], ctx_total: int, p: int, q: int) -> None:
     """Fill `times` with the step times from step j0 on, run by run of a constant batch.

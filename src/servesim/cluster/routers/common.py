@@ -25,6 +25,9 @@ def argmin_pick(cands: Sequence[int], keys: Sequence[float], tie_break: TieBreak
     consume random numbers.
     """
     best = min(keys)
+    if type(keys) is list and best == best:  # (C-level scans; `index` and `count` match by `==`, NaN aside)
+        if tie_break == "first" or keys.count(best) == 1:
+            return cands[keys.index(best)]
     tied = [c for c, k in zip(cands, keys) if k == best]
     if len(tied) == 1 or tie_break == "first":
         return tied[0]
