@@ -4,6 +4,8 @@ measurements was made with, and the entries it writes."""
 
 from __future__ import annotations
 
+import pytest
+
 from servesim.validation import release_waves
 from servesim.validation.run import simulate_row
 from servesim.validation.silicon import ClientOptions, row_scenario
@@ -55,10 +57,11 @@ def test_fit_reaches_a_fixed_latency_above_a_tenth_of_a_second():
     assert fitted["latency_s"] == 0.2
 
 
-def test_trtllm_b200_1_1_0rc2_post2_rows_play_their_release_front_end():
+@pytest.mark.parametrize("version, constants", [("1.1.0rc2.post2", (0.002, 0.0, 0.2)), ("1.2.0rc2", (0.01, 1e-6, 0.02))])
+def test_trtllm_b200_releases_fitted_here_play_their_own_front_end(version, constants):
     b200 = {"backend": "trtllm", "system": "b200_sxm", "concurrency": "4", "batch_size": "4"}
-    own = row_scenario(silicon_row(0, backend_version="1.1.0rc2.post2", **b200))
-    other = row_scenario(silicon_row(0, backend_version="1.2.0rc2.post2", **b200))
-    assert own.frontend.profile == "trtllm@b200@1.1.0rc2.post2"
-    assert own.frontend.constants() == (0.002, 0.0, 0.2)  # request_s, prompt_token_s, latency_s
-    assert other.frontend.constants()[2] == 0.01
+    own = row_scenario(silicon_row(0, backend_version=version, **b200))
+    assert own.frontend.profile == f"trtllm@b200@{version}"
+    assert own.frontend.constants() == constants  # request_s, prompt_token_s, latency_s
+    # a release without its own profile keeps the GPU's (request_s 5 ms, latency 20 ms)
+    assert row_scenario(silicon_row(0, backend_version="1.3.0rc1", **b200)).frontend.constants() == (0.005, 0.0, 0.02)
