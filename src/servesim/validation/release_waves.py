@@ -7,7 +7,7 @@ is one serial process, so a wave of `c` prompts of 8,192 tokens reaches the engi
 B300) is 41 ms (16 ms) per prompt, more than the measured mean TTFT grows per user (about 8 ms at
 8,192 tokens on both systems; docs/fidelity.md, "vLLM on H100 and B300"). Here, per (engine,
 system, version) key, a coordinate descent over the front end (`latency_s`, `request_s`,
-`prompt_token_s`, absolute grids of fit.FRONTEND_GRID) and the prefill constants
+`prompt_token_s`, absolute grids of fit.FRONTEND_GRID, latencies up to 0.3 s) and the prefill constants
 (`prefill.PERF_NAMES`, the grid of prefill.group_grid) scores TTFT plus a quarter of TPOT on every
 row of the key at even file positions (attention-DP rows excluded: their TTFT has its own open
 question); odd rows are held out. Nothing is per row, model or shape.
