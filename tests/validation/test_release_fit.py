@@ -4,9 +4,11 @@ measurements was made with, and the entries it writes."""
 
 from __future__ import annotations
 
+import pytest
+
 from servesim.validation import release_waves
 from servesim.validation.run import simulate_row
-from servesim.validation.silicon import ClientOptions
+from servesim.validation.silicon import ClientOptions, row_scenario
 
 from tests.validation.silicon_rows import silicon_row
 
@@ -38,3 +40,28 @@ def test_fit_recovers_the_per_token_front_end_cost():
     assert entry.match == {"gpu": "h100-sxm", "engine": "vllm", "version": "0.18.0"}
     assert set(entry.values) == {"eta_compute_large_m", "eta_attn_compute", "ar_bw_eff"}
     assert profile == "vllm@h100-sxm@0.18.0" and frontend["prompt_token_s"] == 1e-6
+
+
+def test_fit_reaches_a_fixed_latency_above_a_tenth_of_a_second():
+    # fit.FRONTEND_GRID stops at 0.1 s; a release whose first tokens trail by 0.2 s at every
+    # concurrency (TensorRT-LLM B200 1.1.0rc2.post2) needs the release grid's longer latencies
+    assert max(release_waves.RELEASE_FRONTEND_GRID["latency_s"]) >= 0.2
+    options = ClientOptions(min_requests=4, requests_per_user=1)
+    rows = [silicon_row(i, concurrency=str(c), batch_size=str(c)) for i, c in enumerate((1, 2, 4, 2, 1))]
+    measured = []
+    for r in rows:
+        sim = simulate_row(r, options, frontend={"latency_s": 0.2})
+        measured.append(silicon_row(int(r.id[1:]), concurrency=str(r.concurrency), batch_size=str(r.concurrency),
+                                    silicon_ttft_ms=str(sim.ttft_s * 1e3), silicon_tpot_ms=str(sim.tpot_s * 1e3)))
+    fitted = release_waves.fit_release(measured, KEY, options, names=("latency_s",))
+    assert fitted["latency_s"] == 0.2
+
+
+@pytest.mark.parametrize("version, constants", [("1.1.0rc2.post2", (0.002, 0.0, 0.2)), ("1.2.0rc2", (0.01, 1e-6, 0.02))])
+def test_trtllm_b200_releases_fitted_here_play_their_own_front_end(version, constants):
+    b200 = {"backend": "trtllm", "system": "b200_sxm", "concurrency": "4", "batch_size": "4"}
+    own = row_scenario(silicon_row(0, backend_version=version, **b200))
+    assert own.frontend.profile == f"trtllm@b200@{version}"
+    assert own.frontend.constants() == constants  # request_s, prompt_token_s, latency_s
+    # a release without its own profile keeps the GPU's (request_s 5 ms, latency 20 ms)
+    assert row_scenario(silicon_row(0, backend_version="1.3.0rc1", **b200)).frontend.constants() == (0.005, 0.0, 0.02)
