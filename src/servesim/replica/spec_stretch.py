@@ -40,12 +40,16 @@ class SpecStretch(SpecStretchPricing):
     keyed: list = []
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
-                 dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62) -> None:
+                 dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
+                 prompt: tuple[Request, int] | None = None) -> None:
         """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
         tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
         the indices of those requests in the order of the later steps' batches; `until_s`,
         `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
-        that start before `until_s`, at most `max_steps` of them)."""
+        that start before `until_s`, at most `max_steps` of them); `prompt`: (a prompt in
+        progress, its chunk) run in every step beside the decodes, first in the verify pass as
+        `speculate` lists it (`Scheduler.repeats_chunk`; `max_steps` stops before its last
+        chunk, `through` is False), or None."""
         cfg = engine.config
         sched = engine.scheduler
         batch = [r for r, _, _, _ in step0]
@@ -67,6 +71,10 @@ class SpecStretch(SpecStretchPricing):
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
+        self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
+        if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
+            self._verify_fn = None
+            self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
         self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
         self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
         self._acceptance_rate = cfg.spec_acceptance_rate
@@ -157,8 +165,9 @@ class SpecStretch(SpecStretchPricing):
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
 
     def prompt_tokens_before(self, j: int) -> int:
-        """As `Stretch.prompt_tokens_before`: prompts finished in step 0 leave one token each."""
-        return sum(n - 1 for _, n in self.prefills)
+        """As `Stretch.prompt_tokens_before`: prompts finished in step 0 leave one token each;
+        a prompt in progress has computed a chunk in each of steps 0..j-1."""
+        return sum(n - 1 for _, n in self.prefills) + j * self.chunk
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
@@ -193,6 +202,8 @@ class SpecStretch(SpecStretchPricing):
         for req, _ in self.prefills:
             if req.first_token_s is None:
                 req.first_token_s = self.ends[0]
+        if self.prompt is not None:
+            self.prompt.num_computed_tokens += k * self.chunk
         grants = [0] * len(reqs)
         for j in range(1, k):
             for i, nb in self._grants[j]:
@@ -221,5 +232,5 @@ class SpecStretch(SpecStretchPricing):
         for j, blocks in self._free_at:  # (blocks of requests that finished before step j)
             for s in range(j, k):
                 kv[s] -= blocks
-        engine.recorder.log_steps(self.start_s, self.ends[:k], sum(n for _, n in self.prefills), self.sizes[:k],
-                                  running, waiting, kv)
+        prefill = [self.chunk] * k if self.prompt is not None else sum(n for _, n in self.prefills)
+        engine.recorder.log_steps(self.start_s, self.ends[:k], prefill, self.sizes[:k], running, waiting, kv)

@@ -125,7 +125,8 @@ class SpecStretchPricing:
             if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
                 self.final = True
                 return
-            dt = self._step_time_s(act, ctx_sum, used, regular)
+            dt = (self._step_time_s(act, ctx_sum, used, regular) if self.prompt is None
+                  else self._chunk_step_time_s(act, ctx_sum, used, len(ends)))
             for i, e in zip(act, emits):
                 ctx[i] += e
                 rem[i] -= e
@@ -163,6 +164,20 @@ class SpecStretchPricing:
             verify = [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
             dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
         dt += self._draft_ratio * self._k_max * draft_s  # (as `speculate`, term for term)
+        return dt
+
+    def _chunk_step_time_s(self, act: list[int], ctx_sum: int, num_spec: int, j: int) -> float:
+        """Step j's time as `speculate` prices it with the prompt's chunk first in the verify
+        pass (over its first `cached0 + j * chunk` tokens), term for term."""
+        ctx, rem, k_max, perf = self._ctx, self._rem, self._k_max, self._perf
+        chunks = [(self.chunk, self._cached0 + j * self.chunk)]
+        decode_ctxs = [ctx[i] for i in act]
+        if not num_spec:  # every request on its last token: no speculation, plain decodes
+            return perf.step_time_s(chunks, decode_ctxs)
+        verify = chunks + [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
+        dt = perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
+        draft_fn = self._decode_fn(len(act))
+        dt += self._draft_ratio * k_max * (draft_fn(ctx_sum) if draft_fn else perf.step_time_s([], decode_ctxs))
         return dt
 
     def _done_with(self, j: int, done: list[int]) -> None:
