@@ -51,6 +51,15 @@ class AcceptanceDraws:
             pos = offset
         return self._counts[pos:pos + n]
 
+    def window(self, offset: int, n: int) -> tuple[list[int], int]:
+        """`peek` without the copy: (counts, i) such that counts[i:i + n] are those rows (the
+        list is never changed in place: a refill replaces it)."""
+        pos = self._pos + offset
+        if pos + n > len(self._counts):
+            self._refill(offset + n)
+            pos = offset
+        return self._counts, pos
+
     def skip(self, n: int) -> None:
         """Take the next `n` rows (read before with `peek`)."""
         if self._pos + n > len(self._counts):
@@ -134,6 +143,8 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and ff.after_prefill:
             step0[id(req)] = (req, n, 1, 1)
         elif prompt is None and engine.ports is None and sched.repeats_chunk(out):
+            if req.num_computed_tokens + 2 * n >= req.num_tokens:
+                return False  # (step 1 would run its last chunk: nothing to repeat)
             prompt = (req, n)  # (the policy vouches its chunks allocate and register nothing)
         else:
             return False  # a prompt still in progress gets a chunk, not a decode, next step
@@ -157,6 +168,8 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     # (a finish ends a chunk stretch: the next chunk takes the budget the finished decode left)
     through = (prompt is None and engine.defer_finishes and ff.through_finishes
                and not any(r.kv_block_keys for r, *_ in batch))
+    if not through and any(e == r.output_len - r.num_output_tokens for r, _, e, _ in batch):
+        return False  # (a finish in step 0 would end the stretch there)
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
             and not (engine.ports is None and sched.arrival_keeps_batch(None))):
         return False  # a lone replica's next arrival comes during step 0 and would cut there

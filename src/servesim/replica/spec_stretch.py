@@ -75,6 +75,7 @@ class SpecStretch(SpecStretchPricing):
         if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
             self._verify_fn = None
             self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
+            self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
         self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
         self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
         self._acceptance_rate = cfg.spec_acceptance_rate
