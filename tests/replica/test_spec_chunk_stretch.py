@@ -107,3 +107,13 @@ def test_cluster_reads_inside_spec_chunk_stretches_are_exact(chunk_steps, reads_
     slow = run(sets, fast_forward=False)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
+
+
+def test_a_prompt_alone_runs_its_chunks_as_one_stretch(chunk_steps):
+    """No decode beside it (nothing speculates): its 1,280 tokens in chunks of 128 are nine
+    full chunks fast-forwarded and the last one stepped, priced as stepping prices them."""
+    a_reqs, b_reqs = [make_request(0, 1280, 20, 0.0)], [make_request(0, 1280, 20, 0.0)]
+    a = spec_engine_run(a_reqs, True, 3000)
+    b = spec_engine_run(b_reqs, False, 3000)
+    assert chunk_steps == [9]
+    assert_same_spec_run(a, b, a_reqs, b_reqs, 3000)

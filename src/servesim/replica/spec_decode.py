@@ -129,10 +129,13 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     its `repeat_order_limit`. A prompt in progress is repeated only where the policy says its
     next chunks take the budget the decodes leave (`Scheduler.repeats_chunk`: the stretch then
     runs them beside the speculative decodes until its last chunk, `SpecStretch.prompt`)."""
+    bs = engine.kv.block_size
+    for req, n in out.scheduled:  # a prefix block still to register would be registered by stepping only
+        keys = req.kv_block_keys  # (a prompt in progress took its keys at admission: `Scheduler.repeats_chunk`)
+        if (keys and len(keys) * bs > req.prompt_len + req.num_output_tokens
+                and req.num_computed_tokens + n >= req.num_tokens):
+            return False
     sched = engine.scheduler
-    order = sched.repeat_order(out)
-    if order is None:
-        return False  # the repeated steps may list the batch in another order: another draw each
     step0 = {id(r): (r, 1, 1, 0) for r in plain}
     prompt = None  # (the prompt in progress, its chunk) of a chunk stretch
     for req, n in prefills:
@@ -148,15 +151,14 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
             prompt = (req, n)  # (the policy vouches its chunks allocate and register nothing)
         else:
             return False  # a prompt still in progress gets a chunk, not a decode, next step
-    bs = engine.kv.block_size
     step0_reqs = [r for r, _ in out.scheduled]
     if prompt is not None:
         step0_reqs = [r for r in step0_reqs if r is not prompt[0]]
+    order = sched.repeat_order(out)  # (after the cheaper checks: a policy may sort here)
+    if order is None:
+        return False  # the repeated steps may list the batch in another order: another draw each
+    if prompt is not None:
         order = [r for r in order if r is not prompt[0]]
-    for req in step0_reqs:  # a prefix block still to register would be registered by stepping only
-        keys = req.kv_block_keys
-        if keys and len(keys) * bs > req.prompt_len + req.num_output_tokens:
-            return False
     batch = [step0[id(r)] for r in step0_reqs]  # step 0's order (its finishes are listed in it)
     if order == step0_reqs:  # (the usual case: the same order, the same objects)
         order = range(len(batch))
