@@ -26,7 +26,8 @@ class SpecStretchPricing:
         (at least one step), or the stretch is done. Pricing a step costs about what applying
         it does, so steps are not priced far ahead of an event that may cut them: an uncut
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
-        horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
+        if self.prompt is None:  # (a chunk stretch is not cut by arrivals: priced to the end at once)
+            horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
         if horizon >= self._until_s:  # (the policy's order holds only so far)
             horizon = self._until_s
         if self._verify_fn is not None:
