@@ -15,6 +15,7 @@ from servesim.perf.hardware import GPUSpec
 from servesim.perf.memory import MemoryMixin
 from servesim.perf.models import ModelSpec
 from servesim.perf.roofline import causal_attention_pairs
+from servesim.perf.spec_forms import chunk_verify_time_fn
 from servesim.perf.terms import StepTerms
 
 
@@ -67,7 +68,7 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_layers", (full_layers, win_layers))
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
         object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
-        object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each) -> verify_time_fn
+        object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
 
     # ---- memoised exact terms ------------------------------------------------------------
     def _token_s(self, num_tokens: int) -> float:
@@ -190,7 +191,6 @@ class PerfModel(MemoryMixin):
         full_layers = self._layers[0]
         half = chunk / 2.0
         cpu = self.terms.cpu_s(num_seqs, num_tokens)
-
         eager = self._eager
 
         def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])`, no window
@@ -261,6 +261,13 @@ class PerfModel(MemoryMixin):
             return max(gpu, cpu) if overlap else gpu + cpu
 
         return time_s
+
+    def chunk_verify_time_fn(self, num_seqs: int, tokens_per_seq: int, chunk: int):
+        """A prompt chunk beside verify chunks as a scalar form (`perf/spec_forms.py`), memoised."""
+        fn = self._verify_fns.get(key := (num_seqs, tokens_per_seq, chunk), False)
+        if fn is False:
+            fn = self._verify_fns[key] = chunk_verify_time_fn(self, num_seqs, tokens_per_seq, chunk)
+        return fn
 
     def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
         """step_time_s split into its terms (not on the hot path)."""

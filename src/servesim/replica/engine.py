@@ -192,7 +192,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             if (ff.repeat and not self._spec_k and (not prefills or ff.after_prefill)
                     and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff, dt)):
                 return
-        if self._spec_k and ff.repeat and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff):
+        if (self._spec_k and (ff.repeat or (prefills and self._repeats_chunk(out, swap_s)))
+                and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff)):
             return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
@@ -202,6 +203,11 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         """The hook of chunk stretches: only plain steps (no speculation, swap or KV ports)."""
         return (self.config.fast_forward and not (self._spec_k or swap_s) and self.ports is None
                 and chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills))
+
+    def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> bool:
+        """May the steps after this one repeat its prompt chunk beside the same decodes (a
+        chunk stretch, which arrivals do not cut: asked even when `fast_forward` says no)?"""
+        return self.config.fast_forward and not swap_s and self.ports is None and self.scheduler.repeats_chunk(out)
 
     def _on_start(self, now_s: float, epoch: int) -> None:
         if epoch == self._epoch:

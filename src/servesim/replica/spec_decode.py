@@ -51,6 +51,15 @@ class AcceptanceDraws:
             pos = offset
         return self._counts[pos:pos + n]
 
+    def window(self, offset: int, n: int) -> tuple[list[int], int]:
+        """`peek` without the copy: (counts, i) such that counts[i:i + n] are those rows (the
+        list is never changed in place: a refill replaces it)."""
+        pos = self._pos + offset
+        if pos + n > len(self._counts):
+            self._refill(offset + n)
+            pos = offset
+        return self._counts, pos
+
     def skip(self, n: int) -> None:
         """Take the next `n` rows (read before with `peek`)."""
         if self._pos + n > len(self._counts):
@@ -117,27 +126,39 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
     register) or fewer than two steps would be safe. Step 0 keeps `scheduled`'s order, the
     later steps the policy's `repeat_order` (a re-sort by a key decodes do not change), up to
-    its `repeat_order_limit`."""
+    its `repeat_order_limit`. A prompt in progress is repeated only where the policy says its
+    next chunks take the budget the decodes leave (`Scheduler.repeats_chunk`: the stretch then
+    runs them beside the speculative decodes until its last chunk, `SpecStretch.prompt`)."""
+    bs = engine.kv.block_size
+    for req, n in out.scheduled:  # a prefix block still to register would be registered by stepping only
+        keys = req.kv_block_keys  # (a prompt in progress took its keys at admission: `Scheduler.repeats_chunk`)
+        if (keys and len(keys) * bs > req.prompt_len + req.num_output_tokens
+                and req.num_computed_tokens + n >= req.num_tokens):
+            return False
     sched = engine.scheduler
-    order = sched.repeat_order(out)
-    if order is None:
-        return False  # the repeated steps may list the batch in another order: another draw each
     step0 = {id(r): (r, 1, 1, 0) for r in plain}
+    prompt = None  # (the prompt in progress, its chunk) of a chunk stretch
     for req, n in prefills:
         left = req.output_len - req.num_output_tokens
         if type(n) is tuple:  # a speculative decode: it emits its accepted drafts + 1
             e = min(n[1] + 1, left)
             step0[id(req)] = (req, e, e, 2)
-        elif n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens or not ff.after_prefill:
-            return False  # a prompt still in progress gets a chunk, not a decode, next step
-        else:
+        elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and ff.after_prefill:
             step0[id(req)] = (req, n, 1, 1)
-    bs = engine.kv.block_size
-    for req, _ in out.scheduled:  # a prefix block still to register would be registered by stepping only
-        keys = req.kv_block_keys
-        if keys and len(keys) * bs > req.prompt_len + req.num_output_tokens:
-            return False
+        elif prompt is None and engine.ports is None and sched.repeats_chunk(out):
+            if req.num_computed_tokens + 2 * n >= req.num_tokens:
+                return False  # (step 1 would run its last chunk: nothing to repeat)
+            prompt = (req, n)  # (the policy vouches its chunks allocate and register nothing)
+        else:
+            return False  # a prompt still in progress gets a chunk, not a decode, next step
     step0_reqs = [r for r, _ in out.scheduled]
+    if prompt is not None:
+        step0_reqs = [r for r in step0_reqs if r is not prompt[0]]
+    order = sched.repeat_order(out)  # (after the cheaper checks: a policy may sort here)
+    if order is None:
+        return False  # the repeated steps may list the batch in another order: another draw each
+    if prompt is not None:
+        order = [r for r in order if r is not prompt[0]]
     batch = [step0[id(r)] for r in step0_reqs]  # step 0's order (its finishes are listed in it)
     if order == step0_reqs:  # (the usual case: the same order, the same objects)
         order = range(len(batch))
@@ -146,12 +167,19 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         order = [index.get(id(r)) for r in order]
         if len(order) != len(batch) or None in order:
             return False  # (not the batch's requests: nothing to repeat)
-    through = engine.defer_finishes and ff.through_finishes and not any(r.kv_block_keys for r, *_ in batch)
+    # (a finish ends a chunk stretch: the next chunk takes the budget the finished decode left)
+    through = (prompt is None and engine.defer_finishes and ff.through_finishes
+               and not any(r.kv_block_keys for r, *_ in batch))
+    if not through and any(e == r.output_len - r.num_output_tokens for r, _, e, _ in batch):
+        return False  # (a finish in step 0 would end the stretch there)
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
             and not (engine.ports is None and sched.arrival_keeps_batch(None))):
         return False  # a lone replica's next arrival comes during step 0 and would cut there
     until_s, max_steps = sched.repeat_order_limit(out)
-    st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through, until_s, max_steps)
+    if prompt is not None:  # steps 0 .. K - 1 give it full chunks and leave it unfinished
+        req, chunk = prompt
+        max_steps = min(max_steps, -(-(req.num_tokens - req.num_computed_tokens) // chunk) - 1)
+    st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through, until_s, max_steps, prompt)
     st.price(engine._own_horizon_s())  # (up to the next event anywhere: `SpecStretch.price`)
     if st.k < 2:
         return False

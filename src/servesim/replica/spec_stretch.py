@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Callable
 
 from servesim.replica.spec_stretch_pricing import SpecStretchPricing
@@ -40,19 +41,25 @@ class SpecStretch(SpecStretchPricing):
     keyed: list = []
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
-                 dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62) -> None:
+                 dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
+                 prompt: tuple[Request, int] | None = None) -> None:
         """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
         tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
         the indices of those requests in the order of the later steps' batches; `until_s`,
         `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
-        that start before `until_s`, at most `max_steps` of them)."""
+        that start before `until_s`, at most `max_steps` of them); `prompt`: (a prompt in
+        progress, its chunk) run in every step beside the decodes, first in the verify pass as
+        `speculate` lists it (`Scheduler.repeats_chunk`; `max_steps` stops before its last
+        chunk, `through` is False), or None."""
         cfg = engine.config
         sched = engine.scheduler
-        batch = [r for r, _, _, _ in step0]
+        # (no decodes: a prompt's chunks alone)
+        batch, adv0, emits0, kinds = (list(x) for x in zip(*step0)) if step0 else ([], [], [], [])
         self.start_s = start_s
         self.out = out
         self.reqs = batch  # in step 0's batch order (`_active` holds the later steps' order)
-        self.prefills = [(r, c) for r, c, _, kind in step0 if kind == 1]  # prompt chunks finished in step 0
+        # prompt chunks finished in step 0
+        self.prefills = [(r, c) for r, c, kind in zip(batch, adv0, kinds) if kind == 1] if 1 in kinds else []
         self.through = through
         self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
         self.num_waiting = sched.num_waiting
@@ -67,6 +74,11 @@ class SpecStretch(SpecStretchPricing):
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
+        self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
+        if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
+            self._verify_fn = None
+            self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
+            self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
         self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
         self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
         self._acceptance_rate = cfg.spec_acceptance_rate
@@ -78,19 +90,19 @@ class SpecStretch(SpecStretchPricing):
         self.free_blocks = kv.num_free_blocks  # after step 0's allocations
         self._used0 = kv.num_gpu_blocks - kv.num_free_blocks
         # the running state after the last priced step, per request (index into `reqs`)
-        self._adv0 = [c for _, c, _, _ in step0]
-        self._ctx = [r.num_computed_tokens + c for r, c, _, _ in step0]
-        self._rem = [r.output_len - r.num_output_tokens - e for r, _, e, _ in step0]
+        self._adv0 = adv0
+        self._ctx = [r.num_computed_tokens + c for r, c in zip(batch, adv0)]
+        rem = self._rem = [r.output_len - r.num_output_tokens - e for r, e in zip(batch, emits0)]
         self._held = [kv.num_blocks_of(r.id) for r in batch]
         n = len(batch)
         # step 0's finishes as stepping lists them: plain decodes, prompts, speculative decodes
-        gone = sorted((i for i in range(n) if not self._rem[i]), key=lambda i: step0[i][3])
-        self._active = [i for i in order if self._rem[i]] if through else list(order)  # (in batch order)
+        gone = sorted((i for i in range(n) if not rem[i]), key=kinds.__getitem__) if 0 in rem else []
+        self._active = [i for i in order if rem[i]] if through and gone else list(order)  # (in batch order)
         # per step: end time, tokens emitted, requests run, their emitted tokens, blocks granted
         self.ends = [start_s + dt0_s]
-        self.sizes = [sum(e for _, _, e, _ in step0)]  # tokens emitted in each step
+        self.sizes = [sum(emits0)]  # tokens emitted in each step
         self._runs: list[list[int]] = [list(range(n))]
-        self._emits: list[list[int]] = [[e for _, _, e, _ in step0]]
+        self._emits: list[list[int]] = [emits0]
         self._grants: list[list[tuple[int, int]]] = [[]]  # (step 0's blocks are allocated already)
         self._alloc = [0]  # blocks granted in steps 1..j
         self._rows = [0]  # acceptance rows read by steps 1..j
@@ -157,8 +169,9 @@ class SpecStretch(SpecStretchPricing):
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
 
     def prompt_tokens_before(self, j: int) -> int:
-        """As `Stretch.prompt_tokens_before`: prompts finished in step 0 leave one token each."""
-        return sum(n - 1 for _, n in self.prefills)
+        """As `Stretch.prompt_tokens_before`: prompts finished in step 0 leave one token each;
+        a prompt in progress has computed a chunk in each of steps 0..j-1."""
+        return sum(n - 1 for _, n in self.prefills) + j * self.chunk
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
@@ -174,28 +187,32 @@ class SpecStretch(SpecStretchPricing):
         """Advance the requests, KV blocks, acceptance draws and step log by the stretch's
         steps; returns the requests that finished in it, in finish order."""
         k, reqs = len(self.ends), self.reqs
-        first = engine.recorder.num_steps
+        s = engine.recorder.num_steps  # (the first step's number)
         total = [0] * len(reqs)
-        for j in range(k):
-            s = first + j
-            for i, n in zip(self._runs[j], self._emits[j]):
+        token_steps = [r.token_steps for r in reqs]
+        for act, emits in zip(self._runs[:k], self._emits):
+            before = s - 1
+            for i, n in zip(act, emits):
                 total[i] += n
-                runs = reqs[i].token_steps  # as `Engine.emit`, then one single-step run per extra token
-                if runs and runs[-1] == s - 1:
+                runs = token_steps[i]  # as `Engine.emit`, then one single-step run per extra token
+                if runs and runs[-1] == before:
                     runs[-1] = s
                 else:
                     runs += (s, s)
                 if n > 1:
                     runs += (s, s) * (n - 1)
+            s += 1
         for req, adv0, e0, n in zip(reqs, self._adv0, self._emits[0], total):
             req.num_computed_tokens += adv0 + n - e0  # (a prompt chunk computes its tokens, emits one)
             req.num_output_tokens += n
         for req, _ in self.prefills:
             if req.first_token_s is None:
                 req.first_token_s = self.ends[0]
+        if self.prompt is not None:
+            self.prompt.num_computed_tokens += k * self.chunk
         grants = [0] * len(reqs)
-        for j in range(1, k):
-            for i, nb in self._grants[j]:
+        for step in self._grants[1:k]:
+            for i, nb in step:
                 grants[i] += nb
         engine.kv.allocate_plain_many([(reqs[i], nb) for i, nb in enumerate(grants) if nb])
         self._draws.skip(self._rows[min(k, len(self._rows) - 1)] if self._extra_step else self._rows[k - 1])
@@ -214,12 +231,15 @@ class SpecStretch(SpecStretchPricing):
         running = [run0] + [run0 - n0 + len(act) for act in self._runs[1:k]]
         waiting = [self.num_waiting] * k
         if self.waiting_from:  # one more waits from each step listed on
+            more = [0] * (k + 1)
             for j in self.waiting_from:
-                for s in range(j, k):
-                    waiting[s] += 1
+                more[min(j, k)] += 1
+            waiting = [w + m for w, m in zip(waiting, accumulate(more))]
         kv = [self._used0 + a for a in self._alloc[:k]]
-        for j, blocks in self._free_at:  # (blocks of requests that finished before step j)
-            for s in range(j, k):
-                kv[s] -= blocks
-        engine.recorder.log_steps(self.start_s, self.ends[:k], sum(n for _, n in self.prefills), self.sizes[:k],
-                                  running, waiting, kv)
+        if self._free_at:  # (blocks of requests that finished before step j)
+            freed = [0] * (k + 1)
+            for j, blocks in self._free_at:
+                freed[j] += blocks  # (j <= k: `_keep` drops the later ones)
+            kv = [u - f for u, f in zip(kv, accumulate(freed))]
+        prefill = [self.chunk] * k if self.prompt is not None else sum(n for _, n in self.prefills)
+        engine.recorder.log_steps(self.start_s, self.ends[:k], prefill, self.sizes[:k], running, waiting, kv)

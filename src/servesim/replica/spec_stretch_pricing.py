@@ -26,7 +26,8 @@ class SpecStretchPricing:
         (at least one step), or the stretch is done. Pricing a step costs about what applying
         it does, so steps are not priced far ahead of an event that may cut them: an uncut
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
-        horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
+        if self.prompt is None:  # (a chunk stretch is not cut by arrivals: priced to the end at once)
+            horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
         if horizon >= self._until_s:  # (the policy's order holds only so far)
             horizon = self._until_s
         if self._verify_fn is not None:
@@ -85,28 +86,33 @@ class SpecStretchPricing:
         k_max, bs, kmax = self._k_max, self._bs, self.kmax
         ends, sizes, runs, emits_of, grants_of, allocs, rows_of = (
             self.ends, self.sizes, self._runs, self._emits, self._grants, self._alloc, self._rows)
-        peek = self._draws.peek
-        while not self.final and ends[-1] < horizon and len(ends) < kmax:
+        window = self._draws.window
+        chunked = self.prompt is not None
+        draft_k = self._draft_ratio * k_max  # (the draft term's factor, as `speculate` multiplies it)
+        fns_n, draft_fn, verify_fn = -1, None, None  # the batch size whose scalar forms are bound
+        t = ends[-1]
+        while not self.final and t < horizon and len(ends) < kmax:
             act = self._active
             rows = rows_of[-1]
-            acc = peek(rows, len(act))  # (rows of speculating requests, in batch order)
+            acc, u = window(rows, len(act))  # acc[u], acc[u + 1], ...: the rows of speculating requests
+            u0 = u
             emits, grants, done_plain, done_spec = [], [], [], []  # (finishes: plain decodes first)
-            need = ctx_sum = used = 0
+            need = ctx_sum = 0
             regular = True  # every request verifies 1 + k_max tokens
             for i in act:
                 c = ctx[i]
                 r = rem[i]
                 ctx_sum += c
                 if r > k_max:  # k_max lookahead slots: blocks for c + 1 + k_max tokens
-                    e = acc[used] + 1  # accepted drafts + the target's token
-                    used += 1
+                    e = acc[u] + 1  # accepted drafts + the target's token
+                    u += 1
                     nb = (c + k_max) // bs + 1 - held[i]
                     if e == r:
                         done_spec.append(i)
                 elif r > 1:  # k = r - 1 slots; emits at most r
                     k = r - 1
-                    a = acc[used]
-                    used += 1
+                    a = acc[u]
+                    u += 1
                     e = a + 1 if a < k else r
                     nb = (c + k) // bs + 1 - held[i]
                     regular = False
@@ -121,18 +127,31 @@ class SpecStretchPricing:
                 if nb > 0:
                     grants.append((i, nb))
                     need += nb
+            used = u - u0
             alloc = allocs[-1] + need
             if alloc > self.free_blocks:  # (frees inside the stretch are not counted on)
                 self.final = True
                 return
-            dt = self._step_time_s(act, ctx_sum, used, regular)
+            dt = None
+            if regular and not chunked:  # (the usual step: `_step_time_s`'s scalar forms, inlined)
+                if len(act) != fns_n:
+                    fns_n = len(act)
+                    draft_fn, verify_fn = self._forms(fns_n)
+                if draft_fn and verify_fn is not None:
+                    dt = verify_fn(ctx_sum)
+                    if dt is not None:
+                        dt += draft_k * draft_fn(ctx_sum)
+            if dt is None:
+                dt = (self._step_time_s(act, ctx_sum, used, regular) if not chunked
+                      else self._chunk_step_time_s(act, ctx_sum, used, len(ends), regular))
             for i, e in zip(act, emits):
                 ctx[i] += e
                 rem[i] -= e
             for i, nb in grants:
                 held[i] += nb
             j = len(ends)
-            ends.append(ends[-1] + dt)
+            t += dt
+            ends.append(t)
             sizes.append(sum(emits))
             runs.append(act)
             emits_of.append(emits)
@@ -144,15 +163,19 @@ class SpecStretchPricing:
                 self._finishes += [(j, i) for i in done]
                 self._done_with(j, done)
 
+    def _forms(self, n: int) -> tuple:
+        """(the draft term's scalar form, a regular verify pass's) for batch size `n`, memoised
+        (False / None: the perf model has none)."""
+        fns = self._fns.get(n)
+        if fns is None:
+            verify = self._verify_time_fn(n, 1 + self._k_max) if self._verify_time_fn is not None else None
+            fns = self._fns[n] = (self._decode_fn(n), verify)
+        return fns
+
     def _step_time_s(self, act: list[int], ctx_sum: int, num_spec: int, regular: bool) -> float:
         """The step's time as `speculate` prices it (verify pass + draft term), from the
         contexts before it: by the context sum alone when the perf model has the forms."""
-        n = len(act)
-        fns = self._fns.get(n)
-        if fns is None:  # (per batch size: the draft term's and a regular verify pass's forms)
-            verify = self._verify_time_fn(n, 1 + self._k_max) if self._verify_time_fn is not None else None
-            fns = self._fns[n] = (self._decode_fn(n), verify)
-        draft_fn, verify_fn = fns
+        draft_fn, verify_fn = self._forms(len(act))
         ctx = self._ctx
         draft_s = draft_fn(ctx_sum) if draft_fn else self._perf.step_time_s([], [ctx[i] for i in act])
         if not num_spec:  # every request on its last token: a plain decode step
@@ -163,6 +186,30 @@ class SpecStretchPricing:
             verify = [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
             dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
         dt += self._draft_ratio * self._k_max * draft_s  # (as `speculate`, term for term)
+        return dt
+
+    def _chunk_step_time_s(self, act: list[int], ctx_sum: int, num_spec: int, j: int, regular: bool) -> float:
+        """Step j's time as `speculate` prices it with the prompt's chunk first in the verify
+        pass (over its first `cached0 + j * chunk` tokens), term for term: by the perf model's
+        scalar form when every decode verifies 1 + k tokens (`regular`)."""
+        ctx, rem, k_max, perf = self._ctx, self._rem, self._k_max, self._perf
+        cached = self._cached0 + j * self.chunk
+        draft_fn = self._decode_fn(len(act))
+        if regular and draft_fn:
+            form = self._chunk_form
+            if form is False:  # (once: the decodes do not change in a chunk stretch)
+                fn = getattr(perf, "chunk_verify_time_fn", None)
+                form = self._chunk_form = fn(len(act), 1 + k_max, self.chunk) if fn else None
+            dt = form(cached, ctx_sum) if form is not None else None
+            if dt is not None:
+                return dt + self._draft_ratio * k_max * draft_fn(ctx_sum)
+        chunks = [(self.chunk, cached)]
+        decode_ctxs = [ctx[i] for i in act]
+        if not num_spec:  # every request on its last token: no speculation, plain decodes
+            return perf.step_time_s(chunks, decode_ctxs)
+        verify = chunks + [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
+        dt = perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
+        dt += self._draft_ratio * k_max * (draft_fn(ctx_sum) if draft_fn else perf.step_time_s([], decode_ctxs))
         return dt
 
     def _done_with(self, j: int, done: list[int]) -> None:
