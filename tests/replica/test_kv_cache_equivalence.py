@@ -61,7 +61,7 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
     chains = _chains(rng, 6, 24 * BS // H + 2)
     waiting: list[_Pair] = []
     running: list[_Pair] = []
-    counts = dict.fromkeys(["hits", "preempt", "finish", "bulk", "bulk keys", "leading", "conflict"], 0)
+    counts = dict.fromkeys(["hits", "preempt", "finish", "bulk", "bulk keys", "leading", "conflict", "planned"], 0)
     rid = 0
 
     def check() -> None:
@@ -129,6 +129,20 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
             p.set(num_computed_tokens=0)
             waiting.insert(0, p)
             counts["preempt"] += 1
+        elif running and rng.random() < 0.5:  # a stretch's check, then its registration by the kept plan
+            lst = [(p.new, p.new.num_computed_tokens) for p in running]
+            a = new.keys_conflict_many(lst, 1)
+            assert a == ref.keys_conflict_many([(p.ref, p.ref.num_computed_tokens + 1) for p in running])
+            counts["conflict"] += a
+            if not a:
+                planned = new.num_planned_registrations
+                keyed = sum(h.num_keyed for h in new._held.values())
+                new.cache_full_blocks_many(lst, 1)
+                # (the plan ran and registered blocks)
+                counts["planned"] += new.num_planned_registrations > planned and sum(
+                    h.num_keyed for h in new._held.values()) > keyed
+                for p in running:
+                    ref.cache_full_blocks(p.ref, p.ref.num_computed_tokens + 1)
         elif running:  # would a stretch of k tokens for everyone register keys in conflict?
             k = rng.choice([1, 16, 300])
             pairs = [(p, p.new.num_computed_tokens + k) for p in running]
@@ -155,4 +169,38 @@ def test_run_based_cache_matches_the_per_block_reference(H, seed):
     # the scenario exercised what it is meant to: hits, preemptions, finishes, bulk decodes
     # (some registering keys), leading decodes allocated in one call before a prompt chunk
     assert counts["hits"] > 20 and counts["preempt"] > 20 and counts["finish"] > 5 and counts["bulk"] > 0
-    assert counts["bulk keys"] > 0 and counts["leading"] > 0, counts
+    assert counts["bulk keys"] > 0 and counts["leading"] > 0 and counts["planned"] > 0, counts
+
+
+def _decoding_pair(rid: int, ids: list[int], new: KVCacheManager, ref: ReferenceKVCache, prompt: int) -> _Pair:
+    """A request admitted with its whole prompt (no hits looked up) that has generated a token."""
+    p = _Pair(rid, prompt, 40, ids, BS)
+    assert new.allocate_slots(p.new, prompt) and ref.allocate_slots(p.ref, prompt)
+    p.set(num_computed_tokens=prompt, num_output_tokens=1)
+    return p
+
+
+@pytest.mark.parametrize("between", [False, True])
+def test_a_kept_registration_plan_is_used_only_while_valid(between):
+    """A stretch checks its keys when planned and registers them when applied by the plan
+    `keys_conflict_many` kept; a key entering the index in between voids it, and the
+    registration then takes the general path (here: the request's block is a copy)."""
+    ids = list(range(100, 110))
+    new, ref = KVCacheManager(64, BS), ReferenceKVCache(64, BS)
+    a = _decoding_pair(1, ids, new, ref, 3 * BS - 1)  # its next token completes block 2
+    keyed = [(a.new, a.new.num_computed_tokens)]
+    assert not new.keys_conflict_many(keyed, 1)
+    assert not ref.keys_conflict_many([(a.ref, a.ref.num_computed_tokens + 1)])
+    if between:  # another request computes the same prefix, block 2 included, first
+        _decoding_pair(2, ids, new, ref, 4 * BS)
+    for cache, req in ((new, a.new), (ref, a.ref)):
+        cache.allocate_plain_many([(req, 1)]) if cache.num_blocks_of(req.id) < 3 else None
+    new.cache_full_blocks_many(keyed, 1)
+    ref.cache_full_blocks(a.ref, a.ref.num_computed_tokens + 1)
+    assert new.num_planned_registrations == (0 if between else 1)
+    assert new._held[1].num_keyed == 3 and bool(new._held[1].dups) == between
+    for r in (1, 2):
+        new.free(r), ref.free(r)
+        assert new.num_free_blocks == ref.num_free_blocks
+    b = _Pair(3, 3 * BS + 1, 4, ids, BS)  # hits the three blocks: registered either way
+    assert len(new.get_computed_blocks(b.new)) == len(ref.get_computed_blocks(b.ref)) == 3

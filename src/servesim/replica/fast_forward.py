@@ -126,7 +126,7 @@ class FastForwarding:
             st.truncate(lo)
             st.final = st.limited = True
             k = lo
-        if st.keyed and k > k_safe and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in st.keyed]):
+        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1):
             st.truncate(k_safe)
             st.final = st.limited = True
         return st.k >= 2
