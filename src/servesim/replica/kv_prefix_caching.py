@@ -67,6 +67,7 @@ class PrefixCaching:
         bs = self.block_size
         held_of = self._held
         items = []
+        tokens = []  # each item's number of tokens (before `more_tokens`)
         for req, num_tokens in reqs_tokens:
             keys = req.kv_block_keys
             held = held_of.get(req.id)
@@ -77,10 +78,11 @@ class PrefixCaching:
                     end = n
                 if held.num_keyed < end:
                     items.append((keys, held, held.num_keyed, end))
+                    tokens.append(num_tokens)
         prefix = self._prefix
         planned = prefix.plan_appends(items) if self.enable_prefix_caching else None
         if planned is not None:  # (so no conflict: `plan_appends` checks all `conflicts` does)
-            self._planned = (reqs_tokens, len(reqs_tokens), more_tokens, prefix.num_inserts, planned)
+            self._planned = (reqs_tokens, len(reqs_tokens), more_tokens, prefix.num_inserts, planned, tokens)
             return False
         self._planned = None
         return prefix.conflicts([(keys, k0, k1) for keys, _, k0, k1 in items])
@@ -124,14 +126,18 @@ class PrefixCaching:
 
     def _apply_planned(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> bool:
         """`cache_full_blocks_many` by the plan `keys_conflict_many` kept, if it was made for
-        these requests and tokens, no key entered the index since, and each request holds the
-        blocks it registers (as a stretch's allocation gives them: else the per-request pass
-        would stop at its blocks). False, nothing done, otherwise. The plan is used once."""
-        lst, n, more, inserts, planned = self._planned
+        these requests and as many tokens or more (then trimmed: a stretch cut short), no key
+        entered the index since, and each request holds the blocks it registers (as a
+        stretch's allocation gives them: else the per-request pass would stop at its blocks).
+        False, nothing done, otherwise. The plan is used once."""
+        lst, n, more, inserts, planned, tokens = self._planned
         self._planned = None
-        if lst is not reqs_tokens or n != len(lst) or more != more_tokens or inserts != self._prefix.num_inserts:
+        if lst is not reqs_tokens or n != len(lst) or more < more_tokens or inserts != self._prefix.num_inserts:
             return False
-        for held, _, _, k0, k1, _ in planned[2]:
+        if more_tokens < more:  # the stretch was cut: what its steps so far complete
+            bs = self.block_size
+            planned = self._prefix.trim_appends(planned, [(c + more_tokens) // bs for c in tokens])
+        for held, _, _, k0, k1, _, _ in planned[2]:
             if k1 - k0 > held.num_plain:
                 return False
         self._prefix.apply_appends(planned)

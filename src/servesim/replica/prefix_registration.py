@@ -131,7 +131,7 @@ class PrefixRegistration:
                 groups.add(g)
             pending += runs
             owners += [g] * len(runs)
-            plan.append((held, g, seg, k0, k1, runs))
+            plan.append((held, g, seg, k0, k1, runs, r))
         if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
             return None
         return pending, owners, plan
@@ -141,7 +141,7 @@ class PrefixRegistration:
         pending, owners, plan = planned
         self.num_inserts += 1
         self._index.update(zip(pending, owners))
-        for held, g, seg, k0, k1, runs in plan:
+        for held, g, seg, k0, k1, runs, _ in plan:
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
@@ -153,6 +153,27 @@ class PrefixRegistration:
             g.num_cached += n
             held.num_keyed = k1
             held.num_plain -= n
+
+    @staticmethod
+    def trim_appends(planned: tuple, ends: list[int]) -> tuple:
+        """A plan of `plan_appends` with item i registering keys up to `ends[i]` at most (a
+        stretch cut short registers what its steps so far complete): still valid, as fewer
+        new runs can meet nothing the whole ones did not."""
+        pending: list = []
+        owners: list = []
+        plan = []
+        for item, e in zip(planned[2], ends):
+            held, g, seg, k0, k1, runs, r = item
+            if e < k1:
+                if e <= k0:
+                    continue
+                cut = -(-k1 // r) + e // -r  # (runs past e's last run: ceil(k1/r) - ceil(e/r))
+                runs = runs[:len(runs) - cut] if cut else runs
+                item = (held, g, seg, k0, e, runs, r)
+            pending += runs
+            owners += [g] * len(runs)
+            plan.append(item)
+        return pending, owners, plan
 
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent).
