@@ -55,13 +55,18 @@ def _same_hits(new_hits, ref_hits) -> None:
     assert (new_hits.num_keyed, new_hits.num_own) == (len(ref_hits) - own, own)
 
 
+def _decoding(req) -> bool:
+    return req.num_output_tokens > 0 and req.num_tokens - req.num_computed_tokens == 1
+
+
 def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
     rng = random.Random(seed)
     new, ref = KVCacheManager(num_blocks, BS), ReferenceKVCache(num_blocks, BS)
     chains = _chains(rng, 6, 24 * BS // H + 2)
     waiting: list[_Pair] = []
     running: list[_Pair] = []
-    counts = dict.fromkeys(["hits", "preempt", "finish", "bulk", "bulk keys", "leading", "conflict"], 0)
+    counts = dict.fromkeys(["hits", "preempt", "finish", "bulk", "bulk keys", "leading", "conflict", "planned",
+                            "planned cut"], 0)
     rid = 0
 
     def check() -> None:
@@ -129,6 +134,30 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
             p.set(num_computed_tokens=0)
             waiting.insert(0, p)
             counts["preempt"] += 1
+        elif rng.random() < 0.5 and (stretch := [p for p in running if _decoding(p.new)]):
+            # a stretch of the decodes: its keys checked for k steps, then m <= k steps applied
+            # (cut short) and registered by the plan the check kept
+            lst = [(p.new, p.new.num_computed_tokens) for p in stretch]
+            k = rng.choice([1, 16, 300])
+            a = new.keys_conflict_many(lst, k)
+            assert a == ref.keys_conflict_many([(p.ref, p.ref.num_computed_tokens + k) for p in stretch])
+            counts["conflict"] += a
+            m = min(k, rng.choice([1, 16, 300]), *(p.new.output_len - p.new.num_output_tokens for p in stretch))
+            grants = [(p, -(-(c + m) // BS) - new.num_blocks_of(p.new.id)) for p, (_, c) in zip(stretch, lst)]
+            grants = [(p, nb) for p, nb in grants if nb > 0]
+            if not a and m > 0 and sum(nb for _, nb in grants) <= new.num_free_blocks:
+                new.allocate_plain_many([(p.new, nb) for p, nb in grants])
+                ref.allocate_plain_many([(p.ref, nb) for p, nb in grants])
+                planned, keyed = new.num_planned_registrations, sum(h.num_keyed for h in new._held.values())
+                new.cache_full_blocks_many(lst, m)
+                # (the plan ran and registered blocks)
+                ran = new.num_planned_registrations > planned and sum(h.num_keyed for h in new._held.values()) > keyed
+                counts["planned"] += ran
+                counts["planned cut"] += ran and m < k
+                for p in stretch:
+                    ref.cache_full_blocks(p.ref, p.ref.num_computed_tokens + m)
+                    p.set(num_computed_tokens=p.new.num_computed_tokens + m,
+                          num_output_tokens=p.new.num_output_tokens + m)
         elif running:  # would a stretch of k tokens for everyone register keys in conflict?
             k = rng.choice([1, 16, 300])
             pairs = [(p, p.new.num_computed_tokens + k) for p in running]
@@ -156,3 +185,54 @@ def test_run_based_cache_matches_the_per_block_reference(H, seed):
     # (some registering keys), leading decodes allocated in one call before a prompt chunk
     assert counts["hits"] > 20 and counts["preempt"] > 20 and counts["finish"] > 5 and counts["bulk"] > 0
     assert counts["bulk keys"] > 0 and counts["leading"] > 0, counts
+
+
+def test_stretches_register_by_the_plan_their_check_kept():
+    """The random life above registers stretches of decodes by the plan their conflict check
+    kept (compared with the reference there), whole and cut short (its sharing makes most
+    checks conflict: counted over three runs)."""
+    counts = [_run(seed, 512, num_blocks=100, steps=1500) for seed in (1, 2, 3)]
+    assert sum(c["planned"] for c in counts) > 5 and sum(c["planned cut"] for c in counts) > 0, counts
+
+
+def _decoding_pair(rid: int, ids: list[int], H: int, new: KVCacheManager, ref: ReferenceKVCache,
+                   prompt: int) -> _Pair:
+    """A request admitted with its whole prompt (no hits looked up) that has generated a token."""
+    p = _Pair(rid, prompt, 40, ids, H)
+    assert new.allocate_slots(p.new, prompt) and ref.allocate_slots(p.ref, prompt)
+    p.set(num_computed_tokens=prompt, num_output_tokens=1)
+    return p
+
+
+@pytest.mark.parametrize("H", [16, 64])
+@pytest.mark.parametrize("case", ["whole", "cut", "voided"])
+def test_a_stretch_registers_by_the_plan_its_check_kept(H, case):
+    """A stretch checks its keys when planned (here for 40 steps) and registers them when
+    applied by the plan `keys_conflict_many` kept: whole, or trimmed to the steps it ran when
+    cut short (20); a key entering the index in between voids the plan, and the registration
+    takes the general path (here: the request's blocks are copies)."""
+    ids = list(range(100, 100 + 12 * BS // H))  # keys for 12 blocks (prompt and answer)
+    new, ref = KVCacheManager(64, BS), ReferenceKVCache(64, BS)
+    a = _decoding_pair(1, ids, H, new, ref, 3 * BS - 1)  # 2 keyed blocks, its next token completes the 3rd
+    c = a.new.num_computed_tokens
+    keyed = [(a.new, c)]
+    k, m = 40, 20 if case == "cut" else 40
+    assert not new.keys_conflict_many(keyed, k) and not ref.keys_conflict_many([(a.ref, c + k)])
+    if case == "voided":  # another request computes the same context, 6 blocks, first
+        _decoding_pair(2, ids, H, new, ref, 6 * BS)
+    grant = -(-(c + m) // BS) - new.num_blocks_of(1)
+    new.allocate_plain_many([(a.new, grant)]), ref.allocate_plain_many([(a.ref, grant)])
+    new.cache_full_blocks_many(keyed, m)
+    ref.cache_full_blocks(a.ref, c + m)
+    registered = (c + m) // BS
+    assert new.num_planned_registrations == (case != "voided")
+    assert new._held[1].num_keyed == registered and bool(new._held[1].dups) == (case == "voided")
+    if case != "voided":  # the index holds the runs of the registered blocks, no more
+        assert len(new._prefix._index) == -(-registered // (H // BS))
+    for r in (1, 2):
+        new.free(r), ref.free(r)
+        assert new.num_free_blocks == ref.num_free_blocks
+    b = _Pair(3, 12 * BS - 1, 4, ids, H)
+    hn, hr = new.get_computed_blocks(b.new), ref.get_computed_blocks(b.ref)
+    _same_hits(hn, hr)
+    assert len(hn) == (6 if case == "voided" else registered)

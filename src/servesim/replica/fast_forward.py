@@ -19,6 +19,7 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
+from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
@@ -59,7 +60,9 @@ class FastForwarding:
         else:
             reqs, ctx1 = decodes, [c + 1 for c in decode_ctxs]
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
-        keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys]
+        # (request, ctx1) of those with prefix keys: `bool(keys)` without `BlockKeys.__bool__`'s Python call
+        keyed = [(r, c) for r, c in zip(reqs, ctx1)
+                 if (k := r.kv_block_keys) is not None and (k.num_blocks if type(k) is BlockKeys else k)]
         through = self.defer_finishes and ff.through_finishes and not keyed
         if (max(remaining) if through else min(remaining)) < 2:
             return False
@@ -126,7 +129,7 @@ class FastForwarding:
             st.truncate(lo)
             st.final = st.limited = True
             k = lo
-        if st.keyed and k > k_safe and self.kv.keys_conflict_many([(req, c + k - 1) for req, c in st.keyed]):
+        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1):
             st.truncate(k_safe)
             st.final = st.limited = True
         return st.k >= 2

@@ -86,6 +86,8 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         self._tails = self._queue.tails  # live tagged runs of preempted requests, by owner
         self._held: dict[Any, Held] = {}
         self._recent_keys = RecentKeys().shared()  # a next turn builds its keys from its parent's
+        self._planned = None  # a stretch's registration, planned by `keys_conflict_many`
+        self.num_planned_registrations = 0
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0

@@ -28,6 +28,8 @@ class PrefixCaching:
     _prefix: PrefixIndex
     _tails: dict
     _recent_keys: RecentKeys
+    _planned: tuple | None  # the plan `keys_conflict_many` made, for `cache_full_blocks_many`
+    num_planned_registrations: int  # registrations by such a plan (the tests assert the path ran)
 
     def num_cached_prefix_tokens(self, req: Any) -> int:
         """Tokens of `req`'s prefix in cached blocks (leading blocks only, as a hit needs)."""
@@ -53,25 +55,37 @@ class PrefixCaching:
             return Hits(nk, 0, exts)
         return Hits(nk, min(tail.count, limit - nk), exts)
 
-    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]]) -> bool:
-        """Would registering these requests' blocks (each up to its number of tokens) in bulk
-        differ from registering them step by step? Yes if a key is already cached, or if two of
-        them would register the same new key (stepping registers it for whichever gets there
-        first; bulk cannot tell). The engine then steps one by one instead."""
+    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int = 0) -> bool:
+        """Would registering these requests' blocks (each up to its number of tokens +
+        `more_tokens`) in bulk differ from registering them step by step? Yes if a key is
+        already cached, or if two of them would register the same new key (stepping registers
+        it for whichever gets there first; bulk cannot tell). The engine then steps one by one
+        instead. When the bulk registration is the usual case (`PrefixIndex.plan_appends`), its
+        plan is kept for `cache_full_blocks_many` of the same list and `more_tokens` (a
+        stretch checks its keys when planned and registers them when applied: one pass less
+        over its requests, and none of the checks again)."""
         bs = self.block_size
         held_of = self._held
-        ranges = []
+        items = []
+        tokens = []  # each item's number of tokens (before `more_tokens`)
         for req, num_tokens in reqs_tokens:
             keys = req.kv_block_keys
             held = held_of.get(req.id)
             if held is not None and keys is not None:
-                end = num_tokens // bs
+                end = (num_tokens + more_tokens) // bs
                 n = keys.num_blocks if type(keys) is BlockKeys else len(keys)  # (not a Python `__len__` call)
                 if end > n:
                     end = n
                 if held.num_keyed < end:
-                    ranges.append((keys, held.num_keyed, end))
-        return self._prefix.conflicts(ranges)
+                    items.append((keys, held, held.num_keyed, end))
+                    tokens.append(num_tokens)
+        prefix = self._prefix
+        planned = prefix.plan_appends(items) if self.enable_prefix_caching else None
+        if planned is not None:  # (so no conflict: `plan_appends` checks all `conflicts` does)
+            self._planned = (reqs_tokens, len(reqs_tokens), more_tokens, prefix.num_inserts, planned, tokens)
+            return False
+        self._planned = None
+        return prefix.conflicts([(keys, k0, k1) for keys, _, k0, k1 in items])
 
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Register the request's full keyed blocks covering its first `num_tokens` tokens."""
@@ -83,6 +97,8 @@ class PrefixCaching:
         """`cache_full_blocks(req, n + more_tokens)` for each (req, n), in order (a stretch's
         registrations: one call, and no Python call for a request that filled no block)."""
         if not self.enable_prefix_caching:
+            return
+        if self._planned is not None and self._apply_planned(reqs_tokens, more_tokens):
             return
         held_of, bs = self._held, self.block_size
         items = []
@@ -107,6 +123,26 @@ class PrefixCaching:
             register(keys, held, k0, full)
             held.num_keyed = full
             held.num_plain -= full - k0
+
+    def _apply_planned(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> bool:
+        """`cache_full_blocks_many` by the plan `keys_conflict_many` kept, if it was made for
+        these requests and as many tokens or more (then trimmed: a stretch cut short), no key
+        entered the index since, and each request holds the blocks it registers (as a
+        stretch's allocation gives them: else the per-request pass would stop at its blocks).
+        False, nothing done, otherwise. The plan is used once."""
+        lst, n, more, inserts, planned, tokens = self._planned
+        self._planned = None
+        if lst is not reqs_tokens or n != len(lst) or more < more_tokens or inserts != self._prefix.num_inserts:
+            return False
+        if more_tokens < more:  # the stretch was cut: what its steps so far complete
+            bs = self.block_size
+            planned = self._prefix.trim_appends(planned, [(c + more_tokens) // bs for c in tokens])
+        for held, _, _, k0, k1, _, _ in planned[2]:
+            if k1 - k0 > held.num_plain:
+                return False
+        self._prefix.apply_appends(planned)
+        self.num_planned_registrations += 1
+        return True
 
     def _cache_full_blocks(self, req: Any, held: Held, num_tokens: int) -> None:
         k0 = held.num_keyed

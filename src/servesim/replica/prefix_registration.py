@@ -26,6 +26,7 @@ class PrefixRegistration:
     """`PrefixIndex`'s registration, dropping and conflict checks (see the module docstring)."""
 
     _index: dict[Hashable, Group]  # owned by `PrefixIndex.__init__` (which also gives `extents`)
+    num_inserts: int  # calls that added keys to `_index` (a plan of `plan_appends` is valid while unchanged)
 
     def register(self, keys: Sequence, held: Held, k0: int, k1: int) -> None:
         """`held` computes keys [k0, k1): each key not cached gets a block held once; the
@@ -38,6 +39,7 @@ class PrefixRegistration:
                 last = held.segs[-1][0] if held.segs else None
                 g = last if last is not None and last.hi == p0 else Group(p0)
                 new_runs = runs_of(keys)[0][i:j]
+                self.num_inserts += 1
                 self._index.update(zip(new_runs, repeat(g)))
                 g.runs += new_runs
             dups = g.register(p0, p1)
@@ -70,6 +72,7 @@ class PrefixRegistration:
             seg[2] = k1
         else:
             segs.append([g, k0, k1])
+        self.num_inserts += 1
         index.update(zip(runs, repeat(g)))
         g.runs += runs
         g.append_held(k1 - k0)
@@ -78,11 +81,21 @@ class PrefixRegistration:
     def register_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> bool:
         """`register(keys, held, k0, k1)` for each item, in order, then `held.num_keyed = k1`
         (its blocks [k0, k1) were plain), when every one is the usual case of `_register_new`
-        and none can affect another: none of their new runs is indexed or listed twice, no two
-        extend the same group, and none holds an unregistered copy (`dups`). Then every group
-        extended holds a block of its request, so no pop of the free queue can drop it, and
-        these registrations give the same state before or after pops (a stretch's or a step's
-        decodes: one call for all). False, nothing done, otherwise."""
+        and none can affect another (`plan_appends`); False, nothing done, otherwise."""
+        planned = self.plan_appends(items)
+        if planned is None:
+            return False
+        self.apply_appends(planned)
+        return True
+
+    def plan_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> tuple | None:
+        """The checks of `register_appends(items)`, and what it would do: none of the items'
+        new runs is indexed or listed twice, no two extend the same group, and none holds an
+        unregistered copy (`dups`). Then every group extended holds a block of its request, so
+        no pop of the free queue can drop it, and these registrations give the same state
+        before or after pops (a stretch's or a step's decodes: one call for all). The plan
+        stays valid while no key enters the index (`num_inserts` unchanged: drops only remove
+        keys) and the requests' keyed blocks do not change; None if a check fails."""
         index = self._index
         pending: list = []  # the runs to register, in order
         owners: list = []  # the group each goes to
@@ -90,10 +103,10 @@ class PrefixRegistration:
         groups = set()
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys or held.dups is not None:
-                return False
+                return None
             starts = keys.starts
             if type(starts) is not range:
-                return False
+                return None
             r = starts.step
             lst = keys.run_keys._list
             if lst is None:
@@ -107,22 +120,28 @@ class PrefixRegistration:
                 runs = lst[k0 // r:-(-k1 // r)]
                 if k0 % r:  # inside a run: held's last group must hold its first part
                     if g is None or index.get(runs[0]) is not g:
-                        return False
+                        return None
                     del runs[0]
             if g is None:
-                g = Group(k0)  # (nothing refers to it unless the checks below pass)
+                g = Group(k0)  # (nothing refers to it unless the plan is applied)
                 seg = None
             elif g in groups:
-                return False
+                return None
             else:
                 groups.add(g)
             pending += runs
             owners += [g] * len(runs)
-            plan.append((held, g, seg, k0, k1, runs))
+            plan.append((held, g, seg, k0, k1, runs, r))
         if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
-            return False
-        index.update(zip(pending, owners))
-        for held, g, seg, k0, k1, runs in plan:
+            return None
+        return pending, owners, plan
+
+    def apply_appends(self, planned: tuple) -> None:
+        """Carry out a plan of `plan_appends` (still valid: see there)."""
+        pending, owners, plan = planned
+        self.num_inserts += 1
+        self._index.update(zip(pending, owners))
+        for held, g, seg, k0, k1, runs, _ in plan:
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
@@ -134,7 +153,27 @@ class PrefixRegistration:
             g.num_cached += n
             held.num_keyed = k1
             held.num_plain -= n
-        return True
+
+    @staticmethod
+    def trim_appends(planned: tuple, ends: list[int]) -> tuple:
+        """A plan of `plan_appends` with item i registering keys up to `ends[i]` at most (a
+        stretch cut short registers what its steps so far complete): still valid, as fewer
+        new runs can meet nothing the whole ones did not."""
+        pending: list = []
+        owners: list = []
+        plan = []
+        for item, e in zip(planned[2], ends):
+            held, g, seg, k0, k1, runs, r = item
+            if e < k1:
+                if e <= k0:
+                    continue
+                cut = -(-k1 // r) + e // -r  # (runs past e's last run: ceil(k1/r) - ceil(e/r))
+                runs = runs[:len(runs) - cut] if cut else runs
+                item = (held, g, seg, k0, e, runs, r)
+            pending += runs
+            owners += [g] * len(runs)
+            plan.append(item)
+        return pending, owners, plan
 
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent).
