@@ -53,7 +53,8 @@ def test_joined_stretches_match_stepping(seed, num_blocks, perf_name, policy, ll
 # The other policies whose next `schedule` admits fresh prompts whole as vLLM does (with the
 # parameters under which they join): the same runs, bit for bit, and joins that happened.
 JOINING = [("priority", {}), ("priority", {"preemption": False}), ("edf", {}), ("edf", {"default_ttft_s": 0.5}),
-           ("hygen", {})]
+           ("hygen", {}), ("sarathi", {"chunk_size": 256}), ("sarathi", {"chunk_size": 256, "watermark": 0.2}),
+           ("orca", {"reservation": "oracle"}), ("orca", {"reservation": "pow2"})]
 
 
 def light_load_with_slo(seed: int, **kw):
@@ -74,7 +75,10 @@ def test_other_policies_join_exactly(scheduler, params, seed, num_blocks, perf_n
     b = run(b_reqs, False, num_blocks, perf, scheduler=scheduler, params=params)
     assert_same_run(a, b, a_reqs, b_reqs, num_blocks,
                     REQUEST_OUTCOME + ("num_cached_tokens", "first_scheduled_s", "num_computed_tokens"))
-    assert a.num_joined_arrivals > 0.3 * len(a_reqs)
+    # most arrivals joined a stretch in flight; with 120 blocks fewer (a newcomer that waits
+    # for blocks cannot join), and with orca's reservations filling the cache only a few
+    share = 0.3 if num_blocks > 120 else 0.0 if scheduler == "orca" else 0.1
+    assert a.num_joined_arrivals > share * len(a_reqs)
     assert b.num_joined_arrivals == 0
 
 
@@ -88,6 +92,8 @@ def test_other_policies_bursts_and_chunked_prompts(scheduler, params, llama):
     b = run(bursts[1], False, 2000, llama, scheduler=scheduler, params=params)
     assert_same_run(a, b, bursts[0], bursts[1], 2000, REQUEST_OUTCOME + ("first_scheduled_s",))
     assert a.num_joined_arrivals >= 100
+    if scheduler == "orca":
+        return  # (no token budget: every prompt runs whole)
     long_a, long_b = light_load(5, max_prompt=600), light_load(5, max_prompt=600)
     a = run(long_a, True, 2000, llama, scheduler=scheduler, params=params, max_num_batched_tokens=300)
     b = run(long_b, False, 2000, llama, scheduler=scheduler, params=params, max_num_batched_tokens=300)

@@ -47,10 +47,13 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     if not joins:
         return False
     bs = kv.block_size
-    blocks = sum(-(-n // bs) for _, n in joins)
-    free = st.free_blocks - st.join_blocks - blocks
+    blocks, kept = sched.join_blocks(joins)
+    free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(s + 1, bs) > free and st.blocks_needed(s + 1, bs) > free:
-        return False  # the decodes' next blocks and the prompts do not fit in those free at the start
+        # the decodes' blocks up to step s, the prompts' (and a watermark) do not fit in those
+        # free at the start: stepping has at least those free at the admission (finishes only
+        # add to them), so a join that fits them is admitted there too
+        return False
     step_s = _join_step_s(engine.perf, st, s, num_running, joins)
     sched.join(joins, SchedulerOutput())
     for req, _ in joins:
