@@ -54,7 +54,9 @@ def test_joined_stretches_match_stepping(seed, num_blocks, perf_name, policy, ll
 # parameters under which they join): the same runs, bit for bit, and joins that happened.
 JOINING = [("priority", {}), ("priority", {"preemption": False}), ("edf", {}), ("edf", {"default_ttft_s": 0.5}),
            ("hygen", {}), ("sarathi", {"chunk_size": 256}), ("sarathi", {"chunk_size": 256, "watermark": 0.2}),
-           ("orca", {"reservation": "oracle"}), ("orca", {"reservation": "pow2"})]
+           ("orca", {"reservation": "oracle"}), ("orca", {"reservation": "pow2"}),
+           ("trtllm", {}), ("trtllm", {"capacity_scheduler_policy": "MAX_UTILIZATION"}),
+           ("trtllm", {"enable_chunked_context": True})]
 
 
 def light_load_with_slo(seed: int, **kw):
