@@ -21,7 +21,6 @@ show the same state once it is applied). Checked against stepping by
 
 from __future__ import annotations
 
-from servesim.replica.schedulers.outputs import SchedulerOutput
 from servesim.replica.stretch import Stretch
 
 
@@ -55,7 +54,7 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         # add to them), so a join that fits them is admitted there too
         return False
     step_s = _join_step_s(engine.perf, st, s, num_running, joins)
-    sched.join(joins, SchedulerOutput())
+    sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
     for req, _ in joins:
         if req.first_scheduled_s is None:
             req.first_scheduled_s = now_s

@@ -1,6 +1,6 @@
 """Which waiting requests may join a stretch in flight (`Scheduler.arrivals_join`): the check
 shared by the policies whose next `schedule`, with every running request decoding, admits
-fresh prompts whole as vLLM's admission does (`vllm`, `priority`, `edf`, `hygen`).
+fresh prompts whole as vLLM's admission does.
 
 A join is exact only if stepping would admit every waiting request at that boundary, whole,
 with no prefix-cache hit, in the order the policy admits them (`replica/stretch_join.py`
@@ -45,3 +45,13 @@ def whole_prompts(reqs: Iterable[Request], num_held: int, num_running: int, max_
         budget -= n
         joins.append((req, n))
     return joins
+
+
+def admit_whole(sched, joins: list[tuple[Request, int]], out) -> None:
+    """Admit `joins` in order with vLLM's `admit` (`VLLMSteps.admit`, no room made), from the
+    whole token budget (`whole_prompts` checked the decodes' share)."""
+    budget = sched.config.max_num_batched_tokens
+    for req, _ in joins:
+        budget = sched.admit(req, budget, out)
+        if budget is None:
+            raise AssertionError(f"request {req.id} could not join the stretch")

@@ -89,9 +89,9 @@ class EDFScheduler(KeyedScheduler):
         return sorted(reqs, key=lambda r: (r.arrival_s, r.id))
 
     def admits_joins(self) -> bool:
-        # `on_step_end` keeps each decode's last token time for per-token deadlines: a request
-        # that joined a stretch is not in the output it is given, so joins only without them
-        return self.params.default_tpot_s is None and not self._num_with_tpot
+        # (`on_step_end` keeps the decodes' last token times: a request that joined a stretch
+        # is in the output the stretch's end hands it, with the others)
+        return True
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         if self.params.default_tpot_s is None and not self._num_with_tpot:

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any, Iterator
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import whole_prompts
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
     SchedulerParams,
@@ -233,11 +233,7 @@ class KeyedScheduler(VLLMSteps):
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self.waiting.sort(key=self._waiting_sort_key())  # (as `schedule`: the order `arrivals_join` used)
         self._head_blocked = self._head_blocked_by_kv = False
-        budget = self.config.max_num_batched_tokens  # (the decodes' share: `arrivals_join` checked it)
-        for req, _ in joins:
-            budget = self.admit(req, budget, out)
-            if budget is None:
-                raise AssertionError(f"request {req.id} could not join the stretch")
+        admit_whole(self, joins, out)
 
     def _waiting_sort_key(self):
         """The key `schedule` sorts the waiting queue by."""

@@ -18,7 +18,7 @@ from typing import Literal
 
 from servesim.replica.schedulers import register
 from servesim.replica.lora import LoRACache
-from servesim.replica.schedulers.arrival_joins import whole_prompts
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -146,11 +146,7 @@ class VLLMScheduler(VLLMSteps):
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._head_blocked_by_kv = False
-        budget = self.config.max_num_batched_tokens  # (the decodes' share: `arrivals_join` checked it)
-        for req, _ in joins:
-            budget = self.admit(req, budget, out)
-            if budget is None:
-                raise AssertionError(f"request {req.id} could not join the stretch")
+        admit_whole(self, joins, out)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and
