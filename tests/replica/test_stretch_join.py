@@ -19,11 +19,13 @@ def light_load(seed: int, n: int = 250, gap_s: float = 0.25, max_prompt: int = 2
                          priority=int(rng.integers(0, 3))) for i in range(n)]
 
 
-def run(reqs, fast_forward: bool, num_blocks: int, perf, policy: str = "fcfs", **kw):
+def run(reqs, fast_forward: bool, num_blocks: int, perf, policy: str = "fcfs", scheduler: str = "vllm",
+        params: dict | None = None, **kw):
     cfg = dict(max_num_batched_tokens=256, max_num_seqs=16)
     cfg.update(kw)
+    params = {"policy": policy} if params is None else params
     engine, _, kv, loop, _ = make_engine(num_blocks=num_blocks, fast_forward=fast_forward, perf=perf,
-                                         defer_finishes=True, params={"policy": policy}, **cfg)
+                                         scheduler=scheduler, defer_finishes=True, params=params, **cfg)
     serve(engine, loop, reqs)
     kv.check_all_free()
     return engine
@@ -46,6 +48,92 @@ def test_joined_stretches_match_stepping(seed, num_blocks, perf_name, policy, ll
                     REQUEST_OUTCOME + ("num_cached_tokens", "first_scheduled_s", "num_computed_tokens"))
     assert a.num_joined_arrivals > 0.3 * len(a_reqs)  # most arrivals joined a stretch in flight
     assert b.num_joined_arrivals == 0
+
+
+# The other policies whose next `schedule` admits fresh prompts whole as vLLM does (with the
+# parameters under which they join): the same runs, bit for bit, and joins that happened.
+JOINING = [("priority", {}), ("priority", {"preemption": False}), ("edf", {}), ("edf", {"default_ttft_s": 0.5}),
+           ("edf", {"default_ttft_s": 0.5, "default_tpot_s": 0.05}), ("andes", {}), ("andes", {"util_threshold": 0.5}),
+           ("hygen", {}), ("sarathi", {"chunk_size": 256}), ("sarathi", {"chunk_size": 256, "watermark": 0.2}),
+           ("orca", {"reservation": "oracle"}), ("orca", {"reservation": "pow2"}),
+           ("trtllm", {}), ("trtllm", {"capacity_scheduler_policy": "MAX_UTILIZATION"}),
+           ("trtllm", {"enable_chunked_context": True}), ("batchllm", {}), ("batchllm", {"mem_threshold": 0.5}),
+           ("batchllm", {"max_num_batched_tokens": 256})]
+
+
+def light_load_with_slo(seed: int, **kw):
+    """`light_load` with a TTFT target on every other request (edf's keys then vary)."""
+    reqs = light_load(seed, **kw)
+    for r in reqs[::2]:
+        r.ttft_slo_s = 0.3 + 0.1 * (r.id % 3)
+    return reqs
+
+
+@pytest.mark.parametrize("scheduler,params", JOINING)
+@pytest.mark.parametrize("seed,num_blocks", [(1, 2000), (2, 300), (3, 120)])
+@pytest.mark.parametrize("perf_name", ["toy", "llama"])
+def test_other_policies_join_exactly(scheduler, params, seed, num_blocks, perf_name, llama):
+    perf = ToyPerf() if perf_name == "toy" else llama
+    a_reqs, b_reqs = light_load_with_slo(seed), light_load_with_slo(seed)
+    a = run(a_reqs, True, num_blocks, perf, scheduler=scheduler, params=params)
+    b = run(b_reqs, False, num_blocks, perf, scheduler=scheduler, params=params)
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks,
+                    REQUEST_OUTCOME + ("num_cached_tokens", "first_scheduled_s", "num_computed_tokens"))
+    # most arrivals joined a stretch in flight; with 120 blocks fewer (a newcomer that waits
+    # for blocks cannot join), and where admission counts whole outputs' blocks (orca's
+    # reservations, batchllm's projection) or per-token deadlines preempt, the tight caches
+    # leave room for only a few
+    if num_blocks <= 300 and (scheduler in ("orca", "batchllm") or "default_tpot_s" in params):
+        share = 0.0
+    else:
+        share = 0.3 if num_blocks > 120 else 0.1
+    assert a.num_joined_arrivals > share * len(a_reqs)
+    assert b.num_joined_arrivals == 0
+
+
+@pytest.mark.parametrize("scheduler,params", JOINING)
+def test_other_policies_bursts_and_chunked_prompts(scheduler, params, llama):
+    # bursts of four within a step join together; prompts longer than the budget the decodes
+    # leave do not join (chunked, or a whole step for hygen's online queue) and stay exact
+    bursts = [[make_request(4 * i + j, 30 + 7 * j, 40 + 13 * i % 50, 0.3 * i + 1e-4 * j, priority=j % 2)
+               for i in range(40) for j in range(4)] for _ in range(2)]
+    a = run(bursts[0], True, 2000, llama, scheduler=scheduler, params=params)
+    b = run(bursts[1], False, 2000, llama, scheduler=scheduler, params=params)
+    assert_same_run(a, b, bursts[0], bursts[1], 2000, REQUEST_OUTCOME + ("first_scheduled_s",))
+    assert a.num_joined_arrivals >= 100 if scheduler != "andes" else a.num_joined_arrivals < 10  # (a lone newcomer only)
+    if scheduler == "orca" or (scheduler == "batchllm" and "max_num_batched_tokens" not in params):
+        return  # (no token budget: every prompt runs whole)
+    long_a, long_b = light_load(5, max_prompt=600), light_load(5, max_prompt=600)
+    a = run(long_a, True, 2000, llama, scheduler=scheduler, params=params, max_num_batched_tokens=300)
+    b = run(long_b, False, 2000, llama, scheduler=scheduler, params=params, max_num_batched_tokens=300)
+    assert_same_run(a, b, long_a, long_b, 2000, REQUEST_OUTCOME)
+    long_prompts = [r for r in long_a if r.prompt_len > 300]
+    assert long_prompts and 0 < a.num_joined_arrivals < len(long_a) - len(long_prompts)
+
+
+@pytest.mark.parametrize("scheduler,params,why", [
+    ("fastswitch", {}, "tenant counters credited per step and lifts decided at the admitting step"),
+    ("autellix", {}, "service accounting at every step's end"),
+    ("batchllm", {"output_len_estimate": "max_tokens"}, "admission reads a projection that decodes may change"),
+])
+def test_policies_that_do_not_join_stay_exact(scheduler, params, why, llama):
+    a_reqs, b_reqs = light_load(4), light_load(4)
+    a = run(a_reqs, True, 300, llama, scheduler=scheduler, params=params)
+    b = run(b_reqs, False, 300, llama, scheduler=scheduler, params=params)
+    assert_same_run(a, b, a_reqs, b_reqs, 300, REQUEST_OUTCOME)
+    assert a.num_joined_arrivals == 0, why
+
+
+def test_hygen_offline_work_stops_joins(llama):
+    # an offline request held: the offline fill decides by predicted step time, no join
+    reqs = [light_load(7) for _ in range(2)]
+    for rs in reqs:
+        for r in rs[100:110]:
+            r.is_offline = True
+    a = run(reqs[0], True, 2000, llama, scheduler="hygen", params={})
+    b = run(reqs[1], False, 2000, llama, scheduler="hygen", params={})
+    assert_same_run(a, b, reqs[0], reqs[1], 2000, REQUEST_OUTCOME)
+    assert 0 < a.num_joined_arrivals  # before and after the offline ones
 
 
 def test_several_arrivals_in_one_step_join_together(llama):

@@ -20,7 +20,6 @@ import numpy as np
 from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.replica.stretch_join import join_arrivals
@@ -218,7 +217,7 @@ class FastForwarding:
             req.token_steps += (first, first + m - 1)
             if req.first_token_s is None:
                 req.first_token_s = float(ends[0])
-        prefill_at = _apply_joins(st, steps_of, first, frees, bs) if st.joins else ()
+        prefill_at = _apply_joins(st, steps_of, first, frees, self.kv) if st.joins else ()
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         self.kv.cache_full_blocks_many(st.keyed, k - 1)
@@ -233,11 +232,12 @@ class FastForwarding:
 
 
 def _apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[int, int]],
-                 bs: int) -> list[tuple[int, int]]:
+                 kv) -> list[tuple[int, int]]:
     """Advance the requests that joined the stretch (`replica/stretch_join.py`): each computed
-    its prompt in its join step s and emitted a token in each of its steps from s on. Their
-    prompts' blocks, taken when they joined, are logged as blocks in use from step s (a
-    negative free); returns the (step, prompt tokens) of the join steps, for the step log."""
+    its prompt in its join step s and emitted a token in each of its steps from s on. The
+    blocks they took when they joined (their prompts', or a policy's whole reservation: all
+    they hold before the stretch's growth is granted) are logged as blocks in use from step s
+    (a negative free); returns the (step, prompt tokens) of the join steps, for the step log."""
     k = st.k
     ends = st.ends
     prefill_at: dict[int, int] = {}
@@ -251,7 +251,7 @@ def _apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple
         if req.first_token_s is None:
             req.first_token_s = float(ends[s])
         prefill_at[s] = prefill_at.get(s, 0) + n
-        frees.append((s, -cdiv(n, bs)))
+        frees.append((s, -kv.num_blocks_of(req.id)))
     return list(prefill_at.items())
 
 

@@ -21,7 +21,6 @@ show the same state once it is applied). Checked against stepping by
 
 from __future__ import annotations
 
-from servesim.replica.schedulers.outputs import SchedulerOutput
 from servesim.replica.stretch import Stretch
 
 
@@ -47,12 +46,15 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     if not joins:
         return False
     bs = kv.block_size
-    blocks = sum(-(-n // bs) for _, n in joins)
-    free = st.free_blocks - st.join_blocks - blocks
+    blocks, kept = sched.join_blocks(joins)
+    free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(s + 1, bs) > free and st.blocks_needed(s + 1, bs) > free:
-        return False  # the decodes' next blocks and the prompts do not fit in those free at the start
+        # the decodes' blocks up to step s, the prompts' (and a watermark) do not fit in those
+        # free at the start: stepping has at least those free at the admission (finishes only
+        # add to them), so a join that fits them is admitted there too
+        return False
     step_s = _join_step_s(engine.perf, st, s, num_running, joins)
-    sched.join(joins, SchedulerOutput())
+    sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
     for req, _ in joins:
         if req.first_scheduled_s is None:
             req.first_scheduled_s = now_s

@@ -39,6 +39,7 @@ from pydantic import Field
 
 from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingOrder
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
@@ -241,6 +242,24 @@ class AndesScheduler(VLLMSteps):
             if left is None:
                 return
             budget = left
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # One newcomer, nothing else pending: no knapsack while the KV use is under the
+        # threshold (`join_blocks` keeps it there), so `admit` takes it whole, as vLLM's.
+        if len(self.waiting) != 1 or len(self._pending) != 1:
+            return None
+        cfg = self.config
+        return whole_prompts(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
+                             cfg.max_num_batched_tokens, lambda req, budget: self.first_chunk(req, 0, budget))
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        admit_whole(self, joins, out)
+
+    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
+        # free blocks keeping `schedule`'s util = (total - (free - running)) / total under the
+        # threshold (2 blocks of margin for its floats)
+        blocks, _ = super().join_blocks(joins)
+        return blocks, math.ceil((1.0 - self.params.util_threshold) * self.kv.num_gpu_blocks) + len(self.running) + 2
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         outputs, last_token, running = self._outputs, self._last_token_s, RequestState.RUNNING

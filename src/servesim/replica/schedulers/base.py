@@ -145,6 +145,13 @@ class Scheduler:
         """Admit the requests `arrivals_join` listed, as `schedule` would have."""
         raise NotImplementedError
 
+    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
+        """(KV blocks `join` would allocate for `joins`, free blocks its admission must leave
+        beyond them): by default each prompt's own blocks and none (a policy reserving more, or
+        keeping a watermark, says so)."""
+        bs = self.kv.block_size
+        return sum(-(-n // bs) for _, n in joins), 0
+
     def nothing_pending(self, output: SchedulerOutput) -> bool:
         """The usual condition for repeating a step: everyone running got its tokens, nothing
         was preempted or swapped, and nothing waits (new or swapped) to be admitted."""

@@ -32,6 +32,7 @@ from pydantic import Field
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
@@ -206,3 +207,33 @@ class BatchLLMScheduler(KeyedScheduler):
             self.start(req, len(hits) * kv.block_size, n, out)
             budget -= n
         return out
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # The admission loop on a queue of newcomers, in plan order, each whole. With the
+        # oracle estimate a running request's projected blocks (prompt + true output) never
+        # change, and a finish removes its own: the projection on the stretch's stale state (a
+        # stretch applies nothing before it ends) is at least stepping's, so a newcomer
+        # admitted under it is admitted there too.
+        if self.params.output_len_estimate != "oracle" or self.swapped:
+            return None
+        joins = whole_prompts(sorted(self.waiting, key=self._plan.__getitem__), len(self.running), num_running,
+                              self.config.max_num_seqs, self.params.max_num_batched_tokens or 1 << 60,
+                              lambda req, budget: min(req.num_tokens, budget))
+        if joins is None:
+            return None
+        bs = self.kv.block_size
+        projected, limit = self._projected_use(), self.params.mem_threshold * self.kv.num_gpu_blocks
+        for req, _ in joins:
+            projected += cdiv(req.prompt_len + req.output_len, bs)  # (`schedule`'s `future` of a fresh prompt)
+            if projected > limit:
+                return None
+        return joins
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.waiting.sort(key=self._plan.__getitem__)  # (as `schedule`: the order `arrivals_join` used)
+        for req, n in joins:
+            hits = self.kv.get_computed_blocks(req)  # (none: a fresh request)
+            if not self.kv.allocate_slots(req, n, hits):
+                raise AssertionError(f"request {req.id} could not join the stretch")
+            self._leave(self.waiting.pop())
+            self.start(req, 0, n, out)

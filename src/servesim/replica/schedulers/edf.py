@@ -88,6 +88,11 @@ class EDFScheduler(KeyedScheduler):
             return None
         return sorted(reqs, key=lambda r: (r.arrival_s, r.id))
 
+    def admits_joins(self) -> bool:
+        # (`on_step_end` keeps the decodes' last token times: a request that joined a stretch
+        # is in the output the stretch's end hands it, with the others)
+        return True
+
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         if self.params.default_tpot_s is None and not self._num_with_tpot:
             return  # no decode deadline to keep: the last token times are never read

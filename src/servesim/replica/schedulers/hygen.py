@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
@@ -225,6 +226,25 @@ class HyGenScheduler(VLLMSteps):
             if old:
                 queue[:] = old + [r for r in queue if now_s - r.arrival_s < wait]
         return list(queue)
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # Online only (no offline request held): `_admit_online` takes the waiting requests in
+        # queue order, each `min(prompt, budget)` tokens with its hits; a fresh one that fits
+        # whole never evicts (nobody offline), so this is vLLM's admission without the chunk cap.
+        if self.offline:  # (offline requests wait there, never in `waiting`)
+            return None
+        cfg = self.config
+        return whole_prompts(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
+                             cfg.max_num_batched_tokens, lambda req, budget: min(req.num_tokens, budget))
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self._online_only, self._head_blocked = True, False  # (as `schedule` leaves them)
+        for req, n in joins:
+            hits = self.kv.get_computed_blocks(req)  # (none: a fresh request)
+            if not self._allocate_online(out, req, n, hits, admit=True):
+                raise AssertionError(f"request {req.id} could not join the stretch")
+            self._start(req, hits, out, n)
+            self.waiting.pop()
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Offline decodes are limited by a predicted time that grows with context: not steady.

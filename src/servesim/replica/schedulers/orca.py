@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Literal
 
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import is_fresh
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
@@ -78,6 +79,27 @@ class OrcaScheduler(Scheduler):
             return False
         return len(self.running) >= self.config.max_num_seqs or (self._head_blocked
                                                                   and self.waiting.peek() is self._blocked_head)
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # The admission loop on a queue of newcomers: in arrival order, each whole (no token
+        # budget) with its reservation (`join_blocks`: the engine checks they fit), while
+        # sequence slots remain (checked on the running list a stretch leaves stale: conservative).
+        if len(self.running) + len(self.waiting) > self.config.max_num_seqs:
+            return None
+        return [(req, req.prompt_len) for req in self.waiting] if all(map(is_fresh, self.waiting)) else None
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self._head_blocked = False
+        for req, n in joins:
+            if not self.kv.allocate_slots(req, self.reserved_tokens(req)):
+                raise AssertionError(f"request {req.id} could not join the stretch")
+            self.waiting.pop()
+            self.running.append(req)
+            req.state = RequestState.RUNNING
+            out.scheduled.append((req, n))
+
+    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
+        return sum(self.kv.blocks_needed(req, self.reserved_tokens(req)) for req, _ in joins), 0
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decodes never allocate (their blocks are reserved) and a prompt runs whole in its

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any, Iterator
 
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
     SchedulerParams,
@@ -212,6 +213,32 @@ class KeyedScheduler(VLLMSteps):
         head = self.waiting.peek()
         return head is self._blocked_head and self.key(req) > self._waiting_keys.get(head, self.key(head))
 
+    def admits_joins(self) -> bool:
+        """Does the next `schedule` admit the waiting requests as `arrivals_join` assumes: no
+        per-step state of the policy (`begin_step`, `on_step_end`) that a join would skip?
+        Each policy answers (default: no)."""
+        return False
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # The running pass gives every decode its token (the engine checks the blocks), then
+        # `_admit` takes the waiting requests in key order; one admitted whole never calls
+        # `_make_room`, so with nothing swapped this is vLLM's admission in that order.
+        if self.swapped or type(self).schedule is not KeyedScheduler.schedule or not self.admits_joins():
+            return None
+        cfg = self.config
+        return whole_prompts(sorted(self.waiting, key=self._waiting_sort_key()), len(self.running), num_running,
+                             cfg.max_num_seqs, cfg.max_num_batched_tokens,
+                             lambda req, budget: self.first_chunk(req, 0, budget))
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.waiting.sort(key=self._waiting_sort_key())  # (as `schedule`: the order `arrivals_join` used)
+        self._head_blocked = self._head_blocked_by_kv = False
+        admit_whole(self, joins, out)
+
+    def _waiting_sort_key(self):
+        """The key `schedule` sorts the waiting queue by."""
+        return self._waiting_keys.__getitem__ if self.static_waiting_keys else self.sort_key()
+
     def _steady(self, output: SchedulerOutput) -> bool:
         """Everyone running got its tokens and nobody was preempted or swapped this step."""
         return (not (output.preempted or output.swapped_out or output.swapped_in)
@@ -256,3 +283,6 @@ class PriorityScheduler(KeyedScheduler):
 
     def key(self, req: Request) -> tuple:
         return (req.priority, req.arrival_s, req.id)
+
+    def admits_joins(self) -> bool:
+        return True  # (static keys, no per-step state)

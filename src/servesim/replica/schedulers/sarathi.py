@@ -23,6 +23,7 @@ from operator import attrgetter
 from pydantic import Field
 
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -136,6 +137,27 @@ class SarathiScheduler(Scheduler):
             return False
         req, chunk = scheduled[-1]
         return chunk == self.params.chunk_size - n and req.num_computed_tokens + chunk < req.num_tokens
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # Step 3 on a queue of newcomers, every running request decoding: FCFS, each admitted
+        # with its whole prompt's blocks (above the watermark: `join_blocks`) and a chunk of the
+        # `chunk_size` budget the decodes leave; only a prompt that chunk covers whole joins (a
+        # longer one runs chunks beside the decodes, a chunk stretch).
+        return whole_prompts(self.waiting, len(self.running), num_running, self.config.max_num_seqs,
+                             self.params.chunk_size, lambda req, budget: min(req.num_tokens, budget))
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        for req, n in joins:
+            self.waiting.pop()
+            self.kv.allocate_slots(req, n)  # (the engine checked the blocks and the watermark)
+            self.running.append(req)
+            req.state = RequestState.RUNNING
+            out.scheduled.append((req, n))
+        self._chunk_step = False  # (whole prompts: no chunk repeats)
+
+    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
+        blocks, _ = super().join_blocks(joins)
+        return blocks, int(self.params.watermark * self.kv.num_gpu_blocks)
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A stretch planned after a step that left its prompt unfinished is a chunk stretch

@@ -46,6 +46,7 @@ from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.batch_passes import decoding_requests, reserved_blocks
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
@@ -269,6 +270,23 @@ class TRTLLMScheduler(Scheduler):
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # FCFS: a newcomer queues behind a head that only a finish can let in.
         return bool(self.waiting) and self.waiting.peek() is self._blocked_head
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # Candidates FCFS while the batch size and (no-evict) reservations allow, then contexts
+        # whole in the tokens the generations leave. Decodes move reserved blocks from free to
+        # held and finishes add theirs: the room on the stretch's stale state is at most stepping's.
+        if self.wait_iters or self.wait_ratio or self.adp_hold is not None:
+            return None  # (batch waiting, attention DP: contexts may be held)
+        if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - reserved_blocks(
+                self.running, self.kv.num_blocks_list(self.running), self.kv.block_size):
+            return None
+        return whole_prompts(self.waiting, len(self.running), num_running, self.max_batch_size, self.max_num_tokens,
+                             lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self._blocked_head = None
+        for req, n in joins:
+            self._run_context(req, n, self.kv.get_computed_blocks(req), out)
 
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode-only steps list `running` in its order (a step that started contexts listed

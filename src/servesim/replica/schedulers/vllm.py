@@ -18,6 +18,7 @@ from typing import Literal
 
 from servesim.replica.schedulers import register
 from servesim.replica.lora import LoRACache
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -135,36 +136,17 @@ class VLLMScheduler(VLLMSteps):
                                                 and (req.priority, req.arrival_s) >= (head.priority, head.arrival_s))
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
-        # `_admit` on a queue of newcomers: each fresh (no prefix keys, adapter, preemption,
-        # token emitted elsewhere before a crash or KV store load, so no hit) and admitted whole
-        # from the budget the decodes leave, in queue order (a priority queue iterates in its
-        # order). `admit` counts the stale running list (requests that finished inside the
-        # stretch leave it when the stretch ends), so the sequence cap is checked on it.
-        # (A subclass deciding otherwise, `continuum`, keeps ending the stretch.)
-        waiting = self.waiting
-        if (type(self).schedule is not VLLMScheduler.schedule or self.lora is not None
-                or len(self.running) + len(waiting) > self.config.max_num_seqs):
+        # `_admit` on a queue of newcomers, in queue order (a priority queue iterates in its
+        # order). (A subclass deciding otherwise, `continuum`, keeps ending the stretch.)
+        if type(self).schedule is not VLLMScheduler.schedule or self.lora is not None:
             return None
-        budget = self.config.max_num_batched_tokens - num_running
-        joins = []
-        for req in waiting:
-            if (req.kv_block_keys or req.num_computed_tokens or req.num_output_tokens or req.num_preemptions
-                    or req.lora is not None or "kv_store_tokens" in req.extra):
-                return None
-            n = self.first_chunk(req, 0, budget)
-            if n != req.num_tokens:
-                return None  # a chunk of its prompt (budget, long_prefill_token_threshold)
-            budget -= n
-            joins.append((req, n))
-        return joins
+        cfg = self.config
+        return whole_prompts(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
+                             cfg.max_num_batched_tokens, lambda req, budget: self.first_chunk(req, 0, budget))
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._head_blocked_by_kv = False
-        budget = self.config.max_num_batched_tokens  # (the decodes' share: `arrivals_join` checked it)
-        for req, _ in joins:
-            budget = self.admit(req, budget, out)
-            if budget is None:
-                raise AssertionError(f"request {req.id} could not join the stretch")
+        admit_whole(self, joins, out)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and
