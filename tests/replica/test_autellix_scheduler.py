@@ -156,3 +156,32 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
     assert len(lazy[3]) > 3  # promotions happened
     assert len(lazy[4][0]) == 40 and max(lazy[4][0].values()) > 0.04  # some passed several levels
     assert sum(n for _, n in lazy[1]) > 5
+
+
+def test_step_sums_equal_left_to_right_float_sums_and_grow():
+    """`StepSums` (the lazy waiting times): each slot closes at its start value plus the
+    steps ended since, added left to right (bit-identical to `reduce`, not to a pairwise or
+    compensated sum), through a growth of its array and reused slots."""
+    import random
+    from functools import reduce
+    from operator import add
+
+    from servesim.replica.schedulers.autellix_accounting import StepSums
+
+    rng = random.Random(7)
+    sums, log, open_ = StepSums(capacity=4), [], {}
+    for step in range(300):
+        if rng.random() < 0.6 or not open_:
+            start = rng.choice([0.0, -0.0, rng.random() * 1e3, 1e16])
+            open_[sums.open(start)] = (start, len(log))
+        if rng.random() < 0.4:
+            slot = rng.choice(list(open_))
+            start, i = open_.pop(slot)
+            got = sums.close(slot)
+            want = reduce(add, log[i:], start)
+            assert got == want and str(got) == str(want)  # (the sign of a zero too)
+        dt = rng.random() * 0.05 + 1e-7
+        log.append(dt)
+        sums.add(dt)
+    assert len(sums._acc) >= 64 and len(open_) > 4  # it grew past its first 4 slots
+    assert reduce(add, log, 1e16) != 1e16 + sum(log[1:], log[0])  # (the order does matter here)

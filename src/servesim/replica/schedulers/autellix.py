@@ -29,14 +29,14 @@ from __future__ import annotations
 from bisect import bisect_right
 from math import copysign, inf
 from functools import reduce
-from itertools import chain, islice
+from itertools import islice
 from operator import add
 from typing import Literal
 
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.autellix_accounting import AutellixAccounting
+from servesim.replica.schedulers.autellix_accounting import AutellixAccounting, StepSums
 from servesim.replica.schedulers.base import UNLIMITED_STEPS, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
@@ -83,10 +83,11 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # program's waiting time only grows by each step's length, and it cannot be promoted
         # before that time reaches starvation_ratio x its attained service (never, without
         # service). Such calls are skipped by the per-step pass until then (`_due`, a heap of
-        # (time, seq, call)); `_lazy[call]` = (index in `_step_log`, the lengths of the steps
-        # ended since, of the first step not yet added; due time), and `_settle` adds them
-        # when the call stops waiting or is due, with the same float additions.
+        # (time, seq, call)); `_lazy[call]` = (slot in `_wait_sums`, where each step's length
+        # is added to its program's waiting time as the step ends, with the same float
+        # additions; due time), and `_settle` reads it when the call stops waiting or is due.
         self._lazy: dict[Request, tuple[int, float]] = {}
+        self._wait_sums = StepSums()
         self._due: list[tuple[float, int, Request]] = []
         self._due_seq = 0
         self._step_log: list[float] = []
@@ -150,10 +151,8 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     def _settle(self, req: Request) -> None:
         """Add the steps a lazy call waited through to its program's waiting time."""
         entry = self._lazy.pop(req, None)
-        if entry is not None:
-            i, p = entry[0], self.program(req)
-            # w + d1 + d2 + ... left to right, as the per-step pass would have added them
-            self.wait_s[p] = reduce(add, islice(self._step_log, i - self._log_start, None), self.wait_s[p])
+        if entry is not None:  # w + d1 + d2 + ... left to right, as the per-step pass adds them
+            self.wait_s[self.program(req)] = self._wait_sums.close(entry[0])
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
         self._settle(req)  # admitted: it stops waiting (this step is not a waiting step)
@@ -184,9 +183,8 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
                 reduce(add, islice(self._step_log, i, None), c0)
 
     def _trim_log(self) -> None:
-        """Drop the logged steps before the first one a lazy call has yet to be credited with."""
-        first = min(chain((i for i, _ in self._lazy.values()), (i for i, _ in self._run_lazy.values())),
-                    default=self._log_start + len(self._step_log))
+        """Drop the logged steps before the first one a lazy running call has yet to be credited with."""
+        first = min((i for i, _ in self._run_lazy.values()), default=self._log_start + len(self._step_log))
         del self._step_log[:first - self._log_start]
         self._log_start = first
 
