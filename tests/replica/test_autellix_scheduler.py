@@ -185,3 +185,38 @@ def test_step_sums_equal_left_to_right_float_sums_and_grow():
         sums.add(dt)
     assert len(sums._acc) >= 64 and len(open_) > 4  # it grew past its first 4 slots
     assert reduce(add, log, 1e16) != 1e16 + sum(log[1:], log[0])  # (the order does matter here)
+
+
+def test_waiting_queue_kept_in_key_order_by_moving_the_rekeyed_calls(monkeypatch):
+    """Promotions and served programs change waiting calls' keys: the queue moves those calls
+    to their new places (`SortedWaiting.rekeyed`) instead of being sorted again, and before
+    every decision it is the queue sorted by the fresh keys, with its stored keys fresh."""
+    from servesim.replica.schedulers.priority import SortedWaiting
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="autellix", max_num_seqs=3,
+                                                fast_forward=False, params={"base_quantum_s": 0.02,
+                                                                            "starvation_ratio": 0.5})
+    reqs = [make_request(i, 8 + 8 * (i % 3), 6 + 5 * (i % 4), arrival=0.004 * i,
+                         program_id=i % 4 if i % 3 else None) for i in range(40)]
+    schedule, moves, checked = sched.schedule, [], []
+    rekeyed = SortedWaiting.rekeyed
+
+    def spy_rekeyed(queue, moved):
+        if queue.clean and 0 < len(moved) <= 16:
+            moves.append(len(moved))
+        rekeyed(queue, moved)
+
+    def checking(now_s):
+        waiting = list(sched.waiting)
+        if sched.waiting.clean:
+            assert waiting == sorted(waiting, key=lambda r: (sched.level(r), r.arrival_s, r.id))
+            checked.append(len(waiting))
+        assert all(sched.key(r) == (sched.level(r), r.arrival_s, r.id) for r in waiting)
+        return schedule(now_s)
+
+    sched.schedule = checking
+    monkeypatch.setattr(SortedWaiting, "rekeyed", spy_rekeyed)
+    run_logged(engine, loop, reqs)
+    assert len(done) == 40 and all(r.state == RequestState.FINISHED for r in reqs)
+    assert len(moves) > 5 and sum(moves) > len(moves)  # calls were moved, several at once too
+    assert sum(sched.discount_s.values()) > 0 and max(checked) > 10

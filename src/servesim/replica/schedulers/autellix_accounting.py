@@ -20,6 +20,9 @@ from operator import itemgetter
 import numpy as np
 
 from servesim.replica.schedulers.base import SchedulerOutput
+from servesim.workload.request import RequestState
+
+SWAPPED = RequestState.SWAPPED
 
 
 class StepSums:
@@ -107,13 +110,15 @@ class AutellixAccounting:
             if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
                 self._settle(req)
         # (lazy calls are credited with this step's `dt` when they stop waiting; skipped in C)
+        moved = []  # waiting calls whose key changed (their places in the queue, after the pass)
         for req in filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
                 k = fresh(req)
                 if k != keys[req]:
                     keys[req] = k
-                    self.waiting.clean = False
+                    if req.state is not SWAPPED:
+                        moved.append(req)
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
@@ -124,8 +129,11 @@ class AutellixAccounting:
             if attained > 0 and w >= ratio * attained:
                 discount[p] = discount.get(p, 0.0) + attained  # promote
                 wait[p] = 0.0
-                keys[req] = fresh(req)
-                self.waiting.clean = False
+                k = fresh(req)
+                if k != keys[req]:
+                    keys[req] = k
+                    if req.state is not SWAPPED:
+                        moved.append(req)
                 attained = max(raw - discount[p], 0.0)
             if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
                 if attained == 0:
@@ -137,6 +145,7 @@ class AutellixAccounting:
                     lazy[req] = (open_sum(wait[p]), t)
                     self._due_seq += 1
                     heappush(due, (t, self._due_seq, req))
+        self.waiting.rekeyed(moved)
 
     def _rekey_running(self, now_s: float, log_end: int) -> None:
         """Keys of the running calls served eagerly, or of a promoted program; lone ones
