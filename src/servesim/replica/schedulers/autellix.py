@@ -29,7 +29,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from math import copysign, inf
 from functools import reduce
-from itertools import islice
 from operator import add
 from typing import Literal
 
@@ -176,11 +175,11 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             i, p = entry[0] - self._log_start, self.program(req)
             service, calls = self.service_s, self.call_service_s
             s0, c0 = service[p], calls[req.id]
-            s = service[p] = reduce(add, islice(self._step_log, i, None), s0)
+            steps = self._step_log[i:]  # (a slice: `islice` would walk the i steps before)
+            s = service[p] = reduce(add, steps, s0)
             # A lone call's program has served only it: the two sums start from the same float
             # (the sign of a zero included) and add the same steps, so they are equal.
-            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else \
-                reduce(add, islice(self._step_log, i, None), c0)
+            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else reduce(add, steps, c0)
 
     def _trim_log(self) -> None:
         """Drop the logged steps before the first one a lazy running call has yet to be credited with."""
