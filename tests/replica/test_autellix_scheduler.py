@@ -141,12 +141,20 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
             served_lazy.append(sum(due_s < float("inf") for _, due_s in sched._lazy.values()))
             return schedule(now_s)
 
-        sched.schedule = spy
+        eager_lone, passes = sched._eager_lone_calls, {"short": 0, "walked": 0, "due": 0}
+
+        def counted(settled):  # the pass over the queued calls: lone calls only, or the queue walked
+            calls = eager_lone(settled)
+            passes["walked" if calls is None else "short"] += 1
+            passes["due"] += bool(settled) and calls is not None
+            return calls
+
+        sched.schedule, sched._eager_lone_calls = spy, counted
         steps = run_logged(engine, loop, reqs)
         by_call = lambda table: {k[1] % 1000: v for k, v in table.items()}  # noqa: E731
         service = (by_call(sched.service_s), sched.call_service_s)
         return steps, [(r.finish_s, r.num_preemptions) for r in reqs], by_call(sched.wait_s), \
-            by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy)
+            by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy), passes
 
     lazy, eager = run(False), run(True)
     assert lazy[:5] == eager[:5]
@@ -156,6 +164,10 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
     assert len(lazy[3]) > 3  # promotions happened
     assert len(lazy[4][0]) == 40 and max(lazy[4][0].values()) > 0.04  # some passed several levels
     assert sum(n for _, n in lazy[1]) > 5
+    # the lone calls' passes took only the calls queued since or due, never the whole queue;
+    # the sessions' walked it (but when nothing waited)
+    assert lazy[8]["walked"] == 0 and lazy[8]["short"] > 300 and lazy[8]["due"] > 0
+    assert eager[8]["walked"] > 300 and eager[8]["due"] == 0
 
 
 def test_step_sums_equal_left_to_right_float_sums_and_grow():

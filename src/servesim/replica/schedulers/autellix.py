@@ -87,6 +87,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # additions; due time), and `_settle` reads it when the call stops waiting or is due.
         self._lazy: dict[Request, tuple[int, float]] = {}
         self._wait_sums = StepSums()
+        self._entered: dict[Request, None] = {}  # queued (or swapped) since the last pass
         self._due: list[tuple[float, int, Request]] = []
         self._due_seq = 0
         self._step_log: list[float] = []
@@ -117,6 +118,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
                                         for c in req.parents), default=0.0)
         self._keys[req] = self._fresh_key(req)  # (before it joins the queue: its place)
         super().add_request(req, now_s)
+        self._entered[req] = None
 
     def attained_s(self, req: Request) -> float:
         self._settle_running(req)
@@ -134,13 +136,16 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._settle_running(req)
         super().preempt(req, out)
         self._queued_s[req.id] = self.now_s
+        self._entered[req] = None
 
     def swap_out(self, req: Request, out, reuse_key=None) -> bool:
         self._settle_running(req)
         self._queued_s[req.id] = self.now_s
+        self._entered[req] = None
         return super().swap_out(req, out, reuse_key)
 
     def forget(self, req: Request) -> None:
+        self._entered.pop(req, None)
         self._settle(req)
         self._settle_running(req)  # (a call finishing in this step is credited with it eagerly)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
@@ -155,10 +160,12 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
         self._settle(req)  # admitted: it stops waiting (this step is not a waiting step)
+        self._entered.pop(req, None)
         super().start(req, num_cached, num_tokens, out)
 
     def swap_in(self, req: Request, out: SchedulerOutput, keep_cpu_copy: bool = False) -> bool:
         self._settle(req)
+        self._entered.pop(req, None)
         return super().swap_in(req, out, keep_cpu_copy)
 
     def drain(self, now_s: float) -> list[Request]:
@@ -166,6 +173,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             self._settle(req)
         for req in list(self._run_lazy):
             self._settle_running(req)
+        self._entered.clear()
         return super().drain(now_s)
 
     def _settle_running(self, req: Request) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from servesim.replica.schedulers.base import SchedulerOutput
 from servesim.workload.request import RequestState
 
-SWAPPED = RequestState.SWAPPED
+WAITING, PREEMPTED, SWAPPED = RequestState.WAITING, RequestState.PREEMPTED, RequestState.SWAPPED
 
 
 class StepSums:
@@ -104,14 +104,17 @@ class AutellixAccounting:
         wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
         keys, fresh, lazy = self._keys, self._fresh_key, self._lazy
         due, open_sum = self._due, self._wait_sums.open
+        settled = []
         while due and due[0][0] <= now_s:  # may reach their promotion in this step: eager again
             t, _, req = heappop(due)
             entry = lazy.get(req)
             if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
                 self._settle(req)
-        # (lazy calls are credited with this step's `dt` when they stop waiting; skipped in C)
+                settled.append(req)
+        # (lazy calls are credited with this step's `dt` when they stop waiting: skipped)
+        eager = self._eager_lone_calls(settled)
         moved = []  # waiting calls whose key changed (their places in the queue, after the pass)
-        for req in filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
+        for req in eager if eager is not None else filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
                 k = fresh(req)
@@ -146,6 +149,22 @@ class AutellixAccounting:
                     self._due_seq += 1
                     heappush(due, (t, self._due_seq, req))
         self.waiting.rekeyed(moved)
+
+    def _eager_lone_calls(self, settled: list) -> list | None:
+        """The waiting and swapped calls that are not lazy, when all are lone calls: those
+        queued since the last pass (`_entered`) and those due now (`settled`); every lone call
+        the pass sees becomes lazy, and lone calls share no state, so the pass may take them
+        in any order instead of walking the whole queue. None (walk the queue in order) if a
+        call of a program or session waits eagerly, or the count does not add up."""
+        lazy, queued = self._lazy, (WAITING, PREEMPTED, SWAPPED)
+        calls = [r for r in dict.fromkeys(chain(self._entered, settled)) if r not in lazy]
+        self._entered = {}
+        if len(calls) != len(self.waiting) + len(self.swapped) - len(lazy):
+            return None
+        for r in calls:
+            if r.program_id is not None or r.session_id is not None or r.state not in queued:
+                return None
+        return calls
 
     def _rekey_running(self, now_s: float, log_end: int) -> None:
         """Keys of the running calls served eagerly, or of a promoted program; lone ones
