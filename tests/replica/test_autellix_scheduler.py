@@ -141,12 +141,20 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
             served_lazy.append(sum(due_s < float("inf") for _, due_s in sched._lazy.values()))
             return schedule(now_s)
 
-        sched.schedule = spy
+        eager_lone, passes = sched._eager_lone_calls, {"short": 0, "walked": 0, "due": 0}
+
+        def counted(settled):  # the pass over the queued calls: lone calls only, or the queue walked
+            calls = eager_lone(settled)
+            passes["walked" if calls is None else "short"] += 1
+            passes["due"] += bool(settled) and calls is not None
+            return calls
+
+        sched.schedule, sched._eager_lone_calls = spy, counted
         steps = run_logged(engine, loop, reqs)
         by_call = lambda table: {k[1] % 1000: v for k, v in table.items()}  # noqa: E731
         service = (by_call(sched.service_s), sched.call_service_s)
         return steps, [(r.finish_s, r.num_preemptions) for r in reqs], by_call(sched.wait_s), \
-            by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy)
+            by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy), passes
 
     lazy, eager = run(False), run(True)
     assert lazy[:5] == eager[:5]
@@ -156,3 +164,71 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
     assert len(lazy[3]) > 3  # promotions happened
     assert len(lazy[4][0]) == 40 and max(lazy[4][0].values()) > 0.04  # some passed several levels
     assert sum(n for _, n in lazy[1]) > 5
+    # the lone calls' passes took only the calls queued since or due, never the whole queue;
+    # the sessions' walked it (but when nothing waited)
+    assert lazy[8]["walked"] == 0 and lazy[8]["short"] > 300 and lazy[8]["due"] > 0
+    assert eager[8]["walked"] > 300 and eager[8]["due"] == 0
+
+
+def test_step_sums_equal_left_to_right_float_sums_and_grow():
+    """`StepSums` (the lazy waiting times): each slot closes at its start value plus the
+    steps ended since, added left to right (bit-identical to `reduce`, not to a pairwise or
+    compensated sum), through a growth of its array and reused slots."""
+    import random
+    from functools import reduce
+    from operator import add
+
+    from servesim.replica.schedulers.autellix_accounting import StepSums
+
+    rng = random.Random(7)
+    sums, log, open_ = StepSums(capacity=4), [], {}
+    for step in range(300):
+        if rng.random() < 0.6 or not open_:
+            start = rng.choice([0.0, -0.0, rng.random() * 1e3, 1e16])
+            open_[sums.open(start)] = (start, len(log))
+        if rng.random() < 0.4:
+            slot = rng.choice(list(open_))
+            start, i = open_.pop(slot)
+            got = sums.close(slot)
+            want = reduce(add, log[i:], start)
+            assert got == want and str(got) == str(want)  # (the sign of a zero too)
+        dt = rng.random() * 0.05 + 1e-7
+        log.append(dt)
+        sums.add(dt)
+    assert len(sums._acc) >= 64 and len(open_) > 4  # it grew past its first 4 slots
+    assert reduce(add, log, 1e16) != 1e16 + sum(log[1:], log[0])  # (the order does matter here)
+
+
+def test_waiting_queue_kept_in_key_order_by_moving_the_rekeyed_calls(monkeypatch):
+    """Promotions and served programs change waiting calls' keys: the queue moves those calls
+    to their new places (`SortedWaiting.rekeyed`) instead of being sorted again, and before
+    every decision it is the queue sorted by the fresh keys, with its stored keys fresh."""
+    from servesim.replica.schedulers.priority import SortedWaiting
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="autellix", max_num_seqs=3,
+                                                fast_forward=False, params={"base_quantum_s": 0.02,
+                                                                            "starvation_ratio": 0.5})
+    reqs = [make_request(i, 8 + 8 * (i % 3), 6 + 5 * (i % 4), arrival=0.004 * i,
+                         program_id=i % 4 if i % 3 else None) for i in range(40)]
+    schedule, moves, checked = sched.schedule, [], []
+    rekeyed = SortedWaiting.rekeyed
+
+    def spy_rekeyed(queue, moved):
+        if queue.clean and 0 < len(moved) <= 16:
+            moves.append(len(moved))
+        rekeyed(queue, moved)
+
+    def checking(now_s):
+        waiting = list(sched.waiting)
+        if sched.waiting.clean:
+            assert waiting == sorted(waiting, key=lambda r: (sched.level(r), r.arrival_s, r.id))
+            checked.append(len(waiting))
+        assert all(sched.key(r) == (sched.level(r), r.arrival_s, r.id) for r in waiting)
+        return schedule(now_s)
+
+    sched.schedule = checking
+    monkeypatch.setattr(SortedWaiting, "rekeyed", spy_rekeyed)
+    run_logged(engine, loop, reqs)
+    assert len(done) == 40 and all(r.state == RequestState.FINISHED for r in reqs)
+    assert len(moves) > 5 and sum(moves) > len(moves)  # calls were moved, several at once too
+    assert sum(sched.discount_s.values()) > 0 and max(checked) > 10

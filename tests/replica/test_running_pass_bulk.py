@@ -67,3 +67,24 @@ def test_decode_steps_in_bulk_match_one_by_one(scheduler):
     slow, slow_reqs, _ = _run(scheduler, bulk=False)
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
     assert calls["taken"] > 4_000  # most decode tokens were taken in bulk
+
+
+def test_sarathi_decodes_in_bulk_match_one_by_one():
+    """Sarathi's decode pass takes its decodes in bulk, again after a recomputed prompt amid
+    them or a preemption: the same run as `allocate_slots` for each."""
+    fast, fast_reqs, calls = _run("sarathi", bulk=True)
+    slow, slow_reqs, _ = _run("sarathi", bulk=False)
+    assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
+    assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the pass preempts
+    assert calls["taken"] > 3_000 and calls["mid_pass"] >= 20 and calls["mid_pass_taken"] > 20
+
+
+def test_fastswitch_walk_takes_runs_of_decodes_in_bulk():
+    """FastSwitch's walk in priority order takes each run of running decodes in one call (not
+    only the leading one): the same run as allocating each one by one, with swaps and
+    evictions, and the calls past the walk's start did take decodes."""
+    fast, fast_reqs, calls = _run("fastswitch", bulk=True)
+    slow, slow_reqs, _ = _run("fastswitch", bulk=False)
+    assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
+    assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the walk evicts
+    assert calls["taken"] > 3_000 and calls["mid_pass"] >= 20 and calls["mid_pass_taken"] >= 60

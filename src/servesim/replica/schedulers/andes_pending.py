@@ -177,9 +177,8 @@ class PendingOrder:
             v_head = valued[0] if valued else None
             head = v_head if v_head is not None and (s_head is None or v_head < s_head) else s_head
             if j < len(dynamic) and (head is None or -(1.0 / dynamic[j][0]) <= head[0]):
-                w, k = dynamic[j][0], j
-                while k < len(dynamic) and dynamic[k][0] == w:
-                    k += 1
+                w = dynamic[j][0]
+                k = bisect_left(dynamic, (w + 1,), j)  # the end of weight w's requests (int weights)
                 batch = dynamic[j:k]
                 for d, (_, group, place, req) in zip(densities([e[3] for e in batch], now_s, False), batch):
                     heappush(valued, (-d, group, place, req, w))

@@ -29,14 +29,13 @@ from __future__ import annotations
 from bisect import bisect_right
 from math import copysign, inf
 from functools import reduce
-from itertools import chain, islice
 from operator import add
 from typing import Literal
 
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.autellix_accounting import AutellixAccounting
+from servesim.replica.schedulers.autellix_accounting import AutellixAccounting, StepSums
 from servesim.replica.schedulers.base import UNLIMITED_STEPS, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
@@ -83,10 +82,12 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # program's waiting time only grows by each step's length, and it cannot be promoted
         # before that time reaches starvation_ratio x its attained service (never, without
         # service). Such calls are skipped by the per-step pass until then (`_due`, a heap of
-        # (time, seq, call)); `_lazy[call]` = (index in `_step_log`, the lengths of the steps
-        # ended since, of the first step not yet added; due time), and `_settle` adds them
-        # when the call stops waiting or is due, with the same float additions.
+        # (time, seq, call)); `_lazy[call]` = (slot in `_wait_sums`, where each step's length
+        # is added to its program's waiting time as the step ends, with the same float
+        # additions; due time), and `_settle` reads it when the call stops waiting or is due.
         self._lazy: dict[Request, tuple[int, float]] = {}
+        self._wait_sums = StepSums()
+        self._entered: dict[Request, None] = {}  # queued (or swapped) since the last pass
         self._due: list[tuple[float, int, Request]] = []
         self._due_seq = 0
         self._step_log: list[float] = []
@@ -117,6 +118,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
                                         for c in req.parents), default=0.0)
         self._keys[req] = self._fresh_key(req)  # (before it joins the queue: its place)
         super().add_request(req, now_s)
+        self._entered[req] = None
 
     def attained_s(self, req: Request) -> float:
         self._settle_running(req)
@@ -134,13 +136,16 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._settle_running(req)
         super().preempt(req, out)
         self._queued_s[req.id] = self.now_s
+        self._entered[req] = None
 
     def swap_out(self, req: Request, out, reuse_key=None) -> bool:
         self._settle_running(req)
         self._queued_s[req.id] = self.now_s
+        self._entered[req] = None
         return super().swap_out(req, out, reuse_key)
 
     def forget(self, req: Request) -> None:
+        self._entered.pop(req, None)
         self._settle(req)
         self._settle_running(req)  # (a call finishing in this step is credited with it eagerly)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
@@ -150,17 +155,17 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     def _settle(self, req: Request) -> None:
         """Add the steps a lazy call waited through to its program's waiting time."""
         entry = self._lazy.pop(req, None)
-        if entry is not None:
-            i, p = entry[0], self.program(req)
-            # w + d1 + d2 + ... left to right, as the per-step pass would have added them
-            self.wait_s[p] = reduce(add, islice(self._step_log, i - self._log_start, None), self.wait_s[p])
+        if entry is not None:  # w + d1 + d2 + ... left to right, as the per-step pass adds them
+            self.wait_s[self.program(req)] = self._wait_sums.close(entry[0])
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
         self._settle(req)  # admitted: it stops waiting (this step is not a waiting step)
+        self._entered.pop(req, None)
         super().start(req, num_cached, num_tokens, out)
 
     def swap_in(self, req: Request, out: SchedulerOutput, keep_cpu_copy: bool = False) -> bool:
         self._settle(req)
+        self._entered.pop(req, None)
         return super().swap_in(req, out, keep_cpu_copy)
 
     def drain(self, now_s: float) -> list[Request]:
@@ -168,6 +173,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             self._settle(req)
         for req in list(self._run_lazy):
             self._settle_running(req)
+        self._entered.clear()
         return super().drain(now_s)
 
     def _settle_running(self, req: Request) -> None:
@@ -177,16 +183,15 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             i, p = entry[0] - self._log_start, self.program(req)
             service, calls = self.service_s, self.call_service_s
             s0, c0 = service[p], calls[req.id]
-            s = service[p] = reduce(add, islice(self._step_log, i, None), s0)
+            steps = self._step_log[i:]  # (a slice: `islice` would walk the i steps before)
+            s = service[p] = reduce(add, steps, s0)
             # A lone call's program has served only it: the two sums start from the same float
             # (the sign of a zero included) and add the same steps, so they are equal.
-            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else \
-                reduce(add, islice(self._step_log, i, None), c0)
+            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else reduce(add, steps, c0)
 
     def _trim_log(self) -> None:
-        """Drop the logged steps before the first one a lazy call has yet to be credited with."""
-        first = min(chain((i for i, _ in self._lazy.values()), (i for i, _ in self._run_lazy.values())),
-                    default=self._log_start + len(self._step_log))
+        """Drop the logged steps before the first one a lazy running call has yet to be credited with."""
+        first = min((i for i, _ in self._run_lazy.values()), default=self._log_start + len(self._step_log))
         del self._step_log[:first - self._log_start]
         self._log_start = first
 

@@ -17,7 +17,43 @@ from itertools import chain, filterfalse
 from math import inf
 from operator import itemgetter
 
+import numpy as np
+
 from servesim.replica.schedulers.base import SchedulerOutput
+from servesim.workload.request import RequestState
+
+WAITING, PREEMPTED, SWAPPED = RequestState.WAITING, RequestState.PREEMPTED, RequestState.SWAPPED
+
+
+class StepSums:
+    """Floats that every step's length is added to at the step's end, all in one numpy add:
+    element-wise float64 additions round exactly as Python's, so a slot opened at `w` and
+    closed k steps later holds `w + d1 + ... + dk` added left to right, as the per-step pass
+    (or a `reduce` over the step log) would give, for the cost of one vector add per step
+    instead of one float add per waiting call per step."""
+
+    __slots__ = ("_acc", "_free")
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._acc = np.zeros(capacity)
+        self._free = list(range(capacity - 1, -1, -1))  # (free slots' values are ignored)
+
+    def open(self, value: float) -> int:
+        """A slot starting at `value` (the steps ended from now on are added to it)."""
+        if not self._free:
+            n = len(self._acc)
+            self._acc = np.concatenate((self._acc, np.zeros(n)))
+            self._free = list(range(2 * n - 1, n - 1, -1))
+        slot = self._free.pop()
+        self._acc[slot] = value
+        return slot
+
+    def add(self, dt: float) -> None:
+        self._acc += dt
+
+    def close(self, slot: int) -> float:
+        self._free.append(slot)
+        return float(self._acc[slot])
 
 
 class AutellixAccounting:
@@ -29,7 +65,8 @@ class AutellixAccounting:
         served = self._credit(output, now_s, start, dt)
         log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
         self._step_log.append(dt)
-        self._wait_pass(served, now_s, start, log_end)
+        self._wait_sums.add(dt)  # (before the due calls settle and new lazy ones open)
+        self._wait_pass(served, now_s, start)
         self._rekey_running(now_s, log_end)
         if len(self._step_log) > 4096:
             self._trim_log()
@@ -59,27 +96,32 @@ class AutellixAccounting:
             call_service[req.id] += d
         return served
 
-    def _wait_pass(self, served: set, now_s: float, start: float, log_end: int) -> None:
+    def _wait_pass(self, served: set, now_s: float, start: float) -> None:
         """Waiting time and anti-starvation (`attained_s` inlined: this runs over the queue)."""
         program, service, call_service = self.program, self.service_s, self.call_service_s
         atlas = self.params.mode == "atlas"
         ratio = self.params.starvation_ratio
         wait, discount, queued, base = self.wait_s, self.discount_s, self._queued_s, self.call_base_s
         keys, fresh, lazy = self._keys, self._fresh_key, self._lazy
-        due = self._due
+        due, open_sum = self._due, self._wait_sums.open
+        settled = []
         while due and due[0][0] <= now_s:  # may reach their promotion in this step: eager again
             t, _, req = heappop(due)
             entry = lazy.get(req)
             if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
                 self._settle(req)
-        # (lazy calls are credited with this step's `dt` when they stop waiting; skipped in C)
-        for req in filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
+                settled.append(req)
+        # (lazy calls are credited with this step's `dt` when they stop waiting: skipped)
+        eager = self._eager_lone_calls(settled)
+        moved = []  # waiting calls whose key changed (their places in the queue, after the pass)
+        for req in eager if eager is not None else filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
                 k = fresh(req)
                 if k != keys[req]:
                     keys[req] = k
-                    self.waiting.clean = False
+                    if req.state is not SWAPPED:
+                        moved.append(req)
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
@@ -90,19 +132,39 @@ class AutellixAccounting:
             if attained > 0 and w >= ratio * attained:
                 discount[p] = discount.get(p, 0.0) + attained  # promote
                 wait[p] = 0.0
-                keys[req] = fresh(req)
-                self.waiting.clean = False
+                k = fresh(req)
+                if k != keys[req]:
+                    keys[req] = k
+                    if req.state is not SWAPPED:
+                        moved.append(req)
                 attained = max(raw - discount[p], 0.0)
             if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
                 if attained == 0:
-                    lazy[req] = (log_end, inf)  # cannot be promoted before it is served
+                    lazy[req] = (open_sum(wait[p]), inf)  # cannot be promoted before it is served
                 else:
                     # The step lengths to come add up to at most the time elapsed (up to float
                     # rounding: the margin), so it cannot be promoted before then.
                     t = now_s + (ratio * attained - w) * (1 - 1e-9) - 1e-6
-                    lazy[req] = (log_end, t)
+                    lazy[req] = (open_sum(wait[p]), t)
                     self._due_seq += 1
                     heappush(due, (t, self._due_seq, req))
+        self.waiting.rekeyed(moved)
+
+    def _eager_lone_calls(self, settled: list) -> list | None:
+        """The waiting and swapped calls that are not lazy, when all are lone calls: those
+        queued since the last pass (`_entered`) and those due now (`settled`); every lone call
+        the pass sees becomes lazy, and lone calls share no state, so the pass may take them
+        in any order instead of walking the whole queue. None (walk the queue in order) if a
+        call of a program or session waits eagerly, or the count does not add up."""
+        lazy, queued = self._lazy, (WAITING, PREEMPTED, SWAPPED)
+        calls = [r for r in dict.fromkeys(chain(self._entered, settled)) if r not in lazy]
+        self._entered = {}
+        if len(calls) != len(self.waiting) + len(self.swapped) - len(lazy):
+            return None
+        for r in calls:
+            if r.program_id is not None or r.session_id is not None or r.state not in queued:
+                return None
+        return calls
 
     def _rekey_running(self, now_s: float, log_end: int) -> None:
         """Keys of the running calls served eagerly, or of a promoted program; lone ones

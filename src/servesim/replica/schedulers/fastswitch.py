@@ -30,6 +30,7 @@ The fairness bookkeeping (counters, snapshot, lift, held requests, `_key`) is
 from __future__ import annotations
 
 from functools import partial
+from itertools import compress, count, islice
 from math import inf
 from operator import attrgetter
 
@@ -45,6 +46,8 @@ from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
 
 _ARRIVAL_ID = attrgetter("arrival_s", "id")
+_STATE = attrgetter("state")
+RUNNING = RequestState.RUNNING
 
 
 class FastSwitchParams(SchedulerParams):
@@ -116,9 +119,17 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
             out.num_known_decodes = first
             budget -= first
             running_left -= first
-        for i in range(first, len(order)):
+        i, walked_to = first - 1, first  # (order[first] is not taken in bulk: the prefix stopped there)
+        while (i := i + 1) < len(order):
             req = order[i]
             if req.state == RequestState.RUNNING:
+                if i >= walked_to and budget > 0 and not ready and (k := self._decodes_from(order, i, budget)):
+                    out.scheduled.extend([(r, 1) for r in order[i:i + k]])
+                    budget -= k
+                    running_left -= k
+                    i += k - 1
+                    walked_to = i + 2  # (the next stopped the bulk call: the walk's, one by one)
+                    continue
                 running_left -= 1
                 if budget <= 0 or (ready and not self.is_swap_ready(req, now_s)):
                     continue  # no budget left, or its swap-in is still in flight
@@ -158,15 +169,18 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         return out
 
     def _decode_prefix(self, order: list[Request], budget: int) -> int:
-        """How many running requests lead the order and all decode and fit (their blocks then
-        allocated in one call, `allocate_decodes`: the outcome of the walk's first steps, one
-        token each, nothing admitted in between); 0 if they do not (or a swap-in is in flight)."""
-        if self.swap_ready_s:
-            return 0
-        k, n = 0, len(order)
-        while k < n and order[k].state is RequestState.RUNNING:
-            k += 1
-        return k if 0 < k <= budget and self.kv.allocate_decodes(order[:k]) else 0
+        """How many running requests lead the order, decode and fit (their blocks allocated
+        in one call, `allocate_leading_decodes`: the outcome of the walk's first steps, one
+        token each, nothing admitted in between); 0 if none (or a swap-in is in flight)."""
+        return 0 if self.swap_ready_s else self._decodes_from(order, 0, budget)
+
+    def _decodes_from(self, order: list[Request], i: int, budget: int) -> int:
+        """`allocate_leading_decodes` over the running requests from `order[i]` on, up to the
+        first that is not running, within the budget: how many got their token (in C but
+        for the bulk call: the run's end found by iterators, not a Python loop)."""
+        states = map(RUNNING.__ne__, map(_STATE, islice(order, i, i + budget)))
+        end = next(compress(count(i), states), min(len(order), i + budget))
+        return self.kv.allocate_leading_decodes(order[i:end]) if end > i else 0
 
     def _order(self) -> list[Request]:
         """Every held request in priority order (`_key`). When all their tenants have the

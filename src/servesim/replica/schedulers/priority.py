@@ -61,6 +61,21 @@ class SortedWaiting(FCFSQueue):
     def prepend(self, req: Request) -> None:
         self.append(req)
 
+    def rekeyed(self, reqs: list[Request]) -> None:
+        """The stored keys of `reqs` (queued here) changed: a clean queue takes each out and
+        back in at its new place (with unique keys that is the sorted order, in C but for the
+        bisections), unless there are many (then it is sorted at its next use)."""
+        if not (self.clean and reqs):
+            return
+        if len(reqs) > 16:
+            self.clean = False
+            return
+        q, key = self._q, self.key
+        for req in reqs:  # (all out first: the rest stays sorted by the current keys)
+            q.remove(req)
+        for req in reqs:
+            q.insert(bisect_right(q, key(req), key=key), req)
+
     def sort(self, key) -> None:
         """Sort by `key` (the same order as `self.key`'s when that is set)."""
         if not self.clean:

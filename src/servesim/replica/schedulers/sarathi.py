@@ -59,14 +59,29 @@ class SarathiScheduler(Scheduler):
         prefilling: list[Request] = []
         kept: list[Request] = []
         scheduled = out.scheduled
-        allocate = kv.allocate_slots
+        allocate, lead = kv.allocate_slots, kv.allocate_leading_decodes
         i, end = 0, len(queue)  # queue[i:end]: not handled yet (victims leave from the end)
+        bulk = True  # try the bulk form (again after a prompt amid the decodes or a preemption)
         while i < end:
+            if bulk and queue[i].kv_block_keys is None:
+                # The decodes from here to the first request that is not one or does not fit,
+                # in one call: the same outcome as allocating each in order (the walk below).
+                # Not from a request with prefix keys: the tokens that complete keyed blocks
+                # make the bulk form slower than the walk (measured on Mooncake: 5-7 %).
+                k = lead(queue[i:end])
+                bulk = False  # (the next is not a decode, or does not fit: the walk's)
+                if k:
+                    taken = queue[i:i + k]
+                    scheduled.extend([(r, 1) for r in taken])
+                    kept.extend(taken)
+                    i += k
+                    continue
             req = queue[i]
             i += 1
             n_out = req.num_output_tokens
             if not (n_out and req.prompt_len + n_out - req.num_computed_tokens == 1):  # (`is_decoding`)
                 prefilling.append(req)
+                bulk = True  # (a recomputed prompt amid the decodes)
                 continue
             while not allocate(req, 1):
                 if i < end:
@@ -75,6 +90,7 @@ class SarathiScheduler(Scheduler):
                 else:
                     victim = req
                 self._preempt(out, victim)
+                bulk = True  # (the victim's blocks may cover the decodes that follow)
                 if victim is req:
                     break
             else:
