@@ -203,7 +203,7 @@ def test_waiting_queue_kept_in_key_order_by_moving_the_rekeyed_calls(monkeypatch
     """Promotions and served programs change waiting calls' keys: the queue moves those calls
     to their new places (`SortedWaiting.rekeyed`) instead of being sorted again, and before
     every decision it is the queue sorted by the fresh keys, with its stored keys fresh."""
-    from servesim.replica.schedulers.priority import SortedWaiting
+    from servesim.replica.schedulers.queues import SortedWaiting
 
     engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="autellix", max_num_seqs=3,
                                                 fast_forward=False, params={"base_quantum_s": 0.02,

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from servesim.replica.config import EngineConfig
     from servesim.replica.kv_cache import KVCacheManager
 
-# (`SchedulerOutput`, `FastForward` and the answers live in `outputs.py`; importable from here)
 __all__ = ["NO_FAST_FORWARD", "REPEAT_AFTER_PREFILL", "REPEAT_DECODES", "REPEAT_THROUGH", "UNLIMITED_STEPS",
            "FastForward", "Scheduler", "SchedulerOutput", "SchedulerParams"]
 
@@ -57,11 +56,9 @@ class Scheduler:
     # Whether this policy serves requests that name a LoRA adapter (`replica/lora.py`); the
     # engine rejects such requests, with a reason, on policies that do not.
     supports_lora: ClassVar[bool] = False
-    # Whether steps that repeat (`fast_forward`) list the requests in the order of the step
-    # they repeat (its `scheduled`, prompts that finished in it included).
-    # Speculative decoding draws acceptances in batch order, so the engine fast-forwards its
-    # steps only when the order is known (`repeat_order`, which reads this flag by default); a
-    # policy that re-sorts its running requests overrides `repeat_order` instead.
+    # Whether repeated steps list the requests in the order of the step they repeat. Speculative
+    # decoding draws acceptances in batch order, so its steps fast-forward only when the order is
+    # known (`repeat_order` reads this flag; a policy that re-sorts its batch overrides that).
     stable_decode_order: ClassVar[bool] = False
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
@@ -107,10 +104,9 @@ class Scheduler:
         return [r for r, _ in output.scheduled] if self.stable_decode_order else None
 
     def repeat_order_limit(self, output: SchedulerOutput) -> tuple[float, int]:
-        """How long `repeat_order`'s answer holds, for a policy whose order follows progress
-        at points it can foresee: (a time, a number of steps) such that the repeated steps
-        that start before that time, at most that many of them (step 0 included), keep the
-        order. The default: for good. Must not change any state."""
+        """How long `repeat_order`'s answer holds, for a policy whose order follows progress at
+        points it foresees: (time, steps) such that repeated steps starting before that time, at
+        most that many (step 0 included), keep the order. Default: for good. Changes no state."""
         return math.inf, UNLIMITED_STEPS
 
     def repeats_chunk(self, output: SchedulerOutput) -> bool:
@@ -127,10 +123,9 @@ class Scheduler:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`
         runs (repeat held, nothing changed here since): would every `schedule` call until
         the stretch's next stop choose the same batch with `req` in the waiting queue? Then
-        the engine queues `req` and the stretch goes on (its waiting count grows from the
-        next step). `req=None`: would that hold for any request (the engine then prices the
-        stretch past the next arrival)? Must not change any state. The default, False, cuts
-        the stretch."""
+        the engine queues `req` and the stretch goes on (its waiting count grows from the next
+        step). `req=None`: would that hold for any request (the stretch is then priced past the
+        next arrival)? Changes no state. The default, False, cuts the stretch."""
         return False
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
@@ -146,11 +141,9 @@ class Scheduler:
         raise NotImplementedError
 
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
-        """(KV blocks `join` would allocate for `joins`, free blocks its admission must leave
-        beyond them): by default each prompt's own blocks and none (a policy reserving more, or
-        keeping a watermark, says so)."""
-        bs = self.kv.block_size
-        return sum(-(-n // bs) for _, n in joins), 0
+        """(KV blocks `join` allocates for `joins`, free blocks it must leave beyond them): by
+        default each prompt's blocks and none (a policy reserving more or keeping a watermark says so)."""
+        return sum(-(-n // self.kv.block_size) for _, n in joins), 0
 
     def nothing_pending(self, output: SchedulerOutput) -> bool:
         """The usual condition for repeating a step: everyone running got its tokens, nothing

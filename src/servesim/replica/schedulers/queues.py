@@ -1,8 +1,10 @@
-"""Waiting queues: FCFS (a deque) and priority (a heap on (priority, arrival)), one interface."""
+"""Waiting queues: FCFS (a deque), priority (a heap on (priority, arrival)) and a list kept sorted
+by a policy's key (`SortedWaiting`), one interface."""
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections import deque
 from typing import Iterator
 
@@ -85,3 +87,55 @@ class PriorityQueue:
 
 def make_queue(policy: str) -> FCFSQueue | PriorityQueue:
     return PriorityQueue() if policy == "priority" else FCFSQueue()
+
+
+class SortedWaiting(FCFSQueue):
+    """Waiting queue re-sorted by the scheduler's (possibly time-varying) key before each use;
+    a preempted request re-enters by its key, not at the front.
+
+    With `key` (the stored keys of a scheduler that tells the queue when a waiting request's
+    key changes, by clearing `clean`), the queue stays sorted between uses: a request joins
+    at its place (after equal keys, as a stable sort puts a request appended last) and a
+    clean queue is not sorted again. Without it every `sort` sorts.
+    """
+
+    __slots__ = ("key", "clean")
+
+    def __init__(self, key=None) -> None:
+        super().__init__()
+        self.key = key
+        self.clean = False  # sorted by `key`, and no key changed since
+
+    def append(self, req: Request) -> None:
+        q = self._q
+        if self.clean and q:
+            key = self.key
+            k = key(req)
+            if k < key(q[-1]):
+                q.insert(bisect_right(q, k, key=key), req)
+                return
+        q.append(req)
+
+    def prepend(self, req: Request) -> None:
+        self.append(req)
+
+    def rekeyed(self, reqs: list[Request]) -> None:
+        """The stored keys of `reqs` (queued here) changed: a clean queue takes each out and
+        back in at its new place (with unique keys that is the sorted order, in C but for the
+        bisections), unless there are many (then it is sorted at its next use)."""
+        if not (self.clean and reqs):
+            return
+        if len(reqs) > 16:
+            self.clean = False
+            return
+        q, key = self._q, self.key
+        for req in reqs:  # (all out first: the rest stays sorted by the current keys)
+            q.remove(req)
+        for req in reqs:
+            q.insert(bisect_right(q, key(req), key=key), req)
+
+    def sort(self, key) -> None:
+        """Sort by `key` (the same order as `self.key`'s when that is set)."""
+        if not self.clean:
+            self._q = deque(sorted(self._q, key=key))
+            self.clean = self.key is not None

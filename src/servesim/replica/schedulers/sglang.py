@@ -40,8 +40,8 @@ from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
 )
-from servesim.replica.schedulers.priority import SortedWaiting
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
+from servesim.replica.schedulers.queues import SortedWaiting
 from servesim.workload.request import Request
 
 LPM_MAX_QUEUE = 128  # above this many waiting requests, lpm falls back to fcfs

@@ -62,12 +62,10 @@ class TRTLLMParams(SchedulerParams):
     max_batch_size: int | None = Field(None, ge=1)
     """Most requests in a batch (TensorRT-LLM `max_batch_size`); None: the engine's `max_num_seqs`."""
     max_num_tokens: int | None = Field(None, ge=1)
-    """Most tokens in a batch (TensorRT-LLM `max_num_tokens`); None: the engine's
-    `max_num_batched_tokens`."""
+    """Most tokens in a batch (TensorRT-LLM `max_num_tokens`); None: the engine's `max_num_batched_tokens`."""
     batch_wait_timeout_iters: int = Field(0, ge=0)
-    """Batch waiting (PyTorch executor, `batch_wait_timeout_iters`; 0 = off, the default): while
-    generation requests run, new contexts are held for up to this many iterations so that more
-    of them share one step."""
+    """Batch waiting (PyTorch executor, `batch_wait_timeout_iters`; 0 = off, the default): while generation
+    requests run, new contexts are held for up to this many iterations so that more share one step."""
     batch_wait_max_tokens_ratio: float = Field(0.0, ge=0.0, le=1.0)
     """Batch waiting stops early once the step's tokens (whole contexts + one per generation
     request) reach this share of `max_num_tokens` (`batch_wait_max_tokens_ratio`; 0 = off)."""
@@ -77,8 +75,8 @@ class TRTLLMParams(SchedulerParams):
     attention_dp_timeout_iters: int = Field(50, ge=0)
     """`attention_dp_config.timeout_iters` (default 50): iterations the balance holds contexts at most."""
     attention_dp_batching_wait_iters: int = Field(10, ge=0)
-    """`attention_dp_config.batching_wait_iters` (default 10): iterations every rank's contexts
-    wait for more while every rank generates."""
+    """`attention_dp_config.batching_wait_iters` (default 10): iterations every rank's contexts wait
+    for more while every rank generates."""
 
 
 @register("trtllm")
@@ -93,8 +91,8 @@ class TRTLLMScheduler(Scheduler):
         self.chunked = params.enable_chunked_context
         self.wait_iters, self.wait_ratio = params.batch_wait_timeout_iters, params.batch_wait_max_tokens_ratio
         self._waited_iters = 0  # iterations the waiting contexts have been held (PyExecutor.batch_wait_iters_count)
-        # The waiting head the last `schedule` stopped at, for a reason decode-only steps cannot
-        # lift (batch full, KV, or the token budget with chunking off); None if none.
+        # The waiting head the last `schedule` stopped at, for a reason decode-only steps cannot lift
+        # (batch full, KV, or the token budget with chunking off); None if none.
         self._blocked_head: Request | None = None
         # Attention DP only: whether this iteration's contexts are held by the ranks' balance (set
         # by replica/attention_dp.py before each `schedule`); None without attention DP.
@@ -272,9 +270,9 @@ class TRTLLMScheduler(Scheduler):
         return bool(self.waiting) and self.waiting.peek() is self._blocked_head
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
-        # Candidates FCFS while the batch size and (no-evict) reservations allow, then contexts
-        # whole in the tokens the generations leave. Decodes move reserved blocks from free to
-        # held and finishes add theirs: the room on the stretch's stale state is at most stepping's.
+        # Candidates FCFS while the batch size and (no-evict) reservations allow, then contexts whole in
+        # the tokens the generations leave. Decodes move reserved blocks from free to held and finishes
+        # add theirs: the room on the stretch's stale state is at most stepping's.
         if self.wait_iters or self.wait_ratio or self.adp_hold is not None:
             return None  # (batch waiting, attention DP: contexts may be held)
         if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - reserved_blocks(
