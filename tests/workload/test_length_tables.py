@@ -8,7 +8,7 @@ from servesim.errors import InputError
 from servesim.workload import length_tables
 from servesim.workload.config import LengthsConfig
 from servesim.workload.length_tables import array_path, length_tables as shipped_tables, parse_length_table
-from servesim.workload.lengths import length_pairs, length_samplers
+from servesim.workload.lengths import length_pairs, length_streams
 from servesim.workload.traces.registry import SHIPPED_TRACES
 
 
@@ -66,10 +66,10 @@ def _row_by_row(cfg: LengthsConfig, rng: np.random.Generator, n: int) -> list[tu
 def test_sampling_draws_what_the_row_by_row_sampler_drew(limits):
     cfg = LengthsConfig(dataset="sharegpt", **limits)
     n = 9000  # (three blocks of draws)
-    first, follow = length_samplers(cfg, [np.random.default_rng(5), np.random.default_rng(6)])
-    drawn = [first() for _ in range(n)]
+    first, follow = length_streams(cfg, [np.random.default_rng(5), np.random.default_rng(6)])
+    drawn = [next(first) for _ in range(n)]
     assert drawn == _row_by_row(cfg, np.random.default_rng(5), n)
-    assert [follow() for _ in range(n)] == _row_by_row(cfg, np.random.default_rng(6), n)
+    assert [next(follow) for _ in range(n)] == _row_by_row(cfg, np.random.default_rng(6), n)
     assert all(type(p) is int and type(o) is int for p, o in drawn[:10])
     if limits:
         assert max(p for p, _ in drawn) == 1024 and max(o for _, o in drawn) == 128

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -64,7 +64,3 @@ def length_streams(cfg: LengthsConfig, rngs: list[np.random.Generator]) -> list[
         table = clipped_table(cfg)
     return [length_pairs(cfg, rng, table) for rng in rngs]
 
-
-def length_samplers(cfg: LengthsConfig, rngs: list[np.random.Generator]) -> list[Callable[[], tuple[int, int]]]:
-    """For each generator, a function returning the next (prompt_len, output_len) of its stream."""
-    return [pairs.__next__ for pairs in length_streams(cfg, rngs)]

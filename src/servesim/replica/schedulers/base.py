@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from servesim.replica.kv_cache import KVCacheManager, cdiv
 from servesim.replica.schedulers.outputs import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, UNLIMITED_STEPS, FastForward,
     SchedulerOutput,
@@ -33,7 +34,6 @@ from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
     from servesim.replica.config import EngineConfig
-    from servesim.replica.kv_cache import KVCacheManager
 
 __all__ = ["NO_FAST_FORWARD", "REPEAT_AFTER_PREFILL", "REPEAT_DECODES", "REPEAT_THROUGH", "UNLIMITED_STEPS",
            "FastForward", "Scheduler", "SchedulerOutput", "SchedulerParams"]
@@ -143,7 +143,7 @@ class Scheduler:
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         """(KV blocks `join` allocates for `joins`, free blocks it must leave beyond them): by
         default each prompt's blocks and none (a policy reserving more or keeping a watermark says so)."""
-        return sum(-(-n // self.kv.block_size) for _, n in joins), 0
+        return sum(cdiv(n, self.kv.block_size) for _, n in joins), 0
 
     def nothing_pending(self, output: SchedulerOutput) -> bool:
         """The usual condition for repeating a step: everyone running got its tokens, nothing

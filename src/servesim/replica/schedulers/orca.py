@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Literal
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import is_fresh
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
@@ -84,9 +84,8 @@ class OrcaScheduler(Scheduler):
         # The admission loop on a queue of newcomers: in arrival order, each whole (no token
         # budget) with its reservation (`join_blocks`: the engine checks they fit), while
         # sequence slots remain (checked on the running list a stretch leaves stale: conservative).
-        if len(self.running) + len(self.waiting) > self.config.max_num_seqs:
-            return None
-        return [(req, req.prompt_len) for req in self.waiting] if all(map(is_fresh, self.waiting)) else None
+        return whole_prompts(self.waiting, len(self.running), num_running, self.config.max_num_seqs, 1 << 62,
+                             lambda req, budget: req.num_tokens)
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._head_blocked = False
