@@ -37,7 +37,7 @@ from servesim.replica.block_keys import block_idents
 from servesim.replica.radix_cache import RadixKVCache, RadixNode
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
 )
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
@@ -286,10 +286,13 @@ class SGLangScheduler(Scheduler):
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After
         # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
-        # step's end (`on_step_end`), which must not wait for the stretch's end. Never through
-        # finishes: a finish returns blocks that the radix cache would take before evicting.
+        # step's end (`on_step_end`), which must not wait for the stretch's end.
         if not (self.nothing_pending(output) and self.chunked is None):
             return NO_FAST_FORWARD
         if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
             return REPEAT_DECODES
-        return REPEAT_AFTER_PREFILL
+        # Through finishes only while no tree block is evictable: a stretch takes its decodes'
+        # blocks from those free when it starts, and stepping would take the blocks a finish
+        # returns before evicting any; with nothing evictable neither ever evicts, so they
+        # agree (keyed requests, whose finishes insert into the tree, end stretches anyway).
+        return REPEAT_THROUGH if not self.kv.evictable_blocks else REPEAT_AFTER_PREFILL
