@@ -96,9 +96,36 @@ class SGLangScheduler(Scheduler):
         # SGLang decays the ratio once per decode batch, not per token (a speculative step
         # emits several)
         self._mark: int | None = None
+        # ids of admitted requests whose decode reserve may fall below the clip while they run
+        # (`_reserve`); one that left running may stay listed (that only costs the full pass)
+        self._unclipped: set[int] = set()
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        super().start(req, num_cached, num_tokens, out)
+        self._note_reserve(req)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        super().add_transferred(req, now_s)
+        self._note_reserve(req)
+
+    def _note_reserve(self, req: Request) -> None:
+        # A request reserves min(max_new - generated, CLIP) x ratio. It never generates more
+        # than its output length (which the simulator knows; the policy's decisions do not
+        # read it), so with max_new - output length >= CLIP its reserve is CLIP x ratio at
+        # every step it runs (the usual case: no max_tokens and a long max_model_len).
+        if self.max_new(req) - req.output_len < CLIP_MAX_NEW_TOKENS:
+            self._unclipped.add(req.id)
+
+    def _reserve(self) -> float | int:
+        """`reserved_tokens` of the running batch. While every running request's reserve is
+        clipped it is the same sum of equal products, in the same order, without a pass
+        over the batch (under overload about 300 requests, every step)."""
+        if self._unclipped:
+            return reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len)
+        return sum([CLIP_MAX_NEW_TOKENS * self.new_token_ratio] * len(self.running))
 
     # ------------------------------------------------------------------ the decision
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -229,8 +256,7 @@ class SGLangScheduler(Scheduler):
                     return
         if not self.waiting or len(self.running) >= self.max_running:
             return
-        rem_total = free_blocks * bs - mixed - reserved_tokens(self.running, self.new_token_ratio,
-                                                                 self.config.max_model_len)
+        rem_total = free_blocks * bs - mixed - self._reserve()
         admitted = False
         for req in self._ordered_waiting():
             if len(self.running) >= self.max_running:
@@ -259,16 +285,19 @@ class SGLangScheduler(Scheduler):
     def finish(self, req: Request, now_s: float) -> None:
         self.running.remove(req)
         self.kv.cache_finished(req)
+        self._unclipped.discard(req.id)
 
     def forget(self, req: Request) -> None:
+        self._unclipped.discard(req.id)
         if self.chunked is req:  # (removed mid-prompt)
             self.chunked = None
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        for req, n in output.scheduled:
-            if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
-                if req.state == req.state.RUNNING:
-                    self.kv.cache_unfinished(req)
+        if output.num_known_decodes != len(output.scheduled):  # (a decode step has no prompt chunk)
+            for req, n in output.scheduled:
+                if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
+                    if req.state == req.state.RUNNING:
+                        self.kv.cache_unfinished(req)
         if self._mark is not None:  # decode steps (several when fast-forwarded; none: a prefill step)
             steps = self.num_engine_steps - self._mark
             if steps <= 0:
