@@ -138,3 +138,35 @@ def test_arrivals_behind_a_blocked_head_keep_the_stretch(params, num_blocks, mon
     b = run_engine(slow, False, num_blocks, "trtllm", params, max_num_seqs=12)
     assert len(kept) > 20
     assert_same_run(a, b, fast, slow, num_blocks)
+
+
+def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
+    # Every no-evict pass's reservation, summed from the totals kept by id, equals
+    # `reserved_blocks` over the started requests; a request admitted without
+    # `add_request` is filled in on the way; every finished request leaves `_totals`.
+    from servesim.replica.schedulers.batch_passes import reserved_blocks
+    from servesim.replica.schedulers.trtllm import TRTLLMScheduler
+    from tests.factories import serve
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=300, scheduler="trtllm", max_num_batched_tokens=256,
+                                                max_num_seqs=24)
+    rng = np.random.default_rng(7)
+    reqs = [make_request(i, int(rng.integers(10, 250)), int(rng.integers(1, 200)), 0.01 * i,
+                         max_tokens=None if i % 3 else 250) for i in range(150)]
+    checked = []
+
+    def reserved(self, started):
+        value = TRTLLMScheduler._reserved(self, started)
+        assert value == reserved_blocks(started, self.kv.num_blocks_list(started), self.kv.block_size)
+        checked.append(len(started))
+        return value
+
+    sched._reserved = reserved.__get__(sched)
+    serve(engine, loop, reqs)
+    assert all(r.state == RequestState.FINISHED for r in reqs)
+    assert len(checked) > 50 and max(checked) > 10
+    assert sched._totals == {}
+    stray = make_request(999, 40, 30, max_tokens=100)  # never passed through `add_request`
+    assert kv.allocate_slots(stray, 40)
+    assert sched._reserved([stray]) == reserved_blocks([stray], [3], 16) == 9 - 3
+    assert sched._totals == {999: 9}
