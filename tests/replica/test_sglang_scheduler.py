@@ -185,3 +185,35 @@ def test_clipped_reserve_is_the_full_pass_and_is_taken():
     assert all(r.state == RequestState.FINISHED for r in reqs)
     assert sum(taken) > 20 and len(taken) - sum(taken) > 20  # both ways, many times
     assert not sched._unclipped  # every unclipped request left the set when it finished
+
+
+def test_decoding_without_the_pass_is_the_pass():
+    # Whenever a step prefills nothing, the running requests `_decoding` returns without
+    # reading them are exactly `decoding_requests` (random prompts, prefix keys, chunked
+    # prompts, mixed chunks, retractions in a small cache); the shortcut is taken.
+    from servesim.replica.schedulers.batch_passes import decoding_requests
+    from servesim.replica.schedulers.sglang import SGLangScheduler
+    from tests.factories import serve
+    from tests.replica.test_fast_forward import random_requests
+
+    for num_blocks, params, fast in [(60, {}, False), (400, {"enable_mixed_chunk": True}, True),
+                                     (120, {"chunked_prefill_size": 64}, True)]:
+        engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, scheduler="sglang", params=params,
+                                                    max_num_batched_tokens=256, max_num_seqs=16, fast_forward=fast)
+        taken = []
+
+        def checked(self):
+            value = SGLangScheduler._decoding(self)
+            assert value == decoding_requests(self.running)
+            taken.append(self.chunked is None)
+            return value
+
+        sched._decoding = checked.__get__(sched)
+        reqs = random_requests(num_blocks, 150)
+        for r in reqs:
+            r.max_tokens = r.output_len + 20
+        serve(engine, loop, reqs)
+        assert all(r.state == RequestState.FINISHED for r in reqs)
+        assert sum(taken) > 20, (num_blocks, params)
+        if num_blocks == 60:
+            assert any(r.num_preemptions for r in reqs)  # retractions ran

@@ -99,6 +99,7 @@ class SGLangScheduler(Scheduler):
         # ids of admitted requests whose decode reserve may fall below the clip while they run
         # (`_reserve`); one that left running may stay listed (that only costs the full pass)
         self._unclipped: set[int] = set()
+        self._transferred = False  # a request joined running with KV computed elsewhere (`_decoding`)
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
@@ -110,6 +111,7 @@ class SGLangScheduler(Scheduler):
     def add_transferred(self, req: Request, now_s: float) -> None:
         super().add_transferred(req, now_s)
         self._note_reserve(req)
+        self._transferred = True
 
     def _note_reserve(self, req: Request) -> None:
         # A request reserves min(max_new - generated, CLIP) x ratio. It never generates more
@@ -138,7 +140,7 @@ class SGLangScheduler(Scheduler):
             if self.chunked is None:  # every prompt of the batch is done: its first request
                 self._mark = self.num_engine_steps + 1  # (this step prefills: decodes follow)
             return out
-        decoding = decoding_requests(self.running)
+        decoding = self._decoding()
         # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
         bs = self.kv.block_size
         grants = [(r, 1) for r, held in zip(decoding, self.kv.num_blocks_list(decoding))
@@ -154,6 +156,16 @@ class SGLangScheduler(Scheduler):
         if out.scheduled and not out.preempted:
             self._mark = self.num_engine_steps
         return out
+
+    def _decoding(self) -> list[Request]:
+        """The running requests that decode (`decoding_requests`), asked when this step
+        prefills nothing. A request admitted here is scheduled its whole prompt unless it is
+        the one `chunked` request, so once its step ends it decodes: with no chunked request
+        that is every running one (a request transferred in, whose state this policy did not
+        set, keeps the pass)."""
+        if self.chunked is None and not self._transferred:
+            return list(self.running)
+        return decoding_requests(self.running)
 
     def _mix_decodes(self, out: SchedulerOutput) -> None:
         """Add one token for every running decode to this prefill step (SGLang mixes the whole
@@ -235,6 +247,8 @@ class SGLangScheduler(Scheduler):
         return order
 
     def _prefill_batch(self, out: SchedulerOutput) -> None:
+        if self.chunked is None and (not self.waiting or len(self.running) >= self.max_running):
+            return  # nothing to continue or admit (the test below, before any pass over the batch)
         kv = self.kv
         bs = kv.block_size
         mixed = self._num_mixed_decodes()  # decode tokens that will share this step
