@@ -170,3 +170,31 @@ def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
     assert kv.allocate_slots(stray, 40)
     assert sched._reserved([stray]) == reserved_blocks([stray], [3], 16) == 9 - 3
     assert sched._totals == {999: 9}
+
+
+@pytest.mark.parametrize("params,num_blocks,budget", [({}, 300, 512), ({}, 60, 512),
+                                                     ({"enable_chunked_context": True}, 300, 64)])
+def test_no_evict_started_requests_without_the_pass_are_the_pass(params, num_blocks, budget):
+    # With chunked context off every started request generates when the no-evict pass runs,
+    # so the pass takes the running list as it is; it equals the is_decoding split (random
+    # prompts with prefix keys, a tight cache); with chunked context on it reads each request.
+    from servesim.replica.schedulers.batch_passes import decoding_requests
+    from tests.factories import serve
+    from tests.replica.test_fast_forward import random_requests
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, scheduler="trtllm", params=params,
+                                                max_num_batched_tokens=budget, max_num_seqs=16)
+    seen = []
+    orig = sched._reserved
+
+    def reserved(started):
+        gens = decoding_requests(sched.running)
+        assert started == gens + [r for r in sched.running if not r.is_decoding]
+        seen.append(sched._partial)
+        return orig(started)
+
+    sched._reserved = reserved
+    reqs = random_requests(num_blocks, 150)
+    serve(engine, loop, reqs)
+    assert all(r.state == RequestState.FINISHED for r in reqs)
+    assert len(seen) > 20 and all(p == bool(params) for p in seen)

@@ -100,6 +100,10 @@ class TRTLLMScheduler(Scheduler):
         # `total_blocks` of each request held, by id (lengths never change): the no-evict pass
         # sums them every iteration
         self._totals: dict[int, int] = {}
+        # Whether a running request may be mid-context when `_no_evict` runs: with chunked
+        # context off every context runs whole (and then generates) unless one was cut into
+        # budget-sized pieces or came from elsewhere (set then, for good)
+        self._partial = self.chunked
 
     def total_blocks(self, req: Request) -> int:  # (for a batch: `batch_passes.reserved_blocks`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
@@ -112,6 +116,7 @@ class TRTLLMScheduler(Scheduler):
 
     def add_transferred(self, req: Request, now_s: float) -> None:
         self._totals[req.id] = self.total_blocks(req)
+        self._partial = True
         super().add_transferred(req, now_s)
 
     def forget(self, req: Request) -> None:
@@ -162,7 +167,7 @@ class TRTLLMScheduler(Scheduler):
         reservation fits). Running requests never pass `max_batch_size`, so all are kept."""
         kv = self.kv
         running = self.running
-        gens = decoding_requests(running)
+        gens = decoding_requests(running) if self._partial else list(running)
         started = gens + [r for r in running if not r.is_decoding] if len(gens) < len(running) else gens
         available = kv.num_free_blocks - self._reserved(started)
         candidates = []
@@ -288,6 +293,8 @@ class TRTLLMScheduler(Scheduler):
         num_cached = len(hits) * self.kv.block_size
         if not self.kv.allocate_slots(req, req.num_tokens - num_cached, hits):
             raise AssertionError("trtllm: an admitted context found no KV blocks")
+        if num_cached + n < req.num_tokens:
+            self._partial = True
         self.waiting.remove(req)
         self.start(req, num_cached, n, out)
 
