@@ -62,15 +62,17 @@ def test_a_lone_request_is_one_stretch_from_its_prompt_on(scheduler, params):
     assert engine.loop.num_events == 10 * 3  # arrival, step start, stretch end
 
 
-THROUGH = [p for p in POLICIES if p[0] not in ("continuum", "sglang", "vtc")]
+THROUGH = [p for p in POLICIES if p[0] != "vtc"]
 
 
 # Overlapping requests with nobody waiting: a stretch runs past the finishes of its shorter
-# requests instead of stopping at each.
+# requests instead of stopping at each. (Each states its `max_tokens`: sglang reserves a
+# request's `max_new` tokens at admission, `max_model_len` without it, and would admit one
+# request at a time here.)
 @pytest.mark.parametrize("scheduler,params", THROUGH)
 def test_stretches_run_through_finishes_when_nothing_waits(scheduler, params):
     def reqs():
-        return [make_request(i, 50, 10 + 7 * i, 0.0) for i in range(8)]
+        return [make_request(i, 50, 10 + 7 * i, 0.0, max_tokens=10 + 7 * i) for i in range(8)]
 
     a_reqs, b_reqs, c_reqs = reqs(), reqs(), reqs()
     a = engine_run(a_reqs, True, 400, scheduler, params, defer=True)
@@ -78,3 +80,22 @@ def test_stretches_run_through_finishes_when_nothing_waits(scheduler, params):
     c = engine_run(c_reqs, True, 400, scheduler, params, defer=False)
     assert_same_run(a, b, a_reqs, b_reqs, 400)
     assert a.loop.num_events < c.loop.num_events - 5  # eight finishes, about one stretch
+
+
+def test_sglang_stops_at_finishes_while_tree_blocks_are_evictable():
+    # A's 20 prompt blocks stay in the radix tree, evictable, after it finishes. B and C then
+    # decode with 6 truly free blocks and need 14 more: stepping takes B's blocks when it
+    # finishes and never evicts; a stretch through B's finish would evict 8 of A's blocks, and
+    # D, which shares A's prompt, would hit fewer. So sglang's stretch stops at B's finish.
+    def reqs():
+        a_keys = dict(hash_ids=tuple(range(20)), hash_block_tokens=16)
+        return [make_request(0, 320, 2, 0.0, max_tokens=2, **a_keys),
+                make_request(1, 100, 40, 1.0, max_tokens=40), make_request(2, 100, 200, 1.0, max_tokens=200),
+                make_request(3, 320, 5, 10.0, max_tokens=5, **a_keys)]
+
+    a_reqs, b_reqs = reqs(), reqs()
+    a = engine_run(a_reqs, True, 40, "sglang", {}, defer=True)
+    b = engine_run(b_reqs, False, 40, "sglang", {}, defer=False)
+    assert a.num_fast_forwarded_steps > 0
+    assert_same_run(a, b, a_reqs, b_reqs, 40)
+    assert a_reqs[3].num_cached_tokens == b_reqs[3].num_cached_tokens == 319 // 16 * 16

@@ -153,3 +153,67 @@ def test_dfs_weight_visits_heavier_subtrees_first():
     # b's subtree holds two requests: it goes first (its deeper node b1 before b itself),
     # then a's; requests matching nothing sit at the root and come last.
     assert [r.id for r in order] == [2, 3, 0, 1]
+
+
+def test_clipped_reserve_is_the_full_pass_and_is_taken():
+    # Every admission's reserve, computed without the pass while all running reserves are
+    # clipped, equals `reserved_tokens` over the batch; requests with a small `max_tokens`
+    # (whose reserve shrinks as they generate) switch the shortcut off while they run.
+    import numpy as np
+
+    from servesim.replica.schedulers.batch_passes import reserved_tokens
+    from servesim.replica.schedulers.sglang import SGLangScheduler
+    from tests.factories import serve
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=600, scheduler="sglang", max_num_batched_tokens=256,
+                                                max_num_seqs=40, max_model_len=8192)
+    rng = np.random.default_rng(5)
+    reqs = [make_request(i, int(rng.integers(10, 300)), int(rng.integers(1, 200)), 0.02 * i,
+                         max_tokens=None if i % 7 else 5000) for i in range(200)]
+    reqs += [make_request(200 + i, 100, 4200, 4.0 + 0.01 * i) for i in range(3)]  # 8192 - 100 - 4200 < 4096
+    taken = []
+
+    def checked(self):
+        value = SGLangScheduler._reserve(self)
+        assert value == reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len)
+        assert type(value) is type(reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len))
+        taken.append(not self._unclipped)
+        return value
+
+    sched._reserve = checked.__get__(sched)
+    serve(engine, loop, reqs)
+    assert all(r.state == RequestState.FINISHED for r in reqs)
+    assert sum(taken) > 20 and len(taken) - sum(taken) > 20  # both ways, many times
+    assert not sched._unclipped  # every unclipped request left the set when it finished
+
+
+def test_decoding_without_the_pass_is_the_pass():
+    # Whenever a step prefills nothing, the running requests `_decoding` returns without
+    # reading them are exactly `decoding_requests` (random prompts, prefix keys, chunked
+    # prompts, mixed chunks, retractions in a small cache); the shortcut is taken.
+    from servesim.replica.schedulers.batch_passes import decoding_requests
+    from servesim.replica.schedulers.sglang import SGLangScheduler
+    from tests.factories import serve
+    from tests.replica.test_fast_forward import random_requests
+
+    for num_blocks, params, fast in [(60, {}, False), (400, {"enable_mixed_chunk": True}, True),
+                                     (120, {"chunked_prefill_size": 64}, True)]:
+        engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, scheduler="sglang", params=params,
+                                                    max_num_batched_tokens=256, max_num_seqs=16, fast_forward=fast)
+        taken = []
+
+        def checked(self):
+            value = SGLangScheduler._decoding(self)
+            assert value == decoding_requests(self.running)
+            taken.append(self.chunked is None)
+            return value
+
+        sched._decoding = checked.__get__(sched)
+        reqs = random_requests(num_blocks, 150)
+        for r in reqs:
+            r.max_tokens = r.output_len + 20
+        serve(engine, loop, reqs)
+        assert all(r.state == RequestState.FINISHED for r in reqs)
+        assert sum(taken) > 20, (num_blocks, params)
+        if num_blocks == 60:
+            assert any(r.num_preemptions for r in reqs)  # retractions ran

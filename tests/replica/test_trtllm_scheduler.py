@@ -138,3 +138,63 @@ def test_arrivals_behind_a_blocked_head_keep_the_stretch(params, num_blocks, mon
     b = run_engine(slow, False, num_blocks, "trtllm", params, max_num_seqs=12)
     assert len(kept) > 20
     assert_same_run(a, b, fast, slow, num_blocks)
+
+
+def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
+    # Every no-evict pass's reservation, summed from the totals kept by id, equals
+    # `reserved_blocks` over the started requests; a request admitted without
+    # `add_request` is filled in on the way; every finished request leaves `_totals`.
+    from servesim.replica.schedulers.batch_passes import reserved_blocks
+    from servesim.replica.schedulers.trtllm import TRTLLMScheduler
+    from tests.factories import serve
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=300, scheduler="trtllm", max_num_batched_tokens=256,
+                                                max_num_seqs=24)
+    rng = np.random.default_rng(7)
+    reqs = [make_request(i, int(rng.integers(10, 250)), int(rng.integers(1, 200)), 0.01 * i,
+                         max_tokens=None if i % 3 else 250) for i in range(150)]
+    checked = []
+
+    def reserved(self, started):
+        value = TRTLLMScheduler._reserved(self, started)
+        assert value == reserved_blocks(started, self.kv.num_blocks_list(started), self.kv.block_size)
+        checked.append(len(started))
+        return value
+
+    sched._reserved = reserved.__get__(sched)
+    serve(engine, loop, reqs)
+    assert all(r.state == RequestState.FINISHED for r in reqs)
+    assert len(checked) > 50 and max(checked) > 10
+    assert sched._totals == {}
+    stray = make_request(999, 40, 30, max_tokens=100)  # never passed through `add_request`
+    assert kv.allocate_slots(stray, 40)
+    assert sched._reserved([stray]) == reserved_blocks([stray], [3], 16) == 9 - 3
+    assert sched._totals == {999: 9}
+
+
+@pytest.mark.parametrize("params,num_blocks,budget", [({}, 300, 512), ({}, 60, 512),
+                                                     ({"enable_chunked_context": True}, 300, 64)])
+def test_no_evict_started_requests_without_the_pass_are_the_pass(params, num_blocks, budget):
+    # With chunked context off every started request generates when the no-evict pass runs,
+    # so the pass takes the running list as it is; it equals the is_decoding split (random
+    # prompts with prefix keys, a tight cache); with chunked context on it reads each request.
+    from servesim.replica.schedulers.batch_passes import decoding_requests
+    from tests.factories import serve
+    from tests.replica.test_fast_forward import random_requests
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=num_blocks, scheduler="trtllm", params=params,
+                                                max_num_batched_tokens=budget, max_num_seqs=16)
+    seen = []
+    orig = sched._reserved
+
+    def reserved(started):
+        gens = decoding_requests(sched.running)
+        assert started == gens + [r for r in sched.running if not r.is_decoding]
+        seen.append(sched._partial)
+        return orig(started)
+
+    sched._reserved = reserved
+    reqs = random_requests(num_blocks, 150)
+    serve(engine, loop, reqs)
+    assert all(r.state == RequestState.FINISHED for r in reqs)
+    assert len(seen) > 20 and all(p == bool(params) for p in seen)

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.workload.request import Request
@@ -131,12 +131,16 @@ class ContinuumScheduler(VLLMScheduler):
             self.first_entry_s.setdefault(job, req.arrival_s)
         super().add_request(req, now_s)
 
+    def pins_on_finish(self, req: Request) -> bool:
+        """Will `req`'s finish pin its blocks (rather than free them)?"""
+        return not (job_of(req) is None or self.params.ttl_s <= 0 or req.extra.get("last_call"))
+
     def finish(self, req: Request, now_s: float) -> None:
         self.running.remove(req)
-        job = job_of(req)
-        if job is None or self.params.ttl_s <= 0 or req.extra.get("last_call"):
+        if not self.pins_on_finish(req):
             self.kv.free(req.id)
             return
+        job = job_of(req)
         self._unpin(job)
         self.pins[job] = (req.id, now_s + self.params.ttl_s)
 
@@ -199,9 +203,16 @@ class ContinuumScheduler(VLLMScheduler):
         return False
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # vLLM's answer (prompts finished this step decode with the rest; finishes pin blocks:
-        # `finish` is overridden, so never through finishes), unless a pin was released
-        return NO_FAST_FORWARD if self._released else super().fast_forward(output)
+        # vLLM's answer (prompts finished this step decode with the rest), unless a pin was
+        # released. Through finishes (vLLM's answer for its own `finish`) only while no running
+        # request would pin: a pin adds a timer and keeps blocks, so a stretch must stop there;
+        # a finish that pins nothing frees its blocks as vLLM's does.
+        if self._released:
+            return NO_FAST_FORWARD
+        ff = super().fast_forward(output)
+        if ff.repeat and not self.waiting and not any(map(self.pins_on_finish, self.running)):
+            return REPEAT_THROUGH
+        return ff
 
     def _avoid_deadlock(self) -> None:
         kv = self.kv

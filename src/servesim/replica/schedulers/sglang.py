@@ -37,7 +37,7 @@ from servesim.replica.block_keys import block_idents
 from servesim.replica.radix_cache import RadixKVCache, RadixNode
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
 )
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
@@ -96,9 +96,38 @@ class SGLangScheduler(Scheduler):
         # SGLang decays the ratio once per decode batch, not per token (a speculative step
         # emits several)
         self._mark: int | None = None
+        # ids of admitted requests whose decode reserve may fall below the clip while they run
+        # (`_reserve`); one that left running may stay listed (that only costs the full pass)
+        self._unclipped: set[int] = set()
+        self._transferred = False  # a request joined running with KV computed elsewhere (`_decoding`)
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        super().start(req, num_cached, num_tokens, out)
+        self._note_reserve(req)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        super().add_transferred(req, now_s)
+        self._note_reserve(req)
+        self._transferred = True
+
+    def _note_reserve(self, req: Request) -> None:
+        # A request reserves min(max_new - generated, CLIP) x ratio. It never generates more
+        # than its output length (which the simulator knows; the policy's decisions do not
+        # read it), so with max_new - output length >= CLIP its reserve is CLIP x ratio at
+        # every step it runs (the usual case: no max_tokens and a long max_model_len).
+        if self.max_new(req) - req.output_len < CLIP_MAX_NEW_TOKENS:
+            self._unclipped.add(req.id)
+
+    def _reserve(self) -> float | int:
+        """`reserved_tokens` of the running batch. While every running request's reserve is
+        clipped it is the same sum of equal products, in the same order, without a pass
+        over the batch (under overload about 300 requests, every step)."""
+        if self._unclipped:
+            return reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len)
+        return sum([CLIP_MAX_NEW_TOKENS * self.new_token_ratio] * len(self.running))
 
     # ------------------------------------------------------------------ the decision
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -111,7 +140,7 @@ class SGLangScheduler(Scheduler):
             if self.chunked is None:  # every prompt of the batch is done: its first request
                 self._mark = self.num_engine_steps + 1  # (this step prefills: decodes follow)
             return out
-        decoding = decoding_requests(self.running)
+        decoding = self._decoding()
         # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
         bs = self.kv.block_size
         grants = [(r, 1) for r, held in zip(decoding, self.kv.num_blocks_list(decoding))
@@ -127,6 +156,16 @@ class SGLangScheduler(Scheduler):
         if out.scheduled and not out.preempted:
             self._mark = self.num_engine_steps
         return out
+
+    def _decoding(self) -> list[Request]:
+        """The running requests that decode (`decoding_requests`), asked when this step
+        prefills nothing. A request admitted here is scheduled its whole prompt unless it is
+        the one `chunked` request, so once its step ends it decodes: with no chunked request
+        that is every running one (a request transferred in, whose state this policy did not
+        set, keeps the pass)."""
+        if self.chunked is None and not self._transferred:
+            return list(self.running)
+        return decoding_requests(self.running)
 
     def _mix_decodes(self, out: SchedulerOutput) -> None:
         """Add one token for every running decode to this prefill step (SGLang mixes the whole
@@ -208,6 +247,8 @@ class SGLangScheduler(Scheduler):
         return order
 
     def _prefill_batch(self, out: SchedulerOutput) -> None:
+        if self.chunked is None and (not self.waiting or len(self.running) >= self.max_running):
+            return  # nothing to continue or admit (the test below, before any pass over the batch)
         kv = self.kv
         bs = kv.block_size
         mixed = self._num_mixed_decodes()  # decode tokens that will share this step
@@ -229,8 +270,7 @@ class SGLangScheduler(Scheduler):
                     return
         if not self.waiting or len(self.running) >= self.max_running:
             return
-        rem_total = free_blocks * bs - mixed - reserved_tokens(self.running, self.new_token_ratio,
-                                                                 self.config.max_model_len)
+        rem_total = free_blocks * bs - mixed - self._reserve()
         admitted = False
         for req in self._ordered_waiting():
             if len(self.running) >= self.max_running:
@@ -259,16 +299,19 @@ class SGLangScheduler(Scheduler):
     def finish(self, req: Request, now_s: float) -> None:
         self.running.remove(req)
         self.kv.cache_finished(req)
+        self._unclipped.discard(req.id)
 
     def forget(self, req: Request) -> None:
+        self._unclipped.discard(req.id)
         if self.chunked is req:  # (removed mid-prompt)
             self.chunked = None
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        for req, n in output.scheduled:
-            if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
-                if req.state == req.state.RUNNING:
-                    self.kv.cache_unfinished(req)
+        if output.num_known_decodes != len(output.scheduled):  # (a decode step has no prompt chunk)
+            for req, n in output.scheduled:
+                if n > 1 or req.num_output_tokens <= 1:  # a prefill chunk: its blocks join the tree
+                    if req.state == req.state.RUNNING:
+                        self.kv.cache_unfinished(req)
         if self._mark is not None:  # decode steps (several when fast-forwarded; none: a prefill step)
             steps = self.num_engine_steps - self._mark
             if steps <= 0:
@@ -286,10 +329,13 @@ class SGLangScheduler(Scheduler):
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After
         # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
-        # step's end (`on_step_end`), which must not wait for the stretch's end. Never through
-        # finishes: a finish returns blocks that the radix cache would take before evicting.
+        # step's end (`on_step_end`), which must not wait for the stretch's end.
         if not (self.nothing_pending(output) and self.chunked is None):
             return NO_FAST_FORWARD
         if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
             return REPEAT_DECODES
-        return REPEAT_AFTER_PREFILL
+        # Through finishes only while no tree block is evictable: a stretch takes its decodes'
+        # blocks from those free when it starts, and stepping would take the blocks a finish
+        # returns before evicting any; with nothing evictable neither ever evicts, so they
+        # agree (keyed requests, whose finishes insert into the tree, end stretches anyway).
+        return REPEAT_THROUGH if not self.kv.evictable_blocks else REPEAT_AFTER_PREFILL

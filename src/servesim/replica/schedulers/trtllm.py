@@ -97,11 +97,43 @@ class TRTLLMScheduler(Scheduler):
         # Attention DP only: whether this iteration's contexts are held by the ranks' balance (set
         # by replica/attention_dp.py before each `schedule`); None without attention DP.
         self.adp_hold: bool | None = None
+        # `total_blocks` of each request held, by id (lengths never change): the no-evict pass
+        # sums them every iteration
+        self._totals: dict[int, int] = {}
+        # Whether a running request may be mid-context when `_no_evict` runs: with chunked
+        # context off every context runs whole (and then generates) unless one was cut into
+        # budget-sized pieces or came from elsewhere (set then, for good)
+        self._partial = self.chunked
 
     def total_blocks(self, req: Request) -> int:  # (for a batch: `batch_passes.reserved_blocks`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
         new = max(req.max_tokens or 0, req.output_len)
         return cdiv(req.prompt_len + new, self.kv.block_size)
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        self._totals[req.id] = self.total_blocks(req)
+        super().add_request(req, now_s)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        self._totals[req.id] = self.total_blocks(req)
+        self._partial = True
+        super().add_transferred(req, now_s)
+
+    def forget(self, req: Request) -> None:
+        self._totals.pop(req.id, None)
+
+    def _reserved(self, reqs: list[Request]) -> int:
+        """`batch_passes.reserved_blocks` of `reqs` (the blocks they still reserve), with their
+        `total_blocks` read from `_totals` instead of computed per request and iteration."""
+        totals = self._totals
+        ids = [r.id for r in reqs]
+        try:
+            total = sum(map(totals.__getitem__, ids))
+        except KeyError:  # (a request that reached `running` without `add_request`)
+            for r in reqs:
+                totals.setdefault(r.id, self.total_blocks(r))
+            total = sum(map(totals.__getitem__, ids))
+        return total - sum(self.kv.num_blocks_list(reqs))
 
     def admission_error(self, req: Request) -> str | None:
         need, have = self.total_blocks(req), self.kv.num_gpu_blocks
@@ -135,9 +167,9 @@ class TRTLLMScheduler(Scheduler):
         reservation fits). Running requests never pass `max_batch_size`, so all are kept."""
         kv = self.kv
         running = self.running
-        gens = decoding_requests(running)
+        gens = decoding_requests(running) if self._partial else list(running)
         started = gens + [r for r in running if not r.is_decoding] if len(gens) < len(running) else gens
-        available = kv.num_free_blocks - reserved_blocks(started, kv.num_blocks_list(started), kv.block_size)
+        available = kv.num_free_blocks - self._reserved(started)
         candidates = []
         for req in self.waiting:
             if len(started) + len(candidates) >= self.max_batch_size:
@@ -261,6 +293,8 @@ class TRTLLMScheduler(Scheduler):
         num_cached = len(hits) * self.kv.block_size
         if not self.kv.allocate_slots(req, req.num_tokens - num_cached, hits):
             raise AssertionError("trtllm: an admitted context found no KV blocks")
+        if num_cached + n < req.num_tokens:
+            self._partial = True
         self.waiting.remove(req)
         self.start(req, num_cached, n, out)
 
