@@ -186,3 +186,39 @@ def test_deferred_counters_equal_the_per_step_pass():
     stepped, stepped_reqs, *_ = _counted_run(defer=True, fast_forward=False)
     assert_same_run(engine, stepped, reqs, stepped_reqs, 40)
     assert_same_run(ref_engine, stepped, ref_reqs, stepped_reqs, 40)
+
+
+def _drive_with_transfer(defer: bool):
+    """Scheduler-level steps (progress applied by hand): `a` runs alone, then `b` arrives with
+    its prompt computed elsewhere (a transfer) while `a`'s prompt chunks take the budget: `b`
+    is counted from its first scheduled step, not at the refreshes before it."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="fastswitch",
+                                                params={"priority_update_interval": 2})
+    if not defer:
+        sched._may_defer = lambda: False
+    a, b = make_request(0, 400, 50), make_request(1, 40, 50)  # (a's prompt chunks hold b back)
+    sched.add_request(a, 0.0)
+    snaps, deferred = [], 0
+    for step in range(12):
+        if step == 3:  # `b`'s KV arrived from a prefill replica: its first token came with it
+            assert kv.reserve(b.id, 41)
+            b.state, b.num_computed_tokens, b.num_output_tokens = RequestState.RUNNING, 40, 1
+            sched.add_transferred(b, 0.1 * step)
+        out = sched.schedule(0.1 * step)
+        snaps.append(dict(sched._snapshot))
+        for r, n in out.scheduled:
+            r.num_computed_tokens += n
+            if r.num_computed_tokens == r.num_tokens:
+                r.num_output_tokens += 1
+        sched.end_step(out, 0.1 * step + 0.05, step + 1)
+        deferred += sched._deferred
+    sched._count_all()
+    return snaps, dict(sched.counters), sched._served, deferred
+
+
+def test_transferred_request_counted_from_its_first_scheduled_step():
+    snaps, counters, served, deferred = _drive_with_transfer(defer=True)
+    ref_snaps, ref_counters, ref_served, _ = _drive_with_transfer(defer=False)
+    assert deferred > 5  # deferral ran before and after the transfer
+    assert snaps == ref_snaps and counters == ref_counters and served == ref_served
+    assert counters["default"] == 400 + 40 + 2.0 * (served[0][1] + served[1][1])  # both prompts, every output
