@@ -111,7 +111,7 @@ def test_held_tenants_and_the_priority_order_match_a_full_recount():
 
 def _overloaded_fastswitch(arrival_victims: bool):
     engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="fastswitch", fast_forward=False,
-                                                num_cpu_blocks=200, max_num_seqs=16, max_num_batched_tokens=256)
+                                                num_cpu_blocks=8, max_num_seqs=16, max_num_batched_tokens=256)
     order, make_room, used = sched._order, sched._make_room, {"arrival": 0}
 
     def ordered():
@@ -143,3 +143,82 @@ def test_victims_by_arrival_when_every_counter_is_equal():
     slow, slow_reqs, _ = _overloaded_fastswitch(False)
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=40)
     assert used["arrival"] > 10
+
+
+def _counted_run(defer: bool, fast_forward: bool = True):
+    """A run whose tenant `a` is alone for a while (deferred counting), then shares the engine
+    with `b`; tight GPU and CPU blocks (swaps and recomputes); every snapshot and the counters
+    at the end, and how many steps were scheduled while counting was deferred."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="fastswitch", fast_forward=fast_forward,
+                                                num_cpu_blocks=8, max_num_seqs=16, max_num_batched_tokens=256,
+                                                params={"priority_update_interval": 7})
+    if not defer:
+        sched._may_defer = lambda: False  # the reference: every step's end counted
+    schedule, snaps, seen = sched.schedule, [], {"deferred": 0}
+
+    def traced(now_s):
+        out = schedule(now_s)
+        seen["deferred"] += sched._deferred
+        snaps.append((sched.num_engine_steps, sched._snap_step, dict(sched._snapshot)))
+        return out
+
+    sched.schedule = traced
+    rng = np.random.default_rng(11)
+    reqs = [make_request(i, int(rng.integers(20, 200)), int(rng.integers(5, 80)), arrival=0.004 * i,
+                         tenant="a" if i < 60 or i % 3 else "b") for i in range(120)]
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    return engine, reqs, snaps, dict(sched.counters), seen
+
+
+def test_deferred_counters_equal_the_per_step_pass():
+    """With one tenant held the counters are counted only when they can matter; every snapshot
+    (the ones that order requests), the counters at the end and the run are those of the
+    per-step pass, through swaps, recomputes, stretches across refreshes and a second tenant."""
+    from tests.factories import assert_same_run
+
+    engine, reqs, snaps, counters, seen = _counted_run(defer=True)
+    ref_engine, ref_reqs, ref_snaps, ref_counters, ref_seen = _counted_run(defer=False)
+    assert snaps == ref_snaps and counters == ref_counters and set(counters) == {"a", "b"}
+    assert seen["deferred"] > 50 and ref_seen["deferred"] == 0  # deferral ran (and was off in the reference)
+    assert engine.num_fast_forwarded_steps > 0 and sum(r.num_preemptions for r in reqs) > 0
+    stepped, stepped_reqs, *_ = _counted_run(defer=True, fast_forward=False)
+    assert_same_run(engine, stepped, reqs, stepped_reqs, 40)
+    assert_same_run(ref_engine, stepped, ref_reqs, stepped_reqs, 40)
+
+
+def _drive_with_transfer(defer: bool):
+    """Scheduler-level steps (progress applied by hand): `a` runs alone, then `b` arrives with
+    its prompt computed elsewhere (a transfer) while `a`'s prompt chunks take the budget: `b`
+    is counted from its first scheduled step, not at the refreshes before it."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="fastswitch",
+                                                params={"priority_update_interval": 2})
+    if not defer:
+        sched._may_defer = lambda: False
+    a, b = make_request(0, 400, 50), make_request(1, 40, 50)  # (a's prompt chunks hold b back)
+    sched.add_request(a, 0.0)
+    snaps, deferred = [], 0
+    for step in range(12):
+        if step == 3:  # `b`'s KV arrived from a prefill replica: its first token came with it
+            assert kv.reserve(b.id, 41)
+            b.state, b.num_computed_tokens, b.num_output_tokens = RequestState.RUNNING, 40, 1
+            sched.add_transferred(b, 0.1 * step)
+        out = sched.schedule(0.1 * step)
+        snaps.append(dict(sched._snapshot))
+        for r, n in out.scheduled:
+            r.num_computed_tokens += n
+            if r.num_computed_tokens == r.num_tokens:
+                r.num_output_tokens += 1
+        sched.end_step(out, 0.1 * step + 0.05, step + 1)
+        deferred += sched._deferred
+    sched._count_all()
+    return snaps, dict(sched.counters), sched._served, deferred
+
+
+def test_transferred_request_counted_from_its_first_scheduled_step():
+    snaps, counters, served, deferred = _drive_with_transfer(defer=True)
+    ref_snaps, ref_counters, ref_served, _ = _drive_with_transfer(defer=False)
+    assert deferred > 5  # deferral ran before and after the transfer
+    assert snaps == ref_snaps and counters == ref_counters and served == ref_served
+    assert counters["default"] == 400 + 40 + 2.0 * (served[0][1] + served[1][1])  # both prompts, every output

@@ -109,3 +109,31 @@ def test_future_peak_is_lightllms_loop():
             rests = rng.integers(-3, 60 if n > 5 else 4, n).tolist()  # many ties
             assert future_peak(contexts, rests) == loop(contexts, rests)
     assert future_peak([10], [-20]) == 0
+
+
+def test_one_tenant_charge_is_the_per_request_float_sum():
+    """With one tenant the step's charge is added in C (`reduce`): float for float the
+    per-request additions of the loop, checked at every step end of a run that ran it."""
+    from servesim.replica.schedulers.vtc import VTCScheduler
+    from tests.factories import serve
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=80, scheduler="vtc", max_num_seqs=16,
+                                                params={"output_price": 0.3, "tenant_weights": {"default": 0.7}})
+    seen = {"checked": 0}
+    end = sched.on_step_end
+
+    def checked(output, now_s):
+        steps = sched.num_engine_steps - sched._mark if sched._mark is not None else 0
+        expected = sched.counters.get("default", 0.0)
+        if steps > 0 and sched._tokens_before is None:
+            for _ in output.scheduled:  # the loop's additions, one per request
+                expected += 0.3 * steps / 0.7
+            seen["checked"] += len(output.scheduled) > 1
+        end(output, now_s)
+        assert sched.counters.get("default", 0.0) == expected
+
+    sched.on_step_end = checked
+    reqs = [make_request(i, 30 + 7 * i, 20 + 3 * i, arrival=0.001 * i) for i in range(20)]
+    serve(engine, loop, reqs)
+    assert seen["checked"] > 10 and isinstance(sched, VTCScheduler)
+    kv.check_all_free()

@@ -40,7 +40,7 @@ from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
-from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness
+from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
@@ -96,6 +96,10 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         # as requests come and go instead of sorted at every step
         self._arrival_keys: list[tuple[float, int]] = []
         self._by_arrival: list[Request] = []
+        # counting deferred while one tenant is held (`FastSwitchFairness`: deferred counting)
+        self._defer_prices = integral_prices(params.input_price, params.output_price)
+        self._deferred = False
+        self._unscheduled: set[int] = set()  # transferred requests not scheduled yet
 
     # ---- the decision ----------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -103,6 +107,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
             self._lift()
         step = self.num_engine_steps
         if step % self.params.priority_update_interval == 0 and step != self._snap_step:
+            self._count_all()
             self._snapshot = dict(self.counters)
             self._snap_step = step
         self._sched_step = step
@@ -236,7 +241,10 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         # requests decode until one finishes or arrives (prompts done this step with them).
         # Through finishes too: a finish counts the request's tokens up to its last and
         # changes nothing else before the next step (lifts are decided there).
-        return REPEAT_THROUGH if self.nothing_pending(output) and not self.swap_ready_s else NO_FAST_FORWARD
+        if self.nothing_pending(output) and not self.swap_ready_s:
+            self._count_all()  # (a stretch may cross a refresh: its snapshot needs the counts at its start)
+            return REPEAT_THROUGH
+        return NO_FAST_FORWARD
 
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:

@@ -20,6 +20,7 @@ read: this is the chunked-prefill-off path (`sarathi` is the stall-free one).
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import deque
 from operator import attrgetter
 from typing import Literal
@@ -63,6 +64,9 @@ class VLLMV0Scheduler(VLLMSteps):
         self._blocked = False  # admission / swap-in stopped for a reason decodes cannot lift
         self._blocked_head: Request | None = None  # the waiting head that stopped admission
         self._blocked_by_budget = False  # ... by this step's prefill tokens: the next step may admit it
+        # `running` is left in arrival order by the running pass; requests appended since
+        # (admitted, swapped in, transferred) are counted, to be put in their places
+        self._appended = 0
 
     def admission_error(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len
@@ -111,7 +115,7 @@ class VLLMV0Scheduler(VLLMSteps):
         # At the start and after each preemption the leading decodes that fit take their token
         # in one call (`allocate_leading_decodes`: the same as `allocate_slots(req, 1)` for
         # each in order up to the first that does not fit or is not a decode).
-        order = sorted(self.running, key=_ARRIVAL_ID)
+        order = self._arrival_order()
         i, end = 0, len(order)
         kv = self.kv
         allocate = kv.allocate_slots
@@ -138,6 +142,32 @@ class VLLMV0Scheduler(VLLMSteps):
         kept = [r for r in order[:end] if r is not None]
         out.scheduled += [(r, 1) for r in kept]
         self.running = kept
+
+    def _arrival_order(self) -> list[Request]:
+        """`sorted(self.running, key=_ARRIVAL_ID)`: the running pass left `running` in that
+        order and removals keep it, so only the requests appended since are placed (by
+        bisection), instead of a key and a sort of the whole batch at every step. (If fewer
+        than counted are left, the last ones counted are earlier ones: placing them is right.)"""
+        running, n = self.running, self._appended
+        self._appended = 0
+        if n * 8 > len(running):  # (many: one sort)
+            return sorted(running, key=_ARRIVAL_ID)
+        order = running[:len(running) - n]
+        for req in running[len(running) - n:]:
+            insort(order, req, key=_ARRIVAL_ID)
+        return order
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        super().start(req, num_cached, num_tokens, out)
+        self._appended += 1
+
+    def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
+        self._appended += 1
+        return super().resume(req, out, num_tokens, keep_cpu_copy)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        super().add_transferred(req, now_s)
+        self._appended += 1
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.swap_or_recompute(req, out, self.params.preemption_mode == "swap")

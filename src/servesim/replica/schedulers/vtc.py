@@ -25,6 +25,9 @@ the artifact's baselines on the same router.
 from __future__ import annotations
 
 from collections import deque
+from functools import reduce
+from itertools import repeat
+from operator import add
 from typing import Literal
 
 import numpy as np
@@ -235,6 +238,11 @@ class VTCScheduler(Scheduler):
             # each request adds its tenant's `price * steps / weight` (computed once per tenant:
             # the same float), in batch order as before
             counters, weights, charge = self.counters, self.params.tenant_weights, {}
+            if len(counters) == 1 and output.scheduled:  # one tenant (every request's is a key):
+                # the same float additions, in C
+                (t, c0), = counters.items()
+                counters[t] = reduce(add, repeat(price * steps / weights.get(t, 1.0), len(output.scheduled)), c0)
+                return
             for r, _ in output.scheduled:
                 t = r.tenant
                 c = charge.get(t)
