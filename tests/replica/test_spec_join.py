@@ -115,7 +115,7 @@ def test_edf_with_mixed_tpot_targets_joins_only_when_the_order_is_known(llama):
     a = spec_run(runs[0], True, 2000, llama, "edf", {"default_tpot_s": 0.05})
     b = spec_run(runs[1], False, 2000, llama, "edf", {"default_tpot_s": 0.05})
     assert_same_spec_run(a, b, runs[0], runs[1], 2000)
-    assert a.num_joined_arrivals < 0.5 * len(runs[0])
+    assert 0 < a.num_joined_arrivals < 0.1 * len(runs[0])  # (only into a batch with one target)
 
 
 def test_spec_joins_on_four_replicas_with_a_router_reading_every_view(reads_everything, monkeypatch):
