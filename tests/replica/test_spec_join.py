@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from servesim.core.loop import PRIO_ARRIVAL
 from servesim.perf.build import build_perf_model
 from servesim.replica import stretch_join
 from tests.cluster.helpers import ReadsEverything, assert_same_steps, outcome, reads_everything  # noqa: F401
@@ -139,3 +140,28 @@ def test_spec_joins_on_four_replicas_with_a_router_reading_every_view(reads_ever
     assert_same_steps(fast, slow)
     assert num_joins > 0.3 * len(fast.requests)
     assert sum(joined) == num_joins  # (stepping asked nothing)
+
+
+@pytest.mark.parametrize("crash_s", [0.105, 0.12, 0.3, 0.5])
+def test_crash_after_a_join_matches_stepping(crash_s):
+    # a crash in the join step (0.105, 0.12: during or just after it) or later: the joiner was
+    # admitted when the step started, the acceptance rows of the step in flight stay taken
+    def crashed(ff: bool):
+        engine, _, _, loop, _ = make_engine(num_speculative_tokens=3, spec_acceptance_rate=0.7, defer_finishes=True,
+                                            rng=np.random.default_rng(3), fast_forward=ff)
+        reqs = [make_request(0, 64, 300), make_request(1, 30, 200, 0.1), make_request(2, 20, 250, 0.1001)]
+        for r in reqs:
+            loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
+        lost = []
+        loop.schedule(crash_s, lambda t, _: lost.extend(engine.crash(t)), None, PRIO_ARRIVAL)
+        loop.run(until_s=crash_s)
+        return engine, reqs, lost
+
+    (a, a_reqs, a_lost), (b, b_reqs, b_lost) = crashed(True), crashed(False)
+    assert a.stretch is None and a.num_joined_arrivals == 2 and b.num_joined_arrivals == 0
+    assert [r.id for r in a_lost] == [r.id for r in b_lost]
+    for x, y in zip(a_reqs, b_reqs):
+        assert (x.num_output_tokens, x.token_steps, x.first_token_s) == (y.num_output_tokens, y.token_steps,
+                                                                         y.first_token_s)
+    assert a.num_steps == b.num_steps
+    assert a.spec_draws.take(20) == b.spec_draws.take(20)
