@@ -99,7 +99,8 @@ def _join_step_s(perf, st: Stretch, s: int, num_running: int, joins: list) -> fl
 def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     """At `now_s`, the end of the speculative stretch `st` (cut by arrivals): admit the
     waiting requests into it if stepping would admit them whole at the next step, and price it
-    on. True if they joined (its end event is rescheduled); False changes nothing."""
+    on. True if they joined (its end event is rescheduled); False changes nothing read later
+    (the cut stretch's running state may be rewound: it is applied from its per-step lists)."""
     sched = engine.scheduler
     if (not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
             or st._until_s != math.inf or st.kmax != UNLIMITED_STEPS or st._perf is not engine.perf
