@@ -12,7 +12,7 @@ from servesim.perf.build import build_perf_model
 from servesim.replica import stretch_join
 from tests.cluster.helpers import ReadsEverything, assert_same_steps, outcome, reads_everything  # noqa: F401
 from tests.cluster.helpers import run as cluster_run
-from tests.factories import REQUEST_OUTCOME, ToyPerf, assert_same_run, make_engine, make_request, serve
+from tests.factories import REQUEST_OUTCOME, STEP_LOG_COLUMNS, ToyPerf, assert_same_run, make_engine, make_request, serve
 from tests.replica.test_stretch_join import JOINING, light_load, light_load_with_slo
 
 FIELDS = REQUEST_OUTCOME + ("num_computed_tokens", "first_scheduled_s")
@@ -165,3 +165,6 @@ def test_crash_after_a_join_matches_stepping(crash_s):
                                                                          y.first_token_s)
     assert a.num_steps == b.num_steps
     assert a.spec_draws.take(20) == b.spec_draws.take(20)
+    la, lb = a.recorder.step_log(100), b.recorder.step_log(100)
+    for col in STEP_LOG_COLUMNS:
+        assert np.array_equal(getattr(la, col), getattr(lb, col)), col

@@ -112,6 +112,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         self._extra_step = False  # `truncate` by a crash: the step in flight had taken its rows
         self.kmax = max_steps  # (else unknown: `final` says when the stretch is done)
         self._until_s = until_s
+        self._num0 = n  # requests of step 0 (those that joined come after them in `reqs`)
         self._joined: list[tuple[int, int, int]] = []  # (step, index, prompt tokens) of requests that joined
         self._join_blocks: list[tuple[int, int]] = []  # (step, blocks the joining prompts took then)
         self._dropped: tuple[list, list, list] = ([], [], [])  # (runs, emits, grants) of the steps cut off
@@ -243,7 +244,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     def _log(self, engine, k: int) -> None:
         """One step-log entry per step (tokens emitted differ from the batch size), logged at
         once (`Recorder.log_steps`)."""
-        n0, run0 = len(self.reqs) - len(self._joined), self.num_running
+        n0, run0 = self._num0, self.num_running
         running = [run0] + [run0 - n0 + len(act) for act in self._runs[1:k]]
         waiting = [self.num_waiting] * k
         if self.waiting_from:  # one more waits from each step listed on
