@@ -10,9 +10,11 @@ import pytest
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.perf.build import build_perf_model
 from servesim.replica import stretch_join
-from tests.cluster.helpers import ReadsEverything, assert_same_steps, outcome, reads_everything  # noqa: F401
+from tests.cluster.helpers import assert_same_steps, outcome, reads_everything  # noqa: F401
 from tests.cluster.helpers import run as cluster_run
-from tests.factories import REQUEST_OUTCOME, STEP_LOG_COLUMNS, ToyPerf, assert_same_run, make_engine, make_request, serve
+from tests.factories import (
+    REQUEST_OUTCOME, STEP_LOG_COLUMNS, ToyPerf, assert_same_run, make_engine, make_request, serve,
+)
 from tests.replica.test_stretch_join import JOINING, light_load, light_load_with_slo
 
 FIELDS = REQUEST_OUTCOME + ("num_computed_tokens", "first_scheduled_s")
