@@ -25,6 +25,7 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Callable
 
+from servesim.replica.spec_stretch_joins import SpecStretchJoins
 from servesim.replica.spec_stretch_pricing import SpecStretchPricing
 from servesim.workload.request import Request
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from servesim.replica.spec_decode import AcceptanceDraws
 
 
-class SpecStretch(SpecStretchPricing):
+class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     """Speculative decode steps of a fixed batch, priced lazily; applied at `end_s`."""
 
     # what the engine's generic stretch code reads (`FastForwarding._limit`): nothing to limit here
@@ -111,6 +112,10 @@ class SpecStretch(SpecStretchPricing):
         self._extra_step = False  # `truncate` by a crash: the step in flight had taken its rows
         self.kmax = max_steps  # (else unknown: `final` says when the stretch is done)
         self._until_s = until_s
+        self._num0 = n  # requests of step 0 (those that joined come after them in `reqs`)
+        self._joined: list[tuple[int, int, int]] = []  # (step, index, prompt tokens) of requests that joined
+        self._join_blocks: list[tuple[int, int]] = []  # (step, blocks the joining prompts took then)
+        self._dropped: tuple[list, list, list] = ([], [], [])  # (runs, emits, grants) of the steps cut off
         if gone:
             self._done_with(0, gone)
 
@@ -154,11 +159,16 @@ class SpecStretch(SpecStretchPricing):
 
     def _keep(self, k: int) -> None:
         self.final = True
+        if k < len(self.ends):  # (the running state stays the last priced step's: a join rewinds it)
+            runs, emits, grants = self._dropped
+            self._dropped = (self._runs[k:] + runs, self._emits[k:] + emits, self._grants[k:] + grants)
         for lst in (self.ends, self.sizes, self._runs, self._emits, self._grants):
             del lst[k:]
         del self._alloc[k:], self._rows[k + 1:]  # (a crash's step in flight took its rows)
         self._finishes = [(j, i) for j, i in self._finishes if j < k]
         self._free_at = [(j, b) for j, b in self._free_at if j <= k]
+        self._joined = [x for x in self._joined if x[0] < k]  # (a crash during a join step: admitted, not run)
+        self._join_blocks = [x for x in self._join_blocks if x[0] <= k]
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""
@@ -169,9 +179,10 @@ class SpecStretch(SpecStretchPricing):
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
 
     def prompt_tokens_before(self, j: int) -> int:
-        """As `Stretch.prompt_tokens_before`: prompts finished in step 0 leave one token each;
-        a prompt in progress has computed a chunk in each of steps 0..j-1."""
-        return sum(n - 1 for _, n in self.prefills) + j * self.chunk
+        """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
+        leave one token each; a prompt in progress has computed a chunk in each of steps 0..j-1."""
+        joined = sum(n - 1 for s, _, n in self._joined if s < j) if self._joined else 0
+        return sum(n - 1 for _, n in self.prefills) + j * self.chunk + joined
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
@@ -208,6 +219,12 @@ class SpecStretch(SpecStretchPricing):
         for req, _ in self.prefills:
             if req.first_token_s is None:
                 req.first_token_s = self.ends[0]
+        for j, i, n in self._joined:  # (their prompts computed in step j, each emitting one token)
+            req = reqs[i]
+            req.num_computed_tokens += n + total[i] - 1
+            req.num_output_tokens += total[i]
+            if req.first_token_s is None:
+                req.first_token_s = self.ends[j]
         if self.prompt is not None:
             self.prompt.num_computed_tokens += k * self.chunk
         grants = [0] * len(reqs)
@@ -227,7 +244,7 @@ class SpecStretch(SpecStretchPricing):
     def _log(self, engine, k: int) -> None:
         """One step-log entry per step (tokens emitted differ from the batch size), logged at
         once (`Recorder.log_steps`)."""
-        n0, run0 = len(self.reqs), self.num_running
+        n0, run0 = self._num0, self.num_running
         running = [run0] + [run0 - n0 + len(act) for act in self._runs[1:k]]
         waiting = [self.num_waiting] * k
         if self.waiting_from:  # one more waits from each step listed on
@@ -242,4 +259,12 @@ class SpecStretch(SpecStretchPricing):
                 freed[j] += blocks  # (j <= k: `_keep` drops the later ones)
             kv = [u - f for u, f in zip(kv, accumulate(freed))]
         prefill = [self.chunk] * k if self.prompt is not None else sum(n for _, n in self.prefills)
+        if self._joined:  # the joining prompts' tokens at their steps, their blocks in use from then on
+            prefill = [prefill] + [0] * (k - 1)
+            for j, _, n in self._joined:
+                prefill[j] += n
+            taken = [0] * (k + 1)
+            for j, blocks in self._join_blocks:
+                taken[min(j, k)] += blocks
+            kv = [u + t for u, t in zip(kv, accumulate(taken))]
         engine.recorder.log_steps(self.start_s, self.ends[:k], prefill, self.sizes[:k], running, waiting, kv)

@@ -17,10 +17,23 @@ allocations: every block comes from those free when the stretch was planned, so 
 queue pops the same blocks whatever the order of the allocations, and the request objects
 show the same state once it is applied). Checked against stepping by
 `tests/replica/test_stretch_join.py`.
+
+Speculative stretches (`SpecStretch`, `spec_join_arrivals`): stepping's step s runs the decodes
+still running, each with its lookahead slots and acceptance row in batch order, and the admitted
+prompts first in the verify pass; from step s + 1 on the newcomers speculate with the rest in
+the order the policy's `repeat_order` gives the grown batch. Step s is priced by `speculate`'s
+rules (`SpecStretchJoins._join_step`) and the stretch prices on. Every block of the stretch (the
+lookahead slots, the prompts' and those the policy keeps free at admission) must fit in those
+free when it was planned, so each allocation stepping makes at step s (the decodes' slots, the
+prompts, the lookahead) succeeds there too. Checked by `tests/replica/test_spec_join.py`.
 """
 
 from __future__ import annotations
 
+import math
+
+from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
+from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import Stretch
 
 
@@ -34,6 +47,8 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     """At `now_s`, the end of the stretch `st` (cut by arrivals): admit the waiting requests
     into it if stepping would admit them whole at the next step, and price it on. True if they
     joined (the stretch's end event is rescheduled); False changes nothing."""
+    if type(st) is SpecStretch:
+        return spec_join_arrivals(engine, st, now_s)
     sched, kv = engine.scheduler, engine.kv
     if (type(st) is not Stretch or not st.through or st.limited or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
@@ -79,3 +94,44 @@ def _join_step_s(perf, st: Stretch, s: int, num_running: int, joins: list) -> fl
             return f(0, st._ctx_sum)  # (the scalar state is step s's: its context sum)
     ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
     return perf.step_time_s([(n, 0) for _, n in joins], ctxs)
+
+
+def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
+    """At `now_s`, the end of the speculative stretch `st` (cut by arrivals): admit the
+    waiting requests into it if stepping would admit them whole at the next step, and price it
+    on. True if they joined (its end event is rescheduled); False changes nothing read later
+    (the cut stretch's running state may be rewound: it is applied from its per-step lists)."""
+    sched = engine.scheduler
+    if (not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
+            or st._until_s != math.inf or st.kmax != UNLIMITED_STEPS or st._perf is not engine.perf
+            or engine.ports is not None or len(sched.running) != len(st.reqs)):
+        return False  # (a policy whose order holds only so far, `repeat_order_limit`, never joins)
+    st.rewind()  # (to the last step kept: the step s to price follows it)
+    act = st._active
+    if len(st.reqs) - len(act) > len(act) + MAX_EXTRA_DEPARTED:
+        return False  # mostly requests that left: apply it, the next stretch holds those running
+    joins = sched.arrivals_join(len(act))
+    if not joins or any(req.output_len < 2 for req, _ in joins):
+        return False  # (a one-token request would finish in its prompt's step: left to stepping)
+    reqs = st.reqs
+    grown = SchedulerOutput([(reqs[i], 1) for i in act] + joins)
+    if sched.repeat_order(grown) is None:
+        return False  # the steps after the join may list the grown batch in another order
+    blocks, kept = sched.join_blocks(joins)
+    step = st._join_step(joins, blocks + kept)
+    if step is None:
+        return False  # the blocks of step s and the prompts do not fit in those free at the start
+    sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
+    for req, _ in joins:
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now_s
+    index = {id(reqs[i]): i for i in act}
+    index.update((id(req), len(reqs) + j) for j, (req, _) in enumerate(joins))
+    order = [index[id(r)] for r in sched.repeat_order(grown) if id(r) in index]  # (trtllm: `running`, departed too)
+    if len(order) != len(index):
+        raise AssertionError("repeat_order does not list the grown batch")
+    st.join(joins, blocks, step, order, engine.kv)
+    engine.num_joined_arrivals += len(joins)
+    st.price(engine._own_horizon_s())  # (up to the next event anywhere, as `spec_fast_forward`)
+    engine._schedule_stretch_end(st)
+    return True

@@ -214,8 +214,8 @@ class BatchLLMScheduler(KeyedScheduler):
         # change, and a finish removes its own: the projection on the stretch's stale state (a
         # stretch applies nothing before it ends) is at least stepping's, so a newcomer
         # admitted under it is admitted there too.
-        if self.params.output_len_estimate != "oracle" or self.swapped:
-            return None
+        if self.params.output_len_estimate != "oracle" or self.swapped or any(r.kv_block_keys for r in self.waiting):
+            return None  # (a request with prefix keys is not fresh, and has no plan key before the replan)
         joins = whole_prompts(sorted(self.waiting, key=self._plan.__getitem__), len(self.running), num_running,
                               self.config.max_num_seqs, self.params.max_num_batched_tokens or 1 << 60,
                               lambda req, budget: min(req.num_tokens, budget))

@@ -1,0 +1,114 @@
+"""Requests that join a speculative stretch in flight (`SpecStretch.join`): step s priced with
+their prompts beside the decodes, and their place in the later steps. A mixin of `SpecStretch`,
+which holds the state; `replica/stretch_join.py` decides when they may join (`spec_join_arrivals`)."""
+
+from __future__ import annotations
+
+
+class SpecStretchJoins:
+    """`SpecStretch`'s methods for requests that join it (state set by `SpecStretch.__init__`:
+    `_joined`, the (step, index, prompt tokens) of each, and `_join_blocks`, the (step, blocks)
+    the prompts took)."""
+
+    __slots__ = ()
+
+    def rewind(self) -> None:
+        """Bring the running state (contexts, tokens left, blocks held, the batch) back to
+        the last step kept: a cut drops steps priced past it but leaves the state theirs."""
+        runs, emits, grants = self._dropped
+        if not runs:
+            return
+        ctx, rem, held = self._ctx, self._rem, self._held
+        for act, es, gs in zip(runs, emits, grants):
+            for i, e in zip(act, es):
+                ctx[i] -= e
+                rem[i] += e
+            for i, nb in gs:
+                held[i] -= nb
+        self._active = runs[0]  # (the batch of the first step dropped: the next one's)
+        self._dropped = ([], [], [])
+
+    def _join_step(self, joins: list, blocks: int) -> tuple | None:
+        """Step s (= k) as `speculate` runs it with the prompts of `joins` (none cached) first
+        in the verify pass beside the decodes still running: (end time, emits, grants, blocks
+        after it, acceptance rows read, finishes), or None if its decodes' blocks plus `blocks`
+        (the prompts' and those the policy keeps free at admission) do not fit in those free
+        when the stretch started. `_steps`' per-request rules, with the prompts' chunks."""
+        act, ctx, rem, held = self._active, self._ctx, self._rem, self._held
+        k_max, bs = self._k_max, self._bs
+        rows = self._rows[len(self.ends) - 1]  # (a cut keeps one more entry: `SpecStretch._keep`)
+        acc, u = self._draws.window(rows, len(act))
+        u0 = u
+        emits, grants, done_plain, done_spec = [], [], [], []
+        verify, plain_ctxs = [(n, 0) for _, n in joins], []
+        need = ctx_sum = 0
+        for i in act:
+            c, r = ctx[i], rem[i]
+            ctx_sum += c
+            if r > 1:  # k = min(k_max, r - 1) lookahead slots: blocks for c + 1 + k tokens
+                k = k_max if r > k_max else r - 1
+                a = acc[u]
+                u += 1
+                e = (a if a < k else k) + 1  # accepted drafts + the target's token (k < r)
+                nb = (c + k) // bs + 1 - held[i]
+                verify.append((1 + k, c))
+                if e == r:
+                    done_spec.append(i)
+            else:  # its last token: a plain decode
+                e = 1
+                nb = c // bs + 1 - held[i]
+                plain_ctxs.append(c)
+                done_plain.append(i)
+            emits.append(e)
+            if nb > 0:
+                grants.append((i, nb))
+                need += nb
+        alloc = self._alloc[-1] + need
+        if alloc + blocks > self.free_blocks:  # (frees inside the stretch are not counted on)
+            return None
+        perf = self._perf
+        used = u - u0
+        if not used:  # no speculative decode: `speculate` prices a plain step
+            dt = perf.step_time_s(verify, plain_ctxs)
+        else:
+            draft_fn = self._decode_fn(len(act))
+            draft_s = draft_fn(ctx_sum) if draft_fn else perf.step_time_s([], [ctx[i] for i in act])
+            dt = perf.step_time_s(verify, plain_ctxs)
+            dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
+        return self.ends[-1] + dt, emits, grants, alloc, rows + used, done_plain + done_spec
+
+    def join(self, joins: list, blocks: int, step: tuple, order: list[int], kv) -> None:
+        """Add step s (`_join_step`'s answer): the decodes of `_active` and the prompts of
+        `joins` (admitted now, their `blocks` taken), each emitting its first token; from step
+        s + 1 on the batch runs in `order` (indices into `reqs`, the newcomers appended)."""
+        end_s, emits, grants, alloc, rows, done = step
+        s = len(self.ends)
+        reqs, ctx, rem, held = self.reqs, self._ctx, self._rem, self._held
+        act = self._active
+        for i, e in zip(act, emits):
+            ctx[i] += e
+            rem[i] -= e
+        for i, nb in grants:
+            held[i] += nb
+        new = list(range(len(reqs), len(reqs) + len(joins)))
+        for req, n in joins:
+            self._joined.append((s, len(reqs), n))
+            reqs.append(req)
+            ctx.append(n)
+            rem.append(req.output_len - 1)
+            held.append(kv.num_blocks_of(req.id))
+        self._join_blocks.append((s, blocks))
+        self.free_blocks -= blocks  # (the prompts' blocks: the later steps' grants fit in the rest)
+        self.ends.append(end_s)
+        self.sizes.append(sum(emits) + len(joins))
+        self._runs.append(act + new)
+        self._emits.append(emits + [1] * len(joins))
+        self._grants.append(grants)
+        self._alloc.append(alloc)
+        del self._rows[s:]  # (the entry a cut kept for a crash's step in flight: step s's is this one)
+        self._rows.append(rows)
+        self._active = order
+        self.final = False
+        if done:
+            self._finishes += [(s, i) for i in done]
+            self._done_with(s, done)
