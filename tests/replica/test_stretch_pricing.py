@@ -73,7 +73,7 @@ def test_a_cut_keeps_the_step_in_flight_and_drops_what_was_priced_ahead():
 
 
 @pytest.mark.parametrize("overlap", [True, False])
-@pytest.mark.parametrize("ctx0", [10, 368_500, 400_000])  # below, across and above the CPU floor
+@pytest.mark.parametrize("ctx0", [10, 368_500, 400_000, 2**45 + 7])  # below, across and above the CPU floor; huge
 def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
     """`times_of_run` (a chunk nobody leaves) skips the CPU floor when its first step is above
     it; every step time must still be the general path's, bit for bit, and the floor must bind
