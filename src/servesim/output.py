@@ -216,7 +216,8 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
             w.writerow(request_columns(result))
             n = len(result.table)
             for start in range(0, n, CSV_ROWS):  # written a chunk at a time, formatted a column at a time
-                _write_lines(f, [column_cells(result, name, start, start + CSV_ROWS) for name in request_columns(result)])
+                _write_lines(f, [column_cells(result, name, start, start + CSV_ROWS)
+                                 for name in request_columns(result)])
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)
         names = None
