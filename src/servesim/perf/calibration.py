@@ -62,6 +62,12 @@ class Constants:
     # (`enable_piecewise_cuda_graph` defaults to False); fitted per (GPU, engine) on the serving runs
     # (docs/fidelity.md, "SGLang: eager prefill steps").
     eager_layer_s: float = 0.0
+    # GPU time per prompt token of a mixed step, one that runs prompt tokens beside decodes (0, off, by
+    # default; prefill-only and decode-only steps never pay it). The serving runs show other users'
+    # prompts costing a request's decode more than the step model prices a mixed step (docs/fidelity.md,
+    # "Mixed prefill + decode steps"); the engines' sources name no one mechanism for it, so it is
+    # fitted per (GPU, engine) and scales with the prompt work, where a per-sequence time cannot.
+    mixed_prefill_token_s: float = 0.0
     token_overhead_s: float = 0.0  # engine CPU time per scheduled token
     overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
     custom_allreduce: float = 0.0  # 1: small all-reduces take the one-shot path (roofline.allreduce_s)
