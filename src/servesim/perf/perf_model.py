@@ -68,7 +68,7 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_layers", (full_layers, win_layers))
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
         object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
-        object.__setattr__(self, "_mixed", t.c.mixed_prefill_token_s)  # per prompt token beside decodes
+        object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
 
     # ---- memoised exact terms ------------------------------------------------------------
@@ -93,9 +93,10 @@ class PerfModel(MemoryMixin):
         return self._prefill_pairs_s(prefills) + self._eager
 
     def _mixed_s(self, prompt_tokens: int, num_decode: int) -> float:
-        """`mixed_prefill_token_s` per prompt token of a step that also decodes; exactly 0.0 when
-        off or for a prefill-only step (added to the attention sum: x + 0.0 leaves x bit for bit)."""
-        return self._mixed * prompt_tokens if num_decode > 0 and self._mixed > 0.0 else 0.0
+        """`mixed_prefill_slowdown` x the prompt tokens' own per-token time in a step that also
+        decodes; exactly 0.0 when off or for a prefill-only step (added to the attention sum:
+        x + 0.0 leaves x bit for bit)."""
+        return self._mixed * self._token_s(prompt_tokens) if num_decode > 0 and self._mixed > 0.0 and prompt_tokens else 0.0
 
     def _prefill_pairs_s(self, prefills: Sequence[tuple[int, int]]) -> float:
         full_layers, win_layers = self._layers
