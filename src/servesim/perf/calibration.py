@@ -62,6 +62,13 @@ class Constants:
     # (`enable_piecewise_cuda_graph` defaults to False); fitted per (GPU, engine) on the serving runs
     # (docs/fidelity.md, "SGLang: eager prefill steps").
     eager_layer_s: float = 0.0
+    # Share of their own per-token time (GEMMs, element-wise work, all-reduces) that the prompt tokens of
+    # a mixed step, one that runs prompt tokens beside decodes, cost on top (0, off, by default;
+    # prefill-only and decode-only steps never pay it). The serving runs show other users' prompts
+    # costing a request's decode more than the step model prices a mixed step (docs/fidelity.md,
+    # "Mixed prefill + decode steps"); the engines' sources name no single mechanism for it, so it is
+    # fitted per (GPU, engine). Relative, so one value serves the group's small and large models.
+    mixed_prefill_slowdown: float = 0.0
     token_overhead_s: float = 0.0  # engine CPU time per scheduled token
     overlap_cpu: float = 0.0  # 1: CPU work overlaps the GPU step (max), 0: it adds to it
     custom_allreduce: float = 0.0  # 1: small all-reduces take the one-shot path (roofline.allreduce_s)
@@ -93,6 +100,7 @@ CONSTANT_RANGES: dict[str, tuple[float, float, bool]] = {
     "gemm_m_half_tokens": (0.0, math.inf, False),
     "smoothing_k": (1.0, math.inf, True),
     "moe_imbalance": (1.0, math.inf, True),
+    "mixed_prefill_slowdown": (0.0, math.inf, True),  # 0 = off
     **{name: (0.0, math.inf, True) for name in CONSTANT_NAMES if name.endswith("_s")},
 }
 

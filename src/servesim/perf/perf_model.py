@@ -68,6 +68,7 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_layers", (full_layers, win_layers))
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
         object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
+        object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
 
     # ---- memoised exact terms ------------------------------------------------------------
@@ -90,6 +91,12 @@ class PerfModel(MemoryMixin):
         """GPU work only a step with prompt tokens does: attention over the new tokens plus the
         eager launch time (`eager_layer_s` per layer; 0 by default, adding exactly nothing)."""
         return self._prefill_pairs_s(prefills) + self._eager
+
+    def _mixed_s(self, prompt_tokens: int, num_decode: int) -> float:
+        """`mixed_prefill_slowdown` x the prompt tokens' own per-token time in a step that also
+        decodes; exactly 0.0 when off or for a prefill-only step (added to the attention sum:
+        x + 0.0 leaves x bit for bit)."""
+        return self._mixed * self._token_s(prompt_tokens) if num_decode > 0 and self._mixed > 0.0 and prompt_tokens else 0.0
 
     def _prefill_pairs_s(self, prefills: Sequence[tuple[int, int]]) -> float:
         full_layers, win_layers = self._layers
@@ -121,7 +128,7 @@ class PerfModel(MemoryMixin):
         num_seqs = len(prefills) + num_decode
         gpu = self._token_s(num_tokens) + self._logits_s(num_seqs)
         if prefills:
-            gpu = gpu + self._prefill_attention_s(prefills)
+            gpu = gpu + (self._prefill_attention_s(prefills) + self._mixed_s(num_tokens - num_decode, num_decode))
         # The ctx-dependent part is kept as `gpu + g * sum` so decode_step_times_s can reproduce it bit for bit.
         gpu = gpu + self._g_full * sum(decode_ctxs)
         if self._window is not None:
@@ -193,8 +200,10 @@ class PerfModel(MemoryMixin):
         cpu = self.terms.cpu_s(num_seqs, num_tokens)
         eager = self._eager
 
-        def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])`, no window
-            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + eager
+        mixed = self._mixed_s(chunk, num_decodes)
+
+        def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])` + `_mixed_s`, no window
+            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + eager + mixed
 
         if self._overlap:
             return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
@@ -280,6 +289,7 @@ class PerfModel(MemoryMixin):
         linear = t.linear_s(num_tokens)
         comm = t.communication_s(num_tokens)
         other = t.other_s(num_tokens) + t.lm_head_s(num_seqs) + (self._eager if prefills else 0.0)
+        other += self._mixed_s(num_tokens - len(decode_ctxs), len(decode_ctxs))
         attn = self._prefill_pairs_s(prefills) + self._g_full * sum(decode_ctxs)
         if self._window is not None:
             attn += self._g_win * sum(min(c, self._window) for c in decode_ctxs)
