@@ -95,11 +95,11 @@ class BlockKeys(Sequence):
         # Packed as `RunKeys` would (all ids ints): the common ids equal the other's, which
         # are ints as its keys are packed, so only the new ones are checked (choice: an id of
         # another type equal to an int, 5.0 for 5, counts as that int here).
-        if (mine[:n] != ids if n == len(ids) else mine[:n] != ids[:n]) or not set(map(type, mine[n:])) <= {int}:
+        new = mine[n:]  # (sliced once: the type check and the packing read it)
+        if (mine[:n] != ids if n == len(ids) else mine[:n] != ids[:n]) or not set(map(type, new)) <= {int}:
             return False
         if n < len(lst):
-            del lst[n:]
-        new = mine[n:]  # (packed in place: see above)
+            del lst[n:]  # (packed in place: see above)
         if len(new) > 8 and new[-1] - new[0] == len(new) - 1 and new == tuple(range(new[0], new[-1] + 1)):
             # the usual case: the turn's new ids are one fresh range (`HashIds.fresh`)
             step = RUN_KEY_BASE + r
