@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents, pack_long
+from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents, pack_long, range_bounds
 
 
 def _per_block(ids, H, bs):
@@ -59,8 +59,9 @@ F = 1 << 48  # `prefix.FOLLOW_UP_IDS`: the first id of a follow-up turn
     (tuple(range(10, 310)), True),  # a first turn: one fresh range
     (tuple(range(10, 200)) + tuple(range(F, F + 150)) + tuple(range(F + 900, F + 960)), True),  # a third turn
     (tuple(range(-(1 << 62), -(1 << 62) + 100)), True),  # the lowest ids split into ranges
-    (tuple(range((1 << 62) - 50, (1 << 62) + 50)), False),  # past the split's limit: id by id
-    (tuple(range((1 << 63) - 50, (1 << 63) + 50)), False),  # past int64: id by id
+    (tuple(range((1 << 62) - 50, (1 << 62) + 50)), True),  # past numpy's split (bisection has no limit)
+    (tuple(range((1 << 63) - 50, (1 << 63) + 50)), True),  # past int64
+    (tuple(range(F + 40, F + 80)) + tuple(range(F, F + 40)), True),  # ranges not ascending
     (tuple(range(F, F + 40)) + tuple(random.Random(3).randrange(F, 2 * F) for _ in range(60)), False),  # not ranges
 ])
 def test_generated_contexts_pack_by_ranges(ids, by_ranges):
@@ -74,6 +75,21 @@ def test_generated_contexts_pack_by_ranges(ids, by_ranges):
     assert (packed is not None) == by_ranges  # (ids >= 2**30 pack in numpy only as ranges)
     if by_ranges:
         assert packed == [h * RUN_KEY_BASE + i for i, h in enumerate(ids)]
+
+
+@pytest.mark.parametrize("ids,bounds", [
+    (tuple(range(10, 310)), [0, 300]),  # a first turn
+    (tuple(range(10, 200)) + tuple(range(F, F + 150)) + tuple(range(F + 150 + 9, F + 200)), [0, 190, 340, 381]),
+    (tuple(range(F, F + 30)) + (F + 99,) + tuple(range(F + 31, F + 60)), [0, 30, 31, 60]),  # an id out of a range
+    ((1, 2, 9, 4, 5), [0, 2, 3, 5]),
+    # bisection misled (ids[m] - ids[0] == m at every probe, ids[1] out of order): the check gives up
+    ((1, 9, 3, 4, 5), None),
+    (tuple(range(0, 200, 2)), None),  # not consecutive: gives up after `limit` pieces
+])
+def test_range_bounds_split_ids_into_consecutive_pieces(ids, bounds):
+    """`range_bounds` (what `pack_long` packs a generated context by) returns the pieces of
+    consecutive ids, each checked, or None when it cannot (then numpy or id by id)."""
+    assert range_bounds(ids, 5) == bounds
 
 
 def test_keys_compare_and_hash_like_the_tuple():

@@ -95,11 +95,11 @@ class BlockKeys(Sequence):
         # Packed as `RunKeys` would (all ids ints): the common ids equal the other's, which
         # are ints as its keys are packed, so only the new ones are checked (choice: an id of
         # another type equal to an int, 5.0 for 5, counts as that int here).
-        if (mine[:n] != ids if n == len(ids) else mine[:n] != ids[:n]) or not set(map(type, mine[n:])) <= {int}:
+        new = mine[n:]  # (sliced once: the type check and the packing read it)
+        if (mine[:n] != ids if n == len(ids) else mine[:n] != ids[:n]) or not set(map(type, new)) <= {int}:
             return False
         if n < len(lst):
-            del lst[n:]
-        new = mine[n:]  # (packed in place: see above)
+            del lst[n:]  # (packed in place: see above)
         if len(new) > 8 and new[-1] - new[0] == len(new) - 1 and new == tuple(range(new[0], new[-1] + 1)):
             # the usual case: the turn's new ids are one fresh range (`HashIds.fresh`)
             step = RUN_KEY_BASE + r
@@ -202,26 +202,59 @@ def pack_long(ids: tuple, starts: range) -> list | None:
     previous turn's): over such a range the keys step by RUN_KEY_BASE + starts.step, so each
     range is one C-level `range`, the same ints as packing id by id (a follow-up's ids are >=
     2**48, too large for packing in int64, and a Python multiply-add per id was most of
-    building a multi-turn context's keys). Other ids that fit pack in int64."""
-    try:
-        a = np.array(ids, dtype=np.int64)
-    except OverflowError:  # (an id outside int64)
-        return None
-    lo, hi = a.min(), a.max()
-    if -_RANGE_LIMIT <= lo and hi < _RANGE_LIMIT:  # (so that np.diff cannot wrap around)
-        cuts = np.flatnonzero(np.diff(a) != 1)
-        if len(cuts) <= len(ids) >> 4:  # a few ranges
-            bounds = [0, *(cuts + 1).tolist(), len(ids)]
-            start, step = starts.start, starts.step
-            stride = RUN_KEY_BASE + step
-            lst: list = []
-            for i, j in zip(bounds, bounds[1:]):
-                k = ids[i] * RUN_KEY_BASE + start + i * step
-                lst += range(k, k + (j - i) * stride, stride)
-            return lst
-    if -_ID_LIMIT <= lo and hi < _ID_LIMIT:  # id * RUN_KEY_BASE + start fits an int64
-        return (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
-    return None
+    building a multi-turn context's keys). The ranges are found by bisection (`range_bounds`),
+    else with numpy; other ids that fit pack in int64."""
+    bounds = range_bounds(ids, (len(ids) >> 4) + 1)
+    if bounds is None:
+        try:
+            a = np.array(ids, dtype=np.int64)
+        except OverflowError:  # (an id outside int64)
+            return None
+        lo, hi = a.min(), a.max()
+        if -_RANGE_LIMIT <= lo and hi < _RANGE_LIMIT:  # (so that np.diff cannot wrap around)
+            cuts = np.flatnonzero(np.diff(a) != 1)
+            if len(cuts) <= len(ids) >> 4:  # a few ranges
+                bounds = [0, *(cuts + 1).tolist(), len(ids)]
+        if bounds is None:
+            if -_ID_LIMIT <= lo and hi < _ID_LIMIT:  # id * RUN_KEY_BASE + start fits an int64
+                return (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
+            return None
+    start, step = starts.start, starts.step
+    stride = RUN_KEY_BASE + step
+    lst: list = []
+    for i, j in zip(bounds, bounds[1:]):
+        k = ids[i] * RUN_KEY_BASE + start + i * step
+        lst += range(k, k + (j - i) * stride, stride)
+    return lst
+
+
+def range_bounds(ids: tuple, limit: int) -> list[int] | None:
+    """[0, b1, ..., len(ids)]: `ids` (ints) split into at most `limit` pieces of consecutive
+    ids, or None. Each piece's end is found by bisection, taking ids[m] == ids[i] + (m - i) to
+    hold up to the piece's end and not after (a generated context: ascending ranges), and then
+    checked against a `range` (C-level), so the answer is exact for any ids; ids that are not
+    such ranges give None after at most `limit` bisections. Why not numpy: converting a tuple
+    of Python ints to an array costs more than the whole check (a first turn is one range of a
+    few hundred ids: the usual case)."""
+    n = len(ids)
+    bounds = [0]
+    i = 0
+    while i < n:
+        if len(bounds) > limit:
+            return None
+        a = ids[i]
+        lo, hi = i + 1, n  # ids[lo - 1] == a + (lo - 1 - i) holds
+        while lo < hi:
+            mid = (lo + hi + 1) >> 1
+            if ids[mid - 1] - a == mid - 1 - i:
+                lo = mid
+            else:
+                hi = mid - 1
+        if ids[i:lo] != tuple(range(a, a + lo - i)):
+            return None
+        bounds.append(lo)
+        i = lo
+    return bounds
 
 
 def _tuple_of(keys) -> tuple:

@@ -228,8 +228,9 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             if nc1 > nb * bs:
                 grow.append((i, h))
                 nb += 1
-            # this token completes keyed blocks (the keys read last: a Python `__bool__`)
-            if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys):
+            # this token completes keyed blocks (empty keys give full = 0 below, so `is not
+            # None` decides as `bool(keys)` would, without `BlockKeys.__bool__`'s Python call)
+            if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys) is not None:
                 full = min(nc1 // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys), nb)
                 if full > h.num_keyed:
                     reg.append((keys, h, h.num_keyed, full, i))

@@ -125,7 +125,11 @@ class PrefixIndex(PrefixRegistration):
         n = min(len(g.runs), -(-num_keys // r))
         if n < 2:
             return 0
-        return min(n * r, num_keys) if g.runs[:n] == keys.run_keys.as_list()[:n] else 0
+        runs, mine = g.runs, keys.run_keys.as_list()
+        # (compared without a copy of a list that is exactly n long: a next turn's context
+        # group usually is, and is hundreds of runs)
+        same = (runs if len(runs) == n else runs[:n]) == (mine if len(mine) == n else mine[:n])
+        return min(n * r, num_keys) if same else 0
 
     def num_free(self, hits: Hits) -> int:
         """Blocks of the hit's keyed part that sit in the free queue."""
