@@ -89,14 +89,15 @@ class StepTerms:
         for b in self.blocks():
             if moe is not None and b.moe != moe:
                 continue
-            weight_elems = b.weight_elems
+            weight_elems, eta_b = b.weight_elems, eta_c
             if b.moe:
                 assert m.moe is not None
                 touched = roofline.experts_touched(m.moe.num_experts, m.moe.top_k, num_tokens)
                 weight_elems += touched * expert_params(m) / self.tp
+                eta_b = c.eta_moe_compute or eta_c  # the grouped-GEMM kernel's own efficiency when set
             t_block = roofline.smooth_roofline_s(
                 b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
-                peak, g.hbm_bw_bytes_s, eta_c, c.eta_memory, c.smoothing_k)
+                peak, g.hbm_bw_bytes_s, eta_b, c.eta_memory, c.smoothing_k)
             total += b.count * t_block
         return total if moe else total + m.num_layers * c.layer_floor_s
 
