@@ -44,3 +44,10 @@ def test_moe_prefill_slows_with_the_kernel_eta_and_decode_barely_moves():
 def test_out_of_range_values_are_refused(bad):
     with pytest.raises(InputError, match="constant 'eta_moe_compute' must be"):
         _model(eta_moe_compute=bad)
+
+
+def test_the_reported_compute_side_follows_the_expert_gemms():
+    base, slow = _model(eta_compute=0.5), _model(eta_compute=0.5, eta_moe_compute=0.125)
+    assert _model(eta_moe_compute=0.0).terms.linear_compute_memory_s(4000) == _model().terms.linear_compute_memory_s(4000)
+    (c0, m0), (c1, m1) = base.terms.linear_compute_memory_s(4000), slow.terms.linear_compute_memory_s(4000)
+    assert m1 == m0 and 2.0 < c1 / c0 < 4.0  # attention / dense GEMMs keep their eta, the experts take 4x longer

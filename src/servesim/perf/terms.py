@@ -104,9 +104,12 @@ class StepTerms:
     def linear_compute_memory_s(self, num_tokens: int) -> tuple[float, float]:
         """The compute and memory sides of `linear_s` (for reporting the regime)."""
         c, g = self.c, self.gpu
-        flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks())
+        peak_c = self.eta_compute_at(num_tokens) * g.peak_flops[self.dtype.compute]
+        flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks() if not (b.moe and c.eta_moe_compute))
+        moe_flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks() if b.moe and c.eta_moe_compute)
+        compute_s = flops / peak_c + (moe_flops / (c.eta_moe_compute * g.peak_flops[self.dtype.compute]) if moe_flops else 0.0)
         bytes_ = sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens) for b in self.blocks())
-        return flops / (self.eta_compute_at(num_tokens) * g.peak_flops[self.dtype.compute]), bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
+        return compute_s, bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
 
     # ---- memory-bound element-wise work, KV writes, LM head ---------------------------------
     def ffn_width(self) -> float:
