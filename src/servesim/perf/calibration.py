@@ -78,6 +78,11 @@ class Constants:
     # (terms.StepTerms.eta_compute_at).
     eta_compute_large_m: float = 0.0
     gemm_m_half_tokens: float = 2048.0  # tokens per step at which eta is halfway to eta_compute_large_m
+    # Share of peak FLOP/s reached by the MoE expert GEMMs (0, off, by default: the dense GEMMs' eta at
+    # every M). Engines run the experts as grouped GEMMs over tokens sorted by expert (e.g. SGLang's
+    # Triton fused_moe for block-FP8 weights on Hopper), whose efficiency is the kernel's, not the dense
+    # GEMMs'; it decides prefill time of MoE models (compute-bound) and barely decode (weight-bound).
+    eta_moe_compute: float = 0.0
     # Attention data parallelism only (perf/attention_dp.py; 0 by default, read by nothing else): GPU
     # time per lock-step step and per sequence of the ranks' padded batch (dp x the largest rank's
     # sequences) that the lock-step terms do not price, fitted per engine on the attention-DP serving
@@ -97,6 +102,7 @@ CONSTANT_RANGES: dict[str, tuple[float, float, bool]] = {
     "overlap_cpu": (0.0, 1.0, True),
     "custom_allreduce": (0.0, 1.0, True),
     "eta_compute_large_m": (0.0, 1.0, True),  # 0 = off (eta_compute at every M)
+    "eta_moe_compute": (0.0, 1.0, True),  # 0 = off (the dense GEMMs' eta)
     "gemm_m_half_tokens": (0.0, math.inf, False),
     "smoothing_k": (1.0, math.inf, True),
     "moe_imbalance": (1.0, math.inf, True),

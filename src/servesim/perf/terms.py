@@ -89,23 +89,27 @@ class StepTerms:
         for b in self.blocks():
             if moe is not None and b.moe != moe:
                 continue
-            weight_elems = b.weight_elems
+            weight_elems, eta_b = b.weight_elems, eta_c
             if b.moe:
                 assert m.moe is not None
                 touched = roofline.experts_touched(m.moe.num_experts, m.moe.top_k, num_tokens)
                 weight_elems += touched * expert_params(m) / self.tp
+                eta_b = c.eta_moe_compute or eta_c  # the grouped-GEMM kernel's own efficiency when set
             t_block = roofline.smooth_roofline_s(
                 b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
-                peak, g.hbm_bw_bytes_s, eta_c, c.eta_memory, c.smoothing_k)
+                peak, g.hbm_bw_bytes_s, eta_b, c.eta_memory, c.smoothing_k)
             total += b.count * t_block
         return total if moe else total + m.num_layers * c.layer_floor_s
 
     def linear_compute_memory_s(self, num_tokens: int) -> tuple[float, float]:
         """The compute and memory sides of `linear_s` (for reporting the regime)."""
         c, g = self.c, self.gpu
-        flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks())
+        peak_c = self.eta_compute_at(num_tokens) * g.peak_flops[self.dtype.compute]
+        flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks() if not (b.moe and c.eta_moe_compute))
+        moe_flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks() if b.moe and c.eta_moe_compute)
+        compute_s = flops / peak_c + (moe_flops / (c.eta_moe_compute * g.peak_flops[self.dtype.compute]) if moe_flops else 0.0)
         bytes_ = sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens) for b in self.blocks())
-        return flops / (self.eta_compute_at(num_tokens) * g.peak_flops[self.dtype.compute]), bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
+        return compute_s, bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
 
     # ---- memory-bound element-wise work, KV writes, LM head ---------------------------------
     def ffn_width(self) -> float:

@@ -8,7 +8,8 @@ missing file, a missing column or a bad value, so readers of the rows need none 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from servesim.errors import InputError
@@ -79,6 +80,29 @@ def read_rows(path: str | Path) -> list[SiliconRow]:
                     rows.append(parse_row(raw))
                 except (ValueError, TypeError, AttributeError) as exc:
                     raise InputError(f"{p}:{line}: bad value ({exc})") from None
-            return rows
+            return recover_versions(rows)
     except FileNotFoundError:
         raise InputError(f"measured file {str(p)!r} not found") from None
+
+
+# Rows named `..._cfg<N>` are one deployment config of a campaign (same model, quantization and
+# parallelism) measured at several concurrencies; in the TensorRT-LLM B200 configs 75, 82 and 91 the
+# file records the release (1.2.0rc6.post2) for some concurrencies and leaves it empty for the others.
+CONFIG_ID = re.compile(r"_cfg(\d+)$")
+
+
+def recover_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
+    """Rows without a version take the one release that the file records for the same deployment
+    config (`_cfg<N>` id, same engine and system); a config recorded with several releases, or with
+    none, leaves its empty cells empty (docs/fidelity.md, "TTFT of the worst groups")."""
+    releases: dict[tuple[str, str, str], set[str]] = {}
+    for r in rows:
+        m = CONFIG_ID.search(r.id)
+        if m and r.version:
+            releases.setdefault((r.backend, r.system, m.group(1)), set()).add(r.version)
+    out = []
+    for r in rows:
+        m = CONFIG_ID.search(r.id) if not r.version else None
+        found = releases.get((r.backend, r.system, m.group(1)), set()) if m else set()
+        out.append(replace(r, version=next(iter(found))) if len(found) == 1 else r)
+    return out
