@@ -4,8 +4,8 @@ vLLM's `bench serve` protocol (streaming completions; TTFT at the first chunk wi
 (same arrival times, lengths and prefix hashes), request by request.
 
 The client also measures what the simulation cannot know: its own HTTP path into the server
-(JSON encoding, the connection, parsing: 5-15 ms here, tens of ms on a loaded CI machine) and
-the token's way back. The check therefore compares each request's client latency with its own
+(JSON encoding, the connection, parsing: 5-20 ms here with TCP_NODELAY, 15-30 ms more without
+it, tens of ms on a loaded CI machine) and the token's way back. The check therefore compares each request's client latency with its own
 replayed latency: never earlier (the server must not release a token before its simulated
 time), and off by a median of under 10 % of the replayed latency."""
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import httpx
@@ -25,11 +26,14 @@ from servesim.workload.request import RequestState
 
 from tests.serve.conftest import running_server
 
-# A slow GPU keeps every step tens of milliseconds long, so a millisecond of HTTP or
-# scheduling jitter is small against what is measured. The test runs `alone` (no other test
-# runs meanwhile): a CPU-bound test beside it on 2 cores tripled the HTTP path's time.
+# A slow GPU and prompts of 2,500-4,000 tokens at 1 request/s keep TTFT near a second, so the HTTP path's
+# milliseconds are small against what is measured. The test runs `alone` (no other test runs
+# meanwhile): a CPU-bound test beside it on 2 cores tripled the HTTP path's time.
 SCENARIO = ["model=llama-3.1-8b", "gpu=l4", "engine.max_model_len=4096"]
-RATE_PER_S, DURATION_S = 2.5, 12.0
+RATE_PER_S, DURATION_S = 1.0, 20.0
+# Nagle's algorithm holds a request's body until the server acknowledges its headers (up to
+# 40 ms of delayed ACK); aiohttp, which vLLM's `bench serve` uses, sets TCP_NODELAY, so do we.
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 async def one_request(client: httpx.AsyncClient, url: str, start_s: float, prompt: list[int], out_len: int) -> dict:
@@ -57,10 +61,11 @@ async def load(url: str) -> list[dict]:
     n = int(RATE_PER_S * DURATION_S)
     gaps = rng.exponential(1 / RATE_PER_S, n)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=NODELAY)
+    async with httpx.AsyncClient(timeout=120, transport=transport) as client:
         t0 = time.perf_counter() + 0.2
         jobs = [one_request(client, url, t0 + float(t), rng.integers(1000, 30000, int(p)).tolist(), int(o))
-                for t, p, o in zip(np.cumsum(gaps), rng.integers(200, 1500, n), rng.integers(16, 64, n))]
+                for t, p, o in zip(np.cumsum(gaps), rng.integers(2500, 4000, n), rng.integers(16, 64, n))]
         return await asyncio.gather(*jobs)
 
 
