@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from servesim.replica.radix_cache import RadixKVCache
+from servesim.replica.schedulers.sglang_policy import dfs_weight_order
 from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request
 from tests.replica.test_vllm_scheduler import run_logged
@@ -149,7 +150,7 @@ def test_dfs_weight_visits_heavier_subtrees_first():
     # waiting: one request under a, two under b (one deeper), one with no cached prefix
     reqs = [_req(0, 48, 1, ["a", "a1", "p"]), _req(1, 48, 1, ["z", "z1", "p"]),
             _req(2, 48, 1, ["b", "b1", "q"]), _req(3, 48, 1, ["b", "r", "q"])]
-    order = sched._dfs_weight_order(reqs)
+    order = dfs_weight_order(reqs, kv)
     # b's subtree holds two requests: it goes first (its deeper node b1 before b itself),
     # then a's; requests matching nothing sit at the root and come last.
     assert [r.id for r in order] == [2, 3, 0, 1]

@@ -33,8 +33,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from servesim.replica.block_keys import block_idents
-from servesim.replica.radix_cache import RadixKVCache, RadixNode
+from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
@@ -42,11 +41,8 @@ from servesim.replica.schedulers.base import (
 )
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
 from servesim.replica.schedulers.queues import SortedWaiting
+from servesim.replica.schedulers.sglang_policy import ordered_waiting
 from servesim.workload.request import Request
-
-LPM_MAX_QUEUE = 128  # above this many waiting requests, lpm falls back to fcfs
-IN_BATCH_CHECK_TOKENS = 32  # IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD
-IN_BATCH_DEPRIORITIZE_TOKENS = 32  # IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD
 
 
 class SGLangParams(SchedulerParams):
@@ -194,58 +190,6 @@ class SGLangScheduler(Scheduler):
         self.new_token_ratio = min(1.0, (generated + steps * len(order)) / max(sum(self.max_new(r) for r in order), 1))
         return [r for r in decoding if r in order]
 
-    def _ordered_waiting(self) -> list[Request]:
-        policy = self.params.schedule_policy
-        waiting = list(self.waiting)
-        if policy == "lpm" and len(waiting) <= LPM_MAX_QUEUE:
-            bs = self.kv.block_size
-            hits = {r.id: len(self.kv.match(r)) * bs for r in waiting}
-            # In-batch prefix caching: a request with (almost) no cached prefix that shares a
-            # prefix with an earlier waiting request goes last this round, so the shared
-            # prefix is computed once and the others hit it afterwards.
-            seen: set = set()
-            later = set()
-            for r in waiting:
-                if hits[r.id] > IN_BATCH_CHECK_TOKENS:
-                    continue
-                keys = block_idents(r.kv_block_keys or ())
-                shared = next((i for i, k in enumerate(keys) if k not in seen), len(keys)) * bs
-                if shared >= IN_BATCH_DEPRIORITIZE_TOKENS:
-                    later.add(r.id)
-                else:
-                    seen.update(keys)
-            waiting.sort(key=lambda r: (r.id in later, -hits[r.id]))  # stable: FCFS among ties
-        elif policy == "dfs-weight":
-            waiting = self._dfs_weight_order(waiting)
-        return waiting
-
-    def _dfs_weight_order(self, waiting: list[Request]) -> list[Request]:
-        root = self.kv.root
-        at: dict[int, list[Request]] = {}
-        weight: dict[int, int] = {}
-        nodes: dict[int, RadixNode] = {id(root): root}
-        # Match every request first: a match may split a node that an earlier one ends below.
-        lasts = [self.kv.match(r).last or root for r in waiting]
-        for r, last in zip(waiting, lasts):
-            at.setdefault(id(last), []).append(r)
-            node = last
-            while node is not None:
-                weight[id(node)] = weight.get(id(node), 0) + 1
-                nodes[id(node)] = node
-                node = node.parent
-        order: list[Request] = []
-        stack: list[tuple[RadixNode, bool]] = [(root, False)]
-        while stack:  # post-order: a node's requests after its children's
-            node, expanded = stack.pop()
-            if expanded:
-                order += at.get(id(node), [])
-                continue
-            stack.append((node, True))
-            kids = [c for c in node.children.values() if weight.get(id(c), 0) > 0]
-            kids.sort(key=lambda c: -weight[id(c)])
-            stack.extend((c, False) for c in reversed(kids))
-        return order
-
     def _prefill_batch(self, out: SchedulerOutput) -> None:
         if self.chunked is None and (not self.waiting or len(self.running) >= self.max_running):
             return  # nothing to continue or admit (the test below, before any pass over the batch)
@@ -272,7 +216,7 @@ class SGLangScheduler(Scheduler):
             return
         rem_total = free_blocks * bs - mixed - self._reserve()
         admitted = False
-        for req in self._ordered_waiting():
+        for req in ordered_waiting(self.params.schedule_policy, list(self.waiting), self.kv):
             if len(self.running) >= self.max_running:
                 break
             hits = kv.match(req)
