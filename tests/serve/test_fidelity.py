@@ -4,8 +4,8 @@ vLLM's `bench serve` protocol (streaming completions; TTFT at the first chunk wi
 (same arrival times, lengths and prefix hashes), request by request.
 
 The client also measures what the simulation cannot know: its own HTTP path into the server
-(JSON encoding, the connection, parsing: 5-20 ms here with TCP_NODELAY, 15-30 ms more without
-it, tens of ms on a loaded CI machine) and the token's way back. The check therefore compares each request's client latency with its own
+(JSON encoding, the connection, parsing: 2-20 ms here with TCP_NODELAY, about 10 ms more
+without it, tens of ms on a loaded CI machine) and the token's way back. The check therefore compares each request's client latency with its own
 replayed latency: never earlier (the server must not release a token before its simulated
 time), and off by a median of under 10 % of the replayed latency."""
 
