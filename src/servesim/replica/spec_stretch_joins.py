@@ -33,14 +33,14 @@ class SpecStretchJoins:
         in the verify pass beside the decodes still running: (end time, emits, grants, blocks
         after it, acceptance rows read, finishes), or None if its decodes' blocks plus `blocks`
         (the prompts' and those the policy keeps free at admission) do not fit in those free
-        when the stretch started. `_steps`' per-request rules, with the prompts' chunks."""
+        when the stretch started. `_steps`' per-request rules (repeated there inline: it is the
+        hot loop of speculative stretches), priced by `_prompts_step_time_s`."""
         act, ctx, rem, held = self._active, self._ctx, self._rem, self._held
         k_max, bs = self._k_max, self._bs
         rows = self._rows[len(self.ends) - 1]  # (a cut keeps one more entry: `SpecStretch._keep`)
         acc, u = self._draws.window(rows, len(act))
         u0 = u
         emits, grants, done_plain, done_spec = [], [], [], []
-        verify, plain_ctxs = [(n, 0) for _, n in joins], []
         need = ctx_sum = 0
         for i in act:
             c, r = ctx[i], rem[i]
@@ -51,13 +51,11 @@ class SpecStretchJoins:
                 u += 1
                 e = (a if a < k else k) + 1  # accepted drafts + the target's token (k < r)
                 nb = (c + k) // bs + 1 - held[i]
-                verify.append((1 + k, c))
                 if e == r:
                     done_spec.append(i)
             else:  # its last token: a plain decode
                 e = 1
                 nb = c // bs + 1 - held[i]
-                plain_ctxs.append(c)
                 done_plain.append(i)
             emits.append(e)
             if nb > 0:
@@ -66,15 +64,8 @@ class SpecStretchJoins:
         alloc = self._alloc[-1] + need
         if alloc + blocks > self.free_blocks:  # (frees inside the stretch are not counted on)
             return None
-        perf = self._perf
         used = u - u0
-        if not used:  # no speculative decode: `speculate` prices a plain step
-            dt = perf.step_time_s(verify, plain_ctxs)
-        else:
-            draft_fn = self._decode_fn(len(act))
-            draft_s = draft_fn(ctx_sum) if draft_fn else perf.step_time_s([], [ctx[i] for i in act])
-            dt = perf.step_time_s(verify, plain_ctxs)
-            dt += self._draft_ratio * k_max * draft_s  # (as `speculate`, term for term)
+        dt = self._prompts_step_time_s([(n, 0) for _, n in joins], act, ctx_sum, used)
         return self.ends[-1] + dt, emits, grants, alloc, rows + used, done_plain + done_spec
 
     def join(self, joins: list, blocks: int, step: tuple, order: list[int], kv) -> None:

@@ -192,7 +192,7 @@ class SpecStretchPricing:
         """Step j's time as `speculate` prices it with the prompt's chunk first in the verify
         pass (over its first `cached0 + j * chunk` tokens), term for term: by the perf model's
         scalar form when every decode verifies 1 + k tokens (`regular`)."""
-        ctx, rem, k_max, perf = self._ctx, self._rem, self._k_max, self._perf
+        k_max, perf = self._k_max, self._perf
         cached = self._cached0 + j * self.chunk
         draft_fn = self._decode_fn(len(act))
         if regular and draft_fn:
@@ -203,12 +203,20 @@ class SpecStretchPricing:
             dt = form(cached, ctx_sum) if form is not None else None
             if dt is not None:
                 return dt + self._draft_ratio * k_max * draft_fn(ctx_sum)
-        chunks = [(self.chunk, cached)]
+        return self._prompts_step_time_s([(self.chunk, cached)], act, ctx_sum, num_spec)
+
+    def _prompts_step_time_s(self, prompts: list[tuple[int, int]], act: list[int], ctx_sum: int,
+                             num_spec: int) -> float:
+        """A step's time as `speculate` prices it with `prompts` ((tokens, tokens cached) each)
+        first in the verify pass beside the decodes of `act`, term for term (a prompt's chunk,
+        or the prompts that join the stretch)."""
+        ctx, rem, k_max, perf = self._ctx, self._rem, self._k_max, self._perf
         decode_ctxs = [ctx[i] for i in act]
         if not num_spec:  # every request on its last token: no speculation, plain decodes
-            return perf.step_time_s(chunks, decode_ctxs)
-        verify = chunks + [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
+            return perf.step_time_s(prompts, decode_ctxs)
+        verify = prompts + [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
         dt = perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
+        draft_fn = self._decode_fn(len(act))
         dt += self._draft_ratio * k_max * (draft_fn(ctx_sum) if draft_fn else perf.step_time_s([], decode_ctxs))
         return dt
 
