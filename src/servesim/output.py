@@ -89,14 +89,14 @@ def _cell(v):
 
 #: Columns of requests.csv that hold strings (or None); the others hold numbers (or None).
 TEXT_COLUMNS = frozenset({"tenant", "slo_class", "state", "pool"})
-_BLANK = {"None": "", "nan": ""}  # a number column's None and NaN are empty cells
 
 
 def column_cells(result: Result, name: str, start: int, stop: int) -> list[str]:
-    """The cells of requests.csv's column `name` for rows `start` to `stop`: `_csv_texts` of
-    `column_values`, numbers made from their arrays (csv_cells.py) with no call per cell."""
+    """The cells of requests.csv's column `name` for rows `start` to `stop`: strings by
+    `_csv_texts` of `column_values`, numbers made from their arrays (csv_cells.py) with no
+    call per cell."""
     if name in TEXT_COLUMNS:
-        return _csv_texts(column_values(result, name, start, stop), False)
+        return _csv_texts(column_values(result, name, start, stop))
     t, sl = result.table, slice(start, stop)
     if name in ("ttft_s", "tpot_s", "e2e_s"):
         return number_texts(getattr(t.request_columns(sl), name))
@@ -108,13 +108,9 @@ def column_cells(result: Result, name: str, start: int, stop: int) -> list[str]:
     return number_texts(v, (v == NONE_ID) if name in OPTIONAL and v.dtype.kind == "i" else None)
 
 
-def _csv_texts(values: list, numbers: bool) -> list[str]:
-    """The cells `csv.writer` writes for a column's values, made a column at a time (no call
-    per cell): numbers as `str` (a float's is its repr), None and NaN empty; strings quoted
-    as the writer quotes them, each distinct string once."""
-    if numbers:
-        texts = list(map(str, values))
-        return list(map(_BLANK.get, texts, texts))
+def _csv_texts(values: list) -> list[str]:
+    """The cells `csv.writer` writes for a column of strings (or None), made a column at a
+    time: quoted as the writer quotes them, each distinct string once, None empty."""
     cells = {v: _csv_cell(v) for v in set(values)}
     return list(map(cells.__getitem__, values))
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from servesim import load_scenario, simulate
-from servesim.csv_cells import fast_floats
+from servesim.csv_cells import fast_floats, number_texts
 from servesim.output import _cell, _csv_texts, request_columns, request_rows, write_run
 from servesim.metrics.request_table import NONE_ID as NONE
 from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
@@ -25,9 +25,11 @@ def _writer_bytes(header, rows) -> str:
 
 def test_cells_of_odd_strings_numbers_and_none_are_the_writers():
     strings = ODD + [None, "a,b"]
-    numbers = [1, None, 0.1, float("nan"), float("inf"), -0.0, 1e-300, 2**70, 3.0]
-    got = [",".join(row) for row in zip(_csv_texts(strings, False), _csv_texts(numbers + [0], True))]
-    want = _writer_bytes(["x", "y"], [[s, _cell(n)] for s, n in zip(strings, numbers + [0])]).split("\r\n")[1:-1]
+    numbers = [1.0, None, 0.1, float("nan"), float("inf"), -0.0, 1e-300, 2.0**70, 3.0, 0.0]
+    missing = np.array([n is None for n in numbers])
+    cells = number_texts(np.array([np.nan if n is None else n for n in numbers]), missing)
+    got = [",".join(row) for row in zip(_csv_texts(strings), cells)]
+    want = _writer_bytes(["x", "y"], [[s, _cell(n)] for s, n in zip(strings, numbers)]).split("\r\n")[1:-1]
     assert got == want and '"a,b"' in got[0] and got[1].startswith('"say ""hi"""') and got[4] == "None,inf" and got[5] == "nan,-0.0"
 
 
