@@ -53,8 +53,7 @@ def test_decoding_requests_is_is_decoding():
     assert 0 < len(got) < len(running)
 
 
-def test_trtllm_reserved_blocks_is_the_per_request_sum():
-    from servesim.replica.schedulers.batch_passes import reserved_blocks
+def test_trtllm_reserved_is_the_per_request_sum():
     from tests.factories import make_engine
 
     _, sched, kv, *_ = make_engine(num_blocks=200_000, scheduler="trtllm")
@@ -62,6 +61,6 @@ def test_trtllm_reserved_blocks_is_the_per_request_sum():
     for r in running[::2]:  # half hold blocks for their computed tokens
         assert kv.allocate_slots(r, 1 + r.id % 40)
     want = sum(sched.total_blocks(r) - kv.num_blocks_of(r.id) for r in running)
-    assert reserved_blocks(running, kv.num_blocks_list(running), kv.block_size) == want
+    assert sched._reserved(running) == want
     assert any(r.max_tokens and r.max_tokens > r.output_len for r in running)  # both sides of the max
     assert any(r.max_tokens and r.max_tokens < r.output_len for r in running)

@@ -141,10 +141,10 @@ def test_arrivals_behind_a_blocked_head_keep_the_stretch(params, num_blocks, mon
 
 
 def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
-    # Every no-evict pass's reservation, summed from the totals kept by id, equals
-    # `reserved_blocks` over the started requests; a request admitted without
-    # `add_request` is filled in on the way; every finished request leaves `_totals`.
-    from servesim.replica.schedulers.batch_passes import reserved_blocks
+    # Every no-evict pass's reservation, summed from the totals kept by id, equals the full
+    # pass over the started requests (`total_blocks` less the blocks held, per request); a
+    # request admitted without `add_request` is filled in on the way; every finished request
+    # leaves `_totals`.
     from servesim.replica.schedulers.trtllm import TRTLLMScheduler
     from tests.factories import serve
 
@@ -157,7 +157,7 @@ def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
 
     def reserved(self, started):
         value = TRTLLMScheduler._reserved(self, started)
-        assert value == reserved_blocks(started, self.kv.num_blocks_list(started), self.kv.block_size)
+        assert value == sum(self.total_blocks(r) - h for r, h in zip(started, self.kv.num_blocks_list(started)))
         checked.append(len(started))
         return value
 
@@ -168,7 +168,7 @@ def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
     assert sched._totals == {}
     stray = make_request(999, 40, 30, max_tokens=100)  # never passed through `add_request`
     assert kv.allocate_slots(stray, 40)
-    assert sched._reserved([stray]) == reserved_blocks([stray], [3], 16) == 9 - 3
+    assert sched._reserved([stray]) == sched.total_blocks(stray) - 3 == 9 - 3
     assert sched._totals == {999: 9}
 
 

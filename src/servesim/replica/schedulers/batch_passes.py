@@ -39,14 +39,3 @@ def decoding_requests(running: list[Request]) -> list[Request]:
     (`Request.is_decoding`, inlined: one property call per running request per step)."""
     return [r for r in running
             if r.num_output_tokens > 0 and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1]
-
-
-def reserved_blocks(reqs: list[Request], held: list[int], block_size: int) -> int:
-    """The blocks `reqs` still reserve under TensorRT-LLM's GUARANTEED_NO_EVICT: the sum of
-    `TRTLLMScheduler.total_blocks(r)` less the `held` ones (`num_blocks_of(r.id)`), without
-    two calls per running request and step."""
-    total = 0
-    for r, h in zip(reqs, held):
-        new = r.output_len if r.output_len >= (r.max_tokens or 0) else r.max_tokens
-        total += -(-(r.prompt_len + new) // block_size) - h
-    return total

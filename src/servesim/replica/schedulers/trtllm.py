@@ -47,7 +47,7 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.arrival_joins import whole_prompts
-from servesim.replica.schedulers.batch_passes import decoding_requests, reserved_blocks
+from servesim.replica.schedulers.batch_passes import decoding_requests
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -105,7 +105,7 @@ class TRTLLMScheduler(Scheduler):
         # budget-sized pieces or came from elsewhere (set then, for good)
         self._partial = self.chunked
 
-    def total_blocks(self, req: Request) -> int:  # (for a batch: `batch_passes.reserved_blocks`)
+    def total_blocks(self, req: Request) -> int:  # (for a batch: `_reserved`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
         new = max(req.max_tokens or 0, req.output_len)
         return cdiv(req.prompt_len + new, self.kv.block_size)
@@ -123,8 +123,9 @@ class TRTLLMScheduler(Scheduler):
         self._totals.pop(req.id, None)
 
     def _reserved(self, reqs: list[Request]) -> int:
-        """`batch_passes.reserved_blocks` of `reqs` (the blocks they still reserve), with their
-        `total_blocks` read from `_totals` instead of computed per request and iteration."""
+        """The blocks `reqs` still reserve under GUARANTEED_NO_EVICT: their `total_blocks` less
+        those they hold, the totals read from `_totals` instead of computed per request and
+        iteration."""
         totals = self._totals
         ids = [r.id for r in reqs]
         try:
@@ -309,8 +310,8 @@ class TRTLLMScheduler(Scheduler):
         # add theirs: the room on the stretch's stale state is at most stepping's.
         if self.wait_iters or self.wait_ratio or self.adp_hold is not None:
             return None  # (batch waiting, attention DP: contexts may be held)
-        if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - reserved_blocks(
-                self.running, self.kv.num_blocks_list(self.running), self.kv.block_size):
+        if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - self._reserved(
+                self.running):
             return None
         return whole_prompts(self.waiting, len(self.running), num_running, self.max_batch_size, self.max_num_tokens,
                              lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
