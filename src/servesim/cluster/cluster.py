@@ -18,7 +18,6 @@ from servesim.cluster.routers import Router
 from servesim.cluster.view import ClusterView
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.replica.replica import DRAINING, READY, Replica
-from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
 
 DoneCallback = Callable[[Request, float], None]
@@ -236,19 +235,10 @@ class Cluster:
 
 def outstandings_at(replicas: list[Replica], indices, t: float) -> list[int]:
     """`replicas[i].outstanding_at(t)` for each index, in one pass (a count-reading router reads
-    every candidate at every arrival; this is that method inlined).
-
-    A plain `Stretch`'s `finished_by` is 0 until the step of its first departure (the smallest
-    remaining count `rem[0]`: step rem[0] - 1) is in the stretch and ended before `t`; that
-    test is made here, without the method call, for most reads at 8 replicas (a stretch of one
-    or two requests whose first departure is its last step). Other stretches are asked."""
+    every candidate at every arrival; this is that method inlined)."""
     out = []
     for i in indices:
         r = replicas[i]
-        n = r.num_outstanding
         st = r.engine.stretch
-        if st is not None and (type(st) is not Stretch or ((rem := st._sorted_rem) is not None and (j := rem[0]) < st.k
-                                                          and st._ends[j - 1] < t)):
-            n -= st.finished_by(t)
-        out.append(n)
+        out.append(r.num_outstanding if st is None else r.num_outstanding - st.finished_by(t))
     return out
