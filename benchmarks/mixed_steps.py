@@ -16,10 +16,9 @@ import csv
 import statistics
 from pathlib import Path
 
-from servesim.perf.build import build_perf_model
 from servesim.validation.mixed import long_prompt_rows, prompt_cost_ratio
 from servesim.validation.recorded_parallelism import engine_parallelism
-from servesim.validation.silicon import inexpressible_reason, read_rows, row_scenario
+from servesim.validation.silicon import inexpressible_reason, read_rows, row_scenario, scenario_perf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
@@ -27,8 +26,7 @@ DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / 
 
 def step_price(row) -> float:
     """(mixed step - decode step) / P0 in the row's step model: one prompt beside c - 1 decodes."""
-    s = row_scenario(row)
-    pm = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf)
+    pm = scenario_perf_model(row_scenario(row))
     users, ctx = engine_parallelism(row).concurrency, row.isl + row.osl // 2
     decode = pm.step_time_s([], [ctx] * users)
     return (pm.step_time_s([(row.isl, 0)], [ctx] * (users - 1)) - decode) / pm.step_time_s([(row.isl, 0)], [])

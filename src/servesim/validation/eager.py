@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from servesim.perf import build_perf_model
 from servesim.perf.calibration import Entry
 from servesim.validation.fit import Errors, coordinate_descent, spread_sample
 from servesim.validation.run import row_errors
-from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario
+from servesim.validation.silicon import (
+    GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario, scenario_perf_model,
+)
 
 # Absolute candidates (the shipped value is always kept as the start).
 EAGER_GRID: dict[str, tuple[float, ...]] = {
@@ -66,7 +67,7 @@ def errors(rows: list[SiliconRow], options: ClientOptions, values: dict[str, flo
 def shipped_values(row: SiliconRow, options: ClientOptions) -> dict[str, float]:
     """The constants this fit moves, as the shipped files resolve them for `row`'s (GPU, engine)."""
     s = row_scenario(row, options)
-    c = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants
+    c = scenario_perf_model(s).constants
     return {**{k: float(getattr(c, k)) for k in PERF_NAMES}, "latency_add_s": 0.0}
 
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from servesim.perf.build import build_perf_model
 from servesim.perf.calibration import Entry
 from servesim.validation.batch import SEQ_GPU_GRID, batched_rows
 from servesim.validation.fit import coordinate_descent, spread_sample
 from servesim.validation.recorded_parallelism import engine_parallelism
 from servesim.validation.run import row_errors
-from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, row_scenario
+from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, row_scenario, scenario_perf_model
 
 # Shares of the prompt tokens' own time added in mixed steps; 0 = off.
 SLOWDOWN_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
@@ -32,8 +31,7 @@ SLOWDOWN_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 def prompt_cost_ratio(row: SiliconRow, tpot_s: float, **scenario_args) -> float:
     """What one other user's prompt costs a request's decode, in prefill steps alone (x P0), for a
     row whose mean TPOT is `tpot_s` (measured or simulated), priced by the row's step model."""
-    scenario = row_scenario(row, **scenario_args)
-    pm = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
+    pm = scenario_perf_model(row_scenario(row, **scenario_args))
     users = engine_parallelism(row).concurrency
     decode_s = pm.step_time_s([], [row.isl + row.osl // 2] * users)
     prefill_s = pm.step_time_s([(row.isl, 0)], [])
@@ -49,8 +47,7 @@ def long_prompt_rows(rows: list[SiliconRow], min_users: int = 32) -> list[Silico
 
 def current_seq_gpu_s(row: SiliconRow) -> float:
     """The shipped `seq_gpu_s` the row plays (its (GPU, engine) serving entry)."""
-    scenario = row_scenario(row)
-    return build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf).constants.seq_gpu_s
+    return scenario_perf_model(row_scenario(row)).constants.seq_gpu_s
 
 
 def fit_mixed(rows: list[SiliconRow], engines: tuple[str, ...] = ("vllm", "sglang", "trtllm"),

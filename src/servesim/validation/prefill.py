@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from servesim.perf import build_perf_model
 from servesim.perf.calibration import Entry
 from servesim.validation.fit import Errors, coordinate_descent
 from servesim.validation.run import row_errors
-from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario
+from servesim.validation.silicon import (
+    GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario, scenario_perf_model,
+)
 
 LOW_CONCURRENCY = 8
 # Absolute candidates (the shipped value is always kept as the start).
@@ -69,7 +70,7 @@ def errors(rows: list[SiliconRow], options: ClientOptions, values: dict[str, flo
 def shipped_values(row: SiliconRow, options: ClientOptions) -> dict[str, float]:
     """The fitted constants as the shipped files resolve them for `row`'s (GPU, engine)."""
     s = row_scenario(row, options)
-    c = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants
+    c = scenario_perf_model(s).constants
     return {**{k: float(getattr(c, k)) for k in PERF_NAMES}, "latency_add_s": 0.0}
 
 
@@ -77,7 +78,7 @@ def group_grid(row: SiliconRow, options: ClientOptions) -> dict[str, tuple[float
     """PREFILL_GRID with eta_compute_large_m limited to values above the group's eta_compute (or 0,
     off): large GEMMs are never less efficient than decode-sized ones."""
     s = row_scenario(row, options)
-    eta_s = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants.eta_compute
+    eta_s = scenario_perf_model(s).constants.eta_compute
     large = (0.0,) + tuple(v for v in PREFILL_GRID["eta_compute_large_m"] if v > eta_s)
     return {**PREFILL_GRID, "eta_compute_large_m": large}
 

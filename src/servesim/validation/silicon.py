@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Mapping
 
 from servesim.errors import InputError
-from servesim.perf import build_perf_model
+from servesim.perf import PerfModel, build_perf_model
 from servesim.perf.engines import engine_profile
 from servesim.perf.hardware import gpu_spec
 from servesim.replica.frontend import profile_name
@@ -270,10 +270,15 @@ def frontend_time_cv(row: SiliconRow, options: ClientOptions) -> float:
     return FRONTEND_TIME_CV.get((row.system, row.backend), 0.0)
 
 
+def scenario_perf_model(scenario: Scenario) -> PerfModel:
+    """The step-time model a row's scenario plays (its GPU, model, TP, dtype and calibration)."""
+    return build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
+
+
 def decode_cycle_s(scenario: Scenario, row: SiliconRow) -> float:
     """How long one request decodes with every user decoding: osl steps of a decode-only batch of
     `concurrency` sequences at the mean context. Users started evenly over it stay out of step
     (fixed lengths keep their phases), the opposite of starting them all at once (docs/fidelity.md)."""
-    perf = build_perf_model(scenario.model, scenario.gpu, scenario.tp, scenario.dtype, scenario.perf)
+    perf = scenario_perf_model(scenario)
     ctx = row.isl + row.osl // 2
     return row.osl * perf.step_time_s([], [ctx] * row.concurrency)

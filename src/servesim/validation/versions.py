@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from servesim.perf import build_perf_model
 from servesim.perf.calibration import Entry
 from servesim.replica.frontend import frontend_profile, profile_name
 from servesim.validation.fit import FRONTEND_GRID, PERF_GRID, coordinate_descent, spread_sample
 from servesim.validation.run import row_errors
-from servesim.validation.silicon import GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario
+from servesim.validation.silicon import (
+    GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario, scenario_perf_model,
+)
 
 Key = tuple[str, str, str]  # (engine, system, version)
 
@@ -62,7 +63,7 @@ def step_constant(overlap_cpu: float) -> str:
 def fit_key(sample: list[SiliconRow], options: ClientOptions) -> tuple[dict[str, float], dict[str, float], float, float]:
     """(engine constants, front end, TPOT score, TTFT score) for one key's sample."""
     s = row_scenario(sample[0], options)
-    constants = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants
+    constants = scenario_perf_model(s).constants
     name = step_constant(constants.overlap_cpu)
     fe_start = dict(zip(("request_s", "prompt_token_s", "latency_s"), s.frontend.constants()))
     grid = {name: STEP_GRID[name]}
@@ -113,7 +114,7 @@ def fit_fallback(rows: list[SiliconRow], engines: tuple[str, ...], options: Clie
             continue
         sample = spread_sample(fit_rows, per_gpu)
         s = row_scenario(sample[0], options)
-        start = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants.layer_floor_s
+        start = scenario_perf_model(s).constants.layer_floor_s
         perf, tpot = coordinate_descent({"layer_floor_s": start}, {"layer_floor_s": STEP_GRID["layer_floor_s"]},
                                         lambda v: row_errors(sample, options, overrides=dict(v), frontend={}),
                                         weights=(0.0, 1.0), relative=True, sweeps=1)
