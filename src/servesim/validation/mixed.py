@@ -7,6 +7,13 @@ prompt's prefill step alone, (TPOT - D) x (osl - 1) / (c - 1) / P0 is what one s
 the request's decode, in prefill steps: `prompt_cost_ratio`. Measured it is above what the
 simulation gives in the long-prompt rows (docs/fidelity.md, "Mixed prefill + decode steps").
 
+Where the simulation puts the prompts: `interrupting_share` (the share of the other users' prompts
+whose prefill ends inside a request's decode; 0.5 in a lock-step wave, where the request prefilled
+j-th sees only the c - 1 - j prompts after it; about 1 with the users spread out) and
+`cycle_parts` (what a request's closed-loop cycle, TTFT + (osl - 1) x TPOT, gains or loses in its
+TTFT and in its decode, simulated against measured) tell a prompt that costs a decode too little
+from a prompt that lands in the wrong place (docs/fidelity.md, "Where the decodes lose time").
+
 The fit (`fit_mixed`) moves `mixed_prefill_slowdown` (the prompt tokens of a step that also decodes
 cost that share more of their own time) together with `seq_gpu_s` (the GPU time per sequence that
 stood in for part of it), on rows at even file positions with more than 8 users; odd rows are
@@ -15,7 +22,8 @@ held out. A group keeps the term off unless the fit chooses it.
 
 from __future__ import annotations
 
-from typing import Callable
+import bisect
+from typing import Callable, Iterable
 
 from servesim.perf.calibration import Entry
 from servesim.validation.batch import SEQ_GPU_GRID, batched_rows
@@ -36,6 +44,31 @@ def prompt_cost_ratio(row: SiliconRow, tpot_s: float, **scenario_args) -> float:
     decode_s = pm.step_time_s([], [row.isl + row.osl // 2] * users)
     prefill_s = pm.step_time_s([(row.isl, 0)], [])
     return (tpot_s - decode_s) * (row.osl - 1) / (users - 1) / prefill_s
+
+
+def interrupting_share(requests: Iterable, users: int, measured_end: int | None = None) -> float:
+    """Mean over the measured requests (finished, not warm-up, id below `measured_end`, more than
+    one output token) of the number of other requests whose first token (the end of their prefill)
+    falls inside the request's decode, (first token, last token], per other user (`users` - 1).
+    Every request counts as an interrupter, warm-up and trailing ones included: they load the engine."""
+    started = [r for r in requests if r.first_token_s is not None]
+    firsts = sorted(r.first_token_s for r in started)
+    counts = [bisect.bisect_right(firsts, r.finish_s) - bisect.bisect_right(firsts, r.first_token_s)
+              for r in started if r.finish_s is not None and r.num_output_tokens > 1 and not r.extra.get("warmup")
+              and (measured_end is None or r.id < measured_end)]
+    if not counts or users < 2:
+        return float("nan")
+    return sum(counts) / len(counts) / (users - 1)
+
+
+def cycle_parts(row: SiliconRow, ttft_s: float, tpot_s: float) -> tuple[float, float, float]:
+    """(cycle, TTFT part, decode part) of a simulated row against its measurement, each a share of
+    the measured cycle TTFT + (osl - 1) x TPOT: simulated / measured - 1 and the two terms it sums."""
+    steps = row.osl - 1
+    measured = row.ttft_s + steps * row.tpot_s
+    ttft_part = (ttft_s - row.ttft_s) / measured
+    decode_part = steps * (tpot_s - row.tpot_s) / measured
+    return ttft_part + decode_part, ttft_part, decode_part
 
 
 def long_prompt_rows(rows: list[SiliconRow], min_users: int = 32) -> list[SiliconRow]:
