@@ -18,7 +18,7 @@ from typing import Literal
 
 from servesim.replica.schedulers import register
 from servesim.replica.lora import LoRACache
-from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
+from servesim.replica.schedulers.arrival_joins import admit_whole, is_fresh, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -147,6 +147,43 @@ class VLLMScheduler(VLLMSteps):
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._head_blocked_by_kv = False
         admit_whole(self, joins, out)
+
+    def finish_admission(self) -> bool:
+        # FCFS admission only (a priority queue is iterated sorted); no adapters; no policy of
+        # its own in `schedule` or `finish` (`continuum` pins at a finish)
+        return (self.lora is None and self.params.policy == "fcfs" and type(self).schedule is VLLMScheduler.schedule
+                and type(self).finish is Scheduler.finish)
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # `_admit` from the budget the decodes leave, on the blocks free after their allocation
+        if not self.finish_admission():
+            return None
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens - num_running
+        # (the sequence cap is read on `running`, which still lists the finished requests: a
+        # cap reached there is left to stepping, so `arrival_keeps_batch`'s read of it holds)
+        room = cfg.max_num_seqs - len(self.running)
+        bs = self.kv.block_size
+        joins = []
+        for req in self.waiting:
+            if budget <= 0 or len(joins) >= room or not is_fresh(req):
+                return None  # the next step admits a chunk or nothing; a hit, or the cap: not determined here
+            n = self.first_chunk(req, 0, budget)
+            if n != req.num_tokens:
+                return None  # a chunk of its prompt, or a prompt over the budget
+            need = -(-n // bs)
+            if need > free_blocks:
+                return joins  # head-of-line blocking until the next finish frees blocks
+            joins.append((req, n))
+            budget -= n
+            free_blocks -= need
+        return joins
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        if self.waiting:  # (`finish_admits` stopped at a head whose blocks are not free)
+            self._head_blocked_by_kv = True
+            self._blocked_head = self.waiting.peek()
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and
