@@ -33,6 +33,7 @@ from bisect import bisect_right
 
 from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.stretch import Stretch
+from servesim.replica.stretch_growth import GrowthCount
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s
 from servesim.replica.stretch_joins import _growth
 
@@ -42,7 +43,7 @@ class AdmitStretch(Stretch):
     (`kmax`), where `admit_at_finishes` decides whether it goes on. `free_blocks` counts the
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
-    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to")
+    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -52,6 +53,20 @@ class AdmitStretch(Stretch):
         self.join_base: list[int] = []  # blocks each joiner's prompt took, in `joins` order
         self.waiting_to: list[int] = []  # steps from which one fewer waits (a waiting request joined)
         self.kmax = self._sorted_rem[0]  # the first departure's boundary
+        self.growth: GrowthCount | None = None  # the decodes' block count, walked forward (set with `first_new`)
+
+    def blocks_needed(self, steps: int, block_size: int) -> int:
+        g = self.growth
+        return g.blocks_needed(steps) if g is not None else super().blocks_needed(steps, block_size)
+
+    def blocks_bound(self, steps: int, block_size: int) -> int:
+        return self.blocks_needed(steps, block_size)  # (exact, and as cheap as the bound here)
+
+    def join(self, joins: list, first_new: list[int], blocks: int, step_s: float, forms, block_size: int) -> None:
+        n = len(self.reqs)
+        super().join(joins, first_new, blocks, step_s, forms, block_size)
+        if self.growth is not None and not self.growth.add(first_new, self.remaining[n:]):
+            self.growth = None  # (cannot happen: a joiner grows after its join step; the pass counts then)
 
     def apply(self, engine) -> list:
         """`Engine._apply_stretch` for this stretch: the departures not yet released are
@@ -131,6 +146,7 @@ def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float
     kv = engine.kv
     st.first_new = kv.first_new_block_steps(reqs, ctx1)
     st.free_blocks = st.free0 = kv.num_free_blocks
+    st.growth = GrowthCount(st.first_new, remaining, kv.block_size)
     if st.k < 2:
         if st.kmax != 1:
             return False  # (a step that started at the horizon: stepped)

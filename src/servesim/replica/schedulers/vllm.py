@@ -151,8 +151,8 @@ class VLLMScheduler(VLLMSteps):
     def finish_admission(self) -> bool:
         # FCFS admission only (a priority queue is iterated sorted); no adapters; no policy of
         # its own in `schedule` or `finish` (`continuum` pins at a finish)
-        return (self.lora is None and self.params.policy == "fcfs" and type(self).schedule is VLLMScheduler.schedule
-                and type(self).finish is Scheduler.finish)
+        return (type(self).schedule is VLLMScheduler.schedule and type(self).finish is Scheduler.finish
+                and self.lora is None and self.params.policy == "fcfs")
 
     def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
         # `_admit` from the budget the decodes leave, on the blocks free after their allocation
