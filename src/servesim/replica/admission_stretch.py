@@ -208,7 +208,7 @@ def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s
     """Admit `joins` at step s of `st` (their blocks were counted free): as stepping's
     `schedule` would, then into the stretch (`Stretch.join`)."""
     kv, sched = engine.kv, engine.scheduler
-    step_s = _join_step_s(engine.perf, st, s, num_running, joins)
+    step_s = _admit_step_s(engine.perf, st, s, num_running, joins)
     sched.admit_at_finish(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
     new = [req for req, _ in joins]
     for req in new:
@@ -220,3 +220,16 @@ def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s
     st.join(joins, first_new, sum(base), step_s, engine._decode_forms(len(st.reqs) + len(joins)), kv.block_size)
     st.waiting_to += [s] * len(joins)
     engine.num_finish_admissions += len(joins)
+
+
+def _admit_step_s(perf, st: AdmitStretch, s: int, num_running: int, joins: list) -> float:
+    """The time of step s: the `num_running` decodes and the admitted prompts. Several prompts
+    beside decodes whose context sum the pricing holds: `step_time_s` reads the decodes'
+    contexts only through their number and sum when the model has the chunk form (no sliding
+    window), so one context carrying the sum stands for them (bit-identical, no pass over the
+    batch); else `_join_step_s` (one prompt, or the contexts listed)."""
+    chunk_fn = getattr(perf, "chunk_time_fn", None)
+    if (len(joins) > 1 and num_running and chunk_fn is not None and st._f is not None and st._priced == s
+            and chunk_fn(num_running, joins[0][1]) is not None):
+        return perf.step_time_s([(n, 0) for _, n in joins], [st._ctx_sum] + [0] * (num_running - 1))
+    return _join_step_s(perf, st, s, num_running, joins)
