@@ -13,13 +13,14 @@ from tests.factories import REQUEST_OUTCOME, ToyPerf, assert_same_run, make_engi
 FIELDS = REQUEST_OUTCOME + ("num_cached_tokens", "first_scheduled_s", "num_computed_tokens")
 
 
-def overload(seed: int, n: int = 300, gap_s: float = 0.004, max_prompt: int = 200, max_output: int = 300):
+def overload(seed: int, n: int = 300, gap_s: float = 0.004, max_prompt: int = 200, max_output: int = 300,
+             priorities: int = 1):
     """Open-loop requests without prefix keys arriving faster than they are served: a queue
-    that never empties, with a head waiting for KV blocks."""
+    that never empties, with a head waiting for KV blocks (`priorities`: levels drawn)."""
     rng = np.random.default_rng(seed)
     t = np.cumsum(rng.exponential(gap_s, n))
-    return [make_request(i, int(rng.integers(1, max_prompt)), int(rng.integers(1, max_output)), float(t[i]))
-            for i in range(n)]
+    return [make_request(i, int(rng.integers(1, max_prompt)), int(rng.integers(1, max_output)), float(t[i]),
+                         priority=int(rng.integers(0, priorities))) for i in range(n)]
 
 
 def run(reqs, fast_forward: bool, num_blocks: int, perf, scheduler: str = "vllm", params: dict | None = None,
@@ -49,3 +50,22 @@ def test_admissions_inside_stretches_match_stepping(seed, num_blocks, perf_name,
     assert a.num_finish_admissions > 0.2 * len(a_reqs)  # many admissions happened inside stretches
     assert b.num_finish_admissions == 0
     print(seed, num_blocks, perf_name, a.num_finish_admissions, a.num_fast_forwarded_steps / a.num_steps)
+
+
+# The policies whose admission under a blocked head is vLLM's in a fixed key order.
+KEYED = [("priority", {}, 1), ("priority", {}, 3), ("priority", {"preemption": False}, 3), ("edf", {}, 1)]
+
+
+@pytest.mark.parametrize("scheduler,params,priorities", KEYED)
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (3, 300), (4, 200)])
+@pytest.mark.parametrize("perf_name", ["toy", "llama"])
+def test_keyed_policies_admit_inside_stretches_exactly(scheduler, params, priorities, seed, num_blocks, perf_name,
+                                                      llama):
+    perf = ToyPerf() if perf_name == "toy" else llama
+    a_reqs, b_reqs = overload(seed, priorities=priorities), overload(seed, priorities=priorities)
+    a = run(a_reqs, True, num_blocks, perf, scheduler, params)
+    b = run(b_reqs, False, num_blocks, perf, scheduler, params)
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
+    print(scheduler, params, priorities, seed, num_blocks, perf_name, a.num_finish_admissions,
+          a.num_fast_forwarded_steps / a.num_steps)
+    assert a.num_finish_admissions > 0.1 * len(a_reqs)

@@ -18,10 +18,11 @@ from typing import Literal
 
 from servesim.replica.schedulers import register
 from servesim.replica.lora import LoRACache
-from servesim.replica.schedulers.arrival_joins import admit_whole, is_fresh, whole_prompts
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
 
@@ -159,25 +160,10 @@ class VLLMScheduler(VLLMSteps):
         if not self.finish_admission():
             return None
         cfg = self.config
-        budget = cfg.max_num_batched_tokens - num_running
-        # (the sequence cap is read on `running`, which still lists the finished requests: a
-        # cap reached there is left to stepping, so `arrival_keeps_batch`'s read of it holds)
-        room = cfg.max_num_seqs - len(self.running)
-        bs = self.kv.block_size
-        joins = []
-        for req in self.waiting:
-            if budget <= 0 or len(joins) >= room or not is_fresh(req):
-                return None  # the next step admits a chunk or nothing; a hit, or the cap: not determined here
-            n = self.first_chunk(req, 0, budget)
-            if n != req.num_tokens:
-                return None  # a chunk of its prompt, or a prompt over the budget
-            need = -(-n // bs)
-            if need > free_blocks:
-                return joins  # head-of-line blocking until the next finish frees blocks
-            joins.append((req, n))
-            budget -= n
-            free_blocks -= need
-        return joins
+        found = admits_until_blocked(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
+                                     cfg.max_num_batched_tokens, free_blocks, self.kv.block_size,
+                                     lambda req, budget: self.first_chunk(req, 0, budget))
+        return None if found is None else found[0]
 
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self.join(joins, out)
