@@ -52,8 +52,10 @@ def test_admissions_inside_stretches_match_stepping(seed, num_blocks, perf_name,
     print(seed, num_blocks, perf_name, a.num_finish_admissions, a.num_fast_forwarded_steps / a.num_steps)
 
 
-# The policies whose admission under a blocked head is vLLM's in a fixed key order.
-KEYED = [("priority", {}, 1), ("priority", {}, 3), ("priority", {"preemption": False}, 3), ("edf", {}, 1)]
+# The policies whose admission under a blocked head is vLLM's in a fixed key order (hygen:
+# online requests only, in queue order).
+KEYED = [("priority", {}, 1), ("priority", {}, 3), ("priority", {"preemption": False}, 3), ("edf", {}, 1),
+         ("hygen", {}, 1)]
 
 
 @pytest.mark.parametrize("scheduler,params,priorities", KEYED)
@@ -69,3 +71,26 @@ def test_keyed_policies_admit_inside_stretches_exactly(scheduler, params, priori
     print(scheduler, params, priorities, seed, num_blocks, perf_name, a.num_finish_admissions,
           a.num_fast_forwarded_steps / a.num_steps)
     assert a.num_finish_admissions > 0.1 * len(a_reqs)
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (4, 200)])
+def test_hygen_with_offline_requests_stays_exact(seed, num_blocks):
+    # offline requests held: the fill decides by predicted step time, so no admission stretch
+    # while any is held (here until the online queue drains)
+    a_reqs, b_reqs = overload(seed), overload(seed)
+    for r in a_reqs[:60:3] + b_reqs[:60:3]:
+        r.is_offline = True
+    a = run(a_reqs, True, num_blocks, ToyPerf(), "hygen")
+    b = run(b_reqs, False, num_blocks, ToyPerf(), "hygen")
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
+    assert a.num_finish_admissions == 0
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "priority"])
+def test_no_admission_stretch_without_deferred_finishes(scheduler):
+    # a closed-loop workload reacts to finishes at once: stretches stop at the first finish
+    a_reqs, b_reqs = overload(2), overload(2)
+    a = run(a_reqs, True, 300, ToyPerf(), scheduler, defer_finishes=False)
+    b = run(b_reqs, False, 300, ToyPerf(), scheduler, defer_finishes=False)
+    assert_same_run(a, b, a_reqs, b_reqs, 300, FIELDS)
+    assert a.num_finish_admissions == 0 and a.num_fast_forwarded_steps > 0
