@@ -55,6 +55,12 @@ class AdmitStretch(Stretch):
         self.kmax = self._sorted_rem[0]  # the first departure's boundary
         self.growth: GrowthCount | None = None  # the decodes' block count, walked forward (set with `first_new`)
 
+    def _steps_to(self, horizon: float) -> int:
+        # priced to the next departure, a few steps away under overload: the scalar loop
+        # (numpy's fixed cost, and the departures' prefix sums rebuilt after each join, are not
+        # worth it there), however far the horizon
+        return min(super()._steps_to(horizon), self.kmax - self.k)
+
     def blocks_needed(self, steps: int, block_size: int) -> int:
         g = self.growth
         return g.blocks_needed(steps) if g is not None else super().blocks_needed(steps, block_size)
