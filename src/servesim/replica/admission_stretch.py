@@ -153,11 +153,9 @@ def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float
     st.first_new = kv.first_new_block_steps(reqs, ctx1)
     st.free_blocks = st.free0 = kv.num_free_blocks
     st.growth = GrowthCount(st.first_new, remaining, kv.block_size)
-    if st.k < 2:
-        if st.kmax != 1:
-            return False  # (a step that started at the horizon: stepped)
-        # a request's last token is step 0's: the stretch is that step, then its boundary
-    elif not engine._limit(st, 1):
+    if st.k < 2 and st.kmax == 1:
+        pass  # a request's last token is step 0's: the stretch is that step, then its boundary
+    elif st.k < 2 or not engine._limit(st, 1):
         return False
     engine.stretch = st
     engine._schedule_stretch_end(st)
