@@ -112,10 +112,10 @@ def test_no_stretch_is_built_when_step_1_cannot_start_before_the_horizon(monkeyp
     price = Stretch.price
 
     def first_price(st, horizon):
-        fresh = st.k == 1 and not (type(st) is AdmitStretch and st.kmax == 1)  # (its boundary follows step 0)
+        fresh = st.k == 1
         price(st, horizon)
-        if fresh:
-            first_k.append(st.k)
+        if fresh:  # (an admission stretch whose first departure is step 0's holds that step: its boundary follows)
+            first_k.append(2 if type(st) is AdmitStretch and st.kmax == 1 else st.k)
 
     monkeypatch.setattr(Stretch, "price", first_price)
     # arrivals about one engine step apart: many plans meet the next arrival within step 0
