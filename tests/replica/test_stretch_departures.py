@@ -123,7 +123,7 @@ def test_no_stretch_is_built_when_step_1_cannot_start_before_the_horizon(monkeyp
                                            "workload.arrival.rate_per_s=40", "workload.num_requests=300",
                                            "workload.lengths.dataset=sharegpt"]))
     assert result.summary()["num_requests"] == 300 and result.num_fast_forwarded_steps > 0
-    assert len(first_k) > 100  # stretches were planned ...
+    assert len(first_k) > 50  # stretches were planned ... (admission stretches run through finishes: fewer than 100 now)
     assert len(plans) - len(first_k) > 20  # ... and others given up before a Stretch was built
     assert min(first_k) >= 2  # every stretch built reached step 1 (none built to be dropped)
 
