@@ -123,13 +123,15 @@ class Recorder:
 
     def log_decode_steps(self, start_s: float, ends_s, batch, num_waiting: int,
                          kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
-                         waiting_from: list[int] = (), prefill_at: list[tuple[int, int]] = ()) -> None:
+                         waiting_from: list[int] = (), prefill_at: list[tuple[int, int]] = (),
+                         waiting_to: list[int] = ()) -> None:
         """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests; the first
         computes `first_prefill_tokens` prompt tokens, and each (step, tokens) of `prefill_at`
         (requests that joined a stretch, steps > 0) that many. A stretch (KV use given as a `BlockGrowth`) emits a token per
         running request per step; a single step logged by `log_step` says what it emitted.
         `num_waiting` requests wait in the first step, one more from each step listed in
-        `waiting_from` on (arrivals that joined a blocked queue; indices into this chunk).
+        `waiting_from` on (arrivals that joined a blocked queue; indices into this chunk), one
+        fewer from each step listed in `waiting_to` on (waiting requests admitted in the stretch).
         `ends_s` and `batch` may be lists or 1-D numpy arrays (copied); `batch` may also be
         given as `BatchRuns`."""
         if not isinstance(kv_used_blocks, BlockGrowth):
@@ -154,6 +156,8 @@ class Recorder:
                 b.free_blocks.append(blocks)
         if waiting_from:
             b.waiting_from.extend([local + step for step in waiting_from])
+        if waiting_to:
+            b.waiting_to.extend([local + step for step in waiting_to])
         if prefill_at:
             for step, tokens in prefill_at:
                 b.prefill_at.append(local + step)

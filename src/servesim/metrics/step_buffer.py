@@ -167,10 +167,10 @@ class Packed:
 
 # the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
 _LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks",
-          "prefill_at", "prefill_more")
+          "prefill_at", "prefill_more", "waiting_to")
 #: dtypes of the arrays `StepBuffer.wire` gives: the chunks' table (flat), the end times, `_LISTS`
 WIRE = (np.float64, np.float64, np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64,
-        np.int64, np.int32)
+        np.int64, np.int32, np.int64)
 
 
 class StepBuffer:
@@ -202,6 +202,8 @@ class StepBuffer:
         # prompt tokens of steps inside a stretch (requests that joined it), beyond each chunk's first
         self.prefill_at = Ints(np.int64)
         self.prefill_more = Ints(np.int32)
+        # steps from which one fewer waits, until the chunk ends (admitted inside a stretch)
+        self.waiting_to = Ints(np.int64)
 
     def pack(self) -> None:
         """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
@@ -253,11 +255,13 @@ class StepBuffer:
 
     def _waiting(self, first: np.ndarray, lens: np.ndarray, first_waiting: np.ndarray) -> np.ndarray:
         """Waiting count at every step: each chunk's first value, plus the arrivals it kept
-        from their step to the chunk's end."""
+        from their step to the chunk's end, less the requests it admitted (`waiting_to`)."""
         waiting = np.repeat(first_waiting.astype(np.int64), lens)
-        at = self.waiting_from.array()
-        if len(at):
+        at, gone = self.waiting_from.array(), self.waiting_to.array()
+        if len(at) or len(gone):
             delta = np.bincount(at, minlength=self.num_steps)
+            if len(gone):
+                delta = delta - np.bincount(gone, minlength=self.num_steps)
             grown = np.cumsum(delta)  # arrivals kept up to each step, over all chunks
             waiting += grown - np.repeat(grown[first] - delta[first], lens)  # less those of earlier chunks
         return waiting.astype(np.int32)

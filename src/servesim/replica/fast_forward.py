@@ -19,6 +19,7 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
+from servesim.replica.admission_stretch import AdmitStretch, admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
@@ -63,6 +64,9 @@ class FastForwarding:
         keyed = [(r, c) for r, c in zip(reqs, ctx1)
                  if (k := r.kv_block_keys) is not None and (k.num_blocks if type(k) is BlockKeys else k)]
         through = self.defer_finishes and ff.through_finishes and not keyed
+        if (not (through or keyed) and self.defer_finishes and self.ports is None and self.scheduler.num_waiting
+                and self.scheduler.finish_admission()):  # finishes admit the queue head inside the stretch
+            return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining)
         if (max(remaining) if through else min(remaining)) < 2:
             return False
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
@@ -178,6 +182,8 @@ class FastForwarding:
                 return self._schedule_stretch_end(st)
         if self.on_change:  # (while the stretch is in flight: a view taken now reads its steps)
             self.on_change(now_s)
+        if type(st) is AdmitStretch and admit_at_finishes(self, st, now_s):
+            return  # the next departure's boundary admitted what stepping would: the stretch goes on
         if st.final and self.scheduler.num_waiting and join_arrivals(self, st, now_s):
             return  # arrivals admitted whole at this boundary: the stretch goes on with them
         self.stretch = None

@@ -43,6 +43,18 @@ class BlockRelease:
                 self._recent_keys.keep(held.keys)
                 held.keys.release()
 
+    def free_grown(self, req_id: Any, num_new_blocks: int) -> None:
+        """Release a request without prefix keys that needed `num_new_blocks` more plain blocks
+        since its last allocation (a fast-forwarded stretch's growth, never allocated): as
+        allocating them and then freeing it. Freed blocks are plain, entering the queue's tail,
+        and pops take its head, so pushing first leaves the queue as stepping's order does
+        (the caller checked that stepping had the blocks)."""
+        held = self._held[req_id]
+        held.num_plain += num_new_blocks
+        self.free(req_id)
+        self.num_free_blocks -= num_new_blocks
+        self._queue.pop(num_new_blocks)
+
     def free_preempted(self, req: Any) -> None:
         """Release a request preempted by recompute (call before resetting its progress): its
         full computed blocks past its keyed prefix go to the free queue as a run tagged with

@@ -140,6 +140,28 @@ class Scheduler:
         """Admit the requests `arrivals_join` listed, as `schedule` would have."""
         raise NotImplementedError
 
+    def finish_admission(self) -> bool:
+        """May a stretch planned from this policy's last `schedule` (which repeats only up to
+        the first finish, requests waiting) run through finishes, asking `finish_admits` at
+        the step boundary after each (`replica/admission_stretch.py`)? Changes no state. The
+        default, False, ends the stretch at the first finish."""
+        return False
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        """At a step boundary of such a stretch after finishes, `num_running` still decoding
+        (the finished ones are still listed in `running`) and `free_blocks` free once their
+        blocks for the next step are allocated: the (request, prompt tokens) the next
+        `schedule` admits, each whole with no prefix hit, such that every later `schedule`
+        admits nothing until the next finish (the queue empty or its head waiting for KV
+        blocks, which decodes only make scarcer); [] if it admits nothing. None when that is
+        not determined: the stretch ends there. Changes no state."""
+        return None
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        """Admit the requests `finish_admits` listed, as `schedule` would have (and keep what
+        it would have noted about the head left waiting)."""
+        self.join(joins, out)
+
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         """(KV blocks `join` allocates for `joins`, free blocks it must leave beyond them): by
         default each prompt's blocks and none (a policy reserving more or keeping a watermark says so)."""

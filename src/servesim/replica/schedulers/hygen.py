@@ -27,6 +27,7 @@ from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -245,6 +246,24 @@ class HyGenScheduler(VLLMSteps):
                 raise AssertionError(f"request {req.id} could not join the stretch")
             self._start(req, hits, out, n)
             self.waiting.pop()
+
+    def finish_admission(self) -> bool:
+        # online only: `_admit_online` is vLLM's admission in queue order (no offline fill)
+        return type(self).schedule is HyGenScheduler.schedule and self._online_only and not self.offline
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        if not self.finish_admission():
+            return None
+        cfg = self.config
+        found = admits_until_blocked(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
+                                     cfg.max_num_batched_tokens, free_blocks, self.kv.block_size,
+                                     lambda req, budget: min(req.num_tokens, budget))
+        return None if found is None else found[0]
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        if self.waiting:  # (`finish_admits` stopped at a head whose blocks are not free)
+            self._head_blocked, self._blocked_head = True, self.waiting.peek()
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Offline decodes are limited by a predicted time that grows with context: not steady.

@@ -24,6 +24,7 @@ from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
     SchedulerParams,
 )
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.queues import SortedWaiting
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
@@ -195,6 +196,39 @@ class KeyedScheduler(VLLMSteps):
         self.waiting.sort(key=self._waiting_sort_key())  # (as `schedule`: the order `arrivals_join` used)
         self._head_blocked = self._head_blocked_by_kv = False
         admit_whole(self, joins, out)
+
+    def finish_admission(self) -> bool:
+        # static keys: the order of the waiting queue and the victims' keys never move; no
+        # per-step state a skipped `schedule` would have changed (`admits_joins`)
+        return (type(self).schedule is KeyedScheduler.schedule and self.static_keys and self.admits_joins()
+                and not self.swapped)
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # `_admit` in key order (the queue, kept sorted, is iterated so); a head left waiting
+        # must not beat the running request with the largest key (`_make_room` would evict it)
+        if not (self.finish_admission() and self.waiting.clean):
+            return None
+        cfg = self.config
+        found = admits_until_blocked(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
+                                     cfg.max_num_batched_tokens, free_blocks, self.kv.block_size,
+                                     lambda req, budget: self.first_chunk(req, 0, budget))
+        if found is None:
+            return None
+        joins, head = found
+        if head is not None and self.preempt_for_waiting and self.running:
+            # `_make_room`'s victim over `running`, which still lists the finished requests: a
+            # larger key there may be one of them, so that case is left to stepping
+            k = self._num_sorted
+            victim = max(self.running[k - 1:] if k else self.running, key=self.sort_key())
+            if self.preempt_key(victim) > self.preempt_key(head):
+                return None
+        return joins
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        if self.waiting:  # (`finish_admits` stopped at a head whose blocks are not free)
+            self._head_blocked = self._head_blocked_by_kv = True
+            self._blocked_head = self.waiting.peek()
 
     def _waiting_sort_key(self):
         """The key `schedule` sorts the waiting queue by."""

@@ -22,6 +22,7 @@ from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
 
@@ -147,6 +148,28 @@ class VLLMScheduler(VLLMSteps):
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._head_blocked_by_kv = False
         admit_whole(self, joins, out)
+
+    def finish_admission(self) -> bool:
+        # FCFS admission only (a priority queue is iterated sorted); no adapters; no policy of
+        # its own in `schedule` or `finish` (`continuum` pins at a finish)
+        return (type(self).schedule is VLLMScheduler.schedule and type(self).finish is Scheduler.finish
+                and self.lora is None and self.params.policy == "fcfs")
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # `_admit` from the budget the decodes leave, on the blocks free after their allocation
+        if not self.finish_admission():
+            return None
+        cfg = self.config
+        found = admits_until_blocked(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
+                                     cfg.max_num_batched_tokens, free_blocks, self.kv.block_size,
+                                     lambda req, budget: self.first_chunk(req, 0, budget))
+        return None if found is None else found[0]
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        if self.waiting:  # (`finish_admits` stopped at a head whose blocks are not free)
+            self._head_blocked_by_kv = True
+            self._blocked_head = self.waiting.peek()
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and

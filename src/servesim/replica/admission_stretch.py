@@ -1,0 +1,239 @@
+"""Admission stretches: under a waiting queue, a finish admits the queue head inside a stretch.
+
+Under overload the queue is never empty, so a stretch planned after an admission repeated its
+batch only up to the first finish: that finish frees KV blocks and a sequence slot, and the
+next `schedule` admits the waiting head (vLLM's head-of-line admission). Each finish then cost
+a whole cycle: apply the stretch to every running request, finish, schedule them all again,
+plan a new stretch. An admission stretch (`AdmitStretch`) runs through finishes instead: it
+is priced up to the next departure; at that step boundary the departed requests release their
+KV blocks (as stepping frees them at their finish) and the policy says which waiting requests
+the next `schedule` admits (`Scheduler.finish_admits`, given the decodes still running and the
+blocks stepping has free after their allocations). They join the stretch as arrivals join a
+stretch through finishes (`Stretch.join`: their prompt's step priced beside the decodes, then
+they decode with the rest), and it is priced on to the next departure. It ends where the
+policy's decision is not determined (a prompt the budget would chunk, a request with prefix
+keys or preempted before, the sequence cap), where stepping would preempt (the decodes'
+blocks do not fit in those free), at a cut (an arrival the policy cannot keep) and when the
+queue empties (the next stretch is a plain one through finishes, which arrivals may join).
+
+Blocks: every request here is without prefix keys, so every block freed is plain and enters
+the free queue's tail, while allocations pop its head. Whatever the order of pops and plain
+pushes, the queue ends the same as long as no pop finds it empty, and stepping's order never
+does: so the departed requests are released at their boundary (`KVCacheManager.free_grown`,
+their growth in the stretch included), the joiners' prompts allocated there, and the others'
+growth when the stretch is applied, after any release left. The free blocks counted on are
+exact: those free when it was planned, plus every release, less the prompts and the growth.
+
+Exact: results are those of stepping (tests/replica/test_admission_stretch.py, tests/golden).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from servesim.metrics.recorder import BlockGrowth
+from servesim.replica.stretch import Stretch
+from servesim.replica.stretch_growth import GrowthCount
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s
+from servesim.replica.stretch_joins import _growth
+
+
+class AdmitStretch(Stretch):
+    """A `Stretch` through finishes with requests waiting, priced up to the next departure
+    (`kmax`), where `admit_at_finishes` decides whether it goes on. `free_blocks` counts the
+    blocks of the departed requests released so far (`free0`: those free when planned)."""
+
+    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.free0 = 0
+        self.released: dict[int, int] = {}  # index -> blocks it held before its growth here
+        self.num_released = 0  # departures (in `_sorted_rem` order) released so far
+        self.join_base: list[int] = []  # blocks each joiner's prompt took, in `joins` order
+        self.waiting_to: list[int] = []  # steps from which one fewer waits (a waiting request joined)
+        self.kmax = self._sorted_rem[0]  # the first departure's boundary
+        self.growth: GrowthCount | None = None  # the decodes' block count, walked forward (set with `first_new`)
+
+    def _steps_to(self, horizon: float) -> int:
+        # priced to the next departure, a few steps away under overload: the scalar loop
+        # (numpy's fixed cost, and the departures' prefix sums rebuilt after each join, are not
+        # worth it there), however far the horizon
+        return min(super()._steps_to(horizon), self.kmax - self.k)
+
+    def blocks_needed(self, steps: int, block_size: int) -> int:
+        g = self.growth
+        return g.blocks_needed(steps) if g is not None else super().blocks_needed(steps, block_size)
+
+    def blocks_bound(self, steps: int, block_size: int) -> int:
+        return self.blocks_needed(steps, block_size)  # (exact, and as cheap as the bound here)
+
+    def join(self, joins: list, first_new: list[int], blocks: int, step_s: float, forms, block_size: int) -> None:
+        n = len(self.reqs)
+        super().join(joins, first_new, blocks, step_s, forms, block_size)
+        if self.growth is not None and not self.growth.add(first_new, self.remaining[n:]):
+            self.growth = None  # (cannot happen: a joiner grows after its join step; the pass counts then)
+
+    def apply(self, engine) -> list:
+        """`Engine._apply_stretch` for this stretch: the departures not yet released are
+        released first (stepping freed them before the later steps' allocations), the
+        growth of the others allocated, every joiner's step logged. Returns the requests that
+        finished in it, in finish order."""
+        from servesim.replica.fast_forward import advance_decodes  # (fast_forward imports this module)
+
+        kv, k, reqs, remaining, first_new = engine.kv, self.k, self.reqs, self.remaining, self.first_new
+        bs = kv.block_size
+        first = engine.recorder.num_steps
+        steps_of = [r if r < k else k for r in remaining]
+        finished = sorted((i for i, r in enumerate(remaining) if r <= k), key=remaining.__getitem__)
+        released = self.released
+        for i in finished:
+            if steps_of[i] < k and i not in released:  # (left before a cut: released now, before the grants)
+                released[i] = kv.num_blocks_of(reqs[i].id)
+                kv.free_grown(reqs[i].id, _growth(first_new[i], 0, steps_of[i], bs))
+        frees = [(m, released[i] + _growth(first_new[i], 0, m, bs)) for i in finished if (m := steps_of[i]) < k]
+        new_blocks = [(req, (m - f - 1) // bs + 1) for i, (req, f, m) in enumerate(zip(reqs, first_new, steps_of))
+                      if f < m and i not in released]
+        nd = len(self.decodes)
+        advance_decodes(self.decodes, steps_of, first)
+        ends = self.ends
+        prefill_tokens = 0
+        for (req, n), m in zip(self.prefills, steps_of[nd:]):  # prompts finished in step 0
+            prefill_tokens += n
+            req.num_computed_tokens += n + m - 1
+            req.num_output_tokens += m
+            req.token_steps += (first, first + m - 1)
+            if req.first_token_s is None:
+                req.first_token_s = float(ends[0])
+        prefill_at = self._apply_joins(steps_of, first, frees) if self.joins else ()
+        kv_used = BlockGrowth(kv.num_gpu_blocks - self.free0, first_new, steps_of, bs, frees)
+        kv.allocate_plain_many(new_blocks)
+        done = [reqs[i] for i in finished]
+        for req in done:
+            req.finish_s = float(ends[req.token_steps[-1] - first])
+        engine.num_steps += k
+        engine.num_fast_forwarded_steps += k
+        engine.recorder.log_decode_steps(self.start_s, ends, self.batch_runs(), self.num_waiting, kv_used,
+                                         prefill_tokens, [j for j in self.waiting_from if j < k],
+                                         prefill_at=prefill_at, waiting_to=[j for j in self.waiting_to if j < k])
+        return done
+
+    def _apply_joins(self, steps_of: list[int], first: int, frees: list) -> list[tuple[int, int]]:
+        """Advance the requests that joined (each computed its prompt in its join step s and
+        emitted a token in each of its steps from s on); their prompts' blocks are logged as
+        in use from step s (a negative free). Returns the (step, prompt tokens) of join steps."""
+        k, ends = self.k, self.ends
+        prefill_at: dict[int, int] = {}
+        for (s, req, n), m_end, base in zip(self.joins, steps_of[len(steps_of) - len(self.joins):], self.join_base):
+            if s >= k:  # (a crash settled the stretch before the step it joined in ended)
+                continue
+            m = m_end - s
+            req.num_computed_tokens += n + m - 1
+            req.num_output_tokens += m
+            req.token_steps += (first + s, first + m_end - 1)
+            if req.first_token_s is None:
+                req.first_token_s = float(ends[s])
+            prefill_at[s] = prefill_at.get(s, 0) + n
+            frees.append((s, -base))
+        return list(prefill_at.items())
+
+
+def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float, out, decodes: list,
+                           prefills: list, reqs: list, ctx1: list[int], remaining: list[int]) -> bool:
+    """Plan an admission stretch from the step `schedule` just returned (decodes, and prompts
+    finished in it, with requests waiting): priced to its first departure, whose boundary
+    `admit_at_finishes` handles. False, changing nothing, if it would hold a single step that
+    no departure follows."""
+    if max(remaining) < 2:
+        return False
+    st = AdmitStretch(now_s, end0_s, out, decodes, prefills, reqs, ctx1, remaining, True, engine._decode_fn,
+                      engine.perf, engine.scheduler.num_waiting, engine._decode_forms, [])
+    st.price(horizon_s)
+    kv = engine.kv
+    st.first_new = kv.first_new_block_steps(reqs, ctx1)
+    st.free_blocks = st.free0 = kv.num_free_blocks
+    st.growth = GrowthCount(st.first_new, remaining, kv.block_size)
+    if st.k < 2 and st.kmax == 1:
+        pass  # a request's last token is step 0's: the stretch is that step, then its boundary
+    elif st.k < 2 or not engine._limit(st, 1):
+        return False
+    engine.stretch = st
+    engine._schedule_stretch_end(st)
+    return True
+
+
+def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
+    """At `now_s`, the boundary after the step in which `st`'s next requests emitted their
+    last token: release their blocks, admit the waiting requests the policy's next `schedule`
+    would admit (whole prompts), and price on to the next departure. True if the stretch goes
+    on (its end event is rescheduled); False changes nothing (the engine applies it)."""
+    s = st.k
+    if st.final or s != st.kmax or engine.ports is not None or not engine.scheduler.num_waiting:
+        return False
+    sched, kv, reqs, remaining, first_new = engine.scheduler, engine.kv, st.reqs, st.remaining, st.first_new
+    rem = st._sorted_rem
+    p1 = bisect_right(rem, s)
+    num_running = len(rem) - p1
+    if len(reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
+        return False  # mostly requests that left: applied, the next stretch holds those running
+    bs = kv.block_size
+    gone = []  # (index, blocks held before its growth, its growth) of each request that left since
+    freed = 0
+    i, r_prev = -1, -1
+    for r in rem[st.num_released:p1]:
+        i = remaining.index(r, i + 1 if r == r_prev else 0)
+        r_prev = r
+        base, grown = kv.num_blocks_of(reqs[i].id), _growth(first_new[i], 0, r, bs)
+        gone.append((i, base, grown))
+        freed += base + grown
+    free = st.free_blocks + freed - st.join_blocks - st.blocks_needed(s + 1, bs)
+    if free < 0:
+        return False  # the decodes of step s do not fit: stepping preempts there
+    joins = sched.finish_admits(num_running, free)
+    if joins is None or not (joins or num_running):
+        return False
+    for i, base, grown in gone:  # (stepping freed them at their finish)
+        kv.free_grown(reqs[i].id, grown)
+        st.released[i] = base
+    st.num_released = p1
+    st.free_blocks += freed
+    if joins:
+        _join(engine, st, s, num_running, joins, now_s)
+    rem = st._sorted_rem
+    st.kmax = rem[bisect_right(rem, s)]  # the next departure (a joiner's, at the latest)
+    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    if st.k > s + 1:
+        engine._limit(st, s + 1)  # (step s's blocks were counted above)
+    engine._schedule_stretch_end(st)
+    return True
+
+
+def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s: float) -> None:
+    """Admit `joins` at step s of `st` (their blocks were counted free): as stepping's
+    `schedule` would, then into the stretch (`Stretch.join`)."""
+    kv, sched = engine.kv, engine.scheduler
+    step_s = _admit_step_s(engine.perf, st, s, num_running, joins)
+    sched.admit_at_finish(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
+    new = [req for req, _ in joins]
+    for req in new:
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now_s
+    base = kv.num_blocks_list(new)
+    st.join_base += base
+    first_new = kv.first_new_block_steps(new, [n - s for _, n in joins])
+    st.join(joins, first_new, sum(base), step_s, engine._decode_forms(len(st.reqs) + len(joins)), kv.block_size)
+    st.waiting_to += [s] * len(joins)
+    engine.num_finish_admissions += len(joins)
+
+
+def _admit_step_s(perf, st: AdmitStretch, s: int, num_running: int, joins: list) -> float:
+    """The time of step s: the `num_running` decodes and the admitted prompts. Several prompts
+    beside decodes whose context sum the pricing holds: `step_time_s` reads the decodes'
+    contexts only through their number and sum when the model has the chunk form (no sliding
+    window), so one context carrying the sum stands for them (bit-identical, no pass over the
+    batch); else `_join_step_s` (one prompt, or the contexts listed)."""
+    chunk_fn = getattr(perf, "chunk_time_fn", None)
+    if (len(joins) > 1 and num_running and chunk_fn is not None and st._f is not None and st._priced == s
+            and chunk_fn(num_running, joins[0][1]) is not None):
+        return perf.step_time_s([(n, 0) for _, n in joins], [st._ctx_sum] + [0] * (num_running - 1))
+    return _join_step_s(perf, st, s, num_running, joins)

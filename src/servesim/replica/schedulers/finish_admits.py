@@ -1,0 +1,44 @@
+"""Which waiting requests a finish admits inside an admission stretch (`Scheduler.finish_admits`,
+`replica/admission_stretch.py`): the loop shared by the policies whose admission takes the
+waiting requests in a known order, each whole, until one does not fit (vLLM's head-of-line
+blocking).
+
+The answer must be determined until the next finish: after the admitted prompts either the
+queue is empty or its head waits for KV blocks (its need is fixed: fresh, no prefix keys, and
+decode-only steps only take blocks). A prompt the budget would chunk, a request that is not
+fresh (a preempted one may hit its own blocks, whose survival depends on the free queue's
+pops), a budget spent, or the sequence cap (read on `running`, which still lists the finished
+requests) leave it undetermined (None): the stretch ends there and stepping decides.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from servesim.replica.schedulers.arrival_joins import FirstChunk, is_fresh
+from servesim.workload.request import Request
+
+
+def admits_until_blocked(reqs: Iterable[Request], num_held: int, num_running: int, max_num_seqs: int,
+                         max_num_batched_tokens: int, free_blocks: int, block_size: int,
+                         first_chunk: FirstChunk) -> tuple[list[tuple[Request, int]], Request | None] | None:
+    """(the (request, prompt tokens) admitted in `reqs`' order, the head left waiting for KV
+    blocks or None if none is left), or None if not determined. `num_running`: the decodes of
+    the next step; `free_blocks`: free once their blocks are allocated; `num_held`: the
+    requests `running` lists."""
+    budget = max_num_batched_tokens - num_running
+    room = max_num_seqs - num_held
+    joins: list[tuple[Request, int]] = []
+    for req in reqs:
+        if budget <= 0 or len(joins) >= room or not is_fresh(req):
+            return None
+        n = first_chunk(req, budget)
+        if n != req.num_tokens:
+            return None  # a chunk of its prompt, or a prompt over the budget
+        need = -(-n // block_size)
+        if need > free_blocks:
+            return joins, req  # head-of-line blocking until the next finish frees blocks
+        joins.append((req, n))
+        budget -= n
+        free_blocks -= need
+    return joins, None
