@@ -48,7 +48,7 @@ def test_no_schedule_after_the_last_finish_and_the_same_run(fast_forward, monkey
 
 
 def test_vllm_idle_only_with_nothing_held():
-    engine, sched, _, loop, _ = make_engine(num_blocks=200)
+    _, sched, _, _, _ = make_engine(num_blocks=200)
     assert sched.idle()
     sched.add_request(make_request(0, 10, 2), 0.0)
     assert not sched.idle()  # a waiting request
