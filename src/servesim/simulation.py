@@ -206,10 +206,12 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     def on_done(req: Request, now_s: float) -> None:
         cluster.replica_done(replica, req, now_s)
 
-    # With n replicas a stretch is priced ~3n arrival gaps ahead (one replica: exactly one).
+    # With n replicas a stretch is priced ~20n arrival gaps ahead (one replica: exactly one): an
+    # arrival elsewhere does not touch it, and each time it reaches that horizon uncut an event
+    # extends it (8 replicas, Azure trace: 4,984 extensions with 3n, 1,030 with 20n).
     engine = Engine(pool.config, scheduler, kv, pool.perf, cluster.loop, Recorder(keep_steps), on_done, until_s=until_s,
                     rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
-                    next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 3 * n)
+                    next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 20 * n)
     # The front end's own stream only when it draws (time_cv > 0): other runs stay byte-identical.
     fe_rng = np.random.default_rng(seeds[index].spawn(1)[0]) if frontend.time_cv > 0 else None
     replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend, fe_rng) if frontend.active else None)

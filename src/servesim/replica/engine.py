@@ -276,4 +276,16 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             hand_off()
         for req in finished:
             self.on_done(req, now_s)
-        self._start_step(now_s)
+        if self.ports is None and self.scheduler.idle():
+            self._go_idle(now_s)  # (the step after the last finish: `schedule` would find nothing)
+        else:
+            self._start_step(now_s)
+
+    def _go_idle(self, now_s: float) -> None:
+        """`_start_step` for a scheduler that has nothing (`Scheduler.idle`), without its `schedule`."""
+        if self.on_change:
+            self.on_change(now_s)
+        self.busy = False
+        wake_s = self.scheduler.next_timer_s()
+        if now_s < wake_s < float("inf"):
+            self._wake_at(wake_s)

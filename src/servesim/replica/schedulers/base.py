@@ -89,6 +89,10 @@ class Scheduler:
     def schedule(self, now_s: float) -> SchedulerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def idle(self) -> bool:
+        """True only if `schedule` would now schedule nothing and change nothing read later (the engine skips it)."""
+        return False
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         """May the engine repeat the step `schedule` just returned, and how far (see
         `FastForward`)? Must not change any state."""

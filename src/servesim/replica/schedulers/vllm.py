@@ -75,6 +75,13 @@ class VLLMScheduler(VLLMSteps):
             self._admit(out, budget, now_s)
         return out
 
+    def idle(self) -> bool:
+        # Nothing runs, waits or is swapped: `schedule` would only reset `_head_blocked_by_kv`,
+        # which is read with a waiting head only. Not with adapters (each `schedule` advances
+        # their loads), nor for a subclass scheduling otherwise (continuum expires its pins).
+        return (not self.running and not self.waiting and not self.swapped and self.lora is None
+                and type(self).schedule is VLLMScheduler.schedule)
+
     def pick_victim(self) -> Request:
         if self.params.policy == "priority":
             return max(self.running, key=lambda r: (r.priority, r.arrival_s))
