@@ -137,3 +137,49 @@ def test_one_tenant_charge_is_the_per_request_float_sum():
     serve(engine, loop, reqs)
     assert seen["checked"] > 10 and isinstance(sched, VTCScheduler)
     kv.check_all_free()
+
+
+def _vtc_run(fast_forward: bool, params: dict):
+    from tests.factories import serve
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=400, scheduler="vtc", max_num_seqs=8,
+                                                max_num_batched_tokens=256, fast_forward=fast_forward, params=params)
+    rng = np.random.default_rng(7)
+    t = np.cumsum(rng.exponential(0.08, 160))
+    # three tenants whose queues empty and fill again (lifts), requests arriving while others
+    # decode (they wait up to `max_wait_tokens` decode steps)
+    reqs = [make_request(i, int(rng.integers(8, 120)), int(rng.integers(2, 90)), float(t[i]),
+                         tenant="abc"[int(rng.integers(0, 3))] if i % 4 else "a") for i in range(160)]
+    seen = {"capped": 0, "deferred": 0}
+    ff, end = sched.fast_forward, sched.on_step_end
+
+    def answered(output):
+        a = ff(output)
+        seen["capped"] += a.repeat and a.max_steps < 1 << 62
+        return a
+
+    def ending(output, now_s):
+        seen["deferred"] += len(sched._lifts)
+        end(output, now_s)
+
+    sched.fast_forward, sched.on_step_end = answered, ending
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    return engine, sched, reqs, seen
+
+
+def test_decode_steps_with_requests_waiting_are_fast_forwarded_up_to_max_wait_tokens():
+    """With requests waiting, the decode steps up to the `max_wait_tokens`-th are one stretch
+    (capped there); a tenant's counter lift at an arrival during a step is made at the step's
+    end on the counters before it (also when a stretch is charged at once). The same run as
+    stepping: steps, requests, step log and counters."""
+    from tests.factories import assert_same_run
+
+    for params in ({}, {"max_wait_tokens": 4}):
+        fast, fs, fast_reqs, seen = _vtc_run(True, params)
+        slow, ss, slow_reqs, seen_slow = _vtc_run(False, params)
+        assert_same_run(fast, slow, fast_reqs, slow_reqs, 400)
+        assert fs.counters == ss.counters and len(fs.counters) == 3
+        assert seen["capped"] > 20 and fast.num_fast_forwarded_steps > 200, (seen, fast.num_fast_forwarded_steps)
+        assert seen["deferred"] > 5 and seen_slow["deferred"] > 5  # lifts made at a step's end
