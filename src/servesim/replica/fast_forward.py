@@ -68,10 +68,6 @@ class FastForwarding:
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
                      self.perf, self.scheduler.num_waiting, self._decode_forms, keyed)
         st.price(horizon_s)
-        if ff.max_steps < st.kmax:  # (the policy's step cap: the stretch ends there, never extended)
-            if st.k > ff.max_steps:
-                st.truncate(ff.max_steps)
-            st.final = True
         if st.k < 2:
             return False
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs

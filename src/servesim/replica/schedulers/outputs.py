@@ -61,10 +61,6 @@ class FastForward:
     through_finishes: bool = False
     """`repeat` keeps holding as requests finish (the rest go on decoding, nothing is
     admitted, no finish hook changes a decision), so finishes may be processed late."""
-    max_steps: int = 1 << 62
-    """`repeat` holds for this many steps at most, this one included (a policy that counts
-    decode steps: `vtc`'s `max_wait_tokens`); honoured by plain decode stretches, so a
-    policy sets it only without speculative decoding. Default: no limit."""
 
 
 NO_FAST_FORWARD = FastForward()

@@ -114,14 +114,6 @@ class VTCScheduler(Scheduler):
         self._mark: int | None = None
         self._tokens_before: list[int] | None = None
         self._speculative = config.num_speculative_tokens > 0
-        # A counter lift at an arrival while a step runs waits for that step's end (`_lifts`:
-        # the tenant and the other backlogged tenants then), where it is made between the
-        # charge of the steps before and the step in flight: the counters stepping had at the
-        # arrival, also when a stretch of steps is charged at once (`max_wait_tokens` steps
-        # are fast-forwarded with requests waiting). Not with speculative decoding (no such
-        # stretches): lifted at once, as before.
-        self._in_flight = False
-        self._lifts: list[tuple[str, list[str]]] = []
         capacity = kv.num_gpu_blocks * kv.block_size
         self.batch_max_tokens = params.batch_max_tokens or max(capacity // 6, 3072)
 
@@ -135,22 +127,15 @@ class VTCScheduler(Scheduler):
         counters = self.counters
         counters.setdefault(u, 0.0)
         if not queue and self.params.variant == "vtc":
-            others = [v for v, q in self.waiting.queues.items() if q and v != u]
-            if others and self._in_flight and not self._speculative:
-                self._lifts.append((u, others))
-            elif others:
-                self._lift(u, others)
+            others = [counters[v] for v, q in self.waiting.queues.items() if q and v != u]
+            if others:
+                counters[u] = max(counters[u], min(others))  # the counter lift
         self.waiting.append(req)
-
-    def _lift(self, u: str, others: list[str]) -> None:
-        counters = self.counters
-        counters[u] = max(counters[u], min([counters[v] for v in others]))  # the counter lift
 
     # ------------------------------------------------------------------ the decision
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
         self._mark = None
-        self._in_flight = True  # (no step follows an empty output: cleared below)
         if self.waiting and (not self.running or self._decode_steps >= self.params.max_wait_tokens):
             self._prefill_mini_batch(out)
             if out.scheduled:
@@ -185,8 +170,6 @@ class VTCScheduler(Scheduler):
                 i += k
         if out.scheduled:
             self._mark_decodes(out, 0)
-        else:
-            self._in_flight = False
         return out
 
     def _mark_decodes(self, out: SchedulerOutput, prefill: int) -> None:
@@ -232,12 +215,8 @@ class VTCScheduler(Scheduler):
 
     def _items(self) -> tuple[list[int], list[int]]:
         """(contexts, remaining outputs) of the running requests, for `_fits`."""
-        running = self.running
-        contexts = [r.prompt_len + r.num_output_tokens for r in running]  # (`num_tokens`, inlined)
-        if self.params.reserve == "output_len":  # (`_max_new`, inlined)
-            return contexts, [r.output_len - r.num_output_tokens for r in running]
         max_new = self._max_new
-        return contexts, [max_new(r) - r.num_output_tokens for r in running]
+        return [r.num_tokens for r in self.running], [max_new(r) - r.num_output_tokens for r in self.running]
 
     def _fits(self, new: Request, items: tuple[list[int], list[int]] | None = None) -> bool:
         """LightLLM's future-peak check, in blocks (each request may waste part of one);
@@ -248,23 +227,12 @@ class VTCScheduler(Scheduler):
 
     # ------------------------------------------------------------------ bookkeeping
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        self._in_flight = False
-        steps = 0 if self._mark is None else self.num_engine_steps - self._mark  # > 1 when fast-forwarded
-        if steps > 0:
-            self._decode_steps += steps
-        if self._lifts:  # arrivals during the last step: lifted on the counters before it
-            if steps > 1:
-                self._charge(output, steps - 1)
-            for u, others in self._lifts:
-                self._lift(u, others)
-            self._lifts = []
-            steps = min(steps, 1)
-        if steps > 0:  # (else a prefill mini-batch alone)
-            self._charge(output, steps)
-
-    def _charge(self, output: SchedulerOutput, steps: int) -> None:
-        """The output price of `steps` decode steps of `output`'s requests (with speculative
-        decoding: the tokens they emitted since this decision)."""
+        if self._mark is None:
+            return
+        steps = self.num_engine_steps - self._mark  # > 1 when the engine fast-forwarded
+        if steps <= 0:
+            return  # a prefill mini-batch alone
+        self._decode_steps += steps
         price = self.params.output_price
         if self._tokens_before is None:  # one token per request and step
             # each request adds its tenant's `price * steps / weight` (computed once per tenant:
@@ -288,26 +256,10 @@ class VTCScheduler(Scheduler):
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # With nothing waiting no admission can happen, so decode steps repeat; after a prefill
         # mini-batch too if it holds every running request (else the stalled decodes join next
-        # step). Not through finishes: the charge per step is counted on one request. With
-        # requests waiting, a decode step of every running request repeats until the
-        # `max_wait_tokens`-th decode step (the next `schedule` forms a prefill mini-batch).
-        if output.preempted:
+        # step). Not through finishes: the charge per step is counted on one request.
+        if output.preempted or self.waiting:
             return NO_FAST_FORWARD
-        if self.waiting:
-            cap = self.params.max_wait_tokens - self._decode_steps  # (this step not counted yet)
-            if (cap < 2 or self._speculative or self._mark != self.num_engine_steps
-                    or len(output.scheduled) != len(self.running)):
-                return NO_FAST_FORWARD
-            return FastForward(repeat=True, max_steps=cap)
         return REPEAT_AFTER_PREFILL if len(output.scheduled) == len(self.running) else REPEAT_DECODES
-
-    def arrival_keeps_batch(self, req: Request | None) -> bool:
-        # In a stretch planned with requests waiting (capped at the `max_wait_tokens`-th decode
-        # step), a newcomer only waits too, unless its tenant's counter is lifted (its queue is
-        # empty: the lift reads the counters at the step in flight, settled when it ends).
-        if req is None or not self.waiting or self._speculative:
-            return False
-        return self.params.variant != "vtc" or bool(self.waiting.queues.get(req.tenant))
 
 
 def future_peak(contexts: list[int], rests: list[int]) -> int:
