@@ -124,15 +124,16 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
     """Lone calls (no program, no session) have their waiting time added when they stop
     waiting or may be due for promotion, and their service when they stop running, miss a
     step or may reach the next level; the same calls as one-call sessions are accounted at
-    every step. Same schedule, and bit-identical waiting times, services and promotions."""
-    def run(as_sessions: bool):
+    every step (one-call programs: a one-call session's running call is lazy too). Same
+    schedule, and bit-identical waiting times, services and promotions."""
+    def run(as_programs: bool):
         engine, sched, kv, loop, done = make_engine(num_blocks=24, scheduler="autellix", max_num_seqs=3,
                                                     fast_forward=False, num_cpu_blocks=16,
                                                     params={"base_quantum_s": 0.01, "starvation_ratio": 1.5,
                                                             "preemption_mode": preemption_mode})
         # (every 7th prompt takes several chunks: the running calls after it miss steps)
         reqs = [make_request(i, 8 + 8 * (i % 3) + (120 if i % 7 == 3 else 0), 4 + 9 * (i % 4), arrival=0.006 * i,
-                             session_id=1000 + i if as_sessions else None) for i in range(40)]
+                             program_id=1000 + i if as_programs else None) for i in range(40)]
         schedule, most_lazy, served_lazy, running_lazy = sched.schedule, [], [], []
 
         def spy(now_s):
@@ -151,23 +152,66 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
 
         sched.schedule, sched._eager_lone_calls = spy, counted
         steps = run_logged(engine, loop, reqs)
-        by_call = lambda table: {k[1] % 1000: v for k, v in table.items()}  # noqa: E731
+        by_call = lambda table: {(k[1] if type(k) is tuple else k) % 1000: v for k, v in table.items()}  # noqa: E731
         service = (by_call(sched.service_s), sched.call_service_s)
         return steps, [(r.finish_s, r.num_preemptions) for r in reqs], by_call(sched.wait_s), \
             by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy), passes
 
     lazy, eager = run(False), run(True)
     assert lazy[:5] == eager[:5]
-    assert lazy[5] > 5 and eager[5] == 0  # the lone calls did wait lazily; the sessions never
+    assert lazy[5] > 5 and eager[5] == 0  # the lone calls did wait lazily; the programs never
     assert lazy[6] > 0  # also calls with service, until they were due for promotion
     assert lazy[7] == 3 and eager[7] == 0  # every running lone call was credited lazily at times
     assert len(lazy[3]) > 3  # promotions happened
     assert len(lazy[4][0]) == 40 and max(lazy[4][0].values()) > 0.04  # some passed several levels
     assert sum(n for _, n in lazy[1]) > 5
     # the lone calls' passes took only the calls queued since or due, never the whole queue;
-    # the sessions' walked it (but when nothing waited)
+    # the programs' walked it (but when nothing waited)
     assert lazy[8]["walked"] == 0 and lazy[8]["short"] > 300 and lazy[8]["due"] > 0
     assert eager[8]["walked"] > 300 and eager[8]["due"] == 0
+
+
+def test_a_sessions_only_call_is_credited_lazily_as_its_program_would_be_eagerly():
+    """A session's call is credited lazily while it is the session's only call held (turns
+    overlap here: a call arriving while its session's other call runs or waits makes that
+    one eager again, credited first); the same calls as programs (always eager) give the same
+    schedule and bit-identical services, waiting times and promotions."""
+    def run(as_sessions: bool):
+        engine, sched, kv, loop, done = make_engine(num_blocks=24, scheduler="autellix", max_num_seqs=3,
+                                                    fast_forward=False, num_cpu_blocks=16,
+                                                    params={"base_quantum_s": 0.01, "starvation_ratio": 1.5})
+        job = {"session_id" if as_sessions else "program_id": None}
+        reqs = []
+        for i in range(40):  # 8 jobs of 5 calls, some far apart (alone), some overlapping
+            job[next(iter(job))] = 1000 + i % 8
+            arrival = 0.05 * (i // 8) + (0.0 if i % 8 < 4 else 0.001 * i) + 0.3 * (i % 8 == 7) * (i // 8)
+            reqs.append(make_request(i, 8 + 8 * (i % 3), 4 + 9 * (i % 4), arrival=arrival, **job))
+        job[next(iter(job))] = 2000  # a long call, and its job's next call arriving while it runs alone
+        reqs += [make_request(40, 8, 90, arrival=0.6, **job), make_request(41, 8, 5, arrival=0.9, **job)]
+        schedule, lazy_turns = sched.schedule, []
+        hold, settled_on_arrival = sched._hold, []
+
+        def spy(now_s):
+            lazy_turns.append(len(sched._lazy_turn))
+            return schedule(now_s)
+
+        def holding(req):
+            settled_on_arrival.append(sched.program(req) in sched._lazy_turn)
+            hold(req)
+
+        sched.schedule, sched._hold = spy, holding
+        steps = run_logged(engine, loop, reqs)
+        by_job = lambda table: {(k[1] if type(k) is tuple else k): v for k, v in table.items()}  # noqa: E731
+        return (steps, [(r.finish_s, r.num_preemptions) for r in reqs], by_job(sched.wait_s),
+                by_job(sched.discount_s), by_job(sched.service_s), sched.call_service_s,
+                max(lazy_turns), sum(settled_on_arrival), sched._calls_held)
+
+    lazy, eager = run(True), run(False)
+    assert lazy[:6] == eager[:6]
+    assert lazy[6] > 0 and eager[6] == 0  # session calls were credited lazily, programs' never
+    assert lazy[7] > 0  # a call arrived while its session's other call ran lazily
+    assert len(lazy[3]) > 0 and sum(n for _, n in lazy[1]) > 0  # promotions and preemptions
+    assert lazy[8] == {}  # every call held was let go
 
 
 def test_step_sums_equal_left_to_right_float_sums_and_grow():

@@ -111,3 +111,26 @@ def test_num_blocks_list_is_num_blocks_of_each():
     for r in reqs[:4]:  # the last two hold nothing
         assert kv.allocate_slots(r, r.prompt_len)
     assert kv.num_blocks_list(reqs) == [kv.num_blocks_of(r.id) for r in reqs] == [1, 2, 4, 5, 0, 0]
+
+
+def test_a_lone_keyed_request_is_planned_without_building_its_run_keys():
+    """With one request with prefix keys waiting, it is its own group (as `groups` would say):
+    its plan key is that group's, and its run keys are not built for the plan (its lookup at
+    admission builds them from its previous turn's kept keys)."""
+    from servesim.replica.block_keys import BlockKeys
+
+    engine, sched, *_ = make_engine(scheduler="batchllm")
+    lone = _req(0, 64, 8, (1, 2, 3, 4))
+    lone.kv_block_keys = BlockKeys(lone.hash_ids, 16, 16)
+    sched.add_request(make_request(1, 30, 60, 0.5), 0.5)  # (no prefix keys: a group of its own)
+    sched.add_request(lone, 1.0)
+    sched.begin_step(1.0)
+    assert lone.kv_block_keys.run_keys._list is None
+    assert sched._plan[lone] == (-8 / 64, 0.0, 0, 0.0, 0)
+    assert list(sched.groups([lone]).values()) == [[lone]]
+    other = _req(2, 64, 8, (1, 2, 9))  # a second keyed request: the keyed part is grouped by keys
+    other.kv_block_keys = BlockKeys(other.hash_ids, 16, 16)
+    sched.add_request(other, 2.0)
+    sched.begin_step(2.0)
+    assert lone.kv_block_keys.run_keys._list is not None
+    assert sched._plan[lone][:3] == sched._plan[other][:3] == (-16 / 128, 0.0, 0)

@@ -85,7 +85,7 @@ class BlockRelease:
             # one plain entry (as one at a time would, merged). The usual case: one run (a
             # policy computing a whole cached context again without looking up its hits).
             ds = sorted(ds, reverse=True)
-            runs = [(ds[0], ds[-1])] if ds[0] - ds[-1] + 1 == len(ds) else [(p, p) for p in ds]
+            runs = [(ds[0], ds[-1])] if ds[0] - ds[-1] + 1 == len(ds) else _runs_down(ds)
             hi = p1
             for top, low in runs:
                 if hi > top + 1:
@@ -109,3 +109,18 @@ class BlockRelease:
         if n > 0:
             self._queue.push_plain(n)
             self.num_free_blocks += n
+
+
+def _runs_down(positions: list[int]) -> list[tuple[int, int]]:
+    """(top, low) of each run of consecutive positions in `positions` (decreasing): adjacent
+    copies are pushed one after the other with nothing released between, which one entry of
+    the run's length does alike (a next turn whose context is partly evicted holds several)."""
+    runs = []
+    top = prev = positions[0]
+    for p in positions[1:]:
+        if p != prev - 1:
+            runs.append((top, prev))
+            top = p
+        prev = p
+    runs.append((top, prev))
+    return runs

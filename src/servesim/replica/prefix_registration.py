@@ -90,8 +90,10 @@ class PrefixRegistration:
 
     def plan_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> tuple | None:
         """The checks of `register_appends(items)`, and what it would do: none of the items'
-        new runs is indexed or listed twice, no two extend the same group, and none holds an
-        unregistered copy (`dups`). Then every group extended holds a block of its request, so
+        new runs is indexed or listed twice, no two extend the same group, and a request
+        holding unregistered copies (`dups`: its context computed again without a lookup, as
+        `vtc`, `sarathi`, `orca` do) extends a group only where its last block there is its
+        own. Then every group extended holds a block of its request, so
         no pop of the free queue can drop it, and these registrations give the same state
         before or after pops (a stretch's or a step's decodes: one call for all). The plan
         stays valid while no key enters the index (`num_inserts` unchanged: drops only remove
@@ -102,7 +104,7 @@ class PrefixRegistration:
         plan = []
         groups = set()
         for keys, held, k0, k1 in items:
-            if type(keys) is not BlockKeys or held.dups is not None:
+            if type(keys) is not BlockKeys:
                 return None
             starts = keys.starts
             if type(starts) is not range:
@@ -127,6 +129,8 @@ class PrefixRegistration:
                 seg = None
             elif g in groups:
                 return None
+            elif held.dups is not None and seg[2] - 1 in held.dups:
+                return None  # (g may hold no block of this request: pops could drop it first)
             else:
                 groups.add(g)
             pending += runs

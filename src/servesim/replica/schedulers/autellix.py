@@ -99,6 +99,12 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # them (same float additions) when it leaves, finishes, is due, or misses a step.
         self._run_lazy: dict[Request, tuple[int, float]] = {}
         self._run_due: list[tuple[float, int, Request]] = []
+        # A session's call is credited lazily too while it is its session's only call held (a
+        # chat's turns follow one another): its program then serves only it and nothing else
+        # moves its key, as for a lone call. `_calls_held[session]`: its calls held here;
+        # `_lazy_turn[session]`: its lazy running call, settled when another call joins.
+        self._calls_held: dict[object, int] = {}
+        self._lazy_turn: dict[object, Request] = {}
 
     @staticmethod
     def program(req: Request) -> object:
@@ -108,7 +114,23 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             return ("session", req.session_id)
         return ("request", req.id)
 
+    def _hold(self, req: Request) -> None:
+        """Count a call of a session held here; a lazy sibling is credited first (its
+        program's service must be up to date for the newcomer's key, and it is eager from
+        now on)."""
+        if req.program_id is None and req.session_id is not None:
+            p = self.program(req)
+            self._calls_held[p] = self._calls_held.get(p, 0) + 1
+            sibling = self._lazy_turn.get(p)
+            if sibling is not None:
+                self._settle_running(sibling)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        self._hold(req)
+        super().add_transferred(req, now_s)
+
     def add_request(self, req: Request, now_s: float) -> None:
+        self._hold(req)
         p = self.program(req)
         self.service_s.setdefault(p, 0.0)
         self.wait_s.setdefault(p, 0.0)
@@ -150,6 +172,13 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._settle_running(req)  # (a call finishing in this step is credited with it eagerly)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
         self._keys.pop(req, None)
+        if req.program_id is None and req.session_id is not None:
+            p = self.program(req)
+            n = self._calls_held.get(p, 0) - 1
+            if n > 0:
+                self._calls_held[p] = n
+            else:
+                self._calls_held.pop(p, None)
 
     # ---- lazy waiting time ---------------------------------------------------------
     def _settle(self, req: Request) -> None:
@@ -181,12 +210,15 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         entry = self._run_lazy.pop(req, None)
         if entry is not None:
             i, p = entry[0] - self._log_start, self.program(req)
+            if self._lazy_turn and self._lazy_turn.get(p) is req:
+                del self._lazy_turn[p]
             service, calls = self.service_s, self.call_service_s
             s0, c0 = service[p], calls[req.id]
             steps = self._step_log[i:]  # (a slice: `islice` would walk the i steps before)
             s = service[p] = reduce(add, steps, s0)
             # A lone call's program has served only it: the two sums start from the same float
-            # (the sign of a zero included) and add the same steps, so they are equal.
+            # (the sign of a zero included) and add the same steps, so they are equal (a
+            # session's later turn starts from its earlier turns' service: summed apart).
             calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else reduce(add, steps, c0)
 
     def _trim_log(self) -> None:

@@ -172,14 +172,17 @@ class AutellixAccounting:
         program, service, call_service = self.program, self.service_s, self.call_service_s
         atlas = self.params.mode == "atlas"
         base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
-        thresholds = self.thresholds
+        thresholds, held, lazy_turn = self.thresholds, self._calls_held, self._lazy_turn
         for req in filterfalse(run_lazy.__contains__, self.running):  # (`_fresh_key`, inlined)
             p = program(req)
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
             disc = discount.get(p, 0.0)
             level = bisect_right(thresholds, max(raw - disc, 0.0))
             keys[req] = (level, req.arrival_s, req.id)
-            if req.program_id is None and req.session_id is None:  # nothing else moves its key
+            if req.program_id is None and (req.session_id is None or held.get(p) == 1):
+                # nothing else moves its key: a lone call, or its session's only call held
+                if req.session_id is not None:
+                    lazy_turn[p] = req
                 if level >= len(thresholds):
                     run_lazy[req] = (log_end, inf)
                 else:

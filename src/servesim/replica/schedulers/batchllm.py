@@ -112,7 +112,11 @@ class BatchLLMScheduler(KeyedScheduler):
 
     def _replan_keyed(self) -> None:
         plan = self._plan
-        for members in self.groups(list(self._keyed)).values():
+        keyed = list(self._keyed)
+        # A lone request with prefix keys is its own group whatever its keys: no run keys are
+        # built here (its lookup at admission builds them from its previous turn's, as vllm's).
+        groups = self.groups(keyed).values() if len(keyed) > 1 else [keyed][:len(keyed)]
+        for members in groups:
             g = self._group_key(members)
             for r in members:
                 plan[r] = (*g, r.arrival_s, r.id)

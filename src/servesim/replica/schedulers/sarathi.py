@@ -63,11 +63,11 @@ class SarathiScheduler(Scheduler):
         i, end = 0, len(queue)  # queue[i:end]: not handled yet (victims leave from the end)
         bulk = True  # try the bulk form (again after a prompt amid the decodes or a preemption)
         while i < end:
-            if bulk and queue[i].kv_block_keys is None:
+            if bulk:
                 # The decodes from here to the first request that is not one or does not fit,
-                # in one call: the same outcome as allocating each in order (the walk below).
-                # Not from a request with prefix keys: the tokens that complete keyed blocks
-                # make the bulk form slower than the walk (measured on Mooncake: 5-7 %).
+                # in one call: the same outcome as allocating each in order (the walk below),
+                # also for requests with prefix keys: their copies of a cached context no
+                # longer make the bulk registration fail (`PrefixIndex.plan_appends`).
                 k = lead(queue[i:end])
                 bulk = False  # (the next is not a decode, or does not fit: the walk's)
                 if k:
