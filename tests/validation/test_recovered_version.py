@@ -1,10 +1,18 @@
-"""Rows without a version take the release the file records for the same deployment config (`_cfg<N>`)."""
+"""Rows without a version take the release the file records for the same deployment config (`_cfg<N>`),
+then the release of their twins (the same measurement under another id)."""
 
 from __future__ import annotations
 
-from servesim.validation.silicon_file import recover_versions
+import csv
+from pathlib import Path
+
+import pytest
+
+from servesim.validation.silicon_file import CONFIG_ID, read_rows, recover_versions, twin_versions
 
 from tests.validation.silicon_rows import silicon_row
+
+SILICON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
 
 
 def _row(name: str, version: str, **changes: str):
@@ -13,7 +21,7 @@ def _row(name: str, version: str, **changes: str):
 
 
 def test_an_empty_version_takes_the_one_release_of_its_config():
-    rows = [_row("a_c4_cfg91", "1.2.0rc6.post2"), _row("a_c64_cfg91", ""), _row("b_c8_cfg7", "")]
+    rows = [_row("a_c4_cfg91", "1.2.0rc6.post2"), _row("a_c64_cfg91", ""), _row("b_c8_cfg7", "", silicon_ttft_ms="21")]
     out = recover_versions(rows)
     assert [r.version for r in out] == ["1.2.0rc6.post2", "1.2.0rc6.post2", ""]
     assert out[1].id == "a_c64_cfg91" and out[1].ttft_s == rows[1].ttft_s  # nothing else changes
@@ -28,6 +36,33 @@ def test_other_engines_systems_or_several_releases_leave_it_empty():
 
 
 def test_rows_without_a_config_id_are_untouched():
-    rows = [_row("2026_04_06_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c8_tp8_ep1_36", ""),
+    rows = [_row("2026_04_06_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c8_tp8_ep1_36", "", silicon_ttft_ms="21"),
             _row("z_c4_cfg1", "1.2.0rc6.post2")]
     assert recover_versions(rows)[0].version == ""
+
+
+def test_a_twin_gives_its_release_to_a_row_without_one():
+    twin = _row("2026_04_06_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c64_tp8_ep1_61", "",
+                model_path="deepseek-ai/DeepSeek-R1")
+    rows = [_row("dsr1_b200_trtllm_fp4_agg_1024x1024_c64_cfg91", "", model_path="deepseek-ai/DeepSeek-V3"),
+            _row("dsr1_b200_trtllm_fp4_agg_1024x1024_c4_cfg91", "1.2.0rc6.post2", silicon_ttft_ms="99"), twin]
+    out = recover_versions(rows)  # the config's release first, then the twin takes it from the recovered row
+    assert [r.version for r in out] == ["1.2.0rc6.post2"] * 3
+    assert out[2].model == "deepseek-ai/DeepSeek-R1" and out[2].id == twin.id  # only the version changes
+
+
+def test_a_near_twin_another_engine_system_or_two_releases_give_nothing():
+    base = _row("a", "1.2.0rc6.post2")
+    others = [_row("b", "", silicon_tpot_ms="10.000001"), _row("c", "", concurrency="4"),
+              _row("d", "", system="h200_sxm"), _row("e", "", backend="sglang"), _row("f", "", mode="disagg")]
+    assert [r.version for r in twin_versions([base, *others])] == ["1.2.0rc6.post2"] + [""] * 5
+    assert twin_versions([base, _row("g", "1.2.0rc6.post3"), _row("h", "")])[2].version == ""
+
+
+@pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+def test_the_measured_file_gives_18_trtllm_b200_rows_their_twins_release():
+    with SILICON.open(newline="") as f:
+        recorded = {r["id"]: r["backend_version"] for r in csv.DictReader(f)}
+    by_twin = [r for r in read_rows(SILICON) if r.version != recorded[r.id] and not CONFIG_ID.search(r.id)]
+    assert len(by_twin) == 18 and {r.version for r in by_twin} == {"1.2.0rc6.post2"}
+    assert all(r.id.startswith("2026_04_06_deepseek_r1_b200_sxm_trtllm_") and recorded[r.id] == "" for r in by_twin)

@@ -65,3 +65,12 @@ def test_trtllm_b200_releases_fitted_here_play_their_own_front_end(version, cons
     assert own.frontend.constants() == constants  # request_s, prompt_token_s, latency_s
     # a release without its own profile keeps the GPU's (request_s 5 ms, latency 20 ms)
     assert row_scenario(silicon_row(0, backend_version="1.3.0rc1", **b200)).frontend.constants() == (0.005, 0.0, 0.02)
+
+
+def test_trtllm_h200_1_1_0rc2_post2_plays_its_own_latency_and_other_h200_releases_do_not():
+    h200 = {"backend": "trtllm", "system": "h200_sxm", "concurrency": "4", "batch_size": "4"}
+    own = row_scenario(silicon_row(0, backend_version="1.1.0rc2.post2", **h200))
+    assert own.frontend.profile == "trtllm@h200@1.1.0rc2.post2"
+    assert own.frontend.constants() == (0.0005, 0.0, 0.3)  # the GPU's request_s, a 0.3 s latency
+    # runs without a version (the Llama-3.1-70B InferenceMAX rows) keep the GPU's front end (latency 40 ms)
+    assert row_scenario(silicon_row(0, backend_version="", **h200)).frontend.constants() == (0.0005, 0.0, 0.04)

@@ -93,8 +93,9 @@ CONFIG_ID = re.compile(r"_cfg(\d+)$")
 
 def recover_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
     """Rows without a version take the one release that the file records for the same deployment
-    config (`_cfg<N>` id, same engine and system); a config recorded with several releases, or with
-    none, leaves its empty cells empty (docs/fidelity.md, "TTFT of the worst groups")."""
+    config (`_cfg<N>` id, same engine and system), then the one release of their twins (`twin_versions`);
+    a config or a twin set recorded with several releases, or with none, leaves its empty cells empty
+    (docs/fidelity.md, "TTFT of the worst groups" and "TensorRT-LLM B200 rows recorded twice")."""
     releases: dict[tuple[str, str, str], set[str]] = {}
     for r in rows:
         m = CONFIG_ID.search(r.id)
@@ -104,5 +105,27 @@ def recover_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
     for r in rows:
         m = CONFIG_ID.search(r.id) if not r.version else None
         found = releases.get((r.backend, r.system, m.group(1)), set()) if m else set()
+        out.append(replace(r, version=next(iter(found))) if len(found) == 1 else r)
+    return twin_versions(out)
+
+
+def _measurement(r: SiliconRow) -> tuple:
+    """What makes two rows one measurement: engine, system, mode, lengths, users and both means."""
+    return (r.backend, r.system, r.mode, r.isl, r.osl, r.concurrency, r.ttft_s, r.tpot_s)
+
+
+def twin_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
+    """A row without a version takes the one release of its twins: rows of the same measurement
+    (`_measurement`, TTFT and TPOT equal to the last digit) under another id. The file holds some runs
+    twice, once from the campaign's own export (AIConfigurator's `dsr1_..._cfg<N>`, release recorded or
+    recovered) and once from InferenceMAX's (`2026_04_06_deepseek_r1_...`, no release): 18 TensorRT-LLM
+    B200 rows. Twins recorded with several releases leave the row as it is."""
+    releases: dict[tuple, set[str]] = {}
+    for r in rows:
+        if r.version:
+            releases.setdefault(_measurement(r), set()).add(r.version)
+    out = []
+    for r in rows:
+        found = releases.get(_measurement(r), set()) if not r.version else set()
         out.append(replace(r, version=next(iter(found))) if len(found) == 1 else r)
     return out
