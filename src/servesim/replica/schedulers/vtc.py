@@ -37,6 +37,7 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.vtc_peak import PeakItems
 from servesim.replica.schedulers.vtc_stretches import VTCStretches
 from servesim.workload.request import Request, RequestState
 
@@ -188,7 +189,7 @@ class VTCScheduler(VTCStretches, Scheduler):
         counters = self.counters
         batch_tokens = 0
         admitted: list[Request] = []
-        items = self._items()  # (kept as requests join: one pass over the batch per mini-batch)
+        items = PeakItems(*self._items())  # (kept as requests join: one pass over the batch per mini-batch)
         while len(self.running) < self.config.max_num_seqs:
             backlogged = [u for u, q in queues.items() if q]
             if not backlogged:
@@ -204,8 +205,7 @@ class VTCScheduler(VTCStretches, Scheduler):
             self.waiting.pop_from(u)
             self.kv.allocate_slots(req, n)
             self.running.append(req)
-            items[0].append(req.num_tokens)
-            items[1].append(self._max_new(req) - req.num_output_tokens)
+            items.add(req.num_tokens, self._max_new(req) - req.num_output_tokens)
             req.state = RequestState.RUNNING
             admitted.append(req)
             out.scheduled.append((req, n))
@@ -219,15 +219,19 @@ class VTCScheduler(VTCStretches, Scheduler):
 
     def _items(self) -> tuple[list[int], list[int]]:
         """(contexts, remaining outputs) of the running requests, for `_fits`."""
+        running = self.running
+        if self.params.reserve == "output_len":  # (`_max_new` inlined: a pass over the batch per mini-batch)
+            return [r.num_tokens for r in running], [r.output_len - r.num_output_tokens for r in running]
         max_new = self._max_new
-        return [r.num_tokens for r in self.running], [max_new(r) - r.num_output_tokens for r in self.running]
+        return [r.num_tokens for r in running], [max_new(r) - r.num_output_tokens for r in running]
 
-    def _fits(self, new: Request, items: tuple[list[int], list[int]] | None = None) -> bool:
+    def _fits(self, new: Request, items: PeakItems | None = None) -> bool:
         """LightLLM's future-peak check, in blocks (each request may waste part of one);
-        `items`: the running requests' `_items()`, when the caller keeps them."""
-        contexts, rests = items or self._items()
-        peak = future_peak(contexts + [new.num_tokens + 1], rests + [self._max_new(new) - new.num_output_tokens - 1])
-        return cdiv(peak, self.kv.block_size) + len(contexts) <= self.kv.num_gpu_blocks
+        `items`: the running requests' (`_items()`), when the caller keeps them."""
+        if items is None:
+            items = PeakItems(*self._items())
+        peak = items.peak_with(new.num_tokens + 1, self._max_new(new) - new.num_output_tokens - 1)
+        return cdiv(peak, self.kv.block_size) + len(items) <= self.kv.num_gpu_blocks
 
     # ------------------------------------------------------------------ bookkeeping
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
