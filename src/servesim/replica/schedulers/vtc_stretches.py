@@ -97,6 +97,8 @@ class VTCStretches:
         last token of the requests that finished inside the stretch."""
         price, weights, counters = self.params.output_price, self.params.tenant_weights, self.counters
         for req in self._left:
+            if not req.token_steps:
+                continue  # (driven without the engine's token log: stepped, charged what it ran)
             extra = min(last - req.token_steps[-1], steps)  # the steps charged after its last token
             if extra > 0:
                 counters[req.tenant] -= price * extra / weights.get(req.tenant, 1.0)
