@@ -134,3 +134,42 @@ def test_a_lone_keyed_request_is_planned_without_building_its_run_keys():
     sched.begin_step(2.0)
     assert lone.kv_block_keys.run_keys._list is not None
     assert sched._plan[lone][:3] == sched._plan[other][:3] == (-16 / 128, 0.0, 0)
+
+
+def test_projected_use_is_the_per_request_sum_of_clipped_growths():
+    """With the oracle estimate the projection is read as final blocks less blocks held; at
+    every step (tight KV, prompts with prefix keys and hits, chunked prompts)
+    it equals the per-request sum of max(final - held, 0), and the kept final blocks went.
+    (The oracle's projection admits nothing that could run out: no preemption here.)"""
+    from servesim.replica.kv_cache import cdiv
+    from tests.factories import serve
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=40, scheduler="batchllm", max_num_seqs=8,
+                                                max_num_batched_tokens=48, fast_forward=True)
+    reqs = []
+    for i in range(90):
+        r = make_request(i, 8 + 13 * (i % 7), 3 + 29 * (i % 5), arrival=0.004 * i)
+        if i % 4 == 0:  # a shared prefix: later readers hit it
+            r.kv_block_keys = (("p", i % 3), ("q", i % 2), ("r", i))
+        reqs.append(r)
+    checked = []
+
+    def reference():
+        growth = sum(max(cdiv(r.prompt_len + max(r.output_len, r.num_output_tokens + 1), kv.block_size)
+                         - kv.num_blocks_of(r.id), 0) for r in sched.running)
+        return kv.num_gpu_blocks - kv.num_free_blocks + growth
+
+    projected = sched._projected_use
+
+    def checking():
+        value = projected()
+        assert value == reference()
+        checked.append(len(sched.running))
+        return value
+
+    sched._projected_use = checking
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    assert len(done) == 90 and sum(r.num_cached_tokens for r in reqs) > 0
+    assert len(checked) > 100 and max(checked) >= 4
+    assert not sched._final_blocks  # (dropped as requests leave)

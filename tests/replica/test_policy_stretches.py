@@ -62,7 +62,7 @@ def test_a_lone_request_is_one_stretch_from_its_prompt_on(scheduler, params):
     assert engine.loop.num_events == 10 * 3  # arrival, step start, stretch end
 
 
-THROUGH = [p for p in POLICIES if p[0] != "vtc"]
+THROUGH = POLICIES
 
 
 # Overlapping requests with nobody waiting: a stretch runs past the finishes of its shorter

@@ -71,6 +71,8 @@ class FastForwarding:
             return False
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
                      self.perf, self.scheduler.num_waiting, self._decode_forms, keyed)
+        if ff.max_steps < st.kmax:  # (the policy decides otherwise after that many steps)
+            st.kmax = ff.max_steps
         st.price(horizon_s)
         if st.k < 2:
             return False

@@ -85,6 +85,10 @@ class BatchLLMScheduler(KeyedScheduler):
         # id end them): a request joins at its place once its key is set, and the queue is
         # sorted again only after a replan or a keyed request's entry (no key yet).
         self.waiting.key = self._plan.__getitem__
+        # ceil((prompt + output_len) / block_size) of each request run with the oracle estimate
+        # (`_projected_use`), filled as requests first run, dropped when they leave
+        self._final_blocks: dict[Request, int] = {}
+        self._lookahead = config.num_speculative_tokens > 0
 
     # ------------------------------------------------------------------ the plan
     def estimated_output(self, req: Request) -> int:
@@ -148,6 +152,7 @@ class BatchLLMScheduler(KeyedScheduler):
     def forget(self, req: Request) -> None:
         super().forget(req)
         self._leave(req)  # (removed while waiting)
+        self._final_blocks.pop(req, None)
 
     def key(self, req: Request) -> tuple:
         return self._plan.get(req, (float("-inf"), 0.0, -1, req.arrival_s, req.id))
@@ -169,7 +174,21 @@ class BatchLLMScheduler(KeyedScheduler):
         kv = self.kv
         bs = kv.block_size
         growth = 0
-        if self.params.output_len_estimate == "oracle":  # (`max` inlined too: hundreds of calls per step)
+        if self.params.output_len_estimate == "oracle" and not self._lookahead:
+            # A running request has generated fewer tokens than its output length (it would
+            # have finished), so its projection is its final blocks, and it holds at most the
+            # blocks of its tokens so far (no lookahead slots): every growth is >= 0 and the
+            # sum of growths is the sum of final blocks less the sum of blocks held.
+            running, final_blocks = self.running, self._final_blocks
+            try:
+                final = sum(map(final_blocks.__getitem__, running))
+            except KeyError:  # (requests admitted since: theirs first)
+                for r in running:
+                    if r not in final_blocks:
+                        final_blocks[r] = -(-(r.prompt_len + r.output_len) // bs)
+                final = sum(map(final_blocks.__getitem__, running))
+            growth = final - sum(kv.num_blocks_list(running))
+        elif self.params.output_len_estimate == "oracle":  # (`max` inlined too: hundreds of calls per step)
             running = self.running
             for r, h in zip(running, kv.num_blocks_list(running)):
                 o, n = r.output_len, r.num_output_tokens + 1

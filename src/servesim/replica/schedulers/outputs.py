@@ -42,6 +42,9 @@ class SchedulerOutput:
     rank_batches: list | None = None
 
 
+UNLIMITED_STEPS = 1 << 62  # (`Scheduler.repeat_order_limit`, `FastForward.max_steps`: no step limit)
+
+
 @dataclass(frozen=True, slots=True)
 class FastForward:
     """A policy's answer to: may the engine repeat this step without calling `schedule`?
@@ -61,10 +64,13 @@ class FastForward:
     through_finishes: bool = False
     """`repeat` keeps holding as requests finish (the rest go on decoding, nothing is
     admitted, no finish hook changes a decision), so finishes may be processed late."""
+    max_steps: int = UNLIMITED_STEPS
+    """At most this many steps repeat (this step included): the policy decides otherwise at
+    the next one whatever happens (`vtc`'s `max_wait_tokens` decode steps). A policy that sets
+    it admits no arrivals into the stretch (`arrivals_join` None)."""
 
 
 NO_FAST_FORWARD = FastForward()
-UNLIMITED_STEPS = 1 << 62  # (`Scheduler.repeat_order_limit`: no step limit)
 REPEAT_DECODES = FastForward(repeat=True)  # the usual answer of a policy whose batch is steady
 # A batch that stays steady once this step's prompts are done (they then decode with the rest).
 REPEAT_AFTER_PREFILL = FastForward(repeat=True, after_prefill=True)

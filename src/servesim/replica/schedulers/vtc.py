@@ -36,10 +36,9 @@ from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, FastForward, Scheduler, SchedulerOutput,
-    SchedulerParams,
-)
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.vtc_peak import PeakItems
+from servesim.replica.schedulers.vtc_stretches import VTCStretches
 from servesim.workload.request import Request, RequestState
 
 
@@ -99,7 +98,7 @@ class TenantQueues:
 
 
 @register("vtc")
-class VTCScheduler(Scheduler):
+class VTCScheduler(VTCStretches, Scheduler):
     Params = VTCParams
     stable_decode_order = True  # (decodes in admission order, whatever the counters)
 
@@ -116,6 +115,7 @@ class VTCScheduler(Scheduler):
         self._speculative = config.num_speculative_tokens > 0
         capacity = kv.num_gpu_blocks * kv.block_size
         self.batch_max_tokens = params.batch_max_tokens or max(capacity // 6, 3072)
+        self._init_stretches()
 
     def weight(self, tenant: str) -> float:
         return self.params.tenant_weights.get(tenant, 1.0)
@@ -127,15 +127,20 @@ class VTCScheduler(Scheduler):
         counters = self.counters
         counters.setdefault(u, 0.0)
         if not queue and self.params.variant == "vtc":
-            others = [counters[v] for v, q in self.waiting.queues.items() if q and v != u]
+            others = [v for v, q in self.waiting.queues.items() if q and v != u]
             if others:
-                counters[u] = max(counters[u], min(others))  # the counter lift
+                if self._arriving is req and not self._speculative:
+                    self._lifts.append((u, others))  # while a stretch runs: lifted at its end (`vtc_stretches.py`)
+                else:
+                    counters[u] = max(counters[u], min(counters[v] for v in others))  # the counter lift
+        self._arriving = None
         self.waiting.append(req)
 
     # ------------------------------------------------------------------ the decision
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
         self._mark = None
+        self._left.clear()
         if self.waiting and (not self.running or self._decode_steps >= self.params.max_wait_tokens):
             self._prefill_mini_batch(out)
             if out.scheduled:
@@ -148,7 +153,7 @@ class VTCScheduler(Scheduler):
         # decode and fit take their token in one call (`allocate_leading_decodes`: the same as
         # `allocate_slots(req, 1)` for each in order), again after a preemption.
         running, kv = self.running, self.kv
-        i = kv.allocate_leading_decodes(running)
+        i = out.num_known_decodes = kv.allocate_leading_decodes(running)  # (the engine's hint: decodes)
         out.scheduled = [(req, 1) for req in running[:i]]
         while i < len(running):
             req = running[i]
@@ -184,7 +189,7 @@ class VTCScheduler(Scheduler):
         counters = self.counters
         batch_tokens = 0
         admitted: list[Request] = []
-        items = self._items()  # (kept as requests join: one pass over the batch per mini-batch)
+        items = PeakItems(*self._items())  # (kept as requests join: one pass over the batch per mini-batch)
         while len(self.running) < self.config.max_num_seqs:
             backlogged = [u for u, q in queues.items() if q]
             if not backlogged:
@@ -200,8 +205,7 @@ class VTCScheduler(Scheduler):
             self.waiting.pop_from(u)
             self.kv.allocate_slots(req, n)
             self.running.append(req)
-            items[0].append(req.num_tokens)
-            items[1].append(self._max_new(req) - req.num_output_tokens)
+            items.add(req.num_tokens, self._max_new(req) - req.num_output_tokens)
             req.state = RequestState.RUNNING
             admitted.append(req)
             out.scheduled.append((req, n))
@@ -215,52 +219,51 @@ class VTCScheduler(Scheduler):
 
     def _items(self) -> tuple[list[int], list[int]]:
         """(contexts, remaining outputs) of the running requests, for `_fits`."""
+        running = self.running
+        if self.params.reserve == "output_len":  # (`_max_new` inlined: a pass over the batch per mini-batch)
+            return [r.num_tokens for r in running], [r.output_len - r.num_output_tokens for r in running]
         max_new = self._max_new
-        return [r.num_tokens for r in self.running], [max_new(r) - r.num_output_tokens for r in self.running]
+        return [r.num_tokens for r in running], [max_new(r) - r.num_output_tokens for r in running]
 
-    def _fits(self, new: Request, items: tuple[list[int], list[int]] | None = None) -> bool:
+    def _fits(self, new: Request, items: PeakItems | None = None) -> bool:
         """LightLLM's future-peak check, in blocks (each request may waste part of one);
-        `items`: the running requests' `_items()`, when the caller keeps them."""
-        contexts, rests = items or self._items()
-        peak = future_peak(contexts + [new.num_tokens + 1], rests + [self._max_new(new) - new.num_output_tokens - 1])
-        return cdiv(peak, self.kv.block_size) + len(contexts) <= self.kv.num_gpu_blocks
+        `items`: the running requests' (`_items()`), when the caller keeps them."""
+        if items is None:
+            items = PeakItems(*self._items())
+        peak = items.peak_with(new.num_tokens + 1, self._max_new(new) - new.num_output_tokens - 1)
+        return cdiv(peak, self.kv.block_size) + len(items) <= self.kv.num_gpu_blocks
 
     # ------------------------------------------------------------------ bookkeeping
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        if self._mark is None:
+        steps = self.num_engine_steps - self._mark if self._mark is not None else 0  # > 1: fast-forwarded
+        if steps <= 0:  # nothing decoded (a prefill mini-batch alone)
+            self._lift_arrivals()
             return
-        steps = self.num_engine_steps - self._mark  # > 1 when the engine fast-forwarded
-        if steps <= 0:
-            return  # a prefill mini-batch alone
         self._decode_steps += steps
-        price = self.params.output_price
         if self._tokens_before is None:  # one token per request and step
-            # each request adds its tenant's `price * steps / weight` (computed once per tenant:
-            # the same float), in batch order as before
-            counters, weights, charge = self.counters, self.params.tenant_weights, {}
-            if len(counters) == 1 and output.scheduled:  # one tenant (every request's is a key):
-                # the same float additions, in C
-                (t, c0), = counters.items()
-                counters[t] = reduce(add, repeat(price * steps / weights.get(t, 1.0), len(output.scheduled)), c0)
-                return
-            for r, _ in output.scheduled:
-                t = r.tenant
-                c = charge.get(t)
-                if c is None:
-                    c = charge[t] = price * steps / weights.get(t, 1.0)
-                counters[t] += c
+            self._charge_stretch(output, steps)
             return
+        price = self.params.output_price
         for (r, _), before in zip(output.scheduled, self._tokens_before):
             self.counters[r.tenant] += price * (r.num_output_tokens - before) / self.weight(r.tenant)
+        self._lift_arrivals()
 
-    def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # With nothing waiting no admission can happen, so decode steps repeat; after a prefill
-        # mini-batch too if it holds every running request (else the stalled decodes join next
-        # step). Not through finishes: the charge per step is counted on one request.
-        if output.preempted or self.waiting:
-            return NO_FAST_FORWARD
-        return REPEAT_AFTER_PREFILL if len(output.scheduled) == len(self.running) else REPEAT_DECODES
-
+    def _charge(self, output: SchedulerOutput, steps: int) -> None:
+        """Each scheduled request's tenant pays `price * steps / weight` (computed once per
+        tenant: the same float), in batch order as stepping adds it."""
+        price = self.params.output_price
+        counters, weights, charge = self.counters, self.params.tenant_weights, {}
+        if len(counters) == 1 and output.scheduled:  # one tenant (every request's is a key):
+            # the same float additions, in C
+            (t, c0), = counters.items()
+            counters[t] = reduce(add, repeat(price * steps / weights.get(t, 1.0), len(output.scheduled)), c0)
+            return
+        for r, _ in output.scheduled:
+            t = r.tenant
+            c = charge.get(t)
+            if c is None:
+                c = charge[t] = price * steps / weights.get(t, 1.0)
+            counters[t] += c
 
 def future_peak(contexts: list[int], rests: list[int]) -> int:
     """LightLLM's future peak of KV tokens: with the requests sorted by remaining output

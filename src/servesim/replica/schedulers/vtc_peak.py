@@ -1,0 +1,62 @@
+"""LightLLM's future-peak check for one candidate after another (VTC's prefill mini-batch).
+
+`future_peak(contexts, rests)` sorts the running requests by remaining output (descending) and
+takes max over k of (k x the k-th remaining + the first k contexts). A mini-batch asks it once
+per candidate with the running batch plus that candidate, and under overload the batch holds
+about 300 requests: building, sorting and summing it for each candidate was most of VTC's
+mini-batch. `PeakItems` sorts the batch once per mini-batch and keeps each k's term with its
+prefix maximum and the suffix maximum of the terms shifted one place (a candidate inserted
+before them adds its context and moves each one place: term + context + remaining). A
+candidate's peak is then three reads at its place in the order; an admitted one is inserted
+and the maxima rebuilt (one pass in numpy per admission instead of a sort per check).
+Integers throughout, so each peak is `future_peak`'s exactly (`test_peak_items_equal_future_peak`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PeakItems:
+    """The running requests' (context, remaining output), sorted by remaining output, for
+    `future_peak` of the batch with one more request."""
+
+    def __init__(self, contexts: list[int], rests: list[int]) -> None:
+        c, r = np.asarray(contexts, dtype=np.int64), np.asarray(rests, dtype=np.int64)
+        order = np.argsort(-r, kind="stable")
+        self._c, self._neg_r = c[order], -r[order]  # (remaining negated: ascending, for `searchsorted`)
+        self._build()
+
+    def __len__(self) -> int:
+        return len(self._c)
+
+    def _build(self) -> None:
+        rest = -self._neg_r
+        self._csum = np.cumsum(self._c)
+        terms = self._csum + rest * np.arange(1, len(rest) + 1, dtype=np.int64)
+        self._pre = np.maximum.accumulate(terms) if len(terms) else terms  # max of terms[:k + 1]
+        shifted = terms + rest  # each term when a request sorts before it (plus that one's context)
+        self._suf = np.maximum.accumulate(shifted[::-1])[::-1] if len(terms) else terms  # max of shifted[k:]
+
+    def _place(self, rest: int) -> int:
+        """Where a request with `rest` sorts: after every one with at least as much remaining
+        (a stable sort puts the latest of equal ones last)."""
+        return int(np.searchsorted(self._neg_r, -rest, side="right"))
+
+    def peak_with(self, context: int, rest: int) -> int:
+        """`future_peak` of the batch and one more request (context, rest)."""
+        p = self._place(rest)
+        best = context + rest * (p + 1) + (int(self._csum[p - 1]) if p else 0)
+        if p:
+            best = max(best, int(self._pre[p - 1]))
+        if p < len(self._c):
+            best = max(best, int(self._suf[p]) + context)
+        return max(0, best)
+
+    def add(self, context: int, rest: int) -> None:
+        """The request joins the batch (at its place in the order)."""
+        p = self._place(rest)
+        c, neg_r = self._c, self._neg_r  # (`concatenate`: `np.insert` costs several times more)
+        self._c = np.concatenate((c[:p], (context,), c[p:]))
+        self._neg_r = np.concatenate((neg_r[:p], (-rest,), neg_r[p:]))
+        self._build()

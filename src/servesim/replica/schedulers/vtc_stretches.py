@@ -1,0 +1,113 @@
+"""VTC's fast-forward answers: decode steps capped by `max_wait_tokens`, through finishes.
+
+Under overload VTC's queue never empties, and between two prefill mini-batches it runs exactly
+`max_wait_tokens` decode steps of its running batch whatever arrives or finishes: admission is
+looked at only when that count is reached (or nothing runs), a finish only frees blocks, and an
+arrival joins a tenant's queue. So those steps repeat, up to the count (`FastForward.max_steps`),
+and through finishes. What a stretch must leave as stepping would is the tenants' counters,
+charged at the stretch's end: each request's tenant pays `output_price / weight` per token it
+emitted. Stepping adds that charge once per request and step; a stretch adds `steps` times it
+per request and takes back the steps of the requests that finished early (`finish` lists them).
+The two are the same float only when every value involved is an integer below 2**53, so the
+answers here hold only then (`_exact_charges`: an integral output price, power-of-two tenant
+weights dividing it, integral counters below 2**40); otherwise VTC keeps its earlier answers
+(decode steps with nothing waiting, up to the first finish).
+
+An arrival while such a stretch runs is kept when the queue was not empty and the newcomer's
+tenant already waits (no counter lift, which would read counters the stretch has not charged
+yet) or the variant does not lift (`lcf`, `fcfs`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from servesim.replica.schedulers.outputs import (
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, UNLIMITED_STEPS, FastForward, SchedulerOutput,
+)
+from servesim.workload.request import Request
+
+_COUNTER_BOUND = float(1 << 40)  # counters below it stay exact integers with any charge added (< 2**53)
+
+
+class VTCStretches:
+    """The fast-forward methods of `VTCScheduler` (which holds the state they use)."""
+
+    def _init_stretches(self) -> None:
+        p = self.params
+        self._integral_prices = float(p.output_price).is_integer() and p.output_price < 1 << 20 and all(
+            w > 0 and math.frexp(w)[0] == 0.5 and (p.output_price / w).is_integer() for w in p.tenant_weights.values())
+        self._keeps_arrivals = False  # the stretch in flight was planned with a queue (capped)
+        self._left: list[Request] = []  # requests that finished since the last `schedule`
+        self._arriving: Request | None = None  # the arrival `arrival_keeps_batch` was asked about
+        self._lifts: list[tuple[str, list[str]]] = []  # (tenant, backlogged others) of lifts deferred
+
+    def _exact_charges(self) -> bool:
+        """Are the counters' charges exact whatever their grouping (integers below 2**53)?"""
+        return self._integral_prices and all(c.is_integer() and c < _COUNTER_BOUND for c in self.counters.values())
+
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
+        self._keeps_arrivals = False
+        prefill = self._mark is not None and self._mark > self.num_engine_steps  # a prefill mini-batch
+        whole = len(output.scheduled) == len(self.running)  # (after a mini-batch: nothing else runs)
+        if output.preempted or (prefill and not whole):
+            return NO_FAST_FORWARD  # (a mini-batch runs alone: the stalled decodes join next step)
+        if self._speculative or not self._exact_charges():
+            # the earlier answers: with nothing waiting, decode steps until the first finish
+            if self.waiting:
+                return NO_FAST_FORWARD
+            return REPEAT_AFTER_PREFILL if prefill else REPEAT_DECODES
+        if not self.waiting:
+            return _THROUGH  # (an arrival cuts the stretch: then the count decides)
+        # the schedule of step j >= 1 sees the decode steps so far: a mini-batch sets the count
+        # to 0 and its own step is none, a decode step saw `_decode_steps` before it
+        cap = self.params.max_wait_tokens + 1 if prefill else self.params.max_wait_tokens - self._decode_steps
+        if cap < 2:
+            return NO_FAST_FORWARD  # (the next step looks at admission again)
+        self._keeps_arrivals = True
+        return FastForward(repeat=True, after_prefill=True, through_finishes=True, max_steps=cap)
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        self._arriving = req  # (asked only while a stretch runs: `add_request` follows)
+        if req is None or not (self._keeps_arrivals and self.waiting):
+            return False
+        return self.params.variant != "vtc" or bool(self.waiting.queues.get(req.tenant))
+
+    def finish(self, req: Request, now_s: float) -> None:
+        super().finish(req, now_s)
+        if self._mark is not None:
+            self._left.append(req)
+
+    def _charge_stretch(self, output: SchedulerOutput, steps: int) -> None:
+        """Charge the `steps` decode steps that ended now, as stepping would have: the lifts of
+        arrivals that came during the last step (the one in flight when they cut the stretch)
+        read the counters charged up to the step before it."""
+        last = self.num_engine_steps - 1
+        if self._lifts and steps > 1:
+            self._charge(output, steps - 1)
+            self._refund_departed(steps - 1, last - 1)
+            steps = 1
+        self._lift_arrivals()
+        self._charge(output, steps)
+        self._refund_departed(steps, last)
+        self._left.clear()
+
+    def _refund_departed(self, steps: int, last: int) -> None:
+        """Take back, from the charge of `steps` steps up to step `last`, the steps after their
+        last token of the requests that finished inside the stretch."""
+        price, weights, counters = self.params.output_price, self.params.tenant_weights, self.counters
+        for req in self._left:
+            if not req.token_steps:
+                continue  # (driven without the engine's token log: stepped, charged what it ran)
+            extra = min(last - req.token_steps[-1], steps)  # the steps charged after its last token
+            if extra > 0:
+                counters[req.tenant] -= price * extra / weights.get(req.tenant, 1.0)
+
+    def _lift_arrivals(self) -> None:
+        """The counter lifts of the arrivals deferred while a stretch ran, in arrival order."""
+        counters = self.counters
+        for u, others in self._lifts:
+            counters[u] = max(counters[u], min(counters[v] for v in others))
+        self._lifts.clear()
+
+_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True, max_steps=UNLIMITED_STEPS)

@@ -1,0 +1,32 @@
+"""`PeakItems` (VTC's future-peak check kept across a mini-batch) against `future_peak`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.replica.schedulers.vtc import future_peak
+from servesim.replica.schedulers.vtc_peak import PeakItems
+
+
+def test_peak_items_equal_future_peak():
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n = int(rng.integers(0, 40))
+        # small ranges: many ties in remaining output; some negative rests (a reserve below the output)
+        contexts = [int(x) for x in rng.integers(1, 500, n)]
+        rests = [int(x) for x in rng.integers(-5, 30 if trial % 2 else 400, n)]
+        items = PeakItems(contexts, rests)
+        for _ in range(int(rng.integers(1, 12))):  # candidates, some admitted, as a mini-batch does
+            c, r = int(rng.integers(1, 500)), int(rng.integers(-5, 400))
+            assert items.peak_with(c, r) == future_peak(contexts + [c], rests + [r])
+            if rng.random() < 0.7:
+                items.add(c, r)
+                contexts.append(c)
+                rests.append(r)
+                assert len(items) == len(contexts)
+
+
+def test_peak_of_an_empty_batch_is_the_candidates_own():
+    items = PeakItems([], [])
+    assert items.peak_with(10, 5) == 15 == future_peak([10], [5])
+    assert items.peak_with(10, -20) == 0
