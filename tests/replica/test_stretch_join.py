@@ -194,3 +194,22 @@ def test_vllm_answers_which_arrivals_join():
     sched.running.clear()
     second.num_output_tokens = 2  # emitted on a replica that crashed: its recompute is not a fresh prompt
     assert sched.arrivals_join(0) is None
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+def test_joins_admit_without_the_general_admission(policy, llama, monkeypatch):
+    # a fresh arrival that joins is admitted by `admit_whole`'s own lines (vLLM's admission
+    # with no hit written out), not through `VLLMSteps.admit`: every other admission still is
+    # (the run is exact against stepping, which admits each request through `admit`)
+    from servesim.replica.schedulers.vllm_steps import VLLMSteps
+    calls = []
+    admit = VLLMSteps.admit
+    monkeypatch.setattr(VLLMSteps, "admit", lambda self, req, *args: calls.append(req.id) or admit(self, req, *args))
+    a_reqs, b_reqs = light_load(8), light_load(8)
+    a = run(a_reqs, True, 2000, llama, policy)
+    stepped = len(calls)
+    b = run(b_reqs, False, 2000, llama, policy)
+    assert_same_run(a, b, a_reqs, b_reqs, 2000, REQUEST_OUTCOME + ("first_scheduled_s", "num_computed_tokens"))
+    assert a.num_joined_arrivals > 0.3 * len(a_reqs)
+    assert stepped <= len(a_reqs) - a.num_joined_arrivals  # (no admission went through `admit` twice)
+    assert len(calls) - stepped >= len(b_reqs)  # stepping admitted every request through it
