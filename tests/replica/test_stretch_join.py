@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from servesim.perf.build import build_perf_model
+from servesim.replica import stretch_join
 from tests.factories import REQUEST_OUTCOME, ToyPerf, assert_same_run, make_engine, make_request, serve
 
 
@@ -31,6 +32,16 @@ def run(reqs, fast_forward: bool, num_blocks: int, perf, policy: str = "fcfs", s
     return engine
 
 
+@pytest.fixture
+def lone_joins(monkeypatch):
+    """Counts the joins of one arrival into a stretch in sync (`stretch_join._join_one`, the
+    path of nearly every arrival at a busy replica)."""
+    calls = []
+    lone = stretch_join._join_one
+    monkeypatch.setattr(stretch_join, "_join_one", lambda *args: calls.append(1) or lone(*args))
+    return calls
+
+
 @pytest.fixture(scope="module")
 def llama():
     return build_perf_model("llama-3.1-8b", "h100-sxm")
@@ -39,7 +50,7 @@ def llama():
 @pytest.mark.parametrize("policy", ["fcfs", "priority"])
 @pytest.mark.parametrize("seed,num_blocks", [(1, 2000), (2, 300), (3, 120)])
 @pytest.mark.parametrize("perf_name", ["toy", "llama"])
-def test_joined_stretches_match_stepping(seed, num_blocks, perf_name, policy, llama):
+def test_joined_stretches_match_stepping(seed, num_blocks, perf_name, policy, llama, lone_joins):
     perf = ToyPerf() if perf_name == "toy" else llama  # scalar decode form / affine forms (numpy chunks)
     a_reqs, b_reqs = light_load(seed), light_load(seed)
     a = run(a_reqs, True, num_blocks, perf, policy)
@@ -48,6 +59,8 @@ def test_joined_stretches_match_stepping(seed, num_blocks, perf_name, policy, ll
                     REQUEST_OUTCOME + ("num_cached_tokens", "first_scheduled_s", "num_computed_tokens"))
     assert a.num_joined_arrivals > 0.3 * len(a_reqs)  # most arrivals joined a stretch in flight
     assert b.num_joined_arrivals == 0
+    # most of them alone, into a stretch whose scalar pricing was at the join step
+    assert 0.5 * a.num_joined_arrivals < len(lone_joins) <= a.num_joined_arrivals
 
 
 # The other policies whose next `schedule` admits fresh prompts whole as vLLM does (with the
@@ -72,7 +85,7 @@ def light_load_with_slo(seed: int, **kw):
 @pytest.mark.parametrize("scheduler,params", JOINING)
 @pytest.mark.parametrize("seed,num_blocks", [(1, 2000), (2, 300), (3, 120)])
 @pytest.mark.parametrize("perf_name", ["toy", "llama"])
-def test_other_policies_join_exactly(scheduler, params, seed, num_blocks, perf_name, llama):
+def test_other_policies_join_exactly(scheduler, params, seed, num_blocks, perf_name, llama, lone_joins):
     perf = ToyPerf() if perf_name == "toy" else llama
     a_reqs, b_reqs = light_load_with_slo(seed), light_load_with_slo(seed)
     a = run(a_reqs, True, num_blocks, perf, scheduler=scheduler, params=params)
@@ -89,6 +102,7 @@ def test_other_policies_join_exactly(scheduler, params, seed, num_blocks, perf_n
         share = 0.3 if num_blocks > 120 else 0.1
     assert a.num_joined_arrivals > share * len(a_reqs)
     assert b.num_joined_arrivals == 0
+    assert len(lone_joins) <= a.num_joined_arrivals and (len(lone_joins) > 0 or a.num_joined_arrivals < 10)
 
 
 @pytest.mark.parametrize("scheduler,params", JOINING)
@@ -136,7 +150,7 @@ def test_hygen_offline_work_stops_joins(llama):
     assert 0 < a.num_joined_arrivals  # before and after the offline ones
 
 
-def test_several_arrivals_in_one_step_join_together(llama):
+def test_several_arrivals_in_one_step_join_together(llama, lone_joins):
     # bursts of four requests within a step: all admitted at the same boundary
     reqs_a, reqs_b = ([make_request(4 * i + j, 30 + 7 * j, 40 + 13 * i % 50, 0.3 * i + 1e-4 * j) for i in range(40)
                        for j in range(4)] for _ in range(2))
@@ -144,6 +158,7 @@ def test_several_arrivals_in_one_step_join_together(llama):
     b = run(reqs_b, False, 2000, llama)
     assert_same_run(a, b, reqs_a, reqs_b, 2000, REQUEST_OUTCOME + ("first_scheduled_s",))
     assert a.num_joined_arrivals >= 100
+    assert len(lone_joins) < a.num_joined_arrivals  # (bursts join together: the general path)
 
 
 def test_a_prompt_the_budget_would_chunk_does_not_join(llama):
@@ -179,3 +194,22 @@ def test_vllm_answers_which_arrivals_join():
     sched.running.clear()
     second.num_output_tokens = 2  # emitted on a replica that crashed: its recompute is not a fresh prompt
     assert sched.arrivals_join(0) is None
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+def test_joins_admit_without_the_general_admission(policy, llama, monkeypatch):
+    # a fresh arrival that joins is admitted by `admit_whole`'s own lines (vLLM's admission
+    # with no hit written out), not through `VLLMSteps.admit`: every other admission still is
+    # (the run is exact against stepping, which admits each request through `admit`)
+    from servesim.replica.schedulers.vllm_steps import VLLMSteps
+    calls = []
+    admit = VLLMSteps.admit
+    monkeypatch.setattr(VLLMSteps, "admit", lambda self, req, *args: calls.append(req.id) or admit(self, req, *args))
+    a_reqs, b_reqs = light_load(8), light_load(8)
+    a = run(a_reqs, True, 2000, llama, policy)
+    stepped = len(calls)
+    b = run(b_reqs, False, 2000, llama, policy)
+    assert_same_run(a, b, a_reqs, b_reqs, 2000, REQUEST_OUTCOME + ("first_scheduled_s", "num_computed_tokens"))
+    assert a.num_joined_arrivals > 0.3 * len(a_reqs)
+    assert stepped <= len(a_reqs) - a.num_joined_arrivals  # (no admission went through `admit` twice)
+    assert len(calls) - stepped >= len(b_reqs)  # stepping admitted every request through it

@@ -209,6 +209,21 @@ class PerfModel(MemoryMixin):
             return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
         return lambda cached, ctx_sum: base + attention_s(cached) + g * ctx_sum + cpu
 
+    def prompt_step_s(self, num_decodes: int, prompt: int, ctx_sum: int) -> float | None:
+        """`chunk_time_fn(num_decodes, prompt)(0, ctx_sum)` without building the form: one
+        uncached prompt beside `num_decodes` decodes whose contexts sum to `ctx_sum` (an
+        arrival joining a stretch, once per arrival: the form would be used once). The same
+        float operations in the same order; None where `chunk_time_fn` is None."""
+        if self._window is not None or prompt <= 0 or num_decodes < 0:
+            return None
+        cached = 0
+        x = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
+             + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
+                + self._kv_read * (self._layers[0] * cached) + self._eager + self._mixed_s(prompt, num_decodes))
+             + self._g_full * ctx_sum)
+        cpu = self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
+        return max(x, cpu) if self._overlap else x + cpu
+
     def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
         """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
         chunk over its context (a speculative verify pass), one step per total context in

@@ -31,6 +31,7 @@ prompts, the lookahead) succeeds there too. Checked by `tests/replica/test_spec_
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
 from servesim.replica.spec_stretch import SpecStretch
@@ -54,7 +55,8 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
-    num_running = st.active_at(s)
+    rem = st._sorted_rem
+    num_running = len(rem) - bisect_right(rem, s)  # (`st.active_at(s)`)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False  # mostly requests that left: the stretch is applied, the next one holds only those running
     joins = sched.arrivals_join(num_running)
@@ -68,18 +70,43 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         # free at the start: stepping has at least those free at the admission (finishes only
         # add to them), so a join that fits them is admitted there too
         return False
-    step_s = _join_step_s(engine.perf, st, s, num_running, joins)
-    sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
-    for req, _ in joins:
-        if req.first_scheduled_s is None:
-            req.first_scheduled_s = now_s
-    first_new = kv.first_new_block_steps([req for req, _ in joins], [n - s for _, n in joins])
-    st.join(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
+    if len(joins) == 1 and st._f is not None and st._priced == s:
+        _join_one(engine, st, now_s, joins, blocks, num_running)  # (the usual arrival: one request, the scalar state step s's)
+    else:
+        step_s = _join_step_s(engine.perf, st, s, num_running, joins)
+        sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
+        for req, _ in joins:
+            if req.first_scheduled_s is None:
+                req.first_scheduled_s = now_s
+        first_new = kv.first_new_block_steps([req for req, _ in joins], [n - s for _, n in joins])
+        st.join(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
     engine.num_joined_arrivals += len(joins)
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, s + 1)
     engine._schedule_stretch_end(st)
     return True
+
+
+def _join_one(engine, st: Stretch, now_s: float, joins: list, blocks: int, num_running: int) -> None:
+    """The join of one arrival into a stretch whose scalar pricing state is that of the join
+    step s (`st._priced == s`): `_join_step_s`, `Scheduler.join`, the request's first new block
+    and `Stretch.join` with one pass fewer each (the same values: `tests/replica/test_stretch_join.py`
+    runs both paths). Every arrival at a busy replica comes here: its cost is the run's."""
+    s = st.k
+    (req, n), = joins
+    perf = engine.perf
+    step_fn = getattr(perf, "prompt_step_s", None)
+    step_s = step_fn(num_running, n, st._ctx_sum) if step_fn is not None else None
+    if step_s is None:  # (no affine form: `step_time_s` over the decodes' contexts)
+        step_s = _join_step_s(perf, st, s, num_running, joins)
+    engine.scheduler.join(joins, st.out)
+    if req.first_scheduled_s is None:
+        req.first_scheduled_s = now_s
+    kv = engine.kv
+    bs = kv.block_size
+    # (`first_new_block_steps` of the request just admitted, its ctx1 n - s)
+    st.join_one(req, n, kv.num_blocks_of(req.id) * bs - (n - s) + 1, blocks, step_s,
+                engine._decode_forms(len(st.reqs) + 1), bs)
 
 
 def _join_step_s(perf, st: Stretch, s: int, num_running: int, joins: list) -> float:

@@ -97,6 +97,49 @@ class StretchJoins:
         else:
             self._f = None  # (`_sync` rebuilds it from the lists)
 
+    def join_one(self, req: Any, n: int, first_new: int, blocks: int, step_s: float, forms: "DecodeForms | None",
+                 block_size: int) -> None:
+        """`join([(req, n)], [first_new], ...)` while the scalar state is step s's (`_priced ==
+        k`, `_f` set): the same state, without the truncation (nothing is priced past s), the
+        loops or the list arguments (an arrival joins at every event of a busy replica)."""
+        s = self.k
+        t = self.end_s + step_s
+        ends = self._ends
+        if type(ends) is list:
+            del ends[s:]  # (what a cut dropped)
+            ends.append(t)
+        else:
+            self._room(1)[0] = t
+        self._priced = self.k = s + 1
+        self.end_s = t  # (`_take`: the float just stored)
+        if self.reqs is self.decodes:  # (shared while only decodes ran)
+            self.reqs = list(self.reqs)
+        r = s + req.output_len
+        self.joins.append((s, req, n))
+        self.reqs.append(req)
+        self.ctx1.append(n - s)
+        self.remaining.append(r)
+        rem = self._sorted_rem
+        insort(rem, r)  # (after the departed ones: r > s)
+        self.first_new.append(first_new)
+        self._ctx_total += n - s
+        self.kmax = rem[-1]
+        self.join_blocks += blocks
+        at, need, live = self._need_at  # (it grows from step s + 1 on: count what it grows before `at`)
+        if first_new < at:  # (else `_growth` is 0: it needs no block before `at`)
+            need += _growth(first_new, 0, at if at < r else r, block_size)
+        live.append(len(self.reqs) - 1)
+        self._need_at = (at, need, live)
+        self._forms = forms
+        self._prefix_sums = self._order = self._step1_s = None  # (rebuilt from the lists when needed)
+        self.final = False
+        active = self._active + 1
+        self._ctx_sum += n + active - 1  # (its context at step s + 1; the others' grow by one)
+        self._active = active
+        self._f = self._decode_fn(active)
+        if self._p < len(rem) and rem[self._p] == s + 1:
+            self._leave(s + 1)
+
 
 def _growth(first_new: int, lo: int, hi: int, block_size: int) -> int:
     """Blocks a request gets at steps first_new, first_new + block_size, ... in [lo, hi)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
 
 # Tokens a fresh waiting request's first chunk takes from the budget left (the policy's rule).
@@ -37,10 +38,12 @@ def whole_prompts(reqs: Iterable[Request], num_held: int, num_running: int, max_
     budget = max_num_batched_tokens - num_running
     joins = []
     for req in reqs:
-        if not is_fresh(req):
+        # (`is_fresh`, written out: this runs for every arrival at a busy replica)
+        if (req.kv_block_keys or req.num_computed_tokens or req.num_output_tokens or req.num_preemptions
+                or req.lora is not None or "kv_store_tokens" in req.extra):
             return None
         n = first_chunk(req, budget)
-        if n != req.num_tokens:
+        if n != req.prompt_len:  # (its `num_tokens`: nothing emitted yet)
             return None  # a chunk of its prompt (budget, long_prefill_token_threshold), or nothing
         budget -= n
         joins.append((req, n))
@@ -49,9 +52,25 @@ def whole_prompts(reqs: Iterable[Request], num_held: int, num_running: int, max_
 
 def admit_whole(sched, joins: list[tuple[Request, int]], out) -> None:
     """Admit `joins` in order with vLLM's `admit` (`VLLMSteps.admit`, no room made), from the
-    whole token budget (`whole_prompts` checked the decodes' share)."""
+    whole token budget (`whole_prompts` checked the decodes' share).
+
+    With vLLM's own `admit` and `first_chunk`, a fresh request that the prefix cache does not
+    hit (the lookup is still made) is admitted as `admit` would with no hit and no KV store
+    tokens: its whole prompt as its chunk (the budget is larger than the one `whole_prompts`
+    checked), blocks that `join_arrivals` checked are free, the same calls on the KV cache and
+    the queues without the rest of the general path (this runs for every arrival at a busy
+    replica)."""
+    lean = type(sched).admit is VLLMSteps.admit and type(sched).first_chunk is VLLMSteps.first_chunk
+    kv, waiting = sched.kv, sched.waiting
     budget = sched.config.max_num_batched_tokens
-    for req, _ in joins:
+    for req, n in joins:
+        if lean and not kv.get_computed_blocks(req):
+            if not kv.allocate_slots(req, n):
+                raise AssertionError(f"request {req.id} could not join the stretch")
+            waiting.remove(req)
+            sched.start(req, 0, n, out)
+            budget -= n
+            continue
         budget = sched.admit(req, budget, out)
         if budget is None:
             raise AssertionError(f"request {req.id} could not join the stretch")
