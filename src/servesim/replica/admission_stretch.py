@@ -79,7 +79,8 @@ class AdmitStretch(Stretch):
         released first (stepping freed them before the later steps' allocations), the
         growth of the others allocated, every joiner's step logged. Returns the requests that
         finished in it, in finish order."""
-        from servesim.replica.fast_forward import advance_decodes  # (fast_forward imports this module)
+        from servesim.replica.fast_forward import (advance_decodes, apply_joins,  # (fast_forward imports
+                                                   apply_step0_prompts)  # this module)
 
         kv, k, reqs, remaining, first_new = engine.kv, self.k, self.reqs, self.remaining, self.first_new
         bs = kv.block_size
@@ -97,15 +98,8 @@ class AdmitStretch(Stretch):
         nd = len(self.decodes)
         advance_decodes(self.decodes, steps_of, first)
         ends = self.ends
-        prefill_tokens = 0
-        for (req, n), m in zip(self.prefills, steps_of[nd:]):  # prompts finished in step 0
-            prefill_tokens += n
-            req.num_computed_tokens += n + m - 1
-            req.num_output_tokens += m
-            req.token_steps += (first, first + m - 1)
-            if req.first_token_s is None:
-                req.first_token_s = float(ends[0])
-        prefill_at = self._apply_joins(steps_of, first, frees) if self.joins else ()
+        prefill_tokens = apply_step0_prompts(self.prefills, steps_of[nd:], first, ends)
+        prefill_at = apply_joins(self, steps_of, first, frees, self.join_base) if self.joins else ()
         kv_used = BlockGrowth(kv.num_gpu_blocks - self.free0, first_new, steps_of, bs, frees)
         kv.allocate_plain_many(new_blocks)
         done = [reqs[i] for i in finished]
@@ -117,25 +111,6 @@ class AdmitStretch(Stretch):
                                          prefill_tokens, [j for j in self.waiting_from if j < k],
                                          prefill_at=prefill_at, waiting_to=[j for j in self.waiting_to if j < k])
         return done
-
-    def _apply_joins(self, steps_of: list[int], first: int, frees: list) -> list[tuple[int, int]]:
-        """Advance the requests that joined (each computed its prompt in its join step s and
-        emitted a token in each of its steps from s on); their prompts' blocks are logged as
-        in use from step s (a negative free). Returns the (step, prompt tokens) of join steps."""
-        k, ends = self.k, self.ends
-        prefill_at: dict[int, int] = {}
-        for (s, req, n), m_end, base in zip(self.joins, steps_of[len(steps_of) - len(self.joins):], self.join_base):
-            if s >= k:  # (a crash settled the stretch before the step it joined in ended)
-                continue
-            m = m_end - s
-            req.num_computed_tokens += n + m - 1
-            req.num_output_tokens += m
-            req.token_steps += (first + s, first + m_end - 1)
-            if req.first_token_s is None:
-                req.first_token_s = float(ends[s])
-            prefill_at[s] = prefill_at.get(s, 0) + n
-            frees.append((s, -base))
-        return list(prefill_at.items())
 
 
 def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float, out, decodes: list,

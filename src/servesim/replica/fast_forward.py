@@ -217,15 +217,9 @@ class FastForwarding:
             frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
                      for i in finished if (m := steps_of[i]) < k]
             advance_decodes(st.decodes, steps_of, first)
-        prefill_tokens = 0
-        for (req, n), m in zip(st.prefills, steps_of[nd:]):  # prompts (or recomputes) finished in step 0
-            prefill_tokens += n
-            req.num_computed_tokens += n + m - 1
-            req.num_output_tokens += m
-            req.token_steps += (first, first + m - 1)
-            if req.first_token_s is None:
-                req.first_token_s = float(ends[0])
-        prefill_at = _apply_joins(st, steps_of, first, frees, self.kv) if st.joins else ()
+        prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
+        prefill_at = apply_joins(st, steps_of, first, frees,
+                                 [self.kv.num_blocks_of(req.id) for _, req, _ in st.joins]) if st.joins else ()
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         self.kv.cache_full_blocks_many(st.keyed, k - 1)
@@ -239,17 +233,32 @@ class FastForwarding:
         return done
 
 
-def _apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[int, int]],
-                 kv) -> list[tuple[int, int]]:
-    """Advance the requests that joined the stretch (`replica/stretch_join.py`): each computed
-    its prompt in its join step s and emitted a token in each of its steps from s on. The
-    blocks they took when they joined (their prompts', or a policy's whole reservation: all
-    they hold before the stretch's growth is granted) are logged as blocks in use from step s
-    (a negative free); returns the (step, prompt tokens) of the join steps, for the step log."""
+def apply_step0_prompts(prefills: list, steps_of: Iterable[int], first: int, ends) -> int:
+    """Advance the prompts (or recomputes) finished in a stretch's step 0, each then decoding
+    for the rest of its `steps_of`; returns their prompt tokens, for the step log."""
+    prefill_tokens = 0
+    for (req, n), m in zip(prefills, steps_of):
+        prefill_tokens += n
+        req.num_computed_tokens += n + m - 1
+        req.num_output_tokens += m
+        req.token_steps += (first, first + m - 1)
+        if req.first_token_s is None:
+            req.first_token_s = float(ends[0])
+    return prefill_tokens
+
+
+def apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[int, int]],
+                blocks: list[int]) -> list[tuple[int, int]]:
+    """Advance the requests that joined the stretch (`replica/stretch_join.py`, admission
+    stretches): each computed its prompt in its join step s and emitted a token in each of its
+    steps from s on. `blocks`, the blocks each took when it joined (its prompt's, or a
+    policy's whole reservation: all it holds before the stretch's growth is granted), are
+    logged as blocks in use from step s (a negative free); returns the (step, prompt tokens)
+    of the join steps, for the step log."""
     k = st.k
     ends = st.ends
     prefill_at: dict[int, int] = {}
-    for (s, req, n), m_end in zip(st.joins, steps_of[len(steps_of) - len(st.joins):]):
+    for (s, req, n), m_end, base in zip(st.joins, steps_of[len(steps_of) - len(st.joins):], blocks):
         if s >= k:  # (a crash settled the stretch before the step it joined in ended)
             continue
         m = m_end - s  # the steps it ran: s .. m_end - 1
@@ -259,7 +268,7 @@ def _apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple
         if req.first_token_s is None:
             req.first_token_s = float(ends[s])
         prefill_at[s] = prefill_at.get(s, 0) + n
-        frees.append((s, -kv.num_blocks_of(req.id)))
+        frees.append((s, -base))
     return list(prefill_at.items())
 
 
