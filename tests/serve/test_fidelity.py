@@ -7,7 +7,7 @@ The client also measures what the simulation cannot know: its own HTTP path into
 (JSON encoding, the connection, parsing: 2-20 ms here with TCP_NODELAY, about 10 ms more
 without it, tens of ms on a loaded CI machine) and the token's way back. The check therefore compares each request's client latency with its own
 replayed latency: never earlier (the server must not release a token before its simulated
-time), and off by a median of under 10 % of the replayed latency."""
+time), and off by a median of under 10 % of the replayed latency (TTFT: plus `HTTP_PATH_S` for the way in)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ from tests.serve.conftest import running_server
 # meanwhile): a CPU-bound test beside it on 2 cores tripled the HTTP path's time.
 SCENARIO = ["model=llama-3.1-8b", "gpu=l4", "engine.max_model_len=8192"]
 RATE_PER_S, DURATION_S = 0.4, 50.0
+# What the HTTP path may add to a TTFT beyond the 10 %: 20-70 ms on a quiet machine, 97-183 ms
+# on a CI host running at a third of its usual speed (JSON, connection and parsing are CPU work).
+HTTP_PATH_S = 0.15
 # Nagle's algorithm holds a request's body until the server acknowledges its headers (up to
 # 40 ms of delayed ACK); aiohttp, which vLLM's `bench serve` uses, sets TCP_NODELAY, so do we.
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -91,4 +94,5 @@ def test_client_latencies_match_the_replayed_simulation(tmp_path):
               np.median(late), late.max())
         if name == "ttft":  # (a TPOT may come out shorter: its first token was the later one)
             assert late.min() > -0.002, ("a first token reached the client before its simulated time", late.min())
-        assert np.median(np.abs(late)) < 0.10 * np.median(want), (name, np.median(late), np.median(want))
+        allowance_s = HTTP_PATH_S if name == "ttft" else 0.0  # (the way in is only in TTFT)
+        assert np.median(np.abs(late)) < 0.10 * np.median(want) + allowance_s, (name, np.median(late), np.median(want))
