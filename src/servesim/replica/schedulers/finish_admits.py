@@ -19,6 +19,16 @@ from servesim.replica.schedulers.arrival_joins import FirstChunk, is_fresh
 from servesim.workload.request import Request
 
 
+def admits_of(sched, num_running: int, free_blocks: int,
+              first_chunk: FirstChunk) -> tuple[list[tuple[Request, int]], Request | None] | None:
+    """`admits_until_blocked` over `sched`'s waiting requests, in its admission order, with its
+    own limits: what its next `schedule` admits at a finish."""
+    cfg = sched.config
+    return admits_until_blocked(sched.waiting, len(sched.running), num_running,
+                                cfg.max_num_seqs, cfg.max_num_batched_tokens, free_blocks, sched.kv.block_size,
+                                first_chunk)
+
+
 def admits_until_blocked(reqs: Iterable[Request], num_held: int, num_running: int, max_num_seqs: int,
                          max_num_batched_tokens: int, free_blocks: int, block_size: int,
                          first_chunk: FirstChunk) -> tuple[list[tuple[Request, int]], Request | None] | None:

@@ -27,7 +27,7 @@ from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
-from servesim.replica.schedulers.finish_admits import admits_until_blocked
+from servesim.replica.schedulers.finish_admits import admits_of
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -254,10 +254,7 @@ class HyGenScheduler(VLLMSteps):
     def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
         if not self.finish_admission():
             return None
-        cfg = self.config
-        found = admits_until_blocked(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
-                                     cfg.max_num_batched_tokens, free_blocks, self.kv.block_size,
-                                     lambda req, budget: min(req.num_tokens, budget))
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: min(req.num_tokens, budget))
         return None if found is None else found[0]
 
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:

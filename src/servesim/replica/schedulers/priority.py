@@ -24,7 +24,7 @@ from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
     SchedulerParams,
 )
-from servesim.replica.schedulers.finish_admits import admits_until_blocked
+from servesim.replica.schedulers.finish_admits import admits_of
 from servesim.replica.schedulers.queues import SortedWaiting
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
@@ -208,10 +208,7 @@ class KeyedScheduler(VLLMSteps):
         # must not beat the running request with the largest key (`_make_room` would evict it)
         if not (self.finish_admission() and self.waiting.clean):
             return None
-        cfg = self.config
-        found = admits_until_blocked(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
-                                     cfg.max_num_batched_tokens, free_blocks, self.kv.block_size,
-                                     lambda req, budget: self.first_chunk(req, 0, budget))
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget))
         if found is None:
             return None
         joins, head = found

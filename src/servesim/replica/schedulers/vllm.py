@@ -22,7 +22,7 @@ from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
-from servesim.replica.schedulers.finish_admits import admits_until_blocked
+from servesim.replica.schedulers.finish_admits import admits_of
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
 
@@ -166,10 +166,7 @@ class VLLMScheduler(VLLMSteps):
         # `_admit` from the budget the decodes leave, on the blocks free after their allocation
         if not self.finish_admission():
             return None
-        cfg = self.config
-        found = admits_until_blocked(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
-                                     cfg.max_num_batched_tokens, free_blocks, self.kv.block_size,
-                                     lambda req, budget: self.first_chunk(req, 0, budget))
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget))
         return None if found is None else found[0]
 
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
