@@ -132,10 +132,12 @@ def twin_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
 
 
 def held_out_ids(rows: list[SiliconRow]) -> frozenset[str]:
-    """Ids of the held-out rows: the measurements at odd positions, a measurement's position being
-    where its first copy stands among the file's distinct measurements (`_measurement`). Every copy
-    of a measurement falls on the side of its first one, so a fit on the even side never scores its
-    own rows again as held out (the file holds 382 measurements twice or more, 183 of them once at
-    an even and once at an odd file position). Without twins this is the split by file position."""
-    position: dict[tuple, int] = {}
-    return frozenset(r.id for r in rows if position.setdefault(_measurement(r), len(position)) % 2)
+    """Ids of the held-out rows: those whose measurement (`_measurement`) first appears at an odd
+    position of the file. Every copy of a measurement falls on the side of its first one, so a fit on
+    the even side never scores its own measurements again as held out (the file holds 382 aggregated
+    measurements twice or more, 183 of them once at an even and once at an odd position); a row
+    without twins keeps the side of its own position, as in the split by file position."""
+    first: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(_measurement(r), i)
+    return frozenset(r.id for r in rows if first[_measurement(r)] % 2)
