@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from servesim.validation.fit import spread_sample
-from servesim.validation.run import group_errors, markdown_table, skipped_table, validate_rows
+from servesim.validation.run import group_errors, held_out_line, markdown_table, skipped_table, validate_rows
 from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+from servesim.validation.silicon_file import held_out_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--uncalibrated", action="store_true")
     args = ap.parse_args()
     rows = read_rows(args.measured)
+    held_out = held_out_ids(rows)  # of the whole file: a sample keeps its rows' sides
     if args.sample:
         rows = spread_sample([r for r in rows if inexpressible_reason(r) is None], args.sample)
     t0 = time.perf_counter()
@@ -39,6 +41,8 @@ def main() -> None:
                                      calibration=None if args.uncalibrated else "shipped")
     wall = time.perf_counter() - t0
     print(markdown_table(group_errors(results)))
+    print()
+    print(held_out_line(results, held_out))
     print()
     print(markdown_table(group_errors(results, key=lambda r: r.model)).replace("group (engine GPU)", "model"))
     print()

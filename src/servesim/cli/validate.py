@@ -63,10 +63,12 @@ def register(app: typer.Typer) -> None:
         from servesim.perf.calibration import dump_calibration
         from servesim.validation.calibrate import fit_serving, refit_frontends
         from servesim.validation.fit import spread_sample
-        from servesim.validation.run import group_errors, markdown_table, skipped_table, validate_rows
+        from servesim.validation.run import group_errors, held_out_line, markdown_table, skipped_table, validate_rows
         from servesim.validation.silicon import SCHEDULERS, ClientOptions, inexpressible_reason, read_rows
+        from servesim.validation.silicon_file import held_out_ids
 
         rows = read_rows(measured)
+        held_out = held_out_ids(rows)  # of the whole file: a sample keeps its rows' sides
         options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend,
                                 warmup_drains=not warmup_continuous, frontend_time_cv=frontend_time_cv,
                                 engine_slots_held=engine_slots_held, trailing_rounds=trailing_rounds)
@@ -95,6 +97,7 @@ def register(app: typer.Typer) -> None:
             rows = spread_sample(ok, sample)
         results, skipped = validate_rows(rows, options, calibration=None if uncalibrated else "shipped")
         block = (f"Simulated rows: {len(results)} of {len(rows)}.\n\n{markdown_table(group_errors(results))}\n\n"
+                 f"{held_out_line(results, held_out)}\n\n"
                  f"Rows not simulated, by reason:\n\n{skipped_table(skipped)}")
         print(block)
         if output is not None:

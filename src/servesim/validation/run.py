@@ -124,6 +124,17 @@ def group_errors(results: list[RowResult], key: Callable[[SiliconRow], str] = gr
     return out
 
 
+def held_out_line(results: list[RowResult], held_out: frozenset[str]) -> str:
+    """One line: the error over the held-out rows among `results` (ids in `held_out`,
+    silicon_file.held_out_ids: odd positions, a measurement's copies on the side of its first)."""
+    held = [r for r in results if r.row.id in held_out]
+    if not held:
+        return "Held out (odd file positions, a measurement's copies on the side of its first): no rows."
+    e = _group("held out", held)
+    return (f"Held out (odd file positions, a measurement's copies on the side of its first): {e.rows} rows, "
+            f"TTFT {e.ttft_mdape:.1%} ({e.ttft_bias:+.1%}), TPOT {e.tpot_mdape:.1%} ({e.tpot_bias:+.1%}) median abs err (signed).")
+
+
 def markdown_table(errors: list[GroupError]) -> str:
     lines = ["| group (engine GPU) | rows | TTFT median abs err | TTFT median err | TPOT median abs err | TPOT median err |",
              "|---|---:|---:|---:|---:|---:|"]

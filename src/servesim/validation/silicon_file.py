@@ -129,3 +129,15 @@ def twin_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
         found = releases.get(_measurement(r), set()) if not r.version else set()
         out.append(replace(r, version=next(iter(found))) if len(found) == 1 else r)
     return out
+
+
+def held_out_ids(rows: list[SiliconRow]) -> frozenset[str]:
+    """Ids of the held-out rows: those whose measurement (`_measurement`) first appears at an odd
+    position of the file. Every copy of a measurement falls on the side of its first one, so a fit on
+    the even side never scores its own measurements again as held out (the file holds 382 aggregated
+    measurements twice or more, 183 of them once at an even and once at an odd position); a row
+    without twins keeps the side of its own position, as in the split by file position."""
+    first: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(_measurement(r), i)
+    return frozenset(r.id for r in rows if first[_measurement(r)] % 2)
