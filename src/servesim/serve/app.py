@@ -58,7 +58,7 @@ def create_app(scenario: Scenario, cfg: ServeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        server.driver.t0 = server.driver.clock()  # simulated time 0 = when the server starts serving
+        server.driver.start_clock()  # simulated time 0 = when the server starts serving
         task = asyncio.create_task(server.driver.run())
         try:
             yield

@@ -87,7 +87,7 @@ class Driver:
         self.observer = observer
         self.on_arrival = on_arrival
         self.clock = clock
-        self.t0 = clock()
+        self.start_clock()
         self.streams: dict[int, Stream] = {}  # requests in flight, by id
         self.num_requests = 0
         self.num_aborted = 0
@@ -106,6 +106,11 @@ class Driver:
         self.scheduler.schedule = schedule_after_aborts
 
     # ---------------------------------------------------------------- time
+    def start_clock(self) -> None:
+        """Simulated time 0 is now. `origin_unix_s` is that moment as Unix time, so a client can
+        place the simulation's times (the served trace's arrivals, first tokens) on its own clock."""
+        self.t0, self.origin_unix_s = self.clock(), time.time()
+
     def now_s(self) -> float:
         """Simulated time now (never behind the event loop)."""
         return max((self.clock() - self.t0) / self.time_scale, self.loop.now_s)

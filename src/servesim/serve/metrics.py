@@ -145,6 +145,11 @@ class _ReplicaCollector:
             g = GaugeMetricFamily(name, doc, labels=LABELS)
             g.add_metric(self.labels, value)
             yield g
+        # servesim's own: where simulated time 0 is on the wall clock (not a vLLM metric)
+        g = GaugeMetricFamily("servesim:clock_origin_unix_seconds", "Unix time of simulated time 0; a simulated "
+                              "time t (the served trace's arrival_s) is this plus t x time_scale.", labels=LABELS)
+        g.add_metric(self.labels, d.origin_unix_s)
+        yield g
         counters = (("prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
                      d.kv.num_queried_tokens),
                     ("prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
