@@ -58,6 +58,7 @@ class Result:
     migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
     kv_store: dict | None = None  # KV store loads and tiers (kv_store.enabled)
     kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
+    itl: dict | None = None  # the summary's `itl_s`, reduced during the run by the step log's helper process
     # step ends, request rows and summary scratch files, deleted with the result
     spill: tempfile.TemporaryDirectory | None = None
 
@@ -99,7 +100,8 @@ class Result:
         chunks = self.column_chunks()
         out = summarize(chunks, self.ends, self.run_chunks(),
                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
-                        wall_time_s=self.wall_time_s, folder=self.spill and self.spill.name)
+                        wall_time_s=self.wall_time_s, folder=self.spill and self.spill.name,
+                        itl=self.itl and dict(self.itl))
         if self.num_skipped_rows:
             out["num_skipped_trace_rows"] = self.num_skipped_rows
         if self.swap:
