@@ -158,7 +158,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     result = assemble_result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
                      time.perf_counter() - wall0, spill, keep_steps)
     _add_control_sections(result, scenario, pools, cluster, controller, power, migrator)
-    result.itl = helper and helper.itl
+    result.itl = helper.itl if helper else None
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
 

@@ -73,3 +73,22 @@ def test_a_run_below_a_finished_gap_marks_the_stream_invalid():
     assert stream.valid and stream.values.total_weight == 5
     stream.add_runs(np.array([4, 8]), np.array([0]), np.array([1]))  # (it would count at gaps 4 and 5)
     assert not stream.valid
+
+
+def test_a_watermark_held_back_then_released_gives_the_same_gaps():
+    # one request lives through 5,000 steps: the gaps wait in the window (it grows past its
+    # first 1,024 values and moves to its front as they go) until its runs come
+    ends = np.cumsum(np.resize([0.01, 0.03, 0.02], 5000))
+    long_runs, short = [0, 2000, 2100, 4999], [[10, 20], [3000, 3500]]
+    stream = ITLStream(1)
+    for k in range(0, 5000, 300):
+        stream.add_ends(0, ends[k:k + 300])
+        stream.advance([0])  # (held by the long request's first step)
+        if k == 3600:
+            stream.add_runs(np.array(short[0] + short[1]), np.array([0, 0]), np.array([1, 1]))
+    assert stream.values.total_weight == 0
+    stream.add_runs(np.array(long_runs), np.array([0, 0]), np.array([2]))
+    stream.advance(None)
+    runs = (np.array([1, 1, 2]), np.array([10, 3000, 0, 2100]), np.array([20, 3500, 2000, 4999]))
+    want = itl_stats(lambda: iter([runs]), StepEnds([ends]))
+    assert values_stats(stream.values) == want and stream.values.total_weight == 10 + 500 + 2000 + 2899 + 1

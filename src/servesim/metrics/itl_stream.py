@@ -23,6 +23,46 @@ import numpy as np
 from servesim.metrics.exact import WeightedValues
 
 
+class _Window:
+    """Values of steps `done`, `done` + 1, ... of one replica in one array with room to spare:
+    appended at the back, dropped at the front, each value copied a bounded number of times
+    (a request that lives long holds its replica's watermark, and the window grows meanwhile)."""
+
+    __slots__ = ("_a", "lo", "hi")
+
+    def __init__(self, dtype) -> None:
+        self._a = np.zeros(1024, dtype=dtype)
+        self.lo = self.hi = 0
+
+    def view(self) -> np.ndarray:
+        return self._a[self.lo:self.hi]
+
+    def _room(self, n: int) -> None:
+        """Room for `n` values in all: the window moved to the front, in a larger array if need be."""
+        a, size = self._a, self.hi - self.lo
+        if self.lo + n > len(a):
+            b = np.zeros(max(n, 2 * size, 1024), dtype=a.dtype) if n > len(a) // 2 else a
+            b[:size] = a[self.lo:self.hi]
+            b[size:] = 0
+            self._a, self.lo, self.hi = b, 0, size
+
+    def extend(self, values: np.ndarray) -> None:
+        self._room(self.hi - self.lo + len(values))
+        self._a[self.hi:self.hi + len(values)] = values
+        self.hi += len(values)
+
+    def cover(self, n: int) -> np.ndarray:
+        """The window, made at least `n` values long (new values 0), as a view."""
+        if self.hi - self.lo < n:
+            self._room(n)
+            self.hi = self.lo + n
+        return self.view()
+
+    def drop(self, n: int) -> None:
+        """Forget the first `n` values (fewer if the window is shorter)."""
+        self.lo = min(self.lo + n, self.hi)
+
+
 class ITLStream:
     """Every replica's inter-token gaps, finalised below each replica's watermark."""
 
@@ -31,8 +71,8 @@ class ITLStream:
         self.valid = True  # False: a run came below a finished gap; the summary reduces after the run
         n = num_replicas
         self._done = [0] * n  # gaps i < done are in `values`
-        self._ends = [np.empty(0) for _ in range(n)]  # step ends from step `done` on
-        self._diff = [np.zeros(0, dtype=np.int64) for _ in range(n)]  # run bounds from step `done` on
+        self._ends = [_Window(np.float64) for _ in range(n)]  # step ends from step `done` on
+        self._diff = [_Window(np.int64) for _ in range(n)]  # run bounds from step `done` on (+1 start, -1 end)
         self._open = [0] * n  # runs holding the gap at step done - 1 (and so, so far, at done)
         # gaps between two runs of one request not added yet: [replica, last step of a run, first
         # step of the next, that last step's end once it is here (its step may be trimmed before)]
@@ -40,7 +80,7 @@ class ITLStream:
 
     def add_ends(self, replica: int, ends: np.ndarray) -> None:
         """The next steps' end times of `replica` (its step buffers, in order)."""
-        self._ends[replica] = np.concatenate((self._ends[replica], ends))
+        self._ends[replica].extend(ends)
 
     def add_runs(self, bounds: np.ndarray, replicas: np.ndarray, counts: np.ndarray) -> None:
         """Token runs of ended requests: flat (start, end) bounds (replica-local steps), the
@@ -55,9 +95,7 @@ class ITLStream:
         for r in np.unique(replicas).tolist():
             mine = replicas == r
             a, b = starts[mine] - self._done[r], stops[mine] - self._done[r]
-            diff = self._diff[r]
-            if len(diff) <= b.max():
-                diff = self._diff[r] = np.concatenate((diff, np.zeros(int(b.max()) + 1 - len(diff), dtype=np.int64)))
+            diff = self._diff[r].cover(int(b.max()) + 1)
             np.add.at(diff, a, 1)
             np.add.at(diff, b, -1)
         later = np.ones(len(starts), dtype=bool)  # runs that follow another run of the same request
@@ -71,12 +109,13 @@ class ITLStream:
         between runs whose step ends are here."""
         if not self.valid:
             return
-        for r, ends in enumerate(self._ends):
+        for r, window in enumerate(self._ends):
+            ends = window.view()
             upto = len(ends) - 1 if watermarks is None else min(watermarks[r] - self._done[r], len(ends) - 1)
             if upto <= 0:
                 continue
             gaps = np.diff(ends[:upto + 1])
-            diff = self._diff[r]
+            diff = self._diff[r].view()
             mult = np.cumsum(diff[:upto]) + self._open[r]
             if len(mult) < upto:  # (no run bound that far: the count stays)
                 mult = np.concatenate((mult, np.full(upto - len(mult), mult[-1] if len(mult) else self._open[r])))
@@ -84,18 +123,19 @@ class ITLStream:
             self.values.add(gaps[keep], mult[keep])
             self._resolve_between(r, self._done[r] + len(ends))
             self._open[r] = int(mult[-1])
-            self._ends[r], self._diff[r] = ends[upto:], diff[upto:]
+            window.drop(upto)
+            self._diff[r].drop(upto)
             self._done[r] += upto
         if watermarks is None:
-            for r, ends in enumerate(self._ends):
-                self._resolve_between(r, self._done[r] + len(ends))
+            for r, window in enumerate(self._ends):
+                self._resolve_between(r, self._done[r] + window.hi - window.lo)
 
     def _resolve_between(self, replica: int, received: int) -> None:
         """Read the ends of the between-run gaps on `replica` whose steps (< `received`) are
         here, before they are trimmed; add the gaps whose both ends are read."""
         if not self._between:
             return
-        ends, done = self._ends[replica], self._done[replica]
+        ends, done = self._ends[replica].view(), self._done[replica]
         gaps, left = [], []
         for e in self._between:
             r, prev, start, prev_s = e

@@ -64,7 +64,8 @@ class ReducerHelper:
         self.folder = folder  # where the child's gaps go beyond memory
         self.num_buffers = 0  # buffers sent to the child
         self.stream_itl = True  # token runs go to the child (False once a request moved between replicas)
-        self.itl: dict | None = None  # the summary's `itl_s`, from the child (None: reduce after the run)
+        self._itl_pending = False  # the child's `itl_s` is still to be read (`itl`)
+        self._itl: dict | None = None
         self._queued: list[list] = []  # token runs sent before the child starts
         self._conn = None  # buffers go down this end
         self._answers = None  # the child's answer comes back on this one
@@ -97,18 +98,35 @@ class ReducerHelper:
             self._send([_HEAD.pack(_WATERMARKS, len(watermarks), 0, *_NO_SIZES), np.array(watermarks, dtype=np.int64)])
 
     def finish(self) -> list[StepReducer]:
-        """The reducers, every buffer sent reduced into them (their step-end files closed);
-        `itl` set when the child could reduce the gaps."""
+        """The reducers, every buffer sent reduced into them (their step-end files closed).
+        The child then finishes the gaps (`itl`) while this process goes on."""
         self._queued = []
         if self._conn is None:
             return self.reducers
         self._send([_HEAD.pack(_END, 0, int(self.stream_itl), *_NO_SIZES)])
-        status, payload = self._answer()
-        self.stop()
-        if status != "ok":
-            raise RuntimeError(f"the step log's helper process failed:\n{payload}")
-        self.reducers, self.itl = payload
+        self.reducers = self._result()
+        self._itl_pending = self.stream_itl
+        if not self._itl_pending:
+            self.stop()
         return self.reducers
+
+    def itl(self) -> dict | None:
+        """The summary's `itl_s` as the child reduced it (waits for it once); None: it did
+        not (no child, or the gaps are left to the join after the run)."""
+        if self._itl_pending:
+            self._itl_pending = False
+            try:
+                self._itl = self._result()
+            finally:
+                self.stop()
+        return self._itl
+
+    def _result(self):
+        status, payload = self._answer()
+        if status != "ok":
+            self.stop()
+            raise RuntimeError(f"the step log's helper process failed:\n{payload}")
+        return payload
 
     def _send(self, parts: list) -> None:
         try:
@@ -194,12 +212,14 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: st
             itl.add_ends(index, log.end_s)
         for r in reducers:
             r.close()
-        stats = None
-        if block_size and itl.valid:  # (block_size of the end: runs were sent all along)
-            itl.advance(None)
-            stats = values_stats(itl.values)
-        itl.close()
-        up.send(("ok", (reducers, stats)))
+        up.send(("ok", reducers))
+        if block_size:  # (block_size of the end: runs were sent all along; the parent waits for the gaps)
+            stats = None
+            if itl.valid:
+                itl.advance(None)
+                stats = values_stats(itl.values)
+            itl.close()
+            up.send(("ok", stats))
     except EOFError:
         return  # the loop's process failed or went away: nothing to report to
     except BaseException:  # noqa: BLE001  (reported to the parent, which raises it)
