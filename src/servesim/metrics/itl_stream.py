@@ -106,9 +106,11 @@ class ITLStream:
 
     def advance(self, watermarks: list[int] | None) -> None:
         """Add the gaps below each replica's watermark (None: every gap, the run is over) and
-        between runs whose step ends are here."""
+        between runs whose step ends are here (in one `add`: with a hundred replicas, one a
+        replica would make the pairs' file many small chunks, each read once per selection pass)."""
         if not self.valid:
             return
+        gaps_of, weights_of = [], []
         for r, window in enumerate(self._ends):
             ends = window.view()
             upto = len(ends) - 1 if watermarks is None else min(watermarks[r] - self._done[r], len(ends) - 1)
@@ -120,19 +122,22 @@ class ITLStream:
             if len(mult) < upto:  # (no run bound that far: the count stays)
                 mult = np.concatenate((mult, np.full(upto - len(mult), mult[-1] if len(mult) else self._open[r])))
             keep = (mult > 0) & np.isfinite(gaps)
-            self.values.add(gaps[keep], mult[keep])
-            self._resolve_between(r, self._done[r] + len(ends))
+            gaps_of.append(gaps[keep])
+            weights_of.append(mult[keep])
+            self._resolve_between(r, self._done[r] + len(ends), gaps_of, weights_of)
             self._open[r] = int(mult[-1])
             window.drop(upto)
             self._diff[r].drop(upto)
             self._done[r] += upto
         if watermarks is None:
             for r, window in enumerate(self._ends):
-                self._resolve_between(r, self._done[r] + window.hi - window.lo)
+                self._resolve_between(r, self._done[r] + window.hi - window.lo, gaps_of, weights_of)
+        if gaps_of:
+            self.values.add(np.concatenate(gaps_of), np.concatenate(weights_of))
 
-    def _resolve_between(self, replica: int, received: int) -> None:
+    def _resolve_between(self, replica: int, received: int, gaps_of: list, weights_of: list) -> None:
         """Read the ends of the between-run gaps on `replica` whose steps (< `received`) are
-        here, before they are trimmed; add the gaps whose both ends are read."""
+        here, before they are trimmed; the gaps whose both ends are read go to the lists."""
         if not self._between:
             return
         ends, done = self._ends[replica].view(), self._done[replica]
@@ -150,7 +155,8 @@ class ITLStream:
         if gaps:
             between = np.array(gaps, dtype=np.float64)
             between = between[np.isfinite(between)]
-            self.values.add(between, np.ones(len(between), dtype=np.int64))
+            gaps_of.append(between)
+            weights_of.append(np.ones(len(between), dtype=np.int64))
 
     def close(self) -> None:
         self.values.close()
