@@ -9,6 +9,7 @@ The output writers, reports and invariants read a `Result` without needing the r
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,9 @@ class Result:
     migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
     kv_store: dict | None = None  # KV store loads and tiers (kv_store.enabled)
     kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
+    # the summary's `itl_s` as the step log's helper process reduced it during the run (it may
+    # still be finishing it: called when the summary needs it; None when it did not)
+    itl: Callable[[], dict | None] | None = None
     # step ends, request rows and summary scratch files, deleted with the result
     spill: tempfile.TemporaryDirectory | None = None
 
@@ -99,7 +103,8 @@ class Result:
         chunks = self.column_chunks()
         out = summarize(chunks, self.ends, self.run_chunks(),
                         ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, prefix_hits=self.prefix_hits,
-                        wall_time_s=self.wall_time_s, folder=self.spill and self.spill.name)
+                        wall_time_s=self.wall_time_s, folder=self.spill and self.spill.name,
+                        itl=self._itl())
         if self.num_skipped_rows:
             out["num_skipped_trace_rows"] = self.num_skipped_rows
         if self.swap:
@@ -123,6 +128,11 @@ class Result:
         if self.kv_store is not None:
             out["kv_store"] = self.kv_store
         return out
+
+    def _itl(self) -> dict | None:
+        """A copy of the helper's `itl_s` (the summary may be asked again), or None."""
+        itl = self.itl and self.itl()
+        return itl and dict(itl)
 
     def timeseries(self) -> dict[str, np.ndarray]:
         """The whole time series at once (`timeseries_blocks`, joined)."""

@@ -112,6 +112,9 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend,
                      keep_steps).set_state(0.0, STOPPED)
     helper = _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
+    if helper is not None:  # (the helper reduces the inter-token gaps too, as requests end)
+        table.itl_sink = helper
+        table.logged = lambda: [r.engine.recorder.num_steps for r in cluster.replicas]
     cluster.index_models()
     if scenario.kv_store.enabled:
         cluster.kv_store = build_kv_store(scenario, pools, cluster)
@@ -139,6 +142,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         for r in cluster.replicas:
             r.engine.drain(loop.now_s)
             r.engine.recorder.finish()
+        table.stream_end()
         for r, reducer in zip(cluster.replicas, helper.finish() if helper else []):
             r.engine.recorder.reducer = reducer
     except BaseException:
@@ -154,6 +158,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     result = assemble_result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
                      time.perf_counter() - wall0, spill, keep_steps)
     _add_control_sections(result, scenario, pools, cluster, controller, power, migrator)
+    result.itl = helper.itl if helper else None
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
 
@@ -231,7 +236,7 @@ def _start_reducers(cluster: Cluster, interval_s: float, spill: tempfile.Tempora
     total = sum(r.engine.kv.num_gpu_blocks for r in cluster.replicas)
     reducers = [StepReducer(interval_s, total, None if spill is None else Path(spill.name) / f"ends-{r.index}.f8")
                 for r in cluster.replicas]
-    helper = ReducerHelper(reducers) if helper_wanted() else None
+    helper = ReducerHelper(reducers, spill and spill.name) if helper_wanted() else None
     for i, (r, reducer) in enumerate(zip(cluster.replicas, reducers)):
         r.engine.recorder.start(reducer, helper, i)
     return helper

@@ -49,6 +49,39 @@ def test_summary_and_time_series_are_the_in_process_bytes(monkeypatch):
     assert none == [] and sent and sent[0] >= 24  # the buffers went to the helper (3 or more full ones a replica)
     assert _outputs(there) == _outputs(here)
     assert there.summary()["num_steps"] > 24 * 16384
+    assert here.itl is None and there.itl() == there.summary()["itl_s"]  # (the gaps were reduced in the helper)
+
+
+def test_gaps_reduced_in_the_helper_with_preemptions_are_the_in_process_bytes(monkeypatch):
+    # one overloaded replica (806 preemptions: requests with several token runs), buffers of
+    # 1,024 steps so the helper forks early and the gaps' watermarks move often
+    from servesim.metrics.recorder import Recorder
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
+    scenario = load_scenario(ROOT / "examples/azure-conv.yaml", ["workload.trace.speedup=10",
+                                                                 "workload.num_requests=6000"])
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(scenario, keep_requests=False)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(scenario, keep_requests=False)
+    assert here.itl is None and there.itl() is not None
+    assert there.summary()["num_preemptions"] > 100
+    assert _outputs(there) == _outputs(here)
+
+
+def test_requests_moved_between_replicas_leave_the_gaps_to_the_summary(monkeypatch):
+    # a crash re-dispatches its requests: their runs index two replicas' logs, so the helper
+    # gives the gaps up and the summary joins runs and steps after the run
+    from servesim.metrics.recorder import Recorder
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
+    scenario = load_scenario(ROOT / "examples/cluster-faults.yaml")
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(scenario, keep_requests=False)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(scenario, keep_requests=False)
+    assert there.itl() is None and there.table.cols["num_reroutes"].any()
+    assert _outputs(there) == _outputs(here)
 
 
 def test_a_short_run_reduces_its_last_buffers_in_process_without_forking(monkeypatch):

@@ -131,9 +131,14 @@ def itl_stats(chunks: RunChunks, ends: StepEnds, folder: str | None = None) -> d
     """`stats` of the inter-token gaps (exact percentiles; the mean from an exact sum)."""
     values = itl_values(chunks, ends, folder)
     try:
-        if values.total_weight == 0:
-            return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
-        p50, p90, p99 = values.percentiles((50, 90, 99))
-        return {"mean": values.mean(), "p50": p50, "p90": p90, "p99": p99, "max": values.max}
+        return values_stats(values)
     finally:
         values.close()
+
+
+def values_stats(values: WeightedValues) -> dict[str, float | None]:
+    """The summary's `itl_s` figures of the gaps in `values` (itl_stream.py reduces them too)."""
+    if values.total_weight == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    p50, p90, p99 = values.percentiles((50, 90, 99))
+    return {"mean": values.mean(), "p50": p50, "p90": p90, "p99": p99, "max": values.max}

@@ -45,7 +45,10 @@ READ = ("id", "priority", "is_offline", "session_id", "program_id", "arrival_s",
         "num_output_tokens", "state", "first_scheduled_s", "first_token_s", "finish_s", "num_preemptions",
         "num_cached_tokens", "replica", "ttft_slo_s", "tpot_slo_s", "tenant", "slo_class", "lora", "token_steps")
 _read = attrgetter(*READ)
+_REPLICA, _TOKEN_STEPS = READ.index("replica"), READ.index("token_steps")
 FLUSH_ROWS = 8192
+#: Arrivals between two watermarks sent to a helper that reduces the inter-token gaps
+WATERMARK_EVERY = 512
 #: Rows a pass over the closed table reads at a time (summary, invariants, time series).
 ROWS_PER_PASS = 1 << 16
 _SUMMARY_FIELDS = ("id", "state", "arrival_s", "prompt_len", "output_len", "num_output_tokens", "first_token_s",
@@ -97,6 +100,11 @@ class RequestTable:
         self.cols: dict[str, np.ndarray] = {}  # (a MappedColumns of files when spilled)
         self._runs = {key: np.empty(0, dtype=np.int64) for key in ("run_starts", "run_ends", "first_run")}
         self._num_runs_total = 0
+        # A helper process reducing the inter-token gaps as the run goes (step_helper.py), and
+        # the steps each replica has logged (`logged()`): see `_stream_runs`.
+        self.itl_sink = None
+        self.logged = None
+        self._streamed = 0  # rows of the chunk whose runs went to the sink
 
     def __len__(self) -> int:
         return self._n
@@ -107,6 +115,9 @@ class RequestTable:
         self._n += 1
         if self.kept is not None:
             self.kept.append(req)
+        if self.itl_sink is not None and not self._n % WATERMARK_EVERY:
+            self._stream_runs()
+            self._send_watermarks()
 
     def done(self, req: Request) -> None:
         """`req` may have reached a terminal state: reduce it to its row and let it go."""
@@ -128,12 +139,18 @@ class RequestTable:
                 self.extras[seq] = tags
         if r.moves:
             self._moved[len(self._rows) - 1] = _run_replicas(r)
+            if self.itl_sink is not None:  # (runs on several replicas: the gaps are joined after the run)
+                self.itl_sink.stream_itl = False
+                self.itl_sink = None
         if len(self._rows) >= FLUSH_ROWS:
             self._flush()
 
     def _flush(self) -> None:
         if not self._rows:
             return
+        if self.itl_sink is not None:
+            self._stream_runs()
+        self._streamed = 0
         columns, bounds, replicas, counts = self._columns()
         self._num_runs_total += int(counts.sum())
         if self._spill is not None:  # a chunk in arrival order
@@ -151,9 +168,7 @@ class RequestTable:
         replicas, and each row's number of runs; the chunk is emptied."""
         rows, n = self._rows, len(self._rows)
         v = dict(zip(READ, zip(*rows)))
-        steps = v["token_steps"]
-        counts = np.fromiter(map(len, steps), np.int64, n) >> 1
-        bounds = np.fromiter(chain.from_iterable(steps), np.int64, 2 * int(counts.sum()))
+        counts, bounds = _bounds(v["token_steps"])
         replica = np.array(v["replica"], dtype=np.int32)
         replicas = np.repeat(replica, counts)
         if self._moved:
@@ -171,6 +186,42 @@ class RequestTable:
         columns = [np.asarray(made[name] if name in made else v[name], dtype=dtype) for name, dtype in FIELDS]
         self._rows, self._seqs, self._reroutes, self._moved = [], [], {}, {}
         return columns, bounds, replicas, counts
+
+    def _stream_runs(self, live: bool = False) -> None:
+        """Send the token runs of the rows reduced since the last call (and, with `live`, of
+        the requests still held: the run is over) to the helper reducing the gaps."""
+        rows = self._rows[self._streamed:]
+        self._streamed = len(self._rows)
+        reqs = [r for _, r in self._live.values() if r.token_steps] if live else []
+        if reqs and any(r.moves for r in reqs):
+            self.itl_sink.stream_itl = False
+            return
+        steps = [row[_TOKEN_STEPS] for row in rows] + [r.token_steps for r in reqs]
+        counts, bounds = _bounds(steps)
+        replica = np.array([row[_REPLICA] for row in rows] + [r.replica for r in reqs], dtype=np.int64)
+        self.itl_sink.add_runs(bounds, np.repeat(replica, counts), counts)
+
+    def _send_watermarks(self) -> None:
+        """Per replica, the lowest step a run not sent yet can start at: the first step of the
+        live requests' runs, and for those without a token yet, the steps logged so far.
+        (Called as a request arrives: no replica is in the middle of logging steps.)"""
+        marks = self.logged()
+        for _, r in self._live.values():
+            steps = r.token_steps
+            if steps:
+                if r.moves:
+                    self.itl_sink.stream_itl = False
+                    self.itl_sink = None
+                    return
+                if steps[0] < marks[r.replica]:
+                    marks[r.replica] = steps[0]
+        self.itl_sink.add_watermarks(marks)
+
+    def stream_end(self) -> None:
+        """The run is over: the last runs (ended and live requests) go to the gaps' helper."""
+        if self.itl_sink is not None:
+            self._stream_runs(live=True)
+            self.itl_sink = None
 
     def close(self, offsets: list[int] | None = None) -> None:
         """End of run: reduce what is still held, order rows by arrival and make the runs index
@@ -275,6 +326,12 @@ class RequestTable:
             t.append(r)
         t.close()
         return t
+
+
+def _bounds(steps) -> tuple[np.ndarray, np.ndarray]:
+    """(runs of each request, their flat start/end bounds) of the requests' `token_steps`."""
+    counts = np.fromiter(map(len, steps), np.int64, len(steps)) >> 1
+    return counts, np.fromiter(chain.from_iterable(steps), np.int64, 2 * int(counts.sum()))
 
 
 def _ids(values: tuple) -> tuple | list:

@@ -14,6 +14,11 @@ The fork happens at the first full buffer, so short runs never fork. A fork (not
 the reducers as they are, with the files their step ends go to; the parent never writes those.
 If the loop's process fails, the child sees its pipe close and exits; if the child fails, the
 run fails at its end with the child's traceback.
+
+The same pipe carries the token runs of the requests that ended and, now and then, each
+replica's watermark (below which no run is still to come): the child reduces the inter-token
+gaps as the steps come (itl_stream.py) and sends the summary's `itl_s` figures back with the
+reducers, so the loop's process does not join runs and steps after the run.
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ import traceback
 
 import numpy as np
 
+from servesim.metrics.itl import values_stats
+from servesim.metrics.itl_stream import ITLStream
 from servesim.metrics.step_buffer import WIRE, StepBuffer
 from servesim.metrics.step_reduce import StepReducer
 
-# a buffer's header: replica index (-1: the run ended), steps, block size, values per column
+# a message's header: replica index of a step buffer, or one of the kinds below; steps, block
+# size, values per column (a buffer); runs, requests (token runs); replicas (watermarks)
 _HEAD = struct.Struct(f"<3q{len(WIRE)}q")
+_END, _RUNS, _WATERMARKS = -1, -2, -3
+_NO_SIZES = (0,) * len(WIRE)
 
 
 def helper_wanted() -> bool:
@@ -49,9 +59,14 @@ def helper_wanted() -> bool:
 class ReducerHelper:
     """Reduces the replicas' step buffers in a forked process (started at the first buffer)."""
 
-    def __init__(self, reducers: list[StepReducer]) -> None:
+    def __init__(self, reducers: list[StepReducer], folder: str | None = None) -> None:
         self.reducers = reducers  # replica index -> its reducer (the child's copies, once forked)
+        self.folder = folder  # where the child's gaps go beyond memory
         self.num_buffers = 0  # buffers sent to the child
+        self.stream_itl = True  # token runs go to the child (False once a request moved between replicas)
+        self._itl_pending = False  # the child's `itl_s` is still to be read (`itl`)
+        self._itl: dict | None = None
+        self._queued: list[list] = []  # token runs sent before the child starts
         self._conn = None  # buffers go down this end
         self._answers = None  # the child's answer comes back on this one
         self._proc = None
@@ -60,20 +75,57 @@ class ReducerHelper:
         """Reduce `buf` into replica `index`'s reducer (in the child, in sending order)."""
         if self._conn is None:
             self._start()
+            for parts in self._queued:
+                self._send(parts)
+            self._queued = []
         arrays = buf.wire()
         self._send([_HEAD.pack(index, buf.num_steps, buf.block_size, *map(len, arrays)), *arrays])
         self.num_buffers += 1
 
+    def add_runs(self, bounds: np.ndarray, replicas: np.ndarray, counts: np.ndarray) -> None:
+        """Token runs of requests that ended (`ITLStream.add_runs`; int64 arrays)."""
+        if not self.stream_itl or not len(counts):
+            return
+        parts = [_HEAD.pack(_RUNS, len(replicas), len(counts), *_NO_SIZES), bounds, replicas, counts]
+        if self._conn is None:
+            self._queued.append(parts)
+        else:
+            self._send(parts)
+
+    def add_watermarks(self, watermarks: list[int]) -> None:
+        """Per replica, the lowest step a token run still to come can start at."""
+        if self.stream_itl and self._conn is not None:
+            self._send([_HEAD.pack(_WATERMARKS, len(watermarks), 0, *_NO_SIZES), np.array(watermarks, dtype=np.int64)])
+
     def finish(self) -> list[StepReducer]:
-        """The reducers, every buffer sent reduced into them (their step-end files closed)."""
+        """The reducers, every buffer sent reduced into them (their step-end files closed).
+        The child then finishes the gaps (`itl`) while this process goes on."""
+        self._queued = []
         if self._conn is None:
             return self.reducers
-        self._send([_HEAD.pack(-1, 0, 0, *[0] * len(WIRE))])
+        self._send([_HEAD.pack(_END, 0, int(self.stream_itl), *_NO_SIZES)])
+        self.reducers = self._result()
+        self._itl_pending = self.stream_itl
+        if not self._itl_pending:
+            self.stop()
+        return self.reducers
+
+    def itl(self) -> dict | None:
+        """The summary's `itl_s` as the child reduced it (waits for it once); None: it did
+        not (no child, or the gaps are left to the join after the run)."""
+        if self._itl_pending:
+            self._itl_pending = False
+            try:
+                self._itl = self._result()
+            finally:
+                self.stop()
+        return self._itl
+
+    def _result(self):
         status, payload = self._answer()
-        self.stop()
         if status != "ok":
+            self.stop()
             raise RuntimeError(f"the step log's helper process failed:\n{payload}")
-        self.reducers = payload
         return payload
 
     def _send(self, parts: list) -> None:
@@ -107,7 +159,8 @@ class ReducerHelper:
         down_r, down_w = ctx.Pipe(duplex=False)  # buffers to the child
         up_r, up_w = ctx.Pipe(duplex=False)  # its answer
         _widen(down_w)
-        self._proc = ctx.Process(target=_serve, args=(down_r, up_w, (down_w, up_r), self.reducers), daemon=True,
+        self._proc = ctx.Process(target=_serve, args=(down_r, up_w, (down_w, up_r), self.reducers, self.folder),
+                                 daemon=True,
                                  name="servesim-steps")
         self._proc.start()
         down_r.close()
@@ -129,8 +182,9 @@ def _widen(conn) -> None:
         pass
 
 
-def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer]) -> None:
-    """The child: reduce buffers until told to stop, then send the reducers back."""
+def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: str | None) -> None:
+    """The child: reduce buffers and join token runs until told to stop, then send the
+    reducers and the gaps' figures back."""
     for end in parent_ends:
         end.close()  # (else the pipe would never report the parent gone)
     # Ctrl-C reaches the whole process group: the parent stops the run (and the pipe closes);
@@ -138,18 +192,34 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     fd = down.fileno()
+    itl = ITLStream(len(reducers), folder)
     try:
         while True:
             index, num_steps, block_size, *sizes = _HEAD.unpack(_read_exact(fd, _HEAD.size))
-            if index < 0:
+            if index == _END:
                 break
+            if index == _RUNS:  # bounds, replica of each run, runs of each request
+                itl.add_runs(*(_read_array(fd, n) for n in (2 * num_steps, num_steps, block_size)))
+                continue
+            if index == _WATERMARKS:
+                itl.advance(_read_array(fd, num_steps).tolist())
+                continue
             arrays = [np.empty(n, dtype=dtype) for n, dtype in zip(sizes, WIRE)]
             for a in arrays:
                 _read_into(fd, memoryview(a).cast("B"))
-            reducers[index].add(StepBuffer.from_wire(num_steps, block_size, arrays).log(0))
+            log = StepBuffer.from_wire(num_steps, block_size, arrays).log(0)
+            reducers[index].add(log)
+            itl.add_ends(index, log.end_s)
         for r in reducers:
             r.close()
         up.send(("ok", reducers))
+        if block_size:  # (block_size of the end: runs were sent all along; the parent waits for the gaps)
+            stats = None
+            if itl.valid:
+                itl.advance(None)
+                stats = values_stats(itl.values)
+            itl.close()
+            up.send(("ok", stats))
     except EOFError:
         return  # the loop's process failed or went away: nothing to report to
     except BaseException:  # noqa: BLE001  (reported to the parent, which raises it)
@@ -178,6 +248,12 @@ def _read_into(fd: int, view: memoryview) -> None:
         if n == 0:
             raise EOFError
         view = view[n:]
+
+
+def _read_array(fd: int, n: int) -> np.ndarray:
+    a = np.empty(n, dtype=np.int64)
+    _read_into(fd, memoryview(a).cast("B"))
+    return a
 
 
 def _read_exact(fd: int, n: int) -> bytes:

@@ -77,8 +77,9 @@ ColumnChunks = Callable[[], Iterable[RequestColumns]]
 
 def summarize(chunks: ColumnChunks, ends: StepEnds, runs: RunChunks, *, ttft_slo_s: float | None,
               tpot_slo_s: float | None, prefix_hits: tuple[int, int], wall_time_s: float,
-              folder: str | None = None) -> dict:
-    """The summary.json dictionary (`ends`: every step's end time, as token runs index them).
+              folder: str | None = None, itl: dict | None = None) -> dict:
+    """The summary.json dictionary (`ends`: every step's end time, as token runs index them;
+    `itl`: the inter-token gaps' figures when they were reduced during the run).
 
     Every figure is reduced chunk by chunk, the percentiles out of core beyond memory
     (stream_stats.py): the same bytes as from the whole columns."""
@@ -90,7 +91,8 @@ def summarize(chunks: ColumnChunks, ends: StepEnds, runs: RunChunks, *, ttft_slo
         labels["per_tenant"].update(c.tenant[c.tenant != None].tolist())  # noqa: E711
         labels["per_slo_class"].update(c.slo_class[c.slo_class != None].tolist())  # noqa: E711
     duration = max(total.end_s - total.start_s, 1e-12) if total.num_finished else 1e-12
-    itl = itl_stats(runs, ends, folder)
+    if itl is None:
+        itl = itl_stats(runs, ends, folder)
     queried, hit = prefix_hits
     states = total.states
     out = {

@@ -1,0 +1,94 @@
+"""Inter-token gaps joined as the run goes (metrics/itl_stream.py) give itl.py's figures."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from servesim.metrics.itl import itl_stats, values_stats
+from servesim.metrics.itl_stream import ITLStream
+from servesim.metrics.step_ends import StepEnds
+
+
+def _requests(rng, num_steps: int, n: int) -> list[list[int]]:
+    """`n` requests' token runs on one replica (flat start/end pairs, some with two or three
+    runs: preempted or skipped steps between them)."""
+    out = []
+    for _ in range(n):
+        a = int(rng.integers(0, num_steps - 1))
+        steps = []
+        for _ in range(int(rng.integers(1, 4))):
+            b = min(num_steps - 1, a + int(rng.integers(0, 40)))
+            steps += [a, b]
+            a = b + 1 + int(rng.integers(1, 30))
+            if a >= num_steps:
+                break
+        out.append(steps)
+    return out
+
+
+def test_gaps_joined_in_pieces_are_the_gaps_after_the_run():
+    rng = np.random.default_rng(7)
+    sizes = (3000, 1700)
+    ends = [np.cumsum(rng.choice([0.01, 0.02, 0.013, 0.5], size=n)) for n in sizes]
+    ends[1][900] = np.inf  # (a gap that is not finite is left out, as itl.py does)
+    reqs = [(r, steps) for r, n in enumerate(sizes) for steps in _requests(rng, n, 400)]
+    # runs arrive in the order their requests end (their last step), as the run goes
+    reqs.sort(key=lambda e: (e[1][-1], e[0]))
+    stream = ITLStream(2)
+    sent_ends, sent = [0, 0], 0
+    for now in range(0, 3100, 97):  # every 97 steps: new step ends, the runs that ended, watermarks
+        for r in range(2):
+            upto = min(now, sizes[r])
+            stream.add_ends(r, ends[r][sent_ends[r]:upto])
+            sent_ends[r] = upto
+        done = [e for e in reqs[sent:] if e[1][-1] < now]
+        sent += len(done)
+        if done:
+            steps = [s for _, s in done]
+            counts = np.array([len(s) // 2 for s in steps])
+            replicas = np.repeat([r for r, _ in done], counts)
+            stream.add_runs(np.concatenate(steps).astype(np.int64), replicas, counts)
+        live = reqs[sent:]
+        stream.advance([min([now] + [s[0] for q, s in live if q == r]) for r in range(2)])
+    for r in range(2):
+        stream.add_ends(r, ends[r][sent_ends[r]:])
+    assert sent == len(reqs) and stream.valid
+    stream.advance(None)
+    # after the run: the replicas' logs one after another, the runs indexing them, by request
+    offsets = [0, sizes[0]]
+    counts = np.array([len(s) // 2 for _, s in reqs])
+    bounds = np.concatenate([np.array(s) + offsets[r] for r, s in reqs])
+    runs = (counts, bounds[0::2], bounds[1::2])
+    want = itl_stats(lambda: iter([runs]), StepEnds(ends))
+    assert values_stats(stream.values) == want
+    # (the longest gap spans several steps: one between two runs of a request)
+    assert want["max"] > 0.5 and stream.values.num_pairs > 3000
+
+
+def test_a_run_below_a_finished_gap_marks_the_stream_invalid():
+    stream = ITLStream(1)
+    stream.add_ends(0, np.arange(10.0))
+    stream.add_runs(np.array([0, 5]), np.array([0]), np.array([1]))
+    stream.advance([6])  # gaps 0-5 final: no run still to come starts below step 6
+    assert stream.valid and stream.values.total_weight == 5
+    stream.add_runs(np.array([4, 8]), np.array([0]), np.array([1]))  # (it would count at gaps 4 and 5)
+    assert not stream.valid
+
+
+def test_a_watermark_held_back_then_released_gives_the_same_gaps():
+    # one request lives through 5,000 steps: the gaps wait in the window (it grows past its
+    # first 1,024 values and moves to its front as they go) until its runs come
+    ends = np.cumsum(np.resize([0.01, 0.03, 0.02], 5000))
+    long_runs, short = [0, 2000, 2100, 4999], [[10, 20], [3000, 3500]]
+    stream = ITLStream(1)
+    for k in range(0, 5000, 300):
+        stream.add_ends(0, ends[k:k + 300])
+        stream.advance([0])  # (held by the long request's first step)
+        if k == 3600:
+            stream.add_runs(np.array(short[0] + short[1]), np.array([0, 0]), np.array([1, 1]))
+    assert stream.values.total_weight == 0
+    stream.add_runs(np.array(long_runs), np.array([0, 0]), np.array([2]))
+    stream.advance(None)
+    runs = (np.array([1, 1, 2]), np.array([10, 3000, 0, 2100]), np.array([20, 3500, 2000, 4999]))
+    want = itl_stats(lambda: iter([runs]), StepEnds([ends]))
+    assert values_stats(stream.values) == want and stream.values.total_weight == 10 + 500 + 2000 + 2899 + 1
