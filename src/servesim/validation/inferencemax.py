@@ -44,7 +44,7 @@ flags (silicon.engine_limits) and servesim's AIPerf client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from servesim.validation.silicon_file import SiliconRow
@@ -59,6 +59,7 @@ class Recipe:
 
     engine: dict  # engine-section fields
     scheduler: dict  # scheduler-section fields
+    perf: dict = field(default_factory=dict)  # perf-section fields (e.g. the KV cache's precision)
 
 
 def llama70b_h200_trt(row: SiliconRow) -> Recipe:
@@ -74,11 +75,44 @@ def gptoss_b200_trt(row: SiliconRow) -> Recipe:
     return Recipe(engine={"max_num_batched_tokens": 20000}, scheduler={})
 
 
+# `single_node/dsr1_{fp8,fp4}_b200.sh` (SGLang) as they stood when the B200 DeepSeek-R1 SGLang image
+# became v0.5.9-cu130 (InferenceX pull request 943, 2026-03-25; the flags unchanged since January),
+# keyed by GEMM precision and TP: (max_running_requests = cuda_graph_max_bs, chunked_prefill_size,
+# max_prefill_tokens, mem_fraction_static), and the concurrencies its sweep ran per (ISL, OSL): FP8
+# TP 8 1k/1k and 1k/8k at 4-64 users, 8k/1k at 4; FP8 TP 4 8k/1k at 4-32; FP4 (TP 4 x EP 4, TP 8 x
+# EP 8) every shape at 4-128 (`.github/configs/nvidia-master.yaml`). Rows outside the sweep (the
+# same release's TP 8 runs at 128-512 users) were not run by it and keep the generator's deployment.
+# Both scripts add --kv-cache-dtype fp8_e4m3, --disable-radix-cache (no prefix cache is played
+# anyway), --scheduler-recv-interval 30 from 16 users (10 below; FP8 TP 4 always 10) and
+# --stream-interval 10 / 30, which does not move TTFT or TPOT (the first token still goes out at
+# once: `len(output_ids) % interval == 1`, and the last with the finish).
+DSR1_B200_SGLANG = {("fp8", 8): ((128, 32768, 32768, 0.82), {(1024, 1024): 64, (1024, 8192): 64, (8192, 1024): 4}),
+                    ("fp8", 4): ((32, 8192, 8192, 0.95), {(8192, 1024): 32}),
+                    ("nvfp4", 4): ((256, 16384, 16384, 0.85), {(1024, 1024): 128, (1024, 8192): 128, (8192, 1024): 128}),
+                    ("nvfp4", 8): ((256, 16384, 16384, 0.85), {(1024, 1024): 128, (1024, 8192): 128, (8192, 1024): 128})}
+DSR1_B200_RECV_INTERVAL_USERS, DSR1_B200_RECV_INTERVALS = 16, (10, 30)
+
+
+def dsr1_b200_sglang(row: SiliconRow) -> Recipe | None:
+    """InferenceMAX's SGLang DeepSeek-R1 B200 scripts, for a row their sweep ran (else None)."""
+    entry = DSR1_B200_SGLANG.get((row.gemm_quant, row.tp))
+    if entry is None or row.concurrency > entry[1].get((row.isl, row.osl), 0):
+        return None
+    (running, chunk, prefill, mem), _ = entry
+    many = row.concurrency >= DSR1_B200_RECV_INTERVAL_USERS and (row.gemm_quant, row.tp) != ("fp8", 4)
+    return Recipe(engine={"max_num_seqs": running, "gpu_memory_utilization": mem},
+                  scheduler={"max_running_requests": running, "chunked_prefill_size": chunk,
+                             "max_prefill_tokens": prefill, "scheduler_recv_interval": DSR1_B200_RECV_INTERVALS[many]},
+                  perf={"kv_cache_dtype": "fp8"})
+
+
 # (engine, system, version, model lower case) -> the script's recipe.
-RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
+RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe | None]] = {
     ("trtllm", "h200_sxm", "", "meta-llama/llama-3.1-70b"): llama70b_h200_trt,
     **{("trtllm", "b200_sxm", version, "openai/gpt-oss-120b"): gptoss_b200_trt
        for version in ("", "1.2.0rc2")},
+    **{("sglang", "b200_sxm", "0.5.9", model): dsr1_b200_sglang
+       for model in ("deepseek-ai/deepseek-r1", "deepseek-ai/deepseek-v3")},
 }
 
 
