@@ -64,3 +64,22 @@ def test_the_receive_interval_delays_first_tokens_of_a_64_user_row():
     assert n == 640
     assert ttft > 1.4 * ttft_off  # about 15 decode steps of ~20 ms on a ~0.3 s first token
     assert abs(tpot / tpot_off - 1) < 0.1
+
+
+def test_h200_scripts_run_prefill_batches_alone_with_their_budgets():
+    # dsr1_fp8_h200.sh / qwen3.5_fp8_h200.sh: no --enable-mixed-chunk, so the generator's H200
+    # settings (mixed chunks, max_prefill_tokens = prompt + 1,500) give way; no receive interval
+    h200 = {"system": "h200_sxm", "gemm_quant_mode": "fp8", "tp_size": "8", "moe_tp_size": "", "moe_ep_size": "1",
+            "model_path": "deepseek-ai/DeepSeek-R1"}
+    s = scenario(**h200)
+    assert sched(s)["enable_mixed_chunk"] is False and sched(s)["scheduler_recv_interval"] == 1
+    assert (sched(s)["max_running_requests"], sched(s)["chunked_prefill_size"], sched(s)["max_prefill_tokens"]) == (512, 32768, 32768)
+    assert sched(scenario(**h200, osl="8192"))["max_running_requests"] == 256  # 512 at 1k/1k only
+    qwen = scenario(**{**h200, "model_path": "Qwen/Qwen3.5-397B-A17B", "tp_size": "64", "moe_tp_size": "8",
+                       "moe_ep_size": "8"})  # (recorded as the engine's --tp 8 x --ep 8 product)
+    assert qwen.tp == 8 and qwen.perf.kv_cache_dtype == "fp8" and sched(qwen)["chunked_prefill_size"] == 16384
+    assert qwen.engine.gpu_memory_utilization == 0.8
+    # not played: the Qwen3.5 B200 script and GLM-5 on H200 keep the generator's deployment
+    for changes in ({"model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "8", "moe_tp_size": "", "moe_ep_size": "1"},
+                    {**h200, "model_path": "zhipuai/GLM-5", "backend_version": "glm5-hopper"}):
+        assert "scheduler_recv_interval" not in scenario(**changes).scheduler.model_fields_set
