@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers.sglang_policy import dfs_weight_order
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import assert_same_run, make_engine, make_request, run_engine
+from tests.replica.test_fast_forward import random_requests
 from tests.replica.test_vllm_scheduler import run_logged
 
 
@@ -218,3 +221,47 @@ def test_decoding_without_the_pass_is_the_pass():
         assert sum(taken) > 20, (num_blocks, params)
         if num_blocks == 60:
             assert any(r.num_preemptions for r in reqs)  # retractions ran
+
+
+def test_recv_interval_takes_arrivals_only_every_n_decode_steps():
+    # --scheduler-recv-interval 4: the prefill step lets the next step take the inbox (empty:
+    # the counter restarts there, at step count 1), so a request arriving during step 2 is
+    # taken only at count 5, after four decode steps of request 0; with the default it is
+    # prefilled in the next step
+    def steps(interval):
+        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                    max_num_batched_tokens=256,
+                                                    params={"scheduler_recv_interval": interval})
+        log = run_logged(engine, loop, [make_request(0, 32, 20, max_tokens=20),
+                                        make_request(1, 16, 2, 0.016, max_tokens=2)])
+        kv.check_all_free()
+        assert [r.state for r in done] == [RequestState.FINISHED] * 2
+        return log
+
+    assert steps(1)[:3] == [[(0, 32)], [(0, 1)], [(1, 16)]]
+    assert steps(4)[:6] == [[(0, 32)]] + [[(0, 1)]] * 4 + [[(1, 16)]]
+
+
+def test_recv_interval_takes_at_once_on_an_idle_engine():
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                max_num_batched_tokens=256, params={"scheduler_recv_interval": 30})
+    log = run_logged(engine, loop, [make_request(0, 32, 2, max_tokens=2), make_request(1, 16, 2, 1.0, max_tokens=2)])
+    assert log == [[(0, 32)], [(0, 1)], [(1, 16)], [(1, 1)]]
+    assert done[1].first_token_s < 1.1  # nothing ran: no decode steps to wait for
+
+
+@pytest.mark.parametrize("interval", [3, 30])
+@pytest.mark.parametrize("seed,num_blocks", [(4, 2000), (3, 1000)])
+def test_recv_interval_fast_forward_matches_step_by_step(interval, seed, num_blocks):
+    # arrivals four times further apart than test_fast_forward's: stretches of decodes between them
+    def reqs():
+        return [make_request(r.id, r.prompt_len, r.output_len, 4 * r.arrival_s) for r in random_requests(seed)]
+
+    params = {"scheduler_recv_interval": interval}
+    a_reqs, b_reqs, c_reqs = reqs(), reqs(), reqs()
+    a = run_engine(a_reqs, True, num_blocks, "sglang", params)
+    b = run_engine(b_reqs, False, num_blocks, "sglang", params)
+    assert a.num_fast_forwarded_steps > 0.25 * a.num_steps  # stretches ran with the inbox empty
+    assert_same_run(a, b, a_reqs, b_reqs)
+    run_engine(c_reqs, False, num_blocks, "sglang", {})
+    assert [r.first_token_s for r in b_reqs] != [r.first_token_s for r in c_reqs]  # the interval matters

@@ -44,7 +44,7 @@ flags (silicon.engine_limits) and servesim's AIPerf client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from servesim.validation.silicon_file import SiliconRow
@@ -59,6 +59,7 @@ class Recipe:
 
     engine: dict  # engine-section fields
     scheduler: dict  # scheduler-section fields
+    perf: dict = field(default_factory=dict)  # perf-section fields (e.g. the KV cache's precision)
 
 
 def llama70b_h200_trt(row: SiliconRow) -> Recipe:
@@ -74,6 +75,85 @@ def gptoss_b200_trt(row: SiliconRow) -> Recipe:
     return Recipe(engine={"max_num_batched_tokens": 20000}, scheduler={})
 
 
+# InferenceMAX's SGLang scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they stood
+# when their images were the release the rows record (InferenceX pull request 943, 2026-03-25: the
+# DeepSeek-R1 B200 / H200 images to v0.5.9-cu130; the Qwen3.5 H200 config ran a v0.5.9 image; the
+# flags unchanged from January to April), and the sweeps of
+# `.github/configs/nvidia-master.yaml` at that commit: (engine TP, EP) -> users per shape. A row outside
+# its script's sweep was not run by it (e.g. the DeepSeek-R1 B200 TP 8 rows at 128-512 users) and
+# keeps the generator's deployment and AIPerf's client.
+# None of the scripts sets --enable-mixed-chunk (prefill batches run alone, SGLang's default) and all
+# pass --disable-radix-cache (no prefix cache is played anyway); --stream-interval 10 / 30 / 50 does not
+# move TTFT or TPOT (the first token still goes out at once, `len(output_ids) % interval == 1`).
+@dataclass(frozen=True)
+class SGLangScript:
+    running: int | None  # --max-running-requests (= --cuda-graph-max-bs or above)
+    chunk: int | None  # --chunked-prefill-size (None: SGLang's default by GPU memory)
+    prefill: int  # --max-prefill-tokens (SGLang's default 16,384 where unset)
+    mem: float  # --mem-fraction-static
+    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}
+    kv_fp8: bool = False  # --kv-cache-dtype fp8_e4m3 (matters for FP4 weights: auto would take 16 bits)
+    recv: tuple[int, int] = (1, 1)  # --scheduler-recv-interval below 16 users, from 16 users
+    running_1k1k: int | None = None  # a larger --max-running-requests for 1k/1k
+
+
+SHAPES = ((1024, 1024), (1024, 8192), (8192, 1024))
+RECV_INTERVAL_USERS = 16  # the scripts' `CONC -ge 16` switch
+
+
+def every_shape(fewest: int, most: int) -> dict:
+    return {shape: (fewest, most) for shape in SHAPES}
+
+
+# (system, version, model, GEMM precision[-TP]) -> script
+SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
+    # dsr1_fp8_b200.sh, per TP (TP 4 ran 8k/1k only, always receive interval 10), and dsr1_fp4_b200.sh
+    ("b200_sxm", "0.5.9", "deepseek-r1", "fp8-8"): SGLangScript(
+        128, 32768, 32768, 0.82, {(8, 1): {(1024, 1024): (4, 64), (1024, 8192): (4, 64), (8192, 1024): (4, 4)}},
+        kv_fp8=True, recv=(10, 30)),
+    ("b200_sxm", "0.5.9", "deepseek-r1", "fp8-4"): SGLangScript(
+        32, 8192, 8192, 0.95, {(4, 1): {(8192, 1024): (4, 32)}}, kv_fp8=True, recv=(10, 10)),
+    ("b200_sxm", "0.5.9", "deepseek-r1", "nvfp4"): SGLangScript(
+        256, 16384, 16384, 0.85, {(4, 4): every_shape(4, 128), (8, 8): every_shape(4, 128)}, kv_fp8=True, recv=(10, 30)),
+    # dsr1_fp8_h200.sh: 512 running requests at 1k/1k, 256 otherwise
+    ("h200_sxm", "0.5.9", "deepseek-r1", "fp8"): SGLangScript(
+        256, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64)}, running_1k1k=512),
+    # qwen3.5_fp8_h200.sh (its 16,384-token budget is SGLang's max_prefill_tokens default)
+    ("h200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
+        128, 16384, 16384, 0.8, {(8, 8): every_shape(4, 64)}, kv_fp8=True),
+    # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): qwen3.5_fp8_b200.sh (B200
+    # 0.5.9, TP 8 at 4-16 users, TP 4 x EP 4 at 16-128; its 8k/1k first tokens come out 40-57 % too
+    # fast, the Qwen3.5 prefill price) and glm5_fp8_h200.sh (glm5-hopper; held-out rows worse).
+}
+# The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
+MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
+
+
+def sglang_script(row: SiliconRow) -> SGLangScript | None:
+    """The InferenceMAX SGLang script that ran `row` (its engine parallelism decoded), or None."""
+    model = row.model.lower().split("/")[-1]
+    key = (row.system, row.version, MODEL_ALIASES.get(model, model))
+    script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
+    users = script.sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl)) if script else None
+    return script if users and users[0] <= row.concurrency <= users[1] else None
+
+
+def sglang_recipe(row: SiliconRow) -> Recipe | None:
+    """The scheduler, engine and KV settings of the SGLang script that ran `row`, or None."""
+    script = sglang_script(row)
+    if script is None:
+        return None
+    scheduler = {"max_prefill_tokens": script.prefill, "enable_mixed_chunk": False,
+                 "scheduler_recv_interval": script.recv[row.concurrency >= RECV_INTERVAL_USERS]}
+    engine: dict = {"gpu_memory_utilization": script.mem}
+    running = script.running_1k1k if script.running_1k1k and (row.isl, row.osl) == (1024, 1024) else script.running
+    if running:
+        scheduler["max_running_requests"] = engine["max_num_seqs"] = running
+    if script.chunk:
+        scheduler["chunked_prefill_size"] = script.chunk
+    return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
+
+
 # (engine, system, version, model lower case) -> the script's recipe.
 RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
     ("trtllm", "h200_sxm", "", "meta-llama/llama-3.1-70b"): llama70b_h200_trt,
@@ -84,6 +164,8 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 
 def recipe(row: SiliconRow) -> Recipe | None:
     """The InferenceMAX recipe that played `row`, or None (the generator's deployment)."""
+    if row.backend == "sglang":
+        return sglang_recipe(row)
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
     return fn(row) if fn else attention_dp_recipe(row)
 

@@ -222,14 +222,16 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     engine, scheduler = engine_limits(row, options.engine_slots_held)
     lengths: dict = {"prompt_tokens": row.isl, "output_tokens": row.osl}
     recipe = inferencemax.recipe(row) if options.benchmark_recipes else None
+    perf_fields: dict = {}
     if recipe is not None:
         engine.update(recipe.engine)
         scheduler.update(recipe.scheduler)
+        perf_fields = dict(recipe.perf)
         prompt, output = inferencemax.client_lengths(row)
         lengths = {"prompt_tokens": prompt, "output_tokens": output}
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
-        "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row),
+        "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row), **perf_fields,
                  "overrides": dict(overrides or {}),
                  "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
         "engine": engine,

@@ -19,6 +19,9 @@ Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.p
 - `new_token_ratio` starts at 0.7 x `schedule_conservativeness`, decays linearly to 0.14 of
   that over 600 decode steps; after a retraction it is reset to
   `(sum generated + 20 x running) / sum max_new`;
+- `scheduler_recv_interval` N > 1 (SGLang's `SchedulerRecvSkipper`): arrivals wait in an inbox,
+  taken into the waiting queue when N decode steps have run since the last take (a prefill or
+  mixed step weighs 1,000, i.e. the next step takes them; an idle loop spins its N at once);
 - decode out of memory: retract running requests with the fewest generated tokens (then the
   longest prompt) until every remaining one has room for `retract_decode_steps` more tokens;
   retracted requests free their private KV, keep their tree prefix, and re-queue at the end.
@@ -67,6 +70,10 @@ class SGLangParams(SchedulerParams):
     enable_mixed_chunk: bool = False
     """Run the running decodes in the same step as a prefill batch (`--enable-mixed-chunk`);
     off, a prefill batch stalls every decode for its step."""
+    scheduler_recv_interval: int = Field(1, ge=1)
+    """`--scheduler-recv-interval`: new requests are taken in only after this many decode steps
+    since the last take (a step with prompt tokens counts as the whole interval; an engine with
+    nothing running takes them at once); 1 = every step, SGLang's default."""
 
 
 @register("sglang")
@@ -96,6 +103,10 @@ class SGLangScheduler(Scheduler):
         # (`_reserve`); one that left running may stay listed (that only costs the full pass)
         self._unclipped: set[int] = set()
         self._transferred = False  # a request joined running with KV computed elsewhere (`_decoding`)
+        # arrivals not yet taken in (`scheduler_recv_interval`) and the engine step count at
+        # which the next take happens
+        self._inbox: list[Request] = []
+        self._recv_at = 0
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
@@ -125,12 +136,42 @@ class SGLangScheduler(Scheduler):
             return reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len)
         return sum([CLIP_MAX_NEW_TOKENS * self.new_token_ratio] * len(self.running))
 
+    def add_request(self, req: Request, now_s: float) -> None:
+        if self.params.scheduler_recv_interval > 1:
+            self._inbox.append(req)
+        else:
+            self.waiting.append(req)
+
+    def queues(self) -> tuple:
+        return (self.running, self.waiting, self.swapped, self._inbox)
+
+    def _receive(self) -> None:
+        """SGLang's recv skipper: takes fall due every `scheduler_recv_interval` decode steps
+        (the counter restarts at each, inbox empty or not; a stretch of steps runs only with an
+        empty inbox, so one it skipped only moved the phase), and at once when nothing runs."""
+        n, t = self.params.scheduler_recv_interval, self.num_engine_steps
+        if self.running or self.chunked:
+            if t < self._recv_at:
+                return
+            last = t - (t - self._recv_at) % n  # the last take due at or before now
+            self._recv_at = last + n
+            if last < t:  # (it passed inside a stretch, before these arrivals)
+                return
+        else:
+            self._recv_at = t + n
+        for req in self._inbox:
+            self.waiting.append(req)
+        self._inbox.clear()
+
     # ------------------------------------------------------------------ the decision
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
         self._mark = None
+        if self.params.scheduler_recv_interval > 1:
+            self._receive()
         self._prefill_batch(out)
         if out.scheduled:
+            self._recv_at = self.num_engine_steps + 1  # (a step with prompt tokens: the next step takes)
             if self.params.enable_mixed_chunk:
                 self._mix_decodes(out)
             if self.chunked is None:  # every prompt of the batch is done: its first request
@@ -274,8 +315,8 @@ class SGLangScheduler(Scheduler):
         # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After
         # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
         # step's end (`on_step_end`), which must not wait for the stretch's end.
-        if not (self.nothing_pending(output) and self.chunked is None):
-            return NO_FAST_FORWARD
+        if not (self.nothing_pending(output) and self.chunked is None) or self._inbox:
+            return NO_FAST_FORWARD  # (an inbox is taken in at a step count: stepped to it)
         if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
             return REPEAT_DECODES
         # Through finishes only while no tree block is evictable: a stretch takes its decodes'

@@ -1,0 +1,85 @@
+"""SGLang B200 DeepSeek-R1 rows of 0.5.9 measured by InferenceMAX's SGLang scripts play those
+scripts' flags (running cap, prefill budgets, memory share, FP8 KV, the scheduler's receive
+interval) and client, only where the script's sweep ran them."""
+
+from __future__ import annotations
+
+from servesim.simulation import simulate
+from servesim.validation.run import client_metrics
+from servesim.validation.silicon import ClientOptions, parse_row, row_request_counts, row_scenario
+from tests.validation.test_silicon_mapping import BASE
+
+DSR1_FP4 = {**BASE, "backend": "sglang", "backend_version": "0.5.9", "model_path": "deepseek-ai/DeepSeek-V3",
+            "system": "b200_sxm", "gemm_quant_mode": "nvfp4", "tp_size": "16", "moe_tp_size": "4", "moe_ep_size": "4",
+            "attention_dp_size": "1", "batch_size": "64", "concurrency": "64", "isl": "1024", "osl": "1024"}
+
+
+def scenario(options: ClientOptions = ClientOptions(), **changes):
+    return row_scenario(parse_row({**DSR1_FP4, **changes}), options)
+
+
+def sched(s) -> dict:
+    return s.scheduler.model_dump()
+
+
+def test_fp4_row_plays_the_script_flags_and_client():
+    s = scenario()
+    assert s.tp == 4  # the recorded tp 16 is the engine's --tp 4 x --ep 4
+    assert (s.engine.max_num_seqs, s.engine.gpu_memory_utilization) == (256, 0.85)
+    assert (sched(s)["max_running_requests"], sched(s)["chunked_prefill_size"], sched(s)["max_prefill_tokens"]) == (256, 16384, 16384)
+    assert sched(s)["scheduler_recv_interval"] == 30  # 16 users or more
+    assert s.perf.kv_cache_dtype == "fp8"  # --kv-cache-dtype fp8_e4m3 (auto would take 16 bits for FP4 weights)
+    assert s.workload.num_requests == 640 and s.workload.arrival.warmup_requests == 0
+    assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == ((819, 1024), (819, 1024))
+    assert sched(scenario(concurrency="8", batch_size="8"))["scheduler_recv_interval"] == 10
+
+
+def test_fp8_flags_by_tp_and_only_inside_the_sweep():
+    fp8 = {"gemm_quant_mode": "fp8", "model_path": "deepseek-ai/DeepSeek-R1", "moe_tp_size": "", "moe_ep_size": "1"}
+    s = scenario(**fp8, tp_size="8")
+    assert (sched(s)["max_running_requests"], sched(s)["max_prefill_tokens"], sched(s)["scheduler_recv_interval"]) == (128, 32768, 30)
+    s = scenario(**fp8, tp_size="4", isl="8192", concurrency="32", batch_size="32")
+    assert (sched(s)["max_running_requests"], sched(s)["max_prefill_tokens"], sched(s)["scheduler_recv_interval"]) == (32, 8192, 10)
+    assert s.engine.gpu_memory_utilization == 0.95
+    # outside the sweep (TP 8 above 64 users, 8k/1k at TP 8 above 4 users), another release or
+    # engine: the generator's deployment and AIPerf's client
+    for changes in ({**fp8, "tp_size": "8", "concurrency": "128", "batch_size": "128"},
+                    {**fp8, "tp_size": "8", "isl": "8192", "concurrency": "8", "batch_size": "8"},
+                    {"backend_version": ""}, {"backend_version": "nightly-dev"}):
+        s = scenario(**changes)
+        assert sched(s).get("scheduler_recv_interval", 1) == 1 and "max_running_requests" not in s.scheduler.model_fields_set
+        assert s.workload.lengths.prompt_tokens == int(changes.get("isl", "1024"))  # fixed lengths
+    assert row_request_counts(parse_row({**DSR1_FP4, "backend_version": ""}), ClientOptions()).measured_end is not None
+
+
+def test_the_receive_interval_delays_first_tokens_of_a_64_user_row():
+    # the same row with the interval off: every returning user's prompt is taken at the next
+    # step, not after up to 30 decode steps of the others
+    row = parse_row(DSR1_FP4)
+    s = row_scenario(row, ClientOptions())
+    off = s.model_copy(update={"scheduler": s.scheduler.model_copy(update={"scheduler_recv_interval": 1})})
+    counts = row_request_counts(row, ClientOptions())
+    ttft, tpot, n = client_metrics(simulate(s).requests, counts.measured_end)
+    ttft_off, tpot_off, _ = client_metrics(simulate(off).requests, counts.measured_end)
+    assert n == 640
+    assert ttft > 1.4 * ttft_off  # about 15 decode steps of ~20 ms on a ~0.3 s first token
+    assert abs(tpot / tpot_off - 1) < 0.1
+
+
+def test_h200_scripts_run_prefill_batches_alone_with_their_budgets():
+    # dsr1_fp8_h200.sh / qwen3.5_fp8_h200.sh: no --enable-mixed-chunk, so the generator's H200
+    # settings (mixed chunks, max_prefill_tokens = prompt + 1,500) give way; no receive interval
+    h200 = {"system": "h200_sxm", "gemm_quant_mode": "fp8", "tp_size": "8", "moe_tp_size": "", "moe_ep_size": "1",
+            "model_path": "deepseek-ai/DeepSeek-R1"}
+    s = scenario(**h200)
+    assert sched(s)["enable_mixed_chunk"] is False and sched(s)["scheduler_recv_interval"] == 1
+    assert (sched(s)["max_running_requests"], sched(s)["chunked_prefill_size"], sched(s)["max_prefill_tokens"]) == (512, 32768, 32768)
+    assert sched(scenario(**h200, osl="8192"))["max_running_requests"] == 256  # 512 at 1k/1k only
+    qwen = scenario(**{**h200, "model_path": "Qwen/Qwen3.5-397B-A17B", "tp_size": "64", "moe_tp_size": "8",
+                       "moe_ep_size": "8"})  # (recorded as the engine's --tp 8 x --ep 8 product)
+    assert qwen.tp == 8 and qwen.perf.kv_cache_dtype == "fp8" and sched(qwen)["chunked_prefill_size"] == 16384
+    assert qwen.engine.gpu_memory_utilization == 0.8
+    # not played: the Qwen3.5 B200 script and GLM-5 on H200 keep the generator's deployment
+    for changes in ({"model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "8", "moe_tp_size": "", "moe_ep_size": "1"},
+                    {**h200, "model_path": "zhipuai/GLM-5", "backend_version": "glm5-hopper"}):
+        assert "scheduler_recv_interval" not in scenario(**changes).scheduler.model_fields_set
