@@ -164,6 +164,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     free = st.free_blocks + freed - st.join_blocks - st.blocks_needed(s + 1, bs)
     if free < 0:
         return False  # the decodes of step s do not fit: stepping preempts there
+    sched.finish_departs([reqs[i] for i, _, _ in gone])
     joins = sched.finish_admits(num_running, free)
     if joins is None or not (joins or num_running):
         return False
