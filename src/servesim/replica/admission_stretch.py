@@ -32,6 +32,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.metrics.recorder import BlockGrowth
+from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_growth import GrowthCount
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s
@@ -43,7 +44,7 @@ class AdmitStretch(Stretch):
     (`kmax`), where `admit_at_finishes` decides whether it goes on. `free_blocks` counts the
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
-    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth")
+    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -54,6 +55,7 @@ class AdmitStretch(Stretch):
         self.waiting_to: list[int] = []  # steps from which one fewer waits (a waiting request joined)
         self.kmax = self._sorted_rem[0]  # the first departure's boundary
         self.growth: GrowthCount | None = None  # the decodes' block count, walked forward (set with `first_new`)
+        self.max_steps = UNLIMITED_STEPS  # the policy's cap (`FastForward.max_steps`): the stretch ends there
 
     def _steps_to(self, horizon: float) -> int:
         # priced to the next departure, a few steps away under overload: the scalar loop
@@ -114,15 +116,18 @@ class AdmitStretch(Stretch):
 
 
 def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float, out, decodes: list,
-                           prefills: list, reqs: list, ctx1: list[int], remaining: list[int]) -> bool:
+                           prefills: list, reqs: list, ctx1: list[int], remaining: list[int],
+                           max_steps: int = UNLIMITED_STEPS) -> bool:
     """Plan an admission stretch from the step `schedule` just returned (decodes, and prompts
     finished in it, with requests waiting): priced to its first departure, whose boundary
-    `admit_at_finishes` handles. False, changing nothing, if it would hold a single step that
-    no departure follows."""
-    if max(remaining) < 2:
+    `admit_at_finishes` handles, and at most `max_steps` steps (the policy's cap). False,
+    changing nothing, if it would hold a single step that no departure follows."""
+    if max(remaining) < 2 or max_steps < 2:
         return False
     st = AdmitStretch(now_s, end0_s, out, decodes, prefills, reqs, ctx1, remaining, True, engine._decode_fn,
                       engine.perf, engine.scheduler.num_waiting, engine._decode_forms, [])
+    st.max_steps = max_steps
+    st.kmax = min(st.kmax, max_steps)
     st.price(horizon_s)
     kv = engine.kv
     st.first_new = kv.first_new_block_steps(reqs, ctx1)
@@ -143,7 +148,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     would admit (whole prompts), and price on to the next departure. True if the stretch goes
     on (its end event is rescheduled); False changes nothing (the engine applies it)."""
     s = st.k
-    if st.final or s != st.kmax or engine.ports is not None or not engine.scheduler.num_waiting:
+    if st.final or s != st.kmax or s >= st.max_steps or engine.ports is not None or not engine.scheduler.num_waiting:
         return False
     sched, kv, reqs, remaining, first_new = engine.scheduler, engine.kv, st.reqs, st.remaining, st.first_new
     rem = st._sorted_rem
@@ -164,6 +169,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     free = st.free_blocks + freed - st.join_blocks - st.blocks_needed(s + 1, bs)
     if free < 0:
         return False  # the decodes of step s do not fit: stepping preempts there
+    sched.finish_departs([reqs[i] for i, _, _ in gone])
     joins = sched.finish_admits(num_running, free)
     if joins is None or not (joins or num_running):
         return False
@@ -175,7 +181,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     if joins:
         _join(engine, st, s, num_running, joins, now_s)
     rem = st._sorted_rem
-    st.kmax = rem[bisect_right(rem, s)]  # the next departure (a joiner's, at the latest)
+    st.kmax = min(rem[bisect_right(rem, s)], st.max_steps)  # the next departure (a joiner's, at the latest)
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     if st.k > s + 1:
         engine._limit(st, s + 1)  # (step s's blocks were counted above)

@@ -66,7 +66,8 @@ class FastForwarding:
         through = self.defer_finishes and ff.through_finishes and not keyed
         if (not (through or keyed) and self.defer_finishes and self.ports is None and self.scheduler.num_waiting
                 and self.scheduler.finish_admission()):  # finishes admit the queue head inside the stretch
-            return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining)
+            return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining,
+                                          ff.max_steps)
         if (max(remaining) if through else min(remaining)) < 2:
             return False
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,

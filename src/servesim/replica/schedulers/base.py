@@ -161,6 +161,13 @@ class Scheduler:
         not determined: the stretch ends there. Changes no state."""
         return None
 
+    def finish_departs(self, reqs: list[Request]) -> None:
+        """Told at a boundary of such a stretch, before `finish_admits`: the requests that left
+        it since its last boundary (still listed in `running`). A policy whose admission reads a
+        total over the running requests (`batchllm`'s projected use) updates it here; stepping's
+        next `schedule` computes it afresh, so a stretch that ends there discards it. Default:
+        nothing."""
+
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         """Admit the requests `finish_admits` listed, as `schedule` would have (and keep what
         it would have noted about the head left waiting)."""

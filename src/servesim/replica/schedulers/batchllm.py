@@ -34,6 +34,7 @@ from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
 
@@ -127,13 +128,17 @@ class BatchLLMScheduler(KeyedScheduler):
         self._keyed_dirty = False
         self.waiting.clean = False
 
+    def _own_key(self, req: Request) -> tuple:
+        """The plan key of a request without prefix keys (its own group)."""
+        return (*self._group_key([req]), req.arrival_s, req.id)
+
     def _enter(self, req: Request) -> None:
         if req.kv_block_keys:
             self._keyed[req] = None
             self._keyed_dirty = True
             self.waiting.clean = False  # (it joins the queue without a key until the replan)
         else:
-            self._plan[req] = (*self._group_key([req]), req.arrival_s, req.id)
+            self._plan[req] = self._own_key(req)
 
     def _leave(self, req: Request) -> None:
         self._plan.pop(req, None)
@@ -167,6 +172,17 @@ class BatchLLMScheduler(KeyedScheduler):
         held = self.kv.num_blocks_of(req.id)
         total = req.prompt_len + max(self.estimated_output(req), req.num_output_tokens + 1)
         return max(cdiv(total, self.kv.block_size) - held, 0)
+
+    def _fixed_projection(self) -> bool:
+        """Is each running request's projected use its final blocks (the oracle estimate, no
+        lookahead slots)? Then decode steps leave the projection as it is (a request's growth
+        is taken from its projected growth) and a finish lowers it by the request's final
+        blocks."""
+        return self.params.output_len_estimate == "oracle" and not self._lookahead
+
+    def _final_of(self, req: Request) -> int:
+        """A request's final blocks, its projected use under `_fixed_projection`."""
+        return -(-(req.prompt_len + req.output_len) // self.kv.block_size)
 
     def _projected_use(self) -> int:
         """Blocks used now plus the growth every running request still needs (`_growth`,
@@ -214,6 +230,7 @@ class BatchLLMScheduler(KeyedScheduler):
             return out
         limit = self.params.mem_threshold * self.kv.num_gpu_blocks
         kv = self.kv
+        self._head_blocked = self._head_blocked_by_kv = False
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.waiting.peek()
             hits = kv.get_computed_blocks(req)
@@ -221,15 +238,59 @@ class BatchLLMScheduler(KeyedScheduler):
             total = req.prompt_len + self.estimated_output(req)
             held_after = cdiv(len(hits) * kv.block_size + n, kv.block_size)
             future = kv.blocks_needed(req, n, hits) + max(cdiv(total, kv.block_size) - held_after, 0)
-            if self.running and self._projected + future > limit:
-                break
-            if not kv.allocate_slots(req, n, hits):
+            if (self.running and self._projected + future > limit) or not kv.allocate_slots(req, n, hits):
+                # Head-of-line blocking. With a fixed projection (which decode steps keep), no
+                # prefix keys and no replan pending (the plan order holds), the head's need is
+                # fixed while decode steps only take blocks: it waits until a finish (`fast_forward`).
+                self._head_blocked = self._head_blocked_by_kv = (
+                    self._fixed_projection() and not req.kv_block_keys and not self._keyed_dirty)
+                self._blocked_head = req
                 break
             self._projected += future
             self._leave(self.waiting.pop())
             self.start(req, len(hits) * kv.block_size, n, out)
             budget -= n
         return out
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # A newcomer without prefix keys gets its plan key as it enters (its own group): one
+        # sorting after a head that waits until a finish is never looked at.
+        if req is None or req.kv_block_keys or not (self._head_blocked_by_kv and self.waiting):
+            return False
+        head = self.waiting.peek()
+        return head is self._blocked_head and self._own_key(req) > self._plan[head]
+
+    def finish_admission(self) -> bool:
+        # The projection drops by the final blocks of each request that finishes, and the
+        # queue's plan order holds (no replan pending, kept sorted): a finish admits in that
+        # order, each while the projection and the free blocks allow (`finish_admits`).
+        return (type(self).schedule is BatchLLMScheduler.schedule and self._fixed_projection() and not self.swapped
+                and not self._keyed_dirty and self.waiting.clean)
+
+    def finish_departs(self, reqs: list[Request]) -> None:
+        self._projected -= sum(map(self._final_of, reqs))  # (`schedule`'s, less theirs)
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # `schedule`'s admission loop on the projection after the finishes (`finish_departs`):
+        # each fresh request's `future` is its final blocks. With nothing running the first
+        # one skips the projection check: left to stepping.
+        if not (num_running and self.finish_admission()):
+            return None
+        projected, limit = self._projected, self.params.mem_threshold * self.kv.num_gpu_blocks
+
+        def over_limit(req: Request) -> bool:
+            nonlocal projected
+            projected += self._final_of(req)
+            return projected > limit
+
+        found = admits_until_blocked(self.waiting, len(self.running), num_running, self.config.max_num_seqs,
+                                     self.params.max_num_batched_tokens or 1 << 60, free_blocks, self.kv.block_size,
+                                     lambda req, budget: min(req.num_tokens, budget), over_limit)
+        return None if found is None else found[0]
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self._projected += sum(self._final_of(req) for req, _ in joins)
+        super().admit_at_finish(joins, out)
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
         # The admission loop on a queue of newcomers, in plan order, each whole. With the

@@ -37,9 +37,11 @@ from operator import attrgetter
 from pydantic import Field
 
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import admit_whole
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.finish_admits import admits_of
 from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
@@ -100,6 +102,9 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         self._defer_prices = integral_prices(params.input_price, params.output_price)
         self._deferred = False
         self._unscheduled: set[int] = set()  # transferred requests not scheduled yet
+        # the waiting request at which this step's admission stopped, if it waits for KV blocks
+        # or a sequence slot until a finish (`_note_blocked`), else None
+        self._blocked_head: Request | None = None
 
     # ---- the decision ----------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -111,6 +116,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
             self._snapshot = dict(self.counters)
             self._snap_step = step
         self._sched_step = step
+        self._blocked_head = None
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         order = self._order()
@@ -159,6 +165,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
             make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
             if len(self.running) >= self.config.max_num_seqs:
                 admitting = False
+                self._note_blocked(req, budget)
             elif req.state == RequestState.SWAPPED:
                 if not self._fit(lambda: self.swap_in_room(req) >= 0, make_room, out):
                     admitting = False
@@ -171,7 +178,16 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
                 budget = left
             else:
                 admitting = False
+                if budget > 0:
+                    self._note_blocked(req, budget)
         return out
+
+    def _note_blocked(self, req: Request, budget: int) -> None:
+        """Admission stopped at waiting `req` for blocks (no lower priority to swap out) or a
+        sequence slot. Without prefix keys its need is fixed, and decode steps only take
+        blocks, so it waits until a finish (`fast_forward`, `finish_admits`)."""
+        if req.state == RequestState.WAITING and not req.kv_block_keys and self.first_chunk(req, 0, budget) > 0:
+            self._blocked_head = req
 
     def _decode_prefix(self, order: list[Request], budget: int) -> int:
         """How many running requests lead the order, decode and fit (their blocks allocated
@@ -244,7 +260,40 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         if self.nothing_pending(output) and not self.swap_ready_s:
             self._count_all()  # (a stretch may cross a refresh: its snapshot needs the counts at its start)
             return REPEAT_THROUGH
+        # Behind a head that waits until a finish, with one tenant held (the walk in arrival
+        # order) and its counting deferred (no per-step pass to skip): the same batch repeats,
+        # up to the step before the next priority refresh (no snapshot inside); finishes
+        # admit inside the stretch (`finish_admits`).
+        if (self.finish_admission() and not (output.preempted or output.swapped_out or output.swapped_in)
+                and len(output.scheduled) == len(self.running)):
+            interval, step = self.params.priority_update_interval, self.num_engine_steps
+            return FastForward(repeat=True, after_prefill=True, max_steps=(step // interval + 1) * interval - step)
         return NO_FAST_FORWARD
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # A newcomer of the one tenant held (no lift, its count deferred) comes after the
+        # blocked head in the arrival-order walk: never looked at before a finish.
+        if req is None or not self.finish_admission() or req.tenant not in self._held:
+            return False
+        head = self._blocked_head
+        return self.waiting.peek() is head and (req.arrival_s, req.id) > (head.arrival_s, head.id)
+
+    def finish_admission(self) -> bool:
+        # (a head blocked until a finish, one tenant, counting deferred, no swap in flight or held)
+        return (self._blocked_head is not None and self._deferred and len(self._held) == 1 and not self.swapped
+                and not self.swap_ready_s and type(self).schedule is FastSwitchScheduler.schedule)
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # the walk's admission, in arrival order (the queue's, for fresh requests) after every
+        # running request decoded: no victim later than the head (all running arrived before it)
+        if not (self.finish_admission() and self.waiting.peek() is self._blocked_head):
+            return None
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget))
+        return None if found is None else found[0]
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        admit_whole(self, joins, out)
+        self._blocked_head = self.waiting.peek() if self.waiting else None
 
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:

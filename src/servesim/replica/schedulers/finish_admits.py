@@ -13,7 +13,7 @@ requests) leave it undetermined (None): the stretch ends there and stepping deci
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from servesim.replica.schedulers.arrival_joins import FirstChunk, is_fresh
 from servesim.workload.request import Request
@@ -31,11 +31,14 @@ def admits_of(sched, num_running: int, free_blocks: int,
 
 def admits_until_blocked(reqs: Iterable[Request], num_held: int, num_running: int, max_num_seqs: int,
                          max_num_batched_tokens: int, free_blocks: int, block_size: int,
-                         first_chunk: FirstChunk) -> tuple[list[tuple[Request, int]], Request | None] | None:
+                         first_chunk: FirstChunk, over_limit: Callable[[Request], bool] | None = None,
+                         ) -> tuple[list[tuple[Request, int]], Request | None] | None:
     """(the (request, prompt tokens) admitted in `reqs`' order, the head left waiting for KV
     blocks or None if none is left), or None if not determined. `num_running`: the decodes of
     the next step; `free_blocks`: free once their blocks are allocated; `num_held`: the
-    requests `running` lists."""
+    requests `running` lists. `over_limit`: a policy's own admission limit, asked of each
+    request in turn (True: it waits there, as one whose blocks are not free; `batchllm`'s
+    projected use, which only a finish lowers)."""
     budget = max_num_batched_tokens - num_running
     room = max_num_seqs - num_held
     joins: list[tuple[Request, int]] = []
@@ -46,7 +49,7 @@ def admits_until_blocked(reqs: Iterable[Request], num_held: int, num_running: in
         if n != req.num_tokens:
             return None  # a chunk of its prompt, or a prompt over the budget
         need = -(-n // block_size)
-        if need > free_blocks:
+        if need > free_blocks or (over_limit is not None and over_limit(req)):
             return joins, req  # head-of-line blocking until the next finish frees blocks
         joins.append((req, n))
         budget -= n
