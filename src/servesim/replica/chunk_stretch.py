@@ -49,6 +49,7 @@ class ChunkStretch(Stretch):
         self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
         self.through = False
         self.keyed = [(r, c) for r, c in zip(decodes, self.ctx1) if r.kv_block_keys]
+        self.keyed_last = self._freed = None  # (not through finishes)
         self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
         self.num_waiting = sched.num_waiting
         self.waiting_from = []

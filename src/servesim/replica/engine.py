@@ -97,6 +97,9 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar
         # decode form that prices each step of a shrinking batch.
         self.defer_finishes = defer_finishes and self._decode_fn(1) is not False
+        # ... also for requests with prefix keys: only if the cache can count what each late
+        # finish frees (`KVCacheManager.blocks_freed`; SGLang's radix cache cannot)
+        self._keyed_through = hasattr(kv, "blocks_freed")
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:

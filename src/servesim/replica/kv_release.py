@@ -43,6 +43,36 @@ class BlockRelease:
                 self._recent_keys.keep(held.keys)
                 held.keys.release()
 
+    def blocks_freed(self, req_ids: list[Any]) -> list[int]:
+        """The free blocks `free` of each request would add, freeing them in this order (a
+        stretch through finishes processes its finishes late, and logs the blocks in use at
+        each step): its plain blocks and copies, and the keyed blocks whose last reference it
+        drops (a prefix block another request holds stays in use). Changes nothing."""
+        dropped: dict[tuple[int, int], int] = {}  # (group, position) -> references dropped before
+        out = []
+        for rid in req_ids:
+            held = self._held[rid]
+            n = held.num_plain
+            dups = held.dups
+            for g, p0, p1 in held.segs:
+                ref = g.ref[p0 - g.lo:p1 - g.lo]
+                ones = ref.count(1)
+                if ones == p1 - p0 and not dups:  # (the usual case: blocks only this request holds)
+                    n += ones
+                    continue
+                for p, c in enumerate(ref, p0):  # shared blocks: freed by the last holder to leave
+                    if c == 1 or (dups is not None and p in dups):  # (a copy: a plain block of its own)
+                        n += 1
+                        continue
+                    key = (id(g), p)
+                    d = dropped.get(key, 0) + 1
+                    if d == c:
+                        n += 1
+                    else:
+                        dropped[key] = d
+            out.append(n)
+        return out
+
     def free_grown(self, req_id: Any, num_new_blocks: int) -> None:
         """Release a request without prefix keys that needed `num_new_blocks` more plain blocks
         since its last allocation (a fast-forwarded stretch's growth, never allocated): as
