@@ -45,8 +45,8 @@ def run(reqs, fast_forward: bool, defer: bool, num_blocks: int):
 def test_keyed_stretches_through_finishes_match_stepping(seed, num_blocks, monkeypatch):
     shared = []  # finishes inside a stretch that left some of their blocks in use
 
-    def counting(kv, req_ids):
-        freed = BlockRelease.blocks_freed(kv, req_ids)
+    def counting(kv, req_ids, dropped):
+        freed = BlockRelease.blocks_freed(kv, req_ids, dropped)
         shared.extend(1 for rid, n in zip(req_ids, freed) if n < kv.num_blocks_of(rid))
         return freed
 
@@ -76,8 +76,10 @@ def test_blocks_freed_counts_the_last_reference_only():
     hits = kv.get_computed_blocks(c)
     assert hits.num_keyed == 2 and kv.allocate_slots(c, 40 - 32, hits)  # c: 3 blocks, 2 of them a's keyed ones
     assert [kv.num_blocks_of(r.id) for r in reqs] == [5, 5, 3]
-    assert kv.blocks_freed([0, 1, 2]) == [1, 3, 3]  # a drops none of the shared, b the two c lacks
-    assert kv.blocks_freed([2, 1, 0]) == [1, 1, 5]
+    assert kv.blocks_freed([0, 1, 2], {}) == [1, 3, 3]  # a drops none of the shared, b the two c lacks
+    assert kv.blocks_freed([2, 1, 0], {}) == [1, 1, 5]
+    dropped = {}  # counted in two calls, on from the first's drops
+    assert kv.blocks_freed([2], dropped) + kv.blocks_freed([1, 0], dropped) == [1, 1, 5]
     before = kv.num_free_blocks
     freed = []
     for r in (a, b, c):  # freeing for real adds what was counted

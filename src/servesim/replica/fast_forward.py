@@ -122,8 +122,8 @@ class FastForwarding:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
-        if not (st.first_new or st.keyed):  # (nothing grows: a `SpecStretch` limits itself)
-            return st.k >= 2
+        if not (st.first_new or st.keyed) and not getattr(st, "grows", False):
+            return st.k >= 2  # (nothing grows: a `SpecStretch` limits itself; a vLLM chunk stretch's prompt grows)
         bs = self.kv.block_size
         k = st.k
         free = st.free_blocks - st.join_blocks  # (prompts that joined took theirs before step k_safe)

@@ -92,6 +92,23 @@ class PrefixCaching:
         self._planned = None
         return prefix.conflicts([(keys, k0, k1) for keys, _, k0, k1 in items])
 
+    def chunk_keys_conflict(self, prompt: Any, num_tokens: int, reqs_tokens: list[tuple[Any, int]],
+                            more_tokens: int) -> bool:
+        """`keys_conflict_many` for a prompt registering its keyed blocks up to `num_tokens`
+        beside these requests (each up to its tokens + `more_tokens`): a vLLM chunk stretch's
+        registrations at its longest, checked once when it is planned (fewer steps register
+        a subset). Keeps no plan."""
+        bs, held_of = self.block_size, self._held
+        ranges = []
+        for req, n in [*((r, c + more_tokens) for r, c in reqs_tokens), (prompt, num_tokens)]:
+            keys = req.kv_block_keys
+            held = held_of.get(req.id)
+            if held is not None and keys is not None:
+                end = min(n // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys))
+                if held.num_keyed < end:
+                    ranges.append((keys, held.num_keyed, end))
+        return bool(ranges) and self._prefix.conflicts(ranges)
+
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Register the request's full keyed blocks covering its first `num_tokens` tokens."""
         held = self._held.get(req.id)

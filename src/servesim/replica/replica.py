@@ -26,6 +26,7 @@ from servesim.replica.frontend import FrontEnd
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.base import Scheduler
+from servesim.replica.chunk_stretch import ChunkStretch
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
 
@@ -264,4 +265,7 @@ class Replica:
         if not req.hash_ids:
             return 0
         kv = self.engine.kv
+        st = self.engine.stretch
+        if type(st) is ChunkStretch:  # (a vLLM prompt's chunks register its blocks as they run)
+            st.settle(kv, self.engine.loop.now_s)
         return kv.num_cached_prefix_tokens(req) // req.hash_block_tokens

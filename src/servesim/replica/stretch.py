@@ -215,9 +215,22 @@ class Stretch(StretchJoins, StretchPricing):
         if self.keyed_last is None:
             return lambda req: kv.num_blocks_of(req.id)
         if self._freed is None:
-            ids = [self.reqs[i].id for i in self.departure_order()]
-            self._freed = dict(zip(ids, kv.blocks_freed(ids)))
-        return lambda req: self._freed[req.id]
+            self._freed = ({}, {}, 0)  # (answers by request id, `blocks_freed`'s drops, requests counted)
+        return lambda req: self._freed_of(kv, req)
+
+    def _freed_of(self, kv: Any, req: Any) -> int:
+        """`freed_blocks`' answer for `req`, counting on in departure order up to it (the
+        requests that do not finish in the stretch are never counted)."""
+        freed, dropped, done = self._freed
+        n = freed.get(req.id)
+        if n is None:
+            order = self.departure_order()
+            stop = order.index(self.reqs.index(req), done) + 1
+            ids = [self.reqs[i].id for i in order[done:stop]]
+            freed.update(zip(ids, kv.blocks_freed(ids, dropped)))
+            self._freed = (freed, dropped, stop)
+            n = freed[req.id]
+        return n
 
     def truncate(self, k: int) -> None:
         """Keep the first k steps (k >= 1); nothing priced ahead is taken any more."""
