@@ -13,20 +13,7 @@ from servesim.replica.chunk_stretch import ChunkStretch
 from servesim.core.loop import PRIO_ARRIVAL
 from tests.cluster.helpers import assert_same_steps, outcome
 from tests.factories import assert_same_run, make_engine, make_request, serve
-
-
-@pytest.fixture
-def chunk_steps(monkeypatch):
-    """The step count of every chunk stretch applied."""
-    applied: list[int] = []
-    apply = ChunkStretch.apply
-
-    def counted(self, engine):
-        applied.append(self.k)
-        return apply(self, engine)
-
-    monkeypatch.setattr(ChunkStretch, "apply", counted)
-    return applied
+from tests.replica.test_chunk_stretch import chunk_steps  # noqa: F401  (fixture)
 
 
 def long_prompts(seed: int, n: int = 120):

@@ -14,11 +14,21 @@ stepping), or `step_time_s` itself for a model without it. The stretch stops bef
 chunk (its end step admits or finishes the prompt), at the first decode's finish, at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
 and at any cut (a clock change, a crash); an arrival does not cut it (the budget is spent), it
-joins the waiting count from the step after the one in flight. The prompt's chunks allocate
-and register no KV block (the policy guarantees its blocks and prefix keys were taken at
-admission), so the blocks, cuts and views of the stretch are those of a decode stretch over the
-decodes (`Stretch`), plus the prompt's progress (`prompt_tokens_before`).
-Exact as stepping one by one: tests/replica/test_chunk_stretch.py, tests/cluster/test_exactness.py.
+joins the waiting count from the step after the one in flight. Sarathi's chunks allocate and
+register no KV block (the policy took the prompt's blocks and prefix keys at admission), so the
+blocks, cuts and views of the stretch are those of a decode stretch over the decodes
+(`Stretch`), plus the prompt's progress (`prompt_tokens_before`).
+
+vLLM's running pass allocates each chunk's blocks and registers the prompt's keyed blocks it
+completes (`Scheduler.chunks_allocate`): the stretch counts the prompt's blocks at each step
+(`prompt_blocks`) in its KV limit, its views and its step log, allocates and registers them
+when it ends (one `allocate_slots`: the pops come from the blocks free when it was planned, so
+their order among the decodes' does not matter), and is planned only if none of the prompt's
+keys up to its longest run is cached or registered by a decode too (`chunk_keys_conflict`).
+A router reading the prefix index inside it (`Replica.cached_blocks`) first has the prompt's
+blocks of the steps so far allocated and registered (`settle`), as stepping has them then.
+Exact as stepping one by one: tests/replica/test_chunk_stretch.py, test_vllm_chunk_stretch.py,
+tests/cluster/test_exactness.py.
 """
 
 from __future__ import annotations
@@ -95,7 +105,8 @@ class ChunkStretch(Stretch):
 
     def blocks_added(self, j: int, block_size: int, blocks_held) -> int:
         """`Stretch.blocks_added` and the prompt's blocks from the steps after those `settle` took."""
-        return Stretch.blocks_added(self, j, block_size, blocks_held) + self.prompt_blocks(j) - self.prompt_blocks(self._settled)
+        settled = self.prompt_blocks(self._settled)
+        return Stretch.blocks_added(self, j, block_size, blocks_held) + self.prompt_blocks(j) - settled
 
     def settle(self, kv, t: float) -> None:
         """Allocate and register the prompt's blocks as the steps up to the one in flight at
