@@ -14,11 +14,21 @@ stepping), or `step_time_s` itself for a model without it. The stretch stops bef
 chunk (its end step admits or finishes the prompt), at the first decode's finish, at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
 and at any cut (a clock change, a crash); an arrival does not cut it (the budget is spent), it
-joins the waiting count from the step after the one in flight. The prompt's chunks allocate
-and register no KV block (the policy guarantees its blocks and prefix keys were taken at
-admission), so the blocks, cuts and views of the stretch are those of a decode stretch over the
-decodes (`Stretch`), plus the prompt's progress (`prompt_tokens_before`).
-Exact as stepping one by one: tests/replica/test_chunk_stretch.py, tests/cluster/test_exactness.py.
+joins the waiting count from the step after the one in flight. Sarathi's chunks allocate and
+register no KV block (the policy took the prompt's blocks and prefix keys at admission), so the
+blocks, cuts and views of the stretch are those of a decode stretch over the decodes
+(`Stretch`), plus the prompt's progress (`prompt_tokens_before`).
+
+vLLM's running pass allocates each chunk's blocks and registers the prompt's keyed blocks it
+completes (`Scheduler.chunks_allocate`): the stretch counts the prompt's blocks at each step
+(`prompt_blocks`) in its KV limit, its views and its step log, allocates and registers them
+when it ends (one `allocate_slots`: the pops come from the blocks free when it was planned, so
+their order among the decodes' does not matter), and is planned only if none of the prompt's
+keys up to its longest run is cached or registered by a decode too (`chunk_keys_conflict`).
+A router reading the prefix index inside it (`Replica.cached_blocks`) first has the prompt's
+blocks of the steps so far allocated and registered (`settle`), as stepping has them then.
+Exact as stepping one by one: tests/replica/test_chunk_stretch.py, test_vllm_chunk_stretch.py,
+tests/cluster/test_exactness.py.
 """
 
 from __future__ import annotations
@@ -34,7 +44,8 @@ from servesim.workload.request import Request
 class ChunkStretch(Stretch):
     """Steps of fixed decodes plus one prompt's next full chunks, priced lazily; applied at `end_s`."""
 
-    __slots__ = ("prompt", "chunk", "num_running", "_ctxs", "_ctx_sum0", "_form")
+    __slots__ = ("prompt", "chunk", "num_running", "_ctxs", "_ctx_sum0", "_form", "grows", "_c0", "_held0", "_bs",
+                 "_settled")
 
     def __init__(self, engine, start_s: float, end0_s: float, out: Any, decodes: list[Request],
                  decode_ctxs: list[int], prompt: Request, chunk: int, kmax: int) -> None:
@@ -49,6 +60,14 @@ class ChunkStretch(Stretch):
         self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
         self.through = False
         self.keyed = [(r, c) for r, c in zip(decodes, self.ctx1) if r.kv_block_keys]
+        self.keyed_last = self._freed = None  # (not through finishes)
+        # vLLM's steps allocate the prompt's blocks for each chunk and register its keyed ones
+        # (`Scheduler.chunks_allocate`); sarathi's took them all at admission
+        self.grows = sched.chunks_allocate
+        self._c0 = prompt.num_computed_tokens  # (before step 0's chunk)
+        self._held0 = engine.kv.num_blocks_of(prompt.id)  # (step 0's allocation included)
+        self._bs = engine.kv.block_size
+        self._settled = 0  # steps whose prompt allocation `settle` took before the stretch ends
         self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
         self.num_waiting = sched.num_waiting
         self.waiting_from = []
@@ -69,6 +88,36 @@ class ChunkStretch(Stretch):
         # (None: none, e.g. sliding windows; then `step_time_s` with every context)
         form = getattr(engine.perf, "chunk_time_fn", None)
         self._form = form(len(decodes), chunk) if form else None
+
+    def prompt_blocks(self, j: int) -> int:
+        """The blocks the prompt holds once step j is scheduled (`grows`: as many as its
+        tokens after step j's chunk need)."""
+        if not self.grows:
+            return self._held0
+        return max(self._held0, -(-(self._c0 + (j + 1) * self.chunk) // self._bs))
+
+    def blocks_needed(self, steps: int, block_size: int) -> int:
+        """The decodes' growth over the first `steps` steps (`Stretch`'s) and the prompt's."""
+        return Stretch.blocks_needed(self, steps, block_size) + self.prompt_blocks(steps - 1) - self._held0
+
+    def blocks_bound(self, steps: int, block_size: int) -> int:
+        return Stretch.blocks_bound(self, steps, block_size) + self.prompt_blocks(steps - 1) - self._held0
+
+    def blocks_added(self, j: int, block_size: int, blocks_held) -> int:
+        """`Stretch.blocks_added` and the prompt's blocks from the steps after those `settle` took."""
+        settled = self.prompt_blocks(self._settled)
+        return Stretch.blocks_added(self, j, block_size, blocks_held) + self.prompt_blocks(j) - settled
+
+    def settle(self, kv, t: float) -> None:
+        """Allocate and register the prompt's blocks as the steps up to the one in flight at
+        `t` have (`grows`), before the stretch ends: for a router reading the prefix index
+        (`Replica.cached_blocks`) as stepping would leave it. Its pops come from the blocks free
+        when the stretch was planned, as the rest of its allocations at the end."""
+        j = self.step_in_flight(t)
+        if self.grows and j > self._settled:
+            if not kv.allocate_slots(self.prompt, (j + 1) * self.chunk):
+                raise AssertionError("a chunk stretch's prompt blocks do not fit")
+            self._settled = j
 
     def prompt_tokens_before(self, j: int) -> int:
         """Prompt tokens computed by steps 0..j-1 beyond what the requests show (the views)."""
@@ -109,7 +158,6 @@ class ChunkStretch(Stretch):
         bs = kv.block_size
         first = rec.num_steps
         advance_decodes(decodes, repeat(k), first)
-        self.prompt.num_computed_tokens += k * self.chunk
         grants = [(req, (k - f - 1) // bs + 1) for req, f in zip(decodes, self.first_new) if f < k]
         kv.allocate_plain_many(grants)
         kv.cache_full_blocks_many(self.keyed, k - 1)
@@ -120,6 +168,12 @@ class ChunkStretch(Stretch):
         for f in self.first_new:
             for j in range(f, k, bs):
                 added[j] += 1
+        if self.grows:  # the prompt's chunks: allocated and registered as the running pass does
+            if not kv.allocate_slots(self.prompt, k * self.chunk):
+                raise AssertionError("a chunk stretch's prompt blocks do not fit")
+            held = list(map(self.prompt_blocks, range(k)))
+            for j in range(1, k):
+                added[j] += held[j] - held[j - 1]
         waits = [0] * k
         for j in self.waiting_from:
             if j < k:
@@ -127,6 +181,7 @@ class ChunkStretch(Stretch):
         used = list(accumulate(added, initial=kv.num_gpu_blocks - self.free_blocks))[1:]  # (step 0 adds none)
         waiting = list(accumulate(waits, initial=self.num_waiting))[1:]
         ends = self._ends[:k]
+        self.prompt.num_computed_tokens += k * self.chunk
         rec.log_steps(self.start_s, ends, [self.chunk] * k, [len(decodes)] * k, [self.num_running] * k, waiting, used)
         done = [req for req, r in zip(decodes, self.remaining) if r <= k]
         for req in done:
@@ -161,6 +216,8 @@ def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], d
     st.free_blocks = kv.num_free_blocks
     if not engine._limit(st, 1):
         return False
+    if st.grows and kv.chunk_keys_conflict(prompt, prompt.num_computed_tokens + kmax * chunk, st.keyed, kmax - 1):
+        return False  # (the prompt's keys, registered chunk by chunk, could meet a cached or another's)
     engine.stretch = st
     engine._schedule_stretch_end(st)
     return True

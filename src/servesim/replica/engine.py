@@ -28,7 +28,7 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import Recorder
-from servesim.replica.chunk_stretch import chunk_fast_forward
+from servesim.replica.chunk_stretch import ChunkStretch, chunk_fast_forward
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
@@ -97,6 +97,9 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar
         # decode form that prices each step of a shrinking batch.
         self.defer_finishes = defer_finishes and self._decode_fn(1) is not False
+        # ... also for requests with prefix keys: only with vLLM's cache, which counts what each
+        # late finish frees (`KVCacheManager.blocks_freed`; not SGLang's radix cache, its subclass)
+        self._keyed_through = type(kv) is KVCacheManager
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
@@ -116,7 +119,9 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # A request queued behind a blocked head changes nothing the stretch repeats: it goes
         # on, logging one more waiting request from the step after the one in flight (the
         # first step whose `schedule` would see it when stepping).
-        keep = st is not None and self.ports is None and self.scheduler.arrival_keeps_batch(req)
+        # (a chunk stretch's steps spend the whole budget: `repeats_chunk` holds whatever arrives)
+        keep = st is not None and self.ports is None and (
+            (type(st) is ChunkStretch and req.lora is None) or self.scheduler.arrival_keeps_batch(req))
         self.scheduler.add_request(req, now_s)
         if keep:
             st.add_waiting(now_s)
@@ -208,7 +213,9 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
     def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> bool:
         """May the steps after this one repeat its prompt chunk beside the same decodes (a
         chunk stretch, which arrivals do not cut: asked even when `fast_forward` says no)?"""
-        return self.config.fast_forward and not swap_s and self.ports is None and self.scheduler.repeats_chunk(out)
+        sched = self.scheduler  # (speculative chunk stretches: only for prompts whose chunks allocate nothing)
+        return (self.config.fast_forward and not swap_s and self.ports is None and not sched.chunks_allocate
+                and sched.repeats_chunk(out))
 
     def _on_start(self, now_s: float, epoch: int) -> None:
         if epoch == self._epoch:

@@ -63,7 +63,10 @@ class FastForwarding:
         # (request, ctx1) of those with prefix keys: `bool(keys)` without `BlockKeys.__bool__`'s Python call
         keyed = [(r, c) for r, c in zip(reqs, ctx1)
                  if (k := r.kv_block_keys) is not None and (k.num_blocks if type(k) is BlockKeys else k)]
-        through = self.defer_finishes and ff.through_finishes and not keyed
+        # Finishes processed late need, with prefix keys, each request's registration up to its
+        # own last step and the blocks its finish frees counted by reference (`freed_blocks`):
+        # the vLLM cache's, whose frees and registrations commute with the stretch's pops.
+        through = self.defer_finishes and ff.through_finishes and (not keyed or self._keyed_through)
         if (not (through or keyed) and self.defer_finishes and self.ports is None and self.scheduler.num_waiting
                 and self.scheduler.finish_admission()):  # finishes admit the queue head inside the stretch
             return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining,
@@ -72,6 +75,8 @@ class FastForwarding:
             return False
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,
                      self.perf, self.scheduler.num_waiting, self._decode_forms, keyed)
+        if through and keyed:
+            st.keyed_last = [r.output_len - r.num_output_tokens - 1 for r, _ in keyed]
         if ff.max_steps < st.kmax:  # (the policy decides otherwise after that many steps)
             st.kmax = ff.max_steps
         st.price(horizon_s)
@@ -118,8 +123,8 @@ class FastForwarding:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
-        if not (st.first_new or st.keyed):  # (nothing grows: a `SpecStretch` limits itself)
-            return st.k >= 2
+        if not (st.first_new or st.keyed) and not getattr(st, "grows", False):
+            return st.k >= 2  # (nothing grows: a `SpecStretch` limits itself; a vLLM chunk stretch's prompt grows)
         bs = self.kv.block_size
         k = st.k
         free = st.free_blocks - st.join_blocks  # (prompts that joined took theirs before step k_safe)
@@ -135,7 +140,17 @@ class FastForwarding:
             st.truncate(lo)
             st.final = st.limited = True
             k = lo
-        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1):
+        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1, st.keyed_last):
+            if st.keyed_last is not None:
+                # Through finishes the keys reach far: keep the steps whose registrations do
+                # not conflict (fewer steps register a subset), and plan those (the last check)
+                lo, hi = k_safe, k
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if self.kv.keys_conflict_many(st.keyed, mid - 1, st.keyed_last) else (mid, hi)
+                if lo > k_safe and self.kv.keys_conflict_many(st.keyed, lo - 1, st.keyed_last):
+                    raise AssertionError("a subset of conflict-free registrations conflicts")
+                k_safe = lo
             st.truncate(k_safe)
             st.final = st.limited = True
         return st.k >= 2
@@ -215,7 +230,8 @@ class FastForwarding:
             if len(finished) > 1:
                 finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
             # a request that finished before the last step frees all its blocks after its last step
-            frees = [(m, self.kv.num_blocks_of(reqs[i].id) + max(0, (m - first_new[i] - 1) // bs + 1))
+            held = st.freed_blocks(self.kv)
+            frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1))
                      for i in finished if (m := steps_of[i]) < k]
             advance_decodes(st.decodes, steps_of, first)
         prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
@@ -223,7 +239,10 @@ class FastForwarding:
                                  [self.kv.num_blocks_of(req.id) for _, req, _ in st.joins]) if st.joins else ()
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
-        self.kv.cache_full_blocks_many(st.keyed, k - 1)
+        if st.keyed_last is None:
+            self.kv.cache_full_blocks_many(st.keyed, k - 1)
+        else:  # (through finishes: each up to its last step; only the vLLM cache's stretches)
+            self.kv.cache_full_blocks_many(st.keyed, k - 1, st.keyed_last)
         done = [reqs[i] for i in finished]
         for req in done:
             req.finish_s = float(ends[req.token_steps[-1] - first])

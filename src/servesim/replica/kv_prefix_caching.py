@@ -55,9 +55,11 @@ class PrefixCaching:
             return Hits(nk, 0, exts)
         return Hits(nk, min(tail.count, limit - nk), exts)
 
-    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int = 0) -> bool:
+    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int = 0,
+                           last: list[int] | None = None) -> bool:
         """Would registering these requests' blocks (each up to its number of tokens +
-        `more_tokens`) in bulk differ from registering them step by step? Yes if a key is
+        `more_tokens`, or + `last[i]` if fewer: the request's last step in a stretch through
+        finishes) in bulk differ from registering them step by step? Yes if a key is
         already cached, or if two of them would register the same new key (stepping registers
         it for whichever gets there first; bulk cannot tell). The engine then steps one by one
         instead. When the bulk registration is the usual case (`PrefixIndex.plan_appends`), its
@@ -68,24 +70,44 @@ class PrefixCaching:
         held_of = self._held
         items = []
         tokens = []  # each item's number of tokens (before `more_tokens`)
-        for req, num_tokens in reqs_tokens:
+        caps = None if last is None else []  # each item's `last`
+        for i, (req, num_tokens) in enumerate(reqs_tokens):
             keys = req.kv_block_keys
             held = held_of.get(req.id)
             if held is not None and keys is not None:
-                end = (num_tokens + more_tokens) // bs
+                end = (num_tokens + (more_tokens if last is None or last[i] > more_tokens else last[i])) // bs
                 n = keys.num_blocks if type(keys) is BlockKeys else len(keys)  # (not a Python `__len__` call)
                 if end > n:
                     end = n
                 if held.num_keyed < end:
                     items.append((keys, held, held.num_keyed, end))
                     tokens.append(num_tokens)
+                    if caps is not None:
+                        caps.append(last[i])
         prefix = self._prefix
         planned = prefix.plan_appends(items) if self.enable_prefix_caching else None
         if planned is not None:  # (so no conflict: `plan_appends` checks all `conflicts` does)
-            self._planned = (reqs_tokens, len(reqs_tokens), more_tokens, prefix.num_inserts, planned, tokens)
+            self._planned = (reqs_tokens, len(reqs_tokens), more_tokens, prefix.num_inserts, planned, tokens, caps)
             return False
         self._planned = None
         return prefix.conflicts([(keys, k0, k1) for keys, _, k0, k1 in items])
+
+    def chunk_keys_conflict(self, prompt: Any, num_tokens: int, reqs_tokens: list[tuple[Any, int]],
+                            more_tokens: int) -> bool:
+        """`keys_conflict_many` for a prompt registering its keyed blocks up to `num_tokens`
+        beside these requests (each up to its tokens + `more_tokens`): a vLLM chunk stretch's
+        registrations at its longest, checked once when it is planned (fewer steps register
+        a subset). Keeps no plan."""
+        bs, held_of = self.block_size, self._held
+        ranges = []
+        for req, n in [*((r, c + more_tokens) for r, c in reqs_tokens), (prompt, num_tokens)]:
+            keys = req.kv_block_keys
+            held = held_of.get(req.id)
+            if held is not None and keys is not None:
+                end = min(n // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys))
+                if held.num_keyed < end:
+                    ranges.append((keys, held.num_keyed, end))
+        return bool(ranges) and self._prefix.conflicts(ranges)
 
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Register the request's full keyed blocks covering its first `num_tokens` tokens."""
@@ -93,21 +115,23 @@ class PrefixCaching:
         if held is not None:
             self._cache_full_blocks(req, held, num_tokens)
 
-    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> None:
-        """`cache_full_blocks(req, n + more_tokens)` for each (req, n), in order (a stretch's
-        registrations: one call, and no Python call for a request that filled no block)."""
+    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int,
+                               last: list[int] | None = None) -> None:
+        """`cache_full_blocks(req, n + min(more_tokens, last[i]))` for each (req, n), in order (a
+        stretch's registrations: one call, and no Python call for a request that filled no
+        block; `last`: as for `keys_conflict_many`)."""
         if not self.enable_prefix_caching:
             return
-        if self._planned is not None and self._apply_planned(reqs_tokens, more_tokens):
+        if self._planned is not None and self._apply_planned(reqs_tokens, more_tokens, last):
             return
         held_of, bs = self._held, self.block_size
         items = []
-        for req, n in reqs_tokens:
+        for i, (req, n) in enumerate(reqs_tokens):
             held = held_of.get(req.id)
             if held is None:
                 continue
             k0 = held.num_keyed
-            full = (n + more_tokens) // bs
+            full = (n + (more_tokens if last is None or last[i] > more_tokens else last[i])) // bs
             keys = req.kv_block_keys
             if full <= k0 or keys is None:
                 continue
@@ -124,19 +148,22 @@ class PrefixCaching:
             held.num_keyed = full
             held.num_plain -= full - k0
 
-    def _apply_planned(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> bool:
+    def _apply_planned(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int, last: list[int] | None) -> bool:
         """`cache_full_blocks_many` by the plan `keys_conflict_many` kept, if it was made for
         these requests and as many tokens or more (then trimmed: a stretch cut short), no key
         entered the index since, and each request holds the blocks it registers (as a
         stretch's allocation gives them: else the per-request pass would stop at its blocks).
         False, nothing done, otherwise. The plan is used once."""
-        lst, n, more, inserts, planned, tokens = self._planned
+        lst, n, more, inserts, planned, tokens, caps = self._planned
         self._planned = None
-        if lst is not reqs_tokens or n != len(lst) or more < more_tokens or inserts != self._prefix.num_inserts:
+        if (lst is not reqs_tokens or n != len(lst) or more < more_tokens or inserts != self._prefix.num_inserts
+                or (caps is None) != (last is None)):
             return False
         if more_tokens < more:  # the stretch was cut: what its steps so far complete
             bs = self.block_size
-            planned = self._prefix.trim_appends(planned, [(c + more_tokens) // bs for c in tokens])
+            ends = ([(c + more_tokens) // bs for c in tokens] if caps is None else
+                    [(c + (more_tokens if m > more_tokens else m)) // bs for c, m in zip(tokens, caps)])
+            planned = self._prefix.trim_appends(planned, ends)
         for held, _, _, k0, k1, _, _ in planned[2]:
             if k1 - k0 > held.num_plain:
                 return False

@@ -10,6 +10,8 @@ is where vLLM's tail-first freeing order is reproduced. A mixin over the manager
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import add, sub
 from typing import Any, Hashable
 
 from servesim.replica.block_keys import BlockKeys
@@ -42,6 +44,40 @@ class BlockRelease:
             if type(held.keys) is BlockKeys:
                 self._recent_keys.keep(held.keys)
                 held.keys.release()
+
+    def blocks_freed(self, req_ids: list[Any], dropped: dict) -> list[int]:
+        """The free blocks `free` of each request would add, freeing them in this order after
+        those `dropped` counts (a stretch through finishes processes its finishes late, and
+        logs the blocks in use at each step): its plain blocks and copies, and the keyed
+        blocks whose last reference it drops (a prefix block another request holds stays in
+        use). `dropped` (group -> references dropped per slot by the earlier ones) is updated;
+        nothing else changes."""
+        out = []
+        for rid in req_ids:
+            held = self._held[rid]
+            n = held.num_plain
+            dups = held.dups
+            for g, p0, p1 in held.segs:
+                i, j = p0 - g.lo, p1 - g.lo
+                ref = g.ref[i:j]
+                if dups is not None and not dups.isdisjoint(range(p0, p1)):
+                    n += _freed_with_copies(g, ref, p0, dups, dropped)
+                    continue
+                ones = ref.count(1)
+                if ones == j - i:  # (the usual case: blocks only this request holds)
+                    n += ones
+                    continue
+                # shared blocks: freed by the last holder to leave (references left, per slot)
+                if g not in dropped:  # (the usual case: the first of those leaving to hold some)
+                    n += ones
+                    dropped[g] = (i, j)
+                    continue
+                drops = _drops(g, dropped)
+                left = list(map(sub, ref, drops[i:j]))
+                n += left.count(1)
+                drops[i:j] = map(add, drops[i:j], repeat(1, j - i))
+            out.append(n)
+        return out
 
     def free_grown(self, req_id: Any, num_new_blocks: int) -> None:
         """Release a request without prefix keys that needed `num_new_blocks` more plain blocks
@@ -109,6 +145,35 @@ class BlockRelease:
         if n > 0:
             self._queue.push_plain(n)
             self.num_free_blocks += n
+
+
+def _drops(g: Group, dropped: dict) -> list[int]:
+    """The references dropped per slot of `g` so far (`blocks_freed`): kept as the one range
+    of slots a first request dropped, expanded to a list when another comes to the group."""
+    drops = dropped.get(g)
+    if type(drops) is list:
+        return drops
+    arr = [0] * len(g.ref)
+    if drops is not None:
+        i, j = drops
+        arr[i:j] = repeat(1, j - i)
+    dropped[g] = arr
+    return arr
+
+
+def _freed_with_copies(g: Group, ref: list[int], p0: int, dups: set, dropped: dict) -> int:
+    """`blocks_freed` of one segment holding copies (plain blocks of the request's own at
+    `dups` positions; the group's slots there are not its), slot by slot."""
+    drops = _drops(g, dropped)
+    n = 0
+    for p, c in enumerate(ref, p0):
+        if p in dups:
+            n += 1
+            continue
+        i = p - g.lo
+        n += c - drops[i] == 1
+        drops[i] += 1
+    return n
 
 
 def _runs_down(positions: list[int]) -> list[tuple[int, int]]:

@@ -26,6 +26,8 @@ from servesim.replica.frontend import FrontEnd
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.base import Scheduler
+from servesim.replica.chunk_stretch import ChunkStretch
+from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
 
 PENDING, LOADING, WARMING, READY, DRAINING, STOPPED = "pending", "loading", "warming", "ready", "draining", "stopped"
@@ -241,7 +243,8 @@ class Replica:
         prefill += sum(r.num_tokens for r in sched.waiting)
         decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
         if j:
-            used += st.blocks_added(j, kv.block_size, lambda req: kv.num_blocks_of(req.id))
+            used += st.blocks_added(j, kv.block_size, st.freed_blocks(kv) if type(st) is Stretch
+                                    else lambda req: kv.num_blocks_of(req.id))
             # a prompt finished in step 0 is left with its first token to compute, as decodes
             # (a prompt in progress has computed its chunks); a request that finished before
             # step j (processed at the stretch's end) has none
@@ -262,4 +265,7 @@ class Replica:
         if not req.hash_ids:
             return 0
         kv = self.engine.kv
+        st = self.engine.stretch
+        if type(st) is ChunkStretch:  # (a vLLM prompt's chunks register its blocks as they run)
+            st.settle(kv, self.engine.loop.now_s)
         return kv.num_cached_prefix_tokens(req) // req.hash_block_tokens

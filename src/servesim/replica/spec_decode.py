@@ -145,7 +145,7 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
             step0[id(req)] = (req, e, e, 2)
         elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and ff.after_prefill:
             step0[id(req)] = (req, n, 1, 1)
-        elif prompt is None and engine.ports is None and sched.repeats_chunk(out):
+        elif prompt is None and engine.ports is None and not sched.chunks_allocate and sched.repeats_chunk(out):
             if req.num_computed_tokens + 2 * n >= req.num_tokens:
                 return False  # (step 1 would run its last chunk: nothing to repeat)
             prompt = (req, n)  # (the policy vouches its chunks allocate and register nothing)

@@ -45,7 +45,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
-                 "_need_at")
+                 "_need_at", "keyed_last", "_freed")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
@@ -61,6 +61,10 @@ class Stretch(StretchJoins, StretchPricing):
         self.through = through
         # (request, ctx1) of those with prefix keys (`keyed`: the caller's, when it made them)
         self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys] if keyed is None else keyed
+        # `through` with prefix keys: the last step of each keyed request (remaining - 1), up
+        # to which it registers its blocks; None otherwise (every one registers up to k - 1)
+        self.keyed_last: list[int] | None = None
+        self._freed: dict | None = None  # `freed_blocks`' answers, by request id
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
@@ -201,6 +205,32 @@ class Stretch(StretchJoins, StretchPricing):
             if r <= j:  # finished in step r - 1 < j: everything it held is free again
                 delta -= blocks_held(req) + ((r - 1 - f) // block_size + 1 if f <= r - 1 else 0)
         return delta
+
+    def freed_blocks(self, kv: Any) -> Callable[[Any], int]:
+        """The blocks each request's finish frees, as a function of the request (`blocks_added`'s
+        `blocks_held`): all it holds, or, with prefix keys through finishes, what `free` in
+        departure order adds (a prefix block another request holds stays in use until the
+        last of them leaves). Nothing it reads changes while the stretch is in flight (no
+        hit, release or join), so it is counted once."""
+        if self.keyed_last is None:
+            return lambda req: kv.num_blocks_of(req.id)
+        if self._freed is None:
+            self._freed = ({}, {}, 0)  # (answers by request id, `blocks_freed`'s drops, requests counted)
+        return lambda req: self._freed_of(kv, req)
+
+    def _freed_of(self, kv: Any, req: Any) -> int:
+        """`freed_blocks`' answer for `req`, counting on in departure order up to it (the
+        requests that do not finish in the stretch are never counted)."""
+        freed, dropped, done = self._freed
+        n = freed.get(req.id)
+        if n is None:
+            order = self.departure_order()
+            stop = order.index(self.reqs.index(req), done) + 1
+            ids = [self.reqs[i].id for i in order[done:stop]]
+            freed.update(zip(ids, kv.blocks_freed(ids, dropped)))
+            self._freed = (freed, dropped, stop)
+            n = freed[req.id]
+        return n
 
     def truncate(self, k: int) -> None:
         """Keep the first k steps (k >= 1); nothing priced ahead is taken any more."""

@@ -118,10 +118,15 @@ class Scheduler:
         budget they leave, such that, whatever arrives, the next `schedule` calls would run the
         same decodes and that prompt's next chunks of the same size (every other request
         untouched) until the prompt's last chunk, a decode's finish or the step whose decode
-        blocks do not fit? The prompt's chunks must allocate and register no KV block (taken
-        at admission). Then the engine fast-forwards those steps (`replica/chunk_stretch.py`).
-        Must not change any state. The default, False, steps them one by one."""
+        blocks do not fit? The prompt's chunks allocate and register no KV block (taken at
+        admission) unless `chunks_allocate`. Then the engine fast-forwards those steps
+        (`replica/chunk_stretch.py`). Must not change any state. The default, False, steps
+        them one by one."""
         return False
+
+    # Does each of those steps allocate the prompt's blocks for its chunk and register its
+    # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
+    chunks_allocate = False
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`

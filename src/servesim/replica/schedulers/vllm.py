@@ -175,6 +175,25 @@ class VLLMScheduler(VLLMSteps):
             self._head_blocked_by_kv = True
             self._blocked_head = self.waiting.peek()
 
+    chunks_allocate = True  # (`repeats_chunk`: the running pass allocates each chunk's blocks)
+
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        # The running decodes, then the latest admitted prompt's chunk spending the whole
+        # budget they leave and leaving it unfinished: the next running passes give the same
+        # decodes their token and the prompt the same chunk (blocks permitting, which the
+        # engine checks, allocating and registering its blocks as each step would), and the
+        # admission loop never runs (no budget), whatever arrives. Not with adapters (their
+        # loads advance at each `schedule`), nor for a subclass (continuum's pins are timers).
+        if type(self) is not VLLMScheduler or self.lora is not None or output.preempted:
+            return False
+        n = output.num_known_decodes
+        scheduled, running = output.scheduled, self.running
+        if len(scheduled) != n + 1 or len(running) != n + 1:
+            return False
+        req, chunk = scheduled[-1]
+        return (req is running[-1] and chunk == self.config.max_num_batched_tokens - n
+                and req.num_computed_tokens + chunk < req.num_tokens)
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and
         # the admission loop cannot admit: nothing waiting, max_num_seqs reached, or the head
