@@ -27,6 +27,21 @@ from servesim.replica.stretch_join import join_arrivals
 from servesim.workload.request import Request
 
 
+class DecodeFns(dict):
+    """The perf model's scalar decode step time functions by batch size, made on first use
+    (`PerfModel.decode_time_fn`, False where it has none)."""
+
+    __slots__ = ("perf",)
+
+    def __init__(self, perf) -> None:
+        super().__init__()
+        self.perf = perf
+
+    def __missing__(self, n: int):
+        f = self[n] = self.perf.decode_time_fn(n) or False
+        return f
+
+
 class FastForwarding:
     """The fast-forward methods of `Engine` (which holds the state they use)."""
 
@@ -162,12 +177,12 @@ class FastForwarding:
         self._forms = (base, cpu, first[1], first[3])
         return self._forms
 
-    def _decode_fn(self, n: int):
-        """The perf model's scalar decode step time for n sequences, memoised (False: none)."""
-        f = self._decode_fns.get(n)
-        if f is None:
-            f = self._decode_fns[n] = self.perf.decode_time_fn(n) or False
-        return f
+    @property
+    def _decode_fn(self):
+        """The perf model's scalar decode step time for n sequences, memoised (False: none):
+        n -> function, the memo's own `__getitem__` (a stretch asks it at each join and
+        departure; a C call once the batch size was seen)."""
+        return self._decode_fns.__getitem__
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
         st, gen = payload
