@@ -234,7 +234,7 @@ class FastForwarding:
             advance_decodes(st.decodes, steps_of, first)
         prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
         prefill_at = apply_joins(st, steps_of, first, frees,
-                                 [self.kv.num_blocks_of(req.id) for _, req, _ in st.joins]) if st.joins else ()
+                                 self.kv.num_blocks_list([req for _, req, _ in st.joins])) if st.joins else ()
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         self.kv.cache_full_blocks_many(st.keyed, k - 1)

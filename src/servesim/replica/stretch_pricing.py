@@ -139,7 +139,7 @@ class StretchPricing:
         """Prefix sums of ctx1 in increasing order of remaining, made once."""
         if self._prefix_sums is None:
             ctx1 = self.ctx1
-            self._prefix_sums = list(accumulate((ctx1[i] for i in self.departure_order()), initial=0))
+            self._prefix_sums = list(accumulate(map(ctx1.__getitem__, self.departure_order()), initial=0))  # (no generator)
         return self._prefix_sums
 
     def _leave(self, j: int) -> None:
