@@ -36,7 +36,7 @@ from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
-from servesim.replica.fast_forward import FastForwarding, advance_decodes_by
+from servesim.replica.fast_forward import DecodeFns, FastForwarding, advance_decodes_by
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         self.num_swapped_blocks = 0
         self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
         self._wake_s = float("inf")
-        self._decode_fns: dict = {}
+        self._decode_fns = DecodeFns(perf)  # (`_decode_fn`)
         self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
         # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar

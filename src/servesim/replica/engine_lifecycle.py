@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from servesim.replica.fast_forward import DecodeFns
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class EngineLifecycle:
         stretch is cut there, exactly as an arrival cuts it."""
         self._cut(now_s)
         self.perf = perf
-        self._decode_fns = {}
+        self._decode_fns = DecodeFns(perf)
         self._forms = None
 
     # ------------------------------------------------------------------ failures

@@ -27,6 +27,21 @@ from servesim.replica.stretch_join import join_arrivals
 from servesim.workload.request import Request
 
 
+class DecodeFns(dict):
+    """The perf model's scalar decode step time functions by batch size, made on first use
+    (`PerfModel.decode_time_fn`, False where it has none)."""
+
+    __slots__ = ("perf",)
+
+    def __init__(self, perf) -> None:
+        super().__init__()
+        self.perf = perf
+
+    def __missing__(self, n: int):
+        f = self[n] = self.perf.decode_time_fn(n) or False
+        return f
+
+
 class FastForwarding:
     """The fast-forward methods of `Engine` (which holds the state they use)."""
 
@@ -178,12 +193,12 @@ class FastForwarding:
         self._forms = (base, cpu, first[1], first[3])
         return self._forms
 
-    def _decode_fn(self, n: int):
-        """The perf model's scalar decode step time for n sequences, memoised (False: none)."""
-        f = self._decode_fns.get(n)
-        if f is None:
-            f = self._decode_fns[n] = self.perf.decode_time_fn(n) or False
-        return f
+    @property
+    def _decode_fn(self):
+        """The perf model's scalar decode step time for n sequences, memoised (False: none):
+        n -> function, the memo's own `__getitem__` (a stretch asks it at each join and
+        departure; a C call once the batch size was seen)."""
+        return self._decode_fns.__getitem__
 
     def _end_fast_forward(self, now_s: float, payload) -> None:
         st, gen = payload
@@ -236,7 +251,7 @@ class FastForwarding:
             advance_decodes(st.decodes, steps_of, first)
         prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
         prefill_at = apply_joins(st, steps_of, first, frees,
-                                 [self.kv.num_blocks_of(req.id) for _, req, _ in st.joins]) if st.joins else ()
+                                 self.kv.num_blocks_list([req for _, req, _ in st.joins])) if st.joins else ()
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         if st.keyed_last is None:

@@ -252,7 +252,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         """`allocate_plain` for several (request, blocks) at once (caller checked the free count)."""
         if grants:
             held = self._held
-            self._pop_free(sum(nb for _, nb in grants))
+            self._pop_free(sum([nb for _, nb in grants]))  # (a list: one call, not a generator's per grant)
             for req, nb in grants:
                 held[req.id].num_plain += nb
 

@@ -75,7 +75,10 @@ class StretchPricing:
                         self._sync()
                     if not self._active:
                         return
-                    self._price_loop(horizon)
+                    if self._forms is not None:
+                        self._price_affine(horizon)
+                    else:
+                        self._price_loop(horizon)
                     continue
             # the priced steps that start before the horizon (the last may end after it)
             self._take(min(p, k + int(self._ends[k:p].searchsorted(horizon)) + 1))
@@ -136,7 +139,7 @@ class StretchPricing:
         """Prefix sums of ctx1 in increasing order of remaining, made once."""
         if self._prefix_sums is None:
             ctx1 = self.ctx1
-            self._prefix_sums = list(accumulate((ctx1[i] for i in self.departure_order()), initial=0))
+            self._prefix_sums = list(accumulate(map(ctx1.__getitem__, self.departure_order()), initial=0))  # (no generator)
         return self._prefix_sums
 
     def _leave(self, j: int) -> None:
@@ -156,9 +159,7 @@ class StretchPricing:
             self._f = self._decode_fn(self._active)
 
     def _price_loop(self, horizon: float) -> None:
-        """One scalar call per step, up to the horizon."""
-        if self._forms is not None:
-            return self._price_affine(horizon)
+        """One scalar call per step, up to the horizon (`_price_affine` with the affine forms)."""
         ends: list[float] = []
         t = self.end_s
         j = self.k
@@ -209,7 +210,14 @@ class StretchPricing:
                 leave_at = rem[self._p] if self._p < len(rem) else -1
         self._ctx_sum, self._active = ctx_sum, active
         if ends:
-            self._append(ends)
+            have = self._ends
+            if type(have) is list:  # (`_append` written out: a join prices a few steps this way per arrival)
+                del have[self._priced:]
+                have += ends
+                self._priced = self.k = len(have)
+                self.end_s = t
+            else:
+                self._append(ends)
 
     def _price_vectorised(self, horizon: float) -> None:
         """Sliding-window models have no scalar decode form: price chunks of steps with numpy

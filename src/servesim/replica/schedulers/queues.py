@@ -11,37 +11,21 @@ from typing import Iterator
 from servesim.workload.request import Request
 
 
-class FCFSQueue:
-    """First come, first served; preempted requests go back to the front (vLLM v1)."""
+class FCFSQueue(deque):
+    """First come, first served; preempted requests go back to the front (vLLM v1).
 
-    __slots__ = ("_q",)
+    The deque itself (`pop` takes the head): its length, truth and iteration, asked several
+    times per arrival (`num_waiting`, the joins' checks), are C calls, not Python methods."""
 
-    def __init__(self) -> None:
-        self._q: deque[Request] = deque()
+    __slots__ = ()
 
-    def append(self, req: Request) -> None:
-        self._q.append(req)
-
-    def prepend(self, req: Request) -> None:
-        self._q.appendleft(req)
+    prepend = deque.appendleft
+    pop = deque.popleft  # type: ignore[assignment]
 
     def peek(self) -> Request:
-        return self._q[0]
+        return self[0]
 
-    def pop(self) -> Request:
-        return self._q.popleft()
-
-    def remove(self, req: Request) -> None:
-        self._q.remove(req)
-
-    def clear(self) -> None:
-        self._q.clear()
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter(self._q)
+    # (`append`, `remove`, `clear`, `len`, `iter`: the deque's)
 
 
 class PriorityQueue:
@@ -107,14 +91,13 @@ class SortedWaiting(FCFSQueue):
         self.clean = False  # sorted by `key`, and no key changed since
 
     def append(self, req: Request) -> None:
-        q = self._q
-        if self.clean and q:
+        if self.clean and self:
             key = self.key
             k = key(req)
-            if k < key(q[-1]):
-                q.insert(bisect_right(q, k, key=key), req)
+            if k < key(self[-1]):
+                self.insert(bisect_right(self, k, key=key), req)
                 return
-        q.append(req)
+        deque.append(self, req)
 
     def prepend(self, req: Request) -> None:
         self.append(req)
@@ -128,14 +111,16 @@ class SortedWaiting(FCFSQueue):
         if len(reqs) > 16:
             self.clean = False
             return
-        q, key = self._q, self.key
+        key = self.key
         for req in reqs:  # (all out first: the rest stays sorted by the current keys)
-            q.remove(req)
+            self.remove(req)
         for req in reqs:
-            q.insert(bisect_right(q, key(req), key=key), req)
+            self.insert(bisect_right(self, key(req), key=key), req)
 
     def sort(self, key) -> None:
         """Sort by `key` (the same order as `self.key`'s when that is set)."""
         if not self.clean:
-            self._q = deque(sorted(self._q, key=key))
+            ordered = sorted(self, key=key)
+            self.clear()
+            self.extend(ordered)
             self.clean = self.key is not None
