@@ -88,13 +88,14 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     scaled, extra = scaled_pool(auto, pools)  # extra replicas stay stopped until scaled up
     n += extra
     router = get_router(scenario.router.name)(scenario.router.params(), n, np.random.default_rng(router_seed))
-    # Finishes may be processed late inside a stretch only if nothing reacts to them at once:
-    # no follow-up requests, no router that tracks completions itself, no autoscaler (a
-    # draining replica stops at its last finish), no prefill/decode pools or migration (a
-    # decode replica's finish may let a reservation through at once).
+    # Finishes may be processed late inside a stretch only if nothing reacts to them at once
+    # but a closed-loop workload's follow-ups (told at the finish's time: `Feed.notice`): no
+    # router that tracks completions itself, no autoscaler (a draining replica stops at its
+    # last finish), no prefill/decode pools or migration (a decode replica's finish may let a
+    # reservation through at once).
     disagg = any(p.role != "mixed" for p in pools)
     migrate = scenario.migration.enabled
-    defer = (not getattr(workload, "closed_loop", True) and auto is None and not disagg and not migrate
+    defer = (auto is None and not disagg and not migrate
              and (n == 1 or type(router).on_complete is Router.on_complete))
     table = RequestTable(keep_requests, folder=None if keep_requests else spill.name)
 
@@ -216,7 +217,8 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     # extends it (8 replicas, Azure trace: 4,984 extensions with 3n, 1,030 with 20n).
     engine = Engine(pool.config, scheduler, kv, pool.perf, cluster.loop, Recorder(keep_steps), on_done, until_s=until_s,
                     rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
-                    next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 20 * n)
+                    next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 20 * n,
+                    notice=feed.notice if feed.closed_loop else None)
     # The front end's own stream only when it draws (time_cv > 0): other runs stay byte-identical.
     fe_rng = np.random.default_rng(seeds[index].spawn(1)[0]) if frontend.time_cv > 0 else None
     replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend, fe_rng) if frontend.active else None)

@@ -51,7 +51,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
                  recorder: Recorder, on_done: DoneCallback, until_s: float = float("inf"),
                  rng: np.random.Generator | None = None, defer_finishes: bool = False,
-                 next_event_s: Callable[[], float] | None = None, lookahead: float = 1.0) -> None:
+                 next_event_s: Callable[[], float] | None = None, lookahead: float = 1.0,
+                 notice: DoneCallback | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.kv = kv
@@ -94,12 +95,14 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         self._decode_fns = DecodeFns(perf)  # (`_decode_fn`)
         self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
-        # stretch ends (an open-loop workload: no follow-up requests), and only with the scalar
-        # decode form that prices each step of a shrinking batch.
+        # stretch ends but `notice` (a closed-loop workload's follow-ups, called at the finish's
+        # time: `replica/finish_notices.py`), and only with the scalar decode form that prices
+        # each step of a shrinking batch.
         self.defer_finishes = defer_finishes and self._decode_fn(1) is not False
         # ... also for requests with prefix keys: only with vLLM's cache, which counts what each
         # late finish frees (`KVCacheManager.blocks_freed`; not SGLang's radix cache, its subclass)
         self._keyed_through = type(kv) is KVCacheManager
+        self.notice = notice
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:

@@ -21,6 +21,7 @@ from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.admission_stretch import AdmitStretch, admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.replica.stretch_join import join_arrivals
@@ -81,9 +82,14 @@ class FastForwarding:
         # Finishes processed late need, with prefix keys, each request's registration up to its
         # own last step and the blocks its finish frees counted by reference (`freed_blocks`):
         # the vLLM cache's, whose frees and registrations commute with the stretch's pops.
-        through = self.defer_finishes and ff.through_finishes and (not keyed or self._keyed_through)
-        if (not (through or keyed) and self.defer_finishes and self.ports is None and self.scheduler.num_waiting
-                and self.scheduler.finish_admission()):  # finishes admit the queue head inside the stretch
+        # With a closed-loop workload each finish is told at its time (`notice`), unless the
+        # scheduler's `add_request` reads what finishes change: then follow-ups could arrive
+        # before the finish they depend on is processed, and stretches stop at finishes.
+        through = self.defer_finishes and ff.through_finishes and (not keyed or self._keyed_through) and not (
+            self.notice is not None and self.scheduler.arrival_reads_finishes)
+        if (not (through or keyed) and self.defer_finishes and self.notice is None and self.ports is None
+                and self.scheduler.num_waiting and self.scheduler.finish_admission()):
+            # (finishes admit the queue head inside the stretch)
             return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining,
                                           ff.max_steps)
         if (max(remaining) if through else min(remaining)) < 2:
@@ -127,6 +133,8 @@ class FastForwarding:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
         st.gen += 1
         self.loop.schedule(st.end_s, self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
+        if self.notice is not None and st.through and type(st) is Stretch:
+            schedule_notice(self, st)  # (its finishes' follow-ups at their times, this stretch's way)
 
     def _cut(self, now_s: float) -> None:
         """Something changes here at `now_s` that the scheduler must see: keep only the steps

@@ -168,7 +168,7 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         if len(order) != len(batch) or None in order:
             return False  # (not the batch's requests: nothing to repeat)
     # (a finish ends a chunk stretch: the next chunk takes the budget the finished decode left)
-    through = (prompt is None and engine.defer_finishes and ff.through_finishes
+    through = (prompt is None and engine.defer_finishes and engine.notice is None and ff.through_finishes
                and not any(r.kv_block_keys for r, *_ in batch))
     if not through and any(e == r.output_len - r.num_output_tokens for r, _, e, _ in batch):
         return False  # (a finish in step 0 would end the stretch there)

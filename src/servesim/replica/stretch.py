@@ -45,7 +45,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
-                 "_need_at", "keyed_last", "_freed")
+                 "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id")
 
     def __init__(self, start_s: float, end0_s: float, out: Any, decodes: list, prefills: list, reqs: list,
                  ctx1: list[int], remaining: list[int], through: bool, decode_fn: DecodeFn, perf: Any,
@@ -86,6 +86,9 @@ class Stretch(StretchJoins, StretchPricing):
         self._priced = 1
         self.final = False  # cut (or limited): never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
+        self.num_noticed = 0  # departures told at their times (`replica/finish_notices.py`)
+        self.notice_at = 0  # the departure (its `remaining`) of the pending notice, 0: none
+        self.notice_id = 0  # bumped when the pending notice is void
         self._decode_fn = decode_fn
         self._perf = perf
         self._ctx_sum = self._ctx_total = sum(ctx1)

@@ -28,7 +28,8 @@ class Feed:
         self.progress = progress
         self.deliver: Callable[[float, Request], None] = lambda t, req: None  # set to the cluster's entry
         self.num_done = 0
-        self._closed_loop = getattr(workload, "closed_loop", True)
+        self.closed_loop = getattr(workload, "closed_loop", True)
+        self._noticed: set[int] = set()  # ids whose follow-ups came before they ended (`notice`)
         self._stream = workload.arrivals()
         self._times: list[float] = []  # arrivals scheduled and not yet arrived (a heap)
 
@@ -42,11 +43,25 @@ class Feed:
         return bool(self._times)
 
     def on_done(self, req: Request, now_s: float) -> None:
-        """A request reached a terminal state: count it, schedule its follow-ups."""
+        """A request reached a terminal state: count it, schedule its follow-ups (unless
+        `notice` did when it finished)."""
+        if self._noticed and req.id in self._noticed:
+            self._noticed.remove(req.id)
+            return
+        self._follow(req, now_s)
+
+    def notice(self, req: Request, now_s: float) -> None:
+        """A request finished at `now_s` inside a fast-forwarded stretch, which processes it
+        later (`replica/finish_notices.py`): its follow-ups come now, as they would have
+        stepping, and not again when it is done."""
+        self._follow(req, now_s)
+        self._noticed.add(req.id)
+
+    def _follow(self, req: Request, now_s: float) -> None:
         self.num_done += 1
         if self.progress and self.num_done % 2000 == 0:
             self.progress(self.num_done, self.workload.expected_num_requests, now_s)
-        if self._closed_loop:  # (an open-loop workload makes no follow-ups: no call per request)
+        if self.closed_loop:  # (an open-loop workload makes no follow-ups: no call per request)
             for follow in self.workload.on_request_done(req, now_s):
                 self._schedule(follow, self._arrive)
 

@@ -60,6 +60,7 @@ class AutellixParams(SchedulerParams):
 @register("autellix")
 class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     Params = AutellixParams
+    arrival_reads_finishes = True  # (a call's base service is its parents', settled at their finish)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

@@ -60,6 +60,10 @@ class Scheduler:
     # decoding draws acceptances in batch order, so its steps fast-forward only when the order is
     # known (`repeat_order` reads this flag; a policy that re-sorts its batch overrides that).
     stable_decode_order: ClassVar[bool] = False
+    # Whether taking a request in (`add_request`) reads what a finish changed (a program's
+    # attained service, a tenant's held count). A closed-loop workload's follow-up may then
+    # arrive before a finish inside a stretch is processed, so stretches stop at finishes.
+    arrival_reads_finishes: ClassVar[bool] = False
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
         self.params = params

@@ -82,6 +82,7 @@ def context_key(req: Request):
 @register("fastswitch")
 class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
     Params = FastSwitchParams
+    arrival_reads_finishes = True  # (a tenant's held count, which a finish lowers)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

@@ -1,0 +1,65 @@
+"""Finishes inside a stretch told at their times (closed-loop workloads).
+
+A stretch through finishes (`replica/fast_forward.py`) applies a request that leaves the batch
+only when the stretch ends. With an open-loop workload nothing reacts to a finish before then.
+A closed-loop one does: a conversation's next turn, a program's next call or a user's next
+request is made when the previous one finishes, and draws its lengths, ids and think time from
+the workload's streams in the order the finishes come. So each departure of the stretch gets an
+event at the end of its last step (as stepping's finish would, with the same priority) that
+marks the request finished and hands it to the engine's `notice` (the feed's follow-ups); the
+request's tokens, blocks and row are applied with the stretch, which then leaves its follow-ups
+out. One event is pending at a time, for the next departure; a cut before its step voids it
+(`Stretch.notice_id`).
+A follow-up that arrives at once (no think time) ends the stretch at that departure's step.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any
+
+from servesim.core.loop import PRIO_STEP_END
+from servesim.workload.request import RequestState
+
+
+def schedule_notice(engine: Any, st: Any) -> None:
+    """The event of the stretch's next departure not told yet, if its last step is not the
+    stretch's last (that one ends the stretch, which processes it). One pending still holds
+    if its step is still before the last: a cut, an extension or a join changes only the
+    steps from the last on."""
+    r = st.notice_at
+    if r:
+        if r < st.k:
+            return
+        st.notice_at = 0
+        st.notice_id += 1  # (cut before it: void)
+    rem, n = st._sorted_rem, st.num_noticed
+    if n < len(rem) and rem[n] < st.k:
+        r = st.notice_at = rem[n]
+        engine.loop.schedule(float(st._ends[r - 1]), _notice, (engine, st, st.notice_id), PRIO_STEP_END)
+
+
+def _notice(now_s: float, payload: tuple) -> None:
+    engine, st, token = payload
+    if engine.stretch is not st or token != st.notice_id:
+        return  # the stretch was applied, or cut before this departure's step
+    st.notice_at = 0
+    rem, n = st._sorted_rem, st.num_noticed
+    m = bisect_right(rem, rem[n], n)  # those whose last token is this step's, in finish order
+    reqs = st.reqs
+    for i in st.departure_order()[n:m]:
+        req = reqs[i]
+        req.state = RequestState.FINISHED
+        req.finish_s = now_s
+        engine.notice(req, now_s)
+    st.num_noticed = m
+    if engine.next_event_s() <= now_s:
+        # A follow-up arrives now (no think time): stepping started the next step before it
+        # came, which a cut at now would not keep. End the stretch here instead, as a stretch
+        # that stops at its first finish does (its end event would come after the arrival).
+        st.truncate(rem[n])
+        st.final = True
+        st.gen += 1  # (the pending end event is void)
+        engine._end_fast_forward(now_s, (st, st.gen))
+        return
+    schedule_notice(engine, st)
