@@ -53,12 +53,14 @@ def test_summary_and_time_series_are_the_in_process_bytes(monkeypatch):
 
 
 def test_gaps_reduced_in_the_helper_with_preemptions_are_the_in_process_bytes(monkeypatch):
-    # one overloaded replica (806 preemptions: requests with several token runs), buffers of
-    # 1,024 steps so the helper forks early and the gaps' watermarks move often
+    # two overloaded replicas (345 preemptions: requests with several token runs; the helper takes
+    # the gaps with more than one replica), buffers of 1,024 steps so the helper forks early and
+    # the gaps' watermarks move often
     from servesim.metrics.recorder import Recorder
 
     monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
-    scenario = load_scenario(ROOT / "examples/azure-conv.yaml", ["workload.trace.speedup=10",
+    scenario = load_scenario(ROOT / "examples/azure-conv.yaml", ["workload.trace.speedup=20", "replicas=2",
+                                                                 "router.name=least-requests",
                                                                  "workload.num_requests=6000"])
     monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
     here = simulate(scenario, keep_requests=False)
@@ -66,6 +68,22 @@ def test_gaps_reduced_in_the_helper_with_preemptions_are_the_in_process_bytes(mo
     there = simulate(scenario, keep_requests=False)
     assert here.itl is None and there.itl() is not None
     assert there.summary()["num_preemptions"] > 100
+    assert _outputs(there) == _outputs(here)
+
+
+def test_one_replica_joins_its_gaps_after_the_run(monkeypatch):
+    # with one replica the token runs' trips down the pipe cost more than the join they save
+    from servesim.metrics.recorder import Recorder
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
+    scenario = load_scenario(ROOT / "examples/azure-conv.yaml", ["workload.num_requests=3000"])
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(scenario, keep_requests=False)
+    runs = []
+    monkeypatch.setattr(step_helper.ReducerHelper, "add_runs", lambda self, *a: runs.append(1))
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(scenario, keep_requests=False)
+    assert runs == [] and there.itl() is None and there.summary()["itl_s"]["p50"] is not None
     assert _outputs(there) == _outputs(here)
 
 
