@@ -124,6 +124,12 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): qwen3.5_fp8_b200.sh (B200
     # 0.5.9, TP 8 at 4-16 users, TP 4 x EP 4 at 16-128; its 8k/1k first tokens come out 40-57 % too
     # fast, the Qwen3.5 prefill price) and glm5_fp8_h200.sh (glm5-hopper; held-out rows worse).
+    # Nor (docs/fidelity.md, "The older InferenceMAX SGLang runs"), though they ran their rows: the B200
+    # runs recorded without a version, dsr1_fp4_b200_docker.sh of Oct 2025 (image v0.5.3rc1, TP 4 / 8 at
+    # 4-128, `--enable-ep-moe`: EP = TP) and dsr1_fp8_b200_docker.sh of 2025-11-10..18 (v0.5.5, TP 8 x
+    # EP 8 at 4-64), whose client had no warm-up: each wave over the prefill budget measures a one-off
+    # stall (~66 s / ~22 s over the ten rounds) no flag gives; and dsr1_fp8_b300.sh (B300 0.5.10.post1,
+    # the B200 FP8 flags as they are), whose decodes take 2-4x the B200's at the same flags.
 }
 # The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
 MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
