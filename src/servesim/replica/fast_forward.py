@@ -146,7 +146,7 @@ class FastForwarding:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
-        if not (st.first_new or st.keyed) and not getattr(st, "grows", False):
+        if not (st.first_new or st.keyed or st.grows):
             return st.k >= 2  # (nothing grows: a `SpecStretch` limits itself; a vLLM chunk stretch's prompt grows)
         bs = self.kv.block_size
         k = st.k

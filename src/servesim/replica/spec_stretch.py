@@ -40,6 +40,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     first_new: list = []
     remaining: list = []
     keyed: list = []
+    grows = False
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
                  dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
