@@ -67,19 +67,20 @@ def register(app: typer.Typer) -> None:
         from servesim.validation.silicon import SCHEDULERS, ClientOptions, inexpressible_reason, read_rows
         from servesim.validation.silicon_file import held_out_ids
 
+        # the options first: a wrong flag is named before the measured file is read
+        if fit_output is not None and not fit_output.is_dir():
+            raise InputError(f"--fit-output {str(fit_output)!r} is not a folder")
+        unknown = sorted(set(engine) - set(SCHEDULERS)) if fit_output is not None and frontend_only else []
+        if unknown:
+            raise InputError(f"--engine {unknown[0]!r} is not a measured engine; allowed: {', '.join(sorted(SCHEDULERS))}")
         rows = read_rows(measured)
         held_out = held_out_ids(rows)  # of the whole file: a sample keeps its rows' sides
         options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend,
                                 warmup_drains=not warmup_continuous, frontend_time_cv=frontend_time_cv,
                                 engine_slots_held=engine_slots_held, trailing_rounds=trailing_rounds)
         if fit_output is not None:
-            if not fit_output.is_dir():
-                raise InputError(f"--fit-output {str(fit_output)!r} is not a folder")
             log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
             if frontend_only:
-                unknown = sorted(set(engine) - set(SCHEDULERS))
-                if unknown:
-                    raise InputError(f"--engine {unknown[0]!r} is not a measured engine; allowed: {', '.join(sorted(SCHEDULERS))}")
                 frontend = refit_frontends(rows, options, per_group, log=log, engines=engine)
                 header = (f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name};\n"
                           f"# the <engine>@<gpu> entries refitted with --frontend-only --per-group {per_group}. Seconds.\n")
