@@ -1,0 +1,125 @@
+"""The fast-forward side of the scheduler contract: the hooks the engine asks before it runs
+many steps as one stretch (`replica/fast_forward.py`, `chunk_stretch.py`, `stretch_join.py`,
+`admission_stretch.py`). Every default says no (the engine steps one by one); a policy answers
+yes only where its paper's semantics make the decisions over the stretch certain. A hook never
+changes state unless it admits (`join`, `admit_at_finish`) or is told (`finish_departs`).
+`Scheduler` (base.py) inherits them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from servesim.replica.schedulers.outputs import NO_FAST_FORWARD, UNLIMITED_STEPS, FastForward, SchedulerOutput
+from servesim.workload.request import Request
+
+
+class FastForwardHooks:
+    """Defaults of the fast-forward hooks (mixed into `Scheduler`, whose queues they read)."""
+
+    # Whether repeated steps list the requests in the order of the step they repeat. Speculative
+    # decoding draws acceptances in batch order, so its steps fast-forward only when the order is
+    # known (`repeat_order` reads this flag; a policy that re-sorts its batch overrides that).
+    stable_decode_order: ClassVar[bool] = False
+    # Whether taking a request in (`add_request`) reads what a finish changed (a program's
+    # attained service, a tenant's held count). A closed-loop workload's follow-up may then
+    # arrive before a finish inside a stretch is processed, so stretches stop at finishes.
+    arrival_reads_finishes: ClassVar[bool] = False
+
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
+        """May the engine repeat the step `schedule` just returned, and how far (see
+        `FastForward`)? Must not change any state."""
+        return NO_FAST_FORWARD
+
+    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
+        """The requests of `output.scheduled` in the order the steps that repeat it
+        (`fast_forward`) list them, or None if that order may change from step to step.
+        Speculative decoding draws acceptances in batch order, so the engine fast-forwards
+        speculative steps only when this is known. The default: `scheduled`'s own order for a
+        policy with `stable_decode_order`, else None; a policy that re-sorts its running
+        requests by a key that decode steps cannot change returns them sorted by it."""
+        return [r for r, _ in output.scheduled] if self.stable_decode_order else None
+
+    def repeat_order_limit(self, output: SchedulerOutput) -> tuple[float, int]:
+        """How long `repeat_order`'s answer holds, for a policy whose order follows progress at
+        points it foresees: (time, steps) such that repeated steps starting before that time, at
+        most that many (step 0 included), keep the order. Default: for good. Changes no state."""
+        return math.inf, UNLIMITED_STEPS
+
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        """Is `output` decodes (one token each) plus one prompt chunk taking the whole token
+        budget they leave, such that, whatever arrives, the next `schedule` calls would run the
+        same decodes and that prompt's next chunks of the same size (every other request
+        untouched) until the prompt's last chunk, a decode's finish or the step whose decode
+        blocks do not fit? The prompt's chunks allocate and register no KV block (taken at
+        admission) unless `chunks_allocate`. Then the engine fast-forwards those steps
+        (`replica/chunk_stretch.py`). Must not change any state. The default, False, steps
+        them one by one."""
+        return False
+
+    # Does each of those steps allocate the prompt's blocks for its chunk and register its
+    # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
+    chunks_allocate = False
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        """Asked while a fast-forwarded stretch planned from this policy's last `schedule`
+        runs (repeat held, nothing changed here since): would every `schedule` call until
+        the stretch's next stop choose the same batch with `req` in the waiting queue? Then
+        the engine queues `req` and the stretch goes on (its waiting count grows from the next
+        step). `req=None`: would that hold for any request (the stretch is then priced past the
+        next arrival)? Changes no state. The default, False, cuts the stretch."""
+        return False
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        """At a step boundary of a stretch through finishes where arrivals cut it, `num_running`
+        still decoding: if the next `schedule` would run each for one token and admit every
+        waiting request whole with no prefix hit (the engine checks the KV blocks), the
+        (request, prompt tokens) that `join` admits, and the stretch goes on with them. Changes
+        no state. The default, None, ends the stretch there."""
+        return None
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        """Admit the requests `arrivals_join` listed, as `schedule` would have."""
+        raise NotImplementedError
+
+    def finish_admission(self) -> bool:
+        """May a stretch planned from this policy's last `schedule` (which repeats only up to
+        the first finish, requests waiting) run through finishes, asking `finish_admits` at
+        the step boundary after each (`replica/admission_stretch.py`)? Changes no state. The
+        default, False, ends the stretch at the first finish."""
+        return False
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        """At a step boundary of such a stretch after finishes, `num_running` still decoding
+        (the finished ones are still listed in `running`) and `free_blocks` free once their
+        blocks for the next step are allocated: the (request, prompt tokens) the next
+        `schedule` admits, each whole with no prefix hit, such that every later `schedule`
+        admits nothing until the next finish (the queue empty or its head waiting for KV
+        blocks, which decodes only make scarcer); [] if it admits nothing. None when that is
+        not determined: the stretch ends there. Changes no state."""
+        return None
+
+    def finish_departs(self, reqs: list[Request]) -> None:
+        """Told at a boundary of such a stretch, before `finish_admits`: the requests that left
+        it since its last boundary (still listed in `running`). A policy whose admission reads a
+        total over the running requests (`batchllm`'s projected use) updates it here; stepping's
+        next `schedule` computes it afresh, so a stretch that ends there discards it. Default:
+        nothing."""
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        """Admit the requests `finish_admits` listed, as `schedule` would have (and keep what
+        it would have noted about the head left waiting)."""
+        self.join(joins, out)
+
+    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
+        """(KV blocks `join` allocates for `joins`, free blocks it must leave beyond them): by
+        default each prompt's blocks and none (a policy reserving more or keeping a watermark says so)."""
+        bs = self.kv.block_size
+        return sum([-(-n // bs) for _, n in joins]), 0  # (`cdiv` written out: once per arrival joining)
+
+    def nothing_pending(self, output: SchedulerOutput) -> bool:
+        """The usual condition for repeating a step: everyone running got its tokens, nothing
+        was preempted or swapped, and nothing waits (new or swapped) to be admitted."""
+        return (not (output.preempted or output.swapped_out or output.swapped_in or self.num_waiting or self.swapped)
+                and len(output.scheduled) == len(self.running))
