@@ -177,6 +177,7 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
             and not engine.arrival_keeps(prompt is not None, None)):
         return False  # a lone replica's next arrival comes during step 0 and would cut there
     until_s, max_steps = sched.repeat_order_limit(out)
+    max_steps = min(max_steps, ff.max_steps)  # (the policy's cap: `FastForward.max_steps`)
     if prompt is not None:  # steps 0 .. K - 1 give it full chunks and leave it unfinished
         req, chunk = prompt
         max_steps = min(max_steps, -(-(req.num_tokens - req.num_computed_tokens) // chunk) - 1)

@@ -129,7 +129,7 @@ class VTCScheduler(VTCStretches, Scheduler):
         if not queue and self.params.variant == "vtc":
             others = [v for v, q in self.waiting.queues.items() if q and v != u]
             if others:
-                if self._arriving is req and not self._speculative:
+                if self._arriving is req:
                     self._lifts.append((u, others))  # while a stretch runs: lifted at its end (`vtc_stretches.py`)
                 else:
                     counters[u] = max(counters[u], min(counters[v] for v in others))  # the counter lift
@@ -243,10 +243,7 @@ class VTCScheduler(VTCStretches, Scheduler):
         if self._tokens_before is None:  # one token per request and step
             self._charge_stretch(output, steps)
             return
-        price = self.params.output_price
-        for (r, _), before in zip(output.scheduled, self._tokens_before):
-            self.counters[r.tenant] += price * (r.num_output_tokens - before) / self.weight(r.tenant)
-        self._lift_arrivals()
+        self._charge_tokens(output, steps)
 
     def _charge(self, output: SchedulerOutput, steps: int) -> None:
         """Each scheduled request's tenant pays `price * steps / weight` (computed once per
