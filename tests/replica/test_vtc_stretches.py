@@ -57,33 +57,17 @@ def run(reqs, fast_forward: bool, params: dict, answers: list | None = None, lif
 
 @pytest.mark.parametrize("params", [{}, {"variant": "lcf"}, {"variant": "fcfs"}, {"max_wait_tokens": 3},
                                     {"tenant_weights": {"b": 2.0}, "input_price": 2.0}])
-@pytest.mark.parametrize("seed,tenants", [(1, "a"), (2, "abc"), (3, "ab")])
-def test_stretches_under_a_queue_match_stepping(params, seed, tenants):
-    answers, lifts = [], []
-    a_reqs, b_reqs = overload(seed, tenants), overload(seed, tenants)
-    a, sa = run(a_reqs, True, params, answers, lifts)
-    b, sb = run(b_reqs, False, params)
-    assert_same_run(a, b, a_reqs, b_reqs, NUM_BLOCKS)
-    assert sa.counters == sb.counters  # float for float
-    capped = [ff.max_steps for ff in answers if ff.repeat]
-    assert capped and max(capped) <= params.get("max_wait_tokens", 10) + 1  # stretches with a queue, capped
-    assert a.num_fast_forwarded_steps > a.num_steps / 3
-    if tenants == "abc" and params.get("variant", "vtc") == "vtc":
-        assert lifts  # a tenant with nothing queued arrived while a stretch ran
-
-
-@pytest.mark.parametrize("params", [{}, {"variant": "fcfs"}, {"max_wait_tokens": 3},
-                                    {"tenant_weights": {"b": 2.0}, "input_price": 2.0}])
 @pytest.mark.parametrize("seed,tenants", [(1, "a"), (4, "abc"), (3, "ab")])
-def test_speculative_stretches_under_a_queue_match_stepping(params, seed, tenants):
-    """The same capped stretches with speculative decoding (`SpecStretch`, `FastForward.max_steps`):
-    the counters charge each request's tokens, and a lift deferred to a cut stretch's end reads
-    them without the tokens of the step in flight (`_charge_tokens`, from the token log)."""
+@pytest.mark.parametrize("spec", [0, 3])
+def test_stretches_under_a_queue_match_stepping(params, seed, tenants, spec):
+    """With speculative decoding (`spec`) the stretches are `SpecStretch`es capped the same way
+    (`FastForward.max_steps`): the counters charge each request's tokens, and a lift deferred to
+    a cut stretch's end reads them without the tokens of the step in flight (`_charge_tokens`)."""
     answers, lifts = [], []
     a_reqs, b_reqs = overload(seed, tenants), overload(seed, tenants)
-    a, sa = run(a_reqs, True, params, answers, lifts, spec=3)
-    b, sb = run(b_reqs, False, params, spec=3)
-    assert_same_spec_run(a, b, a_reqs, b_reqs, NUM_BLOCKS)
+    a, sa = run(a_reqs, True, params, answers, lifts, spec)
+    b, sb = run(b_reqs, False, params, spec=spec)
+    (assert_same_spec_run if spec else assert_same_run)(a, b, a_reqs, b_reqs, NUM_BLOCKS)
     assert sa.counters == sb.counters  # float for float
     capped = [ff.max_steps for ff in answers if ff.repeat]
     assert capped and max(capped) <= params.get("max_wait_tokens", 10) + 1  # stretches with a queue, capped
