@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from servesim.workload.request import RequestState
-from tests.factories import make_engine, make_request
+from tests.factories import make_engine, make_request, serve
 from tests.replica.test_vllm_scheduler import run_logged
 
 
@@ -78,15 +81,48 @@ def test_repeats_chunk_only_while_a_full_chunk_leaves_the_prompt_unfinished():
 
     def spy(now_s):
         out = schedule(now_s)
-        answers.append((out.num_known_decodes, [(r.id, n) for r, n in out.scheduled], sched.repeats_chunk(out),
-                        sched.arrival_keeps_batch(None)))
+        answers.append((out.num_known_decodes, [(r.id, n) for r, n in out.scheduled], sched.repeats_chunk(out)))
         return out
 
     sched.schedule = spy
     run_logged(engine, loop, [make_request(0, 10, 8), make_request(1, 200, 1, arrival=0.005),
                               make_request(2, 30, 1, arrival=0.005)])
-    assert answers[0] == (0, [(0, 10)], False, False)  # A's whole prompt: not a chunk
-    assert answers[1] == (1, [(0, 1), (1, 63)], True, True)  # B: 63 of 200, then 137 left
-    assert answers[2] == (1, [(0, 1), (1, 63)], True, True)  # 74 left
-    assert answers[3] == (1, [(0, 1), (1, 63)], True, True)  # 11 left
-    assert answers[4] == (1, [(0, 1), (1, 11), (2, 30)], False, False)  # B's last chunk, C admitted
+    assert answers[0] == (0, [(0, 10)], False)  # A's whole prompt: not a chunk
+    assert answers[1] == (1, [(0, 1), (1, 63)], True)  # B: 63 of 200, then 137 left
+    assert answers[2] == (1, [(0, 1), (1, 63)], True)  # 74 left
+    assert answers[3] == (1, [(0, 1), (1, 63)], True)  # 11 left
+    assert answers[4] == (1, [(0, 1), (1, 11), (2, 30)], False)  # B's last chunk, C admitted
+
+
+@pytest.mark.parametrize("spec", [0, 3])
+def test_an_arrival_waits_behind_a_chunk_stretch_and_cuts_a_decode_stretch(spec):
+    """The engine's one rule (`Engine.arrival_keeps`; sarathi answers no arrival itself): C
+    arriving while B's 1,000-token prompt runs chunks beside A's decode is queued and the chunk
+    stretch goes on (a `ChunkStretch`, or a `SpecStretch` with the prompt when speculating);
+    D arriving during A's decode stretch cuts it. Finish times as stepping's."""
+    def run(fast_forward):
+        kw = {"num_speculative_tokens": spec, "spec_acceptance_rate": 0.7, "rng": np.random.default_rng(7)}
+        engine, sched, kv, loop, done = make_engine(num_blocks=200, scheduler="sarathi", params={"chunk_size": 64},
+                                                    fast_forward=fast_forward, **(kw if spec else {}))
+        seen, cuts = [], []
+        add, interrupt = engine.add_request, engine.interrupt
+        engine.interrupt = lambda t: (cuts.append(t), interrupt(t))
+
+        def spy(req, t):
+            st, n = engine.stretch, len(cuts)
+            add(req, t)
+            seen.append((req.id, type(st).__name__ if st is not None else None,
+                         st is not None and st.spends_budget, len(cuts) > n))
+
+        engine.add_request = spy
+        reqs = [make_request(0, 10, 80), make_request(1, 1000, 1, arrival=0.005),
+                make_request(2, 30, 1, arrival=0.02), make_request(3, 20, 1, arrival=0.4 if spec else 0.6)]
+        serve(engine, loop, reqs)
+        return seen, [r.finish_s for r in reqs], engine
+
+    seen, finishes, engine = run(True)
+    stretch = "SpecStretch" if spec else "ChunkStretch"
+    assert seen[2] == (2, stretch, True, False)  # kept: the chunks spend the budget
+    assert seen[3][1] in ("Stretch", "SpecStretch") and seen[3][2:] == (False, True)  # a decode stretch: cut
+    assert engine.num_fast_forwarded_steps > 0.5 * engine.num_steps
+    assert finishes == run(False)[1]

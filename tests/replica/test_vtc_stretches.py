@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.factories import assert_same_run, make_engine, make_request, serve
+from tests.replica.test_spec_fast_forward import assert_same_spec_run
 
 NUM_BLOCKS = 2000
 
@@ -26,10 +27,12 @@ def overload(seed: int, tenants: str, n: int = 160):
     return reqs
 
 
-def run(reqs, fast_forward: bool, params: dict, answers: list | None = None, lifts: list | None = None):
+def run(reqs, fast_forward: bool, params: dict, answers: list | None = None, lifts: list | None = None,
+        spec: int = 0):
+    kw = {"num_speculative_tokens": spec, "spec_acceptance_rate": 0.7, "rng": np.random.default_rng(5)} if spec else {}
     engine, sched, kv, loop, _ = make_engine(num_blocks=NUM_BLOCKS, scheduler="vtc", params=params,
                                              max_num_batched_tokens=256, max_num_seqs=16,
-                                             fast_forward=fast_forward, defer_finishes=fast_forward)
+                                             fast_forward=fast_forward, defer_finishes=fast_forward, **kw)
     if answers is not None:  # every fast-forward answer given with requests waiting
         ask = sched.fast_forward
 
@@ -54,13 +57,17 @@ def run(reqs, fast_forward: bool, params: dict, answers: list | None = None, lif
 
 @pytest.mark.parametrize("params", [{}, {"variant": "lcf"}, {"variant": "fcfs"}, {"max_wait_tokens": 3},
                                     {"tenant_weights": {"b": 2.0}, "input_price": 2.0}])
-@pytest.mark.parametrize("seed,tenants", [(1, "a"), (2, "abc"), (3, "ab")])
-def test_stretches_under_a_queue_match_stepping(params, seed, tenants):
+@pytest.mark.parametrize("seed,tenants", [(1, "a"), (4, "abc"), (3, "ab")])
+@pytest.mark.parametrize("spec", [0, 3])
+def test_stretches_under_a_queue_match_stepping(params, seed, tenants, spec):
+    """With speculative decoding (`spec`) the stretches are `SpecStretch`es capped the same way
+    (`FastForward.max_steps`): the counters charge each request's tokens, and a lift deferred to
+    a cut stretch's end reads them without the tokens of the step in flight (`_charge_tokens`)."""
     answers, lifts = [], []
     a_reqs, b_reqs = overload(seed, tenants), overload(seed, tenants)
-    a, sa = run(a_reqs, True, params, answers, lifts)
-    b, sb = run(b_reqs, False, params)
-    assert_same_run(a, b, a_reqs, b_reqs, NUM_BLOCKS)
+    a, sa = run(a_reqs, True, params, answers, lifts, spec)
+    b, sb = run(b_reqs, False, params, spec=spec)
+    (assert_same_spec_run if spec else assert_same_run)(a, b, a_reqs, b_reqs, NUM_BLOCKS)
     assert sa.counters == sb.counters  # float for float
     capped = [ff.max_steps for ff in answers if ff.repeat]
     assert capped and max(capped) <= params.get("max_wait_tokens", 10) + 1  # stretches with a queue, capped

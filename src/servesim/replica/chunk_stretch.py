@@ -44,6 +44,7 @@ from servesim.workload.request import Request
 class ChunkStretch(Stretch):
     """Steps of fixed decodes plus one prompt's next full chunks, priced lazily; applied at `end_s`."""
 
+    spends_budget = True  # (arrivals wait: `Engine.arrival_keeps`)
     __slots__ = ("prompt", "chunk", "num_running", "_ctxs", "_ctx_sum0", "_form", "grows", "_c0", "_held0", "_bs",
                  "_settled")
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import Recorder
-from servesim.replica.chunk_stretch import ChunkStretch, chunk_fast_forward
+from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
@@ -119,17 +119,26 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         if req.hash_ids and self.kv.enable_prefix_caching:
             req.kv_block_keys = block_keys(req, self.kv.block_size)
         st = self.stretch
-        # A request queued behind a blocked head changes nothing the stretch repeats: it goes
+        # A request the stretch's steps would not look at changes nothing they repeat: it goes
         # on, logging one more waiting request from the step after the one in flight (the
         # first step whose `schedule` would see it when stepping).
-        # (a chunk stretch's steps spend the whole budget: `repeats_chunk` holds whatever arrives)
-        keep = st is not None and self.ports is None and (
-            (type(st) is ChunkStretch and req.lora is None) or self.scheduler.arrival_keeps_batch(req))
+        keep = st is not None and self.arrival_keeps(st.spends_budget, req)
         self.scheduler.add_request(req, now_s)
         if keep:
             st.add_waiting(now_s)
         else:
             self.interrupt(now_s)
+
+    def arrival_keeps(self, spends_budget: bool, req: Request | None) -> bool:
+        """The one rule for an arrival while a stretch runs (`req`; None: the next one, whatever
+        it is): is it queued with the stretch going on, rather than cutting it? Never with KV
+        ports. A stretch whose steps spend the whole token budget on one prompt's chunks
+        (`spends_budget`: a `ChunkStretch`, a `SpecStretch` with a prompt; `repeats_chunk`
+        holds whatever arrives) keeps any request but one naming a LoRA adapter (its arrival
+        may start a load, a timer: cut when it comes); any other, as the scheduler answers
+        (`arrival_keeps_batch`)."""
+        return self.ports is None and (
+            (spends_budget and (req is None or req.lora is None)) or self.scheduler.arrival_keeps_batch(req))
 
     def interrupt(self, now_s: float) -> None:
         """Something changed here at `now_s`: cut the stretch in flight so the next step
@@ -201,9 +210,10 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             if (ff.repeat and not self._spec_k and (not prefills or ff.after_prefill)
                     and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff, dt)):
                 return
-        if (self._spec_k and (ff.repeat or (prefills and self._repeats_chunk(out, swap_s)))
-                and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff)):
-            return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
+        if self._spec_k:
+            chunk = bool(prefills) and self._repeats_chunk(out, swap_s)
+            if (ff.repeat or chunk) and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff, chunk):
+                return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
 
@@ -214,9 +224,10 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
                 and chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills))
 
     def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> bool:
-        """May the steps after this one repeat its prompt chunk beside the same decodes (a
-        chunk stretch, which arrivals do not cut: asked even when `fast_forward` says no)?"""
-        sched = self.scheduler  # (speculative chunk stretches: only for prompts whose chunks allocate nothing)
+        """May the steps after this one repeat its prompt chunk beside the same speculating
+        decodes (a `SpecStretch` with the prompt, which arrivals do not cut: asked even when
+        `fast_forward` says no)? The only place that decides it (`spec_fast_forward` is told)."""
+        sched = self.scheduler  # (only for prompts whose chunks allocate nothing: `chunks_allocate`)
         return (self.config.fast_forward and not swap_s and self.ports is None and not sched.chunks_allocate
                 and sched.repeats_chunk(out))
 

@@ -125,7 +125,7 @@ class FastForwarding:
         cuts the stretch back to the step in flight, and `_end_fast_forward` extends it if
         reached uncut (or lets the newcomers join it)."""
         next_s = self.next_event_s()
-        if self.lookahead > 1 or (self.ports is None and self.scheduler.arrival_keeps_batch(None)):
+        if self.lookahead > 1 or self.arrival_keeps(False, None):  # (a decode stretch's)
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0_s, math.inf))
         return min(next_s, self._own_horizon_s())
 

@@ -119,15 +119,16 @@ def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float
     return n
 
 
-def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Request], prefills: list, ff) -> bool:
+def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Request], prefills: list, ff,
+                      chunk: bool) -> bool:
     """Run step 0 (the step `speculate` just planned: `plain` decodes, then `prefills`: prompt
     chunks (req, tokens) and speculative decodes (req, (1 + k, accepted))) and the speculative
     decode steps that repeat it as one event. False, changing nothing, if the step is not one
     to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
     register) or fewer than two steps would be safe. Step 0 keeps `scheduled`'s order, the
     later steps the policy's `repeat_order` (a re-sort by a key decodes do not change), up to
-    its `repeat_order_limit`. A prompt in progress is repeated only where the policy says its
-    next chunks take the budget the decodes leave (`Scheduler.repeats_chunk`: the stretch then
+    its `repeat_order_limit`. A prompt in progress is repeated only where `chunk` says its
+    next chunks take the budget the decodes leave (`Engine._repeats_chunk`: the stretch then
     runs them beside the speculative decodes until its last chunk, `SpecStretch.prompt`)."""
     bs = engine.kv.block_size
     for req, n in out.scheduled:  # a prefix block still to register would be registered by stepping only
@@ -145,7 +146,7 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
             step0[id(req)] = (req, e, e, 2)
         elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and ff.after_prefill:
             step0[id(req)] = (req, n, 1, 1)
-        elif prompt is None and engine.ports is None and not sched.chunks_allocate and sched.repeats_chunk(out):
+        elif prompt is None and chunk:
             if req.num_computed_tokens + 2 * n >= req.num_tokens:
                 return False  # (step 1 would run its last chunk: nothing to repeat)
             prompt = (req, n)  # (the policy vouches its chunks allocate and register nothing)
@@ -173,9 +174,10 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     if not through and any(e == r.output_len - r.num_output_tokens for r, _, e, _ in batch):
         return False  # (a finish in step 0 would end the stretch there)
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
-            and not (engine.ports is None and sched.arrival_keeps_batch(None))):
+            and not engine.arrival_keeps(prompt is not None, None)):
         return False  # a lone replica's next arrival comes during step 0 and would cut there
     until_s, max_steps = sched.repeat_order_limit(out)
+    max_steps = min(max_steps, ff.max_steps)  # (the policy's cap: `FastForward.max_steps`)
     if prompt is not None:  # steps 0 .. K - 1 give it full chunks and leave it unfinished
         req, chunk = prompt
         max_steps = min(max_steps, -(-(req.num_tokens - req.num_computed_tokens) // chunk) - 1)

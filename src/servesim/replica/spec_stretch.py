@@ -41,6 +41,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     remaining: list = []
     keyed: list = []
     grows = False
+    spends_budget = False  # (True with a prompt: `Engine.arrival_keeps`)
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
                  dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
@@ -77,6 +78,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
         self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
+        self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave)
         if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
             self._verify_fn = None
             self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts

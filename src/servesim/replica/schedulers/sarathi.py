@@ -45,10 +45,6 @@ _ARRIVAL = attrgetter("arrival_s", "id")  # the order decodes run in (ties: by i
 class SarathiScheduler(Scheduler):
     Params = SarathiParams
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._chunk_step = False  # the last `schedule` spent the budget on a prompt left unfinished
-
     def schedule(self, now_s: float) -> SchedulerOutput:
         kv = self.kv
         out = SchedulerOutput()
@@ -123,7 +119,6 @@ class SarathiScheduler(Scheduler):
             n = min(req.num_tokens, budget)
             out.scheduled.append((req, n))
             budget -= n
-        self._chunk_step = self.repeats_chunk(out)
         return out
 
     def _preempt(self, out: SchedulerOutput, victim: Request) -> None:
@@ -169,14 +164,7 @@ class SarathiScheduler(Scheduler):
             self.running.append(req)
             req.state = RequestState.RUNNING
             out.scheduled.append((req, n))
-        self._chunk_step = False  # (whole prompts: no chunk repeats)
 
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         blocks, _ = super().join_blocks(joins)
         return blocks, int(self.params.watermark * self.kv.num_gpu_blocks)
-
-    def arrival_keeps_batch(self, req: Request | None) -> bool:
-        # A stretch planned after a step that left its prompt unfinished is a chunk stretch
-        # (decode stretches start only once step 0's prompts are done); its steps spend the
-        # whole budget, so a newcomer waits until the prompt's last chunk.
-        return self._chunk_step

@@ -37,7 +37,7 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
-from servesim.replica.schedulers.vtc_peak import PeakItems
+from servesim.replica.schedulers.vtc_peak import FewPeakItems, PeakItems, peak_items
 from servesim.replica.schedulers.vtc_stretches import VTCStretches
 from servesim.workload.request import Request, RequestState
 
@@ -129,7 +129,7 @@ class VTCScheduler(VTCStretches, Scheduler):
         if not queue and self.params.variant == "vtc":
             others = [v for v, q in self.waiting.queues.items() if q and v != u]
             if others:
-                if self._arriving is req and not self._speculative:
+                if self._arriving is req:
                     self._lifts.append((u, others))  # while a stretch runs: lifted at its end (`vtc_stretches.py`)
                 else:
                     counters[u] = max(counters[u], min(counters[v] for v in others))  # the counter lift
@@ -189,7 +189,7 @@ class VTCScheduler(VTCStretches, Scheduler):
         counters = self.counters
         batch_tokens = 0
         admitted: list[Request] = []
-        items = PeakItems(*self._items())  # (kept as requests join: one pass over the batch per mini-batch)
+        items = peak_items(*self._items())  # (kept as requests join: one pass over the batch per mini-batch)
         while len(self.running) < self.config.max_num_seqs:
             backlogged = [u for u, q in queues.items() if q]
             if not backlogged:
@@ -225,11 +225,11 @@ class VTCScheduler(VTCStretches, Scheduler):
         max_new = self._max_new
         return [r.num_tokens for r in running], [max_new(r) - r.num_output_tokens for r in running]
 
-    def _fits(self, new: Request, items: PeakItems | None = None) -> bool:
+    def _fits(self, new: Request, items: PeakItems | FewPeakItems | None = None) -> bool:
         """LightLLM's future-peak check, in blocks (each request may waste part of one);
         `items`: the running requests' (`_items()`), when the caller keeps them."""
         if items is None:
-            items = PeakItems(*self._items())
+            items = peak_items(*self._items())
         peak = items.peak_with(new.num_tokens + 1, self._max_new(new) - new.num_output_tokens - 1)
         return cdiv(peak, self.kv.block_size) + len(items) <= self.kv.num_gpu_blocks
 
@@ -243,10 +243,7 @@ class VTCScheduler(VTCStretches, Scheduler):
         if self._tokens_before is None:  # one token per request and step
             self._charge_stretch(output, steps)
             return
-        price = self.params.output_price
-        for (r, _), before in zip(output.scheduled, self._tokens_before):
-            self.counters[r.tenant] += price * (r.num_output_tokens - before) / self.weight(r.tenant)
-        self._lift_arrivals()
+        self._charge_tokens(output, steps)
 
     def _charge(self, output: SchedulerOutput, steps: int) -> None:
         """Each scheduled request's tenant pays `price * steps / weight` (computed once per

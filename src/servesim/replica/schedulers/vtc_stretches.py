@@ -16,6 +16,12 @@ weights dividing it, integral counters below 2**40); otherwise VTC keeps its ear
 An arrival while such a stretch runs is kept when the queue was not empty and the newcomer's
 tenant already waits (no counter lift, which would read counters the stretch has not charged
 yet) or the variant does not lift (`lcf`, `fcfs`).
+
+With speculative decoding the same answers hold (the stretches are `SpecStretch`es capped
+the same way): a step emits 1 + its accepted drafts, and the counters charge each request's
+tokens since the decision (integers too); a lift deferred to the end of a cut stretch reads
+them without the tokens of the step in flight, counted from the engine's token log
+(`_charge_tokens`).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class VTCStretches:
         whole = len(output.scheduled) == len(self.running)  # (after a mini-batch: nothing else runs)
         if output.preempted or (prefill and not whole):
             return NO_FAST_FORWARD  # (a mini-batch runs alone: the stalled decodes join next step)
-        if self._speculative or not self._exact_charges():
+        if not self._exact_charges():
             # the earlier answers: with nothing waiting, decode steps until the first finish
             if self.waiting:
                 return NO_FAST_FORWARD
@@ -92,6 +98,24 @@ class VTCStretches:
         self._refund_departed(steps, last)
         self._left.clear()
 
+    def _charge_tokens(self, output: SchedulerOutput, steps: int) -> None:
+        """With speculative decoding: charge each scheduled request's tokens since the decision
+        (a step emits 1 + its accepted drafts), as stepping would have: the lifts of arrivals
+        that came during the last step read the counters without that step's tokens (the
+        engine's token log, `Request.token_steps`, says how many it emitted)."""
+        price, weights, counters = self.params.output_price, self.params.tenant_weights, self.counters
+        emitted = [r.num_output_tokens - before for (r, _), before in zip(output.scheduled, self._tokens_before)]
+        if self._lifts and steps > 1:
+            last = self.num_engine_steps - 1
+            final = [_tokens_at(r.token_steps, last) for r, _ in output.scheduled]
+            for (r, _), n, m in zip(output.scheduled, emitted, final):
+                counters[r.tenant] += price * (n - m) / weights.get(r.tenant, 1.0)
+            self._lift_arrivals()
+            emitted = final
+        for (r, _), n in zip(output.scheduled, emitted):
+            counters[r.tenant] += price * n / weights.get(r.tenant, 1.0)
+        self._lift_arrivals()
+
     def _refund_departed(self, steps: int, last: int) -> None:
         """Take back, from the charge of `steps` steps up to step `last`, the steps after their
         last token of the requests that finished inside the stretch."""
@@ -111,3 +135,15 @@ class VTCStretches:
         self._lifts.clear()
 
 _THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True, max_steps=UNLIMITED_STEPS)
+
+
+def _tokens_at(runs: list[int], step: int) -> int:
+    """Tokens a request emitted at the end of `step`, from its token log (runs of steps,
+    [first, last] pairs, one token per step of a run; several tokens at one step are runs of
+    their own; the pairs' ends never decrease): the runs that hold `step`, read from the end."""
+    n, i = 0, len(runs) - 2
+    while i >= 0 and runs[i + 1] >= step:
+        if runs[i] <= step:
+            n += 1
+        i -= 2
+    return n
