@@ -26,6 +26,7 @@ def test_profile_token_cost_and_activity():
     assert FrontendConfig().token_s() == 0.0 and not FrontendConfig(output_token_s=0.0).active
     assert FrontendConfig(output_token_s=1e-4).active
     assert FrontendConfig(profile="vllm").token_s() == 0.0  # profiles without the key stream for free
+    assert FrontendConfig(profile="trtllm@h100-sxm@1.0.0rc3").token_s() > 0
 
 
 def test_admission_waits_until_the_process_has_no_token_work():
