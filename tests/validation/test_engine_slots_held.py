@@ -1,9 +1,9 @@
-"""One batch slot held for TensorRT-LLM 1.0.0rc3 on H100 (silicon.ENGINE_SLOTS_HELD, opt-in; exact and behavioural).
+"""One batch slot held for TensorRT-LLM 1.0.0rc3 on H100 (silicon.ENGINE_SLOTS_HELD, on by default; exact and behavioural).
 
 The measured runs of that campaign show a returning user waiting for the next request to finish
 (TTFT grows with the output length by one request's service time over users - 1); with
-ClientOptions.engine_slots_held those rows play one slot fewer, every other (engine, system,
-version) keeps the recorded batch, and without the option nothing changes.
+ClientOptions.engine_slots_held (the default) those rows play one slot fewer, every other (engine,
+system, version) keeps the recorded batch, and turned off nothing is held.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def test_only_the_h100_1_0_0rc3_runs_hold_a_slot():
     assert scenario(system="h200_sxm").engine.max_num_seqs == 4
     assert scenario(backend="vllm", backend_version="0.18.0").engine.max_num_seqs == 4
     assert scenario(batch_size="1", concurrency="1").engine.max_num_seqs == 1  # never below one
-    assert scenario(held=False).engine.max_num_seqs == 4  # off by default
+    assert scenario(held=False).engine.max_num_seqs == 4  # turned off
+    assert ClientOptions().engine_slots_held  # on by default
 
 
 def mean_ttft_s(s) -> float:
@@ -71,6 +72,6 @@ def test_validate_flag_plays_the_held_slot(tmp_path):
         assert res.exit_code == 0, res.output
         return {r["id"]: float(r["simulated_ttft_ms"]) for r in csv.DictReader(out.open())}
 
-    off, on = ttft_ms(), ttft_ms("--engine-slots-held")
+    off, on = ttft_ms("--no-engine-slots-held"), ttft_ms()
     assert on["free"] == off["free"]  # other releases are untouched
     assert on["held"] > 2 * off["held"]

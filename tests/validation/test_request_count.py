@@ -58,3 +58,17 @@ def test_the_measured_file_records_twenty_requests_per_user_in_two_tensorrt_llm_
     assert read[("trtllm", "gb200", "1.3.0rc1")][0] == 20
     # the other campaigns' means were not taken over whole nanoseconds: none is read
     assert set(read) == {("trtllm", "h100_sxm", "1.0.0rc3"), ("trtllm", "gb200", "1.3.0rc1")}
+
+
+def test_campaigns_whose_means_record_their_count_play_it():
+    from servesim.validation.silicon import RECORDED_ROUNDS, ClientOptions, parse_row, row_request_counts
+
+    assert RECORDED_ROUNDS == {("trtllm", "h100_sxm", "1.0.0rc3"): 20}
+    h100 = parse_row({**BASE, "backend": "trtllm", "backend_version": "1.0.0rc3", "system": "h100_sxm",
+                      "model_path": "meta-llama/Llama-3.1-8B-Instruct", "concurrency": "16", "batch_size": "16"})
+    counts = row_request_counts(h100, ClientOptions())
+    assert (counts.warmup, counts.measured, counts.trailing) == (0, 320, 0)  # 20 per user, as the script sent
+    other = row_request_counts(parse_row({**BASE, "concurrency": "16", "batch_size": "16"}), ClientOptions())
+    assert (other.measured, other.trailing) == (64, 16)  # 4 per user and a trailing round
+    off = row_request_counts(h100, ClientOptions(recorded_rounds=False))
+    assert (off.measured, off.trailing) == (64, 16)

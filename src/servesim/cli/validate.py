@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         no_frontend: bool = typer.Option(False, "--no-frontend", help="Leave out the API-server front end (requests reach the engine at once)."),
         frontend_time_cv: Optional[float] = typer.Option(None, min=0.0, max=10.0, help="Play every row with this spread (coefficient of variation) of the front end's per-request time instead of the fitted per-(GPU, engine) values."),
         trailing_rounds: int = typer.Option(1, min=0, max=100, help="Unmeasured requests per user sent after the measured ones (the benchmark's later rounds keep the engine loaded while the last measured requests decode); 0 stops with the measured requests."),
-        engine_slots_held: bool = typer.Option(False, "--engine-slots-held", help="Play the campaigns of validation/silicon.py's ENGINE_SLOTS_HELD with one batch slot held (TensorRT-LLM 1.0.0rc3 on H100; off by default, docs/fidelity.md)."),
+        engine_slots_held: bool = typer.Option(True, "--engine-slots-held/--no-engine-slots-held", help="Play the campaigns of validation/silicon.py's ENGINE_SLOTS_HELD with one batch slot held (TensorRT-LLM 1.0.0rc3 on H100; on by default since those rows play their recorded 20 requests per user and the API server's token-rate ceiling, docs/fidelity.md)."),
         uncalibrated: bool = typer.Option(False, "--uncalibrated", help="Leave out the shipped serving fit (engine constants as in engines.yaml)."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the per-row results as CSV."),
         docs: Optional[Path] = typer.Option(None, help="Markdown file whose block between the fidelity markers is replaced (docs/fidelity.md)."),

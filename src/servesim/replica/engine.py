@@ -103,6 +103,10 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # late finish frees (`KVCacheManager.blocks_freed`; not SGLang's radix cache, its subclass)
         self._keyed_through = type(kv) is KVCacheManager
         self.notice = notice
+        # The API server streaming each step's tokens (FrontEnd.deliver_s: (step end, tokens) -> when
+        # they reach the client), set with a per-token front-end cost; None: at the step's end.
+        # Only on engines that step one by one (simulation.py), so every step passes `_end_step`.
+        self.deliver: Callable[[float, int], float] | None = None
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
@@ -268,10 +272,21 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         self.num_steps += 1
         self.recorder.log_step(start_s, now_s, prefill_tokens, emitted, num_running, num_waiting,
                                self.kv.num_gpu_blocks - self.kv.num_free_blocks)
+        if self.deliver is not None:
+            self._delivered(prefills, finished, self.deliver(now_s, emitted), now_s)
         if handoffs:
             self._finish_and_continue(out, finished, now_s, lambda: ports.hand_off(handoffs, now_s, now_s - start_s))
         else:
             self._finish_and_continue(out, finished, now_s)
+
+    def _delivered(self, prefills: list, finished: list[Request], client_s: float, now_s: float) -> None:
+        """The client sees this step's tokens at `client_s`: first tokens and finishes take that
+        time (a first token made now has `first_token_s == now_s`: earlier ones are earlier)."""
+        for req, _ in prefills:
+            if req.first_token_s == now_s:
+                req.first_token_s = client_s
+        for req in finished:
+            req.finish_s = client_s
 
     def emit(self, req: Request, step: int, time_s: float) -> None:
         """Record one token emitted at the end of `step` (at `time_s`)."""
@@ -296,11 +311,17 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         if hand_off is not None:  # prompts handed to decode replicas leave after the step, as finishes
             hand_off()
         for req in finished:
-            self.on_done(req, now_s)
+            if req.finish_s > now_s:  # (streamed by the API server: the client is done when it sees the last token)
+                self.loop.schedule(req.finish_s, self._done_at, req, PRIO_STEP_END)
+            else:
+                self.on_done(req, now_s)
         if self.ports is None and self.scheduler.idle():
             self._go_idle(now_s)  # (the step after the last finish: `schedule` would find nothing)
         else:
             self._start_step(now_s)
+
+    def _done_at(self, now_s: float, req: Request) -> None:
+        self.on_done(req, now_s)
 
     def _go_idle(self, now_s: float) -> None:
         """`_start_step` for a scheduler that has nothing (`Scheduler.idle`), without its `schedule`."""

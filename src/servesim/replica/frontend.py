@@ -19,8 +19,13 @@ server's per-request time varies (HTTP, tokenizer, event-loop scheduling, detoke
 the other streams), which keeps a closed loop's users from staying in lock-step. The gamma keeps
 times positive and the mean equal to the constant; its spread is a fitted constant (docs/fidelity.md).
 
-Per-output-token work (detokenization, streaming) is not modelled here: in the measured engines
-it overlaps the GPU step; its effect on step time belongs to the engine constants.
+Per-output-token work (detokenization, streaming) costs nothing by default: in most measured
+engines it overlaps the GPU step and its effect on step time belongs to the engine constants.
+`output_token_s > 0` puts it in the same serial process: each step's tokens take that much of the
+process per token before they reach the client, and a request waiting to be admitted queues behind
+them (FIFO). Once the tokens the users' closed loop asks for exceed `1 / output_token_s` a second,
+the process bounds the served token rate whatever the GPUs do, and the wait shows in the TTFT
+(docs/fidelity.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
 """
 
 from __future__ import annotations
@@ -66,6 +71,10 @@ class FrontendConfig(BaseModel):
     latency_s: float | None = Field(None, ge=0)
     """Fixed non-serial time on the path, s (hand-off to the engine process and delivery of the
     first streamed chunk back to the client)."""
+    output_token_s: float | None = Field(None, ge=0)
+    """Serial API-server time per streamed output token, s (detokenization, response framing); 0:
+    none. Each step's tokens reach the client when the process has done them (the engine then
+    steps one by one: the process's time depends on every step's tokens)."""
     time_cv: float = Field(0.0, ge=0, le=10)
     """Coefficient of variation of each request's front-end time: its service and latency are
     scaled by one gamma-distributed factor of mean 1 (0: every request takes the constants exactly,
@@ -89,9 +98,17 @@ class FrontendConfig(BaseModel):
                 base[key] = float(value)
         return base["request_s"], base["prompt_token_s"], base["latency_s"]
 
+    def token_s(self) -> float:
+        """`output_token_s` after applying the profile and the override (0 when neither sets it)."""
+        if self.output_token_s is not None:
+            return float(self.output_token_s)
+        if self.profile.strip().lower() == "none":
+            return 0.0
+        return float(resolve(FRONTEND_FILE, "frontend profile", self.profile)[1].get("output_token_s", 0.0))
+
     @property
     def active(self) -> bool:
-        return any(v > 0 for v in self.constants())
+        return any(v > 0 for v in self.constants()) or self.token_s() > 0
 
 
 class FrontEnd:
@@ -103,6 +120,7 @@ class FrontEnd:
         self.config = config
         self.rng = rng
         self.request_s, self.prompt_token_s, self.latency_s = config.constants()
+        self.output_token_s = config.token_s()
         self._free_s = 0.0  # when the process finishes the work it has already accepted
 
     def _factor(self) -> float:
@@ -118,3 +136,14 @@ class FrontEnd:
         start_s = max(now_s, self._free_s)
         self._free_s = start_s + factor * (self.request_s + self.prompt_token_s * prompt_tokens)
         return self._free_s + factor * self.latency_s
+
+    @property
+    def free_s(self) -> float:
+        """When the process has done the work it has accepted so far."""
+        return self._free_s
+
+    def deliver_s(self, now_s: float, num_tokens: int) -> float:
+        """Stream `num_tokens` tokens a step made at `now_s`; return when the last reaches the client
+        (after the work the process had already accepted: admissions and earlier steps' tokens)."""
+        self._free_s = max(now_s, self._free_s) + num_tokens * self.output_token_s
+        return self._free_s

@@ -43,7 +43,12 @@ class ClientOptions:
     # Rows whose benchmark script is known (validation/inferencemax.py) play its engine flags and client
     # (10 requests per user, lengths over [0.8 x, 1 x]); False: the generator's flags and AIPerf's client.
     benchmark_recipes: bool = True
-    engine_slots_held: bool = False  # play ENGINE_SLOTS_HELD (batch slots held in the campaigns listed there)
+    # play ENGINE_SLOTS_HELD (batch slots held in the campaigns listed there; on since those rows play their
+    # recorded request count and the API server's token-rate ceiling: docs/fidelity.md)
+    engine_slots_held: bool = True
+    # Campaigns whose means record their request count (silicon.RECORDED_ROUNDS) play it, without a
+    # trailing round; False: every row plays `requests_per_user` (and the trailing rounds).
+    recorded_rounds: bool = True
     # Unmeasured requests per user after the measured ones (the benchmark's later rounds; module
     # docstring). 0: the run stops with the measured requests. Not played for the rows whose script
     # is known to send exactly the measured requests (InferenceMAX: 10 rounds, all measured).

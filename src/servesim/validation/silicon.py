@@ -156,8 +156,13 @@ WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", ""
 # request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity.md.
 OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
 # Batch slots held in a campaign (TensorRT-LLM 1.0.0rc3 on H100: inferred from TTFT's growth with the output length,
-# not sourced); keyed (engine, system, version); only with ClientOptions.engine_slots_held (docs/fidelity.md).
+# not sourced; confirmed at the recorded 20 requests per user); keyed (engine, system, version); played unless
+# ClientOptions.engine_slots_held is off (docs/fidelity.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
 ENGINE_SLOTS_HELD: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 1}
+# Measured requests per user that a campaign's means record (validation/request_count.py reads them from the
+# means' decimals: AIConfigurator's benchmark script, 20 rounds per user); these rows play exactly that count
+# and no trailing round, as the script sends. Keyed (engine, system, version); docs/fidelity.md.
+RECORDED_ROUNDS: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 20}
 BUDGET_MARGIN_TOKENS = 1500
 # SGLang's default `chunked_prefill_size` by GPU memory (server_args.py, `_handle_gpu_memory_settings`,
 # the same in 0.5.1.post1 to 0.5.10.post1; neither the generator's templates nor SGLang's defaults
@@ -260,7 +265,10 @@ def row_request_counts(row: SiliconRow, options: ClientOptions) -> RequestCounts
     row = engine_parallelism(row)
     in_loop = not options.warmup_drains or (row.backend, row.system, row.version) in WARMUP_CONTINUOUS
     script = options.benchmark_recipes and inferencemax.recipe(row) is not None
-    return request_counts(row.concurrency, options, in_loop, inferencemax.ROUNDS_PER_USER if script else None)
+    rounds = inferencemax.ROUNDS_PER_USER if script else None
+    if options.recorded_rounds and rounds is None:
+        rounds = RECORDED_ROUNDS.get((row.backend, row.system, row.version))
+    return request_counts(row.concurrency, options, in_loop, rounds)
 
 
 def frontend_time_cv(row: SiliconRow, options: ClientOptions) -> float:
