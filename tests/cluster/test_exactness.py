@@ -123,3 +123,25 @@ def test_count_reading_routers_are_exact_and_read_the_views_count(router, monkey
     assert_same_steps(fast, slow)
     assert len(checked) >= 2 * len(fast.requests) and max(checked) > 1
     assert fast.num_fast_forwarded_steps > 0.8 * len(fast.steps)
+
+
+def test_arrivals_join_numpy_priced_stretches_the_lean_way(monkeypatch):
+    """With 8 replicas a stretch is priced arrival gaps ahead by numpy chunks; an arrival that
+    cuts it joins at the cut through the one-arrival join (its scalar state rebuilt at the join
+    step), not the general one, and the run is stepping's."""
+    from servesim.replica import stretch_join
+    calls = {"lone": 0, "general": 0}
+    lone, general = stretch_join._join_one, stretch_join._join_step_s
+    monkeypatch.setattr(stretch_join, "_join_one",
+                        lambda *a: calls.__setitem__("lone", calls["lone"] + 1) or lone(*a))
+    monkeypatch.setattr(stretch_join, "_join_step_s",
+                        lambda *a: calls.__setitem__("general", calls["general"] + 1) or general(*a))
+    sets = ["replicas=8", "workload.trace.end_s=600", "router.name=least-requests"]
+    path = str(ROOT / "examples/cluster-azure-conv.yaml")
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    assert calls["lone"] > 0.25 * len(fast.requests), calls
+    assert calls["general"] < 0.02 * calls["lone"], calls  # (only arrivals that join together)
+    assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)

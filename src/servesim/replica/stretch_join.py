@@ -70,6 +70,12 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         # free at the start: stepping has at least those free at the admission (finishes only
         # add to them), so a join that fits them is admitted there too
         return False
+    if len(joins) == 1 and (st._f is None or st._priced != s) and st._forms is not None:
+        # A stretch priced ahead by numpy chunks (each replica's among many: its horizon lies
+        # arrival gaps away) and cut here: drop the steps past s and rebuild the scalar state
+        # of step s from exact integers, so the arrival takes the lean join below
+        st.truncate(s)
+        st._sync()
     if len(joins) == 1 and st._f is not None and st._priced == s:
         _join_one(engine, st, now_s, joins, blocks, num_running)  # (the usual arrival: one request, the scalar state step s's)
     else:
