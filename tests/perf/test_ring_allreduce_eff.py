@@ -7,6 +7,7 @@ import pytest
 from servesim.errors import InputError
 from servesim.perf import build_perf_model, roofline
 from servesim.perf.config import PerfConfig
+from servesim.validation.silicon import serving_calibration_path
 
 MB = 1 << 20
 
@@ -47,6 +48,16 @@ def test_off_by_default_and_prefill_all_reduces_speed_up():
     assert 0.6 < ratio < 0.63
     # A decode step of 8 sequences stays on the one-shot path: the same time, bit for bit.
     assert ring.step_time_s([], [2048] * 8) == plain.step_time_s([], [2048] * 8)
+
+
+def test_shipped_serving_entries():
+    cal = serving_calibration_path()
+    c = lambda gpu, engine: build_perf_model("deepseek-r1", gpu, 8, "fp8", PerfConfig(engine=engine, calibration=cal)).constants  # noqa: E731
+    assert c("h200", "trtllm").ar_ring_bw_eff == 1.0
+    assert c("b300", "vllm").ar_ring_bw_eff == 0.9 and c("b300", "vllm").eta_attn_compute == 0.8
+    assert c("b300", "sglang").ar_ring_bw_eff == 0.9 and c("b300", "sglang").eta_attn_compute == 0.8
+    # The other groups keep the shared share on the ring path.
+    assert c("h200", "sglang").ar_ring_bw_eff == 0.0 and c("b200", "trtllm").ar_ring_bw_eff == 0.0
 
 
 @pytest.mark.parametrize("bad", [1.2, -0.1])
