@@ -139,7 +139,8 @@ class AttentionDPPerf:
             v = t.linear_s(n, moe=False) + t.other_s(n)
             if t.tp > 1:  # after attention in every layer, after the FFN in the dense layers
                 ar = roofline.allreduce_s(n * m.hidden_size * ACTIVATION_BYTES, t.tp, g.scaleup_bw_bytes_s,
-                                          g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff, one_shot=c.custom_allreduce >= 0.5)
+                                          g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff, one_shot=c.custom_allreduce >= 0.5,
+                                          ring_bw_eff=c.ar_ring_bw_eff)
                 v += (m.num_layers + m.num_dense_ffn_layers) * ar
             self._rank_tok[n] = v
         return v

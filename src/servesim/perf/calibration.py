@@ -45,6 +45,13 @@ class Constants:
     eta_attn_compute: float = 0.5  # share of BF16 peak reached by prefill (flash) attention
     eta_attn_memory: float = 0.75  # share of HBM bandwidth reached reading the KV cache in decode
     ar_bw_eff: float = 0.75  # share of the scale-up link bandwidth an all-reduce reaches
+    # Share of the link bandwidth the ring (NCCL) all-reduce reaches on large messages (0, off, by
+    # default: ar_bw_eff). The engines all-reduce small (decode) messages with their own one-shot
+    # kernels and large (prefill) ones with NCCL, whose large-message bus bandwidth nccl-tests
+    # measures per system; this lets the prefill's all-reduces take that figure while the one-shot
+    # path keeps the ar_bw_eff fitted on decode (roofline.allreduce_s; docs/fidelity.md, "Prefill
+    # by prompt length, model and GPU").
+    ar_ring_bw_eff: float = 0.0
     moe_imbalance: float = 1.0  # busiest expert's load over the mean (>= 1)
     pcie_eff: float = 0.8  # share of PCIe bandwidth reached by KV swaps
     gqa_sharing: float = 1.0  # share of GQA's KV reuse the decode kernel realises (0: K/V re-read per query head)
@@ -103,6 +110,7 @@ CONSTANT_RANGES: dict[str, tuple[float, float, bool]] = {
     "custom_allreduce": (0.0, 1.0, True),
     "eta_compute_large_m": (0.0, 1.0, True),  # 0 = off (eta_compute at every M)
     "eta_moe_compute": (0.0, 1.0, True),  # 0 = off (the dense GEMMs' eta)
+    "ar_ring_bw_eff": (0.0, 1.0, True),  # 0 = off (ar_bw_eff on the ring path too)
     "gemm_m_half_tokens": (0.0, math.inf, False),
     "smoothing_k": (1.0, math.inf, True),
     "moe_imbalance": (1.0, math.inf, True),

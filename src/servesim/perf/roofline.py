@@ -19,17 +19,20 @@ def smooth_roofline_s(flops: float, bytes_moved: float, peak_flops: float, bw_by
 
 
 def allreduce_s(message_bytes: float, num_gpus: int, link_bw_bytes_s: float, link_latency_s: float,
-                launch_s: float, bw_eff: float, one_shot: bool = False) -> float:
+                launch_s: float, bw_eff: float, one_shot: bool = False, ring_bw_eff: float = 0.0) -> float:
     """Ring all-reduce (alpha-beta): launch + 2(n-1) hops + 2(n-1)/n of the message over the link.
 
     one_shot: the engine also has a one-shot all-reduce for small messages (vLLM's custom
     all-reduce, TensorRT-LLM's ONESHOT, SGLang's custom all-reduce on NVLink): every GPU reads all
     n-1 peers' buffers in one hop, launch + 1 hop + (n-1) messages; the engine picks the faster.
+    ring_bw_eff: the ring's own share of the link bandwidth (NCCL's, on large messages) when > 0;
+    bw_eff otherwise.
     """
     if num_gpus <= 1:
         return 0.0
     steps = 2 * (num_gpus - 1)
-    ring = launch_s + steps * link_latency_s + steps / num_gpus * message_bytes / (bw_eff * link_bw_bytes_s)
+    ring_eff = ring_bw_eff if ring_bw_eff > 0.0 else bw_eff
+    ring = launch_s + steps * link_latency_s + steps / num_gpus * message_bytes / (ring_eff * link_bw_bytes_s)
     if not one_shot:
         return ring
     return min(ring, launch_s + link_latency_s + (num_gpus - 1) * message_bytes / (bw_eff * link_bw_bytes_s))

@@ -146,7 +146,7 @@ class StepTerms:
         m, c, g, t = self.model, self.c, self.gpu, self.tp
         msg = num_tokens * m.hidden_size * ACTIVATION_BYTES
         ar = roofline.allreduce_s(msg, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff,
-                                  one_shot=c.custom_allreduce >= 0.5)
+                                  one_shot=c.custom_allreduce >= 0.5, ring_bw_eff=c.ar_ring_bw_eff)
         total = m.num_layers * ar  # after attention
         if m.moe is not None and self.moe_ep > 1 and self.moe_a2a:
             total += m.num_dense_ffn_layers * ar + m.num_moe_layers * moe_communication_s(
@@ -233,5 +233,5 @@ def moe_communication_s(msg_bytes: float, top_k: int, moe_tp: int, moe_ep: int, 
     """
     a2a = roofline.alltoall_s(msg_bytes * top_k, moe_ep, link_bw_bytes_s, link_latency_s, c.ar_launch_s, c.ar_bw_eff)
     ar = roofline.allreduce_s(msg_bytes, moe_tp, link_bw_bytes_s, link_latency_s, c.ar_launch_s, c.ar_bw_eff,
-                              one_shot=c.custom_allreduce >= 0.5)
+                              one_shot=c.custom_allreduce >= 0.5, ring_bw_eff=c.ar_ring_bw_eff)
     return 2.0 * a2a + ar  # dispatch + combine (+ the expert-TP all-reduce)
