@@ -53,9 +53,10 @@ def test_admissions_inside_stretches_match_stepping(seed, num_blocks, perf_name,
 
 
 # The policies whose admission under a blocked head is vLLM's in a fixed key order (hygen:
-# online requests only, in queue order).
+# online requests only, in queue order; continuum: standalone requests, in arrival order, a
+# preempted one re-entering by its arrival).
 KEYED = [("priority", {}, 1), ("priority", {}, 3), ("priority", {"preemption": False}, 3), ("edf", {}, 1),
-         ("hygen", {}, 1)]
+         ("hygen", {}, 1), ("continuum", {}, 1)]
 
 
 @pytest.mark.parametrize("scheduler,params,priorities", KEYED)
@@ -94,3 +95,18 @@ def test_no_admission_stretch_without_deferred_finishes(scheduler):
     b = run(b_reqs, False, 300, ToyPerf(), scheduler, defer_finishes=False)
     assert_same_run(a, b, a_reqs, b_reqs, 300, FIELDS)
     assert a.num_finish_admissions == 0 and a.num_fast_forwarded_steps > 0
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (4, 200)])
+def test_continuum_with_a_program_call_stays_exact(seed, num_blocks):
+    # once a call of a program has arrived (here all arrive before the queue forms) its finish
+    # may pin and its queue order is its program's: no admission stretch from then on
+    a_reqs, b_reqs = overload(seed), overload(seed)
+    for r in (a_reqs[250], b_reqs[250]):
+        r.program_id = 7
+    a = run(a_reqs, True, num_blocks, ToyPerf(), "continuum")
+    b = run(b_reqs, False, num_blocks, ToyPerf(), "continuum")
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
+    plain = run(overload(seed), True, num_blocks, ToyPerf(), "continuum")
+    assert not a.scheduler.plain() and plain.scheduler.plain()
+    assert a.num_finish_admissions == 0 < plain.num_finish_admissions
