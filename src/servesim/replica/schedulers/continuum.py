@@ -23,6 +23,7 @@ P(tool <= τ)·B − τ) needs tool identities the workload does not carry yet.
 from __future__ import annotations
 
 import heapq
+from operator import attrgetter
 from typing import Iterator
 
 from pydantic import Field
@@ -265,4 +266,6 @@ class ContinuumScheduler(VLLMScheduler):
             hits = kv.get_computed_blocks(head)
 
     def pick_victim(self) -> Request:
+        if not self.first_entry_s:  # (standalone calls: the key is their arrival, read in C)
+            return max(self.running, key=attrgetter("arrival_s"))
         return max(self.running, key=lambda r: (self.first_entry_s.get(job_of(r), r.arrival_s), r.arrival_s))
