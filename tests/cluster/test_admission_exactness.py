@@ -12,7 +12,7 @@ import servesim.replica.admission_stretch as admission
 from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
 
 
-@pytest.mark.parametrize("scheduler", ["vllm", "priority", "edf", "hygen", "batchllm"])
+@pytest.mark.parametrize("scheduler", ["vllm", "priority", "edf", "hygen", "batchllm", "continuum", "trtllm"])
 @pytest.mark.parametrize("rate", [40, 80])
 def test_admissions_inside_stretches_are_exact_with_a_state_reading_router(scheduler, rate, reads_everything,
                                                                            monkeypatch):

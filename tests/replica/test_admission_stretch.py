@@ -53,9 +53,11 @@ def test_admissions_inside_stretches_match_stepping(seed, num_blocks, perf_name,
 
 
 # The policies whose admission under a blocked head is vLLM's in a fixed key order (hygen:
-# online requests only, in queue order).
+# online requests only, in queue order; continuum: standalone requests, in arrival order, a
+# preempted one re-entering by its arrival; trtllm: GUARANTEED_NO_EVICT's reservations, in
+# arrival order).
 KEYED = [("priority", {}, 1), ("priority", {}, 3), ("priority", {"preemption": False}, 3), ("edf", {}, 1),
-         ("hygen", {}, 1)]
+         ("hygen", {}, 1), ("continuum", {}, 1), ("trtllm", {}, 1), ("trtllm", {"max_batch_size": 40}, 1)]
 
 
 @pytest.mark.parametrize("scheduler,params,priorities", KEYED)
@@ -94,3 +96,34 @@ def test_no_admission_stretch_without_deferred_finishes(scheduler):
     b = run(b_reqs, False, 300, ToyPerf(), scheduler, defer_finishes=False)
     assert_same_run(a, b, a_reqs, b_reqs, 300, FIELDS)
     assert a.num_finish_admissions == 0 and a.num_fast_forwarded_steps > 0
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (4, 200)])
+def test_continuum_with_a_program_call_stays_exact(seed, num_blocks):
+    # once a call of a program has arrived (here all arrive before the queue forms) its finish
+    # may pin and its queue order is its program's: no admission stretch from then on
+    a_reqs, b_reqs = overload(seed), overload(seed)
+    for r in (a_reqs[250], b_reqs[250]):
+        r.program_id = 7
+    a = run(a_reqs, True, num_blocks, ToyPerf(), "continuum")
+    b = run(b_reqs, False, num_blocks, ToyPerf(), "continuum")
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
+    plain = run(overload(seed), True, num_blocks, ToyPerf(), "continuum")
+    assert not a.scheduler.plain() and plain.scheduler.plain()
+    assert a.num_finish_admissions == 0 < plain.num_finish_admissions
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (3, 300)])
+@pytest.mark.parametrize("params", [{}, {"max_num_tokens": 256}])
+def test_trtllm_reservations_admit_inside_stretches_exactly(seed, num_blocks, params):
+    # `max_tokens` above the output: each request reserves more blocks than it ever holds, so
+    # the room a finish returns is its total, not its blocks (a smaller token budget keeps
+    # prompts out by tokens too)
+    a_reqs, b_reqs = overload(seed), overload(seed)
+    rng = np.random.default_rng(seed)
+    for a, b in zip(a_reqs, b_reqs):
+        a.max_tokens = b.max_tokens = a.output_len + int(rng.integers(0, 200))
+    a = run(a_reqs, True, num_blocks, ToyPerf(), "trtllm", params)
+    b = run(b_reqs, False, num_blocks, ToyPerf(), "trtllm", params)
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
+    assert a.num_finish_admissions > 0.1 * len(a_reqs)

@@ -147,3 +147,23 @@ def test_program_completion_times_section():
     assert out["num_programs"] == 3 and out["num_incomplete"] == 1
     assert out["mean_completion_s"] == pytest.approx((5.0 + 1.0) / 2)
     assert section(SectionInput([make_request(9, 1, 1)], np.empty(0), {})) is None
+
+
+def test_waiting_calls_iterate_in_pop_order_without_pins():
+    # with no pin the queue is read lazily from its heap (an admission walk reads a few of
+    # thousands waiting): the order must be the one `pop` takes, removed calls skipped
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="continuum")
+    rng = np.random.default_rng(5)
+    reqs = [make_request(i, 10, 1, arrival=float(rng.integers(0, 40)),
+                         program_id=int(rng.integers(0, 6)) if i % 3 else None) for i in range(200)]
+    queue = sched.waiting
+    for r in reqs:
+        sched.add_request(r, r.arrival_s)
+    for r in reqs[::4]:
+        queue.remove(r)
+    for r in reqs[::8]:
+        queue.prepend(r)  # (re-entering by its program's order: a second heap entry, the first dead)
+    listed = list(queue)
+    assert len(listed) == len(queue) == 200 - 50 + 25
+    assert listed == sorted(listed, key=queue._order)
+    assert listed == [queue.pop() for _ in range(len(listed))]

@@ -23,6 +23,7 @@ P(tool <= τ)·B − τ) needs tool identities the workload does not carry yet.
 from __future__ import annotations
 
 import heapq
+from operator import attrgetter
 from typing import Iterator
 
 from pydantic import Field
@@ -109,9 +110,27 @@ class ProgramQueue:
         return len(self._live)
 
     def __iter__(self) -> Iterator[Request]:
-        reqs = [r for calls in self._by_job.values() for r in calls.values()]
         pins = self._sched.pins
+        if not pins:
+            return self._in_heap_order()
+        reqs = [r for calls in self._by_job.values() for r in calls.values()]
         return iter(sorted(reqs, key=lambda r: (job_of(r) not in pins, *self._order(r))))
+
+    def _in_heap_order(self) -> Iterator[Request]:
+        """The live calls in heap order, read lazily (best first from the root: a node's entry
+        is never above its parent's): the order `pop` takes them with no pin, at a cost in the
+        calls read, not the queue's length (an admission reads a few of thousands waiting).
+        The heap must not change while this is read (nothing pushes during an admission walk)."""
+        heap, live = self._heap, self._live
+        n = len(heap)
+        front = [(heap[0], 0)] if n else []
+        while front:
+            entry, i = heapq.heappop(front)  # (entries are unique by their sequence number)
+            if live.get(entry[2]) == entry[3]:
+                yield entry[4]
+            for c in (2 * i + 1, 2 * i + 2):
+                if c < n:
+                    heapq.heappush(front, (heap[c], c))
 
 
 @register("continuum")
@@ -197,10 +216,33 @@ class ContinuumScheduler(VLLMScheduler):
                     self._released = True  # blocks freed after admission: the next step may admit
         return out
 
+    def plain(self) -> bool:
+        """No call of a program or session has arrived and no adapter is loaded: nothing pins,
+        the queue is in arrival order and `schedule` and `finish` are vLLM's FCFS ones (a
+        standalone request's finish frees its blocks), so vLLM's answers to the fast-forward
+        hooks hold, read in this queue's order (azure-conv's requests are all standalone)."""
+        return not self.first_entry_s and self.lora is None
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A call may jump the queue (its program's order) and an arrival changes which pins
-        # may expire (the timers): every arrival cuts the stretch.
-        return False
+        # may expire (the timers): with jobs every arrival cuts the stretch. Without, vLLM's
+        # FCFS answer for a standalone newcomer, which must sort after the blocked head (a
+        # preempted call re-enters by its arrival, so the head need not be the earliest).
+        if not self.plain() or (req is not None and (job_of(req) is not None or req.lora is not None)):
+            return False
+        if not self.waiting:
+            return False
+        if len(self.running) >= self.config.max_num_seqs:
+            return True  # the admission loop does not run at all
+        head = self.waiting.peek()
+        return (self._head_blocked_by_kv and head is self._blocked_head
+                and (req is None or self.waiting._order(req) > self.waiting._order(head)))
+
+    def vllm_admission(self) -> bool:
+        return self.plain()
+
+    def finish_admission(self) -> bool:
+        return self.plain()
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # vLLM's answer (prompts finished this step decode with the rest), unless a pin was
@@ -210,7 +252,7 @@ class ContinuumScheduler(VLLMScheduler):
         if self._released:
             return NO_FAST_FORWARD
         ff = super().fast_forward(output)
-        if ff.repeat and not self.waiting and not any(map(self.pins_on_finish, self.running)):
+        if ff.repeat and not self.waiting and (self.plain() or not any(map(self.pins_on_finish, self.running))):
             return REPEAT_THROUGH
         return ff
 
@@ -224,4 +266,6 @@ class ContinuumScheduler(VLLMScheduler):
             hits = kv.get_computed_blocks(head)
 
     def pick_victim(self) -> Request:
+        if not self.first_entry_s:  # (standalone calls: the key is their arrival, read in C)
+            return max(self.running, key=attrgetter("arrival_s"))
         return max(self.running, key=lambda r: (self.first_entry_s.get(job_of(r), r.arrival_s), r.arrival_s))

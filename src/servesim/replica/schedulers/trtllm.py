@@ -48,8 +48,9 @@ from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.batch_passes import decoding_requests
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
 from servesim.workload.request import Request
 
@@ -94,6 +95,14 @@ class TRTLLMScheduler(Scheduler):
         # The waiting head the last `schedule` stopped at, for a reason decode-only steps cannot lift
         # (batch full, KV, or the token budget with chunking off); None if none.
         self._blocked_head: Request | None = None
+        # Whether the capacity scheduler stopped it (batch size, KV): then no step before a
+        # finish lets it in, even after contexts (which spend the token budget only in their step)
+        self._capacity_blocked = False
+        # GUARANTEED_NO_EVICT: the blocks the next `schedule`'s capacity pass has beyond the
+        # reservations of the started requests (free + held - their totals; decode steps leave
+        # it as it is, a started context takes its reservation, a finish returns its total):
+        # what an admission stretch admits against (`finish_admits`)
+        self._room = 0
         # Attention DP only: whether this iteration's contexts are held by the ranks' balance (set
         # by replica/attention_dp.py before each `schedule`); None without attention DP.
         self.adp_hold: bool | None = None
@@ -118,6 +127,12 @@ class TRTLLMScheduler(Scheduler):
         self._totals[req.id] = self.total_blocks(req)
         self._partial = True
         super().add_transferred(req, now_s)
+
+    def _total_of(self, req: Request) -> int:
+        """`total_blocks(req)`, kept by id (computed here for a request that reached this
+        scheduler without `add_request`)."""
+        total = self._totals.get(req.id)
+        return total if total is not None else self._totals.setdefault(req.id, self.total_blocks(req))
 
     def forget(self, req: Request) -> None:
         self._totals.pop(req.id, None)
@@ -150,6 +165,7 @@ class TRTLLMScheduler(Scheduler):
         out = SchedulerOutput()
         running = self.running
         self._blocked_head = None
+        self._capacity_blocked = False
         if not self.waiting and running and len(running) <= min(self.max_num_tokens, self.max_batch_size) \
                 and self.kv.allocate_decodes(running):
             # Same outcome as the passes below: everyone generates and every block fits.
@@ -170,15 +186,15 @@ class TRTLLMScheduler(Scheduler):
         running = self.running
         gens = decoding_requests(running) if self._partial else list(running)
         started = gens + [r for r in running if not r.is_decoding] if len(gens) < len(running) else gens
-        available = kv.num_free_blocks - self._reserved(started)
+        available = self._room = kv.num_free_blocks - self._reserved(started)
         candidates = []
         for req in self.waiting:
             if len(started) + len(candidates) >= self.max_batch_size:
-                self._blocked_head = req
+                self._blocked_head, self._capacity_blocked = req, True
                 break
             need = self.total_blocks(req) - kv.num_blocks_of(req.id)
             if need > available:  # reservations only move between free and held while requests decode
-                self._blocked_head = req
+                self._blocked_head, self._capacity_blocked = req, True
                 break
             available -= need
             candidates.append(req)
@@ -208,7 +224,8 @@ class TRTLLMScheduler(Scheduler):
         for req in self.waiting:
             need = cdiv(req.num_tokens, kv.block_size)
             if len(started) + len(candidates) >= self.max_batch_size or need > free:
-                self._blocked_head = req  # decodes only take free blocks: it stays out until a finish
+                # decodes only take free blocks: it stays out until a finish
+                self._blocked_head, self._capacity_blocked = req, True
                 break
             free -= need
             candidates.append(req)
@@ -241,6 +258,7 @@ class TRTLLMScheduler(Scheduler):
                         contexts += [(req, n, hits)] if n > 0 else []
                     else:  # the batch's token count stays put while it decodes; hits may not
                         self._blocked_head = req if hits is not None and not req.kv_block_keys else None
+                        self._capacity_blocked = False
                     break
                 contexts.append((req, left, hits))
                 tokens += 0 if self.chunked else left
@@ -292,6 +310,9 @@ class TRTLLMScheduler(Scheduler):
             out.scheduled.append((req, n))
             return
         num_cached = len(hits) * self.kv.block_size
+        self._room -= self._total_of(req) - self.kv.num_blocks_of(req.id)  # (its reservation, now started)
+        if hits:  # the capacity pass counted its whole context: with fewer blocks taken or
+            self._capacity_blocked = False  # reserved, the next step's pass may let the head in
         if not self.kv.allocate_slots(req, req.num_tokens - num_cached, hits):
             raise AssertionError("trtllm: an admitted context found no KV blocks")
         if num_cached + n < req.num_tokens:
@@ -321,6 +342,42 @@ class TRTLLMScheduler(Scheduler):
         for req, n in joins:
             self._run_context(req, n, self.kv.get_computed_blocks(req), out)
 
+    def finish_admission(self) -> bool:
+        # GUARANTEED_NO_EVICT with whole contexts and no held contexts: a finish gives the
+        # reservation room its total blocks back, and the next `schedule` admits in arrival
+        # order while the batch size, the room and (whole) the token budget allow
+        return (self.no_evict and not self._partial and not (self.wait_iters or self.wait_ratio)
+                and self.adp_hold is None)
+
+    def finish_departs(self, reqs: list[Request]) -> None:
+        self._room += sum(map(self._total_of, reqs))
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # `_no_evict` then `_micro_batch` after the finishes, in arrival order: the batch size
+        # (the `num_running` started) and the room stop a request until the next finish (each
+        # fresh one holds no block and reserves its total); a context the tokens left cannot
+        # take whole is left to stepping
+        if not self.finish_admission():
+            return None
+        room, seats = self._room, self.max_batch_size - num_running
+
+        def over_capacity(req: Request) -> bool:
+            nonlocal room, seats
+            room -= self._total_of(req)
+            seats -= 1
+            return seats < 0 or room < 0
+
+        found = admits_until_blocked(self.waiting, 0, num_running, 1 << 62, self.max_num_tokens, free_blocks,
+                                     self.kv.block_size,
+                                     lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0,
+                                     over_capacity)
+        return None if found is None else found[0]
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        if self.waiting:  # (`finish_admits` stopped at a head the room or the free blocks keep out)
+            self._blocked_head, self._capacity_blocked = self.waiting.peek(), True
+
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode-only steps list `running` in its order (a step that started contexts listed
         # its generation requests first).
@@ -336,5 +393,7 @@ class TRTLLMScheduler(Scheduler):
         if not self.waiting:
             return REPEAT_THROUGH
         if self.waiting.peek() is self._blocked_head:
-            return REPEAT_DECODES
+            # a context this step started decodes with the rest; a head the tokens kept out
+            # may fit once contexts no longer spend them
+            return REPEAT_AFTER_PREFILL if self._capacity_blocked else REPEAT_DECODES
         return NO_FAST_FORWARD

@@ -143,10 +143,15 @@ class VLLMScheduler(VLLMSteps):
         return self.params.policy == "fcfs" or (req is not None
                                                 and (req.priority, req.arrival_s) >= (head.priority, head.arrival_s))
 
+    def vllm_admission(self) -> bool:
+        """Does the next `schedule` admit as this class's `_admit` does, in the queue's
+        iteration order (no adapters)? A subclass scheduling otherwise (`continuum`) says when."""
+        return type(self).schedule is VLLMScheduler.schedule and self.lora is None
+
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
         # `_admit` on a queue of newcomers, in queue order (a priority queue iterates in its
-        # order). (A subclass deciding otherwise, `continuum`, keeps ending the stretch.)
-        if type(self).schedule is not VLLMScheduler.schedule or self.lora is not None:
+        # order).
+        if not self.vllm_admission():
             return None
         cfg = self.config
         return whole_prompts(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
