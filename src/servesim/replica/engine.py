@@ -103,11 +103,6 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # late finish frees (`KVCacheManager.blocks_freed`; not SGLang's radix cache, its subclass)
         self._keyed_through = type(kv) is KVCacheManager
         self.notice = notice
-        # May a request with prefix keys join a stretch in flight (`replica/keyed_join.py`)? Its
-        # admission then runs before the stretch's earlier steps register and evict their
-        # blocks, which only a reader of this prefix cache from outside could see (a
-        # cache-aware router, a KV store): the simulation turns it on when there is none.
-        self.keyed_joins = False
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
