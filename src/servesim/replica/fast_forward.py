@@ -208,6 +208,12 @@ class FastForwarding:
         departure; a C call once the batch size was seen)."""
         return self._decode_fns.__getitem__
 
+    def end_stretch_now(self, st: Stretch, now_s: float) -> None:
+        """End `st` at `now_s` (its caller truncated it to the step in flight): its pending end
+        event is void, and the stretch is applied and the engine goes on as at that event."""
+        st.gen += 1
+        self._end_fast_forward(now_s, (st, st.gen))
+
     def _end_fast_forward(self, now_s: float, payload) -> None:
         st, gen = payload
         if gen != st.gen:

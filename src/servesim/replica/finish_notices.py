@@ -59,7 +59,6 @@ def _notice(now_s: float, payload: tuple) -> None:
         # that stops at its first finish does (its end event would come after the arrival).
         st.truncate(rem[n])
         st.final = True
-        st.gen += 1  # (the pending end event is void)
-        engine._end_fast_forward(now_s, (st, st.gen))
+        engine.end_stretch_now(st, now_s)
         return
     schedule_notice(engine, st)
