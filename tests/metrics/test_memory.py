@@ -166,3 +166,33 @@ def test_batch_sizes_logged_as_runs_expand_to_the_same_column():
     a, b = per_step.step_log(100), by_runs.step_log(100)
     assert a.num_running.tolist() == [3, 3, 2, 2, 2, 5] == b.num_running[:6].tolist()
     assert b.num_running.tolist()[6] == 4 and b.output_tokens.tolist() == [3, 3, 2, 2, 2, 5, 4]
+
+
+def test_rows_turned_into_columns_in_pieces_give_the_same_run_folder(tmp_path, monkeypatch):
+    """A chunk of rows made of several pieces (each turned into columns as it fills) spills and
+    writes the same bytes as the chunk turned into columns at once: runs that moved between
+    replicas (a crash), rerouted rows and the gaps streamed to the helper follow their rows."""
+    import servesim.metrics.request_table as request_table
+    from servesim.output import write_run
+
+    monkeypatch.setattr(request_table, "FLUSH_ROWS", 16)
+    turned = []
+    columns = request_table.RequestTable._columns
+    monkeypatch.setattr(request_table.RequestTable, "_columns",
+                        lambda self: (turned.append(len(self._rows)), columns(self))[1])
+    sets = ["replicas=2", "faults.crashes=[{replica: 1, at_s: 20, recovery_s: 5}]", "workload.trace.end_s=60"]
+    folders, counts = [], []
+    for piece in (4, 16):
+        monkeypatch.setattr(request_table, "PIECE_ROWS", piece)
+        turned.clear()
+        result = simulate(load_scenario("examples/azure-conv.yaml", sets))
+        summary = result.summary()
+        summary.pop("wall_time_s")
+        folders.append(write_run(result, tmp_path / str(piece), summary))
+        counts.append(list(turned))
+    n = len(result.table)
+    assert n > 150 and sum(counts[0]) == sum(counts[1]) == n
+    assert max(counts[0]) == 4 and len(counts[0]) >= n // 4  # pieces of 4 rows
+    assert max(counts[1]) == 16 and len(counts[1]) < n // 8  # a chunk at once
+    for name in ("summary.json", "requests.csv", "timeseries.csv"):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
