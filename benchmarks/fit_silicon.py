@@ -3,7 +3,8 @@
 
 Run: python benchmarks/fit_silicon.py prefill|seq-gpu|mixed|waves|release [--measured CSV] [--engine vllm --engine sglang ...]
 - prefill: prefill constants on the rows with at most 8 users (validation/prefill.py), plus the
-  latency to add to each group's front-end profiles; 5-10 minutes per engine on two busy cores.
+  latency to add to each group's front-end profiles (fitted outside silicon_file.held_out_ids, the
+  held-out split by measurement); 5-10 minutes per engine on two busy cores.
 - seq-gpu: the GPU time per sequence (`seq_gpu_s`) on the rows with more than 8 users
   (validation/batch.py); about 3-10 minutes.
 - mixed [--key ENGINE:SYSTEM ...]: the mixed prefill + decode step's slowdown (`mixed_prefill_slowdown`)

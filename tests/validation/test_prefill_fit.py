@@ -13,17 +13,22 @@ from tests.validation.silicon_rows import silicon_row
 
 
 def row(i, **changes):
-    return silicon_row(i, **{"isl": "1024", "osl": "4", **changes})
+    # each row its own measurement (a distinct TTFT) unless a test makes twins
+    return silicon_row(i, **{"isl": "1024", "osl": "4", "silicon_ttft_ms": str(20 + i), **changes})
 
 
-def test_groups_hold_low_concurrency_rows_split_by_file_position():
+def test_groups_hold_low_concurrency_rows_split_by_measurement():
     rows = [row(0), row(1), row(2, concurrency="9", batch_size="9"), row(3, backend="sglang"), row(4),
             row(5, system="b200_sxm"), row(6, mode="disagg")]
     groups = prefill.low_concurrency_groups(rows, ("vllm",))
     assert list(groups) == [("vllm", "b200_sxm"), ("vllm", "h100_sxm")]
-    even, odd = groups[("vllm", "h100_sxm")]
-    assert [r.id for r in even] == ["r0", "r4"] and [r.id for r in odd] == ["r1"]  # r2: 9 users
+    fit, held_out = groups[("vllm", "h100_sxm")]
+    assert [r.id for r in fit] == ["r0", "r4"] and [r.id for r in held_out] == ["r1"]  # r2: 9 users
     assert [r.id for r in groups[("vllm", "b200_sxm")][1]] == ["r5"]
+    # r7 records r0's measurement under another id at an odd position: it is fitted with r0, not held out
+    twin = row(7, silicon_ttft_ms="20")
+    fit, held_out = prefill.low_concurrency_groups([*rows, twin], ("vllm",))[("vllm", "h100_sxm")]
+    assert [r.id for r in fit] == ["r0", "r4", "r7"] and [r.id for r in held_out] == ["r1"]
 
 
 def test_added_latency_adds_to_ttft_and_leaves_tpot():

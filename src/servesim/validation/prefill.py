@@ -7,8 +7,9 @@ grows with its length. On them servesim's shipped state was too fast at 1,024 to
 slow at 8,192 (docs/fidelity.md, "Prefill at low concurrency"): a fixed cost per request missing,
 and the per-token cost of long prompts too high.
 
-Per (GPU, engine) this fits, by coordinate descent over absolute grids, on the rows at even file
-positions only (the odd ones are held out):
+Per (GPU, engine) this fits, by coordinate descent over absolute grids, on the rows outside
+`silicon_file.held_out_ids` only (held out by measurement, so a measurement recorded twice is never
+both fitted and scored as held out):
 
 - `eta_compute_large_m`: the GEMM efficiency that steps of thousands of tokens approach
   (terms.StepTerms.eta_compute_at; the decode-sized steps keep the shipped eta_compute);
@@ -30,6 +31,7 @@ from servesim.validation.run import row_errors
 from servesim.validation.silicon import (
     GPUS, ClientOptions, SiliconRow, inexpressible_reason, row_scenario, scenario_perf_model,
 )
+from servesim.validation.silicon_file import held_out_ids
 
 LOW_CONCURRENCY = 8
 # Absolute candidates (the shipped value is always kept as the start).
@@ -47,13 +49,15 @@ Group = tuple[str, str]  # (engine, system)
 
 def low_concurrency_groups(rows: list[SiliconRow], engines: tuple[str, ...],
                            max_concurrency: int = LOW_CONCURRENCY) -> dict[Group, tuple[list[SiliconRow], list[SiliconRow]]]:
-    """(engine, system) -> (fitting rows at even positions of `rows`, held-out rows at odd ones):
-    the expressible aggregated rows with 1..max_concurrency users."""
+    """(engine, system) -> (fitting rows, held-out rows of `held_out_ids(rows)`): the expressible
+    aggregated rows with 1..max_concurrency users. Pass the whole file: the split is by measurement
+    over all of `rows`."""
+    held = held_out_ids(rows)
     groups: dict[Group, tuple[list[SiliconRow], list[SiliconRow]]] = {}
-    for i, r in enumerate(rows):
+    for r in rows:
         if r.backend in engines and 0 < r.concurrency <= max_concurrency and inexpressible_reason(r) is None:
-            even, odd = groups.setdefault((r.backend, r.system), ([], []))
-            (even if i % 2 == 0 else odd).append(r)
+            fit, held_out = groups.setdefault((r.backend, r.system), ([], []))
+            (held_out if r.id in held else fit).append(r)
     return dict(sorted(groups.items()))
 
 
