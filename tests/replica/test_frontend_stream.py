@@ -1,16 +1,13 @@
-"""An API server that streams every token (`frontend.output_token_s`): token work in the serial
-process, admissions only when it has none left, and the token-rate ceiling that follows (exact)."""
+"""An API server that streams every token (`frontend.output_token_s`): token work and admissions
+in one serial FIFO process, and the token-rate ceiling that follows (exact)."""
 
 from __future__ import annotations
 
 import pytest
 
 from servesim import simulate
-from servesim.core.loop import EventLoop
 from servesim.replica.frontend import FrontEnd, FrontendConfig
-from servesim.replica.frontend_stream import StreamingAdmissions
 from servesim.scenario import validate_scenario
-from servesim.workload.request import Request
 
 
 def test_tokens_take_the_serial_process_in_order():
@@ -29,18 +26,12 @@ def test_profile_token_cost_and_activity():
     assert FrontendConfig(profile="trtllm@h100-sxm@1.0.0rc3").token_s() > 0
 
 
-def test_admission_waits_until_the_process_has_no_token_work():
-    loop = EventLoop()
+def test_admissions_and_tokens_share_one_fifo():
     fe = FrontEnd(FrontendConfig(request_s=0.001, output_token_s=1e-3))
-    handed: list[tuple[int, float]] = []
-    queue = StreamingAdmissions(fe, loop, lambda req, at_s: handed.append((req.id, at_s)))
-    fe.deliver_s(0.0, 5)  # a step's 5 tokens: the process is busy until 5 ms
-    queue.submit(Request(1, 0.0, 10, 4), 0.001, 0.0)
-    queue.submit(Request(2, 0.0, 10, 4), 0.002, 0.0)
-    loop.schedule(0.004, lambda now_s, _: fe.deliver_s(now_s, 3), None, 1)  # more tokens before it frees: first
-    loop.run()
-    # tokens until 8 ms, then the two admissions of 1 ms each, in arrival order
-    assert handed == [(1, pytest.approx(0.009)), (2, pytest.approx(0.010))]
+    assert fe.deliver_s(0.0, 5) == pytest.approx(0.005)  # a step's 5 tokens: busy until 5 ms
+    assert fe.engine_arrival_s(0.001, 10) == pytest.approx(0.006)  # an arrival queues behind them
+    assert fe.deliver_s(0.004, 3) == pytest.approx(0.009)  # tokens made meanwhile wait for its admission
+    assert fe.engine_arrival_s(0.002, 10) == pytest.approx(0.010)  # the next arrival behind those
 
 
 def _scenario(frontend: dict, users: int = 16) -> dict:
@@ -64,7 +55,7 @@ def test_streaming_cost_caps_the_token_rate_and_delays_first_tokens():
     assert 0.9 / cost < _token_rate(capped) <= 1.0 / cost
     assert capped.num_fast_forwarded_steps == 0  # every step's tokens pass the process
     mean = lambda res, f: sum(map(f, res.requests)) / len(res.requests)  # noqa: E731
-    # admissions wait behind the streamed tokens: first tokens come later (here +16 ms)
+    # admissions queue behind the streamed tokens: first tokens come later
     assert mean(capped, lambda r: r.first_token_s - r.arrival_s) > mean(free, lambda r: r.first_token_s - r.arrival_s) + 0.01
     assert all(r.arrival_s < r.first_token_s <= r.finish_s for r in capped.requests)
 

@@ -22,8 +22,8 @@ times positive and the mean equal to the constant; its spread is a fitted consta
 Per-output-token work (detokenization, streaming) costs nothing by default: in most measured
 engines it overlaps the GPU step and its effect on step time belongs to the engine constants.
 `output_token_s > 0` puts it in the same serial process: each step's tokens take that much of the
-process per token before they reach the client, and a request waiting to be admitted queues behind
-them (FIFO). Once the tokens the users' closed loop asks for exceed `1 / output_token_s` a second,
+process per token before they reach the client, in one FIFO with the admissions (a request
+arriving queues behind the tokens already accepted, tokens made later behind its admission). Once the tokens the users' closed loop asks for exceed `1 / output_token_s` a second,
 the process bounds the served token rate whatever the GPUs do, and the wait shows in the TTFT
 (docs/fidelity.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
 """

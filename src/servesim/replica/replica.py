@@ -23,7 +23,6 @@ from typing import Callable
 from servesim.cluster.view import ReplicaView
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.frontend import FrontEnd
-from servesim.replica.frontend_stream import StreamingAdmissions
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.base import Scheduler
@@ -45,9 +44,6 @@ class Replica:
         self.engine = engine
         self.frontend = frontend  # this replica's API server (None: requests reach the engine at once)
         self._in_transit: set[Request] = set()  # in the API server, not yet at the engine
-        # an API server that streams tokens admits requests only when it has no token work left
-        self._admissions = (StreamingAdmissions(frontend, engine.loop, self._hand) if frontend is not None
-                            and frontend.output_token_s > 0 else None)
         self._make_parts = make_parts  # a fresh scheduler and KV cache, for a restart
         # called whenever `alive` or `state` is set (the cluster keeps its list of replicas
         # taking requests up to date by it, instead of checking every replica at each arrival)
@@ -73,17 +69,10 @@ class Replica:
         self._take(req)
         if self.frontend is None and delay_s == 0.0:
             self.engine.add_request(req, now_s)
-        elif self._admissions is not None:
-            self._in_transit.add(req)
-            self._admissions.submit(req, now_s, delay_s)
         else:  # through the API server first; the request keeps its client arrival time
             at_s = (self.frontend.engine_arrival_s(now_s, req.prompt_len) if self.frontend else now_s) + delay_s
-            self._hand(req, at_s)
-
-    def _hand(self, req: Request, at_s: float) -> None:
-        """`req` leaves the API server; the engine receives it at `at_s`."""
-        self._in_transit.add(req)
-        self.engine.loop.schedule(at_s, self._to_engine, req, PRIO_ARRIVAL)
+            self._in_transit.add(req)
+            self.engine.loop.schedule(at_s, self._to_engine, req, PRIO_ARRIVAL)
 
     def _to_engine(self, now_s: float, req: Request) -> None:
         if req in self._in_transit:  # (not if a crash took it back meanwhile)
@@ -116,9 +105,6 @@ class Replica:
         self._in_transit.clear()
         if self.frontend is not None:
             self.frontend = FrontEnd(self.frontend.config, self.frontend.rng)  # the API server restarts too
-            if self._admissions is not None:
-                self._admissions.clear()
-                self._admissions.frontend = self.frontend
         self.num_outstanding -= len(evicted)
         kv = self.engine.kv
         kv.check_all_free()  # conservation at the moment of the crash
