@@ -86,9 +86,9 @@ class FrontendConfig(BaseModel):
             resolve(FRONTEND_FILE, "frontend profile", self.profile)  # raises naming the allowed ones
         return self
 
-    def constants(self) -> tuple[float, float, float]:
-        """(request_s, prompt_token_s, latency_s) after applying the profile and the overrides."""
-        base = {"request_s": 0.0, "prompt_token_s": 0.0, "latency_s": 0.0}
+    def _values(self) -> dict[str, float]:
+        """Every constant after applying the profile and the overrides (0 where neither sets it)."""
+        base = dict.fromkeys(("request_s", "prompt_token_s", "latency_s", "output_token_s"), 0.0)
         if self.profile.strip().lower() != "none":
             _, entry = resolve(FRONTEND_FILE, "frontend profile", self.profile)
             base.update({k: float(entry[k]) for k in base if k in entry})
@@ -96,19 +96,20 @@ class FrontendConfig(BaseModel):
             value = getattr(self, key)
             if value is not None:
                 base[key] = float(value)
-        return base["request_s"], base["prompt_token_s"], base["latency_s"]
+        return base
+
+    def constants(self) -> tuple[float, float, float]:
+        """(request_s, prompt_token_s, latency_s) after applying the profile and the overrides."""
+        v = self._values()
+        return v["request_s"], v["prompt_token_s"], v["latency_s"]
 
     def token_s(self) -> float:
         """`output_token_s` after applying the profile and the override (0 when neither sets it)."""
-        if self.output_token_s is not None:
-            return float(self.output_token_s)
-        if self.profile.strip().lower() == "none":
-            return 0.0
-        return float(resolve(FRONTEND_FILE, "frontend profile", self.profile)[1].get("output_token_s", 0.0))
+        return self._values()["output_token_s"]
 
     @property
     def active(self) -> bool:
-        return any(v > 0 for v in self.constants()) or self.token_s() > 0
+        return any(v > 0 for v in self._values().values())
 
 
 class FrontEnd:
