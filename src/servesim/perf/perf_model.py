@@ -57,7 +57,7 @@ class PerfModel(MemoryMixin):
     def __post_init__(self) -> None:
         t = self.terms
         win_layers = t.model.num_window_layers if t.model.sliding_window else 0
-        full_layers = t.model.num_layers - win_layers
+        full_layers = t.model.num_attention_layers - win_layers  # (linear-attention layers keep no KV)
         per = t.decode_s_per_ctx_token()
         object.__setattr__(self, "_window", t.model.sliding_window if win_layers else None)
         object.__setattr__(self, "_g_full", full_layers * per)
@@ -66,6 +66,8 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_pair_win", win_layers * t.pair_s())
         object.__setattr__(self, "_kv_read", t.kv_read_s_per_token())
         object.__setattr__(self, "_layers", (full_layers, win_layers))
+        object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token())  # per prompt token (0.0: none)
+        object.__setattr__(self, "_hybrid", t.model.linear_attention is not None)
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
         object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
         object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
@@ -81,9 +83,14 @@ class PerfModel(MemoryMixin):
         return v
 
     def _logits_s(self, num_logits: int) -> float:
+        """GPU time per sequence of the step: the LM head (and `seq_gpu_s`), plus for hybrid models
+        each sequence's linear-attention state read and written (a function of the count alone, so
+        every fast path that prices the step's sequences here keeps it)."""
         v = self._logit.get(num_logits)
         if v is None:
             v = self.terms.lm_head_s(num_logits)
+            if self._hybrid:
+                v = v + self.terms.linear_state_s(num_logits)
             self._logit[num_logits] = v
         return v
 
@@ -102,15 +109,18 @@ class PerfModel(MemoryMixin):
         full_layers, win_layers = self._layers
         w = self._window
         pairs_full = pairs_win = 0.0
-        cached_full = cached_win = 0
+        cached_full = cached_win = prompt = 0
         for new, cached in prefills:
             pairs_full += causal_attention_pairs(new, cached, None)
             cached_full += cached
+            prompt += new
             if w is not None:
                 pairs_win += causal_attention_pairs(new, cached, w)
                 cached_win += min(cached, w)
+        # The linear-attention layers' chunked prefill is linear in the prompt tokens (0.0 x n adds
+        # exactly nothing for models without them).
         return (self._pair_full * pairs_full + self._pair_win * pairs_win
-                + self._kv_read * (full_layers * cached_full + win_layers * cached_win))
+                + self._kv_read * (full_layers * cached_full + win_layers * cached_win) + self._lin_tok * prompt)
 
     # ---- public API ----------------------------------------------------------------------
     def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> float:
@@ -202,8 +212,10 @@ class PerfModel(MemoryMixin):
 
         mixed = self._mixed_s(chunk, num_decodes)
 
+        lin = self._lin_tok * chunk
+
         def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])` + `_mixed_s`, no window
-            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + eager + mixed
+            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + lin + eager + mixed
 
         if self._overlap:
             return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
@@ -219,7 +231,8 @@ class PerfModel(MemoryMixin):
         cached = 0
         x = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
              + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
-                + self._kv_read * (self._layers[0] * cached) + self._eager + self._mixed_s(prompt, num_decodes))
+                + self._kv_read * (self._layers[0] * cached) + self._lin_tok * prompt + self._eager
+                + self._mixed_s(prompt, num_decodes))
              + self._g_full * ctx_sum)
         cpu = self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
         return max(x, cpu) if self._overlap else x + cpu
@@ -243,6 +256,7 @@ class PerfModel(MemoryMixin):
         attention = self._pair_full * pairs
         attention += self._pair_win * 0.0
         attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
+        attention += self._lin_tok * num_tokens
         attention += self._eager
         gpu = self._token_s(num_tokens) + self._logits_s(n)
         gpu = gpu + attention
@@ -271,6 +285,7 @@ class PerfModel(MemoryMixin):
         full_layers, win_layers = self._layers
         pair_full, pair_win, kv_read, g, eager = self._pair_full, self._pair_win, self._kv_read, self._g_full, self._eager
         base = self._token_s(n * t) + self._logits_s(n)
+        lin = self._lin_tok * (n * t)
         cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
 
         def time_s(ctx_sum: int) -> float | None:
@@ -279,6 +294,7 @@ class PerfModel(MemoryMixin):
             attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
             attention += pair_win * 0.0
             attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
+            attention += lin
             attention += eager
             gpu = base + attention
             gpu += g * 0
@@ -306,6 +322,8 @@ class PerfModel(MemoryMixin):
         other = t.other_s(num_tokens) + t.lm_head_s(num_seqs) + (self._eager if prefills else 0.0)
         other += self._mixed_s(num_tokens - len(decode_ctxs), len(decode_ctxs))
         attn = self._prefill_pairs_s(prefills) + self._g_full * sum(decode_ctxs)
+        if self._hybrid:  # the linear-attention states, priced per sequence with the LM head
+            attn += t.linear_state_s(num_seqs)
         if self._window is not None:
             attn += self._g_win * sum(min(c, self._window) for c in decode_ctxs)
         cpu = t.cpu_s(num_seqs, num_tokens)
