@@ -14,7 +14,7 @@ from servesim.perf.hf_config import spec_from_config
 from servesim.perf.models import active_params, linear_state_bytes_per_seq, model_spec, total_params
 from tests.cluster.helpers import assert_same_steps, outcome
 
-QWEN35 = "qwen3.5-397b-a17b"
+QWEN35 = "qwen3.5-397b-a17b-gdn"  # (the validation rows play the sliding-window stand-in, qwen3.5-397b-a17b)
 # Qwen3-Next-80B-A3B's config.json fields (Hugging Face; its shared_expert_intermediate_size 512 written as
 # n_shared_experts 1 of the expert width): the same layout at another size.
 QWEN3_NEXT = {"model_type": "qwen3_next", "num_hidden_layers": 48, "hidden_size": 2048, "num_attention_heads": 16,
@@ -38,6 +38,8 @@ def test_the_config_names_the_layer_kinds():
     assert a == b and a.num_linear_layers == 36 and a.attn_output_gate and a.linear_attention.state_bytes == 4.0
     assert spec_from_config("next", {**QWEN3_NEXT, "mamba_ssm_dtype": "bfloat16"}, "t").linear_attention.state_bytes == 2.0
     assert model_spec("qwen3-32b").linear_attention is None
+    stand_in = model_spec("qwen3.5-397b-a17b")  # no linear_* keys: the sliding-window approximation, ungated
+    assert stand_in.linear_attention is None and not stand_in.attn_output_gate and stand_in.num_window_layers == 45
 
 
 def test_kv_for_the_attention_layers_and_a_fixed_state_per_sequence():

@@ -68,6 +68,7 @@ def spec_from_config(name: str, config: dict[str, Any], source: str) -> ModelSpe
         window_layers = sum(1 for kind in config["layer_types"] if kind == "sliding_attention")
     if use_window and config.get("num_sliding_layers") is not None:  # the catalogue's short form
         window_layers = int(config["num_sliding_layers"])
+    linear = _linear_attention(config, layers, source)
     if mla is not None:
         kv_heads = heads  # MLA has no KV heads in the GQA sense; the latent is shared by all heads
     if heads <= 0 or kv_heads <= 0 or heads % kv_heads:
@@ -88,8 +89,10 @@ def spec_from_config(name: str, config: dict[str, Any], source: str) -> ModelSpe
         sliding_window=int(window) if use_window and window_layers else None,
         num_window_layers=window_layers if use_window else 0,
         max_position_embeddings=int(config["max_position_embeddings"]) if config.get("max_position_embeddings") else None,
-        linear_attention=_linear_attention(config, layers, source),
-        attn_output_gate=bool(config.get("attn_output_gate", model_type.startswith(("qwen3_next", "qwen3_5")))),
+        linear_attention=linear,
+        # Qwen3-Next and Qwen3.5's hybrid layouts gate their full attention (Qwen3-Next's config
+        # omits the key; Qwen3.5's says attn_output_gate: true)
+        attn_output_gate=bool(config.get("attn_output_gate", linear is not None and model_type.startswith(("qwen3_next", "qwen3_5")))),
     )
 
 
