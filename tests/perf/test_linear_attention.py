@@ -73,7 +73,7 @@ def test_the_chunked_prefill_is_linear_in_the_prompt():
     full_pair = pm._pair_full
     for prompt in (64, 1024, 8192):
         full = full_pair * prompt * prompt / 2.0
-        assert pm._prefill_pairs_s([(prompt, 0)]) == pytest.approx(full + lin * prompt, rel=1e-12)
+        assert pm._prefill_attention_s([(prompt, 0)], prompt) == pytest.approx(full + lin * prompt, rel=1e-12)
     # an 8k prompt costs its DeltaNet layers 8x a 1k prompt (not 64x: quadratic only in a chunk of 64)
     assert 0 < lin * 8192 == pytest.approx(8 * lin * 1024)
 

@@ -94,10 +94,17 @@ class PerfModel(MemoryMixin):
             self._logit[num_logits] = v
         return v
 
-    def _prefill_attention_s(self, prefills: Sequence[tuple[int, int]]) -> float:
+    def _prefill_attention_s(self, prefills: Sequence[tuple[int, int]], prompt_tokens: int) -> float:
         """GPU work only a step with prompt tokens does: attention over the new tokens plus the
-        eager launch time (`eager_layer_s` per layer; 0 by default, adding exactly nothing)."""
-        return self._prefill_pairs_s(prefills) + self._eager
+        per-step part `_prompt_fixed_s`."""
+        return self._prefill_pairs_s(prefills) + (self._lin_tok * prompt_tokens + self._eager)  # (`_prompt_fixed_s`, inline)
+
+    def _prompt_fixed_s(self, prompt_tokens: int) -> float:
+        """The linear-attention layers' chunked prefill of the step's prompt tokens plus the eager
+        launch time (`eager_layer_s` per layer). Both are 0 by default, and 0.0 x n + eager is
+        eager exactly, so models without linear attention keep main's floats; the fast paths add
+        this one term where step_time_s adds it, so they keep its floats too."""
+        return self._lin_tok * prompt_tokens + self._eager
 
     def _mixed_s(self, prompt_tokens: int, num_decode: int) -> float:
         """`mixed_prefill_slowdown` x the prompt tokens' own per-token time in a step that also
@@ -109,18 +116,15 @@ class PerfModel(MemoryMixin):
         full_layers, win_layers = self._layers
         w = self._window
         pairs_full = pairs_win = 0.0
-        cached_full = cached_win = prompt = 0
+        cached_full = cached_win = 0
         for new, cached in prefills:
             pairs_full += causal_attention_pairs(new, cached, None)
             cached_full += cached
-            prompt += new
             if w is not None:
                 pairs_win += causal_attention_pairs(new, cached, w)
                 cached_win += min(cached, w)
-        # The linear-attention layers' chunked prefill is linear in the prompt tokens (0.0 x n adds
-        # exactly nothing for models without them).
         return (self._pair_full * pairs_full + self._pair_win * pairs_win
-                + self._kv_read * (full_layers * cached_full + win_layers * cached_win) + self._lin_tok * prompt)
+                + self._kv_read * (full_layers * cached_full + win_layers * cached_win))
 
     # ---- public API ----------------------------------------------------------------------
     def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> float:
@@ -138,7 +142,8 @@ class PerfModel(MemoryMixin):
         num_seqs = len(prefills) + num_decode
         gpu = self._token_s(num_tokens) + self._logits_s(num_seqs)
         if prefills:
-            gpu = gpu + (self._prefill_attention_s(prefills) + self._mixed_s(num_tokens - num_decode, num_decode))
+            gpu = gpu + (self._prefill_attention_s(prefills, num_tokens - num_decode)
+                         + self._mixed_s(num_tokens - num_decode, num_decode))
         # The ctx-dependent part is kept as `gpu + g * sum` so decode_step_times_s can reproduce it bit for bit.
         gpu = gpu + self._g_full * sum(decode_ctxs)
         if self._window is not None:
@@ -208,14 +213,12 @@ class PerfModel(MemoryMixin):
         full_layers = self._layers[0]
         half = chunk / 2.0
         cpu = self.terms.cpu_s(num_seqs, num_tokens)
-        eager = self._eager
+        fixed = self._prompt_fixed_s(chunk)
 
         mixed = self._mixed_s(chunk, num_decodes)
 
-        lin = self._lin_tok * chunk
-
-        def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])` + `_mixed_s`, no window
-            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + lin + eager + mixed
+        def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)], chunk)` + `_mixed_s`, no window
+            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + fixed + mixed
 
         if self._overlap:
             return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
@@ -231,8 +234,7 @@ class PerfModel(MemoryMixin):
         cached = 0
         x = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
              + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
-                + self._kv_read * (self._layers[0] * cached) + self._lin_tok * prompt + self._eager
-                + self._mixed_s(prompt, num_decodes))
+                + self._kv_read * (self._layers[0] * cached) + self._prompt_fixed_s(prompt) + self._mixed_s(prompt, num_decodes))
              + self._g_full * ctx_sum)
         cpu = self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
         return max(x, cpu) if self._overlap else x + cpu
@@ -256,8 +258,7 @@ class PerfModel(MemoryMixin):
         attention = self._pair_full * pairs
         attention += self._pair_win * 0.0
         attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
-        attention += self._lin_tok * num_tokens
-        attention += self._eager
+        attention += self._prompt_fixed_s(num_tokens)
         gpu = self._token_s(num_tokens) + self._logits_s(n)
         gpu = gpu + attention
         gpu += self._g_full * 0  # (no plain decodes)
@@ -283,9 +284,9 @@ class PerfModel(MemoryMixin):
             return None
         t, n = tokens_per_seq, num_seqs
         full_layers, win_layers = self._layers
-        pair_full, pair_win, kv_read, g, eager = self._pair_full, self._pair_win, self._kv_read, self._g_full, self._eager
+        pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
+        fixed = self._prompt_fixed_s(n * t)
         base = self._token_s(n * t) + self._logits_s(n)
-        lin = self._lin_tok * (n * t)
         cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
 
         def time_s(ctx_sum: int) -> float | None:
@@ -294,8 +295,7 @@ class PerfModel(MemoryMixin):
             attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
             attention += pair_win * 0.0
             attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
-            attention += lin
-            attention += eager
+            attention += fixed
             gpu = base + attention
             gpu += g * 0
             return max(gpu, cpu) if overlap else gpu + cpu
@@ -321,7 +321,7 @@ class PerfModel(MemoryMixin):
         comm = t.communication_s(num_tokens)
         other = t.other_s(num_tokens) + t.lm_head_s(num_seqs) + (self._eager if prefills else 0.0)
         other += self._mixed_s(num_tokens - len(decode_ctxs), len(decode_ctxs))
-        attn = self._prefill_pairs_s(prefills) + self._g_full * sum(decode_ctxs)
+        attn = self._prefill_pairs_s(prefills) + self._lin_tok * (num_tokens - len(decode_ctxs)) + self._g_full * sum(decode_ctxs)
         if self._hybrid:  # the linear-attention states, priced per sequence with the LM head
             attn += t.linear_state_s(num_seqs)
         if self._window is not None:
