@@ -95,6 +95,9 @@ def _no_kv_room(model: str, gpu: str, tp: int, config: EngineConfig, perf) -> st
                     (perf.activation_peak_bytes(config.max_num_batched_tokens),
                      f"activations of max_num_batched_tokens {config.max_num_batched_tokens}"),
                     (perf.misc_bytes, "perf.misc_bytes")], key=lambda p: -p[0])
+    if perf.state_bytes_per_seq():  # hybrid models: the running cap's linear-attention states
+        parts.append((config.max_num_seqs * perf.state_bytes_per_seq(),
+                      f"linear-attention states of max_num_seqs {config.max_num_seqs}"))
     used = ", ".join(f"{what} {b / gib:,.1f} GiB" for b, what in parts)
     return (f"no room for KV cache on {tp} x {gpu}: gpu_memory_utilization {config.gpu_memory_utilization} "
             f"gives {budget / gib:,.1f} GiB per GPU and {used} take it all")
@@ -105,7 +108,7 @@ def _pool(scenario: Scenario, name: str, replicas: int, model: str, gpu: str, tp
     perf = build_perf_model(model, gpu, tp, dtype, scenario.perf)
     config = resolve_engine_config(engine, perf)
     num_gpu_blocks = perf.num_gpu_blocks(config.block_size, config.gpu_memory_utilization,
-                                         config.max_num_batched_tokens)
+                                         config.max_num_batched_tokens, config.max_num_seqs)
     if num_gpu_blocks <= 0:
         where = "" if name == "default" else f"pool '{name}': "
         raise InputError(where + _no_kv_room(model, gpu, tp, config, perf))

@@ -120,7 +120,7 @@ class AttentionDPPerf:
             seqs = len(prefills) + len(ctxs)
             gpu = self._rank_token_s(n) + rank._logits_s(seqs) + rank._g_full * sum(ctxs)
             if prefills:
-                gpu += rank._prefill_attention_s(prefills) + rank._mixed_s(n - len(ctxs), len(ctxs))
+                gpu += rank._prefill_attention_s(prefills, n - len(ctxs)) + rank._mixed_s(n - len(ctxs), len(ctxs))
             if rank._window is not None:
                 gpu += rank._g_win * sum(min(c, rank._window) for c in ctxs)
             slowest = max(slowest, gpu)

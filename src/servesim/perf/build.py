@@ -70,7 +70,7 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
     dp = config.data_parallel_size
     _, moe_ep = moe_split(tp * dp, config.expert_parallel, config.moe_tp_size, config.moe_ep_size)
     terms = StepTerms(spec, g, d, kv_bytes, tp, pp, constants, moe_ep if dp == 1 else 1, config.moe_a2a_backend != "none")
-    kv_per_token = math.ceil(spec.num_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
+    kv_per_token = math.ceil(spec.num_attention_layers / pp) * kv_elements_per_token_layer(spec, tp) * kv_bytes
     model = PerfModel(
         model_name=spec.name, gpu_name=g.name, tp=tp, dtype=d.name, pp=pp, engine=eng.name,
         kv_cache_dtype=kv_name, kv_bytes_per_token=int(kv_per_token),

@@ -2,7 +2,8 @@
 
 Supports the families in the catalogue: Llama/Mistral/Qwen2 style (GQA, SwiGLU, optional sliding
 window), Mixtral and Qwen-MoE style (routed experts), DeepSeek-V2/V3 (MLA, shared experts, leading
-dense layers), OPT, Falcon and BLOOM (2-matrix MLP). Unknown `model_type`s with Llama-style keys
+dense layers), OPT, Falcon and BLOOM (2-matrix MLP), hybrid Gated DeltaNet models (Qwen3-Next, Qwen3.5: `layer_types`
+or `full_attention_interval` with `linear_*` head counts). Unknown `model_type`s with Llama-style keys
 are read the Llama way.
 """
 
@@ -14,9 +15,12 @@ from typing import Any
 
 from servesim.errors import InputError
 from servesim.perf._catalog import read_user_file
-from servesim.perf.models import MLASpec, ModelSpec, MoESpec
+from servesim.perf.models import LinearAttentionSpec, MLASpec, ModelSpec, MoESpec
 
 _NON_GATED = {"opt", "falcon", "bloom", "gpt2", "gpt_neox", "gptj"}
+# Recurrent-state element sizes by the config's `mamba_ssm_dtype` (Qwen3.5: float32, which vLLM
+# adopts from the config and SGLang uses by default, `--mamba-ssm-dtype float32`).
+_STATE_BYTES = {"float32": 4.0, "fp32": 4.0, "bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0}
 
 
 def spec_from_config_file(path: Path) -> ModelSpec:
@@ -64,6 +68,7 @@ def spec_from_config(name: str, config: dict[str, Any], source: str) -> ModelSpe
         window_layers = sum(1 for kind in config["layer_types"] if kind == "sliding_attention")
     if use_window and config.get("num_sliding_layers") is not None:  # the catalogue's short form
         window_layers = int(config["num_sliding_layers"])
+    linear = _linear_attention(config, layers, source)
     if mla is not None:
         kv_heads = heads  # MLA has no KV heads in the GQA sense; the latent is shared by all heads
     if heads <= 0 or kv_heads <= 0 or heads % kv_heads:
@@ -84,6 +89,10 @@ def spec_from_config(name: str, config: dict[str, Any], source: str) -> ModelSpe
         sliding_window=int(window) if use_window and window_layers else None,
         num_window_layers=window_layers if use_window else 0,
         max_position_embeddings=int(config["max_position_embeddings"]) if config.get("max_position_embeddings") else None,
+        linear_attention=linear,
+        # Qwen3-Next and Qwen3.5's hybrid layouts gate their full attention (Qwen3-Next's config
+        # omits the key; Qwen3.5's says attn_output_gate: true)
+        attn_output_gate=bool(config.get("attn_output_gate", linear is not None and model_type.startswith(("qwen3_next", "qwen3_5")))),
     )
 
 
@@ -110,4 +119,30 @@ def _mla(config: dict[str, Any]) -> MLASpec | None:
         qk_rope_head_dim=int(config["qk_rope_head_dim"]),
         qk_nope_head_dim=int(config["qk_nope_head_dim"]),
         v_head_dim=int(config["v_head_dim"]),
+    )
+
+
+def _linear_attention(config: dict[str, Any], layers: int, source: str) -> LinearAttentionSpec | None:
+    """The Gated DeltaNet layers of a hybrid config: those `layer_types` names `linear_attention`,
+    else every layer but each `full_attention_interval`-th (Qwen3-Next's layout); None without them."""
+    if not config.get("linear_num_value_heads"):
+        return None
+    kinds = config.get("layer_types")
+    if isinstance(kinds, list):
+        linear = sum(1 for kind in kinds if kind == "linear_attention")
+    else:
+        interval = int(_first(config, ("full_attention_interval",), source))
+        linear = layers - layers // interval
+    dtype = str(config.get("mamba_ssm_dtype", "float32")).lower()
+    if dtype not in _STATE_BYTES:
+        raise InputError(f"{source}: mamba_ssm_dtype {dtype!r} is not one of {', '.join(_STATE_BYTES)}")
+    v_heads = int(config["linear_num_value_heads"])
+    return LinearAttentionSpec(
+        num_layers=linear,
+        num_key_heads=int(config.get("linear_num_key_heads") or v_heads),
+        num_value_heads=v_heads,
+        key_head_dim=int(_first(config, ("linear_key_head_dim",), source)),
+        value_head_dim=int(_first(config, ("linear_value_head_dim",), source)),
+        conv_kernel=int(config.get("linear_conv_kernel_dim") or 4),
+        state_bytes=_STATE_BYTES[dtype],
     )

@@ -13,6 +13,7 @@ import math
 
 from servesim.errors import InputError
 from servesim.perf.hardware import ACTIVATION_BYTES
+from servesim.perf.models import linear_state_bytes_per_seq
 
 # vLLM's memory profile samples this many sequences' logits (its default max_num_seqs).
 PROFILE_LOGIT_ROWS = 256
@@ -34,9 +35,20 @@ class MemoryMixin:
         logits = min(tokens, PROFILE_LOGIT_ROWS) * (m.vocab_size / self.tp) * 4.0
         return int(tokens * per_token + logits)
 
-    def num_gpu_blocks(self, block_size: int, gpu_memory_utilization: float, max_num_batched_tokens: int) -> int:
+    def state_bytes_per_seq(self) -> float:
+        """Fixed state a running sequence holds on one GPU besides its KV blocks: the recurrent and
+        convolution state of a hybrid model's linear-attention layers (0 for other models)."""
+        return linear_state_bytes_per_seq(self.terms.model, self.tp, ACTIVATION_BYTES)
+
+    def num_gpu_blocks(self, block_size: int, gpu_memory_utilization: float, max_num_batched_tokens: int,
+                       max_num_seqs: int = 0) -> int:
         """KV blocks per GPU, vLLM style:
-        floor((util*HBM - weights - activation_peak(max_num_batched_tokens) - misc) / (block_size*kv_bytes_per_token)).
+        floor((util*HBM - weights - activation_peak(max_num_batched_tokens) - misc - states) / (block_size*kv_bytes_per_token)).
+
+        states: `max_num_seqs` x `state_bytes_per_seq` (0 for models without linear-attention layers).
+        Hybrid models keep a fixed state per running sequence outside the KV blocks, held for every
+        running request (SGLang's mamba pool, one slot per running request; vLLM's hybrid manager,
+        one state page per request), so the running cap's states come off the KV budget.
         """
         if block_size <= 0:
             raise InputError(f"block_size must be a positive integer, got {block_size}")
@@ -44,6 +56,8 @@ class MemoryMixin:
             raise InputError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         free = (gpu_memory_utilization * self.hbm_bytes - self.weight_bytes_per_gpu
                 - self.activation_peak_bytes(max_num_batched_tokens) - self.misc_bytes)
+        if self.terms.model.linear_attention is not None:
+            free -= max(0, int(max_num_seqs)) * self.state_bytes_per_seq()
         return max(0, math.floor(free / (block_size * self.kv_bytes_per_token)))
 
     def model_load_time_s(self) -> float:

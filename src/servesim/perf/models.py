@@ -39,6 +39,35 @@ class MLASpec:
 
 
 @dataclass(frozen=True)
+class LinearAttentionSpec:
+    """Gated DeltaNet layers (Qwen3-Next, Qwen3.5): linear attention with a fixed recurrent state per
+    sequence instead of a KV cache. Per layer: q/k/v/z and beta/alpha projections from the hidden
+    state, a depthwise causal convolution over q, k and v, the delta-rule recurrence, out projection.
+    q and k have `num_key_heads`, v and the state `num_value_heads` (each key head serves several)."""
+
+    num_layers: int  # how many layers are linear attention (the rest are full attention)
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int = 4  # causal convolution width; the conv state keeps the last conv_kernel - 1 inputs
+    state_bytes: float = 4.0  # recurrent-state element (the config's mamba_ssm_dtype; float32 by default)
+
+    @property
+    def key_dim(self) -> int:
+        return self.num_key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.num_value_heads * self.value_head_dim
+
+    @property
+    def conv_channels(self) -> int:
+        """Channels of the short convolution: q, k and v concatenated."""
+        return 2 * self.key_dim + self.value_dim
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The architecture numbers the performance model needs."""
 
@@ -57,6 +86,17 @@ class ModelSpec:
     sliding_window: int | None = None  # attention span cap of the windowed layers
     num_window_layers: int = 0  # how many layers use the sliding window
     max_position_embeddings: int | None = None  # longest sequence the model supports (None: unknown)
+    linear_attention: LinearAttentionSpec | None = None  # hybrid models: the linear-attention layers
+    attn_output_gate: bool = False  # full attention gated by sigmoid(x W_g) (Qwen3-Next/3.5: q_proj twice as wide)
+
+    @property
+    def num_linear_layers(self) -> int:
+        return 0 if self.linear_attention is None else self.linear_attention.num_layers
+
+    @property
+    def num_attention_layers(self) -> int:
+        """Layers with softmax attention, and so a KV cache (full or sliding-window)."""
+        return self.num_layers - self.num_linear_layers
 
     @property
     def num_moe_layers(self) -> int:
@@ -80,7 +120,20 @@ def attention_params(m: ModelSpec) -> int:
         kv = h * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank * m.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
         return q + kv + m.num_heads * a.v_head_dim * h
     d = m.head_dim
-    return h * d * (m.num_heads + 2 * m.num_kv_heads) + m.num_heads * d * h
+    q_heads = 2 * m.num_heads if m.attn_output_gate else m.num_heads  # the gate is a second query-sized projection
+    return h * d * (q_heads + 2 * m.num_kv_heads) + m.num_heads * d * h
+
+
+def linear_attention_params(m: ModelSpec) -> int:
+    """Weights of one Gated DeltaNet layer: q, k, v and the output gate z (in_proj_qkvz), beta and
+    alpha per value head (in_proj_ba), the convolution's taps, the out projection (A_log, dt_bias
+    and the norm are a few thousand numbers, ignored like every norm)."""
+    la = m.linear_attention
+    if la is None:
+        return 0
+    h = m.hidden_size
+    return (h * (2 * la.key_dim + 2 * la.value_dim + 2 * la.num_value_heads) + la.conv_channels * la.conv_kernel
+            + la.value_dim * h)
 
 
 def dense_ffn_params(m: ModelSpec) -> int:
@@ -99,7 +152,8 @@ def embedding_params(m: ModelSpec) -> int:
 
 
 def total_params(m: ModelSpec) -> int:
-    layers = m.num_layers * attention_params(m) + m.num_dense_ffn_layers * dense_ffn_params(m)
+    layers = m.num_attention_layers * attention_params(m) + m.num_dense_ffn_layers * dense_ffn_params(m)
+    layers += m.num_linear_layers * linear_attention_params(m)
     if m.moe is not None:
         per_moe_layer = (m.moe.num_experts + m.moe.num_shared_experts) * expert_params(m) + m.hidden_size * m.moe.num_experts
         layers += m.num_moe_layers * per_moe_layer
@@ -123,6 +177,18 @@ def kv_elements_per_token_layer(m: ModelSpec, tp: int) -> int:
     if m.mla is not None:
         return m.mla.kv_lora_rank + m.mla.qk_rope_head_dim
     return 2 * max(1, m.num_kv_heads // tp) * m.head_dim
+
+
+def linear_state_bytes_per_seq(m: ModelSpec, tp: int, conv_bytes: float) -> float:
+    """Fixed state one sequence holds on one GPU across the linear-attention layers (0 without them):
+    the recurrent state, value heads x key dim x value dim in the state dtype, plus the convolution's
+    last conv_kernel - 1 inputs in `conv_bytes` (the model dtype); both split over TP by heads."""
+    la = m.linear_attention
+    if la is None:
+        return 0.0
+    recurrent = la.num_value_heads * la.key_head_dim * la.value_head_dim * la.state_bytes
+    conv = (la.conv_kernel - 1) * la.conv_channels * conv_bytes
+    return la.num_layers * (recurrent + conv) / tp
 
 
 def model_spec(name_or_path: str) -> ModelSpec:

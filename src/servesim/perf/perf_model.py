@@ -57,7 +57,7 @@ class PerfModel(MemoryMixin):
     def __post_init__(self) -> None:
         t = self.terms
         win_layers = t.model.num_window_layers if t.model.sliding_window else 0
-        full_layers = t.model.num_layers - win_layers
+        full_layers = t.model.num_attention_layers - win_layers  # (linear-attention layers keep no KV)
         per = t.decode_s_per_ctx_token()
         object.__setattr__(self, "_window", t.model.sliding_window if win_layers else None)
         object.__setattr__(self, "_g_full", full_layers * per)
@@ -66,6 +66,8 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_pair_win", win_layers * t.pair_s())
         object.__setattr__(self, "_kv_read", t.kv_read_s_per_token())
         object.__setattr__(self, "_layers", (full_layers, win_layers))
+        object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token())  # per prompt token (0.0: none)
+        object.__setattr__(self, "_hybrid", t.model.linear_attention is not None)
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
         object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
         object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
@@ -81,16 +83,28 @@ class PerfModel(MemoryMixin):
         return v
 
     def _logits_s(self, num_logits: int) -> float:
+        """GPU time per sequence of the step: the LM head (and `seq_gpu_s`), plus for hybrid models
+        each sequence's linear-attention state read and written (a function of the count alone, so
+        every fast path that prices the step's sequences here keeps it)."""
         v = self._logit.get(num_logits)
         if v is None:
             v = self.terms.lm_head_s(num_logits)
+            if self._hybrid:
+                v = v + self.terms.linear_state_s(num_logits)
             self._logit[num_logits] = v
         return v
 
-    def _prefill_attention_s(self, prefills: Sequence[tuple[int, int]]) -> float:
+    def _prefill_attention_s(self, prefills: Sequence[tuple[int, int]], prompt_tokens: int) -> float:
         """GPU work only a step with prompt tokens does: attention over the new tokens plus the
-        eager launch time (`eager_layer_s` per layer; 0 by default, adding exactly nothing)."""
-        return self._prefill_pairs_s(prefills) + self._eager
+        per-step part `_prompt_fixed_s`."""
+        return self._prefill_pairs_s(prefills) + (self._lin_tok * prompt_tokens + self._eager)  # (`_prompt_fixed_s`, inline)
+
+    def _prompt_fixed_s(self, prompt_tokens: int) -> float:
+        """The linear-attention layers' chunked prefill of the step's prompt tokens plus the eager
+        launch time (`eager_layer_s` per layer). Both are 0 by default, and 0.0 x n + eager is
+        eager exactly, so models without linear attention keep main's floats; the fast paths add
+        this one term where step_time_s adds it, so they keep its floats too."""
+        return self._lin_tok * prompt_tokens + self._eager
 
     def _mixed_s(self, prompt_tokens: int, num_decode: int) -> float:
         """`mixed_prefill_slowdown` x the prompt tokens' own per-token time in a step that also
@@ -128,7 +142,8 @@ class PerfModel(MemoryMixin):
         num_seqs = len(prefills) + num_decode
         gpu = self._token_s(num_tokens) + self._logits_s(num_seqs)
         if prefills:
-            gpu = gpu + (self._prefill_attention_s(prefills) + self._mixed_s(num_tokens - num_decode, num_decode))
+            gpu = gpu + (self._prefill_attention_s(prefills, num_tokens - num_decode)
+                         + self._mixed_s(num_tokens - num_decode, num_decode))
         # The ctx-dependent part is kept as `gpu + g * sum` so decode_step_times_s can reproduce it bit for bit.
         gpu = gpu + self._g_full * sum(decode_ctxs)
         if self._window is not None:
@@ -198,12 +213,12 @@ class PerfModel(MemoryMixin):
         full_layers = self._layers[0]
         half = chunk / 2.0
         cpu = self.terms.cpu_s(num_seqs, num_tokens)
-        eager = self._eager
+        fixed = self._prompt_fixed_s(chunk)
 
         mixed = self._mixed_s(chunk, num_decodes)
 
-        def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)])` + `_mixed_s`, no window
-            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + eager + mixed
+        def attention_s(cached: int) -> float:  # `_prefill_attention_s([(chunk, cached)], chunk)` + `_mixed_s`, no window
+            return pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0 + kv_read * (full_layers * cached) + fixed + mixed
 
         if self._overlap:
             return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
@@ -219,7 +234,7 @@ class PerfModel(MemoryMixin):
         cached = 0
         x = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
              + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
-                + self._kv_read * (self._layers[0] * cached) + self._eager + self._mixed_s(prompt, num_decodes))
+                + self._kv_read * (self._layers[0] * cached) + self._prompt_fixed_s(prompt) + self._mixed_s(prompt, num_decodes))
              + self._g_full * ctx_sum)
         cpu = self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
         return max(x, cpu) if self._overlap else x + cpu
@@ -243,7 +258,7 @@ class PerfModel(MemoryMixin):
         attention = self._pair_full * pairs
         attention += self._pair_win * 0.0
         attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
-        attention += self._eager
+        attention += self._prompt_fixed_s(num_tokens)
         gpu = self._token_s(num_tokens) + self._logits_s(n)
         gpu = gpu + attention
         gpu += self._g_full * 0  # (no plain decodes)
@@ -269,7 +284,8 @@ class PerfModel(MemoryMixin):
             return None
         t, n = tokens_per_seq, num_seqs
         full_layers, win_layers = self._layers
-        pair_full, pair_win, kv_read, g, eager = self._pair_full, self._pair_win, self._kv_read, self._g_full, self._eager
+        pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
+        fixed = self._prompt_fixed_s(n * t)
         base = self._token_s(n * t) + self._logits_s(n)
         cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
 
@@ -279,7 +295,7 @@ class PerfModel(MemoryMixin):
             attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
             attention += pair_win * 0.0
             attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
-            attention += eager
+            attention += fixed
             gpu = base + attention
             gpu += g * 0
             return max(gpu, cpu) if overlap else gpu + cpu
@@ -305,7 +321,9 @@ class PerfModel(MemoryMixin):
         comm = t.communication_s(num_tokens)
         other = t.other_s(num_tokens) + t.lm_head_s(num_seqs) + (self._eager if prefills else 0.0)
         other += self._mixed_s(num_tokens - len(decode_ctxs), len(decode_ctxs))
-        attn = self._prefill_pairs_s(prefills) + self._g_full * sum(decode_ctxs)
+        attn = self._prefill_pairs_s(prefills) + self._lin_tok * (num_tokens - len(decode_ctxs)) + self._g_full * sum(decode_ctxs)
+        if self._hybrid:  # the linear-attention states, priced per sequence with the LM head
+            attn += t.linear_state_s(num_seqs)
         if self._window is not None:
             attn += self._g_win * sum(min(c, self._window) for c in decode_ctxs)
         cpu = t.cpu_s(num_seqs, num_tokens)

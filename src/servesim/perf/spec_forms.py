@@ -27,7 +27,8 @@ def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
     t, n = tokens_per_seq, num_seqs
     num_tokens, num_all = chunk + n * t, 1 + n
     base = pm._token_s(num_tokens) + pm._logits_s(num_all)
-    pair_full, kv_read, eager = pm._pair_full, pm._kv_read, pm._eager
+    pair_full, kv_read = pm._pair_full, pm._kv_read
+    fixed = pm._prompt_fixed_s(num_tokens)  # every token of this step is a prompt token
     full_layers = pm._layers[0]  # (no window: the windowed layers' pairs and reads are zero)
     half = chunk / 2.0
     verify_pairs2 = n * t * t  # twice the verify chunks' own pairs (2 t ctx_sum more over their contexts)
@@ -39,7 +40,7 @@ def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
         pairs = chunk * (cached + half)  # (`causal_attention_pairs(chunk, cached, None)`)
         pairs += (2 * t * ctx_sum + verify_pairs2) / 2.0
         attention = pair_full * pairs + kv_read * (full_layers * (cached + ctx_sum))
-        gpu = base + (attention + eager)  # (no plain decodes: their term is zero)
+        gpu = base + (attention + fixed)  # (no plain decodes: their term is zero)
         return max(gpu, cpu) if overlap else gpu + cpu
 
     return time_s

@@ -13,9 +13,11 @@ from servesim.errors import InputError
 from servesim.perf import roofline
 from servesim.perf.calibration import Constants
 from servesim.perf.hardware import ACTIVATION_BYTES, DtypeSpec, GPUSpec
-from servesim.perf.models import ModelSpec, attention_params, dense_ffn_params, expert_params, kv_elements_per_token_layer
+from servesim.perf.models import (ModelSpec, attention_params, dense_ffn_params, expert_params, kv_elements_per_token_layer,
+                                  linear_attention_params, linear_state_bytes_per_seq)
 
 LM_HEAD_BYTES = 2.0  # embeddings and LM head stay 16-bit in quantised checkpoints
+DELTA_CHUNK = 64  # FLA's chunk for the chunked delta rule (chunk_gated_delta_rule, FLA_CHUNK_SIZE = 64)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,10 @@ class StepTerms:
         m, t, a = self.model, self.tp, ACTIVATION_BYTES
         h = m.hidden_size
         attn = attention_params(m) / t
-        out = [Block(m.num_layers, attn, 2.0 * attn, a * (2 * h + attn / h))]
+        out = [Block(m.num_attention_layers, attn, 2.0 * attn, a * (2 * h + attn / h))]
+        if m.linear_attention is not None:  # the Gated DeltaNet layers' own projections
+            lin = linear_attention_params(m) / t
+            out.append(Block(m.num_linear_layers, lin, 2.0 * lin, a * (2 * h + lin / h)))
         if m.num_dense_ffn_layers:
             ffn = dense_ffn_params(m) / t
             out.append(Block(m.num_dense_ffn_layers, ffn, 2.0 * ffn, a * (2 * h + ffn / h)))
@@ -124,7 +129,40 @@ class StepTerms:
         m, c = self.model, self.c
         elem_bytes = (10.0 * m.hidden_size + 3.0 * self.ffn_width()) * ACTIVATION_BYTES
         kv_write = kv_elements_per_token_layer(m, self.tp) * self.kv_bytes
+        if m.linear_attention is not None:  # only the attention layers write KV
+            per_token = m.num_layers * elem_bytes + m.num_attention_layers * kv_write
+            return num_tokens * per_token / (c.eta_memory * self.gpu.hbm_bw_bytes_s)
         return m.num_layers * num_tokens * (elem_bytes + kv_write) / (c.eta_memory * self.gpu.hbm_bw_bytes_s)
+
+    # ---- linear-attention (Gated DeltaNet) layers ------------------------------------------
+    def linear_state_s(self, num_seqs: int) -> float:
+        """Reading and writing each sequence's recurrent and convolution state once per step in every
+        linear-attention layer: a decode's recurrent update (fused_recurrent / fused_sigmoid_gating
+        kernels) and a prompt chunk's initial and final state; at the KV read bandwidth. 0 without
+        linear layers."""
+        per_seq = linear_state_bytes_per_seq(self.model, self.tp, ACTIVATION_BYTES)
+        return 2.0 * per_seq * num_seqs / (self.c.eta_attn_memory * self.gpu.hbm_bw_bytes_s)
+
+    def linear_prefill_s_per_token(self) -> float:
+        """All linear-attention layers' chunked delta rule (FLA's chunk_gated_delta_rule) per prompt
+        token: work linear in the prompt, quadratic only inside a chunk of DELTA_CHUNK tokens.
+
+        Per token and value head: FLOPs 2C(3 dk + 2 dv) inside the chunk (K K^T, Q K^T, the WY
+        products A K and A V, the masked scores times the new values) and 6 dk dv against the chunk's
+        state (W S, Q S, the state update K^T V); HBM bytes for q, k, v and the kernels' intermediates
+        (w, u, the new values, the output, in 16 bit: 2 (6 dk + 6 dv); the chunk matrix A in fp32:
+        3 x 4C) and the per-chunk states written then read (2 x 2 dk dv / C). Attention-kernel
+        efficiencies: the same 16-bit tensor-core and memory shares as the attention layers."""
+        m = self.model
+        la = m.linear_attention
+        if la is None:
+            return 0.0
+        dk, dv, cs = la.key_head_dim, la.value_head_dim, DELTA_CHUNK
+        heads = la.num_value_heads / self.tp
+        flops = heads * (2.0 * cs * (3 * dk + 2 * dv) + 6.0 * dk * dv)
+        bytes_ = heads * (ACTIVATION_BYTES * (6 * dk + 6 * dv) + 3 * 4.0 * cs + 2 * ACTIVATION_BYTES * dk * dv / cs)
+        per_layer = max(flops / self.attention_peak(), bytes_ / (self.c.eta_attn_memory * self.gpu.hbm_bw_bytes_s))
+        return la.num_layers * per_layer
 
     def lm_head_s(self, num_logits: int) -> float:
         """LM head for the sequences that sample a token this step (16-bit, vocab split over TP), plus
