@@ -134,6 +134,9 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # EP 8 at 4-64), whose client had no warm-up: each wave over the prefill budget measures a one-off
     # stall (~66 s / ~22 s over the ten rounds) no flag gives; and dsr1_fp8_b300.sh (B300 0.5.10.post1,
     # the B200 FP8 flags as they are), whose decodes take 2-4x the B200's at the same flags.
+    # Nor dsr1_fp8_b200_mtp.sh (EAGLE MTP, 2 steps, TP 8 at 4-512 users, every shape), which ran the B200 0.5.9
+    # DeepSeek-R1 FP8 rows outside the sweep above and one of the two measurements of each configuration inside
+    # it: with DeepSeek-V3's 85 % MTP acceptance their decodes come out 43-59 % too fast (docs/fidelity.md).
 }
 # The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
 MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
