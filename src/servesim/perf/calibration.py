@@ -201,6 +201,14 @@ def _apply(values: dict[str, float], data: CalibrationData, key: Mapping[str, st
         values.update(entry.values)
 
 
+def matched_values(data: CalibrationData, key: Mapping[str, str]) -> dict[str, float]:
+    """What `data` alone sets for `key` (gpu, dtype, engine, version): its defaults, then the matching
+    entries, most specific last."""
+    values: dict[str, float] = {}
+    _apply(values, data, key)
+    return values
+
+
 def resolve_constants(gpu: str, dtype: str, engine: str, engine_constants: Mapping[str, float],
                       user: CalibrationData | None = None,
                       overrides: Mapping[str, float] | None = None, shipped_fit: bool = True,

@@ -47,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from servesim.perf.calibration import CalibrationData, matched_values
 from servesim.validation.silicon_file import SiliconRow
 
 ROUNDS_PER_USER = 10  # --num-prompts CONC * 10
@@ -60,6 +61,7 @@ class Recipe:
     engine: dict  # engine-section fields
     scheduler: dict  # scheduler-section fields
     perf: dict = field(default_factory=dict)  # perf-section fields (e.g. the KV cache's precision)
+    kernels: str = ""  # the engine whose kernels the script selects (kernel_constants); "" = the row's own
 
 
 def llama70b_h200_trt(row: SiliconRow) -> Recipe:
@@ -95,6 +97,7 @@ class SGLangScript:
     kv_fp8: bool = False  # --kv-cache-dtype fp8_e4m3 (matters for FP4 weights: auto would take 16 bits)
     recv: tuple[int, int] = (1, 1)  # --scheduler-recv-interval below 16 users, from 16 users
     running_1k1k: int | None = None  # a larger --max-running-requests for 1k/1k
+    trtllm_kernels: bool = False  # --moe-runner-backend flashinfer_trtllm --attention-backend trtllm_mla
 
 
 SHAPES = ((1024, 1024), (1024, 8192), (8192, 1024))
@@ -110,11 +113,12 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # dsr1_fp8_b200.sh, per TP (TP 4 ran 8k/1k only, always receive interval 10), and dsr1_fp4_b200.sh
     ("b200_sxm", "0.5.9", "deepseek-r1", "fp8-8"): SGLangScript(
         128, 32768, 32768, 0.82, {(8, 1): {(1024, 1024): (4, 64), (1024, 8192): (4, 64), (8192, 1024): (4, 4)}},
-        kv_fp8=True, recv=(10, 30)),
+        kv_fp8=True, recv=(10, 30), trtllm_kernels=True),
     ("b200_sxm", "0.5.9", "deepseek-r1", "fp8-4"): SGLangScript(
-        32, 8192, 8192, 0.95, {(4, 1): {(8192, 1024): (4, 32)}}, kv_fp8=True, recv=(10, 10)),
+        32, 8192, 8192, 0.95, {(4, 1): {(8192, 1024): (4, 32)}}, kv_fp8=True, recv=(10, 10), trtllm_kernels=True),
     ("b200_sxm", "0.5.9", "deepseek-r1", "nvfp4"): SGLangScript(
-        256, 16384, 16384, 0.85, {(4, 4): every_shape(4, 128), (8, 8): every_shape(4, 128)}, kv_fp8=True, recv=(10, 30)),
+        256, 16384, 16384, 0.85, {(4, 4): every_shape(4, 128), (8, 8): every_shape(4, 128)}, kv_fp8=True, recv=(10, 30),
+        trtllm_kernels=True),
     # dsr1_fp8_h200.sh: 512 running requests at 1k/1k, 256 otherwise
     ("h200_sxm", "0.5.9", "deepseek-r1", "fp8"): SGLangScript(
         256, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64)}, running_1k1k=512),
@@ -130,6 +134,9 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # EP 8 at 4-64), whose client had no warm-up: each wave over the prefill budget measures a one-off
     # stall (~66 s / ~22 s over the ten rounds) no flag gives; and dsr1_fp8_b300.sh (B300 0.5.10.post1,
     # the B200 FP8 flags as they are), whose decodes take 2-4x the B200's at the same flags.
+    # Nor dsr1_fp8_b200_mtp.sh (EAGLE MTP, 2 steps, TP 8 at 4-512 users, every shape), which ran the B200 0.5.9
+    # DeepSeek-R1 FP8 rows outside the sweep above and one of the two measurements of each configuration inside
+    # it: with DeepSeek-V3's 85 % MTP acceptance their decodes come out 43-59 % too fast (docs/fidelity.md).
 }
 # The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
 MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
@@ -157,7 +164,26 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
         scheduler["max_running_requests"] = engine["max_num_seqs"] = running
     if script.chunk:
         scheduler["chunked_prefill_size"] = script.chunk
-    return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
+    return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {},
+                  kernels="trtllm" if script.trtllm_kernels else "")
+
+
+# The B200 DeepSeek-R1 scripts pass `--moe-runner-backend flashinfer_trtllm` and `--attention-backend
+# trtllm_mla` (the FP8 one also SGLANG_ENABLE_FLASHINFER_GEMM=true): the expert GEMMs, the weights a decode
+# step streams, run TensorRT-LLM's own trtllm-gen kernels, shipped in FlashInfer. So those rows stream the
+# weights at the efficiency fitted for TensorRT-LLM on the same GPU, not at SGLang's (fitted on its default
+# Triton MoE path and sitting at the fit grid's lowest multiplier, docs/fidelity.md). Only the weight
+# streaming: the per-layer floor, the all-reduce launch and the CPU time per step stay SGLang's.
+KERNEL_CONSTANTS = ("eta_memory",)
+
+
+def kernel_constants(recipe: Recipe | None, gpu: str, calibration: CalibrationData | None) -> dict[str, float]:
+    """The constants of `recipe`'s kernel engine on `gpu` in `calibration` (its (GPU, engine) entry, no
+    release), for the perf overrides of a row whose script selects another engine's kernels; {} otherwise."""
+    if recipe is None or not recipe.kernels or calibration is None:
+        return {}
+    values = matched_values(calibration, {"gpu": gpu, "engine": recipe.kernels, "version": ""})
+    return {name: values[name] for name in KERNEL_CONSTANTS if name in values}
 
 
 # (engine, system, version, model lower case) -> the script's recipe.

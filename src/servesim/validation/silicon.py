@@ -15,6 +15,7 @@ from typing import Mapping
 
 from servesim.errors import InputError
 from servesim.perf import PerfModel, build_perf_model
+from servesim.perf.calibration import CalibrationData, load_calibration, shipped_calibration
 from servesim.perf.engines import engine_profile
 from servesim.perf.hardware import gpu_spec
 from servesim.replica.frontend import profile_name
@@ -213,6 +214,13 @@ def serving_calibration_path() -> str:
     return str(resources.files("servesim.perf").joinpath("data").joinpath(SERVING_CALIBRATION))
 
 
+def calibration_data(calibration: str | None) -> CalibrationData | None:
+    """The constants of row_scenario's `calibration` argument: "shipped", None, or a file path."""
+    if calibration is None:
+        return None
+    return shipped_calibration(SERVING_CALIBRATION) if calibration == "shipped" else load_calibration(calibration)
+
+
 def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed: int = 0,
                  overrides: Mapping[str, float] | None = None, frontend: Mapping[str, float] | None = None,
                  calibration: str | None = "shipped") -> Scenario:
@@ -234,10 +242,12 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         perf_fields = dict(recipe.perf)
         prompt, output = inferencemax.client_lengths(row)
         lengths = {"prompt_tokens": prompt, "output_tokens": output}
+    kernels = (inferencemax.kernel_constants(recipe, GPUS[row.system], calibration_data(calibration))
+               if recipe is not None and recipe.kernels else {})
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
         "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row), **perf_fields,
-                 "overrides": dict(overrides or {}),
+                 "overrides": {**kernels, **(overrides or {})},
                  "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
         "engine": engine,
         "scheduler": scheduler,
