@@ -29,7 +29,7 @@ def test_admissions_inside_stretches_are_exact_with_a_state_reading_router(sched
     assert len(admitted) == slow_admitted > 0.1 * len(fast.requests)  # many finishes admitted inside stretches
 
 
-@pytest.mark.parametrize("scheduler", ["vllm", "priority"])
+@pytest.mark.parametrize("scheduler", ["vllm", "priority", "hygen"])
 def test_prompts_chunked_inside_stretches_are_exact_with_a_state_reading_router(scheduler, reads_everything,
                                                                                 monkeypatch):
     # a small token budget: prompts the budget left chunks are admitted inside stretches with
