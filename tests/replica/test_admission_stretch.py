@@ -127,3 +127,40 @@ def test_trtllm_reservations_admit_inside_stretches_exactly(seed, num_blocks, pa
     b = run(b_reqs, False, num_blocks, ToyPerf(), "trtllm", params)
     assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
     assert a.num_finish_admissions > 0.1 * len(a_reqs)
+
+
+# Prompts that the budget left by the prompts before them chunks: admitted inside the stretch
+# with that chunk, their rest run at the next step (or, when that step is not determined, the
+# stretch ends holding the chunk), then they decode with the rest. A small token budget against
+# long prompts makes them frequent; the long-prefill cap leaves some rests to stepping.
+CHUNKED = [("vllm", {}, 1, {}), ("vllm", {}, 1, {"long_prefill_token_threshold": 300}),
+           ("priority", {}, 1, {}), ("priority", {}, 3, {}), ("edf", {}, 1, {}), ("continuum", {}, 1, {}),
+           ("hygen", {}, 1, {})]
+
+
+@pytest.mark.parametrize("scheduler,params,priorities,cfg", CHUNKED)
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (3, 300), (5, 150)])
+@pytest.mark.parametrize("perf_name", ["toy", "llama"])
+def test_prompts_chunked_by_the_spent_budget_inside_stretches(scheduler, params, priorities, cfg, seed, num_blocks,
+                                                              perf_name, llama, monkeypatch):
+    from servesim.replica.admission_stretch import AdmitStretch
+
+    chunks = []  # per first chunk applied: did its rest run inside the stretch?
+    apply_chunks = AdmitStretch._apply_chunks
+
+    def counted(st, k, frees, prefill_at):
+        chunks.extend(s + 1 < k for s, _, _, _ in st.chunked if s < k)
+        return apply_chunks(st, k, frees, prefill_at)
+
+    monkeypatch.setattr(AdmitStretch, "_apply_chunks", counted)
+    perf = ToyPerf() if perf_name == "toy" else llama
+    a_reqs = overload(seed, max_prompt=400, priorities=priorities)
+    b_reqs = overload(seed, max_prompt=400, priorities=priorities)
+    a = run(a_reqs, True, num_blocks, perf, scheduler, params, max_num_batched_tokens=600, **cfg)
+    b = run(b_reqs, False, num_blocks, perf, scheduler, params, max_num_batched_tokens=600, **cfg)
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
+    print(scheduler, params, priorities, cfg, seed, num_blocks, perf_name, sum(chunks), len(chunks),
+          a.num_finish_admissions, a.num_fast_forwarded_steps / a.num_steps)
+    assert len(chunks) >= 3  # prompts admitted with a first chunk inside stretches
+    if not cfg:  # ... whose rests ran inside the stretch, and stretches that ended holding one
+        assert sum(chunks) >= 5 and len(chunks) - sum(chunks) >= 3

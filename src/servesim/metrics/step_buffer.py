@@ -167,10 +167,10 @@ class Packed:
 
 # the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
 _LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks",
-          "prefill_at", "prefill_more", "waiting_to")
+          "prefill_at", "prefill_more", "waiting_to", "silent_at")
 #: dtypes of the arrays `StepBuffer.wire` gives: the chunks' table (flat), the end times, `_LISTS`
 WIRE = (np.float64, np.float64, np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64,
-        np.int64, np.int32, np.int64)
+        np.int64, np.int32, np.int64, np.int64)
 
 
 class StepBuffer:
@@ -204,6 +204,9 @@ class StepBuffer:
         self.prefill_more = Ints(np.int32)
         # steps from which one fewer waits, until the chunk ends (admitted inside a stretch)
         self.waiting_to = Ints(np.int64)
+        # steps of a stretch with one more running request than emit a token (a prompt's first
+        # chunk, admitted inside an admission stretch, whose rest runs in the next step)
+        self.silent_at = Ints(np.int64)
 
     def pack(self) -> None:
         """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
@@ -249,6 +252,9 @@ class StepBuffer:
         running = np.repeat(self.run_size.array(), self.run_len.array())
         emitted = running.copy()
         emitted[first[single]] = chunks["a"][single]
+        silent = self.silent_at.array()
+        if len(silent):
+            running[silent] += 1  # (steps distinct: one prompt chunked per step)
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
                        num_running=running, num_waiting=self._waiting(first, lens, chunks["num_waiting"]),
                        kv_used_blocks=self._block_usage(first, lens, single, chunks), num_gpu_blocks=num_gpu_blocks)

@@ -24,6 +24,15 @@ their growth in the stretch included), the joiners' prompts allocated there, and
 growth when the stretch is applied, after any release left. The free blocks counted on are
 exact: those free when it was planned, plus every release, less the prompts and the growth.
 
+A prompt the budget left by the prompts before it chunks (`finish_admits` with `chunk`) is
+admitted with that chunk at its boundary s: step s computes the chunk beside the decodes and
+the whole prompts (the request runs and emits nothing: a silent step in the log), and the
+next boundary is s + 1, where, as stepping's running pass would, the prompt's rest runs from
+the budget the decodes leave (blocks for the whole prompt), it emits its first token and joins
+the decodes from s + 2 on, and admission goes on from the budget left after it. If that step
+is not determined (the rest does not fit the budget or the blocks) the stretch ends after
+step s, the request holding its chunk, and stepping goes on from there.
+
 Exact: results are those of stepping (tests/replica/test_admission_stretch.py, tests/golden).
 """
 
@@ -35,7 +44,7 @@ from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_growth import GrowthCount
-from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED
 from servesim.replica.stretch_joins import _growth
 
 
@@ -44,7 +53,8 @@ class AdmitStretch(Stretch):
     (`kmax`), where `admit_at_finishes` decides whether it goes on. `free_blocks` counts the
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
-    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps")
+    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps", "chunked",
+                 "pending")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -56,6 +66,10 @@ class AdmitStretch(Stretch):
         self.kmax = self._sorted_rem[0]  # the first departure's boundary
         self.growth: GrowthCount | None = None  # the decodes' block count, walked forward (set with `first_new`)
         self.max_steps = UNLIMITED_STEPS  # the policy's cap (`FastForward.max_steps`): the stretch ends there
+        # prompts admitted with a first chunk: (step s, request, chunk tokens, its blocks); each
+        # joins at s + 1 with the rest of its prompt, the last one's rest is `pending` until then
+        self.chunked: list[tuple[int, object, int, int]] = []
+        self.pending: tuple[int, object, int, int] | None = None
 
     def _steps_to(self, horizon: float) -> int:
         # priced to the next departure, a few steps away under overload: the scalar loop
@@ -75,6 +89,10 @@ class AdmitStretch(Stretch):
         super().join(joins, first_new, blocks, step_s, forms, block_size)
         if self.growth is not None and not self.growth.add(first_new, self.remaining[n:]):
             self.growth = None  # (cannot happen: a joiner grows after its join step; the pass counts then)
+
+    def prompt_tokens_before(self, j: int) -> int:
+        # (a chunk's request joins at s + 1 with its whole prompt: the chunk counts from s + 1 to s + 2)
+        return super().prompt_tokens_before(j) + sum([c for s, _, c, _ in self.chunked if s + 1 == j])
 
     def apply(self, engine) -> list:
         """`Engine._apply_stretch` for this stretch: the departures not yet released are
@@ -102,6 +120,9 @@ class AdmitStretch(Stretch):
         ends = self.ends
         prefill_tokens = apply_step0_prompts(self.prefills, steps_of[nd:], first, ends)
         prefill_at = apply_joins(self, steps_of, first, frees, self.join_base) if self.joins else ()
+        silent_at = []
+        if self.chunked:
+            prefill_at, silent_at = self._apply_chunks(k, frees, prefill_at)
         kv_used = BlockGrowth(kv.num_gpu_blocks - self.free0, first_new, steps_of, bs, frees)
         kv.allocate_plain_many(new_blocks)
         done = [reqs[i] for i in finished]
@@ -111,8 +132,28 @@ class AdmitStretch(Stretch):
         engine.num_fast_forwarded_steps += k
         engine.recorder.log_decode_steps(self.start_s, ends, self.batch_runs(), self.num_waiting, kv_used,
                                          prefill_tokens, [j for j in self.waiting_from if j < k],
-                                         prefill_at=prefill_at, waiting_to=[j for j in self.waiting_to if j < k])
+                                         prefill_at=prefill_at, waiting_to=[j for j in self.waiting_to if j < k],
+                                         silent_at=silent_at)
         return done
+
+    def _apply_chunks(self, k: int, frees: list, prefill_at) -> tuple[list[tuple[int, int]], list[int]]:
+        """The first chunks of the prompts admitted so (`chunked`) in the step log: the chunk's
+        tokens and blocks at its step s (`apply_joins` counted the whole prompt and the rest's
+        blocks at s + 1, where it joined), a running request that emits nothing there; one
+        whose rest did not run in the stretch holds its chunk. Returns (prefill_at, silent_at)."""
+        tokens = dict(prefill_at)
+        silent = []
+        for s, req, c, blocks in self.chunked:
+            if s >= k:
+                continue  # (a crash settled the stretch before the step it was admitted in ended)
+            if s + 1 < k:
+                tokens[s + 1] -= c
+            else:
+                req.num_computed_tokens += c  # its rest is the next step's, stepped
+            tokens[s] = tokens.get(s, 0) + c
+            frees.append((s, -blocks))
+            silent.append(s)
+        return list(tokens.items()), silent
 
 
 def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float, out, decodes: list,
@@ -148,7 +189,9 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     would admit (whole prompts), and price on to the next departure. True if the stretch goes
     on (its end event is rescheduled); False changes nothing (the engine applies it)."""
     s = st.k
-    if st.final or s != st.kmax or s >= st.max_steps or engine.ports is not None or not engine.scheduler.num_waiting:
+    pending = st.pending
+    if (st.final or s != st.kmax or s >= st.max_steps or engine.ports is not None
+            or not (engine.scheduler.num_waiting or pending)):
         return False
     sched, kv, reqs, remaining, first_new = engine.scheduler, engine.kv, st.reqs, st.remaining, st.first_new
     rem = st._sorted_rem
@@ -167,21 +210,30 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
         gone.append((i, base, grown))
         freed += base + grown
     free = st.free_blocks + freed - st.join_blocks - st.blocks_needed(s + 1, bs)
+    rest = 0  # the tokens of a chunked prompt's rest in step s, and the blocks they take
+    if pending is not None:
+        rest, rest_blocks = _rest_of(sched, pending, num_running)
+        if rest is None:
+            return False  # its rest would be chunked again: stepping decides
+        free -= rest_blocks
     if free < 0:
-        return False  # the decodes of step s do not fit: stepping preempts there
+        return False  # the decodes of step s (and a prompt's rest) do not fit: stepping preempts there
     sched.finish_departs([reqs[i] for i, _, _ in gone])
-    joins = sched.finish_admits(num_running, free)
-    if joins is None or not (joins or num_running):
+    # (the budget the running requests leave: a token per decode, and a prompt's rest)
+    joins = sched.finish_admits(num_running + rest, free) if sched.num_waiting else []
+    if joins is None or not (joins or num_running or pending):
         return False
     for i, base, grown in gone:  # (stepping freed them at their finish)
         kv.free_grown(reqs[i].id, grown)
         st.released[i] = base
     st.num_released = p1
     st.free_blocks += freed
-    if joins:
-        _join(engine, st, s, num_running, joins, now_s)
+    st.pending = None
+    if joins or pending:
+        _join(engine, st, s, num_running, joins, now_s, pending)
     rem = st._sorted_rem
-    st.kmax = min(rem[bisect_right(rem, s)], st.max_steps)  # the next departure (a joiner's, at the latest)
+    # the next departure (a joiner's, at the latest), or the next step if a prompt was chunked
+    st.kmax = s + 1 if st.pending else min(rem[bisect_right(rem, s)], st.max_steps)
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     if st.k > s + 1:
         engine._limit(st, s + 1)  # (step s's blocks were counted above)
@@ -189,32 +241,67 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     return True
 
 
-def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s: float) -> None:
+def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s: float, pending=None) -> None:
     """Admit `joins` at step s of `st` (their blocks were counted free): as stepping's
-    `schedule` would, then into the stretch (`Stretch.join`)."""
+    `schedule` would, then into the stretch (`Stretch.join`). A prompt that a chunk of it was
+    admitted for at s - 1 (`pending`) runs its rest first and joins with the whole prompt;
+    a chunk admitted now (the last of `joins`) joins at s + 1."""
     kv, sched = engine.kv, engine.scheduler
-    step_s = _admit_step_s(engine.perf, st, s, num_running, joins)
-    sched.admit_at_finish(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
+    chunks = [(n, 0) for _, n in joins]
+    if pending is not None:
+        _, req, c, _ = pending
+        chunks.insert(0, (req.num_tokens - c, c))  # (the running pass runs before admission)
+    step_s = _admit_step_s(engine.perf, st, s, num_running, chunks)
+    if joins:
+        sched.admit_at_finish(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
     new = [req for req, _ in joins]
     for req in new:
         if req.first_scheduled_s is None:
             req.first_scheduled_s = now_s
     base = kv.num_blocks_list(new)
+    st.waiting_to += [s] * len(joins)
+    engine.num_finish_admissions += len(joins)
+    if joins and joins[-1][1] != new[-1].num_tokens:  # a first chunk: it joins at s + 1
+        req, n = joins.pop()
+        new.pop()
+        st.pending = (s, req, n, base.pop())
+        st.chunked.append(st.pending)
+        st.join_blocks += st.pending[3]
+    if pending is not None:
+        _, req, c, blocks = pending
+        if not kv.allocate_slots(req, req.num_tokens):  # (its chunk's tokens are applied with the stretch)
+            raise AssertionError(f"the rest of request {req.id}'s prompt could not get its blocks")
+        joins.insert(0, (req, req.num_tokens))
+        new.insert(0, req)
+        base.insert(0, kv.num_blocks_of(req.id) - blocks)
     st.join_base += base
     first_new = kv.first_new_block_steps(new, [n - s for _, n in joins])
     st.join(joins, first_new, sum(base), step_s, engine._decode_forms(len(st.reqs) + len(joins)), kv.block_size)
-    st.waiting_to += [s] * len(joins)
-    engine.num_finish_admissions += len(joins)
 
 
-def _admit_step_s(perf, st: AdmitStretch, s: int, num_running: int, joins: list) -> float:
-    """The time of step s: the `num_running` decodes and the admitted prompts. Several prompts
-    beside decodes whose context sum the pricing holds: `step_time_s` reads the decodes'
-    contexts only through their number and sum when the model has the chunk form (no sliding
-    window), so one context carrying the sum stands for them (bit-identical, no pass over the
-    batch); else `_join_step_s` (one prompt, or the contexts listed)."""
+def _rest_of(sched, pending: tuple, num_running: int) -> tuple[int | None, int]:
+    """(tokens, blocks) of the rest of `pending`'s prompt in the step after its first chunk, as
+    stepping's running pass gives it (the budget the `num_running` decodes leave, the long-prefill
+    cap); (None, 0) if that is not its whole rest."""
+    _, req, c, blocks = pending
+    rest = req.num_tokens - c
+    cfg = sched.config
+    if rest > cfg.max_num_batched_tokens - num_running or 0 < cfg.long_prefill_token_threshold < rest:
+        return None, 0
+    return rest, -(-req.num_tokens // sched.kv.block_size) - blocks
+
+
+def _admit_step_s(perf, st: AdmitStretch, s: int, num_running: int, chunks: list[tuple[int, int]]) -> float:
+    """The time of step s: the `num_running` decodes and the prompts' chunks ((tokens, context)
+    in step order). With the model's chunk form (no sliding window) `step_time_s` reads the
+    decodes' contexts only through their number and sum, which the pricing holds: one chunk is
+    that form itself, several are priced with one context carrying the sum (bit-identical, no
+    pass over the batch); else the decodes' contexts are listed."""
     chunk_fn = getattr(perf, "chunk_time_fn", None)
-    if (len(joins) > 1 and num_running and chunk_fn is not None and st._f is not None and st._priced == s
-            and chunk_fn(num_running, joins[0][1]) is not None):
-        return perf.step_time_s([(n, 0) for _, n in joins], [st._ctx_sum] + [0] * (num_running - 1))
-    return _join_step_s(perf, st, s, num_running, joins)
+    if chunk_fn is not None and st._f is not None and st._priced == s and (num_running or len(chunks) == 1):
+        f = chunk_fn(num_running, chunks[0][0])
+        if f is not None:
+            if len(chunks) == 1:
+                return f(chunks[0][1], st._ctx_sum)  # (the scalar state is step s's: its context sum)
+            return perf.step_time_s(chunks, [st._ctx_sum] + [0] * (num_running - 1))
+    return perf.step_time_s(chunks, [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s])

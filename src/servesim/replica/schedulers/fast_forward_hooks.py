@@ -97,7 +97,11 @@ class FastForwardHooks:
         `schedule` admits, each whole with no prefix hit, such that every later `schedule`
         admits nothing until the next finish (the queue empty or its head waiting for KV
         blocks, which decodes only make scarcer); [] if it admits nothing. None when that is
-        not determined: the stretch ends there. Changes no state."""
+        not determined: the stretch ends there. `num_running` counts the tokens the running
+        requests take in that step (one a decode; a prompt's rest, when the last admission gave
+        a first chunk). A policy whose running pass gives a prompt in progress its rest before
+        admitting (vLLM's steps) may list last a prompt that the budget left chunks, with that
+        chunk (`finish_admits.py`). Changes no state."""
         return None
 
     def finish_departs(self, reqs: list[Request]) -> None:

@@ -254,7 +254,8 @@ class HyGenScheduler(VLLMSteps):
     def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
         if not self.finish_admission():
             return None
-        found = admits_of(self, num_running, free_blocks, lambda req, budget: min(req.num_tokens, budget))
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: min(req.num_tokens, budget),
+                          chunk=True)  # (its online pass gives a chunked prompt its rest first)
         return None if found is None else found[0]
 
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:

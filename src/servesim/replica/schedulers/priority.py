@@ -208,7 +208,8 @@ class KeyedScheduler(VLLMSteps):
         # must not beat the running request with the largest key (`_make_room` would evict it)
         if not (self.finish_admission() and self.waiting.clean):
             return None
-        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget))
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget),
+                          chunk=True)  # (`schedule_running` gives a chunked prompt its rest first)
         if found is None:
             return None
         joins, head = found

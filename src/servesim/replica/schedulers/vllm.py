@@ -171,7 +171,8 @@ class VLLMScheduler(VLLMSteps):
         # `_admit` from the budget the decodes leave, on the blocks free after their allocation
         if not self.finish_admission():
             return None
-        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget))
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget),
+                          chunk=True)  # (`schedule_running` gives a chunked prompt its rest first)
         return None if found is None else found[0]
 
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
