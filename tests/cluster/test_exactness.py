@@ -145,3 +145,35 @@ def test_arrivals_join_numpy_priced_stretches_the_lean_way(monkeypatch):
     slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
+
+
+@pytest.mark.parametrize("replicas", [8, 64])
+def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monkeypatch):
+    """Least-requests sends most arrivals to an idle replica, where the prompt runs alone:
+    its step starts by `Engine._start_lone` and its stretch, nothing having joined it, is
+    applied by `_apply_lone`; the run is the general path's, stepping one by one."""
+    from servesim.replica.engine import Engine
+    calls = {"start": 0, "apply": 0}
+    start, apply = Engine._start_lone, Engine._apply_lone
+
+    def counted_start(self, *a):
+        ran = start(self, *a)
+        calls["start"] += ran
+        return ran
+
+    def counted_apply(self, st):
+        calls["apply"] += 1
+        return apply(self, st)
+
+    monkeypatch.setattr(Engine, "_start_lone", counted_start)
+    monkeypatch.setattr(Engine, "_apply_lone", counted_apply)
+    sets = [f"replicas={replicas}", "workload.trace.end_s=600", "router.name=least-requests"]
+    path = str(ROOT / "examples/cluster-azure-conv.yaml")
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    assert calls["start"] > 0.4 * len(fast.requests), calls
+    assert calls["apply"] > 0.2 * len(fast.requests), calls
+    assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
+    monkeypatch.setattr(Engine, "_start_lone", lambda *a: False)  # stepping by the general path only
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)

@@ -186,6 +186,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
                 raise RuntimeError("scheduler is stuck: requests wait but nothing can run")
             return
         self.busy = True
+        if len(scheduled) == 1 and not swap_s and self._start_lone(now_s, out, *scheduled[0]):
+            return
         # A decode: one token scheduled and only the last generated token left to compute.
         known = out.num_known_decodes
         decodes = [r for r, _ in scheduled[:known]] if known else []
@@ -220,6 +222,28 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
                 return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)
+
+    def _start_lone(self, now_s: float, out: SchedulerOutput, req: Request, n: int) -> bool:
+        """The rest of `_start_step` when it scheduled one new prompt, alone, whose chunk
+        completes it (the commonest step at many replicas: an arrival at an idle replica):
+        what the general path does for it, without its passes over a batch, and without asking
+        for a chunk stretch (which needs a prompt its chunks leave unfinished). False, changing
+        nothing, for any other step (the general path runs)."""
+        if (req.num_output_tokens or n != req.prompt_len - req.num_computed_tokens or out.num_known_decodes
+                or self._spec_k or self.ports is not None or out.rank_batches is not None):
+            return False
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now_s
+        prefills = [(req, n)]
+        dt = self.perf.step_time_s([(n, req.num_computed_tokens)], [])
+        if self.config.fast_forward:
+            ff = self.scheduler.fast_forward(out)
+            if ff.repeat and ff.after_prefill and self._fast_forward(now_s, out, [], [], prefills, ff, dt):
+                return True
+        sched = self.scheduler
+        payload = (now_s, out, [], prefills, sched.num_running, sched.num_waiting, self._epoch)
+        self.loop.schedule(now_s + dt, self._end_step, payload, PRIO_STEP_END)
+        return True
 
     def _chunk_stretch(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
                        prefills: list[tuple[Request, int]], swap_s: float) -> bool:

@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
-from servesim.metrics.recorder import BlockGrowth
+from servesim.metrics.recorder import BatchRuns, BlockGrowth
 from servesim.replica.admission_stretch import AdmitStretch, admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.finish_notices import schedule_notice
@@ -242,6 +242,8 @@ class FastForwarding:
         if type(st) is not Stretch:  # (a `SpecStretch` or a `ChunkStretch`: steps of their own)
             return st.apply(self)
         ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
+        if len(reqs) == 1 and not (st.decodes or st.keyed):
+            return self._apply_lone(st)
         bs = self.kv.block_size
         first_new = st.first_new
         first = self.recorder.num_steps
@@ -279,6 +281,33 @@ class FastForwarding:
         self.num_fast_forwarded_steps += k
         self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
                                        [j for j in st.waiting_from if j < k], prefill_at=prefill_at)
+        return done
+
+    def _apply_lone(self, st: Stretch) -> list[Request]:
+        """`_apply_stretch` for a stretch of one request, whose prompt finished in step 0 and
+        which nothing joined (the commonest at many replicas: an arrival at an idle replica),
+        without the passes over a batch: it runs all k steps (its `remaining` >= k, the stretch's
+        `kmax`) and finished in the last if its remaining is k. Returns [it] or []."""
+        (req, n), = st.prefills
+        k, ends, bs = st.k, st.ends, self.kv.block_size
+        first = self.recorder.num_steps
+        f = st.first_new[0]
+        if f < k:  # (blocks at steps f, f + bs, ... below k)
+            self.kv.allocate_plain_many([(req, (k - f - 1) // bs + 1)])
+        req.num_computed_tokens += n + k - 1
+        req.num_output_tokens += k
+        req.token_steps += (first, first + k - 1)
+        if req.first_token_s is None:
+            req.first_token_s = float(ends[0])
+        done = []
+        if st.remaining[0] == k:
+            req.finish_s = float(ends[k - 1])
+            done.append(req)
+        self.num_steps += k
+        self.num_fast_forwarded_steps += k
+        self.recorder.log_decode_steps(st.start_s, ends, BatchRuns([1], [k]), st.num_waiting,
+                                       BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, st.first_new, [k], bs, []),
+                                       n, [j for j in st.waiting_from if j < k])
         return done
 
 
