@@ -46,7 +46,7 @@ class SiliconRow:
     attention_dp_recorded: bool = True
     # False when the release was not in the row's own cells but taken from its deployment config or its
     # twins (`recover_versions`): those runs are older than the release's own (docs/fidelity.md,
-    # "TensorRT-LLM B200 DeepSeek-R1: the InferenceMAX scripts and MTP").
+    # "TensorRT-LLM B200 DeepSeek-R1: the InferenceMAX scripts of each release, and MTP").
     version_recorded: bool = True
 
 
