@@ -37,8 +37,9 @@ BALANCE_BY_ENGINE = {"vllm": "vllm", "trtllm": "trtllm", "sglang": "round_robin"
 class RanksKV:
     """The ranks' KV caches as the engine and the reports see one replica's: blocks summed."""
 
-    def __init__(self, caches: list[KVCacheManager]) -> None:
+    def __init__(self, caches: list[KVCacheManager], rank_of: dict[int, int]) -> None:
         self.caches = caches
+        self.rank_of = rank_of  # request id -> its rank (the scheduler's map, shared)
         self.block_size = caches[0].block_size
         self.enable_prefix_caching = caches[0].enable_prefix_caching
 
@@ -63,6 +64,10 @@ class RanksKV:
 
     def num_cached_prefix_tokens(self, req: Request) -> int:
         return max(kv.num_cached_prefix_tokens(req) for kv in self.caches)
+
+    def allocate_slots(self, req: Request, num_new_tokens: int) -> bool:
+        """Slots in the request's own rank's cache (speculative decoding's lookahead slots)."""
+        return self.caches[self.rank_of[req.id]].allocate_slots(req, num_new_tokens)
 
     def check_all_free(self) -> None:
         for kv in self.caches:
@@ -93,11 +98,11 @@ class AttentionDPScheduler(Scheduler):
         self.perf = perf
         self.balance = balance
         self.params, self.config = ranks[0].params, ranks[0].config
-        self.kv = RanksKV([r.kv for r in ranks])
         self.swap_mechanics = ranks[0].swap_mechanics
         self.swap_ready_s: dict[int, float] = {}
         self.num_engine_steps = 0
         self.rank_of: dict[int, int] = {}  # request id -> its rank, for its whole life here
+        self.kv = RanksKV([r.kv for r in ranks], self.rank_of)
         self._tokens = [0] * len(ranks)  # active prompt tokens per rank (trtllm balance)
         self._next_rank = 0  # round_robin
         self._outs: list[SchedulerOutput] = []

@@ -208,7 +208,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             return  # a prompt's chunks beside the same decodes fast-forwarded (`replica/chunk_stretch.py`)
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
-            dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills)
+            dt, decodes, prefills = speculate(self, decodes, decode_ctxs, chunks, prefills, out.rank_batches)
         else:
             # (priced before planning a stretch, whose step 0 it is: one call either way)
             dt = (self.perf.step_time_s(chunks, decode_ctxs) if out.rank_batches is None

@@ -74,7 +74,7 @@ class AcceptanceDraws:
         self._pos = 0
 
 
-def speculate(engine, decodes, decode_ctxs, chunks, prefills):
+def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None):
     """Draft k tokens per decoding request and verify them in one target pass.
 
     Each decode gets k = min(num_speculative_tokens, tokens it still has to emit - 1)
@@ -84,6 +84,8 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills):
     of accepted drafts is drawn at once (i.i.d. acceptance `spec_acceptance_rate`; the
     first rejection ends the run; `AcceptanceDraws`), so the outcome depends only on the
     engine's generator.
+    With attention data parallelism (`rank_batches`: the step's batch per rank) each rank verifies
+    its own decodes and the ranks are priced in lock-step, as their plain steps are.
     Returns (step time, plain decodes, prefills + speculative decodes as (req, (1 + k, a))).
     """
     cfg = engine.config
@@ -99,8 +101,16 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills):
     if not spec:
         return engine.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
     accepted = engine.spec_draws.take(len(spec))
-    verify = chunks + [(1 + k, ctx) for _, k, ctx in spec]
-    dt = engine.perf.step_time_s(verify, plain_ctxs)
+    if rank_batches is None:
+        dt = engine.perf.step_time_s(chunks + [(1 + k, ctx) for _, k, ctx in spec], plain_ctxs)
+    else:
+        rank_of = engine.scheduler.rank_of
+        batches = [(list(p), []) for p, _ in rank_batches]  # (each rank's prompt chunks stay its own)
+        for req, k, ctx in spec:
+            batches[rank_of[req.id]][0].append((1 + k, ctx))
+        for req, ctx in zip(plain, plain_ctxs):
+            batches[rank_of[req.id]][1].append(ctx)
+        dt = engine.perf.lockstep_step_time_s(batches)
     dt += cfg.spec_draft_cost_ratio * k_max * engine.perf.step_time_s([], decode_ctxs)
     spec_items = [(req, (1 + k, a if a < k else k)) for (req, k, _), a in zip(spec, accepted)]
     return dt, plain, prefills + spec_items

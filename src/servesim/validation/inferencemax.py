@@ -36,6 +36,10 @@ time, sourced per model:
   together and every rank has a context at once, so the balance never waits) and token budget per
   rank (`max_num_tokens`: DeepSeek-R1 concurrency + prompt + 64 rounded up to 64 tokens, at least
   8,192 from 2026-01-21, i.e. the 1.2.0rc6 images; gpt-oss 20,000; `attention_dp_recipe`).
+- the DeepSeek-R1 B200 rows that record release 1.2.0rc6.post2, with or without attention DP, play the
+  revision of `dsr1_{fp4,fp8}_b200_trt.sh` that ran them (`dsr1_b200_trt`: budget at least 8,192
+  tokens, FP8 batch waiting at 1k/1k from 64 users, FP8 KV cache). (1.2.0rc6.post3 ran the MTP
+  variants of those scripts; played with MTP, not kept: docs/fidelity.md.)
 
 Only the (engine, system, version, model) keys listed here play a recipe; a recipe is the
 benchmark script that ran those rows, not a fitted constant. Everything else keeps the generator's
@@ -199,6 +203,8 @@ def recipe(row: SiliconRow) -> Recipe | None:
     if row.backend == "sglang":
         return sglang_recipe(row)
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
+    if fn is None and (row.backend, row.system, row.version) in DSR1_B200_SCRIPTS and is_deepseek(row) and row.version_recorded:
+        fn = dsr1_b200_trt
     return fn(row) if fn else attention_dp_recipe(row)
 
 
@@ -217,7 +223,9 @@ ATTENTION_DP_BALANCE = {
 # Token budget (`--max_num_tokens`, per attention rank): the DeepSeek-R1 scripts take concurrency
 # + prompt + 64 rounded up to 64 tokens, at least 8,192 since 2026-01-21 (the TensorRT-LLM
 # 1.2.0rc6 images came with the updates of 2026-01-29 / 02-03; 1.1.0rc2.post2 ran from Sep 2025);
-# the gpt-oss script 20,000.
+# the gpt-oss script 20,000. (1.2.0rc6.post3 ran the scripts' MTP variants, whose budget is (MTP + 1) x
+# `--max_batch_size` + prompt + 64: played and not kept, docs/fidelity.md, "TensorRT-LLM B200 DeepSeek-R1:
+# the InferenceMAX scripts".)
 DSR1_BUDGET_FLOOR_TOKENS, DSR1_FLOOR_VERSIONS = 8192, frozenset({"1.2.0rc6.post2", "1.2.0rc6.post3"})
 GPTOSS_BUDGET_TOKENS = 20000
 
@@ -237,7 +245,39 @@ def attention_dp_recipe(row: SiliconRow) -> Recipe | None:
         return None
     if row.model.lower().split("/")[-1].startswith("gpt-oss"):
         return Recipe(engine={"max_num_batched_tokens": GPTOSS_BUDGET_TOKENS}, scheduler=balance)
-    budget = (row.concurrency + row.isl + 64 + 63) // 64 * 64
+    budget = dsr1_budget(row.concurrency, row.isl)
     if row.version in DSR1_FLOOR_VERSIONS:
         budget = max(budget, DSR1_BUDGET_FLOOR_TOKENS)
     return Recipe(engine={"max_num_batched_tokens": budget}, scheduler=balance)
+
+
+def dsr1_budget(batch_tokens: int, prompt: int) -> int:
+    """The DeepSeek-R1 scripts' `--max_num_tokens`: a batch's tokens + the prompt + 64, rounded up to 64."""
+    return (batch_tokens + prompt + 64 + 63) // 64 * 64
+
+
+# InferenceMAX's DeepSeek-R1 B200 TensorRT-LLM scripts of release 1.2.0rc6.post2: `dsr1_fp8_b200_trt.sh` (InferenceX
+# pull request 594, 2026-01-29) and `dsr1_fp4_b200_trt.sh` (pull request 620, 2026-02-03), each run on the day its
+# pull request moved the image to that release (the upstream file's `silicon_data_source` dates every row that
+# records the release to one of those two days; the file keeps them as `dsr1_b200_trtllm_..._cfg<N>` and as
+# InferenceMAX's exports alike). `--max_num_tokens` concurrency + prompt + 64 rounded up to 64, at least 8,192;
+# FP8 1k/1k from 64 users batch waiting (`batch_wait_timeout_iters: 40`, `batch_wait_max_tokens_ratio: 0.8`; off
+# with attention DP, as TensorRT-LLM turns it off); `kv_cache_config.dtype: fp8`; chunked context off; attention
+# DP's `attention_dp_config` (above); benchmark_serving with ten requests per user over [0.8 x, x] lengths. (The
+# MoE backend, the piecewise CUDA graphs and the KV memory fraction they also set are not modelled.) Rows whose
+# release was recovered from their config or twins (`SiliconRow.version_recorded` False) were measured before
+# those days (2025-11-02 or earlier, scripts without the 8,192 floor): they keep the generator's deployment.
+DSR1_B200_SCRIPTS = frozenset({("trtllm", "b200_sxm", "1.2.0rc6.post2")})
+
+
+def is_deepseek(row: SiliconRow) -> bool:
+    return row.model.lower().split("/")[-1].startswith("deepseek")
+
+
+def dsr1_b200_trt(row: SiliconRow) -> Recipe:
+    """The DeepSeek-R1 B200 script of `row`'s release (DSR1_B200_SCRIPTS): budget, batch waiting, FP8 KV cache."""
+    scheduler = attention_dp_balance(row)
+    if row.gemm_quant == "fp8" and (row.isl, row.osl) == (1024, 1024) and row.concurrency >= 64 and not scheduler:
+        scheduler = {"batch_wait_timeout_iters": 40, "batch_wait_max_tokens_ratio": 0.8}
+    budget = max(dsr1_budget(row.concurrency, row.isl), DSR1_BUDGET_FLOOR_TOKENS)
+    return Recipe(engine={"max_num_batched_tokens": budget}, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"})

@@ -44,6 +44,10 @@ class SiliconRow:
     # False when attention_dp_size is empty: the runs recorded in AIConfigurator's own terms leave
     # it so, the ones recorded as the engine's tp x ep product fill it (recorded_parallelism.py).
     attention_dp_recorded: bool = True
+    # False when the release was not in the row's own cells but taken from its deployment config or its
+    # twins (`recover_versions`): those runs are older than the release's own (docs/fidelity.md,
+    # "TensorRT-LLM B200 DeepSeek-R1: the InferenceMAX scripts of each release, and MTP").
+    version_recorded: bool = True
 
 
 def _int(raw: str, default: int = 1) -> int:
@@ -105,7 +109,7 @@ def recover_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
     for r in rows:
         m = CONFIG_ID.search(r.id) if not r.version else None
         found = releases.get((r.backend, r.system, m.group(1)), set()) if m else set()
-        out.append(replace(r, version=next(iter(found))) if len(found) == 1 else r)
+        out.append(replace(r, version=next(iter(found)), version_recorded=False) if len(found) == 1 else r)
     return twin_versions(out)
 
 
@@ -127,7 +131,7 @@ def twin_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
     out = []
     for r in rows:
         found = releases.get(_measurement(r), set()) if not r.version else set()
-        out.append(replace(r, version=next(iter(found))) if len(found) == 1 else r)
+        out.append(replace(r, version=next(iter(found)), version_recorded=False) if len(found) == 1 else r)
     return out
 
 

@@ -1,0 +1,57 @@
+"""TensorRT-LLM DeepSeek-R1 B200 rows that record release 1.2.0rc6.post2 play InferenceMAX's scripts of that
+release (`dsr1_{fp4,fp8}_b200_trt.sh`): budget at least 8,192 tokens, FP8 batch waiting, FP8 KV, their client."""
+
+from __future__ import annotations
+
+from servesim.validation.silicon import ClientOptions, parse_row, row_scenario
+from servesim.validation.silicon_file import recover_versions
+from tests.validation.test_inferencemax import balance, waits
+from tests.validation.test_silicon_mapping import BASE
+
+DSR1 = {**BASE, "id": "dsr1_b200_trtllm_fp4_agg_1024x1024_c16_cfg82", "backend": "trtllm",
+        "backend_version": "1.2.0rc6.post2", "model_path": "deepseek-ai/DeepSeek-V3", "system": "b200_sxm",
+        "gemm_quant_mode": "nvfp4", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1", "batch_size": "16",
+        "concurrency": "16", "isl": "1024", "osl": "1024"}
+
+
+def scenario(options: ClientOptions = ClientOptions(), **changes):
+    return row_scenario(parse_row({**DSR1, **changes}), options, calibration=None)
+
+
+def test_rc6_post2_plays_the_script_and_its_client():
+    s = scenario()
+    assert s.engine.max_num_batched_tokens == 8192  # max(8,192, 16 + 1,024 + 64 rounded up to 64)
+    assert s.perf.kv_cache_dtype == "fp8" and s.engine.num_speculative_tokens == 0  # kv_cache_config.dtype: fp8
+    assert waits(s) == (0, 0.0) and s.scheduler.model_dump()["enable_chunked_context"] is False
+    assert s.workload.num_requests == 160 and s.workload.lengths.prompt_tokens == (819, 1024)  # CONC x 10, [0.8 x, x]
+    assert s.frontend.profile == "trtllm@b200@1.2.0rc6.post2"
+    assert scenario(isl="8192", concurrency="256", batch_size="256").engine.max_num_batched_tokens == 8512
+
+
+def test_fp8_batch_waiting_only_where_the_script_sets_it():
+    # dsr1_fp8_b200_trt.sh: DELAY_BATCHING at 1k/1k from 64 users; TensorRT-LLM turns it off with attention DP
+    assert waits(scenario(gemm_quant_mode="fp8", concurrency="64", batch_size="64")) == (40, 0.8)
+    for changes in ({"gemm_quant_mode": "fp8", "concurrency": "32"}, {"concurrency": "64"},
+                    {"gemm_quant_mode": "fp8", "concurrency": "64", "osl": "8192"}):
+        assert waits(scenario(**changes)) == (0, 0.0), changes
+    dp = scenario(gemm_quant_mode="fp8", concurrency="256", batch_size="32", tp_size="1", attention_dp_size="8",
+                  moe_tp_size="1", moe_ep_size="8")
+    assert waits(dp) == (0, 0.0) and balance(dp) == (True, 60, 0) and dp.engine.max_num_batched_tokens == 8192
+
+
+def test_other_rows_keep_their_deployment():
+    # a release taken from the row's deployment config was measured before that release's scripts ran
+    recorded, recovered = recover_versions([
+        parse_row(DSR1), parse_row({**DSR1, "id": "dsr1_b200_trtllm_fp4_agg_1024x1024_c64_cfg82", "backend_version": "",
+                                    "concurrency": "64", "batch_size": "64"})])
+    assert recorded.version_recorded and recovered.version == "1.2.0rc6.post2" and not recovered.version_recorded
+    s = row_scenario(recovered, calibration=None)
+    assert s.engine.max_num_batched_tokens == 2592 and s.workload.num_requests == 256 + 64  # 64 + 1,024 + 1,500
+    assert s.perf.kv_cache_dtype == "auto"
+    for changes, options in (({"backend_version": "1.2.0rc6.post3"}, ClientOptions()),
+                             ({"backend_version": "1.1.0rc2.post2"}, ClientOptions()),
+                             ({"system": "h200_sxm"}, ClientOptions()),
+                             ({"model_path": "openai/gpt-oss-120b"}, ClientOptions()),
+                             ({}, ClientOptions(benchmark_recipes=False))):
+        s = scenario(options, **changes)
+        assert s.engine.max_num_batched_tokens == 2560 and s.workload.num_requests == 64 + 16, changes
