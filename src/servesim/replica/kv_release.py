@@ -16,7 +16,7 @@ from typing import Any, Hashable
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.free_queue import FreeQueue
-from servesim.replica.prefix_groups import Group
+from servesim.replica.prefix_groups import Group, fill_ref
 from servesim.replica.prefix_index import Held
 from servesim.replica.recent_keys import RecentKeys
 
@@ -63,10 +63,10 @@ class BlockRelease:
                 if dups is not None and not dups.isdisjoint(range(p0, p1)):
                     n += _freed_with_copies(g, ref, p0, dups, dropped)
                     continue
-                ones = ref.count(1)
-                if ones == j - i:  # (the usual case: blocks only this request holds)
-                    n += ones
+                if ref == fill_ref(1, j - i):  # (the usual case: blocks only this request holds)
+                    n += j - i
                     continue
+                ones = ref.count(1)
                 # shared blocks: freed by the last holder to leave (references left, per slot)
                 if g not in dropped:  # (the usual case: the first of those leaving to hold some)
                     n += ones
