@@ -57,10 +57,11 @@ class BlockRelease:
             held = self._held[rid]
             n = held.num_plain
             dups = held.dups
+            span = (min(dups), max(dups) + 1) if dups else None
             for g, p0, p1 in held.segs:
                 i, j = p0 - g.lo, p1 - g.lo
                 ref = g.ref[i:j]
-                if dups is not None and not dups.isdisjoint(range(p0, p1)):
+                if span is not None and p0 < span[1] and span[0] < p1 and not dups.isdisjoint(range(p0, p1)):
                     n += _freed_with_copies(g, ref, p0, dups, dropped)
                     continue
                 if ref == fill_ref(1, j - i):  # (the usual case: blocks only this request holds)
@@ -112,8 +113,11 @@ class BlockRelease:
         """Drop the request's references, last position first; each segment's blocks whose
         count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
         dups = held.dups
+        # (a segment outside the copies' span skips the set's pass over its positions: a
+        # Mooncake prompt's copies are its first hash blocks, its own segment hundreds of slots)
+        lo, hi = (min(dups), max(dups) + 1) if dups else (0, 0)
         for g, p0, p1 in reversed(held.segs):
-            ds = dups.intersection(range(p0, p1)) if dups is not None else None
+            ds = dups.intersection(range(p0, p1)) if p0 < hi and lo < p1 else None
             if not ds:
                 self._release(g, p0, p1)
                 continue
