@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from array import array
 
-from servesim.replica.prefix_groups import Group, fill_ref, fill_stamp
+from servesim.replica.prefix_groups import NO_STAMP, NONE, ONE, Group
 
 
 def test_fills_are_typed_arrays_of_one_value():
-    assert fill_ref(-1, 3) == array("i", [-1, -1, -1]) and fill_ref(7, 2) == array("i", [7, 7])
-    assert fill_stamp(0, 2) == array("q", [0, 0]) and fill_stamp(2**40, 1) == array("q", [2**40])
-    assert len(fill_ref(1, 0)) == 0
+    assert NONE * 3 == array("i", [-1, -1, -1]) and ONE * 2 == array("i", [1, 1]) and len(ONE * 0) == 0
+    assert NO_STAMP * 2 == array("q", [0, 0]) and array("q", [2**40]) * 1 == array("q", [2**40])
+    g = Group(0)
+    g.append_held(3)
+    assert g.ref.typecode == "i" and g.stamp.typecode == "q"
 
 
 def test_a_group_through_register_hit_release_and_evict():

@@ -16,7 +16,7 @@ from typing import Any, Hashable
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.free_queue import FreeQueue
-from servesim.replica.prefix_groups import Group, fill_ref
+from servesim.replica.prefix_groups import ONE, Group
 from servesim.replica.prefix_index import Held
 from servesim.replica.recent_keys import RecentKeys
 
@@ -64,7 +64,7 @@ class BlockRelease:
                 if span is not None and p0 < span[1] and span[0] < p1 and not dups.isdisjoint(range(p0, p1)):
                     n += _freed_with_copies(g, ref, p0, dups, dropped)
                     continue
-                if ref == fill_ref(1, j - i):  # (the usual case: blocks only this request holds)
+                if ref == ONE * (j - i):  # (the usual case: blocks only this request holds)
                     n += j - i
                     continue
                 ones = ref.count(1)

@@ -19,8 +19,7 @@ group is hundreds of slots (32 per 512-token hash block), and its usual operatio
 range with one value, check that a range holds one value) are then C loops over machine
 integers (a slice assignment or equality of same-typed arrays) rather than a reference count
 and an int comparison per slot: about 2-3x faster per slot (`Group.evict`, `release`,
-`append_held` were about 12 % of a vllm Mooncake cell). `fill_ref`/`fill_stamp` make the filling
-arrays.
+`append_held` were about 12 % of a vllm Mooncake cell).
 """
 
 from __future__ import annotations
@@ -30,21 +29,10 @@ from itertools import repeat
 from operator import add, sub
 from typing import Hashable
 
-# one-slot arrays repeated into fills (inline in the methods below: a call per fill was 5 % of
-# a vllm Mooncake cell)
-_NONE, _ONE, _STAMP0 = array("i", [-1]), array("i", [1]), array("q", [0])
-_REF1 = {-1: _NONE, 0: array("i", [0]), 1: _ONE}
-
-
-def fill_ref(v: int, n: int) -> array:
-    """`n` slots of reference count `v` (-1: not cached)."""
-    one = _REF1.get(v)
-    return (one if one is not None else array("i", [v])) * n
-
-
-def fill_stamp(v: int, n: int) -> array:
-    """`n` slots of stamp `v`."""
-    return (_STAMP0 if v == 0 else array("q", [v])) * n
+# One-slot arrays, repeated into the fills of a range (`NONE * k`: k slots not cached), inline
+# where they are used (a helper call per fill was 5 % of a vllm Mooncake cell).
+NONE, ONE = array("i", [-1]), array("i", [1])  # reference counts: not cached, held once
+NO_STAMP = array("q", [0])
 
 
 class Group:
@@ -68,13 +56,13 @@ class Group:
         """Grow the lists to cover slots [s0, s1)."""
         if s0 < self.lo:
             k = self.lo - s0
-            self.ref[:0] = _NONE * k
-            self.stamp[:0] = _STAMP0 * k
+            self.ref[:0] = NONE * k
+            self.stamp[:0] = NO_STAMP * k
             self.lo = s0
         k = s1 - self.lo - len(self.ref)
         if k > 0:
-            self.ref += _NONE * k
-            self.stamp += _STAMP0 * k
+            self.ref += NONE * k
+            self.stamp += NO_STAMP * k
 
     def num_leading_cached(self, s0: int, s1: int) -> int:
         """How many of slots s0, s0+1, ... (up to s1) are cached before the first that is not."""
@@ -94,8 +82,8 @@ class Group:
 
     def append_held(self, n: int) -> None:
         """Slots [hi, hi + n) get new blocks held once (`register` of them, without the checks)."""
-        self.ref += _ONE * n
-        self.stamp += _STAMP0 * n
+        self.ref += ONE * n
+        self.stamp += NO_STAMP * n
         self.num_cached += n
 
     def register(self, s0: int, s1: int) -> list[int]:
@@ -105,8 +93,8 @@ class Group:
         i, j = s0 - self.lo, s1 - self.lo
         ref = self.ref
         r = ref[i:j]
-        if r == _NONE * (j - i):  # the usual case: none cached (stamps are 0)
-            ref[i:j] = _ONE * (j - i)
+        if r == NONE * (j - i):  # the usual case: none cached (stamps are 0)
+            ref[i:j] = ONE * (j - i)
             self.num_cached += j - i
             return []
         c = r.count(-1)
@@ -131,7 +119,7 @@ class Group:
             self.ref[i:j] = array("i", [v + 1]) * (j - i)
             if v:
                 return 0
-            self.stamp[i:j] = _STAMP0 * (j - i)
+            self.stamp[i:j] = NO_STAMP * (j - i)
             return j - i
         z = r.count(0)
         if z:
@@ -173,8 +161,8 @@ class Group:
         # The usual case: the last k slots are all still in the entry (checked over those k
         # only: an allocation often takes a block or two of an entry of hundreds).
         if st[j - k:j] == array("q", [stamp]) * k:
-            ref[j - k:j] = _NONE * k
-            st[j - k:j] = _STAMP0 * k
+            ref[j - k:j] = NONE * k
+            st[j - k:j] = NO_STAMP * k
             self.num_cached -= k
             return k, s1 - k
         # Else find the slots still in the entry, last first, by C-level searches (an entry
