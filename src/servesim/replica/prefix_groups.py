@@ -53,7 +53,7 @@ class Group:
         return self.lo + len(self.ref)
 
     def _cover(self, s0: int, s1: int) -> None:
-        """Grow the lists to cover slots [s0, s1)."""
+        """Grow the arrays to cover slots [s0, s1)."""
         if s0 < self.lo:
             k = self.lo - s0
             self.ref[:0] = NONE * k
