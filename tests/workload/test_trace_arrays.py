@@ -6,29 +6,56 @@ import dataclasses
 import numpy as np
 import pytest
 
-from servesim.workload.trace_arrays import array_path, parse_rows
-from servesim.workload.traces.registry import SHIPPED_TRACES
+from servesim.workload.trace_arrays import array_path, hash_ids, hash_path, id_runs, parse_rows, read_rows
+from servesim.workload.traces.registry import SHIPPED_TRACES, ShippedTrace
 from tests.workload.helpers import make
 
-WITH_ARRAYS = ["azure-conv", "azure-code"]
+WITH_ARRAYS = ["azure-conv", "azure-code", "mooncake-conversation"]
 
 
 @pytest.mark.parametrize("name", WITH_ARRAYS)
 def test_array_equals_the_parse_of_its_file(name):
     # (if this fails, the trace changed: rebuild with `python -m servesim.workload.trace_arrays`)
     shipped = SHIPPED_TRACES[name]
-    rows = np.load(array_path(shipped))
-    parsed = parse_rows(shipped)
+    rows, ids = read_rows(shipped)
+    parsed, parsed_ids = parse_rows(shipped)
     assert len(rows) == len(parsed) == shipped.rows
-    for field in ("arrival_s", "prompt_len", "output_len"):
+    assert rows.dtype == parsed.dtype
+    for field in parsed.dtype.names:
         assert np.array_equal(rows[field], parsed[field])
     assert rows["arrival_s"].tobytes() == parsed["arrival_s"].tobytes()
+    assert (ids is None) == (parsed_ids is None) == (name != "mooncake-conversation")
+    if ids is not None:  # every row's hash ids, in file order, from the runs
+        assert ids.dtype == np.int64 and np.array_equal(ids, parsed_ids)
+        assert len(ids) == rows["num_hash_ids"].sum() == 288_500  # (the trace's README)
+        assert len(np.load(hash_path(shipped))) < len(ids) // 8  # stored as runs of consecutive ids
 
 
-def test_only_traces_of_times_and_lengths_have_arrays():
+def test_only_traces_of_times_lengths_and_hashes_have_arrays():
     have = sorted(t.name for t in SHIPPED_TRACES.values() if t.has_arrival and array_path(t).is_file())
     assert have == sorted(WITH_ARRAYS)
-    assert parse_rows(SHIPPED_TRACES["mooncake-conversation"]) is None  # prefix hashes: read row by row
+
+
+def test_rows_with_another_block_size_or_attributes_have_no_arrays(tmp_path):
+    for extra in ('"hash_block_tokens": 256', '"tenant": "a"'):
+        path = tmp_path / "t.jsonl"
+        path.write_text('{"timestamp": 0, "input_length": 9, "output_length": 2, "hash_ids": [3, 4]}\n'
+                        f'{{"timestamp": 5, "input_length": 9, "output_length": 2, "hash_ids": [3], {extra}}}\n')
+        assert parse_rows(ShippedTrace("t", str(path), 2, True, "", "")) is None
+    path.write_text('{"timestamp": 0, "input_length": 9, "output_length": 2, "hash_ids": [3, 4]}\n'
+                    '{"timestamp": 5, "input_length": 9, "output_length": 2, "hash_ids": [3]}\n')
+    rows, ids = parse_rows(ShippedTrace("t", str(path), 2, True, "", ""))
+    assert rows["num_hash_ids"].tolist() == [2, 1] and ids.tolist() == [3, 4, 3]
+
+
+def test_id_runs_give_the_ids_back():
+    rng = np.random.default_rng(7)
+    for ids in ([5], [0, 1, 2, 0, 1, 7, 9, 10], rng.integers(0, 50, 1000), np.arange(100, 400)):
+        ids = np.asarray(ids, dtype=np.int64)
+        runs = id_runs(ids)
+        assert runs.dtype == np.int32 and (runs[:, 1] > 0).all()
+        assert np.array_equal(hash_ids(runs), ids)
+    assert id_runs(np.array([0, 1, 2, 0, 1, 7, 9, 10])).tolist() == [[0, 3], [0, 2], [7, 1], [9, 2]]
 
 
 SLICES = {
@@ -53,6 +80,8 @@ def test_array_replay_makes_the_row_replays_requests(name, extra):
     assert got == want
     assert (len(got) == 0) == (extra == SLICES["after the last row"])
     assert all(type(r[1]) is float and type(r[2]) is int for r in got[:3])
+    assert all(type(r[4]) is tuple and set(map(type, r[4])) <= {int} for r in got)
+    assert any(r[4] for r in got) == (name == "mooncake-conversation" and len(got) > 0)
 
 
 def test_drawn_attributes_keep_the_row_path():

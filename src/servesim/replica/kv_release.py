@@ -16,7 +16,7 @@ from typing import Any, Hashable
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.free_queue import FreeQueue
-from servesim.replica.prefix_groups import Group
+from servesim.replica.prefix_groups import ONE, Group
 from servesim.replica.prefix_index import Held
 from servesim.replica.recent_keys import RecentKeys
 
@@ -57,16 +57,17 @@ class BlockRelease:
             held = self._held[rid]
             n = held.num_plain
             dups = held.dups
+            span = (min(dups), max(dups) + 1) if dups else None
             for g, p0, p1 in held.segs:
                 i, j = p0 - g.lo, p1 - g.lo
                 ref = g.ref[i:j]
-                if dups is not None and not dups.isdisjoint(range(p0, p1)):
+                if span is not None and p0 < span[1] and span[0] < p1 and not dups.isdisjoint(range(p0, p1)):
                     n += _freed_with_copies(g, ref, p0, dups, dropped)
                     continue
-                ones = ref.count(1)
-                if ones == j - i:  # (the usual case: blocks only this request holds)
-                    n += ones
+                if ref == ONE * (j - i):  # (the usual case: blocks only this request holds)
+                    n += j - i
                     continue
+                ones = ref.count(1)
                 # shared blocks: freed by the last holder to leave (references left, per slot)
                 if g not in dropped:  # (the usual case: the first of those leaving to hold some)
                     n += ones
@@ -112,8 +113,11 @@ class BlockRelease:
         """Drop the request's references, last position first; each segment's blocks whose
         count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
         dups = held.dups
+        # (a segment outside the copies' span skips the set's pass over its positions: a
+        # Mooncake prompt's copies are its first hash blocks, its own segment hundreds of slots)
+        lo, hi = (min(dups), max(dups) + 1) if dups else (0, 0)
         for g, p0, p1 in reversed(held.segs):
-            ds = dups.intersection(range(p0, p1)) if dups is not None else None
+            ds = dups.intersection(range(p0, p1)) if p0 < hi and lo < p1 else None
             if not ds:
                 self._release(g, p0, p1)
                 continue

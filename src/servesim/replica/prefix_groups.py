@@ -1,4 +1,4 @@
-"""Per-slot state of the cached KV blocks of one prefix-cache group (extent), in flat lists.
+"""Per-slot state of the cached KV blocks of one prefix-cache group (extent), in flat typed arrays.
 
 A group holds the blocks of a stretch of consecutive block positions (slot = position),
 registered under the key runs listed in `runs` (`block_keys.py`): a request registering a
@@ -11,13 +11,28 @@ cached); `stamp[s - lo]` is the stamp of the free-queue entry holding the block 
 is 0 (lazy deletion: a block hit from the free queue gets stamp 0, so the entry no longer
 matches it), else 0.
 
-Each method works on a range of slots with list slices, falling back to a per-slot loop only
+Each method works on a range of slots with slices, falling back to a per-slot loop only
 when the range is mixed (some slots cached and some not, or differing counts).
+
+`ref` and `stamp` are typed arrays (`array('i')`, `array('q')`), not lists: a Mooncake prompt's
+group is hundreds of slots (32 per 512-token hash block), and its usual operations (fill a
+range with one value, check that a range holds one value) are then C loops over machine
+integers (a slice assignment or equality of same-typed arrays) rather than a reference count
+and an int comparison per slot: about 2-3x faster per slot (`Group.evict`, `release`,
+`append_held` were about 12 % of a vllm Mooncake cell).
 """
 
 from __future__ import annotations
 
+from array import array
+from itertools import repeat
+from operator import add, sub
 from typing import Hashable
+
+# One-slot arrays, repeated into the fills of a range (`NONE * k`: k slots not cached), inline
+# where they are used (a helper call per fill was 5 % of a vllm Mooncake cell).
+NONE, ONE = array("i", [-1]), array("i", [1])  # reference counts: not cached, held once
+NO_STAMP = array("q", [0])
 
 
 class Group:
@@ -28,8 +43,8 @@ class Group:
     def __init__(self, s0: int) -> None:
         self.runs: list[Hashable] = []  # run keys the index maps here
         self.lo = s0
-        self.ref: list[int] = []
-        self.stamp: list[int] = []
+        self.ref = array("i")
+        self.stamp = array("q")
         self.num_cached = 0
 
     @property
@@ -38,16 +53,16 @@ class Group:
         return self.lo + len(self.ref)
 
     def _cover(self, s0: int, s1: int) -> None:
-        """Grow the lists to cover slots [s0, s1)."""
+        """Grow the arrays to cover slots [s0, s1)."""
         if s0 < self.lo:
             k = self.lo - s0
-            self.ref[:0] = [-1] * k
-            self.stamp[:0] = [0] * k
+            self.ref[:0] = NONE * k
+            self.stamp[:0] = NO_STAMP * k
             self.lo = s0
         k = s1 - self.lo - len(self.ref)
         if k > 0:
-            self.ref += [-1] * k
-            self.stamp += [0] * k
+            self.ref += NONE * k
+            self.stamp += NO_STAMP * k
 
     def num_leading_cached(self, s0: int, s1: int) -> int:
         """How many of slots s0, s0+1, ... (up to s1) are cached before the first that is not."""
@@ -67,8 +82,8 @@ class Group:
 
     def append_held(self, n: int) -> None:
         """Slots [hi, hi + n) get new blocks held once (`register` of them, without the checks)."""
-        self.ref += [1] * n
-        self.stamp += [0] * n
+        self.ref += ONE * n
+        self.stamp += NO_STAMP * n
         self.num_cached += n
 
     def register(self, s0: int, s1: int) -> list[int]:
@@ -77,11 +92,12 @@ class Group:
         self._cover(s0, s1)
         i, j = s0 - self.lo, s1 - self.lo
         ref = self.ref
-        c = ref[i:j].count(-1)
-        if c == j - i:  # the usual case: none cached (stamps are 0)
-            ref[i:j] = [1] * (j - i)
+        r = ref[i:j]
+        if r == NONE * (j - i):  # the usual case: none cached (stamps are 0)
+            ref[i:j] = ONE * (j - i)
             self.num_cached += j - i
             return []
+        c = r.count(-1)
         if not c:  # all cached: all copies (a policy computing a cached context again)
             return list(range(s0, s1))
         dups = []
@@ -99,11 +115,11 @@ class Group:
         i, j = s0 - self.lo, s1 - self.lo
         r = self.ref[i:j]
         v = r[0]
-        if r.count(v) == j - i:  # the usual case: one count over the range
-            self.ref[i:j] = [v + 1] * (j - i)
+        if r == array("i", [v]) * (j - i):  # the usual case: one count over the range
+            self.ref[i:j] = array("i", [v + 1]) * (j - i)
             if v:
                 return 0
-            self.stamp[i:j] = [0] * (j - i)
+            self.stamp[i:j] = NO_STAMP * (j - i)
             return j - i
         z = r.count(0)
         if z:
@@ -111,7 +127,7 @@ class Group:
             for k in range(i, j):
                 if r[k - i] == 0:
                     stamp[k] = 0
-        self.ref[i:j] = [x + 1 for x in r]
+        self.ref[i:j] = array("i", map(add, r, repeat(1)))
         return z
 
     def release(self, s0: int, s1: int, stamp: int) -> int:
@@ -120,13 +136,13 @@ class Group:
         i, j = s0 - self.lo, s1 - self.lo
         r = self.ref[i:j]
         v = r[0]
-        if r.count(v) == j - i:  # the usual case: one count over the range
-            self.ref[i:j] = [v - 1] * (j - i)
+        if r == array("i", [v]) * (j - i):  # the usual case: one count over the range
+            self.ref[i:j] = array("i", [v - 1]) * (j - i)
             if v != 1:
                 return 0
-            self.stamp[i:j] = [stamp] * (j - i)
+            self.stamp[i:j] = array("q", [stamp]) * (j - i)
             return j - i
-        r = [x - 1 for x in r]
+        r = array("i", map(sub, r, repeat(1)))
         self.ref[i:j] = r
         z = r.count(0)
         if z:
@@ -144,9 +160,9 @@ class Group:
         k = min(n, j - i)
         # The usual case: the last k slots are all still in the entry (checked over those k
         # only: an allocation often takes a block or two of an entry of hundreds).
-        if st[j - k:j].count(stamp) == k:
-            ref[j - k:j] = [-1] * k
-            st[j - k:j] = [0] * k
+        if st[j - k:j] == array("q", [stamp]) * k:
+            ref[j - k:j] = NONE * k
+            st[j - k:j] = NO_STAMP * k
             self.num_cached -= k
             return k, s1 - k
         # Else find the slots still in the entry, last first, by C-level searches (an entry

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from itertools import compress, count
+from operator import ne
 from typing import Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
@@ -103,7 +105,9 @@ class PrefixIndex(PrefixRegistration):
                 return out  # (the last: a next turn's new message, whose runs need no lookup)
         for g, p0, p1, _, _ in self.extents(keys, p0, num_keys):
             k = g.num_leading_cached(p0, p1) if g is not None else 0
-            if k:
+            if k and out and out[-1][0] is g:  # g's runs past those in common: one extent, as a lookup of all gives
+                out[-1] = (g, out[-1][1], p0 + k)
+            elif k:
                 out.append((g, p0, p0 + k))
             if k < p1 - p0:
                 break
@@ -112,13 +116,14 @@ class PrefixIndex(PrefixRegistration):
     @staticmethod
     def _leading_runs_of(keys: Sequence, g: Group, num_keys: int) -> int:
         """How many leading positions (of the first `num_keys`) map to `g`, known without a
-        lookup per run: g's runs are keys' first runs (a conversation's next turn, whose
-        context registered into one group), or 0 (not known).
+        lookup per run: as many runs as keys' first runs and g's first runs have in common (all
+        of g's: a conversation's next turn, whose context registered into one group; one or a
+        few: a Mooncake prompt sharing its first hash blocks with another's group), or 0 (not
+        known).
 
         Exact because a run key in `g.runs` maps to g as long as g is indexed (a key is
         indexed only when absent, and leaves only when its group is dropped, which empties
-        `g.runs`), and the runs of `keys` past a common prefix with `g.runs` are not in it
-        (a run key names its first position)."""
+        `g.runs`), so each of keys' runs equal to one of g's maps to g."""
         if type(keys) is not BlockKeys or type(keys.starts) is not range:
             return 0
         r = keys.starts.step
@@ -128,8 +133,11 @@ class PrefixIndex(PrefixRegistration):
         runs, mine = g.runs, keys.run_keys.as_list()
         # (compared without a copy of a list that is exactly n long: a next turn's context
         # group usually is, and is hundreds of runs)
-        same = (runs if len(runs) == n else runs[:n]) == (mine if len(mine) == n else mine[:n])
-        return min(n * r, num_keys) if same else 0
+        if (runs if len(runs) == n else runs[:n]) == (mine if len(mine) == n else mine[:n]):
+            return min(n * r, num_keys)
+        # else the first run that differs, found in C, stopping there (a Mooncake prompt's
+        # group is another prompt's: usually they share only the first hash block or two)
+        return next(compress(count(), map(ne, runs, mine))) * r
 
     def num_free(self, hits: Hits) -> int:
         """Blocks of the hit's keyed part that sit in the free queue."""

@@ -16,7 +16,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
-from servesim.replica.prefix_groups import Group
+from servesim.replica.prefix_groups import NO_STAMP, ONE, Group
 
 if TYPE_CHECKING:
     from servesim.replica.prefix_index import Held
@@ -152,8 +152,8 @@ class PrefixRegistration:
             else:  # (a new group, or held's last segment of g ends before k0)
                 held.segs.append([g, k0, k1])
             g.runs += runs
-            g.ref += [1] * n  # (`Group.append_held`, inline: one call less per request)
-            g.stamp += [0] * n
+            g.ref += ONE * n  # (`Group.append_held`, inline: one call less per request)
+            g.stamp += NO_STAMP * n
             g.num_cached += n
             held.num_keyed = k1
             held.num_plain -= n

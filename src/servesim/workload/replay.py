@@ -50,20 +50,23 @@ class TraceWorkload:
     def arrivals(self) -> Iterator[Request]:
         return self._row_arrivals() if self._rows is None else self._array_arrivals(self._rows)
 
-    def _array_arrivals(self, rows) -> Iterator[Request]:
-        """The requests `_row_arrivals` makes from a shipped trace's rows, from its array: the
+    def _array_arrivals(self, arrays) -> Iterator[Request]:
+        """The requests `_row_arrivals` makes from a shipped trace's rows, from its arrays: the
         same float operations on each time, made a column at a time."""
+        rows, ids = arrays
         start, end = self._trace.start_s, self._trace.end_s
         limit, duration = self._cfg.num_requests, self._cfg.duration_s
         rel = rows["arrival_s"] - rows["arrival_s"][:1]
         first = int(np.searchsorted(rel, start, side="left"))  # rows before start_s are skipped (times ascend)
         stop = len(rel) if end is None else int(np.searchsorted(rel, end, side="right"))
-        rows, arrival = rows[first:stop], (rel[first:stop] - start) / self._trace.speedup
+        arrival = (rel[first:stop] - start) / self._trace.speedup
         if duration is not None:
             arrival = arrival[:int(np.searchsorted(arrival, duration, side="right"))]
         n = len(arrival) if limit is None else min(len(arrival), limit)
-        return map(Request, range(n), arrival[:n].tolist(), np.maximum(rows["prompt_len"][:n], 1).tolist(),
-                   np.maximum(rows["output_len"][:n], 1).tolist(), repeat(()), repeat(DEFAULT_HASH_BLOCK_TOKENS))
+        hashes = repeat(()) if ids is None else _hash_tuples(rows["num_hash_ids"], ids, first, first + n)
+        rows = rows[first:first + n]
+        return map(Request, range(n), arrival[:n].tolist(), np.maximum(rows["prompt_len"], 1).tolist(),
+                   np.maximum(rows["output_len"], 1).tolist(), hashes, repeat(DEFAULT_HASH_BLOCK_TOKENS))
 
     def _row_arrivals(self) -> Iterator[Request]:
         start, end = self._trace.start_s, self._trace.end_s
@@ -98,3 +101,13 @@ class TraceWorkload:
 
     def on_request_done(self, req: Request, now_s: float) -> list[Request]:
         return []  # a replay is open loop
+
+
+def _hash_tuples(counts: np.ndarray, ids: np.ndarray, first: int, stop: int) -> Iterator[tuple[int, ...]]:
+    """The hash ids of rows [first, stop) as the tuples of ints the reader parses (`counts`:
+    every row's number of ids, `ids`: all rows' ids in file order): the rows' ids become one
+    tuple of ints, then each row's is a slice of it (a tuple too)."""
+    ends = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))[first:stop + 1]
+    flat = tuple(ids[ends[0]:ends[-1]].tolist())
+    ends = (ends - ends[0]).tolist()
+    return map(flat.__getitem__, map(slice, ends[:-1], ends[1:]))
