@@ -60,6 +60,11 @@ class Scheduler(FastForwardHooks):
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
         self.params = params
         self.config = config
+        # The limits every admission reads (`first_chunk`, arrivals joining a stretch), as plain
+        # values: a read of a pydantic model's field takes about four plain reads (its class's
+        # `__getattr__` hook keeps the interpreter off its specialized attribute path)
+        self.limits = (config.max_num_seqs, config.max_num_batched_tokens, config.long_prefill_token_threshold,
+                       config.enable_chunked_prefill)
         self.kv = kv
         self.perf = perf  # a cost model policies may consult (predictions, swap times)
         self.waiting = make_queue(getattr(params, "policy", "fcfs"))
