@@ -312,7 +312,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             req.state = RequestState.FINISHED
             if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
                 req.finish_s = now_s
-            self.scheduler.finish(req, now_s)
+        self.scheduler.finish_all(finished, now_s)
         self.scheduler.end_step(out, now_s, self.num_steps)
         if hand_off is not None:  # prompts handed to decode replicas leave after the step, as finishes
             hand_off()
