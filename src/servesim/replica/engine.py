@@ -32,7 +32,7 @@ from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
-from servesim.replica.kv_cache import KVCacheManager, block_keys, cdiv
+from servesim.replica.kv_cache import KVCacheManager, block_keys
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
@@ -54,6 +54,11 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
                  next_event_s: Callable[[], float] | None = None, lookahead: float = 1.0,
                  notice: DoneCallback | None = None) -> None:
         self.config = config
+        # what every arrival is checked against (`_reject_reason`), as plain values (a pydantic
+        # field's read takes about four plain reads): max_model_len, and the longest prompt
+        # without chunked prefill (None: chunked)
+        self._arrival_caps = (config.max_model_len,
+                              None if config.enable_chunked_prefill else config.max_num_batched_tokens)
         self.scheduler = scheduler
         self.kv = kv
         self.perf = perf
@@ -156,13 +161,14 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         total = req.prompt_len + req.output_len
         if req.prompt_len < 1 or req.output_len < 1:
             return "empty prompt or output"
-        if total > self.config.max_model_len:
-            return f"prompt + output = {total} tokens > max_model_len {self.config.max_model_len}"
-        if not self.config.enable_chunked_prefill and req.prompt_len > self.config.max_num_batched_tokens:
+        max_model_len, max_prompt = self._arrival_caps
+        if total > max_model_len:
+            return f"prompt + output = {total} tokens > max_model_len {max_model_len}"
+        if max_prompt is not None and req.prompt_len > max_prompt:
             return f"prompt of {req.prompt_len} tokens > max_num_batched_tokens without chunked prefill"
         if req.lora is not None and not self.scheduler.supports_lora:
             return f"LoRA adapters are served only by the vllm scheduler, not {self.scheduler.name}"
-        if cdiv(total, self.kv.block_size) > self.kv.num_gpu_blocks:
+        if total > self.kv.num_gpu_blocks * self.kv.block_size:  # (`cdiv(total, block_size)` blocks: once per arrival)
             return f"needs more KV blocks than the GPU has ({self.kv.num_gpu_blocks})"
         return self.scheduler.admission_error(req)
 
@@ -330,7 +336,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             req.state = RequestState.FINISHED
             if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
                 req.finish_s = now_s
-            self.scheduler.finish(req, now_s)
+        self.scheduler.finish_all(finished, now_s)
         self.scheduler.end_step(out, now_s, self.num_steps)
         if hand_off is not None:  # prompts handed to decode replicas leave after the step, as finishes
             hand_off()

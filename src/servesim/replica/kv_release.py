@@ -45,6 +45,27 @@ class BlockRelease:
                 self._recent_keys.keep(held.keys)
                 held.keys.release()
 
+    def free_all(self, req_ids: list[Any]) -> None:
+        """`free` of each id, in order. The plain blocks of consecutive requests that hold no
+        prefix keys enter the queue's tail as one entry, as one request at a time leaves them
+        (each push merges into the entry before it); anything else is freed one by one."""
+        if type(self).free is not BlockRelease.free or self._tails:
+            for rid in req_ids:
+                self.free(rid)
+            return
+        held_of = self._held
+        plain = 0
+        for rid in req_ids:
+            held = held_of.get(rid)
+            if held is not None and not held.segs and type(held.keys) is not BlockKeys:
+                del held_of[rid]
+                plain += held.num_plain
+            else:
+                self._push_plain(plain)  # (what the requests before it freed goes first)
+                plain = 0
+                self.free(rid)
+        self._push_plain(plain)
+
     def blocks_freed(self, req_ids: list[Any], dropped: dict) -> list[int]:
         """The free blocks `free` of each request would add, freeing them in this order after
         those `dropped` counts (a stretch through finishes processes its finishes late, and

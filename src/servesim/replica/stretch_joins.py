@@ -5,7 +5,8 @@ decides when they may). A mixin of `Stretch`, which holds the state (`joins`, `j
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
+from operator import sub
 from typing import Any
 
 from servesim.metrics.recorder import BatchRuns
@@ -19,13 +20,15 @@ class StretchJoins:
 
     def _batch_runs_joined(self) -> BatchRuns:
         """`batch_runs` with joins: the batch also grows at each join step."""
-        k, rem, joins = self.k, self._sorted_rem, self.joins
-        starts = [j for j, _, _ in joins]
-        n0 = len(self.reqs) - len(joins)
-        marks = sorted({0, *(r for r in rem if r < k), *(j for j in starts if j < k)})
+        k, rem = self.k, self._sorted_rem
+        starts = [j for j, _, _ in self.joins]  # (in join order: non-decreasing, as `rem` is sorted)
+        n0 = len(self.reqs) - len(starts)
+        # the steps before k where the batch changes: departures and joins (C slices of the two
+        # sorted lists, no generator step per request: a stretch holds a few dozen of each)
+        marks = sorted({0, *rem[:bisect_left(rem, k)], *starts[:bisect_left(starts, k)]})
         sizes = [n0 + bisect_right(starts, j) - bisect_right(rem, j) for j in marks]
-        lens = [b - a for a, b in zip(marks, marks[1:] + [k])]
-        return BatchRuns(sizes, lens)
+        marks.append(k)
+        return BatchRuns(sizes, list(map(sub, marks[1:], marks)))
 
     def blocks_needed(self, steps: int, block_size: int) -> int:
         """KV blocks the first `steps` steps add to the blocks held at step 0 (the decodes'

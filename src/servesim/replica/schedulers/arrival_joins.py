@@ -62,7 +62,7 @@ def admit_whole(sched, joins: list[tuple[Request, int]], out) -> None:
     replica)."""
     lean = type(sched).admit is VLLMSteps.admit and type(sched).first_chunk is VLLMSteps.first_chunk
     kv, waiting = sched.kv, sched.waiting
-    budget = sched.config.max_num_batched_tokens
+    budget = sched.limits[1]  # (max_num_batched_tokens)
     for req, n in joins:
         if lean and not kv.get_computed_blocks(req):
             if not kv.allocate_slots(req, n):

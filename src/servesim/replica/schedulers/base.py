@@ -60,6 +60,11 @@ class Scheduler(FastForwardHooks):
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
         self.params = params
         self.config = config
+        # The limits every admission reads (`first_chunk`, arrivals joining a stretch), as plain
+        # values: a read of a pydantic model's field takes about four plain reads (its class's
+        # `__getattr__` hook keeps the interpreter off its specialized attribute path)
+        self.limits = (config.max_num_seqs, config.max_num_batched_tokens, config.long_prefill_token_threshold,
+                       config.enable_chunked_prefill)
         self.kv = kv
         self.perf = perf  # a cost model policies may consult (predictions, swap times)
         self.waiting = make_queue(getattr(params, "policy", "fcfs"))
@@ -104,6 +109,22 @@ class Scheduler(FastForwardHooks):
         self.running.remove(req)
         self.kv.free(req.id)
         self.forget(req)
+
+    def finish_all(self, reqs: list[Request], now_s: float) -> None:
+        """`finish` of each of `reqs` in order (those a step or a stretch finished). With this
+        class's `finish` and `forget`: one pass over `running` and their KV blocks freed at
+        once (`KVCacheManager.free_all`), instead of a scan and a release per request."""
+        if len(reqs) < 2 or type(self).finish is not Scheduler.finish or type(self).forget is not Scheduler.forget:
+            for req in reqs:
+                self.finish(req, now_s)
+            return
+        gone = set(map(id, reqs))
+        running = self.running
+        kept = [r for r in running if id(r) not in gone]
+        if len(kept) != len(running) - len(gone):
+            raise ValueError("a finished request was not running")  # (as `list.remove` would)
+        running[:] = kept
+        self.kv.free_all([r.id for r in reqs])
 
     def forget(self, req: Request) -> None:
         """Drop the policy's per-request state (the request finished or was removed)."""

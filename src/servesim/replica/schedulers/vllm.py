@@ -153,9 +153,9 @@ class VLLMScheduler(VLLMSteps):
         # order).
         if not self.vllm_admission():
             return None
-        cfg = self.config
-        return whole_prompts(self.waiting, len(self.running), num_running, cfg.max_num_seqs,
-                             cfg.max_num_batched_tokens, lambda req, budget: self.first_chunk(req, 0, budget))
+        max_num_seqs, max_num_batched_tokens, _, _ = self.limits
+        return whole_prompts(self.waiting, len(self.running), num_running, max_num_seqs,
+                             max_num_batched_tokens, lambda req, budget: self.first_chunk(req, 0, budget))
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._head_blocked_by_kv = False

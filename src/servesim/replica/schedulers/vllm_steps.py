@@ -146,12 +146,11 @@ class VLLMSteps(Scheduler):
         """Tokens a waiting request gets when admitted with `num_cached` prompt tokens hit:
         the rest of its prompt, capped by `long_prefill_token_threshold` and `budget`; 0 if it
         does not fit the budget and chunked prefill is off."""
-        cfg = self.config
+        _, _, threshold, chunked = self.limits
         n = req.num_tokens - num_cached
-        threshold = cfg.long_prefill_token_threshold
         if 0 < threshold < n:
             n = threshold
-        if not cfg.enable_chunked_prefill and n > budget:
+        if not chunked and n > budget:
             return 0
         return min(n, budget)
 
