@@ -129,6 +129,11 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     active = lambda: feed.pending() or cluster.num_outstanding > 0  # noqa: E731  (the run goes on)
     if disagg:
         cluster.disagg = build_disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
+    # Requests with prefix keys join stretches in flight unless something reads the replicas'
+    # prefix caches from outside (`replica/keyed_join.py`)
+    keyed_joins = not (router.reads_prefix_cache or cluster.kv_store is not None or disagg)
+    for r in cluster.replicas:
+        r.engine.keyed_joins = keyed_joins
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controller = None
