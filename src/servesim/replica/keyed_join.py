@@ -97,6 +97,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if keys is not None and type(keys) is not BlockKeys:
         return False
     end = min(num_tokens // bs, keys.num_blocks) if keys is not None else 0
+    kept = None  # the stretch's registration plan, checked against the runs this turn registers
     if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
         runs = _runs_from(keys, hits.num_keyed, end)
         if runs is None or not prefix._index.keys().isdisjoint(runs):
@@ -108,11 +109,11 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             planned = kv._planned
             if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts):
                 return False
-            mine = set(runs)
-            if not mine.isdisjoint(planned[4][0]):
+            if not planned[4][3].isdisjoint(runs):  # (the plan's runs, as a set)
                 return False
-            if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not mine.isdisjoint(more)):
+            if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
                 return False
+            kept = planned
     joins = [(req, n)]
     if cached:  # (stepping prices its chunk beside its cached context and the decodes')
         ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
@@ -128,6 +129,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     sched.start(req, cached, n, st.out)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
+    if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
+        kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
     ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
     first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
     forms = engine._decode_forms(len(st.reqs) + 1)
@@ -147,11 +150,11 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     return True
 
 
-def _step_keys(st: Stretch, s: int, bs: int) -> list | None:
+def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
     """The run keys the stretch's keyed requests register at step s beyond those of steps up
     to s - 1: a block each whose last token step s computes (`keys_conflict_many`'s ends);
     None if some are not known (keys that are not runs of one length)."""
-    out: list = []
+    out: set = set()
     for (req, ctx1), last in zip(st.keyed, st.keyed_last):
         t = ctx1 + s
         if last >= s and t % bs == 0:
@@ -161,7 +164,7 @@ def _step_keys(st: Stretch, s: int, bs: int) -> list | None:
                 runs = _runs_from(keys, b, b + 1)
                 if runs is None:
                     return None
-                out += runs
+                out.update(runs)
     return out
 
 

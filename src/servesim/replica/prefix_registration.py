@@ -88,7 +88,7 @@ class PrefixRegistration:
         self.apply_appends(planned)
         return True
 
-    def plan_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> tuple | None:
+    def plan_appends(self, items: list[tuple[Sequence, Held, int, int]], base: tuple | None = None) -> tuple | None:
         """The checks of `register_appends(items)`, and what it would do: none of the items'
         new runs is indexed or listed twice, no two extend the same group, and a request
         holding unregistered copies (`dups`: its context computed again without a lookup, as
@@ -97,12 +97,16 @@ class PrefixRegistration:
         no pop of the free queue can drop it, and these registrations give the same state
         before or after pops (a stretch's or a step's decodes: one call for all). The plan
         stays valid while no key enters the index (`num_inserts` unchanged: drops only remove
-        keys) and the requests' keyed blocks do not change; None if a check fails."""
+        keys) and the requests' keyed blocks do not change; None if a check fails.
+
+        `base`: a plan still valid, of other requests, that this one extends (in place: it is
+        not valid on its own any more): the items are checked against its runs and groups
+        rather than all planned again (a request joining a stretch, `replica/keyed_join.py`)."""
         index = self._index
-        pending: list = []  # the runs to register, in order
-        owners: list = []  # the group each goes to
-        plan = []
-        groups = set()
+        # (the runs to register, in order; the group each goes to; per item; the runs as a set;
+        # the groups extended)
+        pending, owners, plan, seen, groups = ([], [], [], None, set()) if base is None else base
+        n0 = len(pending)
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys:
                 return None
@@ -136,13 +140,21 @@ class PrefixRegistration:
             pending += runs
             owners += [g] * len(runs)
             plan.append((held, g, seg, k0, k1, runs, r))
-        if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
+        new = pending[n0:] if n0 else pending
+        fresh = set(new)
+        if len(fresh) != len(new) or not index.keys().isdisjoint(fresh):
             return None
-        return pending, owners, plan
+        if seen is None:
+            seen = fresh
+        elif seen.isdisjoint(fresh):
+            seen |= fresh
+        else:
+            return None
+        return pending, owners, plan, seen, groups
 
     def apply_appends(self, planned: tuple) -> None:
-        """Carry out a plan of `plan_appends` (still valid: see there)."""
-        pending, owners, plan = planned
+        """Carry out a plan of `plan_appends` or `trim_appends` (still valid: see there)."""
+        pending, owners, plan = planned[0], planned[1], planned[2]
         self.num_inserts += 1
         self._index.update(zip(pending, owners))
         for held, g, seg, k0, k1, runs, _ in plan:
