@@ -26,6 +26,7 @@ from servesim.metrics.step_helper import ReducerHelper, helper_wanted
 from servesim.metrics.step_reduce import StepReducer
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
+from servesim.replica.keyed_join import admits_keyed
 from servesim.replica.replica import STOPPED, Replica
 from servesim.result import Result, assemble_result
 from servesim.scenario import Scenario
@@ -133,7 +134,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     # prefix caches from outside (`replica/keyed_join.py`)
     keyed_joins = not (router.reads_prefix_cache or cluster.kv_store is not None or disagg)
     for r in cluster.replicas:
-        r.engine.keyed_joins = keyed_joins
+        r.engine.keyed_joins = keyed_joins and admits_keyed(r.engine)
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controller = None

@@ -110,7 +110,9 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # May a request with prefix keys join a stretch in flight (`replica/keyed_join.py`)? Its
         # admission then runs before the stretch's earlier steps register and evict their
         # blocks, which only a reader of this prefix cache from outside could see (a
-        # cache-aware router, a KV store): the simulation turns it on when there is none.
+        # cache-aware router, a KV store): the simulation turns it on when there is none and the
+        # cache and admission are vLLM's (`admits_keyed`). Then keyed stretches plan their
+        # registrations up to each request's last step, which joins extend (`keys_conflict_many`).
         self.keyed_joins = False
 
     # ------------------------------------------------------------------ arrivals

@@ -164,7 +164,7 @@ class FastForwarding:
             st.truncate(lo)
             st.final = st.limited = True
             k = lo
-        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1, st.keyed_last):
+        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1, st.keyed_last, self.keyed_joins):
             if st.keyed_last is not None:
                 # Through finishes the keys reach far: keep the steps whose registrations do
                 # not conflict (fewer steps register a subset), and plan those (the last check)

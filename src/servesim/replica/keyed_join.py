@@ -58,8 +58,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     stretch's end event is rescheduled); False changes nothing the simulation reads later."""
     sched, kv = engine.scheduler, engine.kv
     if (type(st) is not Stretch or not st.through or st.limited or st._perf is not engine.perf
-            or engine.ports is not None or not engine._keyed_through or not kv.enable_prefix_caching
-            or len(sched.running) != len(st.reqs) or sched.num_waiting != 1 or not _vllm_admission(sched)):
+            or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
         return False
     s = st.k
     rem = st._sorted_rem
@@ -99,8 +98,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     end = min(num_tokens // bs, keys.num_blocks) if keys is not None else 0
     kept = None  # the stretch's registration plan, checked against the runs this turn registers
     if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
-        runs = _runs_from(keys, hits.num_keyed, end)
-        if runs is None or not prefix._index.keys().isdisjoint(runs):
+        runs = prefix.unindexed(keys, hits.num_keyed, end)
+        if runs is None:
             return False
         if st.keyed:
             # (`keys_conflict_many`'s plan of the stretch's registrations, still valid, up to
@@ -109,7 +108,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             planned = kv._planned
             if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts):
                 return False
-            if not planned[4][3].isdisjoint(runs):  # (the plan's runs, as a set)
+            if not planned[4][1].isdisjoint(runs):  # (the plan's runs, as a set)
                 return False
             if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
                 return False
@@ -166,6 +165,13 @@ def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
                     return None
                 out.update(runs)
     return out
+
+
+def admits_keyed(engine) -> bool:
+    """Can requests with prefix keys join this engine's stretches (where nothing reads its
+    prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
+    finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask."""
+    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
 
 
 def _vllm_admission(sched) -> bool:

@@ -61,7 +61,7 @@ class PrefixCaching:
         return Hits(nk, min(tail.count, limit - nk), exts)
 
     def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int = 0,
-                           last: list[int] | None = None) -> bool:
+                           last: list[int] | None = None, whole: bool = False) -> bool:
         """Would registering these requests' blocks (each up to its number of tokens +
         `more_tokens`, or + `last[i]` if fewer: the request's last step in a stretch through
         finishes) in bulk differ from registering them step by step? Yes if a key is
@@ -70,9 +70,10 @@ class PrefixCaching:
         instead. When the bulk registration is the usual case (`PrefixIndex.plan_appends`), its
         plan is kept for `cache_full_blocks_many` of the same list and `more_tokens` (a
         stretch checks its keys when planned and registers them when applied: one pass less
-        over its requests, and none of the checks again). Through finishes it is first
-        planned whole (`_plan_whole`)."""
-        if last is not None and self._plan_whole(reqs_tokens, last):
+        over its requests, and none of the checks again). `whole` (through finishes, where
+        requests may join the stretch: `replica/keyed_join.py`): first try the plan up to
+        every request's last step (`_plan_whole`)."""
+        if whole and last is not None and self._plan_whole(reqs_tokens, last):
             return False
         items, tokens, caps = self._plan_items(reqs_tokens, more_tokens, last, 0)
         prefix = self._prefix
@@ -89,8 +90,9 @@ class PrefixCaching:
         stretch however far it is priced, and a request that joined it since
         (`replica/keyed_join.py`, which appends to the list) only adds its own items to the
         plan kept (`plan_appends` with it as base) instead of the stretch planning all its
-        requests again at each join. False (no plan kept) if the whole registration is not
-        the usual case: the caller then checks the steps it asks for."""
+        requests again at each join. (Where nothing joins, the plan of the steps priced is
+        shorter: a whole one would cost more than it saves.) False (no plan kept) if the whole
+        registration is not the usual case: the caller then checks the steps it asks for."""
         if not self.enable_prefix_caching:
             return False
         prefix = self._prefix
@@ -211,7 +213,7 @@ class PrefixCaching:
             ends = ([(c + more_tokens) // bs for c in tokens] if caps is None else
                     [(c + (more_tokens if m > more_tokens else m)) // bs for c, m in zip(tokens, caps)])
             planned = self._prefix.trim_appends(planned, ends)
-        for held, _, _, k0, k1, _, _ in planned[2]:
+        for held, _, _, k0, k1, _, _ in planned[0]:
             if k1 - k0 > held.num_plain:
                 return False
         self._prefix.apply_appends(planned)
