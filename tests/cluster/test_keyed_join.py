@@ -40,7 +40,21 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
 
 @pytest.mark.parametrize("extra", [[], ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
 def test_next_turns_join_stretches_exactly(extra, monkeypatch):
+    from servesim.replica.prefix_index import PrefixIndex
+
+    extended = []  # the items of each join's registrations that extended the stretch's whole plan
+    plan_appends = PrefixIndex.plan_appends
+
+    def counted(self, items, base=None):
+        planned = plan_appends(self, items, base)
+        if base is not None and planned is not None:
+            extended.append(len(items))
+        return planned
+
+    monkeypatch.setattr(PrefixIndex, "plan_appends", counted)
     fast, slow, joins, with_hits = run_both(BUSY + extra, monkeypatch)
+    # (mostly the joiner's item alone: the joiners since the last plan, when a join's check was skipped)
+    assert len(extended) > 0.5 * joins and sum(extended) < 1.5 * len(extended), (extended, joins)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     # (111 and 47 of 500 at 1 replica, 245 and 50 at 2: the rest arrive into a queue or a
