@@ -26,6 +26,7 @@ from servesim.metrics.step_helper import ReducerHelper, helper_wanted
 from servesim.metrics.step_reduce import StepReducer
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
+from servesim.replica.keyed_join import admits_keyed
 from servesim.replica.replica import STOPPED, Replica
 from servesim.result import Result, assemble_result
 from servesim.scenario import Scenario
@@ -129,6 +130,11 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     active = lambda: feed.pending() or cluster.num_outstanding > 0  # noqa: E731  (the run goes on)
     if disagg:
         cluster.disagg = build_disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
+    # Requests with prefix keys join stretches in flight unless something reads the replicas'
+    # prefix caches from outside (`replica/keyed_join.py`)
+    keyed_joins = not (router.reads_prefix_cache or cluster.kv_store is not None or disagg)
+    for r in cluster.replicas:
+        r.engine.keyed_joins = keyed_joins and admits_keyed(r.engine)
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controller = None

@@ -112,6 +112,13 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # they reach the client), set with a per-token front-end cost; None: at the step's end.
         # Only on engines that step one by one (simulation.py), so every step passes `_end_step`.
         self.deliver: Callable[[float, int], float] | None = None
+        # May a request with prefix keys join a stretch in flight (`replica/keyed_join.py`)? Its
+        # admission then runs before the stretch's earlier steps register and evict their
+        # blocks, which only a reader of this prefix cache from outside could see (a
+        # cache-aware router, a KV store): the simulation turns it on when there is none and the
+        # cache and admission are vLLM's (`admits_keyed`). Then keyed stretches plan their
+        # registrations up to each request's last step, which joins extend (`keys_conflict_many`).
+        self.keyed_joins = False
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:

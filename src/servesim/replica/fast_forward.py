@@ -22,6 +22,7 @@ from servesim.metrics.recorder import BatchRuns, BlockGrowth
 from servesim.replica.admission_stretch import AdmitStretch, admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.finish_notices import schedule_notice
+from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.replica.stretch_join import join_arrivals
@@ -163,7 +164,7 @@ class FastForwarding:
             st.truncate(lo)
             st.final = st.limited = True
             k = lo
-        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1, st.keyed_last):
+        if st.keyed and k > k_safe and self.kv.keys_conflict_many(st.keyed, k - 1, st.keyed_last, self.keyed_joins):
             if st.keyed_last is not None:
                 # Through finishes the keys reach far: keep the steps whose registrations do
                 # not conflict (fewer steps register a subset), and plan those (the last check)
@@ -231,7 +232,8 @@ class FastForwarding:
             self.on_change(now_s)
         if type(st) is AdmitStretch and admit_at_finishes(self, st, now_s):
             return  # the next departure's boundary admitted what stepping would: the stretch goes on
-        if st.final and self.scheduler.num_waiting and join_arrivals(self, st, now_s):
+        if st.final and self.scheduler.num_waiting and (keyed_join(self, st, now_s) if with_keys(self, st)
+                                                        else join_arrivals(self, st, now_s)):
             return  # arrivals admitted whole at this boundary: the stretch goes on with them
         self.stretch = None
         self._finish_and_continue(st.out, self._apply_stretch(st), now_s)

@@ -57,6 +57,25 @@ class FreeQueue:
             self._q.append([self._stamp, group, s0, s1])
         return n
 
+    def head_evicts(self, n: int, groups: list[Group]) -> bool:
+        """Would popping `n` blocks from the head evict a block of one of `groups`? (`pop`'s
+        walk without its changes: a group entry holds the slots still carrying its stamp.)"""
+        for head in self._q:
+            if n <= 0:
+                return False
+            kind = type(head)
+            if kind is int:
+                n -= head
+            elif kind is Tail:
+                n -= head.count
+            else:
+                stamp, group, s0, s1 = head
+                c = group.stamp[s0 - group.lo:s1 - group.lo].count(stamp)
+                if c and group in groups:
+                    return True
+                n -= c
+        return False
+
     def pop(self, n: int) -> None:
         """Take `n` blocks from the head, evicting keyed ones from the cache (caller checked
         that there are `n`)."""

@@ -11,11 +11,16 @@ engine calls several of them per step, so no extra call or attribute hop is adde
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from servesim.replica.block_keys import BlockKeys, block_keys
 from servesim.replica.prefix_index import Held, Hits, PrefixIndex
 from servesim.replica.recent_keys import RecentKeys
+
+# `more_tokens` of a plan made up to every request's last step (`_plan_whole`): more steps than
+# any stretch runs
+WHOLE = sys.maxsize
 
 
 class PrefixCaching:
@@ -56,7 +61,7 @@ class PrefixCaching:
         return Hits(nk, min(tail.count, limit - nk), exts)
 
     def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int = 0,
-                           last: list[int] | None = None) -> bool:
+                           last: list[int] | None = None, whole: bool = False) -> bool:
         """Would registering these requests' blocks (each up to its number of tokens +
         `more_tokens`, or + `last[i]` if fewer: the request's last step in a stretch through
         finishes) in bulk differ from registering them step by step? Yes if a key is
@@ -65,13 +70,63 @@ class PrefixCaching:
         instead. When the bulk registration is the usual case (`PrefixIndex.plan_appends`), its
         plan is kept for `cache_full_blocks_many` of the same list and `more_tokens` (a
         stretch checks its keys when planned and registers them when applied: one pass less
-        over its requests, and none of the checks again)."""
+        over its requests, and none of the checks again). `whole` (through finishes, where
+        requests may join the stretch: `replica/keyed_join.py`): first try the plan up to
+        every request's last step (`_plan_whole`)."""
+        if whole and last is not None and self._plan_whole(reqs_tokens, last):
+            return False
+        items, tokens, caps = self._plan_items(reqs_tokens, more_tokens, last, 0)
+        prefix = self._prefix
+        planned = prefix.plan_appends(items) if self.enable_prefix_caching else None
+        if planned is not None:  # (so no conflict: `plan_appends` checks all `conflicts` does)
+            self._planned = (reqs_tokens, len(reqs_tokens), more_tokens, prefix.num_inserts, planned, tokens, caps)
+            return False
+        self._planned = None
+        return prefix.conflicts([(keys, k0, k1) for keys, _, k0, k1 in items])
+
+    def _plan_whole(self, reqs_tokens: list[tuple[Any, int]], last: list[int]) -> bool:
+        """Plan a stretch through finishes' registrations up to every request's last step:
+        fewer steps register a subset, so that plan answers every later check of the same
+        stretch however far it is priced, and a request that joined it since
+        (`replica/keyed_join.py`, which appends to the list) only adds its own items to the
+        plan kept (`plan_appends` with it as base) instead of the stretch planning all its
+        requests again at each join. (Where nothing joins, the plan of the steps priced is
+        shorter: a whole one would cost more than it saves.) False (no plan kept) if the whole
+        registration is not the usual case: the caller then checks the steps it asks for."""
+        if not self.enable_prefix_caching:
+            return False
+        prefix = self._prefix
+        planned = self._planned
+        n = len(reqs_tokens)
+        if (planned is not None and planned[0] is reqs_tokens and planned[2] == WHOLE
+                and planned[3] == prefix.num_inserts):
+            _, n0, _, _, base, tokens, caps = planned
+            if n0 == n:
+                return True
+        else:
+            n0, base, tokens, caps = 0, None, [], []
+        items, more_tokens, more_caps = self._plan_items(reqs_tokens, WHOLE, last, n0)
+        plan = prefix.plan_appends(items, base)
+        if plan is None:
+            self._planned = None
+            return False
+        tokens += more_tokens
+        caps += more_caps
+        self._planned = (reqs_tokens, n, WHOLE, prefix.num_inserts, plan, tokens, caps)
+        return True
+
+    def _plan_items(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int, last: list[int] | None,
+                    start: int) -> tuple[list, list[int], list[int] | None]:
+        """`keys_conflict_many`'s registrations of the requests from `start` on: (keys, held,
+        first block, end) for each request with blocks to register, its number of tokens,
+        and its `last` (None without)."""
         bs = self.block_size
         held_of = self._held
         items = []
         tokens = []  # each item's number of tokens (before `more_tokens`)
         caps = None if last is None else []  # each item's `last`
-        for i, (req, num_tokens) in enumerate(reqs_tokens):
+        for i in range(start, len(reqs_tokens)):
+            req, num_tokens = reqs_tokens[i]
             keys = req.kv_block_keys
             held = held_of.get(req.id)
             if held is not None and keys is not None:
@@ -84,13 +139,7 @@ class PrefixCaching:
                     tokens.append(num_tokens)
                     if caps is not None:
                         caps.append(last[i])
-        prefix = self._prefix
-        planned = prefix.plan_appends(items) if self.enable_prefix_caching else None
-        if planned is not None:  # (so no conflict: `plan_appends` checks all `conflicts` does)
-            self._planned = (reqs_tokens, len(reqs_tokens), more_tokens, prefix.num_inserts, planned, tokens, caps)
-            return False
-        self._planned = None
-        return prefix.conflicts([(keys, k0, k1) for keys, _, k0, k1 in items])
+        return items, tokens, caps
 
     def chunk_keys_conflict(self, prompt: Any, num_tokens: int, reqs_tokens: list[tuple[Any, int]],
                             more_tokens: int) -> bool:
@@ -164,7 +213,7 @@ class PrefixCaching:
             ends = ([(c + more_tokens) // bs for c in tokens] if caps is None else
                     [(c + (more_tokens if m > more_tokens else m)) // bs for c, m in zip(tokens, caps)])
             planned = self._prefix.trim_appends(planned, ends)
-        for held, _, _, k0, k1, _, _ in planned[2]:
+        for held, _, _, k0, k1, _, _ in planned[0]:
             if k1 - k0 > held.num_plain:
                 return False
         self._prefix.apply_appends(planned)

@@ -61,6 +61,7 @@ class PrefixIndex(PrefixRegistration):
     def __init__(self) -> None:
         self._index: dict[Hashable, Group] = {}
         self.num_inserts = 0
+        self._unindexed: tuple | None = None  # (`unindexed`'s last True answer)
 
     def extents(self, keys: Sequence, p0: int, p1: int) -> list[tuple]:
         """Split positions [p0, p1) where the group their key runs map to changes: (group or

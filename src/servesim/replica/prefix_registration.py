@@ -27,6 +27,18 @@ class PrefixRegistration:
 
     _index: dict[Hashable, Group]  # owned by `PrefixIndex.__init__` (which also gives `extents`)
     num_inserts: int  # calls that added keys to `_index` (a plan of `plan_appends` is valid while unchanged)
+    _unindexed: tuple | None  # (keys, k0, k1, num_inserts) of `unindexed`'s last True answer
+
+    def unindexed(self, keys: Sequence, k0: int, k1: int) -> list | None:
+        """The run keys of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed,
+        else None. The answer holds until a key enters the index (drops only remove keys), so
+        `_register_new` of the same positions does not look them up again (a next turn
+        joining a stretch is checked before its admission registers them: keyed_join.py)."""
+        runs = _runs_from(keys, k0, k1)
+        if runs is None or not self._index.keys().isdisjoint(runs):
+            return None
+        self._unindexed = (keys, k0, k1, self.num_inserts)
+        return runs
 
     def register(self, keys: Sequence, held: Held, k0: int, k1: int) -> None:
         """`held` computes keys [k0, k1): each key not cached gets a block held once; the
@@ -63,7 +75,9 @@ class PrefixRegistration:
             if g is None or index.get(runs[0]) is not g:
                 return False
             runs = runs[1:]
-        if not index.keys().isdisjoint(runs):
+        u = self._unindexed
+        if (u is None or u[0] is not keys or u[1] != k0 or u[2] != k1 or u[3] != self.num_inserts) and not \
+                index.keys().isdisjoint(runs):
             return False
         if g is None:
             g = Group(k0)
@@ -88,7 +102,7 @@ class PrefixRegistration:
         self.apply_appends(planned)
         return True
 
-    def plan_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> tuple | None:
+    def plan_appends(self, items: list[tuple[Sequence, Held, int, int]], base: tuple | None = None) -> tuple | None:
         """The checks of `register_appends(items)`, and what it would do: none of the items'
         new runs is indexed or listed twice, no two extend the same group, and a request
         holding unregistered copies (`dups`: its context computed again without a lookup, as
@@ -97,12 +111,16 @@ class PrefixRegistration:
         no pop of the free queue can drop it, and these registrations give the same state
         before or after pops (a stretch's or a step's decodes: one call for all). The plan
         stays valid while no key enters the index (`num_inserts` unchanged: drops only remove
-        keys) and the requests' keyed blocks do not change; None if a check fails."""
+        keys) and the requests' keyed blocks do not change; None if a check fails.
+
+        `base`: a plan still valid, of other requests, that this one extends (in place: it is
+        not valid on its own any more): the items are checked against its runs and groups
+        rather than all planned again (a request joining a stretch, `replica/keyed_join.py`)."""
         index = self._index
-        pending: list = []  # the runs to register, in order
-        owners: list = []  # the group each goes to
-        plan = []
-        groups = set()
+        # (per item: what it registers; every run of the plan, as a set; the groups extended)
+        plan, seen, groups = ([], None, set()) if base is None else base
+        fresh: set = set()  # these items' runs
+        num_runs = 0
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys:
                 return None
@@ -133,19 +151,25 @@ class PrefixRegistration:
                 return None  # (g may hold no block of this request: pops could drop it first)
             else:
                 groups.add(g)
-            pending += runs
-            owners += [g] * len(runs)
+            fresh.update(runs)
+            num_runs += len(runs)
             plan.append((held, g, seg, k0, k1, runs, r))
-        if len(set(pending)) != len(pending) or not index.keys().isdisjoint(pending):
+        if len(fresh) != num_runs or not index.keys().isdisjoint(fresh):
+            return None  # (a run listed twice, or indexed)
+        if seen is None:
+            seen = fresh
+        elif seen.isdisjoint(fresh):
+            seen |= fresh
+        else:
             return None
-        return pending, owners, plan
+        return plan, seen, groups
 
     def apply_appends(self, planned: tuple) -> None:
-        """Carry out a plan of `plan_appends` (still valid: see there)."""
-        pending, owners, plan = planned
+        """Carry out a plan of `plan_appends` or `trim_appends` (still valid: see there)."""
+        index = self._index
         self.num_inserts += 1
-        self._index.update(zip(pending, owners))
-        for held, g, seg, k0, k1, runs, _ in plan:
+        for held, g, seg, k0, k1, runs, _ in planned[0]:
+            index.update(zip(runs, repeat(g)))
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
@@ -162,22 +186,18 @@ class PrefixRegistration:
     def trim_appends(planned: tuple, ends: list[int]) -> tuple:
         """A plan of `plan_appends` with item i registering keys up to `ends[i]` at most (a
         stretch cut short registers what its steps so far complete): still valid, as fewer
-        new runs can meet nothing the whole ones did not."""
-        pending: list = []
-        owners: list = []
+        new runs can meet nothing the whole ones did not. (Only for `apply_appends`: it keeps
+        no set of its runs.)"""
         plan = []
-        for item, e in zip(planned[2], ends):
+        for item, e in zip(planned[0], ends):
             held, g, seg, k0, k1, runs, r = item
             if e < k1:
                 if e <= k0:
                     continue
                 cut = -(-k1 // r) + e // -r  # (runs past e's last run: ceil(k1/r) - ceil(e/r))
-                runs = runs[:len(runs) - cut] if cut else runs
-                item = (held, g, seg, k0, e, runs, r)
-            pending += runs
-            owners += [g] * len(runs)
+                item = (held, g, seg, k0, e, runs[:len(runs) - cut] if cut else runs, r)
             plan.append(item)
-        return pending, owners, plan
+        return plan, None, None
 
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent).

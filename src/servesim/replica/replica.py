@@ -265,6 +265,8 @@ class Replica:
         if not req.hash_ids:
             return 0
         kv = self.engine.kv
+        if self.engine.keyed_joins:  # (turned on only where nothing reads the cache from outside)
+            raise AssertionError("a prefix cache read from outside with keyed joins on")
         st = self.engine.stretch
         if type(st) is ChunkStretch:  # (a vLLM prompt's chunks register its blocks as they run)
             st.settle(kv, self.engine.loop.now_s)

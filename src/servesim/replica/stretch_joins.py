@@ -53,7 +53,7 @@ class StretchJoins:
         return need + len(live) * ((steps - at - 1) // block_size + 1)
 
     def join(self, joins: list[tuple[Any, int]], first_new: list[int], blocks: int, step_s: float,
-             forms: "DecodeForms | None", block_size: int) -> None:
+             forms: "DecodeForms | None", block_size: int, cached: int = 0) -> None:
         """Requests admitted whole at the boundary after the stretch's last step (`joins`:
         (request, prompt tokens), in admission order; their prompts took `blocks` blocks): the
         next step, s = k, runs the decodes still running and those prompts (`step_s` long,
@@ -63,7 +63,9 @@ class StretchJoins:
         s + output_len - 1, so remaining = s + output_len: the pricing only reads steps after s,
         where both hold as for the others. `first_new`: the first step that needs one more
         block for each (`KVCacheManager.first_new_block_steps` with that ctx1). `forms`: the
-        affine decode forms covering the grown batch."""
+        affine decode forms covering the grown batch. `cached`: prompt tokens each joiner hit in
+        the prefix cache (its prompt then computes n tokens beside them: a conversation's next
+        turn, `replica/keyed_join.py`), so its context at step s + 1 is n + cached."""
         s = self.k
         in_sync = self._f is not None and self._priced == s  # the scalar state is step s's
         ctx_sum, active = self._ctx_sum, self._active
@@ -76,12 +78,12 @@ class StretchJoins:
             r = s + req.output_len
             self.joins.append((s, req, n))
             reqs.append(req)
-            ctx1.append(n - s)
+            ctx1.append(n + cached - s)
             remaining.append(r)
             insort(rem, r)  # (after the departed ones: r > s)
             self.first_new.append(f)
-            self._ctx_total += n - s
-            ctx_sum += n  # (its context at step s + 1; the others' grow by one below)
+            self._ctx_total += n + cached - s
+            ctx_sum += n + cached  # (its context at step s + 1; the others' grow by one below)
         self.kmax = rem[-1]
         self.join_blocks += blocks
         at, need, live = self._need_at  # (the joiners grow from step s + 1 on: count what they grow before `at`)
@@ -101,7 +103,7 @@ class StretchJoins:
             self._f = None  # (`_sync` rebuilds it from the lists)
 
     def join_one(self, req: Any, n: int, first_new: int, blocks: int, step_s: float, forms: "DecodeForms | None",
-                 block_size: int) -> None:
+                 block_size: int, cached: int = 0) -> None:
         """`join([(req, n)], [first_new], ...)` while the scalar state is step s's (`_priced ==
         k`, `_f` set): the same state, without the truncation (nothing is priced past s), the
         loops or the list arguments (an arrival joins at every event of a busy replica)."""
@@ -120,12 +122,12 @@ class StretchJoins:
         r = s + req.output_len
         self.joins.append((s, req, n))
         self.reqs.append(req)
-        self.ctx1.append(n - s)
+        self.ctx1.append(n + cached - s)
         self.remaining.append(r)
         rem = self._sorted_rem
         insort(rem, r)  # (after the departed ones: r > s)
         self.first_new.append(first_new)
-        self._ctx_total += n - s
+        self._ctx_total += n + cached - s
         self.kmax = rem[-1]
         self.join_blocks += blocks
         at, need, live = self._need_at  # (it grows from step s + 1 on: count what it grows before `at`)
@@ -137,7 +139,7 @@ class StretchJoins:
         self._prefix_sums = self._order = self._step1_s = None  # (rebuilt from the lists when needed)
         self.final = False
         active = self._active + 1
-        self._ctx_sum += n + active - 1  # (its context at step s + 1; the others' grow by one)
+        self._ctx_sum += n + cached + active - 1  # (its context at step s + 1; the others' grow by one)
         self._active = active
         self._f = self._decode_fn(active)
         if self._p < len(rem) and rem[self._p] == s + 1:

@@ -36,6 +36,9 @@ class Router:
     # Does this router read replica state (views)? Routers that do not (round-robin, random)
     # let replicas process finishes late inside a fast-forwarded stretch.
     reads_state: ClassVar[bool] = True
+    # Does it read the replicas' prefix caches (`view.cached_blocks`)? Then a request with
+    # prefix keys cannot join a stretch in flight there (`replica/keyed_join.py`).
+    reads_prefix_cache: ClassVar[bool] = False
 
     def __init__(self, params: RouterParams, num_replicas: int, rng: np.random.Generator) -> None:
         self.params = params

@@ -57,6 +57,7 @@ class DynamoKV(Router):
     """
 
     Params = DynamoKVParams
+    reads_prefix_cache = True  # (`view.cached_blocks`)
 
     def __init__(self, params, num_replicas, rng) -> None:
         super().__init__(params, num_replicas, rng)

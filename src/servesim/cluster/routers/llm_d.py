@@ -78,6 +78,7 @@ class LlmD(Router):
     """
 
     Params = LlmDParams
+    reads_prefix_cache = True  # (`view.cached_blocks`)
 
     def __init__(self, params, num_replicas, rng) -> None:
         super().__init__(params, num_replicas, rng)

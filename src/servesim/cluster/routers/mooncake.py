@@ -38,6 +38,7 @@ class Mooncake(Router):
     """
 
     Params = MooncakeParams
+    reads_prefix_cache = True  # (`view.cached_blocks`)
 
     def __init__(self, params, num_replicas, rng) -> None:
         super().__init__(params, num_replicas, rng)

@@ -1,0 +1,183 @@
+"""A request with prefix keys (a conversation's next turn) joining a stretch in flight.
+
+`replica/stretch_join.py` admits fresh requests into a stretch at the step boundary after a
+cut; a request with prefix keys ended the stretch instead, because stepping's admission at that
+boundary, step s, sees the KV cache as the stretch's steps up to s leave it (the decodes'
+blocks popped from the free queue, which may evict cached blocks, and their completed blocks
+registered), while a stretch applies all that only when it ends. On a sessions workload every
+arrival has keys: 3,198 of 4,000 arrivals ended a stretch at 1 replica (vllm), 3,536 at 8.
+
+The turn joins without settling the stretch when what its admission reads and writes is the
+same before those effects as after them (checked here, cheaply, else the stretch ends as
+before):
+
+- its prefix hits lie in blocks nobody holds (in the free queue: stepping's admission takes
+  each out of it, as here, and counts it as used from step s on) and outside the free-queue
+  entries the decodes' pops up to step s take (`FreeQueue.head_evicts`): those pops evict the
+  same blocks now or later, and no hit is among them. The pops of the turn's own new blocks
+  and of the stretch then take the same blocks of the queue in either order (the stretch's
+  come from those free when it was planned, less those the joiners took);
+- the keys it registers (its prompt's full blocks past its hits, which also bound what its
+  lookup could find) are neither indexed nor in the registrations the stretch planned
+  (`KVCacheManager.keys_conflict_many`'s kept plan, which covers every step of the stretch):
+  the decodes' registrations and the pops' evictions up to step s cannot change them;
+- vLLM's own admission (`VLLMScheduler`: `schedule`, `admit`, `first_chunk`), the only waiting
+  request, whole in the budget the decodes leave, and its blocks (hits and new) within those
+  the stretch counts free (as `join_arrivals`).
+
+Then it is admitted now with vLLM's `admit` (the lookup, hits and registration done now), its
+step s is priced with its prompt beside its cached context, and from step s + 1 it decodes
+with the others, registering its decode blocks as the stretch's keyed requests do (checked for
+conflicts with the rest by `Engine._limit`). Exact: `tests/cluster/test_keyed_join.py` runs
+busy conversations fast-forwarded and stepped, step log included.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from servesim.replica.block_keys import BlockKeys
+from servesim.replica.prefix_registration import _runs_from
+from servesim.replica.schedulers.vllm import VLLMScheduler
+from servesim.replica.schedulers.vllm_steps import VLLMSteps
+from servesim.replica.stretch import Stretch
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s
+
+
+def with_keys(engine, st) -> bool:
+    """Is this join `keyed_join`'s (a plain stretch holding requests with prefix keys, or one
+    waiting request with keys, where keyed joins are on) rather than `join_arrivals`'?"""
+    sched = engine.scheduler
+    return engine.keyed_joins and type(st) is Stretch and bool(
+        st.keyed or (len(sched.waiting) == 1 and next(iter(sched.waiting)).kv_block_keys is not None))
+
+
+def keyed_join(engine, st: Stretch, now_s: float) -> bool:
+    """At `now_s`, the end of the stretch `st` (cut by an arrival), one request waiting: admit
+    it into the stretch if the conditions above hold, and price on. True if it joined (the
+    stretch's end event is rescheduled); False changes nothing the simulation reads later."""
+    sched, kv = engine.scheduler, engine.kv
+    if (type(st) is not Stretch or not st.through or st.limited or st._perf is not engine.perf
+            or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
+        return False
+    s = st.k
+    rem = st._sorted_rem
+    num_running = len(rem) - bisect_right(rem, s)
+    if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
+        return False
+    req = next(iter(sched.waiting))
+    if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
+            or "kv_store_tokens" in req.extra or len(sched.running) >= sched.config.max_num_seqs):
+        return False
+    hits = kv.get_computed_blocks(req)
+    if hits.num_own:
+        return False
+    bs = kv.block_size
+    cached = hits.num_keyed * bs
+    num_tokens = req.num_tokens
+    n = num_tokens - cached
+    if sched.first_chunk(req, cached, sched.config.max_num_batched_tokens - num_running) != n:
+        return False  # a chunk of its prompt: stepping's next steps are not decodes
+    blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
+    free = st.free_blocks - st.join_blocks - blocks
+    # (`blocks_bound`: an upper bound of the decodes' pops up to step s, without a pass over
+    # them unless it is too large)
+    pops = st.blocks_bound(s + 1, bs)
+    if pops > free and (pops := st.blocks_needed(s + 1, bs)) > free:
+        return False
+    prefix = kv._prefix
+    if hits.num_keyed:
+        if prefix.num_free(hits) != hits.num_keyed:
+            return False  # a hit block that someone holds
+        groups = [g for g, _, _ in hits.extents]
+        if kv._queue.head_evicts(pops, groups) and kv._queue.head_evicts(st.blocks_needed(s + 1, bs), groups):
+            return False  # a hit block that the decodes' pops up to step s evict
+    keys = req.kv_block_keys
+    if keys is not None and type(keys) is not BlockKeys:
+        return False
+    end = min(num_tokens // bs, keys.num_blocks) if keys is not None else 0
+    kept = None  # the stretch's registration plan, checked against the runs this turn registers
+    if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
+        runs = prefix.unindexed(keys, hits.num_keyed, end)
+        if runs is None:
+            return False
+        if st.keyed:
+            # (`keys_conflict_many`'s plan of the stretch's registrations, still valid, up to
+            # its last step k - 1 = s - 1 at least, and those of step s: stepping's `schedule`
+            # there registers them before the admission)
+            planned = kv._planned
+            if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts):
+                return False
+            if not planned[4][1].isdisjoint(runs):  # (the plan's runs, as a set)
+                return False
+            if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
+                return False
+            kept = planned
+    joins = [(req, n)]
+    if cached:  # (stepping prices its chunk beside its cached context and the decodes')
+        ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
+        step_s = engine.perf.step_time_s([(n, cached)], ctxs)
+    else:
+        step_s = _join_step_s(engine.perf, st, s, num_running, joins)
+    # `VLLMScheduler.join` (`admit_whole`) with the hits just found: `VLLMSteps.admit`'s calls
+    # for a request without KV store tokens, admitted whole
+    sched._head_blocked_by_kv = False
+    if not kv.allocate_slots(req, n, hits):
+        raise AssertionError(f"request {req.id} could not join the stretch")
+    sched.waiting.remove(req)
+    sched.start(req, cached, n, st.out)
+    if req.first_scheduled_s is None:
+        req.first_scheduled_s = now_s
+    if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
+        kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
+    ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
+    first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
+    forms = engine._decode_forms(len(st.reqs) + 1)
+    if st._f is not None and st._priced == s:
+        st.join_one(req, n, first_new, blocks, step_s, forms, bs, cached)
+    else:
+        st.join(joins, [first_new], blocks, step_s, forms, bs, cached)
+    if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
+        if st.keyed_last is None:
+            st.keyed_last = []
+        st.keyed.append((req, ctx1))
+        st.keyed_last.append(s + req.output_len - 1)
+    engine.num_joined_arrivals += 1
+    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    engine._limit(st, s + 1)
+    engine._schedule_stretch_end(st)
+    return True
+
+
+def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
+    """The run keys the stretch's keyed requests register at step s beyond those of steps up
+    to s - 1: a block each whose last token step s computes (`keys_conflict_many`'s ends);
+    None if some are not known (keys that are not runs of one length)."""
+    out: set = set()
+    for (req, ctx1), last in zip(st.keyed, st.keyed_last):
+        t = ctx1 + s
+        if last >= s and t % bs == 0:
+            keys = req.kv_block_keys
+            b = t // bs - 1  # (the block that token completes)
+            if b < keys.num_blocks:
+                runs = _runs_from(keys, b, b + 1)
+                if runs is None:
+                    return None
+                out.update(runs)
+    return out
+
+
+def admits_keyed(engine) -> bool:
+    """Can requests with prefix keys join this engine's stretches (where nothing reads its
+    prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
+    finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask."""
+    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
+
+
+def _vllm_admission(sched) -> bool:
+    """Is the next `schedule`'s admission vLLM's own (`VLLMScheduler`: its queue in order,
+    `admit` with the prefix hits, `first_chunk`), with no adapters?"""
+    cls = type(sched)
+    return (isinstance(sched, VLLMScheduler) and cls.schedule is VLLMScheduler.schedule
+            and cls.arrivals_join is VLLMScheduler.arrivals_join and cls.join is VLLMScheduler.join
+            and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk and sched.lora is None)

@@ -1,0 +1,110 @@
+"""Conversations' next turns (requests with prefix keys) join the stretch in flight
+(`replica/keyed_join.py`) instead of ending it, and the results are those of stepping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.replica import fast_forward
+
+from .helpers import assert_same_steps, outcome
+
+SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
+# Busy conversations with short think times: next turns arrive while stretches holding other
+# conversations' turns run (as in test_finish_notices.py)
+BUSY = ["workload.num_requests=500", "workload.arrival.rate_per_s=2", "workload.sessions.think_time_s=1"]
+
+
+def run_both(sets: list[str], monkeypatch) -> tuple:
+    """(fast-forwarded, stepped) results, and the keyed joins of the fast run: how many, and
+    how many of them hit their context in the prefix cache."""
+    joins = []
+    keyed_join = fast_forward.keyed_join
+
+    def counted(engine, st, now_s):
+        joined = keyed_join(engine, st, now_s)
+        if joined:
+            joins.append(st.reqs[-1].num_computed_tokens)  # (its cached tokens, just admitted)
+        return joined
+
+    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    n = len(joins)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert len(joins) == n  # (stepping joins nothing)
+    return fast, slow, n, sum(1 for c in joins if c > 0)
+
+
+@pytest.mark.parametrize("extra", [[], ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
+def test_next_turns_join_stretches_exactly(extra, monkeypatch):
+    from servesim.replica.prefix_index import PrefixIndex
+
+    extended = []  # the items of each join's registrations that extended the stretch's whole plan
+    plan_appends = PrefixIndex.plan_appends
+
+    def counted(self, items, base=None):
+        planned = plan_appends(self, items, base)
+        if base is not None and planned is not None:
+            extended.append(len(items))
+        return planned
+
+    monkeypatch.setattr(PrefixIndex, "plan_appends", counted)
+    fast, slow, joins, with_hits = run_both(BUSY + extra, monkeypatch)
+    # (mostly the joiner's item alone: the joiners since the last plan, when a join's check was skipped)
+    assert len(extended) > 0.5 * joins and sum(extended) < 1.5 * len(extended), (extended, joins)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    # (111 and 47 of 500 at 1 replica, 245 and 50 at 2: the rest arrive into a queue or a
+    # prompt chunked by the token budget, or hit blocks the stretch's pops evict)
+    assert joins > 0.15 * len(fast.requests), joins  # turns joined a stretch in flight
+    assert with_hits > 0.05 * len(fast.requests), with_hits  # next turns, with their context cached
+
+
+def test_joins_under_kv_pressure_are_exact(monkeypatch):
+    """A small KV cache: the decodes' pops evict cached contexts, and stretches are limited by
+    the blocks free (here the turns that could join hit none of their context)."""
+    fast, slow, joins, with_hits = run_both(BUSY + ["engine.gpu_memory_utilization=0.25"], monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert sum(r.num_preemptions for r in fast.requests) == sum(r.num_preemptions for r in slow.requests)
+    assert joins > 0, joins
+
+
+def test_shared_system_prompt_blocks_held_by_others_are_exact(monkeypatch):
+    """Conversations sharing a system prompt hit blocks other running requests hold: those turns
+    end the stretch; the others join it."""
+    fast, slow, joins, _ = run_both(BUSY + ["workload.shared_prefix={tokens: 512, groups: 2}"], monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert joins > 0, joins
+
+
+def test_a_router_reading_prefix_caches_keeps_keyed_joins_off(monkeypatch):
+    """dynamo-kv reads each replica's prefix cache at every dispatch: a join would let it read
+    the cache before the stretch's earlier steps registered and evicted their blocks."""
+    fast, slow, joins, _ = run_both(BUSY + ["router.name=dynamo-kv", "replicas=2"], monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert joins == 0
+
+
+def test_head_evicts_reads_the_blocks_pops_would_take():
+    """`FreeQueue.head_evicts`: plain blocks first, then a group's entry (its slots still
+    carrying the entry's stamp), without changing the queue."""
+    from servesim.replica.free_queue import FreeQueue
+    from servesim.replica.prefix_groups import Group
+    from servesim.replica.prefix_index import PrefixIndex
+
+    q = FreeQueue(3, PrefixIndex())  # 3 plain blocks at the head
+    g, other = Group(0), Group(0)
+    g.register(0, 4)
+    q.release(g, 0, 4)  # g's 4 blocks enter the queue after them
+    assert not q.head_evicts(3, [g]) and q.head_evicts(4, [g]) and not q.head_evicts(7, [other])
+    g.hit(1, 4)  # 3 of them leave the queue (their stamps no longer match the entry's)
+    assert q.head_evicts(4, [g]) and not q.head_evicts(3, [g])
+    g.hit(0, 1)
+    assert not q.head_evicts(100, [g])
+    q.pop(3)  # (the walks changed nothing: this takes the plain run; g's entry holds none of its blocks)
+    assert not q.head_evicts(1, [g])
