@@ -46,12 +46,17 @@ class SectionInput:
         """Emission times of each request of `rows`, one array per request, read a chunk of
         requests at a time (one read of the step ends per chunk, not per request: a spilled
         step log maps its file once per read)."""
+        for _, times, per_row in self.token_times_chunks(rows, chunk):
+            yield from np.split(times, np.cumsum(per_row)[:-1])
+
+    def token_times_chunks(self, rows: np.ndarray, chunk: int = 512):
+        """(rows of the chunk, their token times grouped by request, the number of tokens of
+        each) for `rows` a chunk at a time: for sections that compute on whole chunks."""
         for c in range(0, len(rows), chunk):
             part = rows[c:c + chunk]
             times, run_lens, num_runs = self._token_times(part)
             owner = np.repeat(np.arange(len(part)), num_runs)
-            per_row = np.bincount(owner, weights=run_lens, minlength=len(part)).astype(np.int64)
-            yield from np.split(times, np.cumsum(per_row)[:-1])
+            yield part, times, np.bincount(owner, weights=run_lens, minlength=len(part)).astype(np.int64)
 
     def _token_times(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(emission times of the requests' tokens, grouped by request; the length of each of

@@ -40,6 +40,24 @@ def qoe(token_times_s: np.ndarray, ttft_exp_s: float, tds_exp: float) -> float:
     return 1.0 if target <= 0 else float((end - shown).sum()) / target
 
 
+def qoe_many(token_times_s: np.ndarray, counts: np.ndarray, ttft_exp_s: np.ndarray,
+             tds_exp: np.ndarray) -> list[float]:
+    """`qoe` of each of several requests, float for float: `token_times_s` holds their tokens
+    one request after another (`counts` of each; times from each one's arrival), the targets one
+    per request. A request none of whose tokens comes after its expected time (`qoe`'s
+    `token_times_s - offset <= ttft_exp_s` for each, the same floats, checked for the whole
+    chunk at once) is shown exactly as expected (`shown == expected`, the same sum twice): its
+    QoE is 1.0. Only the others are valued one by one."""
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    index = np.arange(len(token_times_s)) - np.repeat(starts, counts)  # (each token's place in its request)
+    late = token_times_s - np.repeat(1.0 / tds_exp, counts) * index > np.repeat(ttft_exp_s, counts)
+    out = [1.0 if n else 0.0 for n in counts.tolist()]
+    for k in np.unique(np.searchsorted(ends, np.flatnonzero(late), side="right")).tolist():
+        out[k] = qoe(token_times_s[starts[k]:ends[k]], float(ttft_exp_s[k]), float(tds_exp[k]))
+    return out
+
+
 def targets(req, ttft_exp_s: float = DEFAULT_TTFT_S, tds_exp: float = DEFAULT_TDS) -> tuple[float, float]:
     """(TTFT_exp, TDS_exp) of a request: its own, else the given defaults."""
     return targets_of(req.extra, ttft_exp_s, tds_exp)
@@ -62,8 +80,14 @@ def section(data) -> dict | None:
     finished = t.cols["state"] == int(RequestState.FINISHED)
     arrival_s = t.cols["arrival_s"]
     rows = np.flatnonzero(finished)
-    values = [qoe(times - arrival_s[i], *targets_of(data.extra(i), ttft, tds))
-              for i, times in zip(rows.tolist(), data.token_times_each(rows))]
+    values = []
+    for part, times, counts in data.token_times_chunks(rows):
+        ttfts, tdss = np.full(len(part), ttft), np.full(len(part), tds)
+        if t.extras:  # (requests with their own targets)
+            for k, i in enumerate(part.tolist()):
+                if i in t.extras:
+                    ttfts[k], tdss[k] = targets_of(t.extras[i], ttft, tds)
+        values += qoe_many(times - np.repeat(arrival_s[part], counts), counts, ttfts, tdss)
     unfinished = int((~finished).sum())
     if not values:
         return None
