@@ -178,6 +178,9 @@ class AttentionDPPerf:
     def verify_time_fn(self, num_seqs: int, tokens_per_seq: int):
         return None
 
+    def chunk_verify_time_fn(self, num_seqs: int, tokens_per_seq: int, chunk: int):
+        return None  # (not the rank's form, which `__getattr__` would hand out: the ranks' split decides)
+
 
 def build_attention_dp(rank: PerfModel, weight_bytes: float, dp: int, moe_ep: int, balance: str = "auto") -> AttentionDPPerf:
     """The DP replica's model from one rank's PerfModel (TP `tp`); InputError for what it cannot be."""
