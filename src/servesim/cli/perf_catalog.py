@@ -34,13 +34,14 @@ def _models() -> list[dict]:
     rows = []
     for name in model_names():
         m = model_spec(name)
-        features = [f for f, on in (("moe", m.moe), ("mla", m.mla), ("sliding-window", m.sliding_window)) if on]
+        features = [f for f, on in (("moe", m.moe), ("mla", m.mla), ("sliding-window", m.sliding_window),
+                                    ("linear-attention", m.linear_attention)) if on]
         if m.num_kv_heads < m.num_heads and m.mla is None:
             features.insert(0, "gqa")
         rows.append({"name": m.name, "layers": m.num_layers, "hidden": m.hidden_size, "heads": m.num_heads,
                      "kv_heads": m.num_kv_heads, "params_b": round(total_params(m) / 1e9, 2),
                      "active_b": round(active_params(m) / 1e9, 2),
-                     "kv_kib_per_token_bf16": kv_elements_per_token_layer(m, 1) * m.num_layers * 2 / 1024,
+                     "kv_kib_per_token_bf16": kv_elements_per_token_layer(m, 1) * m.num_attention_layers * 2 / 1024,
                      "features": ",".join(features) or "-"})
     return rows
 
