@@ -285,8 +285,8 @@ def _rest_of(sched, pending: tuple, num_running: int) -> tuple[int | None, int]:
     cap); (None, 0) if that is not its whole rest."""
     _, req, c, blocks = pending
     rest = req.num_tokens - c
-    cfg = sched.config
-    if rest > cfg.max_num_batched_tokens - num_running or 0 < cfg.long_prefill_token_threshold < rest:
+    _, max_num_batched_tokens, threshold, _ = sched.limits
+    if rest > max_num_batched_tokens - num_running or 0 < threshold < rest:
         return None, 0
     return rest, -(-req.num_tokens // sched.kv.block_size) - blocks
 

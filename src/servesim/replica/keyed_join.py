@@ -66,8 +66,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False
     req = next(iter(sched.waiting))
+    max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
     if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
-            or "kv_store_tokens" in req.extra or len(sched.running) >= sched.config.max_num_seqs):
+            or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs):
         return False
     hits = kv.get_computed_blocks(req)
     if hits.num_own:
@@ -76,7 +77,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     cached = hits.num_keyed * bs
     num_tokens = req.num_tokens
     n = num_tokens - cached
-    if sched.first_chunk(req, cached, sched.config.max_num_batched_tokens - num_running) != n:
+    if sched.first_chunk(req, cached, max_num_batched_tokens - num_running) != n:
         return False  # a chunk of its prompt: stepping's next steps are not decodes
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     free = st.free_blocks - st.join_blocks - blocks

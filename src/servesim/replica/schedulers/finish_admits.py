@@ -30,9 +30,9 @@ def admits_of(sched, num_running: int, free_blocks: int, first_chunk: FirstChunk
               chunk: bool = False) -> tuple[list[tuple[Request, int]], Request | None] | None:
     """`admits_until_blocked` over `sched`'s waiting requests, in its admission order, with its
     own limits: what its next `schedule` admits at a finish."""
-    cfg = sched.config
+    max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
     return admits_until_blocked(sched.waiting, len(sched.running), num_running,
-                                cfg.max_num_seqs, cfg.max_num_batched_tokens, free_blocks, sched.kv.block_size,
+                                max_num_seqs, max_num_batched_tokens, free_blocks, sched.kv.block_size,
                                 first_chunk, chunk=chunk)
 
 
