@@ -95,8 +95,8 @@ def _no_kv_room(model: str, gpu: str, tp: int, config: EngineConfig, perf) -> st
                     (perf.activation_peak_bytes(config.max_num_batched_tokens),
                      f"activations of max_num_batched_tokens {config.max_num_batched_tokens}"),
                     (perf.misc_bytes, "perf.misc_bytes")], key=lambda p: -p[0])
-    if perf.state_bytes_per_seq():  # hybrid models: the running cap's linear-attention states
-        parts.append((config.max_num_seqs * perf.state_bytes_per_seq(),
+    if state := perf.state_bytes_per_seq():  # hybrid models: the running cap's linear-attention states
+        parts.append((config.max_num_seqs * state,
                       f"linear-attention states of max_num_seqs {config.max_num_seqs}"))
     used = ", ".join(f"{what} {b / gib:,.1f} GiB" for b, what in parts)
     return (f"no room for KV cache on {tp} x {gpu}: gpu_memory_utilization {config.gpu_memory_utilization} "

@@ -46,7 +46,8 @@ def array_path(shipped: ShippedTrace) -> Path:
 
 def hash_path(shipped: ShippedTrace) -> Path:
     """Where the hash ids of a shipped trace's rows live as runs (beside its rows array)."""
-    return array_path(shipped).with_name(array_path(shipped).name.removesuffix(ARRAY_SUFFIX) + HASH_SUFFIX)
+    rows = array_path(shipped)
+    return rows.with_name(rows.name.removesuffix(ARRAY_SUFFIX) + HASH_SUFFIX)
 
 
 def parse_rows(shipped: ShippedTrace) -> tuple[np.ndarray, np.ndarray | None] | None:
