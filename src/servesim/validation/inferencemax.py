@@ -68,6 +68,11 @@ class Recipe:
     kernels: str = ""  # the engine whose kernels the script selects (kernel_constants); "" = the row's own
 
 
+def model_name(row: SiliconRow) -> str:
+    """The row's model without its organisation, lower case (`deepseek-ai/DeepSeek-R1` -> `deepseek-r1`)."""
+    return row.model.lower().split("/")[-1]
+
+
 def llama70b_h200_trt(row: SiliconRow) -> Recipe:
     """`70b_fp8_h200_trt_slurm.sh` as it ran until 2025-10-29."""
     scheduler = {}
@@ -148,7 +153,7 @@ MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
 
 def sglang_script(row: SiliconRow) -> SGLangScript | None:
     """The InferenceMAX SGLang script that ran `row` (its engine parallelism decoded), or None."""
-    model = row.model.lower().split("/")[-1]
+    model = model_name(row)
     key = (row.system, row.version, MODEL_ALIASES.get(model, model))
     script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
     users = script.sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl)) if script else None
@@ -234,7 +239,7 @@ def attention_dp_balance(row: SiliconRow) -> dict:
     """Scheduler fields of the InferenceMAX script's `attention_dp_config` for `row` (empty if none)."""
     if row.backend != "trtllm" or row.attention_dp <= 1 or row.system not in ATTENTION_DP_SYSTEMS:
         return {}
-    name = row.model.lower().split("/")[-1]
+    name = model_name(row)
     return next((dict(v) for k, v in ATTENTION_DP_BALANCE.items() if name.startswith(k)), {})
 
 
@@ -243,7 +248,7 @@ def attention_dp_recipe(row: SiliconRow) -> Recipe | None:
     balance = attention_dp_balance(row)
     if not balance:
         return None
-    if row.model.lower().split("/")[-1].startswith("gpt-oss"):
+    if model_name(row).startswith("gpt-oss"):
         return Recipe(engine={"max_num_batched_tokens": GPTOSS_BUDGET_TOKENS}, scheduler=balance)
     budget = dsr1_budget(row.concurrency, row.isl)
     if row.version in DSR1_FLOOR_VERSIONS:
@@ -271,7 +276,7 @@ DSR1_B200_SCRIPTS = frozenset({("trtllm", "b200_sxm", "1.2.0rc6.post2")})
 
 
 def is_deepseek(row: SiliconRow) -> bool:
-    return row.model.lower().split("/")[-1].startswith("deepseek")
+    return model_name(row).startswith("deepseek")
 
 
 def dsr1_b200_trt(row: SiliconRow) -> Recipe:
