@@ -77,10 +77,14 @@ def experts_touched_busiest_rank(num_experts: int, top_k: int, num_tokens: int, 
     q = experts_touched(num_experts, top_k, num_tokens) / num_experts
     if ranks <= 1 or q >= 1.0:
         return per_rank * q
+    log_q, log_p, log_n = math.log(q), math.log1p(-q), math.lgamma(per_rank + 1)
     expected_max, cdf = 0.0, 0.0
-    for x in range(per_rank):
-        cdf += math.comb(per_rank, x) * q**x * (1.0 - q) ** (per_rank - x)
-        expected_max += 1.0 - min(cdf, 1.0) ** ranks
+    for x in range(per_rank):  # the binomial's terms in logs: no overflow for thousands of experts a rank
+        cdf += math.exp(log_n - math.lgamma(x + 1) - math.lgamma(per_rank - x + 1) + x * log_q + (per_rank - x) * log_p)
+        tail = 1.0 - min(cdf, 1.0) ** ranks
+        if tail == 0.0:
+            break  # (cdf only grows: every later term is 0 too)
+        expected_max += tail
     return expected_max
 
 
