@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def smooth_roofline_s(flops: float, bytes_moved: float, peak_flops: float, bw_bytes_s: float,
                       eta_compute: float, eta_memory: float, smoothing_k: float) -> float:
@@ -56,6 +58,34 @@ def experts_touched(num_experts: int, top_k: int, num_tokens: int) -> float:
     if num_tokens <= 0:
         return 0.0
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** num_tokens)
+
+
+def experts_touched_busiest_rank(num_experts: int, top_k: int, num_tokens: int, ranks: int) -> float:
+    """Expected distinct experts hit on the busiest of `ranks` expert-parallel ranks (uniform routing).
+
+    With expert parallelism each rank holds num_experts / ranks whole experts and loads only those
+    its tokens touch; the layer ends when the slowest rank does (its output is combined by an
+    all-reduce or an all-to-all), so a small batch pays for the rank that drew the most experts,
+    not for the mean. Each expert is taken as touched independently with the probability of
+    `experts_touched`, so a rank's count is binomial over its experts and the expected maximum of
+    `ranks` such counts is sum over x of (1 - P(count <= x)^ranks). It falls to the mean
+    (`experts_touched / ranks`) as the batch touches every expert, and equals it for one rank.
+    """
+    per_rank = num_experts // ranks
+    if num_tokens <= 0 or per_rank <= 0:
+        return 0.0
+    q = experts_touched(num_experts, top_k, num_tokens) / num_experts
+    if ranks <= 1 or q >= 1.0:
+        return per_rank * q
+    log_q, log_p, log_n = math.log(q), math.log1p(-q), math.lgamma(per_rank + 1)
+    expected_max, cdf = 0.0, 0.0
+    for x in range(per_rank):  # the binomial's terms in logs: no overflow for thousands of experts a rank
+        cdf += math.exp(log_n - math.lgamma(x + 1) - math.lgamma(per_rank - x + 1) + x * log_q + (per_rank - x) * log_p)
+        tail = 1.0 - min(cdf, 1.0) ** ranks
+        if tail == 0.0:
+            break  # (cdf only grows: every later term is 0 too)
+        expected_max += tail
+    return expected_max
 
 
 def causal_attention_pairs(new_tokens: int, cached_tokens: int, window: int | None) -> float:

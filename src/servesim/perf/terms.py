@@ -97,14 +97,28 @@ class StepTerms:
             weight_elems, eta_b = b.weight_elems, eta_c
             if b.moe:
                 assert m.moe is not None
-                touched = roofline.experts_touched(m.moe.num_experts, m.moe.top_k, num_tokens)
-                weight_elems += touched * expert_params(m) / self.tp
+                weight_elems += self.expert_weights_read(num_tokens)
                 eta_b = c.eta_moe_compute or eta_c  # the grouped-GEMM kernel's own efficiency when set
             t_block = roofline.smooth_roofline_s(
                 b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
                 peak, g.hbm_bw_bytes_s, eta_b, c.eta_memory, c.smoothing_k)
             total += b.count * t_block
         return total if moe else total + m.num_layers * c.layer_floor_s
+
+    def expert_weights_read(self, num_tokens: int) -> float:
+        """Routed-expert weights (elements) one GPU reads in a MoE layer for `num_tokens` tokens.
+
+        All-TP: every GPU reads its 1/tp slice of each touched expert. Expert parallelism: a GPU
+        reads the whole-expert slices (1/moe_tp) of the touched experts it holds, and the layer
+        waits for the busiest rank (`roofline.experts_touched_busiest_rank`), which at a few tokens
+        per step draws well above the mean."""
+        m = self.model
+        assert m.moe is not None
+        if self.moe_ep == 1:
+            touched = roofline.experts_touched(m.moe.num_experts, m.moe.top_k, num_tokens)
+            return touched * expert_params(m) / self.tp
+        busiest = roofline.experts_touched_busiest_rank(m.moe.num_experts, m.moe.top_k, num_tokens, self.moe_ep)
+        return busiest * expert_params(m) / self.moe_tp
 
     def linear_compute_memory_s(self, num_tokens: int) -> tuple[float, float]:
         """The compute and memory sides of `linear_s` (for reporting the regime)."""
