@@ -26,7 +26,11 @@ DRAW_BLOCK_ROWS = 1024  # uniform rows drawn per generator call (any size gives 
 def curve_rate(curve: Sequence[tuple[int, float]], position: int) -> float:
     """The acceptance rate at output `position`: linear between the breakpoints (position,
     rate), which are sorted by position; the first rate before them, the last after."""
-    i = bisect_right([p for p, _ in curve], position)
+    return _rate(tuple(p for p, _ in curve), tuple(curve), position)
+
+
+def _rate(positions: tuple[int, ...], curve: tuple[tuple[int, float], ...], position: int) -> float:
+    i = bisect_right(positions, position)
     if i == 0:
         return curve[0][1]
     if i == len(curve):
@@ -43,6 +47,7 @@ class CurveDraws:
         self._rng = rng
         self._k_max = k_max
         self._curve = tuple(curve)
+        self._positions = tuple(p for p, _ in curve)  # (searched once per speculating decode)
         self._rows = np.empty((0, k_max))  # uniforms drawn; rows from `_pos` on not taken yet
         self._pos = 0
 
@@ -57,7 +62,7 @@ class CurveDraws:
         self._pos += n
         counts = []
         for u, pos in zip(rows.tolist(), positions):
-            rate, a = curve_rate(self._curve, pos), 0
+            rate, a = _rate(self._positions, self._curve, pos), 0
             while a < self._k_max and u[a] < rate:
                 a += 1
             counts.append(a)
