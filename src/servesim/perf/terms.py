@@ -182,15 +182,22 @@ class StepTerms:
         """LM head for the sequences that sample a token this step (16-bit, vocab split over TP), plus
         the GPU time per sequence `seq_gpu_s` (here so that every fast path that prices the step's
         sequences through this term keeps it; 0 by default, adding exactly nothing)."""
-        m, c, g = self.model, self.c, self.gpu
         if num_logits <= 0:
             return 0.0
-        w = m.vocab_size * m.hidden_size / self.tp
-        head = roofline.smooth_roofline_s(2.0 * num_logits * w, w * LM_HEAD_BYTES, g.peak_flops["bf16"] if "bf16" in g.peak_flops else g.peak_flops["fp16"],
-                                          g.hbm_bw_bytes_s, c.eta_compute, c.eta_memory, c.smoothing_k) + c.layer_floor_s
+        head = self.lm_head_gemm_s(num_logits)
+        c = self.c
         if c.seq_gpu_s > 0.0:
             head += c.seq_gpu_s * num_logits
         return head
+
+    def lm_head_gemm_s(self, rows: int) -> float:
+        """The LM head's GEMM alone for `rows` hidden states (its kernel's floor included): what a
+        speculative verify pays per extra verified token and a draft head per draft
+        (`perf/spec_price.py`)."""
+        m, c, g = self.model, self.c, self.gpu
+        w = m.vocab_size * m.hidden_size / self.tp
+        return roofline.smooth_roofline_s(2.0 * rows * w, w * LM_HEAD_BYTES, g.peak_flops["bf16"] if "bf16" in g.peak_flops else g.peak_flops["fp16"],
+                                          g.hbm_bw_bytes_s, c.eta_compute, c.eta_memory, c.smoothing_k) + c.layer_floor_s
 
     # ---- communication -------------------------------------------------------------------
     def communication_s(self, num_tokens: int) -> float:

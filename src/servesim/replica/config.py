@@ -42,9 +42,19 @@ class EngineConfig(BaseModel):
     spec_acceptance_rate: float = Field(0.7, ge=0.0, le=1.0)
     """Probability that each draft token is accepted, independently (the first rejection ends
     the accepted run): E[tokens per step] = (1 - a^(k+1)) / (1 - a). Draws come from the run's seed."""
+    spec_acceptance_curve: tuple[tuple[int, float], ...] | None = None
+    """Per-draft acceptance rate by output position instead of `spec_acceptance_rate`: breakpoints
+    (tokens the request has emitted, rate), positions increasing, linear between them and flat
+    outside (`replica/spec_acceptance.py`). Unset: the one i.i.d. rate. Runs with a curve are
+    stepped one by one (no speculative fast-forward)."""
     spec_draft_cost_ratio: float = Field(0.05, ge=0.0)
     """Cost of drafting one token for the batch, as a fraction of a plain target decode step of
     the same batch (n-gram ~0, an EAGLE/MTP head ~0.05, a separate draft model ~ its size ratio)."""
+    spec_draft_layers: int = Field(0, ge=0)
+    """0: drafts priced by `spec_draft_cost_ratio` and the verify pass's logits per sequence. n > 0:
+    priced by their work (`perf/spec_price.py`): each draft token runs n of the target's layers
+    and its LM head over the batch (an MTP / EAGLE head: DeepSeek's MTP module is one layer), and
+    the verify pass computes logits for every verified token. Runs with it are stepped one by one."""
     max_loras: int = Field(1, ge=1)
     """LoRA adapters resident on the GPU at once, so at most this many distinct adapters per
     batch (vLLM `--max-loras`, default 1). Used only when requests name adapters."""
@@ -63,6 +73,17 @@ class EngineConfig(BaseModel):
     lora_storage_gb_per_s: float = Field(2.0, gt=0)
     """Bandwidth of a cold adapter load from storage (local NVMe SSD), GB/s; the adapter then
     also enters the host-memory tier."""
+
+    @model_validator(mode="after")
+    def _curve(self) -> "EngineConfig":
+        curve = self.spec_acceptance_curve
+        if curve is not None:
+            positions = [p for p, _ in curve]
+            if not curve or positions[0] < 0 or any(b <= a for a, b in zip(positions, positions[1:])):
+                raise ValueError(f"spec_acceptance_curve positions must be >= 0 and increasing, got {positions}")
+            if any(not 0.0 <= r <= 1.0 for _, r in curve):
+                raise ValueError(f"spec_acceptance_curve rates must be in [0, 1], got {[r for _, r in curve]}")
+        return self
 
     @model_validator(mode="after")
     def _cpu_loras(self) -> "EngineConfig":

@@ -35,7 +35,8 @@ from servesim.replica.engine_waits import StepWaits
 from servesim.replica.kv_cache import KVCacheManager, block_keys
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
-from servesim.replica.spec_decode import AcceptanceDraws, end_spec_decode, spec_fast_forward, speculate
+from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
+                                          speculate)
 from servesim.replica.fast_forward import DecodeFns, FastForwarding, advance_decodes_by
 from servesim.workload.request import Request, RequestState
 
@@ -89,7 +90,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # run's seed; the default is fixed so that runs are reproducible either way)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self._spec_k = config.num_speculative_tokens
-        self.spec_draws = AcceptanceDraws(self.rng, self._spec_k, config.spec_acceptance_rate) if self._spec_k else None
+        self.spec_draws = acceptance_draws(self.rng, config) if self._spec_k else None
+        self._spec_ff = self._spec_k and not spec_stepped(config)  # (may speculative steps be fast-forwarded)
         # swap accounting
         self.swap_stall_s = 0.0  # step time added by synchronous copies
         self.swap_transfer_s = 0.0  # copy time, both directions, synchronous or not
@@ -231,7 +233,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
                 return
         if self._spec_k:
             chunk = bool(prefills) and self._repeats_chunk(out, swap_s)
-            if (ff.repeat or chunk) and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff, chunk):
+            if (ff.repeat or chunk) and self._spec_ff and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff, chunk):
                 return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt + swap_s, self._end_step, payload, PRIO_STEP_END)

@@ -4,11 +4,15 @@ Draft tokens are proposed for each decoding request, verified in one target pass
 accepted prefix plus the target's own token are emitted; rejected drafts are rolled back
 (their KV slots are simply overwritten later). Parameters live in `EngineConfig`
 (`num_speculative_tokens`, `spec_acceptance_rate`, `spec_draft_cost_ratio`). Steps that
-repeat are fast-forwarded by `spec_fast_forward` (a `SpecStretch`, `replica/spec_stretch.py`).
+repeat are fast-forwarded by `spec_fast_forward` (a `SpecStretch`, `replica/spec_stretch.py`),
+except with an acceptance curve or drafts priced by their work (`spec_acceptance_curve`,
+`spec_draft_layers`: `spec_stepped`), which are stepped one by one.
 """
 
 from __future__ import annotations
 
+from servesim.perf.spec_price import spec_work_s
+from servesim.replica.spec_acceptance import CurveDraws
 from servesim.replica.spec_stretch import SpecStretch
 from servesim.workload.request import Request
 
@@ -74,6 +78,18 @@ class AcceptanceDraws:
         self._pos = 0
 
 
+def acceptance_draws(rng, config):
+    """The engine's acceptance draws: one i.i.d. rate, or the curve over output positions."""
+    k, curve = config.num_speculative_tokens, config.spec_acceptance_curve
+    return AcceptanceDraws(rng, k, config.spec_acceptance_rate) if curve is None else CurveDraws(rng, k, curve)
+
+
+def spec_stepped(config) -> bool:
+    """Must speculative steps be run one by one? The stretches read acceptances drawn against
+    one rate and price drafts by the ratio, so a curve or work-priced drafts step."""
+    return config.spec_acceptance_curve is not None or config.spec_draft_layers > 0
+
+
 def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None):
     """Draft k tokens per decoding request and verify them in one target pass.
 
@@ -100,7 +116,9 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
             plain_ctxs.append(ctx)
     if not spec:
         return engine.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
-    accepted = engine.spec_draws.take(len(spec))
+    draws = engine.spec_draws
+    accepted = (draws.take(len(spec)) if type(draws) is AcceptanceDraws  # (one rate; else its curve)
+                else draws.take_at([req.num_output_tokens for req, _, _ in spec]))
     if rank_batches is None:
         dt = engine.perf.step_time_s(chunks + [(1 + k, ctx) for _, k, ctx in spec], plain_ctxs)
     else:
@@ -111,7 +129,16 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
         for req, ctx in zip(plain, plain_ctxs):
             batches[rank_of[req.id]][1].append(ctx)
         dt = engine.perf.lockstep_step_time_s(batches)
-    dt += cfg.spec_draft_cost_ratio * k_max * engine.perf.step_time_s([], decode_ctxs)
+    if cfg.spec_draft_layers:  # priced by their work (`perf/spec_price.py`)
+        if rank_batches is None:
+            dt += spec_work_s(engine.perf, cfg.spec_draft_layers, k_max, len(chunks) + len(decodes),
+                              sum(k for _, k, _ in spec), decode_ctxs)
+        else:  # (the ranks in lock-step: the busiest rank's drafts and logits)
+            dt += max(spec_work_s(engine.perf.rank, cfg.spec_draft_layers, k_max, len(p) + len(c),
+                                  sum(t - 1 for t, _ in p[len(q):]), [ctx for _, ctx in p[len(q):]] + c)
+                      for (q, _), (p, c) in zip(rank_batches, batches))
+    else:
+        dt += cfg.spec_draft_cost_ratio * k_max * engine.perf.step_time_s([], decode_ctxs)
     spec_items = [(req, (1 + k, a if a < k else k)) for (req, k, _), a in zip(spec, accepted)]
     return dt, plain, prefills + spec_items
 
