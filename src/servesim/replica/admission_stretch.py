@@ -54,7 +54,7 @@ class AdmitStretch(Stretch):
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
     __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps", "chunked",
-                 "pending", "each_step")
+                 "pending")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -70,8 +70,6 @@ class AdmitStretch(Stretch):
         # joins at s + 1 with the rest of its prompt, the last one's rest is `pending` until then
         self.chunked: list[tuple[int, object, int, int]] = []
         self.pending: tuple[int, object, int, int] | None = None
-        # a boundary after every step, where the policy decides that step (`FastForward.each_step`)
-        self.each_step = False
 
     def _steps_to(self, horizon: float) -> int:
         # priced to the next departure, a few steps away under overload: the scalar loop
@@ -160,19 +158,17 @@ class AdmitStretch(Stretch):
 
 def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float, out, decodes: list,
                            prefills: list, reqs: list, ctx1: list[int], remaining: list[int],
-                           max_steps: int = UNLIMITED_STEPS, each_step: bool = False) -> bool:
+                           max_steps: int = UNLIMITED_STEPS) -> bool:
     """Plan an admission stretch from the step `schedule` just returned (decodes, and prompts
     finished in it, with requests waiting): priced to its first departure, whose boundary
     `admit_at_finishes` handles, and at most `max_steps` steps (the policy's cap). False,
-    changing nothing, if it would hold a single step that no departure follows. `each_step`:
-    every step's boundary is handled so (the policy decides each step: `FastForward.each_step`)."""
+    changing nothing, if it would hold a single step that no departure follows."""
     if max(remaining) < 2 or max_steps < 2:
         return False
     st = AdmitStretch(now_s, end0_s, out, decodes, prefills, reqs, ctx1, remaining, True, engine._decode_fn,
                       engine.perf, engine.scheduler.num_waiting, engine._decode_forms, [])
     st.max_steps = max_steps
-    st.kmax = 1 if each_step else min(st.kmax, max_steps)
-    st.each_step = each_step
+    st.kmax = min(st.kmax, max_steps)
     st.price(horizon_s)
     kv = engine.kv
     st.first_new = kv.first_new_block_steps(reqs, ctx1)
@@ -213,8 +209,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
         base, grown = kv.num_blocks_of(reqs[i].id), _growth(first_new[i], 0, r, bs)
         gone.append((i, base, grown))
         freed += base + grown
-    free_before = st.free_blocks + freed - st.join_blocks  # (before the growth of steps 1 .. s)
-    free = free_before - st.blocks_needed(s + 1, bs)
+    free = st.free_blocks + freed - st.join_blocks - st.blocks_needed(s + 1, bs)
     rest = 0  # the tokens of a chunked prompt's rest in step s, and the blocks they take
     if pending is not None:
         rest, rest_blocks = _rest_of(sched, pending, num_running)
@@ -225,11 +220,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
         return False  # the decodes of step s (and a prompt's rest) do not fit: stepping preempts there
     sched.finish_departs([reqs[i] for i, _, _ in gone])
     # (the budget the running requests leave: a token per decode, and a prompt's rest)
-    if st.each_step:  # (free when step s starts: before its decodes' blocks and the rest's)
-        joins = sched.finish_admits_at(now_s, num_running + rest, free, num_running + (pending is not None),
-                                       free_before - st.blocks_needed(s, bs))
-    else:
-        joins = sched.finish_admits(num_running + rest, free) if sched.num_waiting else []
+    joins = sched.finish_admits(num_running + rest, free) if sched.num_waiting else []
     if joins is None or not (joins or num_running or pending):
         return False
     for i, base, grown in gone:  # (stepping freed them at their finish)
@@ -242,8 +233,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
         _join(engine, st, s, num_running, joins, now_s, pending)
     rem = st._sorted_rem
     # the next departure (a joiner's, at the latest), or the next step if a prompt was chunked
-    each = st.each_step and not sched.finish_holds()  # (the policy decides the next step too)
-    st.kmax = s + 1 if st.pending or each else min(rem[bisect_right(rem, s)], st.max_steps)
+    st.kmax = s + 1 if st.pending else min(rem[bisect_right(rem, s)], st.max_steps)
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     if st.k > s + 1:
         engine._limit(st, s + 1)  # (step s's blocks were counted above)

@@ -226,7 +226,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             # (priced before planning a stretch, whose step 0 it is: one call either way)
             dt = (self.perf.step_time_s(chunks, decode_ctxs) if out.rank_batches is None
                   else self.perf.lockstep_step_time_s(out.rank_batches))
-            if ((ff.repeat or ff.each_step) and not self._spec_k and (not prefills or ff.after_prefill)
+            if (ff.repeat and not self._spec_k and (not prefills or ff.after_prefill)
                     and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff, dt)):
                 return
         if self._spec_k:

@@ -92,9 +92,7 @@ class FastForwarding:
                 and self.scheduler.num_waiting and self.scheduler.finish_admission()):
             # (finishes admit the queue head inside the stretch)
             return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining,
-                                          ff.max_steps, ff.each_step)
-        if ff.each_step:
-            return False  # (the policy decides each step: only an admission stretch asks it)
+                                          ff.max_steps)
         if (max(remaining) if through else min(remaining)) < 2:
             return False
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,

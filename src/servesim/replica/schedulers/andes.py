@@ -39,12 +39,11 @@ from pydantic import Field
 
 from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import admit_whole, is_fresh, whole_prompts
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingOrder
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
-from servesim.replica.schedulers.outputs import EACH_STEP
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -82,16 +81,6 @@ class AndesScheduler(VLLMSteps):
         self._qoe: dict[Request, tuple[float, float, float, float]] = {}
         # the pending requests in density order, kept up to date by the hooks below
         self._pending = PendingOrder(self)
-        # did the last `schedule` leave requests pending, the preemption cap 0 by `_no_slack`?
-        # Then the only stretch planned from it is decided step by step (`fast_forward`), and
-        # an arrival is valued at the next step
-        self._each_step = False
-        self._no_slack_seen = False  # (in the last `schedule`)
-        # what the last `finish_admits_at` left for the steps after it until the next finish:
-        # (time, free blocks at most, token budget, sequence slots, requests running), and
-        # whether its choice holds until then (`finish_holds`)
-        self._span: tuple[float, int, int, int, int] | None = None
-        self._holds = False
 
     # ---- QoE model -------------------------------------------------------------------
     def _targets(self, req: Request) -> tuple[float, float]:
@@ -170,10 +159,12 @@ class AndesScheduler(VLLMSteps):
     # ---- the decision ------------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
+        kv = self.kv
+        total = kv.num_gpu_blocks
+        util = (total - max(0, kv.num_free_blocks - len(self.running))) / total
         solve = self.num_engine_steps % self.params.solver_interval == 0
         self._pending.refresh(now_s)
-        self._no_slack_seen = False
-        evict, chosen = self.decide(now_s, solve and self._contended(self.kv.num_free_blocks, len(self.running)))
+        evict, chosen = self.decide(now_s, solve and util >= self.params.util_threshold)
         for req in evict:
             self.evict(req, out, swap=True)
         num_evicted = len(out.swapped_out) + len(out.preempted)
@@ -181,17 +172,7 @@ class AndesScheduler(VLLMSteps):
         budget = self.schedule_running(out, self.config.max_num_batched_tokens, swap=True)
         if len(out.swapped_out) + len(out.preempted) == num_evicted:  # swap-in only if nothing else was preempted
             self._bring_in(out, chosen, budget)
-        # (only after a step that `_no_slack` decided, as the next ones most likely are: else the
-        # first boundary would most likely end the stretch)
-        self._each_step = self._no_slack_seen and len(self._pending) > 0
-        self._holds = False  # (until a stretch planned from this step says so at a boundary)
         return out
-
-    def _contended(self, free_blocks: int, num_running: int) -> bool:
-        """Is KV memory contended (utilisation at the threshold), `free_blocks` free as the step
-        starts, `num_running` running?"""
-        total = self.kv.num_gpu_blocks
-        return (total - max(0, free_blocks - num_running)) / total >= self.params.util_threshold
 
     def decide(self, now_s: float, contended: bool) -> tuple[list[Request], Iterable[Request]]:
         """(running requests to swap out, pending requests to bring in, in that order): the
@@ -206,7 +187,9 @@ class AndesScheduler(VLLMSteps):
         p = self.params
         running, pending = self.running, self._pending
         k = int(p.sacrifice_percentile * (len(running) + len(pending)))
-        if self._no_slack(k, now_s):
+        if p.unit_overhead_s >= 1e-200 and bisect_right(pending.slack_keys, now_s) > k:
+            # k + 1 pending requests are past their next token's time: the k-th smallest
+            # slack is <= 0, and so is the cap (the overhead is > 0), whatever runs
             return 0, []
         qoe, qoe_of = self._qoe, self._qoe_of
         run_keys = []  # `slacks_s` + now of the running requests
@@ -221,17 +204,11 @@ class AndesScheduler(VLLMSteps):
         overhead = p.unit_overhead_s * bs * total_weight / (len(running) + len(pending))
         return (math.floor(threshold / overhead) if overhead > 0 else len(running)), run_weights
 
-    def _no_slack(self, k: int, now_s: float) -> bool:
-        """Are k + 1 pending requests past their next token's time? Then the k-th smallest
-        slack is <= 0, and so is the preemption cap (the overhead is > 0), whatever runs."""
-        return self.params.unit_overhead_s >= 1e-200 and bisect_right(self._pending.slack_keys, now_s) > k
-
     def _knapsack(self, now_s: float) -> tuple[list[Request], list[Request] | Iterable[Request]]:
         running = self.running
         max_preempt, run_weights = self._max_preempt(now_s)
         order = self._pending.order(now_s)
         if max_preempt < 1:  # no slack to sacrifice: admit what fits, preempt nothing
-            self._no_slack_seen = not run_weights  # (`_no_slack` decided it: no pass over the batch)
             return [], (e[3] for e in order)
         head = next(order)
         best = -head[0]
@@ -328,98 +305,6 @@ class AndesScheduler(VLLMSteps):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch, and
-        # a finish admits nobody (prompts done this step decode with the rest). Else, after a
-        # step that evicted and swapped in nothing, the densities move with time: each next
-        # step is decided at its start (`finish_admits_at`), inside an admission stretch.
-        if self.nothing_pending(output):
-            return REPEAT_THROUGH
-        if (self._each_step and self.finish_admission() and len(output.scheduled) == len(self.running)
-                and not (output.preempted or output.swapped_out or output.swapped_in)):
-            return EACH_STEP
-        return NO_FAST_FORWARD
-
-    def finish_admission(self) -> bool:
-        return self.params.solver_interval == 1  # (every step solves: no step count to follow)
-
-    def finish_admits_at(self, now_s: float, num_running: int, free_blocks: int, num_held: int,
-                         free_at_start: int) -> list[tuple[Request, int]] | None:
-        # `schedule` at `now_s` with `num_held` decodes (and a prompt's rest) running: the
-        # knapsack's preemption cap is 0 without a pass over the batch (`_no_slack`), or memory
-        # is not contended, so `decide` evicts nothing and `_bring_in` takes the pending requests
-        # by density until one does not fit; a swap-in or a recompute is left to stepping
-        pending = self._pending
-        pending.refresh(now_s)
-        self._span, self._holds = None, False
-        if (len(pending) and self._contended(free_at_start, num_held)
-                and not self._no_slack(int(self.params.sacrifice_percentile * (num_held + len(pending))), now_s)):
-            return None
-        cfg, kv = self.config, self.kv
-        budget, room = cfg.max_num_batched_tokens - num_running, cfg.max_num_seqs - num_held
-        joins: list[tuple[Request, int]] = []
-        for e in pending.order(now_s):
-            req = e[3]
-            if budget <= 0 or len(joins) >= room:
-                break
-            if req.state is RequestState.SWAPPED:
-                if free_blocks - kv.num_cpu_blocks_of(req.id) - 1 >= 0:  # (`swap_in_room`)
-                    return None
-                break
-            if not is_fresh(req):
-                return None
-            n = self.first_chunk(req, 0, budget)
-            need = -(-n // kv.block_size)
-            if n <= 0 or need > free_blocks:
-                break  # it waits (`admit` fails), and so do the requests after it
-            joins.append((req, n))
-            if n != req.num_tokens:
-                if n != budget:
-                    return None  # a chunk with budget left (the long-prefill cap): not this stretch's
-                break  # a first chunk spends the budget: its rest runs first next step
-            budget -= n
-            free_blocks -= need
-        num_held += len(joins)
-        self._span = (now_s, free_blocks, cfg.max_num_batched_tokens - num_held, cfg.max_num_seqs - num_held, num_held)
-        return joins
-
-    def finish_holds(self) -> bool:
-        # After the last answer's admissions, with no slack (a count of pending requests past
-        # their time, which only grows with time) no step evicts, and if the smallest pending
-        # request does not fit the blocks free now (which only fall until a finish) nothing
-        # comes in, whatever the order the densities take
-        self._holds = self._span is not None and self._none_fit(0)
-        return self._holds
-
-    def _none_fit(self, num_new: int, tokens: int | None = None) -> bool:
-        """With `num_new` more pending requests (a newcomer of `tokens` tokens), would no step
-        until the next finish evict or bring in any (see `finish_holds`)?"""
-        now_s, free, budget, room, held = self._span
-        pending = self._pending
-        if pending.num_keyed or not self._no_slack(
-                int(self.params.sacrifice_percentile * (held + len(pending) + num_new)), now_s):
-            return False
-        if budget <= 0 or room <= 0:
-            return True  # (`_bring_in` stops before any request)
-        waiting, swapped = pending.sizes
-        if swapped and swapped[0] + 1 <= free:
-            return False
-        smallest = min(waiting[0], tokens) if waiting and tokens is not None else (
-            waiting[0] if waiting else tokens)
-        if smallest is None:
-            return True
-        _, _, threshold, chunked = self.limits  # (`first_chunk`, from the size alone)
-        n = threshold if 0 < threshold < smallest else smallest
-        return (not chunked and n > budget) or -(-min(n, budget) // self.kv.block_size) > free
-
-    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        for req, n in joins:  # (`admit` from a budget of its chunk: `first_chunk` gives it n)
-            if self.admit(req, n, out) is None:
-                raise AssertionError(f"request {req.id} could not be admitted at a finish")
-
-    def arrival_keeps_batch(self, req: Request | None) -> bool:
-        # the stretch in flight after a `schedule` that left requests pending is decided at each
-        # step's start (`fast_forward`), which values a newcomer as that `schedule` would; from
-        # a boundary whose choice holds until the next finish, only if it would not come in either
-        if not (self._each_step and self.finish_admission()):
-            return False
-        return req is None or not self._holds or (not req.kv_block_keys and self._none_fit(1, req.num_tokens))
+        # a finish admits nobody (prompts done this step decode with the rest).
+        return REPEAT_THROUGH if self.nothing_pending(output) else NO_FAST_FORWARD
 

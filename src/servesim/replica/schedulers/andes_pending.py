@@ -15,8 +15,6 @@ by the scheduler is the merge of that list and the sorted dynamic ones, by (-den
 
 The slack percentile and mean weight need the pending requests' slack keys (arrival + TTFT_exp
 + n / TDS_exp, minus now) and weights: both constant while pending, kept sorted and summed.
-So are their sizes (a waiting request's tokens, a swapped one's CPU blocks), which bound the
-blocks the smallest needs to come in whatever the order (`AndesScheduler.finish_holds`).
 """
 
 from __future__ import annotations
@@ -41,9 +39,7 @@ class PendingOrder:
         self.static: list[tuple] = []  # (-density, group, place, request, weight), sorted
         # (weight, group, place, request), sorted: by decreasing bound of the density (1 / weight)
         self.dynamic: list[tuple] = []
-        self.info: dict[Request, list] = {}  # request -> [group, place, weight, slack key, where, size]
-        self.sizes: tuple[list[int], list[int]] = ([], [])  # sorted: waiting requests' tokens, swapped CPU blocks
-        self.num_keyed = 0  # pending requests with prefix keys (a hit may lower their need)
+        self.info: dict[Request, list] = {}  # request -> [group, place, weight, slack key, where]
         self.slack_keys: list[float] = []  # sorted
         self.total_weight = 0
         self.checks: list[tuple] = []  # heap of (time to re-check, seq, request, static entry)
@@ -72,11 +68,8 @@ class PendingOrder:
         n = req.num_output_tokens
         weight = round((req.prompt_len + n + 1) / s.kv.block_size + 0.5)  # `weight`
         key = arrival + ttft + n / tds  # `slack_s` + now
-        size = req.num_tokens if group == WAITING else s.kv.num_cpu_blocks_of(req.id)
-        self.info[req] = [group, place, weight, key, None, size]
+        self.info[req] = [group, place, weight, key, None]
         insort(self.slack_keys, key)
-        insort(self.sizes[group], size)
-        self.num_keyed += bool(req.kv_block_keys)
         self.total_weight += weight
         self._new.append(req)
 
@@ -91,9 +84,6 @@ class PendingOrder:
         elif where is not None:
             del self.static[bisect_left(self.static, where)]
         del self.slack_keys[bisect_left(self.slack_keys, info[3])]
-        sizes = self.sizes[info[0]]
-        del sizes[bisect_left(sizes, info[5])]
-        self.num_keyed -= bool(req.kv_block_keys)
         self.total_weight -= info[2]
 
     def clear(self) -> None:

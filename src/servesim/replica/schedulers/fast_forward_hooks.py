@@ -104,25 +104,6 @@ class FastForwardHooks:
         chunk (`finish_admits.py`). Changes no state."""
         return None
 
-    def finish_admits_at(self, now_s: float, num_running: int, free_blocks: int, num_held: int,
-                         free_at_start: int) -> list[tuple[Request, int]] | None:
-        """`finish_admits` for a stretch the policy holds one step at a time (`FastForward.each_step`),
-        asked at every step boundary at `now_s`: what the `schedule` starting then admits (the
-        next boundary asks again, so nothing needs to hold beyond this step), None if that
-        `schedule` would do anything else (evict, swap in, chunk a prompt other than the last
-        admitted). `num_held`: the requests running in that step (`running` still lists those
-        that left); `free_at_start`: the blocks free when it starts, before the running
-        requests' blocks for it. Changes no state but the policy's own time-dependent
-        bookkeeping, which `schedule` at `now_s` would bring to the same point. Default: the
-        time does not matter (`finish_admits`)."""
-        return self.finish_admits(num_running, free_blocks)
-
-    def finish_holds(self) -> bool:
-        """Asked after `finish_admits_at`'s admissions: does that step's choice hold for every step
-        until the next finish (no boundary needed before it; an arrival that would change it is
-        not kept, `arrival_keeps_batch`)? Default: no."""
-        return False
-
     def finish_departs(self, reqs: list[Request]) -> None:
         """Told at a boundary of such a stretch, before `finish_admits`: the requests that left
         it since its last boundary (still listed in `running`). A policy whose admission reads a

@@ -68,11 +68,6 @@ class FastForward:
     """At most this many steps repeat (this step included): the policy decides otherwise at
     the next one whatever happens (`vtc`'s `max_wait_tokens` decode steps). A policy that sets
     it admits no arrivals into the stretch (`arrivals_join` None)."""
-    each_step: bool = False
-    """Without `repeat`: the next steps may run this batch, but the policy's choice depends on
-    the time at each step (`andes`'s densities), so only an admission stretch may hold them,
-    with a boundary after every step where `finish_admits_at` decides that step as `schedule`
-    would (`replica/admission_stretch.py`)."""
 
 
 NO_FAST_FORWARD = FastForward()
@@ -81,5 +76,3 @@ REPEAT_DECODES = FastForward(repeat=True)  # the usual answer of a policy whose 
 REPEAT_AFTER_PREFILL = FastForward(repeat=True, after_prefill=True)
 # ... and through finishes: nothing waits, so a finish only frees blocks and a sequence slot.
 REPEAT_THROUGH = FastForward(repeat=True, after_prefill=True, through_finishes=True)
-# Requests pending, a choice that moves with time: decided again at every step's boundary.
-EACH_STEP = FastForward(after_prefill=True, each_step=True)
