@@ -63,6 +63,42 @@ def test_next_turns_join_stretches_exactly(extra, monkeypatch):
     assert with_hits > 0.05 * len(fast.requests), with_hits  # next turns, with their context cached
 
 
+@pytest.mark.parametrize("scheduler", ["priority", "edf", "hygen"])
+def test_keyed_policies_join_next_turns_exactly(scheduler, monkeypatch):
+    """`priority` and `edf` (static keys: no request has a deadline) and `hygen` (online only)
+    admit a lone waiting turn as vLLM does, and a next turn arriving last runs after every
+    running request: their next turns join as vLLM's (`joins_last`)."""
+    sets = BUSY + [f"scheduler.name={scheduler}"]
+    fast, slow, joins, with_hits = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert joins > 0.15 * len(fast.requests), joins
+    assert with_hits > 0.05 * len(fast.requests), with_hits
+
+
+def test_a_turn_that_would_not_run_last_ends_the_stretch(monkeypatch):
+    """Mixed priorities: a turn whose key sorts before a running request's would run before it in
+    the later steps (each `schedule` sorts the batch), so it ends the stretch instead of joining;
+    the others still join, and the results are stepping's."""
+    from servesim.replica.schedulers.priority import KeyedScheduler
+
+    refused = []
+    joins_last = KeyedScheduler.joins_last
+
+    def counted(self, req):
+        last = joins_last(self, req)
+        if not last and not self.swapped:
+            refused.append(req.id)
+        return last
+
+    monkeypatch.setattr(KeyedScheduler, "joins_last", counted)
+    sets = BUSY + ["scheduler.name=priority", "workload.attributes.priorities={0: 1, 1: 1}"]
+    fast, slow, joins, _ = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert refused and joins > 0, (len(refused), joins)
+
+
 def test_joins_under_kv_pressure_are_exact(monkeypatch):
     """A small KV cache: the decodes' pops evict cached contexts, and stretches are limited by
     the blocks free (here the turns that could join hit none of their context)."""

@@ -21,11 +21,13 @@ before):
   lookup could find) are neither indexed nor in the registrations the stretch planned
   (`KVCacheManager.keys_conflict_many`'s kept plan, which covers every step of the stretch):
   the decodes' registrations and the pops' evictions up to step s cannot change them;
-- vLLM's own admission (`VLLMScheduler`: `schedule`, `admit`, `first_chunk`), the only waiting
-  request, whole in the budget the decodes leave, and its blocks (hits and new) within those
-  the stretch counts free (as `join_arrivals`).
+- vLLM's own admission (`VLLMScheduler`: `schedule`, `admit`, `first_chunk`; or a
+  `KeyedScheduler`'s, `priority` and `edf`, whose `_admit` of a lone waiting request that fits
+  is vLLM's, with static keys that sort it after every running request; or `hygen`'s with no
+  offline request: `joins_last`), the only waiting request, whole in the budget the decodes
+  leave, and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
 
-Then it is admitted now with vLLM's `admit` (the lookup, hits and registration done now), its
+Then it is admitted now as vLLM's `admit` would (the lookup, hits and registration done now), its
 step s is priced with its prompt beside its cached context, and from step s + 1 it decodes
 with the others, registering its decode blocks as the stretch's keyed requests do (checked for
 conflicts with the rest by `Engine._limit`). Exact: `tests/cluster/test_keyed_join.py` runs
@@ -38,6 +40,8 @@ from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.prefix_registration import _runs_from
+from servesim.replica.schedulers.hygen import HyGenScheduler
+from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.stretch import Stretch
@@ -68,7 +72,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     req = next(iter(sched.waiting))
     max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
     if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
-            or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs):
+            or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req)):
         return False
     hits = kv.get_computed_blocks(req)
     if hits.num_own:
@@ -120,9 +124,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         step_s = engine.perf.step_time_s([(n, cached)], ctxs)
     else:
         step_s = _join_step_s(engine.perf, st, s, num_running, joins)
-    # `VLLMScheduler.join` (`admit_whole`) with the hits just found: `VLLMSteps.admit`'s calls
+    # the policy's `join` (`admit_whole`) with the hits just found: `VLLMSteps.admit`'s calls
     # for a request without KV store tokens, admitted whole
-    sched._head_blocked_by_kv = False
+    sched.before_join()
     if not kv.allocate_slots(req, n, hits):
         raise AssertionError(f"request {req.id} could not join the stretch")
     sched.waiting.remove(req)
@@ -171,14 +175,28 @@ def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
 def admits_keyed(engine) -> bool:
     """Can requests with prefix keys join this engine's stretches (where nothing reads its
     prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
-    finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask."""
+    finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask (but for
+    what `joins_last` reads at each join)."""
     return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
 
 
 def _vllm_admission(sched) -> bool:
-    """Is the next `schedule`'s admission vLLM's own (`VLLMScheduler`: its queue in order,
-    `admit` with the prefix hits, `first_chunk`), with no adapters?"""
+    """Is the next `schedule`'s admission of a lone waiting request vLLM's own (`admit` with
+    the prefix hits, `first_chunk`), with no adapters: `VLLMScheduler` (its queue in order), or
+    a `KeyedScheduler` admitting joins (`admits_joins`: no per-step state a join skips, its
+    `_admit` calling `admit` for the head, `join` as vLLM's), or `hygen` (`_admit_online`)?"""
     cls = type(sched)
-    return (isinstance(sched, VLLMScheduler) and cls.schedule is VLLMScheduler.schedule
-            and cls.arrivals_join is VLLMScheduler.arrivals_join and cls.join is VLLMScheduler.join
-            and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk and sched.lora is None)
+    if not (isinstance(sched, VLLMSteps) and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk):
+        return False
+    if isinstance(sched, VLLMScheduler):
+        return (cls.schedule is VLLMScheduler.schedule and cls.arrivals_join is VLLMScheduler.arrivals_join
+                and cls.join is VLLMScheduler.join and cls.before_join is VLLMScheduler.before_join
+                and cls.joins_last is VLLMScheduler.joins_last and sched.lora is None)
+    if isinstance(sched, HyGenScheduler):  # (online only: `joins_last`)
+        return (cls.schedule is HyGenScheduler.schedule and cls._admit_online is HyGenScheduler._admit_online
+                and cls._allocate_online is HyGenScheduler._allocate_online and cls._start is HyGenScheduler._start
+                and cls.before_join is HyGenScheduler.before_join and cls.joins_last is HyGenScheduler.joins_last)
+    return (isinstance(sched, KeyedScheduler) and cls.schedule is KeyedScheduler.schedule
+            and cls._admit is KeyedScheduler._admit and cls.arrivals_join is KeyedScheduler.arrivals_join
+            and cls.join is KeyedScheduler.join and cls.before_join is KeyedScheduler.before_join
+            and cls.joins_last is KeyedScheduler.joins_last and sched.admits_joins())

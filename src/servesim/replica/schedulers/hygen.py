@@ -239,13 +239,25 @@ class HyGenScheduler(VLLMSteps):
                              cfg.max_num_batched_tokens, lambda req, budget: min(req.num_tokens, budget))
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        self._online_only, self._head_blocked = True, False  # (as `schedule` leaves them)
+        self.before_join()
         for req, n in joins:
             hits = self.kv.get_computed_blocks(req)  # (none: a fresh request)
             if not self._allocate_online(out, req, n, hits, admit=True):
                 raise AssertionError(f"request {req.id} could not join the stretch")
             self._start(req, hits, out, n)
             self.waiting.pop()
+
+    def before_join(self) -> None:
+        """What `schedule` sets before its admission, set by a join admitting in its place
+        (`join`; `replica/keyed_join.py`)."""
+        self._online_only, self._head_blocked = True, False  # (as `schedule` leaves them)
+
+    def joins_last(self, req: Request) -> bool:
+        """Would `req`, admitted into the stretch in flight, run after every running request in
+        its later steps (`replica/keyed_join.py`)? Online only (`arrivals_join`'s condition):
+        running requests keep their admission order, and `_admit_online` of a lone waiting
+        request that fits is vLLM's `admit` without the long-prompt cap."""
+        return not self.offline
 
     def finish_admission(self) -> bool:
         # online only: `_admit_online` is vLLM's admission in queue order (no offline fill)

@@ -193,9 +193,25 @@ class KeyedScheduler(VLLMSteps):
                              lambda req, budget: self.first_chunk(req, 0, budget))
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.before_join()
+        admit_whole(self, joins, out)
+
+    def before_join(self) -> None:
+        """What `schedule` sets before its admission, set by a join admitting in its place
+        (`join`; `replica/keyed_join.py`)."""
         self.waiting.sort(key=self._waiting_sort_key())  # (as `schedule`: the order `arrivals_join` used)
         self._head_blocked = self._head_blocked_by_kv = False
-        admit_whole(self, joins, out)
+
+    def joins_last(self, req: Request) -> bool:
+        """Would `req`, admitted into the stretch in flight, run after every running request in
+        its later steps (`replica/keyed_join.py`)? With static keys and its key the largest
+        (a later arrival of the same priority), each step's sort leaves it last; with nothing
+        swapped (`arrivals_join`'s condition), its admission is vLLM's."""
+        if self.swapped or not self.static_keys:
+            return False
+        key = self.sort_key()
+        k = key(req)
+        return all(key(r) < k for r in self.running)
 
     def finish_admission(self) -> bool:
         # static keys: the order of the waiting queue and the victims' keys never move; no

@@ -158,8 +158,18 @@ class VLLMScheduler(VLLMSteps):
                              max_num_batched_tokens, lambda req, budget: self.first_chunk(req, 0, budget))
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        self._head_blocked_by_kv = False
+        self.before_join()
         admit_whole(self, joins, out)
+
+    def before_join(self) -> None:
+        """What `schedule` sets before its admission, set by a join admitting in its place
+        (`join`; `replica/keyed_join.py`, which admits a next turn with the hits it found)."""
+        self._head_blocked_by_kv = False
+
+    def joins_last(self, req: Request) -> bool:
+        """Would `req`, admitted into the stretch in flight, run after every running request in
+        its later steps (`replica/keyed_join.py`)? Yes: running requests keep their admission order."""
+        return True
 
     def finish_admission(self) -> bool:
         # FCFS admission only (a priority queue is iterated sorted); no adapters; no policy of
