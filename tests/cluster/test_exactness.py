@@ -179,7 +179,7 @@ def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monk
     assert_same_steps(fast, slow)
 
 
-@pytest.mark.parametrize("scheduler", ["vllm-v0"])
+@pytest.mark.parametrize("scheduler", ["vllm-v0", "sglang"])
 @pytest.mark.parametrize("rate", [10, 40])
 def test_prompt_only_joins_are_exact_with_a_state_reading_router(scheduler, rate, reads_everything, monkeypatch):
     """A prefill-first policy's arrivals join stretches as prompt-only steps (`Stretch.stall`):
@@ -192,7 +192,7 @@ def test_prompt_only_joins_are_exact_with_a_state_reading_router(scheduler, rate
     sets = [f"router.name={reads_everything}", f"scheduler.name={scheduler}", f"workload.arrival.rate_per_s={rate}"]
     fast, slow = run(sets), run(sets, fast_forward=False)
     # (at 40 requests per second the 4 replicas queue: fewer arrivals find a stretch to join)
-    assert len(calls) > (0.5 if rate == 10 else 0.1) * len(fast.requests), len(calls)
+    assert len(calls) > (0.5 if rate == 10 else 0.05) * len(fast.requests), len(calls)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
 
