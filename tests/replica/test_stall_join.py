@@ -6,6 +6,7 @@ log), and the joins really happen."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from servesim.perf.build import build_perf_model
@@ -110,3 +111,36 @@ def test_sglang_mixed_chunks_do_not_join(llama):
     b = run(b_reqs, False, 2000, llama, scheduler="sglang", params={"enable_mixed_chunk": True})
     assert_same_run(a, b, a_reqs, b_reqs, 2000, FIELDS)
     assert a.num_joined_arrivals == 0
+
+
+@pytest.mark.parametrize("scheduler", ["vllm-v0", "sglang"])
+@pytest.mark.parametrize("crash_s", [0.03, 0.1005, 0.103, 0.12, 0.3, 0.5])
+def test_a_crash_after_a_prompt_only_join_matches_stepping(scheduler, crash_s):
+    # the second and third requests join as prompt-only steps at 0.0266-0.0406 and
+    # 0.1024-0.1154 (Llama-3.1-8B on an H100): a crash during either (the stretch settled with
+    # the stall in flight: its prompt lost, the stalled decodes' steps before it kept), between
+    # them, just after the second or later
+    from servesim.core.loop import PRIO_ARRIVAL
+    from tests.factories import STEP_LOG_COLUMNS, make_engine
+
+    def crashed(ff: bool):
+        engine, _, _, loop, _ = make_engine(num_blocks=2000, scheduler=scheduler, params={}, defer_finishes=True,
+                                            fast_forward=ff)
+        reqs = [make_request(0, 64, 300), make_request(1, 40, 300, 0.02), make_request(2, 30, 200, 0.1)]
+        for r in reqs:
+            loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
+        lost = []
+        loop.schedule(crash_s, lambda t, _: lost.extend(engine.crash(t)), None, PRIO_ARRIVAL)
+        loop.run(until_s=crash_s)
+        return engine, reqs, lost
+
+    (a, a_reqs, a_lost), (b, b_reqs, b_lost) = crashed(True), crashed(False)
+    assert a.num_joined_arrivals >= 1 and b.num_joined_arrivals == 0
+    assert [r.id for r in a_lost] == [r.id for r in b_lost]
+    for x, y in zip(a_reqs, b_reqs):
+        assert (x.num_output_tokens, x.token_steps, x.first_token_s, x.num_computed_tokens) == (
+            y.num_output_tokens, y.token_steps, y.first_token_s, y.num_computed_tokens)
+    assert a.num_steps == b.num_steps
+    la, lb = a.recorder.step_log(2000), b.recorder.step_log(2000)
+    for col in STEP_LOG_COLUMNS:
+        assert np.array_equal(getattr(la, col), getattr(lb, col)), col
