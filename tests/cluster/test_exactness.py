@@ -177,3 +177,39 @@ def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monk
     slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
+
+
+@pytest.mark.parametrize("scheduler", ["vllm-v0", "sglang"])
+@pytest.mark.parametrize("rate", [10, 40])
+def test_prompt_only_joins_are_exact_with_a_state_reading_router(scheduler, rate, reads_everything, monkeypatch):
+    """A prefill-first policy's arrivals join stretches as prompt-only steps (`Stretch.stall`):
+    a router reading every view field (running, waiting, KV blocks, tokens outstanding) while
+    stretches hold stalls routes as with stepping, and the runs are the same."""
+    from servesim.replica import stretch_join
+    calls = []
+    stall = stretch_join._stall_join
+    monkeypatch.setattr(stretch_join, "_stall_join", lambda *a: stall(*a) and not calls.append(1))
+    sets = [f"router.name={reads_everything}", f"scheduler.name={scheduler}", f"workload.arrival.rate_per_s={rate}"]
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    # (at 40 requests per second the 4 replicas queue: fewer arrivals find a stretch to join)
+    assert len(calls) > (0.5 if rate == 10 else 0.05) * len(fast.requests), len(calls)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+
+
+def test_prompt_only_joins_at_eight_replicas_are_exact(monkeypatch):
+    """The azure-conv trace at 8 replicas (least-requests): most arrivals at a busy replica join
+    its stretch as a prompt-only step (priced ahead by numpy chunks, cut there), and the run is
+    stepping's."""
+    from servesim.replica import stretch_join
+    calls = []
+    stall = stretch_join._stall_join
+    monkeypatch.setattr(stretch_join, "_stall_join", lambda *a: stall(*a) and not calls.append(1))
+    sets = ["replicas=8", "workload.trace.end_s=600", "router.name=least-requests", "scheduler.name=vllm-v0"]
+    path = str(ROOT / "examples/cluster-azure-conv.yaml")
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    assert len(calls) > 0.25 * len(fast.requests), len(calls)
+    assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)

@@ -254,7 +254,7 @@ class StepBuffer:
         emitted[first[single]] = chunks["a"][single]
         silent = self.silent_at.array()
         if len(silent):
-            running[silent] += 1  # (steps distinct: one prompt chunked per step)
+            np.add.at(running, silent, 1)  # (a step listed n times: n requests silent in it, a prompt-only step's stalled ones)
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
                        num_running=running, num_waiting=self._waiting(first, lens, chunks["num_waiting"]),
                        kv_used_blocks=self._block_usage(first, lens, single, chunks), num_gpu_blocks=num_gpu_blocks)

@@ -26,6 +26,7 @@ from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.replica.stretch_join import join_arrivals
+from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
 from servesim.workload.request import Request
 
 
@@ -250,7 +251,7 @@ class FastForwarding:
         first_new = st.first_new
         first = self.recorder.num_steps
         nd = len(st.decodes)
-        if k < st.first_finish:  # nobody finished: every request ran all k steps
+        if k < st.first_finish and not st.stalls:  # nobody finished: every request ran all k steps
             steps_of = [k] * len(reqs)
             new_blocks = [(req, (k - f - 1) // bs + 1) for req, f in zip(reqs, first_new) if f < k]
             finished, frees = [], []
@@ -264,12 +265,23 @@ class FastForwarding:
                 finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
             # a request that finished before the last step frees all its blocks after its last step
             held = st.freed_blocks(self.kv)
-            frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1))
+            grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
+            frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
                      for i in finished if (m := steps_of[i]) < k]
-            advance_decodes(st.decodes, steps_of, first)
-        prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
-        prefill_at = apply_joins(st, steps_of, first, frees,
-                                 self.kv.num_blocks_list([req for _, req, _ in st.joins])) if st.joins else ()
+            if not st.stalls:
+                advance_decodes(st.decodes, steps_of, first)
+        joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
+        if st.stalls:
+            new_blocks += [(reqs[i], c) for i, c in grown.items()]
+            prefill_tokens, prefill_at = apply_stalled(st, steps_of, first, frees, joined)
+            # (the growth before each stall as an entry of its own; each stall's requests silent)
+            first_new = first_new + [f for _, f, _ in st.grown]
+            steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in st.grown]
+            silent_at = [s for s, stalled in st.stalls if s < k for _ in range(stalled)]
+        else:
+            prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
+            prefill_at = apply_joins(st, steps_of, first, frees, joined) if st.joins else ()
+            silent_at = ()
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         if st.keyed_last is None:
@@ -282,7 +294,8 @@ class FastForwarding:
         self.num_steps += k
         self.num_fast_forwarded_steps += k
         self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
-                                       [j for j in st.waiting_from if j < k], prefill_at=prefill_at)
+                                       [j for j in st.waiting_from if j < k], prefill_at=prefill_at,
+                                       silent_at=silent_at)
         return done
 
     def _apply_lone(self, st: Stretch) -> list[Request]:

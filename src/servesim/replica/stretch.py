@@ -45,7 +45,8 @@ class Stretch(StretchJoins, StretchPricing):
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
-                 "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id")
+                 "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
+                 "_stall_need")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -116,6 +117,12 @@ class Stretch(StretchJoins, StretchPricing):
         self.limited = False  # shortened to the KV blocks free or to the prefix keys (`Engine._limit`)
         # (a step j, blocks_needed(j), requests that may grow from step j on): `blocks_needed`'s base
         self._need_at = (0, 0, list(range(n)))
+        # prompt-only steps inside the stretch (`StretchJoins.stall`: a prefill-first policy's
+        # admission): (step, requests stalled in it), in step order; and the growth each
+        # stalled request had before its stall, (index, first new block step, stall step)
+        self.stalls: list[tuple[int, int]] = []
+        self.grown: list[tuple[int, int, int]] = []
+        self._stall_need: tuple | None = None  # `_need_at` just after the last stall (`blocks_needed`)
 
     @property
     def ends(self) -> list[float] | np.ndarray:
@@ -172,6 +179,9 @@ class Stretch(StretchJoins, StretchPricing):
         total = sum(r if r < j else j for r in self.remaining)
         for s, _, _ in self.joins:  # (their steps before they joined were counted above)
             total -= s if s < j else j
+        for s, stalled in self.stalls:  # (prompt-only steps: the requests running emitted nothing)
+            if s < j:
+                total -= stalled
         return total
 
     def active_at(self, j: int) -> int:
@@ -209,6 +219,10 @@ class Stretch(StretchJoins, StretchPricing):
                 delta += (last - f) // block_size + 1
             if r <= j:  # finished in step r - 1 < j: everything it held is free again
                 delta -= blocks_held(req) + ((r - 1 - f) // block_size + 1 if f <= r - 1 else 0)
+        remaining = self.remaining
+        for i, f, s in self.grown:  # (growth before a stall, of those not finished by step j)
+            if remaining[i] > j and f <= j:
+                delta += (min(j + 1, s) - 1 - f) // block_size + 1
         return delta
 
     def freed_blocks(self, kv: Any) -> Callable[[Any], int]:

@@ -62,6 +62,10 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     joins = sched.arrivals_join(num_running)
     if not joins:
         return False
+    if sched.stalls_decodes:
+        if not _stall_join(engine, st, now_s, joins):
+            return False
+        return _priced_on(engine, st, now_s, s, len(joins))
     bs = kv.block_size
     blocks, kept = sched.join_blocks(joins)
     free = st.free_blocks - st.join_blocks - blocks - kept
@@ -79,17 +83,57 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     if len(joins) == 1 and st._f is not None and st._priced == s:
         _join_one(engine, st, now_s, joins, blocks, num_running)  # (the usual arrival: one request, the scalar state step s's)
     else:
-        step_s = _join_step_s(engine.perf, st, s, num_running, joins)
-        sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
-        for req, _ in joins:
-            if req.first_scheduled_s is None:
-                req.first_scheduled_s = now_s
-        first_new = kv.first_new_block_steps([req for req, _ in joins], [n - s for _, n in joins])
-        st.join(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
-    engine.num_joined_arrivals += len(joins)
+        _admit(engine, st, now_s, joins, blocks, _join_step_s(engine.perf, st, s, num_running, joins), st.join)
+    return _priced_on(engine, st, now_s, s, len(joins))
+
+
+def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: float, add) -> None:
+    """Admit `joins` (the policy's `join`) and add them to the stretch at its step s = k
+    (`add`: `Stretch.join`, or `Stretch.stall` for a prompt-only step), `step_s` long."""
+    engine.scheduler.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
+    for req, _ in joins:
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now_s
+    s, bs = st.k, engine.kv.block_size
+    first_new = engine.kv.first_new_block_steps([req for req, _ in joins], [n - s for _, n in joins])
+    add(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
+
+
+def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int) -> bool:
+    """After `num_joined` requests joined at step s: price the stretch on to the next event,
+    limit it to the blocks free, and (re)schedule its end. True."""
+    engine.num_joined_arrivals += num_joined
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, s + 1)
     engine._schedule_stretch_end(st)
+    return True
+
+
+def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
+    """`join_arrivals` for a prefill-first policy: stepping's step s runs the admitted prompts
+    alone (priced as stepping prices that step), the running decodes stalled, and the steps
+    after it decode the grown batch (`Stretch.stall`). The blocks checked are those the
+    decodes grew before s (none grow in s), the prompts' and those the policy keeps free
+    (vLLM V0's watermark, SGLang's decode reserve). True if they joined (not yet priced on)."""
+    sched, kv = engine.scheduler, engine.kv
+    if engine.notice is not None:
+        return False  # (finish notices follow departure steps, which a stall moves)
+    s, bs = st.k, kv.block_size
+    blocks, kept = sched.join_blocks(joins)
+    free = st.free_blocks - st.join_blocks - blocks - kept
+    if st.blocks_bound(s, bs) > free and st.blocks_needed(s, bs) > free:
+        return False
+    if st._priced != s or st._f is None:
+        st.truncate(s)  # (priced ahead by numpy chunks: the scalar state of step s, as for a join)
+        st._sync()
+    if st._f is False:
+        return False  # (no scalar decode form: the steps after the stall are left to a new stretch)
+    perf = engine.perf
+    step_fn = getattr(perf, "prompt_step_s", None) if len(joins) == 1 else None
+    step_s = step_fn(0, joins[0][1], 0) if step_fn is not None else None  # (its form: the same floats)
+    if step_s is None:
+        step_s = perf.step_time_s([(n, 0) for _, n in joins], [])  # (`_start_step`'s call for that step)
+    _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
     return True
 
 
@@ -135,10 +179,11 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     on. True if they joined (its end event is rescheduled); False changes nothing read later
     (the cut stretch's running state may be rewound: it is applied from its per-step lists)."""
     sched = engine.scheduler
-    if (not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
+    if (sched.stalls_decodes or not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
             or st._until_s != math.inf or st.kmax != UNLIMITED_STEPS or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
-        return False  # (a policy whose order holds only so far, `repeat_order_limit`, never joins)
+        return False  # (a policy whose order holds only so far, `repeat_order_limit`, never joins; a
+        # prefill-first one's prompt-only step is not built for speculative stretches)
     st.rewind()  # (to the last step kept: the step s to price follows it)
     act = st._active
     if len(st.reqs) - len(act) > len(act) + MAX_EXTRA_DEPARTED:

@@ -25,8 +25,15 @@ class StretchJoins:
         n0 = len(self.reqs) - len(starts)
         # the steps before k where the batch changes: departures and joins (C slices of the two
         # sorted lists, no generator step per request: a stretch holds a few dozen of each)
-        marks = sorted({0, *rem[:bisect_left(rem, k)], *starts[:bisect_left(starts, k)]})
+        marks = {0, *rem[:bisect_left(rem, k)], *starts[:bisect_left(starts, k)]}
+        if self.stalls:  # (a prompt-only step runs its prompts alone: a run of its own)
+            marks.update(j for s, _ in self.stalls if s < k for j in (s, s + 1) if j < k)
+        marks = sorted(marks)
         sizes = [n0 + bisect_right(starts, j) - bisect_right(rem, j) for j in marks]
+        for s, _ in self.stalls:
+            if s < k:
+                i = bisect_left(marks, s)
+                sizes[i] = bisect_right(starts, s) - bisect_left(starts, s)
         marks.append(k)
         return BatchRuns(sizes, list(map(sub, marks[1:], marks)))
 
@@ -36,9 +43,14 @@ class StretchJoins:
         over the requests that may still grow (a long stretch that requests joined and left
         holds many that no longer do)."""
         at, need, live = self._need_at
-        if steps < at:
-            return sum(_growth(f, 0, min(steps, r), block_size) for f, r in zip(self.first_new, self.remaining))
         first_new, remaining = self.first_new, self.remaining
+        if steps < at:
+            base = self._stall_need
+            if base is None or steps < base[0]:  # (from the start; with the growth before stalls)
+                return (sum(_growth(f, 0, min(steps, r), block_size) for f, r in zip(first_new, remaining))
+                        + sum(_growth(f, 0, min(steps, s), block_size) for _, f, s in self.grown))
+            at, need, live = base  # (counted on from the last stall, not kept)
+            return need + sum(_growth(first_new[i], at, min(steps, remaining[i]), block_size) for i in live)
         need += sum(_growth(first_new[i], at, min(steps, remaining[i]), block_size) for i in live)
         self._need_at = (steps, need, [i for i in live if remaining[i] > steps])
         return need
@@ -101,6 +113,56 @@ class StretchJoins:
                 self._leave(s + 1)
         else:
             self._f = None  # (`_sync` rebuilds it from the lists)
+
+    def stall(self, joins: list[tuple[Any, int]], first_new: list[int], blocks: int, step_s: float,
+              forms: "DecodeForms | None", block_size: int) -> None:
+        """`join` for a prefill-first policy (`Scheduler.stalls_decodes`): step s = k runs the
+        admitted prompts alone (`step_s` long) and the requests running stall in it; from
+        s + 1 on everyone decodes. In the stretch's frame each request running at s moves one
+        step later: remaining + 1 and ctx1 - 1 (the same contexts in the same order, from s + 1
+        on, and its last token one step later), its first new block step after s one later, and
+        the blocks it grew before s kept in `grown` (a request's growth is regular only between
+        stalls). Everything priced, limited and read later follows from those lists; what counts
+        tokens or steps (`tokens_before`, `batch_runs`, the apply) reads `stalls`."""
+        s, bs = self.k, block_size
+        remaining, ctx1, first = self.remaining, self.ctx1, self.first_new
+        at, need, live = self._need_at
+        if at > s:  # (counted past s, then cut back: from the count after the last stall, or from the start)
+            base = self._stall_need
+            if base is not None and base[0] <= s:
+                at, need, live = base
+            else:
+                at, need, live = s, self.blocks_needed(s, bs), [i for i, r in enumerate(remaining) if r > s]
+        # One pass over the requests that may grow from `at` on: the blocks they grow in
+        # [at, s) (`blocks_needed(s)`; nothing grows in step s), and those running at s stall
+        rem = self._sorted_rem
+        for p in range(bisect_right(rem, s), len(rem)):
+            rem[p] += 1
+        grown = self.grown
+        running = []
+        for i in live:
+            f, r = first[i], remaining[i]
+            if f < s:
+                g = f if f >= at else f + (at - f + bs - 1) // bs * bs  # (its first growth step from `at`)
+                hi = r if r < s else s
+                if g < hi:
+                    need += (hi - 1 - g) // bs + 1
+            if r > s:  # (running at s: it stalls)
+                remaining[i] = r + 1
+                ctx1[i] -= 1
+                if f < s:
+                    grown.append((i, f, s))
+                    f += (s - f + bs - 1) // bs * bs  # its first growth step at or after s
+                first[i] = f + 1
+                running.append(i)
+        live = running
+        self._ctx_total -= len(live)
+        if self._f is not None and self._priced == s:
+            self._ctx_sum -= len(live)  # (the scalar state of step s in the new frame: `join` adds a step to each)
+        self.stalls.append((s, len(live)))
+        self._need_at = (s + 1, need, live)
+        self.join(joins, first_new, blocks, step_s, forms, bs)
+        self._stall_need = self._need_at  # (the count just after the last stall: later counts start there)
 
     def join_one(self, req: Any, n: int, first_new: int, blocks: int, step_s: float, forms: "DecodeForms | None",
                  block_size: int, cached: int = 0) -> None:

@@ -61,6 +61,10 @@ class FastForwardHooks:
     # Does each of those steps allocate the prompt's blocks for its chunk and register its
     # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
     chunks_allocate = False
+    # Does a step that admits prompts run them alone, every running request stalled for it
+    # (prefill-first: vLLM V0, SGLang without mixed chunks)? Then `arrivals_join`'s requests
+    # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.
+    stalls_decodes = False
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`

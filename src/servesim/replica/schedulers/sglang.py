@@ -38,6 +38,7 @@ from pydantic import Field
 
 from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
@@ -303,6 +304,45 @@ class SGLangScheduler(Scheduler):
                 return
             decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
             self.new_token_ratio = max(self.new_token_ratio - decay * steps, self.min_ratio)
+
+    # ------------------------------------------------------------------ joins (`Stretch.stall`)
+    stalls_decodes = True  # (a prefill batch runs alone; `arrivals_join` declines mixed chunks)
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # `_prefill_batch` on a queue of newcomers in FCFS order, nothing chunked, transferred
+        # or in an inbox: each whole within the chunk budget and `max_running` (on `running`,
+        # which still lists the stretch's departed requests), and after the first within what
+        # `max_prefill_tokens` leaves; the token rule (`rem_total`) is `join_blocks`'.
+        if (self.params.enable_mixed_chunk or self.params.schedule_policy != "fcfs" or self.chunked is not None
+                or self._transferred or self._inbox):
+            return None
+        joins = whole_prompts(self.waiting, len(self.running), 0, self.max_running, self.chunk_size,
+                              lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
+        rem_input = self.params.max_prefill_tokens
+        for j, (_, n) in enumerate(joins or ()):
+            if j and n >= rem_input:
+                return None
+            rem_input -= n
+        return joins
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        for req, n in joins:
+            self.kv.allocate_slots(req, n)  # (no tree hit: `whole_prompts` took requests without keys)
+            self.waiting.remove(req)
+            self.start(req, 0, n, out)
+        if self._mark is not None:
+            self._mark += 1  # (the ratio decays per decode step: not for the prompt-only step)
+
+    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
+        # Admission needs each request's new tokens plus its clipped `max_new` below `rem_total`
+        # (free tokens less the running requests' reserve). The reserve over `running` (which
+        # still lists departed requests, their generated tokens as at the stretch's start) at the
+        # ratio of the stretch's start (it only decays) is at least stepping's, so blocks left
+        # free above the prompts' for it and the totals, with a block to spare for the floats'
+        # rounding, admit the requests there too.
+        blocks, _ = super().join_blocks(joins)
+        total = sum([n + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) for req, n in joins])
+        return blocks, max(int((total + self._reserve()) // self.kv.block_size) + 2 - blocks, 0)
 
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
         # Decode steps list `running` in its order. A mixed step (`enable_mixed_chunk`) lists

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
     SchedulerParams,
@@ -186,6 +187,29 @@ class VLLMV0Scheduler(VLLMSteps):
         # decodes cannot lift (the stretch stops at a finish, which could lift it).
         return (self._blocked and not self._blocked_by_budget
                 and bool(self.swapped or (self.waiting and self.waiting.peek() is self._blocked_head)))
+
+    stalls_decodes = True  # (a step with prompts runs only prompts)
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # `_schedule_prefills` on a queue of newcomers, nothing swapped: FCFS, each whole
+        # within the prefill step's own budget and `max_num_seqs` (on `running`, which still
+        # lists the stretch's departed requests: at least stepping's count), its blocks above
+        # the watermark (`join_blocks`: the engine checks them)
+        if self.swapped:
+            return None
+        return whole_prompts(self.waiting, len(self.running), 0, self.max_num_seqs, self.token_budget,
+                             lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self._blocked = self._blocked_by_budget = False  # (as that `schedule` leaves them)
+        for req, n in joins:
+            self.kv.allocate_slots(req, n)  # (no prefix hit: `whole_prompts` took fresh requests only)
+            self.waiting.pop()
+            self.start(req, 0, n, out)
+
+    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
+        blocks, _ = super().join_blocks(joins)
+        return blocks, self.watermark_blocks
 
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode steps run the running requests sorted by arrival, whatever their progress (a

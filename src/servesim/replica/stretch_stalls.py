@@ -1,0 +1,74 @@
+"""Applying a stretch with prompt-only steps (`Stretch.stall`: a prefill-first policy's
+arrivals joining it).
+
+In a prompt-only step s the requests running emit nothing: each request's tokens are its steps
+less the stalls after its first, and its KV growth is regular only between stalls (the part
+before each stall is in `Stretch.grown`). `_apply_stretch` asks here for what differs from a
+stretch without stalls: the blocks grown before the stalls and the requests' token runs.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+from servesim.replica.stretch import Stretch
+
+
+def grown_blocks(st: Stretch, steps_of: list[int], block_size: int) -> dict[int, int]:
+    """Blocks each stalled request grew before its stalls, by index (`grown`; steps it ran
+    only: a stretch cut by a crash may stop before a stall)."""
+    counts: dict[int, int] = {}
+    for i, f, s in st.grown:
+        m = min(s, steps_of[i])
+        if f < m:
+            counts[i] = counts.get(i, 0) + (m - f - 1) // block_size + 1
+    return counts
+
+
+def apply_stalled(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[int, int]],
+                  blocks: list[int]) -> tuple[int, list[tuple[int, int]]]:
+    """`advance_decodes`, `apply_step0_prompts` and `apply_joins` for a stretch with stalls:
+    each request emits a token at the end of each of its steps (from step 0, or its join step)
+    but the stall steps after its first. Returns the step-0 prompt tokens and the join steps'
+    (step, prompt tokens), for the step log; appends the joiners' blocks to `frees` as
+    `apply_joins` does."""
+    k, ends = st.k, st.ends
+    stalls = [s for s, _ in st.stalls if s < k]
+    nd, n0 = len(st.decodes), len(st.reqs) - len(st.joins)
+    joined = iter(zip(st.joins, blocks))
+    prefill_tokens = 0
+    prefill_at: dict[int, int] = {}
+    for i, (req, hi) in enumerate(zip(st.reqs, steps_of)):
+        lo, n = 0, 0
+        if i >= n0:
+            (lo, _, n), base = next(joined)
+            if lo >= k:  # (a crash settled the stretch before the step it joined in ended)
+                continue
+            prefill_at[lo] = prefill_at.get(lo, 0) + n
+            frees.append((lo, -base))
+        elif i >= nd:
+            n = st.prefills[i - nd][1]
+            prefill_tokens += n
+        runs, a = [], lo  # its steps lo .. hi - 1 less the stalls after lo, as runs
+        for p in range(bisect_right(stalls, lo), bisect_left(stalls, hi)):
+            s = stalls[p]
+            if s > a:
+                runs += (first + a, first + s - 1)
+            a = s + 1
+        if a < hi:
+            runs += (first + a, first + hi - 1)
+        m = sum(runs[1::2]) - sum(runs[::2]) + len(runs) // 2  # tokens it emitted
+        req.num_output_tokens += m
+        if i < nd:
+            req.num_computed_tokens += m
+            own = req.token_steps
+            if runs and own[-1] == first - 1 and runs[0] == first:  # (its run before the stretch goes on)
+                own[-1] = runs[1]
+                runs = runs[2:]
+            own += runs
+        else:
+            req.num_computed_tokens += n + m - 1
+            req.token_steps += runs
+            if req.first_token_s is None:
+                req.first_token_s = float(ends[lo])
+    return prefill_tokens, list(prefill_at.items())
