@@ -219,6 +219,8 @@ class FastForwarding:
         st, gen = payload
         if gen != st.gen:
             return  # replaced by a cut or an extension
+        if self.on_event:
+            self.on_event()
         if not st.final and st.k < st.kmax:
             # Nothing touched this replica: extend to at least four times the stretch's span so far.
             k = st.k
