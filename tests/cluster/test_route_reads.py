@@ -13,6 +13,8 @@ from servesim.cluster.counts import InFlightCounts
 from servesim.cluster.view import ClusterView
 from servesim.replica.replica import Replica
 
+from .helpers import count_calls
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,7 +42,7 @@ def test_bulk_outstandings_equal_each_replicas_count_at_every_arrival(monkeypatc
 def _kept_counts_checked(monkeypatch) -> dict:
     """Check every read of the kept counts against each replica's own count at that time;
     count the reads, the replicas read again, and the finishes counted inside stretches."""
-    kept, again = InFlightCounts.at, Replica.outstanding_until
+    kept = InFlightCounts.at
     seen = {"reads": 0, "candidates": 0, "read_again": 0, "inside": 0}
 
     def checked(self, t, indices):
@@ -51,12 +53,8 @@ def _kept_counts_checked(monkeypatch) -> dict:
         seen["inside"] += sum(self.replicas[i].num_outstanding for i in indices) > sum(got)
         return got
 
-    def counted(self, t):
-        seen["read_again"] += 1
-        return again(self, t)
-
     monkeypatch.setattr(InFlightCounts, "at", checked)
-    monkeypatch.setattr(Replica, "outstanding_until", counted)
+    count_calls(monkeypatch, Replica, "outstanding_until", seen, "read_again")
     return seen
 
 

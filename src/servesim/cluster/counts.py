@@ -6,7 +6,7 @@ engine, a submission, a crash) or when a finish inside its stretch in flight, pr
 passes its step's end. So each replica's count is kept with the time up to which it holds
 (`Replica.outstanding_until`), and read again only for the replicas touched since (their
 engines call `touch` at each event: `Engine.on_event`) and those whose time has passed. The
-numbers are the ones every replica would have answered (tests/cluster/test_inflight_counts.py).
+numbers are the ones every replica would have answered (tests/cluster/test_route_reads.py).
 Used only where every change to a replica passes through those events and the cluster's own
 submissions and status changes (no autoscaler, power manager, migration, prefill/decode pools
 or KV store: `simulation.py`).
