@@ -199,7 +199,7 @@ class FastForwarding:
         size = max(2 * n, 64) + 1
         coeffs = [(0.0, 0.0)] + [affine(k)[::2] for k in range(1, size)]  # (base, cpu) per batch size
         base, cpu = (np.array(col, dtype=float) for col in zip(*coeffs))
-        self._forms = (base, cpu, first[1], first[3])
+        self._forms = DecodeForms((base, cpu, first[1], first[3]))
         return self._forms
 
     @property

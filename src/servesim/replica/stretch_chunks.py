@@ -1,5 +1,6 @@
 """Step times of a stretch's numpy chunk: pure functions of the perf model's affine decode
-forms and the batch (see `Stretch.price`).
+forms and the batch (see `Stretch.price`), and the forms themselves (with one request's step
+times by context, made once).
 
 Step j of a stretch runs the requests with remaining > j, whose context sum is (their ctx1
 sum) + (j - 1) * (their count): exact integers, the values stepping reaches by increments.
@@ -11,9 +12,31 @@ from __future__ import annotations
 
 import numpy as np
 
-# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
-# max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine)
-DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
+
+class DecodeForms(tuple):
+    """The affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
+    max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine);
+    a plain 4-tuple does too, without `lone`."""
+
+    _lone: np.ndarray | None = None
+
+    def lone(self, stop: int) -> np.ndarray:
+        """The step times of one request alone by its context, 0 .. at least stop - 1: a run of
+        one request is a slice of it (the commonest run at many replicas: an arrival at an idle
+        replica), not three or four numpy calls. Each element is `times_of_run`'s, made by the
+        same operations on the same values; grown by doubling to the longest context asked."""
+        table = self._lone
+        if table is None or len(table) < stop:
+            base, cpu, g, overlap = self
+            table = np.multiply(np.arange(0.0, float(max(stop, 1024, 0 if table is None else 2 * len(table)))), g)
+            table += base[1]
+            if overlap:
+                np.maximum(table, cpu[1], out=table)  # (where a time is above the floor, it stays)
+            else:
+                table += cpu[1]
+            self._lone = table
+        return table
+
 # The context sums are made by a float `arange`: whole numbers below 2^53 (token counts) are
 # exact in float64, and `arange` makes each as start + i * step, exact too, so each product
 # with g is the one of the integer (numpy converts an int64 to float64 before multiplying),
@@ -30,6 +53,8 @@ def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> No
     times only grow along the run (n and g >= 0, and rounding keeps order), so past a first
     step at or above the floor `maximum` would change nothing (the scalar form's first
     element, computed the same way: the int to float, times g, plus base)."""
+    if n == 1 and type(forms) is DecodeForms:
+        return lone_run(times, forms, ctx0)
     base, cpu, g, overlap = forms
     b = base[n]
     np.multiply(np.arange(float(ctx0), float(ctx0 + len(times) * n), float(n)), g, out=times)
@@ -40,6 +65,12 @@ def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> No
             np.maximum(times, c, out=times)
     else:
         times += cpu[n]
+
+
+def lone_run(times: np.ndarray, forms: DecodeForms, ctx0: int) -> None:
+    """`times_of_run` of one request (its context from `ctx0` on), from the forms' table."""
+    stop = ctx0 + len(times)
+    times[:] = forms.lone(stop)[ctx0:stop]
 
 
 def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, rem: list[int] | None,
@@ -56,12 +87,15 @@ def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, re
         n = n_all - p
         ctx0 = ctx_total - prefix[p] + (j - 1) * n
         run = times[j - j0:stop - j0]
-        np.multiply(np.arange(float(ctx0), float(ctx0 + (stop - j) * n), float(n)), g, out=run)
-        run += base[n]
-        if overlap:
-            np.maximum(run, cpu[n], out=run)
+        if n == 1 and type(forms) is DecodeForms:  # (the last request left alone)
+            lone_run(run, forms, ctx0)
         else:
-            run += cpu[n]
+            np.multiply(np.arange(float(ctx0), float(ctx0 + (stop - j) * n), float(n)), g, out=run)
+            run += base[n]
+            if overlap:
+                np.maximum(run, cpu[n], out=run)
+            else:
+                run += cpu[n]
         j = stop
         while p < q and rem[p] == j:
             p += 1
