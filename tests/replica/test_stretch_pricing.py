@@ -80,7 +80,7 @@ def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
     where it should."""
     base = np.array([0.0, 0.004, 0.0041, 0.0042])
     cpu = np.array([0.0, 0.009, 0.009, 0.009])
-    forms = (base, cpu, 1.3e-8, overlap)
+    forms = (base, cpu, 1.3e-8, overlap, None)  # (no table of one request's times)
     n, m = 3, 500
     fast, slow = np.empty(m), np.empty(m)
     stretch_chunks.times_of_run(fast, forms, n, ctx0)
@@ -102,17 +102,18 @@ def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
 @pytest.mark.parametrize("ctx0", [10, 684_300, 800_000])  # below, across and above the CPU floor
 def test_one_requests_runs_come_from_the_forms_table_bit_for_bit(overlap, ctx0):
     """A run of one request is a slice of the forms' table of one request's step times
-    (`DecodeForms.lone`), in a chunk nobody leaves and as the last run of one others left:
+    (`LoneTimes`), in a chunk nobody leaves and as the last run of one others left:
     the floats of the numpy calls on a plain tuple of the same forms, and the scalar form's."""
     base = np.array([0.0, 0.004, 0.0041])
     cpu = np.array([0.0, 0.0129, 0.0129])
-    plain = (base, cpu, 1.3e-8, overlap)
-    forms = stretch_chunks.DecodeForms(plain)
+    plain = (base, cpu, 1.3e-8, overlap, None)
+    lone = stretch_chunks.LoneTimes(base[1], cpu[1], 1.3e-8, overlap)
+    forms = plain[:4] + (lone,)
     m = 600
     table, numpy_calls = np.empty(m), np.empty(m)
     stretch_chunks.times_of_run(table, forms, 1, ctx0)
     stretch_chunks.times_of_run(numpy_calls, plain, 1, ctx0)
-    assert forms._lone is not None and len(forms._lone) >= ctx0 + m  # (the table was used, grown to the context)
+    assert len(lone._table) >= ctx0 + m  # (the table was used, grown to the context)
     assert table.tobytes() == numpy_calls.tobytes()
     expected = [0.004 + 1.3e-8 * (ctx0 + i) for i in range(m)]
     assert table.tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in expected]
