@@ -147,6 +147,8 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     if scenario.power is not None:
         power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
         power.start()
+    if n > 1 and not (disagg or migrate or auto or power is not None or cluster.kv_store is not None):
+        cluster.keep_counts()  # (every change to a replica is then one of its events, a submission or a status change)
     feed.start()
     try:
         _run_loop(loop, until_s)

@@ -54,3 +54,14 @@ def assert_same_steps(fast, slow) -> None:
         for col in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting",
                     "kv_used_blocks"):
             assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col
+
+
+def count_calls(monkeypatch, cls, name: str, calls: dict, key: str) -> None:
+    """Count in `calls[key]` the calls of method `name` of `cls` (which still runs), for one test."""
+    method = getattr(cls, name)
+
+    def counted(self, *args):
+        calls[key] += 1
+        return method(self, *args)
+
+    monkeypatch.setattr(cls, name, counted)

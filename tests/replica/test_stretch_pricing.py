@@ -80,7 +80,7 @@ def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
     where it should."""
     base = np.array([0.0, 0.004, 0.0041, 0.0042])
     cpu = np.array([0.0, 0.009, 0.009, 0.009])
-    forms = (base, cpu, 1.3e-8, overlap)
+    forms = (base, cpu, 1.3e-8, overlap, None)  # (no table of one request's times)
     n, m = 3, 500
     fast, slow = np.empty(m), np.empty(m)
     stretch_chunks.times_of_run(fast, forms, n, ctx0)
@@ -96,3 +96,35 @@ def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
         assert fast[0] > 0.009
     if overlap and ctx0 == 368_500:
         assert fast[0] == 0.009 < fast[-1]  # the floor binds for the first steps only
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("ctx0", [10, 684_300, 800_000])  # below, across and above the CPU floor
+def test_one_requests_runs_come_from_the_forms_table_bit_for_bit(overlap, ctx0):
+    """A run of one request is a slice of the forms' table of one request's step times
+    (`LoneTimes`), in a chunk nobody leaves and as the last run of one others left:
+    the floats of the numpy calls on a plain tuple of the same forms, and the scalar form's."""
+    base = np.array([0.0, 0.004, 0.0041])
+    cpu = np.array([0.0, 0.0129, 0.0129])
+    plain = (base, cpu, 1.3e-8, overlap, None)
+    lone = stretch_chunks.LoneTimes(base[1], cpu[1], 1.3e-8, overlap)
+    forms = plain[:4] + (lone,)
+    m = 600
+    table, numpy_calls = np.empty(m), np.empty(m)
+    stretch_chunks.times_of_run(table, forms, 1, ctx0)
+    stretch_chunks.times_of_run(numpy_calls, plain, 1, ctx0)
+    assert len(lone._table) >= ctx0 + m  # (the table was used, grown to the context)
+    assert table.tobytes() == numpy_calls.tobytes()
+    expected = [0.004 + 1.3e-8 * (ctx0 + i) for i in range(m)]
+    assert table.tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in expected]
+    if overlap and ctx0 == 684_300:
+        assert table[0] == 0.0129 < table[-1]  # the floor binds for the first steps only
+    # two requests from step 1, one leaving before step 200: the second run is one request's
+    rem, ctx1 = [200, 900], [ctx0, ctx0 + 50]
+    prefix = [0, ctx1[0], ctx1[0] + ctx1[1]]
+    by_table, by_calls = np.empty(m), np.empty(m)
+    stretch_chunks.times_by_runs(by_table, 1, forms, 2, rem, prefix, sum(ctx1), 0, 1)
+    stretch_chunks.times_by_runs(by_calls, 1, plain, 2, rem, prefix, sum(ctx1), 0, 1)
+    assert by_table.tobytes() == by_calls.tobytes()
+    alone = [0.004 + 1.3e-8 * (ctx0 + 50 + j - 1) for j in range(200, 601)]  # steps 200..600, the second alone
+    assert by_table[199:].tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in alone]

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from servesim.cluster.counts import InFlightCounts
 from servesim.cluster.routers import Router
 from servesim.cluster.view import ClusterView
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
@@ -63,6 +64,7 @@ class Cluster:
         self._router_dispatch = getattr(type(router), "on_dispatch", None) is not Router.on_dispatch
         self._router_tracks = getattr(type(router), "on_complete", None) is not Router.on_complete
         self._readers = (self._read_view, self._cached_blocks, self._lora_state, self._outstanding, self._outstandings)
+        self.counts: InFlightCounts | None = None  # the in-flight counts kept between arrivals (`keep_counts`)
 
     def index_models(self) -> None:
         """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
@@ -72,7 +74,19 @@ class Cluster:
         self._default_model = self.models[0]
         self._live.clear()
         for r in self.replicas:
-            r.on_status = self._live.clear
+            r.on_status = self._status_changed
+
+    def keep_counts(self) -> None:
+        """Keep the replicas' in-flight counts between arrivals (`cluster/counts.py`): only
+        where every change to a replica passes through its engine's events, the cluster's
+        submissions and status changes (the caller knows)."""
+        self.counts = InFlightCounts(self.replicas)
+
+    def _status_changed(self) -> None:
+        """A replica's `alive` or `state` was set."""
+        self._live.clear()
+        if self.counts is not None:
+            self.counts.touch_all()
 
     @property
     def num_outstanding(self) -> int:
@@ -111,6 +125,8 @@ class Cluster:
         delay_s = 0.0
         if self.kv_store is not None and req.hash_ids:
             delay_s = self.kv_store.load(req, index, self.replicas[index].cached_blocks(req))
+        if self.counts is not None:  # (its engine may see the request later, through an API server)
+            self.counts.touched.add(index)
         self.replicas[index].submit(req, now_s, delay_s)
 
     def route(self, router: Router, req: Request, cands: list[int], now_s: float) -> int | None:
@@ -142,6 +158,8 @@ class Cluster:
         return self.replicas[i].outstanding_at(self._route_s)
 
     def _outstandings(self, indices) -> list[int]:
+        if self.counts is not None:
+            return self.counts.at(self._route_s, indices)
         return outstandings_at(self.replicas, indices, self._route_s)
 
     def _cached_blocks(self, i: int, req: Request) -> int:

@@ -79,6 +79,9 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # Called with the time before anything here changes (a cluster keeping stale views
         # takes its snapshot then); None when nobody needs it.
         self.on_change: Callable[[float], None] | None = None
+        # Called at each of this engine's events and arrivals, before anything here changes (a
+        # cluster that keeps its routers' in-flight counts reads this replica's again); None: nobody.
+        self.on_event: Callable[[], None] | None = None
         # KV moving to or from other replicas (disaggregated prefill/decode); None otherwise
         self.ports: KVPorts | None = None
         self.busy = False
@@ -125,6 +128,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
         """A request reaches this replica at `now_s` (the caller records it)."""
+        if self.on_event:
+            self.on_event()
         if self.on_change:
             self.on_change(now_s)
         reason = self._reject_reason(req)
@@ -276,12 +281,16 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
 
     def _on_start(self, now_s: float, epoch: int) -> None:
         if epoch == self._epoch:
+            if self.on_event:
+                self.on_event()
             self._start_step(now_s)
 
     def _end_step(self, now_s: float, payload: tuple) -> None:
         start_s, out, decodes, prefills, num_running, num_waiting, epoch = payload
         if epoch != self._epoch:
             return  # the replica crashed during this step
+        if self.on_event:
+            self.on_event()
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
@@ -360,6 +369,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             self._start_step(now_s)
 
     def _done_at(self, now_s: float, req: Request) -> None:
+        if self.on_event:
+            self.on_event()
         self.on_done(req, now_s)
 
     def _go_idle(self, now_s: float) -> None:

@@ -58,6 +58,8 @@ class StepWaits:
     def _on_wake(self, now_s: float, epoch: int) -> None:
         if epoch != self._epoch:
             return
+        if self.on_event:
+            self.on_event()
         self._wake_s = float("inf")
         if not self.busy:
             self.busy = True

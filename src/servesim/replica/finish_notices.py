@@ -43,6 +43,8 @@ def _notice(now_s: float, payload: tuple) -> None:
     engine, st, token = payload
     if engine.stretch is not st or token != st.notice_id:
         return  # the stretch was applied, or cut before this departure's step
+    if engine.on_event:
+        engine.on_event()
     st.notice_at = 0
     rem, n = st._sorted_rem, st.num_noticed
     m = bisect_right(rem, rem[n], n)  # those whose last token is this step's, in finish order

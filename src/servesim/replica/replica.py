@@ -205,6 +205,16 @@ class Replica:
         st = self.engine.stretch
         return self.num_outstanding if st is None else self.num_outstanding - st.finished_by(t)
 
+    def outstanding_until(self, t: float) -> tuple[int, float]:
+        """`outstanding_at(t)`, and up to when (inclusive) it stays that unless an event here
+        changes it: the next finish inside the stretch in flight counts only after its step's
+        end (`InFlightCounts` keeps the counts between arrivals by it)."""
+        st = self.engine.stretch
+        if st is None:
+            return self.num_outstanding, float("inf")
+        n = st.finished_by(t)
+        return self.num_outstanding - n, st.next_finish_s(n)
+
     def before_change(self, now_s: float, refresh_interval_s: float) -> None:
         """Called before the engine changes state at `now_s`: keep the view a refresh at or
         before `now_s` took, if it was not taken yet (stale views cost nothing per tick)."""

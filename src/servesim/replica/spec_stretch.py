@@ -181,6 +181,10 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         """How many requests emitted their last token in steps that ended before `t`."""
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
 
+    def next_finish_s(self, n: int) -> float:
+        """As `Stretch.next_finish_s`, not tracked here: `finished_by` is read again at any later time."""
+        return float("-inf")
+
     def prompt_tokens_before(self, j: int) -> int:
         """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
         leave one token each; a prompt in progress has computed a chunk in each of steps 0..j-1."""

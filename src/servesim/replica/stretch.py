@@ -288,6 +288,15 @@ class Stretch(StretchJoins, StretchPricing):
                 return bisect_left(rem, self.step_in_flight(t) + 1)
         return n
 
+    def next_finish_s(self, n: int) -> float:
+        """Up to when `finished_by` stays `n` (its value now) without a change here: the end of
+        the next departure's last step, which counts from then on once it is a taken step and
+        not the last (the stretch's end event processes that one); else never (inf)."""
+        rem = self._sorted_rem
+        if rem is None or n == len(rem) or rem[n] >= self.k:
+            return float("inf")
+        return float(self._ends[rem[n] - 1])
+
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""
         if not self.through:

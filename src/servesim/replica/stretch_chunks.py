@@ -1,5 +1,6 @@
 """Step times of a stretch's numpy chunk: pure functions of the perf model's affine decode
-forms and the batch (see `Stretch.price`).
+forms and the batch (see `Stretch.price`), and the forms themselves (with one request's step
+times by context, made once).
 
 Step j of a stretch runs the requests with remaining > j, whose context sum is (their ctx1
 sum) + (j - 1) * (their count): exact integers, the values stepping reaches by increments.
@@ -11,9 +12,38 @@ from __future__ import annotations
 
 import numpy as np
 
-# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap), step time =
-# max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine)
-DecodeForms = tuple[np.ndarray, np.ndarray, float, bool]
+
+class LoneTimes:
+    """The step times of one request alone by its context, made once for an engine's forms: a
+    run of one request is a slice of them (the commonest run at many replicas: an arrival at an
+    idle replica) instead of three or four numpy calls. Each element is `times_of_run`'s, made
+    by the same operations on the same values; grown by doubling to the longest context asked."""
+
+    __slots__ = ("_base", "_cpu", "_g", "_overlap", "_table")
+
+    def __init__(self, base: float, cpu: float, g: float, overlap: bool) -> None:
+        self._base, self._cpu, self._g, self._overlap = base, cpu, g, overlap
+        self._table = np.empty(0)
+
+    def upto(self, stop: int) -> np.ndarray:
+        """The times for contexts 0 .. at least stop - 1."""
+        table = self._table
+        if len(table) < stop:
+            table = np.multiply(np.arange(0.0, float(max(stop, 1024, 2 * len(table)))), self._g)
+            table += self._base
+            if self._overlap:
+                np.maximum(table, self._cpu, out=table)  # (where a time is above the floor, it stays)
+            else:
+                table += self._cpu
+            self._table = table
+        return table
+
+
+# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap, lone), step time =
+# max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine);
+# `lone`: one request's step times (`LoneTimes`), None: computed each time. (A plain tuple, which
+# Python unpacks faster than a subclass: the forms are unpacked at every join.)
+DecodeForms = tuple[np.ndarray, np.ndarray, float, bool, "LoneTimes | None"]
 # The context sums are made by a float `arange`: whole numbers below 2^53 (token counts) are
 # exact in float64, and `arange` makes each as start + i * step, exact too, so each product
 # with g is the one of the integer (numpy converts an int64 to float64 before multiplying),
@@ -30,7 +60,9 @@ def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> No
     times only grow along the run (n and g >= 0, and rounding keeps order), so past a first
     step at or above the floor `maximum` would change nothing (the scalar form's first
     element, computed the same way: the int to float, times g, plus base)."""
-    base, cpu, g, overlap = forms
+    base, cpu, g, overlap, lone = forms
+    if n == 1 and lone is not None:
+        return lone_run(times, lone, ctx0)
     b = base[n]
     np.multiply(np.arange(float(ctx0), float(ctx0 + len(times) * n), float(n)), g, out=times)
     times += b
@@ -42,6 +74,12 @@ def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> No
         times += cpu[n]
 
 
+def lone_run(times: np.ndarray, lone: LoneTimes, ctx0: int) -> None:
+    """`times_of_run` of one request (its context from `ctx0` on), from the forms' table."""
+    stop = ctx0 + len(times)
+    times[:] = lone.upto(stop)[ctx0:stop]
+
+
 def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, rem: list[int] | None,
                   prefix: list[int], ctx_total: int, p: int, q: int) -> None:
     """Fill `times` with the step times from step j0 on, run by run of a constant batch.
@@ -49,19 +87,22 @@ def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, re
     `rem`: remaining counts in increasing order (None: nobody leaves), `prefix`: prefix sums of
     ctx1 in that order; the requests p..q-1 of that order leave inside the chunk (before step
     rem[i]), the first p before it."""
-    base, cpu, g, overlap = forms
+    base, cpu, g, overlap, lone = forms
     j, end = j0, j0 + len(times)
     while j < end:
         stop = min(rem[p], end) if p < q else end
         n = n_all - p
         ctx0 = ctx_total - prefix[p] + (j - 1) * n
         run = times[j - j0:stop - j0]
-        np.multiply(np.arange(float(ctx0), float(ctx0 + (stop - j) * n), float(n)), g, out=run)
-        run += base[n]
-        if overlap:
-            np.maximum(run, cpu[n], out=run)
+        if n == 1 and lone is not None:  # (the last request left alone)
+            lone_run(run, lone, ctx0)
         else:
-            run += cpu[n]
+            np.multiply(np.arange(float(ctx0), float(ctx0 + (stop - j) * n), float(n)), g, out=run)
+            run += base[n]
+            if overlap:
+                np.maximum(run, cpu[n], out=run)
+            else:
+                run += cpu[n]
         j = stop
         while p < q and rem[p] == j:
             p += 1
@@ -71,7 +112,7 @@ def times_by_steps(times: np.ndarray, j0: int, forms: DecodeForms, rem: list[int
                    ctx_total: int) -> None:
     """Fill `times` with the step times from step j0 on, vectorised over the steps (each
     step's batch from the sorted remaining counts `rem`; `prefix` as in `times_by_runs`)."""
-    base, cpu, g, overlap = forms
+    base, cpu, g, overlap, _ = forms
     rem_a, prefix_a = np.array(rem, dtype=np.int64), np.array(prefix, dtype=np.int64)
     j = np.arange(j0, j0 + len(times), dtype=np.int64)
     gone = rem_a.searchsorted(j, side="right")  # requests done before step j

@@ -118,7 +118,7 @@ class StretchPricing:
         if self._step1_s is None and self._f:  # (the scalar form is cheapest, while in sync)
             self._step1_s = self._f(self._ctx_sum)
         if self._step1_s is None:
-            base, cpu, g, overlap = self._forms
+            base, cpu, g, overlap, _ = self._forms
             n = len(self.reqs)
             x = float(base[n]) + g * self._ctx_total
             self._step1_s = max(x, float(cpu[n])) if overlap else x + float(cpu[n])
@@ -185,7 +185,7 @@ class StretchPricing:
         step): the same floats, as the scalar form evaluates it (`PerfModel.decode_time_fn`:
         base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
         max keeps the first of equals), with base and cpu the forms' entries for the batch size."""
-        base_a, cpu_a, g, overlap = self._forms
+        base_a, cpu_a, g, overlap, _ = self._forms
         ends: list[float] = []
         t = self.end_s
         j = self.k
