@@ -76,6 +76,17 @@ def serve(engine: Engine, loop: EventLoop, requests) -> None:
     loop.run()
 
 
+def serve_until_crash(engine: Engine, loop: EventLoop, requests, crash_s: float) -> list[Request]:
+    """Queue each request's arrival and a crash of the engine at `crash_s`; run to the crash.
+    Returns the requests the crash took off the engine."""
+    for r in requests:
+        loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
+    lost: list[Request] = []
+    loop.schedule(crash_s, lambda t, _: lost.extend(engine.crash(t)), None, PRIO_ARRIVAL)
+    loop.run(until_s=crash_s)
+    return lost
+
+
 def run_engine(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params: dict, max_num_seqs: int = 16):
     """One engine (token budget 256) serving `reqs` to the end, all KV blocks returned."""
     engine, _, kv, loop, _ = make_engine(num_blocks=num_blocks, max_num_batched_tokens=256, max_num_seqs=max_num_seqs,

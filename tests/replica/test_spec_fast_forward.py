@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.spec_decode import AcceptanceDraws
-from tests.factories import REQUEST_OUTCOME, assert_same_run, make_engine, make_request, serve
+from tests.factories import REQUEST_OUTCOME, assert_same_run, make_engine, make_request, serve, serve_until_crash
 from tests.replica.test_fast_forward import random_requests
 
 
@@ -112,11 +111,7 @@ def test_crash_in_a_stretch_keeps_the_draws_of_the_step_in_flight():
         engine, _, _, loop, _ = make_engine(num_speculative_tokens=3, spec_acceptance_rate=0.7,
                                             rng=np.random.default_rng(3), fast_forward=ff)
         reqs = [make_request(0, 64, 300), make_request(1, 40, 200)]
-        for r in reqs:
-            loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-        lost = []
-        loop.schedule(0.5, lambda t, _: lost.extend(engine.crash(t)), None, PRIO_ARRIVAL)
-        loop.run(until_s=0.5)
+        lost = serve_until_crash(engine, loop, reqs, 0.5)
         return engine, reqs, lost
 
     (a, a_reqs, a_lost), (b, b_reqs, b_lost) = crashed(True), crashed(False)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servesim.core.loop import PRIO_ARRIVAL
 from servesim.perf.build import build_perf_model
 from servesim.replica import stretch_join
 from tests.cluster.helpers import assert_same_steps, outcome, reads_everything  # noqa: F401
 from tests.cluster.helpers import run as cluster_run
 from tests.factories import (
-    REQUEST_OUTCOME, STEP_LOG_COLUMNS, ToyPerf, assert_same_run, make_engine, make_request, serve,
+    REQUEST_OUTCOME, STEP_LOG_COLUMNS, ToyPerf, assert_same_run, make_engine, make_request, serve, serve_until_crash,
 )
 from tests.replica.test_stretch_join import JOINING, light_load, light_load_with_slo
 
@@ -152,11 +151,7 @@ def test_crash_after_a_join_matches_stepping(crash_s):
         engine, _, _, loop, _ = make_engine(num_speculative_tokens=3, spec_acceptance_rate=0.7, defer_finishes=True,
                                             rng=np.random.default_rng(3), fast_forward=ff)
         reqs = [make_request(0, 64, 300), make_request(1, 30, 200, 0.1), make_request(2, 20, 250, 0.1001)]
-        for r in reqs:
-            loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-        lost = []
-        loop.schedule(crash_s, lambda t, _: lost.extend(engine.crash(t)), None, PRIO_ARRIVAL)
-        loop.run(until_s=crash_s)
+        lost = serve_until_crash(engine, loop, reqs, crash_s)
         return engine, reqs, lost
 
     (a, a_reqs, a_lost), (b, b_reqs, b_lost) = crashed(True), crashed(False)

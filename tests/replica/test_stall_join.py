@@ -120,18 +120,13 @@ def test_a_crash_after_a_prompt_only_join_matches_stepping(scheduler, crash_s):
     # 0.1024-0.1154 (Llama-3.1-8B on an H100): a crash during either (the stretch settled with
     # the stall in flight: its prompt lost, the stalled decodes' steps before it kept), between
     # them, just after the second or later
-    from servesim.core.loop import PRIO_ARRIVAL
-    from tests.factories import STEP_LOG_COLUMNS, make_engine
+    from tests.factories import STEP_LOG_COLUMNS, make_engine, serve_until_crash
 
     def crashed(ff: bool):
         engine, _, _, loop, _ = make_engine(num_blocks=2000, scheduler=scheduler, params={}, defer_finishes=True,
                                             fast_forward=ff)
         reqs = [make_request(0, 64, 300), make_request(1, 40, 300, 0.02), make_request(2, 30, 200, 0.1)]
-        for r in reqs:
-            loop.schedule(r.arrival_s, lambda t, req: engine.add_request(req, t), r, PRIO_ARRIVAL)
-        lost = []
-        loop.schedule(crash_s, lambda t, _: lost.extend(engine.crash(t)), None, PRIO_ARRIVAL)
-        loop.run(until_s=crash_s)
+        lost = serve_until_crash(engine, loop, reqs, crash_s)
         return engine, reqs, lost
 
     (a, a_reqs, a_lost), (b, b_reqs, b_lost) = crashed(True), crashed(False)
