@@ -268,6 +268,8 @@ def test_help_keeps_text_in_brackets():
     assert "fixed prompt length, or [low, high] uniform" in flat
     assert "workload.lengths.prompt_tokens (int or [int, int], default 512)" in flat
     assert "[[time_s, rate_per_s], ...]" in flat
+    # a tuple of any length reads as a list, not as a pair ending in Python's Ellipsis
+    assert "engine.spec_acceptance_curve (list of [int, float], default None)" in flat
 
 
 def test_a_terminated_run_leaves_no_scratch_folders(tmp_path):

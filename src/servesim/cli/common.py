@@ -68,6 +68,8 @@ def _type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # (a tuple of any length)
+        return f"list of {_type_name(args[0])}"
     if origin is tuple:
         return f"[{', '.join(_type_name(a) for a in args)}]"
     if origin in (dict, list):
