@@ -45,7 +45,7 @@ from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.stretch import Stretch
-from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on
 
 
 def with_keys(engine, st) -> bool:
@@ -147,11 +147,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             st.keyed_last = []
         st.keyed.append((req, ctx1))
         st.keyed_last.append(s + req.output_len - 1)
-    engine.num_joined_arrivals += 1
-    st.price(engine._stretch_horizon_s(now_s, st.end_s))
-    engine._limit(st, s + 1)
-    engine._schedule_stretch_end(st)
-    return True
+    return _priced_on(engine, st, now_s, s, 1)
 
 
 def _step_keys(st: Stretch, s: int, bs: int) -> set | None:

@@ -55,11 +55,11 @@ SEGMENTS = 4
 
 def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> None:
     """Fill `times` with the step times of a run of n requests whose first step's context sum is
-    `ctx0` (it grows by n a step): `times_by_runs` with no departure, in three or four numpy
-    calls. With `overlap`, the CPU floor is applied only if the first step is below it: the
-    times only grow along the run (n and g >= 0, and rounding keeps order), so past a first
-    step at or above the floor `maximum` would change nothing (the scalar form's first
-    element, computed the same way: the int to float, times g, plus base)."""
+    `ctx0` (it grows by n a step): one run of `times_by_runs`, in three or four numpy calls.
+    With `overlap`, the CPU floor is applied only if the first step is below it: the times only
+    grow along the run (n and g >= 0, and rounding keeps order), so past a first step at or
+    above the floor `maximum` would change nothing (the scalar form's first element, computed
+    the same way: the int to float, times g, plus base)."""
     base, cpu, g, overlap, lone = forms
     if n == 1 and lone is not None:
         return lone_run(times, lone, ctx0)
@@ -87,22 +87,12 @@ def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, re
     `rem`: remaining counts in increasing order (None: nobody leaves), `prefix`: prefix sums of
     ctx1 in that order; the requests p..q-1 of that order leave inside the chunk (before step
     rem[i]), the first p before it."""
-    base, cpu, g, overlap, lone = forms
     j, end = j0, j0 + len(times)
     while j < end:
         stop = min(rem[p], end) if p < q else end
         n = n_all - p
         ctx0 = ctx_total - prefix[p] + (j - 1) * n
-        run = times[j - j0:stop - j0]
-        if n == 1 and lone is not None:  # (the last request left alone)
-            lone_run(run, lone, ctx0)
-        else:
-            np.multiply(np.arange(float(ctx0), float(ctx0 + (stop - j) * n), float(n)), g, out=run)
-            run += base[n]
-            if overlap:
-                np.maximum(run, cpu[n], out=run)
-            else:
-                run += cpu[n]
+        times_of_run(times[j - j0:stop - j0], forms, n, ctx0)
         j = stop
         while p < q and rem[p] == j:
             p += 1
