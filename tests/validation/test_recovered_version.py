@@ -66,3 +66,24 @@ def test_the_measured_file_gives_18_trtllm_b200_rows_their_twins_release():
     by_twin = [r for r in read_rows(SILICON) if r.version != recorded[r.id] and not CONFIG_ID.search(r.id)]
     assert len(by_twin) == 18 and {r.version for r in by_twin} == {"1.2.0rc6.post2"}
     assert all(r.id.startswith("2026_04_06_deepseek_r1_b200_sxm_trtllm_") and recorded[r.id] == "" for r in by_twin)
+
+
+def test_a_dated_build_plays_as_the_release_tag_its_twins_record():
+    tag = _row("2026_03_25_qwen3_5_397b_b200_sxm_sglang_bf16_agg_1024x1024_c4", "nightly-dev", backend="sglang")
+    build = _row("qwen3_5_b200_sglang_bf16_agg_1024x1024_c4_cfg587", "nightly-dev-20260216-d3bae71e", backend="sglang")
+    out = twin_versions([tag, build])
+    assert [r.version for r in out] == ["nightly-dev", "nightly-dev"]
+    assert out[0].version_recorded and not out[1].version_recorded and out[1].id == build.id
+    # a build of another tag, or a near twin (TPOT one digit off), keeps the release it records
+    other = _row("o_cfg9", "0.5.9-20260216-d3bae71e", backend="sglang")
+    near = _row("n_cfg9", "nightly-dev-20260216-d3bae71e", backend="sglang", silicon_tpot_ms="10.000001")
+    assert [r.version for r in twin_versions([tag, other, near])][1:] == [other.version, near.version]
+
+
+@pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+def test_the_measured_file_plays_the_15_dated_sglang_nightly_rows_as_nightly_dev():
+    with SILICON.open(newline="") as f:
+        recorded = {r["id"]: r["backend_version"] for r in csv.DictReader(f)}
+    moved = [r for r in read_rows(SILICON) if recorded[r.id] and r.version != recorded[r.id]]
+    assert len(moved) == 15 and {(r.backend, r.system, r.version) for r in moved} == {("sglang", "b200_sxm", "nightly-dev")}
+    assert {recorded[r.id] for r in moved} == {"nightly-dev-20260216-d3bae71e"} and all(r.id.endswith("_cfg587") for r in moved)

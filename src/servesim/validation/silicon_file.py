@@ -123,16 +123,28 @@ def twin_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
     (`_measurement`, TTFT and TPOT equal to the last digit) under another id. The file holds some runs
     twice, once from the campaign's own export (AIConfigurator's `dsr1_..._cfg<N>`, release recorded or
     recovered) and once from InferenceMAX's (`2026_04_06_deepseek_r1_...`, no release): 18 TensorRT-LLM
-    B200 rows. Twins recorded with several releases leave the row as it is."""
+    B200 rows. Twins recorded with several releases leave the row as it is, except a build named after
+    its twins' release (`build_of_twins_release`)."""
     releases: dict[tuple, set[str]] = {}
     for r in rows:
         if r.version:
             releases.setdefault(_measurement(r), set()).add(r.version)
     out = []
     for r in rows:
-        found = releases.get(_measurement(r), set()) if not r.version else set()
+        found = releases.get(_measurement(r), set())
+        if r.version:
+            found = {v for v in found if build_of_twins_release(r.version, v)}
         out.append(replace(r, version=next(iter(found)), version_recorded=False) if len(found) == 1 else r)
     return out
+
+
+def build_of_twins_release(version: str, twins_release: str) -> bool:
+    """Whether `version` is one dated build of the release tag its twins record (`<tag>-<date>-<commit>`).
+    The 15 SGLang B200 `nightly-dev-20260216-d3bae71e` rows (Qwen3.5 BF16 TP 8, `_cfg587`) are each the
+    same measurement as `nightly-dev` rows of the 2026-03 / 04 exports (TTFT and TPOT equal to the last
+    digit; no other twins in the file disagree on the release): one run, which the build's own name
+    keys to no calibration or front-end entry while its tag does, so the build plays as its tag."""
+    return version.startswith(twins_release + "-")
 
 
 def held_out_ids(rows: list[SiliconRow]) -> frozenset[str]:
