@@ -34,7 +34,7 @@ def counted(monkeypatch):
     apply = fast_forward.apply_prompt_runs
 
     def counted_apply(st, *args):
-        calls["cut_inside"] += any(s0 + q >= st.k > s0 for s0, q, _, _, _ in st.prompt_runs)
+        calls["cut_inside"] += any(s0 + len(chunks) >= st.k > s0 for s0, chunks, _, _ in st.prompt_runs)
         return apply(st, *args)
 
     monkeypatch.setattr(stretch_join, "chunk_join", counted_join)

@@ -8,12 +8,13 @@ it the same chunk until the step that computes its rest, which emits its first t
 next step it decodes with the others. Ending the stretch there cost three cycles (apply,
 schedule, plan: the decode stretch, the chunk stretch, the last chunk's step). Here the prompt
 joins at the boundary s0 instead (`Scheduler.arrival_chunk`): steps s0 .. s0 + q - 1 run the
-decodes and a chunk c each, step s0 + q the decodes and the rest, and the request joins the
+decodes and a chunk each (the budget they leave), step s0 + q the decodes and the rest, and the request joins the
 stretch there as a whole prompt joins (`Stretch.join`), the earlier chunks kept in
 `Stretch.prompt_runs` for the views (`prompt_tokens_before`) and the step log.
 
-It joins only when those steps are certain: one waiting request, fresh; no decode leaves before
-s0 + q + 1 (the chunk is the budget less the decodes); the decodes' blocks up to s0 + q, the
+It joins only when those steps are certain: one waiting request, fresh; a decode still running
+in each (a decode that leaves before one adds a token to its chunk, as stepping's budget does:
+the chunks are listed, not one size); the decodes' blocks up to s0 + q, the
 prompt's and the watermark fit in those free when the stretch was planned (stepping has at
 least those: finishes only add to them); the perf model has the scalar chunk form (each step
 priced with `PerfModel.chunk_time_fn`, the same floats as stepping's `step_time_s`). An arrival
@@ -40,17 +41,24 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     if got is None:
         return False
     req, c = got
-    s0, n, rem = st.k, req.num_tokens, st._sorted_rem
-    q = -(-n // c) - 1  # full chunks before the rest (>= 1: the prompt is longer than c)
-    last = s0 + q  # the step that computes the rest and emits the first token
-    if bisect_right(rem, last) != bisect_right(rem, s0):
-        return False  # a decode leaves before the last chunk: the chunk would grow
+    # The chunk steps: step j gives the prompt the budget the decodes still running leave (the
+    # first chunk c is what the `num_running` leave: a decode that leaves adds one token to
+    # the next), up to the step whose budget covers its rest
+    budget, n, rem = c + num_running, req.num_tokens, st._sorted_rem
+    s0 = j = st.k
+    p = bisect_right(rem, j)
+    chunks, done = [], 0
+    while n - done > budget - (len(rem) - p):
+        chunks.append(budget - (len(rem) - p))
+        done += chunks[-1]
+        j += 1
+        p = bisect_right(rem, j, p)
+        if p == len(rem):
+            return False  # (every decode left: an idle batch's chunks, left to stepping)
+    last = j  # the step that computes the rest and emits the first token
     chunk_fn = getattr(engine.perf, "chunk_time_fn", None)
-    if chunk_fn is None:
-        return False
-    step_fn, last_fn = chunk_fn(num_running, c), chunk_fn(num_running, n - q * c)
-    if step_fn is None or last_fn is None:
-        return False
+    if chunk_fn is None or chunk_fn(num_running, c) is None:
+        return False  # (no scalar form of a chunk's step: sliding windows)
     bs = engine.kv.block_size
     blocks, kept = sched.join_blocks([(req, n)])
     free = st.free_blocks - st.join_blocks - blocks - kept
@@ -62,16 +70,23 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     sched.join([(req, c)], st.out)  # (listed in the output the stretch's end hands `end_step`)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
-    ctx_sum, t, ends = st._ctx_sum, st.end_s, []
-    for i in range(q):
-        t += step_fn(i * c, ctx_sum)
+    t, ends, cached, fns = st.end_s, [], 0, {}
+    for j, chunk in enumerate(chunks, s0 + 1):  # (j: the step after the chunk's)
+        active = st._active
+        f = fns.get(chunk)
+        if f is None:
+            f = fns[chunk] = chunk_fn(active, chunk)
+        t += f(cached, st._ctx_sum)
         ends.append(t)
-        ctx_sum += num_running
+        cached += chunk
+        st._ctx_sum += active
+        if st._p < len(rem) and rem[st._p] == j:
+            st._leave(j)  # (the scalar state of the next step: decodes whose last token was this one's leave)
     st._append(ends)
-    st._ctx_sum = ctx_sum  # (the scalar state of the last chunk's step: nobody left)
-    st.prompt_runs.append((s0, q, c, req, blocks))
+    st.prompt_runs.append((s0, chunks, req, blocks))
     first_new = engine.kv.num_blocks_of(req.id) * bs - (n - last) + 1  # (`first_new_block_steps`, ctx1 n - last)
-    st.join_one(req, n, first_new, blocks, last_fn(q * c, ctx_sum), engine._decode_forms(len(st.reqs) + 1), bs)
+    step_s = chunk_fn(st._active, n - cached)(cached, st._ctx_sum)
+    st.join_one(req, n, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + 1), bs)
     engine.num_joined_arrivals += 1
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, last + 1)
@@ -88,18 +103,18 @@ def apply_prompt_runs(st, frees: list[tuple[int, int]], prefill_at) -> tuple[lis
     k = st.k
     tokens = dict(prefill_at)
     silent = []
-    for s0, q, c, req, blocks in st.prompt_runs:
+    for s0, chunks, req, blocks in st.prompt_runs:
         if s0 >= k:
             continue  # (a crash settled the stretch before its first chunk's step ended)
-        last = s0 + q
-        stop = min(last, k)
-        for j in range(s0, stop):
-            tokens[j] = tokens.get(j, 0) + c
-        silent += range(s0, stop)
+        last = s0 + len(chunks)
+        ran = chunks[:k - s0]  # (all of them if its join step ran)
+        for j, chunk in enumerate(ran, s0):
+            tokens[j] = tokens.get(j, 0) + chunk
+        silent += range(s0, s0 + len(ran))
         frees.append((s0, -blocks))
         if last < k:
-            tokens[last] -= q * c
+            tokens[last] -= sum(chunks)
             frees.append((last, blocks))  # (`apply_joins` counted them from its join step)
         else:
-            req.num_computed_tokens += (stop - s0) * c
+            req.num_computed_tokens += sum(ran)
     return list(tokens.items()), silent

@@ -123,10 +123,10 @@ class Stretch(StretchJoins, StretchPricing):
         self.stalls: list[tuple[int, int]] = []
         self.grown: list[tuple[int, int, int]] = []
         self._stall_need: tuple | None = None  # `_need_at` just after the last stall (`blocks_needed`)
-        # prompts that joined with first chunks (`replica/chunk_join.py`): (step s0, full chunks
-        # q, chunk c, request, its blocks); steps s0 .. s0 + q - 1 run a chunk c each beside
-        # the decodes, and the request joins at s0 + q with the rest (an entry of `joins`)
-        self.prompt_runs: list[tuple[int, int, int, Any, int]] = []
+        # prompts that joined with first chunks (`replica/chunk_join.py`): (step s0, the chunks,
+        # request, its blocks); steps s0, s0 + 1, ... run a chunk each beside the decodes, and
+        # the request joins at s0 + len(chunks) with the rest (an entry of `joins`)
+        self.prompt_runs: list[tuple[int, list[int], Any, int]] = []
 
     @property
     def ends(self) -> list[float] | np.ndarray:
@@ -176,9 +176,9 @@ class Stretch(StretchJoins, StretchPricing):
         as the views count them: a prompt finished in step 0 (or when joining) is left with one
         token to compute."""
         total = sum(n - 1 for _, n in self.prefills) + sum(n - 1 for s, _, n in self.joins if s < j)
-        for s0, q, c, _, _ in self.prompt_runs:  # (chunks before the join step; the join counts them all after it)
-            if s0 < j <= s0 + q:
-                total += (j - s0) * c
+        for s0, chunks, _, _ in self.prompt_runs:  # (chunks before the join step; the join counts them all after it)
+            if s0 < j <= s0 + len(chunks):
+                total += sum(chunks[:j - s0])
         return total
 
     def tokens_before(self, j: int) -> int:

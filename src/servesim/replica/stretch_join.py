@@ -56,7 +56,7 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
-    if st.prompt_runs and st.prompt_runs[-1][0] + st.prompt_runs[-1][1] >= s:
+    if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
         return False  # (cut inside a prompt's chunks: the budget is that prompt's up to its last)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)  # (`st.active_at(s)`)
