@@ -7,17 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.perf.build import build_perf_model
 from servesim.replica import fast_forward, stretch_join
-from tests.factories import REQUEST_OUTCOME, assert_same_run
+from tests.factories import assert_same_run
+from tests.replica.test_stall_join import FIELDS, llama  # noqa: F401  (fixture)
 from tests.replica.test_stretch_join import light_load, run
-
-FIELDS = REQUEST_OUTCOME + ("first_scheduled_s", "num_computed_tokens", "token_steps")
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return build_perf_model("llama-3.1-8b", "h100-sxm")
 
 
 @pytest.fixture
