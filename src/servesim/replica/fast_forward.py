@@ -21,6 +21,7 @@ from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BatchRuns, BlockGrowth
 from servesim.replica.admission_stretch import AdmitStretch, admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.chunk_join import apply_prompt_runs
 from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
@@ -285,6 +286,8 @@ class FastForwarding:
             prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
             prefill_at = apply_joins(st, steps_of, first, frees, joined) if st.joins else ()
             silent_at = ()
+            if st.prompt_runs:  # (prompts that joined with chunks: `replica/chunk_join.py`)
+                prefill_at, silent_at = apply_prompt_runs(st, frees, prefill_at)
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         if st.keyed_last is None:

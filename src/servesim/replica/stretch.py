@@ -46,7 +46,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need")
+                 "_stall_need", "prompt_runs")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -123,6 +123,10 @@ class Stretch(StretchJoins, StretchPricing):
         self.stalls: list[tuple[int, int]] = []
         self.grown: list[tuple[int, int, int]] = []
         self._stall_need: tuple | None = None  # `_need_at` just after the last stall (`blocks_needed`)
+        # prompts that joined with first chunks (`replica/chunk_join.py`): (step s0, the chunks,
+        # request, its blocks); steps s0, s0 + 1, ... run a chunk each beside the decodes, and
+        # the request joins at s0 + len(chunks) with the rest (an entry of `joins`)
+        self.prompt_runs: list[tuple[int, list[int], Any, int]] = []
 
     @property
     def ends(self) -> list[float] | np.ndarray:
@@ -171,7 +175,11 @@ class Stretch(StretchJoins, StretchPricing):
         """Prompt tokens computed by steps 0..j-1 (1 <= j < k) beyond what the requests show,
         as the views count them: a prompt finished in step 0 (or when joining) is left with one
         token to compute."""
-        return sum(n - 1 for _, n in self.prefills) + sum(n - 1 for s, _, n in self.joins if s < j)
+        total = sum(n - 1 for _, n in self.prefills) + sum(n - 1 for s, _, n in self.joins if s < j)
+        for s0, chunks, _, _ in self.prompt_runs:  # (chunks before the join step; the join counts them all after it)
+            if s0 < j <= s0 + len(chunks):
+                total += sum(chunks[:j - s0])
+        return total
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1 (j < k): each request runs min(remaining, j) of them

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
+from servesim.replica.chunk_join import chunk_join
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
 from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import Stretch
@@ -55,13 +56,15 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
+    if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
+        return False  # (cut inside a prompt's chunks: the budget is that prompt's up to its last)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)  # (`st.active_at(s)`)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False  # mostly requests that left: the stretch is applied, the next one holds only those running
     joins = sched.arrivals_join(num_running)
     if not joins:
-        return False
+        return chunk_join(engine, st, now_s, num_running)  # (a prompt the budget chunks, Sarathi's)
     if sched.stalls_decodes:
         if not _stall_join(engine, st, now_s, joins):
             return False

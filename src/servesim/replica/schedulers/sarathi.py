@@ -23,7 +23,7 @@ from operator import attrgetter
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import whole_prompts
+from servesim.replica.schedulers.arrival_joins import is_fresh, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
@@ -157,10 +157,24 @@ class SarathiScheduler(Scheduler):
         return whole_prompts(self.waiting, len(self.running), num_running, self.config.max_num_seqs,
                              self.params.chunk_size, lambda req, budget: min(req.num_tokens, budget))
 
+    def arrival_chunk(self, num_running: int) -> tuple[Request, int] | None:
+        # Step 3 with one newcomer whose prompt the budget the decodes leave does not cover:
+        # admitted with that budget as its first chunk, it takes the whole budget in every
+        # step until its last chunk (step 2), and nothing else waits to be admitted beside it.
+        if self.num_waiting != 1 or len(self.running) >= self.config.max_num_seqs:
+            return None
+        req = self.waiting.peek()
+        budget = self.params.chunk_size - num_running
+        if budget <= 0 or req.prompt_len <= budget or not is_fresh(req):
+            return None
+        return req, budget
+
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         for req, n in joins:
             self.waiting.pop()
-            self.kv.allocate_slots(req, n)  # (the engine checked the blocks and the watermark)
+            # its whole prompt's blocks, as admission takes them (`n` is less for a first chunk:
+            # `arrival_chunk`); the engine checked the blocks and the watermark
+            self.kv.allocate_slots(req, req.num_tokens)
             self.running.append(req)
             req.state = RequestState.RUNNING
             out.scheduled.append((req, n))
