@@ -164,3 +164,33 @@ def test_prompts_chunked_by_the_spent_budget_inside_stretches(scheduler, params,
     assert len(chunks) >= 3  # prompts admitted with a first chunk inside stretches
     if not cfg:  # ... whose rests ran inside the stretch, and stretches that ended holding one
         assert sum(chunks) >= 5 and len(chunks) - sum(chunks) >= 3
+
+
+def fast_and_stepped(seed: int, num_blocks: int, perf, scheduler: str, params: dict):
+    """(the engines of `overload(seed)` fast-forwarded and stepped, checked to give the same run
+    with every request's token steps; the requests)"""
+    a_reqs, b_reqs = overload(seed), overload(seed)
+    a = run(a_reqs, True, num_blocks, perf, scheduler, params)
+    b = run(b_reqs, False, num_blocks, perf, scheduler, params)
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS + ("token_steps",))
+    return a, b, a_reqs
+
+
+# Prefill-first (`vllm-v0`): a finish admits the head in a prompt-only step of the stretch, the
+# decodes stalled in it (`Stretch.stall`), on the blocks free before that step's decodes take
+# theirs; a head the blocks above the watermark or the sequence cap hold back waits to the next
+# finish. Eight sequences make the cap the usual stop; swaps come back before any admission.
+PREFILL_FIRST = [{}, {"watermark": 0.2}, {"max_num_seqs": 8}, {"preemption_mode": "swap"}]
+
+
+@pytest.mark.parametrize("params", PREFILL_FIRST)
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (3, 300), (4, 200)])
+@pytest.mark.parametrize("perf_name", ["toy", "llama"])
+def test_prefill_first_admits_inside_stretches_as_prompt_only_steps(params, seed, num_blocks, perf_name, llama):
+    a, b, reqs = fast_and_stepped(seed, num_blocks, ToyPerf() if perf_name == "toy" else llama, "vllm-v0", params)
+    print(params, seed, num_blocks, perf_name, a.num_finish_admissions, a.num_fast_forwarded_steps / a.num_steps)
+    assert a.num_finish_admissions > 0.2 * len(reqs) and b.num_finish_admissions == 0
+    # the admitting steps are in the step log as prompt-only steps: a prompt computed and fewer
+    # tokens emitted than requests running
+    log = a.recorder.step_log(num_blocks)
+    assert ((log.prefill_tokens > 0) & (log.num_running > log.output_tokens + 1)).sum() > 0.1 * len(reqs)

@@ -124,7 +124,7 @@ class Recorder:
     def log_decode_steps(self, start_s: float, ends_s, batch, num_waiting: int,
                          kv_used_blocks: int | BlockGrowth, first_prefill_tokens: int = 0,
                          waiting_from: list[int] = (), prefill_at: list[tuple[int, int]] = (),
-                         waiting_to: list[int] = (), silent_at: list[int] = ()) -> None:
+                         waiting_to: list[int] = (), silent_at: list[int] = (), silent_n: list[int] = ()) -> None:
         """Consecutive steps ending at `ends_s`: step j runs `batch[j]` requests; the first
         computes `first_prefill_tokens` prompt tokens, and each (step, tokens) of `prefill_at`
         (requests that joined a stretch, steps > 0) that many. A stretch (KV use given as a `BlockGrowth`) emits a token per
@@ -132,8 +132,9 @@ class Recorder:
         `num_waiting` requests wait in the first step, one more from each step listed in
         `waiting_from` on (arrivals that joined a blocked queue; indices into this chunk), one
         fewer from each step listed in `waiting_to` on (waiting requests admitted in the stretch).
-        Each step listed in `silent_at` runs one request more than emit a token (a prompt's first
-        chunk: `batch` counts the requests that emit).
+        Each step listed in `silent_at` runs more requests than emit a token, by the matching
+        count of `silent_n` (one each without it: a prompt's first chunk; a prompt-only step's
+        stalled requests: `batch` counts the requests that emit).
         `ends_s` and `batch` may be lists or 1-D numpy arrays (copied); `batch` may also be
         given as `BatchRuns`."""
         if not isinstance(kv_used_blocks, BlockGrowth):
@@ -162,6 +163,7 @@ class Recorder:
             b.waiting_to.extend([local + step for step in waiting_to])
         if silent_at:
             b.silent_at.extend([local + step for step in silent_at])
+            b.silent_n.extend(silent_n or [1] * len(silent_at))
         if prefill_at:
             for step, tokens in prefill_at:
                 b.prefill_at.append(local + step)

@@ -167,10 +167,10 @@ class Packed:
 
 # the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
 _LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks",
-          "prefill_at", "prefill_more", "waiting_to", "silent_at")
+          "prefill_at", "prefill_more", "waiting_to", "silent_at", "silent_n")
 #: dtypes of the arrays `StepBuffer.wire` gives: the chunks' table (flat), the end times, `_LISTS`
 WIRE = (np.float64, np.float64, np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64,
-        np.int64, np.int32, np.int64, np.int64)
+        np.int64, np.int32, np.int64, np.int64, np.int64)
 
 
 class StepBuffer:
@@ -207,6 +207,7 @@ class StepBuffer:
         # steps of a stretch with one more running request than emit a token (a prompt's first
         # chunk, admitted inside an admission stretch, whose rest runs in the next step)
         self.silent_at = Ints(np.int64)
+        self.silent_n = Ints(np.int64)  # (how many more run than emit at each of those steps)
 
     def pack(self) -> None:
         """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
@@ -254,7 +255,7 @@ class StepBuffer:
         emitted[first[single]] = chunks["a"][single]
         silent = self.silent_at.array()
         if len(silent):
-            np.add.at(running, silent, 1)  # (a step listed n times: n requests silent in it, a prompt-only step's stalled ones)
+            np.add.at(running, silent, self.silent_n.array())  # (a step may be listed twice: summed)
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
                        num_running=running, num_waiting=self._waiting(first, lens, chunks["num_waiting"]),
                        kv_used_blocks=self._block_usage(first, lens, single, chunks), num_gpu_blocks=num_gpu_blocks)

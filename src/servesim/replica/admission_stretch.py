@@ -44,8 +44,12 @@ from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_growth import GrowthCount
-from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _admit, stall_step_s
 from servesim.replica.stretch_joins import _growth
+from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
+
+
+_FAR_S = 1e300  # (a horizon past any run, but finite: `_steps_to` is asked)
 
 
 class AdmitStretch(Stretch):
@@ -54,7 +58,7 @@ class AdmitStretch(Stretch):
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
     __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps", "chunked",
-                 "pending")
+                 "pending", "grown_of")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -70,6 +74,7 @@ class AdmitStretch(Stretch):
         # joins at s + 1 with the rest of its prompt, the last one's rest is `pending` until then
         self.chunked: list[tuple[int, object, int, int]] = []
         self.pending: tuple[int, object, int, int] | None = None
+        self.grown_of: dict[int, int] = {}  # index -> blocks it grew before the stalls (`Stretch.grown`, summed)
 
     def _steps_to(self, horizon: float) -> int:
         # priced to the next departure, a few steps away under overload: the scalar loop
@@ -77,9 +82,21 @@ class AdmitStretch(Stretch):
         # worth it there), however far the horizon
         return min(super()._steps_to(horizon), self.kmax - self.k)
 
+    def price(self, horizon: float) -> None:
+        # (an unbounded horizon, arrivals kept behind the blocked head, would take a numpy chunk
+        # however near the departure: its scalar state is then rebuilt, a sort, at the boundary)
+        super().price(horizon if horizon < _FAR_S else _FAR_S)
+
     def blocks_needed(self, steps: int, block_size: int) -> int:
         g = self.growth
-        return g.blocks_needed(steps) if g is not None else super().blocks_needed(steps, block_size)
+        if g is None:
+            return super().blocks_needed(steps, block_size)
+        if not self.stalls:
+            return g.blocks_needed(steps)
+        # `growth` walks the steps that are not stalls (in which nothing grows): asked past the last
+        if self.stalls[-1][0] >= steps:
+            return super().blocks_needed(steps, block_size)  # (not asked: every query follows it)
+        return g.blocks_needed(steps - len(self.stalls))
 
     def blocks_bound(self, steps: int, block_size: int) -> int:
         return self.blocks_needed(steps, block_size)  # (exact, and as cheap as the bound here)
@@ -87,8 +104,44 @@ class AdmitStretch(Stretch):
     def join(self, joins: list, first_new: list[int], blocks: int, step_s: float, forms, block_size: int) -> None:
         n = len(self.reqs)
         super().join(joins, first_new, blocks, step_s, forms, block_size)
-        if self.growth is not None and not self.growth.add(first_new, self.remaining[n:]):
+        g = self.growth
+        if g is None:
+            return
+        if self.stalls:  # (in the steps `growth` walks: those before the join less the stalls, its own included)
+            off = len(self.stalls)
+            ok = g.add([f - off for f in first_new], [r - off for r in self.remaining[n:]])
+        else:
+            ok = g.add(first_new, self.remaining[n:])
+        if not ok:
             self.growth = None  # (cannot happen: a joiner grows after its join step; the pass counts then)
+
+    def stall(self, joins: list, first_new: list[int], blocks: int, step_s: float, forms, block_size: int) -> None:
+        """`Stretch.stall` while `growth` counts the blocks (in the steps that are not stalls, in
+        which every request keeps its growth's phase): the frame's shift alone, as C passes
+        over the lists instead of `StretchJoins.stall`'s loop, whose count is `growth`'s here."""
+        if self.growth is None:
+            return super().stall(joins, first_new, blocks, step_s, forms, block_size)
+        s, bs = self.k, block_size
+        remaining, first = self.remaining, self.first_new
+        rem = self._sorted_rem
+        p = bisect_right(rem, s)
+        rem[p:] = [r + 1 for r in rem[p:]]
+        # each request running at s: its growth before s kept, its first new block step after s
+        # one later, the same contexts from s + 1 on, its last token one step later
+        self.grown += [(i, f, s) for i, f, r in zip(range(len(first)), first, remaining) if f < s < r]
+        first[:] = [((f if f >= s else f + (s - f + bs - 1) // bs * bs) + 1) if r > s else f
+                    for f, r in zip(first, remaining)]
+        self.ctx1[:] = [c - 1 if r > s else c for c, r in zip(self.ctx1, remaining)]
+        remaining[:] = [r + 1 if r > s else r for r in remaining]
+        stalled = len(rem) - p
+        self._ctx_total -= stalled
+        if self._f is not None and self._priced == s:
+            self._ctx_sum -= stalled  # (as `StretchJoins.stall`: `join` adds a step to each)
+        self.stalls.append((s, stalled))
+        # (`StretchJoins.blocks_needed`'s base left uncounted: should `growth` fail, every count is
+        # made from the start, with the growth before the stalls)
+        self._need_at, self._stall_need = (UNLIMITED_STEPS, 0, []), None
+        self.join(joins, first_new, blocks, step_s, forms, bs)
 
     def prompt_tokens_before(self, j: int) -> int:
         # (a chunk's request joins at s + 1 with its whole prompt: the chunk counts from s + 1 to s + 2)
@@ -108,20 +161,30 @@ class AdmitStretch(Stretch):
         steps_of = [r if r < k else k for r in remaining]
         finished = sorted((i for i, r in enumerate(remaining) if r <= k), key=remaining.__getitem__)
         released = self.released
+        grown = grown_blocks(self, steps_of, bs) if self.grown else {}  # (before prompt-only steps)
         for i in finished:
             if steps_of[i] < k and i not in released:  # (left before a cut: released now, before the grants)
                 released[i] = kv.num_blocks_of(reqs[i].id)
-                kv.free_grown(reqs[i].id, _growth(first_new[i], 0, steps_of[i], bs))
-        frees = [(m, released[i] + _growth(first_new[i], 0, m, bs)) for i in finished if (m := steps_of[i]) < k]
+                kv.free_grown(reqs[i].id, _growth(first_new[i], 0, steps_of[i], bs) + grown.get(i, 0))
+        frees = [(m, released[i] + _growth(first_new[i], 0, m, bs) + grown.get(i, 0))
+                 for i in finished if (m := steps_of[i]) < k]
         new_blocks = [(req, (m - f - 1) // bs + 1) for i, (req, f, m) in enumerate(zip(reqs, first_new, steps_of))
                       if f < m and i not in released]
-        nd = len(self.decodes)
-        advance_decodes(self.decodes, steps_of, first)
         ends = self.ends
-        prefill_tokens = apply_step0_prompts(self.prefills, steps_of[nd:], first, ends)
-        prefill_at = apply_joins(self, steps_of, first, frees, self.join_base) if self.joins else ()
-        silent_at = []
-        if self.chunked:
+        silent_at, silent_n = [], []
+        if self.stalls:
+            new_blocks += [(reqs[i], c) for i, c in grown.items() if i not in released]
+            prefill_tokens, prefill_at = apply_stalled(self, steps_of, first, frees, self.join_base)
+            # (the growth before each stall as an entry of its own; each stall's requests silent)
+            first_new = first_new + [f for _, f, _ in self.grown]
+            steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in self.grown]
+            silent_at, silent_n = self.stalled_before(k)
+        else:
+            nd = len(self.decodes)
+            advance_decodes(self.decodes, steps_of, first)
+            prefill_tokens = apply_step0_prompts(self.prefills, steps_of[nd:], first, ends)
+            prefill_at = apply_joins(self, steps_of, first, frees, self.join_base) if self.joins else ()
+        if self.chunked:  # (a policy that chunks does not stall: `silent_n` is one each)
             prefill_at, silent_at = self._apply_chunks(k, frees, prefill_at)
         kv_used = BlockGrowth(kv.num_gpu_blocks - self.free0, first_new, steps_of, bs, frees)
         kv.allocate_plain_many(new_blocks)
@@ -133,7 +196,7 @@ class AdmitStretch(Stretch):
         engine.recorder.log_decode_steps(self.start_s, ends, self.batch_runs(), self.num_waiting, kv_used,
                                          prefill_tokens, [j for j in self.waiting_from if j < k],
                                          prefill_at=prefill_at, waiting_to=[j for j in self.waiting_to if j < k],
-                                         silent_at=silent_at)
+                                         silent_at=silent_at, silent_n=silent_n)
         return done
 
     def _apply_chunks(self, k: int, frees: list, prefill_at) -> tuple[list[tuple[int, int]], list[int]]:
@@ -203,33 +266,50 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     gone = []  # (index, blocks held before its growth, its growth) of each request that left since
     freed = 0
     i, r_prev = -1, -1
+    grown_of = st.grown_of
     for r in rem[st.num_released:p1]:
         i = remaining.index(r, i + 1 if r == r_prev else 0)
         r_prev = r
         base, grown = kv.num_blocks_of(reqs[i].id), _growth(first_new[i], 0, r, bs)
+        if grown_of:
+            grown += grown_of.get(i, 0)  # (its growth before the stalls)
         gone.append((i, base, grown))
         freed += base + grown
-    free = st.free_blocks + freed - st.join_blocks - st.blocks_needed(s + 1, bs)
+    free = st.free_blocks + freed - st.join_blocks
+    # A prefill-first policy (`stalls_decodes`) admits on the blocks free before the decodes of
+    # step s take theirs: a step that admits runs only the prompts (the decodes stall in it)
+    stall = sched.stalls_decodes
+    if stall:
+        free -= st.blocks_needed(s, bs)
+    else:
+        free -= st.blocks_needed(s + 1, bs)
     rest = 0  # the tokens of a chunked prompt's rest in step s, and the blocks they take
     if pending is not None:
         rest, rest_blocks = _rest_of(sched, pending, num_running)
         if rest is None:
             return False  # its rest would be chunked again: stepping decides
         free -= rest_blocks
-    if free < 0:
+    if free < 0 and not stall:
         return False  # the decodes of step s (and a prompt's rest) do not fit: stepping preempts there
     sched.finish_departs([reqs[i] for i, _, _ in gone])
     # (the budget the running requests leave: a token per decode, and a prompt's rest)
     joins = sched.finish_admits(num_running + rest, free) if sched.num_waiting else []
     if joins is None or not (joins or num_running or pending):
         return False
+    if stall:
+        if not joins and free < st.blocks_needed(s + 1, bs) - st.blocks_needed(s, bs):
+            return False  # step s decodes and their blocks do not fit: stepping preempts there
+        if joins and (step_s := stall_step_s(engine.perf, st, joins)) is None:
+            return False
     for i, base, grown in gone:  # (stepping freed them at their finish)
         kv.free_grown(reqs[i].id, grown)
         st.released[i] = base
     st.num_released = p1
     st.free_blocks += freed
     st.pending = None
-    if joins or pending:
+    if stall and joins:
+        _stall(engine, st, s, joins, now_s, step_s)
+    elif joins or pending:
         _join(engine, st, s, num_running, joins, now_s, pending)
     rem = st._sorted_rem
     # the next departure (a joiner's, at the latest), or the next step if a prompt was chunked
@@ -277,6 +357,22 @@ def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s
     st.join_base += base
     first_new = kv.first_new_block_steps(new, [n - s for _, n in joins])
     st.join(joins, first_new, sum(base), step_s, engine._decode_forms(len(st.reqs) + len(joins)), kv.block_size)
+
+
+def _stall(engine, st: AdmitStretch, s: int, joins: list, now_s: float, step_s: float) -> None:
+    """Admit `joins` (fresh, whole: their blocks were counted free) at step s of `st` for a
+    prefill-first policy: step s runs their prompts alone, `step_s` long, every request running
+    stalled in it (`Stretch.stall`); from s + 1 on they decode with the rest."""
+    bs = engine.kv.block_size
+    base = [-(-n // bs) for _, n in joins]  # (fresh requests: their prompts' blocks)
+    st.join_base += base
+    st.waiting_to += [s] * len(joins)
+    engine.num_finish_admissions += len(joins)
+    n = len(st.grown)
+    _admit(engine, st, now_s, joins, sum(base), step_s, st.stall, engine.scheduler.admit_at_finish)
+    grown_of = st.grown_of
+    for i, f, g in st.grown[n:]:  # (the growth before this stall of each request it stalled)
+        grown_of[i] = grown_of.get(i, 0) + (g - f - 1) // bs + 1
 
 
 def _rest_of(sched, pending: tuple, num_running: int) -> tuple[int | None, int]:

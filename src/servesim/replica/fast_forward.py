@@ -281,11 +281,11 @@ class FastForwarding:
             # (the growth before each stall as an entry of its own; each stall's requests silent)
             first_new = first_new + [f for _, f, _ in st.grown]
             steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in st.grown]
-            silent_at = [s for s, stalled in st.stalls if s < k for _ in range(stalled)]
+            silent_at, silent_n = st.stalled_before(k)
         else:
             prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
             prefill_at = apply_joins(st, steps_of, first, frees, joined) if st.joins else ()
-            silent_at = ()
+            silent_at = silent_n = ()  # (one request each without counts)
             if st.prompt_runs:  # (prompts that joined with chunks: `replica/chunk_join.py`)
                 prefill_at, silent_at = apply_prompt_runs(st, frees, prefill_at)
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
@@ -301,7 +301,7 @@ class FastForwarding:
         self.num_fast_forwarded_steps += k
         self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
                                        [j for j in st.waiting_from if j < k], prefill_at=prefill_at,
-                                       silent_at=silent_at)
+                                       silent_at=silent_at, silent_n=silent_n)
         return done
 
     def _apply_lone(self, st: Stretch) -> list[Request]:

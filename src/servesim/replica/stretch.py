@@ -192,6 +192,12 @@ class Stretch(StretchJoins, StretchPricing):
                 total -= stalled
         return total
 
+    def stalled_before(self, k: int) -> tuple[list[int], list[int]]:
+        """(the prompt-only steps before step k, the requests stalled in each): the step log's
+        running requests that emit nothing there (`silent_at`, `silent_n`)."""
+        stalls = [(s, n) for s, n in self.stalls if s < k]
+        return [s for s, _ in stalls], [n for _, n in stalls]
+
     def active_at(self, j: int) -> int:
         """Requests running in step j (`through`: less those whose last token was earlier)."""
         return len(self._sorted_rem) - bisect_right(self._sorted_rem, j)

@@ -90,10 +90,11 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     return _priced_on(engine, st, now_s, s, len(joins))
 
 
-def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: float, add) -> None:
-    """Admit `joins` (the policy's `join`) and add them to the stretch at its step s = k
-    (`add`: `Stretch.join`, or `Stretch.stall` for a prompt-only step), `step_s` long."""
-    engine.scheduler.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
+def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: float, add, admit=None) -> None:
+    """Admit `joins` (`admit`: the policy's `join`, or `admit_at_finish` at a finish) and add them
+    to the stretch at its step s = k (`add`: `Stretch.join`, or `Stretch.stall` for a prompt-only
+    step), `step_s` long."""
+    (admit or engine.scheduler.join)(joins, st.out)  # (listed in the output the stretch's end hands `end_step`, as stepping's last step would)
     for req, _ in joins:
         if req.first_scheduled_s is None:
             req.first_scheduled_s = now_s
@@ -126,18 +127,28 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(s, bs) > free and st.blocks_needed(s, bs) > free:
         return False
+    step_s = stall_step_s(engine.perf, st, joins)
+    if step_s is None:
+        return False
+    _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
+    return True
+
+
+def stall_step_s(perf, st: Stretch, joins: list) -> float | None:
+    """The time of a prompt-only step s = k running `joins`' prompts alone (priced as stepping
+    prices that step), with `st`'s scalar state brought to step s for `Stretch.stall`; None if
+    the model has no scalar decode form (the steps after the stall are left to a new stretch)."""
+    s = st.k
     if st._priced != s or st._f is None:
         st.truncate(s)  # (priced ahead by numpy chunks: the scalar state of step s, as for a join)
         st._sync()
     if st._f is False:
-        return False  # (no scalar decode form: the steps after the stall are left to a new stretch)
-    perf = engine.perf
+        return None
     step_fn = getattr(perf, "prompt_step_s", None) if len(joins) == 1 else None
     step_s = step_fn(0, joins[0][1], 0) if step_fn is not None else None  # (its form: the same floats)
     if step_s is None:
         step_s = perf.step_time_s([(n, 0) for _, n in joins], [])  # (`_start_step`'s call for that step)
-    _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
-    return True
+    return step_s
 
 
 def _join_one(engine, st: Stretch, now_s: float, joins: list, blocks: int, num_running: int) -> None:

@@ -38,6 +38,14 @@ def apply_stalled(st: Stretch, steps_of: list[int], first: int, frees: list[tupl
     joined = iter(zip(st.joins, blocks))
     prefill_tokens = 0
     prefill_at: dict[int, int] = {}
+    # the runs from each stall to the next (none between adjacent ones), and where each stall's
+    # starts in that list: the same int objects in every request's runs (as stepping's steps are)
+    between, at = [], []
+    for s, t in zip(stalls, stalls[1:]):
+        at.append(len(between))
+        if t > s + 1:
+            between += (first + s + 1, first + t - 1)
+    at.append(len(between))
     for i, (req, hi) in enumerate(zip(st.reqs, steps_of)):
         lo, n = 0, 0
         if i >= n0:
@@ -49,15 +57,17 @@ def apply_stalled(st: Stretch, steps_of: list[int], first: int, frees: list[tupl
         elif i >= nd:
             n = st.prefills[i - nd][1]
             prefill_tokens += n
-        runs, a = [], lo  # its steps lo .. hi - 1 less the stalls after lo, as runs
-        for p in range(bisect_right(stalls, lo), bisect_left(stalls, hi)):
-            s = stalls[p]
-            if s > a:
-                runs += (first + a, first + s - 1)
-            a = s + 1
-        if a < hi:
-            runs += (first + a, first + hi - 1)
-        m = sum(runs[1::2]) - sum(runs[::2]) + len(runs) // 2  # tokens it emitted
+        # its steps lo .. hi - 1 less the stalls after lo, as runs: its own first and last, the
+        # runs between the stalls it ran across shared (a slice of `between`)
+        p, q = bisect_right(stalls, lo), bisect_left(stalls, hi)
+        m = hi - lo - (q - p)  # tokens it emitted
+        if p == q:
+            runs = [first + lo, first + hi - 1] if lo < hi else []
+        else:
+            runs = [first + lo, first + stalls[p] - 1] if stalls[p] > lo else []
+            runs += between[at[p]:at[q - 1]]
+            if stalls[q - 1] + 1 < hi:
+                runs += (first + stalls[q - 1] + 1, first + hi - 1)
         req.num_output_tokens += m
         if i < nd:
             req.num_computed_tokens += m

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections import deque
+from itertools import count
 from operator import attrgetter
 from typing import Literal
 
@@ -34,10 +35,16 @@ from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
     SchedulerParams,
 )
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
 
 _ARRIVAL_ID = attrgetter("arrival_s", "id")  # (the same tuples as a lambda, built in C)
+
+
+def _whole_prompt(req: Request, budget: int) -> int:
+    """v0's admission takes a prompt whole or not at all (`FirstChunk`)."""
+    return req.num_tokens if req.num_tokens <= budget else 0
 
 
 class VLLMV0Params(SchedulerParams):
@@ -197,8 +204,7 @@ class VLLMV0Scheduler(VLLMSteps):
         # the watermark (`join_blocks`: the engine checks them)
         if self.swapped:
             return None
-        return whole_prompts(self.waiting, len(self.running), 0, self.max_num_seqs, self.token_budget,
-                             lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
+        return whole_prompts(self.waiting, len(self.running), 0, self.max_num_seqs, self.token_budget, _whole_prompt)
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self._blocked = self._blocked_by_budget = False  # (as that `schedule` leaves them)
@@ -210,6 +216,32 @@ class VLLMV0Scheduler(VLLMSteps):
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         blocks, _ = super().join_blocks(joins)
         return blocks, self.watermark_blocks
+
+    def finish_admission(self) -> bool:
+        # FCFS admission of whole prompts, nothing swapped (swap-ins come first); the admitting
+        # step runs the prompts alone (`stalls_decodes`: a prompt-only step in the stretch)
+        return not self.swapped
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # `_schedule_prefills` at a finish: FCFS, each whole within the prefill step's own budget,
+        # its blocks leaving the watermark free (`free_blocks`: before the decodes' blocks of that
+        # step, which it stalls), at most `max_num_seqs` running (`num_running`: those still
+        # running, exact). A head stopped by the blocks or the sequence cap waits until the next
+        # finish: decode steps free neither (the cap is checked after the blocks, as here; both
+        # leave it waiting); one stopped by the budget would be admitted at the next step: None.
+        if self.swapped:
+            return None
+        room = count(num_running - self.max_num_seqs)  # (asked once per request whose blocks fit)
+        found = admits_until_blocked(self.waiting, 0, 0, self.max_num_seqs, self.token_budget,
+                                     free_blocks - self.watermark_blocks, self.kv.block_size, _whole_prompt,
+                                     over_limit=lambda req: next(room) >= 0)
+        return None if found is None else found[0]
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        if self.waiting:  # (`finish_admits` stopped at a head the blocks or the cap keep waiting)
+            self._blocked = True
+            self._blocked_head = self.waiting.peek()
 
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode steps run the running requests sorted by arrival, whatever their progress (a
