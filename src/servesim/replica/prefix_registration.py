@@ -170,13 +170,14 @@ class PrefixRegistration:
         index = self._index
         self.num_inserts += 1
         for held, g, seg, k0, k1, runs, _ in planned[0]:
-            index.update(zip(runs, repeat(g)))
+            if runs:  # (none: blocks inside the request's last run, indexed already)
+                index.update(zip(runs, repeat(g)))
+                g.runs += runs
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
             else:  # (a new group, or held's last segment of g ends before k0)
                 held.segs.append([g, k0, k1])
-            g.runs += runs
             g.ref += ONE * n  # (`Group.append_held`, inline: one call less per request)
             g.stamp += NO_STAMP * n
             g.num_cached += n
