@@ -35,5 +35,5 @@ def test_a_group_through_register_hit_release_and_evict():
     assert g.evict(4, 5, 5, 4) == (1, 4) and g.num_cached == 3
     assert not g.any_cached(9, 12) and g.any_cached(4, 9)
     # registering over a mixed range: cached slots come back as copies
-    assert g.register(6, 10) == [6, 7, 8] and list(g.ref) == [-1, -1, 1, 1, 1, 1, -1, -1]
+    assert g.register(6, 10) == [(6, 9)] and list(g.ref) == [-1, -1, 1, 1, 1, 1, -1, -1]
     assert g.register(2, 5) == [] and g.lo == 2 and list(g.ref[:3]) == [1, 1, 1]

@@ -224,16 +224,23 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                 n = i
                 break
             h = held[r.id]
-            nb = h.num_keyed + h.num_plain
+            nk = h.num_keyed
+            nb = nk + h.num_plain
             if nc1 > nb * bs:
                 grow.append((i, h))
                 nb += 1
-            # this token completes keyed blocks (empty keys give full = 0 below, so `is not
-            # None` decides as `bool(keys)` would, without `BlockKeys.__bool__`'s Python call)
-            if h.num_keyed < nc1 // bs and prefix and (keys := r.kv_block_keys) is not None:
-                full = min(nc1 // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys), nb)
-                if full > h.num_keyed:
-                    reg.append((keys, h, h.num_keyed, full, i))
+            # this token completes keyed blocks (empty keys give kn = 0 below, so `is not
+            # None` decides as `bool(keys)` would, without `BlockKeys.__bool__`'s Python call);
+            # `nk < kn` first: a decode past its keys (most of a Mooncake answer's) stops there
+            if nk < nc1 // bs and prefix and (keys := r.kv_block_keys) is not None and nk < (
+                    kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)):
+                full = nc1 // bs
+                if full > kn:
+                    full = kn
+                if full > nb:
+                    full = nb
+                if full > nk:
+                    reg.append((keys, h, nk, full, i))
         if len(grow) > self.num_free_blocks:
             if whole or not self.num_free_blocks:
                 return 0

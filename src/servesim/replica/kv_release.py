@@ -10,11 +10,12 @@ is where vLLM's tail-first freeing order is reproduced. A mixin over the manager
 
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import chain, repeat, starmap
 from operator import add, sub
 from typing import Any, Hashable
 
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.copies import copies_within
 from servesim.replica.free_queue import FreeQueue
 from servesim.replica.prefix_groups import ONE, Group
 from servesim.replica.prefix_index import Held
@@ -78,12 +79,11 @@ class BlockRelease:
             held = self._held[rid]
             n = held.num_plain
             dups = held.dups
-            span = (min(dups), max(dups) + 1) if dups else None
             for g, p0, p1 in held.segs:
                 i, j = p0 - g.lo, p1 - g.lo
                 ref = g.ref[i:j]
-                if span is not None and p0 < span[1] and span[0] < p1 and not dups.isdisjoint(range(p0, p1)):
-                    n += _freed_with_copies(g, ref, p0, dups, dropped)
+                if dups is not None and (inside := copies_within(dups, p0, p1)):
+                    n += _freed_with_copies(g, ref, p0, inside, dropped)
                     continue
                 if ref == ONE * (j - i):  # (the usual case: blocks only this request holds)
                     n += j - i
@@ -134,27 +134,26 @@ class BlockRelease:
         """Drop the request's references, last position first; each segment's blocks whose
         count reaches 0 enter the free queue as one entry (an unregistered copy as a plain block)."""
         dups = held.dups
-        # (a segment outside the copies' span skips the set's pass over its positions: a
-        # Mooncake prompt's copies are its first hash blocks, its own segment hundreds of slots)
-        lo, hi = (min(dups), max(dups) + 1) if dups else (0, 0)
+        # (a segment outside the copies' span is released whole: a Mooncake prompt's copies
+        # are its first hash blocks, its own segment hundreds of slots)
+        lo, hi = (dups[0][0], dups[-1][1]) if dups is not None else (0, 0)
         for g, p0, p1 in reversed(held.segs):
-            ds = dups.intersection(range(p0, p1)) if p0 < hi and lo < p1 else None
-            if not ds:
+            inside = copies_within(dups, p0, p1) if p0 < hi and lo < p1 else None
+            if not inside:
                 self._release(g, p0, p1)
                 continue
-            # Split the segment at the copies, last first; a run of copies enters the queue as
-            # one plain entry (as one at a time would, merged). The usual case: one run (a
-            # policy computing a whole cached context again without looking up its hits).
-            ds = sorted(ds, reverse=True)
-            runs = [(ds[0], ds[-1])] if ds[0] - ds[-1] + 1 == len(ds) else _runs_down(ds)
-            hi = p1
-            for top, low in runs:
-                if hi > top + 1:
-                    self._release(g, top + 1, hi)
-                self._push_plain(top - low + 1)
-                hi = low
-            if hi > p0:
-                self._release(g, p0, hi)
+            # Split the segment at the copies, last first; a range of copies (a run of
+            # consecutive ones: `copies.py`) enters the queue as one plain entry (as one at a
+            # time would, merged). The usual case: one range (a policy computing a whole cached
+            # context again without looking up its hits).
+            top = p1
+            for a, b in reversed(inside):
+                if top > b:
+                    self._release(g, b, top)
+                self._push_plain(b - a)
+                top = a
+            if top > p0:
+                self._release(g, p0, top)
 
     def _release(self, group: Group, s0: int, s1: int) -> None:
         self.num_free_blocks += self._queue.release(group, s0, s1)
@@ -186,31 +185,17 @@ def _drops(g: Group, dropped: dict) -> list[int]:
     return arr
 
 
-def _freed_with_copies(g: Group, ref: list[int], p0: int, dups: set, dropped: dict) -> int:
-    """`blocks_freed` of one segment holding copies (plain blocks of the request's own at
-    `dups` positions; the group's slots there are not its), slot by slot."""
+def _freed_with_copies(g: Group, ref: list[int], p0: int, inside: list[tuple[int, int]], dropped: dict) -> int:
+    """`blocks_freed` of one segment holding copies (plain blocks of the request's own at the
+    positions of the ranges `inside` it; the group's slots there are not its), slot by slot."""
     drops = _drops(g, dropped)
+    copies = set(chain.from_iterable(starmap(range, inside)))
     n = 0
     for p, c in enumerate(ref, p0):
-        if p in dups:
+        if p in copies:
             n += 1
             continue
         i = p - g.lo
         n += c - drops[i] == 1
         drops[i] += 1
     return n
-
-
-def _runs_down(positions: list[int]) -> list[tuple[int, int]]:
-    """(top, low) of each run of consecutive positions in `positions` (decreasing): adjacent
-    copies are pushed one after the other with nothing released between, which one entry of
-    the run's length does alike (a next turn whose context is partly evicted holds several)."""
-    runs = []
-    top = prev = positions[0]
-    for p in positions[1:]:
-        if p != prev - 1:
-            runs.append((top, prev))
-            top = p
-        prev = p
-    runs.append((top, prev))
-    return runs

@@ -88,7 +88,8 @@ class Group:
 
     def register(self, s0: int, s1: int) -> list[int]:
         """A request computes keys [s0, s1): each key not cached gets a new block held once;
-        returns the slots that were cached already (the request's copies stay unregistered)."""
+        returns the slots that were cached already, as ranges (first, end) of consecutive slots
+        (the request's copies stay unregistered: `copies.py`)."""
         self._cover(s0, s1)
         i, j = s0 - self.lo, s1 - self.lo
         ref = self.ref
@@ -99,14 +100,16 @@ class Group:
             return []
         c = r.count(-1)
         if not c:  # all cached: all copies (a policy computing a cached context again)
-            return list(range(s0, s1))
-        dups = []
+            return [(s0, s1)]
+        dups: list[tuple[int, int]] = []
         for k in range(i, j):
             if ref[k] < 0:
                 ref[k] = 1
                 self.num_cached += 1
+            elif dups and dups[-1][1] == k + self.lo:  # (the copy before it: one range)
+                dups[-1] = (dups[-1][0], k + self.lo + 1)
             else:
-                dups.append(k + self.lo)
+                dups.append((k + self.lo, k + self.lo + 1))
         return dups
 
     def hit(self, s0: int, s1: int) -> int:

@@ -39,12 +39,13 @@ class Hits:
 class Held:
     """Blocks held by one request: keyed blocks for positions [0, num_keyed), then plain ones.
     `segs` lists the keyed positions as [group, first, end] in order; a position refers to the
-    group's block at that slot, except the positions in `dups`, which hold an unregistered copy."""
+    group's block at that slot, except the positions in `dups`' ranges, which hold an unregistered
+    copy (`copies.py`)."""
 
     num_keyed: int = 0
     num_plain: int = 0
     segs: list[list] = field(default_factory=list)
-    dups: set[int] | None = None
+    dups: list[tuple[int, int]] | None = None  # (first, end) ranges of copies, ascending
     keys: Any = None  # the request's prefix keys, released with its blocks
 
     def add(self, group: Group, p0: int, p1: int) -> None:

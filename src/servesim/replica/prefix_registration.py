@@ -16,6 +16,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
+from servesim.replica.copies import add_copies, has_copy
 from servesim.replica.prefix_groups import NO_STAMP, ONE, Group
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class PrefixRegistration:
                 g.runs += new_runs
             dups = g.register(p0, p1)
             if dups:
-                held.dups = (held.dups or set()).union(dups)
+                held.dups = add_copies(held.dups, dups)
             held.add(g, p0, p1)
 
     def _register_new(self, keys: Sequence, held: Held, k0: int, k1: int) -> bool:
@@ -147,7 +148,7 @@ class PrefixRegistration:
                 seg = None
             elif g in groups:
                 return None
-            elif held.dups is not None and seg[2] - 1 in held.dups:
+            elif held.dups is not None and has_copy(held.dups, seg[2] - 1):
                 return None  # (g may hold no block of this request: pops could drop it first)
             else:
                 groups.add(g)
@@ -169,13 +170,14 @@ class PrefixRegistration:
         index = self._index
         self.num_inserts += 1
         for held, g, seg, k0, k1, runs, _ in planned[0]:
-            index.update(zip(runs, repeat(g)))
+            if runs:  # (none: blocks inside the request's last run, indexed already)
+                index.update(zip(runs, repeat(g)))
+                g.runs += runs
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
             else:  # (a new group, or held's last segment of g ends before k0)
                 held.segs.append([g, k0, k1])
-            g.runs += runs
             g.ref += ONE * n  # (`Group.append_held`, inline: one call less per request)
             g.stamp += NO_STAMP * n
             g.num_cached += n
