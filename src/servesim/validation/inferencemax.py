@@ -48,7 +48,7 @@ flags (silicon.engine_limits) and servesim's AIPerf client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from servesim.perf.calibration import CalibrationData, matched_values
@@ -210,6 +210,8 @@ def recipe(row: SiliconRow) -> Recipe | None:
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
     if fn is None and (row.backend, row.system, row.version) in DSR1_B200_SCRIPTS and is_deepseek(row) and row.version_recorded:
         fn = dsr1_b200_trt
+    if fn is None and is_dsr1_h200_plain(row):
+        fn = dsr1_h200_trt
     return fn(row) if fn else attention_dp_recipe(row)
 
 
@@ -286,3 +288,38 @@ def dsr1_b200_trt(row: SiliconRow) -> Recipe:
         scheduler = {"batch_wait_timeout_iters": 40, "batch_wait_max_tokens_ratio": 0.8}
     budget = max(dsr1_budget(row.concurrency, row.isl), DSR1_BUDGET_FLOOR_TOKENS)
     return Recipe(engine={"max_num_batched_tokens": budget}, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"})
+
+
+# InferenceMAX's plain DeepSeek-R1 H200 TensorRT-LLM runs (config `dsr1-fp8-h200-trt`, script
+# `dsr1_fp8_h200_trt[_slurm].sh`): every revision of the config from Sep 2025 to Apr 2026 runs the image
+# `release:1.1.0rc2.post2` with EP = TP (`EP_SIZE="$TP"` in the 2025 scripts, `{ tp: 8, ep: 8 }` in every
+# search space after), the CUTLASS MoE backend, CUDA graphs padded to 128, `kv_cache_config.dtype: fp8`, and
+# `--max_num_tokens` concurrency + prompt + 64 rounded up to 64, at least 8,192 from 2026-01-21 (InferenceX
+# pull request 258). The file keeps them without a release and as EP 1 (`2026_04_06_deepseek_r1_h200_sxm_
+# trtllm_fp8_agg_..._tp8_ep1_<n>`: InferenceMAX's export names the EP it was not given). The rows that record
+# 1.1.0rc2.post2 are the same image's MTP variant (`dsr1-fp8-h200-trt-mtp`, pull request 392, 2026-01-15: its
+# search space is exactly theirs, attention DP at 128-256 users included; played without drafts, as before).
+# The plain rows play the plain script as the release it ran (docs/fidelity.md, "TensorRT-LLM H200
+# DeepSeek-R1: the plain and the MTP campaign").
+DSR1_H200_RELEASE = "1.1.0rc2.post2"
+
+
+def is_dsr1_h200_plain(row: SiliconRow) -> bool:
+    """A row of InferenceMAX's plain DeepSeek-R1 H200 runs: TensorRT-LLM H200 DeepSeek, no release recorded
+    (`as_run` gives it the config's image as an unrecorded release)."""
+    return (row.backend == "trtllm" and row.system == "h200_sxm" and is_deepseek(row)
+            and (not row.version or (row.version == DSR1_H200_RELEASE and not row.version_recorded)))
+
+
+def as_run(row: SiliconRow) -> SiliconRow:
+    """`row` with the release and expert parallelism its benchmark script ran (the plain DeepSeek-R1 H200
+    runs: the image's release, EP = TP); every other row unchanged."""
+    if not is_dsr1_h200_plain(row) or row.version:
+        return row
+    return replace(row, version=DSR1_H200_RELEASE, version_recorded=False, moe_tp=1, moe_ep=row.tp)
+
+
+def dsr1_h200_trt(row: SiliconRow) -> Recipe:
+    """`dsr1_fp8_h200_trt.sh`: the DeepSeek-R1 scripts' budget with the 8,192-token floor, FP8 KV cache."""
+    budget = max(dsr1_budget(row.concurrency, row.isl), DSR1_BUDGET_FLOOR_TOKENS)
+    return Recipe(engine={"max_num_batched_tokens": budget}, scheduler={}, perf={"kv_cache_dtype": "fp8"})

@@ -38,9 +38,15 @@ SCHEDULERS = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
 UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it cannot be played
 
 
+def played_row(row: SiliconRow) -> SiliconRow:
+    """`row` as its engine ran it: the parallelism decoded from the recorded columns, then the release and
+    expert parallelism of the benchmark script that ran it where the file omits them (inferencemax.as_run)."""
+    return inferencemax.as_run(engine_parallelism(row))
+
+
 def inexpressible_reason(row: SiliconRow) -> str | None:
     """Why `row` cannot be simulated yet, or None when it can."""
-    row = engine_parallelism(row)
+    row = played_row(row)
     if row.mode != "agg":
         return "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"
     if row.concurrency <= 0:
@@ -229,7 +235,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     overrides: perf constants set last (fitting); frontend: front-end constants overriding the
     engine's profile (fitting); calibration: "shipped" (the serving fit), None, or a file path.
     """
-    row = engine_parallelism(row)
+    row = played_row(row)
     users = row.concurrency
     counts = row_request_counts(row, options)
     engine, scheduler = engine_limits(row, options.engine_slots_held)
@@ -272,7 +278,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
 
 def row_request_counts(row: SiliconRow, options: ClientOptions) -> RequestCounts:
     """The warm-up, measured and trailing requests `row` sends (validation/client.py)."""
-    row = engine_parallelism(row)
+    row = played_row(row)
     in_loop = not options.warmup_drains or (row.backend, row.system, row.version) in WARMUP_CONTINUOUS
     script = options.benchmark_recipes and inferencemax.recipe(row) is not None
     rounds = inferencemax.ROUNDS_PER_USER if script else None
