@@ -192,8 +192,17 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
 
     def next_finish_s(self, n: int) -> float:
-        """As `Stretch.next_finish_s`, not tracked here: `finished_by` is read again at any later time."""
-        return float("-inf")
+        """Up to when `finished_by` stays `n` (its value now) without an event here, as
+        `Stretch.next_finish_s`: the end of the next finish's step, which counts once a later
+        step is in flight; never (inf) when that step is the last priced one or no finish is
+        priced yet (an extension, a cut and the end are events here). A router keeps this
+        replica's count between arrivals by it (`cluster/counts.py`) instead of reading it at each."""
+        fin = self._finishes
+        if n >= len(fin):
+            return math.inf
+        j = fin[n][0]
+        ends = self.ends
+        return ends[j] if j < len(ends) - 1 else math.inf
 
     def prompt_tokens_before(self, j: int) -> int:
         """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
