@@ -49,7 +49,7 @@ class SpecStretchPricing:
         """Are enough steps expected before `horizon` (at the last step's time) for a block?"""
         ends = self.ends
         span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
-        return span <= 0 or horizon - ends[-1] >= span * least_block_steps(len(self._active))
+        return span <= 0 or (horizon - ends[-1]) / span >= least_block_steps(len(self._active))  # (`block_steps`' test)
 
     def _block(self, horizon: float) -> bool:
         """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
