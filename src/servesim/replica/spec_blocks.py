@@ -39,12 +39,17 @@ class Block(NamedTuple):
     out_of_blocks: bool  # step m would not fit in the free blocks (the stretch ends there)
 
 
+def least_block_steps(n: int) -> float:
+    """Steps of `n` requests from which a block costs less than pricing them one by one."""
+    return BLOCK_MIN_WORK / (n + 3)
+
+
 def block_steps(n: int, to_horizon: float, room: Callable[[], int], acceptance_rate: float, k_max: int) -> int:
     """Steps to read for a block of `n` requests (0: price step by step): enough are expected
     before the horizon (`to_horizon` steps ahead, guessed from the last step's time) and before
     a request gets down to its last k + 1 tokens (`room()` tokens ahead, at the mean tokens a
     speculative decode emits, 1 + p + ... + p^k)."""
-    least = BLOCK_MIN_WORK / (n + 3)  # steps for which a block costs less than step by step
+    least = least_block_steps(n)
     if to_horizon < least:
         return 0
     tokens = room()  # (after the cheap test: a pass over the batch)

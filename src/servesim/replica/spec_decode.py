@@ -137,8 +137,10 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
             dt += max(spec_work_s(engine.perf.rank, cfg.spec_draft_layers, k_max, len(p) + len(c),
                                   sum(t - 1 for t, _ in p[len(q):]), [ctx for _, ctx in p[len(q):]] + c)
                       for (q, _), (p, c) in zip(rank_batches, batches))
-    else:
-        dt += cfg.spec_draft_cost_ratio * k_max * engine.perf.step_time_s([], decode_ctxs)
+    else:  # (the decode step's scalar form where the perf model has one: bit-identical, no pass over lists)
+        draft = engine._decode_fn(len(decode_ctxs))
+        dt += cfg.spec_draft_cost_ratio * k_max * (draft(sum(decode_ctxs)) if draft
+                                                   else engine.perf.step_time_s([], decode_ctxs))
     spec_items = [(req, (1 + k, a if a < k else k)) for (req, k, _), a in zip(spec, accepted)]
     return dt, plain, prefills + spec_items
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from servesim.replica.spec_blocks import block_step_times, block_steps, regular_block
+from servesim.replica.spec_blocks import block_step_times, block_steps, least_block_steps, regular_block
 
 
 class SpecStretchPricing:
@@ -26,17 +26,30 @@ class SpecStretchPricing:
         (at least one step), or the stretch is done. Pricing a step costs about what applying
         it does, so steps are not priced far ahead of an event that may cut them: an uncut
         stretch is extended from its end instead (an event, cheaper than the steps wasted)."""
+        ends = self.ends
         if self.prompt is None:  # (a chunk stretch is not cut by arrivals: priced to the end at once)
-            horizon = min(horizon, max(self._next_event_s(), math.nextafter(self.ends[-1], math.inf)))
+            next_s = self._next_event_s()
+            if self._ahead > 1:  # (several replicas: the next arrival is more likely another's)
+                now_s = self._loop.now_s
+                next_s = now_s + (next_s - now_s) * self._ahead
+            horizon = min(horizon, max(next_s, math.nextafter(ends[-1], math.inf)))
         if horizon >= self._until_s:  # (the policy's order holds only so far)
             horizon = self._until_s
-        if self._verify_fn is not None:
-            while not self.final and self.ends[-1] < horizon and len(self.ends) < self.kmax:
+        # (a block pays only past `least_block_steps` steps before the horizon: mostly not, at
+        # many replicas, where a call to learn so was 3-5 % of a cell)
+        if self._verify_fn is not None and self._block_due(horizon):
+            while not self.final and ends[-1] < horizon and len(ends) < self.kmax:
                 if not self._block(horizon):
                     break  # (declined now, it would be at the later steps too)
         self._steps(horizon)
         if self.ends[-1] >= self._until_s or len(self.ends) >= self.kmax:
             self.final = True  # (not extended past the policy's limit)
+
+    def _block_due(self, horizon: float) -> bool:
+        """Are enough steps expected before `horizon` (at the last step's time) for a block?"""
+        ends = self.ends
+        span = ends[-1] - (ends[-2] if len(ends) > 1 else self.start_s)  # (step 0's may include prompts: longer)
+        return span <= 0 or (horizon - ends[-1]) / span >= least_block_steps(len(self._active))  # (`block_steps`' test)
 
     def _block(self, horizon: float) -> bool:
         """Price a block of regular steps with numpy (`spec_blocks.regular_block`) when enough
