@@ -263,8 +263,6 @@ class FastForwarding:
             steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
             # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
             new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
-            if st.settled:  # (those that left before a join settled their growth: `departed_settle.py`)
-                new_blocks = [(req, c) for req, c in new_blocks if req.id not in st.settled]
             finished = [i for i, r in enumerate(remaining) if r <= k]
             if len(finished) > 1:
                 finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
@@ -276,8 +274,6 @@ class FastForwarding:
             if not st.stalls:
                 advance_decodes(st.decodes, steps_of, first)
         joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
-        if st.settled:  # (a joiner settled since holds nothing: the blocks it took, kept then)
-            joined = [b if (t := st.settled.get(req.id)) is None else t for b, (_, req, _) in zip(joined, st.joins)]
         if st.stalls:
             new_blocks += [(reqs[i], c) for i, c in grown.items()]
             prefill_tokens, prefill_at = apply_stalled(st, steps_of, first, frees, joined)

@@ -39,7 +39,6 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.departed_settle import settle_departed
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
@@ -76,11 +75,6 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req)):
         return False
     hits = kv.get_computed_blocks(req)
-    prefix = kv._prefix
-    if hits.num_keyed and prefix.num_free(hits) != hits.num_keyed and settle_departed(engine, st, s):
-        # (a hit block someone holds: usually its previous turn, which left the stretch; settled
-        # now as stepping has it, its answer's blocks registered, the turn looks up again)
-        hits = kv.get_computed_blocks(req)
     if hits.num_own:
         return False
     bs = kv.block_size
@@ -96,6 +90,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     pops = st.blocks_bound(s + 1, bs)
     if pops > free and (pops := st.blocks_needed(s + 1, bs)) > free:
         return False
+    prefix = kv._prefix
     if hits.num_keyed:
         if prefix.num_free(hits) != hits.num_keyed:
             return False  # a hit block that someone holds

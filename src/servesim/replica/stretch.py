@@ -46,7 +46,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "settled")
+                 "_stall_need")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -68,10 +68,6 @@ class Stretch(StretchJoins, StretchPricing):
         # to which it registers its blocks; None otherwise (every one registers up to k - 1)
         self.keyed_last: list[int] | None = None
         self._freed: dict | None = None  # `freed_blocks`' answers, by request id
-        # requests that left it and whose KV blocks were settled before its end
-        # (`replica/departed_settle.py`): id -> the blocks it took when it joined (None: it
-        # did not join), or None while there are none
-        self.settled: dict | None = None
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
@@ -217,10 +213,7 @@ class Stretch(StretchJoins, StretchPricing):
         """KV blocks the stretch has added by step j (allocated at steps 1..j), less those of
         requests that finished before step j (`blocks_held(req)`: what each held at step 0)."""
         delta = 0
-        settled = self.settled
         for req, f, r in zip(self.reqs, self.first_new, self.remaining):
-            if settled and req.id in settled:
-                continue  # (its growth and its free are the cache's already)
             last = min(j, r - 1)  # the request's last step at or before j
             if f <= last:
                 delta += (last - f) // block_size + 1
