@@ -21,7 +21,7 @@ import yaml
 from servesim.csv_cells import number_texts
 from servesim.errors import InputError
 from servesim.metrics.request_table import NONE_ID
-from servesim.metrics.summary import STATE_NAMES
+from servesim.metrics.summary import STATE_NAMES, RequestColumns
 from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
 
 SCALE_EVENT_COLUMNS = ("time_s", "num_ready", "num_starting", "num_draining", "num_queued", "metric", "desired",
@@ -91,15 +91,17 @@ def _cell(v):
 TEXT_COLUMNS = frozenset({"tenant", "slo_class", "state", "pool"})
 
 
-def column_cells(result: Result, name: str, start: int, stop: int) -> list[str]:
+def column_cells(result: Result, name: str, start: int, stop: int,
+                 derived: RequestColumns | None = None) -> list[str]:
     """The cells of requests.csv's column `name` for rows `start` to `stop`: strings by
     `_csv_texts` of `column_values`, numbers made from their arrays (csv_cells.py) with no
-    call per cell."""
+    call per cell. `derived`, the rows' `request_columns` if the caller has read them, gives
+    TTFT, TPOT and E2E (read once for the three, not once each)."""
     if name in TEXT_COLUMNS:
         return _csv_texts(column_values(result, name, start, stop))
     t, sl = result.table, slice(start, stop)
     if name in ("ttft_s", "tpot_s", "e2e_s"):
-        return number_texts(getattr(t.request_columns(sl), name))
+        return number_texts(getattr(derived or t.request_columns(sl), name))
     v = t.cols[name][sl]
     if name == "replica":
         return number_texts(v, v < 0)
@@ -124,10 +126,16 @@ def _csv_cell(value: str | None) -> str:
 
 
 def _write_lines(f, columns: list[list[str]]) -> None:
-    """Rows of cells as csv.writer's lines (comma-separated, CRLF-terminated)."""
+    """Rows of cells as csv.writer's lines (comma-separated, CRLF-terminated): the cells and
+    their separators interleaved in one list by slice assignments and joined once, which makes
+    no tuple and no join per row (about a third less than joining each row of `zip(*columns)`)."""
     if columns and columns[0]:
-        f.write("\r\n".join(map(",".join, zip(*columns))))
-        f.write("\r\n")
+        k, rows = 2 * len(columns), len(columns[0])
+        parts = [","] * (k * rows)
+        for i, cells in enumerate(columns):
+            parts[2 * i::k] = cells
+        parts[k - 1::k] = ["\r\n"] * rows  # (in place of the comma after each row's last cell)
+        f.write("".join(parts))
 
 
 def _jsonable(obj):
@@ -212,7 +220,8 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
             w.writerow(request_columns(result))
             n = len(result.table)
             for start in range(0, n, CSV_ROWS):  # written a chunk at a time, formatted a column at a time
-                _write_lines(f, [column_cells(result, name, start, start + CSV_ROWS)
+                derived = result.table.request_columns(slice(start, start + CSV_ROWS))
+                _write_lines(f, [column_cells(result, name, start, start + CSV_ROWS, derived)
                                  for name in request_columns(result)])
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)

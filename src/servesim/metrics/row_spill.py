@@ -8,13 +8,14 @@ arrival order a block of BLOCK_ROWS rows at a time: a block takes, from every ch
 arrivals overlap it, the rows that arrived in it (a contiguous slice, the chunk being sorted),
 and appends them to one file per column, and their token runs to the run files. Nothing in the
 merge holds more than a block, whatever the number of requests. The table then maps the files
-(`np.memmap`) when it reads them: reading a column, or a slice of rows for requests.csv,
+(`mmap`) when it reads them: reading a column, or a slice of rows for requests.csv,
 touches only those pages, and a column that nothing reads costs nothing. The folder is the
 run's temporary spill folder (deleted with the result, or when the run fails).
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -151,4 +152,8 @@ class MappedColumns(Mapping):
 def _map(path: Path, dtype: np.dtype, length: int) -> np.ndarray:
     if length == 0:
         return np.empty(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(length,)).view(np.ndarray)
+    # mmap and frombuffer, not np.memmap: the same read-only pages, without memmap's resolve()
+    # of the path (an lstat per component) on each of the thousands of maps writing a run makes
+    with open(path, "rb") as f:
+        pages = mmap.mmap(f.fileno(), length * dtype.itemsize, access=mmap.ACCESS_READ)
+    return np.frombuffer(pages, dtype=dtype, count=length)
