@@ -255,13 +255,44 @@ def _write_parquet(result: Result, path: Path) -> None:
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, n, ROW_CHUNK):
             stop = start + ROW_CHUNK
-            writer.write_table(pa.table([pa.array(column_values(result, name, start, stop), type=types[name])
+            writer.write_table(pa.table([_arrow_column(result, name, start, stop, pa, types[name])
                                          for name in names], schema=schema))
 
 
 def _arrow_type(result: Result, name: str, n: int, pa):
     for start in range(0, n, ROW_CHUNK):
-        t = pa.array(column_values(result, name, start, start + ROW_CHUNK)).type
+        t = _arrow_column(result, name, start, start + ROW_CHUNK, pa).type
         if not pa.types.is_null(t):
             return t
     return pa.null()
+
+
+#: the type pyarrow infers from a numeric column's Python values (`tolist`), by numpy kind
+_INFERRED = {"b": "bool_", "i": "int64", "u": "int64", "f": "float64"}
+
+
+def _arrow_column(result: Result, name: str, start: int, stop: int, pa, type=None):
+    """`pa.array(column_values(...), type)` without a Python value per cell for the numeric
+    columns: their numpy slice, with the cells `column_values` gives as None masked (the same
+    array: the type is the one pyarrow infers from those values unless given; all None: null)."""
+    if name in TEXT_COLUMNS:
+        return pa.array(column_values(result, name, start, stop), type=type)
+    t, sl = result.table, slice(start, stop)
+    mask = None
+    if name in ("ttft_s", "tpot_s", "e2e_s"):
+        v = getattr(t.request_columns(sl), name)  # (NaN where undefined, as `column_values`)
+    else:
+        v = t.cols[name][sl]
+        if name == "is_offline":
+            v = v.astype(np.int64)
+        elif name == "replica":
+            mask = v < 0
+        elif name in OPTIONAL:
+            mask = (v == NONE_ID) if v.dtype.kind == "i" else np.isnan(v)
+    if mask is not None and not mask.any():
+        mask = None
+    if type is None:
+        type = pa.null() if mask is not None and mask.all() else getattr(pa, _INFERRED[v.dtype.kind])()
+    if pa.types.is_null(type):
+        return pa.nulls(len(v))
+    return pa.array(v, type=type, mask=mask)

@@ -153,6 +153,37 @@ def test_parquet_is_written_in_row_groups_with_the_csv_values(tmp_path, monkeypa
     assert [[str(v) for v in row] for row in by_row] == rows[1:]
 
 
+@pytest.mark.parametrize("case", ["faults", "rejected"])
+def test_parquet_numbers_from_their_arrays_are_the_bytes_of_their_python_values(tmp_path, monkeypatch, case):
+    # the numeric columns go to pyarrow as numpy slices with masks (`_arrow_column`): the file
+    # must be byte for byte the one built from `column_values`' Python values, with the cells
+    # that differ: replicas and pools after a crash's re-routes, tenants, and prompts too long
+    # for the model (rejected: no first scheduled or first token time, a masked cell among values)
+    pa = pytest.importorskip("pyarrow")
+    from pathlib import Path
+
+    import servesim.output as output
+
+    monkeypatch.setattr(output, "ROW_CHUNK", 700)  # (several row groups; the first ones decide the types)
+    if case == "faults":
+        scenario = load_scenario(Path(__file__).parents[2] / "examples/cluster-faults.yaml",
+                                 ["workload.trace.end_s=1500", "output.requests_format=parquet"])
+    else:
+        scenario = load_scenario(None, POISSON[:-1] + ["workload.num_requests=1500", "engine.max_model_len=1024",
+                                                       "workload.attributes.tenants={a: 1, b: 1}"])
+    result = simulate(scenario, keep_requests=False)
+    output._write_parquet(result, tmp_path / "arrays.parquet")
+    monkeypatch.setattr(output, "_arrow_column", lambda result, name, start, stop, pa, type=None:
+                        pa.array(output.column_values(result, name, start, stop), type=type))
+    output._write_parquet(result, tmp_path / "values.parquet")
+    assert (tmp_path / "arrays.parquet").read_bytes() == (tmp_path / "values.parquet").read_bytes()
+    table = pa.parquet.read_table(tmp_path / "arrays.parquet")
+    if case == "faults":
+        assert result.cluster["num_rerouted"] > 0 and table.column("replica").null_count == 0
+    else:
+        assert 0 < table.column("first_token_s").null_count < len(table)
+
+
 def test_batch_sizes_logged_as_runs_expand_to_the_same_column():
     from servesim.metrics.recorder import BatchRuns
     runs = BatchRuns.of([3, 3, 2, 2, 2, 5])
