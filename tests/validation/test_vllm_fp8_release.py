@@ -34,8 +34,8 @@ ENGINE_FLOOR = _constants(backend_version="0.19.0")[0]  # a key without the spli
 @pytest.mark.parametrize(("system", "version", "quant", "layer_floor_s", "step_overhead_s"), [
     ("b200_sxm", "0.17.0", "fp8", 3.5e-05, 0.002996),               # the split: FP8 layers, the release's overhead
     ("b200_sxm", "0.17.0", "nvfp4", ENGINE_FLOOR, 0.002996),        # NVFP4 of the same release: the overhead only
-    ("b300_sxm", "0.19.0", "fp8", 3.5e-05, 0.003),
-    ("b300_sxm", "0.19.0", "nvfp4", ENGINE_FLOOR, 0.003),
+    ("b300_sxm", "0.19.0", "fp8", 3.5e-05, 0.0035),
+    ("b300_sxm", "0.19.0", "nvfp4", ENGINE_FLOOR, 0.0035),
     ("b200_sxm", "0.19.0", "fp8", ENGINE_FLOOR, 0.002996),          # not split (held-out rows worse)
     ("b300_sxm", "nightly-5b8c30d62b754b57", "fp8", ENGINE_FLOOR, 0.004494),  # B300's fallback
 ])
