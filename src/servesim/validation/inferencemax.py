@@ -286,6 +286,11 @@ def dsr1_b200_trt(row: SiliconRow) -> Recipe:
     scheduler = attention_dp_balance(row)
     if row.gemm_quant == "fp8" and (row.isl, row.osl) == (1024, 1024) and row.concurrency >= 64 and not scheduler:
         scheduler = {"batch_wait_timeout_iters": 40, "batch_wait_max_tokens_ratio": 0.8}
+    return dsr1_trt_recipe(row, scheduler)
+
+
+def dsr1_trt_recipe(row: SiliconRow, scheduler: dict) -> Recipe:
+    """What the DeepSeek-R1 TensorRT-LLM scripts share: the budget with the 8,192-token floor, FP8 KV cache."""
     budget = max(dsr1_budget(row.concurrency, row.isl), DSR1_BUDGET_FLOOR_TOKENS)
     return Recipe(engine={"max_num_batched_tokens": budget}, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"})
 
@@ -321,5 +326,4 @@ def as_run(row: SiliconRow) -> SiliconRow:
 
 def dsr1_h200_trt(row: SiliconRow) -> Recipe:
     """`dsr1_fp8_h200_trt.sh`: the DeepSeek-R1 scripts' budget with the 8,192-token floor, FP8 KV cache."""
-    budget = max(dsr1_budget(row.concurrency, row.isl), DSR1_BUDGET_FLOOR_TOKENS)
-    return Recipe(engine={"max_num_batched_tokens": budget}, scheduler={}, perf={"kv_cache_dtype": "fp8"})
+    return dsr1_trt_recipe(row, {})
