@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 import servesim.replica.admission_stretch as admission
+import servesim.replica.finish_admission as finish_admission
 
 from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
 
@@ -17,8 +18,8 @@ from .helpers import assert_same_steps, outcome, reads_everything, run  # noqa: 
 def test_admissions_inside_stretches_are_exact_with_a_state_reading_router(scheduler, rate, reads_everything,
                                                                            monkeypatch):
     admitted = []
-    join = admission._join
-    monkeypatch.setattr(admission, "_join", lambda engine, st, s, n, joins, now_s, pending=None: (
+    join = finish_admission._join
+    monkeypatch.setattr(finish_admission, "_join", lambda engine, st, s, n, joins, now_s, pending=None: (
         admitted.extend(joins), join(engine, st, s, n, joins, now_s, pending)))
     sets = [f"router.name={reads_everything}", f"scheduler.name={scheduler}", f"workload.arrival.rate_per_s={rate}"]
     fast = run(sets)

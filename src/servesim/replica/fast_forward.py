@@ -19,7 +19,8 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
 from servesim.metrics.recorder import BatchRuns, BlockGrowth
-from servesim.replica.admission_stretch import AdmitStretch, admission_fast_forward, admit_at_finishes
+from servesim.replica.admission_stretch import AdmitStretch
+from servesim.replica.finish_admission import admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.chunk_join import apply_prompt_runs
 from servesim.replica.finish_notices import schedule_notice
