@@ -129,7 +129,6 @@ def test_other_policies_bursts_and_chunked_prompts(scheduler, params, llama):
 
 
 @pytest.mark.parametrize("scheduler,params,why", [
-    ("autellix", {}, "service accounting at every step's end"),
     ("batchllm", {"output_len_estimate": "max_tokens"}, "admission reads a projection that decodes may change"),
 ])
 def test_policies_that_do_not_join_stay_exact(scheduler, params, why, llama):
