@@ -267,6 +267,13 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             self._joined[req] = queued[req.id]
         super().join(joins, out)
 
+    def join_order_limit(self, joins: list[tuple[Request, int]], now_s: float) -> float:
+        # A lone call joins at level 0 with no service: its level changes only once the steps
+        # from `now_s` on have served it the first threshold (less the lazy due times' margin).
+        if not self.thresholds:
+            return inf
+        return now_s + self.thresholds[0] * (1 - 1e-9) - 1e-6
+
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Each step sorts the running calls by (level, arrival): with nothing waiting (the only
