@@ -10,6 +10,7 @@ import pytest
 
 from servesim.perf.build import build_perf_model
 from tests.factories import REQUEST_OUTCOME, ToyPerf, assert_same_run, make_engine, make_request, serve
+from tests.replica.test_fastswitch_join import fast_and_stepped, speculating
 
 FIELDS = REQUEST_OUTCOME + ("num_computed_tokens", "first_scheduled_s", "num_preemptions")
 
@@ -29,7 +30,7 @@ def load(seed: int, n: int = 260, gap_s: float = 0.2, programs: bool = False):
 
 
 def run(reqs, fast_forward: bool, perf, num_blocks: int, k: int = 0, **params):
-    spec = dict(num_speculative_tokens=k, spec_acceptance_rate=0.7, rng=np.random.default_rng(7)) if k else {}
+    spec = speculating(k)
     engine, sched, kv, loop, _ = make_engine(num_blocks=num_blocks, fast_forward=fast_forward, perf=perf,
                                              scheduler="autellix", defer_finishes=True,
                                              params={"base_quantum_s": 0.2, **params},
@@ -57,17 +58,16 @@ def assert_same_as_stepping(fast, slow, fast_reqs, slow_reqs, num_blocks: int) -
         assert a.spec_draws.take(50) == b.spec_draws.take(50)  # the stretches took exactly their steps' rows
 
 
-@pytest.mark.parametrize("perf_name", ["toy", "llama"])
-@pytest.mark.parametrize("seed,num_blocks", [(1, 2000), (2, 300), (3, 150)])
-@pytest.mark.parametrize("k", [0, 3])
+CASES = [(perf, seed, num_blocks) for perf in ("toy", "llama") for seed, num_blocks in ((1, 2000), (2, 300), (3, 150))]
+
+
+@pytest.mark.parametrize("perf_name,seed,num_blocks,k", [case + (k,) for case in CASES for k in (0, 3)])
 def test_autellix_joins_match_stepping(perf_name, seed, num_blocks, k, llama):
     # with 300 and 150 blocks newcomers of level 0 preempt calls of higher levels; speculating
     # (k = 3), a joined call's level may change 0.2 s after its join: the stretch's order
     # holds up to then (`join_order_limit`), and the levels change inside the runs
     perf = ToyPerf() if perf_name == "toy" else llama
-    fast_reqs, slow_reqs = load(seed), load(seed)
-    fast = run(fast_reqs, True, perf, num_blocks, k)
-    slow = run(slow_reqs, False, perf, num_blocks, k)
+    fast_reqs, slow_reqs, fast, slow = fast_and_stepped(lambda: load(seed), run, perf, num_blocks, k)
     assert_same_as_stepping(fast, slow, fast_reqs, slow_reqs, num_blocks)
     assert fast[0].num_joined_arrivals > (0.4 if num_blocks > 150 else 0.03) * len(fast_reqs)
     if num_blocks == 150 and not k:
@@ -76,9 +76,7 @@ def test_autellix_joins_match_stepping(perf_name, seed, num_blocks, k, llama):
 
 @pytest.mark.parametrize("k", [0, 3])
 def test_program_calls_do_not_join_and_the_rest_stay_exact(k, llama):
-    fast_reqs, slow_reqs = load(4, programs=True), load(4, programs=True)
-    fast = run(fast_reqs, True, llama, 300, k, mode="atlas")
-    slow = run(slow_reqs, False, llama, 300, k, mode="atlas")
+    fast_reqs, slow_reqs, fast, slow = fast_and_stepped(lambda: load(4, programs=True), run, llama, 300, k, mode="atlas")
     assert_same_as_stepping(fast, slow, fast_reqs, slow_reqs, 300)
     joined = fast[0].num_joined_arrivals
     assert 0.2 * len(fast_reqs) < joined < len(fast_reqs) - len([r for r in fast_reqs if r.program_id is not None])

@@ -31,9 +31,20 @@ def phased_load(seed: int, n: int = 260, gap_s: float = 0.25):
             for i in range(n)]
 
 
+def speculating(k: int) -> dict:
+    """The engine's settings for k drafts a step at 70 % (none when k = 0)."""
+    return dict(num_speculative_tokens=k, spec_acceptance_rate=0.7, rng=np.random.default_rng(7)) if k else {}
+
+
+def fast_and_stepped(make_load, run, *args, **kw):
+    """(fast-forwarded requests, stepped requests, fast-forwarded run, stepped run) of one load."""
+    fast_reqs, slow_reqs = make_load(), make_load()
+    return fast_reqs, slow_reqs, run(fast_reqs, True, *args, **kw), run(slow_reqs, False, *args, **kw)
+
+
 def joined_run(reqs, fast_forward: bool, perf, num_blocks: int = 2000, k: int = 0, interval: int = 7):
     """The run with every snapshot taken (by the step whose `schedule` saw it)."""
-    spec = dict(num_speculative_tokens=k, spec_acceptance_rate=0.7, rng=np.random.default_rng(7)) if k else {}
+    spec = speculating(k)
     engine, sched, kv, loop, _ = make_engine(num_blocks=num_blocks, fast_forward=fast_forward, perf=perf,
                                              scheduler="fastswitch", defer_finishes=True,
                                              params={"priority_update_interval": interval},
@@ -68,9 +79,7 @@ def assert_same_as_stepping(fast, slow, fast_reqs, slow_reqs, num_blocks: int, s
 @pytest.mark.parametrize("k", [0, 3])
 def test_fastswitch_joins_match_stepping(perf_name, seed, num_blocks, k, llama):
     perf = ToyPerf() if perf_name == "toy" else llama
-    fast_reqs, slow_reqs = phased_load(seed), phased_load(seed)
-    fast = joined_run(fast_reqs, True, perf, num_blocks, k)
-    slow = joined_run(slow_reqs, False, perf, num_blocks, k)
+    fast_reqs, slow_reqs, fast, slow = fast_and_stepped(lambda: phased_load(seed), joined_run, perf, num_blocks, k)
     assert_same_as_stepping(fast, slow, fast_reqs, slow_reqs, num_blocks, k > 0)
     # most of the single-tenant phases' arrivals joined (fewer with 120 blocks: no room)
     assert fast[0].num_joined_arrivals > (0.4 if num_blocks > 120 else 0.15) * len(fast_reqs)
