@@ -98,7 +98,7 @@ def test_one_token_requests_do_not_join_and_stay_exact(llama):
     assert 0 < a.num_joined_arrivals < len(runs[0]) - len(runs[0][::3])
 
 
-@pytest.mark.parametrize("scheduler,params", [("fastswitch", {}), ("autellix", {}), ("vtc", {}),
+@pytest.mark.parametrize("scheduler,params", [("vtc", {}),
                                               ("batchllm", {"output_len_estimate": "max_tokens"})])
 def test_policies_that_do_not_join_speculative_stretches_stay_exact(scheduler, params, llama):
     a_reqs, b_reqs = light_load(4), light_load(4)

@@ -129,8 +129,6 @@ def test_other_policies_bursts_and_chunked_prompts(scheduler, params, llama):
 
 
 @pytest.mark.parametrize("scheduler,params,why", [
-    ("fastswitch", {}, "tenant counters credited per step and lifts decided at the admitting step"),
-    ("autellix", {}, "service accounting at every step's end"),
     ("batchllm", {"output_len_estimate": "max_tokens"}, "admission reads a projection that decodes may change"),
 ])
 def test_policies_that_do_not_join_stay_exact(scheduler, params, why, llama):

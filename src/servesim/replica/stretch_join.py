@@ -194,10 +194,11 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     (the cut stretch's running state may be rewound: it is applied from its per-step lists)."""
     sched = engine.scheduler
     if (sched.stalls_decodes or not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
-            or st._until_s != math.inf or st.kmax != UNLIMITED_STEPS or st._perf is not engine.perf
+            or now_s >= st._until_s or st.kmax != UNLIMITED_STEPS or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
-        return False  # (a policy whose order holds only so far, `repeat_order_limit`, never joins; a
-        # prefill-first one's prompt-only step is not built for speculative stretches)
+        return False  # (a policy whose order holds up to a number of steps never joins; one whose
+        # order holds up to a time, only before it; a prefill-first one's prompt-only step is not
+        # built for speculative stretches)
     st.rewind()  # (to the last step kept: the step s to price follows it)
     act = st._active
     if len(st.reqs) - len(act) > len(act) + MAX_EXTRA_DEPARTED:
@@ -209,10 +210,16 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     grown = SchedulerOutput([(reqs[i], 1) for i in act] + joins)
     if sched.repeat_order(grown) is None:
         return False  # the steps after the join may list the grown batch in another order
+    until_s = st._until_s
+    if until_s != math.inf:  # (the newcomers' order may hold for less long than the running ones')
+        until_s = min(until_s, sched.join_order_limit(joins, now_s))
+        if until_s <= now_s:
+            return False
     blocks, kept = sched.join_blocks(joins)
     step = st._join_step(joins, blocks + kept)
     if step is None:
         return False  # the blocks of step s and the prompts do not fit in those free at the start
+    st._until_s = until_s
     sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
     for req, _ in joins:
         if req.first_scheduled_s is None:

@@ -106,6 +106,9 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # `_lazy_turn[session]`: its lazy running call, settled when another call joins.
         self._calls_held: dict[object, int] = {}
         self._lazy_turn: dict[object, Request] = {}
+        # Lone calls admitted into the stretch in flight (`join`) -> when each was queued: the
+        # stretch's end credits them from their join step on and adds the time they waited.
+        self._joined: dict[Request, float] = {}
 
     @staticmethod
     def program(req: Request) -> object:
@@ -249,6 +252,27 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         for req in self.running:  # (a call handed over by another replica joins running directly)
             if req not in keys:
                 keys[req] = self._fresh_key(req)
+
+    # ---- arrivals joining a stretch -------------------------------------------------
+    def admits_joins(self) -> bool:
+        # Lone calls only: a call's program is its own, so its key is (level 0, arrival) and
+        # its waiting time and service are its own; the step-end pass the join skips (the one
+        # of the step it arrived in, which made it lazy with the time it waited) is what
+        # `on_step_end` adds for it at the stretch's end (`_joined`).
+        return all(r.program_id is None and r.session_id is None for r in self.waiting)
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        queued = self._queued_s
+        for req, _ in joins:
+            self._joined[req] = queued[req.id]
+        super().join(joins, out)
+
+    def join_order_limit(self, joins: list[tuple[Request, int]], now_s: float) -> float:
+        # A lone call joins at level 0 with no service: its level changes only once the steps
+        # from `now_s` on have served it the first threshold (less the lazy due times' margin).
+        if not self.thresholds:
+            return inf
+        return now_s + self.thresholds[0] * (1 - 1e-9) - 1e-6
 
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:

@@ -62,6 +62,8 @@ class AutellixAccounting:
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         start = self._step_start_s
         dt = now_s - start
+        if self._joined:
+            self._joined_waits()
         served = self._credit(output, now_s, start, dt)
         log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
         self._step_log.append(dt)
@@ -87,14 +89,27 @@ class AutellixAccounting:
                 self._settle_running(req)
         program, service, call_service = self.program, self.service_s, self.call_service_s
         served = set()
+        joined, self._joined = self._joined, {}
         for req in filterfalse(run_lazy.__contains__, reqs):
             p = program(req)
             served.add(p)
             # a call that finished inside a stretch running through finishes was served until then
-            d = dt if req.finish_s is None or req.finish_s >= now_s else req.finish_s - start
+            if joined and req in joined:  # served from the start of the step it joined
+                d = (now_s if req.finish_s is None or req.finish_s >= now_s else req.finish_s) - req.first_scheduled_s
+            else:
+                d = dt if req.finish_s is None or req.finish_s >= now_s else req.finish_s - start
             service[p] += d
             call_service[req.id] += d
         return served
+
+    def _joined_waits(self) -> None:
+        """The waiting time of the lone calls that joined the stretch in flight: stepping's pass
+        at the end of the step they arrived in adds the time from their arrival to its end (the
+        join step's start), to a program of theirs alone."""
+        wait, program = self.wait_s, self.program
+        for req, queued_s in self._joined.items():
+            p = program(req)
+            wait[p] = wait[p] + (req.first_scheduled_s - queued_s)
 
     def _wait_pass(self, served: set, now_s: float, start: float) -> None:
         """Waiting time and anti-starvation (`attained_s` inlined: this runs over the queue)."""

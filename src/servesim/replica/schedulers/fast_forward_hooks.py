@@ -47,6 +47,14 @@ class FastForwardHooks:
         most that many (step 0 included), keep the order. Default: for good. Changes no state."""
         return math.inf, UNLIMITED_STEPS
 
+    def join_order_limit(self, joins: list[tuple[Request, int]], now_s: float) -> float:
+        """For a policy whose `repeat_order` holds only so far (`repeat_order_limit`): if the
+        requests of `joins` (`arrivals_join`'s answer) joined a speculative stretch at `now_s`,
+        the time before which the repeated steps after that keep the order `repeat_order` gives
+        the grown batch, as far as the newcomers are concerned (the running requests' limit
+        holds as it was). Changes no state. The default, -inf, keeps them out of such a stretch."""
+        return -math.inf
+
     def repeats_chunk(self, output: SchedulerOutput) -> bool:
         """Is `output` decodes (one token each) plus one prompt chunk taking the whole token
         budget they leave, such that, whatever arrives, the next `schedule` calls would run the

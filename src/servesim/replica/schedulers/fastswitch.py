@@ -37,9 +37,9 @@ from operator import attrgetter
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import admit_whole
+from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_THROUGH, UNLIMITED_STEPS, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_of
 from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
@@ -49,7 +49,7 @@ from servesim.workload.request import Request, RequestState
 
 _ARRIVAL_ID = attrgetter("arrival_s", "id")
 _STATE = attrgetter("state")
-RUNNING = RequestState.RUNNING
+RUNNING, WAITING = RequestState.RUNNING, RequestState.WAITING
 
 
 class FastSwitchParams(SchedulerParams):
@@ -296,6 +296,30 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         admit_whole(self, joins, out)
         self._blocked_head = self.waiting.peek() if self.waiting else None
 
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # With one tenant held (its counter the newcomers', so no lift moves it) and nothing
+        # swapped, the walk is in arrival order: the running requests decode, then the
+        # newcomers, last in that order, are admitted as vLLM admits. Integral prices: the
+        # stretch counts their tokens at its end, in any grouping the same integer floats.
+        held, waiting = self._by_arrival, self.waiting
+        n = len(waiting)
+        if (len(self._held) != 1 or self.swapped or self.swap_ready_s or self._unscheduled or not self._defer_prices
+                or type(self).schedule is not FastSwitchScheduler.schedule or not n):
+            return None
+        newcomers = held[-n:]
+        if newcomers[0].tenant not in self.counters or any(r.state is not WAITING for r in newcomers):
+            return None  # (a tenant never counted: stepping's lift would add its zero counter)
+        max_num_seqs, max_num_batched_tokens, _, _ = self.limits
+        return whole_prompts(newcomers, len(self.running), num_running, max_num_seqs, max_num_batched_tokens,
+                             lambda req, budget: self.first_chunk(req, 0, budget))
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        # what `schedule` does before its walk (a refresh's snapshot is the stretch end's)
+        if self._arrived:
+            self._lift()
+        self._blocked_head = None
+        admit_whole(self, joins, out)
+
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
         # With nothing waiting or swapped (the only case `fast_forward` repeats), each step
@@ -309,7 +333,10 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         return sorted((r for r, _ in output.scheduled), key=self._key)
 
     def repeat_order_limit(self, output: SchedulerOutput) -> tuple[float, int]:
-        # Up to the step before the next refresh: that step may re-sort by new counters (and a
-        # stretch past it would rebuild the snapshot assuming one token per request per step).
+        # Up to the step before the next refresh: that step may re-sort by new counters. With
+        # one tenant held every key has its counter, so the walk stays in arrival order across
+        # refreshes (a stretch's end rebuilds the snapshot from the token log: `on_step_end`).
+        if len(self._held) == 1:
+            return inf, UNLIMITED_STEPS
         interval, step = self.params.priority_update_interval, self.num_engine_steps
         return inf, (step // interval + 1) * interval - step

@@ -101,13 +101,15 @@ class FastSwitchFairness:
         last_refresh = (start + k - 1) // p.priority_update_interval * p.priority_update_interval
         if k > 1 and last_refresh > start:
             # A fast-forwarded stretch of k steps crossed a refresh step: snapshot the counters
-            # as they were at its start, exactly as stepping would (a prompt finished in step 0
-            # counted its tokens there; every request emitted one token per step).
+            # as they were at its start plus the tokens emitted before that step, exactly as
+            # stepping would. The token log says how many (a speculative step emits several, a
+            # request that joined the stretch starts at its step); a request's prompt counted
+            # with its first token (whole in step 0, or in a joined request's step).
             snap = dict(self.counters)
             for req, _ in output.scheduled:
                 old_in, old_out = self._served.get(req.id, (0, 0))
-                new_in = max(old_in, min(req.num_computed_tokens, req.prompt_len))
-                emitted = min(last_refresh - start, req.num_output_tokens - old_out)
+                emitted = req.num_output_tokens - old_out - _tokens_since(req.token_steps, last_refresh)
+                new_in = max(old_in, min(req.num_computed_tokens, req.prompt_len)) if emitted > 0 else old_in
                 delta = p.input_price * (new_in - old_in) + p.output_price * emitted
                 snap[req.tenant] = snap.get(req.tenant, 0.0) + delta
             self._snapshot, self._snap_step = snap, last_refresh
@@ -168,3 +170,17 @@ class FastSwitchFairness:
             held[req.tenant] -= 1
         else:
             held.pop(req.tenant, None)
+
+
+def _tokens_since(runs: list[int], step: int) -> int:
+    """Tokens a request emitted at the end of engine step `step` or later, from its token log
+    (runs of steps, [first, last] pairs, one token per step of a run; a run starts where the
+    one before it ends or later): the runs that reach `step`, read from the end."""
+    n, i = 0, len(runs) - 2
+    while i >= 0 and runs[i + 1] >= step:
+        first = runs[i]
+        n += runs[i + 1] - (first if first > step else step) + 1
+        if first < step:
+            break  # (the runs before end at `first` at most; earlier replicas' runs too)
+        i -= 2
+    return n
