@@ -70,28 +70,40 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     sched.join([(req, c)], st.out)  # (listed in the output the stretch's end hands `end_step`)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
-    t, ends, cached, fns = st.end_s, [], 0, {}
-    for j, chunk in enumerate(chunks, s0 + 1):  # (j: the step after the chunk's)
-        active = st._active
-        f = fns.get(chunk)
-        if f is None:
-            f = fns[chunk] = chunk_fn(active, chunk)
-        t += f(cached, st._ctx_sum)
-        ends.append(t)
-        cached += chunk
-        st._ctx_sum += active
-        if st._p < len(rem) and rem[st._p] == j:
-            st._leave(j)  # (the scalar state of the next step: decodes whose last token was this one's leave)
-    st._append(ends)
-    st.prompt_runs.append((s0, chunks, req, blocks))
     first_new = engine.kv.num_blocks_of(req.id) * bs - (n - last) + 1  # (`first_new_block_steps`, ctx1 n - last)
-    step_s = chunk_fn(st._active, n - cached)(cached, st._ctx_sum)
-    st.join_one(req, n, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + 1), bs)
+    join_after_chunks(engine, st, chunk_fn, req, chunks, 0, n, first_new, blocks, blocks)
     engine.num_joined_arrivals += 1
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, last + 1)
     engine._schedule_stretch_end(st)
     return True
+
+
+def join_after_chunks(engine, st, chunk_fn, req, chunks: list[int], cached: int, n: int, first_new: int,
+                      run_blocks: int, blocks: int) -> None:
+    """Price the chunk steps s0 = k, s0 + 1, ... of `req` (admitted at s0 with `cached` prompt
+    tokens hit, its `n` other prompt tokens computed in `chunks` and then the rest) beside the
+    decodes, and join it at the step after them as a whole prompt joins (`Stretch.join_one`),
+    the chunks kept in `prompt_runs` with the `run_blocks` it held from s0 (`blocks`: all its
+    prompt's). The scalar pricing state must be step s0's."""
+    rem, s0 = st._sorted_rem, st.k
+    t, ends, done, fns = st.end_s, [], cached, {}
+    for j, chunk in enumerate(chunks, s0 + 1):  # (j: the step after the chunk's)
+        active = st._active
+        f = fns.get(chunk)
+        if f is None:
+            f = fns[chunk] = chunk_fn(active, chunk)
+        t += f(done, st._ctx_sum)
+        ends.append(t)
+        done += chunk
+        st._ctx_sum += active
+        if st._p < len(rem) and rem[st._p] == j:
+            st._leave(j)  # (the scalar state of the next step: decodes whose last token was this one's leave)
+    st._append(ends)
+    st.prompt_runs.append((s0, chunks, req, run_blocks))
+    step_s = chunk_fn(st._active, cached + n - done)(done, st._ctx_sum)
+    st.join_one(req, n, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + 1), engine.kv.block_size,
+                cached)
 
 
 def apply_prompt_runs(st, frees: list[tuple[int, int]], prefill_at) -> tuple[list[tuple[int, int]], list[int]]:

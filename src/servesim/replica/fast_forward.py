@@ -24,6 +24,7 @@ from servesim.replica.finish_admission import admission_fast_forward, admit_at_f
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.chunk_join import apply_prompt_runs
 from servesim.replica.finish_notices import schedule_notice
+from servesim.replica.keyed_chunk_join import apply_rests
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
@@ -289,6 +290,8 @@ class FastForwarding:
             silent_at = silent_n = ()  # (one request each without counts)
             if st.prompt_runs:  # (prompts that joined with chunks: `replica/chunk_join.py`)
                 prefill_at, silent_at = apply_prompt_runs(st, frees, prefill_at)
+                if st.rests:  # (next turns' rests: `replica/keyed_chunk_join.py`)
+                    apply_rests(st, steps_of, new_blocks, frees)
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         if st.keyed_last is None:

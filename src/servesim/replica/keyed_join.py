@@ -25,7 +25,8 @@ before):
   `KeyedScheduler`'s, `priority` and `edf`, whose `_admit` of a lone waiting request that fits
   is vLLM's, with static keys that sort it after every running request; or `hygen`'s with no
   offline request: `joins_last`), the only waiting request, whole in the budget the decodes
-  leave, and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
+  leave (or its rest whole at step s + 1: `replica/keyed_chunk_join.py`), and its blocks (hits
+  and new) within those the stretch counts free (as `join_arrivals`).
 
 Then it is admitted now as vLLM's `admit` would (the lookup, hits and registration done now), its
 step s is priced with its prompt beside its cached context, and from step s + 1 it decodes
@@ -39,6 +40,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.keyed_chunk_join import join_in_two, rest_fits
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
@@ -65,6 +67,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
         return False
     s = st.k
+    if st.rests and st.rests[-1][0] >= s:
+        return False  # (cut inside a turn's two chunks: the budget is its rest's at its last)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
@@ -81,21 +85,27 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     cached = hits.num_keyed * bs
     num_tokens = req.num_tokens
     n = num_tokens - cached
-    if sched.first_chunk(req, cached, max_num_batched_tokens - num_running) != n:
-        return False  # a chunk of its prompt: stepping's next steps are not decodes
+    c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
+    chunk_fn = None
+    if c != n and (chunk_fn := rest_fits(engine, st, req, s, c, n, num_running)) is None:
+        return False  # a chunk of its prompt whose rest stepping does not run whole at s + 1
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     free = st.free_blocks - st.join_blocks - blocks
     # (`blocks_bound`: an upper bound of the decodes' pops up to step s, without a pass over
-    # them unless it is too large)
-    pops = st.blocks_bound(s + 1, bs)
-    if pops > free and (pops := st.blocks_needed(s + 1, bs)) > free:
+    # them unless it is too large; up to s + 1 with two chunks, whose rest takes its blocks there)
+    steps = s + 1 if chunk_fn is None else s + 2
+    pops = st.blocks_bound(steps, bs)
+    if pops > free and (pops := st.blocks_needed(steps, bs)) > free:
         return False
     prefix = kv._prefix
     if hits.num_keyed:
         if prefix.num_free(hits) != hits.num_keyed:
             return False  # a hit block that someone holds
         groups = [g for g, _, _ in hits.extents]
-        if kv._queue.head_evicts(pops, groups) and kv._queue.head_evicts(st.blocks_needed(s + 1, bs), groups):
+        # (the rests of turns that joined in two chunks pop their blocks before step s too)
+        later = sum(n for _, _, n in st.rests) if st.rests else 0
+        if (kv._queue.head_evicts(pops + later, groups)
+                and kv._queue.head_evicts(st.blocks_needed(steps, bs) + later, groups)):
             return False  # a hit block that the decodes' pops up to step s evict
     keys = req.kv_block_keys
     if keys is not None and type(keys) is not BlockKeys:
@@ -117,36 +127,43 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 return False
             if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
                 return False
+            if chunk_fn is not None and planned[2] < s + 1:
+                return False  # (its rest registers after the decodes' blocks of step s + 1: planned)
             kept = planned
     joins = [(req, n)]
-    if cached:  # (stepping prices its chunk beside its cached context and the decodes')
+    if chunk_fn is not None:
+        pass  # (its two steps are priced after the admission: `join_in_two`)
+    elif cached:  # (stepping prices its chunk beside its cached context and the decodes')
         ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
         step_s = engine.perf.step_time_s([(n, cached)], ctxs)
     else:
         step_s = _join_step_s(engine.perf, st, s, num_running, joins)
     # the policy's `join` (`admit_whole`) with the hits just found: `VLLMSteps.admit`'s calls
-    # for a request without KV store tokens, admitted whole
+    # for a request without KV store tokens, admitted whole (or with its first chunk c)
     sched.before_join()
-    if not kv.allocate_slots(req, n, hits):
+    if not kv.allocate_slots(req, c, hits):
         raise AssertionError(f"request {req.id} could not join the stretch")
     sched.waiting.remove(req)
-    sched.start(req, cached, n, st.out)
+    sched.start(req, cached, c, st.out)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
     if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
         kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
-    ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
-    first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
-    forms = engine._decode_forms(len(st.reqs) + 1)
-    if st._f is not None and st._priced == s:
-        st.join_one(req, n, first_new, blocks, step_s, forms, bs, cached)
+    if chunk_fn is not None:
+        ctx1 = join_in_two(engine, st, req, chunk_fn, c, cached, blocks)
     else:
-        st.join(joins, [first_new], blocks, step_s, forms, bs, cached)
+        ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
+        first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
+        forms = engine._decode_forms(len(st.reqs) + 1)
+        if st._f is not None and st._priced == s:
+            st.join_one(req, n, first_new, blocks, step_s, forms, bs, cached)
+        else:
+            st.join(joins, [first_new], blocks, step_s, forms, bs, cached)
     if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         if st.keyed_last is None:
             st.keyed_last = []
         st.keyed.append((req, ctx1))
-        st.keyed_last.append(s + req.output_len - 1)
+        st.keyed_last.append(num_tokens - ctx1 + req.output_len - 1)  # (its join step + output_len - 1)
     return _priced_on(engine, st, now_s, s, 1)
 
 

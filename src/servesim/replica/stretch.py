@@ -46,7 +46,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs")
+                 "_stall_need", "prompt_runs", "rests")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -127,6 +127,9 @@ class Stretch(StretchJoins, StretchPricing):
         # request, its blocks); steps s0, s0 + 1, ... run a chunk each beside the decodes, and
         # the request joins at s0 + len(chunks) with the rest (an entry of `joins`)
         self.prompt_runs: list[tuple[int, list[int], Any, int]] = []
+        # the rests of keyed prompts that joined with a first chunk (`replica/keyed_chunk_join.py`):
+        # (step, index in `reqs`, the blocks it allocates then), granted when the stretch ends
+        self.rests: list[tuple[int, int, int]] = []
 
     @property
     def ends(self) -> list[float] | np.ndarray:
@@ -237,6 +240,9 @@ class Stretch(StretchJoins, StretchPricing):
         for i, f, s in self.grown:  # (growth before a stall, of those not finished by step j)
             if remaining[i] > j and f <= j:
                 delta += (min(j + 1, s) - 1 - f) // block_size + 1
+        for s, i, n in self.rests:  # (a finished one's `blocks_held` leaves them out too: `apply_rests`)
+            if s <= j < remaining[i]:
+                delta += n
         return delta
 
     def freed_blocks(self, kv: Any) -> Callable[[Any], int]:

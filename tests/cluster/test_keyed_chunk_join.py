@@ -1,0 +1,78 @@
+"""Next turns whose prompts take two chunks of the token budget join the stretch in flight
+(`replica/keyed_chunk_join.py`): the first chunk beside the decodes at the join step, the rest at
+the next; the results, step log included, are those of stepping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.replica import fast_forward, keyed_join
+
+from .helpers import assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
+
+SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
+# Busy conversations whose contexts outgrow a 2,048-token budget: most next turns take two chunks
+BUSY = ["workload.num_requests=400", "workload.arrival.rate_per_s=2", "workload.sessions.think_time_s=1",
+        "engine.max_num_batched_tokens=2048"]
+
+
+def run_both(sets: list[str], monkeypatch) -> tuple:
+    """(fast-forwarded, stepped) results, the turns that joined in two chunks, and the stretches
+    applied with a rest that did not run (cut inside the first chunk's step)."""
+    two, cut = [], []
+    join_in_two, apply_rests = keyed_join.join_in_two, fast_forward.apply_rests
+
+    def counted_join(engine, st, req, *args):
+        two.append(req.id)
+        return join_in_two(engine, st, req, *args)
+
+    def counted_apply(st, *args):
+        cut.extend(s for s, _, _ in st.rests if s >= st.k)
+        return apply_rests(st, *args)
+
+    monkeypatch.setattr(keyed_join, "join_in_two", counted_join)
+    monkeypatch.setattr(fast_forward, "apply_rests", counted_apply)
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    n, m = len(two), len(cut)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert len(two) == n  # (stepping joins nothing)
+    return fast, slow, n, m
+
+
+@pytest.mark.parametrize("extra", [[], ["scheduler.name=priority"],
+                                   ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=6"]])
+def test_turns_join_in_two_chunks_exactly(extra, monkeypatch):
+    fast, slow, two, cut = run_both(BUSY + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    # (32 of 400 at 1 replica, where most contexts are cached: the new tokens fit whole; 4 replicas: more)
+    assert two > 0.05 * len(fast.requests), two  # turns joined with two chunks
+    assert cut > 0, cut  # and stretches cut inside a first chunk's step
+
+
+@pytest.mark.parametrize("router", ["least-kv", "reads-everything"])
+def test_views_count_the_rests(router, reads_everything, monkeypatch):
+    """Routers reading the views at every arrival (least-kv: the KV blocks in use first; a test
+    router reading every field): the rest's blocks count from its step (`Stretch.blocks_added`;
+    least-kv routes differently without them), its prompt tokens from each chunk's."""
+    name = reads_everything if router == "reads-everything" else router
+    sets = BUSY + ["replicas=2", f"router.name={name}", "workload.arrival.rate_per_s=4"]
+    fast, slow, two, _ = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert two > 0.05 * len(fast.requests), two
+
+
+def test_rests_evicting_cached_contexts_are_exact(monkeypatch):
+    """Caches full of freed contexts: the rests' pops (granted at the stretch's end) evict cached
+    contexts that a later turn joining the same stretch must not hit: `keyed_join`'s eviction
+    check counts them (without, 552 of these 600 requests differ from stepping)."""
+    sets = ["workload.num_requests=600", "engine.gpu_memory_utilization=0.5", "replicas=4",
+            "router.name=least-requests", "workload.arrival.rate_per_s=2", "engine.max_num_batched_tokens=4096"]
+    fast, slow, two, _ = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert two > 0.1 * len(fast.requests), two
