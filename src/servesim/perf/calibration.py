@@ -90,6 +90,13 @@ class Constants:
     # Triton fused_moe for block-FP8 weights on Hopper), whose efficiency is the kernel's, not the dense
     # GEMMs'; it decides prefill time of MoE models (compute-bound) and barely decode (weight-bound).
     eta_moe_compute: float = 0.0
+    # GPU time per prompt token per quantised linear layer (the attention projections and the dense or
+    # shared-expert FFN, not the routed experts' fused MoE kernel) that the activation's quantisation
+    # costs beyond the GEMM roofline (0, off, by default). TensorRT-LLM's block-scaled FP8 linear on
+    # Blackwell before release 1.3 quantises activations at about 27 ns a token per layer at prefill
+    # sizes and nothing at decode sizes (AIConfigurator's B200 GEMM tables; docs/fidelity.md, "FP8
+    # prefill on Blackwell"), so it is priced per prompt token (terms.StepTerms.act_quant_s_per_token).
+    act_quant_token_s: float = 0.0
     # Attention data parallelism only (perf/attention_dp.py; 0 by default, read by nothing else): GPU
     # time per lock-step step and per sequence of the ranks' padded batch (dp x the largest rank's
     # sequences) that the lock-step terms do not price, fitted per engine on the attention-DP serving

@@ -66,7 +66,9 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_pair_win", win_layers * t.pair_s())
         object.__setattr__(self, "_kv_read", t.kv_read_s_per_token())
         object.__setattr__(self, "_layers", (full_layers, win_layers))
-        object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token())  # per prompt token (0.0: none)
+        # Per prompt token (0.0: none): the linear-attention layers' chunked prefill and the quantised linears'
+        # activation quantisation (x + 0.0 is x, so either alone keeps its floats).
+        object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token() + t.act_quant_s_per_token())
         object.__setattr__(self, "_hybrid", t.model.linear_attention is not None)
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
         object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
@@ -100,10 +102,11 @@ class PerfModel(MemoryMixin):
         return self._prefill_pairs_s(prefills) + (self._lin_tok * prompt_tokens + self._eager)  # (`_prompt_fixed_s`, inline)
 
     def _prompt_fixed_s(self, prompt_tokens: int) -> float:
-        """The linear-attention layers' chunked prefill of the step's prompt tokens plus the eager
-        launch time (`eager_layer_s` per layer). Both are 0 by default, and 0.0 x n + eager is
-        eager exactly, so models without linear attention keep main's floats; the fast paths add
-        this one term where step_time_s adds it, so they keep its floats too."""
+        """The linear-attention layers' chunked prefill of the step's prompt tokens, the quantised
+        linears' activation quantisation of them (`act_quant_token_s`; both in `_lin_tok`) and the
+        eager launch time (`eager_layer_s` per layer). All are 0 by default, and 0.0 x n + eager is
+        eager exactly, so models without them keep main's floats; the fast paths add this one term
+        where step_time_s adds it, so they keep its floats too."""
         return self._lin_tok * prompt_tokens + self._eager
 
     def _mixed_s(self, prompt_tokens: int, num_decode: int) -> float:
@@ -317,11 +320,12 @@ class PerfModel(MemoryMixin):
         total = self.step_time_s(prefills, decode_ctxs)
         if num_tokens == 0:
             return StepTime(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "overhead")
-        linear = t.linear_s(num_tokens)
+        prompt = num_tokens - len(decode_ctxs)
+        linear = t.linear_s(num_tokens) + t.act_quant_s_per_token() * prompt
         comm = t.communication_s(num_tokens)
         other = t.other_s(num_tokens) + t.lm_head_s(num_seqs) + (self._eager if prefills else 0.0)
         other += self._mixed_s(num_tokens - len(decode_ctxs), len(decode_ctxs))
-        attn = self._prefill_pairs_s(prefills) + self._lin_tok * (num_tokens - len(decode_ctxs)) + self._g_full * sum(decode_ctxs)
+        attn = self._prefill_pairs_s(prefills) + t.linear_prefill_s_per_token() * prompt + self._g_full * sum(decode_ctxs)
         if self._hybrid:  # the linear-attention states, priced per sequence with the LM head
             attn += t.linear_state_s(num_seqs)
         if self._window is not None:

@@ -178,6 +178,23 @@ class StepTerms:
         per_layer = max(flops / self.attention_peak(), bytes_ / (self.c.eta_attn_memory * self.gpu.hbm_bw_bytes_s))
         return la.num_layers * per_layer
 
+    def quantised_linears(self) -> int:
+        """Linear layers of all layers that quantise their activation before the GEMM: the attention
+        projections (MLA: the fused q_a / kv_a down-projection, q_b, kv_b and o, as TensorRT-LLM's
+        DeepSeek runs them; else the fused QKV and o), a Gated DeltaNet layer's input and output
+        projections, and the dense or shared-expert FFN's gate-up and down. The routed experts run in
+        the fused MoE kernel, which quantises inside its own price."""
+        m = self.model
+        shared = m.moe is not None and m.moe.num_shared_experts > 0
+        return (m.num_attention_layers * (4 if m.mla is not None else 2) + 2 * m.num_linear_layers
+                + 2 * m.num_dense_ffn_layers + (2 * m.num_moe_layers if shared else 0))
+
+    def act_quant_s_per_token(self) -> float:
+        """Activation quantisation of every quantised linear per prompt token (`act_quant_token_s`; 0.0
+        when off). Priced on prompt tokens only: the kernel tables it comes from show the cost at
+        prefill sizes (a thousand tokens and up) and none at decode sizes (128 rows or fewer)."""
+        return self.quantised_linears() * self.c.act_quant_token_s
+
     def lm_head_s(self, num_logits: int) -> float:
         """LM head for the sequences that sample a token this step (16-bit, vocab split over TP), plus
         the GPU time per sequence `seq_gpu_s` (here so that every fast path that prices the step's
