@@ -112,6 +112,29 @@ def test_a_prompt_equal_to_the_prefill_tokens_left_waits_for_the_next_batch():
     assert steps[0] == [(0, 32), (1, 31)]
 
 
+def test_fcfs_admits_heads_in_order_until_one_is_held():
+    # FCFS reads the queue's head again after each admission (no copy of the queue per step):
+    # three prompts join one prefill batch in arrival order, the fourth waits at the running cap,
+    # and a head that does not fit leaves the queue untouched
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                max_num_batched_tokens=256, max_num_seqs=3)
+    sched.kv = engine.kv = RadixKVCache(100, 16)
+    reqs = [make_request(i, 16, 2, max_tokens=4) for i in range(4)]
+    steps = run_logged(engine, loop, reqs)
+    assert steps[0] == [(0, 16), (1, 16), (2, 16)]
+    assert [r.first_scheduled_s is not None for r in reqs] == [True] * 4
+    waiting = [make_request(10 + i, 16, 2) for i in range(3)]
+    for req in waiting:
+        sched.waiting.append(req)
+    taken = []
+    for req in sched._candidates():
+        if len(taken) == 2:
+            break  # (the loop stops at a head it does not admit)
+        taken.append(req)
+        sched.waiting.remove(req)
+    assert taken == waiting[:2] and list(sched.waiting) == waiting[2:]
+
+
 def test_lpm_admits_the_longest_cached_prefix_first():
     engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
                                                 params={"schedule_policy": "lpm"}, max_num_seqs=1)

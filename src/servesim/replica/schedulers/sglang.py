@@ -258,7 +258,7 @@ class SGLangScheduler(Scheduler):
             return
         rem_total = free_blocks * bs - mixed - self._reserve()
         admitted = False
-        for req in ordered_waiting(self.params.schedule_policy, list(self.waiting), self.kv):
+        for req in self._candidates():
             if len(self.running) >= self.max_running:
                 break
             hits = kv.match(req)
@@ -280,6 +280,15 @@ class SGLangScheduler(Scheduler):
             if n < ext:
                 self.chunked = req
                 break
+
+    def _candidates(self):
+        """The waiting requests in admission order, for the loop above, which takes each it
+        admits out of `waiting` and stops at the first it does not. FCFS takes the queue's head
+        again and again: no copy of the queue at every step (under overload thousands wait)."""
+        if self.params.schedule_policy == "fcfs":
+            waiting = self.waiting
+            return iter(lambda: waiting[0] if waiting else None, None)
+        return ordered_waiting(self.params.schedule_policy, list(self.waiting), self.kv)
 
     # ------------------------------------------------------------------ bookkeeping
     def finish(self, req: Request, now_s: float) -> None:
