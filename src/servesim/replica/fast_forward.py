@@ -286,8 +286,6 @@ class FastForwarding:
         else:
             prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
             prefill_at = apply_joins(st, steps_of, first, frees, joined) if st.joins else ()
-            if st.join_shared:  # (logged as in use from the join step: those already were)
-                frees += [(s, c) for s, c in st.join_shared if s < k]
             silent_at = silent_n = ()  # (one request each without counts)
             if st.prompt_runs:  # (prompts that joined with chunks: `replica/chunk_join.py`)
                 prefill_at, silent_at = apply_prompt_runs(st, frees, prefill_at)

@@ -46,7 +46,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs", "join_shared")
+                 "_stall_need", "prompt_runs")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -114,9 +114,6 @@ class Stretch(StretchJoins, StretchPricing):
         # `ctx1`, `remaining`, `first_new`, in the stretch's frame (see `join`)
         self.joins: list[tuple[int, Any, int]] = []
         self.join_blocks = 0  # the blocks their prompts took when they joined
-        # (step, blocks) of joiners' prefix hits that running requests held already (in use
-        # before the join: `replica/keyed_join.py`), or None
-        self.join_shared: list[tuple[int, int]] | None = None
         self.limited = False  # shortened to the KV blocks free or to the prefix keys (`Engine._limit`)
         # (a step j, blocks_needed(j), requests that may grow from step j on): `blocks_needed`'s base
         self._need_at = (0, 0, list(range(n)))

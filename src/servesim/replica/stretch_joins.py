@@ -65,7 +65,7 @@ class StretchJoins:
         return need + len(live) * ((steps - at - 1) // block_size + 1)
 
     def join(self, joins: list[tuple[Any, int]], first_new: list[int], blocks: int, step_s: float,
-             forms: "DecodeForms | None", block_size: int, cached: list[int] | None = None) -> None:
+             forms: "DecodeForms | None", block_size: int, cached: int = 0) -> None:
         """Requests admitted whole at the boundary after the stretch's last step (`joins`:
         (request, prompt tokens), in admission order; their prompts took `blocks` blocks): the
         next step, s = k, runs the decodes still running and those prompts (`step_s` long,
@@ -75,7 +75,7 @@ class StretchJoins:
         s + output_len - 1, so remaining = s + output_len: the pricing only reads steps after s,
         where both hold as for the others. `first_new`: the first step that needs one more
         block for each (`KVCacheManager.first_new_block_steps` with that ctx1). `forms`: the
-        affine decode forms covering the grown batch. `cached`: the prompt tokens each joiner hit in
+        affine decode forms covering the grown batch. `cached`: prompt tokens each joiner hit in
         the prefix cache (its prompt then computes n tokens beside them: a conversation's next
         turn, `replica/keyed_join.py`), so its context at step s + 1 is n + cached."""
         s = self.k
@@ -86,17 +86,16 @@ class StretchJoins:
         if self.reqs is self.decodes:  # (shared while only decodes ran)
             self.reqs = list(self.reqs)
         reqs, ctx1, remaining, rem = self.reqs, self.ctx1, self.remaining, self._sorted_rem
-        for j, ((req, n), f) in enumerate(zip(joins, first_new)):
+        for (req, n), f in zip(joins, first_new):
             r = s + req.output_len
-            ctx = n + cached[j] if cached else n  # (its context at step s + 1)
             self.joins.append((s, req, n))
             reqs.append(req)
-            ctx1.append(ctx - s)
+            ctx1.append(n + cached - s)
             remaining.append(r)
             insort(rem, r)  # (after the departed ones: r > s)
             self.first_new.append(f)
-            self._ctx_total += ctx - s
-            ctx_sum += ctx  # (the others' grow by one below)
+            self._ctx_total += n + cached - s
+            ctx_sum += n + cached  # (its context at step s + 1; the others' grow by one below)
         self.kmax = rem[-1]
         self.join_blocks += blocks
         at, need, live = self._need_at  # (the joiners grow from step s + 1 on: count what they grow before `at`)
