@@ -27,7 +27,7 @@ from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
-from servesim.replica.stretch_chunks import LoneTimes
+from servesim.replica.stretch_chunks import RunTimes
 from servesim.replica.stretch_join import join_arrivals
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
 from servesim.workload.request import Request
@@ -203,7 +203,7 @@ class FastForwarding:
         size = max(2 * n, 64) + 1
         coeffs = [(0.0, 0.0)] + [affine(k)[::2] for k in range(1, size)]  # (base, cpu) per batch size
         base, cpu = (np.array(col, dtype=float) for col in zip(*coeffs))
-        self._forms = (base, cpu, first[1], first[3], LoneTimes(base[1], cpu[1], first[1], first[3]))
+        self._forms = (base, cpu, first[1], first[3], RunTimes(base, cpu, first[1], first[3]))
         return self._forms
 
     @property

@@ -42,7 +42,7 @@ def lone_fast_forward(engine: "Engine", now_s: float, out: SchedulerOutput, pref
     if ff.max_steps < kmax:
         kmax = ff.max_steps
     forms = engine._decode_forms(1)
-    if not 2 <= kmax <= LONGEST or forms is None or forms[4] is None:
+    if not 2 <= kmax <= LONGEST or forms is None:
         return None
     end0 = now_s + dt0_s
     horizon_s = engine._stretch_horizon_s(now_s, end0)
