@@ -108,6 +108,11 @@ class FastForwarding:
         st.price(horizon_s)
         if st.k < 2:
             return False
+        return self._launch(st, reqs, ctx1)
+
+    def _launch(self, st: Stretch, reqs: list[Request], ctx1: list[int]) -> bool:
+        """Put the new stretch `st` (priced, of `reqs` with contexts `ctx1` at step 1) in flight,
+        limited to the KV blocks free; False, changing nothing, if fewer than two steps remain."""
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
         # one more block for a request; it needs another every block_size steps after that,
         # until its last step (remaining - 1). Freed blocks are not counted on: allocations must

@@ -26,11 +26,11 @@ LONGEST = 1 << 15  # (a longer run is priced chunk by chunk, as `_chunk` caps on
 
 def lone_fast_forward(engine: "Engine", now_s: float, out: SchedulerOutput, prefills: list[tuple[Request, int]],
                       ff: FastForward, dt0_s: float) -> bool | None:
-    """`Engine._fast_forward` for `prefills`, one prompt that step 0 completes with nothing
-    else running or waiting (`Engine._start_lone`), when its finish may be processed late
-    (`through`) and it has no prefix keys: the stretch that path would plan, in flight (True),
-    or False where it would plan none. None, changing nothing: not this case (the general
-    path decides)."""
+    """`Engine._fast_forward` for `prefills`, one prompt that step 0 completes alone in its
+    batch (`Engine._start_lone`), when its finish may be processed late (`through`: then that
+    path admits nothing inside the stretch) and it has no prefix keys: the stretch that path
+    would plan, in flight (True), or False where it would plan none. None, changing nothing:
+    not this case (the general path decides)."""
     (req, n), = prefills
     keys = req.kv_block_keys
     if keys is not None and (keys.num_blocks if type(keys) is BlockKeys else keys):
@@ -53,11 +53,5 @@ def lone_fast_forward(engine: "Engine", now_s: float, out: SchedulerOutput, pref
     st = Stretch(now_s, end0, out, [], prefills, reqs, ctx1, [req.output_len], True, engine._decode_fn, engine.perf,
                  engine.scheduler.num_waiting, engine._decode_forms, [])
     st.kmax = kmax
-    st.price_lone(horizon_s)
-    st.first_new = engine.kv.first_new_block_steps(reqs, ctx1)
-    st.free_blocks = engine.kv.num_free_blocks
-    if not engine._limit(st, 1):
-        return False
-    engine.stretch = st
-    engine._schedule_stretch_end(st)
-    return True
+    st.price_lone(horizon_s)  # (k >= 2: step 1 starts at end0, before the horizon)
+    return engine._launch(st, reqs, ctx1)
