@@ -100,7 +100,7 @@ def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
 
 @pytest.mark.parametrize("overlap", [True, False])
 @pytest.mark.parametrize("n", [1, 2, 4])  # one request, two, the largest batch with a table
-@pytest.mark.parametrize("ctx0", [10, 684_300, 800_000])  # below, across and above the CPU floor
+@pytest.mark.parametrize("ctx0", [10, 68_430, 80_000])  # below, across and above the CPU floor
 def test_small_batches_runs_come_from_the_forms_tables_bit_for_bit(overlap, n, ctx0):
     """A run of n <= 4 requests is a strided slice of the forms' table of batch size n's step
     times by context sum (`RunTimes`), in a chunk nobody leaves and as the last run of one
@@ -108,8 +108,8 @@ def test_small_batches_runs_come_from_the_forms_tables_bit_for_bit(overlap, n, c
     scalar form's."""
     base = np.array([0.0, 0.004, 0.00402, 0.00404, 0.00406, 0.00408])
     cpu = np.array([0.0, 0.0129, 0.0129, 0.0129, 0.0129, 0.0129])
-    plain = (base, cpu, 1.3e-8, overlap, None)
-    runs = stretch_chunks.RunTimes(base, cpu, 1.3e-8, overlap)
+    plain = (base, cpu, 1.3e-7, overlap, None)
+    runs = stretch_chunks.RunTimes(base, cpu, 1.3e-7, overlap)
     forms = plain[:4] + (runs,)
     m = 600
     table, numpy_calls = np.empty(m), np.empty(m)
@@ -117,9 +117,9 @@ def test_small_batches_runs_come_from_the_forms_tables_bit_for_bit(overlap, n, c
     stretch_chunks.times_of_run(numpy_calls, plain, n, ctx0)
     assert len(runs._tables[n]) >= ctx0 + m * n  # (the table was used, grown to the context sum)
     assert table.tobytes() == numpy_calls.tobytes()
-    expected = [base[n] + 1.3e-8 * (ctx0 + i * n) for i in range(m)]
+    expected = [base[n] + 1.3e-7 * (ctx0 + i * n) for i in range(m)]
     assert table.tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in expected]
-    if overlap and ctx0 == 684_300:
+    if overlap and ctx0 == 68_430:
         assert table[0] == 0.0129 < table[-1] or n > 1  # the floor binds for the first steps only
     if overlap and ctx0 == 10:
         assert table[0] == 0.0129  # the floor binds
@@ -130,7 +130,7 @@ def test_small_batches_runs_come_from_the_forms_tables_bit_for_bit(overlap, n, c
     stretch_chunks.times_by_runs(by_table, 1, forms, n + 1, rem, prefix, sum(ctx1), 0, 1)
     stretch_chunks.times_by_runs(by_calls, 1, plain, n + 1, rem, prefix, sum(ctx1), 0, 1)
     assert by_table.tobytes() == by_calls.tobytes()
-    rest = [base[n] + 1.3e-8 * (sum(ctx1[1:]) + (j - 1) * n) for j in range(200, 601)]  # steps 200..600
+    rest = [base[n] + 1.3e-7 * (sum(ctx1[1:]) + (j - 1) * n) for j in range(200, 601)]  # steps 200..600
     assert by_table[199:].tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in rest]
 
 

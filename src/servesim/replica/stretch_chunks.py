@@ -24,7 +24,9 @@ class RunTimes:
     __slots__ = ("_base", "_cpu", "_g", "_overlap", "_tables")
 
     SMALL = 4  # (a larger batch's context sums, n times a context, would make long tables)
-    LONGEST = 1 << 20  # values in one table at most (8 MB); a run past it is priced by numpy calls
+    # values in one table at most (1 MB; at most 4 MB an engine, whatever the contexts and the
+    # replicas): a run past it is priced by numpy calls
+    LONGEST = 1 << 17
 
     def __init__(self, base: np.ndarray, cpu: np.ndarray, g: float, overlap: bool) -> None:
         self._base, self._cpu, self._g, self._overlap = base, cpu, g, overlap
