@@ -14,7 +14,7 @@ import numpy as np
 
 
 class RunTimes:
-    """The step times of a small batch (up to `SMALL` requests) by its context sum, made once
+    """The step times of a batch of one or two requests (`SMALL`) by its context sum, made once
     for an engine's forms: a run of n requests whose first step's context sum is c is the
     slice c, c + n, ... of batch size n's table (the commonest runs at many replicas: an
     arrival at an idle replica, one that joined it) instead of three or four numpy calls.
@@ -23,8 +23,10 @@ class RunTimes:
 
     __slots__ = ("_base", "_cpu", "_g", "_overlap", "_tables")
 
-    SMALL = 4  # (a larger batch's context sums, n times a context, would make long tables)
-    # values in one table at most (1 MB; at most 4 MB an engine, whatever the contexts and the
+    # (a table covers the context sums from 0 to the largest asked, n times a context: for 3 or 4
+    # requests, rarer, making it cost about what its runs saved, in page faults mostly)
+    SMALL = 2
+    # values in one table at most (1 MB; at most 2 MB an engine, whatever the contexts and the
     # replicas): a run past it is priced by numpy calls
     LONGEST = 1 << 17
 
