@@ -150,11 +150,18 @@ def test_arrivals_join_numpy_priced_stretches_the_lean_way(monkeypatch):
 @pytest.mark.parametrize("replicas", [8, 64])
 def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monkeypatch):
     """Least-requests sends most arrivals to an idle replica, where the prompt runs alone:
-    its step starts by `Engine._start_lone` and its stretch, nothing having joined it, is
-    applied by `_apply_lone`; the run is the general path's, stepping one by one."""
+    its step starts by `Engine._start_lone`, its stretch is planned and priced whole by
+    `lone_fast_forward` and, nothing having joined it, applied by `_apply_lone`; the run is
+    the general path's, stepping one by one."""
+    from servesim.replica import engine as engine_module
     from servesim.replica.engine import Engine
-    calls = {"start": 0, "apply": 0}
-    start, apply = Engine._start_lone, Engine._apply_lone
+    calls = {"start": 0, "apply": 0, "planned": 0}
+    start, apply, plan = Engine._start_lone, Engine._apply_lone, engine_module.lone_fast_forward
+
+    def counted_plan(*a):
+        planned = plan(*a)
+        calls["planned"] += planned is True
+        return planned
 
     def counted_start(self, *a):
         ran = start(self, *a)
@@ -167,11 +174,13 @@ def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monk
 
     monkeypatch.setattr(Engine, "_start_lone", counted_start)
     monkeypatch.setattr(Engine, "_apply_lone", counted_apply)
+    monkeypatch.setattr(engine_module, "lone_fast_forward", counted_plan)
     sets = [f"replicas={replicas}", "workload.trace.end_s=600", "router.name=least-requests"]
     path = str(ROOT / "examples/cluster-azure-conv.yaml")
     fast = simulate(load_scenario(path, sets), keep_steps=True)
     assert calls["start"] > 0.4 * len(fast.requests), calls
     assert calls["apply"] > 0.2 * len(fast.requests), calls
+    assert calls["planned"] > 0.9 * calls["start"], calls  # (the lone starts' stretches, planned the lean way)
     assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
     monkeypatch.setattr(Engine, "_start_lone", lambda *a: False)  # stepping by the general path only
     slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)

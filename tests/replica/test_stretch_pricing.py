@@ -99,32 +99,71 @@ def test_one_run_gives_the_floats_of_the_run_by_run_path(overlap, ctx0):
 
 
 @pytest.mark.parametrize("overlap", [True, False])
-@pytest.mark.parametrize("ctx0", [10, 684_300, 800_000])  # below, across and above the CPU floor
-def test_one_requests_runs_come_from_the_forms_table_bit_for_bit(overlap, ctx0):
-    """A run of one request is a slice of the forms' table of one request's step times
-    (`LoneTimes`), in a chunk nobody leaves and as the last run of one others left:
-    the floats of the numpy calls on a plain tuple of the same forms, and the scalar form's."""
-    base = np.array([0.0, 0.004, 0.0041])
-    cpu = np.array([0.0, 0.0129, 0.0129])
-    plain = (base, cpu, 1.3e-8, overlap, None)
-    lone = stretch_chunks.LoneTimes(base[1], cpu[1], 1.3e-8, overlap)
-    forms = plain[:4] + (lone,)
+@pytest.mark.parametrize("n", [1, 2, 3])  # one request, two (the largest batch with a table), three (numpy calls)
+@pytest.mark.parametrize("ctx0", [10, 68_430, 80_000])  # below, across and above the CPU floor
+def test_small_batches_runs_come_from_the_forms_tables_bit_for_bit(overlap, n, ctx0):
+    """A run of one or two requests is a strided slice of the forms' table of batch size n's
+    step times by context sum (`RunTimes`), in a chunk nobody leaves and as the last run of
+    one others left; three are priced by the numpy calls: the floats of the numpy calls on a
+    plain tuple of the same forms, and the scalar form's."""
+    base = np.array([0.0, 0.004, 0.00402, 0.00404, 0.00406, 0.00408])
+    cpu = np.array([0.0, 0.0129, 0.0129, 0.0129, 0.0129, 0.0129])
+    plain = (base, cpu, 1.3e-7, overlap, None)
+    runs = stretch_chunks.RunTimes(base, cpu, 1.3e-7, overlap)
+    forms = plain[:4] + (runs,)
     m = 600
     table, numpy_calls = np.empty(m), np.empty(m)
-    stretch_chunks.times_of_run(table, forms, 1, ctx0)
-    stretch_chunks.times_of_run(numpy_calls, plain, 1, ctx0)
-    assert len(lone._table) >= ctx0 + m  # (the table was used, grown to the context)
+    stretch_chunks.times_of_run(table, forms, n, ctx0)
+    stretch_chunks.times_of_run(numpy_calls, plain, n, ctx0)
+    if n <= stretch_chunks.RunTimes.SMALL:
+        assert len(runs._tables[n]) >= ctx0 + m * n  # (the table was used, grown to the context sum)
     assert table.tobytes() == numpy_calls.tobytes()
-    expected = [0.004 + 1.3e-8 * (ctx0 + i) for i in range(m)]
+    expected = [base[n] + 1.3e-7 * (ctx0 + i * n) for i in range(m)]
     assert table.tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in expected]
-    if overlap and ctx0 == 684_300:
-        assert table[0] == 0.0129 < table[-1]  # the floor binds for the first steps only
-    # two requests from step 1, one leaving before step 200: the second run is one request's
-    rem, ctx1 = [200, 900], [ctx0, ctx0 + 50]
-    prefix = [0, ctx1[0], ctx1[0] + ctx1[1]]
+    if overlap and ctx0 == 68_430:
+        assert table[0] == 0.0129 < table[-1] or n > 1  # the floor binds for the first steps only
+    if overlap and ctx0 == 10:
+        assert table[0] == 0.0129  # the floor binds
+    # n + 1 requests from step 1, one leaving before step 200: the second run is n requests'
+    rem, ctx1 = [200] + [900] * n, [ctx0] + [ctx0 // n + 50 + i for i in range(n)]
+    prefix = [0, *np.cumsum([ctx1[0]] + ctx1[1:]).tolist()]
     by_table, by_calls = np.empty(m), np.empty(m)
-    stretch_chunks.times_by_runs(by_table, 1, forms, 2, rem, prefix, sum(ctx1), 0, 1)
-    stretch_chunks.times_by_runs(by_calls, 1, plain, 2, rem, prefix, sum(ctx1), 0, 1)
+    stretch_chunks.times_by_runs(by_table, 1, forms, n + 1, rem, prefix, sum(ctx1), 0, 1)
+    stretch_chunks.times_by_runs(by_calls, 1, plain, n + 1, rem, prefix, sum(ctx1), 0, 1)
     assert by_table.tobytes() == by_calls.tobytes()
-    alone = [0.004 + 1.3e-8 * (ctx0 + 50 + j - 1) for j in range(200, 601)]  # steps 200..600, the second alone
-    assert by_table[199:].tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in alone]
+    rest = [base[n] + 1.3e-7 * (sum(ctx1[1:]) + (j - 1) * n) for j in range(200, 601)]  # steps 200..600
+    assert by_table[199:].tolist() == [max(x, 0.0129) if overlap else x + 0.0129 for x in rest]
+
+
+def test_a_run_past_the_tables_longest_is_priced_by_numpy_calls():
+    """A context sum past `RunTimes.LONGEST` makes no table (memory stays bounded): the run's
+    times are the numpy calls' all the same."""
+    base, cpu = np.array([0.0, 0.004, 0.0041]), np.array([0.0, 0.0129, 0.0129])
+    runs = stretch_chunks.RunTimes(base, cpu, 1.3e-8, True)
+    times, expected = np.empty(100), np.empty(100)
+    ctx0 = stretch_chunks.RunTimes.LONGEST
+    stretch_chunks.times_of_run(times, (base, cpu, 1.3e-8, True, runs), 2, ctx0)
+    stretch_chunks.times_of_run(expected, (base, cpu, 1.3e-8, True, None), 2, ctx0)
+    assert len(runs._tables[2]) == 0 and times.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("horizon", [0.021, 0.05, 0.9, float("inf")])  # one step more, a few, many, all
+def test_a_lone_stretch_priced_whole_takes_the_scalar_loops_steps(horizon):
+    """`price_lone` (a new stretch of one request at an idle replica) prices all its steps at
+    once from the forms' table and takes those that start before the horizon: the steps and
+    floats of the scalar loop, and an extension past them is priced on as `price` would."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+
+    def lone(forms) -> Stretch:
+        return Stretch(0.0, 0.02, None, [], [], [_Req()], [1500], [700], True,
+                       lambda k: perf.decode_time_fn(k) or False, perf, 0, forms)
+
+    fast, slow = lone(_Forms(perf)._decode_forms), lone(lambda n: None)
+    fast.price_lone(horizon)
+    slow.price(horizon)
+    assert fast.k == slow.k >= 2 and fast.end_s == slow.end_s
+    assert [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+    assert fast._priced == 700  # (every step priced, those past the horizon kept for extensions)
+    fast.price(float("inf"))
+    slow.price(float("inf"))
+    assert fast.k == slow.k == 700 and [float(t) for t in fast.ends] == [float(t) for t in slow.ends]

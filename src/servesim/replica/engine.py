@@ -34,6 +34,7 @@ from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
 from servesim.replica.kv_cache import KVCacheManager, block_keys
 from servesim.replica.kv_ports import KVPorts
+from servesim.replica.lone_stretch import lone_fast_forward
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
 from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
                                           speculate)
@@ -258,8 +259,10 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         dt = self.perf.step_time_s([(n, req.num_computed_tokens)], [])
         if self.config.fast_forward:
             ff = self.scheduler.fast_forward(out)
-            if ff.repeat and ff.after_prefill and self._fast_forward(now_s, out, [], [], prefills, ff, dt):
-                return True
+            if ff.repeat and ff.after_prefill:
+                lone = lone_fast_forward(self, now_s, out, prefills, ff, dt)  # (None: not its case)
+                if lone or (lone is None and self._fast_forward(now_s, out, [], [], prefills, ff, dt)):
+                    return True
         sched = self.scheduler
         payload = (now_s, out, [], prefills, sched.num_running, sched.num_waiting, self._epoch)
         self.loop.schedule(now_s + dt, self._end_step, payload, PRIO_STEP_END)

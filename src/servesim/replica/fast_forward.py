@@ -28,7 +28,7 @@ from servesim.replica.keyed_chunk_join import apply_rests
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeForms, Stretch
-from servesim.replica.stretch_chunks import LoneTimes
+from servesim.replica.stretch_chunks import RunTimes
 from servesim.replica.stretch_join import join_arrivals
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
 from servesim.workload.request import Request
@@ -109,6 +109,11 @@ class FastForwarding:
         st.price(horizon_s)
         if st.k < 2:
             return False
+        return self._launch(st, reqs, ctx1)
+
+    def _launch(self, st: Stretch, reqs: list[Request], ctx1: list[int]) -> bool:
+        """Put the new stretch `st` (priced, of `reqs` with contexts `ctx1` at step 1) in flight,
+        limited to the KV blocks free; False, changing nothing, if fewer than two steps remain."""
         # KV: step j >= 1 needs room for ctx1 + j tokens. first_new: the first step that needs
         # one more block for a request; it needs another every block_size steps after that,
         # until its last step (remaining - 1). Freed blocks are not counted on: allocations must
@@ -204,7 +209,7 @@ class FastForwarding:
         size = max(2 * n, 64) + 1
         coeffs = [(0.0, 0.0)] + [affine(k)[::2] for k in range(1, size)]  # (base, cpu) per batch size
         base, cpu = (np.array(col, dtype=float) for col in zip(*coeffs))
-        self._forms = (base, cpu, first[1], first[3], LoneTimes(base[1], cpu[1], first[1], first[3]))
+        self._forms = (base, cpu, first[1], first[3], RunTimes(base, cpu, first[1], first[3]))
         return self._forms
 
     @property

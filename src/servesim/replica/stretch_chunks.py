@@ -13,37 +13,48 @@ from __future__ import annotations
 import numpy as np
 
 
-class LoneTimes:
-    """The step times of one request alone by its context, made once for an engine's forms: a
-    run of one request is a slice of them (the commonest run at many replicas: an arrival at an
-    idle replica) instead of three or four numpy calls. Each element is `times_of_run`'s, made
-    by the same operations on the same values; grown by doubling to the longest context asked."""
+class RunTimes:
+    """The step times of a batch of one or two requests (`SMALL`) by its context sum, made once
+    for an engine's forms: a run of n requests whose first step's context sum is c is the
+    slice c, c + n, ... of batch size n's table (the commonest runs at many replicas: an
+    arrival at an idle replica, one that joined it) instead of three or four numpy calls.
+    Each element is `times_of_run`'s, made by the same operations on the same values; each
+    table grown by doubling to the largest context sum asked, up to `LONGEST` values."""
 
-    __slots__ = ("_base", "_cpu", "_g", "_overlap", "_table")
+    __slots__ = ("_base", "_cpu", "_g", "_overlap", "_tables")
 
-    def __init__(self, base: float, cpu: float, g: float, overlap: bool) -> None:
+    # (a table covers the context sums from 0 to the largest asked, n times a context: for 3 or 4
+    # requests, rarer, making it cost about what its runs saved, in page faults mostly)
+    SMALL = 2
+    # values in one table at most (1 MB; at most 2 MB an engine, whatever the contexts and the
+    # replicas): a run past it is priced by numpy calls
+    LONGEST = 1 << 17
+
+    def __init__(self, base: np.ndarray, cpu: np.ndarray, g: float, overlap: bool) -> None:
         self._base, self._cpu, self._g, self._overlap = base, cpu, g, overlap
-        self._table = np.empty(0)
+        self._tables = [np.empty(0)] * (self.SMALL + 1)
 
-    def upto(self, stop: int) -> np.ndarray:
-        """The times for contexts 0 .. at least stop - 1."""
-        table = self._table
+    def upto(self, n: int, stop: int) -> np.ndarray | None:
+        """Batch size n's times for context sums 0 .. at least stop - 1 (None: past `LONGEST`)."""
+        table = self._tables[n]
         if len(table) < stop:
-            table = np.multiply(np.arange(0.0, float(max(stop, 1024, 2 * len(table)))), self._g)
-            table += self._base
+            if stop > self.LONGEST:
+                return None
+            table = np.multiply(np.arange(0.0, float(min(max(stop, 1024, 2 * len(table)), self.LONGEST))), self._g)
+            table += self._base[n]
             if self._overlap:
-                np.maximum(table, self._cpu, out=table)  # (where a time is above the floor, it stays)
+                np.maximum(table, self._cpu[n], out=table)  # (where a time is above the floor, it stays)
             else:
-                table += self._cpu
-            self._table = table
+                table += self._cpu[n]
+            self._tables[n] = table
         return table
 
 
-# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap, lone), step time =
+# the affine decode form for batch sizes 0..n: (base_s[n], cpu_s[n], g, overlap, runs), step time =
 # max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu (see PerfModel.decode_affine);
-# `lone`: one request's step times (`LoneTimes`), None: computed each time. (A plain tuple, which
+# `runs`: small batches' step times (`RunTimes`), None: computed each time. (A plain tuple, which
 # Python unpacks faster than a subclass: the forms are unpacked at every join.)
-DecodeForms = tuple[np.ndarray, np.ndarray, float, bool, "LoneTimes | None"]
+DecodeForms = tuple[np.ndarray, np.ndarray, float, bool, "RunTimes | None"]
 # The context sums are made by a float `arange`: whole numbers below 2^53 (token counts) are
 # exact in float64, and `arange` makes each as start + i * step, exact too, so each product
 # with g is the one of the integer (numpy converts an int64 to float64 before multiplying),
@@ -60,9 +71,13 @@ def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> No
     grow along the run (n and g >= 0, and rounding keeps order), so past a first step at or
     above the floor `maximum` would change nothing (the scalar form's first element, computed
     the same way: the int to float, times g, plus base)."""
-    base, cpu, g, overlap, lone = forms
-    if n == 1 and lone is not None:
-        return lone_run(times, lone, ctx0)
+    base, cpu, g, overlap, runs = forms
+    if runs is not None and n <= RunTimes.SMALL:
+        stop = ctx0 + len(times) * n
+        table = runs.upto(n, stop)
+        if table is not None:
+            times[:] = table[ctx0:stop:n]
+            return
     b = base[n]
     np.multiply(np.arange(float(ctx0), float(ctx0 + len(times) * n), float(n)), g, out=times)
     times += b
@@ -72,12 +87,6 @@ def times_of_run(times: np.ndarray, forms: DecodeForms, n: int, ctx0: int) -> No
             np.maximum(times, c, out=times)
     else:
         times += cpu[n]
-
-
-def lone_run(times: np.ndarray, lone: LoneTimes, ctx0: int) -> None:
-    """`times_of_run` of one request (its context from `ctx0` on), from the forms' table."""
-    stop = ctx0 + len(times)
-    times[:] = lone.upto(stop)[ctx0:stop]
 
 
 def times_by_runs(times: np.ndarray, j0: int, forms: DecodeForms, n_all: int, rem: list[int] | None,

@@ -83,6 +83,24 @@ class StretchPricing:
             # the priced steps that start before the horizon (the last may end after it)
             self._take(min(p, k + int(self._ends[k:p].searchsorted(horizon)) + 1))
 
+    def price_lone(self, horizon: float) -> None:
+        """`price` for a new stretch of one request (step 0 alone priced, 2 <= kmax <= 2^15,
+        the affine forms): all its steps at once, a slice of the forms' table of one request's
+        times (`RunTimes`) summed on from step 0's end, and those that start before `horizon`
+        taken. The floats are those of `price`'s chunks or scalar loop, which would only price
+        fewer steps ahead of the horizon (a stretch at an idle replica of many usually runs
+        to its last step uncut)."""
+        m = self.kmax
+        ends = np.empty(m)
+        ends[0] = self._ends[0]
+        chunks.times_of_run(ends[1:], self._forms, 1, self._ctx_total)  # (step 1's context is ctx1)
+        np.add.accumulate(ends, out=ends)  # (step 0's end, then each step's time added in order)
+        self._ends = ends
+        self._priced = m
+        self._f = None  # (as after a chunk: the scalar state is synced again if needed)
+        # the steps that start before the horizon (the last may end after it)
+        self._take(m if ends[m - 1] < horizon else min(m, int(ends.searchsorted(horizon)) + 1))
+
     def _chunk(self, steps: int) -> None:
         """Price the next steps j0 .. j0+m-1 at once: step j runs the requests with remaining
         > j, whose context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers,
