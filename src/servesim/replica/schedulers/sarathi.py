@@ -149,6 +149,22 @@ class SarathiScheduler(Scheduler):
         req, chunk = scheduled[-1]
         return chunk == self.params.chunk_size - n and req.num_computed_tokens + chunk < req.num_tokens
 
+    def shares_chunk(self, output: SchedulerOutput) -> int:
+        # Decodes, a prompt's last chunk (emitting its first token) and the next prompt's first
+        # chunk, the budget spent and the second left unfinished: from the next step the first
+        # decodes with the rest (one token of the budget more) and the second, the first in
+        # progress, takes what they leave until its last chunk; nobody is admitted meanwhile.
+        n = output.num_known_decodes
+        scheduled = output.scheduled
+        if len(scheduled) != n + 2 or output.preempted:
+            return 0
+        (first, r), (second, c0) = scheduled[n:]
+        chunk = self.params.chunk_size - n - 1
+        if (first.num_output_tokens or first.num_computed_tokens + r != first.num_tokens or chunk <= 0
+                or n + r + c0 != self.params.chunk_size or second.num_computed_tokens + c0 + chunk >= second.num_tokens):
+            return 0
+        return chunk
+
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
         # Step 3 on a queue of newcomers, every running request decoding: FCFS, each admitted
         # with its whole prompt's blocks (above the watermark: `join_blocks`) and a chunk of the
