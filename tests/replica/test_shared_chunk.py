@@ -12,7 +12,8 @@ from servesim.replica.chunk_stretch import ChunkStretch
 from servesim.replica.replica import Replica
 from servesim.cluster import routers
 from tests.cluster.helpers import ReadsEverything, assert_same_steps, outcome, run
-from tests.factories import VectorOnlyToyPerf, assert_same_run, make_engine, make_request, serve
+from tests.factories import VectorOnlyToyPerf, assert_same_run, make_request
+from tests.replica.test_chunk_stretch import engine_run  # (sarathi, chunks of 128, 16 sequences)
 
 
 @pytest.fixture
@@ -36,16 +37,6 @@ def overload(seed: int, n: int = 150):
     rng = np.random.default_rng(seed)
     t = np.cumsum(rng.exponential(0.01, n))
     return [make_request(i, int(rng.integers(100, 1200)), int(rng.integers(1, 80)), float(t[i])) for i in range(n)]
-
-
-def engine_run(reqs, fast_forward: bool, num_blocks: int, perf=None):
-    engine, _, kv, loop, _ = make_engine(num_blocks=num_blocks, scheduler="sarathi", params={"chunk_size": 128},
-                                         max_num_batched_tokens=2048, max_num_seqs=16, fast_forward=fast_forward,
-                                         perf=perf)
-    serve(engine, loop, reqs)
-    engine.drain(loop.now_s)
-    kv.check_all_free()
-    return engine
 
 
 @pytest.mark.parametrize("seed,num_blocks,perf", [
