@@ -13,7 +13,8 @@ steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_tim
 stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
 chunk (its end step admits or finishes the prompt), at the first decode's finish, at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
-and at any cut (a clock change, a crash); an arrival does not cut it (the budget is spent), it
+and at any cut (a clock change, a crash); its step 0 may also finish the prompt before
+(`replica/shared_chunk.py`); an arrival does not cut it (the budget is spent), it
 joins the waiting count from the step after the one in flight. Sarathi's chunks allocate and
 register no KV block (the policy took the prompt's blocks and prefix keys at admission), so the
 blocks, cuts and views of the stretch are those of a decode stretch over the decodes
@@ -55,7 +56,7 @@ class ChunkStretch(Stretch):
         self.start_s = start_s
         self.out = out
         self.decodes = self.reqs = decodes
-        self.prefills = []  # (no prompt finishes in step 0: `Stretch.prefills` are those that do)
+        self.prefills = []  # (`Stretch.prefills` finish in step 0: here only `shared`'s, one of `decodes`)
         self.prompt = prompt  # the prompt in progress, its chunk each step (tokens)
         self.chunk = chunk
         # a shared step 0 (`shared_chunk.py`): the prompt's chunk there less `chunk`, and the
