@@ -13,7 +13,8 @@ steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_tim
 stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
 chunk (its end step admits or finishes the prompt), at the first decode's finish, at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
-and at any cut (a clock change, a crash); an arrival does not cut it (the budget is spent), it
+and at any cut (a clock change, a crash); its step 0 may also finish the prompt before
+(`replica/shared_chunk.py`); an arrival does not cut it (the budget is spent), it
 joins the waiting count from the step after the one in flight. Sarathi's chunks allocate and
 register no KV block (the policy took the prompt's blocks and prefix keys at admission), so the
 blocks, cuts and views of the stretch are those of a decode stretch over the decodes
@@ -46,17 +47,22 @@ class ChunkStretch(Stretch):
 
     spends_budget = True  # (arrivals wait: `Engine.arrival_keeps`)
     __slots__ = ("prompt", "chunk", "num_running", "_ctxs", "_ctx_sum0", "_form", "grows", "_c0", "_held0", "_bs",
-                 "_settled")
+                 "_settled", "extra0", "shared")
 
     def __init__(self, engine, start_s: float, end0_s: float, out: Any, decodes: list[Request],
-                 decode_ctxs: list[int], prompt: Request, chunk: int, kmax: int) -> None:
+                 decode_ctxs: list[int], prompt: Request, chunk: int, kmax: int, extra0: int = 0,
+                 shared: tuple[Request, int] | None = None) -> None:
         sched = engine.scheduler
         self.start_s = start_s
         self.out = out
         self.decodes = self.reqs = decodes
-        self.prefills = []  # (no prompt finishes in step 0: `Stretch.prefills` are those that do)
+        self.prefills = []  # (`Stretch.prefills` finish in step 0: here only `shared`'s, one of `decodes`)
         self.prompt = prompt  # the prompt in progress, its chunk each step (tokens)
         self.chunk = chunk
+        # a shared step 0 (`shared_chunk.py`): the prompt's chunk there less `chunk`, and the
+        # prompt whose last chunk (tokens) ran there, among `decodes` from step 1 on
+        self.extra0 = extra0
+        self.shared = shared
         self.ctx1 = [c + 1 for c in decode_ctxs]
         self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
         self.through = False
@@ -122,7 +128,10 @@ class ChunkStretch(Stretch):
 
     def prompt_tokens_before(self, j: int) -> int:
         """Prompt tokens computed by steps 0..j-1 beyond what the requests show (the views)."""
-        return j * self.chunk
+        if self.shared is None or not j:
+            return j * self.chunk
+        # (a shared step 0 also finished the other prompt, left with its first token to compute)
+        return j * self.chunk + self.extra0 + self.shared[1] - 1
 
     def price(self, horizon: float) -> None:
         """Take steps until one would start at or after `horizon`, or `kmax` steps."""
@@ -132,7 +141,7 @@ class ChunkStretch(Stretch):
         ends = self._ends
         del ends[self._priced:]  # (what a truncation dropped)
         c, n, f = self.chunk, len(self.decodes), self._form
-        cached = self.prompt.num_computed_tokens + k * c  # the prompt's tokens in KV when step k starts
+        cached = self.prompt.num_computed_tokens + self.extra0 + k * c  # the prompt's tokens in KV when step k starts
         if f is not None:
             ctx_sum = self._ctx_sum0 + k * n
             while k < self.kmax and t < horizon:
@@ -158,6 +167,15 @@ class ChunkStretch(Stretch):
         kv, rec = engine.kv, engine.recorder
         bs = kv.block_size
         first = rec.num_steps
+        tokens = [self.chunk] * k
+        if self.shared is not None:  # its last chunk and first token in step 0, then decodes
+            req, r = self.shared
+            tokens[0] += self.extra0 + r
+            req.num_computed_tokens += r - 1  # (its k tokens, as a decode's, end at prompt_len + k - 1)
+            if req.first_token_s is None:  # (as `Engine.emit`; no deliver: `shared_fast_forward`)
+                req.first_token_s = self._ends[0]
+            if not req.token_steps:
+                req.token_steps += (first, first - 1)  # (extended to its k steps just below)
         advance_decodes(decodes, repeat(k), first)
         grants = [(req, (k - f - 1) // bs + 1) for req, f in zip(decodes, self.first_new) if f < k]
         kv.allocate_plain_many(grants)
@@ -182,8 +200,8 @@ class ChunkStretch(Stretch):
         used = list(accumulate(added, initial=kv.num_gpu_blocks - self.free_blocks))[1:]  # (step 0 adds none)
         waiting = list(accumulate(waits, initial=self.num_waiting))[1:]
         ends = self._ends[:k]
-        self.prompt.num_computed_tokens += k * self.chunk
-        rec.log_steps(self.start_s, ends, [self.chunk] * k, [len(decodes)] * k, [self.num_running] * k, waiting, used)
+        self.prompt.num_computed_tokens += k * self.chunk + self.extra0
+        rec.log_steps(self.start_s, ends, tokens, [len(decodes)] * k, [self.num_running] * k, waiting, used)
         done = [req for req, r in zip(decodes, self.remaining) if r <= k]
         for req in done:
             req.finish_s = ends[k - 1]
@@ -208,16 +226,22 @@ def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], d
     if kmax < 2:
         return False
     end0 = now_s + engine.perf.step_time_s([(chunk, prompt.num_computed_tokens)], decode_ctxs)
-    st = ChunkStretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk, kmax)
+    return plan_chunk_stretch(engine, ChunkStretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk, kmax))
+
+
+def plan_chunk_stretch(engine, st: ChunkStretch) -> bool:
+    """Price the chunk stretch `st` and make it the engine's, if at least two of its steps are
+    safe (time, KV blocks, prefix keys); False, changing nothing, otherwise."""
     st.price(engine._own_horizon_s())
     if st.k < 2:
         return False
-    kv = engine.kv
+    kv, decodes, prompt = engine.kv, st.decodes, st.prompt
     st.first_new = kv.first_new_block_steps(decodes, st.ctx1)
     st.free_blocks = kv.num_free_blocks
     if not engine._limit(st, 1):
         return False
-    if st.grows and kv.chunk_keys_conflict(prompt, prompt.num_computed_tokens + kmax * chunk, st.keyed, kmax - 1):
+    if st.grows and kv.chunk_keys_conflict(prompt, prompt.num_computed_tokens + st.kmax * st.chunk, st.keyed,
+                                           st.kmax - 1):
         return False  # (the prompt's keys, registered chunk by chunk, could meet a cached or another's)
     engine.stretch = st
     engine._schedule_stretch_end(st)

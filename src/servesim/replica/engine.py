@@ -36,6 +36,7 @@ from servesim.replica.kv_cache import KVCacheManager, block_keys
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.lone_stretch import lone_fast_forward
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
+from servesim.replica.shared_chunk import shared_fast_forward
 from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
                                           speculate)
 from servesim.replica.fast_forward import DecodeFns, FastForwarding, advance_decodes_by
@@ -272,7 +273,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
                        prefills: list[tuple[Request, int]], swap_s: float) -> bool:
         """The hook of chunk stretches: only plain steps (no speculation, swap or KV ports)."""
         return (self.config.fast_forward and not (self._spec_k or swap_s) and self.ports is None
-                and chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills))
+                and (chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills)
+                     or shared_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills)))
 
     def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> bool:
         """May the steps after this one repeat its prompt chunk beside the same speculating

@@ -66,6 +66,15 @@ class FastForwardHooks:
         them one by one."""
         return False
 
+    def shares_chunk(self, output: SchedulerOutput) -> int:
+        """Is `output` decodes (one token each), one prompt's last chunk and the next prompt's
+        first chunk, spending the whole token budget, such that the next `schedule` calls would
+        run the decodes and the first prompt (decoding from its first token) beside the second
+        prompt's next chunks, each taking the whole budget they leave, as `repeats_chunk`
+        holds? Then the chunk size of those steps (> 0), else 0. Chunks allocate nothing
+        there (not `chunks_allocate`). Must not change any state. The default, 0: stepped."""
+        return 0
+
     # Does each of those steps allocate the prompt's blocks for its chunk and register its
     # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
     chunks_allocate = False

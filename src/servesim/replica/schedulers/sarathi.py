@@ -11,7 +11,8 @@ per-step token budget τ (a decode counts one token):
    all prompt blocks at admission, unlike vLLM v1); each gets a chunk of the budget left.
 Ongoing decodes are never paused by a prefill (no generation stalls); a long prompt is spread
 over several steps (the engine fast-forwards a prompt's chunks beside the same decodes as one
-event: `repeats_chunk`, `replica/chunk_stretch.py`). Sarathi has no prefix cache: prompts are
+event: `repeats_chunk`, `replica/chunk_stretch.py`; from the step where the previous prompt's
+last chunk shares the budget with its first: `shares_chunk`, `replica/shared_chunk.py`). Sarathi has no prefix cache: prompts are
 always computed in full.
 `max_num_seqs` comes from the engine arguments (Sarathi's own default is 128).
 """
@@ -148,6 +149,22 @@ class SarathiScheduler(Scheduler):
             return False
         req, chunk = scheduled[-1]
         return chunk == self.params.chunk_size - n and req.num_computed_tokens + chunk < req.num_tokens
+
+    def shares_chunk(self, output: SchedulerOutput) -> int:
+        # Decodes, a prompt's last chunk (emitting its first token) and the next prompt's first
+        # chunk, the budget spent and the second left unfinished: from the next step the first
+        # decodes with the rest (one token of the budget more) and the second, the first in
+        # progress, takes what they leave until its last chunk; nobody is admitted meanwhile.
+        n = output.num_known_decodes
+        scheduled = output.scheduled
+        if len(scheduled) != n + 2 or output.preempted:
+            return 0
+        (first, r), (second, c0) = scheduled[n:]
+        chunk = self.params.chunk_size - n - 1
+        if (first.num_output_tokens or first.num_computed_tokens + r != first.num_tokens or chunk <= 0
+                or n + r + c0 != self.params.chunk_size or second.num_computed_tokens + c0 + chunk >= second.num_tokens):
+            return 0
+        return chunk
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
         # Step 3 on a queue of newcomers, every running request decoding: FCFS, each admitted

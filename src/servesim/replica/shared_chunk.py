@@ -1,0 +1,53 @@
+"""Sarathi's shared step as the first step of a chunk stretch.
+
+Under overload a prompt is always waiting, so the step that computes one prompt's last chunk
+gives what the budget leaves to the next prompt's first chunk (azure-conv-10x, 1 replica: 3,328
+of sarathi's 7,839 `schedule` calls). From the next step the first prompt decodes with the others
+and the second takes the whole budget they leave until its last chunk: a chunk stretch
+(`ChunkStretch`) whose step 0 is the shared step. Step 0 is priced as stepping prices it (both
+chunks, the decodes); steps 1, 2, ... are the stretch's usual steps over the decodes with the
+first prompt among them at its context after step 0 (`prompt_len`, so `prompt_len - 1` "before
+step 0"), the second prompt's chunk of the budget they leave (`extra0`: its step-0 chunk less
+that). Its first token is logged at step 0 and its tokens as a decode's from there (`shared`).
+Nothing is admitted meanwhile (the budget is spent), so arrivals wait, as in any chunk stretch.
+Exact as stepping one by one: tests/replica/test_shared_chunk.py.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from operator import attrgetter
+from typing import Any
+
+from servesim.replica.chunk_stretch import ChunkStretch, plan_chunk_stretch
+from servesim.workload.request import Request
+
+_ARRIVAL = attrgetter("arrival_s", "id")  # (sarathi's decode order)
+
+
+def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
+                        prefills: list[tuple[Request, int]]) -> bool:
+    """Run the shared step just scheduled (`decodes`, one prompt's last chunk, the next one's
+    first) and the chunk steps after it as a `ChunkStretch`, if the scheduler says they follow
+    (`Scheduler.shares_chunk`) and at least two steps are safe; False, changing nothing, otherwise."""
+    if len(prefills) != 2 or engine.deliver is not None or engine.scheduler.chunks_allocate:
+        return False
+    chunk = engine.scheduler.shares_chunk(out)
+    if not chunk:
+        return False
+    (first, r), (prompt, c0) = prefills
+    # steps 1, 2, ... give the prompt `chunk` tokens and leave it unfinished; the decodes (the
+    # first prompt one of them) run until the first of them emits its last token
+    kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens - c0) // chunk)
+    for req in decodes:
+        kmax = min(kmax, req.output_len - req.num_output_tokens)
+    kmax = min(kmax, first.output_len)
+    if kmax < 2:
+        return False
+    end0 = now_s + engine.perf.step_time_s([(r, first.num_computed_tokens), (c0, prompt.num_computed_tokens)],
+                                           decode_ctxs)
+    i = bisect_right(decodes, _ARRIVAL(first), key=_ARRIVAL)  # (its place in the decode order)
+    batch = decodes[:i] + [first] + decodes[i:]
+    ctxs = decode_ctxs[:i] + [first.num_tokens - 1] + decode_ctxs[i:]
+    st = ChunkStretch(engine, now_s, end0, out, batch, ctxs, prompt, chunk, kmax, c0 - chunk, (first, r))
+    return plan_chunk_stretch(engine, st)
