@@ -123,11 +123,11 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     if engine.notice is not None:
         return False  # (finish notices follow departure steps, which a stall moves)
     s, bs = st.k, kv.block_size
+    if not sched.stall_admits(joins, s, st.stalls[-1][0] if st.stalls else None, lambda: _running_at(st, s)):
+        return False  # (first: vtc's step count refuses at once)
     blocks, kept = sched.join_blocks(joins)
     free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(s, bs) > free and st.blocks_needed(s, bs) > free:
-        return False
-    if not sched.stall_admits(joins, s, st.stalls[-1][0] if st.stalls else None, lambda: _running_at(st, s)):
         return False
     step_s = stall_step_s(engine.perf, st, joins)
     if step_s is None:

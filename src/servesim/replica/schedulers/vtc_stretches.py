@@ -105,7 +105,7 @@ class VTCStretches:
         return joins if all(is_fresh(req) for req, _ in joins) else None
 
     def stall_admits(self, joins: list[tuple[Request, int]], s: int, last_stall: int | None, running_at) -> bool:
-        # `schedule` at step s: a mini-batch if nothing runs or `max_wait_tokens` decode steps
+        # `schedule` at step s: a mini-batch once `max_wait_tokens` decode steps
         # ran since the last one (the decision's count, less its own mini-batch step; or since
         # the last stall), taking every newcomer (`_prefill_mini_batch`'s checks on the
         # requests running at s), each prompt's charge an integer
@@ -113,9 +113,9 @@ class VTCStretches:
             count = self._decode_steps + s - (self._mark - self.num_engine_steps)
         else:
             count = s - last_stall - 1
+        if count < self.params.max_wait_tokens:
+            return False  # (refusing is exact: the stretch ends at s and stepping goes on)
         running = running_at()
-        if running and count < self.params.max_wait_tokens:
-            return False
         if len(running) + len(joins) > self.config.max_num_seqs:
             return False
         max_new = self._max_new
