@@ -61,10 +61,11 @@ def rest_fits(engine, st, req, s: int, c: int, n: int, num_running: int):
     return chunk_fn
 
 
-def join_in_two(engine, st, req, chunk_fn, c: int, cached: int, blocks: int) -> int:
+def join_in_two(engine, st, req, chunk_fn, c: int, cached: int, blocks: int, shared: int = 0) -> int:
     """Price the turn's chunk step s = k and its rest's step s + 1 and join it there (its
-    admission with the first chunk done: `keyed_join`); `blocks`: its whole prompt's. Returns
-    its context at step s + 2 less s + 2, its frame's ctx1 (`Stretch.join`)."""
+    admission with the first chunk done: `keyed_join`); `blocks`: its whole prompt's, `shared`
+    of them hits on blocks running requests held (in use before the join: `held_hits.py`).
+    Returns its context at step s + 2 less s + 2, its frame's ctx1 (`Stretch.join`)."""
     s, bs, kv = st.k, engine.kv.block_size, engine.kv
     if st._f is None or st._priced != s:
         st.truncate(s)  # (priced ahead by numpy chunks: the scalar state of step s)
@@ -73,7 +74,9 @@ def join_in_two(engine, st, req, chunk_fn, c: int, cached: int, blocks: int) -> 
     ctx1 = num_tokens - (s + 1)
     held = kv.num_blocks_of(req.id)  # (its hits and the first chunk's)
     join_after_chunks(engine, st, chunk_fn, req, [c], cached, num_tokens - cached, blocks * bs - ctx1 + 1, held,
-                      blocks)
+                      blocks - shared)
+    if shared:  # (logged as in use from step s less those: they already were)
+        st.join_shared = [*(st.join_shared or ()), (s, shared)]
     st.rests.append((s + 1, len(st.reqs) - 1, blocks - held))
     return ctx1
 

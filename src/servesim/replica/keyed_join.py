@@ -40,6 +40,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.held_hits import held_by_departed
 from servesim.replica.keyed_chunk_join import join_in_two, rest_fits
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.hygen import HyGenScheduler
@@ -98,9 +99,10 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if pops > free and (pops := st.blocks_needed(steps, bs)) > free:
         return False
     prefix = kv._prefix
+    shared = 0
     if hits.num_keyed:
-        if prefix.num_free(hits) != hits.num_keyed:
-            return False  # a hit block that someone holds
+        if (shared := hits.num_keyed - prefix.num_free(hits)) and (chunk_fn is None or held_by_departed(kv, st, s, hits)):
+            return False  # a hit block that someone holds (taken only with two chunks: `held_hits.py`)
         groups = [g for g, _, _ in hits.extents]
         # (the rests of turns that joined in two chunks pop their blocks before step s too)
         later = sum(n for _, _, n in st.rests) if st.rests else 0
@@ -150,7 +152,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
         kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
     if chunk_fn is not None:
-        ctx1 = join_in_two(engine, st, req, chunk_fn, c, cached, blocks)
+        ctx1 = join_in_two(engine, st, req, chunk_fn, c, cached, blocks, shared)
     else:
         ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
         first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1

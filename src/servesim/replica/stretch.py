@@ -46,7 +46,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs", "rests")
+                 "_stall_need", "prompt_runs", "join_shared", "rests")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -130,6 +130,9 @@ class Stretch(StretchJoins, StretchPricing):
         # the rests of keyed prompts that joined with a first chunk (`replica/keyed_chunk_join.py`):
         # (step, index in `reqs`, the blocks it allocates then), granted when the stretch ends
         self.rests: list[tuple[int, int, int]] = []
+        # (step, blocks) of keyed joiners' prefix hits that running requests held already (in
+        # use before the join: `replica/held_hits.py`), or None
+        self.join_shared: list[tuple[int, int]] | None = None
 
     @property
     def ends(self) -> list[float] | np.ndarray:

@@ -1,0 +1,49 @@
+"""Mooncake's long prompts whose prefix hits are blocks running requests hold (the trace's shared
+first hash blocks) join a stretch in flight with two chunks (`replica/held_hits.py`,
+`replica/keyed_chunk_join.py`); the results, step log included, are those of stepping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.replica import held_hits, keyed_join
+
+from .helpers import assert_same_steps, outcome
+
+MOONCAKE = str(Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml")
+BUSY = ["workload.num_requests=1000", "replicas=8", "router.name=least-requests", "workload.trace.speedup=2"]
+
+
+def run_both(sets: list[str], monkeypatch) -> tuple:
+    """(fast-forwarded, stepped) results and the fast run's counts: two-chunk joins with hits on
+    held blocks, and refusals for a hit held only by requests that left the stretch."""
+    counts = {"shared": 0, "departed": 0}
+    join_in_two, departed = keyed_join.join_in_two, held_hits.held_by_departed
+
+    def counted_join(engine, st, req, chunk_fn, c, cached, blocks, shared=0):
+        counts["shared"] += shared > 0
+        return join_in_two(engine, st, req, chunk_fn, c, cached, blocks, shared)
+
+    def counted_departed(*args):
+        found = departed(*args)
+        counts["departed"] += found
+        return found
+
+    monkeypatch.setattr(keyed_join, "join_in_two", counted_join)
+    monkeypatch.setattr(keyed_join, "held_by_departed", counted_departed)
+    fast = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
+    done = dict(counts)
+    slow = simulate(load_scenario(MOONCAKE, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert counts == done  # (stepping joins nothing)
+    return fast, slow, done
+
+
+@pytest.mark.parametrize("extra", [[], ["scheduler.name=priority"], ["engine.max_num_batched_tokens=4096"]])
+def test_held_hits_join_in_two_chunks_exactly(extra, monkeypatch):
+    fast, slow, counts = run_both(BUSY + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert counts["shared"] > 0.01 * len(fast.requests), counts  # turns with held hits joined in two chunks
