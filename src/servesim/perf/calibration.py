@@ -97,6 +97,15 @@ class Constants:
     # sizes and nothing at decode sizes (AIConfigurator's B200 GEMM tables; docs/fidelity.md, "FP8
     # prefill on Blackwell"), so it is priced per prompt token (terms.StepTerms.act_quant_s_per_token).
     act_quant_token_s: float = 0.0
+    # Bytes per element of each token's top_k expanded rows (hidden wide) that a GPU writes and reads
+    # beside the expert GEMMs in a MoE layer (0, off, by default). TensorRT-LLM's trtllm-gen fused MoE
+    # (Blackwell) runs routing, permute + gate-up GEMM, down GEMM and a finalize kernel: the down GEMM
+    # writes one BF16 row per (token, expert) and finalize reads them back to sum the top_k rows, so
+    # each GPU moves top_k x hidden x 4 bytes a token whatever the experts' TP split (its partial rows
+    # are hidden wide); expert parallelism divides it by the ranks (each holds only its experts' rows).
+    # AIConfigurator's B200 MoE tables show that cost: the kernel at TP 8 takes as long as at TP 4
+    # (terms.StepTerms.moe_copy_s_per_token; docs/fidelity.md, "MoE at TP on TensorRT-LLM B200").
+    moe_copy_bytes: float = 0.0
     # Attention data parallelism only (perf/attention_dp.py; 0 by default, read by nothing else): GPU
     # time per lock-step step and per sequence of the ranks' padded batch (dp x the largest rank's
     # sequences) that the lock-step terms do not price, fitted per engine on the attention-DP serving
@@ -122,6 +131,7 @@ CONSTANT_RANGES: dict[str, tuple[float, float, bool]] = {
     "smoothing_k": (1.0, math.inf, True),
     "moe_imbalance": (1.0, math.inf, True),
     "mixed_prefill_slowdown": (0.0, math.inf, True),  # 0 = off
+    "moe_copy_bytes": (0.0, math.inf, True),  # 0 = off
     **{name: (0.0, math.inf, True) for name in CONSTANT_NAMES if name.endswith("_s")},
 }
 

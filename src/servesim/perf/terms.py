@@ -90,6 +90,7 @@ class StepTerms:
         c, g, m = self.c, self.gpu, self.model
         peak = g.peak_flops[self.dtype.compute]
         eta_c = self.eta_compute_at(num_tokens)
+        copy_s = self.moe_copy_s_per_token() * num_tokens  # 0.0 when off: t + 0.0 keeps main's floats
         total = 0.0
         for b in self.blocks():
             if moe is not None and b.moe != moe:
@@ -102,6 +103,8 @@ class StepTerms:
             t_block = roofline.smooth_roofline_s(
                 b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
                 peak, g.hbm_bw_bytes_s, eta_b, c.eta_memory, c.smoothing_k)
+            if b.moe:  # a separate kernel's traffic (finalize), so added to the GEMMs' roofline, not smoothed into it
+                t_block = t_block + copy_s
             total += b.count * t_block
         return total if moe else total + m.num_layers * c.layer_floor_s
 
@@ -119,6 +122,15 @@ class StepTerms:
             return touched * expert_params(m) / self.tp
         busiest = roofline.experts_touched_busiest_rank(m.moe.num_experts, m.moe.top_k, num_tokens, self.moe_ep)
         return busiest * expert_params(m) / self.moe_tp
+
+    def moe_copy_s_per_token(self) -> float:
+        """HBM time per step token of one MoE layer's expanded rows (`moe_copy_bytes`, 0.0 when off or
+        for a dense model): top_k rows of hidden elements per token, divided over the expert-parallel
+        ranks, not over the experts' TP split (each GPU's partial rows are hidden wide)."""
+        m, c = self.model, self.c
+        if m.moe is None or not c.moe_copy_bytes:
+            return 0.0
+        return m.moe.top_k * m.hidden_size * c.moe_copy_bytes / self.moe_ep / (c.eta_memory * self.gpu.hbm_bw_bytes_s)
 
     def linear_compute_memory_s(self, num_tokens: int) -> tuple[float, float]:
         """The compute and memory sides of `linear_s` (for reporting the regime)."""
