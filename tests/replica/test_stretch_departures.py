@@ -12,7 +12,7 @@ import pytest
 
 from servesim.perf.build import build_perf_model
 from servesim.replica import fast_forward
-from servesim.replica.fast_forward import advance_decodes, advance_decodes_by
+from servesim.replica.token_advance import advance_decodes, advance_decodes_by
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request

@@ -49,6 +49,7 @@ from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_growth import GrowthCount
 from servesim.replica.stretch_joins import _growth
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
+from servesim.replica.token_advance import advance_decodes, apply_joins, apply_step0_prompts
 
 
 _FAR_S = 1e300  # (a horizon past any run, but finite: `_steps_to` is asked)
@@ -154,9 +155,6 @@ class AdmitStretch(Stretch):
         released first (stepping freed them before the later steps' allocations), the
         growth of the others allocated, every joiner's step logged. Returns the requests that
         finished in it, in finish order."""
-        from servesim.replica.fast_forward import (advance_decodes, apply_joins,  # (fast_forward imports
-                                                   apply_step0_prompts)  # this module)
-
         kv, k, reqs, remaining, first_new = engine.kv, self.k, self.reqs, self.remaining, self.first_new
         bs = kv.block_size
         first = engine.recorder.num_steps

@@ -37,7 +37,7 @@ from __future__ import annotations
 from itertools import accumulate, repeat
 from typing import Any
 
-from servesim.replica.fast_forward import advance_decodes
+from servesim.replica.token_advance import advance_decodes
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request
 

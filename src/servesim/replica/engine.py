@@ -39,7 +39,8 @@ from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, Schedul
 from servesim.replica.shared_chunk import shared_fast_forward
 from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
                                           speculate)
-from servesim.replica.fast_forward import DecodeFns, FastForwarding, advance_decodes_by
+from servesim.replica.fast_forward import DecodeFns, FastForwarding
+from servesim.replica.token_advance import advance_decodes_by
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:

@@ -13,8 +13,6 @@ tests/cluster/test_exactness.py, tests/golden).
 from __future__ import annotations
 
 import math
-from typing import Iterable
-
 import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
@@ -31,6 +29,7 @@ from servesim.replica.stretch import DecodeForms, Stretch
 from servesim.replica.stretch_chunks import RunTimes
 from servesim.replica.stretch_join import join_arrivals
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
+from servesim.replica.token_advance import advance_decodes, advance_decodes_by, apply_joins, apply_step0_prompts
 from servesim.workload.request import Request
 
 
@@ -342,69 +341,3 @@ class FastForwarding:
                                        n, [j for j in st.waiting_from if j < k])
         return done
 
-
-def apply_step0_prompts(prefills: list, steps_of: Iterable[int], first: int, ends) -> int:
-    """Advance the prompts (or recomputes) finished in a stretch's step 0, each then decoding
-    for the rest of its `steps_of`; returns their prompt tokens, for the step log."""
-    prefill_tokens = 0
-    for (req, n), m in zip(prefills, steps_of):
-        prefill_tokens += n
-        req.num_computed_tokens += n + m - 1
-        req.num_output_tokens += m
-        req.token_steps += (first, first + m - 1)
-        if req.first_token_s is None:
-            req.first_token_s = float(ends[0])
-    return prefill_tokens
-
-
-def apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[int, int]],
-                blocks: list[int]) -> list[tuple[int, int]]:
-    """Advance the requests that joined the stretch (`replica/stretch_join.py`, admission
-    stretches): each computed its prompt in its join step s and emitted a token in each of its
-    steps from s on. `blocks`, the blocks each took when it joined (its prompt's, or a
-    policy's whole reservation: all it holds before the stretch's growth is granted), are
-    logged as blocks in use from step s (a negative free); returns the (step, prompt tokens)
-    of the join steps, for the step log."""
-    k = st.k
-    ends = st.ends
-    prefill_at: dict[int, int] = {}
-    for (s, req, n), m_end, base in zip(st.joins, steps_of[len(steps_of) - len(st.joins):], blocks):
-        if s >= k:  # (a crash settled the stretch before the step it joined in ended)
-            continue
-        m = m_end - s  # the steps it ran: s .. m_end - 1
-        req.num_computed_tokens += n + m - 1
-        req.num_output_tokens += m
-        req.token_steps += (first + s, first + m_end - 1)
-        if req.first_token_s is None:
-            req.first_token_s = float(ends[s])
-        prefill_at[s] = prefill_at.get(s, 0) + n
-        frees.append((s, -base))
-    return list(prefill_at.items())
-
-
-def advance_decodes(decodes: list[Request], steps: Iterable[int], first: int) -> None:
-    """Each decoding request emitted one token at the end of each of its next `steps` engine
-    steps, from step `first` on (the hot loop of the engine)."""
-    prev = first - 1
-    for req, m in zip(decodes, steps):
-        req.num_computed_tokens += m
-        req.num_output_tokens += m
-        runs = req.token_steps
-        if runs[-1] == prev:
-            runs[-1] = prev + m
-        else:
-            runs.append(first)
-            runs.append(prev + m)
-
-
-def advance_decodes_by(decodes: list[Request], m: int, first: int) -> None:
-    """`advance_decodes` with the same `m` steps for every request (a stretch nobody left)."""
-    prev, last = first - 1, first - 1 + m
-    for req in decodes:
-        req.num_computed_tokens += m
-        req.num_output_tokens += m
-        runs = req.token_steps
-        if runs[-1] == prev:
-            runs[-1] = last
-        else:
-            runs += (first, last)
