@@ -107,7 +107,10 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
         _join(engine, st, s, num_running, joins, now_s, pending)
     rem = st._sorted_rem
     # the next departure (a joiner's, at the latest), or the next step if a prompt was chunked
-    st.kmax = s + 1 if st.pending else min(rem[bisect_right(rem, s)], st.max_steps)
+    # or the policy admits again after the prompt-only step (the blocks free then: less the prompts')
+    again = st.pending or (stall and joins and sched.readmits_after_stall(
+        num_running + len(joins), free - sum([-(-n // bs) for _, n in joins])))
+    st.kmax = s + 1 if again else min(rem[bisect_right(rem, s)], st.max_steps)
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     if st.k > s + 1:
         engine._limit(st, s + 1)  # (step s's blocks were counted above)
