@@ -194,3 +194,29 @@ def test_prefill_first_admits_inside_stretches_as_prompt_only_steps(params, seed
     # tokens emitted than requests running
     log = a.recorder.step_log(num_blocks)
     assert ((log.prefill_tokens > 0) & (log.num_running > log.output_tokens + 1)).sum() > 0.1 * len(reqs)
+
+
+# SGLang (prefill-first, `sglang_admits.py`): once the new-token ratio is at its floor a finish
+# admits the head as a prompt-only step, by the PrefillAdder's tokens (the running requests'
+# reserves, each admitted prompt's clipped `max_new`), `max_prefill_tokens` and the running cap;
+# the step after the prompts admits afresh (`readmits_after_stall`). A ratio that decays in one
+# decode step reaches the floor at once; 600 steps leave part of the run to stepping. Every
+# reserve is clipped (SGLang's OpenAI default `max_new`, a long `max_model_len`), as on the traces.
+SGLANG = [{"new_token_ratio_decay_steps": 1}, {"new_token_ratio_decay_steps": 1, "schedule_conservativeness": 3.0},
+          {"new_token_ratio_decay_steps": 1, "max_prefill_tokens": 250},
+          {"new_token_ratio_decay_steps": 1, "max_running_requests": 8}, {}]
+
+
+@pytest.mark.parametrize("params", SGLANG)
+@pytest.mark.parametrize("seed,num_blocks", [(1, 1000), (3, 300), (4, 200)])
+@pytest.mark.parametrize("perf_name", ["toy", "llama"])
+def test_sglang_finishes_admit_inside_stretches_at_the_ratios_floor(params, seed, num_blocks, perf_name, llama):
+    perf = ToyPerf() if perf_name == "toy" else llama
+    a_reqs, b_reqs = overload(seed), overload(seed)
+    a = run(a_reqs, True, num_blocks, perf, "sglang", params, max_model_len=131072)
+    b = run(b_reqs, False, num_blocks, perf, "sglang", params, max_model_len=131072)
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS + ("token_steps",))
+    print(params, seed, num_blocks, perf_name, a.num_finish_admissions, a.num_fast_forwarded_steps / a.num_steps)
+    assert b.num_finish_admissions == 0
+    if params:
+        assert a.num_finish_admissions > 0.2 * len(a_reqs)

@@ -41,14 +41,14 @@ Exact: results are those of stepping (tests/replica/test_admission_stretch.py, t
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 
 from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_growth import GrowthCount
 from servesim.replica.stretch_joins import _growth
-from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
+from servesim.replica.stretch_stalls import apply_stalled, frame_growth
 from servesim.replica.token_advance import advance_decodes, apply_joins, apply_step0_prompts
 
 
@@ -61,7 +61,7 @@ class AdmitStretch(Stretch):
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
     __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps", "chunked",
-                 "pending", "grown_of")
+                 "pending", "stall_steps")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -77,7 +77,10 @@ class AdmitStretch(Stretch):
         # joins at s + 1 with the rest of its prompt, the last one's rest is `pending` until then
         self.chunked: list[tuple[int, object, int, int]] = []
         self.pending: tuple[int, object, int, int] | None = None
-        self.grown_of: dict[int, int] = {}  # index -> blocks it grew before the stalls (`Stretch.grown`, summed)
+        # the steps of `stalls`, in order. While `growth` counts, `first_new` is in its frame (the
+        # steps that are not stalls, in which every request keeps its growth's phase): a stall
+        # then changes no request's growth (`growth_of` reads it, the apply maps it back)
+        self.stall_steps: list[int] = []
 
     def _steps_to(self, horizon: float) -> int:
         # priced to the next departure, a few steps away under overload: the scalar loop
@@ -94,15 +97,37 @@ class AdmitStretch(Stretch):
         g = self.growth
         if g is None:
             return super().blocks_needed(steps, block_size)
-        if not self.stalls:
-            return g.blocks_needed(steps)
-        # `growth` walks the steps that are not stalls (in which nothing grows): asked past the last
-        if self.stalls[-1][0] >= steps:
-            return super().blocks_needed(steps, block_size)  # (not asked: every query follows it)
-        return g.blocks_needed(steps - len(self.stalls))
+        # `growth` walks the steps that are not stalls (in which nothing grows)
+        return g.blocks_needed(steps - self.stalls_before(steps))
 
     def blocks_bound(self, steps: int, block_size: int) -> int:
         return self.blocks_needed(steps, block_size)  # (exact, and as cheap as the bound here)
+
+    def stalls_before(self, j: int) -> int:
+        """Prompt-only steps before step j (all of them for a step after the last: pricing's,
+        the boundaries' and the departures' reads)."""
+        at = self.stall_steps
+        return len(at) if not at or at[-1] < j else bisect_left(at, j)
+
+    def growth_of(self, i: int, steps: int, block_size: int) -> int:
+        """Blocks request i grew in the stretch's steps before `steps` (its own, up to its
+        departure at most): from `first_new` in `growth`'s frame, where its growth is regular
+        however many stalls it ran through."""
+        if self.growth is None:  # (the stretch's frame, and the growth kept before each stall)
+            return _growth(self.first_new[i], 0, steps, block_size) + sum(
+                [(m - f - 1) // block_size + 1 for j, f, s in self.grown if j == i and f < (m := min(s, steps))])
+        return _growth(self.first_new[i], 0, steps - self.stalls_before(steps), block_size)
+
+    def blocks_added(self, j: int, block_size: int, blocks_held) -> int:
+        if self.growth is None or not self.stalls:
+            return super().blocks_added(j, block_size, blocks_held)
+        # (`Stretch.blocks_added` with each request's growth read in `growth`'s frame)
+        delta = 0
+        for i, (req, r) in enumerate(zip(self.reqs, self.remaining)):
+            delta += self.growth_of(i, j + 1 if j < r else r, block_size)
+            if r <= j:  # (finished in step r - 1 < j: everything it held is free again)
+                delta -= blocks_held(req) + self.growth_of(i, r, block_size)
+        return delta
 
     def join(self, joins: list, first_new: list[int], blocks: int, step_s: float, forms, block_size: int) -> None:
         n = len(self.reqs)
@@ -110,30 +135,30 @@ class AdmitStretch(Stretch):
         g = self.growth
         if g is None:
             return
-        if self.stalls:  # (in the steps `growth` walks: those before the join less the stalls, its own included)
-            off = len(self.stalls)
-            ok = g.add([f - off for f in first_new], [r - off for r in self.remaining[n:]])
+        off = len(self.stalls)
+        if off:  # (in the steps `growth` walks: those before the join less the stalls, its own included)
+            first_new = self.first_new[n:] = [f - off for f in first_new]
+            ok = g.add(first_new, [r - off for r in self.remaining[n:]])
         else:
             ok = g.add(first_new, self.remaining[n:])
-        if not ok:
-            self.growth = None  # (cannot happen: a joiner grows after its join step; the pass counts then)
+        if not ok:  # (cannot happen: a joiner grows after its join step)
+            if off:
+                raise AssertionError("a request joining after a stall grows in a step already counted")
+            self.growth = None  # (no stall yet: `first_new` is the stretch's frame, the pass counts)
 
     def stall(self, joins: list, first_new: list[int], blocks: int, step_s: float, forms, block_size: int) -> None:
-        """`Stretch.stall` while `growth` counts the blocks (in the steps that are not stalls, in
-        which every request keeps its growth's phase): the frame's shift alone, as C passes
-        over the lists instead of `StretchJoins.stall`'s loop, whose count is `growth`'s here."""
+        """`Stretch.stall` while `growth` counts the blocks: in its frame (the steps that are not
+        stalls) every request keeps its growth, so `first_new` is left as it is and nothing of
+        the growth before the stall is kept (`growth_of` reads it at the departures, the apply
+        maps it to the stretch's steps); only the departures and contexts move, as C passes."""
         if self.growth is None:
             return super().stall(joins, first_new, blocks, step_s, forms, block_size)
-        s, bs = self.k, block_size
-        remaining, first = self.remaining, self.first_new
+        s = self.k
+        remaining = self.remaining
         rem = self._sorted_rem
         p = bisect_right(rem, s)
         rem[p:] = [r + 1 for r in rem[p:]]
-        # each request running at s: its growth before s kept, its first new block step after s
-        # one later, the same contexts from s + 1 on, its last token one step later
-        self.grown += [(i, f, s) for i, f, r in zip(range(len(first)), first, remaining) if f < s < r]
-        first[:] = [((f if f >= s else f + (s - f + bs - 1) // bs * bs) + 1) if r > s else f
-                    for f, r in zip(first, remaining)]
+        # each request running at s: the same contexts from s + 1 on, its last token one step later
         self.ctx1[:] = [c - 1 if r > s else c for c, r in zip(self.ctx1, remaining)]
         remaining[:] = [r + 1 if r > s else r for r in remaining]
         stalled = len(rem) - p
@@ -141,10 +166,10 @@ class AdmitStretch(Stretch):
         if self._f is not None and self._priced == s:
             self._ctx_sum -= stalled  # (as `StretchJoins.stall`: `join` adds a step to each)
         self.stalls.append((s, stalled))
-        # (`StretchJoins.blocks_needed`'s base left uncounted: should `growth` fail, every count is
-        # made from the start, with the growth before the stalls)
+        self.stall_steps.append(s)
+        # (`StretchJoins.blocks_needed`'s base is not kept: `growth` counts every block here)
         self._need_at, self._stall_need = (UNLIMITED_STEPS, 0, []), None
-        self.join(joins, first_new, blocks, step_s, forms, bs)
+        self.join(joins, first_new, blocks, step_s, forms, block_size)
 
     def prompt_tokens_before(self, j: int) -> int:
         # (a chunk's request joins at s + 1 with its whole prompt: the chunk counts from s + 1 to s + 2)
@@ -161,25 +186,27 @@ class AdmitStretch(Stretch):
         steps_of = [r if r < k else k for r in remaining]
         finished = sorted((i for i, r in enumerate(remaining) if r <= k), key=remaining.__getitem__)
         released = self.released
-        grown = grown_blocks(self, steps_of, bs) if self.grown else {}  # (before prompt-only steps)
+        growth_of = self.growth_of
         for i in finished:
             if steps_of[i] < k and i not in released:  # (left before a cut: released now, before the grants)
                 released[i] = kv.num_blocks_of(reqs[i].id)
-                kv.free_grown(reqs[i].id, _growth(first_new[i], 0, steps_of[i], bs) + grown.get(i, 0))
-        frees = [(m, released[i] + _growth(first_new[i], 0, m, bs) + grown.get(i, 0))
-                 for i in finished if (m := steps_of[i]) < k]
-        new_blocks = [(req, (m - f - 1) // bs + 1) for i, (req, f, m) in enumerate(zip(reqs, first_new, steps_of))
-                      if f < m and i not in released]
+                kv.free_grown(reqs[i].id, growth_of(i, steps_of[i], bs))
+        frees = [(m, released[i] + growth_of(i, m, bs)) for i in finished if (m := steps_of[i]) < k]
         ends = self.ends
         silent_at, silent_n = [], []
         if self.stalls:
-            new_blocks += [(reqs[i], c) for i, c in grown.items() if i not in released]
+            new_blocks = [(reqs[i], c) for i, m in enumerate(steps_of) if i not in released
+                          and (c := growth_of(i, m, bs))]
             prefill_tokens, prefill_at = apply_stalled(self, steps_of, first, frees, self.join_base)
-            # (the growth before each stall as an entry of its own; each stall's requests silent)
-            first_new = first_new + [f for _, f, _ in self.grown]
-            steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in self.grown]
+            if self.growth is not None:  # (the growth in the stretch's steps: a block each)
+                first_new, steps_of = frame_growth(first_new, steps_of, self.stall_steps, bs)
+            else:  # (the growth before each stall as an entry of its own)
+                first_new = first_new + [f for _, f, _ in self.grown]
+                steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in self.grown]
             silent_at, silent_n = self.stalled_before(k)
         else:
+            new_blocks = [(req, (m - f - 1) // bs + 1) for i, (req, f, m) in enumerate(zip(reqs, first_new, steps_of))
+                          if f < m and i not in released]
             nd = len(self.decodes)
             advance_decodes(self.decodes, steps_of, first)
             prefill_tokens = apply_step0_prompts(self.prefills, steps_of[nd:], first, ends)

@@ -13,7 +13,6 @@ from servesim.replica.admission_stretch import AdmitStretch
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch_growth import GrowthCount
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _admit, stall_step_s
-from servesim.replica.stretch_joins import _growth
 
 
 def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float, out, decodes: list,
@@ -53,7 +52,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     if (st.final or s != st.kmax or s >= st.max_steps or engine.ports is not None
             or not (engine.scheduler.num_waiting or pending)):
         return False
-    sched, kv, reqs, remaining, first_new = engine.scheduler, engine.kv, st.reqs, st.remaining, st.first_new
+    sched, kv, reqs, remaining = engine.scheduler, engine.kv, st.reqs, st.remaining
     rem = st._sorted_rem
     p1 = bisect_right(rem, s)
     num_running = len(rem) - p1
@@ -63,13 +62,11 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     gone = []  # (index, blocks held before its growth, its growth) of each request that left since
     freed = 0
     i, r_prev = -1, -1
-    grown_of = st.grown_of
+    growth_of = st.growth_of
     for r in rem[st.num_released:p1]:
         i = remaining.index(r, i + 1 if r == r_prev else 0)
         r_prev = r
-        base, grown = kv.num_blocks_of(reqs[i].id), _growth(first_new[i], 0, r, bs)
-        if grown_of:
-            grown += grown_of.get(i, 0)  # (its growth before the stalls)
+        base, grown = kv.num_blocks_of(reqs[i].id), growth_of(i, r, bs)
         gone.append((i, base, grown))
         freed += base + grown
     free = st.free_blocks + freed - st.join_blocks
@@ -110,7 +107,10 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
         _join(engine, st, s, num_running, joins, now_s, pending)
     rem = st._sorted_rem
     # the next departure (a joiner's, at the latest), or the next step if a prompt was chunked
-    st.kmax = s + 1 if st.pending else min(rem[bisect_right(rem, s)], st.max_steps)
+    # or the policy admits again after the prompt-only step (the blocks free then: less the prompts')
+    again = st.pending or (stall and joins and sched.readmits_after_stall(
+        num_running + len(joins), free - sum([-(-n // bs) for _, n in joins])))
+    st.kmax = s + 1 if again else min(rem[bisect_right(rem, s)], st.max_steps)
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     if st.k > s + 1:
         engine._limit(st, s + 1)  # (step s's blocks were counted above)
@@ -165,11 +165,7 @@ def _stall(engine, st: AdmitStretch, s: int, joins: list, now_s: float, step_s: 
     st.join_base += base
     st.waiting_to += [s] * len(joins)
     engine.num_finish_admissions += len(joins)
-    n = len(st.grown)
     _admit(engine, st, now_s, joins, sum(base), step_s, st.stall, engine.scheduler.admit_at_finish)
-    grown_of = st.grown_of
-    for i, f, g in st.grown[n:]:  # (the growth before this stall of each request it stalled)
-        grown_of[i] = grown_of.get(i, 0) + (g - f - 1) // bs + 1
 
 
 def _rest_of(sched, pending: tuple, num_running: int) -> tuple[int | None, int]:

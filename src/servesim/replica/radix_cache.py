@@ -171,7 +171,14 @@ class RadixKVCache(RadixTree, KVCacheManager):
         st = self._reqs.pop(req.id, None)
         if st is None:
             return
-        full = self._num_full(req, st) if self.enable_prefix_caching else 0
+        self._release(st, req, self._num_full(req, st) if self.enable_prefix_caching else 0)
+        if type(req.kv_block_keys) is BlockKeys:
+            self._recent_keys.keep(req.kv_block_keys)  # (for the conversation's next turn)
+            req.kv_block_keys.release()  # done: what lookups built is not needed again
+
+    def _release(self, st: _ReqKV, req: Any, full: int) -> None:
+        """A finished request's release: its first `full` blocks inserted into the tree (`req`
+        is read only then), its private rest freed and its path unlocked."""
         self._clock += 1
         if st.last is not None:
             self._touch(st.last)
@@ -180,9 +187,17 @@ class RadixKVCache(RadixTree, KVCacheManager):
         self._truly_free += st.plain
         self._unlock(st.last)
         self._sync()
-        if type(req.kv_block_keys) is BlockKeys:
-            self._recent_keys.keep(req.kv_block_keys)  # (for the conversation's next turn)
-            req.kv_block_keys.release()  # done: what lookups built is not needed again
+
+    def free_grown(self, req_id: int, num_new_blocks: int) -> None:
+        """Release a finished request without prefix keys that needed `num_new_blocks` more
+        private blocks since its last allocation (an admission stretch's growth, never
+        allocated): as allocating them and then `cache_finished`, which inserts nothing for it
+        and then finds it gone. Plain blocks are counts here, so the order of releases and
+        allocations does not matter (the caller checked that stepping had the blocks)."""
+        st = self._reqs.pop(req_id)
+        st.plain += num_new_blocks
+        self._truly_free -= num_new_blocks
+        self._release(st, None, 0)
 
     def swap_out(self, req_id: int, reuse_key=None):  # pragma: no cover - SGLang never swaps
         raise NotImplementedError("the radix cache has no CPU swap tier")

@@ -4,12 +4,17 @@ arrivals joining it).
 In a prompt-only step s the requests running emit nothing: each request's tokens are its steps
 less the stalls after its first, and its KV growth is regular only between stalls (the part
 before each stall is in `Stretch.grown`). `_apply_stretch` asks here for what differs from a
-stretch without stalls: the blocks grown before the stalls and the requests' token runs.
+stretch without stalls: the blocks grown before the stalls and the requests' token runs. An
+admission stretch keeps its requests' growth in the frame of the steps that are not stalls
+instead (a stall then touches no request's growth), mapped to the stretch's steps for the step
+log when it is applied (`frame_growth`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+
+import numpy as np
 
 from servesim.replica.stretch import Stretch
 
@@ -23,6 +28,24 @@ def grown_blocks(st: Stretch, steps_of: list[int], block_size: int) -> dict[int,
         if f < m:
             counts[i] = counts.get(i, 0) + (m - f - 1) // block_size + 1
     return counts
+
+
+def frame_growth(first_new: list[int], steps_of: list[int], stall_steps: list[int],
+                 block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The step log's growth (`BlockGrowth`'s first_new and runs) of requests whose `first_new`
+    is in the frame of the steps that are not stalls (an admission stretch's `growth`): each
+    block's step mapped to the stretch's, one entry per block (its own run of one step).
+    Request i runs steps_of[i] steps, of which those before it that are stalls do not grow."""
+    at = np.array(stall_steps, dtype=np.int64)
+    f = np.array(first_new, dtype=np.int64)
+    m = np.array(steps_of, dtype=np.int64)
+    m -= np.searchsorted(at, m)  # (its steps that are not stalls: those of the growth's frame)
+    c = np.where(f < m, (m - f - 1) // block_size + 1, 0)  # blocks each gets
+    steps = np.repeat(f, c) + block_size * (np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c))
+    # the frame's step u is the stretch's u + (the stalls up to it): stall t (at step s_t) comes
+    # after the frame's steps below s_t - t
+    steps += np.searchsorted(at - np.arange(len(at)), steps, side="right")
+    return steps, steps + 1
 
 
 def apply_stalled(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[int, int]],

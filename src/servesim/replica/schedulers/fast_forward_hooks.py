@@ -135,6 +135,15 @@ class FastForwardHooks:
         chunk (`finish_admits.py`). Changes no state."""
         return None
 
+    def readmits_after_stall(self, num_running: int, free_blocks: int) -> bool:
+        """After `admit_at_finish` admitted `finish_admits`' requests as a prompt-only step s (a
+        prefill-first policy): does the next `schedule`, at s + 1 with `num_running` decoding and
+        `free_blocks` free before their blocks, admit more, or is that not determined? Then the
+        stretch's next boundary is s + 1, where `finish_admits` is asked again. Changes no state.
+        The default, False: the head left waiting waits until the next finish, as `finish_admits`
+        promised (SGLang's may not: the prompts it admitted reserve less once they run)."""
+        return False
+
     def finish_departs(self, reqs: list[Request]) -> None:
         """Told at a boundary of such a stretch, before `finish_admits`: the requests that left
         it since its last boundary (still listed in `running`). A policy whose admission reads a

@@ -38,13 +38,14 @@ from pydantic import Field
 
 from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import whole_prompts
+from servesim.replica.schedulers.arrival_joins import is_fresh, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
 )
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
 from servesim.replica.schedulers.queues import SortedWaiting
+from servesim.replica.schedulers.sglang_admits import admits_at_finish
 from servesim.replica.schedulers.sglang_policy import ordered_waiting
 from servesim.workload.request import Request
 
@@ -108,6 +109,10 @@ class SGLangScheduler(Scheduler):
         # which the next take happens
         self._inbox: list[Request] = []
         self._recv_at = 0
+        # the last `schedule` left the queue head waiting for a finish: the batch at
+        # `max_running`, or its blocks or tokens short with the ratio at its floor (over decode
+        # steps the free blocks only fall, the reserve stays); admission stretches keep it so
+        self._held = False
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
@@ -168,6 +173,7 @@ class SGLangScheduler(Scheduler):
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
         self._mark = None
+        self._held = False
         if self.params.scheduler_recv_interval > 1:
             self._receive()
         self._prefill_batch(out)
@@ -234,6 +240,7 @@ class SGLangScheduler(Scheduler):
 
     def _prefill_batch(self, out: SchedulerOutput) -> None:
         if self.chunked is None and (not self.waiting or len(self.running) >= self.max_running):
+            self._held = bool(self.waiting)  # (at the cap until a finish)
             return  # nothing to continue or admit (the test below, before any pass over the batch)
         kv = self.kv
         bs = kv.block_size
@@ -265,11 +272,13 @@ class SGLangScheduler(Scheduler):
             ext = req.num_tokens - len(hits) * bs
             total = ext + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
             if total >= rem_total and (admitted or self.running):
+                self._held = not admitted and self.new_token_ratio == self.min_ratio
                 break  # (an idle engine still takes the head if its prompt fits, or it would stall)
             if ext >= rem_input and admitted:  # (SGLang: `real_input_tokens >= rem_input_tokens`)
                 break
             n = ext if ext <= rem_chunk else rem_chunk // bs * bs
             if n <= 0 or not kv.allocate_slots(req, n, hits):
+                self._held = not admitted and n > 0 and self.new_token_ratio == self.min_ratio
                 break
             self.waiting.remove(req)
             self.start(req, len(hits) * bs, n, out)
@@ -353,6 +362,37 @@ class SGLangScheduler(Scheduler):
         total = sum([n + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) for req, n in joins])
         return blocks, max(int((total + self._reserve()) // self.kv.block_size) + 2 - blocks, 0)
 
+    # ------------------------------------------------------------------ admission stretches
+    def _admits_at_finishes(self) -> bool:
+        """May finishes admit inside a stretch (`sglang_admits.py`)? FCFS without mixed chunks
+        or an inbox, nothing chunked or transferred, every reserve clipped (the same amount per
+        request), the ratio at its floor, nothing evictable in the tree (a finish's blocks are
+        taken before any eviction when stepping) and a fresh head."""
+        return (self.new_token_ratio == self.min_ratio and self.params.schedule_policy == "fcfs"
+                and not (self.params.enable_mixed_chunk or self.chunked is not None or self._transferred
+                         or self._inbox or self._unclipped or self.kv.evictable_blocks)
+                and bool(self.waiting) and is_fresh(self.waiting[0]))
+
+    def finish_admission(self) -> bool:
+        return self._admits_at_finishes()
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        return admits_at_finish(self, num_running, free_blocks) if self._admits_at_finishes() else None
+
+    def readmits_after_stall(self, num_running: int, free_blocks: int) -> bool:
+        if not self.waiting:
+            return False
+        return not self._admits_at_finishes() or admits_at_finish(self, num_running, free_blocks) != []
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        self._held = bool(self.waiting)  # (held to the next finish, or to the next step: `readmits_after_stall`)
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # A newcomer joins the FCFS queue behind a head held until the next finish (where the
+        # stretch asks `finish_admits`, which reads the whole queue).
+        return self._held and self.params.scheduler_recv_interval == 1
+
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
         # Decode steps list `running` in its order. A mixed step (`enable_mixed_chunk`) lists
         # its prompt chunks first, another order than the decode steps after it: those
@@ -364,6 +404,9 @@ class SGLangScheduler(Scheduler):
         # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After
         # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
         # step's end (`on_step_end`), which must not wait for the stretch's end.
+        if self._held and not output.preempted and output.num_known_decodes == len(self.running):
+            # decodes behind a head held until a finish, which admits inside the stretch
+            return REPEAT_AFTER_PREFILL if self._admits_at_finishes() else NO_FAST_FORWARD
         if not (self.nothing_pending(output) and self.chunked is None) or self._inbox:
             return NO_FAST_FORWARD  # (an inbox is taken in at a step count: stepped to it)
         if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
