@@ -148,7 +148,7 @@ class WeightedValues:
     def _count_coarse(self, bits: np.ndarray, weights: np.ndarray) -> None:
         """Add spilled pairs to the kept histogram (or drop it, past `_COARSE_SPAN` prefixes)."""
         top = (bits >> np.uint64(_COARSE)).astype(np.int64)
-        lo, hi = int(top.min()), int(top.max())
+        lo, hi = first, last = int(top.min()), int(top.max())
         hist_w, hist_n = self._coarse
         if len(hist_w):
             lo, hi = min(lo, self._coarse_lo), max(hi, self._coarse_hi)
@@ -164,9 +164,10 @@ class WeightedValues:
             hist_w[at:at + len(old_w)] = old_w[:size - at]  # (the old room on top may not fit: all zeros)
             hist_n[at:at + len(old_n)] = old_n[:size - at]
             self._coarse, self._coarse_lo = (hist_w, hist_n), lo
-        top -= lo
-        hist_w += np.bincount(top, weights=weights, minlength=len(hist_w)).astype(np.int64)
-        hist_n += np.bincount(top, minlength=len(hist_n))
+        top -= first  # (counted over the chunk's own prefixes: a short chunk costs little)
+        span = slice(first - lo, last - lo + 1)
+        hist_w[span] += np.bincount(top, weights=weights, minlength=last - first + 1).astype(np.int64)
+        hist_n[span] += np.bincount(top, minlength=last - first + 1)
 
     def _chunks(self):
         if self._file is None:
