@@ -170,10 +170,6 @@ def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,
         steps = concat_step_logs([rec.steps for rec in records])[0]
     if keep_steps:
         ends = StepEnds([rec.steps.end_s for rec in records])
-    offsets = np.cumsum([0] + [rec.stats.num_steps for rec in records[:-1]]).tolist()
-    table.close(offsets if len(reps) > 1 else None)
-    if len(reps) > 1 and table.kept is not None:
-        _globalise_token_steps(table.kept, offsets)
     hits = tuple(sum(h) for h in zip(*(rec.prefix_hits for rec in records)))
     many = (len(reps) > 1 or bool(scenario.pools) or bool(scenario.faults.crashes)
             or scenario.autoscaler is not None or scenario.power is not None)
@@ -183,6 +179,18 @@ def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
                   _swap_totals([r.engine for r in reps]), records, info,
                   disaggregation=disaggregation_summary(cluster, records), kept_requests=table.kept, spill=spill)
+
+
+def close_table(table: RequestTable, cluster: Cluster) -> None:
+    """End of run: the request table's rows in arrival order, their token runs indexing the
+    replicas' step logs one after another (`assemble_result`'s `ends` and `steps`). Before
+    `assemble_result`, from the recorders' step counts: the run's end calls it while the step
+    log's helper process reduces its last buffers (simulation.py)."""
+    reps = cluster.replicas
+    offsets = np.cumsum([0] + [r.engine.recorder.num_steps for r in reps[:-1]]).tolist()
+    table.close(offsets if len(reps) > 1 else None)
+    if len(reps) > 1 and table.kept is not None:
+        _globalise_token_steps(table.kept, offsets)
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

@@ -28,7 +28,7 @@ from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
 from servesim.replica.keyed_join import admits_keyed
 from servesim.replica.replica import STOPPED, Replica
-from servesim.result import Result, assemble_result
+from servesim.result import Result, assemble_result, close_table
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
 from servesim.workload.feed import Feed, Progress
@@ -157,6 +157,9 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
             r.engine.drain(loop.now_s)
             r.engine.recorder.finish()
         table.stream_end()
+        if helper:
+            helper.end()  # (the helper reduces its last buffers while the table closes)
+        close_table(table, cluster)
         for r, reducer in zip(cluster.replicas, helper.finish() if helper else []):
             r.engine.recorder.reducer = reducer
     except BaseException:

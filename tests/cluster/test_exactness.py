@@ -172,6 +172,15 @@ def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monk
         calls["apply"] += 1
         return apply(self, st)
 
+    from servesim.metrics.recorder import Recorder
+    log_lone = Recorder.log_lone
+
+    def counted_log(self, *a):
+        calls["logged"] += 1
+        return log_lone(self, *a)
+
+    calls["logged"] = 0
+    monkeypatch.setattr(Recorder, "log_lone", counted_log)
     monkeypatch.setattr(Engine, "_start_lone", counted_start)
     monkeypatch.setattr(Engine, "_apply_lone", counted_apply)
     monkeypatch.setattr(engine_module, "lone_fast_forward", counted_plan)
@@ -181,6 +190,7 @@ def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monk
     assert calls["start"] > 0.4 * len(fast.requests), calls
     assert calls["apply"] > 0.2 * len(fast.requests), calls
     assert calls["planned"] > 0.9 * calls["start"], calls  # (the lone starts' stretches, planned the lean way)
+    assert calls["logged"] == calls["apply"], calls  # (each applied stretch's steps logged by `log_lone`)
     assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
     monkeypatch.setattr(Engine, "_start_lone", lambda *a: False)  # stepping by the general path only
     slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)

@@ -141,6 +141,38 @@ def test_spilled_percentiles_of_narrow_or_equal_values(monkeypatch, kind):
     values.close()
 
 
+@pytest.mark.parametrize("order", ["as drawn", "largest first", "smallest first"])
+def test_spilled_percentiles_start_from_the_kept_histogram(monkeypatch, order):
+    """Once pairs spill, their histogram by the top 24 bits is kept as they come (its span
+    grown down and up as chunks arrive), so the search reads the pairs once (the last pass)
+    instead of twice; the percentiles are numpy's. Values spread over too many prefixes (zeros
+    among them) drop the histogram and take the first pass as before."""
+    monkeypatch.setattr(WeightedValues, "memory_pairs", 2000)
+    rng = np.random.default_rng(11)
+    v = np.concatenate([0.007 + 0.0005 * rng.random(15_000), 0.05 * rng.random(5_000) + 0.01])
+    if order != "as drawn":
+        v = np.sort(v)[::-1] if order == "largest first" else np.sort(v)
+    w = rng.integers(1, 9, len(v))
+    passes = []
+    chunks = WeightedValues._chunks
+    monkeypatch.setattr(WeightedValues, "_chunks", lambda self: passes.append(1) or chunks(self))
+    qs = (0, 1, 50, 90, 99, 100)
+    expected = np.percentile(np.repeat(v, w), qs).tolist()
+    for spread in (False, True):
+        x = np.where(np.arange(len(v)) % 97 == 0, 0.0, v) if spread else v
+        values = WeightedValues()
+        for part_v, part_w in zip(np.array_split(x, 17), np.array_split(w, 17)):
+            values.add(part_v, part_w)
+        passes.clear()
+        assert values.percentiles(qs) == np.percentile(np.repeat(x, w), qs).tolist()
+        if spread:
+            assert values._coarse is None and len(passes) == 2
+        else:
+            assert values._coarse is not None and values.percentiles(qs) == expected
+            assert len(passes) == 2  # (one read for each of the two calls)
+        values.close()
+
+
 def test_floor_div_is_numpy_floor_division():
     from servesim.metrics.step_reduce import floor_div
     rng = np.random.default_rng(4)

@@ -46,3 +46,28 @@ def test_prompt_tokens_per_step_logged_at_once(monkeypatch):
     for c in STEP_COLUMNS:
         np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
     assert b.prefill_tokens.tolist() == prefill and [x.num_steps for x in bulk._kept] == [7, 3]
+
+
+def test_a_lone_stretch_logged_as_its_batch_runs_and_block_growth(monkeypatch):
+    """`log_lone` (a stretch of one request) logs what `log_decode_steps` does with the batch and
+    KV use spelled out: the same buffers, handed on at the same steps, the same step log."""
+    from servesim.metrics.recorder import BatchRuns, BlockGrowth
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 50)
+    general, lone = Recorder(), Recorder()
+    start = 0.0
+    # (k, first new block, waiting count, arrivals kept from these steps on): the third crosses a hand-over
+    for k, f, waiting, kept in ((12, 3, 0, []), (1, 1, 2, []), (40, 0, 1, [2, 5, 40, 41]), (7, 9, 0, [0])):
+        ends = np.array([start + 0.01 * (j + 1) + 1e-4 * (j % 3) for j in range(k)])
+        used0 = 20 + k
+        general.log_decode_steps(start, ends, BatchRuns([1], [k]), waiting, BlockGrowth(used0, [f], [k], 16, []),
+                                 300 + k, [j for j in kept if j < k])
+        lone.log_lone(start, ends, 300 + k, waiting, used0, f, 16, kept)
+        start = float(ends[-1]) + 0.5
+    assert lone.num_steps == general.num_steps == 60
+    assert [b.num_steps for b in lone._kept] == [b.num_steps for b in general._kept] == [53]
+    a, b = general.step_log(100), lone.step_log(100)
+    for c in STEP_COLUMNS:
+        assert getattr(a, c).dtype == getattr(b, c).dtype
+        np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
+    assert b.num_waiting.tolist()[11:20] == [0, 2, 1, 1, 2, 2, 2, 3, 3]  # (one more from steps 2 and 5 of the third)

@@ -52,6 +52,46 @@ def test_summary_and_time_series_are_the_in_process_bytes(monkeypatch):
     assert here.itl is None and there.itl() == there.summary()["itl_s"]  # (the gaps were reduced in the helper)
 
 
+@pytest.mark.parametrize("keep_requests", [True, False])
+def test_the_table_closes_while_the_helper_reduces_its_last_buffers(monkeypatch, keep_requests):
+    """The end goes down the pipe before the request table closes (its runs indexed by the
+    recorders' step counts) and the reducers are read after: the same rows, token runs and
+    summary as an in-process reduction."""
+    import servesim.simulation as simulation
+
+    order = []
+    real_close, real = simulation.close_table, step_helper.ReducerHelper
+
+    class Ordered(real):
+        def end(self):
+            order.append("end")
+            return super().end()
+
+        def finish(self):
+            order.append("finish")
+            return super().finish()
+
+    monkeypatch.setattr("servesim.simulation.close_table", lambda *a: order.append("close") or real_close(*a))
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(_scenario(), keep_requests=keep_requests)
+    assert order == ["close"]
+    order.clear()
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    monkeypatch.setattr("servesim.simulation.ReducerHelper", Ordered)
+    there = simulate(_scenario(), keep_requests=keep_requests)
+    assert order[:3] == ["end", "close", "finish"]
+    assert [r.stats.num_steps for r in there.replicas] == [r.stats.num_steps for r in here.replicas]
+    for name in ("run_starts", "run_ends", "first_run", "replica", "finish_s"):
+        a, b = getattr(there.table, name, None), getattr(here.table, name, None)
+        if a is None:
+            a, b = there.table.cols[name], here.table.cols[name]
+        assert np.array_equal(a, b), name
+    if keep_requests:
+        assert [q.token_steps for q in there.requests] == [q.token_steps for q in here.requests]
+        assert max(q.token_steps[-1] for q in there.requests) > there.replicas[0].stats.num_steps  # (globalised)
+    assert _outputs(there) == _outputs(here)
+
+
 def test_gaps_reduced_in_the_helper_with_preemptions_are_the_in_process_bytes(monkeypatch):
     # two overloaded replicas (345 preemptions: requests with several token runs; the helper takes
     # the gaps with more than one replica), buffers of 1,024 steps so the helper forks early and

@@ -108,3 +108,21 @@ def test_request_too_long_is_rejected():
     r = make_request(0, 100, 10)  # 110 tokens > 4 blocks of 16
     engine.add_request(r, 0.0)
     assert r.state == RequestState.REJECTED and done == [r]
+
+
+def test_an_idle_replicas_first_step_only_admits(monkeypatch):
+    """With nothing running, `schedule` goes straight to admission (the running pass would do
+    nothing): the steps are the ones the pass gives, which runs only once requests run."""
+    from servesim.replica.schedulers.vllm_steps import VLLMSteps
+
+    passes = []
+    running_pass = VLLMSteps.schedule_running
+    monkeypatch.setattr(VLLMSteps, "schedule_running", lambda self, out, *a: passes.append(len(self.running))
+                        or running_pass(self, out, *a))
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, max_num_batched_tokens=64, fast_forward=False)
+    a, b, c = make_request(0, 100, 3), make_request(1, 30, 2), make_request(2, 20, 1, arrival=60.0)
+    steps = run_logged(engine, loop, [a, b, c])
+    assert steps == [[(0, 64)], [(0, 36), (1, 28)], [(0, 1), (1, 2)], [(0, 1), (1, 1)], [(2, 20)]]
+    # the running pass at steps 2 and 3 only (4 takes the all-decode fast path; 1 and c's step,
+    # on an idle replica, go straight to admission)
+    assert passes == [1, 2]

@@ -5,7 +5,9 @@ both must give the same bytes. `ExactSum` adds float64 values exactly (rounded o
 read), so any order or chunking gives the same sum. `WeightedValues` holds (value, weight)
 pairs, in memory up to a limit and in a temporary file beyond it, and finds exact weighted
 percentiles (numpy's linear interpolation) by narrowing histograms over the values' float
-bits, then sorting only the few values left around each wanted rank.
+bits, then sorting only the few values left around each wanted rank; once the pairs spill, the
+first histogram (by their top `_COARSE` bits) is kept as they come, so the search after the run
+starts one pass further.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ _LANE = np.arange(_CHUNK, dtype=np.intp) % _LANES
 _E = np.maximum(np.arange(_BINS) & 0x7FF, 1) - 1075  # log2 of the unit in the last place, per bin
 _UNIT_LO = _E  # a low part is a multiple of 2^(exponent - 1075) below 2^26 of them
 _UNIT_HI = _E + _LOW  # a high part is a multiple of 2^(exponent - 1049) below 2^27 of them
+# The histogram `WeightedValues` keeps as spilled pairs come: by the top 24 bits of their patterns
+# (sign, exponent and 12 mantissa bits: about the resolution of the search's first pass over
+# values of a few binades), over at most `_COARSE_SPAN` consecutive prefixes (values across more
+# binades, or near zero and far from it, drop it: the search then makes its first pass as before).
+_COARSE = 40  # bits below the kept prefix
+_COARSE_SPAN = 1 << 18
 
 
 class ExactSum:
@@ -103,6 +111,10 @@ class WeightedValues:
         self.sum = ExactSum()  # of value x weight
         self.max = -np.inf
         self._bits_lo, self._bits_hi = (1 << 64) - 1, 0  # the smallest and largest bit patterns held
+        # once spilled: weights and pairs by prefix `_coarse_lo` + i of the patterns' top bits (`_COARSE`),
+        # None: not kept (in memory, or spread too widely)
+        self._coarse: tuple[np.ndarray, np.ndarray] | None = None
+        self._coarse_lo = self._coarse_hi = 0  # (the lowest and highest prefix counted)
 
     def add(self, values: np.ndarray, weights: np.ndarray) -> None:
         if not len(values):
@@ -120,15 +132,42 @@ class WeightedValues:
             return
         if self._file is None:
             self._file = tempfile.TemporaryFile(dir=self._folder)
+            self._coarse = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
             for b, w in self._mem:
                 self._write(b, w)
             self._mem, self._num_mem = [], 0
         self._write(bits, weights)
 
     def _write(self, bits: np.ndarray, weights: np.ndarray) -> None:
+        if self._coarse is not None:
+            self._count_coarse(bits, weights)
         self._file.write(bits.tobytes())
         self._file.write(weights.tobytes())
         self._lens.append(len(bits))
+
+    def _count_coarse(self, bits: np.ndarray, weights: np.ndarray) -> None:
+        """Add spilled pairs to the kept histogram (or drop it, past `_COARSE_SPAN` prefixes)."""
+        top = (bits >> np.uint64(_COARSE)).astype(np.int64)
+        lo, hi = first, last = int(top.min()), int(top.max())
+        hist_w, hist_n = self._coarse
+        if len(hist_w):
+            lo, hi = min(lo, self._coarse_lo), max(hi, self._coarse_hi)
+        if hi - lo >= _COARSE_SPAN:
+            self._coarse = None
+            return
+        self._coarse_hi = hi
+        if lo != self._coarse_lo or hi - lo >= len(hist_w):  # (grown to the new span, with room on top)
+            size = min(_COARSE_SPAN, 2 * (hi - lo + 1))
+            at = self._coarse_lo - lo if len(hist_w) else 0
+            hist_w, hist_n = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+            old_w, old_n = self._coarse
+            hist_w[at:at + len(old_w)] = old_w[:size - at]  # (the old room on top may not fit: all zeros)
+            hist_n[at:at + len(old_n)] = old_n[:size - at]
+            self._coarse, self._coarse_lo = (hist_w, hist_n), lo
+        top -= first  # (counted over the chunk's own prefixes: a short chunk costs little)
+        span = slice(first - lo, last - lo + 1)
+        hist_w[span] += np.bincount(top, weights=weights, minlength=last - first + 1).astype(np.int64)
+        hist_n[span] += np.bincount(top, minlength=last - first + 1)
 
     def _chunks(self):
         if self._file is None:
@@ -172,6 +211,14 @@ class WeightedValues:
         whole = (self._bits_lo ^ self._bits_hi).bit_length()
         state = {r: (self._bits_lo >> whole, whole, r) for r in ranks}
         count = self.num_pairs
+        if self._coarse is not None and whole > _COARSE:  # (the first pass's histogram, kept: its prefixes)
+            hist_w, hist_n = self._coarse
+            cum = np.cumsum(hist_w)
+            count = 0
+            for r in ranks:
+                b = int(np.searchsorted(cum, r + 1))
+                state[r] = (self._coarse_lo + b, _COARSE, r - (int(cum[b - 1]) if b else 0))
+                count = max(count, int(hist_n[b]))
         while True:
             groups = sorted({(p, w) for p, w, _ in state.values()})
             if count <= self.memory_pairs or all(w == 0 for _, w in groups):

@@ -173,6 +173,29 @@ class Recorder:
         if self.num_steps >= self._flush_at:
             self._flush()
 
+    def log_lone(self, start_s: float, ends_s, first_prefill_tokens: int, num_waiting: int, used0: int,
+                 first_new: int, block_size: int, waiting_from: list[int]) -> None:
+        """`log_decode_steps` for a stretch of one request, the commonest at many replicas (an
+        arrival at an idle replica): its batch is `BatchRuns([1], [k])`, its KV use
+        `BlockGrowth(used0, [first_new], [k], block_size, [])` (k: the steps, `len(ends_s)`),
+        written to the buffer without building them; `waiting_from` as there, unfiltered."""
+        b = self._buf
+        k = len(ends_s)
+        b.block_size = block_size
+        b.chunks.append((start_s, first_prefill_tokens, num_waiting, k, 0, used0, 1))
+        b.ends.extend(ends_s)
+        b.run_size.append(1)
+        b.run_len.append(k)
+        b.growth_first_new.append(first_new)
+        b.growth_runs.append(k)
+        if waiting_from:
+            local = b.num_steps
+            b.waiting_from.extend([local + j for j in waiting_from if j < k])
+        b.num_steps += k
+        self.num_steps += k
+        if self.num_steps >= self._flush_at:
+            self._flush()
+
     def _flush(self) -> None:
         """Hand the buffered steps on (expanded) and start an empty buffer."""
         if self._buf.num_steps:

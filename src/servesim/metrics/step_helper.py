@@ -70,6 +70,7 @@ class ReducerHelper:
         self._conn = None  # buffers go down this end
         self._answers = None  # the child's answer comes back on this one
         self._proc = None
+        self._ended = False  # the end was sent (`end`)
 
     def add(self, index: int, buf: StepBuffer) -> None:
         """Reduce `buf` into replica `index`'s reducer (in the child, in sending order)."""
@@ -97,13 +98,20 @@ class ReducerHelper:
         if self.stream_itl and self._conn is not None:
             self._send([_HEAD.pack(_WATERMARKS, len(watermarks), 0, *_NO_SIZES), np.array(watermarks, dtype=np.int64)])
 
+    def end(self) -> None:
+        """Nothing more comes: the child reduces what it was sent and answers (`finish`), while
+        this process goes on with what does not need the reducers."""
+        self._queued = []
+        if self._conn is not None and not self._ended:
+            self._ended = True
+            self._send([_HEAD.pack(_END, 0, int(self.stream_itl), *_NO_SIZES)])
+
     def finish(self) -> list[StepReducer]:
         """The reducers, every buffer sent reduced into them (their step-end files closed).
         The child then finishes the gaps (`itl`) while this process goes on."""
-        self._queued = []
+        self.end()
         if self._conn is None:
             return self.reducers
-        self._send([_HEAD.pack(_END, 0, int(self.stream_itl), *_NO_SIZES)])
         self.reducers = self._result()
         self._itl_pending = self.stream_itl
         if not self._itl_pending:

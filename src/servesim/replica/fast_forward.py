@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
-from servesim.metrics.recorder import BatchRuns, BlockGrowth
+from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.admission_stretch import AdmitStretch
 from servesim.replica.finish_admission import admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
@@ -336,8 +336,7 @@ class FastForwarding:
             done.append(req)
         self.num_steps += k
         self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(st.start_s, ends, BatchRuns([1], [k]), st.num_waiting,
-                                       BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, st.first_new, [k], bs, []),
-                                       n, [j for j in st.waiting_from if j < k])
+        self.recorder.log_lone(st.start_s, ends, n, st.num_waiting, self.kv.num_gpu_blocks - st.free_blocks, f, bs,
+                               st.waiting_from)
         return done
 

@@ -59,9 +59,12 @@ class VLLMScheduler(VLLMSteps):
         if self.lora is not None:
             self.lora.advance(now_s)
         running = self.running
+        if not running:  # (an idle replica's first step: the running pass has nothing to do)
+            self._admit(out, budget, now_s)
+            return out
 
         # 1) running requests, in admission order
-        if running and len(running) <= budget and self.kv.allocate_decodes(running):
+        if len(running) <= budget and self.kv.allocate_decodes(running):
             # Fast path, same outcome as the running pass: everyone decodes and every block
             # fits, so each running request gets its one token in order.
             out.scheduled = [(req, 1) for req in running]
