@@ -128,7 +128,8 @@ def test_count_reading_routers_are_exact_and_read_the_views_count(router, monkey
 def test_arrivals_join_numpy_priced_stretches_the_lean_way(monkeypatch):
     """With 8 replicas a stretch is priced arrival gaps ahead by numpy chunks; an arrival that
     cuts it joins at the cut through the one-arrival join (its scalar state rebuilt at the join
-    step), not the general one, and the run is stepping's."""
+    step), not the general one, and is priced on whole from that state (`price_on`); the run is
+    stepping's."""
     from servesim.replica import stretch_join
     calls = {"lone": 0, "general": 0}
     lone, general = stretch_join._join_one, stretch_join._join_step_s
@@ -136,11 +137,21 @@ def test_arrivals_join_numpy_priced_stretches_the_lean_way(monkeypatch):
                         lambda *a: calls.__setitem__("lone", calls["lone"] + 1) or lone(*a))
     monkeypatch.setattr(stretch_join, "_join_step_s",
                         lambda *a: calls.__setitem__("general", calls["general"] + 1) or general(*a))
+    from servesim.replica.stretch import Stretch
+    calls["whole"] = 0  # lean joins priced on whole from their scalar state (`Stretch.price_on`)
+    price_on = Stretch.price_on
+
+    def counted_price_on(st, horizon):
+        price_on(st, horizon)
+        calls["whole"] += st._priced == st.kmax and st._f is None
+
+    monkeypatch.setattr(Stretch, "price_on", counted_price_on)
     sets = ["replicas=8", "workload.trace.end_s=600", "router.name=least-requests"]
     path = str(ROOT / "examples/cluster-azure-conv.yaml")
     fast = simulate(load_scenario(path, sets), keep_steps=True)
     assert calls["lone"] > 0.25 * len(fast.requests), calls
     assert calls["general"] < 0.02 * calls["lone"], calls  # (only arrivals that join together)
+    assert calls["whole"] > 0.9 * calls["lone"], calls
     assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
     slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert outcome(fast) == outcome(slow)

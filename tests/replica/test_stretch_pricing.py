@@ -167,3 +167,80 @@ def test_a_lone_stretch_priced_whole_takes_the_scalar_loops_steps(horizon):
     fast.price(float("inf"))
     slow.price(float("inf"))
     assert fast.k == slow.k == 700 and [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+
+
+class _Joiner:
+    kv_block_keys = None
+
+    def __init__(self, output_len: int) -> None:
+        self.output_len = output_len
+
+
+# (ctx1, remaining) of the requests a stretch starts with, the step at which it is cut, and the
+# (prompt, output) of the request that joins there: one running request left and a short
+# joiner (two runs: two, then one), a long joiner, three running with two leaving at one step
+# (runs of four, three and one from the numpy calls, then the tables), a joiner that leaves first
+JOINED = [
+    ([1500, 900], [700, 90], 100, (2000, 250)),
+    ([1500], [700], 40, (300, 2000)),
+    ([400, 800, 1200, 50], [300, 500, 500, 900], 120, (700, 100)),
+    ([3000, 20], [900, 30], 60, (128, 2)),
+]
+
+
+def _joined(perf, forms, case) -> Stretch:
+    """A stretch of `case` priced ahead, cut at its step s, and joined there by one request
+    with its scalar state brought to step s (as `join_arrivals` does)."""
+    ctx1, remaining, s, (prompt, output) = case
+    st = Stretch(0.0, 0.02, None, [], [], [_Req() for _ in ctx1], list(ctx1), list(remaining), True,
+                 lambda k: perf.decode_time_fn(k) or False, perf, 0, forms)
+    st.first_new = [10 ** 9] * len(ctx1)  # (no block growth: the blocks are `_limit`'s, not pricing's)
+    st.price(float("inf"))
+    st.cut(float(st.ends[s - 1]))  # (the step in flight at that time is s - 1: k = s)
+    assert st.k == s
+    st.truncate(s)
+    st._sync()
+    st.join_one(_Joiner(output), prompt, 10 ** 9, 0, 0.031, forms(len(ctx1) + 1), 16)
+    return st
+
+
+@pytest.mark.parametrize("case", JOINED)
+@pytest.mark.parametrize("ahead_s", [1e-9, 0.3, 2.0, float("inf")])  # a step away, a few (the scalar loop), many, all
+def test_a_joined_stretch_priced_on_whole_takes_the_scalar_loops_steps(case, ahead_s, monkeypatch):
+    """`price_on` (just after a join, the scalar state step k's) prices every step to the last
+    at once, run by run from that state, and takes those that start before the horizon: the
+    steps and floats of the scalar loop (`price` without the affine forms: one perf-model call
+    per step), and an extension past them is priced on as `price` would."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    forms = _Forms(perf)._decode_forms
+    fast, slow = _joined(perf, forms, case), _joined(perf, lambda n: None, case)
+    horizon = fast.end_s + ahead_s
+    chunks = []
+    plain = Stretch._chunk
+    monkeypatch.setattr(Stretch, "_chunk", lambda st, steps: chunks.append(st) or plain(st, steps))
+    fast.price_on(horizon)
+    slow.price(horizon)
+    assert fast.k == slow.k >= 2 and fast.end_s == slow.end_s
+    assert [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+    assert not chunks  # (whole, or the scalar loop: never `_chunk`)
+    whole = ahead_s > 1  # (more than 64 steps to the horizon: every step priced, those past it kept for extensions)
+    assert fast._priced == (fast.kmax if whole else fast.k) and (whole or fast.k < fast.kmax)
+    fast.price(float("inf"))
+    slow.price(float("inf"))
+    assert fast.k == slow.k == fast.kmax and [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+    assert fast.batch_sizes() == slow.batch_sizes()
+
+
+def test_a_joined_stretch_with_many_departures_ahead_is_priced_by_chunks(monkeypatch):
+    """More than `SEGMENTS` + 1 requests running after the join: `price_on` leaves it to
+    `price` (its chunks vectorised over the steps), with the same floats."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    case = ([300 + 97 * i for i in range(8)], [200 + 53 * i for i in range(8)], 50, (500, 300))
+    fast, slow = _joined(perf, _Forms(perf)._decode_forms, case), _joined(perf, lambda n: None, case)
+    priced = []
+    plain = Stretch.price
+    monkeypatch.setattr(Stretch, "price", lambda st, h: priced.append(st) or plain(st, h))
+    fast.price_on(float("inf"))
+    slow.price(float("inf"))
+    assert priced[0] is fast and fast.k == slow.k == fast.kmax
+    assert [float(t) for t in fast.ends] == [float(t) for t in slow.ends]

@@ -81,10 +81,12 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         # A stretch priced ahead by numpy chunks (each replica's among many: its horizon lies
         # arrival gaps away) and cut here: drop the steps past s and rebuild the scalar state
         # of step s from exact integers, so the arrival takes the lean join below
-        st.truncate(s)
+        if st._priced != s:  # (a cut left it priced to s: nothing to drop)
+            st.truncate(s)
         st._sync()
     if len(joins) == 1 and st._f is not None and st._priced == s:
         _join_one(engine, st, now_s, joins, blocks, num_running)  # (the usual arrival: one request, the scalar state step s's)
+        return _priced_on(engine, st, now_s, s, 1, st.price_on)  # (the scalar state is step s + 1's)
     else:
         _admit(engine, st, now_s, joins, blocks, _join_step_s(engine.perf, st, s, num_running, joins), st.join)
     return _priced_on(engine, st, now_s, s, len(joins))
@@ -103,11 +105,12 @@ def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: 
     add(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
 
 
-def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int) -> bool:
-    """After `num_joined` requests joined at step s: price the stretch on to the next event,
-    limit it to the blocks free, and (re)schedule its end. True."""
+def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price=None) -> bool:
+    """After `num_joined` requests joined at step s: price the stretch on to the next event
+    (`price`: `Stretch.price`, or `price_on` from the scalar state a lean join left), limit it
+    to the blocks free, and (re)schedule its end. True."""
     engine.num_joined_arrivals += num_joined
-    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    (price or st.price)(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, s + 1)
     engine._schedule_stretch_end(st)
     return True

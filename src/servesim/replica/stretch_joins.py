@@ -175,6 +175,8 @@ class StretchJoins:
         if type(ends) is list:
             del ends[s:]  # (what a cut dropped)
             ends.append(t)
+        elif s < len(ends):
+            ends[s] = t  # (a stretch priced ahead by numpy and cut: its array has the room)
         else:
             self._room(1)[0] = t
         self._priced = self.k = s + 1

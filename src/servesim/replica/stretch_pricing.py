@@ -12,7 +12,7 @@ slots of its own) rather than functions.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
+from itertools import accumulate, compress
 
 import numpy as np
 
@@ -101,6 +101,48 @@ class StretchPricing:
         # the steps that start before the horizon (the last may end after it)
         self._take(m if ends[m - 1] < horizon else min(m, int(ends.searchsorted(horizon)) + 1))
 
+    def price_on(self, horizon: float) -> None:
+        """`price` from the scalar state of step k (a join just made it, `_f` set), with the
+        affine forms: when the horizon lies far (a replica among many: arrival gaps away) and
+        few requests leave before the last step, every step to the last is priced at once, run
+        by run of a constant batch from that state (each departure found as `_leave` finds it),
+        then summed on and those that start before the horizon taken, as `price_lone` does.
+        `price` would hold the same floats (each run's times are `times_of_run`'s, the sums
+        sequential from step k - 1's end) and only price fewer steps ahead of the horizon;
+        without the prefix sums, `_steps_to`'s chunk sizes and searches (a join at a busy replica
+        of many re-prices the rest of its stretch: this was most of that join's cost)."""
+        k, kmax, rem, p = self.k, self.kmax, self._sorted_rem, self._p
+        m = kmax - k
+        if m <= 0 or self.end_s >= horizon:
+            return
+        if self._forms is None or self._f is None or self._priced != k or not self._active:
+            return self.price(horizon)
+        if horizon != float("inf") and self._steps_to(horizon) <= 64:
+            return self._price_affine(horizon)  # (a near horizon, as at one replica: `price`'s scalar loop)
+        if m > 1 << 15 or len(rem) - p > chunks.SEGMENTS + 1:
+            return self.price(horizon)  # (many departures: `_chunk`'s steps vectorised)
+        times = self._room(m)
+        forms, remaining, ctx1 = self._forms, self.remaining, self.ctx1
+        j, n, ctx = k, self._active, self._ctx_sum  # (step j's batch size and context sum)
+        while True:
+            stop = rem[p]  # (the next departure: > j, as the scalar state is step j's; the last is kmax)
+            chunks.times_of_run(times[j - k:stop - k], forms, n, ctx)
+            if stop == kmax:
+                break
+            ctx += n * (stop - j)
+            j, i = stop, -1
+            while rem[p] == j:  # (those whose last token was step j - 1 leave: `_leave`)
+                i = remaining.index(j, i + 1)
+                ctx -= ctx1[i] + j - 1
+                n -= 1
+                p += 1
+        times[0] += self.end_s
+        np.add.accumulate(times, out=times)
+        self._priced = kmax
+        self._f = None  # (as after a chunk: the scalar state is synced again if needed)
+        # the steps that start before the horizon (the last may end after it)
+        self._take(kmax if times[m - 1] < horizon else k + int(times.searchsorted(horizon)) + 1)
+
     def _chunk(self, steps: int) -> None:
         """Price the next steps j0 .. j0+m-1 at once: step j runs the requests with remaining
         > j, whose context sum is (their ctx1 sum) + (j - 1) * (their count) — exact integers,
@@ -148,7 +190,11 @@ class StretchPricing:
         if self.through:
             self._p = bisect_right(self._sorted_rem, j)  # requests with remaining <= j have left
             self._active = len(self._sorted_rem) - self._p
-            self._ctx_sum = self._ctx_total - self._prefix()[self._p] + (j - 1) * self._active
+            prefix = self._prefix_sums
+            # (without the prefix sums, which a join drops and a join's `price_on` does not need:
+            # the ctx1 of those running, summed by one C pass rather than sorted for the sums)
+            ctx = self._ctx_total - prefix[self._p] if prefix else sum(compress(self.ctx1, map(j.__lt__, self.remaining)))
+            self._ctx_sum = ctx + (j - 1) * self._active
         else:
             self._ctx_sum = self._ctx_total + (j - 1) * self._active
         self._f = self._decode_fn(self._active) if self._active else None
