@@ -21,18 +21,18 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     """(fast-forwarded, stepped) results and the fast run's counts: two-chunk joins with hits on
     held blocks, and refusals for a hit held only by requests that left the stretch."""
     counts = {"shared": 0, "departed": 0}
-    join_in_two, departed = keyed_join.join_in_two, held_hits.held_by_departed
+    join_in_chunks, departed = keyed_join.join_in_chunks, held_hits.held_by_departed
 
-    def counted_join(engine, st, req, chunk_fn, c, cached, blocks, shared=0):
+    def counted_join(engine, st, req, chunk_fn, chunks, cached, blocks, shared=0):
         counts["shared"] += shared > 0
-        return join_in_two(engine, st, req, chunk_fn, c, cached, blocks, shared)
+        return join_in_chunks(engine, st, req, chunk_fn, chunks, cached, blocks, shared)
 
     def counted_departed(*args):
         found = departed(*args)
         counts["departed"] += found
         return found
 
-    monkeypatch.setattr(keyed_join, "join_in_two", counted_join)
+    monkeypatch.setattr(keyed_join, "join_in_chunks", counted_join)
     monkeypatch.setattr(keyed_join, "held_by_departed", counted_departed)
     fast = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
     done = dict(counts)

@@ -23,17 +23,17 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     """(fast-forwarded, stepped) results, the turns that joined in two chunks, and the stretches
     applied with a rest that did not run (cut inside the first chunk's step)."""
     two, cut = [], []
-    join_in_two, apply_rests = keyed_join.join_in_two, fast_forward.apply_rests
+    join_in_chunks, apply_rests = keyed_join.join_in_chunks, fast_forward.apply_rests
 
     def counted_join(engine, st, req, *args):
         two.append(req.id)
-        return join_in_two(engine, st, req, *args)
+        return join_in_chunks(engine, st, req, *args)
 
     def counted_apply(st, *args):
         cut.extend(s for s, _, _ in st.rests if s >= st.k)
         return apply_rests(st, *args)
 
-    monkeypatch.setattr(keyed_join, "join_in_two", counted_join)
+    monkeypatch.setattr(keyed_join, "join_in_chunks", counted_join)
     monkeypatch.setattr(fast_forward, "apply_rests", counted_apply)
     fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
     n, m = len(two), len(cut)

@@ -90,9 +90,9 @@ def join_after_chunks(engine, st, chunk_fn, req, chunks: list[int], cached: int,
     t, ends, done, fns = st.end_s, [], cached, {}
     for j, chunk in enumerate(chunks, s0 + 1):  # (j: the step after the chunk's)
         active = st._active
-        f = fns.get(chunk)
+        f = fns.get((active, chunk))  # (a decode leaving changes the batch, not always the chunk: a threshold's)
         if f is None:
-            f = fns[chunk] = chunk_fn(active, chunk)
+            f = fns[active, chunk] = chunk_fn(active, chunk)
         t += f(done, st._ctx_sum)
         ends.append(t)
         done += chunk

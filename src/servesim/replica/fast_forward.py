@@ -281,6 +281,7 @@ class FastForwarding:
             if not st.stalls:
                 advance_decodes(st.decodes, steps_of, first)
         joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
+        cut = ()  # (turns cut inside their chunk steps: `apply_rests`)
         if st.stalls:
             new_blocks += [(reqs[i], c) for i, c in grown.items()]
             prefill_tokens, prefill_at = apply_stalled(st, steps_of, first, frees, joined)
@@ -295,7 +296,7 @@ class FastForwarding:
             if st.prompt_runs:  # (prompts that joined with chunks: `replica/chunk_join.py`)
                 prefill_at, silent_at = apply_prompt_runs(st, frees, prefill_at)
                 if st.rests:  # (next turns' rests: `replica/keyed_chunk_join.py`)
-                    apply_rests(st, steps_of, new_blocks, frees)
+                    cut = apply_rests(st, steps_of, new_blocks, frees)
                 if st.join_shared:  # (logged as in use from their first chunk's step: those already were)
                     frees += [(s, c) for s, c in st.join_shared if s < k]
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
@@ -304,6 +305,8 @@ class FastForwarding:
             self.kv.cache_full_blocks_many(st.keyed, k - 1)
         else:  # (through finishes: each up to its last step; only the vLLM cache's stretches)
             self.kv.cache_full_blocks_many(st.keyed, k - 1, st.keyed_last)
+        for req in cut:  # (their chunks so far registered their full blocks, as the running pass did)
+            self.kv.cache_full_blocks(req, req.num_computed_tokens)
         done = [reqs[i] for i in finished]
         for req in done:
             req.finish_s = float(ends[req.token_steps[-1] - first])

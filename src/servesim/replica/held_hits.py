@@ -9,8 +9,8 @@ the stretch before s is not: stepping freed it at their finish (into the free qu
 admission takes it back from there, which the step log and the views count. The joiner's blocks
 are then in use from step s less the shared ones (`Stretch.join_shared`).
 
-`keyed_join` takes held hits only for a turn joining with two chunks (`keyed_chunk_join.py`),
-where a join removes two stretch cycles: moon6 measured a whole prompt's join with held hits at
+`keyed_join` takes held hits only for a turn joining with chunks (`keyed_chunk_join.py`), where
+a join removes two stretch cycles or more: moon6 measured a whole prompt's join with held hits at
 break-even (its cost is the one stretch cycle it removes).
 """
 

@@ -25,7 +25,7 @@ before):
   `KeyedScheduler`'s, `priority` and `edf`, whose `_admit` of a lone waiting request that fits
   is vLLM's, with static keys that sort it after every running request; or `hygen`'s with no
   offline request: `joins_last`), the only waiting request, whole in the budget the decodes
-  leave (or its rest whole at step s + 1: `replica/keyed_chunk_join.py`), and its blocks (hits
+  leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`), and its blocks (hits
   and new) within those the stretch counts free (as `join_arrivals`).
 
 Then it is admitted now as vLLM's `admit` would (the lookup, hits and registration done now), its
@@ -41,7 +41,7 @@ from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.held_hits import held_by_departed
-from servesim.replica.keyed_chunk_join import join_in_two, rest_fits
+from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
@@ -69,7 +69,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         return False
     s = st.k
     if st.rests and st.rests[-1][0] >= s:
-        return False  # (cut inside a turn's two chunks: the budget is its rest's at its last)
+        return False  # (cut inside a turn's chunk steps: the budget is its chunks' up to its last)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
@@ -87,24 +87,24 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     num_tokens = req.num_tokens
     n = num_tokens - cached
     c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
-    chunk_fn = None
-    if c != n and (chunk_fn := rest_fits(engine, st, req, s, c, n, num_running)) is None:
-        return False  # a chunk of its prompt whose rest stepping does not run whole at s + 1
+    chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
+    if c != n and (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None:
+        return False  # a chunk of its prompt whose later steps are not certain
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     free = st.free_blocks - st.join_blocks - blocks
     # (`blocks_bound`: an upper bound of the decodes' pops up to step s, without a pass over
-    # them unless it is too large; up to s + 1 with two chunks, whose rest takes its blocks there)
-    steps = s + 1 if chunk_fn is None else s + 2
+    # them unless it is too large; up to s + q with chunks, whose later ones take blocks there)
+    steps = s + 1 if chunked is None else s + len(chunked[1]) + 1
     pops = st.blocks_bound(steps, bs)
     if pops > free and (pops := st.blocks_needed(steps, bs)) > free:
         return False
     prefix = kv._prefix
     shared = 0
     if hits.num_keyed:
-        if (shared := hits.num_keyed - prefix.num_free(hits)) and (chunk_fn is None or held_by_departed(kv, st, s, hits)):
-            return False  # a hit block that someone holds (taken only with two chunks: `held_hits.py`)
+        if (shared := hits.num_keyed - prefix.num_free(hits)) and (chunked is None or held_by_departed(kv, st, s, hits)):
+            return False  # a hit block that someone holds (taken only with chunks: `held_hits.py`)
         groups = [g for g, _, _ in hits.extents]
-        # (the rests of turns that joined in two chunks pop their blocks before step s too)
+        # (the rests of turns that joined with chunks pop their blocks before step s too)
         later = sum(n for _, _, n in st.rests) if st.rests else 0
         if (kv._queue.head_evicts(pops + later, groups)
                 and kv._queue.head_evicts(st.blocks_needed(steps, bs) + later, groups)):
@@ -129,12 +129,12 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 return False
             if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
                 return False
-            if chunk_fn is not None and planned[2] < s + 1:
-                return False  # (its rest registers after the decodes' blocks of step s + 1: planned)
+            if chunked is not None and planned[2] < steps - 1:
+                return False  # (its chunks register beside the decodes' blocks up to step s + q: planned)
             kept = planned
     joins = [(req, n)]
-    if chunk_fn is not None:
-        pass  # (its two steps are priced after the admission: `join_in_two`)
+    if chunked is not None:
+        pass  # (its steps are priced after the admission: `join_in_chunks`)
     elif cached:  # (stepping prices its chunk beside its cached context and the decodes')
         ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
         step_s = engine.perf.step_time_s([(n, cached)], ctxs)
@@ -151,8 +151,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         req.first_scheduled_s = now_s
     if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
         kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
-    if chunk_fn is not None:
-        ctx1 = join_in_two(engine, st, req, chunk_fn, c, cached, blocks, shared)
+    if chunked is not None:
+        ctx1 = join_in_chunks(engine, st, req, *chunked, cached, blocks, shared)
     else:
         ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
         first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
