@@ -16,29 +16,12 @@ import random
 import pytest
 
 from servesim.replica import prefix_groups
-from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.workload.prefix import FOLLOW_UP_IDS
+from tests.replica.test_kv_cache_equivalence import _Pair, _same_hits, release_all
 from tests.replica.kv_reference import ReferenceKVCache
-from tests.replica.kv_reference import block_keys as reference_keys
-from tests.factories import make_request
 
 BS = 16
-
-
-class _Turn:
-    """One turn as each cache sees it."""
-
-    def __init__(self, rid: int, ids: tuple, prompt: int, output: int) -> None:
-        self.new = make_request(rid, prompt, output, hash_ids=ids, hash_block_tokens=BS)
-        self.ref = make_request(rid, prompt, output, hash_ids=ids, hash_block_tokens=BS)
-        self.new.kv_block_keys = BlockKeys(ids, BS, BS)
-        self.ref.kv_block_keys = reference_keys(self.ref, BS)
-
-    def set(self, **kw) -> None:
-        for r in (self.new, self.ref):
-            for k, v in kw.items():
-                setattr(r, k, v)
 
 
 @pytest.fixture
@@ -71,8 +54,8 @@ def _conversations(seed: int, num_blocks: int, steps: int) -> dict[str, int]:
     new, ref = KVCacheManager(num_blocks, BS), ReferenceKVCache(num_blocks, BS)
     first_ids, follow_ids = 1, FOLLOW_UP_IDS
     sessions: list[tuple] = []  # (ids, tokens) of each conversation's context so far
-    waiting: list[_Turn] = []
-    running: list[_Turn] = []
+    waiting: list[_Pair] = []
+    running: list[_Pair] = []
     context_of: dict[int, int] = {}  # turn id -> keyed blocks of its previous turn's context
     counts = dict.fromkeys(["turns", "whole hits", "partial hits", "misses", "preempted", "finished"], 0)
     rid = 0
@@ -97,13 +80,12 @@ def _conversations(seed: int, num_blocks: int, steps: int) -> dict[str, int]:
             n_new = (prompt + output) // BS - len(ids)  # ids cover prompt and answer
             ids += tuple(range(follow_ids, follow_ids + n_new))
             follow_ids += n_new
-            waiting.append(_Turn(rid, ids, prompt, output))
+            waiting.append(_Pair(rid, prompt, output, ids, BS))
             rid += 1
         elif op < 0.5 and waiting:  # admit the head whole, with its hits
             t = waiting[0]
             hn, hr = new.get_computed_blocks(t.new), ref.get_computed_blocks(t.ref)
-            own = sum(1 for b in hr if b.key is None)
-            assert (hn.num_keyed, hn.num_own) == (len(hr) - own, own)
+            _same_hits(hn, hr)
             n = t.new.num_tokens - len(hr) * BS
             assert new.blocks_needed(t.new, n, hn) == ref.blocks_needed(t.ref, n, hr)
             ok = new.allocate_slots(t.new, n, hn)
@@ -142,10 +124,7 @@ def _conversations(seed: int, num_blocks: int, steps: int) -> dict[str, int]:
             waiting.insert(0, t)
             counts["preempted"] += 1
         check()
-    for t in running + waiting:
-        new.free(t.new.id), ref.free(t.ref.id)
-    check()
-    new.check_all_free()
+    release_all(new, ref, running + waiting, check)
     return counts
 
 
