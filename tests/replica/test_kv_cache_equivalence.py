@@ -170,11 +170,16 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
                 for p, t in capped:
                     ref.cache_full_blocks(p.ref, t)
         check()
-    for p in running + waiting:
+    release_all(new, ref, running + waiting, check)
+    return counts
+
+
+def release_all(new: KVCacheManager, ref: ReferenceKVCache, pairs: list[_Pair], check) -> None:
+    """Free every request left in both caches, then compare them and check that all is free."""
+    for p in pairs:
         new.free(p.new.id), ref.free(p.ref.id)
     check()
     new.check_all_free()
-    return counts
 
 
 @pytest.mark.parametrize("H", [16, 32, 64, 512])

@@ -37,3 +37,35 @@ def test_a_group_through_register_hit_release_and_evict():
     # registering over a mixed range: cached slots come back as copies
     assert g.register(6, 10) == [(6, 9)] and list(g.ref) == [-1, -1, 1, 1, 1, 1, -1, -1]
     assert g.register(2, 5) == [] and g.lo == 2 and list(g.ref[:3]) == [1, 1, 1]
+
+
+def test_long_ranges_are_searched_by_numpy_as_slot_by_slot():
+    """Past `_NP_MIN` slots, stamps are counted and a stale entry's slots found by numpy
+    (`count_stamp`, `Group.evict`'s scan): the same answers and slots as array's own loop, for
+    stamps past a C int and entries whose slots were hit or re-stamped since."""
+    import random
+
+    from servesim.replica.prefix_groups import _NP_MIN, count_stamp
+
+    rng = random.Random(7)
+    for trial in range(200):
+        n = rng.choice([_NP_MIN - 1, _NP_MIN, 100, 400])
+        stamp = 2**40 + trial
+        vals = [rng.choice([stamp, 0, stamp + 1, 3]) for _ in range(n)]
+        assert count_stamp(array("q", vals), stamp) == vals.count(stamp)
+        g = Group(10)
+        g.append_held(n)
+        g.release(10, 10 + n, stamp)
+        for s, v in enumerate(vals):  # slots hit since (stamp 0, held) or freed again later
+            g.stamp[s] = v
+            g.ref[s] = 0 if v else 1
+        g.num_cached = n
+        k = rng.choice([1, 2, 5, n])
+        # slot by slot: the last k slots still carrying the entry's stamp
+        mine = [s for s in range(n) if vals[s] == stamp][::-1][:k]
+        got = g.evict(10, 10 + n, stamp, k)
+        end = (10 + mine[-1]) if len(mine) == k else 10
+        assert got == (len(mine), end if mine else 10)
+        assert [s for s in range(n) if g.ref[s] == -1] == sorted(mine) and g.num_cached == n - len(mine)
+        assert all(g.stamp[s] == 0 for s in mine)
+        assert g.num_leading_cached(10, 10 + n) == (min(mine) if mine else n)

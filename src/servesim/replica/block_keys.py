@@ -12,7 +12,7 @@ identity (the run key repeated over its run) for the radix cache.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain, repeat
+from itertools import accumulate, chain, repeat
 from operator import add, mul, sub
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 # The + 1 puts the id in the low bits too, and keeps a chain of consecutive ids at
 # consecutive positions in nearby slots: dict inserts, lookups and removals about 2x faster.
 RUN_KEY_BASE = (1 << 32) + 1
+_C_LONG = 1 << 63  # ints a `range` iterates as C longs (`key_steps`)
 _ID_LIMIT = 1 << 30  # ids packed with numpy: id * RUN_KEY_BASE + position must fit an int64
 _RANGE_LIMIT = 1 << 62  # ids split into ranges with numpy (`pack_ranges`): their differences fit an int64
 
@@ -104,7 +105,7 @@ class BlockKeys(Sequence):
             # the usual case: the turn's new ids are one fresh range (`HashIds.fresh`)
             step = RUN_KEY_BASE + r
             k = new[0] * RUN_KEY_BASE + n * r
-            lst += range(k, k + len(new) * step, step)
+            lst += key_steps(k, len(new), step)
         else:
             lst += map(add, map(mul, new, repeat(RUN_KEY_BASE)), self.starts[n:])
         rk._list = lst
@@ -224,8 +225,19 @@ def pack_long(ids: tuple, starts: range) -> list | None:
     lst: list = []
     for i, j in zip(bounds, bounds[1:]):
         k = ids[i] * RUN_KEY_BASE + start + i * step
-        lst += range(k, k + (j - i) * stride, stride)
+        lst += key_steps(k, j - i, stride)
     return lst
+
+
+def key_steps(k: int, n: int, step: int):
+    """The ints k, k + step, ... (n of them, n >= 1) of `range(k, k + n * step, step)`. Past a C
+    long (a follow-up's run keys: ids >= 2**48 times `RUN_KEY_BASE`) `range`'s iterator
+    multiplies and adds Python ints per item, about three times as long as one addition each
+    (`accumulate`); within a C long (a first turn's) `range` is the faster one."""
+    stop = k + n * step
+    if stop < _C_LONG and k >= -_C_LONG:
+        return range(k, stop, step)
+    return accumulate(repeat(step, n - 1), initial=k)
 
 
 def range_bounds(ids: tuple, limit: int) -> list[int] | None:

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from servesim.replica.prefix_groups import Group
+from servesim.replica.prefix_groups import Group, count_stamp
 from servesim.replica.prefix_index import PrefixIndex
 
 
@@ -70,7 +70,7 @@ class FreeQueue:
                 n -= head.count
             else:
                 stamp, group, s0, s1 = head
-                c = group.stamp[s0 - group.lo:s1 - group.lo].count(stamp)
+                c = count_stamp(group.stamp[s0 - group.lo:s1 - group.lo], stamp)
                 if c and group in groups:
                     return True
                 n -= c
