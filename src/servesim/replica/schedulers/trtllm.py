@@ -38,7 +38,7 @@ before the reuse lookup: the same when block reuse is off). Not modelled: `STATI
 context is computing (`beneficialToSkip`) and beam search. With speculative decoding on (the engine's
 `num_speculative_tokens`, e.g. MTP) a generation request takes 1 + its draft tokens of `max_num_tokens`
 (`microBatchScheduler.cpp`: `getBeamWidthByIter() + getNumDraftTokens()`), so drafts share the budget with
-the contexts; such steps are scheduled one by one (no arrival or finish joins).
+the contexts (in the arrival and finish joins too).
 """
 
 from __future__ import annotations
@@ -336,12 +336,14 @@ class TRTLLMScheduler(Scheduler):
         # Candidates FCFS while the batch size and (no-evict) reservations allow, then contexts whole in
         # the tokens the generations leave. Decodes move reserved blocks from free to held and finishes
         # add theirs: the room on the stretch's stale state is at most stepping's.
-        if self.wait_iters or self.wait_ratio or self.adp_hold is not None or self.gen_tokens > 1:
-            return None  # (batch waiting, attention DP: contexts may be held; drafts: stepped)
+        if self.wait_iters or self.wait_ratio or self.adp_hold is not None:
+            return None  # (batch waiting, attention DP: contexts may be held)
         if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - self._reserved(
                 self.running):
             return None
-        return whole_prompts(self.waiting, len(self.running), num_running, self.max_batch_size, self.max_num_tokens,
+        # (each decode of the next step takes itself and its drafts of the budget)
+        return whole_prompts(self.waiting, len(self.running), num_running * self.gen_tokens, self.max_batch_size,
+                             self.max_num_tokens,
                              lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
@@ -354,7 +356,7 @@ class TRTLLMScheduler(Scheduler):
         # reservation room its total blocks back, and the next `schedule` admits in arrival
         # order while the batch size, the room and (whole) the token budget allow
         return (self.no_evict and not self._partial and not (self.wait_iters or self.wait_ratio)
-                and self.adp_hold is None and self.gen_tokens == 1)
+                and self.adp_hold is None)
 
     def finish_departs(self, reqs: list[Request]) -> None:
         self._room += sum(map(self._total_of, reqs))
@@ -374,8 +376,8 @@ class TRTLLMScheduler(Scheduler):
             seats -= 1
             return seats < 0 or room < 0
 
-        found = admits_until_blocked(self.waiting, 0, num_running, 1 << 62, self.max_num_tokens, free_blocks,
-                                     self.kv.block_size,
+        found = admits_until_blocked(self.waiting, 0, num_running * self.gen_tokens, 1 << 62, self.max_num_tokens,
+                                     free_blocks, self.kv.block_size,
                                      lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0,
                                      over_capacity)
         return None if found is None else found[0]
