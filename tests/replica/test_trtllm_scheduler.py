@@ -198,3 +198,23 @@ def test_no_evict_started_requests_without_the_pass_are_the_pass(params, num_blo
     serve(engine, loop, reqs)
     assert all(r.state == RequestState.FINISHED for r in reqs)
     assert len(seen) > 20 and all(p == bool(params) for p in seen)
+
+
+def test_generation_requests_take_their_drafts_of_the_token_budget():
+    # microBatchScheduler: a generation request counts 1 + its draft tokens against max_num_tokens.
+    # Budget 64: A generates; B's 61-token context fits beside A's 1 token, not beside A's 1 + 3 drafts.
+    def steps_of(drafts):
+        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="trtllm", max_num_batched_tokens=64,
+                                                    fast_forward=False, num_speculative_tokens=drafts,
+                                                    spec_acceptance_rate=0.0, rng=np.random.default_rng(0))
+        steps = run_logged(engine, loop, [make_request(0, 10, 6), make_request(1, 61, 2, arrival=0.005)])
+        assert len(done) == 2
+        return steps
+
+    plain, mtp = steps_of(0), steps_of(3)
+    assert plain[1] == [(0, 1), (1, 61)]
+    assert mtp[0] == [(0, 10)]
+    assert mtp[1] == mtp[2] == mtp[3] == [(0, 1)]  # 4 + 61 > 64: B waits whole while A speculates
+    b_start = next(i for i, s in enumerate(mtp) if (1, 61) in s)
+    assert b_start == 6 and all(s == [(0, 1)] for s in mtp[1:b_start])  # until A has finished (each step counts
+    # the request's drafts, as TensorRT-LLM's scheduler does with the ones it proposed last)

@@ -1,5 +1,6 @@
 """TensorRT-LLM DeepSeek-R1 B200 rows that record release 1.2.0rc6.post2 play InferenceMAX's scripts of that
-release (`dsr1_{fp4,fp8}_b200_trt.sh`): budget at least 8,192 tokens, FP8 batch waiting, FP8 KV, their client."""
+release (`dsr1_{fp4,fp8}_b200_trt.sh`): budget at least 8,192 tokens, FP8 batch waiting, FP8 KV, their client;
+the rows of 1.2.0rc6.post3 play the scripts' MTP variants (`dsr1_{fp4,fp8}_b200_trt_mtp.sh`)."""
 
 from __future__ import annotations
 
@@ -48,10 +49,23 @@ def test_other_rows_keep_their_deployment():
     s = row_scenario(recovered, calibration=None)
     assert s.engine.max_num_batched_tokens == 2592 and s.workload.num_requests == 256 + 64  # 64 + 1,024 + 1,500
     assert s.perf.kv_cache_dtype == "auto"
-    for changes, options in (({"backend_version": "1.2.0rc6.post3"}, ClientOptions()),
-                             ({"backend_version": "1.1.0rc2.post2"}, ClientOptions()),
+    for changes, options in (({"backend_version": "1.1.0rc2.post2"}, ClientOptions()),
                              ({"system": "h200_sxm"}, ClientOptions()),
                              ({"model_path": "openai/gpt-oss-120b"}, ClientOptions()),
                              ({}, ClientOptions(benchmark_recipes=False))):
         s = scenario(options, **changes)
         assert s.engine.max_num_batched_tokens == 2560 and s.workload.num_requests == 64 + 16, changes
+
+
+def test_rc6_post3_plays_the_mtp_script():
+    # MTP 3 without attention DP: budget (3 + 1) x 16 + 1,024 + 64 rounded up to 64, no 8,192 floor
+    s = scenario(backend_version="1.2.0rc6.post3")
+    assert s.engine.max_num_batched_tokens == 1152 and s.engine.num_speculative_tokens == 3
+    assert s.engine.spec_acceptance_rate == 0.628 and s.engine.spec_draft_layers == 1  # 1 + a + a^2 + a^3 = 2.50
+    assert s.perf.kv_cache_dtype == "fp8" and waits(s) == (0, 0.0)  # no batch waiting in the MTP scripts
+    assert s.workload.num_requests == 160 and s.workload.lengths.prompt_tokens == (819, 1024)
+    # MTP 1 with attention DP, the batch per rank (CONC / TP: 256 / 8): 2 x 32 + 8,192 + 64 -> 8,320
+    dp = scenario(backend_version="1.2.0rc6.post3", gemm_quant_mode="fp8", isl="8192", concurrency="256",
+                  batch_size="32", tp_size="1", attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
+    assert dp.engine.num_speculative_tokens == 1 and dp.engine.max_num_batched_tokens == 8320
+    assert balance(dp) == (True, 60, 0)

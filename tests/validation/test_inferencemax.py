@@ -105,8 +105,11 @@ def test_trtllm_attention_dp_rows_play_the_scripts_balance_budget_and_client():
     assert balance(s) == (True, 60, 0)  # attention_dp_config of dsr1_*_trt*.sh
     assert s.engine.max_num_batched_tokens == 1152  # (64 + 1024 + 64 + 63) // 64 * 64, per rank
     assert s.workload.num_requests == 640 and s.workload.lengths.prompt_tokens == (819, 1024)
-    newer = row_scenario(parse_row({**DSR1_DP, "backend_version": "1.2.0rc6.post3"}), calibration=None)
+    newer = row_scenario(parse_row({**DSR1_DP, "backend_version": "1.2.0rc6.post2"}), calibration=None)
     assert newer.engine.max_num_batched_tokens == 8192  # at least 8,192 from the 1.2.0rc6 images
+    mtp = row_scenario(parse_row({**DSR1_DP, "backend_version": "1.2.0rc6.post3"}), calibration=None)
+    assert mtp.engine.num_speculative_tokens == 1 and balance(mtp) == (True, 60, 0)  # the MTP script: MTP 1 with DP
+    assert mtp.engine.max_num_batched_tokens == 1152  # (2 x 8 + 1,024 + 64 + 63) // 64 * 64, no floor
     oss = row_scenario(parse_row({**DSR1_DP, "model_path": "openai/gpt-oss-120b", "attention_dp_size": "4",
                                   "moe_ep_size": "4", "batch_size": "16"}), calibration=None)
     # gptoss_fp4_b200_trt.sh: enable_balance only, TensorRT-LLM's AttentionDpConfig defaults for the rest

@@ -38,8 +38,8 @@ time, sourced per model:
   8,192 from 2026-01-21, i.e. the 1.2.0rc6 images; gpt-oss 20,000; `attention_dp_recipe`).
 - the DeepSeek-R1 B200 rows that record release 1.2.0rc6.post2, with or without attention DP, play the
   revision of `dsr1_{fp4,fp8}_b200_trt.sh` that ran them (`dsr1_b200_trt`: budget at least 8,192
-  tokens, FP8 batch waiting at 1k/1k from 64 users, FP8 KV cache). (1.2.0rc6.post3 ran the MTP
-  variants of those scripts; played with MTP, not kept: docs/fidelity.md.)
+  tokens, FP8 batch waiting at 1k/1k from 64 users, FP8 KV cache); the rows that record 1.2.0rc6.post3
+  play the MTP variants of those scripts that ran them (`dsr1_b200_trt_mtp`: MTP drafts, their budget).
 
 Only the (engine, system, version, model) keys listed here play a recipe; a recipe is the
 benchmark script that ran those rows, not a fitted constant. Everything else keeps the generator's
@@ -209,7 +209,7 @@ def recipe(row: SiliconRow) -> Recipe | None:
         return sglang_recipe(row)
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
     if fn is None and (row.backend, row.system, row.version) in DSR1_B200_SCRIPTS and is_deepseek(row) and row.version_recorded:
-        fn = dsr1_b200_trt
+        fn = DSR1_B200_SCRIPTS[(row.backend, row.system, row.version)]
     if fn is None and is_dsr1_h200_plain(row):
         fn = dsr1_h200_trt
     return fn(row) if fn else attention_dp_recipe(row)
@@ -231,9 +231,8 @@ ATTENTION_DP_BALANCE = {
 # + prompt + 64 rounded up to 64 tokens, at least 8,192 since 2026-01-21 (the TensorRT-LLM
 # 1.2.0rc6 images came with the updates of 2026-01-29 / 02-03; 1.1.0rc2.post2 ran from Sep 2025);
 # the gpt-oss script 20,000. (1.2.0rc6.post3 ran the scripts' MTP variants, whose budget is (MTP + 1) x
-# `--max_batch_size` + prompt + 64: played and not kept, docs/fidelity.md, "TensorRT-LLM B200 DeepSeek-R1:
-# the InferenceMAX scripts".)
-DSR1_BUDGET_FLOOR_TOKENS, DSR1_FLOOR_VERSIONS = 8192, frozenset({"1.2.0rc6.post2", "1.2.0rc6.post3"})
+# `--max_batch_size` + prompt + 64 with no floor: `dsr1_b200_trt_mtp` below.)
+DSR1_BUDGET_FLOOR_TOKENS, DSR1_FLOOR_VERSIONS = 8192, frozenset({"1.2.0rc6.post2"})
 GPTOSS_BUDGET_TOKENS = 20000
 
 
@@ -274,7 +273,6 @@ def dsr1_budget(batch_tokens: int, prompt: int) -> int:
 # MoE backend, the piecewise CUDA graphs and the KV memory fraction they also set are not modelled.) Rows whose
 # release was recovered from their config or twins (`SiliconRow.version_recorded` False) were measured before
 # those days (2025-11-02 or earlier, scripts without the 8,192 floor): they keep the generator's deployment.
-DSR1_B200_SCRIPTS = frozenset({("trtllm", "b200_sxm", "1.2.0rc6.post2")})
 
 
 def is_deepseek(row: SiliconRow) -> bool:
@@ -287,6 +285,32 @@ def dsr1_b200_trt(row: SiliconRow) -> Recipe:
     if row.gemm_quant == "fp8" and (row.isl, row.osl) == (1024, 1024) and row.concurrency >= 64 and not scheduler:
         scheduler = {"batch_wait_timeout_iters": 40, "batch_wait_max_tokens_ratio": 0.8}
     return dsr1_trt_recipe(row, scheduler)
+
+
+# Their MTP variants, `dsr1_fp8_b200_trt_mtp.sh` (InferenceX pull request 632, 2026-02-05) and `dsr1_fp4_b200_trt_mtp.sh`
+# (642, 2026-02-06), ran the rows recording 1.2.0rc6.post3, the image only they used (docs/fidelity.md): `speculative_config:
+# {decoding_type: MTP, num_nextn_predict_layers: 3}`, 1 with attention DP; `--max_batch_size` the concurrency, per rank with
+# attention DP (CONC / TP); `--max_num_tokens` (MTP + 1) x that + prompt + 64 rounded up to 64, no floor; no batch waiting;
+# attention DP's `attention_dp_config` as above; FP8 KV cache; the same client with `--use-chat-template`, under which
+# DeepSeek-R1's MTP accepts 2.50 tokens a step with 3 drafts (InferenceX pull request 649: 1 + a + a^2 + a^3 = 2.5 gives
+# a = 0.628 a draft, taken for every draft). A generation request takes 1 + its drafts of the budget (trtllm scheduler).
+MTP_DRAFTS, MTP_DRAFTS_ATTENTION_DP = 3, 1
+MTP_ACCEPTANCE = 0.628
+MTP_DRAFT_LAYERS = 1  # DeepSeek-R1's one MTP module, run once per draft token
+
+
+def dsr1_b200_trt_mtp(row: SiliconRow) -> Recipe:
+    """The MTP variant of the DeepSeek-R1 B200 script (1.2.0rc6.post3): drafts, their budget, FP8 KV cache."""
+    drafts = MTP_DRAFTS_ATTENTION_DP if row.attention_dp > 1 else MTP_DRAFTS
+    batch = row.concurrency // max(1, row.attention_dp)
+    engine = {"max_num_batched_tokens": dsr1_budget((drafts + 1) * batch, row.isl), "num_speculative_tokens": drafts,
+              "spec_acceptance_rate": MTP_ACCEPTANCE, "spec_draft_layers": MTP_DRAFT_LAYERS}
+    return Recipe(engine=engine, scheduler=attention_dp_balance(row), perf={"kv_cache_dtype": "fp8"})
+
+
+# (engine, system, release) -> the DeepSeek-R1 B200 script that ran the release's rows
+DSR1_B200_SCRIPTS = {("trtllm", "b200_sxm", "1.2.0rc6.post2"): dsr1_b200_trt,
+                     ("trtllm", "b200_sxm", "1.2.0rc6.post3"): dsr1_b200_trt_mtp}
 
 
 def dsr1_trt_recipe(row: SiliconRow, scheduler: dict) -> Recipe:

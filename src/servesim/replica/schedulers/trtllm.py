@@ -35,7 +35,10 @@ length (benchmark clients send `max_tokens`; TensorRT-LLM would otherwise reserv
 `max_seq_len`); prefix-cache hits shorten the context before it is sized (TensorRT-LLM sizes it
 before the reuse lookup: the same when block reuse is off). Not modelled: `STATIC_BATCH`,
 `PREFILL_FIRST`, the `EQUAL_PROGRESS` chunking policy, skipping a context to reuse blocks another
-context is computing (`beneficialToSkip`), beam search and draft tokens.
+context is computing (`beneficialToSkip`) and beam search. With speculative decoding on (the engine's
+`num_speculative_tokens`, e.g. MTP) a generation request takes 1 + its draft tokens of `max_num_tokens`
+(`microBatchScheduler.cpp`: `getBeamWidthByIter() + getNumDraftTokens()`), so drafts share the budget with
+the contexts (in the arrival and finish joins too).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class TRTLLMScheduler(Scheduler):
         super().__init__(params, config, kv, perf)
         self.max_batch_size = params.max_batch_size or config.max_num_seqs
         self.max_num_tokens = params.max_num_tokens or config.max_num_batched_tokens
+        # Budget tokens a generation request takes: itself and its drafts (speculative decoding)
+        self.gen_tokens = 1 + config.num_speculative_tokens
         self.no_evict = params.capacity_scheduler_policy == "GUARANTEED_NO_EVICT"
         self.chunked = params.enable_chunked_context
         self.wait_iters, self.wait_ratio = params.batch_wait_timeout_iters, params.batch_wait_max_tokens_ratio
@@ -237,18 +242,20 @@ class TRTLLMScheduler(Scheduler):
         fitting = started + candidates
         # the leading generation requests in one call (the same as `allocate_slots(req, 1)` for
         # each in order while they fit; the loop goes on from the first one left)
-        tokens = count = self.kv.allocate_leading_decodes(fitting[:min(budget, cap)])
+        gen = self.gen_tokens
+        count = self.kv.allocate_leading_decodes(fitting[:min(budget // gen, cap)])
+        tokens = count * gen
         out.scheduled += [(req, 1) for req in fitting[:count]]
         contexts: list[tuple[Request, int, object]] = []  # (request, context tokens left, hits or None)
         for i in range(count, len(fitting) if count < cap else count):
             req = fitting[i]
             if req.is_decoding:
-                if tokens + 1 > budget:
+                if tokens + gen > budget:
                     break
                 if not self.kv.allocate_slots(req, 1):
                     raise AssertionError("trtllm: a scheduled generation request found no KV block")
                 out.scheduled.append((req, 1))
-                tokens += 1
+                tokens += gen
             else:
                 hits = self.kv.get_computed_blocks(req) if i >= len(started) else None  # a new context
                 left = req.num_tokens - req.num_computed_tokens - (len(hits) * self.kv.block_size if hits else 0)
@@ -334,7 +341,9 @@ class TRTLLMScheduler(Scheduler):
         if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - self._reserved(
                 self.running):
             return None
-        return whole_prompts(self.waiting, len(self.running), num_running, self.max_batch_size, self.max_num_tokens,
+        # (each decode of the next step takes itself and its drafts of the budget)
+        return whole_prompts(self.waiting, len(self.running), num_running * self.gen_tokens, self.max_batch_size,
+                             self.max_num_tokens,
                              lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
@@ -367,8 +376,8 @@ class TRTLLMScheduler(Scheduler):
             seats -= 1
             return seats < 0 or room < 0
 
-        found = admits_until_blocked(self.waiting, 0, num_running, 1 << 62, self.max_num_tokens, free_blocks,
-                                     self.kv.block_size,
+        found = admits_until_blocked(self.waiting, 0, num_running * self.gen_tokens, 1 << 62, self.max_num_tokens,
+                                     free_blocks, self.kv.block_size,
                                      lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0,
                                      over_capacity)
         return None if found is None else found[0]
