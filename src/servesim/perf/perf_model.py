@@ -239,20 +239,25 @@ class PerfModel(MemoryMixin):
         before `+ g * ctx_sum` depends on (num_decodes, prompt) alone, which repeat in a trace
         (prompt lengths do): that part and the CPU time are memoised, up to `PROMPT_FORMS`
         pairs (a bounded memo keeps a million-request run's memory flat)."""
-        form = self._prompt_forms.get(key := (num_decodes, prompt))
+        form = self._prompt_forms.get((num_decodes, prompt))
         if form is None:
             if self._window is not None or prompt <= 0 or num_decodes < 0:
                 return None
-            cached = 0
-            form = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
-                    + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
-                       + self._kv_read * (self._layers[0] * cached) + self._prompt_fixed_s(prompt)
-                       + self._mixed_s(prompt, num_decodes)),
-                    self.terms.cpu_s(1 + num_decodes, prompt + num_decodes))
+            form = self._prompt_form(num_decodes, prompt)
             if len(self._prompt_forms) < PROMPT_FORMS:
-                self._prompt_forms[key] = form
-        x = form[0] + self._g_full * ctx_sum
-        return max(x, form[1]) if self._overlap else x + form[1]
+                self._prompt_forms[num_decodes, prompt] = form
+        base, cpu = form
+        x = base + self._g_full * ctx_sum
+        return max(x, cpu) if self._overlap else x + cpu
+
+    def _prompt_form(self, num_decodes: int, prompt: int) -> tuple[float, float]:
+        """`prompt_step_s`'s (GPU time before the decodes' context term, CPU time)."""
+        cached = 0
+        base = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
+                + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
+                   + self._kv_read * (self._layers[0] * cached) + self._prompt_fixed_s(prompt)
+                   + self._mixed_s(prompt, num_decodes)))
+        return base, self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
 
     def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
         """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
