@@ -46,27 +46,3 @@ def test_prompt_step_s_equals_the_chunk_form(model, gpu, tp, engine, mixed, eage
             t = perf.prompt_step_s(n, prompt, sum(ctx))
             assert t == perf.chunk_time_fn(n, prompt)(0, sum(ctx)) == perf.step_time_s([(prompt, 0)], ctx)
     assert perf.prompt_step_s(4, 0, 100) is None
-
-
-@pytest.mark.parametrize("model,gpu,tp,engine,mixed", [("llama-3.1-8b", "h100-sxm", 1, "vllm", 0.0),
-                                                       ("llama-3.1-8b", "h100-sxm", 1, "vllm", 0.3),
-                                                       ("llama-3.1-70b", "a100-80gb", 4, "trtllm", 0.0),
-                                                       ("qwen3-30b-a3b", "h100-sxm", 1, "sglang", 0.0),
-                                                       ("deepseek-v3", "h200", 8, "vllm", 0.2)])
-def test_prompt_step_s_memoised_equals_uncached(model, gpu, tp, engine, mixed, monkeypatch):
-    # (prompt_step_s memoises its (decodes, prompt) part: the first call computes it, later calls
-    # with other context sums read it back; both, and calls past the memo's bound, give
-    # step_time_s's floats exactly)
-    import servesim.perf.perf_model as pm
-    perf = build_perf_model(model, gpu, tp, config=PerfConfig(engine=engine, overrides={"mixed_prefill_slowdown": mixed}))
-    rng = np.random.default_rng(2)
-    pairs = [(int(n), int(p)) for n, p in zip(rng.integers(0, 200, 60), rng.integers(1, 9_000, 60))] + [(0, 1), (0, 8192)]
-    for rnd in range(3):  # miss, then hits
-        for n, prompt in pairs:
-            ctx = [int(x) for x in rng.integers(1, 60_000, n)]
-            assert perf.prompt_step_s(n, prompt, sum(ctx)) == perf.step_time_s([(prompt, 0)], ctx)
-    assert set(perf._prompt_forms) == set(pairs)  # (every pair memoised once)
-    monkeypatch.setattr(pm, "PROMPT_FORMS", len(pairs))  # full: new pairs are priced, not kept
-    ctx = [5_000] * 3
-    assert perf.prompt_step_s(3, 9_999, sum(ctx)) == perf.step_time_s([(9_999, 0)], ctx)
-    assert (3, 9_999) not in perf._prompt_forms and len(perf._prompt_forms) == len(pairs)

@@ -19,9 +19,6 @@ from servesim.perf.spec_forms import chunk_verify_time_fn
 from servesim.perf.terms import StepTerms
 
 
-PROMPT_FORMS = 1 << 15  # at most this many (decodes, prompt) pairs memoised by `prompt_step_s`
-
-
 @dataclass(frozen=True)
 class StepTime:
     """One iteration's time and where it goes (seconds)."""
@@ -77,7 +74,6 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
         object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
-        object.__setattr__(self, "_prompt_forms", {})  # exact memo: (decodes, prompt) -> `_prompt_form`
 
     # ---- memoised exact terms ------------------------------------------------------------
     def _token_s(self, num_tokens: int) -> float:
@@ -234,30 +230,17 @@ class PerfModel(MemoryMixin):
     def prompt_step_s(self, num_decodes: int, prompt: int, ctx_sum: int) -> float | None:
         """`chunk_time_fn(num_decodes, prompt)(0, ctx_sum)` without building the form: one
         uncached prompt beside `num_decodes` decodes whose contexts sum to `ctx_sum` (an
-        arrival joining a stretch, or step 0 at an idle replica with `num_decodes` 0). The same
-        float operations in the same order; None where `chunk_time_fn` is None. Everything
-        before `+ g * ctx_sum` depends on (num_decodes, prompt) alone, which repeat in a trace
-        (prompt lengths do): that part and the CPU time are memoised, up to `PROMPT_FORMS`
-        pairs (a bounded memo keeps a million-request run's memory flat)."""
-        form = self._prompt_forms.get((num_decodes, prompt))
-        if form is None:
-            if self._window is not None or prompt <= 0 or num_decodes < 0:
-                return None
-            form = self._prompt_form(num_decodes, prompt)
-            if len(self._prompt_forms) < PROMPT_FORMS:
-                self._prompt_forms[num_decodes, prompt] = form
-        base, cpu = form
-        x = base + self._g_full * ctx_sum
-        return max(x, cpu) if self._overlap else x + cpu
-
-    def _prompt_form(self, num_decodes: int, prompt: int) -> tuple[float, float]:
-        """`prompt_step_s`'s (GPU time before the decodes' context term, CPU time)."""
+        arrival joining a stretch, once per arrival: the form would be used once). The same
+        float operations in the same order; None where `chunk_time_fn` is None."""
+        if self._window is not None or prompt <= 0 or num_decodes < 0:
+            return None
         cached = 0
-        base = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
-                + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
-                   + self._kv_read * (self._layers[0] * cached) + self._prompt_fixed_s(prompt)
-                   + self._mixed_s(prompt, num_decodes)))
-        return base, self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
+        x = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
+             + (self._pair_full * (0.0 + prompt * (cached + prompt / 2.0)) + self._pair_win * 0.0
+                + self._kv_read * (self._layers[0] * cached) + self._prompt_fixed_s(prompt) + self._mixed_s(prompt, num_decodes))
+             + self._g_full * ctx_sum)
+        cpu = self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
+        return max(x, cpu) if self._overlap else x + cpu
 
     def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
         """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token

@@ -28,7 +28,6 @@ import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
 from servesim.metrics.recorder import Recorder
-from servesim.perf.perf_model import PerfModel
 from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine_lifecycle import EngineLifecycle
@@ -108,9 +107,6 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         self._wake_s = float("inf")
         self._decode_fns = DecodeFns(perf)  # (`_decode_fn`)
         self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
-        # An uncached lone prompt's step priced by its memoised form (bit-identical to `step_time_s`;
-        # not for attention-DP models, which price steps rank by rank).
-        self._prompt_step = perf.prompt_step_s if type(perf) is PerfModel else None
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
         # stretch ends but `notice` (a closed-loop workload's follow-ups, called at the finish's
         # time: `replica/finish_notices.py`), and only with the scalar decode form that prices
@@ -262,10 +258,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         if req.first_scheduled_s is None:
             req.first_scheduled_s = now_s
         prefills = [(req, n)]
-        cached = req.num_computed_tokens
-        dt = self._prompt_step(0, n, 0) if self._prompt_step is not None and not cached else None
-        if dt is None:  # (a cached prefix, or no such form: the general price)
-            dt = self.perf.step_time_s([(n, cached)], [])
+        dt = self.perf.step_time_s([(n, req.num_computed_tokens)], [])
         if self.config.fast_forward:
             ff = self.scheduler.fast_forward(out)
             if ff.repeat and ff.after_prefill:
