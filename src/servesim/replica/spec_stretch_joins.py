@@ -68,6 +68,23 @@ class SpecStretchJoins:
         dt = self._prompts_step_time_s([(n, 0) for _, n in joins], act, ctx_sum, used)
         return self.ends[-1] + dt, emits, grants, alloc, rows + used, done_plain + done_spec
 
+    def free_at_boundary(self) -> int:
+        """KV blocks free at the boundary of the next step, as stepping has them: those free at
+        the start (less the joined prompts'), less the decodes' grants, plus the blocks of the
+        requests that finished before it."""
+        s = len(self.ends)
+        return self.free_blocks - self._alloc[-1] + sum(b for j, b in self._free_at if j <= s)
+
+    def hold_waiting(self, num_waiting: int) -> None:
+        """Go on from the next step with `num_waiting` requests waiting behind a blocked head:
+        the same decodes, up to the next finish (which may admit the head), as a stretch
+        planned with them waiting (`through` False)."""
+        s = len(self.ends)
+        del self._rows[s:]  # (the entry a cut kept for a crash's step in flight: priced again)
+        self.waiting_from += [s] * num_waiting
+        self.through = False
+        self.final = False
+
     def join(self, joins: list, blocks: int, step: tuple, order: list[int], kv) -> None:
         """Add step s (`_join_step`'s answer): the decodes of `_active` and the prompts of
         `joins` (admitted now, their `blocks` taken), each emitting its first token; from step

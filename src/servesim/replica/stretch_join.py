@@ -220,8 +220,15 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
             return False
     blocks, kept = sched.join_blocks(joins)
     step = st._join_step(joins, blocks + kept)
-    if step is None:
-        return False  # the blocks of step s and the prompts do not fit in those free at the start
+    if step is None:  # the blocks of step s and the prompts do not fit in those free at the start
+        if not sched.holds_blocked_head(joins, st.free_at_boundary()):
+            return False
+        # nor in those stepping has free there: the head waits for a finish (orca's reservation)
+        st.hold_waiting(sched.num_waiting)
+        engine.num_held_arrivals += 1
+        st.price(engine._own_horizon_s())
+        engine._schedule_stretch_end(st)
+        return True
     st._until_s = until_s
     sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
     for req, _ in joins:

@@ -156,6 +156,14 @@ class FastForwardHooks:
         it would have noted about the head left waiting)."""
         self.join(joins, out)
 
+    def holds_blocked_head(self, joins: list[tuple[Request, int]], free_blocks: int) -> bool:
+        """At such a boundary where `joins` (`arrivals_join`'s answer) do not join for their
+        blocks, `free_blocks` free there: would the next `schedule` admit nobody, its head
+        blocked until a finish, and run the same decodes (it then sets what that `schedule`
+        sets)? The stretch goes on to the next finish with them waiting. The default, False,
+        ends it."""
+        return False
+
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         """(KV blocks `join` allocates for `joins`, free blocks it must leave beyond them): by
         default each prompt's blocks and none (a policy reserving more or keeping a watermark says so)."""

@@ -97,6 +97,16 @@ class OrcaScheduler(Scheduler):
             req.state = RequestState.RUNNING
             out.scheduled.append((req, n))
 
+    def holds_blocked_head(self, joins: list[tuple[Request, int]], free_blocks: int) -> bool:
+        # `schedule`'s admission loop at that boundary: the head's reservation does not fit
+        # (blocks are counted as `allocate_slots` does), so it blocks and nobody is admitted.
+        head = joins[0][0]
+        if self.kv.blocks_needed(head, self.reserved_tokens(head)) <= free_blocks:
+            return False
+        self._head_blocked = True
+        self._blocked_head = head
+        return True
+
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         return sum(self.kv.blocks_needed(req, self.reserved_tokens(req)) for req, _ in joins), 0
 
