@@ -38,14 +38,14 @@ from pydantic import Field
 
 from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import is_fresh, whole_prompts
+from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
     SchedulerParams,
 )
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
 from servesim.replica.schedulers.queues import SortedWaiting
-from servesim.replica.schedulers.sglang_admits import admits_at_finish
+from servesim.replica.schedulers.sglang_admits import SGLangFinishAdmits
 from servesim.replica.schedulers.sglang_policy import ordered_waiting
 from servesim.workload.request import Request
 
@@ -79,7 +79,7 @@ class SGLangParams(SchedulerParams):
 
 
 @register("sglang")
-class SGLangScheduler(Scheduler):
+class SGLangScheduler(SGLangFinishAdmits, Scheduler):
     Params = SGLangParams
     kv: RadixKVCache
 
@@ -361,32 +361,6 @@ class SGLangScheduler(Scheduler):
         blocks, _ = super().join_blocks(joins)
         total = sum([n + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) for req, n in joins])
         return blocks, max(int((total + self._reserve()) // self.kv.block_size) + 2 - blocks, 0)
-
-    # ------------------------------------------------------------------ admission stretches
-    def _admits_at_finishes(self) -> bool:
-        """May finishes admit inside a stretch (`sglang_admits.py`)? FCFS without mixed chunks
-        or an inbox, nothing chunked or transferred, every reserve clipped (the same amount per
-        request), the ratio at its floor, nothing evictable in the tree (a finish's blocks are
-        taken before any eviction when stepping) and a fresh head."""
-        return (self.new_token_ratio == self.min_ratio and self.params.schedule_policy == "fcfs"
-                and not (self.params.enable_mixed_chunk or self.chunked is not None or self._transferred
-                         or self._inbox or self._unclipped or self.kv.evictable_blocks)
-                and bool(self.waiting) and is_fresh(self.waiting[0]))
-
-    def finish_admission(self) -> bool:
-        return self._admits_at_finishes()
-
-    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
-        return admits_at_finish(self, num_running, free_blocks) if self._admits_at_finishes() else None
-
-    def readmits_after_stall(self, num_running: int, free_blocks: int) -> bool:
-        if not self.waiting:
-            return False
-        return not self._admits_at_finishes() or admits_at_finish(self, num_running, free_blocks) != []
-
-    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        self.join(joins, out)
-        self._held = bool(self.waiting)  # (held to the next finish, or to the next step: `readmits_after_stall`)
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer joins the FCFS queue behind a head held until the next finish (where the

@@ -1,5 +1,6 @@
 """What SGLang's next `schedule` admits at a finish inside an admission stretch
-(`Scheduler.finish_admits`, `replica/admission_stretch.py`), written for `sglang`.
+(`Scheduler.finish_admits`, `replica/admission_stretch.py`), written for `sglang`, and the
+scheduler's admission-stretch methods that ask it (`SGLangFinishAdmits`).
 
 Under overload the queue head waits in SGLang's PrefillAdder: its prompt plus its clipped
 `max_new` does not fit `rem_total`, the free tokens less every running request's reserve at
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from servesim.replica.schedulers.arrival_joins import is_fresh
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS
+from servesim.replica.schedulers.outputs import SchedulerOutput
 from servesim.workload.request import Request
 
 
@@ -61,3 +63,32 @@ def admits_at_finish(sched, num_running: int, free_blocks: int) -> list[tuple[Re
         rem_input -= ext
         rem_chunk -= ext
     return joins
+
+
+class SGLangFinishAdmits:
+    """The admission-stretch methods of `SGLangScheduler` (which holds the state they use)."""
+
+    def _admits_at_finishes(self) -> bool:
+        """May finishes admit inside a stretch (`sglang_admits.py`)? FCFS without mixed chunks
+        or an inbox, nothing chunked or transferred, every reserve clipped (the same amount per
+        request), the ratio at its floor, nothing evictable in the tree (a finish's blocks are
+        taken before any eviction when stepping) and a fresh head."""
+        return (self.new_token_ratio == self.min_ratio and self.params.schedule_policy == "fcfs"
+                and not (self.params.enable_mixed_chunk or self.chunked is not None or self._transferred
+                         or self._inbox or self._unclipped or self.kv.evictable_blocks)
+                and bool(self.waiting) and is_fresh(self.waiting[0]))
+
+    def finish_admission(self) -> bool:
+        return self._admits_at_finishes()
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        return admits_at_finish(self, num_running, free_blocks) if self._admits_at_finishes() else None
+
+    def readmits_after_stall(self, num_running: int, free_blocks: int) -> bool:
+        if not self.waiting:
+            return False
+        return not self._admits_at_finishes() or admits_at_finish(self, num_running, free_blocks) != []
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        self._held = bool(self.waiting)  # (held to the next finish, or to the next step: `readmits_after_stall`)

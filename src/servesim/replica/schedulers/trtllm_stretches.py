@@ -1,0 +1,102 @@
+"""TensorRT-LLM's fast-forward answers (`trtllm.py`): decode steps behind a head that only a
+finish lets in, arrivals joining whole, and admission stretches under GUARANTEED_NO_EVICT.
+
+Decode-only steps keep the no-evict reservations and the batch's token count constant and only
+take free blocks, so a waiting head held by the batch size, its KV blocks or (chunked context
+off) the token budget stays held until a finish. A finish gives the reservation room its total
+blocks back; the next `schedule` admits in arrival order while the batch size, the room and
+(whole) the token budget allow, which `finish_admits` runs on the stretch's counts. With
+speculative decoding each decode takes itself and its drafts of the budget.
+"""
+
+from __future__ import annotations
+
+from servesim.replica.schedulers.arrival_joins import whole_prompts
+from servesim.replica.schedulers.finish_admits import admits_until_blocked
+from servesim.replica.schedulers.outputs import (
+    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, SchedulerOutput,
+)
+from servesim.workload.request import Request
+
+
+class TRTLLMStretches:
+    """The fast-forward methods of `TRTLLMScheduler` (which holds the state they use)."""
+
+    def arrival_keeps_batch(self, req: Request | None) -> bool:
+        # FCFS: a newcomer queues behind a head that only a finish can let in.
+        return bool(self.waiting) and self.waiting.peek() is self._blocked_head
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # Candidates FCFS while the batch size and (no-evict) reservations allow, then contexts whole in
+        # the tokens the generations leave. Decodes move reserved blocks from free to held and finishes
+        # add theirs: the room on the stretch's stale state is at most stepping's.
+        if self.wait_iters or self.wait_ratio or self.adp_hold is not None:
+            return None  # (batch waiting, attention DP: contexts may be held)
+        if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - self._reserved(
+                self.running):
+            return None
+        # (each decode of the next step takes itself and its drafts of the budget)
+        return whole_prompts(self.waiting, len(self.running), num_running * self.gen_tokens, self.max_batch_size,
+                             self.max_num_tokens,
+                             lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self._blocked_head = None
+        for req, n in joins:
+            self._run_context(req, n, self.kv.get_computed_blocks(req), out)
+
+    def finish_admission(self) -> bool:
+        # GUARANTEED_NO_EVICT with whole contexts and no held contexts: a finish gives the
+        # reservation room its total blocks back, and the next `schedule` admits in arrival
+        # order while the batch size, the room and (whole) the token budget allow
+        return (self.no_evict and not self._partial and not (self.wait_iters or self.wait_ratio)
+                and self.adp_hold is None)
+
+    def finish_departs(self, reqs: list[Request]) -> None:
+        self._room += sum(map(self._total_of, reqs))
+
+    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
+        # `_no_evict` then `_micro_batch` after the finishes, in arrival order: the batch size
+        # (the `num_running` started) and the room stop a request until the next finish (each
+        # fresh one holds no block and reserves its total); a context the tokens left cannot
+        # take whole is left to stepping
+        if not self.finish_admission():
+            return None
+        room, seats = self._room, self.max_batch_size - num_running
+
+        def over_capacity(req: Request) -> bool:
+            nonlocal room, seats
+            room -= self._total_of(req)
+            seats -= 1
+            return seats < 0 or room < 0
+
+        found = admits_until_blocked(self.waiting, 0, num_running * self.gen_tokens, 1 << 62, self.max_num_tokens,
+                                     free_blocks, self.kv.block_size,
+                                     lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0,
+                                     over_capacity)
+        return None if found is None else found[0]
+
+    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        self.join(joins, out)
+        if self.waiting:  # (`finish_admits` stopped at a head the room or the free blocks keep out)
+            self._blocked_head, self._capacity_blocked = self.waiting.peek(), True
+
+    def repeat_order(self, output: SchedulerOutput) -> list[Request]:
+        # Decode-only steps list `running` in its order (a step that started contexts listed
+        # its generation requests first).
+        return list(self.running)
+
+    def fast_forward(self, output: SchedulerOutput) -> FastForward:
+        # Repeat while everyone running got a token, nothing was paused and whatever waits is
+        # held back by the batch size, its KV blocks or (chunked context off) the token budget:
+        # decode-only steps keep the no-evict reservations and the token count of the batch
+        # constant and only take free blocks, so nothing waiting gets in before a finish.
+        if output.preempted or len(output.scheduled) != len(self.running):
+            return NO_FAST_FORWARD
+        if not self.waiting:
+            return REPEAT_THROUGH
+        if self.waiting.peek() is self._blocked_head:
+            # a context this step started decodes with the rest; a head the tokens kept out
+            # may fit once contexts no longer spend them
+            return REPEAT_AFTER_PREFILL if self._capacity_blocked else REPEAT_DECODES
+        return NO_FAST_FORWARD
