@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from servesim.replica.kv_cache import KVCacheManager, cdiv
+from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.outputs import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, UNLIMITED_STEPS, FastForward,
     SchedulerOutput,
