@@ -69,6 +69,22 @@ def make_engine(num_blocks: int = 100, scheduler: str = "vllm", block_size: int 
     return engine, sched, kv, loop, done
 
 
+def applied_steps(monkeypatch, stretch_class, when=None) -> list[int]:
+    """Patch `stretch_class.apply` to record the step count `k` of every stretch of that class
+    applied (settled by its end, a cut or a crash), only those for which `when(stretch)` holds
+    if given: how a test shows that a fast-forward path really ran."""
+    applied: list[int] = []
+    apply = stretch_class.apply
+
+    def counted(self, engine):
+        if when is None or when(self):
+            applied.append(self.k)
+        return apply(self, engine)
+
+    monkeypatch.setattr(stretch_class, "apply", counted)
+    return applied
+
+
 def serve(engine: Engine, loop: EventLoop, requests) -> None:
     """Queue each request's arrival on the loop and run it to the end."""
     for r in requests:

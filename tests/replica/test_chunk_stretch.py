@@ -13,21 +13,13 @@ from servesim.replica.chunk_stretch import ChunkStretch
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.replica import Replica
 from tests.cluster.helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
-from tests.factories import VectorOnlyToyPerf, assert_same_run, make_engine, make_request, serve
+from tests.factories import VectorOnlyToyPerf, applied_steps, assert_same_run, make_engine, make_request, serve
 
 
 @pytest.fixture
 def chunk_steps(monkeypatch):
     """The step count of every chunk stretch applied (settled by its end or by a crash)."""
-    applied: list[int] = []
-    apply = ChunkStretch.apply
-
-    def counted(self, engine):
-        applied.append(self.k)
-        return apply(self, engine)
-
-    monkeypatch.setattr(ChunkStretch, "apply", counted)
-    return applied
+    return applied_steps(monkeypatch, ChunkStretch)
 
 
 def long_prompts(seed: int, keys: bool, n: int = 120):

@@ -12,23 +12,14 @@ from servesim.replica.chunk_stretch import ChunkStretch
 from servesim.replica.replica import Replica
 from servesim.cluster import routers
 from tests.cluster.helpers import ReadsEverything, assert_same_steps, outcome, run
-from tests.factories import VectorOnlyToyPerf, assert_same_run, make_request
+from tests.factories import VectorOnlyToyPerf, applied_steps, assert_same_run, make_request
 from tests.replica.test_chunk_stretch import engine_run  # (sarathi, chunks of 128, 16 sequences)
 
 
 @pytest.fixture
 def shared_steps(monkeypatch):
     """The step count of every chunk stretch applied whose step 0 was a shared step."""
-    applied: list[int] = []
-    apply = ChunkStretch.apply
-
-    def counted(self, engine):
-        if self.shared is not None:
-            applied.append(self.k)
-        return apply(self, engine)
-
-    monkeypatch.setattr(ChunkStretch, "apply", counted)
-    return applied
+    return applied_steps(monkeypatch, ChunkStretch, lambda s: s.shared is not None)
 
 
 def overload(seed: int, n: int = 150):

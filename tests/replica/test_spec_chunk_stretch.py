@@ -11,7 +11,7 @@ import pytest
 from servesim.replica.replica import Replica
 from servesim.replica.spec_stretch import SpecStretch
 from tests.cluster.helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
-from tests.factories import VectorOnlyToyPerf, make_engine, make_request, serve
+from tests.factories import VectorOnlyToyPerf, applied_steps, make_engine, make_request, serve
 from tests.replica.test_chunk_stretch import long_prompts
 from tests.replica.test_spec_fast_forward import assert_same_spec_run
 
@@ -19,16 +19,7 @@ from tests.replica.test_spec_fast_forward import assert_same_spec_run
 @pytest.fixture
 def chunk_steps(monkeypatch):
     """The step count of every speculative chunk stretch applied."""
-    applied: list[int] = []
-    apply = SpecStretch.apply
-
-    def counted(self, engine):
-        if self.prompt is not None:
-            applied.append(self.k)
-        return apply(self, engine)
-
-    monkeypatch.setattr(SpecStretch, "apply", counted)
-    return applied
+    return applied_steps(monkeypatch, SpecStretch, lambda s: s.prompt is not None)
 
 
 def spec_engine_run(reqs, fast_forward: bool, num_blocks: int, perf=None):
