@@ -159,21 +159,16 @@ def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float
 
 
 def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Request], prefills: list, ff,
-                      chunk: int) -> bool:
+                      chunk: bool) -> bool:
     """Run step 0 (the step `speculate` just planned: `plain` decodes, then `prefills`: prompt
     chunks (req, tokens) and speculative decodes (req, (1 + k, accepted))) and the speculative
     decode steps that repeat it as one event. False, changing nothing, if the step is not one
     to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
     register) or fewer than two steps would be safe. Step 0 keeps `scheduled`'s order, the
     later steps the policy's `repeat_order` (a re-sort by a key decodes do not change), up to
-    its `repeat_order_limit`. A prompt in progress is repeated only where `chunk` (its chunk in
-    the later steps; 0: none) says its next chunks take the budget the decodes leave
-    (`Engine._repeats_chunk`: the stretch then runs them beside the speculative decodes until
-    its last chunk, `SpecStretch.prompt`). When step 0 also finishes another prompt (the shared
-    step, `Scheduler.shares_chunk`: decodes, one prompt's last chunk, the next one's first), that
-    prompt speculates with the decodes from step 1 and the chunk is the budget they leave; so
-    it is when decodes finish in step 0 (processed late, `Engine.defer_finishes`): the chunk takes
-    the budget each of them leaves too."""
+    its `repeat_order_limit`. A prompt in progress is repeated only where `chunk` says its
+    next chunks take the budget the decodes leave (`Engine._repeats_chunk`: the stretch then
+    runs them beside the speculative decodes until its last chunk, `SpecStretch.prompt`)."""
     bs = engine.kv.block_size
     for req, n in out.scheduled:  # a prefix block still to register would be registered by stepping only
         keys = req.kv_block_keys  # (a prompt in progress took its keys at admission: `Scheduler.repeats_chunk`)
@@ -183,17 +178,15 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     sched = engine.scheduler
     step0 = {id(r): (r, 1, 1, 0) for r in plain}
     prompt = None  # (the prompt in progress, its chunk) of a chunk stretch
-    # the shared step (two prompts beside the decodes: `shares_chunk`'s shape, `repeats_chunk`'s has one)
-    shared = chunk and len(out.scheduled) == out.num_known_decodes + 2
     for req, n in prefills:
         left = req.output_len - req.num_output_tokens
         if type(n) is tuple:  # a speculative decode: it emits its accepted drafts + 1
             e = min(n[1] + 1, left)
             step0[id(req)] = (req, e, e, 2)
-        elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and (ff.after_prefill or shared):
+        elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and ff.after_prefill:
             step0[id(req)] = (req, n, 1, 1)
         elif prompt is None and chunk:
-            if req.num_computed_tokens + n + chunk >= req.num_tokens:
+            if req.num_computed_tokens + 2 * n >= req.num_tokens:
                 return False  # (step 1 would run its last chunk: nothing to repeat)
             prompt = (req, n)  # (the policy vouches its chunks allocate and register nothing)
         else:
@@ -214,26 +207,19 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         order = [index.get(id(r)) for r in order]
         if len(order) != len(batch) or None in order:
             return False  # (not the batch's requests: nothing to repeat)
-    late = engine.defer_finishes and engine.notice is None and not any(r.kv_block_keys for r, *_ in batch)
-    # (a later finish ends a chunk stretch: the next chunk takes the budget the finished decode left)
-    through = prompt is None and late and ff.through_finishes
-    fin0 = sum(e == r.output_len - r.num_output_tokens for r, _, e, _ in batch)
-    if fin0 and not through:
-        # a chunk stretch goes on past step 0's finishes processed late: from step 1 the prompt's
-        # chunk also takes the budget each of them leaves (the budget the decodes leave is its)
-        req, n = prompt if prompt is not None else (None, 0)
-        if req is None or not late or req.num_computed_tokens + n + chunk + fin0 >= req.num_tokens:
-            return False  # (a finish in step 0 would end the stretch there, or its next chunk is the last)
-        chunk += fin0
+    # (a finish ends a chunk stretch: the next chunk takes the budget the finished decode left)
+    through = (prompt is None and engine.defer_finishes and engine.notice is None and ff.through_finishes
+               and not any(r.kv_block_keys for r, *_ in batch))
+    if not through and any(e == r.output_len - r.num_output_tokens for r, _, e, _ in batch):
+        return False  # (a finish in step 0 would end the stretch there)
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s
             and not engine.arrival_keeps(prompt is not None, None)):
         return False  # a lone replica's next arrival comes during step 0 and would cut there
     until_s, max_steps = sched.repeat_order_limit(out)
     max_steps = min(max_steps, ff.max_steps)  # (the policy's cap: `FastForward.max_steps`)
-    if prompt is not None:  # step 0 gives it n tokens, steps 1 .. K - 1 `chunk` each, leaving it unfinished
-        req, n = prompt
-        max_steps = min(max_steps, -(-(req.num_tokens - req.num_computed_tokens - n) // chunk))
-        prompt = (req, chunk, n - chunk)
+    if prompt is not None:  # steps 0 .. K - 1 give it full chunks and leave it unfinished
+        req, chunk = prompt
+        max_steps = min(max_steps, -(-(req.num_tokens - req.num_computed_tokens) // chunk) - 1)
     st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through, until_s, max_steps, prompt)
     st.price(engine._own_horizon_s())  # (up to the next event anywhere: `SpecStretch.price`)
     if st.k < 2:

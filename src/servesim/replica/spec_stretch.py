@@ -53,16 +53,15 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
                  dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
-                 prompt: tuple[Request, int, int] | None = None) -> None:
+                 prompt: tuple[Request, int] | None = None) -> None:
         """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
         tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
         the indices of those requests in the order of the later steps' batches; `until_s`,
         `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
         that start before `until_s`, at most `max_steps` of them); `prompt`: (a prompt in
-        progress, its chunk, its step-0 chunk less that) run in every step beside the decodes,
-        first in the verify pass as `speculate` lists it (`Scheduler.repeats_chunk`; its step-0
-        chunk differs after a prompt's last chunk or decodes' finishes there, `shares_chunk`,
-        `spec_fast_forward`; `max_steps` stops before its last chunk, `through` is False), or None."""
+        progress, its chunk) run in every step beside the decodes, first in the verify pass as
+        `speculate` lists it (`Scheduler.repeats_chunk`; `max_steps` stops before its last
+        chunk, `through` is False), or None."""
         cfg = engine.config
         sched = engine.scheduler
         # (no decodes: a prompt's chunks alone)
@@ -88,12 +87,11 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
-        self.prompt, self.chunk, self._extra0 = prompt if prompt is not None else (None, 0, 0)
+        self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
         self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave)
         if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
             self._verify_fn = None
-            # the prompt's tokens in KV when step j >= 1 starts, less j chunks (its step 0 ran chunk + extra0)
-            self._cached0 = prompt[0].num_computed_tokens + self._extra0
+            self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
             self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
         self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
         self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
@@ -113,8 +111,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         n = len(batch)
         # step 0's finishes as stepping lists them: plain decodes, prompts, speculative decodes
         gone = sorted((i for i in range(n) if not rem[i]), key=kinds.__getitem__) if 0 in rem else []
-        # (step 0's finishes leave the batch: a chunk stretch is planned past them only when late)
-        self._active = [i for i in order if rem[i]] if gone else list(order)  # (in batch order)
+        self._active = [i for i in order if rem[i]] if through and gone else list(order)  # (in batch order)
         # per step: end time, tokens emitted, requests run, their emitted tokens, blocks granted
         self.ends = [start_s + dt0_s]
         self.sizes = [sum(emits0)]  # tokens emitted in each step
@@ -211,7 +208,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
         leave one token each; a prompt in progress has computed a chunk in each of steps 0..j-1."""
         joined = sum(n - 1 for s, _, n in self._joined if s < j) if self._joined else 0
-        return sum(n - 1 for _, n in self.prefills) + j * self.chunk + self._extra0 + joined
+        return sum(n - 1 for _, n in self.prefills) + j * self.chunk + joined
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
@@ -255,7 +252,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             if req.first_token_s is None:
                 req.first_token_s = self.ends[j]
         if self.prompt is not None:
-            self.prompt.num_computed_tokens += k * self.chunk + self._extra0
+            self.prompt.num_computed_tokens += k * self.chunk
         grants = [0] * len(reqs)
         for step in self._grants[1:k]:
             for i, nb in step:
@@ -287,9 +284,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             for j, blocks in self._free_at:
                 freed[j] += blocks  # (j <= k: `_keep` drops the later ones)
             kv = [u - f for u, f in zip(kv, accumulate(freed))]
-        prefill = sum(n for _, n in self.prefills)
-        if self.prompt is not None:  # (its chunk each step; step 0 also a finishing prompt's: `shares_chunk`)
-            prefill = [self.chunk + self._extra0 + prefill] + [self.chunk] * (k - 1)
+        prefill = [self.chunk] * k if self.prompt is not None else sum(n for _, n in self.prefills)
         if self._joined:  # the joining prompts' tokens at their steps, their blocks in use from then on
             prefill = [prefill] + [0] * (k - 1)
             for j, _, n in self._joined:

@@ -235,10 +235,8 @@ class SpecStretchPricing:
 
     def _done_with(self, j: int, done: list[int]) -> None:
         """Requests that emitted their last token in step j: the stretch ends there, or they
-        leave the batch (their blocks free from step j + 1 on, for the views); those of step 0
-        leave a chunk stretch too (`spec_fast_forward` plans one past them only when they may be
-        processed late), whose chunk from step 1 takes the budget they leave."""
-        if not (self.through or (j == 0 and self.prompt is not None)):
+        leave the batch (their blocks free from step j + 1 on, for the views)."""
+        if not self.through:
             self.final = True
             return
         gone = set(done)
