@@ -240,3 +240,48 @@ def test_run_keys_at_one_position_spread_over_dict_slots():
     for h in (-(1 << 40), -1, 0, 7, (1 << 48) + 3):
         keys = BlockKeys([h, h + 1], (1 << 32) - 1, 1)
         assert [divmod(k, RUN_KEY_BASE) for k in keys.run_keys] == [(h, 0), (h + 1, (1 << 32) - 1)]
+
+
+def test_sglangs_radix_cache_builds_a_requests_block_idents_once():
+    # Mooncake's shape: 512-token hash blocks over 16-token blocks, prompts sharing a prefix of
+    # hash blocks, prefilled in chunks that end inside a hash block (an insert per chunk, which
+    # splits extents), matched before admission. The kept list is read at the match and each
+    # insert, left unchanged by them, and dropped at the finish; the cache decides as one fed
+    # the plain per-block keys (built afresh at every read).
+    from servesim.replica.radix_cache import RadixKVCache
+    from tests.factories import make_request
+
+    rng = random.Random(15)
+    kv, ref = RadixKVCache(4_000, 16), RadixKVCache(4_000, 16)
+    shared = [tuple(range(100 * i, 100 * i + rng.randrange(1, 4))) for i in range(3)]
+    running: list = []
+    kept = 0
+    for i in range(60):
+        ids = rng.choice(shared) + tuple(range(10_000 + 100 * i, 10_000 + 100 * i + rng.randrange(1, 6)))
+        prompt = len(ids) * 512 - rng.randrange(0, 500)
+        reqs = [make_request(i, prompt, 4, hash_ids=ids, hash_block_tokens=512) for _ in range(2)]
+        reqs[0].kv_block_keys = keys = BlockKeys(ids, 512, 16)
+        reqs[1].kv_block_keys = tuple(BlockKeys(ids, 512, 16))  # the reference's plain keys
+        hits = [len(c.match(r)) for c, r in zip((kv, ref), reqs)]
+        assert hits[0] == hits[1]
+        built = keys._idents
+        assert built is not None and built == block_idents(BlockKeys(ids, 512, 16))
+        done = hits[0] * 16
+        while done < prompt:  # chunk by chunk, each chunk's full blocks inserted
+            chunk = min(rng.randrange(300, 1500), prompt - done)
+            for c, r in zip((kv, ref), reqs):
+                assert c.allocate_slots(r, chunk, c.match(r) if not done else ())
+                r.num_computed_tokens = done + chunk
+                c.cache_unfinished(r)
+            done += chunk
+            assert block_idents(keys) is built and kv.num_free_blocks == ref.num_free_blocks
+            kept += 1
+        assert built == block_idents(BlockKeys(ids, 512, 16))  # unchanged by the cache's reads
+        running.append(reqs)
+        if len(running) > 3 or rng.random() < 0.3:  # finish the oldest
+            for c, r in zip((kv, ref), running.pop(0)):
+                c.cache_finished(r)
+        assert kv.num_free_blocks == ref.num_free_blocks and kv.tree_blocks == ref.tree_blocks
+    assert kept > 60 and keys._idents is built
+    kv.cache_finished(running[-1][0])
+    assert keys._idents is None  # released with the request's other lookup keys

@@ -114,3 +114,37 @@ def test_eviction_takes_the_oldest_leaf_extent_from_its_end_across_shared_extent
     assert _extent_paths(kv) == {("s1",)} and kv.tree_blocks == 1
     kv.free(big.id)
     kv.check_all_free()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_stretchs_growth_evicts_at_once_what_grant_by_grant_takes_evict(seed):
+    # `allocate_plain_many` takes the grants' sum in one eviction: against the same grants
+    # taken one `allocate_plain` at a time, on a full tree of many leaves whose extents the
+    # grants cut inside, the same blocks stay cached and each request holds the same blocks.
+    import copy
+
+    rng = random.Random(seed)
+    kv = RadixKVCache(60, BS)
+    growing = []
+    for i in range(40):  # finished requests fill the tree; a few stay running
+        req = make_request(i, rng.randrange(2, 9) * BS + 1, 1)
+        req.kv_block_keys = _keys(rng)
+        hits = kv.match(req)
+        if kv.allocate_slots(req, req.prompt_len - len(hits) * BS, hits):
+            req.num_computed_tokens = req.num_tokens - 1
+            if len(growing) < 4 and rng.random() < 0.3:
+                growing.append(req)
+            else:
+                kv.cache_finished(req)
+    assert len(growing) >= 2 and kv._truly_free < 8 and kv.evictable_blocks > 8
+    grants = [(req, rng.randrange(0, 4)) for req in growing]
+    while sum(nb for _, nb in grants) <= kv._truly_free + 2:  # some eviction
+        grants = [(req, nb + 1) for req, nb in grants]
+    one = copy.deepcopy(kv)
+    kv.allocate_plain_many(grants)
+    for req, nb in grants:
+        one.allocate_plain(req.id, nb)
+    assert (kv.num_free_blocks, kv.evictable_blocks, kv.tree_blocks, kv._truly_free) == \
+        (one.num_free_blocks, one.evictable_blocks, one.tree_blocks, one._truly_free)
+    assert _extent_paths(kv) == _extent_paths(one)
+    assert [kv.num_blocks_of(r.id) for r, _ in grants] == [one.num_blocks_of(r.id) for r, _ in grants]

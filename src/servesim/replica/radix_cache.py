@@ -124,8 +124,15 @@ class RadixKVCache(RadixTree, KVCacheManager):
         self._reqs[req_id].plain += num_blocks
 
     def allocate_plain_many(self, grants: list[tuple[Any, int]]) -> None:
-        for req, nb in grants:
-            self.allocate_plain(req.id, nb)
+        # One take for all: with the tree full (a Mooncake run's usual state) each grant's own
+        # take evicted, so a stretch's growth of n requests cost n evictions. Nothing touches
+        # the tree between the grants, so evicting their sum at once takes the same blocks in
+        # the same LRU order (only the cut points inside an extent differ).
+        if grants:
+            self._take(sum([nb for _, nb in grants]))
+            reqs = self._reqs
+            for req, nb in grants:
+                reqs[req.id].plain += nb
 
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Nothing to do: blocks enter the tree when the request finishes."""
