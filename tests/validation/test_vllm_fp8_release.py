@@ -7,20 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.perf import build_perf_model
-from servesim.validation.silicon import row_scenario
-
-from tests.validation.silicon_rows import silicon_row
-
-# MiniMax-M2.5 on 4 GPUs, 1k/1k at 4 users: the shape of the file's vLLM Blackwell rows
-MINIMAX = {"backend": "vllm", "backend_version": "0.17.0", "model_path": "MiniMaxAI/MiniMax-M2.5",
-           "system": "b200_sxm", "gemm_quant_mode": "fp8", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1",
-           "isl": "1024", "osl": "1024", "concurrency": "4", "batch_size": "4"}
-
-
-def _model(overrides=None, **changes):
-    s = row_scenario(silicon_row(0, **{**MINIMAX, **changes}), overrides=overrides)
-    return build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf)
+from tests.validation.silicon_rows import minimax_perf_model as _model
 
 
 def _constants(**changes):
