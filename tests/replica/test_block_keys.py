@@ -285,3 +285,53 @@ def test_sglangs_radix_cache_builds_a_requests_block_idents_once():
     assert kept > 60 and keys._idents is built
     kv.cache_finished(running[-1][0])
     assert keys._idents is None  # released with the request's other lookup keys
+
+
+@pytest.mark.parametrize("tail_tokens", [0, 5 * 16, 40 * 16])
+def test_generated_ids_carry_their_ranges_and_build_the_same_keys(monkeypatch, tail_tokens):
+    """`HashIds` makes `IdRanges` (a shared prefix, then turns extending each other): their run
+    keys are packed from the carried ranges (no `range_bounds` search) and a next turn's are
+    reused from its previous turn's without comparing its ids (no tuple slice), each equal to
+    the keys of the plain tuple of the same ids."""
+    import servesim.replica.block_keys as bk
+    from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds, IdRanges
+
+    firsts, follow = HashIds(16), HashIds(16, FOLLOW_UP_IDS)
+    system = firsts.fresh(20)
+    turn = firsts.extend(system, 300 * 16)
+    turns = [turn]
+    for more in (100 * 16, tail_tokens, 7 * 16):
+        turns.append(follow.extend(turns[-1], len(turns[-1]) * 16 + more))
+    assert all(type(t) is IdRanges for t in turns) and turns[1].bounds == (0, 20, 300, 400)
+    assert firsts.extend(turns[1], 350 * 16).bounds == (0, 20, 300, 350)  # (a shorter context: cut)
+    assert all(t == tuple(t) and hash(t) == hash(tuple(t)) for t in turns)  # a tuple for every reader
+    monkeypatch.setattr(bk, "range_bounds", lambda *a: pytest.fail("ranges searched"))
+    keys = BlockKeys(turns[0], 16, 16)
+    assert keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(turns[0])]  # packed by its ranges
+    fast = 0
+    for prev, nxt in zip(turns, turns[1:]):
+        keys = BlockKeys(prev, 16, 16)
+        keys.run_keys.as_list()
+        built = keys.take_run_keys()
+        child = BlockKeys(nxt, 16, 16)
+        fast += nxt.extends(prev)
+        assert child.reuse(built)
+        assert child.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt))]
+    assert fast == 3  # every turn seen to extend its previous one from the ranges
+
+
+def test_id_ranges_that_differ_fall_back_to_comparing_ids():
+    """`IdRanges.extends` answers True only when the ranges show it: other ids (a different
+    range start or first id) are compared as tuples, and those that differ are not reused."""
+    from servesim.workload.prefix import IdRanges
+
+    prev = IdRanges(tuple(range(1000, 1300)), (0, 300))
+    split = IdRanges(tuple(range(1000, 1340)), (0, 150, 340))  # the same ids, other ranges
+    other = IdRanges(tuple(range(1001, 1301)) + tuple(range(F, F + 40)), (0, 300, 340))
+    assert not split.extends(prev) and not other.extends(prev)
+    for child, reused in ((split, True), (other, False)):
+        keys = BlockKeys(prev, 16, 16)
+        keys.run_keys.as_list()
+        new = BlockKeys(child, 16, 16)
+        assert new.reuse(keys.take_run_keys()) == reused
+        assert new.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(tuple(child))]

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from servesim.workload.prefix import IdRanges
+
 # A run key packs (id, first position) into one int: id * RUN_KEY_BASE + position, one-to-one
 # as positions are < 2**32 < RUN_KEY_BASE. Why not id << 32 | position: a Python int hashes to
 # itself modulo 2**61 - 1, so the dict slot of `id << 32 | position` came from the position
@@ -45,7 +47,8 @@ class BlockKeys(Sequence):
         if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
             # No copies: a request keeps its keys for its lifetime, and a copy per block (ids,
             # starts, ends, packed keys) was most of a multi-turn run's memory.
-            self._ids = hash_ids if type(hash_ids) is tuple else tuple(hash_ids)
+            # (an `IdRanges` kept as it is: its ranges are read when the run keys are built)
+            self._ids = hash_ids if type(hash_ids) is tuple or type(hash_ids) is IdRanges else tuple(hash_ids)
             r = H // block_size
             self.starts: Sequence[int] = range(0, n, r)
             self.ends: Sequence[int] = range(r, n + 1, r)
@@ -98,6 +101,16 @@ class BlockKeys(Sequence):
         # Packed as `RunKeys` would (all ids ints): the common ids equal the other's, which
         # are ints as its keys are packed, so only the new ones are checked (choice: an id of
         # another type equal to an int, 5.0 for 5, counts as that int here).
+        if type(mine) is IdRanges and type(ids) is IdRanges and n == len(ids) and mine.extends(ids):
+            # (ids from `HashIds`, ints: these start with all the other's, seen from their ranges'
+            # starts; the new ids are one fresh range when the last range starts at n)
+            del lst[n:]  # (its keys past its ids, if any: see below)
+            if mine.bounds[-2] == n:
+                lst += key_steps(mine[n] * RUN_KEY_BASE + n * r, len(mine) - n, RUN_KEY_BASE + r)
+            elif len(mine) > n:
+                lst += map(add, map(mul, mine[n:], repeat(RUN_KEY_BASE)), self.starts[n:])
+            rk._list = lst
+            return True
         new = mine[n:]  # (sliced once: the type check and the packing read it)
         if (mine[:n] != ids if n == len(ids) else mine[:n] != ids[:n]) or not set(map(type, new)) <= {int}:
             return False
@@ -206,8 +219,10 @@ def pack_long(ids: tuple, starts: range) -> list | None:
     range is one C-level `range`, the same ints as packing id by id (a follow-up's ids are >=
     2**48, too large for packing in int64, and a Python multiply-add per id was most of
     building a multi-turn context's keys). The ranges are found by bisection (`range_bounds`),
-    else with numpy; other ids that fit pack in int64."""
-    bounds = range_bounds(ids, (len(ids) >> 4) + 1)
+    else with numpy; other ids that fit pack in int64. Ids that carry their ranges (`IdRanges`,
+    generated) are not searched."""
+    limit = (len(ids) >> 4) + 1
+    bounds = ids.bounds if type(ids) is IdRanges and len(ids.bounds) <= limit + 1 else range_bounds(ids, limit)
     if bounds is None:
         try:
             a = np.array(ids, dtype=np.int64)
