@@ -58,6 +58,11 @@ def step(sched, now_s: float, num_steps: int) -> None:
         req.num_computed_tokens += n
         if req.num_computed_tokens >= req.num_tokens:  # caught up: one token out
             req.num_output_tokens += 1
+            runs = req.token_steps  # (as `Engine.emit`: andes reads a note's step from it)
+            if runs and runs[-1] == num_steps - 1:
+                runs[-1] = num_steps
+            else:
+                runs += (num_steps, num_steps)
             if req.num_output_tokens >= req.output_len:
                 finished.append(req)
     for req in finished:

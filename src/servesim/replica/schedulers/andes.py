@@ -40,6 +40,7 @@ from pydantic import Field
 from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
+from servesim.replica.schedulers.andes_notes import LastTokenNotes
 from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingOrder
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
@@ -74,8 +75,9 @@ class AndesScheduler(VLLMSteps):
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
-        self._last_token_s: dict[int, float] = {}
-        self._outputs: dict[int, int] = {}
+        # when each request last emitted, noted lazily for the running batch (`andes_notes.py`)
+        self._notes = LastTokenNotes()
+        self._last_token_s = self._notes.last_token_s  # (settled: what the QoE model reads)
         # (arrival, TTFT_exp, TDS_exp, 1 / TDS_exp) per held request: fixed for its lifetime,
         # read for every pending request at every step (`densities`, `slacks_s`)
         self._qoe: dict[Request, tuple[float, float, float, float]] = {}
@@ -93,6 +95,7 @@ class AndesScheduler(VLLMSteps):
         t = now_s - req.arrival_s
         n = req.num_output_tokens
         exp_len = (t + p.horizon_s) / lat
+        self._notes.settle(req)
         last = self._last_token_s.get(req.id, now_s) - req.arrival_s
         if n > 0 and last < ttft + n * lat and p.token_latency_s <= lat:
             q_serve = 1.0
@@ -129,6 +132,8 @@ class AndesScheduler(VLLMSteps):
         served_ahead = horizon / tok_lat
         boost = 1.5 if running else 1.0
         bs = self.kv.block_size
+        if running:
+            self._notes.settle_all(reqs)
         last_token, qoe, qoe_of = self._last_token_s, self._qoe, self._qoe_of
         out = []
         for req in reqs:
@@ -262,23 +267,24 @@ class AndesScheduler(VLLMSteps):
         return blocks, math.ceil((1.0 - self.params.util_threshold) * self.kv.num_gpu_blocks) + len(self.running) + 2
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
-        outputs, last_token, running = self._outputs, self._last_token_s, RequestState.RUNNING
-        for req, _ in output.scheduled:
-            n = req.num_output_tokens
-            if outputs.get(req.id, 0) != n and req.state is running:
-                outputs[req.id] = n
-                last_token[req.id] = now_s
+        self._notes.note_step(output, now_s, self.num_engine_steps, self.running)
 
     # ---- pending membership (`PendingOrder`) ----------------------------------------
     def add_request(self, req: Request, now_s: float) -> None:
         super().add_request(req, now_s)
         self._pending.add(req, WAITING)
 
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        super().add_transferred(req, now_s)
+        self._notes.outputs[req.id] = req.num_output_tokens  # (its tokens here run it stale)
+
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
+        self._notes.settle(req)  # (its note leaves the batch with it)
         super().preempt(req, out)
         self._pending.add(req, WAITING, front=True)
 
     def swap_or_recompute(self, req: Request, out: SchedulerOutput, swap: bool, reuse_key=None) -> None:
+        self._notes.settle(req)
         super().swap_or_recompute(req, out, swap, reuse_key)
         if req.state is RequestState.SWAPPED:  # (else `preempt` queued it)
             self._pending.add(req, SWAPPED)
@@ -294,12 +300,12 @@ class AndesScheduler(VLLMSteps):
         return super().resume(req, out, num_tokens, keep_cpu_copy)
 
     def drain(self, now_s: float) -> list[Request]:
+        self._notes.settle_all(self.running)
         self._pending.clear()
         return super().drain(now_s)
 
     def forget(self, req: Request) -> None:
-        self._outputs.pop(req.id, None)
-        self._last_token_s.pop(req.id, None)
+        self._notes.forget(req.id)
         self._qoe.pop(req, None)
         self._pending.remove(req)
 
