@@ -328,7 +328,10 @@ class SGLangScheduler(SGLangFinishAdmits, Scheduler):
             steps = self.num_engine_steps - self._mark
             if steps <= 0:
                 return
-            self.new_token_ratio = self._ratio_after(steps)
+            if steps == 1:  # (a stepped decode step: `_ratio_after(1)` without its list)
+                self.new_token_ratio = max(self.new_token_ratio - self._decay, self.min_ratio)
+            else:
+                self.new_token_ratio = self._ratio_after(steps)
 
     def _ratio_after(self, steps: int) -> float:
         """`new_token_ratio` after `steps` more decode steps: one subtraction of the decay per
