@@ -97,6 +97,8 @@ class FastForwarding:
             # (finishes admit the queue head inside the stretch)
             return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining,
                                           ff.max_steps)
+        if ff.admissions_only:
+            return False  # (a plain stretch would miss the steps at which the policy admits)
         if (max(remaining) if through else min(remaining)) < 2:
             return False
         st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, through, self._decode_fn,

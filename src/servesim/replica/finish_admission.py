@@ -27,12 +27,12 @@ def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float
     st = AdmitStretch(now_s, end0_s, out, decodes, prefills, reqs, ctx1, remaining, True, engine._decode_fn,
                       engine.perf, engine.scheduler.num_waiting, engine._decode_forms, [])
     st.max_steps = max_steps
-    st.kmax = min(st.kmax, max_steps)
-    st.price(horizon_s)
     kv = engine.kv
     st.first_new = kv.first_new_block_steps(reqs, ctx1)
     st.free_blocks = st.free0 = kv.num_free_blocks
     st.growth = GrowthCount(st.first_new, remaining, kv.block_size)
+    st.kmax = engine.scheduler.admit_step(st, 1, min(st.kmax, max_steps))
+    st.price(horizon_s)
     if st.k < 2 and st.kmax == 1:
         pass  # a request's last token is step 0's: the stretch is that step, then its boundary
     elif st.k < 2 or not engine._limit(st, 1):
@@ -110,7 +110,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     # or the policy admits again after the prompt-only step (the blocks free then: less the prompts')
     again = st.pending or (stall and joins and sched.readmits_after_stall(
         num_running + len(joins), free - sum([-(-n // bs) for _, n in joins])))
-    st.kmax = s + 1 if again else min(rem[bisect_right(rem, s)], st.max_steps)
+    st.kmax = s + 1 if again else sched.admit_step(st, s + 1, min(rem[bisect_right(rem, s)], st.max_steps))
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     if st.k > s + 1:
         engine._limit(st, s + 1)  # (step s's blocks were counted above)

@@ -144,6 +144,16 @@ class FastForwardHooks:
         promised (SGLang's may not: the prompts it admitted reserve less once they run)."""
         return False
 
+    def admit_step(self, st, s: int, kmax: int) -> int:
+        """The stretch `st` (an admission stretch of this policy, its next boundary `kmax`, the
+        next departure or its cap) at step s, with nothing admitted since: the first step j in
+        [s, kmax) at whose start the next `schedule` would admit (or where that is not
+        determined), taken as the boundary instead, where `finish_admits` is asked; else kmax.
+        For a policy whose admission limit loosens step by step while nothing departs (SGLang's
+        decaying `new_token_ratio`). Also tells the policy `st` is in flight. Changes no
+        state of the run. The default: kmax (a held head waits for a finish)."""
+        return kmax
+
     def finish_departs(self, reqs: list[Request]) -> None:
         """Told at a boundary of such a stretch, before `finish_admits`: the requests that left
         it since its last boundary (still listed in `running`). A policy whose admission reads a

@@ -68,6 +68,10 @@ class FastForward:
     """At most this many steps repeat (this step included): the policy decides otherwise at
     the next one whatever happens (`vtc`'s `max_wait_tokens` decode steps). A policy that sets
     it admits no arrivals into the stretch (`arrivals_join` None)."""
+    admissions_only: bool = False
+    """`repeat` holds only inside an admission stretch (`replica/admission_stretch.py`), whose
+    boundaries the policy's `admit_step` puts where its decision may change before the next
+    finish (SGLang's held head above the ratio's floor); any other stretch is not planned."""
 
 
 NO_FAST_FORWARD = FastForward()

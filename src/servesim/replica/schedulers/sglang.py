@@ -49,6 +49,8 @@ from servesim.replica.schedulers.sglang_admits import SGLangFinishAdmits
 from servesim.replica.schedulers.sglang_policy import ordered_waiting
 from servesim.workload.request import Request
 
+_REPEAT_ADMITTING = FastForward(repeat=True, after_prefill=True, admissions_only=True)
+
 
 class SGLangParams(SchedulerParams):
     schedule_policy: Literal["fcfs", "lpm", "dfs-weight"] = "fcfs"
@@ -95,6 +97,10 @@ class SGLangScheduler(SGLangFinishAdmits, Scheduler):
         self.init_ratio = min(params.init_new_token_ratio * params.schedule_conservativeness, 1.0)
         self.min_ratio = self.init_ratio * params.min_new_token_ratio_factor
         self.new_token_ratio = self.init_ratio
+        self._decay = (self.init_ratio - self.min_ratio) / params.new_token_ratio_decay_steps
+        # the ratio after 0, 1, 2, ... decode steps from `new_token_ratio` (its first entry),
+        # each one subtraction as stepping's `on_step_end` makes it (`_ratio_after`)
+        self._ratios = [self.new_token_ratio]
         self.chunk_size = params.chunked_prefill_size or config.max_num_batched_tokens
         self.max_running = params.max_running_requests or config.max_num_seqs
         # engine steps before this decision's first decode step (None: no decode to count):
@@ -109,10 +115,12 @@ class SGLangScheduler(SGLangFinishAdmits, Scheduler):
         # which the next take happens
         self._inbox: list[Request] = []
         self._recv_at = 0
-        # the last `schedule` left the queue head waiting for a finish: the batch at
-        # `max_running`, or its blocks or tokens short with the ratio at its floor (over decode
-        # steps the free blocks only fall, the reserve stays); admission stretches keep it so
+        # the last `schedule` left the queue head waiting: the batch at `max_running`, or its
+        # blocks short (over decode steps the free blocks only fall) until a finish; or its
+        # tokens short, until a finish or, above the ratio's floor, the step whose smaller
+        # reserve lets it in (`admit_step`); admission stretches keep it so
         self._held = False
+        self._stretch = None  # the admission stretch in flight (`admit_step`), whose step sets the ratio
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
@@ -272,13 +280,13 @@ class SGLangScheduler(SGLangFinishAdmits, Scheduler):
             ext = req.num_tokens - len(hits) * bs
             total = ext + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
             if total >= rem_total and (admitted or self.running):
-                self._held = not admitted and self.new_token_ratio == self.min_ratio
+                self._held = not admitted  # (until a finish, or above the floor a step the ratio lets it in)
                 break  # (an idle engine still takes the head if its prompt fits, or it would stall)
             if ext >= rem_input and admitted:  # (SGLang: `real_input_tokens >= rem_input_tokens`)
                 break
             n = ext if ext <= rem_chunk else rem_chunk // bs * bs
             if n <= 0 or not kv.allocate_slots(req, n, hits):
-                self._held = not admitted and n > 0 and self.new_token_ratio == self.min_ratio
+                self._held = not admitted and n > 0  # (its blocks only fall until a finish)
                 break
             self.waiting.remove(req)
             self.start(req, len(hits) * bs, n, out)
@@ -320,8 +328,25 @@ class SGLangScheduler(SGLangFinishAdmits, Scheduler):
             steps = self.num_engine_steps - self._mark
             if steps <= 0:
                 return
-            decay = (self.init_ratio - self.min_ratio) / self.params.new_token_ratio_decay_steps
-            self.new_token_ratio = max(self.new_token_ratio - decay * steps, self.min_ratio)
+            if steps == 1:  # (a stepped decode step: `_ratio_after(1)` without its list)
+                self.new_token_ratio = max(self.new_token_ratio - self._decay, self.min_ratio)
+            else:
+                self.new_token_ratio = self._ratio_after(steps)
+
+    def _ratio_after(self, steps: int) -> float:
+        """`new_token_ratio` after `steps` more decode steps: one subtraction of the decay per
+        step down to the floor, as stepping makes it (`ratio - decay x steps` at once can differ
+        in the last bits, and admission compares against it)."""
+        ratios = self._ratios
+        if ratios[0] != self.new_token_ratio:  # (set since: by a decay or a retraction)
+            ratios = self._ratios = [self.new_token_ratio]
+        floor, decay = self.min_ratio, self._decay
+        while len(ratios) <= steps:
+            r = ratios[-1]
+            if r == floor:
+                return floor
+            ratios.append(max(r - decay, floor))
+        return ratios[steps]
 
     # ------------------------------------------------------------------ joins (`Stretch.stall`)
     stalls_decodes = True  # (a prefill batch runs alone; `arrivals_join` declines mixed chunks)
@@ -379,8 +404,14 @@ class SGLangScheduler(SGLangFinishAdmits, Scheduler):
         # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
         # step's end (`on_step_end`), which must not wait for the stretch's end.
         if self._held and not output.preempted and output.num_known_decodes == len(self.running):
-            # decodes behind a head held until a finish, which admits inside the stretch
-            return REPEAT_AFTER_PREFILL if self._admits_at_finishes() else NO_FAST_FORWARD
+            # decodes behind a held head, which finishes admit inside the stretch; above the
+            # ratio's floor also the steps whose smaller reserve lets it in (`admit_step`): only
+            # an admission stretch takes those (speculative steps plan none)
+            if not self._admits_at_finishes():
+                return NO_FAST_FORWARD
+            if self.new_token_ratio == self.min_ratio:
+                return REPEAT_AFTER_PREFILL
+            return NO_FAST_FORWARD if self.config.num_speculative_tokens else _REPEAT_ADMITTING
         if not (self.nothing_pending(output) and self.chunked is None) or self._inbox:
             return NO_FAST_FORWARD  # (an inbox is taken in at a step count: stepped to it)
         if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):

@@ -12,16 +12,23 @@ blocks free before their allocation), each admitted prompt then running alone in
 step (`Stretch.stall`). A head left waiting with nothing admitted waits until the next finish.
 After admissions it may not: it was checked against the full `min(max_new, 4096)` of each
 prompt admitted before it, but once they run they reserve only that times the ratio (and the
-step's `max_prefill_tokens` is whole again), so the step after their prompts admits afresh:
-`readmits_after_stall` runs this on the counts of that step, and if it admits there the stretch
-takes its next boundary at that step, where this is asked again.
+step's `max_prefill_tokens` is whole again), so the step after their prompts admits afresh.
 
-Not covered (None, the stretch ends): a ratio above its floor (it decays every decode step),
-a request that is not fresh (no prefix keys, never computed), a prompt the chunk budget would
-chunk.
+Above the floor the ratio decays by one subtraction per decode step (stepping's floats:
+`SGLangScheduler._ratio_after`), and under overload (many running requests) the reserve falls
+faster than the decodes take blocks: a held head fits some steps later with nothing departing.
+So after every boundary `admit_step` runs the adder's loop at each step up to the next
+departure, on that step's ratio and free blocks (the step after a prompt-only step first), and
+the first step where it admits is the stretch's next boundary, where this is asked again. At
+the floor it stops after one step: from there only a finish lets the head in.
+
+Not covered (None, the stretch ends): a request that is not fresh (no prefix keys, never
+computed), a prompt the chunk budget would chunk.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 from servesim.replica.schedulers.arrival_joins import is_fresh
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS
@@ -29,14 +36,14 @@ from servesim.replica.schedulers.outputs import SchedulerOutput
 from servesim.workload.request import Request
 
 
-def admits_at_finish(sched, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
-    """`SGLangScheduler._prefill_batch` (fcfs, nothing chunked, the ratio at its floor) at a
-    finish or just after a prompt-only step, `num_running` decoding and `free_blocks` free before
+def admits_at_finish(sched, num_running: int, free_blocks: int, ratio: float) -> list[tuple[Request, int]] | None:
+    """`SGLangScheduler._prefill_batch` (fcfs, nothing chunked, `new_token_ratio` `ratio`) at a
+    boundary of an admission stretch, `num_running` decoding and `free_blocks` free before
     their blocks: the (request, prompt tokens) it admits, each whole and fresh; None if that is not
-    determined. With none admitted the head waits until the next finish; with some, the step after
-    their prompts decides afresh (`SGLangScheduler.readmits_after_stall`)."""
+    determined. With none admitted the head waits until the next finish (or `admit_step`'s step);
+    with some, the step after their prompts decides afresh (`readmits_after_stall`)."""
     bs = sched.kv.block_size
-    reserve = CLIP_MAX_NEW_TOKENS * sched.new_token_ratio  # (per running request: the floor's)
+    reserve = CLIP_MAX_NEW_TOKENS * ratio  # (per running request: every reserve is clipped)
     rem_total = free_blocks * bs - 0 - sum([reserve] * num_running)  # (stepping's expression, `mixed` 0)
     rem_input, rem_chunk = sched.params.max_prefill_tokens, sched.chunk_size
     joins: list[tuple[Request, int]] = []
@@ -49,7 +56,7 @@ def admits_at_finish(sched, num_running: int, free_blocks: int) -> list[tuple[Re
         ext = req.num_tokens
         total = ext + min(max(sched.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
         if total >= rem_total and running:
-            break  # its tokens do not fit: fewer yet over decode steps
+            break  # its tokens do not fit: at the floor, fewer yet over decode steps
         if ext >= rem_input and joins:
             break  # (SGLang's `real_input_tokens >= rem_input_tokens`: the next step's budget)
         if ext > rem_chunk:
@@ -71,9 +78,9 @@ class SGLangFinishAdmits:
     def _admits_at_finishes(self) -> bool:
         """May finishes admit inside a stretch (`sglang_admits.py`)? FCFS without mixed chunks
         or an inbox, nothing chunked or transferred, every reserve clipped (the same amount per
-        request), the ratio at its floor, nothing evictable in the tree (a finish's blocks are
-        taken before any eviction when stepping) and a fresh head."""
-        return (self.new_token_ratio == self.min_ratio and self.params.schedule_policy == "fcfs"
+        request), nothing evictable in the tree (a finish's blocks are taken before any eviction
+        when stepping) and a fresh head."""
+        return (self.params.schedule_policy == "fcfs"
                 and not (self.params.enable_mixed_chunk or self.chunked is not None or self._transferred
                          or self._inbox or self._unclipped or self.kv.evictable_blocks)
                 and bool(self.waiting) and is_fresh(self.waiting[0]))
@@ -81,13 +88,40 @@ class SGLangFinishAdmits:
     def finish_admission(self) -> bool:
         return self._admits_at_finishes()
 
+    def _ratio_at(self, s: int) -> float:
+        """`new_token_ratio` at the start of step s of the stretch in flight: decayed once per
+        decode step before it (the stretch's steps less its prompt-only ones, which `join`
+        counts into `_mark`), as `on_step_end` would have left it stepping."""
+        return self._ratio_after(self.num_engine_steps + s - self._mark)
+
     def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
-        return admits_at_finish(self, num_running, free_blocks) if self._admits_at_finishes() else None
+        if not self._admits_at_finishes():
+            return None
+        return admits_at_finish(self, num_running, free_blocks, self._ratio_at(self._stretch.k))
 
     def readmits_after_stall(self, num_running: int, free_blocks: int) -> bool:
-        if not self.waiting:
-            return False
-        return not self._admits_at_finishes() or admits_at_finish(self, num_running, free_blocks) != []
+        # not determined there (a head no longer fresh, a reserve unclipped): stepping decides;
+        # else `admit_step` asks from that step on
+        return bool(self.waiting) and not self._admits_at_finishes()
+
+    def admit_step(self, st, s: int, kmax: int) -> int:
+        """The first step j in [s, kmax) at which `admits_at_finish` admits on step j's ratio
+        and free blocks (the decodes' growth before j counted), else kmax. Remembers `st` for the
+        ratio at its boundaries (`finish_admits`)."""
+        self._stretch = st
+        if not self.waiting or not self._admits_at_finishes():
+            return kmax
+        rem = st._sorted_rem
+        num_running = len(rem) - bisect_right(rem, s)  # (the same up to the next departure, kmax at most)
+        bs = self.kv.block_size
+        free = st.free_blocks - st.join_blocks  # (less the decodes' blocks before step j)
+        for j in range(s, kmax):
+            ratio = self._ratio_at(j)
+            if admits_at_finish(self, num_running, free - st.blocks_needed(j, bs), ratio) != []:
+                return j
+            if ratio == self.min_ratio:
+                break  # (from here the reserve stays and the free blocks only fall)
+        return kmax
 
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self.join(joins, out)
