@@ -34,6 +34,8 @@ class Cluster:
         self.router = router
         self.loop = loop
         self.on_done = on_done  # the run's callback for every request that reaches a terminal state
+        # the same for a list of requests, in order (`replicas_done`); None: `on_done` for each
+        self.on_done_all: Callable[[list[Request], float], None] | None = None
         self.refresh_interval_s = refresh_interval_s
         self.requests: list[Request] = []  # in order of first arrival
         self.num_rerouted = 0  # dispatches of requests taken off a replica (crash or scale-down eviction)
@@ -186,6 +188,17 @@ class Cluster:
         self.on_done(req, now_s)
         if self.on_drained:
             self.stop_if_drained(replica, now_s)
+
+    def replicas_done(self, replica: Replica, reqs: list[Request], now_s: float) -> None:
+        """`replica_done` for each of `reqs` (a step's finishes, in order): at once when
+        nothing is told of them one by one (no router tracking completions, no disaggregation,
+        no draining replica to stop): the count, then the run's callback for the list."""
+        if self.disagg is not None or self._router_tracks or self.on_drained or self.on_done_all is None:
+            for req in reqs:
+                self.replica_done(replica, req, now_s)
+            return
+        replica.num_outstanding -= len(reqs)
+        self.on_done_all(reqs, now_s)
 
     def stop_if_drained(self, replica: Replica, now_s: float) -> None:
         """A draining replica that holds nothing more (its last request finished or migrated

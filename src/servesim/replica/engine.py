@@ -69,6 +69,10 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         self.loop = loop
         self.recorder = recorder
         self.on_done = on_done
+        # A step's finishes handed over as one list, in order (`on_done` for each, at once: the
+        # chain down to the request rows is a call per step, not per request); None: one by one.
+        # Only where every finish is done at the step's end (no API server streaming tokens).
+        self.on_done_all: Callable[[list[Request], float], None] | None = None
         self.until_s = until_s  # the end of the run: no stretch runs past it
         # The next event that may concern this replica (an arrival anywhere in the cluster):
         # stretches are priced up to it and extended if it went elsewhere.
@@ -365,11 +369,15 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         self.scheduler.end_step(out, now_s, self.num_steps)
         if hand_off is not None:  # prompts handed to decode replicas leave after the step, as finishes
             hand_off()
-        for req in finished:
-            if req.finish_s > now_s:  # (streamed by the API server: the client is done when it sees the last token)
-                self.loop.schedule(req.finish_s, self._done_at, req, PRIO_STEP_END)
-            else:
-                self.on_done(req, now_s)
+        if self.on_done_all is not None:
+            if finished:
+                self.on_done_all(finished, now_s)
+        else:
+            for req in finished:
+                if req.finish_s > now_s:  # (streamed by the API server: the client is done when it sees the last token)
+                    self.loop.schedule(req.finish_s, self._done_at, req, PRIO_STEP_END)
+                else:
+                    self.on_done(req, now_s)
         if self.ports is None and self.scheduler.idle():
             self._go_idle(now_s)  # (the step after the last finish: `schedule` would find nothing)
         else:

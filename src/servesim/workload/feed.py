@@ -50,6 +50,14 @@ class Feed:
             return
         self._follow(req, now_s)
 
+    def count_done(self, n: int) -> bool:
+        """`on_done` for n requests at once, when it would only count them (an open-loop
+        workload, no progress to report, nothing noticed): True; else nothing done, False."""
+        if self.closed_loop or self.progress or self._noticed:
+            return False
+        self.num_done += n
+        return True
+
     def notice(self, req: Request, now_s: float) -> None:
         """A request finished at `now_s` inside a fast-forwarded stretch, which processes it
         later (`replica/finish_notices.py`): its follow-ups come now, as they would have
