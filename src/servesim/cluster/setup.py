@@ -45,6 +45,7 @@ def build_kv_store(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster) 
         done(req, now_s)
 
     cluster.on_done = on_done
+    cluster.on_done_all = None  # (each finish through the store's write: one by one)
     return store
 
 
