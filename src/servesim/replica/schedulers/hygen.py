@@ -275,6 +275,16 @@ class HyGenScheduler(VLLMSteps):
         if self.waiting:  # (`finish_admits` stopped at a head whose blocks are not free)
             self._head_blocked, self._blocked_head = True, self.waiting.peek()
 
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        # Online only (nobody offline running or waiting): the online running pass in running
+        # order is vLLM's (`repeats_running_chunk`; its decodes are counted from the spent
+        # budget, as this pass gives no known-decode prefix), and the admission never runs on a
+        # spent budget. An offline arrival inside the stretch would only make `schedule` try
+        # the offline fill, which takes nothing on a spent budget (its queue sort is redone by
+        # every `schedule`), and the flags it leaves are reset before they are read.
+        return (type(self).schedule is HyGenScheduler.schedule and self._online_only
+                and self.repeats_running_chunk(output, len(output.scheduled) - 1))
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Offline decodes are limited by a predicted time that grows with context: not steady.
         # Online alone with nothing waiting: prompts done now decode with the rest, and a

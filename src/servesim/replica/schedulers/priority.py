@@ -161,6 +161,27 @@ class KeyedScheduler(VLLMSteps):
             return REPEAT_AFTER_PREFILL if self._head_blocked_by_kv else REPEAT_DECODES
         return NO_FAST_FORWARD
 
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        # vLLM's chunk step (`repeats_running_chunk`) in key order, the prompt's key the
+        # largest: with static keys each step's sort then leaves the running order as it is
+        # (one admitted in this step with a smaller key would run first from the next step,
+        # taking the budget; nobody joins later: no budget is left), and
+        # `_admit` stops at once on the spent budget, so no waiting request, however small its
+        # key, preempts anyone (`_make_room` runs only from an admission) until the prompt's
+        # last chunk; the flags it sets there are reset by every `schedule` before they are
+        # read. Only this class's `schedule` and no per-step state of the policy
+        # (`admits_joins`: `edf`'s step-end pass keeps nothing while its keys are static);
+        # nothing swapped (a swap-in is an admission too).
+        return (type(self).schedule is KeyedScheduler.schedule and self.static_keys and self.admits_joins()
+                and not self.swapped and self.repeats_running_chunk(output, output.num_known_decodes)
+                and self._sorts_last(self.running[-1]))
+
+    def _sorts_last(self, req: Request) -> bool:
+        """Is `req`'s key larger than every other running request's (static keys)?"""
+        key = self.sort_key()
+        k = key(req)
+        return all(key(r) < k for r in self.running if r is not req)
+
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
         # Each step re-sorts the running requests by key: a static key gives the repeated
         # steps one order (prompts admitted in step 0 take their place in it); a key that
@@ -207,11 +228,7 @@ class KeyedScheduler(VLLMSteps):
         its later steps (`replica/keyed_join.py`)? With static keys and its key the largest
         (a later arrival of the same priority), each step's sort leaves it last; with nothing
         swapped (`arrivals_join`'s condition), its admission is vLLM's."""
-        if self.swapped or not self.static_keys:
-            return False
-        key = self.sort_key()
-        k = key(req)
-        return all(key(r) < k for r in self.running)
+        return not self.swapped and self.static_keys and self._sorts_last(req)
 
     def finish_admission(self) -> bool:
         # static keys: the order of the waiting queue and the victims' keys never move; no

@@ -194,24 +194,16 @@ class VLLMScheduler(VLLMSteps):
             self._head_blocked_by_kv = True
             self._blocked_head = self.waiting.peek()
 
-    chunks_allocate = True  # (`repeats_chunk`: the running pass allocates each chunk's blocks)
-
     def repeats_chunk(self, output: SchedulerOutput) -> bool:
         # The running decodes, then the latest admitted prompt's chunk spending the whole
         # budget they leave and leaving it unfinished: the next running passes give the same
         # decodes their token and the prompt the same chunk (blocks permitting, which the
         # engine checks, allocating and registering its blocks as each step would), and the
-        # admission loop never runs (no budget), whatever arrives. Not with adapters (their
-        # loads advance at each `schedule`), nor for a subclass (continuum's pins are timers).
-        if type(self) is not VLLMScheduler or self.lora is not None or output.preempted:
-            return False
-        n = output.num_known_decodes
-        scheduled, running = output.scheduled, self.running
-        if len(scheduled) != n + 1 or len(running) != n + 1:
-            return False
-        req, chunk = scheduled[-1]
-        return (req is running[-1] and chunk == self.config.max_num_batched_tokens - n
-                and req.num_computed_tokens + chunk < req.num_tokens)
+        # admission loop never runs (no budget), whatever arrives. Only while `schedule` is
+        # this class's (`vllm_admission`): not with adapters (their loads advance at each
+        # `schedule`); `continuum` only while `plain` (no program call held: no pins, whose
+        # expiries and releases its `schedule` does, and its `schedule` is vLLM's).
+        return self.vllm_admission() and self.repeats_running_chunk(output, output.num_known_decodes)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and

@@ -113,6 +113,26 @@ class VLLMSteps(Scheduler):
                     i += k
         return budget
 
+    # The running pass allocates each prompt chunk's blocks and registers the keyed blocks it
+    # completes (`allocate_slots`, vLLM v1): a chunk stretch grows the prompt as it goes.
+    chunks_allocate = True
+
+    def repeats_running_chunk(self, output: SchedulerOutput, num_decodes: int) -> bool:
+        """The shape of a step `repeats_chunk` may repeat, for a policy whose `schedule` is this
+        class's running pass in a fixed order and then an admission that a spent budget skips:
+        nothing preempted or swapped, every running request scheduled, the first `num_decodes`
+        with one token each and the last running request's chunk taking the whole budget they
+        leave and leaving its prompt unfinished (then no budget is left for anything else, and
+        the next passes give the same tokens, blocks permitting: the engine checks them)."""
+        if output.preempted or output.swapped_out or output.swapped_in:
+            return False
+        scheduled, running = output.scheduled, self.running
+        if len(scheduled) != num_decodes + 1 or len(running) != num_decodes + 1:
+            return False
+        req, chunk = scheduled[-1]
+        return (req is running[-1] and chunk == self.config.max_num_batched_tokens - num_decodes
+                and req.num_computed_tokens + chunk < req.num_tokens)
+
     def evict(self, victim: Request, out: SchedulerOutput, swap: bool = False, reuse_key=None) -> int:
         """Take running `victim` off the GPU (`swap_or_recompute`); return the tokens it had
         been given this step, now removed from the batch (the caller refunds them)."""
