@@ -17,8 +17,9 @@ run fails at its end with the child's traceback.
 
 The same pipe carries the token runs of the requests that ended and, now and then, each
 replica's watermark (below which no run is still to come): the child reduces the inter-token
-gaps as the steps come (itl_stream.py) and sends the summary's `itl_s` figures back with the
-reducers, so the loop's process does not join runs and steps after the run.
+gaps as the steps come (itl_stream.py) and sends the summary's `itl_s` figures back after the
+reducers (found before them, while the loop's process closes its request table), so the loop's
+process does not join runs and steps after the run.
 """
 
 from __future__ import annotations
@@ -220,13 +221,17 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: st
             itl.add_ends(index, log.end_s)
         for r in reducers:
             r.close()
-        up.send(("ok", reducers))
+        # The gaps' figures are found before the reducers go: their pickle (about 2 MB at 8
+        # replicas) overfills the pipe, so sending it waits until the loop's process has closed
+        # its request table and reads; finding them first overlaps that close instead of following it.
+        stats = None
         if block_size:  # (block_size of the end: runs were sent all along; the parent waits for the gaps)
-            stats = None
             if itl.valid:
                 itl.advance(None)
                 stats = values_stats(itl.values)
             itl.close()
+        up.send(("ok", reducers))
+        if block_size:
             up.send(("ok", stats))
     except EOFError:
         return  # the loop's process failed or went away: nothing to report to
