@@ -17,9 +17,8 @@ run fails at its end with the child's traceback.
 
 The same pipe carries the token runs of the requests that ended and, now and then, each
 replica's watermark (below which no run is still to come): the child reduces the inter-token
-gaps as the steps come (itl_stream.py) and sends the summary's `itl_s` figures back after the
-reducers (found before them, while the loop's process closes its request table), so the loop's
-process does not join runs and steps after the run.
+gaps as the steps come (itl_stream.py) and sends the summary's `itl_s` figures back with the
+reducers, so the loop's process does not join runs and steps after the run.
 """
 
 from __future__ import annotations
@@ -168,6 +167,7 @@ class ReducerHelper:
         down_r, down_w = ctx.Pipe(duplex=False)  # buffers to the child
         up_r, up_w = ctx.Pipe(duplex=False)  # its answer
         _widen(down_w)
+        _widen(up_w)  # (the reducers go back without waiting for this process to read: the gaps follow at once)
         self._proc = ctx.Process(target=_serve, args=(down_r, up_w, (down_w, up_r), self.reducers, self.folder),
                                  daemon=True,
                                  name="servesim-steps")
@@ -181,8 +181,9 @@ class ReducerHelper:
 
 def _widen(conn) -> None:
     """Let the pipe hold a few buffers (about 150 kB each; Linux gives a pipe 64 kB), so the loop
-    writes and goes on while the child is busy or waits for a core; elsewhere, or if refused,
-    the loop waits on a full pipe instead."""
+    writes and goes on while the child is busy or waits for a core, and the child's answer (the
+    reducers) while the loop's process closes its request table; elsewhere, or if refused, the
+    writer waits on a full pipe instead."""
     try:
         import fcntl
 
@@ -221,17 +222,13 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: st
             itl.add_ends(index, log.end_s)
         for r in reducers:
             r.close()
-        # The gaps' figures are found before the reducers go: their pickle (about 2 MB at 8
-        # replicas) overfills the pipe, so sending it waits until the loop's process has closed
-        # its request table and reads; finding them first overlaps that close instead of following it.
-        stats = None
+        up.send(("ok", reducers))
         if block_size:  # (block_size of the end: runs were sent all along; the parent waits for the gaps)
+            stats = None
             if itl.valid:
                 itl.advance(None)
                 stats = values_stats(itl.values)
             itl.close()
-        up.send(("ok", reducers))
-        if block_size:
             up.send(("ok", stats))
     except EOFError:
         return  # the loop's process failed or went away: nothing to report to
