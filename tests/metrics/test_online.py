@@ -105,6 +105,22 @@ def test_exact_sum_is_the_rounded_exact_sum_over_every_exponent_and_sign():
     assert exact_sum(np.full(300_000, 0.1)) == float(300_000 * Fraction(0.1))  # more than one bincount chunk
 
 
+def test_exact_sum_pickles_its_used_bins_and_goes_on_exactly():
+    import pickle
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(4_000) * np.exp2(rng.integers(-60, 60, 4_000))  # both signs, 120 binades
+    s = ExactSum()
+    s.add(x[:3_000])
+    data = pickle.dumps(s)
+    assert len(data) < 10_000 < 65_000 < len(pickle.dumps((s._hi, s._lo)))  # (about 240 bins of 4,096 used)
+    t = pickle.loads(data)
+    assert np.array_equal(t._hi, s._hi) and np.array_equal(t._lo, s._lo)
+    s.add(x[3_000:])
+    t.add(x[3_000:])  # (the restored bins take more values as the original's do)
+    assert t.value() == s.value() == exact_sum(x)
+    assert pickle.loads(pickle.dumps(ExactSum())).value() == 0.0
+
+
 def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):
     monkeypatch.setattr(WeightedValues, "memory_pairs", 500)
     rng = np.random.default_rng(1)

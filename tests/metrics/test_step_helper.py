@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,39 @@ def test_the_table_closes_while_the_helper_reduces_its_last_buffers(monkeypatch,
         assert [q.token_steps for q in there.requests] == [q.token_steps for q in here.requests]
         assert max(q.token_steps[-1] for q in there.requests) > there.replicas[0].stats.num_steps  # (globalised)
     assert _outputs(there) == _outputs(here)
+
+
+def test_the_helper_finds_the_gaps_before_the_table_closes(monkeypatch, tmp_path):
+    """The child sends the reducers back without waiting for the loop's process to read them
+    (their pickles hold only the sums' used bins; the answers' pipe is widened) and goes on to
+    the gaps' figures: they are there while the request table still closes (main's child waited
+    with 2.1 MB in a 64 kB pipe until the close had ended), and the summary is the same."""
+    import servesim.simulation as simulation
+
+    marker = tmp_path / "gaps_found"
+    real_stats, real_close = step_helper.values_stats, simulation.close_table
+    seen = []
+
+    def stats(values):  # (runs in the forked child)
+        figures = real_stats(values)
+        marker.write_text("found")
+        return figures
+
+    def close(*a):  # the table closes only once the child has found the gaps (or after a minute)
+        for _ in range(6000):
+            if marker.exists():
+                break
+            time.sleep(0.01)
+        seen.append(marker.exists())
+        return real_close(*a)
+
+    monkeypatch.setattr(step_helper, "values_stats", stats)
+    monkeypatch.setattr("servesim.simulation.close_table", close)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(_scenario())
+    assert seen == [True]
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    assert _outputs(there) == _outputs(simulate(_scenario()))
 
 
 def test_gaps_reduced_in_the_helper_with_preemptions_are_the_in_process_bytes(monkeypatch):

@@ -167,6 +167,7 @@ class ReducerHelper:
         down_r, down_w = ctx.Pipe(duplex=False)  # buffers to the child
         up_r, up_w = ctx.Pipe(duplex=False)  # its answer
         _widen(down_w)
+        _widen(up_w)  # (the reducers go back without waiting for this process to read: the gaps follow at once)
         self._proc = ctx.Process(target=_serve, args=(down_r, up_w, (down_w, up_r), self.reducers, self.folder),
                                  daemon=True,
                                  name="servesim-steps")
@@ -180,8 +181,9 @@ class ReducerHelper:
 
 def _widen(conn) -> None:
     """Let the pipe hold a few buffers (about 150 kB each; Linux gives a pipe 64 kB), so the loop
-    writes and goes on while the child is busy or waits for a core; elsewhere, or if refused,
-    the loop waits on a full pipe instead."""
+    writes and goes on while the child is busy or waits for a core, and the child's answer (the
+    reducers) while the loop's process closes its request table; elsewhere, or if refused, the
+    writer waits on a full pipe instead."""
     try:
         import fcntl
 
