@@ -1,5 +1,5 @@
 """The step after a replica's last finish: a scheduler that says it has nothing (`Scheduler.idle`:
-vllm, orca, andes) is not asked to `schedule` it; the engine goes idle as that empty step would
+vllm, orca, andes, vtc) is not asked to `schedule` it; the engine goes idle as that empty step would
 have left it, with speculative decoding too."""
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def _run(fast_forward: bool, hook: bool, monkeypatch=None, scheduler: str = "vll
 
 
 # orca with 12 blocks: its reservations block the head of each burst behind a finish
-@pytest.mark.parametrize("scheduler, num_blocks", [("vllm", 200), ("orca", 200), ("orca", 12), ("andes", 200)])
+@pytest.mark.parametrize("scheduler, num_blocks", [("vllm", 200), ("orca", 200), ("orca", 12), ("andes", 200),
+                                                   ("vtc", 200), ("vtc", 12)])
 @pytest.mark.parametrize("fast_forward", [False, True])
 def test_no_schedule_after_the_last_finish_and_the_same_run(fast_forward, scheduler, num_blocks, monkeypatch):
     with monkeypatch.context() as m:
@@ -54,7 +55,7 @@ def test_no_schedule_after_the_last_finish_and_the_same_run(fast_forward, schedu
         assert np.array_equal(getattr(la, col), getattr(lb, col)), col
 
 
-@pytest.mark.parametrize("scheduler", ["vllm", "orca", "andes"])
+@pytest.mark.parametrize("scheduler", ["vllm", "orca", "andes", "vtc"])
 def test_idle_only_with_nothing_held(scheduler):
     _, sched, _, _, _ = make_engine(num_blocks=200, scheduler=scheduler)
     assert sched.idle()
@@ -83,7 +84,7 @@ def test_orca_not_idle_with_its_head_flag_set():
     assert not sched.idle()
 
 
-@pytest.mark.parametrize("scheduler", ["orca", "andes"])
+@pytest.mark.parametrize("scheduler", ["orca", "andes", "vtc"])
 @pytest.mark.parametrize("seed,num_blocks", [(1, 2000), (2, 160)])
 def test_speculative_runs_go_idle_without_schedule_as_stepping(scheduler, seed, num_blocks, monkeypatch):
     # arrivals 2 s apart on average: the replica drains between many of them; fast-forwarded with
