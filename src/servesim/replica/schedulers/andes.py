@@ -179,6 +179,13 @@ class AndesScheduler(VLLMSteps):
             self._bring_in(out, chosen, budget)
         return out
 
+    def idle(self) -> bool:
+        # Nothing runs, waits or is swapped, so nothing is pending: `schedule` would only drop
+        # `_pending`'s leftovers (newcomers and time checks of requests no longer pending), which
+        # every later refresh skips as it would now (it values only requests still pending).
+        return (not self.running and not self.waiting and not self.swapped and not len(self._pending)
+                and type(self).schedule is AndesScheduler.schedule)
+
     def decide(self, now_s: float, contended: bool) -> tuple[list[Request], Iterable[Request]]:
         """(running requests to swap out, pending requests to bring in, in that order): the
         knapsack when memory is `contended`, else every pending request by density."""

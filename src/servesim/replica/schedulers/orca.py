@@ -73,6 +73,12 @@ class OrcaScheduler(Scheduler):
             out.scheduled.append((req, req.prompt_len))
         return out
 
+    def idle(self) -> bool:
+        # Nothing runs or waits (orca never swaps): `schedule` would only reset `_head_blocked`,
+        # which is already off (a blocked head waits until a `schedule` admits it and resets it).
+        return (not self.running and not self.waiting and not self._head_blocked
+                and type(self).schedule is OrcaScheduler.schedule)
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer queues behind a head that only a finish can admit (the stretch stops there).
         if not self.waiting:

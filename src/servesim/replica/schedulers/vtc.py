@@ -137,6 +137,12 @@ class VTCScheduler(VTCStretches, Scheduler):
         self.waiting.append(req)
 
     # ------------------------------------------------------------------ the decision
+    def idle(self) -> bool:
+        # Nothing runs or waits: `schedule` would only forget the last decision (`_mark`, `_left`),
+        # which is read only at the end of a step, after the next `schedule` has forgotten it.
+        return (not self.running and not self.waiting and not self.swapped
+                and type(self).schedule is VTCScheduler.schedule)
+
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
         self._mark = None
