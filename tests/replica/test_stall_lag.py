@@ -3,7 +3,7 @@ stored `remaining` and `ctx1` of the requests running lag the stalls (`AdmitStre
 that left are set apart, and the lists are settled (one pass) only when something other than the
 departures' searches reads them. Checked two ways: after every stall the settled lists equal
 those the stall's passes made before (a shadow of them kept beside the stretch), and whole runs
-equal stepping's (`fast_and_stepped`); the counts assert that stalls ran while lagging and that
+equal stepping's (`test_stall_frame.run_cases`); the counts assert that stalls ran while lagging and that
 the lists were settled far less often than a stall came."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from collections import Counter
 import pytest
 
 from servesim.replica.admission_stretch import _CTX1, _REMAINING, AdmitStretch
-from tests.factories import ToyPerf
-from tests.replica.test_admission_stretch import fast_and_stepped, llama  # noqa: F401 (a fixture)
-from tests.replica.test_stall_frame import CASES
+from tests.replica.test_admission_stretch import llama  # noqa: F401 (a fixture)
+from tests.replica.test_stall_frame import run_cases
 
 
 def settled(st: AdmitStretch) -> tuple[list[int], list[int]]:
@@ -52,14 +51,13 @@ def shadowed(monkeypatch):
         counts["settle"] += 1
         return settle(st)
 
-    monkeypatch.setattr(AdmitStretch, "stall", checked_stall)
-    monkeypatch.setattr(AdmitStretch, "_settle", counted_settle)
+    for name, wrapped in (("stall", checked_stall), ("_settle", counted_settle)):
+        monkeypatch.setattr(AdmitStretch, name, wrapped)
     return counts
 
 
 def test_stalls_lag_and_match_the_passes_and_stepping(shadowed, llama):
-    for seed, num_blocks, params, perf in CASES:
-        fast_and_stepped(seed, num_blocks, ToyPerf() if perf == "toy" else llama, "vllm-v0", params)
+    run_cases(llama)
     print(dict(shadowed))
     assert shadowed["stall"] > 500
     assert shadowed["while lagging"] > 0.5 * shadowed["stall"]  # (no pass over the batch in those)

@@ -56,6 +56,15 @@ _FAR_S = 1e300  # (a horizon past any run, but finite: `_steps_to` is asked)
 _REMAINING, _CTX1 = Stretch.remaining, Stretch.ctx1  # (the slots themselves, under the lag's properties)
 
 
+def _lagged(slot) -> property:
+    """`AdmitStretch`'s property over a list slot of `Stretch`: read, the lists settled first."""
+    def get(st: "AdmitStretch") -> list[int]:
+        if st.lag and not st.raw:
+            st._settle()
+        return slot.__get__(st)
+    return property(get, slot.__set__)
+
+
 class AdmitStretch(Stretch):
     """A `Stretch` through finishes with requests waiting, priced up to the next departure
     (`kmax`), where `admit_at_finishes` decides whether it goes on. `free_blocks` counts the
@@ -92,25 +101,8 @@ class AdmitStretch(Stretch):
         # then changes no request's growth (`growth_of` reads it, the apply maps it back)
         self.stall_steps: list[int] = []
 
-    @property
-    def remaining(self) -> list[int]:
-        if self.lag and not self.raw:
-            self._settle()
-        return _REMAINING.__get__(self)
-
-    @remaining.setter
-    def remaining(self, value: list[int]) -> None:
-        _REMAINING.__set__(self, value)
-
-    @property
-    def ctx1(self) -> list[int]:
-        if self.lag and not self.raw:
-            self._settle()
-        return _CTX1.__get__(self)
-
-    @ctx1.setter
-    def ctx1(self, value: list[int]) -> None:
-        _CTX1.__set__(self, value)
+    remaining = _lagged(_REMAINING)
+    ctx1 = _lagged(_CTX1)
 
     def _settle(self) -> None:
         """The lists as the stalls' passes would have left them (the lag taken in: two passes)."""
