@@ -217,7 +217,8 @@ class AdmitStretch(Stretch):
         """`Stretch.stall` while `growth` counts the blocks: in its frame (the steps that are not
         stalls) every request keeps its growth, so `first_new` is left as it is and nothing of
         the growth before the stall is kept (`growth_of` reads it at the departures, the apply
-        maps it to the stretch's steps); only the departures and contexts move, as C passes."""
+        maps it to the stretch's steps); only the departures move (a C pass over those running),
+        the contexts and `remaining` by the lag (`__init__`)."""
         if self.growth is None:
             return super().stall(joins, first_new, blocks, step_s, forms, block_size)
         s = self.k
