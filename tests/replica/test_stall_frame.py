@@ -46,9 +46,14 @@ def seen(monkeypatch):
     return counts
 
 
-def test_stalls_in_growths_frame_match_stepping(seen, llama):
+def run_cases(llama) -> None:
+    """`CASES` fast-forwarded and stepped, checked to give the same runs."""
     for seed, num_blocks, params, perf in CASES:
         fast_and_stepped(seed, num_blocks, ToyPerf() if perf == "toy" else llama, "vllm-v0", params)
+
+
+def test_stalls_in_growths_frame_match_stepping(seen, llama):
+    run_cases(llama)
     print(dict(seen))
     assert seen["stall"] > 500 and seen["in growth's frame"] == seen["stall"]  # (the O(1) stall ran, every time)
     assert seen["first boundary"] >= 10 and seen["mid-stretch"] >= 100

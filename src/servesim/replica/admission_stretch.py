@@ -53,6 +53,16 @@ from servesim.replica.token_advance import advance_decodes, apply_joins, apply_s
 
 
 _FAR_S = 1e300  # (a horizon past any run, but finite: `_steps_to` is asked)
+_REMAINING, _CTX1 = Stretch.remaining, Stretch.ctx1  # (the slots themselves, under the lag's properties)
+
+
+def _lagged(slot) -> property:
+    """`AdmitStretch`'s property over a list slot of `Stretch`: read, the lists settled first."""
+    def get(st: "AdmitStretch") -> list[int]:
+        if st.lag and not st.raw:
+            st._settle()
+        return slot.__get__(st)
+    return property(get, slot.__set__)
 
 
 class AdmitStretch(Stretch):
@@ -61,9 +71,18 @@ class AdmitStretch(Stretch):
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
     __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps", "chunked",
-                 "pending", "stall_steps")
+                 "pending", "stall_steps", "lag", "found", "raw")
 
     def __init__(self, *args, **kwargs) -> None:
+        # A stall moves every running request one step later (remaining + 1, ctx1 - 1): rather
+        # than a pass over the batch per stall, the stored entries of those running lag `lag`
+        # stalls behind (remaining - lag, ctx1 + lag), those that left hold ~remaining (never
+        # found by a search for a departure) and their real ctx1. `remaining` and `ctx1` read
+        # settle the lists (one pass); the hot readers (`_leave`, `departed`, `join`) read the
+        # stored entries and the lag
+        self.lag = 0
+        self.raw = False  # (the properties give the stored lists as they are: `join`'s call of `Stretch.join`)
+        self.found: list[int] = []  # the indices of the departures located so far, in `_sorted_rem` order
         super().__init__(*args, **kwargs)
         self.free0 = 0
         self.released: dict[int, int] = {}  # index -> blocks it held before its growth here
@@ -81,6 +100,39 @@ class AdmitStretch(Stretch):
         # steps that are not stalls, in which every request keeps its growth's phase): a stall
         # then changes no request's growth (`growth_of` reads it, the apply maps it back)
         self.stall_steps: list[int] = []
+
+    remaining = _lagged(_REMAINING)
+    ctx1 = _lagged(_CTX1)
+
+    def _settle(self) -> None:
+        """The lists as the stalls' passes would have left them (the lag taken in: two passes)."""
+        g, self.lag = self.lag, 0
+        rem, ctx1 = _REMAINING.__get__(self), _CTX1.__get__(self)
+        ctx1[:] = [c - g if r >= 0 else c for c, r in zip(ctx1, rem)]
+        rem[:] = [r + g if r >= 0 else ~r for r in rem]
+
+    def departed(self, a: int, b: int) -> list[int]:
+        """The indices of the requests at positions a..b-1 of `_sorted_rem` (departures in
+        order, b at a boundary: every request leaving there), each located once by a scan
+        of the stored `remaining`; while the lists lag, its entries stop moving (see `__init__`)."""
+        found = self.found
+        if len(found) < b:
+            rem, g = _REMAINING.__get__(self), self.lag
+            ctx1 = _CTX1.__get__(self)
+            i, r_prev = -1, -1
+            for r in self._sorted_rem[len(found):b]:
+                i = rem.index(r - g, i + 1 if r == r_prev else 0)
+                r_prev = r
+                found.append(i)
+                if g:
+                    rem[i] = ~r
+                    ctx1[i] -= g
+        return found[a:b]
+
+    def _leave(self, j: int) -> None:
+        if self.lag:
+            return super()._leave(j, _REMAINING.__get__(self), _CTX1.__get__(self), self.lag)
+        return super()._leave(j)
 
     def _steps_to(self, horizon: float) -> int:
         # priced to the next departure, a few steps away under overload: the scalar loop
@@ -131,16 +183,31 @@ class AdmitStretch(Stretch):
 
     def join(self, joins: list, first_new: list[int], blocks: int, step_s: float, forms, block_size: int) -> None:
         n = len(self.reqs)
-        super().join(joins, first_new, blocks, step_s, forms, block_size)
+        lag = self.lag
+        if lag and any(req.output_len < 2 for req, _ in joins):
+            self._settle()  # (a joiner leaving at s + 1 would be sought by `join`'s `_leave` before it lags)
+            lag = 0
+        if lag:  # (`Stretch.join` on the stored lists: it appends the joiners' real entries, `_leave` reads the lag)
+            self.raw = True
+            super().join(joins, first_new, blocks, step_s, forms, block_size)
+            self.raw = False
+        else:
+            super().join(joins, first_new, blocks, step_s, forms, block_size)
+        rem = _REMAINING.__get__(self)
+        joined = rem[n:]
+        if lag:  # (the joiners' entries lag as the others')
+            rem[n:] = [r - lag for r in joined]
+            ctx1 = _CTX1.__get__(self)
+            ctx1[n:] = [c + lag for c in ctx1[n:]]
         g = self.growth
         if g is None:
             return
         off = len(self.stalls)
         if off:  # (in the steps `growth` walks: those before the join less the stalls, its own included)
             first_new = self.first_new[n:] = [f - off for f in first_new]
-            ok = g.add(first_new, [r - off for r in self.remaining[n:]])
+            ok = g.add(first_new, [r - off for r in joined])
         else:
-            ok = g.add(first_new, self.remaining[n:])
+            ok = g.add(first_new, joined)
         if not ok:  # (cannot happen: a joiner grows after its join step)
             if off:
                 raise AssertionError("a request joining after a stall grows in a step already counted")
@@ -150,17 +217,21 @@ class AdmitStretch(Stretch):
         """`Stretch.stall` while `growth` counts the blocks: in its frame (the steps that are not
         stalls) every request keeps its growth, so `first_new` is left as it is and nothing of
         the growth before the stall is kept (`growth_of` reads it at the departures, the apply
-        maps it to the stretch's steps); only the departures and contexts move, as C passes."""
+        maps it to the stretch's steps); only the departures move (a C pass over those running),
+        the contexts and `remaining` by the lag (`__init__`)."""
         if self.growth is None:
             return super().stall(joins, first_new, blocks, step_s, forms, block_size)
         s = self.k
-        remaining = self.remaining
         rem = self._sorted_rem
         p = bisect_right(rem, s)
+        self.departed(0, p)  # (those that left stop moving: located, and while lagging set apart)
+        if not self.lag:  # (the lists start lagging: those that left set apart, by one pass)
+            stored = _REMAINING.__get__(self)
+            stored[:] = [r if r > s else ~r for r in stored]
+        # each request running at s: the same contexts from s + 1 on, its last token one step
+        # later (`lag`: in the stored lists at their next read), the departures one step later
+        self.lag += 1
         rem[p:] = [r + 1 for r in rem[p:]]
-        # each request running at s: the same contexts from s + 1 on, its last token one step later
-        self.ctx1[:] = [c - 1 if r > s else c for c, r in zip(self.ctx1, remaining)]
-        remaining[:] = [r + 1 if r > s else r for r in remaining]
         stalled = len(rem) - p
         self._ctx_total -= stalled
         if self._f is not None and self._priced == s:

@@ -52,7 +52,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     if (st.final or s != st.kmax or s >= st.max_steps or engine.ports is not None
             or not (engine.scheduler.num_waiting or pending)):
         return False
-    sched, kv, reqs, remaining = engine.scheduler, engine.kv, st.reqs, st.remaining
+    sched, kv, reqs = engine.scheduler, engine.kv, st.reqs
     rem = st._sorted_rem
     p1 = bisect_right(rem, s)
     num_running = len(rem) - p1
@@ -61,11 +61,8 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     bs = kv.block_size
     gone = []  # (index, blocks held before its growth, its growth) of each request that left since
     freed = 0
-    i, r_prev = -1, -1
     growth_of = st.growth_of
-    for r in rem[st.num_released:p1]:
-        i = remaining.index(r, i + 1 if r == r_prev else 0)
-        r_prev = r
+    for i, r in zip(st.departed(st.num_released, p1), rem[st.num_released:p1]):
         base, grown = kv.num_blocks_of(reqs[i].id), growth_of(i, r, bs)
         gone.append((i, base, grown))
         freed += base + grown

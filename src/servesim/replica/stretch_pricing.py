@@ -206,16 +206,19 @@ class StretchPricing:
             self._prefix_sums = list(accumulate(map(ctx1.__getitem__, self.departure_order()), initial=0))  # (no generator)
         return self._prefix_sums
 
-    def _leave(self, j: int) -> None:
-        """Requests whose last token was step j - 1 leave the batch before step j."""
+    def _leave(self, j: int, rem: list[int] | None = None, ctx1: list[int] | None = None, lag: int = 0) -> None:
+        """Requests whose last token was step j - 1 leave the batch before step j. (`rem`,
+        `ctx1`, `lag`: lists whose running entries lag `lag` stalls behind, `AdmitStretch`'s.)"""
         # (found by a C scan of `remaining`, usually one: no sort of the batch by remaining;
         # the context sum is of integers, so the order of the subtractions does not matter)
-        sorted_rem, rem, ctx1, p = self._sorted_rem, self.remaining, self.ctx1, self._p
+        if rem is None:
+            rem, ctx1 = self.remaining, self.ctx1
+        sorted_rem, p = self._sorted_rem, self._p
         n = len(sorted_rem)
         i = -1
         while p < n and sorted_rem[p] == j:
-            i = rem.index(j, i + 1)
-            self._ctx_sum -= ctx1[i] + j - 1
+            i = rem.index(j - lag, i + 1)
+            self._ctx_sum -= ctx1[i] - lag + j - 1
             self._active -= 1
             p += 1
         self._p = p
