@@ -38,18 +38,13 @@ from pydantic import Field
 
 from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import whole_prompts
-from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput,
-    SchedulerParams,
-)
+from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
 from servesim.replica.schedulers.queues import SortedWaiting
 from servesim.replica.schedulers.sglang_admits import SGLangFinishAdmits
 from servesim.replica.schedulers.sglang_policy import ordered_waiting
+from servesim.replica.schedulers.sglang_stretches import SGLangStretches
 from servesim.workload.request import Request
-
-_REPEAT_ADMITTING = FastForward(repeat=True, after_prefill=True, admissions_only=True)
 
 
 class SGLangParams(SchedulerParams):
@@ -81,7 +76,7 @@ class SGLangParams(SchedulerParams):
 
 
 @register("sglang")
-class SGLangScheduler(SGLangFinishAdmits, Scheduler):
+class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
     Params = SGLangParams
     kv: RadixKVCache
 
@@ -347,77 +342,3 @@ class SGLangScheduler(SGLangFinishAdmits, Scheduler):
                 return floor
             ratios.append(max(r - decay, floor))
         return ratios[steps]
-
-    # ------------------------------------------------------------------ joins (`Stretch.stall`)
-    stalls_decodes = True  # (a prefill batch runs alone; `arrivals_join` declines mixed chunks)
-
-    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
-        # `_prefill_batch` on a queue of newcomers in FCFS order, nothing chunked, transferred
-        # or in an inbox: each whole within the chunk budget and `max_running` (on `running`,
-        # which still lists the stretch's departed requests), and after the first within what
-        # `max_prefill_tokens` leaves; the token rule (`rem_total`) is `join_blocks`'.
-        if (self.params.enable_mixed_chunk or self.params.schedule_policy != "fcfs" or self.chunked is not None
-                or self._transferred or self._inbox):
-            return None
-        joins = whole_prompts(self.waiting, len(self.running), 0, self.max_running, self.chunk_size,
-                              lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
-        rem_input = self.params.max_prefill_tokens
-        for j, (_, n) in enumerate(joins or ()):
-            if j and n >= rem_input:
-                return None
-            rem_input -= n
-        return joins
-
-    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        for req, n in joins:
-            self.kv.allocate_slots(req, n)  # (no tree hit: `whole_prompts` took requests without keys)
-            self.waiting.remove(req)
-            self.start(req, 0, n, out)
-        if self._mark is not None:
-            self._mark += 1  # (the ratio decays per decode step: not for the prompt-only step)
-
-    def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
-        # Admission needs each request's new tokens plus its clipped `max_new` below `rem_total`
-        # (free tokens less the running requests' reserve). The reserve over `running` (which
-        # still lists departed requests, their generated tokens as at the stretch's start) at the
-        # ratio of the stretch's start (it only decays) is at least stepping's, so blocks left
-        # free above the prompts' for it and the totals, with a block to spare for the floats'
-        # rounding, admit the requests there too.
-        blocks, _ = super().join_blocks(joins)
-        total = sum([n + min(max(self.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS) for req, n in joins])
-        return blocks, max(int((total + self._reserve()) // self.kv.block_size) + 2 - blocks, 0)
-
-    def arrival_keeps_batch(self, req: Request | None) -> bool:
-        # A newcomer joins the FCFS queue behind a head held until the next finish (where the
-        # stretch asks `finish_admits`, which reads the whole queue).
-        return self._held and self.params.scheduler_recv_interval == 1
-
-    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
-        # Decode steps list `running` in its order. A mixed step (`enable_mixed_chunk`) lists
-        # its prompt chunks first, another order than the decode steps after it: those
-        # speculative steps are not repeated.
-        running = self.running
-        return list(running) if running and output.scheduled[0][0] is running[0] else None
-
-    def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # Nothing to prefill: decode steps repeat (the ratio only matters for admission). After
-        # a prefill batch too, unless a prompt has prefix keys: its blocks join the tree at the
-        # step's end (`on_step_end`), which must not wait for the stretch's end.
-        if self._held and not output.preempted and output.num_known_decodes == len(self.running):
-            # decodes behind a held head, which finishes admit inside the stretch; above the
-            # ratio's floor also the steps whose smaller reserve lets it in (`admit_step`): only
-            # an admission stretch takes those (speculative steps plan none)
-            if not self._admits_at_finishes():
-                return NO_FAST_FORWARD
-            if self.new_token_ratio == self.min_ratio:
-                return REPEAT_AFTER_PREFILL
-            return NO_FAST_FORWARD if self.config.num_speculative_tokens else _REPEAT_ADMITTING
-        if not (self.nothing_pending(output) and self.chunked is None) or self._inbox:
-            return NO_FAST_FORWARD  # (an inbox is taken in at a step count: stepped to it)
-        if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
-            return REPEAT_DECODES
-        # Through finishes only while no tree block is evictable: a stretch takes its decodes'
-        # blocks from those free when it starts, and stepping would take the blocks a finish
-        # returns before evicting any; with nothing evictable neither ever evicts, so they
-        # agree (keyed requests, whose finishes insert into the tree, end stretches anyway).
-        return REPEAT_THROUGH if not self.kv.evictable_blocks else REPEAT_AFTER_PREFILL
