@@ -170,11 +170,11 @@ class FastForwarding:
         if heap and heap[0][0] <= end_s:
             if heap[0][3] == self.sole_arrival:
                 self._unevented = (st, gen)  # (the next arrival comes first and settles it)
-            else:
-                loop.schedule(end_s, self._end_fast_forward, (st, gen), PRIO_STEP_END)
-            return
-        loop.now_s = end_s
-        self._end_fast_forward(end_s, (st, gen))
+                return
+        elif end_s <= self.until_s:  # (past the run's end the loop would not reach it)
+            loop.now_s = end_s
+            return self._end_fast_forward(end_s, (st, gen))
+        loop.schedule(end_s, self._end_fast_forward, (st, gen), PRIO_STEP_END)
 
     def _cut(self, now_s: float) -> None:
         """Something changes here at `now_s` that the scheduler must see: keep only the steps
