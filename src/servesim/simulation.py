@@ -149,6 +149,9 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         power.start()
     if n > 1 and not (disagg or migrate or auto or power is not None or cluster.kv_store is not None):
         cluster.keep_counts()  # (every change to a replica is then one of its events, a submission or a status change)
+    if (len(cluster.replicas) == 1 and not (feed.closed_loop or disagg or migrate or auto or cluster.hold)
+            and power is None and cluster.kv_store is None and not scenario.faults.crashes and not pools[0].mtbf_s):
+        _sole_replica(cluster, feed)
     feed.start()
     try:
         _run_loop(loop, until_s)
@@ -178,6 +181,19 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     result.itl = helper.itl if helper else None
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
+
+
+def _sole_replica(cluster: Cluster, feed: Feed) -> None:
+    """One replica that nothing but the feed's stream arrivals reach, each on its own (no
+    API server, router hook, finish notices or KV ports): the cluster hands it requests without
+    routing them, and its stretches priced to the next arrival go without an end event
+    (`Engine.sole_arrival`)."""
+    replica = cluster.replicas[0]
+    engine = replica.engine
+    if (replica.frontend is None and engine.deliver is None and engine.notice is None and engine.ports is None
+            and engine.on_event is None and engine.on_change is None and not cluster._router_dispatch):
+        cluster.sole = replica
+        engine.sole_arrival = feed._arrive_from_stream
 
 
 def _run_loop(loop: EventLoop, until_s: float) -> None:

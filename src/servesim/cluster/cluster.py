@@ -65,6 +65,7 @@ class Cluster:
         self._router_tracks = getattr(type(router), "on_complete", None) is not Router.on_complete
         self._readers = (self._read_view, self._cached_blocks, self._lora_state, self._outstanding, self._outstandings)
         self.counts: InFlightCounts | None = None  # the in-flight counts kept between arrivals (`keep_counts`)
+        self.sole: Replica | None = None  # the one replica arrivals go to unrouted (`simulation._sole_replica`)
 
     def index_models(self) -> None:
         """Index the replicas by the model they serve (after `replicas` and `models` are filled)."""
@@ -99,7 +100,11 @@ class Cluster:
         self.num_arrivals += 1
         self.arrived_prompt_tokens += req.prompt_len
         self.arrived_output_tokens += req.output_len
+        if self.sole is not None and not req.model:
+            return self.sole.submit(req, now_s)  # (the one replica, live all run: `_dispatch`'s pick)
         self._dispatch(req, now_s)
+        if self.sole is not None:
+            self.sole.engine.settle()  # (a request ended here never reached the engine)
 
     def _dispatch(self, req: Request, now_s: float) -> None:
         cands = self._candidates(req)

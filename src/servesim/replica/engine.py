@@ -128,6 +128,12 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # cache and admission are vLLM's (`admits_keyed`). Then keyed stretches plan their
         # registrations up to each request's last step, which joins extend (`keys_conflict_many`).
         self.keyed_joins = False
+        # The run's only replica, which nothing but the feed's stream arrivals reach (set by
+        # simulation.py to the feed's arrival handler; None otherwise): a stretch priced to the
+        # next arrival then gets no end event, since that arrival comes first and settles it
+        # (`_settle`: one event per arrival instead of two). `_unevented`: (stretch, gen) so left.
+        self.sole_arrival: Callable | None = None
+        self._unevented: tuple | None = None
 
     # ------------------------------------------------------------------ arrivals
     def add_request(self, req: Request, now_s: float) -> None:
@@ -142,6 +148,8 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             req.finish_s = now_s
             req.extra["reject_reason"] = reason
             self.on_done(req, now_s)
+            if self._unevented is not None:
+                self._settle()
             return
         if req.hash_ids and self.kv.enable_prefix_caching:
             req.kv_block_keys = block_keys(req, self.kv.block_size)
@@ -155,6 +163,14 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
             st.add_waiting(now_s)
         else:
             self.interrupt(now_s)
+        if self._unevented is not None:
+            self._settle()
+
+    def settle(self) -> None:
+        """After an arrival that may not have reached this engine (the cluster ended it):
+        the stretch left without an end event is settled as `add_request` settles it."""
+        if self._unevented is not None:
+            self._settle()
 
     def arrival_keeps(self, spends_budget: bool, req: Request | None) -> bool:
         """The one rule for an arrival while a stretch runs (`req`; None: the next one, whatever

@@ -144,9 +144,37 @@ class FastForwarding:
     def _schedule_stretch_end(self, st: Stretch) -> None:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
         st.gen += 1
+        if self.sole_arrival is not None:
+            heap = self.loop._heap
+            if heap and heap[0][0] <= st.end_s and heap[0][3] == self.sole_arrival:
+                self._unevented = (st, st.gen)  # the next event is an arrival here, at or before the end
+                return
         self.loop.schedule(st.end_s, self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
         if self.notice is not None and st.through and type(st) is Stretch:
             schedule_notice(self, st)  # (its finishes' follow-ups at their times, this stretch's way)
+
+    def _settle(self) -> None:
+        """An arrival (the loop's event in flight) was the next event when the stretch got no
+        end event (`sole_arrival`), and the stretch is cut, joined or kept as it decided: the end
+        comes next if no event lies at or before it, and is handled here as the loop would (its
+        clock set to it: nothing else can happen before); else it is left to the next arrival
+        if that comes first, or scheduled. The same handlers at the same times in the same order
+        as with the event (exact: the loop holds nothing else that could come in between)."""
+        st, gen = self._unevented
+        self._unevented = None
+        if gen != st.gen:
+            return  # (rescheduled or ended since)
+        loop = self.loop
+        heap = loop._heap
+        end_s = st.end_s
+        if heap and heap[0][0] <= end_s:
+            if heap[0][3] == self.sole_arrival:
+                self._unevented = (st, gen)  # (the next arrival comes first and settles it)
+                return
+        elif end_s <= self.until_s:  # (past the run's end the loop would not reach it)
+            loop.now_s = end_s
+            return self._end_fast_forward(end_s, (st, gen))
+        loop.schedule(end_s, self._end_fast_forward, (st, gen), PRIO_STEP_END)
 
     def _cut(self, now_s: float) -> None:
         """Something changes here at `now_s` that the scheduler must see: keep only the steps
