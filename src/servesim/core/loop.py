@@ -45,6 +45,11 @@ class EventLoop:
         """Time of the next pending event (inf when there is none)."""
         return self._heap[0][0] if self._heap else float("inf")
 
+    def next_is(self, handler: Handler, by_s: float) -> bool:
+        """Whether the next pending event is `handler`'s, at or before `by_s`."""
+        heap = self._heap
+        return bool(heap) and heap[0][0] <= by_s and heap[0][3] == handler
+
     def run(self, until_s: float = float("inf")) -> None:
         """Handle events in order until the heap is empty or the next event is after `until_s`."""
         heap = self._heap

@@ -144,11 +144,9 @@ class FastForwarding:
     def _schedule_stretch_end(self, st: Stretch) -> None:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
         st.gen += 1
-        if self.sole_arrival is not None:
-            heap = self.loop._heap
-            if heap and heap[0][0] <= st.end_s and heap[0][3] == self.sole_arrival:
-                self._unevented = (st, st.gen)  # the next event is an arrival here, at or before the end
-                return
+        if self.sole_arrival is not None and self.loop.next_is(self.sole_arrival, st.end_s):
+            self._unevented = (st, st.gen)  # the next event is an arrival here, at or before the end
+            return
         self.loop.schedule(st.end_s, self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
         if self.notice is not None and st.through and type(st) is Stretch:
             schedule_notice(self, st)  # (its finishes' follow-ups at their times, this stretch's way)
@@ -165,15 +163,14 @@ class FastForwarding:
         if gen != st.gen:
             return  # (rescheduled or ended since)
         loop = self.loop
-        heap = loop._heap
         end_s = st.end_s
-        if heap and heap[0][0] <= end_s:
-            if heap[0][3] == self.sole_arrival:
-                self._unevented = (st, gen)  # (the next arrival comes first and settles it)
-                return
-        elif end_s <= self.until_s:  # (past the run's end the loop would not reach it)
-            loop.now_s = end_s
-            return self._end_fast_forward(end_s, (st, gen))
+        if loop.next_time_s() > end_s:
+            if end_s <= self.until_s:  # (past the run's end the loop would not reach it)
+                loop.now_s = end_s
+                return self._end_fast_forward(end_s, (st, gen))
+        elif loop.next_is(self.sole_arrival, end_s):
+            self._unevented = (st, gen)  # (the next arrival comes first and settles it)
+            return
         loop.schedule(end_s, self._end_fast_forward, (st, gen), PRIO_STEP_END)
 
     def _cut(self, now_s: float) -> None:
