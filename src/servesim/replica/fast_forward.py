@@ -21,6 +21,7 @@ from servesim.replica.admission_stretch import AdmitStretch
 from servesim.replica.finish_admission import admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.chunk_join import apply_prompt_runs
+from servesim.replica.drained_apply import apply_drained, is_drained
 from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.keyed_chunk_join import apply_rests
 from servesim.replica.keyed_join import keyed_join, with_keys
@@ -259,6 +260,8 @@ class FastForwarding:
         ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
         if len(reqs) == 1 and not (st.decodes or st.keyed):
             return self._apply_lone(st)
+        if is_drained(st):  # (joined, and every request left inside it: `replica/drained_apply.py`)
+            return apply_drained(self, st)
         bs = self.kv.block_size
         first_new = st.first_new
         first = self.recorder.num_steps
