@@ -231,9 +231,11 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     # With n replicas a stretch is priced ~20n arrival gaps ahead (one replica: exactly one): an
     # arrival elsewhere does not touch it, and each time it reaches that horizon uncut an event
     # extends it (8 replicas, Azure trace: 4,984 extensions with 3n, 1,030 with 20n).
-    # An API server that streams tokens at a cost sees every step's tokens: this engine steps one by one.
+    # An API server that streams tokens at a cost sees every step's tokens, and some policies
+    # decide at every step boundary: then this engine steps one by one.
     streams = frontend.token_s() > 0
-    config = pool.config.model_copy(update={"fast_forward": False}) if streams else pool.config
+    stepped = streams or scheduler.steps_one_by_one
+    config = pool.config.model_copy(update={"fast_forward": False}) if stepped else pool.config
     engine = Engine(config, scheduler, kv, pool.perf, cluster.loop, Recorder(keep_steps), on_done, until_s=until_s,
                     rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
                     next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 20 * n,

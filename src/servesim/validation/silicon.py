@@ -192,6 +192,12 @@ TRTLLM_TOKENS_PER_BLOCK = 32
 TRTLLM_SCHEDULER = {"name": "trtllm", "capacity_scheduler_policy": "GUARANTEED_NO_EVICT", "enable_chunked_context": False}
 
 
+def trtllm_overlaps(version: str) -> bool:
+    """Whether TensorRT-LLM `version` runs the overlap scheduler (engines.yaml's `overlap_cpu` rule, from 1.0):
+    then its loop also fetches new requests a step ahead (`overlap_fetch_lag`, replica/schedulers/trtllm_fetch.py)."""
+    return engine_profile("trtllm", version).constants.get("overlap_cpu", 0.0) >= 0.5
+
+
 def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict]:
     """(engine section, scheduler section) of the deployment that ran `row`; slots_held: play ENGINE_SLOTS_HELD."""
     profile = engine_profile(row.backend)
@@ -206,7 +212,7 @@ def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict
         if row.backend == "trtllm":
             budget = -(-budget // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
             engine["block_size"] = TRTLLM_TOKENS_PER_BLOCK
-            scheduler = dict(TRTLLM_SCHEDULER)
+            scheduler = dict(TRTLLM_SCHEDULER, overlap_fetch_lag=trtllm_overlaps(row.version))
         engine["max_num_batched_tokens"] = budget
     elif row.backend == "sglang":
         scheduler["chunked_prefill_size"] = sglang_chunked_prefill_size(GPUS[row.system])

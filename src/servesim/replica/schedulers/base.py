@@ -56,6 +56,9 @@ class Scheduler(FastForwardHooks):
     # Whether this policy serves requests that name a LoRA adapter (`replica/lora.py`); the
     # engine rejects such requests, with a reason, on policies that do not.
     supports_lora: ClassVar[bool] = False
+    # Whether this policy must decide at every step boundary (the engine then fast-forwards no
+    # step: simulation.py); a policy may set it per instance.
+    steps_one_by_one: bool = False
 
     def __init__(self, params: SchedulerParams, config: EngineConfig, kv: KVCacheManager, perf: Any) -> None:
         self.params = params

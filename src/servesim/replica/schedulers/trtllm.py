@@ -51,6 +51,7 @@ from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.batch_passes import decoding_requests
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.trtllm_fetch import OverlapFetch
 from servesim.replica.schedulers.trtllm_stretches import TRTLLMStretches
 from servesim.workload.request import Request
 
@@ -78,10 +79,14 @@ class TRTLLMParams(SchedulerParams):
     attention_dp_batching_wait_iters: int = Field(10, ge=0)
     """`attention_dp_config.batching_wait_iters` (default 10): iterations every rank's contexts wait
     for more while every rank generates."""
+    overlap_fetch_lag: bool = False
+    """The overlap scheduler's loop fetches new requests as a step starts, for the step after the
+    next: a request added while a step runs first runs two steps later (`trtllm_fetch.py`; off:
+    at the next step, as the synchronous loop). Steps the engine one by one."""
 
 
 @register("trtllm")
-class TRTLLMScheduler(TRTLLMStretches, Scheduler):
+class TRTLLMScheduler(OverlapFetch, TRTLLMStretches, Scheduler):
     Params = TRTLLMParams
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -115,6 +120,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         # context off every context runs whole (and then generates) unless one was cut into
         # budget-sized pieces or came from elsewhere (set then, for good)
         self._partial = self.chunked
+        self._init_fetch(params.overlap_fetch_lag)
 
     def total_blocks(self, req: Request) -> int:  # (for a batch: `_reserved`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
@@ -123,6 +129,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
 
     def add_request(self, req: Request, now_s: float) -> None:
         self._totals[req.id] = self.total_blocks(req)
+        self._note_added(req, now_s)
         super().add_request(req, now_s)
 
     def add_transferred(self, req: Request, now_s: float) -> None:
@@ -138,6 +145,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
 
     def forget(self, req: Request) -> None:
         self._totals.pop(req.id, None)
+        self._forget_unfetched(req)
 
     def _reserved(self, reqs: list[Request]) -> int:
         """The blocks `reqs` still reserve under GUARANTEED_NO_EVICT: their `total_blocks` less
@@ -164,6 +172,9 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
 
     # ---- one iteration -------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
+        return self._fetch_and_schedule(now_s, self._schedule) if self.fetch_lag else self._schedule(now_s)
+
+    def _schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
         running = self.running
         self._blocked_head = None
@@ -190,7 +201,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         started = gens + [r for r in running if not r.is_decoding] if len(gens) < len(running) else gens
         available = self._room = kv.num_free_blocks - self._reserved(started)
         candidates = []
-        for req in self.waiting:
+        for req in self._visible_waiting():
             if len(started) + len(candidates) >= self.max_batch_size:
                 self._blocked_head, self._capacity_blocked = req, True
                 break
@@ -223,7 +234,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         if out.preempted:
             return started, []  # the walk ended at a paused request: nothing after it is looked at
         candidates = []
-        for req in self.waiting:
+        for req in self._visible_waiting():
             need = cdiv(req.num_tokens, kv.block_size)
             if len(started) + len(candidates) >= self.max_batch_size or need > free:
                 # decodes only take free blocks: it stays out until a finish
