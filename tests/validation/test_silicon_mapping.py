@@ -181,3 +181,11 @@ def test_unversioned_vllm_h100_runs_start_out_of_step():
     # an explicit ramp option wins
     assert row_scenario(unversioned, ClientOptions(ramp_cycles=0.0), calibration=None).workload.arrival.ramp_up_s == 0.0
 
+
+
+def test_trtllm_releases_that_overlap_fetch_a_step_ahead():
+    # 1.0.0rc3 plays the overlap scheduler's fetch lag (validation/silicon.py, OVERLAP_FETCH_LAG); the other releases
+    # not yet (their constants were fitted without it), nor the synchronous runs that recorded no version
+    lag = {v: row_scenario(row(backend="trtllm", backend_version=v, system="h100_sxm"), calibration=None).scheduler.params().overlap_fetch_lag
+           for v in ("1.0.0rc3", "1.2.0rc6.post2", "")}
+    assert lag == {"1.0.0rc3": True, "1.2.0rc6.post2": False, "": False}

