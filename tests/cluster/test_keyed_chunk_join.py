@@ -10,6 +10,7 @@ import pytest
 
 from servesim import load_scenario, simulate
 from servesim.replica import fast_forward, keyed_join
+from servesim.replica.prefix_index import PrefixIndex
 
 from .helpers import assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
 
@@ -76,3 +77,25 @@ def test_rests_evicting_cached_contexts_are_exact(monkeypatch):
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert two > 0.1 * len(fast.requests), two
+
+
+def test_rests_are_not_looked_up_again(monkeypatch):
+    """A two-chunk turn's prompt is looked up once (`PrefixIndex.unindexed` at the join): its
+    first chunk registers, and its rest is planned, without looking its runs up again (the
+    answer carried past the first chunk); exact against stepping."""
+    carried = []
+    register_new = PrefixIndex._register_new
+
+    def counted(self, keys, held, k0, k1):
+        done = register_new(self, keys, held, k0, k1)
+        u = self._unindexed
+        if done and u is not None and u[3] == self.num_inserts:  # (only a carried answer is this recent)
+            carried.append((u[1], u[2]))
+        return done
+
+    monkeypatch.setattr(PrefixIndex, "_register_new", counted)
+    sets = BUSY + ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=6"]
+    fast, slow, two, _ = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(carried) >= two > 0.05 * len(fast.requests), (len(carried), two)

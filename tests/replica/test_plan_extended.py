@@ -97,3 +97,41 @@ def test_unindexed_is_reused_only_until_a_key_enters():
     held = Held()
     held.segs.append([p._index[BlockKeys([1, 2], BS, BS).run_keys.as_list()[1]], 0, 2])
     assert p._register_new(keys, held, 2, 4)  # (the answer reused: nothing entered since)
+
+
+def _poke(p: PrefixIndex, keys: BlockKeys, pos: int) -> None:
+    """Index the run key at `pos` behind the index's back (no insert counted): a key a lookup
+    would find, so a check that skips it shows that `unindexed`'s answer was used."""
+    p._index[keys.run_keys.as_list()[pos]] = p._index[keys.run_keys.as_list()[0]]
+
+
+def test_unindexed_covers_a_first_chunk_and_then_its_rest():
+    """A chunked turn: `unindexed` checks its whole prompt [0, 10); its first chunk [0, 4)
+    registers without a lookup, and the answer then covers [4, 10) (the rest), which the
+    stretch's plan does not look up again; past 10 (its answer's blocks) the plan looks."""
+    p = PrefixIndex()
+    keys = BlockKeys(list(range(50, 64)), BS, BS)
+    assert p.unindexed(keys, 0, 10) is not None
+    held = Held()
+    assert p._register_new(keys, held, 0, 4)
+    assert p._unindexed == (keys, 4, 10, p.num_inserts)
+    _poke(p, keys, 6)  # (inside the rest: not looked up)
+    planned = p.plan_appends([(keys, held, 4, 12)])
+    assert planned is not None and planned[0][0][5] == keys.run_keys.as_list()[4:12]
+    _poke(p, keys, 11)  # (past what `unindexed` checked: looked up)
+    assert p.plan_appends([(keys, held, 4, 12)]) is None
+
+
+def test_the_rests_answer_lapses_when_a_key_enters_or_the_chunk_is_whole():
+    p = PrefixIndex()
+    keys = BlockKeys(list(range(50, 64)), BS, BS)
+    assert p.unindexed(keys, 0, 10) is not None
+    assert p._register_new(keys, Held(), 0, 10)
+    assert p._unindexed is None  # (nothing left of it)
+    keys = BlockKeys(list(range(70, 84)), BS, BS)
+    held = Held()
+    assert p.unindexed(keys, 0, 10) is not None and p._register_new(keys, held, 0, 4)
+    # another request registers a key of the rest: the rest is looked up again and meets it
+    p.register(BlockKeys([70, 71, 72, 73, 74, 75, 76], BS, BS), Held(), 4, 7)
+    assert p.plan_appends([(keys, held, 4, 10)]) is None
+    assert not p._register_new(keys, held, 4, 10)

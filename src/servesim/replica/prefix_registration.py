@@ -33,8 +33,9 @@ class PrefixRegistration:
     def unindexed(self, keys: Sequence, k0: int, k1: int) -> list | None:
         """The run keys of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed,
         else None. The answer holds until a key enters the index (drops only remove keys), so
-        `_register_new` of the same positions does not look them up again (a next turn
-        joining a stretch is checked before its admission registers them: keyed_join.py)."""
+        `_register_new` of these positions (or of part of them: a first chunk) does not look
+        them up again (a next turn joining a stretch is checked before its admission registers
+        them: keyed_join.py), nor does `plan_appends` the positions a first chunk leaves."""
         runs = _runs_from(keys, k0, k1)
         if runs is None or not self._index.keys().isdisjoint(runs):
             return None
@@ -77,8 +78,8 @@ class PrefixRegistration:
                 return False
             runs = runs[1:]
         u = self._unindexed
-        if (u is None or u[0] is not keys or u[1] != k0 or u[2] != k1 or u[3] != self.num_inserts) and not \
-                index.keys().isdisjoint(runs):
+        known = u is not None and u[0] is keys and u[1] <= k0 and k1 <= u[2] and u[3] == self.num_inserts
+        if not known and not index.keys().isdisjoint(runs):
             return False
         if g is None:
             g = Group(k0)
@@ -91,6 +92,9 @@ class PrefixRegistration:
         index.update(zip(runs, repeat(g)))
         g.runs += runs
         g.append_held(k1 - k0)
+        if known:  # (what `unindexed` found past k1 is still unindexed: only runs of [k0, k1) entered,
+            # and a run past k1 has another first position, so another key, if k1 starts a run)
+            self._unindexed = (keys, k1, u[2], self.num_inserts) if k1 < u[2] and not k1 % keys.starts.step else None
         return True
 
     def register_appends(self, items: list[tuple[Sequence, Held, int, int]]) -> bool:
@@ -122,6 +126,11 @@ class PrefixRegistration:
         plan, seen, groups = ([], None, set()) if base is None else base
         fresh: set = set()  # these items' runs
         num_runs = 0
+        n0 = len(plan)
+        u = self._unindexed
+        known = None  # (plan position, leading runs) of the item whose first runs `unindexed` found so
+        if u is not None and u[3] != self.num_inserts:
+            u = None
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys:
                 return None
@@ -137,6 +146,8 @@ class PrefixRegistration:
             g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
             if r == 1:  # (a run per block: sessions' keys)
                 runs = lst[k0:k1]
+                if u is not None and keys is u[0] and u[1] <= k0 < u[2]:  # (a chunked turn's rest)
+                    known = (len(plan), min(u[2], k1) - k0)
             else:
                 runs = lst[k0 // r:-(-k1 // r)]
                 if k0 % r:  # inside a run: held's last group must hold its first part
@@ -155,8 +166,16 @@ class PrefixRegistration:
             fresh.update(runs)
             num_runs += len(runs)
             plan.append((held, g, seg, k0, k1, runs, r))
-        if len(fresh) != num_runs or not index.keys().isdisjoint(fresh):
-            return None  # (a run listed twice, or indexed)
+        if len(fresh) != num_runs:
+            return None  # (a run listed twice)
+        if known is None:
+            if not index.keys().isdisjoint(fresh):
+                return None  # (a run indexed)
+        else:  # (the others' runs, and those of the known item past what `unindexed` checked)
+            keys_of = index.keys()
+            i, m = known
+            if not all(keys_of.isdisjoint(p[5][m:] if j == i else p[5]) for j, p in enumerate(plan[n0:], n0)):
+                return None
         if seen is None:
             seen = fresh
         elif seen.isdisjoint(fresh):
