@@ -277,17 +277,22 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         # vLLM's chunk step (`repeats_running_chunk`) in this walk: one tenant held (arrival
         # order, no lift: its running requests hold it), the running requests first in that
         # order (every waiting one arrived after them: none is reached while budget is left),
-        # nothing swapped or in flight, and counting deferrable (integral prices: the
-        # stretch's end counts its steps at once, the same integer floats). Counted up to now
-        # first, as before a decode stretch (`on_step_end` counts at its end, rebuilds a snapshot
-        # it crossed); a tenant's arrival cuts it (`chunk_keeps_arrival`).
+        # nothing swapped or in flight, and counting deferrable (integral prices: counted
+        # later, or at the stretch's end if not deferred now, its steps give the same integer
+        # floats). A stretch that may cross a refresh step is counted up to now first, as a
+        # decode stretch: `on_step_end` rebuilds the snapshot from the counts at its start (the
+        # prompt's chunks before that step included), which a finish counted while deferring
+        # would have moved. Another tenant's arrival cuts it (`chunk_keeps_arrival`).
         if not (self._may_defer() and not (self.swapped or self.swap_ready_s)
                 and type(self).schedule is FastSwitchScheduler.schedule
                 and self.repeats_running_chunk(output, len(output.scheduled) - 1)
                 and all(map(is_, map(_FIRST, output.scheduled), self._by_arrival))):
             return False
-        self._count_all()
-        self._chunk_prompt = output.scheduled[-1][0]
+        prompt, chunk = output.scheduled[-1]
+        step, interval = self.num_engine_steps, self.params.priority_update_interval
+        if (step // interval + 1) * interval - step < -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1:
+            self._count_all()  # (its steps, at most the prompt's chunks but its last, may reach the next refresh)
+        self._chunk_prompt = prompt
         return True
 
     def chunk_keeps_arrival(self, req: Request | None) -> bool:
