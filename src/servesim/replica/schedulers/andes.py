@@ -316,17 +316,6 @@ class AndesScheduler(VLLMSteps):
         self._qoe.pop(req, None)
         self._pending.remove(req)
 
-    def repeats_chunk(self, output: SchedulerOutput) -> bool:
-        # vLLM's chunk step (`repeats_running_chunk`) with nothing pending, as `fast_forward`
-        # asks: no knapsack or admission runs, and the step-end notes are the stretch end's
-        # (`LastTokenNotes`: each decode's last token at its last step). An arrival would be
-        # valued, maybe by the knapsack: it cuts the stretch (`chunk_keeps_arrival`).
-        return (not (self.waiting or self.swapped or len(self._pending)) and type(self).schedule is AndesScheduler.schedule
-                and self.repeats_running_chunk(output, len(output.scheduled) - 1))
-
-    def chunk_keeps_arrival(self, req: Request | None) -> bool:
-        return False
-
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch, and
         # a finish admits nobody (prompts done this step decode with the rest).

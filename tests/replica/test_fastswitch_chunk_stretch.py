@@ -1,9 +1,10 @@
-"""FastSwitch's and Andes's chunk stretches (`repeats_chunk`). FastSwitch: with one tenant held its
+"""FastSwitch's chunk stretches (`FastSwitchScheduler.repeats_chunk`): with one tenant held its
 walk is vLLM's running pass in arrival order, so a prompt's repeated chunks beside the same
 decodes fast-forward as vLLM's do. Against stepping, step log included, where its own rules
 bite: refreshes crossed inside the stretches (the snapshot rebuilt at their end counts the
 prompt's chunks before the refresh), a second tenant arriving (cut at its arrival, counted
-and lifted as stepping does), KV pressure (swaps: none then), prices that forbid deferral."""
+and lifted as stepping does), KV pressure (none while a request is swapped), prices that
+forbid deferral (none at all)."""
 
 from __future__ import annotations
 
@@ -94,26 +95,3 @@ def test_a_second_tenants_arrival_cuts_the_chunk_stretch(chunk_steps):
     assert any(ok for t, _, ok in said if t < burst[0]) and any(ok for t, _, ok in said if t > burst[1])
     assert len(chunk_steps) >= 10
 
-
-@pytest.mark.parametrize("seed,num_blocks", [(1, 3000), (2, 3000), (3, 300), (4, 200), (5, 200)])
-def test_andes_chunk_stretches_match_step_by_step(chunk_steps, seed, num_blocks):
-    """Andes repeats a chunk step only with nothing pending (no knapsack, no admission), and
-    any arrival cuts it; its last-token notes, read by the knapsack under KV pressure (300 and
-    200 blocks), are the stretch end's. Stepping gives the same run, step log included."""
-    a_reqs, b_reqs = long_prompts(seed), long_prompts(seed)
-    for r in a_reqs + b_reqs:  # (sparser arrivals: a queue left empty while prompts are chunked)
-        r.arrival_s *= 3
-    runs = []
-    for reqs, fast_forward in ((a_reqs, True), (b_reqs, False)):
-        engine, sched, kv, loop, _ = make_engine(num_blocks=num_blocks, scheduler="andes", max_num_batched_tokens=256,
-                                                 max_num_seqs=16, fast_forward=fast_forward)
-        serve(engine, loop, reqs)
-        kv.check_all_free()
-        runs.append(engine)
-        if fast_forward:
-            fast_chunk_steps = sum(chunk_steps)
-    assert sum(chunk_steps) == fast_chunk_steps and len(chunk_steps) >= 3, chunk_steps
-    assert fast_chunk_steps > 0.005 * runs[0].num_steps, (fast_chunk_steps, runs[0].num_steps)
-    assert_same_run(*runs, a_reqs, b_reqs, num_blocks, FIELDS)
-    if num_blocks < 3000:  # (the knapsack ran: swaps)
-        assert any(r.num_preemptions for r in b_reqs) or runs[1].swap_transfer_s > 0
