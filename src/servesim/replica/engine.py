@@ -178,10 +178,12 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         ports. A stretch whose steps spend the whole token budget on one prompt's chunks
         (`spends_budget`: a `ChunkStretch`, a `SpecStretch` with a prompt; `repeats_chunk`
         holds whatever arrives) keeps any request but one naming a LoRA adapter (its arrival
-        may start a load, a timer: cut when it comes); any other, as the scheduler answers
-        (`arrival_keeps_batch`)."""
+        may start a load, a timer: cut when it comes) or one the policy acts on at once
+        (`chunk_keeps_arrival`); any other, as the scheduler answers (`arrival_keeps_batch`)."""
+        sched = self.scheduler
         return self.ports is None and (
-            (spends_budget and (req is None or req.lora is None)) or self.scheduler.arrival_keeps_batch(req))
+            (spends_budget and (req is None or req.lora is None) and sched.chunk_keeps_arrival(req))
+            or sched.arrival_keeps_batch(req))
 
     def interrupt(self, now_s: float) -> None:
         """Something changed here at `now_s`: cut the stretch in flight so the next step

@@ -75,6 +75,15 @@ class FastForwardHooks:
         there (not `chunks_allocate`). Must not change any state. The default, 0: stepped."""
         return 0
 
+    def chunk_keeps_arrival(self, req: Request | None) -> bool:
+        """Asked while a stretch whose steps spend the whole token budget on one prompt's chunks
+        runs (a `ChunkStretch`, `Engine.arrival_keeps`), before `add_request` takes `req` in
+        (None: any request): may it be queued with the stretch going on? Its steps admit
+        nothing, but a policy whose `add_request` or next `schedule` acts on such an arrival
+        (FastSwitch's count and lift for a tenant not held) says no: the stretch is cut at it.
+        Changes no state. The default: yes."""
+        return True
+
     # Does each of those steps allocate the prompt's blocks for its chunk and register its
     # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
     chunks_allocate = False

@@ -32,7 +32,7 @@ from __future__ import annotations
 from functools import partial
 from itertools import compress, count, islice
 from math import inf
-from operator import attrgetter
+from operator import attrgetter, is_, itemgetter
 
 from pydantic import Field
 
@@ -49,6 +49,7 @@ from servesim.workload.request import Request, RequestState
 
 _ARRIVAL_ID = attrgetter("arrival_s", "id")
 _STATE = attrgetter("state")
+_FIRST = itemgetter(0)
 RUNNING, WAITING = RequestState.RUNNING, RequestState.WAITING
 
 
@@ -106,6 +107,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         # the waiting request at which this step's admission stopped, if it waits for KV blocks
         # or a sequence slot until a finish (`_note_blocked`), else None
         self._blocked_head: Request | None = None
+        self._chunk_prompt: Request | None = None  # the prompt of the step `repeats_chunk` said yes to
 
     # ---- the decision ----------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -270,6 +272,32 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
             interval, step = self.params.priority_update_interval, self.num_engine_steps
             return FastForward(repeat=True, after_prefill=True, max_steps=(step // interval + 1) * interval - step)
         return NO_FAST_FORWARD
+
+    def repeats_chunk(self, output: SchedulerOutput) -> bool:
+        # vLLM's chunk step (`repeats_running_chunk`) in this walk: one tenant held (arrival
+        # order, no lift: its running requests hold it), the running requests first in that
+        # order (every waiting one arrived after them: none is reached while budget is left),
+        # nothing swapped or in flight, and counting deferrable (integral prices: counted
+        # later, or at the stretch's end if not deferred now, its steps give the same integer
+        # floats). A stretch that may cross a refresh step is counted up to now first, as a
+        # decode stretch: `on_step_end` rebuilds the snapshot from the counts at its start (the
+        # prompt's chunks before that step included), which a finish counted while deferring
+        # would have moved. Another tenant's arrival cuts it (`chunk_keeps_arrival`).
+        if not (self._may_defer() and not (self.swapped or self.swap_ready_s)
+                and type(self).schedule is FastSwitchScheduler.schedule
+                and self.repeats_running_chunk(output, len(output.scheduled) - 1)
+                and all(map(is_, map(_FIRST, output.scheduled), self._by_arrival))):
+            return False
+        prompt, chunk = output.scheduled[-1]
+        step, interval = self.num_engine_steps, self.params.priority_update_interval
+        if (step // interval + 1) * interval - step < -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1:
+            self._count_all()  # (its steps, at most the prompt's chunks but its last, may reach the next refresh)
+        self._chunk_prompt = prompt
+        return True
+
+    def chunk_keeps_arrival(self, req: Request | None) -> bool:
+        # (another tenant's request is counted for and lifted at once: `add_request`, `_lift`)
+        return req is not None and req.tenant in self._held
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer of the one tenant held (no lift, its count deferred) comes after the

@@ -97,6 +97,7 @@ class FastSwitchFairness:
 
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
         p = self.params
+        prompt, self._chunk_prompt = self._chunk_prompt, None  # (set by `repeats_chunk` for this step)
         start, k = self._sched_step, self.num_engine_steps - self._sched_step
         last_refresh = (start + k - 1) // p.priority_update_interval * p.priority_update_interval
         if k > 1 and last_refresh > start:
@@ -104,12 +105,17 @@ class FastSwitchFairness:
             # as they were at its start plus the tokens emitted before that step, exactly as
             # stepping would. The token log says how many (a speculative step emits several, a
             # request that joined the stretch starts at its step); a request's prompt counted
-            # with its first token (whole in step 0, or in a joined request's step).
+            # with its first token (whole in step 0, or in a joined request's step), or, for a
+            # chunk stretch's prompt (unfinished, `n` tokens each step), as far as its chunks
+            # before that step reached.
             snap = dict(self.counters)
-            for req, _ in output.scheduled:
+            for req, n in output.scheduled:
                 old_in, old_out = self._served.get(req.id, (0, 0))
                 emitted = req.num_output_tokens - old_out - _tokens_since(req.token_steps, last_refresh)
-                new_in = max(old_in, min(req.num_computed_tokens, req.prompt_len)) if emitted > 0 else old_in
+                computed = req.num_computed_tokens
+                if req is prompt:
+                    computed -= n * (start + k - last_refresh)
+                new_in = max(old_in, min(computed, req.prompt_len)) if emitted > 0 or req is prompt else old_in
                 delta = p.input_price * (new_in - old_in) + p.output_price * emitted
                 snap[req.tenant] = snap.get(req.tenant, 0.0) + delta
             self._snapshot, self._snap_step = snap, last_refresh
