@@ -37,6 +37,7 @@ from __future__ import annotations
 from itertools import accumulate, repeat
 from typing import Any
 
+from servesim.replica.chunk_through import ChunkThrough, chunks_through
 from servesim.replica.token_advance import advance_decodes
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request
@@ -163,6 +164,8 @@ class ChunkStretch(Stretch):
     def apply(self, engine) -> list[Request]:
         """Advance the decodes, the prompt, the KV blocks and the step log by the stretch's
         steps; returns the decodes that finished in its last step (in batch order, as stepping)."""
+        if self.through:  # (its decodes finished at their own steps: `ThroughChunkStretch`)
+            return self.apply_through(engine)
         k, decodes = self.k, self.decodes
         kv, rec = engine.kv, engine.recorder
         bs = kv.block_size
@@ -210,6 +213,12 @@ class ChunkStretch(Stretch):
         return done
 
 
+class ThroughChunkStretch(ChunkThrough, ChunkStretch):
+    """A `ChunkStretch` through its decodes' finishes (`replica/chunk_through.py`)."""
+
+    __slots__ = ("_held_fn", "_formf")
+
+
 def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
                        prefills: list[tuple[Request, int]]) -> bool:
     """Run the step just scheduled (`decodes` and one prompt chunk) and the steps that repeat
@@ -219,19 +228,36 @@ def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], d
         return False
     (prompt, chunk), = prefills
     # steps 0, 1, ... give the prompt a full chunk and leave it unfinished; the decodes run
-    # until the first of them emits its last token
+    # until the first of them emits its last token (or on through it: `chunk_through.py`)
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1
-    for r in decodes:
-        kmax = min(kmax, r.output_len - r.num_output_tokens)
+    kd = min([r.output_len - r.num_output_tokens for r in decodes], default=kmax)
+    through = kd < kmax and chunks_through(engine, decodes)
+    if not through:
+        kmax = min(kmax, kd)
     if kmax < 2:
         return False
     end0 = now_s + engine.perf.step_time_s([(chunk, prompt.num_computed_tokens)], decode_ctxs)
-    return plan_chunk_stretch(engine, ChunkStretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk, kmax))
+    return plan_chunk_stretch(engine, chunk_stretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk,
+                                                    kmax, through))
+
+
+def chunk_stretch(engine, start_s: float, end0_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
+                  prompt: Request, chunk: int, kmax: int, through: bool, extra0: int = 0,
+                  shared: tuple[Request, int] | None = None) -> ChunkStretch:
+    """A `ChunkStretch` of these steps, or (`through`) a `ThroughChunkStretch` whose `kmax`
+    (here the prompt's bound at the fixed chunk) counts the chunks its departures grow."""
+    if not through:
+        return ChunkStretch(engine, start_s, end0_s, out, decodes, decode_ctxs, prompt, chunk, kmax, extra0, shared)
+    st = ThroughChunkStretch(engine, start_s, end0_s, out, decodes, decode_ctxs, prompt, chunk, kmax, extra0, shared)
+    st._go_through(engine, kmax)
+    return st
 
 
 def plan_chunk_stretch(engine, st: ChunkStretch) -> bool:
     """Price the chunk stretch `st` and make it the engine's, if at least two of its steps are
     safe (time, KV blocks, prefix keys); False, changing nothing, otherwise."""
+    if st.kmax < 2:
+        return False  # (through finishes: the grown chunks reach the prompt's last within two steps)
     st.price(engine._own_horizon_s())
     if st.k < 2:
         return False
