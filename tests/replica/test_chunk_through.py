@@ -2,31 +2,26 @@
 a decode that leaves gives its token of the budget to the prompt's chunk from the next step, the
 finish is processed at the stretch's end with its time, and the run, the step log and every view
 a router reads inside equal stepping's, with prefix keys, KV blocks running short, a perf model
-without the scalar chunk form and a state-reading router over replicas (a perf model without the scalar decode form
-processes no finish late: those stretches stop at the first, `test_chunk_stretch.py`)."""
+without the scalar chunk form and a state-reading router over replicas (a perf model without the
+scalar decode form processes no finish late: those stretches stop at the first,
+`test_chunk_stretch.py`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from servesim.replica.chunk_stretch import ChunkStretch
-from servesim.replica.replica import Replica
 from servesim import load_scenario, simulate
 from servesim.cluster import routers
+from servesim.replica.chunk_stretch import ChunkStretch
+from servesim.replica.replica import Replica
 from tests.cluster.helpers import ReadsEverything, assert_same_steps, outcome
-from tests.factories import applied_steps, assert_same_run, make_engine, make_request, serve
-from tests.replica.test_chunk_stretch import long_prompts
+from tests.factories import applied_steps, assert_same_run, make_request
+from tests.replica.test_chunk_stretch import engine_run as chunk_engine_run, long_prompts
 
 
 def engine_run(reqs, fast_forward: bool, num_blocks: int):
     """Sarathi with chunks of 128 on one engine that may process finishes late (as a run does)."""
-    engine, _, kv, loop, _ = make_engine(num_blocks=num_blocks, scheduler="sarathi", params={"chunk_size": 128},
-                                         max_num_batched_tokens=2048, max_num_seqs=16, fast_forward=fast_forward,
-                                         defer_finishes=True)
-    serve(engine, loop, reqs)
-    engine.drain(loop.now_s)
-    kv.check_all_free()
-    return engine
+    return chunk_engine_run(reqs, fast_forward, num_blocks, defer_finishes=True)
 
 
 def departed_inside(st) -> bool:

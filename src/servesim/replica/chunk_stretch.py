@@ -141,6 +141,8 @@ class ChunkStretch(Stretch):
             return
         ends = self._ends
         del ends[self._priced:]  # (what a truncation dropped)
+        if self.through:  # (decodes leave at their last tokens: `ThroughChunkStretch`)
+            return self.price_through(k, t, ends, horizon)
         c, n, f = self.chunk, len(self.decodes), self._form
         cached = self.prompt.num_computed_tokens + self.extra0 + k * c  # the prompt's tokens in KV when step k starts
         if f is not None:

@@ -81,13 +81,9 @@ class ChunkThrough:
         """With prefix keys a finish frees what `blocks_freed` counts (`freed_blocks`)."""
         return super().blocks_added(j, block_size, self._held_fn or blocks_held)
 
-    def price(self, horizon: float) -> None:
-        """Take steps until one would start at or after `horizon`, or `kmax` steps."""
-        k, t = self.k, self.end_s
-        if k >= self.kmax or t >= horizon:
-            return
-        ends = self._ends
-        del ends[self._priced:]  # (what a truncation dropped)
+    def price_through(self, k: int, t: float, ends: list[float], horizon: float) -> None:
+        """`ChunkStretch.price` from step k (starting at `t`) through finishes: each step's
+        batch the decodes still running, its chunk the budget they leave."""
         srt, ctxs, rem = self._sorted_rem, self._ctxs, self.remaining
         order = self.departure_order()
         p, total = bisect_right(srt, k), len(srt)
