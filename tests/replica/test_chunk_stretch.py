@@ -35,10 +35,10 @@ def long_prompts(seed: int, keys: bool, n: int = 120):
     return reqs
 
 
-def engine_run(reqs, fast_forward: bool, num_blocks: int, perf=None):
+def engine_run(reqs, fast_forward: bool, num_blocks: int, perf=None, defer_finishes: bool = False):
     engine, _, kv, loop, _ = make_engine(num_blocks=num_blocks, scheduler="sarathi", params={"chunk_size": 128},
                                          max_num_batched_tokens=2048, max_num_seqs=16, fast_forward=fast_forward,
-                                         perf=perf)
+                                         perf=perf, defer_finishes=defer_finishes)
     serve(engine, loop, reqs)
     engine.drain(loop.now_s)
     kv.check_all_free()

@@ -11,7 +11,8 @@ contexts ctx + j and the chunk `c` over the prompt's first `computed + j * c` to
 time is a known function of j, priced step by step with the perf model's scalar form of such
 steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_time_s`, so as
 stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
-chunk (its end step admits or finishes the prompt), at the first decode's finish, at the step
+chunk (its end step admits or finishes the prompt), at the first decode's finish (sarathi's run
+on through it: `replica/chunk_through.py`), at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
 and at any cut (a clock change, a crash); its step 0 may also finish the prompt before
 (`replica/shared_chunk.py`); an arrival does not cut it (the budget is spent), it
@@ -37,6 +38,7 @@ from __future__ import annotations
 from itertools import accumulate, repeat
 from typing import Any
 
+from servesim.replica.chunk_through import ChunkThrough, chunks_through
 from servesim.replica.token_advance import advance_decodes
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request
@@ -140,6 +142,8 @@ class ChunkStretch(Stretch):
             return
         ends = self._ends
         del ends[self._priced:]  # (what a truncation dropped)
+        if self.through:  # (decodes leave at their last tokens: `ThroughChunkStretch`)
+            return self.price_through(k, t, ends, horizon)
         c, n, f = self.chunk, len(self.decodes), self._form
         cached = self.prompt.num_computed_tokens + self.extra0 + k * c  # the prompt's tokens in KV when step k starts
         if f is not None:
@@ -163,6 +167,8 @@ class ChunkStretch(Stretch):
     def apply(self, engine) -> list[Request]:
         """Advance the decodes, the prompt, the KV blocks and the step log by the stretch's
         steps; returns the decodes that finished in its last step (in batch order, as stepping)."""
+        if self.through:  # (its decodes finished at their own steps: `ThroughChunkStretch`)
+            return self.apply_through(engine)
         k, decodes = self.k, self.decodes
         kv, rec = engine.kv, engine.recorder
         bs = kv.block_size
@@ -210,6 +216,12 @@ class ChunkStretch(Stretch):
         return done
 
 
+class ThroughChunkStretch(ChunkThrough, ChunkStretch):
+    """A `ChunkStretch` through its decodes' finishes (`replica/chunk_through.py`)."""
+
+    __slots__ = ("_held_fn", "_formf")
+
+
 def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
                        prefills: list[tuple[Request, int]]) -> bool:
     """Run the step just scheduled (`decodes` and one prompt chunk) and the steps that repeat
@@ -219,19 +231,36 @@ def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], d
         return False
     (prompt, chunk), = prefills
     # steps 0, 1, ... give the prompt a full chunk and leave it unfinished; the decodes run
-    # until the first of them emits its last token
+    # until the first of them emits its last token (or on through it: `chunk_through.py`)
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1
-    for r in decodes:
-        kmax = min(kmax, r.output_len - r.num_output_tokens)
+    kd = min([r.output_len - r.num_output_tokens for r in decodes], default=kmax)
+    through = kd < kmax and chunks_through(engine, decodes)
+    if not through:
+        kmax = min(kmax, kd)
     if kmax < 2:
         return False
     end0 = now_s + engine.perf.step_time_s([(chunk, prompt.num_computed_tokens)], decode_ctxs)
-    return plan_chunk_stretch(engine, ChunkStretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk, kmax))
+    return plan_chunk_stretch(engine, chunk_stretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk,
+                                                    kmax, through))
+
+
+def chunk_stretch(engine, start_s: float, end0_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
+                  prompt: Request, chunk: int, kmax: int, through: bool, extra0: int = 0,
+                  shared: tuple[Request, int] | None = None) -> ChunkStretch:
+    """A `ChunkStretch` of these steps, or (`through`) a `ThroughChunkStretch` whose `kmax`
+    (here the prompt's bound at the fixed chunk) counts the chunks its departures grow."""
+    if not through:
+        return ChunkStretch(engine, start_s, end0_s, out, decodes, decode_ctxs, prompt, chunk, kmax, extra0, shared)
+    st = ThroughChunkStretch(engine, start_s, end0_s, out, decodes, decode_ctxs, prompt, chunk, kmax, extra0, shared)
+    st._go_through(engine, kmax)
+    return st
 
 
 def plan_chunk_stretch(engine, st: ChunkStretch) -> bool:
     """Price the chunk stretch `st` and make it the engine's, if at least two of its steps are
     safe (time, KV blocks, prefix keys); False, changing nothing, otherwise."""
+    if st.kmax < 2:
+        return False  # (through finishes: the grown chunks reach the prompt's last within two steps)
     st.price(engine._own_horizon_s())
     if st.k < 2:
         return False

@@ -19,7 +19,8 @@ from bisect import bisect_right
 from operator import attrgetter
 from typing import Any
 
-from servesim.replica.chunk_stretch import ChunkStretch, plan_chunk_stretch
+from servesim.replica.chunk_stretch import chunk_stretch, plan_chunk_stretch
+from servesim.replica.chunk_through import chunks_through
 from servesim.workload.request import Request
 
 _ARRIVAL = attrgetter("arrival_s", "id")  # (sarathi's decode order)
@@ -39,9 +40,11 @@ def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], 
     # steps 1, 2, ... give the prompt `chunk` tokens and leave it unfinished; the decodes (the
     # first prompt one of them) run until the first of them emits its last token
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens - c0) // chunk)
-    for req in decodes:
-        kmax = min(kmax, req.output_len - req.num_output_tokens)
-    kmax = min(kmax, first.output_len)
+    kd = min([req.output_len - req.num_output_tokens for req in decodes], default=kmax)
+    kd = min(kd, first.output_len)
+    through = kd < kmax and chunks_through(engine, decodes + [first])  # (on through finishes: `chunk_through.py`)
+    if not through:
+        kmax = min(kmax, kd)
     if kmax < 2:
         return False
     end0 = now_s + engine.perf.step_time_s([(r, first.num_computed_tokens), (c0, prompt.num_computed_tokens)],
@@ -49,5 +52,5 @@ def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], 
     i = bisect_right(decodes, _ARRIVAL(first), key=_ARRIVAL)  # (its place in the decode order)
     batch = decodes[:i] + [first] + decodes[i:]
     ctxs = decode_ctxs[:i] + [first.num_tokens - 1] + decode_ctxs[i:]
-    st = ChunkStretch(engine, now_s, end0, out, batch, ctxs, prompt, chunk, kmax, c0 - chunk, (first, r))
+    st = chunk_stretch(engine, now_s, end0, out, batch, ctxs, prompt, chunk, kmax, through, c0 - chunk, (first, r))
     return plan_chunk_stretch(engine, st)

@@ -87,6 +87,11 @@ class FastForwardHooks:
     # Does each of those steps allocate the prompt's blocks for its chunk and register its
     # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
     chunks_allocate = False
+    # May the steps `repeats_chunk` or `shares_chunk` repeats go on through a decode's finish
+    # processed late, at the stretch's end (its budget to the prompt's chunk, nobody admitted,
+    # no decision of the policy reading a finish before the next `schedule`)?
+    # `replica/chunk_through.py`
+    chunk_finishes_late = False
     # Does a step that admits prompts run them alone, every running request stalled for it
     # (prefill-first: vLLM V0, SGLang without mixed chunks)? Then `arrivals_join`'s requests
     # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.

@@ -150,6 +150,11 @@ class SarathiScheduler(Scheduler):
         req, chunk = scheduled[-1]
         return chunk == self.params.chunk_size - n and req.num_computed_tokens + chunk < req.num_tokens
 
+    # A decode's finish in those steps frees a sequence slot and its blocks, and the next step's
+    # budget goes to the prompt in progress: nothing is admitted or preempted until its last
+    # chunk, so the finish may be processed late (`replica/chunk_through.py`).
+    chunk_finishes_late = True
+
     def shares_chunk(self, output: SchedulerOutput) -> int:
         # Decodes, a prompt's last chunk (emitting its first token) and the next prompt's first
         # chunk, the budget spent and the second left unfinished: from the next step the first
