@@ -103,7 +103,7 @@ class ChunkStretch(Stretch):
         tokens after step j's chunk need)."""
         if not self.grows:
             return self._held0
-        return max(self._held0, -(-(self._c0 + (j + 1) * self.chunk + self.extra0) // self._bs))
+        return max(self._held0, -(-(self._c0 + (j + 1) * self.chunk) // self._bs))
 
     def blocks_needed(self, steps: int, block_size: int) -> int:
         """The decodes' growth over the first `steps` steps (`Stretch`'s) and the prompt's."""
@@ -124,7 +124,7 @@ class ChunkStretch(Stretch):
         when the stretch was planned, as the rest of its allocations at the end."""
         j = self.step_in_flight(t)
         if self.grows and j > self._settled:
-            if not kv.allocate_slots(self.prompt, (j + 1) * self.chunk + self.extra0):
+            if not kv.allocate_slots(self.prompt, (j + 1) * self.chunk):
                 raise AssertionError("a chunk stretch's prompt blocks do not fit")
             self._settled = j
 
@@ -194,7 +194,7 @@ class ChunkStretch(Stretch):
             for j in range(f, k, bs):
                 added[j] += 1
         if self.grows:  # the prompt's chunks: allocated and registered as the running pass does
-            if not kv.allocate_slots(self.prompt, k * self.chunk + self.extra0):
+            if not kv.allocate_slots(self.prompt, k * self.chunk):
                 raise AssertionError("a chunk stretch's prompt blocks do not fit")
             held = list(map(self.prompt_blocks, range(k)))
             for j in range(1, k):

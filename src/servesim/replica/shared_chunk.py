@@ -31,10 +31,9 @@ def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], 
     """Run the shared step just scheduled (`decodes`, one prompt's last chunk, the next one's
     first) and the chunk steps after it as a `ChunkStretch`, if the scheduler says they follow
     (`Scheduler.shares_chunk`) and at least two steps are safe; False, changing nothing, otherwise."""
-    sched = engine.scheduler
-    if len(prefills) != 2 or engine.deliver is not None:
+    if len(prefills) != 2 or engine.deliver is not None or engine.scheduler.chunks_allocate:
         return False
-    chunk = sched.shares_chunk(out)
+    chunk = engine.scheduler.shares_chunk(out)
     if not chunk:
         return False
     (first, r), (prompt, c0) = prefills
@@ -50,9 +49,7 @@ def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], 
         return False
     end0 = now_s + engine.perf.step_time_s([(r, first.num_computed_tokens), (c0, prompt.num_computed_tokens)],
                                            decode_ctxs)
-    # its place in the decode order: sarathi's is by arrival; vLLM's running pass keeps the
-    # running order, where the first prompt comes right after the decodes (`shares_running_chunk`)
-    i = len(decodes) if sched.chunks_allocate else bisect_right(decodes, _ARRIVAL(first), key=_ARRIVAL)
+    i = bisect_right(decodes, _ARRIVAL(first), key=_ARRIVAL)  # (its place in the decode order)
     batch = decodes[:i] + [first] + decodes[i:]
     ctxs = decode_ctxs[:i] + [first.num_tokens - 1] + decode_ctxs[i:]
     st = chunk_stretch(engine, now_s, end0, out, batch, ctxs, prompt, chunk, kmax, through, c0 - chunk, (first, r))

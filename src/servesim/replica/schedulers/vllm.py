@@ -205,12 +205,6 @@ class VLLMScheduler(VLLMSteps):
         # expiries and releases its `schedule` does, and its `schedule` is vLLM's).
         return self.vllm_admission() and self.repeats_running_chunk(output, output.num_known_decodes)
 
-    def shares_chunk(self, output: SchedulerOutput) -> int:
-        # A prompt's last chunk and the next prompt's first sharing the budget, as
-        # `repeats_chunk` holds from the next step (the second prompt's chunks then spend it),
-        # under the same condition (`vllm_admission`).
-        return self.shares_running_chunk(output, output.num_known_decodes) if self.vllm_admission() else 0
-
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Same batch next step iff everyone running got its token, nothing was preempted and
         # the admission loop cannot admit: nothing waiting, max_num_seqs reached, or the head

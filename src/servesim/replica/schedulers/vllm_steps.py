@@ -133,29 +133,6 @@ class VLLMSteps(Scheduler):
         return (req is running[-1] and chunk == self.config.max_num_batched_tokens - num_decodes
                 and req.num_computed_tokens + chunk < req.num_tokens)
 
-    def shares_running_chunk(self, output: SchedulerOutput, num_decodes: int) -> int:
-        """The shape of a step `shares_chunk` may start, for the policies `repeats_running_chunk`
-        serves: nothing preempted or swapped, every running request scheduled, the first
-        `num_decodes` with one token each, then the running request before the last with its
-        prompt's last chunk (its first token) and the last, admitted this step, with the budget
-        left, its prompt unfinished after one more chunk. The next running pass gives the
-        decodes and the first (decoding) one token each and the second the budget they leave,
-        which is then spent (nothing admitted): that chunk size, else 0."""
-        if output.preempted or output.swapped_out or output.swapped_in:
-            return 0
-        scheduled, running = output.scheduled, self.running
-        n = num_decodes
-        if len(scheduled) != n + 2 or len(running) != n + 2:
-            return 0
-        (first, r), (second, c0) = scheduled[n:]
-        budget = self.config.max_num_batched_tokens
-        chunk = budget - n - 1
-        if (first is not running[-2] or second is not running[-1] or first.num_output_tokens or chunk <= 0
-                or first.num_computed_tokens + r != first.num_tokens or n + r + c0 != budget
-                or second.num_computed_tokens + c0 + chunk >= second.num_tokens):
-            return 0
-        return chunk
-
     def evict(self, victim: Request, out: SchedulerOutput, swap: bool = False, reuse_key=None) -> int:
         """Take running `victim` off the GPU (`swap_or_recompute`); return the tokens it had
         been given this step, now removed from the batch (the caller refunds them)."""
