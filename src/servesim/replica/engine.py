@@ -186,7 +186,9 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
     def interrupt(self, now_s: float) -> None:
         """Something changed here at `now_s`: cut the stretch in flight so the next step
         boundary sees it, or start a step if idle."""
-        self._cut(now_s)
+        st = self.stretch
+        if st is not None and st.cut(now_s):  # (`_cut`, written out: every arrival at a busy replica passes here)
+            self._schedule_stretch_end(st)
         if not self.busy:  # start after every arrival of this instant is queued, as a batch
             self.busy = True
             self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)

@@ -139,7 +139,7 @@ class FastForwarding:
         next_s = self.next_event_s()
         if self.lookahead > 1 or self.arrival_keeps(False, None):  # (a decode stretch's)
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0_s, math.inf))
-        return min(next_s, self._own_horizon_s())
+        return min(next_s, self.until_s, self.scheduler.next_timer_s())  # (`_own_horizon_s` written out: once per join)
 
     def _schedule_stretch_end(self, st: Stretch) -> None:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
