@@ -12,7 +12,7 @@ import pytest
 
 from servesim.perf.build import build_perf_model
 from servesim.replica import fast_forward
-from servesim.replica.token_advance import advance_decodes, advance_decodes_by
+from servesim.replica.token_advance import advance_decodes, advance_decodes_by, advance_decodes_step
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request
@@ -100,6 +100,26 @@ def test_uniform_advance_is_the_general_advance_with_equal_steps():
     assert [(r.num_computed_tokens, r.num_output_tokens, r.token_steps) for r in a] == \
            [(r.num_computed_tokens, r.num_output_tokens, r.token_steps) for r in b]
     assert b[0].token_steps == [0, 2, 5, 12] and b[1].token_steps == [0, 6, 8, 12]
+
+
+def test_one_step_advance_returns_the_finished_in_order():
+    """The engine's stepped step advances its decodes and picks those that emitted their last
+    token in one pass: the same requests as the uniform advance by one, then the filter."""
+    def batch() -> list[Request]:
+        reqs = [Request(i, 0.0, 10, 4 + i % 3) for i in range(6)]  # output lengths 4, 5, 6, ...
+        for i, r in enumerate(reqs):
+            r.num_computed_tokens, r.num_output_tokens = 12, 3 + i % 2  # 0, 1 and 3 emit their last
+            r.token_steps = [0, 6] if i % 2 else [0, 2, 5, 7]
+        return reqs
+
+    a, b = batch(), batch()
+    advance_decodes_by(a, 1, 8)
+    expected = [r.id for r in a if r.num_output_tokens >= r.output_len]
+    finished = advance_decodes_step(b, 8)
+    assert [r.id for r in finished] == expected == [0, 1, 3]
+    assert [(r.num_computed_tokens, r.num_output_tokens, r.token_steps) for r in a] == \
+           [(r.num_computed_tokens, r.num_output_tokens, r.token_steps) for r in b]
+    assert b[0].token_steps == [0, 2, 5, 8] and b[1].token_steps == [0, 6, 8, 8]
 
 
 def test_no_stretch_is_built_when_step_1_cannot_start_before_the_horizon(monkeypatch):

@@ -40,7 +40,7 @@ from servesim.replica.shared_chunk import shared_fast_forward
 from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
                                           speculate)
 from servesim.replica.fast_forward import DecodeFns, FastForwarding
-from servesim.replica.token_advance import advance_decodes_by
+from servesim.replica.token_advance import advance_decodes_step
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -319,8 +319,7 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
-        advance_decodes_by(decodes, 1, step)
-        finished = [req for req in decodes if req.num_output_tokens >= req.output_len]
+        finished = advance_decodes_step(decodes, step)
         prefill_tokens = 0
         emitted = len(decodes)
         ports, handoffs = self.ports, []

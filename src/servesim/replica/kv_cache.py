@@ -231,9 +231,11 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                 nb += 1
             # this token completes keyed blocks (empty keys give kn = 0 below, so `is not
             # None` decides as `bool(keys)` would, without `BlockKeys.__bool__`'s Python call);
-            # `nk < kn` first: a decode past its keys (most of a Mooncake answer's) stops there
-            if nk < nc1 // bs and prefix and (keys := r.kv_block_keys) is not None and nk < (
-                    kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)):
+            # the keys first: a request without any (an Azure trace's) stops at one read;
+            # `nk < kn` before the division: a decode past its keys (most of a Mooncake
+            # answer's) stops there
+            if prefix and (keys := r.kv_block_keys) is not None and nk < (
+                    kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)) and nk < nc1 // bs:
                 full = nc1 // bs
                 if full > kn:
                     full = kn

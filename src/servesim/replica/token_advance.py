@@ -78,3 +78,21 @@ def advance_decodes_by(decodes: list[Request], m: int, first: int) -> None:
             runs[-1] = last
         else:
             runs += (first, last)
+
+
+def advance_decodes_step(decodes: list[Request], step: int) -> list[Request]:
+    """`advance_decodes_by(decodes, 1, step)` for one stepped step, returning those that emitted
+    their last token, in order: the engine's one pass over the batch where it took two."""
+    prev = step - 1
+    finished = []
+    for req in decodes:
+        req.num_computed_tokens += 1
+        n = req.num_output_tokens = req.num_output_tokens + 1
+        runs = req.token_steps
+        if runs[-1] == prev:
+            runs[-1] = step
+        else:
+            runs += (step, step)
+        if n >= req.output_len:
+            finished.append(req)
+    return finished
