@@ -16,8 +16,10 @@ is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens
 by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`);
 steps that repeat are fast-forwarded by `replica/spec_stretch.py`.
 
-The swap pricing and timer wake-ups are `StepWaits`' (`replica/engine_waits.py`); clock changes,
-crashes, restarts and the end of run are `EngineLifecycle`'s (`replica/engine_lifecycle.py`).
+A request's arrival (admission checks, keeping or cutting the stretch in flight) is
+`EngineArrivals`' (`replica/engine_arrivals.py`); the swap pricing and timer wake-ups are
+`StepWaits`' (`replica/engine_waits.py`); clock changes, crashes, restarts and the end of run are
+`EngineLifecycle`'s (`replica/engine_lifecycle.py`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from servesim.core.loop import PRIO_STEP_END, PRIO_STEP_START, EventLoop
+from servesim.core.loop import PRIO_STEP_END, EventLoop
 from servesim.metrics.recorder import Recorder
 from servesim.replica.chunk_stretch import chunk_fast_forward
 from servesim.replica.config import EngineConfig
+from servesim.replica.engine_arrivals import EngineArrivals
 from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
-from servesim.replica.kv_cache import KVCacheManager, block_keys
+from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.lone_stretch import lone_fast_forward
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
 DoneCallback = Callable[[Request, float], None]
 
 
-class Engine(FastForwarding, StepWaits, EngineLifecycle):
+class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
     """A model replica serving requests with one scheduler, KV cache and cost model."""
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
@@ -134,79 +137,6 @@ class Engine(FastForwarding, StepWaits, EngineLifecycle):
         # (`_settle`: one event per arrival instead of two). `_unevented`: (stretch, gen) so left.
         self.sole_arrival: Callable | None = None
         self._unevented: tuple | None = None
-
-    # ------------------------------------------------------------------ arrivals
-    def add_request(self, req: Request, now_s: float) -> None:
-        """A request reaches this replica at `now_s` (the caller records it)."""
-        if self.on_event:
-            self.on_event()
-        if self.on_change:
-            self.on_change(now_s)
-        reason = self._reject_reason(req)
-        if reason:
-            req.state = RequestState.REJECTED
-            req.finish_s = now_s
-            req.extra["reject_reason"] = reason
-            self.on_done(req, now_s)
-            if self._unevented is not None:
-                self._settle()
-            return
-        if req.hash_ids and self.kv.enable_prefix_caching:
-            req.kv_block_keys = block_keys(req, self.kv.block_size)
-        st = self.stretch
-        # A request the stretch's steps would not look at changes nothing they repeat: it goes
-        # on, logging one more waiting request from the step after the one in flight (the
-        # first step whose `schedule` would see it when stepping).
-        keep = st is not None and self.arrival_keeps(st.spends_budget, req)
-        self.scheduler.add_request(req, now_s)
-        if keep:
-            st.add_waiting(now_s)
-        else:
-            self.interrupt(now_s)
-        if self._unevented is not None:
-            self._settle()
-
-    def settle(self) -> None:
-        """After an arrival that may not have reached this engine (the cluster ended it):
-        the stretch left without an end event is settled as `add_request` settles it."""
-        if self._unevented is not None:
-            self._settle()
-
-    def arrival_keeps(self, spends_budget: bool, req: Request | None) -> bool:
-        """The one rule for an arrival while a stretch runs (`req`; None: the next one, whatever
-        it is): is it queued with the stretch going on, rather than cutting it? Never with KV
-        ports. A stretch whose steps spend the whole token budget on one prompt's chunks
-        (`spends_budget`: a `ChunkStretch`, a `SpecStretch` with a prompt; `repeats_chunk`
-        holds whatever arrives) keeps any request but one naming a LoRA adapter (its arrival
-        may start a load, a timer: cut when it comes) or one the policy acts on at once
-        (`chunk_keeps_arrival`); any other, as the scheduler answers (`arrival_keeps_batch`)."""
-        sched = self.scheduler
-        return self.ports is None and (
-            (spends_budget and (req is None or req.lora is None) and sched.chunk_keeps_arrival(req))
-            or sched.arrival_keeps_batch(req))
-
-    def interrupt(self, now_s: float) -> None:
-        """Something changed here at `now_s`: cut the stretch in flight so the next step
-        boundary sees it, or start a step if idle."""
-        self._cut(now_s)
-        if not self.busy:  # start after every arrival of this instant is queued, as a batch
-            self.busy = True
-            self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)
-
-    def _reject_reason(self, req: Request) -> str | None:
-        total = req.prompt_len + req.output_len
-        if req.prompt_len < 1 or req.output_len < 1:
-            return "empty prompt or output"
-        max_model_len, max_prompt = self._arrival_caps
-        if total > max_model_len:
-            return f"prompt + output = {total} tokens > max_model_len {max_model_len}"
-        if max_prompt is not None and req.prompt_len > max_prompt:
-            return f"prompt of {req.prompt_len} tokens > max_num_batched_tokens without chunked prefill"
-        if req.lora is not None and not self.scheduler.supports_lora:
-            return f"LoRA adapters are served only by the vllm scheduler, not {self.scheduler.name}"
-        if total > self.kv.num_gpu_blocks * self.kv.block_size:  # (`cdiv(total, block_size)` blocks: once per arrival)
-            return f"needs more KV blocks than the GPU has ({self.kv.num_gpu_blocks})"
-        return self.scheduler.admission_error(req)
 
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:

@@ -1,0 +1,87 @@
+"""The engine's arrivals: a request reaching the replica is checked against its limits (one
+clear rejection reason), given its prefix keys, and either queued with the stretch in flight
+going on (`arrival_keeps`: the one rule for that) or made to cut it so the next step boundary
+sees it; an idle engine starts a step once every arrival of the instant is queued.
+"""
+
+from __future__ import annotations
+
+from servesim.core.loop import PRIO_STEP_START
+from servesim.replica.kv_cache import block_keys
+from servesim.workload.request import Request, RequestState
+
+
+class EngineArrivals:
+    """`Engine`'s arrival path (`replica/engine.py`)."""
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        """A request reaches this replica at `now_s` (the caller records it)."""
+        if self.on_event:
+            self.on_event()
+        if self.on_change:
+            self.on_change(now_s)
+        reason = self._reject_reason(req)
+        if reason:
+            req.state = RequestState.REJECTED
+            req.finish_s = now_s
+            req.extra["reject_reason"] = reason
+            self.on_done(req, now_s)
+            if self._unevented is not None:
+                self._settle()
+            return
+        if req.hash_ids and self.kv.enable_prefix_caching:
+            req.kv_block_keys = block_keys(req, self.kv.block_size)
+        st = self.stretch
+        # A request the stretch's steps would not look at changes nothing they repeat: it goes
+        # on, logging one more waiting request from the step after the one in flight (the
+        # first step whose `schedule` would see it when stepping).
+        keep = st is not None and self.arrival_keeps(st.spends_budget, req)
+        self.scheduler.add_request(req, now_s)
+        if keep:
+            st.add_waiting(now_s)
+        else:
+            self.interrupt(now_s)
+        if self._unevented is not None:
+            self._settle()
+
+    def settle(self) -> None:
+        """After an arrival that may not have reached this engine (the cluster ended it):
+        the stretch left without an end event is settled as `add_request` settles it."""
+        if self._unevented is not None:
+            self._settle()
+
+    def arrival_keeps(self, spends_budget: bool, req: Request | None) -> bool:
+        """The one rule for an arrival while a stretch runs (`req`; None: the next one, whatever
+        it is): is it queued with the stretch going on, rather than cutting it? Never with KV
+        ports. A stretch whose steps spend the whole token budget on one prompt's chunks
+        (`spends_budget`: a `ChunkStretch`, a `SpecStretch` with a prompt; `repeats_chunk`
+        holds whatever arrives) keeps any request but one naming a LoRA adapter (its arrival
+        may start a load, a timer: cut when it comes) or one the policy acts on at once
+        (`chunk_keeps_arrival`); any other, as the scheduler answers (`arrival_keeps_batch`)."""
+        sched = self.scheduler
+        return self.ports is None and (
+            (spends_budget and (req is None or req.lora is None) and sched.chunk_keeps_arrival(req))
+            or sched.arrival_keeps_batch(req))
+
+    def interrupt(self, now_s: float) -> None:
+        """Something changed here at `now_s`: cut the stretch in flight so the next step
+        boundary sees it, or start a step if idle."""
+        self._cut(now_s)
+        if not self.busy:  # start after every arrival of this instant is queued, as a batch
+            self.busy = True
+            self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)
+
+    def _reject_reason(self, req: Request) -> str | None:
+        total = req.prompt_len + req.output_len
+        if req.prompt_len < 1 or req.output_len < 1:
+            return "empty prompt or output"
+        max_model_len, max_prompt = self._arrival_caps
+        if total > max_model_len:
+            return f"prompt + output = {total} tokens > max_model_len {max_model_len}"
+        if max_prompt is not None and req.prompt_len > max_prompt:
+            return f"prompt of {req.prompt_len} tokens > max_num_batched_tokens without chunked prefill"
+        if req.lora is not None and not self.scheduler.supports_lora:
+            return f"LoRA adapters are served only by the vllm scheduler, not {self.scheduler.name}"
+        if total > self.kv.num_gpu_blocks * self.kv.block_size:  # (`cdiv(total, block_size)` blocks: once per arrival)
+            return f"needs more KV blocks than the GPU has ({self.kv.num_gpu_blocks})"
+        return self.scheduler.admission_error(req)
