@@ -26,22 +26,20 @@ class EngineArrivals:
             req.finish_s = now_s
             req.extra["reject_reason"] = reason
             self.on_done(req, now_s)
-            if self._unevented is not None:
-                self._settle()
-            return
-        if req.hash_ids and self.kv.enable_prefix_caching:
-            req.kv_block_keys = block_keys(req, self.kv.block_size)
-        st = self.stretch
-        # A request the stretch's steps would not look at changes nothing they repeat: it goes
-        # on, logging one more waiting request from the step after the one in flight (the
-        # first step whose `schedule` would see it when stepping).
-        keep = st is not None and self.arrival_keeps(st.spends_budget, req)
-        self.scheduler.add_request(req, now_s)
-        if keep:
-            st.add_waiting(now_s)
         else:
-            self.interrupt(now_s)
-        if self._unevented is not None:
+            if req.hash_ids and self.kv.enable_prefix_caching:
+                req.kv_block_keys = block_keys(req, self.kv.block_size)
+            st = self.stretch
+            # A request the stretch's steps would not look at changes nothing they repeat: it
+            # goes on, logging one more waiting request from the step after the one in flight
+            # (the first step whose `schedule` would see it when stepping).
+            keep = st is not None and self.arrival_keeps(st.spends_budget, req)
+            self.scheduler.add_request(req, now_s)
+            if keep:
+                st.add_waiting(now_s)
+            else:
+                self.interrupt(now_s)
+        if self._unevented is not None:  # (a sole replica's stretch left without an end event)
             self._settle()
 
     def settle(self) -> None:
