@@ -156,13 +156,8 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
     model = model_name(row)
     key = (row.system, row.version, MODEL_ALIASES.get(model, model))
     script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
-    return script if script and in_sweep(script.sweep, row) else None
-
-
-def in_sweep(sweep: dict, row: SiliconRow) -> bool:
-    """Whether a config's sweep, (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, ran `row`'s point."""
-    users = sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl))
-    return bool(users) and users[0] <= row.concurrency <= users[1]
+    users = script.sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl)) if script else None
+    return script if users and users[0] <= row.concurrency <= users[1] else None
 
 
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
@@ -208,96 +203,10 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 }
 
 
-# InferenceMAX's vLLM scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they ran the rows. The silicon
-# file's upstream `silicon_data_source` (AIConfigurator `systems/silicon_sample.csv`) names each row's InferenceMAX
-# export (`source_file=<date>.csv; measured=...; image=vllm/vllm-openai:<tag>`) or database dump (`db-dump/...;
-# config_id; workflow_run_id; <image>`); the config of `.github/configs/nvidia-master.yaml` and the script at the
-# measurement's date give the flags. The client is benchmark_serving as above (`--num-warmups 2 x CONC` drained before
-# the measurement, so not played). docs/fidelity.md, "vLLM Kimi-K2.5 and MiniMax-M2.5 rows played as InferenceMAX ran
-# them (issue 14, kimiv)", cites each entry.
-VLLM_DEFAULT_BUDGET_TOKENS = 8192  # `vllm serve`'s max_num_batched_tokens on a GPU of 70 GiB or more, flag unset
-
-
-@dataclass(frozen=True)
-class VLLMScript:
-    budget_prompts: int  # --max-num-batched-tokens = this x ISL; 0: unset (VLLM_DEFAULT_BUDGET_TOKENS)
-    mem: float  # --gpu-memory-utilization
-    block: int  # --block-size; 0: unset (the engine's default)
-    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
-    kv_fp8: bool = True  # --kv-cache-dtype fp8
-    # --enable-expert-parallel as the script passes it: None when the config's EP > 1 (the rule the repository's
-    # review asks for), True always (a script testing `EP_SIZE -ge 1`, EP 1 included), False never (no flag at all)
-    expert_parallel: bool | None = None
-
-
-KIMI_B200_SWEEP = {(1024, 1024): (4, 64), (8192, 1024): (4, 64)}
-# (system, version, model, GEMM precision[@revision]) -> script; a revision suffix keeps two revisions of one config
-# apart, each played on the parallelism its sweep names
-VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
-    # kimik2.5_fp4_b200.sh, 2026-03-11 (pull request 862) to 04-06: `--gpu-memory-utilization 0.90`, `--max-num-seqs CONC`
-    # (the generator's), no budget, block or KV flag, no `--enable-expert-parallel` although the config sweeps `ep: 4`
-    # (the script reads no EP_SIZE), so those rows ran the experts over TP 4; 1k/8k dropped on 03-27 (pull request 911)
-    ("b200_sxm", "0.17.0", "kimi-k2.5", "nvfp4"): VLLMScript(0, 0.90, 0, {
-        (8, 1): {(1024, 1024): (4, 4), (8192, 1024): (4, 4)},
-        (4, 4): {**KIMI_B200_SWEEP, (1024, 8192): (4, 64)}}, kv_fp8=False, expert_parallel=False),
-    # its revision of 2026-04-20 (pull request 1047: `ep: 1`), which the db-dump rows measured that day ran: FP8 KV cache,
-    # `--max-num-batched-tokens $((ISL * 2))`, `--max-cudagraph-capture-size 2048`, `--stream-interval 20`
-    ("b200_sxm", "0.17.0", "kimi-k2.5", "nvfp4@2026-04-20"): VLLMScript(2, 0.90, 0, {(4, 1): KIMI_B200_SWEEP}),
-    # kimik2.5_int4_h200.sh, 2026-03-02 (pull request 847) to 04-06: `--gpu-memory-utilization 0.95`, `--max-num-seqs CONC`,
-    # no budget, block or KV flag, TP 8 (1k/8k until 03-27)
-    ("h200_sxm", "0.16.0", "kimi-k2.5", "int4_wo"): VLLMScript(0, 0.95, 0, {
-        (8, 1): {(1024, 1024): (4, 64), (1024, 8192): (4, 64), (8192, 1024): (4, 64)}}, kv_fp8=False),
-    # minimaxm2.5_fp8_b200.sh, 2026-03-11 (pull request 757) to 04-03: `--gpu-memory-utilization 0.95`, `--block-size=32`,
-    # no budget or KV flag, and `--enable-expert-parallel` whenever `EP_SIZE -ge 1`: every row (the config has no `ep`,
-    # so EP 1) ran expert parallel at EP = TP
-    ("b200_sxm", "0.17.0", "minimax-m2.5", "fp8"): VLLMScript(0, 0.95, 32, {
-        (2, 1): {(1024, 1024): (4, 64), (1024, 8192): (4, 64), (8192, 1024): (4, 64)},
-        (4, 1): {(1024, 1024): (4, 64), (1024, 8192): (4, 64), (8192, 1024): (4, 64)}}, kv_fp8=False, expert_parallel=True),
-    # kimik2.5_fp4_b300.sh (pull requests 1056 / 1100, 2026-04-17 / 04-20; the db-dump rows measured 04-20): the B200
-    # script's flags of before 04-20 (`--gpu-memory-utilization 0.90`, `--max-num-seqs CONC`, nothing else), `ep: 1`
-    ("b300_sxm", "0.19.0", "kimi-k2.5", "nvfp4"): VLLMScript(0, 0.90, 0, {
-        (4, 1): KIMI_B200_SWEEP, (8, 1): {(1024, 1024): (4, 4), (8192, 1024): (4, 4)}}, kv_fp8=False),
-    # Inferred, not read: the `wip=True` exports of 2026-04-03 ran branches of pull requests not yet merged (the B300
-    # Kimi config on v0.17.0-cu130; MiniMax on a nightly image), played with the flags their scripts were merged with:
-    # Kimi B300 as above (the config then swept `ep: 4`, the script passes no EP flag); MiniMax NVFP4 B200
-    # (`minimaxm2.5_fp4_b200.sh`, pull request 996, 04-08) and FP8 B300 (`minimaxm2.5_fp8_b300.sh`, 1054, 04-17):
-    # FP8 KV cache, budget 2 x ISL, `--gpu-memory-utilization 0.90`, `--max-cudagraph-capture-size 2048`, B300 blocks of 32
-    ("b300_sxm", "0.17.0", "kimi-k2.5", "nvfp4"): VLLMScript(0, 0.90, 0, {
-        (4, 4): {(1024, 1024): (4, 64), (8192, 1024): (4, 32)}, (8, 1): {(1024, 1024): (4, 4), (8192, 1024): (4, 4)}},
-        kv_fp8=False, expert_parallel=False),
-    ("b200_sxm", "nightly-5b8c30d62b754b57", "minimax-m2.5", "nvfp4"): VLLMScript(2, 0.90, 0, {
-        (2, 1): {(1024, 1024): (4, 256), (8192, 1024): (4, 256)}, (4, 1): {(1024, 1024): (4, 256), (8192, 1024): (4, 256)}}),
-    ("b300_sxm", "nightly-5b8c30d62b754b57", "minimax-m2.5", "fp8"): VLLMScript(2, 0.90, 32, {
-        (2, 1): {(1024, 1024): (4, 64), (8192, 1024): (4, 32)}, (4, 1): {(1024, 1024): (4, 64), (8192, 1024): (4, 32)}}),
-}
-
-
-def vllm_script(row: SiliconRow) -> VLLMScript | None:
-    """The revision of the vLLM script that ran `row` (its key and sweep), or None."""
-    key, quant = (row.system, row.version, model_name(row)), row.gemm_quant
-    return next((s for k, s in VLLM_SCRIPTS.items() if k[:3] == key and k[3].split("@")[0] == quant
-                 and in_sweep(s.sweep, row)), None)
-
-
-def vllm_recipe(row: SiliconRow) -> Recipe | None:
-    """The engine flags, KV precision and expert parallelism of the vLLM script that ran `row`, or None."""
-    script = vllm_script(row)
-    if script is None:
-        return None
-    engine = {"max_num_batched_tokens": script.budget_prompts * row.isl or VLLM_DEFAULT_BUDGET_TOKENS,
-              "gpu_memory_utilization": script.mem, **({"block_size": script.block} if script.block else {})}
-    perf = {"kv_cache_dtype": "fp8"} if script.kv_fp8 else {}
-    if script.expert_parallel is not None:
-        perf["expert_parallel"] = script.expert_parallel
-    return Recipe(engine=engine, scheduler={}, perf=perf)
-
-
 def recipe(row: SiliconRow) -> Recipe | None:
     """The InferenceMAX recipe that played `row`, or None (the generator's deployment)."""
     if row.backend == "sglang":
         return sglang_recipe(row)
-    if row.backend == "vllm":
-        return vllm_recipe(row)
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
     if fn is None and (row.backend, row.system, row.version) in DSR1_B200_SCRIPTS and is_deepseek(row) and row.version_recorded:
         fn = DSR1_B200_SCRIPTS[(row.backend, row.system, row.version)]
