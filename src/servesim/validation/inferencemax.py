@@ -156,8 +156,13 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
     model = model_name(row)
     key = (row.system, row.version, MODEL_ALIASES.get(model, model))
     script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
-    users = script.sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl)) if script else None
-    return script if users and users[0] <= row.concurrency <= users[1] else None
+    return script if script and in_sweep(script.sweep, row) else None
+
+
+def in_sweep(sweep: dict, row: SiliconRow) -> bool:
+    """Whether a config's sweep, (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, ran `row`'s point."""
+    users = sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl))
+    return bool(users) and users[0] <= row.concurrency <= users[1]
 
 
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
@@ -203,10 +208,48 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 }
 
 
+# InferenceMAX's vLLM scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they ran the rows. The silicon
+# file's upstream `silicon_data_source` names them: the B200 0.19.0 MiniMax-M2.5 FP8 rows are InferenceMAX exports
+# (`source_file=2026-04-03.csv`) and database dumps (`db-dump/...; config_id; workflow_run_id`) with the image
+# `vllm/vllm-openai:v0.19.0-cu130`, measured 2026-04-03 to 04-22: InferenceX pull request 947 (2026-04-03) moved
+# `minimaxm2.5-fp8-b200-vllm` to that image, and pull request 1068 (2026-04-21) changed its sweep and an environment
+# variable only. `minimaxm2.5_fp8_b200.sh` serves with `--max-num-batched-tokens $((ISL * 2))`, `--kv-cache-dtype fp8`,
+# `--gpu-memory-utilization 0.90`, `--block-size=32`, no prefix caching, `--enable-expert-parallel` when EP > 1,
+# `--max-num-seqs` unset (vLLM's default, above every row's users); the client is benchmark_serving as above, with
+# `--num-warmups 2 x CONC` (drained before the measurement, so not played).
+@dataclass(frozen=True)
+class VLLMScript:
+    budget_prompts: int  # --max-num-batched-tokens = this x ISL
+    mem: float  # --gpu-memory-utilization
+    block: int  # --block-size
+    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
+    kv_fp8: bool = True  # --kv-cache-dtype fp8
+
+
+# (system, version, model, GEMM precision) -> script
+VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
+    ("b200_sxm", "0.19.0", "minimax-m2.5", "fp8"): VLLMScript(2, 0.90, 32, {
+        (2, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (2, 2): {(1024, 1024): (4, 512)},
+        (4, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (4, 4): {(1024, 1024): (16, 512)}}),
+}
+
+
+def vllm_recipe(row: SiliconRow) -> Recipe | None:
+    """The engine flags and KV precision of the vLLM script that ran `row`, or None."""
+    script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
+    if script is None or not in_sweep(script.sweep, row):
+        return None
+    engine = {"max_num_batched_tokens": script.budget_prompts * row.isl, "gpu_memory_utilization": script.mem,
+              "block_size": script.block}
+    return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
+
+
 def recipe(row: SiliconRow) -> Recipe | None:
     """The InferenceMAX recipe that played `row`, or None (the generator's deployment)."""
     if row.backend == "sglang":
         return sglang_recipe(row)
+    if row.backend == "vllm":
+        return vllm_recipe(row)
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
     if fn is None and (row.backend, row.system, row.version) in DSR1_B200_SCRIPTS and is_deepseek(row) and row.version_recorded:
         fn = DSR1_B200_SCRIPTS[(row.backend, row.system, row.version)]
