@@ -1,6 +1,6 @@
-"""vLLM B200 0.19.0 MiniMax-M2.5 FP8 rows measured by InferenceMAX's `minimaxm2.5_fp8_b200.sh` play that
-script's `vllm serve` flags and its client (benchmark_serving: ten requests per user, lengths over
-[0.8 x, x]), only inside the config's sweep; every other vLLM row keeps the generator's deployment."""
+"""vLLM H200 0.18.0 gpt-oss-120b rows measured by InferenceMAX's `gptoss_fp4_h200.sh` play that script's
+`vllm serve` flags and its client (benchmark_serving: ten requests per user, lengths over [0.8 x, x]), only
+inside the config's sweep; every other vLLM row keeps the generator's deployment."""
 
 from __future__ import annotations
 
@@ -10,32 +10,30 @@ from servesim.validation.run import client_metrics
 from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_scenario
 from tests.validation.test_silicon_mapping import BASE
 
-# the file records TP 4 with expert parallelism as moe_ep 4 (engine --tp 4 --enable-expert-parallel)
-MINIMAX = {**BASE, "osl": "1024", "concurrency": "16", "batch_size": "16"}
+GPTOSS = {**BASE, "backend_version": "0.18.0", "model_path": "openai/gpt-oss-120b", "system": "h200_sxm",
+          "precision": "fp4", "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4", "osl": "1024",
+          "concurrency": "16", "batch_size": "16", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1"}
 
 
 def scenario(options: ClientOptions = ClientOptions(), **changes):
-    return row_scenario(parse_row({**MINIMAX, **changes}), options)
+    return row_scenario(parse_row({**GPTOSS, **changes}), options)
 
 
 def test_script_row_plays_its_flags_and_client():
     s = scenario()
-    assert (s.tp, s.perf.expert_parallel) == (4, True)
-    assert s.engine.max_num_batched_tokens == 2048  # --max-num-batched-tokens $((ISL * 2))
-    assert (s.engine.gpu_memory_utilization, s.engine.block_size, s.perf.kv_cache_dtype) == (0.90, 32, "fp8")
+    assert s.engine.max_num_batched_tokens == 8192  # max-num-batched-tokens: 8192, whatever the prompt
+    assert (s.engine.gpu_memory_utilization, s.engine.block_size, s.perf.kv_cache_dtype) == (0.90, 16, "auto")
     assert s.workload.num_requests == 160 and s.workload.arrival.warmup_requests == 0  # CONC x 10, warm-up drained
     assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == ((819, 1024), (819, 1024))
-    assert scenario(isl="8192", tp_size="2", moe_ep_size="1", moe_tp_size="2").engine.max_num_batched_tokens == 16384
+    assert scenario(isl="8192", tp_size="1", moe_tp_size="1", concurrency="64", batch_size="64").engine.max_num_batched_tokens == 8192
 
 
 def test_rows_outside_the_script_keep_the_generator_deployment():
-    for changes in ({"concurrency": "8", "batch_size": "8"},  # TP 4 x EP 4 ran from 16 users
+    for changes in ({"tp_size": "1", "moe_tp_size": "1"},  # TP 1 ran 1k/1k at 4 users only
+                    {"isl": "8192", "tp_size": "8", "moe_tp_size": "8", "concurrency": "64", "batch_size": "64"},  # to 32
                     {"osl": "256"},  # not a shape of the sweep
-                    {"isl": "8192", "concurrency": "512", "batch_size": "512", "tp_size": "4", "moe_ep_size": "1",
-                     "moe_tp_size": "4"},  # 8k/1k ran to 256 users
-                    {"backend_version": "0.17.0"}, {"gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"},
-                    {"system": "b300_sxm"}):
-        row = parse_row({**MINIMAX, **changes})
+                    {"backend_version": "0.16.0"}, {"system": "h100_sxm"}):
+        row = parse_row({**GPTOSS, **changes})
         assert recipe(played_row(row)) is None, changes
         s = row_scenario(row)
         assert s.workload.lengths.prompt_tokens == row.isl and s.engine.max_num_batched_tokens == row.batch_size + row.isl + 1500

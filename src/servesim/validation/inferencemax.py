@@ -113,8 +113,8 @@ SHAPES = ((1024, 1024), (1024, 8192), (8192, 1024))
 RECV_INTERVAL_USERS = 16  # the scripts' `CONC -ge 16` switch
 
 
-def every_shape(fewest: int, most: int) -> dict:
-    return {shape: (fewest, most) for shape in SHAPES}
+def every_shape(fewest: int, most: int, most_8k1k: int | None = None) -> dict:
+    return {**{shape: (fewest, most) for shape in SHAPES}, (8192, 1024): (fewest, most_8k1k or most)}
 
 
 # (system, version, model, GEMM precision[-TP]) -> script
@@ -209,28 +209,31 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 
 
 # InferenceMAX's vLLM scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they ran the rows. The silicon
-# file's upstream `silicon_data_source` names them: the B200 0.19.0 MiniMax-M2.5 FP8 rows are InferenceMAX exports
-# (`source_file=2026-04-03.csv`) and database dumps (`db-dump/...; config_id; workflow_run_id`) with the image
-# `vllm/vllm-openai:v0.19.0-cu130`, measured 2026-04-03 to 04-22: InferenceX pull request 947 (2026-04-03) moved
-# `minimaxm2.5-fp8-b200-vllm` to that image, and pull request 1068 (2026-04-21) changed its sweep and an environment
-# variable only. `minimaxm2.5_fp8_b200.sh` serves with `--max-num-batched-tokens $((ISL * 2))`, `--kv-cache-dtype fp8`,
-# `--gpu-memory-utilization 0.90`, `--block-size=32`, no prefix caching, `--enable-expert-parallel` when EP > 1,
-# `--max-num-seqs` unset (vLLM's default, above every row's users); the client is benchmark_serving as above, with
-# `--num-warmups 2 x CONC` (drained before the measurement, so not played).
+# file's upstream `silicon_data_source` names InferenceMAX's exports and database dumps with their image
+# (`image=vllm/vllm-openai:<tag>`) and date for almost every aggregated vLLM row (docs/fidelity.md, "vLLM rows run by
+# InferenceMAX's scripts"). Each script's client is benchmark_serving as above, with `--num-warmups 2 x CONC` drained
+# before the measurement (so not played).
 @dataclass(frozen=True)
 class VLLMScript:
-    budget_prompts: int  # --max-num-batched-tokens = this x ISL
+    budget: int  # --max-num-batched-tokens
     mem: float  # --gpu-memory-utilization
-    block: int  # --block-size
-    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
-    kv_fp8: bool = True  # --kv-cache-dtype fp8
+    block: int  # --block-size (vLLM's default 16 where unset)
+    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the config's sweep on the rows' dates
+    kv_fp8: bool = False  # --kv-cache-dtype fp8
 
 
+# The H200 gpt-oss-120b rows record `vllm/vllm-openai:v0.18.0`, measured 2026-03-27: InferenceX pull request 960 moved
+# `gptoss-fp4-h200-vllm` to that image that day. `gptoss_fp4_h200.sh` at that commit: `max-num-batched-tokens: 8192`,
+# `no-enable-prefix-caching`, `--gpu-memory-utilization 0.9`, `--max-num-seqs $CONC` (the users, as the generator's
+# batch), no KV precision or block size (BF16, 16), `VLLM_MXFP4_USE_MARLIN=1` (the experts run Marlin's weight-only
+# MXFP4 kernel: its efficiency is the release's `eta_moe_compute` for int4 on H200, calibration_serving.yaml). Its
+# sweep: TP 2 / 4 / 8 at 4-64 users on every shape (TP 8 8k/1k to 32), TP 1 at 4 users (8k/1k to 64). Not played
+# (docs/fidelity.md, "vLLM 0.18.0 on Hopper"): the H100 gpt-oss script (the same flags) and `minimaxm2.5_fp8_h100.sh`,
+# whose rows come out worse with the script's client until their front end and FP8 prompt are refitted under it.
 # (system, version, model, GEMM precision) -> script
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
-    ("b200_sxm", "0.19.0", "minimax-m2.5", "fp8"): VLLMScript(2, 0.90, 32, {
-        (2, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (2, 2): {(1024, 1024): (4, 512)},
-        (4, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (4, 4): {(1024, 1024): (16, 512)}}),
+    ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.90, 16, {
+        (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)}),
 }
 
 
@@ -239,7 +242,7 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
     if script is None or not in_sweep(script.sweep, row):
         return None
-    engine = {"max_num_batched_tokens": script.budget_prompts * row.isl, "gpu_memory_utilization": script.mem,
+    engine = {"max_num_batched_tokens": script.budget, "gpu_memory_utilization": script.mem,
               "block_size": script.block}
     return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
 
