@@ -7,7 +7,7 @@ from __future__ import annotations
 from servesim.simulation import simulate
 from servesim.validation.inferencemax import recipe
 from servesim.validation.run import client_metrics
-from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_scenario
+from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_scenario, scenario_perf_model
 from tests.validation.test_silicon_mapping import BASE
 
 GPTOSS = {**BASE, "backend_version": "0.18.0", "model_path": "openai/gpt-oss-120b", "system": "h200_sxm",
@@ -39,6 +39,14 @@ def test_rows_outside_the_script_keep_the_generator_deployment():
         assert s.workload.lengths.prompt_tokens == row.isl and s.engine.max_num_batched_tokens == row.batch_size + row.isl + 1500
     off = scenario(ClientOptions(benchmark_recipes=False))
     assert off.workload.lengths.prompt_tokens == 1024 and off.engine.max_num_batched_tokens == 16 + 1024 + 1500
+
+
+def test_release_prices_the_marlin_experts_on_h200_only():
+    # eta_moe_compute 0.15 for the release's weight-only 4-bit experts (Marlin) on H200 (calibration_serving.yaml);
+    # H100 and the older release keep the dense GEMMs' efficiency
+    h200, h100, older = (scenario_perf_model(scenario(**c)) for c in ({}, {"system": "h100_sxm"}, {"backend_version": "0.16.0"}))
+    assert h200.constants.eta_moe_compute == 0.15
+    assert h100.constants.eta_moe_compute == 0.0 and older.constants.eta_moe_compute == 0.0
 
 
 def test_varied_lengths_break_the_lock_step_wave():
