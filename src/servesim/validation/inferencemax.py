@@ -215,25 +215,33 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 # before the measurement (so not played).
 @dataclass(frozen=True)
 class VLLMScript:
-    budget: int  # --max-num-batched-tokens
+    budget_prompts: int  # --max-num-batched-tokens = this x ISL (0: budget_tokens)
     mem: float  # --gpu-memory-utilization
     block: int  # --block-size (vLLM's default 16 where unset)
-    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the config's sweep on the rows' dates
-    kv_fp8: bool = False  # --kv-cache-dtype fp8
+    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
+    kv_fp8: bool = True  # --kv-cache-dtype fp8
+    budget_tokens: int = 0  # a fixed --max-num-batched-tokens
 
 
-# The H200 gpt-oss-120b rows record `vllm/vllm-openai:v0.18.0`, measured 2026-03-27: InferenceX pull request 960 moved
-# `gptoss-fp4-h200-vllm` to that image that day. `gptoss_fp4_h200.sh` at that commit: `max-num-batched-tokens: 8192`,
+# The H100 / H200 vLLM 0.18.0 rows record `vllm/vllm-openai:v0.18.0`, measured 2026-03-27: InferenceX pull requests 960
+# (`gptoss-fp4-h{100,200}-vllm`) and 958 (`minimaxm2.5-fp8-h100-vllm`) moved their configs to that image that day.
+# `gptoss_fp4_h100.sh` and `gptoss_fp4_h200.sh` at that commit serve alike: `max-num-batched-tokens: 8192`,
 # `no-enable-prefix-caching`, `--gpu-memory-utilization 0.9`, `--max-num-seqs $CONC` (the users, as the generator's
 # batch), no KV precision or block size (BF16, 16), `VLLM_MXFP4_USE_MARLIN=1` (the experts run Marlin's weight-only
-# MXFP4 kernel: its efficiency is the release's `eta_moe_compute` for int4 on H200, calibration_serving.yaml). Its
-# sweep: TP 2 / 4 / 8 at 4-64 users on every shape (TP 8 8k/1k to 32), TP 1 at 4 users (8k/1k to 64). Not played
-# (docs/fidelity.md, "vLLM 0.18.0 on Hopper"): the H100 gpt-oss script (the same flags) and `minimaxm2.5_fp8_h100.sh`,
-# whose rows come out worse with the script's client until their front end and FP8 prompt are refitted under it.
+# MXFP4 kernel: its efficiency is the release's `eta_moe_compute` for int4, calibration_serving.yaml). Sweeps: TP 2 / 4
+# / 8 at 4-64 users on every shape (8k/1k at TP 8 to 16 on H100, to 32 on H200), on H200 also TP 1 at 4 users (8k/1k
+# to 64). `minimaxm2.5_fp8_h100.sh`: TP 4 x EP 4 (`--enable-expert-parallel`) at 4-64 users on every shape,
+# `--gpu-memory-utilization 0.90`, `--max-num-seqs 256` (above every row's users), no `--max-num-batched-tokens`
+# (`vllm serve`'s 8,192 on an 80 GB GPU: replica.config.serve_batch_defaults), no KV precision or block size.
 # (system, version, model, GEMM precision) -> script
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
-    ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.90, 16, {
-        (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)}),
+    ("h100_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
+        (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False, budget_tokens=8192),
+    ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
+        (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)},
+        kv_fp8=False, budget_tokens=8192),
+    ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(0, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False,
+                                                              budget_tokens=8192),
 }
 
 
@@ -242,7 +250,7 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
     if script is None or not in_sweep(script.sweep, row):
         return None
-    engine = {"max_num_batched_tokens": script.budget, "gpu_memory_utilization": script.mem,
+    engine = {"max_num_batched_tokens": script.budget_tokens or script.budget_prompts * row.isl, "gpu_memory_utilization": script.mem,
               "block_size": script.block}
     return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
 
