@@ -52,16 +52,19 @@ def test_trailing_round_loads_the_last_measured_decodes():
     # 2,048-token prompts, 64-token outputs, 8 users: the token budget prefills one prompt a step,
     # so every re-arriving prompt stalls the others' decodes for a step. Without the trailing round
     # the last measured round decodes with no prompt arriving; with it, like the rounds before.
+    # The front end pinned to no fixed latency (the row's release, vLLM H100 0.18.0, now has 20 ms, fitted under
+    # InferenceMAX's client): the mechanism, not a fitted constant, is under test.
     row = silicon_row(0, isl="2048", osl="64", concurrency="8", batch_size="8")
-    off = simulate_row(row, ClientOptions(trailing_rounds=0))
-    on = simulate_row(row, ClientOptions())
+    frontend = {"request_s": 0.002, "prompt_token_s": 0.0, "latency_s": 0.0}
+    off = simulate_row(row, ClientOptions(trailing_rounds=0), frontend=frontend)
+    on = simulate_row(row, ClientOptions(), frontend=frontend)
     assert on.num_requests == off.num_requests == 32
     assert on.ttft_s == off.ttft_s  # a trailing prompt is sent after its user's measured ones
     assert on.tpot_s > off.tpot_s * 1.02
     # per round (8 requests each): the last measured round decodes like the rounds before it,
     # not 13 % faster; the fast tail moves to the unmeasured round
     def round_tpots(options: ClientOptions) -> list[float]:
-        done = simulate(row_scenario(row, options)).requests
+        done = simulate(row_scenario(row, options, frontend=frontend)).requests
         tpot = {r.id: (r.finish_s - r.first_token_s) / (r.num_output_tokens - 1) for r in done}
         return [sum(tpot[i] for i in range(k * 8, k * 8 + 8)) / 8 for k in range(len(done) // 8)]
     before, after = round_tpots(ClientOptions(trailing_rounds=0)), round_tpots(ClientOptions())

@@ -113,8 +113,8 @@ SHAPES = ((1024, 1024), (1024, 8192), (8192, 1024))
 RECV_INTERVAL_USERS = 16  # the scripts' `CONC -ge 16` switch
 
 
-def every_shape(fewest: int, most: int) -> dict:
-    return {shape: (fewest, most) for shape in SHAPES}
+def every_shape(fewest: int, most: int, most_8k1k: int | None = None) -> dict:
+    return {**{shape: (fewest, most) for shape in SHAPES}, (8192, 1024): (fewest, most_8k1k or most)}
 
 
 # (system, version, model, GEMM precision[-TP]) -> script
@@ -156,8 +156,13 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
     model = model_name(row)
     key = (row.system, row.version, MODEL_ALIASES.get(model, model))
     script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
-    users = script.sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl)) if script else None
-    return script if users and users[0] <= row.concurrency <= users[1] else None
+    return script if script and in_sweep(script.sweep, row) else None
+
+
+def in_sweep(sweep: dict, row: SiliconRow) -> bool:
+    """Whether a config's sweep, (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, ran `row`'s point."""
+    users = sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl))
+    return bool(users) and users[0] <= row.concurrency <= users[1]
 
 
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
@@ -203,10 +208,59 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 }
 
 
+# InferenceMAX's vLLM scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they ran the rows. The silicon
+# file's upstream `silicon_data_source` names InferenceMAX's exports and database dumps with their image
+# (`image=vllm/vllm-openai:<tag>`) and date for almost every aggregated vLLM row (docs/fidelity.md, "vLLM rows run by
+# InferenceMAX's scripts"). Each script's client is benchmark_serving as above, with `--num-warmups 2 x CONC` drained
+# before the measurement (so not played).
+@dataclass(frozen=True)
+class VLLMScript:
+    budget_prompts: int  # --max-num-batched-tokens = this x ISL (0: budget_tokens)
+    mem: float  # --gpu-memory-utilization
+    block: int  # --block-size (vLLM's default 16 where unset)
+    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
+    kv_fp8: bool = True  # --kv-cache-dtype fp8
+    budget_tokens: int = 0  # a fixed --max-num-batched-tokens
+
+
+# The H100 / H200 vLLM 0.18.0 rows record `vllm/vllm-openai:v0.18.0`, measured 2026-03-27: InferenceX pull requests 960
+# (`gptoss-fp4-h{100,200}-vllm`) and 958 (`minimaxm2.5-fp8-h100-vllm`) moved their configs to that image that day.
+# `gptoss_fp4_h100.sh` and `gptoss_fp4_h200.sh` at that commit serve alike: `max-num-batched-tokens: 8192`,
+# `no-enable-prefix-caching`, `--gpu-memory-utilization 0.9`, `--max-num-seqs $CONC` (the users, as the generator's
+# batch), no KV precision or block size (BF16, 16), `VLLM_MXFP4_USE_MARLIN=1` (the experts run Marlin's weight-only
+# MXFP4 kernel: its efficiency is the release's `eta_moe_compute` for int4, calibration_serving.yaml). Sweeps: TP 2 / 4
+# / 8 at 4-64 users on every shape (8k/1k at TP 8 to 16 on H100, to 32 on H200), on H200 also TP 1 at 4 users (8k/1k
+# to 64). `minimaxm2.5_fp8_h100.sh`: TP 4 x EP 4 (`--enable-expert-parallel`) at 4-64 users on every shape,
+# `--gpu-memory-utilization 0.90`, `--max-num-seqs 256` (above every row's users), no `--max-num-batched-tokens`
+# (`vllm serve`'s 8,192 on an 80 GB GPU: replica.config.serve_batch_defaults), no KV precision or block size.
+# (system, version, model, GEMM precision) -> script
+VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
+    ("h100_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
+        (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False, budget_tokens=8192),
+    ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
+        (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)},
+        kv_fp8=False, budget_tokens=8192),
+    ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(0, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False,
+                                                              budget_tokens=8192),
+}
+
+
+def vllm_recipe(row: SiliconRow) -> Recipe | None:
+    """The engine flags and KV precision of the vLLM script that ran `row`, or None."""
+    script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
+    if script is None or not in_sweep(script.sweep, row):
+        return None
+    engine = {"max_num_batched_tokens": script.budget_tokens or script.budget_prompts * row.isl, "gpu_memory_utilization": script.mem,
+              "block_size": script.block}
+    return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
+
+
 def recipe(row: SiliconRow) -> Recipe | None:
     """The InferenceMAX recipe that played `row`, or None (the generator's deployment)."""
     if row.backend == "sglang":
         return sglang_recipe(row)
+    if row.backend == "vllm":
+        return vllm_recipe(row)
     fn = RECIPES.get((row.backend, row.system, row.version, row.model.lower()))
     if fn is None and (row.backend, row.system, row.version) in DSR1_B200_SCRIPTS and is_deepseek(row) and row.version_recorded:
         fn = DSR1_B200_SCRIPTS[(row.backend, row.system, row.version)]
