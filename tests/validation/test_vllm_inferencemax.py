@@ -1,53 +1,60 @@
-"""vLLM B200 0.19.0 MiniMax-M2.5 FP8 rows measured by InferenceMAX's `minimaxm2.5_fp8_b200.sh` play that
-script's `vllm serve` flags and its client (benchmark_serving: ten requests per user, lengths over
-[0.8 x, x]), only inside the config's sweep; every other vLLM row keeps the generator's deployment."""
+"""vLLM rows measured by InferenceMAX's scripts play that script's `vllm serve` flags and its client
+(benchmark_serving: ten requests per user, lengths over [0.8 x, x], all users started at once), only
+inside the config's sweep; every other vLLM row keeps the generator's deployment. Here: the
+Llama-3.1-70B rows that record no vLLM version (`70b_fp8_h100_*.sh`, `70b_fp4_b200_docker.sh`,
+2025-10-29)."""
 
 from __future__ import annotations
 
 from servesim.simulation import simulate
 from servesim.validation.inferencemax import recipe
 from servesim.validation.run import client_metrics
-from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_scenario
+from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario
 from tests.validation.test_silicon_mapping import BASE
 
-# the file records TP 4 with expert parallelism as moe_ep 4 (engine --tp 4 --enable-expert-parallel)
-MINIMAX = {**BASE, "osl": "1024", "concurrency": "16", "batch_size": "16"}
+LLAMA_H100 = {**BASE, "model_path": "meta-llama/Llama-3.1-70B", "system": "h100_sxm", "backend_version": "",
+              "gemm_quant_mode": "fp8", "moe_quant_mode": "fp8", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1",
+              "attention_dp_size": "1", "osl": "1024", "concurrency": "16", "batch_size": "16"}
+LLAMA_B200 = {**LLAMA_H100, "system": "b200_sxm", "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"}
 
 
-def scenario(options: ClientOptions = ClientOptions(), **changes):
-    return row_scenario(parse_row({**MINIMAX, **changes}), options)
+def scenario(fields: dict, options: ClientOptions = ClientOptions(), **changes):
+    return row_scenario(parse_row({**fields, **changes}), options)
 
 
-def test_script_row_plays_its_flags_and_client():
-    s = scenario()
-    assert (s.tp, s.perf.expert_parallel) == (4, True)
-    assert s.engine.max_num_batched_tokens == 2048  # --max-num-batched-tokens $((ISL * 2))
-    assert (s.engine.gpu_memory_utilization, s.engine.block_size, s.perf.kv_cache_dtype) == (0.90, 32, "fp8")
-    assert s.workload.num_requests == 160 and s.workload.arrival.warmup_requests == 0  # CONC x 10, warm-up drained
-    assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == ((819, 1024), (819, 1024))
-    assert scenario(isl="8192", tp_size="2", moe_ep_size="1", moe_tp_size="2").engine.max_num_batched_tokens == 16384
+def test_script_rows_play_its_flags_and_client():
+    for fields in (LLAMA_H100, LLAMA_B200):
+        s = scenario(fields)
+        assert s.tp == 4 and s.engine.max_num_batched_tokens == 8192  # max-num-batched-tokens: 8192, every shape
+        assert (s.engine.gpu_memory_utilization, s.engine.block_size, s.perf.kv_cache_dtype) == (0.9, 16, "fp8")
+        assert s.workload.num_requests == 160 and s.workload.arrival.warmup_requests == 0  # CONC x 10, no warm-up
+        assert s.workload.arrival.ramp_up_s == 0.0  # all users at once: the out-of-step special case gives way
+        assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == ((819, 1024), (819, 1024))
+        assert scenario(fields, isl="8192").engine.max_num_batched_tokens == 8192
+    assert scenario(LLAMA_B200, tp_size="1", moe_tp_size="1").tp == 1  # B200 ran TP 1-8, H100 TP 2-8
 
 
-def test_rows_outside_the_script_keep_the_generator_deployment():
-    for changes in ({"concurrency": "8", "batch_size": "8"},  # TP 4 x EP 4 ran from 16 users
-                    {"osl": "256"},  # not a shape of the sweep
-                    {"isl": "8192", "concurrency": "512", "batch_size": "512", "tp_size": "4", "moe_ep_size": "1",
-                     "moe_tp_size": "4"},  # 8k/1k ran to 256 users
-                    {"backend_version": "0.17.0"}, {"gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"},
-                    {"system": "b300_sxm"}):
-        row = parse_row({**MINIMAX, **changes})
+def test_rows_outside_the_script_keep_their_campaign_play():
+    for fields, changes in ((LLAMA_H100, {"tp_size": "1", "moe_tp_size": "1"}),  # H100 ran TP 2 / 4 / 8
+                            (LLAMA_H100, {"concurrency": "128", "batch_size": "128"}),  # users 4-64
+                            (LLAMA_B200, {"osl": "256"}),  # not a shape of the sweep
+                            (LLAMA_H100, {"backend_version": "0.18.0"}), (LLAMA_B200, {"gemm_quant_mode": "fp8"}),
+                            (LLAMA_H100, {"system": "h200_sxm"})):
+        row = parse_row({**fields, **changes})
         assert recipe(played_row(row)) is None, changes
         s = row_scenario(row)
         assert s.workload.lengths.prompt_tokens == row.isl and s.engine.max_num_batched_tokens == row.batch_size + row.isl + 1500
-    off = scenario(ClientOptions(benchmark_recipes=False))
-    assert off.workload.lengths.prompt_tokens == 1024 and off.engine.max_num_batched_tokens == 16 + 1024 + 1500
+    # without the scripts the campaign's special cases come back: H100 out of step, B200's warm-up in the loop
+    off = ClientOptions(benchmark_recipes=False)
+    assert scenario(LLAMA_H100, off).workload.arrival.ramp_up_s > 0
+    assert row_request_counts(parse_row(LLAMA_B200), off).warmup == 16
 
 
 def test_varied_lengths_break_the_lock_step_wave():
     # fixed lengths keep the 16 users in one wave every round (every round's prompts arrive together and
     # queue behind each other); over [0.8 x, x] the users fall out of step and fewer prompts queue at once
-    script = scenario()
-    lengths = script.workload.lengths.model_copy(update={"prompt_tokens": 1024, "output_tokens": 1024})
+    script = scenario(LLAMA_H100, isl="8192")
+    lengths = script.workload.lengths.model_copy(update={"prompt_tokens": 8192, "output_tokens": 1024})
     fixed = script.model_copy(update={"workload": script.workload.model_copy(update={"lengths": lengths})})
     (varied_ttft, _, n), (fixed_ttft, _, _) = (client_metrics(simulate(s).requests) for s in (script, fixed))
     assert n == 160

@@ -208,29 +208,36 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
 }
 
 
-# InferenceMAX's vLLM scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they ran the rows. The silicon
-# file's upstream `silicon_data_source` names them: the B200 0.19.0 MiniMax-M2.5 FP8 rows are InferenceMAX exports
-# (`source_file=2026-04-03.csv`) and database dumps (`db-dump/...; config_id; workflow_run_id`) with the image
-# `vllm/vllm-openai:v0.19.0-cu130`, measured 2026-04-03 to 04-22: InferenceX pull request 947 (2026-04-03) moved
-# `minimaxm2.5-fp8-b200-vllm` to that image, and pull request 1068 (2026-04-21) changed its sweep and an environment
-# variable only. `minimaxm2.5_fp8_b200.sh` serves with `--max-num-batched-tokens $((ISL * 2))`, `--kv-cache-dtype fp8`,
-# `--gpu-memory-utilization 0.90`, `--block-size=32`, no prefix caching, `--enable-expert-parallel` when EP > 1,
-# `--max-num-seqs` unset (vLLM's default, above every row's users); the client is benchmark_serving as above, with
-# `--num-warmups 2 x CONC` (drained before the measurement, so not played).
+# InferenceMAX's vLLM scripts (`benchmarks/[single_node/]<model>_<precision>_<gpu>[_docker|_slurm].sh`) as they ran the
+# rows; the silicon file's upstream `silicon_data_source` names the InferenceMAX runs (docs/fidelity.md, vimx). Every
+# script serves without prefix caching and runs the client above (no warm-up in the 2025 scripts; `--num-warmups
+# 2 x CONC` later, drained before the measurement: neither is played).
 @dataclass(frozen=True)
 class VLLMScript:
-    budget_prompts: int  # --max-num-batched-tokens = this x ISL
+    budget_prompts: int  # --max-num-batched-tokens = this x ISL (0: budget_tokens)
     mem: float  # --gpu-memory-utilization
-    block: int  # --block-size
+    block: int  # --block-size (vLLM's default 16 where the script sets none)
     sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
     kv_fp8: bool = True  # --kv-cache-dtype fp8
+    budget_tokens: int = 0  # a fixed --max-num-batched-tokens
 
+
+# The Llama-3.1-70B rows that record no vLLM version (H100 FP8 45, B200 NVFP4 60) are InferenceMAX runs measured
+# 2025-10-29 with no image in the source column: InferenceX's `.github/workflows/70b-tmpl.yml` of that day (commit
+# 9596d23, the last before pull request 149 removed Llama 70B the same evening) ran `nvidia/Llama-3.3-70B-Instruct-FP8`
+# on H100 (TP 2 / 4 / 8) and `-FP4` on B200 (TP 1-8) with image `vllm/vllm-openai:v0.10.2`, `benchmark-tmpl.yml`'s
+# users 4-64, every shape of the full-sweep schedulers at `random-range-ratio: 0.8`. `70b_fp8_h100_{docker,slurm}.sh`
+# and `70b_fp4_b200_docker.sh` both serve with `max-num-batched-tokens: 8192`, `kv-cache-dtype: fp8`,
+# `--gpu-memory-utilization 0.9`, `async-scheduling: true` (not played: servesim's overlap rule is not shipped for
+# vLLM, engines.py), no `--block-size`; `--max-num-seqs` CONC (H100) or 512 (B200): at or above every row's users.
+# B200 adds compilation fusions and `cudagraph_mode: FULL_DECODE_ONLY` (kernel settings, not flags servesim plays).
+LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 
 # (system, version, model, GEMM precision) -> script
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
-    ("b200_sxm", "0.19.0", "minimax-m2.5", "fp8"): VLLMScript(2, 0.90, 32, {
-        (2, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (2, 2): {(1024, 1024): (4, 512)},
-        (4, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (4, 4): {(1024, 1024): (16, 512)}}),
+    ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
+                                                       budget_tokens=8192),
+    ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(0, 0.9, 16, LLAMA70_2025, budget_tokens=8192),
 }
 
 
@@ -239,7 +246,7 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
     if script is None or not in_sweep(script.sweep, row):
         return None
-    engine = {"max_num_batched_tokens": script.budget_prompts * row.isl, "gpu_memory_utilization": script.mem,
+    engine = {"max_num_batched_tokens": script.budget_prompts * row.isl or script.budget_tokens, "gpu_memory_utilization": script.mem,
               "block_size": script.block}
     return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
 
