@@ -59,3 +59,15 @@ def test_varied_lengths_break_the_lock_step_wave():
     (varied_ttft, _, n), (fixed_ttft, _, _) = (client_metrics(simulate(s).requests) for s in (script, fixed))
     assert n == 160
     assert varied_ttft < 0.8 * fixed_ttft
+
+
+def test_h100_gpt_oss_rows_without_a_version_play_their_script_inside_its_sweep():
+    # gptoss_fp4_h100_*.sh of 2025-11-02: the Llama script's flags without a KV precision (vLLM's auto: 16 bits)
+    gpt = {**LLAMA_H100, "model_path": "openai/gpt-oss-120b", "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4",
+           "tp_size": "8", "moe_tp_size": "8", "isl": "8192", "concurrency": "32", "batch_size": "32"}
+    s = scenario(gpt)
+    assert s.engine.max_num_batched_tokens == 8192 and s.perf.kv_cache_dtype == "auto"
+    assert s.workload.num_requests == 320 and s.workload.arrival.ramp_up_s == 0.0
+    # the 512-user rows lie outside every sweep of those dates, and the H200 rows keep the generator's play
+    for changes in ({"concurrency": "512", "batch_size": "512"}, {"system": "h200_sxm"}):
+        assert recipe(played_row(parse_row({**gpt, **changes}))) is None, changes

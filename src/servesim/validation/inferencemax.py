@@ -231,6 +231,10 @@ class VLLMScript:
 # `--gpu-memory-utilization 0.9`, `async-scheduling: true` (not played: servesim's overlap rule is not shipped for
 # vLLM, engines.py), no `--block-size`; `--max-num-seqs` CONC (H100) or 512 (B200): at or above every row's users.
 # B200 adds compilation fusions and `cudagraph_mode: FULL_DECODE_ONLY` (kernel settings, not flags servesim plays).
+# The H100 gpt-oss-120b rows without a version inside that sweep (TP 8, 8k/1k, 32 / 64 users, measured 2025-11-02) ran
+# `gptoss_fp4_h100_{docker,slurm}.sh` of `gptoss-tmpl.yml` (v0.10.2, TP 2 / 4 / 8): the same flags without a KV precision
+# (vLLM's auto: 16 bits), `cuda-graph-sizes: 2048`. Its 512-user rows lie outside every sweep of those dates.
+# Not the H200 ones (`gptoss_fp4_h200_slurm.sh`, the same flags): their first tokens come out 36-56 % fast (docs/fidelity.md).
 LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 
 # (system, version, model, GEMM precision) -> script
@@ -238,6 +242,8 @@ VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
     ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
                                                        budget_tokens=8192),
     ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(0, 0.9, 16, LLAMA70_2025, budget_tokens=8192),
+    ("h100_sxm", "", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
+                                                        kv_fp8=False, budget_tokens=8192),
 }
 
 
