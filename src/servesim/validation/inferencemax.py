@@ -252,8 +252,8 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
     if script is None or not in_sweep(script.sweep, row):
         return None
-    engine = {"max_num_batched_tokens": script.budget_prompts * row.isl or script.budget_tokens, "gpu_memory_utilization": script.mem,
-              "block_size": script.block}
+    budget = script.budget_prompts * row.isl or script.budget_tokens
+    engine = {"max_num_batched_tokens": budget, "gpu_memory_utilization": script.mem, "block_size": script.block}
     return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
 
 
