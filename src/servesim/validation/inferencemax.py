@@ -223,6 +223,21 @@ class VLLMScript:
     budget_tokens: int = 0  # a fixed --max-num-batched-tokens
 
 
+# The Llama-3.1-70B rows that record no vLLM version (H100 FP8 45, B200 NVFP4 60) are InferenceMAX runs measured
+# 2025-10-29 with no image in the source column: InferenceX's `.github/workflows/70b-tmpl.yml` of that day (commit
+# 9596d23, the last before pull request 149 removed Llama 70B the same evening) ran `nvidia/Llama-3.3-70B-Instruct-FP8`
+# on H100 (TP 2 / 4 / 8) and `-FP4` on B200 (TP 1-8) with image `vllm/vllm-openai:v0.10.2`, `benchmark-tmpl.yml`'s
+# users 4-64, every shape of the full-sweep schedulers at `random-range-ratio: 0.8`. `70b_fp8_h100_{docker,slurm}.sh`
+# and `70b_fp4_b200_docker.sh` both serve with `max-num-batched-tokens: 8192`, `kv-cache-dtype: fp8`,
+# `--gpu-memory-utilization 0.9`, `async-scheduling: true` (not played: servesim's overlap rule is not shipped for
+# vLLM, engines.py), no `--block-size`; `--max-num-seqs` CONC (H100) or 512 (B200): at or above every row's users.
+# B200 adds compilation fusions and `cudagraph_mode: FULL_DECODE_ONLY` (kernel settings, not flags servesim plays).
+# The H100 gpt-oss-120b rows without a version inside that sweep (TP 8, 8k/1k, 32 / 64 users, measured 2025-11-02) ran
+# `gptoss_fp4_h100_{docker,slurm}.sh` of `gptoss-tmpl.yml` (v0.10.2, TP 2 / 4 / 8): the same flags without a KV precision
+# (vLLM's auto: 16 bits), `cuda-graph-sizes: 2048`. Its 512-user rows lie outside every sweep of those dates.
+# Not the H200 ones (`gptoss_fp4_h200_slurm.sh`, the same flags): their first tokens come out 36-56 % fast (docs/fidelity.md).
+LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
+
 # The H100 / H200 vLLM 0.18.0 rows record `vllm/vllm-openai:v0.18.0`, measured 2026-03-27: InferenceX pull requests 960
 # (`gptoss-fp4-h{100,200}-vllm`) and 958 (`minimaxm2.5-fp8-h100-vllm`) moved their configs to that image that day.
 # `gptoss_fp4_h100.sh` and `gptoss_fp4_h200.sh` at that commit serve alike: `max-num-batched-tokens: 8192`,
@@ -235,6 +250,11 @@ class VLLMScript:
 # (`vllm serve`'s 8,192 on an 80 GB GPU: replica.config.serve_batch_defaults), no KV precision or block size.
 # (system, version, model, GEMM precision) -> script
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
+    ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
+                                                       budget_tokens=8192),
+    ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(0, 0.9, 16, LLAMA70_2025, budget_tokens=8192),
+    ("h100_sxm", "", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
+                                                        kv_fp8=False, budget_tokens=8192),
     ("h100_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
         (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False, budget_tokens=8192),
     ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {

@@ -161,6 +161,8 @@ WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", ""
 # at 4 users and 8,192-token prompts, a first token as fast as one prefill alone (TP 2 / 4 / 8),
 # which no wave of simultaneous prompts can give. Played with the users started evenly over one
 # request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity.md.
+# Rows whose InferenceMAX script is known (the Llama-3.1-70B ones) play that script's client instead of either
+# special case: all users start at once, and lengths over [0.8 x, x] drift them apart after the first round.
 OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
 # Batch slots held in a campaign (TensorRT-LLM 1.0.0rc3 on H100: inferred from TTFT's growth with the output length,
 # not sourced; confirmed at the recorded 20 requests per user); keyed (engine, system, version); played unless
@@ -268,7 +270,7 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     }
     scenario = validate_scenario(data, f"row {row.id}")
     ramp_cycles = options.ramp_cycles
-    if ramp_cycles is None and (row.backend, row.system, row.version) in OUT_OF_STEP:
+    if ramp_cycles is None and recipe is None and (row.backend, row.system, row.version) in OUT_OF_STEP:
         ramp_cycles = 1.0
     if ramp_cycles is not None:
         arrival = scenario.workload.arrival.model_copy(update={"ramp_up_s": ramp_cycles * decode_cycle_s(scenario, row)})
@@ -279,8 +281,8 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
 def row_request_counts(row: SiliconRow, options: ClientOptions) -> RequestCounts:
     """The warm-up, measured and trailing requests `row` sends (validation/client.py)."""
     row = played_row(row)
-    in_loop = not options.warmup_drains or (row.backend, row.system, row.version) in WARMUP_CONTINUOUS
     script = options.benchmark_recipes and inferencemax.recipe(row) is not None
+    in_loop = not options.warmup_drains or (not script and (row.backend, row.system, row.version) in WARMUP_CONTINUOUS)
     rounds = inferencemax.ROUNDS_PER_USER if script else None
     if options.recorded_rounds and rounds is None:
         rounds = RECORDED_ROUNDS.get((row.backend, row.system, row.version))
