@@ -1,7 +1,8 @@
 """The event kernel: a heap of (time, priority, sequence) -> handler, in virtual time only.
 
 Ties are broken first by an explicit priority (lower runs first), then by insertion order, so
-a run is reproducible. Handlers schedule follow-ups through `schedule`. Time never runs
+a run is reproducible. Handlers schedule follow-ups through `schedule` (or `schedule_soon`, for
+one at the current instant: held beside the heap, in the same order). Time never runs
 backwards: scheduling an event in the past is a bug and raises.
 """
 
