@@ -211,7 +211,9 @@ def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monk
 
 @pytest.mark.parametrize("example,sets", [
     ("cluster-azure-conv.yaml", ["replicas=8", "workload.trace.end_s=600", "router.name=least-requests"]),
-    ("cluster-faults.yaml", ["workload.trace.end_s=900", "router.name=least-requests"]),  # (crashes re-submit several at once)
+    # (crashes re-submit several requests in one event: starting a step in the first one's
+    # submission, as lone14 did, changes 34 requests of this whole run)
+    ("cluster-faults.yaml", []),
 ])
 def test_idle_replicas_start_without_a_heap_entry(example, sets, monkeypatch):
     """An idle replica's start after an arrival is held out of the event heap
