@@ -209,6 +209,43 @@ def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monk
     assert_same_steps(fast, slow)
 
 
+@pytest.mark.parametrize("example,sets", [
+    ("cluster-azure-conv.yaml", ["replicas=8", "workload.trace.end_s=600", "router.name=least-requests"]),
+    # (crashes re-submit several requests in one event: starting a step in the first one's
+    # submission, as lone14 did, changes 34 requests of this whole run)
+    ("cluster-faults.yaml", []),
+])
+def test_idle_replicas_start_without_a_heap_entry(example, sets, monkeypatch):
+    """An idle replica's start after an arrival is held out of the event heap
+    (`EventLoop.schedule_soon`): nearly every start of the 8-replica run never enters it, and
+    the run, crashes' re-submissions included, is the one where every start is a heap entry."""
+    from servesim.core.loop import EventLoop
+    from servesim.replica.engine import Engine
+    calls = {"starts": 0, "pushed": 0}
+    on_start, schedule = Engine._on_start, EventLoop.schedule
+
+    def counted_start(self, *a):
+        calls["starts"] += 1
+        return on_start(self, *a)
+
+    def counted_schedule(self, time_s, handler, *a):
+        calls["pushed"] += getattr(handler, "__name__", "") == "counted_start"
+        return schedule(self, time_s, handler, *a)
+
+    monkeypatch.setattr(Engine, "_on_start", counted_start)
+    monkeypatch.setattr(EventLoop, "schedule", counted_schedule)
+    path = str(ROOT / "examples" / example)
+    held = simulate(load_scenario(path, sets), keep_steps=True)
+    if example == "cluster-azure-conv.yaml":
+        assert calls["starts"] > 0.4 * len(held.requests), calls
+        assert calls["pushed"] < 0.01 * calls["starts"], calls
+    monkeypatch.setattr(EventLoop, "schedule_soon", lambda self, t, h, p=None, prio=0: self.schedule(t, h, p, prio))
+    pushed = simulate(load_scenario(path, sets), keep_steps=True)
+    assert outcome(held) == outcome(pushed)
+    assert_same_steps(held, pushed)
+    assert held.num_events == pushed.num_events
+
+
 @pytest.mark.parametrize("scheduler", ["vllm-v0", "sglang"])
 @pytest.mark.parametrize("rate", [10, 40])
 def test_prompt_only_joins_are_exact_with_a_state_reading_router(scheduler, rate, reads_everything, monkeypatch):

@@ -1,7 +1,8 @@
 """The event kernel: a heap of (time, priority, sequence) -> handler, in virtual time only.
 
 Ties are broken first by an explicit priority (lower runs first), then by insertion order, so
-a run is reproducible. Handlers schedule follow-ups through `schedule`. Time never runs
+a run is reproducible. Handlers schedule follow-ups through `schedule` (or `schedule_soon`, for
+one at the current instant: held beside the heap, in the same order). Time never runs
 backwards: scheduling an event in the past is a bug and raises.
 """
 
@@ -23,10 +24,13 @@ PRIO_STEP_START = 2
 class EventLoop:
     """Discrete-event loop. `now_s` is the time of the event being handled."""
 
-    __slots__ = ("_heap", "_seq", "now_s", "num_events")
+    __slots__ = ("_heap", "_seq", "_soon", "now_s", "num_events")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, int, Handler, Any]] = []
+        # One event at the current instant held out of the heap (`schedule_soon`): an event is
+        # run from here or from the heap, whichever entry is smaller, so the order is the heap's.
+        self._soon: tuple[float, int, int, Handler, Any] | None = None
         self._seq = 0
         self.now_s = 0.0
         self.num_events = 0
@@ -38,24 +42,52 @@ class EventLoop:
         self._seq += 1
         heapq.heappush(self._heap, (time_s, priority, self._seq, handler, payload))
 
+    def schedule_soon(self, time_s: float, handler: Handler, payload: Any = None, priority: int = 0) -> None:
+        """`schedule`, for an event at the current instant (an idle replica's start after an
+        arrival: one in five events at many replicas), kept out of the heap when no other is:
+        it takes its sequence number as `schedule` would and runs when it is the smallest
+        pending entry, so the events and their order are `schedule`'s, without a push and pop."""
+        if time_s != self.now_s or self._soon is not None:
+            return self.schedule(time_s, handler, payload, priority)
+        self._seq += 1
+        self._soon = (time_s, priority, self._seq, handler, payload)
+
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + (self._soon is not None)
+
+    def _head(self) -> tuple | None:
+        """The next pending entry (None: nothing pending)."""
+        soon, heap = self._soon, self._heap
+        if soon is None:
+            return heap[0] if heap else None
+        return heap[0] if heap and heap[0] < soon else soon
 
     def next_time_s(self) -> float:
         """Time of the next pending event (inf when there is none)."""
+        if self._soon is not None:
+            return self._soon[0]  # (the current instant: nothing pending is earlier)
         return self._heap[0][0] if self._heap else float("inf")
 
     def next_is(self, handler: Handler, by_s: float) -> bool:
         """Whether the next pending event is `handler`'s, at or before `by_s`."""
-        heap = self._heap
-        return bool(heap) and heap[0][0] <= by_s and heap[0][3] == handler
+        head = self._head()
+        return head is not None and head[0] <= by_s and head[3] == handler
 
     def run(self, until_s: float = float("inf")) -> None:
-        """Handle events in order until the heap is empty or the next event is after `until_s`."""
+        """Handle events in order until none is pending or the next one is after `until_s`."""
         heap = self._heap
         pop = heapq.heappop
-        while heap and heap[0][0] <= until_s:
-            time_s, _, _, handler, payload = pop(heap)
+        while True:
+            event = self._soon
+            if event is not None and not (heap and heap[0] < event):
+                if event[0] > until_s:
+                    break
+                self._soon = None
+            elif heap and heap[0][0] <= until_s:
+                event = pop(heap)
+            else:
+                break
+            time_s, _, _, handler, payload = event
             if time_s < self.now_s:  # pragma: no cover - guarded by schedule()
                 raise RuntimeError("time ran backwards")
             self.now_s = time_s

@@ -67,7 +67,7 @@ class EngineArrivals:
         self._cut(now_s)
         if not self.busy:  # start after every arrival of this instant is queued, as a batch
             self.busy = True
-            self.loop.schedule(now_s, self._on_start, self._epoch, PRIO_STEP_START)
+            self.loop.schedule_soon(now_s, self._on_start, self._epoch, PRIO_STEP_START)
 
     def _reject_reason(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len

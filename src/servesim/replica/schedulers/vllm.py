@@ -47,10 +47,10 @@ class VLLMScheduler(VLLMSteps):
             if self.lora is None:
                 self.lora = LoRACache(self.config, self.perf)
             self.lora.lookup(req)
-        super().add_request(req, now_s)
+        Scheduler.add_request(self, req, now_s)  # (not `super()`'s lookup: once per arrival)
 
     def next_timer_s(self) -> float:
-        t = super().next_timer_s()
+        t = Scheduler.next_timer_s(self)  # (not `super()`'s lookup: asked at every stretch planned)
         return t if self.lora is None else min(t, self.lora.next_ready_s())
 
     def schedule(self, now_s: float) -> SchedulerOutput:
