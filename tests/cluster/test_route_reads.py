@@ -23,8 +23,8 @@ def test_bulk_outstandings_equal_each_replicas_count_at_every_arrival(monkeypatc
     bulk = cluster_module.outstandings_at
     reads, inside = [], []
 
-    def checked(replicas, indices, t):
-        got = bulk(replicas, indices, t)
+    def checked(replicas, t, indices):
+        got = bulk(replicas, t, indices)
         assert got == [replicas[i].outstanding_at(t) for i in indices]
         reads.append(got)
         # finishes inside a stretch in flight, counted without applying it
@@ -89,9 +89,12 @@ def test_kept_counts_through_crashes_and_recoveries(monkeypatch):
 def test_a_view_reads_the_counts_in_one_call_unless_it_made_views():
     calls = []
     view = ClusterView(0.0, [0, 2], lambda i: None, lambda i, r: 0, outstanding=lambda i: 10 + i,
-                       outstandings=lambda c: calls.append(list(c)) or [10 + i for i in c])
+                       outstandings=lambda t, c: calls.append((t, list(c))) or [10 + i for i in c])
     assert view.outstandings() == [10, 12]
-    assert calls == [[0, 2]]
+    assert calls == [(0.0, [0, 2])]
+    # aimed at the next decision, it reads at that decision's time and candidates, and forgets its views
+    view.view(0)
+    assert view.aim(1.5, [1]).outstandings() == [11] and calls[-1] == (1.5, [1]) and not view._memo
 
 
 def test_candidates_follow_every_status_change_of_a_replica():
