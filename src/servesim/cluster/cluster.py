@@ -65,7 +65,7 @@ class Cluster:
         self._router_dispatch = getattr(type(router), "on_dispatch", None) is not Router.on_dispatch
         self._router_tracks = getattr(type(router), "on_complete", None) is not Router.on_complete
         self._view = ClusterView(0.0, [], self._read_view, self._cached_blocks, self._lora_state, self._outstanding,
-                                 partial(outstandings_at, replicas))
+                                 partial(outstandings_at, replicas))  # (this list, filled in place)
         self.counts: InFlightCounts | None = None  # the in-flight counts kept between arrivals (`keep_counts`)
         self.sole: Replica | None = None  # the one replica arrivals go to unrouted (`simulation._sole_replica`)
 
