@@ -43,7 +43,7 @@ def _kept_counts_checked(monkeypatch) -> dict:
     """Check every read of the kept counts against each replica's own count at that time;
     count the reads, the replicas read again, and the finishes counted inside stretches."""
     kept = InFlightCounts.at
-    seen = {"reads": 0, "candidates": 0, "read_again": 0, "inside": 0}
+    seen = {"reads": 0, "candidates": 0, "read_again": 0, "inside": 0, "views_made": 0, "aims": 0}
 
     def checked(self, t, indices):
         got = kept(self, t, indices)
@@ -55,6 +55,8 @@ def _kept_counts_checked(monkeypatch) -> dict:
 
     monkeypatch.setattr(InFlightCounts, "at", checked)
     count_calls(monkeypatch, Replica, "outstanding_until", seen, "read_again")
+    count_calls(monkeypatch, ClusterView, "__init__", seen, "views_made")
+    count_calls(monkeypatch, ClusterView, "aim", seen, "aims")
     return seen
 
 
@@ -76,6 +78,7 @@ def test_kept_counts_equal_each_replicas_count_and_save_reads(monkeypatch, sets,
     # the point: most candidates' counts are not read again at each arrival (8 replicas: about
     # one in four is; 64: about one in thirty)
     assert seen["read_again"] < share * seen["candidates"], seen
+    assert seen["views_made"] == 1 and seen["aims"] == n  # one view, aimed at each decision
 
 
 def test_kept_counts_through_crashes_and_recoveries(monkeypatch):
