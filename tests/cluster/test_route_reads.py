@@ -23,8 +23,8 @@ def test_bulk_outstandings_equal_each_replicas_count_at_every_arrival(monkeypatc
     bulk = cluster_module.outstandings_at
     reads, inside = [], []
 
-    def checked(replicas, indices, t):
-        got = bulk(replicas, indices, t)
+    def checked(replicas, t, indices):
+        got = bulk(replicas, t, indices)
         assert got == [replicas[i].outstanding_at(t) for i in indices]
         reads.append(got)
         # finishes inside a stretch in flight, counted without applying it
@@ -43,7 +43,7 @@ def _kept_counts_checked(monkeypatch) -> dict:
     """Check every read of the kept counts against each replica's own count at that time;
     count the reads, the replicas read again, and the finishes counted inside stretches."""
     kept = InFlightCounts.at
-    seen = {"reads": 0, "candidates": 0, "read_again": 0, "inside": 0}
+    seen = {"reads": 0, "candidates": 0, "read_again": 0, "inside": 0, "views_made": 0, "aims": 0}
 
     def checked(self, t, indices):
         got = kept(self, t, indices)
@@ -55,6 +55,8 @@ def _kept_counts_checked(monkeypatch) -> dict:
 
     monkeypatch.setattr(InFlightCounts, "at", checked)
     count_calls(monkeypatch, Replica, "outstanding_until", seen, "read_again")
+    count_calls(monkeypatch, ClusterView, "__init__", seen, "views_made")
+    count_calls(monkeypatch, ClusterView, "aim", seen, "aims")
     return seen
 
 
@@ -76,6 +78,7 @@ def test_kept_counts_equal_each_replicas_count_and_save_reads(monkeypatch, sets,
     # the point: most candidates' counts are not read again at each arrival (8 replicas: about
     # one in four is; 64: about one in thirty)
     assert seen["read_again"] < share * seen["candidates"], seen
+    assert seen["views_made"] == 1 and seen["aims"] == n  # one view, aimed at each decision
 
 
 def test_kept_counts_through_crashes_and_recoveries(monkeypatch):
@@ -89,9 +92,12 @@ def test_kept_counts_through_crashes_and_recoveries(monkeypatch):
 def test_a_view_reads_the_counts_in_one_call_unless_it_made_views():
     calls = []
     view = ClusterView(0.0, [0, 2], lambda i: None, lambda i, r: 0, outstanding=lambda i: 10 + i,
-                       outstandings=lambda c: calls.append(list(c)) or [10 + i for i in c])
+                       outstandings=lambda t, c: calls.append((t, list(c))) or [10 + i for i in c])
     assert view.outstandings() == [10, 12]
-    assert calls == [[0, 2]]
+    assert calls == [(0.0, [0, 2])]
+    # aimed at the next decision, it reads at that decision's time and candidates, and forgets its views
+    view.view(0)
+    assert view.aim(1.5, [1]).outstandings() == [11] and calls[-1] == (1.5, [1]) and not view._memo
 
 
 def test_candidates_follow_every_status_change_of_a_replica():

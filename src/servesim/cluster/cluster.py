@@ -10,6 +10,7 @@ back after its recovery time, empty.
 from __future__ import annotations
 
 from collections import Counter, deque
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -57,13 +58,14 @@ class Cluster:
         # called with (replica index, now_s) just before a replica crashes (the disaggregator
         # and the migrator settle the transfers and migrations it takes part in)
         self.crash_hooks: list[Callable[[int, float], None]] = []
-        # what a routing decision reads, bound once (not five closures made at every arrival):
-        # replicas as of `_route_s`, the time of the decision being made
+        # what a routing decision reads, bound once in one view aimed at each decision (not a
+        # view and five closures made at every arrival): replicas as of `_route_s`, its time
         self._route_s = 0.0
         # whether the router's hooks do anything (else: no call that does nothing, per request)
         self._router_dispatch = getattr(type(router), "on_dispatch", None) is not Router.on_dispatch
         self._router_tracks = getattr(type(router), "on_complete", None) is not Router.on_complete
-        self._readers = (self._read_view, self._cached_blocks, self._lora_state, self._outstanding, self._outstandings)
+        self._view = ClusterView(0.0, [], self._read_view, self._cached_blocks, self._lora_state, self._outstanding,
+                                 partial(outstandings_at, replicas))  # (this list, filled in place)
         self.counts: InFlightCounts | None = None  # the in-flight counts kept between arrivals (`keep_counts`)
         self.sole: Replica | None = None  # the one replica arrivals go to unrouted (`simulation._sole_replica`)
 
@@ -82,6 +84,7 @@ class Cluster:
         where every change to a replica passes through its engine's events, the cluster's
         submissions and status changes (the caller knows)."""
         self.counts = InFlightCounts(self.replicas)
+        self._view._outstandings = self.counts.at  # (the view reads them with no layer between)
 
     def _status_changed(self) -> None:
         """A replica's `alive` or `state` was set."""
@@ -139,7 +142,7 @@ class Cluster:
         if len(self.replicas) == 1:
             return cands[0]  # nothing to decide (and nothing to read)
         self._route_s = now_s
-        return router.route(req, ClusterView(now_s, cands, *self._readers))
+        return router.route(req, self._view.aim(now_s, cands))
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all)."""
@@ -161,11 +164,6 @@ class Cluster:
 
     def _outstanding(self, i: int) -> int:
         return self.replicas[i].outstanding_at(self._route_s)
-
-    def _outstandings(self, indices) -> list[int]:
-        if self.counts is not None:
-            return self.counts.at(self._route_s, indices)
-        return outstandings_at(self.replicas, indices, self._route_s)
 
     def _cached_blocks(self, i: int, req: Request) -> int:
         return self.replicas[i].cached_blocks(req)
@@ -256,7 +254,7 @@ class Cluster:
         self.replicas[index].recover(now_s)
 
 
-def outstandings_at(replicas: list[Replica], indices, t: float) -> list[int]:
+def outstandings_at(replicas: list[Replica], t: float, indices) -> list[int]:
     """`replicas[i].outstanding_at(t)` for each index, in one pass (a count-reading router reads
     every candidate at every arrival; this is that method inlined)."""
     out = []

@@ -40,26 +40,25 @@ class InFlightCounts:
         self.touched.update(range(len(self.replicas)))
 
     def at(self, t: float, indices: Sequence[int]) -> list[int]:
-        """`replicas[i].outstanding_at(t)` for each of `indices` (t: no earlier than the last read)."""
+        """`replicas[i].outstanding_at(t)` for each of `indices` (t: no earlier than the last read).
+        The touched replicas' counts are read again at t (and, if some kept count may be out of
+        date, those whose time has passed too), in one pass here: this runs at every arrival."""
         counts, until, touched = self.counts, self.until, self.touched
-        if t > self._next:  # some kept count may be out of date: those are read again too
+        stale = t > self._next
+        if stale:
             touched.update([i for i, u in enumerate(until) if u < t])
-            self._read(t)
+        if touched:
+            replicas = self.replicas
+            first = self._next
+            for i in touched:
+                counts[i], u = replicas[i].outstanding_until(t)
+                until[i] = u
+                if u < first:
+                    first = u
+            touched.clear()
+            self._next = first
+        if stale:  # (the kept times are all current now: the earliest of them)
             self._next = min(until)
-        elif touched:
-            self._next = min(self._next, self._read(t))
         if len(indices) == len(counts):  # (the candidates are every replica, in order)
             return counts.copy()
         return [counts[i] for i in indices]
-
-    def _read(self, t: float) -> float:
-        """Read the touched replicas' counts at t; returns the earliest of their times."""
-        counts, until, replicas = self.counts, self.until, self.replicas
-        first = float("inf")
-        for i in self.touched:
-            counts[i], u = replicas[i].outstanding_until(t)
-            until[i] = u
-            if u < first:
-                first = u
-        self.touched.clear()
-        return first

@@ -79,7 +79,9 @@ class ClusterView:
     """The eligible replicas for one routing decision and a way to read each one's state.
 
     `candidates` are replica indices, in a fixed order (healthy replicas of the pools that
-    serve the request's model). `view(i)` is memoised within the decision; `outstanding(i)`
+    serve the request's model). The cluster keeps one view and aims it at each decision
+    (`aim`: the time and the candidates, the memo emptied) rather than making one per arrival.
+    `view(i)` is memoised within the decision; `outstanding(i)`
     is its `num_outstanding` alone, without making a view (routers that read only the
     router's in-flight counts read it for every candidate at every arrival). `cached_blocks(i,
     req)` is the engine's real prefix-cache hit (in prefix blocks) on replica i, for routers
@@ -93,15 +95,24 @@ class ClusterView:
                  cached_blocks: Callable[[int, "Request"], int],
                  lora_state: Callable[[int, str], tuple[bool, bool]] | None = None,
                  outstanding: Callable[[int], int] | None = None,
-                 outstandings: Callable[[Sequence[int]], list[int]] | None = None) -> None:
+                 outstandings: Callable[[float, Sequence[int]], list[int]] | None = None) -> None:
         self.now_s = now_s
         self.candidates = candidates
         self._read = read
         self._cached = cached_blocks
         self._lora = lora_state
         self._outstanding = outstanding
-        self._outstandings = outstandings  # `outstanding` of a list of replicas, in one call
+        # `outstanding` of a list of replicas at a time, in one call: (now_s, candidates) -> counts
+        self._outstandings = outstandings
         self._memo: dict[int, ReplicaView] = {}
+
+    def aim(self, now_s: float, candidates: Sequence[int]) -> "ClusterView":
+        """The same readers, for the next decision: at `now_s`, among `candidates`."""
+        self.now_s = now_s
+        self.candidates = candidates
+        if self._memo:
+            self._memo = {}  # (a new dict: a router may still hold the last decision's views)
+        return self
 
     def view(self, i: int) -> ReplicaView:
         v = self._memo.get(i)
@@ -122,7 +133,7 @@ class ClusterView:
         if read is None or self._memo:
             return [self.outstanding(i) for i in self.candidates]
         if self._outstandings is not None:
-            return self._outstandings(self.candidates)
+            return self._outstandings(self.now_s, self.candidates)
         return [read(i) for i in self.candidates]
 
     def views(self) -> list[ReplicaView]:

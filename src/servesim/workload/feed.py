@@ -48,22 +48,19 @@ class Feed:
         if self._noticed and req.id in self._noticed:
             self._noticed.remove(req.id)
             return
-        self._follow(req, now_s)
-
-    def notice(self, req: Request, now_s: float) -> None:
-        """A request finished at `now_s` inside a fast-forwarded stretch, which processes it
-        later (`replica/finish_notices.py`): its follow-ups come now, as they would have
-        stepping, and not again when it is done."""
-        self._follow(req, now_s)
-        self._noticed.add(req.id)
-
-    def _follow(self, req: Request, now_s: float) -> None:
         self.num_done += 1
         if self.progress and self.num_done % 2000 == 0:
             self.progress(self.num_done, self.workload.expected_num_requests, now_s)
         if self.closed_loop:  # (an open-loop workload makes no follow-ups: no call per request)
             for follow in self.workload.on_request_done(req, now_s):
                 self._schedule(follow, self._arrive)
+
+    def notice(self, req: Request, now_s: float) -> None:
+        """A request finished at `now_s` inside a fast-forwarded stretch, which processes it
+        later (`replica/finish_notices.py`): its follow-ups come now, as they would have
+        stepping (`on_done`, its id not yet noticed), and not again when it is done."""
+        self.on_done(req, now_s)
+        self._noticed.add(req.id)
 
     def _schedule(self, req: Request, handler) -> None:
         _check_arrival(req)

@@ -44,15 +44,10 @@ class Router:
         self.params = params
         self.num_replicas = num_replicas
         self.rng = rng  # the router's own stream, derived from the run's seed
-        self._ints: UniformInts | None = None
-
-    @property
-    def ints(self) -> UniformInts:
-        """`rng.integers(n)` drawn in blocks (`UniformInts`), for a router that draws nothing
-        else from `rng` (a tie-break at every arrival)."""
-        if self._ints is None:
-            self._ints = UniformInts(self.rng)
-        return self._ints
+        # `rng.integers(n)` drawn in blocks (`UniformInts`: it draws nothing until used), for a
+        # router that draws nothing else from `rng` (a tie-break at every arrival); an attribute,
+        # not a property: read at every arrival
+        self.ints = UniformInts(rng)
 
     def bind(self, replicas: list, kv_store=None) -> None:
         """Called once the cluster's replicas exist (indices as in views), with the cluster's

@@ -26,8 +26,12 @@ def argmin_pick(cands: Sequence[int], keys: Sequence[float], tie_break: TieBreak
     """
     best = min(keys)
     if type(keys) is list and best == best:  # (C-level scans; `index` and `count` match by `==`, NaN aside)
-        if tie_break == "first" or keys.count(best) == 1:
+        if tie_break == "first" or (n := keys.count(best)) == 1:
             return cands[keys.index(best)]
+        j = keys.index(best)
+        for _ in range(rng.integers(n)):  # the drawn one of the n tied, found by scans, not a list of them
+            j = keys.index(best, j + 1)
+        return cands[j]
     tied = [c for c, k in zip(cands, keys) if k == best]
     if len(tied) == 1 or tie_break == "first":
         return tied[0]
@@ -73,26 +77,30 @@ class UniformInts:
             return int(self._rng.integers(n))
         if n == 1:
             return 0  # (numpy draws nothing for a single value)
-        m = self._word() * n
-        left = m & 0xFFFFFFFF
-        if left < n:  # Lemire's rejection: only the lowest (2^32 mod n) leftovers are redrawn
-            threshold = (0x100000000 - n) % n
-            while left < threshold:
-                m = self._word() * n
-                left = m & 0xFFFFFFFF
-        return m >> 32
+        threshold = -1
+        while True:  # (the words read here, not through a call per word: a draw at nearly every arrival)
+            i = self._i
+            if i == len(self._words):
+                self._refill()
+                i = 0
+            self._i = i + 1
+            m = self._words[i] * n
+            left = m & 0xFFFFFFFF
+            if left >= n:
+                return m >> 32
+            # Lemire's rejection: only the lowest (2^32 mod n) leftovers are redrawn (< n: known
+            # only now, as numpy computes it)
+            if threshold < 0:
+                threshold = (0x100000000 - n) % n
+            if left >= threshold:
+                return m >> 32
 
-    def _word(self) -> int:
-        i = self._i
-        if i == len(self._words):
-            raw = self._rng.bit_generator.random_raw(self.BLOCK)
-            halves = np.empty(2 * self.BLOCK, dtype=np.uint64)
-            halves[0::2] = raw & 0xFFFFFFFF  # (PCG64's 32-bit draws: low half first)
-            halves[1::2] = raw >> 32
-            self._words = halves.tolist()
-            i = 0
-        self._i = i + 1
-        return self._words[i]
+    def _refill(self) -> None:
+        raw = self._rng.bit_generator.random_raw(self.BLOCK)
+        halves = np.empty(2 * self.BLOCK, dtype=np.uint64)
+        halves[0::2] = raw & 0xFFFFFFFF  # (PCG64's 32-bit draws: low half first)
+        halves[1::2] = raw >> 32
+        self._words = halves.tolist()
 
 
 class BlockIndex:
