@@ -166,9 +166,9 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         close_table(table, cluster)
         for r, reducer in zip(cluster.replicas, helper.finish() if helper else []):
             r.engine.recorder.reducer = reducer
-        if helper:  # gaps not streamed: joined in the helper from the spilled files, beside the summary
-            runs = None if keep_steps else table.run_reader()
-            helper.join_gaps(runs, None if runs is None else reduced_ends(helper.reducers))
+        if helper:  # gaps not streamed: joined in the helper (step ends from its files), beside the summary
+            helper.join_gaps(None if keep_steps else table.run_reader(),
+                             None if keep_steps else reduced_ends(helper.reducers))
     except BaseException:
         if helper:
             helper.stop()

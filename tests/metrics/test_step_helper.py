@@ -163,10 +163,21 @@ def test_one_replica_joins_its_gaps_after_the_run_in_the_helper(monkeypatch):
     assert _outputs(there) == _outputs(here)
 
 
-@pytest.mark.parametrize("keep", ["requests", "steps"])
-def test_gaps_held_in_memory_are_left_to_the_summary_and_the_helper_ends(monkeypatch, keep):
-    # runs in memory (kept requests) or step ends in memory (kept steps): the child has no
-    # files to join, so it ends at once and the summary joins them
+def test_one_replica_with_its_rows_in_memory_sends_its_runs_once_after_the_run(monkeypatch):
+    from servesim.metrics.recorder import Recorder
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
+    scenario = load_scenario(ROOT / "examples/azure-conv.yaml", ["workload.num_requests=3000"])
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(scenario)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(scenario)  # (keep_requests: the table in memory)
+    assert not there.table.spilled and there.itl() == here.summary()["itl_s"]
+    assert _outputs(there) == _outputs(here)
+
+
+def test_step_ends_held_in_memory_are_left_to_the_summary_and_the_helper_ends(monkeypatch):
+    # kept steps: the child has no step-end files to join, so it ends at once and the summary joins
     from servesim.metrics.recorder import Recorder
 
     monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
@@ -175,10 +186,10 @@ def test_gaps_held_in_memory_are_left_to_the_summary_and_the_helper_ends(monkeyp
     real_stop = step_helper.ReducerHelper.stop
     monkeypatch.setattr(step_helper.ReducerHelper, "stop", lambda self: stopped.append(1) or real_stop(self))
     monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
-    there = simulate(scenario, keep_requests=keep == "requests", keep_steps=keep == "steps")
+    there = simulate(scenario, keep_requests=False, keep_steps=True)
     assert stopped and there.itl() is None
     monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
-    here = simulate(scenario, keep_requests=keep == "requests", keep_steps=keep == "steps")
+    here = simulate(scenario, keep_requests=False, keep_steps=True)
     assert _outputs(there) == _outputs(here)
 
 

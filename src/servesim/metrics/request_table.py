@@ -327,10 +327,12 @@ class RequestTable:
         in which each request emitted one token per step (a pass reads them per `chunks()`)."""
         return _token_runs(self.cols, self._run, rows)
 
-    def run_reader(self) -> "SpilledRuns | None":
-        """The token runs as `SpilledRuns` (files a process may read alone), or None when the
-        rows are in memory."""
-        return SpilledRuns(self.cols, self._n) if self.spilled else None
+    def run_reader(self) -> "SpilledRuns | HeldRuns":
+        """The token runs as `Result.run_chunks` reads them, picklable for the step log's
+        helper process: the files it reads alone when the rows were spilled, else the arrays."""
+        if self.spilled:
+            return SpilledRuns(self.cols, self._n)
+        return HeldRuns([self.token_runs_of(rows) for rows in self.chunks()])
 
     def token_steps(self, row: int) -> np.ndarray:
         """Every step at whose end request `row` emitted a token."""
@@ -357,6 +359,16 @@ class SpilledRuns:
 
     def __call__(self):
         return (_token_runs(self.cols, self.cols.run, rows) for rows in _slices(self.num_rows, ROWS_PER_PASS))
+
+
+class HeldRuns:
+    """A table's token runs held in memory, as `SpilledRuns` gives them from files."""
+
+    def __init__(self, chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        self.chunks = chunks
+
+    def __call__(self):
+        return iter(self.chunks)
 
 
 def _slices(n: int, rows: int):

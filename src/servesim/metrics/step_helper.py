@@ -21,8 +21,8 @@ gaps as the steps come (itl_stream.py) and sends the summary's `itl_s` figures b
 reducers, so the loop's process does not join runs and steps after the run. When the runs did
 not come down the pipe (one replica: their trips would cost the loop more than the join; a
 request that moved between replicas), the child makes that join after the run instead, from
-the spilled runs' and step ends' files (`join_gaps`), while the loop's process closes the run
-and summarises.
+the step ends' files and the runs (their spilled files, or arrays sent once: `join_gaps`),
+while the loop's process closes the run and summarises.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ class ReducerHelper:
 
     def join_gaps(self, runs: RunChunks | None, ends: StepEnds) -> None:
         """After `finish`, when the gaps were not streamed (one replica, or a request that
-        moved): the child joins the token runs `runs` (picklable: files it reads alone) with the
+        moved): the child joins the token runs `runs` (picklable: the spilled rows' files, or
+        the arrays of rows held in memory, sent down the pipe) with the
         step ends `ends` (itl.itl_stats, the join the summary would make) while this process
         goes on with the summary's other passes; `itl` then reads its figures. None: nothing
         to join there (the summary joins them), and the child ends."""
