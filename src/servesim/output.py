@@ -234,6 +234,7 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
 
 
 def requests_file(result: Result) -> str:
+    """The name of the run folder's requests file (`output.requests_format`)."""
     return "requests.parquet" if result.scenario.output.requests_format == "parquet" else "requests.csv"
 
 

@@ -122,7 +122,7 @@ class ReducerHelper:
         self._itl_pending = self.stream_itl
         return self.reducers
 
-    def join_gaps(self, runs: RunChunks | None, ends: StepEnds) -> None:
+    def join_gaps(self, runs: RunChunks | None, ends: StepEnds | None) -> None:
         """After `finish`, when the gaps were not streamed (one replica, or a request that
         moved): the child joins the token runs `runs` (picklable: the spilled rows' files, or
         the arrays of rows held in memory, sent down the pipe) with the
