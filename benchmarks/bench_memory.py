@@ -47,26 +47,33 @@ def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, 
         sets.append("router.name=least-requests")
     if interval_s is not None:
         sets.append(f"output.timeseries_interval_s={interval_s}")
-    cpu0, helper0 = time.process_time(), children_cpu_s()
+    cpu0, helper0, wall0 = time.process_time(), children_cpu_s(), time.perf_counter()
     try:
         result = simulate(load_scenario(None, sets), keep_requests=keep)
     except TypeError:  # a baseline from before keep_requests (it kept every request)
         result = simulate(load_scenario(None, sets))
-    cpu_sim = time.process_time() - cpu0
+    cpu_sim, wall_sim = time.process_time() - cpu0, time.perf_counter() - wall0
     helper_s = children_cpu_s() - helper0  # the step reduction's helper process (metrics/step_helper.py)
     peak_sim = _peak_rss_mb()
     held_mb = sum(r.stats.nbytes() for r in result.replicas) / 1e6
     partials = [r.stats.parts for r in result.replicas if hasattr(r.stats, "parts")]  # (a baseline holds them)
     spooled_mb = sum(s.path.stat().st_size for p in partials for s in (p.ranges, p.tokens, p.marks)
                      if s.path is not None) / 1e6
+    try:  # the requests file written by a forked process while the summary is made (output.prepare_requests)
+        from servesim.output import prepare_requests
+    except ImportError:  # a baseline from before it
+        prepare_requests = None
+    prepared = prepare_requests is not None and prepare_requests(result)
     summary = result.summary()
     peak_summary = _peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         write_run(result, Path(tmp) / "run", summary)
         rows = sum(1 for _ in open(Path(tmp) / "run" / "timeseries.csv")) - 1
+    cpu_total, wall_total = time.process_time() - cpu0, time.perf_counter() - wall0
     return {"requests": summary["num_requests"], "steps": summary["num_steps"], "cpu_sim_s": round(cpu_sim, 2),
-            "cpu_helper_s": round(helper_s, 2),
-            "cpu_total_s": round(time.process_time() - cpu0, 2), "peak_rss_sim_mb": peak_sim,
+            "cpu_helper_s": round(helper_s, 2), "cpu_children_s": round(children_cpu_s() - helper0, 2),
+            "wall_sim_s": round(wall_sim, 2), "wall_total_s": round(wall_total, 2), "prepared": bool(prepared),
+            "cpu_total_s": round(cpu_total, 2), "peak_rss_sim_mb": peak_sim,
             "peak_rss_summary_mb": peak_summary, "peak_rss_mb": _peak_rss_mb(), "timeseries_rows": rows,
             "series_partials_mb": round(held_mb, 1), "series_partials_file_mb": round(spooled_mb, 1)}
 
@@ -103,7 +110,8 @@ def main() -> None:
         per_req = out["peak_rss_mb"] * 1e6 / out["requests"]
         print(f"{out['requests']:>10,} requests x {args.replicas} replica(s): {out['steps']:,} steps, "
               f"CPU {out['cpu_sim_s']:.1f} s simulate (+ {out['cpu_helper_s']:.1f} s in the helper) / "
-              f"{out['cpu_total_s']:.1f} s with outputs, "
+              f"{out['cpu_total_s']:.1f} s with outputs (+ {out['cpu_children_s']:.1f} s in child processes; wall "
+              f"{out['wall_sim_s']:.1f} / {out['wall_total_s']:.1f} s{', requests file forked' if out['prepared'] else ''}), "
               f"peak RSS {out['peak_rss_mb']:,} MB ({per_req:,.0f} B per request, "
               f"{out['peak_rss_mb'] * 1e6 / max(out['steps'], 1):.0f} B per step; high-water mark "
               f"{out['peak_rss_sim_mb']:,} MB at the end of the simulation, {out['peak_rss_summary_mb']:,} MB after "

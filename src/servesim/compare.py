@@ -116,12 +116,14 @@ def slug(label: str) -> str:
 def run_comparison(variants: Sequence[Variant], out_dir: Path, on_done: Callable[[str, dict], None] | None = None,
                    write_runs: bool = True) -> tuple[list[str], list[list], list[Path]]:
     """Simulate every variant; write each run folder and `comparison.csv` under `out_dir`."""
-    from servesim.output import write_run
+    from servesim.output import prepare_requests, write_run
     from servesim.simulation import simulate
 
     summaries, run_dirs = [], []
     for v in variants:
         result = simulate(v.scenario, keep_requests=False)
+        if write_runs:
+            prepare_requests(result)  # (the requests file made on the second core while the summary is)
         summary = result.summary()
         if write_runs:
             run_dir = out_dir / slug(v.label)

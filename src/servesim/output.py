@@ -21,6 +21,7 @@ import yaml
 from servesim.csv_cells import number_texts
 from servesim.errors import InputError
 from servesim.metrics.request_table import NONE_ID
+from servesim.metrics.step_helper import helper_wanted
 from servesim.metrics.summary import STATE_NAMES, RequestColumns
 from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
 
@@ -212,17 +213,9 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
     resolved["engine"] = result.engine_config.model_dump(mode="json")
     (folder / "scenario.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     (folder / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
-    if result.scenario.output.requests_format == "parquet":
-        _write_parquet(result, folder / "requests.parquet")
-    else:
-        with open(folder / "requests.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(request_columns(result))
-            n = len(result.table)
-            for start in range(0, n, CSV_ROWS):  # written a chunk at a time, formatted a column at a time
-                derived = result.table.request_columns(slice(start, start + CSV_ROWS))
-                _write_lines(f, [column_cells(result, name, start, start + CSV_ROWS, derived)
-                                 for name in request_columns(result)])
+    name = requests_file(result)
+    if not _take_prepared(result, folder / name):
+        _write_requests(result, folder / name)
     with open(folder / "timeseries.csv", "w", newline="") as f:
         w = csv.writer(f)
         names = None
@@ -238,6 +231,66 @@ def _write_files(result: Result, folder: Path, summary: dict) -> None:
             w = csv.writer(f)
             w.writerow(SCALE_EVENT_COLUMNS)
             w.writerows([_cell(getattr(e, c)) for c in SCALE_EVENT_COLUMNS] for e in result.scale_events)
+
+
+def requests_file(result: Result) -> str:
+    """The name of the run folder's requests file (`output.requests_format`)."""
+    return "requests.parquet" if result.scenario.output.requests_format == "parquet" else "requests.csv"
+
+
+def _write_requests(result: Result, path: Path) -> None:
+    if path.suffix == ".parquet":
+        _write_parquet(result, path)
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(request_columns(result))
+        n = len(result.table)
+        for start in range(0, n, CSV_ROWS):  # written a chunk at a time, formatted a column at a time
+            derived = result.table.request_columns(slice(start, start + CSV_ROWS))
+            _write_lines(f, [column_cells(result, name, start, start + CSV_ROWS, derived)
+                             for name in request_columns(result)])
+
+
+def prepare_requests(result: Result) -> bool:
+    """Start writing the requests file of `result`'s run folder now, in a forked process on
+    the second core, so that it is made while this process computes the summary and the time
+    series; `write_run` then waits for it and copies it in (or writes it itself if that
+    process failed). For a caller that writes the run folder next (the CLI, comparisons):
+    the file is the one `write_run` writes, the same function over the same table. Only
+    for rows spilled to files (`simulate(keep_requests=False)`: nothing the summary does
+    changes them) and where a fork is safe (step_helper.helper_wanted). True if started."""
+    if result.spill is None or not result.table.spilled or not helper_wanted() or "_prepared" in result.__dict__:
+        return False
+    path = Path(result.spill.name) / requests_file(result)
+    pid = os.fork()
+    if pid == 0:  # the child: write and leave, without the parent's exit handlers or buffers
+        code = 1
+        try:
+            _write_requests(result, path)
+            code = 0
+        finally:
+            os._exit(code)
+    result.__dict__["_prepared"] = (pid, path)
+    return True
+
+
+def _take_prepared(result: Result, dest: Path) -> bool:
+    """Wait for the requests file `prepare_requests` started and copy it to `dest`; False
+    if none was started or it failed (then the caller writes it)."""
+    prepared = result.__dict__.pop("_prepared", None)
+    if prepared is None:
+        return False
+    pid, path = prepared
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not path.is_file():
+        return False
+    try:
+        os.replace(path, dest)  # (the spill folder on the same file system)
+    except OSError:
+        shutil.copyfile(path, dest)
+        path.unlink()
+    return True
 
 
 def _write_parquet(result: Result, path: Path) -> None:

@@ -163,7 +163,7 @@ def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,
                                      r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s))
     if not keep_steps:
         steps = None
-        ends = StepEnds([(str(rec.stats.ends_path), rec.stats.num_steps) for rec in records])
+        ends = reduced_ends([rec.stats for rec in records])
     elif len(reps) == 1:
         steps = records[0].steps
     else:
@@ -191,6 +191,12 @@ def close_table(table: RequestTable, cluster: Cluster) -> None:
     table.close(offsets if len(reps) > 1 else None)
     if len(reps) > 1 and table.kept is not None:
         _globalise_token_steps(table.kept, offsets)
+
+
+def reduced_ends(reducers: list) -> StepEnds:
+    """The step ends of replicas whose logs were reduced as they came (`StepReducer`s, in
+    replica order: their step-end files one after another)."""
+    return StepEnds([(str(r.ends_path), r.num_steps) for r in reducers])
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

@@ -29,7 +29,7 @@ from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
 from servesim.replica.keyed_join import admits_keyed
 from servesim.replica.replica import STOPPED, Replica
-from servesim.result import Result, assemble_result, close_table
+from servesim.result import Result, assemble_result, close_table, reduced_ends
 from servesim.scenario import Scenario
 from servesim.workload import build_workload
 from servesim.workload.feed import Feed, Progress
@@ -117,7 +117,8 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     helper = _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
     # With several replicas the helper reduces the inter-token gaps too, as requests end: it moves
     # the after-run join to the second core. With one it would cost more CPU (the runs' trips down
-    # the pipe) than the join it saves, so that replica's gaps are joined after the run.
+    # the pipe) than the join it saves, so that replica's gaps are joined after the run, by the
+    # helper from the spilled files (`join_gaps`, below) while this process summarises.
     if helper is not None and len(cluster.replicas) > 1:
         table.itl_sink = helper
         table.logged = lambda: [r.engine.recorder.num_steps for r in cluster.replicas]
@@ -166,6 +167,9 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         close_table(table, cluster)
         for r, reducer in zip(cluster.replicas, helper.finish() if helper else []):
             r.engine.recorder.reducer = reducer
+        if helper:  # gaps not streamed: joined in the helper (step ends from its files), beside the summary
+            helper.join_gaps(None if keep_steps else table.run_reader(),
+                             None if keep_steps else reduced_ends(helper.reducers))
     except BaseException:
         if helper:
             helper.stop()

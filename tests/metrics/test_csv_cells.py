@@ -78,9 +78,9 @@ def test_float_cells_from_orjson_are_reprs_and_ran(monkeypatch):
     missing = np.zeros(len(values), dtype=bool)
     missing[::97] = True
     want = [_cell(None if m else x) for x, m in zip(values.tolist(), missing.tolist())]
-    counting = _CountingOrjson(csv_cells.orjson)
-    monkeypatch.setattr(csv_cells, "orjson", counting)
     assert csv_cells.fast_floats()  # orjson is in the test extra and agrees with repr on the probe
+    counting = _CountingOrjson(csv_cells.orjson)  # (after the probe, which this process may not have run yet)
+    monkeypatch.setattr(csv_cells, "orjson", counting)
     got = csv_cells.number_texts(values, missing)
     assert counting.calls == 1 and got == want
     assert got[12] == "" and got[13] == "inf" and got[8] == "1e+16" and got[5] == "9.9e-05" and got[1] == "-0.0"

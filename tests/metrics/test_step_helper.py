@@ -145,8 +145,9 @@ def test_gaps_reduced_in_the_helper_with_preemptions_are_the_in_process_bytes(mo
     assert _outputs(there) == _outputs(here)
 
 
-def test_one_replica_joins_its_gaps_after_the_run(monkeypatch):
-    # with one replica the token runs' trips down the pipe cost more than the join they save
+def test_one_replica_joins_its_gaps_after_the_run_in_the_helper(monkeypatch):
+    # with one replica the token runs' trips down the pipe cost more than the join they save:
+    # none go; after the run the helper joins the spilled runs' files with the step ends
     from servesim.metrics.recorder import Recorder
 
     monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
@@ -157,13 +158,44 @@ def test_one_replica_joins_its_gaps_after_the_run(monkeypatch):
     monkeypatch.setattr(step_helper.ReducerHelper, "add_runs", lambda self, *a: runs.append(1))
     monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
     there = simulate(scenario, keep_requests=False)
-    assert runs == [] and there.itl() is None and there.summary()["itl_s"]["p50"] is not None
+    assert runs == [] and here.itl is None
+    assert there.itl() == here.summary()["itl_s"] and there.itl()["p50"] is not None  # (joined in the child)
     assert _outputs(there) == _outputs(here)
 
 
-def test_requests_moved_between_replicas_leave_the_gaps_to_the_summary(monkeypatch):
+def test_one_replica_with_its_rows_in_memory_sends_its_runs_once_after_the_run(monkeypatch):
+    from servesim.metrics.recorder import Recorder
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
+    scenario = load_scenario(ROOT / "examples/azure-conv.yaml", ["workload.num_requests=3000"])
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(scenario)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(scenario)  # (keep_requests: the table in memory)
+    assert not there.table.spilled and there.itl() == here.summary()["itl_s"]
+    assert _outputs(there) == _outputs(here)
+
+
+def test_step_ends_held_in_memory_are_left_to_the_summary_and_the_helper_ends(monkeypatch):
+    # kept steps: the child has no step-end files to join, so it ends at once and the summary joins
+    from servesim.metrics.recorder import Recorder
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
+    scenario = load_scenario(ROOT / "examples/azure-conv.yaml", ["workload.num_requests=3000"])
+    stopped = []
+    real_stop = step_helper.ReducerHelper.stop
+    monkeypatch.setattr(step_helper.ReducerHelper, "stop", lambda self: stopped.append(1) or real_stop(self))
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(scenario, keep_requests=False, keep_steps=True)
+    assert stopped and there.itl() is None
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(scenario, keep_requests=False, keep_steps=True)
+    assert _outputs(there) == _outputs(here)
+
+
+def test_requests_moved_between_replicas_leave_the_gaps_to_the_join_after_the_run(monkeypatch):
     # a crash re-dispatches its requests: their runs index two replicas' logs, so the helper
-    # gives the gaps up and the summary joins runs and steps after the run
+    # gives the streamed gaps up and joins the runs (globalised in their files) and steps after the run
     from servesim.metrics.recorder import Recorder
 
     monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1024)
@@ -172,7 +204,8 @@ def test_requests_moved_between_replicas_leave_the_gaps_to_the_summary(monkeypat
     here = simulate(scenario, keep_requests=False)
     monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
     there = simulate(scenario, keep_requests=False)
-    assert there.itl() is None and there.table.cols["num_reroutes"].any()
+    assert there.table.cols["num_reroutes"].any()
+    assert there.itl() == here.summary()["itl_s"]
     assert _outputs(there) == _outputs(here)
 
 

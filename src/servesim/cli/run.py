@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of a table."),
     ) -> None:
         from servesim.cli.display import progress_bar, summary_table
-        from servesim.output import check_out_dir, out_dir_option, write_run
+        from servesim.output import check_out_dir, out_dir_option, prepare_requests, write_run
         from servesim.scenario import load_scenario
         from servesim.simulation import simulate
 
@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         check_out_dir(out_dir)  # before the simulation, not after it
         with progress_bar(enabled=not quiet and not json_out) as progress:
             result = simulate(scn, progress=progress, keep_requests=False)
+        prepare_requests(result)  # (requests.csv made on the second core while the summary is)
         summary = result.summary()
         write_run(result, out_dir, summary)
         if report:

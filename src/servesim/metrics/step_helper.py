@@ -18,7 +18,11 @@ run fails at its end with the child's traceback.
 The same pipe carries the token runs of the requests that ended and, now and then, each
 replica's watermark (below which no run is still to come): the child reduces the inter-token
 gaps as the steps come (itl_stream.py) and sends the summary's `itl_s` figures back with the
-reducers, so the loop's process does not join runs and steps after the run.
+reducers, so the loop's process does not join runs and steps after the run. When the runs did
+not come down the pipe (one replica: their trips would cost the loop more than the join; a
+request that moved between replicas), the child makes that join after the run instead, from
+the step ends' files and the runs (their spilled files, or arrays sent once: `join_gaps`),
+while the loop's process closes the run and summarises.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import traceback
 
 import numpy as np
 
-from servesim.metrics.itl import values_stats
+from servesim.metrics.itl import RunChunks, itl_stats, values_stats
 from servesim.metrics.itl_stream import ITLStream
 from servesim.metrics.step_buffer import WIRE, StepBuffer
+from servesim.metrics.step_ends import StepEnds
 from servesim.metrics.step_reduce import StepReducer
 
 # a message's header: replica index of a step buffer, or one of the kinds below; steps, block
@@ -108,15 +113,29 @@ class ReducerHelper:
 
     def finish(self) -> list[StepReducer]:
         """The reducers, every buffer sent reduced into them (their step-end files closed).
-        The child then finishes the gaps (`itl`) while this process goes on."""
+        The child then finishes the gaps (`itl`) while this process goes on; if they were not
+        streamed, it waits for `join_gaps`."""
         self.end()
         if self._conn is None:
             return self.reducers
         self.reducers = self._result()
         self._itl_pending = self.stream_itl
-        if not self._itl_pending:
-            self.stop()
         return self.reducers
+
+    def join_gaps(self, runs: RunChunks | None, ends: StepEnds | None) -> None:
+        """After `finish`, when the gaps were not streamed (one replica, or a request that
+        moved): the child joins the token runs `runs` (picklable: the spilled rows' files, or
+        the arrays of rows held in memory, sent down the pipe) with the
+        step ends `ends` (itl.itl_stats, the join the summary would make) while this process
+        goes on with the summary's other passes; `itl` then reads its figures. None: nothing
+        to join there (the summary joins them), and the child ends."""
+        if self._conn is None or self.stream_itl:
+            return
+        if runs is None:
+            self.stop()
+            return
+        self._conn.send((runs, ends))
+        self._itl_pending = True
 
     def itl(self) -> dict | None:
         """The summary's `itl_s` as the child reduced it (waits for it once); None: it did
@@ -230,6 +249,10 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: st
                 stats = values_stats(itl.values)
             itl.close()
             up.send(("ok", stats))
+        else:  # the gaps joined after the run, here (`join_gaps`), or none (the pipe closes)
+            itl.close()
+            runs, ends = down.recv()
+            up.send(("ok", itl_stats(runs, ends, folder)))
     except EOFError:
         return  # the loop's process failed or went away: nothing to report to
     except BaseException:  # noqa: BLE001  (reported to the parent, which raises it)
