@@ -260,7 +260,7 @@ def prepare_requests(result: Result) -> bool:
     the file is the one `write_run` writes, the same function over the same table. Only
     for rows spilled to files (`simulate(keep_requests=False)`: nothing the summary does
     changes them) and where a fork is safe (step_helper.helper_wanted). True if started."""
-    if result.spill is None or not result.table.spilled or not helper_wanted() or "_prepared" in result.__dict__:
+    if result.spill is None or not result.table.spilled or not helper_wanted() or result.prepared_requests is not None:
         return False
     path = Path(result.spill.name) / requests_file(result)
     pid = os.fork()
@@ -271,17 +271,16 @@ def prepare_requests(result: Result) -> bool:
             code = 0
         finally:
             os._exit(code)
-    result.__dict__["_prepared"] = (pid, path)
+    result.prepared_requests = (pid, path)
     return True
 
 
 def _take_prepared(result: Result, dest: Path) -> bool:
     """Wait for the requests file `prepare_requests` started and copy it to `dest`; False
     if none was started or it failed (then the caller writes it)."""
-    prepared = result.__dict__.pop("_prepared", None)
-    if prepared is None:
+    if result.prepared_requests is None:
         return False
-    pid, path = prepared
+    (pid, path), result.prepared_requests = result.prepared_requests, None
     _, status = os.waitpid(pid, 0)
     if status != 0 or not path.is_file():
         return False

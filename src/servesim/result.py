@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -64,6 +65,8 @@ class Result:
     itl: Callable[[], dict | None] | None = None
     # step ends, request rows and summary scratch files, deleted with the result
     spill: tempfile.TemporaryDirectory | None = None
+    # (pid, path) of the process writing the requests file beside the summary (output.prepare_requests)
+    prepared_requests: tuple[int, Path] | None = None
 
     @property
     def requests(self) -> list[Request]:
