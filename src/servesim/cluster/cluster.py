@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -21,6 +21,11 @@ from servesim.cluster.view import ClusterView
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.replica.replica import DRAINING, READY, Replica
 from servesim.workload.request import Request, RequestState
+
+if TYPE_CHECKING:
+    from servesim.cluster.disaggregation import Disaggregator
+    from servesim.cluster.kv_store import KVStore
+    from servesim.metrics.request_table import RequestTable
 
 DoneCallback = Callable[[Request, float], None]
 
@@ -36,7 +41,7 @@ class Cluster:
         self.loop = loop
         self.on_done = on_done  # the run's callback for every request that reaches a terminal state
         self.refresh_interval_s = refresh_interval_s
-        self.requests: list[Request] = []  # in order of first arrival
+        self.requests: list[Request] | RequestTable = []  # in order of first arrival (a run's RequestTable)
         self.num_rerouted = 0  # dispatches of requests taken off a replica (crash or scale-down eviction)
         self.reject_reasons: Counter[str] = Counter()
         self._all: list[int] = []
@@ -53,8 +58,8 @@ class Cluster:
         self.num_arrivals = 0
         self.arrived_prompt_tokens = 0
         self.arrived_output_tokens = 0
-        self.disagg = None  # the Disaggregator when pools have prefill/decode roles
-        self.kv_store = None  # the KVStore when the scenario enables one
+        self.disagg: Disaggregator | None = None  # the Disaggregator when pools have prefill/decode roles
+        self.kv_store: KVStore | None = None  # the KVStore when the scenario enables one
         # called with (replica index, now_s) just before a replica crashes (the disaggregator
         # and the migrator settle the transfers and migrations it takes part in)
         self.crash_hooks: list[Callable[[int, float], None]] = []

@@ -25,7 +25,7 @@ from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.keyed_chunk_join import apply_rests
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
-from servesim.replica.stretch import DecodeForms, Stretch
+from servesim.replica.stretch import DecodeFn, DecodeForms, Stretch
 from servesim.replica.stretch_chunks import RunTimes
 from servesim.replica.stretch_join import join_arrivals
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
@@ -239,7 +239,7 @@ class FastForwarding:
         return self._forms
 
     @property
-    def _decode_fn(self):
+    def _decode_fn(self) -> DecodeFn:
         """The perf model's scalar decode step time for n sequences, memoised (False: none):
         n -> function, the memo's own `__getitem__` (a stretch asks it at each join and
         departure; a C call once the batch size was seen)."""

@@ -10,6 +10,8 @@ order, so a sequential cumulative sum of these times gives stepping's end times 
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 
@@ -25,10 +27,10 @@ class RunTimes:
 
     # (a table covers the context sums from 0 to the largest asked, n times a context: for 3 or 4
     # requests, rarer, making it cost about what its runs saved, in page faults mostly)
-    SMALL = 2
+    SMALL: Final = 2
     # values in one table at most (1 MB; at most 2 MB an engine, whatever the contexts and the
     # replicas): a run past it is priced by numpy calls
-    LONGEST = 1 << 17
+    LONGEST: Final = 1 << 17
 
     def __init__(self, base: np.ndarray, cpu: np.ndarray, g: float, overlap: bool) -> None:
         self._base, self._cpu, self._g, self._overlap = base, cpu, g, overlap

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 class RequestState(enum.IntEnum):
@@ -78,7 +78,7 @@ class Request:
     # end times this gives every token's time (and so every inter-token gap) exactly, while a
     # fast-forwarded decode stretch costs O(1) to record.
     token_steps: list[int] = field(default_factory=list)
-    kv_block_keys: tuple[Any, ...] | None = None  # prefix keys at the engine's block size (engine-set)
+    kv_block_keys: Sequence[Any] | None = None  # prefix keys at the engine's block size (engine-set; a tuple or BlockKeys)
     replica: int = -1  # the replica serving it (its token_steps index that replica's step log)
     # (index into token_steps, replica) each time it moved to another replica (after a crash);
     # runs from that index on belong to that replica's step log
