@@ -196,9 +196,9 @@ def _sole_replica(cluster: Cluster, feed: Feed) -> None:
     replica = cluster.replicas[0]
     engine = replica.engine
     if (replica.frontend is None and engine.deliver is None and engine.notice is None and engine.ports is None
-            and engine.on_event is None and engine.on_change is None and not cluster._router_dispatch):
+            and engine.on_event is None and engine.on_change is None and cluster.routes_silently()):
         cluster.sole = replica
-        engine.sole_arrival = feed._arrive_from_stream
+        engine.sole_arrival = feed.arrive_from_stream
 
 
 def _run_loop(loop: EventLoop, until_s: float) -> None:

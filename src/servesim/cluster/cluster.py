@@ -132,6 +132,11 @@ class Cluster:
             self.router.on_dispatch(req, pick, now_s)
         self.submit(pick, req, now_s)
 
+    def routes_silently(self) -> bool:
+        """Whether routing a request does nothing but pick its replica (the router keeps no
+        state of its own per dispatch): then a sole replica may take arrivals unrouted."""
+        return not self._router_dispatch
+
     def submit(self, index: int, req: Request, now_s: float) -> None:
         """Hand `req` to replica `index`, after loading from the KV store the part of its
         prefix the replica does not cache (when a store is enabled and the load pays)."""

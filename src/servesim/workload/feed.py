@@ -71,7 +71,7 @@ class Feed:
         heapq.heappop(self._times)
         self.deliver(now_s, req)
 
-    def _arrive_from_stream(self, now_s: float, req: Request) -> None:
+    def arrive_from_stream(self, now_s: float, req: Request) -> None:
         # `_next_from_stream` then `_arrive`, in one call (every request of a trace passes here):
         # the next stream arrival's time replaces this one's, the smallest, in the heap.
         nxt = next(self._stream, None)
@@ -84,7 +84,7 @@ class Feed:
             if not t <= MAX_ARRIVAL_S:
                 _check_arrival(nxt)
             heapq.heapreplace(self._times, t)
-            self.loop.schedule(t, self._arrive_from_stream, nxt, PRIO_ARRIVAL)
+            self.loop.schedule(t, self.arrive_from_stream, nxt, PRIO_ARRIVAL)
         self.deliver(now_s, req)
 
     def _next_from_stream(self) -> None:
@@ -92,7 +92,7 @@ class Feed:
         if req is not None:
             if req.arrival_s < self.loop.now_s:
                 _out_of_order(req, self.loop.now_s)
-            self._schedule(req, self._arrive_from_stream)
+            self._schedule(req, self.arrive_from_stream)
 
 
 def _out_of_order(req: Request, now_s: float) -> None:
