@@ -64,7 +64,7 @@ def _kept_counts_checked(monkeypatch) -> dict:
     (["workload.num_requests=1500"], 10, 0.35),
     (["workload.num_requests=600", "replicas=64"], 0, 0.35),  # (every stretch there is a lone request's)
     (["workload.num_requests=1500", "frontend.request_s=0.004"], 10, 0.35),  # submissions reach engines later
-    # speculative stretches keep their counts up to their next finish too (`SpecStretch.next_finish_s`;
+    # speculative stretches keep their counts up to their next finish too (`SpecStretch.finished_until`;
     # read at every arrival before: 66 % of the candidates read again here, 35 % now, their
     # extensions being events here)
     (["workload.num_requests=1500", "engine.num_speculative_tokens=3"], 10, 0.45),
