@@ -64,7 +64,7 @@ def _kept_counts_checked(monkeypatch) -> dict:
     (["workload.num_requests=1500"], 10, 0.35),
     (["workload.num_requests=600", "replicas=64"], 0, 0.35),  # (every stretch there is a lone request's)
     (["workload.num_requests=1500", "frontend.request_s=0.004"], 10, 0.35),  # submissions reach engines later
-    # speculative stretches keep their counts up to their next finish too (`SpecStretch.next_finish_s`;
+    # speculative stretches keep their counts up to their next finish too (`SpecStretch.finished_until`;
     # read at every arrival before: 66 % of the candidates read again here, 35 % now, their
     # extensions being events here)
     (["workload.num_requests=1500", "engine.num_speculative_tokens=3"], 10, 0.45),
@@ -102,7 +102,7 @@ def test_a_view_reads_the_counts_in_one_call_unless_it_made_views():
 
 def test_candidates_follow_every_status_change_of_a_replica():
     """The list of replicas taking requests is kept between arrivals and made again after any
-    change of `alive` or `state` (crash, recovery, lifecycle), per model; callers get their own copy."""
+    change of `alive` or `state` (crash, recovery, lifecycle), per model; callers share it, read only (a change makes a new list)."""
     from servesim.cluster.cluster import Cluster
     from servesim.core.loop import EventLoop
     from servesim.replica.replica import DRAINING, READY, Replica
@@ -115,10 +115,10 @@ def test_candidates_follow_every_status_change_of_a_replica():
         Request(id=1, arrival_s=0.0, prompt_len=8, output_len=2, model="b")
     first = cluster._candidates(req_a)
     assert first == [0, 1] and cluster._candidates(req_b) == [2, 3]
-    first.append(99)  # the caller's own list
-    assert cluster._candidates(req_a) == [0, 1]
+    assert cluster._candidates(req_a) is first  # the kept list itself, not a copy per arrival
     replicas[1].alive = False
     assert cluster._candidates(req_a) == [0]
+    assert first == [0, 1]  # a list handed out is never changed: a status change makes a new one
     replicas[0].state = DRAINING
     assert cluster._candidates(req_a) == [] and cluster._candidates(req_b) == [2, 3]
     replicas[1].alive = True

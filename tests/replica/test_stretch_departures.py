@@ -72,6 +72,10 @@ def test_finished_by_counts_the_requests_whose_last_step_ended_before_t(perf, re
             for t in (e, math.nextafter(e, -math.inf), math.nextafter(e, math.inf)):
                 want = sum(1 for r in remaining if r <= st.k - 1 and ends[r - 1] < t)
                 assert st.finished_by(t) == want == st.finished_before(st.step_in_flight(t))
+                # and up to when that holds: the next departure's last step's end, if a taken step
+                # and not the last one (the router's kept counts read both in one call)
+                nxt = sorted(remaining)[want] if want < len(remaining) else st.k
+                assert st.finished_until(t) == (want, ends[nxt - 1] if nxt <= st.k - 1 else math.inf)
                 counted.add(want)
     assert max(counted) == sum(1 for r in remaining if r < max(remaining))  # up to all but the last
 

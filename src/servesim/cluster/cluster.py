@@ -155,7 +155,7 @@ class Cluster:
         return router.route(req, self._view.aim(now_s, cands))
 
     def _candidates(self, req: Request) -> list[int] | None:
-        """Live replicas serving the request's model (None: no pool serves it at all)."""
+        """Live replicas serving the request's model (None: no pool serves it at all); read only."""
         if len(self._by_model) > 1 or req.model:
             key = req.model or self._default_model
             idx = self._by_model.get(key)
@@ -167,7 +167,9 @@ class Cluster:
         if live is None:
             replicas = self.replicas
             live = self._live[key] = [i for i in idx if (r := replicas[i]).alive and r.state == READY]  # (`accepting`)
-        return live.copy()  # (the caller's own list)
+        # shared, not copied per arrival: callers and routers only read it, and a status change
+        # makes a new list (the dict is emptied) instead of changing this one
+        return live
 
     def _read_view(self, i: int):
         return self.replicas[i].view(self._route_s, self.refresh_interval_s)

@@ -212,8 +212,8 @@ class Replica:
         st = self.engine.stretch
         if st is None:
             return self.num_outstanding, float("inf")
-        n = st.finished_by(t)
-        return self.num_outstanding - n, st.next_finish_s(n)
+        n, until = st.finished_until(t)
+        return self.num_outstanding - n, until
 
     def before_change(self, now_s: float, refresh_interval_s: float) -> None:
         """Called before the engine changes state at `now_s`: keep the view a refresh at or

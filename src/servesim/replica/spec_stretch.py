@@ -191,18 +191,19 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         """How many requests emitted their last token in steps that ended before `t`."""
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0
 
-    def next_finish_s(self, n: int) -> float:
-        """Up to when `finished_by` stays `n` (its value now) without an event here, as
-        `Stretch.next_finish_s`: the end of the next finish's step, which counts once a later
+    def finished_until(self, t: float) -> tuple[int, float]:
+        """`finished_by(t)`, and up to when it stays that without an event here, as
+        `Stretch.finished_until`: the end of the next finish's step, which counts once a later
         step is in flight; never (inf) when that step is the last priced one or no finish is
         priced yet (an extension, a cut and the end are events here). A router keeps this
         replica's count between arrivals by it (`cluster/counts.py`) instead of reading it at each."""
         fin = self._finishes
+        n = self.finished_by(t)
         if n >= len(fin):
-            return math.inf
+            return n, math.inf
         j = fin[n][0]
         ends = self.ends
-        return ends[j] if j < len(ends) - 1 else math.inf
+        return n, (ends[j] if j < len(ends) - 1 else math.inf)
 
     def prompt_tokens_before(self, j: int) -> int:
         """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
