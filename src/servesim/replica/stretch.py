@@ -315,25 +315,12 @@ class Stretch(StretchJoins, StretchPricing):
         """`finished_by(t)`, and up to when it stays that without a change here: the end of
         the next departure's last step, which counts from then on once it is a taken step and
         not the last (the stretch's end event processes that one); else never (inf). One call
-        for the router's kept counts (`Replica.outstanding_until`), the scan's stop giving both."""
+        for the router's kept counts (`Replica.outstanding_until`)."""
+        n = self.finished_by(t)
         rem = self._sorted_rem
-        if rem is None:
-            return 0, float("inf")
-        k, ends = self.k, self._ends
-        n = 0
-        for r in rem:  # (as `finished_by`: the first departure that does not count is the next)
-            if r >= k:
-                return n, float("inf")
-            end = ends[r - 1]
-            if end >= t:
-                return n, float(end)
-            n += 1
-            if n == 4:
-                n = bisect_left(rem, self.step_in_flight(t) + 1)
-                if n == len(rem) or rem[n] >= k:
-                    return n, float("inf")
-                return n, float(ends[rem[n] - 1])
-        return n, float("inf")
+        if rem is None or n == len(rem) or rem[n] >= self.k:
+            return n, float("inf")
+        return n, float(self._ends[rem[n] - 1])
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""
