@@ -1,4 +1,5 @@
-"""TensorRT-LLM rows measured by InferenceMAX's benchmark scripts, played with their flags and client.
+"""Rows measured by InferenceMAX's benchmark scripts, played with their flags and client:
+TensorRT-LLM's and SGLang's here, vLLM's in `inferencemax_vllm.py` (`recipe` picks for any row).
 
 Most TensorRT-LLM H200 / B200 rows of the silicon sample were not measured with AIConfigurator's
 generated deployments but, by every trace the upstream file keeps (`silicon_data_source`: image
@@ -48,29 +49,16 @@ flags (silicon.engine_limits) and servesim's AIPerf client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from servesim.perf.calibration import CalibrationData, matched_values
+from servesim.validation.inferencemax_vllm import vllm_recipe
+from servesim.validation.script_sweeps import Recipe, every_shape, in_sweep, model_name
 from servesim.validation.silicon_file import SiliconRow
 
 ROUNDS_PER_USER = 10  # --num-prompts CONC * 10
 RANDOM_RANGE_RATIO = 0.8  # the workflows' default, unchanged from Sep 2025 to Apr 2026
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What one benchmark script changes in a row's scenario."""
-
-    engine: dict  # engine-section fields
-    scheduler: dict  # scheduler-section fields
-    perf: dict = field(default_factory=dict)  # perf-section fields (e.g. the KV cache's precision)
-    kernels: str = ""  # the engine whose kernels the script selects (kernel_constants); "" = the row's own
-
-
-def model_name(row: SiliconRow) -> str:
-    """The row's model without its organisation, lower case (`deepseek-ai/DeepSeek-R1` -> `deepseek-r1`)."""
-    return row.model.lower().split("/")[-1]
 
 
 def llama70b_h200_trt(row: SiliconRow) -> Recipe:
@@ -109,12 +97,7 @@ class SGLangScript:
     trtllm_kernels: bool = False  # --moe-runner-backend flashinfer_trtllm --attention-backend trtllm_mla
 
 
-SHAPES = ((1024, 1024), (1024, 8192), (8192, 1024))
 RECV_INTERVAL_USERS = 16  # the scripts' `CONC -ge 16` switch
-
-
-def every_shape(fewest: int, most: int, most_8k1k: int | None = None) -> dict:
-    return {**{shape: (fewest, most) for shape in SHAPES}, (8192, 1024): (fewest, most_8k1k or most)}
 
 
 # (system, version, model, GEMM precision[-TP]) -> script
@@ -159,12 +142,6 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
     return script if script and in_sweep(script.sweep, row) else None
 
 
-def in_sweep(sweep: dict, row: SiliconRow) -> bool:
-    """Whether a config's sweep, (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, ran `row`'s point."""
-    users = sweep.get((row.tp, row.moe_ep), {}).get((row.isl, row.osl))
-    return bool(users) and users[0] <= row.concurrency <= users[1]
-
-
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
     """The scheduler, engine and KV settings of the SGLang script that ran `row`, or None."""
     script = sglang_script(row)
@@ -206,73 +183,6 @@ RECIPES: dict[tuple[str, str, str, str], Callable[[SiliconRow], Recipe]] = {
     **{("trtllm", "b200_sxm", version, "openai/gpt-oss-120b"): gptoss_b200_trt
        for version in ("", "1.2.0rc2")},
 }
-
-
-# InferenceMAX's vLLM scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they ran the rows. The silicon
-# file's upstream `silicon_data_source` names InferenceMAX's exports and database dumps with their image
-# (`image=vllm/vllm-openai:<tag>`) and date for almost every aggregated vLLM row (docs/fidelity.md, "vLLM rows run by
-# InferenceMAX's scripts"). Each script's client is benchmark_serving as above, with `--num-warmups 2 x CONC` drained
-# before the measurement (so not played).
-@dataclass(frozen=True)
-class VLLMScript:
-    budget_prompts: int  # --max-num-batched-tokens = this x ISL (0: budget_tokens)
-    mem: float  # --gpu-memory-utilization
-    block: int  # --block-size (vLLM's default 16 where unset)
-    sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
-    kv_fp8: bool = True  # --kv-cache-dtype fp8
-    budget_tokens: int = 0  # a fixed --max-num-batched-tokens
-
-
-# The Llama-3.1-70B rows that record no vLLM version (H100 FP8 45, B200 NVFP4 60) are InferenceMAX runs measured
-# 2025-10-29 with no image in the source column: InferenceX's `.github/workflows/70b-tmpl.yml` of that day (commit
-# 9596d23, the last before pull request 149 removed Llama 70B the same evening) ran `nvidia/Llama-3.3-70B-Instruct-FP8`
-# on H100 (TP 2 / 4 / 8) and `-FP4` on B200 (TP 1-8) with image `vllm/vllm-openai:v0.10.2`, `benchmark-tmpl.yml`'s
-# users 4-64, every shape of the full-sweep schedulers at `random-range-ratio: 0.8`. `70b_fp8_h100_{docker,slurm}.sh`
-# and `70b_fp4_b200_docker.sh` both serve with `max-num-batched-tokens: 8192`, `kv-cache-dtype: fp8`,
-# `--gpu-memory-utilization 0.9`, `async-scheduling: true` (not played: servesim's overlap rule is not shipped for
-# vLLM, engines.py), no `--block-size`; `--max-num-seqs` CONC (H100) or 512 (B200): at or above every row's users.
-# B200 adds compilation fusions and `cudagraph_mode: FULL_DECODE_ONLY` (kernel settings, not flags servesim plays).
-# The H100 gpt-oss-120b rows without a version inside that sweep (TP 8, 8k/1k, 32 / 64 users, measured 2025-11-02) ran
-# `gptoss_fp4_h100_{docker,slurm}.sh` of `gptoss-tmpl.yml` (v0.10.2, TP 2 / 4 / 8): the same flags without a KV precision
-# (vLLM's auto: 16 bits), `cuda-graph-sizes: 2048`. Its 512-user rows lie outside every sweep of those dates.
-# Not the H200 ones (`gptoss_fp4_h200_slurm.sh`, the same flags): their first tokens come out 36-56 % fast (docs/fidelity.md).
-LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
-
-# The H100 / H200 vLLM 0.18.0 rows record `vllm/vllm-openai:v0.18.0`, measured 2026-03-27: InferenceX pull requests 960
-# (`gptoss-fp4-h{100,200}-vllm`) and 958 (`minimaxm2.5-fp8-h100-vllm`) moved their configs to that image that day.
-# `gptoss_fp4_h100.sh` and `gptoss_fp4_h200.sh` at that commit serve alike: `max-num-batched-tokens: 8192`,
-# `no-enable-prefix-caching`, `--gpu-memory-utilization 0.9`, `--max-num-seqs $CONC` (the users, as the generator's
-# batch), no KV precision or block size (BF16, 16), `VLLM_MXFP4_USE_MARLIN=1` (the experts run Marlin's weight-only
-# MXFP4 kernel: its efficiency is the release's `eta_moe_compute` for int4, calibration_serving.yaml). Sweeps: TP 2 / 4
-# / 8 at 4-64 users on every shape (8k/1k at TP 8 to 16 on H100, to 32 on H200), on H200 also TP 1 at 4 users (8k/1k
-# to 64). `minimaxm2.5_fp8_h100.sh`: TP 4 x EP 4 (`--enable-expert-parallel`) at 4-64 users on every shape,
-# `--gpu-memory-utilization 0.90`, `--max-num-seqs 256` (above every row's users), no `--max-num-batched-tokens`
-# (`vllm serve`'s 8,192 on an 80 GB GPU: replica.config.serve_batch_defaults), no KV precision or block size.
-# (system, version, model, GEMM precision) -> script
-VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
-    ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
-                                                       budget_tokens=8192),
-    ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(0, 0.9, 16, LLAMA70_2025, budget_tokens=8192),
-    ("h100_sxm", "", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
-                                                        kv_fp8=False, budget_tokens=8192),
-    ("h100_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
-        (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False, budget_tokens=8192),
-    ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
-        (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)},
-        kv_fp8=False, budget_tokens=8192),
-    ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(0, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False,
-                                                              budget_tokens=8192),
-}
-
-
-def vllm_recipe(row: SiliconRow) -> Recipe | None:
-    """The engine flags and KV precision of the vLLM script that ran `row`, or None."""
-    script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
-    if script is None or not in_sweep(script.sweep, row):
-        return None
-    engine = {"max_num_batched_tokens": script.budget_tokens or script.budget_prompts * row.isl, "gpu_memory_utilization": script.mem,
-              "block_size": script.block}
-    return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
 
 
 def recipe(row: SiliconRow) -> Recipe | None:
