@@ -23,8 +23,9 @@ from operator import attrgetter
 import numpy as np
 
 from servesim.metrics.recorder import Column, positions
-from servesim.metrics.row_spill import MappedColumns, RowSpill
+from servesim.metrics.row_spill import RowSpill
 from servesim.metrics.summary import RequestColumns
+from servesim.metrics.token_runs import HeldRuns, SpilledRuns, row_slices, token_runs
 from servesim.workload.request import Request, RequestState
 
 NONE_ID = np.iinfo(np.int64).min  # an absent session or program id
@@ -306,7 +307,7 @@ class RequestTable:
         """Row slices of the table for a pass over it: `rows` (ROWS_PER_PASS) at a time when
         the columns are spilled files (a pass holds one), one slice of every row when they are
         in memory already. Every pass is written once, over these slices."""
-        return _slices(self._n, rows or (ROWS_PER_PASS if self.spilled else max(self._n, 1)))
+        return row_slices(self._n, rows or (ROWS_PER_PASS if self.spilled else max(self._n, 1)))
 
     def labels(self, name: str, rows: slice = slice(None)) -> np.ndarray:
         """`tenant`, `slo_class` or `lora` of the rows as an object array (None where absent)."""
@@ -325,13 +326,13 @@ class RequestTable:
     def token_runs_of(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(runs per row, run starts, run ends) of a slice of rows: the inclusive step ranges
         in which each request emitted one token per step (a pass reads them per `chunks()`)."""
-        return _token_runs(self.cols, self._run, rows)
+        return token_runs(self.cols, self._run, rows)
 
-    def run_reader(self) -> "SpilledRuns | HeldRuns":
+    def run_reader(self) -> SpilledRuns | HeldRuns:
         """The token runs as `Result.run_chunks` reads them, picklable for the step log's
         helper process: the files it reads alone when the rows were spilled, else the arrays."""
         if self.spilled:
-            return SpilledRuns(self.cols, self._n)
+            return SpilledRuns(self.cols, self._n, ROWS_PER_PASS)
         return HeldRuns([self.token_runs_of(rows) for rows in self.chunks()])
 
     def token_steps(self, row: int) -> np.ndarray:
@@ -347,43 +348,6 @@ class RequestTable:
             t.append(r)
         t.close()
         return t
-
-
-class SpilledRuns:
-    """A closed, spilled table's token runs a chunk of rows at a time, as `Result.run_chunks`
-    reads them (an `itl.RunChunks`), from its files alone: picklable, so the step log's helper
-    process joins them with the step ends after the run (step_helper.py)."""
-
-    def __init__(self, cols: MappedColumns, num_rows: int) -> None:
-        self.cols, self.num_rows = cols, num_rows
-
-    def __call__(self):
-        return (_token_runs(self.cols, self.cols.run, rows) for rows in _slices(self.num_rows, ROWS_PER_PASS))
-
-
-class HeldRuns:
-    """A table's token runs held in memory, as `SpilledRuns` gives them from files."""
-
-    def __init__(self, chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        self.chunks = chunks
-
-    def __call__(self):
-        return iter(self.chunks)
-
-
-def _slices(n: int, rows: int):
-    for start in range(0, n, rows):
-        yield slice(start, min(start + rows, n))
-
-
-def _token_runs(cols, run, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`RequestTable.token_runs_of` over `cols` and `run` (a table's runs by key)."""
-    counts = cols["num_runs"][rows].astype(np.int64)
-    if not len(counts):
-        return counts, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    first = int(run("first_run")[rows.start])
-    stop = first + int(counts.sum())
-    return counts, np.array(run("run_starts")[first:stop]), np.array(run("run_ends")[first:stop])
 
 
 def _bounds(steps) -> tuple[np.ndarray, np.ndarray]:
