@@ -44,3 +44,21 @@ def test_validate_bad_input_is_one_line(tmp_path: Path):
     bad.write_text("id\n1\n")
     res = CliRunner().invoke(app, ["validate", "--measured", str(bad)])
     assert res.exit_code == 2 and "missing column 'backend'" in res.output
+
+
+def test_validate_jobs_give_the_same_rows_in_file_order(tmp_path: Path):
+    # rows are independent runs: worker processes change the wall time, not one byte of the results
+    rows = [{**BASE, "id": "a", "concurrency": "4", "batch_size": "4"}, {**BASE, "id": "b", "mode": "disagg"},
+            {**BASE, "id": "c", "concurrency": "2", "batch_size": "2"}]
+    measured = _file(tmp_path, rows)
+    outs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"rows{jobs}.csv"
+        res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "-o", str(out), "--jobs", jobs])
+        assert res.exit_code == 0, res.output
+        assert "Simulated rows: 2 of 3." in res.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert [r["id"] for r in csv.DictReader(outs[0].decode().splitlines())] == ["a", "c"]
+    res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "--jobs", "0"])
+    assert res.exit_code == 2 and "--jobs" in res.output

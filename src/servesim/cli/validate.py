@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -49,6 +50,7 @@ def register(app: typer.Typer) -> None:
         trailing_rounds: int = typer.Option(1, min=0, max=100, help="Unmeasured requests per user sent after the measured ones (the benchmark's later rounds keep the engine loaded while the last measured requests decode); 0 stops with the measured requests."),
         engine_slots_held: bool = typer.Option(True, "--engine-slots-held/--no-engine-slots-held", help="Play the campaigns of validation/silicon.py's ENGINE_SLOTS_HELD with one batch slot held (TensorRT-LLM 1.0.0rc3 on H100; on by default since those rows play their recorded 20 requests per user and the API server's token-rate ceiling, docs/fidelity.md)."),
         uncalibrated: bool = typer.Option(False, "--uncalibrated", help="Leave out the shipped serving fit (engine constants as in engines.yaml)."),
+        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Local worker processes simulating rows (default: CPU count; the results do not depend on it)."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the per-row results as CSV."),
         docs: Optional[Path] = typer.Option(None, help="Markdown file whose block between the fidelity markers is replaced (docs/fidelity.md)."),
         fit_output: Optional[Path] = typer.Option(None, help="Fit the serving constants first and write calibration_serving.yaml and frontend.yaml into this folder."),
@@ -60,6 +62,7 @@ def register(app: typer.Typer) -> None:
         and print the median error of TTFT and TPOT per engine and GPU, plus the rows it cannot express."""
         import yaml
 
+        from servesim.cli.display import live_bar
         from servesim.perf.calibration import dump_calibration
         from servesim.validation.calibrate import fit_serving, refit_frontends
         from servesim.validation.fit import spread_sample
@@ -96,7 +99,10 @@ def register(app: typer.Typer) -> None:
         if sample is not None:
             ok = [r for r in rows if inexpressible_reason(r) is None]
             rows = spread_sample(ok, sample)
-        results, skipped = validate_rows(rows, options, calibration=None if uncalibrated else "shipped")
+        with live_bar("simulating rows") as update:
+            results, skipped = validate_rows(rows, options, calibration=None if uncalibrated else "shipped",
+                                             progress=lambda done, total: update(done, total, ""),
+                                             jobs=jobs if jobs is not None else (os.cpu_count() or 1))
         block = (f"Simulated rows: {len(results)} of {len(rows)}.\n\n{markdown_table(group_errors(results))}\n\n"
                  f"{held_out_line(results, held_out)}\n\n"
                  f"Rows not simulated, by reason:\n\n{skipped_table(skipped)}")

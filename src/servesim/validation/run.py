@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from servesim.errors import InputError
+from servesim.planner.executors import LocalExecutor
 from servesim.simulation import simulate
 from servesim.validation.fit import Errors
 from servesim.validation.silicon import ClientOptions, SiliconRow, inexpressible_reason, row_request_counts, row_scenario
@@ -74,22 +75,38 @@ def row_errors(rows: Iterable[SiliconRow], options: ClientOptions,
     return Errors(tuple(ttft), tuple(tpot))
 
 
+def _validate_one(item: tuple[SiliconRow, ClientOptions, str | None]) -> RowResult | str:
+    """A row's result, or why it cannot be simulated (a worker's task: picklable in and out)."""
+    row, options, calibration = item
+    reason = inexpressible_reason(row)
+    if reason is not None:
+        return reason
+    try:
+        return simulate_row(row, options, calibration=calibration)
+    except InputError as exc:
+        return str(exc)
+
+
 def validate_rows(rows: list[SiliconRow], options: ClientOptions = ClientOptions(), calibration: str | None = "shipped",
-                  progress: Callable[[int, int], None] | None = None) -> tuple[list[RowResult], list[tuple[SiliconRow, str]]]:
-    """(results of the simulated rows, [(row, reason)] for the rows that cannot be simulated)."""
-    results: list[RowResult] = []
-    skipped: list[tuple[SiliconRow, str]] = []
-    for i, row in enumerate(rows):
-        reason = inexpressible_reason(row)
-        if reason is None:
-            try:
-                results.append(simulate_row(row, options, calibration=calibration))
-            except InputError as exc:
-                skipped.append((row, str(exc)))
-        else:
-            skipped.append((row, reason))
+                  progress: Callable[[int, int], None] | None = None,
+                  jobs: int = 1) -> tuple[list[RowResult], list[tuple[SiliconRow, str]]]:
+    """(results of the simulated rows, [(row, reason)] for the rows that cannot be simulated), in the
+    rows' order. Rows are independent runs, so `jobs` worker processes give the same results."""
+    executor = LocalExecutor(jobs)
+    done = 0
+
+    def on_result(_i: int, _outcome: RowResult | str) -> None:
+        nonlocal done
+        done += 1
         if progress is not None:
-            progress(i + 1, len(rows))
+            progress(done, len(rows))
+
+    try:
+        outcomes = executor.map(_validate_one, [(row, options, calibration) for row in rows], on_result)
+    finally:
+        executor.close()
+    results = [o for o in outcomes if isinstance(o, RowResult)]
+    skipped = [(row, o) for row, o in zip(rows, outcomes) if isinstance(o, str)]
     return results, skipped
 
 
