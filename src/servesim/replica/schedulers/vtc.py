@@ -195,7 +195,12 @@ class VTCScheduler(VTCStretches, Scheduler):
         counters = self.counters
         batch_tokens = 0
         admitted: list[Request] = []
-        items = peak_items(*self._items())  # (kept as requests join: one pass over the batch per mini-batch)
+        # The future peak is at most the sum of every running request's context plus rest (its
+        # prompt plus its reserved output: the bound in `vtc_peak`'s docstring), so while that
+        # sum and the candidate's fit, the exact check would pass: below overload it always does,
+        # and the sorted items are built (kept as requests join) only once a candidate needs them.
+        bound, items = self._reserved_sum(), None
+        block_size, num_blocks = self.kv.block_size, self.kv.num_gpu_blocks
         while len(self.running) < self.config.max_num_seqs:
             backlogged = [u for u, q in queues.items() if q]
             if not backlogged:
@@ -206,12 +211,20 @@ class VTCScheduler(VTCStretches, Scheduler):
                 u = min(backlogged, key=lambda v: counters[v])
             req = queues[u][0]
             n = req.num_tokens
-            if (admitted and batch_tokens + n > self.batch_max_tokens) or not self._fits(req, items):
+            if admitted and batch_tokens + n > self.batch_max_tokens:
                 break  # no skipping: the chosen request waits for room
+            grown = bound + req.prompt_len + self._max_new(req)
+            if cdiv(grown, block_size) + len(self.running) > num_blocks:  # (the bound does not settle it)
+                if items is None:
+                    items = peak_items(*self._items())
+                if not self._fits(req, items):
+                    break
             self.waiting.pop_from(u)
             self.kv.allocate_slots(req, n)
             self.running.append(req)
-            items.add(req.num_tokens, self._max_new(req) - req.num_output_tokens)
+            bound = grown
+            if items is not None:
+                items.add(req.num_tokens, self._max_new(req) - req.num_output_tokens)
             req.state = RequestState.RUNNING
             admitted.append(req)
             out.scheduled.append((req, n))
@@ -222,6 +235,15 @@ class VTCScheduler(VTCStretches, Scheduler):
         if self.params.reserve == "output_len":
             return req.output_len
         return req.max_tokens or self.config.max_model_len - req.prompt_len
+
+    def _reserved_sum(self) -> int:
+        """Sum over the running requests of context plus remaining output as `_items` gives them
+        (each one's prompt plus its reserved output, whatever it has generated)."""
+        running = self.running
+        if self.params.reserve == "output_len":  # (`_max_new` inlined, as in `_items`)
+            return sum([r.prompt_len + r.output_len for r in running])
+        max_new = self._max_new
+        return sum([r.prompt_len + max_new(r) for r in running])
 
     def _items(self) -> tuple[list[int], list[int]]:
         """(contexts, remaining outputs) of the running requests, for `_fits`."""

@@ -15,6 +15,12 @@ A small batch (most mini-batches below overload: 2-30 running) pays more for the
 calls than for the arithmetic: `peak_items` gives it `FewPeakItems`, plain lists on which a
 candidate's peak is one pass in C-level iterators and an admission an insert (3-4x less time
 per mini-batch up to 30 running; the arrays win from about 60).
+
+Neither is built while a cheaper bound settles the check (`VTCScheduler._prefill_mini_batch`):
+with the remaining outputs r_1 >= r_2 >= ..., k x r_k <= r_1 + ... + r_k, so the k-th term is at
+most the sum of the first k requests' context + remaining; each of those sums is the request's
+prompt plus its reserved output (> 0), so the peak is at most their sum over the whole batch.
+When that sum fits in the blocks, so does the peak.
 """
 
 from __future__ import annotations
