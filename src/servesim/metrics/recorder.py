@@ -153,10 +153,10 @@ class Recorder:
         b.growth_first_new.extend(first_new)
         b.growth_runs.extend(runs)
         local = b.num_steps  # buffer index of the chunk's first step
-        if frees:  # (no method call per pair: a stretch at one replica logs about 40 frees and 40 joins)
-            steps, blocks = zip(*frees)
-            b.free_at.extend([local + step for step in steps])
-            b.free_blocks.extend(blocks)
+        if frees:
+            for step, blocks in frees:
+                b.free_at.append(local + step)
+                b.free_blocks.append(blocks)
         if waiting_from:
             b.waiting_from.extend([local + step for step in waiting_from])
         if waiting_to:
@@ -165,9 +165,9 @@ class Recorder:
             b.silent_at.extend([local + step for step in silent_at])
             b.silent_n.extend(silent_n or [1] * len(silent_at))
         if prefill_at:
-            steps, tokens = zip(*prefill_at)
-            b.prefill_at.extend([local + step for step in steps])
-            b.prefill_more.extend(tokens)
+            for step, tokens in prefill_at:
+                b.prefill_at.append(local + step)
+                b.prefill_more.append(tokens)
         b.num_steps += len(ends_s)
         self.num_steps += len(ends_s)
         if self.num_steps >= self._flush_at:

@@ -251,42 +251,30 @@ class StretchPricing:
         """`_price_loop` with the perf model's affine decode form written out (no call per
         step): the same floats, as the scalar form evaluates it (`PerfModel.decode_time_fn`:
         base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
-        max keeps the first of equals), with base and cpu the forms' entries for the batch size.
-        Between departures the batch is constant, so each such run is one `for` over its
-        context sums (a join at one replica prices about 14 steps a request here: the loop's
-        bytecodes per step are the run's largest single cost)."""
+        max keeps the first of equals), with base and cpu the forms' entries for the batch size."""
         base_a, cpu_a, g, overlap, _ = self._forms
         ends: list[float] = []
-        append = ends.append
-        t, j, kmax = self.end_s, self.k, self.kmax
+        t = self.end_s
+        j = self.k
         ctx_sum, active = self._ctx_sum, self._active
+        base, cpu = float(base_a[active]), float(cpu_a[active])
         rem = self._sorted_rem
-        num_rem = 0 if rem is None else len(rem)
-        while j < kmax and active and t < horizon:
-            leave_at = rem[self._p] if self._p < num_rem else -1  # next departure step
-            stop = leave_at if j < leave_at < kmax else kmax  # (steps j .. stop - 1: a constant batch)
-            base, cpu = float(base_a[active]), float(cpu_a[active])
-            done = len(ends)
+        leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
+        while j < self.kmax and active and t < horizon:
+            x = base + g * ctx_sum
             if overlap:
-                for c in range(ctx_sum, ctx_sum + active * (stop - j), active):
-                    if t >= horizon:
-                        break
-                    x = base + g * c
-                    t += cpu if cpu > x else x
-                    append(t)
+                t += cpu if cpu > x else x
             else:
-                for c in range(ctx_sum, ctx_sum + active * (stop - j), active):
-                    if t >= horizon:
-                        break
-                    t += base + g * c + cpu  # (= (base + g * c) + cpu, as the scalar form adds)
-                    append(t)
-            done = len(ends) - done
-            j += done
-            ctx_sum += active * done
+                t += x + cpu
+            ends.append(t)
+            ctx_sum += active
+            j += 1
             if j == leave_at:
                 self._ctx_sum, self._active = ctx_sum, active
                 self._leave(j)
                 ctx_sum, active = self._ctx_sum, self._active
+                base, cpu = float(base_a[active]), float(cpu_a[active])
+                leave_at = rem[self._p] if self._p < len(rem) else -1
         self._ctx_sum, self._active = ctx_sum, active
         if ends:
             have = self._ends
