@@ -155,9 +155,14 @@ def test_no_stretch_is_built_when_step_1_cannot_start_before_the_horizon(monkeyp
     assert min(first_k) >= 2  # every stretch built reached step 1 (none built to be dropped)
 
 
-def test_the_affine_loop_prices_as_the_scalar_calls_bit_for_bit(perf, monkeypatch):
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])  # (the CPU time added to the GPU step, or overlapped: max)
+def test_the_affine_loop_prices_as_the_scalar_calls_bit_for_bit(engine, monkeypatch):
+    from servesim.perf.config import PerfConfig
     from servesim.replica.fast_forward import FastForwarding
     from servesim.replica.stretch_pricing import StretchPricing
+
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm", config=PerfConfig(engine=engine))
+    assert perf._overlap is (engine == "sglang")
 
     class _Forms(FastForwarding):
         def __init__(self) -> None:
