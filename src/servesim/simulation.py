@@ -28,6 +28,7 @@ from servesim.metrics.step_reduce import StepReducer
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
 from servesim.replica.keyed_join import admits_keyed
+from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.replica import STOPPED, Replica
 from servesim.result import Result, assemble_result, close_table, reduced_ends
 from servesim.scenario import Scenario
@@ -137,6 +138,15 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     keyed_joins = not (router.reads_prefix_cache or cluster.kv_store is not None or disagg)
     for r in cluster.replicas:
         r.engine.keyed_joins = keyed_joins and admits_keyed(r.engine)
+    # Keys only for the hash ids other requests may share where nothing but the replica's own
+    # vLLM cache keeps KV by them (`Engine.shared_keys_only`)
+    shared_only = not (cluster.kv_store is not None or disagg or migrate or auto or scenario.faults.crashes
+                       or any(p.mtbf_s for p in pools))
+    for r in cluster.replicas:
+        kv = r.engine.kv
+        sched = r.engine.scheduler
+        r.engine.shared_keys_only = (shared_only and type(kv) is KVCacheManager and not sched.may_swap
+                                     and not sched.sorts_by_keys)
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controller = None

@@ -290,9 +290,15 @@ def _tuple_of(keys) -> tuple:
     return keys.as_tuple() if type(keys) is BlockKeys else tuple(keys)
 
 
-def block_keys(req: Any, block_size: int) -> BlockKeys:
-    """The request's prefix keys at `block_size` (from its chained hash ids)."""
-    return BlockKeys(req.hash_ids, req.hash_block_tokens, block_size)
+def block_keys(req: Any, block_size: int, shared_only: bool = False) -> BlockKeys:
+    """The request's prefix keys at `block_size` (from its chained hash ids); `shared_only`:
+    of its leading ids that another request may share only (`Request.num_shared_hash_ids`,
+    when known: the blocks of the rest would be registered, evicted and dropped again without
+    ever being hit; `Engine.shared_keys_only` says when that is exact)."""
+    ids = req.hash_ids
+    if shared_only and (n := req.num_shared_hash_ids) is not None and n < len(ids):
+        ids = ids[:n]
+    return BlockKeys(ids, req.hash_block_tokens, block_size)
 
 
 def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:

@@ -136,6 +136,12 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # next arrival then gets no end event, since that arrival comes first and settles it
         # (`_settle`: one event per arrival instead of two). `_unevented`: (stretch, gen) so left.
         self.sole_arrival: Callable | None = None
+        # Keys only for the hash ids another request may share (`block_keys`): set by
+        # simulation.py where the blocks of a request's own ids can only be hit by itself after
+        # a recompute preemption (vLLM's cache, a policy that neither swaps nor orders by keys,
+        # nothing moving requests or KV between replicas): then they are plain blocks, and
+        # every result is the same (tests/cluster/test_shared_keys_only.py).
+        self.shared_keys_only = False
         self._unevented: tuple | None = None
 
     # ------------------------------------------------------------------ steps

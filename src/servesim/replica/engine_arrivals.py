@@ -28,7 +28,7 @@ class EngineArrivals:
             self.on_done(req, now_s)
         else:
             if req.hash_ids and self.kv.enable_prefix_caching:
-                req.kv_block_keys = block_keys(req, self.kv.block_size)
+                req.kv_block_keys = block_keys(req, self.kv.block_size, self.shared_keys_only)
             st = self.stretch
             # A request the stretch's steps would not look at changes nothing they repeat: it
             # goes on, logging one more waiting request from the step after the one in flight

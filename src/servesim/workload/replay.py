@@ -63,10 +63,13 @@ class TraceWorkload:
         if duration is not None:
             arrival = arrival[:int(np.searchsorted(arrival, duration, side="right"))]
         n = len(arrival) if limit is None else min(len(arrival), limit)
-        hashes = repeat(()) if ids is None else _hash_tuples(rows["num_hash_ids"], ids, first, first + n)
+        hashes, shared = (repeat(()), None) if ids is None else _hash_tuples(rows["num_hash_ids"], ids, first,
+                                                                             first + n)
         rows = rows[first:first + n]
-        return map(Request, range(n), arrival[:n].tolist(), np.maximum(rows["prompt_len"], 1).tolist(),
+        reqs = map(Request, range(n), arrival[:n].tolist(), np.maximum(rows["prompt_len"], 1).tolist(),
                    np.maximum(rows["output_len"], 1).tolist(), hashes, repeat(DEFAULT_HASH_BLOCK_TOKENS))
+        # (`_row_arrivals` streams a file, so it cannot know which ids later rows share: None there)
+        return reqs if shared is None else map(_with_shared, reqs, shared)
 
     def _row_arrivals(self) -> Iterator[Request]:
         start, end = self._trace.start_s, self._trace.end_s
@@ -103,11 +106,42 @@ class TraceWorkload:
         return []  # a replay is open loop
 
 
-def _hash_tuples(counts: np.ndarray, ids: np.ndarray, first: int, stop: int) -> Iterator[tuple[int, ...]]:
+def _hash_tuples(counts: np.ndarray, ids: np.ndarray, first: int,
+                 stop: int) -> tuple[Iterator[tuple[int, ...]], list[int]]:
     """The hash ids of rows [first, stop) as the tuples of ints the reader parses (`counts`:
     every row's number of ids, `ids`: all rows' ids in file order): the rows' ids become one
-    tuple of ints, then each row's is a slice of it (a tuple too)."""
+    tuple of ints, then each row's is a slice of it (a tuple too); with each row's
+    `Request.num_shared_hash_ids` (`shared_counts`)."""
     ends = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))[first:stop + 1]
-    flat = tuple(ids[ends[0]:ends[-1]].tolist())
-    ends = (ends - ends[0]).tolist()
-    return map(flat.__getitem__, map(slice, ends[:-1], ends[1:]))
+    replayed = ids[ends[0]:ends[-1]]
+    flat = tuple(replayed.tolist())
+    ends = ends - ends[0]
+    shared = shared_counts(replayed, ends)
+    ends = ends.tolist()
+    return map(flat.__getitem__, map(slice, ends[:-1], ends[1:])), shared
+
+
+def shared_counts(ids: np.ndarray, ends: np.ndarray) -> list[int]:
+    """For each row [ends[i], ends[i + 1]) of `ids` (every replayed request's hash ids, in order):
+    how many leading ids reach its last id that appears more than once among all of them, at
+    least 1 when it has any (so a request with ids keeps prefix keys, which policies test for).
+
+    Why: a KV block's key is (hash id, position), so only a request whose ids include the same
+    id can hit a block registered under it. The ids after the last shared one are this
+    request's alone: their blocks can be hit by no other request, and by itself only after a
+    preemption, which finds them as its own surviving blocks either way (`free_preempted`).
+    Counting ids by value (not by position too) only keeps more."""
+    n = len(ids)
+    if not n:
+        return [0] * (len(ends) - 1)
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    # the end (index + 1) of the last shared id at or before each position
+    last = np.maximum.accumulate(np.where(counts[inverse.reshape(-1)] > 1, np.arange(1, n + 1), 0))
+    starts, stops = ends[:-1], ends[1:]
+    upto = last[np.maximum(stops - 1, 0)] - starts  # (leading ids to the row's last shared one; <= 0: none)
+    return np.where(stops > starts, np.maximum(upto, 1), 0).tolist()
+
+
+def _with_shared(req: Request, num_shared: int) -> Request:
+    req.num_shared_hash_ids = num_shared
+    return req

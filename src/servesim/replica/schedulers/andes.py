@@ -72,6 +72,7 @@ class AndesParams(SchedulerParams):
 class AndesScheduler(VLLMSteps):
     Params = AndesParams
     stable_decode_order = True  # (running order; it repeats only with nothing pending: no knapsack)
+    may_swap = True  # (its running pass preempts by swap while the CPU tier has room)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

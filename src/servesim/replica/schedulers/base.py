@@ -49,6 +49,9 @@ class Scheduler(FastForwardHooks):
     """Base class: queues, bookkeeping helpers and the default hooks."""
 
     name: ClassVar[str] = ""
+    # Does the policy order requests by their prefix keys' values (not only by what they hit)?
+    # Then the engine keys every hash id (`Engine.shared_keys_only` stays off).
+    sorts_by_keys: ClassVar[bool] = False
     Params: ClassVar[type[SchedulerParams]] = SchedulerParams
     # How this policy's swaps are executed (copy granularity, sync or overlapped); the engine
     # prices `SchedulerOutput.swapped_out/in` with it. A policy may set it per instance.
@@ -210,9 +213,18 @@ class Scheduler(FastForwardHooks):
         self.waiting.prepend(req)
         out.preempted.append(req)
 
+    @property
+    def may_swap(self) -> bool:
+        """Can this policy preempt by swap (`swap_out`)? A request swapped in again registers its
+        keys over plain blocks, so its blocks' ages in the free queue then depend on every key
+        it has: the engine keys every hash id for such a policy (`Engine.shared_keys_only`)."""
+        return False
+
     def swap_out(self, req: Request, out: SchedulerOutput, reuse_key=None) -> bool:
         """Preempt by swap: move the KV to the CPU tier now (vLLM v0 frees the GPU blocks in
         the same decision) and record it in `out`; False if the CPU tier is full."""
+        if not self.may_swap:
+            raise AssertionError(f"{type(self).__name__} swaps but says it may not (`may_swap`)")
         blocks = self.kv.swap_out(req.id, reuse_key)
         if blocks is None:
             return False

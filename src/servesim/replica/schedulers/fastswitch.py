@@ -84,6 +84,7 @@ def context_key(req: Request):
 class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
     Params = FastSwitchParams
     arrival_reads_finishes = True  # (a tenant's held count, which a finish lowers)
+    may_swap = True  # (it preempts by swap while the CPU tier has room)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

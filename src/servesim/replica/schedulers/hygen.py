@@ -45,6 +45,7 @@ class HyGenParams(SchedulerParams):
 class HyGenScheduler(VLLMSteps):
     Params = HyGenParams
     stable_decode_order = True  # (online decodes in running order; it repeats only with no offline work)
+    sorts_by_keys = True  # (offline_order "prefix" sorts the offline queue by the keys themselves)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

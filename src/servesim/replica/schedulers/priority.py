@@ -108,6 +108,10 @@ class KeyedScheduler(VLLMSteps):
     def _swaps(self) -> bool:
         return self.preemption_mode == "swap"
 
+    @property
+    def may_swap(self) -> bool:
+        return self._swaps
+
     # ------------------------------------------------------------------ waiting and swapped
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting (and swap in swapped) requests in key order; a head that cannot get

@@ -63,6 +63,10 @@ class VLLMV0Params(SchedulerParams):
 class VLLMV0Scheduler(VLLMSteps):
     Params = VLLMV0Params
 
+    @property
+    def may_swap(self) -> bool:
+        return self.params.preemption_mode == "swap"
+
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
         self.max_num_seqs = params.max_num_seqs or config.max_num_seqs

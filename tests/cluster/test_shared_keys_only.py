@@ -1,0 +1,60 @@
+"""Keys only for the hash ids another request may share (`Engine.shared_keys_only`,
+`Request.num_shared_hash_ids`): a Mooncake prompt's own ids are plain blocks, never registered,
+evicted or dropped, and every result, step log and prefix hit included, is the same as with every
+id keyed (preemptions by recompute included: a request finds its own blocks again either way)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.replica.prefix_groups import Group
+from servesim.workload import replay
+
+from .helpers import assert_same_steps, outcome
+
+MOONCAKE = str(Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml")
+TIGHT = ["workload.num_requests=600", "engine.gpu_memory_utilization=0.5"]
+
+
+def run(sets: list[str], monkeypatch, every_id: bool) -> tuple:
+    """(result, blocks registered, engines' `shared_keys_only`) with or without the counts."""
+    registered = [0]
+    append_held, register = Group.append_held, Group.register
+
+    def counted_append(self, n):
+        registered[0] += n
+        return append_held(self, n)
+
+    def counted_register(self, s0, s1):
+        registered[0] += s1 - s0
+        return register(self, s0, s1)
+
+    with monkeypatch.context() as m:
+        m.setattr(Group, "append_held", counted_append)
+        m.setattr(Group, "register", counted_register)
+        if every_id:  # (the replay leaves the counts unknown: every id keyed)
+            m.setattr(replay, "_with_shared", lambda req, n: req)
+        result = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
+    return result, registered[0]
+
+
+@pytest.mark.parametrize("extra", [[], ["scheduler.name=priority", "replicas=4", "router.name=least-requests",
+                                        "workload.trace.speedup=2"]])
+def test_own_ids_unkeyed_give_the_same_results(extra, monkeypatch):
+    own, own_blocks = run(TIGHT + extra, monkeypatch, every_id=False)
+    every, every_blocks = run(TIGHT + extra, monkeypatch, every_id=True)
+    assert outcome(own) == outcome(every)
+    assert [r.num_cached_tokens_total for r in own.requests] == [r.num_cached_tokens_total for r in every.requests]
+    assert_same_steps(own, every)
+    assert own.prefix_hits == every.prefix_hits and own.prefix_hits[1] > 0
+    assert sum(r.num_preemptions for r in own.requests) > 10  # (preempted requests hit their own blocks again)
+    assert own_blocks < 0.6 * every_blocks  # (most of a Mooncake prompt's blocks are its own: not registered)
+
+
+def test_a_policy_that_swaps_keys_every_id(monkeypatch):
+    own, own_blocks = run(["workload.num_requests=100", "scheduler.name=andes"], monkeypatch, every_id=False)
+    every, every_blocks = run(["workload.num_requests=100", "scheduler.name=andes"], monkeypatch, every_id=True)
+    assert own_blocks == every_blocks > 0
