@@ -63,8 +63,8 @@ def test_trtllm_b200_releases_fitted_here_play_their_own_front_end(version, cons
     own = row_scenario(silicon_row(0, backend_version=version, **b200))
     assert own.frontend.profile == f"trtllm@b200@{version}"
     assert own.frontend.constants() == constants  # request_s, prompt_token_s, latency_s
-    # a release without its own profile keeps the GPU's (request_s 5 ms, latency 20 ms)
-    assert row_scenario(silicon_row(0, backend_version="1.3.0rc1", **b200)).frontend.constants() == (0.005, 0.0, 0.02)
+    # a release without its own profile keeps the GPU's (request_s 5 ms, 4 us per prompt token, latency 20 ms)
+    assert row_scenario(silicon_row(0, backend_version="1.3.0rc1", **b200)).frontend.constants() == (0.005, 4e-6, 0.02)
 
 
 def test_trtllm_h200_1_1_0rc2_post2_plays_its_own_latency_and_other_h200_releases_do_not():
@@ -74,3 +74,13 @@ def test_trtllm_h200_1_1_0rc2_post2_plays_its_own_latency_and_other_h200_release
     assert own.frontend.constants() == (0.0005, 0.0, 0.3)  # the GPU's request_s, a 0.3 s latency
     # runs without a version (the Llama-3.1-70B InferenceMAX rows) keep the GPU's front end (latency 40 ms)
     assert row_scenario(silicon_row(0, backend_version="", **h200)).frontend.constants() == (0.0005, 0.0, 0.04)
+
+
+def test_trtllm_b200_rows_without_a_release_serialise_their_prompt_tokens_in_the_front_end():
+    # the unversioned InferenceMAX B200 rows play the GPU's profile, whose serial 4 us per prompt token the
+    # rows outside held_out_ids chose (docs/fidelity.md, trt19): an 8,192-token prompt holds the API server 32.8 ms
+    b200 = {"backend": "trtllm", "system": "b200_sxm", "concurrency": "16", "batch_size": "16"}
+    scenario = row_scenario(silicon_row(0, backend_version="", **b200))
+    assert scenario.frontend.profile == "trtllm@b200"
+    request_s, prompt_token_s, _ = scenario.frontend.constants()
+    assert request_s + prompt_token_s * 8192 == pytest.approx(0.005 + 0.0327680)
