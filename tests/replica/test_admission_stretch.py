@@ -135,7 +135,7 @@ def test_trtllm_reservations_admit_inside_stretches_exactly(seed, num_blocks, pa
 # long prompts makes them frequent; the long-prefill cap leaves some rests to stepping.
 CHUNKED = [("vllm", {}, 1, {}), ("vllm", {}, 1, {"long_prefill_token_threshold": 300}),
            ("priority", {}, 1, {}), ("priority", {}, 3, {}), ("edf", {}, 1, {}), ("continuum", {}, 1, {}),
-           ("hygen", {}, 1, {})]
+           ("hygen", {}, 1, {}), ("fastswitch", {}, 1, {})]
 
 
 @pytest.mark.parametrize("scheduler,params,priorities,cfg", CHUNKED)

@@ -318,7 +318,12 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         # running request decoded: no victim later than the head (all running arrived before it)
         if not (self.finish_admission() and self.waiting.peek() is self._blocked_head):
             return None
-        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget))
+        # The last admitted may take a first chunk of its prompt, the budget left: every running
+        # request arrived before the waiting ones, so the next walk gives that prompt (the latest
+        # running) its rest from the budget the decodes leave before reaching them, as vLLM's
+        # running pass does (`finish_admits.py`)
+        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget),
+                          chunk=True)
         return None if found is None else found[0]
 
     def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
