@@ -74,9 +74,15 @@ class PrefixIndex(PrefixRegistration):
         else:
             i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
             i1 = bisect_left(starts, p1, i0)
+        index = self._index
+        g = index.get(run_keys[i0])
         if i1 - i0 == 1:
-            return [(self._index.get(run_keys[i0]), p0, p1, i0, i1)]
-        gs = list(map(self._index.get, run_keys[i0:i1]))
+            return [(g, p0, p1, i0, i1)]
+        # The runs that continue g's own, in order, map to g without a lookup each (as in
+        # `_leading_runs_of`): a policy computing a cached context again (`sarathi`, `vtc`,
+        # `orca`) registers a next turn's prompt over its previous turn's group, hundreds of runs.
+        m = _runs_in_group(g, run_keys, i0, i1, starts) if g is not None else 0
+        gs = [g] * m + list(map(index.get, run_keys[i0 + m:i1])) if m else list(map(index.get, run_keys[i0:i1]))
         out = []
         k, n = 0, len(gs)
         while k < n:
@@ -128,18 +134,8 @@ class PrefixIndex(PrefixRegistration):
         `g.runs`), so each of keys' runs equal to one of g's maps to g."""
         if type(keys) is not BlockKeys or type(keys.starts) is not range:
             return 0
-        r = keys.starts.step
-        n = min(len(g.runs), -(-num_keys // r))
-        if n < 2:
-            return 0
-        runs, mine = g.runs, keys.run_keys.as_list()
-        # (compared without a copy of a list that is exactly n long: a next turn's context
-        # group usually is, and is hundreds of runs)
-        if (runs if len(runs) == n else runs[:n]) == (mine if len(mine) == n else mine[:n]):
-            return min(n * r, num_keys)
-        # else the first run that differs, found in C, stopping there (a Mooncake prompt's
-        # group is another prompt's: usually they share only the first hash block or two)
-        return next(compress(count(), map(ne, runs, mine))) * r
+        return min(_runs_in_group(g, keys.run_keys.as_list(), 0, -(-num_keys // keys.starts.step), keys.starts)
+                   * keys.starts.step, num_keys)
 
     def num_free(self, hits: Hits) -> int:
         """Blocks of the hit's keyed part that sit in the free queue."""
@@ -153,3 +149,25 @@ class PrefixIndex(PrefixRegistration):
             n += g.hit(p0, p1)
             held.add(g, p0, p1)
         return n
+
+
+def _runs_in_group(g: Group, run_keys: list, i0: int, i1: int, starts: Sequence[int]) -> int:
+    """How many of runs i0, i0 + 1, ... (below i1) are, in order, the runs `g.runs` lists from
+    the one holding g's first slot on (a group's runs are listed in the order of its slots when
+    runs have one length), so map to g: 0 if not known. Exact whatever the guess, as
+    `_leading_runs_of` says: a run key listed in `g.runs` maps to g while g is indexed."""
+    if type(starts) is not range:
+        return 0
+    runs = g.runs
+    off = i0 - g.lo // starts.step
+    n = min(len(runs) - off, i1 - i0)
+    if off < 0 or n < 2:
+        return 0
+    # (compared without a copy of a list that is exactly n long: a next turn's context group
+    # usually is, and is hundreds of runs; the same int objects, compared by identity)
+    mine = run_keys if i0 == 0 and len(run_keys) == n else run_keys[i0:i0 + n]
+    if (runs if off == 0 and len(runs) == n else runs[off:off + n]) == mine:
+        return n
+    # else the first run that differs, found in C, stopping there (a Mooncake prompt's group
+    # is another prompt's: usually they share only the first hash block or two)
+    return next(compress(count(), map(ne, runs if off == 0 else runs[off:off + n], mine)))
