@@ -131,3 +131,13 @@ def assert_same_run(fast: Engine, slow: Engine, fast_reqs, slow_reqs, num_blocks
         la, lb = fast.recorder.step_log(num_blocks), slow.recorder.step_log(num_blocks)
         for col in STEP_LOG_COLUMNS:
             assert np.array_equal(getattr(la, col), getattr(lb, col)), col
+
+
+class CountingDict(dict):
+    """A prefix index counting its `get` calls, the lookups of run keys (`kv._prefix._index = CountingDict()`)."""
+
+    gets = 0
+
+    def get(self, key, default=None):
+        CountingDict.gets += 1
+        return super().get(key, default)

@@ -6,20 +6,10 @@ from __future__ import annotations
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import KVCacheManager
-from tests.factories import make_request
+from tests.factories import CountingDict, make_request
 
 BS, H = 16, 512  # Mooncake: 32 KV blocks per hash block
 R = H // BS
-
-
-class CountingDict(dict):
-    """The index, counting its `get` calls (the lookups of run keys)."""
-
-    gets = 0
-
-    def get(self, key, default=None):
-        CountingDict.gets += 1
-        return super().get(key, default)
 
 
 def _request(rid: int, ids: list[int]):
