@@ -18,12 +18,11 @@ from servesim.validation.silicon_file import SiliconRow
 # before the measurement (so not played).
 @dataclass(frozen=True)
 class VLLMScript:
-    budget_prompts: int  # --max-num-batched-tokens = this x ISL (0: budget_tokens)
+    budget_tokens: int  # --max-num-batched-tokens
     mem: float  # --gpu-memory-utilization
     block: int  # --block-size (vLLM's default 16 where unset)
     sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
     kv_fp8: bool = True  # --kv-cache-dtype fp8
-    budget_tokens: int = 0  # a fixed --max-num-batched-tokens
 
 
 # The Llama-3.1-70B rows that record no vLLM version (H100 FP8 45, B200 NVFP4 60) are InferenceMAX runs measured
@@ -53,18 +52,16 @@ LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 # (`vllm serve`'s 8,192 on an 80 GB GPU: replica.config.serve_batch_defaults), no KV precision or block size.
 # (system, version, model, GEMM precision) -> script
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
-    ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
-                                                       budget_tokens=8192),
-    ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(0, 0.9, 16, LLAMA70_2025, budget_tokens=8192),
-    ("h100_sxm", "", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
-                                                        kv_fp8=False, budget_tokens=8192),
-    ("h100_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
-        (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False, budget_tokens=8192),
-    ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(0, 0.90, 16, {
+    ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1}),
+    ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(8192, 0.9, 16, LLAMA70_2025),
+    ("h100_sxm", "", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
+                                                        kv_fp8=False),
+    ("h100_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.90, 16, {
+        (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False),
+    ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.90, 16, {
         (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)},
-        kv_fp8=False, budget_tokens=8192),
-    ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(0, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False,
-                                                              budget_tokens=8192),
+        kv_fp8=False),
+    ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(8192, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False),
 }
 
 
@@ -73,6 +70,6 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
     if script is None or not in_sweep(script.sweep, row):
         return None
-    engine = {"max_num_batched_tokens": script.budget_tokens or script.budget_prompts * row.isl, "gpu_memory_utilization": script.mem,
+    engine = {"max_num_batched_tokens": script.budget_tokens, "gpu_memory_utilization": script.mem,
               "block_size": script.block}
     return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
