@@ -62,3 +62,26 @@ def test_validate_jobs_give_the_same_rows_in_file_order(tmp_path: Path):
     assert [r["id"] for r in csv.DictReader(outs[0].decode().splitlines())] == ["a", "c"]
     res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "--jobs", "0"])
     assert res.exit_code == 2 and "--jobs" in res.output
+
+
+def test_validate_only_and_ids_select_rows(tmp_path: Path):
+    rows = [{**BASE, "id": "a", "concurrency": "4", "batch_size": "4"},
+            {**BASE, "id": "b", "concurrency": "2", "batch_size": "2", "backend": "sglang"},
+            {**BASE, "id": "c", "concurrency": "2", "batch_size": "2"}]
+    measured = _file(tmp_path, rows)
+    out = tmp_path / "rows.csv"
+    res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "--only", "sglang:b200_sxm", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Simulated rows: 1 of 1." in res.output and "| sglang b200_sxm | 1 |" in res.output
+    # a --output file selects its own rows again
+    ids = tmp_path / "ids.txt"
+    ids.write_text("c\na\n")
+    res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "--ids", str(ids), "--only", "vllm"])
+    assert res.exit_code == 0 and "Simulated rows: 2 of 2." in res.output
+    res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "--ids", str(out)])
+    assert res.exit_code == 0 and "| sglang b200_sxm | 1 |" in res.output and "Simulated rows: 1 of 1." in res.output
+    res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "--only", "trtllm"])
+    assert res.exit_code == 2 and "allowed: sglang, sglang:b200_sxm, vllm, vllm:b200_sxm" in res.output
+    ids.write_text("zz\n")
+    res = CliRunner().invoke(app, ["validate", "--measured", str(measured), "--ids", str(ids)])
+    assert res.exit_code == 2 and "'zz'" in res.output and "Traceback" not in res.output

@@ -31,6 +31,32 @@ def _rows_csv(results) -> str:
     return out.getvalue()
 
 
+def _selected(rows, only: list[str], ids: Optional[Path]):
+    """The rows `--only` and `--ids` keep, in file order; a selector that keeps nothing is an error."""
+    if only:
+        groups = {(r.backend, r.system) for r in rows}
+        for sel in only:
+            engine, _, gpu = sel.partition(":")
+            if not any(e == engine and (not gpu or g == gpu) for e, g in groups):
+                allowed = ", ".join(sorted({e for e, _ in groups} | {f"{e}:{g}" for e, g in groups}))
+                raise InputError(f"--only {sel!r} matches no row; allowed: {allowed}")
+        keep = [sel.partition(":")[::2] for sel in only]
+        rows = [r for r in rows if any(r.backend == e and (not g or r.system == g) for e, g in keep)]
+    if ids is not None:
+        try:
+            lines = ids.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--ids {str(ids)!r} cannot be read: {exc}") from None
+        if lines and lines[0].split(",")[0] == "id":  # a --output file: its first column
+            lines = [line.split(",")[0] for line in lines[1:]]
+        wanted = {line.strip() for line in lines if line.strip()}
+        unknown = sorted(wanted - {r.id for r in rows})
+        if unknown:
+            raise InputError(f"--ids lists {len(unknown)} id(s) not among the selected rows, e.g. {unknown[0]!r}")
+        rows = [r for r in rows if r.id in wanted]
+    return rows
+
+
 # = servesim.validation.silicon.DEFAULT_SILICON (a test checks), spelled here so that registering
 # the command imports nothing of the simulation: every `servesim ...` start-up would pay for it.
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
@@ -42,6 +68,8 @@ def register(app: typer.Typer) -> None:
     def validate_cmd(
         measured: Path = typer.Option(Path(DEFAULT_SILICON), help="Measured serving runs (schema of the AIConfigurator silicon sample)."),
         sample: Optional[int] = typer.Option(None, min=1, help="Simulate only this many expressible rows, spread evenly through the file (quick checks)."),
+        only: list[str] = typer.Option([], "--only", metavar="ENGINE[:GPU]", help="Simulate only this engine's rows, or one group's (repeatable: --only sglang:h200_sxm --only trtllm); held-out sides stay those of the whole file."),
+        ids: Optional[Path] = typer.Option(None, "--ids", help="Simulate only the rows whose ids this file lists: one per line, or a CSV with an id column (a --output file)."),
         ramp_up_s: float = typer.Option(0.0, min=0.0, help="Client start-up ramp: users start evenly over this many seconds."),
         ramp_cycles: Optional[float] = typer.Option(None, min=0.0, help="Instead: start the users over this share of one request's decode time (1 = fully out of step)."),
         warmup_continuous: bool = typer.Option(False, "--warmup-continuous", help="Run the warm-up requests in the same closed loop as the measured ones (default: AIPerf's phases, the profiling users start at once on an idle engine)."),
@@ -78,6 +106,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--engine {unknown[0]!r} is not a measured engine; allowed: {', '.join(sorted(SCHEDULERS))}")
         rows = read_rows(measured)
         held_out = held_out_ids(rows)  # of the whole file: a sample keeps its rows' sides
+        rows = _selected(rows, only, ids)
         options = ClientOptions(ramp_up_s=ramp_up_s, ramp_cycles=ramp_cycles, frontend=not no_frontend,
                                 warmup_drains=not warmup_continuous, frontend_time_cv=frontend_time_cv,
                                 engine_slots_held=engine_slots_held, trailing_rounds=trailing_rounds)
