@@ -76,6 +76,20 @@ def test_keyed_policies_join_next_turns_exactly(scheduler, monkeypatch):
     assert with_hits > 0.05 * len(fast.requests), with_hits
 
 
+@pytest.mark.parametrize("extra", [[], ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
+def test_andes_next_turns_join_exactly(extra, monkeypatch):
+    """`andes` admits a lone pending turn with vLLM's calls while its knapsack does not run
+    (the KV use under its threshold: `join_blocks`), and the turn runs last (`joins_last`):
+    its next turns join as vLLM's (on main every one ended the stretch)."""
+    fast, slow, joins, with_hits = run_both(BUSY + ["scheduler.name=andes"] + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert fast.num_fast_forwarded_steps > 0.5 * sum(len(r.steps.start_s) for r in fast.replicas)  # (fast-forward ran)
+    # (93 and 33 of 500 at 1 replica, 250 and 55 at 2)
+    assert joins > 0.15 * len(fast.requests), joins
+    assert with_hits > 0.05 * len(fast.requests), with_hits
+
+
 def test_a_turn_that_would_not_run_last_ends_the_stretch(monkeypatch):
     """Mixed priorities: a turn whose key sorts before a running request's would run before it in
     the later steps (each `schedule` sorts the batch), so it ends the stretch instead of joining;
