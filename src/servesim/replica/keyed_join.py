@@ -137,8 +137,22 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 return False  # (its chunks register beside the decodes' blocks up to step s + q: planned)
             kept = planned
     joins = [(req, n)]
+    if chunked is None and st._forms is not None and (st._f is None or st._priced != s):
+        # A stretch priced ahead by numpy chunks (each replica's among many: its horizon lies
+        # arrival gaps away) and cut here: the steps past s dropped and the scalar state of
+        # step s rebuilt from exact integers, as `join_arrivals` does, so that the turn's step
+        # is priced from the context sum and it takes the lean `join_one` and `price_on`
+        # (without, an 8-replica turn paid a pass over the batch in `step_time_s` and
+        # `join`'s truncation; `price_on` falls back to `price` with many departures ahead)
+        if st._priced != s:
+            st.truncate(s)
+        st._sync()
+    lean = chunked is None and st._f is not None and st._priced == s  # (the scalar state is step s's)
+    chunk_fn = getattr(engine.perf, "chunk_time_fn", None) if lean else None
     if chunked is not None:
         pass  # (its steps are priced after the admission: `join_in_chunks`)
+    elif chunk_fn is not None and (form := chunk_fn(num_running, n)) is not None:
+        step_s = form(cached, st._ctx_sum)  # (`step_time_s([(n, cached)], ctxs)`'s floats, from their sum)
     elif cached:  # (stepping prices its chunk beside its cached context and the decodes')
         ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
         step_s = engine.perf.step_time_s([(n, cached)], ctxs)
@@ -161,7 +175,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
         first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
         forms = engine._decode_forms(len(st.reqs) + 1)
-        if st._f is not None and st._priced == s:
+        if lean:
             st.join_one(req, n, first_new, blocks, step_s, forms, bs, cached)
         else:
             st.join(joins, [first_new], blocks, step_s, forms, bs, cached)
@@ -170,7 +184,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             st.keyed_last = []
         st.keyed.append((req, ctx1))
         st.keyed_last.append(num_tokens - ctx1 + req.output_len - 1)  # (its join step + output_len - 1)
-    return _priced_on(engine, st, now_s, s, 1)
+    # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for
+    # `join_arrivals`' lean join)
+    return _priced_on(engine, st, now_s, s, 1, st.price_on if lean else None)
 
 
 def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
