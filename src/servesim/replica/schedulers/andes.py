@@ -43,7 +43,7 @@ from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.andes_notes import LastTokenNotes
 from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingOrder
 from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
+    NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
@@ -71,7 +71,7 @@ class AndesParams(SchedulerParams):
 @register("andes")
 class AndesScheduler(VLLMSteps):
     Params = AndesParams
-    stable_decode_order = True  # (running order; it repeats only when the knapsack evicts nobody)
+    stable_decode_order = True  # (running order; it repeats only with nothing pending: no knapsack)
     may_swap = True  # (its running pass preempts by swap while the CPU tier has room)
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -84,7 +84,6 @@ class AndesScheduler(VLLMSteps):
         self._qoe: dict[Request, tuple[float, float, float, float]] = {}
         # the pending requests in density order, kept up to date by the hooks below
         self._pending = PendingOrder(self)
-        self._now_s = 0.0  # the last `schedule`'s time (`_blocked` counts slack keys up to it)
 
     # ---- QoE model -------------------------------------------------------------------
     def _targets(self, req: Request) -> tuple[float, float]:
@@ -170,7 +169,6 @@ class AndesScheduler(VLLMSteps):
         total = kv.num_gpu_blocks
         util = (total - max(0, kv.num_free_blocks - len(self.running))) / total
         solve = self.num_engine_steps % self.params.solver_interval == 0
-        self._now_s = now_s
         self._pending.refresh(now_s)
         evict, chosen = self.decide(now_s, solve and util >= self.params.util_threshold)
         for req in evict:
@@ -322,46 +320,5 @@ class AndesScheduler(VLLMSteps):
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch, and
         # a finish admits nobody (prompts done this step decode with the rest).
-        if self.nothing_pending(output):
-            return REPEAT_THROUGH
-        # Requests pending but none can come in before a finish (`_blocked`): every later
-        # `schedule` runs the same decodes. A finish frees blocks: `finish_admits` asks again.
-        if (not (output.preempted or output.swapped_out or output.swapped_in)
-                and len(output.scheduled) == len(self.running) and self._blocked(len(self.running), self.kv.num_free_blocks)
-                # (not with a finish in this step: its blocks nearly always let the head in, and
-                # a stretch of that one step costs more than the step)
-                and not any(r.output_len - r.num_output_tokens == 1 for r in self.running)):
-            return REPEAT_AFTER_PREFILL
-        return NO_FAST_FORWARD
+        return REPEAT_THROUGH if self.nothing_pending(output) else NO_FAST_FORWARD
 
-    def _blocked(self, num_running: int, free_blocks: int) -> bool:
-        """Would every `schedule` from now until the next finish, with `num_running` decoding
-        and at most `free_blocks` free after their blocks (decodes only take blocks), preempt
-        nobody and bring no pending request in?
-        - the knapsack evicts nobody: its preemption cap is 0 by the slack count alone
-          (`_max_preempt`), which stays so: the pending slack keys are fixed, the count of those
-          past grows with time, and k does not grow while requests only leave;
-        - `_bring_in` stops at its first request whatever the density order: the sequence cap
-          or the budget is reached, or no pending request's need fits (`PendingOrder.min_need`;
-          its sizes are fixed while pending, the budget the decodes leave only grows with a
-          finish). Uncontended, `decide` gives the same order with nobody to evict."""
-        p = self.params
-        pending = self._pending
-        if not len(pending) or p.unit_overhead_s < 1e-200:
-            return False
-        if bisect_right(pending.slack_keys, self._now_s) <= int(p.sacrifice_percentile * (num_running + len(pending))):
-            return False
-        max_num_seqs, max_num_batched_tokens, threshold, _ = self.limits
-        budget = max_num_batched_tokens - num_running
-        if num_running >= max_num_seqs or budget <= 0:
-            return True
-        return pending.min_need(budget, threshold, self.kv.block_size) > free_blocks
-
-    def finish_admission(self) -> bool:
-        # a stretch through finishes while pending requests stay blocked (`finish_admits`)
-        return type(self).schedule is AndesScheduler.schedule
-
-    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
-        # Nobody comes in while still blocked with the blocks a finish freed; else the density
-        # order (which moves with time) decides: stepping takes over.
-        return [] if self._blocked(num_running, free_blocks) else None

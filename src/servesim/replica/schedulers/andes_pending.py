@@ -15,8 +15,6 @@ by the scheduler is the merge of that list and the sorted dynamic ones, by (-den
 
 The slack percentile and mean weight need the pending requests' slack keys (arrival + TTFT_exp
 + n / TDS_exp, minus now) and weights: both constant while pending, kept sorted and summed.
-So are the sizes that bound what bringing one in takes from the free blocks (`min_need`): a
-waiting request's token count, a swapped one's CPU blocks.
 """
 
 from __future__ import annotations
@@ -41,12 +39,8 @@ class PendingOrder:
         self.static: list[tuple] = []  # (-density, group, place, request, weight), sorted
         # (weight, group, place, request), sorted: by decreasing bound of the density (1 / weight)
         self.dynamic: list[tuple] = []
-        # request -> [group, place, weight, slack key, where, size key (`min_need`)]
-        self.info: dict[Request, list] = {}
+        self.info: dict[Request, list] = {}  # request -> [group, place, weight, slack key, where]
         self.slack_keys: list[float] = []  # sorted
-        self.prompt_tokens: list[int] = []  # waiting requests without prefix keys: their tokens, sorted
-        self.swap_needs: list[int] = []  # swapped requests: their CPU blocks + 1, sorted
-        self.num_keyed = 0  # waiting requests with prefix keys (hits make their need unknown here)
         self.total_weight = 0
         self.checks: list[tuple] = []  # heap of (time to re-check, seq, request, static entry)
         self._new: list[Request] = []  # added since the last `refresh`: not yet valued
@@ -74,16 +68,7 @@ class PendingOrder:
         n = req.num_output_tokens
         weight = round((req.prompt_len + n + 1) / s.kv.block_size + 0.5)  # `weight`
         key = arrival + ttft + n / tds  # `slack_s` + now
-        if group == SWAPPED:  # (`swap_in_room`: its CPU blocks and one for its next token)
-            size = s.kv.num_cpu_blocks_of(req.id) + 1
-            insort(self.swap_needs, size)
-        elif req.kv_block_keys:
-            size = None
-            self.num_keyed += 1
-        else:
-            size = req.num_tokens
-            insort(self.prompt_tokens, size)
-        self.info[req] = [group, place, weight, key, None, size]
+        self.info[req] = [group, place, weight, key, None]
         insort(self.slack_keys, key)
         self.total_weight += weight
         self._new.append(req)
@@ -100,12 +85,6 @@ class PendingOrder:
             del self.static[bisect_left(self.static, where)]
         del self.slack_keys[bisect_left(self.slack_keys, info[3])]
         self.total_weight -= info[2]
-        size = info[5]
-        if size is None:
-            self.num_keyed -= 1
-        else:
-            sizes = self.swap_needs if info[0] == SWAPPED else self.prompt_tokens
-            del sizes[bisect_left(sizes, size)]
 
     def clear(self) -> None:
         self.__init__(self.sched)
@@ -212,23 +191,6 @@ class PendingOrder:
             else:
                 i += 1
             yield head
-
-    def min_need(self, budget: int, threshold: int, block_size: int) -> int:
-        """A lower bound of the free blocks that bringing in any pending request takes, with
-        `budget` tokens left to the admission (0 when a request with prefix keys waits: its
-        hits are not bounded here). A swapped request takes its CPU blocks and one more
-        (`swap_in_room`); a waiting one at least its first chunk's blocks, min(tokens,
-        `threshold`, budget) / block size rounded up (its own blocks hit after a recompute
-        are free blocks it takes back, so they do not lower the count)."""
-        if self.num_keyed:
-            return 0
-        need = self.swap_needs[0] if self.swap_needs else inf
-        if self.prompt_tokens:
-            n = self.prompt_tokens[0]
-            if 0 < threshold < n:
-                n = threshold
-            need = min(need, -(-min(n, budget) // block_size))
-        return need
 
     def kth_slack_key(self, k: int, running_keys: list[float]) -> float:
         """The k-th smallest (from 0) of the pending slack keys and sorted `running_keys`."""
