@@ -26,6 +26,7 @@ from servesim.validation.client import ClientOptions, RequestCounts, request_cou
 # The measured file's schema and reader, re-exported here where callers have always found them.
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
+from servesim.validation.inferencemax_vllm import experts_over_tp
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
@@ -117,6 +118,8 @@ def moe_parallelism(row: SiliconRow) -> dict:
     all-to-all kernels only when dp > 1; SGLang's moe_a2a_backend defaults to none; TensorRT-LLM's
     all-to-all is for attention DP), so these rows play with moe_a2a_backend none.
     """
+    if experts_over_tp(row):  # the recorded EP was the script config's, never passed to vLLM
+        return {"expert_parallel": False, "moe_a2a_backend": "none"}
     split = {"expert_parallel": row.moe_ep > 1}
     if row.moe_tp > 1 and row.moe_ep > 1:
         split = {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep}
