@@ -149,14 +149,14 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     # prefix caches from outside (`replica/keyed_join.py`)
     keyed_joins = not (router.reads_prefix_cache or cluster.kv_store is not None or disagg)
     # Keys only for the hash ids other requests may share where nothing but the replica's own
-    # vLLM cache keeps KV by them (`Engine.shared_keys_only`)
+    # vLLM cache keeps KV by them (`Engine.shared_keys_only`; a policy that may swap keys every
+    # id of a request from its first preemption on: `Scheduler.key_every_id`)
     shared_only = not (cluster.kv_store is not None or disagg or migrate or auto or scenario.faults.crashes
                        or any(p.mtbf_s for p in pools))
     for r in cluster.replicas:
         engine, sched = r.engine, r.engine.scheduler
         engine.keyed_joins = keyed_joins and admits_keyed(engine)
-        engine.shared_keys_only = (shared_only and type(engine.kv) is KVCacheManager and not sched.may_swap
-                                   and not sched.sorts_by_keys)
+        engine.shared_keys_only = shared_only and type(engine.kv) is KVCacheManager and not sched.sorts_by_keys
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controller = None

@@ -76,6 +76,55 @@ def test_keyed_policies_join_next_turns_exactly(scheduler, monkeypatch):
     assert with_hits > 0.05 * len(fast.requests), with_hits
 
 
+@pytest.mark.parametrize("extra", [[], ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
+def test_andes_next_turns_join_exactly(extra, monkeypatch):
+    """`andes` admits a lone pending turn with vLLM's calls while its knapsack does not run
+    (the KV use under its threshold: `join_blocks`), and the turn runs last (`joins_last`):
+    its next turns join as vLLM's (on main every one ended the stretch)."""
+    fast, slow, joins, with_hits = run_both(BUSY + ["scheduler.name=andes"] + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert fast.num_fast_forwarded_steps > 0.5 * sum(len(r.steps.start_s) for r in fast.replicas)  # (fast-forward ran)
+    # (93 and 33 of 500 at 1 replica, 250 and 55 at 2)
+    assert joins > 0.15 * len(fast.requests), joins
+    assert with_hits > 0.05 * len(fast.requests), with_hits
+
+
+def test_turns_join_stretches_priced_ahead_by_the_lean_path(monkeypatch):
+    """Among several replicas a stretch is priced arrival gaps ahead by numpy chunks: a next
+    turn cut into it rebuilds the scalar state of its join step (as `join_arrivals` does), is
+    priced from the context sum and joins by `Stretch.join_one` and `price_on`, with stepping's
+    results (main joined those turns by `Stretch.join`, none by `join_one`)."""
+    from servesim.replica.stretch import Stretch
+
+    lean = [0]
+    join_one = Stretch.join_one
+
+    def counted_one(self, *args, **kwargs):
+        lean[0] += 1
+        return join_one(self, *args, **kwargs)
+
+    ahead = []  # per whole (unchunked) join into a stretch priced ahead: did it take join_one?
+    keyed_join = fast_forward.keyed_join
+
+    def counted(engine, st, now_s):
+        priced_ahead = st._forms is not None and (st._f is None or st._priced != st.k)
+        before, runs = lean[0], len(st.prompt_runs)
+        joined = keyed_join(engine, st, now_s)
+        if joined and priced_ahead and len(st.prompt_runs) == runs:
+            ahead.append(lean[0] > before)
+        return joined
+
+    monkeypatch.setattr(Stretch, "join_one", counted_one)
+    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    sets = BUSY + ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=8"]
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(ahead) > 0.1 * len(fast.requests) and all(ahead), (len(ahead), sum(ahead))
+
+
 def test_a_turn_that_would_not_run_last_ends_the_stretch(monkeypatch):
     """Mixed priorities: a turn whose key sorts before a running request's would run before it in
     the later steps (each `schedule` sorts the batch), so it ends the stretch instead of joining;

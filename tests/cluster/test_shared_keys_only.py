@@ -1,7 +1,8 @@
 """Keys only for the hash ids another request may share (`Engine.shared_keys_only`,
 `Request.num_shared_hash_ids`): a Mooncake prompt's own ids are plain blocks, never registered,
 evicted or dropped, and every result, step log and prefix hit included, is the same as with every
-id keyed (preemptions by recompute included: a request finds its own blocks again either way)."""
+id keyed (preemptions by recompute included: a request finds its own blocks again either way; a
+policy that may swap keys a request whole from its first preemption on)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from servesim import load_scenario, simulate
 from servesim.replica.prefix_groups import Group
+from servesim.replica.schedulers.base import Scheduler
 from servesim.workload import replay
 
 from .helpers import assert_same_steps, outcome
@@ -54,7 +56,31 @@ def test_own_ids_unkeyed_give_the_same_results(extra, monkeypatch):
     assert own_blocks < 0.6 * every_blocks  # (most of a Mooncake prompt's blocks are its own: not registered)
 
 
-def test_a_policy_that_swaps_keys_every_id(monkeypatch):
-    own, own_blocks = run(["workload.num_requests=100", "scheduler.name=andes"], monkeypatch, every_id=False)
-    every, every_blocks = run(["workload.num_requests=100", "scheduler.name=andes"], monkeypatch, every_id=True)
-    assert own_blocks == every_blocks > 0
+SWAPS = ["workload.num_requests=300", "engine.gpu_memory_utilization=0.35", "engine.swap_space_gb=0.5"]
+
+
+@pytest.mark.parametrize("name", ["andes", "fastswitch"])
+def test_a_policy_that_swaps_keys_every_id_from_a_first_preemption(name, monkeypatch):
+    """A policy that may swap keys only the shared ids until a request's first preemption (by
+    swap or recompute), then every id (`key_every_id`): the same results with swaps, recomputes
+    after swaps and swaps after recomputes, and fewer blocks registered."""
+    swaps = [0]
+    swap_out = Scheduler.swap_out
+
+    def counted(self, req, out, reuse_key=None):
+        ok = swap_out(self, req, out, reuse_key)
+        swaps[0] += ok
+        return ok
+
+    monkeypatch.setattr(Scheduler, "swap_out", counted)
+    sets = SWAPS + [f"scheduler.name={name}"]
+    own, own_blocks = run(sets, monkeypatch, every_id=False)
+    num_swaps = swaps[0]
+    every, every_blocks = run(sets, monkeypatch, every_id=True)
+    assert outcome(own) == outcome(every)
+    assert [r.num_cached_tokens_total for r in own.requests] == [r.num_cached_tokens_total for r in every.requests]
+    assert_same_steps(own, every)
+    assert own.prefix_hits == every.prefix_hits and own.prefix_hits[1] > 0
+    preemptions = sum(r.num_preemptions for r in own.requests)
+    assert num_swaps > 100 and preemptions - num_swaps > 50  # (both kinds, many requests more than once)
+    assert own_blocks < every_blocks  # (those not preempted yet register their shared ids only; equal if every id is keyed)

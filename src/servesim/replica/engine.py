@@ -138,9 +138,10 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self.sole_arrival: Callable | None = None
         # Keys only for the hash ids another request may share (`block_keys`): set by
         # simulation.py where the blocks of a request's own ids can only be hit by itself after
-        # a recompute preemption (vLLM's cache, a policy that neither swaps nor orders by keys,
-        # nothing moving requests or KV between replicas): then they are plain blocks, and
-        # every result is the same (tests/cluster/test_shared_keys_only.py).
+        # a recompute preemption (vLLM's cache, a policy that does not order by keys, nothing
+        # moving requests or KV between replicas; a policy that may swap keys a request whole
+        # from its first preemption on, `key_every_id`): then they are plain blocks, and every
+        # result is the same (tests/cluster/test_shared_keys_only.py).
         self.shared_keys_only = False
         self._unevented: tuple | None = None
 

@@ -23,8 +23,9 @@ before):
   the decodes' registrations and the pops' evictions up to step s cannot change them;
 - vLLM's own admission (`VLLMScheduler`: `schedule`, `admit`, `first_chunk`; or a
   `KeyedScheduler`'s, `priority` and `edf`, whose `_admit` of a lone waiting request that fits
-  is vLLM's, with static keys that sort it after every running request; or `hygen`'s with no
-  offline request: `joins_last`), the only waiting request, whole in the budget the decodes
+  is vLLM's, with static keys that sort it after every running request; `hygen`'s with no
+  offline request; or `andes`'s, the turn its only pending request and the KV use kept under
+  its knapsack's threshold (`join_blocks`): `joins_last`), the only waiting request, whole in the budget the decodes
   leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`), and its blocks (hits
   and new) within those the stretch counts free (as `join_arrivals`).
 
@@ -43,6 +44,7 @@ from servesim.replica.block_keys import BlockKeys
 from servesim.replica.held_hits import held_by_departed
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.prefix_registration import _runs_from
+from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
@@ -91,7 +93,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if c != n and (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None:
         return False  # a chunk of its prompt whose later steps are not certain
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
-    free = st.free_blocks - st.join_blocks - blocks
+    # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,
+    # whose knapsack would run at step s past its KV use threshold)
+    free = st.free_blocks - st.join_blocks - blocks - sched.join_blocks(((req, c),))[1]
     # (`blocks_bound`: an upper bound of the decodes' pops up to step s, without a pass over
     # them unless it is too large; up to s + q with chunks, whose later ones take blocks there)
     steps = s + 1 if chunked is None else s + len(chunked[1]) + 1
@@ -133,8 +137,22 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 return False  # (its chunks register beside the decodes' blocks up to step s + q: planned)
             kept = planned
     joins = [(req, n)]
+    if chunked is None and st._forms is not None and (st._f is None or st._priced != s):
+        # A stretch priced ahead by numpy chunks (each replica's among many: its horizon lies
+        # arrival gaps away) and cut here: the steps past s dropped and the scalar state of
+        # step s rebuilt from exact integers, as `join_arrivals` does, so that the turn's step
+        # is priced from the context sum and it takes the lean `join_one` and `price_on`
+        # (without, an 8-replica turn paid a pass over the batch in `step_time_s` and
+        # `join`'s truncation; `price_on` falls back to `price` with many departures ahead)
+        if st._priced != s:
+            st.truncate(s)
+        st._sync()
+    lean = chunked is None and st._f is not None and st._priced == s  # (the scalar state is step s's)
+    chunk_fn = getattr(engine.perf, "chunk_time_fn", None) if lean else None
     if chunked is not None:
         pass  # (its steps are priced after the admission: `join_in_chunks`)
+    elif chunk_fn is not None and (form := chunk_fn(num_running, n)) is not None:
+        step_s = form(cached, st._ctx_sum)  # (`step_time_s([(n, cached)], ctxs)`'s floats, from their sum)
     elif cached:  # (stepping prices its chunk beside its cached context and the decodes')
         ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
         step_s = engine.perf.step_time_s([(n, cached)], ctxs)
@@ -157,7 +175,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
         first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
         forms = engine._decode_forms(len(st.reqs) + 1)
-        if st._f is not None and st._priced == s:
+        if lean:
             st.join_one(req, n, first_new, blocks, step_s, forms, bs, cached)
         else:
             st.join(joins, [first_new], blocks, step_s, forms, bs, cached)
@@ -166,7 +184,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             st.keyed_last = []
         st.keyed.append((req, ctx1))
         st.keyed_last.append(num_tokens - ctx1 + req.output_len - 1)  # (its join step + output_len - 1)
-    return _priced_on(engine, st, now_s, s, 1)
+    # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for
+    # `join_arrivals`' lean join)
+    return _priced_on(engine, st, now_s, s, 1, st.price_on if lean else None)
 
 
 def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
@@ -201,6 +221,12 @@ def _vllm_admission(sched) -> bool:
     a `KeyedScheduler` admitting joins (`admits_joins`: no per-step state a join skips, its
     `_admit` calling `admit` for the head, `join` as vLLM's), or `hygen` (`_admit_online`)?"""
     cls = type(sched)
+    if isinstance(sched, AndesScheduler):  # (a lone pending turn under the knapsack's threshold: `joins_last`)
+        return (cls.schedule is AndesScheduler.schedule and cls.decide is AndesScheduler.decide
+                and cls._bring_in is AndesScheduler._bring_in and cls.admit is VLLMSteps.admit
+                and cls.first_chunk is VLLMSteps.first_chunk and cls.start is AndesScheduler.start
+                and cls.before_join is AndesScheduler.before_join and cls.joins_last is AndesScheduler.joins_last
+                and cls.join_blocks is AndesScheduler.join_blocks)
     if not (isinstance(sched, VLLMSteps) and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk):
         return False
     if isinstance(sched, VLLMScheduler):

@@ -158,6 +158,30 @@ class PrefixCaching:
                     ranges.append((keys, held.num_keyed, end))
         return bool(ranges) and self._prefix.conflicts(ranges)
 
+    def key_every_id(self, req: Any, num_tokens: int) -> None:
+        """From now on key every hash id of `req`, whose keys covered only the leading ids
+        another request may share (`Engine.shared_keys_only`), and register its blocks past
+        those keys as keying every id from its admission on would have: the full blocks of its
+        first `num_tokens` tokens (those it was given blocks for: computed, and scheduled this
+        step), at most its number of tokens, as every allocation registers. Called before a
+        preemption of a policy that may swap: those blocks then enter the free queue keyed, and
+        a swapped request registers every key again when swapped in, as when every id is keyed
+        from the start. Exact since before its first preemption no lookup but the request's own
+        could hit them, and it had none: the keys are not cached (no other request has the
+        ids), so they register new, at the same positions."""
+        keys = req.kv_block_keys
+        req.num_shared_hash_ids = None  # (keys built for it again are whole)
+        if type(keys) is not BlockKeys or keys.num_blocks == len(req.hash_ids) * req.hash_block_tokens // self.block_size:
+            return  # (every id keyed already)
+        whole = req.kv_block_keys = block_keys(req, self.block_size)
+        held = self._held.get(req.id)
+        if held is None:
+            return
+        if held.keys is keys:
+            held.keys = whole
+            keys.release()
+        self._cache_full_blocks(req, held, min(num_tokens, req.num_tokens))
+
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Register the request's full keyed blocks covering its first `num_tokens` tokens."""
         held = self._held.get(req.id)

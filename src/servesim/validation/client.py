@@ -46,8 +46,9 @@ class ClientOptions:
     # play ENGINE_SLOTS_HELD (batch slots held in the campaigns listed there; on since those rows play their
     # recorded request count and the API server's token-rate ceiling: docs/fidelity.md)
     engine_slots_held: bool = True
-    # Campaigns whose means record their request count (silicon.RECORDED_ROUNDS) play it, without a
-    # trailing round; False: every row plays `requests_per_user` (and the trailing rounds).
+    # Campaigns whose means record their request count (silicon.RECORDED_ROUNDS), or whose runner's source
+    # gives it (silicon.RUNNER_ROUNDS), play it, without a trailing round; False: every row plays
+    # `requests_per_user` (and the trailing rounds).
     recorded_rounds: bool = True
     # Unmeasured requests per user after the measured ones (the benchmark's later rounds; module
     # docstring). 0: the run stops with the measured requests. Not played for the rows whose script

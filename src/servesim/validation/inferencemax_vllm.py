@@ -23,6 +23,7 @@ class VLLMScript:
     block: int  # --block-size (vLLM's default 16 where unset)
     sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
     kv_fp8: bool = True  # --kv-cache-dtype fp8
+    budget_isl: int = 0  # --max-num-batched-tokens $((ISL * n)) where the script sets it so (then budget_tokens is 0)
 
 
 # The Llama-3.1-70B rows that record no vLLM version (H100 FP8 45, B200 NVFP4 60) are InferenceMAX runs measured
@@ -50,6 +51,12 @@ LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 # to 64). `minimaxm2.5_fp8_h100.sh`: TP 4 x EP 4 (`--enable-expert-parallel`) at 4-64 users on every shape,
 # `--gpu-memory-utilization 0.90`, `--max-num-seqs 256` (above every row's users), no `--max-num-batched-tokens`
 # (`vllm serve`'s 8,192 on an 80 GB GPU: replica.config.serve_batch_defaults), no KV precision or block size.
+# The B200 0.17.0 Kimi-K2.5 NVFP4 rows recorded at TP 4 EP 1 (`_cfg811`, db-dump, measured 2026-04-20) ran
+# `kimik2.5_fp4_b200.sh` after InferenceX pull request 1047 (04-20, config `ep: 1`): `--gpu-memory-utilization 0.90
+# --max-num-seqs CONC --kv-cache-dtype fp8 --max-cudagraph-capture-size 2048 --max-num-batched-tokens $((ISL * 2))
+# --stream-interval 20`, no block size, prefix caching off, 1k/1k at 4-64 users and 8k/1k at 4-32. The release's
+# earlier Kimi rows (the script without those four flags, 2026-03-11 to 04-06) record TP 4 EP 4 or TP 8 and stay
+# outside this sweep (docs/fidelity.md, kimiv and vbw20).
 # (system, version, model, GEMM precision) -> script
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
     ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1}),
@@ -62,7 +69,21 @@ VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
         (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)},
         kv_fp8=False),
     ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(8192, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False),
+    ("b200_sxm", "0.17.0", "kimi-k2.5", "nvfp4"): VLLMScript(0, 0.90, 16, {(4, 1): {(1024, 1024): (4, 64), (8192, 1024): (4, 32)}},
+                                                          budget_isl=2),
 }
+
+
+# Kimi-K2.5 NVFP4 on B200 / B300: the file records the InferenceMAX config's `ep: 4` for the TP 4 rows of 0.17.0, but
+# `kimik2.5_fp4_b200.sh` (2026-03-11 on) and `kimik2.5_fp4_b300.sh` pass no `--enable-expert-parallel` (nor read EP_SIZE),
+# so vLLM split every expert over the TP group (docs/fidelity.md, kimiv and vbw20).
+EXPERTS_OVER_TP_MODELS = frozenset({"kimi-k2.5"})
+
+
+def experts_over_tp(row: SiliconRow) -> bool:
+    """Whether `row` records an expert parallelism that its vLLM script did not pass (experts ran over TP)."""
+    return (row.backend == "vllm" and row.system in ("b200_sxm", "b300_sxm") and row.moe_ep > 1
+            and row.attention_dp <= 1 and model_name(row) in EXPERTS_OVER_TP_MODELS)
 
 
 def vllm_recipe(row: SiliconRow) -> Recipe | None:
@@ -70,6 +91,6 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
     if script is None or not in_sweep(script.sweep, row):
         return None
-    engine = {"max_num_batched_tokens": script.budget_tokens, "gpu_memory_utilization": script.mem,
+    engine = {"max_num_batched_tokens": script.budget_isl * row.isl or script.budget_tokens, "gpu_memory_utilization": script.mem,
               "block_size": script.block}
     return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})

@@ -26,6 +26,7 @@ from servesim.validation.client import ClientOptions, RequestCounts, request_cou
 # The measured file's schema and reader, re-exported here where callers have always found them.
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
+from servesim.validation.inferencemax_vllm import experts_over_tp
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
@@ -117,6 +118,8 @@ def moe_parallelism(row: SiliconRow) -> dict:
     all-to-all kernels only when dp > 1; SGLang's moe_a2a_backend defaults to none; TensorRT-LLM's
     all-to-all is for attention DP), so these rows play with moe_a2a_backend none.
     """
+    if experts_over_tp(row):  # the recorded EP was the script config's, never passed to vLLM
+        return {"expert_parallel": False, "moe_a2a_backend": "none"}
     split = {"expert_parallel": row.moe_ep > 1}
     if row.moe_tp > 1 and row.moe_ep > 1:
         split = {"expert_parallel": False, "moe_tp_size": row.moe_tp, "moe_ep_size": row.moe_ep}
@@ -172,6 +175,15 @@ ENGINE_SLOTS_HELD: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.
 # means' decimals: AIConfigurator's benchmark script, 20 rounds per user); these rows play exactly that count
 # and no trailing round, as the script sends. Keyed (engine, system, version); docs/fidelity.md.
 RECORDED_ROUNDS: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 20}
+# Measured requests per user of campaigns whose benchmark runner's source gives the count (played as
+# RECORDED_ROUNDS: that count, no trailing round). SGLang H200 0.5.6.post2 is AIConfigurator's `eval` campaign
+# (the `<org>_<model>_<org>_<model>_<system>_<backend>_agg_...` ids, one concurrency per deployment, the one its
+# SLA search chose): 0.5.6.post2 is the SGLang of Dynamo 0.8.0-0.8.1 (AIConfigurator's
+# generator/config/backend_version_matrix.yaml), and from 2025-10-14 until the eval module's removal on 2026-03-03
+# its runner (src/aiconfigurator/eval/benchmarks/genai_perf_runner.py) ran `aiperf profile --request-count 10c
+# --warmup-request-count 2c` (the warm-up drains first); docs/fidelity.md, "SGLang H200 by release and model ...
+# (issue 14, sgh200)".
+RUNNER_ROUNDS: dict[tuple[str, str, str], int] = {("sglang", "h200_sxm", "0.5.6.post2"): 10}
 BUDGET_MARGIN_TOKENS = 1500
 # SGLang's default `chunked_prefill_size` by GPU memory (server_args.py, `_handle_gpu_memory_settings`,
 # the same in 0.5.1.post1 to 0.5.10.post1; neither the generator's templates nor SGLang's defaults
@@ -285,7 +297,8 @@ def row_request_counts(row: SiliconRow, options: ClientOptions) -> RequestCounts
     in_loop = not options.warmup_drains or (not script and (row.backend, row.system, row.version) in WARMUP_CONTINUOUS)
     rounds = inferencemax.ROUNDS_PER_USER if script else None
     if options.recorded_rounds and rounds is None:
-        rounds = RECORDED_ROUNDS.get((row.backend, row.system, row.version))
+        key = (row.backend, row.system, row.version)
+        rounds = RECORDED_ROUNDS.get(key, RUNNER_ROUNDS.get(key))
     return request_counts(row.concurrency, options, in_loop, rounds)
 
 

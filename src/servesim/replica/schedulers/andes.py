@@ -268,6 +268,20 @@ class AndesScheduler(VLLMSteps):
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         admit_whole(self, joins, out)
 
+    def before_join(self) -> None:
+        """What `schedule` sets before its admission, set by a join admitting in its place
+        (`replica/keyed_join.py`): nothing (its pending order is refreshed per step, and only
+        the request admitted leaves it: `start`)."""
+
+    def joins_last(self, req: Request) -> bool:
+        """Would waiting `req`, admitted into the stretch in flight by vLLM's calls, be what the
+        next `schedule` does, and run after every running request in the later steps
+        (`replica/keyed_join.py`)? While it is the only pending request (nothing swapped) and
+        the knapsack does not run (`join_blocks` keeps the KV use under its threshold):
+        `decide` then brings in only it, by `admit`; it joins `running` last, whose order the
+        running pass keeps (`stable_decode_order`)."""
+        return len(self._pending) == 1
+
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         # free blocks keeping `schedule`'s util = (total - (free - running)) / total under the
         # threshold (2 blocks of margin for its floats)
@@ -297,11 +311,10 @@ class AndesScheduler(VLLMSteps):
         if req.state is RequestState.SWAPPED:  # (else `preempt` queued it)
             self._pending.add(req, SWAPPED)
 
-    def admit(self, req: Request, budget: int, out: SchedulerOutput, make_room=None) -> int | None:
-        left = super().admit(req, budget, out, make_room)
-        if left is not None:
-            self._pending.remove(req)
-        return left
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        # admitted (by `admit`, a join, or a keyed join's vLLM calls): it is no longer pending
+        super().start(req, num_cached, num_tokens, out)
+        self._pending.remove(req)
 
     def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
         self._pending.remove(req)

@@ -206,6 +206,8 @@ class Scheduler(FastForwardHooks):
         """Preempt by recompute: free the blocks, forget progress, re-queue at the front, and
         record it in this step's output. Its computed blocks stay hittable until evicted
         (`KVCacheManager.free_preempted`)."""
+        if req.num_shared_hash_ids is not None and self.may_swap:
+            self.key_every_id(req, out)
         self.kv.free_preempted(req)
         req.state = RequestState.PREEMPTED
         req.num_computed_tokens = 0
@@ -216,15 +218,27 @@ class Scheduler(FastForwardHooks):
     @property
     def may_swap(self) -> bool:
         """Can this policy preempt by swap (`swap_out`)? A request swapped in again registers its
-        keys over plain blocks, so its blocks' ages in the free queue then depend on every key
-        it has: the engine keys every hash id for such a policy (`Engine.shared_keys_only`)."""
+        keys over plain blocks while its old blocks age in the free queue, so its later hits
+        depend on every key it has: such a policy keys every hash id of a request from its first
+        preemption on (`key_every_id`; before it, only the shared ones: `Engine.shared_keys_only`)."""
         return False
+
+    def key_every_id(self, req: Request, out: SchedulerOutput) -> None:
+        """`KVCacheManager.key_every_id` of a request about to be preempted, with the tokens it
+        holds blocks for: computed, and given to it in this step's output so far (once: the
+        request then keys every id)."""
+        n = req.num_computed_tokens
+        if out.scheduled:
+            n += sum([t for r, t in out.scheduled if r is req])
+        self.kv.key_every_id(req, n)
 
     def swap_out(self, req: Request, out: SchedulerOutput, reuse_key=None) -> bool:
         """Preempt by swap: move the KV to the CPU tier now (vLLM v0 frees the GPU blocks in
         the same decision) and record it in `out`; False if the CPU tier is full."""
         if not self.may_swap:
             raise AssertionError(f"{type(self).__name__} swaps but says it may not (`may_swap`)")
+        if req.num_shared_hash_ids is not None:
+            self.key_every_id(req, out)
         blocks = self.kv.swap_out(req.id, reuse_key)
         if blocks is None:
             return False

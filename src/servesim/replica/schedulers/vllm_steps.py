@@ -145,6 +145,8 @@ class VLLMSteps(Scheduler):
         except ValueError:
             j = -1
         if j >= 0:
+            if victim.num_shared_hash_ids is not None and self.may_swap:
+                self.key_every_id(victim, out)  # (while its tokens of this step are in the output)
             refund = scheduled[j][1]
             del scheduled[j]
             if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`

@@ -1,0 +1,71 @@
+"""vLLM Blackwell rows as InferenceMAX's scripts ran them (docs/fidelity.md, vbw20): the B200 0.17.0 Kimi-K2.5 rows
+recorded at TP 4 EP 1 play `kimik2.5_fp4_b200.sh` of 2026-04-20 (budget 2 x ISL, FP8 KV cache, its client); the
+Kimi-K2.5 rows recorded at TP 4 EP 4 keep AIPerf's play but split every expert over TP 4, since no Kimi script passes
+`--enable-expert-parallel`; the B300 nightly build has its own front end."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.replica.frontend import profile_name
+from servesim.validation.inferencemax import recipe
+from servesim.validation.silicon import parse_row, played_row, row_scenario, scenario_perf_model
+from tests.validation.test_silicon_mapping import BASE
+
+KIMI = {**BASE, "backend_version": "0.17.0", "model_path": "moonshotai/Kimi-K2.5", "precision": "fp4",
+        "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4", "osl": "1024", "concurrency": "16", "batch_size": "16",
+        "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1"}
+
+
+def kimi(**changes):
+    return parse_row({**KIMI, **changes})
+
+
+@pytest.mark.parametrize(("isl", "users", "budget"), [("1024", "64", 2048), ("8192", "32", 16384)])
+def test_the_april_20_script_plays_its_flags_and_client(isl, users, budget):
+    s = row_scenario(kimi(isl=isl, concurrency=users, batch_size=users))
+    assert s.engine.max_num_batched_tokens == budget  # --max-num-batched-tokens $((ISL * 2))
+    assert (s.engine.gpu_memory_utilization, s.engine.block_size, s.perf.kv_cache_dtype) == (0.90, 16, "fp8")
+    assert s.workload.num_requests == 10 * int(users) and s.workload.arrival.warmup_requests == 0
+    assert s.workload.lengths.prompt_tokens == (int(int(isl) * 0.8), int(isl))
+    assert not s.perf.expert_parallel
+
+
+@pytest.mark.parametrize("changes", [
+    {"isl": "8192", "concurrency": "64", "batch_size": "64"},  # 8k/1k ran to 32 users
+    {"osl": "8192"},  # the 1k/8k shape was dropped before that date
+    {"tp_size": "8", "moe_tp_size": "8"},  # TP 8 rows are not told apart from the earlier script's
+    {"moe_tp_size": "1", "moe_ep_size": "4"},  # the earlier script's rows record the config's EP 4
+    {"system": "b300_sxm"}, {"backend_version": "0.19.0"},
+])
+def test_rows_outside_it_keep_the_generator_deployment(changes):
+    row = kimi(**changes)
+    assert recipe(played_row(row)) is None
+    s = row_scenario(row)
+    assert s.engine.max_num_batched_tokens == row.batch_size + row.isl + 1500 and s.workload.lengths.prompt_tokens == row.isl
+
+
+@pytest.mark.parametrize("system", ["b200_sxm", "b300_sxm"])
+def test_kimi_rows_recorded_at_ep_4_split_their_experts_over_tp(system):
+    ep4 = row_scenario(kimi(system=system, moe_tp_size="1", moe_ep_size="4"))
+    assert (ep4.perf.expert_parallel, ep4.perf.moe_tp_size, ep4.perf.moe_ep_size) == (False, None, None)
+    assert recipe(played_row(kimi(system=system, moe_tp_size="1", moe_ep_size="4"))) is None  # AIPerf's play
+    # priced as the same release's TP 4 row (B300 0.17.0: no script), not as all-EP
+    ctxs = [1536] * 16
+    tp4 = scenario_perf_model(row_scenario(kimi(system="b300_sxm"))).step_time_s([], ctxs)
+    as_ep = scenario_perf_model(ep4.model_copy(update={"perf": ep4.perf.model_copy(update={"expert_parallel": True})}))
+    if system == "b300_sxm":
+        assert scenario_perf_model(ep4).step_time_s([], ctxs) == tp4
+    assert as_ep.step_time_s([], ctxs) != scenario_perf_model(ep4).step_time_s([], ctxs)
+    minimax = row_scenario(parse_row(BASE))  # MiniMax-M2.5 0.19.0 TP 4 x EP 4: its script passes the flag
+    assert minimax.perf.expert_parallel
+
+
+def test_the_b300_nightly_build_has_its_own_front_end():
+    nightly = row_scenario(parse_row({**BASE, "system": "b300_sxm", "backend_version": "nightly-5b8c30d62b754b57",
+                                      "moe_tp_size": "4", "moe_ep_size": "1"}))
+    assert nightly.frontend.profile == profile_name("vllm", "b300", "nightly-5b8c30d62b754b57") == \
+        "vllm@b300@nightly-5b8c30d62b754b57"
+    request_s, prompt_token_s, latency_s = nightly.frontend.constants()[:3]
+    assert (request_s, prompt_token_s, latency_s) == (0.002, 2.0e-06, 0.015)
+    assert profile_name("vllm", "b300", "0.17.0") == "vllm@b300"  # other releases without a profile: the GPU's
