@@ -25,7 +25,7 @@ def _model(overrides=None, **changes):
 @pytest.mark.parametrize(("system", "version", "eta_memory", "layer_floor_s"), [
     ("b300_sxm", "0.5.10.post1", 0.85, 4.0e-05),    # the release's entry
     ("h200_sxm", "0.5.9", 0.8477, 6.0e-05),         # the release's entry
-    ("b300_sxm", "0.5.9", 0.6, 2.0e-05),            # another release of the same GPU: its own (sgh19, fitted with the ring)
+    ("b300_sxm", "0.5.9", 0.6, 2.0e-05),            # another release of the same GPU: its own (sgh19; refitted with the one-shot by sgbw20, the same 0.6)
     ("b200_sxm", "0.5.9", 0.51, 4.0e-05),           # another GPU, same release name
     ("h200_sxm", "0.5.6.post2", 0.5086, 5.0e-06),   # another release of H200
 ])
