@@ -51,14 +51,26 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     the result); `keep_steps=True` also keeps every step in `result.steps` (tests and tools that
     look at single steps), as do runs whose power, scaling or disaggregation sections read every
     step. Scratch files live in `result.spill`, deleted with the result or when the run fails."""
-    # What exists before the run (modules, the scenario) outlives it: frozen, the cyclic collector
-    # does not scan it during the run. A fresh process owes a full collection after its imports
-    # (about 45,000 objects: 15 ms, a sixth of a 200-request run), which would otherwise fall
-    # in the run's set-up. Unfrozen at the end, with the loop's survivors (`_run_loop`).
+    # What exists before the run (modules, the scenario, the caller's objects) outlives it: frozen,
+    # the cyclic collector does not scan it. A fresh process owes a full collection after its
+    # imports (about 45,000 objects: 15 ms, a sixth of a 200-request run), which would otherwise
+    # fall in the run's set-up. The run allocates many long-lived small objects (token runs, step
+    # lists) and little garbage, so the collector is paused while it runs and collects once at the
+    # end: that scans only what the run allocated (the rest is frozen) and frees the run's own
+    # reference cycles (the cluster, its replicas, their callbacks and whatever hangs off them:
+    # engines, KV arrays, requests). Left for a later full collection, those cycles would go to
+    # the oldest generation uncounted, which the collector's rule for full collections (a quarter
+    # more objects there than after the last one) does not see: a process running many
+    # simulations (validate, plan, compare) grew by about a run's memory per run.
     gc.freeze()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         return _run(scenario, progress, keep_requests, keep_steps)
     finally:
+        if gc_was_enabled:
+            gc.enable()
+            gc.collect()
         gc.unfreeze()
 
 
@@ -164,7 +176,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         _sole_replica(cluster, feed)
     feed.start()
     try:
-        _run_loop(loop, until_s)
+        loop.run(until_s=until_s)
         cluster.fail_queued(loop.now_s)
         for r in cluster.replicas:
             r.engine.drain(loop.now_s)
@@ -207,22 +219,6 @@ def _sole_replica(cluster: Cluster, feed: Feed) -> None:
             and engine.on_event is None and engine.on_change is None and cluster.routes_silently()):
         cluster.sole = replica
         engine.sole_arrival = feed.arrive_from_stream
-
-
-def _run_loop(loop: EventLoop, until_s: float) -> None:
-    # The loop allocates many long-lived small objects (token runs, step lists) and creates no
-    # garbage cycles while it runs, so the cyclic collector is paused; afterwards the survivors
-    # are frozen with the objects from before the run (`simulate`), instead of being scanned as
-    # young objects on the next allocation, and go to the oldest generation when the run ends.
-    # Collection itself is left to the collector as usual.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        loop.run(until_s=until_s)
-    finally:
-        gc.freeze()
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _add_control_sections(result: Result, scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,

@@ -55,3 +55,24 @@ def test_an_unknown_policy_name_still_lists_every_one():
         assert "allowed:" in str(exc) and "least-requests" in str(exc) and "round-robin" in str(exc)
     else:
         raise AssertionError("no InputError")
+
+
+def test_a_dropped_run_leaves_nothing_behind():
+    # The run's objects refer to one another in cycles (the cluster, its replicas and their
+    # callbacks); `simulate` collects them at its end, while everything else is still frozen, so a
+    # process running many simulations (validate, plan, compare) does not keep each run's engines
+    # and requests until a full collection that its freezing keeps from coming.
+    from servesim.replica.engine import Engine
+    from servesim.workload.request import Request
+
+    def alive() -> tuple[int, int]:
+        objs = gc.get_objects()
+        return sum(type(o) is Request for o in objs), sum(type(o) is Engine for o in objs)
+
+    gc.collect()
+    assert alive() == (0, 0)
+    for name in ("cluster-azure-conv.yaml", "sessions.yaml"):
+        result = simulate(load_scenario(f"examples/{name}", ["workload.num_requests=100"]), keep_requests=True)
+        assert alive()[0] == 100 and result.summary()["num_finished"] == 100  # kept for the result
+        del result
+        assert alive() == (0, 0), name

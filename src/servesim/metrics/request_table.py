@@ -244,6 +244,7 @@ class RequestTable:
         if self.itl_sink is not None:
             self._stream_runs(live=True)
             self.itl_sink = None
+        self.logged = None  # (it reads the cluster's replicas: the result keeps the table, not the run)
 
     def close(self, offsets: list[int] | None = None) -> None:
         """End of run: reduce what is still held, order rows by arrival and make the runs index
