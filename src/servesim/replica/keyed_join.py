@@ -25,9 +25,9 @@ before):
   `KeyedScheduler`'s, `priority` and `edf`, whose `_admit` of a lone waiting request that fits
   is vLLM's, with static keys that sort it after every running request; `hygen`'s with no
   offline request; or `andes`'s, the turn its only pending request and the KV use kept under
-  its knapsack's threshold (`join_blocks`): `joins_last`), the only waiting request, whole in the budget the decodes
-  leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`), and its blocks (hits
-  and new) within those the stretch counts free (as `join_arrivals`).
+  its knapsack's threshold (`join_blocks`): `joins_last`), the only waiting request, whole in
+  the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`),
+  and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
 
 Then it is admitted now as vLLM's `admit` would (the lookup, hits and registration done now), its
 step s is priced with its prompt beside its cached context, and from step s + 1 it decodes
