@@ -69,6 +69,13 @@ class Constants:
     # (`enable_piecewise_cuda_graph` defaults to False); fitted per (GPU, engine) on the serving runs
     # (docs/fidelity.md, "SGLang: eager prefill steps").
     eager_layer_s: float = 0.0
+    # Time per step with prompt tokens of a model with Gated DeltaNet layers (`ModelSpec.gated_deltanet`; 0, off,
+    # by default): SGLang's FLA `l2norm_fwd_kernel` (q and k of every DeltaNet layer's chunked prefill) took the
+    # step's token count `T` as a `tl.constexpr` until mid-2026, so Triton compiles it again for every token
+    # count the server process has not run yet, inline on the scheduler before the forward launches (SGLang PRs
+    # 23448, 30403: ~90-110 ms a compile). Random prompt lengths make nearly every prefill step's count new, so
+    # it is priced per step; decode steps replay CUDA graphs and never compile (docs/fidelity.md, qwpf20).
+    gdn_compile_s: float = 0.0
     # Share of their own per-token time (GEMMs, element-wise work, all-reduces) that the prompt tokens of
     # a mixed step, one that runs prompt tokens beside decodes, cost on top (0, off, by default;
     # prefill-only and decode-only steps never pay it). The serving runs show other users' prompts

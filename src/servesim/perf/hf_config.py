@@ -93,6 +93,7 @@ def spec_from_config(name: str, config: dict[str, Any], source: str) -> ModelSpe
         # Qwen3-Next and Qwen3.5's hybrid layouts gate their full attention (Qwen3-Next's config
         # omits the key; Qwen3.5's says attn_output_gate: true)
         attn_output_gate=bool(config.get("attn_output_gate", linear is not None and model_type.startswith(("qwen3_next", "qwen3_5")))),
+        gated_deltanet=linear is not None or model_type.startswith(("qwen3_next", "qwen3_5")),
     )
 
 

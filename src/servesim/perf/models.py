@@ -88,6 +88,10 @@ class ModelSpec:
     max_position_embeddings: int | None = None  # longest sequence the model supports (None: unknown)
     linear_attention: LinearAttentionSpec | None = None  # hybrid models: the linear-attention layers
     attn_output_gate: bool = False  # full attention gated by sigmoid(x W_g) (Qwen3-Next/3.5: q_proj twice as wide)
+    # The checkpoint runs Gated DeltaNet layers through FLA's Triton kernels (Qwen3-Next / Qwen3.5), also
+    # when the entry plays a stand-in shape without `linear_attention`: engine behaviours tied to those
+    # kernels (`gdn_compile_s`) follow the checkpoint, not the stand-in.
+    gated_deltanet: bool = False
 
     @property
     def num_linear_layers(self) -> int:

@@ -71,7 +71,10 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token() + t.act_quant_s_per_token())
         object.__setattr__(self, "_hybrid", t.model.linear_attention is not None)
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
-        object.__setattr__(self, "_eager", t.model.num_layers * t.c.eager_layer_s)  # per step with prompt tokens
+        eager = t.model.num_layers * t.c.eager_layer_s  # per step with prompt tokens
+        if t.model.gated_deltanet and t.c.gdn_compile_s:  # (only then: every other model keeps its floats)
+            eager += t.c.gdn_compile_s  # the DeltaNet l2norm kernel compiled for the step's new token count
+        object.__setattr__(self, "_eager", eager)
         object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
 
@@ -104,9 +107,9 @@ class PerfModel(MemoryMixin):
     def _prompt_fixed_s(self, prompt_tokens: int) -> float:
         """The linear-attention layers' chunked prefill of the step's prompt tokens, the quantised
         linears' activation quantisation of them (`act_quant_token_s`; both in `_lin_tok`) and the
-        eager launch time (`eager_layer_s` per layer). All are 0 by default, and 0.0 x n + eager is
-        eager exactly, so models without them keep main's floats; the fast paths add this one term
-        where step_time_s adds it, so they keep its floats too."""
+        eager launch time (`eager_layer_s` per layer, plus `gdn_compile_s` for Gated DeltaNet models).
+        All are 0 by default, and 0.0 x n + eager is eager exactly, so models without them keep main's
+        floats; the fast paths add this one term where step_time_s adds it, so they keep its floats too."""
         return self._lin_tok * prompt_tokens + self._eager
 
     def _mixed_s(self, prompt_tokens: int, num_decode: int) -> float:
