@@ -24,10 +24,10 @@ class _Req:
     kv_block_keys = None
 
 
-def _stretch(perf, forms, through: bool) -> Stretch:
+def _stretch(perf, forms, through: bool, first: int = 40) -> Stretch:
     n = 12
     ctx1 = [300 + 97 * i for i in range(n)]
-    remaining = [40 + 53 * i for i in range(n)]  # departures every 53 steps in `through` mode
+    remaining = [first + 53 * i for i in range(n)]  # departures every 53 steps in `through` mode
     return Stretch(0.0, 0.02, None, [], [], [_Req() for _ in range(n)], ctx1, remaining, through,
                    lambda k: perf.decode_time_fn(k) or False, perf, 0, forms)
 
@@ -40,15 +40,16 @@ def test_numpy_chunks_match_the_scalar_loop_bit_for_bit(through, segments, monke
     plain = Stretch._chunk
     monkeypatch.setattr(Stretch, "_chunk", lambda st, horizon: chunks.append(st) or plain(st, horizon))
     perf = build_perf_model("llama-3.1-8b", "h100-sxm")
-    fast = _stretch(perf, _Forms(perf)._decode_forms, through)
-    slow = _stretch(perf, lambda n: None, through)
+    first = 40 if through else 140  # (without departures `kmax` is the least remaining: over 64 for chunks)
+    fast = _stretch(perf, _Forms(perf)._decode_forms, through, first)
+    slow = _stretch(perf, lambda n: None, through, first)
     for horizon in (0.05, 0.9, 2.5, float("inf")):  # a first pricing, then extensions
         fast.price(horizon)
         slow.price(horizon)
         assert [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
         assert fast.batch_sizes() == slow.batch_sizes()
     assert chunks and set(map(id, chunks)) == {id(fast)}  # numpy priced (the loop only ever prices step by step)
-    assert len(fast.ends) == fast.k == (40 + 53 * 11 if through else 40)
+    assert len(fast.ends) == fast.k == (40 + 53 * 11 if through else first)
     sizes = fast.batch_sizes()
     assert len(sizes) == fast.k
     if through:  # one request leaves every 53 steps from step 40 on
@@ -59,6 +60,32 @@ def test_numpy_chunks_match_the_scalar_loop_bit_for_bit(through, segments, monke
     for j in (1, 39, 40, 41, 200):
         if j < fast.k:
             assert fast.tokens_before(j) == sum(sizes[:j])
+
+
+@pytest.mark.parametrize("through", [True, False])
+@pytest.mark.parametrize("horizon", [2.5, float("inf")])
+def test_a_few_steps_to_a_step_cap_are_priced_by_the_scalar_loop(through, horizon, monkeypatch):
+    """A policy's step cap (vtc's `max_wait_tokens` with a request waiting) leaves a few steps
+    to `kmax` under a far horizon: the scalar loop prices them (numpy's fixed cost per chunk
+    is more than theirs), with the chunks' floats; 65 steps left or more still go to a chunk."""
+    chunks = []
+    plain = Stretch._chunk
+    monkeypatch.setattr(Stretch, "_chunk", lambda st, steps: chunks.append(st) or plain(st, steps))
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    forms = _Forms(perf)._decode_forms
+    for cap in (10, 65):  # (step 0 is priced at the start: 9 and 64 steps left)
+        capped = _stretch(perf, forms, through, 140)
+        capped.kmax = cap
+        capped.price(horizon)
+        assert not chunks and capped.k == cap
+        ahead = _stretch(perf, forms, through, 140)  # (uncapped: numpy chunks)
+        ahead.price(horizon)
+        assert chunks and [float(t) for t in capped.ends] == [float(t) for t in ahead.ends[:cap]]
+        chunks.clear()
+    over = _stretch(perf, forms, through, 140)
+    over.kmax = 66
+    over.price(horizon)
+    assert chunks == [over] and over.k == 66
 
 
 def test_a_cut_keeps_the_step_in_flight_and_drops_what_was_priced_ahead():

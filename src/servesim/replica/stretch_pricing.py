@@ -64,7 +64,10 @@ class StretchPricing:
                 steps = 0  # (about how many steps reach the horizon, -1: none; only with the forms)
                 if self._forms is not None:
                     steps = -1 if horizon == float("inf") else self._steps_to(horizon)
-                if steps < 0 or steps > 64:
+                # (a far horizon but few steps left to `kmax`, as a policy's step cap gives, e.g.
+                # vtc's `max_wait_tokens` with a request waiting: the scalar loop prices them for
+                # less than numpy's fixed cost per chunk; the same floats either way)
+                if (steps < 0 or steps > 64) and self.kmax - k > 64:
                     self._chunk(steps)
                     p = self._priced
                 elif self._f is False:
