@@ -74,6 +74,9 @@ def test_a_file_without_ids_or_with_ids_past_int64_keeps_the_counts_unknown(tmp_
     assert file_counts(path) == [None, None]
     path.write_text(f"arrival_s,prompt_len,output_len,hash_ids\n0,5,2,1 2\n1,5,2,1 {2**64}\n")
     assert file_counts(path) == [None, None]  # (every id keyed)
+    # a first row without ids: the file is taken for one without prefix hashes and not read twice
+    path.write_text("arrival_s,prompt_len,output_len,hash_ids\n0,5,2,\n1,5,2,1 2\n2,5,2,1 3\n")
+    assert file_counts(path) == [None, None, None]
 
 
 def test_a_file_copy_of_the_mooncake_trace_counts_as_its_arrays(tmp_path):

@@ -169,8 +169,9 @@ _FOLD_IDS = 1 << 20
 
 def shared_file_ids(replayed: Iterator[tuple[float, Row]]) -> set[int] | None:
     """The hash ids that occur more than once among the rows of a first pass over a streamed
-    trace (`TraceWorkload._replayed`: the rows the replay keeps), or None when no row has ids or
-    an id does not fit int64 (then every id stays keyed). Memory: the distinct ids and their
+    trace (`TraceWorkload._replayed`: the rows the replay keeps), or None when the first row has
+    no ids (a trace without prefix hashes is not read twice) or an id does not fit int64 (then
+    every id stays keyed, which is always exact). Memory: the distinct ids and their
     counts (capped at 2), folded with `np.unique` every `_FOLD_IDS` ids, then the shared ones
     as a set; the rows are not kept."""
     values = np.empty(0, np.int64)  # distinct ids so far (sorted), and how often each came (1 or 2)
@@ -186,7 +187,9 @@ def shared_file_ids(replayed: Iterator[tuple[float, Row]]) -> set[int] | None:
         del chunk[:]
 
     try:
-        for _, row in replayed:
+        for i, (_, row) in enumerate(replayed):
+            if not i and not row[3]:
+                return None
             if row[3]:
                 chunk.extend(row[3])
                 seen = True
