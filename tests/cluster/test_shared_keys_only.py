@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from servesim import load_scenario, simulate
 from servesim.replica.prefix_groups import Group
 from servesim.replica.schedulers.base import Scheduler
-from servesim.workload import replay
+from servesim.workload import build_workload, replay
+from servesim.workload.traces.registry import SHIPPED_TRACES
+from servesim.workload.traces.writers import write_trace
 
 from .helpers import assert_same_steps, outcome
 
@@ -84,3 +87,24 @@ def test_a_policy_that_swaps_keys_every_id_from_a_first_preemption(name, monkeyp
     preemptions = sum(r.num_preemptions for r in own.requests)
     assert num_swaps > 100 and preemptions - num_swaps > 50  # (both kinds, many requests more than once)
     assert own_blocks < every_blocks  # (those not preempted yet register their shared ids only; equal if every id is keyed)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "csv"])
+def test_a_trace_file_gets_the_counts_and_the_arrays_results(fmt, tmp_path, monkeypatch):
+    """A trace read row by row from a file (Mooncake's JSONL as shipped, or a CSV copy) counts
+    the shared ids in a first pass: the same blocks registered as the replay of the shipped
+    arrays, and the same results."""
+    if fmt == "csv":  # (the rows at their own times, speedup 1: written and read back exactly)
+        path = tmp_path / "mooncake.csv"
+        whole = load_scenario(MOONCAKE, ["workload.num_requests=600", "workload.trace.speedup=1"])
+        write_trace(build_workload(whole.workload, np.random.SeedSequence(0)).arrivals(), path)
+    else:
+        path = SHIPPED_TRACES["mooncake-conversation"].path
+    arrays, arrays_blocks = run(TIGHT, monkeypatch, every_id=False)
+    from_file, file_blocks = run(TIGHT + [f"workload.trace.name={path}"], monkeypatch, every_id=False)
+    assert outcome(from_file) == outcome(arrays)
+    assert [r.num_cached_tokens_total for r in from_file.requests] == [r.num_cached_tokens_total
+                                                                      for r in arrays.requests]
+    assert_same_steps(from_file, arrays)
+    assert from_file.prefix_hits == arrays.prefix_hits and sum(r.num_preemptions for r in arrays.requests) > 10
+    assert file_blocks == arrays_blocks  # (every id keyed, as without the first pass: 3.8 times as many)

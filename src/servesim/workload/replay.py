@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from itertools import repeat
 from typing import Iterator
 
@@ -12,7 +13,7 @@ from servesim.workload.attributes import AttributeMix
 from servesim.workload.config import WorkloadConfig
 from servesim.workload.request import Request
 from servesim.workload.trace_arrays import read_rows
-from servesim.workload.traces.readers import TraceReader
+from servesim.workload.traces.readers import Row, TraceReader
 from servesim.workload.traces.registry import resolve_trace
 from servesim.workload.traces.schema import DEFAULT_HASH_BLOCK_TOKENS
 
@@ -68,20 +69,21 @@ class TraceWorkload:
         rows = rows[first:first + n]
         reqs = map(Request, range(n), arrival[:n].tolist(), np.maximum(rows["prompt_len"], 1).tolist(),
                    np.maximum(rows["output_len"], 1).tolist(), hashes, repeat(DEFAULT_HASH_BLOCK_TOKENS))
-        # (`_row_arrivals` streams a file, so it cannot know which ids later rows share: None there)
         return reqs if shared is None else map(_with_shared, reqs, shared)
 
-    def _row_arrivals(self) -> Iterator[Request]:
+    def _replayed(self, reader: TraceReader) -> Iterator[tuple[float, Row]]:
+        """(arrival_s, row) of the rows the replay keeps: the window, speedup, duration and
+        request limit applied to the reader's rows in file order."""
         start, end = self._trace.start_s, self._trace.end_s
         speedup = self._trace.speedup
         limit = self._cfg.num_requests
         duration = self._cfg.duration_s
-        attrs = self._attrs
         first: float | None = None
-        next_id = 0
-        for t, prompt, output, hashes, block, row_attrs in self._reader.rows():
+        n = 0
+        for row in reader.rows():
+            t = row[0]
             if t is None:
-                raise InputError(f"{self._reader.display_name}: no arrival-time column (arrival_s, timestamp, TIMESTAMP)")
+                raise InputError(f"{reader.display_name}: no arrival-time column (arrival_s, timestamp, TIMESTAMP)")
             if first is None:
                 first = t
             rel = t - first
@@ -90,10 +92,24 @@ class TraceWorkload:
             if end is not None and rel > end:
                 return
             arrival = (rel - start) / speedup
-            if (duration is not None and arrival > duration) or (limit is not None and next_id >= limit):
+            if (duration is not None and arrival > duration) or (limit is not None and n >= limit):
                 return
+            n += 1
+            yield arrival, row
+
+    def _row_arrivals(self) -> Iterator[Request]:
+        attrs = self._attrs
+        # A file is streamed, so which ids later rows share comes from a first pass over it
+        # (`shared_file_ids`, its own reader: the same rows skipped); each row of the second
+        # pass then gets the count the arrays' replay gives it (`shared_counts`).
+        first_pass = TraceReader(self._reader.path, display_name=self._reader.display_name,
+                                 skip_bad_rows=self._trace.skip_bad_rows)
+        shared = shared_file_ids(self._replayed(first_pass))
+        for next_id, (arrival, row) in enumerate(self._replayed(self._reader)):
+            _, prompt, output, hashes, block, row_attrs = row
             req = Request(next_id, arrival, max(prompt, 1), max(output, 1), hashes, block)
-            next_id += 1
+            if shared is not None:
+                req.num_shared_hash_ids = _shared_count(hashes, shared)
             if attrs.active:
                 for key, value in attrs.draw().items():
                     setattr(req, key, value)
@@ -145,3 +161,52 @@ def shared_counts(ids: np.ndarray, ends: np.ndarray) -> list[int]:
 def _with_shared(req: Request, num_shared: int) -> Request:
     req.num_shared_hash_ids = num_shared
     return req
+
+
+#: Ids gathered before a first pass folds them into its counts (8 MB as int64)
+_FOLD_IDS = 1 << 20
+
+
+def shared_file_ids(replayed: Iterator[tuple[float, Row]]) -> set[int] | None:
+    """The hash ids that occur more than once among the rows of a first pass over a streamed
+    trace (`TraceWorkload._replayed`: the rows the replay keeps), or None when the first row has
+    no ids (a trace without prefix hashes is not read twice) or an id does not fit int64 (then
+    every id stays keyed, which is always exact). Memory: the distinct ids and their
+    counts (capped at 2), folded with `np.unique` every `_FOLD_IDS` ids, then the shared ones
+    as a set; the rows are not kept."""
+    values = np.empty(0, np.int64)  # distinct ids so far (sorted), and how often each came (1 or 2)
+    counts = np.empty(0, np.int64)
+    chunk = array("q")
+    seen = False
+
+    def fold() -> None:
+        nonlocal values, counts
+        both, inverse = np.unique(np.concatenate((values, np.frombuffer(chunk, np.int64))), return_inverse=True)
+        weights = np.concatenate((counts, np.ones(len(chunk), np.int64)))
+        values, counts = both, np.minimum(np.bincount(inverse.reshape(-1), weights).astype(np.int64), 2)
+        del chunk[:]
+
+    try:
+        for i, (_, row) in enumerate(replayed):
+            if not i and not row[3]:
+                return None
+            if row[3]:
+                chunk.extend(row[3])
+                seen = True
+                if len(chunk) >= _FOLD_IDS:
+                    fold()
+    except OverflowError:  # (an id past int64: left to be keyed whole)
+        return None
+    if not seen:
+        return None
+    fold()
+    return set(values[counts > 1].tolist())
+
+
+def _shared_count(hashes: tuple[int, ...], shared: set[int]) -> int:
+    """`shared_counts` of one row: its leading ids up to its last id in `shared`, at least 1
+    when it has ids."""
+    for i in range(len(hashes) - 1, 0, -1):
+        if hashes[i] in shared:
+            return i + 1
+    return 1 if hashes else 0
