@@ -75,9 +75,14 @@ class RanksKV:
 
 
 def rank_batch(out: SchedulerOutput) -> tuple[list[tuple[int, int]], list[int]]:
-    """(prefill chunks, decode contexts) of one rank's output, classified as the engine does."""
-    prefills, ctxs = [], []
-    for r, n in out.scheduled:
+    """(prefill chunks, decode contexts) of one rank's output, classified as the engine does
+    (the rank's known decodes, a prefix of its batch, without the test)."""
+    known = out.num_known_decodes
+    scheduled = out.scheduled
+    if known == len(scheduled):  # (a decode-only step: every step of a stretch of decodes)
+        return [], [r.num_computed_tokens for r, _ in scheduled]
+    prefills, ctxs = [], [r.num_computed_tokens for r, _ in scheduled[:known]]
+    for r, n in scheduled[known:]:
         if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1:
             ctxs.append(r.num_computed_tokens)
         else:
@@ -203,13 +208,20 @@ class AttentionDPScheduler(Scheduler):
                 r.adp_hold = hold
         self._outs = [r.schedule(now_s) for r in self.ranks]
         merged = SchedulerOutput()
+        # the engine's hint (its known decodes, a prefix of the batch): the ranks' outputs are
+        # concatenated, so the leading ranks' all-decode batches plus the next rank's known prefix
+        known, leading = 0, True
         for o in self._outs:
+            if leading:
+                known += o.num_known_decodes
+                leading = o.num_known_decodes == len(o.scheduled)
             merged.scheduled += o.scheduled
             merged.preempted += o.preempted
             merged.swapped_out += o.swapped_out
             merged.swapped_in += o.swapped_in
             merged.swap_out_blocks += o.swap_out_blocks
             merged.swap_in_blocks += o.swap_in_blocks
+        merged.num_known_decodes = known
         if merged.scheduled:
             merged.rank_batches = [rank_batch(o) for o in self._outs]
         return merged

@@ -107,13 +107,30 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
     cfg = engine.config
     k_max = cfg.num_speculative_tokens
     plain, plain_ctxs, spec = [], [], []
-    for req, ctx in zip(decodes, decode_ctxs):
-        k = min(k_max, req.output_len - req.num_output_tokens - 1, cfg.max_model_len - 1 - ctx - 1)
-        if k > 0 and engine.kv.allocate_slots(req, 1 + k):
-            spec.append((req, k, ctx))
-        else:
-            plain.append(req)
-            plain_ctxs.append(ctx)
+    room = cfg.max_model_len - 2  # drafts stop one slot short of the model length
+    if rank_batches is None:
+        allocate = engine.kv.allocate_slots  # (read once: this loop runs per decode per step)
+        for req, ctx in zip(decodes, decode_ctxs):
+            k = min(k_max, req.output_len - req.num_output_tokens - 1, room - ctx)
+            if k > 0 and allocate(req, 1 + k):
+                spec.append((req, k, ctx))
+            else:
+                plain.append(req)
+                plain_ctxs.append(ctx)
+    else:  # the same, each request's slots in its rank's cache (as `RanksKV.allocate_slots`), and
+        # the ranks' batches split in the same pass (each rank's prompt chunks stay its own)
+        caches, rank_of = engine.kv.caches, engine.scheduler.rank_of
+        batches = [(list(p), []) for p, _ in rank_batches]
+        for req, ctx in zip(decodes, decode_ctxs):
+            k = min(k_max, req.output_len - req.num_output_tokens - 1, room - ctx)
+            i = rank_of[req.id]
+            if k > 0 and caches[i].allocate_slots(req, 1 + k):
+                spec.append((req, k, ctx))
+                batches[i][0].append((1 + k, ctx))
+            else:
+                plain.append(req)
+                plain_ctxs.append(ctx)
+                batches[i][1].append(ctx)
     if not spec:
         return engine.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
     draws = engine.spec_draws
@@ -122,12 +139,6 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
     if rank_batches is None:
         dt = engine.perf.step_time_s(chunks + [(1 + k, ctx) for _, k, ctx in spec], plain_ctxs)
     else:
-        rank_of = engine.scheduler.rank_of
-        batches = [(list(p), []) for p, _ in rank_batches]  # (each rank's prompt chunks stay its own)
-        for req, k, ctx in spec:
-            batches[rank_of[req.id]][0].append((1 + k, ctx))
-        for req, ctx in zip(plain, plain_ctxs):
-            batches[rank_of[req.id]][1].append(ctx)
         dt = engine.perf.lockstep_step_time_s(batches)
     if cfg.spec_draft_layers:  # priced by their work (`perf/spec_price.py`)
         if rank_batches is None:
@@ -146,15 +157,25 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
 
 
 def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float) -> int:
-    """Emit the accepted drafts plus the target's own token; roll back the rejected ones."""
-    n = min(accepted + 1, req.output_len - req.num_output_tokens)
+    """Emit the accepted drafts plus the target's own token; roll back the rejected ones.
+
+    `Engine.emit` for the first token written out (a call per speculating decode per step
+    saved: the hot loop of attention-DP rows with MTP, which are stepped)."""
+    left = req.output_len - req.num_output_tokens
+    n = accepted + 1 if accepted < left else left
     req.num_computed_tokens += n  # the rejected drafts' KV slots are simply overwritten later
-    engine.emit(req, step, now_s)
     runs = req.token_steps
+    if runs and runs[-1] == step - 1:  # the first token extends the run of the previous step
+        runs[-1] = step
+    else:
+        runs.append(step)
+        runs.append(step)
+    if req.first_token_s is None:
+        req.first_token_s = now_s
     for _ in range(n - 1):  # several tokens at one step's end: one single-step run each
         runs.append(step)
         runs.append(step)
-    req.num_output_tokens += n - 1
+    req.num_output_tokens += n
     return n
 
 
