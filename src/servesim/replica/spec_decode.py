@@ -157,25 +157,15 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
 
 
 def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float) -> int:
-    """Emit the accepted drafts plus the target's own token; roll back the rejected ones.
-
-    `Engine.emit` for the first token written out (a call per speculating decode per step
-    saved: the hot loop of attention-DP rows with MTP, which are stepped)."""
-    left = req.output_len - req.num_output_tokens
-    n = accepted + 1 if accepted < left else left
+    """Emit the accepted drafts plus the target's own token; roll back the rejected ones."""
+    n = min(accepted + 1, req.output_len - req.num_output_tokens)
     req.num_computed_tokens += n  # the rejected drafts' KV slots are simply overwritten later
+    engine.emit(req, step, now_s)
     runs = req.token_steps
-    if runs and runs[-1] == step - 1:  # the first token extends the run of the previous step
-        runs[-1] = step
-    else:
-        runs.append(step)
-        runs.append(step)
-    if req.first_token_s is None:
-        req.first_token_s = now_s
     for _ in range(n - 1):  # several tokens at one step's end: one single-step run each
         runs.append(step)
         runs.append(step)
-    req.num_output_tokens += n
+    req.num_output_tokens += n - 1
     return n
 
 
