@@ -108,29 +108,14 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
     k_max = cfg.num_speculative_tokens
     plain, plain_ctxs, spec = [], [], []
     room = cfg.max_model_len - 2  # drafts stop one slot short of the model length
-    if rank_batches is None:
-        allocate = engine.kv.allocate_slots  # (read once: this loop runs per decode per step)
-        for req, ctx in zip(decodes, decode_ctxs):
-            k = min(k_max, req.output_len - req.num_output_tokens - 1, room - ctx)
-            if k > 0 and allocate(req, 1 + k):
-                spec.append((req, k, ctx))
-            else:
-                plain.append(req)
-                plain_ctxs.append(ctx)
-    else:  # the same, each request's slots in its rank's cache (as `RanksKV.allocate_slots`), and
-        # the ranks' batches split in the same pass (each rank's prompt chunks stay its own)
-        caches, rank_of = engine.kv.caches, engine.scheduler.rank_of
-        batches = [(list(p), []) for p, _ in rank_batches]
-        for req, ctx in zip(decodes, decode_ctxs):
-            k = min(k_max, req.output_len - req.num_output_tokens - 1, room - ctx)
-            i = rank_of[req.id]
-            if k > 0 and caches[i].allocate_slots(req, 1 + k):
-                spec.append((req, k, ctx))
-                batches[i][0].append((1 + k, ctx))
-            else:
-                plain.append(req)
-                plain_ctxs.append(ctx)
-                batches[i][1].append(ctx)
+    allocate = engine.kv.allocate_slots  # (read once: this loop runs per decode per step)
+    for req, ctx in zip(decodes, decode_ctxs):
+        k = min(k_max, req.output_len - req.num_output_tokens - 1, room - ctx)
+        if k > 0 and allocate(req, 1 + k):
+            spec.append((req, k, ctx))
+        else:
+            plain.append(req)
+            plain_ctxs.append(ctx)
     if not spec:
         return engine.perf.step_time_s(chunks, decode_ctxs), decodes, prefills
     draws = engine.spec_draws
@@ -139,6 +124,12 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
     if rank_batches is None:
         dt = engine.perf.step_time_s(chunks + [(1 + k, ctx) for _, k, ctx in spec], plain_ctxs)
     else:
+        rank_of = engine.scheduler.rank_of
+        batches = [(list(p), []) for p, _ in rank_batches]  # (each rank's prompt chunks stay its own)
+        for req, k, ctx in spec:
+            batches[rank_of[req.id]][0].append((1 + k, ctx))
+        for req, ctx in zip(plain, plain_ctxs):
+            batches[rank_of[req.id]][1].append(ctx)
         dt = engine.perf.lockstep_step_time_s(batches)
     if cfg.spec_draft_layers:  # priced by their work (`perf/spec_price.py`)
         if rank_batches is None:
