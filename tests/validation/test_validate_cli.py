@@ -32,6 +32,7 @@ def test_validate_prints_groups_and_reasons(tmp_path: Path):
     assert "| 1 | disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md) |" in res.output
     table = list(csv.DictReader(out.open()))
     assert [r["id"] for r in table] == ["a"] and float(table[0]["measured_ttft_ms"]) == 120.5
+    assert all(len(table[0][k].split(".")[1]) == 6 for k in ("ttft_error", "tpot_error"))
     text = docs.read_text()
     assert "old" not in text and "| **all** | 1 |" in text and text.endswith("end\n")
 

@@ -20,14 +20,15 @@ TABLE_END = "<!-- fidelity:end -->"
 
 
 def _rows_csv(results) -> str:
+    """One line per simulated row; errors to 1e-6 so that medians taken from the file match the printed ones."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["id", "backend", "system", "model", "tp", "isl", "osl", "concurrency", "measured_ttft_ms",
                 "simulated_ttft_ms", "ttft_error", "measured_tpot_ms", "simulated_tpot_ms", "tpot_error"])
     for r in results:
         w.writerow([r.row.id, r.row.backend, r.row.system, r.row.model, r.row.tp, r.row.isl, r.row.osl,
-                    r.row.concurrency, f"{r.row.ttft_s * 1e3:.3f}", f"{r.ttft_s * 1e3:.3f}", f"{r.ttft_error:.4f}",
-                    f"{r.row.tpot_s * 1e3:.3f}", f"{r.tpot_s * 1e3:.3f}", f"{r.tpot_error:.4f}"])
+                    r.row.concurrency, f"{r.row.ttft_s * 1e3:.4f}", f"{r.ttft_s * 1e3:.4f}", f"{r.ttft_error:.6f}",
+                    f"{r.row.tpot_s * 1e3:.4f}", f"{r.tpot_s * 1e3:.4f}", f"{r.tpot_error:.6f}"])
     return out.getvalue()
 
 
