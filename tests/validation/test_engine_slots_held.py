@@ -28,7 +28,7 @@ def test_only_the_h100_1_0_0rc3_runs_hold_a_slot():
     assert held.engine.max_num_seqs == 3
     # the token budget stays the deployment's: recorded batch + prompt + 1,500, in 32-token blocks
     assert held.engine.max_num_batched_tokens == -(-(4 + 128 + 1500) // 32) * 32
-    assert scenario(backend_version="1.3.0rc1").engine.max_num_seqs == 4
+    assert scenario(backend_version="1.2.0rc2").engine.max_num_seqs == 4
     assert scenario(system="h200_sxm").engine.max_num_seqs == 4
     assert scenario(backend="vllm", backend_version="0.18.0").engine.max_num_seqs == 4
     assert scenario(batch_size="1", concurrency="1").engine.max_num_seqs == 1  # never below one
@@ -46,7 +46,7 @@ def test_a_held_slot_makes_ttft_grow_with_the_output_length():
     def ttft(osl: str, version: str) -> float:
         return mean_ttft_s(scenario(osl=osl, backend_version=version))
 
-    free_short, free_long = ttft("16", "1.3.0rc1"), ttft("256", "1.3.0rc1")
+    free_short, free_long = ttft("16", "1.2.0rc2"), ttft("256", "1.2.0rc2")
     held_short, held_long = ttft("16", "1.0.0rc3"), ttft("256", "1.0.0rc3")
     assert free_long < 1.5 * free_short
     assert held_long > 3 * held_short and held_long > 3 * free_long
@@ -60,7 +60,7 @@ def test_validate_flag_plays_the_held_slot(tmp_path):
     from servesim.cli import app
 
     path = tmp_path / "silicon.csv"
-    rows = [{**LLAMA_H100, "id": "held", "osl": "128"}, {**LLAMA_H100, "id": "free", "osl": "128", "backend_version": "1.3.0rc1"}]
+    rows = [{**LLAMA_H100, "id": "held", "osl": "128"}, {**LLAMA_H100, "id": "free", "osl": "128", "backend_version": "1.2.0rc2"}]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(LLAMA_H100))
         w.writeheader()

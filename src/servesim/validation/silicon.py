@@ -3,7 +3,8 @@ schema and reader: silicon_file.py).
 
 Each aggregated row is one replica (tp / attention-dp / MoE TP x EP as the engine ran them:
 recorded_parallelism.py decodes the rows recorded as the engine's tp x ep product) serving a
-closed-loop client that keeps `concurrency` requests of fixed `isl` / `osl` tokens in flight;
+closed-loop client that keeps `concurrency` requests of fixed `isl` / `osl` tokens in flight
+(one worker's share of them where the file records a cluster's concurrency: gap_analysis.py);
 the measured results are mean TTFT and TPOT. `row_scenario` returns the scenario that plays the
 row, or the reason it cannot be expressed yet. The mapping is explicit and tested row by row.
 """
@@ -26,6 +27,7 @@ from servesim.validation.client import ClientOptions, RequestCounts, request_cou
 # The measured file's schema and reader, re-exported here where callers have always found them.
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
+from servesim.validation.gap_analysis import campaign_reason, worker_share
 from servesim.validation.inferencemax_vllm import experts_over_tp
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
@@ -41,8 +43,9 @@ UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it can
 
 def played_row(row: SiliconRow) -> SiliconRow:
     """`row` as its engine ran it: the parallelism decoded from the recorded columns, then the release and
-    expert parallelism of the benchmark script that ran it where the file omits them (inferencemax.as_run)."""
-    return inferencemax.as_run(engine_parallelism(row))
+    expert parallelism of the benchmark script that ran it where the file omits them (inferencemax.as_run),
+    then one worker's users where the concurrency is a whole cluster's (gap_analysis.worker_share)."""
+    return worker_share(inferencemax.as_run(engine_parallelism(row)))
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
@@ -50,6 +53,8 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
     row = played_row(row)
     if row.mode != "agg":
         return "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"
+    if (reason := campaign_reason(row)) is not None:
+        return reason
     if row.concurrency <= 0:
         return "the client concurrency is not recorded"
     if row.system not in GPUS:
