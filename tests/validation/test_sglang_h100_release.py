@@ -1,7 +1,8 @@
 """SGLang H100 0.5.1.post1 constants (calibration_serving.yaml `sglang_h100_chunk`, docs/fidelity.md "SGLang H100
 0.5.1.post1"): refitted for SGLang's 8,192-token chunk, the release's prefill is priced at a lower compute efficiency
-and its decode without most of the per-sequence GPU time that had stood in for prefill stalls; other H100 SGLang
-releases keep the (GPU, engine) values."""
+and its decode without most of the per-sequence GPU time that had stood in for prefill stalls; its prefill all-reduces
+go over NCCL's ring at NVLink4's full bus bandwidth (`sglang_h100_ring`, issue 14 sgh100q), with the compute efficiency
+refitted beside it; other H100 SGLang releases keep the (GPU, engine) values."""
 
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ def _model(overrides=None, **changes):
     return build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf)
 
 
-@pytest.mark.parametrize(("version", "eta_compute", "seq_gpu_s"), [
-    ("0.5.1.post1", 0.8, 7.5e-06),    # the release's entry
-    ("0.5.8.post1", 0.84, 4.5e-05),   # another H100 release: the (GPU, engine) entry
+@pytest.mark.parametrize(("version", "eta_compute", "seq_gpu_s", "ring"), [
+    ("0.5.1.post1", 0.65, 7.5e-06, 1.0),   # the release's entry
+    ("0.5.8.post1", 0.84, 4.5e-05, 0.0),   # another H100 release: the (GPU, engine) entry (ring at ar_bw_eff)
 ])
-def test_only_the_release_takes_the_refitted_constants(version, eta_compute, seq_gpu_s):
+def test_only_the_release_takes_the_refitted_constants(version, eta_compute, seq_gpu_s, ring):
     c = _model(backend_version=version).constants
-    assert (c.eta_compute, c.seq_gpu_s) == (eta_compute, seq_gpu_s)
+    assert (c.eta_compute, c.seq_gpu_s, c.ar_ring_bw_eff) == (eta_compute, seq_gpu_s, ring)
 
 
 def test_prefill_costlier_and_decode_cheaper_than_with_the_gpu_values():
@@ -39,3 +40,14 @@ def test_prefill_costlier_and_decode_cheaper_than_with_the_gpu_values():
     # 16 users decoding at about 1,100 tokens of context: (45 - 7.5) us x 16 = 0.6 ms less GPU time a step
     ctxs = [1100] * 16
     assert before.step_time_s([], ctxs) - shipped.step_time_s([], ctxs) == pytest.approx(16 * 3.75e-05, rel=0.05)
+
+
+def test_prefill_all_reduce_at_the_rings_bandwidth_and_gemms_slower():
+    # TP 8, one prefill batch of SGLang's chunk: its all-reduces (8,192 x 5,120 x 2 bytes each) run at the ring's
+    # NVLink4 bandwidth instead of the one-shot's share of it, and its GEMMs at the refitted efficiency
+    shipped = _model(tp_size="8")
+    before = _model(tp_size="8", overrides={"eta_compute": 0.8, "ar_ring_bw_eff": 0.0})
+    prefill = [(1024, 0)] * 8
+    new, old = shipped.step_breakdown(prefill, []), before.step_breakdown(prefill, [])
+    assert new.communication_s == pytest.approx(old.communication_s * before.constants.ar_bw_eff, rel=0.05)
+    assert new.linear_s > 1.15 * old.linear_s  # (0.8 / 0.65 = 1.23 on the compute-bound part)
