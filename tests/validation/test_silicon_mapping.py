@@ -16,6 +16,9 @@ BASE = {
     "moe_tp_size": "1", "moe_ep_size": "4", "silicon_ttft_ms": "120.5", "silicon_tpot_ms": "12.25", "concurrency": "64",
 }
 
+# The NVFP4 checkpoint of BASE's model: its InferenceMAX scripts run attention DP, so rows recorded with it stay DP.
+NVFP4 = {"precision": "fp4", "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"}
+
 
 def row(**changes):
     return parse_row({**BASE, **changes})
@@ -94,7 +97,7 @@ def test_mixed_moe_tp_by_ep_row_maps_to_its_sizes():
 
 @pytest.mark.parametrize("changes, reason", [
     ({"mode": "disagg"}, "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"),
-    ({"attention_dp_size": "4", "moe_ep_size": "16"}, "attention DP over 16 GPUs (tp 4 x dp 4) spans several nodes: multi-node replicas are not modelled"),
+    ({"attention_dp_size": "4", "moe_ep_size": "16", **NVFP4}, "attention DP over 16 GPUs (tp 4 x dp 4) spans several nodes: multi-node replicas are not modelled"),
     ({"attention_dp_size": "2"}, "MoE TP 1 x EP 4 does not cover tp 4 x attention DP 2"),
     ({"tp_size": "64"}, "tp 64 spans several NVLink domains of 8 GPUs: multi-node replicas are not modelled"),
     ({"moe_tp_size": "1", "moe_ep_size": "2"}, "MoE TP 1 x EP 2 does not cover tp 4"),
@@ -107,8 +110,9 @@ def test_inexpressible_reasons(changes, reason):
 
 
 def test_attention_dp_row_maps_to_dp_ranks():
-    # vLLM tp 2 x dp 2 with the experts over all 4 GPUs; batch_size is per rank (x dp = concurrency)
-    r = row(tp_size="2", attention_dp_size="2", moe_ep_size="4", batch_size="32", concurrency="64")
+    # vLLM tp 2 x dp 2 with the experts over all 4 GPUs; batch_size is per rank (x dp = concurrency). NVFP4: the FP8
+    # MiniMax scripts pass no data-parallel flag (test_vllm_minimax_recorded_dp.py)
+    r = row(tp_size="2", attention_dp_size="2", moe_ep_size="4", batch_size="32", concurrency="64", **NVFP4)
     assert inexpressible_reason(r) is None
     s = row_scenario(r, calibration=None)
     p = s.perf

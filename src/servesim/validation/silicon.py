@@ -28,7 +28,7 @@ from servesim.validation.client import ClientOptions, RequestCounts, request_cou
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
 from servesim.validation.gap_analysis import campaign_reason, worker_share
-from servesim.validation.inferencemax_vllm import experts_over_tp
+from servesim.validation.inferencemax_vllm import experts_over_tp, without_recorded_dp
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
@@ -43,9 +43,10 @@ UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it can
 
 def played_row(row: SiliconRow) -> SiliconRow:
     """`row` as its engine ran it: the parallelism decoded from the recorded columns, then the release and
-    expert parallelism of the benchmark script that ran it where the file omits them (inferencemax.as_run),
-    then one worker's users where the concurrency is a whole cluster's (gap_analysis.worker_share)."""
-    return worker_share(inferencemax.as_run(engine_parallelism(row)))
+    expert parallelism of the benchmark script that ran it where the file omits them (inferencemax.as_run), without
+    the attention DP that a vLLM script never passed (inferencemax_vllm.without_recorded_dp), then one worker's users
+    where the concurrency is a whole cluster's (gap_analysis.worker_share)."""
+    return worker_share(without_recorded_dp(inferencemax.as_run(engine_parallelism(row))))
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
