@@ -191,3 +191,17 @@ def test_load_and_transfer_times(h100_8b: PerfModel) -> None:
     assert h100_8b.model_load_time_s() == pytest.approx(16_059_990_016 / (c.pcie_eff * 64e9))
     assert h100_8b.kv_transfer_time_s(1000, link_bw_bytes_s=100e9) == pytest.approx(2.6e-6 + 1000 * 131_072 / 100e9)
     assert h100_8b.gpu_spec.tdp_w == 700 and h100_8b.model_spec.num_layers == 32
+
+
+def test_gemm_blocks_are_built_once_per_terms_and_not_carried_by_replace() -> None:
+    """`StepTerms.blocks` is memoised (`linear_s` reads it at every new token count: a sessions
+    turn's): the same blocks each call, equal to a fresh build, and a `replace`d terms with
+    another TP (attention data parallelism's MoE terms) builds its own."""
+    from dataclasses import replace
+
+    terms = build_perf_model("qwen3-30b-a3b", "h100-sxm", tp=2, dtype="bf16").terms
+    first = terms.blocks()
+    assert terms.blocks() is first and list(first) == terms._build_blocks()
+    wider = replace(terms, tp=4)
+    assert wider == replace(terms, tp=4) and wider.blocks() is not first
+    assert list(wider.blocks()) == wider._build_blocks() != list(first)

@@ -50,7 +50,18 @@ class StepTerms:
         return self.tp // self.moe_ep
 
     # ---- linear layers -------------------------------------------------------------------
-    def blocks(self) -> list[Block]:
+    def blocks(self) -> tuple[Block, ...]:
+        """The GEMM blocks of one GPU, built once (a function of the frozen fields): `linear_s`
+        reads them at every token count the perf model has not priced yet, which a sessions turn
+        is (its prompt beside the running decodes: a miss of `PerfModel._token_s`'s memo per
+        turn), and building them was about two thirds of `linear_s`."""
+        memo = self.__dict__.get("_blocks")
+        if memo is None:
+            memo = tuple(self._build_blocks())
+            object.__setattr__(self, "_blocks", memo)  # (not a field: equality and `replace` ignore it)
+        return memo
+
+    def _build_blocks(self) -> list[Block]:
         m, t, a = self.model, self.tp, ACTIVATION_BYTES
         h = m.hidden_size
         attn = attention_params(m) / t
