@@ -1,5 +1,5 @@
-"""vLLM MiniMax-M2.5 FP8 rows on B200 / B300 recorded as attention DP X x TP X with the experts over X x X ranks are
-InferenceMAX's `{ tp: X, ep: X }` runs: `minimaxm2.5_fp8_b{200,300}.sh` pass `--tensor-parallel-size=$TP`
+"""vLLM MiniMax-M2.5 FP8 rows on B200 / B300 / H100 recorded as attention DP X x TP X with the experts over X x X ranks are
+InferenceMAX's `{ tp: X, ep: X }` runs: `minimaxm2.5_fp8_{b200,b300,h100}.sh` pass `--tensor-parallel-size=$TP`
 `--enable-expert-parallel` and no data-parallel flag, so they play X GPUs, attention TP X, experts over X
 (docs/fidelity.md, mmx21). Rows recorded otherwise, and the NVFP4 rows (whose scripts do run `dp-attn` configs as DP),
 stay as recorded."""
@@ -19,7 +19,7 @@ RECORDED_EP = {**BASE, "tp_size": "2", "attention_dp_size": "1", "moe_tp_size": 
                "concurrency": "32", "batch_size": "32"}
 
 
-@pytest.mark.parametrize("system", ["b200_sxm", "b300_sxm"])
+@pytest.mark.parametrize("system", ["b200_sxm", "b300_sxm", "h100_sxm"])
 def test_recorded_dp_plays_as_the_scripts_tp_and_ep(system):
     played = played_row(parse_row({**RECORDED_DP, "system": system}))
     assert (played.tp, played.attention_dp, played.moe_tp, played.moe_ep) == (2, 1, 1, 2)
@@ -42,7 +42,7 @@ def test_the_16_gpu_records_are_one_4_gpu_replica():
 
 @pytest.mark.parametrize("changes", [
     {"precision": "fp4", "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"},  # the NVFP4 scripts do run DP
-    {"system": "h100_sxm"}, {"backend": "sglang"}, {"model_path": "moonshotai/Kimi-K2.5"},
+    {"system": "h200_sxm"}, {"backend": "sglang"}, {"model_path": "moonshotai/Kimi-K2.5"},
     {"moe_ep_size": "2", "moe_tp_size": "2"},  # not the X x X record
 ])
 def test_other_rows_keep_their_recorded_attention_dp(changes):

@@ -86,16 +86,18 @@ def experts_over_tp(row: SiliconRow) -> bool:
             and row.attention_dp <= 1 and model_name(row) in EXPERTS_OVER_TP_MODELS)
 
 
-# MiniMax-M2.5 FP8 on B200 / B300: InferenceMAX's configs `{ tp: X, ep: X }` reach the file from its later exports and
-# database dumps recorded as attention DP X x TP X with the experts over X x X ranks (the `2026_04_06_..._tp2_ep2_*`
-# and `_cfg690` / `_cfg691` / `_cfg734` / `_cfg735` rows); the 2026-03-25 export records the same configs as TP X x
-# EP X, and its TP 2 x EP 2 TTFT means equal the DP-recorded ones within 6 % at 4-256 users. `minimaxm2.5_fp8_b200.sh`
-# (every revision, 2026-03-11 to 04-21) and `minimaxm2.5_fp8_b300.sh` (04-17 and 04-21) serve with
-# `--tensor-parallel-size=$TP` and `--enable-expert-parallel` when EP_SIZE > 1 and have no data-parallel flag, so those
-# runs were X GPUs, attention TP X, experts over X (docs/fidelity.md, mmx21). The NVFP4 scripts do pass
-# `--data-parallel-size=$TP` (with TP 1) for the configs marked `dp-attn`, which the recorded columns cannot tell from
-# the plain `ep` ones: not decoded.
-NO_DATA_PARALLEL_SCRIPTS = frozenset({("b200_sxm", "minimax-m2.5", "fp8"), ("b300_sxm", "minimax-m2.5", "fp8")})
+# MiniMax-M2.5 FP8 on B200 / B300 / H100: InferenceMAX's configs `{ tp: X, ep: X }` reach the file from its later
+# exports and database dumps recorded as attention DP X x TP X with the experts over X x X ranks (the
+# `2026_04_06_..._tp2_ep2_*` and `_cfg690` / `_cfg691` / `_cfg734` / `_cfg735` rows; H100 0.18.0's TP 4 x DP 4 rows);
+# the 2026-03-25 export records the same configs as TP X x EP X, and its TP 2 x EP 2 TTFT means equal the
+# DP-recorded ones within 6 % at 4-256 users (H100's TP 4 x EP 4 twins within 3 % below 8k prompts).
+# `minimaxm2.5_fp8_b200.sh` (every revision, 2026-03-11 to 04-21), `minimaxm2.5_fp8_b300.sh` (04-17 and 04-21) and
+# `minimaxm2.5_fp8_h100.sh` (every revision, 2026-03-01 to 07-05) serve with `--tensor-parallel-size=$TP` and
+# `--enable-expert-parallel` when EP_SIZE > 1 and have no data-parallel flag, so those runs were X GPUs, attention
+# TP X, experts over X (docs/fidelity.md, mmx21). The NVFP4 scripts do pass `--data-parallel-size=$TP` (with TP 1)
+# for the configs marked `dp-attn`, which the recorded columns cannot tell from the plain `ep` ones: not decoded.
+NO_DATA_PARALLEL_SCRIPTS = frozenset({("b200_sxm", "minimax-m2.5", "fp8"), ("b300_sxm", "minimax-m2.5", "fp8"),
+                                      ("h100_sxm", "minimax-m2.5", "fp8")})
 
 
 def without_recorded_dp(row: SiliconRow) -> SiliconRow:
