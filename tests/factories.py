@@ -28,7 +28,7 @@ class ToyPerf:
     def swap_time_s(self, num_tokens: int) -> float:
         return 1e-6 * num_tokens
 
-    def step_time_s(self, prefills, decode_ctxs) -> float:
+    def step_time_s(self, prefills, decode_ctxs, num_verify: int = 0) -> float:  # (no prompt-only term)
         tokens = sum(n for n, _ in prefills) + len(decode_ctxs)
         ctx = sum(c for _, c in prefills) + sum(decode_ctxs)
         return 0.01 + 1e-4 * tokens + 1e-6 * ctx

@@ -54,7 +54,7 @@ def test_fast_paths_stay_bit_identical_with_the_term_on():
     assert pm.prompt_step_s(12, 8192, sum(ctxs)) == pm.step_time_s([(8192, 0)], ctxs)
     assert pm.decode_step_times_s(np.array(ctxs), 3)[2] == pm.step_time_s([], [c + 2 for c in ctxs])
     verify = pm.verify_step_times_s(4, 3, np.array([4000]))
-    assert verify is not None and verify[0] == pm.step_time_s([(3, 1000)] * 4, [])
+    assert verify is not None and verify[0] == pm.step_time_s([(3, 1000)] * 4, [], 4)
 
 
 def test_shipped_only_for_tensorrt_llm_b200_fp8_1_2_0rc6():

@@ -45,8 +45,8 @@ def test_fast_paths_stay_bit_identical_with_the_term_on(engine):
     ctxs = [700, 900, 1100] * 4
     assert fn(4096, sum(ctxs)) == pm.step_time_s([(2048, 4096)], ctxs)
     verify = pm.verify_step_times_s(8, 4, np.array([8 * 700]))
-    assert verify[0] == pm.step_time_s([(4, 700)] * 8, [])
-    assert pm.verify_time_fn(8, 4)(8 * 700) == pm.step_time_s([(4, 700)] * 8, [])
+    assert verify[0] == pm.step_time_s([(4, 700)] * 8, [], 8)
+    assert pm.verify_time_fn(8, 4)(8 * 700) == pm.step_time_s([(4, 700)] * 8, [], 8)
     assert pm.step_breakdown([(2048, 0)], ctxs).total_s == pm.step_time_s([(2048, 0)], ctxs)
 
 

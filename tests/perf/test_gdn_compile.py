@@ -43,6 +43,6 @@ def test_fast_paths_stay_bit_identical_with_the_term_on():
     n, cached = len(ctxs), 300
     assert pm.decode_time_fn(n)(sum(ctxs)) == pm.step_time_s([], ctxs)
     assert pm.chunk_time_fn(n, 512)(cached, sum(ctxs)) == pm.step_time_s([(512, cached)], ctxs)
-    assert pm.verify_time_fn(n, 4)(sum(ctxs)) == pm.step_time_s([(4, c) for c in ctxs], [])
+    assert pm.verify_time_fn(n, 4)(sum(ctxs)) == pm.step_time_s([(4, c) for c in ctxs], [], n)
     assert pm.prompt_step_s(n, 700, sum(ctxs)) == pm.step_time_s([(700, 0)], ctxs)
     assert pm.step_breakdown([(2048, 0)], ctxs).total_s == pm.step_time_s([(2048, 0)], ctxs)

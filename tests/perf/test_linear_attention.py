@@ -91,9 +91,9 @@ def test_every_fast_path_equals_step_time(gpu, tp, engine):
         assert pm.chunk_time_fn(n, 512)(cached, sum(ctxs)) == pm.step_time_s([(512, cached)], ctxs)
         assert pm.prompt_step_s(n, 700, sum(ctxs)) == pm.step_time_s([(700, 0)], ctxs)
         verify = [(4, c) for c in ctxs]
-        assert pm.verify_time_fn(n, 4)(sum(ctxs)) == pm.step_time_s(verify, [])
-        assert pm.verify_step_times_s(n, 4, np.array([sum(ctxs)]))[0] == pm.step_time_s(verify, [])
-        assert pm.chunk_verify_time_fn(n, 3, 256)(cached, sum(ctxs)) == pm.step_time_s([(256, cached)] + [(3, c) for c in ctxs], [])
+        assert pm.verify_time_fn(n, 4)(sum(ctxs)) == pm.step_time_s(verify, [], n)
+        assert pm.verify_step_times_s(n, 4, np.array([sum(ctxs)]))[0] == pm.step_time_s(verify, [], n)
+        assert pm.chunk_verify_time_fn(n, 3, 256)(cached, sum(ctxs)) == pm.step_time_s([(256, cached)] + [(3, c) for c in ctxs], [], n)
 
 
 def test_a_hybrid_replica_fast_forwards_exactly():

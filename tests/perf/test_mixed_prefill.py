@@ -56,10 +56,11 @@ def test_fast_paths_stay_bit_identical_with_the_term_on(engine):
     ctxs = [700, 900, 1100] * 4
     assert pm.chunk_time_fn(12, 2048)(4096, sum(ctxs)) == pm.step_time_s([(2048, 4096)], ctxs)
     assert pm.chunk_time_fn(0, 2048)(4096, 0) == pm.step_time_s([(2048, 4096)], [])  # no decodes: no term
-    # Decode-only and verify steps (no plain decodes beside a prompt) never pay it.
+    # Decode-only and verify-only steps never pay it; a prompt chunk beside verify chunks pays it on its
+    # own tokens (the verify chunks are the decodes beside it).
     assert pm.decode_step_times_s(np.array(ctxs), 3)[2] == pm.step_time_s([], [c + 2 for c in ctxs])
-    assert pm.verify_time_fn(8, 4)(8 * 700) == pm.step_time_s([(4, 700)] * 8, [])
-    assert pm.chunk_verify_time_fn(4, 3, 256)(0, 4 * 900) == pm.step_time_s([(256, 0)] + [(3, 900)] * 4, [])
+    assert pm.verify_time_fn(8, 4)(8 * 700) == pm.step_time_s([(4, 700)] * 8, [], 8)
+    assert pm.chunk_verify_time_fn(4, 3, 256)(0, 4 * 900) == pm.step_time_s([(256, 0)] + [(3, 900)] * 4, [], 4)
 
 
 def test_attention_dp_ranks_pay_it_per_rank_with_a_mixed_batch():

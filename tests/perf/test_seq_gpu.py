@@ -43,7 +43,7 @@ def test_fast_paths_stay_bit_identical_with_the_term_on():
     fn = pm.decode_time_fn(len(ctxs))
     assert fn(int(ctxs.sum())) == pm.step_time_s([], list(ctxs))
     verify = pm.verify_step_times_s(8, 4, np.array([8 * 700]))
-    assert verify[0] == pm.step_time_s([(4, 700)] * 8, [])
+    assert verify[0] == pm.step_time_s([(4, 700)] * 8, [], 8)
     assert pm.step_breakdown([], list(ctxs)).total_s == pm.step_time_s([], list(ctxs))
 
 

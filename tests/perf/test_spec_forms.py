@@ -24,7 +24,7 @@ def test_chunk_verify_time_fn_equals_step_time(model, gpu, tp, engine):
         for _ in range(20):
             ctx = [int(x) for x in rng.integers(1, 60_000, n)]
             cached = int(rng.integers(0, 120_000))
-            assert f(cached, sum(ctx)) == perf.step_time_s([(chunk, cached)] + [(t, c) for c in ctx], [])  # exact
+            assert f(cached, sum(ctx)) == perf.step_time_s([(chunk, cached)] + [(t, c) for c in ctx], [], n)  # exact
 
 
 def test_pair_sums_past_exact_floats_and_sliding_windows_have_no_form():

@@ -48,5 +48,5 @@ def test_a_work_priced_step_adds_the_extra_logits_and_the_drafts(pm):
         r.num_computed_tokens, r.num_output_tokens = 64, 1
     dt, plain, items = speculate(engine, reqs, [64] * 4, [], [])
     assert plain == [] and len(items) == 4
-    verify = pm.step_time_s([(4, 64)] * 4, [])
+    verify = pm.step_time_s([(4, 64)] * 4, [], 4)
     assert dt == verify + (verify_logits_s(pm, 4, 12) + draft_s(pm, 1, 3, [64] * 4))

@@ -100,13 +100,20 @@ class AttentionDPPerf:
         return getattr(self.rank, name)
 
     # ---- the lock-step step --------------------------------------------------------------
-    def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> float:
+    def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int], num_verify: int = 0) -> float:
         """A step of these sequences dealt round robin over the ranks (no split known: planning,
-        estimates); the engine prices its steps' real split with `lockstep_step_time_s`."""
-        return self.lockstep_step_time_s(round_robin_split(prefills, decode_ctxs, self.data_parallel_size))
+        estimates); the engine prices its steps' real split with `lockstep_step_time_s`. The last
+        `num_verify` prefills are verify chunks (`PerfModel.step_time_s`): each rank's count of them."""
+        dp = self.data_parallel_size
+        batches = round_robin_split(prefills, decode_ctxs, dp)
+        first = len(prefills) - num_verify  # (prefills are dealt first: rank r gets indices r, r + dp, ...)
+        verify = [sum(1 for i in range(r, len(prefills), dp) if i >= first) for r in range(dp)] if num_verify else None
+        return self.lockstep_step_time_s(batches, verify)
 
-    def lockstep_step_time_s(self, batches: Sequence[RankBatch]) -> float:
-        """One lock-step iteration: the slowest rank's own part, then the MoE on all tokens."""
+    def lockstep_step_time_s(self, batches: Sequence[RankBatch], verify: Sequence[int] | None = None) -> float:
+        """One lock-step iteration: the slowest rank's own part, then the MoE on all tokens.
+        verify: per rank, how many of its last prefill chunks are speculative verify chunks (they pay
+        no prompt-only term, as in `PerfModel.step_time_s`); None: none."""
         if len(batches) != self.data_parallel_size:
             raise ValueError(f"{len(batches)} rank batches for data_parallel_size {self.data_parallel_size}")
         if not any(p or c for p, c in batches):
@@ -114,12 +121,14 @@ class AttentionDPPerf:
         rank, t = self.rank, self.rank.terms
         slowest = cpu = 0.0
         largest = most_seqs = 0
-        for batch in batches:
+        for r, batch in enumerate(batches):
             prefills, ctxs = batch if (batch[0] or batch[1]) else DUMMY_BATCH
             n = batch_tokens((prefills, ctxs))
             seqs = len(prefills) + len(ctxs)
             gpu = self._rank_token_s(n) + rank._logits_s(seqs) + rank._g_full * sum(ctxs)
-            if prefills:
+            if verify is not None and verify[r]:
+                gpu += rank._verify_chunks_s(prefills, verify[r], len(ctxs))
+            elif prefills:
                 gpu += rank._prefill_attention_s(prefills, n - len(ctxs)) + rank._mixed_s(n - len(ctxs), len(ctxs))
             if rank._window is not None:
                 gpu += rank._g_win * sum(min(c, rank._window) for c in ctxs)

@@ -112,6 +112,24 @@ class PerfModel(MemoryMixin):
         floats; the fast paths add this one term where step_time_s adds it, so they keep its floats too."""
         return self._lin_tok * prompt_tokens + self._eager
 
+    def _verify_chunks_s(self, prefills: Sequence[tuple[int, int]], num_verify: int, num_decode: int) -> float:
+        """`_prefill_attention_s` + `_mixed_s` of a speculative step whose last `num_verify` chunks are
+        verify chunks (1 + k tokens of a decoding sequence): the attention over every chunk's new
+        tokens, but the prompt-only terms (`_prompt_fixed_s`, `_mixed_s`) for the prompt chunks
+        alone, the verify chunks counting as the decodes they are. The engines run a generation
+        step with drafts as a decode step: TensorRT-LLM's MTP generation steps and vLLM V1's
+        uniform decode batches replay CUDA graphs captured for 1 + k tokens a sequence
+        (docs/fidelity.md, verify21), so no eager launches, no prompt-size
+        activation quantisation and no chunked delta rule. The float operations are
+        `step_time_s`'s with the terms that are 0.0 left out (x + 0.0 is x)."""
+        pairs = self._prefill_pairs_s(prefills)
+        prompt = 0
+        for new, _ in prefills[:len(prefills) - num_verify]:
+            prompt += new
+        if prompt:
+            pairs = pairs + self._prompt_fixed_s(prompt)
+        return pairs + self._mixed_s(prompt, num_decode + num_verify)
+
     def _mixed_s(self, prompt_tokens: int, num_decode: int) -> float:
         """`mixed_prefill_slowdown` x the prompt tokens' own per-token time in a step that also
         decodes; exactly 0.0 when off or for a prefill-only step (added to the attention sum:
@@ -133,11 +151,13 @@ class PerfModel(MemoryMixin):
                 + self._kv_read * (full_layers * cached_full + win_layers * cached_win))
 
     # ---- public API ----------------------------------------------------------------------
-    def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> float:
+    def step_time_s(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int], num_verify: int = 0) -> float:
         """Time of one engine iteration.
 
         prefills: (new_tokens, cached_context_tokens) per prefill chunk; decode_ctxs: tokens already
-        in the KV cache for each decoding sequence (each decodes one token).
+        in the KV cache for each decoding sequence (each decodes one token); num_verify: how many of
+        the last `prefills` are speculative verify chunks (decodes of 1 + k tokens, which pay no
+        prompt-only term: `_verify_chunks_s`).
         """
         num_decode = len(decode_ctxs)
         num_tokens = num_decode
@@ -147,7 +167,9 @@ class PerfModel(MemoryMixin):
             return 0.0
         num_seqs = len(prefills) + num_decode
         gpu = self._token_s(num_tokens) + self._logits_s(num_seqs)
-        if prefills:
+        if num_verify:
+            gpu = gpu + self._verify_chunks_s(prefills, num_verify, num_decode)
+        elif prefills:
             gpu = gpu + (self._prefill_attention_s(prefills, num_tokens - num_decode)
                          + self._mixed_s(num_tokens - num_decode, num_decode))
         # The ctx-dependent part is kept as `gpu + g * sum` so decode_step_times_s can reproduce it bit for bit.
@@ -248,10 +270,11 @@ class PerfModel(MemoryMixin):
     def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
         """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
         chunk over its context (a speculative verify pass), one step per total context in
-        `ctx_sums`. Bit-identical to step_time_s([(tokens_per_seq, c) for c in ctxs], []) for
-        any ctxs summing to that total: the chunks' attention pairs, t * (c + t / 2), are
+        `ctx_sums`. Bit-identical to step_time_s([(tokens_per_seq, c) for c in ctxs], [], num_seqs)
+        for any ctxs summing to that total: the chunks' attention pairs, t * (c + t / 2), are
         multiples of 1/2 summed exactly, and the rest is that method's float operations in its
-        order. None with sliding-window layers (the time then depends on each context)."""
+        order (no prompt-only term: the chunks are verify chunks). None with sliding-window
+        layers (the time then depends on each context)."""
         if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0:
             return None
         t, n = tokens_per_seq, num_seqs
@@ -264,7 +287,6 @@ class PerfModel(MemoryMixin):
         attention = self._pair_full * pairs
         attention += self._pair_win * 0.0
         attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
-        attention += self._prompt_fixed_s(num_tokens)
         gpu = self._token_s(num_tokens) + self._logits_s(n)
         gpu = gpu + attention
         gpu += self._g_full * 0  # (no plain decodes)
@@ -277,7 +299,7 @@ class PerfModel(MemoryMixin):
     def verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
         """`verify_step_times_s` for one total context at a time, as a scalar function
         (ctx_sum -> step time; the same float operations in the same order, so bit-identical
-        to step_time_s([(tokens_per_seq, c) for c in ctxs], []) with sum(ctxs) == ctx_sum);
+        to step_time_s([(tokens_per_seq, c) for c in ctxs], [], num_seqs) with sum(ctxs) == ctx_sum);
         it returns None for a total whose pair sum is no longer exact in floats. None with
         sliding-window layers. Memoised."""
         fn = self._verify_fns.get((num_seqs, tokens_per_seq), False)
@@ -291,7 +313,6 @@ class PerfModel(MemoryMixin):
         t, n = tokens_per_seq, num_seqs
         full_layers, win_layers = self._layers
         pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
-        fixed = self._prompt_fixed_s(n * t)
         base = self._token_s(n * t) + self._logits_s(n)
         cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
 
@@ -301,7 +322,6 @@ class PerfModel(MemoryMixin):
             attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
             attention += pair_win * 0.0
             attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
-            attention += fixed
             gpu = base + attention
             gpu += g * 0
             return max(gpu, cpu) if overlap else gpu + cpu

@@ -19,7 +19,7 @@ PAIRS_EXACT = 1 << 52  # twice the attention pairs stay below this: their float 
 def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
                          chunk: int) -> Callable[[int, int], float | None] | None:
     """For a `PerfModel` `pm`: (the chunk's cached context, the decodes' context sum) -> the
-    time of step_time_s([(chunk, cached)] + [(tokens_per_seq, c) for c in ctxs], []) with
+    time of step_time_s([(chunk, cached)] + [(tokens_per_seq, c) for c in ctxs], [], num_seqs) with
     len(ctxs) == num_seqs and sum(ctxs) == ctx_sum (None where the pair sum would round).
     None with sliding-window layers (the time then depends on each context)."""
     if pm._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or chunk <= 0:
@@ -28,7 +28,8 @@ def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
     num_tokens, num_all = chunk + n * t, 1 + n
     base = pm._token_s(num_tokens) + pm._logits_s(num_all)
     pair_full, kv_read = pm._pair_full, pm._kv_read
-    fixed = pm._prompt_fixed_s(num_tokens)  # every token of this step is a prompt token
+    fixed = pm._prompt_fixed_s(chunk)  # the prompt chunk's alone: the verify chunks are decodes
+    mixed = pm._mixed_s(chunk, n)  # (the chunk beside n decodes)
     full_layers = pm._layers[0]  # (no window: the windowed layers' pairs and reads are zero)
     half = chunk / 2.0
     verify_pairs2 = n * t * t  # twice the verify chunks' own pairs (2 t ctx_sum more over their contexts)
@@ -40,7 +41,7 @@ def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
         pairs = chunk * (cached + half)  # (`causal_attention_pairs(chunk, cached, None)`)
         pairs += (2 * t * ctx_sum + verify_pairs2) / 2.0
         attention = pair_full * pairs + kv_read * (full_layers * (cached + ctx_sum))
-        gpu = base + (attention + fixed)  # (no plain decodes: their term is zero)
+        gpu = base + ((attention + fixed) + mixed)  # (no plain decodes: their term is zero)
         return max(gpu, cpu) if overlap else gpu + cpu
 
     return time_s

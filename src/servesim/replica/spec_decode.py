@@ -95,7 +95,8 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
 
     Each decode gets k = min(num_speculative_tokens, tokens it still has to emit - 1)
     lookahead KV slots (none if the blocks are not free: it then decodes plainly). The
-    target verifies 1 + k tokens per request like a prefill chunk over its context; the
+    target verifies 1 + k tokens per request like a prefill chunk over its context (but as a
+    decode: no prompt-only term, `PerfModel.step_time_s`'s `num_verify`); the
     drafts cost `spec_draft_cost_ratio` of a plain decode step per draft token. The number
     of accepted drafts is drawn at once (i.i.d. acceptance `spec_acceptance_rate`; the
     first rejection ends the run; `AcceptanceDraws`), so the outcome depends only on the
@@ -122,7 +123,7 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
     accepted = (draws.take(len(spec)) if type(draws) is AcceptanceDraws  # (one rate; else its curve)
                 else draws.take_at([req.num_output_tokens for req, _, _ in spec]))
     if rank_batches is None:
-        dt = engine.perf.step_time_s(chunks + [(1 + k, ctx) for _, k, ctx in spec], plain_ctxs)
+        dt = engine.perf.step_time_s(chunks + [(1 + k, ctx) for _, k, ctx in spec], plain_ctxs, len(spec))
     else:
         rank_of = engine.scheduler.rank_of
         batches = [(list(p), []) for p, _ in rank_batches]  # (each rank's prompt chunks stay its own)
@@ -130,7 +131,7 @@ def speculate(engine, decodes, decode_ctxs, chunks, prefills, rank_batches=None)
             batches[rank_of[req.id]][0].append((1 + k, ctx))
         for req, ctx in zip(plain, plain_ctxs):
             batches[rank_of[req.id]][1].append(ctx)
-        dt = engine.perf.lockstep_step_time_s(batches)
+        dt = engine.perf.lockstep_step_time_s(batches, [len(p) - len(q) for (q, _), (p, _) in zip(rank_batches, batches)])
     if cfg.spec_draft_layers:  # priced by their work (`perf/spec_price.py`)
         if rank_batches is None:
             dt += spec_work_s(engine.perf, cfg.spec_draft_layers, k_max, len(chunks) + len(decodes),

@@ -197,7 +197,7 @@ class SpecStretchPricing:
         if dt is None:
             k_max, rem = self._k_max, self._rem
             verify = [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
-            dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
+            dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1], len(verify))
         dt += self._draft_ratio * self._k_max * draft_s  # (as `speculate`, term for term)
         return dt
 
@@ -228,7 +228,7 @@ class SpecStretchPricing:
         if not num_spec:  # every request on its last token: no speculation, plain decodes
             return perf.step_time_s(prompts, decode_ctxs)
         verify = prompts + [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
-        dt = perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1])
+        dt = perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1], len(verify) - len(prompts))
         draft_fn = self._decode_fn(len(act))
         dt += self._draft_ratio * k_max * (draft_fn(ctx_sum) if draft_fn else perf.step_time_s([], decode_ctxs))
         return dt
