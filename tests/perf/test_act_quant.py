@@ -68,3 +68,19 @@ def test_shipped_only_for_tensorrt_llm_b200_fp8_1_2_0rc6():
     for other in ({**key, "version": "1.1.0rc2.post2"},
                   {"gpu": "b200", "engine": "sglang", "version": "0.5.9"}):
         assert "act_quant_token_s" not in matched_values(data, {**other, "dtype": "fp8"})
+
+
+def test_the_nvfp4_mtp_campaign_pays_an_eager_prompt_step_its_verify_steps_do_not():
+    """1.2.0rc6.post3's NVFP4 entry prices a per-layer time on steps with prompt tokens (fitted:
+    calibration_serving.yaml's mtp_eager note); FP8 and the plain post2 campaign do not."""
+    data = shipped_calibration("calibration_serving.yaml")
+    key = {"gpu": "b200", "engine": "trtllm", "version": "1.2.0rc6.post3"}
+    assert matched_values(data, {**key, "dtype": "fp4"})["eager_layer_s"] == 7e-04
+    for other in ({**key, "dtype": "fp8"}, {**key, "version": "1.2.0rc6.post2", "dtype": "fp4"}):
+        assert matched_values(data, other).get("eager_layer_s", 0.0) == 0.0
+    pm = _model(eager_layer_s=7e-04)
+    base = _model()
+    prompt = pm.step_time_s([(1024, 0)], [2000] * 8) - base.step_time_s([(1024, 0)], [2000] * 8)
+    assert prompt > 0.0
+    verify = pm.step_time_s([(3, 1000)] * 4, [], 4) - base.step_time_s([(3, 1000)] * 4, [], 4)
+    assert verify == 0.0
