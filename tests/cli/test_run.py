@@ -318,16 +318,21 @@ def test_a_terminated_run_leaves_no_scratch_folders(tmp_path):
     def run_folders():  # (other libraries may make short-lived files there too)
         return [p for p in scratch.iterdir() if p.name.startswith("servesim-run-")]
 
-    # wait until the loop runs (the replicas' step-end files exist), so the signal lands in the
-    # loop and not before the handler is installed (a swallowed exit: the test below)
-    deadline = time.monotonic() + 60
-    while (not any(any(p.iterdir()) for p in run_folders()) and proc.poll() is None
-           and time.monotonic() < deadline):
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be terminated"
-    assert len(run_folders()) == 1  # the run's scratch folder
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        # wait until the loop runs (the replicas' step-end files exist), so the signal lands in the
+        # loop and not before the handler is installed (a swallowed exit: the test below)
+        deadline = time.monotonic() + 60
+        while (not any(any(p.iterdir()) for p in run_folders()) and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be terminated"
+        assert len(run_folders()) == 1  # the run's scratch folder
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:  # a failed check must not leave the million-request run going
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
     assert list(scratch.iterdir()) == [] and not (tmp_path / "out").exists()
