@@ -177,7 +177,6 @@ def shared_file_ids(replayed: Iterator[tuple[float, Row]]) -> set[int] | None:
     values = np.empty(0, np.int64)  # distinct ids so far (sorted), and how often each came (1 or 2)
     counts = np.empty(0, np.int64)
     chunk = array("q")
-    seen = False
 
     def fold() -> None:
         nonlocal values, counts
@@ -192,12 +191,9 @@ def shared_file_ids(replayed: Iterator[tuple[float, Row]]) -> set[int] | None:
                 return None
             if row[3]:
                 chunk.extend(row[3])
-                seen = True
                 if len(chunk) >= _FOLD_IDS:
                     fold()
     except OverflowError:  # (an id past int64: left to be keyed whole)
-        return None
-    if not seen:
         return None
     fold()
     return set(values[counts > 1].tolist())
