@@ -123,9 +123,7 @@ class PerfModel(MemoryMixin):
         activation quantisation and no chunked delta rule. The float operations are
         `step_time_s`'s with the terms that are 0.0 left out (x + 0.0 is x)."""
         pairs = self._prefill_pairs_s(prefills)
-        prompt = 0
-        for new, _ in prefills[:len(prefills) - num_verify]:
-            prompt += new
+        prompt = sum(new for new, _ in prefills[:len(prefills) - num_verify])
         if prompt:
             pairs = pairs + self._prompt_fixed_s(prompt)
         return pairs + self._mixed_s(prompt, num_decode + num_verify)
