@@ -166,6 +166,12 @@ def test_deployment_settings_per_system_and_version():
         return row_scenario(row(backend="sglang", system=system, backend_version=version), calibration=None).scheduler.params().enable_mixed_chunk
     assert mixed("h200_sxm", "0.5.6.post2") and mixed("h200_sxm", "")
     assert mixed("b300_sxm", "0.5.10.post1") and not mixed("b300_sxm", "0.5.9") and not mixed("b200_sxm", "0.5.9")
+    # ... with the generator's prefill budget (prompt + 1,500), except the H200 0.5.6.post2 campaign, whose runs
+    # admitted more prompts a step than that allows: SGLang's own max_prefill_tokens (16,384)
+    def budget(system, version):
+        return row_scenario(row(backend="sglang", system=system, backend_version=version), calibration=None).scheduler.params().max_prefill_tokens
+    assert budget("h200_sxm", "0.5.6.post2") == 16384 and mixed("h200_sxm", "0.5.6.post2")
+    assert budget("h200_sxm", "glm5-hopper") == budget("h200_sxm", "") == budget("b300_sxm", "0.5.10.post1") == 1024 + 1500
     # vLLM runs that recorded no version on H100 / B200: warm-up in the same closed loop
     unversioned = row_scenario(row(system="h100_sxm", backend_version=""), calibration=None).workload.arrival
     versioned = row_scenario(row(system="h100_sxm", backend_version="0.18.0"), calibration=None).workload.arrival

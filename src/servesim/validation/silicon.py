@@ -153,6 +153,15 @@ def row_dtype(row: SiliconRow) -> str:
 # version) pairs, "*" for every version. On B300 the 0.5.10.post1 runs (68 rows) match the
 # generator's settings and the 0.5.9 ones SGLang's defaults (docs/fidelity.md, versions).
 SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")})
+# Campaigns among those whose runs mixed prompts into the decodes but admitted more prompt tokens a step than the
+# generator's max_prefill_tokens allows, so they play SGLang's own default (16,384; the chunk budget binds first).
+# SGLang H200 0.5.6.post2 (AIConfigurator's eval campaign): by closed-loop arithmetic on the measured means alone
+# (rate = users / (TTFT + (osl - 1) x TPOT), one token per request per mixed step), its Llama-3.1-8B runs at
+# 1,000 / 100 admitted 2.9 (TP 4, 352 users) and 3.6 (TP 8, 448 users) prompts per step, where prompt + 1,500
+# less the running decodes (SGLang's PrefillAdder takes `mixed_with_decode_tokens` off it) admits at most two.
+# Keyed (system, version); docs/fidelity.md, "SGLang H200 0.5.6.post2: the eval campaign's prefill budget
+# ... (issue 14, sgl8b)".
+SGLANG_DEFAULT_PREFILL_BUDGET = frozenset({("h200_sxm", "0.5.6.post2")})
 # Measurement campaigns whose waves were not kept together: the runs that recorded no engine
 # version (the file's oldest) of vLLM with Llama-3.1-70B on H100 and B200 measure a first token
 # 1.5-2.5x faster than a drained warm-up followed by one wave of prompts can give at any token
@@ -231,7 +240,9 @@ def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict
     elif row.backend == "sglang":
         scheduler["chunked_prefill_size"] = sglang_chunked_prefill_size(GPUS[row.system])
         if {(row.system, "*"), (row.system, row.version)} & SGLANG_MIXED_CHUNK:
-            scheduler.update(max_prefill_tokens=row.isl + BUDGET_MARGIN_TOKENS, enable_mixed_chunk=True)
+            scheduler["enable_mixed_chunk"] = True
+            if (row.system, row.version) not in SGLANG_DEFAULT_PREFILL_BUDGET:
+                scheduler["max_prefill_tokens"] = row.isl + BUDGET_MARGIN_TOKENS
     return engine, scheduler
 
 
