@@ -57,6 +57,15 @@ LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 # --stream-interval 20`, no block size, prefix caching off, 1k/1k at 4-64 users and 8k/1k at 4-32. The release's
 # earlier Kimi rows (the script without those four flags, 2026-03-11 to 04-06) record TP 4 EP 4 or TP 8 and stay
 # outside this sweep (docs/fidelity.md, kimiv and vbw20).
+# The B200 MiniMax-M2.5 NVFP4 rows of the build `nightly-5b8c30d62b754b57` are InferenceMAX's `wip` export of 2026-04-03:
+# the branch of InferenceX pull request 996 at its commit 08bcde8f1 (2026-04-02, "Use vLLM nightly image ...", the config
+# `minimaxm2.5-fp4-b200-vllm` on `vllm/vllm-openai:nightly-5b8c30d...`, TP 2 and TP 4, 1k/1k at 4-512 users and 8k/1k at
+# 4-256; the next commit, 04-03 13:29, moved it to v0.19.0). `minimaxm2.5_fp4_b200.sh` there serves with
+# `--gpu-memory-utilization 0.95 --block-size=32 --kv-cache-dtype fp8 --stream-interval 20 --no-enable-prefix-caching`
+# and no `--max-num-batched-tokens`, `--max-cudagraph-capture-size` (both added on the branch by commit a9c199207 of
+# 04-07, with memory 0.90 and no block size) or `--max-num-seqs`: `vllm serve`'s 8,192-token budget and 1,024 sequences,
+# and CUDA graphs captured up to min(2 x 1,024, 512) = 512 tokens, so every step with a prompt (at least
+# int(0.8 x 1,024) tokens) ran without graphs: the build's `eager_layer_s` (calibration_serving.yaml; docs/fidelity.md, vblw).
 # (system, version, model, GEMM precision) -> script
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
     ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1}),
@@ -71,6 +80,8 @@ VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
     ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(8192, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False),
     ("b200_sxm", "0.17.0", "kimi-k2.5", "nvfp4"): VLLMScript(0, 0.90, 16, {(4, 1): {(1024, 1024): (4, 64), (8192, 1024): (4, 32)}},
                                                           budget_isl=2),
+    ("b200_sxm", "nightly-5b8c30d62b754b57", "minimax-m2.5", "nvfp4"): VLLMScript(8192, 0.95, 32, {
+        (2, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (4, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}}),
 }
 
 
