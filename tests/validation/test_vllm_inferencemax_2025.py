@@ -7,9 +7,17 @@ the scripts' lock-step test is in test_vllm_inferencemax.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from servesim.validation.inferencemax import recipe
-from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario
+from servesim.validation.inferencemax_vllm import OUTSIDE_SWEEP
+from servesim.validation.silicon import (ClientOptions, DEFAULT_SILICON, inexpressible_reason, parse_row, played_row,
+                                         read_rows, row_request_counts, row_scenario)
 from tests.validation.test_silicon_mapping import BASE
+
+SILICON = Path(__file__).resolve().parents[2] / DEFAULT_SILICON
 
 LLAMA_H100 = {**BASE, "model_path": "meta-llama/Llama-3.1-70B", "system": "h100_sxm", "backend_version": "",
               "gemm_quant_mode": "fp8", "moe_quant_mode": "fp8", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1",
@@ -59,3 +67,26 @@ def test_h100_gpt_oss_rows_without_a_version_play_their_script_inside_its_sweep(
     # the 512-user rows lie outside every sweep of those dates, and the H200 rows keep the generator's play
     for changes in ({"concurrency": "512", "batch_size": "512"}, {"system": "h200_sxm"}):
         assert recipe(played_row(parse_row({**gpt, **changes}))) is None, changes
+
+
+def test_h100_gpt_oss_512_user_rows_are_listed_not_expressible():
+    """No InferenceMAX sweep of their dates ran 512 users on this deployment, and their means hold about 100
+    requests in service: listed with that reason, whatever the TP, shape or release; 64 users still play."""
+    gpt = {**LLAMA_H100, "model_path": "openai/gpt-oss-120b", "gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4",
+           "concurrency": "512", "batch_size": "512"}
+    why = OUTSIDE_SWEEP[("h100_sxm", "gpt-oss-120b", 512)]
+    for changes in ({}, {"backend_version": "0.11.2", "tp_size": "2", "moe_tp_size": "2", "osl": "8192"}):
+        assert inexpressible_reason(parse_row({**gpt, **changes})) == why, changes
+    for changes in ({"concurrency": "64", "batch_size": "64"}, {"system": "h200_sxm"}, {"backend": "sglang"}):
+        assert inexpressible_reason(parse_row({**gpt, **changes})) is None, changes
+
+
+@pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+def test_the_listed_rows_are_the_nine_h100_gpt_oss_runs_at_512_users():
+    rows = read_rows(SILICON)
+    listed = [r for r in rows if inexpressible_reason(r) in OUTSIDE_SWEEP.values()]
+    assert len(listed) == 9 and {(r.backend, r.system, r.concurrency) for r in listed} == {("vllm", "h100_sxm", 512)}
+    assert sorted(r.version for r in listed) == [""] * 3 + ["0.11.2"] * 6
+    for r in listed:  # the means' requests in service (Little's law): about 100 of the 512 users
+        decode_s = (r.osl - 1) * r.tpot_s
+        assert 90 < r.concurrency * decode_s / (r.ttft_s + decode_s) < 110, r.id

@@ -85,6 +85,29 @@ VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
 }
 
 
+# Rows recorded as vLLM runs of InferenceMAX that no InferenceMAX sweep ran, (system, model, users) -> why not played.
+# H100 gpt-oss-120b at 512 users: 3 rows without a version (measured 2025-12-05) and 6 of 0.11.2 (2025-12-08), from
+# the 2026-04-06 export. InferenceX's `nvidia-master.yaml` over those days (commits 93e1b3c to 0291997, either side of
+# pull request 273 that moved the config to v0.11.2) sweeps `gptoss-fp4-h100-vllm` at 4-64 users only, and its
+# `gptoss_fp4_h100_slurm.sh` serves with `--max-num-seqs $CONC`. The nine runs' means are no closed loop of 512 users:
+# Little's law (users x decode time / E2E) gives 96-106 requests in service on TP 2, 4 and 8 and every shape alike
+# (the KV room differs several-fold between them), with 20-460 s first-token waits, where the script's engine admits
+# 512 sequences and its client (bench_serving) opens one connection per request; and six of them decode in a third
+# to a half of the same TP and shape's 64-user TPOT, which about 100 running requests cannot. What capped them, and
+# how many requests ran to their length, the file cannot tell (docs/fidelity.md, outl22).
+OUTSIDE_SWEEP: dict[tuple[str, str, int], str] = {
+    ("h100_sxm", "gpt-oss-120b", 512): ("vLLM H100 gpt-oss-120b at 512 users: outside every InferenceMAX sweep of its "
+                                        "dates (4-64 users); its means hold about 100 requests in service, not 512"),
+}
+
+
+def outside_sweep_reason(row: SiliconRow) -> str | None:
+    """Why a vLLM row that no InferenceMAX sweep ran cannot be played from its recorded deployment, or None."""
+    if row.backend != "vllm":
+        return None
+    return OUTSIDE_SWEEP.get((row.system, model_name(row), row.concurrency))
+
+
 # Kimi-K2.5 NVFP4 on B200 / B300: the file records the InferenceMAX config's `ep: 4` for the TP 4 rows of 0.17.0, but
 # `kimik2.5_fp4_b200.sh` (2026-03-11 on) and `kimik2.5_fp4_b300.sh` pass no `--enable-expert-parallel` (nor read EP_SIZE),
 # so vLLM split every expert over the TP group (docs/fidelity.md, kimiv and vbw20).

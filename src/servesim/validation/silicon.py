@@ -28,7 +28,7 @@ from servesim.validation.client import ClientOptions, RequestCounts, request_cou
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
 from servesim.validation.gap_analysis import campaign_reason, worker_share
-from servesim.validation.inferencemax_vllm import experts_over_tp, without_recorded_dp
+from servesim.validation.inferencemax_vllm import experts_over_tp, outside_sweep_reason, without_recorded_dp
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
 DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
@@ -54,7 +54,7 @@ def inexpressible_reason(row: SiliconRow) -> str | None:
     row = played_row(row)
     if row.mode != "agg":
         return "disaggregated: played separately by benchmarks/bench_silicon_disagg.py (docs/disaggregation.md)"
-    if (reason := campaign_reason(row)) is not None:
+    if (reason := campaign_reason(row)) is not None or (reason := outside_sweep_reason(row)) is not None:
         return reason
     if row.concurrency <= 0:
         return "the client concurrency is not recorded"
