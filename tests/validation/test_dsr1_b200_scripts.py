@@ -69,3 +69,25 @@ def test_rc6_post3_plays_the_mtp_script():
                   batch_size="32", tp_size="1", attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
     assert dp.engine.num_speculative_tokens == 1 and dp.engine.max_num_batched_tokens == 8320
     assert balance(dp) == (True, 60, 0)
+
+
+def test_rc6_post2_streams_through_the_serial_server_process():
+    # trtllm-serve without --num_postprocess_workers: the server process post-processes every streamed response
+    # (frontend.yaml `trtllm@b200@1.2.0rc6.post2`, output_token_s 75 us); the MTP release keeps no such cost
+    assert scenario().frontend.token_s() == 7.5e-05
+    assert scenario(backend_version="1.2.0rc6.post3").frontend.token_s() == 0.0
+    assert scenario(backend_version="1.2.0rc2.post2").frontend.token_s() == 0.0
+
+
+def test_the_serial_token_work_delays_first_tokens_more_under_more_load():
+    from servesim.simulation import simulate
+    from servesim.validation.run import client_metrics
+
+    def ttft_s(users: int, token_s: float) -> float:
+        row = parse_row({**DSR1, "tp_size": "8", "moe_tp_size": "8", "concurrency": str(users), "batch_size": str(users),
+                         "osl": "128"})
+        s = row_scenario(row, ClientOptions(), calibration=None, frontend={"output_token_s": token_s})
+        return client_metrics(simulate(s).requests)[0]
+
+    few, many = ttft_s(4, 7.5e-05) / ttft_s(4, 0.0), ttft_s(128, 7.5e-05) / ttft_s(128, 0.0)
+    assert 1.0 <= few < 1.005 and many > 1.02  # 4 users: +0.02 %; 128 users: +3 % (calibration off)
