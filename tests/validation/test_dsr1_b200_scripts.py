@@ -1,11 +1,15 @@
 """TensorRT-LLM DeepSeek-R1 B200 rows that record release 1.2.0rc6.post2 play InferenceMAX's scripts of that
 release (`dsr1_{fp4,fp8}_b200_trt.sh`): budget at least 8,192 tokens, FP8 batch waiting, FP8 KV, their client;
-the rows of 1.2.0rc6.post3 play the scripts' MTP variants (`dsr1_{fp4,fp8}_b200_trt_mtp.sh`)."""
+the rows of 1.2.0rc6.post3 play the scripts' MTP variants (`dsr1_{fp4,fp8}_b200_trt_mtp.sh`); the rows of 1.1.0rc2.post2
+play the plain scripts of 2025-12 or their MTP variants of 2026-01, by the MTP configs' sweep."""
 
 from __future__ import annotations
 
-from servesim.validation.silicon import ClientOptions, parse_row, row_scenario
-from servesim.validation.silicon_file import recover_versions
+from pathlib import Path
+
+from servesim.validation.inferencemax import is_dsr1_b200_mtp_run
+from servesim.validation.silicon import DEFAULT_SILICON, ClientOptions, parse_row, played_row, row_scenario
+from servesim.validation.silicon_file import read_rows, recover_versions
 from tests.validation.test_inferencemax import balance, waits
 from tests.validation.test_silicon_mapping import BASE
 
@@ -13,6 +17,7 @@ DSR1 = {**BASE, "id": "dsr1_b200_trtllm_fp4_agg_1024x1024_c16_cfg82", "backend":
         "backend_version": "1.2.0rc6.post2", "model_path": "deepseek-ai/DeepSeek-V3", "system": "b200_sxm",
         "gemm_quant_mode": "nvfp4", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1", "batch_size": "16",
         "concurrency": "16", "isl": "1024", "osl": "1024"}
+SILICON = Path(__file__).resolve().parents[2] / DEFAULT_SILICON
 
 
 def scenario(options: ClientOptions = ClientOptions(), **changes):
@@ -49,8 +54,7 @@ def test_other_rows_keep_their_deployment():
     s = row_scenario(recovered, calibration=None)
     assert s.engine.max_num_batched_tokens == 2592 and s.workload.num_requests == 256 + 64  # 64 + 1,024 + 1,500
     assert s.perf.kv_cache_dtype == "auto"
-    for changes, options in (({"backend_version": "1.1.0rc2.post2"}, ClientOptions()),
-                             ({"system": "h200_sxm"}, ClientOptions()),
+    for changes, options in (({"system": "h200_sxm"}, ClientOptions()),
                              ({"model_path": "openai/gpt-oss-120b"}, ClientOptions()),
                              ({}, ClientOptions(benchmark_recipes=False))):
         s = scenario(options, **changes)
@@ -91,3 +95,32 @@ def test_the_serial_token_work_delays_first_tokens_more_under_more_load():
 
     few, many = ttft_s(4, 7.5e-05) / ttft_s(4, 0.0), ttft_s(128, 7.5e-05) / ttft_s(128, 0.0)
     assert 1.0 <= few < 1.005 and many > 1.02  # 4 users: +0.02 %; 128 users: +3 % (calibration off)
+
+def test_rc2_post2_plays_the_plain_script_or_its_mtp_variant():
+    # an AIConfigurator config row (`_cfg<N>`) is a plain run: the 2025-12 script's budget, 32 + 1,024 + 64 -> 1,152,
+    # no floor and no drafts; FP8 KV cache, the scripts' client
+    plain = scenario(backend_version="1.1.0rc2.post2", concurrency="32", batch_size="32")
+    assert plain.engine.max_num_batched_tokens == 1152 and plain.engine.num_speculative_tokens == 0
+    assert plain.perf.kv_cache_dtype == "fp8" and plain.workload.num_requests == 320
+    assert plain.frontend.profile == "trtllm@b200@1.1.0rc2.post2"
+    # InferenceMAX's export row at a point the MTP config swept (NVFP4 TP 4 x EP 4, 1k/1k, 16-64 users): MTP 3,
+    # budget 4 x 32 + 1,024 + 64 -> 1,216; at TP 4 without EP the MTP config stopped at 8 users, so 32 is plain
+    export = {"backend_version": "1.1.0rc2.post2", "concurrency": "32", "batch_size": "32",
+              "id": "2026_04_06_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c32_tp4_ep4_1588"}
+    mtp = scenario(**export, tp_size="16", moe_ep_size="4")
+    assert mtp.engine.num_speculative_tokens == 3 and mtp.engine.max_num_batched_tokens == 1216
+    assert scenario(**export).engine.num_speculative_tokens == 0
+
+
+def test_rc2_post2_rows_of_the_file_split_by_their_upstream_dates():
+    # the upstream file dates 22 of the release's 54 B200 rows 2025-12-15 (plain configs: config 177's 14 FP8 rows,
+    # 1 FP8 and 7 NVFP4 export rows) and 32 2026-01-14 (the MTP configs)
+    rows = [played_row(r) for r in read_rows(SILICON)
+            if (r.backend, r.system, r.version) == ("trtllm", "b200_sxm", "1.1.0rc2.post2")]
+    mtp = [r for r in rows if is_dsr1_b200_mtp_run(r)]
+    assert len(rows) == 54 and len(mtp) == 32 and not any("_cfg" in r.id for r in mtp)
+    assert {r.id for r in rows if not is_dsr1_b200_mtp_run(r) and "_cfg" not in r.id} == {
+        f"2026_04_06_deepseek_r1_b200_sxm_trtllm_{name}" for name in (
+            "fp8_agg_8192x1024_c64_tp8_ep8_963", "fp4_agg_1024x1024_c32_tp4_ep1_41", "fp4_agg_1024x8192_c32_tp4_ep1_892",
+            "fp4_agg_1024x8192_c16_tp8_ep1_881", "fp4_agg_8192x1024_c32_tp8_ep1_122", "fp4_agg_8192x1024_c4_tp4_ep4_944",
+            "fp4_agg_8192x1024_c8_tp4_ep4_950", "fp4_agg_8192x1024_c16_tp4_ep4_971")}

@@ -41,6 +41,8 @@ time, sourced per model:
   revision of `dsr1_{fp4,fp8}_b200_trt.sh` that ran them (`dsr1_b200_trt`: budget at least 8,192
   tokens, FP8 batch waiting at 1k/1k from 64 users, FP8 KV cache); the rows that record 1.2.0rc6.post3
   play the MTP variants of those scripts that ran them (`dsr1_b200_trt_mtp`: MTP drafts, their budget).
+- the DeepSeek-R1 B200 rows of release 1.1.0rc2.post2 are two campaigns on that image, the plain scripts of 2025-12
+  and their MTP variants of 2026-01, told apart by the MTP configs' sweep (`dsr1_b200_trt_old`).
 
 Only the (engine, system, version, model) keys listed here play a recipe; a recipe is the
 benchmark script that ran those rows, not a fitted constant. Everything else keeps the generator's
@@ -55,7 +57,7 @@ from typing import Callable
 from servesim.perf.calibration import CalibrationData, matched_values
 from servesim.validation.inferencemax_vllm import vllm_recipe
 from servesim.validation.script_sweeps import Recipe, every_shape, in_sweep, model_name
-from servesim.validation.silicon_file import SiliconRow
+from servesim.validation.silicon_file import CONFIG_ID, SiliconRow
 
 ROUNDS_PER_USER = 10  # --num-prompts CONC * 10
 RANDOM_RANGE_RATIO = 0.8  # the workflows' default, unchanged from Sep 2025 to Apr 2026
@@ -292,9 +294,49 @@ def dsr1_b200_trt_mtp(row: SiliconRow) -> Recipe:
     return Recipe(engine=engine, scheduler=attention_dp_balance(row), perf={"kv_cache_dtype": "fp8"})
 
 
+# Release 1.1.0rc2.post2 ran two DeepSeek-R1 B200 campaigns on one image (upstream `silicon_data_source` dates):
+# the plain configs `dsr1-{fp8,fp4}-b200-trt` on 2025-12-15 (`dsr1_{fp8,fp4}_b200_trt_slurm.sh`: `--max_num_tokens`
+# concurrency + prompt + 64 rounded up to 64, no floor yet; FP8 KV cache; no `--max_batch_size`) and their MTP variants
+# `dsr1-{fp8,fp4}-b200-trt-mtp` on 2026-01-14 (InferenceX pull request 392, 2026-01-15 `..._trt_mtp_slurm.sh`: the
+# flags `dsr1_b200_trt_mtp` plays). The file does not date its rows; the MTP configs' search spaces do (below): a
+# row of InferenceMAX's export (`2026_..._tp<X>_ep<Y>_<n>`) whose point the MTP config swept is an MTP run, every other
+# row (the plain configs' own points, and AIConfigurator's config 177, `dsr1_b200_trtllm_fp8_..._cfg177`, dated
+# 2025-12-15, a month before the MTP config existed) a plain one. Every such row checked against its upstream date.
+DSR1_B200_OLD_RELEASE = "1.1.0rc2.post2"
+# (quantisation, GPUs, EP, attention DP) -> {(ISL, OSL): (fewest, most users)} of `dsr1-{fp8,fp4}-b200-trt-mtp`
+# in `.github/configs/nvidia-master.yaml` of pull request 392 (ADP: `dp-attn: true`; EP 1 where no `ep` is given).
+DSR1_B200_MTP_SWEEP = {
+    ("fp8", 8, 8, False): {(1024, 1024): (4, 32), (1024, 8192): (4, 64), (8192, 1024): (4, 32)},
+    ("fp8", 8, 8, True): {(1024, 1024): (64, 256), (1024, 8192): (128, 256), (8192, 1024): (64, 256)},
+    ("nvfp4", 4, 1, False): {(1024, 1024): (4, 8), (1024, 8192): (4, 16), (8192, 1024): (4, 16)},
+    ("nvfp4", 4, 4, False): {(1024, 1024): (16, 64), (1024, 8192): (32, 64)},
+    ("nvfp4", 4, 4, True): {(1024, 1024): (128, 256), (1024, 8192): (128, 256), (8192, 1024): (32, 256)},
+    ("nvfp4", 8, 1, False): {(1024, 1024): (4, 8), (1024, 8192): (4, 4), (8192, 1024): (4, 16)},
+    ("nvfp4", 8, 8, False): {(1024, 1024): (16, 32), (1024, 8192): (8, 64)},
+    ("nvfp4", 8, 8, True): {(1024, 1024): (64, 256), (1024, 8192): (128, 256), (8192, 1024): (32, 256)},
+}
+
+
+def is_dsr1_b200_mtp_run(row: SiliconRow) -> bool:
+    """Whether a DeepSeek-R1 B200 row of release 1.1.0rc2.post2 (parallelism decoded) was an MTP run (above)."""
+    key = (row.gemm_quant, row.tp * row.attention_dp, row.moe_ep, row.attention_dp > 1)
+    users = DSR1_B200_MTP_SWEEP.get(key, {}).get((row.isl, row.osl))
+    return not CONFIG_ID.search(row.id) and bool(users) and users[0] <= row.concurrency <= users[1]
+
+
+def dsr1_b200_trt_old(row: SiliconRow) -> Recipe:
+    """Release 1.1.0rc2.post2's DeepSeek-R1 B200 scripts: the MTP variant for the MTP runs, else the plain
+    script of 2025-12 (budget without the floor, FP8 KV cache, attention DP's balance)."""
+    if is_dsr1_b200_mtp_run(row):
+        return dsr1_b200_trt_mtp(row)
+    return Recipe(engine={"max_num_batched_tokens": dsr1_budget(row.concurrency, row.isl)},
+                  scheduler=attention_dp_balance(row), perf={"kv_cache_dtype": "fp8"})
+
+
 # (engine, system, release) -> the DeepSeek-R1 B200 script that ran the release's rows
 DSR1_B200_SCRIPTS = {("trtllm", "b200_sxm", "1.2.0rc6.post2"): dsr1_b200_trt,
-                     ("trtllm", "b200_sxm", "1.2.0rc6.post3"): dsr1_b200_trt_mtp}
+                     ("trtllm", "b200_sxm", "1.2.0rc6.post3"): dsr1_b200_trt_mtp,
+                     ("trtllm", "b200_sxm", DSR1_B200_OLD_RELEASE): dsr1_b200_trt_old}
 
 
 def dsr1_trt_recipe(row: SiliconRow, scheduler: dict) -> Recipe:
