@@ -4,9 +4,13 @@ interval) and client, only where the script's sweep ran them."""
 
 from __future__ import annotations
 
+from servesim.perf import build_perf_model
 from servesim.simulation import simulate
+from servesim.validation.inferencemax import SPEC_V1_CPU, recipe
 from servesim.validation.run import client_metrics
-from servesim.validation.silicon import ClientOptions, parse_row, row_request_counts, row_scenario
+from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario
+from servesim.validation.silicon_file import read_rows, recover_versions
+from tests.validation.test_recovered_version import SILICON
 from tests.validation.test_silicon_mapping import BASE
 
 DSR1_FP4 = {**BASE, "backend": "sglang", "backend_version": "0.5.9", "model_path": "deepseek-ai/DeepSeek-V3",
@@ -41,11 +45,13 @@ def test_fp8_flags_by_tp_and_only_inside_the_sweep():
     s = scenario(**fp8, tp_size="4", isl="8192", concurrency="32", batch_size="32")
     assert (sched(s)["max_running_requests"], sched(s)["max_prefill_tokens"], sched(s)["scheduler_recv_interval"]) == (32, 8192, 10)
     assert s.engine.gpu_memory_utilization == 0.95
-    # outside the sweep (TP 8 above 64 users, 8k/1k at TP 8 above 4 users), another release or
-    # engine: the generator's deployment and AIPerf's client
+    # outside the plain sweep (TP 8 above 64 users, 8k/1k at TP 8 above 4 users): the MTP script
     for changes in ({**fp8, "tp_size": "8", "concurrency": "128", "batch_size": "128"},
-                    {**fp8, "tp_size": "8", "isl": "8192", "concurrency": "8", "batch_size": "8"},
-                    {"backend_version": ""}, {"backend_version": "nightly-dev"}):
+                    {**fp8, "tp_size": "8", "isl": "8192", "concurrency": "8", "batch_size": "8"}):
+        s = scenario(**changes)
+        assert (sched(s)["max_running_requests"], sched(s)["max_prefill_tokens"], s.engine.num_speculative_tokens) == (512, 16384, 2)
+    # another release or engine: the generator's deployment and AIPerf's client
+    for changes in ({"backend_version": ""}, {"backend_version": "nightly-dev"}):
         s = scenario(**changes)
         assert sched(s).get("scheduler_recv_interval", 1) == 1 and "max_running_requests" not in s.scheduler.model_fields_set
         assert s.workload.lengths.prompt_tokens == int(changes.get("isl", "1024"))  # fixed lengths
@@ -101,12 +107,13 @@ def test_b200_scripts_stream_weights_at_tensorrt_llm_s_efficiency():
         c = _constants(row)
         assert c.eta_memory == trtllm.eta_memory == 0.85
         assert (c.layer_floor_s, c.step_overhead_s) == (4.0e-05, 0.009)
-    # the generator's deployments keep SGLang's efficiency: a Qwen3.5 row of the same release, a
-    # DeepSeek-R1 row outside the script's sweep, the unversioned runs; uncalibrated nothing is set
+    # the MTP script's rows (outside the plain sweep) too
+    assert _constants({**DSR1_FP4, **fp8, "tp_size": "8", "concurrency": "128", "batch_size": "128"}).eta_memory == 0.85
+    # the generator's deployments keep SGLang's efficiency: a Qwen3.5 row of the same release, the
+    # unversioned runs; uncalibrated nothing is set
     qwen = {**DSR1_FP4, "model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "4",
             "moe_tp_size": "4", "moe_ep_size": "1"}
-    for row in (qwen, {**DSR1_FP4, **fp8, "tp_size": "8", "concurrency": "128", "batch_size": "128"},
-                {**DSR1_FP4, "backend_version": ""}):
+    for row in (qwen, {**DSR1_FP4, "backend_version": ""}):
         assert _constants(row).eta_memory == 0.51
     assert _constants(DSR1_FP4, calibration=None).eta_memory == _constants(DSR1_FP4 | {"backend_version": ""}, None).eta_memory
 
@@ -121,3 +128,58 @@ def test_the_kernels_bring_a_64_user_decode_to_the_measured_tpot():
     sglang = row_scenario(row, ClientOptions(), overrides={"eta_memory": 0.51})
     _, tpot_sglang, _ = client_metrics(simulate(sglang).requests, counts.measured_end)
     assert abs(tpot / 0.0201 - 1) < 0.1 < tpot_sglang / 0.0201 - 1
+
+
+FP8_TP8 = {**DSR1_FP4, "gemm_quant_mode": "fp8", "model_path": "deepseek-ai/DeepSeek-R1", "tp_size": "8",
+           "moe_tp_size": "", "moe_ep_size": "1", "concurrency": "8", "batch_size": "8"}
+
+
+def test_a_point_run_twice_plays_the_script_of_each_run():
+    # dsr1_fp8_b200.sh and dsr1_fp8_b200_mtp.sh both ran TP 8 at 4-64 users; the plain config's export
+    # (`dsr1_..._cfg87`, recorded as DeepSeek-V3) holds the plain run, the 2026 exports both runs
+    exported = {**FP8_TP8, "id": "dsr1_b200_sglang_fp8_agg_1024x1024_c8_cfg87", "model_path": "deepseek-ai/DeepSeek-V3",
+                "silicon_ttft_ms": "226.6236775503785", "silicon_tpot_ms": "10.806980760614534"}
+    plain = {**exported, "id": "2026_03_25_a", "model_path": "deepseek-ai/DeepSeek-R1",
+             "silicon_ttft_ms": "226.62367755037849"}  # the same run, its mean round-tripped to another last digit
+    mtp = {**plain, "id": "2026_03_25_b", "silicon_ttft_ms": "363.9924537856132", "silicon_tpot_ms": "8.814680342504438"}
+    rows = recover_versions([parse_row(r) for r in (exported, plain, mtp)])
+    assert [r.unexported_run for r in rows] == [False, False, True]
+    for row, running, drafts, overlap in ((rows[1], 128, 0, 1.0), (rows[2], 512, 2, 0.0)):
+        s = row_scenario(row, ClientOptions())
+        assert (sched(s)["max_running_requests"], s.engine.num_speculative_tokens) == (running, drafts)
+        assert build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants.overlap_cpu == overlap
+    # without the export nothing tells the runs apart: the plain sweep's script plays both
+    alone = recover_versions([parse_row(r) for r in (plain, mtp)])
+    assert [sched(row_scenario(r, ClientOptions()))["max_running_requests"] for r in alone] == [128, 128]
+
+
+def test_the_measured_file_s_mtp_runs():
+    # 66 B200 0.5.9 DeepSeek-R1 FP8 rows: 26 outside the plain sweep, 17 inside it that the export does
+    # not hold (the faster per token of each pair), the other 23 the plain script's
+    rows = [r for r in read_rows(SILICON) if (r.backend, r.system, r.version, r.model, r.gemm_quant, r.mode)
+            == ("sglang", "b200_sxm", "0.5.9", "deepseek-ai/DeepSeek-R1", "fp8", "agg")]
+    drafts = {r.id: (recipe(played_row(r)).engine.get("num_speculative_tokens", 0)) for r in rows}
+    assert len(rows) == 66 and sum(1 for d in drafts.values() if d == 2) == 43
+    assert sum(1 for r in rows if r.unexported_run) == 17 and all(drafts[r.id] == 2 for r in rows if r.unexported_run)
+    assert all(drafts[r.id] == 0 for r in rows if r.tp == 4 or r.concurrency == 4 and r.tpot_s > 0.0085)
+
+
+def test_no_overlap_makes_the_release_s_serial_cpu_time_add_to_the_drafted_step():
+    # spec v1 (SGLANG_ENABLE_SPEC_V2 never exported): no overlap scheduler, and the release's serial CPU time per
+    # step and running request, not the 9 ms floor the plain rows' overlapped steps show
+    row = parse_row({**FP8_TP8, "isl": "8192"})  # 8k/1k at 8 users: outside the plain sweep
+    serial = SPEC_V1_CPU[("b200_sxm", "0.5.9")]
+    s = row_scenario(row, ClientOptions())
+    c = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants
+    assert (c.overlap_cpu, c.step_overhead_s, c.seq_overhead_s) == (0.0, serial["step_overhead_s"], serial["seq_overhead_s"])
+    plain = row_scenario(parse_row({**FP8_TP8, "concurrency": "16", "batch_size": "16"}), ClientOptions())  # plain sweep
+    p = build_perf_model(plain.model, plain.gpu, plain.tp, plain.dtype, plain.perf).constants
+    assert (plain.engine.num_speculative_tokens, p.overlap_cpu, p.step_overhead_s, p.seq_overhead_s) == (0, 1.0, 0.009, 1e-05)
+    # played: the same MTP row with the overlap scheduler decodes faster, by at least the serial time of a step
+    # spread over the 3 tokens a step emits at most
+    counts = row_request_counts(row, ClientOptions())
+    overlap = row_scenario(row, ClientOptions(), overrides={"overlap_cpu": 1.0})
+    _, tpot, _ = client_metrics(simulate(s).requests, counts.measured_end)
+    _, tpot_overlap, _ = client_metrics(simulate(overlap).requests, counts.measured_end)
+    assert s.engine.num_speculative_tokens == 2
+    assert tpot - tpot_overlap > (serial["step_overhead_s"] + 8 * serial["seq_overhead_s"]) / 3

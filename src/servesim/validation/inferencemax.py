@@ -100,6 +100,7 @@ class SGLangScript:
     recv: tuple[int, int] = (1, 1)  # --scheduler-recv-interval below 16 users, from 16 users
     running_1k1k: int | None = None  # a larger --max-running-requests for 1k/1k
     trtllm_kernels: bool = False  # --moe-runner-backend flashinfer_trtllm --attention-backend trtllm_mla
+    drafts: int = 0  # --speculative-algorithm EAGLE --speculative-num-steps (top-k 1: that many draft tokens a step)
 
 
 RECV_INTERVAL_USERS = 16  # the scripts' `CONC -ge 16` switch
@@ -131,9 +132,28 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # EP 8 at 4-64), whose client had no warm-up: each wave over the prefill budget measures a one-off
     # stall (~66 s / ~22 s over the ten rounds) no flag gives; and dsr1_fp8_b300.sh (B300 0.5.10.post1,
     # the B200 FP8 flags as they are), whose decodes take 2-4x the B200's at the same flags.
-    # Nor dsr1_fp8_b200_mtp.sh (EAGLE MTP, 2 steps, TP 8 at 4-512 users, every shape), which ran the B200 0.5.9
-    # DeepSeek-R1 FP8 rows outside the sweep above and one of the two measurements of each configuration inside
-    # it: with DeepSeek-V3's 85 % MTP acceptance their decodes come out 43-59 % too fast (docs/fidelity.md).
+}
+# dsr1_fp8_b200_mtp.sh (InferenceX pull request 626; config `dsr1-fp8-b200-sglang-mtp`, image v0.5.9-cu130 from pull
+# request 943, 2026-03-25): TP 8 at 4-512 users for every shape, the plain FP8 script's kernels, KV precision and
+# receive interval, 512 running requests, 16,384-token chunks and budget, EAGLE MTP with 2 steps, 3 draft tokens,
+# top-k 1, and the client with --use-chat-template. It ran the B200 0.5.9 DeepSeek-R1 FP8 rows outside the plain
+# sweep and, inside it, the run of each point that the plain config's export does not hold (`unexported_run`).
+SGLANG_MTP_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
+    ("b200_sxm", "0.5.9", "deepseek-r1", "fp8"): SGLangScript(
+        512, 16384, 16384, 0.82, {(8, 1): every_shape(4, 512)}, kv_fp8=True, recv=(10, 30), trtllm_kernels=True,
+        drafts=2),
+}
+# The MTP script writes `SGLANG_ENABLE_SPEC_V2=1` as a plain shell assignment, never exported (unchanged to Aug 2026),
+# so the server runs spec v1, for which SGLang's server_args (`_handle_speculative_decoding`, early-2026 sources)
+# sets `disable_overlap_schedule` ("Overlap scheduler is disabled when spec v2 is off"): the scheduler's CPU work
+# no longer hides behind the GPU step, it adds to it. That serial CPU time is the release's own (SGLang pull request
+# 9588, which began the overlapped spec path, lists the v1 verify's host syncs: accept lengths, finish checks and page
+# frees per request each step), so it is priced by the engine's CPU terms per step and per running request
+# (`step_overhead_s`, `seq_overhead_s`), set here per (GPU, release) and read only with the overlap scheduler off: the
+# release's plain rows keep the 9 ms `step_overhead_s` their overlapped step shows as a floor. Fitted on the MTP rows
+# outside `held_out_ids` (docs/fidelity.md, sgmtp).
+SPEC_V1_CPU: dict[tuple[str, str], dict[str, float]] = {
+    ("b200_sxm", "0.5.9"): {"step_overhead_s": 2.0e-3, "seq_overhead_s": 1.5e-4},
 }
 # The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
 MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
@@ -144,7 +164,11 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
     model = model_name(row)
     key = (row.system, row.version, MODEL_ALIASES.get(model, model))
     script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
-    return script if script and in_sweep(script.sweep, row) else None
+    plain = script if script and in_sweep(script.sweep, row) else None
+    mtp = SGLANG_MTP_SCRIPTS.get((*key, row.gemm_quant))
+    if mtp and in_sweep(mtp.sweep, row) and (plain is None or row.unexported_run):
+        return mtp
+    return plain
 
 
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
@@ -160,8 +184,17 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
         scheduler["max_running_requests"] = engine["max_num_seqs"] = running
     if script.chunk:
         scheduler["chunked_prefill_size"] = script.chunk
+    if script.drafts:  # DeepSeek-R1's MTP module drafts each token, accepted as in the TensorRT-LLM MTP campaign
+        engine.update(num_speculative_tokens=script.drafts, spec_acceptance_rate=MTP_ACCEPTANCE,
+                      spec_draft_layers=MTP_DRAFT_LAYERS)
     return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {},
-                  kernels="trtllm" if script.trtllm_kernels else "")
+                  kernels="trtllm" if script.trtllm_kernels else "", constants=spec_v1_constants(row) if script.drafts else {})
+
+
+def spec_v1_constants(row: SiliconRow) -> dict[str, float]:
+    """The perf constants of an SGLang server running EAGLE on spec v1: no overlap scheduler, the release's serial
+    CPU time per step."""
+    return {"overlap_cpu": 0.0, **SPEC_V1_CPU[(row.system, row.version)]}
 
 
 # The B200 DeepSeek-R1 scripts pass `--moe-runner-backend flashinfer_trtllm` and `--attention-backend

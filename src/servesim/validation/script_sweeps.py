@@ -19,6 +19,7 @@ class Recipe:
     scheduler: dict  # scheduler-section fields
     perf: dict = field(default_factory=dict)  # perf-section fields (e.g. the KV cache's precision)
     kernels: str = ""  # the engine whose kernels the script selects (kernel_constants); "" = the row's own
+    constants: dict = field(default_factory=dict)  # perf constants the script's flags fix (e.g. no overlap scheduler)
 
 
 def model_name(row: SiliconRow) -> str:

@@ -281,6 +281,8 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         lengths = {"prompt_tokens": prompt, "output_tokens": output}
     kernels = (inferencemax.kernel_constants(recipe, GPUS[row.system], calibration_data(calibration))
                if recipe is not None and recipe.kernels else {})
+    if recipe is not None:
+        kernels.update(recipe.constants)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
         "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row), **perf_fields,

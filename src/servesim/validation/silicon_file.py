@@ -48,6 +48,10 @@ class SiliconRow:
     # twins (`recover_versions`): those runs are older than the release's own (docs/fidelity.md,
     # "TensorRT-LLM B200 DeepSeek-R1: the InferenceMAX scripts of each release, and MTP").
     version_recorded: bool = True
+    # True when a config export (`_cfg<N>` ids) records this row's deployment and point only with another
+    # measurement: the campaign ran that point twice, and this run is not the one the export kept
+    # (`unexported_runs`; the SGLang B200 DeepSeek-R1 MTP runs, validation/inferencemax.py).
+    unexported_run: bool = False
 
 
 def _int(raw: str, default: int = 1) -> int:
@@ -110,7 +114,7 @@ def recover_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
         m = CONFIG_ID.search(r.id) if not r.version else None
         found = releases.get((r.backend, r.system, m.group(1)), set()) if m else set()
         out.append(replace(r, version=next(iter(found)), version_recorded=False) if len(found) == 1 else r)
-    return twin_versions(out)
+    return unexported_runs(twin_versions(out))
 
 
 def _measurement(r: SiliconRow) -> tuple:
@@ -136,6 +140,37 @@ def twin_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
             found = {v for v in found if build_of_twins_release(r.version, v)}
         out.append(replace(r, version=next(iter(found)), version_recorded=False) if len(found) == 1 else r)
     return out
+
+
+# The config exports record InferenceMAX's DeepSeek-R1 runs (`dsr1_*` ids) under DeepSeek-V3, the same architecture.
+EXPORTED_AS = {"deepseek-ai/deepseek-v3": "deepseek-ai/deepseek-r1"}
+
+
+def _point(r: SiliconRow) -> tuple:
+    """A deployment and load point: engine, release, system, model, precision, parallelism, lengths and users."""
+    model = EXPORTED_AS.get(r.model.lower(), r.model.lower())
+    return (r.backend, r.version, r.system, r.mode, model, r.gemm_quant, r.tp, r.moe_tp, r.moe_ep, r.attention_dp,
+            r.isl, r.osl, r.concurrency)
+
+
+def _means(r: SiliconRow) -> tuple[str, str]:
+    # the exports round-trip the same run's means differently in the last digit (199.4286597095197 /
+    # ...197, 10.322922014878303 / ...305), so a run is told by its means to 12 digits
+    return f"{r.ttft_s:.12g}", f"{r.tpot_s:.12g}"
+
+
+def unexported_runs(rows: list[SiliconRow]) -> list[SiliconRow]:
+    """Marks `unexported_run`: a row outside the config exports whose point an export records, but only with
+    other means. InferenceMAX ran some points under two scripts (the SGLang B200 DeepSeek-R1 FP8 points at
+    TP 8 and 4-64 users by `dsr1_fp8_b200.sh` and by its MTP variant); AIConfigurator's config export kept the
+    plain script's run (`dsr1_b200_sglang_fp8_agg_*_cfg87`), the 2026-03 / 04 exports both, under two ids."""
+    exported: dict[tuple, set[tuple[str, str]]] = {}
+    for r in rows:
+        if CONFIG_ID.search(r.id):
+            exported.setdefault(_point(r), set()).add(_means(r))
+    return [replace(r, unexported_run=True)
+            if not CONFIG_ID.search(r.id) and _point(r) in exported and _means(r) not in exported[_point(r)] else r
+            for r in rows]
 
 
 def build_of_twins_release(version: str, twins_release: str) -> bool:
