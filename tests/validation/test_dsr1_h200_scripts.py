@@ -36,17 +36,19 @@ def test_plain_rows_run_as_the_release_and_expert_parallelism_of_the_script():
     assert row_request_counts(parse_row(PLAIN), ClientOptions()).measured_end == 160  # no trailing round
 
 
-def test_the_mtp_campaign_plays_its_script_without_drafts():
-    # rows recording the release are the MTP script's: budget (3 + 1) x 16 + 1,024 + 64 rounded up to 64, no floor
+def test_the_mtp_campaign_plays_its_script_with_its_drafts():
+    # rows recording the release are the MTP script's: MTP 3 at the B200 campaigns' acceptance, budget
+    # (3 + 1) x 16 + 1,024 + 64 rounded up to 64, no floor
     mtp = scenario(backend_version="1.1.0rc2.post2", moe_ep_size="8")
-    assert mtp.engine.max_num_batched_tokens == 1152 and mtp.engine.num_speculative_tokens == 0
+    assert mtp.engine.max_num_batched_tokens == 1152 and mtp.engine.num_speculative_tokens == 3
+    assert mtp.engine.spec_acceptance_rate == inferencemax.MTP_ACCEPTANCE
     assert mtp.perf.kv_cache_dtype == "fp8" and mtp.frontend.profile == "trtllm@h200@1.1.0rc2.post2"
     assert mtp.workload.num_requests == 160 and mtp.workload.lengths.prompt_tokens == (819, 1024)
     # attention DP: MTP 1, the batch per rank (256 / 8): 2 x 32 + 1,024 + 64 -> 1,152, with the scripts' balance
     dp = scenario(backend_version="1.1.0rc2.post2", concurrency="256", batch_size="32", tp_size="1",
                   attention_dp_size="8", moe_tp_size="1", moe_ep_size="8")
     assert dp.engine.max_num_batched_tokens == 1152 and dp.scheduler.attention_dp_enable_balance is True
-    assert dp.perf.kv_cache_dtype == "fp8" and dp.engine.num_speculative_tokens == 0
+    assert dp.perf.kv_cache_dtype == "fp8" and dp.engine.num_speculative_tokens == 1
     # a release recovered from twins or a config (not recorded) is not the MTP campaign's
     recovered = replace(parse_row({**PLAIN, "backend_version": "1.1.0rc2.post2", "moe_ep_size": "8"}), version_recorded=False)
     assert inferencemax.recipe(recovered) is not None and inferencemax.recipe(recovered).engine["max_num_batched_tokens"] == 8192
@@ -64,6 +66,8 @@ def test_the_release_prices_its_eager_context_steps():
     assert s.frontend.constants()[2] == 0.2  # trtllm@h200@1.1.0rc2.post2 latency_s
     plain = row_scenario(parse_row(PLAIN))  # the plain campaign: the same release, the same price
     assert scenario_perf_model(plain).constants.eager_layer_s == 0.00175
+    # h200_dsr1_floor: the release's decode floor per layer (fitted with the MTP rows' drafts played), both campaigns
+    assert perf.constants.layer_floor_s == scenario_perf_model(plain).constants.layer_floor_s == 8.0e-05
     for changes in ({"model_path": "meta-llama/Llama-3.1-70B", "tp_size": "4"}, {"system": "b200_sxm"}):
         other = row_scenario(parse_row({**PLAIN, **changes}))
         assert scenario_perf_model(other).constants.eager_layer_s == 0.0, changes

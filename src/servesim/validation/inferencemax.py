@@ -45,7 +45,7 @@ time, sourced per model:
   and their MTP variants of 2026-01, told apart by the MTP configs' sweep (`dsr1_b200_trt_old`).
 - the DeepSeek-R1 H200 rows: those without a release are `dsr1_fp8_h200_trt.sh` run on the
   1.1.0rc2.post2 image (`dsr1_h200_trt`, `as_run`), those recording 1.1.0rc2.post2 its MTP variant
-  (`dsr1_h200_trt_mtp`: its budget and client, played without the drafts).
+  (played as the B200 MTP variants, `dsr1_b200_trt_mtp`: its drafts, budget and client).
 
 Only the (engine, system, version, model) keys listed here play a recipe; a recipe is the
 benchmark script that ran those rows, not a fitted constant. Everything else keeps the generator's
@@ -322,7 +322,8 @@ MTP_DRAFT_LAYERS = 1  # DeepSeek-R1's one MTP module, run once per draft token
 
 
 def dsr1_b200_trt_mtp(row: SiliconRow) -> Recipe:
-    """The MTP variant of the DeepSeek-R1 B200 script (1.2.0rc6.post3): drafts, their budget, FP8 KV cache."""
+    """The MTP variant of the DeepSeek-R1 scripts (B200 1.2.0rc6.post3 and 1.1.0rc2.post2, H200 1.1.0rc2.post2):
+    drafts, their budget, FP8 KV cache."""
     drafts = MTP_DRAFTS_ATTENTION_DP if row.attention_dp > 1 else MTP_DRAFTS
     batch = row.concurrency // max(1, row.attention_dp)
     engine = {"max_num_batched_tokens": dsr1_budget((drafts + 1) * batch, row.isl), "num_speculative_tokens": drafts,
@@ -383,7 +384,7 @@ def dsr1_trt_recipe(row: SiliconRow, scheduler: dict) -> Recipe:
 # pull request 258). The file keeps them without a release and as EP 1 (`2026_04_06_deepseek_r1_h200_sxm_
 # trtllm_fp8_agg_..._tp8_ep1_<n>`: InferenceMAX's export names the EP it was not given). The rows that record
 # 1.1.0rc2.post2 are the same image's MTP variant (`dsr1-fp8-h200-trt-mtp`, pull request 392, 2026-01-15: its
-# search space is exactly theirs, attention DP at 128-256 users included; `dsr1_h200_trt_mtp` below).
+# search space is exactly theirs, attention DP at 128-256 users included; played as the B200 MTP scripts, below).
 # The plain rows play the plain script as the release it ran (docs/fidelity.md, "TensorRT-LLM H200
 # DeepSeek-R1: the plain and the MTP campaign").
 DSR1_H200_RELEASE = "1.1.0rc2.post2"
@@ -413,21 +414,14 @@ def dsr1_h200_trt(row: SiliconRow) -> Recipe:
 # 2026-01-15; its flags unchanged to April 2026): the plain script's image, CUTLASS MoE, CUDA graphs and FP8 KV cache,
 # plus `speculative_config: {decoding_type: MTP, num_nextn_predict_layers: 3}` (1 with attention DP), `--max_batch_size`
 # the concurrency (per rank with attention DP), `--max_num_tokens` (MTP + 1) x that + prompt + 64 rounded up to 64 with
-# no floor, and the same client with `--use-chat-template`. Played with that budget, KV precision and client, but
-# without the drafts: the H200 decode price was fitted while these rows played none, and the plain rows of the same
-# release decode a third slower than it gives, so drafts on top of it make these rows' TPOT 23 % fast (docs/fidelity.md,
-# "TensorRT-LLM H200 1.1.0rc2.post2 DeepSeek-R1 ... (issue 14, trth200r1)"). The budget keeps the drafts' share: a
-# generation request then takes one token of it, which still leaves room for one prompt only at every row's shape.
-def dsr1_h200_trt_mtp(row: SiliconRow) -> Recipe:
-    """`dsr1_fp8_h200_trt_mtp.sh` without its drafts: the MTP budget, FP8 KV cache, attention DP's balance."""
-    drafts = MTP_DRAFTS_ATTENTION_DP if row.attention_dp > 1 else MTP_DRAFTS
-    batch = row.concurrency // max(1, row.attention_dp)
-    return Recipe(engine={"max_num_batched_tokens": dsr1_budget((drafts + 1) * batch, row.isl)},
-                  scheduler=attention_dp_balance(row), perf={"kv_cache_dtype": "fp8"})
+# no floor, and the same client with `--use-chat-template`: the flags of the B200 MTP scripts, played as those are
+# (`dsr1_b200_trt_mtp`: drafts at the B200 campaigns' acceptance, the same model and MTP module). The release's decode
+# floor (`layer_floor_s`, calibration_serving.yaml) was fitted with the drafts played (docs/fidelity.md, trth200r1 and
+# trth200b).
 
 
 # (engine, system, release) -> the DeepSeek-R1 script that ran the rows recording that release
 DSR1_RELEASE_SCRIPTS = {("trtllm", "b200_sxm", "1.2.0rc6.post2"): dsr1_b200_trt,
                         ("trtllm", "b200_sxm", "1.2.0rc6.post3"): dsr1_b200_trt_mtp,
                         ("trtllm", "b200_sxm", DSR1_B200_OLD_RELEASE): dsr1_b200_trt_old,
-                        ("trtllm", "h200_sxm", DSR1_H200_RELEASE): dsr1_h200_trt_mtp}
+                        ("trtllm", "h200_sxm", DSR1_H200_RELEASE): dsr1_b200_trt_mtp}
