@@ -1,7 +1,7 @@
 """TensorRT-LLM DeepSeek-R1 H200 rows without a release are InferenceMAX's plain runs (`dsr1_fp8_h200_trt.sh`):
 they play that script as the release and expert parallelism it ran (1.1.0rc2.post2, EP = TP), with its budget,
 FP8 KV cache and client; the rows that record 1.1.0rc2.post2 play its MTP variant (`dsr1_fp8_h200_trt_mtp.sh`: its
-budget, FP8 KV cache and client, without the drafts); the release's context steps pay its eager price."""
+drafts, budget, FP8 KV cache and client); the release's context steps pay its eager price, its decodes its floor."""
 
 from __future__ import annotations
 
