@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servesim.validation.inferencemax import is_dsr1_b200_mtp_run
+from servesim.validation.inferencemax_dsr1 import is_dsr1_b200_mtp_run
 from servesim.validation.silicon import DEFAULT_SILICON, ClientOptions, parse_row, played_row, row_scenario
 from servesim.validation.silicon_file import read_rows, recover_versions
 from tests.validation.test_inferencemax import balance, waits

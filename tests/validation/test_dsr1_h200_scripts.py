@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from servesim.validation import inferencemax
-from servesim.validation.inferencemax import as_run
+from servesim.validation.inferencemax_dsr1 import as_run
 from servesim.validation.silicon import ClientOptions, parse_row, row_request_counts, row_scenario, scenario_perf_model
 from tests.validation.test_silicon_mapping import BASE
 

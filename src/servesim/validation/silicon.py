@@ -28,6 +28,7 @@ from servesim.validation.client import ClientOptions, RequestCounts, request_cou
 from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
 from servesim.validation.gap_analysis import campaign_reason, worker_share
+from servesim.validation.inferencemax_dsr1 import as_run
 from servesim.validation.inferencemax_vllm import experts_over_tp, outside_sweep_reason, without_recorded_dp
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
@@ -43,10 +44,10 @@ UNSUPPORTED_MODELS: dict[str, str] = {}  # model path (lower case) -> why it can
 
 def played_row(row: SiliconRow) -> SiliconRow:
     """`row` as its engine ran it: the parallelism decoded from the recorded columns, then the release and
-    expert parallelism of the benchmark script that ran it where the file omits them (inferencemax.as_run), without
+    expert parallelism of the benchmark script that ran it where the file omits them (inferencemax_dsr1.as_run), without
     the attention DP that a vLLM script never passed (inferencemax_vllm.without_recorded_dp), then one worker's users
     where the concurrency is a whole cluster's (gap_analysis.worker_share)."""
-    return worker_share(without_recorded_dp(inferencemax.as_run(engine_parallelism(row))))
+    return worker_share(without_recorded_dp(as_run(engine_parallelism(row))))
 
 
 def inexpressible_reason(row: SiliconRow) -> str | None:
