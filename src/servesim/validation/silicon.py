@@ -274,20 +274,20 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
     lengths: dict = {"prompt_tokens": row.isl, "output_tokens": row.osl}
     recipe = inferencemax.recipe(row) if options.benchmark_recipes else None
     perf_fields: dict = {}
+    script_constants: dict = {}  # the perf constants the script fixes: its kernel engine's, then its flags'
     if recipe is not None:
         engine.update(recipe.engine)
         scheduler.update(recipe.scheduler)
         perf_fields = dict(recipe.perf)
         prompt, output = inferencemax.client_lengths(row)
         lengths = {"prompt_tokens": prompt, "output_tokens": output}
-    kernels = (inferencemax.kernel_constants(recipe, GPUS[row.system], calibration_data(calibration))
-               if recipe is not None and recipe.kernels else {})
-    if recipe is not None:
-        kernels.update(recipe.constants)
+        if recipe.kernels:
+            script_constants.update(inferencemax.kernel_constants(recipe, GPUS[row.system], calibration_data(calibration)))
+        script_constants.update(recipe.constants)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
         "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row), **perf_fields,
-                 "overrides": {**kernels, **(overrides or {})},
+                 "overrides": {**script_constants, **(overrides or {})},
                  "calibration": serving_calibration_path() if calibration == "shipped" else calibration},
         "engine": engine,
         "scheduler": scheduler,
