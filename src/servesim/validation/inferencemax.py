@@ -127,6 +127,15 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # qwen3.5_fp8_h200.sh (its 16,384-token budget is SGLang's max_prefill_tokens default)
     ("h200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
         128, 16384, 16384, 0.8, {(8, 8): every_shape(4, 64)}, kv_fp8=True),
+    # qwen3.5_bf16_b200.sh as InferenceX pull request 758 left it (2026-02-19, unchanged in these flags to May 2026; image
+    # nightly-dev-20260216-d3bae71e throughout): its sweep, TP 8 at 4-64 users for every shape (1k/8k until 2026-03-27),
+    # is exactly the B200 nightly-dev rows (BF16, which the file records without a precision). The script's
+    # --moe-runner-backend flashinfer_trtllm is not played as TensorRT-LLM's kernels (trtllm_kernels): whether that build
+    # ran BF16 experts on trtllm-gen was not settled in the sources read (SGLang pull request 9384 sends a checkpoint
+    # without a quantisation config back to FusedMoE; the BF16 trtllm-gen routed path is pull request 20214, 2026-03-09),
+    # and the rows outside held_out_ids fit SGLang's own streaming, not TensorRT-LLM's (docs/fidelity.md, q35rel22).
+    ("b200_sxm", "nightly-dev", "qwen3.5-397b-a17b", ""): SGLangScript(
+        128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64)}, recv=(10, 30)),
     # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): qwen3.5_fp8_b200.sh (B200
     # 0.5.9, TP 8 at 4-16 users, TP 4 x EP 4 at 16-128; its 8k/1k first tokens come out 40-57 % too
     # fast, the Qwen3.5 prefill price) and glm5_fp8_h200.sh (glm5-hopper; held-out rows worse).

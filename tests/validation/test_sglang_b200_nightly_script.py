@@ -1,0 +1,73 @@
+"""The SGLang B200 `nightly-dev` Qwen3.5-397B-A17B rows (BF16, TP 8, 4-64 users) play the InferenceMAX script that ran
+them, `qwen3.5_bf16_b200.sh` as InferenceX pull request 758 left it (128 running requests, 32,768-token chunks and budget,
+memory 0.82, the receive interval 10 / 30, 16-bit KV, the benchmark_serving client), with SGLang's own weight streaming
+and the release's CPU time per step and front end refitted on that play (docs/fidelity.md, q35rel22)."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.simulation import simulate
+from servesim.validation.inferencemax import recipe
+from servesim.validation.run import client_metrics
+from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario, scenario_perf_model
+from tests.validation.test_silicon_mapping import BASE
+
+QWEN_BF16 = {**BASE, "backend": "sglang", "backend_version": "nightly-dev", "model_path": "Qwen/Qwen3.5-397B-A17B",
+             "system": "b200_sxm", "precision": "bf16", "gemm_quant_mode": "", "moe_quant_mode": "", "tp_size": "8",
+             "moe_tp_size": "8", "moe_ep_size": "1", "isl": "8192", "osl": "1024", "concurrency": "16", "batch_size": "16"}
+
+
+def nightly(**changes):
+    return parse_row({**QWEN_BF16, **changes})
+
+
+def sched(s) -> dict:
+    return s.scheduler.model_dump()
+
+
+@pytest.mark.parametrize(("isl", "osl", "users", "interval"), [
+    ("1024", "1024", "4", 10), ("1024", "8192", "8", 10), ("8192", "1024", "16", 30), ("1024", "1024", "64", 30)])
+def test_the_rows_play_the_script_and_its_client(isl, osl, users, interval):
+    s = row_scenario(nightly(isl=isl, osl=osl, concurrency=users, batch_size=users))
+    assert (sched(s)["max_running_requests"], sched(s)["chunked_prefill_size"], sched(s)["max_prefill_tokens"]) == (128, 32768, 32768)
+    assert sched(s)["enable_mixed_chunk"] is False and sched(s)["scheduler_recv_interval"] == interval
+    assert (s.engine.max_num_seqs, s.engine.gpu_memory_utilization) == (128, 0.82)
+    assert scenario_perf_model(s).kv_cache_dtype == "bf16"  # no --kv-cache-dtype: auto keeps BF16 weights' 16 bits
+    assert s.workload.num_requests == 10 * int(users) and s.workload.arrival.warmup_requests == 0
+    assert s.workload.lengths.prompt_tokens == (int(int(isl) * 0.8), int(isl))
+
+
+@pytest.mark.parametrize("changes", [
+    {"concurrency": "128", "batch_size": "128"},  # the sweep stops at 64 users
+    {"tp_size": "4", "moe_tp_size": "4"},  # TP 8 only
+    {"backend_version": "0.5.9", "gemm_quant_mode": "fp8"},  # the release's FP8 rows keep the generator's play
+])
+def test_rows_outside_the_sweep_keep_the_generator_deployment(changes):
+    row = nightly(**changes)
+    assert recipe(played_row(row)) is None
+    assert "scheduler_recv_interval" not in row_scenario(row).scheduler.model_fields_set
+
+
+def test_the_release_constants_and_front_end():
+    """SGLang's weight streaming (the script's flashinfer_trtllm runner is not played as TensorRT-LLM's for this BF16
+    build), 8 ms of CPU a step for this release only (0.5.9 keeps the (GPU, engine) 9 ms), the front end's 0.135 s."""
+    s = row_scenario(nightly())
+    c = scenario_perf_model(s).constants
+    assert (c.eta_memory, c.step_overhead_s, c.layer_floor_s) == (0.51, 0.008, 4.0e-05)
+    assert scenario_perf_model(row_scenario(nightly(backend_version="0.5.9", gemm_quant_mode="fp8"))).constants.step_overhead_s == 0.009
+    assert s.frontend.profile == "sglang@b200@nightly-dev" and s.frontend.constants()[2] == 0.135
+
+
+def test_the_script_brings_the_16_user_8k_first_token_to_the_measurement():
+    """2026_03_25_qwen3_5_397b_b200_sxm_sglang_bf16_agg_8192x1024_c16 measures a 577 ms first token and 13.08 ms a token;
+    the generator's lock-step client (every user's 8k prompt at once, 4 rounds) played 955 ms."""
+    row = nightly(silicon_ttft_ms="577.4509", silicon_tpot_ms="13.0810")
+    counts = row_request_counts(row, ClientOptions())
+    ttft, tpot, n = client_metrics(simulate(row_scenario(row)).requests, counts.measured_end)
+    assert n == 160
+    assert abs(ttft / 0.5775 - 1) < 0.1 and abs(tpot / 0.01308 - 1) < 0.05
+    generator = ClientOptions(benchmark_recipes=False)
+    ttft_generator, _, _ = client_metrics(simulate(row_scenario(row, generator)).requests,
+                                          row_request_counts(row, generator).measured_end)
+    assert ttft_generator > 1.4 * 0.5775
