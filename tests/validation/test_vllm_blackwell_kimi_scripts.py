@@ -1,7 +1,8 @@
 """vLLM Blackwell rows as InferenceMAX's scripts ran them (docs/fidelity.md, vbw20): the B200 0.17.0 Kimi-K2.5 rows
 recorded at TP 4 EP 1 play `kimik2.5_fp4_b200.sh` of 2026-04-20 (budget 2 x ISL, FP8 KV cache, its client); the
 Kimi-K2.5 rows recorded at TP 4 EP 4 keep AIPerf's play but split every expert over TP 4, since no Kimi script passes
-`--enable-expert-parallel`; the B300 nightly build has its own front end."""
+`--enable-expert-parallel`; the B300 nightly build has its own front end. The rows of the earlier revision (TP 4 EP 4 and
+TP 8) play it (kimi22): vLLM's 8,192-token budget, `--max-num-seqs CONC` and so CUDA graphs to 2 x CONC tokens only."""
 
 from __future__ import annotations
 
@@ -29,13 +30,33 @@ def test_the_april_20_script_plays_its_flags_and_client(isl, users, budget):
     assert s.workload.num_requests == 10 * int(users) and s.workload.arrival.warmup_requests == 0
     assert s.workload.lengths.prompt_tokens == (int(int(isl) * 0.8), int(isl))
     assert not s.perf.expert_parallel
+    assert s.perf.cudagraph_max_tokens == 2048 and s.engine.max_num_seqs == int(users)
+
+
+@pytest.mark.parametrize(("changes", "users"), [
+    ({"moe_tp_size": "1", "moe_ep_size": "4", "osl": "8192"}, 16),  # the config's EP 4, every shape, 4-64 users
+    ({"moe_tp_size": "1", "moe_ep_size": "4", "isl": "8192"}, 64),
+    ({"tp_size": "8", "moe_tp_size": "8"}, 4),  # TP 8 at 4 users (the 04-20 `_cfg636` rows record the same columns)
+])
+def test_the_earlier_script_plays_vllm_defaults_and_graphs_to_twice_the_users(changes, users):
+    row = kimi(**changes, concurrency=str(users), batch_size=str(users))
+    s = row_scenario(row)
+    assert s.engine.max_num_batched_tokens == 8192 and s.engine.max_num_seqs == users  # no budget flag, --max-num-seqs CONC
+    assert (s.engine.gpu_memory_utilization, s.engine.block_size, s.perf.kv_cache_dtype) == (0.90, 16, "auto")
+    assert s.perf.cudagraph_max_tokens == 2 * users  # min(2 x max_num_seqs, 512)
+    assert s.workload.num_requests == 10 * users and s.workload.lengths.prompt_tokens == (int(row.isl * 0.8), row.isl)
+    assert not s.perf.expert_parallel
+    # the release's launch floor: a 1k prompt step (above 2 x CONC tokens) takes 61 layers x 1.95 ms, a decode does not
+    pm = scenario_perf_model(s)
+    assert pm.step_breakdown([(1024, 0)], []).gpu_s == pytest.approx(61 * 1.95e-3, rel=1e-12)
+    assert pm.step_time_s([], [2000] * users) < 61 * 1.95e-3
 
 
 @pytest.mark.parametrize("changes", [
     {"isl": "8192", "concurrency": "64", "batch_size": "64"},  # 8k/1k ran to 32 users
     {"osl": "8192"},  # the 1k/8k shape was dropped before that date
-    {"tp_size": "8", "moe_tp_size": "8"},  # TP 8 rows are not told apart from the earlier script's
-    {"moe_tp_size": "1", "moe_ep_size": "4"},  # the earlier script's rows record the config's EP 4
+    {"tp_size": "8", "moe_tp_size": "8", "isl": "8192"},  # TP 8 ran at 4 users only
+    {"moe_tp_size": "1", "moe_ep_size": "4", "concurrency": "128", "batch_size": "128"},  # the earlier sweep's top: 64
     {"system": "b300_sxm"}, {"backend_version": "0.19.0"},
 ])
 def test_rows_outside_it_keep_the_generator_deployment(changes):
@@ -49,7 +70,8 @@ def test_rows_outside_it_keep_the_generator_deployment(changes):
 def test_kimi_rows_recorded_at_ep_4_split_their_experts_over_tp(system):
     ep4 = row_scenario(kimi(system=system, moe_tp_size="1", moe_ep_size="4"))
     assert (ep4.perf.expert_parallel, ep4.perf.moe_tp_size, ep4.perf.moe_ep_size) == (False, None, None)
-    assert recipe(played_row(kimi(system=system, moe_tp_size="1", moe_ep_size="4"))) is None  # AIPerf's play
+    # B200: the earlier script (its client and flags); B300 0.17.0: no script read, AIPerf's play
+    assert (recipe(played_row(kimi(system=system, moe_tp_size="1", moe_ep_size="4"))) is None) == (system == "b300_sxm")
     # priced as the same release's TP 4 row (B300 0.17.0: no script), not as all-EP
     ctxs = [1536] * 16
     tp4 = scenario_perf_model(row_scenario(kimi(system="b300_sxm"))).step_time_s([], ctxs)

@@ -76,6 +76,7 @@ def build_with_calibration(model: str, gpu: str, tp: int, dtype: str, config: Pe
         kv_cache_dtype=kv_name, kv_bytes_per_token=int(kv_per_token),
         weight_bytes_per_gpu=_weight_bytes_per_gpu(spec, d.weight_bytes, tp, pp), hbm_bytes=g.hbm_bytes,
         constants=constants, terms=terms, misc_bytes=config.misc_bytes, max_model_len=spec.max_position_embeddings,
+        graph_max_tokens=config.cudagraph_max_tokens,
     )
     if dp > 1:  # attention data parallelism: dp ranks of this model in lock-step over the experts
         return build_attention_dp(model, d.weight_bytes, dp, moe_ep, config.data_parallel_balance)

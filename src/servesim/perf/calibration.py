@@ -69,6 +69,13 @@ class Constants:
     # (`enable_piecewise_cuda_graph` defaults to False); fitted per (GPU, engine) on the serving runs
     # (docs/fidelity.md, "SGLang: eager prefill steps").
     eager_layer_s: float = 0.0
+    # CPU time per layer to launch the kernels of a step that runs without CUDA graphs, above the
+    # deployment's capture size (`PerfConfig.cudagraph_max_tokens`; 0, off, by default). The launches
+    # run ahead of the GPU, so such a step takes max(GPU time, layers x this): a floor that small
+    # prompt steps hit and long ones hide, unlike `eager_layer_s`, which adds to every prompt step.
+    # vLLM's dispatcher runs a step above its largest captured size with no graph at all
+    # (`CUDAGraphMode.NONE`, v1/cudagraph_dispatcher.py); docs/fidelity.md (issue 14, kimi22).
+    eager_floor_layer_s: float = 0.0
     # Time per step with prompt tokens of a model with Gated DeltaNet layers (`ModelSpec.gated_deltanet`; 0, off,
     # by default): SGLang's FLA `l2norm_fwd_kernel` (q and k of every DeltaNet layer's chunked prefill) took the
     # step's token count `T` as a `tl.constexpr` until mid-2026, so Triton compiles it again for every token

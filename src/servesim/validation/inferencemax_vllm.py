@@ -24,6 +24,19 @@ class VLLMScript:
     sweep: dict  # (TP, EP) -> {(ISL, OSL): (fewest users, most users)}, the union of the config's sweeps over the rows' dates
     kv_fp8: bool = True  # --kv-cache-dtype fp8
     budget_isl: int = 0  # --max-num-batched-tokens $((ISL * n)) where the script sets it so (then budget_tokens is 0)
+    # --max-cudagraph-capture-size (or the largest --cuda-graph-sizes); 0: unset, vLLM's min(2 x max_num_seqs, 512);
+    # -1: not played (a compilation config that graphs no prompt step at any size, FULL_DECODE_ONLY)
+    capture_tokens: int = 0
+    seqs_users: bool = False  # --max-num-seqs $CONC (else unset, vLLM's 1,024, or a constant above every row's users)
+
+
+# vLLM's sequences per step where `vllm serve` leaves them unset (the API server on a GPU of 70 GiB or more,
+# `engine/arg_utils.py`), and its largest default CUDA-graph size (`_set_cudagraph_sizes` in `config/vllm.py`:
+# min(max_num_seqs x 2, 512), then at most the token budget; x (1 + draft tokens) with speculative decoding, which
+# no script here runs). Above it the dispatcher runs a step with no graph (`CUDAGraphMode.NONE`,
+# `v1/cudagraph_dispatcher.py`), whatever the mode (FULL_AND_PIECEWISE, the default, captures both kinds up to it).
+VLLM_DEFAULT_MAX_NUM_SEQS = 1024
+VLLM_DEFAULT_CAPTURE_CAP = 512
 
 
 # The Llama-3.1-70B rows that record no vLLM version (H100 FP8 45, B200 NVFP4 60) are InferenceMAX runs measured
@@ -66,20 +79,31 @@ LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 # 04-07, with memory 0.90 and no block size) or `--max-num-seqs`: `vllm serve`'s 8,192-token budget and 1,024 sequences,
 # and CUDA graphs captured up to min(2 x 1,024, 512) = 512 tokens, so every step with a prompt (at least
 # int(0.8 x 1,024) tokens) ran without graphs: the build's `eager_layer_s` (calibration_serving.yaml; docs/fidelity.md, vblw).
-# (system, version, model, GEMM precision) -> script
-VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript] = {
-    ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1}),
-    ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(8192, 0.9, 16, LLAMA70_2025),
+# The B200 0.17.0 Kimi-K2.5 NVFP4 rows measured before that revision (the 2026-03-25 / 04-06 exports and the gap-analysis
+# copies of the same runs, 2026-03-11 to 04-06; recorded TP 4 EP 4, whose experts ran over TP: `experts_over_tp`, and
+# TP 8) ran `kimik2.5_fp4_b200.sh` of InferenceX pull requests 862 / 926 / 911: `--gpu-memory-utilization 0.90
+# --max-num-seqs CONC`, prefix caching off, no budget (vLLM's 8,192), block size, KV precision (auto) or capture size,
+# so graphs only up to 2 x CONC tokens (8-128) and every prompt step without them (docs/fidelity.md, kimiv and
+# kimi22). Its sweep here is the rows' points; the two TP 8 rows of 04-20 (`_cfg636`) record the same columns.
+KIMI_B200_EARLY = VLLMScript(8192, 0.90, 16, {(4, 4): every_shape(4, 64), (8, 1): every_shape(4, 4)}, kv_fp8=False,
+                             seqs_users=True)
+# (system, version, model, GEMM precision) -> script, or scripts whose sweeps do not overlap (the first that ran the row)
+VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript | tuple[VLLMScript, ...]] = {
+    ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
+                                                       seqs_users=True),
+    ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(8192, 0.9, 16, LLAMA70_2025, capture_tokens=-1),
     ("h100_sxm", "", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
-                                                        kv_fp8=False),
+                                                        kv_fp8=False, capture_tokens=2048, seqs_users=True),
     ("h100_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.90, 16, {
-        (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False),
+        (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 16)}, kv_fp8=False, seqs_users=True),
     ("h200_sxm", "0.18.0", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.90, 16, {
         (1, 1): every_shape(4, 4, 64), (2, 1): every_shape(4, 64), (4, 1): every_shape(4, 64), (8, 1): every_shape(4, 64, 32)},
-        kv_fp8=False),
+        kv_fp8=False, seqs_users=True),
     ("h100_sxm", "0.18.0", "minimax-m2.5", "fp8"): VLLMScript(8192, 0.90, 16, {(4, 4): every_shape(4, 64)}, kv_fp8=False),
-    ("b200_sxm", "0.17.0", "kimi-k2.5", "nvfp4"): VLLMScript(0, 0.90, 16, {(4, 1): {(1024, 1024): (4, 64), (8192, 1024): (4, 32)}},
-                                                          budget_isl=2),
+    ("b200_sxm", "0.17.0", "kimi-k2.5", "nvfp4"): (
+        VLLMScript(0, 0.90, 16, {(4, 1): {(1024, 1024): (4, 64), (8192, 1024): (4, 32)}}, budget_isl=2, capture_tokens=2048,
+                   seqs_users=True),
+        KIMI_B200_EARLY),
     ("b200_sxm", "nightly-5b8c30d62b754b57", "minimax-m2.5", "nvfp4"): VLLMScript(8192, 0.95, 32, {
         (2, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}, (4, 1): {(1024, 1024): (4, 512), (8192, 1024): (4, 256)}}),
 }
@@ -145,9 +169,16 @@ def without_recorded_dp(row: SiliconRow) -> SiliconRow:
 
 def vllm_recipe(row: SiliconRow) -> Recipe | None:
     """The engine flags and KV precision of the vLLM script that ran `row`, or None."""
-    script = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant))
-    if script is None or not in_sweep(script.sweep, row):
+    scripts = VLLM_SCRIPTS.get((row.system, row.version, model_name(row), row.gemm_quant), ())
+    script = next((s for s in (scripts if isinstance(scripts, tuple) else (scripts,)) if in_sweep(s.sweep, row)), None)
+    if script is None:
         return None
-    engine = {"max_num_batched_tokens": script.budget_isl * row.isl or script.budget_tokens, "gpu_memory_utilization": script.mem,
-              "block_size": script.block}
-    return Recipe(engine=engine, scheduler={}, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {})
+    budget = script.budget_isl * row.isl or script.budget_tokens
+    engine = {"max_num_batched_tokens": budget, "gpu_memory_utilization": script.mem, "block_size": script.block}
+    seqs = VLLM_DEFAULT_MAX_NUM_SEQS
+    if script.seqs_users:
+        engine["max_num_seqs"] = seqs = row.concurrency
+    perf = {"kv_cache_dtype": "fp8"} if script.kv_fp8 else {}
+    if script.capture_tokens >= 0:  # the largest step vLLM runs from a graph (a release's eager_floor_layer_s reads it)
+        perf["cudagraph_max_tokens"] = script.capture_tokens or min(2 * seqs, VLLM_DEFAULT_CAPTURE_CAP, budget)
+    return Recipe(engine=engine, scheduler={}, perf=perf)
