@@ -163,6 +163,15 @@ SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")}
 # Keyed (system, version); docs/fidelity.md, "SGLang H200 0.5.6.post2: the eval campaign's prefill budget
 # ... (issue 14, sgl8b)".
 SGLANG_DEFAULT_PREFILL_BUDGET = frozenset({("h200_sxm", "0.5.6.post2")})
+# Campaigns deployed by AIConfigurator's generator whose SGLang KV cache is the checkpoint's own 16 bits. The generator
+# writes `--kv-cache-dtype fp8_e4m3` only when the KV quant mode is fp8, inferred from the checkpoint's
+# `kv_cache_quant_algo`, and `auto` otherwise (generator/rule_plugin/benchmark/sglang.rule,
+# config/backend_config_mapping.yaml); SGLang's `auto` keeps the model's BF16 unless the quantization config names an
+# FP8 KV scheme (ModelRunner.configure_kv_cache_dtype), which neither block-FP8 checkpoint of the H200 0.5.6.post2 eval
+# campaign (Llama-3.1-8B, Qwen3-235B-A22B-FP8) does; servesim's `auto` would take FP8 for FP8 weights. Only this
+# campaign's decode constants were refitted with it (calibration_serving.yaml); keyed (system, version); docs/fidelity.md,
+# "SGLang H200 0.5.6.post2: the campaign's 16-bit KV cache ... (issue 14, sgh200v22)".
+SGLANG_CHECKPOINT_KV = frozenset({("h200_sxm", "0.5.6.post2")})
 # Measurement campaigns whose waves were not kept together: the runs that recorded no engine
 # version (the file's oldest) of vLLM with Llama-3.1-70B on H100 and B200 measure a first token
 # 1.5-2.5x faster than a drained warm-up followed by one wave of prompts can give at any token
@@ -284,6 +293,8 @@ def row_scenario(row: SiliconRow, options: ClientOptions = ClientOptions(), seed
         if recipe.kernels:
             script_constants.update(inferencemax.kernel_constants(recipe, GPUS[row.system], calibration_data(calibration)))
         script_constants.update(recipe.constants)
+    elif row.backend == "sglang" and (row.system, row.version) in SGLANG_CHECKPOINT_KV:
+        perf_fields["kv_cache_dtype"] = "bf16"  # the checkpoints' own precision (SGLANG_CHECKPOINT_KV)
     data = {
         "seed": seed, "model": row.model, "gpu": GPUS[row.system], "tp": row.tp, "dtype": row_dtype(row),
         "perf": {"engine": row.backend, "engine_version": row.version, **moe_parallelism(row), **perf_fields,
