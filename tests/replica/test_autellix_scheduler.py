@@ -276,3 +276,21 @@ def test_waiting_queue_kept_in_key_order_by_moving_the_rekeyed_calls(monkeypatch
     assert len(done) == 40 and all(r.state == RequestState.FINISHED for r in reqs)
     assert len(moves) > 5 and sum(moves) > len(moves)  # calls were moved, several at once too
     assert sum(sched.discount_s.values()) > 0 and max(checked) > 10
+
+
+def test_a_call_handed_over_is_keyed_at_the_next_step_start():
+    # `begin_step` keys the running calls only after a hand-over (every other call has its key
+    # from before it was queued): the handed-over call gets its key there, with the level of
+    # its program's service, and the calls already running keep theirs.
+    engine, sched, *_ = make_engine(scheduler="autellix", params={"base_quantum_s": 1.0})
+    first = make_request(0, 8, 4, program_id=7)
+    sched.add_request(first, 0.0)
+    sched.schedule(0.0)
+    sched.service_s[7] = 1.5  # program 7 has run 1.5 s: its next call is in level 1
+    moved = make_request(1, 8, 4, program_id=7, parents=(0,), call_index=1)
+    sched.add_transferred(moved, 0.1)
+    assert moved in sched.running and moved not in sched._keys
+    before = sched._keys[first]
+    sched.begin_step(0.2)
+    assert sched._keys[moved] == (1, moved.arrival_s, moved.id)
+    assert sched._keys[first] == before  # (keyed when it was added; a step end re-keys it)

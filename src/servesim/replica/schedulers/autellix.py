@@ -109,6 +109,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # Lone calls admitted into the stretch in flight (`join`) -> when each was queued: the
         # stretch's end credits them from their join step on and adds the time they waited.
         self._joined: dict[Request, float] = {}
+        self._transferred = False  # a call joined running by `add_transferred` since `begin_step`
 
     @staticmethod
     def program(req: Request) -> object:
@@ -131,6 +132,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
 
     def add_transferred(self, req: Request, now_s: float) -> None:
         self._hold(req)
+        self._transferred = True  # (it joins running without a key: `begin_step` makes it)
         super().add_transferred(req, now_s)
 
     def add_request(self, req: Request, now_s: float) -> None:
@@ -248,10 +250,14 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
 
     def begin_step(self, now_s: float) -> None:
         self._step_start_s = now_s
-        keys = self._keys
-        for req in self.running:  # (a call handed over by another replica joins running directly)
-            if req not in keys:
-                keys[req] = self._fresh_key(req)
+        # Every other running call has its key (made before it joined the queue, kept until
+        # `forget`), so the pass runs only after a hand-over: not over the batch every step.
+        if self._transferred:
+            self._transferred = False
+            keys = self._keys
+            for req in self.running:  # (a call handed over by another replica joins running directly)
+                if req not in keys:
+                    keys[req] = self._fresh_key(req)
 
     # ---- arrivals joining a stretch -------------------------------------------------
     def admits_joins(self) -> bool:

@@ -83,14 +83,18 @@ class AutellixAccounting:
             if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
                 self._settle_running(req)
         reqs = list(map(itemgetter(0), output.scheduled))
-        if run_lazy and sum(map(run_lazy.__contains__, reqs)) < len(run_lazy):
+        # the eager ones, in one pass (settling a missed call below leaves them as they are:
+        # it was not scheduled); those left are lazy and scheduled, fewer than all lazy ones
+        # only if a lazy call missed this step
+        eager = list(filterfalse(run_lazy.__contains__, reqs)) if run_lazy else reqs
+        if run_lazy and len(reqs) - len(eager) < len(run_lazy):
             missed = set(run_lazy).difference(reqs)  # running, not scheduled: no credit this step
             for req in missed:
                 self._settle_running(req)
         program, service, call_service = self.program, self.service_s, self.call_service_s
         served = set()
         joined, self._joined = self._joined, {}
-        for req in filterfalse(run_lazy.__contains__, reqs):
+        for req in eager:
             p = program(req)
             served.add(p)
             # a call that finished inside a stretch running through finishes was served until then

@@ -138,12 +138,17 @@ class VLLMSteps(Scheduler):
         been given this step, now removed from the batch (the caller refunds them)."""
         refund = 0
         scheduled = out.scheduled
-        # its entry, found in C (`Request` compares by identity): a Python scan of a long
-        # batch per eviction was most of this under overload
-        try:
-            j = list(map(itemgetter(0), scheduled)).index(victim)
-        except ValueError:
-            j = -1
+        # its entry (a request has at most one). An admission's victim (`_make_room`: the
+        # running request with the largest key, or one admitted since) sits among the last
+        # few entries, so those are looked at first; else it is found in C (`Request` compares
+        # by identity): a Python scan, or a list of the whole batch built per eviction, was
+        # most of this under overload
+        j = _tail_index(scheduled, victim)
+        if j < 0:
+            try:
+                j = list(map(itemgetter(0), scheduled[:-_TAIL] if len(scheduled) > _TAIL else ())).index(victim)
+            except ValueError:
+                pass
         if j >= 0:
             if victim.num_shared_hash_ids is not None and self.may_swap:
                 self.key_every_id(victim, out)  # (while its tokens of this step are in the output)
@@ -230,3 +235,15 @@ def external_tokens(req: Request, num_cached: int, block_size: int) -> int:
         return 0
     top = min(stored, req.num_tokens - 1) // block_size * block_size
     return max(top - num_cached, 0)
+
+
+_TAIL = 8  # entries of a step's output `evict` looks at first, from the end
+
+
+def _tail_index(scheduled: list, req: Request) -> int:
+    """The index of `req`'s entry among the last `_TAIL` of `scheduled`, or -1."""
+    n = len(scheduled)
+    for j in range(n - 1, n - 1 - _TAIL if n > _TAIL else -1, -1):
+        if scheduled[j][0] is req:
+            return j
+    return -1
