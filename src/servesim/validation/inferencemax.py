@@ -168,6 +168,17 @@ SGLANG_MTP_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
 SPEC_V1_CPU: dict[tuple[str, str], dict[str, float]] = {
     ("b200_sxm", "0.5.9"): {"step_overhead_s": 2.0e-3, "seq_overhead_s": 1.5e-4},
 }
+# The FP8 scripts' experts (`--moe-runner-backend flashinfer_trtllm` on block-FP8 weights) run FlashInfer's trtllm-gen
+# FP8 block-scale fused MoE, which costs more at prompt sizes than the FLOPs at the release's GEMM efficiency: in
+# AIConfigurator's B200 SGLang MoE table (`systems/data/b200_sxm/moe/sglang/0.5.14/moe_perf.parquet`, kernel
+# `sglang_flashinfer_trtllm_moe`, fp8_block, DeepSeek-V3's shape, balanced routing, collected through SGLang's FusedMoE
+# with that runner; the 0.5.9 table has no trtllm-gen DeepSeek rows) a layer at 8,192 tokens takes 1.2 ms at TP 8 and
+# 1.9 ms at TP 4, about 2.5x the price without these. Priced as TensorRT-LLM's own trtllm-gen runner is (the expanded
+# rows written and read back in finalize, `moe_copy_bytes` 4, docs/fidelity.md "MoE at TP on TensorRT-LLM B200") and
+# the grouped GEMMs at 0.18 of the FP8 peak: the value whose MoE block (with the shared expert, the table's GEMMs) is
+# closest to the table at 2,048-16,384 tokens at TP 4 and TP 8 (mean absolute log error 0.11; read, not fitted on rows).
+# The NVFP4 script's FP4 kernel is another one and keeps the release's price. docs/fidelity.md, sgr1mtp22.
+TRTLLM_GEN_MOE: dict[str, dict[str, float]] = {"fp8": {"eta_moe_compute": 0.18, "moe_copy_bytes": 4.0}}
 # The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
 MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
 
@@ -200,8 +211,11 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
     if script.drafts:  # DeepSeek-R1's MTP module drafts each token, accepted as in the TensorRT-LLM MTP campaign
         engine.update(num_speculative_tokens=script.drafts, spec_acceptance_rate=MTP_ACCEPTANCE,
                       spec_draft_layers=MTP_DRAFT_LAYERS)
+    constants = dict(TRTLLM_GEN_MOE.get(row.gemm_quant, {})) if script.trtllm_kernels else {}
+    if script.drafts:
+        constants.update(spec_v1_constants(row))
     return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {},
-                  kernels="trtllm" if script.trtllm_kernels else "", constants=spec_v1_constants(row) if script.drafts else {})
+                  kernels="trtllm" if script.trtllm_kernels else "", constants=constants)
 
 
 def spec_v1_constants(row: SiliconRow) -> dict[str, float]:
