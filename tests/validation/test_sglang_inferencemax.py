@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from servesim.perf import build_perf_model
 from servesim.simulation import simulate
-from servesim.validation.inferencemax import SPEC_V1_CPU, recipe
+from servesim.validation.inferencemax import QWEN35_MTP_ACCEPTANCE, SCRIPT_GDN_COMPILE_S, SPEC_V1_CPU, recipe
 from servesim.validation.run import client_metrics
 from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario
 from servesim.validation.silicon_file import read_rows, recover_versions
@@ -109,10 +109,10 @@ def test_b200_scripts_stream_weights_at_tensorrt_llm_s_efficiency():
         assert (c.layer_floor_s, c.step_overhead_s) == (4.0e-05, 0.009)
     # the MTP script's rows (outside the plain sweep) too
     assert _constants({**DSR1_FP4, **fp8, "tp_size": "8", "concurrency": "128", "batch_size": "128"}).eta_memory == 0.85
-    # the generator's deployments keep SGLang's efficiency: a Qwen3.5 row of the same release, the
-    # unversioned runs; uncalibrated nothing is set
-    qwen = {**DSR1_FP4, "model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "4",
-            "moe_tp_size": "4", "moe_ep_size": "1"}
+    # the generator's deployments keep SGLang's efficiency: a Qwen3.5 TP 4 x EP 4 row of the same release (its
+    # script not played; the TP 4 rows are the MTP script's), the unversioned runs; uncalibrated nothing is set
+    qwen = {**DSR1_FP4, "model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "16",
+            "moe_tp_size": "4", "moe_ep_size": "4"}
     for row in (qwen, {**DSR1_FP4, "backend_version": ""}):
         assert _constants(row).eta_memory == 0.51
     assert _constants(DSR1_FP4, calibration=None).eta_memory == _constants(DSR1_FP4 | {"backend_version": ""}, None).eta_memory
@@ -183,3 +183,32 @@ def test_no_overlap_makes_the_release_s_serial_cpu_time_add_to_the_drafted_step(
     _, tpot_overlap, _ = client_metrics(simulate(overlap).requests, counts.measured_end)
     assert s.engine.num_speculative_tokens == 2
     assert tpot - tpot_overlap > (serial["step_overhead_s"] + 8 * serial["seq_overhead_s"]) / 3
+
+
+QWEN35_TP4 = {**DSR1_FP4, "gemm_quant_mode": "fp8", "model_path": "Qwen/Qwen3.5-397B-A17B", "tp_size": "4",
+              "moe_tp_size": "4", "moe_ep_size": "1", "concurrency": "16", "batch_size": "16", "isl": "8192"}
+
+
+def test_the_qwen35_tp4_rows_are_the_mtp_script_s_runs():
+    # 152 B200 0.5.9 Qwen3.5 rows: the 63 TP 4 all-TP ones are qwen3.5_fp8_b200_mtp.sh's grid (3 EAGLE drafts); the
+    # TP 8 and TP 4 x EP 4 ones (the plain script's, played with the generator's flags) draft nothing
+    rows = [played_row(r) for r in read_rows(SILICON) if (r.backend, r.system, r.version, r.model)
+            == ("sglang", "b200_sxm", "0.5.9", "Qwen/Qwen3.5-397B-A17B")]
+    drafts = [(r.tp, r.moe_ep, (recipe(r).engine.get("num_speculative_tokens", 0) if recipe(r) else 0)) for r in rows]
+    assert len(rows) == 152 and sum(1 for d in drafts if d == (4, 1, 3)) == 63
+    assert all(d[2] == 0 for d in drafts if d[:2] != (4, 1))
+
+
+def test_qwen35_mtp_rows_play_spec_v1_the_trtllm_kernels_and_the_release_s_compile():
+    s = row_scenario(parse_row(QWEN35_TP4), ClientOptions())
+    c = build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants
+    serial = SPEC_V1_CPU[("b200_sxm", "0.5.9")]
+    assert (s.engine.num_speculative_tokens, s.engine.spec_acceptance_rate) == (3, QWEN35_MTP_ACCEPTANCE)
+    assert (c.overlap_cpu, c.step_overhead_s, c.seq_overhead_s) == (0.0, serial["step_overhead_s"], serial["seq_overhead_s"])
+    assert c.eta_memory == 0.85 and c.gdn_compile_s == SCRIPT_GDN_COMPILE_S[("b200_sxm", "0.5.9")] > 0
+    assert (sched(s)["chunked_prefill_size"], sched(s)["max_prefill_tokens"], s.perf.kv_cache_dtype) == (32768, 32768, "fp8")
+    assert (s.workload.lengths.prompt_tokens, s.workload.num_requests) == ((6553, 8192), 160)  # the script's client
+    # the plain script's TP 4 x EP 4 rows keep the generator's play: no drafts, no compile, the release's floor
+    ep = row_scenario(parse_row({**QWEN35_TP4, "tp_size": "16", "moe_ep_size": "4"}), ClientOptions())
+    e = build_perf_model(ep.model, ep.gpu, ep.tp, ep.dtype, ep.perf).constants
+    assert (ep.engine.num_speculative_tokens, e.gdn_compile_s, e.step_overhead_s, e.overlap_cpu) == (0, 0.0, 0.009, 1.0)

@@ -105,6 +105,7 @@ class SGLangScript:
     running_1k1k: int | None = None  # a larger --max-running-requests for 1k/1k
     trtllm_kernels: bool = False  # --moe-runner-backend flashinfer_trtllm --attention-backend trtllm_mla
     drafts: int = 0  # --speculative-algorithm EAGLE --speculative-num-steps (top-k 1: that many draft tokens a step)
+    acceptance: float = MTP_ACCEPTANCE  # each draft's acceptance (the model's MTP head on the script's client)
 
 
 RECV_INTERVAL_USERS = 16  # the scripts' `CONC -ge 16` switch
@@ -138,7 +139,8 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
         128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64)}, recv=(10, 30)),
     # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): qwen3.5_fp8_b200.sh (B200
     # 0.5.9, TP 8 at 4-16 users, TP 4 x EP 4 at 16-128; its 8k/1k first tokens come out 40-57 % too
-    # fast, the Qwen3.5 prefill price) and glm5_fp8_h200.sh (glm5-hopper; held-out rows worse).
+    # fast, the Qwen3.5 prefill price) and glm5_fp8_h200.sh (glm5-hopper; held-out rows worse). Its MTP
+    # variant, which ran the B200 0.5.9 TP 4 rows, plays (SGLANG_MTP_SCRIPTS).
     # Nor (docs/fidelity.md, "The older InferenceMAX SGLang runs"), though they ran their rows: the B200
     # runs recorded without a version, dsr1_fp4_b200_docker.sh of Oct 2025 (image v0.5.3rc1, TP 4 / 8 at
     # 4-128, `--enable-ep-moe`: EP = TP) and dsr1_fp8_b200_docker.sh of 2025-11-10..18 (v0.5.5, TP 8 x
@@ -151,10 +153,24 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
 # receive interval, 512 running requests, 16,384-token chunks and budget, EAGLE MTP with 2 steps, 3 draft tokens,
 # top-k 1, and the client with --use-chat-template. It ran the B200 0.5.9 DeepSeek-R1 FP8 rows outside the plain
 # sweep and, inside it, the run of each point that the plain config's export does not hold (`unexported_run`).
+# Qwen3.5-397B-A17B's MTP head (one layer, `mtp_num_hidden_layers`) per draft on InferenceMAX's random-token prompts: no
+# source measures it there. Published accept lengths of the same head at batch 1 on benchmark text (the
+# AQ-MedAI/Qwen3.5-397B-A17B-eagle3 model card's MTP column: 2.34-3.66 tokens a step) give 0.65-0.92 a draft with 3
+# drafts; the value was chosen on a grid (0.55-0.7) against TTFT + TPOT of the script's rows outside held_out_ids
+# (docs/fidelity.md, q35tp22).
+QWEN35_MTP_ACCEPTANCE = 0.6
 SGLANG_MTP_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     ("b200_sxm", "0.5.9", "deepseek-r1", "fp8"): SGLangScript(
         512, 16384, 16384, 0.82, {(8, 1): every_shape(4, 512)}, kv_fp8=True, recv=(10, 30), trtllm_kernels=True,
         drafts=2),
+    # qwen3.5_fp8_b200_mtp.sh (InferenceX pull request 898, merged 2026-03-20; config `qwen3.5-fp8-b200-sglang-mtp`, image
+    # v0.5.9-cu130): TP 4 without EP at 4-256 users for every shape, exactly the grid of the B200 0.5.9 Qwen3.5 TP 4
+    # rows (no plain config swept TP 4 without EP), 32,768-token chunks and budget, running requests = CONC, memory 0.8,
+    # FP8 KV, trtllm_mha attention and flashinfer_trtllm MoE, EAGLE with 3 steps (4 draft tokens, top-k 1), no
+    # SGLANG_ENABLE_SPEC_V2 at all (spec v1), the client with --use-chat-template.
+    ("b200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
+        None, 32768, 32768, 0.8, {(4, 1): every_shape(4, 256)}, kv_fp8=True, recv=(10, 30), trtllm_kernels=True,
+        drafts=3, acceptance=QWEN35_MTP_ACCEPTANCE),
 }
 # The MTP script writes `SGLANG_ENABLE_SPEC_V2=1` as a plain shell assignment, never exported (unchanged to Aug 2026),
 # so the server runs spec v1, for which SGLang's server_args (`_handle_speculative_decoding`, early-2026 sources)
@@ -179,6 +195,11 @@ SPEC_V1_CPU: dict[tuple[str, str], dict[str, float]] = {
 # closest to the table at 2,048-16,384 tokens at TP 4 and TP 8 (mean absolute log error 0.11; read, not fitted on rows).
 # The NVFP4 script's FP4 kernel is another one and keeps the release's price. docs/fidelity.md, sgr1mtp22.
 TRTLLM_GEN_MOE: dict[str, dict[str, float]] = {"fp8": {"eta_moe_compute": 0.18, "moe_copy_bytes": 4.0}}
+# SGLang 0.5.9 compiles FLA's l2norm kernel of every Gated DeltaNet layer once per new prompt token count (qwpf20;
+# `gdn_compile_s`), so a script's random prompt lengths pay it on nearly every prefill step, while the generator's
+# fixed lengths repeat their counts and compile only in the warm-up. H200 0.5.9, whose Qwen3.5 rows all play a script,
+# holds the value in its release entry; on B200 0.5.9 only the script rows take it, at that release's 75 ms.
+SCRIPT_GDN_COMPILE_S: dict[tuple[str, str], float] = {("b200_sxm", "0.5.9"): 0.075}
 # The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
 MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
 
@@ -208,12 +229,14 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
         scheduler["max_running_requests"] = engine["max_num_seqs"] = running
     if script.chunk:
         scheduler["chunked_prefill_size"] = script.chunk
-    if script.drafts:  # DeepSeek-R1's MTP module drafts each token, accepted as in the TensorRT-LLM MTP campaign
-        engine.update(num_speculative_tokens=script.drafts, spec_acceptance_rate=MTP_ACCEPTANCE,
+    if script.drafts:  # the model's MTP module drafts each token (DeepSeek-R1's accepted as in TensorRT-LLM's MTP campaign)
+        engine.update(num_speculative_tokens=script.drafts, spec_acceptance_rate=script.acceptance,
                       spec_draft_layers=MTP_DRAFT_LAYERS)
     constants = dict(TRTLLM_GEN_MOE.get(row.gemm_quant, {})) if script.trtllm_kernels else {}
     if script.drafts:
         constants.update(spec_v1_constants(row))
+    if (row.system, row.version) in SCRIPT_GDN_COMPILE_S:  # read only by Gated DeltaNet models
+        constants["gdn_compile_s"] = SCRIPT_GDN_COMPILE_S[(row.system, row.version)]
     return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {},
                   kernels="trtllm" if script.trtllm_kernels else "", constants=constants)
 
