@@ -1,7 +1,8 @@
 """`VLLMSteps.evict` finds the victim's entry in the step's output from its end first (an
 admission's victim is among the last few entries) and in the rest otherwise: wherever the
 entry is, or if the victim was not scheduled, the step's output, the refund and the known
-decodes are those of a scan from the front."""
+decodes are those of a scan from the front. It takes the victim out of `running` by the same
+lookup from the end (`_tail_position`)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def test_evict_finds_the_victims_entry_wherever_it_is(pos):
     assert out.scheduled == expected
     assert out.num_known_decodes == NUM // 2 - (pos is not None and pos < NUM // 2)
     assert victim not in sched.running and victim.state is RequestState.PREEMPTED
+    assert sched.running == [r for r in reqs[:NUM] if r is not victim]  # the others, in order
 
 
 def test_the_tail_and_the_rest_cover_every_entry_once():
@@ -48,3 +50,15 @@ def test_the_tail_and_the_rest_cover_every_entry_once():
         for j, (req, _) in enumerate(scheduled):
             in_tail = vllm_steps._tail_index(scheduled, req)
             assert in_tail == (j if j >= n - vllm_steps._TAIL else -1)
+
+
+def test_the_tail_position_is_exact_and_only_in_the_tail():
+    # `evict` deletes `running[i]` by this index: off by one, it would drop a neighbour and keep
+    # the victim; a tail one entry too short or long would still be right through the fallback,
+    # so the index itself is checked (and -1 before the tail, where `list.remove` takes over)
+    reqs = [object() for _ in range(vllm_steps._TAIL + 5)]
+    for n in range(len(reqs) + 1):
+        running = reqs[:n]
+        for j, req in enumerate(running):
+            assert vllm_steps._tail_position(running, req) == (j if j >= n - vllm_steps._TAIL else -1)
+        assert vllm_steps._tail_position(running, object()) == -1

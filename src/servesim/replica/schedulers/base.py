@@ -18,6 +18,7 @@ What the decisions return (`SchedulerOutput`, `FastForward`) is defined in `outp
 
 from __future__ import annotations
 
+from itertools import filterfalse
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -33,6 +34,8 @@ from servesim.replica.swap import VLLM_V0_SWAP, SwapMechanics
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from servesim.replica.config import EngineConfig
 
 __all__ = ["NO_FAST_FORWARD", "REPEAT_AFTER_PREFILL", "REPEAT_DECODES", "REPEAT_THROUGH", "UNLIMITED_STEPS",
@@ -115,22 +118,34 @@ class Scheduler(FastForwardHooks):
 
     def finish_all(self, reqs: list[Request], now_s: float) -> None:
         """`finish` of each of `reqs` in order (those a step or a stretch finished). With this
-        class's `finish` and `forget`: one pass over `running` and their KV blocks freed at
-        once (`KVCacheManager.free_all`), instead of a scan and a release per request."""
-        if len(reqs) < 2 or type(self).finish is not Scheduler.finish or type(self).forget is not Scheduler.forget:
+        class's `finish` and a `forget` that is `batch_free_forget`: one pass over `running`,
+        their KV blocks freed at once (`KVCacheManager.free_all`), then each forgotten in
+        order, instead of a scan and a release per request."""
+        cls = type(self)
+        if len(reqs) < 2 or cls.finish is not Scheduler.finish or cls.forget is not cls.batch_free_forget:
             for req in reqs:
                 self.finish(req, now_s)
             return
-        gone = set(map(id, reqs))
+        gone = set(reqs)  # (requests hash and compare by identity: the filter runs in C)
         running = self.running
-        kept = [r for r in running if id(r) not in gone]
+        kept = list(filterfalse(gone.__contains__, running))
         if len(kept) != len(running) - len(gone):
             raise ValueError("a finished request was not running")  # (as `list.remove` would)
         running[:] = kept
         self.kv.free_all([r.id for r in reqs])
+        if cls.forget is not Scheduler.forget:
+            for req in reqs:
+                self.forget(req)
 
     def forget(self, req: Request) -> None:
         """Drop the policy's per-request state (the request finished or was removed)."""
+
+    # A policy's `forget` that reads and writes only the policy's own per-request state (not
+    # `running`, the queues or the KV cache), so `finish_all` may take all of a step's finishes
+    # out of `running` and free their blocks before it forgets them. A policy sets it to its
+    # `forget` once checked; naming the function, not a flag, keeps a subclass that overrides
+    # `forget` on the one-by-one path until its own is checked too.
+    batch_free_forget: ClassVar[Callable[[Any, Request], None]] = forget
 
     def remove(self, req: Request, now_s: float) -> bool:
         """Take `req` out of this scheduler wherever it is (waiting, running, swapped, or a

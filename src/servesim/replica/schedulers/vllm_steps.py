@@ -156,7 +156,14 @@ class VLLMSteps(Scheduler):
             del scheduled[j]
             if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
                 out.num_known_decodes -= 1
-        self.running.remove(victim)
+        # It is in `running` once, near its end too: there a scan from the front (`list.remove`)
+        # compared every request before it
+        running = self.running
+        i = _tail_position(running, victim)
+        if i < 0:
+            running.remove(victim)
+        else:
+            del running[i]
         self.swap_ready_s.pop(victim.id, None)
         self.swap_or_recompute(victim, out, swap, reuse_key)
         return refund
@@ -247,3 +254,13 @@ def _tail_index(scheduled: list, req: Request) -> int:
         if scheduled[j][0] is req:
             return j
     return -1
+
+
+def _tail_position(reqs: list, req: Request) -> int:
+    """The index of `req` among the last `_TAIL` of `reqs`, or -1. (`list.index` from a
+    negative start, in C: a loop from the end costs more in bytecode than the few compares
+    before the victim.)"""
+    try:
+        return reqs.index(req, -_TAIL)
+    except ValueError:
+        return -1
