@@ -26,15 +26,15 @@ def _model(row: dict, **kw):
 
 def test_the_fp8_script_rows_read_the_trtllm_gen_moe_and_no_other_row_does():
     fp8 = TRTLLM_GEN_MOE["fp8"]
-    for row in (FP8_TP8, FP8_TP4_8K, FP8_MTP_8K):  # the plain script at TP 8 and TP 4, the MTP script
+    qwen = {**DSR1_FP4, "model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "4",
+            "moe_tp_size": "4", "moe_ep_size": "1"}  # qwen3.5_fp8_b200_mtp.sh's TP 4: the same runner flag (q35tp22)
+    for row in (FP8_TP8, FP8_TP4_8K, FP8_MTP_8K, qwen):  # the plain script at TP 8 and TP 4, the MTP scripts
         c = _model(row).constants
         assert (c.eta_moe_compute, c.moe_copy_bytes) == (fp8["eta_moe_compute"], fp8["moe_copy_bytes"]) == (0.18, 4.0)
     assert _model(FP8_MTP_8K).constants.overlap_cpu == 0.0  # with the MTP script's own constants
-    qwen = {**DSR1_FP4, "model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "4",
-            "moe_tp_size": "4", "moe_ep_size": "1"}
     for row in (DSR1_FP4,  # the NVFP4 script: its FP4 kernel keeps the release's price
                 {**FP8_TP8, "system": "h200_sxm"},  # the H200 script: SGLang's own MoE
-                qwen,  # the generator's deployment of the same release
+                {**qwen, "moe_tp_size": "1", "moe_ep_size": "4"},  # the generator's TP 4 x EP 4 of the same release
                 {**FP8_TP8, "backend_version": ""}):  # the unversioned runs
         c = _model(row).constants
         assert (c.eta_moe_compute, c.moe_copy_bytes) == (0.0, 0.0)

@@ -193,7 +193,9 @@ SPEC_V1_CPU: dict[tuple[str, str], dict[str, float]] = {
 # rows written and read back in finalize, `moe_copy_bytes` 4, docs/fidelity.md "MoE at TP on TensorRT-LLM B200") and
 # the grouped GEMMs at 0.18 of the FP8 peak: the value whose MoE block (with the shared expert, the table's GEMMs) is
 # closest to the table at 2,048-16,384 tokens at TP 4 and TP 8 (mean absolute log error 0.11; read, not fitted on rows).
-# The NVFP4 script's FP4 kernel is another one and keeps the release's price. docs/fidelity.md, sgr1mtp22.
+# The NVFP4 script's FP4 kernel is another one and keeps the release's price. docs/fidelity.md, sgr1mtp22. Read by
+# runner flag: qwen3.5_fp8_b200_mtp.sh runs the same one, so its 63 rows take it too (read on DeepSeek's shape only;
+# their TTFT / TPOT 22.3 / 10.8 -> 22.3 / 10.0 %, 8k/1k 46.6 / 16.7 -> 35.5 / 11.5 %; docs/fidelity.md, sgpf22).
 TRTLLM_GEN_MOE: dict[str, dict[str, float]] = {"fp8": {"eta_moe_compute": 0.18, "moe_copy_bytes": 4.0}}
 # SGLang 0.5.9 compiles FLA's l2norm kernel of every Gated DeltaNet layer once per new prompt token count (qwpf20;
 # `gdn_compile_s`), so a script's random prompt lengths pay it on nearly every prefill step, while the generator's
