@@ -231,11 +231,10 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
         scheduler["max_running_requests"] = engine["max_num_seqs"] = running
     if script.chunk:
         scheduler["chunked_prefill_size"] = script.chunk
+    constants = dict(TRTLLM_GEN_MOE.get(row.gemm_quant, {})) if script.trtllm_kernels else {}
     if script.drafts:  # the model's MTP module drafts each token (DeepSeek-R1's accepted as in TensorRT-LLM's MTP campaign)
         engine.update(num_speculative_tokens=script.drafts, spec_acceptance_rate=script.acceptance,
                       spec_draft_layers=MTP_DRAFT_LAYERS)
-    constants = dict(TRTLLM_GEN_MOE.get(row.gemm_quant, {})) if script.trtllm_kernels else {}
-    if script.drafts:
         constants.update(spec_v1_constants(row))
     if (row.system, row.version) in SCRIPT_GDN_COMPILE_S:  # read only by Gated DeltaNet models
         constants["gdn_compile_s"] = SCRIPT_GDN_COMPILE_S[(row.system, row.version)]

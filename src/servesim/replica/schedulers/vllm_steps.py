@@ -146,7 +146,7 @@ class VLLMSteps(Scheduler):
         j = _tail_index(scheduled, victim)
         if j < 0:
             try:
-                j = list(map(itemgetter(0), scheduled[:-_TAIL] if len(scheduled) > _TAIL else ())).index(victim)
+                j = list(map(itemgetter(0), scheduled[:-_TAIL])).index(victim)  # (empty when all were looked at)
             except ValueError:
                 pass
         if j >= 0:
@@ -250,7 +250,7 @@ _TAIL = 8  # entries of a step's output `evict` looks at first, from the end
 def _tail_index(scheduled: list, req: Request) -> int:
     """The index of `req`'s entry among the last `_TAIL` of `scheduled`, or -1."""
     n = len(scheduled)
-    for j in range(n - 1, n - 1 - _TAIL if n > _TAIL else -1, -1):
+    for j in range(n - 1, max(n - 1 - _TAIL, -1), -1):
         if scheduled[j][0] is req:
             return j
     return -1
