@@ -63,8 +63,8 @@ from servesim.validation.inferencemax_dsr1 import (
     DSR1_RELEASE_SCRIPTS, MTP_ACCEPTANCE, MTP_DRAFT_LAYERS, attention_dp_recipe, dsr1_h200_trt, is_deepseek,
     is_dsr1_h200_plain)
 from servesim.validation.inferencemax_vllm import vllm_recipe
-from servesim.validation.script_sweeps import Recipe, every_shape, in_sweep, model_name
-from servesim.validation.silicon_file import SiliconRow
+from servesim.validation.script_sweeps import Recipe, every_shape, in_sweep
+from servesim.validation.silicon_file import EXPORTED_AS, SiliconRow
 
 ROUNDS_PER_USER = 10  # --num-prompts CONC * 10
 RANDOM_RANGE_RATIO = 0.8  # the workflows' default, unchanged from Sep 2025 to Apr 2026
@@ -202,14 +202,12 @@ TRTLLM_GEN_MOE: dict[str, dict[str, float]] = {"fp8": {"eta_moe_compute": 0.18, 
 # fixed lengths repeat their counts and compile only in the warm-up. H200 0.5.9, whose Qwen3.5 rows all play a script,
 # holds the value in its release entry; on B200 0.5.9 only the script rows take it, at that release's 75 ms.
 SCRIPT_GDN_COMPILE_S: dict[tuple[str, str], float] = {("b200_sxm", "0.5.9"): 0.075}
-# The DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too.
-MODEL_ALIASES = {"deepseek-v3": "deepseek-r1"}
 
 
 def sglang_script(row: SiliconRow) -> SGLangScript | None:
     """The InferenceMAX SGLang script that ran `row` (its engine parallelism decoded), or None."""
-    model = model_name(row)
-    key = (row.system, row.version, MODEL_ALIASES.get(model, model))
+    # (the DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too)
+    key = (row.system, row.version, EXPORTED_AS.get(row.model.lower(), row.model.lower()).split("/")[-1])
     script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
     plain = script if script and in_sweep(script.sweep, row) else None
     mtp = SGLANG_MTP_SCRIPTS.get((*key, row.gemm_quant))
