@@ -5,7 +5,7 @@ from __future__ import annotations
 from servesim.replica.schedulers.trtllm import TRTLLMParams
 from servesim.scenario import validate_scenario
 from servesim.simulation import simulate
-from servesim.validation.silicon import ClientOptions, parse_row, row_scenario
+from servesim.validation.silicon import ClientOptions, parse_row, row_scenario, scenario_perf_model
 from tests.validation.test_silicon_mapping import BASE
 
 LLAMA_H200 = {**BASE, "backend": "trtllm", "backend_version": "", "model_path": "meta-llama/Llama-3.1-70B",
@@ -87,6 +87,26 @@ def test_gptoss_b200_plays_the_gptoss_script_where_no_release_constants_were_fit
                              ({}, ClientOptions()), ({"backend_version": ""}, ClientOptions(benchmark_recipes=False))):
         s = row_scenario(parse_row({**GPTOSS_B200, **changes}), options, calibration=None)
         assert s.engine.max_num_batched_tokens == 2560 and s.workload.num_requests == 64 + 16, changes
+
+
+def test_gptoss_b200_script_rows_overlap_the_cpu_and_keep_their_attention_dp_balance():
+    # every image gptoss_fp4_b200_trt*.sh ran is a release from 1.0 (trtllm-serve --backend=pytorch, overlap
+    # scheduler on): the rows without a release play it too, not the base profile's serial CPU
+    no_release = row_scenario(parse_row({**GPTOSS_B200, "backend_version": ""}), calibration=None)
+    assert no_release.perf.overrides == {"overlap_cpu": 1.0}
+    assert scenario_perf_model(no_release)._overlap
+    other = row_scenario(parse_row({**GPTOSS_B200, "backend_version": "", "model_path": "deepseek-ai/DeepSeek-R1"}),
+                         calibration=None)
+    assert not scenario_perf_model(other)._overlap  # another model without a release: the base profile
+    # with DP_ATTENTION the script writes attention_dp_config {enable_balance: true}: 1.2.0rc2's attention-DP rows
+    # (which play this script) keep it, as 1.2.0rc2.post2's (the attention-DP recipe) do
+    for version in ("1.2.0rc2", "1.2.0rc2.post2"):
+        dp = row_scenario(parse_row({**GPTOSS_B200, "backend_version": version, "tp_size": "1", "attention_dp_size": "4",
+                                     "moe_tp_size": "4", "batch_size": "8", "concurrency": "32"}), calibration=None)
+        assert dp.scheduler.model_dump().get("attention_dp_enable_balance") is True, version
+        assert dp.engine.max_num_batched_tokens == 20000, version
+    assert "attention_dp_enable_balance" not in row_scenario(parse_row({**GPTOSS_B200, "backend_version": "1.2.0rc2"}),
+                                                             calibration=None).scheduler.model_dump(exclude_unset=True)
 
 
 DSR1_DP = {**BASE, "backend": "trtllm", "backend_version": "1.1.0rc2.post2", "model_path": "deepseek-ai/DeepSeek-R1",

@@ -21,7 +21,8 @@ time, sourced per model:
   token budget). That flag is why those runs' TTFT depends on the output length (1k/1k slower
   than 1k/8k at the same users): no fitted constant could give it.
 - `benchmarks/gptoss_fp4_b200_trt_slurm.sh` (later `single_node/gptoss_fp4_b200_trt.sh`; the same
-  flags from 2025-09-19 to 2026-05): `trtllm-serve --max_num_tokens 20000 --max_batch_size 512`,
+  flags from 2025-10-20 to 2026-05, its first month's version differing in KV precision and EP):
+  `trtllm-serve --max_num_tokens 20000 --max_batch_size 512`,
   CUDA graphs padded to CONC, chunked context off, no batch waiting; the same client. It ran the
   gpt-oss-120b B200 rows of every release the file records for them (none, 1.2.0rc2, 1.2.0rc2.post2);
   played for the first two. 1.2.0rc2.post2 keeps the generator's flags until its release constants
@@ -60,8 +61,8 @@ from typing import Callable
 
 from servesim.perf.calibration import CalibrationData, matched_values
 from servesim.validation.inferencemax_dsr1 import (
-    DSR1_RELEASE_SCRIPTS, MTP_ACCEPTANCE, MTP_DRAFT_LAYERS, attention_dp_recipe, dsr1_h200_trt, is_deepseek,
-    is_dsr1_h200_plain)
+    DSR1_RELEASE_SCRIPTS, GPTOSS_BUDGET_TOKENS, MTP_ACCEPTANCE, MTP_DRAFT_LAYERS, attention_dp_balance, attention_dp_recipe,
+    dsr1_h200_trt, is_deepseek, is_dsr1_h200_plain)
 from servesim.validation.inferencemax_vllm import vllm_recipe
 from servesim.validation.script_sweeps import Recipe, every_shape, in_sweep
 from servesim.validation.silicon_file import EXPORTED_AS, SiliconRow
@@ -79,8 +80,14 @@ def llama70b_h200_trt(row: SiliconRow) -> Recipe:
 
 
 def gptoss_b200_trt(row: SiliconRow) -> Recipe:
-    """`gptoss_fp4_b200_trt_slurm.sh`: a 20,000-token budget (its batch cap, 512, is above every row's users)."""
-    return Recipe(engine={"max_num_batched_tokens": 20000}, scheduler={})
+    """`gptoss_fp4_b200_trt_slurm.sh`: a 20,000-token budget (its batch cap, 512, is above every row's users), with
+    DP_ATTENTION its `attention_dp_config` (`enable_balance: true` from 2025-12-02, when its config first swept
+    attention DP), and the overlap scheduler: the script runs `trtllm-serve --backend=pytorch` and every image its
+    config named (1.1.0rc2.post2 from 2025-09-19, then 1.2.0rc0.post1, 1.2.0rc2, 1.2.0rc2.post2) is a release from
+    1.0 on, where that backend overlaps the CPU's step with the GPU's by default (engines.yaml). It matters for the
+    rows that record no release, which would otherwise play the base profile's serial CPU (docs/fidelity.md, gpt23)."""
+    return Recipe(engine={"max_num_batched_tokens": GPTOSS_BUDGET_TOKENS}, scheduler=attention_dp_balance(row),
+                  constants={"overlap_cpu": 1.0})
 
 
 # InferenceMAX's SGLang scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they stood
