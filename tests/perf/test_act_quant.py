@@ -57,15 +57,18 @@ def test_fast_paths_stay_bit_identical_with_the_term_on():
     assert verify is not None and verify[0] == pm.step_time_s([(3, 1000)] * 4, [], 4)
 
 
-def test_shipped_only_for_tensorrt_llm_b200_fp8_1_2_0rc6():
+def test_shipped_only_for_tensorrt_llm_b200_fp8_before_the_quant_kernel_change():
     data = shipped_calibration("calibration_serving.yaml")
-    for version in ("1.2.0rc6.post2", "1.2.0rc6.post3"):  # (post3: the MTP campaign, played with its script)
+    # 1.2.0rc6.post3: the MTP campaign, played with its script; 1.1.0rc2.post2: the older release, before
+    # TensorRT-LLM replaced the Triton quantisation on SM100 too (docs/fidelity.md, trt11_23)
+    for version in ("1.2.0rc6.post2", "1.2.0rc6.post3", "1.1.0rc2.post2"):
         key = {"gpu": "b200", "engine": "trtllm", "version": version}
         assert matched_values(data, {**key, "dtype": "fp8"})["act_quant_token_s"] == RATE_S
         assert "act_quant_token_s" not in matched_values(data, {**key, "dtype": "fp4"})  # NVFP4: no FP8 block path
-    # The older release keeps it off, as does SGLang
-    # (its FP8 block linear, in AIConfigurator's SGLang 0.5.9 B200 table, shows no such cost).
-    for other in ({**key, "version": "1.1.0rc2.post2"},
+    # Hopper quantises with another kernel (AIConfigurator's H200 FP8-block tables show no such cost), and
+    # SGLang's FP8 block linear (its B200 0.5.9 table) none either.
+    for other in ({"gpu": "h200", "engine": "trtllm", "version": "1.1.0rc2.post2"},
+                  {"gpu": "b200", "engine": "trtllm"},
                   {"gpu": "b200", "engine": "sglang", "version": "0.5.9"}):
         assert "act_quant_token_s" not in matched_values(data, {**other, "dtype": "fp8"})
 

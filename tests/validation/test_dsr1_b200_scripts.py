@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from servesim.validation.inferencemax_dsr1 import is_dsr1_b200_mtp_run
-from servesim.validation.silicon import DEFAULT_SILICON, ClientOptions, parse_row, played_row, row_scenario
+from servesim.validation.silicon import (DEFAULT_SILICON, ClientOptions, parse_row, played_row, row_scenario,
+                                        scenario_perf_model)
 from servesim.validation.silicon_file import read_rows, recover_versions
 from tests.validation.test_inferencemax import balance, waits
 from tests.validation.test_silicon_mapping import BASE
@@ -18,6 +19,7 @@ DSR1 = {**BASE, "id": "dsr1_b200_trtllm_fp4_agg_1024x1024_c16_cfg82", "backend":
         "gemm_quant_mode": "nvfp4", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1", "batch_size": "16",
         "concurrency": "16", "isl": "1024", "osl": "1024"}
 SILICON = Path(__file__).resolve().parents[2] / DEFAULT_SILICON
+EAGER_S = 0.00085  # calibration_serving.yaml old_release_eager
 
 
 def scenario(options: ClientOptions = ClientOptions(), **changes):
@@ -124,3 +126,25 @@ def test_rc2_post2_rows_of_the_file_split_by_their_upstream_dates():
             "fp8_agg_8192x1024_c64_tp8_ep8_963", "fp4_agg_1024x1024_c32_tp4_ep1_41", "fp4_agg_1024x8192_c32_tp4_ep1_892",
             "fp4_agg_1024x8192_c16_tp8_ep1_881", "fp4_agg_8192x1024_c32_tp8_ep1_122", "fp4_agg_8192x1024_c4_tp4_ep4_944",
             "fp4_agg_8192x1024_c8_tp4_ep4_950", "fp4_agg_8192x1024_c16_tp4_ep4_971")}
+
+
+def test_rc2_post2_fp8_prompt_steps_pay_the_quantisation_and_the_eager_price():
+    # calibration_serving.yaml old_release_act_quant (sourced) and old_release_eager (fitted): a step with prompt
+    # tokens pays 366 quantised linears x 27 ns a token and 61 layers x the eager price; a decode step neither
+    fp8 = {**DSR1, "id": "dsr1_b200_trtllm_fp8_agg_1024x1024_c4_cfg177", "backend_version": "1.1.0rc2.post2",
+           "gemm_quant_mode": "fp8", "tp_size": "8", "moe_tp_size": "1", "moe_ep_size": "8", "concurrency": "4",
+           "batch_size": "4"}
+    row = parse_row(fp8)
+    perf = scenario_perf_model(row_scenario(row))
+    base = scenario_perf_model(row_scenario(row, overrides={"eager_layer_s": 0.0, "act_quant_token_s": 0.0}))
+    assert (perf.constants.act_quant_token_s, perf.constants.eager_layer_s) == (2.7e-08, EAGER_S)
+    prompt = perf.step_time_s([(1024, 0)], [2048] * 4) - base.step_time_s([(1024, 0)], [2048] * 4)
+    assert abs(prompt - (366 * 2.7e-08 * 1024 + 61 * EAGER_S)) < 1e-9
+    assert perf.step_time_s([], [2048] * 4) == base.step_time_s([], [2048] * 4)
+    # the release's NVFP4 rows (no FP8 block linears; their eager price not fitted), H200's rows of the release (its
+    # own eager price, no such quantisation on Hopper) and B200's next FP8 release (the quantisation alone)
+    for changes, expected in (({"gemm_quant_mode": "nvfp4", "tp_size": "4", "moe_ep_size": "4"}, (0.0, 0.0)),
+                              ({"system": "h200_sxm"}, (0.0, 0.00175)),
+                              ({"backend_version": "1.2.0rc6.post2"}, (2.7e-08, 0.0))):
+        other = scenario_perf_model(row_scenario(parse_row({**fp8, **changes}))).constants
+        assert (other.act_quant_token_s, other.eager_layer_s) == expected, changes
