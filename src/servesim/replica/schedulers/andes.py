@@ -330,6 +330,10 @@ class AndesScheduler(VLLMSteps):
         self._qoe.pop(req, None)
         self._pending.remove(req)
 
+    # Its own tables only (the notes, the QoE parameters, the pending order: a finished
+    # request is not in it): a step's finishes leave `running` in one pass (`finish_all`).
+    batch_free_forget = forget
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch, and
         # a finish admits nobody (prompts done this step decode with the rest).
