@@ -120,7 +120,7 @@ def test_a_forget_not_vouched_for_keeps_finishes_one_by_one():
 
 # ---- every policy whose `forget` is vouched for (`batch_free_forget`) -----------------------
 
-# Parameters that give each policy's tables something to hold (deadlines, a small batch).
+# Parameters that give a policy's tables something to hold (edf: deadlines) or match its use above.
 _PARAMS = {"edf": {"default_ttft_s": 0.05, "default_tpot_s": 0.02}, "autellix": {"preemption_mode": "recompute"}}
 
 
@@ -192,7 +192,7 @@ def _run(monkeypatch, name: str, one_by_one: bool, tripwires: bool):
 
 def test_the_vouched_policies():
     # (a policy added here was checked as below: its `forget` reads and writes its own tables only)
-    assert sorted(_vouched()) == ["andes", "autellix", "batchllm", "edf", "priority", "trtllm"]
+    assert sorted(_vouched()) == ["autellix", "batchllm", "edf", "priority", "trtllm"]
 
 
 @pytest.mark.parametrize("name", _vouched())
