@@ -116,3 +116,97 @@ def test_a_forget_not_vouched_for_keeps_finishes_one_by_one():
     assert sched.running == reqs
     sched.finish_all([reqs[2], reqs[0]], 0.0)
     assert seen == [3, 2] and sched.running == [reqs[1], reqs[3]]
+
+
+# ---- every policy whose `forget` is vouched for (`batch_free_forget`) -----------------------
+
+# Parameters that give a policy's tables something to hold (edf: deadlines) or match its use above.
+_PARAMS = {"edf": {"default_ttft_s": 0.05, "default_tpot_s": 0.02}, "autellix": {"preemption_mode": "recompute"}}
+
+
+def _vouched() -> list[str]:
+    """Registered policies whose finishes take the bulk path of `finish_all`: this class's
+    `finish` and a `forget` of their own named `batch_free_forget`."""
+    from servesim.replica.schedulers import available, get_scheduler
+    from servesim.replica.schedulers.base import Scheduler
+
+    out = []
+    for name in available():
+        cls = get_scheduler(name)
+        if cls.finish is Scheduler.finish and cls.forget is cls.batch_free_forget and cls.forget is not Scheduler.forget:
+            out.append(name)
+    return out
+
+
+class _Tripwire:
+    """Stands for `running`, a queue or the KV cache while `forget` runs: any use fails."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _touched(self, *_):
+        raise AssertionError(f"`forget` used the scheduler's {self._name}")
+
+    def __getattr__(self, attr):
+        self._touched()
+
+    __len__ = __iter__ = __contains__ = __bool__ = __getitem__ = _touched
+
+
+def _run(monkeypatch, name: str, one_by_one: bool, tripwires: bool):
+    """`name` serving 18 requests that finish several a step (equal lengths in threes), some
+    sharing prefix blocks, with priorities and own targets, in a cache small enough to preempt.
+    Finishes in bulk unless `one_by_one` (its `forget` then not vouched for); with `tripwires`,
+    each `forget` runs with `running`, the queues and the KV cache out of its reach."""
+    from servesim.replica.schedulers import get_scheduler
+
+    if one_by_one:
+        monkeypatch.setattr(get_scheduler(name), "batch_free_forget", None)
+    engine, sched, kv, loop, _ = make_engine(num_blocks=24, block_size=4, scheduler=name, max_num_seqs=6,
+                                             params=_PARAMS.get(name))
+    bulk = []
+    free_all = kv.free_all
+    monkeypatch.setattr(kv, "free_all", lambda ids: (bulk.append(len(ids)), free_all(ids)))
+    if tripwires:
+        forget = sched.forget
+
+        def guarded(req):
+            held = sched.running, sched.waiting, sched.swapped, sched.kv
+            sched.running, sched.waiting, sched.swapped, sched.kv = map(_Tripwire, ("running", "waiting", "swapped",
+                                                                                    "kv"))
+            try:
+                forget(req)
+            finally:
+                sched.running, sched.waiting, sched.swapped, sched.kv = held
+
+        sched.forget = guarded
+    reqs = [make_request(i, 8 + 4 * (i // 3 % 3), 3 + 2 * (i // 3 % 2), arrival=0.003 * (i // 3),
+                         hash_ids=(7, 100 + i) if i % 3 == 1 else (), hash_block_tokens=4, priority=i % 2,
+                         tpot_slo_s=0.03 if i % 4 == 0 else None) for i in range(18)]
+    serve(engine, loop, reqs)
+    outcome = [(r.state, r.first_token_s, r.finish_s, r.num_preemptions, r.num_cached_tokens_total, r.token_steps)
+               for r in reqs]
+    assert all(state is RequestState.FINISHED for state, *_ in outcome)
+    return outcome, (kv.num_free_blocks, _queue(kv)), sum(n for n in bulk if n > 1)
+
+
+def test_the_vouched_policies():
+    # (a policy added here was checked as below: its `forget` reads and writes its own tables only)
+    assert sorted(_vouched()) == ["autellix", "batchllm", "edf", "priority", "trtllm"]
+
+
+@pytest.mark.parametrize("name", _vouched())
+def test_a_vouched_forget_keeps_off_running_the_queues_and_the_kv_cache(monkeypatch, name):
+    # the bulk path frees every finish's blocks and empties `running` of them before the first
+    # `forget`: one that read either would see what one-by-one finishes never show it
+    _, _, bulk = _run(monkeypatch, name, one_by_one=False, tripwires=True)
+    assert bulk > 0  # (finishes went through the one pass, each `forget` behind the tripwires)
+
+
+@pytest.mark.parametrize("name", _vouched())
+def test_a_vouched_policy_finishes_in_bulk_as_one_at_a_time(monkeypatch, name):
+    outcome, kv_state, bulk = _run(monkeypatch, name, one_by_one=False, tripwires=False)
+    assert bulk > 0
+    outcome_one, kv_state_one, bulk_one = _run(monkeypatch, name, one_by_one=True, tripwires=False)
+    assert bulk_one == 0
+    assert outcome == outcome_one and kv_state == kv_state_one

@@ -330,6 +330,10 @@ class AndesScheduler(VLLMSteps):
         self._qoe.pop(req, None)
         self._pending.remove(req)
 
+    # (Its own tables only, so `finish_all`'s one pass would be exact, but it is not named
+    # `batch_free_forget`: at azure-conv-10x the pass's set lookup per running request cost
+    # more than the `remove` scans it saves, +0.5 % of the instructions (bff23).)
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Nothing waits or is swapped out: no knapsack or admission can change the batch, and
         # a finish admits nobody (prompts done this step decode with the rest).

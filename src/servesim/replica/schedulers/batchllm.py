@@ -159,6 +159,10 @@ class BatchLLMScheduler(KeyedScheduler):
         self._leave(req)  # (removed while waiting)
         self._final_blocks.pop(req, None)
 
+    # Its own tables only (the stored keys, the plan and its keyed set, the final blocks; the
+    # waiting queue is not read): a step's finishes leave `running` in one pass (`finish_all`).
+    batch_free_forget = forget
+
     def key(self, req: Request) -> tuple:
         return self._plan.get(req, (float("-inf"), 0.0, -1, req.arrival_s, req.id))
 

@@ -106,6 +106,10 @@ class EDFScheduler(KeyedScheduler):
         self._count_targets(req, -1)
         self._last_token_s.pop(req.id, None)
 
+    # Its own tables and counts only (the stored keys, the target counts, the last token
+    # times): a step's finishes leave `running` in one pass (`finish_all`).
+    batch_free_forget = forget
+
     def drain(self, now_s: float) -> list[Request]:
         self._num_with_slo = self._num_with_tpot = 0
         return super().drain(now_s)

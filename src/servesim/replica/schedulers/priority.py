@@ -74,6 +74,10 @@ class KeyedScheduler(VLLMSteps):
     def forget(self, req: Request) -> None:
         self._waiting_keys.pop(req, None)
 
+    # Its own table only: a step's finishes leave `running` in one pass (`finish_all`). A
+    # subclass that extends `forget` names its own once checked (edf, batchllm, autellix).
+    batch_free_forget = forget
+
     def key(self, req: Request) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 

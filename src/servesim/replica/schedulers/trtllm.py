@@ -139,6 +139,9 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
     def forget(self, req: Request) -> None:
         self._totals.pop(req.id, None)
 
+    # Its own table only: a step's finishes leave `running` in one pass (`finish_all`).
+    batch_free_forget = forget
+
     def _reserved(self, reqs: list[Request]) -> int:
         """The blocks `reqs` still reserve under GUARANTEED_NO_EVICT: their `total_blocks` less
         those they hold, the totals read from `_totals` instead of computed per request and
