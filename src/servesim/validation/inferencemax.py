@@ -65,7 +65,7 @@ from servesim.validation.inferencemax_dsr1 import (
     dsr1_h200_trt, is_deepseek, is_dsr1_h200_plain)
 from servesim.validation.inferencemax_vllm import vllm_recipe
 from servesim.validation.script_sweeps import Recipe, every_shape, in_sweep
-from servesim.validation.silicon_file import EXPORTED_AS, SiliconRow
+from servesim.validation.silicon_file import SiliconRow, exported_model
 
 ROUNDS_PER_USER = 10  # --num-prompts CONC * 10
 RANDOM_RANGE_RATIO = 0.8  # the workflows' default, unchanged from Sep 2025 to Apr 2026
@@ -214,7 +214,7 @@ SCRIPT_GDN_COMPILE_S: dict[tuple[str, str], float] = {("b200_sxm", "0.5.9"): 0.0
 def sglang_script(row: SiliconRow) -> SGLangScript | None:
     """The InferenceMAX SGLang script that ran `row` (its engine parallelism decoded), or None."""
     # (the DeepSeek-R1 scripts' `dsr1_*` rows are recorded under DeepSeek-V3 too)
-    key = (row.system, row.version, EXPORTED_AS.get(row.model.lower(), row.model.lower()).split("/")[-1])
+    key = (row.system, row.version, exported_model(row).split("/")[-1])
     script = SGLANG_SCRIPTS.get((*key, f"{row.gemm_quant}-{row.tp}")) or SGLANG_SCRIPTS.get((*key, row.gemm_quant))
     plain = script if script and in_sweep(script.sweep, row) else None
     mtp = SGLANG_MTP_SCRIPTS.get((*key, row.gemm_quant))

@@ -146,11 +146,16 @@ def twin_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
 EXPORTED_AS = {"deepseek-ai/deepseek-v3": "deepseek-ai/deepseek-r1"}
 
 
+def exported_model(r: SiliconRow) -> str:
+    """The row's model, lower case, as the runs that recorded it name it (`EXPORTED_AS`)."""
+    model = r.model.lower()
+    return EXPORTED_AS.get(model, model)
+
+
 def _point(r: SiliconRow) -> tuple:
     """A deployment and load point: engine, release, system, model, precision, parallelism, lengths and users."""
-    model = EXPORTED_AS.get(r.model.lower(), r.model.lower())
-    return (r.backend, r.version, r.system, r.mode, model, r.gemm_quant, r.tp, r.moe_tp, r.moe_ep, r.attention_dp,
-            r.isl, r.osl, r.concurrency)
+    return (r.backend, r.version, r.system, r.mode, exported_model(r), r.gemm_quant, r.tp, r.moe_tp, r.moe_ep,
+            r.attention_dp, r.isl, r.osl, r.concurrency)
 
 
 def _means(r: SiliconRow) -> tuple[str, str]:
