@@ -76,6 +76,13 @@ class Constants:
     # vLLM's dispatcher runs a step above its largest captured size with no graph at all
     # (`CUDAGraphMode.NONE`, v1/cudagraph_dispatcher.py); docs/fidelity.md (issue 14, kimi22).
     eager_floor_layer_s: float = 0.0
+    # Time per layer that a step above the capture size adds to its GPU time (0, off, by default), the
+    # additive form of the same launches: where the host does not run ahead of the GPU within a layer, a
+    # graph-less step costs its GPU work plus its launches, so its price grows with the prompt as the GPU
+    # work does, where the floor above stays flat until the GPU passes it. With both set such a step takes
+    # max(GPU + layers x this, layers x floor). vLLM B200 0.17.0's Kimi-K2.5 runs: 8k prompt steps cost
+    # what the 1k ones cost plus the GPU's difference, eager or not (docs/fidelity.md, issue 14, v017_24).
+    graphless_layer_s: float = 0.0
     # Time per step with prompt tokens of a model with Gated DeltaNet layers (`ModelSpec.gated_deltanet`; 0, off,
     # by default): SGLang's FLA `l2norm_fwd_kernel` (q and k of every DeltaNet layer's chunked prefill) took the
     # step's token count `T` as a `tl.constexpr` until mid-2026, so Triton compiles it again for every token

@@ -80,7 +80,10 @@ class PerfModel(MemoryMixin):
         # launches of its kernels (0.0: off, and then no path below changes a float). The scalar fast paths
         # (decode, chunk, prompt and verify forms) return None while it is on, so callers price such steps here.
         floor = t.model.num_layers * t.c.eager_floor_layer_s if self.graph_max_tokens > 0 else 0.0
+        add = t.model.num_layers * t.c.graphless_layer_s if self.graph_max_tokens > 0 else 0.0
         object.__setattr__(self, "_floor", floor)
+        object.__setattr__(self, "_graphless_add", add)  # added to such a step's GPU time (graphless_layer_s)
+        object.__setattr__(self, "_graphless", bool(floor or add))  # either on: the fast paths defer
         object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
 
@@ -181,8 +184,8 @@ class PerfModel(MemoryMixin):
         if self._window is not None:
             w = self._window
             gpu = gpu + self._g_win * sum(min(ctx, w) for ctx in decode_ctxs)
-        if self._floor and num_tokens > self.graph_max_tokens:  # no graph: the kernels' launches bound the step
-            gpu = max(gpu, self._floor)
+        if self._graphless and num_tokens > self.graph_max_tokens:  # no graph: the kernels' launches
+            gpu = max(gpu + self._graphless_add, self._floor)  # (x + 0.0 is x: a floor alone keeps its floats)
         cpu = self.terms.cpu_s(num_seqs, num_tokens)
         return max(gpu, cpu) if self._overlap else gpu + cpu
 
@@ -203,8 +206,8 @@ class PerfModel(MemoryMixin):
             win_sums = np.array([np.minimum(ctxs + j, w).sum() for j in range(k)], dtype=np.int64) if n * k > 4_000_000 \
                 else np.minimum(ctxs[None, :] + steps[:, None], w).sum(axis=1)
             gpu = gpu + self._g_win * win_sums
-        if self._floor and n > self.graph_max_tokens:
-            gpu = np.maximum(gpu, self._floor)
+        if self._graphless and n > self.graph_max_tokens:
+            gpu = np.maximum(gpu + self._graphless_add, self._floor)
         cpu = self.terms.cpu_s(n, n)
         return np.maximum(gpu, cpu) if self._overlap else gpu + cpu
 
@@ -227,7 +230,7 @@ class PerfModel(MemoryMixin):
         """The decode step time's form for `num_seqs` sequences: (base, g, cpu, overlap) with
         time = max(base + g * ctx_sum, cpu) if overlap else base + g * ctx_sum + cpu, evaluated
         in that order (so numpy over many ctx sums gives the scalar form's exact floats)."""
-        if self._window is not None or num_seqs <= 0 or self._floor:
+        if self._window is not None or num_seqs <= 0 or self._graphless:
             return None
         return (self._token_s(num_seqs) + self._logits_s(num_seqs), self._g_full,
                 self.terms.cpu_s(num_seqs, num_seqs), bool(self._overlap))
@@ -241,7 +244,7 @@ class PerfModel(MemoryMixin):
         successive chunks, `replica/chunk_stretch.py`; tests/perf/test_chunk_time_fn.py keeps
         the two in step). None with sliding-window layers (the decodes' time is not a function
         of their sum)."""
-        if self._window is not None or chunk <= 0 or num_decodes < 0 or self._floor:
+        if self._window is not None or chunk <= 0 or num_decodes < 0 or self._graphless:
             return None
         num_tokens, num_seqs = chunk + num_decodes, 1 + num_decodes
         base = self._token_s(num_tokens) + self._logits_s(num_seqs)
@@ -265,7 +268,7 @@ class PerfModel(MemoryMixin):
         uncached prompt beside `num_decodes` decodes whose contexts sum to `ctx_sum` (an
         arrival joining a stretch, once per arrival: the form would be used once). The same
         float operations in the same order; None where `chunk_time_fn` is None."""
-        if self._window is not None or prompt <= 0 or num_decodes < 0 or self._floor:
+        if self._window is not None or prompt <= 0 or num_decodes < 0 or self._graphless:
             return None
         cached = 0
         x = (self._token_s(prompt + num_decodes) + self._logits_s(1 + num_decodes)
@@ -283,7 +286,7 @@ class PerfModel(MemoryMixin):
         multiples of 1/2 summed exactly, and the rest is that method's float operations in its
         order (no prompt-only term: the chunks are verify chunks). None with sliding-window
         layers (the time then depends on each context)."""
-        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._floor:
+        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._graphless:
             return None
         t, n = tokens_per_seq, num_seqs
         ctx_sums = np.asarray(ctx_sums, dtype=np.int64)
@@ -316,7 +319,7 @@ class PerfModel(MemoryMixin):
         return fn
 
     def _verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
-        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._floor:
+        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._graphless:
             return None
         t, n = tokens_per_seq, num_seqs
         full_layers, win_layers = self._layers
@@ -361,7 +364,8 @@ class PerfModel(MemoryMixin):
             attn += t.linear_state_s(num_seqs)
         if self._window is not None:
             attn += self._g_win * sum(min(c, self._window) for c in decode_ctxs)
-        if self._floor and num_tokens > self.graph_max_tokens:  # the launches' floor, beside the element-wise work
+        if self._graphless and num_tokens > self.graph_max_tokens:  # the launches, beside the element-wise work
+            other += self._graphless_add
             other += max(0.0, self._floor - (linear + attn + comm + other))
         cpu = t.cpu_s(num_seqs, num_tokens)
         compute_s, memory_s = t.linear_compute_memory_s(num_tokens)

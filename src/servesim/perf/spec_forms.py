@@ -22,7 +22,7 @@ def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
     time of step_time_s([(chunk, cached)] + [(tokens_per_seq, c) for c in ctxs], [], num_seqs) with
     len(ctxs) == num_seqs and sum(ctxs) == ctx_sum (None where the pair sum would round).
     None with sliding-window layers (the time then depends on each context)."""
-    if pm._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or chunk <= 0 or pm._floor:
+    if pm._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or chunk <= 0 or pm._graphless:
         return None
     t, n = tokens_per_seq, num_seqs
     num_tokens, num_all = chunk + n * t, 1 + n

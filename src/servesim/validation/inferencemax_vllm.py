@@ -179,6 +179,6 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     if script.seqs_users:
         engine["max_num_seqs"] = seqs = row.concurrency
     perf = {"kv_cache_dtype": "fp8"} if script.kv_fp8 else {}
-    if script.capture_tokens >= 0:  # the largest step vLLM runs from a graph (a release's eager_floor_layer_s reads it)
+    if script.capture_tokens >= 0:  # the largest step vLLM runs from a graph (a release's graphless_layer_s reads it)
         perf["cudagraph_max_tokens"] = script.capture_tokens or min(2 * seqs, VLLM_DEFAULT_CAPTURE_CAP, budget)
     return Recipe(engine=engine, scheduler={}, perf=perf)
