@@ -150,7 +150,8 @@ class Ints(list):
         self.dtype = dtype
 
     def array(self) -> np.ndarray:
-        return np.array(self, dtype=self.dtype)
+        # (`np.array(self, dtype=...)`'s values, without its pass over them for their shape and types)
+        return np.fromiter(self, self.dtype, len(self))
 
 
 class Packed:

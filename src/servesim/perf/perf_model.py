@@ -86,13 +86,17 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_graphless", bool(floor or add))  # either on: the fast paths defer
         object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
+        object.__setattr__(self, "_tok_fn", t.token_s_fn())  # `_token_s`'s terms on a miss as one function (None: called)
 
     # ---- memoised exact terms ------------------------------------------------------------
     def _token_s(self, num_tokens: int) -> float:
         v = self._tok.get(num_tokens)
         if v is None:
-            t = self.terms
-            v = t.linear_s(num_tokens) + t.other_s(num_tokens) + t.communication_s(num_tokens)
+            if self._tok_fn is not None:  # (the same floats: `StepTerms.token_s_fn`)
+                v = self._tok_fn(num_tokens)
+            else:
+                t = self.terms
+                v = t.linear_s(num_tokens) + t.other_s(num_tokens) + t.communication_s(num_tokens)
             self._tok[num_tokens] = v
         return v
 

@@ -119,6 +119,17 @@ class StepTerms:
             total += b.count * t_block
         return total if moe else total + m.num_layers * c.layer_floor_s
 
+    def token_s_fn(self) -> "TokenTerms | None":
+        """`linear_s(n) + other_s(n) + communication_s(n)` (`PerfModel._token_s`) as one function
+        of n (`TokenTerms`) for a model without MoE or linear-attention layers; None otherwise
+        (the three terms are then called). Why: the memo of `_token_s` misses at about one
+        arrival in five at one replica (a join's step runs a new prompt length beside the
+        decodes), and each miss made about a dozen calls and forty attribute reads."""
+        m = self.model
+        if m.moe is not None or m.linear_attention is not None:
+            return None
+        return TokenTerms(self)
+
     def expert_weights_read(self, num_tokens: int) -> float:
         """Routed-expert weights (elements) one GPU reads in a MoE layer for `num_tokens` tokens.
 
@@ -298,6 +309,51 @@ class StepTerms:
     def cpu_s(self, num_seqs: int, num_tokens: int) -> float:
         c = self.c
         return c.step_overhead_s + c.seq_overhead_s * num_seqs + c.token_overhead_s * num_tokens
+
+
+class TokenTerms:
+    """`StepTerms.linear_s(n) + other_s(n) + communication_s(n)` of a model without MoE or
+    linear-attention layers, with what does not depend on n taken once (the GEMM blocks' fields
+    and weight bytes, the rooflines' denominators, 1 / k, the layers' floor, `other_s`'s bytes
+    per token) and the rest the same float operations on the same values in the same order:
+    bit-identical (tests/perf/test_token_s_fn.py). A class, not a closure, so that a
+    `PerfModel` holding one still pickles."""
+
+    __slots__ = ("_blocks", "_den_c", "_den_m", "_k", "_inv_k", "_floor", "_eta", "_large", "_spread", "_half",
+                 "_peak", "_layers", "_per_token", "_comm", "_terms")
+
+    def __init__(self, t: StepTerms) -> None:
+        m, c, g = t.model, t.c, t.gpu
+        self._peak, self._k = g.peak_flops[t.dtype.compute], c.smoothing_k
+        self._inv_k = 1.0 / self._k
+        self._den_m = c.eta_memory * g.hbm_bw_bytes_s  # (`smooth_roofline_s`'s and `other_s`'s memory denominator)
+        wb = t.dtype.weight_bytes
+        self._blocks = [(b.count, b.flops_per_token, b.weight_elems * wb, b.act_bytes_per_token) for b in t.blocks()]
+        self._floor = m.num_layers * c.layer_floor_s
+        self._eta, self._large, self._half = c.eta_compute, c.eta_compute_large_m, c.gemm_m_half_tokens
+        self._spread = self._large - self._eta  # (`eta_compute_at`'s)
+        self._den_c = self._eta * self._peak  # (with a constant eta)
+        self._layers = m.num_layers
+        self._per_token = ((10.0 * m.hidden_size + 3.0 * t.ffn_width()) * ACTIVATION_BYTES
+                           + kv_elements_per_token_layer(m, t.tp) * t.kv_bytes)
+        self._comm = 0.0 if t.tp <= 1 and t.pp <= 1 else None  # (no all-reduce, no hand-off: L x 0.0 + L x 0.0)
+        self._terms = t
+
+    def __call__(self, n: int) -> float:
+        dc = self._den_c if self._large <= 0.0 else (self._eta + self._spread * n / (n + self._half)) * self._peak
+        den_m, k, inv_k = self._den_m, self._k, self._inv_k
+        total = 0.0
+        for count, flops, weights, act in self._blocks:  # (`linear_s`: `smooth_roofline_s` per block)
+            compute_s = flops * n / dc
+            memory_s = (weights + act * n) / den_m
+            if compute_s == 0.0 or memory_s == 0.0:
+                t = compute_s + memory_s
+            else:
+                t = (compute_s ** k + memory_s ** k) ** inv_k
+            total += count * t
+        comm = self._comm
+        return ((total + self._floor) + self._layers * n * self._per_token / den_m
+                + (comm if comm is not None else self._terms.communication_s(n)))
 
 
 def moe_split(tp: int, expert_parallel: bool, moe_tp_size: int | None, moe_ep_size: int | None) -> tuple[int, int]:

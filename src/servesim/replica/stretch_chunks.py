@@ -23,7 +23,7 @@ class RunTimes:
     Each element is `times_of_run`'s, made by the same operations on the same values; each
     table grown by doubling to the largest context sum asked, up to `LONGEST` values."""
 
-    __slots__ = ("_base", "_cpu", "_g", "_overlap", "_tables")
+    __slots__ = ("_base", "_cpu", "_g", "_overlap", "_tables", "base_s", "cpu_s")
 
     # (a table covers the context sums from 0 to the largest asked, n times a context: for 3 or 4
     # requests, rarer, making it cost about what its runs saved, in page faults mostly)
@@ -35,6 +35,9 @@ class RunTimes:
     def __init__(self, base: np.ndarray, cpu: np.ndarray, g: float, overlap: bool) -> None:
         self._base, self._cpu, self._g, self._overlap = base, cpu, g, overlap
         self._tables = [np.empty(0)] * (self.SMALL + 1)
+        # the forms' entries as Python floats (the arrays' values): the scalar loop reads one pair
+        # per call and per departure, which from the arrays is a numpy scalar made and converted
+        self.base_s, self.cpu_s = base.tolist(), cpu.tolist()
 
     def upto(self, n: int, stop: int) -> np.ndarray | None:
         """Batch size n's times for context sums 0 .. at least stop - 1 (None: past `LONGEST`)."""

@@ -255,7 +255,9 @@ class StretchPricing:
         step): the same floats, as the scalar form evaluates it (`PerfModel.decode_time_fn`:
         base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
         max keeps the first of equals), with base and cpu the forms' entries for the batch size."""
-        base_a, cpu_a, g, overlap, _ = self._forms
+        base_a, cpu_a, g, overlap, runs = self._forms
+        if runs is not None:  # (the same values as Python floats: no numpy scalar per read)
+            base_a, cpu_a = runs.base_s, runs.cpu_s
         ends: list[float] = []
         t = self.end_s
         j = self.k
