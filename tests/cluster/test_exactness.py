@@ -141,8 +141,8 @@ def test_arrivals_join_numpy_priced_stretches_the_lean_way(monkeypatch):
     calls["whole"] = 0  # lean joins priced on whole from their scalar state (`Stretch.price_on`)
     price_on = Stretch.price_on
 
-    def counted_price_on(st, horizon):
-        price_on(st, horizon)
+    def counted_price_on(st, horizon, ahead=0):
+        price_on(st, horizon, ahead)
         calls["whole"] += st._priced == st.kmax and st._f is None
 
     monkeypatch.setattr(Stretch, "price_on", counted_price_on)
@@ -152,6 +152,37 @@ def test_arrivals_join_numpy_priced_stretches_the_lean_way(monkeypatch):
     assert calls["lone"] > 0.25 * len(fast.requests), calls
     assert calls["general"] < 0.02 * calls["lone"], calls  # (only arrivals that join together)
     assert calls["whole"] > 0.9 * calls["lone"], calls
+    assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "batchllm"])
+def test_busy_replicas_among_many_price_a_few_steps_ahead_of_a_join(scheduler, monkeypatch):
+    """Eight replicas at eight times the trace's rate (the matrix's azure-conv cell: each busy,
+    a dozen requests a stretch): a lean join with many departures ahead prices at most
+    `Engine.join_ahead` steps by the scalar loop (`price_on`'s `ahead`), not a numpy chunk to a
+    horizon 160 arrival gaps away; the run is stepping's, and fast-forward covers it."""
+    from servesim.replica.stretch import Stretch
+    calls = {"ahead": 0, "joins": 0, "chunks": 0}
+    price_on, chunk = Stretch.price_on, Stretch._chunk
+
+    def counted_price_on(st, horizon, ahead=0):
+        calls["joins"] += 1
+        k = st.k
+        price_on(st, horizon, ahead)
+        calls["ahead"] += ahead == 64 and st._priced == st.k <= k + 64 < st.kmax
+
+    monkeypatch.setattr(Stretch, "price_on", counted_price_on)
+    monkeypatch.setattr(Stretch, "_chunk", lambda st, steps: calls.__setitem__("chunks", calls["chunks"] + 1)
+                        or chunk(st, steps))
+    sets = ["replicas=8", "workload.trace.speedup=8", "workload.num_requests=600", "router.name=least-requests",
+            f"scheduler.name={scheduler}"]
+    path = str(ROOT / "examples/azure-conv.yaml")
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    assert calls["ahead"] > 0.5 * calls["joins"] > 0.25 * len(fast.requests), calls
+    assert calls["chunks"] < 0.25 * calls["joins"], calls  # (main: about one a join)
     assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
     slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert outcome(fast) == outcome(slow)

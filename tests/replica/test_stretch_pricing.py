@@ -271,3 +271,35 @@ def test_a_joined_stretch_with_many_departures_ahead_is_priced_by_chunks(monkeyp
     slow.price(float("inf"))
     assert priced[0] is fast and fast.k == slow.k == fast.kmax
     assert [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+
+
+@pytest.mark.parametrize("ahead_s", [0.3, 2.0, float("inf")])  # a few steps (the scalar loop), many, none
+@pytest.mark.parametrize("departures", [8, 3])  # many leaving before the last step, or few (priced whole)
+def test_a_joined_stretch_at_a_replica_among_many_prices_a_few_steps_ahead(ahead_s, departures, monkeypatch):
+    """`price_on(horizon, ahead)` (a replica among many, its horizon a guess): with more than
+    `SEGMENTS` + 1 requests running after the join, at most `ahead` steps are priced by the
+    scalar loop, no numpy chunk, the scalar state kept at the last of them; extensions then price
+    on as `price` does. Few departures are priced whole as without `ahead`. The floats of the
+    scalar loop (one perf-model call per step) all along."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    case = ([300 + 97 * i for i in range(departures)], [200 + 53 * i for i in range(departures)], 50, (500, 300))
+    fast, slow = _joined(perf, _Forms(perf)._decode_forms, case), _joined(perf, lambda n: None, case)
+    k0, horizon = fast.k, fast.end_s + ahead_s
+    chunks = []
+    plain = Stretch._chunk
+    monkeypatch.setattr(Stretch, "_chunk", lambda st, steps: chunks.append(st) or plain(st, steps))
+    fast.price_on(horizon, 64)
+    many = departures > stretch_chunks.SEGMENTS + 1
+    slow.price(min(horizon, fast.end_s))  # (the steps the fast one took: those that start before its end)
+    if many:
+        assert fast._priced == fast.k <= k0 + 64 and fast._f is not None  # (the scalar state of the next step)
+        assert fast.k == k0 + 64 or fast.end_s >= horizon  # (64 steps, or those before the horizon)
+    else:  # (whole when the horizon is far, else the scalar loop to it, as without `ahead`)
+        assert fast._priced in (fast.kmax, fast.k)
+    assert not chunks and slow.k >= fast.k
+    slow.truncate(fast.k)
+    assert [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+    fast.price(float("inf"))
+    slow.price(float("inf"))
+    assert fast.k == slow.k == fast.kmax and [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
+    assert fast.batch_sizes() == slow.batch_sizes()

@@ -80,6 +80,12 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # new stretch is priced `lookahead` times as far ahead as the next arrival anywhere
         # (pricing is cheap, events are not; the cluster uses 3n).
         self.lookahead = lookahead
+        # Steps an arrival's lean join prices ahead by the scalar loop when many requests leave
+        # before its stretch's last step (`Stretch.price_on`): only where the horizon is a guess. 64: where
+        # the scalar loop's cost per step overtakes a numpy chunk's per call (`price`'s rule);
+        # the next arrival routed to a busy replica of many cuts its stretch about 25 steps on
+        # (the matrix's azure-conv at 8 replicas) where a chunk priced about 400.
+        self.join_ahead = 64 if lookahead > 1 else 0
         self.stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
         self._epoch = 0  # bumped by a crash: events of the lost step or timers are ignored
         # Called with the time before anything here changes (a cluster keeping stale views

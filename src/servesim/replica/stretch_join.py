@@ -86,7 +86,9 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         st._sync()
     if len(joins) == 1 and st._f is not None and st._priced == s:
         _join_one(engine, st, now_s, joins, blocks, num_running)  # (the usual arrival: one request, the scalar state step s's)
-        return _priced_on(engine, st, now_s, s, 1, st.price_on)  # (the scalar state is step s + 1's)
+        # (the scalar state is step s + 1's; a busy replica among many prices a few steps ahead:
+        # `Engine.join_ahead`. Not a keyed turn's join: measured +0.6 % on vllm sessions at 8)
+        return _priced_on(engine, st, now_s, s, 1, st.price_on, engine.join_ahead)
     else:
         _admit(engine, st, now_s, joins, blocks, _join_step_s(engine.perf, st, s, num_running, joins), st.join)
     return _priced_on(engine, st, now_s, s, len(joins))
@@ -105,12 +107,16 @@ def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: 
     add(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
 
 
-def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price=None) -> bool:
+def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price=None, ahead: int = 0) -> bool:
     """After `num_joined` requests joined at step s: price the stretch on to the next event
-    (`price`: `Stretch.price`, or `price_on` from the scalar state a lean join left), limit it
-    to the blocks free, and (re)schedule its end. True."""
+    (`price`: `Stretch.price`, or `price_on` from the scalar state a lean join left, `ahead` its
+    steps ahead), limit it to the blocks free, and (re)schedule its end. True."""
     engine.num_joined_arrivals += num_joined
-    (price or st.price)(engine._stretch_horizon_s(now_s, st.end_s))
+    horizon_s = engine._stretch_horizon_s(now_s, st.end_s)
+    if price is None:
+        st.price(horizon_s)
+    else:
+        price(horizon_s, ahead)
     engine._limit(st, s + 1)
     engine._schedule_stretch_end(st)
     return True

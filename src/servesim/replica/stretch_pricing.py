@@ -104,7 +104,7 @@ class StretchPricing:
         # the steps that start before the horizon (the last may end after it)
         self._take(m if ends[m - 1] < horizon else min(m, int(ends.searchsorted(horizon)) + 1))
 
-    def price_on(self, horizon: float) -> None:
+    def price_on(self, horizon: float, ahead: int = 0) -> None:
         """`price` from the scalar state of step k (a join just made it, `_f` set), with the
         affine forms: when the horizon lies far (a replica among many: arrival gaps away) and
         few requests leave before the last step, every step to the last is priced at once, run
@@ -113,7 +113,15 @@ class StretchPricing:
         `price` would hold the same floats (each run's times are `times_of_run`'s, the sums
         sequential from step k - 1's end) and only price fewer steps ahead of the horizon;
         without the prefix sums, `_steps_to`'s chunk sizes and searches (a join at a busy replica
-        of many re-prices the rest of its stretch: this was most of that join's cost)."""
+        of many re-prices the rest of its stretch: this was most of that join's cost).
+
+        `ahead` (> 0: a replica among many, whose horizon is a guess `lookahead` arrival gaps
+        away): with more than `SEGMENTS` + 1 requests leaving before the last step (a busy
+        replica's batch), at most this many steps are priced by the scalar loop instead of a
+        numpy chunk to the horizon. The next
+        arrival routed here usually cuts the stretch a few dozen steps on, so the chunk's
+        hundreds of steps were mostly dropped; a stretch that reaches the last priced step uncut
+        is extended by its end event (`price`, as before). The same floats either way."""
         k, kmax, rem, p = self.k, self.kmax, self._sorted_rem, self._p
         m = kmax - k
         if m <= 0 or self.end_s >= horizon:
@@ -123,6 +131,8 @@ class StretchPricing:
         if horizon != float("inf") and self._steps_to(horizon) <= 64:
             return self._price_affine(horizon)  # (a near horizon, as at one replica: `price`'s scalar loop)
         if m > 1 << 15 or len(rem) - p > chunks.SEGMENTS + 1:
+            if ahead:
+                return self._price_affine(horizon, k + ahead)
             return self.price(horizon)  # (many departures: `_chunk`'s steps vectorised)
         times = self._room(m)
         forms, remaining, ctx1 = self._forms, self.remaining, self.ctx1
@@ -250,11 +260,12 @@ class StretchPricing:
         if ends:
             self._append(ends)
 
-    def _price_affine(self, horizon: float) -> None:
+    def _price_affine(self, horizon: float, stop: int = 1 << 62) -> None:
         """`_price_loop` with the perf model's affine decode form written out (no call per
         step): the same floats, as the scalar form evaluates it (`PerfModel.decode_time_fn`:
         base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
-        max keeps the first of equals), with base and cpu the forms' entries for the batch size."""
+        max keeps the first of equals), with base and cpu the forms' entries for the batch size.
+        `stop`: no step from that one on (`price_on`'s steps ahead)."""
         base_a, cpu_a, g, overlap, runs = self._forms
         if runs is not None:  # (the same values as Python floats: no numpy scalar per read)
             base_a, cpu_a = runs.base_s, runs.cpu_s
@@ -265,7 +276,8 @@ class StretchPricing:
         base, cpu = float(base_a[active]), float(cpu_a[active])
         rem = self._sorted_rem
         leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
-        while j < self.kmax and active and t < horizon:
+        stop = min(stop, self.kmax)
+        while j < stop and active and t < horizon:
             x = base + g * ctx_sum
             if overlap:
                 t += cpu if cpu > x else x
