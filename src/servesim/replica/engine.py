@@ -78,7 +78,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self.next_event_s = next_event_s or loop.next_time_s
         # With n replicas sharing the arrivals, the next one here is about n arrivals away: a
         # new stretch is priced `lookahead` times as far ahead as the next arrival anywhere
-        # (pricing is cheap, events are not; the cluster uses 3n).
+        # (pricing is cheap, events are not; the cluster uses 20n: simulation.py).
         self.lookahead = lookahead
         # Steps an arrival's lean join prices ahead by the scalar loop when many requests leave
         # before its stretch's last step (`Stretch.price_on`): only where the horizon is a guess. 64: where
