@@ -288,3 +288,49 @@ def test_recv_interval_fast_forward_matches_step_by_step(interval, seed, num_blo
     assert_same_run(a, b, a_reqs, b_reqs)
     run_engine(c_reqs, False, num_blocks, "sglang", {})
     assert [r.first_token_s for r in b_reqs] != [r.first_token_s for r in c_reqs]  # the interval matters
+
+
+@pytest.mark.parametrize("fast_forward", [False, True])
+def test_consecutive_prefill_launch_share_delays_the_first_batch_first_tokens(fast_forward):
+    # Two 32-token prompts in two prefill batches (max_prefill_tokens 64: SGLang's `>=` rule), then
+    # decodes. SGLang's overlap loop hands out batch 1's first tokens once batch 2 is launched: with
+    # share 0.5 they come half of batch 2's step (ToyPerf: 10 ms + 32 x 0.1 ms) after batch 1's end.
+    # Batch 2's own first tokens (a decode follows) and every later token keep their times.
+    def run(share):
+        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=fast_forward,
+                                                    max_num_batched_tokens=256,
+                                                    params={"max_prefill_tokens": 64,
+                                                            "consecutive_prefill_launch_share": share})
+        reqs = [make_request(0, 32, 3, max_tokens=3), make_request(1, 32, 3, max_tokens=3)]
+        steps = run_logged(engine, loop, reqs)
+        kv.check_all_free()
+        return steps, reqs
+
+    steps0, plain = run(0.0)
+    steps1, held = run(0.5)
+    assert steps0 == steps1 and steps1[:3] == [[(0, 32)], [(1, 32)], [(0, 1), (1, 1)]]
+    prefill_s = 0.01 + 32e-4
+    assert plain[0].first_token_s == pytest.approx(prefill_s)
+    assert held[0].first_token_s == pytest.approx(prefill_s + 0.5 * prefill_s)
+    assert held[1].first_token_s == plain[1].first_token_s == pytest.approx(2 * prefill_s)
+    assert [r.finish_s for r in held] == [r.finish_s for r in plain]
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(4, 2000), (3, 300)])
+def test_consecutive_prefill_launch_share_fast_forward_matches_step_by_step(seed, num_blocks):
+    # bursts of arrivals (prefill batches back to back), prompts longer than the 256-token chunk
+    # budget, and at 300 blocks held queue heads and retractions: every stretch path agrees
+    def reqs():
+        return [make_request(r.id, 2 * r.prompt_len, r.output_len, 3 * r.arrival_s) for r in random_requests(seed)]
+
+    params = {"consecutive_prefill_launch_share": 0.4}
+    a_reqs, b_reqs, c_reqs = reqs(), reqs(), reqs()
+    a = run_engine(a_reqs, True, num_blocks, "sglang", params)
+    b = run_engine(b_reqs, False, num_blocks, "sglang", params)
+    assert a.num_fast_forwarded_steps > 0  # (stretches ran between the bursts)
+    assert_same_run(a, b, a_reqs, b_reqs)
+    # a reporting delay only: the same steps without it, some first tokens later, none earlier
+    c = run_engine(c_reqs, False, num_blocks, "sglang", {})
+    assert c.num_steps == b.num_steps and [r.finish_s for r in c_reqs] == [r.finish_s for r in b_reqs]
+    assert all(x.first_token_s >= y.first_token_s for x, y in zip(b_reqs, c_reqs))
+    assert sum(x.first_token_s > y.first_token_s for x, y in zip(b_reqs, c_reqs)) > 10

@@ -2,7 +2,8 @@
 0.5.1.post1"): refitted for SGLang's 8,192-token chunk, the release's prefill is priced at a lower compute efficiency
 and its decode without most of the per-sequence GPU time that had stood in for prefill stalls; its prefill all-reduces
 go over NCCL's ring at NVLink4's full bus bandwidth (`sglang_h100_ring`, issue 14 sgh100q), with the compute efficiency
-refitted beside it; other H100 SGLang releases keep the (GPU, engine) values."""
+refitted beside it; other H100 SGLang releases keep the (GPU, engine) values. Its rows also play the overlap loop's
+late first tokens of a prefill batch that another follows (`consecutive_prefill_launch_share`, issue 14 sgh100_26)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,11 @@ def test_prefill_all_reduce_at_the_rings_bandwidth_and_gemms_slower():
     new, old = shipped.step_breakdown(prefill, []), before.step_breakdown(prefill, [])
     assert new.communication_s == pytest.approx(old.communication_s * before.constants.ar_bw_eff, rel=0.05)
     assert new.linear_s > 1.15 * old.linear_s  # (0.8 / 0.65 = 1.23 on the compute-bound part)
+
+
+@pytest.mark.parametrize(("version", "share"), [("0.5.1.post1", 0.3), ("0.5.8.post1", 0.0)])
+def test_only_the_release_hands_out_first_tokens_after_the_next_prefill_launch(version, share):
+    # issue 14 sgh100_26: the overlap loop's first tokens of a prefill batch followed by another, at 0.3 of that
+    # batch's GPU time (fitted for this release only; the other releases play their batch's end)
+    scheduler = row_scenario(silicon_row(0, **{**QWEN, "backend_version": version})).scheduler
+    assert getattr(scheduler, "consecutive_prefill_launch_share", 0.0) == share

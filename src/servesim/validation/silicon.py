@@ -163,6 +163,15 @@ SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")}
 # Keyed (system, version); docs/fidelity.md, "SGLang H200 0.5.6.post2: the eval campaign's prefill budget
 # ... (issue 14, sgl8b)".
 SGLANG_DEFAULT_PREFILL_BUDGET = frozenset({("h200_sxm", "0.5.6.post2")})
+# SGLang's overlap loop (on by default) hands out a prefill batch's first tokens only after launching the next batch
+# (`resolve_last_batch_result` waits for its `launch_done`); when that batch has prompt tokens too, its eager launch
+# returns late (SGLang's own comment in 0.5.8.post1's `is_disable_overlap_for_batch`, "for two consecutive prefill
+# batches, we disable overlap to improve the TTFT of the first batch", behind SGLANG_DISABLE_CONSECUTIVE_PREFILL_OVERLAP,
+# default off; issue 10514 measured a 32 % lower mean TTFT without the overlap loop). How late is not sourced: the share
+# of the next prefill step's GPU time, chosen on a grid (0.2-0.4 with the release's eta_compute 0.62-0.72) against TTFT
+# + TPOT of the release's rows outside held_out_ids (held-out rows checked). Keyed (system, version); docs/fidelity.md,
+# "SGLang H100 0.5.1.post1: the overlap loop's first tokens after a consecutive prefill (issue 14, sgh100_26)".
+SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE = {("h100_sxm", "0.5.1.post1"): 0.3}
 # Campaigns deployed by AIConfigurator's generator whose SGLang KV cache is the checkpoint's own 16 bits. The generator
 # writes `--kv-cache-dtype fp8_e4m3` only when the KV quant mode is fp8, inferred from the checkpoint's
 # `kv_cache_quant_algo`, and `auto` otherwise (generator/rule_plugin/benchmark/sglang.rule,
@@ -253,6 +262,9 @@ def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict
             scheduler["enable_mixed_chunk"] = True
             if (row.system, row.version) not in SGLANG_DEFAULT_PREFILL_BUDGET:
                 scheduler["max_prefill_tokens"] = row.isl + BUDGET_MARGIN_TOKENS
+        share = SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE.get((row.system, row.version))
+        if share:
+            scheduler["consecutive_prefill_launch_share"] = share
     return engine, scheduler
 
 

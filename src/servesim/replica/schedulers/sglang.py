@@ -22,6 +22,11 @@ Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.p
 - `scheduler_recv_interval` N > 1 (SGLang's `SchedulerRecvSkipper`): arrivals wait in an inbox,
   taken into the waiting queue when N decode steps have run since the last take (a prefill or
   mixed step weighs 1,000, i.e. the next step takes them; an idle loop spins its N at once);
+- `consecutive_prefill_launch_share` s > 0 (SGLang's overlap loop, `event_loop_overlap`): a
+  prefill batch's first tokens are handed out only once the next batch is launched; when that
+  batch has prompt tokens too (an eager forward, slow to launch) they reach the client s x its
+  step time after their own batch's end (a decode, replayed from a CUDA graph, adds nothing);
+  a reporting delay only, the decodes run as before;
 - decode out of memory: retract running requests with the fewest generated tokens (then the
   longest prompt) until every remaining one has room for `retract_decode_steps` more tokens;
   retracted requests free their private KV, keep their tree prefix, and re-queue at the end.
@@ -73,6 +78,12 @@ class SGLangParams(SchedulerParams):
     """`--scheduler-recv-interval`: new requests are taken in only after this many decode steps
     since the last take (a step with prompt tokens counts as the whole interval; an engine with
     nothing running takes them at once); 1 = every step, SGLang's default."""
+    consecutive_prefill_launch_share: float = Field(0.0, ge=0, le=1)
+    """SGLang's overlap loop hands out a prefill batch's first tokens only once the next batch is
+    launched (`resolve_last_batch_result` waits for its `launch_done`); when that batch also has
+    prompt tokens its eager launch takes long: this share of its GPU time passes before the
+    first tokens of the batch before it reach the client. 0: at their batch's end (SGLang with
+    `SGLANG_DISABLE_CONSECUTIVE_PREFILL_OVERLAP`, or without the overlap loop)."""
 
 
 @register("sglang")
@@ -116,6 +127,9 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
         # reserve lets it in (`admit_step`); admission stretches keep it so
         self._held = False
         self._stretch = None  # the admission stretch in flight (`admit_step`), whose step sets the ratio
+        # the prompts the last prefill step completes, whose first tokens wait for the next step's
+        # launch (`consecutive_prefill_launch_share`); emptied by a decode step
+        self._prompts_done: list[Request] = []
 
     def max_new(self, req: Request) -> int:
         return req.max_tokens or self.config.max_model_len - req.prompt_len
@@ -186,7 +200,10 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
                 self._mix_decodes(out)
             if self.chunked is None:  # every prompt of the batch is done: its first request
                 self._mark = self.num_engine_steps + 1  # (this step prefills: decodes follow)
+            if self.params.consecutive_prefill_launch_share:
+                self._hold_first_tokens(out, now_s)
             return out
+        self._prompts_done = []
         decoding = self._decoding()
         # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
         bs = self.kv.block_size
@@ -203,6 +220,20 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
         if out.scheduled and not out.preempted:
             self._mark = self.num_engine_steps
         return out
+
+    def _hold_first_tokens(self, out: SchedulerOutput, now_s: float) -> None:
+        """This step has prompt tokens: the first tokens of the prefill step before it, made at
+        its end (now), reach the client `consecutive_prefill_launch_share` of this step's GPU
+        time later. Remembers the prompts this step completes for the next step's call."""
+        held = [r for r in self._prompts_done if r.first_token_s == now_s and r.num_output_tokens == 1]
+        self._prompts_done = [r for r, n in out.scheduled if r.num_computed_tokens + n >= r.num_tokens and not r.num_output_tokens]
+        if not held:
+            return
+        chunks = [(n, r.num_computed_tokens) for r, n in out.scheduled if not r.num_output_tokens or n > 1]
+        ctxs = [r.num_computed_tokens for r, n in out.scheduled if r.num_output_tokens and n == 1]
+        lag_s = self.params.consecutive_prefill_launch_share * self.perf.step_time_s(chunks, ctxs)
+        for r in held:
+            r.first_token_s = now_s + lag_s
 
     def _decoding(self) -> list[Request]:
         """The running requests that decode (`decoding_requests`), asked when this step

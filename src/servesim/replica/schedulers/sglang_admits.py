@@ -82,7 +82,8 @@ class SGLangFinishAdmits:
         when stepping) and a fresh head."""
         return (self.params.schedule_policy == "fcfs"
                 and not (self.params.enable_mixed_chunk or self.chunked is not None or self._transferred
-                         or self._inbox or self._unclipped or self.kv.evictable_blocks)
+                         or self._inbox or self._unclipped or self.kv.evictable_blocks
+                         or self.params.consecutive_prefill_launch_share)  # (as `arrivals_join`)
                 and bool(self.waiting) and is_fresh(self.waiting[0]))
 
     def finish_admission(self) -> bool:

@@ -26,8 +26,10 @@ class SGLangStretches:
         # or in an inbox: each whole within the chunk budget and `max_running` (on `running`,
         # which still lists the stretch's departed requests), and after the first within what
         # `max_prefill_tokens` leaves; the token rule (`rem_total`) is `join_blocks`'.
+        # (not with `consecutive_prefill_launch_share`: a prompt step's first tokens then wait for
+        # the next step's kind, which `schedule` decides step by step)
         if (self.params.enable_mixed_chunk or self.params.schedule_policy != "fcfs" or self.chunked is not None
-                or self._transferred or self._inbox):
+                or self._transferred or self._inbox or self.params.consecutive_prefill_launch_share):
             return None
         joins = whole_prompts(self.waiting, len(self.running), 0, self.max_running, self.chunk_size,
                               lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
