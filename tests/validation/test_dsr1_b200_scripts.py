@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servesim.validation.inferencemax_dsr1 import is_dsr1_b200_mtp_run
+from servesim.validation.inferencemax_dsr1 import is_dsr1_b200_mtp_run, mtp_piecewise_cuda_graph
 from servesim.validation.silicon import (DEFAULT_SILICON, ClientOptions, parse_row, played_row, row_scenario,
                                         scenario_perf_model)
 from servesim.validation.silicon_file import read_rows, recover_versions
@@ -148,3 +148,41 @@ def test_rc2_post2_fp8_prompt_steps_pay_the_quantisation_and_the_eager_price():
                               ({"backend_version": "1.2.0rc6.post2"}, (2.7e-08, 0.0))):
         other = scenario_perf_model(row_scenario(parse_row({**fp8, **changes}))).constants
         assert (other.act_quant_token_s, other.eager_layer_s) == expected, changes
+
+
+def test_rc6_post3_nvfp4_prompt_steps_pay_less_where_the_script_captures_piecewise_graphs():
+    # dsr1_fp4_b200_trt_mtp.sh (InferenceX pull request 642) turns piecewise CUDA graphs on only at 1k/1k with 32-64 users
+    # (128 without attention DP) and 1k/8k with 64; dsr1_fp8_b200_trt_mtp.sh (632) everywhere but with attention DP and
+    # at the narrow loads. An NVFP4 prompt step pays the release's eager price without the pieces, the smaller one with
+    eager, pieces = 7e-04, 5e-04  # calibration_serving.yaml mtp_eager; inferencemax_dsr1.MTP_PIECEWISE_EAGER_LAYER_S
+    dp = {"tp_size": "1", "attention_dp_size": "8", "moe_tp_size": "1", "moe_ep_size": "8"}
+    cases = ((("nvfp4", 1024, 1024, 16), {}, False), (("nvfp4", 1024, 1024, 32), {}, True),
+             (("nvfp4", 1024, 1024, 128), {}, True), (("nvfp4", 1024, 1024, 128), dp, False),
+             (("nvfp4", 1024, 1024, 64), dp, True), (("nvfp4", 1024, 8192, 64), {}, True),
+             (("nvfp4", 1024, 8192, 32), {}, False), (("nvfp4", 8192, 1024, 64), {}, False),
+             (("fp8", 1024, 1024, 4), {}, False), (("fp8", 1024, 1024, 8), {}, True),
+             (("fp8", 1024, 8192, 8), {}, False), (("fp8", 8192, 1024, 16), {}, False),
+             (("fp8", 8192, 1024, 32), {}, True), (("fp8", 1024, 1024, 256), dp, False))
+    for (quant, isl, osl, users), changes, piecewise in cases:
+        row = parse_row({**DSR1, "backend_version": "1.2.0rc6.post3", "gemm_quant_mode": quant, "tp_size": "8",
+                         "moe_tp_size": "8", "isl": str(isl), "osl": str(osl), "concurrency": str(users),
+                         "batch_size": str(users), **changes})
+        assert mtp_piecewise_cuda_graph(played_row(row)) is piecewise, (quant, isl, osl, users, changes)
+        expected = (pieces if piecewise else eager) if quant == "nvfp4" else 0.0  # the FP8 entry has no eager price
+        assert scenario_perf_model(row_scenario(row)).constants.eager_layer_s == expected, (quant, isl, osl, users)
+    # only the steps with prompt tokens: 61 layers x the difference, a decode step the same
+    row = parse_row({**DSR1, "backend_version": "1.2.0rc6.post3", "tp_size": "8", "moe_tp_size": "8",
+                     "concurrency": "32", "batch_size": "32"})
+    with_pieces = scenario_perf_model(row_scenario(row))
+    without = scenario_perf_model(row_scenario(row, overrides={"eager_layer_s": eager}))
+    prompt = without.step_time_s([(1024, 0)], [2048] * 4) - with_pieces.step_time_s([(1024, 0)], [2048] * 4)
+    assert abs(prompt - 61 * (eager - pieces)) < 1e-9
+    assert without.step_time_s([], [2048] * 4) == with_pieces.step_time_s([], [2048] * 4)
+    # the same shape under the plain release's script, and under the older release's MTP campaign, keep their prices
+    plain = parse_row({**DSR1, "backend_version": "1.2.0rc6.post2", "concurrency": "32", "batch_size": "32"})
+    assert scenario_perf_model(row_scenario(plain)).constants.eager_layer_s == 0.0
+    old = parse_row({**DSR1, "id": "2026_04_06_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c32_tp8_ep8_1",
+                     "backend_version": "1.1.0rc2.post2", "tp_size": "8", "moe_tp_size": "1", "moe_ep_size": "8",
+                     "concurrency": "32", "batch_size": "32"})
+    assert is_dsr1_b200_mtp_run(played_row(old))
+    assert scenario_perf_model(row_scenario(old)).constants.eager_layer_s == 0.0

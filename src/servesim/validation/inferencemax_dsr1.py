@@ -89,14 +89,41 @@ MTP_ACCEPTANCE = 0.628
 MTP_DRAFT_LAYERS = 1  # DeepSeek-R1's one MTP module, run once per draft token
 
 
+# The 1.2.0rc6.post3 MTP scripts run TensorRT-LLM's piecewise CUDA graphs (`torch_compile_config:
+# enable_piecewise_cuda_graph: true`, `capture_num_tokens` powers of two to 128, then every 256 up to the budget) at
+# some shapes only: `dsr1_fp4_b200_trt_mtp.sh` (InferenceX pull request 642) at 1k/1k with 32 or 64 users (128 without
+# attention DP) and at 1k/8k with 64, `dsr1_fp8_b200_trt_mtp.sh` (632) everywhere but with attention DP and at the
+# narrow loads (1k/1k at 4 users or fewer, 1k/8k at 8, 8k/1k at 16). A step with prompt tokens runs outside the decode
+# CUDA graphs; with the pieces captured it launches only what lies between them (the attention), so it pays less
+# than the eager time per layer the release's NVFP4 entry prices every prompt step at (`eager_layer_s` 7e-04,
+# calibration_serving.yaml mtp_eager, fitted on rows of both kinds). The FP8 entry has no eager price (its first
+# tokens matched the plain release's), so only NVFP4 deployments take a price here. Per (GPU, release, precision),
+# chosen on a grid (0, 3.5e-4, 5e-4) against TTFT + TPOT on the release's rows outside held_out_ids, held-out rows
+# checked (docs/fidelity.md, issue 14, trtp3_26).
+MTP_PIECEWISE_EAGER_LAYER_S = {("b200_sxm", "1.2.0rc6.post3", "nvfp4"): 5e-4}
+MTP_FP8_EAGER_LOADS = {(1024, 1024): 4, (1024, 8192): 8, (8192, 1024): 16}  # most users without pieces (FP8)
+
+
+def mtp_piecewise_cuda_graph(row: SiliconRow) -> bool:
+    """Whether the 1.2.0rc6.post3 MTP script of `row`'s precision sets `enable_piecewise_cuda_graph` (above)."""
+    if row.gemm_quant == "fp8":
+        return row.attention_dp <= 1 and row.concurrency > MTP_FP8_EAGER_LOADS.get((row.isl, row.osl), 0)
+    if (row.isl, row.osl) == (1024, 1024):
+        return row.concurrency in (32, 64) or (row.concurrency == 128 and row.attention_dp <= 1)
+    return (row.isl, row.osl) == (1024, 8192) and row.concurrency == 64
+
+
 def dsr1_b200_trt_mtp(row: SiliconRow) -> Recipe:
     """The MTP variant of the DeepSeek-R1 scripts (B200 1.2.0rc6.post3 and 1.1.0rc2.post2, H200 1.1.0rc2.post2):
-    drafts, their budget, FP8 KV cache."""
+    drafts, their budget, FP8 KV cache, and the 1.2.0rc6.post3 scripts' piecewise CUDA graphs."""
     drafts = MTP_DRAFTS_ATTENTION_DP if row.attention_dp > 1 else MTP_DRAFTS
     batch = row.concurrency // max(1, row.attention_dp)
     engine = {"max_num_batched_tokens": dsr1_budget((drafts + 1) * batch, row.isl), "num_speculative_tokens": drafts,
               "spec_acceptance_rate": MTP_ACCEPTANCE, "spec_draft_layers": MTP_DRAFT_LAYERS}
-    return Recipe(engine=engine, scheduler=attention_dp_balance(row), perf={"kv_cache_dtype": "fp8"})
+    piecewise_s = MTP_PIECEWISE_EAGER_LAYER_S.get((row.system, row.version, row.gemm_quant))
+    constants = {"eager_layer_s": piecewise_s} if piecewise_s is not None and mtp_piecewise_cuda_graph(row) else {}
+    return Recipe(engine=engine, scheduler=attention_dp_balance(row), perf={"kv_cache_dtype": "fp8"},
+                  constants=constants)
 
 
 # Release 1.1.0rc2.post2 ran two DeepSeek-R1 B200 campaigns on one image (upstream `silicon_data_source` dates):
