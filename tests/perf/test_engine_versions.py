@@ -31,7 +31,8 @@ def test_version_at_least(version, expected):
 @pytest.fixture
 def async_rule(monkeypatch):
     """engines.yaml with a per-release rule on vllm: vLLM 0.14.0 turned async scheduling on by
-    default (not shipped: docs/fidelity.md says why), CPU work overlapping the GPU step."""
+    default, CPU work overlapping the GPU step (the shipped rule, set here alone so that these
+    tests do not depend on the file's other rules)."""
     import servesim.perf.engines as engines
 
     real = engines.resolve
@@ -45,8 +46,14 @@ def async_rule(monkeypatch):
     monkeypatch.setattr(engines, "resolve", resolve)
 
 
-def test_shipped_profiles_have_no_release_rules_yet():
-    assert engine_profile("vllm", "0.18.0").constants == engine_profile("vllm").constants
+def test_shipped_vllm_profile_schedules_async_from_0_14():
+    # vLLM 0.14.0 turned async scheduling on by default (engines.yaml); earlier and unversioned runs stay synchronous
+    assert engine_profile("vllm").constants["overlap_cpu"] == 0
+    assert engine_profile("vllm", "0.13.0").constants["overlap_cpu"] == 0
+    for version in ("0.14.0", "0.16.0", "0.19.0", "nightly-5b8c30d62b754b57"):
+        assert engine_profile("vllm", version).constants["overlap_cpu"] == 1
+    rest = {k: v for k, v in engine_profile("vllm", "0.19.0").constants.items() if k != "overlap_cpu"}
+    assert rest == {k: v for k, v in engine_profile("vllm").constants.items() if k != "overlap_cpu"}
 
 
 def test_release_rule_applies_from_its_release(async_rule):

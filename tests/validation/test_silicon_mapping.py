@@ -160,6 +160,19 @@ def test_row_version_reaches_the_perf_section_and_the_front_end():
     assert profile_name("VLLM", "", "") == "vllm"
 
 
+def test_vllm_async_releases_take_their_per_step_time_on_the_gpu():
+    # vLLM runs async scheduling by default from 0.14.0 (engines.yaml): the shipped serving constants of such a
+    # release keep its per-step time as GPU time per layer, and earlier / unversioned rows stay synchronous
+    from servesim.validation.silicon import scenario_perf_model
+
+    sync = scenario_perf_model(row_scenario(row(backend_version="", system="b200_sxm")))
+    assert sync.constants.overlap_cpu == 0
+    for system in ("b200_sxm", "b300_sxm"):
+        c = scenario_perf_model(row_scenario(row(system=system))).constants  # 0.19.0, MiniMax-M2.5 FP8, 62 layers
+        assert c.overlap_cpu == 1
+        assert c.layer_floor_s * 62 > c.step_overhead_s  # the CPU time hides behind a GPU step that carries it
+
+
 def test_deployment_settings_per_system_and_version():
     # SGLang with the generator's mixed chunks: every H200 run, and the B300 runs of 0.5.10.post1 only
     def mixed(system, version):

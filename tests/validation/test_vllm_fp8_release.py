@@ -1,7 +1,9 @@
 """vLLM on Blackwell, FP8 and NVFP4 deployments of one release (calibration_serving.yaml, docs/fidelity.md
 "vLLM on Blackwell, FP8 and NVFP4 deployments"): B200 0.17.0 and B300 0.19.0 give their block-scaled FP8
-deployments a GPU time per layer of 35 us and the release the step overhead its NVFP4 deployments measure;
-every other vLLM key is priced as before, whatever its precision."""
+deployments a GPU time per layer of 35 us and the release the step overhead its NVFP4 deployments measure.
+Since these releases schedule asynchronously (engines.yaml, 0.14.0 on; docs/fidelity.md, vasync26) each release's
+step overhead is also GPU time per layer, f x step_overhead_s / the layers of its model, so the split survives as
+25 us a layer between the precisions of one release and model."""
 
 from __future__ import annotations
 
@@ -15,33 +17,31 @@ def _constants(**changes):
     return c.layer_floor_s, c.step_overhead_s
 
 
-ENGINE_FLOOR = _constants(backend_version="0.19.0")[0]  # a key without the split: the engine's floor
+ENGINE_FLOOR = _constants(backend_version="")[0]  # a release before async scheduling: the engine's floor
 
 
 @pytest.mark.parametrize(("system", "version", "quant", "layer_floor_s", "step_overhead_s"), [
-    ("b200_sxm", "0.17.0", "fp8", 3.5e-05, 0.002996),               # the split: FP8 layers, the release's overhead
-    ("b200_sxm", "0.17.0", "nvfp4", ENGINE_FLOOR, 0.002996),        # NVFP4 of the same release: the overhead only
-    ("b300_sxm", "0.19.0", "fp8", 3.5e-05, 0.0035),
-    ("b300_sxm", "0.19.0", "nvfp4", ENGINE_FLOOR, 0.0035),
-    ("b200_sxm", "0.19.0", "fp8", ENGINE_FLOOR, 0.002996),          # not split (held-out rows worse)
-    ("b300_sxm", "nightly-5b8c30d62b754b57", "fp8", ENGINE_FLOOR, 0.004494),  # B300's fallback
+    ("b200_sxm", "0.17.0", "fp8", 8.33e-05, 0.002996),    # 35 us + 2.996 ms / 62 layers (MiniMax-M2.5)
+    ("b200_sxm", "0.17.0", "nvfp4", 5.91e-05, 0.002996),  # 10 us + 2.996 ms / 61 layers (the release's Kimi-K2.5)
+    ("b300_sxm", "0.19.0", "fp8", 9.15e-05, 0.0035),      # 35 us + 3.5 ms / 62
+    ("b300_sxm", "0.19.0", "nvfp4", 6.65e-05, 0.0035),    # 10 us + 3.5 ms / 62
+    ("b200_sxm", "0.19.0", "fp8", 6.07e-05, 0.002996),    # not split: 10 us + 1.05 x 2.996 ms / 62
+    ("b300_sxm", "nightly-5b8c30d62b754b57", "fp8", 8.25e-05, 0.004494),  # B300's fallback overhead: 10 us + 4.494 ms / 62
 ])
 def test_only_the_two_releases_split_by_precision(system, version, quant, layer_floor_s, step_overhead_s):
     assert _constants(system=system, backend_version=version, gemm_quant_mode=quant) == (layer_floor_s, step_overhead_s)
     assert ENGINE_FLOOR < 2.0e-05
 
 
-def test_the_split_moves_fixed_time_from_the_release_to_the_fp8_layers():
+def test_the_async_release_keeps_its_per_step_time_on_the_gpu():
     ctxs = [1536] * 4
-    # before: the release's old overhead and the engine's floor for every precision
-    before = {"step_overhead_s": 0.004494, "layer_floor_s": ENGINE_FLOOR}
-    fp8, fp8_before = _model(), _model(overrides=before)
+    # the synchronous play of B200 0.17.0 FP8 before: the release's overhead as CPU time, 15 us a sequence on the CPU
+    sync = {"overlap_cpu": 0.0, "layer_floor_s": 3.5e-05, "seq_gpu_s": 1.0e-05}
+    fp8, fp8_sync = _model(), _model(overrides=sync)
     layers = fp8.terms.model.num_layers
-    # the floor is paid by every layer and by the LM head's GEMM (terms.lm_head_gemm_s)
-    moved = (layers + 1) * (3.5e-05 - ENGINE_FLOOR) - (0.004494 - 0.002996)
-    assert fp8.step_time_s([], ctxs) - fp8_before.step_time_s([], ctxs) == pytest.approx(moved, abs=1e-9)
-    # MiniMax-M2.5's 62 layers: the FP8 decode step keeps about its fixed time (+73 us)
-    assert layers == 62 and abs(moved) < 1e-4
-    # an NVFP4 deployment of the release loses the 1.5 ms the FP8 layers carried
-    fp4, fp4_before = _model(gemm_quant_mode="nvfp4"), _model(overrides=before, gemm_quant_mode="nvfp4")
-    assert fp4_before.step_time_s([], ctxs) - fp4.step_time_s([], ctxs) == pytest.approx(0.004494 - 0.002996, abs=1e-9)
+    assert fp8.constants.overlap_cpu == 1 and layers == 62
+    # async: the overhead is hidden, the floor carries it (every layer and the LM head's GEMM pay the floor,
+    # terms.lm_head_gemm_s), and half of the 15 us a sequence is GPU time (B200's g 0.5)
+    moved = (layers + 1) * (8.33e-05 - 3.5e-05) - 0.002996 + 4 * (1.75e-05 - 1.0e-05) - 4 * 15e-06
+    assert fp8.step_time_s([], ctxs) - fp8_sync.step_time_s([], ctxs) == pytest.approx(moved, abs=1e-9)
+    assert abs(moved) < 1e-4  # the 4-user decode step keeps about its time (+17 us)

@@ -45,8 +45,9 @@ VLLM_DEFAULT_CAPTURE_CAP = 512
 # on H100 (TP 2 / 4 / 8) and `-FP4` on B200 (TP 1-8) with image `vllm/vllm-openai:v0.10.2`, `benchmark-tmpl.yml`'s
 # users 4-64, every shape of the full-sweep schedulers at `random-range-ratio: 0.8`. `70b_fp8_h100_{docker,slurm}.sh`
 # and `70b_fp4_b200_docker.sh` both serve with `max-num-batched-tokens: 8192`, `kv-cache-dtype: fp8`,
-# `--gpu-memory-utilization 0.9`, `async-scheduling: true` (not played: servesim's overlap rule is not shipped for
-# vLLM, engines.py), no `--block-size`; `--max-num-seqs` CONC (H100) or 512 (B200): at or above every row's users.
+# `--gpu-memory-utilization 0.9`, `async-scheduling: true` (not played: servesim plays async scheduling from vLLM
+# 0.14.0, its default, engines.py; these rows record no release and keep the synchronous play their constants were
+# fitted with, docs/fidelity.md, vasync26), no `--block-size`; `--max-num-seqs` CONC (H100) or 512 (B200): at or above every row's users.
 # B200 adds compilation fusions and `cudagraph_mode: FULL_DECODE_ONLY` (kernel settings, not flags servesim plays).
 # The H100 gpt-oss-120b rows without a version inside that sweep (TP 8, 8k/1k, 32 / 64 users, measured 2025-11-02) ran
 # `gptoss_fp4_h100_{docker,slurm}.sh` of `gptoss-tmpl.yml` (v0.10.2, TP 2 / 4 / 8): the same flags without a KV precision
