@@ -193,15 +193,15 @@ def test_load_and_transfer_times(h100_8b: PerfModel) -> None:
     assert h100_8b.gpu_spec.tdp_w == 700 and h100_8b.model_spec.num_layers == 32
 
 
-def test_gemm_blocks_are_built_once_per_terms_and_not_carried_by_replace() -> None:
-    """`StepTerms.blocks` is memoised (`linear_s` reads it at every new token count: a sessions
-    turn's): the same blocks each call, equal to a fresh build, and a `replace`d terms with
-    another TP (attention data parallelism's MoE terms) builds its own."""
+def test_token_terms_are_built_once_per_terms_and_not_carried_by_replace() -> None:
+    """`StepTerms.token_terms` is memoised (`linear_s`, `other_s` and `PerfModel._token_s` read it at
+    every new token count: a sessions turn's): the same object each call, and a `replace`d terms
+    with another TP (attention data parallelism's MoE terms) builds its own from its own blocks."""
     from dataclasses import replace
 
     terms = build_perf_model("qwen3-30b-a3b", "h100-sxm", tp=2, dtype="bf16").terms
-    first = terms.blocks()
-    assert terms.blocks() is first and list(first) == terms._build_blocks()
+    first = terms.token_terms()
+    assert terms.token_terms() is first and terms.linear_s(100) == first.linear_s(100)
     wider = replace(terms, tp=4)
-    assert wider == replace(terms, tp=4) and wider.blocks() is not first
-    assert list(wider.blocks()) == wider._build_blocks() != list(first)
+    assert wider == replace(terms, tp=4) and wider.token_terms() is not first
+    assert wider.blocks() != terms.blocks() and wider.linear_s(100) != terms.linear_s(100)

@@ -86,17 +86,18 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_graphless", bool(floor or add))  # either on: the fast paths defer
         object.__setattr__(self, "_mixed", t.c.mixed_prefill_slowdown)  # share of the prompt tokens' time, beside decodes
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
-        object.__setattr__(self, "_tok_fn", t.token_s_fn())  # `_token_s`'s terms on a miss as one function (None: called)
+        object.__setattr__(self, "_token_terms", t.token_terms())  # `_token_s`'s linear_s and other_s on a miss
+        # TP 1 and PP 1: no all-reduce, no hand-off, so communication_s is L x 0.0 + L x 0.0 (and v + 0.0 is v).
+        object.__setattr__(self, "_communicates", t.tp > 1 or t.pp > 1)
 
     # ---- memoised exact terms ------------------------------------------------------------
     def _token_s(self, num_tokens: int) -> float:
         v = self._tok.get(num_tokens)
         if v is None:
-            if self._tok_fn is not None:  # (the same floats: `StepTerms.token_s_fn`)
-                v = self._tok_fn(num_tokens)
-            else:
-                t = self.terms
-                v = t.linear_s(num_tokens) + t.other_s(num_tokens) + t.communication_s(num_tokens)
+            tt = self._token_terms
+            v = tt.linear_s(num_tokens) + tt.other_s(num_tokens)
+            if self._communicates:
+                v = v + self.terms.communication_s(num_tokens)
             self._tok[num_tokens] = v
         return v
 

@@ -13,11 +13,24 @@ def smooth_roofline_s(flops: float, bytes_moved: float, peak_flops: float, bw_by
     max(compute, memory) roofline; k = 1-2 fits measured GEMMs better near the ridge point,
     where neither resource is saturated (spec §5).
     """
-    compute_s = flops / (eta_compute * peak_flops)
-    memory_s = bytes_moved / (eta_memory * bw_bytes_s)
-    if compute_s == 0.0 or memory_s == 0.0:
-        return compute_s + memory_s
-    return (compute_s**smoothing_k + memory_s**smoothing_k) ** (1.0 / smoothing_k)
+    return smooth_roofline_sum_s(((1, flops, bytes_moved, 0.0),), 1, eta_compute * peak_flops, eta_memory * bw_bytes_s,
+                                 smoothing_k)  # (a sum of one kernel: 1 x t, t + 0.0 x 1 and 0.0 + t are exact)
+
+
+def smooth_roofline_sum_s(kernels, num_tokens: int, compute_den: float, memory_den: float, smoothing_k: float) -> float:
+    """Sum of count x `smooth_roofline_s` over `kernels`, (count, FLOPs per token, bytes, bytes per
+    token) each, run on `num_tokens` tokens; the denominators eta_compute x peak and eta_memory x bw
+    given (perf/terms.TokenTerms takes them once per deployment: the GEMM blocks of all layers)."""
+    inv_k = 1.0 / smoothing_k
+    total = 0.0
+    for count, flops_per_token, bytes_moved, bytes_per_token in kernels:
+        compute_s = flops_per_token * num_tokens / compute_den
+        memory_s = (bytes_moved + bytes_per_token * num_tokens) / memory_den
+        if compute_s == 0.0 or memory_s == 0.0:
+            total += count * (compute_s + memory_s)
+        else:
+            total += count * (compute_s**smoothing_k + memory_s**smoothing_k) ** inv_k
+    return total
 
 
 def allreduce_s(message_bytes: float, num_gpus: int, link_bw_bytes_s: float, link_latency_s: float,

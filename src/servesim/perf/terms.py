@@ -15,6 +15,7 @@ from servesim.perf.calibration import Constants
 from servesim.perf.hardware import ACTIVATION_BYTES, DtypeSpec, GPUSpec
 from servesim.perf.models import (ModelSpec, attention_params, dense_ffn_params, expert_params, kv_elements_per_token_layer,
                                   linear_attention_params, linear_state_bytes_per_seq)
+from servesim.perf.roofline import smooth_roofline_sum_s
 
 LM_HEAD_BYTES = 2.0  # embeddings and LM head stay 16-bit in quantised checkpoints
 DELTA_CHUNK = 64  # FLA's chunk for the chunked delta rule (chunk_gated_delta_rule, FLA_CHUNK_SIZE = 64)
@@ -50,18 +51,21 @@ class StepTerms:
         return self.tp // self.moe_ep
 
     # ---- linear layers -------------------------------------------------------------------
-    def blocks(self) -> tuple[Block, ...]:
-        """The GEMM blocks of one GPU, built once (a function of the frozen fields): `linear_s`
-        reads them at every token count the perf model has not priced yet, which a sessions turn
-        is (its prompt beside the running decodes: a miss of `PerfModel._token_s`'s memo per
-        turn), and building them was about two thirds of `linear_s`."""
-        memo = self.__dict__.get("_blocks")
+    def token_terms(self) -> "TokenTerms":
+        """The per-token terms (`TokenTerms`), built once (a function of the frozen fields): `linear_s`,
+        `other_s` and `PerfModel._token_s` read them at every token count the perf model has not
+        priced yet, which a sessions turn is (its prompt beside the running decodes) and about one
+        arrival in five at one replica, and building the GEMM blocks was about two thirds of
+        `linear_s` (sess21)."""
+        memo = self.__dict__.get("_token_terms")
         if memo is None:
-            memo = tuple(self._build_blocks())
-            object.__setattr__(self, "_blocks", memo)  # (not a field: equality and `replace` ignore it)
+            memo = TokenTerms(self)
+            object.__setattr__(self, "_token_terms", memo)  # (not a field: equality and `replace` ignore it)
         return memo
 
-    def _build_blocks(self) -> list[Block]:
+    def blocks(self) -> list[Block]:
+        """The GEMM blocks of one GPU, attention first and the MoE block (at most one) last: the order
+        `linear_s` sums them in (`TokenTerms` takes them once; `linear_compute_memory_s` for reports)."""
         m, t, a = self.model, self.tp, ACTIVATION_BYTES
         h = m.hidden_size
         attn = attention_params(m) / t
@@ -93,42 +97,12 @@ class StepTerms:
         return c.eta_compute + (c.eta_compute_large_m - c.eta_compute) * num_tokens / (num_tokens + c.gemm_m_half_tokens)
 
     def linear_s(self, num_tokens: int, moe: bool | None = None) -> float:
-        """GEMM time of all layers for `num_tokens` tokens (smoothed roofline per block).
+        """GEMM time of all layers for `num_tokens` tokens (`TokenTerms.linear_s`).
 
         moe: None prices every block plus the per-layer floor; False only the attention and dense
         blocks plus the floor; True only the MoE blocks (attention data parallelism prices the two
         on different token counts: perf/attention_dp.py)."""
-        c, g, m = self.c, self.gpu, self.model
-        peak = g.peak_flops[self.dtype.compute]
-        eta_c = self.eta_compute_at(num_tokens)
-        copy_s = self.moe_copy_s_per_token() * num_tokens  # 0.0 when off: t + 0.0 keeps main's floats
-        total = 0.0
-        for b in self.blocks():
-            if moe is not None and b.moe != moe:
-                continue
-            weight_elems, eta_b = b.weight_elems, eta_c
-            if b.moe:
-                assert m.moe is not None
-                weight_elems += self.expert_weights_read(num_tokens)
-                eta_b = c.eta_moe_compute or eta_c  # the grouped-GEMM kernel's own efficiency when set
-            t_block = roofline.smooth_roofline_s(
-                b.flops_per_token * num_tokens, weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens,
-                peak, g.hbm_bw_bytes_s, eta_b, c.eta_memory, c.smoothing_k)
-            if b.moe:  # a separate kernel's traffic (finalize), so added to the GEMMs' roofline, not smoothed into it
-                t_block = t_block + copy_s
-            total += b.count * t_block
-        return total if moe else total + m.num_layers * c.layer_floor_s
-
-    def token_s_fn(self) -> "TokenTerms | None":
-        """`linear_s(n) + other_s(n) + communication_s(n)` (`PerfModel._token_s`) as one function
-        of n (`TokenTerms`) for a model without MoE or linear-attention layers; None otherwise
-        (the three terms are then called). Why: the memo of `_token_s` misses at about one
-        arrival in five at one replica (a join's step runs a new prompt length beside the
-        decodes), and each miss made about a dozen calls and forty attribute reads."""
-        m = self.model
-        if m.moe is not None or m.linear_attention is not None:
-            return None
-        return TokenTerms(self)
+        return self.token_terms().linear_s(num_tokens, moe)
 
     def expert_weights_read(self, num_tokens: int) -> float:
         """Routed-expert weights (elements) one GPU reads in a MoE layer for `num_tokens` tokens.
@@ -158,10 +132,11 @@ class StepTerms:
         """The compute and memory sides of `linear_s` (for reporting the regime)."""
         c, g = self.c, self.gpu
         peak_c = self.eta_compute_at(num_tokens) * g.peak_flops[self.dtype.compute]
-        flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks() if not (b.moe and c.eta_moe_compute))
-        moe_flops = sum(b.count * b.flops_per_token * num_tokens for b in self.blocks() if b.moe and c.eta_moe_compute)
+        blocks = self.blocks()
+        flops = sum(b.count * b.flops_per_token * num_tokens for b in blocks if not (b.moe and c.eta_moe_compute))
+        moe_flops = sum(b.count * b.flops_per_token * num_tokens for b in blocks if b.moe and c.eta_moe_compute)
         compute_s = flops / peak_c + (moe_flops / (c.eta_moe_compute * g.peak_flops[self.dtype.compute]) if moe_flops else 0.0)
-        bytes_ = sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens) for b in self.blocks())
+        bytes_ = sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens) for b in blocks)
         return compute_s, bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
 
     # ---- memory-bound element-wise work, KV writes, LM head ---------------------------------
@@ -173,14 +148,9 @@ class StepTerms:
         return m.intermediate_size / self.tp
 
     def other_s(self, num_tokens: int) -> float:
-        """Norms, RoPE, activation function, residuals and the KV write of the new tokens."""
-        m, c = self.model, self.c
-        elem_bytes = (10.0 * m.hidden_size + 3.0 * self.ffn_width()) * ACTIVATION_BYTES
-        kv_write = kv_elements_per_token_layer(m, self.tp) * self.kv_bytes
-        if m.linear_attention is not None:  # only the attention layers write KV
-            per_token = m.num_layers * elem_bytes + m.num_attention_layers * kv_write
-            return num_tokens * per_token / (c.eta_memory * self.gpu.hbm_bw_bytes_s)
-        return m.num_layers * num_tokens * (elem_bytes + kv_write) / (c.eta_memory * self.gpu.hbm_bw_bytes_s)
+        """Norms, RoPE, activation function, residuals and the KV write of the new tokens
+        (`TokenTerms.other_s`)."""
+        return self.token_terms().other_s(num_tokens)
 
     # ---- linear-attention (Gated DeltaNet) layers ------------------------------------------
     def linear_state_s(self, num_seqs: int) -> float:
@@ -312,48 +282,56 @@ class StepTerms:
 
 
 class TokenTerms:
-    """`StepTerms.linear_s(n) + other_s(n) + communication_s(n)` of a model without MoE or
-    linear-attention layers, with what does not depend on n taken once (the GEMM blocks' fields
-    and weight bytes, the rooflines' denominators, 1 / k, the layers' floor, `other_s`'s bytes
-    per token) and the rest the same float operations on the same values in the same order:
-    bit-identical (tests/perf/test_token_s_fn.py). A class, not a closure, so that a
-    `PerfModel` holding one still pickles."""
+    """A step's per-token terms for one `StepTerms` (`StepTerms.token_terms()`, built once): `linear_s`
+    and `other_s`, which `PerfModel._token_s` memoises with `communication_s` by token count. The
+    only code that evaluates them: what does not depend on the token count is taken here once (the
+    GEMM blocks' fields and weight bytes, the rooflines' denominators, the layers' floor, `other_s`'s
+    bytes per token), so a token count the perf model has not priced yet (about one arrival in five
+    at one replica) costs a few float operations. Slots, not a closure: a `PerfModel` still pickles."""
 
-    __slots__ = ("_blocks", "_den_c", "_den_m", "_k", "_inv_k", "_floor", "_eta", "_large", "_spread", "_half",
-                 "_peak", "_layers", "_per_token", "_comm", "_terms")
+    __slots__ = ("_terms", "_peak", "_den_c", "_den_m", "_k", "_dense", "_moe", "_moe_den_c", "_copy", "_wb",
+                 "_floor", "_other_layers", "_other_bytes")
 
     def __init__(self, t: StepTerms) -> None:
         m, c, g = t.model, t.c, t.gpu
-        self._peak, self._k = g.peak_flops[t.dtype.compute], c.smoothing_k
-        self._inv_k = 1.0 / self._k
-        self._den_m = c.eta_memory * g.hbm_bw_bytes_s  # (`smooth_roofline_s`'s and `other_s`'s memory denominator)
-        wb = t.dtype.weight_bytes
-        self._blocks = [(b.count, b.flops_per_token, b.weight_elems * wb, b.act_bytes_per_token) for b in t.blocks()]
-        self._floor = m.num_layers * c.layer_floor_s
-        self._eta, self._large, self._half = c.eta_compute, c.eta_compute_large_m, c.gemm_m_half_tokens
-        self._spread = self._large - self._eta  # (`eta_compute_at`'s)
-        self._den_c = self._eta * self._peak  # (with a constant eta)
-        self._layers = m.num_layers
-        self._per_token = ((10.0 * m.hidden_size + 3.0 * t.ffn_width()) * ACTIVATION_BYTES
-                           + kv_elements_per_token_layer(m, t.tp) * t.kv_bytes)
-        self._comm = 0.0 if t.tp <= 1 and t.pp <= 1 else None  # (no all-reduce, no hand-off: L x 0.0 + L x 0.0)
         self._terms = t
+        self._peak, self._k, self._wb = g.peak_flops[t.dtype.compute], c.smoothing_k, t.dtype.weight_bytes
+        # The GEMMs' compute denominator: fixed, or per token count when the efficiency grows with it.
+        self._den_c = c.eta_compute * self._peak if c.eta_compute_large_m <= 0.0 else None
+        self._den_m = c.eta_memory * g.hbm_bw_bytes_s
+        blocks = t.blocks()
+        self._dense = tuple((b.count, b.flops_per_token, b.weight_elems * self._wb, b.act_bytes_per_token)
+                            for b in blocks if not b.moe)
+        self._moe = next((b for b in blocks if b.moe), None)  # (the last block: summed after the dense ones)
+        # The MoE grouped GEMM's own efficiency when set (else the dense GEMMs'), and its finalize copy.
+        self._moe_den_c = c.eta_moe_compute * self._peak if c.eta_moe_compute else None
+        self._copy = t.moe_copy_s_per_token()
+        self._floor = m.num_layers * c.layer_floor_s
+        kv_write = kv_elements_per_token_layer(m, t.tp) * t.kv_bytes
+        elem_bytes = (10.0 * m.hidden_size + 3.0 * t.ffn_width()) * ACTIVATION_BYTES
+        if m.linear_attention is not None:  # only the attention layers write KV (1 x n is n: main's n x bytes order)
+            self._other_layers, self._other_bytes = 1, m.num_layers * elem_bytes + m.num_attention_layers * kv_write
+        else:
+            self._other_layers, self._other_bytes = m.num_layers, elem_bytes + kv_write
 
-    def __call__(self, n: int) -> float:
-        dc = self._den_c if self._large <= 0.0 else (self._eta + self._spread * n / (n + self._half)) * self._peak
-        den_m, k, inv_k = self._den_m, self._k, self._inv_k
-        total = 0.0
-        for count, flops, weights, act in self._blocks:  # (`linear_s`: `smooth_roofline_s` per block)
-            compute_s = flops * n / dc
-            memory_s = (weights + act * n) / den_m
-            if compute_s == 0.0 or memory_s == 0.0:
-                t = compute_s + memory_s
-            else:
-                t = (compute_s ** k + memory_s ** k) ** inv_k
-            total += count * t
-        comm = self._comm
-        return ((total + self._floor) + self._layers * n * self._per_token / den_m
-                + (comm if comm is not None else self._terms.communication_s(n)))
+    def linear_s(self, n: int, moe: bool | None = None) -> float:
+        """GEMM time of all layers for `n` tokens: a smoothed roofline per block (`StepTerms.linear_s`)."""
+        dc = self._den_c
+        if dc is None:  # (a GEMM efficiency growing with the token count)
+            dc = self._terms.eta_compute_at(n) * self._peak
+        total = 0.0 if moe else smooth_roofline_sum_s(self._dense, n, dc, self._den_m, self._k)
+        b = self._moe
+        if b is not None and moe is not False:
+            weight_bytes = (b.weight_elems + self._terms.expert_weights_read(n)) * self._wb
+            t_block = smooth_roofline_sum_s(((1, b.flops_per_token, weight_bytes, b.act_bytes_per_token),), n,
+                                            self._moe_den_c or dc, self._den_m, self._k)
+            # The finalize copy is a separate kernel's traffic, so added to the GEMMs' roofline, not smoothed into it.
+            total += b.count * (t_block + self._copy * n)
+        return total if moe else total + self._floor
+
+    def other_s(self, n: int) -> float:
+        """Norms, RoPE, activation function, residuals and the KV write of `n` new tokens (`StepTerms.other_s`)."""
+        return self._other_layers * n * self._other_bytes / self._den_m
 
 
 def moe_split(tp: int, expert_parallel: bool, moe_tp_size: int | None, moe_ep_size: int | None) -> tuple[int, int]:
