@@ -5,8 +5,10 @@ before the horizon."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +17,7 @@ from servesim.replica import fast_forward
 from servesim.replica.token_advance import advance_decodes, advance_decodes_by, advance_decodes_step
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.stretch import Stretch
+from servesim.replica.stretch_joins import StretchJoins
 from servesim.workload.request import Request
 
 
@@ -88,6 +91,42 @@ def test_batch_runs_of_a_stretch_nobody_left_and_of_one_with_departures(perf):
     st.price(float("inf"))
     assert st.batch_runs() == ([3, 1], [20, 30])
     assert st.batch_sizes() == [3] * 20 + [1] * 30
+
+
+def _runs_by_search(k, rem, starts, stalls, n):
+    """The joined stretch's batch runs by a search of the two sorted lists per change (the
+    earlier `_batch_runs_joined`): n requests, `starts` of the joins, `stalls` (step, count)."""
+    marks = sorted({0, *(r for r in rem if r < k), *(s for s in starts if s < k),
+                    *(j for s, _ in stalls if s < k for j in (s, s + 1) if j < k)})
+    sizes = [n - len(starts) + bisect.bisect_right(starts, j) - bisect.bisect_right(rem, j) for j in marks]
+    for s, _ in stalls:
+        if s < k:
+            sizes[marks.index(s)] = starts.count(s)
+    return sizes, [b - a for a, b in zip(marks, marks[1:] + [k])]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_batch_runs_with_joins_and_stalls_count_each_change_once(seed):
+    """`batch_runs` of a stretch with joins sums the joins and departures at each change of the
+    batch in order: the runs a search of the sorted lists at each change gives, and per step the
+    requests that joined at or before it and have not left (ties, joins and departures at the
+    same step, prompt-only steps, changes at and past the last step)."""
+    rng = random.Random(seed)
+    k = rng.randint(1, 60)
+    n0 = rng.randint(1, 6)
+    starts = sorted(rng.randint(1, k + 3) for _ in range(rng.randint(1, 8)))
+    rem = sorted(rng.randint(1, 70) for _ in range(n0 + len(starts)))
+    stalls = [(s, 1) for s in sorted(set(starts)) if rng.random() < 0.3]
+    st = SimpleNamespace(k=k, _sorted_rem=rem, joins=[(s, None, 9) for s in starts], reqs=[None] * len(rem),
+                         stalls=stalls)
+    runs = StretchJoins._batch_runs_joined(st)
+    assert runs == _runs_by_search(k, rem, starts, stalls, len(rem))
+    per_step = [size for size, m in zip(*runs) for _ in range(m)]
+    assert len(per_step) == k
+    stalled = dict(stalls)
+    for j, size in enumerate(per_step):
+        joined = sum(s <= j for s in starts)
+        assert size == (starts.count(j) if j in stalled else n0 + joined - sum(r <= j for r in rem))
 
 
 def test_uniform_advance_is_the_general_advance_with_equal_steps():

@@ -3,6 +3,8 @@ scalar loop (one perf-model call per step), through departures and extensions.""
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import pytest
 
@@ -303,3 +305,23 @@ def test_a_joined_stretch_at_a_replica_among_many_prices_a_few_steps_ahead(ahead
     slow.price(float("inf"))
     assert fast.k == slow.k == fast.kmax and [float(t) for t in fast.ends] == [float(t) for t in slow.ends]
     assert fast.batch_sizes() == slow.batch_sizes()
+
+
+@pytest.mark.parametrize("numpy_ends", [False, True])  # ends in a list (the scalar loop) or an array (chunks)
+def test_a_cut_keeps_the_steps_started_before_it_wherever_it_falls(numpy_ends):
+    """`cut` reads the second-to-last end first (an arrival usually falls in the last step) and
+    searches only before it: the steps it keeps must be those a search of every end keeps, for
+    a cut at, between, before and after the ends, on either kind of ends."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    forms = _Forms(perf)._decode_forms if numpy_ends else (lambda n: None)
+    whole = _stretch(perf, forms, True)
+    whole.price(2.5)
+    ends = [float(t) for t in whole.ends]
+    assert isinstance(whole._ends, np.ndarray) == numpy_ends and len(ends) > 20
+    times = [0.0, ends[0], *ends[-3:], ends[-1] + 1.0] + [(a + b) / 2 for a, b in zip(ends, ends[1:])]
+    for t in times:
+        st = _stretch(perf, forms, True)
+        st.price(2.5)
+        keep = min(bisect.bisect_left(ends, t) + 1, len(ends))
+        assert st.cut(t) == (keep < len(ends))
+        assert st.k == keep and [float(x) for x in st.ends] == ends[:keep] and st.final

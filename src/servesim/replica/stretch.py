@@ -284,11 +284,14 @@ class Stretch(StretchJoins, StretchPricing):
     def cut(self, t: float) -> bool:
         """Keep the steps that started before `t`; True if steps were dropped."""
         self.final = True
-        k = bisect_left(self._ends, t, 0, self.k) + 1
-        if k < self.k:
-            self.truncate(k)
-            return True
-        return False
+        k, ends = self.k, self._ends
+        # (an arrival usually cuts in the last step: the stretch was priced up to it. Then one
+        # read settles it, where a search of a long stretch's ends, a numpy array once a chunk
+        # priced it, makes a numpy scalar at each of its ten or so probes)
+        if k < 2 or ends[k - 2] < t:
+            return False
+        self.truncate(bisect_left(ends, t, 0, k - 2) + 1)  # (the first end at or after t is below k - 1)
+        return True
 
     def finished_by(self, t: float) -> int:
         """How many requests emitted their last token in steps that ended before `t`

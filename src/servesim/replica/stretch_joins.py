@@ -6,6 +6,8 @@ decides when they may). A mixin of `Stretch`, which holds the state (`joins`, `j
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
+from collections import Counter
+from itertools import accumulate, repeat
 from operator import sub
 from typing import Any
 
@@ -22,18 +24,22 @@ class StretchJoins:
         """`batch_runs` with joins: the batch also grows at each join step."""
         k, rem = self.k, self._sorted_rem
         starts = [j for j, _, _ in self.joins]  # (in join order: non-decreasing, as `rem` is sorted)
-        n0 = len(self.reqs) - len(starts)
-        # the steps before k where the batch changes: departures and joins (C slices of the two
-        # sorted lists, no generator step per request: a stretch holds a few dozen of each)
-        marks = {0, *rem[:bisect_left(rem, k)], *starts[:bisect_left(starts, k)]}
+        # the steps before k where the batch changes, with the requests that join and leave at
+        # each (counted in C from slices of the two sorted lists: a stretch holds a few dozen of each)
+        joins, leaves = Counter(starts[:bisect_left(starts, k)]), Counter(rem[:bisect_left(rem, k)])
+        marks = {0, *joins, *leaves}
         if self.stalls:  # (a prompt-only step runs its prompts alone: a run of its own)
             marks.update(j for s, _ in self.stalls if s < k for j in (s, s + 1) if j < k)
         marks = sorted(marks)
-        sizes = [n0 + bisect_right(starts, j) - bisect_right(rem, j) for j in marks]
+        # the batch at each mark: those that ran from step 0, plus the joins, less the departures,
+        # at or before it (summed in order over the marks, which hold every join and departure
+        # before k: no search of the two lists per mark)
+        sizes = list(accumulate(map(sub, map(joins.get, marks, repeat(0)), map(leaves.get, marks, repeat(0))),
+                                initial=len(self.reqs) - len(starts)))
+        del sizes[0]
         for s, _ in self.stalls:
             if s < k:
-                i = bisect_left(marks, s)
-                sizes[i] = bisect_right(starts, s) - bisect_left(starts, s)
+                sizes[bisect_left(marks, s)] = joins.get(s, 0)
         marks.append(k)
         return BatchRuns(sizes, list(map(sub, marks[1:], marks)))
 
