@@ -90,40 +90,6 @@ def test_andes_next_turns_join_exactly(extra, monkeypatch):
     assert with_hits > 0.05 * len(fast.requests), with_hits
 
 
-FOUR = ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=8"]
-
-
-# (13 of 500 turns joined at 1 replica, where most find their context indexed; 106 at 4
-# replicas, 20 with the small cache, whose stretches the blocks free limit)
-@pytest.mark.parametrize("extra, share", [([], 0.015), (FOUR, 0.15), (FOUR + ["engine.gpu_memory_utilization=0.25"], 0.02)])
-def test_sarathi_next_turns_join_with_their_chunks_exactly(extra, share, monkeypatch):
-    """`sarathi` computes a next turn's whole context again without a lookup, in chunks of its
-    budget: a turn none of whose keys is indexed or planned by the stretch joins it with its
-    chunks (`chunk_join` with `keyed`: its whole prompt's keys registered at the join step),
-    with stepping's results and step log (on main every such turn ended the stretch)."""
-    from servesim.replica import keyed_join as keyed_join_module
-
-    registered = []  # per join of a request with prefix keys: its keyed blocks just registered
-    chunk_join = keyed_join_module.chunk_join
-
-    def counted(engine, st, now_s, num_running, keyed=False):
-        joined = chunk_join(engine, st, now_s, num_running, keyed)
-        if joined and st.reqs[-1].kv_block_keys:
-            registered.append(engine.kv._held[st.reqs[-1].id].num_keyed)
-        return joined
-
-    monkeypatch.setattr(keyed_join_module, "chunk_join", counted)
-    sets = BUSY + ["scheduler.name=sarathi"] + extra
-    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
-    n = len(registered)
-    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
-    assert len(registered) == n  # (stepping joins nothing)
-    assert outcome(fast) == outcome(slow)
-    assert_same_steps(fast, slow)
-    assert n > share * len(fast.requests), n  # turns joined stretches in flight (fast-forward ran)
-    assert min(registered) > 0
-
-
 def test_turns_join_stretches_priced_ahead_by_the_lean_path(monkeypatch):
     """Among several replicas a stretch is priced arrival gaps ahead by numpy chunks: a next
     turn cut into it rebuilds the scalar state of its join step (as `join_arrivals` does), is

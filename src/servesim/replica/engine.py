@@ -134,7 +134,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # admission then runs before the stretch's earlier steps register and evict their
         # blocks, which only a reader of this prefix cache from outside could see (a
         # cache-aware router, a KV store): the simulation turns it on when there is none and the
-        # cache and admission are vLLM's or Sarathi's (`admits_keyed`). Then keyed stretches plan their
+        # cache and admission are vLLM's (`admits_keyed`). Then keyed stretches plan their
         # registrations up to each request's last step, which joins extend (`keys_conflict_many`).
         self.keyed_joins = False
         # The run's only replica, which nothing but the feed's stream arrivals reach (set by

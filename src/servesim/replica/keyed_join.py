@@ -34,13 +34,6 @@ step s is priced with its prompt beside its cached context, and from step s + 1 
 with the others, registering its decode blocks as the stretch's keyed requests do (checked for
 conflicts with the rest by `Engine._limit`). Exact: `tests/cluster/test_keyed_join.py` runs
 busy conversations fast-forwarded and stepped, step log included.
-
-Sarathi's admission (`SarathiScheduler`) looks nothing up: it computes a turn's whole context
-again, in chunks of its budget, and registers the whole prompt's keys at admission. Its turns
-join with their chunks as its fresh long prompts do (`chunk_join` with `keyed`), when none of
-those keys is indexed or planned by the stretch (`join_keys.unplanned`): at 8 replicas most turns
-reach a replica that does not hold their context; one that does (most at 1 replica) ends the
-stretch (its registration makes copies or new keys depending on the pops up to the join step).
 """
 
 from __future__ import annotations
@@ -48,14 +41,12 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.chunk_join import chunk_join
 from servesim.replica.held_hits import held_by_departed
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
-from servesim.replica.join_keys import REFUSED, unplanned
+from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
-from servesim.replica.schedulers.sarathi import SarathiScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.stretch import Stretch
@@ -85,10 +76,6 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False
-    if isinstance(sched, SarathiScheduler):  # (a turn computed whole again, no lookup, its prompt chunked)
-        if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
-            return False  # (cut inside a prompt's chunks: the budget is that prompt's up to its last)
-        return chunk_join(engine, st, now_s, num_running, keyed=True)
     req = next(iter(sched.waiting))
     max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
     if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
@@ -132,9 +119,23 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     end = min(num_tokens // bs, keys.num_blocks) if keys is not None else 0
     kept = None  # the stretch's registration plan, checked against the runs this turn registers
     if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
-        kept = unplanned(kv, st, keys, hits.num_keyed, end, s, s - 1 if chunked is None else steps - 1)
-        if kept is REFUSED:
+        runs = prefix.unindexed(keys, hits.num_keyed, end)
+        if runs is None:
             return False
+        if st.keyed:
+            # (`keys_conflict_many`'s plan of the stretch's registrations, still valid, up to
+            # its last step k - 1 = s - 1 at least, and those of step s: stepping's `schedule`
+            # there registers them before the admission)
+            planned = kv._planned
+            if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts):
+                return False
+            if not planned[4][1].isdisjoint(runs):  # (the plan's runs, as a set)
+                return False
+            if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
+                return False
+            if chunked is not None and planned[2] < steps - 1:
+                return False  # (its chunks register beside the decodes' blocks up to step s + q: planned)
+            kept = planned
     joins = [(req, n)]
     if chunked is None and st._forms is not None and (st._f is None or st._priced != s):
         # A stretch priced ahead by numpy chunks (each replica's among many: its horizon lies
@@ -188,24 +189,30 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     return _priced_on(engine, st, now_s, s, 1, st.price_on if lean else None)
 
 
+def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
+    """The run keys the stretch's keyed requests register at step s beyond those of steps up
+    to s - 1: a block each whose last token step s computes (`keys_conflict_many`'s ends);
+    None if some are not known (keys that are not runs of one length)."""
+    out: set = set()
+    for (req, ctx1), last in zip(st.keyed, st.keyed_last):
+        t = ctx1 + s
+        if last >= s and t % bs == 0:
+            keys = req.kv_block_keys
+            b = t // bs - 1  # (the block that token completes)
+            if b < keys.num_blocks:
+                runs = _runs_from(keys, b, b + 1)
+                if runs is None:
+                    return None
+                out.update(runs)
+    return out
+
+
 def admits_keyed(engine) -> bool:
     """Can requests with prefix keys join this engine's stretches (where nothing reads its
     prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
     finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask (but for
     what `joins_last` reads at each join)."""
-    sched = engine.scheduler
-    return engine._keyed_through and engine.kv.enable_prefix_caching and (
-        _vllm_admission(sched) or _sarathi_admission(sched))
-
-
-def _sarathi_admission(sched) -> bool:
-    """Is it Sarathi's own admission (`SarathiScheduler`: `schedule`'s step 3, `join` taking the
-    whole prompt's blocks and registering its keys without a lookup, `arrival_chunk`)? Its turns
-    join with their chunks (`chunk_join` with `keyed`)."""
-    cls = type(sched)
-    return (isinstance(sched, SarathiScheduler) and cls.schedule is SarathiScheduler.schedule
-            and cls.join is SarathiScheduler.join and cls.arrival_chunk is SarathiScheduler.arrival_chunk
-            and cls.join_blocks is SarathiScheduler.join_blocks)
+    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
 
 
 def _vllm_admission(sched) -> bool:

@@ -118,12 +118,11 @@ class FastForwardHooks:
         """Admit the requests `arrivals_join` listed, as `schedule` would have."""
         raise NotImplementedError
 
-    def arrival_chunk(self, num_running: int, keyed: bool = False) -> tuple[Request, int] | None:
+    def arrival_chunk(self, num_running: int) -> tuple[Request, int] | None:
         """At such a boundary where `arrivals_join` answered None: if the next `schedule` would
         run each of the `num_running` for one token and admit the one waiting request (fresh,
-        no prefix keys, or with them if `keyed`: `replica/keyed_join.py` checks them) with a
-        first chunk of its prompt that spends the rest of the token budget, and every later one
-        give it the same chunk beside the same decodes until its
+        no prefix keys) with a first chunk of its prompt that spends the rest of the token
+        budget, and every later one give it the same chunk beside the same decodes until its
         last (Sarathi-Serve's stall-free batching, nothing else waiting), (that request, the
         chunk); `join` admits it with its whole prompt's blocks (`replica/chunk_join.py`).
         Changes no state. The default, None, ends the stretch there."""
