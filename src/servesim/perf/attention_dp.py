@@ -46,11 +46,10 @@ from typing import Sequence
 import numpy as np
 
 from servesim.errors import InputError
-from servesim.perf import roofline
 from servesim.perf.hardware import ACTIVATION_BYTES
 from servesim.perf.models import ModelSpec, embedding_params, expert_params, total_params
 from servesim.perf.perf_model import PerfModel
-from servesim.perf.terms import LM_HEAD_BYTES, StepTerms
+from servesim.perf.terms import LM_HEAD_BYTES, StepTerms, scaleup_allreduce_s
 
 RankBatch = tuple[Sequence[tuple[int, int]], Sequence[int]]  # (prefill chunks, decode contexts) of one rank
 DUMMY_BATCH: RankBatch = ((), (0,))  # an idle rank's one-token forward pass
@@ -144,12 +143,10 @@ class AttentionDPPerf:
         v = self._rank_tok.get(n)
         if v is None:
             t = self.rank.terms
-            m, c, g = t.model, t.c, t.gpu
+            m = t.model
             v = t.linear_s(n, moe=False) + t.other_s(n)
             if t.tp > 1:  # after attention in every layer, after the FFN in the dense layers
-                ar = roofline.allreduce_s(n * m.hidden_size * ACTIVATION_BYTES, t.tp, g.scaleup_bw_bytes_s,
-                                          g.scaleup_latency_s, c.ar_launch_s, c.ar_bw_eff, one_shot=c.custom_allreduce >= 0.5,
-                                          ring_bw_eff=c.ar_ring_bw_eff)
+                ar = scaleup_allreduce_s(n * m.hidden_size * ACTIVATION_BYTES, t.tp, t.gpu, t.c)
                 v += (m.num_layers + m.num_dense_ffn_layers) * ar
             self._rank_tok[n] = v
         return v
