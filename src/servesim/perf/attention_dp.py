@@ -49,7 +49,7 @@ from servesim.errors import InputError
 from servesim.perf.hardware import ACTIVATION_BYTES
 from servesim.perf.models import ModelSpec, embedding_params, expert_params, total_params
 from servesim.perf.perf_model import PerfModel
-from servesim.perf.terms import LM_HEAD_BYTES, StepTerms, scaleup_allreduce_s
+from servesim.perf.terms import LM_HEAD_BYTES, StepTerms, allreduce_with_s
 
 RankBatch = tuple[Sequence[tuple[int, int]], Sequence[int]]  # (prefill chunks, decode contexts) of one rank
 DUMMY_BATCH: RankBatch = ((), (0,))  # an idle rank's one-token forward pass
@@ -146,7 +146,8 @@ class AttentionDPPerf:
             m = t.model
             v = t.linear_s(n, moe=False) + t.other_s(n)
             if t.tp > 1:  # after attention in every layer, after the FFN in the dense layers
-                ar = scaleup_allreduce_s(n * m.hidden_size * ACTIVATION_BYTES, t.tp, t.gpu, t.c)
+                ar = allreduce_with_s(n * m.hidden_size * ACTIVATION_BYTES, t.tp, t.gpu.scaleup_bw_bytes_s,
+                                      t.gpu.scaleup_latency_s, t.c)
                 v += (m.num_layers + m.num_dense_ffn_layers) * ar
             self._rank_tok[n] = v
         return v

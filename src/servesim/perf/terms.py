@@ -225,7 +225,7 @@ class StepTerms:
         """TP all-reduces (2 per layer, Megatron) or MoE all-to-alls, plus PP stage hand-offs."""
         m, c, g, t = self.model, self.c, self.gpu, self.tp
         msg = num_tokens * m.hidden_size * ACTIVATION_BYTES
-        ar = scaleup_allreduce_s(msg, t, g, c)
+        ar = allreduce_with_s(msg, t, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c)
         total = m.num_layers * ar  # after attention
         if m.moe is not None and self.moe_ep > 1 and self.moe_a2a:
             total += m.num_dense_ffn_layers * ar + m.num_moe_layers * moe_communication_s(
@@ -359,11 +359,6 @@ def allreduce_with_s(msg_bytes: float, ranks: int, link_bw_bytes_s: float, link_
     efficiencies, one-shot custom all-reduce when `custom_allreduce` is on): the one place they are passed."""
     return roofline.allreduce_s(msg_bytes, ranks, link_bw_bytes_s, link_latency_s, c.ar_launch_s, c.ar_bw_eff,
                                 one_shot=c.custom_allreduce >= 0.5, ring_bw_eff=c.ar_ring_bw_eff)
-
-
-def scaleup_allreduce_s(msg_bytes: float, ranks: int, g: GPUSpec, c: Constants) -> float:
-    """`allreduce_with_s` over the GPU's scale-up link (NVLink): the TP all-reduce after attention and FFN."""
-    return allreduce_with_s(msg_bytes, ranks, g.scaleup_bw_bytes_s, g.scaleup_latency_s, c)
 
 
 def moe_communication_s(msg_bytes: float, top_k: int, moe_tp: int, moe_ep: int, link_bw_bytes_s: float,
