@@ -203,7 +203,8 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
             if self.params.consecutive_prefill_launch_share:
                 self._hold_first_tokens(out, now_s)
             return out
-        self._prompts_done = []
+        if self._prompts_done:  # (a decode step: no prefill before the next one is consecutive;
+            self._prompts_done = []  # the list stays empty without the share: no list made per step)
         decoding = self._decoding()
         # a decode needs a block when its context fills the ones it holds (`_decode_blocks`)
         bs = self.kv.block_size
