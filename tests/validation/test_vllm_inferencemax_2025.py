@@ -14,7 +14,7 @@ import pytest
 from servesim.validation.inferencemax import recipe
 from servesim.validation.inferencemax_vllm import OUTSIDE_SWEEP
 from servesim.validation.silicon import (ClientOptions, DEFAULT_SILICON, inexpressible_reason, parse_row, played_row,
-                                         read_rows, row_request_counts, row_scenario)
+                                         read_rows, row_request_counts, row_scenario, scenario_perf_model)
 from tests.validation.test_silicon_mapping import BASE
 
 SILICON = Path(__file__).resolve().parents[2] / DEFAULT_SILICON
@@ -39,6 +39,24 @@ def test_script_rows_play_its_flags_and_client():
         assert (s.workload.lengths.prompt_tokens, s.workload.lengths.output_tokens) == ((819, 1024), (819, 1024))
         assert scenario(fields, isl="8192").engine.max_num_batched_tokens == 8192
     assert scenario(LLAMA_B200, tp_size="1", moe_tp_size="1").tp == 1  # B200 ran TP 1-8, H100 TP 2-8
+
+
+def test_h100_llama_script_plays_its_async_scheduling():
+    """`70b_fp8_h100_*.sh` passes `async-scheduling: true` (v0.10.2's opt-in): the step is max(CPU, GPU) with the
+    deployment's per-step time on the GPU (calibration vllm_async_v0102); B200's script is not played so (vl70_27)."""
+    h100 = scenario(LLAMA_H100)
+    assert h100.perf.overrides["overlap_cpu"] == 1.0
+    c = scenario_perf_model(h100).constants
+    assert (c.overlap_cpu, c.seq_gpu_s, c.layer_floor_s) == (1.0, 7.5e-06, 3.254e-05)
+    assert "overlap_cpu" not in scenario(LLAMA_B200).perf.overrides
+    assert scenario_perf_model(scenario(LLAMA_B200)).constants.overlap_cpu == 0.0
+    # the campaign's gpt-oss rows (int4 weights) keep the synchronous play and the H100 constants
+    gpt = scenario(LLAMA_H100, model_path="openai/gpt-oss-120b", gemm_quant_mode="nvfp4", moe_quant_mode="nvfp4",
+                   tp_size="8", moe_tp_size="8", isl="8192", concurrency="32", batch_size="32")
+    g = scenario_perf_model(gpt).constants
+    assert (g.overlap_cpu, g.seq_gpu_s) == (0.0, 0.0) and g.layer_floor_s < 2e-05
+    # without the scripts the row plays the generator's deployment, synchronously
+    assert scenario_perf_model(scenario(LLAMA_H100, ClientOptions(benchmark_recipes=False))).constants.overlap_cpu == 0.0
 
 
 def test_rows_outside_the_script_keep_their_campaign_play():

@@ -28,6 +28,10 @@ class VLLMScript:
     # -1: not played (a compilation config that graphs no prompt step at any size, FULL_DECODE_ONLY)
     capture_tokens: int = 0
     seqs_users: bool = False  # --max-num-seqs $CONC (else unset, vLLM's 1,024, or a constant above every row's users)
+    # `async-scheduling: true` where the release's default is off (before 0.14.0): played as the releases that run it by
+    # default are (engines.yaml's vLLM rule, overlap_cpu 1: the step is max(CPU, GPU)), the deployment's per-step time
+    # on the GPU side of the step (calibration_serving.yaml, vllm_async and vllm_async_v0102)
+    async_scheduling: bool = False
 
 
 # vLLM's sequences per step where `vllm serve` leaves them unset (the API server on a GPU of 70 GiB or more,
@@ -45,9 +49,12 @@ VLLM_DEFAULT_CAPTURE_CAP = 512
 # on H100 (TP 2 / 4 / 8) and `-FP4` on B200 (TP 1-8) with image `vllm/vllm-openai:v0.10.2`, `benchmark-tmpl.yml`'s
 # users 4-64, every shape of the full-sweep schedulers at `random-range-ratio: 0.8`. `70b_fp8_h100_{docker,slurm}.sh`
 # and `70b_fp4_b200_docker.sh` both serve with `max-num-batched-tokens: 8192`, `kv-cache-dtype: fp8`,
-# `--gpu-memory-utilization 0.9`, `async-scheduling: true` (not played: servesim plays async scheduling from vLLM
-# 0.14.0, its default, engines.py; these rows record no release and keep the synchronous play their constants were
-# fitted with, docs/fidelity.md, vasync26), no `--block-size`; `--max-num-seqs` CONC (H100) or 512 (B200): at or above every row's users.
+# `--gpu-memory-utilization 0.9`, `async-scheduling: true` (an opt-in flag in v0.10.2, which forces the multiprocess
+# executor, whose `max_concurrent_batches` is then 2, so `EngineCore.step_with_batch_queue` schedules and launches the
+# next step while the GPU runs this one; rejected only with pipeline parallelism or speculative decoding, neither of
+# which the scripts use: played on H100, `async_scheduling`; not on B200, where the refit on the rows outside
+# held_out_ids left the held-out first tokens worse; docs/fidelity.md, vl70_27), no `--block-size`; `--max-num-seqs`
+# CONC (H100) or 512 (B200): at or above every row's users.
 # B200 adds compilation fusions and `cudagraph_mode: FULL_DECODE_ONLY` (kernel settings, not flags servesim plays).
 # The H100 gpt-oss-120b rows without a version inside that sweep (TP 8, 8k/1k, 32 / 64 users, measured 2025-11-02) ran
 # `gptoss_fp4_h100_{docker,slurm}.sh` of `gptoss-tmpl.yml` (v0.10.2, TP 2 / 4 / 8): the same flags without a KV precision
@@ -91,7 +98,7 @@ KIMI_B200_EARLY = VLLMScript(8192, 0.90, 16, {(4, 4): every_shape(4, 64), (8, 1)
 # (system, version, model, GEMM precision) -> script, or scripts whose sweeps do not overlap (the first that ran the row)
 VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript | tuple[VLLMScript, ...]] = {
     ("h100_sxm", "", "llama-3.1-70b", "fp8"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
-                                                       seqs_users=True),
+                                                       seqs_users=True, async_scheduling=True),
     ("b200_sxm", "", "llama-3.1-70b", "nvfp4"): VLLMScript(8192, 0.9, 16, LLAMA70_2025, capture_tokens=-1),
     ("h100_sxm", "", "gpt-oss-120b", "nvfp4"): VLLMScript(8192, 0.9, 16, {k: v for k, v in LLAMA70_2025.items() if k[0] > 1},
                                                         kv_fp8=False, capture_tokens=2048, seqs_users=True),
@@ -182,4 +189,5 @@ def vllm_recipe(row: SiliconRow) -> Recipe | None:
     perf = {"kv_cache_dtype": "fp8"} if script.kv_fp8 else {}
     if script.capture_tokens >= 0:  # the largest step vLLM runs from a graph (a release's graphless_layer_s reads it)
         perf["cudagraph_max_tokens"] = script.capture_tokens or min(2 * seqs, VLLM_DEFAULT_CAPTURE_CAP, budget)
-    return Recipe(engine=engine, scheduler={}, perf=perf)
+    constants = {"overlap_cpu": 1.0} if script.async_scheduling else {}
+    return Recipe(engine=engine, scheduler={}, perf=perf, constants=constants)
