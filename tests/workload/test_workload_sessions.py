@@ -73,3 +73,35 @@ def test_closed_loop_sessions_start_after_the_previous_session():
     reqs = drive(make(cfg), service_s=lambda r: 1.0)
     assert [(r.session_id, r.turn, r.arrival_s) for r in reqs] == [
         (0, 0, 0.0), (0, 1, 4.0), (1, 0, 6.0), (1, 1, 10.0), (2, 0, 12.0), (2, 1, 16.0)]
+
+
+def test_a_turns_ids_are_its_ranges_not_a_copy_of_its_history():
+    """A next turn's ids (`HashIds.extend`) hold one first id and one bound per range, whatever
+    the length of the history they extend, and read as the tuple of the same ids for every
+    reader: length, indexing, slices, iteration both ways, membership, equality, hashing,
+    ordering, concatenation and pickling."""
+    import pickle
+
+    from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds, IdRanges
+
+    firsts, follow = HashIds(16), HashIds(16, FOLLOW_UP_IDS)
+    turn = firsts.extend(firsts.fresh(20), 5_000 * 16)
+    for _ in range(30):  # a long conversation: 30 turns of 200 new blocks
+        turn = follow.extend(turn, (len(turn) + 200) * 16)
+    assert type(turn) is IdRanges and len(turn) == 11_000
+    assert len(turn.firsts) == 32 and len(turn.bounds) == 33  # the ranges only: no id per block
+    ref = (*range(20), *range(20, 5_000), *(x for i in range(30) for x in range(FOLLOW_UP_IDS + 200 * i,
+                                                                                FOLLOW_UP_IDS + 200 * (i + 1))))
+    assert tuple(turn) == ref and turn == ref and ref == turn and hash(turn) == hash(ref)
+    assert list(reversed(turn)) == list(reversed(ref))
+    for i in (0, 19, 20, 4_999, 5_000, 5_199, 5_200, 10_999, -1, -11_000):
+        assert turn[i] == ref[i]
+    for a, b in ((0, 11_000), (0, 5_100), (19, 5_201), (5_000, 5_000), (7_777, 10_001), (-300, None)):
+        assert turn[a:b] == ref[a:b] and type(turn[a:b]) is IdRanges
+    assert turn[::7] == ref[::7] and turn[10:3] == () and not turn[10:3]
+    assert FOLLOW_UP_IDS + 5_999 in turn and 5_000 not in turn and -1 not in turn
+    assert turn != ref[:-1] and turn != ref[:-1] + (7,) and turn[:-1] < turn and turn != list(ref)
+    assert (1, 2) + turn[:2] == (1, 2, 0, 1) and turn[:2] + (5,) == (0, 1, 5)
+    assert pickle.loads(pickle.dumps(turn)) == turn and repr(turn[:3]) == repr((0, 1, 2))
+    assert follow.extend(turn, 11_000 * 16) is turn and follow.extend(turn, 300 * 16) == ref[:300]
+    assert IdRanges(ref[:5_200], (0, 20, 5_000, 5_200)) == turn[:5_200]  # from the ids and their ranges

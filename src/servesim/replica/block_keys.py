@@ -183,7 +183,7 @@ class RunKeys(Sequence):
 
     def _build(self) -> list:
         ids, starts = self._ids, self._starts
-        if set(map(type, ids)) <= {int}:
+        if type(ids) is IdRanges or set(map(type, ids)) <= {int}:  # (`HashIds`' ids are ints)
             lst = pack_long(ids, starts) if len(ids) > 64 and type(starts) is range else None
             if lst is None:
                 lst = list(map(add, map(mul, ids, repeat(RUN_KEY_BASE)), starts))
@@ -240,8 +240,9 @@ def pack_long(ids: tuple, starts: range) -> list | None:
     start, step = starts.start, starts.step
     stride = RUN_KEY_BASE + step
     lst: list = []
-    for i, j in zip(bounds, bounds[1:]):
-        k = ids[i] * RUN_KEY_BASE + start + i * step
+    firsts = ids.firsts if type(ids) is IdRanges and bounds is ids.bounds else map(ids.__getitem__, bounds)
+    for i, j, h in zip(bounds, bounds[1:], firsts):
+        k = h * RUN_KEY_BASE + start + i * step
         lst += key_steps(k, j - i, stride)
     return lst
 

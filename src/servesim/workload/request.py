@@ -45,7 +45,9 @@ class Request:
     output_len: int
     # Prefix identity: hash_ids[k] identifies the whole token prefix [0, (k+1)*hash_block_tokens)
     # (Mooncake's chained 512-token block ids). Tokens past the covered range are unique.
-    hash_ids: tuple[int, ...] = ()
+    # A tuple, or for generated workloads an `IdRanges` (`workload/prefix.py`: the ids as a few
+    # ranges, which reads, compares and hashes as the tuple of the same ids).
+    hash_ids: Sequence[int] = ()
     hash_block_tokens: int = 512
     tenant: str = "default"
     model: str | None = None  # the model it asks for (None: the scenario's model)
