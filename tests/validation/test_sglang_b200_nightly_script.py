@@ -41,7 +41,7 @@ def test_the_rows_play_the_script_and_its_client(isl, osl, users, interval):
 @pytest.mark.parametrize("changes", [
     {"concurrency": "128", "batch_size": "128"},  # the sweep stops at 64 users
     {"tp_size": "4", "moe_tp_size": "4"},  # TP 8 only
-    {"backend_version": "0.5.9", "gemm_quant_mode": "fp8"},  # the release's FP8 rows keep the generator's play
+    {"backend_version": "0.5.9", "gemm_quant_mode": "fp8", "concurrency": "32", "batch_size": "32"},  # 0.5.9's TP 8: 4-16 users
 ])
 def test_rows_outside_the_sweep_keep_the_generator_deployment(changes):
     row = nightly(**changes)
@@ -71,3 +71,18 @@ def test_the_script_brings_the_16_user_8k_first_token_to_the_measurement():
     ttft_generator, _, _ = client_metrics(simulate(row_scenario(row, generator)).requests,
                                           row_request_counts(row, generator).measured_end)
     assert ttft_generator > 1.4 * 0.5775
+
+
+@pytest.mark.parametrize(("tp", "ep", "users"), [("8", "1", "16"), ("4", "4", "128")])
+def test_the_release_fp8_rows_play_their_script_with_the_release_prompt_price(tp, ep, users):
+    """B200 0.5.9's FP8 rows (TP 8 at 4-16 users, TP 4 x EP 4 at 4-128) play `qwen3.5_fp8_b200.sh` (FP8 KV, the
+    trtllm kernels), with the release's flat GPU time per prompt token (18 us) and front end (0.13 s) fitted with it
+    (docs/fidelity.md, sgb27); the nightly build keeps neither."""
+    row = nightly(backend_version="0.5.9", gemm_quant_mode="fp8", tp_size=tp, moe_tp_size="1" if ep != "1" else tp,
+                  moe_ep_size=ep, concurrency=users, batch_size=users)
+    r = recipe(played_row(row))
+    assert r is not None and r.kernels == "trtllm" and r.scheduler["max_prefill_tokens"] == 32768
+    s = row_scenario(row)
+    assert scenario_perf_model(s).kv_cache_dtype == "fp8" and scenario_perf_model(s).constants.prompt_token_gpu_s == 1.8e-05
+    assert s.frontend.profile == "sglang@b200@0.5.9" and s.frontend.constants()[2] == 0.13
+    assert scenario_perf_model(row_scenario(nightly())).constants.prompt_token_gpu_s == 0.0

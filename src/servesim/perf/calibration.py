@@ -118,6 +118,11 @@ class Constants:
     # sizes and nothing at decode sizes (AIConfigurator's B200 GEMM tables; docs/fidelity.md, "FP8
     # prefill on Blackwell"), so it is priced per prompt token (terms.StepTerms.act_quant_s_per_token).
     act_quant_token_s: float = 0.0
+    # GPU time per prompt token of a step, the same for every model and TP of a release (0, off, by
+    # default): a time that follows the prompt's tokens, not any layer's work, so it is neither in the
+    # roofline terms nor in `act_quant_token_s` (which grows with the quantised linears). Stalls the
+    # decodes that share the step as well as the prompt's own first token.
+    prompt_token_gpu_s: float = 0.0
     # Bytes per element of each token's top_k expanded rows (hidden wide) that a GPU writes and reads
     # beside the expert GEMMs in a MoE layer (0, off, by default). TensorRT-LLM's trtllm-gen fused MoE
     # (Blackwell) runs routing, permute + gate-up GEMM, down GEMM and a finalize kernel: the down GEMM

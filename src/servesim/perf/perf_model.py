@@ -69,7 +69,8 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_layers", (full_layers, win_layers))
         # Per prompt token (0.0: none): the linear-attention layers' chunked prefill and the quantised linears'
         # activation quantisation (x + 0.0 is x, so either alone keeps its floats).
-        object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token() + t.act_quant_s_per_token())
+        object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token() + t.act_quant_s_per_token()
+                           + t.prompt_token_gpu_s())
         object.__setattr__(self, "_hybrid", t.model.linear_attention is not None)
         object.__setattr__(self, "_overlap", t.c.overlap_cpu >= 0.5)
         eager = t.model.num_layers * t.c.eager_layer_s  # per step with prompt tokens
@@ -363,6 +364,7 @@ class PerfModel(MemoryMixin):
         linear = t.linear_s(num_tokens) + t.act_quant_s_per_token() * prompt
         comm = t.communication_s(num_tokens)
         other = t.other_s(num_tokens) + t.lm_head_s(num_seqs) + (self._eager if prefills else 0.0)
+        other += t.prompt_token_gpu_s() * prompt
         other += self._mixed_s(num_tokens - len(decode_ctxs), len(decode_ctxs))
         attn = self._prefill_pairs_s(prefills) + t.linear_prefill_s_per_token() * prompt + self._g_full * sum(decode_ctxs)
         if self._hybrid:  # the linear-attention states, priced per sequence with the LM head

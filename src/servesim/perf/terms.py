@@ -199,6 +199,11 @@ class StepTerms:
         prefill sizes (a thousand tokens and up) and none at decode sizes (128 rows or fewer)."""
         return self.quantised_linears() * self.c.act_quant_token_s
 
+    def prompt_token_gpu_s(self) -> float:
+        """The flat GPU time per prompt token (`prompt_token_gpu_s`; 0.0 when off), the same whatever
+        the model's layers and the TP."""
+        return self.c.prompt_token_gpu_s
+
     def lm_head_s(self, num_logits: int) -> float:
         """LM head for the sequences that sample a token this step (16-bit, vocab split over TP), plus
         the GPU time per sequence `seq_gpu_s` (here so that every fast path that prices the step's

@@ -144,10 +144,17 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # and the rows outside held_out_ids fit SGLang's own streaming, not TensorRT-LLM's (docs/fidelity.md, q35rel22).
     ("b200_sxm", "nightly-dev", "qwen3.5-397b-a17b", ""): SGLangScript(
         128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64)}, recv=(10, 30)),
-    # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): qwen3.5_fp8_b200.sh (B200
-    # 0.5.9, TP 8 at 4-16 users, TP 4 x EP 4 at 16-128; its 8k/1k first tokens come out 40-57 % too
-    # fast, the Qwen3.5 prefill price) and glm5_fp8_h200.sh (glm5-hopper; held-out rows worse). Its MTP
-    # variant, which ran the B200 0.5.9 TP 4 rows, plays (SGLANG_MTP_SCRIPTS).
+    # qwen3.5_fp8_b200.sh at its two revisions before the rows' campaigns (2026-03-25, 2026-04-06): InferenceX
+    # efd49e50b (2026-03-03, image v0.5.9-cu129) and 6a5dad463 (2026-03-23, v0.5.9-cu130), the flags the same in both
+    # (128 running requests, 32,768-token chunk and budget, memory 0.82, FP8 KV, receive interval 10 / 30,
+    # trtllm_mha attention and flashinfer_trtllm MoE, SGLANG_ENABLE_FLASHINFER_GEMM with JIT DeepGEMM off until
+    # 515294190, 2026-04-30); the union of their sweeps, TP 8 at 4-16 users and TP 4 x EP 4 at 4-128, is exactly the
+    # B200 0.5.9 Qwen3.5 rows outside the MTP variant's TP 4 grid (docs/fidelity.md, sgq35b, sgq35_24, sgfp8_26).
+    ("b200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
+        128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 16), (4, 4): every_shape(4, 128)}, kv_fp8=True, recv=(10, 30),
+        trtllm_kernels=True),
+    # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): glm5_fp8_h200.sh (glm5-hopper;
+    # held-out rows worse).
     # Nor (docs/fidelity.md, "The older InferenceMAX SGLang runs"), though they ran their rows: the B200
     # runs recorded without a version, dsr1_fp4_b200_docker.sh of Oct 2025 (image v0.5.3rc1, TP 4 / 8 at
     # 4-128, `--enable-ep-moe`: EP = TP) and dsr1_fp8_b200_docker.sh of 2025-11-10..18 (v0.5.5, TP 8 x
