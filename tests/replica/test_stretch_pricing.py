@@ -325,3 +325,32 @@ def test_a_cut_keeps_the_steps_started_before_it_wherever_it_falls(numpy_ends):
         keep = min(bisect.bisect_left(ends, t) + 1, len(ends))
         assert st.cut(t) == (keep < len(ends))
         assert st.k == keep and [float(x) for x in st.ends] == ends[:keep] and st.final
+
+
+@pytest.mark.parametrize("numpy_ends", [False, True])  # ends in a list (the scalar loop) or an array (chunks)
+def test_the_ends_view_reads_the_ends_as_python_floats_through_every_change(numpy_ends):
+    """`ends_view` (what Python reads single ends through: the list itself, or a memoryview of
+    the array) shows the stretch's ends as Python floats after pricing, a cut, a join's write,
+    the scalar loop's appends and the array's growth: a view left on a replaced array fails."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    forms = _Forms(perf)._decode_forms if numpy_ends else (lambda n: None)
+    st = _stretch(perf, forms, True, first=3000)
+
+    def check() -> list[float]:
+        view = st.ends_view
+        got = [view[j] for j in range(st.k)]
+        assert got == [float(t) for t in st.ends] and all(type(t) is float for t in got)
+        assert type(st.end_s) is float and st.end_s == got[-1]
+        return got
+
+    st.price(2.5)
+    assert isinstance(st._ends, np.ndarray) == numpy_ends and st.k > 20
+    before = check()
+    st.cut((before[9] + before[10]) / 2)  # (keeps steps 0..10)
+    assert check() == before[:11]
+    st._sync()
+    st.join_one(_Joiner(500), 700, 10 ** 9, 0, 0.031, forms(13), 16)
+    assert check() == before[:11] + [before[10] + 0.031]
+    more = [st.end_s + 0.01 * (i + 1) for i in range(3 * len(st._ends))]  # (past the array's room: it grows)
+    st._append(more)
+    assert check() == before[:11] + [before[10] + 0.031] + more

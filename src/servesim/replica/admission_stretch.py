@@ -280,15 +280,16 @@ class AdmitStretch(Stretch):
                           if f < m and i not in released]
             nd = len(self.decodes)
             advance_decodes(self.decodes, steps_of, first)
-            prefill_tokens = apply_step0_prompts(self.prefills, steps_of[nd:], first, ends)
+            prefill_tokens = apply_step0_prompts(self.prefills, steps_of[nd:], first, self._endv)
             prefill_at = apply_joins(self, steps_of, first, frees, self.join_base) if self.joins else ()
         if self.chunked:  # (a policy that chunks does not stall: `silent_n` is one each)
             prefill_at, silent_at = self._apply_chunks(k, frees, prefill_at)
         kv_used = BlockGrowth(kv.num_gpu_blocks - self.free0, first_new, steps_of, bs, frees)
         kv.allocate_plain_many(new_blocks)
         done = [reqs[i] for i in finished]
+        endv = self._endv  # (Python floats: no numpy scalar made per finish)
         for req in done:
-            req.finish_s = float(ends[req.token_steps[-1] - first])
+            req.finish_s = endv[req.token_steps[-1] - first]
         engine.num_steps += k
         engine.num_fast_forwarded_steps += k
         engine.recorder.log_decode_steps(self.start_s, ends, self.batch_runs(), self.num_waiting, kv_used,

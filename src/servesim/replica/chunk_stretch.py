@@ -84,7 +84,7 @@ class ChunkStretch(Stretch):
         self.free_blocks = 0
         self._no_joins(len(decodes))
         self.kmax = kmax
-        self._ends = [end0_s]
+        self._ends = self._endv = [end0_s]  # (a list throughout: its scalar loop prices every step)
         self.k = self._priced = 1
         self.end_s = end0_s
         self.final = False

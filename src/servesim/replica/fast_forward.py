@@ -317,7 +317,7 @@ class FastForwarding:
             steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in st.grown]
             silent_at, silent_n = st.stalled_before(k)
         else:
-            prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, ends)
+            prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, st.ends_view)
             prefill_at = apply_joins(st, steps_of, first, frees, joined) if st.joins else ()
             silent_at = silent_n = ()  # (one request each without counts)
             if st.prompt_runs:  # (prompts that joined with chunks: `replica/chunk_join.py`)
@@ -335,8 +335,9 @@ class FastForwarding:
         for req in cut:  # (their chunks so far registered their full blocks, as the running pass did)
             self.kv.cache_full_blocks(req, req.num_computed_tokens)
         done = [reqs[i] for i in finished]
+        endv = st.ends_view  # (Python floats: no numpy scalar made per finish)
         for req in done:
-            req.finish_s = float(ends[req.token_steps[-1] - first])
+            req.finish_s = endv[req.token_steps[-1] - first]
         self.num_steps += k
         self.num_fast_forwarded_steps += k
         self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
@@ -358,11 +359,12 @@ class FastForwarding:
         req.num_computed_tokens += n + k - 1
         req.num_output_tokens += k
         req.token_steps += (first, first + k - 1)
+        endv = st.ends_view  # (Python floats: no numpy scalar made per read)
         if req.first_token_s is None:
-            req.first_token_s = float(ends[0])
+            req.first_token_s = endv[0]
         done = []
         if st.remaining[0] == k:
-            req.finish_s = float(ends[k - 1])
+            req.finish_s = endv[k - 1]
             done.append(req)
         self.num_steps += k
         self.num_fast_forwarded_steps += k

@@ -36,7 +36,7 @@ def schedule_notice(engine: Any, st: Any) -> None:
     rem, n = st._sorted_rem, st.num_noticed
     if n < len(rem) and rem[n] < st.k:
         r = st.notice_at = rem[n]
-        engine.loop.schedule(float(st._ends[r - 1]), _notice, (engine, st, st.notice_id), PRIO_STEP_END)
+        engine.loop.schedule(st.ends_view[r - 1], _notice, (engine, st, st.notice_id), PRIO_STEP_END)
 
 
 def _notice(now_s: float, payload: tuple) -> None:

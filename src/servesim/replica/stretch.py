@@ -44,7 +44,7 @@ class Stretch(StretchJoins, StretchPricing):
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
-                 "_ctx_total", "_prefix_sums", "_ends", "_priced", "_step1_s", "joins", "join_blocks", "limited",
+                 "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
@@ -82,8 +82,11 @@ class Stretch(StretchJoins, StretchPricing):
         # End times of the steps (s): the first k are the stretch's, up to `_priced` are priced
         # ahead with numpy and taken as the horizon moves. A list while the scalar loop prices
         # (short stretches: no numpy call at all), a float array from the first numpy chunk on
-        # (the step log copies it as it is, never through Python floats).
+        # (the step log copies it as it is, never through Python floats). `_endv` is what Python
+        # reads an end through, one at a time (`ends_view`): the list itself, or a memoryview of
+        # the array, set wherever `_ends` is replaced.
         self._ends: list[float] | np.ndarray = [end0_s]
+        self._endv: list[float] | memoryview = self._ends
         self.k = 1  # steps in the stretch
         self.end_s = end0_s  # end of its last step: when the engine applies the stretch
         self._priced = 1
@@ -139,6 +142,13 @@ class Stretch(StretchJoins, StretchPricing):
         """End time of each step of the stretch (s) (an array is a view: valid until the
         stretch changes)."""
         return self._ends[:self.k]
+
+    @property
+    def ends_view(self) -> list[float] | memoryview:
+        """End times of the steps for reads one at a time from Python (index below k): the list
+        while the scalar loop prices, then a memoryview of the array, whose items are Python
+        floats (a numpy scalar item read and converted cost about 1,000 instructions more)."""
+        return self._endv
 
     def departure_order(self) -> list[int]:
         """Indices of the requests in increasing order of remaining (then running order)."""
@@ -211,23 +221,23 @@ class Stretch(StretchJoins, StretchPricing):
     def _take(self, stop: int) -> None:
         """The priced steps up to `stop` join the stretch."""
         self.k = stop
-        self.end_s = float(self._ends[stop - 1])
+        self.end_s = self._endv[stop - 1]
 
     # ---------------------------------------------------------------- cutting
     def steps_before(self, t: float) -> int:
         """Steps that ended before `t` (events at `t` come before a step ending at `t`)."""
-        return bisect_left(self._ends, t, 0, self.k)
+        return bisect_left(self._endv, t, 0, self.k)
 
     def step_in_flight(self, t: float) -> int:
         """The step running at `t` (the last one if `t` is at or after the end)."""
-        return min(bisect_left(self._ends, t, 0, self.k), self.k - 1)
+        return min(bisect_left(self._endv, t, 0, self.k), self.k - 1)
 
     def add_waiting(self, t: float) -> None:
         """A request joined the waiting queue at `t` without cutting the stretch: stepping,
         the step after the one in flight (events at `t` come before a step ending at `t`)
         would be the first to see it. That step may lie past the priced ones (the stretch
         may be extended); it is logged only if the stretch reaches it."""
-        self.waiting_from.append(bisect_left(self._ends, t, 0, self.k) + 1)
+        self.waiting_from.append(bisect_left(self._endv, t, 0, self.k) + 1)
 
     def blocks_added(self, j: int, block_size: int, blocks_held: Callable[[Any], int]) -> int:
         """KV blocks the stretch has added by step j (allocated at steps 1..j), less those of
@@ -284,10 +294,9 @@ class Stretch(StretchJoins, StretchPricing):
     def cut(self, t: float) -> bool:
         """Keep the steps that started before `t`; True if steps were dropped."""
         self.final = True
-        k, ends = self.k, self._ends
+        k, ends = self.k, self._endv
         # (an arrival usually cuts in the last step: the stretch was priced up to it. Then one
-        # read settles it, where a search of a long stretch's ends, a numpy array once a chunk
-        # priced it, makes a numpy scalar at each of its ten or so probes)
+        # read settles it, where a search probes a long stretch's ends ten or so times)
         if k < 2 or ends[k - 2] < t:
             return False
         self.truncate(bisect_left(ends, t, 0, k - 2) + 1)  # (the first end at or after t is below k - 1)
@@ -304,7 +313,7 @@ class Stretch(StretchJoins, StretchPricing):
         # not the stretch's last (the step in flight at or after its end). Departures in order
         # of r end in that order, so count up to the first that does not (a stretch holds one
         # or two requests at 8 replicas: a short scan, not a search of its steps; many, a search).
-        k, ends = self.k, self._ends
+        k, ends = self.k, self._endv
         n = 0
         for r in rem:
             if r >= k or ends[r - 1] >= t:
@@ -323,7 +332,7 @@ class Stretch(StretchJoins, StretchPricing):
         rem = self._sorted_rem
         if rem is None or n == len(rem) or rem[n] >= self.k:
             return n, float("inf")
-        return n, float(self._ends[rem[n] - 1])
+        return n, self._endv[rem[n] - 1]
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""

@@ -182,7 +182,7 @@ class StretchJoins:
             del ends[s:]  # (what a cut dropped)
             ends.append(t)
         elif s < len(ends):
-            ends[s] = t  # (a stretch priced ahead by numpy and cut: its array has the room)
+            self._endv[s] = t  # (a stretch priced ahead by numpy and cut: its array has the room)
         else:
             self._room(1)[0] = t
         self._priced = self.k = s + 1

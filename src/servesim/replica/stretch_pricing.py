@@ -11,6 +11,7 @@ slots of its own) rather than functions.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from itertools import accumulate, compress
 
@@ -35,6 +36,7 @@ class StretchPricing:
             else:
                 grown[:p] = ends[:p]
             self._ends = ends = grown
+            self._endv = memoryview(grown)
         return ends[p:p + m]
 
     def _append(self, ends: list[float]) -> None:
@@ -43,7 +45,12 @@ class StretchPricing:
             del self._ends[self._priced:]  # (what a truncation dropped)
             self._ends += ends
         else:
-            self._room(len(ends))[:] = ends
+            p, m = self._priced, len(ends)
+            if p + m > len(self._ends):
+                self._room(m)
+            # (through the memoryview, the floats packed by `array`: no numpy view made, no
+            # conversion of a Python list; a join appends a few dozen steps this way per arrival)
+            self._endv[p:p + m] = array("d", ends)
         self._priced += len(ends)
         self._take(self._priced)
 
@@ -99,6 +106,7 @@ class StretchPricing:
         chunks.times_of_run(ends[1:], self._forms, 1, self._ctx_total)  # (step 1's context is ctx1)
         np.add.accumulate(ends, out=ends)  # (step 0's end, then each step's time added in order)
         self._ends = ends
+        self._endv = memoryview(ends)
         self._priced = m
         self._f = None  # (as after a chunk: the scalar state is synced again if needed)
         # the steps that start before the horizon (the last may end after it)

@@ -55,7 +55,7 @@ def apply_stalled(st: Stretch, steps_of: list[int], first: int, frees: list[tupl
     but the stall steps after its first. Returns the step-0 prompt tokens and the join steps'
     (step, prompt tokens), for the step log; appends the joiners' blocks to `frees` as
     `apply_joins` does."""
-    k, ends = st.k, st.ends
+    k, ends = st.k, st.ends_view  # (Python floats: no numpy scalar made per read)
     stalls = [s for s, _ in st.stalls if s < k]
     nd, n0 = len(st.decodes), len(st.reqs) - len(st.joins)
     joined = iter(zip(st.joins, blocks))
@@ -103,5 +103,5 @@ def apply_stalled(st: Stretch, steps_of: list[int], first: int, frees: list[tupl
             req.num_computed_tokens += n + m - 1
             req.token_steps += runs
             if req.first_token_s is None:
-                req.first_token_s = float(ends[lo])
+                req.first_token_s = ends[lo]
     return prefill_tokens, list(prefill_at.items())

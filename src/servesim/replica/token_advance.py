@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def apply_step0_prompts(prefills: list, steps_of: Iterable[int], first: int, ends) -> int:
     """Advance the prompts (or recomputes) finished in a stretch's step 0, each then decoding
-    for the rest of its `steps_of`; returns their prompt tokens, for the step log."""
+    for the rest of its `steps_of`; returns their prompt tokens, for the step log. (`ends`:
+    the stretch's `ends_view`, whose items are Python floats.)"""
     prefill_tokens = 0
     for (req, n), m in zip(prefills, steps_of):
         prefill_tokens += n
@@ -23,7 +24,7 @@ def apply_step0_prompts(prefills: list, steps_of: Iterable[int], first: int, end
         req.num_output_tokens += m
         req.token_steps += (first, first + m - 1)
         if req.first_token_s is None:
-            req.first_token_s = float(ends[0])
+            req.first_token_s = ends[0]
     return prefill_tokens
 
 
@@ -36,7 +37,7 @@ def apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[
     logged as blocks in use from step s (a negative free); returns the (step, prompt tokens)
     of the join steps, for the step log."""
     k = st.k
-    ends = st.ends
+    ends = st.ends_view  # (Python floats: no numpy scalar made per join)
     prefill_at: dict[int, int] = {}
     for (s, req, n), m_end, base in zip(st.joins, steps_of[len(steps_of) - len(st.joins):], blocks):
         if s >= k:  # (a crash settled the stretch before the step it joined in ended)
@@ -46,7 +47,7 @@ def apply_joins(st: Stretch, steps_of: list[int], first: int, frees: list[tuple[
         req.num_output_tokens += m
         req.token_steps += (first + s, first + m_end - 1)
         if req.first_token_s is None:
-            req.first_token_s = float(ends[s])
+            req.first_token_s = ends[s]
         prefill_at[s] = prefill_at.get(s, 0) + n
         frees.append((s, -base))
     return list(prefill_at.items())
