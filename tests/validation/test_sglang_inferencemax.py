@@ -5,6 +5,7 @@ interval) and client, only where the script's sweep ran them."""
 from __future__ import annotations
 
 from servesim.perf import build_perf_model
+from servesim.validation import silicon
 from servesim.simulation import simulate
 from servesim.validation.inferencemax import QWEN35_MTP_ACCEPTANCE, SCRIPT_GDN_COMPILE_S, SPEC_V1_CPU, recipe
 from servesim.validation.run import client_metrics
@@ -212,3 +213,13 @@ def test_qwen35_mtp_rows_play_spec_v1_the_trtllm_kernels_and_the_release_s_compi
     ep = row_scenario(parse_row({**QWEN35_TP4, "tp_size": "16", "moe_ep_size": "4"}), ClientOptions())
     e = build_perf_model(ep.model, ep.gpu, ep.tp, ep.dtype, ep.perf).constants
     assert (ep.engine.num_speculative_tokens, e.gdn_compile_s, e.step_overhead_s, e.overlap_cpu) == (0, 0.0, 0.009, 1.0)
+
+
+def test_spec_v1_rows_hand_out_first_tokens_at_their_batch_s_end(monkeypatch):
+    # issue 14 sgovl27: spec v1 turns SGLang's overlap loop off, so a release keyed for the overlap loop's late first
+    # tokens (`consecutive_prefill_launch_share`) holds none on its MTP script's rows; its plain rows take the key
+    monkeypatch.setitem(silicon.SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE, ("b200_sxm", "0.5.9"), 0.5)
+    mtp = row_scenario(parse_row(QWEN35_TP4), ClientOptions())
+    plain = row_scenario(parse_row({**QWEN35_TP4, "tp_size": "16", "moe_ep_size": "4"}), ClientOptions())
+    assert mtp.engine.num_speculative_tokens == 3 and getattr(mtp.scheduler, "consecutive_prefill_launch_share") == 0.0
+    assert plain.engine.num_speculative_tokens == 0 and getattr(plain.scheduler, "consecutive_prefill_launch_share") == 0.5
