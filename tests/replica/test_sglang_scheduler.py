@@ -316,6 +316,25 @@ def test_consecutive_prefill_launch_share_delays_the_first_batch_first_tokens(fa
     assert [r.finish_s for r in held] == [r.finish_s for r in plain]
 
 
+@pytest.mark.parametrize("token_s", [1e-3, 1e-2])
+def test_consecutive_prefill_launch_share_with_a_streaming_front_end(token_s):
+    # A front end that streams each step's tokens (`Engine.deliver`, here 1 or 10 ms a token from the step's end)
+    # already puts the first tokens after their step's end; the launch hold then gives the later of the two:
+    # batch 1's first token at max(delivered, its end + half of batch 2's step: the hold at 1 ms, the stream at
+    # 10 ms), batch 2's as delivered (a decode follows it).
+    prefill_s = 0.01 + 32e-4
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
+                                                max_num_batched_tokens=256,
+                                                params={"max_prefill_tokens": 64,
+                                                        "consecutive_prefill_launch_share": 0.5})
+    engine.deliver = lambda now_s, tokens: now_s + tokens * token_s
+    reqs = [make_request(0, 32, 3, max_tokens=3), make_request(1, 32, 3, max_tokens=3)]
+    run_logged(engine, loop, reqs)
+    kv.check_all_free()
+    assert reqs[0].first_token_s == pytest.approx(max(prefill_s + token_s, 1.5 * prefill_s))
+    assert reqs[1].first_token_s == pytest.approx(2 * prefill_s + token_s)
+
+
 @pytest.mark.parametrize("seed,num_blocks", [(4, 2000), (3, 300)])
 def test_consecutive_prefill_launch_share_fast_forward_matches_step_by_step(seed, num_blocks):
     # bursts of arrivals (prefill batches back to back), prompts longer than the 256-token chunk

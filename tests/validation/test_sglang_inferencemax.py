@@ -5,6 +5,7 @@ interval) and client, only where the script's sweep ran them."""
 from __future__ import annotations
 
 from servesim.perf import build_perf_model
+from servesim.validation import silicon
 from servesim.simulation import simulate
 from servesim.validation.inferencemax import QWEN35_MTP_ACCEPTANCE, SCRIPT_GDN_COMPILE_S, SPEC_V1_CPU, recipe
 from servesim.validation.run import client_metrics
@@ -109,23 +110,23 @@ def test_b200_scripts_stream_weights_at_tensorrt_llm_s_efficiency():
         assert (c.layer_floor_s, c.step_overhead_s) == (4.0e-05, 0.009)
     # the MTP script's rows (outside the plain sweep) too
     assert _constants({**DSR1_FP4, **fp8, "tp_size": "8", "concurrency": "128", "batch_size": "128"}).eta_memory == 0.85
-    # the generator's deployments keep SGLang's efficiency: a Qwen3.5 TP 4 x EP 4 row of the same release (its
-    # script not played; the TP 4 rows are the MTP script's), the unversioned runs; uncalibrated nothing is set
+    # so do the release's Qwen3.5 TP 4 x EP 4 rows, which play qwen3.5_fp8_b200.sh (sgb27); the generator's
+    # deployments keep SGLang's efficiency (the unversioned runs); uncalibrated nothing is set
     qwen = {**DSR1_FP4, "model_path": "Qwen/Qwen3.5-397B-A17B", "gemm_quant_mode": "fp8", "tp_size": "16",
             "moe_tp_size": "4", "moe_ep_size": "4"}
-    for row in (qwen, {**DSR1_FP4, "backend_version": ""}):
-        assert _constants(row).eta_memory == 0.51
+    assert _constants(qwen).eta_memory == 0.85
+    assert _constants({**DSR1_FP4, "backend_version": ""}).eta_memory == 0.51
     assert _constants(DSR1_FP4, calibration=None).eta_memory == _constants(DSR1_FP4 | {"backend_version": ""}, None).eta_memory
 
 
 def test_the_kernels_bring_a_64_user_decode_to_the_measured_tpot():
     # dsr1_b200_sglang_fp4_agg_1024x1024_c64_cfg202 measures 20.1 ms a token; SGLang's efficiency
-    # played 29.0 ms (+45 %)
+    # played 29.0 ms (+45 %); the release's price per prompt token (sgb27), which stalls the decodes too, left out
     row = parse_row(DSR1_FP4)
     counts = row_request_counts(row, ClientOptions())
-    s = row_scenario(row, ClientOptions())
+    s = row_scenario(row, ClientOptions(), overrides={"prompt_token_gpu_s": 0.0})
     ttft, tpot, _ = client_metrics(simulate(s).requests, counts.measured_end)
-    sglang = row_scenario(row, ClientOptions(), overrides={"eta_memory": 0.51})
+    sglang = row_scenario(row, ClientOptions(), overrides={"eta_memory": 0.51, "prompt_token_gpu_s": 0.0})
     _, tpot_sglang, _ = client_metrics(simulate(sglang).requests, counts.measured_end)
     assert abs(tpot / 0.0201 - 1) < 0.1 < tpot_sglang / 0.0201 - 1
 
@@ -191,7 +192,7 @@ QWEN35_TP4 = {**DSR1_FP4, "gemm_quant_mode": "fp8", "model_path": "Qwen/Qwen3.5-
 
 def test_the_qwen35_tp4_rows_are_the_mtp_script_s_runs():
     # 152 B200 0.5.9 Qwen3.5 rows: the 63 TP 4 all-TP ones are qwen3.5_fp8_b200_mtp.sh's grid (3 EAGLE drafts); the
-    # TP 8 and TP 4 x EP 4 ones (the plain script's, played with the generator's flags) draft nothing
+    # TP 8 and TP 4 x EP 4 ones (the plain script's, played since sgb27) draft nothing
     rows = [played_row(r) for r in read_rows(SILICON) if (r.backend, r.system, r.version, r.model)
             == ("sglang", "b200_sxm", "0.5.9", "Qwen/Qwen3.5-397B-A17B")]
     drafts = [(r.tp, r.moe_ep, (recipe(r).engine.get("num_speculative_tokens", 0) if recipe(r) else 0)) for r in rows]
@@ -208,7 +209,18 @@ def test_qwen35_mtp_rows_play_spec_v1_the_trtllm_kernels_and_the_release_s_compi
     assert c.eta_memory == 0.85 and c.gdn_compile_s == SCRIPT_GDN_COMPILE_S[("b200_sxm", "0.5.9")] > 0
     assert (sched(s)["chunked_prefill_size"], sched(s)["max_prefill_tokens"], s.perf.kv_cache_dtype) == (32768, 32768, "fp8")
     assert (s.workload.lengths.prompt_tokens, s.workload.num_requests) == ((6553, 8192), 160)  # the script's client
-    # the plain script's TP 4 x EP 4 rows keep the generator's play: no drafts, no compile, the release's floor
+    # the plain script's TP 4 x EP 4 rows play it (sgb27): no drafts, the same compile, the release's floor, overlap
     ep = row_scenario(parse_row({**QWEN35_TP4, "tp_size": "16", "moe_ep_size": "4"}), ClientOptions())
     e = build_perf_model(ep.model, ep.gpu, ep.tp, ep.dtype, ep.perf).constants
-    assert (ep.engine.num_speculative_tokens, e.gdn_compile_s, e.step_overhead_s, e.overlap_cpu) == (0, 0.0, 0.009, 1.0)
+    assert (ep.engine.num_speculative_tokens, e.step_overhead_s, e.overlap_cpu) == (0, 0.009, 1.0)
+    assert e.gdn_compile_s == SCRIPT_GDN_COMPILE_S[("b200_sxm", "0.5.9")]
+
+
+def test_spec_v1_rows_hand_out_first_tokens_at_their_batch_s_end(monkeypatch):
+    # issue 14 sgovl27: spec v1 turns SGLang's overlap loop off, so a release keyed for the overlap loop's late first
+    # tokens (`consecutive_prefill_launch_share`) holds none on its MTP script's rows; its plain rows take the key
+    monkeypatch.setitem(silicon.SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE, ("b200_sxm", "0.5.9"), 0.5)
+    mtp = row_scenario(parse_row(QWEN35_TP4), ClientOptions())
+    plain = row_scenario(parse_row({**QWEN35_TP4, "tp_size": "16", "moe_ep_size": "4"}), ClientOptions())
+    assert mtp.engine.num_speculative_tokens == 3 and getattr(mtp.scheduler, "consecutive_prefill_launch_share") == 0.0
+    assert plain.engine.num_speculative_tokens == 0 and getattr(plain.scheduler, "consecutive_prefill_launch_share") == 0.5

@@ -248,6 +248,8 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
         engine.update(num_speculative_tokens=script.drafts, spec_acceptance_rate=script.acceptance,
                       spec_draft_layers=MTP_DRAFT_LAYERS)
         constants.update(spec_v1_constants(row))
+        # spec v1 runs SGLang's plain event loop, not `event_loop_overlap`: a prefill's first tokens leave at its end
+        scheduler["consecutive_prefill_launch_share"] = 0.0
     if (row.system, row.version) in SCRIPT_GDN_COMPILE_S:  # read only by Gated DeltaNet models
         constants["gdn_compile_s"] = SCRIPT_GDN_COMPILE_S[(row.system, row.version)]
     return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {},

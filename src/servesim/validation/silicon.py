@@ -171,7 +171,13 @@ SGLANG_DEFAULT_PREFILL_BUDGET = frozenset({("h200_sxm", "0.5.6.post2")})
 # of the next prefill step's GPU time, chosen on a grid (0.2-0.4 with the release's eta_compute 0.62-0.72) against TTFT
 # + TPOT of the release's rows outside held_out_ids (held-out rows checked). Keyed (system, version); docs/fidelity.md,
 # "SGLang H100 0.5.1.post1: the overlap loop's first tokens after a consecutive prefill (issue 14, sgh100_26)".
-SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE = {("h100_sxm", "0.5.1.post1"): 0.3}
+# The loop is the same in 0.5.5-0.5.10.post1 (the forward now launched from the scheduler thread, the last batch
+# processed after it). B200 nightly-dev (Qwen3.5, `qwen3.5_bf16_b200.sh`, `--disable-radix-cache` so the overlap stays
+# on): 1.0, the grid's best on the fit side (0.3-1.0) and better held out; Qwen3.5's first Gated DeltaNet layer reads
+# its chunk lengths to the host (`prepare_chunk_indices`' `.tolist()`), so the next prefill's launch cannot end before
+# the batch it follows has. Other releases fitted and not keyed: docs/fidelity.md, "... beyond H100 0.5.1.post1
+# (issue 14, sgovl27)". Speculative rows (spec v1) run no overlap loop: inferencemax.sglang_recipe sets 0.
+SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE = {("h100_sxm", "0.5.1.post1"): 0.3, ("b200_sxm", "nightly-dev"): 1.0}
 # Campaigns deployed by AIConfigurator's generator whose SGLang KV cache is the checkpoint's own 16 bits. The generator
 # writes `--kv-cache-dtype fp8_e4m3` only when the KV quant mode is fp8, inferred from the checkpoint's
 # `kv_cache_quant_algo`, and `auto` otherwise (generator/rule_plugin/benchmark/sglang.rule,

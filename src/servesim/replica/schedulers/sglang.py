@@ -225,8 +225,10 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
     def _hold_first_tokens(self, out: SchedulerOutput, now_s: float) -> None:
         """This step has prompt tokens: the first tokens of the prefill step before it, made at
         its end (now), reach the client `consecutive_prefill_launch_share` of this step's GPU
-        time later. Remembers the prompts this step completes for the next step's call."""
-        held = [r for r in self._prompts_done if r.first_token_s == now_s and r.num_output_tokens == 1]
+        time later, or when a streaming front end hands them out if that is later still (its
+        `deliver_s` already put them at or after now). Remembers the prompts this step completes
+        for the next step's call."""
+        held = [r for r in self._prompts_done if r.first_token_s >= now_s and r.num_output_tokens == 1]
         self._prompts_done = [r for r, n in out.scheduled if r.num_computed_tokens + n >= r.num_tokens and not r.num_output_tokens]
         if not held:
             return
@@ -234,7 +236,7 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
         ctxs = [r.num_computed_tokens for r, n in out.scheduled if r.num_output_tokens and n == 1]
         lag_s = self.params.consecutive_prefill_launch_share * self.perf.step_time_s(chunks, ctxs)
         for r in held:
-            r.first_token_s = now_s + lag_s
+            r.first_token_s = max(r.first_token_s, now_s + lag_s)
 
     def _decoding(self) -> list[Request]:
         """The running requests that decode (`decoding_requests`), asked when this step
