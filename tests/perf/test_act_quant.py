@@ -47,14 +47,19 @@ def test_prompt_tokens_pay_it_decodes_do_not():
     assert q.attention_s == b.attention_s and q.total_s == quant.step_time_s([(8192, 0)], [700] * 4)
 
 
-def test_fast_paths_stay_bit_identical_with_the_term_on():
-    pm = _model(act_quant_token_s=RATE_S)
+def assert_fast_paths_price_as_step_time(pm) -> None:
+    """Every fast path (a chunk, a lone prompt step, a decode run, a verify pass) prices what
+    `step_time_s` does, bit for bit (shared by the per-prompt-token terms' tests)."""
     ctxs = [700, 900, 1100] * 4
     assert pm.chunk_time_fn(12, 2048)(4096, sum(ctxs)) == pm.step_time_s([(2048, 4096)], ctxs)
     assert pm.prompt_step_s(12, 8192, sum(ctxs)) == pm.step_time_s([(8192, 0)], ctxs)
     assert pm.decode_step_times_s(np.array(ctxs), 3)[2] == pm.step_time_s([], [c + 2 for c in ctxs])
     verify = pm.verify_step_times_s(4, 3, np.array([4000]))
     assert verify is not None and verify[0] == pm.step_time_s([(3, 1000)] * 4, [], 4)
+
+
+def test_fast_paths_stay_bit_identical_with_the_term_on():
+    assert_fast_paths_price_as_step_time(_model(act_quant_token_s=RATE_S))
 
 
 def test_shipped_only_for_tensorrt_llm_b200_fp8_before_the_quant_kernel_change():

@@ -3,11 +3,11 @@ default); decode and verify steps do not pay it."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from servesim.perf import build_perf_model
 from servesim.perf.config import PerfConfig
+from tests.perf.test_act_quant import assert_fast_paths_price_as_step_time
 
 RATE_S = 1.2e-05
 
@@ -37,10 +37,5 @@ def test_every_prompt_token_pays_the_same_whatever_the_model_and_tp(model, tp):
 
 def test_fast_paths_stay_bit_identical_and_verify_chunks_do_not_pay():
     pm, base = _model(prompt_token_gpu_s=RATE_S), _model()
-    ctxs = [700, 900, 1100] * 4
-    assert pm.chunk_time_fn(12, 2048)(4096, sum(ctxs)) == pm.step_time_s([(2048, 4096)], ctxs)
-    assert pm.prompt_step_s(12, 8192, sum(ctxs)) == pm.step_time_s([(8192, 0)], ctxs)
-    assert pm.decode_step_times_s(np.array(ctxs), 3)[2] == pm.step_time_s([], [c + 2 for c in ctxs])
-    verify = pm.verify_step_times_s(4, 3, np.array([4000]))
-    assert verify is not None and verify[0] == pm.step_time_s([(3, 1000)] * 4, [], 4)
+    assert_fast_paths_price_as_step_time(pm)
     assert pm.step_time_s([(3, 1000)] * 4, [], 4) == base.step_time_s([(3, 1000)] * 4, [], 4)
