@@ -67,8 +67,8 @@ class PerfModel(MemoryMixin):
         object.__setattr__(self, "_pair_win", win_layers * t.pair_s())
         object.__setattr__(self, "_kv_read", t.kv_read_s_per_token())
         object.__setattr__(self, "_layers", (full_layers, win_layers))
-        # Per prompt token (0.0: none): the linear-attention layers' chunked prefill and the quantised linears'
-        # activation quantisation (x + 0.0 is x, so either alone keeps its floats).
+        # Per prompt token (0.0: none): the linear-attention layers' chunked prefill, the quantised linears'
+        # activation quantisation and the flat `prompt_token_gpu_s` (x + 0.0 is x, so any alone keeps its floats).
         object.__setattr__(self, "_lin_tok", t.linear_prefill_s_per_token() + t.act_quant_s_per_token()
                            + t.prompt_token_gpu_s())
         object.__setattr__(self, "_hybrid", t.model.linear_attention is not None)
@@ -121,7 +121,8 @@ class PerfModel(MemoryMixin):
 
     def _prompt_fixed_s(self, prompt_tokens: int) -> float:
         """The linear-attention layers' chunked prefill of the step's prompt tokens, the quantised
-        linears' activation quantisation of them (`act_quant_token_s`; both in `_lin_tok`) and the
+        linears' activation quantisation of them (`act_quant_token_s`), the flat GPU time per prompt
+        token (`prompt_token_gpu_s`; the three in `_lin_tok`) and the
         eager launch time (`eager_layer_s` per layer, plus `gdn_compile_s` for Gated DeltaNet models).
         All are 0 by default, and 0.0 x n + eager is eager exactly, so models without them keep main's
         floats; the fast paths add this one term where step_time_s adds it, so they keep its floats too."""
