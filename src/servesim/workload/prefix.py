@@ -99,10 +99,6 @@ class IdRanges(Sequence):
             return len(self) == len(other) and tuple(self) == other
         return NotImplemented
 
-    def __ne__(self, other) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
     def __lt__(self, other) -> bool:
         return tuple(self) < tuple(other)
 
