@@ -132,6 +132,13 @@ class Constants:
     # AIConfigurator's B200 MoE tables show that cost: the kernel at TP 8 takes as long as at TP 4
     # (terms.StepTerms.moe_copy_s_per_token; docs/fidelity.md, "MoE at TP on TensorRT-LLM B200").
     moe_copy_bytes: float = 0.0
+    # A fixed GPU time per MoE layer of the fused MoE kernel (its routing, token alignment and several launches: time
+    # the roofline of the experts' weights and FLOPs does not hold), taken as a smooth max with that roofline at the
+    # constants' smoothing_k (0, off, by default): a decode of a few tokens pays about all of it, a step whose
+    # experts' reads or FLOPs take several times longer almost none. vLLM's block-FP8 fused MoE on H100 takes
+    # 44-128 us a layer at 1-8 tokens at MiniMax-M2.5's shape and EP 4 where the roofline gives 17-89 us
+    # (AIConfigurator's H100 vLLM 0.19.0 MoE table; terms.TokenTerms.linear_s; docs/fidelity.md, vhop28).
+    moe_floor_s: float = 0.0
     # Attention data parallelism only (perf/attention_dp.py; 0 by default, read by nothing else): GPU
     # time per lock-step step and per sequence of the ranks' padded batch (dp x the largest rank's
     # sequences) that the lock-step terms do not price, fitted per engine on the attention-DP serving

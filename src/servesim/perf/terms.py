@@ -294,7 +294,7 @@ class TokenTerms:
     at one replica) costs a few float operations. Slots, not a closure: a `PerfModel` still pickles."""
 
     __slots__ = ("_terms", "_peak", "_den_c", "_den_m", "_k", "_dense", "_moe", "_moe_den_c", "_copy", "_wb",
-                 "_floor", "_other_layers", "_other_bytes")
+                 "_floor", "_other_layers", "_other_bytes", "_moe_floor")
 
     def __init__(self, t: StepTerms) -> None:
         m, c, g = t.model, t.c, t.gpu
@@ -310,6 +310,7 @@ class TokenTerms:
         # The MoE grouped GEMM's own efficiency when set (else the dense GEMMs'), and its finalize copy.
         self._moe_den_c = c.eta_moe_compute * self._peak if c.eta_moe_compute else None
         self._copy = t.moe_copy_s_per_token()
+        self._moe_floor = c.moe_floor_s  # the fused MoE kernel's fixed time per layer (0.0: off)
         self._floor = m.num_layers * c.layer_floor_s
         kv_write = kv_elements_per_token_layer(m, t.tp) * t.kv_bytes
         elem_bytes = (10.0 * m.hidden_size + 3.0 * t.ffn_width()) * ACTIVATION_BYTES
@@ -329,6 +330,8 @@ class TokenTerms:
             weight_bytes = (b.weight_elems + self._terms.expert_weights_read(n)) * self._wb
             t_block = smooth_roofline_sum_s(((1, b.flops_per_token, weight_bytes, b.act_bytes_per_token),), n,
                                             self._moe_den_c or dc, self._den_m, self._k)
+            if self._moe_floor:  # (only then: every deployment without it keeps its floats)
+                t_block = (t_block**self._k + self._moe_floor**self._k) ** (1.0 / self._k)
             # The finalize copy is a separate kernel's traffic, so added to the GEMMs' roofline, not smoothed into it.
             total += b.count * (t_block + self._copy * n)
         return total if moe else total + self._floor
