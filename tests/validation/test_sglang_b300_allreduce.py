@@ -53,5 +53,7 @@ def test_tp_8_all_reduces_cost_about_what_tp_4_ones_do(system):
 
 
 def test_the_release_streams_weights_at_its_refitted_efficiency():
-    assert _model(4).constants.eta_memory == 0.6
+    # a row outside the B200 scripts' sweeps, which the file's Qwen3.5 rows play with trtllm-gen's 0.85 (sgb3_28)
+    assert _model(4, concurrency="512", batch_size="512").constants.eta_memory == 0.6
+    assert _model(4).constants.eta_memory == 0.85
     assert _model(4, backend_version="0.5.10.post1", gemm_quant_mode="").constants.eta_memory == 0.85

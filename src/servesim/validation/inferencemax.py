@@ -186,6 +186,13 @@ SGLANG_MTP_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
         None, 32768, 32768, 0.8, {(4, 1): every_shape(4, 256)}, kv_fp8=True, recv=(10, 30), trtllm_kernels=True,
         drafts=3, acceptance=QWEN35_MTP_ACCEPTANCE),
 }
+# The B300 0.5.9 Qwen3.5 rows (2026_03_25 campaign) are not InferenceX CI runs (no B300 Qwen3.5 config before 2026-04-16),
+# but their grid is exactly the B200 campaign's two configs, TP 4 at 4-256 users the MTP one's and TP 8 / TP 4 x EP 4 the
+# plain one's, and their TP 4 decodes are drafted ones (0.83-0.94 of B200's MTP TPOT; docs/fidelity.md, q35b3_23): played
+# with the B200 scripts' flags, client and drafts, the same image (docs/fidelity.md, sgb3_28).
+B300_AS_B200_KEYS = (("b300_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"), ("b200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"))
+SGLANG_SCRIPTS[B300_AS_B200_KEYS[0]] = SGLANG_SCRIPTS[B300_AS_B200_KEYS[1]]
+SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[0]] = SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[1]]
 # The MTP script writes `SGLANG_ENABLE_SPEC_V2=1` as a plain shell assignment, never exported (unchanged to Aug 2026),
 # so the server runs spec v1, for which SGLang's server_args (`_handle_speculative_decoding`, early-2026 sources)
 # sets `disable_overlap_schedule` ("Overlap scheduler is disabled when spec v2 is off"): the scheduler's CPU work
@@ -197,6 +204,7 @@ SGLANG_MTP_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
 # outside `held_out_ids` (docs/fidelity.md, sgmtp).
 SPEC_V1_CPU: dict[tuple[str, str], dict[str, float]] = {
     ("b200_sxm", "0.5.9"): {"step_overhead_s": 2.0e-3, "seq_overhead_s": 1.5e-4},
+    ("b300_sxm", "0.5.9"): {"step_overhead_s": 2.0e-3, "seq_overhead_s": 1.5e-4},  # the same release's loop, not refitted
 }
 # The FP8 scripts' experts (`--moe-runner-backend flashinfer_trtllm` on block-FP8 weights) run FlashInfer's trtllm-gen
 # FP8 block-scale fused MoE, which costs more at prompt sizes than the FLOPs at the release's GEMM efficiency: in
@@ -269,6 +277,10 @@ def spec_v1_constants(row: SiliconRow) -> dict[str, float]:
 # Triton MoE path and sitting at the fit grid's lowest multiplier, docs/fidelity.md). Only the weight
 # streaming: the per-layer floor, the all-reduce launch and the CPU time per step stay SGLang's.
 KERNEL_CONSTANTS = ("eta_memory",)
+# A GPU with no entry of the kernel engine takes the one of the GPU whose entry it would be fitted like: B300 has no
+# TensorRT-LLM rows, and its trtllm-gen kernels stream from the same 8 TB/s of HBM3e as B200's (the B300 0.5.10.post1
+# SGLang entry holds the same 0.85 for its decodes; docs/fidelity.md, sgb3_28).
+KERNEL_GPU_FALLBACK = {"b300": "b200"}
 
 
 def kernel_constants(recipe: Recipe | None, gpu: str, calibration: CalibrationData | None) -> dict[str, float]:
@@ -277,6 +289,8 @@ def kernel_constants(recipe: Recipe | None, gpu: str, calibration: CalibrationDa
     if recipe is None or not recipe.kernels or calibration is None:
         return {}
     values = matched_values(calibration, {"gpu": gpu, "engine": recipe.kernels, "version": ""})
+    if not any(name in values for name in KERNEL_CONSTANTS) and gpu in KERNEL_GPU_FALLBACK:
+        values = matched_values(calibration, {"gpu": KERNEL_GPU_FALLBACK[gpu], "engine": recipe.kernels, "version": ""})
     return {name: values[name] for name in KERNEL_CONSTANTS if name in values}
 
 
