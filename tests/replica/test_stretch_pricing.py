@@ -354,3 +354,24 @@ def test_the_ends_view_reads_the_ends_as_python_floats_through_every_change(nump
     more = [st.end_s + 0.01 * (i + 1) for i in range(3 * len(st._ends))]  # (past the array's room: it grows)
     st._append(more)
     assert check() == before[:11] + [before[10] + 0.031] + more
+
+
+def test_the_scalar_loop_writes_into_the_array_and_grows_it_when_full():
+    """`_price_affine` stores each step's end as it prices it: appended to a list, or written
+    into the array through its memoryview, the array doubled when the loop reaches its end.
+    The same floats either way, across the growth and the departures around it."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    forms = _Forms(perf)._decode_forms
+    as_list, as_array = (_stretch(perf, forms, True) for _ in range(2))  # (departures at 40, 93, 146, 199)
+    as_array._room(1)  # (an array of 64 ends, step 0's priced: the loop fills it, then grows it)
+    assert len(as_array._ends) == 64
+    for st in (as_list, as_array):
+        st._sync()
+        st._price_affine(float("inf"), 150)
+        st._price_affine(float("inf"), 220)  # (on from step 150: the first call grew the array to 128, then 256)
+    assert type(as_list._ends) is list and len(as_array._ends) == 256
+    assert as_array.k == as_list.k == as_array._priced == 220
+    got = [as_array.ends_view[j] for j in range(220)]
+    assert got == as_list._ends and as_array.ends.tolist() == got
+    assert as_array.end_s == as_list.end_s == got[-1]
+    assert as_array.batch_sizes() == as_list.batch_sizes() and as_array.batch_sizes()[-1] == 8

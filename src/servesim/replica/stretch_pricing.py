@@ -273,11 +273,11 @@ class StretchPricing:
         step): the same floats, as the scalar form evaluates it (`PerfModel.decode_time_fn`:
         base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
         max keeps the first of equals), with base and cpu the forms' entries for the batch size.
-        `stop`: no step from that one on (`price_on`'s steps ahead)."""
+        `stop`: no step from that one on (`price_on`'s steps ahead). From step k's scalar state
+        (`_priced == k`)."""
         base_a, cpu_a, g, overlap, runs = self._forms
         if runs is not None:  # (the same values as Python floats: no numpy scalar per read)
             base_a, cpu_a = runs.base_s, runs.cpu_s
-        ends: list[float] = []
         t = self.end_s
         j = self.k
         ctx_sum, active = self._ctx_sum, self._active
@@ -285,31 +285,46 @@ class StretchPricing:
         rem = self._sorted_rem
         leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
         stop = min(stop, self.kmax)
-        while j < stop and active and t < horizon:
-            x = base + g * ctx_sum
-            if overlap:
-                t += cpu if cpu > x else x
-            else:
-                t += x + cpu
-            ends.append(t)
-            ctx_sum += active
-            j += 1
-            if j == leave_at:
-                self._ctx_sum, self._active = ctx_sum, active
-                self._leave(j)
-                ctx_sum, active = self._ctx_sum, self._active
-                base, cpu = float(base_a[active]), float(cpu_a[active])
-                leave_at = rem[self._p] if self._p < len(rem) else -1
+        # Each step's end is stored as it is priced, at index j: appended to a list, or written
+        # through the array's memoryview (about 290 instructions a step, where a list of the
+        # steps packed and copied in after the loop cost about 9,000 a call of 20 steps). The
+        # array's room bounds the loop (`lim`); the loop runs on once it is grown.
+        ends = self._ends
+        arr = type(ends) is not list
+        if arr:
+            ends = self._endv
+            lim = min(stop, len(ends))
+        else:
+            del ends[j:]  # (what a truncation dropped)
+            lim = stop
+        while True:
+            while j < lim and active and t < horizon:
+                x = base + g * ctx_sum
+                if overlap:
+                    t += cpu if cpu > x else x
+                else:
+                    t += x + cpu
+                if arr:
+                    ends[j] = t
+                else:
+                    ends.append(t)
+                ctx_sum += active
+                j += 1
+                if j == leave_at:
+                    self._ctx_sum, self._active = ctx_sum, active
+                    self._leave(j)
+                    ctx_sum, active = self._ctx_sum, self._active
+                    base, cpu = float(base_a[active]), float(cpu_a[active])
+                    leave_at = rem[self._p] if self._p < len(rem) else -1
+            if j == stop or not active or t >= horizon:
+                break
+            self._priced = j  # (the array is full: `_room` doubles it, keeping the steps so far)
+            self._room(1)
+            ends = self._endv
+            lim = min(stop, len(ends))
         self._ctx_sum, self._active = ctx_sum, active
-        if ends:
-            have = self._ends
-            if type(have) is list:  # (`_append` written out: a join prices a few steps this way per arrival)
-                del have[self._priced:]
-                have += ends
-                self._priced = self.k = len(have)
-                self.end_s = t
-            else:
-                self._append(ends)
+        self._priced = self.k = j  # (`_take`: t is the float just stored)
+        self.end_s = t
 
     def _price_vectorised(self, horizon: float) -> None:
         """Sliding-window models have no scalar decode form: price chunks of steps with numpy
