@@ -132,7 +132,7 @@ class BlockKeys(Sequence):
         """The first hash id (None without any)."""
         ids = self._ids
         if type(ids) is IdRanges:  # (its first range's first id: indexing and len() of an
-            # `IdRanges` are Python calls, about 1 k instructions each; read at every free)
+            # `IdRanges` are Python calls, about 1,000 and 300 instructions; read at every free)
             return ids.firsts[0] if ids.firsts else None
         return ids[0] if ids else None
 
