@@ -335,3 +335,36 @@ def test_id_ranges_that_differ_fall_back_to_comparing_ids():
         new = BlockKeys(child, 16, 16)
         assert new.reuse(keys.take_run_keys()) == reused
         assert new.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(tuple(child))]
+
+
+def test_a_freed_turns_keys_are_kept_and_reused_by_first_id_without_indexing_its_ids(monkeypatch):
+    """A turn's `IdRanges` ids are kept under their first id when its blocks are freed, and its
+    next turn takes them by that id and packs its fresh range, all read from the ranges
+    (`firsts`): indexing an `IdRanges` is a Python call per read, made at every free."""
+    from servesim.replica.kv_cache import KVCacheManager
+    from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds, IdRanges
+    from tests.factories import make_request
+
+    firsts, follow = HashIds(16), HashIds(16, FOLLOW_UP_IDS)
+    ids = firsts.extend(firsts.fresh(20), 300 * 16)
+    nxt_ids = follow.extend(ids, 340 * 16)
+    getitem = IdRanges.__getitem__
+
+    def no_index(self, i):
+        if type(i) is not slice:
+            pytest.fail("an IdRanges indexed")
+        return getitem(self, i)
+
+    monkeypatch.setattr(IdRanges, "__getitem__", no_index)
+    kv = KVCacheManager(10_000, 16)
+    first = make_request(1, 300 * 16, 10, hash_ids=ids, hash_block_tokens=16)
+    first.kv_block_keys = BlockKeys(ids, 16, 16)
+    assert first.kv_block_keys.first_id() == 0 and BlockKeys(firsts.fresh(0), 16, 16).first_id() is None
+    assert kv.allocate_slots(first, first.prompt_len, kv.get_computed_blocks(first))
+    kv.free(first.id)
+    assert list(kv._recent_keys._by_first) == [0]  # kept under the conversation's first id
+    nxt = make_request(2, 340 * 16, 10, hash_ids=nxt_ids, hash_block_tokens=16)
+    nxt.kv_block_keys = BlockKeys(nxt_ids, 16, 16)
+    assert kv.get_computed_blocks(nxt).num_keyed == 300 and not kv._recent_keys  # taken
+    monkeypatch.setattr(IdRanges, "__getitem__", getitem)
+    assert nxt.kv_block_keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt_ids))]

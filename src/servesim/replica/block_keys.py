@@ -95,24 +95,26 @@ class BlockKeys(Sequence):
         ids, r, lst = built
         rk = self.run_keys
         mine = self._ids
-        n = min(len(ids), len(mine))
+        # (the lengths read once: len() of an `IdRanges` is a Python call)
+        num_ids, num_mine = len(ids), len(mine)
+        n = min(num_ids, num_mine)
         if rk._list is not None or type(self.starts) is not range or self.starts.step != r or n < 2:
             return False
         # Packed as `RunKeys` would (all ids ints): the common ids equal the other's, which
         # are ints as its keys are packed, so only the new ones are checked (choice: an id of
         # another type equal to an int, 5.0 for 5, counts as that int here).
-        if type(mine) is IdRanges and type(ids) is IdRanges and n == len(ids) and mine.extends(ids):
+        if type(mine) is IdRanges and type(ids) is IdRanges and n == num_ids and mine.extends(ids):
             # (ids from `HashIds`, ints: these start with all the other's, seen from their ranges'
             # starts; the new ids are one fresh range when the last range starts at n)
             del lst[n:]  # (its keys past its ids, if any: see below)
-            if mine.bounds[-2] == n:
-                lst += key_steps(mine[n] * RUN_KEY_BASE + n * r, len(mine) - n, RUN_KEY_BASE + r)
-            elif len(mine) > n:
+            if mine.bounds[-2] == n:  # (so its last range's first id is mine[n])
+                lst += key_steps(mine.firsts[-1] * RUN_KEY_BASE + n * r, num_mine - n, RUN_KEY_BASE + r)
+            elif num_mine > n:
                 lst += map(add, map(mul, mine[n:], repeat(RUN_KEY_BASE)), self.starts[n:])
             rk._list = lst
             return True
         new = mine[n:]  # (sliced once: the type check and the packing read it)
-        if (mine[:n] != ids if n == len(ids) else mine[:n] != ids[:n]) or not set(map(type, new)) <= {int}:
+        if (mine[:n] != ids if n == num_ids else mine[:n] != ids[:n]) or not set(map(type, new)) <= {int}:
             return False
         if n < len(lst):
             del lst[n:]  # (packed in place: see above)
@@ -128,7 +130,11 @@ class BlockKeys(Sequence):
 
     def first_id(self):
         """The first hash id (None without any)."""
-        return self._ids[0] if self._ids else None
+        ids = self._ids
+        if type(ids) is IdRanges:  # (its first range's first id: indexing and len() of an
+            # `IdRanges` are Python calls, about 1,000 and 300 instructions; read at every free)
+            return ids.firsts[0] if ids.firsts else None
+        return ids[0] if ids else None
 
     def __bool__(self) -> bool:
         return self.num_blocks > 0

@@ -39,9 +39,10 @@ class RecentKeys:
         built = keys.take_run_keys()
         if built is None or len(built[2]) < MIN_RUNS:
             return
+        first = keys.first_id()  # (not built[0][0]: an `IdRanges` indexed is a Python call)
         recent = self._by_first
-        recent.pop(built[0][0], None)
-        recent[built[0][0]] = built
+        recent.pop(first, None)
+        recent[first] = built
         if len(recent) > self.capacity:
             del recent[next(iter(recent))]
 

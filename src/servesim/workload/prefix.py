@@ -145,10 +145,11 @@ class HashIds:
         `base` (the caller guarantees those tokens are identical) and the rest new (an
         `IdRanges` when `base` is one or empty: a few ints, not a copy of `base`)."""
         n = total_tokens // self.block_tokens
-        if n <= len(base):
-            return base if n == len(base) else base[:n]  # (an `IdRanges`' ranges cut at n)
-        fresh = self.fresh(n - len(base))
-        if not base:
+        m = len(base)  # (once: len() of an `IdRanges` is a Python call)
+        if n <= m:
+            return base if n == m else base[:n]  # (an `IdRanges`' ranges cut at n)
+        fresh = self.fresh(n - m)
+        if not m:
             return fresh
         if type(base) is not IdRanges:
             return tuple(base) + tuple(fresh)
