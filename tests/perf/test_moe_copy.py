@@ -4,12 +4,12 @@ finalize), a cost the experts' TP split does not divide; off by default."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from servesim.perf import build_perf_model
 from servesim.perf.config import PerfConfig
 from servesim.perf.calibration import shipped_calibration, matched_values
+from tests.perf.test_act_quant import assert_fast_paths_price_as_step_time
 
 COPY_BYTES = 4.0
 
@@ -62,14 +62,10 @@ def test_tp8_moe_no_longer_half_of_tp4():
 
 
 def test_fast_paths_stay_bit_identical_with_the_term_on():
-    # The rows sit in linear_s, memoised per step token count, which every fast path reads.
-    pm, ctxs = _model(moe_copy_bytes=COPY_BYTES), [700, 900, 1100] * 4
-    pairs = ((pm.chunk_time_fn(12, 2048)(4096, sum(ctxs)), [(2048, 4096)], ctxs),
-             (pm.prompt_step_s(12, 8192, sum(ctxs)), [(8192, 0)], ctxs),
-             (pm.decode_step_times_s(np.array(ctxs), 3)[2], [], [c + 2 for c in ctxs]))
-    for fast, prefills, decodes in pairs:
-        assert fast == pm.step_time_s(prefills, decodes)
-    assert pm.step_time_s([], ctxs) > _model().step_time_s([], ctxs)
+    # The term sits in linear_s, memoised per step token count, which every fast path reads.
+    pm = _model(moe_copy_bytes=COPY_BYTES)
+    assert_fast_paths_price_as_step_time(pm)
+    assert pm.step_time_s([], [700, 900, 1100] * 4) > _model().step_time_s([], [700, 900, 1100] * 4)
 
 
 def test_shipped_for_tensorrt_llm_b200_1_2_0rc6_only():

@@ -4,12 +4,12 @@ off by default, shipped for the H100 vLLM 0.18.0 FP8 entry only."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from servesim.perf import build_perf_model
 from servesim.perf.calibration import matched_values, shipped_calibration
 from servesim.perf.config import PerfConfig
+from tests.perf.test_act_quant import assert_fast_paths_price_as_step_time
 
 FLOOR_S = 4.7e-05
 
@@ -51,14 +51,10 @@ def test_smooth_max_with_the_layer_roofline():
 
 
 def test_fast_paths_stay_bit_identical_with_the_term_on():
-    # The floor sits in linear_s, memoised per step token count, which every fast path reads.
-    pm, ctxs = _model(moe_floor_s=FLOOR_S), [700, 900, 1100] * 4
-    pairs = ((pm.chunk_time_fn(12, 2048)(4096, sum(ctxs)), [(2048, 4096)], ctxs),
-             (pm.prompt_step_s(12, 8192, sum(ctxs)), [(8192, 0)], ctxs),
-             (pm.decode_step_times_s(np.array(ctxs), 3)[2], [], [c + 2 for c in ctxs]))
-    for fast, prefills, decodes in pairs:
-        assert fast == pm.step_time_s(prefills, decodes)
-    assert pm.step_time_s([], ctxs) > _model().step_time_s([], ctxs)
+    # The term sits in linear_s, memoised per step token count, which every fast path reads.
+    pm = _model(moe_floor_s=FLOOR_S)
+    assert_fast_paths_price_as_step_time(pm)
+    assert pm.step_time_s([], [700, 900, 1100] * 4) > _model().step_time_s([], [700, 900, 1100] * 4)
 
 
 def test_shipped_for_vllm_h100_0_18_0_fp8_only():
