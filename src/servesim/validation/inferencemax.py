@@ -238,6 +238,16 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
     return plain
 
 
+# The plain scripts (no drafts; the radix cache off) run SGLang's overlap loop, `event_loop_overlap`, which launches a
+# batch before it waits for the one before; the receive interval's skipper weighs the last launched batch, so the take a
+# prompt step triggers runs as that step starts, and what arrives during it waits `scheduler_recv_interval` decode steps
+# more (SGLangParams.disable_overlap_schedule False). Played for B200 nightly-dev, better on both sides with its
+# constants unchanged. B200 0.5.9 runs the same loop, but its prompt price, compile time and front end were fitted to a
+# take at the step's end: with the take played and the price alone refitted (12 us) its held-out rows and TPOT get
+# worse, so it waits for a joint refit (docs/fidelity.md, sgadm28).
+OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev")})
+
+
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
     """The scheduler, engine and KV settings of the SGLang script that ran `row`, or None."""
     script = sglang_script(row)
@@ -258,6 +268,8 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
         constants.update(spec_v1_constants(row))
         # spec v1 runs SGLang's plain event loop, not `event_loop_overlap`: a prefill's first tokens leave at its end
         scheduler["consecutive_prefill_launch_share"] = 0.0
+    elif (row.system, row.version) in OVERLAP_LOOP_TAKE:
+        scheduler["disable_overlap_schedule"] = False
     if (row.system, row.version) in SCRIPT_GDN_COMPILE_S:  # read only by Gated DeltaNet models
         constants["gdn_compile_s"] = SCRIPT_GDN_COMPILE_S[(row.system, row.version)]
     return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {},
