@@ -268,21 +268,21 @@ def test_recv_interval_takes_arrivals_only_every_n_decode_steps():
 @pytest.mark.parametrize("fast_forward", [False, True])
 def test_overlap_loop_takes_at_a_prompt_step_start(fast_forward):
     # Request 1 arrives during request 0's prompt step (ToyPerf: 13.2 ms). SGLang's normal loop takes
-    # it at that step's end and prefills it next; the overlap loop (`disable_overlap_schedule` False)
+    # it at that step's end and prefills it next; the overlap loop (`overlap_loop_take`)
     # took the inbox as the prompt step started, so request 1 waits four decode steps
-    def steps(disable):
+    def steps(overlap):
         engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=fast_forward,
                                                     max_num_batched_tokens=256,
                                                     params={"scheduler_recv_interval": 4,
-                                                            "disable_overlap_schedule": disable})
+                                                            "overlap_loop_take": overlap})
         log = run_logged(engine, loop, [make_request(0, 32, 20, max_tokens=20),
                                         make_request(1, 16, 2, 0.005, max_tokens=2)])
         kv.check_all_free()
         assert [r.state for r in done] == [RequestState.FINISHED] * 2
         return log
 
-    assert steps(True)[:2] == [[(0, 32)], [(1, 16)]]
-    assert steps(False)[:6] == [[(0, 32)]] + [[(0, 1)]] * 4 + [[(1, 16)]]
+    assert steps(False)[:2] == [[(0, 32)], [(1, 16)]]
+    assert steps(True)[:6] == [[(0, 32)]] + [[(0, 1)]] * 4 + [[(1, 16)]]
 
 
 def test_recv_interval_takes_at_once_on_an_idle_engine():
@@ -301,7 +301,7 @@ def test_recv_interval_fast_forward_matches_step_by_step(interval, seed, num_blo
     def reqs():
         return [make_request(r.id, r.prompt_len, r.output_len, 4 * r.arrival_s) for r in random_requests(seed)]
 
-    params = {"scheduler_recv_interval": interval, "disable_overlap_schedule": not overlap}
+    params = {"scheduler_recv_interval": interval, "overlap_loop_take": overlap}
     a_reqs, b_reqs, c_reqs = reqs(), reqs(), reqs()
     a = run_engine(a_reqs, True, num_blocks, "sglang", params)
     b = run_engine(b_reqs, False, num_blocks, "sglang", params)

@@ -101,6 +101,6 @@ def test_the_overlap_loop_holds_first_tokens_for_the_whole_next_prefill(version,
 def test_the_overlap_loop_takes_arrivals_as_a_prompt_step_starts():
     # issue 14 sgadm28: the script runs `event_loop_overlap`, so the receive interval's take after a prompt step comes at
     # its start; B200 0.5.9's plain script runs the same loop but is not played so until its constants are refitted
-    assert sched(row_scenario(nightly()))["disable_overlap_schedule"] is False
+    assert sched(row_scenario(nightly()))["overlap_loop_take"] is True
     release = row_scenario(nightly(backend_version="0.5.9", gemm_quant_mode="fp8", concurrency="8", batch_size="8"))
-    assert sched(release)["scheduler_recv_interval"] > 1 and sched(release).get("disable_overlap_schedule", True) is True
+    assert sched(release)["scheduler_recv_interval"] > 1 and sched(release).get("overlap_loop_take", False) is False

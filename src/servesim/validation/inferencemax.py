@@ -204,8 +204,8 @@ SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[0]] = SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[
 # outside `held_out_ids` (docs/fidelity.md, sgmtp).
 SPEC_V1_CPU: dict[tuple[str, str], dict[str, float]] = {
     ("b200_sxm", "0.5.9"): {"step_overhead_s": 2.0e-3, "seq_overhead_s": 1.5e-4},
-    ("b300_sxm", "0.5.9"): {"step_overhead_s": 2.0e-3, "seq_overhead_s": 1.5e-4},  # the same release's loop, not refitted
 }
+SPEC_V1_CPU[("b300_sxm", "0.5.9")] = SPEC_V1_CPU[("b200_sxm", "0.5.9")]  # (the same release's loop, not refitted: sgb3_28)
 # The FP8 scripts' experts (`--moe-runner-backend flashinfer_trtllm` on block-FP8 weights) run FlashInfer's trtllm-gen
 # FP8 block-scale fused MoE, which costs more at prompt sizes than the FLOPs at the release's GEMM efficiency: in
 # AIConfigurator's B200 SGLang MoE table (`systems/data/b200_sxm/moe/sglang/0.5.14/moe_perf.parquet`, kernel
@@ -241,7 +241,7 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
 # The plain scripts (no drafts; the radix cache off) run SGLang's overlap loop, `event_loop_overlap`, which launches a
 # batch before it waits for the one before; the receive interval's skipper weighs the last launched batch, so the take a
 # prompt step triggers runs as that step starts, and what arrives during it waits `scheduler_recv_interval` decode steps
-# more (SGLangParams.disable_overlap_schedule False). Played for B200 nightly-dev, better on both sides with its
+# more (SGLangParams.overlap_loop_take). Played for B200 nightly-dev, better on both sides with its
 # constants unchanged. B200 0.5.9 runs the same loop, but its prompt price, compile time and front end were fitted to a
 # take at the step's end: with the take played and the price alone refitted (12 us) its held-out rows and TPOT get
 # worse, so it waits for a joint refit (docs/fidelity.md, sgadm28).
@@ -269,7 +269,7 @@ def sglang_recipe(row: SiliconRow) -> Recipe | None:
         # spec v1 runs SGLang's plain event loop, not `event_loop_overlap`: a prefill's first tokens leave at its end
         scheduler["consecutive_prefill_launch_share"] = 0.0
     elif (row.system, row.version) in OVERLAP_LOOP_TAKE:
-        scheduler["disable_overlap_schedule"] = False
+        scheduler["overlap_loop_take"] = True
     if (row.system, row.version) in SCRIPT_GDN_COMPILE_S:  # read only by Gated DeltaNet models
         constants["gdn_compile_s"] = SCRIPT_GDN_COMPILE_S[(row.system, row.version)]
     return Recipe(engine=engine, scheduler=scheduler, perf={"kv_cache_dtype": "fp8"} if script.kv_fp8 else {},

@@ -22,8 +22,8 @@ Follows `python/sglang/srt/managers/{scheduler,schedule_policy,schedule_batch}.p
 - `scheduler_recv_interval` N > 1 (SGLang's `SchedulerRecvSkipper`): arrivals wait in an inbox,
   taken into the waiting queue when N decode steps have run since the last take (a prefill or
   mixed step weighs 1,000, i.e. the next step takes them; an idle loop spins its N at once);
-- with the overlap loop (`disable_overlap_schedule` False) the take a prompt step triggers runs as
-  that step starts: what arrives during it waits N decode steps after it;
+- `overlap_loop_take` (SGLang's overlap loop): the take a prompt step triggers runs as that step
+  starts: what arrives during it waits N decode steps after it;
 - `consecutive_prefill_launch_share` s > 0 (SGLang's overlap loop, `event_loop_overlap`): a
   prefill batch's first tokens are handed out only once the next batch is launched; when that
   batch has prompt tokens too (an eager forward, slow to launch) they reach the client s x its
@@ -80,13 +80,15 @@ class SGLangParams(SchedulerParams):
     """`--scheduler-recv-interval`: new requests are taken in only after this many decode steps
     since the last take (a step with prompt tokens counts as the whole interval; an engine with
     nothing running takes them at once); 1 = every step, SGLang's default."""
-    disable_overlap_schedule: bool = True
-    """SGLang's `--disable-overlap-schedule`, read here only for when `scheduler_recv_interval` takes
-    arrivals in. The overlap loop (False; `event_loop_overlap`) composes and launches a batch before it
-    waits for the one before, so the take a prompt batch triggers (the skipper weighs the last launched
-    batch) runs as that batch starts on the GPU: what arrives during its prompt step waits for the next
-    take, `scheduler_recv_interval` decode steps after it. True (SGLang's normal loop): taken at its end.
-    The overlap loop's first-token hold is `consecutive_prefill_launch_share`."""
+    overlap_loop_take: bool = False
+    """When `scheduler_recv_interval` takes arrivals in after a prompt batch, as SGLang's overlap loop
+    (`event_loop_overlap`, on unless `--disable-overlap-schedule`) does: it composes and launches a batch
+    before it waits for the one before, so the take a prompt batch triggers (the skipper weighs the last
+    launched batch) runs as that batch starts on the GPU, and what arrives during its prompt step waits
+    for the next take, `scheduler_recv_interval` decode steps after it. False (SGLang's normal loop, and
+    this simulator's default so that results stay as they were): taken at its end. Named after what it
+    plays, not after SGLang's flag: the overlap loop's other effect, its first-token hold, is
+    `consecutive_prefill_launch_share`, set apart."""
     consecutive_prefill_launch_share: float = Field(0.0, ge=0, le=1)
     """SGLang's overlap loop hands out a prefill batch's first tokens only once the next batch is
     launched (`resolve_last_batch_result` waits for its `launch_done`); when that batch also has
@@ -207,7 +209,7 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
             self._receive()
         self._prefill_batch(out)
         if out.scheduled:
-            if self.params.disable_overlap_schedule or self.params.scheduler_recv_interval == 1:
+            if not self.params.overlap_loop_take or self.params.scheduler_recv_interval == 1:
                 self._recv_at = self.num_engine_steps + 1  # (a step with prompt tokens: the next step takes)
             else:  # (the overlap loop takes as this step starts, after composing it: the next take is due
                 self._take_inbox()  # N decode steps after it)
