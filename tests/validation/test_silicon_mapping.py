@@ -170,7 +170,9 @@ def test_vllm_async_releases_take_their_per_step_time_on_the_gpu():
     for system in ("b200_sxm", "b300_sxm"):
         c = scenario_perf_model(row_scenario(row(system=system))).constants  # 0.19.0, MiniMax-M2.5 FP8, 62 layers
         assert c.overlap_cpu == 1
-        assert c.layer_floor_s * 62 > c.step_overhead_s  # the CPU time hides behind a GPU step that carries it
+        # the CPU time hides behind a GPU step that carries it: the floor of every layer, plus on B200 FP8 the fused
+        # MoE kernel's fixed time that every MiniMax layer's few-token step pays (moe_floor_s, vmmx29)
+        assert (c.layer_floor_s + c.moe_floor_s) * 62 > c.step_overhead_s
 
 
 def test_deployment_settings_per_system_and_version():
