@@ -47,3 +47,19 @@ def test_the_async_release_keeps_its_per_step_time_on_the_gpu():
     moved = (layers + 1) * (8.33e-05 - 3.5e-05) - 0.002996 + 4 * (1.75e-05 - 1.0e-05) - 4 * 15e-06
     assert fp8.step_time_s([], ctxs) - fp8_sync.step_time_s([], ctxs) == pytest.approx(moved, abs=1e-9)
     assert abs(moved) < 1e-4  # the 4-user decode step keeps about its time (+17 us)
+
+
+@pytest.mark.parametrize("num_tokens", [256, 1024, 2780, 8192])
+def test_b300_fp8_gemms_run_at_b200s_efficiency_on_0_19_0(num_tokens):
+    # AIConfigurator's vLLM 0.19.0 tables time B300's block-scaled FP8 GEMMs at B200's speed (0.94-0.99 of its time) on
+    # the same 4.5 PFLOP/s FP8 peak, so the B300 0.19.0 FP8 entry takes the (b200, vllm) efficiency curve (vb3_29)
+    b300 = _model(system="b300_sxm", backend_version="0.19.0", gemm_quant_mode="fp8").terms
+    b200 = _model(system="b200_sxm", backend_version="0.19.0", gemm_quant_mode="fp8").terms
+    assert b300.eta_compute_at(num_tokens) == b200.eta_compute_at(num_tokens)
+    assert 0.28 < b300.eta_compute_at(num_tokens) < 0.7
+
+
+@pytest.mark.parametrize(("version", "quant"), [("0.19.0", "nvfp4"), ("nightly-5b8c30d62b754b57", "fp8")])
+def test_other_b300_deployments_keep_the_fitted_flat_efficiency(version, quant):
+    terms = _model(system="b300_sxm", backend_version=version, gemm_quant_mode=quant).terms
+    assert terms.eta_compute_at(256) == terms.eta_compute_at(8192) == 0.84
