@@ -60,3 +60,15 @@ def test_hits_stop_at_the_first_evicted_block_inside_the_shared_runs():
     req = _request(9, [0, 1, 2, 7])  # shares three runs with the group
     hits = kv.get_computed_blocks(req)
     assert hits.num_keyed == 3 * R - 3 == _reference(kv, req)
+
+
+def test_requests_without_keys_share_one_empty_hit_that_allocation_leaves_as_it_is():
+    """A request without prefix keys (a trace without hash ids) gets the one shared empty hit:
+    no hit counted, its blocks allocated as with a fresh empty one, and the shared hit unchanged."""
+    kv = KVCacheManager(64, BS)
+    a, b = make_request(1, 40, 4), make_request(2, 40, 4)
+    ha, hb = kv.get_computed_blocks(a), kv.get_computed_blocks(b)
+    assert ha is hb and len(ha) == 0 and (ha.num_keyed, ha.num_own, ha.extents) == (0, 0, None)
+    assert kv.allocate_slots(a, a.num_tokens, ha) and kv.allocate_slots(b, b.num_tokens, hb)
+    assert kv.num_free_blocks == 64 - 2 * 3  # (40 tokens: 3 blocks of 16 each)
+    assert (ha.num_keyed, ha.num_own, ha.extents) == (0, 0, None)

@@ -375,3 +375,46 @@ def test_the_scalar_loop_writes_into_the_array_and_grows_it_when_full():
     assert got == as_list._ends and as_array.ends.tolist() == got
     assert as_array.end_s == as_list.end_s == got[-1]
     assert as_array.batch_sizes() == as_list.batch_sizes() and as_array.batch_sizes()[-1] == 8
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("numpy_ends", [False, True])
+def test_the_scalar_loop_prices_run_by_run_the_floats_of_stepping(overlap, numpy_ends):
+    """`_price_affine` prices a run of a constant batch at a time (`_affine_run`, its context
+    sum carried as a float): every step's end is the scalar form's time of that step's batch
+    (its size and context sum as integers) summed on step by step, through departures, a
+    horizon inside a run, a `stop`, and the array's growth; its scalar state is then the next
+    step's."""
+    n = 12
+    base = np.array([0.0] + [0.004 + 1e-4 * k for k in range(1, n + 1)])
+    cpu = np.array([0.0] + [0.0091] * n)
+    g = 1.3e-9  # (with overlap the CPU time binds once a few requests have left)
+    forms = (base, cpu, g, overlap, None)
+    ctx1 = [300_000 + 97 * i for i in range(n)]
+    remaining = [40 + 53 * i for i in range(n)]  # (one leaves every 53 steps from step 40 on)
+    st = Stretch(0.0, 0.02, None, [], [], [_Req() for _ in range(n)], ctx1, remaining, True,
+                 lambda k: (lambda ctx: 0.0), None, 0, lambda k: forms)
+    ref, ctx_of, times = [0.02], [], []
+    for j in range(1, 401):  # (stepping: the batch of step j and its time, summed on in order)
+        act = [i for i in range(n) if remaining[i] > j]
+        ctx = sum(ctx1[i] + j - 1 for i in act)
+        ctx_of.append((len(act), ctx))
+        x = base[len(act)] + g * ctx
+        c = float(cpu[len(act)])
+        times.append((c if c > x else float(x)) if overlap else float(x) + c)
+        ref.append(ref[-1] + times[-1])
+    if numpy_ends:
+        st._room(1)  # (an array of 64 ends: the loop fills it, then grows it twice)
+    st._sync()
+    h = (ref[25] + ref[26]) / 2  # (inside the first run: step 26 starts before it and ends after)
+    for horizon, stop, k in ((h, 1 << 62, 27), (float("inf"), 93, 93), (float("inf"), 150, 150),
+                             ((ref[170] + ref[171]) / 2, 400, 172), (float("inf"), 400, 400)):
+        st._price_affine(horizon, stop)
+        assert st.k == st._priced == k and st.end_s == ref[k - 1]
+        assert (st._active, st._ctx_sum) == ctx_of[k - 1]  # (step k's batch, departures at k applied)
+        assert [st.ends_view[j] for j in range(k)] == ref[:k]
+    assert type(st._ends) is (np.ndarray if numpy_ends else list)
+    if numpy_ends:
+        assert len(st._ends) == 512
+    if overlap:  # (both sides of the max taken)
+        assert times.count(0.0091) > 50 and sum(x > 0.0091 for x in times) > 50

@@ -51,6 +51,15 @@ if TYPE_CHECKING:
 
 DoneCallback = Callable[[Request, float], None]
 
+# Steps a lean join at a replica among many prices ahead by the scalar loop (`Engine.join_ahead`).
+# The next arrival routed to a busy replica of many cuts its stretch about 25 steps on (the
+# matrix's azure-conv at 8 replicas), so steps priced past that are dropped; a stretch reaching
+# the last priced step uncut is extended by its end event. 32 rather than 64 (`price`'s
+# crossover between the scalar loop and a numpy chunk) since the loop prices run by run:
+# callgrind of that cell, 4,000 less 1,000 requests, 428.8 k -> 422.4 k instructions a request
+# (16: worse at 1,000 requests); the same floats either way.
+JOIN_AHEAD = 32
+
 
 class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
     """A model replica serving requests with one scheduler, KV cache and cost model."""
@@ -81,11 +90,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # (pricing is cheap, events are not; the cluster uses 20n: simulation.py).
         self.lookahead = lookahead
         # Steps an arrival's lean join prices ahead by the scalar loop when many requests leave
-        # before its stretch's last step (`Stretch.price_on`): only where the horizon is a guess. 64: where
-        # the scalar loop's cost per step overtakes a numpy chunk's per call (`price`'s rule);
-        # the next arrival routed to a busy replica of many cuts its stretch about 25 steps on
-        # (the matrix's azure-conv at 8 replicas) where a chunk priced about 400.
-        self.join_ahead = 64 if lookahead > 1 else 0
+        # before its stretch's last step (`Stretch.price_on`): only where the horizon is a guess.
+        self.join_ahead = JOIN_AHEAD if lookahead > 1 else 0
         self.stretch: Stretch | None = None  # the fast-forwarded stretch in flight, if any
         self._epoch = 0  # bumped by a crash: events of the lost step or timers are ignored
         # Called with the time before anything here changes (a cluster keeping stale views

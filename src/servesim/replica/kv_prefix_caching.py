@@ -18,6 +18,10 @@ from servesim.replica.block_keys import BlockKeys, block_keys
 from servesim.replica.prefix_index import Held, Hits, PrefixIndex
 from servesim.replica.recent_keys import RecentKeys
 
+# The hit of a request without prefix keys (every arrival of a trace without hash ids): one shared
+# object rather than one made per arrival; nothing writes a `Hits` (callers read its counts and extents).
+_NO_HITS = Hits()
+
 # `more_tokens` of a plan made up to every request's last step (`_plan_whole`): more steps than
 # any stretch runs
 WHOLE = sys.maxsize
@@ -49,7 +53,7 @@ class PrefixCaching:
         keys = req.kv_block_keys
         tail = self._tails.get(req.id) if self._tails else None
         if not self.enable_prefix_caching or not (keys or tail):
-            return Hits()
+            return _NO_HITS
         if self._recent_keys and type(keys) is BlockKeys:
             self._recent_keys.reuse_into(keys)
         limit = (req.num_tokens - 1) // self.block_size

@@ -274,21 +274,22 @@ class StretchPricing:
         base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
         max keeps the first of equals), with base and cpu the forms' entries for the batch size.
         `stop`: no step from that one on (`price_on`'s steps ahead). From step k's scalar state
-        (`_priced == k`)."""
+        (`_priced == k`). Priced run by run of a constant batch (`_affine_run`), each up to the
+        next departure, the array's room or `stop`: the checks that change only there are made
+        once a run, not once a step."""
         base_a, cpu_a, g, overlap, runs = self._forms
         if runs is not None:  # (the same values as Python floats: no numpy scalar per read)
             base_a, cpu_a = runs.base_s, runs.cpu_s
         t = self.end_s
         j = self.k
         ctx_sum, active = self._ctx_sum, self._active
-        base, cpu = float(base_a[active]), float(cpu_a[active])
         rem = self._sorted_rem
-        leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step
+        leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step (> j)
         stop = min(stop, self.kmax)
         # Each step's end is stored as it is priced, at index j: appended to a list, or written
         # through the array's memoryview (about 290 instructions a step, where a list of the
         # steps packed and copied in after the loop cost about 9,000 a call of 20 steps). The
-        # array's room bounds the loop (`lim`); the loop runs on once it is grown.
+        # array's room bounds a run (`lim`); the loop runs on once it is grown.
         ends = self._ends
         arr = type(ends) is not list
         if arr:
@@ -297,31 +298,25 @@ class StretchPricing:
         else:
             del ends[j:]  # (what a truncation dropped)
             lim = stop
-        while True:
-            while j < lim and active and t < horizon:
-                x = base + g * ctx_sum
-                if overlap:
-                    t += cpu if cpu > x else x
-                else:
-                    t += x + cpu
-                if arr:
-                    ends[j] = t
-                else:
-                    ends.append(t)
-                ctx_sum += active
-                j += 1
-                if j == leave_at:
-                    self._ctx_sum, self._active = ctx_sum, active
-                    self._leave(j)
-                    ctx_sum, active = self._ctx_sum, self._active
-                    base, cpu = float(base_a[active]), float(cpu_a[active])
-                    leave_at = rem[self._p] if self._p < len(rem) else -1
-            if j == stop or not active or t >= horizon:
+        while active and t < horizon:
+            end = leave_at if j < leave_at < lim else lim
+            if j < end:
+                i = j
+                t, j = _affine_run(ends, arr, overlap, j, end, t, horizon, float(base_a[active]),
+                                   float(cpu_a[active]), g, ctx_sum, active)
+                ctx_sum += active * (j - i)
+            if j == leave_at:  # (those whose last token was step j - 1 leave)
+                self._ctx_sum, self._active = ctx_sum, active
+                self._leave(j)
+                ctx_sum, active = self._ctx_sum, self._active
+                leave_at = rem[self._p] if self._p < len(rem) else -1
+            elif j == lim and j < stop:
+                self._priced = j  # (the array is full: `_room` doubles it, keeping the steps so far)
+                self._room(1)
+                ends = self._endv
+                lim = min(stop, len(ends))
+            else:
                 break
-            self._priced = j  # (the array is full: `_room` doubles it, keeping the steps so far)
-            self._room(1)
-            ends = self._endv
-            lim = min(stop, len(ends))
         self._ctx_sum, self._active = ctx_sum, active
         self._priced = self.k = j  # (`_take`: t is the float just stored)
         self.end_s = t
@@ -337,3 +332,49 @@ class StretchPricing:
         np.cumsum(times, out=rest)
         self._priced += m
         self._take(j + min(m, 1 + int(rest.searchsorted(horizon))))
+
+
+def _affine_run(ends, arr: bool, overlap: bool, j: int, end: int, t: float, horizon: float, base: float, cpu: float,
+                g: float, ctx_sum: int, n: int) -> tuple[float, int]:
+    """Steps j .. end - 1 of a batch of n requests (context sum `ctx_sum` at step j), each
+    ending `base + g * ctx` later (max with `cpu` if `overlap`, else plus it), stored in `ends`
+    (`arr`: a memoryview, written at j; else a list of j ends, appended to), up to the first
+    that ends at or after `horizon` (j < end, t < horizon). Returns the last end and the next
+    step. One loop per form and store, so a step runs no test that holds for the whole run.
+    The context sum is carried as a float: the batch's tokens in the KV cache, far below 2^53,
+    so it and each product are the floats the integer gave."""
+    ctx, dn = float(ctx_sum), float(n)
+    if arr:
+        if overlap:
+            for j in range(j, end):
+                x = base + g * ctx
+                t += cpu if cpu > x else x
+                ends[j] = t
+                ctx += dn
+                if t >= horizon:
+                    break
+        else:
+            for j in range(j, end):
+                t += base + g * ctx + cpu
+                ends[j] = t
+                ctx += dn
+                if t >= horizon:
+                    break
+    else:
+        append = ends.append
+        if overlap:
+            for j in range(j, end):
+                x = base + g * ctx
+                t += cpu if cpu > x else x
+                append(t)
+                ctx += dn
+                if t >= horizon:
+                    break
+        else:
+            for j in range(j, end):
+                t += base + g * ctx + cpu
+                append(t)
+                ctx += dn
+                if t >= horizon:
+                    break
+    return t, j + 1
