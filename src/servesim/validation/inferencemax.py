@@ -153,6 +153,23 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     ("b200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
         128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 16), (4, 4): every_shape(4, 128)}, kv_fp8=True, recv=(10, 30),
         trtllm_kernels=True),
+    # The B300 0.5.10.post1 Qwen3.5 rows (`qwen3_5_b300_sglang_{bf16,fp8,fp4}_agg_*_cfg716..739`): InferenceX's B300 configs of
+    # 2026-04-17 (image v0.5.10.post1-cu130 until the v0.5.12 updates of 2026-05-18..21, the flags unchanged in between),
+    # whose sweeps are exactly the rows' grid. qwen3.5_fp8_b300.sh (c0f62a2ef, pull request 1048): TP 4 at 4-256 users,
+    # running requests and CUDA-graph batch = CONC, 16,384-token chunk and budget, memory 0.8, FP8 KV, receive interval
+    # 10 at every CONC, trtllm_mha / flashinfer_trtllm, --use-chat-template. qwen3.5_fp4_b300.sh (8acbd08b7, 1072): TP 4
+    # and TP 2 x EP 2 at 4-128, 128 running requests, 32,768-token chunk and budget, memory 0.8, FP8 KV, receive interval
+    # 10 / 30, flashinfer_trtllm MoE. qwen3.5_bf16_b300.sh (32274d6c1, 1081): TP 8 and TP 4 at 4-64, 128 running, 32,768,
+    # memory 0.82, the checkpoint's 16-bit KV, receive interval 10 / 30, flashinfer_trtllm MoE. None sets
+    # --enable-mixed-chunk (docs/fidelity.md, sgb3_29).
+    ("b300_sxm", "0.5.10.post1", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
+        None, 16384, 16384, 0.8, {(4, 1): every_shape(4, 256)}, kv_fp8=True, recv=(10, 10), trtllm_kernels=True),
+    ("b300_sxm", "0.5.10.post1", "qwen3.5-397b-a17b", "nvfp4"): SGLangScript(
+        128, 32768, 32768, 0.8, {(4, 1): every_shape(4, 128), (2, 2): every_shape(4, 128)}, kv_fp8=True, recv=(10, 30),
+        trtllm_kernels=True),
+    ("b300_sxm", "0.5.10.post1", "qwen3.5-397b-a17b", ""): SGLangScript(
+        128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64), (4, 1): every_shape(4, 64)}, recv=(10, 30),
+        trtllm_kernels=True),
     # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): glm5_fp8_h200.sh (glm5-hopper;
     # held-out rows worse).
     # Nor (docs/fidelity.md, "The older InferenceMAX SGLang runs"), though they ran their rows: the B200
@@ -245,7 +262,9 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
 # constants unchanged. B200 0.5.9 runs the same loop, but its prompt price, compile time and front end were fitted to a
 # take at the step's end: with the take played and the price alone refitted (12 us) its held-out rows and TPOT get
 # worse, so it waits for a joint refit (docs/fidelity.md, sgadm28).
-OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev")})
+# B300 0.5.10.post1's Qwen3.5 scripts run the same loop (no drafts, radix cache off); with its constants unchanged the take
+# brings its 58 rows' first tokens 13.6 -> 10.9 %, better on both sides (docs/fidelity.md, sgb3_29).
+OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev"), ("b300_sxm", "0.5.10.post1")})
 
 
 def sglang_recipe(row: SiliconRow) -> Recipe | None:

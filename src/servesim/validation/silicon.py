@@ -152,7 +152,9 @@ def row_dtype(row: SiliconRow) -> str:
 # generator's SGLang settings apply on the systems listed here. The file does not record each
 # run's flags; this is a per-(GPU, engine[, version]) deployment setting, never per row: (system,
 # version) pairs, "*" for every version. On B300 the 0.5.10.post1 runs (68 rows) match the
-# generator's settings and the 0.5.9 ones SGLang's defaults (docs/fidelity.md, versions).
+# generator's settings and the 0.5.9 ones SGLang's defaults (docs/fidelity.md, versions). Since sgb3_29 the
+# release's 58 Qwen3.5 rows play the InferenceX scripts that ran them (inferencemax.SGLANG_SCRIPTS, no mixed chunks);
+# only its 10 DeepSeek rows, whose script is not played, keep this.
 SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")})
 # Campaigns among those whose runs mixed prompts into the decodes but admitted more prompt tokens a step than the
 # generator's max_prefill_tokens allows, so they play SGLang's own default (16,384; the chunk budget binds first).
@@ -177,7 +179,11 @@ SGLANG_DEFAULT_PREFILL_BUDGET = frozenset({("h200_sxm", "0.5.6.post2")})
 # its chunk lengths to the host (`prepare_chunk_indices`' `.tolist()`), so the next prefill's launch cannot end before
 # the batch it follows has. Other releases fitted and not keyed: docs/fidelity.md, "... beyond H100 0.5.1.post1
 # (issue 14, sgovl27)". Speculative rows (spec v1) run no overlap loop: inferencemax.sglang_recipe sets 0.
-SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE = {("h100_sxm", "0.5.1.post1"): 0.3, ("b200_sxm", "nightly-dev"): 1.0}
+# B300 0.5.10.post1, once its Qwen3.5 rows play their InferenceX scripts (the same loop, radix cache off): 1.0, the fit
+# side's best of 0 / 0.5 / 1.0 with the overlap take (58 rows' fit side 10.5 -> 9.0 %, held out 11.0 -> 10.6 %); its
+# DeepSeek rows, still the generator's play, move -79.9 -> -77.7 % (docs/fidelity.md, sgb3_29).
+SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE = {("h100_sxm", "0.5.1.post1"): 0.3, ("b200_sxm", "nightly-dev"): 1.0,
+                                           ("b300_sxm", "0.5.10.post1"): 1.0}
 # Campaigns deployed by AIConfigurator's generator whose SGLang KV cache is the checkpoint's own 16 bits. The generator
 # writes `--kv-cache-dtype fp8_e4m3` only when the KV quant mode is fp8, inferred from the checkpoint's
 # `kv_cache_quant_algo`, and `auto` otherwise (generator/rule_plugin/benchmark/sglang.rule,
