@@ -372,7 +372,7 @@ def test_a_freed_turns_keys_are_kept_and_reused_by_first_id_without_indexing_its
 
 def test_a_follow_ups_run_keys_are_folded_into_a_c_long():
     """A follow-up turn's ids (`FOLLOW_UP_IDS` = 2**48 on) are kept, but its run keys pack
-    `fold(id)` = F - 1 - id: two-digit ints within a C long (a `range` of keys, not Python
+    `fold(id)` = id - F - 2**28: two-digit ints within a C long (a `range` of keys, not Python
     arithmetic per key), the same whichever way they are built (its ranges, a tuple of the same
     ids read back from a trace, id by id, a next turn's reuse), one-to-one with (id, start)."""
     from servesim.replica.block_keys import id_keys
@@ -384,8 +384,12 @@ def test_a_follow_ups_run_keys_are_folded_into_a_c_long():
     assert type(nxt) is IdRanges and nxt[200] == FOLLOW_UP_IDS  # the ids themselves unchanged
     keys = BlockKeys(nxt, 16, 16).run_keys[:]
     want = [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt))]
-    assert keys == want and all(abs(k) < 1 << 60 for k in keys)  # (two 30-bit digits)
-    assert keys[200:202] == [-RUN_KEY_BASE + 200, -2 * RUN_KEY_BASE + 201]  # F -> -1, F + 1 -> -2
+    assert keys == want and all(abs(k) < 1 << 60 for k in keys[201:])  # (two 30-bit digits past F's)
+    B = 1 << 28
+    assert keys[200:202] == [-B * RUN_KEY_BASE + 200, (1 - B) * RUN_KEY_BASE + 201]  # F -> -2**28, F + 1 -> 1 - 2**28
+    # ... whose dict slots (the hash's low bits) are those of the unfolded keys: a range of
+    # them at consecutive positions does not share one slot
+    assert [hash(k) & 0xFFFF for k in keys] == [hash(h * RUN_KEY_BASE + i) & 0xFFFF for i, h in enumerate(tuple(nxt))]
     assert type(id_keys(FOLLOW_UP_IDS, 100, 200, 1)) is range  # (a C-long range, not `accumulate`)
     for ids in (tuple(nxt), tuple(nxt)[190:230]):  # a trace's tuple: by ranges (> 64 ids), id by id
         assert BlockKeys(ids, 16, 16).run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(ids)]
@@ -396,9 +400,9 @@ def test_a_follow_ups_run_keys_are_folded_into_a_c_long():
     assert len(set(keys)) == len(keys) and not set(keys) & set(BlockKeys(firsts.fresh(300), 16, 16).run_keys[:])
 
 
-@pytest.mark.parametrize("edge", [-(1 << 30), 0, 1 << 48, (1 << 48) + (1 << 30)])
+@pytest.mark.parametrize("edge", [-(1 << 28), 0, 1 << 48, (1 << 48) + (1 << 28)])
 def test_fold_is_one_to_one_and_ranges_across_its_ends_pack_id_by_id(edge):
-    """`fold` swaps [F, F + 2**30) with [-2**30, 0) (F - 1 - id) and keeps every other id: it is
+    """`fold` swaps [F, F + 2**28) with [-2**28, 0), in order, and keeps every other id: it is
     its own inverse, so keys stay one-to-one; a range of ids across one of those ends is cut
     there and packs as id by id would."""
     from servesim.replica.block_keys import id_keys, pack_ranges

@@ -32,13 +32,15 @@ RUN_KEY_BASE = (1 << 32) + 1
 # second counter) packed as they are make keys of about 2**80, three 30-bit digits, past a C
 # long: every hash of one loops over three digits and `key_steps` cannot use `range` for them
 # (a sessions turn: about 100 k instructions of a request's 1.1 M, sess28). `fold` swaps the
-# first 2**30 of them with the negative ids [-2**30, 0), reversed (F + j <-> -1 - j: the first
-# follow-ups get the smallest keys, two digits for the first 2**28) and keeps every other id:
-# one-to-one (it is its own inverse), so keys stay one-to-one and the index's answers, which
-# read keys only by equality and hash (dicts by insertion order, sets for membership), are the
-# same. The ids themselves are not changed: routers, the KV store and trace writers read them.
-_FOLD = 1 << 30
+# first 2**28 of them with the negative ids [-2**28, 0), in order (F + j <-> j - 2**28: keys of
+# two digits, and the same low bits as F + j's, since F = 2**48: in reverse order a range's keys
+# shared their dict slot, +0.8 % instructions), and keeps every other id: one-to-one (it is its
+# own inverse), so keys stay one-to-one and the index's answers, which read keys only by
+# equality and hash (dicts by insertion order, sets for membership), are the same. The ids
+# themselves are not changed: routers, the KV store and trace writers read them.
+_FOLD = 1 << 28
 _FOLD_LO, _FOLD_HI = FOLLOW_UP_IDS, FOLLOW_UP_IDS + _FOLD  # [lo, hi) <-> [-_FOLD, 0)
+_FOLD_BY = FOLLOW_UP_IDS + _FOLD
 _C_LONG = 1 << 63  # ints a `range` iterates as C longs (`key_steps`)
 _ID_LIMIT = 1 << 30  # ids packed with numpy: id * RUN_KEY_BASE + position must fit an int64
 _RANGE_LIMIT = 1 << 62  # ids split into ranges with numpy (`pack_ranges`): their differences fit an int64
@@ -230,28 +232,26 @@ class RunKeys(Sequence):
 
 
 def fold(h: int) -> int:
-    """The int a run key packs for id h (`_FOLD`): F - 1 - h on [F, F + 2**30) and
-    [-2**30, 0) (F = `FOLLOW_UP_IDS`), h elsewhere."""
-    return FOLLOW_UP_IDS - 1 - h if _FOLD_LO <= h < _FOLD_HI or -_FOLD <= h < 0 else h
+    """The int a run key packs for id h (`_FOLD`): h - F - 2**28 on [F, F + 2**28), h + F + 2**28
+    on [-2**28, 0) (F = `FOLLOW_UP_IDS`), h elsewhere."""
+    if _FOLD_LO <= h < _FOLD_HI:
+        return h - _FOLD_BY
+    return h + _FOLD_BY if -_FOLD <= h < 0 else h
 
 
 def id_keys(h: int, n: int, p: int, step: int):
     """The run keys of the ids h, h + 1, ..., h + n - 1 (n >= 1) at positions p, p + step, ...:
-    one `key_steps` where `fold` is affine over them (ascending for a first turn's ids,
-    descending for a follow-up's), cut where they cross one of its spans' ends."""
+    one `key_steps` where `fold` is a shift over them, cut where they cross one of its spans'
+    ends."""
     e = h + n
     if 0 <= h and e <= _FOLD_LO:  # (ids that are their own: a first turn's, a trace's)
         return key_steps(h * RUN_KEY_BASE + p, n, RUN_KEY_BASE + step)
     if _FOLD_LO <= h and e <= _FOLD_HI:  # (a follow-up's)
-        return key_steps((FOLLOW_UP_IDS - 1 - h) * RUN_KEY_BASE + p, n, step - RUN_KEY_BASE)
+        return key_steps((h - _FOLD_BY) * RUN_KEY_BASE + p, n, RUN_KEY_BASE + step)
     cuts = [h, *(c for c in (-_FOLD, 0, _FOLD_LO, _FOLD_HI) if h < c < e), e]
     out: list = []
     for a, b in zip(cuts, cuts[1:]):
-        q = p + (a - h) * step
-        if _FOLD_LO <= a < _FOLD_HI or -_FOLD <= a < 0:
-            out += key_steps((FOLLOW_UP_IDS - 1 - a) * RUN_KEY_BASE + q, b - a, step - RUN_KEY_BASE)
-        else:
-            out += key_steps(a * RUN_KEY_BASE + q, b - a, RUN_KEY_BASE + step)
+        out += key_steps(fold(a) * RUN_KEY_BASE + p + (a - h) * step, b - a, RUN_KEY_BASE + step)
     return out
 
 
@@ -304,12 +304,12 @@ def pack_long(ids: tuple, starts: range) -> list | None:
 
 
 def key_steps(k: int, n: int, step: int):
-    """The ints k, k + step, ... (n of them, n >= 1; step of either sign) of
-    `range(k, k + n * step, step)`. Past a C long (ids past `fold`'s spans) `range`'s iterator
+    """The ints k, k + step, ... (n of them, n >= 1) of `range(k, k + n * step, step)`. Past a
+    C long (ids past `fold`'s spans) `range`'s iterator
     multiplies and adds Python ints per item, about three times as long as one addition each
     (`accumulate`); within a C long (every key of a generated run) `range` is the faster one."""
     stop = k + n * step
-    if -_C_LONG <= k < _C_LONG and -_C_LONG <= stop < _C_LONG:
+    if stop < _C_LONG and k >= -_C_LONG:
         return range(k, stop, step)
     return accumulate(repeat(step, n - 1), initial=k)
 
