@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents, pack_long, range_bounds
+from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents, fold, pack_long, range_bounds
 
 
 def _per_block(ids, H, bs):
@@ -26,7 +26,7 @@ def test_keys_are_the_per_block_keys_and_runs_cover_them(H, bs):
         assert list(keys.starts) == ([0] + list(keys.ends)[:-1] if want else []) and (keys.ends[-1] if want else 0) == len(want)
         for rk, a, b in zip(keys.run_keys, keys.starts, keys.ends):  # one hash id per run, keyed (id, start)
             (h,) = {k[0] for k in want[a:b]}
-            assert rk == h * RUN_KEY_BASE + a
+            assert rk == fold(h) * RUN_KEY_BASE + a
 
 
 def test_mooncake_hash_block_is_one_run_of_32_blocks():
@@ -47,7 +47,7 @@ def test_long_contexts_pack_like_short_ones(lo, hi):
     for H in (16, 64):
         keys = BlockKeys(ids, H, 16)
         r = H // 16
-        want = [h * RUN_KEY_BASE + i * r for i, h in enumerate(ids)]
+        want = [fold(h) * RUN_KEY_BASE + i * r for i, h in enumerate(ids)]
         got = keys.run_keys[:]
         assert got == want and all(type(k) is int for k in got)
 
@@ -70,11 +70,11 @@ def test_generated_contexts_pack_by_ranges(ids, by_ranges):
     for H in (16, 64):
         r = H // 16
         got = BlockKeys(ids, H, 16).run_keys[:]
-        assert got == [h * RUN_KEY_BASE + i * r for i, h in enumerate(ids)] and all(type(k) is int for k in got)
+        assert got == [fold(h) * RUN_KEY_BASE + i * r for i, h in enumerate(ids)] and all(type(k) is int for k in got)
     packed = pack_long(ids, range(0, len(ids), 1))
     assert (packed is not None) == by_ranges  # (ids >= 2**30 pack in numpy only as ranges)
     if by_ranges:
-        assert packed == [h * RUN_KEY_BASE + i for i, h in enumerate(ids)]
+        assert packed == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(ids)]
 
 
 @pytest.mark.parametrize("ids,bounds", [
@@ -156,7 +156,7 @@ def test_a_reused_list_packs_the_new_ids_as_built(new):
     child = parent._ids + new
     keys = BlockKeys(child, 16, 16)
     assert keys.reuse(parent.take_run_keys())
-    assert keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(child)]
+    assert keys.run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(child)]
 
 
 def test_a_policy_without_lookups_reuses_the_previous_turns_keys():
@@ -175,7 +175,7 @@ def test_a_policy_without_lookups_reuses_the_previous_turns_keys():
     nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
     assert kv.allocate_slots(nxt, nxt.prompt_len)
     assert not kv._recent_keys  # taken
-    assert nxt.kv_block_keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(nxt.hash_ids)]
+    assert nxt.kv_block_keys.run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(nxt.hash_ids)]
 
 
 def test_a_next_turn_on_another_replica_reuses_the_previous_turns_keys():
@@ -239,7 +239,7 @@ def test_run_keys_at_one_position_spread_over_dict_slots():
     # one-to-one: a key gives back its (id, start), negative ids and the largest start included
     for h in (-(1 << 40), -1, 0, 7, (1 << 48) + 3):
         keys = BlockKeys([h, h + 1], (1 << 32) - 1, 1)
-        assert [divmod(k, RUN_KEY_BASE) for k in keys.run_keys] == [(h, 0), (h + 1, (1 << 32) - 1)]
+        assert [divmod(k, RUN_KEY_BASE) for k in keys.run_keys] == [(fold(h), 0), (fold(h + 1), (1 << 32) - 1)]
 
 
 def test_sglangs_radix_cache_builds_a_requests_block_idents_once():
@@ -307,7 +307,7 @@ def test_generated_ids_carry_their_ranges_and_build_the_same_keys(monkeypatch, t
     assert all(t == tuple(t) and hash(t) == hash(tuple(t)) for t in turns)  # a tuple for every reader
     monkeypatch.setattr(bk, "range_bounds", lambda *a: pytest.fail("ranges searched"))
     keys = BlockKeys(turns[0], 16, 16)
-    assert keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(turns[0])]  # packed by its ranges
+    assert keys.run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(turns[0])]  # packed by its ranges
     fast = 0
     for prev, nxt in zip(turns, turns[1:]):
         keys = BlockKeys(prev, 16, 16)
@@ -316,7 +316,7 @@ def test_generated_ids_carry_their_ranges_and_build_the_same_keys(monkeypatch, t
         child = BlockKeys(nxt, 16, 16)
         fast += nxt.extends(prev)
         assert child.reuse(built)
-        assert child.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt))]
+        assert child.run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt))]
     assert fast == 3  # every turn seen to extend its previous one from the ranges
 
 
@@ -334,7 +334,7 @@ def test_id_ranges_that_differ_fall_back_to_comparing_ids():
         keys.run_keys.as_list()
         new = BlockKeys(child, 16, 16)
         assert new.reuse(keys.take_run_keys()) == reused
-        assert new.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(tuple(child))]
+        assert new.run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(tuple(child))]
 
 
 def test_a_freed_turns_keys_are_kept_and_reused_by_first_id_without_indexing_its_ids(monkeypatch):
@@ -367,4 +367,50 @@ def test_a_freed_turns_keys_are_kept_and_reused_by_first_id_without_indexing_its
     nxt.kv_block_keys = BlockKeys(nxt_ids, 16, 16)
     assert kv.get_computed_blocks(nxt).num_keyed == 300 and not kv._recent_keys  # taken
     monkeypatch.setattr(IdRanges, "__getitem__", getitem)
-    assert nxt.kv_block_keys.run_keys[:] == [h * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt_ids))]
+    assert nxt.kv_block_keys.run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt_ids))]
+
+
+def test_a_follow_ups_run_keys_are_folded_into_a_c_long():
+    """A follow-up turn's ids (`FOLLOW_UP_IDS` = 2**48 on) are kept, but its run keys pack
+    `fold(id)` = id - F - 2**28: two-digit ints within a C long (a `range` of keys, not Python
+    arithmetic per key), the same whichever way they are built (its ranges, a tuple of the same
+    ids read back from a trace, id by id, a next turn's reuse), one-to-one with (id, start)."""
+    from servesim.replica.block_keys import id_keys
+    from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds, IdRanges
+
+    firsts, follow = HashIds(16), HashIds(16, FOLLOW_UP_IDS)
+    first = firsts.fresh(200)
+    nxt = follow.extend(first, 300 * 16)
+    assert type(nxt) is IdRanges and nxt[200] == FOLLOW_UP_IDS  # the ids themselves unchanged
+    keys = BlockKeys(nxt, 16, 16).run_keys[:]
+    want = [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(tuple(nxt))]
+    assert keys == want and all(abs(k) < 1 << 60 for k in keys[201:])  # (two 30-bit digits past F's)
+    B = 1 << 28
+    assert keys[200:202] == [-B * RUN_KEY_BASE + 200, (1 - B) * RUN_KEY_BASE + 201]  # F -> -2**28, F + 1 -> 1 - 2**28
+    # ... whose dict slots (the hash's low bits) are those of the unfolded keys: a range of
+    # them at consecutive positions does not share one slot
+    assert [hash(k) & 0xFFFF for k in keys] == [hash(h * RUN_KEY_BASE + i) & 0xFFFF for i, h in enumerate(tuple(nxt))]
+    assert type(id_keys(FOLLOW_UP_IDS, 100, 200, 1)) is range  # (a C-long range, not `accumulate`)
+    for ids in (tuple(nxt), tuple(nxt)[190:230]):  # a trace's tuple: by ranges (> 64 ids), id by id
+        assert BlockKeys(ids, 16, 16).run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(ids)]
+    built = BlockKeys(first, 16, 16)
+    built.run_keys.as_list()
+    child = BlockKeys(nxt, 16, 16)
+    assert child.reuse(built.take_run_keys()) and child.run_keys[:] == want  # a next turn's reuse
+    assert len(set(keys)) == len(keys) and not set(keys) & set(BlockKeys(firsts.fresh(300), 16, 16).run_keys[:])
+
+
+@pytest.mark.parametrize("edge", [-(1 << 28), 0, 1 << 48, (1 << 48) + (1 << 28)])
+def test_fold_is_one_to_one_and_ranges_across_its_ends_pack_id_by_id(edge):
+    """`fold` swaps [F, F + 2**28) with [-2**28, 0), in order, and keeps every other id: it is
+    its own inverse, so keys stay one-to-one; a range of ids across one of those ends is cut
+    there and packs as id by id would."""
+    from servesim.replica.block_keys import id_keys, pack_ranges
+
+    ids = range(edge - 40, edge + 40)
+    folded = [fold(h) for h in ids]
+    assert [fold(g) for g in folded] == list(ids) and len(set(folded)) == len(folded)
+    for step in (1, 4):
+        want = [fold(h) * RUN_KEY_BASE + 8 + i * step for i, h in enumerate(ids)]
+        assert list(id_keys(edge - 40, 80, 8, step)) == want
+        assert pack_ranges((0, 30, 80), (edge - 40, edge - 10), range(8, 8 + 80 * step, step)) == want

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from servesim.workload.prefix import IdRanges
+from servesim.workload.prefix import FOLLOW_UP_IDS, IdRanges
 
-# A run key packs (id, first position) into one int: id * RUN_KEY_BASE + position, one-to-one
+# A run key packs (id, first position) into one int: fold(id) * RUN_KEY_BASE + position, one-to-one
 # as positions are < 2**32 < RUN_KEY_BASE. Why not id << 32 | position: a Python int hashes to
 # itself modulo 2**61 - 1, so the dict slot of `id << 32 | position` came from the position
 # alone (the id only reaches the probe sequence after several perturbations) and every
@@ -28,6 +28,19 @@ from servesim.workload.prefix import IdRanges
 # The + 1 puts the id in the low bits too, and keeps a chain of consecutive ids at
 # consecutive positions in nearby slots: dict inserts, lookups and removals about 2x faster.
 RUN_KEY_BASE = (1 << 32) + 1
+# The id packed is `fold(id)`, not the id: follow-up ids (`FOLLOW_UP_IDS` = 2**48 on, `HashIds`'
+# second counter) packed as they are make keys of about 2**80, three 30-bit digits, past a C
+# long: every hash of one loops over three digits and `key_steps` cannot use `range` for them
+# (a sessions turn: about 100 k instructions of a request's 1.1 M, sess28). `fold` swaps the
+# first 2**28 of them with the negative ids [-2**28, 0), in order (F + j <-> j - 2**28: keys of
+# two digits, and the same low bits as F + j's, since F = 2**48: in reverse order a range's keys
+# shared their dict slot, +0.8 % instructions), and keeps every other id: one-to-one (it is its
+# own inverse), so keys stay one-to-one and the index's answers, which read keys only by
+# equality and hash (dicts by insertion order, sets for membership), are the same. The ids
+# themselves are not changed: routers, the KV store and trace writers read them.
+_FOLD = 1 << 28
+_FOLD_LO, _FOLD_HI = FOLLOW_UP_IDS, FOLLOW_UP_IDS + _FOLD  # [lo, hi) <-> [-_FOLD, 0)
+_FOLD_BY = FOLLOW_UP_IDS + _FOLD
 _C_LONG = 1 << 63  # ints a `range` iterates as C longs (`key_steps`)
 _ID_LIMIT = 1 << 30  # ids packed with numpy: id * RUN_KEY_BASE + position must fit an int64
 _RANGE_LIMIT = 1 << 62  # ids split into ranges with numpy (`pack_ranges`): their differences fit an int64
@@ -108,9 +121,10 @@ class BlockKeys(Sequence):
             # starts; the new ids are one fresh range when the last range starts at n)
             del lst[n:]  # (its keys past its ids, if any: see below)
             if mine.bounds[-2] == n:  # (so its last range's first id is mine[n])
-                lst += key_steps(mine.firsts[-1] * RUN_KEY_BASE + n * r, num_mine - n, RUN_KEY_BASE + r)
+                lst += id_keys(mine.firsts[-1], num_mine - n, n * r, r)
             elif num_mine > n:
-                lst += map(add, map(mul, mine[n:], repeat(RUN_KEY_BASE)), self.starts[n:])
+                rest = mine[n:]  # (an `IdRanges`: packed range by range)
+                lst += pack_ranges(rest.bounds, rest.firsts, self.starts[n:])
             rk._list = lst
             return True
         new = mine[n:]  # (sliced once: the type check and the packing read it)
@@ -120,11 +134,9 @@ class BlockKeys(Sequence):
             del lst[n:]  # (packed in place: see above)
         if len(new) > 8 and new[-1] - new[0] == len(new) - 1 and new == tuple(range(new[0], new[-1] + 1)):
             # the usual case: the turn's new ids are one fresh range (`HashIds.fresh`)
-            step = RUN_KEY_BASE + r
-            k = new[0] * RUN_KEY_BASE + n * r
-            lst += key_steps(k, len(new), step)
+            lst += id_keys(new[0], len(new), n * r, r)
         else:
-            lst += map(add, map(mul, new, repeat(RUN_KEY_BASE)), self.starts[n:])
+            lst += pack_ints(new, self.starts[n:])
         rk._list = lst
         return True
 
@@ -175,7 +187,7 @@ class BlockKeys(Sequence):
 
 class RunKeys(Sequence):
     """The run keys of a `BlockKeys`: run i's key is (hash id, first position), packed into one
-    int when the ids are ints (`RUN_KEY_BASE`: ints hash and compare faster). Built on first
+    int when the ids are ints (`RUN_KEY_BASE`, `fold`: ints hash and compare faster). Built on first
     read and kept until `release` (the KV cache releases them when the request's blocks are
     freed): kept for every request of a run, they were most of a multi-turn run's memory (40
     bytes per run per request)."""
@@ -189,10 +201,12 @@ class RunKeys(Sequence):
 
     def _build(self) -> list:
         ids, starts = self._ids, self._starts
-        if type(ids) is IdRanges or set(map(type, ids)) <= {int}:  # (`HashIds`' ids are ints)
+        if type(ids) is IdRanges and type(starts) is range:  # (`HashIds`' ids: a few ranges of ints)
+            lst = pack_ranges(ids.bounds, ids.firsts, starts)
+        elif type(ids) is IdRanges or set(map(type, ids)) <= {int}:
             lst = pack_long(ids, starts) if len(ids) > 64 and type(starts) is range else None
             if lst is None:
-                lst = list(map(add, map(mul, ids, repeat(RUN_KEY_BASE)), starts))
+                lst = pack_ints(ids, starts)
         else:
             lst = list(zip(ids, self._starts))
         self._list = lst
@@ -217,13 +231,55 @@ class RunKeys(Sequence):
         return iter(lst if lst is not None else self._build())
 
 
+def fold(h: int) -> int:
+    """The int a run key packs for id h (`_FOLD`): h - F - 2**28 on [F, F + 2**28), h + F + 2**28
+    on [-2**28, 0) (F = `FOLLOW_UP_IDS`), h elsewhere."""
+    if _FOLD_LO <= h < _FOLD_HI:
+        return h - _FOLD_BY
+    return h + _FOLD_BY if -_FOLD <= h < 0 else h
+
+
+def id_keys(h: int, n: int, p: int, step: int):
+    """The run keys of the ids h, h + 1, ..., h + n - 1 (n >= 1) at positions p, p + step, ...:
+    one `key_steps` where `fold` is a shift over them, cut where they cross one of its spans'
+    ends."""
+    e = h + n
+    if 0 <= h and e <= _FOLD_LO:  # (ids that are their own: a first turn's, a trace's)
+        return key_steps(h * RUN_KEY_BASE + p, n, RUN_KEY_BASE + step)
+    if _FOLD_LO <= h and e <= _FOLD_HI:  # (a follow-up's)
+        return key_steps((h - _FOLD_BY) * RUN_KEY_BASE + p, n, RUN_KEY_BASE + step)
+    cuts = [h, *(c for c in (-_FOLD, 0, _FOLD_LO, _FOLD_HI) if h < c < e), e]
+    out: list = []
+    for a, b in zip(cuts, cuts[1:]):
+        out += key_steps(fold(a) * RUN_KEY_BASE + p + (a - h) * step, b - a, RUN_KEY_BASE + step)
+    return out
+
+
+def pack_ranges(bounds: Sequence[int], firsts: Sequence[int], starts: range) -> list:
+    """The run keys of the ids of an `IdRanges`' `bounds` and `firsts` at positions `starts`."""
+    start, step = starts.start, starts.step
+    lst: list = []
+    for i, j, h in zip(bounds, bounds[1:], firsts):
+        if j > i:
+            lst += id_keys(h, j - i, start + i * step, step)
+    return lst
+
+
+def pack_ints(ids: Sequence[int], starts: Sequence[int]) -> list:
+    """The run keys of `ids` (ints) at positions `starts`, id by id."""
+    if ids and (min(ids) < 0 or max(ids) >= _FOLD_LO):  # (some id may fold: a follow-up's
+        # read back from a trace, a negative one)
+        return [fold(h) * RUN_KEY_BASE + p for h, p in zip(ids, starts)]
+    return list(map(add, map(mul, ids, repeat(RUN_KEY_BASE)), starts))
+
+
 def pack_long(ids: tuple, starts: range) -> list | None:
-    """The packed run keys `ids[i] * RUN_KEY_BASE + starts[i]` of a long context (ints) with
+    """The packed run keys `fold(ids[i]) * RUN_KEY_BASE + starts[i]` of a long context (ints) with
     numpy's help, else None (then packed id by id). A generated context is a few ranges of
     consecutive ids (`HashIds` gives each turn fresh consecutive ids; a next turn's extend its
     previous turn's): over such a range the keys step by RUN_KEY_BASE + starts.step, so each
-    range is one C-level `range`, the same ints as packing id by id (a follow-up's ids are >=
-    2**48, too large for packing in int64, and a Python multiply-add per id was most of
+    range is one or two C-level `range`s (`id_keys`), the same ints as packing id by id (a
+    follow-up's ids are >= 2**48, too large for packing in int64, and a Python multiply-add per id was most of
     building a multi-turn context's keys). The ranges are found by bisection (`range_bounds`),
     else with numpy; other ids that fit pack in int64. Ids that carry their ranges (`IdRanges`,
     generated) are not searched."""
@@ -240,24 +296,18 @@ def pack_long(ids: tuple, starts: range) -> list | None:
             if len(cuts) <= len(ids) >> 4:  # a few ranges
                 bounds = [0, *(cuts + 1).tolist(), len(ids)]
         if bounds is None:
-            if -_ID_LIMIT <= lo and hi < _ID_LIMIT:  # id * RUN_KEY_BASE + start fits an int64
+            if 0 <= lo and hi < _ID_LIMIT:  # ids their own (`fold`); id * RUN_KEY_BASE + start fits an int64
                 return (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
             return None
-    start, step = starts.start, starts.step
-    stride = RUN_KEY_BASE + step
-    lst: list = []
-    firsts = ids.firsts if type(ids) is IdRanges and bounds is ids.bounds else map(ids.__getitem__, bounds)
-    for i, j, h in zip(bounds, bounds[1:], firsts):
-        k = h * RUN_KEY_BASE + start + i * step
-        lst += key_steps(k, j - i, stride)
-    return lst
+    firsts = ids.firsts if type(ids) is IdRanges and bounds is ids.bounds else list(map(ids.__getitem__, bounds[:-1]))
+    return pack_ranges(bounds, firsts, starts)
 
 
 def key_steps(k: int, n: int, step: int):
-    """The ints k, k + step, ... (n of them, n >= 1) of `range(k, k + n * step, step)`. Past a C
-    long (a follow-up's run keys: ids >= 2**48 times `RUN_KEY_BASE`) `range`'s iterator
+    """The ints k, k + step, ... (n of them, n >= 1) of `range(k, k + n * step, step)`. Past a
+    C long (ids past `fold`'s spans) `range`'s iterator
     multiplies and adds Python ints per item, about three times as long as one addition each
-    (`accumulate`); within a C long (a first turn's) `range` is the faster one."""
+    (`accumulate`); within a C long (every key of a generated run) `range` is the faster one."""
     stop = k + n * step
     if stop < _C_LONG and k >= -_C_LONG:
         return range(k, stop, step)
