@@ -30,8 +30,8 @@ class TRTLLMStretches:
         # Candidates FCFS while the batch size and (no-evict) reservations allow, then contexts whole in
         # the tokens the generations leave. Decodes move reserved blocks from free to held and finishes
         # add theirs: the room on the stretch's stale state is at most stepping's.
-        if self.wait_iters or self.wait_ratio or self.adp_hold is not None:
-            return None  # (batch waiting, attention DP: contexts may be held)
+        if self.wait_iters or self.wait_ratio or self.adp_hold is not None or self.admission_lag:
+            return None  # (batch waiting, attention DP, the admission lag: contexts may be held)
         if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - self._reserved(
                 self.running):
             return None
@@ -48,9 +48,10 @@ class TRTLLMStretches:
     def finish_admission(self) -> bool:
         # GUARANTEED_NO_EVICT with whole contexts and no held contexts: a finish gives the
         # reservation room its total blocks back, and the next `schedule` admits in arrival
-        # order while the batch size, the room and (whole) the token budget allow
+        # order while the batch size, the room and (whole) the token budget allow (with the
+        # admission lag a context taken there waits its iterations: stepping plays it)
         return (self.no_evict and not self._partial and not (self.wait_iters or self.wait_ratio)
-                and self.adp_hold is None)
+                and self.adp_hold is None and not self.admission_lag)
 
     def finish_departs(self, reqs: list[Request]) -> None:
         self._room += sum(map(self._total_of, reqs))
