@@ -94,6 +94,12 @@ class TRTLLMStretches:
         # constant and only take free blocks, so nothing waiting gets in before a finish.
         if output.preempted or len(output.scheduled) != len(self.running):
             return NO_FAST_FORWARD
+        if self.admission_lag and (self._taken_at or (self.waiting and not self.no_evict)):
+            # The admission lag counts, one by one, the iterations whose capacity pass takes a waiting
+            # request. A taken one waits out its count stepping; under MAX_UTILIZATION a head blocked by
+            # free blocks may pass the pass in some decode steps (each running request takes a block only
+            # when its last one fills) and be counted there without running, so nothing waits in a stretch.
+            return NO_FAST_FORWARD
         if not self.waiting:
             return REPEAT_THROUGH
         if self.waiting.peek() is self._blocked_head:
