@@ -222,8 +222,8 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         """context_admission_lag_iterations: the candidates the capacity pass has taken in more than that
         many iterations (this one included; each keeps its slot and reservation meanwhile, counted above);
         all of them if nothing started (an idle engine runs them at once). Counted per request over the
-        iterations that take it, so a stretch that skips `schedule` calls cannot shift the count: while
-        a taken request waits, `fast_forward` does not repeat (its head is no blocked head)."""
+        iterations that take it (a paused request taken again counts afresh); while any count is kept
+        `fast_forward` does not repeat, so every such iteration is a `schedule` call."""
         taken = self._taken_at
         for req in candidates:
             taken[req.id] = taken.get(req.id, 0) + 1
