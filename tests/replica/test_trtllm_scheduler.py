@@ -218,3 +218,53 @@ def test_generation_requests_take_their_drafts_of_the_token_budget():
     b_start = next(i for i, s in enumerate(mtp) if (1, 61) in s)
     assert b_start == 6 and all(s == [(0, 1)] for s in mtp[1:b_start])  # until A has finished (each step counts
     # the request's drafts, as TensorRT-LLM's scheduler does with the ones it proposed last)
+
+
+def test_context_admission_lag_holds_a_taken_context_one_iteration_while_others_decode():
+    # context_admission_lag_iterations 1: B's slot is granted at the iteration after its arrival, its
+    # context runs one iteration later while A decodes; A, alone on an idle engine, runs at once.
+    def steps_of(params, reqs):
+        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="trtllm", max_num_batched_tokens=64,
+                                                    fast_forward=False, params=params)
+        return run_logged(engine, loop, reqs), sched
+
+    two = lambda: [make_request(0, 10, 6), make_request(1, 8, 2, arrival=0.005)]  # noqa: E731
+    off, _ = steps_of({}, two())
+    assert off[0] == [(0, 10)] and off[1] == [(0, 1), (1, 8)]  # lag 0: B's context in the iteration that takes it
+    lag, sched = steps_of({"context_admission_lag_iterations": 1}, two())
+    assert lag[0] == [(0, 10)]  # idle engine: A's context at once
+    assert lag[1] == [(0, 1)]  # B taken (slot and reservation), held while A decodes
+    assert lag[2] == [(0, 1), (1, 8)]  # and run exactly one iteration later
+    assert sched._taken_at == {}  # every count dropped once its context started
+    two_lag, _ = steps_of({"context_admission_lag_iterations": 2}, two())
+    assert two_lag[1] == two_lag[2] == [(0, 1)] and two_lag[3] == [(0, 1), (1, 8)]
+    # two prompts on an idle engine: both run at once, as with lag 0
+    both, _ = steps_of({"context_admission_lag_iterations": 1}, [make_request(0, 10, 3), make_request(1, 8, 3)])
+    assert both[0] == [(0, 10), (1, 8)]
+
+
+def test_context_admission_lag_rejects_a_negative_count():
+    from pydantic import ValidationError
+
+    from servesim.replica.schedulers import get_scheduler
+
+    cls = get_scheduler("trtllm")
+    assert cls.Params().context_admission_lag_iterations == 0  # TensorRT-LLM's loop as read
+    with pytest.raises(ValidationError, match="context_admission_lag_iterations") as err:
+        cls.Params(context_admission_lag_iterations=-1)
+    assert "greater than or equal to 0" in str(err.value)
+
+
+@pytest.mark.parametrize("params", [{}, {"context_admission_lag_iterations": 1},
+                                    {"context_admission_lag_iterations": 2, "capacity_scheduler_policy": "MAX_UTILIZATION"},
+                                    {"context_admission_lag_iterations": 1, "enable_chunked_context": True}])
+@pytest.mark.parametrize("seed,num_blocks", [(5, 60), (6, 1000)])
+def test_context_admission_lag_fast_forward_matches_step_by_step(params, seed, num_blocks):
+    a_reqs, b_reqs = requests(seed), requests(seed)
+    a = run_engine(a_reqs, True, num_blocks, "trtllm", params, max_num_seqs=12)
+    b = run_engine(b_reqs, False, num_blocks, "trtllm", params, max_num_seqs=12)
+    assert a.num_fast_forwarded_steps > 0  # stretches still run with the lag (nothing waiting, blocked heads)
+    if not params:
+        assert a.num_fast_forwarded_steps > 0.3 * a.num_steps
+    assert_same_run(a, b, a_reqs, b_reqs, num_blocks)
+    assert all(r.state == RequestState.FINISHED for r in a_reqs)

@@ -217,6 +217,10 @@ OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
 # not sourced; confirmed at the recorded 20 requests per user); keyed (engine, system, version); played unless
 # ClientOptions.engine_slots_held is off (docs/fidelity.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
 ENGINE_SLOTS_HELD: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 1}
+# TensorRT-LLM campaigns whose measured first tokens look like a context run one engine iteration after its slot:
+# the scheduler's `context_admission_lag_iterations` (fitted on the fit side, not sourced: py_executor.py's loops
+# run a request in the iteration that takes it); keyed (engine, system, version); docs/fidelity.md, trthold29.
+CONTEXT_ADMISSION_LAG: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 1}
 # Measured requests per user that a campaign's means record (validation/request_count.py reads them from the
 # means' decimals: AIConfigurator's benchmark script, 20 rounds per user); these rows play exactly that count
 # and no trailing round, as the script sends. Keyed (engine, system, version); docs/fidelity.md.
@@ -267,6 +271,9 @@ def engine_limits(row: SiliconRow, slots_held: bool = False) -> tuple[dict, dict
             budget = -(-budget // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
             engine["block_size"] = TRTLLM_TOKENS_PER_BLOCK
             scheduler = dict(TRTLLM_SCHEDULER)
+            lag = CONTEXT_ADMISSION_LAG.get((row.backend, row.system, row.version), 0)
+            if lag:
+                scheduler["context_admission_lag_iterations"] = lag
         engine["max_num_batched_tokens"] = budget
     elif row.backend == "sglang":
         scheduler["chunked_prefill_size"] = sglang_chunked_prefill_size(GPUS[row.system])

@@ -70,6 +70,12 @@ class TRTLLMParams(SchedulerParams):
     batch_wait_max_tokens_ratio: float = Field(0.0, ge=0.0, le=1.0)
     """Batch waiting stops early once the step's tokens (whole contexts + one per generation
     request) reach this share of `max_num_tokens` (`batch_wait_max_tokens_ratio`; 0 = off)."""
+    context_admission_lag_iterations: int = Field(0, ge=0)
+    """Fitted, not read in TensorRT-LLM: iterations a waiting request's context is held after the capacity
+    scheduler first takes it (its slot and KV reservation granted) while other requests run; an idle engine
+    (nothing started) runs it at once. 0 (the default) is TensorRT-LLM's loop as read (`py_executor.py`):
+    a request taken runs its context in that iteration. A value > 0 stands for an unsourced delay between
+    a request's slot and its context, fitted per (GPU, engine, release) (docs/fidelity.md, trthold29)."""
     attention_dp_enable_balance: bool = False
     """With attention DP only (`attention_dp_config.enable_balance`, default off): the ranks hold
     their new contexts until every rank has one (replica/attention_dp_balance.py)."""
@@ -115,6 +121,10 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         # context off every context runs whole (and then generates) unless one was cut into
         # budget-sized pieces or came from elsewhere (set then, for good)
         self._partial = self.chunked
+        # context_admission_lag_iterations and, by request id, the iterations the capacity pass has taken
+        # each waiting request in (dropped when its context starts)
+        self.admission_lag = params.context_admission_lag_iterations
+        self._taken_at: dict[int, int] = {}
 
     def total_blocks(self, req: Request) -> int:  # (for a batch: `_reserved`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
@@ -138,6 +148,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
 
     def forget(self, req: Request) -> None:
         self._totals.pop(req.id, None)
+        self._taken_at.pop(req.id, None)
 
     # Its own table only: a step's finishes leave `running` in one pass (`finish_all`).
     batch_free_forget = forget
@@ -181,6 +192,8 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
             started, candidates = self._no_evict()
         else:
             started, candidates = self._max_utilization(out)
+        if self.admission_lag and candidates:
+            candidates = self._lag_contexts(started, candidates)
         self._micro_batch(started, candidates, out)
         return out
 
@@ -204,6 +217,20 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
             available -= need
             candidates.append(req)
         return started, candidates
+
+    def _lag_contexts(self, started: list[Request], candidates: list[Request]) -> list[Request]:
+        """context_admission_lag_iterations: the candidates the capacity pass has taken in more than that
+        many iterations (this one included; each keeps its slot and reservation meanwhile, counted above);
+        all of them if nothing started (an idle engine runs them at once). Counted per request over the
+        iterations that take it (a paused request taken again counts afresh); while any count is kept
+        `fast_forward` does not repeat, so every such iteration is a `schedule` call."""
+        taken = self._taken_at
+        for req in candidates:
+            taken[req.id] = taken.get(req.id, 0) + 1
+        if not started:
+            return candidates
+        lag = self.admission_lag
+        return [req for req in candidates if taken[req.id] > lag]
 
     def _max_utilization(self, out: SchedulerOutput) -> tuple[list[Request], list[Request]]:
         """MAX_UTILIZATION: each request takes its next step's blocks; a started request that
@@ -318,6 +345,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
             return
         num_cached = len(hits) * self.kv.block_size
         self._room -= self._total_of(req) - self.kv.num_blocks_of(req.id)  # (its reservation, now started)
+        self._taken_at.pop(req.id, None)
         if hits:  # the capacity pass counted its whole context: with fewer blocks taken or
             self._capacity_blocked = False  # reserved, the next step's pass may let the head in
         if not self.kv.allocate_slots(req, req.num_tokens - num_cached, hits):

@@ -30,8 +30,8 @@ class TRTLLMStretches:
         # Candidates FCFS while the batch size and (no-evict) reservations allow, then contexts whole in
         # the tokens the generations leave. Decodes move reserved blocks from free to held and finishes
         # add theirs: the room on the stretch's stale state is at most stepping's.
-        if self.wait_iters or self.wait_ratio or self.adp_hold is not None:
-            return None  # (batch waiting, attention DP: contexts may be held)
+        if self.wait_iters or self.wait_ratio or self.adp_hold is not None or self.admission_lag:
+            return None  # (batch waiting, attention DP, the admission lag: contexts may be held)
         if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - self._reserved(
                 self.running):
             return None
@@ -48,9 +48,10 @@ class TRTLLMStretches:
     def finish_admission(self) -> bool:
         # GUARANTEED_NO_EVICT with whole contexts and no held contexts: a finish gives the
         # reservation room its total blocks back, and the next `schedule` admits in arrival
-        # order while the batch size, the room and (whole) the token budget allow
+        # order while the batch size, the room and (whole) the token budget allow (with the
+        # admission lag a context taken there waits its iterations: stepping plays it)
         return (self.no_evict and not self._partial and not (self.wait_iters or self.wait_ratio)
-                and self.adp_hold is None)
+                and self.adp_hold is None and not self.admission_lag)
 
     def finish_departs(self, reqs: list[Request]) -> None:
         self._room += sum(map(self._total_of, reqs))
@@ -92,6 +93,12 @@ class TRTLLMStretches:
         # decode-only steps keep the no-evict reservations and the token count of the batch
         # constant and only take free blocks, so nothing waiting gets in before a finish.
         if output.preempted or len(output.scheduled) != len(self.running):
+            return NO_FAST_FORWARD
+        if self.admission_lag and (self._taken_at or (self.waiting and not self.no_evict)):
+            # The admission lag counts, one by one, the iterations whose capacity pass takes a waiting
+            # request. A taken one waits out its count stepping; under MAX_UTILIZATION a head blocked by
+            # free blocks may pass the pass in some decode steps (each running request takes a block only
+            # when its last one fills) and be counted there without running, so nothing waits in a stretch.
             return NO_FAST_FORWARD
         if not self.waiting:
             return REPEAT_THROUGH
