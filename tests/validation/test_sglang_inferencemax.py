@@ -224,3 +224,28 @@ def test_spec_v1_rows_hand_out_first_tokens_at_their_batch_s_end(monkeypatch):
     plain = row_scenario(parse_row({**QWEN35_TP4, "tp_size": "16", "moe_ep_size": "4"}), ClientOptions())
     assert mtp.engine.num_speculative_tokens == 3 and getattr(mtp.scheduler, "consecutive_prefill_launch_share") == 0.0
     assert plain.engine.num_speculative_tokens == 0 and getattr(plain.scheduler, "consecutive_prefill_launch_share") == 0.5
+
+
+def test_the_release_s_plain_script_rows_take_arrivals_as_a_prompt_step_starts():
+    # issue 14 sgadm29: every plain B200 0.5.9 script (dsr1_fp8_b200.sh at TP 8 and TP 4, dsr1_fp4_b200.sh,
+    # qwen3.5_fp8_b200.sh) runs `event_loop_overlap` with a receive interval above 1, so the take a prompt step triggers
+    # runs as that step starts; the MTP scripts run spec v1, SGLang's plain loop, and take at the step's end
+    rows = [played_row(r) for r in read_rows(SILICON) if (r.backend, r.system, r.version) == ("sglang", "b200_sxm", "0.5.9")
+            and silicon.inexpressible_reason(r) is None]
+    takes = {}
+    for row in rows:
+        r = recipe(row)
+        key = (r.engine.get("num_speculative_tokens", 0) > 0, r.scheduler.get("overlap_loop_take", False))
+        takes[key] = takes.get(key, 0) + 1
+    assert takes == {(False, True): 158, (True, False): 106}
+    plain = row_scenario(parse_row({**FP8_TP8, "concurrency": "16", "batch_size": "16"}), ClientOptions())
+    assert (sched(plain)["overlap_loop_take"], sched(plain)["scheduler_recv_interval"]) == (True, 30)
+    fp4 = scenario(concurrency="8", batch_size="8")  # the NVFP4 script
+    assert sched(fp4)["overlap_loop_take"] is True
+    # refitted with the take on the fit side: the NVFP4 rows' prompt price 3 us (the FP8 ones keep 18 us), the front end
+    # without a serial time per prompt token (docs/fidelity.md, sgadm29)
+    priced = lambda s: build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants.prompt_token_gpu_s  # noqa: E731
+    assert (priced(fp4), priced(plain)) == (3.0e-06, 1.8e-05)
+    assert fp4.frontend.constants()[1:] == plain.frontend.constants()[1:] == (0.0, 0.13)
+    mtp = row_scenario(parse_row(QWEN35_TP4), ClientOptions())
+    assert mtp.engine.num_speculative_tokens == 3 and sched(mtp).get("overlap_loop_take", False) is False

@@ -259,12 +259,12 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
 # batch before it waits for the one before; the receive interval's skipper weighs the last launched batch, so the take a
 # prompt step triggers runs as that step starts, and what arrives during it waits `scheduler_recv_interval` decode steps
 # more (SGLangParams.overlap_loop_take). Played for B200 nightly-dev, better on both sides with its
-# constants unchanged. B200 0.5.9 runs the same loop, but its prompt price, compile time and front end were fitted to a
-# take at the step's end: with the take played and the price alone refitted (12 us) its held-out rows and TPOT get
-# worse, so it waits for a joint refit (docs/fidelity.md, sgadm28).
-# B300 0.5.10.post1's Qwen3.5 scripts run the same loop (no drafts, radix cache off); with its constants unchanged the take
-# brings its 58 rows' first tokens 13.6 -> 10.9 %, better on both sides (docs/fidelity.md, sgb3_29).
-OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev"), ("b300_sxm", "0.5.10.post1")})
+# constants unchanged (sgadm28); B200 0.5.9's plain scripts (both DeepSeek-R1 ones and Qwen3.5's, receive interval 10 /
+# 30) run the same loop and take so with the release's front end and NVFP4 prompt price refitted on the fit side
+# (docs/fidelity.md, sgadm29). The MTP scripts run spec v1, SGLang's plain loop (sglang_recipe), and keep the take at a
+# step's end. B300 0.5.10.post1's Qwen3.5 scripts run the same loop (no drafts, radix cache off); with its constants
+# unchanged the take brings its 58 rows' first tokens 13.6 -> 10.9 %, better on both sides (docs/fidelity.md, sgb3_29).
+OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev"), ("b200_sxm", "0.5.9"), ("b300_sxm", "0.5.10.post1")})
 
 
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
