@@ -67,3 +67,21 @@ def test_the_tp_8_eight_user_row_decodes_as_measured():
     r = simulate_row(_row(**TP8))
     assert r.tpot_error == pytest.approx(0.0, abs=0.1)  # main's play: -34 % on the 6 ms floor
     assert abs(r.ttft_error) < 0.15
+
+
+def test_the_plain_script_rows_take_as_a_prompt_step_starts_and_the_mtp_rows_do_not():
+    # the plain qwen3.5_fp8_b200.sh runs event_loop_overlap (receive interval 10 / 30): the take runs as a prompt step
+    # starts, as on B200 0.5.9; the MTP script runs spec v1's plain loop and keeps the take at the step's end (sgb3t29)
+    for deployment, interval in ((TP8, 10), (EP4, 30)):  # 8 users, 16 users (the `CONC -ge 16` switch)
+        sched = row_scenario(_row(**deployment)).scheduler.model_dump()
+        assert (sched["overlap_loop_take"], sched["scheduler_recv_interval"]) == (True, interval)
+    mtp = row_scenario(_row(**TP4))
+    assert mtp.engine.num_speculative_tokens == 3
+    assert mtp.scheduler.model_dump().get("overlap_loop_take", False) is False  # no take field set: the step's end
+    assert mtp.scheduler.model_dump()["consecutive_prefill_launch_share"] == 0.0
+
+
+def test_the_release_s_front_end_charges_no_serial_time_per_prompt_token_under_the_take():
+    # prompt_token_s 5e-06 -> 0 with the take (sgb3t29), as B200 0.5.9's 1e-05 -> 0 (sgadm29)
+    for deployment in (TP8, TP4):
+        assert row_scenario(_row(**deployment)).frontend.constants() == (0.01, 0.0, 0.07)

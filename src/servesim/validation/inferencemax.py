@@ -264,7 +264,11 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
 # (docs/fidelity.md, sgadm29). The MTP scripts run spec v1, SGLang's plain loop (sglang_recipe), and keep the take at a
 # step's end. B300 0.5.10.post1's Qwen3.5 scripts run the same loop (no drafts, radix cache off); with its constants
 # unchanged the take brings its 58 rows' first tokens 13.6 -> 10.9 %, better on both sides (docs/fidelity.md, sgb3_29).
-OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev"), ("b200_sxm", "0.5.9"), ("b300_sxm", "0.5.10.post1")})
+# B300 0.5.9's TP 8 and TP 4 x EP 4 Qwen3.5 rows run B200 0.5.9's plain `qwen3.5_fp8_b200.sh` (B300_AS_B200_KEYS), the
+# same loop and receive interval 10 / 30, so they take as B200 0.5.9's do; its TP 4 rows run the MTP script (spec v1) and
+# keep the take at a step's end (docs/fidelity.md, sgb3t29).
+OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev"), ("b200_sxm", "0.5.9"), ("b300_sxm", "0.5.10.post1"),
+                               ("b300_sxm", "0.5.9")})
 
 
 def sglang_recipe(row: SiliconRow) -> Recipe | None:
