@@ -281,10 +281,9 @@ def pack_long(ids: tuple, starts: range) -> list | None:
     range is one or two C-level `range`s (`id_keys`), the same ints as packing id by id (a
     follow-up's ids are >= 2**48, too large for packing in int64, and a Python multiply-add per id was most of
     building a multi-turn context's keys). The ranges are found by bisection (`range_bounds`),
-    else with numpy; other ids that fit pack in int64. Ids that carry their ranges (`IdRanges`,
-    generated) are not searched."""
-    limit = (len(ids) >> 4) + 1
-    bounds = ids.bounds if type(ids) is IdRanges and len(ids.bounds) <= limit + 1 else range_bounds(ids, limit)
+    else with numpy; other ids that fit pack in int64. (Ids that carry their ranges, `IdRanges`,
+    are packed by them in `RunKeys._build`, not here.)"""
+    bounds = range_bounds(ids, (len(ids) >> 4) + 1)
     if bounds is None:
         try:
             a = np.array(ids, dtype=np.int64)
@@ -299,8 +298,7 @@ def pack_long(ids: tuple, starts: range) -> list | None:
             if 0 <= lo and hi < _ID_LIMIT:  # ids their own (`fold`); id * RUN_KEY_BASE + start fits an int64
                 return (a * RUN_KEY_BASE + np.arange(starts.start, starts.stop, starts.step, dtype=np.int64)).tolist()
             return None
-    firsts = ids.firsts if type(ids) is IdRanges and bounds is ids.bounds else list(map(ids.__getitem__, bounds[:-1]))
-    return pack_ranges(bounds, firsts, starts)
+    return pack_ranges(bounds, list(map(ids.__getitem__, bounds[:-1])), starts)
 
 
 def key_steps(k: int, n: int, step: int):
