@@ -246,20 +246,25 @@ def test_decoding_without_the_pass_is_the_pass():
             assert any(r.num_preemptions for r in reqs)  # retractions ran
 
 
+def two_prompt_steps(params: dict, arrival_s: float, fast_forward: bool = False) -> list:
+    """The step log of a 32-token prompt decoding 20 tokens and a 16-token one (2 tokens) arriving at
+    `arrival_s`, on an SGLang engine with `params`; both finish and every block is freed."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=fast_forward,
+                                                max_num_batched_tokens=256, params=params)
+    log = run_logged(engine, loop, [make_request(0, 32, 20, max_tokens=20),
+                                    make_request(1, 16, 2, arrival_s, max_tokens=2)])
+    kv.check_all_free()
+    assert [r.state for r in done] == [RequestState.FINISHED] * 2
+    return log
+
+
 def test_recv_interval_takes_arrivals_only_every_n_decode_steps():
     # --scheduler-recv-interval 4: the prefill step lets the next step take the inbox (empty:
     # the counter restarts there, at step count 1), so a request arriving during step 2 is
     # taken only at count 5, after four decode steps of request 0; with the default it is
     # prefilled in the next step
     def steps(interval):
-        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=False,
-                                                    max_num_batched_tokens=256,
-                                                    params={"scheduler_recv_interval": interval})
-        log = run_logged(engine, loop, [make_request(0, 32, 20, max_tokens=20),
-                                        make_request(1, 16, 2, 0.016, max_tokens=2)])
-        kv.check_all_free()
-        assert [r.state for r in done] == [RequestState.FINISHED] * 2
-        return log
+        return two_prompt_steps({"scheduler_recv_interval": interval}, 0.016)
 
     assert steps(1)[:3] == [[(0, 32)], [(0, 1)], [(1, 16)]]
     assert steps(4)[:6] == [[(0, 32)]] + [[(0, 1)]] * 4 + [[(1, 16)]]
@@ -271,15 +276,7 @@ def test_overlap_loop_takes_at_a_prompt_step_start(fast_forward):
     # it at that step's end and prefills it next; the overlap loop (`overlap_loop_take`)
     # took the inbox as the prompt step started, so request 1 waits four decode steps
     def steps(overlap):
-        engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", fast_forward=fast_forward,
-                                                    max_num_batched_tokens=256,
-                                                    params={"scheduler_recv_interval": 4,
-                                                            "overlap_loop_take": overlap})
-        log = run_logged(engine, loop, [make_request(0, 32, 20, max_tokens=20),
-                                        make_request(1, 16, 2, 0.005, max_tokens=2)])
-        kv.check_all_free()
-        assert [r.state for r in done] == [RequestState.FINISHED] * 2
-        return log
+        return two_prompt_steps({"scheduler_recv_interval": 4, "overlap_loop_take": overlap}, 0.005, fast_forward)
 
     assert steps(False)[:2] == [[(0, 32)], [(1, 16)]]
     assert steps(True)[:6] == [[(0, 32)]] + [[(0, 1)]] * 4 + [[(1, 16)]]
