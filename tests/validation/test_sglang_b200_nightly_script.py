@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.simulation import simulate
 from servesim.validation.inferencemax import recipe
-from servesim.validation.run import client_metrics
-from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario, scenario_perf_model
+from servesim.validation.run import simulate_row
+from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_scenario, scenario_perf_model
 from tests.validation.test_silicon_mapping import BASE
 
 QWEN_BF16 = {**BASE, "backend": "sglang", "backend_version": "nightly-dev", "model_path": "Qwen/Qwen3.5-397B-A17B",
@@ -64,14 +63,10 @@ def test_the_script_brings_the_16_user_8k_first_token_to_the_measurement():
     the generator's lock-step client (every user's 8k prompt at once, 4 rounds) played 955 ms. The script plays 655 ms
     (+13.5 %) since the overlap loop's take (sgadm28: this row later, the release's 60 rows 6.8 -> 5.3 %)."""
     row = nightly(silicon_ttft_ms="577.4509", silicon_tpot_ms="13.0810")
-    counts = row_request_counts(row, ClientOptions())
-    ttft, tpot, n = client_metrics(simulate(row_scenario(row)).requests, counts.measured_end)
-    assert n == 160
-    assert abs(ttft / 0.5775 - 1) < 0.15 and abs(tpot / 0.01308 - 1) < 0.05
-    generator = ClientOptions(benchmark_recipes=False)
-    ttft_generator, _, _ = client_metrics(simulate(row_scenario(row, generator)).requests,
-                                          row_request_counts(row, generator).measured_end)
-    assert ttft_generator > 1.4 * 0.5775
+    r = simulate_row(row)
+    assert r.num_requests == 160
+    assert abs(r.ttft_s / 0.5775 - 1) < 0.15 and abs(r.tpot_s / 0.01308 - 1) < 0.05
+    assert simulate_row(row, ClientOptions(benchmark_recipes=False)).ttft_s > 1.4 * 0.5775
 
 
 @pytest.mark.parametrize(("tp", "ep", "users"), [("8", "1", "16"), ("4", "4", "128")])

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.simulation import simulate
 from servesim.validation.inferencemax import recipe
-from servesim.validation.run import client_metrics
-from servesim.validation.silicon import ClientOptions, played_row, row_request_counts, row_scenario, scenario_perf_model
+from servesim.validation.run import simulate_row
+from servesim.validation.silicon import ClientOptions, played_row, row_scenario, scenario_perf_model
 
 from tests.validation.silicon_rows import silicon_row
 
@@ -78,10 +77,7 @@ def test_the_script_brings_the_8_user_8k_bf16_first_token_within_10_percent():
     generator's mixed chunks and AIPerf's lock-step client (every user's 8k prompt at once) played 501.5 ms (+39 %); the
     script's client spreads the prompts over [0.8 x, x] and ten rounds, and plays 329.9 ms (-8.3 %)."""
     row = _row(BF16_TP4, isl="8192", silicon_ttft_ms="359.93", silicon_tpot_ms="10.047")
-    ttft, tpot, n = client_metrics(simulate(row_scenario(row)).requests, row_request_counts(row, ClientOptions()).measured_end)
-    assert n == 80
-    assert abs(ttft / 0.35993 - 1) < 0.10 and abs(tpot / 0.010047 - 1) < 0.05
-    generator = ClientOptions(benchmark_recipes=False)
-    ttft_generator, _, _ = client_metrics(simulate(row_scenario(row, generator)).requests,
-                                          row_request_counts(row, generator).measured_end)
-    assert ttft_generator > 1.3 * 0.35993
+    r = simulate_row(row)
+    assert r.num_requests == 80
+    assert abs(r.ttft_s / 0.35993 - 1) < 0.10 and abs(r.tpot_s / 0.010047 - 1) < 0.05
+    assert simulate_row(row, ClientOptions(benchmark_recipes=False)).ttft_s > 1.3 * 0.35993
