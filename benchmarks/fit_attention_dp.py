@@ -4,7 +4,7 @@ attention DP, and report their error before and after, with the odd file positio
 Run: PYTHONPATH=src python benchmarks/fit_attention_dp.py [--measured CSV] [--rows-out CSV]
 Plays every expressible attention-DP row twice (constants at 0, then fitted): 5-15 minutes on two
 busy cores. Prints the calibration entries for perf/data/calibration_serving.yaml and the median
-errors per (engine, GPU) and on the held-out rows (validation/attention_dp.py; docs/fidelity.md,
+errors per (engine, GPU) and on the held-out rows (validation/attention_dp.py; docs/fidelity-history.md,
 "Attention data parallelism").
 """
 

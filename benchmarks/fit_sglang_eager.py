@@ -2,7 +2,7 @@
 silicon rows (validation/eager.py): `eager_layer_s`, `step_overhead_s`, `seq_gpu_s` and a latency
 added to the system's SGLang front-end profiles, on a spread sample of the rows at even file
 positions; prints the held-out (odd positions) error before and after, and the calibration entries
-(for perf/data/calibration_serving.yaml). docs/fidelity.md ("SGLang: eager prefill steps and the
+(for perf/data/calibration_serving.yaml). docs/fidelity-history.md ("SGLang: eager prefill steps and the
 decode floor") says which systems were shipped and why.
 
 Run: python benchmarks/fit_sglang_eager.py [--measured CSV] [--system b200_sxm ...] [--per-group 20] [--sweeps 1]

@@ -14,7 +14,7 @@ Run: python benchmarks/fit_silicon.py prefill|seq-gpu|mixed|waves|release [--mea
 - release --key ENGINE:SYSTEM:VERSION (repeatable) [--name CONSTANT ...]: the front end (per-token
   cost included) and the prefill constants of one release together, on its rows of every
   concurrency (validation/release_waves.py); about 5 CPU minutes per key for all six constants.
-docs/fidelity.md ("Prefill at low concurrency", "Decode at large batches", "TensorRT-LLM TTFT by
+docs/fidelity-history.md ("Prefill at low concurrency", "Decode at large batches", "TensorRT-LLM TTFT by
 release") says which groups were shipped and why.
 """
 

@@ -11,7 +11,7 @@ measured, into its TTFT and decode parts (validation/mixed.cycle_parts). `--by-k
 group into dense and MoE models; `--simulate` plays every row again (a few minutes) and adds the
 share of the other users' prompts that land inside a simulated decode (mixed.interrupting_share:
 0.5 in a lock-step wave, about 1 with the users spread out).
-docs/fidelity.md ("Mixed prefill + decode steps", "Where the decodes lose time") has the numbers.
+docs/fidelity-history.md ("Mixed prefill + decode steps", "Where the decodes lose time") has the numbers.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def test_fast_paths_stay_bit_identical_with_the_term_on():
 def test_shipped_only_for_tensorrt_llm_b200_fp8_before_the_quant_kernel_change():
     data = shipped_calibration("calibration_serving.yaml")
     # 1.2.0rc6.post3: the MTP campaign, played with its script; 1.1.0rc2.post2: the older release, before
-    # TensorRT-LLM replaced the Triton quantisation on SM100 too (docs/fidelity.md, trt11_23)
+    # TensorRT-LLM replaced the Triton quantisation on SM100 too (docs/fidelity-history.md, trt11_23)
     for version in ("1.2.0rc6.post2", "1.2.0rc6.post3", "1.1.0rc2.post2"):
         key = {"gpu": "b200", "engine": "trtllm", "version": version}
         assert matched_values(data, {**key, "dtype": "fp8"})["act_quant_token_s"] == RATE_S

@@ -1,7 +1,7 @@
 """A speculative verify pass (1 + k tokens of a decoding sequence) is priced as the decode it is:
 none of the prompt-only terms (`eager_layer_s`, `act_quant_token_s`, `mixed_prefill_slowdown`,
 the linear-attention layers' chunked prefill) that `step_time_s` charges prompt chunks, in the
-scalar step, every fast form and attention DP alike (docs/fidelity.md, verify21)."""
+scalar step, every fast form and attention DP alike (docs/fidelity-history.md, verify21)."""
 
 from __future__ import annotations
 

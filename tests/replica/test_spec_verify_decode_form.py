@@ -1,5 +1,5 @@
 """Speculative steps pay no prompt-only term for their verify chunks in the engine, stepped and
-fast-forwarded alike (`PerfModel.step_time_s`'s `num_verify`; docs/fidelity.md, verify21)."""
+fast-forwarded alike (`PerfModel.step_time_s`'s `num_verify`; docs/fidelity-history.md, verify21)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Measured attention-DP rows played end to end (TensorRT-LLM dp 4 / 8 on B200; the vLLM MiniMax-M2.5 FP8 "tp 2 x dp 2"
-rows this test also played were TP 2 x EP 2 runs, no attention DP: docs/fidelity.md, mmx21).
+rows this test also played were TP 2 x EP 2 runs, no attention DP: docs/fidelity-history.md, mmx21).
 
-Bounds stated in docs/fidelity.md ("Attention data parallelism"): with the shipped constants
+Bounds stated in docs/fidelity-history.md ("Attention data parallelism"): with the shipped constants
 every row's TPOT within 20 % and their median within 10 % (6.4 % when set), better than without
 the fitted attention-DP constants; TTFT is too short on every row (the open item), by at most 45 %
 in the median (36 % when set; 32 % once the TensorRT-LLM rows play InferenceMAX's attention-DP

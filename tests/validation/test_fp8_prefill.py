@@ -1,5 +1,5 @@
 """TensorRT-LLM B200 FP8 (block-scaled) DeepSeek rows of the 1.2.0rc6 releases pay the activation
-quantisation of each FP8 linear per prompt token (`act_quant_token_s`, docs/fidelity.md, "FP8 prefill
+quantisation of each FP8 linear per prompt token (`act_quant_token_s`, docs/fidelity-history.md, "FP8 prefill
 on Blackwell"); the NVFP4 rows of the same release and the other engines do not."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_fp8_rows_pay_the_quantisation_nvfp4_rows_do_not():
     assert quant_s == pytest.approx(366 * 2.7e-08 * 7168, rel=1e-9)
     assert _prefill_growth_s(fp8, moe_copy_bytes=0.0) == pytest.approx(0.146, abs=2e-3)
     assert _prefill_growth_s(fp4, moe_copy_bytes=0.0) == pytest.approx(0.091, abs=2e-3)
-    # The MoE's expanded rows (moe_copy_bytes 4, every TensorRT-LLM B200 row: docs/fidelity.md, "MoE at TP on
+    # The MoE's expanded rows (moe_copy_bytes 4, every TensorRT-LLM B200 row: docs/fidelity-history.md, "MoE at TP on
     # TensorRT-LLM B200") add 58 layers x 229 KB x 7,168 tokens at 6.8 TB/s = 14 ms at TP 8 and TP 4 alike.
     assert _prefill_growth_s(fp8) == pytest.approx(0.160, abs=2e-3)
     assert _prefill_growth_s(fp4) == pytest.approx(0.105, abs=2e-3)

@@ -57,7 +57,7 @@ def test_cycle_parts_split_the_closed_loop_cycle_into_ttft_and_decode():
 
 def test_sglang_users_stay_in_a_lock_step_wave_unless_started_out_of_step():
     # SGLang's prefill batches go first and the fixed output lengths end every request of a wave in
-    # the same steps: the simulated decodes see half the other prompts (docs/fidelity.md)
+    # the same steps: the simulated decodes see half the other prompts (docs/fidelity-history.md)
     r = silicon_row(0, backend="sglang", backend_version="", isl="4096", osl="256", concurrency="32", batch_size="32")
     shares = {}
     for ramp in (None, 1.0):

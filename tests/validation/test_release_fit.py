@@ -79,7 +79,7 @@ def test_trtllm_h200_1_1_0rc2_post2_plays_its_own_latency_and_other_h200_release
 
 def test_trtllm_b200_rows_without_a_release_serialise_their_prompt_tokens_in_the_front_end():
     # the unversioned InferenceMAX B200 rows play the GPU's profile, whose serial 4 us per prompt token the
-    # rows outside held_out_ids chose (docs/fidelity.md, trt19): an 8,192-token prompt holds the API server 32.8 ms
+    # rows outside held_out_ids chose (docs/fidelity-history.md, trt19): an 8,192-token prompt holds the API server 32.8 ms
     b200 = {"backend": "trtllm", "system": "b200_sxm", "concurrency": "16", "batch_size": "16"}
     scenario = row_scenario(silicon_row(0, backend_version="", **b200))
     assert scenario.frontend.profile == "trtllm@b200"

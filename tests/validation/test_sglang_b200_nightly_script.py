@@ -1,7 +1,7 @@
 """The SGLang B200 `nightly-dev` Qwen3.5-397B-A17B rows (BF16, TP 8, 4-64 users) play the InferenceMAX script that ran
 them, `qwen3.5_bf16_b200.sh` as InferenceX pull request 758 left it (128 running requests, 32,768-token chunks and budget,
 memory 0.82, the receive interval 10 / 30, 16-bit KV, the benchmark_serving client), with SGLang's own weight streaming
-and the release's CPU time per step and front end refitted on that play (docs/fidelity.md, q35rel22)."""
+and the release's CPU time per step and front end refitted on that play (docs/fidelity-history.md, q35rel22)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_the_script_brings_the_16_user_8k_first_token_to_the_measurement():
 def test_the_release_fp8_rows_play_their_script_with_the_release_prompt_price(tp, ep, users):
     """B200 0.5.9's FP8 rows (TP 8 at 4-16 users, TP 4 x EP 4 at 4-128) play `qwen3.5_fp8_b200.sh` (FP8 KV, the
     trtllm kernels), with the release's flat GPU time per prompt token (18 us) and front end (0.13 s) fitted with it
-    (docs/fidelity.md, sgb27); the nightly build keeps neither."""
+    (docs/fidelity-history.md, sgb27); the nightly build keeps neither."""
     row = nightly(backend_version="0.5.9", gemm_quant_mode="fp8", tp_size=tp, moe_tp_size="1" if ep != "1" else tp,
                   moe_ep_size=ep, concurrency=users, batch_size=users)
     r = recipe(played_row(row))

@@ -2,7 +2,7 @@
 qwen3.5_fp4_b300.sh, qwen3.5_bf16_b300.sh of 2026-04-17, image v0.5.10.post1-cu130): no mixed chunks, each script's
 chunk, budget, running requests, memory, KV precision and receive interval, benchmark_serving's client, and SGLang's
 overlap loop (the take as a prompt step starts, the first-token hold) as B200 nightly-dev's script plays it
-(docs/fidelity.md, issue 14, sgb3_29). The release's DeepSeek rows keep the generator's mixed chunks."""
+(docs/fidelity-history.md, issue 14, sgb3_29). The release's DeepSeek rows keep the generator's mixed chunks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SGLang 0.5.9's all-reduce on Blackwell (calibration_serving.yaml, docs/fidelity.md "SGLang 0.5.9's
+"""SGLang 0.5.9's all-reduce on Blackwell (calibration_serving.yaml, docs/fidelity-history.md "SGLang 0.5.9's
 all-reduce on Blackwell, read in the sources (issue 14, sgbw20)"): the release runs its custom (one-shot)
 all-reduce on B200 and B300 at 4 and 8 GPUs, which AIConfigurator's SGLang 0.5.9 tables measure at about
 the same cost at 4 and 8 GPUs for a small decode's messages. So every SGLang key prices the one-shot (the

@@ -1,4 +1,4 @@
-"""SGLang B300 0.5.10.post1 split by precision (calibration_serving.yaml, docs/fidelity.md "SGLang B300
+"""SGLang B300 0.5.10.post1 split by precision (calibration_serving.yaml, docs/fidelity-history.md "SGLang B300
 0.5.10.post1 FP8, the B300 DeepSeek rows' prefill, and Qwen3.5 with an EP cost"): its block-scaled FP8 deployments take 80 us of GPU
 time per layer, the release's BF16 and NVFP4 deployments and every other SGLang key keep theirs."""
 

@@ -1,5 +1,5 @@
 """SGLang B300 0.5.9 Qwen3.5-397B-A17B FP8 rows play the B200 campaign's scripts whose grids they match
-(validation/inferencemax.py B300_AS_B200_KEYS; docs/fidelity.md, issue 14, sgb3_28): the TP 4 rows the MTP script
+(validation/inferencemax.py B300_AS_B200_KEYS; docs/fidelity-history.md, issue 14, sgb3_28): the TP 4 rows the MTP script
 (drafts, spec v1's CPU time), the TP 8 and TP 4 x EP 4 rows the plain one, both streaming weights at TensorRT-LLM
 B200's efficiency (no B300 TensorRT-LLM entry: KERNEL_GPU_FALLBACK), with B200 0.5.9's plain floor and prompt price
 in the release's entry and a lower front end."""

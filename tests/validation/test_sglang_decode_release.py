@@ -1,4 +1,4 @@
-"""SGLang decode constants per release (calibration_serving.yaml, docs/fidelity.md "SGLang decode
+"""SGLang decode constants per release (calibration_serving.yaml, docs/fidelity-history.md "SGLang decode
 steps"): H200 0.5.9 and B300 0.5.10.post1 read weights at TensorRT-LLM's efficiency for the GPU with a
 larger GPU time per layer; every other SGLang key keeps the per-GPU efficiency (0.6 x the fit's start)."""
 

@@ -1,4 +1,4 @@
-"""SGLang H100 0.5.1.post1 constants (calibration_serving.yaml `sglang_h100_chunk`, docs/fidelity.md "SGLang H100
+"""SGLang H100 0.5.1.post1 constants (calibration_serving.yaml `sglang_h100_chunk`, docs/fidelity-history.md "SGLang H100
 0.5.1.post1"): refitted for SGLang's 8,192-token chunk, the release's prefill is priced at a lower compute efficiency
 and its decode without most of the per-sequence GPU time that had stood in for prefill stalls; its prefill all-reduces
 go over NCCL's ring at NVLink4's full bus bandwidth (`sglang_h100_ring`, issue 14 sgh100q), with the compute efficiency

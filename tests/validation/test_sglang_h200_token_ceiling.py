@@ -1,6 +1,6 @@
 """SGLang H200 0.5.6.post2 (AIConfigurator's eval campaign behind Dynamo): the front end's serial time per
 streamed token (frontend.yaml `sglang@h200@0.5.6.post2`, output_token_s 50 us, solved from the campaign's
-token-rate ceiling; docs/fidelity.md). Exact (which rows play it) and behavioural (the ceiling binds)."""
+token-rate ceiling; docs/fidelity-history.md). Exact (which rows play it) and behavioural (the ceiling binds)."""
 
 from __future__ import annotations
 

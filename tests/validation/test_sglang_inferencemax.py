@@ -243,7 +243,7 @@ def test_the_release_s_plain_script_rows_take_arrivals_as_a_prompt_step_starts()
     fp4 = scenario(concurrency="8", batch_size="8")  # the NVFP4 script
     assert sched(fp4)["overlap_loop_take"] is True
     # refitted with the take on the fit side: the NVFP4 rows' prompt price 3 us (the FP8 ones keep 18 us), the front end
-    # without a serial time per prompt token (docs/fidelity.md, sgadm29)
+    # without a serial time per prompt token (docs/fidelity-history.md, sgadm29)
     priced = lambda s: build_perf_model(s.model, s.gpu, s.tp, s.dtype, s.perf).constants.prompt_token_gpu_s  # noqa: E731
     assert (priced(fp4), priced(plain)) == (3.0e-06, 1.8e-05)
     assert fp4.frontend.constants()[1:] == plain.frontend.constants()[1:] == (0.0, 0.13)

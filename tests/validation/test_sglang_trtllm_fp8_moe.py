@@ -1,5 +1,5 @@
 """The SGLang B200 0.5.9 DeepSeek FP8 scripts' experts priced as FlashInfer's trtllm-gen FP8 block-scale MoE
-(`inferencemax.TRTLLM_GEN_MOE`; docs/fidelity.md, sgr1mtp22)."""
+(`inferencemax.TRTLLM_GEN_MOE`; docs/fidelity-history.md, sgr1mtp22)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_the_tp4_8k_prompt_reaches_its_measured_first_token():
     # dsr1_b200_sglang_fp8_agg_8192x1024_c4_cfg271 (dsr1_fp8_b200.sh, TP 4, 4 users) measures 585.9 ms to the first
     # token; main played 489.9 ms (-16.4 %), its 8k prompt's experts at the release's GEMM efficiency. Both played
     # without the release's later flat price per prompt token and its lower front end (sgb27, which make this row
-    # 17.6 % late: one of the DeepSeek 8k rows at 4 users that price costs; docs/fidelity.md), and with the front end's
+    # 17.6 % late: one of the DeepSeek 8k rows at 4 users that price costs; docs/fidelity-history.md), and with the front end's
     # serial 10 us a prompt token of the time (0 since sgadm29)
     row = next(r for r in read_rows(SILICON) if r.id == "dsr1_b200_sglang_fp8_agg_8192x1024_c4_cfg271")
     front_end = {"latency_s": 0.18, "prompt_token_s": 1.0e-05}

@@ -53,7 +53,7 @@ def test_fit_beats_uncalibrated_constants_on_tpot(sample):
 def test_tp_times_ep_rows_play_on_the_gpus_that_ran_them():
     # The 12 SGLang B300 Qwen3.5 rows recorded as tp 4 = MoE 2 x 2 are `--tp 2 --ep 2` runs of 2
     # GPUs (validation/recorded_parallelism.py). Played as 4 GPUs their TPOT was 32.8 % too fast
-    # (docs/fidelity.md); as 2 GPUs every row simulates and TTFT 18.9 %, TPOT 17.3 % (+5.6 %) then;
+    # (docs/fidelity-history.md); as 2 GPUs every row simulates and TTFT 18.9 %, TPOT 17.3 % (+5.6 %) then;
     # 17.3 % / 12.7 % (-10.9 %) with the ring all-reduce bandwidth and the 0.5.10.post1 decode
     # constants (sglang_decode, prefill_ring in calibration_serving.yaml). The bias bound keeps
     # the 4-GPU play (-32.8 %) out.

@@ -1,7 +1,7 @@
 """The B200 MiniMax-M2.5 NVFP4 rows of vLLM's `nightly-5b8c30d62b754b57` build play the InferenceMAX script that ran
 them (InferenceX pull request 996 at its commit of 2026-04-02: `vllm serve`'s 8,192-token budget, memory 0.95, blocks
 of 32, FP8 KV cache, no capture size, the benchmark_serving client), and the build's prompt steps pay the launch time
-of running without CUDA graphs (docs/fidelity.md, vblw)."""
+of running without CUDA graphs (docs/fidelity-history.md, vblw)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The release-less vLLM B200 entry (calibration_serving.yaml `vllm_decode_split`; docs/fidelity.md, "vLLM's
+"""The release-less vLLM B200 entry (calibration_serving.yaml `vllm_decode_split`; docs/fidelity-history.md, "vLLM's
 unversioned Llama-3.1-70B rows"): the Llama-3.1-70B NVFP4 rows InferenceMAX measured on 2025-10-29 decode with
 the split of their own TPOT by TP (a 1 us all-reduce launch, 0.65 of the bandwidth, 3.86 ms a step); every other
 (GPU, vLLM release) keeps its constants."""

@@ -1,4 +1,4 @@
-"""The release-less vLLM B200 front end (frontend.yaml `vllm@b200`; docs/fidelity.md, vl70_23): v0.10.2's API server
+"""The release-less vLLM B200 front end (frontend.yaml `vllm@b200`; docs/fidelity-history.md, vl70_23): v0.10.2's API server
 prepares each request serially in its one loop, so a round of users sent at once queues there. Of the ~40 ms a request
 spends in the front end, 15 ms is serial (was 10): the 4-user first token stays, the 64-user one comes later."""
 

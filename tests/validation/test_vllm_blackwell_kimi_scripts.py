@@ -1,4 +1,4 @@
-"""vLLM Blackwell rows as InferenceMAX's scripts ran them (docs/fidelity.md, vbw20): the B200 0.17.0 Kimi-K2.5 rows
+"""vLLM Blackwell rows as InferenceMAX's scripts ran them (docs/fidelity-history.md, vbw20): the B200 0.17.0 Kimi-K2.5 rows
 recorded at TP 4 EP 1 play `kimik2.5_fp4_b200.sh` of 2026-04-20 (budget 2 x ISL, FP8 KV cache, its client); the
 Kimi-K2.5 rows recorded at TP 4 EP 4 keep AIPerf's play but split every expert over TP 4, since no Kimi script passes
 `--enable-expert-parallel`; the B300 nightly build has its own front end. The rows of the earlier revision (TP 4 EP 4 and

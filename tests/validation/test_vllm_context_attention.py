@@ -1,4 +1,4 @@
-"""vLLM B200 0.19.0's prompt attention (calibration_serving.yaml `vllm_context_attention`, docs/fidelity.md
+"""vLLM B200 0.19.0's prompt attention (calibration_serving.yaml `vllm_context_attention`, docs/fidelity-history.md
 "vLLM B200 0.19.0 MiniMax-M2.5: 8k prompts"): the release's prefill attention reaches 0.5 of the BF16 peak
 (AIConfigurator's FlashInfer context-attention table), not the GPU's fitted 0.8; nothing else of a step moves,
 and no other vLLM key changes."""

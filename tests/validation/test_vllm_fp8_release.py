@@ -1,8 +1,8 @@
-"""vLLM on Blackwell, FP8 and NVFP4 deployments of one release (calibration_serving.yaml, docs/fidelity.md
+"""vLLM on Blackwell, FP8 and NVFP4 deployments of one release (calibration_serving.yaml, docs/fidelity-history.md
 "vLLM on Blackwell, FP8 and NVFP4 deployments"): B200 0.17.0 and B300 0.19.0 give their block-scaled FP8
 deployments a GPU time per layer of 35 us and the release the step overhead its NVFP4 deployments measure; B200
 0.19.0 gives its FP8 deployments a lower floor beside the fused MoE kernel's own (`moe_floor_s`, vmmx29).
-Since these releases schedule asynchronously (engines.yaml, 0.14.0 on; docs/fidelity.md, vasync26) each release's
+Since these releases schedule asynchronously (engines.yaml, 0.14.0 on; docs/fidelity-history.md, vasync26) each release's
 step overhead is also GPU time per layer, f x step_overhead_s / the layers of its model, so the split survives as
 25 us a layer between the precisions of one release and model."""
 

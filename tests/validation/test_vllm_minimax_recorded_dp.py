@@ -1,7 +1,7 @@
 """vLLM MiniMax-M2.5 FP8 rows on B200 / B300 / H100 recorded as attention DP X x TP X with the experts over X x X ranks are
 InferenceMAX's `{ tp: X, ep: X }` runs: `minimaxm2.5_fp8_{b200,b300,h100}.sh` pass `--tensor-parallel-size=$TP`
 `--enable-expert-parallel` and no data-parallel flag, so they play X GPUs, attention TP X, experts over X
-(docs/fidelity.md, mmx21). Rows recorded otherwise, and the NVFP4 rows (whose scripts do run `dp-attn` configs as DP),
+(docs/fidelity-history.md, mmx21). Rows recorded otherwise, and the NVFP4 rows (whose scripts do run `dp-attn` configs as DP),
 stay as recorded."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ all ranks exchange hidden states and run the experts on every rank's tokens. So:
 - engine CPU time: every rank has its own engine core; the step's CPU time is the busiest rank's.
 - fitted (constants `dp_step_s`, `dp_seq_s`; 0 by default): GPU time per lock-step step and per
   sequence of the padded batch (dp x the largest rank's sequences) that the terms above do not
-  price (docs/fidelity.md).
+  price (docs/fidelity-history.md).
 
 `AttentionDPPerf` keeps the `PerfModel` interface the replica uses and holds no state between
 calls (its memos are exact functions of their keys). The attention-DP scheduler

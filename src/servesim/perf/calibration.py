@@ -49,7 +49,7 @@ class Constants:
     # default: ar_bw_eff). The engines all-reduce small (decode) messages with their own one-shot
     # kernels and large (prefill) ones with NCCL, whose large-message bus bandwidth nccl-tests
     # measures per system; this lets the prefill's all-reduces take that figure while the one-shot
-    # path keeps the ar_bw_eff fitted on decode (roofline.allreduce_s; docs/fidelity.md, "Prefill
+    # path keeps the ar_bw_eff fitted on decode (roofline.allreduce_s; docs/fidelity-history.md, "Prefill
     # by prompt length, model and GPU").
     ar_ring_bw_eff: float = 0.0
     moe_imbalance: float = 1.0  # busiest expert's load over the mean (>= 1)
@@ -61,39 +61,39 @@ class Constants:
     seq_overhead_s: float = 10e-6  # engine CPU time per running sequence per iteration
     # GPU-side time per sequence in the step (0, off, by default): per-sequence work that an overlapping
     # scheduler cannot hide and that the roofline terms do not price (per-request metadata, sampling,
-    # decode-kernel splits per sequence); fitted per (GPU, engine) on the serving runs (docs/fidelity.md).
+    # decode-kernel splits per sequence); fitted per (GPU, engine) on the serving runs (docs/fidelity-history.md).
     seq_gpu_s: float = 0.0
     # Time per layer of a step that runs eagerly, outside CUDA graphs (0, off, by default): an engine
     # that captures graphs for decode batches only launches every kernel of a step with prompt tokens
     # from Python, and small prefills are launch-bound. SGLang runs extend and mixed batches so
     # (`enable_piecewise_cuda_graph` defaults to False); fitted per (GPU, engine) on the serving runs
-    # (docs/fidelity.md, "SGLang: eager prefill steps").
+    # (docs/fidelity-history.md, "SGLang: eager prefill steps").
     eager_layer_s: float = 0.0
     # CPU time per layer to launch the kernels of a step that runs without CUDA graphs, above the
     # deployment's capture size (`PerfConfig.cudagraph_max_tokens`; 0, off, by default). The launches
     # run ahead of the GPU, so such a step takes max(GPU time, layers x this): a floor that small
     # prompt steps hit and long ones hide, unlike `eager_layer_s`, which adds to every prompt step.
     # vLLM's dispatcher runs a step above its largest captured size with no graph at all
-    # (`CUDAGraphMode.NONE`, v1/cudagraph_dispatcher.py); docs/fidelity.md (issue 14, kimi22).
+    # (`CUDAGraphMode.NONE`, v1/cudagraph_dispatcher.py); docs/fidelity-history.md (issue 14, kimi22).
     eager_floor_layer_s: float = 0.0
     # Time per layer that a step above the capture size adds to its GPU time (0, off, by default), the
     # additive form of the same launches: where the host does not run ahead of the GPU within a layer, a
     # graph-less step costs its GPU work plus its launches, so its price grows with the prompt as the GPU
     # work does, where the floor above stays flat until the GPU passes it. With both set such a step takes
     # max(GPU + layers x this, layers x floor). vLLM B200 0.17.0's Kimi-K2.5 runs: 8k prompt steps cost
-    # what the 1k ones cost plus the GPU's difference, eager or not (docs/fidelity.md, issue 14, v017_24).
+    # what the 1k ones cost plus the GPU's difference, eager or not (docs/fidelity-history.md, issue 14, v017_24).
     graphless_layer_s: float = 0.0
     # Time per step with prompt tokens of a model with Gated DeltaNet layers (`ModelSpec.gated_deltanet`; 0, off,
     # by default): SGLang's FLA `l2norm_fwd_kernel` (q and k of every DeltaNet layer's chunked prefill) took the
     # step's token count `T` as a `tl.constexpr` until mid-2026, so Triton compiles it again for every token
     # count the server process has not run yet, inline on the scheduler before the forward launches (SGLang PRs
     # 23448, 30403: ~90-110 ms a compile). Random prompt lengths make nearly every prefill step's count new, so
-    # it is priced per step; decode steps replay CUDA graphs and never compile (docs/fidelity.md, qwpf20).
+    # it is priced per step; decode steps replay CUDA graphs and never compile (docs/fidelity-history.md, qwpf20).
     gdn_compile_s: float = 0.0
     # Share of their own per-token time (GEMMs, element-wise work, all-reduces) that the prompt tokens of
     # a mixed step, one that runs prompt tokens beside decodes, cost on top (0, off, by default;
     # prefill-only and decode-only steps never pay it). The serving runs show other users' prompts
-    # costing a request's decode more than the step model prices a mixed step (docs/fidelity.md,
+    # costing a request's decode more than the step model prices a mixed step (docs/fidelity-history.md,
     # "Mixed prefill + decode steps"); the engines' sources name no single mechanism for it, so it is
     # fitted per (GPU, engine). Relative, so one value serves the group's small and large models.
     mixed_prefill_slowdown: float = 0.0
@@ -115,7 +115,7 @@ class Constants:
     # shared-expert FFN, not the routed experts' fused MoE kernel) that the activation's quantisation
     # costs beyond the GEMM roofline (0, off, by default). TensorRT-LLM's block-scaled FP8 linear on
     # Blackwell before release 1.3 quantises activations at about 27 ns a token per layer at prefill
-    # sizes and nothing at decode sizes (AIConfigurator's B200 GEMM tables; docs/fidelity.md, "FP8
+    # sizes and nothing at decode sizes (AIConfigurator's B200 GEMM tables; docs/fidelity-history.md, "FP8
     # prefill on Blackwell"), so it is priced per prompt token (terms.StepTerms.act_quant_s_per_token).
     act_quant_token_s: float = 0.0
     # GPU time per prompt token of a step, the same for every model and TP of a release (0, off, by
@@ -130,19 +130,19 @@ class Constants:
     # each GPU moves top_k x hidden x 4 bytes a token whatever the experts' TP split (its partial rows
     # are hidden wide); expert parallelism divides it by the ranks (each holds only its experts' rows).
     # AIConfigurator's B200 MoE tables show that cost: the kernel at TP 8 takes as long as at TP 4
-    # (terms.StepTerms.moe_copy_s_per_token; docs/fidelity.md, "MoE at TP on TensorRT-LLM B200").
+    # (terms.StepTerms.moe_copy_s_per_token; docs/fidelity-history.md, "MoE at TP on TensorRT-LLM B200").
     moe_copy_bytes: float = 0.0
     # A fixed GPU time per MoE layer of the fused MoE kernel (its routing, token alignment and several launches: time
     # the roofline of the experts' weights and FLOPs does not hold), taken as a smooth max with that roofline at the
     # constants' smoothing_k (0, off, by default): a decode of a few tokens pays about all of it, a step whose
     # experts' reads or FLOPs take several times longer almost none. vLLM's block-FP8 fused MoE on H100 takes
     # 44-128 us a layer at 1-8 tokens at MiniMax-M2.5's shape and EP 4 where the roofline gives 17-89 us
-    # (AIConfigurator's H100 vLLM 0.19.0 MoE table; terms.TokenTerms.linear_s; docs/fidelity.md, vhop28).
+    # (AIConfigurator's H100 vLLM 0.19.0 MoE table; terms.TokenTerms.linear_s; docs/fidelity-history.md, vhop28).
     moe_floor_s: float = 0.0
     # Attention data parallelism only (perf/attention_dp.py; 0 by default, read by nothing else): GPU
     # time per lock-step step and per sequence of the ranks' padded batch (dp x the largest rank's
     # sequences) that the lock-step terms do not price, fitted per engine on the attention-DP serving
-    # runs (validation/attention_dp.py; docs/fidelity.md, "Attention data parallelism").
+    # runs (validation/attention_dp.py; docs/fidelity-history.md, "Attention data parallelism").
     dp_step_s: float = 0.0
     dp_seq_s: float = 0.0
 

@@ -3,7 +3,7 @@
 An engine's defaults change between releases (TensorRT-LLM's PyTorch backend, default from 1.0,
 overlaps CPU and GPU; vLLM turned async scheduling on by default in 0.14.0: both shipped as rules,
 with the per-step and per-sequence time the serving runs show moved to the GPU side for the releases
-that overlap, docs/fidelity.md, vasync26), so a profile may list `versions:` rules, each `{since: <release>, why: <source>, constants: {...}}`:
+that overlap, docs/fidelity-history.md, vasync26), so a profile may list `versions:` rules, each `{since: <release>, why: <source>, constants: {...}}`:
 `engine_profile(name, version)` applies, in file order, every rule whose `since` is at or below
 `version`. The empty version (not recorded) is the base profile, so scenarios that do not name a
 version are unchanged. Versions that are not releases (`nightly-...`, custom builds such as

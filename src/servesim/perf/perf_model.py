@@ -135,7 +135,7 @@ class PerfModel(MemoryMixin):
         alone, the verify chunks counting as the decodes they are. The engines run a generation
         step with drafts as a decode step: TensorRT-LLM's MTP generation steps and vLLM V1's
         uniform decode batches replay CUDA graphs captured for 1 + k tokens a sequence
-        (docs/fidelity.md, verify21), so no eager launches, no prompt-size
+        (docs/fidelity-history.md, verify21), so no eager launches, no prompt-size
         activation quantisation and no chunked delta rule. The float operations are
         `step_time_s`'s with the terms that are 0.0 left out (x + 0.0 is x)."""
         pairs = self._prefill_pairs_s(prefills)

@@ -17,7 +17,7 @@ With `time_cv > 0` each request's service and latency are scaled by one factor d
 distribution of mean 1 and that coefficient of variation (seeded by the scenario): a real API
 server's per-request time varies (HTTP, tokenizer, event-loop scheduling, detokenisation of
 the other streams), which keeps a closed loop's users from staying in lock-step. The gamma keeps
-times positive and the mean equal to the constant; its spread is a fitted constant (docs/fidelity.md).
+times positive and the mean equal to the constant; its spread is a fitted constant (docs/fidelity-history.md).
 
 Per-output-token work (detokenization, streaming) costs nothing by default: in most measured
 engines it overlaps the GPU step and its effect on step time belongs to the engine constants.
@@ -25,7 +25,7 @@ engines it overlaps the GPU step and its effect on step time belongs to the engi
 process per token before they reach the client, in one FIFO with the admissions (a request
 arriving queues behind the tokens already accepted, tokens made later behind its admission). Once the tokens the users' closed loop asks for exceed `1 / output_token_s` a second,
 the process bounds the served token rate whatever the GPUs do, and the wait shows in the TTFT
-(docs/fidelity.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
+(docs/fidelity-history.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ request's output position (tokens it has emitted before the step), linear betwee
 outside. Why a curve at all: benchmark clients that send random-token prompts and force the
 output length (`ignore_eos`) make the model's reply drift into repetition as it goes on, which
 a multi-token-prediction head drafts well, so the accepted run grows with the position (the
-measured DeepSeek-R1 MTP rows: docs/fidelity.md, "MTP runs: acceptance by output position").
+measured DeepSeek-R1 MTP rows: docs/fidelity-history.md, "MTP runs: acceptance by output position").
 
 The draws are the i.i.d. path's: a row of k_max uniforms from the engine's generator per
 speculating decode, in batch order, a draft accepted while its uniform is below the rate (the

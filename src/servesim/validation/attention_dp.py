@@ -3,7 +3,7 @@
 Played with the lock-step model alone (perf/attention_dp.py), the attention-DP rows' decode steps
 come out faster than measured, and the missing time grows with the step's sequences: vLLM's tp 2 x
 dp 2 MiniMax-M2.5 runs measure the TPOT of a tp 2 replica serving every user alone (docs/
-fidelity.md, "Attention data parallelism"), which the link and GEMM terms do not explain. The
+fidelity-history.md, "Attention data parallelism"), which the link and GEMM terms do not explain. The
 missing time is taken as GPU time per lock-step step plus GPU time per sequence of the padded
 batch (dp x the largest rank's sequences), fitted per engine by least squares on
 

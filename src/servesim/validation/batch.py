@@ -3,7 +3,7 @@
 The silicon runs' decode steps are slower than the step model at large batches, and the missing
 time grows with the running sequences: (measured - simulated TPOT) / concurrency is 15-50 us per
 sequence above 64 users in vLLM B200, SGLang B200 / B300 / H200 and TensorRT-LLM B200, while the
-attention term's share of the step does not explain it (docs/fidelity.md, "Decode at large
+attention term's share of the step does not explain it (docs/fidelity-history.md, "Decode at large
 batches"). The engines with an overlapping scheduler (SGLang, TensorRT-LLM from 1.0) would hide a
 CPU cost per sequence behind the GPU, so the term is GPU-side: `seq_gpu_s`, added to every step
 per sequence in it.

@@ -44,7 +44,7 @@ class ClientOptions:
     # (10 requests per user, lengths over [0.8 x, 1 x]); False: the generator's flags and AIPerf's client.
     benchmark_recipes: bool = True
     # play ENGINE_SLOTS_HELD (batch slots held in the campaigns listed there; on since those rows play their
-    # recorded request count and the API server's token-rate ceiling: docs/fidelity.md)
+    # recorded request count and the API server's token-rate ceiling: docs/fidelity-history.md)
     engine_slots_held: bool = True
     # Campaigns whose means record their request count (silicon.RECORDED_ROUNDS), or whose runner's source
     # gives it (silicon.RUNNER_ROUNDS), play it, without a trailing round; False: every row plays

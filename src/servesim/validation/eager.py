@@ -18,7 +18,7 @@ positions (the odd ones are held out), against TTFT + TPOT:
 
 Coordinate descent moves one constant at a time: more eager time alone lengthens every first token
 before the front end's latency can give it back, so check a shipped choice against joint moves
-(docs/fidelity.md does so by hand for B200). Nothing is per row, model or shape.
+(docs/fidelity-history.md does so by hand for B200). Nothing is per row, model or shape.
 """
 
 from __future__ import annotations

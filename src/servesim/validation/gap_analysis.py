@@ -14,7 +14,7 @@ client's over all workers, `batch_size` one worker's. The 1.3.0rc5 job shows it:
 decode batch x 6). Dynamo's frontend routes round robin unless told otherwise (`--router-mode` defaults to
 round-robin; AIConfigurator's generator turns the KV router on only for workloads with a shared prefix), so
 with fixed lengths each worker serves batch_size x attention_dp users, and one worker with that many users is
-played (the whole cluster behind a round-robin router plays the same means; docs/fidelity.md, trt13).
+played (the whole cluster behind a round-robin router plays the same means; docs/fidelity-history.md, trt13).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ CLUSTER_CONCURRENCY = frozenset({("trtllm", "1.3.0rc1"), ("trtllm", "1.3.0rc5")}
 # (except the 1-user runs), and the same deployment is not monotonic in its load (GB200 Qwen3-32B, 2 workers of
 # TP 2: 8.1 ms a token at 1 user, 41.9 ms at 2, 27.6 ms at 8); B200 DeepSeek-R1-NVFP4 on TP 8 takes 85-89 ms a token
 # at 5-12 users a worker, where the 1.3.0rc5 job's DeepSeek-V3.1-NVFP4 (same architecture, GPU, TP and precision)
-# took 21.2 ms at 56 and every other B200 campaign 8-44 ms at 32-128 users (docs/fidelity.md, trt13).
+# took 21.2 ms at 56 and every other B200 campaign 8-44 ms at 32-128 users (docs/fidelity-history.md, trt13).
 NOT_REPRODUCED = {
     ("trtllm", "1.3.0rc1"): ("TensorRT-LLM 1.3.0rc1 gap-analysis runs (Dynamo 0.9.0): the measured decode is several "
                              "times slower than the recorded deployment runs and does not follow the load"),

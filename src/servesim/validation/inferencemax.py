@@ -27,7 +27,7 @@ time, sourced per model:
   gpt-oss-120b B200 rows of every release the file records for them (none, 1.2.0rc2, 1.2.0rc2.post2);
   played for the first two. 1.2.0rc2.post2 keeps the generator's flags until its release constants
   (front end, GPU time per layer, prefill), fitted on that play, are refitted with the script
-  (docs/fidelity.md, "TensorRT-LLM on H100 and B200").
+  (docs/fidelity-history.md, "TensorRT-LLM on H100 and B200").
 
 - the DeepSeek-R1 attention-DP runs (`benchmarks/dsr1_{fp4,fp8}_b200_trt*.sh`,
   `dsr1_fp8_h200_trt*.sh`, from Sep 2025) add `attention_dp_config: {batching_wait_iters: 0,
@@ -85,7 +85,7 @@ def gptoss_b200_trt(row: SiliconRow) -> Recipe:
     attention DP), and the overlap scheduler: the script runs `trtllm-serve --backend=pytorch` and every image its
     config named (1.1.0rc2.post2 from 2025-09-19, then 1.2.0rc0.post1, 1.2.0rc2, 1.2.0rc2.post2) is a release from
     1.0 on, where that backend overlaps the CPU's step with the GPU's by default (engines.yaml). It matters for the
-    rows that record no release, which would otherwise play the base profile's serial CPU (docs/fidelity.md, gpt23)."""
+    rows that record no release, which would otherwise play the base profile's serial CPU (docs/fidelity-history.md, gpt23)."""
     return Recipe(engine={"max_num_batched_tokens": GPTOSS_BUDGET_TOKENS}, scheduler=attention_dp_balance(row),
                   constants={"overlap_cpu": 1.0})
 
@@ -141,7 +141,7 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # --moe-runner-backend flashinfer_trtllm is not played as TensorRT-LLM's kernels (trtllm_kernels): whether that build
     # ran BF16 experts on trtllm-gen was not settled in the sources read (SGLang pull request 9384 sends a checkpoint
     # without a quantisation config back to FusedMoE; the BF16 trtllm-gen routed path is pull request 20214, 2026-03-09),
-    # and the rows outside held_out_ids fit SGLang's own streaming, not TensorRT-LLM's (docs/fidelity.md, q35rel22).
+    # and the rows outside held_out_ids fit SGLang's own streaming, not TensorRT-LLM's (docs/fidelity-history.md, q35rel22).
     ("b200_sxm", "nightly-dev", "qwen3.5-397b-a17b", ""): SGLangScript(
         128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64)}, recv=(10, 30)),
     # qwen3.5_fp8_b200.sh at its two revisions before the rows' campaigns (2026-03-25, 2026-04-06): InferenceX
@@ -149,7 +149,7 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # (128 running requests, 32,768-token chunk and budget, memory 0.82, FP8 KV, receive interval 10 / 30,
     # trtllm_mha attention and flashinfer_trtllm MoE, SGLANG_ENABLE_FLASHINFER_GEMM with JIT DeepGEMM off until
     # 515294190, 2026-04-30); the union of their sweeps, TP 8 at 4-16 users and TP 4 x EP 4 at 4-128, is exactly the
-    # B200 0.5.9 Qwen3.5 rows outside the MTP variant's TP 4 grid (docs/fidelity.md, sgq35b, sgq35_24, sgfp8_26).
+    # B200 0.5.9 Qwen3.5 rows outside the MTP variant's TP 4 grid (docs/fidelity-history.md, sgq35b, sgq35_24, sgfp8_26).
     ("b200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
         128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 16), (4, 4): every_shape(4, 128)}, kv_fp8=True, recv=(10, 30),
         trtllm_kernels=True),
@@ -161,7 +161,7 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     # and TP 2 x EP 2 at 4-128, 128 running requests, 32,768-token chunk and budget, memory 0.8, FP8 KV, receive interval
     # 10 / 30, flashinfer_trtllm MoE. qwen3.5_bf16_b300.sh (32274d6c1, 1081): TP 8 and TP 4 at 4-64, 128 running, 32,768,
     # memory 0.82, the checkpoint's 16-bit KV, receive interval 10 / 30, flashinfer_trtllm MoE. None sets
-    # --enable-mixed-chunk (docs/fidelity.md, sgb3_29).
+    # --enable-mixed-chunk (docs/fidelity-history.md, sgb3_29).
     ("b300_sxm", "0.5.10.post1", "qwen3.5-397b-a17b", "fp8"): SGLangScript(
         None, 16384, 16384, 0.8, {(4, 1): every_shape(4, 256)}, kv_fp8=True, recv=(10, 10), trtllm_kernels=True),
     ("b300_sxm", "0.5.10.post1", "qwen3.5-397b-a17b", "nvfp4"): SGLangScript(
@@ -170,9 +170,9 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     ("b300_sxm", "0.5.10.post1", "qwen3.5-397b-a17b", ""): SGLangScript(
         128, 32768, 32768, 0.82, {(8, 1): every_shape(4, 64), (4, 1): every_shape(4, 64)}, recv=(10, 30),
         trtllm_kernels=True),
-    # Not played (docs/fidelity.md, "SGLang rows run by InferenceMAX's scripts"): glm5_fp8_h200.sh (glm5-hopper;
+    # Not played (docs/fidelity-history.md, "SGLang rows run by InferenceMAX's scripts"): glm5_fp8_h200.sh (glm5-hopper;
     # held-out rows worse).
-    # Nor (docs/fidelity.md, "The older InferenceMAX SGLang runs"), though they ran their rows: the B200
+    # Nor (docs/fidelity-history.md, "The older InferenceMAX SGLang runs"), though they ran their rows: the B200
     # runs recorded without a version, dsr1_fp4_b200_docker.sh of Oct 2025 (image v0.5.3rc1, TP 4 / 8 at
     # 4-128, `--enable-ep-moe`: EP = TP) and dsr1_fp8_b200_docker.sh of 2025-11-10..18 (v0.5.5, TP 8 x
     # EP 8 at 4-64), whose client had no warm-up: each wave over the prefill budget measures a one-off
@@ -188,7 +188,7 @@ SGLANG_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
 # source measures it there. Published accept lengths of the same head at batch 1 on benchmark text (the
 # AQ-MedAI/Qwen3.5-397B-A17B-eagle3 model card's MTP column: 2.34-3.66 tokens a step) give 0.65-0.92 a draft with 3
 # drafts; the value was chosen on a grid (0.55-0.7) against TTFT + TPOT of the script's rows outside held_out_ids
-# (docs/fidelity.md, q35tp22).
+# (docs/fidelity-history.md, q35tp22).
 QWEN35_MTP_ACCEPTANCE = 0.6
 SGLANG_MTP_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
     ("b200_sxm", "0.5.9", "deepseek-r1", "fp8"): SGLangScript(
@@ -205,8 +205,8 @@ SGLANG_MTP_SCRIPTS: dict[tuple[str, str, str, str], SGLangScript] = {
 }
 # The B300 0.5.9 Qwen3.5 rows (2026_03_25 campaign) are not InferenceX CI runs (no B300 Qwen3.5 config before 2026-04-16),
 # but their grid is exactly the B200 campaign's two configs, TP 4 at 4-256 users the MTP one's and TP 8 / TP 4 x EP 4 the
-# plain one's, and their TP 4 decodes are drafted ones (0.83-0.94 of B200's MTP TPOT; docs/fidelity.md, q35b3_23): played
-# with the B200 scripts' flags, client and drafts, the same image (docs/fidelity.md, sgb3_28).
+# plain one's, and their TP 4 decodes are drafted ones (0.83-0.94 of B200's MTP TPOT; docs/fidelity-history.md, q35b3_23): played
+# with the B200 scripts' flags, client and drafts, the same image (docs/fidelity-history.md, sgb3_28).
 B300_AS_B200_KEYS = (("b300_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"), ("b200_sxm", "0.5.9", "qwen3.5-397b-a17b", "fp8"))
 SGLANG_SCRIPTS[B300_AS_B200_KEYS[0]] = SGLANG_SCRIPTS[B300_AS_B200_KEYS[1]]
 SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[0]] = SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[1]]
@@ -218,7 +218,7 @@ SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[0]] = SGLANG_MTP_SCRIPTS[B300_AS_B200_KEYS[
 # frees per request each step), so it is priced by the engine's CPU terms per step and per running request
 # (`step_overhead_s`, `seq_overhead_s`), set here per (GPU, release) and read only with the overlap scheduler off: the
 # release's plain rows keep the 9 ms `step_overhead_s` their overlapped step shows as a floor. Fitted on the MTP rows
-# outside `held_out_ids` (docs/fidelity.md, sgmtp).
+# outside `held_out_ids` (docs/fidelity-history.md, sgmtp).
 SPEC_V1_CPU: dict[tuple[str, str], dict[str, float]] = {
     ("b200_sxm", "0.5.9"): {"step_overhead_s": 2.0e-3, "seq_overhead_s": 1.5e-4},
 }
@@ -229,12 +229,12 @@ SPEC_V1_CPU[("b300_sxm", "0.5.9")] = SPEC_V1_CPU[("b200_sxm", "0.5.9")]  # (the 
 # `sglang_flashinfer_trtllm_moe`, fp8_block, DeepSeek-V3's shape, balanced routing, collected through SGLang's FusedMoE
 # with that runner; the 0.5.9 table has no trtllm-gen DeepSeek rows) a layer at 8,192 tokens takes 1.2 ms at TP 8 and
 # 1.9 ms at TP 4, about 2.5x the price without these. Priced as TensorRT-LLM's own trtllm-gen runner is (the expanded
-# rows written and read back in finalize, `moe_copy_bytes` 4, docs/fidelity.md "MoE at TP on TensorRT-LLM B200") and
+# rows written and read back in finalize, `moe_copy_bytes` 4, docs/fidelity-history.md "MoE at TP on TensorRT-LLM B200") and
 # the grouped GEMMs at 0.18 of the FP8 peak: the value whose MoE block (with the shared expert, the table's GEMMs) is
 # closest to the table at 2,048-16,384 tokens at TP 4 and TP 8 (mean absolute log error 0.11; read, not fitted on rows).
-# The NVFP4 script's FP4 kernel is another one and keeps the release's price. docs/fidelity.md, sgr1mtp22. Read by
+# The NVFP4 script's FP4 kernel is another one and keeps the release's price. docs/fidelity-history.md, sgr1mtp22. Read by
 # runner flag: qwen3.5_fp8_b200_mtp.sh runs the same one, so its 63 rows take it too (read on DeepSeek's shape only;
-# their TTFT / TPOT 22.3 / 10.8 -> 22.3 / 10.0 %, 8k/1k 46.6 / 16.7 -> 35.5 / 11.5 %; docs/fidelity.md, sgpf22).
+# their TTFT / TPOT 22.3 / 10.8 -> 22.3 / 10.0 %, 8k/1k 46.6 / 16.7 -> 35.5 / 11.5 %; docs/fidelity-history.md, sgpf22).
 TRTLLM_GEN_MOE: dict[str, dict[str, float]] = {"fp8": {"eta_moe_compute": 0.18, "moe_copy_bytes": 4.0}}
 # SGLang 0.5.9 compiles FLA's l2norm kernel of every Gated DeltaNet layer once per new prompt token count (qwpf20;
 # `gdn_compile_s`), so a script's random prompt lengths pay it on nearly every prefill step, while the generator's
@@ -261,12 +261,12 @@ def sglang_script(row: SiliconRow) -> SGLangScript | None:
 # more (SGLangParams.overlap_loop_take). Played for B200 nightly-dev, better on both sides with its
 # constants unchanged (sgadm28); B200 0.5.9's plain scripts (both DeepSeek-R1 ones and Qwen3.5's, receive interval 10 /
 # 30) run the same loop and take so with the release's front end and NVFP4 prompt price refitted on the fit side
-# (docs/fidelity.md, sgadm29). The MTP scripts run spec v1, SGLang's plain loop (sglang_recipe), and keep the take at a
+# (docs/fidelity-history.md, sgadm29). The MTP scripts run spec v1, SGLang's plain loop (sglang_recipe), and keep the take at a
 # step's end. B300 0.5.10.post1's Qwen3.5 scripts run the same loop (no drafts, radix cache off); with its constants
-# unchanged the take brings its 58 rows' first tokens 13.6 -> 10.9 %, better on both sides (docs/fidelity.md, sgb3_29).
+# unchanged the take brings its 58 rows' first tokens 13.6 -> 10.9 %, better on both sides (docs/fidelity-history.md, sgb3_29).
 # B300 0.5.9's TP 8 and TP 4 x EP 4 Qwen3.5 rows run B200 0.5.9's plain `qwen3.5_fp8_b200.sh` (B300_AS_B200_KEYS), the
 # same loop and receive interval 10 / 30, so they take as B200 0.5.9's do; its TP 4 rows run the MTP script (spec v1) and
-# keep the take at a step's end (docs/fidelity.md, sgb3t29).
+# keep the take at a step's end (docs/fidelity-history.md, sgb3t29).
 OVERLAP_LOOP_TAKE = frozenset({("b200_sxm", "nightly-dev"), ("b200_sxm", "0.5.9"), ("b300_sxm", "0.5.10.post1"),
                                ("b300_sxm", "0.5.9")})
 
@@ -309,12 +309,12 @@ def spec_v1_constants(row: SiliconRow) -> dict[str, float]:
 # trtllm_mla` (the FP8 one also SGLANG_ENABLE_FLASHINFER_GEMM=true): the expert GEMMs, the weights a decode
 # step streams, run TensorRT-LLM's own trtllm-gen kernels, shipped in FlashInfer. So those rows stream the
 # weights at the efficiency fitted for TensorRT-LLM on the same GPU, not at SGLang's (fitted on its default
-# Triton MoE path and sitting at the fit grid's lowest multiplier, docs/fidelity.md). Only the weight
+# Triton MoE path and sitting at the fit grid's lowest multiplier, docs/fidelity-history.md). Only the weight
 # streaming: the per-layer floor, the all-reduce launch and the CPU time per step stay SGLang's.
 KERNEL_CONSTANTS = ("eta_memory",)
 # A GPU with no entry of the kernel engine takes the one of the GPU whose entry it would be fitted like: B300 has no
 # TensorRT-LLM rows, and its trtllm-gen kernels stream from the same 8 TB/s of HBM3e as B200's (the B300 0.5.10.post1
-# SGLang entry holds the same 0.85 for its decodes; docs/fidelity.md, sgb3_28).
+# SGLang entry holds the same 0.85 for its decodes; docs/fidelity-history.md, sgb3_28).
 KERNEL_GPU_FALLBACK = {"b300": "b200"}
 
 

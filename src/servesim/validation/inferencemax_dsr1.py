@@ -78,7 +78,7 @@ def dsr1_b200_trt(row: SiliconRow) -> Recipe:
 
 
 # Their MTP variants, `dsr1_fp8_b200_trt_mtp.sh` (InferenceX pull request 632, 2026-02-05) and `dsr1_fp4_b200_trt_mtp.sh`
-# (642, 2026-02-06), ran the rows recording 1.2.0rc6.post3, the image only they used (docs/fidelity.md): `speculative_config:
+# (642, 2026-02-06), ran the rows recording 1.2.0rc6.post3, the image only they used (docs/fidelity-history.md): `speculative_config:
 # {decoding_type: MTP, num_nextn_predict_layers: 3}`, 1 with attention DP; `--max_batch_size` the concurrency, per rank with
 # attention DP (CONC / TP); `--max_num_tokens` (MTP + 1) x that + prompt + 64 rounded up to 64, no floor; no batch waiting;
 # attention DP's `attention_dp_config` as above; FP8 KV cache; the same client with `--use-chat-template`, under which
@@ -99,7 +99,7 @@ MTP_DRAFT_LAYERS = 1  # DeepSeek-R1's one MTP module, run once per draft token
 # calibration_serving.yaml mtp_eager, fitted on rows of both kinds). The FP8 entry has no eager price (its first
 # tokens matched the plain release's), so only NVFP4 deployments take a price here. Per (GPU, release, precision),
 # chosen on a grid (0, 3.5e-4, 5e-4) against TTFT + TPOT on the release's rows outside held_out_ids, held-out rows
-# checked (docs/fidelity.md, issue 14, trtp3_26).
+# checked (docs/fidelity-history.md, issue 14, trtp3_26).
 MTP_PIECEWISE_EAGER_LAYER_S = {("b200_sxm", "1.2.0rc6.post3", "nvfp4"): 5e-4}
 MTP_FP8_EAGER_LOADS = {(1024, 1024): 4, (1024, 8192): 8, (8192, 1024): 16}  # most users without pieces (FP8)
 
@@ -180,7 +180,7 @@ def dsr1_trt_recipe(row: SiliconRow, scheduler: dict) -> Recipe:
 # trtllm_fp8_agg_..._tp8_ep1_<n>`: InferenceMAX's export names the EP it was not given). The rows that record
 # 1.1.0rc2.post2 are the same image's MTP variant (`dsr1-fp8-h200-trt-mtp`, pull request 392, 2026-01-15: its
 # search space is exactly theirs, attention DP at 128-256 users included; played as the B200 MTP scripts, below).
-# The plain rows play the plain script as the release it ran (docs/fidelity.md, "TensorRT-LLM H200
+# The plain rows play the plain script as the release it ran (docs/fidelity-history.md, "TensorRT-LLM H200
 # DeepSeek-R1: the plain and the MTP campaign").
 DSR1_H200_RELEASE = "1.1.0rc2.post2"
 
@@ -211,7 +211,7 @@ def dsr1_h200_trt(row: SiliconRow) -> Recipe:
 # the concurrency (per rank with attention DP), `--max_num_tokens` (MTP + 1) x that + prompt + 64 rounded up to 64 with
 # no floor, and the same client with `--use-chat-template`: the flags of the B200 MTP scripts, played as those are
 # (`dsr1_b200_trt_mtp`: drafts at the B200 campaigns' acceptance, the same model and MTP module). The release's decode
-# floor (`layer_floor_s`, calibration_serving.yaml) was fitted with the drafts played (docs/fidelity.md, trth200r1 and
+# floor (`layer_floor_s`, calibration_serving.yaml) was fitted with the drafts played (docs/fidelity-history.md, trth200r1 and
 # trth200b).
 
 

@@ -1,5 +1,5 @@
 """vLLM rows measured by InferenceMAX's benchmark scripts, played with their `vllm serve` flags
-and the scripts' client (`validation/inferencemax.py` describes the client; docs/fidelity.md, "vLLM
+and the scripts' client (`validation/inferencemax.py` describes the client; docs/fidelity-history.md, "vLLM
 rows run by InferenceMAX's scripts" and the sections after it).
 """
 
@@ -13,7 +13,7 @@ from servesim.validation.silicon_file import SiliconRow
 
 # InferenceMAX's vLLM scripts (`benchmarks/single_node/<model>_<precision>_<gpu>.sh`) as they ran the rows. The silicon
 # file's upstream `silicon_data_source` names InferenceMAX's exports and database dumps with their image
-# (`image=vllm/vllm-openai:<tag>`) and date for almost every aggregated vLLM row (docs/fidelity.md, "vLLM rows run by
+# (`image=vllm/vllm-openai:<tag>`) and date for almost every aggregated vLLM row (docs/fidelity-history.md, "vLLM rows run by
 # InferenceMAX's scripts"). Each script's client is benchmark_serving (validation/inferencemax.py), with `--num-warmups 2 x CONC` drained
 # before the measurement (so not played).
 @dataclass(frozen=True)
@@ -53,13 +53,13 @@ VLLM_DEFAULT_CAPTURE_CAP = 512
 # executor, whose `max_concurrent_batches` is then 2, so `EngineCore.step_with_batch_queue` schedules and launches the
 # next step while the GPU runs this one; rejected only with pipeline parallelism or speculative decoding, neither of
 # which the scripts use: played on H100, `async_scheduling`; not on B200, where the refit on the rows outside
-# held_out_ids left the held-out first tokens worse; docs/fidelity.md, vl70_27), no `--block-size`; `--max-num-seqs`
+# held_out_ids left the held-out first tokens worse; docs/fidelity-history.md, vl70_27), no `--block-size`; `--max-num-seqs`
 # CONC (H100) or 512 (B200): at or above every row's users.
 # B200 adds compilation fusions and `cudagraph_mode: FULL_DECODE_ONLY` (kernel settings, not flags servesim plays).
 # The H100 gpt-oss-120b rows without a version inside that sweep (TP 8, 8k/1k, 32 / 64 users, measured 2025-11-02) ran
 # `gptoss_fp4_h100_{docker,slurm}.sh` of `gptoss-tmpl.yml` (v0.10.2, TP 2 / 4 / 8): the same flags without a KV precision
 # (vLLM's auto: 16 bits), `cuda-graph-sizes: 2048`. Its 512-user rows lie outside every sweep of those dates.
-# Not the H200 ones (`gptoss_fp4_h200_slurm.sh`, the same flags): their first tokens come out 36-56 % fast (docs/fidelity.md).
+# Not the H200 ones (`gptoss_fp4_h200_slurm.sh`, the same flags): their first tokens come out 36-56 % fast (docs/fidelity-history.md).
 LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 
 # The H100 / H200 vLLM 0.18.0 rows record `vllm/vllm-openai:v0.18.0`, measured 2026-03-27: InferenceX pull requests 960
@@ -77,7 +77,7 @@ LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 # --max-num-seqs CONC --kv-cache-dtype fp8 --max-cudagraph-capture-size 2048 --max-num-batched-tokens $((ISL * 2))
 # --stream-interval 20`, no block size, prefix caching off, 1k/1k at 4-64 users and 8k/1k at 4-32. The release's
 # earlier Kimi rows (the script without those four flags, 2026-03-11 to 04-06) record TP 4 EP 4 or TP 8 and stay
-# outside this sweep (docs/fidelity.md, kimiv and vbw20).
+# outside this sweep (docs/fidelity-history.md, kimiv and vbw20).
 # The B200 MiniMax-M2.5 NVFP4 rows of the build `nightly-5b8c30d62b754b57` are InferenceMAX's `wip` export of 2026-04-03:
 # the branch of InferenceX pull request 996 at its commit 08bcde8f1 (2026-04-02, "Use vLLM nightly image ...", the config
 # `minimaxm2.5-fp4-b200-vllm` on `vllm/vllm-openai:nightly-5b8c30d...`, TP 2 and TP 4, 1k/1k at 4-512 users and 8k/1k at
@@ -86,12 +86,12 @@ LLAMA70_2025 = {(tp, 1): every_shape(4, 64) for tp in (1, 2, 4, 8)}
 # and no `--max-num-batched-tokens`, `--max-cudagraph-capture-size` (both added on the branch by commit a9c199207 of
 # 04-07, with memory 0.90 and no block size) or `--max-num-seqs`: `vllm serve`'s 8,192-token budget and 1,024 sequences,
 # and CUDA graphs captured up to min(2 x 1,024, 512) = 512 tokens, so every step with a prompt (at least
-# int(0.8 x 1,024) tokens) ran without graphs: the build's `eager_layer_s` (calibration_serving.yaml; docs/fidelity.md, vblw).
+# int(0.8 x 1,024) tokens) ran without graphs: the build's `eager_layer_s` (calibration_serving.yaml; docs/fidelity-history.md, vblw).
 # The B200 0.17.0 Kimi-K2.5 NVFP4 rows measured before that revision (the 2026-03-25 / 04-06 exports and the gap-analysis
 # copies of the same runs, 2026-03-11 to 04-06; recorded TP 4 EP 4, whose experts ran over TP: `experts_over_tp`, and
 # TP 8) ran `kimik2.5_fp4_b200.sh` of InferenceX pull requests 862 / 926 / 911: `--gpu-memory-utilization 0.90
 # --max-num-seqs CONC`, prefix caching off, no budget (vLLM's 8,192), block size, KV precision (auto) or capture size,
-# so graphs only up to 2 x CONC tokens (8-128) and every prompt step without them (docs/fidelity.md, kimiv and
+# so graphs only up to 2 x CONC tokens (8-128) and every prompt step without them (docs/fidelity-history.md, kimiv and
 # kimi22). Its sweep here is the rows' points; the two TP 8 rows of 04-20 (`_cfg636`) record the same columns.
 KIMI_B200_EARLY = VLLMScript(8192, 0.90, 16, {(4, 4): every_shape(4, 64), (8, 1): every_shape(4, 4)}, kv_fp8=False,
                              seqs_users=True)
@@ -126,7 +126,7 @@ VLLM_SCRIPTS: dict[tuple[str, str, str, str], VLLMScript | tuple[VLLMScript, ...
 # (the KV room differs several-fold between them), with 20-460 s first-token waits, where the script's engine admits
 # 512 sequences and its client (bench_serving) opens one connection per request; and six of them decode in a third
 # to a half of the same TP and shape's 64-user TPOT, which about 100 running requests cannot. What capped them, and
-# how many requests ran to their length, the file cannot tell (docs/fidelity.md, outl22).
+# how many requests ran to their length, the file cannot tell (docs/fidelity-history.md, outl22).
 OUTSIDE_SWEEP: dict[tuple[str, str, int], str] = {
     ("h100_sxm", "gpt-oss-120b", 512): ("vLLM H100 gpt-oss-120b at 512 users: outside every InferenceMAX sweep of its "
                                         "dates (4-64 users); its means hold about 100 requests in service, not 512"),
@@ -142,7 +142,7 @@ def outside_sweep_reason(row: SiliconRow) -> str | None:
 
 # Kimi-K2.5 NVFP4 on B200 / B300: the file records the InferenceMAX config's `ep: 4` for the TP 4 rows of 0.17.0, but
 # `kimik2.5_fp4_b200.sh` (2026-03-11 on) and `kimik2.5_fp4_b300.sh` pass no `--enable-expert-parallel` (nor read EP_SIZE),
-# so vLLM split every expert over the TP group (docs/fidelity.md, kimiv and vbw20).
+# so vLLM split every expert over the TP group (docs/fidelity-history.md, kimiv and vbw20).
 EXPERTS_OVER_TP_MODELS = frozenset({"kimi-k2.5"})
 
 
@@ -160,7 +160,7 @@ def experts_over_tp(row: SiliconRow) -> bool:
 # `minimaxm2.5_fp8_b200.sh` (every revision, 2026-03-11 to 04-21), `minimaxm2.5_fp8_b300.sh` (04-17 and 04-21) and
 # `minimaxm2.5_fp8_h100.sh` (every revision, 2026-03-01 to 07-05) serve with `--tensor-parallel-size=$TP` and
 # `--enable-expert-parallel` when EP_SIZE > 1 and have no data-parallel flag, so those runs were X GPUs, attention
-# TP X, experts over X (docs/fidelity.md, mmx21). The NVFP4 scripts do pass `--data-parallel-size=$TP` (with TP 1)
+# TP X, experts over X (docs/fidelity-history.md, mmx21). The NVFP4 scripts do pass `--data-parallel-size=$TP` (with TP 1)
 # for the configs marked `dp-attn`, which the recorded columns cannot tell from the plain `ep` ones: not decoded.
 NO_DATA_PARALLEL_SCRIPTS = frozenset({("b200_sxm", "minimax-m2.5", "fp8"), ("b300_sxm", "minimax-m2.5", "fp8"),
                                       ("h100_sxm", "minimax-m2.5", "fp8")})

@@ -5,14 +5,14 @@ In a closed loop of fixed lengths each request's decode shares its steps with ab
 users' prompts. With D the step model's decode step (every user at the mean context) and P0 one
 prompt's prefill step alone, (TPOT - D) x (osl - 1) / (c - 1) / P0 is what one such prompt costs
 the request's decode, in prefill steps: `prompt_cost_ratio`. Measured it is above what the
-simulation gives in the long-prompt rows (docs/fidelity.md, "Mixed prefill + decode steps").
+simulation gives in the long-prompt rows (docs/fidelity-history.md, "Mixed prefill + decode steps").
 
 Where the simulation puts the prompts: `interrupting_share` (the share of the other users' prompts
 whose prefill ends inside a request's decode; 0.5 in a lock-step wave, where the request prefilled
 j-th sees only the c - 1 - j prompts after it; about 1 with the users spread out) and
 `cycle_parts` (what a request's closed-loop cycle, TTFT + (osl - 1) x TPOT, gains or loses in its
 TTFT and in its decode, simulated against measured) tell a prompt that costs a decode too little
-from a prompt that lands in the wrong place (docs/fidelity.md, "Where the decodes lose time").
+from a prompt that lands in the wrong place (docs/fidelity-history.md, "Where the decodes lose time").
 
 The fit (`fit_mixed`) moves `mixed_prefill_slowdown` (the prompt tokens of a step that also decodes
 cost that share more of their own time) together with `seq_gpu_s` (the GPU time per sequence that

@@ -4,7 +4,7 @@ With at most `LOW_CONCURRENCY` users the client's requests barely queue, so the 
 the front end plus one prompt's prefill (plus the few prompts of the first wave ahead of it). Those
 rows pin down what the high-concurrency rows cannot separate from queueing: how a prefill's time
 grows with its length. On them servesim's shipped state was too fast at 1,024 tokens and too
-slow at 8,192 (docs/fidelity.md, "Prefill at low concurrency"): a fixed cost per request missing,
+slow at 8,192 (docs/fidelity-history.md, "Prefill at low concurrency"): a fixed cost per request missing,
 and the per-token cost of long prompts too high.
 
 Per (GPU, engine) this fits, by coordinate descent over absolute grids, on the rows outside

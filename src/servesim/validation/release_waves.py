@@ -5,7 +5,7 @@ system's value. For vLLM on H100 (0.18.0) and B300 (0.19.0) that cost is the err
 is one serial process, so a wave of `c` prompts of 8,192 tokens reaches the engine
 `c x prompt_token_s x 8,192` after its first prompt, and the fitted 5 us per token on H100 (2 us on
 B300) is 41 ms (16 ms) per prompt, more than the measured mean TTFT grows per user (about 8 ms at
-8,192 tokens on both systems; docs/fidelity.md, "vLLM on H100 and B300"). Here, per (engine,
+8,192 tokens on both systems; docs/fidelity-history.md, "vLLM on H100 and B300"). Here, per (engine,
 system, version) key, a coordinate descent over the front end (`latency_s`, `request_s`,
 `prompt_token_s`, absolute grids of fit.FRONTEND_GRID, latencies up to 0.3 s) and the prefill constants
 (`prefill.PERF_NAMES`, the grid of prefill.group_grid) scores TTFT plus a quarter of TPOT on every
@@ -28,7 +28,7 @@ Key = tuple[str, str, str]  # (engine, system, version)
 FRONTEND_NAMES = ("prompt_token_s", "latency_s", "request_s")
 # The release fit's front-end grid: fit.FRONTEND_GRID with longer fixed latencies, since one release's
 # first tokens can trail the others' by more than 0.1 s at every concurrency (TensorRT-LLM B200
-# 1.1.0rc2.post2: 130-230 ms at 4 users; docs/fidelity.md).
+# 1.1.0rc2.post2: 130-230 ms at 4 users; docs/fidelity-history.md).
 RELEASE_FRONTEND_GRID = {**FRONTEND_GRID, "latency_s": FRONTEND_GRID["latency_s"] + (0.15, 0.2, 0.3)}
 
 

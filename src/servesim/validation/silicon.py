@@ -99,7 +99,7 @@ def attention_dp_reason(row: SiliconRow) -> str | None:
 
 
 # The largest attention TP servesim's models accept (perf.models.check_tp). The measured rows above
-# it (TensorRT-LLM DeepSeek-R1 on 20-64 GB200 GPUs) ran attention DP with wide EP (docs/fidelity.md,
+# it (TensorRT-LLM DeepSeek-R1 on 20-64 GB200 GPUs) ran attention DP with wide EP (docs/fidelity-history.md,
 # "Replicas of more than 8 GPUs").
 MAX_ATTENTION_TP = 16
 
@@ -152,7 +152,7 @@ def row_dtype(row: SiliconRow) -> str:
 # generator's SGLang settings apply on the systems listed here. The file does not record each
 # run's flags; this is a per-(GPU, engine[, version]) deployment setting, never per row: (system,
 # version) pairs, "*" for every version. On B300 the 0.5.10.post1 runs (68 rows) match the
-# generator's settings and the 0.5.9 ones SGLang's defaults (docs/fidelity.md, versions). Since sgb3_29 the
+# generator's settings and the 0.5.9 ones SGLang's defaults (docs/fidelity-history.md, versions). Since sgb3_29 the
 # release's 58 Qwen3.5 rows play the InferenceX scripts that ran them (inferencemax.SGLANG_SCRIPTS, no mixed chunks);
 # only its 10 DeepSeek rows, whose script is not played, keep this.
 SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")})
@@ -162,7 +162,7 @@ SGLANG_MIXED_CHUNK = frozenset({("h200_sxm", "*"), ("b300_sxm", "0.5.10.post1")}
 # (rate = users / (TTFT + (osl - 1) x TPOT), one token per request per mixed step), its Llama-3.1-8B runs at
 # 1,000 / 100 admitted 2.9 (TP 4, 352 users) and 3.6 (TP 8, 448 users) prompts per step, where prompt + 1,500
 # less the running decodes (SGLang's PrefillAdder takes `mixed_with_decode_tokens` off it) admits at most two.
-# Keyed (system, version); docs/fidelity.md, "SGLang H200 0.5.6.post2: the eval campaign's prefill budget
+# Keyed (system, version); docs/fidelity-history.md, "SGLang H200 0.5.6.post2: the eval campaign's prefill budget
 # ... (issue 14, sgl8b)".
 SGLANG_DEFAULT_PREFILL_BUDGET = frozenset({("h200_sxm", "0.5.6.post2")})
 # SGLang's overlap loop (on by default) hands out a prefill batch's first tokens only after launching the next batch
@@ -171,17 +171,17 @@ SGLANG_DEFAULT_PREFILL_BUDGET = frozenset({("h200_sxm", "0.5.6.post2")})
 # batches, we disable overlap to improve the TTFT of the first batch", behind SGLANG_DISABLE_CONSECUTIVE_PREFILL_OVERLAP,
 # default off; issue 10514 measured a 32 % lower mean TTFT without the overlap loop). How late is not sourced: the share
 # of the next prefill step's GPU time, chosen on a grid (0.2-0.4 with the release's eta_compute 0.62-0.72) against TTFT
-# + TPOT of the release's rows outside held_out_ids (held-out rows checked). Keyed (system, version); docs/fidelity.md,
+# + TPOT of the release's rows outside held_out_ids (held-out rows checked). Keyed (system, version); docs/fidelity-history.md,
 # "SGLang H100 0.5.1.post1: the overlap loop's first tokens after a consecutive prefill (issue 14, sgh100_26)".
 # The loop is the same in 0.5.5-0.5.10.post1 (the forward now launched from the scheduler thread, the last batch
 # processed after it). B200 nightly-dev (Qwen3.5, `qwen3.5_bf16_b200.sh`, `--disable-radix-cache` so the overlap stays
 # on): 1.0, the grid's best on the fit side (0.3-1.0) and better held out; Qwen3.5's first Gated DeltaNet layer reads
 # its chunk lengths to the host (`prepare_chunk_indices`' `.tolist()`), so the next prefill's launch cannot end before
-# the batch it follows has. Other releases fitted and not keyed: docs/fidelity.md, "... beyond H100 0.5.1.post1
+# the batch it follows has. Other releases fitted and not keyed: docs/fidelity-history.md, "... beyond H100 0.5.1.post1
 # (issue 14, sgovl27)". Speculative rows (spec v1) run no overlap loop: inferencemax.sglang_recipe sets 0.
 # B300 0.5.10.post1, once its Qwen3.5 rows play their InferenceX scripts (the same loop, radix cache off): 1.0, the fit
 # side's best of 0 / 0.5 / 1.0 with the overlap take (58 rows' fit side 10.5 -> 9.0 %, held out 11.0 -> 10.6 %); its
-# DeepSeek rows, still the generator's play, move -79.9 -> -77.7 % (docs/fidelity.md, sgb3_29).
+# DeepSeek rows, still the generator's play, move -79.9 -> -77.7 % (docs/fidelity-history.md, sgb3_29).
 SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE = {("h100_sxm", "0.5.1.post1"): 0.3, ("b200_sxm", "nightly-dev"): 1.0,
                                            ("b300_sxm", "0.5.10.post1"): 1.0}
 # Campaigns deployed by AIConfigurator's generator whose SGLang KV cache is the checkpoint's own 16 bits. The generator
@@ -190,18 +190,18 @@ SGLANG_CONSECUTIVE_PREFILL_LAUNCH_SHARE = {("h100_sxm", "0.5.1.post1"): 0.3, ("b
 # config/backend_config_mapping.yaml); SGLang's `auto` keeps the model's BF16 unless the quantization config names an
 # FP8 KV scheme (ModelRunner.configure_kv_cache_dtype), which neither block-FP8 checkpoint of the H200 0.5.6.post2 eval
 # campaign (Llama-3.1-8B, Qwen3-235B-A22B-FP8) does; servesim's `auto` would take FP8 for FP8 weights. Only this
-# campaign's decode constants were refitted with it (calibration_serving.yaml); keyed (system, version); docs/fidelity.md,
+# campaign's decode constants were refitted with it (calibration_serving.yaml); keyed (system, version); docs/fidelity-history.md,
 # "SGLang H200 0.5.6.post2: the campaign's 16-bit KV cache ... (issue 14, sgh200v22)".
 SGLANG_CHECKPOINT_KV = frozenset({("h200_sxm", "0.5.6.post2")})
 # Measurement campaigns whose waves were not kept together: the runs that recorded no engine
 # version (the file's oldest) of vLLM with Llama-3.1-70B on H100 and B200 measure a first token
 # 1.5-2.5x faster than a drained warm-up followed by one wave of prompts can give at any token
 # budget; played with the warm-up in the same closed loop (users already out of step) they come
-# within 45-70 % (docs/fidelity.md, versions). Keyed (engine, system, version).
+# within 45-70 % (docs/fidelity-history.md, versions). Keyed (engine, system, version).
 # Coefficient of variation of the front end's per-request time per (system, engine), fitted on
 # the rows at even file positions; absent: 0. Empty: the spread that helps above 64 users (SGLang
 # B200 / H200) breaks the waves at 9-64 users too, and on all of the group's even rows 0 is best
-# (docs/fidelity.md, "Waves above 64 users: the client's start and a front-end time spread").
+# (docs/fidelity-history.md, "Waves above 64 users: the client's start and a front-end time spread").
 FRONTEND_TIME_CV: dict[tuple[str, str], float] = {}
 
 WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", "")})
@@ -209,21 +209,21 @@ WARMUP_CONTINUOUS = frozenset({("vllm", "h100_sxm", ""), ("vllm", "b200_sxm", ""
 # (measured 2025-10-29 to 2025-12-05, before AIConfigurator's generator had benchmark rules) show,
 # at 4 users and 8,192-token prompts, a first token as fast as one prefill alone (TP 2 / 4 / 8),
 # which no wave of simultaneous prompts can give. Played with the users started evenly over one
-# request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity.md.
+# request's decode time (`ramp_cycles` 1); keyed (engine, system, version); docs/fidelity-history.md.
 # Rows whose InferenceMAX script is known (the Llama-3.1-70B ones) play that script's client instead of either
 # special case: all users start at once, and lengths over [0.8 x, x] drift them apart after the first round.
 OUT_OF_STEP = frozenset({("vllm", "h100_sxm", "")})
 # Batch slots held in a campaign (TensorRT-LLM 1.0.0rc3 on H100: inferred from TTFT's growth with the output length,
 # not sourced; confirmed at the recorded 20 requests per user); keyed (engine, system, version); played unless
-# ClientOptions.engine_slots_held is off (docs/fidelity.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
+# ClientOptions.engine_slots_held is off (docs/fidelity-history.md, "TensorRT-LLM H100 1.0.0rc3: a token-rate ceiling").
 ENGINE_SLOTS_HELD: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 1}
 # TensorRT-LLM campaigns whose measured first tokens look like a context run one engine iteration after its slot:
 # the scheduler's `context_admission_lag_iterations` (fitted on the fit side, not sourced: py_executor.py's loops
-# run a request in the iteration that takes it); keyed (engine, system, version); docs/fidelity.md, trthold29.
+# run a request in the iteration that takes it); keyed (engine, system, version); docs/fidelity-history.md, trthold29.
 CONTEXT_ADMISSION_LAG: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 1}
 # Measured requests per user that a campaign's means record (validation/request_count.py reads them from the
 # means' decimals: AIConfigurator's benchmark script, 20 rounds per user); these rows play exactly that count
-# and no trailing round, as the script sends. Keyed (engine, system, version); docs/fidelity.md.
+# and no trailing round, as the script sends. Keyed (engine, system, version); docs/fidelity-history.md.
 RECORDED_ROUNDS: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.0rc3"): 20}
 # Measured requests per user of campaigns whose benchmark runner's source gives the count (played as
 # RECORDED_ROUNDS: that count, no trailing round). SGLang H200 0.5.6.post2 is AIConfigurator's `eval` campaign
@@ -231,7 +231,7 @@ RECORDED_ROUNDS: dict[tuple[str, str, str], int] = {("trtllm", "h100_sxm", "1.0.
 # SLA search chose): 0.5.6.post2 is the SGLang of Dynamo 0.8.0-0.8.1 (AIConfigurator's
 # generator/config/backend_version_matrix.yaml), and from 2025-10-14 until the eval module's removal on 2026-03-03
 # its runner (src/aiconfigurator/eval/benchmarks/genai_perf_runner.py) ran `aiperf profile --request-count 10c
-# --warmup-request-count 2c` (the warm-up drains first); docs/fidelity.md, "SGLang H200 by release and model ...
+# --warmup-request-count 2c` (the warm-up drains first); docs/fidelity-history.md, "SGLang H200 by release and model ...
 # (issue 14, sgh200)".
 RUNNER_ROUNDS: dict[tuple[str, str, str], int] = {("sglang", "h200_sxm", "0.5.6.post2"): 10}
 BUDGET_MARGIN_TOKENS = 1500
@@ -381,7 +381,7 @@ def scenario_perf_model(scenario: Scenario) -> PerfModel:
 def decode_cycle_s(scenario: Scenario, row: SiliconRow) -> float:
     """How long one request decodes with every user decoding: osl steps of a decode-only batch of
     `concurrency` sequences at the mean context. Users started evenly over it stay out of step
-    (fixed lengths keep their phases), the opposite of starting them all at once (docs/fidelity.md)."""
+    (fixed lengths keep their phases), the opposite of starting them all at once (docs/fidelity-history.md)."""
     perf = scenario_perf_model(scenario)
     ctx = row.isl + row.osl // 2
     return row.osl * perf.step_time_s([], [ctx] * row.concurrency)

@@ -45,7 +45,7 @@ class SiliconRow:
     # it so, the ones recorded as the engine's tp x ep product fill it (recorded_parallelism.py).
     attention_dp_recorded: bool = True
     # False when the release was not in the row's own cells but taken from its deployment config or its
-    # twins (`recover_versions`): those runs are older than the release's own (docs/fidelity.md,
+    # twins (`recover_versions`): those runs are older than the release's own (docs/fidelity-history.md,
     # "TensorRT-LLM B200 DeepSeek-R1: the InferenceMAX scripts of each release, and MTP").
     version_recorded: bool = True
     # True when a config export (`_cfg<N>` ids) records this row's deployment and point only with another
@@ -103,7 +103,7 @@ def recover_versions(rows: list[SiliconRow]) -> list[SiliconRow]:
     """Rows without a version take the one release that the file records for the same deployment
     config (`_cfg<N>` id, same engine and system), then the one release of their twins (`twin_versions`);
     a config or a twin set recorded with several releases, or with none, leaves its empty cells empty
-    (docs/fidelity.md, "TTFT of the worst groups" and "TensorRT-LLM B200 rows recorded twice")."""
+    (docs/fidelity-history.md, "TTFT of the worst groups" and "TensorRT-LLM B200 rows recorded twice")."""
     releases: dict[tuple[str, str, str], set[str]] = {}
     for r in rows:
         m = CONFIG_ID.search(r.id)

@@ -5,7 +5,7 @@ a request barely queues. Above 8 users the measured TTFT is mostly the wave: AIP
 user at once, the generator's token budget (batch + prompt + 1,500) lets TensorRT-LLM take about
 one prompt per step, so the k-th prompt of a wave waits for k - 1 steps that each carry one
 prefill beside the running decodes. How fast the mean TTFT grows with the users is then set by the
-cost of those steps, which the low-concurrency rows do not pin down (docs/fidelity.md,
+cost of those steps, which the low-concurrency rows do not pin down (docs/fidelity-history.md,
 "TensorRT-LLM TTFT by release"). Here the same constants (`prefill.PERF_NAMES` and an added
 front-end latency) are fitted per (engine, GPU, release) key with at least `min_rows` rows, on a
 spread sample of the key's rows at even file positions, every concurrency; the rows no key covers

@@ -75,7 +75,7 @@ class TRTLLMParams(SchedulerParams):
     scheduler first takes it (its slot and KV reservation granted) while other requests run; an idle engine
     (nothing started) runs it at once. 0 (the default) is TensorRT-LLM's loop as read (`py_executor.py`):
     a request taken runs its context in that iteration. A value > 0 stands for an unsourced delay between
-    a request's slot and its context, fitted per (GPU, engine, release) (docs/fidelity.md, trthold29)."""
+    a request's slot and its context, fitted per (GPU, engine, release) (docs/fidelity-history.md, trthold29)."""
     attention_dp_enable_balance: bool = False
     """With attention DP only (`attention_dp_config.enable_balance`, default off): the ranks hold
     their new contexts until every rank has one (replica/attention_dp_balance.py)."""
