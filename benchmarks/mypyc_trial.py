@@ -1,5 +1,5 @@
 """Compile servesim's hot modules with mypyc into a scratch copy of `src/`, to compare the
-compiled and the interpreted code in the same minutes (docs/performance.md, "The hot path
+compiled and the interpreted code in the same minutes (docs/performance-history.md, "The hot path
 compiled with mypyc"). The repository is not touched; nothing here is installed.
 
 Run: python benchmarks/mypyc_trial.py /tmp/servesim-mypyc      (needs `pip install mypy` and gcc)
