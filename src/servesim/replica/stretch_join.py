@@ -65,6 +65,8 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     joins = sched.arrivals_join(num_running)
     if not joins:
         return chunk_join(engine, st, now_s, num_running)  # (a prompt the budget chunks, Sarathi's)
+    if sched.reorders_running and engine.notice is not None and any(r.output_len < 2 for r, _ in joins):
+        return False  # (one leaving at its join step s, listed last there: `Engine._limit` ends stretches before)
     if sched.stalls_decodes:
         if not _stall_join(engine, st, now_s, joins):
             return False
