@@ -390,5 +390,6 @@ def _end_before_shared_departure(st: Stretch, k_safe: int) -> None:
         if r == rem[i + 1] and r > 1:  # (step r - 1, the last of both; step 0 is the `schedule`'s own)
             if max(r - 1, k_safe) < k:  # (keep the r - 1 steps before it; none joins at its start)
                 st.truncate(max(r - 1, k_safe))
-                st.final = st.limited = True
+                st.final = True
             return
+

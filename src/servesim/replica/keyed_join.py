@@ -52,7 +52,7 @@ from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.stretch import Stretch
-from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on, departs_together
 
 
 def with_keys(engine, st) -> bool:
@@ -74,6 +74,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     s = st.k
     if st.rests and st.rests[-1][0] >= s:
         return False  # (cut inside a turn's chunk steps: the budget is its chunks' up to its last)
+    if sched.reorders_running and departs_together(st, s):
+        return False  # (two leave at step s, which the stretch ends before: `Engine._limit`)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
