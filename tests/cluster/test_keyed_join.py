@@ -134,8 +134,8 @@ def test_a_turn_that_would_not_run_last_ends_the_stretch(monkeypatch):
     refused = []
     joins_last = KeyedScheduler.joins_last
 
-    def counted(self, req):
-        last = joins_last(self, req)
+    def counted(self, req, now_s):
+        last = joins_last(self, req, now_s)
         if not last and not self.swapped:
             refused.append(req.id)
         return last

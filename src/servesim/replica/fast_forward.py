@@ -12,6 +12,8 @@ tests/cluster/test_exactness.py, tests/golden).
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import math
 import numpy as np
 
@@ -183,6 +185,8 @@ class FastForwarding:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
+        if st.through and self.notice is not None and self.scheduler.reorders_running and type(st) is Stretch:
+            _end_before_shared_departure(st, k_safe)
         if not (st.first_new or st.keyed or st.grows):
             return st.k >= 2  # (nothing grows: a `SpecStretch` limits itself; a vLLM chunk stretch's prompt grows)
         bs = self.kv.block_size
@@ -371,4 +375,21 @@ class FastForwarding:
         self.recorder.log_lone(st.start_s, ends, n, st.num_waiting, self.kv.num_gpu_blocks - st.free_blocks, f, bs,
                                st.waiting_from)
         return done
+
+
+def _end_before_shared_departure(st: Stretch, k_safe: int) -> None:
+    """A stretch through finishes told one by one (`finish_notices.py`) of a policy whose running
+    order may change between its steps (`reorders_running`): end it before the first step that
+    two of its requests leave together (at or after `k_safe`). Stepping finishes them in the
+    order of that step's `schedule` (the finishes' follow-ups, ids and block frees come in that
+    order), which the stretch, listing its requests in its first step's order, does not know;
+    the next `schedule` runs that step with the order up to date."""
+    rem, k = st._sorted_rem, st.k
+    for i in range(st.num_noticed, bisect_right(rem, k) - 1):
+        r = rem[i]
+        if r == rem[i + 1] and r > 1:  # (step r - 1, the last of both; step 0 is the `schedule`'s own)
+            if max(r - 1, k_safe) < k:  # (keep the r - 1 steps before it; none joins at its start)
+                st.truncate(max(r - 1, k_safe))
+                st.final = True
+            return
 

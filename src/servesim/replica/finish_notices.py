@@ -48,11 +48,12 @@ def _notice(now_s: float, payload: tuple) -> None:
     st.notice_at = 0
     rem, n = st._sorted_rem, st.num_noticed
     m = bisect_right(rem, rem[n], n)  # those whose last token is this step's, in finish order
-    reqs = st.reqs
+    reqs, told = st.reqs, engine.scheduler.finish_noticed
     for i in st.departure_order()[n:m]:
         req = reqs[i]
         req.state = RequestState.FINISHED
         req.finish_s = now_s
+        told(req, now_s)  # (before its follow-ups: a policy's `add_request` may read its finish)
         engine.notice(req, now_s)
     st.num_noticed = m
     if engine.next_event_s() <= now_s:

@@ -25,7 +25,8 @@ before):
   `KeyedScheduler`'s, `priority` and `edf`, whose `_admit` of a lone waiting request that fits
   is vLLM's, with static keys that sort it after every running request; `hygen`'s with no
   offline request; or `andes`'s, the turn its only pending request and the KV use kept under
-  its knapsack's threshold (`join_blocks`): `joins_last`), the only waiting request, whole in
+  its knapsack's threshold (`join_blocks`); or `autellix`'s, its stepping accounting up to the
+  admission kept by the join (`joins_last`, `keyed_joined`): `joins_last`), the only waiting request, whole in
   the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`),
   and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
 
@@ -45,12 +46,13 @@ from servesim.replica.held_hits import held_by_departed
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
+from servesim.replica.schedulers.autellix import AutellixScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.stretch import Stretch
-from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on, departs_together
 
 
 def with_keys(engine, st) -> bool:
@@ -72,6 +74,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     s = st.k
     if st.rests and st.rests[-1][0] >= s:
         return False  # (cut inside a turn's chunk steps: the budget is its chunks' up to its last)
+    if sched.reorders_running and departs_together(st, s):
+        return False  # (two leave at step s, which the stretch ends before: `Engine._limit`)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
@@ -79,7 +83,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     req = next(iter(sched.waiting))
     max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
     if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
-            or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req)):
+            or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req, now_s)):
         return False
     hits = kv.get_computed_blocks(req)
     if hits.num_own:
@@ -90,7 +94,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     n = num_tokens - cached
     c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None:
+    if c != n and (not sched.chunk_joins or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
         return False  # a chunk of its prompt whose later steps are not certain
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,
@@ -167,6 +171,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     sched.start(req, cached, c, st.out)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
+    sched.keyed_joined(req)
     if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
         kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
     if chunked is not None:
@@ -212,7 +217,10 @@ def admits_keyed(engine) -> bool:
     prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
     finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask (but for
     what `joins_last` reads at each join)."""
-    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
+    # (a policy that reorders its batch from step to step, only where the stretches end before
+    # a step two requests leave together, which only closed-loop ones do: `Engine._limit`)
+    return (engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
+            and (engine.notice is not None or not engine.scheduler.reorders_running))
 
 
 def _vllm_admission(sched) -> bool:
@@ -229,6 +237,11 @@ def _vllm_admission(sched) -> bool:
                 and cls.join_blocks is AndesScheduler.join_blocks)
     if not (isinstance(sched, VLLMSteps) and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk):
         return False
+    if isinstance(sched, AutellixScheduler):  # (its accounting at the join step: `joins_last`, `keyed_joined`)
+        return (cls.schedule is KeyedScheduler.schedule and cls._admit is KeyedScheduler._admit
+                and cls.before_join is KeyedScheduler.before_join and cls.start is AutellixScheduler.start
+                and cls.joins_last is AutellixScheduler.joins_last and cls.keyed_joined is AutellixScheduler.keyed_joined
+                and not cls.chunk_joins)
     if isinstance(sched, VLLMScheduler):
         return (cls.schedule is VLLMScheduler.schedule and cls.arrivals_join is VLLMScheduler.arrivals_join
                 and cls.join is VLLMScheduler.join and cls.before_join is VLLMScheduler.before_join

@@ -31,7 +31,7 @@ prompts, the lookahead) succeeds there too. Checked by `tests/replica/test_spec_
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 
 from servesim.replica.chunk_join import chunk_join
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
@@ -65,6 +65,9 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     joins = sched.arrivals_join(num_running)
     if not joins:
         return chunk_join(engine, st, now_s, num_running)  # (a prompt the budget chunks, Sarathi's)
+    if sched.reorders_running and engine.notice is not None and (
+            departs_together(st, s) or any(r.output_len < 2 for r, _ in joins)):
+        return False  # (two leaving at the join step s, which the stretch would then run: `Engine._limit`)
     if sched.stalls_decodes:
         if not _stall_join(engine, st, now_s, joins):
             return False
@@ -250,3 +253,12 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     st.price(engine._own_horizon_s())  # (up to the next event anywhere, as `spec_fast_forward`)
     engine._schedule_stretch_end(st)
     return True
+
+
+def departs_together(st: Stretch, s: int) -> bool:
+    """Do two of the stretch's requests leave at step s (their last token)? A stretch of a policy
+    that reorders its batch ends before such a step (`fast_forward._end_before_shared_departure`),
+    so a join there, which would run step s inside the stretch, is refused."""
+    rem, r = st._sorted_rem, s + 1
+    i = bisect_left(rem, r)
+    return i + 1 < len(rem) and rem[i + 1] == r

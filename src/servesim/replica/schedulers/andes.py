@@ -273,7 +273,7 @@ class AndesScheduler(VLLMSteps):
         (`replica/keyed_join.py`): nothing (its pending order is refreshed per step, and only
         the request admitted leaves it: `start`)."""
 
-    def joins_last(self, req: Request) -> bool:
+    def joins_last(self, req: Request, now_s: float) -> bool:
         """Would waiting `req`, admitted into the stretch in flight by vLLM's calls, be what the
         next `schedule` does, and run after every running request in the later steps
         (`replica/keyed_join.py`)? While it is the only pending request (nothing swapped) and

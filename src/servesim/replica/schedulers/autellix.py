@@ -60,7 +60,19 @@ class AutellixParams(SchedulerParams):
 @register("autellix")
 class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     Params = AutellixParams
-    arrival_reads_finishes = True  # (a call's base service is its parents', settled at their finish)
+    reorders_running = True  # (each step sorts the batch by level, which service moves)
+    chunk_joins = False  # (a chunked prompt's later chunks take the budget in its level's place)
+
+    @property
+    def arrival_reads_finishes(self) -> bool:
+        # A newcomer's key reads its program's service, which its earlier calls' finishes
+        # settle. `finish_noticed` settles a departing call's service at its last step, as the
+        # stretch's end would, so that a later call (a chat's next turn, a user's next request)
+        # reads it up to date. Not so for a program's calls (`program_id`): several may run at
+        # once, and the others' service in the stretch so far is credited only at its end. The
+        # stretches are planned with the running calls known, and only lone calls and turns
+        # join them (`admits_joins`), so one look at the batch holds for the stretch.
+        return any(r.program_id is not None for r in self.running)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
@@ -110,6 +122,9 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # stretch's end credits them from their join step on and adds the time they waited.
         self._joined: dict[Request, float] = {}
         self._transferred = False  # a call joined running by `add_transferred` since `begin_step`
+        # Calls told to have left the stretch in flight (`finish_noticed`), credited through
+        # their last step already: the stretch's end (`forget`, `_credit`) passes over them.
+        self._told: set[Request] = set()
 
     @staticmethod
     def program(req: Request) -> object:
@@ -172,12 +187,38 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._entered[req] = None
         return super().swap_out(req, out, reuse_key)
 
+    def finish_noticed(self, req: Request, now_s: float) -> None:
+        # (`finish_notices.py`: `req`, a lone call or a chat's turn, left the stretch in flight at
+        # `now_s`.) Its service through its last step, as a stretch ending there credits it:
+        # the steps logged before the stretch (a lazy call), then now - the stretch's start in
+        # one addition (`_credit`'s for a call that finished at the stretch's last step). Its
+        # session holds one call fewer, as `forget` counts: a next turn arriving before the
+        # stretch ends is keyed, and made lazy, from its session's service up to date.
+        self._settle_running(req)
+        p = self.program(req)
+        queued_s = self._joined.pop(req, None) if self._joined else None
+        if queued_s is None:
+            d = now_s - self._step_start_s
+        else:  # (joined the stretch: served from its join step, after the wait `_joined_waits` adds)
+            self.wait_s[p] = self.wait_s[p] + (req.first_scheduled_s - queued_s)
+            d = now_s - req.first_scheduled_s
+        self.service_s[p] += d
+        self.call_service_s[req.id] += d
+        self._told.add(req)
+        self._release(req)
+
     def forget(self, req: Request) -> None:
         self._entered.pop(req, None)
         self._settle(req)
         self._settle_running(req)  # (a call finishing in this step is credited with it eagerly)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
         self._keys.pop(req, None)
+        if self._told and req in self._told:  # (told at its last step: released then; `_credit` clears it)
+            return
+        self._release(req)
+
+    def _release(self, req: Request) -> None:
+        """One call fewer held by its session (a chat's turn)."""
         if req.program_id is None and req.session_id is not None:
             p = self.program(req)
             n = self._calls_held.get(p, 0) - 1
@@ -276,6 +317,34 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         for req, _ in joins:
             self._joined[req] = queued[req.id]
         super().join(joins, out)
+
+    def joins_last(self, req: Request, now_s: float) -> bool:
+        # A turn (or any call without a program) admitted by `replica/keyed_join.py` at `now_s`,
+        # the start of step s, the only call waiting, nothing swapped. Stepping's pass at the end
+        # of step s - 1 adds now_s - its arrival to its program's waiting time, which the join
+        # adds at the stretch's end (`keyed_joined`, `_joined_waits`: the same float); so that
+        # pass must not promote the program (a promotion forgets its service: another level).
+        # Its program serves nothing else: a chat's turns follow one another (`_calls_held`).
+        # Then step s's `_admit` takes it by vLLM's `admit` (it fits: `keyed_join` checks). Each
+        # later step sorts the batch by level, which orders only its decodes (each gets its
+        # token whatever the order, the blocks counted free) and the departures of one step,
+        # before which the stretch ends (`reorders_running`); one at step s itself (a single
+        # output token) would end it there, listed last: refused.
+        if self.swapped or req.program_id is not None or req.output_len < 2:
+            return False
+        p = self.program(req)
+        if req.session_id is not None and self._calls_held.get(p) != 1:
+            return False
+        if self.params.mode == "atlas":
+            raw = self.call_base_s[req.id] + self.call_service_s[req.id]
+        else:
+            raw = self.service_s[p]
+        attained = max(raw - self.discount_s.get(p, 0.0), 0.0)
+        w = self.wait_s[p] + (now_s - self._queued_s[req.id])  # (`_wait_pass`'s, at step s - 1's end)
+        return not (attained > 0 and w >= self.params.starvation_ratio * attained)
+
+    def keyed_joined(self, req: Request) -> None:
+        self._joined[req] = self._queued_s[req.id]  # (credited as `join`'s lone calls at the stretch's end)
 
     def join_order_limit(self, joins: list[tuple[Request, int]], now_s: float) -> float:
         # A lone call joins at level 0 with no service: its level changes only once the steps

@@ -91,6 +91,9 @@ class AutellixAccounting:
             missed = set(run_lazy).difference(reqs)  # running, not scheduled: no credit this step
             for req in missed:
                 self._settle_running(req)
+        if self._told:  # (left the stretch before its end, credited then: `finish_noticed`)
+            eager = list(filterfalse(self._told.__contains__, eager))
+            self._told = set()  # (the stretch ends here: its finishes were processed before)
         program, service, call_service = self.program, self.service_s, self.call_service_s
         served = set()
         joined, self._joined = self._joined, {}

@@ -26,6 +26,15 @@ class FastForwardHooks:
     # attained service, a tenant's held count). A closed-loop workload's follow-up may then
     # arrive before a finish inside a stretch is processed, so stretches stop at finishes.
     arrival_reads_finishes: ClassVar[bool] = False
+    # Whether the running requests' order may change from one step to the next with no event (a
+    # key that progress moves: autellix's levels). A stretch through finishes told one by one
+    # then ends before a step that two of its requests leave together (`Engine._limit`): their
+    # finishes, follow-ups and frees come in that step's order, which the next `schedule` gives.
+    reorders_running: ClassVar[bool] = False
+    # Whether a next turn whose prompt the token budget chunks may join a keyed stretch with its
+    # chunks (`replica/keyed_chunk_join.py`): its later chunks come in the running pass after
+    # the decodes, where a policy running it last puts them (not autellix: by level).
+    chunk_joins: ClassVar[bool] = True
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         """May the engine repeat the step `schedule` just returned, and how far (see
@@ -167,6 +176,18 @@ class FastForwardHooks:
         decaying `new_token_ratio`). Also tells the policy `st` is in flight. Changes no
         state of the run. The default: kmax (a held head waits for a finish)."""
         return kmax
+
+    def keyed_joined(self, req: Request) -> None:
+        """Told after `replica/keyed_join.py` admitted `req` into the stretch in flight (its
+        `start` made, `first_scheduled_s` the join step's start), for a policy whose accounting
+        at the stretch's end credits a joined request from there. Default: nothing."""
+
+    def finish_noticed(self, req: Request, now_s: float) -> None:
+        """Told when `req` leaves a stretch through finishes under a closed-loop workload
+        (`replica/finish_notices.py`), at the end of its last step (`now_s`), before its
+        follow-ups are made; its finish (`finish`, `end_step`) comes with the stretch's end. A
+        policy whose `add_request` reads what a finish changes brings that up to date here and
+        says so by `arrival_reads_finishes` False. Default: nothing."""
 
     def finish_departs(self, reqs: list[Request]) -> None:
         """Told at a boundary of such a stretch, before `finish_admits`: the requests that left

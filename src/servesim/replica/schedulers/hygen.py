@@ -253,7 +253,7 @@ class HyGenScheduler(VLLMSteps):
         (`join`; `replica/keyed_join.py`)."""
         self._online_only, self._head_blocked = True, False  # (as `schedule` leaves them)
 
-    def joins_last(self, req: Request) -> bool:
+    def joins_last(self, req: Request, now_s: float) -> bool:
         """Would `req`, admitted into the stretch in flight, run after every running request in
         its later steps (`replica/keyed_join.py`)? Online only (`arrivals_join`'s condition):
         running requests keep their admission order, and `_admit_online` of a lone waiting

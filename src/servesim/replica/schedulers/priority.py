@@ -231,7 +231,7 @@ class KeyedScheduler(VLLMSteps):
         self.waiting.sort(key=self._waiting_sort_key())  # (as `schedule`: the order `arrivals_join` used)
         self._head_blocked = self._head_blocked_by_kv = False
 
-    def joins_last(self, req: Request) -> bool:
+    def joins_last(self, req: Request, now_s: float) -> bool:
         """Would `req`, admitted into the stretch in flight, run after every running request in
         its later steps (`replica/keyed_join.py`)? With static keys and its key the largest
         (a later arrival of the same priority), each step's sort leaves it last; with nothing

@@ -169,7 +169,7 @@ class VLLMScheduler(VLLMSteps):
         (`join`; `replica/keyed_join.py`, which admits a next turn with the hits it found)."""
         self._head_blocked_by_kv = False
 
-    def joins_last(self, req: Request) -> bool:
+    def joins_last(self, req: Request, now_s: float) -> bool:
         """Would `req`, admitted into the stretch in flight, run after every running request in
         its later steps (`replica/keyed_join.py`)? Yes: running requests keep their admission order."""
         return True
