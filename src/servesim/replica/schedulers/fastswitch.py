@@ -83,7 +83,13 @@ def context_key(req: Request):
 @register("fastswitch")
 class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
     Params = FastSwitchParams
-    arrival_reads_finishes = True  # (a tenant's held count, which a finish lowers)
+    # An arrival does not read a finish a stretch has not processed yet (`arrival_reads_finishes`
+    # stays False, so a closed loop's follow-ups are told inside stretches through finishes):
+    # `add_request` reads the tenants' held counts, which such a finish lowers, only while
+    # counting is deferred, and a stretch through finishes starts by counting everything and
+    # not deferring (`fast_forward`) until its end; the VTC lift reads them at the next
+    # `schedule`, after the stretch applied its finishes, or at a join (`join`)
+    # only with one tenant held, whose lift changes nothing (no other counter to lift it to).
     may_swap = True  # (it preempts by swap while the CPU tier has room)
 
     def __init__(self, params, config, kv, perf) -> None:
