@@ -40,6 +40,23 @@ def test_sessions_go_through_finishes_exactly(monkeypatch):
     assert fast.num_fast_forwarded_steps > 0.6 * len(fast.steps)  # (68 %: each arrival cuts one)
 
 
+
+@pytest.mark.parametrize("extra", [["workload.attributes.tenants={a: 0.5, b: 0.5}"],
+                                   ["workload.attributes.tenants={a: 0.6, b: 0.3, c: 0.1}",
+                                    "scheduler.priority_update_interval=5"]])
+def test_fastswitch_goes_through_finishes_with_several_tenants_exactly(extra, monkeypatch):
+    """`fastswitch`'s arrivals read its tenants' held counts, which a finish lowers, only while
+    counting is deferred (never inside a stretch through finishes) or in the lift of a join with
+    one tenant held: its follow-ups are told inside stretches, tenants coming back from idle
+    lifted as stepping lifts them (on main it stopped at every finish: none told)."""
+    fast, slow, told = run_both(BUSY + ["scheduler.name=fastswitch"] + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert fast.summary()["swap"] == slow.summary()["swap"]
+    assert slow.summary()["swap"]["num_copies"] > 0  # (the tenants' counters order swaps out)
+    assert told > 0.3 * len(fast.requests), told  # (241 and 210 of 500)
+    assert fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)
+
 def test_a_follow_up_without_think_time_ends_the_stretch_at_its_parents_finish(monkeypatch):
     """Stepping starts the next step before a follow-up made at a finish arrives (same time):
     the stretch ends at that finish rather than being cut there."""

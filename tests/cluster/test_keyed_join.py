@@ -90,6 +90,22 @@ def test_andes_next_turns_join_exactly(extra, monkeypatch):
     assert with_hits > 0.05 * len(fast.requests), with_hits
 
 
+
+@pytest.mark.parametrize("extra", [[], ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
+def test_fastswitch_next_turns_join_exactly(extra, monkeypatch):
+    """`fastswitch` with one tenant held walks in arrival order: a next turn, the latest arrival
+    and the only request waiting, is admitted after the running decodes by vLLM's `admit` and
+    stays last (`joins_last`), so its next turns join as vLLM's (on main every one ended the
+    stretch, whose finishes ended it too)."""
+    fast, slow, joins, with_hits = run_both(BUSY + ["scheduler.name=fastswitch"] + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert fast.summary()["swap"] == slow.summary()["swap"]
+    assert fast.num_fast_forwarded_steps > 0.5 * sum(len(r.steps.start_s) for r in fast.replicas)  # (fast-forward ran)
+    # (122 and 278 of 500)
+    assert joins > 0.15 * len(fast.requests), joins
+    assert with_hits > 0.05 * len(fast.requests), with_hits
+
 def test_turns_join_stretches_priced_ahead_by_the_lean_path(monkeypatch):
     """Among several replicas a stretch is priced arrival gaps ahead by numpy chunks: a next
     turn cut into it rebuilds the scalar state of its join step (as `join_arrivals` does), is

@@ -24,9 +24,10 @@ before):
 - vLLM's own admission (`VLLMScheduler`: `schedule`, `admit`, `first_chunk`; or a
   `KeyedScheduler`'s, `priority` and `edf`, whose `_admit` of a lone waiting request that fits
   is vLLM's, with static keys that sort it after every running request; `hygen`'s with no
-  offline request; or `andes`'s, the turn its only pending request and the KV use kept under
-  its knapsack's threshold (`join_blocks`); or `autellix`'s, its stepping accounting up to the
-  admission kept by the join (`joins_last`, `keyed_joined`): `joins_last`), the only waiting request, whole in
+  offline request; `andes`'s, the turn its only pending request and the KV use kept under
+  its knapsack's threshold (`join_blocks`); `autellix`'s, its stepping accounting up to the
+  admission kept by the join (`keyed_joined`); or `fastswitch`'s with one tenant held, whose walk
+  is then in arrival order: `joins_last`), the only waiting request, whole in
   the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`),
   and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
 
@@ -47,6 +48,7 @@ from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.autellix import AutellixScheduler
+from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
@@ -227,8 +229,14 @@ def _vllm_admission(sched) -> bool:
     """Is the next `schedule`'s admission of a lone waiting request vLLM's own (`admit` with
     the prefix hits, `first_chunk`), with no adapters: `VLLMScheduler` (its queue in order), or
     a `KeyedScheduler` admitting joins (`admits_joins`: no per-step state a join skips, its
-    `_admit` calling `admit` for the head, `join` as vLLM's), or `hygen` (`_admit_online`)?"""
+    `_admit` calling `admit` for the head, `join` as vLLM's), `hygen` (`_admit_online`), `andes`
+    or `fastswitch` (their walks' `admit`, where `joins_last` says the turn is admitted last)?"""
     cls = type(sched)
+    if isinstance(sched, FastSwitchScheduler):  # (one tenant held: its walk in arrival order, `joins_last`)
+        return (cls.schedule is FastSwitchScheduler.schedule and cls.admit is VLLMSteps.admit
+                and cls.first_chunk is VLLMSteps.first_chunk and cls.start is VLLMSteps.start
+                and cls.before_join is FastSwitchScheduler.before_join and cls.joins_last is FastSwitchScheduler.joins_last
+                and cls.join_blocks is VLLMSteps.join_blocks)
     if isinstance(sched, AndesScheduler):  # (a lone pending turn under the knapsack's threshold: `joins_last`)
         return (cls.schedule is AndesScheduler.schedule and cls.decide is AndesScheduler.decide
                 and cls._bring_in is AndesScheduler._bring_in and cls.admit is VLLMSteps.admit

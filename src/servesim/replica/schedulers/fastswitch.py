@@ -83,7 +83,13 @@ def context_key(req: Request):
 @register("fastswitch")
 class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
     Params = FastSwitchParams
-    arrival_reads_finishes = True  # (a tenant's held count, which a finish lowers)
+    # An arrival does not read a finish a stretch has not processed yet (`arrival_reads_finishes`
+    # stays False, so a closed loop's follow-ups are told inside stretches through finishes):
+    # `add_request` reads the tenants' held counts, which such a finish lowers, only while
+    # counting is deferred, and a stretch through finishes starts by counting everything and
+    # not deferring (`fast_forward`) until its end; the VTC lift reads them at the next
+    # `schedule`, after the stretch applied its finishes, or at a join (`join`, `before_join`)
+    # only with one tenant held, whose lift changes nothing (no other counter to lift it to).
     may_swap = True  # (it preempts by swap while the CPU tier has room)
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -348,11 +354,27 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
                              lambda req, budget: self.first_chunk(req, 0, budget))
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        # what `schedule` does before its walk (a refresh's snapshot is the stretch end's)
+        self.before_join()
+        admit_whole(self, joins, out)
+
+    def before_join(self) -> None:
+        """What `schedule` does before its walk, done by a join admitting in its place (`join`;
+        `replica/keyed_join.py`, which admits a next turn with the hits it found); a refresh's
+        snapshot is the stretch end's (`on_step_end`)."""
         if self._arrived:
             self._lift()
         self._blocked_head = None
-        admit_whole(self, joins, out)
+
+    def joins_last(self, req: Request, now_s: float) -> bool:
+        """Would waiting `req` (a next turn, the only request waiting), admitted into the stretch
+        in flight by vLLM's calls, be what the next `schedule` does, and run after every running
+        request in the later steps (`replica/keyed_join.py`)? With one tenant held, already
+        counted (no lift moves it), nothing swapped, in flight or transferred, and integral
+        prices (`arrivals_join`'s conditions): the walk is in arrival order, the running requests
+        decode first and the turn, the latest arrival, is admitted last by `admit` (no room to
+        make: the engine checks its blocks), and it stays last in that order."""
+        return (len(self._held) == 1 and not (self.swapped or self.swap_ready_s or self._unscheduled)
+                and self._defer_prices and req.tenant in self.counters)
 
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
