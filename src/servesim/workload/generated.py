@@ -218,8 +218,9 @@ class GeneratedWorkload:
 
 
 def _last_turn_shared(base: tuple[int, ...]) -> int:
-    """`Request.num_shared_hash_ids` of a session's last planned turn, whose ids are `base` (its
-    previous turn's whole context, or a first turn's shared prefix) and then a fresh range.
+    """`Request.num_shared_hash_ids` of a session's turn that no turn can follow
+    (`SessionPlanner.is_last`), whose ids are `base` (its previous turn's whole context, or a first
+    turn's shared prefix) and then a fresh range.
 
     Why: the fresh ids (the new message and the answer) come from a counter no other request
     draws from, and only a next turn would extend them; a session's turn count is drawn when it
