@@ -25,8 +25,8 @@ MOONCAKE = str(Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml
 TIGHT = ["workload.num_requests=600", "engine.gpu_memory_utilization=0.5"]
 
 
-def run(sets: list[str], monkeypatch, every_id: bool) -> tuple:
-    """(result, blocks registered, engines' `shared_keys_only`) with or without the counts."""
+def run(sets: list[str], monkeypatch, every_id: bool, path: str | None = None) -> tuple:
+    """(result, blocks registered) with or without the counts (Mooncake's replay unless `path`)."""
     registered = [0]
     append_held, register = Group.append_held, Group.register
 
@@ -41,9 +41,10 @@ def run(sets: list[str], monkeypatch, every_id: bool) -> tuple:
     with monkeypatch.context() as m:
         m.setattr(Group, "append_held", counted_append)
         m.setattr(Group, "register", counted_register)
-        if every_id:  # (the replay leaves the counts unknown: every id keyed)
+        if every_id:  # (the replay leaves the counts unknown, no session turn is known as its last: every id keyed)
             m.setattr(replay, "_with_shared", lambda req, n: req)
-        result = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
+            m.setattr(SessionPlanner, "is_last", lambda *args: False)
+        result = simulate(load_scenario(path or MOONCAKE, sets), keep_steps=True)
     return result, registered[0]
 
 
@@ -124,21 +125,8 @@ def test_a_sessions_last_turns_own_ids_unkeyed_give_the_same_results(extra, monk
     included, is the same as with every id keyed (recompute preemptions of last turns included;
     a policy that swaps keys them whole from the first preemption on; among 4 replicas the
     previous turns' blocks sit at other replicas)."""
-    def sim(every_id: bool) -> tuple:
-        registered = [0]
-        append_held, register = Group.append_held, Group.register
-        with monkeypatch.context() as m:
-            m.setattr(Group, "append_held", lambda self, n: (registered.__setitem__(0, registered[0] + n),
-                                                            append_held(self, n))[1])
-            m.setattr(Group, "register", lambda self, s0, s1: (registered.__setitem__(0, registered[0] + s1 - s0),
-                                                              register(self, s0, s1))[1])
-            if every_id:  # (no turn known as last: main's keys)
-                m.setattr(SessionPlanner, "is_last", lambda *args: False)
-            result = simulate(load_scenario(SESSIONS, SESSION_SETS + extra), keep_steps=True)
-        return result, registered[0]
-
-    own, own_blocks = sim(every_id=False)
-    every, every_blocks = sim(every_id=True)
+    own, own_blocks = run(SESSION_SETS + extra, monkeypatch, every_id=False, path=SESSIONS)
+    every, every_blocks = run(SESSION_SETS + extra, monkeypatch, every_id=True, path=SESSIONS)
     assert outcome(own) == outcome(every)
     assert [r.num_cached_tokens_total for r in own.requests] == [r.num_cached_tokens_total for r in every.requests]
     assert_same_steps(own, every)
