@@ -16,6 +16,7 @@ from servesim.replica.prefix_groups import Group
 from servesim.replica.schedulers.base import Scheduler
 from servesim.workload import build_workload, replay
 from servesim.workload.traces.registry import SHIPPED_TRACES
+from servesim.workload.sessions import SessionPlanner
 from servesim.workload.traces.writers import write_trace
 
 from .helpers import assert_same_steps, outcome
@@ -24,8 +25,8 @@ MOONCAKE = str(Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml
 TIGHT = ["workload.num_requests=600", "engine.gpu_memory_utilization=0.5"]
 
 
-def run(sets: list[str], monkeypatch, every_id: bool) -> tuple:
-    """(result, blocks registered, engines' `shared_keys_only`) with or without the counts."""
+def run(sets: list[str], monkeypatch, every_id: bool, path: str | None = None) -> tuple:
+    """(result, blocks registered) with or without the counts (Mooncake's replay unless `path`)."""
     registered = [0]
     append_held, register = Group.append_held, Group.register
 
@@ -40,9 +41,10 @@ def run(sets: list[str], monkeypatch, every_id: bool) -> tuple:
     with monkeypatch.context() as m:
         m.setattr(Group, "append_held", counted_append)
         m.setattr(Group, "register", counted_register)
-        if every_id:  # (the replay leaves the counts unknown: every id keyed)
+        if every_id:  # (the replay leaves the counts unknown, no session turn is known as its last: every id keyed)
             m.setattr(replay, "_with_shared", lambda req, n: req)
-        result = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
+            m.setattr(SessionPlanner, "is_last", lambda *args: False)
+        result = simulate(load_scenario(path or MOONCAKE, sets), keep_steps=True)
     return result, registered[0]
 
 
@@ -108,3 +110,35 @@ def test_a_trace_file_gets_the_counts_and_the_arrays_results(fmt, tmp_path, monk
     assert_same_steps(from_file, arrays)
     assert from_file.prefix_hits == arrays.prefix_hits and sum(r.num_preemptions for r in arrays.requests) > 10
     assert file_blocks == arrays_blocks  # (every id keyed, as without the first pass: 3.8 times as many)
+
+
+SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
+SESSION_SETS = ["workload.num_requests=300", "engine.gpu_memory_utilization=0.35", "workload.arrival.rate_per_s=2",
+                "workload.sessions.turns=[1,3]"]
+
+
+@pytest.mark.parametrize("extra", [[], ["scheduler.name=andes", "engine.swap_space_gb=0.5"],
+                                   ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
+def test_a_sessions_last_turns_own_ids_unkeyed_give_the_same_results(extra, monkeypatch):
+    """A session's last turn counts only its previous turn's ids as shared (`SessionPlanner.is_last`):
+    its new message's and answer's blocks are plain, and every result, step log and prefix hit
+    included, is the same as with every id keyed (recompute preemptions of last turns included;
+    a policy that swaps keys them whole from the first preemption on; among 4 replicas the
+    previous turns' blocks sit at other replicas)."""
+    own, own_blocks = run(SESSION_SETS + extra, monkeypatch, every_id=False, path=SESSIONS)
+    every, every_blocks = run(SESSION_SETS + extra, monkeypatch, every_id=True, path=SESSIONS)
+    assert outcome(own) == outcome(every)
+    assert [r.num_cached_tokens_total for r in own.requests] == [r.num_cached_tokens_total for r in every.requests]
+    assert_same_steps(own, every)
+    assert own.prefix_hits == every.prefix_hits and own.prefix_hits[1] > 0
+    last = {}
+    for r in own.requests:
+        if r.turn >= last.get(r.session_id, r).turn:
+            last[r.session_id] = r
+    marked = [r for r in last.values() if r.num_shared_hash_ids is not None]
+    assert len(marked) > 50  # (the path ran: most sessions end at their planned turn count)
+    if not extra:
+        assert sum(r.num_preemptions for r in marked) > 20  # (last turns preempted, and hitting their own blocks again)
+    if "scheduler.name=andes" in extra:  # (swapped or preempted last turns keyed every id from then on)
+        assert sum(r.num_preemptions > 0 and r.num_shared_hash_ids is None for r in last.values()) > 20
+    assert own_blocks < 0.95 * every_blocks  # (the last turns' new blocks: not registered)

@@ -105,3 +105,36 @@ def test_a_turns_ids_are_its_ranges_not_a_copy_of_its_history():
     assert pickle.loads(pickle.dumps(turn)) == turn and repr(turn[:3]) == repr((0, 1, 2))
     assert follow.extend(turn, 11_000 * 16) is turn and follow.extend(turn, 300 * 16) == ref[:300]
     assert IdRanges(ref[:5_200], (0, 20, 5_000, 5_200)) == turn[:5_200]  # from the ids and their ranges
+
+
+def test_a_sessions_last_turn_counts_only_its_previous_turns_ids_as_shared():
+    """A turn that no turn can follow (its session's last planned turn, or a context already past
+    `max_prompt_tokens`) says its ids past its previous turn's are its own
+    (`Request.num_shared_hash_ids`, as a replay's counts: no other request has them); every other
+    turn leaves the count unknown, those whose session ends later for the next message's length
+    or the request limit included."""
+    limit = 1200
+    cfg = {**SESSIONS, "sessions": {"turns": [1, 4], "think_time_s": 5.0, "think_time_dist": "fixed",
+                                    "max_prompt_tokens": limit}}
+    reqs = drive(make(cfg))
+    ids_of = {}
+    for r in reqs:
+        for h in r.hash_ids:
+            ids_of.setdefault(h, set()).add(r.id)
+    marked = by_cap = one_turn = 0
+    unmarked_ends = 0
+    for turns in by_session(reqs).values():
+        for prev, r in zip([None, *turns], turns):
+            if r.num_shared_hash_ids is None:
+                unmarked_ends += r is turns[-1]
+                continue
+            assert r is turns[-1]  # (no turn followed it)
+            marked += 1
+            shared = len(prev.hash_ids) if prev is not None else 1
+            assert r.num_shared_hash_ids == shared
+            assert all(ids_of[h] == {r.id} for h in r.hash_ids[shared:])  # (its own ids: in no other request)
+            assert r.hash_ids[shared:] or prev is None
+            by_cap += r.prompt_len + r.output_len > limit
+            one_turn += prev is None
+    assert marked > 120 and by_cap >= 5 and one_turn > 30  # (157, 8, 44)
+    assert unmarked_ends >= 5  # (9: ended by the next message's length or the request limit: not known when emitted)

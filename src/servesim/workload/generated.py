@@ -137,6 +137,8 @@ class GeneratedWorkload:
                 r = self._emit(unit, nxt.arrival_s, nxt.prompt_len, nxt.output_len, nxt.hash_ids)
                 if r is not None:
                     r.session_id, r.turn = unit.uid, nxt.turn
+                    if self._sessions.is_last(nxt.turn, unit.turns, nxt.prompt_len, nxt.output_len):
+                        r.num_shared_hash_ids = _last_turn_shared(req.hash_ids)  # (no turn extends its ids)
                     follow.append(r)
         elif unit.program is not None and self._programs is not None:
             follow = self._issue_calls(unit, self._programs.on_done(unit.program, req, now_s))
@@ -193,6 +195,8 @@ class GeneratedWorkload:
             return []
         if self._sessions is not None:
             req.session_id = unit.uid
+            if ids and self._sessions.is_last(0, unit.turns, prompt, output):  # (a session of one turn)
+                req.num_shared_hash_ids = _last_turn_shared(base_ids)
         return [req]
 
     def _issue_calls(self, unit: _Unit, specs: list[CallSpec]) -> list[Request]:
@@ -211,3 +215,22 @@ class GeneratedWorkload:
             state.outstanding += 1
             out.append(req)
         return out
+
+
+def _last_turn_shared(base: tuple[int, ...]) -> int:
+    """`Request.num_shared_hash_ids` of a session's turn that no turn can follow
+    (`SessionPlanner.is_last`), whose ids are `base` (its previous turn's whole context, or a first
+    turn's shared prefix) and then a fresh range.
+
+    Why: the fresh ids (the new message and the answer) come from a counter no other request
+    draws from, and only a next turn would extend them; a session's turn count is drawn when it
+    starts (`SessionPlanner.num_turns`), so its last turn is known when it is emitted. Its fresh
+    ids' blocks can then be hit by no other request (by itself only after a preemption, which
+    finds them as its own surviving blocks either way), as a replay's own ids
+    (`replay.shared_counts`): under `Engine.shared_keys_only` they are plain blocks, never
+    registered, probed, evicted from the index or dropped. At least 1, as the replay's counts
+    (policies test a request for prefix keys). A last turn is known when it is emitted where
+    `SessionPlanner.is_last` says so; a session that ends for what is drawn or done later (the
+    context limit passed by the next message, a turn not finished, the request limit) keeps
+    every id keyed."""
+    return max(len(base), 1)

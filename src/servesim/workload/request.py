@@ -64,7 +64,8 @@ class Request:
     parents: tuple[int, ...] = ()  # ids of calls (requests) this call waits for
     max_tokens: int | None = None  # user cap; reservation-based admission reads it
     # Leading hash ids up to the last one another request of the run also has (a replay knows
-    # every request up front: `workload/replay.py`); the ids after it are this request's alone,
+    # every request up front: `workload/replay.py`; a session's last turn, its previous turn's:
+    # `workload/generated.py`); the ids after it are this request's alone,
     # so no other request can hit their blocks. None: not known (every id may be shared), or
     # keyed whole from its first preemption on under a policy that may swap (`key_every_id`).
     num_shared_hash_ids: int | None = None

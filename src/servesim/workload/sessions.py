@@ -47,6 +47,12 @@ class SessionPlanner:
         # Cover prompt and answer: the next turn re-reads both.
         return self._hashes.extend(base, prompt_len + output_len)
 
+    def is_last(self, turn: int, turns_total: int, prompt_len: int, output_len: int) -> bool:
+        """Can no turn follow this one, whatever is drawn or happens after it is emitted? Its
+        session's last planned turn, or a context (prompt and answer) past the limit already:
+        `next_turn`'s prompt, that context plus a new message, would pass it too."""
+        return turn + 1 >= turns_total or prompt_len + output_len > self._cfg.max_prompt_tokens
+
     def next_turn(self, done: Request, now_s: float, turns_total: int) -> NextTurn | None:
         """The follow-up of a finished turn, or None when the session ends."""
         if done.state != RequestState.FINISHED or done.turn + 1 >= turns_total:
