@@ -290,7 +290,13 @@ class Stretch(StretchJoins, StretchPricing):
     def truncate(self, k: int) -> None:
         """Keep the first k steps (k >= 1); nothing priced ahead is taken any more."""
         if k < self._priced and getattr(self, "_f", None):  # (a `ChunkStretch` has none)
-            self._f = None  # the scalar loop's state was a later step's: `_sync` rebuilds it
+            # the scalar loop's state was a later step's: unwound to step k (a plain stretch
+            # through finishes: a busy replica's among many, cut a few steps into the steps it
+            # priced ahead), else `_sync` rebuilds it
+            if type(self) is Stretch and self.through:
+                self._unwind(k)
+            else:
+                self._f = None
         self._priced = k
         self._take(k)
 
