@@ -208,7 +208,13 @@ def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
         runs = req.token_steps
         if not runs:
             continue
-        marks = req.moves or [(0, req.replica)]
+        if not req.moves:  # (served by one replica throughout, nearly every request: all its runs move by one offset)
+            off = offsets[req.replica]
+            if off:
+                for i in range(len(runs)):
+                    runs[i] += off
+            continue
+        marks = req.moves
         bounds = [m[0] for m in marks[1:]] + [len(runs)]
         for (start, rep), stop in zip(marks, bounds):
             off = offsets[rep]

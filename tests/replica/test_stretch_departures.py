@@ -83,6 +83,36 @@ def test_finished_by_counts_the_requests_whose_last_step_ended_before_t(perf, re
     assert max(counted) == sum(1 for r in remaining if r < max(remaining))  # up to all but the last
 
 
+def test_finished_until_goes_on_from_the_last_count_and_starts_over_when_it_no_longer_holds(perf, monkeypatch):
+    """Reads at later and later times (a router's, at each arrival) count on from the last
+    count (`_fin`) without a search, however many left before; a read that the last count
+    does not hold for (an earlier t, a cut before its step) counts from none: every answer is
+    the definition's."""
+    remaining = list(range(2, 42))  # one departure a step, 39 before the last
+    st = _scalar_stretch(perf, [300] * len(remaining), remaining)
+    st.price(float("inf"))
+    searches, search = [], Stretch.step_in_flight
+    monkeypatch.setattr(Stretch, "step_in_flight", lambda self, t: searches.append(t) or search(self, t))
+
+    def want(t):
+        ends = list(st.ends)
+        n = sum(1 for r in remaining if r <= st.k - 1 and ends[r - 1] < t)
+        nxt = sorted(remaining)[n] if n < len(remaining) else st.k
+        return n, (ends[nxt - 1] if nxt <= st.k - 1 else math.inf)
+
+    times = [t for e in st.ends for t in (e, math.nextafter(e, math.inf))]
+    for t in times:  # in order: each read scans on from the last count, none of them searches
+        assert st.finished_until(t) == want(t)
+    assert st._fin == 39 and searches == []
+    t = float(st.ends[9])
+    assert st.finished_until(t) == want(t) == (8, t)  # an earlier time: counted from none, a search past four
+    assert searches == [t]
+    assert st.finished_by(float(st.ends[11]) + 1e-9) == 11 and len(searches) == 1  # on from 8: three more
+    t = float(st.ends[20])
+    st.cut(float(st.ends[5]))  # the steps from 6 on are gone: the count of 11 holds no longer
+    assert st.k == 6 and st.finished_until(t) == want(t) == (4, math.inf)
+
+
 def test_batch_runs_of_a_stretch_nobody_left_and_of_one_with_departures(perf):
     st = _scalar_stretch(perf, [100, 200, 300], [50, 20, 20])
     st.price(0.021)  # one step past step 0

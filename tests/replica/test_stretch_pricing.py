@@ -418,3 +418,31 @@ def test_the_scalar_loop_prices_run_by_run_the_floats_of_stepping(overlap, numpy
         assert len(st._ends) == 512
     if overlap:  # (both sides of the max taken)
         assert times.count(0.0091) > 50 and sum(x > 0.0091 for x in times) > 50
+
+
+@pytest.mark.parametrize("forms", [False, True])  # `_price_loop` or the affine forms' `_price_affine`
+def test_a_truncation_unwinds_the_scalar_state_to_its_step_with_those_that_left_after_it(forms, monkeypatch):
+    """A plain stretch through finishes truncated inside the steps its scalar loop priced keeps
+    a scalar state, that of the step it is cut back to: the requests that left after that step
+    (ties included) back in the batch, every context back by the steps dropped. The same
+    integers as `_sync`'s pass (not called), so a join there takes the lean path at once."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    ctx1 = [300 + 97 * i for i in range(10)]
+    remaining = [5, 9, 9, 9, 14, 20, 20, 27, 31, 40]  # ties: three leave before step 9, two before 20
+
+    def sync_fails(self):
+        raise AssertionError("the state is rebuilt by a pass")
+
+    for j in (2, 5, 8, 9, 10, 19, 20, 21, 26):
+        st = Stretch(0.0, 0.02, None, [], [], [_Req() for _ in ctx1], list(ctx1), list(remaining), True,
+                     lambda k: perf.decode_time_fn(k) or False, perf, 0,
+                     _Forms(perf)._decode_forms if forms else (lambda n: None))
+        st.price(float(30 * 0.02))  # (the scalar loop: a near horizon, about 30 steps)
+        assert st._f and st._priced == st.k > 26
+        monkeypatch.setattr(Stretch, "_sync", sync_fails)
+        st.truncate(j)
+        monkeypatch.undo()
+        running = [c + j - 1 for c, r in zip(ctx1, remaining) if r > j]
+        assert (st.k, st._priced, st._p, st._active, st._ctx_sum) == (j, j, sum(r <= j for r in remaining),
+                                                                      len(running), sum(running))
+        assert st._f is not None and st._f(st._ctx_sum) == perf.decode_time_fn(len(running))(sum(running))

@@ -91,6 +91,7 @@ class ChunkStretch(Stretch):
         self.gen = 0
         self._perf = engine.perf
         self._order = self._sorted_rem = None  # (nobody leaves before the last step)
+        self._fin = 0  # (`finished_by`'s last count: `ThroughChunkStretch` sets `_sorted_rem`)
         self._ctxs = decode_ctxs
         self._ctx_sum0 = sum(decode_ctxs)
         # the perf model's scalar form of these steps: (cached, decodes' context sum) -> time

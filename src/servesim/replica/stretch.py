@@ -34,6 +34,8 @@ from servesim.replica.stretch_chunks import DecodeForms
 from servesim.replica.stretch_joins import StretchJoins
 from servesim.replica.stretch_pricing import StretchPricing
 
+_INF = float("inf")
+
 # the perf model's scalar decode step time for n sequences (ctx_sum -> seconds), or False
 DecodeFn = Callable[[int], "Callable[[int], float] | Literal[False]"]
 
@@ -46,7 +48,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs", "join_shared", "rests")
+                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -77,6 +79,7 @@ class Stretch(StretchJoins, StretchPricing):
         # is sorted only when a departure is priced (`departure_order`)
         self._sorted_rem = sorted(remaining) if through else None
         self._order = None
+        self._fin = 0  # the last `finished_by` count (where the next read starts)
         self.kmax = self._sorted_rem[-1] if through else min(remaining)
         n = len(reqs)
         # End times of the steps (s): the first k are the stretch's, up to `_priced` are priced
@@ -287,7 +290,13 @@ class Stretch(StretchJoins, StretchPricing):
     def truncate(self, k: int) -> None:
         """Keep the first k steps (k >= 1); nothing priced ahead is taken any more."""
         if k < self._priced and getattr(self, "_f", None):  # (a `ChunkStretch` has none)
-            self._f = None  # the scalar loop's state was a later step's: `_sync` rebuilds it
+            # the scalar loop's state was a later step's: unwound to step k (a plain stretch
+            # through finishes: a busy replica's among many, cut a few steps into the steps it
+            # priced ahead), else `_sync` rebuilds it
+            if type(self) is Stretch and self.through:
+                self._unwind(k)
+            else:
+                self._f = None
         self._priced = k
         self._take(k)
 
@@ -304,35 +313,47 @@ class Stretch(StretchJoins, StretchPricing):
 
     def finished_by(self, t: float) -> int:
         """How many requests emitted their last token in steps that ended before `t`
-        (`finished_before(step_in_flight(t))`, read at every routing decision: none while the
-        first departure's step has not ended, without a search)."""
-        rem = self._sorted_rem
-        if rem is None:
-            return 0
-        # request r's last token is step r - 1's: it counts if that step ended before t and is
-        # not the stretch's last (the step in flight at or after its end). Departures in order
-        # of r end in that order, so count up to the first that does not (a stretch holds one
-        # or two requests at 8 replicas: a short scan, not a search of its steps; many, a search).
-        k, ends = self.k, self._endv
-        n = 0
-        for r in rem:
-            if r >= k or ends[r - 1] >= t:
-                return n
-            n += 1
-            if n == 4:
-                return bisect_left(rem, self.step_in_flight(t) + 1)
-        return n
+        (`finished_before(step_in_flight(t))`, read at every routing decision)."""
+        return self.finished_until(t)[0]
 
     def finished_until(self, t: float) -> tuple[int, float]:
         """`finished_by(t)`, and up to when it stays that without a change here: the end of
         the next departure's last step, which counts from then on once it is a taken step and
         not the last (the stretch's end event processes that one); else never (inf). One call
         for the router's kept counts (`Replica.outstanding_until`)."""
-        n = self.finished_by(t)
         rem = self._sorted_rem
-        if rem is None or n == len(rem) or rem[n] >= self.k:
-            return n, float("inf")
-        return n, self._endv[rem[n] - 1]
+        if rem is None:
+            return 0, _INF
+        # request r's last token is step r - 1's: it counts if that step ended before t and is
+        # not the stretch's last (the step in flight at or after its end). Departures in order
+        # of r end in that order, so those that count are a prefix of `rem`. The routers read
+        # at later and later times (at each arrival) while a busy stretch keeps up to dozens
+        # that left, so the count goes on from the last one read (`_fin`) when one read shows
+        # it still holds (its last request counts, so every one before it does: a cut, join or
+        # stall since keeps `rem` sorted and the steps that ended before t); else (an earlier
+        # t, a cut before that step) from none. Then a short scan (none or one at 8 replicas),
+        # or a search past four.
+        k, ends = self.k, self._endv
+        n = self._fin
+        if n and (n > len(rem) or (r := rem[n - 1]) >= k or ends[r - 1] >= t):
+            n = 0
+        last, scan = len(rem), n + 4
+        while n < last:
+            r = rem[n]
+            if r >= k:
+                break
+            if (end := ends[r - 1]) >= t:
+                self._fin = n
+                return n, end
+            n += 1
+            if n == scan:
+                n = bisect_left(rem, self.step_in_flight(t) + 1)
+                self._fin = n
+                if n < last and (r := rem[n]) < k:
+                    return n, ends[r - 1]
+                return n, _INF
+        self._fin = n
+        return n, _INF
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""

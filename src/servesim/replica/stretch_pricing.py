@@ -220,6 +220,26 @@ class StretchPricing:
             self._ctx_sum = self._ctx_total + (j - 1) * self._active
         self._f = self._decode_fn(self._active) if self._active else None
 
+    def _unwind(self, j: int) -> None:
+        """The scalar state of step j < `_priced` from that of step `_priced` (`_f` set): the
+        requests that left between them rejoin, each found by a scan of `remaining` as `_leave`
+        found it, and everyone's context goes back by the steps between. The same exact integers
+        as `_sync`'s pass over the batch (with up to dozens that left, at a busy replica among
+        many, where a cut drops a few of the steps priced ahead and usually no departure)."""
+        rem, remaining, ctx1 = self._sorted_rem, self.remaining, self.ctx1
+        p, active = self._p, self._active
+        ctx = self._ctx_sum - active * (self._priced - j)
+        i = r_prev = -1
+        while p and rem[p - 1] > j:  # (those with remaining in (j, _priced] left before step _priced)
+            p -= 1
+            r = rem[p]
+            i = remaining.index(r, i + 1 if r == r_prev else 0)
+            ctx += ctx1[i] + j - 1
+            active += 1
+            r_prev = r
+        self._p, self._ctx_sum, self._active = p, ctx, active
+        self._f = self._decode_fn(active) if active else None
+
     def _prefix(self) -> list[int]:
         """Prefix sums of ctx1 in increasing order of remaining, made once."""
         if self._prefix_sums is None:
