@@ -98,3 +98,26 @@ def test_a_running_siblings_program_keeps_the_stretch_at_finishes():
     sched.pins[("program", 8)] = (99, 5.0)  # (a pin of a running call's program: its finish would free it)
     assert sched._jobs_apart() is False
 
+
+@pytest.mark.parametrize("extra", [[], ["scheduler.ttl_s=20"],
+                                   ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
+def test_next_turns_join_the_stretch_in_flight_exactly(extra, monkeypatch):
+    """A next turn (or a new conversation's first) joins the stretch as vLLM's do
+    (`replica/keyed_join.py`) when its conversation holds no pin and has no turn running, and
+    no pin's timer is due at the join step; the rest end it as before. With a long TTL most
+    next turns find their pin held and end the stretch."""
+    joins = []
+    keyed_join = fast_forward.keyed_join
+
+    def counted(engine, st, now_s):
+        joined = keyed_join(engine, st, now_s)
+        if joined:
+            joins.append(st.reqs[-1].num_computed_tokens)  # (its cached tokens, just admitted)
+        return joined
+
+    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    fast, slow, late, _ = run_both(EXAMPLES / "sessions.yaml", BUSY + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    print(len(joins), sum(1 for c in joins if c > 0), late)
+    assert len(joins) > 0.1 * len(fast.requests), len(joins)

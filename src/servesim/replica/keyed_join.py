@@ -39,12 +39,14 @@ busy conversations fast-forwarded and stepped, step log included.
 from __future__ import annotations
 
 from bisect import bisect_right
+from math import inf as INF
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.held_hits import held_by_departed
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
+from servesim.replica.schedulers.continuum import ContinuumScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
@@ -81,6 +83,12 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
             or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req)):
         return False
+    if (timer_s := sched.next_timer_s()) <= now_s:
+        return False  # (a policy timer due at step s: stepping's `schedule` there acts on it first)
+    if (timed := st.kept) is not None and (r := rem[0]) < s and st.ends_view[r - 1] + timed[1] <= now_s:
+        return False  # (a finish processed late set one due there: continuum's first pin in the stretch)
+    if timed is None and sched.keeps_blocks(req):
+        return False  # (its finish would pin in a stretch that counts every finish's blocks freed)
     hits = kv.get_computed_blocks(req)
     if hits.num_own:
         return False
@@ -90,8 +98,10 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     n = num_tokens - cached
     c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None:
-        return False  # a chunk of its prompt whose later steps are not certain
+    if c != n and (timer_s != INF or timed is not None or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
+        # a chunk of its prompt whose later steps are not certain (or priced past a policy
+        # timer, which may act at one of them: continuum's pins, whose expiry frees blocks)
+        return False
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,
     # whose knapsack would run at step s past its KV use threshold)
@@ -221,6 +231,11 @@ def _vllm_admission(sched) -> bool:
     a `KeyedScheduler` admitting joins (`admits_joins`: no per-step state a join skips, its
     `_admit` calling `admit` for the head, `join` as vLLM's), or `hygen` (`_admit_online`)?"""
     cls = type(sched)
+    if isinstance(sched, ContinuumScheduler):  # (a lone waiting call whose job holds no pin: `joins_last`)
+        return (cls.schedule is ContinuumScheduler.schedule and cls.arrivals_join is VLLMScheduler.arrivals_join
+                and cls.before_join is VLLMScheduler.before_join and cls.joins_last is ContinuumScheduler.joins_last
+                and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk
+                and cls._admit is VLLMScheduler._admit and sched.lora is None)
     if isinstance(sched, AndesScheduler):  # (a lone pending turn under the knapsack's threshold: `joins_last`)
         return (cls.schedule is AndesScheduler.schedule and cls.decide is AndesScheduler.decide
                 and cls._bring_in is AndesScheduler._bring_in and cls.admit is VLLMSteps.admit

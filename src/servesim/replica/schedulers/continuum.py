@@ -247,6 +247,18 @@ class ContinuumScheduler(VLLMScheduler):
         return (self._head_blocked_by_kv and head is self._blocked_head
                 and (req is None or self.waiting._order(req) > self.waiting._order(head)))
 
+    def joins_last(self, req: Request) -> bool:
+        """May `req`, the one waiting call, join the stretch in flight as vLLM's next turns do
+        (`replica/keyed_join.py`, which also checks that no pin's timer is due at the join
+        step)? Its admission there is vLLM's (`schedule`'s queue holds it alone; nothing
+        expires; calls are running, so no deadlock check) and it runs after the running calls
+        (`stable_decode_order`), if its job holds no pin (stepping's `schedule` would release
+        it after the admission) and no running call is its job's (a call that finished inside
+        the stretch, processed late, pins at the join step: the admission would release that).
+        The running calls' jobs hold no pin either (`_jobs_apart`, or no running call pins)."""
+        job = job_of(req)
+        return job is None or (job not in self.pins and job not in map(job_of, self.running))
+
     def vllm_admission(self) -> bool:
         return self.plain()
 
