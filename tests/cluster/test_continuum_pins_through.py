@@ -119,5 +119,4 @@ def test_next_turns_join_the_stretch_in_flight_exactly(extra, monkeypatch):
     fast, slow, late, _ = run_both(EXAMPLES / "sessions.yaml", BUSY + extra, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
-    print(len(joins), sum(1 for c in joins if c > 0), late)
     assert len(joins) > 0.1 * len(fast.requests), len(joins)

@@ -98,7 +98,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     n = num_tokens - cached
     c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (timer_s != INF or timed is not None or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
+    if c != n and (timer_s != INF or timed is not None
+                   or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
         # a chunk of its prompt whose later steps are not certain (or priced past a policy
         # timer, which may act at one of them: continuum's pins, whose expiry frees blocks)
         return False
