@@ -12,9 +12,9 @@ tests/cluster/test_exactness.py, tests/golden).
 
 from __future__ import annotations
 
-from bisect import bisect_right
-
 import math
+from bisect import bisect_left, bisect_right
+
 import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
@@ -33,6 +33,8 @@ from servesim.replica.stretch_join import join_arrivals
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
 from servesim.replica.token_advance import advance_decodes, advance_decodes_by, apply_joins, apply_step0_prompts
 from servesim.workload.request import Request
+
+INF = math.inf
 
 
 class DecodeFns(dict):
@@ -107,6 +109,8 @@ class FastForwarding:
                      self.perf, self.scheduler.num_waiting, self._decode_forms, keyed)
         if through and keyed:
             st.keyed_last = [r.output_len - r.num_output_tokens - 1 for r, _ in keyed]
+        if through and ff.finish_timer_s != INF:  # (finishes that pin: blocks kept, a timer after each)
+            st.kept = (self.scheduler.keeps_blocks, ff.finish_timer_s)
         if ff.max_steps < st.kmax:  # (the policy decides otherwise after that many steps)
             st.kmax = ff.max_steps
         st.price(horizon_s)
@@ -187,6 +191,8 @@ class FastForwarding:
         False if fewer than two steps remain."""
         if st.through and self.notice is not None and self.scheduler.reorders_running and type(st) is Stretch:
             _end_before_shared_departure(st, k_safe)
+        if st.kept is not None and st.k > st._sorted_rem[0] + 1:
+            _stop_at_finish_timer(st)
         if not (st.first_new or st.keyed or st.grows):
             return st.k >= 2  # (nothing grows: a `SpecStretch` limits itself; a vLLM chunk stretch's prompt grows)
         bs = self.kv.block_size
@@ -309,6 +315,9 @@ class FastForwarding:
             grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
             frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
                      for i in finished if (m := steps_of[i]) < k]
+            if st.kept is not None:  # (a finish that keeps its blocks, a pin, frees none of them)
+                keeps = st.kept[0]
+                frees = [f for f, i in zip(frees, [i for i in finished if steps_of[i] < k]) if not keeps(reqs[i])]
             if not st.stalls:
                 advance_decodes(st.decodes, steps_of, first)
         joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
@@ -393,3 +402,17 @@ def _end_before_shared_departure(st: Stretch, k_safe: int) -> None:
                 st.final = True
             return
 
+def _stop_at_finish_timer(st: Stretch) -> None:
+    """Shorten `st`, a stretch through finishes that may keep their blocks and set a timer
+    (`FastForward.finish_timer_s`: continuum's pins), to the steps that start before its first
+    departure's timer: the step starting at or after it is the policy's (its `schedule` acts on
+    the timer: an expired pin frees its blocks). The first departure's is the earliest timer
+    (one delay for all); it is counted whether or not that finish keeps its blocks, the
+    same bound or an earlier one. Called with the first departure before the last step."""
+    r = st._sorted_rem[0]  # (its last token is step r - 1's, ending at ends[r - 1])
+    ends = st.ends_view
+    due_s = ends[r - 1] + st.kept[1]  # (the finish's time + the delay, as the policy adds them)
+    k = bisect_left(ends, due_s, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
+    if k < st.k:
+        st.truncate(k)
+        st.final = st.limited = True

@@ -26,8 +26,9 @@ before):
   is vLLM's, with static keys that sort it after every running request; `hygen`'s with no
   offline request; `andes`'s, the turn its only pending request and the KV use kept under
   its knapsack's threshold (`join_blocks`); `autellix`'s, its stepping accounting up to the
-  admission kept by the join (`keyed_joined`); or `fastswitch`'s with one tenant held, whose walk
-  is then in arrival order: `joins_last`), the only waiting request, whole in
+  admission kept by the join (`keyed_joined`); `fastswitch`'s with one tenant held, whose walk
+  is then in arrival order; or `continuum`'s, a lone call whose job holds no pin and no policy
+  timer due: `joins_last`), the only waiting request, whole in
   the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`),
   and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
 
@@ -41,6 +42,7 @@ busy conversations fast-forwarded and stepped, step log included.
 from __future__ import annotations
 
 from bisect import bisect_right
+from math import inf as INF
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.held_hits import held_by_departed
@@ -48,6 +50,7 @@ from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.autellix import AutellixScheduler
+from servesim.replica.schedulers.continuum import ContinuumScheduler
 from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
@@ -87,6 +90,12 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
             or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req, now_s)):
         return False
+    if (timer_s := sched.next_timer_s()) <= now_s:
+        return False  # (a policy timer due at step s: stepping's `schedule` there acts on it first)
+    if (timed := st.kept) is not None and (r := rem[0]) < s and st.ends_view[r - 1] + timed[1] <= now_s:
+        return False  # (a finish processed late set one due there: continuum's first pin in the stretch)
+    if timed is None and sched.keeps_blocks(req):
+        return False  # (its finish would pin in a stretch that counts every finish's blocks freed)
     hits = kv.get_computed_blocks(req)
     if hits.num_own:
         return False
@@ -96,8 +105,11 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     n = num_tokens - cached
     c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (not sched.chunk_joins or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
-        return False  # a chunk of its prompt whose later steps are not certain
+    if c != n and (not sched.chunk_joins or timer_s != INF or timed is not None
+                   or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
+        # a chunk of its prompt whose later steps are not certain (or priced past a policy
+        # timer, which may act at one of them: continuum's pins, whose expiry frees blocks)
+        return False
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,
     # whose knapsack would run at step s past its KV use threshold)
@@ -229,14 +241,20 @@ def _vllm_admission(sched) -> bool:
     """Is the next `schedule`'s admission of a lone waiting request vLLM's own (`admit` with
     the prefix hits, `first_chunk`), with no adapters: `VLLMScheduler` (its queue in order), or
     a `KeyedScheduler` admitting joins (`admits_joins`: no per-step state a join skips, its
-    `_admit` calling `admit` for the head, `join` as vLLM's), `hygen` (`_admit_online`), `andes`
-    or `fastswitch` (their walks' `admit`, where `joins_last` says the turn is admitted last)?"""
+    `_admit` calling `admit` for the head, `join` as vLLM's), `hygen` (`_admit_online`), `andes`,
+    `fastswitch` (their walks' `admit`, where `joins_last` says the turn is admitted last) or
+    `continuum` (a lone call whose job holds no pin)?"""
     cls = type(sched)
     if isinstance(sched, FastSwitchScheduler):  # (one tenant held: its walk in arrival order, `joins_last`)
         return (cls.schedule is FastSwitchScheduler.schedule and cls.admit is VLLMSteps.admit
                 and cls.first_chunk is VLLMSteps.first_chunk and cls.start is VLLMSteps.start
                 and cls.before_join is FastSwitchScheduler.before_join and cls.joins_last is FastSwitchScheduler.joins_last
                 and cls.join_blocks is VLLMSteps.join_blocks)
+    if isinstance(sched, ContinuumScheduler):  # (a lone waiting call whose job holds no pin: `joins_last`)
+        return (cls.schedule is ContinuumScheduler.schedule and cls.arrivals_join is VLLMScheduler.arrivals_join
+                and cls.before_join is VLLMScheduler.before_join and cls.joins_last is ContinuumScheduler.joins_last
+                and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk
+                and cls._admit is VLLMScheduler._admit and sched.lora is None)
     if isinstance(sched, AndesScheduler):  # (a lone pending turn under the knapsack's threshold: `joins_last`)
         return (cls.schedule is AndesScheduler.schedule and cls.decide is AndesScheduler.decide
                 and cls._bring_in is AndesScheduler._bring_in and cls.admit is VLLMSteps.admit

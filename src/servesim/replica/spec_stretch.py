@@ -49,6 +49,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     remaining: list = []
     keyed: list = []
     grows = False
+    kept = None  # (its finishes free their blocks: `spec_decode.py` plans none through a finish that pins)
     spends_budget = False  # (True with a prompt: `Engine.arrival_keeps`)
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],

@@ -48,7 +48,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin")
+                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -70,6 +70,9 @@ class Stretch(StretchJoins, StretchPricing):
         # to which it registers its blocks; None otherwise (every one registers up to k - 1)
         self.keyed_last: list[int] | None = None
         self._freed: dict | None = None  # `freed_blocks`' answers, by request id
+        # through finishes that may keep their blocks (`FastForward.finish_timer_s`): (the
+        # policy's `keeps_blocks`, the timer's seconds after a finish); None: every finish frees
+        self.kept: tuple[Callable[[Any], bool], float] | None = None
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
@@ -246,11 +249,12 @@ class Stretch(StretchJoins, StretchPricing):
         """KV blocks the stretch has added by step j (allocated at steps 1..j), less those of
         requests that finished before step j (`blocks_held(req)`: what each held at step 0)."""
         delta = 0
+        keeps = self.kept[0] if self.kept is not None else None  # (a finish that keeps its blocks frees none)
         for req, f, r in zip(self.reqs, self.first_new, self.remaining):
             last = min(j, r - 1)  # the request's last step at or before j
             if f <= last:
                 delta += (last - f) // block_size + 1
-            if r <= j:  # finished in step r - 1 < j: everything it held is free again
+            if r <= j and not (keeps and keeps(req)):  # finished in step r - 1 < j: everything it held is free again
                 delta -= blocks_held(req) + ((r - 1 - f) // block_size + 1 if f <= r - 1 else 0)
         remaining = self.remaining
         for i, f, s in self.grown:  # (growth before a stall, of those not finished by step j)
@@ -268,6 +272,9 @@ class Stretch(StretchJoins, StretchPricing):
         last of them leaves). Nothing it reads changes while the stretch is in flight (no
         hit, release or join), so it is counted once."""
         if self.keyed_last is None:
+            if self.kept is not None:  # (a finish that keeps its blocks, a pin, frees none)
+                keeps = self.kept[0]
+                return lambda req: 0 if keeps(req) else kv.num_blocks_of(req.id)
             return lambda req: kv.num_blocks_of(req.id)
         if self._freed is None:
             self._freed = ({}, {}, 0)  # (answers by request id, `blocks_freed`'s drops, requests counted)
@@ -281,7 +288,12 @@ class Stretch(StretchJoins, StretchPricing):
         if n is None:
             order = self.departure_order()
             stop = order.index(self.reqs.index(req), done) + 1
-            ids = [self.reqs[i].id for i in order[done:stop]]
+            batch = [self.reqs[i] for i in order[done:stop]]
+            if self.kept is not None:  # (those that keep their blocks drop no reference: none freed)
+                keeps = self.kept[0]
+                freed.update((r.id, 0) for r in batch if keeps(r))
+                batch = [r for r in batch if not keeps(r)]
+            ids = [r.id for r in batch]
             freed.update(zip(ids, kv.blocks_freed(ids, dropped)))
             self._freed = (freed, dropped, stop)
             n = freed[req.id]

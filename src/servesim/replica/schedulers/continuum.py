@@ -143,6 +143,10 @@ class ContinuumScheduler(VLLMScheduler):
         self.pins: dict = {}  # job -> (id of the finished call holding the blocks, deadline)
         self.waiting = ProgramQueue(self)
         self._released = False
+        # a stretch through finishes that pin (`fast_forward`): each keeps its blocks and sets
+        # its pin's timer `ttl_s` after it
+        self._through_pins = FastForward(repeat=True, after_prefill=True, through_finishes=True,
+                                         finish_timer_s=self.params.ttl_s)
 
     def add_request(self, req: Request, now_s: float) -> None:
         job = job_of(req)
@@ -161,7 +165,12 @@ class ContinuumScheduler(VLLMScheduler):
             return
         job = job_of(req)
         self._unpin(job)
-        self.pins[job] = (req.id, now_s + self.params.ttl_s)
+        # (from its step's end: `now_s`, or earlier for a finish a stretch processes late; a
+        # finish streamed later than the step, by the API server, counts from the step)
+        t = req.finish_s if req.finish_s is not None and req.finish_s < now_s else now_s
+        self.pins[job] = (req.id, t + self.params.ttl_s)
+
+    keeps_blocks = pins_on_finish  # (a stretch through finishes counts no blocks freed by a pin)
 
     # ---- pins ----------------------------------------------------------------------
     def _unpin(self, job) -> None:
@@ -238,6 +247,18 @@ class ContinuumScheduler(VLLMScheduler):
         return (self._head_blocked_by_kv and head is self._blocked_head
                 and (req is None or self.waiting._order(req) > self.waiting._order(head)))
 
+    def joins_last(self, req: Request, now_s: float) -> bool:
+        """May `req`, the one waiting call, join the stretch in flight as vLLM's next turns do
+        (`replica/keyed_join.py`, which also checks that no pin's timer is due at the join
+        step)? Its admission there is vLLM's (`schedule`'s queue holds it alone; nothing
+        expires; calls are running, so no deadlock check) and it runs after the running calls
+        (`stable_decode_order`), if its job holds no pin (stepping's `schedule` would release
+        it after the admission) and no running call is its job's (a call that finished inside
+        the stretch, processed late, pins at the join step: the admission would release that).
+        The running calls' jobs hold no pin either (`_jobs_apart`, or no running call pins)."""
+        job = job_of(req)
+        return job is None or (job not in self.pins and job not in map(job_of, self.running))
+
     def vllm_admission(self) -> bool:
         return self.plain()
 
@@ -252,9 +273,22 @@ class ContinuumScheduler(VLLMScheduler):
         if self._released:
             return NO_FAST_FORWARD
         ff = super().fast_forward(output)
-        if ff.repeat and not self.waiting and (self.plain() or not any(map(self.pins_on_finish, self.running))):
-            return REPEAT_THROUGH
+        if ff.repeat and not self.waiting:
+            if self.plain() or not any(map(self.pins_on_finish, self.running)):
+                return REPEAT_THROUGH
+            if self._jobs_apart():
+                return self._through_pins
         return ff
+
+    def _jobs_apart(self) -> bool:
+        """May the running requests' finishes pin inside a stretch, nothing waiting? Then
+        stepping's steps after a pinning finish decode the others as before (`schedule`'s
+        release loop reads only the scheduled calls' jobs, and the new pin's timer bounds the
+        stretch: `FastForward.finish_timer_s`) if no running call's job holds a pin (its finish
+        would free the old one: `_unpin`) and no two share a job (a finish's pin would be
+        released by its sibling's next step)."""
+        jobs = [j for j in map(job_of, self.running) if j is not None]
+        return len(set(jobs)) == len(jobs) and self.pins.keys().isdisjoint(jobs)
 
     def _avoid_deadlock(self) -> None:
         kv = self.kv

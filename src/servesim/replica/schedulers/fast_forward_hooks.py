@@ -93,6 +93,11 @@ class FastForwardHooks:
         Changes no state. The default: yes."""
         return True
 
+    def keeps_blocks(self, req: Request) -> bool:
+        """Does `req`'s finish keep its KV blocks allocated (continuum's pins) rather than free
+        them? Read only for a stretch whose answer has a finite `finish_timer_s`."""
+        return False
+
     # Does each of those steps allocate the prompt's blocks for its chunk and register its
     # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
     chunks_allocate = False

@@ -72,6 +72,11 @@ class FastForward:
     """`repeat` holds only inside an admission stretch (`replica/admission_stretch.py`), whose
     boundaries the policy's `admit_step` puts where its decision may change before the next
     finish (SGLang's held head above the ratio's floor); any other stretch is not planned."""
+    finish_timer_s: float = float("inf")
+    """With `through_finishes`: a finish may keep its KV blocks allocated (the policy's
+    `keeps_blocks`) and sets a policy timer this long after its step's end (continuum's pins).
+    The engine counts no blocks freed by such finishes and stops the stretch before the first
+    step that starts at or after its first finish's end plus this (the timer's `schedule`)."""
 
 
 NO_FAST_FORWARD = FastForward()
