@@ -89,6 +89,7 @@ class ChunkStretch(Stretch):
         self.end_s = end0_s
         self.final = False
         self.gen = 0
+        self.num_noticed = self.notice_at = self.notice_id = 0  # (departures told: `replica/finish_notices.py`)
         self._perf = engine.perf
         self._order = self._sorted_rem = None  # (nobody leaves before the last step)
         self._ctxs = decode_ctxs

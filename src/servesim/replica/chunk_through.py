@@ -31,7 +31,8 @@ def chunks_through(engine, decodes: list[Request]) -> bool:
     """May a chunk stretch of `decodes` run on through their finishes on this engine?"""
     sched = engine.scheduler
     return (sched.chunk_finishes_late and not sched.chunks_allocate and engine.defer_finishes
-            and engine.notice is None and (engine._keyed_through or not any(r.kv_block_keys for r in decodes)))
+            and not (engine.notice is not None and sched.arrival_reads_finishes)
+            and (engine._keyed_through or not any(r.kv_block_keys for r in decodes)))
 
 
 class ChunkThrough:
