@@ -199,8 +199,12 @@ def _freed_with_copies(g: Group, ref: list[int], p0: int, inside: list[tuple[int
         if a > q:  # the group's slots [q, a)
             i, j = q - lo, a - lo
             d = drops[i:j]
-            n += list(map(sub, ref[q - p0:a - p0], d)).count(1)
-            drops[i:j] = map(add, d, repeat(1, j - i))
+            if d.count(0) == j - i:  # (the usual case: no earlier leaver dropped a reference there)
+                n += ref[q - p0:a - p0].count(1)
+                drops[i:j] = [1] * (j - i)
+            else:
+                n += list(map(sub, ref[q - p0:a - p0], d)).count(1)
+                drops[i:j] = map(add, d, repeat(1, j - i))
         n += b - a
         q = b
     return n
