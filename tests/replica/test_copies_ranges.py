@@ -8,11 +8,13 @@ hits must be those of the per-block reference cache, whatever the ranges' shapes
 from __future__ import annotations
 
 import random
+from array import array
 
 import pytest
 
 from servesim.replica.copies import add_copies, copies_within, has_copy
 from servesim.replica.kv_cache import KVCacheManager
+from servesim.replica.kv_release import _drops, _freed_with_copies
 from servesim.replica.prefix_groups import Group
 from tests.replica.kv_reference import ReferenceKVCache
 from tests.replica.test_kv_cache_equivalence import BS, _chains, _Pair, _same_hits
@@ -97,3 +99,40 @@ def test_copies_free_as_the_per_block_reference(H):
     # copies were held, some in two ranges or more, and freed in batches
     assert sum(c["copies"] for c in counts) > 20 and sum(c["ranges"] for c in counts) > 0, counts
     assert sum(c["batches"] for c in counts) > 10, counts
+
+
+def _freed_slot_by_slot(g, ref, p0, inside, dropped) -> int:
+    """`_freed_with_copies` as it walked the segment before (a slot at a time): the reference."""
+    drops = _drops(g, dropped)
+    copies = {p for a, b in inside for p in range(a, b)}
+    n = 0
+    for p, c in enumerate(ref, p0):
+        if p in copies:
+            n += 1
+            continue
+        i = p - g.lo
+        n += c - drops[i] == 1
+        drops[i] += 1
+    return n
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_freed_with_copies_by_ranges_counts_as_slot_by_slot(seed):
+    """A segment's copies and shared slots counted a range at a time (list operations) give the
+    slot-by-slot count and leave the same references dropped, whatever the copies' ranges
+    (none, at either end, the whole segment) and the references earlier leavers dropped."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        size = rng.randint(1, 60)
+        g = Group(rng.randint(0, 5))
+        g.ref = array("i", [rng.randint(1, 4) for _ in range(size)])
+        p0 = g.lo + rng.randint(0, size - 1)
+        p1 = rng.randint(p0 + 1, g.lo + size)
+        cuts = sorted(rng.sample(range(p0, p1 + 1), k=min(p1 - p0 + 1, 2 * rng.randint(0, 3))))
+        inside = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if a < b]
+        inside = [r for i, r in enumerate(inside) if not (i and inside[i - 1][1] == r[0])]  # (never adjacent)
+        first = rng.choice([None, (0, size // 2), [rng.randint(0, 2) for _ in range(size)]])
+        ref = g.ref[p0 - g.lo:p1 - g.lo]
+        a, b = ({} if first is None else {g: list(first) if type(first) is list else first} for _ in range(2))
+        assert _freed_with_copies(g, ref, p0, inside, a) == _freed_slot_by_slot(g, ref, p0, inside, b)
+        assert a == b

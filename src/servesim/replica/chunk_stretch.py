@@ -12,7 +12,7 @@ time is a known function of j, priced step by step with the perf model's scalar 
 steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_time_s`, so as
 stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
 chunk (its end step admits or finishes the prompt), at the first decode's finish (sarathi's run
-on through it: `replica/chunk_through.py`), at the step
+on through it, told at its time on a closed-loop workload: `replica/chunk_through.py`), at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
 and at any cut (a clock change, a crash); its step 0 may also finish the prompt before
 (`replica/shared_chunk.py`); an arrival does not cut it (the budget is spent), it
@@ -89,6 +89,7 @@ class ChunkStretch(Stretch):
         self.end_s = end0_s
         self.final = False
         self.gen = 0
+        self.num_noticed = self.notice_at = self.notice_id = 0  # (departures told: `replica/finish_notices.py`)
         self._perf = engine.perf
         self._order = self._sorted_rem = None  # (nobody leaves before the last step)
         self._fin = 0  # (`finished_by`'s last count: `ThroughChunkStretch` sets `_sorted_rem`)

@@ -23,6 +23,7 @@ from servesim.replica.admission_stretch import AdmitStretch
 from servesim.replica.finish_admission import admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.chunk_join import apply_prompt_runs
+from servesim.replica.chunk_stretch import ThroughChunkStretch
 from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.keyed_chunk_join import apply_rests
 from servesim.replica.keyed_join import keyed_join, with_keys
@@ -35,6 +36,10 @@ from servesim.replica.token_advance import advance_decodes, advance_decodes_by, 
 from servesim.workload.request import Request
 
 INF = math.inf
+
+
+# Stretches whose departures are told at their times on a closed-loop workload (`schedule_notice`)
+_NOTICED = (Stretch, ThroughChunkStretch)
 
 
 class DecodeFns(dict):
@@ -154,7 +159,7 @@ class FastForwarding:
             self._unevented = (st, st.gen)  # the next event is an arrival here, at or before the end
             return
         self.loop.schedule(st.end_s, self._end_fast_forward, (st, st.gen), PRIO_STEP_END)
-        if self.notice is not None and st.through and type(st) is Stretch:
+        if self.notice is not None and st.through and type(st) in _NOTICED:
             schedule_notice(self, st)  # (its finishes' follow-ups at their times, this stretch's way)
 
     def _settle(self) -> None:
