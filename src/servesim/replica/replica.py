@@ -268,7 +268,16 @@ class Replica:
         cache = getattr(sched, "lora", None)
         if cache is None:
             return False, True
-        return cache.state(name, (r.lora for r in sched.running))
+        running = sched.running
+        st = self.engine.stretch
+        if st is not None:
+            n = st.finished_by(self.engine.loop.now_s)
+            if n:
+                # (stepping removed them from `running` at their last step's end; the stretch
+                # keeps them there until it is applied, and their adapters would read as pinned)
+                gone = set(map(id, st.departed(n)))
+                running = [r for r in running if id(r) not in gone]
+        return cache.state(name, (r.lora for r in running))
 
     def cached_blocks(self, req: Request) -> int:
         """Leading prefix blocks of `req` (its `hash_block_tokens` blocks) in this replica's cache."""
