@@ -101,7 +101,10 @@ class Replica:
     def crash(self, now_s: float) -> list[Request]:
         """Fail at `now_s`: settle, lose the step in flight, and return every request held
         (their progress is forgotten; tokens already emitted stay delivered)."""
-        evicted = self.engine.crash(now_s) + sorted(self._in_transit, key=lambda r: r.id)
+        # (in arrival order, as a gateway retries them: the scheduler's own order is a policy's
+        # running order, which a stretch in flight holds as its first step's, not as stepping's
+        # last `schedule` left it, and the router's draws follow the order)
+        evicted = sorted(self.engine.crash(now_s) + list(self._in_transit), key=lambda r: r.id)
         self._in_transit.clear()
         if self.frontend is not None:
             self.frontend = FrontEnd(self.frontend.config, self.frontend.rng)  # the API server restarts too
