@@ -194,7 +194,10 @@ class FastForwarding:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
-        if st.through and self.notice is not None and self.scheduler.reorders_running and type(st) is Stretch:
+        if (st.through and self.scheduler.reorders_running and type(st) is Stretch
+                and (self.notice is not None or st.keyed)):
+            # (closed loop: the finishes' follow-ups come in that step's order; open loop with
+            # prefix keys: their frees do, which decide what the LRU queue evicts first)
             _end_before_shared_departure(st, k_safe)
         if st.kept is not None and st.k > st._sorted_rem[0] + 1:
             _stop_at_finish_timer(st)
@@ -392,12 +395,14 @@ class FastForwarding:
 
 
 def _end_before_shared_departure(st: Stretch, k_safe: int) -> None:
-    """A stretch through finishes told one by one (`finish_notices.py`) of a policy whose running
-    order may change between its steps (`reorders_running`): end it before the first step that
-    two of its requests leave together (at or after `k_safe`). Stepping finishes them in the
-    order of that step's `schedule` (the finishes' follow-ups, ids and block frees come in that
-    order), which the stretch, listing its requests in its first step's order, does not know;
-    the next `schedule` runs that step with the order up to date."""
+    """A stretch through finishes of a policy whose running order may change between its steps
+    (`reorders_running`), its finishes told one by one (`finish_notices.py`) or its requests
+    holding prefix keys: end it before the first step that two of its requests leave together
+    (at or after `k_safe`). Stepping finishes them in the order of that step's `schedule` (the
+    finishes' follow-ups, ids and block frees come in that order; the frees' order decides which
+    cached blocks the free queue gives up first), which the stretch, listing its requests in its
+    first step's order, does not know; the next `schedule` runs that step with the order up to
+    date. (Without keys or follow-ups nothing reads that order: plain blocks are all alike.)"""
     rem, k = st._sorted_rem, st.k
     for i in range(st.num_noticed, bisect_right(rem, k) - 1):
         r = rem[i]

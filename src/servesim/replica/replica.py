@@ -101,7 +101,10 @@ class Replica:
     def crash(self, now_s: float) -> list[Request]:
         """Fail at `now_s`: settle, lose the step in flight, and return every request held
         (their progress is forgotten; tokens already emitted stay delivered)."""
-        evicted = self.engine.crash(now_s) + sorted(self._in_transit, key=lambda r: r.id)
+        # (in arrival order, as a gateway retries them: the scheduler's own order is a policy's
+        # running order, which a stretch in flight holds as its first step's, not as stepping's
+        # last `schedule` left it, and the router's draws follow the order)
+        evicted = sorted(self.engine.crash(now_s) + list(self._in_transit), key=lambda r: r.id)
         self._in_transit.clear()
         if self.frontend is not None:
             self.frontend = FrontEnd(self.frontend.config, self.frontend.rng)  # the API server restarts too
@@ -268,7 +271,16 @@ class Replica:
         cache = getattr(sched, "lora", None)
         if cache is None:
             return False, True
-        return cache.state(name, (r.lora for r in sched.running))
+        running = sched.running
+        st = self.engine.stretch
+        if st is not None:
+            n = st.finished_by(self.engine.loop.now_s)
+            if n:
+                # (stepping removed them from `running` at their last step's end; the stretch
+                # keeps them there until it is applied, and their adapters would read as pinned)
+                gone = set(map(id, st.departed(n)))
+                running = [r for r in running if id(r) not in gone]
+        return cache.state(name, (r.lora for r in running))
 
     def cached_blocks(self, req: Request) -> int:
         """Leading prefix blocks of `req` (its `hash_block_tokens` blocks) in this replica's cache."""

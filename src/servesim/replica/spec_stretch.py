@@ -188,6 +188,10 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         """How many requests emitted their last token in steps 0..j-1."""
         return bisect_left(self._finishes, (j, -1))
 
+    def departed(self, n: int) -> list:
+        """The first `n` requests to leave (`finished_by`'s count), in finish order."""
+        return [self.reqs[i] for _, i in self._finishes[:n]]
+
     def finished_by(self, t: float) -> int:
         """How many requests emitted their last token in steps that ended before `t`."""
         return self.finished_before(self.step_in_flight(t)) if self._finishes else 0

@@ -162,6 +162,10 @@ class Stretch(StretchJoins, StretchPricing):
             self._order = sorted(range(len(self.remaining)), key=self.remaining.__getitem__)
         return self._order
 
+    def departed(self, n: int) -> list:
+        """The first `n` requests to leave (`finished_by`'s count), in departure order."""
+        return [self.reqs[i] for i in self.departure_order()[:n]]
+
     @property
     def first_finish(self) -> int:
         """The smallest `remaining`: the stretch's steps before the first request's last token
