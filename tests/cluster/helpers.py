@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from servesim import load_scenario, simulate
 from servesim.cluster import routers
 from servesim.cluster.routers.base import Router
+from servesim.replica import fast_forward
+from servesim.workload.feed import Feed
+
+SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 
 
 class ReadsEverything(Router):
@@ -65,3 +71,32 @@ def count_calls(monkeypatch, cls, name: str, calls: dict, key: str) -> None:
         return method(self, *args)
 
     monkeypatch.setattr(cls, name, counted)
+
+
+def sessions_both(sets: list[str], monkeypatch) -> tuple:
+    """`examples/sessions.yaml` with `sets`, fast-forwarded and stepped, and how many finishes
+    the fast run told at their times (`Feed.notice`: inside stretches; stepping tells none)."""
+    told = []
+    notice = Feed.notice
+    monkeypatch.setattr(Feed, "notice", lambda self, req, now_s: (told.append(req.id), notice(self, req, now_s)))
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    num_told = len(told)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert len(told) == num_told  # (stepping tells none early)
+    return fast, slow, num_told
+
+
+def keyed_joins(monkeypatch) -> list[int]:
+    """Count the keyed joins of the runs that follow (`replica/keyed_join.py`): the list gets the
+    cached tokens of each turn that joined (its hits, just admitted)."""
+    joins = []
+    keyed_join = fast_forward.keyed_join
+
+    def counted(engine, st, now_s):
+        joined = keyed_join(engine, st, now_s)
+        if joined:
+            joins.append(st.reqs[-1].num_computed_tokens)
+        return joined
+
+    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    return joins

@@ -5,18 +5,13 @@ the step logs and every view a router reads equal stepping's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from servesim import load_scenario, simulate
 from servesim.replica.chunk_stretch import ThroughChunkStretch
-from servesim.workload.feed import Feed
 from tests.factories import applied_steps
 
-from .helpers import assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
+from .helpers import assert_same_steps, outcome, reads_everything, sessions_both  # noqa: F401  (fixture)
 
-SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 # Sarathi with a small budget (a turn's prompt takes tens of chunks) on busy conversations:
 # turns of other conversations finish while a prompt's chunks run.
 BUSY = ["scheduler.name=sarathi", "scheduler.chunk_size=256", "workload.num_requests=300",
@@ -29,17 +24,6 @@ def told_inside(monkeypatch):
     return applied_steps(monkeypatch, ThroughChunkStretch, lambda st: st.num_noticed > 0)
 
 
-def run_both(sets: list[str], monkeypatch) -> tuple:
-    """(fast-forwarded, stepped) results, and how many finishes the fast run told early."""
-    told = []
-    notice = Feed.notice
-    monkeypatch.setattr(Feed, "notice", lambda self, req, now_s: (told.append(req.id), notice(self, req, now_s)))
-    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
-    num_told = len(told)
-    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
-    assert len(told) == num_told  # (stepping tells none early)
-    return fast, slow, num_told
-
 
 @pytest.mark.parametrize("extra", [
     [],  # one replica: next turns come back to the context they left
@@ -47,7 +31,7 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     ["workload.shared_prefix={tokens: 512, groups: 2}"],  # a finish frees only the blocks it held last
 ])
 def test_chunk_stretches_tell_finishes_inside_and_match_stepping(told_inside, monkeypatch, extra):
-    fast, slow, told = run_both(BUSY + extra, monkeypatch)
+    fast, slow, told = sessions_both(BUSY + extra, monkeypatch)
     assert len(told_inside) >= 10, told_inside  # (main: none, chunk stretches stopped at a finish)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
@@ -57,7 +41,7 @@ def test_chunk_stretches_tell_finishes_inside_and_match_stepping(told_inside, mo
 def test_replicas_with_a_state_reading_router_are_exact(told_inside, reads_everything, monkeypatch):
     """Views read inside such a stretch after a departure (finished and told, not yet applied)."""
     sets = BUSY + ["replicas=3", f"router.name={reads_everything}", "workload.arrival.rate_per_s=4"]
-    fast, slow, told = run_both(sets, monkeypatch)
+    fast, slow, told = sessions_both(sets, monkeypatch)
     assert len(told_inside) >= 10, told_inside
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)

@@ -12,7 +12,7 @@ from servesim import load_scenario, simulate
 from servesim.replica import fast_forward
 from servesim.replica.schedulers.continuum import ContinuumScheduler
 
-from .helpers import assert_same_steps, outcome
+from .helpers import assert_same_steps, keyed_joins, outcome
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Busy conversations with short think times: turns finish while others decode, and next turns
@@ -106,16 +106,7 @@ def test_next_turns_join_the_stretch_in_flight_exactly(extra, monkeypatch):
     (`replica/keyed_join.py`) when its conversation holds no pin and has no turn running, and
     no pin's timer is due at the join step; the rest end it as before. With a long TTL most
     next turns find their pin held and end the stretch."""
-    joins = []
-    keyed_join = fast_forward.keyed_join
-
-    def counted(engine, st, now_s):
-        joined = keyed_join(engine, st, now_s)
-        if joined:
-            joins.append(st.reqs[-1].num_computed_tokens)  # (its cached tokens, just admitted)
-        return joined
-
-    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    joins = keyed_joins(monkeypatch)
     fast, slow, late, _ = run_both(EXAMPLES / "sessions.yaml", BUSY + extra, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)

@@ -3,35 +3,19 @@ its time (`replica/finish_notices.py`), and the results are those of stepping on
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from servesim import load_scenario, simulate
-from servesim.workload.feed import Feed
 
-from .helpers import assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
+from .helpers import assert_same_steps, outcome, reads_everything, sessions_both  # noqa: F401  (fixture)
 
-SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 # Short think times and a busy replica: next turns arrive while stretches holding other
 # conversations' turns run, and several turns finish inside each stretch.
 BUSY = ["workload.num_requests=500", "workload.arrival.rate_per_s=2", "workload.sessions.think_time_s=1"]
 
 
-def run_both(sets: list[str], monkeypatch) -> tuple:
-    """(fast-forwarded, stepped) results, and how many finishes the fast run told early."""
-    told = []
-    notice = Feed.notice
-    monkeypatch.setattr(Feed, "notice", lambda self, req, now_s: (told.append(req.id), notice(self, req, now_s)))
-    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
-    num_told = len(told)
-    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
-    assert len(told) == num_told  # (stepping tells none early)
-    return fast, slow, num_told
-
 
 def test_sessions_go_through_finishes_exactly(monkeypatch):
-    fast, slow, told = run_both(BUSY, monkeypatch)
+    fast, slow, told = sessions_both(BUSY, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert fast.summary()["prefix_cache_hit_rate"] == slow.summary()["prefix_cache_hit_rate"] > 0.2
@@ -49,7 +33,7 @@ def test_fastswitch_goes_through_finishes_with_several_tenants_exactly(extra, mo
     counting is deferred (never inside a stretch through finishes) or in the lift of a join with
     one tenant held: its follow-ups are told inside stretches, tenants coming back from idle
     lifted as stepping lifts them (on main it stopped at every finish: none told)."""
-    fast, slow, told = run_both(BUSY + ["scheduler.name=fastswitch"] + extra, monkeypatch)
+    fast, slow, told = sessions_both(BUSY + ["scheduler.name=fastswitch"] + extra, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert fast.summary()["swap"] == slow.summary()["swap"]
@@ -61,7 +45,7 @@ def test_a_follow_up_without_think_time_ends_the_stretch_at_its_parents_finish(m
     """Stepping starts the next step before a follow-up made at a finish arrives (same time):
     the stretch ends at that finish rather than being cut there."""
     sets = BUSY + ["workload.sessions.think_time_s=0", "workload.sessions.think_time_dist=fixed"]
-    fast, slow, told = run_both(sets, monkeypatch)
+    fast, slow, told = sessions_both(sets, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert told > 0.2 * len(fast.requests), told
@@ -71,7 +55,7 @@ def test_shared_blocks_keep_a_stretch_from_going_through_their_finish(monkeypatc
     """Conversations sharing a system prompt hold its blocks together: a finish inside a
     stretch frees only the blocks whose last holder it is (`KVCacheManager.blocks_freed`)."""
     sets = BUSY + ["workload.shared_prefix={tokens: 512, groups: 2}"]
-    fast, slow, told = run_both(sets, monkeypatch)
+    fast, slow, told = sessions_both(sets, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert told > 0.3 * len(fast.requests), told  # (they go through their finishes, shared blocks or not)
@@ -82,12 +66,12 @@ def test_replicas_with_a_state_reading_router_are_exact(replicas, reads_everythi
     """With and without prefix caching the replicas' stretches go through finishes and tell
     them early, and the results are stepping's."""
     sets = BUSY + [f"replicas={replicas}", f"router.name={reads_everything}", "workload.arrival.rate_per_s=4"]
-    fast, slow, told = run_both(sets + ["engine.enable_prefix_caching=false"], monkeypatch)
+    fast, slow, told = sessions_both(sets + ["engine.enable_prefix_caching=false"], monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert len({r.replica for r in fast.requests}) == replicas
     assert told > 0.1 * len(fast.requests), told
-    fast, slow, told = run_both(sets, monkeypatch)
+    fast, slow, told = sessions_both(sets, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert sum(r.num_cached_tokens for r in fast.requests) > 0
@@ -97,7 +81,7 @@ def test_replicas_with_a_state_reading_router_are_exact(replicas, reads_everythi
 @pytest.mark.parametrize("extra", [["router.name=dynamo-kv", "replicas=4"], ["kv_store.enabled=true"]])
 def test_prefix_caches_read_from_outside_are_exact(extra, monkeypatch):
     """A cache-aware router or a KV store reads the replicas' prefix caches at each dispatch."""
-    fast, slow, told = run_both(BUSY + extra, monkeypatch)
+    fast, slow, told = sessions_both(BUSY + extra, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert told > 0.1 * len(fast.requests), told

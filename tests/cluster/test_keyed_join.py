@@ -10,7 +10,7 @@ import pytest
 from servesim import load_scenario, simulate
 from servesim.replica import fast_forward
 
-from .helpers import assert_same_steps, outcome
+from .helpers import assert_same_steps, keyed_joins, outcome
 
 SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 # Busy conversations with short think times: next turns arrive while stretches holding other
@@ -21,16 +21,7 @@ BUSY = ["workload.num_requests=500", "workload.arrival.rate_per_s=2", "workload.
 def run_both(sets: list[str], monkeypatch) -> tuple:
     """(fast-forwarded, stepped) results, and the keyed joins of the fast run: how many, and
     how many of them hit their context in the prefix cache."""
-    joins = []
-    keyed_join = fast_forward.keyed_join
-
-    def counted(engine, st, now_s):
-        joined = keyed_join(engine, st, now_s)
-        if joined:
-            joins.append(st.reqs[-1].num_computed_tokens)  # (its cached tokens, just admitted)
-        return joined
-
-    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    joins = keyed_joins(monkeypatch)
     fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
     n = len(joins)
     slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
