@@ -148,3 +148,42 @@ def test_a_stretchs_growth_evicts_at_once_what_grant_by_grant_takes_evict(seed):
         (one.num_free_blocks, one.evictable_blocks, one.tree_blocks, one._truly_free)
     assert _extent_paths(kv) == _extent_paths(one)
     assert [kv.num_blocks_of(r.id) for r, _ in grants] == [one.num_blocks_of(r.id) for r, _ in grants]
+
+
+def test_a_reservation_for_transferred_kv_is_the_requests_allocation_and_may_evict():
+    kv = RadixKVCache(10, BS)
+    old = make_request(0, 6 * BS + 1, 1)
+    old.kv_block_keys = tuple(f"o{i}" for i in range(6))
+    assert kv.allocate_slots(old, old.prompt_len)
+    old.num_computed_tokens = old.num_tokens - 1
+    kv.cache_finished(old)  # 6 blocks in the tree, unlocked: evictable, so counted as free
+    assert kv.num_free_blocks == 10 and kv.tree_blocks == 6
+    assert not kv.reserve(1, 11 * BS)  # more than the pool: refused, nothing changed
+    assert kv.num_free_blocks == 10 and kv.tree_blocks == 6
+    assert kv.reserve(1, 7 * BS + 3)  # 8 blocks: the 4 free ones, then 4 evicted from the tree
+    assert kv.num_blocks_of(1) == 8 and kv.num_free_blocks == 2 and kv.tree_blocks == 2
+    assert not kv.reserve(1, BS)  # already holds a reservation
+    # it joins the batch: every per-request call knows it, as one the cache allocated
+    req = make_request(1, 7 * BS + 3, 5)
+    req.num_computed_tokens = req.prompt_len
+    assert kv.num_blocks_list([req]) == [8]
+    assert kv.allocate_slots(req, BS)  # its decodes grow it
+    assert kv.num_blocks_of(1) == 9
+    kv.cache_finished(req)
+    kv.free(old.id)
+    kv.check_all_free()
+
+
+def test_a_handed_off_requests_blocks_stay_held_under_the_transfer_key_until_freed():
+    kv = RadixKVCache(10, BS)
+    req = make_request(0, 3 * BS + 1, 1)
+    req.kv_block_keys = ("p0", "p1", "p2")
+    assert kv.allocate_slots(req, req.prompt_len)
+    req.num_computed_tokens = req.prompt_len
+    kv.cache_unfinished(req)  # the prompt's 3 full blocks join the tree, locked by the request
+    kv.detach(req.id, ("kv-out", req.id))
+    kv.free(req.id)  # the scheduler lets the request go (`Scheduler.remove`): nothing to free
+    assert kv.num_free_blocks == 6 and kv.num_blocks_of(("kv-out", req.id)) == 4
+    kv.free(("kv-out", req.id))  # the receiver has the KV: the private block returns, the path unlocks
+    assert kv.num_free_blocks == 10 and kv.tree_blocks == 3 and kv.evictable_blocks == 3
+    kv.check_all_free()

@@ -116,6 +116,30 @@ class RadixKVCache(RadixTree, KVCacheManager):
             st.plain += new
         return True
 
+    def reserve(self, req_id: int, num_tokens: int) -> bool:
+        """Hold private blocks for a request whose KV arrives from another replica (SGLang's
+        decode server allocates them from its pool before the transfer), registered as an
+        allocation would be, so the request is known to every per-request call after it joins
+        the batch (`num_blocks_list`, growth, `cache_finished`). It holds no tree path: the
+        transferred blocks are its own until it finishes and they are inserted. False,
+        changing nothing, if they are not free (evictable tree blocks count as free)."""
+        need = cdiv(num_tokens, self.block_size)
+        if need > self.num_free_blocks or req_id in self._reqs:
+            return False
+        self._take(need)
+        self._reqs[req_id] = _ReqKV(plain=need)
+        return True
+
+    def detach(self, req_id: int, key: Any) -> None:
+        """Keep a request's blocks under `key` while its KV is sent to another replica (the
+        request leaves the scheduler; SGLang's prefill server holds them until the transfer is
+        done): its private blocks stay taken and its tree path locked until `free(key)`. The
+        base class's `detach` moves its own bookkeeping, which this cache does not use, so
+        without this the blocks went back to the pool at hand-off, before the transfer."""
+        st = self._reqs.pop(req_id, None)
+        if st is not None:
+            self._reqs[key] = st
+
     def allocate_decodes(self, reqs: list[Any]) -> bool:
         return False  # no bulk path: callers allocate request by request
 

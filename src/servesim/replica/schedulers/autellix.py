@@ -146,19 +146,25 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
                 self._settle_running(sibling)
 
     def add_transferred(self, req: Request, now_s: float) -> None:
-        self._hold(req)
+        # A call whose prefill ran on another replica: its program and call enter the process
+        # table as an arrival's do (its decodes are credited to them), but it never queues here.
+        self._register(req)
         self._transferred = True  # (it joins running without a key: `begin_step` makes it)
         super().add_transferred(req, now_s)
 
-    def add_request(self, req: Request, now_s: float) -> None:
+    def _register(self, req: Request) -> None:
+        """The process-table entries of a call that arrives here (queued or transferred)."""
         self._hold(req)
         p = self.program(req)
         self.service_s.setdefault(p, 0.0)
         self.wait_s.setdefault(p, 0.0)
         self.call_service_s[req.id] = 0.0
-        self._queued_s[req.id] = now_s
         self.call_base_s[req.id] = max((self.call_base_s.get(c, 0.0) + self.call_service_s.get(c, 0.0)
                                         for c in req.parents), default=0.0)
+
+    def add_request(self, req: Request, now_s: float) -> None:
+        self._register(req)
+        self._queued_s[req.id] = now_s
         self._keys[req] = self._fresh_key(req)  # (before it joins the queue: its place)
         super().add_request(req, now_s)
         self._entered[req] = None

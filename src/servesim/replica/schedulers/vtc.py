@@ -136,6 +136,14 @@ class VTCScheduler(VTCStretches, Scheduler):
         self._arriving = None
         self.waiting.append(req)
 
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        # A request whose prefill ran on another replica joins the running batch directly:
+        # its tenant gets a counter, as an arrival's does, since its decodes are charged to it.
+        # No lift: the lift is for a tenant whose queue turns non-empty, and this one never
+        # queues here.
+        self.counters.setdefault(req.tenant, 0.0)
+        super().add_transferred(req, now_s)
+
     # ------------------------------------------------------------------ the decision
     def idle(self) -> bool:
         # Nothing runs or waits: `schedule` would only forget the last decision (`_mark`, `_left`),
