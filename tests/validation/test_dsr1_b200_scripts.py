@@ -5,21 +5,19 @@ play the plain scripts of 2025-12 or their MTP variants of 2026-01, by the MTP c
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from servesim.validation.inferencemax_dsr1 import is_dsr1_b200_mtp_run, mtp_piecewise_cuda_graph
-from servesim.validation.silicon import (DEFAULT_SILICON, ClientOptions, parse_row, played_row, row_scenario,
+from servesim.validation.silicon import (ClientOptions, parse_row, played_row, row_scenario,
                                         scenario_perf_model)
 from servesim.validation.silicon_file import read_rows, recover_versions
 from tests.validation.test_inferencemax import balance, waits
 from tests.validation.test_silicon_mapping import BASE
-from tests.validation.silicon_rows import needs_silicon
+from tests.validation.silicon_rows import SILICON, needs_silicon
 
 DSR1 = {**BASE, "id": "dsr1_b200_trtllm_fp4_agg_1024x1024_c16_cfg82", "backend": "trtllm",
         "backend_version": "1.2.0rc6.post2", "model_path": "deepseek-ai/DeepSeek-V3", "system": "b200_sxm",
         "gemm_quant_mode": "nvfp4", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1", "batch_size": "16",
         "concurrency": "16", "isl": "1024", "osl": "1024"}
-SILICON = Path(__file__).resolve().parents[2] / DEFAULT_SILICON
 EAGER_S = 0.00085  # calibration_serving.yaml old_release_eager
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 from servesim.scenario import validate_scenario
 from servesim.simulation import simulate
@@ -11,9 +10,8 @@ from servesim.validation.gap_analysis import CLUSTER_CONCURRENCY, NOT_REPRODUCED
 from servesim.validation.run import client_metrics
 from servesim.validation.silicon import (ClientOptions, inexpressible_reason, parse_row, played_row, read_rows,
                                          row_request_counts, row_scenario)
-from tests.validation.silicon_rows import needs_silicon
+from tests.validation.silicon_rows import SILICON, needs_silicon
 
-SILICON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
 # The GB200 1.3.0rc5 Qwen3-32B-NVFP4 deployment: 32 workers of TP 2, 14 users each
 GB200_RC5 = {
     "id": "q", "backend": "trtllm", "backend_version": "1.3.0rc5", "model_path": "nvidia/Qwen3-32B-NVFP4",

@@ -14,9 +14,7 @@ from typer.testing import CliRunner
 from servesim.cli import app
 from servesim.validation.silicon_file import _measurement, held_out_ids, read_rows
 
-from tests.validation.silicon_rows import BASE, silicon_row
-
-SILICON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+from tests.validation.silicon_rows import BASE, SILICON, needs_silicon, silicon_row
 
 
 def test_without_twins_the_split_is_by_file_position():
@@ -36,7 +34,7 @@ def test_a_twin_falls_on_the_side_of_its_first_copy():
     assert held_out_ids(rows) == {"r1", "r3"}
 
 
-@pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+@needs_silicon
 def test_in_the_measured_file_no_measurement_is_on_both_sides():
     rows = read_rows(SILICON)
     held = held_out_ids(rows)

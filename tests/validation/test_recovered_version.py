@@ -4,15 +4,11 @@ then the release of their twins (the same measurement under another id)."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
-import pytest
 
 from servesim.validation.silicon_file import CONFIG_ID, read_rows, recover_versions, twin_versions
 
-from tests.validation.silicon_rows import silicon_row
-
-SILICON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+from tests.validation.silicon_rows import SILICON, needs_silicon, silicon_row
 
 
 def _row(name: str, version: str, **changes: str):
@@ -59,7 +55,7 @@ def test_a_near_twin_another_engine_system_or_two_releases_give_nothing():
     assert twin_versions([base, _row("g", "1.2.0rc6.post3"), _row("h", "")])[2].version == ""
 
 
-@pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+@needs_silicon
 def test_the_measured_file_gives_18_trtllm_b200_rows_their_twins_release():
     with SILICON.open(newline="") as f:
         recorded = {r["id"]: r["backend_version"] for r in csv.DictReader(f)}
@@ -80,7 +76,7 @@ def test_a_dated_build_plays_as_the_release_tag_its_twins_record():
     assert [r.version for r in twin_versions([tag, other, near])][1:] == [other.version, near.version]
 
 
-@pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+@needs_silicon
 def test_the_measured_file_plays_the_15_dated_sglang_nightly_rows_as_nightly_dev():
     with SILICON.open(newline="") as f:
         recorded = {r["id"]: r["backend_version"] for r in csv.DictReader(f)}

@@ -11,9 +11,8 @@ from servesim.validation.inferencemax import QWEN35_MTP_ACCEPTANCE, SCRIPT_GDN_C
 from servesim.validation.run import client_metrics
 from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario
 from servesim.validation.silicon_file import read_rows, recover_versions
-from tests.validation.test_recovered_version import SILICON
 from tests.validation.test_silicon_mapping import BASE
-from tests.validation.silicon_rows import needs_silicon
+from tests.validation.silicon_rows import SILICON, needs_silicon
 
 DSR1_FP4 = {**BASE, "backend": "sglang", "backend_version": "0.5.9", "model_path": "deepseek-ai/DeepSeek-V3",
             "system": "b200_sxm", "gemm_quant_mode": "nvfp4", "tp_size": "16", "moe_tp_size": "4", "moe_ep_size": "4",

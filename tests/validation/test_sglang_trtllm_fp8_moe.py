@@ -8,9 +8,8 @@ from servesim.validation.inferencemax import TRTLLM_GEN_MOE
 from servesim.validation.run import simulate_row
 from servesim.validation.silicon import ClientOptions, parse_row, row_scenario
 from servesim.validation.silicon_file import read_rows
-from tests.validation.test_recovered_version import SILICON
 from tests.validation.test_sglang_inferencemax import DSR1_FP4, FP8_TP8
-from tests.validation.silicon_rows import needs_silicon
+from tests.validation.silicon_rows import SILICON, needs_silicon
 
 FP8_TP4_8K = {**FP8_TP8, "tp_size": "4", "isl": "8192", "concurrency": "4", "batch_size": "4"}
 FP8_MTP_8K = {**FP8_TP8, "isl": "8192", "concurrency": "64", "batch_size": "64"}  # outside the plain sweep

@@ -9,7 +9,6 @@ TPOT and on TTFT.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +17,9 @@ from servesim.validation.gap_analysis import campaign_reason
 from servesim.validation.inferencemax_vllm import outside_sweep_reason
 from servesim.validation.run import group_errors, validate_rows
 from servesim.validation.silicon import inexpressible_reason, read_rows, row_scenario
+from tests.validation.silicon_rows import SILICON, needs_silicon
 
-SILICON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
-pytestmark = pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+pytestmark = needs_silicon
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,14 @@ the scripts' lock-step test is in test_vllm_inferencemax.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 
 from servesim.validation.inferencemax import recipe
 from servesim.validation.inferencemax_vllm import OUTSIDE_SWEEP
-from servesim.validation.silicon import (ClientOptions, DEFAULT_SILICON, inexpressible_reason, parse_row, played_row,
+from servesim.validation.silicon import (ClientOptions, inexpressible_reason, parse_row, played_row,
                                          read_rows, row_request_counts, row_scenario, scenario_perf_model)
 from tests.validation.test_silicon_mapping import BASE
+from tests.validation.silicon_rows import SILICON, needs_silicon
 
-SILICON = Path(__file__).resolve().parents[2] / DEFAULT_SILICON
 
 LLAMA_H100 = {**BASE, "model_path": "meta-llama/Llama-3.1-70B", "system": "h100_sxm", "backend_version": "",
               "gemm_quant_mode": "fp8", "moe_quant_mode": "fp8", "tp_size": "4", "moe_tp_size": "4", "moe_ep_size": "1",
@@ -99,7 +96,7 @@ def test_h100_gpt_oss_512_user_rows_are_listed_not_expressible():
         assert inexpressible_reason(parse_row({**gpt, **changes})) is None, changes
 
 
-@pytest.mark.skipif(not SILICON.is_file(), reason=f"{SILICON} not found (CI places shared/ beside the clone)")
+@needs_silicon
 def test_the_listed_rows_are_the_nine_h100_gpt_oss_runs_at_512_users():
     rows = read_rows(SILICON)
     listed = [r for r in rows if inexpressible_reason(r) in OUTSIDE_SWEEP.values()]
