@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward
+from servesim.replica import fast_forward, policy_stops
 from servesim.replica.schedulers.autellix import AutellixScheduler
 
 from .helpers import assert_same_steps, outcome
@@ -23,7 +23,7 @@ def counting(monkeypatch) -> dict:
     promotion at the join step."""
     counts = {"told": 0, "joins": 0, "ended": 0, "promotes": 0}
     told, keyed_join = AutellixScheduler.finish_noticed, fast_forward.keyed_join
-    ended, joins_last = fast_forward._end_before_shared_departure, AutellixScheduler.joins_last
+    ended, joins_last = policy_stops.end_before_shared_departure, AutellixScheduler.joins_last
 
     def count_told(self, req, now_s):
         counts["told"] += 1
@@ -47,7 +47,7 @@ def counting(monkeypatch) -> dict:
 
     monkeypatch.setattr(AutellixScheduler, "finish_noticed", count_told)
     monkeypatch.setattr(fast_forward, "keyed_join", count_joins)
-    monkeypatch.setattr(fast_forward, "_end_before_shared_departure", count_ended)
+    monkeypatch.setattr(policy_stops, "end_before_shared_departure", count_ended)
     monkeypatch.setattr(AutellixScheduler, "joins_last", count_refused)
     return counts
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward
+from servesim.replica import policy_stops
 from servesim.replica.schedulers.continuum import ContinuumScheduler
 
 from .helpers import assert_same_steps, keyed_joins, outcome
@@ -26,7 +26,7 @@ def run_both(path: Path, sets: list[str], monkeypatch) -> tuple:
     (their time before the stretch's end) and its stretches the first pin's timer shortened."""
     late, timed = [], []
     finish = ContinuumScheduler.finish
-    stop = fast_forward._stop_at_finish_timer
+    stop = policy_stops.stop_at_finish_timer
 
     def counted_finish(self, req, now_s):
         if req.finish_s is not None and req.finish_s < now_s and self.pins_on_finish(req):
@@ -40,7 +40,7 @@ def run_both(path: Path, sets: list[str], monkeypatch) -> tuple:
             timed.append(k - st.k)
 
     monkeypatch.setattr(ContinuumScheduler, "finish", counted_finish)
-    monkeypatch.setattr(fast_forward, "_stop_at_finish_timer", counted_stop)
+    monkeypatch.setattr(policy_stops, "stop_at_finish_timer", counted_stop)
     fast = simulate(load_scenario(str(path), sets), keep_steps=True)
     n_late, n_timed = len(late), len(timed)
     slow = simulate(load_scenario(str(path), sets + ["engine.fast_forward=false"]), keep_steps=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward
+from servesim.replica import policy_stops
 from servesim.replica.kv_release import BlockRelease
 
 MOONCAKE = str(Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml")
@@ -19,7 +19,7 @@ def run(sets: list[str], monkeypatch) -> tuple:
     """(result, request ids in the order the KV cache freed them, stretches ended early)."""
     freed: list[int] = []
     ended = [0]
-    free, free_all, end = BlockRelease.free, BlockRelease.free_all, fast_forward._end_before_shared_departure
+    free, free_all, end = BlockRelease.free, BlockRelease.free_all, policy_stops.end_before_shared_departure
     inside = [False]
 
     def log_free(self, req_id):
@@ -42,7 +42,7 @@ def run(sets: list[str], monkeypatch) -> tuple:
 
     monkeypatch.setattr(BlockRelease, "free", log_free)
     monkeypatch.setattr(BlockRelease, "free_all", log_free_all)
-    monkeypatch.setattr(fast_forward, "_end_before_shared_departure", count_ended)
+    monkeypatch.setattr(policy_stops, "end_before_shared_departure", count_ended)
     result = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
     monkeypatch.undo()
     return result, freed, ended[0]

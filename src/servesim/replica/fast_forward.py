@@ -13,7 +13,6 @@ tests/cluster/test_exactness.py, tests/golden).
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from servesim.replica.chunk_join import apply_prompt_runs
 from servesim.replica.chunk_stretch import ThroughChunkStretch
 from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.keyed_chunk_join import apply_rests
+from servesim.replica import policy_stops
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeFn, DecodeForms, Stretch
@@ -194,13 +194,8 @@ class FastForwarding:
         """Shorten the stretch to the steps whose KV blocks fit in the free ones and whose
         prefix keys register as stepping would (the first `k_safe` steps are known to be fine).
         False if fewer than two steps remain."""
-        if (st.through and self.scheduler.reorders_running and type(st) is Stretch
-                and (self.notice is not None or st.keyed)):
-            # (closed loop: the finishes' follow-ups come in that step's order; open loop with
-            # prefix keys: their frees do, which decide what the LRU queue evicts first)
-            _end_before_shared_departure(st, k_safe)
-        if st.kept is not None and st.k > st._sorted_rem[0] + 1:
-            _stop_at_finish_timer(st)
+        if self.scheduler.reorders_running or st.kept is not None:  # (no call for the others)
+            policy_stops.limit(st, self.scheduler, self.notice is not None, k_safe)
         if not (st.first_new or st.keyed or st.grows):
             return st.k >= 2  # (nothing grows: a `SpecStretch` limits itself; a vLLM chunk stretch's prompt grows)
         bs = self.kv.block_size
@@ -392,37 +387,3 @@ class FastForwarding:
         self.recorder.log_lone(st.start_s, ends, n, st.num_waiting, self.kv.num_gpu_blocks - st.free_blocks, f, bs,
                                st.waiting_from)
         return done
-
-
-def _end_before_shared_departure(st: Stretch, k_safe: int) -> None:
-    """A stretch through finishes of a policy whose running order may change between its steps
-    (`reorders_running`), its finishes told one by one (`finish_notices.py`) or its requests
-    holding prefix keys: end it before the first step that two of its requests leave together
-    (at or after `k_safe`). Stepping finishes them in the order of that step's `schedule` (the
-    finishes' follow-ups, ids and block frees come in that order; the frees' order decides which
-    cached blocks the free queue gives up first), which the stretch, listing its requests in its
-    first step's order, does not know; the next `schedule` runs that step with the order up to
-    date. (Without keys or follow-ups nothing reads that order: plain blocks are all alike.)"""
-    rem, k = st._sorted_rem, st.k
-    for i in range(st.num_noticed, bisect_right(rem, k) - 1):
-        r = rem[i]
-        if r == rem[i + 1] and r > 1:  # (step r - 1, the last of both; step 0 is the `schedule`'s own)
-            if max(r - 1, k_safe) < k:  # (keep the r - 1 steps before it; none joins at its start)
-                st.truncate(max(r - 1, k_safe))
-                st.final = True
-            return
-
-def _stop_at_finish_timer(st: Stretch) -> None:
-    """Shorten `st`, a stretch through finishes that may keep their blocks and set a timer
-    (`FastForward.finish_timer_s`: continuum's pins), to the steps that start before its first
-    departure's timer: the step starting at or after it is the policy's (its `schedule` acts on
-    the timer: an expired pin frees its blocks). The first departure's is the earliest timer
-    (one delay for all); it is counted whether or not that finish keeps its blocks, the
-    same bound or an earlier one. Called with the first departure before the last step."""
-    r = st._sorted_rem[0]  # (its last token is step r - 1's, ending at ends[r - 1])
-    ends = st.ends_view
-    due_s = ends[r - 1] + st.kept[1]  # (the finish's time + the delay, as the policy adds them)
-    k = bisect_left(ends, due_s, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
-    if k < st.k:
-        st.truncate(k)
-        st.final = st.limited = True

@@ -257,7 +257,7 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
 
 def departs_together(st: Stretch, s: int) -> bool:
     """Do two of the stretch's requests leave at step s (their last token)? A stretch of a policy
-    that reorders its batch ends before such a step (`fast_forward._end_before_shared_departure`),
+    that reorders its batch ends before such a step (`policy_stops.end_before_shared_departure`),
     so a join there, which would run step s inside the stretch, is refused."""
     rem, r = st._sorted_rem, s + 1
     i = bisect_left(rem, r)

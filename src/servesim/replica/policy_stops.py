@@ -1,0 +1,59 @@
+"""Where a stretch through finishes must end early because its policy's `schedule` at a later
+step would decide otherwise than the stretch assumes (`FastForwarding._limit` calls `limit`
+first, before the KV and key limits): a policy that reorders its batch between steps
+(`Scheduler.reorders_running`: autellix's levels) at a step two requests leave together, and a
+policy whose finishes keep their blocks under a timer (`FastForward.finish_timer_s`: continuum's
+pins) at the first such timer.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+from servesim.replica.stretch import Stretch
+
+
+def limit(st: Stretch, scheduler, noticed: bool, k_safe: int) -> None:
+    """Shorten `st` (keeping at least `k_safe` steps) where its policy needs a `schedule`;
+    `noticed`: its finishes are told one by one (a closed loop, `finish_notices.py`)."""
+    if st.through and scheduler.reorders_running and type(st) is Stretch and (noticed or st.keyed):
+        # (closed loop: the finishes' follow-ups come in that step's order; open loop with
+        # prefix keys: their frees do, which decide what the LRU queue evicts first)
+        end_before_shared_departure(st, k_safe)
+    if st.kept is not None and st.k > st._sorted_rem[0] + 1:
+        stop_at_finish_timer(st)
+
+
+def end_before_shared_departure(st: Stretch, k_safe: int) -> None:
+    """A stretch through finishes of a policy whose running order may change between its steps
+    (`reorders_running`), its finishes told one by one (`finish_notices.py`) or its requests
+    holding prefix keys: end it before the first step that two of its requests leave together
+    (at or after `k_safe`). Stepping finishes them in the order of that step's `schedule` (the
+    finishes' follow-ups, ids and block frees come in that order; the frees' order decides which
+    cached blocks the free queue gives up first), which the stretch, listing its requests in its
+    first step's order, does not know; the next `schedule` runs that step with the order up to
+    date. (Without keys or follow-ups nothing reads that order: plain blocks are all alike.)"""
+    rem, k = st._sorted_rem, st.k
+    for i in range(st.num_noticed, bisect_right(rem, k) - 1):
+        r = rem[i]
+        if r == rem[i + 1] and r > 1:  # (step r - 1, the last of both; step 0 is the `schedule`'s own)
+            if max(r - 1, k_safe) < k:  # (keep the r - 1 steps before it; none joins at its start)
+                st.truncate(max(r - 1, k_safe))
+                st.final = True
+            return
+
+
+def stop_at_finish_timer(st: Stretch) -> None:
+    """Shorten `st`, a stretch through finishes that may keep their blocks and set a timer
+    (`FastForward.finish_timer_s`: continuum's pins), to the steps that start before its first
+    departure's timer: the step starting at or after it is the policy's (its `schedule` acts on
+    the timer: an expired pin frees its blocks). The first departure's is the earliest timer
+    (one delay for all); it is counted whether or not that finish keeps its blocks, the
+    same bound or an earlier one. Called with the first departure before the last step."""
+    r = st._sorted_rem[0]  # (its last token is step r - 1's, ending at ends[r - 1])
+    ends = st.ends_view
+    due_s = ends[r - 1] + st.kept[1]  # (the finish's time + the delay, as the policy adds them)
+    k = bisect_left(ends, due_s, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
+    if k < st.k:
+        st.truncate(k)
+        st.final = st.limited = True
