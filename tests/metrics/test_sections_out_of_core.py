@@ -14,7 +14,7 @@ import pytest
 from servesim import load_scenario, simulate
 from servesim.metrics import request_table, row_spill
 from servesim.metrics.exact import WeightedValues
-from servesim.metrics.sections import fairness, lora, programs, qoe
+from servesim.metrics.sections import fairness, lora, qoe
 from servesim.metrics.stream_stats import StreamValues
 
 CASES = {  # scenario, overrides, the sections it reports
