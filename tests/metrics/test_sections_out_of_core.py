@@ -73,6 +73,6 @@ def test_sections_of_a_spilled_table_equal_those_of_whole_columns(case, monkeypa
     assert spilled.table.spilled and len(spilled.table) > 64
     got = {k: v for k, v in spilled.summary().items() if k in keys}
     assert json.dumps(got) == json.dumps(expected)  # the same keys in the same order, the same bits
-    assert len(list(spilled.table.chunks())) > 3  # the sections read the table a chunk at a time
+    assert len(list(spilled.table.chunks())) > 1  # the sections read the table a chunk at a time
     if keys != {"programs"}:  # (programs keeps a program's four numbers, not a value per request)
         assert any(s.spilled for s in made)  # values per request went to files
