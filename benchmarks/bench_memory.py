@@ -13,6 +13,7 @@ idle and decodes each request nearly alone: about 119 steps per request, the wor
 the step log.
 
 Run: python benchmarks/bench_memory.py [--sizes 100000,1000000] [--replicas 1] [--rate 5] [--interval 1]
+     [--set KEY=VALUE ...]   # e.g. two tenants and andes: the fairness and QoE sections' memory
      python benchmarks/bench_memory.py --huge    # 10,000,000 requests, 1 replica, 5 req/s
      python benchmarks/bench_memory.py --scale   # 100 replicas x 1,000,000 requests at 300 req/s
 Targets (issue 15): 1,000,000 requests in < 30 s and < 300 MB peak RSS; memory independent of
@@ -33,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, interval_s: float | None) -> dict:
+def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, interval_s: float | None,
+        extra: list[str] = ()) -> dict:
     """Simulate, summarise and write one run in this process; returns its measurements."""
     from bench_replay import children_cpu_s  # (this folder is on the path: the run is this script)
     from servesim import load_scenario, simulate
@@ -47,6 +49,7 @@ def one(num_requests: int, replicas: int, rate_per_s: float | None, keep: bool, 
         sets.append("router.name=least-requests")
     if interval_s is not None:
         sets.append(f"output.timeseries_interval_s={interval_s}")
+    sets += extra
     cpu0, helper0, wall0 = time.process_time(), children_cpu_s(), time.perf_counter()
     try:
         result = simulate(load_scenario(None, sets), keep_requests=keep)
@@ -88,6 +91,9 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--rate", type=float, default=5.0, help="arrivals per second (default 5: ~75 %% of one replica)")
     ap.add_argument("--interval", type=float, help="output.timeseries_interval_s (default: the scenario's, 1 s)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another scenario override, e.g. scheduler.name=andes or "
+                    "'workload.attributes.tenants={a: 1, b: 1}' (the summary sections' memory)")
     ap.add_argument("--keep-requests", action="store_true", help="keep the Request objects (Python API default)")
     ap.add_argument("--scale", action="store_true", help="100 replicas x 1,000,000 requests at 300 req/s")
     ap.add_argument("--huge", action="store_true", help="10,000,000 requests on one replica at 5 req/s (streamed: "
@@ -99,13 +105,14 @@ def main() -> None:
     if args.huge:
         args.sizes, args.replicas = "10000000", 1
     if args.child is not None:
-        print(json.dumps(one(args.child, args.replicas, args.rate, args.keep_requests, args.interval)))
+        print(json.dumps(one(args.child, args.replicas, args.rate, args.keep_requests, args.interval, args.set)))
         return
     for n in map(int, args.sizes.split(",")):
         cmd = [sys.executable, __file__, "--child", str(n), "--replicas", str(args.replicas)]
         cmd += ["--rate", str(args.rate)] if args.rate is not None else []
         cmd += ["--keep-requests"] if args.keep_requests else []
         cmd += ["--interval", str(args.interval)] if args.interval is not None else []
+        cmd += [f"--set={s}" for s in args.set]
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         per_req = out["peak_rss_mb"] * 1e6 / out["requests"]
         print(f"{out['requests']:>10,} requests x {args.replicas} replica(s): {out['steps']:,} steps, "

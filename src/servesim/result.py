@@ -113,7 +113,8 @@ class Result:
         if self.swap:
             out["swap"] = self.swap
         ends = self.ends if self.steps is None else self.steps.end_s
-        out.update(compute_sections(SectionInput(self.table, ends, self.scenario.model_dump(mode="json"))))
+        out.update(compute_sections(SectionInput(self.table, ends, self.scenario.model_dump(mode="json"),
+                                                  self.spill and self.spill.name)))
         if self.cluster is not None:
             t = self.table
             pairs = lambda: ((t.cols["replica"][rows], t.request_columns(rows)) for rows in t.chunks())  # noqa: E731

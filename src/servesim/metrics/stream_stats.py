@@ -84,8 +84,12 @@ def pairwise_sum(read, n: int) -> np.float64:
     return node(0, n)
 
 
-class StreamStats:
-    """mean, p50, p90, p99 and max of the finite values added (`stats` of their concatenation)."""
+class StreamValues:
+    """Float64 values added a chunk at a time, in order, for numpy's `mean`, `percentile` and
+    `min` of their concatenation, to the bit: up to `memory_values` stay in memory (numpy runs
+    on the concatenation); beyond that they go to a file, the mean is `pairwise_sum`'s and a
+    percentile interpolates, as numpy does, between the two values `WeightedValues` selects at
+    its ranks. For the summary sections that read a value per request."""
 
     #: values held in memory before they go to a file
     memory_values = 1 << 18
@@ -94,16 +98,20 @@ class StreamStats:
         self._folder = folder
         self._mem: list[np.ndarray] = []
         self._n = 0
+        self._min = np.inf
         self._file = None
         self._ranks: WeightedValues | None = None
         self._signed = False  # a negative value (or -0.0): its float bits do not sort as values
 
+    def __len__(self) -> int:
+        return self._n
+
     def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64)
-        v = values[np.isfinite(values)]
+        v = np.asarray(values, dtype=np.float64)
         if not len(v):
             return
         self._n += len(v)
+        self._min = min(self._min, float(v.min()))
         self._signed = self._signed or bool(np.signbit(v).any())
         if self._file is None and self._n <= self.memory_values:
             self._mem.append(v)
@@ -124,17 +132,33 @@ class StreamStats:
         self._file.seek(8 * lo)
         return np.fromfile(self._file, np.float64, hi - lo)
 
-    def result(self) -> dict[str, float | None]:
-        try:
-            if self._file is None:
-                return stats(np.concatenate(self._mem) if self._mem else np.empty(0))
-            if self._signed:  # (no such column in a summary: TTFT, TPOT, E2E are >= 0)
-                return stats(self._read(0, self._n))
-            p50, p90, p99 = self._ranks.percentiles((50, 90, 99))
-            mean = float(pairwise_sum(self._read, self._n) / self._n)
-            return {"mean": mean, "p50": p50, "p90": p90, "p99": p99, "max": float(self._ranks.max)}
-        finally:
-            self.close()
+    def _whole(self) -> np.ndarray | None:
+        """The values as one array when they are that cheap to have (in memory, or signed)."""
+        if self._file is None:
+            return np.concatenate(self._mem) if self._mem else np.empty(0)
+        return self._read(0, self._n) if self._signed else None
+
+    def mean(self) -> float:
+        whole = self._whole()
+        if whole is not None:
+            return float(np.mean(whole))
+        return float(pairwise_sum(self._read, self._n) / self._n)
+
+    def min(self) -> float:
+        return float(self._min)
+
+    def percentile(self, q: float) -> float:
+        """np.percentile of the values at `q` (its default, linear interpolation)."""
+        whole = self._whole()
+        if whole is not None:
+            return float(np.percentile(whole, q))
+        pos = q / 100 * (self._n - 1)
+        lo = min(int(np.floor(pos)), self._n - 1)
+        hi = min(lo + 1, self._n - 1)
+        at = self._ranks._select(sorted({lo, hi}))
+        a, b, t = at[lo], at[hi], np.float64(pos - lo)
+        # numpy's _lerp: from the far end when t >= 0.5 (the same bits, not only the same value)
+        return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
 
     def close(self) -> None:
         if self._file is not None:
@@ -142,3 +166,22 @@ class StreamStats:
             self._ranks.close()
             self._file = None
         self._mem = []
+
+
+class StreamStats(StreamValues):
+    """mean, p50, p90, p99 and max of the finite values added (`stats` of their concatenation)."""
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        super().add(values[np.isfinite(values)])
+
+    def result(self) -> dict[str, float | None]:
+        try:
+            whole = self._whole()
+            if whole is not None:
+                return stats(whole)
+            p50, p90, p99 = self._ranks.percentiles((50, 90, 99))
+            mean = float(pairwise_sum(self._read, self._n) / self._n)
+            return {"mean": mean, "p50": p50, "p90": p90, "p99": p99, "max": float(self._ranks.max)}
+        finally:
+            self.close()

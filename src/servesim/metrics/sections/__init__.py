@@ -22,13 +22,20 @@ from servesim.workload.request import Request
 @dataclass(frozen=True)
 class SectionInput:
     """What a section reads: the run's requests as rows (a list of `Request` objects is turned
-    into a table, for callers that hold them), the step end times and the scenario."""
+    into a table, for callers that hold them), the step end times and the scenario.
+
+    A section reads the table a chunk of rows at a time (`table.chunks()`: every row at once
+    when the table is in memory, ROWS_PER_PASS when it was spilled) and keeps what grows with
+    the rows in `StreamValues`, so a run's summary holds a chunk, not a column."""
 
     requests: RequestTable | list[Request]  # every request of the run, rows in arrival order
     # end time of every engine step (index = step number in token runs): an array, or a StepEnds
     # (metrics/step_ends.py) reading files when the run reduced its step logs as they came
     step_ends_s: np.ndarray
     params: dict  # the scenario as a plain dict (scheduler parameters, SLOs, ...)
+    # where a section's values per request go once there are too many to hold (StreamValues):
+    # the run's spill folder, or None (the system's temporary folder)
+    folder: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.requests, RequestTable):

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from servesim.metrics.sections import SectionInput
+from servesim.metrics.stream_stats import StreamValues
 
 KEY = "fairness"
 MAX_WINDOWS = 60
@@ -28,12 +29,22 @@ def jain_index(values) -> float | None:
     return None if len(x) == 0 or total == 0 else float(x.sum() ** 2 / (len(x) * total))
 
 
+class _Tenant:
+    """One tenant's running totals over the table's row chunks."""
+
+    def __init__(self, num_windows: int, folder) -> None:
+        self.requests = self.input_tokens = self.output_tokens = 0
+        self.in_hist = np.zeros(num_windows)
+        self.out_hist = np.zeros(num_windows, dtype=np.int64)
+        self.ttft, self.e2e = StreamValues(folder), StreamValues(folder)
+
+
 def section(data: SectionInput) -> dict | None:
-    codes = data.table.cols["tenant"]  # (label codes: one tenant known without decoding every row)
-    if len(codes) == 0 or codes.min() == codes.max():
+    t = data.table
+    # (label codes, a chunk at a time: one tenant known without decoding every row)
+    if not len(t) or min(int(t.cols["tenant"][rows].min()) for rows in t.chunks()) == \
+            max(int(t.cols["tenant"][rows].max()) for rows in t.chunks()):
         return None
-    labels = data.table.labels("tenant")
-    tenants = sorted(set(labels))
     sched = data.params.get("scheduler") or {}
     w_in = float(sched.get("input_price", 1.0))
     w_out = float(sched.get("output_price", 2.0))
@@ -43,31 +54,44 @@ def section(data: SectionInput) -> dict | None:
     edges = np.arange(0.0, end_s + window_s, window_s)
     if len(edges) < 2:
         edges = np.array([0.0, window_s])
-    c = data.table.cols
-    per: dict[str, dict] = {}
-    windows: dict[str, list[float]] = {}
-    for u in tenants:
-        rows = np.flatnonzero(labels == u)
-        first_s, arrival_s, prompt = c["first_token_s"][rows], c["arrival_s"][rows], c["prompt_len"][rows]
-        started = ~np.isnan(first_s)
-        in_tok = int(prompt[started].sum())
-        out_tok = int(c["num_output_tokens"][rows].sum())
-        emitting = rows[c["num_runs"][rows] > 0]
-        out_hist = (np.histogram(data.token_times_of(emitting), edges)[0] if len(emitting)
-                    else np.zeros(len(edges) - 1))
-        in_hist = np.histogram(first_s[started], edges, weights=prompt[started])[0]
-        windows[u] = (w_in * in_hist + w_out * out_hist).tolist()
-        finished = (~np.isnan(c["finish_s"][rows]) & started
-                    & (c["num_output_tokens"][rows] == c["output_len"][rows]))
-        per[u] = {
-            "requests": len(rows),
-            "input_tokens": in_tok,
-            "output_tokens": out_tok,
-            "service": w_in * in_tok + w_out * out_tok,
-            "mean_ttft_s": float(np.mean(first_s[started] - arrival_s[started])) if started.any() else None,
-            "mean_e2e_s": (float(np.mean(c["finish_s"][rows][finished] - arrival_s[finished]))
-                           if finished.any() else None),
-        }
+    folder = data.folder
+    acc: dict[str, _Tenant] = {}
+    try:
+        # Row chunks (every row at once when the table is in memory): each tenant's values are
+        # taken in row order, so means and histograms are those of its whole columns, bit for bit
+        for chunk in t.chunks():
+            c = {k: t.cols[k][chunk] for k in ("first_token_s", "arrival_s", "prompt_len", "num_output_tokens",
+                                                "output_len", "finish_s", "num_runs")}
+            labels = t.labels("tenant", chunk)
+            for u in set(labels):
+                a = acc.get(u) or acc.setdefault(u, _Tenant(len(edges) - 1, folder))
+                rows = np.flatnonzero(labels == u)
+                first_s, arrival_s, prompt = c["first_token_s"][rows], c["arrival_s"][rows], c["prompt_len"][rows]
+                started = ~np.isnan(first_s)
+                a.requests += len(rows)
+                a.input_tokens += int(prompt[started].sum())
+                a.output_tokens += int(c["num_output_tokens"][rows].sum())
+                emitting = rows[c["num_runs"][rows] > 0] + chunk.start
+                for _, times, _ in data.token_times_chunks(emitting):  # (512 requests' tokens at a time)
+                    a.out_hist += np.histogram(times, edges)[0]
+                a.in_hist += np.histogram(first_s[started], edges, weights=prompt[started])[0]
+                a.ttft.add(first_s[started] - arrival_s[started])
+                finished = (~np.isnan(c["finish_s"][rows]) & started
+                            & (c["num_output_tokens"][rows] == c["output_len"][rows]))
+                a.e2e.add(c["finish_s"][rows][finished] - arrival_s[finished])
+        tenants = sorted(acc)
+        per = {u: {
+            "requests": acc[u].requests,
+            "input_tokens": acc[u].input_tokens,
+            "output_tokens": acc[u].output_tokens,
+            "service": w_in * acc[u].input_tokens + w_out * acc[u].output_tokens,
+            "mean_ttft_s": acc[u].ttft.mean() if len(acc[u].ttft) else None,
+            "mean_e2e_s": acc[u].e2e.mean() if len(acc[u].e2e) else None,
+        } for u in tenants}
+    finally:
+        for a in acc.values():
+            a.ttft.close(), a.e2e.close()
+    windows = {u: (w_in * acc[u].in_hist + w_out * acc[u].out_hist).tolist() for u in tenants}
     total = sum(p["service"] for p in per.values())
     for p in per.values():
         p["service_share"] = p["service"] / total if total else None

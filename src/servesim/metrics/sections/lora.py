@@ -12,27 +12,40 @@ from __future__ import annotations
 
 import numpy as np
 
+from servesim.metrics.stream_stats import StreamValues
+
 KEY = "lora"
 
 
 def section(data) -> dict | None:
     t = data.table
-    rows = np.flatnonzero(t.cols["lora"] >= 0)
-    if not len(rows):
-        return None
-    tags = [data.extra(i) for i in rows]
-    looked = [x["lora_hit"] for x in tags if "lora_hit" in x]
-    load_s = sum(x.get("lora_load_s", 0.0) for x in tags)
-    first_s = t.cols["first_token_s"][rows]
-    started = ~np.isnan(first_s)
-    ttft = first_s[started] - t.cols["arrival_s"][rows][started]
-    return {
-        "num_requests": len(rows),
-        "num_adapters": len(np.unique(t.cols["lora"][rows])),
-        "cache_hit_rate": sum(looked) / len(looked) if looked else None,
-        "num_loads": sum(x.get("lora_num_loads", 0) for x in tags),
-        "num_storage_loads": sum(x.get("lora_num_storage_loads", 0) for x in tags),
-        "load_time_s": float(load_s),
-        "mean_ttft_s": float(ttft.mean()) if ttft.size else None,
-        "p99_ttft_s": float(np.percentile(ttft, 99)) if ttft.size else None,
-    }
+    parts, adapters, ttft = [], set(), StreamValues(data.folder)
+    try:
+        for chunk in t.chunks():  # (a chunk of rows at a time: TTFTs in row order)
+            lora = t.cols["lora"][chunk]
+            rows = np.flatnonzero(lora >= 0)
+            if not len(rows):
+                continue
+            parts.append(rows + chunk.start)
+            adapters.update(np.unique(lora[rows]).tolist())
+            first_s = t.cols["first_token_s"][chunk][rows]
+            started = ~np.isnan(first_s)
+            ttft.add(first_s[started] - t.cols["arrival_s"][chunk][rows][started])
+        if not parts:
+            return None
+        # (the tags are the table's `extras`, held in memory already: a list of references)
+        tags = [data.extra(i) for i in np.concatenate(parts).tolist()]
+        looked = [x["lora_hit"] for x in tags if "lora_hit" in x]
+        load_s = sum(x.get("lora_load_s", 0.0) for x in tags)
+        return {
+            "num_requests": len(tags),
+            "num_adapters": len(adapters),
+            "cache_hit_rate": sum(looked) / len(looked) if looked else None,
+            "num_loads": sum(x.get("lora_num_loads", 0) for x in tags),
+            "num_storage_loads": sum(x.get("lora_num_storage_loads", 0) for x in tags),
+            "load_time_s": float(load_s),
+            "mean_ttft_s": ttft.mean() if len(ttft) else None,
+            "p99_ttft_s": ttft.percentile(99) if len(ttft) else None,
+        }
+    finally:
+        ttft.close()

@@ -17,24 +17,41 @@ KEY = "programs"
 
 def completion_times_s(program_ids: np.ndarray, arrival_s: np.ndarray, finish_s: np.ndarray,
                        finished: np.ndarray) -> tuple[np.ndarray, int]:
-    """(completion time of every completed program, number of incomplete programs)."""
-    ids, inverse = np.unique(program_ids, return_inverse=True)
-    first = np.full(len(ids), np.inf)
-    last = np.full(len(ids), -np.inf)
-    complete = np.ones(len(ids), dtype=bool)
-    np.minimum.at(first, inverse, arrival_s)
-    np.maximum.at(last, inverse, np.where(finished, finish_s, -np.inf))
-    np.logical_and.at(complete, inverse, finished)
+    """(completion time of every completed program, in program id order; number of incomplete programs)."""
+    _, first, last, complete = _by_program(program_ids, arrival_s, np.where(finished, finish_s, -np.inf), finished)
     return (last - first)[complete], int((~complete).sum())
 
 
+def _by_program(ids: np.ndarray, first_s: np.ndarray, last_s: np.ndarray, complete: np.ndarray) -> tuple:
+    """(program ids in order, the earliest first time, the latest last time and whether every
+    part is complete, of each): of calls, or of partial results of the same form, since a
+    minimum, a maximum and an `and` do not depend on how the calls were grouped."""
+    ids, inverse = np.unique(ids, return_inverse=True)
+    first = np.full(len(ids), np.inf)
+    last = np.full(len(ids), -np.inf)
+    done = np.ones(len(ids), dtype=bool)
+    np.minimum.at(first, inverse, first_s)
+    np.maximum.at(last, inverse, last_s)
+    np.logical_and.at(done, inverse, complete)
+    return ids, first, last, done
+
+
 def section(data) -> dict | None:
-    c = data.table.cols
-    rows = np.flatnonzero(c["program_id"] != NONE_ID)
-    if not len(rows):
+    t, c = data.table, data.table.cols
+    # each chunk of rows reduced to its programs, then the chunks' programs reduced once: the
+    # memory is a program's four numbers (a program's calls span few chunks), not its calls' rows
+    parts = []
+    for chunk in t.chunks():
+        pid = c["program_id"][chunk]
+        rows = np.flatnonzero(pid != NONE_ID)
+        if len(rows):
+            finished = c["state"][chunk][rows] == int(RequestState.FINISHED)
+            parts.append(_by_program(pid[rows], c["arrival_s"][chunk][rows],
+                                     np.where(finished, c["finish_s"][chunk][rows], -np.inf), finished))
+    if not parts:
         return None
-    times, incomplete = completion_times_s(c["program_id"][rows], c["arrival_s"][rows], c["finish_s"][rows],
-                                           c["state"][rows] == int(RequestState.FINISHED))
+    _, first, last, complete = _by_program(*(np.concatenate(p) for p in zip(*parts)))
+    times, incomplete = (last - first)[complete], int((~complete).sum())
     out = {"num_programs": len(times) + incomplete, "num_incomplete": incomplete}
     if len(times):
         out.update({

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from servesim.metrics.stream_stats import StreamValues
 from servesim.workload.request import RequestState
 
 KEY = "qoe"
@@ -77,29 +78,33 @@ def section(data) -> dict | None:
         return None
     ttft = float(sched.get("ttft_exp_s", DEFAULT_TTFT_S))
     tds = float(sched.get("tds_exp", DEFAULT_TDS))
-    finished = t.cols["state"] == int(RequestState.FINISHED)
-    arrival_s = t.cols["arrival_s"]
-    rows = np.flatnonzero(finished)
-    values = []
-    for part, times, counts in data.token_times_chunks(rows):
-        ttfts, tdss = np.full(len(part), ttft), np.full(len(part), tds)
-        if t.extras:  # (requests with their own targets)
-            for k, i in enumerate(part.tolist()):
-                if i in t.extras:
-                    ttfts[k], tdss[k] = targets_of(t.extras[i], ttft, tds)
-        values += qoe_many(times - np.repeat(arrival_s[part], counts), counts, ttfts, tdss)
-    unfinished = int((~finished).sum())
-    if not values:
-        return None
-    v = np.array(values)
-    return {
-        "mean": float(v.mean()),
-        "p50": float(np.percentile(v, 50)),
-        "p10": float(np.percentile(v, 10)),
-        "min": float(v.min()),
-        "share_ge_0_9": float((v >= 0.9).mean()),
-        "num_requests": len(v),
-        "num_unfinished": unfinished,
-        "ttft_exp_s": ttft,
-        "tds_exp": tds,
-    }
+    values, unfinished, num_good = StreamValues(data.folder), 0, 0
+    try:
+        for chunk in t.chunks():
+            finished = t.cols["state"][chunk] == int(RequestState.FINISHED)
+            unfinished += int((~finished).sum())
+            arrival_s = t.cols["arrival_s"][chunk]
+            for part, times, counts in data.token_times_chunks(np.flatnonzero(finished) + chunk.start):
+                ttfts, tdss = np.full(len(part), ttft), np.full(len(part), tds)
+                if t.extras:  # (requests with their own targets)
+                    for k, i in enumerate(part.tolist()):
+                        if i in t.extras:
+                            ttfts[k], tdss[k] = targets_of(t.extras[i], ttft, tds)
+                v = np.array(qoe_many(times - np.repeat(arrival_s[part - chunk.start], counts), counts, ttfts, tdss))
+                values.add(v)
+                num_good += int((v >= 0.9).sum())
+        if not len(values):
+            return None
+        return {
+            "mean": values.mean(),
+            "p50": values.percentile(50),
+            "p10": values.percentile(10),
+            "min": values.min(),
+            "share_ge_0_9": num_good / len(values),
+            "num_requests": len(values),
+            "num_unfinished": unfinished,
+            "ttft_exp_s": ttft,
+            "tds_exp": tds,
+        }
+    finally:
+        values.close()
