@@ -1,7 +1,7 @@
 """A newcomer arriving inside the chunk steps of a prompt that joined a stretch with its chunks
 (`replica/chunk_join.py`, Sarathi): it is kept waiting, the stretch ends at that prompt's join
 step, and there (`chain_join`) it joins beside the prompt's rest with the budget that leaves as
-its first chunk, then its own chunks. Fast-forwarded runs give exactly stepping's run (every
+its first chunk, then its own chunks (or whole, if that budget covers its prompt). Fast-forwarded runs give exactly stepping's run (every
 request's tokens, token steps, times and computed tokens, the whole step log, waiting counts
 included), and the chained joins really happen."""
 
@@ -18,9 +18,15 @@ from tests.replica.test_stretch_join import light_load, run
 @pytest.fixture
 def counted(monkeypatch):
     """Counts the chained joins and the arrivals kept inside a joined prompt's chunks."""
-    calls = {"chained": 0, "kept": 0, "refused": 0}
+    calls = {"chained": 0, "kept": 0, "refused": 0, "whole": 0}
     chain = stretch_join.chain_join
     keeps = engine_arrivals.keeps_in_chunks
+    whole = chunk_join._chain_whole
+
+    def counted_whole(*args):
+        joined = whole(*args)
+        calls["whole"] += joined
+        return joined
 
     def counted_chain(*args):
         joined = chain(*args)
@@ -34,6 +40,7 @@ def counted(monkeypatch):
 
     monkeypatch.setattr(stretch_join, "chain_join", counted_chain)
     monkeypatch.setattr(engine_arrivals, "keeps_in_chunks", counted_keeps)
+    monkeypatch.setattr(chunk_join, "_chain_whole", counted_whole)
     return calls
 
 
@@ -49,7 +56,8 @@ def test_newcomers_inside_a_prompts_chunks_join_beside_its_rest_exactly(chunk_si
     b = run(b_reqs, False, num_blocks, llama, scheduler="sarathi", params=params, max_num_seqs=32)
     assert_same_run(a, b, a_reqs, b_reqs, num_blocks, FIELDS)
     if num_blocks == 3000:
-        assert counted["kept"] >= 10 and counted["chained"] >= 10, counted
+        # (some newcomers' prompts fit whole beside the rest: they join as whole prompts there)
+        assert counted["kept"] >= 10 and counted["chained"] >= 10 and counted["whole"] >= 1, counted
     else:  # (a tighter cache: newcomers more often wait for blocks, when stepping too)
         assert counted["kept"] >= 1 and counted["chained"] >= 1, counted
 

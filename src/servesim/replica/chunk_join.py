@@ -103,12 +103,14 @@ def chain_join(engine, st, now_s: float) -> bool:
     if st.k != s or st.joins[-1][0] != s or st._forms is None:
         return False
     sched, perf = engine.scheduler, engine.perf
-    got = sched.arrival_chunk(active, rest)
-    if got is None:
-        return False  # (two waiting, no slot, or a prompt that budget covers whole: stepping's `schedule` admits it)
-    req, c0 = got
     form = getattr(perf, "prompts_step_s", None)
-    step_s = form([(rest, done), (c0, 0)], active, ctx_sum) if form is not None else None
+    if form is None:
+        return False
+    got = sched.arrival_chunk(active, rest)
+    if got is None:  # (two waiting, no slot, or prompts that budget covers whole)
+        return _chain_whole(engine, st, now_s, form)
+    req, c0 = got
+    step_s = form([(rest, done), (c0, 0)], active, ctx_sum)
     if step_s is None:
         return False
     # its chunks from step s + 1: the budget the decodes running then leave (the first prompt
@@ -145,6 +147,43 @@ def chain_join(engine, st, now_s: float) -> bool:
     engine.num_joined_arrivals += 1
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, last + 1)
+    engine._schedule_stretch_end(st)
+    return True
+
+
+def _chain_whole(engine, st, now_s: float, form) -> bool:
+    """`chain_join` for waiting prompts that the budget the first prompt's rest leaves covers
+    whole (`arrivals_join`, the rest counted as tokens spent, as a decode's one): they join at
+    step s beside that rest as whole prompts join (`Stretch.join`), decoding from s + 1."""
+    s, active, ctx_sum, done, rest = st.chain_at
+    sched, kv = engine.scheduler, engine.kv
+    joins = sched.arrivals_join(active + rest)
+    if not joins:
+        return False
+    bs = kv.block_size
+    blocks, kept = sched.join_blocks(joins)
+    free = st.free_blocks - st.join_blocks - blocks - kept
+    if st.blocks_bound(s + 1, bs) > free and st.blocks_needed(s + 1, bs) > free:
+        return False
+    step_s = form([(rest, done)] + [(n, 0) for _, n in joins], active, ctx_sum)
+    if step_s is None:
+        return False
+    # The scalar state of step s from the lists: the first prompt, joined at s, counts there as a
+    # decode of its prompt less one token, so `join` moves it to its whole prompt at s + 1
+    st._sync()
+    sched.join(joins, st.out)
+    for req, _ in joins:
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now_s
+    if not st.waiting_to:
+        st.waiting_to = []
+    st.waiting_to += [s] * len(joins)
+    first_new = kv.first_new_block_steps([req for req, _ in joins], [n - s for _, n in joins])
+    st.join(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
+    st.chain_at = None
+    engine.num_joined_arrivals += len(joins)
+    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    engine._limit(st, s + 1)
     engine._schedule_stretch_end(st)
     return True
 
