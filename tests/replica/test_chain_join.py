@@ -86,5 +86,6 @@ def test_no_chained_join_without_the_two_prompt_form(llama, monkeypatch, counted
     a = run(a_reqs, True, 3000, llama, scheduler="sarathi", params={"chunk_size": 128}, max_num_seqs=32)
     b = run(b_reqs, False, 3000, llama, scheduler="sarathi", params={"chunk_size": 128}, max_num_seqs=32)
     assert_same_run(a, b, a_reqs, b_reqs, 3000, FIELDS)
+    # (each refusal applies a stretch ended inside the prompt's chunks, with the chunks that ran)
     assert counted["chained"] == 0 and counted["refused"] >= 10 and counted["kept"] >= 10, counted
     assert chunk_join.chain_join is not None

@@ -17,11 +17,20 @@ in each (a decode that leaves before one adds a token to its chunk, as stepping'
 the chunks are listed, not one size); the decodes' blocks up to s0 + q, the
 prompt's and the watermark fit in those free when the stretch was planned (stepping has at
 least those: finishes only add to them); the perf model has the scalar chunk form (each step
-priced with `PerfModel.chunk_time_fn`, the same floats as stepping's `step_time_s`). An arrival
-inside the chunk steps cuts the stretch as any arrival does, and no request joins at a boundary
-up to s0 + q (the budget is the prompt's there): the stretch is applied with the chunks that
-ran (`apply_prompt_runs`), and stepping goes on from there exactly.
-Checked against stepping by tests/replica/test_chunk_join.py.
+priced with `PerfModel.chunk_time_fn`, the same floats as stepping's `step_time_s`). No request
+joins at a boundary up to s0 + q (the budget is the prompt's there): a stretch cut inside the
+chunk steps is applied with the chunks that ran (`apply_prompt_runs`), and stepping goes on
+from there exactly.
+
+An arrival inside the chunk steps would be admitted by stepping only at s0 + q, beside the
+prompt's rest, so it is kept waiting (as a chunk stretch keeps it) and the stretch ends at
+s0 + q (`keeps_in_chunks`, `Engine.add_request`); there `chain_join` admits it as that step's
+`schedule` would: a first chunk of the budget the rest leaves (step s0 + q priced again with
+both prompts, `PerfModel.prompts_step_s`), then its own chunks as above, joining at its own
+rest, where the next newcomer may chain on; or whole, when that budget covers its prompt.
+Before this an arrival there cut the stretch at the step in flight and cost three cycles of
+apply, schedule and plan (the rest of the chunks, the shared step, the rest of the newcomer's).
+Checked against stepping by tests/replica/test_chunk_join.py and test_chain_join.py.
 """
 
 from __future__ import annotations
