@@ -46,3 +46,22 @@ def test_prompt_step_s_equals_the_chunk_form(model, gpu, tp, engine, mixed, eage
             t = perf.prompt_step_s(n, prompt, sum(ctx))
             assert t == perf.chunk_time_fn(n, prompt)(0, sum(ctx)) == perf.step_time_s([(prompt, 0)], ctx)
     assert perf.prompt_step_s(4, 0, 100) is None
+
+
+@pytest.mark.parametrize("model,gpu,tp,engine,mixed,eager", [("llama-3.1-8b", "h100-sxm", 1, "vllm", 0.0, 0.0),
+                                                             ("llama-3.1-8b", "h100-sxm", 1, "vllm", 0.3, 2e-5),
+                                                             ("llama-3.1-70b", "a100-80gb", 4, "trtllm", 0.0, 0.0),
+                                                             ("deepseek-v3", "h200", 8, "sglang", 0.2, 0.0)])
+def test_prompts_step_s_equals_step_time(model, gpu, tp, engine, mixed, eager):
+    # (a chained join's shared step, one prompt's last chunk and the next one's first beside the
+    # decodes, is priced from the stretch's count and context sum: bit-identical to step_time_s)
+    perf = build_perf_model(model, gpu, tp, config=PerfConfig(engine=engine, overrides={"mixed_prefill_slowdown": mixed,
+                                                                                "eager_layer_s": eager}))
+    rng = np.random.default_rng(2)
+    for n, prefills in ((0, [(300, 900), (212, 0)]), (1, [(7, 1024), (504, 0)]), (13, [(250, 499), (249, 0)]),
+                        (64, [(1, 60_000), (447, 0)]), (300, [(100, 5000)]), (5, [])):
+        for _ in range(20):
+            ctx = [int(x) for x in rng.integers(1, 60_000, n)]
+            assert perf.prompts_step_s(prefills, n, sum(ctx)) == perf.step_time_s(prefills, ctx)  # exact
+    assert perf.prompts_step_s([(4, 0)], 0, 0) == perf.step_time_s([(4, 0)], [])
+    assert build_perf_model("mistral-7b", "a100-80gb").prompts_step_s([(4, 0), (5, 9)], 3, 100) is None

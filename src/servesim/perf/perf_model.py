@@ -285,6 +285,30 @@ class PerfModel(MemoryMixin):
         cpu = self.terms.cpu_s(1 + num_decodes, prompt + num_decodes)
         return max(x, cpu) if self._overlap else x + cpu
 
+    def prompts_step_s(self, prefills: Sequence[tuple[int, int]], num_decodes: int, ctx_sum: int) -> float | None:
+        """`step_time_s(prefills, ctxs)` for `num_decodes` decodes whose contexts sum to `ctx_sum`,
+        without their list: the same float operations in the same order (without sliding-window
+        layers the decodes enter only through their count and their contexts' sum). For a step
+        priced from a stretch's scalar state with two prompts in it (one's last chunk, the next
+        one's first: `replica/chunk_join.py`'s `chain_join`). None with sliding-window layers."""
+        if self._window is not None:
+            return None
+        num_tokens = num_decodes
+        for new, _ in prefills:
+            num_tokens += new
+        if num_tokens == 0:
+            return 0.0
+        num_seqs = len(prefills) + num_decodes
+        gpu = self._token_s(num_tokens) + self._logits_s(num_seqs)
+        if prefills:
+            gpu = gpu + (self._prefill_attention_s(prefills, num_tokens - num_decodes)
+                         + self._mixed_s(num_tokens - num_decodes, num_decodes))
+        gpu = gpu + self._g_full * ctx_sum
+        if self._graphless and num_tokens > self.graph_max_tokens:
+            gpu = max(gpu + self._graphless_add, self._floor)
+        cpu = self.terms.cpu_s(num_seqs, num_tokens)
+        return max(gpu, cpu) if self._overlap else gpu + cpu
+
     def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
         """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
         chunk over its context (a speculative verify pass), one step per total context in

@@ -17,11 +17,20 @@ in each (a decode that leaves before one adds a token to its chunk, as stepping'
 the chunks are listed, not one size); the decodes' blocks up to s0 + q, the
 prompt's and the watermark fit in those free when the stretch was planned (stepping has at
 least those: finishes only add to them); the perf model has the scalar chunk form (each step
-priced with `PerfModel.chunk_time_fn`, the same floats as stepping's `step_time_s`). An arrival
-inside the chunk steps cuts the stretch as any arrival does, and no request joins at a boundary
-up to s0 + q (the budget is the prompt's there): the stretch is applied with the chunks that
-ran (`apply_prompt_runs`), and stepping goes on from there exactly.
-Checked against stepping by tests/replica/test_chunk_join.py.
+priced with `PerfModel.chunk_time_fn`, the same floats as stepping's `step_time_s`). No request
+joins at a boundary up to s0 + q (the budget is the prompt's there): a stretch cut inside the
+chunk steps is applied with the chunks that ran (`apply_prompt_runs`), and stepping goes on
+from there exactly.
+
+An arrival inside the chunk steps would be admitted by stepping only at s0 + q, beside the
+prompt's rest, so it is kept waiting (as a chunk stretch keeps it) and the stretch ends at
+s0 + q (`keeps_in_chunks`, `Engine.add_request`); there `chain_join` admits it as that step's
+`schedule` would: a first chunk of the budget the rest leaves (step s0 + q priced again with
+both prompts, `PerfModel.prompts_step_s`), then its own chunks as above, joining at its own
+rest, where the next newcomer may chain on; or whole, when that budget covers its prompt.
+Before this an arrival there cut the stretch at the step in flight and cost three cycles of
+apply, schedule and plan (the rest of the chunks, the shared step, the rest of the newcomer's).
+Checked against stepping by tests/replica/test_chunk_join.py and test_chain_join.py.
 """
 
 from __future__ import annotations
@@ -71,7 +80,7 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
     first_new = engine.kv.num_blocks_of(req.id) * bs - (n - last) + 1  # (`first_new_block_steps`, ctx1 n - last)
-    join_after_chunks(engine, st, chunk_fn, req, chunks, 0, n, first_new, blocks, blocks)
+    st.chain_at = join_after_chunks(engine, st, chunk_fn, req, chunks, 0, n, first_new, blocks, blocks)
     engine.num_joined_arrivals += 1
     st.price(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, last + 1)
@@ -79,16 +88,127 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     return True
 
 
+def keeps_in_chunks(st, t: float) -> bool:
+    """Would an arrival at `t` be first seen by a step at or before the join step L of the
+    prompt whose chunks `st` runs (`Stretch.chain_at`)? Steps before L spend the whole budget on
+    that prompt, so stepping admits nothing there and the newcomer waits until L, where the
+    prompt's rest leaves room for it (`chain_join`): the engine keeps it waiting and ends the
+    stretch at L rather than cutting it at the step in flight."""
+    return st.steps_before(t) < st.chain_at[0]
+
+
+def chain_join(engine, st, now_s: float) -> bool:
+    """At `now_s`, the boundary L of the stretch `st` where the prompt whose chunks it runs
+    computes its rest (`chain_at`; the stretch was ended there by a newcomer kept waiting):
+    admit the one waiting request with the budget that rest leaves as its first chunk in step
+    L, as stepping's `schedule` would (`arrival_chunk` with the rest as tokens spent), then its
+    chunks beside the decodes (the first prompt one of them) up to its own rest, where it
+    joins (`join_after_chunks`). Step L is priced again with both prompts
+    (`PerfModel.prompts_step_s`, the floats of `step_time_s`). The same conditions as
+    `chunk_join` (one fresh request waiting, a sequence slot, its blocks and the decodes' up
+    to its last chunk above the watermark in those free when the stretch was planned, a decode
+    running in each of its steps). True if it joined; False changes nothing."""
+    s, active, ctx_sum, done, rest = st.chain_at
+    if st.k != s or st.joins[-1][0] != s or st._forms is None:
+        return False
+    sched, perf = engine.scheduler, engine.perf
+    form = getattr(perf, "prompts_step_s", None)
+    if form is None:
+        return False
+    got = sched.arrival_chunk(active, rest)
+    if got is None:  # (two waiting, no slot, or prompts that budget covers whole)
+        return _chain_whole(engine, st, now_s, form)
+    req, c0 = got
+    step_s = form([(rest, done), (c0, 0)], active, ctx_sum)
+    if step_s is None:
+        return False
+    # its chunks from step s + 1: the budget the decodes running then leave (the first prompt
+    # decodes among them), up to the step whose budget covers its rest
+    budget, n, rem = c0 + active + rest, req.num_tokens, st._sorted_rem
+    j = s + 1
+    p = bisect_right(rem, j)
+    if p == len(rem):
+        return False  # (every decode left: an idle batch's chunks, left to stepping)
+    chunks, got_n = [c0], c0
+    while n - got_n > budget - (len(rem) - p):
+        chunks.append(budget - (len(rem) - p))
+        got_n += chunks[-1]
+        j += 1
+        p = bisect_right(rem, j, p)
+        if p == len(rem):
+            return False
+    last = j
+    bs = engine.kv.block_size
+    blocks, kept = sched.join_blocks([(req, n)])
+    free = st.free_blocks - st.join_blocks - blocks - kept
+    if st.blocks_bound(last + 1, bs) > free and st.blocks_needed(last + 1, bs) > free:
+        return False
+    sched.join([(req, c0)], st.out)
+    if req.first_scheduled_s is None:
+        req.first_scheduled_s = now_s
+    if not st.waiting_to:
+        st.waiting_to = []
+    st.waiting_to.append(s)  # (kept waiting from the step that first saw it: `add_waiting`)
+    st._append([st.end_s + step_s])  # step s with both prompts (nothing was priced past it: ended there)
+    st._sync()  # (the scalar state of step s + 1, the first prompt decoding)
+    first_new = engine.kv.num_blocks_of(req.id) * bs - (n - last) + 1  # (`first_new_block_steps`, ctx1 n - last)
+    st.chain_at = join_after_chunks(engine, st, perf.chunk_time_fn, req, chunks, 0, n, first_new, blocks, blocks, 1)
+    engine.num_joined_arrivals += 1
+    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    engine._limit(st, last + 1)
+    engine._schedule_stretch_end(st)
+    return True
+
+
+def _chain_whole(engine, st, now_s: float, form) -> bool:
+    """`chain_join` for waiting prompts that the budget the first prompt's rest leaves covers
+    whole (`arrivals_join`, the rest counted as tokens spent, as a decode's one): they join at
+    step s beside that rest as whole prompts join (`Stretch.join`), decoding from s + 1."""
+    s, active, ctx_sum, done, rest = st.chain_at
+    sched, kv = engine.scheduler, engine.kv
+    joins = sched.arrivals_join(active + rest)
+    if not joins:
+        return False
+    bs = kv.block_size
+    blocks, kept = sched.join_blocks(joins)
+    free = st.free_blocks - st.join_blocks - blocks - kept
+    if st.blocks_bound(s + 1, bs) > free and st.blocks_needed(s + 1, bs) > free:
+        return False
+    step_s = form([(rest, done)] + [(n, 0) for _, n in joins], active, ctx_sum)
+    if step_s is None:
+        return False
+    # The scalar state of step s from the lists: the first prompt, joined at s, counts there as a
+    # decode of its prompt less one token, so `join` moves it to its whole prompt at s + 1
+    st._sync()
+    sched.join(joins, st.out)
+    for req, _ in joins:
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now_s
+    if not st.waiting_to:
+        st.waiting_to = []
+    st.waiting_to += [s] * len(joins)
+    first_new = kv.first_new_block_steps([req for req, _ in joins], [n - s for _, n in joins])
+    st.join(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
+    st.chain_at = None
+    engine.num_joined_arrivals += len(joins)
+    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    engine._limit(st, s + 1)
+    engine._schedule_stretch_end(st)
+    return True
+
+
 def join_after_chunks(engine, st, chunk_fn, req, chunks: list[int], cached: int, n: int, first_new: int,
-                      run_blocks: int, blocks: int) -> None:
+                      run_blocks: int, blocks: int, priced: int = 0) -> tuple[int, int, int, int, int]:
     """Price the chunk steps s0 = k, s0 + 1, ... of `req` (admitted at s0 with `cached` prompt
     tokens hit, its `n` other prompt tokens computed in `chunks` and then the rest) beside the
     decodes, and join it at the step after them as a whole prompt joins (`Stretch.join_one`),
     the chunks kept in `prompt_runs` with the `run_blocks` it held from s0 (`blocks`: all its
-    prompt's). The scalar pricing state must be step s0's."""
-    rem, s0 = st._sorted_rem, st.k
-    t, ends, done, fns = st.end_s, [], cached, {}
-    for j, chunk in enumerate(chunks, s0 + 1):  # (j: the step after the chunk's)
+    prompt's). The scalar pricing state must be step s0's; `priced`: the first chunks' steps
+    already in the stretch (a chained join's first chunk: s0 = k - 1, the state step k's).
+    Returns its join step's scalar state (`Stretch.chain_at`)."""
+    rem, s0 = st._sorted_rem, st.k - priced
+    t, ends, done, fns = st.end_s, [], cached + sum(chunks[:priced]), {}
+    for j, chunk in enumerate(chunks[priced:] if priced else chunks, st.k + 1):  # (j: the step after the chunk's)
         active = st._active
         f = fns.get((active, chunk))  # (a decode leaving changes the batch, not always the chunk: a threshold's)
         if f is None:
@@ -101,9 +221,12 @@ def join_after_chunks(engine, st, chunk_fn, req, chunks: list[int], cached: int,
             st._leave(j)  # (the scalar state of the next step: decodes whose last token was this one's leave)
     st._append(ends)
     st.prompt_runs.append((s0, chunks, req, run_blocks))
-    step_s = chunk_fn(st._active, cached + n - done)(done, st._ctx_sum)
+    active, ctx_sum, rest = st._active, st._ctx_sum, cached + n - done
+    step_s = chunk_fn(active, rest)(done, ctx_sum)
+    at = (st.k, active, ctx_sum, done, rest)
     st.join_one(req, n, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + 1), engine.kv.block_size,
                 cached)
+    return at
 
 
 def apply_prompt_runs(st, frees: list[tuple[int, int]], prefill_at) -> tuple[list[tuple[int, int]], list[int]]:

@@ -7,7 +7,9 @@ sees it; an idle engine starts a step once every arrival of the instant is queue
 from __future__ import annotations
 
 from servesim.core.loop import PRIO_STEP_START
+from servesim.replica.chunk_join import keeps_in_chunks
 from servesim.replica.kv_cache import block_keys
+from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
 
 
@@ -34,9 +36,21 @@ class EngineArrivals:
             # goes on, logging one more waiting request from the step after the one in flight
             # (the first step whose `schedule` would see it when stepping).
             keep = st is not None and self.arrival_keeps(st.spends_budget, req)
+            # Inside the chunk steps of a prompt that joined a stretch with its chunks, the
+            # budget is that prompt's up to its join step L: kept waiting as a chunk stretch
+            # keeps it, the stretch ending at L, where the newcomer may join beside the prompt's
+            # rest (`chunk_join.chain_join`), rather than cut at the step in flight
+            chain = (not keep and type(st) is Stretch and st.chain_at is not None and keeps_in_chunks(st, now_s)
+                     and self.arrival_keeps(True, req))
             self.scheduler.add_request(req, now_s)
             if keep:
                 st.add_waiting(now_s)
+            elif chain:
+                st.add_waiting(now_s)
+                st.final = True  # (never extended: it ends at L at the latest)
+                if st.k > st.chain_at[0]:
+                    st.truncate(st.chain_at[0])
+                    self._schedule_stretch_end(st)
             else:
                 self.interrupt(now_s)
         if self._unevented is not None:  # (a sole replica's stretch left without an end event)

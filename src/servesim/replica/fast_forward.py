@@ -358,6 +358,7 @@ class FastForwarding:
         self.num_fast_forwarded_steps += k
         self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
                                        [j for j in st.waiting_from if j < k], prefill_at=prefill_at,
+                                       waiting_to=[j for j in st.waiting_to if j < k] if st.waiting_to else (),
                                        silent_at=silent_at, silent_n=silent_n)
         return done
 

@@ -48,7 +48,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept")
+                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "waiting_to")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -136,6 +136,14 @@ class Stretch(StretchJoins, StretchPricing):
         # request, its blocks); steps s0, s0 + 1, ... run a chunk each beside the decodes, and
         # the request joins at s0 + len(chunks) with the rest (an entry of `joins`)
         self.prompt_runs: list[tuple[int, list[int], Any, int]] = []
+        # the last of them whose chunk steps spend the whole token budget (Sarathi's: `chunk_join`):
+        # (its join step, the decodes running then, their context sum, its prompt tokens computed
+        # before that step, its rest), the state a newcomer's chained join prices that step from
+        # (`chain_join`); None: none
+        self.chain_at: tuple[int, int, int, int, int] | None = None
+        # steps from which one fewer request waits (a request kept waiting, then admitted by a
+        # chained join); a list once one is
+        self.waiting_to: list[int] | tuple = ()
         # the rests of keyed prompts that joined with a first chunk (`replica/keyed_chunk_join.py`):
         # (step, index in `reqs`, the blocks it allocates then), granted when the stretch ends
         self.rests: list[tuple[int, int, int]] = []

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 
-from servesim.replica.chunk_join import chunk_join
+from servesim.replica.chunk_join import chain_join, chunk_join
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
 from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import Stretch
@@ -57,7 +57,9 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
     if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
-        return False  # (cut inside a prompt's chunks: the budget is that prompt's up to its last)
+        # (cut inside a prompt's chunks: the budget is that prompt's up to its last, where
+        # a newcomer kept waiting may join beside its rest)
+        return st.chain_at is not None and chain_join(engine, st, now_s)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)  # (`st.active_at(s)`)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
