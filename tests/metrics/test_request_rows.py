@@ -77,3 +77,51 @@ def test_runs_index_the_replica_each_was_served_on():
     assert table.token_steps(5).tolist() == [1005, 1006, 9010, 9011]
     assert table.token_steps(2).tolist() == [2002, 2003, 2007, 2008]  # replica 2, never moved
     assert moved.moves and not reqs[2].moves
+
+
+class _CountingNumpy:
+    """numpy as `request_table` sees it, recording how many values each `fromiter` converts."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def fromiter(self, values, dtype, count=-1):
+        self.counts.append(count)
+        return np.fromiter(values, dtype, count)
+
+
+@pytest.mark.parametrize("values, dtype", [
+    ([0] * 1024, np.int64), ([-1] * 1024, np.int32), ([False] * 1024, np.bool_), ([4] * 1024, np.int8),
+    ([None] * 1024, np.float64), ((7, 7.0, 7), np.int64)])
+def test_a_column_the_run_does_not_vary_converts_its_first_value_once(values, dtype, monkeypatch):
+    spy = _CountingNumpy()
+    monkeypatch.setattr(request_table, "np", spy)
+    got = request_table._column(values, dtype)
+    assert spy.counts == [1]  # (the constant path ran: one value converted, not len(values))
+    want = np.fromiter(values, dtype, len(values))
+    assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("values, dtype", [
+    ([0.0, -0.0, 0.0], np.float64),  # (equal, but -0.0 is another float: converted one by one)
+    ([2.0, 2.0, 2.0], np.float64),  # (a float column is taken whole unless every value is None)
+    ([None, 1.0, None], np.float64), ([3, 3, 4], np.int64), ([5], np.int64)])
+def test_a_column_that_varies_or_holds_floats_converts_every_value(values, dtype, monkeypatch):
+    spy = _CountingNumpy()
+    monkeypatch.setattr(request_table, "np", spy)
+    got = request_table._column(values, dtype)
+    assert spy.counts == [len(values)]
+    want = np.fromiter(values, dtype, len(values))
+    assert got.tobytes() == want.tobytes()
+    if values == [0.0, -0.0, 0.0]:
+        assert np.signbit(got).tolist() == [False, True, False]
+
+
+def test_a_constant_column_out_of_range_fails_as_one_converted_whole():
+    with pytest.raises(OverflowError):
+        np.fromiter([1 << 40] * 3, np.int32, 3)
+    with pytest.raises(OverflowError):
+        request_table._column([1 << 40] * 3, np.int32)

@@ -40,6 +40,18 @@ def test_block_path_makes_the_requests_of_the_unit_path(cfg):
     assert [type(r.arrival_s) for r in got[:3]] == [float] * 3 and type(got[0].prompt_len) is int
 
 
+@pytest.mark.parametrize("name", [n for n, cfg in CASES.items() if cfg.get("lengths", {}).get("dataset")])
+def test_a_datasets_rows_come_a_block_per_block_of_arrivals(name):
+    # (the lengths drawn as two lists per block of arrival times, not a pair per request from the stream)
+    fast = make(CASES[name], 3)
+    blocks, draw = [], fast._row_block
+    fast._row_block = lambda: blocks.append(1) or draw()
+    fast._length_pairs = iter(())  # (read, it would fail the run: `zip()` unpacks to nothing)
+    got = list(fast.arrivals())
+    assert len(blocks) == -(-len(got) // 4096) > 1
+    assert make({"lengths": {"prompt_tokens": [1, 9], "output_tokens": 3}})._row_block is None  # (no rows: the stream)
+
+
 def test_a_curve_that_ends_stops_the_stream():
     reqs = list(make(CASES["a rate curve that ends"], 1).arrivals())
     assert 4500 < len(reqs) < 5500 and reqs[-1].arrival_s <= 1000  # about 5 req/s for 1,000 s, then none

@@ -14,7 +14,7 @@ import numpy as np
 from servesim.workload.arrivals import RENEWAL_PROCESSES, open_loop_times, renewal_blocks
 from servesim.workload.attributes import AttributeMix
 from servesim.workload.config import WorkloadConfig
-from servesim.workload.lengths import length_streams
+from servesim.workload.lengths import dataset_table, length_streams, row_blocks
 from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds
 from servesim.workload.programs import CallSpec, ProgramPlanner, ProgramState
 from servesim.workload.request import Request
@@ -41,8 +41,9 @@ class GeneratedWorkload:
         s_arr, s_len, s_attr, s_turns, s_think, s_prog, s_prefix = seed.spawn(7)
         self._arrival_rng = np.random.default_rng(s_arr)
         # requests that start a unit, then follow-ups (one dataset table read for both)
+        table, length_rng = dataset_table(config.lengths), np.random.default_rng(s_len)
         self._length_pairs, follow_pairs = length_streams(
-            config.lengths, [np.random.default_rng(s_len), np.random.default_rng(s_len.spawn(1)[0])])
+            config.lengths, [length_rng, np.random.default_rng(s_len.spawn(1)[0])], table)
         self._lengths, self._follow_lengths = self._length_pairs.__next__, follow_pairs.__next__
         self._attrs = AttributeMix(config.attributes, s_attr)
         self._limit = config.request_limit
@@ -80,6 +81,9 @@ class GeneratedWorkload:
         # Nothing drawn or kept per unit: requests are made a block of arrivals at a time.
         self._plain = (not self._tracked and self._prefix_choice is None and not self._attrs.active
                        and arrival.process in RENEWAL_PROCESSES)
+        # A plain workload of a dataset's rows draws a block of them per block of arrivals: the
+        # stream's draws, from its generator (only one of the two is read), as two lists
+        self._row_block = row_blocks(*table, length_rng) if self._plain and table is not None else None
         self.expected_num_requests: int | None = self._limit
         self.skipped_rows = 0
 
@@ -119,7 +123,12 @@ class GeneratedWorkload:
             if limit is not None:
                 stop = min(stop, limit - first)
             if stop > 0:
-                prompts, outputs = zip(*itertools.islice(self._length_pairs, stop))
+                if self._row_block is not None:  # (a block of arrivals takes a block of rows, as the stream does)
+                    prompts, outputs = self._row_block()
+                    if stop < len(prompts):
+                        del prompts[stop:], outputs[stop:]
+                else:
+                    prompts, outputs = zip(*itertools.islice(self._length_pairs, stop))
                 yield from map(Request, range(first, first + stop), times[:stop].tolist(), prompts, outputs,
                                itertools.repeat(()), itertools.repeat(block_tokens))
                 first += stop

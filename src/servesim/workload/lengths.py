@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -28,16 +28,24 @@ def length_pairs(cfg: LengthsConfig, rng: np.random.Generator,
 
         pairs = pmf_length_pairs(cfg.dataset.removeprefix("servegen-"), rng)
     else:
-        prompts, outputs = table if table is not None else clipped_table(cfg)
         # Rows are sampled whole, keeping each prompt's real output length with it: a block of
         # row indices per numpy call, as `sampling.stream` draws, gathered from the clipped columns.
-
-        def rows(n: int) -> Iterator[tuple[int, int]]:
-            index = rng.integers(0, len(prompts), size=n)
-            return zip(prompts[index].tolist(), outputs[index].tolist())
-
-        return itertools.chain.from_iterable(iter(lambda: rows(BLOCK), None))
+        block = row_blocks(*(table if table is not None else clipped_table(cfg)), rng)
+        return itertools.chain.from_iterable(iter(lambda: zip(*block()), None))
     return _clipped(pairs, cfg.max_prompt_tokens, cfg.max_output_tokens)
+
+
+def row_blocks(prompts: np.ndarray, outputs: np.ndarray, rng: np.random.Generator) -> Callable[[], tuple[list[int], list[int]]]:
+    """The draw behind a dataset's `length_pairs`: each call samples the next BLOCK rows (one
+    numpy call of row indices) and gives their prompt and output lengths as two lists. A plain
+    workload takes a block per block of arrival times from it (`GeneratedWorkload._plain_arrivals`),
+    the same draws as the stream's without a tuple per row."""
+
+    def block() -> tuple[list[int], list[int]]:
+        index = rng.integers(0, len(prompts), size=BLOCK)
+        return prompts[index].tolist(), outputs[index].tolist()
+
+    return block
 
 
 def _clipped(pairs: Iterator[tuple[int, int]], max_prompt: int | None, max_output: int | None) -> Iterator[tuple[int, int]]:
@@ -56,11 +64,20 @@ def clipped_table(cfg: LengthsConfig) -> tuple[np.ndarray, np.ndarray]:
             np.clip(outputs, 1, cfg.max_output_tokens or 1 << 62))
 
 
-def length_streams(cfg: LengthsConfig, rngs: list[np.random.Generator]) -> list[Iterator[tuple[int, int]]]:
-    """For each generator, the endless stream of (prompt_len, output_len); a dataset table is
-    read and clipped once for all (a session workload's first turns and follow-ups)."""
-    table = None
+def dataset_table(cfg: LengthsConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The clipped table of a dataset of rows (`clipped_table`); None without one (fixed or
+    uniform lengths, a ServeGen PMF)."""
     if cfg.dataset is not None and cfg.dataset.removeprefix("servegen-") not in PMF_DATASETS:
-        table = clipped_table(cfg)
+        return clipped_table(cfg)
+    return None
+
+
+def length_streams(cfg: LengthsConfig, rngs: list[np.random.Generator],
+                   table: tuple[np.ndarray, np.ndarray] | None = None) -> list[Iterator[tuple[int, int]]]:
+    """For each generator, the endless stream of (prompt_len, output_len); a dataset table is
+    read and clipped once for all (a session workload's first turns and follow-ups; `table`:
+    `dataset_table`'s, if the caller read it)."""
+    if table is None:
+        table = dataset_table(cfg)
     return [length_pairs(cfg, rng, table) for rng in rngs]
 
