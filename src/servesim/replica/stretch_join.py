@@ -135,6 +135,8 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     if engine.notice is not None:
         return False  # (finish notices follow departure steps, which a stall moves)
     s, bs = st.k, kv.block_size
+    if not sched.stall_admits(joins, s, st.stalls[-1][0] if st.stalls else None, lambda: _running_at(st, s)):
+        return False  # (first: vtc's step count refuses at once)
     blocks, kept = sched.join_blocks(joins)
     free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(s, bs) > free and st.blocks_needed(s, bs) > free:
@@ -144,6 +146,13 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
         return False
     _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
     return True
+
+
+def _running_at(st: Stretch, s: int) -> list:
+    """The (request, tokens) of the requests running at the stretch's step s: a request's
+    context at step j is ctx1 + j - 1, its computed tokens, one fewer than its tokens."""
+    reqs, ctx1 = st.reqs, st.ctx1
+    return [(reqs[i], ctx1[i] + s) for i, r in enumerate(st.remaining) if r > s]
 
 
 def stall_step_s(perf, st: Stretch, joins: list) -> float | None:
