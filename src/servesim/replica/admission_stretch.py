@@ -70,7 +70,7 @@ class AdmitStretch(Stretch):
     (`kmax`), where `admit_at_finishes` decides whether it goes on. `free_blocks` counts the
     blocks of the departed requests released so far (`free0`: those free when planned)."""
 
-    __slots__ = ("free0", "released", "num_released", "join_base", "waiting_to", "growth", "max_steps", "chunked",
+    __slots__ = ("free0", "released", "num_released", "join_base", "growth", "max_steps", "chunked",
                  "pending", "stall_steps", "lag", "found", "raw")
 
     def __init__(self, *args, **kwargs) -> None:

@@ -24,7 +24,10 @@ mini-batch at that boundary: `max_wait_tokens` decode steps counted since the la
 choose) fresh and admitted in order by the batch's token cap and the future-peak check on the
 requests running then (their tokens from the stretch), and each prompt's charge an integer (the
 counters stay exact in any grouping). The stretch's end then charges each request's tokens
-since the decision, a joined one's less its first (`_charge_joined`).
+since the decision, a joined one's less its first (`_charge_joined`). An arrival that comes
+fewer than `max_wait_tokens` decode steps after the last mini-batch is held: stepping runs decode
+steps of the same batch, it waiting, until the count is reached (`stall_wait` says how many),
+so the stretch goes on to that step with it waiting and it joins there (`stretch_join._hold`).
 
 With speculative decoding the same answers hold (the stretches are `SpecStretch`es capped
 the same way): a step emits 1 + its accepted drafts, and the counters charge each request's
@@ -104,17 +107,19 @@ class VTCStretches:
         joins = [(req, req.num_tokens) for req in self.waiting]
         return joins if all(is_fresh(req) for req, _ in joins) else None
 
-    def stall_admits(self, joins: list[tuple[Request, int]], s: int, last_stall: int | None, running_at) -> bool:
-        # `schedule` at step s: a mini-batch once `max_wait_tokens` decode steps
-        # ran since the last one (the decision's count, less its own mini-batch step; or since
-        # the last stall), taking every newcomer (`_prefill_mini_batch`'s checks on the
-        # requests running at s), each prompt's charge an integer
+    def stall_wait(self, s: int, last_stall: int | None) -> int:
+        # `schedule` at step s runs a mini-batch once `max_wait_tokens` decode steps ran since the
+        # last one: the decision's count (less its own mini-batch step) and the stretch's steps,
+        # or the steps since the stretch's last stall
         if last_stall is None:
             count = self._decode_steps + s - (self._mark - self.num_engine_steps)
         else:
             count = s - last_stall - 1
-        if count < self.params.max_wait_tokens:
-            return False  # (refusing is exact: the stretch ends at s and stepping goes on)
+        return max(0, self.params.max_wait_tokens - count)
+
+    def stall_admits(self, joins: list[tuple[Request, int]], s: int, last_stall: int | None, running_at) -> bool:
+        # the mini-batch at step s (`stall_wait` 0) takes every newcomer: `_prefill_mini_batch`'s
+        # checks on the requests running at s, each prompt's charge an integer
         u = joins[0][0].tenant
         counter, weight, price = self.counters[u], self.weight(u), self.params.input_price
         for req, _ in joins:  # (each prompt's charge keeps the counter an exact integer)
