@@ -106,7 +106,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
         self.num_joined_arrivals = 0  # requests admitted into a stretch in flight (`replica/stretch_join.py`)
-        self.num_held_arrivals = 0  # speculative stretches gone on with arrivals behind a blocked head (same file)
+        self.num_held_arrivals = 0  # stretches gone on with arrivals behind a blocked head or held to a later admission (same file)
         self.num_finish_admissions = 0  # waiting requests admitted inside a stretch (`replica/admission_stretch.py`)
         # speculative decoding draws acceptances from this generator (pass one spawned from the
         # run's seed; the default is fixed so that runs are reproducible either way)

@@ -283,8 +283,8 @@ class FastForwarding:
             self.on_change(now_s)
         if type(st) is AdmitStretch and admit_at_finishes(self, st, now_s):
             return  # the next departure's boundary admitted what stepping would: the stretch goes on
-        if st.final and self.scheduler.num_waiting and (keyed_join(self, st, now_s) if with_keys(self, st)
-                                                        else join_arrivals(self, st, now_s)):
+        if ((st.final or (type(st) is Stretch and st.held)) and self.scheduler.num_waiting
+                and (keyed_join(self, st, now_s) if with_keys(self, st) else join_arrivals(self, st, now_s))):
             return  # arrivals admitted whole at this boundary: the stretch goes on with them
         self.stretch = None
         self._finish_and_continue(st.out, self._apply_stretch(st), now_s)

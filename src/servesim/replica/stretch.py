@@ -48,7 +48,8 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "waiting_to")
+                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
+                 "waiting_to")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -75,6 +76,9 @@ class Stretch(StretchJoins, StretchPricing):
         self.kept: tuple[Callable[[Any], bool], float] | None = None
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
+        # requests held waiting up to step `kmax`, where the policy may admit them as a prompt-only
+        # step (`stretch_join._hold`: vtc's `max_wait_tokens`); the stretch's end asks then
+        self.held = 0
         self.first_new: list[int] = []  # set by the engine: first step needing one more block, per request
         self.free_blocks = 0  # free KV blocks when the stretch was planned
         self._no_joins(len(reqs))
@@ -141,8 +145,8 @@ class Stretch(StretchJoins, StretchPricing):
         # before that step, its rest), the state a newcomer's chained join prices that step from
         # (`chain_join`); None: none
         self.chain_at: tuple[int, int, int, int, int] | None = None
-        # steps from which one fewer request waits (a request kept waiting, then admitted by a
-        # chained join); a list once one is
+        # steps from which one fewer request waits (a request kept waiting, then admitted: by a
+        # chained join, or held to vtc's mini-batch); a list once one is
         self.waiting_to: list[int] | tuple = ()
         # the rests of keyed prompts that joined with a first chunk (`replica/keyed_chunk_join.py`):
         # (step, index in `reqs`, the blocks it allocates then), granted when the stretch ends

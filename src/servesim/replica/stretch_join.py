@@ -73,6 +73,9 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     if sched.stalls_decodes:
         if not _stall_join(engine, st, now_s, joins):
             return False
+        if st.held:  # (held to a later step: nobody joined; step s is a decode step not yet limited)
+            engine.num_held_arrivals += 1
+            return _priced_on(engine, st, now_s, s - 1, 0)
         return _priced_on(engine, st, now_s, s, len(joins))
     bs = kv.block_size
     blocks, kept = sched.join_blocks(joins)
@@ -132,11 +135,19 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     alone (priced as stepping prices that step), the running decodes stalled, and the steps
     after it decode the grown batch (`Stretch.stall`). The blocks checked are those the
     decodes grew before s (none grow in s), the prompts' and those the policy keeps free
-    (vLLM V0's watermark, SGLang's decode reserve). True if they joined (not yet priced on)."""
+    (vLLM V0's watermark, SGLang's decode reserve). A policy that admits only after so many
+    decode steps (`stall_wait`) has them held to that step (`_hold`). True if they joined or
+    are held (not yet priced on)."""
     sched, kv = engine.scheduler, engine.kv
     if engine.notice is not None:
         return False  # (finish notices follow departure steps, which a stall moves)
     s, bs = st.k, kv.block_size
+    last = st.stalls[-1][0] if st.stalls else None
+    wait = sched.stall_wait(s, last)
+    if wait:
+        return _hold(st, joins, s + wait)
+    if not sched.stall_admits(joins, s, last, lambda: _running_at(st, s)):
+        return False  # (before the block checks: vtc's checks mostly settle at once)
     blocks, kept = sched.join_blocks(joins)
     free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(s, bs) > free and st.blocks_needed(s, bs) > free:
@@ -144,8 +155,39 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     step_s = stall_step_s(engine.perf, st, joins)
     if step_s is None:
         return False
+    if st.held:  # (they waited from the step they were held at: one fewer from s on, as stepping's log)
+        st.waiting_to = [*st.waiting_to, *[s] * st.held]
+        st.held = 0
     _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
     return True
+
+
+def _hold(st: Stretch, joins: list, s2: int) -> bool:
+    """The waiting requests `joins` wait in the stretch up to its step s2, where the policy's
+    `schedule` may admit them (`stall_wait`): the steps before it decode the running requests
+    whatever waits, as the stretch does, and the stretch is priced no further than s2, where
+    its end asks again (`Engine._end_fast_forward`: `held`). Those held for the first time wait
+    from step s = k on (the step log's waiting count). False if the running requests all leave
+    before s2 (stepping's `schedule` then admits as soon as none runs) or its blocks would not
+    fit (then the stretch ends where it was cut, as before)."""
+    s = st.k
+    if s2 >= st.kmax:
+        return False
+    if st._priced != s:  # (priced ahead: only steps up to s2 may be taken)
+        st.truncate(s)
+    st.kmax = s2
+    st.final = False  # (extended up to s2 while nothing happens here, as a stretch that arrivals joined)
+    new = len(joins) - st.held
+    st.waiting_from += [s] * new
+    st.held += new
+    return True
+
+
+def _running_at(st: Stretch, s: int) -> list:
+    """The (request, tokens) of the requests running at the stretch's step s: a request's
+    context at step j is ctx1 + j - 1, its computed tokens, one fewer than its tokens."""
+    reqs, ctx1 = st.reqs, st.ctx1
+    return [(reqs[i], ctx1[i] + s) for i, r in enumerate(st.remaining) if r > s]
 
 
 def stall_step_s(perf, st: Stretch, joins: list) -> float | None:

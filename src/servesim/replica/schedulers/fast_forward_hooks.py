@@ -111,6 +111,23 @@ class FastForwardHooks:
     # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.
     stalls_decodes = False
 
+    def stall_admits(self, joins: list[tuple[Request, int]], s: int, last_stall: int | None, running_at) -> bool:
+        """For a prefill-first policy whose admission also reads the running requests' state:
+        would the `schedule` of a stretch's step s (`last_stall`: the step of its last
+        prompt-only step, None if none), `stall_wait` saying it admits there, admit `joins`
+        (`arrivals_join`'s answer) as a prompt-only step? `running_at()`: the (request, tokens)
+        of those running at s. Changes no state. The default, yes: `arrivals_join` decided it
+        (vLLM V0, SGLang)."""
+        return True
+
+    def stall_wait(self, s: int, last_stall: int | None) -> int:
+        """For a prefill-first policy that looks at admission only every so many decode steps
+        (vtc's `max_wait_tokens`): how many decode steps of the running requests the `schedule`
+        calls from a stretch's step s run, whatever waits, before the one that may admit
+        (`last_stall` as for `stall_admits`). Then the waiting requests are held in the stretch
+        to that step (`replica/stretch_join.py`). Changes no state. The default, 0: step s's."""
+        return 0
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`
         runs (repeat held, nothing changed here since): would every `schedule` call until

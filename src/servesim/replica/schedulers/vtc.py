@@ -227,17 +227,22 @@ class VTCScheduler(VTCStretches, Scheduler):
                     items = peak_items(*self._items())
                 if not self._fits(req, items):
                     break
-            self.waiting.pop_from(u)
-            self.kv.allocate_slots(req, n)
-            self.running.append(req)
             bound = grown
             if items is not None:
                 items.add(req.num_tokens, self._max_new(req) - req.num_output_tokens)
-            req.state = RequestState.RUNNING
+            self._admit(req, n, out)
             admitted.append(req)
-            out.scheduled.append((req, n))
             batch_tokens += n
-            counters[u] += self.params.input_price * req.prompt_len / self.weight(u)
+
+    def _admit(self, req: Request, n: int, out: SchedulerOutput) -> None:
+        """Admit the head `req` of its tenant's queue with its `n` tokens, charging its prompt."""
+        u = req.tenant
+        self.waiting.pop_from(u)
+        self.kv.allocate_slots(req, n)
+        self.running.append(req)
+        req.state = RequestState.RUNNING
+        out.scheduled.append((req, n))
+        self.counters[u] += self.params.input_price * req.prompt_len / self.weight(u)
 
     def _max_new(self, req: Request) -> int:
         if self.params.reserve == "output_len":
@@ -271,6 +276,9 @@ class VTCScheduler(VTCStretches, Scheduler):
 
     # ------------------------------------------------------------------ bookkeeping
     def on_step_end(self, output: SchedulerOutput, now_s: float) -> None:
+        if self._joined:  # arrivals joined the stretch as prompt-only steps (`vtc_stretches.py`)
+            self._charge_joined(output)
+            return
         steps = self.num_engine_steps - self._mark if self._mark is not None else 0  # > 1: fast-forwarded
         if steps <= 0:  # nothing decoded (a prefill mini-batch alone)
             self._lift_arrivals()

@@ -17,6 +17,18 @@ An arrival while such a stretch runs is kept when the queue was not empty and th
 tenant already waits (no counter lift, which would read counters the stretch has not charged
 yet) or the variant does not lift (`lcf`, `fcfs`).
 
+An arrival while a stretch through finishes runs (nothing waited when it was planned) joins it
+as a prompt-only step (`Stretch.stall`, `stalls_decodes`) where stepping would run its
+mini-batch at that boundary: `max_wait_tokens` decode steps counted since the last mini-batch
+(or nothing running), every waiting request of one tenant (so no lift, and the counters do not
+choose) fresh and admitted in order by the batch's token cap and the future-peak check on the
+requests running then (their tokens from the stretch), and each prompt's charge an integer (the
+counters stay exact in any grouping). The stretch's end then charges each request's tokens
+since the decision, a joined one's less its first (`_charge_joined`). An arrival that comes
+fewer than `max_wait_tokens` decode steps after the last mini-batch is held: stepping runs decode
+steps of the same batch, it waiting, until the count is reached (`stall_wait` says how many),
+so the stretch goes on to that step with it waiting and it joins there (`stretch_join._hold`).
+
 With speculative decoding the same answers hold (the stretches are `SpecStretch`es capped
 the same way): a step emits 1 + its accepted drafts, and the counters charge each request's
 tokens since the decision (integers too); a lift deferred to the end of a cut stretch reads
@@ -28,9 +40,11 @@ from __future__ import annotations
 
 import math
 
+from servesim.replica.schedulers.arrival_joins import is_fresh
 from servesim.replica.schedulers.outputs import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, UNLIMITED_STEPS, FastForward, SchedulerOutput,
 )
+from servesim.replica.schedulers.vtc_peak import peak_items
 from servesim.workload.request import Request
 
 _COUNTER_BOUND = float(1 << 40)  # counters below it stay exact integers with any charge added (< 2**53)
@@ -47,6 +61,7 @@ class VTCStretches:
         self._left: list[Request] = []  # requests that finished since the last `schedule`
         self._arriving: Request | None = None  # the arrival `arrival_keeps_batch` was asked about
         self._lifts: list[tuple[str, list[str]]] = []  # (tenant, backlogged others) of lifts deferred
+        self._joined: list[Request] = []  # requests that joined the stretch in flight, in order
 
     def _exact_charges(self) -> bool:
         """Are the counters' charges exact whatever their grouping (integers below 2**53)?"""
@@ -79,6 +94,85 @@ class VTCStretches:
             return False
         return self.params.variant != "vtc" or bool(self.waiting.queues.get(req.tenant))
 
+    # ---- arrivals joining as prompt-only steps (`stretch_join._stall_join`) ----------------
+    stalls_decodes = True  # (a mini-batch runs alone, the decodes wait)
+
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
+        # a stretch through finishes, planned with nothing waiting; one tenant waits (no lift,
+        # its queue's order), each newcomer fresh (vtc's admission makes no prefix lookup)
+        if self._keeps_arrivals or self._lifts or not self._exact_charges():
+            return None
+        if sum(1 for q in self.waiting.queues.values() if q) != 1:
+            return None
+        joins = [(req, req.num_tokens) for req in self.waiting]
+        return joins if all(is_fresh(req) for req, _ in joins) else None
+
+    def stall_wait(self, s: int, last_stall: int | None) -> int:
+        # `schedule` at step s runs a mini-batch once `max_wait_tokens` decode steps ran since the
+        # last one: the decision's count (less its own mini-batch step) and the stretch's steps,
+        # or the steps since the stretch's last stall
+        if last_stall is None:
+            count = self._decode_steps + s - (self._mark - self.num_engine_steps)
+        else:
+            count = s - last_stall - 1
+        return max(0, self.params.max_wait_tokens - count)
+
+    def stall_admits(self, joins: list[tuple[Request, int]], s: int, last_stall: int | None, running_at) -> bool:
+        # the mini-batch at step s (`stall_wait` 0) takes every newcomer: `_prefill_mini_batch`'s
+        # checks on the requests running at s, each prompt's charge an integer
+        u = joins[0][0].tenant
+        counter, weight, price = self.counters[u], self.weight(u), self.params.input_price
+        for req, _ in joins:  # (each prompt's charge keeps the counter an exact integer)
+            counter += price * req.prompt_len / weight
+            if not (counter.is_integer() and counter < _COUNTER_BOUND):
+                return False
+        if len(joins) > 1 and sum([n for _, n in joins[1:]]) + joins[0][1] > self.batch_max_tokens:
+            return False  # (the batch's token cap stops the mini-batch inside `joins`: stepping's)
+        # `running` still lists the stretch's requests that left before s: a superset of those
+        # running at s, whose count and reserved sum bound stepping's (`_prefill_mini_batch`'s
+        # bound); when they settle both checks no pass over the stretch is made
+        running = self.running
+        num = len(running) + len(joins)
+        bound = self._reserved_sum() + sum([r.prompt_len + self._max_new(r) for r, _ in joins])
+        if num <= self.config.max_num_seqs and -(-bound // self.kv.block_size) + num - 1 <= self.kv.num_gpu_blocks:
+            return True
+        return self._admits_at(joins, running_at())
+
+    def _admits_at(self, joins: list[tuple[Request, int]], running: list[tuple[Request, int]]) -> bool:
+        """`_prefill_mini_batch`'s checks of `joins` on the (request, tokens) running at the stall:
+        the sequence cap, the batch's token cap and the future peak, every one admitted."""
+        if len(running) + len(joins) > self.config.max_num_seqs:
+            return False
+        max_new = self._max_new
+        items = peak_items([n for _, n in running], [max_new(r) - n + r.prompt_len for r, n in running])
+        batch_tokens = 0
+        for j, (req, n) in enumerate(joins):
+            if (j and batch_tokens + n > self.batch_max_tokens) or not self._fits(req, items):
+                return False
+            items.add(n, max_new(req))
+            batch_tokens += n
+        return True
+
+    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
+        if self._tokens_before is None:  # (charged by tokens at the stretch's end: the stall emits none)
+            prefill = self._mark - self.num_engine_steps
+            self._tokens_before = [r.num_output_tokens + prefill for r, _ in out.scheduled]
+        for req, n in joins:
+            self._admit(req, n, out)
+            self._joined.append(req)
+            self._tokens_before.append(1)  # (its first token, in the prompt's step, is not charged)
+
+    def _charge_joined(self, output: SchedulerOutput) -> None:
+        """The end of a stretch that arrivals joined: the decode steps since its last prompt-only
+        step (the last joined request's first token) are the count, and each request pays
+        for its tokens since the decision (`_charge_tokens`)."""
+        last = self.num_engine_steps - 1
+        self._decode_steps = last - self._joined[-1].token_steps[0]
+        self._charge_tokens(output, self._decode_steps, 1)
+        self._joined.clear()
+        if not self._speculative:
+            self._tokens_before = None
+
     def finish(self, req: Request, now_s: float) -> None:
         super().finish(req, now_s)
         if self._mark is not None:
@@ -98,14 +192,14 @@ class VTCStretches:
         self._refund_departed(steps, last)
         self._left.clear()
 
-    def _charge_tokens(self, output: SchedulerOutput, steps: int) -> None:
+    def _charge_tokens(self, output: SchedulerOutput, steps: int, split: int = 2) -> None:
         """With speculative decoding: charge each scheduled request's tokens since the decision
         (a step emits 1 + its accepted drafts), as stepping would have: the lifts of arrivals
         that came during the last step read the counters without that step's tokens (the
         engine's token log, `Request.token_steps`, says how many it emitted)."""
         price, weights, counters = self.params.output_price, self.params.tenant_weights, self.counters
         emitted = [r.num_output_tokens - before for (r, _), before in zip(output.scheduled, self._tokens_before)]
-        if self._lifts and steps > 1:
+        if self._lifts and steps >= split:  # (the last step decoded: stalled steps emit no charged token)
             last = self.num_engine_steps - 1
             final = [_tokens_at(r.token_steps, last) for r, _ in output.scheduled]
             for (r, _), n, m in zip(output.scheduled, emitted, final):
