@@ -1,9 +1,10 @@
 """Registration in the prefix index (`PrefixIndex`, prefix_index.py): key runs entering and leaving it.
 
 A request that computes keyed blocks registers them (`register`, or `register_appends` for a
-stretch's or a step's decodes at once); a group whose blocks are all evicted leaves the index
-(`drop`); `conflicts` tells the engine whether registering many requests in bulk would differ
-from registering them step by step. These are the index's writes and their preconditions,
+stretch's or a step's decodes at once); a group whose blocks are all evicted stays indexed, a
+dead group for a next turn to take back (`retire`), until the dead groups' capacity drops it
+from the index (`drop`); `conflicts` tells the engine whether registering many requests in bulk
+would differ from registering them step by step. These are the index's writes and their preconditions,
 apart from the lookups in prefix_index.py (which only read it), and the usual cases here are
 decided in C on run keys (`_runs_from`) with a search by position only when they fail. A
 mixin: they share the index dict and `PrefixIndex.extents`.
@@ -37,10 +38,11 @@ class PrefixRegistration:
 
     def unindexed(self, keys: Sequence, k0: int, k1: int) -> list | None:
         """The run keys of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed, or
-        those indexed are a group's runs whose slots are not cached (`_dead_lead`: a
-        conversation's context evicted whole, whose keys stay indexed), else None. The answer holds until a key enters the index (drops only remove keys), so
-        `_register_new` of the same positions does not look them up again (a next turn
-        joining a stretch is checked before its admission registers them: keyed_join.py)."""
+        those indexed are a dead group's (`_dead_lead`: a context evicted whole, whose keys stay
+        indexed, `retire`), else None. The answer holds until a key enters the index or the
+        group is taken back (drops only remove keys), so `_register_new` of the same positions
+        does not look them up again (a next turn joining a stretch is checked before its
+        admission registers them: keyed_join.py)."""
         runs = _runs_from(keys, k0, k1)
         if runs is None:
             return None
@@ -75,7 +77,10 @@ class PrefixRegistration:
         request's own), without the search: the runs from k0 on are not indexed, except the
         first when k0 is inside it and `held` registered its first part into its last group,
         which ends at k0. Then no key is cached and every new one goes to that group (or a new
-        one if `held`'s last group does not end at k0). False (nothing done) otherwise."""
+        one if `held`'s last group does not end at k0). Or the leading runs are a group's whose
+        slots there are not cached (`_dead_lead`: a dead group, a next turn's context evicted
+        whole): those slots are filled again and the new runs appended to that group. False
+        (nothing done) otherwise."""
         runs = _runs_from(keys, k0, k1)
         if runs is None:
             return False
