@@ -102,7 +102,7 @@ class FreeQueue:
                 k, s1 = group.evict(s0, s1, stamp, n)
                 n -= k
                 if k and group.num_cached == 0:
-                    self._prefix.drop(group)
+                    self._prefix.retire(group)
                 if n > 0 or s1 <= s0:
                     q.popleft()
                 else:

@@ -63,6 +63,10 @@ class PrefixIndex(PrefixRegistration):
         self._index: dict[Hashable, Group] = {}
         self.num_inserts = 0
         self._unindexed: tuple | None = None  # (`unindexed`'s last True answer)
+        self._dead: dict[Group, int] = {}  # groups evicted whole whose keys stay indexed, oldest first: keys counted
+        self._num_dead = 0  # keys of `_dead`
+        self.dead_capacity = 0  # keys the dead groups may keep indexed (`retire`); 0: dropped when evicted
+        self.num_taken_back = 0  # registrations that filled a dead group's slots again (the tests assert the path ran)
 
     def extents(self, keys: Sequence, p0: int, p1: int) -> list[tuple]:
         """Split positions [p0, p1) where the group their key runs map to changes: (group or
@@ -120,6 +124,36 @@ class PrefixIndex(PrefixRegistration):
             if k < p1 - p0:
                 break
         return out
+
+    def _dead_lead(self, keys: Sequence, runs: list, k0: int, k1: int) -> tuple | None:
+        """(group, e, m) when the first m of `runs` (the run keys of positions [k0, k1) of
+        `keys`, k0 at a run's start) are, in order, the runs `group` lists from k0's on, so map
+        to it (`_leading_runs_of`), none of its slots in [k0, e) is cached (e: where those runs
+        end, or k1), and, if e < k1, the group ends at e and the runs past them are not indexed:
+        then registering [k0, k1) fills the group's slots [k0, e) again and appends the rest to
+        it, as `register`'s search by position would. The usual case is a dead group
+        (`retire`): a conversation's context evicted whole during its think time, taken by its
+        next turn. None otherwise."""
+        g = self._index.get(runs[0])
+        if g is None or type(keys) is not BlockKeys:
+            return None
+        starts = keys.starts
+        r = starts.step
+        i0 = k0 // r
+        m = _runs_in_group(g, keys.run_keys.as_list(), i0, i0 + len(runs), starts)
+        if not m:
+            return None
+        e = (i0 + m) * r
+        hi = g.lo + len(g.ref)
+        if e >= k1:
+            e = k1
+            if e > hi:  # (the group's last run only partly registered)
+                return None
+        elif hi != e or not self._index.keys().isdisjoint(runs[m:]):
+            return None
+        if g.num_cached and g.any_cached(k0, e):
+            return None
+        return g, e, m
 
     @staticmethod
     def _leading_runs_of(keys: Sequence, g: Group, num_keys: int) -> int:

@@ -1,9 +1,10 @@
 """Registration in the prefix index (`PrefixIndex`, prefix_index.py): key runs entering and leaving it.
 
 A request that computes keyed blocks registers them (`register`, or `register_appends` for a
-stretch's or a step's decodes at once); a group whose blocks are all evicted leaves the index
-(`drop`); `conflicts` tells the engine whether registering many requests in bulk would differ
-from registering them step by step. These are the index's writes and their preconditions,
+stretch's or a step's decodes at once); a group whose blocks are all evicted stays indexed, a
+dead group for a next turn to take back (`retire`), until the dead groups' capacity drops it
+from the index (`drop`); `conflicts` tells the engine whether registering many requests in bulk
+would differ from registering them step by step. These are the index's writes and their preconditions,
 apart from the lookups in prefix_index.py (which only read it), and the usual cases here are
 decided in C on run keys (`_runs_from`) with a search by position only when they fail. A
 mixin: they share the index dict and `PrefixIndex.extents`.
@@ -28,17 +29,28 @@ class PrefixRegistration:
 
     _index: dict[Hashable, Group]  # owned by `PrefixIndex.__init__` (which also gives `extents`)
     num_inserts: int  # calls that added keys to `_index` (a plan of `plan_appends` is valid while unchanged)
-    _unindexed: tuple | None  # (keys, k0, k1, num_inserts) of `unindexed`'s last True answer
+    _unindexed: tuple | None  # (keys, k0, k1, num_inserts, `_dead_lead`'s answer) of `unindexed`'s last True answer
+    _dead: dict[Group, int]  # (`retire`)
+    _num_dead: int
+    dead_capacity: int
+    num_taken_back: int
+    _dead_lead: Any  # `PrefixIndex._dead_lead`
 
     def unindexed(self, keys: Sequence, k0: int, k1: int) -> list | None:
-        """The run keys of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed,
-        else None. The answer holds until a key enters the index (drops only remove keys), so
-        `_register_new` of the same positions does not look them up again (a next turn
-        joining a stretch is checked before its admission registers them: keyed_join.py)."""
+        """The run keys of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed, or
+        those indexed are a dead group's (`_dead_lead`: a context evicted whole, whose keys stay
+        indexed, `retire`), else None. The answer holds until a key enters the index or the
+        group is taken back (drops only remove keys), so `_register_new` of the same positions
+        does not look them up again (a next turn joining a stretch is checked before its
+        admission registers them: keyed_join.py)."""
         runs = _runs_from(keys, k0, k1)
-        if runs is None or not self._index.keys().isdisjoint(runs):
+        if runs is None:
             return None
-        self._unindexed = (keys, k0, k1, self.num_inserts)
+        lead = None
+        if not self._index.keys().isdisjoint(runs) and (
+                k0 % keys.starts.step or (lead := self._dead_lead(keys, runs, k0, k1)) is None or lead[0].num_cached):
+            return None  # (a live group's evicted slots: indexed, as they always were)
+        self._unindexed = (keys, k0, k1, self.num_inserts, lead)
         return runs
 
     def register(self, keys: Sequence, held: Held, k0: int, k1: int) -> None:
@@ -65,7 +77,10 @@ class PrefixRegistration:
         request's own), without the search: the runs from k0 on are not indexed, except the
         first when k0 is inside it and `held` registered its first part into its last group,
         which ends at k0. Then no key is cached and every new one goes to that group (or a new
-        one if `held`'s last group does not end at k0). False (nothing done) otherwise."""
+        one if `held`'s last group does not end at k0). Or the leading runs are a group's whose
+        slots there are not cached (`_dead_lead`: a dead group, a next turn's context evicted
+        whole): those slots are filled again and the new runs appended to that group. False
+        (nothing done) otherwise."""
         runs = _runs_from(keys, k0, k1)
         if runs is None:
             return False
@@ -77,9 +92,39 @@ class PrefixRegistration:
                 return False
             runs = runs[1:]
         u = self._unindexed
-        if (u is None or u[0] is not keys or u[1] != k0 or u[2] != k1 or u[3] != self.num_inserts) and not \
-                index.keys().isdisjoint(runs):
+        if u is not None and u[0] is keys and u[1] == k0 and u[2] == k1 and u[3] == self.num_inserts and (
+                u[4] is None or (index.get(runs[0]) is u[4][0] and not u[4][0].num_cached)):  # (still dead)
+            lead = u[4]
+        elif index.keys().isdisjoint(runs):
+            lead = None
+        elif k0 % keys.starts.step or (lead := self._dead_lead(keys, runs, k0, k1)) is None:
             return False
+        if lead is not None:  # a group's slots not cached, whose keys are indexed: filled again, the rest appended
+            g, e, m = lead
+            i, j = k0 - g.lo, e - g.lo
+            dead = not g.num_cached
+            if dead or k1 > e:
+                # (as an insert: plans and answers made before are void, as they are where the group
+                # was dropped at its eviction and its keys enter the index again; a live group's
+                # evicted slots filled again void nothing, as `register`'s search by position)
+                self.num_inserts += 1
+            g.ref[i:j] = ONE * (j - i)  # (their stamps are 0: evicted)
+            g.num_cached += j - i
+            self.num_taken_back += 1
+            if dead and j < len(g.ref) and len(g.runs) == len(g.ref):
+                # A dead group filled in part (a prompt's first chunk): its keys past the part leave
+                # the index, as its drop at the eviction would have taken them, so that the later
+                # chunks register as new keys (a stretch's plan, `plan_appends`, takes only keys not
+                # indexed). (A key per slot: the group's runs are its slots' keys in order.)
+                deque(map(index.pop, g.runs[j:], repeat(None)), maxlen=0)
+                del g.runs[j:], g.ref[j:], g.stamp[j:]
+            if k1 > e:
+                runs = runs[m:]
+                index.update(zip(runs, repeat(g)))
+                g.runs += runs
+                g.append_held(k1 - e)
+            held.add(g, k0, k1)
+            return True
         if g is None:
             g = Group(k0)
             segs.append([g, k0, k1])
@@ -200,6 +245,30 @@ class PrefixRegistration:
                 item = (held, g, seg, k0, e, runs[:len(runs) - cut] if cut else runs, r)
             plan.append(item)
         return plan, None, None
+
+    def retire(self, group: Group) -> None:
+        """The free queue evicted the group's last cached block. Its keys stay indexed (a dead
+        group) while the dead groups' keys are at most `dead_capacity`, the oldest dead dropped
+        first: a conversation's context evicted during its think time is then registered again
+        by its next turn into the same group, its keys neither popped nor inserted again. Exact
+        since a key indexed to a slot that is not cached answers every lookup as a key not
+        indexed (no hit), as a live group's evicted slots always did."""
+        if not self.dead_capacity or len(group.runs) != len(group.ref):
+            # (kept only with a key per block, a generated workload's: with runs of many blocks, a
+            # Mooncake trace's 512-token hash blocks, keys kept indexed refused a join of vllm
+            # mooncake at 1 replica, 2 steps of 107,236 stepped more, and next turns are few)
+            self.drop(group)
+            return
+        dead = self._dead
+        if group in dead:  # (died before, taken back by a next turn, and died again)
+            self._num_dead -= dead.pop(group)
+        n = dead[group] = len(group.runs)
+        self._num_dead += n
+        while self._num_dead > self.dead_capacity:
+            g = next(iter(dead))
+            self._num_dead -= dead.pop(g)
+            if not g.num_cached:  # (still dead: not taken back since)
+                self.drop(g)
 
     def drop(self, group: Group) -> None:
         """A group with no cached block leaves the index (it may still be someone's extent).
