@@ -198,9 +198,12 @@ def test_clipped_reserve_is_the_full_pass_and_is_taken():
     reqs = [make_request(i, int(rng.integers(10, 300)), int(rng.integers(1, 200)), 0.02 * i,
                          max_tokens=None if i % 7 else 5000) for i in range(200)]
     reqs += [make_request(200 + i, 100, 4200, 4.0 + 0.01 * i) for i in range(3)]  # 8192 - 100 - 4200 < 4096
-    taken = []
+    taken, kept = [], []
 
     def checked(self):
+        # (clipped, the sum kept for this ratio and batch size: asked before, not summed again)
+        kept.append(not self._unclipped and self._reserve_ratio == self.new_token_ratio
+                    and len(self.running) in self._reserves)
         value = SGLangScheduler._reserve(self)
         assert value == reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len)
         assert type(value) is type(reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len))
@@ -211,7 +214,47 @@ def test_clipped_reserve_is_the_full_pass_and_is_taken():
     serve(engine, loop, reqs)
     assert all(r.state == RequestState.FINISHED for r in reqs)
     assert sum(taken) > 20 and len(taken) - sum(taken) > 20  # both ways, many times
+    assert sum(kept) > 10  # the kept sums were read, and equal the pass
     assert not sched._unclipped  # every unclipped request left the set when it finished
+
+
+def test_a_kept_reserve_is_read_for_its_ratio_and_batch_size_only():
+    from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=600, scheduler="sglang", max_num_batched_tokens=256)
+    sched.running = [make_request(i, 10, 5) for i in range(3)]
+    ratio = sched.new_token_ratio
+    assert sched._reserve() == sum([CLIP_MAX_NEW_TOKENS * ratio] * 3) and sched._reserves == {3: sched._reserve()}
+    sched._reserves[3] = -1.0  # (what was kept is what a second ask returns: it is not summed again)
+    assert sched._reserve() == -1.0
+    sched.running.append(make_request(3, 10, 5))
+    assert sched._reserve() == sum([CLIP_MAX_NEW_TOKENS * ratio] * 4)  # another batch size: summed
+    sched.new_token_ratio = ratio - sched._decay
+    sched.running.pop()
+    assert sched._reserve() == sum([CLIP_MAX_NEW_TOKENS * (ratio - sched._decay)] * 3)  # a new ratio drops the sums
+    assert sched._reserves == {3: sched._reserve()}
+
+
+def test_a_decode_steps_answer_reads_only_the_prompts_after_its_known_decodes():
+    # `fast_forward` asks whether a prompt with prefix keys ran in the step (its blocks join the
+    # tree at the step's end): the known decodes, a prefix of `scheduled`, are not read
+    from servesim.replica.schedulers.outputs import REPEAT_DECODES, REPEAT_THROUGH, SchedulerOutput
+
+    class Unread(tuple):
+        def __bool__(self):
+            raise AssertionError("a known decode's keys were read")
+
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="sglang", max_num_batched_tokens=256)
+    decodes = [make_request(i, 20, 5) for i in range(3)]
+    for r in decodes:
+        r.kv_block_keys, r.num_output_tokens, r.num_computed_tokens = Unread(("k",)), 1, 20
+    sched.running = list(decodes)
+    out = SchedulerOutput(scheduled=[(r, 1) for r in decodes], num_known_decodes=3)
+    assert sched.fast_forward(out) == REPEAT_THROUGH
+    prompt = _req(3, 40, 5, ["p1", "p2"])  # a keyed prompt after the known decodes
+    sched.running.append(prompt)
+    out = SchedulerOutput(scheduled=[(r, 1) for r in decodes] + [(prompt, 40)], num_known_decodes=3)
+    assert sched.fast_forward(out) == REPEAT_DECODES
 
 
 def test_decoding_without_the_pass_is_the_pass():

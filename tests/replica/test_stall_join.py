@@ -105,6 +105,24 @@ def test_sglang_answers_which_arrivals_join(llama):
     assert sched.join_blocks([(a, 60), (b, 30)]) == (4 + 2, (60 + 4036 + 30 + 4066) // 16 + 2 - 6)
 
 
+@pytest.mark.parametrize("scheduler", ["vllm-v0", "sglang"])
+@pytest.mark.parametrize("perf_name", ["toy", "llama"])
+def test_a_lone_arrivals_stall_takes_the_lean_join(scheduler, perf_name, llama, stalls, monkeypatch):
+    # one arrival stalling a stretch whose scalar state is the stall step's (the usual case)
+    # is added by `join_one`, as a plain join is: the run is stepping's, and that path ran
+    from servesim.replica.stretch_joins import StretchJoins
+
+    lean = []
+    join_one = StretchJoins.join_one
+    monkeypatch.setattr(StretchJoins, "join_one", lambda self, *args: lean.append(1) or join_one(self, *args))
+    perf = ToyPerf() if perf_name == "toy" else llama
+    a_reqs, b_reqs = light_load(4), light_load(4)
+    a = run(a_reqs, True, 2000, perf, scheduler=scheduler, params={})
+    b = run(b_reqs, False, 2000, perf, scheduler=scheduler, params={})
+    assert_same_run(a, b, a_reqs, b_reqs, 2000, FIELDS)
+    assert len(stalls) > 0.3 * len(a_reqs) and len(lean) > 0.5 * len(stalls)
+
+
 def test_sglang_mixed_chunks_do_not_join(llama):
     a_reqs, b_reqs = light_load(1), light_load(1)
     a = run(a_reqs, True, 2000, llama, scheduler="sglang", params={"enable_mixed_chunk": True})

@@ -167,7 +167,13 @@ class StretchJoins:
             self._ctx_sum -= len(live)  # (the scalar state of step s in the new frame: `join` adds a step to each)
         self.stalls.append((s, len(live)))
         self._need_at = (s + 1, need, live)
-        self.join(joins, first_new, blocks, step_s, forms, bs)
+        if len(joins) == 1 and self._f and self._priced == s and type(self).join is StretchJoins.join:
+            # the usual stall (one arrival, the scalar state step s's, which `stall_step_s`
+            # brought it to): `join`'s state by the lean path a plain join takes
+            (req, n), = joins
+            self.join_one(req, n, first_new[0], blocks, step_s, forms, bs)
+        else:
+            self.join(joins, first_new, blocks, step_s, forms, bs)
         self._stall_need = self._need_at  # (the count just after the last stall: later counts start there)
 
     def join_one(self, req: Any, n: int, first_new: int, blocks: int, step_s: float, forms: "DecodeForms | None",

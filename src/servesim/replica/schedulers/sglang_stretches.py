@@ -86,7 +86,9 @@ class SGLangStretches:
             return NO_FAST_FORWARD if self.config.num_speculative_tokens else _REPEAT_ADMITTING
         if not (self.nothing_pending(output) and self.chunked is None) or self._inbox:
             return NO_FAST_FORWARD  # (an inbox is taken in at a step count: stepped to it)
-        if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled):
+        # (the known decodes, a prefix of `scheduled`, decode: only the prompts after them are
+        # read, where a decode step's whole batch was, each request's keys and state, every step)
+        if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled[output.num_known_decodes:]):
             return REPEAT_DECODES
         # Through finishes only while no tree block is evictable: a stretch takes its decodes'
         # blocks from those free when it starts, and stepping would take the blocks a finish
