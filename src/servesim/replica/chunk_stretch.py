@@ -95,9 +95,9 @@ class ChunkStretch(Stretch):
         self._fin = 0  # (`finished_by`'s last count: `ThroughChunkStretch` sets `_sorted_rem`)
         self._ctxs = decode_ctxs
         self._ctx_sum0 = sum(decode_ctxs)
-        # the perf model's scalar form of these steps: (cached, decodes' context sum) -> time
-        # (None: none, e.g. sliding windows; then `step_time_s` with every context)
-        form = getattr(engine.perf, "chunk_time_fn", None)
+        # the perf model's scalar form of these steps, a run at a time (`PerfModel.chunk_run_fn`;
+        # None: none, e.g. sliding windows; then `step_time_s` with every context)
+        form = getattr(engine.perf, "chunk_run_fn", None)
         self._form = form(len(decodes), chunk) if form else None
 
     def prompt_blocks(self, j: int) -> int:
@@ -148,14 +148,9 @@ class ChunkStretch(Stretch):
             return self.price_through(k, t, ends, horizon)
         c, n, f = self.chunk, len(self.decodes), self._form
         cached = self.prompt.num_computed_tokens + self.extra0 + k * c  # the prompt's tokens in KV when step k starts
-        if f is not None:
-            ctx_sum = self._ctx_sum0 + k * n
-            while k < self.kmax and t < horizon:
-                t += f(cached, ctx_sum)
-                ends.append(t)
-                k += 1
-                cached += c
-                ctx_sum += n
+        if f is not None:  # (the steps up to kmax or the horizon in one call)
+            taken, t = f(t, cached, self._ctx_sum0 + k * n, self.kmax - k, horizon, ends)
+            k += taken
         else:
             step_time_s, ctxs0 = self._perf.step_time_s, self._ctxs
             while k < self.kmax and t < horizon:
