@@ -38,6 +38,7 @@ from __future__ import annotations
 from itertools import accumulate, repeat
 from typing import Any
 
+from servesim.replica.chunk_rest import chunks_then_decodes
 from servesim.replica.chunk_through import ChunkThrough, chunks_through
 from servesim.replica.token_advance import advance_decodes
 from servesim.replica.stretch import Stretch
@@ -220,13 +221,16 @@ class ThroughChunkStretch(ChunkThrough, ChunkStretch):
 
 
 def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
-                       prefills: list[tuple[Request, int]]) -> bool:
+                       prefills: list[tuple[Request, int]], ff: Any = None) -> bool:
     """Run the step just scheduled (`decodes` and one prompt chunk) and the steps that repeat
-    it as a `ChunkStretch`, if the scheduler says they repeat and at least two steps are safe;
-    False, changing nothing, otherwise."""
+    it as a `ChunkStretch`, if the scheduler says they repeat and at least two steps are safe
+    (or with the prompt's rest and the decode steps after it as one stretch, where the policy's
+    answer `ff` allows: `replica/chunk_rest.py`); False, changing nothing, otherwise."""
     if len(prefills) != 1 or not engine.scheduler.repeats_chunk(out):
         return False
     (prompt, chunk), = prefills
+    if ff is not None and chunks_then_decodes(engine, now_s, out, decodes, decode_ctxs, prompt, chunk, ff):
+        return True
     # steps 0, 1, ... give the prompt a full chunk and leave it unfinished; the decodes run
     # until the first of them emits its last token (or on through it: `chunk_through.py`)
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1

@@ -7,6 +7,7 @@ sees it; an idle engine starts a step once every arrival of the instant is queue
 from __future__ import annotations
 
 from servesim.core.loop import PRIO_STEP_START
+from servesim.replica.chunk_rest import end_at_rest, rest_keeps_arrival
 from servesim.replica.kv_cache import block_keys
 from servesim.workload.request import Request, RequestState
 
@@ -34,9 +35,13 @@ class EngineArrivals:
             # goes on, logging one more waiting request from the step after the one in flight
             # (the first step whose `schedule` would see it when stepping).
             keep = st is not None and self.arrival_keeps(st.spends_budget, req)
+            # (inside a prompt's full chunks planned with its rest: it waits to the rest's step)
+            held = not keep and st is not None and st.spent_to and rest_keeps_arrival(self, st, req, now_s)
             self.scheduler.add_request(req, now_s)
             if keep:
                 st.add_waiting(now_s)
+            elif held:
+                end_at_rest(self, st, now_s)
             else:
                 self.interrupt(now_s)
         if self._unevented is not None:  # (a sole replica's stretch left without an end event)

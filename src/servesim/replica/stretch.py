@@ -48,7 +48,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
-                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept")
+                 "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "spent_to")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -142,6 +142,9 @@ class Stretch(StretchJoins, StretchPricing):
         # (step, blocks) of keyed joiners' prefix hits that running requests held already (in
         # use before the join: `replica/held_hits.py`), or None
         self.join_shared: list[tuple[int, int]] | None = None
+        # the step of the rest of a prompt whose chunks spend the budget in the steps before it
+        # (`replica/chunk_rest.py`: arrivals seen before it wait, `rest_keeps_arrival`); 0: none
+        self.spent_to = 0
 
     @property
     def ends(self) -> list[float] | np.ndarray:
