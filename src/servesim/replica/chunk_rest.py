@@ -29,7 +29,6 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.chunk_join import join_after_chunks
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch import Stretch
 
@@ -65,7 +64,8 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
         keys = None
     forms = engine._decode_forms(len(reqs) + 1)
     chunk_fn = getattr(engine.perf, "chunk_time_fn", None)
-    if forms is None or chunk_fn is None or chunk_fn(len(decodes), c) is None:
+    run_fn = getattr(engine.perf, "chunk_run_fn", None)
+    if forms is None or chunk_fn is None or run_fn is None or chunk_fn(len(decodes), c) is None:
         return False  # (no scalar forms: sliding windows)
     remaining = [r.output_len - r.num_output_tokens for r in reqs]  # (tokens to emit, step 0's included)
     rem = sorted(remaining)
@@ -75,17 +75,20 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     budget = c + len(decodes) + (shared[1] if shared is not None else 0)
     done0 = prompt.num_computed_tokens + c  # (the prompt's tokens in KV when step 1 starts)
     left = prompt.num_tokens - done0
-    chunks, j = [], 1
+    chunks, runs, j, total = [], [], 1, len(rem)
     p = bisect_right(rem, j)
-    while True:
-        if p == len(rem):
+    while True:  # (a run of steps at a time: the batch, so the chunk, holds up to the next departure)
+        if p == total:
             return False  # (a step with no decode: the prompt alone, left to stepping)
-        cap = budget - (len(rem) - p)
+        cap = budget - (total - p)
         if left <= cap:
             break  # (step j computes the rest and emits the first token)
-        chunks.append(cap)
-        left -= cap
-        j += 1
+        # full chunks from step j while the rest is more than one (at most up to the departure)
+        m = min((left - 1) // cap, rem[p] - j)
+        chunks += [cap] * m
+        runs.append((cap, m))
+        left -= m * cap
+        j += m
         p = bisect_right(rem, j, p)
     q = j
     end0 = now_s + engine.perf.step_time_s(chunks0, decode_ctxs)
@@ -97,15 +100,15 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     st.free_blocks = kv.num_free_blocks
     if keyed:
         st.keyed_last = [r.output_len - r.num_output_tokens - 1 for r, _ in keyed]
-    # steps 1 .. q - 1 priced from the scalar state of step 1 (a new stretch's), then the rest's
-    # step q; the prompt joins there as a whole prompt with its context in KV (`cached`)
-    n = prompt.num_tokens - done0
+    # steps 1 .. q - 1 priced from the scalar state of step 1 (a new stretch's), a run between
+    # departures at a time, then the rest's step q, where the prompt joins as a whole prompt
+    # computed by the stretch (step 0's chunk included) beside what it had in KV before
+    done = _chunk_steps(st, run_fn, runs, done0)
+    step_s = chunk_fn(st._active, prompt.num_tokens - done)(done, st._ctx_sum)
     first_new = kv.num_blocks_of(prompt.id) * bs - (prompt.num_tokens - q) + 1
-    join_after_chunks(engine, st, chunk_fn, prompt, chunks, done0, n, first_new, 0, 0)
-    # step 0's chunk is the prompt's too: its run from step 0, its join's tokens all it computes
-    s, req, _ = st.joins[-1]
-    st.joins[-1] = (s, req, prompt.num_tokens - prompt.num_computed_tokens)
-    st.prompt_runs[-1] = (0, [c] + chunks, prompt, 0)
+    st.prompt_runs.append((0, [c] + chunks, prompt, 0))  # (its chunks from step 0, for the views and the step log)
+    computed0 = prompt.num_computed_tokens
+    st.join_one(prompt, prompt.num_tokens - computed0, first_new, 0, step_s, forms, bs, computed0)
     # its blocks, all taken at admission, are in use before the stretch: the step log's count
     # from its join step (`apply_joins`) is taken back there, as for a joiner's held hits
     st.join_shared = [(q, kv.num_blocks_of(prompt.id))]
@@ -144,3 +147,22 @@ def end_at_rest(engine, st: Stretch, now_s: float) -> None:
         engine._schedule_stretch_end(st)
     else:
         st.kmax = q
+
+
+def _chunk_steps(st: Stretch, run_fn, runs: list[tuple[int, int]], done: int) -> int:
+    """Price the prompt's chunk steps 1, 2, ... beside the decodes from the scalar state of step
+    1, each run of steps between departures (`runs`: (chunk, steps)) in one call
+    (`PerfModel.chunk_run_fn`: `chunk_join.join_after_chunks`' floats, step by step there),
+    leaving the scalar state of the step after them; `done`: the prompt's tokens in KV at step
+    1. Returns those after them."""
+    rem, ends, t, j = st._sorted_rem, [], st.end_s, 1
+    for chunk, m in runs:
+        active = st._active
+        _, t = run_fn(active, chunk)(t, done, st._ctx_sum, m, float("inf"), ends)
+        done += m * chunk
+        st._ctx_sum += m * active
+        j += m
+        if st._p < len(rem) and rem[st._p] == j:
+            st._leave(j)  # (decodes whose last token was step j - 1 leave before step j)
+    st._append(ends)
+    return done

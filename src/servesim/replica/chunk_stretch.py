@@ -8,10 +8,12 @@ runs are most of its steps on long-prompt workloads (Mooncake: 89 % of the steps
 16). When the scheduler says a step repeats like that (`Scheduler.repeats_chunk`), the engine
 plans a `ChunkStretch`: step j (step 0 is the scheduled step) runs the same decodes with
 contexts ctx + j and the chunk `c` over the prompt's first `computed + j * c` tokens, so its
-time is a known function of j, priced step by step with the perf model's scalar form of such
-steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_time_s`, so as
+time is a known function of j, priced a run of steps at a time with the perf model's scalar form of such
+steps (`PerfModel.chunk_run_fn`: the same floats in the same order as `step_time_s`, so as
 stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
-chunk (its end step admits or finishes the prompt), at the first decode's finish (sarathi's run
+chunk (its end step admits or finishes the prompt; with nothing waiting, sarathi's prompt is
+planned with its rest and the decode steps after it as one plain stretch instead:
+`replica/chunk_rest.py`), at the first decode's finish (sarathi's run
 on through it, told at its time on a closed-loop workload: `replica/chunk_through.py`), at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
 and at any cut (a clock change, a crash); its step 0 may also finish the prompt before
