@@ -9,6 +9,7 @@ from __future__ import annotations
 from servesim.core.loop import PRIO_STEP_START
 from servesim.replica.chunk_rest import end_at_rest, rest_keeps_arrival
 from servesim.replica.kv_cache import block_keys
+from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
 
 
@@ -36,7 +37,7 @@ class EngineArrivals:
             # (the first step whose `schedule` would see it when stepping).
             keep = st is not None and self.arrival_keeps(st.spends_budget, req)
             # (inside a prompt's full chunks planned with its rest: it waits to the rest's step)
-            held = not keep and st is not None and st.spent_to and rest_keeps_arrival(self, st, req, now_s)
+            held = not keep and type(st) is Stretch and st.spent_to and rest_keeps_arrival(self, st, req, now_s)
             self.scheduler.add_request(req, now_s)
             if keep:
                 st.add_waiting(now_s)
