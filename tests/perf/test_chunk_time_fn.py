@@ -65,3 +65,32 @@ def test_prompts_step_s_equals_step_time(model, gpu, tp, engine, mixed, eager):
             assert perf.prompts_step_s(prefills, n, sum(ctx)) == perf.step_time_s(prefills, ctx)  # exact
     assert perf.prompts_step_s([(4, 0)], 0, 0) == perf.step_time_s([(4, 0)], [])
     assert build_perf_model("mistral-7b", "a100-80gb").prompts_step_s([(4, 0), (5, 9)], 3, 100) is None
+
+
+@pytest.mark.parametrize("model,gpu,tp,engine", [("llama-3.1-8b", "h100-sxm", 1, "vllm"),
+                                                  ("llama-3.1-70b", "h100-sxm", 8, "vllm"),
+                                                  ("qwen3-30b-a3b", "h100-sxm", 1, "sglang")])
+def test_chunk_run_fn_prices_a_run_as_the_step_form_step_by_step(model, gpu, tp, engine):
+    # A run of chunk steps priced in one call (sarathi's chunk stretches, sarsess31) ends each
+    # step at the float `t += chunk_time_fn(n, chunk)(cached, ctx_sum)` gives, and stops at the
+    # step cap or at the first end at or past the horizon, as the stretch's loop did.
+    perf = build_perf_model(model, gpu, tp, config=PerfConfig(engine=engine))
+    rng = np.random.default_rng(1)
+    for n, chunk in ((0, 512), (3, 509), (40, 472), (200, 1848)):
+        run, f = perf.chunk_run_fn(n, chunk), perf.chunk_time_fn(n, chunk)
+        assert perf.chunk_run_fn(n, chunk) is run  # (memoised)
+        for steps in (1, 7, 30):
+            t0 = float(rng.uniform(0.0, 100.0))
+            cached, ctx_sum = int(rng.integers(0, 100_000)), int(rng.integers(0, 500_000))
+            want, t = [], t0
+            for i in range(steps):
+                t += f(cached + i * chunk, ctx_sum + i * n)
+                want.append(t)
+            ends = [-1.0]
+            assert run(t0, cached, ctx_sum, steps, float("inf"), ends) == (steps, want[-1])
+            assert ends == [-1.0] + want  # appended, bit for bit
+            horizon = want[len(want) // 2]  # the steps that start before it: up to and including that end
+            got = []
+            taken, t_end = run(t0, cached, ctx_sum, steps, horizon, got)
+            assert got == want[:len(want) // 2 + 1] and taken == len(got) and t_end == got[-1]
+    assert build_perf_model("mistral-7b", "a100-80gb").chunk_run_fn(4, 100) is None

@@ -164,10 +164,9 @@ class Recorder:
         if silent_at:
             b.silent_at.extend([local + step for step in silent_at])
             b.silent_n.extend(silent_n or [1] * len(silent_at))
-        if prefill_at:
-            for step, tokens in prefill_at:
-                b.prefill_at.append(local + step)
-                b.prefill_more.append(tokens)
+        if prefill_at:  # (a prompt's chunk steps: one entry each, listed in C)
+            b.prefill_at.extend([local + step for step, _ in prefill_at])
+            b.prefill_more.extend([tokens for _, tokens in prefill_at])
         b.num_steps += len(ends_s)
         self.num_steps += len(ends_s)
         if self.num_steps >= self._flush_at:

@@ -89,6 +89,7 @@ class PerfModel(MemoryMixin):
         # `StepTerms.cpu_s`'s constants (step, per sequence, per token), for `prompt_step_s`'s form
         object.__setattr__(self, "_cpu_terms", (t.c.step_overhead_s, t.c.seq_overhead_s, t.c.token_overhead_s))
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
+        object.__setattr__(self, "_chunk_runs", {})  # exact memo: (decodes, chunk) -> `chunk_run_fn`'s run (or None)
         object.__setattr__(self, "_token_terms", t.token_terms())  # `_token_s`'s linear_s and other_s on a miss
         # TP 1 and PP 1: no all-reduce, no hand-off, so communication_s is L x 0.0 + L x 0.0 (and v + 0.0 is v).
         object.__setattr__(self, "_communicates", t.tp > 1 or t.pp > 1)
@@ -271,6 +272,46 @@ class PerfModel(MemoryMixin):
         if self._overlap:
             return lambda cached, ctx_sum: max(base + attention_s(cached) + g * ctx_sum, cpu)
         return lambda cached, ctx_sum: base + attention_s(cached) + g * ctx_sum + cpu
+
+    def chunk_run_fn(self, num_decodes: int, chunk: int) -> Callable[..., tuple[int, float]] | None:
+        """`chunk_time_fn`'s steps priced a run at a time (memoised by its arguments): run(t,
+        cached, ctx_sum, steps, horizon, ends) takes steps i = 0, 1, ... whose chunk has `cached
+        + i * chunk` tokens cached and whose decodes' contexts sum to `ctx_sum + i * num_decodes`,
+        while fewer than `steps` are taken and `t` (the end of the last) is below `horizon`;
+        appends each step's end to `ends` and returns (steps taken, t). The same floats as
+        `t += chunk_time_fn(num_decodes, chunk)(cached, ctx_sum)` step by step (its expression
+        written out in the loop: a chunk stretch's steps, about 26 a Mooncake prompt, without
+        two Python calls each). None where `chunk_time_fn` is None."""
+        key = (num_decodes, chunk)
+        runs = self._chunk_runs
+        if key in runs:
+            return runs[key]
+        run = None
+        if not (self._window is not None or chunk <= 0 or num_decodes < 0 or self._graphless):
+            n, num_tokens = num_decodes, chunk + num_decodes
+            base = self._token_s(num_tokens) + self._logits_s(1 + num_decodes)
+            pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
+            full_layers = self._layers[0]
+            half = chunk / 2.0
+            cpu = self.terms.cpu_s(1 + num_decodes, num_tokens)
+            fixed = self._prompt_fixed_s(chunk)
+            mixed = self._mixed_s(chunk, num_decodes)
+            overlap = self._overlap
+
+            def run(t: float, cached: int, ctx_sum: int, steps: int, horizon: float, ends: list) -> tuple[int, float]:
+                append, k = ends.append, 0
+                while k < steps and t < horizon:
+                    # `chunk_time_fn`'s floats: base + attention_s(cached) + g * ctx_sum (+ cpu, or max)
+                    x = base + (pair_full * (0.0 + chunk * (cached + half)) + pair_win * 0.0
+                                + kv_read * (full_layers * cached) + fixed + mixed) + g * ctx_sum
+                    t += max(x, cpu) if overlap else x + cpu
+                    append(t)
+                    k += 1
+                    cached += chunk
+                    ctx_sum += n
+                return k, t
+        runs[key] = run
+        return run
 
     def prompt_step_s(self, num_decodes: int, prompt: int, ctx_sum: int) -> float | None:
         """`chunk_time_fn(num_decodes, prompt)(0, ctx_sum)` without building the form: one

@@ -8,10 +8,12 @@ runs are most of its steps on long-prompt workloads (Mooncake: 89 % of the steps
 16). When the scheduler says a step repeats like that (`Scheduler.repeats_chunk`), the engine
 plans a `ChunkStretch`: step j (step 0 is the scheduled step) runs the same decodes with
 contexts ctx + j and the chunk `c` over the prompt's first `computed + j * c` tokens, so its
-time is a known function of j, priced step by step with the perf model's scalar form of such
-steps (`PerfModel.chunk_time_fn`: the same floats in the same order as `step_time_s`, so as
+time is a known function of j, priced a run of steps at a time with the perf model's scalar form of such
+steps (`PerfModel.chunk_run_fn`: the same floats in the same order as `step_time_s`, so as
 stepping), or `step_time_s` itself for a model without it. The stretch stops before the prompt's last
-chunk (its end step admits or finishes the prompt), at the first decode's finish (sarathi's run
+chunk (its end step admits or finishes the prompt; with nothing waiting, sarathi's prompt is
+planned with its rest and the decode steps after it as one plain stretch instead:
+`replica/chunk_rest.py`), at the first decode's finish (sarathi's run
 on through it, told at its time on a closed-loop workload: `replica/chunk_through.py`), at the step
 whose decode blocks would not fit in the free ones, at a policy timer or the end of the run,
 and at any cut (a clock change, a crash); its step 0 may also finish the prompt before
@@ -38,6 +40,7 @@ from __future__ import annotations
 from itertools import accumulate, repeat
 from typing import Any
 
+from servesim.replica.chunk_rest import chunks_then_decodes
 from servesim.replica.chunk_through import ChunkThrough, chunks_through
 from servesim.replica.token_advance import advance_decodes
 from servesim.replica.stretch import Stretch
@@ -95,9 +98,9 @@ class ChunkStretch(Stretch):
         self._fin = 0  # (`finished_by`'s last count: `ThroughChunkStretch` sets `_sorted_rem`)
         self._ctxs = decode_ctxs
         self._ctx_sum0 = sum(decode_ctxs)
-        # the perf model's scalar form of these steps: (cached, decodes' context sum) -> time
-        # (None: none, e.g. sliding windows; then `step_time_s` with every context)
-        form = getattr(engine.perf, "chunk_time_fn", None)
+        # the perf model's scalar form of these steps, a run at a time (`PerfModel.chunk_run_fn`;
+        # None: none, e.g. sliding windows; then `step_time_s` with every context)
+        form = getattr(engine.perf, "chunk_run_fn", None)
         self._form = form(len(decodes), chunk) if form else None
 
     def prompt_blocks(self, j: int) -> int:
@@ -148,14 +151,9 @@ class ChunkStretch(Stretch):
             return self.price_through(k, t, ends, horizon)
         c, n, f = self.chunk, len(self.decodes), self._form
         cached = self.prompt.num_computed_tokens + self.extra0 + k * c  # the prompt's tokens in KV when step k starts
-        if f is not None:
-            ctx_sum = self._ctx_sum0 + k * n
-            while k < self.kmax and t < horizon:
-                t += f(cached, ctx_sum)
-                ends.append(t)
-                k += 1
-                cached += c
-                ctx_sum += n
+        if f is not None:  # (the steps up to kmax or the horizon in one call)
+            taken, t = f(t, cached, self._ctx_sum0 + k * n, self.kmax - k, horizon, ends)
+            k += taken
         else:
             step_time_s, ctxs0 = self._perf.step_time_s, self._ctxs
             while k < self.kmax and t < horizon:
@@ -225,13 +223,16 @@ class ThroughChunkStretch(ChunkThrough, ChunkStretch):
 
 
 def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
-                       prefills: list[tuple[Request, int]]) -> bool:
+                       prefills: list[tuple[Request, int]], ff: Any = None) -> bool:
     """Run the step just scheduled (`decodes` and one prompt chunk) and the steps that repeat
-    it as a `ChunkStretch`, if the scheduler says they repeat and at least two steps are safe;
-    False, changing nothing, otherwise."""
+    it as a `ChunkStretch`, if the scheduler says they repeat and at least two steps are safe
+    (or with the prompt's rest and the decode steps after it as one stretch, where the policy's
+    answer `ff` allows: `replica/chunk_rest.py`); False, changing nothing, otherwise."""
     if len(prefills) != 1 or not engine.scheduler.repeats_chunk(out):
         return False
     (prompt, chunk), = prefills
+    if ff is not None and chunks_then_decodes(engine, now_s, out, decodes, decode_ctxs, prompt, chunk, ff):
+        return True
     # steps 0, 1, ... give the prompt a full chunk and leave it unfinished; the decodes run
     # until the first of them emits its last token (or on through it: `chunk_through.py`)
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1

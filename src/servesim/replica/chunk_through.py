@@ -57,7 +57,7 @@ class ChunkThrough:
         if self.keyed:  # (each registers up to its own last step; frees counted by reference)
             self.keyed_last = [r.output_len - r.num_output_tokens - 1 for r, _ in self.keyed]
             self._held_fn = self.freed_blocks(engine.kv)
-        self._formf = getattr(engine.perf, "chunk_time_fn", None)
+        self._formf = getattr(engine.perf, "chunk_run_fn", None)
         # the steps that leave the prompt unfinished, step j's chunk `chunk + d(j)` (once every
         # decode left, the prompt's chunks alone take the whole budget)
         left = self.prompt.num_tokens - self.prompt.num_computed_tokens - self.extra0
@@ -101,13 +101,16 @@ class ChunkThrough:
         f = self._form if not p else (formf(n, c) if formf else None)
         step_time_s = self._perf.step_time_s
         while k < self.kmax and t < horizon:
-            if f is not None:
-                t += f(cached, base + k * n)
+            if f is not None:  # (the steps up to the next departure, kmax or the horizon, in one call)
+                stop = min(self.kmax, srt[p]) if p < total else self.kmax
+                taken, t = f(t, cached, base + k * n, stop - k, horizon, ends)
+                k += taken
+                cached += taken * c
             else:
                 t += step_time_s([(c, cached)], [x + k for x, r in zip(ctxs, rem) if r > k])
-            ends.append(t)
-            k += 1
-            cached += c
+                ends.append(t)
+                k += 1
+                cached += c
             if p < total and srt[p] <= k:  # decodes whose last token was the step just priced
                 while p < total and srt[p] <= k:
                     base -= ctxs[order[p]]

@@ -38,7 +38,7 @@ from servesim.replica.engine_waits import StepWaits
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.kv_ports import KVPorts
 from servesim.replica.lone_stretch import lone_fast_forward
-from servesim.replica.schedulers.base import NO_FAST_FORWARD, Scheduler, SchedulerOutput
+from servesim.replica.schedulers.base import NO_FAST_FORWARD, FastForward, Scheduler, SchedulerOutput
 from servesim.replica.shared_chunk import shared_fast_forward
 from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
                                           speculate)
@@ -195,7 +195,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         decode_ctxs = [r.num_computed_tokens for r in decodes]
         ff = (sched.fast_forward(out) if self.config.fast_forward and not swap_s
               and (self.ports is None or self.ports.allows_stretch(prefills)) else NO_FAST_FORWARD)
-        if prefills and self._chunk_stretch(now_s, out, decodes, decode_ctxs, prefills, swap_s):
+        if prefills and self._chunk_stretch(now_s, out, decodes, decode_ctxs, prefills, swap_s, ff):
             return  # a prompt's chunks beside the same decodes fast-forwarded (`replica/chunk_stretch.py`)
         chunks = [(n, r.num_computed_tokens) for r, n in prefills]
         if self._spec_k and decodes:
@@ -239,11 +239,11 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         return True
 
     def _chunk_stretch(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
-                       prefills: list[tuple[Request, int]], swap_s: float) -> bool:
+                       prefills: list[tuple[Request, int]], swap_s: float, ff: FastForward) -> bool:
         """The hook of chunk stretches: only plain steps (no speculation, swap or KV ports)."""
         return (self.config.fast_forward and not (self._spec_k or swap_s) and self.ports is None
-                and (chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills)
-                     or shared_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills)))
+                and (chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills, ff)
+                     or shared_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills, ff)))
 
     def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> bool:
         """May the steps after this one repeat its prompt chunk beside the same speculating

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from servesim.core.loop import PRIO_STEP_START
 from servesim.replica.chunk_join import keeps_in_chunks
+from servesim.replica.chunk_rest import end_at_rest, rest_keeps_arrival
 from servesim.replica.kv_cache import block_keys
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
@@ -42,6 +43,9 @@ class EngineArrivals:
             # rest (`chunk_join.chain_join`), rather than cut at the step in flight
             chain = (not keep and type(st) is Stretch and st.chain_at is not None and keeps_in_chunks(st, now_s)
                      and self.arrival_keeps(True, req))
+            # (inside a prompt's full chunks planned with its rest: it waits to the rest's step)
+            held = (not keep and not chain and type(st) is Stretch and st.spent_to
+                    and rest_keeps_arrival(self, st, req, now_s))
             self.scheduler.add_request(req, now_s)
             if keep:
                 st.add_waiting(now_s)
@@ -51,6 +55,8 @@ class EngineArrivals:
                 if st.k > st.chain_at[0]:
                     st.truncate(st.chain_at[0])
                     self._schedule_stretch_end(st)
+            elif held:
+                end_at_rest(self, st, now_s)
             else:
                 self.interrupt(now_s)
         if self._unevented is not None:  # (a sole replica's stretch left without an end event)

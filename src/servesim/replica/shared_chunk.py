@@ -19,6 +19,7 @@ from bisect import bisect_right
 from operator import attrgetter
 from typing import Any
 
+from servesim.replica.chunk_rest import chunks_then_decodes
 from servesim.replica.chunk_stretch import chunk_stretch, plan_chunk_stretch
 from servesim.replica.chunk_through import chunks_through
 from servesim.workload.request import Request
@@ -27,16 +28,20 @@ _ARRIVAL = attrgetter("arrival_s", "id")  # (sarathi's decode order)
 
 
 def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
-                        prefills: list[tuple[Request, int]]) -> bool:
+                        prefills: list[tuple[Request, int]], ff: Any = None) -> bool:
     """Run the shared step just scheduled (`decodes`, one prompt's last chunk, the next one's
     first) and the chunk steps after it as a `ChunkStretch`, if the scheduler says they follow
-    (`Scheduler.shares_chunk`) and at least two steps are safe; False, changing nothing, otherwise."""
+    (`Scheduler.shares_chunk`) and at least two steps are safe (or with the second prompt's
+    rest and the decode steps after it as one stretch, where the policy's answer `ff` allows:
+    `replica/chunk_rest.py`); False, changing nothing, otherwise."""
     if len(prefills) != 2 or engine.deliver is not None or engine.scheduler.chunks_allocate:
         return False
     chunk = engine.scheduler.shares_chunk(out)
     if not chunk:
         return False
     (first, r), (prompt, c0) = prefills
+    if ff is not None and chunks_then_decodes(engine, now_s, out, decodes, decode_ctxs, prompt, c0, ff, (first, r)):
+        return True
     # steps 1, 2, ... give the prompt `chunk` tokens and leave it unfinished; the decodes (the
     # first prompt one of them) run until the first of them emits its last token
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens - c0) // chunk)

@@ -49,7 +49,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
-                 "waiting_to")
+                 "waiting_to", "spent_to")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -154,6 +154,9 @@ class Stretch(StretchJoins, StretchPricing):
         # (step, blocks) of keyed joiners' prefix hits that running requests held already (in
         # use before the join: `replica/held_hits.py`), or None
         self.join_shared: list[tuple[int, int]] | None = None
+        # the step of the rest of a prompt whose chunks spend the budget in the steps before it
+        # (`replica/chunk_rest.py`: arrivals seen before it wait, `rest_keeps_arrival`); 0: none
+        self.spent_to = 0
 
     @property
     def ends(self) -> list[float] | np.ndarray:

@@ -106,6 +106,12 @@ class FastForwardHooks:
     # no decision of the policy reading a finish before the next `schedule`)?
     # `replica/chunk_through.py`
     chunk_finishes_late = False
+    # With nothing waiting, do the steps after a `repeats_chunk` step run the decodes still
+    # running and a chunk of the budget they leave up to the step that computes the prompt's
+    # rest (admitting only what waits by then), and from the next one on repeat as decodes
+    # through finishes (`fast_forward`'s `REPEAT_THROUGH`)? Then the engine plans the prompt's
+    # chunks, its rest and those decode steps as one stretch (`replica/chunk_rest.py`).
+    rest_joins_decodes = False
     # Does a step that admits prompts run them alone, every running request stalled for it
     # (prefill-first: vLLM V0, SGLang without mixed chunks)? Then `arrivals_join`'s requests
     # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.

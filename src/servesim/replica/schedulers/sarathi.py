@@ -154,6 +154,10 @@ class SarathiScheduler(Scheduler):
     # budget goes to the prompt in progress: nothing is admitted or preempted until its last
     # chunk, so the finish may be processed late (`replica/chunk_through.py`).
     chunk_finishes_late = True
+    # Its step 3 admits nothing while the prompt takes the whole budget, and its rest's step
+    # leaves the rest to what waits then; after it every running request decodes and, with
+    # nothing waiting, `fast_forward` answers `REPEAT_THROUGH` (`replica/chunk_rest.py`).
+    rest_joins_decodes = True
 
     def shares_chunk(self, output: SchedulerOutput) -> int:
         # Decodes, a prompt's last chunk (emitting its first token) and the next prompt's first
