@@ -76,11 +76,15 @@ def fire_before_join(sched, st: Stretch) -> None:
     join checks `next_timer_s` as before."""
     _, pending, fired, _ = st.timers
     s = st.k
-    keeps = st.kept[0] if st.kept is not None else None
-    # (the first step before which a finish frees blocks: a request leaves after step r - 1)
-    first_free = min((r for r, q in zip(st.remaining, st.reqs) if not (keeps and keeps(q))), default=s)
-    stop = min(s, first_free)
-    due = sorted((m, i) for i, (t, _, _) in enumerate(pending) if (m := st.timer_step(t)) < stop)
+    due = sorted((m, i) for i, (t, _, _) in enumerate(pending) if (m := st.timer_step(t)) < s)
+    if due and st._sorted_rem[0] <= due[-1][0]:  # (requests left at or before a due timer's step)
+        # the first step before which a finish frees blocks (a request leaves after step r - 1):
+        # the policy asked only of those that left by then (a sessions turn's finish pins)
+        keeps = st.kept[0] if st.kept is not None else None
+        last = due[-1][0]
+        first_free = min((r for r, q in zip(st.remaining, st.reqs) if r <= last and not (keeps and keeps(q))),
+                         default=s)
+        due = [(m, i) for m, i in due if m < first_free]
     if due:
         sched.fire_timers([pending[i][1] for _, i in due])
         fired += [(m, pending[i][2]) for m, i in due]
