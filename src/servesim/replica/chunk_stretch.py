@@ -72,7 +72,7 @@ class ChunkStretch(Stretch):
         self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
         self.through = False
         self.keyed = [(r, c) for r, c in zip(decodes, self.ctx1) if r.kv_block_keys]
-        self.keyed_last = self._freed = self.kept = None  # (not through finishes)
+        self.keyed_last = self._freed = self.kept = self.timers = None  # (not through finishes)
         # vLLM's steps allocate the prompt's blocks for each chunk and register its keyed ones
         # (`Scheduler.chunks_allocate`); sarathi's took them all at admission
         self.grows = sched.chunks_allocate

@@ -322,12 +322,15 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
             req.first_token_s = time_s
 
     def _finish_and_continue(self, out: SchedulerOutput, finished: list[Request], now_s: float,
-                             hand_off: Callable[[], None] | None = None) -> None:
+                             hand_off: Callable[[], None] | None = None, timers: list | None = None) -> None:
         for req in finished:
             req.state = RequestState.FINISHED
             if req.finish_s is None:  # (a stretch sets the time of a finish it processes late)
                 req.finish_s = now_s
-        self.scheduler.finish_all(finished, now_s)
+        if timers:  # (policy timers a stretch ran through: `replica/policy_stops.py`)
+            self._finish_timed(finished, timers, now_s)
+        else:
+            self.scheduler.finish_all(finished, now_s)
         self.scheduler.end_step(out, now_s, self.num_steps)
         if hand_off is not None:  # prompts handed to decode replicas leave after the step, as finishes
             hand_off()
@@ -340,6 +343,23 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
             self._go_idle(now_s)  # (the step after the last finish: `schedule` would find nothing)
         else:
             self._start_step(now_s)
+
+    def _finish_timed(self, finished: list[Request], timers: list[tuple[float, object]], now_s: float) -> None:
+        """`finish_all` of a stretch's finishes with the policy's timers it ran through, (step
+        start, key) in step order, fired among them as stepping did: a finish at the end of a
+        step before the `schedule` of the next (at that time), a timer in the `schedule` of the
+        first step starting at or after its time."""
+        sched = self.scheduler
+        i, n = 0, len(finished)
+        for start_s, key in timers:
+            j = i
+            while j < n and finished[j].finish_s <= start_s:
+                j += 1
+            if j > i:
+                sched.finish_all(finished[i:j], now_s)
+                i = j
+            sched.fire_timers((key,))
+        sched.finish_all(finished[i:], now_s)
 
     def _done_at(self, now_s: float, req: Request) -> None:
         if self.on_event:

@@ -80,9 +80,11 @@ class FastForwarding:
                 if n != req.prompt_len + req.num_output_tokens - req.num_computed_tokens:
                     return False  # a prompt still in progress gets a chunk, not one token, next step
         end0 = now_s + dt0_s
-        horizon_s = self._stretch_horizon_s(now_s, end0)
-        if horizon_s <= end0:
-            return False  # step 1 would start at or after the horizon: `price` would take no step
+        if not ff.through_timers:
+            timers = None
+            horizon_s = self._stretch_horizon_s(now_s, end0)
+            if horizon_s <= end0:
+                return False  # step 1 would start at or after the horizon: `price` would take no step
         if prefills:
             reqs = decodes + [req for req, _ in prefills]
             # contexts after step 0 (the tokens in KV when step 1 starts)
@@ -101,6 +103,11 @@ class FastForwarding:
         # before the finish they depend on is processed, and stretches stop at finishes.
         through = self.defer_finishes and ff.through_finishes and (not keyed or self._keyed_through) and not (
             self.notice is not None and self.scheduler.arrival_reads_finishes)
+        if ff.through_timers:  # (the policy's timers it may run through: `replica/policy_stops.py`)
+            timers = self.scheduler.stretch_timers() if through else None
+            horizon_s = self._stretch_horizon_s(now_s, end0, timers)
+            if horizon_s <= end0:
+                return False
         if (not (through or keyed) and self.defer_finishes and self.notice is None and self.ports is None
                 and self.scheduler.num_waiting and self.scheduler.finish_admission()):
             # (finishes admit the queue head inside the stretch)
@@ -116,6 +123,7 @@ class FastForwarding:
             st.keyed_last = [r.output_len - r.num_output_tokens - 1 for r, _ in keyed]
         if through and ff.finish_timer_s != INF:  # (finishes that pin: blocks kept, a timer after each)
             st.kept = (self.scheduler.keeps_blocks, ff.finish_timer_s)
+        st.timers = timers
         if ff.max_steps < st.kmax:  # (the policy decides otherwise after that many steps)
             st.kmax = ff.max_steps
         st.price(horizon_s)
@@ -138,7 +146,7 @@ class FastForwarding:
         self._schedule_stretch_end(st)
         return True
 
-    def _stretch_horizon_s(self, now_s: float, end0_s: float) -> float:
+    def _stretch_horizon_s(self, now_s: float, end0_s: float, timers: list | None = None) -> float:
         """How far to price a stretch whose step starting at `now_s` ends at `end0_s`.
 
         A lone replica knows the next arrival is its own: price exactly up to it (and give up
@@ -150,7 +158,7 @@ class FastForwarding:
         next_s = self.next_event_s()
         if self.lookahead > 1 or self.arrival_keeps(False, None):  # (a decode stretch's)
             next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0_s, math.inf))
-        return min(next_s, self._own_horizon_s())
+        return min(next_s, self._own_horizon_s(timers))
 
     def _schedule_stretch_end(self, st: Stretch) -> None:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
@@ -228,9 +236,10 @@ class FastForwarding:
             st.final = st.limited = True
         return st.k >= 2
 
-    def _own_horizon_s(self) -> float:
-        """The next time this replica changes by itself: a policy timer or the end of the run."""
-        return min(self.until_s, self.scheduler.next_timer_s())
+    def _own_horizon_s(self, timers: list | None = None) -> float:
+        """The next time this replica changes by itself: a policy timer or the end of the run
+        (`timers`: a stretch's that it runs through, `Stretch.timers`: the first it does not)."""
+        return min(self.until_s, self.scheduler.next_timer_s() if timers is None else timers[0])
 
     def _decode_forms(self, n: int) -> DecodeForms | None:
         """The perf model's affine decode forms for batch sizes 0..n (at least), as arrays
@@ -273,7 +282,7 @@ class FastForwarding:
         if not st.final and st.k < st.kmax:
             # Nothing touched this replica: extend to at least four times the stretch's span so far.
             k = st.k
-            own = self._own_horizon_s()
+            own = self._own_horizon_s(st.timers if type(st) is Stretch else None)
             st.price(min(own, max(self.next_event_s(), 4 * st.end_s - 3 * st.start_s)))
             if st.k > k:
                 self._limit(st, k)
@@ -287,7 +296,8 @@ class FastForwarding:
                 and (keyed_join(self, st, now_s) if with_keys(self, st) else join_arrivals(self, st, now_s))):
             return  # arrivals admitted whole at this boundary: the stretch goes on with them
         self.stretch = None
-        self._finish_and_continue(st.out, self._apply_stretch(st), now_s)
+        done = self._apply_stretch(st)
+        self._finish_and_continue(st.out, done, now_s, None, st.timers[3] if type(st) is Stretch and st.timers else None)
 
     def _apply_stretch(self, st: Stretch) -> list[Request]:
         """Advance the requests, KV blocks and step log by the stretch's steps; returns the
@@ -295,7 +305,7 @@ class FastForwarding:
         if type(st) is not Stretch:  # (a `SpecStretch` or a `ChunkStretch`: steps of their own)
             return st.apply(self)
         ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
-        if len(reqs) == 1 and not (st.decodes or st.keyed):
+        if len(reqs) == 1 and not (st.decodes or st.keyed or st.timers):
             return self._apply_lone(st)
         bs = self.kv.block_size
         first_new = st.first_new
@@ -323,6 +333,8 @@ class FastForwarding:
                 frees = [f for f, i in zip(frees, [i for i in finished if steps_of[i] < k]) if not keeps(reqs[i])]
             if not st.stalls:
                 advance_decodes(st.decodes, steps_of, first)
+        if st.timers is not None:  # (the policy's timers fired inside it: their blocks freed at their steps)
+            frees = frees + policy_stops.late_timers(st)
         joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
         cut = ()  # (turns cut inside their chunk steps: `apply_rests`)
         if st.stalls:

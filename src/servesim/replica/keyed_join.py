@@ -44,6 +44,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from math import inf as INF
 
+from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.held_hits import held_by_departed
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
@@ -86,6 +87,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False
     req = next(iter(sched.waiting))
+    if st.timers is not None and st.timers[1]:  # (pins that expired inside the stretch before step s)
+        policy_stops.fire_before_join(sched, st)
     max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
     if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
             or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req, now_s)):
@@ -105,7 +108,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     n = num_tokens - cached
     c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (not sched.chunk_joins or timer_s != INF or timed is not None
+    if c != n and (not sched.chunk_joins or timer_s != INF or timed is not None or st.timers
                    or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
         # a chunk of its prompt whose later steps are not certain (or priced past a policy
         # timer, which may act at one of them: continuum's pins, whose expiry frees blocks)

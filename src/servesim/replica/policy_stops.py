@@ -3,7 +3,9 @@ step would decide otherwise than the stretch assumes (`FastForwarding._limit` ca
 first, before the KV and key limits): a policy that reorders its batch between steps
 (`Scheduler.reorders_running`: autellix's levels) at a step two requests leave together, and a
 policy whose finishes keep their blocks under a timer (`FastForward.finish_timer_s`: continuum's
-pins) at the first such timer.
+pins) at the first such timer. And the policy timers a stretch runs through instead
+(`FastForward.through_timers`: continuum's pins held before it, expiring inside it): fired at a
+join (`fire_before_join`) or when the stretch is applied (`late_timers`), in stepping's order.
 """
 
 from __future__ import annotations
@@ -56,4 +58,49 @@ def stop_at_finish_timer(st: Stretch) -> None:
     k = bisect_left(ends, due_s, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
     if k < st.k:
         st.truncate(k)
-        st.final = st.limited = True
+        # (final, not `limited`: a turn arriving before that step may still join, which
+        # `keyed_join` checks against the first departure's timer; with the pins held before
+        # the stretch no longer bounding it, this bound is most stretches' at 8 replicas)
+        st.final = True
+
+
+def fire_before_join(sched, st: Stretch) -> None:
+    """At the stretch's boundary s = k, before a request joins it (`replica/keyed_join.py`):
+    fire the timers run through whose step lies before s, as those steps' `schedule`s did
+    when stepping (an expired pin's blocks are in the free queue when the join looks up its
+    prefix: a next turn whose previous turn's pin expired inside the stretch hits them there).
+    Stepping freed blocks in time order: a finish that frees blocks (processed late, at the
+    stretch's end) at a step at or before a timer's came first, so only the timers before the
+    first such finish fire here (the others at the end: `late_timers`). A timer due at step s
+    itself is left: that step's `schedule` skips a job whose call waits (the joiner's), and the
+    join checks `next_timer_s` as before."""
+    _, pending, fired, _ = st.timers
+    s = st.k
+    due = sorted((m, i) for i, (t, _, _) in enumerate(pending) if (m := st.timer_step(t)) < s)
+    if due and st._sorted_rem[0] <= due[-1][0]:  # (requests left at or before a due timer's step)
+        # the first step before which a finish frees blocks (a request leaves after step r - 1):
+        # the policy asked only of those that left by then (a sessions turn's finish pins)
+        keeps = st.kept[0] if st.kept is not None else None
+        last = due[-1][0]
+        first_free = min((r for r, q in zip(st.remaining, st.reqs) if r <= last and not (keeps and keeps(q))),
+                         default=s)
+        due = [(m, i) for m, i in due if m < first_free]
+    if due:
+        sched.fire_timers([pending[i][1] for _, i in due])
+        fired += [(m, pending[i][2]) for m, i in due]
+        gone = {i for _, i in due}
+        st.timers[1] = [p for i, p in enumerate(pending) if i not in gone]
+
+
+def late_timers(st: Stretch) -> list[tuple[int, int]]:
+    """When the stretch (of k steps) is applied: the timers run through whose step lies below
+    k, to fire among its finishes (`Engine._finish_and_continue`: each after the finishes at or
+    before its step's start, by step and then in the policy's order), kept in `st.timers[3]`
+    as (step start, key); returns the (step, blocks) freed by every timer fired in it, those
+    fired at joins included (the step log's frees)."""
+    _, pending, fired, _ = st.timers
+    k = st.k
+    due = sorted((m, i) for i, (t, _, _) in enumerate(pending) if (m := st.timer_step(t)) < k)
+    ends = st.ends_view
+    st.timers[3] = [(ends[m - 1], pending[i][1]) for m, i in due]
+    return fired + [(m, pending[i][2]) for m, i in due]

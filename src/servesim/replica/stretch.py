@@ -49,7 +49,7 @@ class Stretch(StretchJoins, StretchPricing):
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
-                 "waiting_to", "spent_to")
+                 "waiting_to", "spent_to", "timers")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -74,6 +74,10 @@ class Stretch(StretchJoins, StretchPricing):
         # through finishes that may keep their blocks (`FastForward.finish_timer_s`): (the
         # policy's `keeps_blocks`, the timer's seconds after a finish); None: every finish frees
         self.kept: tuple[Callable[[Any], bool], float] | None = None
+        # the policy's timers it runs through (`FastForward.through_timers`): [the first timer
+        # that bounds it, [(time, key, blocks)] not fired yet, [(step, blocks)] fired at a join,
+        # the (step start, key) fired late, set when applied] (`replica/policy_stops.py`); None: none
+        self.timers: list | None = None
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         # requests held waiting up to step `kmax`, where the policy may admit them as a prompt-only
@@ -282,7 +286,16 @@ class Stretch(StretchJoins, StretchPricing):
         for s, i, n in self.rests:  # (a finished one's `blocks_held` leaves them out too: `apply_rests`)
             if s <= j < remaining[i]:
                 delta += n
+        if self.timers is not None:  # (a timer fired by step j's `schedule` freed its blocks)
+            for t, _, n in self.timers[1]:
+                if self.timer_step(t) <= j:
+                    delta -= n
         return delta
+
+    def timer_step(self, t: float) -> int:
+        """The step whose `schedule` fires a timer due at `t`: the first that starts at or
+        after `t` (step j >= 1 starts at ends[j - 1]); k if none of the stretch's does."""
+        return bisect_left(self._endv, t, 0, self.k - 1) + 1
 
     def freed_blocks(self, kv: Any) -> Callable[[Any], int]:
         """The blocks each request's finish frees, as a function of the request (`blocks_added`'s

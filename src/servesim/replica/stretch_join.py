@@ -120,7 +120,7 @@ def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price
     (`price`: `Stretch.price`, or `price_on` from the scalar state a lean join left, `ahead` its
     steps ahead), limit it to the blocks free, and (re)schedule its end. True."""
     engine.num_joined_arrivals += num_joined
-    horizon_s = engine._stretch_horizon_s(now_s, st.end_s)
+    horizon_s = engine._stretch_horizon_s(now_s, st.end_s, st.timers)
     if price is None:
         st.price(horizon_s)
     else:

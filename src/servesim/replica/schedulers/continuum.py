@@ -146,7 +146,10 @@ class ContinuumScheduler(VLLMScheduler):
         # a stretch through finishes that pin (`fast_forward`): each keeps its blocks and sets
         # its pin's timer `ttl_s` after it
         self._through_pins = FastForward(repeat=True, after_prefill=True, through_finishes=True,
-                                         finish_timer_s=self.params.ttl_s)
+                                         finish_timer_s=self.params.ttl_s, through_timers=True)
+        # ... through finishes that pin nothing: the pins held before still expire inside it
+        self._through_expiries = FastForward(repeat=True, after_prefill=True, through_finishes=True,
+                                             through_timers=True)
 
     def add_request(self, req: Request, now_s: float) -> None:
         job = job_of(req)
@@ -194,6 +197,29 @@ class ContinuumScheduler(VLLMScheduler):
             return float("inf")
         busy = self._waiting_jobs()
         return min((d for job, (_, d) in self.pins.items() if job not in busy), default=float("inf"))
+
+    def stretch_timers(self) -> list | None:
+        # With nothing waiting, the `schedule` of the first step starting at or after a pin's
+        # deadline expires it (no job is busy) whatever else the stretch does: a pin whose
+        # blocks no other request holds frees exactly its blocks there (counted now: nothing
+        # takes a held block inside a stretch), so the stretch may run through that expiry.
+        # A pin sharing a block (a prefix another request holds) frees what depends on the
+        # order of the other frees: its deadline bounds the stretch as before.
+        if not self.pins:
+            return None
+        kv = self.kv
+        first_s, through = float("inf"), []
+        for job, (rid, deadline) in self.pins.items():
+            n = kv.num_blocks_of(rid)
+            if kv.blocks_freed([rid], {})[0] == n:
+                through.append((deadline, job, n))
+            elif deadline < first_s:
+                first_s = deadline
+        return [first_s, through, [], None] if through else None
+
+    def fire_timers(self, keys) -> None:
+        for job in keys:  # (`_expire`'s, in its order: the engine lists them by step, then in `pins`' order)
+            self._unpin(job)
 
     def reclaim(self, req: Request) -> bool:
         # Pins give way only to avoid a deadlock (the public fork): with other requests
@@ -274,8 +300,10 @@ class ContinuumScheduler(VLLMScheduler):
             return NO_FAST_FORWARD
         ff = super().fast_forward(output)
         if ff.repeat and not self.waiting:
-            if self.plain() or not any(map(self.pins_on_finish, self.running)):
+            if self.plain():
                 return REPEAT_THROUGH
+            if not any(map(self.pins_on_finish, self.running)):
+                return self._through_expiries if self.pins else REPEAT_THROUGH
             if self._jobs_apart():
                 return self._through_pins
         return ff

@@ -98,6 +98,20 @@ class FastForwardHooks:
         them? Read only for a stretch whose answer has a finite `finish_timer_s`."""
         return False
 
+    def stretch_timers(self) -> list | None:
+        """For a stretch whose answer has `through_timers` (nothing waits): [the first timer
+        it must stop before, [(time, key, blocks)] of the timers it may run through, [], None]
+        (the engine's bookkeeping: `replica/policy_stops.py`), or None: every timer bounds it
+        (`next_timer_s`). A timer run through is one the next `schedule` starting at or after
+        its time fires whatever else happens in the stretch, freeing `blocks` KV blocks that
+        nothing else holds (`fire_timers(key)`). Changes no state. The default: None."""
+        return None
+
+    def fire_timers(self, keys) -> None:
+        """Fire the timers `stretch_timers` listed by these keys, in order, as the `schedule`
+        of the step they fell in would (the engine calls it in stepping's order of frees)."""
+        raise NotImplementedError
+
     # Does each of those steps allocate the prompt's blocks for its chunk and register its
     # completed keyed blocks, as `allocate_slots` (vLLM v1), rather than none (sarathi)?
     chunks_allocate = False

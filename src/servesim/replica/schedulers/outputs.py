@@ -77,6 +77,11 @@ class FastForward:
     `keeps_blocks`) and sets a policy timer this long after its step's end (continuum's pins).
     The engine counts no blocks freed by such finishes and stops the stretch before the first
     step that starts at or after its first finish's end plus this (the timer's `schedule`)."""
+    through_timers: bool = False
+    """With `through_finishes` and nothing waiting: the policy's timers that `stretch_timers`
+    lists fire inside the stretch, each at the first step that starts at or after its time (as
+    that step's `schedule` would fire it), instead of bounding the stretch (continuum's pin
+    expiries: `replica/policy_stops.py`)."""
 
 
 NO_FAST_FORWARD = FastForward()
