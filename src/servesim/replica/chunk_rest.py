@@ -18,7 +18,7 @@ first step is one of them waits as in a chunk stretch, and the stretch then ends
 stepping's `schedule` admits it beside the rest (`rest_keeps_arrival`; one seen from q on cuts
 it as any arrival does). A cut, a finish's follow-up arriving at once or the KV limit inside the
 chunk steps leaves the prompt with the chunks that ran (`apply_prompt_runs`), as stepping.
-Planned only where stepping's steps are certain: nothing waiting, a decode running in every
+Planned only where stepping's steps are certain: a prompt computed for the first time, nothing waiting, a decode running in every
 step up to q, finishes processed late (`chunks_through`) with a decode stretch's conditions
 (`FastForward.through_finishes`, no step cap, no timer), the scalar chunk and decode forms.
 Exact as stepping: tests/cluster/test_chunk_rest.py.
@@ -42,7 +42,10 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     step, `replica/shared_chunk.py`): a prompt finished in step 0 of the stretch, decoding from
     step 1 on with the others."""
     sched = engine.scheduler
-    if (not sched.rest_joins_decodes or sched.num_waiting or not (decodes or shared) or not (ff.repeat and ff.after_prefill)
+    # (not a preempted prompt being computed again, with tokens it emitted before: under KV
+    # pressure its plan left a request running that stepping had not, found by the chain-join
+    # test's tight cache once both were merged; left to the chunk stretch)
+    if (not sched.rest_joins_decodes or prompt.num_output_tokens or sched.num_waiting or not (decodes or shared) or not (ff.repeat and ff.after_prefill)
             or not ff.through_finishes or ff.admissions_only or ff.max_steps != UNLIMITED_STEPS
             or ff.finish_timer_s != float("inf")
             or not engine.defer_finishes or engine.deliver is not None
