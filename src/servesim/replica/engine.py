@@ -76,6 +76,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self._arrival_caps = (config.max_model_len,
                               None if config.enable_chunked_prefill else config.max_num_batched_tokens)
         self.scheduler = scheduler
+        self._policy_checks()  # (`_admission_error`)
         self.kv = kv
         self.perf = perf
         self.loop = loop
