@@ -211,7 +211,8 @@ def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
         if not req.moves:  # (served by one replica throughout, nearly every request: all its runs move by one offset)
             off = offsets[req.replica]
             if off:
-                runs[:] = map(off.__add__, runs)  # (in place, by C calls: no Python step per run)
+                for i in range(len(runs)):
+                    runs[i] += off
             continue
         marks = req.moves
         bounds = [m[0] for m in marks[1:]] + [len(runs)]
