@@ -191,6 +191,53 @@ def test_busy_replicas_among_many_price_a_few_steps_ahead_of_a_join(scheduler, m
     assert_same_steps(fast, slow)
 
 
+@pytest.mark.parametrize("scheduler", ["vllm", "batchllm"])
+def test_an_uncut_stretch_at_a_busy_replica_among_many_is_extended_a_few_steps_ahead(scheduler, monkeypatch):
+    """The same busy replicas: a stretch that reaches the last step a join priced ahead uncut is
+    extended by its end event from the scalar state, at most `Engine.join_ahead` steps again
+    (`price_on`), not by a numpy chunk to four times its span (hundreds of steps, which the next
+    arrival routed here cut a few dozen steps on); the run is stepping's."""
+    from servesim.replica.engine import JOIN_AHEAD, Engine
+    from servesim.replica.stretch import Stretch
+    calls = {"extensions": 0, "ahead": 0, "chunks": 0}
+    end, price_on, chunk = Engine._end_fast_forward, Stretch.price_on, Stretch._chunk
+    extending = []
+
+    def counted_end(self, now_s, payload):
+        st, gen = payload
+        extending.append(gen == st.gen and not st.final and st.k < st.kmax and type(st) is Stretch)
+        calls["extensions"] += extending[-1]
+        try:
+            end(self, now_s, payload)
+        finally:
+            extending.pop()
+
+    def counted_price_on(st, horizon, ahead=0):
+        k = st.k
+        price_on(st, horizon, ahead)
+        calls["ahead"] += bool(extending and extending[-1] and ahead == JOIN_AHEAD and st.k <= k + JOIN_AHEAD)
+
+    def counted_chunk(st, steps):
+        calls["chunks"] += bool(extending and extending[-1])
+        return chunk(st, steps)
+
+    monkeypatch.setattr(Engine, "_end_fast_forward", counted_end)
+    monkeypatch.setattr(Stretch, "price_on", counted_price_on)
+    monkeypatch.setattr(Stretch, "_chunk", counted_chunk)
+    sets = ["replicas=8", "workload.trace.speedup=8", "workload.num_requests=600", "router.name=least-requests",
+            f"scheduler.name={scheduler}"]
+    path = str(ROOT / "examples/azure-conv.yaml")
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    # (main priced every one of these by `price`: a chunk of about 400 steps, no `price_on`)
+    assert calls["extensions"] > 0.1 * len(fast.requests), calls
+    assert calls["ahead"] > 0.8 * calls["extensions"], calls
+    assert calls["chunks"] < 0.1 * calls["extensions"], calls
+    assert fast.num_fast_forwarded_steps > 0.99 * len(fast.steps)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+
+
 @pytest.mark.parametrize("replicas", [8, 64])
 def test_arrivals_at_idle_replicas_start_and_apply_lone_stretches(replicas, monkeypatch):
     """Least-requests sends most arrivals to an idle replica, where the prompt runs alone:

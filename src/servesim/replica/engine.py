@@ -156,6 +156,9 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # result is the same (tests/cluster/test_shared_keys_only.py).
         self.shared_keys_only = False
         self._unevented: tuple | None = None
+        # (last: an attribute set earlier moved others out of the instance's first 30, its shared
+        # keys, and made their reads generic lookups: about +3 k instructions a request)
+        self._policy_checks()  # (`_admission_error`)
 
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:

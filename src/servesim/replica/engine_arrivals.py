@@ -10,6 +10,7 @@ from servesim.core.loop import PRIO_STEP_START
 from servesim.replica.chunk_join import keeps_in_chunks
 from servesim.replica.chunk_rest import end_at_rest, rest_keeps_arrival
 from servesim.replica.kv_cache import block_keys
+from servesim.replica.schedulers.base import Scheduler
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
 
@@ -102,4 +103,12 @@ class EngineArrivals:
             return f"LoRA adapters are served only by the vllm scheduler, not {self.scheduler.name}"
         if total > self.kv.num_gpu_blocks * self.kv.block_size:  # (`cdiv(total, block_size)` blocks: once per arrival)
             return f"needs more KV blocks than the GPU has ({self.kv.num_gpu_blocks})"
-        return self.scheduler.admission_error(req)
+        admission_error = self._admission_error
+        return admission_error(req) if admission_error is not None else None
+
+    def _policy_checks(self) -> None:
+        """Bind the scheduler's own arrival check (None when it keeps the base policy's, which
+        refuses nothing: no call per arrival for it). Whenever the scheduler is set."""
+        sched = self.scheduler
+        own = type(sched).admission_error is not Scheduler.admission_error
+        self._admission_error = sched.admission_error if own or "admission_error" in vars(sched) else None

@@ -61,6 +61,7 @@ class EngineLifecycle:
     def restart(self, scheduler: Scheduler, kv: KVCacheManager) -> None:
         """Come back with a fresh scheduler and KV cache (a restarted engine)."""
         self.scheduler = scheduler
+        self._policy_checks()
         self.kv = kv
         self._link_free_s = [0.0, 0.0]
 

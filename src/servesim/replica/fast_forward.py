@@ -283,7 +283,15 @@ class FastForwarding:
             # Nothing touched this replica: extend to at least four times the stretch's span so far.
             k = st.k
             own = self._own_horizon_s(st.timers if type(st) is Stretch else None)
-            st.price(min(own, max(self.next_event_s(), 4 * st.end_s - 3 * st.start_s)))
+            horizon = min(own, max(self.next_event_s(), 4 * st.end_s - 3 * st.start_s))
+            if self.join_ahead and type(st) is Stretch and st.through:
+                # A busy replica among many whose join priced a few steps ahead (its scalar state
+                # kept at the last of them): as many again, from that state, rather than a numpy
+                # chunk to four times the span (about 400 steps at the matrix's azure-conv cell,
+                # which the next arrival routed here cut a few dozen steps on). The same floats.
+                st.price_on(horizon, self.join_ahead)
+            else:
+                st.price(horizon)
             if st.k > k:
                 self._limit(st, k)
             if st.k > k:
