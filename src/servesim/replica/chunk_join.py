@@ -54,17 +54,11 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     # first chunk c is what the `num_running` leave: a decode that leaves adds one token to
     # the next), up to the step whose budget covers its rest
     budget, n, rem = c + num_running, req.num_tokens, st._sorted_rem
-    s0 = j = st.k
-    p = bisect_right(rem, j)
-    chunks, done = [], 0
-    while n - done > budget - (len(rem) - p):
-        chunks.append(budget - (len(rem) - p))
-        done += chunks[-1]
-        j += 1
-        p = bisect_right(rem, j, p)
-        if p == len(rem):
-            return False  # (every decode left: an idle batch's chunks, left to stepping)
-    last = j  # the step that computes the rest and emits the first token
+    s0 = st.k
+    got = _chunks_to_rest(budget, n, rem, s0)
+    if got is None:
+        return False
+    chunks, last = got  # (last: the step that computes the rest and emits the first token)
     chunk_fn = getattr(engine.perf, "chunk_time_fn", None)
     if chunk_fn is None or chunk_fn(num_running, c) is None:
         return False  # (no scalar form of a chunk's step: sliding windows)
@@ -86,6 +80,23 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     engine._limit(st, last + 1)
     engine._schedule_stretch_end(st)
     return True
+
+
+def _chunks_to_rest(budget: int, left: int, rem: list[int], j: int) -> tuple[list[int], int] | None:
+    """The chunks of steps j, j + 1, ...: each the budget the decodes still running then leave
+    (`rem`: their tokens to emit, sorted; a decode that left gives its token back), up to the
+    step whose budget covers what is `left` of the prompt: (the chunks, that step), or None when
+    every decode leaves before it (an idle batch's chunks, left to stepping)."""
+    p = bisect_right(rem, j)
+    chunks = []
+    while left > budget - (len(rem) - p):
+        chunks.append(budget - (len(rem) - p))
+        left -= chunks[-1]
+        j += 1
+        p = bisect_right(rem, j, p)
+        if p == len(rem):
+            return None
+    return chunks, j
 
 
 def keeps_in_chunks(st, t: float) -> bool:
@@ -125,19 +136,10 @@ def chain_join(engine, st, now_s: float) -> bool:
     # its chunks from step s + 1: the budget the decodes running then leave (the first prompt
     # decodes among them), up to the step whose budget covers its rest
     budget, n, rem = c0 + active + rest, req.num_tokens, st._sorted_rem
-    j = s + 1
-    p = bisect_right(rem, j)
-    if p == len(rem):
+    got = _chunks_to_rest(budget, n - c0, rem, s + 1) if bisect_right(rem, s + 1) < len(rem) else None
+    if got is None:
         return False  # (every decode left: an idle batch's chunks, left to stepping)
-    chunks, got_n = [c0], c0
-    while n - got_n > budget - (len(rem) - p):
-        chunks.append(budget - (len(rem) - p))
-        got_n += chunks[-1]
-        j += 1
-        p = bisect_right(rem, j, p)
-        if p == len(rem):
-            return False
-    last = j
+    chunks, last = [c0, *got[0]], got[1]
     bs = engine.kv.block_size
     blocks, kept = sched.join_blocks([(req, n)])
     free = st.free_blocks - st.join_blocks - blocks - kept
