@@ -41,9 +41,13 @@ class _Tenant:
 
 def section(data: SectionInput) -> dict | None:
     t = data.table
-    # (label codes, a chunk at a time: one tenant known without decoding every row)
-    if not len(t) or min(int(t.cols["tenant"][rows].min()) for rows in t.chunks()) == \
-            max(int(t.cols["tenant"][rows].max()) for rows in t.chunks()):
+    # (label codes, a chunk at a time: one tenant known without decoding every row; the first
+    # chunk's code compared with every chunk's, so the column is read once)
+    if not len(t):
+        return None
+    codes = t.cols["tenant"]
+    first = int(codes[0])
+    if all((codes[rows] == first).all() for rows in t.chunks()):
         return None
     sched = data.params.get("scheduler") or {}
     w_in = float(sched.get("input_price", 1.0))
