@@ -11,6 +11,7 @@ import pytest
 
 from report_synthetic_run import write_run
 from servesim.errors import InputError
+from servesim.report import load
 from servesim.report.load import load_run
 
 
@@ -70,3 +71,46 @@ def test_unknown_and_missing_columns_are_tolerated(tmp_path: Path) -> None:
     run = load_run(tmp_path)
     assert set(run.requests) == {"ttft_s"}
     assert run.requests["ttft_s"][0] == 0.1 and math.isnan(run.requests["ttft_s"][1])
+
+
+def test_chunked_reading_gives_the_whole_files_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read 3 rows at a time: the same arrays as in one chunk, blanks NaN, a bad cell's line right."""
+    write_run(tmp_path, num_requests=20)
+    whole = load_run(tmp_path)
+    monkeypatch.setattr(load, "_CHUNK_ROWS", 3)
+    chunked = load_run(tmp_path)
+    for got, want in ((chunked.requests, whole.requests), (chunked.timeseries, whole.timeseries)):
+        assert list(got) == list(want) and len(want["arrival_s" if "arrival_s" in want else "time_s"]) > 3
+        for name in want:
+            assert got[name].dtype == want[name].dtype
+            assert np.array_equal(got[name], want[name], equal_nan=want[name].dtype != object), name
+    states = chunked.requests["state"]
+    assert len({id(s) for s in states}) == len(set(states))  # one string object per distinct value
+
+    lines = (tmp_path / "requests.csv").read_text().splitlines()
+    column = lines[0].split(",").index("ttft_s")
+    for row, cell in ((8, ""), (11, "fast")):  # rows in the third and fourth chunks
+        cells = lines[row].split(",")
+        cells[column] = cell
+        lines[row] = ",".join(cells)
+    (tmp_path / "requests.csv").write_text("\n".join(lines[:11]) + "\n")
+    assert math.isfinite(whole.requests["ttft_s"][7])
+    assert math.isnan(load_run(tmp_path).requests["ttft_s"][7])
+    (tmp_path / "requests.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"requests.csv' line 12: column ttft_s holds 'fast'"):
+        load_run(tmp_path)
+
+
+def test_parquet_requests_give_the_csvs_columns(tmp_path: Path) -> None:
+    """requests.parquet (only the wanted columns read): the same arrays as requests.csv, nulls NaN."""
+    pa_csv = pytest.importorskip("pyarrow.csv")
+    pq = pytest.importorskip("pyarrow.parquet")
+    write_run(tmp_path, num_requests=40)
+    from_csv = load_run(tmp_path).requests
+    pq.write_table(pa_csv.read_csv(tmp_path / "requests.csv"), tmp_path / "requests.parquet")
+    (tmp_path / "requests.csv").unlink()
+    from_parquet = load_run(tmp_path).requests
+    assert list(from_parquet) == list(from_csv)
+    assert np.isnan(from_csv["ttft_s"]).any()  # blanks present, read as nulls by pyarrow
+    for name, want in from_csv.items():
+        assert np.array_equal(from_parquet[name], want, equal_nan=want.dtype != object), name
