@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from servesim.metrics.row_tags import RowTags
 from servesim.metrics.summary import RequestColumns, STATE_NAMES
 
 REJECTED = STATE_NAMES.index("rejected")
@@ -23,7 +24,7 @@ LONG_SPAN_S = 86400.0
 SPARSE_RATE_PER_S = 0.01
 
 
-def run_warnings(chunks: Callable[[], Iterable[RequestColumns]], extras: dict[int, dict],
+def run_warnings(chunks: Callable[[], Iterable[RequestColumns]], extras: RowTags,
                  is_trace: bool) -> list[str]:
     """One line per problem found; empty for an ordinary run (`extras`: each row's kept tags;
     `chunks`: a function giving the requests' columns a chunk of rows at a time)."""
@@ -40,7 +41,7 @@ def run_warnings(chunks: Callable[[], Iterable[RequestColumns]], extras: dict[in
         if len(c.id):
             lo_s, hi_s = min(lo_s, float(c.arrival_s.min())), max(hi_s, float(c.arrival_s.max()))
     if n and num_rejected >= REJECTED_SHARE * n:
-        reason = extras.get(first, {}).get("reject_reason", "no reason recorded")
+        reason = extras.get(first).get("reject_reason", "no reason recorded")
         share = "every request" if num_rejected == n else f"{num_rejected:,} of {n:,} requests"
         out.append(f"{share} rejected ({num_rejected:,}); the first, request {first_id}: {reason}")
     if is_trace and n > 1:

@@ -24,14 +24,12 @@ import numpy as np
 
 from servesim.metrics.recorder import Column, positions
 from servesim.metrics.row_spill import RowSpill
+from servesim.metrics.row_tags import RowTags
 from servesim.metrics.summary import RequestColumns
 from servesim.metrics.token_runs import HeldRuns, SpilledRuns, row_slices, token_runs
 from servesim.workload.request import Request, RequestState
 
 NONE_ID = np.iinfo(np.int64).min  # an absent session or program id
-#: Tags of `Request.extra` that outputs and summary sections read; others are not kept.
-EXTRA_KEYS = ("reject_reason", "lora_hit", "lora_load_s", "lora_num_loads", "lora_num_storage_loads",
-              "qoe_tds", "qoe_ttft_s")
 # Row fields in the order `_row` builds them; None in a float column becomes NaN, and back.
 FIELDS = (("seq", np.int64), ("id", np.int64), ("tenant", np.int32), ("priority", np.int64),
           ("slo_class", np.int32), ("is_offline", np.bool_), ("session_id", np.int64), ("program_id", np.int64),
@@ -103,7 +101,7 @@ class RequestTable:
         self._run_bounds = Column(np.int64)  # start, end of each run (replica-local steps), flat
         self._run_replica = Column(np.int32)
         self._labels = {"tenant": _Labels(), "slo_class": _Labels(), "lora": _Labels()}
-        self.extras: dict[int, dict] = {}  # row -> the EXTRA_KEYS tags it carries
+        self.extras = RowTags()  # the tags of `extra` that sections read (row_tags.TAG_TYPES)
         self._spill = None if folder is None else RowSpill(folder, FIELDS)
         self.cols: dict[str, np.ndarray] = {}  # (a MappedColumns of files when spilled)
         self._runs = {key: np.empty(0, dtype=np.int64) for key in ("run_starts", "run_ends", "first_run")}
@@ -142,9 +140,7 @@ class RequestTable:
         if extra:
             if "num_reroutes" in extra:
                 self._reroutes[len(self._rows) - 1] = extra["num_reroutes"]
-            tags = {k: extra[k] for k in EXTRA_KEYS if k in extra}
-            if tags:
-                self.extras[seq] = tags
+            self.extras.add(seq, extra)
         if r.moves:
             self._moved[len(self._rows) - 1] = _run_replicas(r)
             if self.itl_sink is not None:  # (runs on several replicas: the gaps are joined after the run)

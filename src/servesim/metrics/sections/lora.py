@@ -33,16 +33,17 @@ def section(data) -> dict | None:
             ttft.add(first_s[started] - t.cols["arrival_s"][chunk][rows][started])
         if not parts:
             return None
-        # (the tags are the table's `extras`, held in memory already: a list of references)
-        tags = [data.extra(i) for i in np.concatenate(parts).tolist()]
-        looked = [x["lora_hit"] for x in tags if "lora_hit" in x]
-        load_s = sum(x.get("lora_load_s", 0.0) for x in tags)
+        rows = np.concatenate(parts)
+        hit, hits = t.extras.at("lora_hit", rows)
+        looked = hits[hit].tolist()
+        # (Python's sums in row order, as the tags were read before: the same float and int results)
+        load_s = sum(t.extras.at("lora_load_s", rows, 0.0)[1].tolist())
         return {
-            "num_requests": len(tags),
+            "num_requests": len(rows),
             "num_adapters": len(adapters),
             "cache_hit_rate": sum(looked) / len(looked) if looked else None,
-            "num_loads": sum(x.get("lora_num_loads", 0) for x in tags),
-            "num_storage_loads": sum(x.get("lora_num_storage_loads", 0) for x in tags),
+            "num_loads": sum(t.extras.at("lora_num_loads", rows)[1].tolist()),
+            "num_storage_loads": sum(t.extras.at("lora_num_storage_loads", rows)[1].tolist()),
             "load_time_s": float(load_s),
             "mean_ttft_s": ttft.mean() if len(ttft) else None,
             "p99_ttft_s": ttft.percentile(99) if len(ttft) else None,

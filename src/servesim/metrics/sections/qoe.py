@@ -61,10 +61,7 @@ def qoe_many(token_times_s: np.ndarray, counts: np.ndarray, ttft_exp_s: np.ndarr
 
 def targets(req, ttft_exp_s: float = DEFAULT_TTFT_S, tds_exp: float = DEFAULT_TDS) -> tuple[float, float]:
     """(TTFT_exp, TDS_exp) of a request: its own, else the given defaults."""
-    return targets_of(req.extra, ttft_exp_s, tds_exp)
-
-
-def targets_of(extra: dict, ttft_exp_s: float, tds_exp: float) -> tuple[float, float]:
+    extra = req.extra
     return float(extra.get("qoe_ttft_s", ttft_exp_s)), float(extra.get("qoe_tds", tds_exp))
 
 
@@ -73,7 +70,7 @@ def section(data) -> dict | None:
     if isinstance(sched, str):
         sched = {"name": sched}
     t = data.table
-    tagged = any("qoe_tds" in x or "qoe_ttft_s" in x for x in t.extras.values())
+    tagged = t.extras.has("qoe_tds") or t.extras.has("qoe_ttft_s")
     if sched.get("name") != "andes" and not tagged:
         return None
     ttft = float(sched.get("ttft_exp_s", DEFAULT_TTFT_S))
@@ -85,11 +82,8 @@ def section(data) -> dict | None:
             unfinished += int((~finished).sum())
             arrival_s = t.cols["arrival_s"][chunk]
             for part, times, counts in data.token_times_chunks(np.flatnonzero(finished) + chunk.start):
-                ttfts, tdss = np.full(len(part), ttft), np.full(len(part), tds)
-                if t.extras:  # (requests with their own targets)
-                    for k, i in enumerate(part.tolist()):
-                        if i in t.extras:
-                            ttfts[k], tdss[k] = targets_of(t.extras[i], ttft, tds)
+                ttfts = t.extras.at("qoe_ttft_s", part, ttft)[1]  # (a request's own targets, else the defaults)
+                tdss = t.extras.at("qoe_tds", part, tds)[1]
                 v = np.array(qoe_many(times - np.repeat(arrival_s[part - chunk.start], counts), counts, ttfts, tdss))
                 values.add(v)
                 num_good += int((v >= 0.9).sum())
