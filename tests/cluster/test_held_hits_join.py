@@ -47,3 +47,23 @@ def test_held_hits_join_in_two_chunks_exactly(extra, monkeypatch):
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert counts["shared"] > 0.01 * len(fast.requests), counts  # turns with held hits joined in two chunks
+
+
+@pytest.mark.parametrize("extra", [[], ["scheduler.name=edf"], ["scheduler.name=andes"]])
+def test_whole_prompts_with_held_hits_join_exactly(extra, monkeypatch):
+    """A lone prompt that the budget the decodes leave covers, whose hits include blocks running
+    requests hold, joins whole (moon32; refused before, each ending the stretch); the requests
+    and the step log (its blocks in use from the join step less the shared ones) are stepping's."""
+    whole = []
+    log_shared = keyed_join.log_shared
+
+    def counted(st, s, shared):
+        whole.append(shared)
+        return log_shared(st, s, shared)
+
+    monkeypatch.setattr(keyed_join, "log_shared", counted)
+    fast, slow, _ = run_both(BUSY + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(whole) > 0.02 * len(fast.requests), len(whole)  # whole prompts with held hits joined
+    assert min(whole) > 0

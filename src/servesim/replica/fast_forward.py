@@ -360,8 +360,8 @@ class FastForwarding:
                 prefill_at, silent_at = apply_prompt_runs(st, frees, prefill_at)
                 if st.rests:  # (next turns' rests: `replica/keyed_chunk_join.py`)
                     cut = apply_rests(st, steps_of, new_blocks, frees)
-                if st.join_shared:  # (logged as in use from their first chunk's step: those already were)
-                    frees += [(s, c) for s, c in st.join_shared if s < k]
+            if st.join_shared:  # (hits on held blocks, logged as in use from the join's first step: those already were)
+                frees += [(s, c) for s, c in st.join_shared if s < k]
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         self.kv.allocate_plain_many(new_blocks)
         if st.keyed_last is None:

@@ -9,9 +9,12 @@ the stretch before s is not: stepping freed it at their finish (into the free qu
 admission takes it back from there, which the step log and the views count. The joiner's blocks
 are then in use from step s less the shared ones (`Stretch.join_shared`).
 
-`keyed_join` takes held hits only for a turn joining with chunks (`keyed_chunk_join.py`), where
-a join removes two stretch cycles or more: moon6 measured a whole prompt's join with held hits at
-break-even (its cost is the one stretch cycle it removes).
+`keyed_join` takes held hits for a turn joining with chunks (`keyed_chunk_join.py`, since moonck)
+and, since moon32, for a whole prompt: moon6 had measured that join at break-even (its cost the
+one stretch cycle it removes), but the lean join (`Stretch.join_one` and `price_on` from the
+scalar state of step s) has since made a join cheaper than the cycle (vllm mooncake at 8
+replicas: 69 of 1,000 arrivals were refused for held hits, each an apply, a `schedule`, a new
+stretch planned and priced).
 """
 
 from __future__ import annotations
@@ -45,3 +48,9 @@ def held_by_departed(kv, st, s: int, hits) -> bool:
             if c and min(g.ref[a - g.lo:b - g.lo]) <= c:
                 return True
     return False
+
+
+def log_shared(st, s: int, shared: int) -> None:
+    """A joiner's `shared` hits on held blocks, in use before its first step s: the step log
+    counts its blocks from s less those (`Stretch.join_shared`, read by the apply)."""
+    st.join_shared = [*(st.join_shared or ()), (s, shared)]

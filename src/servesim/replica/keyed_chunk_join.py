@@ -43,6 +43,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.replica.chunk_join import join_after_chunks
+from servesim.replica.held_hits import log_shared
 from servesim.replica.schedulers.hygen import HyGenScheduler
 
 
@@ -97,7 +98,7 @@ def join_in_chunks(engine, st, req, chunk_fn, chunks: list[int], cached: int, bl
     join_after_chunks(engine, st, chunk_fn, req, chunks, cached, num_tokens - cached, blocks * bs - ctx1 + 1, held,
                       blocks - shared)
     if shared:  # (logged as in use from step s less those: they already were)
-        st.join_shared = [*(st.join_shared or ()), (s, shared)]
+        log_shared(st, s, shared)
     i, rests, done, had = len(st.reqs) - 1, st.rests, cached + chunks[0], held
     for j, chunk in enumerate(chunks[1:], s + 1):  # (the middle chunks' blocks, at their steps)
         done += chunk

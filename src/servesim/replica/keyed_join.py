@@ -16,7 +16,9 @@ before):
   entries the decodes' pops up to step s take (`FreeQueue.head_evicts`): those pops evict the
   same blocks now or later, and no hit is among them. The pops of the turn's own new blocks
   and of the stretch then take the same blocks of the queue in either order (the stretch's
-  come from those free when it was planned, less those the joiners took);
+  come from those free when it was planned, less those the joiners took). Or in blocks that
+  a request still running at step s holds (Mooncake's shared first blocks: a reference more
+  in either order, `held_hits.py`), not one held only by requests that left before s;
 - the keys it registers (its prompt's full blocks past its hits, which also bound what its
   lookup could find) are neither indexed nor in the registrations the stretch planned
   (`KVCacheManager.keys_conflict_many`'s kept plan, which covers every step of the stretch):
@@ -46,7 +48,7 @@ from math import inf as INF
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.held_hits import held_by_departed
+from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
@@ -126,8 +128,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     prefix = kv._prefix
     shared = 0
     if hits.num_keyed:
-        if (shared := hits.num_keyed - prefix.num_free(hits)) and (chunked is None or held_by_departed(kv, st, s, hits)):
-            return False  # a hit block that someone holds (taken only with chunks: `held_hits.py`)
+        if (shared := hits.num_keyed - prefix.num_free(hits)) and held_by_departed(kv, st, s, hits):
+            return False  # a hit block held only by requests that left before step s (`held_hits.py`)
         groups = [g for g, _, _ in hits.extents]
         # (the rests of turns that joined with chunks pop their blocks before step s too)
         later = sum(n for _, _, n in st.rests) if st.rests else 0
@@ -197,10 +199,14 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
         first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
         forms = engine._decode_forms(len(st.reqs) + 1)
+        # (hits on blocks running requests hold were in use before the join and come from no
+        # free queue: the stretch counts the others as taken, the step log all from step s less those)
         if lean:
-            st.join_one(req, n, first_new, blocks, step_s, forms, bs, cached)
+            st.join_one(req, n, first_new, blocks - shared, step_s, forms, bs, cached)
         else:
-            st.join(joins, [first_new], blocks, step_s, forms, bs, cached)
+            st.join(joins, [first_new], blocks - shared, step_s, forms, bs, cached)
+        if shared:
+            log_shared(st, s, shared)
     if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         if st.keyed_last is None:
             st.keyed_last = []
