@@ -155,6 +155,61 @@ def test_a_turn_that_would_not_run_last_ends_the_stretch(monkeypatch):
     assert refused and joins > 0, (len(refused), joins)
 
 
+@pytest.mark.parametrize("extra, busy", [([], True),
+                                         (["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"], True),
+                                         (["scheduler.watermark=0.2"], True),
+                                         (["engine.gpu_memory_utilization=0.3"], False)])
+def test_vllm_v0_next_turns_join_as_prompt_only_steps_exactly(extra, busy, monkeypatch):
+    """vLLM V0 (prefill-first) admits a lone waiting turn whole with its prefix hits, in a step
+    that runs its prompt alone, the decodes stalled: the turn joins the keyed stretch as a
+    prompt-only step (`Stretch.stall` with its cached context), the running requests' keyed
+    registrations and the stretch's plan moved one step later (`_stall_keyed`). On main every
+    such turn ended the stretch. Stepping's results, step log included; under KV pressure too,
+    and with a 20 % watermark kept free."""
+    from servesim.replica.kv_cache import KVCacheManager
+    from servesim.replica.stretch import Stretch
+
+    stalls = []  # the cached tokens of each keyed prompt-only step
+    stall = Stretch.stall
+
+    def counted(self, joins, first_new, blocks, step_s, forms, block_size, cached=0):
+        if cached:
+            stalls.append(cached)
+        return stall(self, joins, first_new, blocks, step_s, forms, block_size, cached)
+
+    # A stretch's registrations when it is applied (the requests advanced): each keyed request's
+    # up to the tokens it computed, and no block past them keyed (the kept plan's trim). Those
+    # one step off leave the results the same here (nobody else hits a conversation's blocks
+    # in that step), so they are read where they are made: the frame's moved entries and the
+    # plan's tokens and caps each fail it when left unmoved (1,968 and 160 at 1 replica)
+    wrong = []
+    register = KVCacheManager.cache_full_blocks_many
+
+    def checked(self, reqs_tokens, more_tokens, last=None):
+        wrong.extend(r.id for i, (r, c) in enumerate(reqs_tokens)
+                     if c + (more_tokens if last is None or last[i] > more_tokens else last[i]) != r.num_computed_tokens)
+        register(self, reqs_tokens, more_tokens, last)
+        held = self._held
+        wrong.extend(r.id for r, _ in reqs_tokens
+                     if r.id in held and held[r.id].num_keyed > r.num_computed_tokens // self.block_size)
+
+    monkeypatch.setattr(Stretch, "stall", counted)
+    monkeypatch.setattr(KVCacheManager, "cache_full_blocks_many", checked)
+    fast, slow, joins, with_hits = run_both(BUSY + ["scheduler.name=vllm-v0"] + extra, monkeypatch)
+    assert not wrong, wrong[:10]
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert sum(r.num_preemptions for r in fast.requests) == sum(r.num_preemptions for r in slow.requests)
+    assert len(stalls) == with_hits and joins > 0, (len(stalls), with_hits, joins)  # turns joined as prompt-only steps
+    if busy:  # (under KV pressure, 18 preemptions, most steps admit at a finish: 13 joins, none with a hit)
+        steps = sum(len(r.steps.start_s) for r in fast.replicas)
+        assert fast.num_fast_forwarded_steps > 0.5 * steps, (fast.num_fast_forwarded_steps, steps)  # (fast-forward ran)
+        assert joins > 0.1 * len(fast.requests), joins
+        assert with_hits > 0.02 * len(fast.requests), with_hits  # (their context hit in the cache)
+    else:
+        assert sum(r.num_preemptions for r in fast.requests) > 0
+
+
 def test_joins_under_kv_pressure_are_exact(monkeypatch):
     """A small KV cache: the decodes' pops evict cached contexts, and stretches are limited by
     the blocks free (here the turns that could join hit none of their context)."""

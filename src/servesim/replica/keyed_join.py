@@ -50,6 +50,7 @@ from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
+from servesim.replica.kv_prefix_caching import WHOLE
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.autellix import AutellixScheduler
@@ -58,6 +59,7 @@ from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
+from servesim.replica.schedulers.vllm_v0 import VLLMV0Scheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on, departs_together
@@ -108,7 +110,10 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     cached = hits.num_keyed * bs
     num_tokens = req.num_tokens
     n = num_tokens - cached
-    c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
+    # A prefill-first policy (`stalls_decodes`: vLLM V0) runs the prompt whole in a step of its
+    # own, the decodes stalled (`joins_last` checked its budget); the others, beside the decodes
+    stall = sched.stalls_decodes
+    c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
     if c != n and (not sched.chunk_joins or timer_s != INF or timed is not None or st.timers
                    or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
@@ -121,15 +126,18 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     free = st.free_blocks - st.join_blocks - blocks - sched.join_blocks(((req, c),))[1]
     # (`blocks_bound`: an upper bound of the decodes' pops up to step s, without a pass over
     # them unless it is too large; up to s + q with chunks, whose later ones take blocks there)
-    steps = s + 1 if chunked is None else s + len(chunked[1]) + 1
+    # (a prompt-only step s: its `schedule` admits before any decode of step s, which grows nothing)
+    steps = (s if stall else s + 1) if chunked is None else s + len(chunked[1]) + 1
     pops = st.blocks_bound(steps, bs)
     if pops > free and (pops := st.blocks_needed(steps, bs)) > free:
         return False
     prefix = kv._prefix
     shared = 0
     if hits.num_keyed:
-        if (shared := hits.num_keyed - prefix.num_free(hits)) and held_by_departed(kv, st, s, hits):
-            return False  # a hit block held only by requests that left before step s (`held_hits.py`)
+        if (shared := hits.num_keyed - prefix.num_free(hits)) and (stall or held_by_departed(kv, st, s, hits)):
+            # a hit block held only by requests that left before step s (`held_hits.py`); or
+            # any held one for a prompt-only step (its blocks are counted as stall32 built it)
+            return False
         groups = [g for g, _, _ in hits.extents]
         # (the rests of turns that joined with chunks pop their blocks before step s too)
         later = sum(n for _, _, n in st.rests) if st.rests else 0
@@ -160,7 +168,17 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 return False  # (its chunks register beside the decodes' blocks up to step s + q: planned)
             kept = planned
     joins = [(req, n)]
-    if chunked is None and st._forms is not None and (st._f is None or st._priced != s):
+    if stall:
+        # the scalar state of step s (as `stretch_join.stall_step_s`), and stepping's call for
+        # the step that runs the prompt alone beside its cached context (`_start_lone`'s)
+        if st._priced != s or st._f is None:
+            if st._priced != s:
+                st.truncate(s)
+            st._sync()
+        if st._f is False:
+            return False
+        step_s = engine.perf.step_time_s([(n, cached)], [])
+    elif chunked is None and st._forms is not None and (st._f is None or st._priced != s):
         # A stretch priced ahead by numpy chunks (each replica's among many: its horizon lies
         # arrival gaps away) and cut here: the steps past s dropped and the scalar state of
         # step s rebuilt from exact integers, as `join_arrivals` does, so that the turn's step
@@ -172,8 +190,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         st._sync()
     lean = chunked is None and st._f is not None and st._priced == s  # (the scalar state is step s's)
     chunk_fn = getattr(engine.perf, "chunk_time_fn", None) if lean else None
-    if chunked is not None:
-        pass  # (its steps are priced after the admission: `join_in_chunks`)
+    if chunked is not None or stall:
+        pass  # (priced above, or its steps after the admission: `join_in_chunks`)
     elif chunk_fn is not None and (form := chunk_fn(num_running, n)) is not None:
         step_s = form(cached, st._ctx_sum)  # (`step_time_s([(n, cached)], ctxs)`'s floats, from their sum)
     elif cached:  # (stepping prices its chunk beside its cached context and the decodes')
@@ -191,22 +209,29 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
     sched.keyed_joined(req)
-    if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
-        kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
-    if chunked is not None:
-        ctx1 = join_in_chunks(engine, st, req, *chunked, cached, blocks, shared)
+    if stall:
+        ctx1 = num_tokens - s
+        _stall_keyed(kv, st, s, kept)
+        st.stall(joins, [kv.num_blocks_of(req.id) * bs - ctx1 + 1], blocks, step_s,
+                 engine._decode_forms(len(st.reqs) + 1), bs, cached)
+        lean = False  # (priced on by `Stretch.price`, as `stretch_join._stall_join`'s)
     else:
-        ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
-        first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
-        forms = engine._decode_forms(len(st.reqs) + 1)
-        # (hits on blocks running requests hold were in use before the join and come from no
-        # free queue: the stretch counts the others as taken, the step log all from step s less those)
-        if lean:
-            st.join_one(req, n, first_new, blocks - shared, step_s, forms, bs, cached)
+        if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
+            kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
+        if chunked is not None:
+            ctx1 = join_in_chunks(engine, st, req, *chunked, cached, blocks, shared)
         else:
-            st.join(joins, [first_new], blocks - shared, step_s, forms, bs, cached)
-        if shared:
-            log_shared(st, s, shared)
+            ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
+            first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
+            forms = engine._decode_forms(len(st.reqs) + 1)
+            # (hits on blocks running requests hold were in use before the join and come from no
+            # free queue: the stretch counts the others as taken, the step log all from step s less those)
+            if lean:
+                st.join_one(req, n, first_new, blocks - shared, step_s, forms, bs, cached)
+            else:
+                st.join(joins, [first_new], blocks - shared, step_s, forms, bs, cached)
+            if shared:
+                log_shared(st, s, shared)
     if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         if st.keyed_last is None:
             st.keyed_last = []
@@ -215,6 +240,41 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for
     # `join_arrivals`' lean join)
     return _priced_on(engine, st, now_s, s, 1, st.price_on if lean else None)
+
+
+def _stall_keyed(kv, st: Stretch, s: int, kept: tuple | None) -> None:
+    """A prompt-only step at s (`Stretch.stall`) moves each keyed request running at s one step
+    later in the stretch's frame: its (request, ctx1) entry one token fewer and its last step
+    one later, as `stall` moves `ctx1` and `remaining` (the tokens it holds at each later step,
+    which its registrations read, are then stepping's). The stretch's whole registration plan
+    (`kept`, checked against the turn's runs, or one the turn inserted nothing beside) stays
+    valid: each request registers up to its last step, the same tokens (ctx1 + last); its
+    tokens and caps, which trim it when the stretch is cut (`_apply_planned`), move the same
+    way. Any other plan is dropped (`_limit` plans again)."""
+    keyed, last = st.keyed, st.keyed_last
+    prefix = kv._prefix
+    planned = kv._planned if kept is None else (*kept[:3], prefix.num_inserts, *kept[4:])
+    if not (planned is not None and planned[0] is keyed and planned[2] == WHOLE and planned[3] == prefix.num_inserts):
+        planned = None
+    kv._planned = planned
+    if last is None:
+        return
+    stalled = []
+    for i, j in enumerate(last):
+        if j >= s:  # (its last step at or after s: running at s)
+            r, c = keyed[i]
+            keyed[i] = (r, c - 1)
+            last[i] = j + 1
+            stalled.append(r)
+    if planned is not None and stalled:
+        _, _, _, _, plan, tokens, caps = planned
+        at = {id(item[0]): i for i, item in enumerate(plan[0])}  # (an item per request with blocks to register)
+        held_of = kv._held
+        for r in stalled:
+            i = at.get(id(held_of.get(r.id)))
+            if i is not None:
+                tokens[i] -= 1
+                caps[i] += 1
 
 
 def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
@@ -270,6 +330,11 @@ def _vllm_admission(sched) -> bool:
                 and cls.first_chunk is VLLMSteps.first_chunk and cls.start is AndesScheduler.start
                 and cls.before_join is AndesScheduler.before_join and cls.joins_last is AndesScheduler.joins_last
                 and cls.join_blocks is AndesScheduler.join_blocks)
+    if isinstance(sched, VLLMV0Scheduler):  # (prefill-first: the turn's prompt runs alone, `stalls_decodes`)
+        return (cls.schedule is VLLMV0Scheduler.schedule and cls._schedule_prefills is VLLMV0Scheduler._schedule_prefills
+                and cls.start is VLLMV0Scheduler.start and cls.before_join is VLLMV0Scheduler.before_join
+                and cls.joins_last is VLLMV0Scheduler.joins_last and cls.join_blocks is VLLMV0Scheduler.join_blocks
+                and cls.keyed_joined is VLLMV0Scheduler.keyed_joined)
     if not (isinstance(sched, VLLMSteps) and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk):
         return False
     if isinstance(sched, AutellixScheduler):  # (its accounting at the join step: `joins_last`, `keyed_joined`)

@@ -221,6 +221,21 @@ class VLLMV0Scheduler(VLLMSteps):
         blocks, _ = super().join_blocks(joins)
         return blocks, self.watermark_blocks
 
+    def before_join(self) -> None:
+        """What `schedule` leaves set when it admits, set by a join admitting in its place
+        (`replica/keyed_join.py`, a next turn with the hits it found)."""
+        self._blocked = self._blocked_by_budget = False
+
+    def joins_last(self, req: Request, now_s: float) -> bool:
+        """Would `_schedule_prefills` admit `req`, the only waiting request, at the stretch's
+        next step as `replica/keyed_join.py` does (its prompt whole in a step of its own, the
+        decodes stalled), and would it run after every running request in the later steps?
+        Nothing swapped (swap-ins come first), a sequence slot (on `running`, which still lists
+        the stretch's departed requests: at least stepping's count) and its tokens within the
+        prefill step's budget (its blocks above the watermark: `join_blocks`, the engine checks
+        them). It arrived last, so the running pass's arrival order puts it last."""
+        return not self.swapped and len(self.running) < self.max_num_seqs and req.num_tokens <= self.token_budget
+
     def finish_admission(self) -> bool:
         # FCFS admission of whole prompts, nothing swapped (swap-ins come first); the admitting
         # step runs the prompts alone (`stalls_decodes`: a prompt-only step in the stretch)
