@@ -1,7 +1,7 @@
 """The prefix index's record of its keys by diagonal (`DiagonalRecord`, prefix_diagonals.py).
 
-A key's diagonal is its value modulo RUN_KEY_BASE + r, one number along a range of consecutive
-ids; the index counts its keys per diagonal with the hull of their runs, so that a registration's
+A key's diagonal is its id less its run, one number along a range of consecutive ids at
+consecutive runs; the index counts its keys per diagonal with the hull of their runs, so that a registration's
 check that its keys are absent is answered range by range. The tests check the record against
 the index itself through the random life of `test_kv_cache_equivalence.py` (ids as ranges, every
 answer compared with the per-block reference), that a conversation's next turn registers its new
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys
+from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, fold
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.prefix_diagonals import DiagonalRecord
 from servesim.workload.prefix import HashIds
@@ -35,12 +35,14 @@ def check_record(kv: KVCacheManager, pairs: list, rng: random.Random, answered: 
     p = kv._prefix
     index = p._index
     if p._run_len:
-        m, r = p._mod, p._run_len
-        by_diag = Counter(k % m for k in index)
+        r = p._run_len
+        # (a key's id and run, unpacked: fold(id) * RUN_KEY_BASE + position, fold its own inverse)
+        runs_of = {k: (fold(k // RUN_KEY_BASE), (k % RUN_KEY_BASE) // r) for k in index}
+        by_diag = Counter(h - i for h, i in runs_of.values())
         assert {d: x[0] for d, x in p._diags.items()} == dict(by_diag)
-        for k in index:
-            x = p._diags[k % m]
-            assert x[1] <= (k % RUN_KEY_BASE) // r < x[2]
+        for h, i in runs_of.values():
+            x = p._diags[h - i]
+            assert x[1] <= i < x[2]
     assert p._untracked == 0 and (p._diags or not index)
     for pair in rng.sample(pairs, min(3, len(pairs))):
         keys = pair.new.kv_block_keys

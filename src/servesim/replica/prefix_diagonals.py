@@ -1,28 +1,28 @@
 """The prefix index's record of its keys by diagonal: keys known absent without a probe each.
 
-A run key packs (id, first position) as fold(id) * B + p (B = `RUN_KEY_BASE`, block_keys.py).
-Modulo M = B + r (r: a run's length in blocks, so run i starts at p = i * r) a key is
-(p - r * fold(id)) mod M, as B = -r mod M: its *diagonal*. Along a range of consecutive ids
-at consecutive runs (the id steps by 1, the position by r) the diagonal is one number, and a
-generated request's ids are a few such ranges (`IdRanges`: a conversation's first turn, then
-one fresh range per turn, drawn from counters no other conversation reads). So the keys a
-registration inserts lie on a few diagonals, each over an interval of run indices.
+A run key packs (id, first position) one-to-one (`RUN_KEY_BASE`, `fold`: block_keys.py), and run i
+starts at position i * r (r: a run's length in blocks), so for keys of one run length a key
+determines its id h and its run i, and so its *diagonal* h - i. Along a range of consecutive ids
+at consecutive runs the diagonal is one number, and a generated request's ids are a few such
+ranges (`IdRanges`: a conversation's first turn, then one fresh range per turn, drawn from
+counters no other conversation reads), read from the ranges' first ids and bounds: the keys a
+registration inserts lie on a few diagonals, each over an interval of runs.
 
-`DiagonalRecord` keeps, per diagonal, how many indexed keys lie on it and the hull of their run
-indices; a group lists what it added (`Group.diags`), so its drop takes it back. A check that
-keys are not indexed (`unindexed`, `_register_new`, `plan_appends`, `_dead_lead`: before a
-registration) is answered range by range when none of their diagonals is recorded over their
-runs: a turn's new message, a decode's next blocks, a context at a replica that never keyed it
-or dropped it. Otherwise (a diagonal recorded there: a context evicted whole but kept
-indexed, `retire`; two ranges sharing a diagonal by chance) the probe per key runs as before.
+`DiagonalRecord` keeps, per diagonal, how many indexed keys lie on it and the hull of their runs;
+a group lists what it added (`Group.diags`), so its drop takes it back. A check that keys are not
+indexed (`unindexed`, `_register_new`, `plan_appends`, `_dead_lead`: before a registration) is
+answered range by range when none of their diagonals is recorded over their runs: a turn's new
+message, a decode's next blocks, a context at a replica that never keyed it or dropped it.
+Otherwise (a diagonal recorded there: a context evicted whole but kept indexed, `retire`; a
+context computed again, sarathi's; two conversations' ranges on one diagonal by chance) the probe
+per key runs as before.
 
 Exact: every indexed key is listed by the group it maps to (`g.runs`), and every listing added
 its count to its diagonal and its run to the hull, taken back only when the listing leaves
 (`drop`, or a dead group cut, `_register_new`); so an indexed key's diagonal is recorded with a
-hull covering its run, and a key whose diagonal is not recorded there is not indexed. Keys
-whose diagonal is not known per range (ids that are not an `IdRanges`: a trace's, Mooncake's;
-another run length; a range crossing one of `fold`'s bounds) are counted as untracked, and
-while any is indexed nothing is answered here.
+hull covering its run, and a key whose diagonal is not recorded there is not indexed. Keys whose
+diagonal is not read from ranges (ids that are not an `IdRanges`: a trace's, Mooncake's; another
+run length) are counted as untracked, and while any is indexed nothing is answered here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import TYPE_CHECKING, Hashable, Sequence
 
-from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys
+from servesim.replica.block_keys import BlockKeys
 from servesim.workload.prefix import IdRanges
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ class DiagonalRecord:
     _diags: dict[int, list]  # diagonal -> [keys indexed on it, first run, end run] (the hull)
     _untracked: int  # keys indexed whose diagonal is not recorded
     _run_len: int  # r of the keys recorded (0: none yet)
-    _mod: int  # RUN_KEY_BASE + r
     num_absent: int  # checks answered here
 
     def _absent(self, keys: Sequence, i0: int, i1: int) -> bool:
@@ -59,11 +58,7 @@ class DiagonalRecord:
         ids = keys._ids
         if type(ids) is not IdRanges or keys.starts.step != self._run_len:
             return False
-        lst = keys.run_keys._list
-        if lst is None:
-            lst = keys.run_keys.as_list()
-        m = self._mod
-        b = ids.bounds
+        b, f = ids.bounds, ids.firsts
         k = len(b) - 2 if i0 >= b[-2] else bisect_right(b, i0) - 1  # (the range holding run i0)
         a = i0
         while a < i1:
@@ -71,11 +66,9 @@ class DiagonalRecord:
             if e > i1:
                 e = i1
             if e > a:
-                x = rec.get(lst[a] % m)
+                x = rec.get(f[k] - b[k])  # (the range's diagonal: its first id less its first run)
                 if x is not None and x[1] < e and a < x[2]:
-                    return False  # (its diagonal has keys indexed over these runs, maybe these)
-                if e - a > 1 and lst[e - 1] - lst[a] != (e - 1 - a) * m:
-                    return False  # (the range crosses one of `fold`'s bounds: two diagonals)
+                    return False  # (keys on it indexed over these runs, maybe these)
                 a = e
             k += 1
         self.num_absent += 1
@@ -83,22 +76,17 @@ class DiagonalRecord:
 
     def _track(self, keys: Sequence, i0: int, i1: int, g: Group) -> None:
         """Runs [i0, i1) of `keys` were just indexed to `g` (and appended to `g.runs`)."""
-        n = i1 - i0
-        if n <= 0:
+        if i1 <= i0:
             return
         diags = g.diags
         ids = keys._ids if type(keys) is BlockKeys else None
         if type(ids) is not IdRanges or (r := keys.starts.step) != self._run_len and self._run_len:
-            self._untracked += n
-            diags.append([None, n])
+            self._untracked += i1 - i0
+            diags.append([None, i1 - i0])
             return
-        if not self._run_len:
-            self._run_len, self._mod = r, RUN_KEY_BASE + r
-        rec, m = self._diags, self._mod
-        lst = keys.run_keys._list
-        if lst is None:
-            lst = keys.run_keys.as_list()
-        b = ids.bounds
+        self._run_len = r
+        rec = self._diags
+        b, f = ids.bounds, ids.firsts
         k = len(b) - 2 if i0 >= b[-2] else bisect_right(b, i0) - 1
         a = i0
         while a < i1:
@@ -107,11 +95,8 @@ class DiagonalRecord:
                 e = i1
             if e > a:
                 n = e - a
-                d = lst[a] % m
-                if n > 1 and lst[e - 1] - lst[a] != (n - 1) * m:  # (crosses a bound of `fold`)
-                    self._untracked += n
-                    d = None
-                elif (x := rec.get(d)) is None:
+                d = f[k] - b[k]
+                if (x := rec.get(d)) is None:
                     rec[d] = [n, a, e]
                 else:
                     x[0] += n

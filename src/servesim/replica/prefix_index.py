@@ -70,7 +70,6 @@ class PrefixIndex(PrefixRegistration):
         self._diags: dict[int, list] = {}  # the keys' diagonals (prefix_diagonals.py)
         self._untracked = 0
         self._run_len = 0
-        self._mod = 0
         self.num_absent = 0  # checks answered by the diagonals (the tests assert the path ran)
 
     def extents(self, keys: Sequence, p0: int, p1: int) -> list[tuple]:
