@@ -13,8 +13,9 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import BlockKeys
+from servesim.replica.block_keys import BlockKeys, range_bounds
 from servesim.replica.kv_cache import KVCacheManager
+from servesim.workload.prefix import IdRanges
 from tests.factories import make_request
 from tests.replica.kv_reference import ReferenceKVCache
 from tests.replica.kv_reference import block_keys as reference_keys
@@ -37,10 +38,12 @@ def _chains(rng: random.Random, num_chains: int, length: int) -> list[list[int]]
 class _Pair:
     """One request as each cache sees it (they differ only in the key object)."""
 
-    def __init__(self, rid: int, prompt: int, output: int, ids: list[int], H: int) -> None:
+    def __init__(self, rid: int, prompt: int, output: int, ids: list[int], H: int, ranges: bool = False) -> None:
         self.new = make_request(rid, prompt, output, hash_ids=tuple(ids), hash_block_tokens=H)
         self.ref = make_request(rid, prompt, output, hash_ids=tuple(ids), hash_block_tokens=H)
-        self.new.kv_block_keys = BlockKeys(ids, H, BS)
+        # (`ranges`: the ids as a generated workload gives them, an `IdRanges`, which the index's
+        # record of diagonals reads: prefix_diagonals.py)
+        self.new.kv_block_keys = BlockKeys(IdRanges(ids, range_bounds(tuple(ids), len(ids))) if ranges else ids, H, BS)
         self.ref.kv_block_keys = reference_keys(self.ref, BS)
         assert self.new.kv_block_keys.as_tuple() == self.ref.kv_block_keys
 
@@ -59,7 +62,7 @@ def _decoding(req) -> bool:
     return req.num_output_tokens > 0 and req.num_tokens - req.num_computed_tokens == 1
 
 
-def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
+def _run(seed: int, H: int, num_blocks: int, steps: int, ranges: bool = False, more_checks=None) -> dict[str, int]:
     rng = random.Random(seed)
     new, ref = KVCacheManager(num_blocks, BS), ReferenceKVCache(num_blocks, BS)
     chains = _chains(rng, 6, 24 * BS // H + 2)
@@ -78,13 +81,15 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
             assert {rk for rk, h in index.items() if h is g} == set(g.runs) and len(set(g.runs)) == len(g.runs)
         for p in running:
             assert new.num_blocks_of(p.new.id) == ref.num_blocks_of(p.ref.id)
+        if more_checks is not None:
+            more_checks(new, waiting + running)
 
     for _ in range(steps):
         op = rng.random()
         if op < 0.25:  # an arrival on a random chain, with a prompt ending anywhere in it
             ids = rng.choice(chains)
             prompt = rng.randrange(1, len(ids) * H + 1)
-            waiting.append(_Pair(rid, prompt, rng.randrange(1, 24), ids[:-(-prompt // H)], H))
+            waiting.append(_Pair(rid, prompt, rng.randrange(1, 24), ids[:-(-prompt // H)], H, ranges))
             rid += 1
         elif op < 0.45 and waiting and len(running) < 5:  # admit the head with its hits and a first chunk
             p = waiting[0]

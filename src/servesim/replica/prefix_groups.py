@@ -55,10 +55,11 @@ def count_stamp(stamps: array, stamp: int) -> int:
 class Group:
     """The registered blocks of one extent of positions (see the module docstring)."""
 
-    __slots__ = ("runs", "lo", "ref", "stamp", "num_cached")
+    __slots__ = ("runs", "diags", "lo", "ref", "stamp", "num_cached")
 
     def __init__(self, s0: int) -> None:
         self.runs: list[Hashable] = []  # run keys the index maps here
+        self.diags: list[list] = []  # [diagonal or None, runs] of `runs`, in order (prefix_diagonals.py)
         self.lo = s0
         self.ref = array("i")
         self.stamp = array("q")

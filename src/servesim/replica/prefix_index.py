@@ -67,6 +67,10 @@ class PrefixIndex(PrefixRegistration):
         self._num_dead = 0  # keys of `_dead`
         self.dead_capacity = 0  # keys the dead groups may keep indexed (`retire`); 0: dropped when evicted
         self.num_taken_back = 0  # registrations that filled a dead group's slots again (the tests assert the path ran)
+        self._diags: dict[int, list] = {}  # the keys' diagonals (prefix_diagonals.py)
+        self._untracked = 0
+        self._run_len = 0
+        self.num_absent = 0  # checks answered by the diagonals (the tests assert the path ran)
 
     def extents(self, keys: Sequence, p0: int, p1: int) -> list[tuple]:
         """Split positions [p0, p1) where the group their key runs map to changes: (group or
@@ -149,7 +153,7 @@ class PrefixIndex(PrefixRegistration):
             e = k1
             if e > hi:  # (the group's last run only partly registered)
                 return None
-        elif hi != e or not self._index.keys().isdisjoint(runs[m:]):
+        elif hi != e or not (self._absent(keys, i0 + m, i0 + len(runs)) or self._index.keys().isdisjoint(runs[m:])):
             return None
         if g.num_cached and g.any_cached(k0, e):
             return None

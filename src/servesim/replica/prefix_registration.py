@@ -18,14 +18,17 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
 from servesim.replica.copies import add_copies, has_copy
+from servesim.replica.prefix_diagonals import DiagonalRecord
 from servesim.replica.prefix_groups import NO_STAMP, ONE, Group
 
 if TYPE_CHECKING:
     from servesim.replica.prefix_index import Held
 
 
-class PrefixRegistration:
-    """`PrefixIndex`'s registration, dropping and conflict checks (see the module docstring)."""
+class PrefixRegistration(DiagonalRecord):
+    """`PrefixIndex`'s registration, dropping and conflict checks (see the module docstring).
+    Every key entering or leaving `_index` is told to the diagonals' record (`_track`,
+    `_untrack`), which answers most absent-key checks without a probe per key."""
 
     _index: dict[Hashable, Group]  # owned by `PrefixIndex.__init__` (which also gives `extents`)
     num_inserts: int  # calls that added keys to `_index` (a plan of `plan_appends` is valid while unchanged)
@@ -47,7 +50,8 @@ class PrefixRegistration:
         if runs is None:
             return None
         lead = None
-        if not self._index.keys().isdisjoint(runs) and (
+        i0 = k0 // keys.starts.step
+        if not self._absent(keys, i0, i0 + len(runs)) and not self._index.keys().isdisjoint(runs) and (
                 k0 % keys.starts.step or (lead := self._dead_lead(keys, runs, k0, k1)) is None or lead[0].num_cached):
             return None  # (a live group's evicted slots: indexed, as they always were)
         self._unindexed = (keys, k0, k1, self.num_inserts, lead)
@@ -67,6 +71,7 @@ class PrefixRegistration:
                 self.num_inserts += 1
                 self._index.update(zip(new_runs, repeat(g)))
                 g.runs += new_runs
+                self._track(keys, i, j, g)
             dups = g.register(p0, p1)
             if dups:
                 held.dups = add_copies(held.dups, dups)
@@ -87,15 +92,17 @@ class PrefixRegistration:
         index, segs = self._index, held.segs
         seg = segs[-1] if segs else None
         g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
+        i1 = -(-k1 // keys.starts.step)  # (the runs from i0 to i1 are new, if any)
         if k0 % keys.starts.step:  # inside a run: held's last group must hold its first part
             if g is None or index.get(runs[0]) is not g:
                 return False
             runs = runs[1:]
+        i0 = i1 - len(runs)
         u = self._unindexed
         if u is not None and u[0] is keys and u[1] == k0 and u[2] == k1 and u[3] == self.num_inserts and (
                 u[4] is None or (index.get(runs[0]) is u[4][0] and not u[4][0].num_cached)):  # (still dead)
             lead = u[4]
-        elif index.keys().isdisjoint(runs):
+        elif self._absent(keys, i0, i1) or index.keys().isdisjoint(runs):
             lead = None
         elif k0 % keys.starts.step or (lead := self._dead_lead(keys, runs, k0, k1)) is None:
             return False
@@ -117,11 +124,13 @@ class PrefixRegistration:
                 # chunks register as new keys (a stretch's plan, `plan_appends`, takes only keys not
                 # indexed). (A key per slot: the group's runs are its slots' keys in order.)
                 deque(map(index.pop, g.runs[j:], repeat(None)), maxlen=0)
+                self._untrack(g, len(g.runs) - j)
                 del g.runs[j:], g.ref[j:], g.stamp[j:]
             if k1 > e:
                 runs = runs[m:]
                 index.update(zip(runs, repeat(g)))
                 g.runs += runs
+                self._track(keys, i1 - len(runs), i1, g)
                 g.append_held(k1 - e)
             held.add(g, k0, k1)
             return True
@@ -135,6 +144,7 @@ class PrefixRegistration:
         self.num_inserts += 1
         index.update(zip(runs, repeat(g)))
         g.runs += runs
+        self._track(keys, i0, i1, g)
         g.append_held(k1 - k0)
         return True
 
@@ -167,6 +177,7 @@ class PrefixRegistration:
         plan, seen, groups = ([], None, set()) if base is None else base
         fresh: set = set()  # these items' runs
         num_runs = 0
+        absent = True  # (every item's runs known not indexed from the diagonals' record)
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys:
                 return None
@@ -199,8 +210,11 @@ class PrefixRegistration:
                 groups.add(g)
             fresh.update(runs)
             num_runs += len(runs)
-            plan.append((held, g, seg, k0, k1, runs, r))
-        if len(fresh) != num_runs or not index.keys().isdisjoint(fresh):
+            i1 = -(-k1 // r)
+            if absent:
+                absent = self._absent(keys, i1 - len(runs), i1)
+            plan.append((held, g, seg, k0, k1, runs, r, keys))
+        if len(fresh) != num_runs or not absent and not index.keys().isdisjoint(fresh):
             return None  # (a run listed twice, or indexed)
         if seen is None:
             seen = fresh
@@ -214,10 +228,12 @@ class PrefixRegistration:
         """Carry out a plan of `plan_appends` or `trim_appends` (still valid: see there)."""
         index = self._index
         self.num_inserts += 1
-        for held, g, seg, k0, k1, runs, _ in planned[0]:
+        for held, g, seg, k0, k1, runs, r, keys in planned[0]:
             if runs:  # (none: blocks inside the request's last run, indexed already)
                 index.update(zip(runs, repeat(g)))
                 g.runs += runs
+                i1 = -(-k1 // r)
+                self._track(keys, i1 - len(runs), i1, g)
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
@@ -237,12 +253,12 @@ class PrefixRegistration:
         no set of its runs.)"""
         plan = []
         for item, e in zip(planned[0], ends):
-            held, g, seg, k0, k1, runs, r = item
+            held, g, seg, k0, k1, runs, r, keys = item
             if e < k1:
                 if e <= k0:
                     continue
                 cut = -(-k1 // r) + e // -r  # (runs past e's last run: ceil(k1/r) - ceil(e/r))
-                item = (held, g, seg, k0, e, runs[:len(runs) - cut] if cut else runs, r)
+                item = (held, g, seg, k0, e, runs[:len(runs) - cut] if cut else runs, r, keys)
             plan.append(item)
         return plan, None, None
 
@@ -277,6 +293,8 @@ class PrefixRegistration:
         asserts it after every operation), so they are popped without looking at the owners
         (a C-level pass, about twice as fast as collecting and checking them)."""
         deque(map(self._index.pop, group.runs, repeat(None)), maxlen=0)  # (None: a run listed twice)
+        if group.runs:
+            self._untrack(group, len(group.runs))
         group.runs = []
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
