@@ -124,10 +124,11 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     # guess), but an arrival here inside the chunks ends this one at q (`end_at_rest`): its decode
     # steps priced past q were then dropped (sarathi mooncake at 8 replicas: 67 of 224 such
     # stretches in its first 1,000 requests, each priced hundreds of steps past q by numpy
-    # chunks). So where the next arrival anywhere comes before the end of step q, nothing is
-    # priced past q here: the end event's extension prices the decode steps if q's end is
-    # reached uncut (`_end_fast_forward`, from the scalar state `join_one` left). The same floats.
-    if not engine.join_ahead or engine.next_event_s() >= st.end_s:
+    # chunks). So where an arrival here is expected before the end of step q (with n replicas
+    # about n arrival gaps away: `lookahead` is 20 n, simulation.py), nothing is priced past q
+    # here: the end event's extension prices the decode steps if q's end is reached uncut
+    # (`_end_fast_forward`, from the scalar state `join_one` left). The same floats either way.
+    if not engine.join_ahead or now_s + (engine.next_event_s() - now_s) * (engine.lookahead / 20) >= st.end_s:
         st.price(engine._stretch_horizon_s(now_s, end0))
     if not engine._limit(st, 1) or st.k <= q:
         return False  # (the chunk stretch then: it goes to the rest's step without the join's)
