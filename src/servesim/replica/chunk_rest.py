@@ -95,6 +95,7 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
         p = bisect_right(rem, j, p)
     q = j
     end0 = now_s + engine.perf.step_time_s(chunks0, decode_ctxs)
+    horizon_s = engine._stretch_horizon_s(now_s, end0)
     st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, True, engine._decode_fn, engine.perf,
                  0, engine._decode_forms, keyed)
     kv, bs = engine.kv, engine.kv.block_size
@@ -120,16 +121,7 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
             st.keyed_last = []
         st.keyed.append((prompt, prompt.num_tokens - q))
         st.keyed_last.append(q + prompt.output_len - 1)
-    # A replica among many prices a new stretch `lookahead` arrival gaps ahead (the horizon is a
-    # guess), but an arrival here inside the chunks ends this one at q (`end_at_rest`): its decode
-    # steps priced past q were then dropped (sarathi mooncake at 8 replicas: 67 of 224 such
-    # stretches in its first 1,000 requests, each priced hundreds of steps past q by numpy
-    # chunks). So where an arrival here is expected before the end of step q (with n replicas
-    # about n arrival gaps away: `lookahead` is 20 n, simulation.py), nothing is priced past q
-    # here: the end event's extension prices the decode steps if q's end is reached uncut
-    # (`_end_fast_forward`, from the scalar state `join_one` left). The same floats either way.
-    if not engine.join_ahead or now_s + (engine.next_event_s() - now_s) * (engine.lookahead / 20) >= st.end_s:
-        st.price(engine._stretch_horizon_s(now_s, end0))
+    st.price(horizon_s)
     if not engine._limit(st, 1) or st.k <= q:
         return False  # (the chunk stretch then: it goes to the rest's step without the join's)
     engine.stretch = st

@@ -284,11 +284,7 @@ class FastForwarding:
             k = st.k
             own = self._own_horizon_s(st.timers if type(st) is Stretch else None)
             horizon = min(own, max(self.next_event_s(), 4 * st.end_s - 3 * st.start_s))
-            if self.join_ahead and type(st) is Stretch and st.through and k == st.spent_to + 1:
-                # A prompt's chunks planned with its rest (`replica/chunk_rest.py`) reached the
-                # rest's step uncut: its decode steps are priced now, as a new stretch's are
-                st.price(self._stretch_horizon_s(now_s, st.end_s))
-            elif self.join_ahead and type(st) is Stretch and st.through:
+            if self.join_ahead and type(st) is Stretch and st.through:
                 # A busy replica among many whose join priced a few steps ahead (its scalar state
                 # kept at the last of them): as many again, from that state, rather than a numpy
                 # chunk to four times the span (about 400 steps at the matrix's azure-conv cell,
