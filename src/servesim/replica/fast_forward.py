@@ -348,6 +348,8 @@ class FastForwarding:
         if st.stalls:
             new_blocks += [(reqs[i], c) for i, c in grown.items()]
             prefill_tokens, prefill_at = apply_stalled(st, steps_of, first, frees, joined)
+            if st.join_shared:  # (a keyed joiner's hit others held, its insert's copies freed: `radix_join`)
+                frees += [(s, c) for s, c in st.join_shared if s < k]
             # (the growth before each stall as an entry of its own; each stall's requests silent)
             first_new = first_new + [f for _, f, _ in st.grown]
             steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in st.grown]

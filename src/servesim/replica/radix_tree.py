@@ -122,6 +122,33 @@ class RadixTree:
         self._push_if_evictable(node)
         return Match(node, p)
 
+    def peek(self, req: Any) -> tuple[int, int]:
+        """(blocks `match` would hit, of them blocks in nodes nobody locks), without touching the
+        tree: no split, no access time, no clock. A keyed arrival joining a stretch decides
+        with it (`replica/radix_join.py`) and matches only if it joins, so a refused join leaves
+        the tree as stepping's `schedule` at that step will find it."""
+        keys = req.kv_block_keys
+        if not self.enable_prefix_caching or not keys:
+            return 0, 0
+        limit = min(len(keys), (req.num_tokens - 1) // self.block_size)
+        if self._recent_keys and type(keys) is BlockKeys:
+            self._recent_keys.reuse_into(keys)  # (as `match`: the same identities, built once)
+        ids = block_idents(keys) if limit else ()
+        node, p, unlocked = self.root, 0, 0
+        while p < limit:
+            child = node.children.get(ids[p])
+            if child is None:
+                break
+            n = len(child.idents)
+            k = _num_common(child.idents, ids, p, min(n, limit - p))
+            if child.lock_ref == 0:  # (a split's upper part keeps the node's lock count)
+                unlocked += k
+            node = child
+            p += k
+            if k < n:
+                break
+        return p, unlocked
+
     def _split(self, node: RadixNode, k: int) -> RadixNode:
         """Cut `node` after its first `k` blocks; returns the new upper part. The lower part
         keeps the node object, so heap entries, children and requests' path ends stay valid."""

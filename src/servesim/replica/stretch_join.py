@@ -34,6 +34,7 @@ import math
 from bisect import bisect_left, bisect_right
 
 from servesim.replica.chunk_join import chain_join, chunk_join
+from servesim.replica.radix_join import keyed_stall_join
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
 from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import Stretch
@@ -52,6 +53,8 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     if type(st) is SpecStretch:
         return spec_join_arrivals(engine, st, now_s)
     sched, kv = engine.scheduler, engine.kv
+    if st.keyed and sched.stalls_decodes and type(st) is Stretch:
+        return keyed_stall_join(engine, st, now_s)  # (SGLang's radix tree: `replica/radix_join.py`)
     if (type(st) is not Stretch or not st.through or st.limited or st.keyed or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False

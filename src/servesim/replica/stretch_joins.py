@@ -121,7 +121,7 @@ class StretchJoins:
             self._f = None  # (`_sync` rebuilds it from the lists)
 
     def stall(self, joins: list[tuple[Any, int]], first_new: list[int], blocks: int, step_s: float,
-              forms: "DecodeForms | None", block_size: int) -> None:
+              forms: "DecodeForms | None", block_size: int, cached: int = 0) -> None:
         """`join` for a prefill-first policy (`Scheduler.stalls_decodes`): step s = k runs the
         admitted prompts alone (`step_s` long) and the requests running stall in it; from
         s + 1 on everyone decodes. In the stretch's frame each request running at s moves one
@@ -129,7 +129,8 @@ class StretchJoins:
         on, and its last token one step later), its first new block step after s one later, and
         the blocks it grew before s kept in `grown` (a request's growth is regular only between
         stalls). Everything priced, limited and read later follows from those lists; what counts
-        tokens or steps (`tokens_before`, `batch_runs`, the apply) reads `stalls`."""
+        tokens or steps (`tokens_before`, `batch_runs`, the apply) reads `stalls`. `cached`: as
+        `join`'s (a keyed request's prefix hit in SGLang's tree: `replica/radix_join.py`)."""
         s, bs = self.k, block_size
         remaining, ctx1, first = self.remaining, self.ctx1, self.first_new
         at, need, live = self._need_at
@@ -171,9 +172,9 @@ class StretchJoins:
             # the usual stall (one arrival, the scalar state step s's, which `stall_step_s`
             # brought it to): `join`'s state by the lean path a plain join takes
             (req, n), = joins
-            self.join_one(req, n, first_new[0], blocks, step_s, forms, bs)
+            self.join_one(req, n, first_new[0], blocks, step_s, forms, bs, cached)
         else:
-            self.join(joins, first_new, blocks, step_s, forms, bs)
+            self.join(joins, first_new, blocks, step_s, forms, bs, cached)
         self._stall_need = self._need_at  # (the count just after the last stall: later counts start there)
 
     def join_one(self, req: Any, n: int, first_new: int, blocks: int, step_s: float, forms: "DecodeForms | None",

@@ -6,6 +6,7 @@ or above the ratio's floor at the step its reserve lets it in: `sglang_admits.py
 
 from __future__ import annotations
 
+from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS
 from servesim.replica.schedulers.outputs import (
@@ -47,6 +48,59 @@ class SGLangStretches:
             self.start(req, 0, n, out)
         if self._mark is not None:
             self._mark += 1  # (the ratio decays per decode step: not for the prompt-only step)
+
+    def keyed_arrival_join(self, free_blocks: int) -> tuple[Request, int, int, int, int] | None:
+        """`_prefill_batch` at a prompt-only step s inside a stretch of requests with prefix keys
+        (`replica/radix_join.py`), the tree and the blocks outside it as stepping's takes before
+        s leave them, and `free_blocks` blocks free at s: the lone waiting request, fresh,
+        admitted whole. Returns (request, prompt tokens it computes, blocks its prefix hits, of
+        them blocks nobody locked, blocks it takes from the free ones) or None; reads the tree
+        without touching it (`RadixTree.peek`)."""
+        params = self.params
+        if (params.enable_mixed_chunk or params.schedule_policy != "fcfs" or self.chunked is not None
+                or self._transferred or self._inbox or params.consecutive_prefill_launch_share
+                or params.scheduler_recv_interval != 1 or len(self.waiting) != 1 or len(self.running) >= self.max_running):
+            return None
+        req = self.waiting[0]
+        if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
+                or "kv_store_tokens" in req.extra or req.output_len < 2):
+            return None  # (a one-token request finishes in its prompt's step: left to stepping)
+        kv = self.kv
+        bs = kv.block_size
+        hit, unlocked = kv.peek(req)
+        ext = req.num_tokens - hit * bs
+        if ext > self.chunk_size:
+            return None  # (chunked: its next chunks are steps of their own)
+        need = cdiv(req.num_tokens, bs) - hit + unlocked  # (`blocks_needed` with the hit: its path locked)
+        if need > free_blocks:
+            return None
+        # `rem_total` at s is at least this: the ratio only decays inside the stretch, and an
+        # unclipped request's reserve counts its generated tokens as at the stretch's start
+        total = ext + min(max(self.max_new(req), 0), CLIP_MAX_NEW_TOKENS)
+        if total >= free_blocks * bs - 0 - self._reserve():
+            return None
+        return req, ext, hit, unlocked, need
+
+    def join_keyed(self, req: Request, n: int) -> int:
+        """Admit `keyed_arrival_join`'s request as `_prefill_batch` does at its step (the match,
+        its path locked, its blocks taken, `start`), then insert its prompt's full keyed blocks
+        into the tree as `on_step_end` does at that step's end: nothing touches the tree between
+        the two in stepping (the decodes stall). Not listed in the stretch's output, whose
+        `on_step_end` would insert it again when the stretch ends. Returns the blocks the insert
+        freed (computed twice: the tree's copy kept)."""
+        kv = self.kv
+        hits = kv.match(req)
+        if not kv.allocate_slots(req, n, hits):
+            raise AssertionError(f"request {req.id} could not join the stretch")
+        self.waiting.remove(req)
+        self.start(req, len(hits) * kv.block_size, n, SchedulerOutput())
+        free = kv._truly_free
+        req.num_computed_tokens += n  # (as at the step's end: the blocks its prompt filled)
+        kv.cache_unfinished(req)
+        req.num_computed_tokens -= n  # (the stretch advances it when applied)
+        if self._mark is not None:
+            self._mark += 1  # (the ratio decays per decode step: not for the prompt-only step)
+        return kv._truly_free - free
 
     def join_blocks(self, joins: list[tuple[Request, int]]) -> tuple[int, int]:
         # Admission needs each request's new tokens plus its clipped `max_new` below `rem_total`
