@@ -62,7 +62,11 @@ def keyed_stall_join(engine, st: Stretch, now_s: float) -> bool:
     # them) and handed back as free blocks after the join, for the stretch's bulk take when it
     # is applied, which then evicts no more for them. A refused join leaves them evicted: the
     # stretch, applied at s, takes them from the free ones, the same blocks gone.
-    grown = st.blocks_needed(s, bs)
+    if st.stalls or st.joins:
+        grown = st.blocks_needed(s, bs)
+    else:  # (`blocks_needed(s)` where nobody left or stalled: its count from the start is a pass
+        # over every request, one `_growth` call each, as the cut usually lies before its base)
+        grown = sum([(s - 1 - f) // bs + 1 for f in st.first_new if f < s])
     kv._take(grown)
     picked = decide(kv.num_free_blocks)
     if picked is None:
