@@ -132,6 +132,50 @@ def test_turns_join_stretches_priced_ahead_by_the_lean_path(monkeypatch):
     assert len(ahead) > 0.1 * len(fast.requests) and all(ahead), (len(ahead), sum(ahead))
 
 
+def test_a_turn_joining_a_busy_replica_among_many_is_priced_a_few_steps_ahead(monkeypatch):
+    """Among several replicas a next turn's lean join prices on from the scalar state as an
+    arrival's join does: `Engine.join_ahead` steps by the scalar loop where many requests leave
+    before the stretch's last step, not a numpy chunk to a horizon `lookahead` arrival gaps away
+    (the next turn routed there cuts it a few dozen steps on); the results are stepping's (main
+    passed no steps ahead: those joins priced a chunk, and the test fails there)."""
+    from servesim.replica.engine import JOIN_AHEAD
+    from servesim.replica.stretch import Stretch
+    from servesim.replica.stretch_pricing import StretchPricing
+
+    aheads, chunks = [], [0]
+    price_on, chunk = Stretch.price_on, StretchPricing._chunk
+
+    def counted_price_on(self, horizon, ahead=0):
+        aheads.append(ahead)
+        return price_on(self, horizon, ahead)
+
+    def counted_chunk(self, steps):
+        chunks[0] += 1
+        return chunk(self, steps)
+
+    joins = []  # per keyed join priced on by `price_on`: (its steps ahead, numpy chunks it priced)
+    keyed_join = fast_forward.keyed_join
+
+    def counted(engine, st, now_s):
+        n, c = len(aheads), chunks[0]
+        joined = keyed_join(engine, st, now_s)
+        if joined and len(aheads) > n:
+            joins.append((aheads[n], chunks[0] - c))
+        return joined
+
+    monkeypatch.setattr(Stretch, "price_on", counted_price_on)
+    monkeypatch.setattr(StretchPricing, "_chunk", counted_chunk)
+    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    sets = BUSY + ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=8"]
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(joins) > 0.1 * len(fast.requests), len(joins)
+    assert all(a == JOIN_AHEAD for a, _ in joins), sorted({a for a, _ in joins})
+    assert sum(1 for _, c in joins if c == 0) > 0.9 * len(joins), (len(joins), sum(c for _, c in joins))
+
+
 def test_a_turn_that_would_not_run_last_ends_the_stretch(monkeypatch):
     """Mixed priorities: a turn whose key sorts before a running request's would run before it in
     the later steps (each `schedule` sorts the batch), so it ends the stretch instead of joining;

@@ -238,8 +238,11 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         st.keyed.append((req, ctx1))
         st.keyed_last.append(num_tokens - ctx1 + req.output_len - 1)  # (its join step + output_len - 1)
     # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for
-    # `join_arrivals`' lean join)
-    return _priced_on(engine, st, now_s, s, 1, st.price_on if lean else None)
+    # `join_arrivals`' lean join; at a busy replica among many `join_ahead` steps by the scalar
+    # loop, not a numpy chunk to a horizon `lookahead` arrival gaps away that the next turn
+    # routed here cuts a few dozen steps on: since cl31 an uncut stretch's end extends it from
+    # that state by as many again, so the chunk is not paid later either. The same floats)
+    return _priced_on(engine, st, now_s, s, 1, st.price_on if lean else None, engine.join_ahead)
 
 
 def _stall_keyed(kv, st: Stretch, s: int, kept: tuple | None) -> None:

@@ -95,7 +95,7 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     if len(joins) == 1 and st._f is not None and st._priced == s:
         _join_one(engine, st, now_s, joins, blocks, num_running)  # (the usual arrival: one request, the scalar state step s's)
         # (the scalar state is step s + 1's; a busy replica among many prices a few steps ahead:
-        # `Engine.join_ahead`. Not a keyed turn's join: measured +0.6 % on vllm sessions at 8)
+        # `Engine.join_ahead`, as a keyed turn's join does since sess32)
         return _priced_on(engine, st, now_s, s, 1, st.price_on, engine.join_ahead)
     else:
         _admit(engine, st, now_s, joins, blocks, _join_step_s(engine.perf, st, s, num_running, joins), st.join)
