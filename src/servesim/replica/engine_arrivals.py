@@ -18,6 +18,8 @@ from servesim.workload.request import Request, RequestState
 class EngineArrivals:
     """`Engine`'s arrival path (`replica/engine.py`)."""
 
+    __slots__ = ()  # (`Engine` holds the state in its slots)
+
     def add_request(self, req: Request, now_s: float) -> None:
         """A request reaches this replica at `now_s` (the caller records it)."""
         if self.on_event:
