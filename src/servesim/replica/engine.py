@@ -64,6 +64,18 @@ JOIN_AHEAD = 32
 class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
     """A model replica serving requests with one scheduler, KV cache and cost model."""
 
+    # Slots, not an instance dict: with 44 attributes an engine overflows CPython 3.11's shared keys
+    # (at most 30 a class), so its attributes lived in a dict of their own, where each `self.f()`
+    # call's method load fails its specialised form and looks the name up in that dict and the type
+    # (and each `self.x` read takes the dict's hinted form): slots make both a fixed offset (reg32).
+    __slots__ = ("config", "_arrival_caps", "scheduler", "kv", "perf", "loop", "recorder", "on_done", "until_s",
+                 "next_event_s", "lookahead", "join_ahead", "stretch", "_epoch", "on_change", "on_event", "ports",
+                 "busy", "num_steps", "num_fast_forwarded_steps", "num_joined_arrivals", "num_held_arrivals",
+                 "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
+                 "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
+                 "_decode_fns", "_forms", "defer_finishes", "_keyed_through", "notice", "deliver", "keyed_joins",
+                 "sole_arrival", "shared_keys_only", "_unevented", "_admission_error")
+
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
                  recorder: Recorder, on_done: DoneCallback, until_s: float = float("inf"),
                  rng: np.random.Generator | None = None, defer_finishes: bool = False,
@@ -156,8 +168,6 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # result is the same (tests/cluster/test_shared_keys_only.py).
         self.shared_keys_only = False
         self._unevented: tuple | None = None
-        # (last: an attribute set earlier moved others out of the instance's first 30, its shared
-        # keys, and made their reads generic lookups: about +3 k instructions a request)
         self._policy_checks()  # (`_admission_error`)
 
     # ------------------------------------------------------------------ steps

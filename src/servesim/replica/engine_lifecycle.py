@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 class EngineLifecycle:
     """`Engine`'s clock change, crash, restart and end of run."""
 
+    __slots__ = ()  # (`Engine` holds the state in its slots)
+
     # ------------------------------------------------------------------ clock
     def set_perf(self, perf, now_s: float) -> None:
         """Steps that start after `now_s` are timed by `perf` (a clock change: power capping,

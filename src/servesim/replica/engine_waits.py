@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class StepWaits:
     """`Engine`'s swap pricing and timer wake-ups."""
 
+    __slots__ = ()  # (`Engine` holds the state in its slots)
+
     # ------------------------------------------------------------------ swaps and timers
     def _swap(self, out: SchedulerOutput, now_s: float) -> float:
         """Price this step's swaps; returns the time the step waits for synchronous copies."""

@@ -60,6 +60,8 @@ class DecodeFns(dict):
 class FastForwarding:
     """The fast-forward methods of `Engine` (which holds the state they use)."""
 
+    __slots__ = ()  # (`Engine` holds the state in its slots)
+
     def _fast_forward(self, now_s: float, out: SchedulerOutput, decodes: list[Request], decode_ctxs: list[int],
                       prefills: list[tuple[Request, int]], ff: FastForward, dt0_s: float) -> bool:
         """Run this step and the decode-only steps that repeat it as one event (a `Stretch`).
