@@ -57,11 +57,12 @@ class StepTerms:
         priced yet, which a sessions turn is (its prompt beside the running decodes) and about one
         arrival in five at one replica, and building the GEMM blocks was about two thirds of
         `linear_s` (sess21)."""
-        memo = self.__dict__.get("_token_terms")
-        if memo is None:
+        try:  # (not `self.__dict__.get`: on CPython 3.11 reading `__dict__` moves the attributes to a dict for good, reg32)
+            return self._token_terms  # type: ignore[attr-defined]
+        except AttributeError:
             memo = TokenTerms(self)
             object.__setattr__(self, "_token_terms", memo)  # (not a field: equality and `replace` ignore it)
-        return memo
+            return memo
 
     def blocks(self) -> list[Block]:
         """The GEMM blocks of one GPU, attention first and the MoE block (at most one) last: the order
