@@ -67,8 +67,8 @@ def test_pins_expire_inside_stretches_exactly(extra, monkeypatch):
 
 def test_expiries_among_pinning_finishes_exactly(monkeypatch):
     """Busy conversations with a short TTL: pins made before a stretch expire inside it among
-    finishes that pin (processed late) and next turns that join; the first late pin's timer
-    still ends it (`stop_at_finish_timer`)."""
+    finishes that pin (processed late) and next turns that join; the pins made inside it
+    expire there too (`policy_stops.late_pins`: `tests/cluster/test_continuum_late_pins_through.py`)."""
     fast, slow, at_join, late = run_both(BUSY + ["scheduler.ttl_s=0.3"], monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
@@ -85,7 +85,7 @@ def test_fewer_stretches_than_stepping_stops_at_expiries(monkeypatch):
     monkeypatch.setattr(Engine, "_start_step", lambda self, now_s: (starts.append(now_s), start(self, now_s))[1])
     through = simulate(load_scenario(str(EXAMPLES / "sessions.yaml"), SESSIONS), keep_steps=True)
     n_through = len(starts)
-    monkeypatch.setattr(ContinuumScheduler, "stretch_timers", lambda self: None)
+    monkeypatch.setattr(ContinuumScheduler, "stretch_timers", lambda self, reqs=(): None)
     bounded = simulate(load_scenario(str(EXAMPLES / "sessions.yaml"), SESSIONS), keep_steps=True)
     n_bounded = len(starts) - n_through
     assert outcome(through) == outcome(bounded)

@@ -104,7 +104,8 @@ class FastForwarding:
         through = self.defer_finishes and ff.through_finishes and (not keyed or self._keyed_through) and not (
             self.notice is not None and self.scheduler.arrival_reads_finishes)
         if ff.through_timers:  # (the policy's timers it may run through: `replica/policy_stops.py`)
-            timers = self.scheduler.stretch_timers() if through else None
+            timers = (self.scheduler.stretch_timers(reqs if ff.finish_timer_s != INF else ())
+                      if through else None)
             horizon_s = self._stretch_horizon_s(now_s, end0, timers)
             if horizon_s <= end0:
                 return False

@@ -95,8 +95,13 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         return False
     if (timer_s := sched.next_timer_s()) <= now_s:
         return False  # (a policy timer due at step s: stepping's `schedule` there acts on it first)
-    if (timed := st.kept) is not None and (r := rem[0]) < s and st.ends_view[r - 1] + timed[1] <= now_s:
-        return False  # (a finish processed late set one due there: continuum's first pin in the stretch)
+    if (timed := st.kept) is not None and (r := rem[0]) < s and (
+            (policy_stops.late_pins(st, s - 2)[0] if len(st.timers or ()) > 4 else st.ends_view[r - 1] + timed[1])
+            <= now_s):
+        # (a finish processed late set one due there: continuum's first pin in the stretch, or
+        # the first not run through; one run through frees blocks the turn's admission does not
+        # read: a hit on them is a held hit, refused below, and its pops come from the queue's head)
+        return False
     if timed is None and sched.keeps_blocks(req):
         return False  # (its finish would pin in a stretch that counts every finish's blocks freed)
     hits = kv.get_computed_blocks(req)

@@ -14,6 +14,8 @@ from bisect import bisect_left, bisect_right
 
 from servesim.replica.stretch import Stretch
 
+INF = float("inf")
+
 
 def limit(st: Stretch, scheduler, noticed: bool, k_safe: int) -> None:
     """Shorten `st` (keeping at least `k_safe` steps) where its policy needs a `schedule`;
@@ -23,7 +25,12 @@ def limit(st: Stretch, scheduler, noticed: bool, k_safe: int) -> None:
         # prefix keys: their frees do, which decide what the LRU queue evicts first)
         end_before_shared_departure(st, k_safe)
     if st.kept is not None and st.k > st._sorted_rem[0] + 1:
-        stop_at_finish_timer(st)
+        if st.timers is not None and len(st.timers) > 4:  # (pins made inside it, run through: `late_pins`)
+            bound_s = late_pins(st, st.k - 2)[0]
+            if bound_s != INF:
+                stop_at_timer(st, bound_s)
+        else:
+            stop_at_finish_timer(st)
 
 
 def end_before_shared_departure(st: Stretch, k_safe: int) -> None:
@@ -53,9 +60,12 @@ def stop_at_finish_timer(st: Stretch) -> None:
     (one delay for all); it is counted whether or not that finish keeps its blocks, the
     same bound or an earlier one. Called with the first departure before the last step."""
     r = st._sorted_rem[0]  # (its last token is step r - 1's, ending at ends[r - 1])
-    ends = st.ends_view
-    due_s = ends[r - 1] + st.kept[1]  # (the finish's time + the delay, as the policy adds them)
-    k = bisect_left(ends, due_s, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
+    stop_at_timer(st, st.ends_view[r - 1] + st.kept[1])  # (the finish's time + the delay, as the policy adds them)
+
+
+def stop_at_timer(st: Stretch, due_s: float) -> None:
+    """`stop_at_finish_timer` for a timer due at `due_s`."""
+    k = bisect_left(st.ends_view, due_s, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
     if k < st.k:
         st.truncate(k)
         # (final, not `limited`: a turn arriving before that step may still join, which
@@ -74,9 +84,15 @@ def fire_before_join(sched, st: Stretch) -> None:
     first such finish fire here (the others at the end: `late_timers`). A timer due at step s
     itself is left: that step's `schedule` skips a job whose call waits (the joiner's), and the
     join checks `next_timer_s` as before."""
-    _, pending, fired, _ = st.timers
+    _, pending, fired, _ = st.timers[:4]
     s = st.k
     due = sorted((m, i) for i, (t, _, _) in enumerate(pending) if (m := st.timer_step(t)) < s)
+    if due and len(st.timers) > 4 and (late := late_pins(st, s - 2)[1]):
+        # (a pin made inside the stretch and expired before step s fires when it is applied,
+        # after its finish: the timers after it wait for that too; one at its step came first,
+        # `pins` holding it before the new pin)
+        first_late = st.timer_step(late[0][0])
+        due = [(m, i) for m, i in due if m <= first_late]
     if due and st._sorted_rem[0] <= due[-1][0]:  # (requests left at or before a due timer's step)
         # the first step before which a finish frees blocks (a request leaves after step r - 1):
         # the policy asked only of those that left by then (a sessions turn's finish pins)
@@ -98,9 +114,49 @@ def late_timers(st: Stretch) -> list[tuple[int, int]]:
     before its step's start, by step and then in the policy's order), kept in `st.timers[3]`
     as (step start, key); returns the (step, blocks) freed by every timer fired in it, those
     fired at joins included (the step log's frees)."""
-    _, pending, fired, _ = st.timers
+    _, pending, fired, _ = st.timers[:4]
     k = st.k
     due = sorted((m, i) for i, (t, _, _) in enumerate(pending) if (m := st.timer_step(t)) < k)
     ends = st.ends_view
     st.timers[3] = [(ends[m - 1], pending[i][1]) for m, i in due]
-    return fired + [(m, pending[i][2]) for m, i in due]
+    out = fired + [(m, pending[i][2]) for m, i in due]
+    if len(st.timers) > 4:  # (pins made inside it: after those held before at one step, as `pins` holds them)
+        late = [(m, key, n) for t, key, n in late_pins(st, k - 2)[1] if (m := st.timer_step(t)) < k]
+        if late:
+            st.timers[3] = sorted(st.timers[3] + [(ends[m - 1], key) for m, key, _ in late], key=_start)
+            out += [(m, n) for m, _, n in late]
+    return out
+
+
+def _start(timer: tuple) -> float:
+    return timer[0]
+
+
+def late_pins(st: Stretch, last: int) -> tuple[float, list]:
+    """The timers set by the stretch's finishes at its steps up to `last` that keep their blocks
+    (continuum's pins), in finish order: (the first of them that bounds the stretch, its time,
+    or inf; [(time, key, blocks freed)] of those before it, run through). A finish after step
+    r - 1 sets its timer at ends[r - 1] + the delay, as the policy does (`finish`); it is run
+    through if its request held its blocks alone when the stretch was planned (`stretch_timers`'
+    list): it then frees those and the ones it grew in the stretch. Later finishes' timers are
+    no earlier (one delay for all)."""
+    keeps, delay = st.kept
+    late, bs = st.timers[4], st.timers[5]
+    rem, remaining, reqs, first_new = st._sorted_rem, st.remaining, st.reqs, st.first_new
+    out: list = []
+    if rem[0] > last + 1:
+        return INF, out
+    ends = st.ends_view
+    for i in st.departure_order():
+        r = remaining[i]  # (its last token is step r - 1's)
+        if r > last + 1:
+            break
+        req = reqs[i]
+        if not keeps(req):
+            continue
+        t = ends[r - 1] + delay
+        if (held := late.get(req.id)) is None:
+            return t, out
+        f = first_new[i]
+        out.append((t, held[0], held[1] + ((r - 1 - f) // bs + 1 if f <= r - 1 else 0)))
+    return INF, out

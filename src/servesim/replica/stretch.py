@@ -290,6 +290,11 @@ class Stretch(StretchJoins, StretchPricing):
             for t, _, n in self.timers[1]:
                 if self.timer_step(t) <= j:
                     delta -= n
+            if len(self.timers) > 4:  # (and a pin made inside it: `policy_stops.late_pins`)
+                from servesim.replica.policy_stops import late_pins
+                for t, _, n in late_pins(self, min(j, self.k) - 1)[1]:
+                    if self.timer_step(t) <= j:
+                        delta -= n
         return delta
 
     def timer_step(self, t: float) -> int:

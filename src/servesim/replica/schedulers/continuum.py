@@ -198,15 +198,13 @@ class ContinuumScheduler(VLLMScheduler):
         busy = self._waiting_jobs()
         return min((d for job, (_, d) in self.pins.items() if job not in busy), default=float("inf"))
 
-    def stretch_timers(self) -> list | None:
+    def stretch_timers(self, reqs=()) -> list | None:
         # With nothing waiting, the `schedule` of the first step starting at or after a pin's
         # deadline expires it (no job is busy) whatever else the stretch does: a pin whose
         # blocks no other request holds frees exactly its blocks there (counted now: nothing
         # takes a held block inside a stretch), so the stretch may run through that expiry.
         # A pin sharing a block (a prefix another request holds) frees what depends on the
         # order of the other frees: its deadline bounds the stretch as before.
-        if not self.pins:
-            return None
         kv = self.kv
         first_s, through = float("inf"), []
         for job, (rid, deadline) in self.pins.items():
@@ -215,6 +213,16 @@ class ContinuumScheduler(VLLMScheduler):
                 through.append((deadline, job, n))
             elif deadline < first_s:
                 first_s = deadline
+        # The running calls (`reqs`, of a stretch through finishes that pin) whose blocks only
+        # they hold: a pin such a call makes inside the stretch frees, at its expiry, those and
+        # the blocks it grew there (nothing takes a held block inside a stretch, and its job
+        # holds no other pin: `_jobs_apart`), so that expiry is run through too (its time is
+        # known once its finish is priced: `policy_stops.late_pins`); a pin sharing a block
+        # bounds the stretch (`policy_stops.limit`)
+        late = {r.id: (job_of(r), n) for r in reqs
+                if self.pins_on_finish(r) and kv.blocks_freed([r.id], {})[0] == (n := kv.num_blocks_of(r.id))}
+        if late:
+            return [first_s, through, [], None, late, kv.block_size]
         return [first_s, through, [], None] if through else None
 
     def fire_timers(self, keys) -> None:

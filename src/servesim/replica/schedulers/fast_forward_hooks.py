@@ -98,13 +98,17 @@ class FastForwardHooks:
         them? Read only for a stretch whose answer has a finite `finish_timer_s`."""
         return False
 
-    def stretch_timers(self) -> list | None:
+    def stretch_timers(self, reqs=()) -> list | None:
         """For a stretch whose answer has `through_timers` (nothing waits): [the first timer
         it must stop before, [(time, key, blocks)] of the timers it may run through, [], None]
         (the engine's bookkeeping: `replica/policy_stops.py`), or None: every timer bounds it
         (`next_timer_s`). A timer run through is one the next `schedule` starting at or after
         its time fires whatever else happens in the stretch, freeing `blocks` KV blocks that
-        nothing else holds (`fire_timers(key)`). Changes no state. The default: None."""
+        nothing else holds (`fire_timers(key)`). With a finite `finish_timer_s`, `reqs` are the
+        stretch's requests, and two more items may follow: {request id: (key, blocks held now)}
+        of those whose finish's timer (set inside the stretch) may be run through too, freeing
+        those blocks and the ones it grows, and the KV block size. Changes no state. The
+        default: None."""
         return None
 
     def fire_timers(self, keys) -> None:
