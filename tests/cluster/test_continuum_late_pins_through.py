@@ -95,3 +95,28 @@ def test_a_running_call_sharing_a_block_is_not_listed():
     assert first_s == 1.0 + sched.params.ttl_s and through == []
     assert late == {c.id: (("session", 3), kv.num_blocks_of(c.id))}
     assert bs == kv.block_size
+
+
+@pytest.mark.parametrize("extra", [[], TWO])
+def test_chunked_turns_join_a_stretch_through_every_pin_exactly(extra, monkeypatch):
+    """A next turn whose prompt the budget chunks joins a stretch that runs through every pin's
+    expiry (`policy_stops.all_through`): its chunk steps are priced past those expiries, whose
+    frees are the stretch's own. A turn that pins keeps its later chunks' blocks at its finish
+    (`apply_rests`, `Stretch.blocks_added`). Stepping's results and step log."""
+    from servesim.replica import keyed_join as kj
+
+    chunked = []
+    join_in_chunks = kj.join_in_chunks
+
+    def counted(engine, st, *args, **kw):
+        if st.kept is not None:
+            chunked.append(st.k)
+        return join_in_chunks(engine, st, *args, **kw)
+
+    monkeypatch.setattr(kj, "join_in_chunks", counted)
+    fast = simulate(load_scenario(str(EXAMPLES / "sessions.yaml"), SESSIONS + extra), keep_steps=True)
+    slow = simulate(load_scenario(str(EXAMPLES / "sessions.yaml"), SESSIONS + extra + ["engine.fast_forward=false"]),
+                    keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(chunked) >= 3, chunked

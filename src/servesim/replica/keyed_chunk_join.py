@@ -116,6 +116,7 @@ def apply_rests(st, steps_of: list[int], new_blocks: list, frees: list[tuple[int
     prompt's): returns those turns, whose chunks computed so far register their full blocks
     once the blocks are granted (`KVCacheManager.cache_full_blocks`, as the running pass did)."""
     k, reqs = st.k, st.reqs
+    keeps = st.kept[0] if st.kept is not None else None  # (a finish that keeps its blocks, a pin, frees none)
     cut = []
     for s, i, n in st.rests:
         req = reqs[i]
@@ -123,7 +124,7 @@ def apply_rests(st, steps_of: list[int], new_blocks: list, frees: list[tuple[int
             if n:
                 new_blocks.append((req, n))
                 frees.append((s, -n))
-                if st.remaining[i] <= k and (m := steps_of[i]) < k:
+                if st.remaining[i] <= k and (m := steps_of[i]) < k and not (keeps and keeps(req)):
                     frees.append((m, n))
         elif not cut or cut[-1] is not req:  # (its first step past k: a turn's rests are listed in step order)
             j = next((j for j, (r, _) in enumerate(st.keyed) if r is req), None)

@@ -113,10 +113,12 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     n = num_tokens - cached
     c = sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (not sched.chunk_joins or timer_s != INF or timed is not None or st.timers
+    if c != n and (not sched.chunk_joins
+                   or ((timer_s != INF or timed is not None or st.timers) and not policy_stops.all_through(st))
                    or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
         # a chunk of its prompt whose later steps are not certain (or priced past a policy
-        # timer, which may act at one of them: continuum's pins, whose expiry frees blocks)
+        # timer, which may act at one of them: continuum's pins, whose expiry frees blocks,
+        # unless the stretch runs through every one of them or stops before it)
         return False
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,

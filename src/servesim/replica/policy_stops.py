@@ -160,3 +160,12 @@ def late_pins(st: Stretch, last: int) -> tuple[float, list]:
         f = first_new[i]
         out.append((t, held[0], held[1] + ((r - 1 - f) // bs + 1 if f <= r - 1 else 0)))
     return INF, out
+
+
+def all_through(st: Stretch) -> bool:
+    """Does the stretch run through every policy timer that may fall in its later steps, or end
+    before it (`limit`)? The pins held before it all run through (none bounds it: `timers[0]`),
+    and those made inside it are run through or stop it (`late_pins`): a turn's chunk steps may
+    then be priced past them (their frees are the stretch's: `blocks_added`, `late_timers`)."""
+    timers = st.timers
+    return timers is not None and len(timers) > 4 and timers[0] == INF
