@@ -5,7 +5,9 @@ first, before the KV and key limits): a policy that reorders its batch between s
 policy whose finishes keep their blocks under a timer (`FastForward.finish_timer_s`: continuum's
 pins) at the first such timer. And the policy timers a stretch runs through instead
 (`FastForward.through_timers`: continuum's pins held before it, expiring inside it): fired at a
-join (`fire_before_join`) or when the stretch is applied (`late_timers`), in stepping's order.
+join (`fire_before_join`) or when the stretch is applied (`late_timers`), in stepping's order;
+and the pins its own finishes make, when their calls held their blocks alone (`late_pins`):
+fired when it is applied, after their finishes, the first pin that shares a block the bound.
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ class Stretch(StretchJoins, StretchPricing):
         self.kept: tuple[Callable[[Any], bool], float] | None = None
         # the policy's timers it runs through (`FastForward.through_timers`): [the first timer
         # that bounds it, [(time, key, blocks)] not fired yet, [(step, blocks)] fired at a join,
-        # the (step start, key) fired late, set when applied] (`replica/policy_stops.py`); None: none
+        # the (step start, key) fired late, set when applied] (`replica/policy_stops.py`), and for
+        # the timers its finishes set (`policy_stops.late_pins`) {request id: (key, blocks held at
+        # the start)} of those run through and the block size; None: none
         self.timers: list | None = None
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
@@ -291,7 +293,7 @@ class Stretch(StretchJoins, StretchPricing):
                 if self.timer_step(t) <= j:
                     delta -= n
             if len(self.timers) > 4:  # (and a pin made inside it: `policy_stops.late_pins`)
-                from servesim.replica.policy_stops import late_pins
+                from servesim.replica.policy_stops import late_pins  # (here: that module imports this one)
                 for t, _, n in late_pins(self, min(j, self.k) - 1)[1]:
                     if self.timer_step(t) <= j:
                         delta -= n

@@ -76,7 +76,9 @@ class FastForward:
     """With `through_finishes`: a finish may keep its KV blocks allocated (the policy's
     `keeps_blocks`) and sets a policy timer this long after its step's end (continuum's pins).
     The engine counts no blocks freed by such finishes and stops the stretch before the first
-    step that starts at or after its first finish's end plus this (the timer's `schedule`)."""
+    step that starts at or after its first finish's end plus this (the timer's `schedule`), or,
+    with `through_timers`, its first such finish that `stretch_timers(reqs)` did not list as
+    run through (those fire inside it: `policy_stops.late_pins`)."""
     through_timers: bool = False
     """With `through_finishes` and nothing waiting: the policy's timers that `stretch_timers`
     lists fire inside the stretch, each at the first step that starts at or after its time (as
