@@ -83,3 +83,60 @@ def test_other_schedulers_reject_adapter_requests_with_a_reason():
 def test_max_cpu_loras_below_max_loras_is_refused():
     with pytest.raises(ValueError, match="max_cpu_loras"):
         EngineConfig(max_loras=4, max_cpu_loras=2)
+
+
+def _admit_lora_acquiring_each(self, out, budget, now_s):
+    """vllm's `_admit_lora` before the full-slots skip: `acquire` asked of every waiting request."""
+    lora, running = self.lora, self.running
+    self._head_blocked_by_kv = False
+    blocked = True
+    for req in list(self.waiting):
+        if budget <= 0 or len(running) >= self.config.max_num_seqs:
+            blocked = False
+            break
+        if req.lora is not None and not lora.acquire(req, now_s, (r.lora for r in running)):
+            continue
+        left = self.admit(req, budget, out)
+        if left is None:
+            self._head_blocked_by_kv = not req.kv_block_keys and self.first_chunk(req, 0, budget) > 0
+            blocked = self._head_blocked_by_kv
+            break
+        budget = left
+    self._lora_blocked = blocked
+
+
+def test_a_queue_behind_full_adapter_slots_skips_acquire_with_the_same_results(monkeypatch):
+    """64 adapters, 8 slots, an overloaded replica: once no slot can be had in a pass, the rest
+    of the queue's adapters off the GPU are skipped without `acquire`; every request, step and
+    the summary as when each is asked, with far fewer calls."""
+    from servesim import load_scenario, simulate
+    from servesim.replica.schedulers.vllm import VLLMScheduler
+
+    sets = ["workload.trace=null", "workload.arrival.process=poisson", "workload.lengths.dataset=sharegpt",
+            "workload.num_requests=400", "workload.arrival.rate_per_s=5",
+            "workload.attributes.loras={count: 64, zipf_s: 1.0}"]
+    calls = [0]
+    acquire = LoRACache.acquire
+
+    def counted(self, *args):
+        calls[0] += 1
+        return acquire(self, *args)
+
+    def run():
+        calls[0] = 0
+        res = simulate(load_scenario(None, sets), keep_requests=True, keep_steps=True)
+        summary = res.summary()
+        for key in ("wall_time_s", "cpu_time_s"):
+            summary.pop(key, None)
+        steps = [(r.steps.end_s.tolist(), r.steps.num_waiting.tolist()) for r in res.replicas]
+        rows = [(r.id, r.state, r.first_token_s, r.finish_s, r.extra.get("lora_num_loads")) for r in res.requests]
+        return rows, steps, summary, calls[0]
+
+    with monkeypatch.context() as m:
+        m.setattr(LoRACache, "acquire", counted)
+        new = run()
+        m.setattr(VLLMScheduler, "_admit_lora", _admit_lora_acquiring_each)
+        old = run()
+    assert new[:3] == old[:3]
+    assert new[2]["lora"]["num_loads"] > 20 and max(max(w) for _, w in new[1]) > 50  # loads, a long queue
+    assert new[3] * 5 < old[3]

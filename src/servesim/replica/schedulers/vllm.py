@@ -116,12 +116,21 @@ class VLLMScheduler(VLLMSteps):
         lora, running = self.lora, self.running
         self._head_blocked_by_kv = False
         blocked = True  # no waiting request left that the next step could admit without an event
+        # Once an adapter found no slot, none frees in this pass (admissions only add running
+        # adapters and loads only start with a slot), so a later request whose adapter is not
+        # on the GPU is skipped without `acquire`'s pass over the running requests: under a
+        # long queue that pass, a waiting request a step, was nearly all of a run's time
+        gpu, full = lora.gpu, False
         for req in list(self.waiting):
             if budget <= 0 or len(running) >= max_num_seqs:
                 blocked = False
                 break
-            if req.lora is not None and not lora.acquire(req, now_s, (r.lora for r in running)):
-                continue  # its adapter is loading (a timer) or needs a slot (a finish)
+            if (name := req.lora) is not None:
+                if full and name not in gpu:
+                    continue
+                if not lora.acquire(req, now_s, (r.lora for r in running)):
+                    full = name not in gpu  # (no slot: `acquire` started no load and changed nothing)
+                    continue  # its adapter is loading (a timer) or needs a slot (a finish)
             left = self.admit(req, budget, out)
             if left is None:
                 self._head_blocked_by_kv = not req.kv_block_keys and self.first_chunk(req, 0, budget) > 0
