@@ -75,10 +75,6 @@ class SectionInput:
         run_lens = t.run_ends[pick] - starts + 1
         return self.step_ends_s[positions(starts, run_lens)], run_lens, num_runs
 
-    def extra(self, row: int) -> dict:
-        """The tags of request `row` kept from its `extra` (see row_tags.TAG_TYPES)."""
-        return self.table.extras.get(row)
-
 
 def compute_sections(data: SectionInput) -> dict:
     out = {}
