@@ -11,6 +11,7 @@ from servesim import load_scenario, simulate
 from servesim.cluster import routers
 from servesim.cluster.routers.base import Router
 from servesim.replica import fast_forward
+from servesim.replica.kv_cache import KVCacheManager
 from servesim.workload.feed import Feed
 
 SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
@@ -100,3 +101,17 @@ def keyed_joins(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(fast_forward, "keyed_join", counted)
     return joins
+
+
+def keep_kv_caches(m) -> list:
+    """Every `KVCacheManager` made while monkeypatch `m` holds, in the order made (to read
+    their counters after a run)."""
+    caches: list = []
+    init = KVCacheManager.__init__
+
+    def kept(self, *args, **kw):
+        init(self, *args, **kw)
+        caches.append(self)
+
+    m.setattr(KVCacheManager, "__init__", kept)
+    return caches

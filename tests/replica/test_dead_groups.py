@@ -8,7 +8,6 @@ cache and with whole simulations."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from servesim import load_scenario, simulate
 from servesim.replica import kv_cache
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import KVCacheManager
-from tests.cluster.helpers import assert_same_steps, outcome
+from tests.cluster.helpers import SESSIONS, assert_same_steps, keep_kv_caches, outcome
 from tests.factories import make_request
 from tests.replica.kv_reference import ReferenceKVCache
 from tests.replica.kv_reference import block_keys as reference_keys
@@ -133,41 +132,23 @@ def test_a_first_chunk_takes_back_part_of_a_dead_group_and_its_later_chunks_regi
     new_kv.check_all_free()
 
 
-def test_the_random_life_against_the_reference_takes_dead_groups_back():
+def test_the_random_life_against_the_reference_takes_dead_groups_back(monkeypatch):
     """`test_kv_cache_equivalence.py`'s random life (every answer compared with the per-block
     reference after every operation) runs through dead groups taken back."""
-    taken = []
-    init = KVCacheManager.__init__
-
-    def kept(self, *args, **kw):
-        init(self, *args, **kw)
-        taken.append(self)
-
-    KVCacheManager.__init__ = kept
-    try:
-        for seed in (1, 2, 3):
-            _run(seed, 16, num_blocks=100, steps=1500)
-    finally:
-        KVCacheManager.__init__ = init
+    taken = keep_kv_caches(monkeypatch)
+    for seed in (1, 2, 3):
+        _run(seed, 16, num_blocks=100, steps=1500)
     assert sum(kv._prefix.num_taken_back for kv in taken) > 10
 
 
-SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 TIGHT = ["workload.num_requests=300", "engine.gpu_memory_utilization=0.35", "workload.arrival.rate_per_s=2",
          "workload.sessions.turns=[2,4]"]
 
 
 def _simulate(sets: list[str], monkeypatch, per_block: int) -> tuple:
-    caches: list[KVCacheManager] = []
-    init = KVCacheManager.__init__
-
-    def kept(self, *args, **kw):
-        init(self, *args, **kw)
-        caches.append(self)
-
     with monkeypatch.context() as m:
         m.setattr(kv_cache, "DEAD_KEYS_PER_BLOCK", per_block)
-        m.setattr(KVCacheManager, "__init__", kept)
+        caches = keep_kv_caches(m)
         result = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
     return result, sum(kv._prefix.num_taken_back for kv in caches)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,8 @@ from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, fold
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.prefix_diagonals import DiagonalRecord
 from servesim.workload.prefix import HashIds
-from tests.cluster.helpers import assert_same_steps, outcome
+from tests.cluster.helpers import SESSIONS, assert_same_steps, keep_kv_caches, outcome
+from tests.replica.test_dead_groups import TIGHT
 from tests.factories import make_request
 from tests.replica.test_kv_cache_equivalence import _run
 
@@ -118,21 +118,9 @@ def test_keys_without_ranges_are_untracked_and_probed():
     assert p._untracked == 100 and len(p._index) == 100
 
 
-SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
-TIGHT = ["workload.num_requests=300", "engine.gpu_memory_utilization=0.35", "workload.arrival.rate_per_s=2",
-         "workload.sessions.turns=[2,4]"]
-
-
 def _simulate(sets: list[str], monkeypatch, record: bool) -> tuple:
-    caches: list[KVCacheManager] = []
-    init = KVCacheManager.__init__
-
-    def kept(self, *args, **kw):
-        init(self, *args, **kw)
-        caches.append(self)
-
     with monkeypatch.context() as m:
-        m.setattr(KVCacheManager, "__init__", kept)
+        caches = keep_kv_caches(m)
         if not record:
             m.setattr(DiagonalRecord, "_absent", lambda self, keys, i0, i1: False)
         result = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
