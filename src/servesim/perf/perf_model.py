@@ -1,7 +1,7 @@
 """`PerfModel`: step time, KV capacity and swap time for one (model, GPU, TP/PP, dtype, engine).
 
 The step-time methods are here; KV capacity and data-movement times are inherited from
-perf/memory.py; building a model from names is perf/build.py."""
+perf/memory.py, the speculative verify steps' forms from perf/spec_forms.py; building a model from names is perf/build.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from servesim.perf.hardware import GPUSpec
 from servesim.perf.memory import MemoryMixin
 from servesim.perf.models import ModelSpec
 from servesim.perf.roofline import causal_attention_pairs
-from servesim.perf.spec_forms import chunk_verify_time_fn
+from servesim.perf.spec_forms import VerifyFormsMixin
 from servesim.perf.terms import StepTerms
 
 
@@ -34,7 +34,7 @@ class StepTime:
 
 
 @dataclass(frozen=True, eq=False)
-class PerfModel(MemoryMixin):
+class PerfModel(MemoryMixin, VerifyFormsMixin):
     """Step-time model for one deployment; build it with `build_perf_model`. No I/O, no globals."""
 
     model_name: str
@@ -286,8 +286,9 @@ class PerfModel(MemoryMixin):
         runs = self._chunk_runs
         if key in runs:
             return runs[key]
-        run = None
-        if not (self._window is not None or chunk <= 0 or num_decodes < 0 or self._graphless):
+        if self._window is not None or chunk <= 0 or num_decodes < 0 or self._graphless:
+            run = None
+        else:
             n, num_tokens = num_decodes, chunk + num_decodes
             base = self._token_s(num_tokens) + self._logits_s(1 + num_decodes)
             pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
@@ -361,74 +362,6 @@ class PerfModel(MemoryMixin):
             gpu = max(gpu + self._graphless_add, self._floor)
         cpu = self.terms.cpu_s(num_seqs, num_tokens)
         return max(gpu, cpu) if self._overlap else gpu + cpu
-
-    def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
-        """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
-        chunk over its context (a speculative verify pass), one step per total context in
-        `ctx_sums`. Bit-identical to step_time_s([(tokens_per_seq, c) for c in ctxs], [], num_seqs)
-        for any ctxs summing to that total: the chunks' attention pairs, t * (c + t / 2), are
-        multiples of 1/2 summed exactly, and the rest is that method's float operations in its
-        order (no prompt-only term: the chunks are verify chunks). None with sliding-window
-        layers (the time then depends on each context)."""
-        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._graphless:
-            return None
-        t, n = tokens_per_seq, num_seqs
-        ctx_sums = np.asarray(ctx_sums, dtype=np.int64)
-        if int(ctx_sums.max(initial=0)) * 2 * t >= 1 << 52:
-            return None  # (pair sums no longer exact in floats: the scalar path's own rounding)
-        num_tokens = n * t
-        pairs = (2 * t * ctx_sums + n * t * t) / 2.0  # exact: what the scalar loop sums
-        full_layers, win_layers = self._layers
-        attention = self._pair_full * pairs
-        attention += self._pair_win * 0.0
-        attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
-        gpu = self._token_s(num_tokens) + self._logits_s(n)
-        gpu = gpu + attention
-        gpu += self._g_full * 0  # (no plain decodes)
-        cpu = self.terms.cpu_s(n, num_tokens)
-        if self._overlap:
-            return np.maximum(gpu, cpu, out=gpu)
-        gpu += cpu
-        return gpu
-
-    def verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
-        """`verify_step_times_s` for one total context at a time, as a scalar function
-        (ctx_sum -> step time; the same float operations in the same order, so bit-identical
-        to step_time_s([(tokens_per_seq, c) for c in ctxs], [], num_seqs) with sum(ctxs) == ctx_sum);
-        it returns None for a total whose pair sum is no longer exact in floats. None with
-        sliding-window layers. Memoised."""
-        fn = self._verify_fns.get((num_seqs, tokens_per_seq), False)
-        if fn is False:
-            fn = self._verify_fns[num_seqs, tokens_per_seq] = self._verify_time_fn(num_seqs, tokens_per_seq)
-        return fn
-
-    def _verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
-        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._graphless:
-            return None
-        t, n = tokens_per_seq, num_seqs
-        full_layers, win_layers = self._layers
-        pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
-        base = self._token_s(n * t) + self._logits_s(n)
-        cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
-
-        def time_s(ctx_sum: int) -> float | None:
-            if 2 * t * ctx_sum >= 1 << 52:
-                return None  # (as `verify_step_times_s`)
-            attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
-            attention += pair_win * 0.0
-            attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
-            gpu = base + attention
-            gpu += g * 0
-            return max(gpu, cpu) if overlap else gpu + cpu
-
-        return time_s
-
-    def chunk_verify_time_fn(self, num_seqs: int, tokens_per_seq: int, chunk: int):
-        """A prompt chunk beside verify chunks as a scalar form (`perf/spec_forms.py`), memoised."""
-        fn = self._verify_fns.get(key := (num_seqs, tokens_per_seq, chunk), False)
-        if fn is False:
-            fn = self._verify_fns[key] = chunk_verify_time_fn(self, num_seqs, tokens_per_seq, chunk)
-        return fn
 
     def step_breakdown(self, prefills: Sequence[tuple[int, int]], decode_ctxs: Sequence[int]) -> StepTime:
         """step_time_s split into its terms (not on the hot path)."""

@@ -1,4 +1,7 @@
-"""The scalar form of a speculative verify step beside a prompt chunk (`PerfModel.chunk_verify_time_fn`).
+"""The forms of speculative verify steps: `VerifyFormsMixin`, inherited by `PerfModel`.
+
+Verify steps alone (`verify_step_times_s`, `verify_time_fn`) and a verify step beside a prompt
+chunk (`chunk_verify_time_fn`).
 
 Sarathi-style chunk steps with speculative decoding run one prompt chunk and, for each of the
 batch's decodes, a verify chunk of 1 + k tokens over its context. A fast-forwarded run of such
@@ -12,6 +15,8 @@ chunks. Bit-identical: `step_time_s`'s float operations in its order, and the at
 from __future__ import annotations
 
 from typing import Callable
+
+import numpy as np
 
 PAIRS_EXACT = 1 << 52  # twice the attention pairs stay below this: their float sum is exact
 
@@ -45,3 +50,75 @@ def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
         return max(gpu, cpu) if overlap else gpu + cpu
 
     return time_s
+
+
+class VerifyFormsMixin:
+    """Verify-step times of a `PerfModel` (its memoised terms and floats: `_token_s`, `_pair_full`, ...)."""
+
+    def verify_step_times_s(self, num_seqs: int, tokens_per_seq: int, ctx_sums: np.ndarray) -> np.ndarray | None:
+        """Times of steps in which each of `num_seqs` sequences runs one `tokens_per_seq`-token
+        chunk over its context (a speculative verify pass), one step per total context in
+        `ctx_sums`. Bit-identical to step_time_s([(tokens_per_seq, c) for c in ctxs], [], num_seqs)
+        for any ctxs summing to that total: the chunks' attention pairs, t * (c + t / 2), are
+        multiples of 1/2 summed exactly, and the rest is that method's float operations in its
+        order (no prompt-only term: the chunks are verify chunks). None with sliding-window
+        layers (the time then depends on each context)."""
+        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._graphless:
+            return None
+        t, n = tokens_per_seq, num_seqs
+        ctx_sums = np.asarray(ctx_sums, dtype=np.int64)
+        if int(ctx_sums.max(initial=0)) * 2 * t >= 1 << 52:
+            return None  # (pair sums no longer exact in floats: the scalar path's own rounding)
+        num_tokens = n * t
+        pairs = (2 * t * ctx_sums + n * t * t) / 2.0  # exact: what the scalar loop sums
+        full_layers, win_layers = self._layers
+        attention = self._pair_full * pairs
+        attention += self._pair_win * 0.0
+        attention += self._kv_read * (full_layers * ctx_sums + win_layers * 0)
+        gpu = self._token_s(num_tokens) + self._logits_s(n)
+        gpu = gpu + attention
+        gpu += self._g_full * 0  # (no plain decodes)
+        cpu = self.terms.cpu_s(n, num_tokens)
+        if self._overlap:
+            return np.maximum(gpu, cpu, out=gpu)
+        gpu += cpu
+        return gpu
+
+    def verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
+        """`verify_step_times_s` for one total context at a time, as a scalar function
+        (ctx_sum -> step time; the same float operations in the same order, so bit-identical
+        to step_time_s([(tokens_per_seq, c) for c in ctxs], [], num_seqs) with sum(ctxs) == ctx_sum);
+        it returns None for a total whose pair sum is no longer exact in floats. None with
+        sliding-window layers. Memoised."""
+        fn = self._verify_fns.get((num_seqs, tokens_per_seq), False)
+        if fn is False:
+            fn = self._verify_fns[num_seqs, tokens_per_seq] = self._verify_time_fn(num_seqs, tokens_per_seq)
+        return fn
+
+    def _verify_time_fn(self, num_seqs: int, tokens_per_seq: int) -> Callable[[int], float] | None:
+        if self._window is not None or num_seqs <= 0 or tokens_per_seq <= 0 or self._graphless:
+            return None
+        t, n = tokens_per_seq, num_seqs
+        full_layers, win_layers = self._layers
+        pair_full, pair_win, kv_read, g = self._pair_full, self._pair_win, self._kv_read, self._g_full
+        base = self._token_s(n * t) + self._logits_s(n)
+        cpu, overlap = self.terms.cpu_s(n, n * t), self._overlap
+
+        def time_s(ctx_sum: int) -> float | None:
+            if 2 * t * ctx_sum >= 1 << 52:
+                return None  # (as `verify_step_times_s`)
+            attention = pair_full * ((2 * t * ctx_sum + n * t * t) / 2.0)
+            attention += pair_win * 0.0
+            attention += kv_read * (full_layers * ctx_sum + win_layers * 0)
+            gpu = base + attention
+            gpu += g * 0
+            return max(gpu, cpu) if overlap else gpu + cpu
+
+        return time_s
+
+    def chunk_verify_time_fn(self, num_seqs: int, tokens_per_seq: int, chunk: int):
+        """A prompt chunk beside verify chunks as a scalar form (`perf/spec_forms.py`), memoised."""
+        fn = self._verify_fns.get(key := (num_seqs, tokens_per_seq, chunk), False)
+        if fn is False:
+            fn = self._verify_fns[key] = chunk_verify_time_fn(self, num_seqs, tokens_per_seq, chunk)
+        return fn
