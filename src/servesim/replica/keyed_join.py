@@ -305,10 +305,10 @@ def admits_keyed(engine) -> bool:
     prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
     finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask (but for
     what `joins_last` reads at each join)."""
-    # (a policy that reorders its batch from step to step, only where the stretches end before
-    # a step two requests leave together, which only closed-loop ones do: `Engine._limit`)
-    return (engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
-            and (engine.notice is not None or not engine.scheduler.reorders_running))
+    # (a policy that reorders its batch from step to step too: its keyed stretches end before a
+    # step two requests leave together, closed loop or open, `policy_stops.limit`, and a join
+    # there is refused, `departs_together`)
+    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
 
 
 def _vllm_admission(sched) -> bool:
