@@ -7,28 +7,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from servesim import load_scenario, simulate
 from servesim.replica import policy_stops
 from servesim.replica.kv_release import BlockRelease
+
+from tests.cluster.helpers import assert_same_steps, outcome
 
 MOONCAKE = str(Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml")
 SETS = ["scheduler.name=autellix", "workload.num_requests=300"]
 
 
 def run(sets: list[str], monkeypatch) -> tuple:
-    """(result, request ids in the order the KV cache freed them, stretches ended early)."""
-    freed: list[int] = []
+    """(result, request ids in the order each replica's KV cache freed them, stretches ended
+    early)."""
+    freed: dict[int, list[int]] = {}  # (by cache: across replicas a stretch's frees come at its end)
     ended = [0]
     free, free_all, end = BlockRelease.free, BlockRelease.free_all, policy_stops.end_before_shared_departure
     inside = [False]
 
     def log_free(self, req_id):
         if not inside[0]:
-            freed.append(req_id)
+            freed.setdefault(id(self), []).append(req_id)
         return free(self, req_id)
 
     def log_free_all(self, req_ids):
-        freed.extend(req_ids)
+        freed.setdefault(id(self), []).extend(req_ids)
         inside[0] = True
         try:
             return free_all(self, req_ids)
@@ -45,7 +50,7 @@ def run(sets: list[str], monkeypatch) -> tuple:
     monkeypatch.setattr(policy_stops, "end_before_shared_departure", count_ended)
     result = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
     monkeypatch.undo()
-    return result, freed, ended[0]
+    return result, sorted(freed.values()), ended[0]
 
 
 def test_open_loop_keyed_frees_in_stepping_order(monkeypatch):
@@ -53,8 +58,33 @@ def test_open_loop_keyed_frees_in_stepping_order(monkeypatch):
     slow, slow_freed, _ = run(SETS + ["engine.fast_forward=false"], monkeypatch)
     assert fast.num_fast_forwarded_steps > 0.9 * fast.summary()["num_steps"]  # (it stretched)
     assert ended >= 1  # a stretch ended before a shared departure (main's ran through it)
-    assert sorted(fast_freed) == list(range(300))
+    assert sorted(sum(fast_freed, [])) == list(range(300))
     assert fast_freed == slow_freed  # (main: requests 58 and 49 freed the other way round)
     rows = [(r.id, r.first_token_s, r.finish_s, r.num_preemptions, r.num_cached_tokens) for r in fast.requests]
     assert rows == [(r.id, r.first_token_s, r.finish_s, r.num_preemptions, r.num_cached_tokens)
                     for r in slow.requests]
+
+
+@pytest.mark.parametrize("extra, least", [(["replicas=8", "workload.trace.speedup=2"], 60),  # (88 of 300)
+                                          (["replicas=4", "router.name=least-requests", "workload.trace.speedup=1"], 4)])
+def test_open_loop_keyed_calls_join_stretches_exactly(extra, least, monkeypatch):
+    """Lone calls with prefix keys join the keyed stretch in flight (`keyed_join`: keyed joins on
+    for autellix without finish notices, since such stretches end before shared departures):
+    frees, results and step logs are stepping's."""
+    from servesim.replica import fast_forward
+
+    joins = [0]
+    keyed_join = fast_forward.keyed_join
+
+    def count_joins(engine, st, now_s):
+        joined = keyed_join(engine, st, now_s)
+        joins[0] += joined
+        return joined
+
+    monkeypatch.setattr(fast_forward, "keyed_join", count_joins)
+    fast, fast_freed, _ = run(SETS + extra, monkeypatch)  # (`run` undoes the patches)
+    slow, slow_freed, _ = run(SETS + extra + ["engine.fast_forward=false"], monkeypatch)
+    assert joins[0] >= least, joins  # (main: none, keyed joins were off)
+    assert fast_freed == slow_freed
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)

@@ -115,10 +115,12 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     stall = sched.stalls_decodes
     c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (not sched.chunk_joins or timer_s != INF or timed is not None or st.timers
-                   or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None):
+    if c != n and (timer_s != INF or timed is not None or st.timers
+                   or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None
+                   or len(chunked[1]) > sched.max_join_chunks):
         # a chunk of its prompt whose later steps are not certain (or priced past a policy
-        # timer, which may act at one of them: continuum's pins, whose expiry frees blocks)
+        # timer, which may act at one of them: continuum's pins, whose expiry frees blocks; or
+        # middle chunks of a policy that may run them before the decodes: `max_join_chunks`)
         return False
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,
@@ -303,10 +305,10 @@ def admits_keyed(engine) -> bool:
     prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
     finishes) and vLLM's own admission; fixed for a run, so `keyed_join` need not ask (but for
     what `joins_last` reads at each join)."""
-    # (a policy that reorders its batch from step to step, only where the stretches end before
-    # a step two requests leave together, which only closed-loop ones do: `Engine._limit`)
-    return (engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
-            and (engine.notice is not None or not engine.scheduler.reorders_running))
+    # (a policy that reorders its batch from step to step too: its keyed stretches end before a
+    # step two requests leave together, closed loop or open, `policy_stops.limit`, and a join
+    # there is refused, `departs_together`)
+    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
 
 
 def _vllm_admission(sched) -> bool:
@@ -344,7 +346,7 @@ def _vllm_admission(sched) -> bool:
         return (cls.schedule is KeyedScheduler.schedule and cls._admit is KeyedScheduler._admit
                 and cls.before_join is KeyedScheduler.before_join and cls.start is AutellixScheduler.start
                 and cls.joins_last is AutellixScheduler.joins_last and cls.keyed_joined is AutellixScheduler.keyed_joined
-                and not cls.chunk_joins)
+                and cls.max_join_chunks == 1)
     if isinstance(sched, VLLMScheduler):
         return (cls.schedule is VLLMScheduler.schedule and cls.arrivals_join is VLLMScheduler.arrivals_join
                 and cls.join is VLLMScheduler.join and cls.before_join is VLLMScheduler.before_join

@@ -61,7 +61,10 @@ class AutellixParams(SchedulerParams):
 class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     Params = AutellixParams
     reorders_running = True  # (each step sorts the batch by level, which service moves)
-    chunk_joins = False  # (a chunked prompt's later chunks take the budget in its level's place)
+    # A turn joining with chunks: its first chunk at the join step s, its rest at s + 1 (within the
+    # budget the decodes leave, so the level sort's place of it changes no one's tokens), no middle
+    # chunk (one sorted before a decode would take the whole budget there).
+    max_join_chunks = 1
 
     @property
     def arrival_reads_finishes(self) -> bool:

@@ -31,10 +31,13 @@ class FastForwardHooks:
     # then ends before a step that two of its requests leave together (`Engine._limit`): their
     # finishes, follow-ups and frees come in that step's order, which the next `schedule` gives.
     reorders_running: ClassVar[bool] = False
-    # Whether a next turn whose prompt the token budget chunks may join a keyed stretch with its
-    # chunks (`replica/keyed_chunk_join.py`): its later chunks come in the running pass after
-    # the decodes, where a policy running it last puts them (not autellix: by level).
-    chunk_joins: ClassVar[bool] = True
+    # How many chunk steps before its rest (the first chunk's step s included) a next turn whose
+    # prompt the token budget chunks may take to join a keyed stretch (`replica/keyed_chunk_join.py`):
+    # its middle chunks get the budget the decodes leave, as the running pass gives it to a prompt
+    # run after them (any number, where a policy runs it last). Autellix sorts it by level, maybe
+    # before a decode, where a middle chunk would take the whole budget: only its rest, whole in
+    # what the decodes leave, gets the same tokens in any place of the pass (1).
+    max_join_chunks: ClassVar[float] = math.inf
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         """May the engine repeat the step `schedule` just returned, and how far (see
