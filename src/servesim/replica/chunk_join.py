@@ -37,19 +37,33 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+from servesim.replica.block_keys import BlockKeys
+from servesim.replica.join_keys import REFUSED, unplanned
 
-def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
+
+def chunk_join(engine, st, now_s: float, num_running: int, keyed: bool = False) -> bool:
     """At `now_s`, the boundary s0 = k of the stretch `st` (a plain `Stretch` through finishes,
     cut by an arrival that cannot join whole): admit the waiting request with its first chunk
     if `arrival_chunk` says so and its chunk steps are certain (above), price them and the join
-    of its rest, and price on. True if it joined; False changes nothing."""
+    of its rest, and price on. True if it joined; False changes nothing.
+
+    `keyed` (`replica/keyed_join.py`: Sarathi's next turns): the request may have prefix keys,
+    which Sarathi's admission registers for its whole prompt's full blocks without a lookup (its
+    context computed again). It joins only if that registration is stepping's at s0: none of
+    those keys indexed nor planned by the stretch up to its rest's step (`join_keys.unplanned`);
+    from there on it registers its decodes' blocks as the stretch's other keyed requests."""
     sched = engine.scheduler
     if num_running < 1 or st._forms is None:
         return False
-    got = sched.arrival_chunk(num_running)
+    got = sched.arrival_chunk(num_running, 0, keyed)
     if got is None:
         return False
     req, c = got
+    keys = req.kv_block_keys if keyed else None
+    if keys:  # (first: at a replica holding the turn's context, the usual refusal)
+        if type(keys) is not BlockKeys or (runs := engine.kv._prefix.unindexed(
+                keys, 0, min(req.num_tokens // engine.kv.block_size, keys.num_blocks))) is None:
+            return False
     # The chunk steps: step j gives the prompt the budget the decodes still running leave (the
     # first chunk c is what the `num_running` leave: a decode that leaves adds one token to
     # the next), up to the step whose budget covers its rest
@@ -67,16 +81,33 @@ def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(last + 1, bs) > free and st.blocks_needed(last + 1, bs) > free:
         return False  # (the admission at s0 and every decode's block up to the last chunk)
+    plan = None  # (the stretch's registration plan, kept valid past the admission's registration)
+    if keys and (plan := unplanned(engine.kv, st, runs, s0, last)) is REFUSED:
+        return False
     if st._f is None or st._priced != s0:
         st.truncate(s0)  # (priced ahead by numpy chunks: the scalar state of step s0)
         st._sync()
     sched.join([(req, c)], st.out)  # (listed in the output the stretch's end hands `end_step`)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
+    if plan is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
+        engine.kv._planned = (*plan[:3], engine.kv._prefix.num_inserts, *plan[4:])
     first_new = engine.kv.num_blocks_of(req.id) * bs - (n - last) + 1  # (`first_new_block_steps`, ctx1 n - last)
     st.chain_at = join_after_chunks(engine, st, chunk_fn, req, chunks, 0, n, first_new, blocks, blocks)
     engine.num_joined_arrivals += 1
-    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    horizon_s = engine._stretch_horizon_s(now_s, st.end_s)
+    if keys:
+        # a keyed request of the stretch from its rest's step (its context there n - last in
+        # the stretch's frame), registering its decodes' blocks up to its last step
+        if st.keyed_last is None:
+            st.keyed_last = []
+        st.keyed.append((req, n - last))
+        st.keyed_last.append(last + req.output_len - 1)
+        # (the scalar state is step last + 1's after `join_one`: a busy replica among many
+        # prices a few steps ahead, as a vLLM turn's keyed join does; the same floats)
+        st.price_on(horizon_s, engine.join_ahead)
+    else:
+        st.price(horizon_s)
     engine._limit(st, last + 1)
     engine._schedule_stretch_end(st)
     return True

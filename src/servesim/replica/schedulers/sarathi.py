@@ -183,16 +183,17 @@ class SarathiScheduler(Scheduler):
         return whole_prompts(self.waiting, len(self.running), num_running, self.config.max_num_seqs,
                              self.params.chunk_size, lambda req, budget: min(req.num_tokens, budget))
 
-    def arrival_chunk(self, num_running: int, spent: int = 0) -> tuple[Request, int] | None:
+    def arrival_chunk(self, num_running: int, spent: int = 0, keyed: bool = False) -> tuple[Request, int] | None:
         # Step 3 with one newcomer whose prompt the budget the decodes (and `spent`: a prompt's
         # rest in step 2) leave does not cover: admitted with that budget as its first chunk, it
         # takes the whole budget in every step until its last chunk (step 2), and nothing else
-        # waits to be admitted beside it.
+        # waits to be admitted beside it. (A next turn's prefix keys change nothing here: step 3
+        # never looks them up; `keyed`: the engine checks what its registration does.)
         if self.num_waiting != 1 or len(self.running) >= self.config.max_num_seqs:
             return None
         req = self.waiting.peek()
         budget = self.params.chunk_size - num_running - spent
-        if budget <= 0 or req.prompt_len <= budget or not is_fresh(req):
+        if budget <= 0 or req.prompt_len <= budget or not is_fresh(req, keyed):
             return None
         return req, budget
 
