@@ -1,0 +1,71 @@
+"""Sarathi's next turns join the stretch in flight with their chunks at a replica among many
+(`keyed_join` -> `chunk_join` with `keyed`): the turn's whole prompt is admitted at the join
+step with the budget the decodes leave as its first chunk, its keys registered there without a
+lookup (none of them indexed or planned by the stretch), its chunks run beside the decodes up
+to its rest's step, and from there it decodes with them, registering its blocks as the
+stretch's keyed requests do. The results, step log included, are stepping's."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.replica import keyed_join
+
+from .helpers import SESSIONS, assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
+
+# Busy conversations under Sarathi's budget (a turn's context takes tens of chunks of 256)
+BUSY = ["scheduler.name=sarathi", "scheduler.chunk_size=256", "workload.num_requests=400",
+        "workload.arrival.rate_per_s=6", "workload.sessions.think_time_s=1", "router.name=least-requests"]
+
+
+def run_both(sets: list[str], monkeypatch) -> tuple:
+    """(fast-forwarded, stepped) results and the turns that joined with their chunks (each with
+    its number of keys and whether its whole prompt's blocks were taken at the join)."""
+    joined = []
+    chunk_join = keyed_join.chunk_join
+
+    def counted(engine, st, now_s, num_running, keyed=False):
+        req = next(iter(engine.scheduler.waiting))
+        ok = chunk_join(engine, st, now_s, num_running, keyed)
+        if ok:
+            assert keyed and req in engine.scheduler.running
+            joined.append((req.id, req.kv_block_keys.num_blocks, engine.kv.num_blocks_of(req.id) * engine.kv.block_size
+                           >= req.num_tokens))
+        return ok
+
+    monkeypatch.setattr(keyed_join, "chunk_join", counted)
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    n = len(joined)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert len(joined) == n  # (stepping joins nothing)
+    return fast, slow, joined
+
+
+@pytest.mark.parametrize("extra, least", [
+    (["replicas=4"], 40),  # (54 of 400 on the branch that built it)
+    (["replicas=4", "engine.gpu_memory_utilization=0.25"], 10),  # a small cache: stretches limited to the blocks free (19)
+    (["replicas=3", "workload.shared_prefix={tokens: 512, groups: 2}"], 1),  # first blocks indexed: most refused (2)
+])
+def test_sarathi_next_turns_join_with_their_chunks_exactly(extra, least, monkeypatch):
+    fast, slow, joined = run_both(BUSY + extra, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    # (before, Sarathi's turns ended every stretch they reached: none joined)
+    assert len(joined) >= least, len(joined)
+    assert all(keys > 0 and whole for _, keys, whole in joined)  # (turns with keys; Sarathi's admission takes every block)
+
+
+def test_sarathi_turn_joins_under_a_router_reading_every_view(reads_everything, monkeypatch):
+    fast, slow, joined = run_both(BUSY + ["replicas=3", f"router.name={reads_everything}"], monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(joined) >= 20, len(joined)  # (37)
+
+
+def test_a_sole_replica_keeps_sarathi_turns_out_of_its_stretches(monkeypatch):
+    # (at one replica a turn's context is often still indexed where it arrives, and the whole
+    # registration plans that keyed joins need cost more than the few joins save)
+    fast, slow, joined = run_both(BUSY + ["replicas=1"], monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert not joined
