@@ -3,7 +3,9 @@
 step with the budget the decodes leave as its first chunk, its keys registered there without a
 lookup (none of them indexed or planned by the stretch), its chunks run beside the decodes up
 to its rest's step, and from there it decodes with them, registering its blocks as the
-stretch's keyed requests do. The results, step log included, are stepping's."""
+stretch's keyed requests do. A turn arriving inside another prompt's chunk steps waits to that
+prompt's rest and joins beside it (`chain_join` with `keyed`). The results, step log included,
+are stepping's."""
 
 from __future__ import annotations
 
@@ -21,20 +23,23 @@ BUSY = ["scheduler.name=sarathi", "scheduler.chunk_size=256", "workload.num_requ
 
 def run_both(sets: list[str], monkeypatch) -> tuple:
     """(fast-forwarded, stepped) results and the turns that joined with their chunks (each with
-    its number of keys and whether its whole prompt's blocks were taken at the join)."""
+    its number of keys, whether its whole prompt's blocks were taken at the join, and whether
+    it chained: kept waiting inside another prompt's chunks, joining beside that prompt's rest)."""
     joined = []
-    chunk_join = keyed_join.chunk_join
 
-    def counted(engine, st, now_s, num_running, keyed=False):
-        req = next(iter(engine.scheduler.waiting))
-        ok = chunk_join(engine, st, now_s, num_running, keyed)
-        if ok:
-            assert keyed and req in engine.scheduler.running
-            joined.append((req.id, req.kv_block_keys.num_blocks, engine.kv.num_blocks_of(req.id) * engine.kv.block_size
-                           >= req.num_tokens))
-        return ok
+    def counting(join, chained):
+        def counted(engine, st, *args, keyed=False):
+            req = next(iter(engine.scheduler.waiting))
+            ok = join(engine, st, *args, keyed=keyed)
+            if ok:
+                assert keyed and req in engine.scheduler.running
+                whole = engine.kv.num_blocks_of(req.id) * engine.kv.block_size >= req.num_tokens
+                joined.append((req.id, req.kv_block_keys.num_blocks, whole, chained))
+            return ok
+        return counted
 
-    monkeypatch.setattr(keyed_join, "chunk_join", counted)
+    monkeypatch.setattr(keyed_join, "chunk_join", counting(keyed_join.chunk_join, False))
+    monkeypatch.setattr(keyed_join, "chain_join", counting(keyed_join.chain_join, True))
     fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
     n = len(joined)
     slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
@@ -42,25 +47,27 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     return fast, slow, joined
 
 
-@pytest.mark.parametrize("extra, least", [
-    (["replicas=4"], 40),  # (54 of 400 on the branch that built it)
-    (["replicas=4", "engine.gpu_memory_utilization=0.25"], 10),  # a small cache: stretches limited to the blocks free (19)
-    (["replicas=3", "workload.shared_prefix={tokens: 512, groups: 2}"], 1),  # first blocks indexed: most refused (2)
+@pytest.mark.parametrize("extra, least, chained", [
+    (["replicas=4"], 50, 8),  # (70 of 400 on the branch that built it, 16 of them chained)
+    (["replicas=4", "engine.gpu_memory_utilization=0.25"], 10, 1),  # a small cache: stretches limited to the blocks free (21, 2)
+    (["replicas=3", "workload.shared_prefix={tokens: 512, groups: 2}"], 1, 0),  # first blocks indexed: most refused (2, 0)
 ])
-def test_sarathi_next_turns_join_with_their_chunks_exactly(extra, least, monkeypatch):
+def test_sarathi_next_turns_join_with_their_chunks_exactly(extra, least, chained, monkeypatch):
     fast, slow, joined = run_both(BUSY + extra, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     # (before, Sarathi's turns ended every stretch they reached: none joined)
     assert len(joined) >= least, len(joined)
-    assert all(keys > 0 and whole for _, keys, whole in joined)  # (turns with keys; Sarathi's admission takes every block)
+    assert all(keys > 0 and whole for _, keys, whole, _ in joined)  # (turns with keys; Sarathi's admission takes every block)
+    assert sum(c for *_, c in joined) >= chained
 
 
 def test_sarathi_turn_joins_under_a_router_reading_every_view(reads_everything, monkeypatch):
     fast, slow, joined = run_both(BUSY + ["replicas=3", f"router.name={reads_everything}"], monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
-    assert len(joined) >= 20, len(joined)  # (37)
+    assert len(joined) >= 20, len(joined)  # (42, 5 of them chained)
+    assert sum(c for *_, c in joined) >= 2
 
 
 def test_a_sole_replica_keeps_sarathi_turns_out_of_its_stretches(monkeypatch):

@@ -14,6 +14,7 @@ keyed joins (`replica/keyed_join.py`: the keys past its prefix hits) and Sarathi
 
 from __future__ import annotations
 
+from servesim.replica.block_keys import BlockKeys
 from servesim.replica.prefix_registration import _runs_from
 
 # `unplanned`'s answer when the keys may not register now (a plan is a tuple; None: no plan to keep)
@@ -61,3 +62,26 @@ def _step_keys(st, s: int, bs: int) -> set | None:
                     return None
                 out.update(runs)
     return out
+
+
+def turn_runs(kv, req) -> list | None:
+    """The run keys of the whole prompt of `req` (a Sarathi turn: its admission registers its
+    prompt's full blocks without a lookup) if none is indexed (`PrefixIndex.unindexed`), else
+    None (so are keys that are not a `BlockKeys`)."""
+    keys = req.kv_block_keys
+    if type(keys) is not BlockKeys:
+        return None
+    return kv._prefix.unindexed(keys, 0, min(req.num_tokens // kv.block_size, keys.num_blocks))
+
+
+def keep_turn(kv, st, req, plan: tuple | None, ctx1: int, last: int) -> None:
+    """After the admission of `req` registered the runs `unplanned` checked: the stretch's plan
+    kept valid (none of them was planned: only its count of inserts moves), and the turn one of
+    the stretch's keyed requests from its rest's step `last` (its context there `ctx1` + `last`),
+    registering its decodes' blocks up to its last step as the others do."""
+    if plan is not None:
+        kv._planned = (*plan[:3], kv._prefix.num_inserts, *plan[4:])
+    if st.keyed_last is None:
+        st.keyed_last = []
+    st.keyed.append((req, ctx1))
+    st.keyed_last.append(last + req.output_len - 1)

@@ -55,7 +55,7 @@ from math import inf as INF
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.chunk_join import chunk_join
+from servesim.replica.chunk_join import chain_join, chunk_join
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.join_keys import REFUSED, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
@@ -101,7 +101,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         return False
     if type(sched) is SarathiScheduler:  # (a turn computed whole again, no lookup, its prompt chunked)
         if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
-            return False  # (cut inside a prompt's chunks: the budget is that prompt's up to its last)
+            # (cut inside a prompt's chunks: the budget is that prompt's up to its last, where a
+            # turn kept waiting may join beside its rest, as a fresh prompt does)
+            return st.chain_at is not None and chain_join(engine, st, now_s, keyed=True)
         return chunk_join(engine, st, now_s, num_running, keyed=True)
     req = next(iter(sched.waiting))
     if st.timers is not None and st.timers[1]:  # (pins that expired inside the stretch before step s)
