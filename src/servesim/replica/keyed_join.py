@@ -66,7 +66,6 @@ from servesim.replica.schedulers.continuum import ContinuumScheduler
 from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
-from servesim.replica.schedulers.sarathi import SarathiScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.schedulers.vllm_v0 import VLLMV0Scheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
@@ -99,7 +98,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False
-    if type(sched) is SarathiScheduler:  # (a turn computed whole again, no lookup, its prompt chunked)
+    if sched.turns_join_in_chunks:  # (Sarathi: a turn computed whole again, no lookup, its prompt chunked)
         if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
             # (cut inside a prompt's chunks: the budget is that prompt's up to its last, where a
             # turn kept waiting may join beside its rest, as a fresh prompt does)
@@ -305,6 +304,10 @@ def _sarathi_admission(sched) -> bool:
     context is often still indexed there, so the whole registration plans that keyed joins
     need cost more than the joins save (sarathi sessions at 1 replica, 2,000 requests: 154
     turns of 784 joined, 276 refused for indexed keys, Python calls +3.3 %)."""
+    if not sched.turns_join_in_chunks:
+        return False
+    # (imported here: a run imports only the policies it names, and only Sarathi sets the flag)
+    from servesim.replica.schedulers.sarathi import SarathiScheduler
     cls = type(sched)
     return (cls is SarathiScheduler or (isinstance(sched, SarathiScheduler) and cls.schedule is SarathiScheduler.schedule
             and cls.join is SarathiScheduler.join and cls.arrival_chunk is SarathiScheduler.arrival_chunk

@@ -129,6 +129,11 @@ class FastForwardHooks:
     # through finishes (`fast_forward`'s `REPEAT_THROUGH`)? Then the engine plans the prompt's
     # chunks, its rest and those decode steps as one stretch (`replica/chunk_rest.py`).
     rest_joins_decodes = False
+    # Does its admission of a waiting request with prefix keys never look them up, registering
+    # its whole prompt's keys and computing the prompt in chunks as a fresh one's (`arrival_chunk`
+    # with `keyed`: Sarathi)? Then, at a replica among many, its next turns join stretches with
+    # their chunks (`replica/keyed_join.py`).
+    turns_join_in_chunks = False
     # Does a step that admits prompts run them alone, every running request stalled for it
     # (prefill-first: vLLM V0, SGLang without mixed chunks)? Then `arrivals_join`'s requests
     # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.

@@ -158,6 +158,9 @@ class SarathiScheduler(Scheduler):
     # leaves the rest to what waits then; after it every running request decodes and, with
     # nothing waiting, `fast_forward` answers `REPEAT_THROUGH` (`replica/chunk_rest.py`).
     rest_joins_decodes = True
+    # Step 3 never looks a next turn's keys up (its prompt is computed again, in chunks): it
+    # joins with them as a fresh long prompt does, where its keys are unindexed (`keyed_join`).
+    turns_join_in_chunks = True
 
     def shares_chunk(self, output: SchedulerOutput) -> int:
         # Decodes, a prompt's last chunk (emitting its first token) and the next prompt's first
