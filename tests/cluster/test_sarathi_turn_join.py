@@ -53,8 +53,10 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
 @pytest.mark.parametrize("extra, least, chained, rests", [
     # (75 of 400 on the branch that built it: 16 beside a joined prompt's rest, 5 beside a planned one's)
     (["replicas=4"], 50, 8, 2),
-    (["replicas=4", "engine.gpu_memory_utilization=0.25"], 10, 1, 1),  # a small cache: stretches limited to the blocks free (22, 2, 1)
-    (["replicas=3", "workload.shared_prefix={tokens: 512, groups: 2}"], 1, 0, 1),  # first blocks indexed: most refused (3, 0, 1)
+    # a small cache: stretches limited to the blocks free (22, 2, 1)
+    (["replicas=4", "engine.gpu_memory_utilization=0.25"], 10, 1, 1),
+    # a shared system prompt: most turns' first blocks indexed, refused (3, 0, 1)
+    (["replicas=3", "workload.shared_prefix={tokens: 512, groups: 2}"], 1, 0, 1),
 ])
 def test_sarathi_next_turns_join_with_their_chunks_exactly(extra, least, chained, rests, monkeypatch):
     fast, slow, joined = run_both(BUSY + extra, monkeypatch)
@@ -62,7 +64,8 @@ def test_sarathi_next_turns_join_with_their_chunks_exactly(extra, least, chained
     assert_same_steps(fast, slow)
     # (before, Sarathi's turns ended every stretch they reached: none joined)
     assert len(joined) >= least, len(joined)
-    assert all(keys > 0 and whole for _, keys, whole, _ in joined)  # (turns with keys; Sarathi's admission takes every block)
+    # (turns with keys; Sarathi's admission takes every block of the prompt)
+    assert all(keys > 0 and whole for _, keys, whole, _ in joined)
     assert sum(c == "joined" for *_, c in joined) >= chained
     assert sum(c == "rest" for *_, c in joined) >= rests
 

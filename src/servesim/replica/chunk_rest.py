@@ -17,8 +17,9 @@ Stepping admits nothing in steps 0 .. q - 1 (the prompt spends the budget), so a
 first step is one of them (or q) waits as in a chunk stretch, and the stretch then ends at q,
 where stepping's `schedule` admits it beside the rest (`rest_keeps_arrival`; one seen from
 q + 1 on cuts it as any arrival does); there it may join the stretch instead, as beside a joined
-prompt's rest (`Stretch.chain_at`, `chunk_join.chain_join`). A cut, a finish's follow-up arriving at once or the KV limit inside the
-chunk steps leaves the prompt with the chunks that ran (`apply_prompt_runs`), as stepping.
+prompt's rest (`Stretch.chain_at`, `chunk_join.chain_join`). A cut, a finish's follow-up arriving
+at once or the KV limit inside the chunk steps leaves the prompt with the chunks that ran
+(`apply_prompt_runs`), as stepping.
 Planned only where stepping's steps are certain: a prompt computed for the first time, nothing waiting, a decode running in every
 step up to q, finishes processed late (`chunks_through`) with a decode stretch's conditions
 (`FastForward.through_finishes`, no step cap, no timer), the scalar chunk and decode forms.

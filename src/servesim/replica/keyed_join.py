@@ -309,9 +309,10 @@ def _sarathi_admission(sched) -> bool:
     # (imported here: a run imports only the policies it names, and only Sarathi sets the flag)
     from servesim.replica.schedulers.sarathi import SarathiScheduler
     cls = type(sched)
-    return (cls is SarathiScheduler or (isinstance(sched, SarathiScheduler) and cls.schedule is SarathiScheduler.schedule
-            and cls.join is SarathiScheduler.join and cls.arrival_chunk is SarathiScheduler.arrival_chunk
-            and cls.join_blocks is SarathiScheduler.join_blocks))
+    return cls is SarathiScheduler or (
+        isinstance(sched, SarathiScheduler) and cls.schedule is SarathiScheduler.schedule
+        and cls.join is SarathiScheduler.join and cls.arrival_chunk is SarathiScheduler.arrival_chunk
+        and cls.join_blocks is SarathiScheduler.join_blocks)
 
 
 def _vllm_admission(sched) -> bool:
