@@ -14,10 +14,12 @@ others (an entry of `Stretch.joins` at q, its chunks kept in `Stretch.prompt_run
 all taken at admission: none join with it).
 
 Stepping admits nothing in steps 0 .. q - 1 (the prompt spends the budget), so an arrival whose
-first step is one of them waits as in a chunk stretch, and the stretch then ends at q, where
-stepping's `schedule` admits it beside the rest (`rest_keeps_arrival`; one seen from q on cuts
-it as any arrival does). A cut, a finish's follow-up arriving at once or the KV limit inside the
-chunk steps leaves the prompt with the chunks that ran (`apply_prompt_runs`), as stepping.
+first step is one of them (or q) waits as in a chunk stretch, and the stretch then ends at q,
+where stepping's `schedule` admits it beside the rest (`rest_keeps_arrival`; one seen from
+q + 1 on cuts it as any arrival does); there it may join the stretch instead, as beside a joined
+prompt's rest (`Stretch.chain_at`, `chunk_join.chain_join`). A cut, a finish's follow-up arriving
+at once or the KV limit inside the chunk steps leaves the prompt with the chunks that ran
+(`apply_prompt_runs`), as stepping.
 Planned only where stepping's steps are certain: a prompt computed for the first time, nothing waiting, a decode running in every
 step up to q, finishes processed late (`chunks_through`) with a decode stretch's conditions
 (`FastForward.through_finishes`, no step cap, no timer), the scalar chunk and decode forms.
@@ -111,6 +113,9 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     first_new = kv.num_blocks_of(prompt.id) * bs - (prompt.num_tokens - q) + 1
     st.prompt_runs.append((0, [c] + chunks, prompt, 0))  # (its chunks from step 0, for the views and the step log)
     computed0 = prompt.num_computed_tokens
+    # (the scalar state of the rest's step q: an arrival kept waiting inside the full chunks may
+    # join there beside the rest, as beside a joined prompt's: `chunk_join.chain_join`)
+    st.chain_at = (q, st._active, st._ctx_sum, done, prompt.num_tokens - done)
     st.join_one(prompt, prompt.num_tokens - computed0, first_new, 0, step_s, forms, bs, computed0)
     # its blocks, all taken at admission, are in use before the stretch: the step log's count
     # from its join step (`apply_joins`) is taken back there, as for a joiner's held hits
@@ -131,11 +136,13 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
 
 def rest_keeps_arrival(engine, st: Stretch, req, now_s: float) -> bool:
     """Asked before `add_request` takes `req` in, while `st` (a stretch of `chunks_then_decodes`)
-    runs: is its first step (the one after the step in flight) one of the prompt's full chunks,
-    before the rest's step `spent_to`, and may it wait through them (`Engine.arrival_keeps` as
-    for a chunk stretch)? Changes no state."""
+    runs: is its first step (the one after the step in flight) one of the prompt's full chunks
+    or the rest's step `spent_to`, and may it wait through them (`Engine.arrival_keeps` as for a
+    chunk stretch)? Changes no state. (One first seen at the rest's step waits to it too rather
+    than cut the stretch there: so every newcomer that may join beside the rest, `chain_at`,
+    was logged waiting, as `chunk_join.keeps_in_chunks` keeps them.)"""
     # (the first step to see it as `Stretch.add_waiting` logs it: events at a step's end come first)
-    return bisect_left(st._endv, now_s, 0, st.k) + 1 < st.spent_to and engine.arrival_keeps(True, req)
+    return bisect_left(st._endv, now_s, 0, st.k) + 1 <= st.spent_to and engine.arrival_keeps(True, req)
 
 
 def end_at_rest(engine, st: Stretch, now_s: float) -> None:

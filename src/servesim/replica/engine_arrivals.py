@@ -44,8 +44,10 @@ class EngineArrivals:
             # budget is that prompt's up to its join step L: kept waiting as a chunk stretch
             # keeps it, the stretch ending at L, where the newcomer may join beside the prompt's
             # rest (`chunk_join.chain_join`), rather than cut at the step in flight
-            chain = (not keep and type(st) is Stretch and st.chain_at is not None and keeps_in_chunks(st, now_s)
-                     and self.arrival_keeps(True, req))
+            # (a stretch of `chunk_rest.py` holds it to its own prompt's rest by `held` below,
+            # which also extends it there; it may join there all the same: `chain_at`)
+            chain = (not keep and type(st) is Stretch and st.chain_at is not None and st.chain_at[0] != st.spent_to
+                     and keeps_in_chunks(st, now_s) and self.arrival_keeps(True, req))
             # (inside a prompt's full chunks planned with its rest: it waits to the rest's step)
             held = (not keep and not chain and type(st) is Stretch and st.spent_to
                     and rest_keeps_arrival(self, st, req, now_s))

@@ -39,6 +39,13 @@ step s is priced with its prompt beside its cached context, and from step s + 1 
 with the others, registering its decode blocks as the stretch's keyed requests do (checked for
 conflicts with the rest by `Engine._limit`). Exact: `tests/cluster/test_keyed_join.py` runs
 busy conversations fast-forwarded and stepped, step log included.
+
+Sarathi's admission looks nothing up: it computes a turn's whole context again, in chunks of its
+budget, and registers the whole prompt's keys at admission. At a replica among many its turns
+join with their chunks as its fresh long prompts do (`chunk_join` with `keyed`), when none of
+those keys is indexed or planned by the stretch (`join_keys.unplanned`); one whose context is
+still indexed there ends the stretch (its registration makes copies or new keys depending on
+the pops up to the join step). Exact: tests/cluster/test_sarathi_turn_join.py.
 """
 
 from __future__ import annotations
@@ -48,10 +55,11 @@ from math import inf as INF
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.chunk_join import chain_join, chunk_join
 from servesim.replica.held_hits import held_by_departed, log_shared
+from servesim.replica.join_keys import REFUSED, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.kv_prefix_caching import WHOLE
-from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.autellix import AutellixScheduler
 from servesim.replica.schedulers.continuum import ContinuumScheduler
@@ -90,6 +98,12 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False
+    if sched.turns_join_in_chunks:  # (Sarathi: a turn computed whole again, no lookup, its prompt chunked)
+        if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
+            # (cut inside a prompt's chunks: the budget is that prompt's up to its last, where a
+            # turn kept waiting may join beside its rest, as a fresh prompt does)
+            return st.chain_at is not None and chain_join(engine, st, now_s, keyed=True)
+        return chunk_join(engine, st, now_s, num_running, keyed=True)
     req = next(iter(sched.waiting))
     if st.timers is not None and st.timers[1]:  # (pins that expired inside the stretch before step s)
         policy_stops.fire_before_join(sched, st)
@@ -153,22 +167,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     kept = None  # the stretch's registration plan, checked against the runs this turn registers
     if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
         runs = prefix.unindexed(keys, hits.num_keyed, end)
-        if runs is None:
+        if runs is None or (kept := unplanned(kv, st, runs, s, s - 1 if chunked is None else steps - 1)) is REFUSED:
             return False
-        if st.keyed:
-            # (`keys_conflict_many`'s plan of the stretch's registrations, still valid, up to
-            # its last step k - 1 = s - 1 at least, and those of step s: stepping's `schedule`
-            # there registers them before the admission)
-            planned = kv._planned
-            if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts):
-                return False
-            if not planned[4][1].isdisjoint(runs):  # (the plan's runs, as a set)
-                return False
-            if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
-                return False
-            if chunked is not None and planned[2] < steps - 1:
-                return False  # (its chunks register beside the decodes' blocks up to step s + q: planned)
-            kept = planned
     joins = [(req, n)]
     if stall:
         # the scalar state of step s (as `stretch_join.stall_step_s`), and stepping's call for
@@ -282,24 +282,6 @@ def _stall_keyed(kv, st: Stretch, s: int, kept: tuple | None) -> None:
                 caps[i] += 1
 
 
-def _step_keys(st: Stretch, s: int, bs: int) -> set | None:
-    """The run keys the stretch's keyed requests register at step s beyond those of steps up
-    to s - 1: a block each whose last token step s computes (`keys_conflict_many`'s ends);
-    None if some are not known (keys that are not runs of one length)."""
-    out: set = set()
-    for (req, ctx1), last in zip(st.keyed, st.keyed_last):
-        t = ctx1 + s
-        if last >= s and t % bs == 0:
-            keys = req.kv_block_keys
-            b = t // bs - 1  # (the block that token completes)
-            if b < keys.num_blocks:
-                runs = _runs_from(keys, b, b + 1)
-                if runs is None:
-                    return None
-                out.update(runs)
-    return out
-
-
 def admits_keyed(engine) -> bool:
     """Can requests with prefix keys join this engine's stretches (where nothing reads its
     prefix cache from outside)? The vLLM cache's prefix caching (keyed stretches through
@@ -308,7 +290,29 @@ def admits_keyed(engine) -> bool:
     # (a policy that reorders its batch from step to step too: its keyed stretches end before a
     # step two requests leave together, closed loop or open, `policy_stops.limit`, and a join
     # there is refused, `departs_together`)
-    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
+    sched = engine.scheduler
+    return engine._keyed_through and engine.kv.enable_prefix_caching and (
+        _vllm_admission(sched) or (engine.join_ahead > 0 and _sarathi_admission(sched)))
+
+
+def _sarathi_admission(sched) -> bool:
+    """Is it Sarathi's own admission (`SarathiScheduler`: `schedule`'s step 3, `join` taking the
+    whole prompt's blocks and registering its keys without a lookup, `arrival_chunk`)? Its next
+    turns join with their chunks (`chunk_join` with `keyed`) at a replica among many
+    (`Engine.join_ahead`), where a turn usually arrives at a replica that does not hold its
+    context (least-requests is not session-affine). At a sole replica its previous turn's
+    context is often still indexed there, so the whole registration plans that keyed joins
+    need cost more than the joins save (sarathi sessions at 1 replica, 2,000 requests: 154
+    turns of 784 joined, 276 refused for indexed keys, Python calls +3.3 %)."""
+    if not sched.turns_join_in_chunks:
+        return False
+    # (imported here: a run imports only the policies it names, and only Sarathi sets the flag)
+    from servesim.replica.schedulers.sarathi import SarathiScheduler
+    cls = type(sched)
+    return cls is SarathiScheduler or (
+        isinstance(sched, SarathiScheduler) and cls.schedule is SarathiScheduler.schedule
+        and cls.join is SarathiScheduler.join and cls.arrival_chunk is SarathiScheduler.arrival_chunk
+        and cls.join_blocks is SarathiScheduler.join_blocks)
 
 
 def _vllm_admission(sched) -> bool:

@@ -129,6 +129,11 @@ class FastForwardHooks:
     # through finishes (`fast_forward`'s `REPEAT_THROUGH`)? Then the engine plans the prompt's
     # chunks, its rest and those decode steps as one stretch (`replica/chunk_rest.py`).
     rest_joins_decodes = False
+    # Does its admission of a waiting request with prefix keys never look them up, registering
+    # its whole prompt's keys and computing the prompt in chunks as a fresh one's (`arrival_chunk`
+    # with `keyed`: Sarathi)? Then, at a replica among many, its next turns join stretches with
+    # their chunks (`replica/keyed_join.py`).
+    turns_join_in_chunks = False
     # Does a step that admits prompts run them alone, every running request stalled for it
     # (prefill-first: vLLM V0, SGLang without mixed chunks)? Then `arrivals_join`'s requests
     # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.
@@ -172,13 +177,14 @@ class FastForwardHooks:
         """Admit the requests `arrivals_join` listed, as `schedule` would have."""
         raise NotImplementedError
 
-    def arrival_chunk(self, num_running: int, spent: int = 0) -> tuple[Request, int] | None:
+    def arrival_chunk(self, num_running: int, spent: int = 0, keyed: bool = False) -> tuple[Request, int] | None:
         """At such a boundary where `arrivals_join` answered None: if the next `schedule` would
         run each of the `num_running` for one token and admit the one waiting request (fresh,
-        no prefix keys) with a first chunk of its prompt that spends the rest of the token
-        budget, and every later one give it the same chunk beside the same decodes until its
-        last (Sarathi-Serve's stall-free batching, nothing else waiting), (that request, the
-        chunk); `join` admits it with its whole prompt's blocks (`replica/chunk_join.py`).
+        no prefix keys; or with them if `keyed`, for an admission that never looks them up:
+        `replica/keyed_join.py` checks what it registers) with a first chunk of its prompt that
+        spends the rest of the token budget, and every later one give it the same chunk beside
+        the same decodes until its last (Sarathi-Serve's stall-free batching, nothing else
+        waiting), (that request, the chunk); `join` admits it with its whole prompt's blocks (`replica/chunk_join.py`).
         `spent`: tokens of the budget a prompt in progress takes first (its rest, computed in
         that step: `chain_join`). Changes no state. The default, None, ends the stretch there."""
         return None
