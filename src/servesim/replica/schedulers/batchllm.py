@@ -376,3 +376,6 @@ class BatchLLMScheduler(KeyedScheduler):
         # `schedule` computes it afresh, and no plain stretch reads it (`finish_departs` and
         # `finish_admits` serve admission stretches, which hold a waiting head: no turn joins one).
         self._leave(req)
+        # (its final blocks kept as `_projected_use` keeps a running request's: the next join's
+        # bound sums the batch's in C rather than finding the newcomers in a Python loop)
+        self._final_blocks[req] = self._final_of(req)
