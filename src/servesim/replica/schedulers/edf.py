@@ -16,16 +16,12 @@ fast-forward covers those steps and the arrivals queued behind it.
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 from pydantic import Field
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request, RequestState
-
-_ARRIVAL_ID = attrgetter("arrival_s", "id")
 
 
 class EDFParams(SchedulerParams):
@@ -70,15 +66,6 @@ class EDFScheduler(KeyedScheduler):
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # a newcomer with its own deadline would make the keys time-varying
         return self.static_keys and req is not None and not _has_slo(req) and super().arrival_keeps_batch(req)
-
-    def _sorts_last(self, req: Request) -> bool:
-        # With static keys every deadline is infinite: the keys order as (arrival, id), read in C
-        # rather than by a `key` call per running request at each next turn's join (`joins_last`).
-        # The ids are unique, so the largest equals `req`'s only if it is `req`'s own.
-        if not self.static_keys:
-            return super()._sorts_last(req)
-        running = self.running
-        return not running or max(map(_ARRIVAL_ID, running)) <= (req.arrival_s, req.id)
 
     def deadline_s(self, req: Request) -> float:
         if req.first_token_s is None:
