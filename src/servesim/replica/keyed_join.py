@@ -29,8 +29,10 @@ before):
   offline request; `andes`'s, the turn its only pending request and the KV use kept under
   its knapsack's threshold (`join_blocks`); `autellix`'s, its stepping accounting up to the
   admission kept by the join (`keyed_joined`); `fastswitch`'s with one tenant held, whose walk
-  is then in arrival order; or `continuum`'s, a lone call whose job holds no pin and no policy
-  timer due: `joins_last`), the only waiting request, whole in
+  is then in arrival order; `continuum`'s, a lone call whose job holds no pin and no policy
+  timer due; or `batchllm`'s, its plan's lone group admitted whole while a bound of its
+  projected KV use stays within its threshold, the latest arrival sorted last: `joins_last`),
+  the only waiting request, whole in
   the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`),
   and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
 
@@ -62,6 +64,7 @@ from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.kv_prefix_caching import WHOLE
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.autellix import AutellixScheduler
+from servesim.replica.schedulers.batchllm import BatchLLMScheduler
 from servesim.replica.schedulers.continuum import ContinuumScheduler
 from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
@@ -321,7 +324,8 @@ def _vllm_admission(sched) -> bool:
     a `KeyedScheduler` admitting joins (`admits_joins`: no per-step state a join skips, its
     `_admit` calling `admit` for the head, `join` as vLLM's), `hygen` (`_admit_online`), `andes`,
     `fastswitch` (their walks' `admit`, where `joins_last` says the turn is admitted last) or
-    `continuum` (a lone call whose job holds no pin)?"""
+    `continuum` (a lone call whose job holds no pin) or `batchllm` (its projection within the
+    threshold: `joins_last`)?"""
     cls = type(sched)
     if isinstance(sched, FastSwitchScheduler):  # (one tenant held: its walk in arrival order, `joins_last`)
         return (cls.schedule is FastSwitchScheduler.schedule and cls.admit is VLLMSteps.admit
@@ -344,6 +348,12 @@ def _vllm_admission(sched) -> bool:
                 and cls.start is VLLMV0Scheduler.start and cls.before_join is VLLMV0Scheduler.before_join
                 and cls.joins_last is VLLMV0Scheduler.joins_last and cls.join_blocks is VLLMV0Scheduler.join_blocks
                 and cls.keyed_joined is VLLMV0Scheduler.keyed_joined)
+    if isinstance(sched, BatchLLMScheduler):  # (its admission loop for the lone turn, the projection bounded: `joins_last`)
+        return (cls.schedule is BatchLLMScheduler.schedule and cls.begin_step is BatchLLMScheduler.begin_step
+                and cls._projected_use is BatchLLMScheduler._projected_use and cls.first_chunk is BatchLLMScheduler.first_chunk
+                and cls.start is VLLMSteps.start and cls.before_join is KeyedScheduler.before_join
+                and cls.joins_last is BatchLLMScheduler.joins_last and cls.keyed_joined is BatchLLMScheduler.keyed_joined
+                and cls.join_blocks is VLLMSteps.join_blocks and cls.max_join_chunks == 0)
     if not (isinstance(sched, VLLMSteps) and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk):
         return False
     if isinstance(sched, AutellixScheduler):  # (its accounting at the join step: `joins_last`, `keyed_joined`)

@@ -40,6 +40,7 @@ from servesim.workload.request import Request
 
 # Running requests are out of the plan: they go first, by arrival (the plan's "no group").
 _ARRIVAL_ID = attrgetter("arrival_s", "id")
+_ARRIVAL_S = attrgetter("arrival_s")
 
 
 class BatchLLMParams(SchedulerParams):
@@ -90,6 +91,9 @@ class BatchLLMScheduler(KeyedScheduler):
         # (`_projected_use`), filled as requests first run, dropped when they leave
         self._final_blocks: dict[Request, int] = {}
         self._lookahead = config.num_speculative_tokens > 0
+        # Its token budget per step is its own (`max_num_batched_tokens` of these params, none by
+        # default), for the running pass and admission alike: the limits the engine's joins read
+        self.limits = (config.max_num_seqs, params.max_num_batched_tokens or 1 << 60, *self.limits[2:])
 
     # ------------------------------------------------------------------ the plan
     def estimated_output(self, req: Request) -> int:
@@ -188,6 +192,19 @@ class BatchLLMScheduler(KeyedScheduler):
         """A request's final blocks, its projected use under `_fixed_projection`."""
         return -(-(req.prompt_len + req.output_len) // self.kv.block_size)
 
+    def _final_sum(self, running: list[Request]) -> int:
+        """The final blocks (`_final_of`) of running requests, summed in C from the table
+        (`_final_blocks`) that keeps each's from the first time it is asked for."""
+        final_blocks = self._final_blocks
+        try:
+            return sum(map(final_blocks.__getitem__, running))
+        except KeyError:  # (requests admitted since: theirs first)
+            bs = self.kv.block_size
+            for r in running:
+                if r not in final_blocks:
+                    final_blocks[r] = -(-(r.prompt_len + r.output_len) // bs)
+            return sum(map(final_blocks.__getitem__, running))
+
     def _projected_use(self) -> int:
         """Blocks used now plus the growth every running request still needs (`_growth`,
         inlined: this runs over the running batch at every step)."""
@@ -199,15 +216,8 @@ class BatchLLMScheduler(KeyedScheduler):
             # have finished), so its projection is its final blocks, and it holds at most the
             # blocks of its tokens so far (no lookahead slots): every growth is >= 0 and the
             # sum of growths is the sum of final blocks less the sum of blocks held.
-            running, final_blocks = self.running, self._final_blocks
-            try:
-                final = sum(map(final_blocks.__getitem__, running))
-            except KeyError:  # (requests admitted since: theirs first)
-                for r in running:
-                    if r not in final_blocks:
-                        final_blocks[r] = -(-(r.prompt_len + r.output_len) // bs)
-                final = sum(map(final_blocks.__getitem__, running))
-            growth = final - sum(kv.num_blocks_list(running))
+            running = self.running
+            growth = self._final_sum(running) - sum(kv.num_blocks_list(running))
         elif self.params.output_len_estimate == "oracle":  # (`max` inlined too: hundreds of calls per step)
             running = self.running
             for r, h in zip(running, kv.num_blocks_list(running)):
@@ -228,8 +238,7 @@ class BatchLLMScheduler(KeyedScheduler):
         self.running.sort(key=_ARRIVAL_ID)  # (`key` of a request out of the plan)
         self.waiting.sort(key=self._plan.__getitem__)
         out = SchedulerOutput()
-        budget = self.params.max_num_batched_tokens or 1 << 60
-        budget = self.schedule_running(out, budget, self._swaps)
+        budget = self.schedule_running(out, self.limits[1], self._swaps)
         if out.preempted:
             return out
         limit = self.params.mem_threshold * self.kv.num_gpu_blocks
@@ -288,7 +297,7 @@ class BatchLLMScheduler(KeyedScheduler):
             return projected > limit
 
         found = admits_until_blocked(self.waiting, len(self.running), num_running, self.config.max_num_seqs,
-                                     self.params.max_num_batched_tokens or 1 << 60, free_blocks, self.kv.block_size,
+                                     self.limits[1], free_blocks, self.kv.block_size,
                                      lambda req, budget: min(req.num_tokens, budget), over_limit)
         return None if found is None else found[0]
 
@@ -305,7 +314,7 @@ class BatchLLMScheduler(KeyedScheduler):
         if self.params.output_len_estimate != "oracle" or self.swapped or any(r.kv_block_keys for r in self.waiting):
             return None  # (a request with prefix keys is not fresh, and has no plan key before the replan)
         joins = whole_prompts(sorted(self.waiting, key=self._plan.__getitem__), len(self.running), num_running,
-                              self.config.max_num_seqs, self.params.max_num_batched_tokens or 1 << 60,
+                              self.config.max_num_seqs, self.limits[1],
                               lambda req, budget: min(req.num_tokens, budget))
         if joins is None:
             return None
@@ -325,3 +334,48 @@ class BatchLLMScheduler(KeyedScheduler):
                 raise AssertionError(f"request {req.id} could not join the stretch")
             self._leave(self.waiting.pop())
             self.start(req, 0, n, out)
+
+    # ------------------------------------------------------------------ a next turn joining a stretch
+    # A next turn whose prompt this policy's token cap chunks (one set in these params) steps:
+    # its rest comes in the running pass, which a join in chunks (`keyed_chunk_join.py`) would
+    # have to show to be stepping's.
+    max_join_chunks = 0
+
+    def first_chunk(self, req: Request, num_cached: int, budget: int) -> int:
+        # `schedule`'s admission: the rest of the prompt within the budget (no long-prefill cap
+        # on the first chunk; chunked whatever `enable_chunked_prefill` says)
+        return min(req.num_tokens - num_cached, budget)
+
+    def joins_last(self, req: Request, now_s: float) -> bool:
+        """Would the next `schedule`, at the step a stretch in flight is cut at (`req` the only
+        waiting request, fresh or a conversation's next turn: `replica/keyed_join.py`), admit it
+        whole with the hits it finds, and every later one run it after the running requests?
+
+        - Its plan is its own group (the only waiting request), admitted if the projection
+          (`_projected_use` at that step, plus its `future`) stays within `mem_threshold`. With
+          the fixed projection the projection is the blocks in use plus each running request's
+          final blocks less those it holds, and every block in use is held by a running request:
+          it is at most their final blocks. Its `future` (the free blocks its allocation takes
+          plus the growth to its final blocks) is at most its own final blocks. So the final
+          blocks of every request the stretch lists (those that left before the step too) and
+          its own within the threshold admit it there; a join refused on this bound steps.
+        - Each `schedule` sorts `running` by arrival: one that arrived after every running
+          request (ties refused) sorts last, where the join puts it.
+        Its prompt whole beside the decodes (`first_chunk`; `keyed_join` checks), nothing
+        swapped (a swap-in would come first)."""
+        running = self.running
+        if self.swapped or not running or not self._fixed_projection():
+            return False
+        if max(map(_ARRIVAL_S, running)) >= req.arrival_s:
+            return False
+        return self._final_sum(running) + self._final_of(req) <= self.params.mem_threshold * self.kv.num_gpu_blocks
+
+    def keyed_joined(self, req: Request) -> None:
+        # `schedule`'s `_leave` of the request it admits: its plan key and keyed entry dropped
+        # (the replan flag set, as there). The projection it would raise is not kept: the next
+        # `schedule` computes it afresh, and no plain stretch reads it (`finish_departs` and
+        # `finish_admits` serve admission stretches, which hold a waiting head: no turn joins one).
+        self._leave(req)
+        # (its final blocks kept as `_projected_use` keeps a running request's: the next join's
+        # bound sums the batch's in C rather than finding the newcomers in a Python loop)
+        self._final_blocks[req] = self._final_of(req)
