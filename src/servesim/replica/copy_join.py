@@ -16,12 +16,18 @@ stepping changes that only by
 
 - the free queue's pops up to the admission, which evict: the decodes' up to s and the turn's
   own blocks (all new: no hit is taken out of the queue), here its own first and the decodes'
-  later. The same entries are popped in the end, so the turn's groups must lie outside the
-  first `pops` entries (`FreeQueue.head_evicts`, a bound: a group with a block there refuses);
-- the stretch's keyed requests' registrations up to step s (its prompt's runs must be outside
-  the stretch's kept plan, which lists every one up to each request's last step, and those of
-  step s: `keyed_join`'s checks); a previous turn that left inside the stretch registers its last
-  blocks in that plan, so its next turn is refused there.
+  later. The same entries are popped in the end, so the groups it copies or registers into
+  must lie outside the first `pops` entries (`FreeQueue.head_evicts`, a bound: a group with a
+  block there refuses: a pop of its last cached block would also drop it from the index);
+- the stretch's keyed requests' registrations up to step s (its prompt's runs that are not
+  indexed must be outside the stretch's kept plan, which lists every one up to each request's
+  last step, and those of step s: `keyed_join`'s checks; and no group it registers into may be
+  one the plan extends, whose end its own new runs may extend first); a previous turn that left
+  inside the stretch registers its last blocks in that plan, so its next turn is refused there.
+
+The groups are found without a lookup per run in the usual case: the leading runs that map to
+its first run's group (`PrefixIndex._leading_runs_of`: its previous turn's context), the rest
+not indexed (`unindexed`); else by `PrefixIndex.extents`.
 
 Frees (a departure's blocks go to the queue's tail, past every pop of a stretch, which takes
 only blocks free when it was planned) change whether a cached block is held, not whether its key
@@ -80,24 +86,26 @@ def _copies_stall(engine, st: Stretch, req, n: int, s: int, pops: int):
         if end:
             if keys.run_keys._list is None and kv._recent_keys:
                 kv._recent_keys.reuse_into(keys)  # (built from its previous turn's, as `allocate_slots` would)
-            # its leading cached blocks (copied), and none of the rest indexed (each a new block;
-            # or a dead group's, which no pop reaches), as `keyed_join` reads a lookup's hits
-            exts = prefix.leading_cached(keys, end)
-            nk = exts[-1][2] if exts else 0
-            groups = [g for g, _, _ in exts]
+            # the leading positions whose runs map to its first run's group, without a lookup
+            # each (a conversation's context: its previous turn's group, copies of its cached
+            # slots, its evicted ones filled again), and none of the rest indexed (each a new
+            # block; or a dead group's, which no pop reaches); else the groups by a search
+            g = prefix._index.get(keys.run_keys.as_list()[0])
+            nk = prefix._leading_runs_of(keys, g, end) if g is not None else 0
+            groups = [g] if nk else []
             runs = prefix.unindexed(keys, nk, end) if nk < end else ()
             if runs is None:
-                # (indexed runs past those: a live group's evicted slots, new blocks registered
-                # into it, which a pop that evicts its last cached one would drop from the index)
                 runs, groups = _past_leading(prefix, keys, nk, end, groups)
             if groups and kv._queue.head_evicts(pops, groups):
                 return None  # (a block of a group it registers into that a pop up to its admission evicts)
             if st.keyed:
-                # (only its runs past the cached ones may be in the plan, whose runs were not
-                # indexed when it was made and no key entered the index since)
+                # (only its runs past those may be in the plan, whose runs were not indexed when it
+                # was made and no key entered the index since; nor may the plan extend a group it
+                # registers into, whose end its new runs may extend first)
                 planned = kv._planned
                 if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1
-                        or planned[3] != prefix.num_inserts or not planned[4][1].isdisjoint(runs)):
+                        or planned[3] != prefix.num_inserts or not planned[4][1].isdisjoint(runs)
+                        or (groups and not planned[4][2].isdisjoint(groups))):
                     return None
                 if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
                     return None
