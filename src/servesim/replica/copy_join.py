@@ -144,5 +144,6 @@ def copies_admission(sched) -> bool:
     cls = type(sched)
     return (isinstance(sched, VTCScheduler) and cls.schedule is VTCScheduler.schedule
             and cls._prefill_mini_batch is VTCScheduler._prefill_mini_batch and cls._admit is VTCScheduler._admit
-            and cls.copies_join is VTCStretches.copies_join and cls.join is VTCStretches.join
+            and cls.copies_join is VTCStretches.copies_join and cls.arrivals_join is VTCStretches.arrivals_join
+            and cls.join is VTCStretches.join
             and cls.stall_wait is VTCStretches.stall_wait and cls.stall_admits is VTCStretches.stall_admits)
