@@ -42,8 +42,6 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.schedulers.vtc import VTCScheduler
-from servesim.replica.schedulers.vtc_stretches import VTCStretches
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _stall_join
 
@@ -141,6 +139,11 @@ def copies_admission(sched) -> bool:
     """Is the next `schedule`'s admission of a lone waiting turn vtc's mini-batch (`_admit`
     without a lookup, its prompt whole), the joins vtc's own (`copies_join`, `join`,
     `stall_wait`, `stall_admits`)?"""
+    # (imported here: asked only of a policy with `copies_context`, so vtc is loaded then; a
+    # module import for every run would add its objects to each full garbage collection)
+    from servesim.replica.schedulers.vtc import VTCScheduler
+    from servesim.replica.schedulers.vtc_stretches import VTCStretches
+
     cls = type(sched)
     return (isinstance(sched, VTCScheduler) and cls.schedule is VTCScheduler.schedule
             and cls._prefill_mini_batch is VTCScheduler._prefill_mini_batch and cls._admit is VTCScheduler._admit
