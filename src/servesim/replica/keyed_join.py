@@ -58,11 +58,13 @@ from math import inf as INF
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.chunk_join import chain_join, chunk_join
+from servesim.replica.copy_join import copies_admission, copy_join
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.join_keys import REFUSED, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.kv_prefix_caching import WHOLE
 from servesim.replica.schedulers.andes import AndesScheduler
+from servesim.replica.schedulers.arrival_joins import never_computed
 from servesim.replica.schedulers.autellix import AutellixScheduler
 from servesim.replica.schedulers.batchllm import BatchLLMScheduler
 from servesim.replica.schedulers.continuum import ContinuumScheduler
@@ -89,6 +91,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     it into the stretch if the conditions above hold, and price on. True if it joined (the
     stretch's end event is rescheduled); False changes nothing the simulation reads later."""
     sched, kv = engine.scheduler, engine.kv
+    if sched.copies_context:  # (vtc: no lookup, the context computed again)
+        return copy_join(engine, st, now_s)
     if (type(st) is not Stretch or not st.through or st.limited or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
         return False
@@ -111,8 +115,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if st.timers is not None and st.timers[1]:  # (pins that expired inside the stretch before step s)
         policy_stops.fire_before_join(sched, st)
     max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
-    if (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
-            or "kv_store_tokens" in req.extra or len(sched.running) >= max_num_seqs or not sched.joins_last(req, now_s)):
+    if not never_computed(req) or len(sched.running) >= max_num_seqs or not sched.joins_last(req, now_s):
         return False
     if (timer_s := sched.next_timer_s()) <= now_s:
         return False  # (a policy timer due at step s: stepping's `schedule` there acts on it first)
@@ -293,9 +296,11 @@ def admits_keyed(engine) -> bool:
     # (a policy that reorders its batch from step to step too: its keyed stretches end before a
     # step two requests leave together, closed loop or open, `policy_stops.limit`, and a join
     # there is refused, `departs_together`)
+    # (or vtc's, whose turns join with copies of the cached context: `replica/copy_join.py`)
     sched = engine.scheduler
     return engine._keyed_through and engine.kv.enable_prefix_caching and (
-        _vllm_admission(sched) or (engine.join_ahead > 0 and _sarathi_admission(sched)))
+        copies_admission(sched) if sched.copies_context
+        else _vllm_admission(sched) or (engine.join_ahead > 0 and _sarathi_admission(sched)))
 
 
 def _sarathi_admission(sched) -> bool:

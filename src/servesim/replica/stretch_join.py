@@ -71,12 +71,7 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
             departs_together(st, s) or any(r.output_len < 2 for r, _ in joins)):
         return False  # (two leaving at the join step s, which the stretch would then run: `Engine._limit`)
     if sched.stalls_decodes:
-        if not _stall_join(engine, st, now_s, joins):
-            return False
-        if st.held:  # (held to a later step: nobody joined; step s is a decode step not yet limited)
-            engine.num_held_arrivals += 1
-            return _priced_on(engine, st, now_s, s - 1, 0)
-        return _priced_on(engine, st, now_s, s, len(joins))
+        return _stall_join(engine, st, now_s, joins)
     bs = kv.block_size
     blocks, kept = sched.join_blocks(joins)
     free = st.free_blocks - st.join_blocks - blocks - kept
@@ -130,27 +125,41 @@ def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price
     return True
 
 
-def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
+def _stall_join(engine, st: Stretch, now_s: float, joins: list, keyed=None) -> bool:
     """`join_arrivals` for a prefill-first policy: stepping's step s runs the admitted prompts
     alone (priced as stepping prices that step), the running decodes stalled, and the steps
     after it decode the grown batch (`Stretch.stall`). The blocks checked are those the
     decodes grew before s (none grow in s), the prompts' and those the policy keeps free
     (vLLM V0's watermark, SGLang's decode reserve). A policy that admits only after so many
     decode steps (`stall_wait`) has them held to that step (`_hold`). True if they joined or
-    are held (not yet priced on)."""
+    are held, and the stretch is priced on.
+
+    `keyed`: for a next turn with prefix keys (`replica/copy_join.py`), called with the step s
+    and the free-queue pops up to its admission (a bound: the decodes' up to s and its own
+    blocks); it answers the stretch's `stall` to use, or None if the turn would register
+    otherwise than stepping's admission at s."""
     sched, kv = engine.scheduler, engine.kv
-    if engine.notice is not None:
-        return False  # (finish notices follow departure steps, which a stall moves)
+    if engine.notice is not None and keyed is None:
+        # (finish notices follow departure steps, which a stall moves: a keyed stretch's
+        # notices are scheduled again after it, `_priced_on`, as for `keyed_join`'s stalls)
+        return False
     s, bs = st.k, kv.block_size
     last = st.stalls[-1][0] if st.stalls else None
     wait = sched.stall_wait(s, last)
     if wait:
-        return _hold(st, joins, s + wait)
+        if not _hold(st, joins, s + wait):
+            return False
+        engine.num_held_arrivals += 1  # (held to a later step: nobody joined; step s is a decode step not yet limited)
+        return _priced_on(engine, st, now_s, s - 1, 0)
     if not sched.stall_admits(joins, s, last, lambda: _running_at(st, s)):
         return False  # (before the block checks: vtc's checks mostly settle at once)
     blocks, kept = sched.join_blocks(joins)
     free = st.free_blocks - st.join_blocks - blocks - kept
-    if st.blocks_bound(s, bs) > free and st.blocks_needed(s, bs) > free:
+    pops = st.blocks_bound(s, bs)
+    if pops > free and (pops := st.blocks_needed(s, bs)) > free:
+        return False
+    add = st.stall if keyed is None else keyed(s, pops + blocks)
+    if add is None:
         return False
     step_s = stall_step_s(engine.perf, st, joins)
     if step_s is None:
@@ -158,8 +167,8 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     if st.held:  # (they waited from the step they were held at: one fewer from s on, as stepping's log)
         st.waiting_to = [*st.waiting_to, *[s] * st.held]
         st.held = 0
-    _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
-    return True
+    _admit(engine, st, now_s, joins, blocks, step_s, add)
+    return _priced_on(engine, st, now_s, s, len(joins))
 
 
 def _hold(st: Stretch, joins: list, s2: int) -> bool:

@@ -27,6 +27,13 @@ def is_fresh(req: Request, keyed: bool = False) -> bool:
                 or req.lora is not None or "kv_store_tokens" in req.extra)
 
 
+def never_computed(req: Request) -> bool:
+    """`is_fresh` but for prefix keys: nothing of the request computed anywhere (a next turn
+    whose context another request left cached is one)."""
+    return not (req.num_computed_tokens or req.num_output_tokens or req.num_preemptions or req.lora is not None
+                or "kv_store_tokens" in req.extra)
+
+
 def whole_prompts(reqs: Iterable[Request], num_held: int, num_running: int, max_num_seqs: int,
                   max_num_batched_tokens: int, first_chunk: FirstChunk) -> list[tuple[Request, int]] | None:
     """The (request, prompt tokens) admitted if every request of `reqs`, in that order, is

@@ -138,6 +138,10 @@ class FastForwardHooks:
     # (prefill-first: vLLM V0, SGLang without mixed chunks)? Then `arrivals_join`'s requests
     # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.
     stalls_decodes = False
+    # Does its admission take a request with prefix keys without a lookup, computing its whole
+    # context again (vtc: the prompt's blocks copies of those cached), through `copies_join`?
+    # Then a next turn joins a keyed stretch by `replica/copy_join.py`, not `keyed_join`'s.
+    copies_context = False
 
     def stall_admits(self, joins: list[tuple[Request, int]], s: int, last_stall: int | None, running_at) -> bool:
         """For a prefill-first policy whose admission also reads the running requests' state:
