@@ -51,6 +51,7 @@ from servesim.replica.block_keys import BlockKeys
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.kv_prefix_caching import WHOLE
+from servesim.replica.plan_runs import plan_meets
 from servesim.replica.prefix_registration import _runs_from
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.autellix import AutellixScheduler
@@ -162,7 +163,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             planned = kv._planned
             if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts):
                 return False
-            if not planned[4][1].isdisjoint(runs):  # (the plan's runs, as a set)
+            if plan_meets(planned[4], keys, runs, hits.num_keyed // keys.starts.step):  # (the plan's runs)
                 return False
             if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
                 return False

@@ -38,6 +38,24 @@ if TYPE_CHECKING:
     from servesim.replica.prefix_groups import Group
 
 
+def diagonal_pieces(ids: IdRanges, i0: int, i1: int) -> list[tuple[int, int, int]]:
+    """(diagonal, first run, end run) of runs [i0, i1) of `ids` (i1 at most their number), a
+    piece per range they cross, in order."""
+    b, f = ids.bounds, ids.firsts
+    k = len(b) - 2 if i0 >= b[-2] else bisect_right(b, i0) - 1  # (the range holding run i0)
+    out = []
+    a = i0
+    while a < i1:
+        e = b[k + 1]
+        if e > i1:
+            e = i1
+        if e > a:
+            out.append((f[k] - b[k], a, e))  # (the range's diagonal: its first id less its first run)
+            a = e
+        k += 1
+    return out
+
+
 class DiagonalRecord:
     """The index's keys by diagonal and piece, and the dict of the others (see the module docstring)."""
 
@@ -67,21 +85,12 @@ class DiagonalRecord:
             return not self._diags or all(self._decoded(k) is None for k in runs)
         rec = self._diags
         if rec:
-            b, f = ids.bounds, ids.firsts
-            k = len(b) - 2 if i0 >= b[-2] else bisect_right(b, i0) - 1  # (the range holding run i0)
-            a = i0
-            while a < i1:
-                e = b[k + 1]
-                if e > i1:
-                    e = i1
-                if e > a:
-                    pieces = rec.get(f[k] - b[k])  # (the range's diagonal: its first id less its first run)
-                    if pieces is not None:
-                        for x in pieces:
-                            if x[0] < e and a < x[1]:
-                                return False
-                    a = e
-                k += 1
+            for d, a, e in diagonal_pieces(ids, i0, i1):
+                pieces = rec.get(d)
+                if pieces is not None:
+                    for x in pieces:
+                        if x[0] < e and a < x[1]:
+                            return False
         if self._index:
             return self._index.keys().isdisjoint(runs)
         self.num_absent += 1
@@ -94,9 +103,7 @@ class DiagonalRecord:
             return self._group_of_key(runs_of(keys)[0][i])
         pieces = None
         if self._diags:
-            b = ids.bounds
-            k = len(b) - 2 if i >= b[-2] else bisect_right(b, i) - 1
-            pieces = self._diags.get(ids.firsts[k] - b[k])
+            pieces = self._diags.get(diagonal_pieces(ids, i, i + 1)[0][0])
         if pieces is not None:
             for x in pieces:
                 if x[0] <= i < x[1]:
@@ -115,22 +122,13 @@ class DiagonalRecord:
         out = [None] * (i1 - i0)
         rec = self._diags
         if rec:
-            b, f = ids.bounds, ids.firsts
-            k = len(b) - 2 if i0 >= b[-2] else bisect_right(b, i0) - 1
-            a = i0
-            while a < i1:
-                e = b[k + 1]
-                if e > i1:
-                    e = i1
-                if e > a:
-                    pieces = rec.get(f[k] - b[k])
-                    if pieces is not None:
-                        for x in pieces:
-                            lo, hi = max(x[0], a), min(x[1], e)
-                            if lo < hi:
-                                out[lo - i0:hi - i0] = [x[2]] * (hi - lo)
-                    a = e
-                k += 1
+            for d, a, e in diagonal_pieces(ids, i0, i1):
+                pieces = rec.get(d)
+                if pieces is not None:
+                    for x in pieces:
+                        lo, hi = max(x[0], a), min(x[1], e)
+                        if lo < hi:
+                            out[lo - i0:hi - i0] = [x[2]] * (hi - lo)
         if self._index:
             get = self._index.get
             run_keys = keys.run_keys.as_list()
@@ -175,28 +173,18 @@ class DiagonalRecord:
             return
         self._run_len = keys.starts.step
         rec = self._diags
-        b, f = ids.bounds, ids.firsts
-        k = len(b) - 2 if i0 >= b[-2] else bisect_right(b, i0) - 1
-        a = i0
-        while a < i1:
-            e = b[k + 1]
-            if e > i1:
-                e = i1
-            if e > a:
-                d = f[k] - b[k]
-                last = diags[-1] if diags else None
-                if last is not None and last[0] == d and last[1][1] == a:  # (a decode's blocks continuing the piece)
-                    last[1][1] = e
+        for d, a, e in diagonal_pieces(ids, i0, i1):
+            last = diags[-1] if diags else None
+            if last is not None and last[0] == d and last[1][1] == a:  # (a decode's blocks continuing the piece)
+                last[1][1] = e
+            else:
+                x = [a, e, g]
+                pieces = rec.get(d)
+                if pieces is None:
+                    rec[d] = [x]
                 else:
-                    x = [a, e, g]
-                    pieces = rec.get(d)
-                    if pieces is None:
-                        rec[d] = [x]
-                    else:
-                        pieces.append(x)
-                    diags.append([d, x])
-                a = e
-            k += 1
+                    pieces.append(x)
+                diags.append([d, x])
 
     def _forget(self, g: Group, n: int) -> None:
         """The last `n` runs `g` lists leave the index (all of them: its drop); the caller

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
 from servesim.replica.copies import add_copies, has_copy
+from servesim.replica.plan_runs import PlanRuns
 from servesim.replica.prefix_diagonals import DiagonalRecord
 from servesim.replica.prefix_groups import NO_STAMP, ONE, Group
 
@@ -161,9 +162,11 @@ class PrefixRegistration(DiagonalRecord):
         `base`: a plan still valid, of other requests, that this one extends (in place: it is
         not valid on its own any more): the items are checked against its runs and groups
         rather than all planned again (a request joining a stretch, `replica/keyed_join.py`)."""
-        # (per item: what it registers; every run of the plan, as a set; the groups extended)
+        # (per item: what it registers; every run of the plan, by diagonal or as a set; the groups extended)
         plan, seen, groups = ([], None, set()) if base is None else base
-        fresh: set = set()  # these items' runs
+        # (the plan's runs by diagonal while every item's ids are ranges of one run length, plan_runs.py)
+        rec = PlanRuns(0) if base is None else seen if type(seen) is PlanRuns else None
+        fresh: set = set()  # these items' runs, as a set (without `rec`)
         num_runs = 0
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys:
@@ -195,12 +198,27 @@ class PrefixRegistration(DiagonalRecord):
                 return None  # (g may hold no block of this request: pops could drop it first)
             else:
                 groups.add(g)
-            fresh.update(runs)
-            num_runs += len(runs)
             i1 = -(-k1 // r)
-            if not self._absent(keys, runs, i1 - len(runs), i1):
+            i0 = i1 - len(runs)
+            if rec is not None:
+                if not rec.run_len:
+                    rec.run_len = r
+                ids = rec.takes(keys)
+                if ids is None:  # (the plan's runs as a set from here on, those planned so far included)
+                    prior = [item[5] for item in plan]
+                    fresh = set().union(*prior)
+                    num_runs = sum(map(len, prior))
+                    seen = rec = None
+                elif not rec.add(ids, i0, i1):
+                    return None  # (a run listed twice)
+            if rec is None:
+                fresh.update(runs)
+                num_runs += len(runs)
+            if not self._absent(keys, runs, i0, i1):
                 return None  # (a run indexed)
             plan.append((held, g, seg, k0, k1, runs, r, keys))
+        if rec is not None:
+            return plan, rec, groups
         if len(fresh) != num_runs:
             return None  # (a run listed twice)
         if seen is None:
