@@ -3,9 +3,11 @@
 `KVCacheManager` (kv_cache.py) owns the free queue and the counts; this module answers which
 of a request's keys are cached and updates the groups (`prefix_groups.py`) a request hits or
 registers. Work is per extent (a stretch of positions whose key runs map to one group) plus
-C-level list and dict operations per run, never Python work per block. The index's writes
-(registration, dropping a group, bulk conflict checks) are `PrefixRegistration`
-(prefix_registration.py); this module keeps the records and the lookups.
+C-level list operations per run, never Python work per block; keys whose ids are ranges are
+indexed as pieces per diagonal, a few per registration, the others in a dict
+(prefix_diagonals.py). The index's writes (registration, dropping a group, bulk conflict
+checks) are `PrefixRegistration` (prefix_registration.py); this module keeps the records and
+the lookups.
 """
 
 from __future__ import annotations

@@ -292,8 +292,8 @@ class PrefixRegistration(DiagonalRecord):
         """A group with no cached block leaves the index (it may still be someone's extent).
         Its runs are exactly the keys indexed to it (a key is indexed only when absent, to the
         group whose runs then list it, and leaves only here; `test_kv_cache_equivalence.py`
-        asserts it after every operation), so they are popped without looking at the owners
-        (a C-level pass, about twice as fast as collecting and checking them)."""
+        asserts it after every operation), so its pieces by diagonal leave their diagonals and
+        its other keys are popped from the dict without looking at the owners (`_forget`)."""
         if group.runs:
             self._forget(group, len(group.runs))
         group.runs = []
