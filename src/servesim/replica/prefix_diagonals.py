@@ -78,6 +78,8 @@ class DiagonalRecord:
         """Is none of runs [i0, i1) of `keys` (their run keys: `runs`) indexed? Range by range
         on the record for tracked keys (the dict probed only while it holds any); key by key
         otherwise."""
+        if not self._diags:  # (nothing recorded: the dict alone, as for a trace's keys, Mooncake's)
+            return not self._index or self._index.keys().isdisjoint(runs)
         ids = self._tracked(keys)
         if ids is None:
             if self._index and not self._index.keys().isdisjoint(runs):
@@ -98,6 +100,8 @@ class DiagonalRecord:
 
     def _group_at(self, keys: Sequence, i: int) -> Group | None:
         """The group run i of `keys` maps to, or None (not indexed)."""
+        if not self._diags:  # (nothing recorded: the dict alone)
+            return self._index.get(runs_of(keys)[0][i]) if self._index else None
         ids = self._tracked(keys)
         if ids is None:
             return self._group_of_key(runs_of(keys)[0][i])
@@ -112,6 +116,8 @@ class DiagonalRecord:
 
     def _groups(self, keys: Sequence, i0: int, i1: int) -> list:
         """The group (or None) of each of runs [i0, i1) of `keys`."""
+        if not self._diags:  # (nothing recorded: the dict alone)
+            return list(map(self._index.get, runs_of(keys)[0][i0:i1]))
         ids = self._tracked(keys)
         if ids is None:
             out = list(map(self._index.get, runs_of(keys)[0][i0:i1]))
