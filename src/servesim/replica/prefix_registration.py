@@ -165,7 +165,8 @@ class PrefixRegistration(DiagonalRecord):
         # (per item: what it registers; every run of the plan, by diagonal or as a set; the groups extended)
         plan, seen, groups = ([], None, set()) if base is None else base
         # (the plan's runs by diagonal while every item's ids are ranges of one run length, plan_runs.py)
-        rec = PlanRuns(0) if base is None else seen if type(seen) is PlanRuns else None
+        # (while keys are recorded by diagonal: with none recorded, a trace's or Mooncake's, the set)
+        rec = (PlanRuns(self._run_len) if self._diags else None) if base is None else seen if type(seen) is PlanRuns else None
         fresh: set = set()  # these items' runs, as a set (without `rec`)
         num_runs = 0
         for keys, held, k0, k1 in items:
@@ -201,8 +202,6 @@ class PrefixRegistration(DiagonalRecord):
             i1 = -(-k1 // r)
             i0 = i1 - len(runs)
             if rec is not None:
-                if not rec.run_len:
-                    rec.run_len = r
                 ids = rec.takes(keys)
                 if ids is None:  # (the plan's runs as a set from here on, those planned so far included)
                     prior = [item[5] for item in plan]
@@ -303,7 +302,9 @@ class PrefixRegistration(DiagonalRecord):
         that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
         pending: list = []
         inside: list = []  # first runs of ranges starting inside a run indexed already
-        absent = True  # (none of `pending` indexed, so far)
+        # (none of `pending` indexed so far, told range by range while keys are recorded by
+        # diagonal; else None: the dict probed for all of them at once, below)
+        absent = True if self._diags else None
         for keys, p0, p1 in ranges:
             if type(keys) is not BlockKeys or type(keys.starts) is not range:
                 return self._conflicts(ranges)
@@ -327,6 +328,8 @@ class PrefixRegistration(DiagonalRecord):
         # The usual case: no other run to register is indexed (so none of its blocks is
         # cached) and no run is registered twice. Otherwise the exact search below.
         every = pending + inside if inside else pending
+        if absent is None:
+            absent = not self._index or self._index.keys().isdisjoint(pending)
         if absent and len(set(every)) == len(every):
             return False
         return self._conflicts(ranges)
