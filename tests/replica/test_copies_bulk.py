@@ -40,7 +40,7 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
 
     def check() -> None:
         assert new.num_free_blocks == ref.num_free_blocks
-        index = new._prefix._index
+        index = new._prefix.indexed()
         for g in set(index.values()):
             assert {rk for rk, h in index.items() if h is g} == set(g.runs)
         for a, b in running:

@@ -69,7 +69,7 @@ def test_a_context_evicted_whole_is_taken_back_by_its_next_turn_without_insertin
     t2, r2 = _turn(2, ids[:10], 10)  # the context and a new message
     assert _admit(new_kv, ref_kv, t2, r2) == 0  # (nothing cached: no hit either way)
     if capacity is None:  # kept: the same group again, only the new message's two keys inserted
-        assert len(prefix._index) == 10 and new_kv._held[2].segs == [[group, 0, 10]]
+        assert len(prefix.indexed()) == 10 and new_kv._held[2].segs == [[group, 0, 10]]
         assert group.num_cached == 10 and prefix.num_taken_back == 1
     else:  # dropped at its eviction: a new group, every key inserted again
         assert new_kv._held[2].segs[0][0] is not group and prefix.num_taken_back == 0
@@ -93,7 +93,7 @@ def test_dead_groups_past_the_capacity_are_dropped_oldest_first():
     new_kv.free(1), ref_kv.free(1)
     new_kv.free(2), ref_kv.free(2)
     _evict_all(new_kv, ref_kv, 99)  # a dies first (8 keys kept), then b (14 > 10: a's keys dropped)
-    assert ga.runs == [] and gb.num_cached == 0 and len(gb.runs) == 6 and len(prefix._index) == 6
+    assert ga.runs == [] and gb.num_cached == 0 and len(gb.runs) == 6 and len(prefix.indexed()) == 6
     assert list(prefix._dead) == [gb] and prefix._num_dead == 6
     # each next turn: nothing hit, its blocks registered (b's into its own group again)
     a2, ra2 = _turn(3, list(range(100, 109)), 9)
@@ -119,12 +119,12 @@ def test_a_first_chunk_takes_back_part_of_a_dead_group_and_its_later_chunks_regi
     _evict_all(new_kv, ref_kv, 99)
     t2, r2 = _turn(2, ids, 12)
     _admit(new_kv, ref_kv, t2, r2, 3 * BS)  # a first chunk of 3 blocks
-    assert new_kv._held[2].segs == [[group, 0, 3]] and len(group.runs) == 3 and len(prefix._index) == 3
+    assert new_kv._held[2].segs == [[group, 0, 3]] and len(group.runs) == 3 and len(prefix.indexed()) == 3
     assert prefix.num_taken_back == 1
     # the rest of the prompt in one chunk: its keys are new (a plan of the bulk registration holds)
     assert prefix.unindexed(t2.kv_block_keys, 3, 12) is not None
     assert new_kv.allocate_slots(t2, 9 * BS) and ref_kv.allocate_slots(r2, 9 * BS)
-    assert new_kv._held[2].segs == [[group, 0, 12]] and len(prefix._index) == 12
+    assert new_kv._held[2].segs == [[group, 0, 12]] and len(prefix.indexed()) == 12
     new_kv.free(2), ref_kv.free(2)
     t3, r3 = _turn(3, ids, 12)
     assert _admit(new_kv, ref_kv, t3, r3) == 11  # (a hit leaves the last token to compute)

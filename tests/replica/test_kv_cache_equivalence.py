@@ -75,10 +75,13 @@ def _run(seed: int, H: int, num_blocks: int, steps: int, ranges: bool = False, m
     def check() -> None:
         assert new.num_free_blocks == ref.num_free_blocks
         # the invariant lookups rely on (`PrefixIndex._leading_runs_of`): a group's run keys
-        # are exactly the keys the index maps to it
-        index = new._prefix._index
+        # are exactly the keys the index maps to it (those in its dict and by diagonal), and
+        # each key alone is found there
+        prefix = new._prefix
+        index = prefix.indexed()
         for g in set(index.values()):
             assert {rk for rk, h in index.items() if h is g} == set(g.runs) and len(set(g.runs)) == len(g.runs)
+            assert all(prefix._group_of_key(rk) is g for rk in g.runs)
         for p in running:
             assert new.num_blocks_of(p.new.id) == ref.num_blocks_of(p.ref.id)
         if more_checks is not None:
@@ -238,7 +241,7 @@ def test_a_stretch_registers_by_the_plan_its_check_kept(H, case):
     assert new.num_planned_registrations == (case != "voided")
     assert new._held[1].num_keyed == registered and bool(new._held[1].dups) == (case == "voided")
     if case != "voided":  # the index holds the runs of the registered blocks, no more
-        assert len(new._prefix._index) == -(-registered // (H // BS))
+        assert len(new._prefix.indexed()) == -(-registered // (H // BS))
     for r in (1, 2):
         new.free(r), ref.free(r)
         assert new.num_free_blocks == ref.num_free_blocks

@@ -29,7 +29,7 @@ def _admitted(kv: KVCacheManager, reqs) -> None:
 
 def _registered(kv: KVCacheManager) -> dict:
     """Each indexed run key -> the lowest slot of its group (the index, without group identities)."""
-    return {key: g.lo for key, g in kv._prefix._index.items()}
+    return {key: g.lo for key, g in kv._prefix.indexed().items()}
 
 
 def test_a_join_extends_the_whole_plan_and_it_registers_as_one_plan_of_all():
@@ -95,5 +95,5 @@ def test_unindexed_is_reused_only_until_a_key_enters():
     assert p.unindexed(keys, 0, 4) is None
     assert p.unindexed(keys, 2, 4) is not None
     held = Held()
-    held.segs.append([p._index[BlockKeys([1, 2], BS, BS).run_keys.as_list()[1]], 0, 2])
+    held.segs.append([p.indexed()[BlockKeys([1, 2], BS, BS).run_keys.as_list()[1]], 0, 2])
     assert p._register_new(keys, held, 2, 4)  # (the answer reused: nothing entered since)

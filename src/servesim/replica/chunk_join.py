@@ -79,7 +79,7 @@ def chunk_join(engine, st, now_s: float, num_running: int, keyed: bool = False) 
     if st.blocks_bound(last + 1, bs) > free and st.blocks_needed(last + 1, bs) > free:
         return False  # (the admission at s0 and every decode's block up to the last chunk)
     plan = None  # (the stretch's registration plan, kept valid past the admission's registration)
-    if keys and (plan := unplanned(engine.kv, st, runs, s0, last)) is REFUSED:
+    if keys and (plan := unplanned(engine.kv, st, req.kv_block_keys, runs, 0, s0, last)) is REFUSED:
         return False
     if st._f is None or st._priced != s0:
         st.truncate(s0)  # (priced ahead by numpy chunks: the scalar state of step s0)
@@ -178,7 +178,7 @@ def chain_join(engine, st, now_s: float, keyed: bool = False) -> bool:
     if st.blocks_bound(last + 1, bs) > free and st.blocks_needed(last + 1, bs) > free:
         return False
     plan = None
-    if keys and (plan := unplanned(engine.kv, st, runs, s, last)) is REFUSED:
+    if keys and (plan := unplanned(engine.kv, st, req.kv_block_keys, runs, 0, s, last)) is REFUSED:
         return False
     sched.join([(req, c0)], st.out)
     if req.first_scheduled_s is None:

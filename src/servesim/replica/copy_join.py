@@ -43,6 +43,7 @@ from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.join_keys import _step_keys
+from servesim.replica.plan_runs import plan_meets
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _stall_join
 
@@ -89,12 +90,14 @@ def _copies_stall(engine, st: Stretch, req, n: int, s: int, pops: int):
             # each (a conversation's context: its previous turn's group, copies of its cached
             # slots, its evicted ones filled again), and none of the rest indexed (each a new
             # block; or a dead group's, which no pop reaches); else the groups by a search
-            g = prefix._index.get(keys.run_keys.as_list()[0])
+            g = prefix._group_at(keys, 0)
             nk = prefix._leading_runs_of(keys, g, end) if g is not None else 0
             groups = [g] if nk else []
             runs = prefix.unindexed(keys, nk, end) if nk < end else ()
+            i0 = nk // keys.starts.step if type(keys.starts) is range else None  # (runs i0, i0 + 1, ...)
             if runs is None:
                 runs, groups = _past_leading(prefix, keys, nk, end, groups)
+                i0 = None  # (not consecutive)
             if groups and kv._queue.head_evicts(pops, groups):
                 return None  # (a block of a group it registers into that a pop up to its admission evicts)
             if st.keyed:
@@ -103,7 +106,8 @@ def _copies_stall(engine, st: Stretch, req, n: int, s: int, pops: int):
                 # registers into, whose end its new runs may extend first)
                 planned = kv._planned
                 if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1
-                        or planned[3] != prefix.num_inserts or not planned[4][1].isdisjoint(runs)
+                        or planned[3] != prefix.num_inserts
+                        or plan_meets(planned[4], keys, runs, i0)
                         or (groups and not planned[4][2].isdisjoint(groups))):
                     return None
                 if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):

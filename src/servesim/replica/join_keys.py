@@ -15,14 +15,15 @@ keyed joins (`replica/keyed_join.py`: the keys past its prefix hits) and Sarathi
 from __future__ import annotations
 
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.plan_runs import plan_meets
 from servesim.replica.prefix_registration import _runs_from
 
 # `unplanned`'s answer when the keys may not register now (a plan is a tuple; None: no plan to keep)
 REFUSED = False
 
 
-def unplanned(kv, st, runs: list, s: int, last: int) -> tuple | bool | None:
-    """Check the run keys `runs` that a request joining the stretch `st` at step s registers
+def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -> tuple | bool | None:
+    """Check the run keys `runs` (those of `keys`' positions from k0 on) that a request joining the stretch `st` at step s registers
     (`PrefixIndex.unindexed` found none of them indexed) against a plan that must cover the
     stretch's registrations up to step `last` (s - 1 for a whole prompt: step s's are read here;
     the rest's step for one joining with chunks, whose steps register the decodes' blocks beside
@@ -37,7 +38,7 @@ def unplanned(kv, st, runs: list, s: int, last: int) -> tuple | bool | None:
     planned = kv._planned
     if planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts:
         return REFUSED
-    if not planned[4][1].isdisjoint(runs):  # (the plan's runs, as a set)
+    if plan_meets(planned[4], keys, runs, k0 // keys.starts.step if type(keys.starts) is range else None):
         return REFUSED
     if planned[2] < s and ((more := _step_keys(st, s, kv.block_size)) is None or not more.isdisjoint(runs)):
         return REFUSED

@@ -173,7 +173,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     kept = None  # the stretch's registration plan, checked against the runs this turn registers
     if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
         runs = prefix.unindexed(keys, hits.num_keyed, end)
-        if runs is None or (kept := unplanned(kv, st, runs, s, s - 1 if chunked is None else steps - 1)) is REFUSED:
+        if runs is None or (kept := unplanned(kv, st, keys, runs, hits.num_keyed, s,
+                                                  s - 1 if chunked is None else steps - 1)) is REFUSED:
             return False
     joins = [(req, n)]
     if stall:

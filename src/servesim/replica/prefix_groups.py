@@ -59,7 +59,7 @@ class Group:
 
     def __init__(self, s0: int) -> None:
         self.runs: list[Hashable] = []  # run keys the index maps here
-        self.diags: list[list] = []  # [diagonal or None, runs] of `runs`, in order (prefix_diagonals.py)
+        self.diags: list[list] = []  # [diagonal, piece] or [None, count] of `runs`, in order (prefix_diagonals.py)
         self.lo = s0
         self.ref = array("i")
         self.stamp = array("q")

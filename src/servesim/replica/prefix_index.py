@@ -3,9 +3,11 @@
 `KVCacheManager` (kv_cache.py) owns the free queue and the counts; this module answers which
 of a request's keys are cached and updates the groups (`prefix_groups.py`) a request hits or
 registers. Work is per extent (a stretch of positions whose key runs map to one group) plus
-C-level list and dict operations per run, never Python work per block. The index's writes
-(registration, dropping a group, bulk conflict checks) are `PrefixRegistration`
-(prefix_registration.py); this module keeps the records and the lookups.
+C-level list operations per run, never Python work per block; keys whose ids are ranges are
+indexed as pieces per diagonal, a few per registration, the others in a dict
+(prefix_diagonals.py). The index's writes (registration, dropping a group, bulk conflict
+checks) are `PrefixRegistration` (prefix_registration.py); this module keeps the records and
+the lookups.
 """
 
 from __future__ import annotations
@@ -60,15 +62,14 @@ class PrefixIndex(PrefixRegistration):
     """Which group holds each key run's blocks (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._index: dict[Hashable, Group] = {}
+        self._index: dict[Hashable, Group] = {}  # keys not recorded by diagonal (prefix_diagonals.py)
         self.num_inserts = 0
         self._unindexed: tuple | None = None  # (`unindexed`'s last True answer)
         self._dead: dict[Group, int] = {}  # groups evicted whole whose keys stay indexed, oldest first: keys counted
         self._num_dead = 0  # keys of `_dead`
         self.dead_capacity = 0  # keys the dead groups may keep indexed (`retire`); 0: dropped when evicted
         self.num_taken_back = 0  # registrations that filled a dead group's slots again (the tests assert the path ran)
-        self._diags: dict[int, list] = {}  # the keys' diagonals (prefix_diagonals.py)
-        self._untracked = 0
+        self._diags: dict[int, list] = {}  # the keys' pieces by diagonal (prefix_diagonals.py)
         self._run_len = 0
         self.num_absent = 0  # checks answered by the diagonals (the tests assert the path ran)
 
@@ -82,15 +83,14 @@ class PrefixIndex(PrefixRegistration):
         else:
             i0 = bisect_right(starts, p0) - 1  # the run holding p0; the last run listed holds p1 - 1
             i1 = bisect_left(starts, p1, i0)
-        index = self._index
-        g = index.get(run_keys[i0])
+        g = self._group_at(keys, i0)
         if i1 - i0 == 1:
             return [(g, p0, p1, i0, i1)]
         # The runs that continue g's own, in order, map to g without a lookup each (as in
         # `_leading_runs_of`): a policy computing a cached context again (`sarathi`, `vtc`,
         # `orca`) registers a next turn's prompt over its previous turn's group, hundreds of runs.
         m = _runs_in_group(g, run_keys, i0, i1, starts) if g is not None else 0
-        gs = [g] * m + list(map(index.get, run_keys[i0 + m:i1])) if m else list(map(index.get, run_keys[i0:i1]))
+        gs = [g] * m + self._groups(keys, i0 + m, i1) if m else self._groups(keys, i0, i1)
         out = []
         k, n = 0, len(gs)
         while k < n:
@@ -108,7 +108,7 @@ class PrefixIndex(PrefixRegistration):
         """The leading cached part of the first `num_keys` keys, as (group, first, end)."""
         if not num_keys:
             return []
-        g = self._index.get(runs_of(keys)[0][0])
+        g = self._group_at(keys, 0)
         if g is None:
             return []  # the usual miss: not even the first run (no lookup of the others)
         out: list[tuple] = []
@@ -117,7 +117,7 @@ class PrefixIndex(PrefixRegistration):
             k = g.num_leading_cached(0, p0)
             if k:
                 out.append((g, 0, k))
-            if k < p0 or p0 == num_keys or self._index.get(keys.run_keys[p0 // keys.starts.step]) is None:
+            if k < p0 or p0 == num_keys or self._group_at(keys, p0 // keys.starts.step) is None:
                 return out  # (the last: a next turn's new message, whose runs need no lookup)
         for g, p0, p1, _, _ in self.extents(keys, p0, num_keys):
             k = g.num_leading_cached(p0, p1) if g is not None else 0
@@ -138,12 +138,14 @@ class PrefixIndex(PrefixRegistration):
         it, as `register`'s search by position would. The usual case is a dead group
         (`retire`): a conversation's context evicted whole during its think time, taken by its
         next turn. None otherwise."""
-        g = self._index.get(runs[0])
-        if g is None or type(keys) is not BlockKeys:
+        if type(keys) is not BlockKeys:
             return None
         starts = keys.starts
         r = starts.step
         i0 = k0 // r
+        g = self._group_at(keys, i0)
+        if g is None:
+            return None
         m = _runs_in_group(g, keys.run_keys.as_list(), i0, i0 + len(runs), starts)
         if not m:
             return None
@@ -153,7 +155,7 @@ class PrefixIndex(PrefixRegistration):
             e = k1
             if e > hi:  # (the group's last run only partly registered)
                 return None
-        elif hi != e or not (self._absent(keys, i0 + m, i0 + len(runs)) or self._index.keys().isdisjoint(runs[m:])):
+        elif hi != e or not self._absent(keys, runs[m:], i0 + m, i0 + len(runs)):
             return None
         if g.num_cached and g.any_cached(k0, e):
             return None

@@ -7,17 +7,16 @@ from the index (`drop`); `conflicts` tells the engine whether registering many r
 would differ from registering them step by step. These are the index's writes and their preconditions,
 apart from the lookups in prefix_index.py (which only read it), and the usual cases here are
 decided in C on run keys (`_runs_from`) with a search by position only when they fail. A
-mixin: they share the index dict and `PrefixIndex.extents`.
+mixin: they share the index (its record by diagonal, prefix_diagonals.py) and `PrefixIndex.extents`.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
 from servesim.replica.copies import add_copies, has_copy
+from servesim.replica.plan_runs import PlanRuns
 from servesim.replica.prefix_diagonals import DiagonalRecord
 from servesim.replica.prefix_groups import NO_STAMP, ONE, Group
 
@@ -27,11 +26,10 @@ if TYPE_CHECKING:
 
 class PrefixRegistration(DiagonalRecord):
     """`PrefixIndex`'s registration, dropping and conflict checks (see the module docstring).
-    Every key entering or leaving `_index` is told to the diagonals' record (`_track`,
-    `_untrack`), which answers most absent-key checks without a probe per key."""
+    Every key enters the index through the record by diagonal (`_insert`) and leaves it through
+    `_forget`; reads go through `_group_at`, `_groups` and `_absent` (prefix_diagonals.py)."""
 
-    _index: dict[Hashable, Group]  # owned by `PrefixIndex.__init__` (which also gives `extents`)
-    num_inserts: int  # calls that added keys to `_index` (a plan of `plan_appends` is valid while unchanged)
+    num_inserts: int  # calls that added keys to the index (a plan of `plan_appends` is valid while unchanged)
     _unindexed: tuple | None  # (keys, k0, k1, num_inserts, `_dead_lead`'s answer) of `unindexed`'s last True answer
     _dead: dict[Group, int]  # (`retire`)
     _num_dead: int
@@ -51,7 +49,7 @@ class PrefixRegistration(DiagonalRecord):
             return None
         lead = None
         i0 = k0 // keys.starts.step
-        if not self._absent(keys, i0, i0 + len(runs)) and not self._index.keys().isdisjoint(runs) and (
+        if not self._absent(keys, runs, i0, i0 + len(runs)) and (
                 k0 % keys.starts.step or (lead := self._dead_lead(keys, runs, k0, k1)) is None or lead[0].num_cached):
             return None  # (a live group's evicted slots: indexed, as they always were)
         self._unindexed = (keys, k0, k1, self.num_inserts, lead)
@@ -67,11 +65,8 @@ class PrefixRegistration(DiagonalRecord):
             if g is None:
                 last = held.segs[-1][0] if held.segs else None
                 g = last if last is not None and last.hi == p0 else Group(p0)
-                new_runs = runs_of(keys)[0][i:j]
                 self.num_inserts += 1
-                self._index.update(zip(new_runs, repeat(g)))
-                g.runs += new_runs
-                self._track(keys, i, j, g)
+                self._insert(keys, runs_of(keys)[0][i:j], i, j, g)
             dups = g.register(p0, p1)
             if dups:
                 held.dups = add_copies(held.dups, dups)
@@ -89,20 +84,20 @@ class PrefixRegistration(DiagonalRecord):
         runs = _runs_from(keys, k0, k1)
         if runs is None:
             return False
-        index, segs = self._index, held.segs
+        segs = held.segs
         seg = segs[-1] if segs else None
         g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
         i1 = -(-k1 // keys.starts.step)  # (the runs from i0 to i1 are new, if any)
         if k0 % keys.starts.step:  # inside a run: held's last group must hold its first part
-            if g is None or index.get(runs[0]) is not g:
+            if g is None or self._group_at(keys, k0 // keys.starts.step) is not g:
                 return False
             runs = runs[1:]
         i0 = i1 - len(runs)
         u = self._unindexed
         if u is not None and u[0] is keys and u[1] == k0 and u[2] == k1 and u[3] == self.num_inserts and (
-                u[4] is None or (index.get(runs[0]) is u[4][0] and not u[4][0].num_cached)):  # (still dead)
+                u[4] is None or (self._group_at(keys, i0) is u[4][0] and not u[4][0].num_cached)):  # (still dead)
             lead = u[4]
-        elif self._absent(keys, i0, i1) or index.keys().isdisjoint(runs):
+        elif self._absent(keys, runs, i0, i1):
             lead = None
         elif k0 % keys.starts.step or (lead := self._dead_lead(keys, runs, k0, k1)) is None:
             return False
@@ -123,14 +118,11 @@ class PrefixRegistration(DiagonalRecord):
                 # the index, as its drop at the eviction would have taken them, so that the later
                 # chunks register as new keys (a stretch's plan, `plan_appends`, takes only keys not
                 # indexed). (A key per slot: the group's runs are its slots' keys in order.)
-                deque(map(index.pop, g.runs[j:], repeat(None)), maxlen=0)
-                self._untrack(g, len(g.runs) - j)
+                self._forget(g, len(g.runs) - j)
                 del g.runs[j:], g.ref[j:], g.stamp[j:]
             if k1 > e:
                 runs = runs[m:]
-                index.update(zip(runs, repeat(g)))
-                g.runs += runs
-                self._track(keys, i1 - len(runs), i1, g)
+                self._insert(keys, runs, i1 - len(runs), i1, g)
                 g.append_held(k1 - e)
             held.add(g, k0, k1)
             return True
@@ -142,9 +134,7 @@ class PrefixRegistration(DiagonalRecord):
         else:
             segs.append([g, k0, k1])
         self.num_inserts += 1
-        index.update(zip(runs, repeat(g)))
-        g.runs += runs
-        self._track(keys, i0, i1, g)
+        self._insert(keys, runs, i0, i1, g)
         g.append_held(k1 - k0)
         return True
 
@@ -172,12 +162,13 @@ class PrefixRegistration(DiagonalRecord):
         `base`: a plan still valid, of other requests, that this one extends (in place: it is
         not valid on its own any more): the items are checked against its runs and groups
         rather than all planned again (a request joining a stretch, `replica/keyed_join.py`)."""
-        index = self._index
-        # (per item: what it registers; every run of the plan, as a set; the groups extended)
+        # (per item: what it registers; every run of the plan, by diagonal or as a set; the groups extended)
         plan, seen, groups = ([], None, set()) if base is None else base
-        fresh: set = set()  # these items' runs
+        # (the plan's runs by diagonal while every item's ids are ranges of one run length, plan_runs.py)
+        # (while keys are recorded by diagonal: with none recorded, a trace's or Mooncake's, the set)
+        rec = (PlanRuns(self._run_len) if self._diags else None) if base is None else seen if type(seen) is PlanRuns else None
+        fresh: set = set()  # these items' runs, as a set (without `rec`)
         num_runs = 0
-        absent = True  # (every item's runs known not indexed from the diagonals' record)
         for keys, held, k0, k1 in items:
             if type(keys) is not BlockKeys:
                 return None
@@ -196,7 +187,7 @@ class PrefixRegistration(DiagonalRecord):
             else:
                 runs = lst[k0 // r:-(-k1 // r)]
                 if k0 % r:  # inside a run: held's last group must hold its first part
-                    if g is None or index.get(runs[0]) is not g:
+                    if g is None or self._group_at(keys, k0 // r) is not g:
                         return None
                     del runs[0]
             if g is None:
@@ -208,14 +199,27 @@ class PrefixRegistration(DiagonalRecord):
                 return None  # (g may hold no block of this request: pops could drop it first)
             else:
                 groups.add(g)
-            fresh.update(runs)
-            num_runs += len(runs)
             i1 = -(-k1 // r)
-            if absent:
-                absent = self._absent(keys, i1 - len(runs), i1)
+            i0 = i1 - len(runs)
+            if rec is not None:
+                ids = rec.takes(keys)
+                if ids is None:  # (the plan's runs as a set from here on, those planned so far included)
+                    prior = [item[5] for item in plan]
+                    fresh = set().union(*prior)
+                    num_runs = sum(map(len, prior))
+                    seen = rec = None
+                elif not rec.add(ids, i0, i1):
+                    return None  # (a run listed twice)
+            if rec is None:
+                fresh.update(runs)
+                num_runs += len(runs)
+            if not self._absent(keys, runs, i0, i1):
+                return None  # (a run indexed)
             plan.append((held, g, seg, k0, k1, runs, r, keys))
-        if len(fresh) != num_runs or not absent and not index.keys().isdisjoint(fresh):
-            return None  # (a run listed twice, or indexed)
+        if rec is not None:
+            return plan, rec, groups
+        if len(fresh) != num_runs:
+            return None  # (a run listed twice)
         if seen is None:
             seen = fresh
         elif seen.isdisjoint(fresh):
@@ -226,14 +230,11 @@ class PrefixRegistration(DiagonalRecord):
 
     def apply_appends(self, planned: tuple) -> None:
         """Carry out a plan of `plan_appends` or `trim_appends` (still valid: see there)."""
-        index = self._index
         self.num_inserts += 1
         for held, g, seg, k0, k1, runs, r, keys in planned[0]:
             if runs:  # (none: blocks inside the request's last run, indexed already)
-                index.update(zip(runs, repeat(g)))
-                g.runs += runs
                 i1 = -(-k1 // r)
-                self._track(keys, i1 - len(runs), i1, g)
+                self._insert(keys, runs, i1 - len(runs), i1, g)
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
@@ -290,11 +291,10 @@ class PrefixRegistration(DiagonalRecord):
         """A group with no cached block leaves the index (it may still be someone's extent).
         Its runs are exactly the keys indexed to it (a key is indexed only when absent, to the
         group whose runs then list it, and leaves only here; `test_kv_cache_equivalence.py`
-        asserts it after every operation), so they are popped without looking at the owners
-        (a C-level pass, about twice as fast as collecting and checking them)."""
-        deque(map(self._index.pop, group.runs, repeat(None)), maxlen=0)  # (None: a run listed twice)
+        asserts it after every operation), so its pieces by diagonal leave their diagonals and
+        its other keys are popped from the dict without looking at the owners (`_forget`)."""
         if group.runs:
-            self._untrack(group, len(group.runs))
+            self._forget(group, len(group.runs))
         group.runs = []
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
@@ -302,7 +302,9 @@ class PrefixRegistration(DiagonalRecord):
         that an earlier one registers too? (`KVCacheManager.keys_conflict_many`)"""
         pending: list = []
         inside: list = []  # first runs of ranges starting inside a run indexed already
-        index = self._index
+        # (none of `pending` indexed so far, told range by range while keys are recorded by
+        # diagonal; else None: the dict probed for all of them at once, below)
+        absent = True if self._diags else None
         for keys, p0, p1 in ranges:
             if type(keys) is not BlockKeys or type(keys.starts) is not range:
                 return self._conflicts(ranges)
@@ -310,22 +312,25 @@ class PrefixRegistration(DiagonalRecord):
             lst = keys.run_keys._list
             if lst is None:
                 lst = keys.run_keys.as_list()
-            if r == 1:  # (`_runs_from`, inline: a run per block, sessions' keys)
-                pending += lst[p0:p1]
-                continue
-            runs = lst[p0 // r:-(-p1 // r)]
-            if p0 % r and (g := index.get(runs[0])) is not None:
+            i0 = p0 // r
+            runs = lst[p0:p1] if r == 1 else lst[i0:-(-p1 // r)]  # (`_runs_from`, inline)
+            if p0 % r and (g := self._group_at(keys, i0)) is not None:
                 # (a decode inside the last run of a Mooncake prompt: the run is indexed to
                 # the request's group, whose later slots are not cached, unless someone else's)
                 if g.any_cached(p0, min(p1, p0 - p0 % r + r)):
                     return self._conflicts(ranges)
                 inside.append(runs[0])
                 runs = runs[1:]
+                i0 += 1
             pending += runs
-        # The usual case, decided in C: no other run to register is indexed (so none of its
-        # blocks is cached) and no run is registered twice. Otherwise the exact search below.
+            if absent:
+                absent = self._absent(keys, runs, i0, i0 + len(runs))
+        # The usual case: no other run to register is indexed (so none of its blocks is
+        # cached) and no run is registered twice. Otherwise the exact search below.
         every = pending + inside if inside else pending
-        if len(set(every)) == len(every) and index.keys().isdisjoint(pending):
+        if absent is None:
+            absent = not self._index or self._index.keys().isdisjoint(pending)
+        if absent and len(set(every)) == len(every):
             return False
         return self._conflicts(ranges)
 
