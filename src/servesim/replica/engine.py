@@ -74,6 +74,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
                  "_decode_fns", "_forms", "defer_finishes", "_keyed_through", "notice", "deliver", "keyed_joins",
+                 "keys_seen",
                  "sole_arrival", "shared_keys_only", "_unevented", "_admission_error")
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
@@ -155,6 +156,10 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # cache and admission are vLLM's (`admits_keyed`). Then keyed stretches plan their
         # registrations up to each request's last step, which joins extend (`keys_conflict_many`).
         self.keyed_joins = False
+        # Has a request with prefix keys reached this replica (`add_request`)? Until one has, no
+        # waiting request has keys, and a stretch's end need not read the waiting queue to ask
+        # (`keyed_join.with_keys`: a Python call or two where a policy keeps its own queues, as vtc).
+        self.keys_seen = False
         # The run's only replica, which nothing but the feed's stream arrivals reach (set by
         # simulation.py to the feed's arrival handler; None otherwise): a stretch priced to the
         # next arrival then gets no end event, since that arrival comes first and settles it

@@ -35,6 +35,7 @@ class EngineArrivals:
         else:
             if req.hash_ids and self.kv.enable_prefix_caching:
                 req.kv_block_keys = block_keys(req, self.kv.block_size, self.shared_keys_only)
+                self.keys_seen = True
             st = self.stretch
             # A request the stretch's steps would not look at changes nothing they repeat: it
             # goes on, logging one more waiting request from the step after the one in flight

@@ -83,7 +83,8 @@ def with_keys(engine, st) -> bool:
     waiting request with keys, where keyed joins are on) rather than `join_arrivals`'?"""
     sched = engine.scheduler
     return engine.keyed_joins and type(st) is Stretch and bool(
-        st.keyed or (len(sched.waiting) == 1 and next(iter(sched.waiting)).kv_block_keys is not None))
+        st.keyed or (engine.keys_seen and len(sched.waiting) == 1
+                     and next(iter(sched.waiting)).kv_block_keys is not None))
 
 
 def keyed_join(engine, st: Stretch, now_s: float) -> bool:
