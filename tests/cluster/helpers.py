@@ -115,3 +115,23 @@ def keep_kv_caches(m) -> list:
 
     m.setattr(KVCacheManager, "__init__", kept)
     return caches
+
+
+def wrong_registrations(m) -> list:
+    """The ids of keyed requests registered while monkeypatch `m` holds with blocks past the
+    tokens they computed, or up to another count than theirs (a stretch's registrations are read
+    where they are made: results alone cannot show one step off, as nobody else hits a
+    conversation's blocks in that step). Filled as the run goes; empty when every one is right."""
+    wrong: list = []
+    register = KVCacheManager.cache_full_blocks_many
+
+    def checked(self, reqs_tokens, more_tokens, last=None):
+        wrong.extend(r.id for i, (r, c) in enumerate(reqs_tokens)
+                     if c + (more_tokens if last is None or last[i] > more_tokens else last[i]) != r.num_computed_tokens)
+        register(self, reqs_tokens, more_tokens, last)
+        held = self._held
+        wrong.extend(r.id for r, _ in reqs_tokens
+                     if r.id in held and held[r.id].num_keyed > r.num_computed_tokens // self.block_size)
+
+    m.setattr(KVCacheManager, "cache_full_blocks_many", checked)
+    return wrong

@@ -10,10 +10,9 @@ import pytest
 
 from servesim import load_scenario, simulate
 from servesim.replica import copy_join, stretch_join
-from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.vtc import VTCScheduler
 
-from .helpers import SESSIONS, assert_same_steps, outcome
+from .helpers import SESSIONS, assert_same_steps, outcome, wrong_registrations
 from .test_keyed_join import BUSY
 
 VTC = ["workload.num_requests=400", "scheduler.name=vtc"]
@@ -48,16 +47,7 @@ def test_vtc_next_turns_join_with_copies_exactly(extra, min_joins, min_copies, m
 
     # Each keyed request registers up to the tokens it computed, no block past them (the plan
     # moved by each stall, `_stall_keyed`): read where the registrations are made
-    wrong = []
-    register = KVCacheManager.cache_full_blocks_many
-
-    def checked(self, reqs_tokens, more_tokens, last=None):
-        wrong.extend(r.id for i, (r, c) in enumerate(reqs_tokens)
-                     if c + (more_tokens if last is None or last[i] > more_tokens else last[i]) != r.num_computed_tokens)
-        register(self, reqs_tokens, more_tokens, last)
-        held = self._held
-        wrong.extend(r.id for r, _ in reqs_tokens
-                     if r.id in held and held[r.id].num_keyed > r.num_computed_tokens // self.block_size)
+    wrong = wrong_registrations(monkeypatch)
 
     # What each admission registered: its copies and keyed positions (no result reads them:
     # vtc makes no lookup), as stepping's admission at the same step leaves them
@@ -77,7 +67,6 @@ def test_vtc_next_turns_join_with_copies_exactly(extra, min_joins, min_copies, m
         scheds.append(self)
 
     monkeypatch.setattr(copy_join, "_copies_stall", counted)
-    monkeypatch.setattr(KVCacheManager, "cache_full_blocks_many", checked)
     monkeypatch.setattr(VTCScheduler, "__init__", kept)
     monkeypatch.setattr(VTCScheduler, "_admit", recorded)
     fast = simulate(load_scenario(SESSIONS, VTC + extra), keep_steps=True)

@@ -10,7 +10,7 @@ import pytest
 from servesim import load_scenario, simulate
 from servesim.replica import fast_forward
 
-from .helpers import assert_same_steps, keyed_joins, outcome
+from .helpers import assert_same_steps, keyed_joins, outcome, wrong_registrations
 
 SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 # Busy conversations with short think times: next turns arrive while stretches holding other
@@ -210,7 +210,6 @@ def test_vllm_v0_next_turns_join_as_prompt_only_steps_exactly(extra, busy, monke
     registrations and the stretch's plan moved one step later (`_stall_keyed`). On main every
     such turn ended the stretch. Stepping's results, step log included; under KV pressure too,
     and with a 20 % watermark kept free."""
-    from servesim.replica.kv_cache import KVCacheManager
     from servesim.replica.stretch import Stretch
 
     stalls = []  # the cached tokens of each keyed prompt-only step
@@ -226,19 +225,9 @@ def test_vllm_v0_next_turns_join_as_prompt_only_steps_exactly(extra, busy, monke
     # one step off leave the results the same here (nobody else hits a conversation's blocks
     # in that step), so they are read where they are made: the frame's moved entries and the
     # plan's tokens and caps each fail it when left unmoved (1,968 and 160 at 1 replica)
-    wrong = []
-    register = KVCacheManager.cache_full_blocks_many
-
-    def checked(self, reqs_tokens, more_tokens, last=None):
-        wrong.extend(r.id for i, (r, c) in enumerate(reqs_tokens)
-                     if c + (more_tokens if last is None or last[i] > more_tokens else last[i]) != r.num_computed_tokens)
-        register(self, reqs_tokens, more_tokens, last)
-        held = self._held
-        wrong.extend(r.id for r, _ in reqs_tokens
-                     if r.id in held and held[r.id].num_keyed > r.num_computed_tokens // self.block_size)
+    wrong = wrong_registrations(monkeypatch)
 
     monkeypatch.setattr(Stretch, "stall", counted)
-    monkeypatch.setattr(KVCacheManager, "cache_full_blocks_many", checked)
     fast, slow, joins, with_hits = run_both(BUSY + ["scheduler.name=vllm-v0"] + extra, monkeypatch)
     assert not wrong, wrong[:10]
     assert outcome(fast) == outcome(slow)

@@ -18,6 +18,7 @@ from servesim.workload.prefix import HashIds
 from tests.cluster.helpers import SESSIONS, assert_same_steps, outcome
 from tests.factories import make_request
 from tests.replica.test_dead_groups import TIGHT
+from tests.replica.test_plan_extended import _admitted
 
 BS = 16
 
@@ -26,12 +27,6 @@ def _turn(rid: int, ids, prompt_blocks: int, output: int):
     req = make_request(rid, prompt_blocks * BS, output, hash_ids=ids, hash_block_tokens=BS)
     req.kv_block_keys = BlockKeys(ids, BS, BS)
     return req
-
-
-def _admitted(kv: KVCacheManager, reqs) -> None:
-    for req in reqs:
-        assert kv.allocate_slots(req, req.prompt_len)
-        req.num_computed_tokens = req.prompt_len
 
 
 def _items(kv: KVCacheManager, reqs, blocks: int) -> list:
