@@ -23,12 +23,13 @@ REFUSED = False
 
 
 def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -> tuple | bool | None:
-    """Check the run keys `runs` (those of `keys`' positions from k0 on) that a request joining the stretch `st` at step s registers
-    (`PrefixIndex.unindexed` found none of them indexed) against a plan that must cover the
-    stretch's registrations up to step `last` (s - 1 for a whole prompt: step s's are read here;
-    the rest's step for one joining with chunks, whose steps register the decodes' blocks beside
-    it): `REFUSED` if one is planned (or no such plan is kept), else the plan to keep valid once
-    they are registered (None: the stretch has no keyed request, nothing planned)."""
+    """Check the run keys `runs` (those of `keys`' positions from k0 on) that a request joining
+    the stretch `st` at step s registers (`PrefixIndex.unindexed` found none of them indexed)
+    against a plan that must cover the stretch's registrations up to step `last` (s - 1 for a
+    whole prompt: step s's are read here; the rest's step for one joining with chunks, whose
+    steps register the decodes' blocks beside it): `REFUSED` if one is planned (or no such plan
+    is kept), else the plan to keep valid once they are registered (None: the stretch has no
+    keyed request, nothing planned)."""
     prefix = kv._prefix
     if not st.keyed:
         return None
