@@ -31,6 +31,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.join_keys import add_keyed
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch import Stretch
 
@@ -122,10 +123,7 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     st.join_shared = [(q, kv.num_blocks_of(prompt.id))]
     st.spent_to = q
     if keys is not None:  # it registers its decodes' blocks up to its last step, as the other keyed requests
-        if st.keyed_last is None:
-            st.keyed_last = []
-        st.keyed.append((prompt, prompt.num_tokens - q))
-        st.keyed_last.append(q + prompt.output_len - 1)
+        add_keyed(st, prompt, prompt.num_tokens - q, q)
     st.price(horizon_s)
     if not engine._limit(st, 1) or st.k <= q:
         return False  # (the chunk stretch then: it goes to the rest's step without the join's)

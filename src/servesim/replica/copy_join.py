@@ -42,8 +42,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.join_keys import _step_keys
-from servesim.replica.plan_runs import plan_meets
+from servesim.replica.join_keys import REFUSED, add_keyed, unplanned
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _stall_join
 
@@ -94,35 +93,25 @@ def _copies_stall(engine, st: Stretch, req, n: int, s: int, pops: int):
             nk = prefix._leading_runs_of(keys, g, end) if g is not None else 0
             groups = [g] if nk else []
             runs = prefix.unindexed(keys, nk, end) if nk < end else ()
-            i0 = nk // keys.starts.step if type(keys.starts) is range else None  # (runs i0, i0 + 1, ...)
+            k0 = nk  # (the runs' first position: they are those of positions nk, nk + 1, ...)
             if runs is None:
                 runs, groups = _past_leading(prefix, keys, nk, end, groups)
-                i0 = None  # (not consecutive)
+                k0 = None  # (not consecutive)
             if groups and kv._queue.head_evicts(pops, groups):
                 return None  # (a block of a group it registers into that a pop up to its admission evicts)
             if st.keyed:
                 # (only its runs past those may be in the plan, whose runs were not indexed when it
                 # was made and no key entered the index since; nor may the plan extend a group it
                 # registers into, whose end its new runs may extend first)
-                planned = kv._planned
-                if (planned is None or planned[0] is not st.keyed or planned[2] < s - 1
-                        or planned[3] != prefix.num_inserts
-                        or plan_meets(planned[4], keys, runs, i0)
-                        or (groups and not planned[4][2].isdisjoint(groups))):
+                kept = unplanned(kv, st, keys, runs, k0, s, s - 1)
+                if kept is REFUSED or (groups and not kept[4][2].isdisjoint(groups)):
                     return None
-                if planned[2] < s and ((more := _step_keys(st, s, bs)) is None or not more.isdisjoint(runs)):
-                    return None
-                kept = planned
 
     def stall(joins, first_new, blocks, step_s, forms, block_size, cached=0):
         _stall_keyed(kv, st, s, kept)  # (after the admission registered its prompt: the plan's count of inserts now)
         st.stall(joins, first_new, blocks, step_s, forms, block_size, cached)
         if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
-            ctx1 = n - s
-            if st.keyed_last is None:
-                st.keyed_last = []
-            st.keyed.append((req, ctx1))
-            st.keyed_last.append(s + req.output_len - 1)  # (its join step + output_len - 1)
+            add_keyed(st, req, n - s, s)
 
     return stall
 

@@ -22,8 +22,9 @@ from servesim.replica.prefix_registration import _runs_from
 REFUSED = False
 
 
-def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -> tuple | bool | None:
-    """Check the run keys `runs` (those of `keys`' positions from k0 on) that a request joining
+def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int | None, s: int, last: int) -> tuple | bool | None:
+    """Check the run keys `runs` (those of `keys`' positions from k0 on; k0 None: runs of `keys`
+    that are not consecutive) that a request joining
     the stretch `st` at step s registers (`PrefixIndex.unindexed` found none of them indexed)
     against a plan that must cover the stretch's registrations up to step `last` (s - 1 for a
     whole prompt: step s's are read here; the rest's step for one joining with chunks, whose
@@ -39,7 +40,7 @@ def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -
     planned = kv._planned
     if planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts:
         return REFUSED
-    if plan_meets(planned[4], keys, runs, k0 // keys.starts.step if type(keys.starts) is range else None):
+    if plan_meets(planned[4], keys, runs, k0 // keys.starts.step if k0 is not None and type(keys.starts) is range else None):
         return REFUSED
     if planned[2] < s and ((more := _step_keys(st, s, kv.block_size)) is None or not more.isdisjoint(runs)):
         return REFUSED
@@ -83,7 +84,14 @@ def keep_turn(kv, st, req, plan: tuple | None, ctx1: int, last: int) -> None:
     registering its decodes' blocks up to its last step as the others do."""
     if plan is not None:
         kv._planned = (*plan[:3], kv._prefix.num_inserts, *plan[4:])
+    add_keyed(st, req, ctx1, last)
+
+
+def add_keyed(st, req, ctx1: int, step: int) -> None:
+    """`req` (its context `ctx1` + j at the stretch's step j), joined at `step`, one of the
+    stretch's keyed requests from there: it registers its decodes' blocks up to its last step
+    (`step` + output_len - 1) as the others do (`KVCacheManager.keys_conflict_many`)."""
     if st.keyed_last is None:
         st.keyed_last = []
     st.keyed.append((req, ctx1))
-    st.keyed_last.append(last + req.output_len - 1)
+    st.keyed_last.append(step + req.output_len - 1)

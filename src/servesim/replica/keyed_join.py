@@ -60,7 +60,7 @@ from servesim.replica.block_keys import BlockKeys
 from servesim.replica.chunk_join import chain_join, chunk_join
 from servesim.replica.copy_join import copies_admission, copy_join
 from servesim.replica.held_hits import held_by_departed, log_shared
-from servesim.replica.join_keys import REFUSED, unplanned
+from servesim.replica.join_keys import REFUSED, add_keyed, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.kv_prefix_caching import WHOLE
 from servesim.replica.schedulers.andes import AndesScheduler
@@ -243,10 +243,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             if shared:
                 log_shared(st, s, shared)
     if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
-        if st.keyed_last is None:
-            st.keyed_last = []
-        st.keyed.append((req, ctx1))
-        st.keyed_last.append(num_tokens - ctx1 + req.output_len - 1)  # (its join step + output_len - 1)
+        add_keyed(st, req, ctx1, num_tokens - ctx1)  # (its join step s = num_tokens - ctx1)
     # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for
     # `join_arrivals`' lean join; at a busy replica among many `join_ahead` steps by the scalar
     # loop, not a numpy chunk to a horizon `lookahead` arrival gaps away that the next turn
