@@ -81,12 +81,14 @@ class HyGenScheduler(VLLMSteps):
         online = [r for r in self.running if not r.is_offline]
         self._online_only = len(online) == len(self.running) and not self.offline
         self._head_blocked = False
-        if self._online_only and len(online) <= budget and self.kv.allocate_decodes(online):
-            # Every running request decodes and every block fits: the loop below would give
-            # each its one token in order, evicting nobody (`allocate_decodes` is its bulk form).
-            out.scheduled = [(req, 1) for req in online]
-            out.num_known_decodes = len(online)
-            online, budget = [], budget - len(online)
+        if online and (i := self.kv.allocate_leading_decodes(online if len(online) <= budget else online[:budget])):
+            # The leading online requests that decode and fit: the loop below would give each
+            # its one token in order, evicting nobody (`allocate_leading_decodes` is its bulk
+            # form); the loop goes on from the first one left (under overload the batch's
+            # chunked prompt, last: before, one `allocate_slots` call per decode then).
+            out.scheduled = [(req, 1) for req in online[:i]] if i < len(online) else [(req, 1) for req in online]
+            out.num_known_decodes = i
+            online, budget = online[i:], budget - i
         for req in online:  # 1) running online requests
             if budget <= 0:
                 break
