@@ -63,20 +63,31 @@ def _overloaded(offline_every: int):
 def test_bulk_decodes_decide_as_the_per_request_loop(offline_every, monkeypatch):
     """Overloaded, online only and with offline work: the leading online decodes taken in one
     call (`allocate_leading_decodes`, also when a chunked prompt or a request without a free
-    block follows them) give the same run, preemptions included, as the loop that allocates
+    block follows them, and again after an eviction) give the same run, preemptions included, as the loop that allocates
     request by request; and fast-forwarded, the same run as stepped."""
     from servesim.replica.kv_cache import KVCacheManager
     from tests.factories import REQUEST_OUTCOME, STEP_LOG_COLUMNS, assert_same_run, run_engine
 
-    full, part = [], []
-    bulk = KVCacheManager.allocate_leading_decodes
+    from servesim.replica.schedulers.hygen import HyGenScheduler
+
+    full, part, later = [], [], []  # whole and cut batches; a schedule's calls after its first
+    bulk, schedule = KVCacheManager.allocate_leading_decodes, HyGenScheduler.schedule
+    calls = [0]
 
     def counted(kv, reqs):
         k = bulk(kv, reqs)
         (full if k == len(reqs) else part).append(k)
+        calls[0] += 1
+        if calls[0] > 1:
+            later.append(k)  # (after a prompt chunk or an eviction in the running pass)
         return k
 
+    def counted_schedule(sched, now_s):
+        calls[0] = 0
+        return schedule(sched, now_s)
+
     monkeypatch.setattr(KVCacheManager, "allocate_leading_decodes", counted)
+    monkeypatch.setattr(HyGenScheduler, "schedule", counted_schedule)
     a_reqs = _overloaded(offline_every)
     a = run_engine(a_reqs, False, 60, "hygen", {})
     f_reqs = _overloaded(offline_every)
@@ -86,6 +97,7 @@ def test_bulk_decodes_decide_as_the_per_request_loop(offline_every, monkeypatch)
     b = run_engine(b_reqs, False, 60, "hygen", {})
     # both paths really ran: whole batches and batches cut short by a prompt or a missing block
     assert len(full) > 100 and sum(k > 0 for k in part) > 100, (len(full), len(part))
+    assert sum(k > 0 for k in later) > 20, later
     assert sum(r.num_preemptions for r in a_reqs) > 0
     assert a.num_steps == b.num_steps
     for x, y in zip(a_reqs, b_reqs, strict=True):
