@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request
 from tests.replica.test_vllm_scheduler import run_logged
@@ -48,28 +50,63 @@ def test_prefix_order_groups_offline_requests_sharing_a_prefix():
     assert [r.id for r in sched._offline_order(0.0)][0] == 2  # waited 5 s: goes first
 
 
-def test_bulk_decodes_decide_as_the_per_request_loop(monkeypatch):
-    """Online only, overloaded: the step where everyone decodes (`allocate_decodes`) gives the
-    same run, preemptions included, as the loop that allocates request by request."""
-    from servesim.replica.kv_cache import KVCacheManager
-    from tests.factories import REQUEST_OUTCOME, STEP_LOG_COLUMNS, run_engine
+def _overloaded(offline_every: int):
     from tests.replica.test_blocked_arrivals import overloaded_requests
 
-    calls = []
-    bulk = KVCacheManager.allocate_decodes
-    monkeypatch.setattr(KVCacheManager, "allocate_decodes", lambda kv, reqs: calls.append(ok := bulk(kv, reqs)) or ok)
-    a_reqs = overloaded_requests(5, n=200)
+    reqs = overloaded_requests(5, n=200)
+    for r in reqs[::offline_every] if offline_every else ():
+        r.is_offline = True
+    return reqs
+
+
+@pytest.mark.parametrize("offline_every", [0, 3])
+def test_bulk_decodes_decide_as_the_per_request_loop(offline_every, monkeypatch):
+    """Overloaded, online only and with offline work: the leading online decodes taken in one
+    call (`allocate_leading_decodes`, also when a chunked prompt or a request without a free
+    block follows them, and again after an eviction) give the same run, preemptions included, as the loop that allocates
+    request by request; and fast-forwarded, the same run as stepped."""
+    from servesim.replica.kv_cache import KVCacheManager
+    from tests.factories import REQUEST_OUTCOME, STEP_LOG_COLUMNS, assert_same_run, run_engine
+
+    from servesim.replica.schedulers.hygen import HyGenScheduler
+
+    full, part, later = [], [], []  # whole and cut batches; a schedule's calls after its first
+    bulk, schedule = KVCacheManager.allocate_leading_decodes, HyGenScheduler.schedule
+    calls = [0]
+
+    def counted(kv, reqs):
+        k = bulk(kv, reqs)
+        (full if k == len(reqs) else part).append(k)
+        calls[0] += 1
+        if calls[0] > 1:
+            later.append(k)  # (after a prompt chunk or an eviction in the running pass)
+        return k
+
+    def counted_schedule(sched, now_s):
+        calls[0] = 0
+        return schedule(sched, now_s)
+
+    monkeypatch.setattr(KVCacheManager, "allocate_leading_decodes", counted)
+    monkeypatch.setattr(HyGenScheduler, "schedule", counted_schedule)
+    a_reqs = _overloaded(offline_every)
     a = run_engine(a_reqs, False, 60, "hygen", {})
-    monkeypatch.setattr(KVCacheManager, "allocate_decodes", lambda kv, reqs: False)
-    b_reqs = overloaded_requests(5, n=200)
+    f_reqs = _overloaded(offline_every)
+    f = run_engine(f_reqs, True, 60, "hygen", {})
+    monkeypatch.setattr(KVCacheManager, "allocate_leading_decodes", lambda kv, reqs: 0)
+    b_reqs = _overloaded(offline_every)
     b = run_engine(b_reqs, False, 60, "hygen", {})
-    assert sum(calls) > 100 and sum(r.num_preemptions for r in a_reqs) > 0  # both paths really ran
+    # both paths really ran: whole batches and batches cut short by a prompt or a missing block
+    assert len(full) > 100 and sum(k > 0 for k in part) > 100, (len(full), len(part))
+    assert sum(k > 0 for k in later) > 20, later
+    assert sum(r.num_preemptions for r in a_reqs) > 0
     assert a.num_steps == b.num_steps
     for x, y in zip(a_reqs, b_reqs, strict=True):
         assert [getattr(x, f) for f in REQUEST_OUTCOME] == [getattr(y, f) for f in REQUEST_OUTCOME]
     la, lb = a.recorder.step_log(60), b.recorder.step_log(60)
     for col in STEP_LOG_COLUMNS:
         assert (getattr(la, col) == getattr(lb, col)).all(), col
+    assert f.num_fast_forwarded_steps > 0 or offline_every  # (offline decodes: hygen steps)
+    assert_same_run(f, a, f_reqs, a_reqs, 60)
 
 
 def test_a_blocked_head_holds_the_batch_until_a_finish():
