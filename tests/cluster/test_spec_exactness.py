@@ -62,3 +62,29 @@ def test_views_count_no_prompt_token_for_requests_finished_inside_a_stretch(read
     assert fast_seen == seen
     assert outcome(fast) == outcome(slow)
     assert fast.num_fast_forwarded_steps > 0.8 * len(fast.steps)
+
+
+def test_uneven_verify_steps_priced_from_sums_are_exact(monkeypatch):
+    """Steps where a request near its end verifies fewer than 1 + k tokens, or decodes its last
+    one plainly, and steps that prompts join, are priced by the perf model's
+    `verify_sums_time_fn` from sums: it runs, and the results and step log are stepping's."""
+    from servesim.perf.spec_forms import VerifyFormsMixin
+
+    calls = [0]
+    make = VerifyFormsMixin.verify_sums_time_fn
+
+    def counted(self):
+        fn = make(self)
+
+        def time_s(*args):
+            calls[0] += 1
+            return fn(*args)
+        return time_s
+
+    monkeypatch.setattr(VerifyFormsMixin, "verify_sums_time_fn", counted)
+    sets = SPEC + ["engine.num_speculative_tokens=4"]
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    assert calls[0] > 200, calls[0]
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert fast.num_fast_forwarded_steps > 0.8 * len(fast.steps)

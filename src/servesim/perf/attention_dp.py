@@ -185,6 +185,9 @@ class AttentionDPPerf:
     def verify_time_fn(self, num_seqs: int, tokens_per_seq: int):
         return None
 
+    def verify_sums_time_fn(self):
+        return None
+
     def chunk_verify_time_fn(self, num_seqs: int, tokens_per_seq: int, chunk: int):
         return None  # (not the rank's form, which `__getattr__` would hand out: the ranks' split decides)
 

@@ -1,7 +1,7 @@
 """The forms of speculative verify steps: `VerifyFormsMixin`, inherited by `PerfModel`.
 
-Verify steps alone (`verify_step_times_s`, `verify_time_fn`) and a verify step beside a prompt
-chunk (`chunk_verify_time_fn`).
+Verify steps alone (`verify_step_times_s`, `verify_time_fn`), a verify step beside a prompt
+chunk (`chunk_verify_time_fn`), and any verify step by its sums (`verify_sums_time_fn`).
 
 Sarathi-style chunk steps with speculative decoding run one prompt chunk and, for each of the
 batch's decodes, a verify chunk of 1 + k tokens over its context. A fast-forwarded run of such
@@ -47,6 +47,40 @@ def chunk_verify_time_fn(pm, num_seqs: int, tokens_per_seq: int,
         pairs += (2 * t * ctx_sum + verify_pairs2) / 2.0
         attention = pair_full * pairs + kv_read * (full_layers * (cached + ctx_sum))
         gpu = base + ((attention + fixed) + mixed)  # (no plain decodes: their term is zero)
+        return max(gpu, cpu) if overlap else gpu + cpu
+
+    return time_s
+
+
+def verify_sums_time_fn(pm) -> Callable[..., float | None] | None:
+    """For a `PerfModel` `pm`: the time of a speculative step from sums over its chunks, for the
+    steps the forms above do not cover: verify chunks of different lengths (requests with k or
+    fewer tokens left verify fewer), plain decodes beside them (a request's last token), prompts
+    first in the pass (prompts joining a stretch). The arguments: the step's sequences and tokens,
+    twice the chunks' attention pairs (sum of n * (2 * cached + n) over prompt and verify chunks of
+    n new tokens), their cached tokens, the plain decodes' context sum and the prompts' tokens.
+    Bit-identical to step_time_s(prompts + verify chunks, plain decode contexts, number of verify
+    chunks) when at least one chunk verifies: the pairs are multiples of 1/2 summed exactly below
+    2^52 (None past it), and the rest is `_verify_chunks_s`' and `step_time_s`' float operations
+    in their order. None with sliding-window layers or graphless steps (then by each context)."""
+    if pm._window is not None or pm._graphless:
+        return None
+    pair_full, pair_win, kv_read, g = pm._pair_full, pm._pair_win, pm._kv_read, pm._g_full
+    full_layers, win_layers = pm._layers
+    token_s, logits_s, cpu_s, overlap = pm._token_s, pm._logits_s, pm.terms.cpu_s, pm._overlap
+    prompt_fixed_s, mixed_s = pm._prompt_fixed_s, pm._mixed_s
+
+    def time_s(num_seqs: int, num_tokens: int, pairs2: int, cached: int, decode_sum: int,
+               prompt_tokens: int = 0) -> float | None:
+        if pairs2 >= PAIRS_EXACT:
+            return None
+        pairs = pair_full * (pairs2 / 2.0) + pair_win * 0.0 + kv_read * (full_layers * cached + win_layers * 0)
+        if prompt_tokens:
+            pairs = pairs + prompt_fixed_s(prompt_tokens)
+        gpu = token_s(num_tokens) + logits_s(num_seqs)
+        gpu = gpu + (pairs + mixed_s(prompt_tokens, num_seqs))  # (its decode count > 0 as with the chunks')
+        gpu = gpu + g * decode_sum
+        cpu = cpu_s(num_seqs, num_tokens)
         return max(gpu, cpu) if overlap else gpu + cpu
 
     return time_s
@@ -115,6 +149,13 @@ class VerifyFormsMixin:
             return max(gpu, cpu) if overlap else gpu + cpu
 
         return time_s
+
+    def verify_sums_time_fn(self):
+        """`verify_sums_time_fn` of this model (`perf/spec_forms.py`), memoised."""
+        fn = self._verify_fns.get("sums", False)
+        if fn is False:
+            fn = self._verify_fns["sums"] = verify_sums_time_fn(self)
+        return fn
 
     def chunk_verify_time_fn(self, num_seqs: int, tokens_per_seq: int, chunk: int):
         """A prompt chunk beside verify chunks as a scalar form (`perf/spec_forms.py`), memoised."""

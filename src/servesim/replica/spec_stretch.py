@@ -95,6 +95,8 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
             self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
         self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
+        sums = getattr(engine.perf, "verify_sums_time_fn", None)  # (any other verify step, `_verify_s`)
+        self._sums_form = sums() if sums is not None else None
         self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
         self._acceptance_rate = cfg.spec_acceptance_rate
         self._draws: AcceptanceDraws = engine.spec_draws

@@ -195,9 +195,7 @@ class SpecStretchPricing:
             return draft_s
         dt = verify_fn(ctx_sum) if regular and verify_fn is not None else None
         if dt is None:
-            k_max, rem = self._k_max, self._rem
-            verify = [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
-            dt = self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1], len(verify))
+            dt = self._verify_s((), act)
         dt += self._draft_ratio * self._k_max * draft_s  # (as `speculate`, term for term)
         return dt
 
@@ -223,15 +221,45 @@ class SpecStretchPricing:
         """A step's time as `speculate` prices it with `prompts` ((tokens, tokens cached) each)
         first in the verify pass beside the decodes of `act`, term for term (a prompt's chunk,
         or the prompts that join the stretch)."""
-        ctx, rem, k_max, perf = self._ctx, self._rem, self._k_max, self._perf
+        ctx, k_max, perf = self._ctx, self._k_max, self._perf
         decode_ctxs = [ctx[i] for i in act]
         if not num_spec:  # every request on its last token: no speculation, plain decodes
             return perf.step_time_s(prompts, decode_ctxs)
-        verify = prompts + [(1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1]
-        dt = perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1], len(verify) - len(prompts))
+        dt = self._verify_s(prompts, act)
         draft_fn = self._decode_fn(len(act))
         dt += self._draft_ratio * k_max * (draft_fn(ctx_sum) if draft_fn else perf.step_time_s([], decode_ctxs))
         return dt
+
+    def _verify_s(self, prompts, act: list[int]) -> float:
+        """The verify pass of a step that speculates (at least one request verifies): step_time_s
+        of `prompts` ((tokens, tokens cached) each), then a verify chunk of 1 + min(k, tokens left - 1)
+        tokens for each of `act`'s requests with more than one token left, beside the plain decodes
+        of those on their last. From sums by the perf model's `verify_sums_time_fn` (a step's lists
+        cost about ten times as much), else from the lists."""
+        ctx, rem, k_max = self._ctx, self._rem, self._k_max
+        form = self._sums_form
+        if form is not None:
+            tokens = pairs2 = cached = plain = plain_sum = 0
+            for n, c in prompts:
+                tokens += n
+                pairs2 += n * (2 * c + n)
+                cached += c
+            prompt_tokens = tokens
+            for i in act:
+                c, r = ctx[i], rem[i]
+                if r > 1:
+                    t = k_max + 1 if r > k_max else r
+                    tokens += t
+                    pairs2 += t * (2 * c + t)
+                    cached += c
+                else:
+                    plain += 1
+                    plain_sum += c
+            dt = form(len(prompts) + len(act), tokens + plain, pairs2, cached, plain_sum, prompt_tokens)
+            if dt is not None:
+                return dt
+        verify = [*prompts, *((1 + (k_max if rem[i] > k_max else rem[i] - 1), ctx[i]) for i in act if rem[i] > 1)]
+        return self._perf.step_time_s(verify, [ctx[i] for i in act if rem[i] <= 1], len(verify) - len(prompts))
 
     def _done_with(self, j: int, done: list[int]) -> None:
         """Requests that emitted their last token in step j: the stretch ends there, or they
