@@ -14,6 +14,7 @@ from servesim.replica import join_keys
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.plan_runs import PlanRuns, plan_meets
+from servesim.replica.prefix_diagonals import diagonal_pieces
 from servesim.workload.prefix import HashIds
 from tests.cluster.helpers import SESSIONS, assert_same_steps, outcome
 from tests.factories import make_request
@@ -66,12 +67,16 @@ def test_a_run_listed_twice_is_told_by_its_diagonal_whichever_turn_lists_it():
     hashes, follow = HashIds(BS), HashIds(BS, 1 << 48)
     ids = hashes.fresh(12)
     rec = PlanRuns(1)
-    assert rec.add(ids, 2, 6) and rec.add(ids, 6, 8)
-    assert not rec.add(ids, 5, 7)  # (runs 5 and 6 are in)
+
+    def add(ids, i0, i1):
+        return rec.add(diagonal_pieces(ids, i0, i1))
+
+    assert add(ids, 2, 6) and add(ids, 6, 8)
+    assert not add(ids, 5, 7)  # (runs 5 and 6 are in)
     assert rec.meets(ids, 7, 9) and not rec.meets(ids, 8, 12)
     # a next turn's ids start with these: its first runs are the same keys, on the same diagonal
     nxt = follow.extend(ids, 20 * BS)
-    assert rec.meets(nxt, 0, 3) and not rec.meets(nxt, 8, 20) and rec.add(nxt, 8, 20) and not rec.add(nxt, 12, 13)
+    assert rec.meets(nxt, 0, 3) and not rec.meets(nxt, 8, 20) and add(nxt, 8, 20) and not add(nxt, 12, 13)
 
 
 def test_a_plan_meeting_keys_without_ranges_keeps_its_runs_as_a_set():

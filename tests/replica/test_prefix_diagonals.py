@@ -21,7 +21,7 @@ import pytest
 from servesim import load_scenario, simulate
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.kv_cache import KVCacheManager
-from servesim.replica.prefix_diagonals import DiagonalRecord
+from servesim.replica.prefix_diagonals import DiagonalRecord, diagonal_pieces
 from servesim.workload.prefix import HashIds
 from tests.cluster.helpers import SESSIONS, assert_same_steps, keep_kv_caches, outcome
 from tests.replica.test_dead_groups import TIGHT
@@ -176,9 +176,12 @@ def test_sessions_with_keys_recorded_by_diagonal_give_steppings_results(extra, m
     calls = Counter()
     insert = DiagonalRecord._insert
 
-    def counted(self, keys, runs, i0, i1, g):
+    def counted(self, keys, runs, i0, i1, g, pieces=None):
         calls["tracked" if self._tracked(keys) is not None else "dict"] += i1 - i0
-        return insert(self, keys, runs, i0, i1, g)
+        if pieces is not None:  # (a plan's: its pieces found once, when planned)
+            assert pieces == diagonal_pieces(keys._ids, i0, i1)
+            calls["planned"] += i1 - i0
+        return insert(self, keys, runs, i0, i1, g, pieces)
 
     monkeypatch.setattr(DiagonalRecord, "_insert", counted)
     fast = simulate(load_scenario(SESSIONS, TIGHT + extra), keep_steps=True)
@@ -186,6 +189,7 @@ def test_sessions_with_keys_recorded_by_diagonal_give_steppings_results(extra, m
     slow = simulate(load_scenario(SESSIONS, TIGHT + extra + ["engine.fast_forward=false"]), keep_steps=True)
     assert by_fast.get("tracked", 0) > 10_000 and "dict" not in calls, calls  # (the path ran, in both)
     assert calls["tracked"] == 2 * by_fast["tracked"]  # (stepping registers the same keys)
+    assert by_fast.get("planned", 0) > 1_000, by_fast  # (a stretch's plan hands its pieces to `_insert`)
     assert fast.num_fast_forwarded_steps > 0 and slow.num_fast_forwarded_steps == 0
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)

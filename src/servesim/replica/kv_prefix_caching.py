@@ -241,7 +241,7 @@ class PrefixCaching:
             ends = ([(c + more_tokens) // bs for c in tokens] if caps is None else
                     [(c + (more_tokens if m > more_tokens else m)) // bs for c, m in zip(tokens, caps)])
             planned = self._prefix.trim_appends(planned, ends)
-        for held, _, _, k0, k1, _, _, _ in planned[0]:
+        for held, _, _, k0, k1, *_ in planned[0]:
             if k1 - k0 > held.num_plain:
                 return False
         self._prefix.apply_appends(planned)

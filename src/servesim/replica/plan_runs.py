@@ -34,10 +34,11 @@ class PlanRuns:
         ids = keys._ids if type(keys) is BlockKeys else None
         return ids if type(ids) is IdRanges and keys.starts.step == self.run_len else None
 
-    def add(self, ids: IdRanges, i0: int, i1: int) -> bool:
-        """Add runs [i0, i1); False if one of them is in already (then the plan is dropped)."""
+    def add(self, pieces: list[tuple[int, int, int]]) -> bool:
+        """Add runs by their pieces ((diagonal, first run, end run): `diagonal_pieces`); False if
+        one of them is in already (then the plan is dropped)."""
         by = self._by_diag
-        for d, a, e in diagonal_pieces(ids, i0, i1):
+        for d, a, e in pieces:
             spans = by.get(d)
             if spans is None:
                 by[d] = [a, e]

@@ -85,14 +85,17 @@ class DiagonalRecord:
             if self._index and not self._index.keys().isdisjoint(runs):
                 return False
             return not self._diags or all(self._decoded(k) is None for k in runs)
+        return self._absent_on(diagonal_pieces(ids, i0, i1), runs)
+
+    def _absent_on(self, pieces: list[tuple[int, int, int]], runs: list) -> bool:
+        """`_absent` of tracked keys' runs by their pieces (`diagonal_pieces`) and run keys."""
         rec = self._diags
-        if rec:
-            for d, a, e in diagonal_pieces(ids, i0, i1):
-                pieces = rec.get(d)
-                if pieces is not None:
-                    for x in pieces:
-                        if x[0] < e and a < x[1]:
-                            return False
+        for d, a, e in pieces:
+            on = rec.get(d)
+            if on is not None:
+                for x in on:
+                    if x[0] < e and a < x[1]:
+                        return False
         if self._index:
             return self._index.keys().isdisjoint(runs)
         self.num_absent += 1
@@ -162,24 +165,27 @@ class DiagonalRecord:
                     return x[2]
         return None
 
-    def _insert(self, keys: Sequence, runs: list, i0: int, i1: int, g: Group) -> None:
+    def _insert(self, keys: Sequence, runs: list, i0: int, i1: int, g: Group,
+                pieces: list[tuple[int, int, int]] | None = None) -> None:
         """Runs [i0, i1) of `keys` (their run keys: `runs`, none indexed) now map to `g`, which
-        lists them after its runs."""
+        lists them after its runs. `pieces`: their `diagonal_pieces` if found already (tracked keys)."""
         g.runs += runs
         if i1 <= i0:
             return
         diags = g.diags
-        ids = self._tracked(keys)
-        if ids is None:
-            self._index.update(zip(runs, repeat(g)))
-            if diags and diags[-1][0] is None:
-                diags[-1][1] += i1 - i0
-            else:
-                diags.append([None, i1 - i0])
-            return
+        if pieces is None:
+            ids = self._tracked(keys)
+            if ids is None:
+                self._index.update(zip(runs, repeat(g)))
+                if diags and diags[-1][0] is None:
+                    diags[-1][1] += i1 - i0
+                else:
+                    diags.append([None, i1 - i0])
+                return
+            pieces = diagonal_pieces(ids, i0, i1)
         self._run_len = keys.starts.step
         rec = self._diags
-        for d, a, e in diagonal_pieces(ids, i0, i1):
+        for d, a, e in pieces:
             last = diags[-1] if diags else None
             if last is not None and last[0] == d and last[1][1] == a:  # (a decode's blocks continuing the piece)
                 last[1][1] = e

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 from servesim.replica.block_keys import BlockKeys, runs_of
 from servesim.replica.copies import add_copies, has_copy
 from servesim.replica.plan_runs import PlanRuns
-from servesim.replica.prefix_diagonals import DiagonalRecord
+from servesim.replica.prefix_diagonals import DiagonalRecord, diagonal_pieces
 from servesim.replica.prefix_groups import NO_STAMP, ONE, Group
 
 if TYPE_CHECKING:
@@ -201,6 +201,7 @@ class PrefixRegistration(DiagonalRecord):
                 groups.add(g)
             i1 = -(-k1 // r)
             i0 = i1 - len(runs)
+            pieces = None  # (the runs' pieces by diagonal, found once for the plan, the index and `_insert`)
             if rec is not None:
                 ids = rec.takes(keys)
                 if ids is None:  # (the plan's runs as a set from here on, those planned so far included)
@@ -208,14 +209,14 @@ class PrefixRegistration(DiagonalRecord):
                     fresh = set().union(*prior)
                     num_runs = sum(map(len, prior))
                     seen = rec = None
-                elif not rec.add(ids, i0, i1):
+                elif not rec.add(pieces := diagonal_pieces(ids, i0, i1)):
                     return None  # (a run listed twice)
             if rec is None:
                 fresh.update(runs)
                 num_runs += len(runs)
-            if not self._absent(keys, runs, i0, i1):
+            if not (self._absent(keys, runs, i0, i1) if pieces is None else self._absent_on(pieces, runs)):
                 return None  # (a run indexed)
-            plan.append((held, g, seg, k0, k1, runs, r, keys))
+            plan.append((held, g, seg, k0, k1, runs, r, keys, pieces))
         if rec is not None:
             return plan, rec, groups
         if len(fresh) != num_runs:
@@ -231,10 +232,10 @@ class PrefixRegistration(DiagonalRecord):
     def apply_appends(self, planned: tuple) -> None:
         """Carry out a plan of `plan_appends` or `trim_appends` (still valid: see there)."""
         self.num_inserts += 1
-        for held, g, seg, k0, k1, runs, r, keys in planned[0]:
+        for held, g, seg, k0, k1, runs, r, keys, pieces in planned[0]:
             if runs:  # (none: blocks inside the request's last run, indexed already)
                 i1 = -(-k1 // r)
-                self._insert(keys, runs, i1 - len(runs), i1, g)
+                self._insert(keys, runs, i1 - len(runs), i1, g, pieces)
             n = k1 - k0
             if seg is not None and seg[2] == k0:
                 seg[2] = k1
@@ -254,12 +255,15 @@ class PrefixRegistration(DiagonalRecord):
         no set of its runs.)"""
         plan = []
         for item, e in zip(planned[0], ends):
-            held, g, seg, k0, k1, runs, r, keys = item
+            held, g, seg, k0, k1, runs, r, keys, pieces = item
             if e < k1:
                 if e <= k0:
                     continue
                 cut = -(-k1 // r) + e // -r  # (runs past e's last run: ceil(k1/r) - ceil(e/r))
-                item = (held, g, seg, k0, e, runs[:len(runs) - cut] if cut else runs, r, keys)
+                if cut:  # (fewer runs: `_insert` finds their pieces)
+                    item = (held, g, seg, k0, e, runs[:len(runs) - cut], r, keys, None)
+                else:
+                    item = (held, g, seg, k0, e, runs, r, keys, pieces)
             plan.append(item)
         return plan, None, None
 
