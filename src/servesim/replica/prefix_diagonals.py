@@ -42,7 +42,9 @@ def diagonal_pieces(ids: IdRanges, i0: int, i1: int) -> list[tuple[int, int, int
     """(diagonal, first run, end run) of runs [i0, i1) of `ids` (i1 at most their number), a
     piece per range they cross, in order."""
     b, f = ids.bounds, ids.firsts
-    k = len(b) - 2 if i0 >= b[-2] else bisect_right(b, i0) - 1  # (the range holding run i0)
+    if i0 >= b[-2]:  # (all in the last range: a turn's fresh ids, where its decodes' blocks go)
+        return [(f[-1] - b[-2], i0, i1)] if i1 > i0 else []
+    k = bisect_right(b, i0) - 1  # (the range holding run i0)
     out = []
     a = i0
     while a < i1:
