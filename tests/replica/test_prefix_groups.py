@@ -69,3 +69,37 @@ def test_long_ranges_are_searched_by_numpy_as_slot_by_slot():
         assert [s for s in range(n) if g.ref[s] == -1] == sorted(mine) and g.num_cached == n - len(mine)
         assert all(g.stamp[s] == 0 for s in mine)
         assert g.num_leading_cached(10, 10 + n) == (min(mine) if mine else n)
+
+
+def test_registering_a_long_mixed_range_gives_slot_by_slots_counts_and_copies(monkeypatch):
+    """Past `_NP_MIN` slots a partly evicted range registers with numpy (`_register_mixed`):
+    the same counts, cached count and copy ranges as the slot-by-slot loop, at any offset."""
+    import random
+
+    import servesim.replica.prefix_groups as prefix_groups
+
+    rng = random.Random(11)
+    calls = []
+    mixed = Group._register_mixed
+    monkeypatch.setattr(Group, "_register_mixed", lambda self, *a: calls.append(a[1:3]) or mixed(self, *a))
+    for trial in range(300):
+        n, lo = rng.choice([prefix_groups._NP_MIN, 100, 333]), rng.randrange(0, 40)
+        refs = [rng.choice([-1, -1, 0, 1, 3]) if trial % 2 else rng.choice([-1, 1]) for _ in range(n)]
+        s0 = lo + rng.randrange(0, n - prefix_groups._NP_MIN + 1)
+        s1 = rng.randrange(s0 + prefix_groups._NP_MIN, lo + n + 1)
+        expected, slots = [], refs[s0 - lo:s1 - lo]
+        for t, v in enumerate(slots):  # the copies: the cached slots, as ranges of consecutive ones
+            if v >= 0:
+                if expected and expected[-1][1] == s0 + t:
+                    expected[-1] = (expected[-1][0], s0 + t + 1)
+                else:
+                    expected.append((s0 + t, s0 + t + 1))
+        g = Group(lo)
+        g.append_held(n)
+        g.ref = array("i", refs)
+        g.num_cached = sum(v >= 0 for v in refs)
+        dups = g.register(s0, s1)
+        assert dups == expected
+        assert list(g.ref) == refs[:s0 - lo] + [v if v >= 0 else 1 for v in slots] + refs[s1 - lo:]
+        assert g.num_cached == sum(v >= 0 for v in g.ref)
+    assert len(calls) > 250  # (the numpy path ran: most ranges are mixed)

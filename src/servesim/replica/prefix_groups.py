@@ -121,6 +121,8 @@ class Group:
         c = r.count(-1)
         if not c:  # all cached: all copies (a policy computing a cached context again)
             return [(s0, s1)]
+        if j - i >= _NP_MIN:  # (a long mixed range, a context partly evicted: the slots in C)
+            return self._register_mixed(r, i, j, c)
         dups: list[tuple[int, int]] = []
         for k in range(i, j):
             if ref[k] < 0:
@@ -131,6 +133,16 @@ class Group:
             else:
                 dups.append((k + self.lo, k + self.lo + 1))
         return dups
+
+    def _register_mixed(self, r: array, i: int, j: int, c: int) -> list[tuple[int, int]]:
+        """`register`'s per-slot loop over slots [i, j) (offsets; `r`: a copy of their counts,
+        `c` of them not cached) with numpy: the same counts and copy ranges."""
+        a = np.frombuffer(r, dtype=np.int32)
+        cached = a >= 0
+        self.ref[i:j] = array("i", np.where(cached, a, np.int32(1)).tobytes())
+        self.num_cached += c
+        edges = np.flatnonzero(np.diff(cached, prepend=False, append=False)) + (i + self.lo)
+        return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
     def hit(self, s0: int, s1: int) -> int:
         """A request takes a reference on the cached blocks [s0, s1); returns how many left
