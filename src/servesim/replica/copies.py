@@ -31,7 +31,11 @@ def add_copies(dups: list[tuple[int, int]] | None, ranges: list[tuple[int, int]]
 
 def has_copy(dups: list[tuple[int, int]] | None, p: int) -> bool:
     """Is position `p` a copy?"""
-    return dups is not None and any(a <= p < b for a, b in dups)
+    if dups is not None:
+        for a, b in dups:  # (a loop, not any() of a generator: asked once per request a stretch plans)
+            if a <= p < b:
+                return True
+    return False
 
 
 def copies_within(dups: list[tuple[int, int]], p0: int, p1: int) -> list[tuple[int, int]]:
