@@ -104,10 +104,15 @@ class SpecStretchPricing:
         draft_k = self._draft_ratio * k_max  # (the draft term's factor, as `speculate` multiplies it)
         fns_n, draft_fn, verify_fn = -1, None, None  # the batch size whose scalar forms are bound
         t = ends[-1]
+        rows = rows_of[-1]  # acceptance rows read so far
+        # acc[u], acc[u + 1], ...: the next rows (`window`'s list, asked again only when a step
+        # would read past its end: nothing else reads the draws while the steps are priced)
+        acc, u = (), 0
         while not self.final and t < horizon and len(ends) < kmax:
             act = self._active
-            rows = rows_of[-1]
-            acc, u = window(rows, len(act))  # acc[u], acc[u + 1], ...: the rows of speculating requests
+            n = len(act)
+            if u + n > len(acc):
+                acc, u = window(rows, n)
             u0 = u
             emits, grants, done_plain, done_spec = [], [], [], []  # (finishes: plain decodes first)
             need = ctx_sum = 0
@@ -146,12 +151,12 @@ class SpecStretchPricing:
                 self.final = True
                 return
             dt = None
-            if regular and not chunked:  # (the usual step: `_step_time_s`'s scalar forms, inlined)
-                if len(act) != fns_n:
-                    fns_n = len(act)
-                    draft_fn, verify_fn = self._forms(fns_n)
-                if draft_fn and verify_fn is not None:
-                    dt = verify_fn(ctx_sum)
+            if not chunked:  # (`_step_time_s` inlined for the usual steps: one that speculates, with scalar forms)
+                if n != fns_n:
+                    fns_n = n
+                    draft_fn, verify_fn = self._forms(n)
+                if draft_fn and (regular or used):
+                    dt = verify_fn(ctx_sum) if regular and verify_fn is not None else self._verify_s((), act)
                     if dt is not None:
                         dt += draft_k * draft_fn(ctx_sum)
             if dt is None:
@@ -170,7 +175,8 @@ class SpecStretchPricing:
             emits_of.append(emits)
             grants_of.append(grants)
             allocs.append(alloc)
-            rows_of.append(rows + used)
+            rows += used
+            rows_of.append(rows)
             if done_plain or done_spec:
                 done = done_plain + done_spec
                 self._finishes += [(j, i) for i in done]
