@@ -15,6 +15,10 @@ from .helpers import assert_same_steps, outcome, reads_everything, run, sessions
 # Sarathi with a small budget (a turn's prompt takes tens of chunks) on busy conversations.
 BUSY = ["scheduler.name=sarathi", "scheduler.chunk_size=256", "workload.num_requests=300",
         "workload.arrival.rate_per_s=2", "workload.sessions.think_time_s=1"]
+# A router that reads the replicas' prefix caches: Sarathi's turns keep their prefix keys
+# there (`Scheduler.looks_up_prefixes`), so stretches are planned with keyed prompts and
+# decodes (with none, most turns join stretches with their chunks instead: `chunk_join`).
+READS_CACHES = ["router.name=llm-d"]
 
 
 @pytest.fixture
@@ -55,7 +59,8 @@ def _reached(seen) -> int:
     ["engine.gpu_memory_utilization=0.25"],  # a small cache: stretches limited to the blocks free
 ])
 def test_sessions_rest_and_decodes_as_one_stretch_match_stepping(rests, monkeypatch, extra):
-    fast, slow, _ = sessions_both(BUSY + extra, monkeypatch)
+    fast, slow, _ = sessions_both(BUSY + READS_CACHES + extra, monkeypatch)
+    assert all(r.kv_block_keys is not None for r in fast.requests)  # (keyed turns: the keyed path ran)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert len(rests["planned"]) >= 10, len(rests["planned"])  # (main: none)
@@ -70,7 +75,8 @@ def test_replicas_with_a_state_reading_router_are_exact(rests, reads_everything,
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert len({r.replica for r in fast.requests}) == 3
-    assert _reached(rests) >= 10, _reached(rests)
+    # (6 reached: turns without keys mostly join with their chunks; 14 when they had keys)
+    assert _reached(rests) >= 5, _reached(rests)
     assert rests["held"] >= 1, rests  # (an arrival inside the chunk steps waited to the rest's step)
 
 

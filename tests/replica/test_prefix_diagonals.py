@@ -155,7 +155,9 @@ def _simulate(sets: list[str], monkeypatch, record: bool) -> tuple:
     return result, sum(kv._prefix.num_absent for kv in caches)
 
 
-@pytest.mark.parametrize("extra", [["scheduler.name=vllm"], ["scheduler.name=sarathi"], ["scheduler.name=andes", "engine.swap_space_gb=0.5"],
+# (sarathi keeps its keys only where a router reads the caches: `Scheduler.looks_up_prefixes`)
+@pytest.mark.parametrize("extra", [["scheduler.name=vllm"], ["scheduler.name=sarathi", "router.name=llm-d"],
+                                   ["scheduler.name=andes", "engine.swap_space_gb=0.5"],
                                    ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
 def test_sessions_give_the_same_results_with_keys_recorded_by_diagonal(extra, monkeypatch):
     fast, answered = _simulate(TIGHT + extra, monkeypatch, True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from servesim.cluster.routers import get_router
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
 from servesim.replica.attention_dp import make_attention_dp_parts
@@ -34,6 +35,11 @@ class PoolSpec:
     mttr_s: float
     role: str = "mixed"  # mixed, prefill or decode (disaggregation)
     gpus_per_node: int = 8
+    # Does something outside the replicas read their prefix caches (a router that reads them, a
+    # KV store, prefill/decode disaggregation)? If not, a policy that never looks a request up
+    # (`Scheduler.looks_up_prefixes`) runs its KV cache without prefix caching: its keys would
+    # be read by nobody.
+    cache_read_outside: bool = True
     # the replicas' KV caches share one store of freed turns' keys (a CPU saving, same results)
     recent_keys: RecentKeys = field(default_factory=RecentKeys, compare=False, repr=False)
 
@@ -43,8 +49,8 @@ class PoolSpec:
         if getattr(self.perf, "data_parallel_size", 1) > 1:  # attention DP: one scheduler and KV cache per rank
             return make_attention_dp_parts(cls, self.scheduler.params(), self.config, self.perf, self.num_gpu_blocks,
                                            self.num_cpu_blocks, self.recent_keys)
-        kv = cls.make_kv_cache(self.num_gpu_blocks, self.config.block_size, self.config.enable_prefix_caching,
-                               self.num_cpu_blocks)
+        prefix = self.config.enable_prefix_caching and (cls.looks_up_prefixes or self.cache_read_outside)
+        kv = cls.make_kv_cache(self.num_gpu_blocks, self.config.block_size, prefix, self.num_cpu_blocks)
         if isinstance(kv, KVCacheManager):
             kv.share_recent_keys(self.recent_keys)
         return cls(self.scheduler.params(), self.config, kv, self.perf), kv
@@ -69,6 +75,14 @@ def resolve_engine_config(cfg: EngineConfig, perf) -> EngineConfig:
 
 def resolve_pools(scenario: Scenario) -> list[PoolSpec]:
     """The scenario's pools (one pool named `default` without a `pools` section)."""
+    pools = _pools(scenario)
+    # (the readers `simulate` also keeps keyed joins off for)
+    outside = (get_router(scenario.router.name).reads_prefix_cache or scenario.kv_store.enabled
+               or any(p.role != "mixed" for p in pools))
+    return pools if outside else [replace(p, cache_read_outside=False) for p in pools]
+
+
+def _pools(scenario: Scenario) -> list[PoolSpec]:
     if not scenario.pools:
         return [_pool(scenario, "default", scenario.replicas, scenario.model, scenario.gpu, scenario.tp,
                       scenario.dtype, scenario.engine, scenario.scheduler, None, 300.0)]

@@ -37,30 +37,19 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from servesim.replica.join_keys import REFUSED, keep_turn, turn_runs, unplanned
 
-
-def chunk_join(engine, st, now_s: float, num_running: int, keyed: bool = False) -> bool:
+def chunk_join(engine, st, now_s: float, num_running: int) -> bool:
     """At `now_s`, the boundary s0 = k of the stretch `st` (a plain `Stretch` through finishes,
     cut by an arrival that cannot join whole): admit the waiting request with its first chunk
     if `arrival_chunk` says so and its chunk steps are certain (above), price them and the join
-    of its rest, and price on. True if it joined; False changes nothing.
-
-    `keyed` (`replica/keyed_join.py`: Sarathi's next turns): the request may have prefix keys,
-    which Sarathi's admission registers for its whole prompt's full blocks without a lookup (its
-    context computed again). It joins only if that registration is stepping's at s0: none of
-    those keys indexed nor planned by the stretch up to its rest's step (`join_keys.unplanned`);
-    from there on it registers its decodes' blocks as the stretch's other keyed requests."""
+    of its rest, and price on. True if it joined; False changes nothing."""
     sched = engine.scheduler
     if num_running < 1 or st._forms is None:
         return False
-    got = sched.arrival_chunk(num_running, 0, keyed)
+    got = sched.arrival_chunk(num_running, 0)
     if got is None:
         return False
     req, c = got
-    keys = req.kv_block_keys if keyed else None
-    if keys and (runs := turn_runs(engine.kv, req)) is None:
-        return False  # (checked first: a turn whose context is indexed here, the usual refusal)
     # The chunk steps: step j gives the prompt the budget the decodes still running leave (the
     # first chunk c is what the `num_running` leave: a decode that leaves adds one token to
     # the next), up to the step whose budget covers its rest
@@ -78,9 +67,6 @@ def chunk_join(engine, st, now_s: float, num_running: int, keyed: bool = False) 
     free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(last + 1, bs) > free and st.blocks_needed(last + 1, bs) > free:
         return False  # (the admission at s0 and every decode's block up to the last chunk)
-    plan = None  # (the stretch's registration plan, kept valid past the admission's registration)
-    if keys and (plan := unplanned(engine.kv, st, req.kv_block_keys, runs, 0, s0, last)) is REFUSED:
-        return False
     if st._f is None or st._priced != s0:
         st.truncate(s0)  # (priced ahead by numpy chunks: the scalar state of step s0)
         st._sync()
@@ -89,22 +75,14 @@ def chunk_join(engine, st, now_s: float, num_running: int, keyed: bool = False) 
         req.first_scheduled_s = now_s
     first_new = engine.kv.num_blocks_of(req.id) * bs - (n - last) + 1  # (`first_new_block_steps`, ctx1 n - last)
     st.chain_at = join_after_chunks(engine, st, chunk_fn, req, chunks, 0, n, first_new, blocks, blocks)
-    return _joined_priced_on(engine, st, now_s, req, keys, plan, n, last)
+    return _joined_priced_on(engine, st, now_s, last)
 
 
-def _joined_priced_on(engine, st, now_s: float, req, keys, plan: tuple | None, n: int, last: int) -> bool:
-    """After `req` (`n` prompt tokens, its rest at step `last`) joined with its chunks: a turn
-    with `keys` kept among the stretch's keyed requests (`keep_turn`); the stretch priced on,
+def _joined_priced_on(engine, st, now_s: float, last: int) -> bool:
+    """After a prompt joined with its chunks (its rest at step `last`): the stretch priced on,
     limited (from `last` + 1: the steps up to there are checked) and its end (re)scheduled."""
     engine.num_joined_arrivals += 1
-    horizon_s = engine._stretch_horizon_s(now_s, st.end_s)
-    if keys:
-        keep_turn(engine.kv, st, req, plan, n - last, last)
-        # (the scalar state is step last + 1's after `join_one`: a busy replica among many
-        # prices a few steps ahead, as a vLLM turn's keyed join does; the same floats)
-        st.price_on(horizon_s, engine.join_ahead)
-    else:
-        st.price(horizon_s)
+    st.price(engine._stretch_horizon_s(now_s, st.end_s))
     engine._limit(st, last + 1)
     engine._schedule_stretch_end(st)
     return True
@@ -136,7 +114,7 @@ def keeps_in_chunks(st, t: float) -> bool:
     return st.steps_before(t) < st.chain_at[0]
 
 
-def chain_join(engine, st, now_s: float, keyed: bool = False) -> bool:
+def chain_join(engine, st, now_s: float) -> bool:
     """At `now_s`, the boundary L of the stretch `st` where the prompt whose chunks it runs
     computes its rest (`chain_at`; the stretch was ended there by a newcomer kept waiting):
     admit the one waiting request with the budget that rest leaves as its first chunk in step
@@ -146,8 +124,7 @@ def chain_join(engine, st, now_s: float, keyed: bool = False) -> bool:
     (`PerfModel.prompts_step_s`, the floats of `step_time_s`). The same conditions as
     `chunk_join` (one fresh request waiting, a sequence slot, its blocks and the decodes' up
     to its last chunk above the watermark in those free when the stretch was planned, a decode
-    running in each of its steps). True if it joined; False changes nothing. `keyed`: a
-    Sarathi turn, its keys checked and kept as in `chunk_join`."""
+    running in each of its steps). True if it joined; False changes nothing."""
     s, active, ctx_sum, done, rest = st.chain_at
     if st.k != s or st.joins[-1][0] != s or st._forms is None:
         return False
@@ -155,13 +132,10 @@ def chain_join(engine, st, now_s: float, keyed: bool = False) -> bool:
     form = getattr(perf, "prompts_step_s", None)
     if form is None:
         return False
-    got = sched.arrival_chunk(active, rest, keyed)
+    got = sched.arrival_chunk(active, rest)
     if got is None:  # (two waiting, no slot, or prompts that budget covers whole)
         return _chain_whole(engine, st, now_s, form)
     req, c0 = got
-    keys = req.kv_block_keys if keyed else None
-    if keys and (runs := turn_runs(engine.kv, req)) is None:
-        return False
     step_s = form([(rest, done), (c0, 0)], active, ctx_sum)
     if step_s is None:
         return False
@@ -177,9 +151,6 @@ def chain_join(engine, st, now_s: float, keyed: bool = False) -> bool:
     free = st.free_blocks - st.join_blocks - blocks - kept
     if st.blocks_bound(last + 1, bs) > free and st.blocks_needed(last + 1, bs) > free:
         return False
-    plan = None
-    if keys and (plan := unplanned(engine.kv, st, req.kv_block_keys, runs, 0, s, last)) is REFUSED:
-        return False
     sched.join([(req, c0)], st.out)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
@@ -190,7 +161,7 @@ def chain_join(engine, st, now_s: float, keyed: bool = False) -> bool:
     st._sync()  # (the scalar state of step s + 1, the first prompt decoding)
     first_new = engine.kv.num_blocks_of(req.id) * bs - (n - last) + 1  # (`first_new_block_steps`, ctx1 n - last)
     st.chain_at = join_after_chunks(engine, st, perf.chunk_time_fn, req, chunks, 0, n, first_new, blocks, blocks, 1)
-    return _joined_priced_on(engine, st, now_s, req, keys, plan, n, last)
+    return _joined_priced_on(engine, st, now_s, last)
 
 
 def _chain_whole(engine, st, now_s: float, form) -> bool:

@@ -7,9 +7,8 @@ the steps after s register theirs after it. Registered now, before those effects
 the index the same way when none of them is indexed now and none is among the registrations the
 stretch planned (`KVCacheManager.keys_conflict_many`'s kept plan), up to the step from which
 `Engine._limit` checks the stretch's keys again with the joiner's registered. The caller checks first that
-none is indexed (`PrefixIndex.unindexed`, which also gives the runs). Shared by vLLM's
-keyed joins (`replica/keyed_join.py`: the keys past its prefix hits) and Sarathi's next turns
-(`replica/chunk_join.py` with `keyed`: its whole prompt's, computed again without a lookup).
+none is indexed (`PrefixIndex.unindexed`, which also gives the runs): vLLM's keyed joins
+(`replica/keyed_join.py`, `replica/keyed_chunk_join.py`: the keys past its prefix hits).
 """
 
 from __future__ import annotations
@@ -65,26 +64,6 @@ def _step_keys(st, s: int, bs: int) -> set | None:
                     return None
                 out.update(runs)
     return out
-
-
-def turn_runs(kv, req) -> list | None:
-    """The run keys of the whole prompt of `req` (a Sarathi turn: its admission registers its
-    prompt's full blocks without a lookup) if none is indexed (`PrefixIndex.unindexed`), else
-    None (so are keys that are not a `BlockKeys`)."""
-    keys = req.kv_block_keys
-    if type(keys) is not BlockKeys:
-        return None
-    return kv._prefix.unindexed(keys, 0, min(req.num_tokens // kv.block_size, keys.num_blocks))
-
-
-def keep_turn(kv, st, req, plan: tuple | None, ctx1: int, last: int) -> None:
-    """After the admission of `req` registered the runs `unplanned` checked: the stretch's plan
-    kept valid (none of them was planned: only its count of inserts moves), and the turn one of
-    the stretch's keyed requests from its rest's step `last` (its context there `ctx1` + `last`),
-    registering its decodes' blocks up to its last step as the others do."""
-    if plan is not None:
-        kv._planned = (*plan[:3], kv._prefix.num_inserts, *plan[4:])
-    add_keyed(st, req, ctx1, last)
 
 
 def add_keyed(st, req, ctx1: int, step: int) -> None:

@@ -42,12 +42,8 @@ with the others, registering its decode blocks as the stretch's keyed requests d
 conflicts with the rest by `Engine._limit`). Exact: `tests/cluster/test_keyed_join.py` runs
 busy conversations fast-forwarded and stepped, step log included.
 
-Sarathi's admission looks nothing up: it computes a turn's whole context again, in chunks of its
-budget, and registers the whole prompt's keys at admission. At a replica among many its turns
-join with their chunks as its fresh long prompts do (`chunk_join` with `keyed`), when none of
-those keys is indexed or planned by the stretch (`join_keys.unplanned`); one whose context is
-still indexed there ends the stretch (its registration makes copies or new keys depending on
-the pops up to the join step). Exact: tests/cluster/test_sarathi_turn_join.py.
+Policies that never look a request up (`Scheduler.looks_up_prefixes`: sarathi, vtc, orca) have
+no keys where keyed joins are on: both are for runs where nothing reads the caches from outside.
 """
 
 from __future__ import annotations
@@ -57,8 +53,6 @@ from math import inf as INF
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.chunk_join import chain_join, chunk_join
-from servesim.replica.copy_join import copies_admission, copy_join
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.join_keys import REFUSED, add_keyed, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
@@ -92,8 +86,6 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     it into the stretch if the conditions above hold, and price on. True if it joined (the
     stretch's end event is rescheduled); False changes nothing the simulation reads later."""
     sched, kv = engine.scheduler, engine.kv
-    if sched.copies_context:  # (vtc: no lookup, the context computed again)
-        return copy_join(engine, st, now_s)
     if (type(st) is not Stretch or not st.through or st.limited or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
         return False
@@ -106,12 +98,6 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False
-    if sched.turns_join_in_chunks:  # (Sarathi: a turn computed whole again, no lookup, its prompt chunked)
-        if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
-            # (cut inside a prompt's chunks: the budget is that prompt's up to its last, where a
-            # turn kept waiting may join beside its rest, as a fresh prompt does)
-            return st.chain_at is not None and chain_join(engine, st, now_s, keyed=True)
-        return chunk_join(engine, st, now_s, num_running, keyed=True)
     req = next(iter(sched.waiting))
     if st.timers is not None and st.timers[1]:  # (pins that expired inside the stretch before step s)
         policy_stops.fire_before_join(sched, st)
@@ -295,31 +281,7 @@ def admits_keyed(engine) -> bool:
     # (a policy that reorders its batch from step to step too: its keyed stretches end before a
     # step two requests leave together, closed loop or open, `policy_stops.limit`, and a join
     # there is refused, `departs_together`)
-    # (or vtc's, whose turns join with copies of the cached context: `replica/copy_join.py`)
-    sched = engine.scheduler
-    return engine._keyed_through and engine.kv.enable_prefix_caching and (
-        copies_admission(sched) if sched.copies_context
-        else _vllm_admission(sched) or (engine.join_ahead > 0 and _sarathi_admission(sched)))
-
-
-def _sarathi_admission(sched) -> bool:
-    """Is it Sarathi's own admission (`SarathiScheduler`: `schedule`'s step 3, `join` taking the
-    whole prompt's blocks and registering its keys without a lookup, `arrival_chunk`)? Its next
-    turns join with their chunks (`chunk_join` with `keyed`) at a replica among many
-    (`Engine.join_ahead`), where a turn usually arrives at a replica that does not hold its
-    context (least-requests is not session-affine). At a sole replica its previous turn's
-    context is often still indexed there, so the whole registration plans that keyed joins
-    need cost more than the joins save (sarathi sessions at 1 replica, 2,000 requests: 154
-    turns of 784 joined, 276 refused for indexed keys, Python calls +3.3 %)."""
-    if not sched.turns_join_in_chunks:
-        return False
-    # (imported here: a run imports only the policies it names, and only Sarathi sets the flag)
-    from servesim.replica.schedulers.sarathi import SarathiScheduler
-    cls = type(sched)
-    return cls is SarathiScheduler or (
-        isinstance(sched, SarathiScheduler) and cls.schedule is SarathiScheduler.schedule
-        and cls.join is SarathiScheduler.join and cls.arrival_chunk is SarathiScheduler.arrival_chunk
-        and cls.join_blocks is SarathiScheduler.join_blocks)
+    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
 
 
 def _vllm_admission(sched) -> bool:

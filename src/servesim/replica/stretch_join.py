@@ -125,21 +125,16 @@ def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price
     return True
 
 
-def _stall_join(engine, st: Stretch, now_s: float, joins: list, keyed=None) -> bool:
+def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     """`join_arrivals` for a prefill-first policy: stepping's step s runs the admitted prompts
     alone (priced as stepping prices that step), the running decodes stalled, and the steps
     after it decode the grown batch (`Stretch.stall`). The blocks checked are those the
     decodes grew before s (none grow in s), the prompts' and those the policy keeps free
     (vLLM V0's watermark, SGLang's decode reserve). A policy that admits only after so many
     decode steps (`stall_wait`) has them held to that step (`_hold`). True if they joined or
-    are held, and the stretch is priced on.
-
-    `keyed`: for a next turn with prefix keys (`replica/copy_join.py`), called with the step s
-    and the free-queue pops up to its admission (a bound: the decodes' up to s and its own
-    blocks); it answers the stretch's `stall` to use, or None if the turn would register
-    otherwise than stepping's admission at s."""
+    are held, and the stretch is priced on."""
     sched, kv = engine.scheduler, engine.kv
-    if engine.notice is not None and keyed is None:
+    if engine.notice is not None:
         # (finish notices follow departure steps, which a stall moves: a keyed stretch's
         # notices are scheduled again after it, `_priced_on`, as for `keyed_join`'s stalls)
         return False
@@ -158,16 +153,13 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list, keyed=None) -> b
     pops = st.blocks_bound(s, bs)
     if pops > free and (pops := st.blocks_needed(s, bs)) > free:
         return False
-    add = st.stall if keyed is None else keyed(s, pops + blocks)
-    if add is None:
-        return False
     step_s = stall_step_s(engine.perf, st, joins)
     if step_s is None:
         return False
     if st.held:  # (they waited from the step they were held at: one fewer from s on, as stepping's log)
         st.waiting_to = [*st.waiting_to, *[s] * st.held]
         st.held = 0
-    _admit(engine, st, now_s, joins, blocks, step_s, add)
+    _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
     return _priced_on(engine, st, now_s, s, len(joins))
 
 

@@ -19,11 +19,10 @@ from servesim.workload.request import Request
 FirstChunk = Callable[[Request, int], int]
 
 
-def is_fresh(req: Request, keyed: bool = False) -> bool:
-    """A request never computed anywhere: no prefix keys (so no hit; `keyed`: keys allowed, for
-    a policy whose admission never looks them up), adapter, preemption, token emitted elsewhere
-    before a crash or KV store load."""
-    return not ((req.kv_block_keys and not keyed) or req.num_computed_tokens or req.num_output_tokens or req.num_preemptions
+def is_fresh(req: Request) -> bool:
+    """A request never computed anywhere: no prefix keys (so no hit), adapter, preemption, token
+    emitted elsewhere before a crash or KV store load."""
+    return not (req.kv_block_keys or req.num_computed_tokens or req.num_output_tokens or req.num_preemptions
                 or req.lora is not None or "kv_store_tokens" in req.extra)
 
 

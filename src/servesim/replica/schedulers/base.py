@@ -55,6 +55,13 @@ class Scheduler(FastForwardHooks):
     # Does the policy order requests by their prefix keys' values (not only by what they hit)?
     # Then the engine keys every hash id (`Engine.shared_keys_only` stays off).
     sorts_by_keys: ClassVar[bool] = False
+    # Does the policy ever look a request up in the prefix cache (`get_computed_blocks`)? One
+    # that computes every prompt in full (sarathi, vtc and orca here: their admissions never look
+    # one up) does not: its blocks' keys are then read only from outside the replica (a router
+    # reading its cache, a KV store, disaggregation), and where nothing outside reads them its
+    # KV cache runs without prefix caching (`PoolSpec.cache_read_outside`): no request is
+    # hashed or keyed, and the results are the same, since nothing the keys change is read.
+    looks_up_prefixes: ClassVar[bool] = True
     Params: ClassVar[type[SchedulerParams]] = SchedulerParams
     # How this policy's swaps are executed (copy granularity, sync or overlapped); the engine
     # prices `SchedulerOutput.swapped_out/in` with it. A policy may set it per instance.

@@ -129,19 +129,10 @@ class FastForwardHooks:
     # through finishes (`fast_forward`'s `REPEAT_THROUGH`)? Then the engine plans the prompt's
     # chunks, its rest and those decode steps as one stretch (`replica/chunk_rest.py`).
     rest_joins_decodes = False
-    # Does its admission of a waiting request with prefix keys never look them up, registering
-    # its whole prompt's keys and computing the prompt in chunks as a fresh one's (`arrival_chunk`
-    # with `keyed`: Sarathi)? Then, at a replica among many, its next turns join stretches with
-    # their chunks (`replica/keyed_join.py`).
-    turns_join_in_chunks = False
     # Does a step that admits prompts run them alone, every running request stalled for it
     # (prefill-first: vLLM V0, SGLang without mixed chunks)? Then `arrivals_join`'s requests
     # join a stretch as a prompt-only step (`Stretch.stall`), not beside the decodes.
     stalls_decodes = False
-    # Does its admission take a request with prefix keys without a lookup, computing its whole
-    # context again (vtc: the prompt's blocks copies of those cached), through `copies_join`?
-    # Then a next turn joins a keyed stretch by `replica/copy_join.py`, not `keyed_join`'s.
-    copies_context = False
 
     def stall_admits(self, joins: list[tuple[Request, int]], s: int, last_stall: int | None, running_at) -> bool:
         """For a prefill-first policy whose admission also reads the running requests' state:
@@ -181,11 +172,10 @@ class FastForwardHooks:
         """Admit the requests `arrivals_join` listed, as `schedule` would have."""
         raise NotImplementedError
 
-    def arrival_chunk(self, num_running: int, spent: int = 0, keyed: bool = False) -> tuple[Request, int] | None:
+    def arrival_chunk(self, num_running: int, spent: int = 0) -> tuple[Request, int] | None:
         """At such a boundary where `arrivals_join` answered None: if the next `schedule` would
         run each of the `num_running` for one token and admit the one waiting request (fresh,
-        no prefix keys; or with them if `keyed`, for an admission that never looks them up:
-        `replica/keyed_join.py` checks what it registers) with a first chunk of its prompt that
+        no prefix keys) with a first chunk of its prompt that
         spends the rest of the token budget, and every later one give it the same chunk beside
         the same decodes until its last (Sarathi-Serve's stall-free batching, nothing else
         waiting), (that request, the chunk); `join` admits it with its whole prompt's blocks (`replica/chunk_join.py`).

@@ -37,6 +37,7 @@ class OrcaParams(SchedulerParams):
 @register("orca")
 class OrcaScheduler(Scheduler):
     Params = OrcaParams
+    looks_up_prefixes = False  # (every prompt computed in full: `Scheduler.looks_up_prefixes`)
     stable_decode_order = True  # (decodes in running order, whatever their progress)
     _head_blocked = False
     _blocked_head: Request | None = None  # the waiting head `_head_blocked` is about

@@ -45,6 +45,7 @@ _ARRIVAL = attrgetter("arrival_s", "id")  # the order decodes run in (ties: by i
 @register("sarathi")
 class SarathiScheduler(Scheduler):
     Params = SarathiParams
+    looks_up_prefixes = False  # (every prompt computed in full: `Scheduler.looks_up_prefixes`)
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         kv = self.kv
@@ -158,9 +159,6 @@ class SarathiScheduler(Scheduler):
     # leaves the rest to what waits then; after it every running request decodes and, with
     # nothing waiting, `fast_forward` answers `REPEAT_THROUGH` (`replica/chunk_rest.py`).
     rest_joins_decodes = True
-    # Step 3 never looks a next turn's keys up (its prompt is computed again, in chunks): it
-    # joins with them as a fresh long prompt does, where its keys are unindexed (`keyed_join`).
-    turns_join_in_chunks = True
 
     def shares_chunk(self, output: SchedulerOutput) -> int:
         # Decodes, a prompt's last chunk (emitting its first token) and the next prompt's first
@@ -186,17 +184,16 @@ class SarathiScheduler(Scheduler):
         return whole_prompts(self.waiting, len(self.running), num_running, self.config.max_num_seqs,
                              self.params.chunk_size, lambda req, budget: min(req.num_tokens, budget))
 
-    def arrival_chunk(self, num_running: int, spent: int = 0, keyed: bool = False) -> tuple[Request, int] | None:
+    def arrival_chunk(self, num_running: int, spent: int = 0) -> tuple[Request, int] | None:
         # Step 3 with one newcomer whose prompt the budget the decodes (and `spent`: a prompt's
         # rest in step 2) leave does not cover: admitted with that budget as its first chunk, it
         # takes the whole budget in every step until its last chunk (step 2), and nothing else
-        # waits to be admitted beside it. (A next turn's prefix keys change nothing here: step 3
-        # never looks them up; `keyed`: the engine checks what its registration does.)
+        # waits to be admitted beside it.
         if self.num_waiting != 1 or len(self.running) >= self.config.max_num_seqs:
             return None
         req = self.waiting.peek()
         budget = self.params.chunk_size - num_running - spent
-        if budget <= 0 or req.prompt_len <= budget or not is_fresh(req, keyed):
+        if budget <= 0 or req.prompt_len <= budget or not is_fresh(req):
             return None
         return req, budget
 

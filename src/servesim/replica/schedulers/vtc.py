@@ -102,6 +102,7 @@ class TenantQueues:
 class VTCScheduler(VTCStretches, Scheduler):
     Params = VTCParams
     stable_decode_order = True  # (decodes in admission order, whatever the counters)
+    looks_up_prefixes = False  # (every prompt computed in full: `Scheduler.looks_up_prefixes`)
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)

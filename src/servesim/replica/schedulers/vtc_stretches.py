@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 
-from servesim.replica.schedulers.arrival_joins import is_fresh, never_computed
+from servesim.replica.schedulers.arrival_joins import is_fresh
 from servesim.replica.schedulers.outputs import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_DECODES, UNLIMITED_STEPS, FastForward, SchedulerOutput,
 )
@@ -96,9 +96,8 @@ class VTCStretches:
 
     # ---- arrivals joining as prompt-only steps (`stretch_join._stall_join`) ----------------
     stalls_decodes = True  # (a mini-batch runs alone, the decodes wait)
-    copies_context = True  # (no prefix lookup: next turns join keyed stretches by `copy_join.py`)
 
-    def arrivals_join(self, num_running: int, fresh=is_fresh) -> list[tuple[Request, int]] | None:
+    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
         # a stretch through finishes, planned with nothing waiting; one tenant waits (no lift,
         # its queue's order), each newcomer fresh (vtc's admission makes no prefix lookup)
         if self._keeps_arrivals or self._lifts or not self._exact_charges():
@@ -106,14 +105,7 @@ class VTCStretches:
         if sum(1 for q in self.waiting.queues.values() if q) != 1:
             return None
         joins = [(req, req.num_tokens) for req in self.waiting]
-        return joins if all(fresh(req) for req, _ in joins) else None
-
-    def copies_join(self) -> list[tuple[Request, int]] | None:
-        """`arrivals_join` for newcomers with prefix keys (a conversation's next turn): the
-        admission makes no lookup, so it computes the whole context again, its blocks copies of
-        those cached (the engine checks that it registers as stepping's would:
-        `replica/copy_join.py`); each never computed anywhere."""
-        return self.arrivals_join(0, never_computed)
+        return joins if all(is_fresh(req) for req, _ in joins) else None
 
     def stall_wait(self, s: int, last_stall: int | None) -> int:
         # `schedule` at step s runs a mini-batch once `max_wait_tokens` decode steps ran since the
