@@ -134,11 +134,12 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     decode steps (`stall_wait`) has them held to that step (`_hold`). True if they joined or
     are held, and the stretch is priced on."""
     sched, kv = engine.scheduler, engine.kv
-    if engine.notice is not None:
-        # (finish notices follow departure steps, which a stall moves: a keyed stretch's
-        # notices are scheduled again after it, `_priced_on`, as for `keyed_join`'s stalls)
-        return False
     s, bs = st.k, kv.block_size
+    if engine.notice is not None and st.num_noticed < len(st._sorted_rem) and st._sorted_rem[st.num_noticed] <= s:
+        # (a finish at step s - 1 not told yet, its notice due now: stepping's `schedule` at s
+        # sees what it makes, a follow-up arriving at once. Told finishes are the stall's too:
+        # the departures after s move with it, and `_priced_on` schedules their notices again)
+        return False
     last = st.stalls[-1][0] if st.stalls else None
     wait = sched.stall_wait(s, last)
     if wait:

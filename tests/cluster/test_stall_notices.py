@@ -1,0 +1,86 @@
+"""On a closed loop (finishes told at their times, `replica/finish_notices.py`), requests without
+prefix keys join a stretch as a prompt-only step (`stretch_join._stall_join`: vtc's mini-batch,
+vLLM V0's and SGLang's prefill-first steps), unless a finish at the step before the join is not
+told yet: stepping's `schedule` there sees the follow-up it makes first. Fast-forwarded runs
+equal stepping's (every request, every step, the summary, vtc's counters), and the joins ran."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.replica import stretch_join
+from servesim.replica.schedulers.vtc import VTCScheduler
+
+from .helpers import SESSIONS, assert_same_steps, outcome
+
+AGENTS = str(Path(SESSIONS).with_name("agent-programs.yaml"))
+
+
+def _summary(result) -> str:
+    s = result.summary()
+    s.pop("wall_time_s")
+    return json.dumps(s, sort_keys=True, default=str)
+
+
+def _both(path: str, sets: list[str], monkeypatch) -> tuple:
+    """(fast, slow, joins made under notices, refusals for a finish not told yet, vtc counters
+    of each run)."""
+    joined, refused = [], []
+    stall = stretch_join._stall_join
+
+    def counted(engine, st, now_s, joins):
+        untold = st.num_noticed < len(st._sorted_rem) and st._sorted_rem[st.num_noticed] <= st.k
+        ok = stall(engine, st, now_s, joins)
+        if engine.notice is not None:
+            (joined if ok else refused if untold else []).append(st.k)
+        return ok
+
+    counters = []
+    init = VTCScheduler.__init__
+
+    def kept(self, *args):
+        init(self, *args)
+        counters.append(self.counters)
+
+    monkeypatch.setattr(stretch_join, "_stall_join", counted)
+    monkeypatch.setattr(VTCScheduler, "__init__", kept)
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    n, fast_counters = len(joined), [dict(c) for c in counters]
+    counters.clear()
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert len(joined) == n  # (stepping joins nothing)
+    return fast, slow, n, len(refused), (fast_counters, [dict(c) for c in counters])
+
+
+@pytest.mark.parametrize("path, sets, least", [
+    (SESSIONS, ["scheduler.name=vtc", "workload.num_requests=400"], 300),
+    (SESSIONS, ["scheduler.name=vtc", "workload.num_requests=400", "scheduler.max_wait_tokens=3"], 300),
+    (SESSIONS, ["scheduler.name=vtc", "workload.num_requests=400", "replicas=8", "router.name=least-requests",
+                "workload.arrival.rate_per_s=4"], 300),
+    (SESSIONS, ["scheduler.name=vtc", "workload.num_requests=400", "engine.gpu_memory_utilization=0.25"], 10),
+    (SESSIONS, ["scheduler.name=vllm-v0", "workload.num_requests=400", "engine.enable_prefix_caching=false"], 200),
+    (SESSIONS, ["scheduler.name=sglang", "workload.num_requests=400", "engine.enable_prefix_caching=false"], 100),
+    (AGENTS, ["scheduler.name=vtc", "workload.num_requests=500"], 50),
+    (AGENTS, ["scheduler.name=vllm-v0", "workload.num_requests=500", "engine.enable_prefix_caching=false"], 50),
+])
+def test_prompt_only_joins_under_notices_match_stepping(path, sets, least, monkeypatch):
+    fast, slow, joins, _, (fast_counters, slow_counters) = _both(path, sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert _summary(fast) == _summary(slow)
+    assert fast_counters == slow_counters
+    assert joins >= least, joins  # (before, every such arrival on a closed loop ended the stretch)
+
+
+def test_a_finish_not_told_before_the_join_step_is_refused(monkeypatch):
+    # Agent programs' next calls follow at once: where a call's last token is the step before
+    # the join, its follow-up must be in that step's `schedule` (joining before it was told
+    # made the stretch end at its step with the newcomer admitted but never run)
+    fast, slow, joins, refused, _ = _both(AGENTS, ["scheduler.name=vtc", "workload.num_requests=500"], monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert refused >= 5 and joins >= 50, (refused, joins)
