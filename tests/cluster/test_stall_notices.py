@@ -13,6 +13,7 @@ import pytest
 
 from servesim import load_scenario, simulate
 from servesim.replica import stretch_join
+from servesim.replica.finish_notices import untold_by
 from servesim.replica.schedulers.vtc import VTCScheduler
 
 from .helpers import SESSIONS, assert_same_steps, outcome
@@ -33,7 +34,7 @@ def _both(path: str, sets: list[str], monkeypatch) -> tuple:
     stall = stretch_join._stall_join
 
     def counted(engine, st, now_s, joins):
-        untold = st.num_noticed < len(st._sorted_rem) and st._sorted_rem[st.num_noticed] <= st.k
+        untold = untold_by(st, st.k)
         ok = stall(engine, st, now_s, joins)
         if engine.notice is not None:
             (joined if ok else refused if untold else []).append(st.k)

@@ -39,6 +39,13 @@ def schedule_notice(engine: Any, st: Any) -> None:
         engine.loop.schedule(st.ends_view[r - 1], _notice, (engine, st, st.notice_id), PRIO_STEP_END)
 
 
+def untold_by(st: Any, s: int) -> bool:
+    """Has a request of the stretch whose last token is a step before s not been told yet (its
+    notice due at the end of that step, or none scheduled: the stretch's last step)?"""
+    n = st.num_noticed
+    return n < len(st._sorted_rem) and st._sorted_rem[n] <= s
+
+
 def _notice(now_s: float, payload: tuple) -> None:
     engine, st, token = payload
     if engine.stretch is not st or token != st.notice_id:

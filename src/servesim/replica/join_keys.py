@@ -21,9 +21,8 @@ from servesim.replica.prefix_registration import _runs_from
 REFUSED = False
 
 
-def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int | None, s: int, last: int) -> tuple | bool | None:
-    """Check the run keys `runs` (those of `keys`' positions from k0 on; k0 None: runs of `keys`
-    that are not consecutive) that a request joining
+def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -> tuple | bool | None:
+    """Check the run keys `runs` (those of `keys`' positions from k0 on) that a request joining
     the stretch `st` at step s registers (`PrefixIndex.unindexed` found none of them indexed)
     against a plan that must cover the stretch's registrations up to step `last` (s - 1 for a
     whole prompt: step s's are read here; the rest's step for one joining with chunks, whose
@@ -39,7 +38,7 @@ def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int | None, s: int, last:
     planned = kv._planned
     if planned is None or planned[0] is not st.keyed or planned[2] < s - 1 or planned[3] != prefix.num_inserts:
         return REFUSED
-    if plan_meets(planned[4], keys, runs, k0 // keys.starts.step if k0 is not None and type(keys.starts) is range else None):
+    if plan_meets(planned[4], keys, runs, k0 // keys.starts.step if type(keys.starts) is range else None):
         return REFUSED
     if planned[2] < s and ((more := _step_keys(st, s, kv.block_size)) is None or not more.isdisjoint(runs)):
         return REFUSED

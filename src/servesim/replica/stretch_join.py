@@ -34,6 +34,7 @@ import math
 from bisect import bisect_left, bisect_right
 
 from servesim.replica.chunk_join import chain_join, chunk_join
+from servesim.replica.finish_notices import untold_by
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
 from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import Stretch
@@ -135,7 +136,7 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     are held, and the stretch is priced on."""
     sched, kv = engine.scheduler, engine.kv
     s, bs = st.k, kv.block_size
-    if engine.notice is not None and st.num_noticed < len(st._sorted_rem) and st._sorted_rem[st.num_noticed] <= s:
+    if engine.notice is not None and untold_by(st, s):
         # (a finish at step s - 1 not told yet, its notice due now: stepping's `schedule` at s
         # sees what it makes, a follow-up arriving at once. Told finishes are the stall's too:
         # the departures after s move with it, and `_priced_on` schedules their notices again)
