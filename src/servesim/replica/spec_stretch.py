@@ -60,9 +60,11 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         the indices of those requests in the order of the later steps' batches; `until_s`,
         `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
         that start before `until_s`, at most `max_steps` of them); `prompt`: (a prompt in
-        progress, its chunk) run in every step beside the decodes, first in the verify pass as
-        `speculate` lists it (`Scheduler.repeats_chunk`; `max_steps` stops before its last
-        chunk, `through` is False), or None."""
+        progress, its chunk in steps 1, 2, ..., its chunk in step 0) run in every step beside
+        the decodes, first in the verify pass as `speculate` lists it
+        (`Scheduler.repeats_chunk`, both chunks the same; `Scheduler.shares_chunk`, step 0's
+        the budget another prompt's last chunk left; `max_steps` stops before its last chunk,
+        `through` is False), or None."""
         cfg = engine.config
         sched = engine.scheduler
         # (no decodes: a prompt's chunks alone)
@@ -88,11 +90,13 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
         if self._affine is None or engine._decode_fn(1) is False:
             self._verify_fn = None
-        self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
+        self.prompt, self.chunk, c0 = prompt if prompt is not None else (None, 0, 0)
+        self._extra0 = c0 - self.chunk  # (step 0's chunk beyond the later ones')
         self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave)
         if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
             self._verify_fn = None
-            self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
+            # the prompt's tokens in KV when step j >= 1 starts, less j chunks
+            self._cached0 = prompt[0].num_computed_tokens + self._extra0
             self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
         self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
         sums = getattr(engine.perf, "verify_sums_time_fn", None)  # (any other verify step, `_verify_s`)
@@ -216,7 +220,8 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
         leave one token each; a prompt in progress has computed a chunk in each of steps 0..j-1."""
         joined = sum(n - 1 for s, _, n in self._joined if s < j) if self._joined else 0
-        return sum(n - 1 for _, n in self.prefills) + j * self.chunk + joined
+        chunks = j * self.chunk + self._extra0 if j else 0
+        return sum(n - 1 for _, n in self.prefills) + chunks + joined
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
@@ -260,7 +265,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             if req.first_token_s is None:
                 req.first_token_s = self.ends[j]
         if self.prompt is not None:
-            self.prompt.num_computed_tokens += k * self.chunk
+            self.prompt.num_computed_tokens += k * self.chunk + self._extra0
         grants = [0] * len(reqs)
         for step in self._grants[1:k]:
             for i, nb in step:
@@ -292,7 +297,9 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             for j, blocks in self._free_at:
                 freed[j] += blocks  # (j <= k: `_keep` drops the later ones)
             kv = [u - f for u, f in zip(kv, accumulate(freed))]
-        prefill = [self.chunk] * k if self.prompt is not None else sum(n for _, n in self.prefills)
+        prefill = sum(n for _, n in self.prefills)  # (step 0's prompts finished)
+        if self.prompt is not None:  # (and the chunks of the prompt in progress)
+            prefill = [prefill + self.chunk + self._extra0] + [self.chunk] * (k - 1)
         if self._joined:  # the joining prompts' tokens at their steps, their blocks in use from then on
             prefill = [prefill] + [0] * (k - 1)
             for j, _, n in self._joined:
