@@ -62,6 +62,9 @@ class RanksKV:
     def num_blocks_of(self, req_id: int) -> int:
         return sum(kv.num_blocks_of(req_id) for kv in self.caches)
 
+    def num_blocks_list(self, reqs: list[Request]) -> list[int]:
+        return [self.num_blocks_of(r.id) for r in reqs]
+
     def num_cached_prefix_tokens(self, req: Request) -> int:
         return max(kv.num_cached_prefix_tokens(req) for kv in self.caches)
 

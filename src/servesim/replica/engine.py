@@ -73,7 +73,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "busy", "num_steps", "num_fast_forwarded_steps", "num_joined_arrivals", "num_held_arrivals",
                  "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
-                 "_decode_fns", "_forms", "defer_finishes", "_keyed_through", "notice", "deliver", "keyed_joins",
+                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "_keyed_through", "notice", "deliver", "keyed_joins",
                  "keys_seen",
                  "sole_arrival", "shared_keys_only", "_unevented", "_admission_error")
 
@@ -136,6 +136,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self._wake_s = float("inf")
         self._decode_fns = DecodeFns(perf)  # (`_decode_fn`)
         self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
+        self._spec_env: tuple | None = None  # (`spec_stretch.spec_env`, for the perf model it names first)
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
         # stretch ends but `notice` (a closed-loop workload's follow-ups, called at the finish's
         # time: `replica/finish_notices.py`), and only with the scalar decode form that prices

@@ -41,6 +41,24 @@ if TYPE_CHECKING:
 SPEC_LOOKAHEAD = 4
 
 
+def spec_env(engine) -> tuple:
+    """What every speculative stretch of `engine` reads of the engine, its perf model and its
+    speculation settings, in `SpecStretch.__init__`'s order: built once per perf model and
+    kept in `Engine._spec_env` (a stretch is planned every few steps; these getattr calls and
+    memo look-ups were a tenth of its set-up)."""
+    cfg, perf = engine.config, engine.perf
+    decode_fn = engine._decode_fn  # the scalar decode step time by batch size (False: none)
+    # the block path's forms (None: the perf model has none, or sliding windows: step by step)
+    affine = getattr(perf, "decode_affine", None)
+    verify_fn = getattr(perf, "verify_step_times_s", None) if affine is not None and decode_fn(1) is not False else None
+    verify_time_fn = getattr(perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
+    sums = getattr(perf, "verify_sums_time_fn", None)  # (any other verify step, `_verify_s`)
+    return (perf, SPEC_LOOKAHEAD if engine.lookahead > 1 else 1, decode_fn, affine, verify_fn, verify_time_fn,
+            sums() if sums is not None else None, cfg.spec_acceptance_rate, engine.spec_draws,
+            cfg.num_speculative_tokens, cfg.spec_draft_cost_ratio, engine.kv.block_size,
+            {})  # (batch size -> the draft term's and a regular verify pass's forms: `_forms`)
+
+
 class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     """Speculative decode steps of a fixed batch, priced lazily; applied at `end_s`."""
 
@@ -65,10 +83,9 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         (`Scheduler.repeats_chunk`, both chunks the same; `Scheduler.shares_chunk`, step 0's
         the budget another prompt's last chunk left; `max_steps` stops before its last chunk,
         `through` is False), or None."""
-        cfg = engine.config
         sched = engine.scheduler
         # (no decodes: a prompt's chunks alone)
-        batch, adv0, emits0, kinds = (list(x) for x in zip(*step0)) if step0 else ([], [], [], [])
+        batch, adv0, emits0, kinds = map(list, zip(*step0)) if step0 else ([], [], [], [])
         self.start_s = start_s
         self.out = out
         self.reqs = batch  # in step 0's batch order (`_active` holds the later steps' order)
@@ -80,16 +97,13 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         self.final = False  # cut, or nothing more to price: never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
-        self._perf = engine.perf
         self._next_event_s = engine.next_event_s
         self._loop = engine.loop  # (its `now_s`: the next arrival's gap from now, `price`)
-        self._ahead = SPEC_LOOKAHEAD if engine.lookahead > 1 else 1
-        self._decode_fn = engine._decode_fn  # the scalar decode step time by batch size (False: none)
-        # the block path's forms (None: the perf model has none, or sliding windows: step by step)
-        self._affine = getattr(engine.perf, "decode_affine", None)
-        self._verify_fn = getattr(engine.perf, "verify_step_times_s", None)
-        if self._affine is None or engine._decode_fn(1) is False:
-            self._verify_fn = None
+        env = engine._spec_env
+        if env is None or env[0] is not engine.perf:
+            env = engine._spec_env = spec_env(engine)
+        (self._perf, self._ahead, self._decode_fn, self._affine, self._verify_fn, self._verify_time_fn,
+         self._sums_form, self._acceptance_rate, self._draws, self._k_max, self._draft_ratio, self._bs, self._fns) = env
         self.prompt, self.chunk, c0 = prompt if prompt is not None else (None, 0, 0)
         self._extra0 = c0 - self.chunk  # (step 0's chunk beyond the later ones')
         self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave)
@@ -98,23 +112,14 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             # the prompt's tokens in KV when step j >= 1 starts, less j chunks
             self._cached0 = prompt[0].num_computed_tokens + self._extra0
             self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
-        self._verify_time_fn = getattr(engine.perf, "verify_time_fn", None)  # (scalar, for `_step_time_s`)
-        sums = getattr(engine.perf, "verify_sums_time_fn", None)  # (any other verify step, `_verify_s`)
-        self._sums_form = sums() if sums is not None else None
-        self._fns: dict[int, tuple] = {}  # batch size -> (draft term's, regular verify pass's) forms
-        self._acceptance_rate = cfg.spec_acceptance_rate
-        self._draws: AcceptanceDraws = engine.spec_draws
-        self._k_max = cfg.num_speculative_tokens
-        self._draft_ratio = cfg.spec_draft_cost_ratio
         kv = engine.kv
-        self._bs = kv.block_size
         self.free_blocks = kv.num_free_blocks  # after step 0's allocations
         self._used0 = kv.num_gpu_blocks - kv.num_free_blocks
         # the running state after the last priced step, per request (index into `reqs`)
         self._adv0 = adv0
         self._ctx = [r.num_computed_tokens + c for r, c in zip(batch, adv0)]
         rem = self._rem = [r.output_len - r.num_output_tokens - e for r, e in zip(batch, emits0)]
-        self._held = [kv.num_blocks_of(r.id) for r in batch]
+        self._held = kv.num_blocks_list(batch)
         n = len(batch)
         # step 0's finishes as stepping lists them: plain decodes, prompts, speculative decodes
         gone = sorted((i for i in range(n) if not rem[i]), key=kinds.__getitem__) if 0 in rem else []
