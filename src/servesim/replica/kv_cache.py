@@ -225,32 +225,34 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         prefix = self.enable_prefix_caching
         n = len(reqs)
         for i, r in enumerate(reqs):
-            nc1 = r.num_computed_tokens + 1
-            if not r.num_output_tokens or r.prompt_len + r.num_output_tokens != nc1:
+            nc = r.num_computed_tokens
+            no = r.num_output_tokens
+            if not no or r.prompt_len + no != nc + 1:
                 if whole:
                     return 0
                 n = i
                 break
-            h = held[r.id]
-            nk = h.num_keyed
-            nb = nk + h.num_plain
-            if nc1 > nb * bs:
-                grow.append((i, h))
-                nb += 1
+            # Its blocks hold its computed tokens (paged KV), so only a token that starts a
+            # block may need one more: the others skip the look-up (15 of 16 decodes at a
+            # block size of 16; the loop is a stepped step's largest cost under overload)
+            h = None
+            if not nc % bs:
+                h = held[r.id]
+                if nc >= (h.num_keyed + h.num_plain) * bs:
+                    grow.append((i, h))
             # this token completes keyed blocks (empty keys give kn = 0 below, so `is not
             # None` decides as `bool(keys)` would, without `BlockKeys.__bool__`'s Python call);
             # the keys first: a request without any (an Azure trace's) stops at one read;
             # `nk < kn` before the division: a decode past its keys (most of a Mooncake
-            # answer's) stops there
-            if prefix and (keys := r.kv_block_keys) is not None and nk < (
-                    kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)) and nk < nc1 // bs:
-                full = nc1 // bs
-                if full > kn:
-                    full = kn
-                if full > nb:
-                    full = nb
-                if full > nk:
-                    reg.append((keys, h, nk, full, i))
+            # answer's) stops there. Its blocks after this step hold nc + 1 tokens, so the
+            # full ones are those tokens' (at most its keys').
+            if prefix and (keys := r.kv_block_keys) is not None:
+                if h is None:
+                    h = held[r.id]
+                nk = h.num_keyed
+                if nk < (kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)) and nk < (
+                        full := (nc + 1) // bs):
+                    reg.append((keys, h, nk, full if full < kn else kn, i))
         if len(grow) > self.num_free_blocks:
             if whole or not self.num_free_blocks:
                 return 0
