@@ -1,7 +1,7 @@
 """vLLM's running pass (`VLLMSteps.schedule_running`) takes the decodes after a prompt chunk
 or an eviction in one `allocate_leading_decodes` call (vLLM v0's too), and VTC's decode step
-and TensorRT-LLM's micro-batch their leading decodes:
-the same run as allocating each request one by one, and the bulk calls do run (mid-pass:
+and TensorRT-LLM's micro-batch their leading decodes (FastSwitch's walk too, beside swap-ins
+in flight): the same run as allocating each request one by one, and the bulk calls do run (mid-pass:
 not the step's first call)."""
 
 from __future__ import annotations
@@ -88,3 +88,42 @@ def test_fastswitch_walk_takes_runs_of_decodes_in_bulk():
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
     assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the walk evicts
     assert calls["taken"] > 3_000 and calls["mid_pass"] >= 20 and calls["mid_pass_taken"] >= 60
+
+
+def _fastswitch_run(bulk: bool):
+    """Two tenants over a tight GPU cache with a large CPU one: FastSwitch swaps requests out
+    for fairness and back in with the copies overlapped (`swap_ready_s` holds those in
+    flight). Counts the decodes taken in bulk while a copy may be in flight."""
+    engine, sched, kv, loop, _ = make_engine(num_blocks=NUM_BLOCKS, scheduler="fastswitch", max_num_seqs=32,
+                                             max_num_batched_tokens=256, fast_forward=False, num_cpu_blocks=400,
+                                             params={"priority_update_interval": 3})
+    taken = {"in_flight": 0}
+    lead = kv.allocate_leading_decodes
+
+    def counted_lead(reqs):
+        if not bulk:
+            return 0  # the reference: the walk allocates each request, asking `is_swap_ready`
+        k = lead(reqs)
+        if sched.swap_ready_s:
+            taken["in_flight"] += k
+        return k
+
+    kv.allocate_leading_decodes = counted_lead
+    rng = random.Random(5)
+    reqs = [make_request(i, rng.randint(20, 300), rng.randint(5, 120), arrival=0.002 * i, tenant="ab"[i % 2])
+            for i in range(100)]
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    return engine, reqs, taken, sched
+
+
+def test_fastswitch_takes_decodes_in_bulk_while_swap_ins_are_in_flight():
+    """The walk's decodes are taken in bulk up to the first request whose swap-in may be in
+    flight (the walk asks it `is_swap_ready`; the others it lets run without changing
+    anything): the same run as the walk one by one."""
+    fast, fast_reqs, taken, sched = _fastswitch_run(bulk=True)
+    slow, slow_reqs, _, _ = _fastswitch_run(bulk=False)
+    assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
+    assert fast.num_swap_copies > 20 and sched.swap_mechanics.overlap  # swaps, overlapped
+    assert taken["in_flight"] > 300  # decodes taken in bulk beside copies in flight

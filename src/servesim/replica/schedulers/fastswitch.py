@@ -49,6 +49,7 @@ from servesim.workload.request import Request, RequestState
 
 _ARRIVAL_ID = attrgetter("arrival_s", "id")
 _STATE = attrgetter("state")
+_ID = attrgetter("id")
 _FIRST = itemgetter(0)
 RUNNING, WAITING = RequestState.RUNNING, RequestState.WAITING
 
@@ -144,7 +145,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         while (i := i + 1) < len(order):
             req = order[i]
             if req.state == RequestState.RUNNING:
-                if i >= walked_to and budget > 0 and not ready and (k := self._decodes_from(order, i, budget)):
+                if i >= walked_to and budget > 0 and (k := self._decodes_from(order, i, budget)):
                     out.scheduled.extend([(r, 1) for r in order[i:i + k]])
                     budget -= k
                     running_left -= k
@@ -202,15 +203,19 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
     def _decode_prefix(self, order: list[Request], budget: int) -> int:
         """How many running requests lead the order, decode and fit (their blocks allocated
         in one call, `allocate_leading_decodes`: the outcome of the walk's first steps, one
-        token each, nothing admitted in between); 0 if none (or a swap-in is in flight)."""
-        return 0 if self.swap_ready_s else self._decodes_from(order, 0, budget)
+        token each, nothing admitted in between); 0 if none."""
+        return self._decodes_from(order, 0, budget)
 
     def _decodes_from(self, order: list[Request], i: int, budget: int) -> int:
         """`allocate_leading_decodes` over the running requests from `order[i]` on, up to the
-        first that is not running, within the budget: how many got their token (in C but
-        for the bulk call: the run's end found by iterators, not a Python loop)."""
+        first that is not running or whose swap-in may be in flight (`swap_ready_s`: the
+        walk asks `is_swap_ready`, which forgets a copy done; for the others it answers yes
+        and changes nothing), within the budget: how many got their token (in C but for the
+        bulk call: the run's end found by iterators, not a Python loop)."""
         states = map(RUNNING.__ne__, map(_STATE, islice(order, i, i + budget)))
         end = next(compress(count(i), states), min(len(order), i + budget))
+        if (ready := self.swap_ready_s) and end > i:
+            end = next(compress(count(i), map(ready.__contains__, map(_ID, islice(order, i, end)))), end)
         return self.kv.allocate_leading_decodes(order[i:end]) if end > i else 0
 
     def _order(self) -> list[Request]:
