@@ -108,27 +108,3 @@ def test_a_prompt_alone_runs_its_chunks_as_one_stretch(chunk_steps):
     b = spec_engine_run(b_reqs, False, 3000)
     assert chunk_steps == [9]
     assert_same_spec_run(a, b, a_reqs, b_reqs, 3000)
-
-
-def test_a_shared_step_starts_a_spec_chunk_stretch(monkeypatch):
-    """Sarathi's shared step with speculative decoding: A decodes (speculating); B's 300-token
-    prompt runs in chunks of 127 beside it, its last 46 tokens in its third step with C's first
-    81 (the budget left; C waited since the step before). From the next step A and B decode
-    and C takes the 126 tokens they leave: the shared step and seven of 126 (963 tokens) are
-    one stretch, C's last 37 tokens the step after. Exact as stepping, the step log's prompt
-    tokens included."""
-    shared = applied_steps(monkeypatch, SpecStretch, lambda s: s.prompt is not None and s._extra0)
-
-    def reqs():
-        return [make_request(0, 100, 200, 0.0), make_request(1, 300, 40, 0.05), make_request(2, 1000, 5, 0.06)]
-
-    a_reqs, b_reqs = reqs(), reqs()
-    a = spec_engine_run(a_reqs, True, 3000)
-    b = spec_engine_run(b_reqs, False, 3000)
-    assert shared == [8]
-    assert_same_spec_run(a, b, a_reqs, b_reqs, 3000)
-    log = a.recorder.step_log(3000)
-    b0 = int(np.flatnonzero(log.prefill_tokens)[1])  # B's first chunk (A's prompt: the first step)
-    assert list(log.prefill_tokens[b0:b0 + 11]) == [127, 127, 46 + 81] + [126] * 7 + [37]
-    assert list(log.num_waiting[b0:b0 + 3]) == [0, 1, 0] and log.num_running[b0 + 2] == 3
-    assert log.output_tokens[b0 + 3] > 2  # (B decodes from step 3, its drafts accepted too)

@@ -73,8 +73,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "busy", "num_steps", "num_fast_forwarded_steps", "num_joined_arrivals", "num_held_arrivals",
                  "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
-                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "_keyed_through", "notice", "deliver", "keyed_joins",
-                 "keys_seen",
+                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "_keyed_through", "notice", "deliver",
+                 "keyed_joins", "keys_seen",
                  "sole_arrival", "shared_keys_only", "_unevented", "_admission_error")
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
@@ -227,7 +227,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                     and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff, dt)):
                 return
         if self._spec_k:
-            chunk = self._repeats_chunk(out, swap_s) if prefills else 0
+            chunk = bool(prefills) and self._repeats_chunk(out, swap_s)
             if (ff.repeat or chunk) and self._spec_ff and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff, chunk):
                 return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
@@ -264,17 +264,13 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                 and (chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills, ff)
                      or shared_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills, ff)))
 
-    def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> int:
-        """The chunk a prompt in progress takes in each step after this one, if those steps
-        repeat it beside the same speculating decodes (a `SpecStretch` with the prompt, which
-        arrivals do not cut: asked even when `fast_forward` says no): its chunk now
-        (`repeats_chunk`), or the budget the decodes leave once the prompt whose last chunk
-        this step runs decodes too (`shares_chunk`); 0: none. The only place that decides it
-        (`spec_fast_forward` is told)."""
+    def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> bool:
+        """May the steps after this one repeat its prompt chunk beside the same speculating
+        decodes (a `SpecStretch` with the prompt, which arrivals do not cut: asked even when
+        `fast_forward` says no)? The only place that decides it (`spec_fast_forward` is told)."""
         sched = self.scheduler  # (only for prompts whose chunks allocate nothing: `chunks_allocate`)
-        if not self.config.fast_forward or swap_s or self.ports is not None or sched.chunks_allocate:
-            return 0
-        return out.scheduled[-1][1] if sched.repeats_chunk(out) else sched.shares_chunk(out)
+        return (self.config.fast_forward and not swap_s and self.ports is None and not sched.chunks_allocate
+                and sched.repeats_chunk(out))
 
     def _on_start(self, now_s: float, epoch: int) -> None:
         if epoch == self._epoch:

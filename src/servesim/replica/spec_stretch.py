@@ -78,11 +78,9 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         the indices of those requests in the order of the later steps' batches; `until_s`,
         `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
         that start before `until_s`, at most `max_steps` of them); `prompt`: (a prompt in
-        progress, its chunk in steps 1, 2, ..., its chunk in step 0) run in every step beside
-        the decodes, first in the verify pass as `speculate` lists it
-        (`Scheduler.repeats_chunk`, both chunks the same; `Scheduler.shares_chunk`, step 0's
-        the budget another prompt's last chunk left; `max_steps` stops before its last chunk,
-        `through` is False), or None."""
+        progress, its chunk) run in every step beside the decodes, first in the verify pass as
+        `speculate` lists it (`Scheduler.repeats_chunk`; `max_steps` stops before its last
+        chunk, `through` is False), or None."""
         sched = engine.scheduler
         # (no decodes: a prompt's chunks alone)
         batch, adv0, emits0, kinds = map(list, zip(*step0)) if step0 else ([], [], [], [])
@@ -104,13 +102,11 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             env = engine._spec_env = spec_env(engine)
         (self._perf, self._ahead, self._decode_fn, self._affine, self._verify_fn, self._verify_time_fn,
          self._sums_form, self._acceptance_rate, self._draws, self._k_max, self._draft_ratio, self._bs, self._fns) = env
-        self.prompt, self.chunk, c0 = prompt if prompt is not None else (None, 0, 0)
-        self._extra0 = c0 - self.chunk  # (step 0's chunk beyond the later ones')
+        self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
         self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave)
         if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
             self._verify_fn = None
-            # the prompt's tokens in KV when step j >= 1 starts, less j chunks
-            self._cached0 = prompt[0].num_computed_tokens + self._extra0
+            self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
             self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
         kv = engine.kv
         self.free_blocks = kv.num_free_blocks  # after step 0's allocations
@@ -225,8 +221,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
         leave one token each; a prompt in progress has computed a chunk in each of steps 0..j-1."""
         joined = sum(n - 1 for s, _, n in self._joined if s < j) if self._joined else 0
-        chunks = j * self.chunk + self._extra0 if j else 0
-        return sum(n - 1 for _, n in self.prefills) + chunks + joined
+        return sum(n - 1 for _, n in self.prefills) + j * self.chunk + joined
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
@@ -270,7 +265,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             if req.first_token_s is None:
                 req.first_token_s = self.ends[j]
         if self.prompt is not None:
-            self.prompt.num_computed_tokens += k * self.chunk + self._extra0
+            self.prompt.num_computed_tokens += k * self.chunk
         grants = [0] * len(reqs)
         for step in self._grants[1:k]:
             for i, nb in step:
@@ -302,9 +297,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             for j, blocks in self._free_at:
                 freed[j] += blocks  # (j <= k: `_keep` drops the later ones)
             kv = [u - f for u, f in zip(kv, accumulate(freed))]
-        prefill = sum(n for _, n in self.prefills)  # (step 0's prompts finished)
-        if self.prompt is not None:  # (and the chunks of the prompt in progress)
-            prefill = [prefill + self.chunk + self._extra0] + [self.chunk] * (k - 1)
+        prefill = [self.chunk] * k if self.prompt is not None else sum(n for _, n in self.prefills)
         if self._joined:  # the joining prompts' tokens at their steps, their blocks in use from then on
             prefill = [prefill] + [0] * (k - 1)
             for j, _, n in self._joined:
