@@ -205,19 +205,14 @@ class AndesScheduler(VLLMSteps):
             # slack is <= 0, and so is the cap (the overhead is > 0), whatever runs
             return 0, []
         qoe, qoe_of = self._qoe, self._qoe_of
-        bs = self.kv.block_size
-        # the running requests' `slacks_s` + now and `weight`s, in one pass (the batch's
-        # requests are mostly out of the CPU caches by the next step: a second pass over
-        # them cost nearly as much as the first)
-        run_keys, run_weights = [], []
-        key, weigh = run_keys.append, run_weights.append
+        run_keys = []  # `slacks_s` + now of the running requests
         for r in running:
             arrival, ttft, tds, _ = qoe.get(r) or qoe_of(r)
-            n = r.num_output_tokens
-            key(arrival + ttft + n / tds)
-            weigh(round((r.prompt_len + n + 1) / bs + 0.5))
+            run_keys.append(arrival + ttft + r.num_output_tokens / tds)
         run_keys.sort()
         threshold = pending.kth_slack_key(k, run_keys) - now_s  # the k-th smallest slack
+        bs = self.kv.block_size
+        run_weights = [round((r.prompt_len + r.num_output_tokens + 1) / bs + 0.5) for r in running]  # `weight`
         total_weight = sum(run_weights) + pending.total_weight
         overhead = p.unit_overhead_s * bs * total_weight / (len(running) + len(pending))
         return (math.floor(threshold / overhead) if overhead > 0 else len(running)), run_weights
