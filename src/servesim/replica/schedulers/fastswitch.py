@@ -135,7 +135,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         allocate, ready = self.kv.allocate_slots, self.swap_ready_s
         admitting = True  # new and swapped requests join in priority order until one does not fit
         running_left = len(self.running)  # running requests not reached yet (or evicted)
-        first = self._decode_prefix(order, budget)
+        first = self._decodes_from(order, 0, budget)  # (the walk's first steps, nothing admitted between)
         if first:
             out.scheduled = [(req, 1) for req in order[:first]]
             out.num_known_decodes = first
@@ -199,12 +199,6 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         blocks, so it waits until a finish (`fast_forward`, `finish_admits`)."""
         if req.state == RequestState.WAITING and not req.kv_block_keys and self.first_chunk(req, 0, budget) > 0:
             self._blocked_head = req
-
-    def _decode_prefix(self, order: list[Request], budget: int) -> int:
-        """How many running requests lead the order, decode and fit (their blocks allocated
-        in one call, `allocate_leading_decodes`: the outcome of the walk's first steps, one
-        token each, nothing admitted in between); 0 if none."""
-        return self._decodes_from(order, 0, budget)
 
     def _decodes_from(self, order: list[Request], i: int, budget: int) -> int:
         """`allocate_leading_decodes` over the running requests from `order[i]` on, up to the
