@@ -146,8 +146,8 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     if disagg:
         cluster.disagg = build_disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
     # Requests with prefix keys join stretches in flight unless something reads the replicas'
-    # prefix caches from outside (`replica/keyed_join.py`)
-    keyed_joins = not (router.reads_prefix_cache or cluster.kv_store is not None or disagg)
+    # prefix caches from outside (`PoolSpec.cache_read_outside`, `replica/keyed_join.py`)
+    keyed_joins = not any(p.cache_read_outside for p in pools)
     # Keys only for the hash ids other requests may share where nothing but the replica's own
     # vLLM cache keeps KV by them (`Engine.shared_keys_only`; a policy that may swap keys every
     # id of a request from its first preemption on: `Scheduler.key_every_id`)

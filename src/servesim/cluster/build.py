@@ -76,7 +76,7 @@ def resolve_engine_config(cfg: EngineConfig, perf) -> EngineConfig:
 def resolve_pools(scenario: Scenario) -> list[PoolSpec]:
     """The scenario's pools (one pool named `default` without a `pools` section)."""
     pools = _pools(scenario)
-    # (the readers `simulate` also keeps keyed joins off for)
+    # (`simulate` keeps keyed joins off where this is set too)
     outside = (get_router(scenario.router.name).reads_prefix_cache or scenario.kv_store.enabled
                or any(p.role != "mixed" for p in pools))
     return pools if outside else [replace(p, cache_read_outside=False) for p in pools]
