@@ -95,6 +95,8 @@ class SpecStretchPricing:
         `speculate`'s rules, with two simplifications that are exact here: the `max_model_len`
         bound on k never binds (a decode's context + tokens left < max_model_len, so
         tokens left - 1 is the tighter bound), and k = 0 only on a request's last token."""
+        if len(self._active) == 1 and self.prompt is None:
+            self._lone_steps(horizon)
         ctx, rem, held = self._ctx, self._rem, self._held
         k_max, bs, kmax = self._k_max, self._bs, self.kmax
         ends, sizes, runs, emits_of, grants_of, allocs, rows_of = (
@@ -181,6 +183,66 @@ class SpecStretchPricing:
                 done = done_plain + done_spec
                 self._finishes += [(j, i) for i in done]
                 self._done_with(j, done)
+                if len(self._active) == 1 and not chunked:  # (one left: `_lone_steps` from here)
+                    self._steps(horizon)
+                    return
+
+    def _lone_steps(self, horizon: float) -> None:
+        """`_steps` for a lone request with more than k_max + 1 tokens left, the usual step
+        at a lightly loaded replica (two thirds of those priced in the spec-decode cells at 8
+        replicas, 45 % at 1): its rules and floats for a batch of one (a regular verify pass,
+        by the scalar forms), without a batch's lists. Leaves to `_steps` the steps where its
+        other rules apply (the request's last k_max + 1 tokens, a form that does not cover the
+        step)."""
+        draft_fn, verify_fn = self._forms(1)
+        if not draft_fn or verify_fn is None:
+            return
+        act = self._active
+        i = act[0]
+        ctx, rem, held = self._ctx, self._rem, self._held
+        k_max, bs, kmax, free = self._k_max, self._bs, self.kmax, self.free_blocks
+        ends, sizes, runs, emits_of, grants_of, allocs, rows_of = (
+            self.ends, self.sizes, self._runs, self._emits, self._grants, self._alloc, self._rows)
+        window = self._draws.window
+        draft_k = self._draft_ratio * k_max
+        c, r, h = ctx[i], rem[i], held[i]
+        t, rows, alloc = ends[-1], rows_of[-1], allocs[-1]
+        acc, u = (), 0
+        while not self.final and t < horizon and len(ends) < kmax and r > k_max:
+            if u >= len(acc):
+                acc, u = window(rows, 1)
+            nb = (c + k_max) // bs + 1 - h  # (blocks for c + 1 + k_max tokens)
+            need = nb if nb > 0 else 0
+            if alloc + need > free:  # (frees inside the stretch are not counted on)
+                self.final = True
+                break
+            dt = verify_fn(c)
+            if dt is None:
+                break
+            dt += draft_k * draft_fn(c)
+            e = acc[u] + 1  # accepted drafts + the target's token
+            u += 1
+            rows += 1
+            alloc += need
+            c += e
+            h += need
+            j = len(ends)
+            t += dt
+            ends.append(t)
+            sizes.append(e)
+            runs.append(act)
+            emits_of.append([e])
+            grants_of.append([(i, nb)] if nb > 0 else [])
+            allocs.append(alloc)
+            rows_of.append(rows)
+            if e == r:
+                r = 0
+                ctx[i], rem[i], held[i] = c, r, h
+                self._finishes.append((j, i))
+                self._done_with(j, [i])
+                return
+            r -= e
+        ctx[i], rem[i], held[i] = c, r, h
 
     def _forms(self, n: int) -> tuple:
         """(the draft term's scalar form, a regular verify pass's) for batch size `n`, memoised
