@@ -232,14 +232,31 @@ class PrefixCaching:
         stretch's allocation gives them: else the per-request pass would stop at its blocks).
         False, nothing done, otherwise. The plan is used once."""
         lst, n, more, inserts, planned, tokens, caps = self._planned
+        if (lst is reqs_tokens and n < len(lst) and more == WHOLE and last is not None
+                and inserts == self._prefix.num_inserts):
+            # requests that joined since it was made (`keyed_join` appends them) and no check
+            # of the stretch since: their items added now, as that check would (`_plan_whole`),
+            # rather than every request's registrations worked out again below
+            if not self._plan_whole(reqs_tokens, last):
+                return False
+            lst, n, more, inserts, planned, tokens, caps = self._planned
         self._planned = None
+        gone = None  # per item of the plan: its request left the list since (`apply_rests`: a turn cut in its chunks)
+        if lst is reqs_tokens and n > len(lst):
+            present = {id(self._held.get(r.id)) for r, _ in lst}
+            gone = [id(item[0]) not in present for item in planned[0]]
+            if sum(gone) != n - len(lst):
+                return False
+            n = len(lst)
         if (lst is not reqs_tokens or n != len(lst) or more < more_tokens or inserts != self._prefix.num_inserts
                 or (caps is None) != (last is None)):
             return False
-        if more_tokens < more:  # the stretch was cut: what its steps so far complete
+        if more_tokens < more or gone:  # the stretch was cut: what its steps so far complete
             bs = self.block_size
             ends = ([(c + more_tokens) // bs for c in tokens] if caps is None else
                     [(c + (more_tokens if m > more_tokens else m)) // bs for c, m in zip(tokens, caps)])
+            if gone:  # (no registration: a plan less an item is still valid, as a shorter one is)
+                ends = [-1 if g else e for e, g in zip(ends, gone)]
             planned = self._prefix.trim_appends(planned, ends)
         for held, _, _, k0, k1, *_ in planned[0]:
             if k1 - k0 > held.num_plain:
