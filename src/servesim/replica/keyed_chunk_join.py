@@ -45,6 +45,18 @@ from bisect import bisect_right
 from servesim.replica.chunk_join import join_after_chunks
 from servesim.replica.held_hits import log_shared
 from servesim.replica.schedulers.hygen import HyGenScheduler
+from servesim.replica.schedulers.vllm import VLLMScheduler
+
+
+def chains_after_rest(sched) -> bool:
+    """Do a joined turn's chunk steps spend the whole token budget, so that a turn arriving
+    inside them waits, admitted nothing, to its rest's step (`Stretch.chain_at`), where `keyed_join`
+    may admit it beside the rest as stepping's `schedule` does? vLLM's own admission (no
+    `long_prefill_token_threshold` below the budget: a chunk would leave room). Other policies
+    act on a waiting request in their own ways (Andes' knapsack, priority's preemption): theirs
+    end the stretch at the arrival, as before."""
+    _, budget, threshold, _ = sched.limits
+    return type(sched) is VLLMScheduler and not 0 < threshold < budget
 
 
 def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tuple | None:
@@ -95,8 +107,10 @@ def join_in_chunks(engine, st, req, chunk_fn, chunks: list[int], cached: int, bl
     num_tokens, q = req.num_tokens, len(chunks)
     ctx1 = num_tokens - (s + q)
     held = kv.num_blocks_of(req.id)  # (its hits and the first chunk's)
-    join_after_chunks(engine, st, chunk_fn, req, chunks, cached, num_tokens - cached, blocks * bs - ctx1 + 1, held,
-                      blocks - shared)
+    at = join_after_chunks(engine, st, chunk_fn, req, chunks, cached, num_tokens - cached, blocks * bs - ctx1 + 1,
+                           held, blocks - shared)
+    if chains_after_rest(engine.scheduler):
+        st.chain_at = at  # (a turn arriving inside its chunks waits to its rest's step: `keyed_join`'s chain)
     if shared:  # (logged as in use from step s less those: they already were)
         log_shared(st, s, shared)
     i, rests, done, had = len(st.reqs) - 1, st.rests, cached + chunks[0], held

@@ -90,8 +90,11 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
         return False
     s = st.k
+    chain = None  # (step s runs a joined turn's rest: the turn kept waiting inside its chunks joins beside it)
     if st.rests and st.rests[-1][0] >= s:
-        return False  # (cut inside a turn's chunk steps: the budget is its chunks' up to its last)
+        chain = st.chain_at
+        if chain is None or chain[0] != s or st.rests[-1][0] != s or st.joins[-1][0] != s:
+            return False  # (cut inside a turn's chunk steps: the budget is its chunks' up to its last)
     if sched.reorders_running and departs_together(st, s):
         return False  # (two leave at step s, which the stretch ends before: `Engine._limit`)
     rem = st._sorted_rem
@@ -120,7 +123,11 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     # A prefill-first policy (`stalls_decodes`: vLLM V0) runs the prompt whole in a step of its
     # own, the decodes stalled (`joins_last` checked its budget); the others, beside the decodes
     stall = sched.stalls_decodes
-    c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - num_running)
+    # (beside a rest, the budget its decodes and the rest leave: `chain_join`'s, then whole only)
+    spent = num_running if chain is None else chain[1] + chain[4]
+    c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - spent)
+    if chain is not None and (stall or c != n):
+        return False
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
     if c != n and (timer_s != INF or timed is not None or st.timers
                    or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None
@@ -164,7 +171,16 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                                                   s - 1 if chunked is None else steps - 1)) is REFUSED:
             return False
     joins = [(req, n)]
-    if stall:
+    if chain is not None:
+        # step s with both prompts, the rest first (`PerfModel.prompts_step_s`, as `chain_join`),
+        # and the scalar state of step s from the lists, the first turn there a decode of its
+        # prompt less one token that `join` moves to its whole prompt (as `_chain_whole`)
+        _, active, ctx_sum, done, rest = chain
+        form = getattr(engine.perf, "prompts_step_s", None)
+        if form is None or (step_s := form([(rest, done), (n, cached)], active, ctx_sum)) is None:
+            return False
+        st._sync()
+    elif stall:
         # the scalar state of step s (as `stretch_join.stall_step_s`), and stepping's call for
         # the step that runs the prompt alone beside its cached context (`_start_lone`'s)
         if st._priced != s or st._f is None:
@@ -184,9 +200,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         if st._priced != s:
             st.truncate(s)
         st._sync()
-    lean = chunked is None and st._f is not None and st._priced == s  # (the scalar state is step s's)
+    lean = chain is None and chunked is None and st._f is not None and st._priced == s  # (the scalar state is step s's)
     chunk_fn = getattr(engine.perf, "chunk_time_fn", None) if lean else None
-    if chunked is not None or stall:
+    if chunked is not None or stall or chain is not None:
         pass  # (priced above, or its steps after the admission: `join_in_chunks`)
     elif chunk_fn is not None and (form := chunk_fn(num_running, n)) is not None:
         step_s = form(cached, st._ctx_sum)  # (`step_time_s([(n, cached)], ctxs)`'s floats, from their sum)
@@ -228,6 +244,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 st.join(joins, [first_new], blocks - shared, step_s, forms, bs, cached)
             if shared:
                 log_shared(st, s, shared)
+            if chain is not None:  # (kept waiting from the step after its arrival's: `add_waiting`)
+                st.waiting_to = [*(st.waiting_to or ()), s]
+                st.chain_at = None
     if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         add_keyed(st, req, ctx1, num_tokens - ctx1)  # (its join step s = num_tokens - ctx1)
     # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for

@@ -190,7 +190,7 @@ class SpecStretchPricing:
     def _lone_steps(self, horizon: float) -> None:
         """`_steps` for a lone request with more than k_max + 1 tokens left, the usual step
         at a lightly loaded replica (two thirds of those priced in the spec-decode cells at 8
-        replicas, 45 % at 1): its rules and floats for a batch of one (a regular verify pass,
+        replicas, about half at 1): its rules and floats for a batch of one (a regular verify pass,
         by the scalar forms), without a batch's lists. Leaves to `_steps` the steps where its
         other rules apply (the request's last k_max + 1 tokens, a form that does not cover the
         step)."""
