@@ -23,9 +23,9 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     counts = {"shared": 0, "departed": 0}
     join_in_chunks, departed = keyed_join.join_in_chunks, held_hits.held_by_departed
 
-    def counted_join(engine, st, req, chunk_fn, chunks, cached, blocks, shared=0):
+    def counted_join(engine, st, req, chunk_fn, chunks, cached, blocks, shared=0, *rest):
         counts["shared"] += shared > 0
-        return join_in_chunks(engine, st, req, chunk_fn, chunks, cached, blocks, shared)
+        return join_in_chunks(engine, st, req, chunk_fn, chunks, cached, blocks, shared, *rest)
 
     def counted_departed(*args):
         found = departed(*args)

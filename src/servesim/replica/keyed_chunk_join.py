@@ -93,22 +93,24 @@ def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tup
     return chunk_fn, chunks
 
 
-def join_in_chunks(engine, st, req, chunk_fn, chunks: list[int], cached: int, blocks: int, shared: int = 0) -> int:
+def join_in_chunks(engine, st, req, chunk_fn, chunks: list[int], cached: int, blocks: int, shared: int = 0,
+                   priced: bool = False) -> int:
     """Price the turn's chunk steps s = k, ..., s + q - 1 (`chunks`, the first admitted already:
     `keyed_join`) and its rest's step s + q, and join it there; `blocks`: its whole prompt's,
     `shared` of them hits on blocks running requests held (in use before the join:
     `held_hits.py`). Each later chunk's blocks are a rest of its step (allocated there, as the
-    running pass does). Returns its context at step s + q + 1 less s + q + 1, its frame's ctx1
-    (`Stretch.join`)."""
-    s, bs, kv = st.k, engine.kv.block_size, engine.kv
-    if st._f is None or st._priced != s:
+    running pass does). `priced`: step s is in the stretch already, the first chunk beside a
+    joined turn's rest (`keyed_join`'s chain; the scalar state then step s + 1's). Returns its
+    context at step s + q + 1 less s + q + 1, its frame's ctx1 (`Stretch.join`)."""
+    s, bs, kv = st.k - priced, engine.kv.block_size, engine.kv
+    if not priced and (st._f is None or st._priced != s):
         st.truncate(s)  # (priced ahead by numpy chunks: the scalar state of step s)
         st._sync()
     num_tokens, q = req.num_tokens, len(chunks)
     ctx1 = num_tokens - (s + q)
     held = kv.num_blocks_of(req.id)  # (its hits and the first chunk's)
     at = join_after_chunks(engine, st, chunk_fn, req, chunks, cached, num_tokens - cached, blocks * bs - ctx1 + 1,
-                           held, blocks - shared)
+                           held, blocks - shared, priced)
     if chains_after_rest(engine.scheduler):
         st.chain_at = at  # (a turn arriving inside its chunks waits to its rest's step: `keyed_join`'s chain)
     if shared:  # (logged as in use from step s less those: they already were)

@@ -126,7 +126,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     # (beside a rest, the budget its decodes and the rest leave: `chain_join`'s, then whole only)
     spent = num_running if chain is None else chain[1] + chain[4]
     c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - spent)
-    if chain is not None and (stall or c != n):
+    if chain is not None and stall:
         return False
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
     if c != n and (timer_s != INF or timed is not None or st.timers
@@ -177,7 +177,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         # prompt less one token that `join` moves to its whole prompt (as `_chain_whole`)
         _, active, ctx_sum, done, rest = chain
         form = getattr(engine.perf, "prompts_step_s", None)
-        if form is None or (step_s := form([(rest, done), (n, cached)], active, ctx_sum)) is None:
+        if form is None or (step_s := form([(rest, done), (c, cached)], active, ctx_sum)) is None:
             return False
         st._sync()
     elif stall:
@@ -231,7 +231,10 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
             kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
         if chunked is not None:
-            ctx1 = join_in_chunks(engine, st, req, *chunked, cached, blocks, shared)
+            if chain is not None:  # (its first chunk's step s beside the rest, then the state of s + 1)
+                st._append([st.end_s + step_s])
+                st._sync()
+            ctx1 = join_in_chunks(engine, st, req, *chunked, cached, blocks, shared, chain is not None)
         else:
             ctx1 = num_tokens - s  # (its context at step s + 1, less s: the stretch's frame)
             first_new = kv.num_blocks_of(req.id) * bs - ctx1 + 1
@@ -244,9 +247,10 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 st.join(joins, [first_new], blocks - shared, step_s, forms, bs, cached)
             if shared:
                 log_shared(st, s, shared)
-            if chain is not None:  # (kept waiting from the step after its arrival's: `add_waiting`)
-                st.waiting_to = [*(st.waiting_to or ()), s]
-                st.chain_at = None
+            if chain is not None:
+                st.chain_at = None  # (whole: no chunk step of its own to wait through)
+        if chain is not None:  # (kept waiting from the step after its arrival's: `add_waiting`)
+            st.waiting_to = [*(st.waiting_to or ()), s]
     if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         add_keyed(st, req, ctx1, num_tokens - ctx1)  # (its join step s = num_tokens - ctx1)
     # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for
