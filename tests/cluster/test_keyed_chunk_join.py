@@ -78,7 +78,9 @@ def test_rests_evicting_cached_contexts_are_exact(monkeypatch):
     assert two > 0.1 * len(fast.requests), two
 
 
-def test_a_turn_arriving_inside_a_joined_turns_chunks_joins_beside_its_rest(monkeypatch):
+@pytest.mark.parametrize("policy", [["scheduler.name=vllm"], ["scheduler.name=edf"],
+                                    ["scheduler.name=priority", "workload.attributes.priorities={0: 0.3, 1: 0.7}"]])
+def test_a_turn_arriving_inside_a_joined_turns_chunks_joins_beside_its_rest(policy, monkeypatch):
     """A turn arriving while a joined turn's chunks take the whole budget waits (admitted nothing
     there, as stepping) to that turn's rest step and joins beside the rest with the budget the
     rest leaves, whole or with chunks of its own (`keyed_join`'s chain; before, it cut the
@@ -95,10 +97,10 @@ def test_a_turn_arriving_inside_a_joined_turns_chunks_joins_beside_its_rest(monk
         return joined
 
     monkeypatch.setattr(fast_forward, "keyed_join", counted)
-    fast, slow, two, _ = run_both(BUSY + ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=8"],
-                                  monkeypatch)
+    fast, slow, two, _ = run_both(BUSY + ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=8",
+                                         *policy], monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert two > 0.05 * len(fast.requests), two
-    # (40 with chunks and 8 whole of these 400 requests; none before: each ended its stretch)
-    assert beside["chunks"] >= 10 and beside["whole"] >= 3, beside
+    # (vllm: 40 with chunks and 8 whole of these 400 requests; none before: each ended its stretch)
+    assert beside["chunks"] >= 10 and beside["whole"] >= 2, beside

@@ -44,19 +44,27 @@ from bisect import bisect_right
 
 from servesim.replica.chunk_join import join_after_chunks
 from servesim.replica.held_hits import log_shared
+from servesim.replica.schedulers.edf import EDFScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
+from servesim.replica.schedulers.priority import PriorityScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 
 
 def chains_after_rest(sched) -> bool:
     """Do a joined turn's chunk steps spend the whole token budget, so that a turn arriving
     inside them waits, admitted nothing, to its rest's step (`Stretch.chain_at`), where `keyed_join`
-    may admit it beside the rest as stepping's `schedule` does? vLLM's own admission (no
-    `long_prefill_token_threshold` below the budget: a chunk would leave room). Other policies
-    act on a waiting request in their own ways (Andes' knapsack, priority's preemption): theirs
-    end the stretch at the arrival, as before."""
+    may admit it beside the rest as stepping's `schedule` does? vLLM's own admission and the
+    keyed policies that admit as it does (priority, EDF: their running pass gives the joined
+    turn, keyed after every running request, the budget the decodes leave, and their admission
+    stops at a spent budget before it would preempt), without a `long_prefill_token_threshold`
+    below the budget (a chunk would leave room). The others (Andes' knapsack, FastSwitch's and
+    Autellix's per-step accounting of a waiting request) end the stretch at the arrival, as
+    before: their answer to a request waiting through those steps is not checked here."""
     _, budget, threshold, _ = sched.limits
-    return type(sched) is VLLMScheduler and not 0 < threshold < budget
+    return type(sched) in _CHAINS and not 0 < threshold < budget
+
+
+_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler)
 
 
 def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tuple | None:
