@@ -45,6 +45,7 @@ from bisect import bisect_right
 from servesim.replica.chunk_join import join_after_chunks
 from servesim.replica.held_hits import log_shared
 from servesim.replica.schedulers.edf import EDFScheduler
+from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
 from servesim.replica.schedulers.priority import PriorityScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
@@ -56,15 +57,16 @@ def chains_after_rest(sched) -> bool:
     may admit it beside the rest as stepping's `schedule` does? vLLM's own admission and the
     keyed policies that admit as it does (priority, EDF: their running pass gives the joined
     turn, keyed after every running request, the budget the decodes leave, and their admission
-    stops at a spent budget before it would preempt), without a `long_prefill_token_threshold`
-    below the budget (a chunk would leave room). The others (Andes' knapsack, FastSwitch's and
-    Autellix's per-step accounting of a waiting request) end the stretch at the arrival, as
-    before: their answer to a request waiting through those steps is not checked here."""
+    stops at a spent budget before it would preempt; FastSwitch with its one tenant held, whose
+    walk is then in arrival order), without a `long_prefill_token_threshold` below the budget
+    (a chunk would leave room). The others end the stretch at the arrival, as before: Andes
+    runs its knapsack at any of those steps where the KV use crosses its threshold, Autellix
+    orders by levels a waiting call may undercut; their answers are not checked here."""
     _, budget, threshold, _ = sched.limits
     return type(sched) in _CHAINS and not 0 < threshold < budget
 
 
-_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler)
+_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler, FastSwitchScheduler)
 
 
 def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tuple | None:
