@@ -33,7 +33,9 @@ before):
   timer due; or `batchllm`'s, its plan's lone group admitted whole while a bound of its
   projected KV use stays within its threshold, the latest arrival sorted last: `joins_last`),
   the only waiting request, whole in
-  the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`),
+  the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`;
+  at the rest step of a turn that joined with chunks, the budget the rest leaves, the turn kept
+  waiting through those chunks: `keyed_chunk_join.chains_after_rest`),
   and its blocks (hits and new) within those the stretch counts free (as `join_arrivals`).
 
 Then it is admitted now as vLLM's `admit` would (the lookup, hits and registration done now), its
@@ -123,11 +125,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     # A prefill-first policy (`stalls_decodes`: vLLM V0) runs the prompt whole in a step of its
     # own, the decodes stalled (`joins_last` checked its budget); the others, beside the decodes
     stall = sched.stalls_decodes
-    # (beside a rest, the budget its decodes and the rest leave: `chain_join`'s, then whole only)
+    # (beside a rest, the budget its decodes and the rest leave, as `chain_join`'s: no stall there)
     spent = num_running if chain is None else chain[1] + chain[4]
     c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - spent)
-    if chain is not None and stall:
-        return False
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
     if c != n and (timer_s != INF or timed is not None or st.timers
                    or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None
@@ -200,7 +200,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         if st._priced != s:
             st.truncate(s)
         st._sync()
-    lean = chain is None and chunked is None and st._f is not None and st._priced == s  # (the scalar state is step s's)
+    # (the scalar state is step s's)
+    lean = chain is None and chunked is None and st._f is not None and st._priced == s
     chunk_fn = getattr(engine.perf, "chunk_time_fn", None) if lean else None
     if chunked is not None or stall or chain is not None:
         pass  # (priced above, or its steps after the admission: `join_in_chunks`)
