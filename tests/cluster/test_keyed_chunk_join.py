@@ -42,7 +42,7 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     return fast, slow, n, m
 
 
-@pytest.mark.parametrize("extra", [[], ["scheduler.name=priority"],
+@pytest.mark.parametrize("extra", [[], ["scheduler.name=priority"], ["scheduler.name=hygen"],
                                    ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=6"]])
 def test_turns_join_in_two_chunks_exactly(extra, monkeypatch):
     fast, slow, two, cut = run_both(BUSY + extra, monkeypatch)
@@ -79,6 +79,7 @@ def test_rests_evicting_cached_contexts_are_exact(monkeypatch):
 
 
 @pytest.mark.parametrize("policy", [["scheduler.name=vllm"], ["scheduler.name=edf"], ["scheduler.name=fastswitch"],
+                                    ["scheduler.name=hygen"],
                                     ["scheduler.name=priority", "workload.attributes.priorities={0: 0.3, 1: 0.7}"]])
 def test_a_turn_arriving_inside_a_joined_turns_chunks_joins_beside_its_rest(policy, monkeypatch):
     """A turn arriving while a joined turn's chunks take the whole budget waits (admitted nothing
@@ -104,3 +105,15 @@ def test_a_turn_arriving_inside_a_joined_turns_chunks_joins_beside_its_rest(poli
     assert two > 0.05 * len(fast.requests), two
     # (vllm: 40 with chunks and 8 whole of these 400 requests; none before: each ended its stretch)
     assert beside["chunks"] >= 10 and beside["whole"] >= 2, beside
+
+
+def test_hygen_turns_beside_offline_requests_are_exact(monkeypatch):
+    """HyGen with offline requests: a lone waiting request that is offline sits in a queue of its
+    own, which `keyed_join` read as the online one (a StopIteration out of the run before); online
+    turns still join with their chunks where no offline request is held."""
+    sets = BUSY + ["scheduler.name=hygen", "workload.attributes.offline_share=0.3", "replicas=4",
+                   "router.name=least-requests", "workload.arrival.rate_per_s=8"]
+    fast, slow, two, _ = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert two > 0, two

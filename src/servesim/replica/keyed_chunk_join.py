@@ -58,7 +58,8 @@ def chains_after_rest(sched) -> bool:
     keyed policies that admit as it does (priority, EDF: their running pass gives the joined
     turn, keyed after every running request, the budget the decodes leave, and their admission
     stops at a spent budget before it would preempt; FastSwitch with its one tenant held, whose
-    walk is then in arrival order), without a `long_prefill_token_threshold` below the budget
+    walk is then in arrival order; HyGen online only, whose offline fill takes nothing from a
+    spent budget: `repeats_chunk`), without a `long_prefill_token_threshold` below the budget
     (a chunk would leave room). The others end the stretch at the arrival, as before: Andes
     runs its knapsack at any of those steps where the KV use crosses its threshold, Autellix
     orders by levels a waiting call may undercut; their answers are not checked here."""
@@ -66,7 +67,7 @@ def chains_after_rest(sched) -> bool:
     return type(sched) in _CHAINS and not 0 < threshold < budget
 
 
-_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler, FastSwitchScheduler)
+_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler, FastSwitchScheduler, HyGenScheduler)
 
 
 def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tuple | None:
@@ -76,12 +77,14 @@ def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tup
     later step gives it the budget the decodes still running there leave (capped by
     `long_prefill_token_threshold`), a decode running in each; None otherwise."""
     sched = engine.scheduler
-    if type(sched) is HyGenScheduler or num_running < 1 or st._forms is None or c <= 0:
-        return None  # (hygen's running pass is its own; a batch with no decode: stepping's)
+    _, budget, threshold, chunked = sched.limits
+    if num_running < 1 or st._forms is None or c <= 0:
+        return None  # (a batch with no decode: stepping's)
+    if type(sched) is HyGenScheduler and (0 < threshold < budget or not chunked):
+        return None  # (hygen's online passes give a prompt min(its tokens, budget), whatever these say)
     if req.num_tokens > sched.config.max_model_len - 1:
         return None
     rem = st._sorted_rem
-    _, budget, threshold, _ = sched.limits
     chunks, done, j = [c], c, s + 1
     p = bisect_right(rem, j)
     while True:

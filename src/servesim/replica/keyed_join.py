@@ -103,7 +103,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False
-    req = next(iter(sched.waiting))
+    req = next(iter(sched.waiting), None)
+    if req is None:
+        return False  # (the one waiting is in a queue of its own: hygen's offline requests)
     if st.timers is not None and st.timers[1]:  # (pins that expired inside the stretch before step s)
         policy_stops.fire_before_join(sched, st)
     max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
