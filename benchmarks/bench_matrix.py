@@ -12,14 +12,16 @@ replica of a least-requests cluster sees about the load of the single replica; t
 number of requests then covers an eighth of the simulated time. Each cell runs in its own
 Python process, so one cell's heap and caches cannot slow the next and the peak RSS is the
 cell's own; a cell that exceeds `--timeout` seconds is killed and shown as "timeout".
-Timed: `simulate()` plus `summary()`, once, after a warm-up run of the cell's first `--warmup`
+Timed: `simulate()` plus `summary()`, best of `--repeat` runs (default 3, as `bench_replay.py`:
+the least wall and the least CPU time, each over the runs), after a warm-up run of the cell's first `--warmup`
 requests (default 100) in the same process, so that neither the imports and scenario loading
 nor what a process does once on first use is counted: the modules a run imports when it first
 needs them (numpy.random, the trace readers: about 25 ms on the 2-core host, a tenth of a
 4,000-request cell at 15,000 requests a second, 11 ms of it compiling them again under
 PYTHONDONTWRITEBYTECODE) and the catalogue's parsed files. `bench_replay.py`'s best of three
 leaves them out the same way. `--warmup 0` times a cold process, as the tables before the
-thirty-eighth round did (docs/performance-history.md).
+thirty-eighth round did, and `--repeat 1` a single run, as they did before the forty-first
+(docs/performance-history.md): on a shared host one run's time can be 1.7 times another's.
 Targets (issue 15): >= 10,000 simulated requests per CPU second in every cell; vLLM on
 azure-conv >= 40,000.
 """
@@ -59,9 +61,9 @@ def cell_overrides(scheduler: str, workload: str, replicas: int, requests: int) 
     return str(ROOT / "examples" / example), sets
 
 
-def run_cell(scheduler: str, workload: str, replicas: int, requests: int, warmup: int = 0) -> dict:
-    """Simulate one cell in this process and measure it, after a warm-up run of its first
-    `warmup` requests (0: none) (the child side)."""
+def run_cell(scheduler: str, workload: str, replicas: int, requests: int, warmup: int = 0, repeat: int = 1) -> dict:
+    """Simulate one cell in this process and measure it, best of `repeat` runs, after a warm-up
+    run of its first `warmup` requests (0: none) (the child side)."""
     import resource
 
     from servesim import load_scenario, simulate
@@ -74,12 +76,14 @@ def run_cell(scheduler: str, workload: str, replicas: int, requests: int, warmup
     warmed = simulate(load_scenario(*cell_overrides(scheduler, workload, replicas, warmup))).summary()[
         "num_requests"] if warmup else 0
     scenario = load_scenario(*cell_overrides(scheduler, workload, replicas, requests))
-    t0, c0 = time.perf_counter(), cpu()
-    result = simulate(scenario)
-    summary = result.summary()
-    wall_s, cpu_s = time.perf_counter() - t0, cpu() - c0
+    wall_s = cpu_s = float("inf")
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), cpu()
+        result = simulate(scenario)
+        summary = result.summary()
+        wall_s, cpu_s = min(wall_s, time.perf_counter() - t0), min(cpu_s, cpu() - c0)
     steps = summary["num_steps"]
-    return {"requests": summary["num_requests"], "warmup_requests": warmed, "wall_s": wall_s, "cpu_s": cpu_s, "steps": steps,
+    return {"requests": summary["num_requests"], "warmup_requests": warmed, "runs": repeat, "wall_s": wall_s, "cpu_s": cpu_s, "steps": steps,
             "ff_share": result.num_fast_forwarded_steps / max(steps, 1),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -98,10 +102,10 @@ def profile_cell(path: str, overrides: list[str], top: int = 12) -> None:
 
 
 def spawn_cell(scheduler: str, workload: str, replicas: int, requests: int, timeout_s: float,
-               warmup: int = 0) -> dict:
+               warmup: int = 0, repeat: int = 1) -> dict:
     """Run one cell in a fresh interpreter; {"status": "ok"|"timeout"|"error", ...measurements}."""
     cmd = [sys.executable, __file__, "--cell", scheduler, workload, str(replicas), str(requests),
-           "--warmup", str(warmup)]
+           "--warmup", str(warmup), "--repeat", str(repeat)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:  # subprocess.run kills the child it started
@@ -152,6 +156,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds before a cell is killed (default 120)")
     ap.add_argument("--warmup", type=int, default=100,
                     help="requests of the warm-up run before the timed one (default 100; 0: a cold process)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per cell, the best taken (default 3)")
     ap.add_argument("--quick", action="store_true", help="500 requests per cell, 60 s timeout")
     ap.add_argument("--docs", action="store_true", help=f"write the table into {DOCS.relative_to(ROOT)}")
     ap.add_argument("--cell", nargs=4, metavar=("SCHEDULER", "WORKLOAD", "REPLICAS", "REQUESTS"),
@@ -164,7 +169,7 @@ def main() -> None:
         return profile_cell(*cell_overrides(sched, workload, int(replicas), args.requests))
     if args.cell:
         sched, workload, replicas, requests = args.cell
-        print(json.dumps(run_cell(sched, workload, int(replicas), int(requests), args.warmup)))
+        print(json.dumps(run_cell(sched, workload, int(replicas), int(requests), args.warmup, args.repeat)))
         return
     from servesim.replica.schedulers import available
 
@@ -172,14 +177,14 @@ def main() -> None:
     workloads = pick(args.workloads, list(WORKLOADS), "workload")
     replicas = [int(r) for r in pick(args.replicas, [str(r) for r in REPLICAS], "replica count")]
     requests, timeout_s = (500, 60.0) if args.quick else (args.requests, args.timeout)
-    setup = f"{requests:,} requests per cell, " + (f"after a warm-up run of {args.warmup:,}" if args.warmup
-                                                   else "a cold process") + f", timeout {timeout_s:g} s"
+    setup = (f"{requests:,} requests per cell, best of {args.repeat} " + (
+        f"after a warm-up run of {args.warmup:,}" if args.warmup else "in a cold process") + f", timeout {timeout_s:g} s")
     print(f"{setup}\n\n{HEADER}", flush=True)
     rows = []
     for sched in schedulers:
         for workload in workloads:
             for n in replicas:
-                rows.append(row(sched, workload, n, spawn_cell(sched, workload, n, requests, timeout_s, args.warmup)))
+                rows.append(row(sched, workload, n, spawn_cell(sched, workload, n, requests, timeout_s, args.warmup, args.repeat)))
                 print(rows[-1], flush=True)
     if args.docs:
         write_docs(f"{setup}.\n\n{HEADER}\n" + "\n".join(rows))
