@@ -17,6 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not step_helper.helper_wanted(), reason="no fork or a single core")
 
 
+@pytest.fixture(autouse=True)
+def _fork_at_the_first_buffer(monkeypatch):
+    # (these tests were written for a helper that forks at the first full buffer; the late fork
+    # of longer runs has its own tests below)
+    monkeypatch.setattr(step_helper.ReducerHelper, "FORK_AT_STEPS", 0)
+
+
 def _scenario():
     # 8 replicas, 3 or 4 full step buffers each: the helper forks and reduces most steps
     return load_scenario(ROOT / "examples/cluster-azure-conv.yaml", ["workload.num_requests=2500"])
@@ -220,6 +227,40 @@ def test_a_short_run_reduces_its_last_buffers_in_process_without_forking(monkeyp
     here = simulate(short)
     assert forks == [] and 8 < there.summary()["num_steps"] < 8 * 16384
     assert _outputs(there) == _outputs(here)
+
+
+def test_a_late_fork_goes_on_from_the_steps_reduced_before_it_with_the_same_bytes(monkeypatch):
+    # the first 5 x 16,384 steps (of about 400,000) reduced in this process, the rest in the child,
+    # which gets their step ends for the gaps it streams and the reducers' state by the fork
+    monkeypatch.setattr(step_helper.ReducerHelper, "FORK_AT_STEPS", 5 * 16384)
+    here_before = []
+    real = step_helper.ReducerHelper
+
+    class Counted(real):
+        def finish(self):
+            here_before.append((self.steps_here, self.num_buffers))
+            return super().finish()
+
+    monkeypatch.setattr("servesim.simulation.ReducerHelper", Counted)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(_scenario())
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    here = simulate(_scenario())
+    (steps_here, sent), = here_before
+    assert 4 * 16384 < steps_here <= 5 * 16384 and sent >= 16  # (before the fork, then in the child)
+    assert _outputs(there) == _outputs(here)
+    assert there.itl() is not None and there.itl() == here.summary()["itl_s"]  # (streamed in the child from every step's end)
+
+
+def test_a_run_shorter_than_the_fork_threshold_never_forks(monkeypatch):
+    monkeypatch.setattr(step_helper.ReducerHelper, "FORK_AT_STEPS", 1 << 20)  # (the default)
+    forks = []
+    monkeypatch.setattr(step_helper.ReducerHelper, "_start", lambda self: forks.append(1))
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: True)
+    there = simulate(_scenario())
+    assert forks == [] and there.summary()["num_steps"] > 24 * 16384  # (every replica's buffers reduced here)
+    monkeypatch.setattr("servesim.simulation.helper_wanted", lambda: False)
+    assert _outputs(there) == _outputs(simulate(_scenario()))
 
 
 def test_a_failure_in_the_helper_fails_the_run_with_its_traceback(monkeypatch):

@@ -200,8 +200,8 @@ class Recorder:
         if self._buf.num_steps:
             ends = None
             if self._helper is not None:
-                self._helper.add(self._index, self._buf)  # (its bytes are in the pipe when this returns)
-                ends = self._buf.ends
+                if self._helper.add(self._index, self._buf):  # (its bytes are in the pipe when this returns)
+                    ends = self._buf.ends
             elif self.reducer is not None:
                 self.reducer.add(self._buf.log(0))
             if self._kept is not None:
@@ -213,8 +213,8 @@ class Recorder:
 
     def finish(self) -> None:
         """End of run: reduce the steps still buffered. With a helper process that was never
-        started (no full buffer yet), here: forking at the end would only move this buffer's
-        reduction to another process and add the fork's own cost (a short run never forks)."""
+        started (fewer steps than it forks at), here: forking at the end would only move this
+        buffer's reduction to another process and add the fork's own cost."""
         if self._helper is not None and not self._helper.num_buffers:
             self._helper = None
         self._flush()

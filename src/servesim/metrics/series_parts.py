@@ -52,6 +52,10 @@ class Spool:
         else:
             self._held.append(records)
 
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -134,6 +138,10 @@ class SeriesParts:
         self.ranges.append(records(RANGES, k=lo, hi=hi))
         self.tokens.append(records(TOKENS, k=at, prompt=prompt, output=output))
         self.marks.append(records(MARKS, k=edge_k, v=values))
+
+    def flush(self) -> None:
+        for s in (self.ranges, self.tokens, self.marks):
+            s.flush()
 
     def close(self) -> None:
         for s in (self.ranges, self.tokens, self.marks):

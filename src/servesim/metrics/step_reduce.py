@@ -70,6 +70,12 @@ class StepReducer:
             self._ends_file.write(np.ascontiguousarray(end, dtype=np.float64).tobytes())
         self._reduce_series(log, busy, running_s)
 
+    def flush(self) -> None:
+        """Write out what its files buffer (before a fork: the child goes on writing them)."""
+        if self._ends_file is not None:
+            self._ends_file.flush()
+        self.parts.flush()
+
     def close(self) -> None:
         if self._ends_file is not None:
             self._ends_file.close()
