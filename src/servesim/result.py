@@ -60,6 +60,10 @@ class Result:
     migration: dict | None = None  # live migrations, stages and downtime (migration.enabled)
     kv_store: dict | None = None  # KV store loads and tiers (kv_store.enabled)
     kept_requests: list[Request] | None = None  # the Request objects, when simulate(keep_requests=True)
+    # each replica's first step in the concatenated log, while the kept requests' token runs
+    # still index their own replica's (`requests` rewrites them once, when first read: a
+    # run that never reads them skips a pass over every run of every request)
+    token_offsets: list[int] | None = None
     # the summary's `itl_s` as the step log's helper process reduced it during the run (it may
     # still be finishing it: called when the summary needs it; None when it did not)
     itl: Callable[[], dict | None] | None = None
@@ -74,6 +78,9 @@ class Result:
         if self.kept_requests is None:
             raise ValueError("this run kept its requests as table rows only (result.table); "
                              "call simulate(scenario, keep_requests=True) to keep the Request objects")
+        if self.token_offsets is not None:
+            _globalise_token_steps(self.kept_requests, self.token_offsets)
+            self.token_offsets = None
         return self.kept_requests
 
     @property
@@ -182,7 +189,8 @@ def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,
     return Result(scenario, pools[0].config, pools[0].num_gpu_blocks, table, steps, ends, hits, wall_s,
                   loop.num_events, sum(r.engine.num_fast_forwarded_steps for r in reps), skipped,
                   _swap_totals([r.engine for r in reps]), records, info,
-                  disaggregation=disaggregation_summary(cluster, records), kept_requests=table.kept, spill=spill)
+                  disaggregation=disaggregation_summary(cluster, records), kept_requests=table.kept, spill=spill,
+                  token_offsets=_step_offsets(reps) if len(reps) > 1 and table.kept is not None else None)
 
 
 def close_table(table: RequestTable, cluster: Cluster) -> None:
@@ -191,10 +199,12 @@ def close_table(table: RequestTable, cluster: Cluster) -> None:
     `assemble_result`, from the recorders' step counts: the run's end calls it while the step
     log's helper process reduces its last buffers (simulation.py)."""
     reps = cluster.replicas
-    offsets = np.cumsum([0] + [r.engine.recorder.num_steps for r in reps[:-1]]).tolist()
-    table.close(offsets if len(reps) > 1 else None)
-    if len(reps) > 1 and table.kept is not None:
-        _globalise_token_steps(table.kept, offsets)
+    table.close(_step_offsets(reps) if len(reps) > 1 else None)
+
+
+def _step_offsets(replicas: list) -> list[int]:
+    """Each replica's first step in the replicas' step logs one after another."""
+    return np.cumsum([0] + [r.engine.recorder.num_steps for r in replicas[:-1]]).tolist()
 
 
 def reduced_ends(reducers: list) -> StepEnds:
@@ -212,16 +222,14 @@ def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:
         if not req.moves:  # (served by one replica throughout, nearly every request: all its runs move by one offset)
             off = offsets[req.replica]
             if off:
-                for i in range(len(runs)):
-                    runs[i] += off
+                runs[:] = map(off.__add__, runs)  # (in place, in C: an overloaded run's requests hold many runs)
             continue
         marks = req.moves
         bounds = [m[0] for m in marks[1:]] + [len(runs)]
         for (start, rep), stop in zip(marks, bounds):
             off = offsets[rep]
             if off:
-                for i in range(start, stop):
-                    runs[i] += off
+                runs[start:stop] = map(off.__add__, runs[start:stop])
 
 
 def _swap_totals(engines: list[Engine]) -> dict | None:

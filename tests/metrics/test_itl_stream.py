@@ -92,3 +92,15 @@ def test_a_watermark_held_back_then_released_gives_the_same_gaps():
     runs = (np.array([1, 1, 2]), np.array([10, 3000, 0, 2100]), np.array([20, 3500, 2000, 4999]))
     want = itl_stats(lambda: iter([runs]), StepEnds([ends]))
     assert values_stats(stream.values) == want and stream.values.total_weight == 10 + 500 + 2000 + 2899 + 1
+
+
+def test_bounds_counted_per_step_answer_as_the_sorted_ones():
+    from servesim.metrics.itl import SortedBounds
+
+    rng = np.random.default_rng(3)
+    bounds = rng.integers(0, 500, 300)
+    counted, sorted_ = SortedBounds(bounds, 500), SortedBounds(bounds, 5000)  # (5000 steps: too many to count)
+    assert counted.upto_step is not None and sorted_.sorted is not None
+    for lo, hi in [(0, 500), (0, 7), (123, 321), (499, 500)]:
+        expected = np.array([(bounds <= i).sum() for i in range(lo, hi)])
+        assert counted.upto(0, lo, hi).tolist() == sorted_.upto(0, lo, hi).tolist() == expected.tolist()

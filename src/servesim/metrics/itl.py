@@ -30,13 +30,21 @@ RunChunks = Callable[[], Iterable[TokenRuns]]
 
 
 class SortedBounds:
-    """Run bounds (step indices) held sorted in memory."""
+    """Run bounds (step indices) held in memory: counted per step (`num_steps` steps: the
+    counts up to each step, without a sort) where the steps are not many more than the bounds,
+    else sorted."""
 
-    def __init__(self, bounds: np.ndarray) -> None:
-        self.sorted = np.sort(bounds)
+    def __init__(self, bounds: np.ndarray, num_steps: int) -> None:
+        self.upto_step = self.sorted = None
+        if num_steps <= 4 * len(bounds):  # (an array a step, no larger than a few of the bounds')
+            self.upto_step = np.cumsum(np.bincount(bounds, minlength=num_steps))
+        else:
+            self.sorted = np.sort(bounds)
 
     def upto(self, k: int, lo: int, hi: int) -> np.ndarray:
         """For each step i in [lo, hi): how many bounds are <= i (`k`: the chunk of steps)."""
+        if self.upto_step is not None:
+            return self.upto_step[lo:hi]
         a, b = np.searchsorted(self.sorted, [lo, hi])
         inside = np.bincount(self.sorted[a:b] - lo, minlength=hi - lo)
         return a + np.cumsum(inside)
@@ -86,7 +94,7 @@ def itl_values(chunks: RunChunks, ends: StepEnds, folder: str | None = None) -> 
     first, more = next(parts, None), next(parts, None)
     if more is None:  # one chunk (rows in memory, or few): its bounds sorted in memory
         none = np.empty(0, dtype=np.int64)
-        starts, stops = SortedBounds(none if first is None else first[1]), SortedBounds(none if first is None else first[2])
+        starts, stops = (SortedBounds(none if first is None else first[i], len(ends)) for i in (1, 2))
     else:
         firsts = ends.chunk_firsts()
         starts, stops = BoundFiles(firsts, folder), BoundFiles(firsts, folder)
