@@ -20,6 +20,8 @@ from servesim.replica.spec_blocks import block_step_times, block_steps, least_bl
 class SpecStretchPricing:
     """`SpecStretch`'s pricing methods (state set by `SpecStretch.__init__`)."""
 
+    __slots__ = ()
+
     # ---------------------------------------------------------------- pricing
     def price(self, horizon: float) -> None:
         """Take steps until one would start at or after `horizon` or the next event anywhere
