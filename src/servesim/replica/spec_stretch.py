@@ -195,10 +195,15 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         for lst in (self.ends, self.sizes, self._runs, self._emits, self._grants):
             del lst[k:]
         del self._alloc[k:], self._rows[k + 1:]  # (a crash's step in flight took its rows)
-        self._finishes = [(j, i) for j, i in self._finishes if j < k]
-        self._free_at = [(j, b) for j, b in self._free_at if j <= k]
-        self._joined = [x for x in self._joined if x[0] < k]  # (a crash during a join step: admitted, not run)
-        self._join_blocks = [x for x in self._join_blocks if x[0] <= k]
+        # (each list is in step order: filtered only when its last entry is past the cut)
+        if self._finishes and self._finishes[-1][0] >= k:
+            self._finishes = [(j, i) for j, i in self._finishes if j < k]
+        if self._free_at and self._free_at[-1][0] > k:
+            self._free_at = [(j, b) for j, b in self._free_at if j <= k]
+        if self._joined and self._joined[-1][0] >= k:
+            self._joined = [x for x in self._joined if x[0] < k]  # (a crash during a join step: admitted, not run)
+        if self._join_blocks and self._join_blocks[-1][0] > k:
+            self._join_blocks = [x for x in self._join_blocks if x[0] <= k]
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""
