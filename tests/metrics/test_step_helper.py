@@ -249,7 +249,8 @@ def test_a_late_fork_goes_on_from_the_steps_reduced_before_it_with_the_same_byte
     (steps_here, sent), = here_before
     assert 4 * 16384 < steps_here <= 5 * 16384 and sent >= 16  # (before the fork, then in the child)
     assert _outputs(there) == _outputs(here)
-    assert there.itl() is not None and there.itl() == here.summary()["itl_s"]  # (streamed in the child from every step's end)
+    # (the gaps streamed in the child, from every step's end)
+    assert there.itl() is not None and there.itl() == here.summary()["itl_s"]
 
 
 def test_a_run_shorter_than_the_fork_threshold_never_forks(monkeypatch):

@@ -104,7 +104,8 @@ class ReducerHelper:
             for parts in self._queued:
                 self._send(parts)
             for replica, ends in self._ends_here if self.stream_itl else ():
-                self._send([_HEAD.pack(_ENDS, replica, len(ends), *_NO_SIZES), np.ascontiguousarray(ends, dtype=np.float64)])
+                ends = np.ascontiguousarray(ends, dtype=np.float64)
+                self._send([_HEAD.pack(_ENDS, replica, len(ends), *_NO_SIZES), ends])
             self._queued = self._ends_here = []
         arrays = buf.wire()
         self._send([_HEAD.pack(index, buf.num_steps, buf.block_size, *map(len, arrays)), *arrays])

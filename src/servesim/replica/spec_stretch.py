@@ -69,8 +69,9 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     grows = False
     kept = None  # (its finishes free their blocks: `spec_decode.py` plans none through a finish that pins)
 
-    # (slots: with its 50 attributes in a dict, past CPython 3.11's 30 inline values, every
-    # attribute its pricing loops and apply read took the dict's slower look-up)
+    # (slots: with its 51 attributes in a dict, past CPython 3.11's 30 inline values, every
+    # attribute its pricing loops and apply read took the dict's slower look-up; `spends_budget`
+    # is read by `Engine.arrival_keeps`)
     __slots__ = ("start_s", "out", "reqs", "prefills", "through", "num_running", "num_waiting", "waiting_from",
                  "final", "gen", "_next_event_s", "_loop", "_perf", "_ahead", "_decode_fn", "_affine", "_verify_fn",
                  "_verify_time_fn", "_sums_form", "_acceptance_rate", "_draws", "_k_max", "_draft_ratio", "_bs",
@@ -112,7 +113,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         (self._perf, self._ahead, self._decode_fn, self._affine, self._verify_fn, self._verify_time_fn,
          self._sums_form, self._acceptance_rate, self._draws, self._k_max, self._draft_ratio, self._bs, self._fns) = env
         self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
-        self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave: `Engine.arrival_keeps`)
+        self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave)
         if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
             self._verify_fn = None
             self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
