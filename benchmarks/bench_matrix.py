@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--profile", nargs=3, metavar=("SCHEDULER", "WORKLOAD", "REPLICAS"),
                     help="profile one cell in this process (with --requests) and print its hot spots")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1 (got {args.repeat})")
     if args.profile:
         sched, workload, replicas = args.profile
         return profile_cell(*cell_overrides(sched, workload, int(replicas), args.requests))

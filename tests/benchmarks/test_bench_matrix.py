@@ -5,6 +5,8 @@ table lands between the docs markers. (Speeds are the benchmark's business, not 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,10 @@ def test_unknown_names_are_refused_naming_the_allowed_ones():
     with pytest.raises(SystemExit, match="unknown workload nope; allowed: azure-conv, azure-conv-10x"):
         bench.pick("azure-conv,nope", list(bench.WORKLOADS), "workload")
     assert bench.pick("", ["a", "b"], "x") == ["a", "b"]
+
+
+def test_a_repeat_below_one_is_refused_with_one_line_and_exit_code_2():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_matrix.py"), "--repeat", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--repeat must be at least 1 (got 0)" in done.stderr
+    assert "Traceback" not in done.stderr
