@@ -106,3 +106,30 @@ def test_cap_counts_the_decode_steps_since_the_mini_batch():
     sched._decode_steps = 3  # (as after three decode steps)
     out = sched.schedule(0.2)
     assert not sched.fast_forward(out).repeat  # the next step looks at admission again
+
+
+def test_a_lift_in_a_speculative_stretchs_only_step_reads_the_counters_before_it(monkeypatch):
+    """At 4 replicas a speculative stretch priced past the next arrival anywhere may be cut in
+    its step 0 by a tenant's first request, whose lift stepping reads before that step's tokens
+    are charged. Until the forty-second round the stretch's end charged them first: that run
+    differed from stepping (its TTFT, TPOT and end time)."""
+    from servesim import load_scenario, simulate
+    from servesim.replica.schedulers.vtc_stretches import VTCStretches
+    from tests.golden.cases import ROOT
+
+    lone = []
+    charge = VTCStretches._charge_tokens
+    monkeypatch.setattr(VTCStretches, "_charge_tokens",
+                        lambda self, out, steps: (lone.append(steps == 1 and bool(self._lifts)), charge(self, out, steps)))
+
+    def go(fast_forward: bool) -> dict:
+        sets = ["scheduler.name=vtc", "engine.num_speculative_tokens=3", "workload.trace.end_s=600",
+                "workload.trace.speedup=4", 'workload.attributes.tenants={"a": 1, "b": 1, "c": 1}',
+                "engine.gpu_memory_utilization=0.3", "replicas=4", "router.name=least-requests",
+                f"engine.fast_forward={str(fast_forward).lower()}"]
+        summary = simulate(load_scenario(str(ROOT / "examples/azure-code.yaml"), sets)).summary()
+        summary.pop("wall_time_s")
+        return summary
+
+    assert go(True) == go(False)
+    assert any(lone)  # (a stretch cut in its step 0 ended with a lift deferred)

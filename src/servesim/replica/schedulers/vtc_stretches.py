@@ -168,7 +168,7 @@ class VTCStretches:
         for its tokens since the decision (`_charge_tokens`)."""
         last = self.num_engine_steps - 1
         self._decode_steps = last - self._joined[-1].token_steps[0]
-        self._charge_tokens(output, self._decode_steps, 1)
+        self._charge_tokens(output, self._decode_steps)
         self._joined.clear()
         if not self._speculative:
             self._tokens_before = None
@@ -192,14 +192,16 @@ class VTCStretches:
         self._refund_departed(steps, last)
         self._left.clear()
 
-    def _charge_tokens(self, output: SchedulerOutput, steps: int, split: int = 2) -> None:
+    def _charge_tokens(self, output: SchedulerOutput, steps: int) -> None:
         """With speculative decoding: charge each scheduled request's tokens since the decision
         (a step emits 1 + its accepted drafts), as stepping would have: the lifts of arrivals
         that came during the last step read the counters without that step's tokens (the
-        engine's token log, `Request.token_steps`, says how many it emitted)."""
+        engine's token log, `Request.token_steps`, says how many it emitted), also when that
+        step is the stretch's only one (cut in its step 0; until the forty-second round such
+        lifts read that step's tokens, reached at many replicas with several tenants)."""
         price, weights, counters = self.params.output_price, self.params.tenant_weights, self.counters
         emitted = [r.num_output_tokens - before for (r, _), before in zip(output.scheduled, self._tokens_before)]
-        if self._lifts and steps >= split:  # (the last step decoded: stalled steps emit no charged token)
+        if self._lifts and steps:  # (the last step decoded: stalled steps emit no charged token)
             last = self.num_engine_steps - 1
             final = [_tokens_at(r.token_steps, last) for r, _ in output.scheduled]
             for (r, _), n, m in zip(output.scheduled, emitted, final):
