@@ -8,6 +8,7 @@ import pytest
 
 from servesim import load_scenario, simulate
 from servesim.metrics.recorder import BlockGrowth, Recorder
+from servesim.replica.schedulers import get_scheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.stretch import Stretch
 from tests.factories import STEP_LOG_COLUMNS, assert_same_run, make_request, run_engine
@@ -75,3 +76,33 @@ def test_more_steps_fast_forwarded_on_the_overloaded_trace_with_the_same_results
         assert np.array_equal(getattr(kept.steps, col), getattr(stepped.steps, col)), col
     share = {name: r.num_fast_forwarded_steps / len(r.steps) for name, r in (("kept", kept), ("cut", cut))}
     assert share["kept"] > share["cut"] + 0.03, share  # measured: 93.3% against 87.6%
+
+
+@pytest.mark.parametrize("scheduler", ["priority", "edf", "batchllm", "vtc", "hygen", "fastswitch"])
+def test_a_lone_replica_starts_stretches_its_next_arrival_comes_inside(scheduler, monkeypatch):
+    """Asked about the next arrival (None), these policies used to answer no (its key or
+    tenant unknown), so a lone replica started no stretch when an arrival came in its step 0:
+    most steps of azure-conv at 10x its rate. They now guess it is kept (a later arrival
+    sorts after the blocked head); the arrival itself is still asked when it comes."""
+    def go(fast_forward=True):
+        sets = [f"scheduler.name={scheduler}", "workload.trace.speedup=10", "workload.num_requests=1500",
+                f"engine.fast_forward={str(fast_forward).lower()}"]
+        result = simulate(load_scenario(str(ROOT / "examples/azure-conv.yaml"), sets), keep_steps=True)
+        summary = result.summary()
+        summary.pop("wall_time_s")
+        return result, summary
+
+    guessed, g_sum = go()
+    stepped, s_sum = go(fast_forward=False)
+    cls = get_scheduler(scheduler)
+    answer = cls.arrival_keeps_batch
+    with monkeypatch.context() as m:  # (the old answer: no guess about the next arrival)
+        m.setattr(cls, "arrival_keeps_batch", lambda self, req: req is not None and answer(self, req))
+        unguessed, u_sum = go()
+    assert g_sum == s_sum == u_sum
+    for col in STEP_LOG_COLUMNS:
+        assert np.array_equal(getattr(guessed.steps, col), getattr(stepped.steps, col)), col
+    share = {name: r.num_fast_forwarded_steps / len(r.steps) for name, r in (("guessed", guessed), ("not", unguessed))}
+    # measured: 91.5 % against 82.6 % (priority, edf), batchllm 99.9 / 83.3, vtc 90.7 / 83.0,
+    # hygen 91.6 / 82.8, fastswitch 80.2 / 74.9
+    assert share["guessed"] > share["not"] + 0.04, share

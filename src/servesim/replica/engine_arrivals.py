@@ -76,7 +76,8 @@ class EngineArrivals:
 
     def arrival_keeps(self, spends_budget: bool, req: Request | None) -> bool:
         """The one rule for an arrival while a stretch runs (`req`; None: the next one, whatever
-        it is): is it queued with the stretch going on, rather than cutting it? Never with KV
+        it is, a guess for pricing: `arrival_keeps_batch`): is it queued with the stretch going
+        on, rather than cutting it? Never with KV
         ports. A stretch whose steps spend the whole token budget on one prompt's chunks
         (`spends_budget`: a `ChunkStretch`, a `SpecStretch` with a prompt; `repeats_chunk`
         holds whatever arrives) keeps any request but one naming a LoRA adapter (its arrival

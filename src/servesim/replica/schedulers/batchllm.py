@@ -267,11 +267,12 @@ class BatchLLMScheduler(KeyedScheduler):
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer without prefix keys gets its plan key as it enters (its own group): one
-        # sorting after a head that waits until a finish is never looked at.
-        if req is None or req.kv_block_keys or not (self._head_blocked_by_kv and self.waiting):
+        # sorting after a head that waits until a finish is never looked at (the next arrival,
+        # None, is guessed to be one: `FastForwardHooks.arrival_keeps_batch`).
+        if (req is not None and req.kv_block_keys) or not (self._head_blocked_by_kv and self.waiting):
             return False
         head = self.waiting.peek()
-        return head is self._blocked_head and self._own_key(req) > self._plan[head]
+        return head is self._blocked_head and (req is None or self._own_key(req) > self._plan[head])
 
     def finish_admission(self) -> bool:
         # The projection drops by the final blocks of each request that finishes, and the

@@ -65,7 +65,7 @@ class EDFScheduler(KeyedScheduler):
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # a newcomer with its own deadline would make the keys time-varying
-        return self.static_keys and req is not None and not _has_slo(req) and super().arrival_keeps_batch(req)
+        return self.static_keys and (req is None or not _has_slo(req)) and super().arrival_keeps_batch(req)
 
     def deadline_s(self, req: Request) -> float:
         if req.first_token_s is None:

@@ -156,8 +156,12 @@ class FastForwardHooks:
         runs (repeat held, nothing changed here since): would every `schedule` call until
         the stretch's next stop choose the same batch with `req` in the waiting queue? Then
         the engine queues `req` and the stretch goes on (its waiting count grows from the next
-        step). `req=None`: would that hold for any request (the stretch is then priced past the
-        next arrival)? Changes no state. The default, False, cuts the stretch."""
+        step). `req=None`: is the next arrival, whatever it is, expected to be kept? Then a lone
+        replica's stretch is priced past it and may start even if it comes in step 0; a guess
+        (a policy whose answer depends on the newcomer's key or tenant guesses a later arrival
+        of the head's kind), since that arrival is asked about itself when it comes and cuts
+        the stretch back to the step in flight if not kept: a wrong guess costs a stretch, not
+        exactness. Changes no state. The default, False, cuts the stretch."""
         return False
 
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:

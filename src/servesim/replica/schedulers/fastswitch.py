@@ -307,11 +307,12 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer of the one tenant held (no lift, its count deferred) comes after the
-        # blocked head in the arrival-order walk: never looked at before a finish.
-        if req is None or not self.finish_admission() or req.tenant not in self._held:
+        # blocked head in the arrival-order walk: never looked at before a finish (the next
+        # arrival, None, is guessed to be of that tenant).
+        if not self.finish_admission() or (req is not None and req.tenant not in self._held):
             return False
         head = self._blocked_head
-        return self.waiting.peek() is head and (req.arrival_s, req.id) > (head.arrival_s, head.id)
+        return self.waiting.peek() is head and (req is None or (req.arrival_s, req.id) > (head.arrival_s, head.id))
 
     def finish_admission(self) -> bool:
         # (a head blocked until a finish, one tenant, counting deferred, no swap in flight or held)

@@ -317,6 +317,6 @@ class HyGenScheduler(VLLMSteps):
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # An online newcomer queues behind the blocked head and is never looked at; an offline
-        # one would be tried by the offline fill.
-        return (req is not None and not req.is_offline and self._head_blocked and self._online_only
+        # one would be tried by the offline fill (the next arrival, None, is guessed online).
+        return ((req is None or not req.is_offline) and self._head_blocked and self._online_only
                 and bool(self.waiting) and self.waiting.peek() is self._blocked_head)

@@ -198,11 +198,13 @@ class KeyedScheduler(VLLMSteps):
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # With static keys, a newcomer sorting after a head that KV blocks or sequence slots
-        # hold back is never looked at (admission stops at the head), as in `vllm`.
-        if req is None or not (self._head_blocked_by_kv and self.waiting and not self.swapped):
+        # hold back is never looked at (admission stops at the head), as in `vllm`. The next
+        # arrival (None) is guessed to sort after it, as a later one of the same priority
+        # does: the stretch is priced past it, and cut there if it is not kept after all.
+        if not (self._head_blocked_by_kv and self.waiting and not self.swapped):
             return False
         head = self.waiting.peek()
-        return head is self._blocked_head and self.key(req) > self._waiting_keys.get(head, self.key(head))
+        return head is self._blocked_head and (req is None or self.key(req) > self._waiting_keys.get(head, self.key(head)))
 
     def admits_joins(self) -> bool:
         """Does the next `schedule` admit the waiting requests as `arrivals_join` assumes: no

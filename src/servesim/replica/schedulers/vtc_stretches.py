@@ -90,9 +90,9 @@ class VTCStretches:
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         self._arriving = req  # (asked only while a stretch runs: `add_request` follows)
-        if req is None or not (self._keeps_arrivals and self.waiting):
-            return False
-        return self.params.variant != "vtc" or bool(self.waiting.queues.get(req.tenant))
+        if not (self._keeps_arrivals and self.waiting):
+            return False  # (the next arrival, None, is guessed to be of a tenant that waits)
+        return req is None or self.params.variant != "vtc" or bool(self.waiting.queues.get(req.tenant))
 
     # ---- arrivals joining as prompt-only steps (`stretch_join._stall_join`) ----------------
     stalls_decodes = True  # (a mini-batch runs alone, the decodes wait)
