@@ -229,7 +229,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         _stall_keyed(kv, st, s, kept)
         st.stall(joins, [kv.num_blocks_of(req.id) * bs - ctx1 + 1], blocks, step_s,
                  engine._decode_forms(len(st.reqs) + 1), bs, cached)
-        lean = False  # (priced on by `Stretch.price`, as `stretch_join._stall_join`'s)
+        lean = True  # (`stall` leaves the scalar state step s + 1's, a lean join's: priced on as `_stall_join`'s)
     else:
         if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
             kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])

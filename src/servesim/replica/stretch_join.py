@@ -162,7 +162,9 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
         st.waiting_to = [*st.waiting_to, *[s] * st.held]
         st.held = 0
     _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
-    return _priced_on(engine, st, now_s, s, len(joins))
+    # (one prompt leaves the scalar state step s + 1's, as a lean join: priced on from it, a busy
+    # replica among many `join_ahead` steps ahead, not a numpy chunk to a horizon arrival gaps away)
+    return _priced_on(engine, st, now_s, s, len(joins), st.price_on, engine.join_ahead)
 
 
 def _hold(st: Stretch, joins: list, s2: int) -> bool:
