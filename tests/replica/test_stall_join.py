@@ -158,35 +158,3 @@ def test_a_crash_after_a_prompt_only_join_matches_stepping(scheduler, crash_s):
     for col in STEP_LOG_COLUMNS:
         assert np.array_equal(getattr(la, col), getattr(lb, col)), col
 
-
-@pytest.mark.parametrize("scheduler", ["vllm-v0", "sglang"])
-def test_a_prompt_only_join_at_a_replica_among_many_prices_on_by_the_scalar_loop(scheduler, monkeypatch):
-    # Each replica of four at the trace's rate times four: after a prompt-only join the
-    # stretch is priced on from the scalar state the lean join left, `join_ahead` steps ahead,
-    # as a plain join's (until the forty-second round a numpy chunk to a horizon arrival gaps
-    # away: 798 chunks for 929 such joins at vllm-v0 on 8 replicas, 1,000 requests, now 15).
-    from servesim import load_scenario, simulate
-    from servesim.replica.stretch_pricing import StretchPricing
-    from tests.factories import STEP_LOG_COLUMNS
-    from tests.golden.cases import ROOT
-
-    chunks = []
-    chunk = StretchPricing._chunk
-    monkeypatch.setattr(StretchPricing, "_chunk", lambda self, steps: chunks.append(1) or chunk(self, steps))
-
-    def go(fast_forward: bool):
-        sets = [f"scheduler.name={scheduler}", "workload.num_requests=600", "workload.trace.speedup=4", "replicas=4",
-                "router.name=least-requests", f"engine.fast_forward={str(fast_forward).lower()}"]
-        result = simulate(load_scenario(str(ROOT / "examples/azure-conv.yaml"), sets), keep_steps=True)
-        summary = result.summary()
-        summary.pop("wall_time_s")
-        return result, summary
-
-    stalls = []
-    join = stretch_join._stall_join
-    monkeypatch.setattr(stretch_join, "_stall_join", lambda *args: join(*args) and not stalls.append(1))
-    (a, a_sum), (b, b_sum) = go(True), go(False)
-    assert a_sum == b_sum
-    for col in STEP_LOG_COLUMNS:
-        assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col
-    assert len(stalls) > 400 and len(chunks) < 0.1 * len(stalls), (len(stalls), len(chunks))

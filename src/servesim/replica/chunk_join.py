@@ -82,7 +82,9 @@ def _joined_priced_on(engine, st, now_s: float, last: int) -> bool:
     """After a prompt joined with its chunks (its rest at step `last`): the stretch priced on,
     limited (from `last` + 1: the steps up to there are checked) and its end (re)scheduled."""
     engine.num_joined_arrivals += 1
-    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    # (from the scalar state the rest's join left, `join_ahead` steps ahead at a replica among
+    # many, as a lean join's: `price_on`, which takes `price`'s numpy chunks without that state)
+    st.price_on(engine._stretch_horizon_s(now_s, st.end_s), engine.join_ahead)
     engine._limit(st, last + 1)
     engine._schedule_stretch_end(st)
     return True
@@ -195,7 +197,7 @@ def _chain_whole(engine, st, now_s: float, form) -> bool:
     st.join(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
     st.chain_at = None
     engine.num_joined_arrivals += len(joins)
-    st.price(engine._stretch_horizon_s(now_s, st.end_s))
+    st.price_on(engine._stretch_horizon_s(now_s, st.end_s), engine.join_ahead)  # (as `_joined_priced_on`)
     engine._limit(st, s + 1)
     engine._schedule_stretch_end(st)
     return True

@@ -229,7 +229,6 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         _stall_keyed(kv, st, s, kept)
         st.stall(joins, [kv.num_blocks_of(req.id) * bs - ctx1 + 1], blocks, step_s,
                  engine._decode_forms(len(st.reqs) + 1), bs, cached)
-        lean = True  # (`stall` leaves the scalar state step s + 1's, a lean join's: priced on as `_stall_join`'s)
     else:
         if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
             kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
@@ -256,12 +255,13 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             st.waiting_to = [*(st.waiting_to or ()), s]
     if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         add_keyed(st, req, ctx1, num_tokens - ctx1)  # (its join step s = num_tokens - ctx1)
-    # (after `join_one` the scalar state is step s + 1's: `price_on` prices from it, as for
-    # `join_arrivals`' lean join; at a busy replica among many `join_ahead` steps by the scalar
+    # (after `join_one`, a stall or a turn's chunks the scalar state is step s + 1's: `price_on`
+    # prices from it, as for `join_arrivals`' lean join (and takes `price` without that state);
+    # at a busy replica among many `join_ahead` steps by the scalar
     # loop, not a numpy chunk to a horizon `lookahead` arrival gaps away that the next turn
     # routed here cuts a few dozen steps on: since cl31 an uncut stretch's end extends it from
     # that state by as many again, so the chunk is not paid later either. The same floats)
-    return _priced_on(engine, st, now_s, s, 1, st.price_on if lean else None, engine.join_ahead)
+    return _priced_on(engine, st, now_s, s, 1, st.price_on, engine.join_ahead)
 
 
 def _stall_keyed(kv, st: Stretch, s: int, kept: tuple | None) -> None:
