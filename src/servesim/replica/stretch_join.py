@@ -93,9 +93,8 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         # (the scalar state is step s + 1's; a busy replica among many prices a few steps ahead:
         # `Engine.join_ahead`, as a keyed turn's join does since sess32)
         return _priced_on(engine, st, now_s, s, 1, st.price_on, engine.join_ahead)
-    else:
-        _admit(engine, st, now_s, joins, blocks, _join_step_s(engine.perf, st, s, num_running, joins), st.join)
-    return _priced_on(engine, st, now_s, s, len(joins))
+    _admit(engine, st, now_s, joins, blocks, _join_step_s(engine.perf, st, s, num_running, joins), st.join)
+    return _priced_on(engine, st, now_s, s, len(joins), st.price_on, engine.join_ahead)
 
 
 def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: float, add, admit=None) -> None:
