@@ -130,7 +130,9 @@ def test_turns_join_stretches_priced_ahead_by_the_lean_path(monkeypatch):
     slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
-    assert len(ahead) > 0.1 * len(fast.requests) and all(ahead), (len(ahead), sum(ahead))
+    # (a stretch launched at a replica among many is priced `join_ahead` steps by the scalar loop
+    # since the forty-second round, so fewer are priced ahead by numpy: 25 such joins of 500 requests, 56 before)
+    assert len(ahead) > 0.03 * len(fast.requests) and all(ahead), (len(ahead), sum(ahead))
 
 
 def test_a_turn_joining_a_busy_replica_among_many_is_priced_a_few_steps_ahead(monkeypatch):
