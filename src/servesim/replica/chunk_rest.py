@@ -124,7 +124,7 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     st.spent_to = q
     if keys is not None:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         add_keyed(st, prompt, prompt.num_tokens - q, q)
-    st.price(horizon_s)
+    st.price_on(horizon_s, engine.join_ahead)  # (on from the scalar state the rest's join left, as after a join)
     if not engine._limit(st, 1) or st.k <= q:
         return False  # (the chunk stretch then: it goes to the rest's step without the join's)
     engine.stretch = st
