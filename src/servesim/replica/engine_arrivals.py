@@ -77,12 +77,12 @@ class EngineArrivals:
     def arrival_keeps(self, spends_budget: bool, req: Request | None) -> bool:
         """The one rule for an arrival while a stretch runs (`req`; None: the next one, whatever
         it is, a guess for pricing: `arrival_keeps_batch`): is it queued with the stretch going
-        on, rather than cutting it? Never with KV
-        ports. A stretch whose steps spend the whole token budget on one prompt's chunks
-        (`spends_budget`: a `ChunkStretch`, a `SpecStretch` with a prompt; `repeats_chunk`
-        holds whatever arrives) keeps any request but one naming a LoRA adapter (its arrival
-        may start a load, a timer: cut when it comes) or one the policy acts on at once
-        (`chunk_keeps_arrival`); any other, as the scheduler answers (`arrival_keeps_batch`)."""
+        on, rather than cutting it? Never with KV ports. A stretch whose steps spend the whole
+        token budget on one prompt's chunks (`spends_budget`: a `ChunkStretch`, a `SpecStretch`
+        with a prompt; `repeats_chunk` holds whatever arrives) keeps any request but one naming
+        a LoRA adapter (its arrival may start a load, a timer: cut when it comes) or one the
+        policy acts on at once (`chunk_keeps_arrival`); any other, as the scheduler answers
+        (`arrival_keeps_batch`)."""
         sched = self.scheduler
         return self.ports is None and (
             (spends_budget and (req is None or req.lora is None) and sched.chunk_keeps_arrival(req))

@@ -257,10 +257,10 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         add_keyed(st, req, ctx1, num_tokens - ctx1)  # (its join step s = num_tokens - ctx1)
     # (after `join_one`, a stall or a turn's chunks the scalar state is step s + 1's: `price_on`
     # prices from it, as for `join_arrivals`' lean join (and takes `price` without that state);
-    # at a busy replica among many `join_ahead` steps by the scalar
-    # loop, not a numpy chunk to a horizon `lookahead` arrival gaps away that the next turn
-    # routed here cuts a few dozen steps on: since cl31 an uncut stretch's end extends it from
-    # that state by as many again, so the chunk is not paid later either. The same floats)
+    # at a busy replica among many `join_ahead` steps by the scalar loop, not a numpy chunk to a
+    # horizon `lookahead` arrival gaps away that the next turn routed here cuts a few dozen steps
+    # on: since cl31 an uncut stretch's end extends it from that state by as many again, so the
+    # chunk is not paid later either. The same floats)
     return _priced_on(engine, st, now_s, s, 1, st.price_on, engine.join_ahead)
 
 
