@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from servesim import load_scenario, simulate
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.metrics.recorder import Recorder
 from servesim.replica.config import EngineConfig
@@ -111,6 +114,17 @@ def run_engine(reqs, fast_forward: bool, num_blocks: int, scheduler: str, params
     engine.drain(loop.now_s)
     kv.check_all_free()
     return engine
+
+
+def simulate_example(example: str, sets: list[str], fast_forward: bool = True):
+    """`examples/<example>` with `sets`, fast-forwarded or stepped: the result (its step logs kept)
+    and its summary less the wall time (the one field that differs between equal runs)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / example
+    result = simulate(load_scenario(str(path), [*sets, f"engine.fast_forward={str(fast_forward).lower()}"]),
+                      keep_steps=True)
+    summary = result.summary()
+    summary.pop("wall_time_s")
+    return result, summary
 
 
 STEP_LOG_COLUMNS = ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting",

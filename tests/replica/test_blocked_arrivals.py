@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servesim import load_scenario, simulate
 from servesim.metrics.recorder import BlockGrowth, Recorder
 from servesim.replica.schedulers import get_scheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.stretch import Stretch
-from tests.factories import STEP_LOG_COLUMNS, assert_same_run, make_request, run_engine
-from tests.golden.cases import OVERLOAD, ROOT
+from tests.factories import STEP_LOG_COLUMNS, assert_same_run, make_request, run_engine, simulate_example
+from tests.golden.cases import OVERLOAD
 
 
 
@@ -60,11 +59,7 @@ def test_stretches_outlive_blocked_arrivals_and_match_step_by_step(scheduler, pa
 def test_more_steps_fast_forwarded_on_the_overloaded_trace_with_the_same_results(monkeypatch):
     """The golden overload case (azure-conv 6x, KV at 30%): before, every arrival cut."""
     def go(fast_forward=True):
-        sets = ["scheduler.name=vllm", *OVERLOAD, f"engine.fast_forward={str(fast_forward).lower()}"]
-        result = simulate(load_scenario(str(ROOT / "examples/azure-conv.yaml"), sets), keep_steps=True)
-        summary = result.summary()
-        summary.pop("wall_time_s")
-        return result, summary
+        return simulate_example("azure-conv.yaml", ["scheduler.name=vllm", *OVERLOAD], fast_forward)
 
     kept, k_sum = go()
     stepped, s_sum = go(fast_forward=False)
@@ -85,12 +80,8 @@ def test_a_lone_replica_starts_stretches_its_next_arrival_comes_inside(scheduler
     most steps of azure-conv at 10x its rate. They now guess it is kept (a later arrival
     sorts after the blocked head); the arrival itself is still asked when it comes."""
     def go(fast_forward=True):
-        sets = [f"scheduler.name={scheduler}", "workload.trace.speedup=10", "workload.num_requests=1500",
-                f"engine.fast_forward={str(fast_forward).lower()}"]
-        result = simulate(load_scenario(str(ROOT / "examples/azure-conv.yaml"), sets), keep_steps=True)
-        summary = result.summary()
-        summary.pop("wall_time_s")
-        return result, summary
+        sets = [f"scheduler.name={scheduler}", "workload.trace.speedup=10", "workload.num_requests=1500"]
+        return simulate_example("azure-conv.yaml", sets, fast_forward)
 
     guessed, g_sum = go()
     stepped, s_sum = go(fast_forward=False)

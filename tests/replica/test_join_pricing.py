@@ -7,18 +7,41 @@ cl31. The run is stepping's, and the path ran."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from servesim import load_scenario, simulate
 from servesim.replica import fast_forward, shared_chunk, stretch_join
 from servesim.replica.stretch_pricing import StretchPricing
-from tests.factories import STEP_LOG_COLUMNS
-from tests.golden.cases import ROOT
+from tests.cluster.helpers import assert_same_steps
+from tests.factories import simulate_example
 
 AZURE = ("azure-conv.yaml", ["workload.trace.speedup=4"])
 SESSIONS = ("sessions.yaml", ["workload.arrival.rate_per_s=2"])
 MOONCAKE = ("mooncake.yaml", ["workload.trace.speedup=1"])
+
+
+def priced_in(monkeypatch, owner, name: str, example: str, sets: list[str]) -> tuple[int, int]:
+    """`example` with `sets` on 4 replicas behind least-requests, fast-forwarded and stepped, with
+    the same summary and step logs: (how many calls of `owner.name` returned true, how many numpy
+    chunks were priced inside those calls)."""
+    calls, chunks, inside = [], [], []
+    original, chunk = getattr(owner, name), StretchPricing._chunk
+
+    def counted(*args):
+        inside.append(1)
+        try:
+            done = original(*args)
+        finally:
+            inside.pop()
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(owner, name, counted)
+    monkeypatch.setattr(StretchPricing, "_chunk", lambda self, steps: (inside and chunks.append(1)) or chunk(self, steps))
+    sets = [*sets, "replicas=4", "router.name=least-requests"]
+    (a, a_sum), (b, b_sum) = simulate_example(example, sets), simulate_example(example, sets, fast_forward=False)
+    assert a_sum == b_sum
+    assert_same_steps(a, b)
+    return sum(calls), len(chunks)
 
 
 # (until the forty-second round, at 8 replicas and 1,000 requests: vllm-v0 798 numpy chunks after
@@ -31,66 +54,16 @@ MOONCAKE = ("mooncake.yaml", ["workload.trace.speedup=1"])
 ])
 def test_a_join_at_a_replica_among_many_prices_on_by_the_scalar_loop(scheduler, module, join, workload, least,
                                                                      monkeypatch):
-    joins, chunks, inside = [], [], []
-    original, chunk = getattr(module, join), StretchPricing._chunk
-
-    def counted_join(*args):
-        inside.append(1)
-        try:
-            joined = original(*args)
-        finally:
-            inside.pop()
-        joins.append(joined)
-        return joined
-
-    monkeypatch.setattr(module, join, counted_join)
-    monkeypatch.setattr(StretchPricing, "_chunk", lambda self, steps: (inside and chunks.append(1)) or chunk(self, steps))
-
-    def go(fast_forward: bool):
-        example, sets = workload
-        sets = [f"scheduler.name={scheduler}", "workload.num_requests=600", *sets, "replicas=4",
-                "router.name=least-requests", f"engine.fast_forward={str(fast_forward).lower()}"]
-        result = simulate(load_scenario(str(ROOT / "examples" / example), sets), keep_steps=True)
-        summary = result.summary()
-        summary.pop("wall_time_s")
-        return result, summary
-
-    (a, a_sum), (b, b_sum) = go(True), go(False)
-    assert a_sum == b_sum
-    for col in STEP_LOG_COLUMNS:
-        assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col
-    assert sum(joins) > least and len(chunks) < 0.05 * sum(joins), (sum(joins), len(chunks))
+    example, sets = workload
+    joins, chunks = priced_in(monkeypatch, module, join, example,
+                              [f"scheduler.name={scheduler}", "workload.num_requests=600", *sets])
+    assert joins > least and chunks < 0.05 * joins, (joins, chunks)
 
 
 def test_a_stretch_launched_at_a_replica_among_many_is_priced_by_the_scalar_loop(monkeypatch):
     # The same for a new stretch through finishes whose length no policy caps (`FastForward.max_steps`):
     # `join_ahead` steps, extended by its end while nothing happens there (vllm on Mooncake at
     # 8 replicas, 1,000 requests: 277 numpy chunks priced at launches before the forty-second round)
-    launches, chunks, inside = [], [], []
-    launch, chunk = fast_forward.FastForwarding._fast_forward, StretchPricing._chunk
-
-    def counted_launch(*args):
-        inside.append(1)
-        try:
-            launched = launch(*args)
-        finally:
-            inside.pop()
-        launches.append(launched)
-        return launched
-
-    monkeypatch.setattr(fast_forward.FastForwarding, "_fast_forward", counted_launch)
-    monkeypatch.setattr(StretchPricing, "_chunk", lambda self, steps: (inside and chunks.append(1)) or chunk(self, steps))
-
-    def go(fast_forward: bool):
-        sets = ["workload.num_requests=400", "workload.trace.speedup=1", "replicas=4", "router.name=least-requests",
-                f"engine.fast_forward={str(fast_forward).lower()}"]
-        result = simulate(load_scenario(str(ROOT / "examples/mooncake.yaml"), sets), keep_steps=True)
-        summary = result.summary()
-        summary.pop("wall_time_s")
-        return result, summary
-
-    (a, a_sum), (b, b_sum) = go(True), go(False)
-    assert a_sum == b_sum
-    for col in STEP_LOG_COLUMNS:
-        assert np.array_equal(getattr(a.steps, col), getattr(b.steps, col)), col
-    assert sum(launches) > 60 and len(chunks) < 0.05 * sum(launches), (sum(launches), len(chunks))
+    launches, chunks = priced_in(monkeypatch, fast_forward.FastForwarding, "_fast_forward", "mooncake.yaml",
+                                 ["workload.num_requests=400", "workload.trace.speedup=1"])
+    assert launches > 60 and chunks < 0.05 * launches, (launches, chunks)
