@@ -446,3 +446,20 @@ def test_a_truncation_unwinds_the_scalar_state_to_its_step_with_those_that_left_
         assert (st.k, st._priced, st._p, st._active, st._ctx_sum) == (j, j, sum(r <= j for r in remaining),
                                                                       len(running), sum(running))
         assert st._f is not None and st._f(st._ctx_sum) == perf.decode_time_fn(len(running))(sum(running))
+
+
+@pytest.mark.parametrize("ahead", [0, 64])
+def test_a_stretch_capped_below_its_last_departure_is_priced_on_as_price_prices_it(ahead, monkeypatch):
+    """A length a policy capped (`FastForward.max_steps`, vtc's `max_wait_tokens`) below the last
+    departure: `price_on`'s run-by-run loop, which ends at the last departure, would read past the
+    departures (an IndexError at vtc azure-conv 8 when launches first priced on); it goes by the
+    scalar loop with `ahead`, else by `price`, to the cap, with the scalar loop's floats."""
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    case = ([300, 700, 1100], [200, 260, 320], 50, (500, 400))
+    fast, slow = _joined(perf, _Forms(perf)._decode_forms, case), _joined(perf, lambda n: None, case)
+    fast.kmax = slow.kmax = fast.k + 100  # (below the last departure: 50 + 400)
+    assert fast._sorted_rem[-1] > fast.kmax
+    fast.price_on(float("inf"), ahead)
+    fast.price(float("inf"))  # (on to the cap, as the stretch's end extends it)
+    slow.price(float("inf"))
+    assert fast.k == slow.k == fast.kmax and [float(t) for t in fast.ends] == [float(t) for t in slow.ends]

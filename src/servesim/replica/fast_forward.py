@@ -128,10 +128,10 @@ class FastForwarding:
         st.timers = timers
         if ff.max_steps < st.kmax:  # (the policy decides otherwise after that many steps)
             st.kmax = ff.max_steps
-        if self.join_ahead and through and st.kmax == st._sorted_rem[-1] and st._forms is not None:
+        if self.join_ahead and through:
             # (a replica among many, whose horizon is a guess `lookahead` arrival gaps away: the
-            # scalar loop `join_ahead` steps on, as after a join, not a numpy chunk to it; the
-            # stretch's end extends it as far again while nothing happens here. The same floats)
+            # scalar loop `join_ahead` steps on from step 1's state, as after a join, not a numpy
+            # chunk to it; the stretch's end extends it as far again while nothing happens here)
             st._sync()
             st.price_on(horizon_s, self.join_ahead)
         else:

@@ -138,7 +138,9 @@ class StretchPricing:
             return self.price(horizon)
         if horizon != float("inf") and self._steps_to(horizon) <= 64:
             return self._price_affine(horizon)  # (a near horizon, as at one replica: `price`'s scalar loop)
-        if m > 1 << 15 or len(rem) - p > chunks.SEGMENTS + 1:
+        # (the run-by-run loop below ends at the last departure: a length a policy capped below
+        # it, `FastForward.max_steps`, goes the other way, as many departures do)
+        if m > 1 << 15 or len(rem) - p > chunks.SEGMENTS + 1 or rem[-1] != kmax:
             if ahead:
                 return self._price_affine(horizon, k + ahead)
             return self.price(horizon)  # (many departures: `_chunk`'s steps vectorised)
