@@ -61,8 +61,8 @@ def test_a_join_at_a_replica_among_many_prices_on_by_the_scalar_loop(scheduler, 
 
 
 def test_a_stretch_launched_at_a_replica_among_many_is_priced_by_the_scalar_loop(monkeypatch):
-    # The same for a new stretch through finishes whose length no policy caps (`FastForward.max_steps`):
-    # `join_ahead` steps, extended by its end while nothing happens there (vllm on Mooncake at
+    # The same for a new stretch through finishes: `join_ahead` steps (a length a policy capped,
+    # `FastForward.max_steps`, too: `price_on`), extended by its end while nothing happens there (vllm on Mooncake at
     # 8 replicas, 1,000 requests: 277 numpy chunks priced at launches before the forty-second round)
     launches, chunks = priced_in(monkeypatch, fast_forward.FastForwarding, "_fast_forward", "mooncake.yaml",
                                  ["workload.num_requests=400", "workload.trace.speedup=1"])

@@ -113,8 +113,8 @@ def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: 
 def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price=None, ahead: int = 0) -> bool:
     """After `num_joined` requests joined at step s: price the stretch on to the next event
     (`price`: `Stretch.price`, or `price_on` from the scalar state a join left, `ahead` its
-    steps ahead: every join since the forty-second round, `price` only for requests held to a
-    later step, whose `kmax` `_hold` capped below the last departure, which `price_on` needs),
+    steps ahead: every join since the forty-second round; `price` for requests held to a later
+    step, `_hold`'s, whose stretch went on unchanged before them),
     limit it to the blocks free, and (re)schedule its end. True."""
     engine.num_joined_arrivals += num_joined
     horizon_s = engine._stretch_horizon_s(now_s, st.end_s, st.timers)
