@@ -36,7 +36,8 @@ def priced_in(monkeypatch, owner, name: str, example: str, sets: list[str]) -> t
         return done
 
     monkeypatch.setattr(owner, name, counted)
-    monkeypatch.setattr(StretchPricing, "_chunk", lambda self, steps: (inside and chunks.append(1)) or chunk(self, steps))
+    monkeypatch.setattr(StretchPricing, "_chunk",
+                        lambda self, steps: (inside and chunks.append(1)) or chunk(self, steps))
     sets = [*sets, "replicas=4", "router.name=least-requests"]
     (a, a_sum), (b, b_sum) = simulate_example(example, sets), simulate_example(example, sets, fast_forward=False)
     assert a_sum == b_sum
@@ -61,9 +62,10 @@ def test_a_join_at_a_replica_among_many_prices_on_by_the_scalar_loop(scheduler, 
 
 
 def test_a_stretch_launched_at_a_replica_among_many_is_priced_by_the_scalar_loop(monkeypatch):
-    # The same for a new stretch through finishes: `join_ahead` steps (a length a policy capped,
-    # `FastForward.max_steps`, too: `price_on`), extended by its end while nothing happens there (vllm on Mooncake at
-    # 8 replicas, 1,000 requests: 277 numpy chunks priced at launches before the forty-second round)
+    # The same for a new stretch through finishes: `join_ahead` steps (also for a length a policy
+    # capped, `FastForward.max_steps`: `price_on`), extended by its end while nothing happens there
+    # (vllm on Mooncake at 8 replicas, 1,000 requests: 277 numpy chunks priced at launches before
+    # the forty-second round)
     launches, chunks = priced_in(monkeypatch, fast_forward.FastForwarding, "_fast_forward", "mooncake.yaml",
                                  ["workload.num_requests=400", "workload.trace.speedup=1"])
     assert launches > 60 and chunks < 0.05 * launches, (launches, chunks)
