@@ -64,7 +64,7 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     keyed = [(r, x) for r, x in zip(reqs, ctx1)
              if (k := r.kv_block_keys) is not None and (k.num_blocks if type(k) is BlockKeys else k)]
     keys = prompt.kv_block_keys
-    if (keyed or keys) and not engine._keyed_through:
+    if (keyed or keys) and not engine.keyed_through:
         return False
     if keys is not None and type(keys) is not BlockKeys and not keys:
         keys = None

@@ -37,7 +37,7 @@ def chunks_through(engine, decodes: list[Request]) -> bool:
     sched = engine.scheduler
     return (sched.chunk_finishes_late and not sched.chunks_allocate and engine.defer_finishes
             and not (engine.notice is not None and sched.arrival_reads_finishes)
-            and (engine._keyed_through or not any(r.kv_block_keys for r in decodes)))
+            and (engine.keyed_through or not any(r.kv_block_keys for r in decodes)))
 
 
 class ChunkThrough:

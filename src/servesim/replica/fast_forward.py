@@ -103,7 +103,7 @@ class FastForwarding:
         # With a closed-loop workload each finish is told at its time (`notice`), unless the
         # scheduler's `add_request` reads what finishes change: then follow-ups could arrive
         # before the finish they depend on is processed, and stretches stop at finishes.
-        through = self.defer_finishes and ff.through_finishes and (not keyed or self._keyed_through) and not (
+        through = self.defer_finishes and ff.through_finishes and (not keyed or self.keyed_through) and not (
             self.notice is not None and self.scheduler.arrival_reads_finishes)
         if ff.through_timers:  # (the policy's timers it may run through: `replica/policy_stops.py`)
             timers = self.scheduler.stretch_timers() if through else None

@@ -307,7 +307,7 @@ def admits_keyed(engine) -> bool:
     # (a policy that reorders its batch from step to step too: its keyed stretches end before a
     # step two requests leave together, closed loop or open, `policy_stops.limit`, and a join
     # there is refused, `departs_together`)
-    return engine._keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
+    return engine.keyed_through and engine.kv.enable_prefix_caching and _vllm_admission(engine.scheduler)
 
 
 def _vllm_admission(sched) -> bool:
