@@ -67,7 +67,9 @@ def test_policy_chunk_stretches_match_step_by_step(chunk_steps, case, seed):
     b = run(scheduler, params, b_reqs, False, max_num_seqs=max_num_seqs)
     assert sum(chunk_steps) == fast_chunk_steps  # (stepping plans none)
     if expected:
-        assert len(chunk_steps) >= 10 and fast_chunk_steps > 0.05 * a.num_steps, (len(chunk_steps), a.num_steps)
+        # (prompts of at most six chunks; vLLM's chunk stretches run three steps at least:
+        # `min_chunk_steps`, 7 to 21 of them here)
+        assert len(chunk_steps) >= 5 and fast_chunk_steps > 0.03 * a.num_steps, (len(chunk_steps), a.num_steps)
     else:  # deadlines move with every step: the running order is not certain, nothing repeats
         assert chunk_steps == []
     assert_same_run(a, b, a_reqs, b_reqs, 3000, FIELDS)
