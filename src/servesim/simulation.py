@@ -156,10 +156,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     for r in cluster.replicas:
         engine, sched = r.engine, r.engine.scheduler
         engine.keyed_joins = keyed_joins and admits_keyed(engine)
-        # (a reader from outside sees a request's blocks registered at its finish: a stretch that
-        # processes a keyed finish late registers them at its own end, after a closed-loop next
-        # turn, made at the finish's time, was routed by what that reader saw)
-        engine.keyed_through = engine.keyed_through and keyed_joins
+        engine.cache_read_outside = not keyed_joins
         engine.shared_keys_only = shared_only and type(engine.kv) is KVCacheManager and not sched.sorts_by_keys
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None

@@ -94,7 +94,8 @@ class ChunkStretch(Stretch):
         self.gen = 0
         self.num_noticed = self.notice_at = self.notice_id = 0  # (departures told: `replica/finish_notices.py`)
         self._perf = engine.perf
-        self._order = self._sorted_rem = None  # (nobody leaves before the last step)
+        self._order = self._sorted_rem = self.rank = None  # (nobody leaves before the last step)
+        self.ahead = 0
         self._fin = 0  # (`finished_by`'s last count: `ThroughChunkStretch` sets `_sorted_rem`)
         self._ctxs = decode_ctxs
         self._ctx_sum0 = sum(decode_ctxs)
@@ -184,7 +185,7 @@ class ChunkStretch(Stretch):
                 req.token_steps += (first, first - 1)  # (extended to its k steps just below)
         advance_decodes(decodes, repeat(k), first)
         grants = [(req, (k - f - 1) // bs + 1) for req, f in zip(decodes, self.first_new) if f < k]
-        kv.allocate_plain_many(grants)
+        kv.allocate_plain_many(grants, self.ahead)
         kv.cache_full_blocks_many(self.keyed, k - 1)
         # the step log, each step as `_end_step` logs it: blocks in use after each step's
         # allocations (a decode takes a block at f, f + bs, ...), waiting counts growing

@@ -155,7 +155,7 @@ class ChunkThrough:
                 req.token_steps += (first, first - 1)  # (extended to its steps just below)
         advance_decodes(decodes, steps_of, first)
         kv.allocate_plain_many([(req, (m - f - 1) // bs + 1) for req, f, m in zip(decodes, first_new, steps_of)
-                                if f < m])
+                                if f < m], self.ahead)
         kv.cache_full_blocks_many(self.keyed, k - 1, self.keyed_last)
         waits = [0] * k
         for j in self.waiting_from:

@@ -74,7 +74,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
                  "_decode_fns", "_forms", "_spec_env", "defer_finishes", "keyed_through", "notice", "deliver",
-                 "keyed_joins", "keys_seen",
+                 "keyed_joins", "cache_read_outside", "keys_seen",
                  "sole_arrival", "shared_keys_only", "_unevented", "_admission_error")
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
@@ -143,10 +143,13 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # each step of a shrinking batch.
         self.defer_finishes = defer_finishes and self._decode_fn(1) is not False
         # ... also for requests with prefix keys: only with vLLM's cache, which counts what each
-        # late finish frees (`KVCacheManager.blocks_freed`; not SGLang's radix cache, its subclass),
-        # and not where the cache is read from outside (set by the simulation: a late finish
-        # registers its last blocks at the stretch's end, after its next turn was routed)
+        # late finish frees (`KVCacheManager.blocks_freed`; not SGLang's radix cache, its subclass)
         self.keyed_through = type(kv) is KVCacheManager
+        # Does something read this replica's prefix cache from outside (a cache-aware router, a
+        # KV store, disaggregation)? Set by the simulation. Then a stretch ends where it tells a
+        # finish with prefix keys (`replica/finish_notices.py`), so the request's last blocks are
+        # registered before its next turn, made now, is routed by such a read.
+        self.cache_read_outside = False
         self.notice = notice
         # The API server streaming each step's tokens (FrontEnd.deliver_s: (step end, tokens) -> when
         # they reach the client), set with a per-token front-end cost; None: at the step's end.

@@ -13,6 +13,7 @@ tests/cluster/test_exactness.py, tests/golden).
 from __future__ import annotations
 
 import math
+from operator import is_
 
 import numpy as np
 
@@ -126,6 +127,8 @@ class FastForwarding:
         if through and ff.finish_timer_s != INF:  # (finishes that pin: blocks kept, a timer after each)
             st.kept = (self.scheduler.keeps_blocks, ff.finish_timer_s)
         st.timers = timers
+        if prefills:
+            st.rank = policy_rank(self.scheduler, out, reqs)
         if ff.max_steps < st.kmax:  # (the policy decides otherwise after that many steps)
             st.kmax = ff.max_steps
         if self.join_ahead and through:
@@ -339,7 +342,7 @@ class FastForwarding:
             new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
             finished = [i for i, r in enumerate(remaining) if r <= k]
             if len(finished) > 1:
-                finished.sort(key=remaining.__getitem__)  # in finish order (then running order), as stepping
+                finished.sort(key=st.finish_key())  # in finish order (then the policy's), as stepping
             # a request that finished before the last step frees all its blocks after its last step
             held = st.freed_blocks(self.kv)
             grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
@@ -372,7 +375,7 @@ class FastForwarding:
             if st.join_shared:  # (hits on held blocks, logged as in use from the join's first step: those already were)
                 frees += [(s, c) for s, c in st.join_shared if s < k]
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
-        self.kv.allocate_plain_many(new_blocks)
+        self.kv.allocate_plain_many(new_blocks, st.ahead)
         if st.keyed_last is None:
             self.kv.cache_full_blocks_many(st.keyed, k - 1)
         else:  # (through finishes: each up to its last step; only the vLLM cache's stretches)
@@ -401,7 +404,7 @@ class FastForwarding:
         first = self.recorder.num_steps
         f = st.first_new[0]
         if f < k:  # (blocks at steps f, f + bs, ... below k)
-            self.kv.allocate_plain_many([(req, (k - f - 1) // bs + 1)])
+            self.kv.allocate_plain_many([(req, (k - f - 1) // bs + 1)], st.ahead)
         req.num_computed_tokens += n + k - 1
         req.num_output_tokens += k
         req.token_steps += (first, first + k - 1)
@@ -417,3 +420,14 @@ class FastForwarding:
         self.recorder.log_lone(st.start_s, ends, n, st.num_waiting, self.kv.num_gpu_blocks - st.free_blocks, f, bs,
                                st.waiting_from)
         return done
+
+
+def policy_rank(sched, out: SchedulerOutput, reqs: list[Request]) -> list[int] | None:
+    """Each of `reqs` (step 0's decodes, then its prompts) at its place in the order the policy
+    runs the steps that repeat `out` (`Scheduler.repeat_order`), where that is not `reqs`' own
+    (FastSwitch's walk, a key order); None where it is, or where the policy does not know it."""
+    order = sched.repeat_order(out)
+    if order is None or all(map(is_, order, reqs)):
+        return None
+    place = {id(r): i for i, r in enumerate(order)}
+    return [place[id(r)] for r in reqs]

@@ -56,17 +56,21 @@ def _notice(now_s: float, payload: tuple) -> None:
     rem, n = st._sorted_rem, st.num_noticed
     m = bisect_right(rem, rem[n], n)  # those whose last token is this step's, in finish order
     reqs, told = st.reqs, engine.scheduler.finish_noticed
-    for i in st.departure_order()[n:m]:
+    told_now = st.departure_order()[n:m]
+    for i in told_now:
         req = reqs[i]
         req.state = RequestState.FINISHED
         req.finish_s = now_s
         told(req, now_s)  # (before its follow-ups: a policy's `add_request` may read its finish)
         engine.notice(req, now_s)
     st.num_noticed = m
-    if engine.next_event_s() <= now_s:
+    if engine.next_event_s() <= now_s or (engine.cache_read_outside and any([reqs[i].kv_block_keys is not None
+                                                                               for i in told_now])):
         # A follow-up arrives now (no think time): stepping started the next step before it
         # came, which a cut at now would not keep. End the stretch here instead, as a stretch
         # that stops at its first finish does (its end event would come after the arrival).
+        # So too for a finish with prefix keys where a read from outside routes its next turn:
+        # the stretch registers its last blocks when applied, after that read otherwise.
         st.truncate(rem[n])
         st.final = True
         engine.end_stretch_now(st, now_s)

@@ -267,13 +267,27 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                 h.num_plain += 1
         return n  # (`register_appends` moved the registered blocks from plain to keyed)
 
-    def allocate_plain_many(self, grants: list[tuple[Any, int]]) -> None:
-        """`allocate_plain` for several (request, blocks) at once (caller checked the free count)."""
+    def allocate_plain_many(self, grants: list[tuple[Any, int]], ahead: int = 0) -> None:
+        """`allocate_plain` for several (request, blocks) at once (caller checked the free count);
+        `ahead` of those blocks were taken from the free queue already (`pop_ahead`)."""
         if grants:
             held = self._held
-            self._pop_free(sum([nb for _, nb in grants]))  # (a list: one call, not a generator's per grant)
+            n = sum([nb for _, nb in grants])  # (a list: one call, not a generator's per grant)
+            if ahead:
+                if ahead > n:
+                    raise AssertionError(f"{ahead} blocks taken ahead for an allocation of {n}")
+                self.num_free_blocks -= ahead
+                n -= ahead
+            self._pop_free(n)
             for req, nb in grants:
                 held[req.id].num_plain += nb
+
+    def pop_ahead(self, n: int) -> None:
+        """Take `n` blocks from the head of the free queue now, evicting keyed ones, for an
+        allocation a stretch makes when it is applied (`allocate_plain_many`'s `ahead`): a read
+        of this cache from outside inside the stretch then finds what stepping's allocations
+        so far left (`Replica.cached_blocks`). They count as free until that allocation."""
+        self._queue.pop(n)
 
     # ---------------------------------------------------------------- KV transfers (`detach`: kv_release.py)
     def reserve(self, req_id: int, num_tokens: int) -> bool:

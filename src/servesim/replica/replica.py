@@ -26,9 +26,13 @@ from servesim.replica.frontend import FrontEnd
 from servesim.replica.engine import Engine
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.base import Scheduler
-from servesim.replica.chunk_stretch import ChunkStretch
+from servesim.replica.chunk_stretch import ChunkStretch, ThroughChunkStretch
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request, RequestState
+
+# Stretches whose growth a read of vLLM's prefix cache from outside takes ahead (`Stretch.take_ahead`;
+# not yet admission and speculative stretches, nor SGLang's radix cache)
+_TAKE_AHEAD = (Stretch, ChunkStretch, ThroughChunkStretch)
 
 PENDING, LOADING, WARMING, READY, DRAINING, STOPPED = "pending", "loading", "warming", "ready", "draining", "stopped"
 PartsFactory = Callable[[], tuple[Scheduler, KVCacheManager]]
@@ -290,6 +294,9 @@ class Replica:
         if self.engine.keyed_joins:  # (turned on only where nothing reads the cache from outside)
             raise AssertionError("a prefix cache read from outside with keyed joins on")
         st = self.engine.stretch
-        if type(st) is ChunkStretch:  # (a vLLM prompt's chunks register its blocks as they run)
-            st.settle(kv, self.engine.loop.now_s)
+        if st is not None and type(st) in _TAKE_AHEAD and type(kv) is KVCacheManager:  # (its steps' pops so far)
+            now_s = self.engine.loop.now_s
+            if type(st) is ChunkStretch:  # (a vLLM prompt's chunks register its blocks as they run)
+                st.settle(kv, now_s)
+            st.take_ahead(kv, now_s)
         return kv.num_cached_prefix_tokens(req) // req.hash_block_tokens

@@ -45,7 +45,7 @@ class Stretch(StretchJoins, StretchPricing):
 
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
-                 "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "_sorted_rem", "_p", "_f",
+                 "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "rank", "ahead", "_sorted_rem", "_p", "_f",
                  "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
@@ -90,6 +90,11 @@ class Stretch(StretchJoins, StretchPricing):
         # is sorted only when a departure is priced (`departure_order`)
         self._sorted_rem = sorted(remaining) if through else None
         self._order = None
+        # each request's place in the policy's order of the repeated steps where it is not the
+        # order of `reqs` (`Scheduler.repeat_order`: FastSwitch's walk may list a prompt admitted
+        # in step 0 before the decodes); those that joined since come after it. None: `reqs`'
+        self.rank: list[int] | None = None
+        self.ahead = 0  # blocks of its growth taken from the free queue before it is applied (`take_ahead`)
         self._fin = 0  # the last `finished_by` count (where the next read starts)
         self.kmax = self._sorted_rem[-1] if through else min(remaining)
         n = len(reqs)
@@ -176,10 +181,19 @@ class Stretch(StretchJoins, StretchPricing):
         return self._endv
 
     def departure_order(self) -> list[int]:
-        """Indices of the requests in increasing order of remaining (then running order)."""
+        """Indices of the requests in increasing order of remaining, then in the order the
+        policy runs them (`rank`): stepping's order of the finishes of one step."""
         if self._order is None:
-            self._order = sorted(range(len(self.remaining)), key=self.remaining.__getitem__)
+            self._order = sorted(range(len(self.remaining)), key=self.finish_key())
         return self._order
+
+    def finish_key(self):
+        """The sort key of request indices in finish order (`departure_order`)."""
+        rem, rank = self.remaining, self.rank
+        if rank is None:
+            return rem.__getitem__
+        n = len(rank)
+        return lambda i: (rem[i], rank[i] if i < n else i)
 
     def departed(self, n: int) -> list:
         """The first `n` requests to leave (`finished_by`'s count), in departure order."""
@@ -256,6 +270,16 @@ class Stretch(StretchJoins, StretchPricing):
     def steps_before(self, t: float) -> int:
         """Steps that ended before `t` (events at `t` come before a step ending at `t`)."""
         return bisect_left(self._endv, t, 0, self.k)
+
+    def take_ahead(self, kv, t: float) -> None:
+        """Take from the free queue now the blocks its requests' growth takes in the steps up
+        to the one in flight at `t` (stepping allocated them at each step's start, evicting
+        what they popped), for a read of the cache from outside (`Replica.cached_blocks`);
+        they are allocated to the requests when the stretch is applied (`ahead`)."""
+        need = Stretch.blocks_needed(self, self.step_in_flight(t) + 1, kv.block_size)
+        if need > self.ahead:
+            kv.pop_ahead(need - self.ahead)
+            self.ahead = need
 
     def step_in_flight(self, t: float) -> int:
         """The step running at `t` (the last one if `t` is at or after the end)."""
