@@ -13,7 +13,7 @@ tests/cluster/test_exactness.py, tests/golden).
 from __future__ import annotations
 
 import math
-from operator import is_
+from operator import is_, itemgetter
 
 import numpy as np
 
@@ -35,6 +35,8 @@ from servesim.replica.stretch_join import join_arrivals
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
 from servesim.replica.token_advance import advance_decodes, advance_decodes_by, apply_joins, apply_step0_prompts
 from servesim.workload.request import Request
+
+_FIRST = itemgetter(0)
 
 INF = math.inf
 
@@ -128,7 +130,7 @@ class FastForwarding:
             st.kept = (self.scheduler.keeps_blocks, ff.finish_timer_s)
         st.timers = timers
         if prefills:
-            st.rank = policy_rank(self.scheduler, out, reqs)
+            st.rank = policy_rank(self.scheduler, out, reqs, len(decodes))
         if ff.max_steps < st.kmax:  # (the policy decides otherwise after that many steps)
             st.kmax = ff.max_steps
         if self.join_ahead and through:
@@ -422,10 +424,13 @@ class FastForwarding:
         return done
 
 
-def policy_rank(sched, out: SchedulerOutput, reqs: list[Request]) -> list[int] | None:
-    """Each of `reqs` (step 0's decodes, then its prompts) at its place in the order the policy
-    runs the steps that repeat `out` (`Scheduler.repeat_order`), where that is not `reqs`' own
-    (FastSwitch's walk, a key order); None where it is, or where the policy does not know it."""
+def policy_rank(sched, out: SchedulerOutput, reqs: list[Request], nd: int) -> list[int] | None:
+    """Each of `reqs` (step 0's `nd` decodes, then its prompts) at its place in the order the
+    policy runs the steps that repeat `out` (`Scheduler.repeat_order`), where that is not `reqs`'
+    own (FastSwitch's walk, a key order); None where it is, or where the policy does not know it."""
+    scheduled = out.scheduled
+    if sched.stable_decode_order and all(map(is_, map(_FIRST, scheduled[nd:]), reqs[nd:])):
+        return None  # (its order is `scheduled`'s, whose prompts come after the decodes: `reqs`')
     order = sched.repeat_order(out)
     if order is None or all(map(is_, order, reqs)):
         return None
