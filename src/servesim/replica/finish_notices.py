@@ -64,8 +64,8 @@ def _notice(now_s: float, payload: tuple) -> None:
         told(req, now_s)  # (before its follow-ups: a policy's `add_request` may read its finish)
         engine.notice(req, now_s)
     st.num_noticed = m
-    if engine.next_event_s() <= now_s or (engine.cache_read_outside and any([reqs[i].kv_block_keys is not None
-                                                                               for i in told_now])):
+    keyed = engine.cache_read_outside and any([reqs[i].kv_block_keys is not None for i in told_now])
+    if keyed or engine.next_event_s() <= now_s:
         # A follow-up arrives now (no think time): stepping started the next step before it
         # came, which a cut at now would not keep. End the stretch here instead, as a stretch
         # that stops at its first finish does (its end event would come after the arrival).

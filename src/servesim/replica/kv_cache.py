@@ -270,14 +270,14 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
     def allocate_plain_many(self, grants: list[tuple[Any, int]], ahead: int = 0) -> None:
         """`allocate_plain` for several (request, blocks) at once (caller checked the free count);
         `ahead` of those blocks were taken from the free queue already (`pop_ahead`)."""
-        if grants:
-            held = self._held
-            n = sum([nb for _, nb in grants])  # (a list: one call, not a generator's per grant)
-            if ahead > n:  # (a crash lost the step in flight: stepping took its blocks, then freed them)
-                self._queue.push_plain(ahead - n)
-                ahead = n
+        n = sum([nb for _, nb in grants])  # (a list: one call, not a generator's per grant)
+        if ahead > n:  # (a crash lost the step in flight: stepping took its blocks, then freed them)
+            self._queue.push_plain(ahead - n)
+            ahead = n
+        if n:
             self.num_free_blocks -= ahead
             self._pop_free(n - ahead)
+            held = self._held
             for req, nb in grants:
                 held[req.id].num_plain += nb
 

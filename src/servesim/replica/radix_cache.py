@@ -148,8 +148,9 @@ class RadixKVCache(RadixTree, KVCacheManager):
         self._reqs[req_id].plain += num_blocks
 
     def allocate_plain_many(self, grants: list[tuple[Any, int]], ahead: int = 0) -> None:
-        # (`ahead` is always 0: reads from outside take a stretch's growth ahead from vLLM's
-        # cache only, `Replica.cached_blocks`.) One take for all: with the tree full (a Mooncake run's usual state) each grant's own
+        # (`ahead` is 0 here: a read from outside takes a stretch's growth ahead from vLLM's
+        # cache only, `Replica.cached_blocks`.)
+        # One take for all: with the tree full (a Mooncake run's usual state) each grant's own
         # take evicted, so a stretch's growth of n requests cost n evictions. Nothing touches
         # the tree between the grants, so evicting their sum at once takes the same blocks in
         # the same LRU order (only the cut points inside an extent differ).

@@ -45,8 +45,8 @@ class Stretch(StretchJoins, StretchPricing):
 
     __slots__ = ("start_s", "out", "decodes", "prefills", "reqs", "ctx1", "remaining", "through", "keyed",
                  "num_waiting", "waiting_from", "first_new", "free_blocks", "kmax", "final", "gen", "k", "end_s",
-                 "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "rank", "ahead", "_sorted_rem", "_p", "_f",
-                 "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
+                 "_decode_fn", "_forms", "_perf", "_ctx_sum", "_active", "_order", "rank", "ahead", "_sorted_rem",
+                 "_p", "_f", "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
                  "waiting_to", "spent_to", "timers")
