@@ -13,7 +13,6 @@ tests/cluster/test_exactness.py, tests/golden).
 from __future__ import annotations
 
 import math
-from operator import is_, itemgetter
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from servesim.replica.block_keys import BlockKeys
 from servesim.replica.chunk_join import apply_prompt_runs
 from servesim.replica.chunk_stretch import ThroughChunkStretch
 from servesim.replica.finish_notices import schedule_notice
+from servesim.replica.finish_order import policy_rank
 from servesim.replica.keyed_chunk_join import apply_rests
 from servesim.replica import policy_stops
 from servesim.replica.keyed_join import keyed_join, with_keys
@@ -35,8 +35,6 @@ from servesim.replica.stretch_join import join_arrivals
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
 from servesim.replica.token_advance import advance_decodes, advance_decodes_by, apply_joins, apply_step0_prompts
 from servesim.workload.request import Request
-
-_FIRST = itemgetter(0)
 
 INF = math.inf
 
@@ -422,17 +420,3 @@ class FastForwarding:
         self.recorder.log_lone(st.start_s, ends, n, st.num_waiting, self.kv.num_gpu_blocks - st.free_blocks, f, bs,
                                st.waiting_from)
         return done
-
-
-def policy_rank(sched, out: SchedulerOutput, reqs: list[Request], nd: int) -> list[int] | None:
-    """Each of `reqs` (step 0's `nd` decodes, then its prompts) at its place in the order the
-    policy runs the steps that repeat `out` (`Scheduler.repeat_order`), where that is not `reqs`'
-    own (FastSwitch's walk, a key order); None where it is, or where the policy does not know it."""
-    scheduled = out.scheduled
-    if sched.stable_decode_order and all(map(is_, map(_FIRST, scheduled[nd:]), reqs[nd:])):
-        return None  # (its order is `scheduled`'s, whose prompts come after the decodes: `reqs`')
-    order = sched.repeat_order(out)
-    if order is None or all(map(is_, order, reqs)):
-        return None
-    place = {id(r): i for i, r in enumerate(order)}
-    return [place[id(r)] for r in reqs]
