@@ -261,7 +261,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     # horizon `lookahead` arrival gaps away that the next turn routed here cuts a few dozen steps
     # on: since cl31 an uncut stretch's end extends it from that state by as many again, so the
     # chunk is not paid later either. The same floats)
-    return _priced_on(engine, st, now_s, s, 1, st.price_on, engine.join_ahead)
+    return _priced_on(engine, st, now_s, s, 1)
 
 
 def _stall_keyed(kv, st: Stretch, s: int, kept: tuple | None) -> None:

@@ -276,6 +276,7 @@ class Stretch(StretchJoins, StretchPricing):
         to the one in flight at `t` (stepping allocated them at each step's start, evicting
         what they popped), for a read of the cache from outside (`Replica.cached_blocks`);
         they are allocated to the requests when the stretch is applied (`ahead`)."""
+        # (the decodes' growth only: a vLLM chunk stretch's prompt is allocated by its `settle`)
         need = Stretch.blocks_needed(self, self.step_in_flight(t) + 1, kv.block_size)
         if need > self.ahead:
             kv.pop_ahead(need - self.ahead)

@@ -92,9 +92,9 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
         _join_one(engine, st, now_s, joins, blocks, num_running)  # (the usual arrival: one request, the scalar state step s's)
         # (the scalar state is step s + 1's; a busy replica among many prices a few steps ahead:
         # `Engine.join_ahead`, as a keyed turn's join does since sess32)
-        return _priced_on(engine, st, now_s, s, 1, st.price_on, engine.join_ahead)
+        return _priced_on(engine, st, now_s, s, 1)
     _admit(engine, st, now_s, joins, blocks, _join_step_s(engine.perf, st, s, num_running, joins), st.join)
-    return _priced_on(engine, st, now_s, s, len(joins), st.price_on, engine.join_ahead)
+    return _priced_on(engine, st, now_s, s, len(joins))
 
 
 def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: float, add, admit=None) -> None:
@@ -110,18 +110,18 @@ def _admit(engine, st: Stretch, now_s: float, joins: list, blocks: int, step_s: 
     add(joins, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + len(joins)), bs)
 
 
-def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, price=None, ahead: int = 0) -> bool:
+def _priced_on(engine, st: Stretch, now_s: float, s: int, num_joined: int, held: bool = False) -> bool:
     """After `num_joined` requests joined at step s: price the stretch on to the next event
-    (`price`: `Stretch.price`, or `price_on` from the scalar state a join left, `ahead` its
-    steps ahead: every join since the forty-second round; `price` for requests held to a later
-    step, `_hold`'s, whose stretch went on unchanged before them),
-    limit it to the blocks free, and (re)schedule its end. True."""
+    (`price_on` from the scalar state the join left, `join_ahead` steps ahead at a replica among
+    many: every join since the forty-second round; `price` for requests `held` to a later step,
+    `_hold`'s, whose stretch went on unchanged before them), limit it to the blocks free, and
+    (re)schedule its end. True."""
     engine.num_joined_arrivals += num_joined
     horizon_s = engine._stretch_horizon_s(now_s, st.end_s, st.timers)
-    if price is None:
+    if held:
         st.price(horizon_s)
     else:
-        price(horizon_s, ahead)
+        st.price_on(horizon_s, engine.join_ahead)
     engine._limit(st, s + 1)
     engine._schedule_stretch_end(st)
     return True
@@ -148,7 +148,7 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
         if not _hold(st, joins, s + wait):
             return False
         engine.num_held_arrivals += 1  # (held to a later step: nobody joined; step s is a decode step not yet limited)
-        return _priced_on(engine, st, now_s, s - 1, 0)
+        return _priced_on(engine, st, now_s, s - 1, 0, held=True)
     if not sched.stall_admits(joins, s, last, lambda: _running_at(st, s)):
         return False  # (before the block checks: vtc's checks mostly settle at once)
     blocks, kept = sched.join_blocks(joins)
@@ -165,7 +165,7 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     _admit(engine, st, now_s, joins, blocks, step_s, st.stall)
     # (one prompt leaves the scalar state step s + 1's, as a lean join: priced on from it, a busy
     # replica among many `join_ahead` steps ahead, not a numpy chunk to a horizon arrival gaps away)
-    return _priced_on(engine, st, now_s, s, len(joins), st.price_on, engine.join_ahead)
+    return _priced_on(engine, st, now_s, s, len(joins))
 
 
 def _hold(st: Stretch, joins: list, s2: int) -> bool:
