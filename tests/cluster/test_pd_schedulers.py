@@ -41,3 +41,19 @@ def test_transferred_requests_finish_conserve_blocks_and_fast_forward_equals_ste
     assert calls["check"] == 2 * n_replicas
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
+
+
+def test_orca_decode_replicas_reserve_a_transferred_requests_whole_reservation():
+    # Orca's running pass never allocates past a request's reservation: one handed over from a
+    # prefill replica holds it too (`Scheduler.transfer_tokens`), or its decodes ran the decode
+    # replica out of blocks ("a reserved request ran out of KV blocks") once the cache filled
+    pd = "pools=[{name: p, role: prefill, replicas: 2}, {name: d, role: decode, replicas: 1, gpus_per_node: 1}]"
+    sets = ["workload.trace=null", "workload.arrival.process=poisson", "workload.arrival.rate_per_s=30",
+            "workload.num_requests=300", "workload.lengths.dataset=sharegpt", "engine.gpu_memory_utilization=0.3",
+            "replicas=1", pd, "scheduler.name=orca"]
+    fast = simulate(load_scenario(None, sets), keep_steps=True)
+    assert [r.state for r in fast.requests] == [RequestState.FINISHED] * 300
+    assert fast.summary()["disaggregation"]["num_transfers"] == 300
+    slow = simulate(load_scenario(None, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)

@@ -198,7 +198,8 @@ class Disaggregator:
         x = Transfer(req, src, dst, key, now_s, step_s, nbytes)
         self._in_flight[req.id] = x
         self.transfers.append(x)
-        self.cluster.replicas[dst].engine.ports.expect(req, req.num_computed_tokens, now_s)
+        engine = self.cluster.replicas[dst].engine
+        engine.ports.expect(req, engine.scheduler.transfer_tokens(req, req.num_computed_tokens), now_s)
 
     def on_crash(self, index: int, now_s: float) -> None:
         """Replica `index` is about to crash. Transfers from it lose their KV: their requests

@@ -73,7 +73,7 @@ class Migrator:
         avail = v.num_gpu_blocks - v.kv_used_blocks - self.cfg.watermark * v.num_gpu_blocks
         if sched.num_waiting:
             n += 1
-            head = sched.waiting.peek()
+            head = sched.waiting_head()
             avail -= cdiv(head.num_tokens, rep.engine.kv.block_size)
         return -avail / n if n else -math.inf
 
@@ -107,17 +107,21 @@ class Migrator:
         return self.cluster.replicas[i].engine.ports
 
     def _pick(self, m: Migration, now_s: float) -> None:
-        """At the source's boundary: the last running request that decodes (LCFS)."""
+        """At the source's boundary: the last running request that decodes (LCFS), in the
+        policy's batch order (`Scheduler.running_order_key`: a policy that sorts its batch)."""
         if m.aborted:
             return  # a replica crashed meanwhile
-        running = self.cluster.replicas[m.src].engine.scheduler.running
+        sched = self.cluster.replicas[m.src].engine.scheduler
+        key = sched.running_order_key()
+        running = sched.running if key is None else sorted(sched.running, key=key)
         req = next((r for r in reversed(running) if r.is_decoding and r.remaining_output > 1), None)
         if req is None:
             return self._end(m, "no decoding request")
         m.req = req
         first = self._src_blocks(m) - 1  # stage 1: all but the block being written (counted here, exactly)
-        need = min(req.prompt_len + req.output_len, req.num_computed_tokens
-                   + self.cfg.last_stage_max_blocks * self.cluster.replicas[m.dst].engine.kv.block_size)
+        dst = self.cluster.replicas[m.dst].engine
+        need = dst.scheduler.transfer_tokens(req, min(req.prompt_len + req.output_len, req.num_computed_tokens
+                                                      + self.cfg.last_stage_max_blocks * dst.kv.block_size))
         self._ports(m.dst).call(lambda t: self._reserve(m, need, first, t), now_s)
 
     def _reserve(self, m: Migration, num_tokens: int, num_blocks: int, now_s: float) -> None:

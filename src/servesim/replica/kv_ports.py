@@ -81,8 +81,9 @@ class KVPorts:
 
     @property
     def holds_blocks(self) -> bool:
-        """Blocks are held by transfers (waiting requests may be blocked only until they end)."""
-        return bool(self.held or self._expected)
+        """Blocks are held by transfers or reserved for a request whose KV is on its way
+        (waiting requests may be blocked only until they end)."""
+        return bool(self.held or self._expected or self.reserved)
 
     # ------------------------------------------------------------------ cluster side
     def release(self, key: object, now_s: float) -> None:

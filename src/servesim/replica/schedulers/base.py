@@ -117,6 +117,22 @@ class Scheduler(FastForwardHooks):
         from the next step on (its first token, or its next decode)."""
         self.running.append(req)
 
+    def transfer_tokens(self, req: Request, num_tokens: int) -> int:
+        """Tokens to reserve blocks for here before `req`'s KV for `num_tokens` tokens arrives
+        from another replica (a decode hand-off, a live migration): those, unless the policy
+        holds blocks for more from a request's admission on (Orca's reservation)."""
+        return num_tokens
+
+    def running_order_key(self):
+        """The key `schedule` sorts the running batch by (None: it stays in admission order). A
+        reader between steps (the migrator) sorts by it: a stretch keeps its first step's order
+        with its joiners appended, where stepping's sorts would have placed them."""
+        return None
+
+    def waiting_head(self) -> Request:
+        """The waiting request this policy would consider first (the migrator's head of line)."""
+        return self.waiting.peek()
+
     def finish(self, req: Request, now_s: float) -> None:
         """The request emitted its last token: release it."""
         self.running.remove(req)

@@ -229,6 +229,9 @@ class BatchLLMScheduler(KeyedScheduler):
             growth = sum(self._growth(r) for r in self.running)
         return kv.num_gpu_blocks - kv.num_free_blocks + growth
 
+    def running_order_key(self):
+        return _ARRIVAL_ID
+
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         return sorted((r for r, _ in output.scheduled), key=_ARRIVAL_ID)  # (as `schedule` sorts `running`)
 

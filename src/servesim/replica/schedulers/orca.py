@@ -54,6 +54,11 @@ class OrcaScheduler(Scheduler):
         # A reservation larger than the whole cache could never be granted.
         return min(total, self.kv.num_gpu_blocks * self.kv.block_size)
 
+    def transfer_tokens(self, req: Request, num_tokens: int) -> int:
+        # (a request handed off or migrated here holds its whole reservation too, so that the
+        # running pass below never runs out of blocks)
+        return max(num_tokens, self.reserved_tokens(req))
+
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
         for req in self.running:  # blocks were reserved at admission: this never fails

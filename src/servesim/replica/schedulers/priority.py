@@ -87,6 +87,9 @@ class KeyedScheduler(VLLMSteps):
         held request has one): a dict lookup instead of a Python call per request and step."""
         return self._waiting_keys.__getitem__ if self.static_keys and self.static_waiting_keys else self.key
 
+    def running_order_key(self):
+        return self.key
+
     def preempt_key(self, req: Request) -> Any:
         """What a waiting request must beat to preempt a running one (default: the key)."""
         return self.key(req)

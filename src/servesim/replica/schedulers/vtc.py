@@ -202,7 +202,6 @@ class VTCScheduler(VTCStretches, Scheduler):
 
     def _prefill_mini_batch(self, out: SchedulerOutput) -> None:
         queues = self.waiting.queues
-        counters = self.counters
         batch_tokens = 0
         admitted: list[Request] = []
         # The future peak is at most the sum of every running request's context plus rest (its
@@ -215,10 +214,7 @@ class VTCScheduler(VTCStretches, Scheduler):
             backlogged = [u for u, q in queues.items() if q]
             if not backlogged:
                 break
-            if self.params.variant == "fcfs":
-                u = min(backlogged, key=lambda v: (queues[v][0].arrival_s, queues[v][0].id))
-            else:
-                u = min(backlogged, key=lambda v: counters[v])
+            u = self._next_tenant(backlogged)
             req = queues[u][0]
             n = req.num_tokens
             if admitted and batch_tokens + n > self.batch_max_tokens:
@@ -229,22 +225,39 @@ class VTCScheduler(VTCStretches, Scheduler):
                     items = peak_items(*self._items())
                 if not self._fits(req, items):
                     break
+            if not self._admit(req, n, out):
+                break  # (the check counts the running requests' blocks only: some are held for a
+                # request whose KV is on its way here, a migration's. It waits, as for room)
             bound = grown
             if items is not None:
                 items.add(req.num_tokens, self._max_new(req) - req.num_output_tokens)
-            self._admit(req, n, out)
             admitted.append(req)
             batch_tokens += n
 
-    def _admit(self, req: Request, n: int, out: SchedulerOutput) -> None:
-        """Admit the head `req` of its tenant's queue with its `n` tokens, charging its prompt."""
+    def _next_tenant(self, backlogged: list[str]) -> str:
+        """The backlogged tenant whose queue's head is admitted next: the least counter (or
+        the earliest head, `fcfs`)."""
+        queues = self.waiting.queues
+        if self.params.variant == "fcfs":
+            return min(backlogged, key=lambda v: (queues[v][0].arrival_s, queues[v][0].id))
+        return min(backlogged, key=self.counters.__getitem__)
+
+    def waiting_head(self) -> Request:
+        queues = self.waiting.queues
+        return queues[self._next_tenant([u for u, q in queues.items() if q])][0]
+
+    def _admit(self, req: Request, n: int, out: SchedulerOutput) -> bool:
+        """Admit the head `req` of its tenant's queue with its `n` tokens, charging its prompt;
+        False, changing nothing, if its blocks are not free."""
+        if not self.kv.allocate_slots(req, n):
+            return False
         u = req.tenant
         self.waiting.pop_from(u)
-        self.kv.allocate_slots(req, n)
         self.running.append(req)
         req.state = RequestState.RUNNING
         out.scheduled.append((req, n))
         self.counters[u] += self.params.input_price * req.prompt_len / self.weight(u)
+        return True
 
     def _max_new(self, req: Request) -> int:
         if self.params.reserve == "output_len":

@@ -158,7 +158,8 @@ class VTCStretches:
             prefill = self._mark - self.num_engine_steps
             self._tokens_before = [r.num_output_tokens + prefill for r, _ in out.scheduled]
         for req, n in joins:
-            self._admit(req, n, out)
+            if not self._admit(req, n, out):  # (the engine checked their blocks)
+                raise AssertionError(f"request {req.id} could not join the stretch")
             self._joined.append(req)
             self._tokens_before.append(1)  # (its first token, in the prompt's step, is not charged)
 
