@@ -4,7 +4,9 @@ requests fail; results stay exact with fast-forward."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from servesim.replica.replica import Replica
 from servesim.workload.request import RequestState
 
 from .helpers import outcome, run
@@ -54,3 +56,25 @@ def test_random_failures_from_mtbf_are_reproducible():
     crashes = sum(r.num_crashes for r in a.replicas)
     assert crashes >= 4
     assert all(r.state == RequestState.FINISHED for r in a.requests)
+
+
+@pytest.mark.parametrize("scheduler", ["vtc", "sglang"])
+def test_a_recovered_replicas_policy_counts_the_engines_steps_on(scheduler, monkeypatch):
+    # A replica back from a crash gets a fresh scheduler whose step count goes on from its
+    # engine's (`Scheduler.resume_at`), as the step log's does: vtc counts decode steps, and
+    # sglang decays its new-token ratio, by the steps since a mark its decision set, so a
+    # count from 0 read every step of the replica's earlier lives as passed at its first step
+    # (vtc then admitted at once where it waits `max_wait_tokens` steps; stepping and
+    # fast-forward disagreed after a recovery)
+    seen = []
+    recover = Replica.recover
+
+    def checked(self, now_s):
+        recover(self, now_s)
+        seen.append(self.engine.scheduler.num_engine_steps == self.engine.num_steps > 0)
+
+    monkeypatch.setattr(Replica, "recover", checked)
+    sets = [f"scheduler.name={scheduler}", "pools=[{name: a, replicas: 3, mtbf_s: 4.0, mttr_s: 1.0}]", "replicas=1"]
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    assert outcome(fast) == outcome(slow)
+    assert len(seen) >= 6 and all(seen), seen

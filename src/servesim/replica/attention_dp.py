@@ -248,6 +248,11 @@ class AttentionDPScheduler(Scheduler):
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         return False
 
+    def resume_at(self, num_engine_steps: int) -> None:
+        self.num_engine_steps = num_engine_steps
+        for r in self.ranks:
+            r.resume_at(num_engine_steps)
+
     def end_step(self, output: SchedulerOutput, now_s: float, num_engine_steps: int) -> None:
         self.num_engine_steps = num_engine_steps
         for r, o in zip(self.ranks, self._outs):

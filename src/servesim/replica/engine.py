@@ -337,7 +337,9 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         """Record one token emitted at the end of `step` (at `time_s`)."""
         req.num_output_tokens += 1
         runs = req.token_steps
-        if runs and runs[-1] == step - 1:
+        # (not across a move: a request re-dispatched after a crash starts a run of its own
+        # on the new replica, whose step numbers may follow on from the old one's by chance)
+        if runs and runs[-1] == step - 1 and not (req.moves and req.moves[-1][0] == len(runs)):
             runs[-1] = step
         else:
             runs.append(step)

@@ -62,6 +62,7 @@ class EngineLifecycle:
 
     def restart(self, scheduler: Scheduler, kv: KVCacheManager) -> None:
         """Come back with a fresh scheduler and KV cache (a restarted engine)."""
+        scheduler.resume_at(self.num_steps)
         self.scheduler = scheduler
         self._policy_checks()
         self.kv = kv

@@ -117,6 +117,13 @@ class Scheduler(FastForwardHooks):
         from the next step on (its first token, or its next decode)."""
         self.running.append(req)
 
+    def resume_at(self, num_engine_steps: int) -> None:
+        """This fresh scheduler takes over an engine that ran `num_engine_steps` steps (a replica
+        back from a crash, or started again by an autoscaler): the count goes on, as the step
+        log's does, so that a policy counting steps since a mark it set (vtc's decode steps,
+        sglang's ratio decay) reads it right at its first step."""
+        self.num_engine_steps = num_engine_steps
+
     def transfer_tokens(self, req: Request, num_tokens: int) -> int:
         """Tokens to reserve blocks for here before `req`'s KV for `num_tokens` tokens arrives
         from another replica (a decode hand-off, a live migration): those, unless the policy
