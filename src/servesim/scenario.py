@@ -170,15 +170,16 @@ class Scenario(BaseModel):
 
     def _check_lora_schedulers(self) -> None:
         """Adapters drawn by the workload need schedulers that serve them (vllm)."""
-        from servesim.replica.schedulers import get_scheduler
+        from servesim.replica.schedulers import available, get_scheduler
 
         named = [("scheduler", self.scheduler)] + [
             (f"pools.{p.name}.scheduler", SchedulerConfig.model_validate(p.scheduler))
             for p in self.pools or [] if p.scheduler is not None]
         for where, cfg in named:
             if not get_scheduler(cfg.name).supports_lora:
+                allowed = ", ".join(n for n in available() if get_scheduler(n).supports_lora)
                 raise ValueError(f"{where}: {cfg.name} cannot serve LoRA adapters (workload.attributes.loras); "
-                                 "allowed: vllm")
+                                 f"allowed: {allowed}")
 
     def _check_roles(self) -> None:
         """Every prefill pool needs a decode pool for its model, and every decode pool a

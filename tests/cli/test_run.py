@@ -141,7 +141,7 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                                   "unknown field 'router.lora_wieght'; allowed: loaded_score, free_slot_score"),
     "lora mix with a scheduler that cannot serve it": (
         "scheduler: sarathi\nworkload: {attributes: {loras: {count: 3}}}\n", [],
-        "bad.yaml: scheduler: sarathi cannot serve LoRA adapters (workload.attributes.loras); allowed: vllm"),
+        "bad.yaml: scheduler: sarathi cannot serve LoRA adapters (workload.attributes.loras); allowed: continuum, vllm"),
     "negative lora share": ("workload: {attributes: {loras: {proportions: {a: -1}}}}\n", [],
                             "loras.proportions must be >= 0 with a positive sum"),
 }

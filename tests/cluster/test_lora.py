@@ -98,3 +98,16 @@ def test_affinity_reads_adapters_of_requests_left_inside_a_stretch(monkeypatch):
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert fast.summary()["lora"] == slow.summary()["lora"]
+
+
+def test_continuum_serves_adapters_as_vllm_does():
+    # Continuum is vLLM's scheduler with program pins: it takes vLLM's adapter admission, and
+    # its timers now include the adapters' loads (before, a replica whose queue waited only for
+    # a load went idle for good: "scheduler is stuck")
+    sets = LORAS + ["scheduler.name=continuum", "router.name=lora-affinity"]
+    fast, slow = run(sets), run(sets, fast_forward=False)
+    assert outcome(fast) == outcome(slow)
+    assert fast.summary()["num_finished"] == 400
+    assert fast.summary()["lora"]["num_loads"] > 20
+    vllm = run(LORAS + ["scheduler.name=vllm", "router.name=lora-affinity"])
+    assert outcome(fast) == outcome(vllm)  # (no program, no pin: the same decisions)

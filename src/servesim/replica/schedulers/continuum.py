@@ -193,10 +193,11 @@ class ContinuumScheduler(VLLMScheduler):
                     self._unpin(job)
 
     def next_timer_s(self) -> float:
+        t = VLLMScheduler.next_timer_s(self)  # (swap-ins and adapter loads, as vLLM's)
         if not self.pins:
-            return float("inf")
+            return t
         busy = self._waiting_jobs()
-        return min((d for job, (_, d) in self.pins.items() if job not in busy), default=float("inf"))
+        return min(t, min((d for job, (_, d) in self.pins.items() if job not in busy), default=t))
 
     def stretch_timers(self) -> list | None:
         # With nothing waiting, the `schedule` of the first step starting at or after a pin's
