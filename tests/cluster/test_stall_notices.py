@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import stretch_join
+from servesim.replica import fast_forward, stretch_join
 from servesim.replica.finish_notices import untold_by
 from servesim.replica.schedulers.vtc import VTCScheduler
 
@@ -85,3 +85,26 @@ def test_a_finish_not_told_before_the_join_step_is_refused(monkeypatch):
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert refused >= 5 and joins >= 50, (refused, joins)
+
+
+def test_a_finish_not_told_before_a_keyed_prompt_only_join_is_refused(monkeypatch):
+    # The same with prefix caching on: a next call with its parents' keys joins by
+    # `keyed_join` (vLLM V0's prompt-only step). Joined before the finish at the step before was
+    # told, its follow-up ended the stretch at the join's step: the call stayed admitted with
+    # its prompt never run (7 s late on the first such call), until the refusal there too
+    refused, joined = [], []
+    join = fast_forward.keyed_join
+
+    def counted(engine, st, now_s):
+        untold = engine.scheduler.stalls_decodes and untold_by(st, st.k)
+        ok = join(engine, st, now_s)
+        (joined if ok else refused if untold else []).append(st.k)
+        return ok
+
+    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    sets = ["scheduler.name=vllm-v0", "workload.num_requests=200", "workload.arrival.rate_per_s=3"]
+    fast = simulate(load_scenario(AGENTS, sets), keep_steps=True)
+    slow = simulate(load_scenario(AGENTS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(refused) >= 2 and len(joined) >= 20, (len(refused), len(joined))

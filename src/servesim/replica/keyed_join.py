@@ -55,6 +55,7 @@ from math import inf as INF
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
+from servesim.replica.finish_notices import untold_by
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.join_keys import REFUSED, add_keyed, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
@@ -127,6 +128,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     # A prefill-first policy (`stalls_decodes`: vLLM V0) runs the prompt whole in a step of its
     # own, the decodes stalled (`joins_last` checked its budget); the others, beside the decodes
     stall = sched.stalls_decodes
+    if stall and engine.notice is not None and untold_by(st, s):
+        return False  # (a finish at step s - 1 not told yet: as `stretch_join._stall_join`)
     # (beside a rest, the budget its decodes and the rest leave, as `chain_join`'s: no stall there)
     spent = num_running if chain is None else chain[1] + chain[4]
     c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - spent)
