@@ -321,7 +321,8 @@ class AndesScheduler(VLLMSteps):
         return super().resume(req, out, num_tokens, keep_cpu_copy)
 
     def drain(self, now_s: float) -> list[Request]:
-        self._notes.settle_all(self.running)
+        # (the notes are not settled: the requests leave this scheduler for good, and after a
+        # crash, whose settled stretch tells the policy no step ends, they could not be)
         self._pending.clear()
         return super().drain(now_s)
 
