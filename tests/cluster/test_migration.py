@@ -4,6 +4,7 @@ downtime, aborts), with every request ending and every block returned."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,20 @@ def test_every_policy_migrates_and_fast_forward_equals_stepping(scheduler):
     assert fast.summary()["num_finished"] == 300
     if scheduler != "sglang":  # (its admission keeps KV headroom by its new-token ratio: no replica
         assert fast.summary()["migration"]["num_migrations"] >= 3  # here is loaded enough to migrate)
+
+
+def test_a_no_evict_destination_reserves_a_migrated_requests_whole_output():
+    # TensorRT-LLM's GUARANTEED_NO_EVICT admits only what its whole reservation covers; a
+    # migrated request now holds its reservation at the destination too (`transfer_tokens`),
+    # taken only from the room its running requests' reservations leave (`transfer_room`):
+    # before, a migration took blocks promised to them and a decode found none (an AssertionError)
+    path = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
+    sets = ["scheduler.name=trtllm", "workload.num_requests=400", "workload.arrival.rate_per_s=3", "replicas=3",
+            "router.name=llumnix", "migration.enabled=true", "engine.gpu_memory_utilization=0.3"]
+    fast = simulate(load_scenario(path, sets))
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]))
+    assert _outcome(fast) == _outcome(slow)
+    s = fast.summary()
+    assert s["num_finished"] + s["num_rejected"] == 400 and s["num_finished"] > 300  # (prompts past a whole
+    assert s["migration"]["num_migrations"] >= 2  # reservation of the cache are refused at admission)
+    assert s["migration"]["abort_reasons"]["no room at the destination"] >= 10  # (its whole output rarely fits)

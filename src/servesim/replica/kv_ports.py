@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
+from servesim.replica.kv_cache import cdiv
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class KVPorts:
         max_seqs = eng.config.max_num_seqs
         while self._expected:
             req, num_tokens = self._expected[0]
-            if eng.scheduler.num_running + len(self.reserved) >= max_seqs or not kv.reserve(req.id, num_tokens):
+            if eng.scheduler.num_running + len(self.reserved) >= max_seqs or not self._reserve(req, num_tokens):
                 break
             self._expected.popleft()
             self.reserved[req.id] = req
@@ -104,10 +105,15 @@ class KVPorts:
 
     def reserve_now(self, req: Request, num_tokens: int) -> bool:
         """At a boundary: reserve blocks for `num_tokens` of `req` if free (False if not)."""
-        if not self.engine.kv.reserve(req.id, num_tokens):
+        if not self._reserve(req, num_tokens):
             return False
         self.reserved[req.id] = req
         return True
+
+    def _reserve(self, req: Request, num_tokens: int) -> bool:
+        """`KVCacheManager.reserve` within the room the policy leaves a transfer."""
+        eng = self.engine
+        return cdiv(num_tokens, eng.kv.block_size) <= eng.scheduler.transfer_room() and eng.kv.reserve(req.id, num_tokens)
 
     def cancel(self, req: Request) -> None:
         """At a boundary: give back the blocks reserved for `req` (its migration was aborted)."""

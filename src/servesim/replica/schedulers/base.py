@@ -130,6 +130,12 @@ class Scheduler(FastForwardHooks):
         holds blocks for more from a request's admission on (Orca's reservation)."""
         return num_tokens
 
+    def transfer_room(self) -> int:
+        """KV blocks a transfer's reservation may take here (`transfer_tokens`' blocks): the
+        free ones, less what the policy has promised its running requests (TensorRT-LLM's
+        no-evict reservations)."""
+        return self.kv.num_free_blocks
+
     def running_order_key(self):
         """The key `schedule` sorts the running batch by (None: it stays in admission order). A
         reader between steps (the migrator) sorts by it: a stretch keeps its first step's order

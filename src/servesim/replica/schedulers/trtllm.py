@@ -126,6 +126,17 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         self.admission_lag = params.context_admission_lag_iterations
         self._taken_at: dict[int, int] = {}
 
+    def transfer_tokens(self, req: Request, num_tokens: int) -> int:
+        # (GUARANTEED_NO_EVICT: a request handed over or migrated here holds its whole
+        # reservation, as an admission here takes it; else the running requests' growth was
+        # no longer guaranteed and a decode could find no block)
+        if not self.no_evict:
+            return num_tokens
+        return max(num_tokens, req.prompt_len + max(req.max_tokens or 0, req.output_len))
+
+    def transfer_room(self) -> int:
+        return self.kv.num_free_blocks - (self._reserved(self.running) if self.no_evict else 0)
+
     def total_blocks(self, req: Request) -> int:  # (for a batch: `_reserved`)
         """KV blocks `req` holds at its end: prompt + max new tokens (what the no-evict policy reserves)."""
         new = max(req.max_tokens or 0, req.output_len)
