@@ -123,6 +123,6 @@ def test_an_idle_replicas_first_step_only_admits(monkeypatch):
     a, b, c = make_request(0, 100, 3), make_request(1, 30, 2), make_request(2, 20, 1, arrival=60.0)
     steps = run_logged(engine, loop, [a, b, c])
     assert steps == [[(0, 64)], [(0, 36), (1, 28)], [(0, 1), (1, 2)], [(0, 1), (1, 1)], [(2, 20)]]
-    # the running pass at steps 2 and 3 only (4 takes the all-decode fast path; 1 and c's step,
-    # on an idle replica, go straight to admission)
-    assert passes == [1, 2]
+    # the running pass at steps 2, 3 and 4 (1 and c's step, on an idle replica, go straight to
+    # admission)
+    assert passes == [1, 2, 2]

@@ -63,14 +63,8 @@ class VLLMScheduler(VLLMSteps):
             self._admit(out, budget, now_s)
             return out
 
-        # 1) running requests, in admission order
-        if len(running) <= budget and self.kv.allocate_decodes(running):
-            # Fast path, same outcome as the running pass: everyone decodes and every block
-            # fits, so each running request gets its one token in order.
-            out.scheduled = [(req, 1) for req in running]
-            out.num_known_decodes = len(running)
-            self._admit(out, budget - len(running), now_s)
-            return out
+        # 1) running requests, in admission order (the pass takes the leading decodes in one
+        # call first: where everyone decodes and fits, each gets its one token in order)
         budget = self.schedule_running(out, budget)
 
         # 2) waiting requests, only if this step preempted nothing
