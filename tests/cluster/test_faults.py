@@ -3,6 +3,8 @@ requests fail; results stay exact with fast-forward."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,16 @@ def test_andes_crashes_inside_a_stretch():
     assert outcome(fast) == outcome(slow)
     assert sum(r.num_crashes for r in fast.replicas) >= 3
     assert fast.num_fast_forwarded_steps > 0.9 * len(fast.steps)
+
+
+def test_a_rerouted_request_cuts_a_fastswitch_chunk_stretch():
+    # FastSwitch walks one tenant's requests in arrival order: a request re-routed after a crash
+    # arrived before the prompt whose chunks spend a stretch's budget, so it is walked first
+    # and takes budget from that chunk (`chunk_keeps_arrival`: the stretch had kept it queued)
+    path = str(Path(SESSIONS).with_name("mooncake.yaml"))
+    sets = ["scheduler.name=fastswitch", "workload.num_requests=300", "workload.trace.speedup=1", "router.name=mooncake",
+            "pools=[{name: a, replicas: 2, mtbf_s: 60, mttr_s: 10}]"]
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert sum(r.num_crashes for r in fast.replicas) >= 4 and fast.cluster["num_rerouted"] >= 20

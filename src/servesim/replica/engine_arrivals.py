@@ -106,7 +106,7 @@ class EngineArrivals:
         if max_prompt is not None and req.prompt_len > max_prompt:
             return f"prompt of {req.prompt_len} tokens > max_num_batched_tokens without chunked prefill"
         if req.lora is not None and not self.scheduler.supports_lora:
-            return f"LoRA adapters are served only by the vllm scheduler, not {self.scheduler.name}"
+            return f"LoRA adapters are not served by the {self.scheduler.name} scheduler"
         if total > self.kv.num_gpu_blocks * self.kv.block_size:  # (`cdiv(total, block_size)` blocks: once per arrival)
             return f"needs more KV blocks than the GPU has ({self.kv.num_gpu_blocks})"
         admission_error = self._admission_error

@@ -302,8 +302,11 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         return True
 
     def chunk_keeps_arrival(self, req: Request | None) -> bool:
-        # (another tenant's request is counted for and lifted at once: `add_request`, `_lift`)
-        return req is not None and req.tenant in self._held
+        # (another tenant's request is counted for and lifted at once: `add_request`, `_lift`;
+        # and the walk is in arrival order: one that arrived before a running request, re-routed
+        # after a crash, is walked before it and takes budget from the chunk)
+        return (req is not None and req.tenant in self._held
+                and all((req.arrival_s, req.id) > (r.arrival_s, r.id) for r in self.running))
 
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         # A newcomer of the one tenant held (no lift, its count deferred) comes after the
