@@ -77,7 +77,7 @@ def test_other_schedulers_reject_adapter_requests_with_a_reason():
     engine, _, _, loop, done = make_engine(scheduler="sarathi")
     req = make_request(0, 16, 2, lora="a")
     serve(engine, loop, [req])
-    assert done == [req] and "vllm scheduler" in req.extra["reject_reason"]
+    assert done == [req] and req.extra["reject_reason"] == "LoRA adapters are not served by the sarathi scheduler"
 
 
 def test_max_cpu_loras_below_max_loras_is_refused():
