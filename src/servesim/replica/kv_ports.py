@@ -112,8 +112,8 @@ class KVPorts:
 
     def _reserve(self, req: Request, num_tokens: int) -> bool:
         """`KVCacheManager.reserve` within the room the policy leaves a transfer."""
-        eng = self.engine
-        return cdiv(num_tokens, eng.kv.block_size) <= eng.scheduler.transfer_room() and eng.kv.reserve(req.id, num_tokens)
+        kv, room = self.engine.kv, self.engine.scheduler.transfer_room()
+        return cdiv(num_tokens, kv.block_size) <= room and kv.reserve(req.id, num_tokens)
 
     def cancel(self, req: Request) -> None:
         """At a boundary: give back the blocks reserved for `req` (its migration was aborted)."""
