@@ -42,6 +42,18 @@ def test_crashes_with_disaggregation_are_exact_under_fast_forward():
     assert_same_steps(fast, slow)
 
 
+def test_a_mixed_replica_crashes_beside_disaggregated_pools():
+    # Splitwise's mixed pool serves whole requests, without KV ports: its crash reset ports it
+    # does not have (an AttributeError)
+    pools = ("pools=[{name: p, role: prefill, replicas: 2}, {name: d, role: decode, replicas: 1}, "
+             "{name: m, replicas: 1}]")
+    sets = BUSY + [pools, "disaggregation.overflow=splitwise", _crashes((3, 3.0, 2.0))]
+    fast, slow = (simulate(load_scenario(None, sets + [f"engine.fast_forward={ff}"])) for ff in ("true", "false"))
+    assert outcome(fast) == outcome(slow)
+    s = fast.summary()
+    assert s["num_finished"] == 300 and s["cluster"]["per_replica"][3]["num_crashes"] == 1
+
+
 def test_a_decode_pool_that_dies_for_good_fails_what_it_cannot_serve():
     pd = "pools=[{name: p, role: prefill}, {name: d, role: decode}]"
     res = simulate(load_scenario(None, BUSY + [pd, _crashes((1, 2.0, None))]))

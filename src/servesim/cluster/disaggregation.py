@@ -224,7 +224,9 @@ class Disaggregator:
                 c.replicas[x.src].engine.ports.release(x.key, now_s)
             else:
                 self._send(x.req, x.src, d, x.key, now_s, 0.0)
-        c.replicas[index].engine.ports.reset()
+        ports = c.replicas[index].engine.ports
+        if ports is not None:  # (a mixed replica has none: it serves its requests whole)
+            ports.reset()
 
     def _reserved(self, dst: int):
         def on_reserved(req: Request, now_s: float) -> None:
