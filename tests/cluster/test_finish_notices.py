@@ -136,6 +136,20 @@ def test_finishes_of_one_step_go_in_the_policys_order(monkeypatch):
     assert ranked  # (finishes of one step ordered by the policy's walk, not the batch's list)
 
 
+def test_autellix_steps_a_last_step_two_of_its_calls_leave(monkeypatch):
+    """Autellix sorts its batch by level at every step, and service moves the levels: a stretch
+    ending at its first departure where two calls leave together now ends a step earlier, so
+    that step's `schedule` orders their finishes (three sessions' turns finished in one 2-step
+    stretch, in its first step's order, and their next turns swapped ids; found with a
+    scale-to-zero autoscaler, where the run differed from stepping from 31 s on)."""
+    sets = ["workload.num_requests=300", "scheduler.name=autellix", "autoscaler.name=kpa", "autoscaler.min_replicas=0",
+            "autoscaler.max_replicas=2", "autoscaler.container_concurrency_target_default=4"]
+    fast, slow, _ = sessions_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert fast.num_fast_forwarded_steps > 0.9 * len(fast.steps)
+
+
 def read_caches(monkeypatch) -> list[tuple]:
     """Every read of a replica's prefix cache from outside in the runs that follow: (time,
     request, replica, blocks found)."""

@@ -7,8 +7,9 @@ the free queue. A stretch lists its requests as step 0's decodes, then its promp
 (`Stretch.reqs`); where the policy runs the repeated steps in another order (FastSwitch's walk
 can put a prompt admitted in step 0 before the decodes; a key order), `Stretch.rank` holds each
 request's place in it, and ties of `remaining` go by it (`Stretch.finish_key`). A policy whose
-order changes inside a stretch (`repeat_order` None, or Autellix's levels past
-`repeat_order_limit`) is not covered. Exact as stepping: tests/cluster/test_finish_notices.py.
+order changes inside a stretch by its levels (`reorders_running`: Autellix) has its stretches
+end before a step two requests leave together (`policy_stops.limit`); one whose `repeat_order`
+is None is not covered. Exact as stepping: tests/cluster/test_finish_notices.py.
 """
 
 from __future__ import annotations

@@ -18,10 +18,16 @@ from servesim.replica.stretch import Stretch
 def limit(st: Stretch, scheduler, noticed: bool, k_safe: int) -> None:
     """Shorten `st` (keeping at least `k_safe` steps) where its policy needs a `schedule`;
     `noticed`: its finishes are told one by one (a closed loop, `finish_notices.py`)."""
-    if st.through and scheduler.reorders_running and type(st) is Stretch and (noticed or st.keyed):
+    if scheduler.reorders_running and type(st) is Stretch and (noticed or st.keyed):
         # (closed loop: the finishes' follow-ups come in that step's order; open loop with
         # prefix keys: their frees do, which decide what the LRU queue evicts first)
-        end_before_shared_departure(st, k_safe)
+        if st.through:
+            end_before_shared_departure(st, k_safe)
+        elif st.k == st.kmax and list(st.remaining).count(st.k) > 1:
+            # (a stretch that ends at its first departure: two leave at its last step, whose
+            # order is that step's `schedule`'s, not the first step's the stretch lists)
+            st.truncate(max(st.k - 1, k_safe))
+            st.final = True
     if st.kept is not None and st.k > st._sorted_rem[0] + 1:
         stop_at_finish_timer(st)
 
