@@ -57,3 +57,19 @@ def test_orca_decode_replicas_reserve_a_transferred_requests_whole_reservation()
     slow = simulate(load_scenario(None, sets + ["engine.fast_forward=false"]), keep_steps=True)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
+
+
+def test_speculative_decode_replicas_keep_a_handed_over_requests_runs_apart():
+    # A request's first run on its decode replica must not continue its run on the prefill
+    # replica when the step numbers happen to follow on (stepping's `Engine.emit` and a
+    # speculative stretch's `_split_at_moves` alike): request 5 here, first token at the prefill
+    # replica's step 2, next tokens at the decode replica's steps 3, 4, ...
+    sets = ["engine.num_speculative_tokens=2", "workload.trace.end_s=200", "workload.trace.speedup=4",
+            "pools=[{name: p, role: prefill, replicas: 1}, {name: d, role: decode, replicas: 2}]"]
+    path = ROOT / "examples/azure-code.yaml"
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert fast.summary()["itl_s"] == slow.summary()["itl_s"]
+    req = next(r for r in fast.requests if r.id == 5)
+    assert req.moves == [(0, 0), (2, 2)] and req.token_steps[:2] == [2, 2]  # (its first token alone)
