@@ -15,7 +15,6 @@ from .helpers import assert_same_steps, outcome, reads_everything, sessions_both
 BUSY = ["workload.num_requests=500", "workload.arrival.rate_per_s=2", "workload.sessions.think_time_s=1"]
 
 
-
 def test_sessions_go_through_finishes_exactly(monkeypatch):
     fast, slow, told = sessions_both(BUSY, monkeypatch)
     assert outcome(fast) == outcome(slow)
@@ -24,7 +23,6 @@ def test_sessions_go_through_finishes_exactly(monkeypatch):
     assert sum(r.num_cached_tokens for r in fast.requests) > 0  # next turns hit their context
     assert told > 0.4 * len(fast.requests), told  # finishes inside stretches, not at their ends
     assert fast.num_fast_forwarded_steps > 0.6 * len(fast.steps)  # (68 %: each arrival cuts one)
-
 
 
 @pytest.mark.parametrize("extra", [["workload.attributes.tenants={a: 0.5, b: 0.5}"],

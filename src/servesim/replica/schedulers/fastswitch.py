@@ -70,8 +70,6 @@ class FastSwitchParams(SchedulerParams):
     """Keep CPU copies across swap-ins and turns; swap out only what is new."""
 
 
-
-
 def context_key(req: Request):
     """The conversation a request continues (its KV prefix is the previous turn's), if any."""
     if req.session_id is not None:
