@@ -13,6 +13,7 @@ from servesim import load_scenario, simulate
 from servesim.cluster import routers
 from servesim.cluster.routers.base import Router
 from servesim.cluster.routers.llumnix import Llumnix, dispatch_load
+from servesim.cluster.migration import Migrator
 from servesim.cluster.view import ClusterView, ReplicaView
 from servesim.replica.schedulers import available
 
@@ -124,3 +125,24 @@ def test_a_no_evict_destination_reserves_a_migrated_requests_whole_output():
     assert s["num_finished"] + s["num_rejected"] == 400 and s["num_finished"] > 300  # (prompts past a whole
     assert s["migration"]["num_migrations"] >= 2  # reservation of the cache are refused at admission)
     assert s["migration"]["abort_reasons"]["no room at the destination"] >= 10  # (its whole output rarely fits)
+
+
+def test_a_destination_grows_its_reservation_for_a_request_that_grew_during_its_stages(monkeypatch):
+    # The destination's blocks were reserved once, at the migration's start (the context then
+    # plus `last_stage_max_blocks`); a long prefill step on the source delayed a stage's end by
+    # 3 s, the request decoded 159 tokens meanwhile and arrived with 541 blocks of KV into 535
+    # (vtc on Mooncake; fast-forward and stepping then grew it differently). As Llumnix
+    # allocates each stage's blocks at the destination first, the reservation now grows there
+    # before the stage (or the stop) is decided again at the source
+    grown = []
+    grow = Migrator._grow
+    monkeypatch.setattr(Migrator, "_grow", lambda self, m, n, t: (grown.append(n - m.reserved_blocks), grow(self, m, n, t)))
+    path = str(Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml")
+    sets = ["scheduler.name=vtc", "workload.num_requests=300", "workload.trace.speedup=1", "replicas=2",
+            "router.name=llumnix", "migration.enabled=true", "engine.gpu_memory_utilization=0.5"]
+    fast = simulate(load_scenario(path, sets))
+    n = len(grown)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]))
+    assert _outcome(fast) == _outcome(slow)
+    assert fast.summary()["migration"] == slow.summary()["migration"]
+    assert n >= 1 and len(grown) == 2 * n and max(grown) >= 5, grown

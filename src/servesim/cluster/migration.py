@@ -43,6 +43,7 @@ class Migration:
     end_s: float = -1.0  # joined the destination
     num_stages: int = 0
     copied_blocks: int = 0
+    reserved_blocks: int = 0  # held for it at the destination
     aborted: str = ""
     drain: bool = False  # its source was warned of a crash
 
@@ -128,8 +129,10 @@ class Migrator:
         """At the destination's boundary (the source may be inside a stretch: not read here)."""
         if m.aborted:
             return
-        if not self._ports(m.dst).reserve_now(m.req, num_tokens):
+        ports = self._ports(m.dst)
+        if not ports.reserve_now(m.req, num_tokens):
             return self._end(m, "no room at the destination")
+        m.reserved_blocks = ports.engine.kv.num_blocks_of(m.req.id)
         self._copy(m, num_blocks, now_s, self._after_stage)
 
     def _src_blocks(self, m: Migration) -> int:
@@ -156,17 +159,36 @@ class Migrator:
             self._ports(m.dst).call(lambda t: self._ports(m.dst).cancel(req), now_s)
             return self._end(m, "request left the source")
         left = self._src_blocks(m) - m.copied_blocks
-        if left <= self.cfg.last_stage_max_blocks:
+        stop = left <= self.cfg.last_stage_max_blocks
+        if not stop and m.num_stages >= self.cfg.max_stages:
+            self._ports(m.dst).call(lambda t: self._ports(m.dst).cancel(req), now_s)
+            return self._end(m, "stages exhausted")
+        blocks = m.copied_blocks + (max(left, 0) if stop else left - 1)
+        if blocks > m.reserved_blocks:
+            # (the request grew past what the destination holds for it, a long step on the
+            # source having delayed the stage: Llumnix allocates each stage's blocks there
+            # first, then this decides again at the source)
+            return self._ports(m.dst).call(lambda t: self._grow(m, blocks, t), now_s)
+        if stop:
             src.engine.scheduler.remove(req, now_s)  # stop: its blocks on the source are freed
             src.num_outstanding -= 1
             self.cluster.router.on_complete(req, m.src, now_s)
             self.cluster.stop_if_drained(src, now_s)
             m.stop_s = now_s
             return self._copy(m, max(left, 0), now_s, self._arrive)
-        if m.num_stages >= self.cfg.max_stages:
-            self._ports(m.dst).call(lambda t: self._ports(m.dst).cancel(req), now_s)
-            return self._end(m, "stages exhausted")
         self._copy(m, left - 1, now_s, self._after_stage)
+
+    def _grow(self, m: Migration, num_blocks: int, now_s: float) -> None:
+        """At the destination's boundary: hold `num_blocks` for the request there (abort if they
+        do not fit), then decide the stage again at the source."""
+        if m.aborted:
+            return
+        ports = self._ports(m.dst)
+        if not ports.grow(m.req, num_blocks - m.reserved_blocks):
+            ports.cancel(m.req)
+            return self._end(m, "no room at the destination")
+        m.reserved_blocks = num_blocks
+        self._ports(m.src).call(lambda t: self._next_stage(m, t), now_s)
 
     def _arrive(self, m: Migration, now_s: float) -> None:
         if m.aborted:

@@ -115,6 +115,14 @@ class KVPorts:
         kv, room = self.engine.kv, self.engine.scheduler.transfer_room()
         return cdiv(num_tokens, kv.block_size) <= room and kv.reserve(req.id, num_tokens)
 
+    def grow(self, req: Request, num_blocks: int) -> bool:
+        """At a boundary: `num_blocks` more blocks for `req`'s reservation, within the room the
+        policy leaves (False, changing nothing, if they do not fit)."""
+        if num_blocks > self.engine.scheduler.transfer_room():
+            return False
+        self.engine.kv.allocate_plain_many([(req, num_blocks)])
+        return True
+
     def cancel(self, req: Request) -> None:
         """At a boundary: give back the blocks reserved for `req` (its migration was aborted)."""
         if self.reserved.pop(req.id, None) is not None:
