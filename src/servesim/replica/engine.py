@@ -37,6 +37,7 @@ from servesim.replica.engine_lifecycle import EngineLifecycle
 from servesim.replica.engine_waits import StepWaits
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.kv_ports import KVPorts
+from servesim.replica import moved_runs
 from servesim.replica.lone_stretch import lone_fast_forward
 from servesim.replica.schedulers.base import NO_FAST_FORWARD, FastForward, Scheduler, SchedulerOutput
 from servesim.replica.shared_chunk import shared_fast_forward
@@ -75,7 +76,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
                  "_decode_fns", "_forms", "_spec_env", "defer_finishes", "keyed_through", "notice", "deliver",
                  "keyed_joins", "cache_read_outside", "keys_seen",
-                 "sole_arrival", "shared_keys_only", "_unevented", "_admission_error")
+                 "sole_arrival", "shared_keys_only", "_unevented", "_admission_error", "moved")
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
                  recorder: Recorder, on_done: DoneCallback, until_s: float = float("inf"),
@@ -166,6 +167,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # waiting request has keys, and a stretch's end need not read the waiting queue to ask
         # (`keyed_join.with_keys`: a Python call or two where a policy keeps its own queues, as vtc).
         self.keys_seen = False
+        self.moved: dict[int, tuple] = {}  # requests moved here without a token here yet (`moved_runs.py`)
         # The run's only replica, which nothing but the feed's stream arrivals reach (set by
         # simulation.py to the feed's arrival handler; None otherwise): a stretch priced to the
         # next arrival then gets no end event, since that arrival comes first and settles it
@@ -317,6 +319,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self.num_steps += 1
         self.recorder.log_step(start_s, now_s, prefill_tokens, emitted, num_running, num_waiting,
                                self.kv.num_gpu_blocks - self.kv.num_free_blocks)
+        if self.moved:
+            moved_runs.split(self.moved)
         if self.deliver is not None:
             self._delivered(prefills, finished, self.deliver(now_s, emitted), now_s)
         if handoffs:
@@ -337,9 +341,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         """Record one token emitted at the end of `step` (at `time_s`)."""
         req.num_output_tokens += 1
         runs = req.token_steps
-        # (not across a move: a request re-dispatched after a crash starts a run of its own
-        # on the new replica, whose step numbers may follow on from the old one's by chance)
-        if runs and runs[-1] == step - 1 and not (req.moves and req.moves[-1][0] == len(runs)):
+        if runs and runs[-1] == step - 1:  # (across a move too: `moved_runs.split` parts them)
             runs[-1] = step
         else:
             runs.append(step)

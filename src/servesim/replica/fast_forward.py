@@ -26,7 +26,7 @@ from servesim.replica.chunk_stretch import ThroughChunkStretch
 from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.finish_order import policy_rank
 from servesim.replica.keyed_chunk_join import apply_rests
-from servesim.replica import policy_stops
+from servesim.replica import moved_runs, policy_stops
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeFn, DecodeForms, Stretch
@@ -322,6 +322,12 @@ class FastForwarding:
     def _apply_stretch(self, st: Stretch) -> list[Request]:
         """Advance the requests, KV blocks and step log by the stretch's steps; returns the
         requests that finished in it, in finish order."""
+        done = self._apply_steps(st)
+        if self.moved:  # (a moved request's first run here kept apart from its last before: `moved_runs.py`)
+            moved_runs.split(self.moved)
+        return done
+
+    def _apply_steps(self, st: Stretch) -> list[Request]:
         if type(st) is not Stretch:  # (a `SpecStretch` or a `ChunkStretch`: steps of their own)
             return st.apply(self)
         ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining

@@ -23,7 +23,7 @@ def limit(st: Stretch, scheduler, noticed: bool, k_safe: int) -> None:
         # prefix keys: their frees do, which decide what the LRU queue evicts first)
         if st.through:
             end_before_shared_departure(st, k_safe)
-        elif st.k == st.kmax and list(st.remaining).count(st.k) > 1:
+        elif st.k == st.kmax and st.remaining.count(st.k) > 1:
             # (a stretch that ends at its first departure: two leave at its last step, whose
             # order is that step's `schedule`'s, not the first step's the stretch lists)
             st.truncate(max(st.k - 1, k_safe))

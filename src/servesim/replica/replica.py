@@ -24,6 +24,7 @@ from servesim.cluster.view import ReplicaView
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.replica.frontend import FrontEnd
 from servesim.replica.engine import Engine
+from servesim.replica import moved_runs
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers.base import Scheduler
 from servesim.replica.chunk_stretch import ChunkStretch, ThroughChunkStretch
@@ -96,6 +97,7 @@ class Replica:
                 if not req.moves:
                     req.moves.append((0, req.replica))
                 req.moves.append((len(req.token_steps), self.index))
+                moved_runs.note(self.engine.moved, req)
             req.replica = self.index
 
     def on_done(self, req: Request) -> None:

@@ -255,10 +255,6 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         s = engine.recorder.num_steps  # (the first step's number)
         total = [0] * len(reqs)
         token_steps = [r.token_steps for r in reqs]
-        # (requests whose KV came from another replica, no token here yet: their last run is
-        # the other replica's, which `_split_at_moves` keeps apart from their first here)
-        moved = [(i, r.token_steps[-1]) for i, r in enumerate(reqs)
-                 if r.moves and r.token_steps and r.moves[-1][0] == len(r.token_steps)]
         for act, emits in zip(self._runs[:k], self._emits):
             before = s - 1
             for i, n in zip(act, emits):
@@ -271,8 +267,6 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
                 if n > 1:
                     runs += (s, s) * (n - 1)
             s += 1
-        if moved:
-            _split_at_moves(reqs, moved)
         for req, adv0, e0, n in zip(reqs, self._adv0, self._emits[0], total):
             req.num_computed_tokens += adv0 + n - e0  # (a prompt chunk computes its tokens, emits one)
             req.num_output_tokens += n
@@ -329,14 +323,3 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             kv = [u + t for u, t in zip(kv, accumulate(taken))]
         engine.recorder.log_steps(self.start_s, self.ends[:k], prefill, self.sizes[:k], running, waiting, kv)
 
-
-def _split_at_moves(reqs: list, moved: list[tuple[int, int]]) -> None:
-    """As `Engine.emit`, a request's first run on this replica does not continue its last run on
-    the one it came from when the step numbers happen to follow on: each of `moved` (index, its
-    last step there) whose run was extended past that step is split where the move is."""
-    for i, last in moved:
-        runs = reqs[i].token_steps
-        m = reqs[i].moves[-1][0]
-        if runs[m - 1] != last:
-            runs[m:m] = (last + 1, runs[m - 1])
-            runs[m - 1] = last
