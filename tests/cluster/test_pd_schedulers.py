@@ -61,8 +61,8 @@ def test_orca_decode_replicas_reserve_a_transferred_requests_whole_reservation()
 
 def test_speculative_decode_replicas_keep_a_handed_over_requests_runs_apart():
     # A request's first run on its decode replica must not continue its run on the prefill
-    # replica when the step numbers happen to follow on (stepping's `Engine.emit` and a
-    # speculative stretch's `_split_at_moves` alike): request 5 here, first token at the prefill
+    # replica when the step numbers happen to follow on (`moved_runs.split`, after stepped steps
+    # and speculative stretches alike): request 5 here, first token at the prefill
     # replica's step 2, next tokens at the decode replica's steps 3, 4, ...
     sets = ["engine.num_speculative_tokens=2", "workload.trace.end_s=200", "workload.trace.speedup=4",
             "pools=[{name: p, role: prefill, replicas: 1}, {name: d, role: decode, replicas: 2}]"]
