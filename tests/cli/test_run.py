@@ -122,6 +122,8 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
     "min above max replicas": ("autoscaler: {name: hpa, min_replicas: 5, max_replicas: 2}\n", [],
                                "min_replicas (5) is above max_replicas (2)"),
     "power cap below idle": ("power: {gpu_power_cap_w: 50}\n", [], "50 W is not above the idle power of h100-sxm (75 W)"),
+    "row budget below idle": ("power: {row_power_budget_w: 60}\n", [],
+                              "60 W is not above the idle power of one default replica"),
     "unknown autoscaler": ("autoscaler: {name: magic}\n", [], "unknown autoscaler 'magic'; allowed: aibrix-apa"),
     "decode pool without prefill": ("pools: [{name: d, role: decode}]\n", [],
                                     "pools.d: a decode pool has no route from a prefill pool"),

@@ -40,6 +40,12 @@ class PowerManager:
                 raise InputError(f"power.gpu_power_cap_w: {cap:g} W is not above the idle power of {p.gpu} "
                                  f"({power[0]:g} W); allowed: {power[0]:g} W < cap")
             self.base[p.name] = 1.0 if cap is None else clock_for_cap(power, cap, cfg.frequency_exponent)
+            budget, idle_w = cfg.row_power_budget_w, p.tp * power[0]
+            if budget is not None and budget <= idle_w:
+                # One idle replica alone would keep the brake on for the whole run.
+                raise InputError(f"power.row_power_budget_w: {budget:g} W is not above the idle power of one "
+                                 f"{p.name} replica ({p.tp} x {p.gpu} at {power[0]:g} W = {idle_w:g} W); "
+                                 f"allowed: {idle_w:g} W < budget")
         self.level = 0  # 0: no cap beyond the static one, 1: clock_low, 2: brake
         self.clock_logs: list[list[tuple[float, float]]] = [[] for _ in cluster.replicas]
         self.row_w: list[tuple[float, float]] = []  # (time, row power read)
