@@ -17,23 +17,19 @@ import math
 import numpy as np
 
 from servesim.core.loop import PRIO_STEP_END
-from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.admission_stretch import AdmitStretch
 from servesim.replica.finish_admission import admission_fast_forward, admit_at_finishes
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.chunk_join import apply_prompt_runs
 from servesim.replica.chunk_stretch import ThroughChunkStretch
 from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.finish_order import policy_rank
-from servesim.replica.keyed_chunk_join import apply_rests
-from servesim.replica import moved_runs, policy_stops
+from servesim.replica import policy_stops
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
 from servesim.replica.stretch import DecodeFn, DecodeForms, Stretch
 from servesim.replica.stretch_chunks import RunTimes
+from servesim.replica.stretch_apply import StretchApply
 from servesim.replica.stretch_join import join_arrivals
-from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
-from servesim.replica.token_advance import advance_decodes, advance_decodes_by, apply_joins, apply_step0_prompts
 from servesim.workload.request import Request
 
 INF = math.inf
@@ -58,8 +54,9 @@ class DecodeFns(dict):
         return f
 
 
-class FastForwarding:
-    """The fast-forward methods of `Engine` (which holds the state they use)."""
+class FastForwarding(StretchApply):
+    """The fast-forward methods of `Engine` (which holds the state they use); the apply of a
+    stretch's steps is `StretchApply`'s (`replica/stretch_apply.py`)."""
 
     __slots__ = ()  # (`Engine` holds the state in its slots)
 
@@ -319,110 +316,5 @@ class FastForwarding:
         done = self._apply_stretch(st)
         self._finish_and_continue(st.out, done, now_s, None, st.timers[3] if type(st) is Stretch and st.timers else None)
 
-    def _apply_stretch(self, st: Stretch) -> list[Request]:
-        """Advance the requests, KV blocks and step log by the stretch's steps; returns the
-        requests that finished in it, in finish order."""
-        done = self._apply_steps(st)
-        if self.moved:  # (a moved request's first run here kept apart from its last before: `moved_runs.py`)
-            moved_runs.split(self.moved)
-        return done
 
-    def _apply_steps(self, st: Stretch) -> list[Request]:
-        if type(st) is not Stretch:  # (a `SpecStretch` or a `ChunkStretch`: steps of their own)
-            return st.apply(self)
-        ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
-        if len(reqs) == 1 and not (st.decodes or st.keyed or st.timers):
-            return self._apply_lone(st)
-        bs = self.kv.block_size
-        first_new = st.first_new
-        first = self.recorder.num_steps
-        nd = len(st.decodes)
-        if k < st.first_finish and not st.stalls:  # nobody finished: every request ran all k steps
-            steps_of = [k] * len(reqs)
-            new_blocks = [(req, (k - f - 1) // bs + 1) for req, f in zip(reqs, first_new) if f < k]
-            finished, frees = [], []
-            advance_decodes_by(st.decodes, k, first)
-        else:
-            steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
-            # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
-            new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
-            finished = [i for i, r in enumerate(remaining) if r <= k]
-            if len(finished) > 1:
-                finished.sort(key=st.finish_key())  # in finish order (then the policy's), as stepping
-            # a request that finished before the last step frees all its blocks after its last step
-            held = st.freed_blocks(self.kv)
-            grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
-            frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
-                     for i in finished if (m := steps_of[i]) < k]
-            if st.kept is not None:  # (a finish that keeps its blocks, a pin, frees none of them)
-                keeps = st.kept[0]
-                frees = [f for f, i in zip(frees, [i for i in finished if steps_of[i] < k]) if not keeps(reqs[i])]
-            if not st.stalls:
-                advance_decodes(st.decodes, steps_of, first)
-        if st.timers is not None:  # (the policy's timers fired inside it: their blocks freed at their steps)
-            frees = frees + policy_stops.late_timers(st)
-        joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
-        cut = ()  # (turns cut inside their chunk steps: `apply_rests`)
-        if st.stalls:
-            new_blocks += [(reqs[i], c) for i, c in grown.items()]
-            prefill_tokens, prefill_at = apply_stalled(st, steps_of, first, frees, joined)
-            # (the growth before each stall as an entry of its own; each stall's requests silent)
-            first_new = first_new + [f for _, f, _ in st.grown]
-            steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in st.grown]
-            silent_at, silent_n = st.stalled_before(k)
-        else:
-            prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, st.ends_view)
-            prefill_at = apply_joins(st, steps_of, first, frees, joined) if st.joins else ()
-            silent_at = silent_n = ()  # (one request each without counts)
-            if st.prompt_runs:  # (prompts that joined with chunks: `replica/chunk_join.py`)
-                prefill_at, silent_at = apply_prompt_runs(st, frees, prefill_at)
-                if st.rests:  # (next turns' rests: `replica/keyed_chunk_join.py`)
-                    cut = apply_rests(st, steps_of, new_blocks, frees)
-            if st.join_shared:  # (hits on held blocks, logged as in use from the join's first step: those already were)
-                frees += [(s, c) for s, c in st.join_shared if s < k]
-        kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
-        self.kv.allocate_plain_many(new_blocks, st.ahead)
-        if st.keyed_last is None:
-            self.kv.cache_full_blocks_many(st.keyed, k - 1)
-        else:  # (through finishes: each up to its last step; only the vLLM cache's stretches)
-            self.kv.cache_full_blocks_many(st.keyed, k - 1, st.keyed_last)
-        for req in cut:  # (their chunks so far registered their full blocks, as the running pass did)
-            self.kv.cache_full_blocks(req, req.num_computed_tokens)
-        done = [reqs[i] for i in finished]
-        endv = st.ends_view  # (Python floats: no numpy scalar made per finish)
-        for req in done:
-            req.finish_s = endv[req.token_steps[-1] - first]
-        self.num_steps += k
-        self.num_fast_forwarded_steps += k
-        self.recorder.log_decode_steps(st.start_s, ends, st.batch_runs(), st.num_waiting, kv_used, prefill_tokens,
-                                       [j for j in st.waiting_from if j < k], prefill_at=prefill_at,
-                                       waiting_to=[j for j in st.waiting_to if j < k] if st.waiting_to else (),
-                                       silent_at=silent_at, silent_n=silent_n)
-        return done
 
-    def _apply_lone(self, st: Stretch) -> list[Request]:
-        """`_apply_stretch` for a stretch of one request, whose prompt finished in step 0 and
-        which nothing joined (the commonest at many replicas: an arrival at an idle replica),
-        without the passes over a batch: it runs all k steps (its `remaining` >= k, the stretch's
-        `kmax`) and finished in the last if its remaining is k. Returns [it] or []."""
-        (req, n), = st.prefills
-        k, ends, bs = st.k, st.ends, self.kv.block_size
-        first = self.recorder.num_steps
-        f = st.first_new[0]
-        if f < k:  # (blocks at steps f, f + bs, ... below k)
-            self.kv.allocate_plain_many([(req, (k - f - 1) // bs + 1)], st.ahead)
-        req.num_computed_tokens += n + k - 1
-        req.num_output_tokens += k
-        req.token_steps += (first, first + k - 1)
-        endv = st.ends_view  # (Python floats: no numpy scalar made per read)
-        if req.first_token_s is None:
-            req.first_token_s = endv[0]
-        done = []
-        if st.remaining[0] == k:
-            req.finish_s = endv[k - 1]
-            done.append(req)
-        self.num_steps += k
-        self.num_fast_forwarded_steps += k
-        self.recorder.log_lone(st.start_s, ends, n, st.num_waiting, self.kv.num_gpu_blocks - st.free_blocks, f, bs,
-                               st.waiting_from)
-        return done
