@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servesim.cluster.config import (AutoscalerConfig, DisaggregationConfig, FaultsConfig, MigrationConfig, PoolConfig,
                                      PowerConfig, RouterConfig)
@@ -126,11 +126,18 @@ class Scenario(BaseModel):
     """A KV store in CPU memory and on disk that keeps computed prompt prefixes for reuse
     (LMCache, Mooncake store); off unless enabled. See docs/disaggregation.md."""
 
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _unset_replicas(cls, v):
+        # (`--set replicas=null` unsets a file's count, as for the optional sections, e.g. to size pools instead)
+        return 1 if v is None else v
+
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "Scenario":
         if self.pools is not None:
             if self.replicas != 1:
-                raise ValueError("give either `replicas` or `pools`, not both")
+                raise ValueError(f"give either `replicas` ({self.replicas}) or `pools`, not both: size each pool "
+                                 "with its own `replicas` (`--set replicas=null` unsets a file's count)")
             if not self.pools:
                 raise ValueError("pools: list at least one pool")
             names = [p.name for p in self.pools]

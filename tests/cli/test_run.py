@@ -63,6 +63,17 @@ def test_short_keys_override(tmp_path):
     assert "max_num_batched_tokens: 2048" in text  # vllm serve default on A100
 
 
+def test_replicas_unset_to_size_pools_instead(tmp_path):
+    """A file's `replicas` is unset with null, so that pools can size the cluster."""
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("replicas: 3\n")
+    res = run_cli(str(scenario), "--out", str(tmp_path / "r"), "-q", "--set", "replicas=null",
+                  "--set", "pools=[{name: a, replicas: 2}]", *SHORT)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["cluster"]["num_replicas"] == 2
+
+
 def _gzip(text: str) -> bytes:
     import gzip
 
@@ -131,6 +142,8 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                                     "pools.p: a prefill pool needs a decode pool"),
     "zero-bandwidth link": ("network: {inter_node: {bandwidth_GBps: 0}}\n", [], "bandwidth_GBps"),
     "unknown link kind": ("network: {inter_node: ib-xdr}\n", [], "unknown link kind 'ib-xdr'; allowed: nvlink4"),
+    "replicas beside pools": ("replicas: 3\npools: [{name: a, replicas: 2}]\n", [],
+                              "give either `replicas` (3) or `pools`, not both"),
     "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", [], "replicas"),
     "bad pool role": ("pools: [{name: p, role: encode}]\n", [], "role"),
     "migration with P/D pools": ("migration: {enabled: true}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n",
