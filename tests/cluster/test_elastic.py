@@ -119,3 +119,18 @@ def test_lifecycle_goes_through_every_phase():
     ts = r.timeseries()
     assert {"num_replicas", "power_w", "cost_usd"} <= set(ts)
     assert ts["num_replicas"].max() > 1.5 and np.isclose(ts["cost_usd"].sum(), r.summary()["elastic"]["cost_usd"])
+
+
+@pytest.mark.parametrize("mode", ["drain", "evict"])
+def test_scale_to_zero_waits_for_the_last_request(mode):
+    # The burst is over in 8 s; the forecast's 10 s window then sees no arrivals while the
+    # pool still serves the burst. It asks for zero; the pool keeps one replica until nothing
+    # is left (with evict it used to send the requests back to the queue, start a replica for
+    # them and evict them again at the next tick, until the time limit failed them).
+    r = run("forecast", [f"autoscaler.scale_down={mode}", "autoscaler.min_replicas=0", "max_sim_time_s=600"])
+    assert all(q.state == RequestState.FINISHED for q in r.requests) and len(r.requests) == 300
+    asked = [e.metric for e in r.scale_events]
+    assert asked.count(0.0) >= 2  # the policy saw no arrivals at several ticks of the run...
+    for e in r.scale_events:  # ... and zero was never granted while a request was in the pool
+        if any(q.arrival_s <= e.time_s < q.finish_s for q in r.requests):
+            assert e.desired >= 1, e

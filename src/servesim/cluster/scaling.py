@@ -93,6 +93,12 @@ class ScaleController:
         current = self._count((READY,) + STARTING)
         want, metric = self.scaler.desired(now_s, visible, current)
         want = min(max(want, self.cfg.min_replicas), self.cfg.max_replicas)
+        if want == 0 and (self.cluster.queue or any(r.num_outstanding for r in self.replicas)):
+            # Zero only once nothing is left to serve (Knative scales to zero after the traffic
+            # stops): a policy that sees no arrivals in its window would otherwise evict or
+            # strand requests still running or queued, and with `scale_down: evict` bounce them
+            # between a cold start and the queue for ever.
+            want = 1
         delta = want - current
         if delta > 0:
             delta = sum(self._up(now_s) for _ in range(delta))
