@@ -157,6 +157,13 @@ class Scenario(BaseModel):
                                  f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
         if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
+        dp = self.perf.data_parallel_size
+        if dp > 1 and self.pools and any(p.role != "mixed" for p in self.pools):
+            raise ValueError(f"perf.data_parallel_size {dp}: attention data parallelism does not take KV hand-offs; "
+                             "prefill/decode pools need data_parallel_size: 1 (or pools with role: mixed)")
+        if dp > 1 and self.migration.enabled:
+            raise ValueError(f"perf.data_parallel_size {dp}: live migration moves requests between single-rank "
+                             "replicas; set migration.enabled: false (or data_parallel_size: 1)")
         if self.workload.attributes.loras.mix():
             self._check_lora_schedulers()
         d = self.disaggregation

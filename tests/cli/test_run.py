@@ -142,6 +142,11 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                                     "pools.p: a prefill pool needs a decode pool"),
     "zero-bandwidth link": ("network: {inter_node: {bandwidth_GBps: 0}}\n", [], "bandwidth_GBps"),
     "unknown link kind": ("network: {inter_node: ib-xdr}\n", [], "unknown link kind 'ib-xdr'; allowed: nvlink4"),
+    "attention DP with prefill/decode pools": (
+        "perf: {data_parallel_size: 2}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n", [],
+        "perf.data_parallel_size 2: attention data parallelism does not take KV hand-offs"),
+    "attention DP with migration": ("perf: {data_parallel_size: 2}\nreplicas: 2\nmigration: {enabled: true}\n", [],
+                                    "perf.data_parallel_size 2: live migration moves requests between single-rank"),
     "replicas beside pools": ("replicas: 3\npools: [{name: a, replicas: 2}]\n", [],
                               "give either `replicas` (3) or `pools`, not both"),
     "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", [], "replicas"),

@@ -19,7 +19,8 @@ Each step every rank schedules its own batch; the engine sees their union, and t
 priced by the lock-step model with the per-rank split, which travels with the step's output
 (`SchedulerOutput.rank_batches`, priced by `AttentionDPPerf.lockstep_step_time_s`). Steps are
 not fast-forwarded (the time of a repeated step depends on each rank's batch, not on the sums the
-fast paths price); speculative decoding and KV hand-offs are not combined with attention DP.
+fast paths price). KV hand-offs (prefill/decode pools) and live migration are not combined with
+attention DP: the scenario refuses them (`Scenario._one_way_to_size`).
 """
 
 from __future__ import annotations
