@@ -12,6 +12,7 @@ nothing), so indices, seeds and routers never change size mid-run.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,7 +54,10 @@ class ScaleController:
         self.phases_s = phases_s  # pending, loading, warming durations
         self.active = active
         self.interval_s = cfg.interval_s or type(scaler).default_interval_s
-        self.samples: list[Sample] = []
+        # the scrapes the policy sees (at least `scrape_delay_s` old, oldest first), and those
+        # not old enough yet: each moves over once, so a tick costs the same at any hour of the run
+        self.visible: list[Sample] = []
+        self._pending: deque[Sample] = deque()
         self.events: list[ScaleEvent] = []
         self.cold_starts_s: list[float] = []  # decision to ready, per completed start
         self._gen = {r.index: 0 for r in self.replicas}  # voids the phase events of a cancelled start
@@ -75,8 +79,10 @@ class ScaleController:
         for r in self.replicas:  # a draining replica emptied by a crash has no last finish to stop at
             if r.state == DRAINING and r.num_outstanding == 0:
                 r.set_state(now_s, STOPPED)
-        self.samples.append(self._scrape(now_s))
-        visible = [s for s in self.samples if s.time_s <= now_s - self.cfg.scrape_delay_s]
+        pending, visible = self._pending, self.visible
+        pending.append(self._scrape(now_s))
+        while pending and pending[0].time_s <= now_s - self.cfg.scrape_delay_s:
+            visible.append(pending.popleft())
         if visible:
             self._decide(now_s, visible)
         self.loop.schedule(now_s + self.interval_s, self._tick, None, PRIO_ARRIVAL)
@@ -104,7 +110,7 @@ class ScaleController:
             delta = sum(self._up(now_s) for _ in range(delta))
         elif delta < 0:
             delta = -sum(self._down(now_s) for _ in range(-delta))
-        s = self.samples[-1]
+        s = self._pending[-1] if self._pending else visible[-1]  # (the newest scrape)
         self.events.append(ScaleEvent(now_s, s.num_ready, s.num_starting, s.num_draining, s.num_queued, float(metric),
                                       want, "up" if delta > 0 else "down" if delta < 0 else "hold", delta))
 

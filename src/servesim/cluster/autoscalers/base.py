@@ -16,6 +16,7 @@ decision interval as `default_interval_s`.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
@@ -92,8 +93,17 @@ class Autoscaler:
 
 def window(samples: Sequence[Sample], now_s: float, window_s: float) -> list[Sample]:
     """The samples taken in (now - window, now] (at least the newest one)."""
-    out = [s for s in samples if s.time_s > now_s - window_s]
-    return out or [samples[-1]]
+    return samples[since(samples, now_s - window_s):] or [samples[-1]]
+
+
+def since(samples: Sequence[Sample], t: float) -> int:
+    """Index of the first sample taken after `t` (samples are in time order: a search, not a
+    scan of the whole run's history at every tick)."""
+    return bisect_right(samples, t, key=_time)
+
+
+def _time(s: Sample) -> float:
+    return s.time_s
 
 
 def ceil_div(x: float, y: float) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from servesim.cluster.autoscalers import register
-from servesim.cluster.autoscalers.base import Autoscaler, AutoscalerParams, ceil_div, replica_rps
+from servesim.cluster.autoscalers.base import Autoscaler, AutoscalerParams, ceil_div, replica_rps, since
 
 
 class ForecastParams(AutoscalerParams):
@@ -49,7 +49,7 @@ class Forecast(Autoscaler):
 
 def _window(samples, t0: float, t1: float) -> tuple[float, float, float]:
     """Arrival rate and mean prompt/output lengths of the samples taken in (t0, t1]."""
-    got = [s for s in samples if t0 < s.time_s <= t1]
+    got = samples[since(samples, t0):since(samples, t1)]
     n = sum(s.arrivals for s in got)
     if not n:
         return 0.0, 0.0, 0.0
