@@ -68,15 +68,17 @@ class Migrator:
     def load(self, i: int, now_s: float) -> float:
         """Llumnix's migrate load of replica i at `now_s` (exact: the wall's view)."""
         rep = self.cluster.replicas[i]
-        v = rep.view(now_s)
-        sched = rep.engine.scheduler
-        n = v.num_running
-        avail = v.num_gpu_blocks - v.kv_used_blocks - self.cfg.watermark * v.num_gpu_blocks
-        if sched.num_waiting:
+        sched, kv = rep.engine.scheduler, rep.engine.kv
+        n, j = rep.running_at(now_s)
+        waiting = sched.num_waiting
+        if not (n or waiting):
+            return -math.inf  # (an idle replica: its blocks are not read)
+        total = kv.num_gpu_blocks
+        avail = total - rep.used_blocks(j) - self.cfg.watermark * total
+        if waiting:
             n += 1
-            head = sched.waiting_head()
-            avail -= cdiv(head.num_tokens, rep.engine.kv.block_size)
-        return -avail / n if n else -math.inf
+            avail -= cdiv(sched.waiting_head().num_tokens, kv.block_size)
+        return -avail / n
 
     def _tick(self, now_s: float, _) -> None:
         if not self.active():

@@ -254,22 +254,40 @@ class Replica:
     def _rest(self, st, j: int) -> tuple[int, int, int]:
         """KV blocks in use, prompt tokens and output tokens outstanding, `j` steps into the
         stretch `st` (0: none)."""
-        e = self.engine
-        sched, kv = e.scheduler, e.kv
-        used = kv.num_gpu_blocks - kv.num_free_blocks
+        sched = self.engine.scheduler
         prefill = sum(r.num_tokens - r.num_computed_tokens for r in sched.running
                       if r.num_computed_tokens < r.num_tokens)
         prefill += sum(r.num_tokens for r in sched.waiting)
         decode = sum(r.output_len - r.num_output_tokens for r in sched.unfinished())
         if j:
-            used += st.blocks_added(j, kv.block_size, st.freed_blocks(kv) if type(st) is Stretch
-                                    else lambda req: kv.num_blocks_of(req.id))
             # a prompt finished in step 0 is left with its first token to compute, as decodes
             # (a prompt in progress has computed its chunks); a request that finished before
             # step j (processed at the stretch's end) has none
             prefill -= st.prompt_tokens_before(j) + st.finished_before(j)
             decode -= st.tokens_before(j)
-        return used, prefill, decode
+        return self.used_blocks(j, st), prefill, decode
+
+    def used_blocks(self, j: int, st=None) -> int:
+        """KV blocks in use `j` steps into the stretch `st` (default: the one in flight; j = 0:
+        none, or no stretch)."""
+        kv = self.engine.kv
+        used = kv.num_gpu_blocks - kv.num_free_blocks
+        if j:
+            st = st or self.engine.stretch
+            used += st.blocks_added(j, kv.block_size, st.freed_blocks(kv) if type(st) is Stretch
+                                    else lambda req: kv.num_blocks_of(req.id))
+        return used
+
+    def running_at(self, t: float) -> tuple[int, int]:
+        """(requests running at `t`, the step of the stretch in flight then, 0: none): a view's
+        `num_running`, and what `used_blocks` takes for its `kv_used_blocks`, without the rest
+        of a view (the migrator reads them every polling interval)."""
+        st = self.engine.stretch
+        running = self.engine.scheduler.num_running
+        if st is None:
+            return running, 0
+        j = st.step_in_flight(t)
+        return running - st.finished_before(j), j
 
     def lora_state(self, name: str) -> tuple[bool, bool]:
         """(adapter `name` on this GPU or loading, a slot could take it now)."""
