@@ -143,6 +143,27 @@ def test_store_loads_are_exact_under_fast_forward():
     assert_same_steps(fast, slow)
 
 
+@pytest.mark.parametrize(("example", "sets"), [
+    ("mooncake.yaml", ["workload.num_requests=200", "workload.trace.speedup=1", "replicas=3", "router.name=random"]),
+    ("sessions.yaml", ["workload.num_requests=150", "workload.arrival.rate_per_s=4", "engine.enable_prefix_caching=false"]),
+])
+def test_finishes_write_to_the_store_at_their_time_under_fast_forward(example, sets):
+    """A finish writes its prompt's blocks to the store at once, which the next dispatch to any
+    replica reads: fast-forward stops a stretch at its first finish where a store is on. (It
+    used to apply a stretch's finishes at its end: Mooncake requests dispatched to another
+    replica meanwhile missed their blocks in the store, and with prefix caching off so did a
+    session's next turn on the same replica.)"""
+    from tests.cluster.helpers import outcome
+
+    fast, slow = (simulate(load_scenario(ROOT / "examples" / example, sets + ["kv_store.enabled=true",
+                                                                          f"engine.fast_forward={ff}"]))
+                  for ff in ("true", "false"))
+    assert fast.summary()["kv_store"]["num_loads"] > 0
+    assert outcome(fast) == outcome(slow)
+    assert fast.summary() | {"wall_time_s": 0} == slow.summary() | {"wall_time_s": 0}
+    assert fast.num_fast_forwarded_steps > 0.5 * fast.summary()["num_steps"]  # (fast-forward ran)
+
+
 @pytest.mark.parametrize(("sets", "message"), [
     (["kv_store.tiers=[]"], "kv_store.tiers: List should have at least 1 item"),
     (["kv_store.tiers=[{name: cpu}, {name: cpu}]"], "each tier name once .got cpu, cpu; allowed: cpu, disk"),

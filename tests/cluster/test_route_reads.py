@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bulk_outstandings_equal_each_replicas_count_at_every_arrival(monkeypatch):
-    """Where counts are not kept between arrivals (a KV store here), the one-pass read."""
+    """Where counts are not kept between arrivals (a power section here), the one-pass read."""
     bulk = cluster_module.outstandings_at
     reads, inside = [], []
 
@@ -33,7 +33,7 @@ def test_bulk_outstandings_equal_each_replicas_count_at_every_arrival(monkeypatc
 
     monkeypatch.setattr(cluster_module, "outstandings_at", checked)
     scenario = load_scenario(ROOT / "examples/cluster-azure-conv.yaml", ["workload.num_requests=600",
-                                                                        "kv_store.enabled=true"])
+                                                                        "power.gpu_power_cap_w=600"])
     simulate(scenario)
     assert len(reads) == 600 and all(len(r) == 8 for r in reads)
     assert sum(n > 0 for n in inside) > 20  # the stretch path of the count ran, not only idle replicas
