@@ -107,11 +107,11 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     # but a closed-loop workload's follow-ups (told at the finish's time: `Feed.notice`): no
     # router that tracks completions itself, no autoscaler (a draining replica stops at its
     # last finish), no prefill/decode pools or migration (a decode replica's finish may let a
-    # reservation through at once), no KV store (a finish writes its prompt's blocks there, which
-    # the next dispatch to any replica reads).
+    # reservation through at once). (A KV store's writes at each finish are told at their times
+    # too: `build_kv_store`.)
     disagg = any(p.role != "mixed" for p in pools)
     migrate = scenario.migration.enabled
-    defer = (auto is None and not disagg and not migrate and not scenario.kv_store.enabled
+    defer = (auto is None and not disagg and not migrate
              and (n == 1 or type(router).on_complete is Router.on_complete))
     table = RequestTable(keep_requests, folder=None if keep_requests else spill.name)
 

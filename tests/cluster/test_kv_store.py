@@ -149,10 +149,10 @@ def test_store_loads_are_exact_under_fast_forward():
 ])
 def test_finishes_write_to_the_store_at_their_time_under_fast_forward(example, sets):
     """A finish writes its prompt's blocks to the store at once, which the next dispatch to any
-    replica reads: fast-forward stops a stretch at its first finish where a store is on. (It
-    used to apply a stretch's finishes at its end: Mooncake requests dispatched to another
-    replica meanwhile missed their blocks in the store, and with prefix caching off so did a
-    session's next turn on the same replica.)"""
+    replica reads: a finish inside a fast-forwarded stretch is told at its time. (The store was
+    written when the stretch was applied: Mooncake requests dispatched to another replica
+    meanwhile missed blocks in the store, and with prefix caching off so did a session's next
+    turn on the same replica.)"""
     from tests.cluster.helpers import outcome
 
     fast, slow = (simulate(load_scenario(ROOT / "examples" / example, sets + ["kv_store.enabled=true",

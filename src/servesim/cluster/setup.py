@@ -32,18 +32,34 @@ def build_disaggregator(scenario: Scenario, pools: list[PoolSpec], cluster: Clus
 
 
 def build_kv_store(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster) -> KVStore:
-    """The KV store; every finished request's prompt prefix is written to it (prefill hand-offs
-    write theirs in the disaggregator)."""
+    """The KV store; every finished request's prompt prefix is written to it when it finishes
+    (prefill hand-offs write theirs in the disaggregator). A finish inside a fast-forwarded
+    stretch, which the stretch processes when it ends, is written at its time through the
+    engine's `notice` (`replica/finish_notices.py`), as a closed-loop workload's follow-ups are
+    made: the next dispatch to any replica reads the store."""
     by_name = {p.name: p for p in pools}
     per_token = [by_name[r.pool].perf.kv_bytes_per_token * by_name[r.pool].tp for r in cluster.replicas]
     store = KVStore(scenario.kv_store, [r.engine for r in cluster.replicas], per_token)
     done = cluster.on_done
+    told: set[int] = set()  # written at a notice, not again when done
 
     def on_done(req: Request, now_s: float) -> None:
-        if req.state == RequestState.FINISHED and req.replica >= 0:
+        if told and req.id in told:
+            told.remove(req.id)
+        elif req.state == RequestState.FINISHED and req.replica >= 0:
             store.put(req, req.replica)
         done(req, now_s)
 
+    def noticing(follow_ups):
+        def notice(req: Request, now_s: float) -> None:
+            store.put(req, req.replica)
+            told.add(req.id)
+            if follow_ups is not None:
+                follow_ups(req, now_s)
+        return notice
+
+    for r in cluster.replicas:
+        r.engine.notice = noticing(r.engine.notice)
     cluster.on_done = on_done
     return store
 

@@ -74,7 +74,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "busy", "num_steps", "num_fast_forwarded_steps", "num_joined_arrivals", "num_held_arrivals",
                  "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
-                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "keyed_through", "notice", "deliver",
+                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "keyed_through", "notice", "follow_ups", "deliver",
                  "keyed_joins", "cache_read_outside", "keys_seen",
                  "sole_arrival", "shared_keys_only", "_unevented", "_admission_error", "moved")
 
@@ -152,6 +152,9 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # registered before its next turn, made now, is routed by such a read.
         self.cache_read_outside = False
         self.notice = notice
+        # Does `notice` make follow-ups (a closed-loop workload's next requests)? A KV store's
+        # writes are told through it too (`build_kv_store`), with or without follow-ups.
+        self.follow_ups = notice is not None
         # The API server streaming each step's tokens (FrontEnd.deliver_s: (step end, tokens) -> when
         # they reach the client), set with a per-token front-end cost; None: at the step's end.
         # Only on engines that step one by one (simulation.py), so every step passes `_end_step`.

@@ -1,12 +1,14 @@
-"""Finishes inside a stretch told at their times (closed-loop workloads).
+"""Finishes inside a stretch told at their times (closed-loop workloads, a KV store).
 
 A stretch through finishes (`replica/fast_forward.py`) applies a request that leaves the batch
-only when the stretch ends. With an open-loop workload nothing reacts to a finish before then.
-A closed-loop one does: a conversation's next turn, a program's next call or a user's next
-request is made when the previous one finishes, and draws its lengths, ids and think time from
-the workload's streams in the order the finishes come. So each departure of the stretch gets an
-event at the end of its last step (as stepping's finish would, with the same priority) that
-marks the request finished and hands it to the engine's `notice` (the feed's follow-ups); the
+only when the stretch ends. With an open-loop workload and no KV store nothing reacts to a
+finish before then. A closed-loop one does: a conversation's next turn, a program's next call
+or a user's next request is made when the previous one finishes, and draws its lengths, ids and
+think time from the workload's streams in the order the finishes come; and a KV store takes the
+request's prompt blocks, which the next dispatch to any replica reads. So each departure of the
+stretch gets an event at the end of its last step (as stepping's finish would, with the same
+priority) that marks the request finished and hands it to the engine's `notice` (the feed's
+follow-ups, the store's write: `cluster/setup.py`); the
 request's tokens, blocks and row are applied with the stretch, which then leaves its follow-ups
 out. One event is pending at a time, for the next departure; a cut before its step voids it
 (`Stretch.notice_id`).
@@ -64,7 +66,8 @@ def _notice(now_s: float, payload: tuple) -> None:
         told(req, now_s)  # (before its follow-ups: a policy's `add_request` may read its finish)
         engine.notice(req, now_s)
     st.num_noticed = m
-    keyed = engine.cache_read_outside and any([reqs[i].kv_block_keys is not None for i in told_now])
+    keyed = engine.follow_ups and engine.cache_read_outside and any([reqs[i].kv_block_keys is not None
+                                                                     for i in told_now])
     if keyed or engine.next_event_s() <= now_s:
         # A follow-up arrives now (no think time): stepping started the next step before it
         # came, which a cut at now would not keep. End the stretch here instead, as a stretch
