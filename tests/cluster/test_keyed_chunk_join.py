@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward, keyed_join
+from servesim.replica import fast_forward, keyed_join, stretch_apply
 
 from .helpers import assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
 
@@ -23,7 +23,7 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     """(fast-forwarded, stepped) results, the turns that joined in two chunks, and the stretches
     applied with a rest that did not run (cut inside the first chunk's step)."""
     two, cut = [], []
-    join_in_chunks, apply_rests = keyed_join.join_in_chunks, fast_forward.apply_rests
+    join_in_chunks, apply_rests = keyed_join.join_in_chunks, stretch_apply.apply_rests
 
     def counted_join(engine, st, req, *args):
         two.append(req.id)
@@ -34,7 +34,7 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
         return apply_rests(st, *args)
 
     monkeypatch.setattr(keyed_join, "join_in_chunks", counted_join)
-    monkeypatch.setattr(fast_forward, "apply_rests", counted_apply)
+    monkeypatch.setattr(stretch_apply, "apply_rests", counted_apply)
     fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
     n, m = len(two), len(cut)
     slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)

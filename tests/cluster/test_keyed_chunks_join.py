@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward, keyed_join
+from servesim.replica import keyed_join, stretch_apply
 
 from .helpers import assert_same_steps, outcome
 
@@ -26,8 +26,8 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
     blocks of its computed tokens registered, as the running pass registers them (the next
     step's running pass would register the rest too, so the results alone do not show it)."""
     counts = {"joined": 0, "cut": 0}
-    join_in_chunks, apply_rests = keyed_join.join_in_chunks, fast_forward.apply_rests
-    apply_stretch = fast_forward.FastForwarding._apply_stretch
+    join_in_chunks, apply_rests = keyed_join.join_in_chunks, stretch_apply.apply_rests
+    apply_stretch = stretch_apply.StretchApply._apply_stretch
     cut: list = []
 
     def counted_join(engine, st, req, chunk_fn, chunks, *args):
@@ -52,8 +52,8 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
         return done
 
     monkeypatch.setattr(keyed_join, "join_in_chunks", counted_join)
-    monkeypatch.setattr(fast_forward, "apply_rests", counted_apply)
-    monkeypatch.setattr(fast_forward.FastForwarding, "_apply_stretch", checked_apply)
+    monkeypatch.setattr(stretch_apply, "apply_rests", counted_apply)
+    monkeypatch.setattr(stretch_apply.StretchApply, "_apply_stretch", checked_apply)
     fast = simulate(load_scenario(MOONCAKE, sets), keep_steps=True)
     done = dict(counts)
     slow = simulate(load_scenario(MOONCAKE, sets + ["engine.fast_forward=false"]), keep_steps=True)

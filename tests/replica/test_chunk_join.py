@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from servesim.replica import fast_forward, stretch_join
+from servesim.replica import stretch_apply, stretch_join
 from tests.factories import assert_same_run
 from tests.replica.test_stall_join import FIELDS, llama  # noqa: F401  (fixture)
 from tests.replica.test_stretch_join import light_load, run
@@ -24,7 +24,7 @@ def counted(monkeypatch):
         calls["joins"] += joined
         return joined
 
-    apply = fast_forward.apply_prompt_runs
+    apply = stretch_apply.apply_prompt_runs
 
     def counted_apply(st, *args):
         calls["cut_inside"] += any(s0 + len(chunks) >= st.k > s0 for s0, chunks, _, _ in st.prompt_runs)
@@ -37,7 +37,7 @@ def counted(monkeypatch):
 
     monkeypatch.setattr(stretch_join, "chunk_join", counted_join)
     monkeypatch.setattr(stretch_join, "chain_join", counted_chain)
-    monkeypatch.setattr(fast_forward, "apply_prompt_runs", counted_apply)
+    monkeypatch.setattr(stretch_apply, "apply_prompt_runs", counted_apply)
     return calls
 
 
