@@ -161,3 +161,24 @@ def read_caches(monkeypatch) -> list[tuple]:
 
     monkeypatch.setattr(Replica, "cached_blocks", logged)
     return reads
+
+
+@pytest.mark.parametrize("prefix_caching", ["true", "false"])
+def test_no_arrival_joins_a_stretch_before_a_finish_at_its_last_step_is_told(prefix_caching):
+    """A stretch cut by an arrival whose last step is a call's finish: the call's next one comes
+    at once (no think time) and ends the stretch at that step, so the arrival stays waiting for
+    stepping's `schedule` there. (A join at the next step was cut away with it, leaving the
+    arrival admitted with nothing computed: the running pass then capped its prompt by
+    `long_prefill_token_threshold`, where BatchLLM's admission runs a first prompt whole.)"""
+    from pathlib import Path
+
+    from servesim import load_scenario, simulate
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "agent-programs.yaml"
+    sets = ["workload.num_requests=300", "workload.arrival.rate_per_s=5", "scheduler.name=batchllm",
+            "engine.long_prefill_token_threshold=256", f"engine.enable_prefix_caching={prefix_caching}"]
+    fast, slow = (simulate(load_scenario(example, sets + [f"engine.fast_forward={ff}"]),
+                           keep_steps=True) for ff in ("true", "false"))
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)

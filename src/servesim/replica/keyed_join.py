@@ -93,6 +93,8 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
         return False
     s = st.k
+    if engine.notice is not None and untold_by(st, s):
+        return False  # (a finish at step s - 1 not told yet: as `stretch_join.join_arrivals`)
     chain = None  # (step s runs a joined turn's rest: the turn kept waiting inside its chunks joins beside it)
     if st.rests and st.rests[-1][0] >= s:
         chain = st.chain_at
@@ -128,8 +130,6 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     # A prefill-first policy (`stalls_decodes`: vLLM V0) runs the prompt whole in a step of its
     # own, the decodes stalled (`joins_last` checked its budget); the others, beside the decodes
     stall = sched.stalls_decodes
-    if stall and engine.notice is not None and untold_by(st, s):
-        return False  # (a finish at step s - 1 not told yet: as `stretch_join._stall_join`)
     # (beside a rest, the budget its decodes and the rest leave, as `chain_join`'s: no stall there)
     spent = num_running if chain is None else chain[1] + chain[4]
     c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - spent)

@@ -57,6 +57,11 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
+    if engine.notice is not None and untold_by(st, s):
+        # (a finish at step s - 1 not told yet, its notice due now: stepping's `schedule` at s
+        # sees what it makes, a follow-up arriving at once, which would end the stretch at that
+        # finish's step and leave a newcomer joined at s admitted with nothing computed)
+        return False
     if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
         # (cut inside a prompt's chunks: the budget is that prompt's up to its last, where
         # a newcomer kept waiting may join beside its rest)
@@ -137,11 +142,8 @@ def _stall_join(engine, st: Stretch, now_s: float, joins: list) -> bool:
     are held, and the stretch is priced on."""
     sched, kv = engine.scheduler, engine.kv
     s, bs = st.k, kv.block_size
-    if engine.notice is not None and untold_by(st, s):
-        # (a finish at step s - 1 not told yet, its notice due now: stepping's `schedule` at s
-        # sees what it makes, a follow-up arriving at once. Told finishes are the stall's too:
-        # the departures after s move with it, and `_priced_on` schedules their notices again)
-        return False
+    # (no finish at step s - 1 untold: `join_arrivals`. Told finishes are the stall's too: the
+    # departures after s move with it, and `_priced_on` schedules their notices again)
     last = st.stalls[-1][0] if st.stalls else None
     wait = sched.stall_wait(s, last)
     if wait:
