@@ -1,7 +1,8 @@
 """On a closed loop (finishes told at their times, `replica/finish_notices.py`), requests without
 prefix keys join a stretch as a prompt-only step (`stretch_join._stall_join`: vtc's mini-batch,
 vLLM V0's and SGLang's prefill-first steps), unless a finish at the step before the join is not
-told yet: stepping's `schedule` there sees the follow-up it makes first. Fast-forwarded runs
+told yet (`join_arrivals`, `keyed_join`: no join of any kind there): stepping's `schedule` there
+sees the follow-up it makes first. Fast-forwarded runs
 equal stepping's (every request, every step, the summary, vtc's counters), and the joins ran."""
 
 from __future__ import annotations
@@ -31,13 +32,19 @@ def _both(path: str, sets: list[str], monkeypatch) -> tuple:
     """(fast, slow, joins made under notices, refusals for a finish not told yet, vtc counters
     of each run)."""
     joined, refused = [], []
-    stall = stretch_join._stall_join
+    stall, join = stretch_join._stall_join, fast_forward.join_arrivals
 
     def counted(engine, st, now_s, joins):
-        untold = untold_by(st, st.k)
         ok = stall(engine, st, now_s, joins)
-        if engine.notice is not None:
-            (joined if ok else refused if untold else []).append(st.k)
+        if ok and engine.notice is not None:
+            joined.append(st.k)
+        return ok
+
+    def refusals(engine, st, now_s):  # (`join_arrivals` refuses before its prompt-only join)
+        untold = engine.notice is not None and untold_by(st, st.k)
+        ok = join(engine, st, now_s)
+        if untold and not ok:
+            refused.append(st.k)
         return ok
 
     counters = []
@@ -48,6 +55,7 @@ def _both(path: str, sets: list[str], monkeypatch) -> tuple:
         counters.append(self.counters)
 
     monkeypatch.setattr(stretch_join, "_stall_join", counted)
+    monkeypatch.setattr(fast_forward, "join_arrivals", refusals)
     monkeypatch.setattr(VTCScheduler, "__init__", kept)
     fast = simulate(load_scenario(path, sets), keep_steps=True)
     n, fast_counters = len(joined), [dict(c) for c in counters]
@@ -96,7 +104,7 @@ def test_a_finish_not_told_before_a_keyed_prompt_only_join_is_refused(monkeypatc
     join = fast_forward.keyed_join
 
     def counted(engine, st, now_s):
-        untold = engine.scheduler.stalls_decodes and untold_by(st, st.k)
+        untold = untold_by(st, st.k)
         ok = join(engine, st, now_s)
         (joined if ok else refused if untold else []).append(st.k)
         return ok
