@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from servesim.cluster.autoscalers import Autoscaler, Sample, get_autoscaler
-from servesim.cluster.autoscalers.base import Capacity
+from servesim.cluster.autoscalers.base import Capacity, since
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.coldstart import phase_times_s
 from servesim.cluster.config import AutoscalerConfig
@@ -54,8 +54,9 @@ class ScaleController:
         self.phases_s = phases_s  # pending, loading, warming durations
         self.active = active
         self.interval_s = cfg.interval_s or type(scaler).default_interval_s
-        # the scrapes the policy sees (at least `scrape_delay_s` old, oldest first), and those
-        # not old enough yet: each moves over once, so a tick costs the same at any hour of the run
+        # the scrapes the policy sees (at least `scrape_delay_s` old, oldest first; those older than
+        # its `history_s` dropped), and those not old enough yet: each moves over once, so a tick
+        # costs the same and the list holds as much at any hour of the run
         self.visible: list[Sample] = []
         self._pending: deque[Sample] = deque()
         self.events: list[ScaleEvent] = []
@@ -83,6 +84,10 @@ class ScaleController:
         pending.append(self._scrape(now_s))
         while pending and pending[0].time_s <= now_s - self.cfg.scrape_delay_s:
             visible.append(pending.popleft())
+        if len(visible) > 512:  # drop what the policy no longer reads, in chunks (at most twice what it keeps)
+            old = since(visible, visible[-1].time_s - self.scaler.history_s(self.interval_s))
+            if 2 * old > len(visible):
+                del visible[:min(old, len(visible) - 1)]
         if visible:
             self._decide(now_s, visible)
         self.loop.schedule(now_s + self.interval_s, self._tick, None, PRIO_ARRIVAL)

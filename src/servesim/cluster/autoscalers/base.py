@@ -90,6 +90,12 @@ class Autoscaler:
         first, at least one); `current` = ready + starting replicas."""
         raise NotImplementedError
 
+    def history_s(self, interval_s: float) -> float:
+        """How long before the newest visible sample `desired` reads samples (0: the newest
+        alone). The controller keeps that span, so that a run's memory does not grow with its
+        length; `interval_s` is the time between samples."""
+        return 0.0
+
 
 def window(samples: Sequence[Sample], now_s: float, window_s: float) -> list[Sample]:
     """The samples taken in (now - window, now] (at least the newest one)."""

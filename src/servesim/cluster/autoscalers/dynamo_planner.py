@@ -43,6 +43,12 @@ class DynamoPlanner(Autoscaler):
     Params = PlannerParams
     default_interval_s = 180.0  # adjustment_interval
 
+    def history_s(self, interval_s):
+        p: PlannerParams = self.params
+        if p.mode == "load" or p.load_predictor == "constant":
+            return 0.0
+        return (p.load_prediction_window_size + 2) * interval_s  # (`_throughput`'s last k samples, and a margin)
+
     def desired(self, now_s, samples, current):
         if self.params.mode == "load":
             return self._load(samples[-1], current)

@@ -31,6 +31,12 @@ class Forecast(Autoscaler):
     Params = ForecastParams
     default_interval_s = 15.0
 
+    def history_s(self, interval_s):
+        # the last window, and the one a season back (with the oldest sample kept before it:
+        # its start tells that history reaches back that far)
+        p: ForecastParams = self.params
+        return p.window_s + (p.season_s or 0.0) + 2 * interval_s
+
     def desired(self, now_s, samples, current):
         p: ForecastParams = self.params
         seen_s = samples[-1].time_s  # the newest metrics (they lag by the scrape delay)

@@ -47,6 +47,9 @@ class KPA(Autoscaler):
         self._max_panic_pods = 0
         self._last_busy_s = 0.0
 
+    def history_s(self, interval_s):
+        return self.params.stable_window_s  # (the panic window is a share of it)
+
     def desired(self, now_s, samples, current):
         p: KPAParams = self.params
         target = p.container_concurrency_target_default * p.container_concurrency_target_percentage / 100
