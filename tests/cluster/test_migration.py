@@ -146,3 +146,15 @@ def test_a_destination_grows_its_reservation_for_a_request_that_grew_during_its_
     assert _outcome(fast) == _outcome(slow)
     assert fast.summary()["migration"] == slow.summary()["migration"]
     assert n >= 1 and len(grown) == 2 * n and max(grown) >= 5, grown
+
+
+def test_hygen_with_offline_work_migrates_and_fast_forward_equals_stepping():
+    # HyGen's offline requests wait in a queue of their own: with only those waiting, the
+    # migrator's head of line is the offline queue's front (it read the empty online queue)
+    sets = MIG + ["workload.num_requests=300", "router=llumnix", "migration.enabled=true", "scheduler.name=hygen",
+                  "workload.attributes.offline_share=0.3"]
+    fast = simulate(load_scenario(None, sets))
+    slow = simulate(load_scenario(None, sets + ["engine.fast_forward=false"]))
+    assert _outcome(fast) == _outcome(slow)
+    assert fast.summary()["num_finished"] == 300
+    assert fast.summary()["migration"]["num_migrations"] >= 3

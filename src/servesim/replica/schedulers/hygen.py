@@ -68,6 +68,11 @@ class HyGenScheduler(VLLMSteps):
     def queues(self) -> tuple:
         return (*super().queues(), self.offline)
 
+    def waiting_head(self) -> Request:
+        # online requests first; else the offline queue's front, in the order its last
+        # `schedule` left it (a fresh one goes at its end)
+        return self.waiting.peek() if self.waiting else self.offline[0]
+
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         super().preempt(req, out)
         if req.is_offline:
