@@ -74,8 +74,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "busy", "num_steps", "num_fast_forwarded_steps", "num_joined_arrivals", "num_held_arrivals",
                  "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
-                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "keyed_through", "notice", "follow_ups", "deliver",
-                 "keyed_joins", "cache_read_outside", "keys_seen",
+                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "keyed_through", "notice", "follow_ups",
+                 "deliver", "keyed_joins", "cache_read_outside", "keys_seen",
                  "sole_arrival", "shared_keys_only", "_unevented", "_admission_error", "moved")
 
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: KVCacheManager, perf, loop: EventLoop,
