@@ -165,12 +165,14 @@ class Result:
             yield ts
 
 def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, table: RequestTable, loop: EventLoop,
-            skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None, keep_steps: bool) -> Result:
+            skipped: int, wall_s: float, spill: tempfile.TemporaryDirectory | None, keep_steps: bool,
+            keep_times: bool = False) -> Result:
     reps = cluster.replicas
     records = []
     for r in reps:
         rec, blocks = r.engine.recorder, r.engine.kv.num_gpu_blocks
-        records.append(ReplicaRecord(r.index, r.pool, blocks, rec.step_log(blocks) if keep_steps else None, rec.reducer,
+        steps = rec.step_log(blocks) if keep_steps else rec.step_times() if keep_times else None
+        records.append(ReplicaRecord(r.index, r.pool, blocks, steps, rec.reducer,
                                      r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s))
     if not keep_steps:
         steps = None

@@ -77,11 +77,12 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
 def _run(scenario: Scenario, progress: Progress | None, keep_requests: bool, keep_steps: bool) -> Result:
     pools = resolve_pools(scenario)
     disagg = any(p.role != "mixed" for p in pools)
-    # elastic/power and disaggregation summaries read every step (prefill or decode power, busy time)
-    keep_steps = keep_steps or scenario.autoscaler is not None or scenario.power is not None or disagg
+    # elastic/power and disaggregation summaries read every step's times and prompt tokens
+    # (prefill or decode power, busy time): kept as `StepTimes` where the whole log is not
+    keep_times = scenario.autoscaler is not None or scenario.power is not None or disagg
     spill = None if keep_steps and keep_requests else tempfile.TemporaryDirectory(prefix="servesim-run-")
     try:
-        return _simulate(scenario, progress, pools, keep_requests, keep_steps, spill)
+        return _simulate(scenario, progress, pools, keep_requests, keep_steps, spill, keep_times)
     except BaseException:
         if spill is not None:
             spill.cleanup()
@@ -89,7 +90,7 @@ def _run(scenario: Scenario, progress: Progress | None, keep_requests: bool, kee
 
 
 def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpec], keep_requests: bool,
-              keep_steps: bool, spill: tempfile.TemporaryDirectory | None) -> Result:
+              keep_steps: bool, spill: tempfile.TemporaryDirectory | None, keep_times: bool = False) -> Result:
     wall0 = time.perf_counter()
     root = np.random.SeedSequence(scenario.seed)
     workload_seed, policy_seed = root.spawn(2)
@@ -124,10 +125,10 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
     for pool in pools:
         for _ in range(pool.replicas):
-            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keep_steps)
+            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keep_steps or keep_times)
     for _ in range(extra):  # after every pool, so fixed replicas keep their indices
         _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend,
-                     keep_steps).set_state(0.0, STOPPED)
+                     keep_steps or keep_times).set_state(0.0, STOPPED)
     helper = _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
     # With several replicas the helper reduces the inter-token gaps too, as requests end: it moves
     # the after-run join to the second core. With one it would cost more CPU (the runs' trips down
@@ -203,7 +204,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     if progress:
         progress(feed.num_done, workload.expected_num_requests, loop.now_s)
     result = assemble_result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
-                     time.perf_counter() - wall0, spill, keep_steps)
+                     time.perf_counter() - wall0, spill, keep_steps, keep_times)
     _add_control_sections(result, scenario, pools, cluster, controller, power, migrator)
     result.itl = helper.itl if helper else None
     check_invariants(result, [r.engine.kv for r in cluster.replicas])

@@ -16,7 +16,7 @@ PD = "pools=[{name: p, role: prefill}, {name: d, role: decode, gpus_per_node: %d
 
 
 def _one(extra: list[str], gpus_per_node: int = 8):
-    return simulate(load_scenario(None, ONE + [PD % gpus_per_node] + extra))
+    return simulate(load_scenario(None, ONE + [PD % gpus_per_node] + extra), keep_steps=True)
 
 
 @pytest.mark.parametrize("gpus_per_node,kind", [(8, "nvlink4"), (1, "ib-ndr")])

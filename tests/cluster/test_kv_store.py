@@ -136,8 +136,8 @@ def test_store_loads_are_exact_under_fast_forward():
     sets = ["workload.trace.end_s=120", "gpu=h100-sxm", "perf.kv_cache_dtype=auto", "kv_store.enabled=true",
             "engine.gpu_memory_utilization=0.4",
             "kv_store.tiers=[{name: cpu, capacity_gb: 20}, {name: disk, capacity_gb: 100, load_bandwidth_GBps: 5}]"]
-    fast, slow = (simulate(load_scenario(ROOT / "examples/mooncake-pd.yaml", sets + [f"engine.fast_forward={ff}"]))
-                  for ff in ("true", "false"))
+    fast, slow = (simulate(load_scenario(ROOT / "examples/mooncake-pd.yaml", sets + [f"engine.fast_forward={ff}"]),
+                           keep_steps=True) for ff in ("true", "false"))
     assert fast.summary()["kv_store"]["num_loads"] > 0
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)

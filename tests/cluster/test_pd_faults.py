@@ -37,7 +37,8 @@ def test_prefill_and_decode_crashes_lose_no_request(first_token):
 
 def test_crashes_with_disaggregation_are_exact_under_fast_forward():
     sets = BUSY + [PD, _crashes((0, 3.0, 2.0), (3, 4.0, 1.0))]
-    fast, slow = (simulate(load_scenario(None, sets + [f"engine.fast_forward={ff}"])) for ff in ("true", "false"))
+    fast, slow = (simulate(load_scenario(None, sets + [f"engine.fast_forward={ff}"]), keep_steps=True)
+                  for ff in ("true", "false"))
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
 

@@ -44,6 +44,25 @@ def test_reduced_as_it_came_equals_the_whole_log(sets, monkeypatch):
     assert _outputs(streamed) == _outputs(whole)
 
 
+@pytest.mark.parametrize("sets", [
+    ["autoscaler.name=kpa", "autoscaler.max_replicas=3", "autoscaler.interval_s=2"],
+    ["replicas=2", "power.row_power_budget_w=1400"],
+    ["pools=[{name: p, role: prefill, replicas: 1}, {name: d, role: decode, replicas: 2}]"],
+])
+def test_energy_power_and_busy_shares_read_the_steps_times_alone(sets, monkeypatch):
+    """An autoscaler, a power section or prefill/decode pools keep each step's times and prompt
+    tokens (`StepTimes`), not the whole log: the same summary and series as with the whole log."""
+    from servesim.metrics.step_log import StepTimes
+
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1000)  # many buffers, each expanded on its own
+    sets = POISSON + ["workload.num_requests=800", "workload.arrival.rate_per_s=8", *sets]
+    streamed = simulate(load_scenario(None, sets), keep_requests=False)
+    whole = simulate(load_scenario(None, sets), keep_requests=True, keep_steps=True)
+    assert streamed.steps is None and all(type(r.steps) is StepTimes for r in streamed.replicas)
+    assert sum(map(len, (r.steps for r in streamed.replicas))) == len(whole.steps) > 4000
+    assert _outputs(streamed) == _outputs(whole)
+
+
 def test_step_ends_and_row_files_are_deleted_with_the_result():
     result = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
     folder = Path(result.spill.name)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from servesim.metrics.recorder import StepLog
+from servesim.metrics.step_log import StepLog, StepTimes
 from servesim.metrics.step_reduce import StepReducer
 from servesim.metrics.summary import FINISHED, RequestColumns
 
@@ -20,7 +20,9 @@ class ReplicaRecord:
     index: int
     pool: str
     num_gpu_blocks: int
-    steps: StepLog | None  # the whole log (None when it was reduced as it came)
+    # the whole log (`keep_steps`), or its times alone for the elastic, power and disaggregation
+    # sections, or None (it was reduced as it came)
+    steps: StepLog | StepTimes | None
     stats: StepReducer  # totals, sums and time-series partials of the log
     prefix_hits: tuple[int, int]  # (queried tokens, hit tokens)
     num_dispatched: int  # requests routed here (re-routes included)

@@ -21,7 +21,7 @@ import numpy as np
 # The log's shape and the compact buffer live in their own modules; re-exported here, where
 # callers have always imported them.
 from servesim.metrics.step_buffer import CHUNK_FIELDS, Column, Rows, StepBuffer
-from servesim.metrics.step_log import STEP_COLUMNS, StepLog, concat_step_logs, positions
+from servesim.metrics.step_log import STEP_COLUMNS, StepLog, StepTimes, concat_step_logs, positions
 
 __all__ = ["BatchRuns", "BlockGrowth", "CHUNK_FIELDS", "Column", "Recorder", "Rows", "STEP_COLUMNS", "StepBuffer",
            "StepLog", "concat_step_logs", "positions"]
@@ -218,6 +218,17 @@ class Recorder:
         if self._helper is not None and not self._helper.num_buffers:
             self._helper = None
         self._flush()
+
+    def step_times(self) -> StepTimes:
+        """The steps' times and prompt tokens (only when the recorder keeps its steps)."""
+        if self._kept is None:
+            raise ValueError("this recorder reduced its steps as they came (keep_steps=False)")
+        self._flush()
+        parts = [b.times() for b in self._kept]
+        if len(parts) == 1:
+            return parts[0]
+        return StepTimes(*(np.concatenate([getattr(p, c) for p in parts]) if parts else np.empty(0, dtype=t)
+                           for c, t in (("start_s", np.float64), ("end_s", np.float64), ("prefill_tokens", np.int32))))
 
     def step_log(self, num_gpu_blocks: int) -> StepLog:
         """The whole log (only when the recorder keeps its steps)."""

@@ -12,7 +12,7 @@ from itertools import chain
 
 import numpy as np
 
-from servesim.metrics.step_log import StepLog
+from servesim.metrics.step_log import StepLog, StepTimes
 
 # the fields of a chunk's row in `StepBuffer.chunks` (a, b: see there)
 CHUNK_FIELDS = ("start_s", "prefill0", "num_waiting", "len", "single", "a", "b")
@@ -238,20 +238,11 @@ class StepBuffer:
         return buf
 
     def log(self, num_gpu_blocks: int) -> StepLog:
-        n = self.num_steps
         chunks = {name: col for name, col in zip(CHUNK_FIELDS, self.chunks.table().T)}
         lens = chunks["len"].astype(np.int64)
         single = chunks["single"] != 0
         first = np.cumsum(lens) - lens  # index of each chunk's first step
-        end_s = self.ends.array()
-        start_s = np.empty(n)
-        start_s[1:] = end_s[:-1]
-        start_s[first] = chunks["start_s"]
-        prefill = np.zeros(n, dtype=np.int32)
-        prefill[first] = chunks["prefill0"]
-        at = self.prefill_at.array()
-        if len(at):
-            prefill[at] += self.prefill_more.array()  # (steps distinct, never a chunk's first)
+        start_s, end_s, prefill = self._times(chunks, first)
         running = np.repeat(self.run_size.array(), self.run_len.array())
         emitted = running.copy()
         emitted[first[single]] = chunks["a"][single]
@@ -261,6 +252,25 @@ class StepBuffer:
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
                        num_running=running, num_waiting=self._waiting(first, lens, chunks["num_waiting"]),
                        kv_used_blocks=self._block_usage(first, lens, single, chunks), num_gpu_blocks=num_gpu_blocks)
+
+    def times(self) -> StepTimes:
+        """The steps' times and prompt tokens alone (`StepTimes`), as `log` gives them."""
+        chunks = {name: col for name, col in zip(CHUNK_FIELDS, self.chunks.table().T)}
+        lens = chunks["len"].astype(np.int64)
+        return StepTimes(*self._times(chunks, np.cumsum(lens) - lens))
+
+    def _times(self, chunks: dict, first: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end, prompt tokens) of every step; `first`: each chunk's first step."""
+        end_s = self.ends.array()
+        start_s = np.empty(self.num_steps)
+        start_s[1:] = end_s[:-1]
+        start_s[first] = chunks["start_s"]
+        prefill = np.zeros(self.num_steps, dtype=np.int32)
+        prefill[first] = chunks["prefill0"]
+        at = self.prefill_at.array()
+        if len(at):
+            prefill[at] += self.prefill_more.array()  # (steps distinct, never a chunk's first)
+        return start_s, end_s, prefill
 
     def _waiting(self, first: np.ndarray, lens: np.ndarray, first_waiting: np.ndarray) -> np.ndarray:
         """Waiting count at every step: each chunk's first value, plus the arrivals it kept
