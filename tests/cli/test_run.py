@@ -147,6 +147,9 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
         "perf.data_parallel_size 2: attention data parallelism does not take KV hand-offs"),
     "attention DP with migration": ("perf: {data_parallel_size: 2}\nreplicas: 2\nmigration: {enabled: true}\n", [],
                                     "perf.data_parallel_size 2: live migration moves requests between single-rank"),
+    "autoscaler with prefill/decode pools": (
+        "autoscaler: {name: kpa, max_replicas: 3}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n", [],
+        "autoscaler (kpa) scales clusters of mixed pools only (not with prefill/decode roles)"),
     "replicas beside pools": ("replicas: 3\npools: [{name: a, replicas: 2}]\n", [],
                               "give either `replicas` (3) or `pools`, not both"),
     "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", [], "replicas"),
