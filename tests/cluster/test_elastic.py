@@ -134,3 +134,18 @@ def test_scale_to_zero_waits_for_the_last_request(mode):
     for e in r.scale_events:  # ... and zero was never granted while a request was in the pool
         if any(q.arrival_s <= e.time_s < q.finish_s for q in r.requests):
             assert e.desired >= 1, e
+
+
+def test_requests_held_while_every_replica_is_down_go_to_one_that_recovers():
+    # An elastic cluster holds arrivals while no replica is ready. The only replica crashes at
+    # 5 s and is back at 15 s: what arrived meanwhile is served when it recovers (it was held
+    # until the time limit: with a fixed pool size nothing else flushes the queue).
+    sets = ["workload.trace=null", "workload.arrival.process=poisson", "workload.arrival.rate_per_s=4",
+            "workload.num_requests=100", "workload.lengths.dataset=sharegpt", "autoscaler.name=hpa",
+            "autoscaler.min_replicas=1", "autoscaler.max_replicas=1",
+            "faults.crashes=[{replica: 0, at_s: 5, recovery_s: 10}]", "max_sim_time_s=600"]
+    r = simulate(load_scenario(None, sets))
+    assert all(q.state == RequestState.FINISHED for q in r.requests) and len(r.requests) == 100
+    held = [q for q in r.requests if 5 < q.arrival_s < 15]
+    assert len(held) > 20 and min(q.first_token_s for q in held) > 15  # they waited for the recovery
+    assert max(q.finish_s for q in r.requests) < 100

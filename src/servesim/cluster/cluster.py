@@ -263,7 +263,12 @@ class Cluster:
         self.redispatch(evicted, index, now_s)
 
     def _recover(self, now_s: float, index: int) -> None:
-        self.replicas[index].recover(now_s)
+        replica = self.replicas[index]
+        replica.recover(now_s)
+        if self.queue and replica.state == READY:
+            # requests held while no replica was ready (an elastic cluster) go to it now, as
+            # they do when a cold start ends
+            self.flush_queue(now_s)
 
 
 def outstandings_at(replicas: list[Replica], t: float, indices) -> list[int]:
