@@ -4,6 +4,8 @@ starts cost SLO attainment monotonically."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,26 @@ def test_requests_held_while_every_replica_is_down_go_to_one_that_recovers():
     held = [q for q in r.requests if 5 < q.arrival_s < 15]
     assert len(held) > 20 and min(q.first_token_s for q in held) > 15  # they waited for the recovery
     assert max(q.finish_s for q in r.requests) < 100
+    # those the crash took back come back to the same replica: their runs there are kept apart
+    # from those of its earlier life, stepped or fast-forwarded (stepping merged them where the
+    # step numbers followed on)
+    back = [q for q in r.requests if q.moves]
+    assert back and all(m[1] == 0 for q in back for m in q.moves)
+    assert outcome(r) == outcome(simulate(load_scenario(None, sets + ["engine.fast_forward=false"])))
+
+
+def test_a_request_back_on_its_crashed_replica_keeps_its_runs_apart_under_fast_forward():
+    # Random failures under an autoscaler (found by random configurations): two requests
+    # held while every replica was down came back to the replica that had crashed, their first
+    # step there numbered right after their last before the crash. Stepping merged the two
+    # runs, a fast-forwarded stretch did not; both keep them apart now (a move to the same
+    # replica, `Request.moves`).
+    sets = ["scheduler.name=autellix", "workload.num_requests=200", "workload.trace.speedup=1",
+            "pools=[{name: a, replicas: 4, mtbf_s: 30, mttr_s: 15}]", "router.name=dodoor", "engine.max_num_seqs=16",
+            "kv_store.enabled=true", "engine.max_model_len=4096", "autoscaler.name=hpa",
+            "autoscaler.scrape_delay_s=3"]
+    path = Path(__file__).resolve().parents[2] / "examples" / "mooncake.yaml"
+    fast, slow = (simulate(load_scenario(path, sets + [f"engine.fast_forward={ff}"])) for ff in ("true", "false"))
+    assert outcome(fast) == outcome(slow)
+    assert any(m[1] == q.replica for q in fast.requests for m in q.moves[1:])  # back where it had been
+

@@ -92,13 +92,15 @@ class Replica:
     def _take(self, req: Request) -> None:
         self.num_dispatched += 1
         self.num_outstanding += 1
-        if req.replica != self.index:
-            if req.replica >= 0:  # moved (after a crash): remember where each part of its runs was made
-                if not req.moves:
-                    req.moves.append((0, req.replica))
-                req.moves.append((len(req.token_steps), self.index))
-                moved_runs.note(self.engine.moved, req)
-            req.replica = self.index
+        if req.replica >= 0 and (req.replica != self.index or req.token_steps):
+            # moved (after a crash), or back here after this replica's crash with tokens made in
+            # its earlier life (an elastic cluster held it meanwhile): remember where each part
+            # of its runs was made, and keep its runs here apart from those
+            if not req.moves:
+                req.moves.append((0, req.replica))
+            req.moves.append((len(req.token_steps), self.index))
+            moved_runs.note(self.engine.moved, req)
+        req.replica = self.index
 
     def on_done(self, req: Request) -> None:
         """The engine is done with `req` (finished or rejected)."""
