@@ -32,12 +32,13 @@ class StepLog:
     def __len__(self) -> int:
         return len(self.end_s)
 
+
 @dataclass(frozen=True)
 class StepTimes:
     """The columns of one replica's steps that the elastic, power and disaggregation sections
     read (each step's time, and whether it ran prompt tokens: prefill or decode power), kept
-    for them when the whole log is not (`simulate(keep_steps=False)`): 17 bytes a step, where
-    the log and its concatenation took about 90."""
+    for them when the whole log is not (`simulate(keep_steps=False)`): 20 bytes a step, where
+    the log and its concatenation take 72."""
 
     start_s: np.ndarray
     end_s: np.ndarray
