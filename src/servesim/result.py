@@ -171,8 +171,8 @@ def assemble_result(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,
     records = []
     for r in reps:
         rec, blocks = r.engine.recorder, r.engine.kv.num_gpu_blocks
-        steps = rec.step_log(blocks) if keep_steps else rec.step_times() if keep_times else None
-        records.append(ReplicaRecord(r.index, r.pool, blocks, steps, rec.reducer,
+        log = rec.step_log(blocks) if keep_steps else rec.step_times() if keep_times else None
+        records.append(ReplicaRecord(r.index, r.pool, blocks, log, rec.reducer,
                                      r.prefix_hits, r.num_dispatched, r.num_crashes, r.down_s))
     if not keep_steps:
         steps = None
