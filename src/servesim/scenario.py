@@ -303,6 +303,8 @@ def _one_line(e: ValidationError, prefix: str = "", allowed_from: type[BaseModel
         msg = msg[len("Value error, "):]
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    if loc and msg.startswith((f"{loc}.", f"unknown field '{loc}.")):
+        return f"{msg}{shown}"  # (a section's own check named the field already: `SchedulerConfig.params`)
     return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"  # (a whole-scenario check has no location)
 
 

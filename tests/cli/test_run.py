@@ -150,6 +150,9 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
     "autoscaler with prefill/decode pools": (
         "autoscaler: {name: kpa, max_replicas: 3}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n", [],
         "autoscaler (kpa) scales clusters of mixed pools only (not with prefill/decode roles)"),
+    "bad policy value": ("scheduler: {name: trtllm, capacity_scheduler_policy: X}\n", [],
+                         "bad.yaml: scheduler.capacity_scheduler_policy: Input should be 'GUARANTEED_NO_EVICT' or "
+                         "'MAX_UTILIZATION' (got 'X')"),
     "replicas beside pools": ("replicas: 3\npools: [{name: a, replicas: 2}]\n", [],
                               "give either `replicas` (3) or `pools`, not both"),
     "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", [], "replicas"),
