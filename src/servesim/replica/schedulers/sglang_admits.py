@@ -77,10 +77,11 @@ class SGLangFinishAdmits:
 
     def _admits_at_finishes(self) -> bool:
         """May finishes admit inside a stretch (`sglang_admits.py`)? FCFS without mixed chunks
-        or an inbox, nothing chunked or transferred, every reserve clipped (the same amount per
+        or the recv skipper (a prompt step restarts its count, which a join would not),
+        nothing chunked or transferred, every reserve clipped (the same amount per
         request), nothing evictable in the tree (a finish's blocks are taken before any eviction
         when stepping) and a fresh head."""
-        return (self.params.schedule_policy == "fcfs"
+        return (self.params.schedule_policy == "fcfs" and self.params.scheduler_recv_interval == 1
                 and not (self.params.enable_mixed_chunk or self.chunked is not None or self._transferred
                          or self._inbox or self._unclipped or self.kv.evictable_blocks
                          or self.params.consecutive_prefill_launch_share)  # (as `arrivals_join`)

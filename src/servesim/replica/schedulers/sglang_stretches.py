@@ -28,8 +28,11 @@ class SGLangStretches:
         # `max_prefill_tokens` leaves; the token rule (`rem_total`) is `join_blocks`'.
         # (not with `consecutive_prefill_launch_share`: a prompt step's first tokens then wait for
         # the next step's kind, which `schedule` decides step by step)
+        # (nor with the recv skipper, `scheduler_recv_interval` > 1: `schedule` restarts its count
+        # at a prompt step, which a join inside a stretch would leave as it was)
         if (self.params.enable_mixed_chunk or self.params.schedule_policy != "fcfs" or self.chunked is not None
-                or self._transferred or self._inbox or self.params.consecutive_prefill_launch_share):
+                or self._transferred or self._inbox or self.params.consecutive_prefill_launch_share
+                or self.params.scheduler_recv_interval > 1):
             return None
         joins = whole_prompts(self.waiting, len(self.running), 0, self.max_running, self.chunk_size,
                               lambda req, budget: req.num_tokens if req.num_tokens <= budget else 0)
