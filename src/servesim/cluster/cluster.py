@@ -255,12 +255,17 @@ class Cluster:
             self.schedule_crash(index, now_s + recovery_s + float(rng.exponential(mtbf_s)), recovery_s, chain)
         if not replica.alive:
             return  # already down: the failure changes nothing
-        for hook in self.crash_hooks:
-            hook(index, now_s)
+        self.leaving(index, now_s)
         evicted = replica.crash(now_s)
         if recovery_s is not None:
             self.loop.schedule(now_s + recovery_s, self._recover, index, PRIO_ARRIVAL)
         self.redispatch(evicted, index, now_s)
+
+    def leaving(self, index: int, now_s: float) -> None:
+        """Replica `index` is about to lose what it holds (a crash, or an autoscaler stopping it
+        at once): the transfers to and from it end (`crash_hooks`: live migrations, P/D KV)."""
+        for hook in self.crash_hooks:
+            hook(index, now_s)
 
     def _recover(self, now_s: float, index: int) -> None:
         replica = self.replicas[index]

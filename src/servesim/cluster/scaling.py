@@ -166,21 +166,15 @@ class ScaleController:
         if self.cfg.scale_down == "migrate" and r.num_outstanding and self.drain is not None:
             self.drain(r.index, now_s)
         elif self.cfg.scale_down == "evict" and r.num_outstanding:
-            self._leave(r, now_s)
+            # (stopped at once: its live migrations end as at a crash, `Cluster.leaving`)
+            self.cluster.leaving(r.index, now_s)
             evicted = r.evict_all(now_s)
             r.set_state(now_s, STOPPED)
             self.cluster.redispatch(evicted, r.index, now_s)
         elif r.num_outstanding == 0:
-            self._leave(r, now_s)
+            self.cluster.leaving(r.index, now_s)
             r.set_state(now_s, STOPPED)
         return 1
-
-    def _leave(self, r: Replica, now_s: float) -> None:
-        """`r` stops at once: live migrations to and from it end as at its crash (the blocks
-        reserved for one at either end are given back; a request stopped for its last copy is
-        re-routed)."""
-        for hook in self.cluster.crash_hooks:
-            hook(r.index, now_s)
 
     def _drained(self, replica: Replica, now_s: float) -> None:
         replica.set_state(now_s, STOPPED)

@@ -322,4 +322,3 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
                 taken[min(j, k)] += blocks
             kv = [u + t for u, t in zip(kv, accumulate(taken))]
         engine.recorder.log_steps(self.start_s, self.ends[:k], prefill, self.sizes[:k], running, waiting, kv)
-
