@@ -197,8 +197,6 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         if helper:
             helper.stop()
         raise
-    for r in cluster.replicas:
-        r.engine.recorder.reducer.close()
     if not cluster.requests:
         raise InputError(_no_requests(scenario))
     if progress:

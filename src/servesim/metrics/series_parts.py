@@ -31,13 +31,22 @@ MARKS = np.dtype([("k", np.int64), ("v", np.float64, (3,))])
 POINTS = np.dtype([("k", np.int64), ("arrivals", np.int64), ("finished", np.int64)])
 
 
+def append_to(path: Path, values: np.ndarray) -> None:
+    """Append `values`' bytes to the file at `path`, opened for this write only: a run keeps
+    several such files per replica, and files held open would meet the open-files limit (1,024
+    by default on Linux) at about 250 replicas."""
+    with open(path, "ab") as f:
+        f.write(values.tobytes())
+
+
 class Spool:
     """Pieces of records of one dtype (a field `k` first), appended in order."""
 
     def __init__(self, dtype: np.dtype, path: Path | None = None) -> None:
         self.dtype = dtype
         self.path = path
-        self._file = open(path, "wb") if path is not None else None
+        if path is not None:
+            path.write_bytes(b"")  # (each piece is appended by opening it: see `append_to`)
         self._held: list[np.ndarray] = []  # the pieces, when there is no file
         self.lengths: list[int] = []  # records of each piece
         self.min_keys: list[int] = []  # smallest key of each piece
@@ -47,27 +56,16 @@ class Spool:
             return
         self.lengths.append(len(records))
         self.min_keys.append(int(records["k"].min()))
-        if self._file is not None:
-            self._file.write(records.tobytes())
+        if self.path is not None:
+            append_to(self.path, records)
         else:
             self._held.append(records)
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
     def pieces(self):
         """Every piece, in the order appended."""
         if self.path is None:
             yield from self._held
             return
-        if self._file is not None:
-            self._file.flush()
         with open(self.path, "rb") as f:
             for n in self.lengths:
                 yield np.fromfile(f, self.dtype, n)
@@ -138,14 +136,6 @@ class SeriesParts:
         self.ranges.append(records(RANGES, k=lo, hi=hi))
         self.tokens.append(records(TOKENS, k=at, prompt=prompt, output=output))
         self.marks.append(records(MARKS, k=edge_k, v=values))
-
-    def flush(self) -> None:
-        for s in (self.ranges, self.tokens, self.marks):
-            s.flush()
-
-    def close(self) -> None:
-        for s in (self.ranges, self.tokens, self.marks):
-            s.close()
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in (self.ranges, self.tokens, self.marks))

@@ -206,8 +206,6 @@ class ReducerHelper:
                 self._proc.join()
 
     def _start(self) -> None:
-        for r in self.reducers:
-            r.flush()  # (else the child and this process would both write what their files buffer)
         ctx = multiprocessing.get_context("fork")
         down_r, down_w = ctx.Pipe(duplex=False)  # buffers to the child
         up_r, up_w = ctx.Pipe(duplex=False)  # its answer
@@ -219,8 +217,6 @@ class ReducerHelper:
         self._proc.start()
         down_r.close()
         up_w.close()
-        for r in self.reducers:
-            r.close()  # (this process's copies of their step-end files: the child writes them)
         self._conn, self._answers = down_w, up_r
 
 
@@ -268,8 +264,6 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: st
             log = StepBuffer.from_wire(num_steps, block_size, arrays).log(0)
             reducers[index].add(log)
             itl.add_ends(index, log.end_s)
-        for r in reducers:
-            r.close()
         up.send(("ok", reducers))
         if block_size:  # (block_size of the end: runs were sent all along; the parent waits for the gaps)
             stats = None

@@ -27,7 +27,7 @@ import numpy as np
 
 from servesim.metrics.exact import ExactSum
 from servesim.metrics.recorder import StepLog, positions
-from servesim.metrics.series_parts import SeriesParts
+from servesim.metrics.series_parts import SeriesParts, append_to
 
 LEVELS = ("num_running", "num_waiting", "kv_usage")
 
@@ -45,7 +45,8 @@ class StepReducer:
         self.busy_s = ExactSum()
         self.level_s = {"num_running": ExactSum(), "num_waiting": ExactSum(), "kv_used_blocks": ExactSum()}
         self.ends_path = ends_path
-        self._ends_file = open(ends_path, "wb") if ends_path is not None else None
+        if ends_path is not None:
+            ends_path.write_bytes(b"")
         self._area = [0.0, 0.0, 0.0]  # integral of each level up to the last step's end
         # busy interval ranges, tokens per interval and integrals at edges, per chunk
         self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""))
@@ -66,21 +67,9 @@ class StepReducer:
         self.level_s["num_running"].add(running_s)
         self.level_s["num_waiting"].add(log.num_waiting * busy)
         self.level_s["kv_used_blocks"].add(log.kv_used_blocks * busy)
-        if self._ends_file is not None:
-            self._ends_file.write(np.ascontiguousarray(end, dtype=np.float64).tobytes())
+        if self.ends_path is not None:
+            append_to(self.ends_path, np.ascontiguousarray(end, dtype=np.float64))
         self._reduce_series(log, busy, running_s)
-
-    def flush(self) -> None:
-        """Write out what its files buffer (before a fork: the child goes on writing them)."""
-        if self._ends_file is not None:
-            self._ends_file.flush()
-        self.parts.flush()
-
-    def close(self) -> None:
-        if self._ends_file is not None:
-            self._ends_file.close()
-            self._ends_file = None
-        self.parts.close()
 
     def _reduce_series(self, log: StepLog, busy: np.ndarray, running_s: np.ndarray | None = None) -> None:
         interval = self.interval_s

@@ -92,7 +92,6 @@ def _points(times: Times, interval_s: float, folder: str | None) -> tuple[Spool,
         keys, inverse = np.unique(np.concatenate((at, floor_div(fin, interval_s))), return_inverse=True)
         spool.append(records(POINTS, k=keys, arrivals=np.bincount(inverse[:len(at)], minlength=len(keys)),
                              finished=np.bincount(inverse[len(at):], minlength=len(keys))))
-    spool.close()
     return spool, 0.0 if last_arrival_s is None else last_arrival_s
 
 
