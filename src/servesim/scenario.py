@@ -8,6 +8,8 @@ prints them. Loading turns every problem into one `InputError` line.
 
 from __future__ import annotations
 
+import re
+
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servesim.cluster.config import (AutoscalerConfig, DisaggregationConfig, FaultsConfig, MigrationConfig, PoolConfig,
-                                     PowerConfig, RouterConfig)
+from servesim.cluster.config import (MAX_REPLICAS, AutoscalerConfig, DisaggregationConfig, FaultsConfig,
+                                     MigrationConfig, PoolConfig, PowerConfig, RouterConfig)
 from servesim.cluster.kv_store import KVStoreConfig
 from servesim.cluster.network import NetworkConfig
 from servesim.errors import InputError
@@ -26,13 +28,13 @@ from servesim.replica.frontend import FrontendConfig
 from servesim.replica.schedulers import SchedulerParams, get_scheduler
 from servesim.workload.config import WorkloadConfig
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SchedulerConfig(BaseModel):
     """The scheduling policy by name, with its own parameters beside the name."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = "vllm"
     """Registered scheduler name (see `servesim catalog schedulers`)."""
@@ -102,7 +104,7 @@ class Scenario(BaseModel):
     """What the run writes."""
     max_sim_time_s: float | None = Field(None, gt=0)
     """Stop the simulation at this simulated time; unfinished requests are dropped."""
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
     """Identical replicas of this model/GPU/engine behind the router (see `pools` for mixes)."""
     router: RouterConfig = Field(default_factory=RouterConfig)
     """How requests are spread over replicas, and how fresh the router's view of them is."""
@@ -294,7 +296,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 def _one_line(e: ValidationError, prefix: str = "", allowed_from: type[BaseModel] | None = None) -> str:
     """The first validation error as one readable line, naming allowed keys for unknown ones."""
     err = e.errors()[0]
-    loc = prefix + ".".join(str(x) for x in err["loc"])
+    loc = (prefix + ".".join(str(x) for x in err["loc"] if not _union_tag(x))).rstrip(".")
     if err["type"] == "extra_forbidden":
         allowed = _fields_at(allowed_from, err["loc"][:-1]) if allowed_from else []
         return f"unknown field '{loc}'; allowed: {', '.join(allowed)}"
@@ -303,9 +305,25 @@ def _one_line(e: ValidationError, prefix: str = "", allowed_from: type[BaseModel
         msg = msg[len("Value error, "):]
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-    if loc and msg.startswith((f"{loc}.", f"unknown field '{loc}.")):
+    if loc and msg.startswith((f"{loc}.", f"{loc}:", f"unknown field '{loc}.")):
         return f"{msg}{shown}"  # (a section's own check named the field already: `SchedulerConfig.params`)
     return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"  # (a whole-scenario check has no location)
+
+
+_TYPE_TAG = re.compile(r"(int|float|str|bool|none|[a-z]+\[.*\]|function-[a-z]+\[.*\])")
+
+
+def _union_tag(part: object) -> bool:
+    """Whether a location part is pydantic's name for the member of a union that was tried
+    (`LinkSpec` in `network.inter_node.LinkSpec.latency_s`, `int` in `sessions.turns.int`),
+    which names no key of the scenario."""
+    if not isinstance(part, str):
+        return False
+    return bool(_TYPE_TAG.fullmatch(part)) or part in {c.__name__ for c in _models(BaseModel)}
+
+
+def _models(cls: type) -> list[type]:
+    return [m for c in cls.__subclasses__() for m in (c, *_models(c))]
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -168,6 +168,19 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
     "lora mix with a scheduler that cannot serve it": (
         "scheduler: sarathi\nworkload: {attributes: {loras: {count: 3}}}\n", [],
         "bad.yaml: scheduler: sarathi cannot serve LoRA adapters (workload.attributes.loras); allowed: continuum, vllm"),
+    # round 46: values the schema took and the run failed on
+    "infinite link latency": ("network: {inter_node: {latency_s: .inf}}\n", [],
+                              "network.inter_node.latency_s: Input should be a finite number (got inf)"),
+    "not-a-number scheduler parameter": ("scheduler: {name: andes, horizon_s: .nan}\n", [],
+                                         "scheduler.horizon_s: Input should be a finite number (got nan)"),
+    "zero tenant weight": ("scheduler: {name: vtc, tenant_weights: {a: 0}}\n", [],
+                           "scheduler.tenant_weights.a: Input should be greater than 0 (got 0)"),
+    "replicas past the limit": ("replicas: 20000\n", [], "replicas: Input should be less than or equal to 10000"),
+    "autoscaler past the replica limit": ("autoscaler: {name: hpa, max_replicas: 1099511627776}\n", [],
+                                          "autoscaler.max_replicas: Input should be less than or equal to 10000"),
+    "autellix levels beyond a float": ("scheduler: {name: autellix, num_queues: 2000}\n", [],
+                                       "bad.yaml: scheduler: the last level threshold base_quantum_s x quantum_ratio^"
+                                       "(num_queues - 2) (0.5 x 2^1998) is beyond a float"),
     "negative lora share": ("workload: {attributes: {loras: {proportions: {a: -1}}}}\n", [],
                             "loras.proportions must be >= 0 with a positive sum"),
 }

@@ -105,6 +105,9 @@ def test_lora_mix_zipf_shares_and_seed(tmp_path):
     base = {"attributes": {"tenants": {"a": 1, "b": 1}}, "num_requests": 200}
     both = {"attributes": {"tenants": {"a": 1, "b": 1}, "loras": {"count": 3}}, "num_requests": 200}
     assert [r.tenant for r in make(base).arrivals()] == [r.tenant for r in make(both).arrivals()]
+    # an exponent whose powers pass a float's range: the most popular adapter takes every request
+    steep = {"attributes": {"loras": {"count": 300, "zipf_s": 200.0}}, "num_requests": 50}
+    assert {r.lora for r in make(steep).arrivals()} == {"lora-0"}
     path = tmp_path / "t.csv"
     path.write_text("arrival_s,prompt_len,output_len,lora\n0,10,5,sql\n1,10,5,\n")
     assert [r.lora for r in make({"trace": str(path)}).arrivals()] == ["sql", None]

@@ -31,7 +31,7 @@ class ColdStartConfig(BaseModel):
     """How long a new replica takes to serve, part by part (spec §6.9: T_pod + T_image +
     T_engine + T_weights + T_post)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     node_start_s: float = Field(0.0, ge=0)
     """Provisioning a node when none is free (0: the node is already up, the usual case for a

@@ -15,13 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from servesim.cluster.coldstart import ColdStartConfig
 from servesim.errors import InputError
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+#: Most replicas a pool, a scenario or an autoscaler may ask for: each is a whole engine built at
+#: the start (10,000 take about 12 s and 1.5 GB before the first request), and a count beyond it
+#: is a typo more often than a cluster.
+MAX_REPLICAS = 10_000
 
 
 class RouterConfig(BaseModel):
     """The routing policy by name, with its own parameters beside the name."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = "round-robin"
     """Registered router name (see `servesim catalog routers`)."""
@@ -57,7 +61,7 @@ class PoolConfig(BaseModel):
 
     name: str
     """Pool name (shown in summaries and reports)."""
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
     """Number of replicas in the pool."""
     model: str | None = None
     """Model served (catalogue name or config.json path); default: the scenario's `model`."""
@@ -113,7 +117,7 @@ class AutoscalerConfig(BaseModel):
     """Scale one pool with load: the policy by name with its parameters beside the name, the
     bounds, the decision loop and the cold start a new replica pays."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = "hpa"
     """Registered autoscaler name (see `servesim catalog autoscalers`)."""
@@ -121,7 +125,7 @@ class AutoscalerConfig(BaseModel):
     """Pool to scale (default: the first pool, or the top-level replicas)."""
     min_replicas: int = Field(1, ge=0)
     """Fewest replicas (0 = scale to zero: requests wait at the cluster for a cold start)."""
-    max_replicas: int = Field(4, ge=1)
+    max_replicas: int = Field(4, ge=1, le=MAX_REPLICAS)
     """Most replicas."""
     interval_s: float | None = Field(None, gt=0)
     """Decision interval; default: the policy's reference value (HPA 15 s, KPA 2 s, ...)."""

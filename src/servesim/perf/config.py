@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class PerfConfig(BaseModel):
     """How step times are computed for the scenario's model, GPU, parallelism and dtype."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     engine: str = Field("vllm", description="Engine profile (CPU and launch overhead constants): vllm, sglang, trtllm, ideal, ... (see `servesim catalog engines`).")
     engine_version: str = Field("", description="Release of the engine (e.g. 0.18.0): applies the engine's per-release defaults from engines.yaml (`versions:` rules) and calibration entries that match this `version`. Empty (default): the base profile; non-release builds (nightly-..., custom branches) count as newer than every release.")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from servesim.errors import InputError
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 class GPUChoice(BaseModel):

@@ -10,7 +10,7 @@ from servesim.errors import InputError
 class EngineConfig(BaseModel):
     """vLLM engine arguments that shape scheduling and memory (`vllm serve` spelling)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     block_size: int = Field(16, ge=1, le=1024)
     """Tokens per KV-cache block (vLLM CUDA default 16)."""

@@ -57,7 +57,7 @@ def profile_name(engine: str, gpu: str = "", version: str = "") -> str:
 class FrontendConfig(BaseModel):
     """Cost of the API server in front of the engine (TTFT as clients measure it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     profile: str = "none"
     """Front-end constants from perf/data/frontend.yaml: by engine (`vllm`, `sglang`, `trtllm`), by

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class ServeConfig(BaseModel):
     """Options of `servesim serve` (each is also a command-line flag)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     host: str = "127.0.0.1"
     """Address to listen on. Loopback by default (vLLM binds every interface; an emulator

@@ -26,4 +26,4 @@ class Strict(BaseModel):
     """Base of every workload config model: unknown keys are errors, fields carry docstrings
     (read by servesim.config_docs.field_doc)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)

@@ -25,7 +25,7 @@ class LoRAMixConfig(Strict):
     with Zipf popularity (adapter k has weight 1 / (k + 1)^zipf_s, as S-LoRA's power-law mix),
     or explicit `proportions`. Drawn from the run's seed; a trace's `lora` column overrides."""
 
-    count: int = Field(0, ge=0)
+    count: int = Field(0, ge=0, le=100_000)
     """Number of adapters (0 = requests name none, unless `proportions` is set)."""
     zipf_s: float = Field(1.0, ge=0)
     """Zipf exponent of the popularity (0 = uniform; larger = more skewed)."""
@@ -45,7 +45,15 @@ class LoRAMixConfig(Strict):
         """Adapter name -> weight (empty: no adapters)."""
         if self.proportions:
             return dict(self.proportions)
-        return {f"lora-{k}": 1.0 / (k + 1) ** self.zipf_s for k in range(self.count)}
+        return {f"lora-{k}": _zipf_weight(k + 1, self.zipf_s) for k in range(self.count)}
+
+
+def _zipf_weight(rank: int, s: float) -> float:
+    """1 / rank^s; 0 where rank^s is beyond a float (a large exponent: the first adapters take all)."""
+    try:
+        return 1.0 / rank ** s
+    except OverflowError:
+        return 0.0
 
 
 class AttributesConfig(Strict):

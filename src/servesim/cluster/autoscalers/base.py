@@ -28,7 +28,7 @@ from servesim.cluster.view import ReplicaView
 class AutoscalerParams(BaseModel):
     """Base of every autoscaler's parameters (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from servesim.workload.request import Request
 class RouterParams(BaseModel):
     """Base of every router's parameters (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 class Router:

@@ -26,13 +26,15 @@ The per-step accounting (service, waiting time, promotions, keys: `on_step_end`)
 
 from __future__ import annotations
 
+import math
+import sys
 from bisect import bisect_right
 from math import copysign, inf
 from functools import reduce
 from operator import add
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.autellix_accounting import AutellixAccounting, StepSums
@@ -55,6 +57,15 @@ class AutellixParams(SchedulerParams):
     preemption_mode: Literal["swap", "recompute"] = "swap"
     """How lower-queue calls are preempted: swap to the CPU tier (the paper; recompute when
     the CPU tier is full) or recompute."""
+
+    @model_validator(mode="after")
+    def _finite_levels(self) -> AutellixParams:
+        top = math.log(self.base_quantum_s) + (self.num_queues - 2) * math.log(self.quantum_ratio)
+        if top >= math.log(sys.float_info.max):
+            raise ValueError(f"the last level threshold base_quantum_s x quantum_ratio^(num_queues - 2) "
+                             f"({self.base_quantum_s:g} x {self.quantum_ratio:g}^{self.num_queues - 2}) is beyond a "
+                             f"float; lower num_queues or quantum_ratio")
+        return self
 
 
 @register("autellix")

@@ -45,7 +45,7 @@ __all__ = ["NO_FAST_FORWARD", "REPEAT_AFTER_PREFILL", "REPEAT_DECODES", "REPEAT_
 class SchedulerParams(BaseModel):
     """Base of every scheduler's parameters (unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 class Scheduler(FastForwardHooks):

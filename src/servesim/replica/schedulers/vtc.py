@@ -28,7 +28,7 @@ from collections import deque
 from functools import reduce
 from itertools import chain, repeat
 from operator import add
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class VTCParams(SchedulerParams):
     """w_p: service charged per prompt token (VTC default 1)."""
     output_price: float = Field(2.0, ge=0.0)
     """w_q: service charged per generated token (VTC default 2)."""
-    tenant_weights: dict[str, float] = {}
+    tenant_weights: dict[str, Annotated[float, Field(gt=0)]] = {}
     """Weight per tenant (default 1): a tenant with weight 2 is entitled to twice the service."""
     max_wait_tokens: int = Field(10, ge=1)
     """Decode steps between two admission opportunities while requests run (LightLLM 10)."""
