@@ -181,6 +181,8 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
     "autellix levels beyond a float": ("scheduler: {name: autellix, num_queues: 2000}\n", [],
                                        "bad.yaml: scheduler: the last level threshold base_quantum_s x quantum_ratio^"
                                        "(num_queues - 2) (0.5 x 2^1998) is beyond a float"),
+    "shared prefix groups past the limit": ("workload: {shared_prefix: {groups: 1000000}}\n", [],
+                                            "workload.shared_prefix.groups: Input should be less than or equal to 10000"),
     "negative lora share": ("workload: {attributes: {loras: {proportions: {a: -1}}}}\n", [],
                             "loras.proportions must be >= 0 with a positive sum"),
 }

@@ -93,6 +93,10 @@ def test_hpa_tolerance_and_scale_down_stabilisation():
     idle = sample(30, [view(outstanding=1), view(1, outstanding=1)])
     assert hpa.desired(30.0, [idle], 2)[0] == 5  # the 300 s window remembers the 5
     assert hpa.desired(400.0, [idle], 2)[0] == 1
+    # no scale-down window (behavior.scaleDown.stabilizationWindowSeconds: 0): down at once
+    quick = scaler("hpa", target_value=10, scale_down_stabilization_window_s=0)
+    assert quick.desired(0.0, [s], 2)[0] == 5
+    assert quick.desired(15.0, [idle], 2)[0] == 1
 
 
 def test_kpa_panics_on_a_burst_and_never_scales_down_in_panic():

@@ -85,8 +85,9 @@ class SharedPrefixConfig(Strict):
 
     tokens: int = Field(1024, ge=1)
     """Length of each shared prefix, tokens (added in front of the sampled prompt)."""
-    groups: int = Field(1, ge=1)
-    """Number of distinct prefixes (e.g. applications or system prompts), chosen uniformly."""
+    groups: int = Field(1, ge=1, le=10_000)
+    """Number of distinct prefixes (e.g. applications or system prompts), chosen uniformly
+    (each is made at the start: at most 10,000)."""
 
 
 class SessionsConfig(Strict):

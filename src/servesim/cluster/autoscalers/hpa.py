@@ -53,8 +53,11 @@ class HPA(Autoscaler):
         self._recs.append((now_s, rec))
         keep = max(p.scale_up_stabilization_window_s, p.scale_down_stabilization_window_s)
         self._recs = [(t, r) for t, r in self._recs if t > now_s - keep] or [(now_s, rec)]
+        # each window holds this tick's recommendation, also when it is 0 s long (Kubernetes starts
+        # from the current recommendation and goes over the stored ones inside the window)
+        down_from, up_from = now_s - p.scale_down_stabilization_window_s, now_s - p.scale_up_stabilization_window_s
         if rec < current:  # scale down to the highest recommendation of the window
-            return max(r for t, r in self._recs if t > now_s - p.scale_down_stabilization_window_s), value
+            return max((r for t, r in self._recs if t > down_from), default=rec), value
         if rec > current:  # scale up to the lowest recommendation of its window
-            return min([r for t, r in self._recs if t > now_s - p.scale_up_stabilization_window_s] or [rec]), value
+            return min((r for t, r in self._recs if t > up_from), default=rec), value
         return rec, value
