@@ -159,6 +159,23 @@ def test_requests_held_while_every_replica_is_down_go_to_one_that_recovers():
     assert outcome(r) == outcome(simulate(load_scenario(None, sets + ["engine.fast_forward=false"])))
 
 
+def test_a_replica_crashed_for_good_is_replaced():
+    # The only replica crashes for good at 5 s (`recovery_s: null`): the autoscaler no longer
+    # counts it and cold-starts a replacement, which serves everything held meanwhile (the dead
+    # replica counted as capacity before, so nothing was started and the requests were held to
+    # the time limit).
+    sets = ["workload.trace=null", "workload.arrival.process=poisson", "workload.arrival.rate_per_s=4",
+            "workload.num_requests=100", "workload.lengths.dataset=sharegpt", "autoscaler.name=hpa",
+            "autoscaler.min_replicas=1", "autoscaler.max_replicas=2", "autoscaler.interval_s=2",
+            "faults.crashes=[{replica: 0, at_s: 5, recovery_s: null}]", "max_sim_time_s=600"]
+    r = simulate(load_scenario(None, sets))
+    assert len(r.requests) == 100 and all(q.state == RequestState.FINISHED for q in r.requests)
+    assert {q.replica for q in r.requests if q.arrival_s > 5} == {1}
+    up = [e for e in r.scale_events if e.action == "up"]
+    assert up and 5 < up[0].time_s <= 7  # the first tick after the crash
+    assert outcome(r) == outcome(simulate(load_scenario(None, sets + ["engine.fast_forward=false"])))
+
+
 def test_a_request_back_on_its_crashed_replica_keeps_its_runs_apart_under_fast_forward():
     # Random failures under an autoscaler (found by random configurations): two requests
     # held while every replica was down came back to the replica that had crashed, their first

@@ -63,6 +63,7 @@ class Cluster:
         # called with (replica index, now_s) just before a replica crashes (the disaggregator
         # and the migrator settle the transfers and migrations it takes part in)
         self.crash_hooks: list[Callable[[int, float], None]] = []
+        self.lost: set[int] = set()  # replicas crashed for good (a crash without recovery)
         # what a routing decision reads, bound once in one view aimed at each decision (not a
         # view and five closures made at every arrival): replicas as of `_route_s`, its time
         self._route_s = 0.0
@@ -259,6 +260,8 @@ class Cluster:
         evicted = replica.crash(now_s)
         if recovery_s is not None:
             self.loop.schedule(now_s + recovery_s, self._recover, index, PRIO_ARRIVAL)
+        else:
+            self.lost.add(index)
         self.redispatch(evicted, index, now_s)
 
     def leaving(self, index: int, now_s: float) -> None:

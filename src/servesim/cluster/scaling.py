@@ -77,8 +77,14 @@ class ScaleController:
     def _tick(self, now_s: float, _) -> None:
         if not self.active():
             return  # the run is over: no more decisions
-        for r in self.replicas:  # a draining replica emptied by a crash has no last finish to stop at
-            if r.state == DRAINING and r.num_outstanding == 0:
+        lost = self.cluster.lost
+        for r in self.replicas:
+            if r.state == DRAINING and r.num_outstanding == 0:  # (emptied by a crash: no last finish to stop at)
+                r.set_state(now_s, STOPPED)
+            elif r.index in lost and r.state != STOPPED:
+                # crashed for good: no longer counted as capacity, so the policy starts a
+                # replacement (a ReplicaSet replaces a pod whose node is gone)
+                self._gen[r.index] += 1
                 r.set_state(now_s, STOPPED)
         pending, visible = self._pending, self.visible
         pending.append(self._scrape(now_s))
@@ -126,7 +132,7 @@ class ScaleController:
             draining[-1].set_state(now_s, READY)
             self.cluster.flush_queue(now_s)
             return 1
-        stopped = [r for r in self.replicas if r.state == STOPPED]
+        stopped = [r for r in self.replicas if r.state == STOPPED and r.index not in self.cluster.lost]
         if not stopped:
             return 0
         r = stopped[0]
