@@ -174,6 +174,13 @@ def test_a_replica_crashed_for_good_is_replaced():
     up = [e for e in r.scale_events if e.action == "up"]
     assert up and 5 < up[0].time_s <= 7  # the first tick after the crash
     assert outcome(r) == outcome(simulate(load_scenario(None, sets + ["engine.fast_forward=false"])))
+    # no room for a replacement (max_replicas 1): once every replica is gone for good, held and
+    # later requests fail as in a fixed cluster (the run went on ticking for ever, without a limit)
+    r = simulate(load_scenario(None, [*sets[:-1], "autoscaler.max_replicas=1"]))
+    failed = [q for q in r.requests if q.state == RequestState.FAILED]
+    assert len(r.requests) == 100 and len(failed) + sum(q.state == RequestState.FINISHED for q in r.requests) == 100
+    assert min(q.arrival_s for q in failed) < 5 < max(q.arrival_s for q in failed)  # evicted and later ones
+    assert all(q.extra["fail_reason"] == "no live replica" and q.finish_s >= 5 for q in failed)
 
 
 def test_a_request_back_on_its_crashed_replica_keeps_its_runs_apart_under_fast_forward():

@@ -262,7 +262,11 @@ class Cluster:
             self.loop.schedule(now_s + recovery_s, self._recover, index, PRIO_ARRIVAL)
         else:
             self.lost.add(index)
+            if len(self.lost) == len(self.replicas):
+                self.hold = False  # nothing will ever be ready: requests fail as in a fixed cluster
         self.redispatch(evicted, index, now_s)
+        if not self.hold and self.queue:
+            self.flush_queue(now_s)
 
     def leaving(self, index: int, now_s: float) -> None:
         """Replica `index` is about to lose what it holds (a crash, or an autoscaler stopping it
