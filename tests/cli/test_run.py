@@ -183,6 +183,8 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                                        "(num_queues - 2) (0.5 x 2^1998) is beyond a float"),
     "shared prefix groups past the limit": ("workload: {shared_prefix: {groups: 1000000}}\n", [],
                                             "workload.shared_prefix.groups: Input should be less than or equal to 10000"),
+    "llumnix router block size 0": ("replicas: 2\nrouter: {name: llumnix, block_size: 0}\n", [],
+                                    "router.block_size: Input should be greater than or equal to 1 (got 0)"),
     "negative lora share": ("workload: {attributes: {loras: {proportions: {a: -1}}}}\n", [],
                             "loras.proportions must be >= 0 with a positive sum"),
 }

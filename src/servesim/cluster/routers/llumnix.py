@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from pydantic import Field
+
 from servesim.cluster.routers import register
 from servesim.cluster.routers.base import Router, RouterParams
 from servesim.cluster.view import ClusterView, ReplicaView
@@ -11,9 +13,9 @@ from servesim.workload.request import Request
 
 
 class LlumnixParams(RouterParams):
-    block_size: int = 16
+    block_size: int = Field(16, ge=1)
     """KV block size in tokens (Llumnix and vLLM default 16): converts queued tokens to blocks."""
-    watermark: float = 0.01
+    watermark: float = Field(0.01, ge=0, lt=1)
     """Share of blocks kept free (vLLM's `watermark` default 0.01) and not counted as available."""
 
 
