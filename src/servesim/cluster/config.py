@@ -17,7 +17,7 @@ from servesim.errors import InputError
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 #: Most replicas a pool, a scenario or an autoscaler may ask for: each is a whole engine built at
-#: the start (10,000 take about 12 s and 1.5 GB before the first request), and a count beyond it
+#: the start (10,000 take about 3 s and 250 MB before the first request), and a count beyond it
 #: is a typo more often than a cluster.
 MAX_REPLICAS = 10_000
 

@@ -47,20 +47,36 @@ class ExactSum:
     sum reaches 2^53 units), and the bin sums are carried as integer counts of units."""
 
     def __init__(self) -> None:
-        self._hi = np.zeros(_BINS, dtype=np.int64)
-        self._lo = np.zeros(_BINS, dtype=np.int64)
+        # the bins from `_first` on that values have reached so far (a sum's values share a few
+        # exponents: all 4,096 bins are 64 kB a sum, 250 MB for a cluster of 1,000 replicas)
+        self._first = 0
+        self._hi = np.zeros(0, dtype=np.int64)
+        self._lo = np.zeros(0, dtype=np.int64)
 
     def __getstate__(self) -> tuple:
-        # Pickled as the bins in use (a few of the 4,096): the step log's helper sends its
-        # reducers back pickled, four sums each, 65 kB a sum in full (2.1 MB at 8 replicas)
+        # Pickled as the bins in use: the step log's helper sends its reducers back pickled
         used = np.flatnonzero(self._hi | self._lo)
-        return used, self._hi[used], self._lo[used]
+        return used + self._first, self._hi[used], self._lo[used]
 
     def __setstate__(self, state: tuple) -> None:
         used, hi, lo = state
         self.__init__()
-        self._hi[used] = hi
-        self._lo[used] = lo
+        if len(used):
+            self._cover(int(used[0]), int(used[-1]))
+            self._hi[used - self._first] = hi
+            self._lo[used - self._first] = lo
+
+    def _cover(self, first: int, last: int) -> None:
+        """Widen the bins held to include `first`..`last`."""
+        if len(self._hi):
+            if first >= self._first and last < self._first + len(self._hi):
+                return
+            first, last = min(first, self._first), max(last, self._first + len(self._hi) - 1)
+        hi, lo = np.zeros(last - first + 1, dtype=np.int64), np.zeros(last - first + 1, dtype=np.int64)
+        at = self._first - first
+        hi[at:at + len(self._hi)] = self._hi
+        lo[at:at + len(self._lo)] = self._lo
+        self._first, self._hi, self._lo = first, hi, lo
 
     def add(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=np.float64)
@@ -77,8 +93,10 @@ class ExactSum:
             high = (bits & _HIGH_MASK).view(np.float64)
             size = (last - first + 1) * _LANES
             bins = slice(first, last + 1)
-            self._hi[bins] += self._units(np.bincount(at, weights=high, minlength=size), _UNIT_HI[bins])
-            self._lo[bins] += self._units(np.bincount(at, weights=part - high, minlength=size), _UNIT_LO[bins])
+            self._cover(first, last)
+            held = slice(first - self._first, last + 1 - self._first)
+            self._hi[held] += self._units(np.bincount(at, weights=high, minlength=size), _UNIT_HI[bins])
+            self._lo[held] += self._units(np.bincount(at, weights=part - high, minlength=size), _UNIT_LO[bins])
 
     @staticmethod
     def _units(lane_sums: np.ndarray, unit_log2: np.ndarray) -> np.ndarray:
@@ -89,8 +107,9 @@ class ExactSum:
         """The exact sum, rounded once to the nearest float64: an integer count of the smallest
         unit used, divided by its power of two (Python's int division rounds correctly, as a
         Fraction's float does; about 15 times faster than summing Fractions, 0.3 ms a call)."""
-        used = np.flatnonzero(self._hi | self._lo)
-        counts = self._hi[used].tolist() + self._lo[used].tolist()
+        held = np.flatnonzero(self._hi | self._lo)
+        counts = self._hi[held].tolist() + self._lo[held].tolist()
+        used = held + self._first
         units = _UNIT_HI[used].tolist() + _UNIT_LO[used].tolist()
         low = min(units, default=0)
         total = sum(c << (u - low) for c, u in zip(counts, units))

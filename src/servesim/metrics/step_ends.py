@@ -34,6 +34,8 @@ class StepEnds:
                 for i in range(0, n, CHUNK):
                     yield seg[i:i + CHUNK]
                 continue
+            if not n:
+                continue  # (a replica without steps wrote no file)
             with open(seg[0], "rb") as f:
                 for i in range(0, n, CHUNK):
                     yield np.fromfile(f, np.float64, min(CHUNK, n - i))

@@ -44,9 +44,7 @@ class StepReducer:
         self.backwards = False  # a step ended before the previous one, or before it started
         self.busy_s = ExactSum()
         self.level_s = {"num_running": ExactSum(), "num_waiting": ExactSum(), "kv_used_blocks": ExactSum()}
-        self.ends_path = ends_path
-        if ends_path is not None:
-            ends_path.write_bytes(b"")
+        self.ends_path = ends_path  # (made by the first chunk of steps: `append_to`)
         self._area = [0.0, 0.0, 0.0]  # integral of each level up to the last step's end
         # busy interval ranges, tokens per interval and integrals at edges, per chunk
         self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""))
