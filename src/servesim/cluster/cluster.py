@@ -121,7 +121,7 @@ class Cluster:
             return self.end(req, now_s, RequestState.REJECTED,
                              f"no pool serves model '{req.model}' (served: {', '.join(sorted(self._by_model))})")
         if not cands:
-            if self.hold:
+            if self.hold and not self._gone_for_good(req):
                 return self.queue.append(req)  # served, in arrival order, when a replica is ready
             return self.end(req, now_s, RequestState.FAILED, "no live replica")
         if self.disagg is not None:
@@ -171,6 +171,14 @@ class Cluster:
         # shared, not copied per arrival: callers and routers only read it, and a status change
         # makes a new list (the dict is emptied) instead of changing this one
         return live
+
+    def _gone_for_good(self, req: Request) -> bool:
+        """Whether every replica that could serve `req` has crashed for good: held, it would
+        wait for ever (an elastic cluster holds requests only for replicas that may come)."""
+        if not self.lost:
+            return False
+        idx = self._by_model[req.model or self._default_model] if len(self._by_model) > 1 or req.model else self._all
+        return all(i in self.lost for i in idx)
 
     def _read_view(self, i: int):
         return self.replicas[i].view(self._route_s, self.refresh_interval_s)
@@ -262,11 +270,9 @@ class Cluster:
             self.loop.schedule(now_s + recovery_s, self._recover, index, PRIO_ARRIVAL)
         else:
             self.lost.add(index)
-            if len(self.lost) == len(self.replicas):
-                self.hold = False  # nothing will ever be ready: requests fail as in a fixed cluster
+            if self.queue:  # (those only lost replicas could serve fail now: `_gone_for_good`)
+                self.flush_queue(now_s)
         self.redispatch(evicted, index, now_s)
-        if not self.hold and self.queue:
-            self.flush_queue(now_s)
 
     def leaving(self, index: int, now_s: float) -> None:
         """Replica `index` is about to lose what it holds (a crash, or an autoscaler stopping it

@@ -119,6 +119,7 @@ ATTRIBUTE_COLUMNS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "turn": ("turn", parse_count),
     "max_tokens": ("max_tokens", parse_count),
     "lora": ("lora", str),
+    "model": ("model", str),  # (a cluster of pools serving several models routes by it)
 }
 
 # Column order the writers use (the canonical schema).
