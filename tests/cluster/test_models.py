@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import collections
 
+from typer.testing import CliRunner
+
 from servesim import load_scenario, simulate
+from servesim.cli import app
 from servesim.workload.request import RequestState
 
 POOLS = ("pools: [{name: small, model: llama-3.1-8b, replicas: 2}, "
@@ -49,3 +52,7 @@ def test_requests_for_a_model_whose_replicas_crashed_for_good_fail_while_the_clu
     assert by["llama-3.1-70b"] == {RequestState.FINISHED: 50}
     assert by["llama-3.1-8b"][RequestState.FAILED] > 20 and sum(by["llama-3.1-8b"].values()) == 50
     assert all(q.extra["fail_reason"] == "no live replica" for q in r.requests if q.state == RequestState.FAILED)
+    # the CLI's cluster lines call them what they are (they said "rejected")
+    res = CliRunner().invoke(app, ["run", str(scenario), "--out", str(tmp_path / "run")])
+    failed = by["llama-3.1-8b"][RequestState.FAILED]
+    assert res.exit_code == 0 and f"not served: {failed} (no live replica)" in res.stdout and "rejected: " not in res.stdout

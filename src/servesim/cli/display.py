@@ -88,6 +88,6 @@ def _cluster_lines(c: dict) -> list[str]:
         lines.append(f"  pool {name}: {p['num_replicas']} replicas, {p['num_dispatched']:,} dispatched, "
                      f"busy {p['busy_share']:.0%}, {p['output_tokens_per_s']:,.0f} output tok/s, "
                      f"{p['num_crashes']} crashes")
-    for reason, n in c["reject_reasons"].items():
-        lines.append(f"  rejected: {n:,} ({reason})")
+    for reason, n in c["reject_reasons"].items():  # (rejected and failed alike: ended before any replica took them)
+        lines.append(f"  not served: {n:,} ({reason})")
     return lines
