@@ -54,6 +54,8 @@ def test_plan_writes_table_report_best_scenario_and_deploy_sketch(tmp_path):
     (small_plan(space={"gpu": ["h200-nvl"]}), "error: unknown gpu 'h200-nvl'"),
     (small_plan(search={"objective": "latency"}), "error: plan: search.objective"),
     ("space: [1, 2", "error: plan: malformed YAML"),
+    (small_plan(mix={"rate_per_s": 5, "buckets": [{"name": "a", "share": 1, "prompt_tokens": [200, 100]}]}),
+     "error: plan: mix.buckets.0: prompt_tokens must be an integer >= 1 or [low, high] with 1 <= low <= high"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, plan, message):
     path = write(tmp_path, plan).replace(str(tmp_path / "plan.yaml"), "plan.yaml")
@@ -61,7 +63,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, plan, message):
     assert res.exit_code == 2, res.output
     assert res.output.strip().startswith(message.replace("plan:", f"{tmp_path / 'plan.yaml'}:")), res.output
     assert len(res.output.strip().splitlines()) == 1 and path
-    assert not (tmp_path / "out" / "plan.csv").exists()
+    assert not (tmp_path / "out").exists()  # (not even a cache of the probes made before the error)
 
 
 def test_no_candidate_meeting_the_traffic_names_the_closest(tmp_path):

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from servesim.errors import InputError
+from servesim.workload.config_base import check_int_spec
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
@@ -148,6 +149,17 @@ class MixBucket(BaseModel):
     """Prompt length: fixed, or [low, high] uniform."""
     output_tokens: int | list[int] = 128
     """Output length: fixed, or [low, high] uniform."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "MixBucket":
+        # checked here, not first by the workload of a planned run (which came after the plan's
+        # cache file was made)
+        for name in ("prompt_tokens", "output_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, list) and len(v) != 2:
+                raise ValueError(f"{name} must be an integer or [low, high], got {v}")
+            check_int_spec(name, v if isinstance(v, int) else tuple(v), 1)
+        return self
 
 
 class MixConfig(BaseModel):
