@@ -63,6 +63,14 @@ def test_bad_rows(tmp_path, body, message):
         list(make({"trace": str(path)}).arrivals())
 
 
+def test_whole_numbers_written_as_floats_are_counts(tmp_path):
+    # pandas writes an integer column that holds an empty cell as floats ("512.0")
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,prompt_len,output_len,max_tokens\n0,512.0,64,\n1.5,1e3,7.0,100.0\n")
+    reqs = list(make({"trace": str(path)}).arrivals())
+    assert [(r.prompt_len, r.output_len, r.max_tokens) for r in reqs] == [(512, 64, None), (1000, 7, 100)]
+
+
 def test_bad_jsonl_and_azure_timestamp(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": 9, "input_length": 5\n')

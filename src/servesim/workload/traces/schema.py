@@ -8,6 +8,7 @@ load unmodified. See docs/workloads.md, "Trace format".
 from __future__ import annotations
 
 import json
+import math
 from datetime import date
 from typing import Any, Callable
 
@@ -27,14 +28,25 @@ class CellError(ValueError):
 
 
 def parse_count(raw: Any) -> int:
-    """A non-negative integer token count."""
+    """A non-negative integer token count; a whole number written as a float is one too ("512.0":
+    pandas writes an integer column holding an empty cell so)."""
     try:
         value = int(raw)
     except (TypeError, ValueError):
-        raise CellError(f"{raw!r} is not a non-negative integer") from None
+        value = _whole(raw)
     if value < 0 or (isinstance(raw, float) and raw != value):
         raise CellError(f"{raw!r} is not a non-negative integer")
     return value
+
+
+def _whole(raw: Any) -> int:
+    try:
+        f = float(raw)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and f.is_integer()):
+        raise CellError(f"{raw!r} is not a non-negative integer")
+    return int(f)
 
 
 def parse_seconds(raw: Any) -> float:
