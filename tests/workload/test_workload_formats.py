@@ -55,6 +55,7 @@ def test_bad_cell_names_file_line_and_column(tmp_path):
     ("5,10,5\n2,3,4\n", "line 3, column arrival_s: 2.0 s is earlier than the previous row"),
     ("0,10,5\n1,3\n", "line 3: has 2 fields, the header has 3"),
     ("0,10,5\n1,3,4.5\n", "line 3, column output_len: '4.5' is not a non-negative integer"),
+    ("0,10,5\n1,3000000000,4\n", "line 3, column prompt_len: '3000000000' is above the largest count, 2,147,483,647"),
 ])
 def test_bad_rows(tmp_path, body, message):
     path = tmp_path / "t.csv"
@@ -69,6 +70,19 @@ def test_whole_numbers_written_as_floats_are_counts(tmp_path):
     path.write_text("arrival_s,prompt_len,output_len,max_tokens\n0,512.0,64,\n1.5,1e3,7.0,100.0\n")
     reqs = list(make({"trace": str(path)}).arrivals())
     assert [(r.prompt_len, r.output_len, r.max_tokens) for r in reqs] == [(512, 64, None), (1000, 7, 100)]
+
+
+def test_jsonl_rows_with_one_attribute_keep_it(tmp_path):
+    # (rows of four fields skipped their attributes: a tenant or priority alone was lost)
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"arrival_s": 0, "prompt_len": 5, "output_len": 1, "tenant": "a"}\n'
+                    '{"arrival_s": 1, "prompt_len": 5, "output_len": 1, "priority": 3}\n'
+                    '{"arrival_s": 2, "prompt_len": 5, "output_len": 1}\n')
+    assert [(r.tenant, r.priority) for r in make({"trace": str(path)}).arrivals()] == [("a", 0), ("default", 3),
+                                                                                      ("default", 0)]
+    path.write_text('{"arrival_s": 0, "prompt_len": 5, "output_len": 1, "priority": 1e308}\n')
+    with pytest.raises(InputError, match="t.jsonl line 1, field priority: 1e\\+308 is beyond a 64-bit integer"):
+        list(make({"trace": str(path)}).arrivals())
 
 
 def test_bad_jsonl_and_azure_timestamp(tmp_path):

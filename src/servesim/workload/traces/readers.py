@@ -171,6 +171,7 @@ class TraceReader:
     def _jsonl_rows(self) -> Iterator[tuple[int, str | None, Row]]:
         default_block = schema.DEFAULT_HASH_BLOCK_TOKENS
         parse_count = schema.parse_count
+        attribute_keys = schema.ATTRIBUTE_COLUMNS.keys()
         with open_text(self.path) as fh:
             arrival_col = prompt_col = output_col = None
             parse_t: Callable[[Any], float] | None = None
@@ -204,7 +205,7 @@ class TraceReader:
                     col = schema.HASH_BLOCK_COLUMN
                     block = parse_count(obj.get(col) or default_block)
                     attrs = None
-                    if len(obj) > 4:
+                    if not attribute_keys.isdisjoint(obj):  # (a C-level test: most rows have none)
                         for col, (field_name, parse) in schema.ATTRIBUTE_COLUMNS.items():
                             raw = obj.get(col)
                             if raw is not None and raw != "":

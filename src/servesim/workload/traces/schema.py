@@ -27,6 +27,10 @@ class CellError(ValueError):
     """A cell that does not parse; the reader adds file, line and column."""
 
 
+#: Largest token count a cell may hold (a trace's lengths are kept as int32).
+MAX_COUNT = 2**31 - 1
+
+
 def parse_count(raw: Any) -> int:
     """A non-negative integer token count; a whole number written as a float is one too ("512.0":
     pandas writes an integer column holding an empty cell so)."""
@@ -36,6 +40,8 @@ def parse_count(raw: Any) -> int:
         value = _whole(raw)
     if value < 0 or (isinstance(raw, float) and raw != value):
         raise CellError(f"{raw!r} is not a non-negative integer")
+    if value > MAX_COUNT:
+        raise CellError(f"{raw!r} is above the largest count, {MAX_COUNT:,}")
     return value
 
 
@@ -107,9 +113,12 @@ def parse_bool(raw: Any) -> bool:
 
 def parse_int(raw: Any) -> int:
     try:
-        return int(raw)
+        value = int(raw)
     except (TypeError, ValueError):
         raise CellError(f"{raw!r} is not an integer") from None
+    if not -2**63 < value < 2**63:  # (the request table's int64 columns; their smallest value means "none")
+        raise CellError(f"{raw!r} is beyond a 64-bit integer")
+    return value
 
 
 def parse_positive_float(raw: Any) -> float:
