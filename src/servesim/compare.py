@@ -117,8 +117,10 @@ def run_comparison(variants: Sequence[Variant], out_dir: Path, on_done: Callable
                    write_runs: bool = True) -> tuple[list[str], list[list], list[Path]]:
     """Simulate every variant; write each run folder and `comparison.csv` under `out_dir`."""
     from servesim.output import prepare_requests, write_run
-    from servesim.simulation import simulate
+    from servesim.simulation import check_inputs, simulate
 
+    for v in variants:  # (a variant refused after others ran would leave their folders behind)
+        check_inputs(v.scenario)
     summaries, run_dirs = [], []
     for v in variants:
         result = simulate(v.scenario, keep_requests=False)

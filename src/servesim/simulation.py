@@ -13,7 +13,7 @@ import numpy as np
 from servesim.cluster.build import PoolSpec, resolve_pools
 from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
-from servesim.cluster.polca import PowerManager
+from servesim.cluster.polca import PowerManager, check_power
 from servesim.cluster.setup import build_disaggregator, build_kv_store, build_migrator
 from servesim.cluster.scaling import build_controller, scaled_pool
 from servesim.core.loop import EventLoop
@@ -72,6 +72,15 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
             gc.enable()
             gc.collect()
         gc.unfreeze()
+
+
+def check_inputs(scenario: Scenario) -> None:
+    """The checks of the scenario `simulate` makes before its first event (the catalogue's
+    models, GPUs and engines, parallelism, memory, power limits), raising InputError as it
+    would: a sweep checks every variant so before running any."""
+    pools = resolve_pools(scenario)
+    if scenario.power is not None:
+        check_power(scenario.power, pools)
 
 
 def _run(scenario: Scenario, progress: Progress | None, keep_requests: bool, keep_steps: bool) -> Result:

@@ -36,6 +36,12 @@ BAD: dict[str, tuple[list[str], str]] = {
     "compare empty out": (["compare", "--set", "scheduler.name=vllm,orca", "--out", ""], "--out is empty"),
     "compare negative seed": (["compare", "--set", "scheduler.name=vllm,orca", "--seed", "-1", "--out", "{tmp}/c"],
                               "seed: Input should be greater than or equal to 0"),
+    "compare variant the catalogue refuses": (
+        ["compare", "--set", "tp=1,3", "--set", "workload.num_requests=20", "--out", "{tmp}/c"],
+        "tp 3 does not split llama-3.1-8b"),  # (checked before any variant runs: none is left half-written)
+    "compare power cap below idle": (
+        ["compare", "--set", "power.gpu_power_cap_w=400,50", "--set", "workload.num_requests=20", "--out", "{tmp}/c"],
+        "power.gpu_power_cap_w: 50 W is not above the idle power of h100-sxm"),
     "generate folder scenario": (["trace", "generate", "{tmp}", "{tmp}/g.csv"], "is a folder"),
 }
 

@@ -23,6 +23,22 @@ from servesim.perf import build_perf_model
 from servesim.replica.replica import STOPPED, Replica
 
 
+def check_power(cfg: PowerConfig, pools) -> None:
+    """Refuse a power cap or row budget at or below what the pools' GPUs draw idle."""
+    for p in pools:
+        idle = gpu_power_w(p.perf.gpu_spec)[0]
+        cap = cfg.gpu_power_cap_w
+        if cap is not None and cap <= idle:
+            raise InputError(f"power.gpu_power_cap_w: {cap:g} W is not above the idle power of {p.gpu} "
+                             f"({idle:g} W); allowed: {idle:g} W < cap")
+        budget, idle_w = cfg.row_power_budget_w, p.tp * idle
+        if budget is not None and budget <= idle_w:
+            # One idle replica alone would keep the brake on for the whole run.
+            raise InputError(f"power.row_power_budget_w: {budget:g} W is not above the idle power of one "
+                             f"{p.name} replica ({p.tp} x {p.gpu} at {idle:g} W = {idle_w:g} W); "
+                             f"allowed: {idle_w:g} W < budget")
+
+
 class PowerManager:
     """Clock caps for every replica of the cluster."""
 
@@ -32,20 +48,12 @@ class PowerManager:
         self._pools = {p.name: p for p in pools}
         self._scenario_perf = scenario_perf
         self._perfs: dict[tuple[str, float], object] = {}
-        self.base: dict[str, float] = {}  # clock ratio of the static cap, per pool
-        for p in pools:
-            power = gpu_power_w(p.perf.gpu_spec)
-            cap = cfg.gpu_power_cap_w
-            if cap is not None and cap <= power[0]:
-                raise InputError(f"power.gpu_power_cap_w: {cap:g} W is not above the idle power of {p.gpu} "
-                                 f"({power[0]:g} W); allowed: {power[0]:g} W < cap")
-            self.base[p.name] = 1.0 if cap is None else clock_for_cap(power, cap, cfg.frequency_exponent)
-            budget, idle_w = cfg.row_power_budget_w, p.tp * power[0]
-            if budget is not None and budget <= idle_w:
-                # One idle replica alone would keep the brake on for the whole run.
-                raise InputError(f"power.row_power_budget_w: {budget:g} W is not above the idle power of one "
-                                 f"{p.name} replica ({p.tp} x {p.gpu} at {power[0]:g} W = {idle_w:g} W); "
-                                 f"allowed: {idle_w:g} W < budget")
+        check_power(cfg, pools)
+        cap = cfg.gpu_power_cap_w
+        # clock ratio of the static cap, per pool
+        self.base: dict[str, float] = {p.name: 1.0 if cap is None else
+                                       clock_for_cap(gpu_power_w(p.perf.gpu_spec), cap, cfg.frequency_exponent)
+                                       for p in pools}
         self.level = 0  # 0: no cap beyond the static one, 1: clock_low, 2: brake
         self.clock_logs: list[list[tuple[float, float]]] = [[] for _ in cluster.replicas]
         self.row_w: list[tuple[float, float]] = []  # (time, row power read)
