@@ -159,9 +159,9 @@ class Scenario(BaseModel):
                                  f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
         if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
-        if a is not None and self.pools and any(p.role != "mixed" for p in self.pools):
-            raise ValueError(f"autoscaler ({a.name}) scales clusters of mixed pools only (not with prefill/decode "
-                             "roles); remove the autoscaler section or the roles")
+        if a is not None and self.pools and a.min_replicas == 0 and any(p.role != "mixed" for p in self.pools):
+            raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
+                             "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
         dp = self.perf.data_parallel_size
         if dp > 1 and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError(f"perf.data_parallel_size {dp}: attention data parallelism does not take KV hand-offs; "

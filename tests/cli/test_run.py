@@ -147,9 +147,10 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
         "perf.data_parallel_size 2: attention data parallelism does not take KV hand-offs"),
     "attention DP with migration": ("perf: {data_parallel_size: 2}\nreplicas: 2\nmigration: {enabled: true}\n", [],
                                     "perf.data_parallel_size 2: live migration moves requests between single-rank"),
-    "autoscaler with prefill/decode pools": (
-        "autoscaler: {name: kpa, max_replicas: 3}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n", [],
-        "autoscaler (kpa) scales clusters of mixed pools only (not with prefill/decode roles)"),
+    "scale to zero with prefill/decode pools": (
+        "autoscaler: {name: kpa, max_replicas: 3, min_replicas: 0, pool: d}\n"
+        "pools: [{name: p, role: prefill}, {name: d, role: decode}]\n", [],
+        "autoscaler (kpa): min_replicas 0 scales to zero only without prefill/decode pools"),
     "bad policy value": ("scheduler: {name: trtllm, capacity_scheduler_policy: X}\n", [],
                          "bad.yaml: scheduler.capacity_scheduler_policy: Input should be 'GUARANTEED_NO_EVICT' or "
                          "'MAX_UTILIZATION' (got 'X')"),

@@ -214,7 +214,7 @@ class Cluster:
     def stop_if_drained(self, replica: Replica, now_s: float) -> None:
         """A draining replica that holds nothing more (its last request finished or migrated
         out) is handed to the scale controller to stop."""
-        if self.on_drained and replica.state == DRAINING and replica.num_outstanding == 0:
+        if self.on_drained and replica.state == DRAINING and replica.empty:
             self.on_drained(replica, now_s)
 
     # ------------------------------------------------------------------ elastic

@@ -51,11 +51,9 @@ class Disaggregator:
         self.cfg = cfg
         self.network = network
         self.decode_router = decode_router
-        self.roles: list[str] = []
-        self.pool_of: list = []
-        for pool in pools:
-            self.roles += [pool.role] * pool.replicas
-            self.pool_of += [pool] * pool.replicas
+        by_name = {pool.name: pool for pool in pools}
+        self.pool_of: list = [by_name[r.pool] for r in cluster.replicas]  # (an autoscaler's spares too)
+        self.roles: list[str] = [pool.role for pool in self.pool_of]
         self.nodes = place_on_nodes([p.tp for p in self.pool_of], [p.gpus_per_node for p in self.pool_of])
         self.links: dict[tuple[int, str], Link] = {}
         self.transfers: list[Transfer] = []

@@ -22,6 +22,7 @@ from servesim.cluster.cluster import Cluster
 from servesim.cluster.coldstart import phase_times_s
 from servesim.cluster.config import AutoscalerConfig
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
+from servesim.errors import InputError
 from servesim.replica.replica import DRAINING, LOADING, PENDING, READY, STOPPED, WARMING, Replica
 
 STARTING = (PENDING, LOADING, WARMING)
@@ -79,7 +80,7 @@ class ScaleController:
             return  # the run is over: no more decisions
         lost = self.cluster.lost
         for r in self.replicas:
-            if r.state == DRAINING and r.num_outstanding == 0:  # (emptied by a crash: no last finish to stop at)
+            if r.state == DRAINING and r.empty:  # (emptied by a crash, or its last KV hand-off done)
                 r.set_state(now_s, STOPPED)
             elif r.index in lost and r.state != STOPPED:
                 # crashed for good: no longer counted as capacity, so the policy starts a
@@ -177,7 +178,7 @@ class ScaleController:
             evicted = r.evict_all(now_s)
             r.set_state(now_s, STOPPED)
             self.cluster.redispatch(evicted, r.index, now_s)
-        elif r.num_outstanding == 0:
+        elif r.empty:
             self.cluster.leaving(r.index, now_s)
             r.set_state(now_s, STOPPED)
         return 1
@@ -198,7 +199,7 @@ def pool_capacity(pool, cold_start_s: float) -> Capacity:
     prefill = budget / perf.step_time_s([(budget, 0)], [])
     n = max(1, min(cfg.max_num_seqs, pool.num_gpu_blocks * cfg.block_size // CAPACITY_CONTEXT_TOKENS))
     decode = n / perf.step_time_s([], [CAPACITY_CONTEXT_TOKENS] * n)
-    return Capacity(prefill, decode, cfg.max_num_seqs, pool.num_gpu_blocks, cfg.block_size, cold_start_s)
+    return Capacity(prefill, decode, cfg.max_num_seqs, pool.num_gpu_blocks, cfg.block_size, cold_start_s, pool.role)
 
 
 def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventLoop, indices: list[int],
@@ -206,6 +207,9 @@ def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventL
     """The scaler named in `cfg`, with its parameters and the pool's capacity, in a controller."""
     phases = phase_times_s(cfg.cold_start, pool.perf.weight_bytes_per_gpu)
     cls = get_autoscaler(cfg.name)
+    if pool.role == "decode" and getattr(cfg.params(), "mode", None) == "load":
+        raise InputError(f"autoscaler (dynamo-planner): mode load sizes replicas by their queued prefill work, which "
+                         f"decode pool '{pool.name}' has none of; allowed on a decode pool: mode throughput")
     scaler = cls(cfg.params(), pool_capacity(pool, sum(phases.values())), cfg.min_replicas, cfg.max_replicas)
     return ScaleController(cfg, scaler, cluster, loop, indices, phases, active, drain)
 

@@ -164,6 +164,13 @@ class Replica:
         """Takes new requests: alive and ready (not starting, draining or stopped)."""
         return self.alive and self.state == READY
 
+    @property
+    def empty(self) -> bool:
+        """Holds nothing: no request, and no KV handed off or on its way here (prefill/decode
+        pools: a draining replica stops once its last transfer is done)."""
+        ports = self.engine.ports
+        return self.num_outstanding == 0 and (ports is None or not ports.holds_blocks)
+
     def set_state(self, now_s: float, state: str) -> None:
         """Enter a lifecycle state (logged with its time)."""
         if state == PENDING and self.state == STOPPED:

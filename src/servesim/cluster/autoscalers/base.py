@@ -70,6 +70,7 @@ class Capacity:
     num_gpu_blocks: int
     block_size: int
     cold_start_s: float
+    role: str = "mixed"  # the pool's: a prefill or decode pool does only its part of each request
 
 
 class Autoscaler:
@@ -133,6 +134,8 @@ def per_replica(s: Sample, metric: str) -> float:
 
 def replica_rps(cap: Capacity, prompt_tokens: float, output_tokens: float) -> float:
     """Requests per second one replica sustains for this request shape (prefill and decode
-    share the GPU, so their times add)."""
-    work_s = prompt_tokens / cap.prefill_tokens_per_s + output_tokens / cap.decode_tokens_per_s
+    share a mixed replica's GPU, so their times add; a prefill or decode replica does one of
+    them, as Dynamo's planner sizes its prefill and decode workers apart)."""
+    work_s = ((prompt_tokens / cap.prefill_tokens_per_s if cap.role != "decode" else 0.0)
+              + (output_tokens / cap.decode_tokens_per_s if cap.role != "prefill" else 0.0))
     return 1.0 / work_s if work_s > 0 else float("inf")

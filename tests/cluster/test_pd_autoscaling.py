@@ -1,0 +1,74 @@
+"""An autoscaler on a prefill or a decode pool (Dynamo's planner sizes its prefill and decode
+workers apart): the spares take the pool's role and KV ports, a draining replica stops only
+once its last KV hand-off is done, nothing is lost, and fast-forward stays exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim import load_scenario, simulate
+from servesim.cluster.autoscalers.base import Capacity, replica_rps
+from servesim.errors import InputError
+from servesim.workload.request import RequestState
+from tests.cluster.helpers import outcome
+
+# Long answers on one decode replica with a small KV cache: decode is the bottleneck.
+LOAD = ["workload.trace=null", "workload.arrival.process=poisson", "workload.arrival.rate_per_s=12",
+        "workload.num_requests=500", "workload.lengths.prompt_tokens=[200, 800]",
+        "workload.lengths.output_tokens=[200, 400]", "slo.ttft_s=2"]
+PD = ("pools=[{name: p, role: prefill, replicas: 1}, "
+      "{name: d, role: decode, replicas: 1, engine: {gpu_memory_utilization: 0.3, max_num_seqs: 32}}]")
+SCALE = ["autoscaler.max_replicas=3", "autoscaler.interval_s=2", "autoscaler.cold_start.engine_start_s=1",
+         "autoscaler.cold_start.cuda_graph_capture_s=1", "autoscaler.cold_start.container_start_s=0.5",
+         "autoscaler.cold_start.storage=host_memory"]
+
+
+def run(extra: list[str], fast_forward: bool = True):
+    return simulate(load_scenario(None, [*LOAD, PD, *SCALE, *extra, f"engine.fast_forward={str(fast_forward).lower()}"]))
+
+
+@pytest.mark.parametrize("scale_down", ["drain", "evict"])
+def test_a_decode_pool_scales_up_under_decode_load_and_back(scale_down):
+    sets = ["autoscaler.name=hpa", "autoscaler.pool=d", "autoscaler.target_value=16",
+            "autoscaler.scale_down_stabilization_window_s=10", f"autoscaler.scale_down={scale_down}"]
+    r = run(sets)
+    assert all(q.state == RequestState.FINISHED and q.num_output_tokens == q.output_len for q in r.requests)
+    # the spares are replicas 2 and 3, decode replicas: requests' decode ends there
+    decoded_on = {q.replica for q in r.requests}
+    assert {2, 3} <= decoded_on and 0 not in decoded_on  # (replica 0 only prefills)
+    ups = [e for e in r.scale_events if e.action == "up"]
+    downs = [e for e in r.scale_events if e.action == "down"]
+    assert ups and downs and ups[0].time_s < downs[0].time_s  # up under the burst, down after it
+    assert outcome(r) == outcome(run(sets, fast_forward=False))
+
+
+def test_dynamo_planner_sizes_a_prefill_pool_by_prompts_and_a_decode_pool_by_answers():
+    mixed = Capacity(10_000.0, 1_000.0, 256, 1000, 16, 30.0)
+    prefill = Capacity(10_000.0, 1_000.0, 256, 1000, 16, 30.0, "prefill")
+    decode = Capacity(10_000.0, 1_000.0, 256, 1000, 16, 30.0, "decode")
+    assert replica_rps(mixed, 1000, 200) == 1 / (0.1 + 0.2)
+    assert replica_rps(prefill, 1000, 200) == 1 / 0.1 and replica_rps(decode, 1000, 200) == 1 / 0.2
+    # on the run: the planner in throughput mode scales the decode pool to what the answers need
+    sets = ["autoscaler.name=dynamo-planner", "autoscaler.pool=d", "autoscaler.interval_s=5"]
+    r = run(sets)
+    assert max(e.desired for e in r.scale_events) >= 2 and r.summary()["num_finished"] == 500
+    assert outcome(r) == outcome(run(sets, fast_forward=False))
+
+
+def test_a_prefill_pool_scales_too():
+    sets = ["autoscaler.name=hpa", "autoscaler.pool=p", "autoscaler.target_value=1",
+            "workload.lengths.prompt_tokens=[6000, 8000]", "workload.lengths.output_tokens=[2, 8]"]
+    r = run(sets)
+    assert r.summary()["num_finished"] == 500 and any(e.action == "up" for e in r.scale_events)
+    assert outcome(r) == outcome(run(sets, fast_forward=False))
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["autoscaler.name=kpa", "autoscaler.pool=d", "autoscaler.min_replicas=0"],
+     "min_replicas 0 scales to zero only without prefill/decode pools"),
+    (["autoscaler.name=dynamo-planner", "autoscaler.pool=d", "autoscaler.mode=load"],
+     "mode load sizes replicas by their queued prefill work, which decode pool 'd' has none of"),
+])
+def test_what_a_prefill_decode_cluster_cannot_scale_is_refused(sets, message):
+    with pytest.raises(InputError, match=message):
+        run(sets)
