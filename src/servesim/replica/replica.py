@@ -174,7 +174,7 @@ class Replica:
     def set_state(self, now_s: float, state: str) -> None:
         """Enter a lifecycle state (logged with its time)."""
         if state == PENDING and self.state == STOPPED:
-            self._fresh_parts()  # a new engine process: empty scheduler and KV cache
+            self._fresh_parts(now_s)  # a new engine process: empty scheduler and KV cache
         self.state = state
         self.lifecycle.append((now_s, state))
 
@@ -188,7 +188,11 @@ class Replica:
         self.engine.restart(scheduler, kv)
         return evicted
 
-    def _fresh_parts(self) -> None:
+    def _fresh_parts(self, now_s: float) -> None:
+        # the old process's leftovers beyond its requests (Continuum's pins, FastSwitch's CPU
+        # copies of contexts) end with it; it held no request, as it stopped empty
+        if self.engine.scheduler.drain(now_s):
+            raise AssertionError("a stopped replica held requests")
         kv = self.engine.kv
         kv.check_all_free()
         self._old_queried += kv.num_queried_tokens
