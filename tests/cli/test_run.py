@@ -158,6 +158,11 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
                               "give either `replicas` (3) or `pools`, not both"),
     "empty decode pool": ("pools: [{name: p, role: prefill}, {name: d, role: decode, replicas: 0}]\n", [], "replicas"),
     "bad pool role": ("pools: [{name: p, role: encode}]\n", [], "role"),
+    "sglang decode pool making the first token": (
+        "scheduler: sglang\ndisaggregation: {first_token: decode}\n"
+        "pools: [{name: p, role: prefill}, {name: d, role: decode}]\n", [],
+        "pools.d: disaggregation.first_token decode: an sglang decode pool takes the first token from the prefill "
+        "server; allowed: first_token prefill"),  # (every request stuck on the decode replica before, none finished)
     "migration with P/D pools": ("migration: {enabled: true}\npools: [{name: p, role: prefill}, {name: d, role: decode}]\n",
                                  [], "migration.enabled works between mixed pools only"),
     # issue 11 item 3: LoRA adapters
