@@ -63,6 +63,22 @@ def test_a_prefill_pool_scales_too():
     assert outcome(r) == outcome(run(sets, fast_forward=False))
 
 
+def test_a_decode_replica_picked_before_it_stopped_is_picked_again():
+    # Conditional disaggregation picks the decode replica at arrival; when the prompt is done
+    # that replica may have been scaled in. The KV went to it all the same, and the request ran
+    # on a stopped replica (its restart then found it: "a stopped replica held requests").
+    sets = ["workload.trace=null", "workload.arrival.process=poisson", "workload.num_requests=300",
+            "workload.lengths.dataset=sharegpt", "workload.arrival.rate_per_s=4",
+            "pools=[{name: p, role: prefill, replicas: 2}, {name: d, role: decode, replicas: 2, "
+            "engine: {gpu_memory_utilization: 0.3}}, {name: m, replicas: 1}]",
+            "autoscaler.name=llm-d-wva", "autoscaler.pool=d", "autoscaler.max_replicas=3", "autoscaler.scale_down=evict",
+            "autoscaler.interval_s=2", "autoscaler.cold_start.engine_start_s=1", "autoscaler.cold_start.cuda_graph_capture_s=1",
+            "scheduler.name=orca", "faults.crashes=[{replica: 0, at_s: 15, recovery_s: 10}]", "disaggregation.conditional=llm-d"]
+    r = simulate(load_scenario(None, sets))
+    assert r.summary()["num_finished"] == 300
+    assert outcome(r) == outcome(simulate(load_scenario(None, sets + ["engine.fast_forward=false"])))
+
+
 @pytest.mark.parametrize("sets, message", [
     (["autoscaler.name=kpa", "autoscaler.pool=d", "autoscaler.min_replicas=0"],
      "min_replicas 0 scales to zero only without prefill/decode pools"),

@@ -179,7 +179,7 @@ class Disaggregator:
                 c.replicas[src].engine.ports.release(key, now_s)
                 return c.end(req, now_s, RequestState.REJECTED, reason)
             d = req.extra.pop("pd_target", None)
-            if d is None or not c.replicas[d].alive:
+            if d is None or not c.replicas[d].accepting:  # (crashed, or draining or stopped since the pick)
                 cands = c._candidates(req) or []
                 d = self._pick_decode(req, [i for i in cands if self.roles[i] == "decode"], now_s)
                 if d is None:
