@@ -275,7 +275,10 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     if sched.repeat_order(grown) is None:
         return False  # the steps after the join may list the grown batch in another order
     until_s = st._until_s
-    if until_s != math.inf:  # (the newcomers' order may hold for less long than the running ones')
+    if until_s != math.inf or sched.reorders_running:
+        # the newcomers' order may hold for less long than the running ones' (an Autellix call
+        # joins at level 0 and leaves it after the first threshold's service, also where every
+        # running call is at the top level, whose order holds for good)
         until_s = min(until_s, sched.join_order_limit(joins, now_s))
         if until_s <= now_s:
             return False
