@@ -157,11 +157,15 @@ class Scenario(BaseModel):
             if not a.min_replicas <= start <= a.max_replicas:
                 raise ValueError(f"autoscaler: the pool starts with {start} replicas, outside "
                                  f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
+            roles = {p.name: p.role for p in self.pools or []}
+            if a.min_replicas == 0 and any(r != "mixed" for r in roles.values()):
+                raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
+                                 "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
+            if roles.get(pool) == "decode" and getattr(a.params(), "mode", None) == "load":
+                raise ValueError(f"autoscaler ({a.name}): mode load sizes replicas by their queued prefill work, "
+                                 f"which decode pool '{pool}' has none of; allowed on a decode pool: mode throughput")
         if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
-        if a is not None and self.pools and a.min_replicas == 0 and any(p.role != "mixed" for p in self.pools):
-            raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
-                             "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
         dp = self.perf.data_parallel_size
         if dp > 1 and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError(f"perf.data_parallel_size {dp}: attention data parallelism does not take KV hand-offs; "

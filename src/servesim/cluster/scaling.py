@@ -22,7 +22,6 @@ from servesim.cluster.cluster import Cluster
 from servesim.cluster.coldstart import phase_times_s
 from servesim.cluster.config import AutoscalerConfig
 from servesim.core.loop import PRIO_ARRIVAL, EventLoop
-from servesim.errors import InputError
 from servesim.replica.replica import DRAINING, LOADING, PENDING, READY, STOPPED, WARMING, Replica
 
 STARTING = (PENDING, LOADING, WARMING)
@@ -207,9 +206,6 @@ def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventL
     """The scaler named in `cfg`, with its parameters and the pool's capacity, in a controller."""
     phases = phase_times_s(cfg.cold_start, pool.perf.weight_bytes_per_gpu)
     cls = get_autoscaler(cfg.name)
-    if pool.role == "decode" and getattr(cfg.params(), "mode", None) == "load":
-        raise InputError(f"autoscaler (dynamo-planner): mode load sizes replicas by their queued prefill work, which "
-                         f"decode pool '{pool.name}' has none of; allowed on a decode pool: mode throughput")
     scaler = cls(cfg.params(), pool_capacity(pool, sum(phases.values())), cfg.min_replicas, cfg.max_replicas)
     return ScaleController(cfg, scaler, cluster, loop, indices, phases, active, drain)
 
