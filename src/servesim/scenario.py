@@ -219,8 +219,8 @@ class Scenario(BaseModel):
             if p.role == "decode" and model(p) not in prefill:
                 raise ValueError(f"pools.{p.name}: a decode pool has no route from a prefill pool serving "
                                  f"{model(p)} (add a pool with role: prefill)")
-            name = (p.scheduler if isinstance(p.scheduler, str) else (p.scheduler or {}).get("name")) or \
-                self.scheduler.name
+            name = p.scheduler if isinstance(p.scheduler, str) else (p.scheduler or {}).get("name")
+            name = name or self.scheduler.name
             if p.role == "decode" and name == "sglang" and self.disaggregation.first_token == "decode":
                 # (SGLang's prefill server makes the first token and sends it with the KV; its
                 # decode batches take only requests that have one)
