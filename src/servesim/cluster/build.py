@@ -40,6 +40,8 @@ class PoolSpec:
     # (`Scheduler.looks_up_prefixes`) runs its KV cache without prefix caching: its keys would
     # be read by nobody.
     cache_read_outside: bool = True
+    # a migrator reads each replica's head of line at its polls (`Scheduler.head_read_outside`)
+    head_read_outside: bool = False
     # the replicas' KV caches share one store of freed turns' keys (a CPU saving, same results)
     recent_keys: RecentKeys = field(default_factory=RecentKeys, compare=False, repr=False)
 
@@ -53,7 +55,10 @@ class PoolSpec:
         kv = cls.make_kv_cache(self.num_gpu_blocks, self.config.block_size, prefix, self.num_cpu_blocks)
         if isinstance(kv, KVCacheManager):
             kv.share_recent_keys(self.recent_keys)
-        return cls(self.scheduler.params(), self.config, kv, self.perf), kv
+        scheduler = cls(self.scheduler.params(), self.config, kv, self.perf)
+        if self.head_read_outside:
+            scheduler.head_read_outside = True
+        return scheduler, kv
 
 
 def resolve_engine_config(cfg: EngineConfig, perf) -> EngineConfig:
@@ -76,6 +81,8 @@ def resolve_engine_config(cfg: EngineConfig, perf) -> EngineConfig:
 def resolve_pools(scenario: Scenario) -> list[PoolSpec]:
     """The scenario's pools (one pool named `default` without a `pools` section)."""
     pools = _pools(scenario)
+    if scenario.migration.enabled:
+        pools = [replace(p, head_read_outside=True) for p in pools]
     # (`simulate` keeps keyed joins off where this is set too)
     outside = (get_router(scenario.router.name).reads_prefix_cache or scenario.kv_store.enabled
                or any(p.role != "mixed" for p in pools))

@@ -31,6 +31,10 @@ class FastForwardHooks:
     # then ends before a step that two of its requests leave together (`Engine._limit`): their
     # finishes, follow-ups and frees come in that step's order, which the next `schedule` gives.
     reorders_running: ClassVar[bool] = False
+    # Whether something outside the replica reads `waiting_head` at any time (the migrator's
+    # load, at each poll): a policy whose head follows state a stretch settles only at its end
+    # (VTC's counters) then steps while that head is in question. Set on the instance by its pool.
+    head_read_outside = False
     # How many chunk steps before its rest (the first chunk's step s included) a next turn whose
     # prompt the token budget chunks may take to join a keyed stretch (`replica/keyed_chunk_join.py`):
     # its middle chunks get the budget the decodes leave, as the running pass gives it to a prompt

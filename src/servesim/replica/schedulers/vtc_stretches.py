@@ -80,6 +80,9 @@ class VTCStretches:
             return REPEAT_AFTER_PREFILL if prefill else REPEAT_DECODES
         if not self.waiting:
             return _THROUGH  # (an arrival cuts the stretch: then the count decides)
+        if (self.head_read_outside and self.params.variant != "fcfs"
+                and sum(1 for q in self.waiting.queues.values() if q) > 1):
+            return NO_FAST_FORWARD  # (the head of line is the least-served tenant's, by counters charged at the end)
         # the schedule of step j >= 1 sees the decode steps so far: a mini-batch sets the count
         # to 0 and its own step is none, a decode step saw `_decode_steps` before it
         cap = self.params.max_wait_tokens + 1 if prefill else self.params.max_wait_tokens - self._decode_steps
