@@ -52,6 +52,8 @@ class EngineArrivals:
             # (inside a prompt's full chunks planned with its rest: it waits to the rest's step)
             held = (not keep and not chain and type(st) is Stretch and st.spent_to
                     and rest_keeps_arrival(self, st, req, now_s))
+            if st is not None:
+                self.scheduler.arriving_in_stretch(req)
             self.scheduler.add_request(req, now_s)
             if keep:
                 st.add_waiting(now_s)

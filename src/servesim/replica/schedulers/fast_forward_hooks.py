@@ -155,6 +155,12 @@ class FastForwardHooks:
         to that step (`replica/stretch_join.py`). Changes no state. The default, 0: step s's."""
         return 0
 
+    def arriving_in_stretch(self, req: Request) -> None:
+        """`req` reaches this replica while a stretch is in flight, kept or cutting it (told just
+        before `add_request`): a policy that reads its own state at an arrival (VTC's counter
+        lift) defers that read to the stretch's end, where the steps before the arrival are
+        charged. The default does nothing."""
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         """Asked while a fast-forwarded stretch planned from this policy's last `schedule`
         runs (repeat held, nothing changed here since): would every `schedule` call until

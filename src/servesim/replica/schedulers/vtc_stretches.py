@@ -59,7 +59,7 @@ class VTCStretches:
             w > 0 and math.frexp(w)[0] == 0.5 and (p.output_price / w).is_integer() for w in p.tenant_weights.values())
         self._keeps_arrivals = False  # the stretch in flight was planned with a queue (capped)
         self._left: list[Request] = []  # requests that finished since the last `schedule`
-        self._arriving: Request | None = None  # the arrival `arrival_keeps_batch` was asked about
+        self._arriving: Request | None = None  # an arrival while a stretch runs (`arriving_in_stretch`)
         self._lifts: list[tuple[str, list[str]]] = []  # (tenant, backlogged others) of lifts deferred
         self._joined: list[Request] = []  # requests that joined the stretch in flight, in order
 
@@ -91,8 +91,10 @@ class VTCStretches:
         self._keeps_arrivals = True
         return FastForward(repeat=True, after_prefill=True, through_finishes=True, max_steps=cap)
 
+    def arriving_in_stretch(self, req: Request) -> None:
+        self._arriving = req  # (its lift, if any, waits for the stretch's end: `add_request`)
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
-        self._arriving = req  # (asked only while a stretch runs: `add_request` follows)
         if not (self._keeps_arrivals and self.waiting):
             return False  # (the next arrival, None, is guessed to be of a tenant that waits)
         return req is None or self.params.variant != "vtc" or bool(self.waiting.queues.get(req.tenant))
