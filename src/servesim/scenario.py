@@ -219,13 +219,16 @@ class Scenario(BaseModel):
             if p.role == "decode" and model(p) not in prefill:
                 raise ValueError(f"pools.{p.name}: a decode pool has no route from a prefill pool serving "
                                  f"{model(p)} (add a pool with role: prefill)")
-            name = p.scheduler if isinstance(p.scheduler, str) else (p.scheduler or {}).get("name")
-            name = name or self.scheduler.name
-            if p.role == "decode" and name == "sglang" and self.disaggregation.first_token == "decode":
+            if (p.role == "decode" and self.disaggregation.first_token == "decode"
+                    and self.pool_scheduler(p).name == "sglang"):
                 # (SGLang's prefill server makes the first token and sends it with the KV; its
                 # decode batches take only requests that have one)
                 raise ValueError(f"pools.{p.name}: disaggregation.first_token decode: an sglang decode pool takes "
                                  "the first token from the prefill server; allowed: first_token prefill")
+
+    def pool_scheduler(self, pool: PoolConfig) -> SchedulerConfig:
+        """The scheduler a pool runs: its own, else the scenario's."""
+        return self.scheduler if pool.scheduler is None else SchedulerConfig.model_validate(pool.scheduler)
 
     @property
     def num_replicas(self) -> int:

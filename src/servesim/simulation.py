@@ -132,12 +132,12 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     cluster = Cluster([], [], router, loop, on_done, scenario.router.refresh_interval_s)
     cluster.requests = table  # the cluster registers each request once, on first arrival
     seeds = [policy_seed, *policy_seed.spawn(n - 1)]
+    keeps = keep_steps or keep_times  # (each replica's recorder keeps its steps, whole or their times)
     for pool in pools:
         for _ in range(pool.replicas):
-            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keep_steps or keep_times)
+            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keeps)
     for _ in range(extra):  # after every pool, so fixed replicas keep their indices
-        _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend,
-                     keep_steps or keep_times).set_state(0.0, STOPPED)
+        _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend, keeps).set_state(0.0, STOPPED)
     helper = _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
     # With several replicas the helper reduces the inter-token gaps too, as requests end: it moves
     # the after-run join to the second core. With one it would cost more CPU (the runs' trips down

@@ -101,7 +101,7 @@ def _pools(scenario: Scenario) -> list[PoolSpec]:
                 engine = EngineConfig.model_validate({**scenario.engine.model_dump(exclude_unset=True), **p.engine})
             except Exception as e:  # pydantic's message, made one line
                 raise InputError(f"pools.{p.name}.engine: {str(e).splitlines()[-2].strip()}") from None
-        sched = scenario.scheduler if p.scheduler is None else SchedulerConfig.model_validate(p.scheduler)
+        sched = scenario.pool_scheduler(p)
         spec = _pool(scenario, p.name, p.replicas, p.model or scenario.model, p.gpu or scenario.gpu,
                      p.tp or scenario.tp, p.dtype or scenario.dtype, engine, sched, p.mtbf_s, p.mttr_s)
         out.append(replace(spec, role=p.role, gpus_per_node=p.gpus_per_node))

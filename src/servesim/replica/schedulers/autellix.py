@@ -26,10 +26,9 @@ The per-step accounting (service, waiting time, promotions, keys: `on_step_end`)
 
 from __future__ import annotations
 
-import math
 import sys
 from bisect import bisect_right
-from math import copysign, inf
+from math import copysign, inf, log
 from functools import reduce
 from operator import add
 from typing import Literal
@@ -60,8 +59,8 @@ class AutellixParams(SchedulerParams):
 
     @model_validator(mode="after")
     def _finite_levels(self) -> AutellixParams:
-        top = math.log(self.base_quantum_s) + (self.num_queues - 2) * math.log(self.quantum_ratio)
-        if top >= math.log(sys.float_info.max):
+        top = log(self.base_quantum_s) + (self.num_queues - 2) * log(self.quantum_ratio)
+        if top >= log(sys.float_info.max):
             raise ValueError(f"the last level threshold base_quantum_s x quantum_ratio^(num_queues - 2) "
                              f"({self.base_quantum_s:g} x {self.quantum_ratio:g}^{self.num_queues - 2}) is beyond a "
                              f"float; lower num_queues or quantum_ratio")
