@@ -174,6 +174,9 @@ class Scenario(BaseModel):
             raise ValueError(f"perf.data_parallel_size {dp}: live migration moves requests between single-rank "
                              "replicas; set migration.enabled: false (or data_parallel_size: 1)")
         if self.workload.attributes.loras.mix():
+            if dp > 1:  # (each rank's requests were rejected at arrival, every one of them)
+                raise ValueError(f"perf.data_parallel_size {dp}: LoRA adapters (workload.attributes.loras) are served "
+                                 "by single-rank replicas only; set data_parallel_size: 1 (or no loras)")
             self._check_lora_schedulers()
         d = self.disaggregation
         if (d.rejection != "off" or d.overflow != "off") and not any(p.role == "prefill" for p in self.pools or []):

@@ -147,6 +147,9 @@ BAD: dict[str, tuple[str | bytes, list[str], str]] = {
         "perf.data_parallel_size 2: attention data parallelism does not take KV hand-offs"),
     "attention DP with migration": ("perf: {data_parallel_size: 2}\nreplicas: 2\nmigration: {enabled: true}\n", [],
                                     "perf.data_parallel_size 2: live migration moves requests between single-rank"),
+    "attention DP with LoRA adapters": ("perf: {data_parallel_size: 2}\nworkload: {attributes: {loras: {count: 3}}}\n", [],
+                                        "perf.data_parallel_size 2: LoRA adapters (workload.attributes.loras) are served "
+                                        "by single-rank replicas only"),
     "scale to zero with prefill/decode pools": (
         "autoscaler: {name: kpa, max_replicas: 3, min_replicas: 0, pool: d}\n"
         "pools: [{name: p, role: prefill}, {name: d, role: decode}]\n", [],
