@@ -3,7 +3,7 @@
 A variant is a scenario file plus `--set` overrides. An override whose value lists several
 comma-separated values (`scheduler.name=vllm,sarathi,vtc`) makes one variant per value; several
 such overrides make their cross product. Values in brackets or braces (YAML lists and
-mappings) are never split. Every variant keeps the scenario's seed (or `seed` if given), so
+mappings) are never split inside. Every variant keeps the scenario's seed (or `seed` if given), so
 they all replay the same requests.
 """
 
@@ -27,14 +27,27 @@ class Variant:
 
 
 def split_values(item: str) -> tuple[str, list[str]]:
-    """`key=a,b,c` -> (`key`, [a, b, c]); a bracketed or quoted value stays whole."""
+    """`key=a,b,c` -> (`key`, [a, b, c]); commas inside brackets, braces or quotes do not split
+    (`key=[p, d],d` -> ([p, d], d): YAML lists and mappings stay whole)."""
     key, sep, raw = item.partition("=")
     if not sep:
         raise InputError(f"--set expects KEY=VALUE (e.g. scheduler.name=vllm,sarathi), got '{item}'")
-    value = raw.strip()
-    if not value or value[0] in "[{'\"" or "," not in value:
+    parts, depth, quote, start = [], 0, None, 0
+    for i, c in enumerate(raw):
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"" and not raw[start:i].strip():  # (a quoted item; an apostrophe inside a word is text)
+            quote = c
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(raw[start:i])
+            start = i + 1
+    if not parts:
         return key.strip(), [raw]
-    return key.strip(), [v.strip() for v in value.split(",")]
+    return key.strip(), [v.strip() for v in parts + [raw[start:]]]
 
 
 def expand_variants(scenarios: Sequence[Path | None], sets: Sequence[str], seed: int | None = None) -> list[Variant]:

@@ -19,6 +19,9 @@ def test_split_values_lists_and_keeps_yaml_collections_whole():
     assert split_values("scheduler.name=vllm,sarathi, vtc") == ("scheduler.name", ["vllm", "sarathi", "vtc"])
     assert split_values("engine.max_num_seqs=64") == ("engine.max_num_seqs", ["64"])
     assert split_values("x.y=[1,2]") == ("x.y", ["[1,2]"])
+    assert split_values("autoscaler.pool=[p, d],d") == ("autoscaler.pool", ["[p, d]", "d"])  # (whole before)
+    assert split_values("a={x: 1, y: [2, 3]},'b,c', d") == ("a", ["{x: 1, y: [2, 3]}", "'b,c'", "d"])
+    assert split_values("tenant=it's,b") == ("tenant", ["it's", "b"])
     with pytest.raises(InputError):
         split_values("no-equals-sign")
 

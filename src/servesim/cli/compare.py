@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def compare(
         scenarios: Optional[list[Path]] = typer.Argument(None, help="Scenario YAML files (default: the packaged default)."),
-        set_: list[str] = typer.Option([], "--set", help="Override a key; commas list variants, e.g. scheduler.name=vllm,sarathi."),
+        set_: list[str] = typer.Option([], "--set", help="Override a key; commas list variants, e.g. scheduler.name=vllm,sarathi (not inside [...] or {...}: autoscaler.pool=[p, d],d)."),
         out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: out/compare)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed for every variant (default: each scenario's)."),
         report: bool = typer.Option(False, "--report", help="Also write comparison.html."),
