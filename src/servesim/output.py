@@ -26,7 +26,7 @@ from servesim.metrics.summary import STATE_NAMES, RequestColumns
 from servesim.metrics.timeseries import COLUMNS as TS_COLUMNS
 
 SCALE_EVENT_COLUMNS = ("time_s", "num_ready", "num_starting", "num_draining", "num_queued", "metric", "desired",
-                       "action", "delta")
+                       "action", "delta", "pool")
 from servesim.result import Result
 
 REQUEST_COLUMNS = ("id", "tenant", "priority", "slo_class", "is_offline", "session_id", "program_id", "arrival_s",

@@ -150,20 +150,20 @@ class Scenario(BaseModel):
         a = self.autoscaler
         if a is not None:
             names = [p.name for p in self.pools] if self.pools else ["default"]
-            pool = a.pool or names[0]
-            if pool not in names:
-                raise ValueError(f"autoscaler.pool: no pool '{pool}' (pools: {', '.join(names)})")
-            start = next(p.replicas for p in self.pools if p.name == pool) if self.pools else self.replicas
-            if not a.min_replicas <= start <= a.max_replicas:
-                raise ValueError(f"autoscaler: the pool starts with {start} replicas, outside "
-                                 f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
             roles = {p.name: p.role for p in self.pools or []}
             if a.min_replicas == 0 and any(r != "mixed" for r in roles.values()):
                 raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
                                  "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
-            if roles.get(pool) == "decode" and getattr(a.params(), "mode", None) == "load":
-                raise ValueError(f"autoscaler ({a.name}): mode load sizes replicas by their queued prefill work, "
-                                 f"which decode pool '{pool}' has none of; allowed on a decode pool: mode throughput")
+            for pool in a.pool_names(names):
+                if pool not in names:
+                    raise ValueError(f"autoscaler.pool: no pool '{pool}' (pools: {', '.join(names)})")
+                start = next(p.replicas for p in self.pools if p.name == pool) if self.pools else self.replicas
+                if not a.min_replicas <= start <= a.max_replicas:
+                    raise ValueError(f"autoscaler: pool '{pool}' starts with {start} replicas, outside "
+                                     f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
+                if roles.get(pool) == "decode" and getattr(a.params(), "mode", None) == "load":
+                    raise ValueError(f"autoscaler ({a.name}): mode load sizes replicas by their queued prefill work, "
+                                     f"which decode pool '{pool}' has none of; allowed on a decode pool: mode throughput")
         if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
         dp = self.perf.data_parallel_size

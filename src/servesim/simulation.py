@@ -6,6 +6,8 @@ import gc
 import tempfile
 import time
 from functools import partial
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
 from servesim.cluster.polca import PowerManager, check_power
 from servesim.cluster.setup import build_disaggregator, build_kv_store, build_migrator
-from servesim.cluster.scaling import build_controller, scaled_pool
+from servesim.cluster.scaling import build_controller, scaled_pools
 from servesim.core.loop import EventLoop
 from servesim.errors import InputError
 from servesim.metrics.disaggregation import migration_section
@@ -110,8 +112,8 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     until_s = scenario.max_sim_time_s or float("inf")
     n = sum(p.replicas for p in pools)
     auto = scenario.autoscaler
-    scaled, extra = scaled_pool(auto, pools)  # extra replicas stay stopped until scaled up
-    n += extra
+    scaled = scaled_pools(auto, pools)  # (pool, spares): the spares stay stopped until scaled up
+    n += sum(extra for _, extra in scaled)
     router = get_router(scenario.router.name)(scenario.router.params(), n, np.random.default_rng(router_seed))
     # Finishes may be processed late inside a stretch only if nothing reacts to them at once
     # but a closed-loop workload's follow-ups (told at the finish's time: `Feed.notice`): no
@@ -136,8 +138,9 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     for pool in pools:
         for _ in range(pool.replicas):
             _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keeps)
-    for _ in range(extra):  # after every pool, so fixed replicas keep their indices
-        _add_replica(cluster, scaled, until_s, defer, seeds, feed, n, scenario.frontend, keeps).set_state(0.0, STOPPED)
+    for pool, extra in scaled:  # after every pool, so fixed replicas keep their indices
+        for _ in range(extra):
+            _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keeps).set_state(0.0, STOPPED)
     helper = _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
     # With several replicas the helper reduces the inter-token gaps too, as requests end: it moves
     # the after-run join to the second core. With one it would cost more CPU (the runs' trips down
@@ -171,12 +174,14 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         engine.shared_keys_only = shared_only and type(engine.kv) is KVCacheManager and not sched.sorts_by_keys
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
-    controller = None
-    if auto:
-        first = sum(p.replicas for p in pools[:pools.index(scaled)])
-        indices = list(range(first, first + scaled.replicas)) + list(range(n - extra, n))
-        controller = build_controller(auto, scaled, cluster, loop, indices, active, migrator and migrator.drain)
-        controller.start()
+    controllers = []  # one per scaled pool: its replicas, then its spares
+    spare = n - sum(extra for _, extra in scaled)
+    for pool, extra in scaled:
+        first = sum(p.replicas for p in pools[:pools.index(pool)])
+        indices = list(range(first, first + pool.replicas)) + list(range(spare, spare + extra))
+        spare += extra
+        controllers.append(build_controller(auto, pool, cluster, loop, indices, active, migrator and migrator.drain))
+        controllers[-1].start()
     power = None
     if scenario.power is not None:
         power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
@@ -212,7 +217,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         progress(feed.num_done, workload.expected_num_requests, loop.now_s)
     result = assemble_result(scenario, pools, cluster, table, loop, getattr(workload, "skipped_rows", 0),
                      time.perf_counter() - wall0, spill, keep_steps, keep_times)
-    _add_control_sections(result, scenario, pools, cluster, controller, power, migrator)
+    _add_control_sections(result, scenario, pools, cluster, controllers, power, migrator)
     result.itl = helper.itl if helper else None
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
@@ -232,12 +237,12 @@ def _sole_replica(cluster: Cluster, feed: Feed) -> None:
 
 
 def _add_control_sections(result: Result, scenario: Scenario, pools: list[PoolSpec], cluster: Cluster,
-                          controller, power: PowerManager | None, migrator) -> None:
+                          controllers: list, power: PowerManager | None, migrator) -> None:
     """What the autoscaler, power manager, migrator and KV store did, into `result`."""
-    if controller is not None:
-        result.scale_events = controller.events
-    if controller is not None or power is not None:
-        result.elastic = elastic_info(scenario, pools, cluster.replicas, controller, power)
+    if controllers:  # (every pool's decisions, by time; a tick's in the order of the pools named)
+        result.scale_events = sorted(chain.from_iterable(c.events for c in controllers), key=attrgetter("time_s"))
+    if controllers or power is not None:
+        result.elastic = elastic_info(scenario, pools, cluster.replicas, controllers, power)
     if migrator is not None:
         result.migration = migration_section(migrator.migrations)
     if cluster.kv_store is not None:

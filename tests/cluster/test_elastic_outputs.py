@@ -23,6 +23,7 @@ def test_run_folder_and_report_of_an_elastic_run(tmp_path):
     assert len(rows) == len(result.scale_events) > 0
     assert {r["action"] for r in rows} <= {"up", "down", "hold"} and any(r["action"] == "up" for r in rows)
     assert [float(r["time_s"]) for r in rows] == [2.0 * (i + 1) for i in range(len(rows))]
+    assert {r["pool"] for r in rows} == {"default"}  # (the pool decided on: one column for runs that scale several)
     with open(out / "timeseries.csv") as f:
         header = next(csv.reader(f))
     assert header[-3:] == ["num_replicas", "power_w", "cost_usd"]

@@ -1,8 +1,10 @@
-"""An autoscaler on a prefill or a decode pool (Dynamo's planner sizes its prefill and decode
-workers apart): the spares take the pool's role and KV ports, a draining replica stops only
+"""An autoscaler on a prefill or a decode pool, or on both (Dynamo's planner sizes its prefill and
+decode workers apart): the spares take the pool's role and KV ports, a draining replica stops only
 once its last KV hand-off is done, nothing is lost, and fast-forward stays exact."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -53,6 +55,36 @@ def test_dynamo_planner_sizes_a_prefill_pool_by_prompts_and_a_decode_pool_by_ans
     r = run(sets)
     assert max(e.desired for e in r.scale_events) >= 2 and r.summary()["num_finished"] == 500
     assert outcome(r) == outcome(run(sets, fast_forward=False))
+
+
+def test_one_planner_scales_the_prefill_and_the_decode_pool_each_by_its_own_capacity():
+    # Long prompts and long answers at 20 requests/s: one prefill replica cannot keep up with the
+    # prompts, nor one small decode replica with the answers. `pool: [p, d]` runs a decision loop
+    # per pool, the prefill pool sized by prompts, the decode pool by answers.
+    sets = ["autoscaler.name=dynamo-planner", "autoscaler.pool=[p, d]", "autoscaler.interval_s=2",
+            "workload.arrival.rate_per_s=20", "workload.lengths.prompt_tokens=[3000, 5000]"]
+    r = run(sets)
+    assert r.summary()["num_finished"] == 500
+    ups = {e.pool for e in r.scale_events if e.action == "up"}
+    assert ups == {"p", "d"}
+    # each pool's decisions every 2 s, the prefill pool's first at each tick
+    assert [e.pool for e in r.scale_events[:4]] == ["p", "d", "p", "d"]
+    # the spares, after the fixed replicas: 2 and 3 prefill, 4 and 5 decode
+    assert [rep.pool for rep in r.replicas] == ["p", "d", "p", "p", "d", "d"]
+    prefilled = [int(rep.steps.prefill_tokens.sum()) for rep in r.replicas]
+    assert prefilled[2] > 0 and prefilled[3] > 0  # the prefill pool's spares ran prompts
+    assert any(q.replica == 4 for q in r.requests)  # and a decode spare decoded answers
+    assert outcome(r) == outcome(run(sets, fast_forward=False))
+
+
+@pytest.mark.parametrize("pool, message", [
+    ("[p, p]", "autoscaler: pool ['p', 'p']: a list names each pool to scale once, and at least one"),
+    ("[p, x]", "autoscaler.pool: no pool 'x' (pools: p, d)"),
+    ("[]", "autoscaler: pool []: a list names each pool to scale once, and at least one"),
+])
+def test_a_bad_list_of_pools_is_refused(pool, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        run(["autoscaler.name=hpa", f"autoscaler.pool={pool}"])
 
 
 def test_a_prefill_pool_scales_too():

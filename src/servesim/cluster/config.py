@@ -114,15 +114,17 @@ class FaultsConfig(BaseModel):
 
 
 class AutoscalerConfig(BaseModel):
-    """Scale one pool with load: the policy by name with its parameters beside the name, the
+    """Scale a pool (or several) with load: the policy by name with its parameters beside the name, the
     bounds, the decision loop and the cold start a new replica pays."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = "hpa"
     """Registered autoscaler name (see `servesim catalog autoscalers`)."""
-    pool: str | None = None
-    """Pool to scale (default: the first pool, or the top-level replicas)."""
+    pool: str | list[str] | None = None
+    """Pool to scale (default: the first pool, or the top-level replicas); a list scales each
+    of its pools by a decision loop of its own with this policy, parameters and bounds (Dynamo's
+    planner sizes its prefill and its decode workers together, each by its own capacity)."""
     min_replicas: int = Field(1, ge=0)
     """Fewest replicas (0 = scale to zero: requests wait at the cluster for a cold start)."""
     max_replicas: int = Field(4, ge=1, le=MAX_REPLICAS)
@@ -145,8 +147,14 @@ class AutoscalerConfig(BaseModel):
     def _check(self) -> "AutoscalerConfig":
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        if isinstance(self.pool, list) and (not self.pool or len(set(self.pool)) < len(self.pool)):
+            raise ValueError(f"pool {self.pool}: a list names each pool to scale once, and at least one")
         self.params()
         return self
+
+    def pool_names(self, names: list[str]) -> list[str]:
+        """The pools scaled, of a scenario whose pools are `names` in order."""
+        return list(self.pool) if isinstance(self.pool, list) else [self.pool or names[0]]
 
     def params(self):
         from servesim.cluster.autoscalers import get_autoscaler

@@ -1,4 +1,5 @@
-"""The scale controller: a periodic decision loop that starts and drains replicas of one pool.
+"""The scale controller: a periodic decision loop that starts and drains replicas of one pool
+(an autoscaler over several pools runs one controller per pool).
 
 Every `interval_s` (only while the run is active) it scrapes the pool into a `Sample`
 (ready replicas' views at that instant, arrivals since the last scrape), hands the
@@ -40,6 +41,7 @@ class ScaleEvent:
     desired: int  # after clamping to [min_replicas, max_replicas]
     action: str  # up, down or hold
     delta: int  # replicas started (+) or stopped/drained (-)
+    pool: str  # the pool decided on
 
 
 class ScaleController:
@@ -51,6 +53,7 @@ class ScaleController:
         self.cfg, self.scaler, self.cluster, self.loop = cfg, scaler, cluster, loop
         self.drain = drain  # migrates a scaled-in replica's requests out (scale_down: migrate)
         self.replicas: list[Replica] = [cluster.replicas[i] for i in indices]
+        self.pool = self.replicas[0].pool
         self.phases_s = phases_s  # pending, loading, warming durations
         self.active = active
         self.interval_s = cfg.interval_s or type(scaler).default_interval_s
@@ -123,7 +126,7 @@ class ScaleController:
             delta = -sum(self._down(now_s) for _ in range(-delta))
         s = self._pending[-1] if self._pending else visible[-1]  # (the newest scrape)
         self.events.append(ScaleEvent(now_s, s.num_ready, s.num_starting, s.num_draining, s.num_queued, float(metric),
-                                      want, "up" if delta > 0 else "down" if delta < 0 else "hold", delta))
+                                      want, "up" if delta > 0 else "down" if delta < 0 else "hold", delta, self.pool))
 
     # ------------------------------------------------------------------ up
     def _up(self, now_s: float) -> int:
@@ -210,9 +213,11 @@ def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventL
     return ScaleController(cfg, scaler, cluster, loop, indices, phases, active, drain)
 
 
-def scaled_pool(cfg: AutoscalerConfig | None, pools: list) -> tuple[object | None, int]:
-    """The pool the autoscaler scales and how many replicas it may add to its initial count."""
+def scaled_pools(cfg: AutoscalerConfig | None, pools: list) -> list[tuple[object, int]]:
+    """The pools the autoscaler scales, each with how many replicas it may add to its initial
+    count (its spares, stopped until scaled up)."""
     if cfg is None:
-        return None, 0
-    pool = next(p for p in pools if p.name == (cfg.pool or pools[0].name))
-    return pool, max(0, cfg.max_replicas - pool.replicas)
+        return []
+    by_name = {p.name: p for p in pools}
+    return [(by_name[name], max(0, cfg.max_replicas - by_name[name].replicas))
+            for name in cfg.pool_names([p.name for p in pools])]

@@ -91,7 +91,7 @@ def elastic_timeseries(records, info: dict, time_s: np.ndarray, interval_s: np.n
     return {"num_replicas": up / interval_s, "power_w": energy / interval_s, "cost_usd": cost}
 
 
-def elastic_info(scenario, pools, replicas, controller, power) -> dict:
+def elastic_info(scenario, pools, replicas, controllers: list, power) -> dict:
     """What the `elastic` summary section needs beyond the replica records: each replica's
     lifecycle, GPUs, power constants, clock changes and price, and the cold starts paid."""
     by_name = {p.name: p for p in pools}
@@ -103,8 +103,8 @@ def elastic_info(scenario, pools, replicas, controller, power) -> dict:
         per.append({"lifecycle": list(r.lifecycle), "num_gpus": by_name[r.pool].tp, "gpu": gpu,
                     "price_usd_h": gpu.price_usd_h if price is None else price,
                     "clock_log": power.clock_logs[r.index] if power else []})
-    info = {"replicas": per, "cold_starts_s": list(controller.cold_starts_s) if controller else [],
-            "autoscaler": scenario.autoscaler.name if controller else None,
+    info = {"replicas": per, "cold_starts_s": [t for c in controllers for t in c.cold_starts_s],
+            "autoscaler": scenario.autoscaler.name if controllers else None,
             "gamma": scenario.power.frequency_exponent if power else 2.5}
     if power is not None and scenario.power.row_power_budget_w is not None:
         info["num_throttle_events"] = power.num_throttle_events
