@@ -191,3 +191,21 @@ def test_vtc_lifts_a_tenant_arriving_inside_a_stretch_at_its_end_also_with_migra
     assert _outcome(fast) == _outcome(slow)
     assert fast.summary()["migration"]["num_migrations"] > 0
     assert fast.num_fast_forwarded_steps > 0.3 * len(fast.steps)
+
+
+def test_vtc_settles_a_stretch_before_an_arrival_so_a_migrator_reads_stepping_s_head():
+    # An arrival inside a stretch (cut there by the KV ports) lifted its tenant's counter at the
+    # stretch's end; a migrator's poll during the step in flight then read the head of line from
+    # counters without that lift and without the steps charged so far (209 of 332 requests
+    # differed). Now the steps that ended before each arrival, or a migrated request's landing,
+    # are applied first and the boundary before it runs again: the lift reads stepping's counters.
+    sets = ["scheduler.name=vtc", "workload.trace.end_s=90", "workload.trace.speedup=4", "replicas=2",
+            "router.name=mooncake", 'workload.attributes.tenants={"a": 1, "b": 2, "c": 1}', "migration.enabled=true",
+            "engine.gpu_memory_utilization=0.25", "engine.num_speculative_tokens=1", "engine.max_num_seqs=64"]
+    path = str(Path(__file__).resolve().parents[2] / "examples" / "azure-conv.yaml")
+    fast = simulate(load_scenario(path, sets), keep_steps=True)
+    slow = simulate(load_scenario(path, sets + ["engine.fast_forward=false"]))
+    assert _outcome(fast) == _outcome(slow)
+    assert fast.summary()["migration"] == slow.summary()["migration"]
+    assert fast.summary()["migration"]["num_migrations"] > 10
+    assert fast.num_fast_forwarded_steps > 0.3 * len(fast.steps)

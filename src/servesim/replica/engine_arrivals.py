@@ -37,6 +37,11 @@ class EngineArrivals:
                 req.kv_block_keys = block_keys(req, self.kv.block_size, self.shared_keys_only)
                 self.keys_seen = True
             st = self.stretch
+            st = self.stretch
+            settled = False
+            if st is not None and self.scheduler.head_read_outside:  # (no call per arrival for the others)
+                settled = self.settles_for(req, now_s)  # (its lift then reads stepping's counters, at once)
+                st = self.stretch
             # A request the stretch's steps would not look at changes nothing they repeat: it
             # goes on, logging one more waiting request from the step after the one in flight
             # (the first step whose `schedule` would see it when stepping).
@@ -52,7 +57,7 @@ class EngineArrivals:
             # (inside a prompt's full chunks planned with its rest: it waits to the rest's step)
             held = (not keep and not chain and type(st) is Stretch and st.spent_to
                     and rest_keeps_arrival(self, st, req, now_s))
-            if st is not None:
+            if st is not None and not settled:
                 self.scheduler.arriving_in_stretch(req)
             self.scheduler.add_request(req, now_s)
             if keep:
@@ -69,6 +74,17 @@ class EngineArrivals:
                 self.interrupt(now_s)
         if self._unevented is not None:  # (a sole replica's stretch left without an end event)
             self._settle()
+
+    def settles_for(self, req: Request, now_s: float) -> bool:
+        """Before `req` comes in at `now_s` (an arrival, a migrated request): settle the stretch
+        in flight if the policy asks (`Scheduler.settles_before`); True if it did. Every change
+        here while a stretch runs comes through this, so the boundary a settle runs again has
+        nothing in its queues that came after it."""
+        sched = self.scheduler
+        if self.stretch is None or not sched.head_read_outside or not sched.settles_before(req):
+            return False
+        self.settle_before(now_s)
+        return True
 
     def settle(self) -> None:
         """After an arrival that may not have reached this engine (the cluster ended it):

@@ -26,6 +26,7 @@ from servesim.replica.finish_order import policy_rank
 from servesim.replica import policy_stops
 from servesim.replica.keyed_join import keyed_join, with_keys
 from servesim.replica.schedulers.base import FastForward, SchedulerOutput
+from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import DecodeFn, DecodeForms, Stretch
 from servesim.replica.stretch_chunks import RunTimes
 from servesim.replica.stretch_apply import StretchApply
@@ -275,6 +276,32 @@ class FastForwarding(StretchApply):
         n -> function, the memo's own `__getitem__` (a stretch asks it at each join and
         departure; a C call once the batch size was seen)."""
         return self._decode_fns.__getitem__
+
+    def settle_before(self, now_s: float) -> None:
+        """Apply the steps of the stretch in flight that ended before `now_s`, and go on from
+        the last one's end as stepping did there (its `schedule` at that boundary, the step in
+        flight at `now_s` then run on its own or starting a stretch): the policy's own state is
+        then stepping's at `now_s` (`Scheduler.settles_before`). Nothing if no step ended. The
+        calls and releases of KV ports made during the step in flight wait for its end, as in
+        stepping (they came after its boundary)."""
+        st = self.stretch
+        s = st.steps_before(now_s)
+        if not s:
+            return
+        if not (type(st) is SpecStretch or (type(st) is Stretch and not (st.joins or st.stalls or st.rests))):
+            raise AssertionError(f"a {type(st).__name__} with joins cannot be settled before an arrival")
+        t = (st.ends_view if type(st) is Stretch else st.ends)[s - 1]
+        st.cut(t)  # (the steps that started before t: those that ended by it)
+        st.gen += 1  # (its end event is void)
+        ports = self.ports
+        held = None
+        if ports is not None:
+            held, ports._calls, ports._releases = (ports._calls, ports._releases), [], []
+        self.stretch = None
+        done = self._apply_stretch(st)
+        self._finish_and_continue(st.out, done, t, None, st.timers[3] if type(st) is Stretch and st.timers else None)
+        if held is not None:
+            ports._calls[:0], ports._releases[:0] = held
 
     def end_stretch_now(self, st: Stretch, now_s: float) -> None:
         """End `st` at `now_s` (its caller truncated it to the step in flight): its pending end

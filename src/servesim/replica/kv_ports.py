@@ -131,8 +131,9 @@ class KVPorts:
     def arrive(self, req: Request, now_s: float) -> None:
         """`req`'s KV is here (in its reserved blocks): it joins the running batch."""
         del self.reserved[req.id]
-        req.state = RequestState.RUNNING
         eng = self.engine
+        eng.settles_for(req, now_s)  # (before it joins the batch: the boundary a settle runs again preceded it)
+        req.state = RequestState.RUNNING
         eng.scheduler.add_transferred(req, now_s)
         eng.interrupt(now_s)
 

@@ -155,6 +155,15 @@ class FastForwardHooks:
         to that step (`replica/stretch_join.py`). Changes no state. The default, 0: step s's."""
         return 0
 
+    def settles_before(self, req: Request) -> bool:
+        """Asked (only where `head_read_outside`) when `req` reaches this replica while a stretch
+        is in flight: would taking it in read the policy's own state that the stretch settles
+        only at its end, where a read of `waiting_head` from outside could see the difference
+        before then (VTC's counter lift)? Then the engine first applies the steps that ended
+        before the arrival (`Engine.settle_before`) and the policy reads its state at once. Must
+        not change any state. The default: no."""
+        return False
+
     def arriving_in_stretch(self, req: Request) -> None:
         """`req` reaches this replica while a stretch is in flight, kept or cutting it (told just
         before `add_request`): a policy that reads its own state at an arrival (VTC's counter

@@ -34,6 +34,11 @@ the same way): a step emits 1 + its accepted drafts, and the counters charge eac
 tokens since the decision (integers too); a lift deferred to the end of a cut stretch reads
 them without the tokens of the step in flight, counted from the engine's token log
 (`_charge_tokens`).
+
+With a migrator reading the head of line (`head_read_outside`) a lift deferred to the stretch's end
+would be read too early: there the replica settles the stretch before each arrival instead
+(`settles_before`, `Engine.settle_before`), the steps that ended before it applied and charged, the
+boundary before it run again (nothing came since: every arrival settles), and the lift made at once.
 """
 
 from __future__ import annotations
@@ -94,6 +99,12 @@ class VTCStretches:
     def arriving_in_stretch(self, req: Request) -> None:
         self._arriving = req  # (its lift, if any, waits for the stretch's end: `add_request`)
 
+    def settles_before(self, req: Request) -> bool:
+        # The head of line a migrator reads follows the counters (a lift, and the steps charged
+        # so far): settled at every arrival, not only at one that lifts or makes two tenants
+        # wait, so that no arrival is in the queue when the boundary before it runs again
+        return self.params.variant != "fcfs"
+
     def arrival_keeps_batch(self, req: Request | None) -> bool:
         if not (self._keeps_arrivals and self.waiting):
             return False  # (the next arrival, None, is guessed to be of a tenant that waits)
@@ -105,8 +116,8 @@ class VTCStretches:
     def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
         # a stretch through finishes, planned with nothing waiting; one tenant waits (no lift,
         # its queue's order), each newcomer fresh (vtc's admission makes no prefix lookup)
-        if self._keeps_arrivals or self._lifts or not self._exact_charges():
-            return None
+        if self._keeps_arrivals or self._lifts or self.head_read_outside or not self._exact_charges():
+            return None  # (with a migrator reading the head, arrivals cut: `settles_before` settles them)
         if sum(1 for q in self.waiting.queues.values() if q) != 1:
             return None
         joins = [(req, req.num_tokens) for req in self.waiting]
