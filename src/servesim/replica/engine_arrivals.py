@@ -37,7 +37,6 @@ class EngineArrivals:
                 req.kv_block_keys = block_keys(req, self.kv.block_size, self.shared_keys_only)
                 self.keys_seen = True
             st = self.stretch
-            st = self.stretch
             settled = False
             if st is not None and self.scheduler.head_read_outside:  # (no call per arrival for the others)
                 settled = self.settles_for(req, now_s)  # (its lift then reads stepping's counters, at once)

@@ -293,15 +293,12 @@ class FastForwarding(StretchApply):
         t = (st.ends_view if type(st) is Stretch else st.ends)[s - 1]
         st.cut(t)  # (the steps that started before t: those that ended by it)
         st.gen += 1  # (its end event is void)
-        ports = self.ports
-        held = None
-        if ports is not None:
-            held, ports._calls, ports._releases = (ports._calls, ports._releases), [], []
+        held = self.ports.set_aside() if self.ports is not None else None
         self.stretch = None
         done = self._apply_stretch(st)
         self._finish_and_continue(st.out, done, t, None, st.timers[3] if type(st) is Stretch and st.timers else None)
         if held is not None:
-            ports._calls[:0], ports._releases[:0] = held
+            self.ports.put_back(held)
 
     def end_stretch_now(self, st: Stretch, now_s: float) -> None:
         """End `st` at `now_s` (its caller truncated it to the step in flight): its pending end

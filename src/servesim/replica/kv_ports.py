@@ -97,6 +97,17 @@ class KVPorts:
         self._expected.append((req, num_tokens))
         self.engine.interrupt(now_s)
 
+    def set_aside(self) -> tuple[list, list]:
+        """Take the calls and releases made since the last boundary, for a later one
+        (`put_back`): a boundary run again before them (`Engine.settle_before`) must not see them."""
+        held = self._calls, self._releases
+        self._calls, self._releases = [], []
+        return held
+
+    def put_back(self, held: tuple[list, list]) -> None:
+        calls, releases = held
+        self._calls[:0], self._releases[:0] = calls, releases
+
     def call(self, fn: Callable[[float], None], now_s: float) -> None:
         """Run `fn(t)` at the next step boundary, where every request's state is exact (a
         migration picks, checks or removes its request there)."""
