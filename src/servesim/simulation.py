@@ -17,7 +17,7 @@ from servesim.cluster.cluster import Cluster
 from servesim.cluster.routers import Router, get_router
 from servesim.cluster.polca import PowerManager, check_power
 from servesim.cluster.setup import build_disaggregator, build_kv_store, build_migrator
-from servesim.cluster.scaling import build_controller, scaled_pools
+from servesim.cluster.scaling import scaled_pools, start_controllers
 from servesim.core.loop import EventLoop
 from servesim.errors import InputError
 from servesim.metrics.disaggregation import migration_section
@@ -174,14 +174,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         engine.shared_keys_only = shared_only and type(engine.kv) is KVCacheManager and not sched.sorts_by_keys
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
-    controllers = []  # one per scaled pool: its replicas, then its spares
-    spare = n - sum(extra for _, extra in scaled)
-    for pool, extra in scaled:
-        first = sum(p.replicas for p in pools[:pools.index(pool)])
-        indices = list(range(first, first + pool.replicas)) + list(range(spare, spare + extra))
-        spare += extra
-        controllers.append(build_controller(auto, pool, cluster, loop, indices, active, migrator and migrator.drain))
-        controllers[-1].start()
+    controllers = start_controllers(auto, scaled, pools, cluster, loop, active, migrator and migrator.drain)
     power = None
     if scenario.power is not None:
         power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)

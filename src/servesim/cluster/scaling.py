@@ -213,6 +213,22 @@ def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventL
     return ScaleController(cfg, scaler, cluster, loop, indices, phases, active, drain)
 
 
+def start_controllers(cfg: AutoscalerConfig | None, scaled: list[tuple[object, int]], pools: list, cluster: Cluster,
+                      loop: EventLoop, active: Callable[[], bool],
+                      drain: Callable[[int, float], None] | None = None) -> list[ScaleController]:
+    """A started controller per scaled pool (`scaled_pools`), over its replicas and then its
+    spares (the cluster's last replicas, in `scaled`'s order)."""
+    controllers = []
+    spare = len(cluster.replicas) - sum(extra for _, extra in scaled)
+    for pool, extra in scaled:
+        first = sum(p.replicas for p in pools[:pools.index(pool)])
+        indices = list(range(first, first + pool.replicas)) + list(range(spare, spare + extra))
+        spare += extra
+        controllers.append(build_controller(cfg, pool, cluster, loop, indices, active, drain))
+        controllers[-1].start()
+    return controllers
+
+
 def scaled_pools(cfg: AutoscalerConfig | None, pools: list) -> list[tuple[object, int]]:
     """The pools the autoscaler scales, each with how many replicas it may add to its initial
     count (its spares, stopped until scaled up)."""
