@@ -151,16 +151,25 @@ class Scenario(BaseModel):
         if a is not None:
             names = [p.name for p in self.pools] if self.pools else ["default"]
             roles = {p.name: p.role for p in self.pools or []}
-            if a.min_replicas == 0 and any(r != "mixed" for r in roles.values()):
-                raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
-                                 "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
-            for pool in a.pool_names(names):
+            scaled = a.pool_names(names)
+            for key in ("min_replicas", "max_replicas"):  # (a count per pool names exactly the scaled ones)
+                counts = getattr(a, key)
+                if isinstance(counts, dict) and set(counts) != set(scaled):
+                    raise ValueError(f"autoscaler.{key}: a count per pool names each scaled pool once "
+                                     f"(got {', '.join(counts) or 'none'}; scaled: {', '.join(scaled)})")
+            for pool in scaled:
                 if pool not in names:
                     raise ValueError(f"autoscaler.pool: no pool '{pool}' (pools: {', '.join(names)})")
+                lo, hi = a.bounds(pool)
+                if lo == 0 and any(r != "mixed" for r in roles.values()):
+                    raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
+                                     "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
+                if lo > hi:
+                    raise ValueError(f"autoscaler: pool '{pool}': min_replicas ({lo}) is above max_replicas ({hi})")
                 start = next(p.replicas for p in self.pools if p.name == pool) if self.pools else self.replicas
-                if not a.min_replicas <= start <= a.max_replicas:
+                if not lo <= start <= hi:
                     raise ValueError(f"autoscaler: pool '{pool}' starts with {start} replicas, outside "
-                                     f"[min_replicas {a.min_replicas}, max_replicas {a.max_replicas}]")
+                                     f"[min_replicas {lo}, max_replicas {hi}]")
                 if roles.get(pool) == "decode" and getattr(a.params(), "mode", None) == "load":
                     raise ValueError(f"autoscaler ({a.name}): mode load sizes replicas by their queued prefill work, "
                                      f"which decode pool '{pool}' has none of; allowed on a decode pool: mode throughput")

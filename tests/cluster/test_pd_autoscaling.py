@@ -77,6 +77,35 @@ def test_one_planner_scales_the_prefill_and_the_decode_pool_each_by_its_own_capa
     assert outcome(r) == outcome(run(sets, fast_forward=False))
 
 
+def test_each_pool_has_its_own_bounds():
+    # At most one prefill spare and two decode spares: the spares follow every fixed replica,
+    # the prefill pool's first; neither pool passes its own maximum
+    sets = ["autoscaler.name=dynamo-planner", "autoscaler.pool=[p, d]", "autoscaler.interval_s=2",
+            "autoscaler.max_replicas={p: 2, d: 3}", "workload.arrival.rate_per_s=20",
+            "workload.lengths.prompt_tokens=[3000, 5000]"]
+    r = run(sets)
+    assert [rep.pool for rep in r.replicas] == ["p", "d", "p", "d", "d"]
+    most = {pool: max(e.desired for e in r.scale_events if e.pool == pool) for pool in "pd"}
+    assert most == {"p": 2, "d": 3}  # (the planner asks for more of both at this load: clamped to each)
+    assert r.summary()["num_finished"] == 500
+    assert outcome(r) == outcome(run(sets, fast_forward=False))
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["autoscaler.pool=[p, d]", "autoscaler.max_replicas={p: 2}"],
+     "autoscaler.max_replicas: a count per pool names each scaled pool once (got p; scaled: p, d)"),
+    (["autoscaler.pool=d", "autoscaler.min_replicas={d: 1, p: 1}"],
+     "autoscaler.min_replicas: a count per pool names each scaled pool once (got d, p; scaled: d)"),
+    (["autoscaler.pool=[p, d]", "autoscaler.min_replicas={p: 1, d: 5}"],
+     "autoscaler: pool 'd': min_replicas (5) is above max_replicas (3)"),
+    (["autoscaler.pool=[p, d]", "autoscaler.max_replicas={p: 3, d: 0}"],
+     "autoscaler.max_replicas: Input should be greater than or equal to 1 (got 0)"),
+])
+def test_bad_bounds_per_pool_are_refused(sets, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        run(["autoscaler.name=hpa", *sets])
+
+
 @pytest.mark.parametrize("pool, message", [
     ("[p, p]", "autoscaler: pool ['p', 'p']: a list names each pool to scale once, and at least one"),
     ("[p, x]", "autoscaler.pool: no pool 'x' (pools: p, d)"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servesim.cluster.coldstart import ColdStartConfig
 from servesim.errors import InputError
@@ -123,12 +123,13 @@ class AutoscalerConfig(BaseModel):
     """Registered autoscaler name (see `servesim catalog autoscalers`)."""
     pool: str | list[str] | None = None
     """Pool to scale (default: the first pool, or the top-level replicas); a list scales each
-    of its pools by a decision loop of its own with this policy, parameters and bounds (Dynamo's
+    of its pools by a decision loop of its own with this policy and parameters (Dynamo's
     planner sizes its prefill and its decode workers together, each by its own capacity)."""
-    min_replicas: int = Field(1, ge=0)
-    """Fewest replicas (0 = scale to zero: requests wait at the cluster for a cold start)."""
-    max_replicas: int = Field(4, ge=1, le=MAX_REPLICAS)
-    """Most replicas."""
+    min_replicas: int | dict[str, int] = 1
+    """Fewest replicas (0 = scale to zero: requests wait at the cluster for a cold start); with
+    several pools, one count for each or a count per pool (`{prefill: 1, decode: 2}`)."""
+    max_replicas: int | dict[str, int] = 4
+    """Most replicas; with several pools, one count for each or a count per pool."""
     interval_s: float | None = Field(None, gt=0)
     """Decision interval; default: the policy's reference value (HPA 15 s, KPA 2 s, ...)."""
     scrape_delay_s: float = Field(0.0, ge=0)
@@ -143,9 +144,19 @@ class AutoscalerConfig(BaseModel):
     price_usd_h: float | None = Field(None, ge=0)
     """Price per GPU-hour for the cost report; default: the GPU catalogue's dated price."""
 
+    @field_validator("min_replicas", "max_replicas")
+    @classmethod
+    def _counts(cls, v: int | dict[str, int], info) -> int | dict[str, int]:
+        lo, hi = (0, MAX_REPLICAS) if info.field_name == "min_replicas" else (1, MAX_REPLICAS)
+        for n in (v.values() if isinstance(v, dict) else (v,)):
+            if not lo <= n <= hi:  # (the message adds a lone value itself: "(got 0)")
+                bound = f"greater than or equal to {lo}" if n < lo else f"less than or equal to {hi}"
+                raise ValueError(f"Input should be {bound}" + (f" (got {n})" if isinstance(v, dict) else ""))
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "AutoscalerConfig":
-        if self.min_replicas > self.max_replicas:
+        if isinstance(self.min_replicas, int) and isinstance(self.max_replicas, int) and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
         if isinstance(self.pool, list) and (not self.pool or len(set(self.pool)) < len(self.pool)):
             raise ValueError(f"pool {self.pool}: a list names each pool to scale once, and at least one")
@@ -155,6 +166,11 @@ class AutoscalerConfig(BaseModel):
     def pool_names(self, names: list[str]) -> list[str]:
         """The pools scaled, of a scenario whose pools are `names` in order."""
         return list(self.pool) if isinstance(self.pool, list) else [self.pool or names[0]]
+
+    def bounds(self, pool: str) -> tuple[int, int]:
+        """(min_replicas, max_replicas) of a scaled pool (the scenario checked that a mapping names it)."""
+        lo, hi = self.min_replicas, self.max_replicas
+        return (lo if isinstance(lo, int) else lo[pool]), (hi if isinstance(hi, int) else hi[pool])
 
     def params(self):
         from servesim.cluster.autoscalers import get_autoscaler

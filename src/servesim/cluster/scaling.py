@@ -54,6 +54,7 @@ class ScaleController:
         self.drain = drain  # migrates a scaled-in replica's requests out (scale_down: migrate)
         self.replicas: list[Replica] = [cluster.replicas[i] for i in indices]
         self.pool = self.replicas[0].pool
+        self.min_replicas, self.max_replicas = cfg.bounds(self.pool)
         self.phases_s = phases_s  # pending, loading, warming durations
         self.active = active
         self.interval_s = cfg.interval_s or type(scaler).default_interval_s
@@ -112,7 +113,7 @@ class ScaleController:
     def _decide(self, now_s: float, visible: list[Sample]) -> None:
         current = self._count((READY,) + STARTING)
         want, metric = self.scaler.desired(now_s, visible, current)
-        want = min(max(want, self.cfg.min_replicas), self.cfg.max_replicas)
+        want = min(max(want, self.min_replicas), self.max_replicas)
         if want == 0 and (self.cluster.queue or any(r.num_outstanding for r in self.replicas)):
             # Zero only once nothing is left to serve (Knative scales to zero after the traffic
             # stops): a policy that sees no arrivals in its window would otherwise evict or
@@ -209,7 +210,7 @@ def build_controller(cfg: AutoscalerConfig, pool, cluster: Cluster, loop: EventL
     """The scaler named in `cfg`, with its parameters and the pool's capacity, in a controller."""
     phases = phase_times_s(cfg.cold_start, pool.perf.weight_bytes_per_gpu)
     cls = get_autoscaler(cfg.name)
-    scaler = cls(cfg.params(), pool_capacity(pool, sum(phases.values())), cfg.min_replicas, cfg.max_replicas)
+    scaler = cls(cfg.params(), pool_capacity(pool, sum(phases.values())), *cfg.bounds(pool.name))
     return ScaleController(cfg, scaler, cluster, loop, indices, phases, active, drain)
 
 
@@ -235,5 +236,5 @@ def scaled_pools(cfg: AutoscalerConfig | None, pools: list) -> list[tuple[object
     if cfg is None:
         return []
     by_name = {p.name: p for p in pools}
-    return [(by_name[name], max(0, cfg.max_replicas - by_name[name].replicas))
+    return [(by_name[name], max(0, cfg.bounds(name)[1] - by_name[name].replicas))
             for name in cfg.pool_names([p.name for p in pools])]
