@@ -36,6 +36,28 @@ def test_default_run_writes_every_output(tmp_path):
     assert "engine" in (tmp_path / "r" / "scenario.yaml").read_text()
 
 
+def test_the_console_says_what_the_autoscaler_transfers_and_migrations_did(tmp_path):
+    # (the summary's elastic, disaggregation and migration sections: one line each, from its numbers)
+    res = CliRunner().invoke(app, ["run", "examples/mooncake-pd.yaml", "--out", str(tmp_path / "pd"),
+                                   "--set", "workload.trace.end_s=60", "--set", "autoscaler.name=dynamo-planner",
+                                   "--set", "autoscaler.pool=[prefill, decode]", "--set", "autoscaler.interval_s=10"])
+    assert res.exit_code == 0, res.output
+    e = json.loads((tmp_path / "pd" / "summary.json").read_text())["elastic"]
+    d = json.loads((tmp_path / "pd" / "summary.json").read_text())["disaggregation"]
+    assert (f"autoscaler dynamo-planner: {e['num_scale_ups']} up, {e['num_scale_downs']} down of "
+            f"{e['num_decisions']} decisions") in res.output
+    assert f"cost: {e['gpu_hours']:.2f} GPU-hours, {e['energy_kwh']:.2f} kWh, ${e['cost_usd']:.2f}" in res.output
+    assert f"prefill/decode: {d['num_transfers']} KV transfers" in res.output
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "mg"), "--set", "workload.trace.end_s=300",
+                                   "--set", "workload.trace.speedup=8", "--set", "replicas=3", "--set",
+                                   "migration.enabled=true", "--set", "engine.gpu_memory_utilization=0.3",
+                                   "--set", "router.name=llumnix"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "mg" / "summary.json").read_text())["migration"]
+    assert m["num_migrations"] > 0
+    assert f"migration: {m['num_migrations']} done, {m['num_aborted']} aborted, {m['copied_blocks']:,} blocks copied" in res.output
+
+
 def test_same_seed_is_byte_identical(tmp_path):
     for name in ("a", "b"):
         assert run_cli("--out", str(tmp_path / name), "-q", *SHORT).exit_code == 0

@@ -65,6 +65,7 @@ def summary_table(summary: dict, scenario, out_dir: Path) -> None:
                      f"{summary['goodput_requests_per_s']:.2f} req/s")
     if "cluster" in summary:
         lines += _cluster_lines(summary["cluster"])
+    lines += _control_lines(summary)
     lines.append(f"simulated {summary['simulated_time_s']:,.1f} s in {summary['wall_time_s']:.2f} s wall; "
                  f"results in {out_dir}/")
     for line in lines:
@@ -79,6 +80,31 @@ def _title(scenario) -> str:
     many = f"{scenario.replicas} replicas of " if scenario.replicas > 1 else ""
     router = f", router {scenario.router.name}" if scenario.replicas > 1 else ""
     return f"{many}{scenario.model} on {scenario.tp} x {scenario.gpu}, scheduler {scenario.scheduler.name}{router}"
+
+
+def _control_lines(summary: dict) -> list[str]:
+    """A line each for what the autoscaler (or power manager), the KV transfers of prefill/decode
+    pools and live migration did: the summary's `elastic`, `disaggregation`, `migration`."""
+    lines = []
+    if (e := summary.get("elastic")) is not None:
+        if e["autoscaler"]:
+            n = e["num_cold_starts"]
+            lines.append(f"autoscaler {e['autoscaler']}: {e['num_scale_ups']:,} up, {e['num_scale_downs']:,} down of "
+                         f"{e['num_decisions']:,} decisions, {n:,} cold start{'' if n == 1 else 's'}"
+                         + (f" ({e['cold_start_s']:.1f} s)" if n else ""))
+        per_m = e["usd_per_million_output_tokens"]
+        lines.append(f"cost: {e['gpu_hours']:,.2f} GPU-hours, {e['energy_kwh']:,.2f} kWh, ${e['cost_usd']:,.2f}"
+                     + (f" (${per_m:,.2f} per million output tokens)" if per_m is not None else ""))
+    if (d := summary.get("disaggregation")) is not None:
+        wait = d["transfer_wait_s"]["mean"]
+        lines.append(f"prefill/decode: {d['num_transfers']:,} KV transfers ({d['kv_bytes'] / 1e9:,.1f} GB"
+                     + (f", {1e3 * wait:,.1f} ms mean wait" if wait is not None else "")
+                     + f"), {d['num_local_prefills']:,} local prefills")
+    if (m := summary.get("migration")) is not None:
+        done, down = m["num_migrations"], m["downtime_s"]["p99"]
+        lines.append(f"migration: {done:,} done, {m['num_aborted']:,} aborted, {m['copied_blocks']:,} blocks copied"
+                     + (f", downtime p99 {1e3 * down:,.2f} ms" if done and down is not None else ""))
+    return lines
 
 
 def _cluster_lines(c: dict) -> list[str]:
