@@ -92,6 +92,14 @@ COLUMNS: list[tuple[str, tuple[str, ...]]] = [
     ("Jain index", ("fairness", "jain_index")),
     ("program mean s", ("programs", "mean_completion_s")),
     ("QoE mean", ("qoe", "mean")),
+    # what an elastic cluster, prefill/decode pools and live migration cost or did (autoscalers compared)
+    ("GPU-hours", ("elastic", "gpu_hours")),
+    ("cost $", ("elastic", "cost_usd")),
+    ("$ / M out tok", ("elastic", "usd_per_million_output_tokens")),
+    ("energy kWh", ("elastic", "energy_kwh")),
+    ("cold starts", ("elastic", "num_cold_starts")),
+    ("KV transfers", ("disaggregation", "num_transfers")),
+    ("migrations", ("migration", "num_migrations")),
 ]
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from servesim.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 from servesim.compare import expand_variants, split_values
 from servesim.errors import InputError
 
@@ -48,6 +51,22 @@ def test_compare_prints_one_table_and_writes_csv_and_runs(tmp_path):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["num_requests"] == 60  # the same workload for every variant
     assert float(rows[0]["TTFT mean s"]) != float(rows[1]["TTFT mean s"])
+
+
+def test_comparing_autoscalers_shows_what_each_cost(tmp_path):
+    # GPU-hours, cost, energy and cold starts per variant (columns only when some variant has them)
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", str(EXAMPLES / "mooncake-pd.yaml"), "--set", "workload.trace.end_s=60",
+                                   "--set", "autoscaler.pool=[prefill, decode]", "--set", "autoscaler.interval_s=10",
+                                   "--set", "autoscaler.name=dynamo-planner,hpa", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out / "comparison.csv")))
+    for r in rows:
+        e = json.loads((out / r["variant"] / "summary.json").read_text())["elastic"]
+        assert float(r["GPU-hours"]) == e["gpu_hours"] and float(r["cost $"]) == e["cost_usd"] > 0
+        assert int(r["cold starts"]) == e["num_cold_starts"] and int(r["KV transfers"]) > 0
+    assert rows[0]["GPU-hours"] != rows[1]["GPU-hours"]  # (the planner scales in from four prefill replicas)
+    assert "migrations" not in rows[0]  # (no variant migrates)
 
 
 def test_compare_several_scenario_files(tmp_path):

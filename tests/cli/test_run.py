@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from servesim.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 SHORT = ["--set", "workload.trace.end_s=300"]  # the first 5 minutes of the Azure conv trace
 
@@ -38,7 +41,7 @@ def test_default_run_writes_every_output(tmp_path):
 
 def test_the_console_says_what_the_autoscaler_transfers_and_migrations_did(tmp_path):
     # (the summary's elastic, disaggregation and migration sections: one line each, from its numbers)
-    res = CliRunner().invoke(app, ["run", "examples/mooncake-pd.yaml", "--out", str(tmp_path / "pd"),
+    res = CliRunner().invoke(app, ["run", str(EXAMPLES / "mooncake-pd.yaml"), "--out", str(tmp_path / "pd"),
                                    "--set", "workload.trace.end_s=60", "--set", "autoscaler.name=dynamo-planner",
                                    "--set", "autoscaler.pool=[prefill, decode]", "--set", "autoscaler.interval_s=10"])
     assert res.exit_code == 0, res.output
