@@ -41,3 +41,16 @@ def test_a_fixed_run_writes_no_elastic_output(tmp_path):
     with open(out / "timeseries.csv") as f:
         assert "num_replicas" not in next(csv.reader(f))
     assert "Elastic cluster" not in write_run_report(out).read_text()
+
+
+def test_the_report_draws_each_scaled_pool_beside_the_total(tmp_path):
+    # (from scale_events.csv: a pool's replicas ready or starting at each of its decisions)
+    sets = ["workload.trace=null", "workload.arrival.process=poisson", "workload.arrival.rate_per_s=8",
+            "workload.num_requests=200", "workload.lengths.dataset=sharegpt", "autoscaler.name=hpa",
+            "autoscaler.interval_s=2", "autoscaler.max_replicas=3", "autoscaler.pool=[p, d]",
+            "pools=[{name: p, role: prefill, replicas: 1}, {name: d, role: decode, replicas: 1}]"]
+    out = write_run(simulate(load_scenario(None, sets)), tmp_path / "run")
+    html = write_run_report(out).read_text()
+    assert '"name":"pool p"' in html and '"name":"pool d"' in html
+    out = write_run(simulate(load_scenario(None, SETS)), tmp_path / "one")
+    assert '"name":"pool ' not in write_run_report(out).read_text()  # (one pool: the total is its line)

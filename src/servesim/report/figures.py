@@ -189,8 +189,10 @@ def replica_load(per_replica: Sequence[dict]) -> go.Figure:
     return _base_layout(fig, "Load per replica", height=420)
 
 
-def elastic(ts: dict[str, np.ndarray]) -> go.Figure:
-    """Replicas up and row power over simulated time (elastic or power-managed runs)."""
+def elastic(ts: dict[str, np.ndarray], events: dict[str, np.ndarray] | None = None) -> go.Figure:
+    """Replicas up and row power over simulated time (elastic or power-managed runs); with
+    `events` (scale_events.csv) of several pools, each pool's replicas ready or starting at its
+    decisions beside the total."""
     ts = series.rebin_timeseries(ts)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=["Replicas up", "Power draw"])
@@ -199,5 +201,13 @@ def elastic(ts: dict[str, np.ndarray]) -> go.Figure:
                                  line={"color": COLORS[row - 1], "width": 1.6},
                                  hovertemplate=f"t=%{{x:.1f}} s<br>%{{y:.2f}} {unit}<extra></extra>"), row=row, col=1)
         fig.update_yaxes(title_text=unit, rangemode="tozero", row=row, col=1)
+    pools = sorted(set(events["pool"])) if events and "pool" in events else []
+    for j, pool in enumerate(pools if len(pools) > 1 else []):
+        mine = events["pool"] == pool
+        fig.add_trace(go.Scatter(x=events["time_s"][mine], y=(events["num_ready"] + events["num_starting"])[mine],
+                                 name=f"pool {pool}", mode="lines", line_shape="hv",
+                                 line={"color": COLORS[(2 + j) % len(COLORS)], "width": 1.2, "dash": "dot"},
+                                 hovertemplate=f"t=%{{x:.1f}} s<br>%{{y:.0f}} replicas of {pool}<extra></extra>"),
+                      row=1, col=1)
     fig.update_xaxes(title_text="Simulated time (s)", row=2, col=1)
     return _base_layout(fig, "Elastic cluster", height=500)

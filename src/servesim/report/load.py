@@ -48,6 +48,8 @@ class RunData:
     """Column name -> array (float with NaN for numbers, object for text); empty if absent."""
     timeseries: dict[str, np.ndarray] = field(default_factory=dict)
     """Column name -> float array; empty if timeseries.csv is absent."""
+    scale_events: dict[str, np.ndarray] = field(default_factory=dict)
+    """scale_events.csv's decision times, replicas ready and starting, and pools; empty if absent."""
     notes: list[str] = field(default_factory=list)
     """Human-readable remarks about missing inputs, shown on the page."""
 
@@ -70,6 +72,8 @@ def load_run(run_dir: Path) -> RunData:
         run.notes.append("scenario.yaml not found; scenario details omitted.")
     run.requests = _load_requests(run_dir, run.notes)
     run.timeseries = _load_timeseries(run_dir / "timeseries.csv", run.notes)
+    if (run_dir / "scale_events.csv").is_file():
+        run.scale_events = _read_columns(run_dir / "scale_events.csv", ("time_s", "num_ready", "num_starting"), ("pool",))
     return run
 
 

@@ -46,7 +46,7 @@ def build_run_page(run: RunData) -> Page:
         page.heading("Elastic cluster: replicas, power and cost")
         page.raw(definition_list([(k, _plain(v)) for k, v in run.summary["elastic"].items()]))
         if "num_replicas" in run.timeseries and "power_w" in run.timeseries:
-            page.figure(figures.elastic(run.timeseries), "elastic")
+            page.figure(figures.elastic(run.timeseries, run.scale_events), "elastic")
     for noun, groups in group_breakdowns(run.summary):
         page.heading(f"By {noun}")
         page.raw(group_table(noun, groups))
