@@ -41,7 +41,7 @@ def split_values(item: str) -> tuple[str, list[str]]:
         elif c in "[{":
             depth += 1
         elif c in "]}":
-            depth -= 1
+            depth = max(depth - 1, 0)  # (a stray closing bracket is text)
         elif c == "," and depth == 0:
             parts.append(raw[start:i])
             start = i + 1

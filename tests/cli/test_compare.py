@@ -25,6 +25,7 @@ def test_split_values_lists_and_keeps_yaml_collections_whole():
     assert split_values("autoscaler.pool=[p, d],d") == ("autoscaler.pool", ["[p, d]", "d"])  # (whole before)
     assert split_values("a={x: 1, y: [2, 3]},'b,c', d") == ("a", ["{x: 1, y: [2, 3]}", "'b,c'", "d"])
     assert split_values("tenant=it's,b") == ("tenant", ["it's", "b"])
+    assert split_values("x=a],b") == ("x", ["a]", "b"])
     with pytest.raises(InputError):
         split_values("no-equals-sign")
 
