@@ -181,7 +181,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         power.start()
     if n > 1 and not (disagg or migrate or auto or power is not None or cluster.kv_store is not None):
         cluster.keep_counts()  # (every change to a replica is then one of its events, a submission or a status change)
-    if (len(cluster.replicas) == 1 and not (feed.closed_loop or disagg or migrate or auto or cluster.hold)
+    if (len(cluster.replicas) == 1 and not (disagg or migrate or auto or cluster.hold)
             and power is None and cluster.kv_store is None and not scenario.faults.crashes and not pools[0].mtbf_s):
         _sole_replica(cluster, feed)
     feed.start()
@@ -217,15 +217,17 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
 
 
 def _sole_replica(cluster: Cluster, feed: Feed) -> None:
-    """One replica that nothing but the feed's stream arrivals reach, each on its own (no
-    API server, router hook, finish notices or KV ports): the cluster hands it requests without
-    routing them, and its stretches priced to the next arrival go without an end event
-    (`Engine.sole_arrival`)."""
+    """One replica, live all run, behind a router that keeps no state: the cluster hands it
+    requests without routing them. If nothing but the feed's stream arrivals reach it, each on
+    its own (no closed loop, API server, finish notices or KV ports), its stretches priced to the
+    next arrival also go without an end event (`Engine.sole_arrival`)."""
+    if not cluster.routes_silently():
+        return
     replica = cluster.replicas[0]
+    cluster.sole = replica
     engine = replica.engine
-    if (replica.frontend is None and engine.deliver is None and engine.notice is None and engine.ports is None
-            and engine.on_event is None and engine.on_change is None and cluster.routes_silently()):
-        cluster.sole = replica
+    if (not feed.closed_loop and replica.frontend is None and engine.deliver is None and engine.notice is None
+            and engine.ports is None and engine.on_event is None and engine.on_change is None):
         engine.sole_arrival = feed.arrive_from_stream
 
 

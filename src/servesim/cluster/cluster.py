@@ -157,13 +157,10 @@ class Cluster:
 
     def _candidates(self, req: Request) -> list[int] | None:
         """Live replicas serving the request's model (None: no pool serves it at all); read only."""
-        if len(self._by_model) > 1 or req.model:
-            key = req.model or self._default_model
-            idx = self._by_model.get(key)
-            if idx is None:
-                return None
-        else:
-            key, idx = None, self._all
+        key = self._model_key(req)
+        idx = self._all if key is None else self._by_model.get(key)
+        if idx is None:
+            return None
         live = self._live.get(key)
         if live is None:
             replicas = self.replicas
@@ -177,8 +174,12 @@ class Cluster:
         wait for ever (an elastic cluster holds requests only for replicas that may come)."""
         if not self.lost:
             return False
-        idx = self._by_model[req.model or self._default_model] if len(self._by_model) > 1 or req.model else self._all
-        return all(i in self.lost for i in idx)
+        key = self._model_key(req)
+        return all(i in self.lost for i in (self._all if key is None else self._by_model[key]))
+
+    def _model_key(self, req: Request) -> str | None:
+        """The model whose pool serves `req` (None: one model served, every replica serves it)."""
+        return (req.model or self._default_model) if len(self._by_model) > 1 or req.model else None
 
     def _read_view(self, i: int):
         return self.replicas[i].view(self._route_s, self.refresh_interval_s)
