@@ -198,6 +198,13 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         swap_s = self._swap(out, now_s) if out.swapped_out or out.swapped_in else 0.0
         if not scheduled:
             self.busy = False
+            if out.preempted and not swap_s:
+                # The running pass preempted the very request it was making room for before any
+                # other got a token (a policy whose victim is not the last running: vLLM's
+                # `priority`, Continuum's latest job), and vLLM admits nothing in a step that
+                # preempted: an empty step. vLLM's engine loop schedules again at once, and the
+                # freed blocks let the others run (idling here left them running for ever).
+                return self.interrupt(now_s)
             wake_s = now_s + swap_s if swap_s > 0 else sched.next_timer_s()
             if now_s < wake_s < float("inf"):
                 self._wake_at(wake_s)
