@@ -156,8 +156,6 @@ class AutoscalerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "AutoscalerConfig":
-        if isinstance(self.min_replicas, int) and isinstance(self.max_replicas, int) and self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
         if isinstance(self.pool, list) and (not self.pool or len(set(self.pool)) < len(self.pool)):
             raise ValueError(f"pool {self.pool}: a list names each pool to scale once, and at least one")
         self.params()
