@@ -35,16 +35,18 @@ def test_sliding_window_models_have_no_chunk_form():
                                                              ("llama-3.1-70b", "a100-80gb", 4, "trtllm", 0.0, 0.0),
                                                              ("deepseek-v3", "h200", 8, "sglang", 0.2, 0.0)])
 def test_prompt_step_s_equals_the_chunk_form(model, gpu, tp, engine, mixed, eager):
-    # (an arrival joining a stretch is priced by prompt_step_s: bit-identical to the form at
-    # cached 0 and to step_time_s, with the mixed-step slowdown and eager launches on or off)
+    # (an arrival joining a stretch is priced by prompt_step_s: bit-identical to the form and
+    # to step_time_s, with the mixed-step slowdown and eager launches on or off, uncached or past
+    # its prefix hits: a conversation's next turn)
     perf = build_perf_model(model, gpu, tp, config=PerfConfig(engine=engine, overrides={"mixed_prefill_slowdown": mixed,
                                                                                 "eager_layer_s": eager}))
     rng = np.random.default_rng(1)
     for n, prompt in ((0, 512), (1, 7), (13, 499), (44, 1), (300, 1748)):
-        for _ in range(20):
-            ctx = [int(x) for x in rng.integers(1, 60_000, n)]
-            t = perf.prompt_step_s(n, prompt, sum(ctx))
-            assert t == perf.chunk_time_fn(n, prompt)(0, sum(ctx)) == perf.step_time_s([(prompt, 0)], ctx)
+        for cached in (0, 16, 4096, int(rng.integers(1, 120_000))):
+            for _ in range(20):
+                ctx = [int(x) for x in rng.integers(1, 60_000, n)]
+                t = perf.prompt_step_s(n, prompt, sum(ctx), cached)
+                assert t == perf.chunk_time_fn(n, prompt)(cached, sum(ctx)) == perf.step_time_s([(prompt, cached)], ctx)
     assert perf.prompt_step_s(4, 0, 100) is None
 
 

@@ -314,16 +314,16 @@ class PerfModel(MemoryMixin, VerifyFormsMixin):
         runs[key] = run
         return run
 
-    def prompt_step_s(self, num_decodes: int, prompt: int, ctx_sum: int) -> float | None:
-        """`chunk_time_fn(num_decodes, prompt)(0, ctx_sum)` without building the form: one
-        uncached prompt beside `num_decodes` decodes whose contexts sum to `ctx_sum` (an
-        arrival joining a stretch, once per arrival: the form would be used once). The same
-        float operations in the same order; None where `chunk_time_fn` is None."""
+    def prompt_step_s(self, num_decodes: int, prompt: int, ctx_sum: int, cached: int = 0) -> float | None:
+        """`chunk_time_fn(num_decodes, prompt)(cached, ctx_sum)` without building the form: one
+        prompt of `prompt` tokens past `cached` beside `num_decodes` decodes whose contexts sum
+        to `ctx_sum` (an arrival joining a stretch, once per arrival: the form would be used
+        once). The same float operations in the same order; None where `chunk_time_fn` is None."""
         if self._window is not None or prompt <= 0 or num_decodes < 0 or self._graphless:
             return None
         # (once per arrival at a busy replica: the memos read here, `_prompt_fixed_s`, `_mixed_s` and
         # `StepTerms.cpu_s` written out, five calls fewer; the same float operations in the same order)
-        cached, tokens, seqs = 0, prompt + num_decodes, 1 + num_decodes
+        tokens, seqs = prompt + num_decodes, 1 + num_decodes
         tok = self._tok.get(tokens)
         if tok is None:
             tok = self._token_s(tokens)
