@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from math import inf as INF
+from typing import Any, NamedTuple
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
@@ -73,6 +74,7 @@ from servesim.replica.schedulers.vllm_v0 import VLLMV0Scheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on, departs_together
+from servesim.workload.request import Request
 
 
 def with_keys(engine, st) -> bool:
@@ -84,45 +86,91 @@ def with_keys(engine, st) -> bool:
                      and next(iter(sched.waiting)).kv_block_keys is not None))
 
 
+class _Turn(NamedTuple):
+    """The waiting turn that may join at step s, as `_fits` found it."""
+
+    req: Request
+    s: int  # its join step (the stretch's k)
+    n: int  # its prompt's tokens past its hits
+    c: int  # those in step s (n, or its first chunk's)
+    cached: int  # tokens in its hit blocks
+    hits: Any  # its lookup (`get_computed_blocks`)
+    stall: bool  # a prompt-only step s (`stalls_decodes`)
+    chain: tuple | None  # the rest of a turn that joined with chunks, at step s (`Stretch.chain_at`)
+    chunked: tuple | None  # its chunks' form and steps (`chunks_fit`)
+    num_running: int  # requests running at step s
+    blocks: int  # its blocks, hits and new
+    shared: int  # its hits on blocks a running request holds
+    kept: tuple | None  # the stretch's registration plan, checked against its runs
+
+
 def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     """At `now_s`, the end of the stretch `st` (cut by an arrival), one request waiting: admit
     it into the stretch if the conditions above hold, and price on. True if it joined (the
     stretch's end event is rescheduled); False changes nothing the simulation reads later."""
-    sched, kv = engine.scheduler, engine.kv
+    found = _waiting_turn(engine, st, now_s)
+    turn = _fits(engine, st, *found) if found is not None else None
+    if turn is None:
+        return False
+    priced = _step_s(engine, st, turn)
+    if priced is None:
+        return False
+    _join(engine, st, now_s, turn, *priced)
+    # (after `join_one`, a stall or a turn's chunks the scalar state is step s + 1's: `price_on`
+    # prices from it, as for `join_arrivals`' lean join (and takes `price` without that state);
+    # at a busy replica among many `join_ahead` steps by the scalar loop, not a numpy chunk to a
+    # horizon `lookahead` arrival gaps away that the next turn routed here cuts a few dozen steps
+    # on: since cl31 an uncut stretch's end extends it from that state by as many again, so the
+    # chunk is not paid later either. The same floats)
+    return _priced_on(engine, st, now_s, turn.s, 1)
+
+
+def _waiting_turn(engine, st: Stretch, now_s: float) -> tuple | None:
+    """(the turn, step s, the rest chained at s, requests running at s, the policy's next timer,
+    a finish pin kept: `Stretch.kept`) where the stretch, the policy and its queue let the one
+    waiting request join at step s; None where they do not."""
+    sched = engine.scheduler
     if (type(st) is not Stretch or not st.through or st.limited or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
-        return False
+        return None
     s = st.k
     if engine.notice is not None and untold_by(st, s):
-        return False  # (a finish at step s - 1 not told yet: as `stretch_join.join_arrivals`)
+        return None  # (a finish at step s - 1 not told yet: as `stretch_join.join_arrivals`)
     chain = None  # (step s runs a joined turn's rest: the turn kept waiting inside its chunks joins beside it)
     if st.rests and st.rests[-1][0] >= s:
         chain = st.chain_at
         if chain is None or chain[0] != s or st.rests[-1][0] != s or st.joins[-1][0] != s:
-            return False  # (cut inside a turn's chunk steps: the budget is its chunks' up to its last)
+            return None  # (cut inside a turn's chunk steps: the budget is its chunks' up to its last)
     if sched.reorders_running and departs_together(st, s):
-        return False  # (two leave at step s, which the stretch ends before: `Engine._limit`)
+        return None  # (two leave at step s, which the stretch ends before: `Engine._limit`)
     rem = st._sorted_rem
     num_running = len(rem) - bisect_right(rem, s)
     if len(st.reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
-        return False
+        return None
     req = next(iter(sched.waiting), None)
     if req is None:
-        return False  # (the one waiting is in a queue of its own: hygen's offline requests)
+        return None  # (the one waiting is in a queue of its own: hygen's offline requests)
     if st.timers is not None and st.timers[1]:  # (pins that expired inside the stretch before step s)
         policy_stops.fire_before_join(sched, st)
-    max_num_seqs, max_num_batched_tokens, _, _ = sched.limits
-    if not never_computed(req) or len(sched.running) >= max_num_seqs or not sched.joins_last(req, now_s):
-        return False
+    if not never_computed(req) or len(sched.running) >= sched.limits[0] or not sched.joins_last(req, now_s):
+        return None
     if (timer_s := sched.next_timer_s()) <= now_s:
-        return False  # (a policy timer due at step s: stepping's `schedule` there acts on it first)
+        return None  # (a policy timer due at step s: stepping's `schedule` there acts on it first)
     if (timed := st.kept) is not None and (r := rem[0]) < s and st.ends_view[r - 1] + timed[1] <= now_s:
-        return False  # (a finish processed late set one due there: continuum's first pin in the stretch)
+        return None  # (a finish processed late set one due there: continuum's first pin in the stretch)
     if timed is None and sched.keeps_blocks(req):
-        return False  # (its finish would pin in a stretch that counts every finish's blocks freed)
+        return None  # (its finish would pin in a stretch that counts every finish's blocks freed)
+    return req, s, chain, num_running, timer_s, timed
+
+
+def _fits(engine, st: Stretch, req: Request, s: int, chain: tuple | None, num_running: int, timer_s: float,
+          timed: tuple | None) -> _Turn | None:
+    """The turn's lookup, step s's share of it and its blocks, if its hits, blocks and keys
+    let it join as the module's conditions say (None if not)."""
+    sched, kv = engine.scheduler, engine.kv
     hits = kv.get_computed_blocks(req)
     if hits.num_own:
-        return False
+        return None
     bs = kv.block_size
     cached = hits.num_keyed * bs
     num_tokens = req.num_tokens
@@ -132,7 +180,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     stall = sched.stalls_decodes
     # (beside a rest, the budget its decodes and the rest leave, as `chain_join`'s: no stall there)
     spent = num_running if chain is None else chain[1] + chain[4]
-    c = n if stall else sched.first_chunk(req, cached, max_num_batched_tokens - spent)
+    c = n if stall else sched.first_chunk(req, cached, sched.limits[1] - spent)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
     if c != n and (timer_s != INF or timed is not None or st.timers
                    or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None
@@ -140,7 +188,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         # a chunk of its prompt whose later steps are not certain (or priced past a policy
         # timer, which may act at one of them: continuum's pins, whose expiry frees blocks; or
         # middle chunks of a policy that may run them before the decodes: `max_join_chunks`)
-        return False
+        return None
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,
     # whose knapsack would run at step s past its KV use threshold)
@@ -151,31 +199,39 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     steps = (s if stall else s + 1) if chunked is None else s + len(chunked[1]) + 1
     pops = st.blocks_bound(steps, bs)
     if pops > free and (pops := st.blocks_needed(steps, bs)) > free:
-        return False
+        return None
     prefix = kv._prefix
     shared = 0
     if hits.num_keyed:
         if (shared := hits.num_keyed - prefix.num_free(hits)) and (stall or held_by_departed(kv, st, s, hits)):
             # a hit block held only by requests that left before step s (`held_hits.py`); or
             # any held one for a prompt-only step (its blocks are counted as stall32 built it)
-            return False
+            return None
         groups = [g for g, _, _ in hits.extents]
         # (the rests of turns that joined with chunks pop their blocks before step s too)
         later = sum(n for _, _, n in st.rests) if st.rests else 0
         if (kv._queue.head_evicts(pops + later, groups)
                 and kv._queue.head_evicts(st.blocks_needed(steps, bs) + later, groups)):
-            return False  # a hit block that the decodes' pops up to step s evict
+            return None  # a hit block that the decodes' pops up to step s evict
     keys = req.kv_block_keys
     if keys is not None and type(keys) is not BlockKeys:
-        return False
+        return None
     end = min(num_tokens // bs, keys.num_blocks) if keys is not None else 0
     kept = None  # the stretch's registration plan, checked against the runs this turn registers
     if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
         runs = prefix.unindexed(keys, hits.num_keyed, end)
         if runs is None or (kept := unplanned(kv, st, keys, runs, hits.num_keyed, s,
                                                   s - 1 if chunked is None else steps - 1)) is REFUSED:
-            return False
-    joins = [(req, n)]
+            return None
+    return _Turn(req, s, n, c, cached, hits, stall, chain, chunked, num_running, blocks, shared, kept)
+
+
+def _step_s(engine, st: Stretch, t: _Turn) -> tuple[float, bool] | None:
+    """(step s's time with the turn, whether the lean join takes it: the scalar state is step
+    s's, no chunks, no rest), the stretch's scalar state brought to step s; None where a form
+    the pricing needs is missing."""
+    s, n, c, cached, chain, chunked, num_running = t.s, t.n, t.c, t.cached, t.chain, t.chunked, t.num_running
+    step_s = None
     if chain is not None:
         # step s with both prompts, the rest first (`PerfModel.prompts_step_s`, as `chain_join`),
         # and the scalar state of step s from the lists, the first turn there a decode of its
@@ -183,9 +239,9 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         _, active, ctx_sum, done, rest = chain
         form = getattr(engine.perf, "prompts_step_s", None)
         if form is None or (step_s := form([(rest, done), (c, cached)], active, ctx_sum)) is None:
-            return False
+            return None
         st._sync()
-    elif stall:
+    elif t.stall:
         # the scalar state of step s (as `stretch_join.stall_step_s`), and stepping's call for
         # the step that runs the prompt alone beside its cached context (`_start_lone`'s)
         if st._priced != s or st._f is None:
@@ -193,7 +249,7 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
                 st.truncate(s)
             st._sync()
         if st._f is False:
-            return False
+            return None
         step_s = engine.perf.step_time_s([(n, cached)], [])
     elif chunked is None and st._forms is not None and (st._f is None or st._priced != s):
         # A stretch priced ahead by numpy chunks (each replica's among many: its horizon lies
@@ -207,34 +263,42 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
         st._sync()
     # (the scalar state is step s's)
     lean = chain is None and chunked is None and st._f is not None and st._priced == s
-    chunk_fn = getattr(engine.perf, "chunk_time_fn", None) if lean else None
-    if chunked is not None or stall or chain is not None:
+    step_fn = getattr(engine.perf, "prompt_step_s", None) if lean else None
+    if chunked is not None or t.stall or chain is not None:
         pass  # (priced above, or its steps after the admission: `join_in_chunks`)
-    elif chunk_fn is not None and (form := chunk_fn(num_running, n)) is not None:
-        step_s = form(cached, st._ctx_sum)  # (`step_time_s([(n, cached)], ctxs)`'s floats, from their sum)
+    elif step_fn is not None and (step_s := step_fn(num_running, n, st._ctx_sum, cached)) is not None:
+        pass  # (`step_time_s([(n, cached)], ctxs)`'s floats, from their sum)
     elif cached:  # (stepping prices its chunk beside its cached context and the decodes')
         ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
         step_s = engine.perf.step_time_s([(n, cached)], ctxs)
     else:
-        step_s = _join_step_s(engine.perf, st, s, num_running, joins)
+        step_s = _join_step_s(engine.perf, st, s, num_running, [(t.req, n)])
+    return step_s, lean
+
+
+def _join(engine, st: Stretch, now_s: float, t: _Turn, step_s: float, lean: bool) -> None:
+    """Admit the turn as the policy's `join` would and add it to the stretch at step s."""
+    sched, kv, req, s, n, c, cached = engine.scheduler, engine.kv, t.req, t.s, t.n, t.c, t.cached
+    bs, num_tokens, kept, chain, chunked, blocks, shared = (kv.block_size, req.num_tokens, t.kept, t.chain, t.chunked,
+                                                            t.blocks, t.shared)
     # the policy's `join` (`admit_whole`) with the hits just found: `VLLMSteps.admit`'s calls
     # for a request without KV store tokens, admitted whole (or with its first chunk c)
     sched.before_join()
-    if not kv.allocate_slots(req, c, hits):
+    if not kv.allocate_slots(req, c, t.hits):
         raise AssertionError(f"request {req.id} could not join the stretch")
     sched.waiting.remove(req)
     sched.start(req, cached, c, st.out)
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
     sched.keyed_joined(req)
-    if stall:
+    if t.stall:
         ctx1 = num_tokens - s
         _stall_keyed(kv, st, s, kept)
-        st.stall(joins, [kv.num_blocks_of(req.id) * bs - ctx1 + 1], blocks, step_s,
+        st.stall([(req, n)], [kv.num_blocks_of(req.id) * bs - ctx1 + 1], blocks, step_s,
                  engine._decode_forms(len(st.reqs) + 1), bs, cached)
     else:
         if kept is not None:  # (its prompt's runs entered the index, none of them planned: the plan stays valid)
-            kv._planned = (*kept[:3], prefix.num_inserts, *kept[4:])
+            kv._planned = (*kept[:3], kv._prefix.num_inserts, *kept[4:])
         if chunked is not None:
             if chain is not None:  # (its first chunk's step s beside the rest, then the state of s + 1)
                 st._append([st.end_s + step_s])
@@ -249,22 +313,15 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
             if lean:
                 st.join_one(req, n, first_new, blocks - shared, step_s, forms, bs, cached)
             else:
-                st.join(joins, [first_new], blocks - shared, step_s, forms, bs, cached)
+                st.join([(req, n)], [first_new], blocks - shared, step_s, forms, bs, cached)
             if shared:
                 log_shared(st, s, shared)
             if chain is not None:
                 st.chain_at = None  # (whole: no chunk step of its own to wait through)
         if chain is not None:  # (kept waiting from the step after its arrival's: `add_waiting`)
             st.waiting_to = [*(st.waiting_to or ()), s]
-    if keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
+    if req.kv_block_keys:  # it registers its decodes' blocks up to its last step, as the other keyed requests
         add_keyed(st, req, ctx1, num_tokens - ctx1)  # (its join step s = num_tokens - ctx1)
-    # (after `join_one`, a stall or a turn's chunks the scalar state is step s + 1's: `price_on`
-    # prices from it, as for `join_arrivals`' lean join (and takes `price` without that state);
-    # at a busy replica among many `join_ahead` steps by the scalar loop, not a numpy chunk to a
-    # horizon `lookahead` arrival gaps away that the next turn routed here cuts a few dozen steps
-    # on: since cl31 an uncut stretch's end extends it from that state by as many again, so the
-    # chunk is not paid later either. The same floats)
-    return _priced_on(engine, st, now_s, s, 1)
 
 
 def _stall_keyed(kv, st: Stretch, s: int, kept: tuple | None) -> None:
