@@ -93,7 +93,7 @@ def _run(scenario: Scenario, progress: Progress | None, keep_requests: bool, kee
     keep_times = scenario.autoscaler is not None or scenario.power is not None or disagg
     spill = None if keep_steps and keep_requests else tempfile.TemporaryDirectory(prefix="servesim-run-")
     try:
-        return _simulate(scenario, progress, pools, keep_requests, keep_steps, spill, keep_times)
+        return _simulate(scenario, progress, pools, keep_requests, keep_steps, spill, keep_times, disagg)
     except BaseException:
         if spill is not None:
             spill.cleanup()
@@ -101,7 +101,7 @@ def _run(scenario: Scenario, progress: Progress | None, keep_requests: bool, kee
 
 
 def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpec], keep_requests: bool,
-              keep_steps: bool, spill: tempfile.TemporaryDirectory | None, keep_times: bool = False) -> Result:
+              keep_steps: bool, spill: tempfile.TemporaryDirectory | None, keep_times: bool, disagg: bool) -> Result:
     wall0 = time.perf_counter()
     root = np.random.SeedSequence(scenario.seed)
     workload_seed, policy_seed = root.spawn(2)
@@ -121,7 +121,6 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     # last finish), no prefill/decode pools or migration (a decode replica's finish may let a
     # reservation through at once). (A KV store's writes at each finish are told at their times
     # too: `build_kv_store`.)
-    disagg = any(p.role != "mixed" for p in pools)
     migrate = scenario.migration.enabled
     defer = (auto is None and not disagg and not migrate
              and (n == 1 or type(router).on_complete is Router.on_complete))
@@ -159,19 +158,8 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     active = lambda: feed.pending() or cluster.num_outstanding > 0  # noqa: E731  (the run goes on)
     if disagg:
         cluster.disagg = build_disaggregator(scenario, pools, cluster, n, root.spawn(1)[0])
-    # Requests with prefix keys join stretches in flight unless something reads the replicas'
-    # prefix caches from outside (`PoolSpec.cache_read_outside`, `replica/keyed_join.py`)
-    keyed_joins = not any(p.cache_read_outside for p in pools)
-    # Keys only for the hash ids other requests may share where nothing but the replica's own
-    # vLLM cache keeps KV by them (`Engine.shared_keys_only`; a policy that may swap keys every
-    # id of a request from its first preemption on: `Scheduler.key_every_id`)
-    shared_only = not (cluster.kv_store is not None or disagg or migrate or auto or scenario.faults.crashes
-                       or any(p.mtbf_s for p in pools))
-    for r in cluster.replicas:
-        engine, sched = r.engine, r.engine.scheduler
-        engine.keyed_joins = keyed_joins and admits_keyed(engine)
-        engine.cache_read_outside = not keyed_joins
-        engine.shared_keys_only = shared_only and type(engine.kv) is KVCacheManager and not sched.sorts_by_keys
+    _key_flags(cluster, pools, not (cluster.kv_store is not None or disagg or migrate or auto or scenario.faults.crashes
+                                    or any(p.mtbf_s for p in pools)))
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controllers = start_controllers(auto, scaled, pools, cluster, loop, active, migrator and migrator.drain)
@@ -187,19 +175,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     feed.start()
     try:
         loop.run(until_s=until_s)
-        cluster.fail_queued(loop.now_s)
-        for r in cluster.replicas:
-            r.engine.drain(loop.now_s)
-            r.engine.recorder.finish()
-        table.stream_end()
-        if helper:
-            helper.end()  # (the helper reduces its last buffers while the table closes)
-        close_table(table, cluster)
-        for r, reducer in zip(cluster.replicas, helper.finish() if helper else []):
-            r.engine.recorder.reducer = reducer
-        if helper:  # gaps not streamed: joined in the helper (step ends from its files), beside the summary
-            helper.join_gaps(None if keep_steps else table.run_reader(),
-                             None if keep_steps else reduced_ends(helper.reducers))
+        _end_run(cluster, loop.now_s, table, helper, keep_steps)
     except BaseException:
         if helper:
             helper.stop()
@@ -214,6 +190,39 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     result.itl = helper.itl if helper else None
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
+
+
+def _key_flags(cluster: Cluster, pools: list[PoolSpec], shared_only: bool) -> None:
+    """Set how each replica's engine keys its requests' prefixes. Requests with prefix keys join
+    stretches in flight unless something reads the replicas' prefix caches from outside
+    (`PoolSpec.cache_read_outside`, `replica/keyed_join.py`). Keys only for the hash ids other
+    requests may share (`shared_only`) where nothing but the replica's own vLLM cache keeps KV by
+    them (`Engine.shared_keys_only`; a policy that may swap keys every id of a request from its
+    first preemption on: `Scheduler.key_every_id`)."""
+    keyed_joins = not any(p.cache_read_outside for p in pools)
+    for r in cluster.replicas:
+        engine, sched = r.engine, r.engine.scheduler
+        engine.keyed_joins = keyed_joins and admits_keyed(engine)
+        engine.cache_read_outside = not keyed_joins
+        engine.shared_keys_only = shared_only and type(engine.kv) is KVCacheManager and not sched.sorts_by_keys
+
+
+def _end_run(cluster: Cluster, now_s: float, table: RequestTable, helper, keep_steps: bool) -> None:
+    """After the loop: every request still held given its terminal state, the recorders and the
+    request table closed, the step reducers' results handed to the recorders."""
+    cluster.fail_queued(now_s)
+    for r in cluster.replicas:
+        r.engine.drain(now_s)
+        r.engine.recorder.finish()
+    table.stream_end()
+    if helper:
+        helper.end()  # (the helper reduces its last buffers while the table closes)
+    close_table(table, cluster)
+    for r, reducer in zip(cluster.replicas, helper.finish() if helper else []):
+        r.engine.recorder.reducer = reducer
+    if helper:  # gaps not streamed: joined in the helper (step ends from its files), beside the summary
+        helper.join_gaps(None if keep_steps else table.run_reader(),
+                         None if keep_steps else reduced_ends(helper.reducers))
 
 
 def _sole_replica(cluster: Cluster, feed: Feed) -> None:
