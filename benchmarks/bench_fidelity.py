@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from servesim.validation.fit import spread_sample
 from servesim.validation.run import group_errors, held_out_line, markdown_table, skipped_table, validate_rows
 from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
-from servesim.validation.silicon_file import held_out_ids
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+from servesim.validation.silicon_file import DEFAULT_SILICON, held_out_ids
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--measured", default=str(DEFAULT))
+    ap.add_argument("--measured", default=str(DEFAULT_SILICON))
     ap.add_argument("--sample", type=int, default=None, help="only this many expressible rows, spread through the file")
     ap.add_argument("--ramp-up-s", type=float, default=0.0)
     ap.add_argument("--no-frontend", action="store_true")

@@ -13,13 +13,12 @@ import argparse
 from collections import Counter, defaultdict
 
 from servesim.perf.silicon_disagg import load_disagg_rows, map_row, simulate_row
-
-CSV = "/work/shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
+from servesim.validation.silicon_file import DEFAULT_SILICON
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--csv", default=CSV)
+    ap.add_argument("--csv", default=str(DEFAULT_SILICON))
     ap.add_argument("--limit", type=int, default=0, help="simulate at most this many rows (0: all)")
     ap.add_argument("--mtp", type=int, default=1, help="MTP draft tokens of the second pass (0: one pass only)")
     ap.add_argument("--mtp-acceptance", type=float, default=0.85, help="MTP acceptance rate per draft token")

@@ -20,9 +20,8 @@ import yaml
 from servesim.validation.attention_dp import dp_rows, fit_entries
 from servesim.validation.run import simulate_row
 from servesim.validation.silicon import read_rows
+from servesim.validation.silicon_file import DEFAULT_SILICON
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
 ZERO = {"dp_step_s": 0.0, "dp_seq_s": 0.0}
 
 
@@ -39,7 +38,7 @@ def summary(results, label: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--measured", default=str(DEFAULT))
+    ap.add_argument("--measured", default=str(DEFAULT_SILICON))
     ap.add_argument("--rows-out", help="write per-row results (fitted constants) to this CSV")
     ap.add_argument("--before", help="CSV of (pos, simulated TPOT s) with the constants at 0: written if absent, else reused")
     args = ap.parse_args()

@@ -12,21 +12,19 @@ Run: python benchmarks/fit_sglang_eager.py [--measured CSV] [--system b200_sxm .
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import yaml
 
 from servesim.validation.eager import calibration_entries, fit_eager
 from servesim.validation.silicon import read_rows
+from servesim.validation.silicon_file import DEFAULT_SILICON
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
 SYSTEMS = ("b200_sxm", "b300_sxm", "h100_sxm", "h200_sxm")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--measured", default=str(DEFAULT))
+    ap.add_argument("--measured", default=str(DEFAULT_SILICON))
     ap.add_argument("--system", action="append", choices=SYSTEMS, help="repeatable; default: all four")
     ap.add_argument("--per-group", type=int, default=20)
     ap.add_argument("--sweeps", type=int, default=1)

@@ -21,7 +21,6 @@ release") says which groups were shipped and why.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import yaml
 
@@ -30,9 +29,7 @@ from servesim.validation.mixed import fit_mixed
 from servesim.validation import release_waves, waves
 from servesim.validation.prefill import calibration_entries, fit_prefill
 from servesim.validation.silicon import read_rows
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+from servesim.validation.silicon_file import DEFAULT_SILICON
 
 
 def main() -> None:
@@ -40,7 +37,7 @@ def main() -> None:
     ap.add_argument("what", choices=("prefill", "seq-gpu", "mixed", "waves", "release"))
     ap.add_argument("--key", action="append", default=[], help="release: ENGINE:SYSTEM:VERSION; mixed: ENGINE:SYSTEM (repeatable)")
     ap.add_argument("--name", action="append", help="release: only these constants move (repeatable; default all)")
-    ap.add_argument("--measured", default=str(DEFAULT))
+    ap.add_argument("--measured", default=str(DEFAULT_SILICON))
     ap.add_argument("--engine", action="append", choices=("vllm", "sglang", "trtllm"), help="repeatable; default: all three (waves: trtllm)")
     args = ap.parse_args()
     rows = read_rows(args.measured)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-from pathlib import Path
 
 from servesim.simulation import simulate
 from servesim.validation.mixed import cycle_parts, interrupting_share, long_prompt_rows, prompt_cost_ratio
@@ -27,9 +26,7 @@ from servesim.validation.recorded_parallelism import engine_parallelism
 from servesim.validation.silicon import (
     ClientOptions, inexpressible_reason, read_rows, row_request_counts, row_scenario, scenario_perf_model,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
+from servesim.validation.silicon_file import DEFAULT_SILICON
 
 
 def step_price(row) -> float:
@@ -63,7 +60,7 @@ def print_table(groups: dict[str, list[tuple[float, ...]]], header: str, formats
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("rows_csv")
-    ap.add_argument("--measured", default=str(DEFAULT))
+    ap.add_argument("--measured", default=str(DEFAULT_SILICON))
     ap.add_argument("--by-kind", action="store_true", help="split each group into dense and MoE models")
     ap.add_argument("--simulate", action="store_true", help="play the rows again for the interrupting share")
     args = ap.parse_args()

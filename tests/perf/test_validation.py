@@ -1,4 +1,4 @@
-"""Validation against shared/data/perf/measured_points.csv with the shipped constants.
+"""Validation against the shipped measured_points.csv (perf/data/measured) with the shipped constants.
 
 Tolerances (stated in docs/perf-model.md):
 - every measured throughput point within 25 %, every latency point within 45 %, analytical
@@ -11,20 +11,17 @@ Constants are shared per GPU, dtype and engine (calibration_default.yaml), never
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
 import pytest
 
-from servesim.perf.measured import Point, read_points
+from servesim.perf.measured import MEASURED_POINTS, Point, read_points
 from servesim.perf.validate import Result, evaluate, source_label
 
-MEASURED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "measured_points.csv"
 POINT_TOLERANCE = {"throughput": 0.25, "latency": 0.45, "other": 0.05}
 ANALYTICAL_TOLERANCE = 0.30
 MEDIAN_TARGET = {"throughput": 0.10, "latency": 0.20}
 
-POINTS: list[Point] = read_points(MEASURED) if MEASURED.is_file() else []
-pytestmark = pytest.mark.skipif(not POINTS, reason=f"{MEASURED} not found (CI places shared/ beside the clone)")
+POINTS: list[Point] = read_points(MEASURED_POINTS)
 
 
 @pytest.fixture(scope="module")

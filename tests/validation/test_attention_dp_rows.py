@@ -16,9 +16,8 @@ import pytest
 
 from servesim.validation.run import simulate_row
 from servesim.validation.silicon import inexpressible_reason, read_rows
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
-pytestmark = needs_silicon
 IDS = ("2026_03_25_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c64_tp8_0_ep8_0_976",
        "2026_03_25_gpt_oss_120b_b200_sxm_trtllm_fp4_agg_1024x1024_c64_tp4_0_ep4_0_1007")
 

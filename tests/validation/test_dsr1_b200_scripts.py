@@ -12,7 +12,7 @@ from servesim.validation.silicon import (ClientOptions, parse_row, played_row, r
 from servesim.validation.silicon_file import read_rows, recover_versions
 from tests.validation.test_inferencemax import balance, waits
 from tests.validation.test_silicon_mapping import BASE
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
 DSR1 = {**BASE, "id": "dsr1_b200_trtllm_fp4_agg_1024x1024_c16_cfg82", "backend": "trtllm",
         "backend_version": "1.2.0rc6.post2", "model_path": "deepseek-ai/DeepSeek-V3", "system": "b200_sxm",
@@ -113,7 +113,6 @@ def test_rc2_post2_plays_the_plain_script_or_its_mtp_variant():
     assert scenario(**export).engine.num_speculative_tokens == 0
 
 
-@needs_silicon
 def test_rc2_post2_rows_of_the_file_split_by_their_upstream_dates():
     # the upstream file dates 22 of the release's 54 B200 rows 2025-12-15 (plain configs: config 177's 14 FP8 rows,
     # 1 FP8 and 7 NVFP4 export rows) and 32 2026-01-14 (the MTP configs)

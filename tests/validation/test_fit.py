@@ -45,18 +45,13 @@ def test_spread_sample_is_even_and_deterministic():
 
 
 def test_frontend_only_refit_changes_one_profile_and_never_worsens_it():
-    from pathlib import Path
-
     from servesim.perf._catalog import catalogue
     from servesim.replica.frontend import FRONTEND_FILE
     from servesim.validation.calibrate import refit_frontends
     from servesim.validation.run import simulate_row
-    from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+    from servesim.validation.silicon import DEFAULT_SILICON, ClientOptions, inexpressible_reason, read_rows
 
-    silicon = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
-    if not silicon.is_file():
-        pytest.skip(f"{silicon} not found")
-    rows = [r for r in read_rows(silicon) if inexpressible_reason(r) is None and r.backend == "vllm"
+    rows = [r for r in read_rows(DEFAULT_SILICON) if inexpressible_reason(r) is None and r.backend == "vllm"
             and r.system == "h100_sxm" and r.concurrency == 4 and r.isl == 1024][:1]
     assert len(rows) == 1
     options = ClientOptions(min_requests=4)
@@ -74,17 +69,12 @@ def test_frontend_only_refit_changes_one_profile_and_never_worsens_it():
 
 
 def test_frontend_refit_restricted_to_one_engine_keeps_the_others_as_shipped():
-    from pathlib import Path
-
     from servesim.perf._catalog import catalogue
     from servesim.replica.frontend import FRONTEND_FILE
     from servesim.validation.calibrate import refit_frontends
-    from servesim.validation.silicon import ClientOptions, inexpressible_reason, read_rows
+    from servesim.validation.silicon import DEFAULT_SILICON, ClientOptions, inexpressible_reason, read_rows
 
-    silicon = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "perf" / "aiconfigurator_silicon" / "silicon_calibration.csv"
-    if not silicon.is_file():
-        pytest.skip(f"{silicon} not found")
-    ok = [r for r in read_rows(silicon) if inexpressible_reason(r) is None and r.system == "h100_sxm"
+    ok = [r for r in read_rows(DEFAULT_SILICON) if inexpressible_reason(r) is None and r.system == "h100_sxm"
           and r.concurrency <= 8 and r.osl <= 1024]
     rows = [next(r for r in ok if r.backend == "vllm"), next(r for r in ok if r.backend == "trtllm")]
     logged = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from servesim.validation.silicon import read_rows, row_scenario, scenario_perf_model
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
 
 def _row(quant: str, tp: int):
@@ -23,7 +23,6 @@ def _prefill_growth_s(row, **overrides) -> float:
     return pm.step_time_s([(8192, 0)], []) - pm.step_time_s([(1024, 0)], [])
 
 
-@needs_silicon
 def test_fp8_rows_pay_the_quantisation_nvfp4_rows_do_not():
     fp8, fp4 = _row("fp8", 8), _row("nvfp4", 4)
     assert scenario_perf_model(row_scenario(fp8)).constants.act_quant_token_s == 2.7e-08

@@ -8,9 +8,10 @@ from servesim.scenario import validate_scenario
 from servesim.simulation import simulate
 from servesim.validation.gap_analysis import CLUSTER_CONCURRENCY, NOT_REPRODUCED, campaign_reason, worker_share
 from servesim.validation.run import client_metrics
+from servesim.validation.silicon_file import open_measured
 from servesim.validation.silicon import (ClientOptions, inexpressible_reason, parse_row, played_row, read_rows,
                                          row_request_counts, row_scenario)
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
 # The GB200 1.3.0rc5 Qwen3-32B-NVFP4 deployment: 32 workers of TP 2, 14 users each
 GB200_RC5 = {
@@ -43,11 +44,10 @@ def test_other_releases_and_disaggregated_rows_keep_the_recorded_concurrency():
     assert row_scenario(row(backend_version="1.2.0rc6.post2"), calibration=None).workload.arrival.users == 448
 
 
-@needs_silicon
 def test_the_rc5_job_fills_64_gpus_with_concurrency_batch_times_workers():
     """The premise, checked on the file: each 1.3.0rc5 deployment (aggregated and disaggregated) is 64 GPUs when
     its concurrency is one worker's batch (x attention DP) times the workers."""
-    raw = [r for r in csv.DictReader(SILICON.open()) if r["backend_version"] == "1.3.0rc5"]
+    raw = [r for r in csv.DictReader(open_measured(SILICON)) if r["backend_version"] == "1.3.0rc5"]
     assert len(raw) == 6
     for r in raw:
         c = int(r["concurrency"])
@@ -60,7 +60,6 @@ def test_the_rc5_job_fills_64_gpus_with_concurrency_batch_times_workers():
             assert gpus == 64, r["id"]
 
 
-@needs_silicon
 def test_rc1_rows_are_listed_not_expressible_and_no_other_row():
     rows = read_rows(SILICON)
     why = NOT_REPRODUCED[("trtllm", "1.3.0rc1")]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from servesim.cli import app
 from servesim.validation.silicon_file import _measurement, held_out_ids, read_rows
 
-from tests.validation.silicon_rows import BASE, SILICON, needs_silicon, silicon_row
+from tests.validation.silicon_rows import BASE, SILICON, silicon_row
 
 
 def test_without_twins_the_split_is_by_file_position():
@@ -34,7 +34,6 @@ def test_a_twin_falls_on_the_side_of_its_first_copy():
     assert held_out_ids(rows) == {"r1", "r3"}
 
 
-@needs_silicon
 def test_in_the_measured_file_no_measurement_is_on_both_sides():
     rows = read_rows(SILICON)
     held = held_out_ids(rows)

@@ -7,7 +7,7 @@ import collections
 
 from servesim.validation.recorded_parallelism import engine_parallelism, is_tp_times_ep
 from servesim.validation.silicon import inexpressible_reason, parse_row, read_rows, row_scenario
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
 BASE = {
     "id": "r1", "backend": "sglang", "backend_version": "0.5.9", "model_path": "deepseek-ai/DeepSeek-V3",
@@ -71,7 +71,6 @@ def test_replica_size_reasons_follow_the_nvlink_domain():
     assert inexpressible_reason(row(system="gb200", tp_size="80", **dense)).startswith("tp 80 spans several NVLink domains of 72 GPUs")
 
 
-@needs_silicon
 def test_every_measurement_recorded_both_ways_decodes_to_its_twin():
     # The same run appears twice, every number identical, once as tp x ep and once in
     # AIConfigurator's terms: the decoded sizes must be the twin's.

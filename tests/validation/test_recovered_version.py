@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 
 
-from servesim.validation.silicon_file import CONFIG_ID, read_rows, recover_versions, twin_versions
+from servesim.validation.silicon_file import CONFIG_ID, open_measured, read_rows, recover_versions, twin_versions
 
-from tests.validation.silicon_rows import SILICON, needs_silicon, silicon_row
+from tests.validation.silicon_rows import SILICON, silicon_row
 
 
 def _row(name: str, version: str, **changes: str):
@@ -55,9 +55,8 @@ def test_a_near_twin_another_engine_system_or_two_releases_give_nothing():
     assert twin_versions([base, _row("g", "1.2.0rc6.post3"), _row("h", "")])[2].version == ""
 
 
-@needs_silicon
 def test_the_measured_file_gives_18_trtllm_b200_rows_their_twins_release():
-    with SILICON.open(newline="") as f:
+    with open_measured(SILICON) as f:
         recorded = {r["id"]: r["backend_version"] for r in csv.DictReader(f)}
     by_twin = [r for r in read_rows(SILICON) if r.version != recorded[r.id] and not CONFIG_ID.search(r.id)]
     assert len(by_twin) == 18 and {r.version for r in by_twin} == {"1.2.0rc6.post2"}
@@ -76,9 +75,8 @@ def test_a_dated_build_plays_as_the_release_tag_its_twins_record():
     assert [r.version for r in twin_versions([tag, other, near])][1:] == [other.version, near.version]
 
 
-@needs_silicon
 def test_the_measured_file_plays_the_15_dated_sglang_nightly_rows_as_nightly_dev():
-    with SILICON.open(newline="") as f:
+    with open_measured(SILICON) as f:
         recorded = {r["id"]: r["backend_version"] for r in csv.DictReader(f)}
     moved = [r for r in read_rows(SILICON) if recorded[r.id] and r.version != recorded[r.id]]
     assert len(moved) == 15 and {(r.backend, r.system, r.version) for r in moved} == {("sglang", "b200_sxm", "nightly-dev")}

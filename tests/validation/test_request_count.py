@@ -6,7 +6,7 @@ import csv
 
 
 from servesim.validation.request_count import campaign_rounds, rounds_read, whole_ns
-from tests.validation.silicon_rows import BASE, SILICON, needs_silicon
+from tests.validation.silicon_rows import BASE, SILICON
 
 
 def mean_ms(total_ns: int, n: int) -> str:
@@ -45,7 +45,6 @@ def test_campaign_takes_the_count_most_rows_allow(tmp_path):
     assert campaign_rounds(path) == {("vllm", "h100_sxm", "0.18.0"): (20, 3, 4)}
 
 
-@needs_silicon
 def test_the_measured_file_records_twenty_requests_per_user_in_two_tensorrt_llm_campaigns():
     read = campaign_rounds(SILICON)
     # AIConfigurator's benchmark script (bench_run.sh.j2: BENCH_MULTI_ROUND 20 per user)

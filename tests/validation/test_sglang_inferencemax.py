@@ -12,7 +12,7 @@ from servesim.validation.run import client_metrics
 from servesim.validation.silicon import ClientOptions, parse_row, played_row, row_request_counts, row_scenario
 from servesim.validation.silicon_file import read_rows, recover_versions
 from tests.validation.test_silicon_mapping import BASE
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
 DSR1_FP4 = {**BASE, "backend": "sglang", "backend_version": "0.5.9", "model_path": "deepseek-ai/DeepSeek-V3",
             "system": "b200_sxm", "gemm_quant_mode": "nvfp4", "tp_size": "16", "moe_tp_size": "4", "moe_ep_size": "4",
@@ -154,7 +154,6 @@ def test_a_point_run_twice_plays_the_script_of_each_run():
     assert [sched(row_scenario(r, ClientOptions()))["max_running_requests"] for r in alone] == [128, 128]
 
 
-@needs_silicon
 def test_the_measured_file_s_mtp_runs():
     # 66 B200 0.5.9 DeepSeek-R1 FP8 rows: 26 outside the plain sweep, 17 inside it that the export does
     # not hold (the faster per token of each pair), the other 23 the plain script's
@@ -191,7 +190,6 @@ QWEN35_TP4 = {**DSR1_FP4, "gemm_quant_mode": "fp8", "model_path": "Qwen/Qwen3.5-
               "moe_tp_size": "4", "moe_ep_size": "1", "concurrency": "16", "batch_size": "16", "isl": "8192"}
 
 
-@needs_silicon
 def test_the_qwen35_tp4_rows_are_the_mtp_script_s_runs():
     # 152 B200 0.5.9 Qwen3.5 rows: the 63 TP 4 all-TP ones are qwen3.5_fp8_b200_mtp.sh's grid (3 EAGLE drafts); the
     # TP 8 and TP 4 x EP 4 ones (the plain script's, played since sgb27) draft nothing
@@ -228,7 +226,6 @@ def test_spec_v1_rows_hand_out_first_tokens_at_their_batch_s_end(monkeypatch):
     assert plain.engine.num_speculative_tokens == 0 and getattr(plain.scheduler, "consecutive_prefill_launch_share") == 0.5
 
 
-@needs_silicon
 def test_the_release_s_plain_script_rows_take_arrivals_as_a_prompt_step_starts():
     # issue 14 sgadm29: every plain B200 0.5.9 script (dsr1_fp8_b200.sh at TP 8 and TP 4, dsr1_fp4_b200.sh,
     # qwen3.5_fp8_b200.sh) runs `event_loop_overlap` with a receive interval above 1, so the take a prompt step triggers

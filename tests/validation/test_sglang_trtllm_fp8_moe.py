@@ -9,7 +9,7 @@ from servesim.validation.run import simulate_row
 from servesim.validation.silicon import ClientOptions, parse_row, row_scenario
 from servesim.validation.silicon_file import read_rows
 from tests.validation.test_sglang_inferencemax import DSR1_FP4, FP8_TP8
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
 FP8_TP4_8K = {**FP8_TP8, "tp_size": "4", "isl": "8192", "concurrency": "4", "batch_size": "4"}
 FP8_MTP_8K = {**FP8_TP8, "isl": "8192", "concurrency": "64", "batch_size": "64"}  # outside the plain sweep
@@ -55,7 +55,6 @@ def test_the_moe_layer_at_8k_tokens_costs_what_the_kernel_table_does():
     assert abs(terms.linear_s(64, moe=True) / main.linear_s(64, moe=True) - 1) < 0.05
 
 
-@needs_silicon
 def test_the_tp4_8k_prompt_reaches_its_measured_first_token():
     # dsr1_b200_sglang_fp8_agg_8192x1024_c4_cfg271 (dsr1_fp8_b200.sh, TP 4, 4 users) measures 585.9 ms to the first
     # token; main played 489.9 ms (-16.4 %), its 8k prompt's experts at the release's GEMM efficiency. Both played

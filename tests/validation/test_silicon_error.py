@@ -17,9 +17,8 @@ from servesim.validation.gap_analysis import campaign_reason
 from servesim.validation.inferencemax_vllm import outside_sweep_reason
 from servesim.validation.run import group_errors, validate_rows
 from servesim.validation.silicon import inexpressible_reason, read_rows, row_scenario
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
-pytestmark = needs_silicon
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,32 @@ def test_validate_bad_input_is_one_line(tmp_path: Path):
     assert res.exit_code == 2 and "missing column 'backend'" in res.output
 
 
+def test_validate_reads_the_shipped_runs_from_any_folder(tmp_path: Path, monkeypatch):
+    # the default file is the package's own (it was a path beside the repository: "not found" elsewhere)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["validate", "--sample", "1", "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "Simulated rows: 1 of 1." in res.output and "| **all** | 1 |" in res.output
+
+
+def test_the_shipped_runs_are_the_recorded_file():
+    import gzip
+    import hashlib
+
+    from servesim.validation.silicon_file import DEFAULT_SILICON, read_rows
+
+    digest = hashlib.sha256(gzip.decompress(DEFAULT_SILICON.read_bytes())).hexdigest()
+    assert f"`{digest}`" in (DEFAULT_SILICON.parent / "README.md").read_text()  # its README's sha256
+    assert len(read_rows(DEFAULT_SILICON)) == 3340
+
+
+def test_a_gzip_file_that_is_not_one_is_one_line(tmp_path: Path):
+    bad = tmp_path / "runs.csv.gz"
+    bad.write_text("id,backend\n")
+    res = CliRunner().invoke(app, ["validate", "--measured", str(bad)])
+    assert res.exit_code == 2 and "cannot be read" in res.output and "Traceback" not in res.output
+
+
 def test_validate_jobs_give_the_same_rows_in_file_order(tmp_path: Path):
     # rows are independent runs: worker processes change the wall time, not one byte of the results
     rows = [{**BASE, "id": "a", "concurrency": "4", "batch_size": "4"}, {**BASE, "id": "b", "mode": "disagg"},

@@ -13,7 +13,7 @@ from servesim.validation.inferencemax_vllm import OUTSIDE_SWEEP
 from servesim.validation.silicon import (ClientOptions, inexpressible_reason, parse_row, played_row,
                                          read_rows, row_request_counts, row_scenario, scenario_perf_model)
 from tests.validation.test_silicon_mapping import BASE
-from tests.validation.silicon_rows import SILICON, needs_silicon
+from tests.validation.silicon_rows import SILICON
 
 
 LLAMA_H100 = {**BASE, "model_path": "meta-llama/Llama-3.1-70B", "system": "h100_sxm", "backend_version": "",
@@ -96,7 +96,6 @@ def test_h100_gpt_oss_512_user_rows_are_listed_not_expressible():
         assert inexpressible_reason(parse_row({**gpt, **changes})) is None, changes
 
 
-@needs_silicon
 def test_the_listed_rows_are_the_nine_h100_gpt_oss_runs_at_512_users():
     rows = read_rows(SILICON)
     listed = [r for r in rows if inexpressible_reason(r) in OUTSIDE_SWEEP.values()]

@@ -60,14 +60,15 @@ def _selected(rows, only: list[str], ids: Optional[Path]):
 
 # = servesim.validation.silicon.DEFAULT_SILICON (a test checks), spelled here so that registering
 # the command imports nothing of the simulation: every `servesim ...` start-up would pay for it.
-DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
+DEFAULT_SILICON = Path(__file__).parents[1] / "validation" / "data" / "silicon_calibration.csv.gz"
 
 
 def register(app: typer.Typer) -> None:
     @app.command("validate")
     @user_errors
     def validate_cmd(
-        measured: Path = typer.Option(Path(DEFAULT_SILICON), help="Measured serving runs (schema of the AIConfigurator silicon sample)."),
+        measured: Path = typer.Option(DEFAULT_SILICON, show_default="the shipped AIConfigurator silicon sample, 3,340 runs",
+                                      help="Measured serving runs (schema of the AIConfigurator silicon sample; .csv or .csv.gz)."),
         sample: Optional[int] = typer.Option(None, min=1, help="Simulate only this many expressible rows, spread evenly through the file (quick checks)."),
         only: list[str] = typer.Option([], "--only", metavar="ENGINE[:GPU]", help="Simulate only this engine's rows, or one group's (repeatable: --only sglang:h200_sxm --only trtllm); held-out sides stay those of the whole file."),
         ids: Optional[Path] = typer.Option(None, "--ids", help="Simulate only the rows whose ids this file lists: one per line, or a CSV with an id column (a --output file)."),

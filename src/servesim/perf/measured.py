@@ -1,4 +1,4 @@
-"""Reading measured performance points (the schema of shared/data/perf/measured_points.csv).
+"""Reading measured performance points (the schema of the shipped data/measured/measured_points.csv).
 
 Columns: source, model, gpu, tp, batch, input_len, output_len, metric, value, unit, notes; an
 optional `engine` and `dtype` column overrides what is otherwise read from source and notes.
@@ -14,6 +14,8 @@ from pathlib import Path
 
 from servesim.errors import InputError
 
+# The shipped points (data/measured/README.md): what the model is validated and calibrated against
+MEASURED_POINTS = Path(__file__).parent / "data" / "measured" / "measured_points.csv"
 COLUMNS = ("source", "model", "gpu", "tp", "batch", "input_len", "output_len", "metric", "value", "unit", "notes")
 METRICS = ("output_throughput", "output_throughput_per_gpu", "first_token_latency", "prefill_time",
            "prefill_time_batch", "decode_step_time", "decode_time_total", "e2e_latency", "linear_layer_time",

@@ -18,6 +18,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from servesim.validation.silicon_file import open_measured
+
 SYSTEMS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200"}
 MODELS = {"deepseek-ai/DeepSeek-R1": "deepseek-v3", "deepseek-ai/DeepSeek-V3": "deepseek-v3",
           "meta-llama/Llama-3.1-8B": "llama-3.1-8b", "meta-llama/Llama-3.1-70B": "llama-3.1-70b"}
@@ -35,7 +37,7 @@ class RowMapping:
 
 def load_disagg_rows(path: str | Path) -> list[dict]:
     """The `mode=disagg` rows of a silicon calibration CSV, in file order."""
-    with open(path, newline="") as f:
+    with open_measured(path) as f:  # (.csv.gz too: the shipped file)
         return [r for r in csv.DictReader(f) if r["mode"] == "disagg"]
 
 

@@ -188,10 +188,10 @@ def markdown_table(before: list[ErrorRow], after: list[ErrorRow] | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from servesim.perf.measured import read_points
+    from servesim.perf.measured import MEASURED_POINTS, read_points
 
     args = sys.argv[1:] if argv is None else argv
-    path = args[0] if args else "../shared/data/perf/measured_points.csv"
+    path = args[0] if args else MEASURED_POINTS
     results, skipped = evaluate(read_points(path))
     print(markdown_table(error_table(results)))
     for p, why in skipped:

@@ -24,7 +24,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
-from servesim.validation.silicon_file import parse_row
+from servesim.validation.silicon_file import open_measured, parse_row
 
 NS_PER_MS = 1_000_000
 TOLERANCE_NS = Decimal("0.00005")  # a float of 16-17 significant digits, times a few thousand requests
@@ -55,7 +55,7 @@ def campaign_rounds(path: str | Path) -> dict[tuple[str, str, str], tuple[int, i
     MIN_SHARE of the rows allow it are left out."""
     allowed: dict[tuple[str, str, str], Counter] = {}
     rows: Counter = Counter()
-    with Path(path).open(newline="", encoding="utf-8") as f:
+    with open_measured(path) as f:
         for raw in csv.DictReader(f):
             row = parse_row(raw)
             if row.mode != "agg" or row.concurrency < 1:

@@ -12,6 +12,7 @@ row, or the reason it cannot be expressed yet. The mapping is explicit and teste
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Mapping
 
 from servesim.errors import InputError
@@ -25,14 +26,13 @@ from servesim.scenario import Scenario, validate_scenario
 from servesim.validation import inferencemax
 from servesim.validation.client import ClientOptions, RequestCounts, request_counts  # noqa: F401 (re-exported)
 # The measured file's schema and reader, re-exported here where callers have always found them.
-from servesim.validation.silicon_file import REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
+from servesim.validation.silicon_file import DEFAULT_SILICON, REQUIRED, SiliconRow, parse_row, read_rows  # noqa: F401
 from servesim.validation.recorded_parallelism import engine_parallelism
 from servesim.validation.gap_analysis import campaign_reason, worker_share
 from servesim.validation.inferencemax_dsr1 import as_run
 from servesim.validation.inferencemax_vllm import experts_over_tp, outside_sweep_reason, without_recorded_dp
 
 SERVING_CALIBRATION = "calibration_serving.yaml"
-DEFAULT_SILICON = "../shared/data/perf/aiconfigurator_silicon/silicon_calibration.csv"
 GPUS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200", "b300_sxm": "b300", "gb200": "gb200"}
 # GEMM quantisation as the file names it -> servesim dtype. NVFP4 needs FP4 tensor cores; on Hopper
 # the same checkpoints (gpt-oss MXFP4) run weight-only, dequantised into BF16 GEMMs (servesim int4).

@@ -8,6 +8,7 @@ missing file, a missing column or a bad value, so readers of the rows need none 
 from __future__ import annotations
 
 import csv
+import gzip
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,11 +74,21 @@ def parse_row(raw: dict[str, str]) -> SiliconRow:
     )
 
 
+# The measured runs the package ships (data/README.md): `servesim validate`'s default file
+DEFAULT_SILICON = Path(__file__).parent / "data" / "silicon_calibration.csv.gz"
+
+
+def open_measured(path: str | Path):
+    """The measured file's text, read as CSV (gzip-compressed if its name ends in .gz: the shipped one)."""
+    p = Path(path)
+    return gzip.open(p, "rt", newline="", encoding="utf-8") if p.suffix == ".gz" else p.open(newline="", encoding="utf-8")
+
+
 def read_rows(path: str | Path) -> list[SiliconRow]:
     """All rows of a file in the schema of silicon_calibration.csv; a bad file is one InputError."""
     p = Path(path)
     try:
-        with p.open(newline="", encoding="utf-8") as f:
+        with open_measured(p) as f:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
@@ -91,6 +102,8 @@ def read_rows(path: str | Path) -> list[SiliconRow]:
             return recover_versions(rows)
     except FileNotFoundError:
         raise InputError(f"measured file {str(p)!r} not found") from None
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # (a .gz that is not one, a truncated one)
+        raise InputError(f"measured file {str(p)!r} cannot be read: {exc}") from None
 
 
 # Rows named `..._cfg<N>` are one deployment config of a campaign (same model, quantization and
