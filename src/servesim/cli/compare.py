@@ -26,7 +26,7 @@ comparison.csv; --report also writes comparison.html."""
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
 
-    @app.command("compare", help=HELP)
+    @app.command("compare", help=HELP, short_help="Run variants of a scenario on the same workload and seed; one table.")
     @user_errors
     def compare(
         scenarios: Optional[list[Path]] = typer.Argument(None, help="Scenario YAML files (default: the packaged default)."),

@@ -19,7 +19,7 @@ without simulating anything twice. See docs/planner.md."""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("plan", help=HELP)
+    @app.command("plan", help=HELP, short_help="Search deployments for the cheapest (or most goodput) one that meets the SLOs.")
     @user_errors
     def plan_cmd(
         plan_file: Path = typer.Argument(..., help="Plan YAML file."),

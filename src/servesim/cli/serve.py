@@ -23,7 +23,8 @@ def _help_text() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("serve", help=_SUMMARY, cls=lazy_help(_help_text))
+    @app.command("serve", help=_SUMMARY, cls=lazy_help(_help_text),
+                 short_help="Serve the OpenAI API with the timing the scenario's replica would have.")
     @user_errors
     def serve(
         scenario: Optional[Path] = typer.Argument(None, help="Scenario YAML file (default: the packaged default)."),

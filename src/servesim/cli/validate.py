@@ -64,7 +64,7 @@ DEFAULT_SILICON = Path(__file__).parents[1] / "validation" / "data" / "silicon_c
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("validate")
+    @app.command("validate", short_help="Replay measured serving runs end to end; the TTFT and TPOT error per engine and GPU.")
     @user_errors
     def validate_cmd(
         measured: Path = typer.Option(DEFAULT_SILICON, show_default="the shipped AIConfigurator silicon sample, 3,340 runs",
