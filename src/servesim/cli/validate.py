@@ -90,11 +90,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate every expressible measured run end to end (closed-loop client, front end, engine)
         and print the median error of TTFT and TPOT per engine and GPU, plus the rows it cannot express."""
-        import yaml
-
         from servesim.cli.display import live_bar
-        from servesim.perf.calibration import dump_calibration
-        from servesim.validation.calibrate import fit_serving, refit_frontends
         from servesim.validation.fit import spread_sample
         from servesim.validation.run import group_errors, held_out_line, markdown_table, skipped_table, validate_rows
         from servesim.validation.silicon import SCHEDULERS, ClientOptions, inexpressible_reason, read_rows
@@ -113,20 +109,7 @@ def register(app: typer.Typer) -> None:
                                 warmup_drains=not warmup_continuous, frontend_time_cv=frontend_time_cv,
                                 engine_slots_held=engine_slots_held, trailing_rounds=trailing_rounds)
         if fit_output is not None:
-            log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-            if frontend_only:
-                frontend = refit_frontends(rows, options, per_group, log=log, engines=engine)
-                header = (f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name};\n"
-                          f"# the <engine>@<gpu> entries refitted with --frontend-only --per-group {per_group}. Seconds.\n")
-                write_atomic(fit_output / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))
-                print(f"wrote {fit_output / 'frontend.yaml'}")
-                return
-            calibration, frontend = fit_serving(rows, options, per_group, log=log)
-            write_atomic(fit_output / "calibration_serving.yaml", dump_calibration(calibration, {"fitted_to": measured.name}))
-            header = f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured.name}.\n"
-            write_atomic(fit_output / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))
-            print(f"wrote {fit_output / 'calibration_serving.yaml'} and {fit_output / 'frontend.yaml'}")
-            return
+            return _fit(rows, options, measured.name, fit_output, per_group, engine if frontend_only else None)
         if sample is not None:
             ok = [r for r in rows if inexpressible_reason(r) is None]
             rows = spread_sample(ok, sample)
@@ -144,3 +127,26 @@ def register(app: typer.Typer) -> None:
         if docs is not None:
             replace_marked_block(docs, TABLE_BEGIN, TABLE_END, block)
             print(f"updated {docs}")
+
+
+def _fit(rows, options, measured: str, folder: Path, per_group: int, frontend_engines: list[str] | None) -> None:
+    """`--fit-output`: fit the serving constants and front ends to `rows` and write
+    calibration_serving.yaml and frontend.yaml into `folder`; with `frontend_engines` (from
+    --frontend-only: those engines', all if empty) only the front ends, as frontend.yaml."""
+    import yaml
+
+    from servesim.perf.calibration import dump_calibration
+    from servesim.validation.calibrate import fit_serving, refit_frontends
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    header = f"# Front-end constants per engine, fitted by `servesim validate --fit-output` on {measured}"
+    if frontend_engines is not None:
+        frontend = refit_frontends(rows, options, per_group, log=log, engines=frontend_engines)
+        header += f";\n# the <engine>@<gpu> entries refitted with --frontend-only --per-group {per_group}. Seconds.\n"
+        write_atomic(folder / "frontend.yaml", header + yaml.safe_dump(frontend, sort_keys=True))
+        print(f"wrote {folder / 'frontend.yaml'}")
+        return
+    calibration, frontend = fit_serving(rows, options, per_group, log=log)
+    write_atomic(folder / "calibration_serving.yaml", dump_calibration(calibration, {"fitted_to": measured}))
+    write_atomic(folder / "frontend.yaml", header + ".\n" + yaml.safe_dump(frontend, sort_keys=True))
+    print(f"wrote {folder / 'calibration_serving.yaml'} and {folder / 'frontend.yaml'}")
