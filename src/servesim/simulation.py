@@ -29,7 +29,7 @@ from servesim.metrics.step_helper import ReducerHelper, helper_wanted
 from servesim.metrics.step_reduce import StepReducer
 from servesim.replica.engine import Engine
 from servesim.replica.frontend import FrontEnd, FrontendConfig
-from servesim.replica.keyed_join import admits_keyed
+from servesim.replica.keyed_admission import admits_keyed
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.replica import STOPPED, Replica
 from servesim.result import Result, assemble_result, close_table, reduced_ends
