@@ -12,7 +12,6 @@ row, or the reason it cannot be expressed yet. The mapping is explicit and teste
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import Path
 from typing import Mapping
 
 from servesim.errors import InputError
