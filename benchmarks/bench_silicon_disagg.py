@@ -4,7 +4,7 @@ Run: python benchmarks/bench_silicon_disagg.py [--csv PATH] [--limit N] [--mtp K
 Prints how many rows the performance model cannot express yet and why, then for every other
 row the simulated and measured mean TTFT and TPOT, and the mean absolute percentage error per
 (model, system, engine), without MTP and with K MTP draft tokens (DeepSeek models; the rows do
-not say whether MTP ran). The row -> scenario mapping is `servesim.perf.silicon_disagg`.
+not say whether MTP ran). The row -> scenario mapping is `servesim.validation.silicon_disagg`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter, defaultdict
 
-from servesim.perf.silicon_disagg import load_disagg_rows, map_row, simulate_row
+from servesim.validation.silicon_disagg import load_disagg_rows, map_row, simulate_row
 from servesim.validation.silicon_file import DEFAULT_SILICON
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from servesim import load_scenario
-from servesim.perf.silicon_disagg import map_row
+from servesim.validation.silicon_disagg import map_row
 
 ROW = {"id": "r1", "backend": "sglang", "model_path": "deepseek-ai/DeepSeek-R1", "system": "h200_sxm",
        "precision": "fp8", "gemm_quant_mode": "fp8", "mode": "disagg", "isl": "8192", "osl": "1024",
