@@ -49,6 +49,7 @@ def test_the_simulation_imports_nothing_that_sits_on_top():
 
 def test_the_reader_sees_function_level_imports(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import servesim.perf.roofline\ndef g():\n    from servesim.validation.silicon_file import open_measured\n"
+    f.write_text("import servesim.perf.roofline\ndef g():\n"
+                 "    from servesim.validation.silicon_file import open_measured\n"
                  "    from servesim import simulate\n    from . import x\n")
     assert servesim_imports(f) == {"perf", "validation", ""}

@@ -135,44 +135,57 @@ class Scenario(BaseModel):
         return 1 if v is None else v
 
     @model_validator(mode="after")
-    def _one_way_to_size(self) -> "Scenario":
+    def _cross_checks(self) -> "Scenario":
+        # (in this order: the first broken rule is the one reported)
         if self.pools is not None:
-            if self.replicas != 1:
-                raise ValueError(f"give either `replicas` ({self.replicas}) or `pools`, not both: size each pool "
-                                 "with its own `replicas` (`--set replicas=null` unsets a file's count)")
-            if not self.pools:
-                raise ValueError("pools: list at least one pool")
-            names = [p.name for p in self.pools]
-            if len(set(names)) != len(names):
-                raise ValueError(f"pool names must be unique (got {', '.join(names)})")
-            self._check_roles()
-        n = self.num_replicas
+            self._check_pools()
+        if self.autoscaler is not None:
+            self._check_autoscaler()
+        self._check_combinations()
+        return self
+
+    def _check_pools(self) -> None:
+        if self.replicas != 1:
+            raise ValueError(f"give either `replicas` ({self.replicas}) or `pools`, not both: size each pool "
+                             "with its own `replicas` (`--set replicas=null` unsets a file's count)")
+        if not self.pools:
+            raise ValueError("pools: list at least one pool")
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique (got {', '.join(names)})")
+        self._check_roles()
+
+    def _check_autoscaler(self) -> None:
+        """The scaled pools exist, their bounds hold their starting counts, and the policy suits their roles."""
         a = self.autoscaler
-        if a is not None:
-            names = [p.name for p in self.pools] if self.pools else ["default"]
-            roles = {p.name: p.role for p in self.pools or []}
-            scaled = a.pool_names(names)
-            for key in ("min_replicas", "max_replicas"):  # (a count per pool names exactly the scaled ones)
-                counts = getattr(a, key)
-                if isinstance(counts, dict) and set(counts) != set(scaled):
-                    raise ValueError(f"autoscaler.{key}: a count per pool names each scaled pool once "
-                                     f"(got {', '.join(counts) or 'none'}; scaled: {', '.join(scaled)})")
-            for pool in scaled:
-                if pool not in names:
-                    raise ValueError(f"autoscaler.pool: no pool '{pool}' (pools: {', '.join(names)})")
-                lo, hi = a.bounds(pool)
-                if lo == 0 and any(r != "mixed" for r in roles.values()):
-                    raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
-                                     "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
-                if lo > hi:
-                    raise ValueError(f"autoscaler: pool '{pool}': min_replicas ({lo}) is above max_replicas ({hi})")
-                start = next(p.replicas for p in self.pools if p.name == pool) if self.pools else self.replicas
-                if not lo <= start <= hi:
-                    raise ValueError(f"autoscaler: pool '{pool}' starts with {start} replicas, outside "
-                                     f"[min_replicas {lo}, max_replicas {hi}]")
-                if roles.get(pool) == "decode" and getattr(a.params(), "mode", None) == "load":
-                    raise ValueError(f"autoscaler ({a.name}): mode load sizes replicas by their queued prefill work, "
-                                     f"which decode pool '{pool}' has none of; allowed on a decode pool: mode throughput")
+        names = [p.name for p in self.pools] if self.pools else ["default"]
+        roles = {p.name: p.role for p in self.pools or []}
+        scaled = a.pool_names(names)
+        for key in ("min_replicas", "max_replicas"):  # (a count per pool names exactly the scaled ones)
+            counts = getattr(a, key)
+            if isinstance(counts, dict) and set(counts) != set(scaled):
+                raise ValueError(f"autoscaler.{key}: a count per pool names each scaled pool once "
+                                 f"(got {', '.join(counts) or 'none'}; scaled: {', '.join(scaled)})")
+        for pool in scaled:
+            if pool not in names:
+                raise ValueError(f"autoscaler.pool: no pool '{pool}' (pools: {', '.join(names)})")
+            lo, hi = a.bounds(pool)
+            if lo == 0 and any(r != "mixed" for r in roles.values()):
+                raise ValueError(f"autoscaler ({a.name}): min_replicas 0 scales to zero only without prefill/decode "
+                                 "pools (a request's prefill and decode must each find a replica); allowed: 1 or more")
+            if lo > hi:
+                raise ValueError(f"autoscaler: pool '{pool}': min_replicas ({lo}) is above max_replicas ({hi})")
+            start = next(p.replicas for p in self.pools if p.name == pool) if self.pools else self.replicas
+            if not lo <= start <= hi:
+                raise ValueError(f"autoscaler: pool '{pool}' starts with {start} replicas, outside "
+                                 f"[min_replicas {lo}, max_replicas {hi}]")
+            if roles.get(pool) == "decode" and getattr(a.params(), "mode", None) == "load":
+                raise ValueError(f"autoscaler ({a.name}): mode load sizes replicas by their queued prefill work, "
+                                 f"which decode pool '{pool}' has none of; allowed on a decode pool: mode throughput")
+
+    def _check_combinations(self) -> None:
+        """Sections that work only together, or not together (migration, data parallelism,
+        adapters, disaggregation's admission, the autoscaler's and crashes' drains)."""
         if self.migration.enabled and self.pools and any(p.role != "mixed" for p in self.pools):
             raise ValueError("migration.enabled works between mixed pools only (not with prefill/decode roles)")
         dp = self.perf.data_parallel_size
@@ -192,16 +205,16 @@ class Scenario(BaseModel):
             which = "rejection" if d.rejection != "off" else "overflow"
             raise ValueError(f"disaggregation.{which} acts on prefill/decode pools; add pools with role: prefill "
                              f"and role: decode (or {which}: off)")
-        if a is not None and a.scale_down == "migrate" and not self.migration.enabled:
+        if self.autoscaler is not None and self.autoscaler.scale_down == "migrate" and not self.migration.enabled:
             raise ValueError("autoscaler.scale_down: migrate drains the replica by live migration; set "
                              "migration.enabled: true (or scale_down: drain / evict)")
         if any(c.warning_s > 0 for c in self.faults.crashes) and not self.migration.enabled:
             raise ValueError("faults.crashes: warning_s drains the replica by migration; set migration.enabled: true "
                              "(or warning_s: 0)")
+        n = self.num_replicas
         for c in self.faults.crashes:
             if c.replica >= n:
                 raise ValueError(f"faults.crashes: replica {c.replica} does not exist (replicas 0-{n - 1})")
-        return self
 
     def _check_lora_schedulers(self) -> None:
         """Adapters drawn by the workload need schedulers that serve them (vllm)."""

@@ -20,7 +20,7 @@ priced by the lock-step model with the per-rank split, which travels with the st
 (`SchedulerOutput.rank_batches`, priced by `AttentionDPPerf.lockstep_step_time_s`). Steps are
 not fast-forwarded (the time of a repeated step depends on each rank's batch, not on the sums the
 fast paths price). KV hand-offs (prefill/decode pools) and live migration are not combined with
-attention DP: the scenario refuses them (`Scenario._one_way_to_size`).
+attention DP: the scenario refuses them (`Scenario._check_combinations`).
 """
 
 from __future__ import annotations
