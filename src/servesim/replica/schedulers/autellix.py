@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_right
-from math import copysign, inf, log
-from functools import reduce
-from operator import add
+from math import inf, log
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -256,13 +254,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     # finishes leave `running` in one pass (`finish_all`) rather than a scan each.
     batch_free_forget = forget
 
-    # ---- lazy waiting time ---------------------------------------------------------
-    def _settle(self, req: Request) -> None:
-        """Add the steps a lazy call waited through to its program's waiting time."""
-        entry = self._lazy.pop(req, None)
-        if entry is not None:  # w + d1 + d2 + ... left to right, as the per-step pass adds them
-            self.wait_s[self.program(req)] = self._wait_sums.close(entry[0])
-
+    # ---- leaving the queues (settling the lazy credits: autellix_accounting.py) ----
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
         self._settle(req)  # admitted: it stops waiting (this step is not a waiting step)
         self._entered.pop(req, None)
@@ -280,28 +272,6 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             self._settle_running(req)
         self._entered.clear()
         return super().drain(now_s)
-
-    def _settle_running(self, req: Request) -> None:
-        """Credit a lazy running call with the steps logged since it became lazy."""
-        entry = self._run_lazy.pop(req, None)
-        if entry is not None:
-            i, p = entry[0] - self._log_start, self.program(req)
-            if self._lazy_turn and self._lazy_turn.get(p) is req:
-                del self._lazy_turn[p]
-            service, calls = self.service_s, self.call_service_s
-            s0, c0 = service[p], calls[req.id]
-            steps = self._step_log[i:]  # (a slice: `islice` would walk the i steps before)
-            s = service[p] = reduce(add, steps, s0)
-            # A lone call's program has served only it: the two sums start from the same float
-            # (the sign of a zero included) and add the same steps, so they are equal (a
-            # session's later turn starts from its earlier turns' service: summed apart).
-            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else reduce(add, steps, c0)
-
-    def _trim_log(self) -> None:
-        """Drop the logged steps before the first one a lazy running call has yet to be credited with."""
-        first = min((i for i, _ in self._run_lazy.values()), default=self._log_start + len(self._step_log))
-        del self._step_log[:first - self._log_start]
-        self._log_start = first
 
     def _fresh_key(self, req: Request) -> tuple:
         return (self.level(req), req.arrival_s, req.id)

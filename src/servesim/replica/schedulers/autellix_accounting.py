@@ -4,23 +4,24 @@ and the calls' keys (levels) brought up to date.
 `AutellixScheduler` (`autellix.py`) holds the process table, the calls' hooks and the order;
 this mixin owns `on_step_end`, the per-step pass over the running and waiting calls that
 moves service and waiting time forward and re-keys what changed (lone calls lazily, through
-the step log and due-time heaps). Separate because it is the policy's one per-step pass and
-the bulk of its code; it shares all of the table's state (set by `AutellixScheduler.__init__`),
-hence a mixin.
+the step log and due-time heaps), and the settling of those lazy credits. Separate because
+it is the policy's one per-step pass and the bulk of its code; it shares all of the table's
+state (set by `AutellixScheduler.__init__`), hence a mixin.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from functools import reduce
 from heapq import heappop, heappush
 from itertools import chain, filterfalse
-from math import inf
-from operator import itemgetter
+from math import copysign, inf
+from operator import add, itemgetter
 
 import numpy as np
 
 from servesim.replica.schedulers.base import SchedulerOutput
-from servesim.workload.request import RequestState
+from servesim.workload.request import Request, RequestState
 
 WAITING, PREEMPTED, SWAPPED = RequestState.WAITING, RequestState.PREEMPTED, RequestState.SWAPPED
 
@@ -213,3 +214,32 @@ class AutellixAccounting:
                     run_lazy[req] = (log_end, t)
                     self._due_seq += 1
                     heappush(self._run_due, (t, self._due_seq, req))
+
+    # ---- lazy credits, settled -------------------------------------------------------
+    def _settle(self, req: Request) -> None:
+        """Add the steps a lazy call waited through to its program's waiting time."""
+        entry = self._lazy.pop(req, None)
+        if entry is not None:  # w + d1 + d2 + ... left to right, as the per-step pass adds them
+            self.wait_s[self.program(req)] = self._wait_sums.close(entry[0])
+
+    def _settle_running(self, req: Request) -> None:
+        """Credit a lazy running call with the steps logged since it became lazy."""
+        entry = self._run_lazy.pop(req, None)
+        if entry is not None:
+            i, p = entry[0] - self._log_start, self.program(req)
+            if self._lazy_turn and self._lazy_turn.get(p) is req:
+                del self._lazy_turn[p]
+            service, calls = self.service_s, self.call_service_s
+            s0, c0 = service[p], calls[req.id]
+            steps = self._step_log[i:]  # (a slice: `islice` would walk the i steps before)
+            s = service[p] = reduce(add, steps, s0)
+            # A lone call's program has served only it: the two sums start from the same float
+            # (the sign of a zero included) and add the same steps, so they are equal (a
+            # session's later turn starts from its earlier turns' service: summed apart).
+            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else reduce(add, steps, c0)
+
+    def _trim_log(self) -> None:
+        """Drop the logged steps before the first one a lazy running call has yet to be credited with."""
+        first = min((i for i, _ in self._run_lazy.values()), default=self._log_start + len(self._step_log))
+        del self._step_log[:first - self._log_start]
+        self._log_start = first
