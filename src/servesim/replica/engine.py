@@ -382,33 +382,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         else:
             self._start_step(now_s)
 
-    def _finish_timed(self, finished: list[Request], timers: list[tuple[float, object]], now_s: float) -> None:
-        """`finish_all` of a stretch's finishes with the policy's timers it ran through, (step
-        start, key) in step order, fired among them as stepping did: a finish at the end of a
-        step before the `schedule` of the next (at that time), a timer in the `schedule` of the
-        first step starting at or after its time."""
-        sched = self.scheduler
-        i, n = 0, len(finished)
-        for start_s, key in timers:
-            j = i
-            while j < n and finished[j].finish_s <= start_s:
-                j += 1
-            if j > i:
-                sched.finish_all(finished[i:j], now_s)
-                i = j
-            sched.fire_timers((key,))
-        sched.finish_all(finished[i:], now_s)
-
     def _done_at(self, now_s: float, req: Request) -> None:
         if self.on_event:
             self.on_event()
         self.on_done(req, now_s)
-
-    def _go_idle(self, now_s: float) -> None:
-        """`_start_step` for a scheduler that has nothing (`Scheduler.idle`), without its `schedule`."""
-        if self.on_change:
-            self.on_change(now_s)
-        self.busy = False
-        wake_s = self.scheduler.next_timer_s()
-        if now_s < wake_s < float("inf"):
-            self._wake_at(wake_s)

@@ -3,8 +3,9 @@
 `Engine` (`replica/engine.py`) runs the step loop; this mixin owns what makes a step wait or
 an idle engine wake up other than compute: the copies of the swaps a scheduler decided
 (synchronous ones lengthen the step, overlapped ones occupy a PCIe stream per direction and
-report when a swapped-in request may run) and the wake-up at the next policy timer. Separate
-because neither runs on a step without swaps or timers, and both keep their own accounting
+report when a swapped-in request may run), the wake-up at the next policy timer (going idle
+until then), and the timers a stretch ran through, fired among its finishes. Separate
+because none of it runs on a busy step without swaps or timers, and it keeps its own accounting
 (`swap_*`, `_link_free_s`, `_wake_s`, set by `Engine.__init__`).
 """
 
@@ -17,6 +18,7 @@ from servesim.replica.swap import num_copies, num_layers, swap_time_s
 
 if TYPE_CHECKING:
     from servesim.replica.schedulers.base import SchedulerOutput
+    from servesim.workload.request import Request
 
 
 class StepWaits:
@@ -66,3 +68,29 @@ class StepWaits:
         if not self.busy:
             self.busy = True
             self._start_step(now_s)
+
+    def _finish_timed(self, finished: list[Request], timers: list[tuple[float, object]], now_s: float) -> None:
+        """`finish_all` of a stretch's finishes with the policy's timers it ran through, (step
+        start, key) in step order, fired among them as stepping did: a finish at the end of a
+        step before the `schedule` of the next (at that time), a timer in the `schedule` of the
+        first step starting at or after its time."""
+        sched = self.scheduler
+        i, n = 0, len(finished)
+        for start_s, key in timers:
+            j = i
+            while j < n and finished[j].finish_s <= start_s:
+                j += 1
+            if j > i:
+                sched.finish_all(finished[i:j], now_s)
+                i = j
+            sched.fire_timers((key,))
+        sched.finish_all(finished[i:], now_s)
+
+    def _go_idle(self, now_s: float) -> None:
+        """`_start_step` for a scheduler that has nothing (`Scheduler.idle`), without its `schedule`."""
+        if self.on_change:
+            self.on_change(now_s)
+        self.busy = False
+        wake_s = self.scheduler.next_timer_s()
+        if now_s < wake_s < float("inf"):
+            self._wake_at(wake_s)
