@@ -46,10 +46,11 @@ from pydantic import Field
 from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
-from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests, reserved_tokens
+from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests
 from servesim.replica.schedulers.queues import SortedWaiting
 from servesim.replica.schedulers.sglang_admits import SGLangFinishAdmits
 from servesim.replica.schedulers.sglang_policy import ordered_waiting
+from servesim.replica.schedulers.sglang_reserve import SGLangReserve
 from servesim.replica.schedulers.sglang_stretches import SGLangStretches
 from servesim.workload.request import Request
 
@@ -98,7 +99,7 @@ class SGLangParams(SchedulerParams):
 
 
 @register("sglang")
-class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
+class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, SGLangReserve, Scheduler):
     Params = SGLangParams
     kv: RadixKVCache
 
@@ -156,32 +157,6 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
         super().add_transferred(req, now_s)
         self._note_reserve(req)
         self._transferred = True
-
-    def _note_reserve(self, req: Request) -> None:
-        # A request reserves min(max_new - generated, CLIP) x ratio. It never generates more
-        # than its output length (which the simulator knows; the policy's decisions do not
-        # read it), so with max_new - output length >= CLIP its reserve is CLIP x ratio at
-        # every step it runs (the usual case: no max_tokens and a long max_model_len).
-        if self.max_new(req) - req.output_len < CLIP_MAX_NEW_TOKENS:
-            self._unclipped.add(req.id)
-
-    def _reserve(self) -> float | int:
-        """`reserved_tokens` of the running batch. While every running request's reserve is
-        clipped it is the same sum of equal products, in the same order, without a pass
-        over the batch (under overload about 300 requests, every step)."""
-        if self._unclipped:
-            return reserved_tokens(self.running, self.new_token_ratio, self.config.max_model_len)
-        # Kept per batch size for the current ratio: asked at every prompt step and every
-        # arrival that joins a stretch, where the ratio rarely moved (at its floor it never
-        # does) and the batch's size repeats (azure-conv, 1 replica: 104 distinct pairs of
-        # 3,811 asks). The same `sum`, so the same float, as computing it each time.
-        ratio, n = self.new_token_ratio, len(self.running)
-        if ratio != self._reserve_ratio:
-            self._reserve_ratio, self._reserves = ratio, {}
-        total = self._reserves.get(n)
-        if total is None:
-            total = self._reserves[n] = sum([CLIP_MAX_NEW_TOKENS * ratio] * n)
-        return total
 
     def add_request(self, req: Request, now_s: float) -> None:
         if self.params.scheduler_recv_interval > 1:
@@ -392,18 +367,3 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, Scheduler):
                 self.new_token_ratio = max(self.new_token_ratio - self._decay, self.min_ratio)
             else:
                 self.new_token_ratio = self._ratio_after(steps)
-
-    def _ratio_after(self, steps: int) -> float:
-        """`new_token_ratio` after `steps` more decode steps: one subtraction of the decay per
-        step down to the floor, as stepping makes it (`ratio - decay x steps` at once can differ
-        in the last bits, and admission compares against it)."""
-        ratios = self._ratios
-        if ratios[0] != self.new_token_ratio:  # (set since: by a decay or a retraction)
-            ratios = self._ratios = [self.new_token_ratio]
-        floor, decay = self.min_ratio, self._decay
-        while len(ratios) <= steps:
-            r = ratios[-1]
-            if r == floor:
-                return floor
-            ratios.append(max(r - decay, floor))
-        return ratios[steps]
