@@ -380,7 +380,7 @@ def test_the_scalar_loop_writes_into_the_array_and_grows_it_when_full():
 @pytest.mark.parametrize("overlap", [True, False])
 @pytest.mark.parametrize("numpy_ends", [False, True])
 def test_the_scalar_loop_prices_run_by_run_the_floats_of_stepping(overlap, numpy_ends):
-    """`_price_affine` prices a run of a constant batch at a time (`_affine_run`, its context
+    """`_price_affine` prices a run of a constant batch at a time (`affine_run`, its context
     sum carried as a float): every step's end is the scalar form's time of that step's batch
     (its size and context sum as integers) summed on step by step, through departures, a
     horizon inside a run, a `stop`, and the array's growth; its scalar state is then the next

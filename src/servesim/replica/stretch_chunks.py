@@ -1,6 +1,7 @@
 """Step times of a stretch's numpy chunk: pure functions of the perf model's affine decode
 forms and the batch (see `Stretch.price`), and the forms themselves (with one request's step
-times by context, made once).
+times by context, made once); and the scalar loop over a run of a constant batch by those forms
+(`affine_run`, for runs too short for a chunk).
 
 Step j of a stretch runs the requests with remaining > j, whose context sum is (their ctx1
 sum) + (j - 1) * (their count): exact integers, the values stepping reaches by increments.
@@ -126,3 +127,49 @@ def times_by_steps(times: np.ndarray, j0: int, forms: DecodeForms, rem: list[int
         np.maximum(x, cpu[n], out=times)
     else:
         np.add(x, cpu[n], out=times)
+
+
+def affine_run(ends, arr: bool, overlap: bool, j: int, end: int, t: float, horizon: float, base: float, cpu: float,
+                g: float, ctx_sum: int, n: int) -> tuple[float, int]:
+    """Steps j .. end - 1 of a batch of n requests (context sum `ctx_sum` at step j), each
+    ending `base + g * ctx` later (max with `cpu` if `overlap`, else plus it), stored in `ends`
+    (`arr`: a memoryview, written at j; else a list of j ends, appended to), up to the first
+    that ends at or after `horizon` (j < end, t < horizon). Returns the last end and the next
+    step. One loop per form and store, so a step runs no test that holds for the whole run.
+    The context sum is carried as a float: the batch's tokens in the KV cache, far below 2^53,
+    so it and each product are the floats the integer gave."""
+    ctx, dn = float(ctx_sum), float(n)
+    if arr:
+        if overlap:
+            for j in range(j, end):
+                x = base + g * ctx
+                t += cpu if cpu > x else x
+                ends[j] = t
+                ctx += dn
+                if t >= horizon:
+                    break
+        else:
+            for j in range(j, end):
+                t += base + g * ctx + cpu
+                ends[j] = t
+                ctx += dn
+                if t >= horizon:
+                    break
+    else:
+        append = ends.append
+        if overlap:
+            for j in range(j, end):
+                x = base + g * ctx
+                t += cpu if cpu > x else x
+                append(t)
+                ctx += dn
+                if t >= horizon:
+                    break
+        else:
+            for j in range(j, end):
+                t += base + g * ctx + cpu
+                append(t)
+                ctx += dn
+                if t >= horizon:
+                    break
+    return t, j + 1

@@ -18,6 +18,7 @@ from itertools import accumulate, compress
 import numpy as np
 
 from servesim.replica import stretch_chunks as chunks
+from servesim.replica.stretch_chunks import affine_run
 
 
 class StretchPricing:
@@ -296,7 +297,7 @@ class StretchPricing:
         base + g * ctx_sum, then max with the CPU time if they overlap, else plus it; Python's
         max keeps the first of equals), with base and cpu the forms' entries for the batch size.
         `stop`: no step from that one on (`price_on`'s steps ahead). From step k's scalar state
-        (`_priced == k`). Priced run by run of a constant batch (`_affine_run`), each up to the
+        (`_priced == k`). Priced run by run of a constant batch (`affine_run`), each up to the
         next departure, the array's room or `stop`: the checks that change only there are made
         once a run, not once a step."""
         base_a, cpu_a, g, overlap, runs = self._forms
@@ -324,7 +325,7 @@ class StretchPricing:
             end = leave_at if j < leave_at < lim else lim
             if j < end:
                 i = j
-                t, j = _affine_run(ends, arr, overlap, j, end, t, horizon, float(base_a[active]),
+                t, j = affine_run(ends, arr, overlap, j, end, t, horizon, float(base_a[active]),
                                    float(cpu_a[active]), g, ctx_sum, active)
                 ctx_sum += active * (j - i)
             if j == leave_at:  # (those whose last token was step j - 1 leave)
@@ -354,49 +355,3 @@ class StretchPricing:
         np.cumsum(times, out=rest)
         self._priced += m
         self._take(j + min(m, 1 + int(rest.searchsorted(horizon))))
-
-
-def _affine_run(ends, arr: bool, overlap: bool, j: int, end: int, t: float, horizon: float, base: float, cpu: float,
-                g: float, ctx_sum: int, n: int) -> tuple[float, int]:
-    """Steps j .. end - 1 of a batch of n requests (context sum `ctx_sum` at step j), each
-    ending `base + g * ctx` later (max with `cpu` if `overlap`, else plus it), stored in `ends`
-    (`arr`: a memoryview, written at j; else a list of j ends, appended to), up to the first
-    that ends at or after `horizon` (j < end, t < horizon). Returns the last end and the next
-    step. One loop per form and store, so a step runs no test that holds for the whole run.
-    The context sum is carried as a float: the batch's tokens in the KV cache, far below 2^53,
-    so it and each product are the floats the integer gave."""
-    ctx, dn = float(ctx_sum), float(n)
-    if arr:
-        if overlap:
-            for j in range(j, end):
-                x = base + g * ctx
-                t += cpu if cpu > x else x
-                ends[j] = t
-                ctx += dn
-                if t >= horizon:
-                    break
-        else:
-            for j in range(j, end):
-                t += base + g * ctx + cpu
-                ends[j] = t
-                ctx += dn
-                if t >= horizon:
-                    break
-    else:
-        append = ends.append
-        if overlap:
-            for j in range(j, end):
-                x = base + g * ctx
-                t += cpu if cpu > x else x
-                append(t)
-                ctx += dn
-                if t >= horizon:
-                    break
-        else:
-            for j in range(j, end):
-                t += base + g * ctx + cpu
-                append(t)
-                ctx += dn
-                if t >= horizon:
-                    break
-    return t, j + 1
