@@ -76,7 +76,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     # Its own state in slots: with the base classes' 16 attributes, its 39 in the instance dict
     # were past CPython 3.11's 30 inline values (every attribute read took the dict's look-up)
     __slots__ = ("_calls_held", "_due", "_due_seq", "_entered", "_joined", "_keys", "_lazy", "_lazy_turn",
-                 "_log_start", "_queued_s", "_run_due", "_run_lazy", "_step_log", "_step_start_s", "_told",
+                 "_queued_s", "_run_due", "_run_lazy", "_run_sums", "_step_start_s", "_told",
                  "_transferred", "_wait_sums", "call_base_s", "call_service_s", "discount_s", "preemption_mode",
                  "service_s", "thresholds", "wait_s")
 
@@ -120,14 +120,15 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._entered: dict[Request, None] = {}  # queued (or swapped) since the last pass
         self._due: list[tuple[float, int, Request]] = []
         self._due_seq = 0
-        self._step_log: list[float] = []
-        self._log_start = 0  # index of `_step_log[0]` (the log is trimmed of settled steps)
         # Service credited lazily too: a running lone call is credited each step's length
         # while it is scheduled, and its key (level) cannot change before its service reaches
-        # the next threshold, at the earliest after that much time. `_run_lazy[call]` = (index
-        # in `_step_log` of the first step not yet credited, due time); `_settle_running` adds
-        # them (same float additions) when it leaves, finishes, is due, or misses a step.
-        self._run_lazy: dict[Request, tuple[int, float]] = {}
+        # the next threshold, at the earliest after that much time. `_run_lazy[call]` = (slot in
+        # `_run_sums` holding its program's service, due time, slot holding its own service, or
+        # -1 when it is the same float), each step's length added as the step ends (the same
+        # float additions); `_settle_running` reads them when it leaves, finishes, is due, or
+        # misses a step.
+        self._run_lazy: dict[Request, tuple[int, float, int]] = {}
+        self._run_sums = StepSums()
         self._run_due: list[tuple[float, int, Request]] = []
         # A session's call is credited lazily too while it is its session's only call held (a
         # chat's turns follow one another): its program then serves only it and nothing else
@@ -213,7 +214,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     def finish_noticed(self, req: Request, now_s: float) -> None:
         # (`finish_notices.py`: `req`, a lone call or a chat's turn, left the stretch in flight at
         # `now_s`.) Its service through its last step, as a stretch ending there credits it:
-        # the steps logged before the stretch (a lazy call), then now - the stretch's start in
+        # the steps before the stretch (a lazy call's sums), then now - the stretch's start in
         # one addition (`_credit`'s for a call that finished at the stretch's last step). Its
         # session holds one call fewer, as `forget` counts: a next turn arriving before the
         # stretch ends is keyed, and made lazy, from its session's service up to date.

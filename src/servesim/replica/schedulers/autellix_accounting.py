@@ -4,7 +4,7 @@ and the calls' keys (levels) brought up to date.
 `AutellixScheduler` (`autellix.py`) holds the process table, the calls' hooks and the order;
 this mixin owns `on_step_end`, the per-step pass over the running and waiting calls that
 moves service and waiting time forward and re-keys what changed (lone calls lazily, through
-the step log and due-time heaps), and the settling of those lazy credits. Separate because
+step-length sums and due-time heaps), and the settling of those lazy credits. Separate because
 it is the policy's one per-step pass and the bulk of its code; it shares all of the table's
 state (set by `AutellixScheduler.__init__`), hence a mixin.
 """
@@ -12,11 +12,10 @@ state (set by `AutellixScheduler.__init__`), hence a mixin.
 from __future__ import annotations
 
 from bisect import bisect_right
-from functools import reduce
 from heapq import heappop, heappush
 from itertools import chain, filterfalse
 from math import copysign, inf
-from operator import add, itemgetter
+from operator import itemgetter
 
 import numpy as np
 
@@ -30,8 +29,9 @@ class StepSums:
     """Floats that every step's length is added to at the step's end, all in one numpy add:
     element-wise float64 additions round exactly as Python's, so a slot opened at `w` and
     closed k steps later holds `w + d1 + ... + dk` added left to right, as the per-step pass
-    (or a `reduce` over the step log) would give, for the cost of one vector add per step
-    instead of one float add per waiting call per step."""
+    (or a `reduce` over the steps' lengths) would give, for the cost of one vector add per step
+    instead of one float add per lazy call per step (waiting calls' waiting time, running calls'
+    service)."""
 
     __slots__ = ("_acc", "_free")
 
@@ -66,16 +66,13 @@ class AutellixAccounting:
         if self._joined:
             self._joined_waits()
         served = self._credit(output, now_s, start, dt)
-        log_end = self._log_start + len(self._step_log) + 1  # index of the step after this one
-        self._step_log.append(dt)
+        self._run_sums.add(dt)  # (before new lazy running calls open: theirs start with the next step)
         self._wait_sums.add(dt)  # (before the due calls settle and new lazy ones open)
         self._wait_pass(served, now_s, start)
-        self._rekey_running(now_s, log_end)
-        if len(self._step_log) > 4096:
-            self._trim_log()
+        self._rekey_running(now_s)
 
     def _credit(self, output: SchedulerOutput, now_s: float, start: float, dt: float) -> set:
-        """Credit this step's service to the calls scheduled in it (lazy ones: by the log);
+        """Credit this step's service to the calls scheduled in it (lazy ones: by their sums, `_run_sums`);
         the programs served."""
         run_lazy, due = self._run_lazy, self._run_due
         while due and due[0][0] <= now_s:  # may reach their next level in this step: eager again
@@ -189,13 +186,14 @@ class AutellixAccounting:
                 return None
         return calls
 
-    def _rekey_running(self, now_s: float, log_end: int) -> None:
+    def _rekey_running(self, now_s: float) -> None:
         """Keys of the running calls served eagerly, or of a promoted program; lone ones
         become lazy until their service may reach the next threshold."""
         program, service, call_service = self.program, self.service_s, self.call_service_s
         atlas = self.params.mode == "atlas"
         base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
         thresholds, held, lazy_turn = self.thresholds, self._calls_held, self._lazy_turn
+        open_sum = self._run_sums.open
         for req in filterfalse(run_lazy.__contains__, self.running):  # (`_fresh_key`, inlined)
             p = program(req)
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
@@ -206,12 +204,17 @@ class AutellixAccounting:
                 # nothing else moves its key: a lone call, or its session's only call held
                 if req.session_id is not None:
                     lazy_turn[p] = req
+                # A lone call's program has served only it: the two sums start from the same
+                # float (the sign of a zero included) and add the same steps, so one slot holds
+                # both (a session's later turn starts from its earlier turns' service: apart).
+                s0, c0 = service[p], call_service[req.id]
+                calls = -1 if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else open_sum(c0)
                 if level >= len(thresholds):
-                    run_lazy[req] = (log_end, inf)
+                    run_lazy[req] = (open_sum(s0), inf, calls)
                 else:
                     # its service grows by at most the time elapsed (the margin: float rounding)
                     t = now_s + (thresholds[level] + disc - raw) * (1 - 1e-9) - 1e-6
-                    run_lazy[req] = (log_end, t)
+                    run_lazy[req] = (open_sum(s0), t, calls)
                     self._due_seq += 1
                     heappush(self._run_due, (t, self._due_seq, req))
 
@@ -223,23 +226,13 @@ class AutellixAccounting:
             self.wait_s[self.program(req)] = self._wait_sums.close(entry[0])
 
     def _settle_running(self, req: Request) -> None:
-        """Credit a lazy running call with the steps logged since it became lazy."""
+        """Credit a lazy running call with the steps ended since it became lazy (its service and
+        its program's: nothing else moved them meanwhile)."""
         entry = self._run_lazy.pop(req, None)
         if entry is not None:
-            i, p = entry[0] - self._log_start, self.program(req)
+            p = self.program(req)
             if self._lazy_turn and self._lazy_turn.get(p) is req:
                 del self._lazy_turn[p]
-            service, calls = self.service_s, self.call_service_s
-            s0, c0 = service[p], calls[req.id]
-            steps = self._step_log[i:]  # (a slice: `islice` would walk the i steps before)
-            s = service[p] = reduce(add, steps, s0)
-            # A lone call's program has served only it: the two sums start from the same float
-            # (the sign of a zero included) and add the same steps, so they are equal (a
-            # session's later turn starts from its earlier turns' service: summed apart).
-            calls[req.id] = s if s0 == c0 and copysign(1.0, s0) == copysign(1.0, c0) else reduce(add, steps, c0)
-
-    def _trim_log(self) -> None:
-        """Drop the logged steps before the first one a lazy running call has yet to be credited with."""
-        first = min((i for i, _ in self._run_lazy.values()), default=self._log_start + len(self._step_log))
-        del self._step_log[:first - self._log_start]
-        self._log_start = first
+            close = self._run_sums.close
+            s = self.service_s[p] = close(entry[0])
+            self.call_service_s[req.id] = s if entry[2] < 0 else close(entry[2])
