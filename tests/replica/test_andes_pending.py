@@ -69,12 +69,18 @@ def test_incremental_order_makes_the_reference_decisions(params, own_targets, nu
                                                 num_cpu_blocks=num_cpu_blocks, max_num_batched_tokens=256,
                                                 max_num_seqs=16)
     decide = sched.decide
-    seen = {"steps": 0, "contended": 0, "static": 0, "dynamic": 0, "evicted": 0}
+    seen = {"steps": 0, "contended": 0, "static": 0, "dynamic": 0, "evicted": 0, "served": 0, "fresh": 0}
 
     def checked(now_s, contended):
         ref = reference_decide(sched, now_s, contended)
         pending = sched._pending
         assert len(pending) == len(sched.waiting) + len(sched.swapped)
+        # every dynamic request's density lies within the bound it is ordered by (`_bound`,
+        # `_tighten`): below 1 / weight for some that have tokens and some that have none
+        for bound, _, _, r, w in pending.dynamic:
+            assert sched.value(r, now_s, False) / sched.weight(r) <= -bound <= 1.0 / w
+            if -bound < 1.0 / w:
+                seen["served" if r.num_output_tokens else "fresh"] += 1
         evict, chosen = decide(now_s, contended)
         assert (evict, list(chosen)) == ref
         seen["steps"] += 1
@@ -92,3 +98,5 @@ def test_incremental_order_makes_the_reference_decisions(params, own_targets, nu
     # the runs do exercise both kinds of pending requests and the knapsack's evictions
     assert seen["steps"] > 1000 and seen["contended"] > 100
     assert seen["static"] > 0 and seen["dynamic"] > 0 and seen["evicted"] > 0
+    # (with the default targets a request never served that waits is valued by a constant: static)
+    assert seen["served"] > 0 and (seen["fresh"] > 0 or not params), seen
