@@ -130,7 +130,7 @@ def times_by_steps(times: np.ndarray, j0: int, forms: DecodeForms, rem: list[int
 
 
 def affine_run(ends, arr: bool, overlap: bool, j: int, end: int, t: float, horizon: float, base: float, cpu: float,
-                g: float, ctx_sum: int, n: int) -> tuple[float, int]:
+               g: float, ctx_sum: int, n: int) -> tuple[float, int]:
     """Steps j .. end - 1 of a batch of n requests (context sum `ctx_sum` at step j), each
     ending `base + g * ctx` later (max with `cpu` if `overlap`, else plus it), stored in `ends`
     (`arr`: a memoryview, written at j; else a list of j ends, appended to), up to the first
