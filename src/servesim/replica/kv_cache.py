@@ -223,6 +223,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         grow = []  # (index, held) of those needing a block for their token
         reg = []
         prefix = self.enable_prefix_caching
+        free = self.num_free_blocks
         n = len(reqs)
         for i, r in enumerate(reqs):
             nc = r.num_computed_tokens
@@ -239,6 +240,11 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             if not nc % bs:
                 h = held[r.id]
                 if nc >= (h.num_keyed + h.num_plain) * bs:
+                    if len(grow) == free:  # (the first that does not fit: those before it decode)
+                        if whole:
+                            return 0
+                        n = i
+                        break
                     grow.append((i, h))
             # this token completes keyed blocks (empty keys give kn = 0 below, so `is not
             # None` decides as `bool(keys)` would, without `BlockKeys.__bool__`'s Python call);
@@ -253,12 +259,6 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                 if nk < (kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)) and nk < (
                         full := (nc + 1) // bs):
                     reg.append((keys, h, nk, full if full < kn else kn, i))
-        if len(grow) > self.num_free_blocks:
-            if whole or not self.num_free_blocks:
-                return 0
-            n = grow[self.num_free_blocks][0]  # those before the first that does not fit
-            grow = grow[:self.num_free_blocks]
-            reg = [x for x in reg if x[4] < n]
         if not n or (reg and not self._prefix.register_appends([x[:4] for x in reg])):
             return 0
         if grow:
