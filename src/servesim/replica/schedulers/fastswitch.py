@@ -132,7 +132,7 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
         swapped_now: set[int] = set()
         allocate, ready = self.kv.allocate_slots, self.swap_ready_s
         admitting = True  # new and swapped requests join in priority order until one does not fit
-        running_left = len(self.running)  # running requests not reached yet (or evicted)
+        running_left = len(self.running)  # running requests not reached yet (a victim when reached)
         first = self._decodes_from(order, 0, budget)  # (the walk's first steps, nothing admitted between)
         if first:
             out.scheduled = [(req, 1) for req in order[:first]]
@@ -167,10 +167,13 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
                 out.scheduled.append((req, n))
                 budget -= n
                 continue
-            if req.id in swapped_now or not admitting:
-                if not admitting and running_left <= 0:
+            if req.id in swapped_now:  # (a lower priority swapped out to make room: running when the walk began)
+                running_left -= 1
+                continue
+            if not admitting:
+                if running_left <= 0:
                     break  # only waiting and swapped requests are left, and none may join
-                continue  # swapped out this step, or admission has stopped
+                continue
             make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
             if len(self.running) >= self.config.max_num_seqs:
                 admitting = False
