@@ -116,28 +116,41 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self.on_event: Callable[[], None] | None = None
         # KV moving to or from other replicas (disaggregated prefill/decode); None otherwise
         self.ports: KVPorts | None = None
+        self._count_from_zero()
+        self._speculation(config, rng)
+        self._decode_fns = DecodeFns(perf)  # (`_decode_fn`)
+        self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
+        self._spec_env: tuple | None = None  # (`spec_stretch.spec_env`, for the perf model it names first)
+        self._wiring(defer_finishes, kv, notice)
+        self._policy_checks()  # (`_admission_error`)
+
+    def _count_from_zero(self) -> None:
+        """The engine's counters and its swap accounting, at the start of a run."""
         self.busy = False
         self.num_steps = 0
         self.num_fast_forwarded_steps = 0
         self.num_joined_arrivals = 0  # requests admitted into a stretch in flight (`replica/stretch_join.py`)
         self.num_held_arrivals = 0  # stretches gone on with arrivals behind a blocked head or held to a later admission (same file)
         self.num_finish_admissions = 0  # waiting requests admitted inside a stretch (`replica/admission_stretch.py`)
-        # speculative decoding draws acceptances from this generator (pass one spawned from the
-        # run's seed; the default is fixed so that runs are reproducible either way)
-        self.rng = rng if rng is not None else np.random.default_rng(0)
-        self._spec_k = config.num_speculative_tokens
-        self.spec_draws = acceptance_draws(self.rng, config) if self._spec_k else None
-        self._spec_ff = self._spec_k and not spec_stepped(config)  # (may speculative steps be fast-forwarded)
-        # swap accounting
         self.swap_stall_s = 0.0  # step time added by synchronous copies
         self.swap_transfer_s = 0.0  # copy time, both directions, synchronous or not
         self.num_swap_copies = 0
         self.num_swapped_blocks = 0
         self._link_free_s = [0.0, 0.0]  # when the GPU->CPU and CPU->GPU copy streams are free
         self._wake_s = float("inf")
-        self._decode_fns = DecodeFns(perf)  # (`_decode_fn`)
-        self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
-        self._spec_env: tuple | None = None  # (`spec_stretch.spec_env`, for the perf model it names first)
+
+    def _speculation(self, config: EngineConfig, rng: np.random.Generator | None) -> None:
+        """Speculative decoding's draft length and acceptance draws, and whether its steps may be fast-forwarded."""
+        # speculative decoding draws acceptances from this generator (pass one spawned from the
+        # run's seed; the default is fixed so that runs are reproducible either way)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._spec_k = config.num_speculative_tokens
+        self.spec_draws = acceptance_draws(self.rng, config) if self._spec_k else None
+        self._spec_ff = self._spec_k and not spec_stepped(config)  # (may speculative steps be fast-forwarded)
+
+    def _wiring(self, defer_finishes: bool, kv: KVCacheManager, notice: DoneCallback | None) -> None:
+        """How finishes are processed (late, inside a stretch, where allowed) and who is told of
+        them; and what the simulation (or a server) sets after building the engine, at its default."""
         # May a stretch process finishes late? Only when nothing reacts to a finish before the
         # stretch ends but `notice` (a closed-loop workload's follow-ups, called at the finish's
         # time: `replica/finish_notices.py`), and only with the scalar decode form that prices
@@ -184,7 +197,6 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         # result is the same (tests/cluster/test_shared_keys_only.py).
         self.shared_keys_only = False
         self._unevented: tuple | None = None
-        self._policy_checks()  # (`_admission_error`)
 
     # ------------------------------------------------------------------ steps
     def _start_step(self, now_s: float) -> None:

@@ -6,7 +6,7 @@ an idle engine wake up other than compute: the copies of the swaps a scheduler d
 report when a swapped-in request may run), the wake-up at the next policy timer (going idle
 until then), and the timers a stretch ran through, fired among its finishes. Separate
 because none of it runs on a busy step without swaps or timers, and it keeps its own accounting
-(`swap_*`, `_link_free_s`, `_wake_s`, set by `Engine.__init__`).
+(`swap_*`, `_link_free_s`, `_wake_s`, set by `Engine._count_from_zero`).
 """
 
 from __future__ import annotations
