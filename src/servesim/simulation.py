@@ -9,6 +9,7 @@ from functools import partial
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -115,15 +116,8 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     scaled = scaled_pools(auto, pools)  # (pool, spares): the spares stay stopped until scaled up
     n += sum(extra for _, extra in scaled)
     router = get_router(scenario.router.name)(scenario.router.params(), n, np.random.default_rng(router_seed))
-    # Finishes may be processed late inside a stretch only if nothing reacts to them at once
-    # but a closed-loop workload's follow-ups (told at the finish's time: `Feed.notice`): no
-    # router that tracks completions itself, no autoscaler (a draining replica stops at its
-    # last finish), no prefill/decode pools or migration (a decode replica's finish may let a
-    # reservation through at once). (A KV store's writes at each finish are told at their times
-    # too: `build_kv_store`.)
     migrate = scenario.migration.enabled
-    defer = (auto is None and not disagg and not migrate
-             and (n == 1 or type(router).on_complete is Router.on_complete))
+    defer = _defers_finishes(router, n, auto is not None or disagg or migrate)
     table = RequestTable(keep_requests, folder=None if keep_requests else spill.name)
 
     def on_done(req: Request, now_s: float) -> None:
@@ -141,15 +135,8 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
         for _ in range(extra):
             _add_replica(cluster, pool, until_s, defer, seeds, feed, n, scenario.frontend, keeps).set_state(0.0, STOPPED)
     helper = _start_reducers(cluster, scenario.output.timeseries_interval_s, None if keep_steps else spill)
-    # With several replicas the helper reduces the inter-token gaps too, as requests end: it moves
-    # the after-run join to the second core. With one it would cost more CPU (the runs' trips down
-    # the pipe) than the join it saves, so that replica's gaps are joined after the run, by the
-    # helper from the spilled files (`join_gaps`, below) while this process summarises.
-    if helper is not None and len(cluster.replicas) > 1:
-        table.itl_sink = helper
-        table.logged = lambda: [r.engine.recorder.num_steps for r in cluster.replicas]
-    elif helper is not None:
-        helper.stream_itl = False
+    if helper is not None:
+        _stream_gaps(helper, cluster, table)
     cluster.index_models()
     if scenario.kv_store.enabled:
         cluster.kv_store = build_kv_store(scenario, pools, cluster)
@@ -163,10 +150,7 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     _schedule_faults(scenario, pools, cluster, fault_seed, active)
     migrator = build_migrator(scenario, pools, cluster, active) if migrate else None
     controllers = start_controllers(auto, scaled, pools, cluster, loop, active, migrator and migrator.drain)
-    power = None
-    if scenario.power is not None:
-        power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
-        power.start()
+    power = _start_power(scenario, pools, cluster, loop, active)
     if n > 1 and not (disagg or migrate or auto or power is not None or cluster.kv_store is not None):
         cluster.keep_counts()  # (every change to a replica is then one of its events, a submission or a status change)
     if (len(cluster.replicas) == 1 and not (disagg or migrate or auto or cluster.hold)
@@ -190,6 +174,38 @@ def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpe
     result.itl = helper.itl if helper else None
     check_invariants(result, [r.engine.kv for r in cluster.replicas])
     return result
+
+
+def _defers_finishes(router: Router, n: int, reacts: bool) -> bool:
+    """May finishes be processed late inside a stretch? Only if nothing reacts to them at once
+    but a closed-loop workload's follow-ups (told at the finish's time: `Feed.notice`): no
+    router that tracks completions itself, no autoscaler (a draining replica stops at its last
+    finish), no prefill/decode pools or migration (`reacts`: a decode replica's finish may let a
+    reservation through at once). (A KV store's writes at each finish are told at their times
+    too: `build_kv_store`.)"""
+    return not reacts and (n == 1 or type(router).on_complete is Router.on_complete)
+
+
+def _stream_gaps(helper: ReducerHelper, cluster: Cluster, table: RequestTable) -> None:
+    """With several replicas the helper reduces the inter-token gaps too, as requests end: it
+    moves the after-run join to the second core. With one it would cost more CPU (the runs'
+    trips down the pipe) than the join it saves, so that replica's gaps are joined after the
+    run, by the helper from the spilled files (`join_gaps`) while this process summarises."""
+    if len(cluster.replicas) > 1:
+        table.itl_sink = helper
+        table.logged = lambda: [r.engine.recorder.num_steps for r in cluster.replicas]
+    else:
+        helper.stream_itl = False
+
+
+def _start_power(scenario: Scenario, pools: list[PoolSpec], cluster: Cluster, loop: EventLoop,
+                 active: Callable[[], bool]) -> PowerManager | None:
+    """The power manager of the scenario's `power` section, started (None without one)."""
+    if scenario.power is None:
+        return None
+    power = PowerManager(scenario.power, scenario.perf, pools, cluster, loop, active)
+    power.start()
+    return power
 
 
 def _key_flags(cluster: Cluster, pools: list[PoolSpec], shared_only: bool) -> None:
