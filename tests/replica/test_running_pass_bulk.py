@@ -23,15 +23,17 @@ def _requests():
 def _run(scheduler: str, bulk: bool):
     engine, sched, kv, loop, _ = make_engine(num_blocks=NUM_BLOCKS, scheduler=scheduler, max_num_seqs=32,
                                              max_num_batched_tokens=256, fast_forward=False)
-    calls = {"pass": 0, "taken": 0, "mid_pass": 0, "mid_pass_taken": 0}
+    calls = {"pass": 0, "taken": 0, "mid_pass": 0, "mid_pass_taken": 0, "none_free": 0}
     lead = kv.allocate_leading_decodes
     schedule = sched.schedule
 
     def counted_lead(reqs):
         if not bulk:
             return 0  # the reference: every request allocated by `allocate_slots`, in order
+        none_free = kv.num_free_blocks == 0
         k = lead(reqs)
         calls["taken"] += k
+        calls["none_free"] += none_free and 0 < k < len(reqs)  # (those before the first that needs a block)
         if calls["pass"] > 0:  # not the pass's first call
             calls["mid_pass"] += 1
             calls["mid_pass_taken"] += k
@@ -58,6 +60,9 @@ def test_bulk_decodes_after_prompts_and_evictions_match_one_by_one(scheduler):
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
     assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the pass evicts
     assert calls["mid_pass"] >= 20 and calls["mid_pass_taken"] >= 60  # and the bulk calls ran mid-pass
+    # with no free block too: the decodes before the first that needs one (every call one by
+    # one from there scanned the batch again before)
+    assert calls["none_free"] >= 15
 
 
 @pytest.mark.parametrize("scheduler", ["vtc", "trtllm"])
@@ -77,6 +82,7 @@ def test_sarathi_decodes_in_bulk_match_one_by_one():
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
     assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the pass preempts
     assert calls["taken"] > 3_000 and calls["mid_pass"] >= 20 and calls["mid_pass_taken"] > 20
+    assert calls["none_free"] >= 15  # (with no free block: those before the first that needs one)
 
 
 def test_fastswitch_walk_takes_runs_of_decodes_in_bulk():
@@ -88,6 +94,7 @@ def test_fastswitch_walk_takes_runs_of_decodes_in_bulk():
     assert_same_run(fast, slow, fast_reqs, slow_reqs, num_blocks=NUM_BLOCKS)
     assert sum(r.num_preemptions for r in fast_reqs) > 10  # KV is tight: the walk evicts
     assert calls["taken"] > 3_000 and calls["mid_pass"] >= 20 and calls["mid_pass_taken"] >= 60
+    assert calls["none_free"] >= 15  # (with no free block: those before the first that needs one)
 
 
 def _fastswitch_run(bulk: bool):
