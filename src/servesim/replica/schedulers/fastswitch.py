@@ -24,25 +24,22 @@ groups of `block_group_size` (an upper bound on contiguity). Blocks being swappe
 reusable at once (the paper waits for the copy): a simplification.
 
 The fairness bookkeeping (counters, snapshot, lift, held requests, `_key`) is
-`FastSwitchFairness`'s (`fastswitch_fairness.py`).
+`FastSwitchFairness`'s (`fastswitch_fairness.py`); the fast-forward answers are
+`FastSwitchStretches`' (`fastswitch_stretches.py`).
 """
 
 from __future__ import annotations
 
 from functools import partial
 from itertools import compress, count, islice
-from math import inf
-from operator import attrgetter, is_, itemgetter
+from operator import attrgetter
 
 from pydantic import Field
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
-from servesim.replica.schedulers.base import (
-    NO_FAST_FORWARD, REPEAT_THROUGH, UNLIMITED_STEPS, FastForward, SchedulerOutput, SchedulerParams,
-)
-from servesim.replica.schedulers.finish_admits import admits_of
+from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
+from servesim.replica.schedulers.fastswitch_stretches import FastSwitchStretches
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
@@ -50,8 +47,7 @@ from servesim.workload.request import Request, RequestState
 _ARRIVAL_ID = attrgetter("arrival_s", "id")
 _STATE = attrgetter("state")
 _ID = attrgetter("id")
-_FIRST = itemgetter(0)
-RUNNING, WAITING = RequestState.RUNNING, RequestState.WAITING
+RUNNING = RequestState.RUNNING
 
 
 class FastSwitchParams(SchedulerParams):
@@ -80,7 +76,7 @@ def context_key(req: Request):
 
 
 @register("fastswitch")
-class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
+class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
     Params = FastSwitchParams
     # An arrival does not read a finish a stretch has not processed yet (`arrival_reads_finishes`
     # stays False, so a closed loop's follow-ups are told inside stretches through finishes):
@@ -117,20 +113,12 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
 
     # ---- the decision ----------------------------------------------------------------
     def schedule(self, now_s: float) -> SchedulerOutput:
-        if self._arrived:
-            self._lift()
-        step = self.num_engine_steps
-        if step % self.params.priority_update_interval == 0 and step != self._snap_step:
-            self._count_all()
-            self._snapshot = dict(self.counters)
-            self._snap_step = step
-        self._sched_step = step
+        self._refresh_priorities()
         self._blocked_head = None
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         order = self._order()
         swapped_now: set[int] = set()
-        allocate, ready = self.kv.allocate_slots, self.swap_ready_s
         admitting = True  # new and swapped requests join in priority order until one does not fit
         running_left = len(self.running)  # running requests not reached yet (a victim when reached)
         first = self._decodes_from(order, 0, budget)  # (the walk's first steps, nothing admitted between)
@@ -149,50 +137,74 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
                     running_left -= k
                     i += k - 1
                     walked_to = i + 2  # (the next stopped the bulk call: the walk's, one by one)
-                    continue
+                else:
+                    running_left -= 1
+                    if budget > 0:
+                        budget -= self._run_one(req, budget, out, swapped_now, now_s)
+            elif req.id in swapped_now:  # (a lower priority swapped out to make room: running when the walk began)
                 running_left -= 1
-                if budget <= 0 or (ready and not self.is_swap_ready(req, now_s)):
-                    continue  # no budget left, or its swap-in is still in flight
-                n = self.tokens_for(req, budget)
-                if n <= 0:
-                    continue
-                if allocate(req, n):  # (the usual case, without making room)
-                    out.scheduled.append((req, n))
-                    budget -= n
-                    continue
-                make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
-                if not self._fit(lambda: allocate(req, n), make_room, out):
-                    self._evict(req, out, swapped_now)  # nothing of lower priority left: itself
-                    continue
-                out.scheduled.append((req, n))
-                budget -= n
-                continue
-            if req.id in swapped_now:  # (a lower priority swapped out to make room: running when the walk began)
-                running_left -= 1
-                continue
-            if not admitting:
+            elif not admitting:
                 if running_left <= 0:
                     break  # only waiting and swapped requests are left, and none may join
-                continue
-            make_room = partial(self._make_room, req, swapped_now)  # lower priorities give way
-            if len(self.running) >= self.config.max_num_seqs:
+            elif (left := self._admit_one(req, budget, out, swapped_now)) is None:
                 admitting = False
-                self._note_blocked(req, budget)
-            elif req.state == RequestState.SWAPPED:
-                if not self._fit(lambda: self.swap_in_room(req) >= 0, make_room, out):
-                    admitting = False
-                    continue
-                overlap = self.swap_mechanics.overlap  # a sync copy is done before the step
-                budget -= self.resume(req, out, 0 if overlap else min(budget, 1), self.params.reuse_cpu_kv)
-                if overlap:
-                    self.swap_ready_s[req.id] = float("inf")  # until the engine reports the copy's end
-            elif budget > 0 and (left := self.admit(req, budget, out, make_room)) is not None:
-                budget = left
             else:
-                admitting = False
-                if budget > 0:
-                    self._note_blocked(req, budget)
+                budget = left
         return out
+
+    def _refresh_priorities(self) -> None:
+        """Lift the tenants that arrived since the last step, and take the counters' snapshot
+        the walk orders by every `priority_update_interval` steps."""
+        if self._arrived:
+            self._lift()
+        step = self.num_engine_steps
+        if step % self.params.priority_update_interval == 0 and step != self._snap_step:
+            self._count_all()
+            self._snapshot = dict(self.counters)
+            self._snap_step = step
+        self._sched_step = step
+
+    def _run_one(self, req: Request, budget: int, out: SchedulerOutput, swapped_now: set[int], now_s: float) -> int:
+        """Schedule running `req`'s next tokens, lower priorities giving way (itself swapped out
+        if none is left); the tokens scheduled (0: none, its swap-in still in flight)."""
+        if self.swap_ready_s and not self.is_swap_ready(req, now_s):
+            return 0
+        n = self.tokens_for(req, budget)
+        if n <= 0:
+            return 0
+        allocate = self.kv.allocate_slots
+        if not allocate(req, n):  # (the usual case allocates at once, without making room)
+            make_room = partial(self._make_room, req, swapped_now)
+            if not self._fit(lambda: allocate(req, n), make_room, out):
+                self._evict(req, out, swapped_now)  # nothing of lower priority left: itself
+                return 0
+        out.scheduled.append((req, n))
+        return n
+
+    def _admit_one(self, req: Request, budget: int, out: SchedulerOutput, swapped_now: set[int]) -> int | None:
+        """Admit waiting or swapped `req`, lower priorities giving way; the budget left, or None
+        where admission stops at it."""
+        make_room = partial(self._make_room, req, swapped_now)
+        if len(self.running) >= self.config.max_num_seqs:
+            self._note_blocked(req, budget)
+            return None
+        if req.state == RequestState.SWAPPED:
+            if not self._fit(lambda: self.swap_in_room(req) >= 0, make_room, out):
+                return None
+            overlap = self.swap_mechanics.overlap  # a sync copy is done before the step
+            budget -= self.resume(req, out, 0 if overlap else min(budget, 1), self.params.reuse_cpu_kv)
+            if overlap:
+                self.swap_ready_s[req.id] = float("inf")  # until the engine reports the copy's end
+            return budget
+        if budget > 0 and (left := self.admit(req, budget, out, make_room)) is not None:
+            return left
+        if budget > 0:
+            self._note_blocked(req, budget)
+        return None
+
+    def walks(self) -> bool:
+        """Does `schedule` walk as this class's does (the fast-forward answers assume it)?"""
+        return type(self).schedule is FastSwitchScheduler.schedule
 
     def _note_blocked(self, req: Request, budget: int) -> None:
         """Admission stopped at waiting `req` for blocks (no lower priority to swap out) or a
@@ -261,142 +273,3 @@ class FastSwitchScheduler(FastSwitchFairness, VLLMSteps):
             self.kv.retain_cpu_copy(req.id, key, (req.prompt_len + req.output_len) // self.kv.block_size)
         else:
             self.kv.free_cpu(req.id)
-
-    def fast_forward(self, output: SchedulerOutput) -> FastForward:
-        # With nothing waiting or swapped, priority refreshes change nothing: the same
-        # requests decode until one finishes or arrives (prompts done this step with them).
-        # Through finishes too: a finish counts the request's tokens up to its last and
-        # changes nothing else before the next step (lifts are decided there).
-        if self.nothing_pending(output) and not self.swap_ready_s:
-            self._count_all()  # (a stretch may cross a refresh: its snapshot needs the counts at its start)
-            return REPEAT_THROUGH
-        # Behind a head that waits until a finish, with one tenant held (the walk in arrival
-        # order) and its counting deferred (no per-step pass to skip): the same batch repeats,
-        # up to the step before the next priority refresh (no snapshot inside); finishes
-        # admit inside the stretch (`finish_admits`).
-        if (self.finish_admission() and not (output.preempted or output.swapped_out or output.swapped_in)
-                and len(output.scheduled) == len(self.running)):
-            interval, step = self.params.priority_update_interval, self.num_engine_steps
-            return FastForward(repeat=True, after_prefill=True, max_steps=(step // interval + 1) * interval - step)
-        return NO_FAST_FORWARD
-
-    def repeats_chunk(self, output: SchedulerOutput) -> bool:
-        # vLLM's chunk step (`repeats_running_chunk`) in this walk: one tenant held (arrival
-        # order, no lift: its running requests hold it), the running requests first in that
-        # order (every waiting one arrived after them: none is reached while budget is left),
-        # nothing swapped or in flight, and counting deferrable (integral prices: counted
-        # later, or at the stretch's end if not deferred now, its steps give the same integer
-        # floats). A stretch that may cross a refresh step is counted up to now first, as a
-        # decode stretch: `on_step_end` rebuilds the snapshot from the counts at its start (the
-        # prompt's chunks before that step included), which a finish counted while deferring
-        # would have moved. Another tenant's arrival cuts it (`chunk_keeps_arrival`).
-        if not (self._may_defer() and not (self.swapped or self.swap_ready_s)
-                and type(self).schedule is FastSwitchScheduler.schedule
-                and self.repeats_running_chunk(output, len(output.scheduled) - 1)
-                and all(map(is_, map(_FIRST, output.scheduled), self._by_arrival))):
-            return False
-        prompt, chunk = output.scheduled[-1]
-        step, interval = self.num_engine_steps, self.params.priority_update_interval
-        if (step // interval + 1) * interval - step < -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1:
-            self._count_all()  # (its steps, at most the prompt's chunks but its last, may reach the next refresh)
-        self._chunk_prompt = prompt
-        return True
-
-    def chunk_keeps_arrival(self, req: Request | None) -> bool:
-        # (another tenant's request is counted for and lifted at once: `add_request`, `_lift`;
-        # and the walk is in arrival order: one that arrived before a running request, re-routed
-        # after a crash, is walked before it and takes budget from the chunk)
-        return (req is not None and req.tenant in self._held
-                and all((req.arrival_s, req.id) > (r.arrival_s, r.id) for r in self.running))
-
-    def arrival_keeps_batch(self, req: Request | None) -> bool:
-        # A newcomer of the one tenant held (no lift, its count deferred) comes after the
-        # blocked head in the arrival-order walk: never looked at before a finish (the next
-        # arrival, None, is guessed to be of that tenant).
-        if not self.finish_admission() or (req is not None and req.tenant not in self._held):
-            return False
-        head = self._blocked_head
-        return self.waiting.peek() is head and (req is None or (req.arrival_s, req.id) > (head.arrival_s, head.id))
-
-    def finish_admission(self) -> bool:
-        # (a head blocked until a finish, one tenant, counting deferred, no swap in flight or held)
-        return (self._blocked_head is not None and self._deferred and len(self._held) == 1 and not self.swapped
-                and not self.swap_ready_s and type(self).schedule is FastSwitchScheduler.schedule)
-
-    def finish_admits(self, num_running: int, free_blocks: int) -> list[tuple[Request, int]] | None:
-        # the walk's admission, in arrival order (the queue's, for fresh requests) after every
-        # running request decoded: no victim later than the head (all running arrived before it)
-        if not (self.finish_admission() and self.waiting.peek() is self._blocked_head):
-            return None
-        # The last admitted may take a first chunk of its prompt, the budget left: every running
-        # request arrived before the waiting ones, so the next walk gives that prompt (the latest
-        # running) its rest from the budget the decodes leave before reaching them, as vLLM's
-        # running pass does (`finish_admits.py`)
-        found = admits_of(self, num_running, free_blocks, lambda req, budget: self.first_chunk(req, 0, budget),
-                          chunk=True)
-        return None if found is None else found[0]
-
-    def admit_at_finish(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        admit_whole(self, joins, out)
-        self._blocked_head = self.waiting.peek() if self.waiting else None
-
-    def arrivals_join(self, num_running: int) -> list[tuple[Request, int]] | None:
-        # With one tenant held (its counter the newcomers', so no lift moves it) and nothing
-        # swapped, the walk is in arrival order: the running requests decode, then the
-        # newcomers, last in that order, are admitted as vLLM admits. Integral prices: the
-        # stretch counts their tokens at its end, in any grouping the same integer floats.
-        held, waiting = self._by_arrival, self.waiting
-        n = len(waiting)
-        if (len(self._held) != 1 or self.swapped or self.swap_ready_s or self._unscheduled or not self._defer_prices
-                or type(self).schedule is not FastSwitchScheduler.schedule or not n):
-            return None
-        newcomers = held[-n:]
-        if newcomers[0].tenant not in self.counters or any(r.state is not WAITING for r in newcomers):
-            return None  # (a tenant never counted: stepping's lift would add its zero counter)
-        max_num_seqs, max_num_batched_tokens, _, _ = self.limits
-        return whole_prompts(newcomers, len(self.running), num_running, max_num_seqs, max_num_batched_tokens,
-                             lambda req, budget: self.first_chunk(req, 0, budget))
-
-    def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
-        self.before_join()
-        admit_whole(self, joins, out)
-
-    def before_join(self) -> None:
-        """What `schedule` does before its walk, done by a join admitting in its place (`join`;
-        `replica/keyed_join.py`, which admits a next turn with the hits it found); a refresh's
-        snapshot is the stretch end's (`on_step_end`)."""
-        if self._arrived:
-            self._lift()
-        self._blocked_head = None
-
-    def joins_last(self, req: Request, now_s: float) -> bool:
-        """Would waiting `req` (a next turn, the only request waiting), admitted into the stretch
-        in flight by vLLM's calls, be what the next `schedule` does, and run after every running
-        request in the later steps (`replica/keyed_join.py`)? With one tenant held, already
-        counted (no lift moves it), nothing swapped, in flight or transferred, and integral
-        prices (`arrivals_join`'s conditions): the walk is in arrival order, the running requests
-        decode first and the turn, the latest arrival, is admitted last by `admit` (no room to
-        make: the engine checks its blocks), and it stays last in that order."""
-        return (len(self._held) == 1 and not (self.swapped or self.swap_ready_s or self._unscheduled)
-                and self._defer_prices and req.tenant in self.counters)
-
-    # ---- the order of repeated steps (speculative decoding) ------------------------
-    def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
-        # With nothing waiting or swapped (the only case `fast_forward` repeats), each step
-        # walks the running requests by (snapshot counter, arrival): fixed until the next
-        # priority refresh (`repeat_order_limit`). A tenant not in the snapshot is keyed by its
-        # live counter, which every step changes (unless it is the only tenant held: then the
-        # walk is in arrival order).
-        snapshot = self._snapshot
-        if len(self._held) > 1 and any(t not in snapshot for t in self._held):
-            return None
-        return sorted((r for r, _ in output.scheduled), key=self._key)
-
-    def repeat_order_limit(self, output: SchedulerOutput) -> tuple[float, int]:
-        # Up to the step before the next refresh: that step may re-sort by new counters. With
-        # one tenant held every key has its counter, so the walk stays in arrival order across
-        # refreshes (a stretch's end rebuilds the snapshot from the token log: `on_step_end`).
-        if len(self._held) == 1:
-            return inf, UNLIMITED_STEPS
-        interval, step = self.params.priority_update_interval, self.num_engine_steps
-        return inf, (step // interval + 1) * interval - step
