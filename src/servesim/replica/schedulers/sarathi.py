@@ -48,16 +48,33 @@ class SarathiScheduler(Scheduler):
     looks_up_prefixes = False  # (every prompt computed in full: `Scheduler.looks_up_prefixes`)
 
     def schedule(self, now_s: float) -> SchedulerOutput:
-        kv = self.kv
         out = SchedulerOutput()
-        budget = self.params.chunk_size
-        # 1) decodes in arrival order (all of them: each costs one token of the budget);
-        #    when a block cannot be appended, preempt the latest-arrived request not yet handled
+        # 1) decodes in arrival order (all of them: each costs one token of the budget)
+        kept, prefilling = self._decodes(out)
+        budget = self.params.chunk_size - len(kept)
+        out.num_known_decodes = len(kept)  # (the decodes lead `scheduled`)
+        # 2) partially prefilled requests (their blocks were allocated at admission)
+        for req in prefilling:
+            kept.append(req)
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n > 0:
+                self.kv.allocate_slots(req, n)
+                out.scheduled.append((req, n))
+                budget -= n
+        self.running = kept
+        # 3) new requests, FCFS, whole prompt allocated at admission
+        self._admit(out, budget)
+        return out
+
+    def _decodes(self, out: SchedulerOutput) -> tuple[list[Request], list[Request]]:
+        """Schedule every running request that decodes, in arrival order; when a block cannot
+        be appended, preempt the latest-arrived request not yet handled. (The decodes kept,
+        the requests still in their prompts.)"""
         queue = sorted(self.running, key=_ARRIVAL)
         prefilling: list[Request] = []
         kept: list[Request] = []
         scheduled = out.scheduled
-        allocate, lead = kv.allocate_slots, kv.allocate_leading_decodes
+        allocate, lead = self.kv.allocate_slots, self.kv.allocate_leading_decodes
         i, end = 0, len(queue)  # queue[i:end]: not handled yet (victims leave from the end)
         bulk = True  # try the bulk form (again after a prompt amid the decodes or a preemption)
         while i < end:
@@ -94,18 +111,13 @@ class SarathiScheduler(Scheduler):
             else:
                 scheduled.append((req, 1))
                 kept.append(req)
-        budget -= len(kept)
-        out.num_known_decodes = len(kept)  # (the decodes lead `scheduled`)
-        # 2) partially prefilled requests (their blocks were allocated at admission)
-        for req in prefilling:
-            kept.append(req)
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if n > 0:
-                kv.allocate_slots(req, n)
-                out.scheduled.append((req, n))
-                budget -= n
-        self.running = kept
-        # 3) new requests, FCFS, whole prompt allocated at admission
+        return kept, prefilling
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        """Admit waiting requests first come, first served while the budget, the sequence
+        slots and the free blocks above the watermark last, each with its whole prompt's
+        blocks and a chunk of the budget left."""
+        kv = self.kv
         watermark = int(self.params.watermark * kv.num_gpu_blocks)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.waiting.peek()
@@ -121,7 +133,6 @@ class SarathiScheduler(Scheduler):
             n = min(req.num_tokens, budget)
             out.scheduled.append((req, n))
             budget -= n
-        return out
 
     def _preempt(self, out: SchedulerOutput, victim: Request) -> None:
         self.running.remove(victim)
