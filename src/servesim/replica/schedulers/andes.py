@@ -41,7 +41,7 @@ from servesim.metrics.sections.qoe import DEFAULT_TDS, DEFAULT_TTFT_S, targets
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.arrival_joins import admit_whole, whole_prompts
 from servesim.replica.schedulers.andes_notes import LastTokenNotes
-from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingOrder
+from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingOrder, keeps_pace
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
@@ -97,8 +97,7 @@ class AndesScheduler(VLLMSteps):
         n = req.num_output_tokens
         exp_len = (t + p.horizon_s) / lat
         self._notes.settle(req)
-        last = self._last_token_s.get(req.id, now_s) - req.arrival_s
-        if n > 0 and last < ttft + n * lat and p.token_latency_s <= lat:
+        if n > 0 and keeps_pace(self._last_token_s.get(req.id, now_s), req.arrival_s, ttft, n, lat, p.token_latency_s):
             q_serve = 1.0
         else:
             served = min(n + p.horizon_s / p.token_latency_s, exp_len)
@@ -142,7 +141,7 @@ class AndesScheduler(VLLMSteps):
             t = now_s - arrival
             n = req.num_output_tokens
             exp_len = (t + horizon) / lat
-            if n > 0 and last_token.get(req.id, now_s) - arrival < ttft + n * lat and tok_lat <= lat:
+            if n > 0 and last_token.get(req.id, now_s) - arrival < ttft + n * lat and tok_lat <= lat:  # (`keeps_pace`)
                 q_serve = 1.0
             else:
                 q_serve = 1.0 - ((exp_len - min(n + served_ahead, exp_len)) / exp_len) ** 2

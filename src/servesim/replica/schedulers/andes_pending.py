@@ -33,6 +33,13 @@ WAITING, SWAPPED = 0, 1  # groups, in the order `list(waiting) + swapped`
 DYNAMIC = "dynamic"
 
 
+def keeps_pace(last_s: float, arrival_s: float, ttft: float, n: int, lat: float, tok_lat: float) -> bool:
+    """Is Q_serve 1.0 by the request's pace (Andes' QoE)? Its last token (of `n`, at `last_s`)
+    came before its TTFT target plus n token latencies `lat`, and the engine's token latency
+    `tok_lat` meets its target's. (`AndesScheduler.densities` inlines it: its hot loop.)"""
+    return last_s - arrival_s < ttft + n * lat and tok_lat <= lat
+
+
 class PendingOrder:
     """Density order, slack keys and total weight of a scheduler's pending requests."""
 
@@ -140,7 +147,7 @@ class PendingOrder:
             last = s._last_token_s.get(req.id)
             arrival, ttft, _, lat = s._qoe_of(req)
             tok_lat = s.params.token_latency_s
-            if last is not None and not (last - arrival < ttft + n * lat and tok_lat <= lat):
+            if last is not None and not keeps_pace(last, arrival, ttft, n, lat, tok_lat):
                 a = s.params.horizon_s / tok_lat
                 bound = min(bound, a / (2 * n + a) * (1.0 + 1e-9) / weight + 1e-12)
         return bound
@@ -159,7 +166,7 @@ class PendingOrder:
         last = s._last_token_s.get(req.id)
         if n > 0 and last is None:
             return None  # its last token time reads as `now`: not constant
-        if n > 0 and last - arrival < ttft + n * lat and tok_lat <= lat:
+        if n > 0 and keeps_pace(last, arrival, ttft, n, lat, tok_lat):
             q_serve = 1.0
         elif exp_len <= n + horizon / tok_lat:
             q_serve = 1.0  # (E - min(n + ahead, E)) / E = 0: until E passes n + ahead
