@@ -44,15 +44,7 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     `shared`: (request, tokens) of a prompt whose last chunk step 0 also runs (Sarathi's shared
     step, `replica/shared_chunk.py`): a prompt finished in step 0 of the stretch, decoding from
     step 1 on with the others."""
-    sched = engine.scheduler
-    # (not a preempted prompt being computed again, with tokens it emitted before: under KV
-    # pressure its plan left a request running that stepping had not, found by the chain-join
-    # test's tight cache once both were merged; left to the chunk stretch)
-    if (not sched.rest_joins_decodes or prompt.num_output_tokens or sched.num_waiting or not (decodes or shared) or not (ff.repeat and ff.after_prefill)
-            or not ff.through_finishes or ff.admissions_only or ff.max_steps != UNLIMITED_STEPS
-            or ff.finish_timer_s != float("inf")
-            or not engine.defer_finishes or engine.deliver is not None
-            or (engine.notice is not None and sched.arrival_reads_finishes)):
+    if not _may_plan(engine, prompt, decodes or shared, ff):
         return False
     reqs, ctx1 = decodes, [x + 1 for x in decode_ctxs]  # (and the shared prompt: its context after step 0)
     prefills, chunks0 = [], [(c, prompt.num_computed_tokens)]
@@ -80,23 +72,10 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     # budget covers the rest
     budget = c + len(decodes) + (shared[1] if shared is not None else 0)
     done0 = prompt.num_computed_tokens + c  # (the prompt's tokens in KV when step 1 starts)
-    left = prompt.num_tokens - done0
-    chunks, runs, j, total = [], [], 1, len(rem)
-    p = bisect_right(rem, j)
-    while True:  # (a run of steps at a time: the batch, so the chunk, holds up to the next departure)
-        if p == total:
-            return False  # (a step with no decode: the prompt alone, left to stepping)
-        cap = budget - (total - p)
-        if left <= cap:
-            break  # (step j computes the rest and emits the first token)
-        # full chunks from step j while the rest is more than one (at most up to the departure)
-        m = min((left - 1) // cap, rem[p] - j)
-        chunks += [cap] * m
-        runs.append((cap, m))
-        left -= m * cap
-        j += m
-        p = bisect_right(rem, j, p)
-    q = j
+    plan = _full_chunks(rem, budget, prompt.num_tokens - done0)
+    if plan is None:
+        return False
+    chunks, runs, q = plan
     end0 = now_s + engine.perf.step_time_s(chunks0, decode_ctxs)
     horizon_s = engine._stretch_horizon_s(now_s, end0)
     st = Stretch(now_s, end0, out, decodes, prefills, reqs, ctx1, remaining, True, engine._decode_fn, engine.perf,
@@ -130,6 +109,43 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
     engine.stretch = st
     engine._schedule_stretch_end(st)
     return True
+
+
+def _may_plan(engine, prompt, decoding, ff) -> bool:
+    """May the prompt's rest and the decode steps after it be planned as one stretch: the
+    policy's answer repeats through finishes without limits or admissions, finishes may be
+    processed late and nothing waits? (`decoding`: a decode or a shared prompt runs beside it.)"""
+    sched = engine.scheduler
+    # (not a preempted prompt being computed again, with tokens it emitted before: under KV
+    # pressure its plan left a request running that stepping had not, found by the chain-join
+    # test's tight cache once both were merged; left to the chunk stretch)
+    return not (not sched.rest_joins_decodes or prompt.num_output_tokens or sched.num_waiting or not decoding
+                or not (ff.repeat and ff.after_prefill) or not ff.through_finishes or ff.admissions_only
+                or ff.max_steps != UNLIMITED_STEPS or ff.finish_timer_s != float("inf")
+                or not engine.defer_finishes or engine.deliver is not None
+                or (engine.notice is not None and sched.arrival_reads_finishes))
+
+
+def _full_chunks(rem: list[int], budget: int, left: int) -> tuple[list[int], list[tuple[int, int]], int] | None:
+    """The prompt's full chunks from step 1 on (`left` tokens of it after step 0): each step's
+    is the budget the decodes still running there leave (`rem`: their remaining counts,
+    sorted), up to the step q whose budget covers the rest. (chunks, runs of (chunk, steps), q);
+    None if a step before q would have no decode (the prompt alone: left to stepping)."""
+    chunks, runs, j, total = [], [], 1, len(rem)
+    p = bisect_right(rem, j)
+    while True:  # (a run of steps at a time: the batch, so the chunk, holds up to the next departure)
+        if p == total:
+            return None
+        cap = budget - (total - p)
+        if left <= cap:
+            return chunks, runs, j  # (step j computes the rest and emits the first token)
+        # full chunks from step j while the rest is more than one (at most up to the departure)
+        m = min((left - 1) // cap, rem[p] - j)
+        chunks += [cap] * m
+        runs.append((cap, m))
+        left -= m * cap
+        j += m
+        p = bisect_right(rem, j, p)
 
 
 def rest_keeps_arrival(engine, st: Stretch, req, now_s: float) -> bool:
