@@ -356,6 +356,13 @@ def block_keys(req: Any, block_size: int, shared_only: bool = False) -> BlockKey
     return BlockKeys(ids, req.hash_block_tokens, block_size)
 
 
+def keyed_pairs(reqs: Sequence, ctx1: Sequence[int]) -> list[tuple[Any, int]]:
+    """(request, ctx1) of those of `reqs` with prefix keys, for a stretch's registrations
+    (`bool(keys)` without `BlockKeys.__bool__`'s Python call)."""
+    return [(r, c) for r, c in zip(reqs, ctx1)
+            if (k := r.kv_block_keys) is not None and (k.num_blocks if type(k) is BlockKeys else k)]
+
+
 def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
     """(run keys, first positions, end positions) of any key sequence. A plain tuple of keys (as
     tests and policies may set) is one run per key, keyed (None, key); its keys are taken to

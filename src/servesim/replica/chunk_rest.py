@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 
-from servesim.replica.block_keys import BlockKeys
+from servesim.replica.block_keys import BlockKeys, keyed_pairs
 from servesim.replica.join_keys import add_keyed
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch import Stretch
@@ -53,8 +53,7 @@ def chunks_then_decodes(engine, now_s: float, out, decodes: list, decode_ctxs: l
         prefills = [shared]
         reqs, ctx1 = decodes + [first], ctx1 + [first.num_computed_tokens + r]
         chunks0.insert(0, (r, first.num_computed_tokens))
-    keyed = [(r, x) for r, x in zip(reqs, ctx1)
-             if (k := r.kv_block_keys) is not None and (k.num_blocks if type(k) is BlockKeys else k)]
+    keyed = keyed_pairs(reqs, ctx1)
     keys = prompt.kv_block_keys
     if (keyed or keys) and not engine.keyed_through:
         return False

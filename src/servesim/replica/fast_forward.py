@@ -19,7 +19,7 @@ import numpy as np
 from servesim.core.loop import PRIO_STEP_END
 from servesim.replica.admission_stretch import AdmitStretch
 from servesim.replica.finish_admission import admission_fast_forward, admit_at_finishes
-from servesim.replica.block_keys import BlockKeys
+from servesim.replica.block_keys import keyed_pairs
 from servesim.replica.chunk_stretch import ThroughChunkStretch
 from servesim.replica.finish_notices import schedule_notice
 from servesim.replica.finish_order import policy_rank
@@ -93,17 +93,8 @@ class FastForwarding(StretchApply):
         else:
             reqs, ctx1 = decodes, [c + 1 for c in decode_ctxs]
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
-        # (request, ctx1) of those with prefix keys: `bool(keys)` without `BlockKeys.__bool__`'s Python call
-        keyed = [(r, c) for r, c in zip(reqs, ctx1)
-                 if (k := r.kv_block_keys) is not None and (k.num_blocks if type(k) is BlockKeys else k)]
-        # Finishes processed late need, with prefix keys, each request's registration up to its
-        # own last step and the blocks its finish frees counted by reference (`freed_blocks`):
-        # the vLLM cache's, whose frees and registrations commute with the stretch's pops.
-        # With a closed-loop workload each finish is told at its time (`notice`), unless the
-        # scheduler's `add_request` reads what finishes change: then follow-ups could arrive
-        # before the finish they depend on is processed, and stretches stop at finishes.
-        through = self.defer_finishes and ff.through_finishes and (not keyed or self.keyed_through) and not (
-            self.notice is not None and self.scheduler.arrival_reads_finishes)
+        keyed = keyed_pairs(reqs, ctx1)
+        through = self._through_finishes(ff, keyed)
         if ff.through_timers:  # (the policy's timers it may run through: `replica/policy_stops.py`)
             timers = self.scheduler.stretch_timers() if through else None
             horizon_s = self._stretch_horizon_s(now_s, end0, timers)
@@ -140,6 +131,17 @@ class FastForwarding(StretchApply):
         if st.k < 2:
             return False
         return self._launch(st, reqs, ctx1)
+
+    def _through_finishes(self, ff: FastForward, keyed: list) -> bool:
+        """May the stretch run through finishes, processed late? Where the policy's answer `ff`
+        allows, with prefix keys (`keyed`) only with the vLLM cache, whose frees and
+        registrations commute with the stretch's pops (each request registers up to its own last
+        step and its finish's frees are counted by reference: `freed_blocks`). With a
+        closed-loop workload each finish is told at its time (`notice`), unless the scheduler's
+        `add_request` reads what finishes change: then follow-ups could arrive before the finish
+        they depend on is processed, and stretches stop at finishes."""
+        return self.defer_finishes and ff.through_finishes and (not keyed or self.keyed_through) and not (
+            self.notice is not None and self.scheduler.arrival_reads_finishes)
 
     def _launch(self, st: Stretch, reqs: list[Request], ctx1: list[int]) -> bool:
         """Put the new stretch `st` (priced, of `reqs` with contexts `ctx1` at step 1) in flight,
