@@ -72,7 +72,7 @@ class ChunkStretch(Stretch):
         self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
         self.through = False
         self.keyed = [(r, c) for r, c in zip(decodes, self.ctx1) if r.kv_block_keys]
-        self.keyed_last = self._freed = self.kept = self.timers = None  # (not through finishes)
+        self._nothing_late()  # (not through finishes)
         # vLLM's steps allocate the prompt's blocks for each chunk and register its keyed ones
         # (`Scheduler.chunks_allocate`); sarathi's took them all at admission
         self.grows = sched.chunks_allocate
@@ -87,12 +87,7 @@ class ChunkStretch(Stretch):
         self.free_blocks = 0
         self._no_joins(len(decodes))
         self.kmax = kmax
-        self._ends = self._endv = [end0_s]  # (a list throughout: its scalar loop prices every step)
-        self.k = self._priced = 1
-        self.end_s = end0_s
-        self.final = False
-        self.gen = 0
-        self.num_noticed = self.notice_at = self.notice_id = 0  # (departures told: `replica/finish_notices.py`)
+        self._step_zero(end0_s)  # (its ends a list throughout: its scalar loop prices every step)
         self._perf = engine.perf
         self._order = self._sorted_rem = self.rank = None  # (nobody leaves before the last step)
         self.ahead = 0

@@ -66,17 +66,7 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         self.through = through
         # (request, ctx1) of those with prefix keys (`keyed`: the caller's, when it made them)
         self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys] if keyed is None else keyed
-        # `through` with prefix keys: the last step of each keyed request (remaining - 1), up
-        # to which it registers its blocks; None otherwise (every one registers up to k - 1)
-        self.keyed_last: list[int] | None = None
-        self._freed: dict | None = None  # `freed_blocks`' answers, by request id
-        # through finishes that may keep their blocks (`FastForward.finish_timer_s`): (the
-        # policy's `keeps_blocks`, the timer's seconds after a finish); None: every finish frees
-        self.kept: tuple[Callable[[Any], bool], float] | None = None
-        # the policy's timers it runs through (`FastForward.through_timers`): [the first timer
-        # that bounds it, [(time, key, blocks)] not fired yet, [(step, blocks)] fired at a join,
-        # the (step start, key) fired late, set when applied] (`replica/policy_stops.py`); None: none
-        self.timers: list | None = None
+        self._nothing_late()
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
         # requests held waiting up to step `kmax`, where the policy may admit them as a prompt-only
@@ -97,6 +87,38 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         self._fin = 0  # the last `finished_by` count (where the next read starts)
         self.kmax = self._sorted_rem[-1] if through else min(remaining)
         n = len(reqs)
+        self._step_zero(end0_s)
+        self._decode_fn = decode_fn
+        self._perf = perf
+        self._ctx_sum = self._ctx_total = sum(ctx1)
+        self._prefix_sums = None  # ctx1 prefix sums in increasing order of remaining, made on first use
+        self._step1_s = None  # an estimate of a step's time, for sizing chunks
+        self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
+        # the batch of the next step for the scalar loop: size, context sum, step time function
+        self._active = n
+        self._p = 0
+        self._f = None
+        if through and self._sorted_rem[0] == 1:
+            self._leave(1)  # requests whose only token is step 0's
+        if self._active:
+            self._f = decode_fn(self._active)
+
+    def _nothing_late(self) -> None:
+        """What a stretch through finishes or timers sets after it is built (their defaults)."""
+        # `through` with prefix keys: the last step of each keyed request (remaining - 1), up
+        # to which it registers its blocks; None otherwise (every one registers up to k - 1)
+        self.keyed_last: list[int] | None = None
+        self._freed: dict | None = None  # `freed_blocks`' answers, by request id
+        # through finishes that may keep their blocks (`FastForward.finish_timer_s`): (the
+        # policy's `keeps_blocks`, the timer's seconds after a finish); None: every finish frees
+        self.kept: tuple[Callable[[Any], bool], float] | None = None
+        # the policy's timers it runs through (`FastForward.through_timers`): [the first timer
+        # that bounds it, [(time, key, blocks)] not fired yet, [(step, blocks)] fired at a join,
+        # the (step start, key) fired late, set when applied] (`replica/policy_stops.py`); None: none
+        self.timers: list | None = None
+
+    def _step_zero(self, end0_s: float) -> None:
+        """The stretch of step 0 alone, ending at `end0_s`: its end, events and notices."""
         # End times of the steps (s): the first k are the stretch's, up to `_priced` are priced
         # ahead with numpy and taken as the horizon moves. A list while the scalar loop prices
         # (short stretches: no numpy call at all), a float array from the first numpy chunk on
@@ -113,20 +135,6 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         self.num_noticed = 0  # departures told at their times (`replica/finish_notices.py`)
         self.notice_at = 0  # the departure (its `remaining`) of the pending notice, 0: none
         self.notice_id = 0  # bumped when the pending notice is void
-        self._decode_fn = decode_fn
-        self._perf = perf
-        self._ctx_sum = self._ctx_total = sum(ctx1)
-        self._prefix_sums = None  # ctx1 prefix sums in increasing order of remaining, made on first use
-        self._step1_s = None  # an estimate of a step's time, for sizing chunks
-        self._forms = forms(n)  # the affine decode forms by batch size (None: price step by step)
-        # the batch of the next step for the scalar loop: size, context sum, step time function
-        self._active = n
-        self._p = 0
-        self._f = None
-        if through and self._sorted_rem[0] == 1:
-            self._leave(1)  # requests whose only token is step 0's
-        if self._active:
-            self._f = decode_fn(self._active)
 
     def _no_joins(self, n: int) -> None:
         """The state of joins and of the block count, for a stretch of n requests (none joined)."""
