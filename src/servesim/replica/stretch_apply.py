@@ -37,7 +37,7 @@ class StretchApply:
     def _apply_steps(self, st: Stretch) -> list[Request]:
         if type(st) is not Stretch:  # (a `SpecStretch` or a `ChunkStretch`: steps of their own)
             return st.apply(self)
-        ends, k, reqs, remaining = st.ends, st.k, st.reqs, st.remaining
+        ends, k, reqs = st.ends, st.k, st.reqs
         if len(reqs) == 1 and not (st.decodes or st.keyed or st.timers):
             return self._apply_lone(st)
         bs = self.kv.block_size
@@ -50,20 +50,7 @@ class StretchApply:
             finished, frees = [], []
             advance_decodes_by(st.decodes, k, first)
         else:
-            steps_of = [r if r < k else k for r in remaining]  # steps each request runs in the stretch
-            # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
-            new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
-            finished = [i for i, r in enumerate(remaining) if r <= k]
-            if len(finished) > 1:
-                finished.sort(key=st.finish_key())  # in finish order (then the policy's), as stepping
-            # a request that finished before the last step frees all its blocks after its last step
-            held = st.freed_blocks(self.kv)
-            grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
-            frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
-                     for i in finished if (m := steps_of[i]) < k]
-            if st.kept is not None:  # (a finish that keeps its blocks, a pin, frees none of them)
-                keeps = st.kept[0]
-                frees = [f for f, i in zip(frees, [i for i in finished if steps_of[i] < k]) if not keeps(reqs[i])]
+            steps_of, new_blocks, finished, frees, grown = self._departures(st, bs)
             if not st.stalls:
                 advance_decodes(st.decodes, steps_of, first)
         if st.timers is not None:  # (the policy's timers fired inside it: their blocks freed at their steps)
@@ -88,13 +75,7 @@ class StretchApply:
             if st.join_shared:  # (hits on held blocks, logged as in use from the join's first step: those already were)
                 frees += [(s, c) for s, c in st.join_shared if s < k]
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
-        self.kv.allocate_plain_many(new_blocks, st.ahead)
-        if st.keyed_last is None:
-            self.kv.cache_full_blocks_many(st.keyed, k - 1)
-        else:  # (through finishes: each up to its last step; only the vLLM cache's stretches)
-            self.kv.cache_full_blocks_many(st.keyed, k - 1, st.keyed_last)
-        for req in cut:  # (their chunks so far registered their full blocks, as the running pass did)
-            self.kv.cache_full_blocks(req, req.num_computed_tokens)
+        self._apply_blocks(st, new_blocks, cut)
         done = [reqs[i] for i in finished]
         endv = st.ends_view  # (Python floats: no numpy scalar made per finish)
         for req in done:
@@ -106,6 +87,39 @@ class StretchApply:
                                        waiting_to=[j for j in st.waiting_to if j < k] if st.waiting_to else (),
                                        silent_at=silent_at, silent_n=silent_n)
         return done
+
+    def _departures(self, st: Stretch, bs: int) -> tuple[list[int], list, list[int], list, dict]:
+        """For a stretch some requests left before its end: (the steps each request ran, the
+        blocks each got, those that finished in finish order, the (step, blocks) their finishes
+        freed before the last step, the blocks grown before prompt-only steps by request)."""
+        k, reqs, first_new = st.k, st.reqs, st.first_new
+        steps_of = [r if r < k else k for r in st.remaining]  # steps each request runs in the stretch
+        # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
+        new_blocks = [(req, (m - f - 1) // bs + 1) for req, f, m in zip(reqs, first_new, steps_of) if f < m]
+        finished = [i for i, r in enumerate(st.remaining) if r <= k]
+        if len(finished) > 1:
+            finished.sort(key=st.finish_key())  # in finish order (then the policy's), as stepping
+        # a request that finished before the last step frees all its blocks after its last step
+        held = st.freed_blocks(self.kv)
+        grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
+        frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
+                 for i in finished if (m := steps_of[i]) < k]
+        if st.kept is not None:  # (a finish that keeps its blocks, a pin, frees none of them)
+            keeps = st.kept[0]
+            frees = [f for f, i in zip(frees, [i for i in finished if steps_of[i] < k]) if not keeps(reqs[i])]
+        return steps_of, new_blocks, finished, frees, grown
+
+    def _apply_blocks(self, st: Stretch, new_blocks: list, cut) -> None:
+        """The stretch's KV: the blocks its requests grew, and the full blocks of those with
+        prefix keys (and of turns `cut` inside their chunk steps) registered."""
+        k = st.k
+        self.kv.allocate_plain_many(new_blocks, st.ahead)
+        if st.keyed_last is None:
+            self.kv.cache_full_blocks_many(st.keyed, k - 1)
+        else:  # (through finishes: each up to its last step; only the vLLM cache's stretches)
+            self.kv.cache_full_blocks_many(st.keyed, k - 1, st.keyed_last)
+        for req in cut:  # (their chunks so far registered their full blocks, as the running pass did)
+            self.kv.cache_full_blocks(req, req.num_computed_tokens)
 
     def _apply_lone(self, st: Stretch) -> list[Request]:
         """`_apply_stretch` for a stretch of one request, whose prompt finished in step 0 and
