@@ -59,13 +59,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
     if len(reqs) - num_running > num_running + MAX_EXTRA_DEPARTED:
         return False  # mostly requests that left: applied, the next stretch holds those running
     bs = kv.block_size
-    gone = []  # (index, blocks held before its growth, its growth) of each request that left since
-    freed = 0
-    growth_of = st.growth_of
-    for i, r in zip(st.departed(st.num_released, p1), rem[st.num_released:p1]):
-        base, grown = kv.num_blocks_of(reqs[i].id), growth_of(i, r, bs)
-        gone.append((i, base, grown))
-        freed += base + grown
+    gone, freed = _gone(st, kv, p1)
     free = st.free_blocks + freed - st.join_blocks
     # A prefill-first policy (`stalls_decodes`) admits on the blocks free before the decodes of
     # step s take theirs: a step that admits runs only the prompts (the decodes stall in it)
@@ -92,12 +86,7 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
             return False  # step s decodes and their blocks do not fit: stepping preempts there
         if joins and (step_s := stall_step_s(engine.perf, st, joins)) is None:
             return False
-    for i, base, grown in gone:  # (stepping freed them at their finish)
-        kv.free_grown(reqs[i].id, grown)
-        st.released[i] = base
-    st.num_released = p1
-    st.free_blocks += freed
-    st.pending = None
+    _release(st, kv, gone, freed, p1)
     if stall and joins:
         _stall(engine, st, s, joins, now_s, step_s)
     elif joins or pending:
@@ -113,6 +102,31 @@ def admit_at_finishes(engine, st: AdmitStretch, now_s: float) -> bool:
         engine._limit(st, s + 1)  # (step s's blocks were counted above)
     engine._schedule_stretch_end(st)
     return True
+
+
+def _gone(st: AdmitStretch, kv, p1: int) -> tuple[list[tuple[int, int, int]], int]:
+    """(index, blocks held before its growth, its growth) of each request that left since the
+    last boundary (those up to `p1` in the order of departures), and the blocks they free."""
+    reqs, rem, bs, growth_of = st.reqs, st._sorted_rem, kv.block_size, st.growth_of
+    gone = []
+    freed = 0
+    for i, r in zip(st.departed(st.num_released, p1), rem[st.num_released:p1]):
+        base, grown = kv.num_blocks_of(reqs[i].id), growth_of(i, r, bs)
+        gone.append((i, base, grown))
+        freed += base + grown
+    return gone, freed
+
+
+def _release(st: AdmitStretch, kv, gone: list[tuple[int, int, int]], freed: int, p1: int) -> None:
+    """Free the blocks of the requests that left (`_gone`), as stepping freed them at their
+    finish, and count them free in the stretch."""
+    reqs = st.reqs
+    for i, base, grown in gone:
+        kv.free_grown(reqs[i].id, grown)
+        st.released[i] = base
+    st.num_released = p1
+    st.free_blocks += freed
+    st.pending = None
 
 
 def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s: float, pending=None) -> None:
