@@ -40,6 +40,7 @@ from __future__ import annotations
 from itertools import accumulate, repeat
 from typing import Any
 
+from servesim.replica.block_keys import keyed_pairs
 from servesim.replica.chunk_rest import chunks_then_decodes
 from servesim.replica.chunk_through import ChunkThrough, chunks_through
 from servesim.replica.token_advance import advance_decodes
@@ -71,7 +72,7 @@ class ChunkStretch(Stretch):
         self.ctx1 = [c + 1 for c in decode_ctxs]
         self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
         self.through = False
-        self.keyed = [(r, c) for r, c in zip(decodes, self.ctx1) if r.kv_block_keys]
+        self.keyed = keyed_pairs(decodes, self.ctx1)
         self._nothing_late()  # (not through finishes)
         # vLLM's steps allocate the prompt's blocks for each chunk and register its keyed ones
         # (`Scheduler.chunks_allocate`); sarathi's took them all at admission

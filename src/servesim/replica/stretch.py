@@ -30,6 +30,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from servesim.replica.block_keys import keyed_pairs
 from servesim.replica.stretch_chunks import DecodeForms
 from servesim.replica.stretch_joins import StretchJoins
 from servesim.replica.stretch_pricing import StretchPricing
@@ -65,7 +66,7 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         self.remaining = remaining  # tokens each still emits, step 0 included
         self.through = through
         # (request, ctx1) of those with prefix keys (`keyed`: the caller's, when it made them)
-        self.keyed = [(r, c) for r, c in zip(reqs, ctx1) if r.kv_block_keys] if keyed is None else keyed
+        self.keyed = keyed_pairs(reqs, ctx1) if keyed is None else keyed
         self._nothing_late()
         self.num_waiting = num_waiting  # the scheduler's waiting count when step 0 was scheduled
         self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
