@@ -57,8 +57,21 @@ class StretchJoins:
                         + sum(_growth(f, 0, min(steps, s), block_size) for _, f, s in self.grown))
             at, need, live = base  # (counted on from the last stall, not kept)
             return need + sum(_growth(first_new[i], at, min(steps, remaining[i]), block_size) for i in live)
-        need += sum(_growth(first_new[i], at, min(steps, remaining[i]), block_size) for i in live)
-        self._need_at = (steps, need, [i for i in live if remaining[i] > steps])
+        # (`_growth` written out, and the requests still growing after `steps` listed in the
+        # same pass: under overload a stretch holds hundreds, and this runs at each limit)
+        still = []
+        for i in live:
+            r, f = remaining[i], first_new[i]
+            if r > steps:
+                hi = steps
+                still.append(i)
+            else:
+                hi = r
+            if f < at:
+                f += (at - f + block_size - 1) // block_size * block_size
+            if f < hi:
+                need += (hi - 1 - f) // block_size + 1
+        self._need_at = (steps, need, still)
         return need
 
     def blocks_bound(self, steps: int, block_size: int) -> int:
