@@ -39,3 +39,18 @@ def test_peak_of_an_empty_batch_is_the_candidates_own(cls):
 def test_the_form_follows_the_batch_size():
     assert type(peak_items([1] * (FEW - 1), [1] * (FEW - 1))) is FewPeakItems
     assert type(peak_items([1] * FEW, [1] * FEW)) is PeakItems
+
+
+def test_admissions_past_the_buffers_room_keep_the_peaks():
+    """`PeakItems` holds its batch in buffers with room to grow: admitting many more requests
+    than it was built with (its buffers full more than once) gives `future_peak`'s peaks."""
+    rng = np.random.default_rng(11)
+    contexts, rests = [120, 40], [30, 300]
+    items = PeakItems(contexts, rests)
+    for _ in range(150):
+        c, r = int(rng.integers(1, 500)), int(rng.integers(-5, 400))
+        assert items.peak_with(c, r) == future_peak(contexts + [c], rests + [r])
+        items.add(c, r)
+        contexts.append(c)
+        rests.append(r)
+    assert len(items) == 152 and len(items._c) >= 152  # (grown: built with room for 20)
