@@ -124,8 +124,9 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
     """Lone calls (no program, no session) have their waiting time added when they stop
     waiting or may be due for promotion, and their service when they stop running, miss a
     step or may reach the next level; the same calls as one-call sessions are accounted at
-    every step (one-call programs: a one-call session's running call is lazy too). Same
-    schedule, and bit-identical waiting times, services and promotions."""
+    every step (one-call programs: a one-call session's running call is lazy too); one that
+    misses a step stays eager until it is scheduled again. Same schedule, and bit-identical
+    waiting times, services and promotions."""
     def run(as_programs: bool):
         engine, sched, kv, loop, done = make_engine(num_blocks=24, scheduler="autellix", max_num_seqs=3,
                                                     fast_forward=False, num_cpu_blocks=16,
@@ -134,10 +135,11 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
         # (every 7th prompt takes several chunks: the running calls after it miss steps)
         reqs = [make_request(i, 8 + 8 * (i % 3) + (120 if i % 7 == 3 else 0), 4 + 9 * (i % 4), arrival=0.006 * i,
                              program_id=1000 + i if as_programs else None) for i in range(40)]
-        schedule, most_lazy, served_lazy, running_lazy = sched.schedule, [], [], []
+        schedule, most_lazy, served_lazy, running_lazy, idle = sched.schedule, [], [], [], []
 
         def spy(now_s):
             running_lazy.append(len(sched._run_lazy))
+            idle.append(len(sched._idle))
             most_lazy.append(len(sched._lazy))
             served_lazy.append(sum(due_s < float("inf") for _, due_s in sched._lazy.values()))
             return schedule(now_s)
@@ -155,7 +157,8 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
         by_call = lambda table: {(k[1] if type(k) is tuple else k) % 1000: v for k, v in table.items()}  # noqa: E731
         service = (by_call(sched.service_s), sched.call_service_s)
         return steps, [(r.finish_s, r.num_preemptions) for r in reqs], by_call(sched.wait_s), \
-            by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy), passes
+            by_call(sched.discount_s), service, max(most_lazy), max(served_lazy), max(running_lazy), passes, \
+            max(idle)
 
     lazy, eager = run(False), run(True)
     assert lazy[:5] == eager[:5]
@@ -169,6 +172,9 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
     # the programs' walked it (but when nothing waited)
     assert lazy[8]["walked"] == 0 and lazy[8]["short"] > 300 and lazy[8]["due"] > 0
     assert eager[8]["walked"] > 300 and eager[8]["due"] == 0
+    # running lone calls that missed steps behind a chunked prompt stayed eager until scheduled
+    # again (`_idle`) instead of being made lazy and settled at each step; the programs never did
+    assert lazy[9] >= 2 and eager[9] == 0
 
 
 def test_a_sessions_only_call_is_credited_lazily_as_its_program_would_be_eagerly():

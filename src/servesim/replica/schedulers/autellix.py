@@ -75,7 +75,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     max_join_chunks = 1
     # Its own state in slots: with the base classes' 16 attributes, its 39 in the instance dict
     # were past CPython 3.11's 30 inline values (every attribute read took the dict's look-up)
-    __slots__ = ("_calls_held", "_due", "_due_seq", "_entered", "_joined", "_keys", "_lazy", "_lazy_turn",
+    __slots__ = ("_calls_held", "_due", "_due_seq", "_entered", "_idle", "_joined", "_keys", "_lazy", "_lazy_turn",
                  "_queued_s", "_run_due", "_run_lazy", "_run_sums", "_step_start_s", "_told",
                  "_transferred", "_wait_sums", "call_base_s", "call_service_s", "discount_s", "preemption_mode",
                  "service_s", "thresholds", "wait_s")
@@ -130,6 +130,12 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._run_lazy: dict[Request, tuple[int, float, int]] = {}
         self._run_sums = StepSums()
         self._run_due: list[tuple[float, int, Request]] = []
+        # Running calls that missed a step (a prompt the budget left out, behind another's
+        # chunks) stay eager until they are scheduled again: made lazy at each step's end, each
+        # was settled at the next for missing it (a slot, a due entry and a settle per step
+        # while it waits for budget). Eager credits give the same floats: nothing is added
+        # while it is not scheduled, each step's length once it is.
+        self._idle: set[Request] = set()
         # A session's call is credited lazily too while it is its session's only call held (a
         # chat's turns follow one another): its program then serves only it and nothing else
         # moves its key, as for a lone call. `_calls_held[session]`: its calls held here;
@@ -201,12 +207,14 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         self._settle_running(req)
+        self._idle.discard(req)
         super().preempt(req, out)
         self._queued_s[req.id] = self.now_s
         self._entered[req] = None
 
     def swap_out(self, req: Request, out, reuse_key=None) -> bool:
         self._settle_running(req)
+        self._idle.discard(req)
         self._queued_s[req.id] = self.now_s
         self._entered[req] = None
         return super().swap_out(req, out, reuse_key)
@@ -235,6 +243,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._entered.pop(req, None)
         self._settle(req)
         self._settle_running(req)  # (a call finishing in this step is credited with it eagerly)
+        self._idle.discard(req)
         self._queued_s.pop(req.id, None)  # (its service stays: the process table outlives calls)
         self._keys.pop(req, None)
         if self._told and req in self._told:  # (told at its last step: released then; `_credit` clears it)

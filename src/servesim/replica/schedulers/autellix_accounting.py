@@ -85,10 +85,14 @@ class AutellixAccounting:
         # it was not scheduled); those left are lazy and scheduled, fewer than all lazy ones
         # only if a lazy call missed this step
         eager = list(filterfalse(run_lazy.__contains__, reqs)) if run_lazy else reqs
+        idle = self._idle
+        if idle:
+            idle.difference_update(eager)  # (scheduled again: lazy from this step's rekey on)
         if run_lazy and len(reqs) - len(eager) < len(run_lazy):
             missed = set(run_lazy).difference(reqs)  # running, not scheduled: no credit this step
             for req in missed:
                 self._settle_running(req)
+            idle |= missed  # (eager while they wait: `_rekey_running` keeps them so)
         if self._told:  # (left the stretch before its end, credited then: `finish_noticed`)
             eager = list(filterfalse(self._told.__contains__, eager))
             self._told = set()  # (the stretch ends here: its finishes were processed before)
@@ -193,13 +197,15 @@ class AutellixAccounting:
         atlas = self.params.mode == "atlas"
         base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
         thresholds, held, lazy_turn = self.thresholds, self._calls_held, self._lazy_turn
-        open_sum = self._run_sums.open
+        open_sum, idle = self._run_sums.open, self._idle
         for req in filterfalse(run_lazy.__contains__, self.running):  # (`_fresh_key`, inlined)
             p = program(req)
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
             disc = discount.get(p, 0.0)
             level = bisect_right(thresholds, max(raw - disc, 0.0))
             keys[req] = (level, req.arrival_s, req.id)
+            if idle and req in idle:
+                continue  # (not scheduled in this step: eager until it is, `_idle`)
             if req.program_id is None and (req.session_id is None or held.get(p) == 1):
                 # nothing else moves its key: a lone call, or its session's only call held
                 if req.session_id is not None:
