@@ -81,8 +81,11 @@ class PeakItems:
     def __init__(self, contexts: list[int], rests: list[int]) -> None:
         c, r = np.asarray(contexts, dtype=np.int64), np.asarray(rests, dtype=np.int64)
         order = np.argsort(-r, kind="stable")
-        self._n = n = len(c)
+        n = len(c)
+        self._n = 0
+        self._c = self._r = self._neg_r = np.empty(0, dtype=np.int64)
         self._room(2 * n + 16)
+        self._n = n
         self._c[:n] = c[order]
         self._r[:n] = r[order]
         np.negative(self._r[:n], out=self._neg_r[:n])  # (remaining negated: ascending, for `searchsorted`)
@@ -93,8 +96,7 @@ class PeakItems:
         n = self._n
         for name in ("_c", "_r", "_neg_r"):
             buf = np.empty(cap, dtype=np.int64)
-            if hasattr(self, name):
-                buf[:n] = getattr(self, name)[:n]
+            buf[:n] = getattr(self, name)[:n]
             setattr(self, name, buf)
         self._k = np.arange(1, cap + 1, dtype=np.int64)  # (k + 1 for the k-th term)
 
