@@ -5,11 +5,12 @@ the next; the results, step log included, are those of stepping."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward, keyed_join, stretch_apply
+from servesim.replica import fast_forward, keyed_join, policy_stops, stretch_apply
 
 from .helpers import assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
 
@@ -117,3 +118,36 @@ def test_hygen_turns_beside_offline_requests_are_exact(monkeypatch):
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert two > 0, two
+
+
+@pytest.mark.parametrize("router", ["least-requests", "least-kv"])
+def test_continuum_turns_join_in_chunks_through_its_pins(router, monkeypatch):
+    """Continuum's pins set timers in almost every stretch, and a turn in chunks joined only
+    without any (each other one ended its stretch). Now its chunk steps run through the pins
+    that expire there (an expiry frees a pin's blocks; nothing waits, so the steps are the
+    same), the stretch is cut at the first pin it must stop at (one sharing a block: a shared
+    system prompt here), and a joined turn that pins when it finishes keeps its rests' blocks.
+    Stepping's results, step log included; least-kv reads the blocks the views count."""
+    bounded, kept = [], []
+    apply_rests = stretch_apply.apply_rests
+
+    def counted_stop(st, t):
+        k = st.k
+        policy_stops.stop_before(st, t)
+        bounded.append(k - st.k)
+
+    def counted_apply(st, steps_of, *args):
+        kept.extend(i for s, i, _ in st.rests if s < st.k and st.remaining[i] <= st.k and st.kept[0](st.reqs[i]))
+        return apply_rests(st, steps_of, *args)
+
+    monkeypatch.setattr(keyed_join, "policy_stops",
+                        SimpleNamespace(stop_before=counted_stop, fire_before_join=policy_stops.fire_before_join))
+    monkeypatch.setattr(stretch_apply, "apply_rests", counted_apply)  # (before `run_both` wraps it)
+    sets = BUSY + ["scheduler.name=continuum", "workload.shared_prefix.tokens=512", "replicas=4",
+                   f"router.name={router}", "workload.arrival.rate_per_s=6"]
+    fast, slow, two, _ = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert two > 0.2 * len(fast.requests), two  # (166 of 400 with least-requests; none before)
+    assert sum(1 for d in bounded if d > 0) > 5, bounded  # chunk steps cut at a pin's timer
+    assert len(kept) > 5, kept  # turns that pinned with their rests' blocks

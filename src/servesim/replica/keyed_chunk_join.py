@@ -33,7 +33,10 @@ the plan's registration (its item, the whole prompt's, is not used).
 It joins only when those steps are certain: a decode running in each of them, the rest whole in
 the budget of step s + q, the prompt within `max_model_len`; the decodes' blocks up to s + q and
 the whole prompt's fit in those free when the stretch was planned; no request joins up to s + q
-(the budget is the turn's: `keyed_join`). Exact against stepping:
+(the budget is the turn's: `keyed_join`); no policy timer falls due in them, unless the policy's
+timers only free blocks there (continuum's pins, `timers_only_free`: the steps are cut at the
+first pin the stretch must stop at, and a turn that pins when it finishes keeps its rests'
+blocks). Exact against stepping:
 tests/cluster/test_keyed_chunk_join.py (two chunks), test_keyed_chunks_join.py (Mooncake, up to
 fifteen).
 """
@@ -141,11 +144,13 @@ def join_in_chunks(engine, st, req, chunk_fn, chunks: list[int], cached: int, bl
 def apply_rests(st, steps_of: list[int], new_blocks: list, frees: list[tuple[int, int]]) -> list:
     """At the stretch's end (k steps): each rest whose step ran gets its blocks with the decodes'
     growth (`new_blocks`), logged from its step, and freed with its request when that finished
-    before the last step (`freed_blocks` counted what it held without them, as the views did).
+    before the last step (`freed_blocks` counted what it held without them, as the views did),
+    unless its finish keeps them (continuum's pin).
     A turn whose last step did not run leaves the keyed requests (its plan item is its whole
     prompt's): returns those turns, whose chunks computed so far register their full blocks
     once the blocks are granted (`KVCacheManager.cache_full_blocks`, as the running pass did)."""
     k, reqs = st.k, st.reqs
+    keeps = st.kept[0] if st.kept is not None else None  # (a finish that keeps its blocks, a pin, frees none)
     cut = []
     for s, i, n in st.rests:
         req = reqs[i]
@@ -153,7 +158,7 @@ def apply_rests(st, steps_of: list[int], new_blocks: list, frees: list[tuple[int
             if n:
                 new_blocks.append((req, n))
                 frees.append((s, -n))
-                if st.remaining[i] <= k and (m := steps_of[i]) < k:
+                if st.remaining[i] <= k and (m := steps_of[i]) < k and not (keeps and keeps(req)):
                     frees.append((m, n))
         elif not cut or cut[-1] is not req:  # (its first step past k: a turn's rests are listed in step order)
             j = next((j for j, (r, _) in enumerate(st.keyed) if r is req), None)

@@ -106,6 +106,12 @@ def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     if priced is None:
         return False
     _join(engine, st, now_s, turn, *priced)
+    if turn.chunked is not None and (
+            bound_s := engine.scheduler.next_timer_s() if st.timers is None else st.timers[0]) != INF:
+        # (chunk steps priced past the first timer the stretch must stop at, continuum's pin
+        # sharing a block: its `schedule` there is stepping's; the turn cut inside its chunks
+        # as by an arrival. The pins of departures in the stretch: `_priced_on`'s `_limit`)
+        policy_stops.stop_before(st, bound_s)
     # (after `join_one`, a stall or a turn's chunks the scalar state is step s + 1's: `price_on`
     # prices from it, as for `join_arrivals`' lean join (and takes `price` without that state);
     # at a busy replica among many `join_ahead` steps by the scalar loop, not a numpy chunk to a
@@ -172,12 +178,13 @@ def _fits(engine, st: Stretch, req: Request, s: int, chain: tuple | None, num_ru
     spent = num_running if chain is None else chain[1] + chain[4]
     c = n if stall else sched.first_chunk(req, cached, sched.limits[1] - spent)
     chunked = None  # (the chunk form, the chunks of steps s .. s + q - 1: its rest at s + q)
-    if c != n and (timer_s != INF or timed is not None or st.timers
+    if c != n and (((timer_s != INF or timed is not None or st.timers) and not sched.timers_only_free())
                    or (chunked := chunks_fit(engine, st, req, s, c, n, num_running)) is None
                    or len(chunked[1]) > sched.max_join_chunks):
         # a chunk of its prompt whose later steps are not certain (or priced past a policy
-        # timer, which may act at one of them: continuum's pins, whose expiry frees blocks; or
-        # middle chunks of a policy that may run them before the decodes: `max_join_chunks`)
+        # timer that may change them; continuum's pins only free blocks there, and `keyed_join`
+        # cuts the chunk steps at the first timer the stretch stops at; or middle chunks of a
+        # policy that may run them before the decodes: `max_join_chunks`)
         return None
     blocks = -(-num_tokens // bs)  # (its hits, all taken from the free queue, and its new blocks)
     # (and the blocks the policy keeps free beyond a join's: `join_blocks`, none but Andes's,

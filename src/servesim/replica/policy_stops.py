@@ -59,14 +59,18 @@ def stop_at_finish_timer(st: Stretch) -> None:
     (one delay for all); it is counted whether or not that finish keeps its blocks, the
     same bound or an earlier one. Called with the first departure before the last step."""
     r = st._sorted_rem[0]  # (its last token is step r - 1's, ending at ends[r - 1])
-    ends = st.ends_view
-    due_s = ends[r - 1] + st.kept[1]  # (the finish's time + the delay, as the policy adds them)
-    k = bisect_left(ends, due_s, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
+    # (the finish's time + the delay, as the policy adds them; with the pins held before the
+    # stretch no longer bounding it, this bound is most stretches' at 8 replicas)
+    stop_before(st, st.ends_view[r - 1] + st.kept[1])
+
+
+def stop_before(st: Stretch, t: float) -> None:
+    """Shorten `st` to the steps that start before `t` (step 0 starts before it). Final, not
+    `limited`: a turn arriving before that step may still join, which `keyed_join` checks
+    against the policy's timers."""
+    k = bisect_left(st.ends_view, t, 0, st.k - 1) + 1  # (step j >= 1 starts at ends[j - 1])
     if k < st.k:
         st.truncate(k)
-        # (final, not `limited`: a turn arriving before that step may still join, which
-        # `keyed_join` checks against the first departure's timer; with the pins held before
-        # the stretch no longer bounding it, this bound is most stretches' at 8 replicas)
         st.final = True
 
 

@@ -227,7 +227,7 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
             if remaining[i] > j and f <= j:
                 delta += (min(j + 1, s) - 1 - f) // block_size + 1
         for s, i, n in self.rests:  # (a finished one's `blocks_held` leaves them out too: `apply_rests`)
-            if s <= j < remaining[i]:
+            if s <= j and (j < remaining[i] or (keeps and keeps(self.reqs[i]))):  # (or it keeps them: a pin)
                 delta += n
         if self.timers is not None:  # (a timer fired by step j's `schedule` freed its blocks)
             for t, _, n in self.timers[1]:

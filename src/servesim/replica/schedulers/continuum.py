@@ -218,6 +218,11 @@ class ContinuumScheduler(VLLMScheduler):
                 first_s = deadline
         return [first_s, through, [], None] if through else None
 
+    def timers_only_free(self) -> bool:
+        # (with nothing waiting, an expiry frees the pin's blocks and `schedule` goes on as
+        # vLLM's; vLLM's own timers, swap-ins and adapter loads, change the batch)
+        return VLLMScheduler.next_timer_s(self) == float("inf")
+
     def fire_timers(self, keys) -> None:
         for job in keys:  # (`_expire`'s, in its order: the engine lists them by step, then in `pins`' order)
             self._unpin(job)

@@ -43,6 +43,14 @@ class FastForwardHooks:
     # what the decodes leave, gets the same tokens in any place of the pass (1).
     max_join_chunks: ClassVar[float] = math.inf
 
+    def timers_only_free(self) -> bool:
+        """Does every timer of the policy that falls due while nothing waits only free KV
+        blocks (continuum's pins), so that a next turn's chunk steps, which admit nothing, run
+        the same whether it fires among them or not (`replica/keyed_join.py`, which still cuts
+        them at the first timer the stretch stops at)? Changes no state. The default: no
+        (vLLM's swap-ins and adapter loads change the batch)."""
+        return False
+
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         """May the engine repeat the step `schedule` just returned, and how far (see
         `FastForward`)? Must not change any state."""
