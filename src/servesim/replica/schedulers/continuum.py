@@ -159,7 +159,9 @@ class ContinuumScheduler(VLLMScheduler):
 
     def pins_on_finish(self, req: Request) -> bool:
         """Will `req`'s finish pin its blocks (rather than free them)?"""
-        return not (job_of(req) is None or self.params.ttl_s <= 0 or req.extra.get("last_call"))
+        # (`job_of(req) is None` without the tuple: asked for every finish a stretch's views count)
+        return not ((req.program_id is None and req.session_id is None) or self.params.ttl_s <= 0
+                    or req.extra.get("last_call"))
 
     def finish(self, req: Request, now_s: float) -> None:
         self.running.remove(req)
