@@ -41,6 +41,9 @@ class ContinuumParams(SchedulerParams):
     """How long a finished call's KV stays pinned for the job's next call (public fork: 2 s)."""
 
 
+_PROGRAM_ID, _SESSION_ID = attrgetter("program_id"), attrgetter("session_id")
+
+
 def job_of(req: Request):
     """The program or session a call belongs to (None: a standalone request)."""
     if req.program_id is not None:
@@ -291,7 +294,14 @@ class ContinuumScheduler(VLLMScheduler):
         the stretch, processed late, pins at the join step: the admission would release that).
         The running calls' jobs hold no pin either (`_jobs_apart`, or no running call pins)."""
         job = job_of(req)
-        return job is None or (job not in self.pins and job not in map(job_of, self.running))
+        if job is None or job in self.pins:
+            return job is None
+        # (no running call of its job, read in C: a program's calls by their program id; a
+        # session's by their session id, then by their jobs only if a program's call has it)
+        kind, key = job
+        if kind == "program":
+            return key not in map(_PROGRAM_ID, self.running)
+        return key not in map(_SESSION_ID, self.running) or job not in map(job_of, self.running)
 
     def vllm_admission(self) -> bool:
         return self.plain()
