@@ -167,3 +167,40 @@ def test_waiting_calls_iterate_in_pop_order_without_pins():
     assert len(listed) == len(queue) == 200 - 50 + 25
     assert listed == sorted(listed, key=queue._order)
     assert listed == [queue.pop() for _ in range(len(listed))]
+
+
+def test_job_checks_read_ids_as_jobs_would():
+    """`joins_last` and `_jobs_apart` read the running calls' program and session ids in C; a
+    program's call carrying a session id is the program's job, not the session's, so it neither
+    keeps that session's next turn out nor counts as its pin's call."""
+    sched = make_engine(num_blocks=200, scheduler="continuum")[1]
+    a, b, c = make_request(0, 32, 20), make_request(1, 32, 20), make_request(2, 32, 20)
+    a.session_id, b.session_id = 5, 6
+    c.program_id, c.session_id = 9, 5  # (a program's call: its job is program 9)
+    sched.running = [a, b, c]
+    turn = make_request(3, 32, 20)
+    turn.session_id = 6
+    assert sched._jobs_apart() is True  # (sessions 5, 6 and program 9)
+    assert sched.joins_last(turn, 0.0) is False  # (session 6's call b runs)
+    sched.running = [a, c]
+    assert sched.joins_last(turn, 0.0) is True
+    turn.session_id = 5
+    assert sched.joins_last(turn, 0.0) is False  # (a runs; c's session id alone would not keep it out)
+    sched.running = [c]
+    assert sched.joins_last(turn, 0.0) is True
+    sched.pins[("session", 5)] = (99, 5.0)  # (c's session id is a pinned session's: c's job is its program)
+    assert sched._jobs_apart() is True
+    assert sched.joins_last(turn, 0.0) is False  # (its own session holds a pin)
+    sched.running = [a, c]
+    assert sched._jobs_apart() is False  # (a's session holds a pin)
+    sched.pins = {("program", 9): (98, 5.0)}
+    sched.running = [b, c]
+    assert sched._jobs_apart() is False  # (c's program holds a pin)
+    b.session_id = None
+    sched.pins = {}
+    sched.running = [a, b, make_request(4, 32, 20)]  # (standalone calls have no job)
+    assert sched._jobs_apart() is True
+    twin = make_request(5, 32, 20)
+    twin.session_id = 5
+    sched.running = [a, b, twin]  # (two calls of session 5)
+    assert sched._jobs_apart() is False
