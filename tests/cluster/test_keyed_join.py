@@ -291,3 +291,30 @@ def test_head_evicts_reads_the_blocks_pops_would_take():
     assert not q.head_evicts(100, [g])
     q.pop(3)  # (the walks changed nothing: this takes the plain run; g's entry holds none of its blocks)
     assert not q.head_evicts(1, [g])
+
+
+@pytest.mark.parametrize("think_s", [1, 0])
+def test_finishes_at_the_last_step_are_told_before_a_join(think_s, monkeypatch):
+    """A turn arriving where requests leave at the stretch's last step (their finishes processed
+    at its end, with no notice of their own) joins after they are told, as stepping's step end
+    tells them before the next step's `schedule` (before, it ended the stretch); a follow-up they
+    make that arrives at once (no think time) still ends it."""
+    from servesim.replica import keyed_join
+
+    told, refused = [], []
+    tell = keyed_join.tell
+
+    def counted(engine, st, now_s):
+        told.append(tell(engine, st, now_s))
+        if engine.next_event_s() <= now_s:
+            refused.append(now_s)
+        return told[-1]
+
+    monkeypatch.setattr(keyed_join, "tell", counted)
+    sets = [*BUSY[:2], f"workload.sessions.think_time_s={think_s}"]
+    fast, slow, joins, _ = run_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert all(told) and len(told) >= 4, told  # (11 with a second's think time, 4 without)
+    assert len(refused) >= (2 if think_s == 0 else 0), refused  # (3 of those 4 make a follow-up at once)
+    assert think_s == 0 or not refused

@@ -54,7 +54,30 @@ def _notice(now_s: float, payload: tuple) -> None:
         return  # the stretch was applied, or cut before this departure's step
     if engine.on_event:
         engine.on_event()
+    r = st._sorted_rem[st.num_noticed]  # (their last token is step r - 1's)
+    told_now = tell(engine, st, now_s)
+    reqs = st.reqs
+    keyed = engine.follow_ups and engine.cache_read_outside and any([reqs[i].kv_block_keys is not None
+                                                                     for i in told_now])
+    if keyed or engine.next_event_s() <= now_s:
+        # A follow-up arrives now (no think time): stepping started the next step before it
+        # came, which a cut at now would not keep. End the stretch here instead, as a stretch
+        # that stops at its first finish does (its end event would come after the arrival).
+        # So too for a finish with prefix keys where a read from outside routes its next turn:
+        # the stretch registers its last blocks when applied, after that read otherwise.
+        st.truncate(r)
+        st.final = True
+        engine.end_stretch_now(st, now_s)
+        return
+    schedule_notice(engine, st)
+
+
+def tell(engine: Any, st: Any, now_s: float) -> list[int]:
+    """Tell the stretch's next departures, those whose last token is the same step, at that
+    step's end `now_s` (a notice pending for them is void: `schedule_notice` makes the next);
+    returns their indices in the stretch."""
     st.notice_at = 0
+    st.notice_id += 1
     rem, n = st._sorted_rem, st.num_noticed
     m = bisect_right(rem, rem[n], n)  # those whose last token is this step's, in finish order
     reqs, told = st.reqs, engine.scheduler.finish_noticed
@@ -66,16 +89,4 @@ def _notice(now_s: float, payload: tuple) -> None:
         told(req, now_s)  # (before its follow-ups: a policy's `add_request` may read its finish)
         engine.notice(req, now_s)
     st.num_noticed = m
-    keyed = engine.follow_ups and engine.cache_read_outside and any([reqs[i].kv_block_keys is not None
-                                                                     for i in told_now])
-    if keyed or engine.next_event_s() <= now_s:
-        # A follow-up arrives now (no think time): stepping started the next step before it
-        # came, which a cut at now would not keep. End the stretch here instead, as a stretch
-        # that stops at its first finish does (its end event would come after the arrival).
-        # So too for a finish with prefix keys where a read from outside routes its next turn:
-        # the stretch registers its last blocks when applied, after that read otherwise.
-        st.truncate(rem[n])
-        st.final = True
-        engine.end_stretch_now(st, now_s)
-        return
-    schedule_notice(engine, st)
+    return told_now

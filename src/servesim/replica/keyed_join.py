@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.finish_notices import untold_by
+from servesim.replica.finish_notices import tell, untold_by
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.join_keys import REFUSED, add_keyed, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
@@ -131,7 +131,15 @@ def _waiting_turn(engine, st: Stretch, now_s: float) -> tuple | None:
         return None
     s = st.k
     if engine.notice is not None and untold_by(st, s):
-        return None  # (a finish at step s - 1 not told yet: as `stretch_join.join_arrivals`)
+        # Finishes at step s - 1, the stretch's last (processed at its end, no notice of their
+        # own): told now, as stepping's step end tells them before step s's `schedule`, and as
+        # their notice would have if it had come before this event at the same time. A follow-up
+        # arriving now (no think time) ends the stretch (`join_arrivals` refuses them all)
+        if st._sorted_rem[st.num_noticed] != s:
+            return None
+        tell(engine, st, now_s)
+        if engine.next_event_s() <= now_s:
+            return None
     chain = None  # (step s runs a joined turn's rest: the turn kept waiting inside its chunks joins beside it)
     if st.rests and st.rests[-1][0] >= s:
         chain = st.chain_at
