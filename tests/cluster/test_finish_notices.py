@@ -182,3 +182,35 @@ def test_no_arrival_joins_a_stretch_before_a_finish_at_its_last_step_is_told(pre
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert fast.num_fast_forwarded_steps > 0.5 * len(fast.steps)
+
+
+@pytest.mark.parametrize("think_s", [1, 0])
+def test_arrivals_join_after_finishes_at_the_last_step_are_told(think_s, monkeypatch):
+    """Policies without prefix look-ups (vtc here) join arrivals at a stretch's end through
+    `join_arrivals`: finishes at the stretch's last step are told first (as stepping's step end
+    does before the next `schedule`; before, the stretch ended there), unless a follow-up they
+    make arrives at once, which still ends it."""
+    from servesim.replica import stretch_join
+
+    told, refused = [], []
+    tell_last = stretch_join.tell_last
+
+    def counted(engine, st, now_s):
+        n = st.num_noticed
+        may_join = tell_last(engine, st, now_s)
+        if st.num_noticed > n:
+            told.append(now_s)
+            if not may_join:
+                refused.append(now_s)
+        return may_join
+
+    monkeypatch.setattr(stretch_join, "tell_last", counted)
+    sets = [*BUSY[:2], f"workload.sessions.think_time_s={think_s}", "scheduler.name=vtc"]
+    fast, slow, _ = sessions_both(sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert len(told) >= 3, told  # (7 with a second's think time, 3 without)
+    if think_s:
+        assert not refused, refused
+    else:
+        assert len(refused) >= 2, refused  # (2 of those 3 make a follow-up at once)

@@ -13,6 +13,9 @@ request's tokens, blocks and row are applied with the stretch, which then leaves
 out. One event is pending at a time, for the next departure; a cut before its step voids it
 (`Stretch.notice_id`).
 A follow-up that arrives at once (no think time) ends the stretch at that departure's step.
+Those leaving at the stretch's last step have no event: its end processes them, or tells them
+first where a request joins it there (`tell_last`, as stepping's step end tells them before the
+next step's `schedule`).
 """
 
 from __future__ import annotations
@@ -55,11 +58,7 @@ def _notice(now_s: float, payload: tuple) -> None:
     if engine.on_event:
         engine.on_event()
     r = st._sorted_rem[st.num_noticed]  # (their last token is step r - 1's)
-    told_now = tell(engine, st, now_s)
-    reqs = st.reqs
-    keyed = engine.follow_ups and engine.cache_read_outside and any([reqs[i].kv_block_keys is not None
-                                                                     for i in told_now])
-    if keyed or engine.next_event_s() <= now_s:
+    if _follow_up_now(engine, st, tell(engine, st, now_s), now_s):
         # A follow-up arrives now (no think time): stepping started the next step before it
         # came, which a cut at now would not keep. End the stretch here instead, as a stretch
         # that stops at its first finish does (its end event would come after the arrival).
@@ -70,6 +69,27 @@ def _notice(now_s: float, payload: tuple) -> None:
         engine.end_stretch_now(st, now_s)
         return
     schedule_notice(engine, st)
+
+
+def tell_last(engine: Any, st: Any, now_s: float) -> bool:
+    """At the stretch's end `now_s`, before a request joins it at step s = k: tell those that
+    left at step s - 1, its last (they have no notice of their own: the stretch's end processes
+    them), as stepping's step end tells them before step s's `schedule`, and as their notice
+    would have, had it come before this event at the same time. False where none may join: one
+    left earlier is not told yet, or a follow-up of theirs arrives now or needs the stretch
+    applied (`_notice`'s cases for ending it there)."""
+    if st._sorted_rem[st.num_noticed] != st.k:
+        return False
+    return not _follow_up_now(engine, st, tell(engine, st, now_s), now_s)
+
+
+def _follow_up_now(engine: Any, st: Any, told_now: list[int], now_s: float) -> bool:
+    """Does a follow-up of the requests just told arrive now (no think time), or a next turn
+    of theirs with prefix keys go where a read of the caches from outside routes it?"""
+    reqs = st.reqs
+    return (engine.follow_ups and engine.cache_read_outside and any([reqs[i].kv_block_keys is not None
+                                                                      for i in told_now])
+            or engine.next_event_s() <= now_s)
 
 
 def tell(engine: Any, st: Any, now_s: float) -> list[int]:

@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
-from servesim.replica.finish_notices import tell, untold_by
+from servesim.replica.finish_notices import tell_last, untold_by
 from servesim.replica.held_hits import held_by_departed, log_shared
 from servesim.replica.join_keys import REFUSED, add_keyed, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
@@ -97,7 +97,8 @@ class _Turn(NamedTuple):
 def keyed_join(engine, st: Stretch, now_s: float) -> bool:
     """At `now_s`, the end of the stretch `st` (cut by an arrival), one request waiting: admit
     it into the stretch if the conditions above hold, and price on. True if it joined (the
-    stretch's end event is rescheduled); False changes nothing the simulation reads later."""
+    stretch's end event is rescheduled); False changes nothing the simulation reads later (but
+    for the finishes at its last step, told as stepping's step end tells them: `tell_last`)."""
     found = _waiting_turn(engine, st, now_s)
     turn = _fits(engine, st, *found) if found is not None else None
     if turn is None:
@@ -130,16 +131,8 @@ def _waiting_turn(engine, st: Stretch, now_s: float) -> tuple | None:
             or engine.ports is not None or len(sched.running) != len(st.reqs) or sched.num_waiting != 1):
         return None
     s = st.k
-    if engine.notice is not None and untold_by(st, s):
-        # Finishes at step s - 1, the stretch's last (processed at its end, no notice of their
-        # own): told now, as stepping's step end tells them before step s's `schedule`, and as
-        # their notice would have if it had come before this event at the same time. A follow-up
-        # arriving now (no think time) ends the stretch (`join_arrivals` refuses them all)
-        if st._sorted_rem[st.num_noticed] != s:
-            return None
-        tell(engine, st, now_s)
-        if engine.next_event_s() <= now_s:
-            return None
+    if engine.notice is not None and untold_by(st, s) and not tell_last(engine, st, now_s):
+        return None  # (finishes at step s - 1 told, or one not told yet: `finish_notices.tell_last`)
     chain = None  # (step s runs a joined turn's rest: the turn kept waiting inside its chunks joins beside it)
     if st.rests and st.rests[-1][0] >= s:
         chain = st.chain_at

@@ -34,7 +34,7 @@ import math
 from bisect import bisect_left, bisect_right
 
 from servesim.replica.chunk_join import chain_join, chunk_join
-from servesim.replica.finish_notices import untold_by
+from servesim.replica.finish_notices import tell_last, untold_by
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS, SchedulerOutput
 from servesim.replica.spec_stretch import SpecStretch
 from servesim.replica.stretch import Stretch
@@ -49,7 +49,8 @@ MAX_EXTRA_DEPARTED = 32
 def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     """At `now_s`, the end of the stretch `st` (cut by arrivals): admit the waiting requests
     into it if stepping would admit them whole at the next step, and price it on. True if they
-    joined (the stretch's end event is rescheduled); False changes nothing."""
+    joined (the stretch's end event is rescheduled); False changes nothing (but for the finishes
+    at its last step, told as stepping's step end tells them: `tell_last`)."""
     if type(st) is SpecStretch:
         return spec_join_arrivals(engine, st, now_s)
     sched, kv = engine.scheduler, engine.kv
@@ -57,9 +58,9 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
-    if engine.notice is not None and untold_by(st, s):
-        # (a finish at step s - 1 not told yet, its notice due now: stepping's `schedule` at s
-        # sees what it makes, a follow-up arriving at once, which would end the stretch at that
+    if engine.notice is not None and untold_by(st, s) and not tell_last(engine, st, now_s):
+        # (finishes at step s - 1 told now, as stepping's step end does; or not, where one left
+        # earlier is untold or a follow-up arrives at once, which would end the stretch at that
         # finish's step and leave a newcomer joined at s admitted with nothing computed)
         return False
     if st.prompt_runs and st.prompt_runs[-1][0] + len(st.prompt_runs[-1][1]) >= s:
