@@ -1,8 +1,8 @@
 """On a closed loop (finishes told at their times, `replica/finish_notices.py`), requests without
 prefix keys join a stretch as a prompt-only step (`stretch_join._stall_join`: vtc's mini-batch,
-vLLM V0's and SGLang's prefill-first steps), unless a finish at the step before the join is not
-told yet (`join_arrivals`, `keyed_join`: no join of any kind there): stepping's `schedule` there
-sees the follow-up it makes first. Fast-forwarded runs
+vLLM V0's and SGLang's prefill-first steps); finishes at the step before the join are told first
+(`finish_notices.tell_last`), and no join of any kind is made where a follow-up of theirs arrives
+at once (`join_arrivals`, `keyed_join`): stepping's `schedule` there sees it first. Fast-forwarded runs
 equal stepping's (every request, every step, the summary, vtc's counters), and the joins ran."""
 
 from __future__ import annotations
@@ -85,14 +85,30 @@ def test_prompt_only_joins_under_notices_match_stepping(path, sets, least, monke
     assert joins >= least, joins  # (before, every such arrival on a closed loop ended the stretch)
 
 
-def test_a_finish_not_told_before_the_join_step_is_refused(monkeypatch):
-    # Agent programs' next calls follow at once: where a call's last token is the step before
-    # the join, its follow-up must be in that step's `schedule` (joining before it was told
-    # made the stretch end at its step with the newcomer admitted but never run)
-    fast, slow, joins, refused, _ = _both(AGENTS, ["scheduler.name=vtc", "workload.num_requests=500"], monkeypatch)
+@pytest.mark.parametrize("sets, least", [(["scheduler.name=vtc"], 1),
+                                         (["scheduler.name=vllm-v0", "engine.enable_prefix_caching=false"], 3)])
+def test_a_finish_at_the_step_before_the_join_is_told_first(sets, least, monkeypatch):
+    # Agent programs' next calls often follow at once: where a call's last token is the step
+    # before the join, it is told first (`finish_notices.tell_last`, as stepping's step end), and
+    # a follow-up arriving at once must be in that step's `schedule`: the join is refused there
+    # (joining before it was told made the stretch end at its step with the newcomer admitted
+    # but never run)
+    told, refused = [], []
+    tell_last = stretch_join.tell_last
+
+    def counted(engine, st, now_s):
+        n = st.num_noticed
+        may_join = tell_last(engine, st, now_s)
+        if st.num_noticed > n:
+            (told if may_join else refused).append(st.k)
+        return may_join
+
+    monkeypatch.setattr(stretch_join, "tell_last", counted)
+    fast, slow, joins, _, _ = _both(AGENTS, [*sets, "workload.num_requests=500"], monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
-    assert refused >= 5 and joins >= 50, (refused, joins)
+    # (vtc: 9 told and joined, 1 refused; vllm-v0: 2 and 5)
+    assert len(told) >= 2 and len(refused) >= least and joins >= 50, (told, refused, joins)
 
 
 def test_a_finish_not_told_before_a_keyed_prompt_only_join_is_refused(monkeypatch):
