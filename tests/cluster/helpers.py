@@ -103,6 +103,26 @@ def keyed_joins(monkeypatch) -> list[int]:
     return joins
 
 
+def count_tells(monkeypatch, module) -> tuple[list[int], list[int]]:
+    """Count the finishes told at a stretch's last step before a join (`finish_notices.tell_last`
+    as `module`, `keyed_join` or `stretch_join`, calls it) in the runs that follow: (the joins'
+    steps where it told some, those of them it refused: a follow-up arriving at once)."""
+    told, refused = [], []
+    tell_last = module.tell_last
+
+    def counted(engine, st, now_s):
+        n = st.num_noticed
+        may_join = tell_last(engine, st, now_s)
+        if st.num_noticed > n:
+            told.append(st.k)
+            if not may_join:
+                refused.append(st.k)
+        return may_join
+
+    monkeypatch.setattr(module, "tell_last", counted)
+    return told, refused
+
+
 def keep_kv_caches(m) -> list:
     """Every `KVCacheManager` made while monkeypatch `m` holds, in the order made (to read
     their counters after a run)."""

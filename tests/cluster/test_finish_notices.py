@@ -8,7 +8,7 @@ import pytest
 from servesim.replica.fast_forward import FastForwarding
 from servesim.replica.replica import Replica
 
-from .helpers import assert_same_steps, outcome, reads_everything, sessions_both  # noqa: F401  (fixture)
+from .helpers import assert_same_steps, count_tells, outcome, reads_everything, sessions_both  # noqa: F401  (fixture)
 
 # Short think times and a busy replica: next turns arrive while stretches holding other
 # conversations' turns run, and several turns finish inside each stretch.
@@ -192,19 +192,7 @@ def test_arrivals_join_after_finishes_at_the_last_step_are_told(think_s, monkeyp
     make arrives at once, which still ends it."""
     from servesim.replica import stretch_join
 
-    told, refused = [], []
-    tell_last = stretch_join.tell_last
-
-    def counted(engine, st, now_s):
-        n = st.num_noticed
-        may_join = tell_last(engine, st, now_s)
-        if st.num_noticed > n:
-            told.append(now_s)
-            if not may_join:
-                refused.append(now_s)
-        return may_join
-
-    monkeypatch.setattr(stretch_join, "tell_last", counted)
+    told, refused = count_tells(monkeypatch, stretch_join)
     sets = [*BUSY[:2], f"workload.sessions.think_time_s={think_s}", "scheduler.name=vtc"]
     fast, slow, _ = sessions_both(sets, monkeypatch)
     assert outcome(fast) == outcome(slow)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward
+from servesim.replica import fast_forward, keyed_join
 
-from .helpers import assert_same_steps, keyed_joins, outcome, wrong_registrations
+from .helpers import assert_same_steps, count_tells, keyed_joins, outcome, wrong_registrations
 
 SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 # Busy conversations with short think times: next turns arrive while stretches holding other
@@ -299,21 +299,7 @@ def test_finishes_at_the_last_step_are_told_before_a_join(think_s, monkeypatch):
     at its end, with no notice of their own) joins after they are told, as stepping's step end
     tells them before the next step's `schedule` (before, it ended the stretch); a follow-up they
     make that arrives at once (no think time) still ends it."""
-    from servesim.replica import keyed_join
-
-    told, refused = [], []
-    tell_last = keyed_join.tell_last
-
-    def counted(engine, st, now_s):
-        n = st.num_noticed
-        may_join = tell_last(engine, st, now_s)
-        if st.num_noticed > n:
-            told.append(st.num_noticed - n)
-            if not may_join:
-                refused.append(now_s)
-        return may_join
-
-    monkeypatch.setattr(keyed_join, "tell_last", counted)
+    told, refused = count_tells(monkeypatch, keyed_join)
     sets = [*BUSY[:2], f"workload.sessions.think_time_s={think_s}"]
     fast, slow, joins, _ = run_both(sets, monkeypatch)
     assert outcome(fast) == outcome(slow)
