@@ -185,20 +185,22 @@ def test_no_arrival_joins_a_stretch_before_a_finish_at_its_last_step_is_told(pre
 
 
 @pytest.mark.parametrize("think_s", [1, 0])
-def test_arrivals_join_after_finishes_at_the_last_step_are_told(think_s, monkeypatch):
-    """Policies without prefix look-ups (vtc here) join arrivals at a stretch's end through
-    `join_arrivals`: finishes at the stretch's last step are told first (as stepping's step end
-    does before the next `schedule`; before, the stretch ended there), unless a follow-up they
-    make arrives at once, which still ends it."""
-    from servesim.replica import stretch_join
+@pytest.mark.parametrize("scheduler, joins, least", [("vllm", "keyed_join", 4), ("vtc", "stretch_join", 3)])
+def test_arrivals_join_after_finishes_at_the_last_step_are_told(think_s, scheduler, joins, least, monkeypatch):
+    """A turn arriving where requests leave at the stretch's last step (their finishes processed
+    at its end, with no notice of their own) joins after they are told, as stepping's step end
+    tells them before the next `schedule` (before, the stretch ended there), unless a follow-up
+    they make arrives at once, which still ends it: vllm's turns join by `keyed_join`, vtc's
+    (no prefix look-ups) by `join_arrivals`."""
+    import importlib
 
-    told, refused = count_tells(monkeypatch, stretch_join)
-    sets = [*BUSY[:2], f"workload.sessions.think_time_s={think_s}", "scheduler.name=vtc"]
+    told, refused = count_tells(monkeypatch, importlib.import_module(f"servesim.replica.{joins}"))
+    sets = [*BUSY[:2], f"workload.sessions.think_time_s={think_s}", f"scheduler.name={scheduler}"]
     fast, slow, _ = sessions_both(sets, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
-    assert len(told) >= 3, told  # (7 with a second's think time, 3 without)
+    assert len(told) >= least, told  # (vllm: 11 with a second's think time, 4 without; vtc: 7 and 3)
     if think_s:
         assert not refused, refused
     else:
-        assert len(refused) >= 2, refused  # (2 of those 3 make a follow-up at once)
+        assert len(refused) >= 2, refused  # (vllm: 3 of those 4 make a follow-up at once; vtc: 2 of 3)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward, keyed_join
+from servesim.replica import fast_forward
 
-from .helpers import assert_same_steps, count_tells, keyed_joins, outcome, wrong_registrations
+from .helpers import assert_same_steps, keyed_joins, outcome, wrong_registrations
 
 SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 # Busy conversations with short think times: next turns arrive while stretches holding other
@@ -292,20 +292,3 @@ def test_head_evicts_reads_the_blocks_pops_would_take():
     q.pop(3)  # (the walks changed nothing: this takes the plain run; g's entry holds none of its blocks)
     assert not q.head_evicts(1, [g])
 
-
-@pytest.mark.parametrize("think_s", [1, 0])
-def test_finishes_at_the_last_step_are_told_before_a_join(think_s, monkeypatch):
-    """A turn arriving where requests leave at the stretch's last step (their finishes processed
-    at its end, with no notice of their own) joins after they are told, as stepping's step end
-    tells them before the next step's `schedule` (before, it ended the stretch); a follow-up they
-    make that arrives at once (no think time) still ends it."""
-    told, refused = count_tells(monkeypatch, keyed_join)
-    sets = [*BUSY[:2], f"workload.sessions.think_time_s={think_s}"]
-    fast, slow, joins, _ = run_both(sets, monkeypatch)
-    assert outcome(fast) == outcome(slow)
-    assert_same_steps(fast, slow)
-    assert len(told) >= 4, told  # (11 with a second's think time, 4 without)
-    if think_s:
-        assert not refused, refused
-    else:
-        assert len(refused) >= 2, refused  # (3 of those 4 make a follow-up at once)
