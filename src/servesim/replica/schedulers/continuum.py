@@ -294,8 +294,10 @@ class ContinuumScheduler(VLLMScheduler):
         the stretch, processed late, pins at the join step: the admission would release that).
         The running calls' jobs hold no pin either (`_jobs_apart`, or no running call pins)."""
         job = job_of(req)
-        if job is None or job in self.pins:
-            return job is None
+        if job is None:
+            return True
+        if job in self.pins:
+            return False
         # (no running call of its job, read in C: a program's calls by their program id; a
         # session's by their session id, then by their jobs only if a program's call has it)
         kind, key = job
