@@ -25,6 +25,23 @@ def test_chunk_time_fn_equals_step_time(model, gpu, tp, engine):
             assert f(cached, sum(ctx)) == perf.step_time_s([(chunk, cached)], ctx)  # exact, not approximate
 
 
+def test_chunk_time_fn_is_memoised_and_its_memo_bounded(monkeypatch):
+    # (a Sarathi arrival joining with chunks asks for the same (decodes, chunk) forms at every
+    # join: built once; callers asking for arbitrary prompt lengths empty the memo, not grow it)
+    from servesim.perf import chunk_forms
+
+    perf = build_perf_model("llama-3.1-8b", "h100-sxm")
+    f = perf.chunk_time_fn(13, 499)
+    assert perf.chunk_time_fn(13, 499) is f and perf.chunk_time_fn(13, 498) is not f
+    monkeypatch.setattr(chunk_forms, "CHUNK_FNS", 8)
+    for chunk in range(1, 30):
+        g = perf.chunk_time_fn(5, chunk)
+        assert g(100, 700) == perf.step_time_s([(chunk, 100)], [140] * 5)
+        assert 1 <= len(perf._chunk_fns) <= 8
+    sliding = build_perf_model("mistral-7b", "a100-80gb")
+    assert sliding.chunk_time_fn(4, 100) is None and sliding.chunk_time_fn(4, 100) is None  # (a memoised None)
+
+
 def test_sliding_window_models_have_no_chunk_form():
     assert build_perf_model("mistral-7b", "a100-80gb").chunk_time_fn(4, 100) is None
     assert build_perf_model("mistral-7b", "a100-80gb").prompt_step_s(4, 100, 400) is None

@@ -15,6 +15,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 
+CHUNK_FNS = 4096  # `chunk_time_fn`'s memo entries at most (a few hundred batch sizes in use)
+
+
 class ChunkFormsMixin:
     """Prompt-chunk step times of a `PerfModel` (its memoised terms and floats: `_token_s`, `_pair_full`, ...)."""
 
@@ -26,7 +29,21 @@ class ChunkFormsMixin:
         that sum: `step_time_s`'s float operations in the same order (a fast-forwarded prompt's
         successive chunks, `replica/chunk_stretch.py`; tests/perf/test_chunk_time_fn.py keeps
         the two in step). None with sliding-window layers (the decodes' time is not a function
-        of their sum)."""
+        of their sum). Memoised: a Sarathi arrival joining with chunks asks for the same few
+        (decodes, budget they leave) at every join (about 2 a request at 8 replicas); the memo
+        is emptied past `CHUNK_FNS` entries, so callers asking for arbitrary prompt lengths
+        do not make it grow without bound."""
+        fns = self._chunk_fns
+        f = fns.get((num_decodes, chunk), False)
+        if f is not False:
+            return f
+        if len(fns) >= CHUNK_FNS:
+            fns.clear()
+        f = fns[num_decodes, chunk] = self._chunk_time_fn(num_decodes, chunk)
+        return f
+
+    def _chunk_time_fn(self, num_decodes: int, chunk: int) -> Callable[[int, int], float] | None:
+        """`chunk_time_fn`, built."""
         if self._window is not None or chunk <= 0 or num_decodes < 0 or self._graphless:
             return None
         num_tokens, num_seqs = chunk + num_decodes, 1 + num_decodes

@@ -92,6 +92,7 @@ class PerfModel(MemoryMixin, ChunkFormsMixin, VerifyFormsMixin):
         object.__setattr__(self, "_cpu_terms", (t.c.step_overhead_s, t.c.seq_overhead_s, t.c.token_overhead_s))
         object.__setattr__(self, "_verify_fns", {})  # exact memo: (seqs, tokens each[, chunk]) -> verify forms
         object.__setattr__(self, "_chunk_runs", {})  # exact memo: (decodes, chunk) -> `chunk_run_fn`'s run (or None)
+        object.__setattr__(self, "_chunk_fns", {})  # exact memo: (decodes, chunk) -> `chunk_time_fn`'s form (bounded)
         object.__setattr__(self, "_token_terms", t.token_terms())  # `_token_s`'s linear_s and other_s on a miss
         # TP 1 and PP 1: no all-reduce, no hand-off, so communication_s is L x 0.0 + L x 0.0 (and v + 0.0 is v).
         object.__setattr__(self, "_communicates", t.tp > 1 or t.pp > 1)

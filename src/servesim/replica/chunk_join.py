@@ -213,13 +213,10 @@ def join_after_chunks(engine, st, chunk_fn, req, chunks: list[int], cached: int,
     already in the stretch (a chained join's first chunk: s0 = k - 1, the state step k's).
     Returns its join step's scalar state (`Stretch.chain_at`)."""
     rem, s0 = st._sorted_rem, st.k - priced
-    t, ends, done, fns = st.end_s, [], cached + sum(chunks[:priced]), {}
+    t, ends, done = st.end_s, [], cached + sum(chunks[:priced])
     for j, chunk in enumerate(chunks[priced:] if priced else chunks, st.k + 1):  # (j: the step after the chunk's)
         active = st._active
-        f = fns.get((active, chunk))  # (a decode leaving changes the batch, not always the chunk: a threshold's)
-        if f is None:
-            f = fns[active, chunk] = chunk_fn(active, chunk)
-        t += f(done, st._ctx_sum)
+        t += chunk_fn(active, chunk)(done, st._ctx_sum)  # (memoised by the perf model: a decode leaving changes the batch)
         ends.append(t)
         done += chunk
         st._ctx_sum += active
@@ -228,7 +225,8 @@ def join_after_chunks(engine, st, chunk_fn, req, chunks: list[int], cached: int,
     st._append(ends)
     st.prompt_runs.append((s0, chunks, req, run_blocks))
     active, ctx_sum, rest = st._active, st._ctx_sum, cached + n - done
-    step_s = chunk_fn(active, rest)(done, ctx_sum)
+    step_fn = getattr(engine.perf, "prompt_step_s", None)  # (the form's floats without building it: the rest is any length)
+    step_s = step_fn(active, rest, ctx_sum, done) if step_fn is not None else chunk_fn(active, rest)(done, ctx_sum)
     at = (st.k, active, ctx_sum, done, rest)
     st.join_one(req, n, first_new, blocks, step_s, engine._decode_forms(len(st.reqs) + 1), engine.kv.block_size,
                 cached)
