@@ -38,6 +38,8 @@ BALANCE_BY_ENGINE = {"vllm": "vllm", "trtllm": "trtllm", "sglang": "round_robin"
 class RanksKV:
     """The ranks' KV caches as the engine and the reports see one replica's: blocks summed."""
 
+    through_in_order = False  # (`KVCacheManager.through_in_order`: the ranks' stretches are the engine's own)
+
     def __init__(self, caches: list[KVCacheManager], rank_of: dict[int, int]) -> None:
         self.caches = caches
         self.rank_of = rank_of  # request id -> its rank (the scheduler's map, shared)

@@ -94,7 +94,9 @@ class FastForwarding(StretchApply):
             reqs, ctx1 = decodes, [c + 1 for c in decode_ctxs]
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
         keyed = keyed_pairs(reqs, ctx1)
-        through = self._through_finishes(ff, keyed)
+        kv = self.kv
+        in_order = kv.through_in_order and bool(keyed or kv.evictable_blocks)  # (`replica/ordered_frees.py`)
+        through = self._through_finishes(ff, keyed, in_order)
         if ff.through_timers:  # (the policy's timers it may run through: `replica/policy_stops.py`)
             timers = self.scheduler.stretch_timers() if through else None
             horizon_s = self._stretch_horizon_s(now_s, end0, timers)
@@ -113,6 +115,7 @@ class FastForwarding(StretchApply):
                      self.perf, self.scheduler.num_waiting, self._decode_forms, keyed)
         if through and keyed:
             st.keyed_last = [r.output_len - r.num_output_tokens - 1 for r, _ in keyed]
+        st.in_order = through and in_order
         if through and ff.finish_timer_s != INF:  # (finishes that pin: blocks kept, a timer after each)
             st.kept = (self.scheduler.keeps_blocks, ff.finish_timer_s)
         st.timers = timers
@@ -132,15 +135,22 @@ class FastForwarding(StretchApply):
             return False
         return self._launch(st, reqs, ctx1)
 
-    def _through_finishes(self, ff: FastForward, keyed: list) -> bool:
+    def _through_finishes(self, ff: FastForward, keyed: list, in_order: bool = False) -> bool:
         """May the stretch run through finishes, processed late? Where the policy's answer `ff`
         allows, with prefix keys (`keyed`) only with the vLLM cache, whose frees and
         registrations commute with the stretch's pops (each request registers up to its own last
-        step and its finish's frees are counted by reference: `freed_blocks`). With a
-        closed-loop workload each finish is told at its time (`notice`), unless the scheduler's
-        `add_request` reads what finishes change: then follow-ups could arrive before the finish
-        they depend on is processed, and stretches stop at finishes."""
-        return self.defer_finishes and ff.through_finishes and (not keyed or self.keyed_through) and not (
+        step and its finish's frees are counted by reference: `freed_blocks`), or applied in
+        step order (`in_order`: SGLang's radix cache, with keys or evictable tree blocks,
+        `replica/ordered_frees.py`; not while the cache is read from outside, which would see
+        the tree without the finishes' inserts). With a closed-loop workload each finish is told
+        at its time (`notice`), unless the scheduler's `add_request` reads what finishes change:
+        then follow-ups could arrive before the finish they depend on is processed, and
+        stretches stop at finishes."""
+        if in_order:
+            allowed = not self.cache_read_outside
+        else:
+            allowed = not keyed or self.keyed_through
+        return self.defer_finishes and ff.through_finishes and allowed and not (
             self.notice is not None and self.scheduler.arrival_reads_finishes)
 
     def _launch(self, st: Stretch, reqs: list[Request], ctx1: list[int]) -> bool:

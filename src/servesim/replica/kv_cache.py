@@ -74,6 +74,11 @@ def cdiv(a: int, b: int) -> int:
 class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
     """GPU block pool with prefix caching, plus a CPU swap tier tracked by capacity."""
 
+    # Does a stretch through finishes apply its growth and its finishes' releases in step order
+    # (`replica/ordered_frees.py`: SGLang's radix cache, whose finishes insert into its tree)?
+    # Here finishes commute with the stretch's pops as they are (`Engine._through_finishes`).
+    through_in_order = False
+
     def __init__(
         self,
         num_gpu_blocks: int,

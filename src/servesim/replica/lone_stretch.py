@@ -36,8 +36,9 @@ def lone_fast_forward(engine: "Engine", now_s: float, out: SchedulerOutput, pref
     if keys is not None and (keys.num_blocks if type(keys) is BlockKeys else keys):
         return None
     if not (engine.defer_finishes and ff.through_finishes) or (
-            engine.notice is not None and engine.scheduler.arrival_reads_finishes):
-        return None
+            engine.notice is not None and engine.scheduler.arrival_reads_finishes) or (
+            engine.kv.through_in_order and engine.kv.evictable_blocks):
+        return None  # (evictable radix blocks: the general path's stretch applies its finishes in order)
     kmax = req.output_len  # its tokens to emit (none yet), step 0's included: its steps
     if ff.max_steps < kmax:
         kmax = ff.max_steps

@@ -63,6 +63,10 @@ class RadixKVCache(RadixTree, KVCacheManager):
         self._heap: list[tuple[int, int, RadixNode]] = []
         self._seq = 0
 
+    # A stretch through finishes holding requests with keys, or while the tree holds evictable
+    # blocks, applies its growth and its finishes in step order (`replica/ordered_frees.py`)
+    through_in_order = True
+
     # ---------------------------------------------------------------- tree (`RadixTree`)
     get_computed_blocks = RadixTree.match
 
@@ -171,8 +175,29 @@ class RadixKVCache(RadixTree, KVCacheManager):
         `cache_full_blocks_many` then dropped: 5 % of sglang sessions 8.)"""
         return False
 
-    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> None:
+    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int,
+                               last: list[int] | None = None) -> None:
         """Nothing to do (as `cache_full_blocks`)."""
+
+    def blocks_freed(self, req_ids: list[Any], dropped: dict) -> list[int]:
+        """The free blocks each request's `cache_finished` would add, releasing them in this
+        order after those `dropped` counts (node -> locks dropped by the earlier ones; updated):
+        its private blocks (inserted into the tree unlocked, or freed where the tree has them),
+        and the blocks of its path's nodes whose last lock it drops (a prefix another request
+        holds stays in use). Changes nothing else (a stretch's step log and views)."""
+        out = []
+        for rid in req_ids:
+            st = self._reqs[rid]
+            n = st.plain
+            node = st.last
+            while node is not None and node.parent is not None:
+                d = dropped.get(node, 0)
+                if node.lock_ref - d == 1:
+                    n += len(node.idents)
+                dropped[node] = d + 1
+                node = node.parent
+            out.append(n)
+        return out
 
     def free(self, req_id: int) -> None:
         """Release without inserting (retraction, end of run): private blocks return, the

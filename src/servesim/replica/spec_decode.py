@@ -214,7 +214,8 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
             return False  # (not the batch's requests: nothing to repeat)
     # (a finish ends a chunk stretch: the next chunk takes the budget the finished decode left)
     through = (prompt is None and engine.defer_finishes and engine.notice is None and ff.through_finishes
-               and ff.finish_timer_s == math.inf and not any(r.kv_block_keys for r, *_ in batch))
+               and ff.finish_timer_s == math.inf and not any(r.kv_block_keys for r, *_ in batch)
+               and not (engine.kv.through_in_order and engine.kv.evictable_blocks))  # (radix finishes: in order)
     if not through and any(e == r.output_len - r.num_output_tokens for r, _, e, _ in batch):
         return False  # (a finish in step 0 would end the stretch there)
     if (engine.lookahead == 1 and engine.next_event_s() <= now_s + dt0_s

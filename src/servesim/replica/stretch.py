@@ -49,7 +49,7 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
                  "_p", "_f", "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
-                 "waiting_to", "spent_to", "timers")
+                 "waiting_to", "spent_to", "timers", "in_order")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -117,6 +117,9 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         # that bounds it, [(time, key, blocks)] not fired yet, [(step, blocks)] fired at a join,
         # the (step start, key) fired late, set when applied] (`replica/policy_stops.py`); None: none
         self.timers: list | None = None
+        # through finishes, its growth and its finishes' releases applied in step order (SGLang's
+        # radix cache: `replica/ordered_frees.py`); then no arrival joins it
+        self.in_order = False
 
     def _step_zero(self, end0_s: float) -> None:
         """The stretch of step 0 alone, ending at `end0_s`: its end, events and notices."""
@@ -241,7 +244,7 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         departure order adds (a prefix block another request holds stays in use until the
         last of them leaves). Nothing it reads changes while the stretch is in flight (no
         hit, release or join), so it is counted once."""
-        if self.keyed_last is None:
+        if self.keyed_last is None and not self.in_order:
             if self.kept is not None:  # (a finish that keeps its blocks, a pin, frees none)
                 keeps = self.kept[0]
                 return lambda req: 0 if keeps(req) else kv.num_blocks_of(req.id)

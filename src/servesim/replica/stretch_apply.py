@@ -15,6 +15,7 @@ from servesim.metrics.recorder import BlockGrowth
 from servesim.replica import moved_runs, policy_stops
 from servesim.replica.chunk_join import apply_prompt_runs
 from servesim.replica.keyed_chunk_join import apply_rests
+from servesim.replica.ordered_frees import allocate_in_order
 from servesim.replica.stretch import Stretch
 from servesim.replica.stretch_stalls import apply_stalled, grown_blocks
 from servesim.replica.token_advance import advance_decodes, advance_decodes_by, apply_joins, apply_step0_prompts
@@ -75,7 +76,10 @@ class StretchApply:
             if st.join_shared:  # (hits on held blocks, logged as in use from the join's first step: those already were)
                 frees += [(s, c) for s, c in st.join_shared if s < k]
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
-        self._apply_blocks(st, new_blocks, cut)
+        if st.in_order and finished:  # (SGLang's radix cache: growth and releases in step order)
+            allocate_in_order(self.kv, st, steps_of, finished, bs)
+        else:
+            self._apply_blocks(st, new_blocks, cut)
         done = [reqs[i] for i in finished]
         endv = st.ends_view  # (Python floats: no numpy scalar made per finish)
         for req in done:

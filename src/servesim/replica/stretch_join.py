@@ -54,8 +54,8 @@ def join_arrivals(engine, st: Stretch, now_s: float) -> bool:
     if type(st) is SpecStretch:
         return spec_join_arrivals(engine, st, now_s)
     sched, kv = engine.scheduler, engine.kv
-    if (type(st) is not Stretch or not st.through or st.limited or st.keyed or st._perf is not engine.perf
-            or engine.ports is not None or len(sched.running) != len(st.reqs)):
+    if (type(st) is not Stretch or not st.through or st.limited or st.keyed or st.in_order
+            or st._perf is not engine.perf or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False
     s = st.k  # the next step: the first whose `schedule` sees the newcomers
     if engine.notice is not None and untold_by(st, s) and not tell_last(engine, st, now_s):

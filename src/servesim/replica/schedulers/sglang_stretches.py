@@ -93,8 +93,9 @@ class SGLangStretches:
         # read, where a decode step's whole batch was, each request's keys and state, every step)
         if any(req.kv_block_keys and not req.is_decoding for req, _ in output.scheduled[output.num_known_decodes:]):
             return REPEAT_DECODES
-        # Through finishes only while no tree block is evictable: a stretch takes its decodes'
-        # blocks from those free when it starts, and stepping would take the blocks a finish
-        # returns before evicting any; with nothing evictable neither ever evicts, so they
-        # agree (keyed requests, whose finishes insert into the tree, end stretches anyway).
-        return REPEAT_THROUGH if not self.kv.evictable_blocks else REPEAT_AFTER_PREFILL
+        # Through finishes: a finish inserts its blocks into the tree and frees the rest, and
+        # stepping's growth after it takes those before evicting any; the engine applies such a
+        # stretch's growth and finishes in step order (`replica/ordered_frees.py`) where the
+        # tree holds evictable blocks or a request has keys (no arrival joins it then). A
+        # speculative stretch does not (it stops at finishes while blocks are evictable).
+        return REPEAT_THROUGH
