@@ -82,11 +82,18 @@ def test_stretches_run_through_finishes_when_nothing_waits(scheduler, params):
     assert a.loop.num_events < c.loop.num_events - 5  # eight finishes, about one stretch
 
 
-def test_sglang_stops_at_finishes_while_tree_blocks_are_evictable():
+def test_sglang_runs_through_a_finish_in_step_order_while_tree_blocks_are_evictable(monkeypatch):
     # A's 20 prompt blocks stay in the radix tree, evictable, after it finishes. B and C then
     # decode with 6 truly free blocks and need 14 more: stepping takes B's blocks when it
-    # finishes and never evicts; a stretch through B's finish would evict 8 of A's blocks, and
-    # D, which shares A's prompt, would hit fewer. So sglang's stretch stops at B's finish.
+    # finishes and never evicts; a stretch through B's finish that took all its growth first
+    # would evict 8 of A's blocks, and D, which shares A's prompt, would hit fewer. The stretch
+    # applies its growth and B's release in step order (`replica/ordered_frees.py`).
+    from servesim.replica import ordered_frees, stretch_apply
+    released = []
+    allocate = ordered_frees.allocate_in_order
+    monkeypatch.setattr(stretch_apply, "allocate_in_order",
+                        lambda kv, st, *a: (released.append(len(a[1])), allocate(kv, st, *a))[1])
+
     def reqs():
         a_keys = dict(hash_ids=tuple(range(20)), hash_block_tokens=16)
         return [make_request(0, 320, 2, 0.0, max_tokens=2, **a_keys),
@@ -95,6 +102,7 @@ def test_sglang_stops_at_finishes_while_tree_blocks_are_evictable():
 
     a_reqs, b_reqs = reqs(), reqs()
     a = engine_run(a_reqs, True, 40, "sglang", {}, defer=True)
+    assert released and max(released) >= 1, released
     b = engine_run(b_reqs, False, 40, "sglang", {}, defer=False)
     assert a.num_fast_forwarded_steps > 0
     assert_same_run(a, b, a_reqs, b_reqs, 40)
