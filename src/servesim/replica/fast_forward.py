@@ -93,9 +93,16 @@ class FastForwarding(StretchApply):
         else:
             reqs, ctx1 = decodes, [c + 1 for c in decode_ctxs]
         remaining = [req.output_len - req.num_output_tokens for req in reqs]  # tokens to emit, step 0 included
-        keyed = keyed_pairs(reqs, ctx1)
         kv = self.kv
-        in_order = kv.through_in_order and bool(keyed or kv.evictable_blocks)  # (`replica/ordered_frees.py`)
+        if kv.through_in_order:
+            # SGLang's radix cache: a decode registers nothing (no `keyed` pairs to plan), and a
+            # finish that inserts keys, or evictable tree blocks, has the stretch applied in step
+            # order (`replica/ordered_frees.py`)
+            keyed = []
+            in_order = bool(kv.evictable_blocks) or not all(r.kv_block_keys is None for r in reqs)
+        else:
+            keyed = keyed_pairs(reqs, ctx1)
+            in_order = False
         through = self._through_finishes(ff, keyed, in_order)
         if ff.through_timers:  # (the policy's timers it may run through: `replica/policy_stops.py`)
             timers = self.scheduler.stretch_timers() if through else None
