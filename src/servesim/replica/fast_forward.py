@@ -99,17 +99,18 @@ class FastForwarding(StretchApply):
             # finish that inserts keys, or evictable tree blocks, has the stretch applied in step
             # order (`replica/ordered_frees.py`)
             keyed = []
-            in_order = bool(kv.evictable_blocks) or not all(r.kv_block_keys is None for r in reqs)
+            keys = not all(r.kv_block_keys is None for r in reqs)
+            in_order = keys or bool(kv.evictable_blocks)
         else:
             keyed = keyed_pairs(reqs, ctx1)
-            in_order = False
+            keys, in_order = bool(keyed), False
         through = self._through_finishes(ff, keyed, in_order)
         if ff.through_timers:  # (the policy's timers it may run through: `replica/policy_stops.py`)
             timers = self.scheduler.stretch_timers() if through else None
             horizon_s = self._stretch_horizon_s(now_s, end0, timers)
             if horizon_s <= end0:
                 return False
-        if (not (through or keyed) and self.defer_finishes and self.notice is None and self.ports is None
+        if (not (through or keys) and self.defer_finishes and self.notice is None and self.ports is None
                 and self.scheduler.num_waiting and self.scheduler.finish_admission()):
             # (finishes admit the queue head inside the stretch)
             return admission_fast_forward(self, now_s, end0, horizon_s, out, decodes, prefills, reqs, ctx1, remaining,
