@@ -167,16 +167,7 @@ class RadixKVCache(RadixTree, KVCacheManager):
     def cache_full_blocks(self, req: Any, num_tokens: int) -> None:
         """Nothing to do: blocks enter the tree when the request finishes."""
 
-    def keys_conflict_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int = 0,
-                           last: list[int] | None = None, whole: bool = False) -> bool:
-        """Never: a decode registers nothing here (its blocks enter the tree at its finish), so
-        a stretch's decodes have no registrations whose order could differ from stepping's.
-        (The vLLM cache's check, which this class inherited, planned registrations that
-        `cache_full_blocks_many` then dropped: 5 % of sglang sessions 8.)"""
-        return False
-
-    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int,
-                               last: list[int] | None = None) -> None:
+    def cache_full_blocks_many(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int) -> None:
         """Nothing to do (as `cache_full_blocks`)."""
 
     def blocks_freed(self, req_ids: list[Any], dropped: dict) -> list[int]:
