@@ -14,7 +14,9 @@ from servesim.replica.schedulers.batchllm import BatchLLMScheduler
 from servesim.replica.schedulers.continuum import ContinuumScheduler
 from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
+from servesim.replica.schedulers.base import Scheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
+from servesim.replica.schedulers.trtllm import TRTLLMScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.schedulers.vllm_v0 import VLLMV0Scheduler
@@ -37,8 +39,8 @@ def _vllm_admission(sched) -> bool:
     a `KeyedScheduler` admitting joins (`admits_joins`: no per-step state a join skips, its
     `_admit` calling `admit` for the head, `join` as vLLM's), `hygen` (`_admit_online`), `andes`,
     `fastswitch` (their walks' `admit`, where `joins_last` says the turn is admitted last) or
-    `continuum` (a lone call whose job holds no pin) or `batchllm` (its projection within the
-    threshold: `joins_last`)?"""
+    `continuum` (a lone call whose job holds no pin), `batchllm` (its projection within the
+    threshold) or `trtllm` (GUARANTEED_NO_EVICT's room takes the turn's reservation: `joins_last`)?"""
     cls = type(sched)
     if isinstance(sched, FastSwitchScheduler):  # (one tenant held: its walk in arrival order, `joins_last`)
         return (cls.schedule is FastSwitchScheduler.schedule and cls.admit is VLLMSteps.admit
@@ -67,6 +69,13 @@ def _vllm_admission(sched) -> bool:
                 and cls.start is VLLMSteps.start and cls.before_join is KeyedScheduler.before_join
                 and cls.joins_last is BatchLLMScheduler.joins_last and cls.keyed_joined is BatchLLMScheduler.keyed_joined
                 and cls.join_blocks is VLLMSteps.join_blocks and cls.max_join_chunks == 0)
+    if isinstance(sched, TRTLLMScheduler):  # (GUARANTEED_NO_EVICT, its context whole: `joins_last`)
+        return (cls.schedule is TRTLLMScheduler.schedule and cls._no_evict is TRTLLMScheduler._no_evict
+                and cls._micro_batch is TRTLLMScheduler._micro_batch and cls._run_context is TRTLLMScheduler._run_context
+                and cls.first_chunk is TRTLLMScheduler.first_chunk and cls.start is Scheduler.start
+                and cls.before_join is TRTLLMScheduler.before_join and cls.joins_last is TRTLLMScheduler.joins_last
+                and cls.keyed_joined is TRTLLMScheduler.keyed_joined and cls.join_blocks is Scheduler.join_blocks
+                and cls.max_join_chunks == 0)
     if not (isinstance(sched, VLLMSteps) and cls.admit is VLLMSteps.admit and cls.first_chunk is VLLMSteps.first_chunk):
         return False
     if isinstance(sched, AutellixScheduler):  # (its accounting at the join step: `joins_last`, `keyed_joined`)

@@ -30,8 +30,10 @@ before):
   its knapsack's threshold (`join_blocks`); `autellix`'s, its stepping accounting up to the
   admission kept by the join (`keyed_joined`); `fastswitch`'s with one tenant held, whose walk
   is then in arrival order; `continuum`'s, a lone call whose job holds no pin and no policy
-  timer due; or `batchllm`'s, its plan's lone group admitted whole while a bound of its
-  projected KV use stays within its threshold, the latest arrival sorted last: `joins_last`),
+  timer due; `batchllm`'s, its plan's lone group admitted whole while a bound of its
+  projected KV use stays within its threshold, the latest arrival sorted last; or `trtllm`'s
+  under GUARANTEED_NO_EVICT, the turn's whole reservation within the room, its context whole
+  after the generation requests: `joins_last`),
   the only waiting request (which policies: `keyed_admission.admits_keyed`), whole in
   the budget the decodes leave (or its later chunks at s + 1, ...: `replica/keyed_chunk_join.py`;
   at the rest step of a turn that joined with chunks, the budget the rest leaves, the turn kept

@@ -94,6 +94,8 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         super().__init__(params, config, kv, perf)
         self.max_batch_size = params.max_batch_size or config.max_num_seqs
         self.max_num_tokens = params.max_num_tokens or config.max_num_batched_tokens
+        # (what a keyed join reads: the batch size, the token budget; no long-prefill cap)
+        self.limits = (self.max_batch_size, self.max_num_tokens, 0, params.enable_chunked_context)
         # Budget tokens a generation request takes: itself and its drafts (speculative decoding)
         self.gen_tokens = 1 + config.num_speculative_tokens
         self.no_evict = params.capacity_scheduler_policy == "GUARANTEED_NO_EVICT"

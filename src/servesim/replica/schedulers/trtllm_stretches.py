@@ -45,6 +45,48 @@ class TRTLLMStretches:
         for req, n in joins:
             self._run_context(req, n, self.kv.get_computed_blocks(req), out)
 
+    # ---- a next turn joining a keyed stretch (`replica/keyed_join.py`) ----------------------
+    # (its context whole or not at all: a first chunk would be `_size_chunks`' block multiple,
+    # and with chunked context off a context the tokens cannot take waits: stepping's)
+    max_join_chunks = 0
+
+    def first_chunk(self, req: Request, num_cached: int, budget: int) -> int:
+        # `_micro_batch`'s context, its hits taken off: whole within the tokens the generation
+        # requests leave (`keyed_join` joins only then), else less (stepped)
+        return min(req.num_tokens - num_cached, budget)
+
+    def joins_last(self, req: Request, now_s: float) -> bool:
+        """Would the next `schedule`, at the step a keyed stretch is cut at (`req` the only
+        waiting request: `replica/keyed_join.py`), start its context whole with the hits it
+        finds, after every generation request, and every later one run it last?
+
+        Under GUARANTEED_NO_EVICT with every running request generating (no context in pieces:
+        `_partial`), `_no_evict` keeps them all and takes `req` if its whole reservation fits the
+        room they leave: the free blocks less what they still reserve. Decode steps move blocks
+        from free to held (the room stays), and a finish returns its total and releases at most
+        what it holds (the room grows): the room on the stretch's unapplied state, its start's,
+        is at most step s's. Then `_micro_batch` gives each generation request its token and the
+        context its tokens past the hits if they fit the budget left (`keyed_join` checks that
+        with `first_chunk` and `limits`) and `_run_context` starts it as `keyed_join` does (the
+        lookup, `allocate_slots` of the whole context, `start`), appended to `running`: each
+        later step schedules `running` in order, it last. Not with batch waiting, attention
+        DP, the admission lag or drafts (their contexts may be held, or their tokens differ)."""
+        if not (self.no_evict and not self._partial and self.gen_tokens == 1 and not (self.wait_iters or self.wait_ratio)
+                and self.adp_hold is None and not self.admission_lag):
+            return False
+        return self._total_of(req) <= self.kv.num_free_blocks - self._reserved(self.running)
+
+    def before_join(self) -> None:
+        # (what `schedule` resets before its passes; the context started: `_run_context` clears
+        # `_capacity_blocked` for a context with hits, and the queue is empty after it)
+        self._blocked_head = None
+        self._capacity_blocked = False
+
+    def keyed_joined(self, req: Request) -> None:
+        # `_run_context`'s note of a started context: its reservation taken from the room
+        self._room -= self._total_of(req)
+        self._taken_at.pop(req.id, None)
+
     def finish_admission(self) -> bool:
         # GUARANTEED_NO_EVICT with whole contexts and no held contexts: a finish gives the
         # reservation room its total blocks back, and the next `schedule` admits in arrival
