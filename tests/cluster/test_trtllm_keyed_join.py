@@ -4,14 +4,19 @@ whose whole reservation fits the room they leave, and starts its context whole (
 when it fits the tokens they leave, appended last to `running`. `joins_last` checks the room on
 the stretch's unapplied state (at most step s's); a turn it refuses, or one the token budget
 would hold or chunk, ends the stretch as before. The results, step log included, are stepping's;
-before this every next turn ended the stretch (none joined)."""
+before this every next turn ended the stretch (none joined). A turn the token budget holds (its
+context whole does not fit what the generation requests leave) stays held through decode
+stretches unless a running request could raise its hits (`_hits_hold`)."""
 
 from __future__ import annotations
 
 import pytest
 
 from servesim import load_scenario, simulate
+from servesim.replica.block_keys import block_keys
+from servesim.replica.prefix_index import Hits
 from servesim.replica.schedulers.trtllm import TRTLLMScheduler
+from tests.factories import make_engine, make_request
 
 from .helpers import assert_same_steps, keyed_joins, outcome
 from .test_keyed_join import BUSY, SESSIONS
@@ -85,3 +90,43 @@ def test_trtllm_token_budget_holds_turns_that_then_step(monkeypatch):
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert 0 < len(joins) < 0.15 * len(fast.requests), len(joins)  # (67 of 500, against 244 at 8,192)
+
+
+def test_trtllm_turns_held_by_the_token_budget_repeat_decode_steps(monkeypatch):
+    """Busier conversations: turns whose context (past its hits) does not fit the tokens the
+    generation requests leave wait, with prefix keys, through decode-only stretches until a
+    finish (before, each of those steps was stepped); the results are stepping's."""
+    held = []
+    fast_forward = TRTLLMScheduler.fast_forward
+
+    def counted(self, output):
+        ff = fast_forward(self, output)
+        if ff.repeat and self.waiting and self.waiting.peek().kv_block_keys and not self._capacity_blocked:
+            held.append(self.waiting.peek().id)  # (held by the tokens, not by the capacity pass)
+        return ff
+
+    monkeypatch.setattr(TRTLLMScheduler, "fast_forward", counted)
+    sets = TRTLLM + ["workload.arrival.rate_per_s=4"]
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    n = len(held)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert n >= 10, n  # (stretches planned with a keyed turn held by the tokens: 31; 0 before)
+
+
+def test_a_held_turn_whose_next_block_a_running_request_shares_is_not_held():
+    """`_hits_hold`: a running request whose hash ids share the held turn's first block not hit
+    could register it by a decode (a continuation), raising the turn's hits: not held; no keys,
+    or no running request sharing it: held."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="trtllm")
+    turn = make_request(1, 80, 4, hash_ids=(11, 12, 13, 14, 15), hash_block_tokens=16)
+    turn.kv_block_keys = block_keys(turn, 16)
+    hits = Hits(num_keyed=2)  # (blocks 0, 1 hit: its first block not hit is block 2, hash id 13)
+    other = make_request(2, 40, 40, hash_ids=(21, 22), hash_block_tokens=16)
+    sched.running = [other]
+    assert sched._hits_hold(turn, hits)
+    sched.running = [other, make_request(3, 40, 40, hash_ids=(11, 12, 13), hash_block_tokens=16)]
+    assert not sched._hits_hold(turn, hits)
+    assert sched._hits_hold(turn, Hits(num_keyed=5))  # (every key hit: none to gain)
+    assert sched._hits_hold(make_request(4, 80, 4), Hits())  # (no keys)

@@ -304,7 +304,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
                         n = (budget - tokens) // self.kv.block_size * self.kv.block_size
                         contexts += [(req, n, hits)] if n > 0 else []
                     else:  # the batch's token count stays put while it decodes; hits may not
-                        self._blocked_head = req if hits is not None and not req.kv_block_keys else None
+                        self._blocked_head = req if hits is not None and self._hits_hold(req, hits) else None
                         self._capacity_blocked = False
                     break
                 contexts.append((req, left, hits))
@@ -320,6 +320,24 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
             return
         for req, n, hits in self._size_chunks(contexts, budget - tokens):
             self._run_context(req, n, hits, out)
+
+    def _hits_hold(self, req: Request, hits) -> bool:
+        """May decode-only steps leave the prefix hits of waiting `req` as they are or fewer (a
+        context the token budget holds then stays held until a finish: `fast_forward`)? Evictions
+        only take hits; a hit grows only if a running request registers the key of `req`'s first
+        block not hit, filling that block by a decode (its prompts ran whole), which takes a
+        request whose hash ids share that block's (chained: the whole prefix to it): a
+        continuation of a running request, which the generated workloads never queue, but a
+        trace might. So: no keys, or no running request sharing that hash id."""
+        if not req.kv_block_keys:
+            return True
+        ids, tokens = req.hash_ids, req.hash_block_tokens
+        g = ((hits.num_keyed + 1) * self.kv.block_size - 1) // tokens  # (the hash block of its first block not hit)
+        if g >= len(ids):
+            return True
+        h = ids[g]
+        return not any(len(r.hash_ids) > g and r.hash_block_tokens == tokens and r.hash_ids[g] == h
+                       for r in self.running)
 
     def _hold_contexts(self, contexts: list, num_generation: int) -> bool:
         """Batch waiting (`PyExecutor._waiting_requests`, applied only when the step has both
