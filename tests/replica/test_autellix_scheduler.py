@@ -119,19 +119,20 @@ def test_kept_keys_equal_fresh_keys_at_every_step(params):
     assert max(checked) > 10 and len(checked) >= len(steps) > 100
 
 
-@pytest.mark.parametrize("preemption_mode", ["swap", "recompute"])
-def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_mode):
+@pytest.mark.parametrize("preemption_mode, mode", [("swap", "plas"), ("recompute", "plas"), ("swap", "atlas")])
+def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_mode, mode):
     """Lone calls (no program, no session) have their waiting time added when they stop
     waiting or may be due for promotion, and their service when they stop running, miss a
     step or may reach the next level; the same calls as one-call sessions are accounted at
     every step (one-call programs: a one-call session's running call is lazy too); one that
-    misses a step stays eager until it is scheduled again. Same schedule, and bit-identical
-    waiting times, services and promotions."""
+    misses a step stays eager until it is scheduled again; one due to reach its next level is
+    keyed from its sums, kept lazy (`_rekey_due`). Same schedule, and bit-identical waiting
+    times, services and promotions."""
     def run(as_programs: bool):
         engine, sched, kv, loop, done = make_engine(num_blocks=24, scheduler="autellix", max_num_seqs=3,
                                                     fast_forward=False, num_cpu_blocks=16,
                                                     params={"base_quantum_s": 0.01, "starvation_ratio": 1.5,
-                                                            "preemption_mode": preemption_mode})
+                                                            "preemption_mode": preemption_mode, "mode": mode})
         # (every 7th prompt takes several chunks: the running calls after it miss steps)
         reqs = [make_request(i, 8 + 8 * (i % 3) + (120 if i % 7 == 3 else 0), 4 + 9 * (i % 4), arrival=0.006 * i,
                              program_id=1000 + i if as_programs else None) for i in range(40)]
@@ -152,7 +153,13 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
             passes["due"] += bool(settled) and calls is not None
             return calls
 
-        sched.schedule, sched._eager_lone_calls = spy, counted
+        rekey_due = sched._rekey_due
+
+        def rekeyed(due, now_s):  # (lazy running calls due to reach their next level, keyed from their sums)
+            passes["rekeyed"] = passes.get("rekeyed", 0) + len(due)
+            return rekey_due(due, now_s)
+
+        sched.schedule, sched._eager_lone_calls, sched._rekey_due = spy, counted, rekeyed
         steps = run_logged(engine, loop, reqs)
         by_call = lambda table: {(k[1] if type(k) is tuple else k) % 1000: v for k, v in table.items()}  # noqa: E731
         service = (by_call(sched.service_s), sched.call_service_s)
@@ -171,6 +178,7 @@ def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_
     # the lone calls' passes took only the calls queued since or due, never the whole queue;
     # the programs' walked it (but when nothing waited)
     assert lazy[8]["walked"] == 0 and lazy[8]["short"] > 300 and lazy[8]["due"] > 0
+    assert lazy[8]["rekeyed"] > 20 and "rekeyed" not in eager[8]  # (running calls past levels, kept lazy)
     assert eager[8]["walked"] > 300 and eager[8]["due"] == 0
     # running lone calls that missed steps behind a chunked prompt stayed eager until scheduled
     # again (`_idle`) instead of being made lazy and settled at each step; the programs never did

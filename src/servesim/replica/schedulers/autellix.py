@@ -125,8 +125,8 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # the next threshold, at the earliest after that much time. `_run_lazy[call]` = (slot in
         # `_run_sums` holding its program's service, due time, slot holding its own service, or
         # -1 when it is the same float), each step's length added as the step ends (the same
-        # float additions); `_settle_running` reads them when it leaves, finishes, is due, or
-        # misses a step.
+        # float additions); `_settle_running` reads them when it leaves, finishes or misses a
+        # step; when it is due, its key is read from them and it stays lazy (`_rekey_due`).
         self._run_lazy: dict[Request, tuple[int, float, int]] = {}
         self._run_sums = StepSums()
         self._run_due: list[tuple[float, int, Request]] = []

@@ -56,6 +56,10 @@ class StepSums:
         self._free.append(slot)
         return float(self._acc[slot])
 
+    def value(self, slot: int) -> float:
+        """What `close` would return, the slot kept open."""
+        return float(self._acc[slot])
+
 
 class AutellixAccounting:
     """`AutellixScheduler`'s step-end pass (state set by `AutellixScheduler.__init__`)."""
@@ -65,21 +69,24 @@ class AutellixAccounting:
         dt = now_s - start
         if self._joined:
             self._joined_waits()
-        served = self._credit(output, now_s, start, dt)
+        served, due = self._credit(output, now_s, start, dt)
         self._run_sums.add(dt)  # (before new lazy running calls open: theirs start with the next step)
         self._wait_sums.add(dt)  # (before the due calls settle and new lazy ones open)
         self._wait_pass(served, now_s, start)
         self._rekey_running(now_s)
+        if due:
+            self._rekey_due(due, now_s)
 
-    def _credit(self, output: SchedulerOutput, now_s: float, start: float, dt: float) -> set:
+    def _credit(self, output: SchedulerOutput, now_s: float, start: float, dt: float) -> tuple[set, list]:
         """Credit this step's service to the calls scheduled in it (lazy ones: by their sums, `_run_sums`);
-        the programs served."""
+        (the programs served, the lazy calls due: `_rekey_due` keys them after the sums' add)."""
         run_lazy, due = self._run_lazy, self._run_due
-        while due and due[0][0] <= now_s:  # may reach their next level in this step: eager again
+        due_now = []  # (lazy calls that may reach their next level in this step)
+        while due and due[0][0] <= now_s:
             t, _, req = heappop(due)
             entry = run_lazy.get(req)
             if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
-                self._settle_running(req)
+                due_now.append(req)
         reqs = list(map(itemgetter(0), output.scheduled))
         # the eager ones, in one pass (settling a missed call below leaves them as they are:
         # it was not scheduled); those left are lazy and scheduled, fewer than all lazy ones
@@ -109,7 +116,7 @@ class AutellixAccounting:
                 d = dt if req.finish_s is None or req.finish_s >= now_s else req.finish_s - start
             service[p] += d
             call_service[req.id] += d
-        return served
+        return served, due_now
 
     def _joined_waits(self) -> None:
         """The waiting time of the lone calls that joined the stretch in flight: stepping's pass
@@ -223,6 +230,33 @@ class AutellixAccounting:
                     run_lazy[req] = (open_sum(s0), t, calls)
                     self._due_seq += 1
                     heappush(self._run_due, (t, self._due_seq, req))
+
+    def _rekey_due(self, due: list, now_s: float) -> None:
+        """Keys of the lazy running calls due in this step (`_credit`), read from their sums after
+        this step's add, kept lazy with their next due time. Settling one, crediting it this step
+        and opening its sums again (`_rekey_running`) gives the same floats: the sum read is the
+        settled value plus this step's length, added once, and later steps add to it alike.
+        (A due call that missed the step, or left, was settled meanwhile: passed over.)"""
+        run_lazy, thresholds, keys, discount = self._run_lazy, self.thresholds, self._keys, self.discount_s
+        value, program, atlas, base = self._run_sums.value, self.program, self.params.mode == "atlas", self.call_base_s
+        for req in due:
+            entry = run_lazy.get(req)
+            if entry is None:
+                continue
+            slot, _, calls = entry
+            raw = value(slot)
+            if atlas:
+                raw = base[req.id] + (raw if calls < 0 else value(calls))
+            disc = discount.get(program(req), 0.0)
+            level = bisect_right(thresholds, max(raw - disc, 0.0))
+            keys[req] = (level, req.arrival_s, req.id)
+            if level >= len(thresholds):
+                run_lazy[req] = (slot, inf, calls)
+            else:
+                t = now_s + (thresholds[level] + disc - raw) * (1 - 1e-9) - 1e-6
+                run_lazy[req] = (slot, t, calls)
+                self._due_seq += 1
+                heappush(self._run_due, (t, self._due_seq, req))
 
     # ---- lazy credits, settled -------------------------------------------------------
     def _settle(self, req: Request) -> None:
