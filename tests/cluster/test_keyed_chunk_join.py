@@ -80,7 +80,7 @@ def test_rests_evicting_cached_contexts_are_exact(monkeypatch):
 
 
 @pytest.mark.parametrize("policy", [["scheduler.name=vllm"], ["scheduler.name=edf"], ["scheduler.name=fastswitch"],
-                                    ["scheduler.name=hygen"],
+                                    ["scheduler.name=hygen"], ["scheduler.name=andes"],
                                     ["scheduler.name=priority", "workload.attributes.priorities={0: 0.3, 1: 0.7}"]])
 def test_a_turn_arriving_inside_a_joined_turns_chunks_joins_beside_its_rest(policy, monkeypatch):
     """A turn arriving while a joined turn's chunks take the whole budget waits (admitted nothing

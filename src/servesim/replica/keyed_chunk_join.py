@@ -47,6 +47,7 @@ from bisect import bisect_right
 
 from servesim.replica.chunk_join import join_after_chunks
 from servesim.replica.held_hits import log_shared
+from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.edf import EDFScheduler
 from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
@@ -62,15 +63,19 @@ def chains_after_rest(sched) -> bool:
     turn, keyed after every running request, the budget the decodes leave, and their admission
     stops at a spent budget before it would preempt; FastSwitch with its one tenant held, whose
     walk is then in arrival order; HyGen online only, whose offline fill takes nothing from a
-    spent budget: `repeats_chunk`), without a `long_prefill_token_threshold` below the budget
-    (a chunk would leave room). The others end the stretch at the arrival, as before: Andes
-    runs its knapsack at any of those steps where the KV use crosses its threshold, Autellix
-    orders by levels a waiting call may undercut; their answers are not checked here."""
+    spent budget: `repeats_chunk`; Andes, whose knapsack runs only where the KV use reaches its
+    threshold, which the joined turn's check kept it under through its rest's step with its
+    margin (`join_blocks`), so that its `decide` brings in what is pending, nothing from a
+    spent budget; the waiting turn is valued only by a `schedule`'s refresh, which the join
+    replaces, as any join's), without a `long_prefill_token_threshold` below the budget
+    (a chunk would leave room). Autellix ends the stretch at the arrival, as before: stepping
+    adds the waiting turn's time to its session's at each of those steps, which a join at the
+    rest's step would add as one sum (another float)."""
     _, budget, threshold, _ = sched.limits
     return type(sched) in _CHAINS and not 0 < threshold < budget
 
 
-_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler, FastSwitchScheduler, HyGenScheduler)
+_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler, FastSwitchScheduler, HyGenScheduler, AndesScheduler)
 
 
 def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tuple | None:
