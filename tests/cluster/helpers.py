@@ -87,6 +87,28 @@ def sessions_both(sets: list[str], monkeypatch) -> tuple:
     return fast, slow, num_told
 
 
+def joins_both(sets: list[str], monkeypatch, cls, counts=None) -> tuple:
+    """`examples/sessions.yaml` with `sets`, fast-forwarded and stepped: (the two results, the
+    fast run's keyed joins (the cached tokens of each), the turns `cls.joins_last` refused there,
+    those `counts(sched, req)` says to count if given). Stepping joins and refuses none."""
+    joins = keyed_joins(monkeypatch)
+    refused = []
+    joins_last = cls.joins_last
+
+    def counted(self, req, now_s):
+        last = joins_last(self, req, now_s)
+        if not last and (counts is None or counts(self, req)):
+            refused.append(req.id)
+        return last
+
+    monkeypatch.setattr(cls, "joins_last", counted)
+    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
+    n, m = len(joins), len(refused)
+    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
+    assert len(joins) == n and len(refused) == m  # (stepping joins nothing)
+    return fast, slow, joins, refused
+
+
 def keyed_joins(monkeypatch) -> list[int]:
     """Count the keyed joins of the runs that follow (`replica/keyed_join.py`): the list gets the
     cached tokens of each turn that joined (its hits, just admitted)."""

@@ -9,36 +9,20 @@ from __future__ import annotations
 
 import pytest
 
-from servesim import load_scenario, simulate
 from servesim.replica.schedulers.batchllm import BatchLLMScheduler
 
-from .helpers import assert_same_steps, keyed_joins, outcome
-from .test_keyed_join import BUSY, SESSIONS
+from .helpers import assert_same_steps, joins_both, outcome
+from .test_keyed_join import BUSY
 
 BATCHLLM = BUSY + ["scheduler.name=batchllm"]
 TWO = ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]
 
 
 def run_both(sets: list[str], monkeypatch) -> tuple:
-    """(fast-forwarded, stepped) results; the fast run's keyed joins (the cached tokens of each)
-    and the turns `joins_last` refused on the projection's bound (arriving after every running
-    request, so not for the order)."""
-    joins = keyed_joins(monkeypatch)
-    refused = []
-    joins_last = BatchLLMScheduler.joins_last
-
-    def counted(self, req, now_s):
-        last = joins_last(self, req, now_s)
-        if not last and max(r.arrival_s for r in self.running) < req.arrival_s:
-            refused.append(req.id)
-        return last
-
-    monkeypatch.setattr(BatchLLMScheduler, "joins_last", counted)
-    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
-    n, m = len(joins), len(refused)
-    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
-    assert len(joins) == n and len(refused) == m  # (stepping joins nothing)
-    return fast, slow, joins, refused
+    """`joins_both` for BatchLLM, counting the turns `joins_last` refused on the projection's
+    bound (arriving after every running request, so not for the order)."""
+    return joins_both(sets, monkeypatch, BatchLLMScheduler,
+                      lambda sched, req: max(r.arrival_s for r in sched.running) < req.arrival_s)
 
 
 @pytest.mark.parametrize("extra", [[], TWO])

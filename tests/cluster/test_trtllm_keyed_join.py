@@ -18,7 +18,7 @@ from servesim.replica.prefix_index import Hits
 from servesim.replica.schedulers.trtllm import TRTLLMScheduler
 from tests.factories import make_engine, make_request
 
-from .helpers import assert_same_steps, keyed_joins, outcome
+from .helpers import assert_same_steps, joins_both, outcome
 from .test_keyed_join import BUSY, SESSIONS
 
 TRTLLM = BUSY + ["scheduler.name=trtllm"]
@@ -26,24 +26,7 @@ TWO = ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=
 
 
 def run_both(sets: list[str], monkeypatch) -> tuple:
-    """(fast-forwarded, stepped) results; the fast run's keyed joins (the cached tokens of each)
-    and the turns `joins_last` refused."""
-    joins = keyed_joins(monkeypatch)
-    refused = []
-    joins_last = TRTLLMScheduler.joins_last
-
-    def counted(self, req, now_s):
-        last = joins_last(self, req, now_s)
-        if not last:
-            refused.append(req.id)
-        return last
-
-    monkeypatch.setattr(TRTLLMScheduler, "joins_last", counted)
-    fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)
-    n, m = len(joins), len(refused)
-    slow = simulate(load_scenario(SESSIONS, sets + ["engine.fast_forward=false"]), keep_steps=True)
-    assert len(joins) == n and len(refused) == m  # (stepping joins nothing)
-    return fast, slow, joins, refused
+    return joins_both(sets, monkeypatch, TRTLLMScheduler)
 
 
 @pytest.mark.parametrize("extra", [[], TWO])
