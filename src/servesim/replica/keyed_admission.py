@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from servesim.replica.schedulers.andes import AndesScheduler
 from servesim.replica.schedulers.autellix import AutellixScheduler
+from servesim.replica.schedulers.base import Scheduler
 from servesim.replica.schedulers.batchllm import BatchLLMScheduler
 from servesim.replica.schedulers.continuum import ContinuumScheduler
 from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
-from servesim.replica.schedulers.base import Scheduler
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.replica.schedulers.trtllm import TRTLLMScheduler
 from servesim.replica.schedulers.vllm import VLLMScheduler
