@@ -48,6 +48,7 @@ from bisect import bisect_right
 from servesim.replica.chunk_join import join_after_chunks
 from servesim.replica.held_hits import log_shared
 from servesim.replica.schedulers.andes import AndesScheduler
+from servesim.replica.schedulers.autellix import AutellixScheduler
 from servesim.replica.schedulers.edf import EDFScheduler
 from servesim.replica.schedulers.fastswitch import FastSwitchScheduler
 from servesim.replica.schedulers.hygen import HyGenScheduler
@@ -67,15 +68,18 @@ def chains_after_rest(sched) -> bool:
     threshold, which the joined turn's check kept it under through its rest's step with its
     margin (`join_blocks`), so that its `decide` brings in what is pending, nothing from a
     spent budget; the waiting turn is valued only by a `schedule`'s refresh, which the join
-    replaces, as any join's), without a `long_prefill_token_threshold` below the budget
-    (a chunk would leave room). Autellix ends the stretch at the arrival, as before: stepping
-    adds the waiting turn's time to its session's at each of those steps, which a join at the
-    rest's step would add as one sum (another float)."""
+    replaces, as any join's; Autellix, whose turns join with one chunk step before their rest
+    (`max_join_chunks` 1), where a spent budget stops its admission before any preemption: a turn
+    arriving inside it waits one step-end pass, which adds the time from its arrival to that
+    step's end to its session's waiting time, the one sum the join adds, `joins_last` checking
+    the promotion on it), without a `long_prefill_token_threshold` below the budget (a chunk
+    would leave room)."""
     _, budget, threshold, _ = sched.limits
     return type(sched) in _CHAINS and not 0 < threshold < budget
 
 
-_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler, FastSwitchScheduler, HyGenScheduler, AndesScheduler)
+_CHAINS = (VLLMScheduler, PriorityScheduler, EDFScheduler, FastSwitchScheduler, HyGenScheduler, AndesScheduler,
+           AutellixScheduler)
 
 
 def chunks_fit(engine, st, req, s: int, c: int, n: int, num_running: int) -> tuple | None:
