@@ -109,6 +109,24 @@ def joins_both(sets: list[str], monkeypatch, cls, counts=None) -> tuple:
     return fast, slow, joins, refused
 
 
+def beside_rests(monkeypatch) -> dict[str, int]:
+    """Count the turns that join beside a joined turn's rest (`keyed_join`'s chain: the stretch
+    cut inside that turn's chunk steps) in the runs that follow, whole or with chunks of their own."""
+    beside = {"whole": 0, "chunks": 0}
+    keyed = fast_forward.keyed_join
+
+    def counted(engine, st, now_s):
+        chain = bool(st.rests) and st.rests[-1][0] >= st.k
+        runs = len(st.prompt_runs)
+        joined = keyed(engine, st, now_s)
+        if chain and joined:
+            beside["chunks" if len(st.prompt_runs) > runs else "whole"] += 1
+        return joined
+
+    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    return beside
+
+
 def keyed_joins(monkeypatch) -> list[int]:
     """Count the keyed joins of the runs that follow (`replica/keyed_join.py`): the list gets the
     cached tokens of each turn that joined (its hits, just admitted)."""

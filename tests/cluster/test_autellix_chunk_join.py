@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward, keyed_join
+from servesim.replica import keyed_join
 
-from .helpers import assert_same_steps, outcome
+from .helpers import assert_same_steps, beside_rests, outcome
 from .test_keyed_chunk_join import BUSY, SESSIONS
 from .test_keyed_join import BUSY as DEFAULT_BUDGET
 
@@ -51,18 +51,7 @@ def test_autellix_turn_arriving_inside_a_joined_turns_first_chunk_joins_beside_i
     step-end pass adds its waiting time there (the time from its arrival to that step's end),
     which the join adds as the same one sum, and `joins_last` checks its promotion on it; then it
     joins beside the rest, whole or with its first chunk. Before, it ended the stretch."""
-    beside = {"whole": 0, "chunks": 0}
-    keyed = fast_forward.keyed_join
-
-    def counted(engine, st, now_s):
-        chain = bool(st.rests) and st.rests[-1][0] >= st.k
-        runs = len(st.prompt_runs)
-        joined = keyed(engine, st, now_s)
-        if chain and joined:
-            beside["chunks" if len(st.prompt_runs) > runs else "whole"] += 1
-        return joined
-
-    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    beside = beside_rests(monkeypatch)
     sets = DEFAULT_BUDGET + ["scheduler.name=autellix", "replicas=4", "router.name=least-requests",
                              "workload.arrival.rate_per_s=8"]
     fast = simulate(load_scenario(SESSIONS, sets), keep_steps=True)

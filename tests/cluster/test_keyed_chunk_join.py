@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica import fast_forward, keyed_join, policy_stops, stretch_apply
+from servesim.replica import keyed_join, policy_stops, stretch_apply
 
-from .helpers import assert_same_steps, outcome, reads_everything  # noqa: F401  (fixture)
+from .helpers import assert_same_steps, beside_rests, outcome, reads_everything  # noqa: F401  (fixture)
 
 SESSIONS = str(Path(__file__).resolve().parents[2] / "examples" / "sessions.yaml")
 # Busy conversations whose contexts outgrow a 2,048-token budget: most next turns take two chunks
@@ -87,18 +87,7 @@ def test_a_turn_arriving_inside_a_joined_turns_chunks_joins_beside_its_rest(poli
     there, as stepping) to that turn's rest step and joins beside the rest with the budget the
     rest leaves, whole or with chunks of its own (`keyed_join`'s chain; before, it cut the
     stretch and ended it there): stepping's results, step log included."""
-    beside = {"whole": 0, "chunks": 0}
-    keyed = fast_forward.keyed_join
-
-    def counted(engine, st, now_s):
-        chain = bool(st.rests) and st.rests[-1][0] >= st.k
-        runs = len(st.prompt_runs)
-        joined = keyed(engine, st, now_s)
-        if chain and joined:
-            beside["chunks" if len(st.prompt_runs) > runs else "whole"] += 1
-        return joined
-
-    monkeypatch.setattr(fast_forward, "keyed_join", counted)
+    beside = beside_rests(monkeypatch)
     fast, slow, two, _ = run_both(BUSY + ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=8",
                                          *policy], monkeypatch)
     assert outcome(fast) == outcome(slow)
