@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.autellix_accounting import AutellixAccounting, StepSums
+from servesim.replica.schedulers.autellix_accounting import AutellixAccounting, StepSums, due_after
 from servesim.replica.schedulers.base import UNLIMITED_STEPS, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
@@ -356,7 +356,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # from `now_s` on have served it the first threshold (less the lazy due times' margin).
         if not self.thresholds:
             return inf
-        return now_s + self.thresholds[0] * (1 - 1e-9) - 1e-6
+        return due_after(now_s, self.thresholds[0])
 
     # ---- the order of repeated steps (speculative decoding) ------------------------
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
@@ -391,5 +391,5 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
                 return -inf, 0  # (a key not up to date: do not repeat)
             if level < len(thresholds):
                 gap_s = (thresholds[level] + disc - raw) / (1 if atlas else calls[p])
-                until = min(until, start + gap_s * (1 - 1e-9) - 1e-6)
+                until = min(until, due_after(start, gap_s))
         return until, UNLIMITED_STEPS

@@ -25,6 +25,13 @@ from servesim.workload.request import Request, RequestState
 WAITING, PREEMPTED, SWAPPED = RequestState.WAITING, RequestState.PREEMPTED, RequestState.SWAPPED
 
 
+def due_after(now_s: float, gap_s: float) -> float:
+    """The earliest time a sum of step lengths from `now_s` on may reach `gap_s`: the steps add
+    up to at most the time elapsed, less a margin for their floats' rounding (every lazy due
+    time and order limit of the policy)."""
+    return now_s + gap_s * (1 - 1e-9) - 1e-6
+
+
 class StepSums:
     """Floats that every step's length is added to at the step's end, all in one numpy add:
     element-wise float64 additions round exactly as Python's, so a slot opened at `w` and
@@ -175,7 +182,7 @@ class AutellixAccounting:
                 else:
                     # The step lengths to come add up to at most the time elapsed (up to float
                     # rounding: the margin), so it cannot be promoted before then.
-                    t = now_s + (ratio * attained - w) * (1 - 1e-9) - 1e-6
+                    t = due_after(now_s, ratio * attained - w)
                     lazy[req] = (open_sum(wait[p]), t)
                     self._due_seq += 1
                     heappush(due, (t, self._due_seq, req))
@@ -226,7 +233,7 @@ class AutellixAccounting:
                     run_lazy[req] = (open_sum(s0), inf, calls)
                 else:
                     # its service grows by at most the time elapsed (the margin: float rounding)
-                    t = now_s + (thresholds[level] + disc - raw) * (1 - 1e-9) - 1e-6
+                    t = due_after(now_s, thresholds[level] + disc - raw)
                     run_lazy[req] = (open_sum(s0), t, calls)
                     self._due_seq += 1
                     heappush(self._run_due, (t, self._due_seq, req))
@@ -253,7 +260,7 @@ class AutellixAccounting:
             if level >= len(thresholds):
                 run_lazy[req] = (slot, inf, calls)
             else:
-                t = now_s + (thresholds[level] + disc - raw) * (1 - 1e-9) - 1e-6
+                t = due_after(now_s, thresholds[level] + disc - raw)
                 run_lazy[req] = (slot, t, calls)
                 self._due_seq += 1
                 heappush(self._run_due, (t, self._due_seq, req))
