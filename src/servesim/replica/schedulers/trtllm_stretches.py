@@ -83,9 +83,9 @@ class TRTLLMStretches:
         self._capacity_blocked = False
 
     def keyed_joined(self, req: Request) -> None:
-        # `_run_context`'s note of a started context: its reservation taken from the room
+        # `_run_context`'s note of a started context: its reservation taken from the room (no
+        # admission lag counts it: `joins_last` requires none)
         self._room -= self._total_of(req)
-        self._taken_at.pop(req.id, None)
 
     def finish_admission(self) -> bool:
         # GUARANTEED_NO_EVICT with whole contexts and no held contexts: a finish gives the
