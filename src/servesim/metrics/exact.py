@@ -257,7 +257,9 @@ class WeightedValues:
             groups = sorted({(p, w) for p, w, _ in state.values()})
             if count <= min(self.pick_pairs, self.memory_pairs) or all(w == 0 for _, w in groups):
                 return self._pick(state, groups, whole)
-            step = {g: min(16, g[1]) for g in groups}  # bits resolved by this pass (fewer at the end)
+            # bits resolved by this pass (fewer at the end): 16 where each pass reads the file, 12 in
+            # memory, whose passes cost less than bucket arrays 16 times longer to clear and sum
+            step = {g: min(16 if self._file is not None else 12, g[1]) for g in groups}
             hists = {g: np.zeros(1 << step[g], dtype=np.int64) for g in groups}
             counts = {g: np.zeros(1 << step[g], dtype=np.int64) for g in groups}
             for bits, weights in self._chunks():
@@ -267,8 +269,9 @@ class WeightedValues:
                     hists[g] += np.bincount(sub, weights=c, minlength=size).astype(np.int64)
                     counts[g] += np.bincount(sub, minlength=size)
             count = 0
+            cums = {g: np.cumsum(h) for g, h in hists.items()}  # (once a group: ranks share them)
             for r, (p, w, k) in state.items():
-                cum = np.cumsum(hists[(p, w)])
+                cum = cums[(p, w)]
                 b = int(np.searchsorted(cum, k + 1))  # first bucket whose cumulative weight passes rank k
                 below = int(cum[b - 1]) if b else 0
                 state[r] = ((p << step[(p, w)]) | b, w - step[(p, w)], k - below)
