@@ -59,9 +59,12 @@ class StepEnds:
         seg = self.segments[s]
         if isinstance(seg, np.ndarray):
             return seg
+        if seg[1] <= CHUNK:  # (read whole: a map of a file costs more than reading a chunk's bytes)
+            return np.fromfile(seg[0], np.float64, seg[1])
         return np.memmap(Path(seg[0]), dtype=np.float64, mode="r", shape=(seg[1],))
 
     def max(self) -> float:
-        """The latest step end (each segment is in time order: its last value)."""
-        last = [float(self[[o - 1]][0]) for o, n in zip(self.offsets[1:], self._lens) if n]
+        """The latest step end (each segment is in time order: its last value, read alone)."""
+        last = [float(seg[-1] if isinstance(seg, np.ndarray) else np.fromfile(seg[0], np.float64, 1, offset=8 * n - 8)[0])
+                for seg, n in zip(self.segments, self._lens) if n]
         return max(last) if last else float("nan")
