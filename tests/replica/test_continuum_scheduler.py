@@ -169,6 +169,29 @@ def test_waiting_calls_iterate_in_pop_order_without_pins():
     assert listed == [queue.pop() for _ in range(len(listed))]
 
 
+def test_waiting_heap_sheds_the_entries_of_calls_gone():
+    """Removed calls leave dead heap entries (lazy deletion), which every walk of the queue reads
+    (each arrival's `arrivals_join` walks it whole): once they outnumber the live ones the heap
+    is rebuilt from those, in the same order, and a walk in progress reads on from its own."""
+    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="continuum")
+    rng = np.random.default_rng(8)
+    reqs = [make_request(i, 10, 1, arrival=float(rng.integers(0, 60)),
+                         program_id=int(rng.integers(0, 9)) if i % 2 else None) for i in range(300)]
+    queue = sched.waiting
+    for r in reqs:
+        sched.add_request(r, r.arrival_s)
+    walk = iter(queue)
+    first = next(walk)  # (a walk in progress when the heap is rebuilt)
+    gone = [r for r in reqs if r is not first][:280]
+    for r in gone:
+        queue.remove(r)
+    assert len(queue) == 20 and len(queue._heap) <= 2 * len(queue) + 4  # (rebuilt: without, 300 entries)
+    listed = list(queue)
+    assert listed[0] is first and list(walk) == listed[1:]
+    assert listed == sorted(listed, key=queue._order)
+    assert listed == [queue.pop() for _ in range(len(listed))]
+
+
 def test_job_checks_read_ids_as_jobs_would():
     """`joins_last` and `_jobs_apart` read the running calls' program and session ids in C; a
     program's call carrying a session id is the program's job, not the session's, so it neither

@@ -99,6 +99,14 @@ class ProgramQueue:
         del calls[req.id]
         if not calls:
             del self._by_job[job]
+        if len(self._heap) > 2 * len(self._live) + 4:
+            # Mostly entries of calls gone (lazy deletion): a walk of the queue in heap order
+            # (`_in_heap_order`, every arrival's `arrivals_join`) would read them all. A new heap
+            # of the live ones (a new list: a walk in progress keeps reading the old one) gives
+            # the same order, the entries' keys being unique.
+            live = self._live
+            self._heap = [e for e in self._heap if live.get(e[2]) == e[3]]
+            heapq.heapify(self._heap)
 
     def clear(self) -> None:
         self._heap.clear()
