@@ -141,7 +141,7 @@ def test_arrivals_behind_a_blocked_head_keep_the_stretch(params, num_blocks, mon
 
 
 def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
-    # Every no-evict pass's reservation, summed from the totals kept by id, equals the full
+    # Every no-evict pass's reservation, summed from the totals kept by request, equals the full
     # pass over the started requests (`total_blocks` less the blocks held, per request); a
     # request admitted without `add_request` is filled in on the way; every finished request
     # leaves `_totals`.
@@ -169,7 +169,7 @@ def test_no_evict_reservations_read_from_totals_equal_the_full_pass():
     stray = make_request(999, 40, 30, max_tokens=100)  # never passed through `add_request`
     assert kv.allocate_slots(stray, 40)
     assert sched._reserved([stray]) == sched.total_blocks(stray) - 3 == 9 - 3
-    assert sched._totals == {999: 9}
+    assert sched._totals == {stray: 9}
 
 
 @pytest.mark.parametrize("params,num_blocks,budget", [({}, 300, 512), ({}, 60, 512),

@@ -116,9 +116,9 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         # Attention DP only: whether this iteration's contexts are held by the ranks' balance (set
         # by replica/attention_dp.py before each `schedule`); None without attention DP.
         self.adp_hold: bool | None = None
-        # `total_blocks` of each request held, by id (lengths never change): the no-evict pass
-        # sums them every iteration
-        self._totals: dict[int, int] = {}
+        # `total_blocks` of each request held (lengths never change), by the request (which hashes by
+        # identity: a batch's sum is one C pass, `_reserved`): the no-evict pass sums them every iteration
+        self._totals: dict[Request, int] = {}
         # Whether a running request may be mid-context when `_no_evict` runs: with chunked
         # context off every context runs whole (and then generates) unless one was cut into
         # budget-sized pieces or came from elsewhere (set then, for good)
@@ -145,22 +145,22 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         return cdiv(req.prompt_len + new, self.kv.block_size)
 
     def add_request(self, req: Request, now_s: float) -> None:
-        self._totals[req.id] = self.total_blocks(req)
+        self._totals[req] = self.total_blocks(req)
         super().add_request(req, now_s)
 
     def add_transferred(self, req: Request, now_s: float) -> None:
-        self._totals[req.id] = self.total_blocks(req)
+        self._totals[req] = self.total_blocks(req)
         self._partial = True
         super().add_transferred(req, now_s)
 
     def _total_of(self, req: Request) -> int:
         """`total_blocks(req)`, kept by id (computed here for a request that reached this
         scheduler without `add_request`)."""
-        total = self._totals.get(req.id)
-        return total if total is not None else self._totals.setdefault(req.id, self.total_blocks(req))
+        total = self._totals.get(req)
+        return total if total is not None else self._totals.setdefault(req, self.total_blocks(req))
 
     def forget(self, req: Request) -> None:
-        self._totals.pop(req.id, None)
+        self._totals.pop(req, None)
         self._taken_at.pop(req.id, None)
 
     # Its own table only: a step's finishes leave `running` in one pass (`finish_all`).
@@ -170,15 +170,17 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         """The blocks `reqs` still reserve under GUARANTEED_NO_EVICT: their `total_blocks` less
         those they hold, the totals read from `_totals` instead of computed per request and
         iteration."""
+        return self._total_sum(reqs) - sum(self.kv.num_blocks_list(reqs))
+
+    def _total_sum(self, reqs: list[Request]) -> int:
+        """`total_blocks` of `reqs`, summed (at least what they still reserve: `_reserved`)."""
         totals = self._totals
-        ids = [r.id for r in reqs]
         try:
-            total = sum(map(totals.__getitem__, ids))
+            return sum(map(totals.__getitem__, reqs))
         except KeyError:  # (a request that reached `running` without `add_request`)
             for r in reqs:
-                totals.setdefault(r.id, self.total_blocks(r))
-            total = sum(map(totals.__getitem__, ids))
-        return total - sum(self.kv.num_blocks_list(reqs))
+                totals.setdefault(r, self.total_blocks(r))
+            return sum(map(totals.__getitem__, reqs))
 
     def admission_error(self, req: Request) -> str | None:
         need, have = self.total_blocks(req), self.kv.num_gpu_blocks

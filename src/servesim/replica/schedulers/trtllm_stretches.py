@@ -32,9 +32,12 @@ class TRTLLMStretches:
         # add theirs: the room on the stretch's stale state is at most stepping's.
         if self.wait_iters or self.wait_ratio or self.adp_hold is not None or self.admission_lag:
             return None  # (batch waiting, attention DP, the admission lag: contexts may be held)
-        if self.no_evict and sum(map(self.total_blocks, self.waiting)) > self.kv.num_free_blocks - self._reserved(
-                self.running):
-            return None
+        if self.no_evict:
+            # (their totals, and the room the running requests' reservations leave: a C sum of their
+            # totals first, which bounds what they still reserve, then what they hold only if needed)
+            room = self.kv.num_free_blocks - sum(map(self._total_of, self.waiting))
+            if room < self._total_sum(self.running) and room < self._reserved(self.running):
+                return None
         # (each decode of the next step takes itself and its drafts of the budget)
         return whole_prompts(self.waiting, len(self.running), num_running * self.gen_tokens, self.max_batch_size,
                              self.max_num_tokens,
