@@ -105,6 +105,40 @@ def test_other_policies_join_exactly(scheduler, params, seed, num_blocks, perf_n
     assert len(lone_joins) <= a.num_joined_arrivals and (len(lone_joins) > 0 or a.num_joined_arrivals < 10)
 
 
+@pytest.mark.parametrize("scheduler,exact", [("batchllm", "_projected_use"), ("trtllm", "_reserved")])
+def test_joins_read_the_blocks_held_only_where_a_bound_leaves_too_little_room(scheduler, exact, llama, monkeypatch):
+    """BatchLLM's projection and TensorRT-LLM's no-evict reservations at a join pass over the
+    blocks the running requests hold; a bound without them (their final or total blocks, at
+    least the projection's growth and the reservations) answers first. With room to spare the
+    arrivals join without the pass; with little, the pass decides; both as stepping."""
+    from servesim.replica.schedulers import get_scheduler
+
+    cls = get_scheduler(scheduler)
+    depth, read = [0], []  # (inside an `arrivals_join`; the reads made there)
+    join, full = cls.arrivals_join, getattr(cls, exact)
+
+    def arrivals_join(self, n):
+        depth[0] += 1
+        try:
+            return join(self, n)
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(cls, "arrivals_join", arrivals_join)
+    monkeypatch.setattr(cls, exact, lambda self, *a: read.append(depth[0]) or full(self, *a))
+    for num_blocks in (2000, 120):
+        read.clear()
+        a_reqs, b_reqs = light_load(1), light_load(1)
+        a = run(a_reqs, True, num_blocks, llama, scheduler=scheduler, params={})
+        b = run(b_reqs, False, num_blocks, llama, scheduler=scheduler, params={})
+        assert_same_run(a, b, a_reqs, b_reqs, num_blocks, REQUEST_OUTCOME + ("first_scheduled_s",))
+        in_joins = len(read) - read.count(0)
+        if num_blocks == 2000:
+            assert a.num_joined_arrivals > 100 and in_joins == 0
+        else:
+            assert in_joins > 0
+
+
 @pytest.mark.parametrize("scheduler,params", JOINING)
 def test_other_policies_bursts_and_chunked_prompts(scheduler, params, llama):
     # bursts of four within a step join together; prompts longer than the budget the decodes

@@ -322,13 +322,15 @@ class BatchLLMScheduler(KeyedScheduler):
                               lambda req, budget: min(req.num_tokens, budget))
         if joins is None:
             return None
-        bs = self.kv.block_size
-        projected, limit = self._projected_use(), self.params.mem_threshold * self.kv.num_gpu_blocks
-        for req, _ in joins:
-            projected += cdiv(req.prompt_len + req.output_len, bs)  # (`schedule`'s `future` of a fresh prompt)
-            if projected > limit:
-                return None
-        return joins
+        kv = self.kv
+        bs = kv.block_size
+        # (`schedule`'s `future` of each fresh prompt, added to the projection: all positive, so
+        # the last sum is the largest)
+        future = sum([cdiv(req.prompt_len + req.output_len, bs) for req, _ in joins])
+        limit = self.params.mem_threshold * kv.num_gpu_blocks
+        if not self._lookahead and kv.num_gpu_blocks - kv.num_free_blocks + self._final_sum(self.running) + future <= limit:
+            return joins  # (the projection without the blocks held subtracted, at least it, is within the limit)
+        return joins if self._projected_use() + future <= limit else None
 
     def join(self, joins: list[tuple[Request, int]], out: SchedulerOutput) -> None:
         self.waiting.sort(key=self._plan.__getitem__)  # (as `schedule`: the order `arrivals_join` used)
