@@ -149,14 +149,20 @@ def test_exact_sum_holds_only_the_bins_its_values_reach():
     assert len(s._hi) == 12 and s.value() == 0.5 + 0.75 + 3.0 + 1e-3
 
 
+def weighted_values(v: np.ndarray, w: np.ndarray, parts: int) -> WeightedValues:
+    """The pairs (v, w) added to a `WeightedValues` in `parts` chunks, as a run adds them."""
+    values = WeightedValues()
+    for part_v, part_w in zip(np.array_split(v, parts), np.array_split(w, parts)):
+        values.add(part_v, part_w)
+    return values
+
+
 def test_spilled_percentiles_are_numpy_percentiles(monkeypatch):
     monkeypatch.setattr(WeightedValues, "memory_pairs", 500)
     rng = np.random.default_rng(1)
     v = np.round(rng.exponential(0.03, 20_000), 4)  # many ties
     w = rng.integers(1, 9, len(v))
-    values = WeightedValues()
-    for part_v, part_w in zip(np.array_split(v, 13), np.array_split(w, 13)):
-        values.add(part_v, part_w)
+    values = weighted_values(v, w, 13)
     qs = (0, 1, 50, 90, 99, 100)
     assert values._file is not None
     assert values.percentiles(qs) == weighted_percentiles(v, w.copy(), qs)
@@ -172,9 +178,7 @@ def test_in_memory_percentiles_narrow_before_the_sort(monkeypatch):
     rng = np.random.default_rng(3)
     v = np.round(rng.exponential(0.02, 30_000), 5)  # many ties
     w = rng.integers(1, 6, len(v))
-    values = WeightedValues()
-    for part_v, part_w in zip(np.array_split(v, 5), np.array_split(w, 5)):
-        values.add(part_v, part_w)
+    values = weighted_values(v, w, 5)
     picked = []
     pick = WeightedValues._pick
     monkeypatch.setattr(WeightedValues, "_pick", lambda self, state, groups, whole: (

@@ -149,16 +149,22 @@ def test_program_completion_times_section():
     assert section(SectionInput([make_request(9, 1, 1)], np.empty(0), {})) is None
 
 
+def queued_calls(seed: int, n: int, last_arrival: int, programs: int, every: int):
+    """(continuum's waiting queue, the `n` calls queued in it): arrivals drawn up to
+    `last_arrival`, all but every `every`-th call in one of `programs` programs."""
+    sched = make_engine(num_blocks=100, scheduler="continuum")[1]
+    rng = np.random.default_rng(seed)
+    reqs = [make_request(i, 10, 1, arrival=float(rng.integers(0, last_arrival)),
+                         program_id=int(rng.integers(0, programs)) if i % every else None) for i in range(n)]
+    for r in reqs:
+        sched.add_request(r, r.arrival_s)
+    return sched.waiting, reqs
+
+
 def test_waiting_calls_iterate_in_pop_order_without_pins():
     # with no pin the queue is read lazily from its heap (an admission walk reads a few of
     # thousands waiting): the order must be the one `pop` takes, removed calls skipped
-    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="continuum")
-    rng = np.random.default_rng(5)
-    reqs = [make_request(i, 10, 1, arrival=float(rng.integers(0, 40)),
-                         program_id=int(rng.integers(0, 6)) if i % 3 else None) for i in range(200)]
-    queue = sched.waiting
-    for r in reqs:
-        sched.add_request(r, r.arrival_s)
+    queue, reqs = queued_calls(5, 200, 40, 6, 3)
     for r in reqs[::4]:
         queue.remove(r)
     for r in reqs[::8]:
@@ -173,13 +179,7 @@ def test_waiting_heap_sheds_the_entries_of_calls_gone():
     """Removed calls leave dead heap entries (lazy deletion), which every walk of the queue reads
     (each arrival's `arrivals_join` walks it whole): once they outnumber the live ones the heap
     is rebuilt from those, in the same order, and a walk in progress reads on from its own."""
-    engine, sched, kv, loop, done = make_engine(num_blocks=100, scheduler="continuum")
-    rng = np.random.default_rng(8)
-    reqs = [make_request(i, 10, 1, arrival=float(rng.integers(0, 60)),
-                         program_id=int(rng.integers(0, 9)) if i % 2 else None) for i in range(300)]
-    queue = sched.waiting
-    for r in reqs:
-        sched.add_request(r, r.arrival_s)
+    queue, reqs = queued_calls(8, 300, 60, 9, 2)
     walk = iter(queue)
     first = next(walk)  # (a walk in progress when the heap is rebuilt)
     gone = [r for r in reqs if r is not first][:280]
