@@ -154,7 +154,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         super().add_transferred(req, now_s)
 
     def _total_of(self, req: Request) -> int:
-        """`total_blocks(req)`, kept by id (computed here for a request that reached this
+        """`total_blocks(req)`, kept by request (computed here for a request that reached this
         scheduler without `add_request`)."""
         total = self._totals.get(req)
         return total if total is not None else self._totals.setdefault(req, self.total_blocks(req))
