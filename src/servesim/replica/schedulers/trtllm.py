@@ -166,11 +166,11 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
     # Its own table only: a step's finishes leave `running` in one pass (`finish_all`).
     batch_free_forget = forget
 
-    def _reserved(self, reqs: list[Request]) -> int:
+    def _reserved(self, reqs: list[Request], total: int | None = None) -> int:
         """The blocks `reqs` still reserve under GUARANTEED_NO_EVICT: their `total_blocks` less
         those they hold, the totals read from `_totals` instead of computed per request and
-        iteration."""
-        return self._total_sum(reqs) - sum(self.kv.num_blocks_list(reqs))
+        iteration (`total`: their sum, where the caller has it: `_total_sum`)."""
+        return (self._total_sum(reqs) if total is None else total) - sum(self.kv.num_blocks_list(reqs))
 
     def _total_sum(self, reqs: list[Request]) -> int:
         """`total_blocks` of `reqs`, summed (at least what they still reserve: `_reserved`)."""

@@ -36,7 +36,8 @@ class TRTLLMStretches:
             # (their totals, and the room the running requests' reservations leave: a C sum of their
             # totals first, which bounds what they still reserve, then what they hold only if needed)
             room = self.kv.num_free_blocks - sum(map(self._total_of, self.waiting))
-            if room < self._total_sum(self.running) and room < self._reserved(self.running):
+            total = self._total_sum(self.running)
+            if room < total and room < self._reserved(self.running, total):
                 return None
         # (each decode of the next step takes itself and its drafts of the budget)
         return whole_prompts(self.waiting, len(self.running), num_running * self.gen_tokens, self.max_batch_size,
