@@ -31,6 +31,7 @@ from servesim.metrics.timeseries import series_blocks
 from servesim.replica.config import EngineConfig
 from servesim.replica.engine import Engine
 from servesim.scenario import Scenario
+from servesim.sums import left_sum
 from servesim.workload.request import Request
 
 @dataclass
@@ -239,4 +240,5 @@ def _swap_totals(engines: list[Engine]) -> dict | None:
     if not blocks:
         return None
     return {"num_swapped_blocks": blocks, "num_copies": sum(e.num_swap_copies for e in engines),
-            "transfer_s": sum(e.swap_transfer_s for e in engines), "stall_s": sum(e.swap_stall_s for e in engines)}
+            "transfer_s": left_sum(e.swap_transfer_s for e in engines),
+            "stall_s": left_sum(e.swap_stall_s for e in engines)}

@@ -220,18 +220,19 @@ def test_clipped_reserve_is_the_full_pass_and_is_taken():
 
 def test_a_kept_reserve_is_read_for_its_ratio_and_batch_size_only():
     from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS
+    from servesim.sums import left_sum
 
     engine, sched, kv, loop, done = make_engine(num_blocks=600, scheduler="sglang", max_num_batched_tokens=256)
     sched.running = [make_request(i, 10, 5) for i in range(3)]
     ratio = sched.new_token_ratio
-    assert sched._reserve() == sum([CLIP_MAX_NEW_TOKENS * ratio] * 3) and sched._reserves == {3: sched._reserve()}
+    assert sched._reserve() == left_sum([CLIP_MAX_NEW_TOKENS * ratio] * 3) and sched._reserves == {3: sched._reserve()}
     sched._reserves[3] = -1.0  # (what was kept is what a second ask returns: it is not summed again)
     assert sched._reserve() == -1.0
     sched.running.append(make_request(3, 10, 5))
-    assert sched._reserve() == sum([CLIP_MAX_NEW_TOKENS * ratio] * 4)  # another batch size: summed
+    assert sched._reserve() == left_sum([CLIP_MAX_NEW_TOKENS * ratio] * 4)  # another batch size: summed
     sched.new_token_ratio = ratio - sched._decay
     sched.running.pop()
-    assert sched._reserve() == sum([CLIP_MAX_NEW_TOKENS * (ratio - sched._decay)] * 3)  # a new ratio drops the sums
+    assert sched._reserve() == left_sum([CLIP_MAX_NEW_TOKENS * (ratio - sched._decay)] * 3)  # a new ratio drops the sums
     assert sched._reserves == {3: sched._reserve()}
 
 

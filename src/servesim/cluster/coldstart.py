@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from servesim.sums import left_sum
+
 Storage = Literal["gpu", "host_memory", "local_ssd", "remote"]
 
 #: Effective per-GPU read bandwidth of each storage tier, bytes/s (spec §6.9's table).
@@ -81,4 +83,4 @@ def weight_load_s(cfg: ColdStartConfig, weight_bytes_per_gpu: float) -> float:
 
 def cold_start_s(cfg: ColdStartConfig, weight_bytes_per_gpu: float) -> float:
     """Total time from the scale-up decision to ready."""
-    return sum(phase_times_s(cfg, weight_bytes_per_gpu).values())
+    return left_sum(phase_times_s(cfg, weight_bytes_per_gpu).values())

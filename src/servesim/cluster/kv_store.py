@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servesim.cluster.prediction import Predictor
+from servesim.sums import left_sum
 from servesim.workload.request import Request
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -170,7 +171,7 @@ class KVStore:
         """Time to load `counts` blocks per tier of `req` into replica `index`."""
         block = self.per_token[index] * req.hash_block_tokens
         tiers = self._store(index).tiers
-        return self.cfg.load_latency_s + sum(c * block / t.bandwidth_Bps for c, t in zip(counts, tiers))
+        return self.cfg.load_latency_s + left_sum(c * block / t.bandwidth_Bps for c, t in zip(counts, tiers))
 
     def plan(self, req: Request, index: int, gpu_blocks: int) -> tuple[int, float]:
         """(prefix tokens computed once the load is done, load time) for `req` on replica
@@ -222,5 +223,5 @@ class KVStore:
         loads = sorted(self.load_s)
         return {"scope": self.cfg.scope, "num_loads": self.num_loads, "num_skipped_loads": self.num_skipped,
                 "loaded_tokens": self.loaded_tokens,
-                "mean_load_s": sum(loads) / len(loads) if loads else 0.0,
+                "mean_load_s": left_sum(loads) / len(loads) if loads else 0.0,
                 "max_load_s": loads[-1] if loads else 0.0, "tiers": tiers}

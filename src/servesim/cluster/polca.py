@@ -21,6 +21,7 @@ from servesim.core.loop import PRIO_ARRIVAL, EventLoop
 from servesim.errors import InputError
 from servesim.perf import build_perf_model
 from servesim.replica.replica import STOPPED, Replica
+from servesim.sums import left_sum
 
 
 def check_power(cfg: PowerConfig, pools) -> None:
@@ -99,10 +100,10 @@ class PowerManager:
         if not self.active():
             return
         c = self.cfg
-        self.row_w.append((now_s, sum(self.replica_w(r, now_s) for r in self.cluster.replicas)))
+        self.row_w.append((now_s, left_sum(self.replica_w(r, now_s) for r in self.cluster.replicas)))
         recent = [w for t, w in self.row_w[-int(c.telemetry_window_s / c.control_period_s) - 1:]
                   if t > now_s - c.telemetry_window_s]
-        row = sum(recent) / len(recent)  # the averaged meter
+        row = left_sum(recent) / len(recent)  # the averaged meter
         budget = c.row_power_budget_w
         level = self.level
         if row > c.threshold_high * budget:

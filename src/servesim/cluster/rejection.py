@@ -22,6 +22,7 @@ from collections import deque
 
 from servesim.cluster.config import DisaggregationConfig
 from servesim.cluster.prediction import Predictor, tbt_s
+from servesim.sums import left_sum
 from servesim.workload.request import Request
 
 
@@ -81,7 +82,7 @@ class Admission:
         ctx = self._ctx_sum // max(self._num_admitted, 1)
         reps = self.cluster.replicas
         alive = [i for i in self.decode if reps[i].alive] or self.decode
-        tbt = sum(tbt_s(reps[i].engine.perf, seqs_per_replica, ctx) for i in alive) / len(alive)
+        tbt = left_sum(tbt_s(reps[i].engine.perf, seqs_per_replica, ctx) for i in alive) / len(alive)
         return tbt / self.cfg.tbt_slo_s
 
     def _running_per_decode(self, now_s: float) -> float:

@@ -7,6 +7,7 @@ import numpy as np
 
 from servesim.cluster.power import cost_usd, gpu_power_w, replica_energy_j, step_power_w, up_intervals
 from servesim.metrics.summary import FINISHED, RequestColumns
+from servesim.sums import left_sum
 
 
 def run_end_s(records, cols: RequestColumns) -> float:
@@ -21,7 +22,7 @@ def elastic_section(records, info: dict, cols: RequestColumns, events, slo) -> d
     end = run_end_s(records, cols)
     gpu_h = energy_j = cost = ready_s = 0.0
     for rec, rep in zip(records, info["replicas"]):
-        up_s = sum(b - a for a, b in up_intervals(rep["lifecycle"], end))
+        up_s = left_sum(b - a for a, b in up_intervals(rep["lifecycle"], end))
         gpu_h += up_s * rep["num_gpus"] / 3600
         energy_j += replica_energy_j(rec.steps, up_s, gpu_power_w(rep["gpu"]), rep["num_gpus"], rep["clock_log"],
                                      info["gamma"])

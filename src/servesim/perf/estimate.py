@@ -15,6 +15,7 @@ import numpy as np
 from servesim.errors import InputError
 from servesim.perf.engines import EngineProfile
 from servesim.perf.perf_model import PerfModel
+from servesim.sums import left_sum
 
 BLOCK_SIZE = 16  # KV block size used to count what fits (vLLM's default)
 
@@ -118,7 +119,7 @@ def estimate(pm: PerfModel, engine: EngineProfile, batch: int, input_len: int, o
     return Estimate(
         model=pm.model_name, gpu=pm.gpu_name, tp=pm.tp, pp=pm.pp, dtype=pm.dtype, engine=pm.engine,
         batch=batch, input_len=input_len, output_len=output_len,
-        ttft_s=sum(firsts) / batch, ttft_max_s=prefill_end,
+        ttft_s=left_sum(firsts) / batch, ttft_max_s=prefill_end,
         tpot_s=decode_s / (output_len - 1) if output_len > 1 else 0.0,
         e2e_s=e2e,
         output_throughput_tok_s=batch * output_len / e2e,

@@ -16,6 +16,7 @@ from servesim.perf.hardware import ACTIVATION_BYTES, DtypeSpec, GPUSpec
 from servesim.perf.models import (ModelSpec, attention_params, dense_ffn_params, expert_params, kv_elements_per_token_layer,
                                   linear_attention_params, linear_state_bytes_per_seq)
 from servesim.perf.roofline import smooth_roofline_sum_s
+from servesim.sums import left_sum
 
 LM_HEAD_BYTES = 2.0  # embeddings and LM head stay 16-bit in quantised checkpoints
 DELTA_CHUNK = 64  # FLA's chunk for the chunked delta rule (chunk_gated_delta_rule, FLA_CHUNK_SIZE = 64)
@@ -134,10 +135,11 @@ class StepTerms:
         c, g = self.c, self.gpu
         peak_c = self.eta_compute_at(num_tokens) * g.peak_flops[self.dtype.compute]
         blocks = self.blocks()
-        flops = sum(b.count * b.flops_per_token * num_tokens for b in blocks if not (b.moe and c.eta_moe_compute))
-        moe_flops = sum(b.count * b.flops_per_token * num_tokens for b in blocks if b.moe and c.eta_moe_compute)
+        flops = left_sum(b.count * b.flops_per_token * num_tokens for b in blocks if not (b.moe and c.eta_moe_compute))
+        moe_flops = left_sum(b.count * b.flops_per_token * num_tokens for b in blocks if b.moe and c.eta_moe_compute)
         compute_s = flops / peak_c + (moe_flops / (c.eta_moe_compute * g.peak_flops[self.dtype.compute]) if moe_flops else 0.0)
-        bytes_ = sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens) for b in blocks)
+        bytes_ = left_sum(b.count * (b.weight_elems * self.dtype.weight_bytes + b.act_bytes_per_token * num_tokens)
+                          for b in blocks)
         return compute_s, bytes_ / (c.eta_memory * g.hbm_bw_bytes_s)
 
     # ---- memory-bound element-wise work, KV writes, LM head ---------------------------------

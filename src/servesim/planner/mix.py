@@ -25,6 +25,7 @@ from servesim.planner.goodput import bisect_goodput, probe_requests, run_probe
 from servesim.planner.mapping import RateKnob, candidate_scenario
 from servesim.planner.search import Evaluated
 from servesim.planner.space import GoodputConfig, MixConfig
+from servesim.sums import left_sum
 
 
 @dataclass
@@ -96,7 +97,7 @@ def solve_mix(rates: np.ndarray, cap: np.ndarray, prices: np.ndarray, slice_fact
 def write_pool_trace(path: Path, buckets, rates_per_s: list[float], num_requests: int, seed: int) -> float:
     """Merged Poisson streams of the buckets at the given rates as a trace CSV; returns its total rate."""
     rng = np.random.default_rng(seed)
-    total = sum(rates_per_s)
+    total = left_sum(rates_per_s)
     rows = []
     for bucket, rate in zip(buckets, rates_per_s):
         n = max(1, round(num_requests * rate / total)) if rate > 0 else 0

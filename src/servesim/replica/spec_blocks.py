@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from servesim.sums import left_sum
+
 # A block costs about 35 numpy calls (~100 us on the 2-core machine) whatever its size; a step
 # priced one by one about (2 + 0.7 n) us for n requests. Blocks are used when the steps expected
 # in them, times (n + 3), reach this (about 50 steps for one request, 11 for sixteen).
@@ -53,7 +55,7 @@ def block_steps(n: int, to_horizon: float, room: Callable[[], int], acceptance_r
     if to_horizon < least:
         return 0
     tokens = room()  # (after the cheap test: a pass over the batch)
-    if tokens < least * sum(acceptance_rate ** j for j in range(k_max + 1)):
+    if tokens < least * left_sum(acceptance_rate ** j for j in range(k_max + 1)):
         return 0
     return int(min(tokens, to_horizon + 2, BLOCK_MAX_STEPS))
 

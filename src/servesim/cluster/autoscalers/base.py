@@ -23,6 +23,7 @@ from typing import ClassVar, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from servesim.cluster.view import ReplicaView
+from servesim.sums import left_sum
 
 
 class AutoscalerParams(BaseModel):
@@ -129,7 +130,7 @@ def per_replica(s: Sample, metric: str) -> float:
         return (sum(v.num_waiting for v in s.views) + s.num_queued) / n
     if not s.views:
         return 1.0 if s.num_queued else 0.0
-    return sum(v.kv_usage for v in s.views) / n
+    return left_sum(v.kv_usage for v in s.views) / n
 
 
 def replica_rps(cap: Capacity, prompt_tokens: float, output_tokens: float) -> float:

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from servesim.cluster.autoscalers import register
 from servesim.cluster.autoscalers.base import Autoscaler, AutoscalerParams, ceil_div, replica_rps
+from servesim.sums import left_sum
 
 
 class PlannerParams(AutoscalerParams):
@@ -58,7 +59,7 @@ class DynamoPlanner(Autoscaler):
         p: PlannerParams = self.params
         k = 1 if p.load_predictor == "constant" else p.load_prediction_window_size
         recent = samples[-k:]
-        span_s = sum(s.window_s for s in recent)
+        span_s = left_sum(s.window_s for s in recent)
         n = sum(s.arrivals for s in recent)
         if n == 0:
             return (1 if samples[-1].num_queued else 0), 0.0

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from servesim.cluster.autoscalers import register
 from servesim.cluster.autoscalers.base import Autoscaler, AutoscalerParams, ceil_div, window
+from servesim.sums import left_sum
 
 
 class KPAParams(AutoscalerParams):
@@ -79,4 +80,4 @@ class KPA(Autoscaler):
 
 
 def _mean(samples) -> float:
-    return sum(s.concurrency for s in samples) / len(samples)
+    return left_sum(s.concurrency for s in samples) / len(samples)

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from servesim.cluster.autoscalers import register
 from servesim.cluster.autoscalers.base import Autoscaler, AutoscalerParams
+from servesim.sums import left_sum
 
 
 class WVAParams(AutoscalerParams):
@@ -43,13 +44,13 @@ class WVA(Autoscaler):
         queue = [v.num_waiting + s.num_queued / max(s.num_ready, 1) for v in s.views]
         free = [(p.kv_cache_threshold - k, p.queue_length_threshold - q) for k, q in zip(kv, queue)
                 if k < p.kv_cache_threshold and q < p.queue_length_threshold]
-        spare_kv = sum(f[0] for f in free) / len(free) if free else 0.0
-        spare_q = sum(f[1] for f in free) / len(free) if free else 0.0
+        spare_kv = left_sum(f[0] for f in free) / len(free) if free else 0.0
+        spare_q = left_sum(f[1] for f in free) / len(free) if free else 0.0
         if not free or spare_kv < p.kv_spare_trigger or spare_q < p.queue_spare_trigger:
             return (current if s.num_starting else current + 1), spare_kv
         n = s.num_ready
         if n > 1 and s.num_starting == 0:
-            kv_after, q_after = sum(kv) / (n - 1), sum(queue) / (n - 1)
+            kv_after, q_after = left_sum(kv) / (n - 1), left_sum(queue) / (n - 1)
             if (p.kv_cache_threshold - kv_after >= p.kv_spare_trigger
                     and p.queue_length_threshold - q_after >= p.queue_spare_trigger):
                 return current - 1, spare_kv

@@ -11,6 +11,7 @@ from servesim.cluster.routers import register
 from servesim.cluster.routers.base import Router, RouterParams
 from servesim.cluster.routers.common import BlockIndex
 from servesim.cluster.view import ClusterView
+from servesim.sums import left_sum
 from servesim.workload.request import Request
 
 
@@ -95,7 +96,7 @@ class DynamoKV(Router):
                 overlap = view.cached_blocks(i, req)
                 if self.kv_store is not None:  # lower tiers, weighted (KV events carry the tier)
                     counts = self.kv_store.tier_blocks(i, req, overlap)
-                    overlap += sum(w * c for w, c in zip(self._weights, counts))
+                    overlap += left_sum(w * c for w, c in zip(self._weights, counts))
             else:  # (the approximate index predicts GPU reuse only, as Dynamo's)
                 overlap = self.index.match(i, req.hash_ids, view.now_s)
             prefill_tokens = max(0, req.prompt_len - overlap * req.hash_block_tokens)

@@ -18,6 +18,7 @@ import numpy as np
 
 from servesim.metrics.sections import SectionInput
 from servesim.metrics.stream_stats import StreamValues
+from servesim.sums import left_sum
 
 KEY = "fairness"
 MAX_WINDOWS = 60
@@ -108,7 +109,7 @@ def section(data: SectionInput) -> dict | None:
         for a in acc.values():
             a.ttft.close(), a.e2e.close()
     windows = {u: (w_in * acc[u].in_hist + w_out * acc[u].out_hist).tolist() for u in tenants}
-    total = sum(p["service"] for p in per.values())
+    total = left_sum(p["service"] for p in per.values())
     for p in per.values():
         p["service_share"] = p["service"] / total if total else None
     cumulative = np.cumsum(np.array([windows[u] for u in tenants]), axis=1)

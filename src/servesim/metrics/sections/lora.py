@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from servesim.metrics.stream_stats import StreamValues
+from servesim.sums import left_sum
 
 KEY = "lora"
 
@@ -37,7 +38,7 @@ def section(data) -> dict | None:
         hit, hits = t.extras.at("lora_hit", rows)
         looked = hits[hit].tolist()
         # (Python's sums in row order, as the tags were read before: the same float and int results)
-        load_s = sum(t.extras.at("lora_load_s", rows, 0.0)[1].tolist())
+        load_s = left_sum(t.extras.at("lora_load_s", rows, 0.0)[1].tolist())
         return {
             "num_requests": len(rows),
             "num_adapters": len(adapters),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from servesim.sums import left_sum, left_sum_array
 from servesim.workload.request import Request
 
 CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
@@ -22,16 +23,16 @@ def reserved_tokens(running: list[Request], ratio: float, max_model_len: int) ->
     """SGLang's decode reserve: the sum over `running` of
     `min(max(max_new - generated, 0), 4096) * new_token_ratio`, `max_new` being the request's
     `max_tokens`, else `max_model_len - prompt`. Same value as the list comprehension (the
-    products are the same IEEE operations on the same numbers, summed left to right by `sum`)."""
+    products are the same IEEE operations on the same numbers, summed left to right: `left_sum`)."""
     if len(running) < _ARRAY_MIN_RUNNING:
-        return sum([min(max((r.max_tokens or max_model_len - r.prompt_len) - r.num_output_tokens, 0),
+        return left_sum([min(max((r.max_tokens or max_model_len - r.prompt_len) - r.num_output_tokens, 0),
                         CLIP_MAX_NEW_TOKENS) * ratio for r in running])
     n = len(running)
     max_new = np.fromiter([r.max_tokens or max_model_len - r.prompt_len for r in running], np.int64, n)
     left = max_new - np.fromiter([r.num_output_tokens for r in running], np.int64, n)
     np.maximum(left, 0, out=left)
     np.minimum(left, CLIP_MAX_NEW_TOKENS, out=left)
-    return sum((left * ratio).tolist())
+    return left_sum_array(left * ratio)
 
 
 def decoding_requests(running: list[Request]) -> list[Request]:

@@ -33,6 +33,7 @@ from bisect import bisect_right
 from servesim.replica.schedulers.arrival_joins import is_fresh
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS
 from servesim.replica.schedulers.outputs import SchedulerOutput
+from servesim.sums import left_sum
 from servesim.workload.request import Request
 
 
@@ -44,7 +45,7 @@ def admits_at_finish(sched, num_running: int, free_blocks: int, ratio: float) ->
     with some, the step after their prompts decides afresh (`readmits_after_stall`)."""
     bs = sched.kv.block_size
     reserve = CLIP_MAX_NEW_TOKENS * ratio  # (per running request: every reserve is clipped)
-    rem_total = free_blocks * bs - 0 - sum([reserve] * num_running)  # (stepping's expression, `mixed` 0)
+    rem_total = free_blocks * bs - 0 - left_sum([reserve] * num_running)  # (stepping's expression, `mixed` 0)
     rem_input, rem_chunk = sched.params.max_prefill_tokens, sched.chunk_size
     joins: list[tuple[Request, int]] = []
     for req in sched.waiting:

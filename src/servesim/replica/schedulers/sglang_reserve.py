@@ -10,6 +10,7 @@ memo.
 from __future__ import annotations
 
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, reserved_tokens
+from servesim.sums import left_sum
 from servesim.workload.request import Request
 
 
@@ -33,13 +34,13 @@ class SGLangReserve:
         # Kept per batch size for the current ratio: asked at every prompt step and every
         # arrival that joins a stretch, where the ratio rarely moved (at its floor it never
         # does) and the batch's size repeats (azure-conv, 1 replica: 104 distinct pairs of
-        # 3,811 asks). The same `sum`, so the same float, as computing it each time.
+        # 3,811 asks). The same sum, so the same float, as computing it each time.
         ratio, n = self.new_token_ratio, len(self.running)
         if ratio != self._reserve_ratio:
             self._reserve_ratio, self._reserves = ratio, {}
         total = self._reserves.get(n)
         if total is None:
-            total = self._reserves[n] = sum([CLIP_MAX_NEW_TOKENS * ratio] * n)
+            total = self._reserves[n] = left_sum([CLIP_MAX_NEW_TOKENS * ratio] * n)
         return total
 
     def _ratio_after(self, steps: int) -> float:
