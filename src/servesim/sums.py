@@ -16,8 +16,6 @@ from functools import reduce
 from operator import add
 from typing import Iterable
 
-import numpy as np
-
 
 def _left_sum(values: Iterable) -> float | int:
     """`sum(values)` as CPython 3.11 makes it: from the int 0, each item added in turn (so 0 for
@@ -29,10 +27,3 @@ def _left_sum(values: Iterable) -> float | int:
 # sums its decode reserve over the batch at every admission); from 3.12 on, `reduce`.
 left_sum = sum if sys.version_info < (3, 12) else _left_sum
 
-
-def left_sum_array(values: np.ndarray) -> float:
-    """`left_sum(values.tolist())` for a non-empty float64 array, in C: `np.add.accumulate`
-    adds in order, each partial sum the one before plus the next value. It starts from the
-    first value rather than 0 + it, which differs only in the sign of a zero: + 0.0 gives a
-    -0.0 result the +0.0 that 3.11's `sum` (which never returns -0.0) gives."""
-    return float(np.add.accumulate(values)[-1]) + 0.0

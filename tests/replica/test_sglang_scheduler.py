@@ -232,7 +232,8 @@ def test_a_kept_reserve_is_read_for_its_ratio_and_batch_size_only():
     assert sched._reserve() == left_sum([CLIP_MAX_NEW_TOKENS * ratio] * 4)  # another batch size: summed
     sched.new_token_ratio = ratio - sched._decay
     sched.running.pop()
-    assert sched._reserve() == left_sum([CLIP_MAX_NEW_TOKENS * (ratio - sched._decay)] * 3)  # a new ratio drops the sums
+    # (a new ratio drops the sums)
+    assert sched._reserve() == left_sum([CLIP_MAX_NEW_TOKENS * (ratio - sched._decay)] * 3)
     assert sched._reserves == {3: sched._reserve()}
 
 

@@ -65,6 +65,7 @@ class StepEnds:
 
     def max(self) -> float:
         """The latest step end (each segment is in time order: its last value, read alone)."""
-        last = [float(seg[-1] if isinstance(seg, np.ndarray) else np.fromfile(seg[0], np.float64, 1, offset=8 * n - 8)[0])
+        last = [float(seg[-1] if isinstance(seg, np.ndarray)
+                      else np.fromfile(seg[0], np.float64, 1, offset=8 * n - 8)[0])
                 for seg, n in zip(self.segments, self._lens) if n]
         return max(last) if last else float("nan")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from servesim.sums import left_sum, left_sum_array
+from servesim.sums import left_sum
 from servesim.workload.request import Request
 
 CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
@@ -32,7 +32,7 @@ def reserved_tokens(running: list[Request], ratio: float, max_model_len: int) ->
     left = max_new - np.fromiter([r.num_output_tokens for r in running], np.int64, n)
     np.maximum(left, 0, out=left)
     np.minimum(left, CLIP_MAX_NEW_TOKENS, out=left)
-    return left_sum_array(left * ratio)
+    return left_sum((left * ratio).tolist())
 
 
 def decoding_requests(running: list[Request]) -> list[Request]:

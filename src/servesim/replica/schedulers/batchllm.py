@@ -328,7 +328,8 @@ class BatchLLMScheduler(KeyedScheduler):
         # the last sum is the largest)
         future = sum([cdiv(req.prompt_len + req.output_len, bs) for req, _ in joins])
         limit = self.params.mem_threshold * kv.num_gpu_blocks
-        if not self._lookahead and kv.num_gpu_blocks - kv.num_free_blocks + self._final_sum(self.running) + future <= limit:
+        used = kv.num_gpu_blocks - kv.num_free_blocks
+        if self._fixed_projection() and used + self._final_sum(self.running) + future <= limit:
             return joins  # (the projection without the blocks held subtracted, at least it, is within the limit)
         return joins if self._projected_use() + future <= limit else None
 
