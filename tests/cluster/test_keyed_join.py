@@ -285,9 +285,9 @@ def test_head_evicts_reads_the_blocks_pops_would_take():
     g.register(0, 4)
     q.release(g, 0, 4)  # g's 4 blocks enter the queue after them
     assert not q.head_evicts(3, [g]) and q.head_evicts(4, [g]) and not q.head_evicts(7, [other])
-    g.hit(1, 4)  # 3 of them leave the queue (their stamps no longer match the entry's)
+    g.hit(1, 4, q.entries)  # 3 of them leave the queue (the entry counts 1 live block)
     assert q.head_evicts(4, [g]) and not q.head_evicts(3, [g])
-    g.hit(0, 1)
+    g.hit(0, 1, q.entries)
     assert not q.head_evicts(100, [g])
     q.pop(3)  # (the walks changed nothing: this takes the plain run; g's entry holds none of its blocks)
     assert not q.head_evicts(1, [g])

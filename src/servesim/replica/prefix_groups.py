@@ -25,6 +25,7 @@ and an int comparison per slot: about 2-3x faster per slot (`Group.evict`, `rele
 from __future__ import annotations
 
 from array import array
+from collections import Counter
 from itertools import repeat
 from operator import add, sub
 from typing import Hashable
@@ -37,19 +38,12 @@ NONE, ONE = array("i", [-1]), array("i", [1])  # reference counts: not cached, h
 NO_STAMP = array("q", [0])
 
 # Searching a range for one value: `array.count` and `array.index` compare slot by slot through
-# Python ints, and a stamp is a large int (a new object per slot): about 25 ns a slot, and the
-# free-queue entries of a conversation's freed context, walked by `FreeQueue.head_evicts` and
-# `evict` after its next turn hit them, are hundreds of slots (2.8 M slots per vllm sessions
-# cell). numpy reads the same bytes in C for about 1 us a call; shorter ranges keep array's loop.
+# Python ints, and a stamp is a large int (a new object per slot): about 25 ns a slot, and a
+# free-queue entry partly hit since (a conversation's freed context, part of it taken back by
+# its next turn) is hundreds of slots. numpy reads the same bytes in C for about 1 us a call
+# (`evict`); shorter ranges keep array's loop. (An entry a hit emptied is not searched at all:
+# `FreeQueue` keeps each entry's live count.)
 _NP_MIN = 48
-
-
-def count_stamp(stamps: array, stamp: int) -> int:
-    """`stamps.count(stamp)` (stamps: a slice of a group's `stamp`, so no view of the group's
-    own array outlives the call, which would stop it from growing)."""
-    if len(stamps) < _NP_MIN:
-        return stamps.count(stamp)
-    return int(np.count_nonzero(np.frombuffer(stamps, dtype=np.int64) == stamp))
 
 
 class Group:
@@ -144,9 +138,10 @@ class Group:
         edges = np.flatnonzero(np.diff(cached, prepend=False, append=False)) + (i + self.lo)
         return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
-    def hit(self, s0: int, s1: int) -> int:
+    def hit(self, s0: int, s1: int, queued: dict | None = None) -> int:
         """A request takes a reference on the cached blocks [s0, s1); returns how many left
-        the free queue (their count was 0)."""
+        the free queue (their count was 0). `queued`: the queue's entries by stamp
+        (`FreeQueue.entries`), whose live counts lose those blocks."""
         i, j = s0 - self.lo, s1 - self.lo
         r = self.ref[i:j]
         v = r[0]
@@ -154,11 +149,15 @@ class Group:
             self.ref[i:j] = array("i", [v + 1]) * (j - i)
             if v:
                 return 0
+            if queued is not None:
+                _leave(queued, self.stamp[i:j])
             self.stamp[i:j] = NO_STAMP * (j - i)
             return j - i
         z = r.count(0)
         if z:
             stamp = self.stamp
+            if queued is not None:
+                _leave(queued, array("q", [t for t, c in zip(stamp[i:j], r) if c == 0]))
             for k in range(i, j):
                 if r[k - i] == 0:
                     stamp[k] = 0
@@ -215,7 +214,7 @@ class Group:
                 st[j - 1 - x] = 0
                 ref[j - 1 - x] = -1
             first = j - 1 - x
-        else:  # (the same slots found by numpy: see `count_stamp`)
+        else:  # (the same slots found by numpy: see `_NP_MIN`)
             where = np.flatnonzero(np.frombuffer(seg, dtype=np.int64) == stamp)
             if not len(where):
                 return 0, s0
@@ -227,3 +226,14 @@ class Group:
         self.num_cached -= k
         # the scan stops at the n-th slot evicted, else runs through the entry's first slot
         return k, (first + self.lo) if k == n else s0
+
+
+def _leave(queued: dict, stamps: array) -> None:
+    """Blocks carrying `stamps` leave the free queue: their entries' live counts drop (one
+    entry's, the usual case: a conversation's context freed at once and hit by its next turn)."""
+    t = stamps[0]
+    if stamps == array("q", [t]) * len(stamps):
+        queued[t][4] -= len(stamps)
+    else:
+        for t, c in Counter(stamps).items():
+            queued[t][4] -= c

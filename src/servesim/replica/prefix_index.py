@@ -72,6 +72,7 @@ class PrefixIndex(PrefixRegistration):
         self._diags: dict[int, list] = {}  # the keys' pieces by diagonal (prefix_diagonals.py)
         self._run_len = 0
         self.num_absent = 0  # checks answered by the diagonals (the tests assert the path ran)
+        self.queued: dict[int, list] | None = None  # the free queue's group entries by stamp (`FreeQueue.entries`)
 
     def extents(self, keys: Sequence, p0: int, p1: int) -> list[tuple]:
         """Split positions [p0, p1) where the group their key runs map to changes: (group or
@@ -185,8 +186,9 @@ class PrefixIndex(PrefixRegistration):
         """`held` takes a reference on the hit's keyed blocks; returns how many left the free
         queue (their count was 0)."""
         n = 0
+        queued = self.queued
         for g, p0, p1 in hits.extents:
-            n += g.hit(p0, p1)
+            n += g.hit(p0, p1, queued)
             held.add(g, p0, p1)
         return n
 
