@@ -156,10 +156,10 @@ class Group:
         z = r.count(0)
         if z:
             stamp = self.stamp
-            if queued is not None:
-                _leave(queued, array("q", [t for t, c in zip(stamp[i:j], r) if c == 0]))
             for k in range(i, j):
                 if r[k - i] == 0:
+                    if queued is not None:  # (its entry holds one block fewer)
+                        queued[stamp[k]][4] -= 1
                     stamp[k] = 0
         self.ref[i:j] = array("i", map(add, r, repeat(1)))
         return z

@@ -26,7 +26,7 @@ def reserved_tokens(running: list[Request], ratio: float, max_model_len: int) ->
     products are the same IEEE operations on the same numbers, summed left to right: `left_sum`)."""
     if len(running) < _ARRAY_MIN_RUNNING:
         return left_sum([min(max((r.max_tokens or max_model_len - r.prompt_len) - r.num_output_tokens, 0),
-                        CLIP_MAX_NEW_TOKENS) * ratio for r in running])
+                             CLIP_MAX_NEW_TOKENS) * ratio for r in running])
     n = len(running)
     max_new = np.fromiter([r.max_tokens or max_model_len - r.prompt_len for r in running], np.int64, n)
     left = max_new - np.fromiter([r.num_output_tokens for r in running], np.int64, n)
