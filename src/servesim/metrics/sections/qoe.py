@@ -45,17 +45,41 @@ def qoe_many(token_times_s: np.ndarray, counts: np.ndarray, ttft_exp_s: np.ndarr
              tds_exp: np.ndarray) -> list[float]:
     """`qoe` of each of several requests, float for float: `token_times_s` holds their tokens
     one request after another (`counts` of each; times from each one's arrival), the targets one
-    per request. A request none of whose tokens comes after its expected time (`qoe`'s
-    `token_times_s - offset <= ttft_exp_s` for each, the same floats, checked for the whole
-    chunk at once) is shown exactly as expected (`shown == expected`, the same sum twice): its
-    QoE is 1.0. Only the others are valued one by one."""
+    per request. `qoe`'s element-wise steps are taken for the whole chunk at once (the same
+    operands: a token's offset is 1 / TDS_exp times its place); only the running maximum and
+    the two sums, whose floats depend on each request's own array, are taken request by
+    request (numpy's pairwise sum of the same values in the same order). A request none of
+    whose tokens comes after its expected time (`token_times_s - offset <= ttft_exp_s` for
+    each) is shown exactly as expected (`shown == expected`, the same sum twice): its QoE is
+    1.0, with no call of its own."""
     ends = np.cumsum(counts)
     starts = ends - counts
-    index = np.arange(len(token_times_s)) - np.repeat(starts, counts)  # (each token's place in its request)
-    late = token_times_s - np.repeat(1.0 / tds_exp, counts) * index > np.repeat(ttft_exp_s, counts)
+    # (in place where it can: a fresh array of a chunk's tokens costs several times the pass)
+    offset = np.arange(len(token_times_s), dtype=np.float64)
+    offset -= np.repeat(starts, counts)  # (each token's place in its request: exact integers)
+    offset *= np.repeat(1.0 / tds_exp, counts)
+    ttft = np.repeat(ttft_exp_s, counts)
+    shown = token_times_s - offset
     out = [1.0 if n else 0.0 for n in counts.tolist()]
-    for k in np.unique(np.searchsorted(ends, np.flatnonzero(late), side="right")).tolist():
-        out[k] = qoe(token_times_s[starts[k]:ends[k]], float(ttft_exp_s[k]), float(tds_exp[k]))
+    some = np.flatnonzero(counts)
+    if not len(some):
+        return out
+    todo = some[np.logical_or.reduceat(shown > ttft, starts[some])].tolist()  # (those with a late token)
+    if not todo:
+        return out
+    np.maximum(shown, ttft, out=shown)
+    bounds = [(k, int(starts[k]), int(ends[k])) for k in todo]
+    for _, a, b in bounds:
+        run = shown[a:b]
+        np.maximum.accumulate(run, out=run)
+    shown += offset
+    last = np.repeat(shown[ends - 1], counts)  # (each token's request's last shown time: `end`)
+    ttft += offset  # (expected)
+    behind = np.subtract(last, ttft, out=ttft)  # (end - expected)
+    last -= shown  # (end - shown)
+    for k, a, b in bounds:
+        target = float(behind[a:b].sum())
+        out[k] = 1.0 if target <= 0 else float(last[a:b].sum()) / target
     return out
 
 
@@ -84,7 +108,8 @@ def section(data) -> dict | None:
             for part, times, counts in data.token_times_chunks(np.flatnonzero(finished) + chunk.start):
                 ttfts = t.extras.at("qoe_ttft_s", part, ttft)[1]  # (a request's own targets, else the defaults)
                 tdss = t.extras.at("qoe_tds", part, tds)[1]
-                v = np.array(qoe_many(times - np.repeat(arrival_s[part - chunk.start], counts), counts, ttfts, tdss))
+                times -= np.repeat(arrival_s[part - chunk.start], counts)  # (from each one's arrival; a fresh array)
+                v = np.array(qoe_many(times, counts, ttfts, tdss))
                 values.add(v)
                 num_good += int((v >= 0.9).sum())
         if not len(values):
