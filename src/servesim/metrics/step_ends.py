@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from servesim.metrics.step_log import positions
+
 #: values read at a time when scanning
 CHUNK = 1 << 18
 
@@ -48,6 +50,8 @@ class StepEnds:
     def __getitem__(self, index) -> np.ndarray:
         """Values at the (global) step indices `index` (an integer array)."""
         index = np.asarray(index, dtype=np.int64)
+        if len(self.segments) == 1:  # (one replica: its log, without finding each index's segment)
+            return self._open(0)[index]
         out = np.empty(index.shape)
         seg = np.searchsorted(self.offsets, index, side="right") - 1
         for s in np.flatnonzero(np.bincount(seg)).tolist():  # (the segments used, in order)
@@ -69,3 +73,34 @@ class StepEnds:
                       else np.fromfile(seg[0], np.float64, 1, offset=8 * n - 8)[0])
                 for seg, n in zip(self.segments, self._lens) if n]
         return max(last) if last else float("nan")
+
+
+#: ranges read as slices rather than by index once they hold this many values on average
+SLICE_RANGES = 32
+
+
+def read_ranges(column, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """`column[positions(starts, lens)]` (a `StepEnds` or an array): the values of the index
+    ranges [start, start + len), one range after another. Long ranges (a request's token runs
+    are hundreds of steps at overload) are copied as slices, one per range, rather than
+    gathered through an index per value: a few passes over every value fewer."""
+    lens = np.asarray(lens, dtype=np.int64)
+    total = int(lens.sum())
+    if total <= SLICE_RANGES * len(lens):
+        return column[positions(starts, lens)]
+    if isinstance(column, np.ndarray):
+        open_seg, firsts, seg_of = (lambda s: column), [0], [0] * len(lens)
+    else:
+        open_seg, firsts = column._open, column.offsets.tolist()
+        seg_of = (np.searchsorted(column.offsets, starts, side="right") - 1).tolist()
+    opened: dict[int, np.ndarray] = {}  # (each segment read or mapped once)
+    out = np.empty(total)
+    at = 0
+    for s, a, n in zip(seg_of, starts.tolist(), lens.tolist()):
+        seg = opened.get(s)
+        if seg is None:
+            seg = opened[s] = open_seg(s)
+        a -= firsts[s]
+        out[at:at + n] = seg[a:a + n]
+        at += n
+    return out

@@ -16,6 +16,7 @@ import numpy as np
 
 from servesim.metrics.recorder import positions
 from servesim.metrics.request_table import RequestTable
+from servesim.metrics.step_ends import read_ranges
 from servesim.workload.request import Request
 
 
@@ -73,7 +74,7 @@ class SectionInput:
         pick = positions(t.first_run[rows], num_runs)
         starts = t.run_starts[pick]
         run_lens = t.run_ends[pick] - starts + 1
-        return self.step_ends_s[positions(starts, run_lens)], run_lens, num_runs
+        return read_ranges(self.step_ends_s, starts, run_lens), run_lens, num_runs
 
 
 def compute_sections(data: SectionInput) -> dict:
