@@ -104,3 +104,42 @@ def test_bounds_counted_per_step_answer_as_the_sorted_ones():
     for lo, hi in [(0, 500), (0, 7), (123, 321), (499, 500)]:
         expected = np.array([(bounds <= i).sum() for i in range(lo, hi)])
         assert counted.upto(0, lo, hi).tolist() == sorted_.upto(0, lo, hi).tolist() == expected.tolist()
+
+
+def test_open_runs_from_sorted_bounds_count_start_le_step_lt_stop():
+    from servesim.metrics.itl import SortedBounds, _open_runs
+
+    rng = np.random.default_rng(5)
+    starts = rng.integers(0, 4000, 200)
+    stops = starts + rng.integers(0, 300, 200)
+    for num_steps in (4400, 100_000):  # (counted per step, and sorted: too many steps to count)
+        a, b = SortedBounds(starts, num_steps), SortedBounds(stops, num_steps)
+        for lo, hi in [(0, 4400), (17, 18), (1000, 3333)]:
+            want = [int(((starts <= i) & (i < stops)).sum()) for i in range(lo, hi)]
+            assert _open_runs(a, b, 0, lo, hi).tolist() == want
+
+
+def test_ranges_read_as_slices_or_by_index_from_arrays_and_files(tmp_path):
+    from servesim.metrics.step_ends import read_ranges
+    from servesim.metrics.step_log import positions
+
+    rng = np.random.default_rng(9)
+    logs = [np.cumsum(rng.exponential(0.02, n)) for n in (700, 1, 5000)]
+    path = tmp_path / "log.f8"
+    logs[2].tofile(path)
+    ends = StepEnds([logs[0], logs[1], (str(path), len(logs[2]))])
+    whole = np.concatenate(logs)
+    firsts = [0, 700, 701]
+    for long in (False, True):  # (a few values a range: gathered by index; hundreds: sliced)
+        lens = rng.integers(100, 600, 30) if long else rng.integers(1, 4, 30)
+        seg = rng.integers(0, 3, 30)
+        seg[seg == 1] = 0 if long else 1  # (the one-step log holds short ranges only)
+        size = np.array([700, 1, 5000])[seg]
+        lens = np.minimum(lens, size)
+        starts = np.array(firsts)[seg] + rng.integers(0, size - lens + 1)
+        want = whole[positions(starts, lens)]
+        assert read_ranges(ends, starts, lens).tolist() == want.tolist()
+        assert read_ranges(whole, starts, lens).tolist() == want.tolist()
+    one = StepEnds([(str(path), len(logs[2]))])  # (one segment: read without finding segments)
+    idx = rng.integers(0, 5000, 50)
+    assert one[idx].tolist() == logs[2][idx].tolist()

@@ -45,9 +45,13 @@ class SortedBounds:
         """For each step i in [lo, hi): how many bounds are <= i (`k`: the chunk of steps)."""
         if self.upto_step is not None:
             return self.upto_step[lo:hi]
-        a, b = np.searchsorted(self.sorted, [lo, hi])
-        inside = np.bincount(self.sorted[a:b] - lo, minlength=hi - lo)
+        a, inside = self.counts(lo, hi)
         return a + np.cumsum(inside)
+
+    def counts(self, lo: int, hi: int) -> tuple[int, np.ndarray]:
+        """(How many sorted bounds are < lo, how many equal each step i in [lo, hi))."""
+        a, b = np.searchsorted(self.sorted, [lo, hi])
+        return int(a), np.bincount(self.sorted[a:b] - lo, minlength=hi - lo)
 
     def close(self) -> None:
         pass
@@ -111,7 +115,7 @@ def itl_values(chunks: RunChunks, ends: StepEnds, folder: str | None = None) -> 
             lo = base - (prev is not None)  # global index of the step whose gap is seq[1] - seq[0]
             gaps = np.diff(seq)
             hi = lo + len(gaps)
-            mult = starts.upto(k, lo, hi) - stops.upto(k, lo, hi)
+            mult = _open_runs(starts, stops, k, lo, hi)
             keep = (mult > 0) & np.isfinite(gaps)
             out.add(gaps[keep], mult[keep])
             prev, base = chunk[-1], base + len(chunk)
@@ -121,6 +125,20 @@ def itl_values(chunks: RunChunks, ends: StepEnds, folder: str | None = None) -> 
     for counts, a, b in chunks():
         _between_runs(counts, a, b, ends, out)
     return out
+
+
+def _open_runs(starts, stops, k: int, lo: int, hi: int) -> np.ndarray:
+    """For each step i in [lo, hi): the runs open at its end (start <= i < stop). Bounds
+    sorted in memory: the two counts' difference summed once (each cumulative count is a
+    pass over the chunk's steps)."""
+    if type(starts) is SortedBounds and starts.sorted is not None and stops.sorted is not None:
+        a, opened = starts.counts(lo, hi)
+        b, closed = stops.counts(lo, hi)
+        opened -= closed
+        np.cumsum(opened, out=opened)
+        opened += a - b
+        return opened
+    return starts.upto(k, lo, hi) - stops.upto(k, lo, hi)
 
 
 def _between_runs(counts: np.ndarray, starts: np.ndarray, stops: np.ndarray, ends: StepEnds,
