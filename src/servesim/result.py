@@ -213,7 +213,7 @@ def _step_offsets(replicas: list) -> list[int]:
 def reduced_ends(reducers: list) -> StepEnds:
     """The step ends of replicas whose logs were reduced as they came (`StepReducer`s, in
     replica order: their step-end files one after another)."""
-    return StepEnds([(str(r.ends_path), r.num_steps) for r in reducers])
+    return StepEnds([r.held_ends if r.held_ends is not None else (str(r.ends_path), r.num_steps) for r in reducers])
 
 
 def _globalise_token_steps(requests: list[Request], offsets: list[int]) -> None:

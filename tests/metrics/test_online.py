@@ -63,8 +63,14 @@ def test_energy_power_and_busy_shares_read_the_steps_times_alone(sets, monkeypat
     assert _outputs(streamed) == _outputs(whole)
 
 
-def test_step_ends_and_row_files_are_deleted_with_the_result():
+def test_step_ends_and_row_files_are_deleted_with_the_result(monkeypatch):
+    one_chunk = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
+    held = one_chunk.replicas[0].stats
+    assert held.held_ends is not None and len(held.held_ends) == one_chunk.summary()["num_steps"]
+    assert not any(p.name.startswith("ends-") for p in Path(one_chunk.spill.name).iterdir())  # (one chunk: held)
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 100)  # several chunks: the ends and partials go to files
     result = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
+    assert json.dumps(result.summary() | {"wall_time_s": 0}) == json.dumps(one_chunk.summary() | {"wall_time_s": 0})
     folder = Path(result.spill.name)
     # the step ends and the time-series partials, one file per request column in arrival order and
     # the token runs' files (the rows' chunk file is gone)

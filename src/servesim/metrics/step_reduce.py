@@ -12,11 +12,13 @@ end in it, and which intervals hold a step. All of these are reduced chunk by ch
   at every interval edge a step touches; an edge no step touches holds the integral after
   the last step before it;
 - step end times go to a file (8 bytes a step on disk, read back in chunks), or are left to
-  the full log when the recorder keeps it.
+  the full log when the recorder keeps it; a replica's first chunk is held until a second
+  comes, so a run of one chunk a replica (most short runs) makes no file.
 
 The time-series partials of each chunk go to spools (series_parts.py), files beside the step
-ends when there is a spill folder: memory held does not grow with the steps nor with the
-intervals; the time series reads them back a block of intervals at a time.
+ends when there is a spill folder (the first piece held, as the ends): memory held does not
+grow with the steps nor with the intervals; the time series reads them back a block of
+intervals at a time.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class StepReducer:
         self.backwards = False  # a step ended before the previous one, or before it started
         self.busy_s = ExactSum()
         self.level_s = {"num_running": ExactSum(), "num_waiting": ExactSum(), "kv_used_blocks": ExactSum()}
-        self.ends_path = ends_path  # (made by the first chunk of steps: `append_to`)
+        self.ends_path = ends_path  # (made by the second chunk of steps: `append_to`)
+        # the first chunk's step ends, held until a second comes (a run of one chunk a replica
+        # writes no file: `Spool`'s rule; memory still holds at most a chunk, as the recorder does)
+        self.held_ends: np.ndarray | None = None
         self._area = [0.0, 0.0, 0.0]  # integral of each level up to the last step's end
         # busy interval ranges, tokens per interval and integrals at edges, per chunk
         self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""))
@@ -66,7 +71,12 @@ class StepReducer:
         self.level_s["num_waiting"].add(log.num_waiting * busy)
         self.level_s["kv_used_blocks"].add(log.kv_used_blocks * busy)
         if self.ends_path is not None:
-            append_to(self.ends_path, np.ascontiguousarray(end, dtype=np.float64))
+            if self.num_steps == n:
+                self.held_ends = np.array(end, dtype=np.float64)  # (a copy: the log's arrays are the buffer's)
+            else:
+                append_to(self.ends_path, *(() if self.held_ends is None else (self.held_ends,)),
+                          np.ascontiguousarray(end, dtype=np.float64))
+                self.held_ends = None
         self._reduce_series(log, busy, running_s)
 
     def _reduce_series(self, log: StepLog, busy: np.ndarray, running_s: np.ndarray | None = None) -> None:
@@ -98,8 +108,9 @@ class StepReducer:
         return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
 
     def nbytes(self) -> int:
-        """Bytes held in memory by the time-series partials (none per interval when spooled to files)."""
-        return self.parts.nbytes()
+        """Bytes held in memory: the time-series partials (none per interval when spooled to
+        files) and a first chunk's step ends held."""
+        return self.parts.nbytes() + (0 if self.held_ends is None else self.held_ends.nbytes)
 
 
 def floor_div(times: np.ndarray, interval: float) -> np.ndarray:
