@@ -176,8 +176,8 @@ class WeightedValues:
     def _write(self, bits: np.ndarray, weights: np.ndarray) -> None:
         if self._coarse is not None:
             self._count_coarse(bits, weights)
-        self._file.write(bits.tobytes())
-        self._file.write(weights.tobytes())
+        self._file.write(bits.data)  # (both contiguous: their buffers, no copy)
+        self._file.write(weights.data)
         self._lens.append(len(bits))
 
     def _count_coarse(self, bits: np.ndarray, weights: np.ndarray) -> None:

@@ -49,9 +49,9 @@ class RowSpill:
         runs (2 bounds and a replica each, in row order)."""
         n, runs = len(columns[0]), len(run_replica)
         for (_, dtype), values in zip(self.fields, columns):
-            self._file.write(np.ascontiguousarray(values, dtype=dtype).tobytes())
-        self._file.write(np.ascontiguousarray(run_bounds, dtype=np.int64).tobytes())
-        self._file.write(np.ascontiguousarray(run_replica, dtype=np.int32).tobytes())
+            self._file.write(np.ascontiguousarray(values, dtype=dtype).data)
+        self._file.write(np.ascontiguousarray(run_bounds, dtype=np.int64).data)
+        self._file.write(np.ascontiguousarray(run_replica, dtype=np.int32).data)
         self._chunks.append((self._offset, n, runs, int(columns[0][0]), int(columns[0][-1])))
         self._offset += n * self._width + runs * 20
 

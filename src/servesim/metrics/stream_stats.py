@@ -125,7 +125,7 @@ class StreamValues:
         self._spill(v)
 
     def _spill(self, v: np.ndarray) -> None:
-        self._file.write(v.tobytes())
+        self._file.write(np.ascontiguousarray(v).data)
         self._ranks.add(v, np.ones(len(v), dtype=np.int64))
 
     def _read(self, lo: int, hi: int) -> np.ndarray:
