@@ -4,10 +4,11 @@ A run's step log is reduced as it arrives (in chunks) or all at once (small runs
 both must give the same bytes. `ExactSum` adds float64 values exactly (rounded once, when
 read), so any order or chunking gives the same sum. `WeightedValues` holds (value, weight)
 pairs, in memory up to a limit and in a temporary file beyond it, and finds exact weighted
-percentiles (numpy's linear interpolation) by narrowing histograms over the values' float
-bits, then sorting only the few values left around each wanted rank; once the pairs spill, the
-first histogram (by their top `_COARSE` bits) is kept as they come, so the search after the run
-starts one pass further.
+percentiles (numpy's linear interpolation) from histograms over the values' float bits: held
+in memory, one histogram finds each wanted rank's bucket and the pairs in those buckets are
+sorted; spilled, histograms narrow the values around each rank pass by pass (a pass reads the
+file) until few are left to sort, and the first histogram (by their top `_COARSE` bits) is kept
+as the pairs come, so the search after the run starts one pass further.
 """
 
 from __future__ import annotations

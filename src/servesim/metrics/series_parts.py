@@ -44,8 +44,8 @@ def append_to(path: Path, *arrays: np.ndarray) -> None:
 class Spool:
     """Pieces of records of one dtype (a field `k` first), appended in order. With a `path`,
     the first piece is held until a second comes (then both go to the file): a run of one
-    chunk of steps per replica, as most short runs are, makes no file (a file made, written,
-    read back and deleted cost a replica about 0.1-0.5 ms of a short run's few)."""
+    chunk of steps per replica, as most short runs are, makes no file (each file made, written,
+    read back and deleted costs about 0.1-0.5 ms)."""
 
     def __init__(self, dtype: np.dtype, path: Path | None = None) -> None:
         self.dtype = dtype
