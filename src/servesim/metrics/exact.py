@@ -132,8 +132,8 @@ class WeightedValues:
 
     #: pairs held in memory before spilling
     memory_pairs = 1 << 18
-    #: pairs sorted at once in the last pass: more are narrowed by a histogram pass first (two
-    #: bincounts over the pairs cost about a third of a stable argsort of 90,000 of them)
+    #: spilled pairs sorted at once in the last pass: more are narrowed by a histogram pass over
+    #: the file first (pairs held in memory: `_select_in_memory`)
     pick_pairs = 1 << 12
 
     def __init__(self, folder: str | Path | None = None) -> None:
@@ -206,9 +206,7 @@ class WeightedValues:
         hist_n[span] += np.bincount(top, minlength=last - first + 1)
 
     def _chunks(self):
-        if self._file is None:
-            yield from self._mem
-            return
+        """The spilled pairs, a chunk at a time, from the file."""
         self._file.seek(0)
         for n in self._lens:
             yield np.fromfile(self._file, np.uint64, n), np.fromfile(self._file, np.int64, n)
@@ -261,9 +259,8 @@ class WeightedValues:
             groups = sorted({(p, w) for p, w, _ in state.values()})
             if count <= min(self.pick_pairs, self.memory_pairs) or all(w == 0 for _, w in groups):
                 return self._pick(state, groups, whole)
-            # bits resolved by this pass (fewer at the end): 16 where each pass reads the file, 12 in
-            # memory, whose passes cost less than bucket arrays 16 times longer to clear and sum
-            step = {g: min(16 if self._file is not None else 12, g[1]) for g in groups}
+            # bits resolved by this pass (fewer at the end): 16, each pass reading the file
+            step = {g: min(16, g[1]) for g in groups}
             hists = {g: np.zeros(1 << step[g], dtype=np.int64) for g in groups}
             counts = {g: np.zeros(1 << step[g], dtype=np.int64) for g in groups}
             for bits, weights in self._chunks():
