@@ -19,6 +19,7 @@ always computed in full.
 
 from __future__ import annotations
 
+from bisect import insort
 from operator import attrgetter
 
 from pydantic import Field
@@ -46,6 +47,9 @@ _ARRIVAL = attrgetter("arrival_s", "id")  # the order decodes run in (ties: by i
 class SarathiScheduler(Scheduler):
     Params = SarathiParams
     looks_up_prefixes = False  # (every prompt computed in full: `Scheduler.looks_up_prefixes`)
+    # `running`'s last `_appended` requests may be out of arrival order (the rest are in it):
+    # those appended since the last `schedule` and the prompts it left after the decodes
+    _appended = 0
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -62,6 +66,7 @@ class SarathiScheduler(Scheduler):
                 out.scheduled.append((req, n))
                 budget -= n
         self.running = kept
+        self._appended = len(prefilling)
         # 3) new requests, FCFS, whole prompt allocated at admission
         self._admit(out, budget)
         return out
@@ -70,7 +75,7 @@ class SarathiScheduler(Scheduler):
         """Schedule every running request that decodes, in arrival order; when a block cannot
         be appended, preempt the latest-arrived request not yet handled. (The decodes kept,
         the requests still in their prompts.)"""
-        queue = sorted(self.running, key=_ARRIVAL)
+        queue = self._arrival_order()
         prefilling: list[Request] = []
         kept: list[Request] = []
         scheduled = out.scheduled
@@ -113,6 +118,28 @@ class SarathiScheduler(Scheduler):
                 kept.append(req)
         return kept, prefilling
 
+    def _arrival_order(self) -> list[Request]:
+        """`sorted(self.running, key=_ARRIVAL)`: removals keep the order of what was in it, so
+        only the requests appended since (`_appended`) are placed, by bisection, instead of a
+        key and a sort of the whole batch at every step (5 us of a step beside 90 decodes). (If
+        fewer than counted are left, the last ones counted are earlier ones: placing them is right.)"""
+        running, n = self.running, self._appended
+        self._appended = 0
+        if n * 8 > len(running):  # (many: one sort)
+            return sorted(running, key=_ARRIVAL)
+        order = running[:len(running) - n]
+        for req in running[len(running) - n:]:
+            insort(order, req, key=_ARRIVAL)
+        return order
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        super().start(req, num_cached, num_tokens, out)
+        self._appended += 1
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        super().add_transferred(req, now_s)
+        self._appended += 1
+
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting requests first come, first served while the budget, the sequence
         slots and the free blocks above the watermark last, each with its whole prompt's
@@ -129,6 +156,7 @@ class SarathiScheduler(Scheduler):
             self.waiting.pop()
             kv.allocate_slots(req, req.num_tokens)
             self.running.append(req)
+            self._appended += 1
             req.state = RequestState.RUNNING
             n = min(req.num_tokens, budget)
             out.scheduled.append((req, n))
@@ -215,6 +243,7 @@ class SarathiScheduler(Scheduler):
             # `arrival_chunk`); the engine checked the blocks and the watermark
             self.kv.allocate_slots(req, req.num_tokens)
             self.running.append(req)
+            self._appended += 1
             req.state = RequestState.RUNNING
             out.scheduled.append((req, n))
 
