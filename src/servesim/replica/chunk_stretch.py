@@ -37,13 +37,14 @@ tests/cluster/test_exactness.py.
 
 from __future__ import annotations
 
-from itertools import accumulate, repeat
+from collections import Counter
+from itertools import accumulate
 from typing import Any
 
 from servesim.replica.block_keys import keyed_pairs
 from servesim.replica.chunk_rest import chunks_then_decodes
-from servesim.replica.chunk_through import ChunkThrough, chunks_through
-from servesim.replica.token_advance import advance_decodes
+from servesim.replica.chunk_through import ChunkThrough, blocks_at, chunks_through
+from servesim.replica.token_advance import advance_decodes_by
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request
 
@@ -57,7 +58,7 @@ class ChunkStretch(Stretch):
 
     def __init__(self, engine, start_s: float, end0_s: float, out: Any, decodes: list[Request],
                  decode_ctxs: list[int], prompt: Request, chunk: int, kmax: int, extra0: int = 0,
-                 shared: tuple[Request, int] | None = None) -> None:
+                 shared: tuple[Request, int] | None = None, remaining: list[int] | None = None) -> None:
         sched = engine.scheduler
         self.start_s = start_s
         self.out = out
@@ -70,7 +71,8 @@ class ChunkStretch(Stretch):
         self.extra0 = extra0
         self.shared = shared
         self.ctx1 = [c + 1 for c in decode_ctxs]
-        self.remaining = [r.output_len - r.num_output_tokens for r in decodes]
+        # (each decode's tokens left: the caller's list, which found the first finish in it, or made here)
+        self.remaining = [r.output_len - r.num_output_tokens for r in decodes] if remaining is None else remaining
         self.through = False
         self.keyed = keyed_pairs(decodes, self.ctx1)
         self._nothing_late()  # (not through finishes)
@@ -179,17 +181,14 @@ class ChunkStretch(Stretch):
                 req.first_token_s = self._ends[0]
             if not req.token_steps:
                 req.token_steps += (first, first - 1)  # (extended to its k steps just below)
-        advance_decodes(decodes, repeat(k), first)
+        advance_decodes_by(decodes, k, first)
         grants = [(req, (k - f - 1) // bs + 1) for req, f in zip(decodes, self.first_new) if f < k]
         kv.allocate_plain_many(grants, self.ahead)
         kv.cache_full_blocks_many(self.keyed, k - 1)
         # the step log, each step as `_end_step` logs it: blocks in use after each step's
         # allocations (a decode takes a block at f, f + bs, ...), waiting counts growing
         # from the steps listed in `waiting_from`
-        added = [0] * k
-        for f in self.first_new:
-            for j in range(f, k, bs):
-                added[j] += 1
+        added = blocks_at(Counter(self.first_new), k, bs)
         if self.grows:  # the prompt's chunks: allocated and registered as the running pass does
             if not kv.allocate_slots(self.prompt, k * self.chunk):
                 raise AssertionError("a chunk stretch's prompt blocks do not fit")
@@ -233,7 +232,8 @@ def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], d
     # steps 0, 1, ... give the prompt a full chunk and leave it unfinished; the decodes run
     # until the first of them emits its last token (or on through it: `chunk_through.py`)
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1
-    kd = min([r.output_len - r.num_output_tokens for r in decodes], default=kmax)
+    rem = [r.output_len - r.num_output_tokens for r in decodes]
+    kd = min(rem, default=kmax)
     through = kd < kmax and chunks_through(engine, decodes)
     if not through:
         kmax = min(kmax, kd)
@@ -241,17 +241,18 @@ def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], d
         return False
     end0 = now_s + engine.perf.step_time_s([(chunk, prompt.num_computed_tokens)], decode_ctxs)
     return plan_chunk_stretch(engine, chunk_stretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk,
-                                                    kmax, through))
+                                                    kmax, through, remaining=rem))
 
 
 def chunk_stretch(engine, start_s: float, end0_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
                   prompt: Request, chunk: int, kmax: int, through: bool, extra0: int = 0,
-                  shared: tuple[Request, int] | None = None) -> ChunkStretch:
+                  shared: tuple[Request, int] | None = None, remaining: list[int] | None = None) -> ChunkStretch:
     """A `ChunkStretch` of these steps, or (`through`) a `ThroughChunkStretch` whose `kmax`
     (here the prompt's bound at the fixed chunk) counts the chunks its departures grow."""
+    cls = ThroughChunkStretch if through else ChunkStretch
+    st = cls(engine, start_s, end0_s, out, decodes, decode_ctxs, prompt, chunk, kmax, extra0, shared, remaining)
     if not through:
-        return ChunkStretch(engine, start_s, end0_s, out, decodes, decode_ctxs, prompt, chunk, kmax, extra0, shared)
-    st = ThroughChunkStretch(engine, start_s, end0_s, out, decodes, decode_ctxs, prompt, chunk, kmax, extra0, shared)
+        return st
     st._go_through(engine, kmax)
     return st
 

@@ -45,8 +45,8 @@ def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], 
     # steps 1, 2, ... give the prompt `chunk` tokens and leave it unfinished; the decodes (the
     # first prompt one of them) run until the first of them emits its last token
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens - c0) // chunk)
-    kd = min([req.output_len - req.num_output_tokens for req in decodes], default=kmax)
-    kd = min(kd, first.output_len)
+    rem = [req.output_len - req.num_output_tokens for req in decodes]
+    kd = min(min(rem, default=kmax), first.output_len)
     through = kd < kmax and chunks_through(engine, decodes + [first])  # (on through finishes: `chunk_through.py`)
     if not through:
         kmax = min(kmax, kd)
@@ -57,5 +57,6 @@ def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], 
     i = bisect_right(decodes, _ARRIVAL(first), key=_ARRIVAL)  # (its place in the decode order)
     batch = decodes[:i] + [first] + decodes[i:]
     ctxs = decode_ctxs[:i] + [first.num_tokens - 1] + decode_ctxs[i:]
-    st = chunk_stretch(engine, now_s, end0, out, batch, ctxs, prompt, chunk, kmax, through, c0 - chunk, (first, r))
+    rem[i:i] = (first.output_len - first.num_output_tokens,)
+    st = chunk_stretch(engine, now_s, end0, out, batch, ctxs, prompt, chunk, kmax, through, c0 - chunk, (first, r), rem)
     return plan_chunk_stretch(engine, st)
