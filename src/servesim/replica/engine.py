@@ -229,7 +229,9 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
             return
         # A decode: one token scheduled and only the last generated token left to compute.
         known = out.num_known_decodes
-        decodes = [r for r, _ in scheduled[:known]] if known else []
+        decodes = out.known_decodes
+        if decodes is None:
+            decodes = [r for r, _ in scheduled[:known]] if known else []
         prefills = []
         # the rest: decodes and prompt (or recompute) chunks, split in one pass (the known
         # decodes are a prefix of `scheduled`, so prefills keep their scheduled order)

@@ -35,6 +35,9 @@ class SchedulerOutput:
     # A hint that saves the engine a pass: the first `num_known_decodes` entries of `scheduled`
     # are decodes (one token, only the last generated token left to compute). 0 = unknown.
     num_known_decodes: int = 0
+    # Those requests as a list of the caller's own, where the scheduler has them (None: read
+    # from `scheduled`): the engine's pass over a batch of decodes becomes a copy.
+    known_decodes: list[Request] | None = None
     # Attention data parallelism only (replica/attention_dp.py): the step's split over the
     # attention ranks, one (prefill chunks, decode contexts) pair per rank, which the engine prices
     # with the perf model's `lockstep_step_time_s` (a lock-step step depends on each rank's batch,

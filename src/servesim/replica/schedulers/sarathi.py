@@ -57,6 +57,7 @@ class SarathiScheduler(Scheduler):
         kept, prefilling = self._decodes(out)
         budget = self.params.chunk_size - len(kept)
         out.num_known_decodes = len(kept)  # (the decodes lead `scheduled`)
+        out.known_decodes = kept[:]  # (`kept` goes on to hold the prompts and the admitted)
         # 2) partially prefilled requests (their blocks were allocated at admission)
         for req in prefilling:
             kept.append(req)
