@@ -45,9 +45,23 @@ from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
 
 _ARRIVAL_ID = attrgetter("arrival_s", "id")
+_ARRIVAL_S = attrgetter("arrival_s")
 _STATE = attrgetter("state")
 _ID = attrgetter("id")
 RUNNING = RequestState.RUNNING
+
+
+def _latest(reqs: list[Request]) -> Request | None:
+    """`max(reqs, key=_ARRIVAL_ID, default=None)`, from the arrival times alone where one
+    request has the latest (the usual case): no key tuple per request, half the time (an
+    eviction beside 100 running requests under overload)."""
+    arrivals = list(map(_ARRIVAL_S, reqs))
+    if not arrivals:
+        return None
+    last = max(arrivals)
+    if arrivals.count(last) == 1:
+        return reqs[arrivals.index(last)]
+    return max(reqs, key=_ARRIVAL_ID)
 
 
 class FastSwitchParams(SchedulerParams):
@@ -250,7 +264,7 @@ class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
         key = self._key
         at_key = key(at)
         if self._arrival_order:  # every held request's counter is the same: keys go by arrival
-            victim = max(self.running, key=_ARRIVAL_ID, default=None)  # (in C: no `_key` per request)
+            victim = _latest(self.running)  # (in C: no `_key` per request)
             if victim is None or key(victim) <= at_key:
                 return None
         else:
