@@ -137,7 +137,8 @@ class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
         running_left = len(self.running)  # running requests not reached yet (a victim when reached)
         first = self._decodes_from(order, 0, budget)  # (the walk's first steps, nothing admitted between)
         if first:
-            out.scheduled = [(req, 1) for req in order[:first]]
+            out.known_decodes = known = order[:first]
+            out.scheduled = [(req, 1) for req in known]
             out.num_known_decodes = first
             budget -= first
             running_left -= first

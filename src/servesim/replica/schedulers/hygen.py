@@ -93,7 +93,8 @@ class HyGenScheduler(VLLMSteps):
             # its one token in order, evicting nobody (`allocate_leading_decodes` is its bulk
             # form); the loop goes on from the first one left (under overload the batch's
             # chunked prompt, last, or a decode without a free block).
-            out.scheduled = [(req, 1) for req in online[:i]]
+            out.known_decodes = known = online[:i]
+            out.scheduled = [(req, 1) for req in known]
             out.num_known_decodes = i
             budget -= i
         scheduled = out.scheduled  # (`evict` edits it in place)

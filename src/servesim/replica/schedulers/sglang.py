@@ -224,6 +224,7 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, SGLangReserve, Schedu
             self.kv.allocate_plain_many(grants)
             out.scheduled = [(req, 1) for req in decoding]
             out.num_known_decodes = len(decoding)
+            out.known_decodes = decoding[:]
         if out.scheduled and not out.preempted:
             self._mark = self.num_engine_steps
         return out

@@ -202,6 +202,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
             # Same outcome as the passes below: everyone generates and every block fits.
             out.scheduled = [(req, 1) for req in running]
             out.num_known_decodes = len(running)
+            out.known_decodes = running[:]
             return out
         if self.no_evict:
             started, candidates = self._no_evict()

@@ -63,7 +63,8 @@ class VLLMSteps(Scheduler):
             # from the first one left (a prompt chunk, or one without a free block).
             i = self.kv.allocate_leading_decodes(running if len(running) <= budget else running[:budget])
             if i:
-                out.scheduled = [(req, 1) for req in running[:i]] if i < len(running) else [(req, 1) for req in running]
+                out.known_decodes = known = running[:i]
+                out.scheduled = [(req, 1) for req in known]
                 out.num_known_decodes = i
                 budget -= i
                 if i == len(running):
@@ -156,6 +157,7 @@ class VLLMSteps(Scheduler):
             del scheduled[j]
             if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
                 out.num_known_decodes -= 1
+                out.known_decodes = None  # (the engine reads them from `scheduled`)
         # It is in `running` once, near its end too: there a scan from the front (`list.remove`)
         # compared every request before it
         running = self.running

@@ -170,7 +170,8 @@ class VTCScheduler(VTCStretches, Scheduler):
         # `allocate_slots(req, 1)` for each in order), again after a preemption.
         running, kv = self.running, self.kv
         i = out.num_known_decodes = kv.allocate_leading_decodes(running)  # (the engine's hint: decodes)
-        out.scheduled = [(req, 1) for req in running[:i]]
+        out.known_decodes = known = running[:i]
+        out.scheduled = [(req, 1) for req in known]
         while i < len(running):
             req = running[i]
             preempted = False
