@@ -41,12 +41,25 @@ from collections import Counter
 from itertools import accumulate
 from typing import Any
 
+from servesim.metrics.recorder import BatchRuns, BlockGrowth
 from servesim.replica.block_keys import keyed_pairs
 from servesim.replica.chunk_rest import chunks_then_decodes
-from servesim.replica.chunk_through import ChunkThrough, blocks_at, chunks_through
+from servesim.replica.chunk_through import ChunkThrough, chunks_through, log_chunk_steps
 from servesim.replica.token_advance import advance_decodes_by
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request
+
+
+def blocks_at(first_new: Counter, k: int, bs: int) -> list[int]:
+    """The blocks decodes take at each of steps 0..k-1: one at f, f + bs, ... for each decode
+    whose first new block is at step f (`first_new`: how many decodes have each f). Counted
+    by value (a batch's first steps are among bs values) rather than a loop per decode: 4 us
+    less at each chunk stretch beside 90 decodes."""
+    added = [0] * k
+    for f, n in first_new.items():
+        for j in range(f, k, bs):
+            added[j] += n
+    return added
 
 
 class ChunkStretch(Stretch):
@@ -185,31 +198,41 @@ class ChunkStretch(Stretch):
         grants = [(req, (k - f - 1) // bs + 1) for req, f in zip(decodes, self.first_new) if f < k]
         kv.allocate_plain_many(grants, self.ahead)
         kv.cache_full_blocks_many(self.keyed, k - 1)
-        # the step log, each step as `_end_step` logs it: blocks in use after each step's
-        # allocations (a decode takes a block at f, f + bs, ...), waiting counts growing
-        # from the steps listed in `waiting_from`
-        added = blocks_at(Counter(self.first_new), k, bs)
+        ends = self._ends[:k]
+        used0 = kv.num_gpu_blocks - self.free_blocks  # (in use before the stretch: step 0 adds none)
         if self.grows:  # the prompt's chunks: allocated and registered as the running pass does
             if not kv.allocate_slots(self.prompt, k * self.chunk):
                 raise AssertionError("a chunk stretch's prompt blocks do not fit")
-            held = list(map(self.prompt_blocks, range(k)))
-            for j in range(1, k):
-                added[j] += held[j] - held[j - 1]
-        waits = [0] * k
-        for j in self.waiting_from:
-            if j < k:
-                waits[j] += 1
-        used = list(accumulate(added, initial=kv.num_gpu_blocks - self.free_blocks))[1:]  # (step 0 adds none)
-        waiting = list(accumulate(waits, initial=self.num_waiting))[1:]
-        ends = self._ends[:k]
+            self._log_growing(rec, ends, tokens, used0, bs)
+        else:
+            log_chunk_steps(rec, self, ends, BatchRuns([len(decodes)], [k]), tokens,
+                            BlockGrowth(used0, self.first_new, [k] * len(decodes), bs, []))
         self.prompt.num_computed_tokens += k * self.chunk + self.extra0
-        rec.log_steps(self.start_s, ends, tokens, [len(decodes)] * k, [self.num_running] * k, waiting, used)
         done = [req for req, r in zip(decodes, self.remaining) if r <= k]
         for req in done:
             req.finish_s = ends[k - 1]
         engine.num_steps += k
         engine.num_fast_forwarded_steps += k
         return done
+
+
+    def _log_growing(self, rec, ends: list[float], tokens: list[int], used0: int, bs: int) -> None:
+        """The step log of a stretch whose chunks allocate the prompt's blocks, each step as
+        `_end_step` logs it: blocks in use after each step's allocations (a decode takes a
+        block at f, f + bs, ..., the prompt those its next chunk needs), waiting counts growing
+        from the steps listed in `waiting_from`."""
+        k = len(ends)
+        added = blocks_at(Counter(self.first_new), k, bs)
+        held = list(map(self.prompt_blocks, range(k)))
+        for j in range(1, k):
+            added[j] += held[j] - held[j - 1]
+        waits = [0] * k
+        for j in self.waiting_from:
+            if j < k:
+                waits[j] += 1
+        used = list(accumulate(added, initial=used0))[1:]
+        waiting = list(accumulate(waits, initial=self.num_waiting))[1:]
+        rec.log_steps(self.start_s, ends, tokens, [len(self.decodes)] * k, [self.num_running] * k, waiting, used)
 
 
 class ThroughChunkStretch(ChunkThrough, ChunkStretch):

@@ -26,9 +26,8 @@ Exact as stepping one by one: tests/replica/test_chunk_through.py.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
-from itertools import accumulate
 
+from servesim.metrics.recorder import BatchRuns, BlockGrowth
 from servesim.replica.token_advance import advance_decodes
 from servesim.workload.request import Request
 
@@ -41,16 +40,30 @@ def chunks_through(engine, decodes: list[Request]) -> bool:
             and (engine.keyed_through or not any(r.kv_block_keys for r in decodes)))
 
 
-def blocks_at(first_new: Counter, k: int, bs: int) -> list[int]:
-    """The blocks decodes take at each of steps 0..k-1: one at f, f + bs, ... for each decode
-    whose first new block is at step f (`first_new`: how many decodes have each f). Counted
-    by value (a batch's first steps are among bs values) rather than a loop per decode: 4 us
-    less at each chunk stretch beside 90 decodes."""
-    added = [0] * k
-    for f, n in first_new.items():
-        for j in range(f, k, bs):
-            added[j] += n
-    return added
+def log_chunk_steps(rec, st, ends: list[float], batch: BatchRuns, tokens: list[int], growth: BlockGrowth) -> None:
+    """Log a chunk stretch's steps as a stretch (`Recorder.log_decode_steps`): its decodes emit
+    a token each in every step they run (`batch`, as runs), KV use as their growth; the
+    prompt's chunks are each step's prompt tokens (`tokens`), and the requests running in a
+    step beyond those that emit (the prompt: the scheduler's count at step 0 less the batch
+    then) silent ones. A few values per step, where `log_steps` packs a row of seven."""
+    k = len(ends)
+    silent = st.num_running - batch.sizes[0]
+    rec.log_decode_steps(st.start_s, ends, batch, st.num_waiting, growth, tokens[0],
+                         [j for j in st.waiting_from if j < k], prefill_at=list(enumerate(tokens[1:], 1)),
+                         silent_at=list(range(k)) if silent else (), silent_n=[silent] * k if silent else ())
+
+
+def _batch_runs(n: int, gone: list[int]) -> BatchRuns:
+    """The batch sizes `n - gone[j]` of steps j = 0, 1, ... as runs (`gone` never falls)."""
+    sizes, lens = [n - gone[0]], [0]
+    last = gone[0]
+    for d in gone:
+        if d != last:
+            sizes.append(n - d)
+            lens.append(0)
+            last = d
+        lens[-1] += 1
+    return BatchRuns(sizes, lens)
 
 
 class ChunkThrough:
@@ -147,19 +160,11 @@ class ChunkThrough:
         # step; one that finished before the last step frees all it held before the next step
         held = self.freed_blocks(kv)  # (read before this stretch's allocations, as their base)
         first_new = self.first_new
-        # (those running through the last step counted by their first new block's step: `blocks_at`)
-        running_on = Counter(first_new)
-        left = []
+        frees = []
         for i in done:
             if (m := steps_of[i]) < k:
-                running_on[first_new[i]] -= 1
-                left.append(i)
-        added = blocks_at(running_on, k, bs)
-        for i in left:
-            m, f = steps_of[i], first_new[i]
-            for j in range(f, m, bs):
-                added[j] += 1
-            added[m] -= held(decodes[i]) + ((m - f - 1) // bs + 1 if f < m else 0)
+                f = first_new[i]
+                frees.append((m, held(decodes[i]) + ((m - f - 1) // bs + 1 if f < m else 0)))
         gone = [bisect_right(self._sorted_rem, j) for j in range(k)]
         tokens = [self.chunk + d for d in gone]
         if self.shared is not None:  # its last chunk and first token in step 0, then decodes
@@ -174,16 +179,10 @@ class ChunkThrough:
         kv.allocate_plain_many([(req, (m - f - 1) // bs + 1) for req, f, m in zip(decodes, first_new, steps_of)
                                 if f < m], self.ahead)
         kv.cache_full_blocks_many(self.keyed, k - 1, self.keyed_last)
-        waits = [0] * k
-        for j in self.waiting_from:
-            if j < k:
-                waits[j] += 1
-        used = list(accumulate(added, initial=kv.num_gpu_blocks - self.free_blocks))[1:]
-        waiting = list(accumulate(waits, initial=self.num_waiting))[1:]
         ends = self._ends[:k]
         self.prompt.num_computed_tokens += k * self.chunk + sum(gone) + self.extra0
-        n0, running = len(decodes), self.num_running
-        rec.log_steps(self.start_s, ends, tokens, [n0 - d for d in gone], [running - d for d in gone], waiting, used)
+        log_chunk_steps(rec, self, ends, _batch_runs(len(decodes), gone), tokens,
+                        BlockGrowth(kv.num_gpu_blocks - self.free_blocks, first_new, steps_of, bs, frees))
         finished = [decodes[i] for i in done]
         for i, req in zip(done, finished):
             req.finish_s = ends[rem[i] - 1]
