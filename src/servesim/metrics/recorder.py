@@ -14,6 +14,7 @@ Unless the recorder was made with `keep_steps=False`, the chunks are also kept, 
 
 from __future__ import annotations
 
+from itertools import islice, repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -143,20 +144,7 @@ class Recorder:
             return self.log_step(start_s, float(ends_s[0]), first_prefill_tokens, int(batch[0]), int(batch[0]),
                                  num_waiting, int(kv_used_blocks))
         b = self._buf
-        used0, first_new, runs, b.block_size, frees = kv_used_blocks
-        b.chunks.append((start_s, first_prefill_tokens, num_waiting, len(ends_s), 0, used0, len(first_new)))
-        b.ends.extend(ends_s)
-        if type(batch) is not BatchRuns:
-            batch = BatchRuns.of(batch)
-        b.run_size.extend(batch.sizes)
-        b.run_len.extend(batch.lens)
-        b.growth_first_new.extend(first_new)
-        b.growth_runs.extend(runs)
-        local = b.num_steps  # buffer index of the chunk's first step
-        if frees:
-            for step, blocks in frees:
-                b.free_at.append(local + step)
-                b.free_blocks.append(blocks)
+        local = self._stretch(b, start_s, ends_s, batch, num_waiting, kv_used_blocks, first_prefill_tokens)
         if waiting_from:
             b.waiting_from.extend([local + step for step in waiting_from])
         if waiting_to:
@@ -171,6 +159,50 @@ class Recorder:
         self.num_steps += len(ends_s)
         if self.num_steps >= self._flush_at:
             self._flush()
+
+    def log_chunk_steps(self, start_s: float, ends_s: list[float], batch: BatchRuns, num_waiting: int,
+                        kv_used_blocks: BlockGrowth, prefill_tokens: list[int], waiting_from: list[int],
+                        silent: int) -> None:
+        """`log_decode_steps` for a chunk stretch (replica/chunk_stretch.py): every step runs
+        one prompt's chunk, `prefill_tokens[j]` tokens in step j, and `silent` requests more
+        than emit a token (the prompt); the steps' prompt tokens and silent requests written
+        to the buffer as ranges, in C, rather than as (step, value) pairs."""
+        b = self._buf
+        k = len(ends_s)
+        local = self._stretch(b, start_s, ends_s, batch, num_waiting, kv_used_blocks, prefill_tokens[0])
+        if waiting_from:
+            b.waiting_from.extend([local + step for step in waiting_from])
+        if k > 1:
+            b.prefill_at.extend(range(local + 1, local + k))
+            b.prefill_more.extend(islice(prefill_tokens, 1, k))
+        if silent:
+            b.silent_at.extend(range(local, local + k))
+            b.silent_n.extend(repeat(silent, k))
+        b.num_steps += k
+        self.num_steps += k
+        if self.num_steps >= self._flush_at:
+            self._flush()
+
+    @staticmethod
+    def _stretch(b: StepBuffer, start_s: float, ends_s, batch, num_waiting: int, growth: BlockGrowth,
+                 first_prefill_tokens: int) -> int:
+        """A stretch's row, end times, batch runs, growth and frees in buffer `b`; returns the
+        buffer index of its first step."""
+        used0, first_new, runs, b.block_size, frees = growth
+        b.chunks.append((start_s, first_prefill_tokens, num_waiting, len(ends_s), 0, used0, len(first_new)))
+        b.ends.extend(ends_s)
+        if type(batch) is not BatchRuns:
+            batch = BatchRuns.of(batch)
+        b.run_size.extend(batch.sizes)
+        b.run_len.extend(batch.lens)
+        b.growth_first_new.extend(first_new)
+        b.growth_runs.extend(runs)
+        local = b.num_steps
+        if frees:
+            for step, blocks in frees:
+                b.free_at.append(local + step)
+                b.free_blocks.append(blocks)
+        return local
 
     def log_lone(self, start_s: float, ends_s, first_prefill_tokens: int, num_waiting: int, used0: int,
                  first_new: int, block_size: int, waiting_from: list[int]) -> None:

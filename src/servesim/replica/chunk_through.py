@@ -41,16 +41,14 @@ def chunks_through(engine, decodes: list[Request]) -> bool:
 
 
 def log_chunk_steps(rec, st, ends: list[float], batch: BatchRuns, tokens: list[int], growth: BlockGrowth) -> None:
-    """Log a chunk stretch's steps as a stretch (`Recorder.log_decode_steps`): its decodes emit
-    a token each in every step they run (`batch`, as runs), KV use as their growth; the
-    prompt's chunks are each step's prompt tokens (`tokens`), and the requests running in a
-    step beyond those that emit (the prompt: the scheduler's count at step 0 less the batch
-    then) silent ones. A few values per step, where `log_steps` packs a row of seven."""
+    """Log a chunk stretch's steps as a stretch (`Recorder.log_chunk_steps`): its decodes emit a
+    token each in every step they run (`batch`, as runs), KV use as their growth; the prompt's
+    chunks are each step's prompt tokens (`tokens`), and the requests running in a step beyond
+    those that emit (the prompt: the scheduler's count at step 0 less the batch then) silent
+    ones. A few values per step, where `log_steps` packs a row of seven."""
     k = len(ends)
-    silent = st.num_running - batch.sizes[0]
-    rec.log_decode_steps(st.start_s, ends, batch, st.num_waiting, growth, tokens[0],
-                         [j for j in st.waiting_from if j < k], prefill_at=list(enumerate(tokens[1:], 1)),
-                         silent_at=list(range(k)) if silent else (), silent_n=[silent] * k if silent else ())
+    rec.log_chunk_steps(st.start_s, ends, batch, st.num_waiting, growth, tokens,
+                        [j for j in st.waiting_from if j < k], st.num_running - batch.sizes[0])
 
 
 def _batch_runs(n: int, gone: list[int]) -> BatchRuns:
