@@ -225,32 +225,33 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
     def _allocate_decodes(self, reqs: list[Any], whole: bool) -> int:
         held = self._held
         bs = self.block_size
-        grow = []  # (index, held) of those needing a block for their token
+        grow = []  # the `Held` of those needing a block for their token
         reg = []
         prefix = self.enable_prefix_caching
         free = self.num_free_blocks
         n = len(reqs)
-        for i, r in enumerate(reqs):
+        for r in reqs:  # (no index kept: the first that stops the run is found once, by identity)
             nc = r.num_computed_tokens
             no = r.num_output_tokens
             if not no or r.prompt_len + no != nc + 1:
                 if whole:
                     return 0
-                n = i
+                n = reqs.index(r)
                 break
             # Its blocks hold its computed tokens (paged KV), so only a token that starts a
             # block may need one more: the others skip the look-up (15 of 16 decodes at a
             # block size of 16; the loop is a stepped step's largest cost under overload)
-            h = None
-            if not nc % bs:
+            if nc % bs:
+                h = None
+            else:
                 h = held[r.id]
                 if nc >= (h.num_keyed + h.num_plain) * bs:
                     if len(grow) == free:  # (the first that does not fit: those before it decode)
                         if whole:
                             return 0
-                        n = i
+                        n = reqs.index(r)
                         break
-                    grow.append((i, h))
+                    grow.append(h)
             # this token completes keyed blocks (empty keys give kn = 0 below, so `is not
             # None` decides as `bool(keys)` would, without `BlockKeys.__bool__`'s Python call);
             # the keys first: a request without any (an Azure trace's) stops at one read;
@@ -263,12 +264,12 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                 nk = h.num_keyed
                 if nk < (kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)) and nk < (
                         full := (nc + 1) // bs):
-                    reg.append((keys, h, nk, full if full < kn else kn, i))
-        if not n or (reg and not self._prefix.register_appends([x[:4] for x in reg])):
+                    reg.append((keys, h, nk, full if full < kn else kn))
+        if not n or (reg and not self._prefix.register_appends(reg)):
             return 0
         if grow:
             self._pop_free(len(grow))
-            for _, h in grow:
+            for h in grow:
                 h.num_plain += 1
         return n  # (`register_appends` moved the registered blocks from plain to keyed)
 
