@@ -1,0 +1,84 @@
+"""What a scheduler hands the engine to spare it passes over the batch is what those passes
+would find: the leading decodes as a list (`SchedulerOutput.known_decodes`), Sarathi's running
+batch in arrival order without a sort per step, FastSwitch's latest running arrival. Checked
+at every step of overloaded runs (evictions, preemptions, admissions between steps), and each
+hint is shown to be taken."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from servesim.replica.schedulers import fastswitch, sarathi
+from tests.factories import make_engine, make_request, serve
+
+NUM_BLOCKS = 60
+
+
+def _requests(seed: int = 5, n: int = 90):
+    rng = random.Random(seed)
+    # (equal arrival times too: sarathi's order and fastswitch's victim break ties by id)
+    return [make_request(i, rng.randint(20, 300), rng.randint(5, 120), arrival=0.004 * (i // 3)) for i in range(n)]
+
+
+def _overloaded(scheduler: str, params: dict | None = None):
+    engine, sched, kv, loop, done = make_engine(num_blocks=NUM_BLOCKS, scheduler=scheduler, params=params,
+                                                max_num_seqs=32, max_num_batched_tokens=256)
+    return engine, sched, kv, loop, done
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "priority", "andes", "sarathi", "vtc", "hygen", "fastswitch",
+                                       "trtllm", "sglang"])
+def test_known_decodes_are_the_leading_scheduled_requests(scheduler):
+    engine, sched, kv, loop, done = _overloaded(scheduler)
+    schedule = sched.schedule
+    seen = {"hinted": 0, "steps": 0}
+
+    def checked(now_s):
+        out = schedule(now_s)
+        seen["steps"] += 1
+        if out.known_decodes is not None:
+            seen["hinted"] += 1
+            assert out.known_decodes == [r for r, _ in out.scheduled[:out.num_known_decodes]]
+        return out
+
+    sched.schedule = checked
+    reqs = _requests()
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    assert len(done) == len(reqs)
+    assert seen["hinted"] > 0, seen  # (TensorRT-LLM's only where every running request decodes and nothing waits)
+
+
+def test_sarathi_keeps_its_running_batch_in_arrival_order():
+    """`_arrival_order` equals a sort of the batch at every step, and places only the requests
+    appended since (the bisection path runs, not only the whole sort)."""
+    engine, sched, kv, loop, done = _overloaded("sarathi", {"chunk_size": 128})
+    order = sched._arrival_order
+    placed = {"few": 0, "calls": 0}
+
+    def checked():
+        expected = sorted(sched.running, key=sarathi._ARRIVAL)
+        placed["calls"] += 1
+        placed["few"] += sched._appended * 8 <= len(sched.running)
+        got = order()
+        assert got == expected
+        return got
+
+    sched._arrival_order = checked
+    reqs = _requests(seed=7)
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    assert len(done) == len(reqs) and any(r.num_preemptions for r in reqs)
+    assert placed["few"] > 0.5 * placed["calls"], placed
+
+
+def test_fastswitch_latest_running_arrival_is_the_tuple_maximum():
+    rng = random.Random(3)
+    for n in range(0, 40):
+        reqs = [make_request(i, 10, 10, arrival=float(rng.randint(0, 5))) for i in rng.sample(range(100), n)]
+        expected = max(reqs, key=fastswitch._ARRIVAL_ID, default=None)
+        assert fastswitch._latest(reqs) is expected
