@@ -1,12 +1,13 @@
 """Waiting queues: FCFS (a deque), priority (a heap on (priority, arrival)) and a list kept sorted
-by a policy's key (`SortedWaiting`), one interface."""
+by a policy's key (`SortedWaiting`), one interface; and a running batch's order kept between
+steps (`kept_order`)."""
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections import deque
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from servesim.workload.request import Request
 
@@ -124,3 +125,17 @@ class SortedWaiting(FCFSQueue):
             self.clear()
             self.extend(ordered)
             self.clean = self.key is not None
+
+
+def kept_order(running: list[Request], appended: int, key: Callable[[Request], Any]) -> list[Request]:
+    """`sorted(running, key=key)` for a batch whose requests but the last `appended` are in
+    that order (removals keep it): only those are placed, by bisection, instead of a key and
+    a sort of the whole batch at every step (about 5 us beside 90 decodes). (If fewer than
+    counted are left, the last ones counted are earlier ones: placing them is right.) Many
+    appended: one sort."""
+    if appended * 8 > len(running):
+        return sorted(running, key=key)
+    order = running[:len(running) - appended]
+    for req in running[len(running) - appended:]:
+        insort(order, req, key=key)
+    return order

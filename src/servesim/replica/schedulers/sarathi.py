@@ -19,7 +19,6 @@ always computed in full.
 
 from __future__ import annotations
 
-from bisect import insort
 from operator import attrgetter
 
 from pydantic import Field
@@ -29,6 +28,7 @@ from servesim.replica.schedulers.arrival_joins import is_fresh, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.queues import kept_order
 from servesim.workload.request import Request, RequestState
 
 
@@ -120,17 +120,10 @@ class SarathiScheduler(Scheduler):
         return kept, prefilling
 
     def _arrival_order(self) -> list[Request]:
-        """`sorted(self.running, key=_ARRIVAL)`: removals keep the order of what was in it, so
-        only the requests appended since (`_appended`) are placed, by bisection, instead of a
-        key and a sort of the whole batch at every step (5 us of a step beside 90 decodes). (If
-        fewer than counted are left, the last ones counted are earlier ones: placing them is right.)"""
-        running, n = self.running, self._appended
+        """`sorted(self.running, key=_ARRIVAL)`, placing only the requests appended since the last
+        step (`queues.kept_order`)."""
+        order = kept_order(self.running, self._appended, _ARRIVAL)
         self._appended = 0
-        if n * 8 > len(running):  # (many: one sort)
-            return sorted(running, key=_ARRIVAL)
-        order = running[:len(running) - n]
-        for req in running[len(running) - n:]:
-            insort(order, req, key=_ARRIVAL)
         return order
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:

@@ -20,7 +20,6 @@ read: this is the chunked-prefill-off path (`sarathi` is the stall-free one).
 
 from __future__ import annotations
 
-from bisect import insort
 from collections import deque
 from itertools import count
 from operator import attrgetter
@@ -36,6 +35,7 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_until_blocked
+from servesim.replica.schedulers.queues import kept_order
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
 
@@ -157,16 +157,10 @@ class VLLMV0Scheduler(VLLMSteps):
 
     def _arrival_order(self) -> list[Request]:
         """`sorted(self.running, key=_ARRIVAL_ID)`: the running pass left `running` in that
-        order and removals keep it, so only the requests appended since are placed (by
-        bisection), instead of a key and a sort of the whole batch at every step. (If fewer
-        than counted are left, the last ones counted are earlier ones: placing them is right.)"""
-        running, n = self.running, self._appended
+        order and removals keep it, so only the requests admitted since are placed
+        (`queues.kept_order`)."""
+        order = kept_order(self.running, self._appended, _ARRIVAL_ID)
         self._appended = 0
-        if n * 8 > len(running):  # (many: one sort)
-            return sorted(running, key=_ARRIVAL_ID)
-        order = running[:len(running) - n]
-        for req in running[len(running) - n:]:
-            insort(order, req, key=_ARRIVAL_ID)
         return order
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
