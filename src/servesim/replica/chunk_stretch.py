@@ -37,7 +37,6 @@ tests/cluster/test_exactness.py.
 
 from __future__ import annotations
 
-from collections import Counter
 from itertools import accumulate
 from typing import Any
 
@@ -48,18 +47,6 @@ from servesim.replica.chunk_through import ChunkThrough, chunks_through, log_chu
 from servesim.replica.token_advance import advance_decodes_by
 from servesim.replica.stretch import Stretch
 from servesim.workload.request import Request
-
-
-def blocks_at(first_new: Counter, k: int, bs: int) -> list[int]:
-    """The blocks decodes take at each of steps 0..k-1: one at f, f + bs, ... for each decode
-    whose first new block is at step f (`first_new`: how many decodes have each f). Counted
-    by value (a batch's first steps are among bs values) rather than a loop per decode: 4 us
-    less at each chunk stretch beside 90 decodes."""
-    added = [0] * k
-    for f, n in first_new.items():
-        for j in range(f, k, bs):
-            added[j] += n
-    return added
 
 
 class ChunkStretch(Stretch):
@@ -215,14 +202,16 @@ class ChunkStretch(Stretch):
         engine.num_fast_forwarded_steps += k
         return done
 
-
     def _log_growing(self, rec, ends: list[float], tokens: list[int], used0: int, bs: int) -> None:
         """The step log of a stretch whose chunks allocate the prompt's blocks, each step as
         `_end_step` logs it: blocks in use after each step's allocations (a decode takes a
         block at f, f + bs, ..., the prompt those its next chunk needs), waiting counts growing
         from the steps listed in `waiting_from`."""
         k = len(ends)
-        added = blocks_at(Counter(self.first_new), k, bs)
+        added = [0] * k
+        for f in self.first_new:
+            for j in range(f, k, bs):
+                added[j] += 1
         held = list(map(self.prompt_blocks, range(k)))
         for j in range(1, k):
             added[j] += held[j] - held[j - 1]
