@@ -40,7 +40,7 @@ from __future__ import annotations
 from itertools import accumulate
 from typing import Any
 
-from servesim.metrics.recorder import BatchRuns, BlockGrowth
+from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.block_keys import keyed_pairs
 from servesim.replica.chunk_rest import chunks_then_decodes
 from servesim.replica.chunk_through import ChunkThrough, chunks_through, log_chunk_steps
@@ -192,7 +192,7 @@ class ChunkStretch(Stretch):
                 raise AssertionError("a chunk stretch's prompt blocks do not fit")
             self._log_growing(rec, ends, tokens, used0, bs)
         else:
-            log_chunk_steps(rec, self, ends, BatchRuns([len(decodes)], [k]), tokens,
+            log_chunk_steps(rec, self, ends, tokens,
                             BlockGrowth(used0, self.first_new, [k] * len(decodes), bs, []))
         self.prompt.num_computed_tokens += k * self.chunk + self.extra0
         done = [req for req, r in zip(decodes, self.remaining) if r <= k]

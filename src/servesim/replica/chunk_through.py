@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from servesim.metrics.recorder import BatchRuns, BlockGrowth
+from servesim.metrics.recorder import BlockGrowth
 from servesim.replica.token_advance import advance_decodes
 from servesim.workload.request import Request
 
@@ -40,28 +40,16 @@ def chunks_through(engine, decodes: list[Request]) -> bool:
             and (engine.keyed_through or not any(r.kv_block_keys for r in decodes)))
 
 
-def log_chunk_steps(rec, st, ends: list[float], batch: BatchRuns, tokens: list[int], growth: BlockGrowth) -> None:
+def log_chunk_steps(rec, st, ends: list[float], tokens: list[int], growth: BlockGrowth) -> None:
     """Log a chunk stretch's steps as a stretch (`Recorder.log_chunk_steps`): its decodes emit a
-    token each in every step they run (`batch`, as runs), KV use as their growth; the prompt's
+    token each in every step they run (`batch_runs`), KV use as their growth; the prompt's
     chunks are each step's prompt tokens (`tokens`), and the requests running in a step beyond
     those that emit (the prompt: the scheduler's count at step 0 less the batch then) silent
     ones. A few values per step, where `log_steps` packs a row of seven."""
     k = len(ends)
+    batch = st.batch_runs()
     rec.log_chunk_steps(st.start_s, ends, batch, st.num_waiting, growth, tokens,
                         [j for j in st.waiting_from if j < k], st.num_running - batch.sizes[0])
-
-
-def _batch_runs(n: int, gone: list[int]) -> BatchRuns:
-    """The batch sizes `n - gone[j]` of steps j = 0, 1, ... as runs (`gone` never falls)."""
-    sizes, lens = [n - gone[0]], [0]
-    last = gone[0]
-    for d in gone:
-        if d != last:
-            sizes.append(n - d)
-            lens.append(0)
-            last = d
-        lens[-1] += 1
-    return BatchRuns(sizes, lens)
 
 
 class ChunkThrough:
@@ -179,7 +167,7 @@ class ChunkThrough:
         kv.cache_full_blocks_many(self.keyed, k - 1, self.keyed_last)
         ends = self._ends[:k]
         self.prompt.num_computed_tokens += k * self.chunk + sum(gone) + self.extra0
-        log_chunk_steps(rec, self, ends, _batch_runs(len(decodes), gone), tokens,
+        log_chunk_steps(rec, self, ends, tokens,
                         BlockGrowth(kv.num_gpu_blocks - self.free_blocks, first_new, steps_of, bs, frees))
         finished = [decodes[i] for i in done]
         for i, req in zip(done, finished):

@@ -60,8 +60,10 @@ class StretchViews:
         lens: list[int] = []
         j = p = 0
         while j < k:
-            p = bisect_right(rem, j, p)  # (< n: j < kmax, the largest remaining)
-            stop = min(rem[p], k)
+            p = bisect_right(rem, j, p)
+            # (every request gone, p = n: a chunk stretch's prompt runs on alone; a decode
+            # stretch never gets there, j < kmax, the largest remaining)
+            stop = min(rem[p], k) if p < n else k
             sizes.append(n - p)
             lens.append(stop - j)
             j = stop
