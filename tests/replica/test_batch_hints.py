@@ -10,7 +10,8 @@ import random
 
 import pytest
 
-from servesim.replica.schedulers import fastswitch, sarathi
+from servesim.replica.schedulers import fastswitch
+from servesim.replica.schedulers.queues import ARRIVAL_ID
 from tests.factories import make_engine, make_request, serve
 
 NUM_BLOCKS = 60
@@ -60,7 +61,7 @@ def test_sarathi_keeps_its_running_batch_in_arrival_order():
     placed = {"few": 0, "calls": 0}
 
     def checked():
-        expected = sorted(sched.running, key=sarathi._ARRIVAL)
+        expected = sorted(sched.running, key=ARRIVAL_ID)
         placed["calls"] += 1
         placed["few"] += sched._appended * 8 <= len(sched.running)
         got = order()

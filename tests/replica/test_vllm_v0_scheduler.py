@@ -132,7 +132,7 @@ def test_running_pass_order_kept_between_steps_is_the_sorted_batch(mode):
     and most passes placed few requests or none (tight KV: preemptions re-queue earlier arrivals)."""
     import numpy as np
 
-    from servesim.replica.schedulers.vllm_v0 import _ARRIVAL_ID
+    from servesim.replica.schedulers.queues import ARRIVAL_ID as _ARRIVAL_ID
 
     engine, sched, kv, loop, done = make_engine(num_blocks=60, scheduler="vllm-v0", num_cpu_blocks=40,
                                                 params={"preemption_mode": mode, "max_num_seqs": 24},

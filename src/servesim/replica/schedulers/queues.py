@@ -1,12 +1,13 @@
 """Waiting queues: FCFS (a deque), priority (a heap on (priority, arrival)) and a list kept sorted
-by a policy's key (`SortedWaiting`), one interface; and a running batch's order kept between
-steps (`kept_order`)."""
+by a policy's key (`SortedWaiting`), one interface; and a running batch's arrival order kept between
+steps (`ArrivalOrdered`)."""
 
 from __future__ import annotations
 
 import heapq
 from bisect import bisect_right, insort
 from collections import deque
+from operator import attrgetter
 from typing import Any, Callable, Iterator
 
 from servesim.workload.request import Request
@@ -139,3 +140,29 @@ def kept_order(running: list[Request], appended: int, key: Callable[[Request], A
     for req in running[len(running) - appended:]:
         insort(order, req, key=key)
     return order
+
+
+ARRIVAL_ID = attrgetter("arrival_s", "id")  # (arrival order, ties by id: the same tuples as a lambda, built in C)
+
+
+class ArrivalOrdered:
+    """A policy whose running pass walks its batch in arrival order and leaves `running` in it
+    (a mixin before the `Scheduler` class): removals keep the order, and every request appended
+    since the last pass is counted (`_appended`: an admission, a transfer; a policy appending
+    by another path counts there too), so `_arrival_order` places only those."""
+
+    _appended = 0
+
+    def _arrival_order(self) -> list[Request]:
+        """`sorted(self.running, key=ARRIVAL_ID)`, placing only the requests appended since."""
+        order = kept_order(self.running, self._appended, ARRIVAL_ID)
+        self._appended = 0
+        return order
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out) -> None:
+        super().start(req, num_cached, num_tokens, out)
+        self._appended += 1
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        super().add_transferred(req, now_s)
+        self._appended += 1

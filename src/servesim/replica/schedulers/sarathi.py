@@ -19,8 +19,6 @@ always computed in full.
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 from pydantic import Field
 
 from servesim.replica.schedulers import register
@@ -28,7 +26,7 @@ from servesim.replica.schedulers.arrival_joins import is_fresh, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
-from servesim.replica.schedulers.queues import kept_order
+from servesim.replica.schedulers.queues import ARRIVAL_ID, ArrivalOrdered
 from servesim.workload.request import Request, RequestState
 
 
@@ -40,16 +38,10 @@ class SarathiParams(SchedulerParams):
     """Fraction of GPU blocks kept free when admitting a new prompt (vLLM v0 block manager)."""
 
 
-_ARRIVAL = attrgetter("arrival_s", "id")  # the order decodes run in (ties: by id)
-
-
 @register("sarathi")
-class SarathiScheduler(Scheduler):
+class SarathiScheduler(ArrivalOrdered, Scheduler):
     Params = SarathiParams
     looks_up_prefixes = False  # (every prompt computed in full: `Scheduler.looks_up_prefixes`)
-    # `running`'s last `_appended` requests may be out of arrival order (the rest are in it):
-    # those appended since the last `schedule` and the prompts it left after the decodes
-    _appended = 0
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -67,7 +59,7 @@ class SarathiScheduler(Scheduler):
                 out.scheduled.append((req, n))
                 budget -= n
         self.running = kept
-        self._appended = len(prefilling)
+        self._appended = len(prefilling)  # (left after the decodes: placed at the next step, as the admitted)
         # 3) new requests, FCFS, whole prompt allocated at admission
         self._admit(out, budget)
         return out
@@ -119,21 +111,6 @@ class SarathiScheduler(Scheduler):
                 kept.append(req)
         return kept, prefilling
 
-    def _arrival_order(self) -> list[Request]:
-        """`sorted(self.running, key=_ARRIVAL)`, placing only the requests appended since the last
-        step (`queues.kept_order`)."""
-        order = kept_order(self.running, self._appended, _ARRIVAL)
-        self._appended = 0
-        return order
-
-    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
-        super().start(req, num_cached, num_tokens, out)
-        self._appended += 1
-
-    def add_transferred(self, req: Request, now_s: float) -> None:
-        super().add_transferred(req, now_s)
-        self._appended += 1
-
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting requests first come, first served while the budget, the sequence
         slots and the free blocks above the watermark last, each with its whole prompt's
@@ -163,7 +140,7 @@ class SarathiScheduler(Scheduler):
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode steps run the running requests sorted by arrival, whatever their progress (a
         # recompute finished in step 0 may have been listed after later arrivals there).
-        return sorted((r for r, _ in output.scheduled), key=_ARRIVAL)
+        return sorted((r for r, _ in output.scheduled), key=ARRIVAL_ID)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Every running request served and nothing waiting: prompts whose last chunk ran now

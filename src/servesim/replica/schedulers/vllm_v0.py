@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import count
-from operator import attrgetter
 from typing import Literal
 
 from pydantic import Field
@@ -35,11 +34,9 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_until_blocked
-from servesim.replica.schedulers.queues import kept_order
+from servesim.replica.schedulers.queues import ARRIVAL_ID, ArrivalOrdered
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
-
-_ARRIVAL_ID = attrgetter("arrival_s", "id")  # (the same tuples as a lambda, built in C)
 
 
 def _whole_prompt(req: Request, budget: int) -> int:
@@ -60,7 +57,7 @@ class VLLMV0Params(SchedulerParams):
 
 
 @register("vllm-v0")
-class VLLMV0Scheduler(VLLMSteps):
+class VLLMV0Scheduler(ArrivalOrdered, VLLMSteps):
     Params = VLLMV0Params
 
     @property
@@ -76,9 +73,6 @@ class VLLMV0Scheduler(VLLMSteps):
         self._blocked = False  # admission / swap-in stopped for a reason decodes cannot lift
         self._blocked_head: Request | None = None  # the waiting head that stopped admission
         self._blocked_by_budget = False  # ... by this step's prefill tokens: the next step may admit it
-        # `running` is left in arrival order by the running pass; requests appended since
-        # (admitted, swapped in, transferred) are counted, to be put in their places
-        self._appended = 0
 
     def admission_error(self, req: Request) -> str | None:
         total = req.prompt_len + req.output_len
@@ -155,25 +149,9 @@ class VLLMV0Scheduler(VLLMSteps):
         out.scheduled += [(r, 1) for r in kept]
         self.running = kept
 
-    def _arrival_order(self) -> list[Request]:
-        """`sorted(self.running, key=_ARRIVAL_ID)`: the running pass left `running` in that
-        order and removals keep it, so only the requests admitted since are placed
-        (`queues.kept_order`)."""
-        order = kept_order(self.running, self._appended, _ARRIVAL_ID)
-        self._appended = 0
-        return order
-
-    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
-        super().start(req, num_cached, num_tokens, out)
-        self._appended += 1
-
     def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
-        self._appended += 1
+        self._appended += 1  # (swapped in: appended to `running`, `ArrivalOrdered`'s count)
         return super().resume(req, out, num_tokens, keep_cpu_copy)
-
-    def add_transferred(self, req: Request, now_s: float) -> None:
-        super().add_transferred(req, now_s)
-        self._appended += 1
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.swap_or_recompute(req, out, self.params.preemption_mode == "swap")
@@ -259,7 +237,7 @@ class VLLMV0Scheduler(VLLMSteps):
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
         # Decode steps run the running requests sorted by arrival, whatever their progress (a
         # recompute finished in step 0 may have been listed after later arrivals there).
-        return sorted((r for r, _ in output.scheduled), key=_ARRIVAL_ID)
+        return sorted((r for r, _ in output.scheduled), key=ARRIVAL_ID)
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # Decode-only steps repeat while nothing is preempted or swapped and whatever waits
