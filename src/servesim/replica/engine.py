@@ -228,10 +228,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         if len(scheduled) == 1 and not swap_s and self._start_lone(now_s, out, *scheduled[0]):
             return
         # A decode: one token scheduled and only the last generated token left to compute.
-        known = out.num_known_decodes
-        decodes = out.known_decodes
-        if decodes is None:
-            decodes = [r for r, _ in scheduled[:known]] if known else []
+        known = out.num_known_decodes  # (and `known_decodes` those requests, where the scheduler handed them over)
+        decodes = [r for r, _ in scheduled[:known]] if out.known_decodes is None else out.known_decodes
         prefills = []
         # the rest: decodes and prompt (or recompute) chunks, split in one pass (the known
         # decodes are a prefix of `scheduled`, so prefills keep their scheduled order)
