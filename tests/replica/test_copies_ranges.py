@@ -33,10 +33,10 @@ def test_register_over_mixed_slots_returns_ranges():
     g = Group(0)
     g.append_held(10)
     g.release(0, 10, 1)
-    g.evict(0, 10, 1, 3)  # slots 7-9 evicted: not cached
+    g.evict(0, 10, 1, 3, 10)  # slots 7-9 evicted: not cached
     g.hit(0, 7)
     g.release(0, 7, 2)
-    g.evict(0, 7, 2, 2)  # slots 5-6 too
+    g.evict(0, 7, 2, 2, 7)  # slots 5-6 too
     assert g.register(3, 10) == [(3, 5)]  # 5-9 registered again, 3-4 were cached
     assert g.register(0, 10) == [(0, 10)]  # all cached: one range
 

@@ -84,6 +84,10 @@ def _run(seed: int, H: int, num_blocks: int, steps: int, ranges: bool = False, m
             assert all(prefix._group_of_key(rk) is g for rk in g.runs)
         for p in running:
             assert new.num_blocks_of(p.new.id) == ref.num_blocks_of(p.ref.id)
+        # each free-queue entry's live count is its slots still carrying its stamp (`Group.evict`
+        # trusts it: an entry whose slots all do is evicted without reading their stamps)
+        for stamp, g, s0, s1, live in new._queue.entries.values():
+            assert live == list(g.stamp[s0 - g.lo:s1 - g.lo]).count(stamp)
         if more_checks is not None:
             more_checks(new, waiting + running)
 

@@ -27,12 +27,12 @@ def test_a_group_through_register_hit_release_and_evict():
     assert list(g.stamp) == [5, 5, 0, 0, 5, 5, 5, 5]
     assert g.num_free(4, 12) == 6 and g.num_leading_cached(4, 12) == 8
     # the usual eviction: the entry's last slots, all still stamped
-    assert g.evict(4, 12, 5, 3) == (3, 9) and list(g.ref) == [0, 0, 1, 1, 0, -1, -1, -1]
+    assert g.evict(4, 12, 5, 3, 6) == (3, 9) and list(g.ref) == [0, 0, 1, 1, 0, -1, -1, -1]
     assert g.num_leading_cached(4, 12) == 5 and g.num_cached == 5
     # a hit from the free queue takes slot 8 out of the entry: the next eviction skips it
     assert g.hit(8, 9) == 1 and list(g.stamp) == [5, 5, 0, 0, 0, 0, 0, 0]
-    assert g.evict(4, 9, 5, 1) == (1, 5) and list(g.ref) == [0, -1, 1, 1, 1, -1, -1, -1]
-    assert g.evict(4, 5, 5, 4) == (1, 4) and g.num_cached == 3
+    assert g.evict(4, 9, 5, 1, 2) == (1, 5) and list(g.ref) == [0, -1, 1, 1, 1, -1, -1, -1]
+    assert g.evict(4, 5, 5, 4, 1) == (1, 4) and g.num_cached == 3
     assert not g.any_cached(9, 12) and g.any_cached(4, 9)
     # registering over a mixed range: cached slots come back as copies
     assert g.register(6, 10) == [(6, 9)] and list(g.ref) == [-1, -1, 1, 1, 1, 1, -1, -1]
@@ -62,7 +62,7 @@ def test_long_ranges_are_searched_by_numpy_as_slot_by_slot():
         k = rng.choice([1, 2, 5, n])
         # slot by slot: the last k slots still carrying the entry's stamp
         mine = [s for s in range(n) if vals[s] == stamp][::-1][:k]
-        got = g.evict(10, 10 + n, stamp, k)
+        got = g.evict(10, 10 + n, stamp, k, vals.count(stamp))
         end = (10 + mine[-1]) if len(mine) == k else 10
         assert got == (len(mine), end if mine else 10)
         assert [s for s in range(n) if g.ref[s] == -1] == sorted(mine) and g.num_cached == n - len(mine)

@@ -105,7 +105,7 @@ class FreeQueue:
                     del self.tails[head.req_id]
             else:
                 stamp, group, s0, s1, live = head
-                k, s1 = group.evict(s0, s1, stamp, n) if live else (0, s0)  # (none left: no search)
+                k, s1 = group.evict(s0, s1, stamp, n, live) if live else (0, s0)  # (none left: no search)
                 n -= k
                 if k and group.num_cached == 0:
                     self._prefix.retire(group)

@@ -186,15 +186,17 @@ class Group:
                     st[k] = stamp
         return z
 
-    def evict(self, s0: int, s1: int, stamp: int, n: int) -> tuple[int, int]:
-        """Evict up to `n` blocks of the free-queue entry (`stamp`, slots [s0, s1)), last slot
-        first, skipping slots no longer in it; returns (blocks evicted, new end slot)."""
+    def evict(self, s0: int, s1: int, stamp: int, n: int, live: int) -> tuple[int, int]:
+        """Evict up to `n` blocks of the free-queue entry (`stamp`, slots [s0, s1), `live` of
+        them still in it), last slot first, skipping slots no longer in it; returns (blocks
+        evicted, new end slot)."""
         i, j = s0 - self.lo, s1 - self.lo
         st, ref = self.stamp, self.ref
         k = min(n, j - i)
-        # The usual case: the last k slots are all still in the entry (checked over those k
-        # only: an allocation often takes a block or two of an entry of hundreds).
-        if st[j - k:j] == array("q", [stamp]) * k:
+        # The usual case: the last k slots are all still in the entry: known when all its slots
+        # are (no hit since: 6,418 of 6,444 evictions of vllm mooncake at one replica), else
+        # checked over those k only (an allocation often takes a block or two of hundreds).
+        if live == j - i or st[j - k:j] == array("q", [stamp]) * k:
             ref[j - k:j] = NONE * k
             st[j - k:j] = NO_STAMP * k
             self.num_cached -= k
