@@ -38,12 +38,12 @@ def spies(monkeypatch):
         counts["leading whole"] += self.num_cached == len(self.ref) and s1 - s0 >= prefix_groups._NP_MIN
         return leading(self, s0, s1)
 
-    def evict_spy(self, s0, s1, stamp, n):
+    def evict_spy(self, s0, s1, stamp, n, live):
         i, j = s0 - self.lo, s1 - self.lo
         k = min(n, j - i)
-        counts["evict scans by numpy"] += (self.stamp[j - k:j] != prefix_groups.array("q", [stamp]) * k
+        counts["evict scans by numpy"] += (live != j - i and self.stamp[j - k:j] != prefix_groups.array("q", [stamp]) * k
                                            and j - i >= prefix_groups._NP_MIN)
-        return evict(self, s0, s1, stamp, n)
+        return evict(self, s0, s1, stamp, n, live)
 
     leave = prefix_groups._leave
 

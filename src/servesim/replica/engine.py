@@ -44,7 +44,7 @@ from servesim.replica.shared_chunk import shared_fast_forward
 from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
                                           speculate)
 from servesim.replica.fast_forward import DecodeFns, FastForwarding
-from servesim.replica.token_advance import advance_decodes_step
+from servesim.replica.token_advance import advance_decodes_step, delivered_at
 from servesim.workload.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -206,6 +206,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         if self.ports is not None:
             self.ports.at_boundary(now_s)
         out = sched.schedule(now_s)
+        self.kv.expected = None  # (what the last step told it holds for this `schedule` only)
         scheduled = out.scheduled
         swap_s = self._swap(out, now_s) if out.swapped_out or out.swapped_in else 0.0
         if not scheduled:
@@ -316,7 +317,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
-        finished = advance_decodes_step(decodes, step)
+        finished = advance_decodes_step(decodes, step, None if self.keys_seen or self.ports is not None else self.kv)
         prefill_tokens = 0
         emitted = len(decodes)
         ports, handoffs = self.ports, []
@@ -344,20 +345,11 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         if self.moved:
             moved_runs.split(self.moved)
         if self.deliver is not None:
-            self._delivered(prefills, finished, self.deliver(now_s, emitted), now_s)
+            delivered_at(prefills, finished, self.deliver(now_s, emitted), now_s)
         if handoffs:
             self._finish_and_continue(out, finished, now_s, lambda: ports.hand_off(handoffs, now_s, now_s - start_s))
         else:
             self._finish_and_continue(out, finished, now_s)
-
-    def _delivered(self, prefills: list, finished: list[Request], client_s: float, now_s: float) -> None:
-        """The client sees this step's tokens at `client_s`: first tokens and finishes take that
-        time (a first token made now has `first_token_s == now_s`: earlier ones are earlier)."""
-        for req, _ in prefills:
-            if req.first_token_s == now_s:
-                req.first_token_s = client_s
-        for req in finished:
-            req.finish_s = client_s
 
     def emit(self, req: Request, step: int, time_s: float) -> None:
         """Record one token emitted at the end of `step` (at `time_s`)."""

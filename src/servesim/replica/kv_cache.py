@@ -100,6 +100,10 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         self._held: dict[Any, Held] = {}
         self._recent_keys = RecentKeys().shared()  # a next turn builds its keys from its parent's
         self._planned = None  # a stretch's registration, planned by `keys_conflict_many`
+        # What the engine's last stepped step told of its decodes (`token_advance.advance_and_tell`:
+        # the decodes, the positions of those that finished, those going on whose next token
+        # starts a block), for the allocation of the next `schedule` only (the engine clears it).
+        self.expected: tuple[list, list[int], list] | None = None
         self.num_planned_registrations = 0
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
@@ -230,7 +234,19 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         prefix = self.enable_prefix_caching
         free = self.num_free_blocks
         n = len(reqs)
-        for r in reqs:  # (no index kept: the first that stops the run is found once, by identity)
+        start, edges = self._known_decodes(reqs) if self.expected is not None else (0, ())
+        rest = reqs[start:] if start else reqs
+        for r in edges:  # (of the leading `start`, known to decode: only these may need a block)
+            h = held[r.id]
+            if r.num_computed_tokens >= (h.num_keyed + h.num_plain) * bs:
+                if len(grow) == free:
+                    if whole:
+                        return 0
+                    n = reqs.index(r)
+                    rest = ()  # (the run stops here)
+                    break
+                grow.append(h)
+        for r in rest:  # (no index kept: the first that stops the run is found once, by identity)
             nc = r.num_computed_tokens
             no = r.num_output_tokens
             if not no or r.prompt_len + no != nc + 1:
@@ -272,6 +288,28 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             for h in grow:
                 h.num_plain += 1
         return n  # (`register_appends` moved the registered blocks from plain to keyed)
+
+    def _known_decodes(self, reqs: list[Any]) -> tuple[int, list]:
+        """(m, edges): the leading m of `reqs` are the last step's decodes that go on, in their
+        order, of which only `edges` start a block with this token (`expected`); (0, ()) if
+        not so. Read once: the allocation after the one it was told for finds other states."""
+        (decodes, gone, edges), self.expected = self.expected, None
+        m = len(decodes) - len(gone)
+        if m > len(reqs):
+            return 0, ()
+        a = k = 0  # (the decodes between two that finished: one C comparison of the same objects each)
+        for g in gone:
+            if decodes[a:g] != reqs[a - k:g - k]:
+                return 0, ()
+            a, k = g + 1, k + 1
+        if decodes[a:] != reqs[a - k:m]:
+            return 0, ()
+        # One taken out since (preempted by recompute) and back is last: admissions append. If
+        # it still decodes, its tokens are as they were (its blocks' count is read fresh).
+        last = reqs[m - 1]
+        if last.prompt_len + last.num_output_tokens != last.num_computed_tokens + 1:
+            return 0, ()
+        return m, edges
 
     def allocate_plain_many(self, grants: list[tuple[Any, int]], ahead: int = 0) -> None:
         """`allocate_plain` for several (request, blocks) at once (caller checked the free count);

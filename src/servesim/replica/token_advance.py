@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Iterable
 from servesim.workload.request import Request
 
 if TYPE_CHECKING:
+    from servesim.replica.kv_cache import KVCacheManager
     from servesim.replica.stretch import Stretch
 
 
@@ -81,9 +82,13 @@ def advance_decodes_by(decodes: list[Request], m: int, first: int) -> None:
             runs += (first, last)
 
 
-def advance_decodes_step(decodes: list[Request], step: int) -> list[Request]:
+def advance_decodes_step(decodes: list[Request], step: int, kv: KVCacheManager | None = None) -> list[Request]:
     """`advance_decodes_by(decodes, 1, step)` for one stepped step, returning those that emitted
-    their last token, in order: the engine's one pass over the batch where it took two."""
+    their last token, in order: the engine's one pass over the batch where it took two. With
+    `kv` (a batch without prefix keys), also tells it what its next allocation will find
+    (`advance_and_tell`)."""
+    if kv is not None:
+        return advance_and_tell(decodes, step, kv)
     prev = step - 1
     finished = []
     for req in decodes:
@@ -97,3 +102,39 @@ def advance_decodes_step(decodes: list[Request], step: int) -> list[Request]:
         if n >= req.output_len:
             finished.append(req)
     return finished
+
+
+def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager) -> list[Request]:
+    """`advance_decodes_step`, telling `kv` which of the decodes go on (all but those that
+    finished, at the positions `gone`) and which of those start a block with their next token
+    (`edges`): in the next step's allocation only these may need a block, the others' tokens
+    fall in blocks they hold (`KVCacheManager.expected`). One look per request here saves the
+    allocation's pass over the batch (a stepped step's largest cost under overload)."""
+    prev, bs = step - 1, kv.block_size
+    finished, gone, edges = [], [], []
+    for i, req in enumerate(decodes):
+        nc = req.num_computed_tokens = req.num_computed_tokens + 1
+        n = req.num_output_tokens = req.num_output_tokens + 1
+        runs = req.token_steps
+        if runs[-1] == prev:
+            runs[-1] = step
+        else:
+            runs += (step, step)
+        if n >= req.output_len:
+            finished.append(req)
+            gone.append(i)
+        elif not nc % bs:
+            edges.append(req)
+    if len(gone) < len(decodes):
+        kv.expected = (decodes, gone, edges)
+    return finished
+
+
+def delivered_at(prefills: list, finished: list[Request], client_s: float, now_s: float) -> None:
+    """The client sees a step's tokens at `client_s`: first tokens and finishes take that time
+    (a first token made now has `first_token_s == now_s`: earlier ones are earlier)."""
+    for req, _ in prefills:
+        if req.first_token_s == now_s:
+            req.first_token_s = client_s
+    for req in finished:
+        req.finish_s = client_s
