@@ -1,6 +1,7 @@
 """What a scheduler hands the engine to spare it passes over the batch is what those passes
 would find: the leading decodes as a list (`SchedulerOutput.known_decodes`), Sarathi's running
-batch in arrival order without a sort per step, FastSwitch's latest running arrival. Checked
+batch in arrival order without a sort per step, FastSwitch's latest running arrival; and what
+the engine's stepped step tells the KV cache of its decodes (`KVCacheManager.expected`). Checked
 at every step of overloaded runs (evictions, preemptions, admissions between steps), and each
 hint is shown to be taken."""
 
@@ -10,6 +11,7 @@ import random
 
 import pytest
 
+from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.schedulers import fastswitch
 from servesim.replica.schedulers.queues import ARRIVAL_ID
 from tests.factories import make_engine, make_request, serve
@@ -83,3 +85,65 @@ def test_fastswitch_latest_running_arrival_is_the_tuple_maximum():
         reqs = [make_request(i, 10, 10, arrival=float(rng.randint(0, 5))) for i in rng.sample(range(100), n)]
         expected = max(reqs, key=fastswitch._ARRIVAL_ID, default=None)
         assert fastswitch._latest(reqs) is expected
+
+
+def _outcomes(reqs) -> list:
+    return [(r.id, r.finish_s, r.first_token_s, r.token_steps, r.num_preemptions) for r in reqs]
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "andes", "fastswitch", "priority", "sarathi"])
+def test_decodes_told_by_the_last_step_are_what_the_allocation_finds(scheduler, monkeypatch):
+    """Whenever the allocation takes the last step's word (`_known_decodes`), its leading m
+    requests decode and its edges are exactly those of them whose token starts a block; the
+    run is the same request for request as one whose allocations look at every request."""
+    known = KVCacheManager._known_decodes
+    taken = {"told": 0, "taken": 0}
+
+    def checked(self, reqs):
+        taken["told"] += 1
+        m, edges = known(self, reqs)
+        if m:
+            taken["taken"] += 1
+            assert all(r.num_output_tokens and r.prompt_len + r.num_output_tokens == r.num_computed_tokens + 1
+                       for r in reqs[:m])
+            assert edges == [r for r in reqs[:m] if r.num_computed_tokens % self.block_size == 0]
+        return m, edges
+
+    runs = []
+    for told in (checked, lambda self, reqs: (0, ())):
+        monkeypatch.setattr(KVCacheManager, "_known_decodes", told)
+        engine, sched, kv, loop, done = _overloaded(scheduler)
+        reqs = _requests(seed=11, n=120)
+        serve(engine, loop, reqs)
+        engine.drain(loop.now_s)
+        kv.check_all_free()
+        assert len(done) == len(reqs)
+        runs.append(_outcomes(reqs))
+    assert runs[0] == runs[1]
+    assert taken["taken"] > 0.5 * taken["told"], taken
+
+
+def test_the_last_steps_word_is_not_taken_for_another_batch():
+    """A batch that is not the told decodes in their order (one left, two swapped, fewer), or
+    whose last one was taken out and is back in its prompt, is looked at request by request."""
+    kv = KVCacheManager(100, 16)
+    reqs = [make_request(i, 31, 50) for i in range(5)]
+    for r in reqs:
+        assert kv.allocate_slots(r, r.prompt_len)
+        r.num_computed_tokens, r.num_output_tokens = r.prompt_len, 1
+    a, b, c, d, e = reqs
+
+    def told(batch, decodes=(a, b, c, d, e), gone=(2,), edges=()):
+        kv.expected = (list(decodes), list(gone), list(edges))
+        return kv._known_decodes(batch)
+
+    assert told([a, b, d, e, c]) == (4, [])  # (c finished: the four others lead, the last is new)
+    assert told([a, b, d]) == (0, ())  # (fewer than told)
+    assert told([a, d, b, e]) == (0, ())  # (reordered)
+    assert told([a, b, e, d]) == (0, ())
+    assert told([b, d, e]) == (0, ())  # (one left)
+    assert kv.expected is None  # (read once)
+    e.num_computed_tokens = 0  # (preempted by recompute, admitted again: in its prompt)
+    assert told([a, b, d, e]) == (0, ())
+    e.num_computed_tokens = e.prompt_len
+    assert told([a, b, d, e], edges=[b]) == (4, [b])
