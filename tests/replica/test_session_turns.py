@@ -41,8 +41,8 @@ def spies(monkeypatch):
     def evict_spy(self, s0, s1, stamp, n, live):
         i, j = s0 - self.lo, s1 - self.lo
         k = min(n, j - i)
-        counts["evict scans by numpy"] += (live != j - i and self.stamp[j - k:j] != prefix_groups.array("q", [stamp]) * k
-                                           and j - i >= prefix_groups._NP_MIN)
+        counts["evict scans by numpy"] += (live != j - i and j - i >= prefix_groups._NP_MIN
+                                           and self.stamp[j - k:j] != prefix_groups.array("q", [stamp]) * k)
         return evict(self, s0, s1, stamp, n, live)
 
     leave = prefix_groups._leave
