@@ -133,8 +133,8 @@ def test_the_last_steps_word_is_not_taken_for_another_batch():
         r.num_computed_tokens, r.num_output_tokens = r.prompt_len, 1
     a, b, c, d, e = reqs
 
-    def told(batch, decodes=(a, b, c, d, e), gone=(2,), edges=()):
-        kv.expected = (list(decodes), list(gone), list(edges))
+    def told(batch, decodes=(a, b, c, d, e), gone=(c,), edges=()):
+        kv.expected = (list(decodes), gone, list(edges))
         return kv._known_decodes(batch)
 
     assert told([a, b, d, e, c]) == (4, [])  # (c finished: the four others lead, the last is new)

@@ -101,9 +101,9 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         self._recent_keys = RecentKeys().shared()  # a next turn builds its keys from its parent's
         self._planned = None  # a stretch's registration, planned by `keys_conflict_many`
         # What the engine's last stepped step told of its decodes (`token_advance.advance_and_tell`:
-        # the decodes, the positions of those that finished, those going on whose next token
-        # starts a block), for the allocation of the next `schedule` only (the engine clears it).
-        self.expected: tuple[list, list[int], list] | None = None
+        # the decodes, those of them that finished, those going on whose next token starts a
+        # block), for the allocation of the next `schedule` only (the engine clears it).
+        self.expected: tuple[list, tuple, list] | None = None
         self.num_planned_registrations = 0
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
@@ -298,7 +298,8 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         if m > len(reqs):
             return 0, ()
         a = k = 0  # (the decodes between two that finished: one C comparison of the same objects each)
-        for g in gone:
+        for r in gone:
+            g = decodes.index(r, a)  # (found in C: one or two a step at most, in order)
             if decodes[a:g] != reqs[a - k:g - k]:
                 return 0, ()
             a, k = g + 1, k + 1

@@ -106,13 +106,13 @@ def advance_decodes_step(decodes: list[Request], step: int, kv: KVCacheManager |
 
 def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager) -> list[Request]:
     """`advance_decodes_step`, telling `kv` which of the decodes go on (all but those that
-    finished, at the positions `gone`) and which of those start a block with their next token
-    (`edges`): in the next step's allocation only these may need a block, the others' tokens
-    fall in blocks they hold (`KVCacheManager.expected`). One look per request here saves the
-    allocation's pass over the batch (a stepped step's largest cost under overload)."""
+    finished) and which of those start a block with their next token (`edges`): in the next
+    step's allocation only these may need a block, the others' tokens fall in blocks they hold
+    (`KVCacheManager.expected`). One look per request here saves the allocation's pass over
+    the batch (a stepped step's largest cost under overload)."""
     prev, bs = step - 1, kv.block_size
-    finished, gone, edges = [], [], []
-    for i, req in enumerate(decodes):
+    finished, edges = [], []
+    for req in decodes:
         nc = req.num_computed_tokens = req.num_computed_tokens + 1
         n = req.num_output_tokens = req.num_output_tokens + 1
         runs = req.token_steps
@@ -122,11 +122,10 @@ def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager) -> l
             runs += (step, step)
         if n >= req.output_len:
             finished.append(req)
-            gone.append(i)
         elif not nc % bs:
             edges.append(req)
-    if len(gone) < len(decodes):
-        kv.expected = (decodes, gone, edges)
+    if len(finished) < len(decodes):  # (a copy: the engine adds the step's other finishes to its list)
+        kv.expected = (decodes, tuple(finished), edges)
     return finished
 
 
