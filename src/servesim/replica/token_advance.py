@@ -109,7 +109,8 @@ def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager) -> l
     finished) and which of those start a block with their next token (`edges`): in the next
     step's allocation only these may need a block, the others' tokens fall in blocks they hold
     (`KVCacheManager.expected`). One look per request here saves the allocation's pass over
-    the batch (a stepped step's largest cost under overload)."""
+    the batch (a stepped step's largest cost under overload). A loop of its own: the edge test
+    in `advance_decodes_step`'s, for batches not told, cost vllm mooncake 1 1 % of its instructions."""
     prev, bs = step - 1, kv.block_size
     finished, edges = [], []
     for req in decodes:
