@@ -83,7 +83,7 @@ def test_fastswitch_latest_running_arrival_is_the_tuple_maximum():
     rng = random.Random(3)
     for n in range(0, 40):
         reqs = [make_request(i, 10, 10, arrival=float(rng.randint(0, 5))) for i in rng.sample(range(100), n)]
-        expected = max(reqs, key=fastswitch._ARRIVAL_ID, default=None)
+        expected = max(reqs, key=ARRIVAL_ID, default=None)
         assert fastswitch._latest(reqs) is expected
 
 

@@ -16,15 +16,14 @@ Exact as stepping one by one: tests/replica/test_shared_chunk.py.
 from __future__ import annotations
 
 from bisect import bisect_right
-from operator import attrgetter
 from typing import Any
 
 from servesim.replica.chunk_rest import chunks_then_decodes
 from servesim.replica.chunk_stretch import chunk_stretch, plan_chunk_stretch
 from servesim.replica.chunk_through import chunks_through
+from servesim.replica.schedulers.queues import ARRIVAL_ID  # (sarathi's decode order)
 from servesim.workload.request import Request
 
-_ARRIVAL = attrgetter("arrival_s", "id")  # (sarathi's decode order)
 
 
 def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
@@ -54,7 +53,7 @@ def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], 
         return False
     end0 = now_s + engine.perf.step_time_s([(r, first.num_computed_tokens), (c0, prompt.num_computed_tokens)],
                                            decode_ctxs)
-    i = bisect_right(decodes, _ARRIVAL(first), key=_ARRIVAL)  # (its place in the decode order)
+    i = bisect_right(decodes, ARRIVAL_ID(first), key=ARRIVAL_ID)  # (its place in the decode order)
     batch = decodes[:i] + [first] + decodes[i:]
     ctxs = decode_ctxs[:i] + [first.num_tokens - 1] + decode_ctxs[i:]
     rem[i:i] = (first.output_len - first.num_output_tokens,)

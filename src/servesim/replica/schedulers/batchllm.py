@@ -36,10 +36,10 @@ from servesim.replica.schedulers.arrival_joins import whole_prompts
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.finish_admits import admits_until_blocked
 from servesim.replica.schedulers.priority import KeyedScheduler
+from servesim.replica.schedulers.queues import ARRIVAL_ID
 from servesim.workload.request import Request
 
 # Running requests are out of the plan: they go first, by arrival (the plan's "no group").
-_ARRIVAL_ID = attrgetter("arrival_s", "id")
 _ARRIVAL_S = attrgetter("arrival_s")
 
 
@@ -230,15 +230,15 @@ class BatchLLMScheduler(KeyedScheduler):
         return kv.num_gpu_blocks - kv.num_free_blocks + growth
 
     def running_order_key(self):
-        return _ARRIVAL_ID
+        return ARRIVAL_ID
 
     def repeat_order(self, output: SchedulerOutput) -> list[Request]:
-        return sorted((r for r, _ in output.scheduled), key=_ARRIVAL_ID)  # (as `schedule` sorts `running`)
+        return sorted((r for r, _ in output.scheduled), key=ARRIVAL_ID)  # (as `schedule` sorts `running`)
 
     def schedule(self, now_s: float) -> SchedulerOutput:
         self.now_s = now_s
         self.begin_step(now_s)
-        self.running.sort(key=_ARRIVAL_ID)  # (`key` of a request out of the plan)
+        self.running.sort(key=ARRIVAL_ID)  # (`key` of a request out of the plan)
         self.waiting.sort(key=self._plan.__getitem__)
         out = SchedulerOutput()
         budget = self.schedule_running(out, self.limits[1], self._swaps)

@@ -40,11 +40,11 @@ from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
 from servesim.replica.schedulers.fastswitch_stretches import FastSwitchStretches
+from servesim.replica.schedulers.queues import ARRIVAL_ID
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
 
-_ARRIVAL_ID = attrgetter("arrival_s", "id")
 _ARRIVAL_S = attrgetter("arrival_s")
 _STATE = attrgetter("state")
 _ID = attrgetter("id")
@@ -52,7 +52,7 @@ RUNNING = RequestState.RUNNING
 
 
 def _latest(reqs: list[Request]) -> Request | None:
-    """`max(reqs, key=_ARRIVAL_ID, default=None)`, from the arrival times alone where one
+    """`max(reqs, key=ARRIVAL_ID, default=None)`, from the arrival times alone where one
     request has the latest (the usual case): no key tuple per request, half the time (an
     eviction beside 100 running requests under overload)."""
     arrivals = list(map(_ARRIVAL_S, reqs))
@@ -61,7 +61,7 @@ def _latest(reqs: list[Request]) -> Request | None:
     last = max(arrivals)
     if arrivals.count(last) == 1:
         return reqs[arrivals.index(last)]
-    return max(reqs, key=_ARRIVAL_ID)
+    return max(reqs, key=ARRIVAL_ID)
 
 
 class FastSwitchParams(SchedulerParams):
