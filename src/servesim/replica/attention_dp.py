@@ -39,7 +39,7 @@ class RanksKV:
     """The ranks' KV caches as the engine and the reports see one replica's: blocks summed."""
 
     through_in_order = False  # (`KVCacheManager.through_in_order`: the ranks' stretches are the engine's own)
-    expected = None  # (`KVCacheManager.expected`: the ranks' caches allocate, told nothing)
+    expected = None  # (`KVCacheManager.expected`, cleared by the engine: the ranks' caches allocate, told nothing)
 
     def __init__(self, caches: list[KVCacheManager], rank_of: dict[int, int]) -> None:
         self.caches = caches

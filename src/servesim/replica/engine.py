@@ -317,7 +317,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
-        finished = advance_decodes_step(decodes, step, None if self.keys_seen or self.ports is not None else self.kv)
+        finished = advance_decodes_step(decodes, step, self._told_kv())
         prefill_tokens = 0
         emitted = len(decodes)
         ports, handoffs = self.ports, []
@@ -350,6 +350,13 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
             self._finish_and_continue(out, finished, now_s, lambda: ports.hand_off(handoffs, now_s, now_s - start_s))
         else:
             self._finish_and_continue(out, finished, now_s)
+
+    def _told_kv(self) -> KVCacheManager | None:
+        """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`): one whose
+        allocations read the note (not the ranks' caches of attention DP), for a batch without
+        prefix keys and without KV ports; else None."""
+        told = not self.keys_seen and self.ports is None and isinstance(self.kv, KVCacheManager)
+        return self.kv if told else None
 
     def emit(self, req: Request, step: int, time_s: float) -> None:
         """Record one token emitted at the end of `step` (at `time_s`)."""
