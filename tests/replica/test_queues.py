@@ -25,6 +25,34 @@ def test_fcfs_queue_order_and_answers():
     assert not hasattr(q, "__dict__")
 
 
+def test_rekeyed_moves_each_request_as_a_remove_and_insert_would():
+    """`rekeyed` finds a moved request by bisection on its old key: the queue ends as taking
+    each out (`remove`) and back in after its equals would leave it, ties and all."""
+    import random
+    from bisect import bisect_right
+
+    rng = random.Random(7)
+    for trial in range(200):
+        names = [f"r{i}" for i in range(rng.randint(1, 60))]
+        spread = rng.choice([3, 1000])  # (many equal keys, or nearly unique ones)
+        keys = {x: rng.randrange(spread) for x in names}
+        q = SortedWaiting(keys.__getitem__)
+        q.extend(names)
+        q.sort(keys.__getitem__)
+        ref = list(q)
+        moved = rng.sample(names, rng.randint(1, min(16, len(names))))
+        old = {x: keys[x] for x in moved}
+        for x in moved:
+            keys[x] = rng.randrange(spread)
+        q.rekeyed(old)
+        for x in moved:
+            ref.remove(x)
+        for x in moved:
+            ref.insert(bisect_right(ref, keys[x], key=keys.__getitem__), x)
+        assert list(q) == ref, trial
+        assert [keys[x] for x in q] == sorted(keys.values())
+
+
 def test_sorted_waiting_keeps_its_order():
     keys = {"a": 3, "b": 1, "c": 2, "d": 2}
     q = SortedWaiting(keys.__getitem__)
@@ -36,7 +64,7 @@ def test_sorted_waiting_keeps_its_order():
     q.append("d")  # at its place, after the equal key
     assert list(q) == ["b", "c", "d", "a"]
     keys["a"] = 0
-    q.rekeyed(["a"])
+    q.rekeyed({"a": 3})  # (its key before)
     assert list(q) == ["a", "b", "c", "d"] and q.pop() == "a"
     keys["a"] = 5
     q.prepend("a")  # by its key, not at the front

@@ -151,15 +151,15 @@ class AutellixAccounting:
                 settled.append(req)
         # (lazy calls are credited with this step's `dt` when they stop waiting: skipped)
         eager = self._eager_lone_calls(settled)
-        moved = []  # waiting calls whose key changed (their places in the queue, after the pass)
+        moved = {}  # waiting calls whose key changed -> their old keys (their places in the queue, after the pass)
         for req in eager if eager is not None else filterfalse(lazy.__contains__, chain(self.waiting, self.swapped)):
             p = program(req)
             if p in served:  # served (its service grew) or promoted: its calls' keys change
                 k = fresh(req)
-                if k != keys[req]:
+                if k != (was := keys[req]):
                     keys[req] = k
                     if req.state is not SWAPPED:
-                        moved.append(req)
+                        moved.setdefault(req, was)
                 continue
             served.add(p)  # a program's waiting time grows once per step
             # from the step's start, or from when the call arrived or was preempted if later
@@ -171,10 +171,10 @@ class AutellixAccounting:
                 discount[p] = discount.get(p, 0.0) + attained  # promote
                 wait[p] = 0.0
                 k = fresh(req)
-                if k != keys[req]:
+                if k != (was := keys[req]):
                     keys[req] = k
                     if req.state is not SWAPPED:
-                        moved.append(req)
+                        moved.setdefault(req, was)
                 attained = max(raw - discount[p], 0.0)
             if req.program_id is None and req.session_id is None:  # a lone call: lazy from now
                 if attained == 0:
