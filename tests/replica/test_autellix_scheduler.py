@@ -271,10 +271,10 @@ def test_waiting_queue_kept_in_key_order_by_moving_the_rekeyed_calls(monkeypatch
     schedule, moves, checked = sched.schedule, [], []
     rekeyed = SortedWaiting.rekeyed
 
-    def spy_rekeyed(queue, moved):
+    def spy_rekeyed(queue, moved, keys):
         if queue.clean and 0 < len(moved) <= 16:
             moves.append(len(moved))
-        rekeyed(queue, moved)
+        rekeyed(queue, moved, keys)
 
     def checking(now_s):
         waiting = list(sched.waiting)

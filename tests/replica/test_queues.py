@@ -44,7 +44,7 @@ def test_rekeyed_moves_each_request_as_a_remove_and_insert_would():
         old = {x: keys[x] for x in moved}
         for x in moved:
             keys[x] = rng.randrange(spread)
-        q.rekeyed(old)
+        q.rekeyed(old, keys)
         for x in moved:
             ref.remove(x)
         for x in moved:
@@ -64,7 +64,7 @@ def test_sorted_waiting_keeps_its_order():
     q.append("d")  # at its place, after the equal key
     assert list(q) == ["b", "c", "d", "a"]
     keys["a"] = 0
-    q.rekeyed({"a": 3})  # (its key before)
+    q.rekeyed({"a": 3}, keys)  # (its key before)
     assert list(q) == ["a", "b", "c", "d"] and q.pop() == "a"
     keys["a"] = 5
     q.prepend("a")  # by its key, not at the front

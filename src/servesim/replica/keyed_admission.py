@@ -66,7 +66,7 @@ def _vllm_admission(sched) -> bool:
     if isinstance(sched, BatchLLMScheduler):  # (its admission loop for the lone turn, the projection bounded: `joins_last`)
         return (cls.schedule is BatchLLMScheduler.schedule and cls.begin_step is BatchLLMScheduler.begin_step
                 and cls._projected_use is BatchLLMScheduler._projected_use and cls.first_chunk is BatchLLMScheduler.first_chunk
-                and cls.start is VLLMSteps.start and cls.before_join is KeyedScheduler.before_join
+                and cls.start is KeyedScheduler.start and cls.before_join is KeyedScheduler.before_join
                 and cls.joins_last is BatchLLMScheduler.joins_last and cls.keyed_joined is BatchLLMScheduler.keyed_joined
                 and cls.join_blocks is VLLMSteps.join_blocks and cls.max_join_chunks == 0)
     if isinstance(sched, TRTLLMScheduler):  # (GUARANTEED_NO_EVICT, its context whole: `joins_last`)

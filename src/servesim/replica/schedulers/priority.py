@@ -25,7 +25,7 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_of
-from servesim.replica.schedulers.queues import SortedWaiting
+from servesim.replica.schedulers.queues import SortedWaiting, place_sorted
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -47,6 +47,13 @@ class KeyedScheduler(VLLMSteps):
     _head_blocked_by_kv = False
     _blocked_head: Request | None = None  # the waiting head the two flags are about
     _num_sorted = 0  # leading running requests in key order (`_admit`, `_make_room`)
+    # What changed in `running` since its last sort (`_order_running`): the requests appended
+    # (`start`, `resume`, `add_transferred`), and {request: its key then} of those whose key
+    # moved, for a policy that records it (autellix), else None (not known).
+    _appended = 0
+    _moved: dict | None = None
+    _moved_keys: dict | None = None  # the stored keys `_moved` is about (`sort_key` reads them)
+    _sorted_static = False  # the last sort was by static keys
 
     def __init__(self, params, config, kv, perf) -> None:
         super().__init__(params, config, kv, perf)
@@ -65,6 +72,7 @@ class KeyedScheduler(VLLMSteps):
         if self.static_waiting_keys:  # (read by `sort_key` while the keys are static)
             self._waiting_keys[req] = self.key(req)
         super().add_transferred(req, now_s)
+        self._appended += 1
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         if self.static_waiting_keys:
@@ -101,7 +109,7 @@ class KeyedScheduler(VLLMSteps):
         self.now_s = now_s
         self.begin_step(now_s)
         key = self.sort_key()
-        self.running.sort(key=key)
+        self._order_running(key)
         self.waiting.sort(key=self._waiting_keys.__getitem__ if self.static_waiting_keys else key)
         out = SchedulerOutput()
         self._head_blocked = self._head_blocked_by_kv = False
@@ -110,6 +118,31 @@ class KeyedScheduler(VLLMSteps):
         if not out.preempted and not out.swapped_out:
             self._admit(out, budget)
         return out
+
+    def _order_running(self, key) -> None:
+        """Sort `running` by `key`. Where the keys that moved since the last sort are known (none,
+        with static keys then and now; else a policy's record, `_moved`), only the requests
+        that moved or were appended since are placed (`place_sorted`): the same order, as a
+        request's key ends with its id (unique keys, one sorted order)."""
+        running, appended, moved, static = self.running, self._appended, self._moved, self.static_keys
+        self._appended = 0
+        if moved is not None:
+            self._moved = {}
+        elif static and self._sorted_static:
+            moved = {}
+        self._sorted_static = static
+        if moved is None or (len(moved) + appended) * 8 > len(running):
+            running.sort(key=key)
+        else:
+            place_sorted(running, appended, key, moved, self._moved_keys)
+
+    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
+        super().start(req, num_cached, num_tokens, out)
+        self._appended += 1
+
+    def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
+        self._appended += 1
+        return super().resume(req, out, num_tokens, keep_cpu_copy)
 
     @property
     def _swaps(self) -> bool:
