@@ -1,8 +1,8 @@
 """A keyed policy's running batch is in key order after every step's `_order_running`, which
-sorts only where it does not know what moved: with static keys (priority) it places the
-requests appended since the last sort, and Autellix also those whose level moved, found by
-bisection on their old keys (`queues.place_sorted`). Checked at every step of overloaded runs
-(admissions, preemptions, swaps, level moves), and the placing path is shown to run."""
+with static keys (priority; edf while no request has a deadline) places only the requests
+appended since the last sort (admissions, swap-ins). Checked at every step of overloaded runs
+(admissions, preemptions, swaps), and the placing path is shown to run; a policy whose keys
+move (autellix) sorts."""
 
 from __future__ import annotations
 
@@ -14,39 +14,38 @@ from servesim import load_scenario, simulate
 from servesim.replica.schedulers import priority
 from servesim.replica.schedulers.priority import KeyedScheduler
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+AZURE_CONV = str(Path(__file__).resolve().parents[2] / "examples" / "azure-conv.yaml")
 N = 800
-OVERLOAD = {"azure-conv.yaml": [f"workload.num_requests={N}", "workload.trace.speedup=10"],
-            # (programs of four calls: a program's calls share its service, so they stay eager)
-            "agent-programs.yaml": [f"workload.num_requests={N}", "workload.arrival.rate_per_s=20"]}
+OVERLOAD = [f"workload.num_requests={N}", "workload.trace.speedup=10"]
+MIXED = ["workload.attributes.priorities={0: 1, 1: 2, 2: 1}"]  # (admissions then sort before running requests)
 
 
-@pytest.mark.parametrize("example, sets", [
-    ("azure-conv.yaml", ["scheduler.name=autellix"]),
-    ("azure-conv.yaml", ["scheduler.name=autellix", "scheduler.mode=atlas", "scheduler.preemption_mode=recompute"]),
-    ("agent-programs.yaml", ["scheduler.name=autellix"]),
-    ("azure-conv.yaml", ["scheduler.name=priority"]),
+@pytest.mark.parametrize("sets, placing", [
+    (["scheduler.name=priority"], True),
+    (["scheduler.name=priority"] + MIXED, True),
+    (["scheduler.name=priority", "scheduler.preemption=false"] + MIXED, True),
+    (["scheduler.name=edf"], True),
+    (["scheduler.name=autellix"], False),
 ])
-def test_running_batch_is_in_key_order_after_every_sort(example, sets, monkeypatch):
-    order, place = KeyedScheduler._order_running, priority.place_sorted
-    seen = {"sorts": 0, "placed": 0, "moved": 0}
+def test_running_batch_is_in_key_order_after_every_sort(sets, placing, monkeypatch):
+    order, kept = KeyedScheduler._order_running, priority.kept_order
+    seen = {"sorts": 0, "placed": 0}
 
     def checked(self, key):
-        moved = self._moved
         order(self, key)
         seen["sorts"] += 1
         assert self.running == sorted(self.running, key=key)
-        seen["moved"] += bool(moved)
-        assert not self._moved and not self._appended
+        assert not self._appended
 
-    def counted(*args):
-        seen["placed"] += 1
-        return place(*args)
+    def counted(running, appended, key):
+        seen["placed"] += appended * 8 <= len(running)  # (else it sorts)
+        return kept(running, appended, key)
 
     monkeypatch.setattr(KeyedScheduler, "_order_running", checked)
-    monkeypatch.setattr(priority, "place_sorted", counted)
-    result = simulate(load_scenario(str(EXAMPLES / example), OVERLOAD[example] + sets))
+    monkeypatch.setattr(priority, "kept_order", counted)
+    result = simulate(load_scenario(AZURE_CONV, OVERLOAD + sets))
     assert result.summary()["num_finished"] == N
-    assert seen["placed"] > seen["sorts"] // 2, seen  # (most steps place, not sort)
-    if "autellix" in sets[0]:
-        assert seen["moved"] > seen["sorts"] // 4, seen  # (levels moved between many sorts)
+    if placing:
+        assert seen["placed"] > seen["sorts"] // 2, seen  # (most steps place, not sort)
+    else:
+        assert seen["placed"] == 0 and seen["sorts"] > 100, seen

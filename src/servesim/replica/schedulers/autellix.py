@@ -108,7 +108,6 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # waiting call's key is not recomputed every step and the queue stays nearly sorted.
         self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
         self.waiting.key = self._keys.__getitem__  # kept sorted: the waiting pass flags key changes
-        self._moved, self._moved_keys = {}, self._keys  # running calls whose level moved: their keys before
         # Waiting time added lazily: while a lone call (no program or session) waits, its
         # program's waiting time only grows by each step's length, and it cannot be promoted
         # before that time reaches starvation_ratio x its attained service (never, without

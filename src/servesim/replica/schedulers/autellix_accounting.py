@@ -211,17 +211,13 @@ class AutellixAccounting:
         atlas = self.params.mode == "atlas"
         base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
         thresholds, held, lazy_turn = self.thresholds, self._calls_held, self._lazy_turn
-        open_sum, idle, moved = self._run_sums.open, self._idle, self._moved
+        open_sum, idle = self._run_sums.open, self._idle
         for req in filterfalse(run_lazy.__contains__, self.running):  # (`_fresh_key`, inlined)
             p = program(req)
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
             disc = discount.get(p, 0.0)
             level = bisect_right(thresholds, max(raw - disc, 0.0))
-            was = keys.get(req)
-            if was is None or was[0] != level:  # (only the level moves: recorded for the running order)
-                keys[req] = (level, req.arrival_s, req.id)
-                if was is not None:
-                    moved.setdefault(req, was)
+            keys[req] = (level, req.arrival_s, req.id)
             if idle and req in idle:
                 continue  # (not scheduled in this step: eager until it is, `_idle`)
             if req.program_id is None and (req.session_id is None or held.get(p) == 1):
@@ -260,11 +256,7 @@ class AutellixAccounting:
                 raw = base[req.id] + (raw if calls < 0 else value(calls))
             disc = discount.get(program(req), 0.0)
             level = bisect_right(thresholds, max(raw - disc, 0.0))
-            was = keys.get(req)
-            if was is None or was[0] != level:
-                keys[req] = (level, req.arrival_s, req.id)
-                if was is not None:
-                    self._moved.setdefault(req, was)
+            keys[req] = (level, req.arrival_s, req.id)
             if level >= len(thresholds):
                 run_lazy[req] = (slot, inf, calls)
             else:

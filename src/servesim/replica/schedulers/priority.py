@@ -25,7 +25,7 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_of
-from servesim.replica.schedulers.queues import SortedWaiting, place_sorted
+from servesim.replica.schedulers.queues import SortedWaiting, kept_order
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -47,12 +47,7 @@ class KeyedScheduler(VLLMSteps):
     _head_blocked_by_kv = False
     _blocked_head: Request | None = None  # the waiting head the two flags are about
     _num_sorted = 0  # leading running requests in key order (`_admit`, `_make_room`)
-    # What changed in `running` since its last sort (`_order_running`): the requests appended
-    # (`start`, `resume`, `add_transferred`), and {request: its key then} of those whose key
-    # moved, for a policy that records it (autellix), else None (not known).
-    _appended = 0
-    _moved: dict | None = None
-    _moved_keys: dict | None = None  # the stored keys `_moved` is about (`sort_key` reads them)
+    _appended = 0  # requests appended to `running` since its last sort (`start`, `resume`, `add_transferred`)
     _sorted_static = False  # the last sort was by static keys
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -120,21 +115,17 @@ class KeyedScheduler(VLLMSteps):
         return out
 
     def _order_running(self, key) -> None:
-        """Sort `running` by `key`. Where the keys that moved since the last sort are known (none,
-        with static keys then and now; else a policy's record, `_moved`), only the requests
-        that moved or were appended since are placed (`place_sorted`): the same order, as a
-        request's key ends with its id (unique keys, one sorted order)."""
-        running, appended, moved, static = self.running, self._appended, self._moved, self.static_keys
+        """Sort `running` by `key`. With static keys, then and now, only the requests appended
+        since the last sort are placed (`kept_order`): the same order, as a request's key ends
+        with its id (unique keys, one sorted order). (Autellix's levels move a dozen calls of a
+        few hundred a step under overload: placing those cost what the sort did.)"""
+        static, appended = self.static_keys, self._appended
         self._appended = 0
-        if moved is not None:
-            self._moved = {}
-        elif static and self._sorted_static:
-            moved = {}
-        self._sorted_static = static
-        if moved is None or (len(moved) + appended) * 8 > len(running):
-            running.sort(key=key)
+        if static and self._sorted_static:
+            self.running[:] = kept_order(self.running, appended, key)
         else:
-            place_sorted(running, appended, key, moved, self._moved_keys)
+            self.running.sort(key=key)
+        self._sorted_static = static
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
         super().start(req, num_cached, num_tokens, out)

@@ -166,23 +166,6 @@ def take_out(items, old: dict, keys: dict) -> list:
     return taken
 
 
-def place_sorted(items: list, appended: int, key: Callable[[Any], Any], moved: dict | None = None,
-                 keys: dict | None = None) -> None:
-    """Sort `items` in place by `key` (unique values) when all but its last `appended` items
-    are in order by it but for the items of `moved`, in order by the keys it maps them to
-    (theirs at the last sort; `keys`: the stored keys `key` reads): the appended and the moved
-    ones are taken out (`take_out`) and each put back at its place by bisection (a few, where
-    a sort keys and compares the whole batch). (If fewer than counted are left, the last ones
-    counted are earlier ones: placing them is right.)"""
-    n = len(items) - appended
-    placed = items[n:]
-    del items[n:]
-    if moved:
-        placed += take_out(items, moved, keys)
-    for x in placed:
-        insort(items, x, key=key)
-
-
 ARRIVAL_ID = attrgetter("arrival_s", "id")  # (arrival order, ties by id: the same tuples as a lambda, built in C)
 
 
