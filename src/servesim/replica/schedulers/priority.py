@@ -25,12 +25,12 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_of
-from servesim.replica.schedulers.queues import SortedWaiting, kept_order
+from servesim.replica.schedulers.queues import CountsAppends, SortedWaiting, kept_order
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
 
-class KeyedScheduler(VLLMSteps):
+class KeyedScheduler(CountsAppends, VLLMSteps):
     """Unified-budget scheduler whose every choice follows `key(req)` (smaller = first)."""
 
     preempt_for_waiting: bool = True
@@ -47,7 +47,6 @@ class KeyedScheduler(VLLMSteps):
     _head_blocked_by_kv = False
     _blocked_head: Request | None = None  # the waiting head the two flags are about
     _num_sorted = 0  # leading running requests in key order (`_admit`, `_make_room`)
-    _appended = 0  # requests appended to `running` since its last sort (`start`, `resume`, `add_transferred`)
     _sorted_static = False  # the last sort was by static keys
 
     def __init__(self, params, config, kv, perf) -> None:
@@ -66,8 +65,7 @@ class KeyedScheduler(VLLMSteps):
     def add_transferred(self, req: Request, now_s: float) -> None:
         if self.static_waiting_keys:  # (read by `sort_key` while the keys are static)
             self._waiting_keys[req] = self.key(req)
-        super().add_transferred(req, now_s)
-        self._appended += 1
+        super().add_transferred(req, now_s)  # (counted: `CountsAppends`)
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:
         if self.static_waiting_keys:
@@ -116,9 +114,10 @@ class KeyedScheduler(VLLMSteps):
 
     def _order_running(self, key) -> None:
         """Sort `running` by `key`. With static keys, then and now, only the requests appended
-        since the last sort are placed (`kept_order`): the same order, as a request's key ends
-        with its id (unique keys, one sorted order). (Autellix's levels move a dozen calls of a
-        few hundred a step under overload: placing those cost what the sort did.)"""
+        since the last sort (`CountsAppends`) are placed (`kept_order`): the same order, as a
+        request's key ends with its id (unique keys, one sorted order). (Autellix's levels move
+        a dozen calls of a few hundred a step under overload: placing those cost what the sort
+        did.)"""
         static, appended = self.static_keys, self._appended
         self._appended = 0
         if static and self._sorted_static:
@@ -127,12 +126,8 @@ class KeyedScheduler(VLLMSteps):
             self.running.sort(key=key)
         self._sorted_static = static
 
-    def start(self, req: Request, num_cached: int, num_tokens: int, out: SchedulerOutput) -> None:
-        super().start(req, num_cached, num_tokens, out)
-        self._appended += 1
-
     def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
-        self._appended += 1
+        self._appended += 1  # (swapped in: appended to `running`, `CountsAppends`' count)
         return super().resume(req, out, num_tokens, keep_cpu_copy)
 
     @property

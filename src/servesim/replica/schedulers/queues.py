@@ -1,6 +1,6 @@
 """Waiting queues: FCFS (a deque), priority (a heap on (priority, arrival)) and a list kept sorted
-by a policy's key (`SortedWaiting`), one interface; and a running batch's arrival order kept between
-steps (`ArrivalOrdered`)."""
+by a policy's key (`SortedWaiting`), one interface; and a running batch's order kept between steps
+(`CountsAppends`, `ArrivalOrdered`)."""
 
 from __future__ import annotations
 
@@ -169,19 +169,13 @@ def take_out(items, old: dict, keys: dict) -> list:
 ARRIVAL_ID = attrgetter("arrival_s", "id")  # (arrival order, ties by id: the same tuples as a lambda, built in C)
 
 
-class ArrivalOrdered:
-    """A policy whose running pass walks its batch in arrival order and leaves `running` in it
-    (a mixin before the `Scheduler` class): removals keep the order, and every request appended
-    since the last pass is counted (`_appended`: an admission, a transfer; a policy appending
-    by another path counts there too), so `_arrival_order` places only those."""
+class CountsAppends:
+    """A policy that counts the requests appended to `running` since it last put it in order (a
+    mixin before the `Scheduler` class; `_appended`): an admission (`start`), a hand-over
+    (`add_transferred`); a policy appending by another path (a swap-in, `resume`) counts there
+    too. Removals keep an order, so only those counted need placing (`kept_order`)."""
 
     _appended = 0
-
-    def _arrival_order(self) -> list[Request]:
-        """`sorted(self.running, key=ARRIVAL_ID)`, placing only the requests appended since."""
-        order = kept_order(self.running, self._appended, ARRIVAL_ID)
-        self._appended = 0
-        return order
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out) -> None:
         super().start(req, num_cached, num_tokens, out)
@@ -190,3 +184,14 @@ class ArrivalOrdered:
     def add_transferred(self, req: Request, now_s: float) -> None:
         super().add_transferred(req, now_s)
         self._appended += 1
+
+
+class ArrivalOrdered(CountsAppends):
+    """A policy whose running pass walks its batch in arrival order and leaves `running` in it,
+    so `_arrival_order` places only the requests appended since (`CountsAppends`)."""
+
+    def _arrival_order(self) -> list[Request]:
+        """`sorted(self.running, key=ARRIVAL_ID)`, placing only the requests appended since."""
+        order = kept_order(self.running, self._appended, ARRIVAL_ID)
+        self._appended = 0
+        return order

@@ -150,7 +150,7 @@ class VLLMV0Scheduler(ArrivalOrdered, VLLMSteps):
         self.running = kept
 
     def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
-        self._appended += 1  # (swapped in: appended to `running`, `ArrivalOrdered`'s count)
+        self._appended += 1  # (swapped in: appended to `running`, `CountsAppends`' count)
         return super().resume(req, out, num_tokens, keep_cpu_copy)
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
