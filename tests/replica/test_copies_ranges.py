@@ -14,7 +14,7 @@ import pytest
 
 from servesim.replica.copies import add_copies, copies_within, has_copy
 from servesim.replica.kv_cache import KVCacheManager
-from servesim.replica.kv_release import _drops, _freed_with_copies
+from servesim.replica.kv_release import _drops, _freed_with_copies, _left_one
 from servesim.replica.prefix_groups import Group
 from tests.replica.kv_reference import ReferenceKVCache
 from tests.replica.test_kv_cache_equivalence import BS, _chains, _Pair, _same_hits
@@ -131,8 +131,27 @@ def test_freed_with_copies_by_ranges_counts_as_slot_by_slot(seed):
         cuts = sorted(rng.sample(range(p0, p1 + 1), k=min(p1 - p0 + 1, 2 * rng.randint(0, 3))))
         inside = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if a < b]
         inside = [r for i, r in enumerate(inside) if not (i and inside[i - 1][1] == r[0])]  # (never adjacent)
-        first = rng.choice([None, (0, size // 2), [rng.randint(0, 2) for _ in range(size)]])
+        first = rng.choice([None, ((0, size // 2),), ((0, size // 2), (size // 3, size)),
+                            [rng.randint(0, 2) for _ in range(size)]])
         ref = g.ref[p0 - g.lo:p1 - g.lo]
         a, b = ({} if first is None else {g: list(first) if type(first) is list else first} for _ in range(2))
         assert _freed_with_copies(g, ref, p0, inside, a) == _freed_slot_by_slot(g, ref, p0, inside, b)
         assert a == b
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_drops_kept_as_ranges_count_as_slot_by_slot(seed):
+    """The slots a leaver frees after earlier leavers' drops kept as ranges (`_left_one`: one
+    reference less per range covering a slot) are those a slot-by-slot count finds."""
+    rng = random.Random(seed)
+    for _ in range(300):
+        size = rng.randint(1, 50)
+        ref = array("i", [rng.randint(1, 5) for _ in range(size)])
+        prior = []
+        for _ in range(rng.randint(1, 6)):
+            a = rng.randint(0, size - 1)
+            prior.append((a, rng.randint(a + 1, size)))
+        i = rng.randint(0, size - 1)
+        j = rng.randint(i + 1, size)
+        expected = sum(1 for k in range(i, j) if ref[k] - sum(a <= k < b for a, b in prior) == 1)
+        assert _left_one(ref[i:j], i, j, tuple(prior)) == expected

@@ -88,16 +88,19 @@ class BlockRelease:
                 if ref == ONE * (j - i):  # (the usual case: blocks only this request holds)
                     n += j - i
                     continue
-                ones = ref.count(1)
                 # shared blocks: freed by the last holder to leave (references left, per slot)
-                if g not in dropped:  # (the usual case: the first of those leaving to hold some)
-                    n += ones
-                    dropped[g] = (i, j)
-                    continue
-                drops = _drops(g, dropped)
-                left = list(map(sub, ref, drops[i:j]))
-                n += left.count(1)
-                drops[i:j] = map(add, drops[i:j], repeat(1, j - i))
+                prior = dropped.get(g)
+                if prior is None:  # (the usual case: the first of those leaving to hold some)
+                    n += ref.count(1)
+                    dropped[g] = ((i, j),)
+                elif type(prior) is tuple and len(prior) < _MAX_RANGES:  # (the ranges earlier leavers dropped)
+                    n += _left_one(ref, i, j, prior)
+                    dropped[g] = (*prior, (i, j))
+                else:  # (per slot: many leavers, Mooncake's shared first blocks, or one with copies)
+                    prior = _drops(g, dropped)
+                    left = list(map(sub, ref, prior[i:j]))
+                    n += left.count(1)
+                    prior[i:j] = map(add, prior[i:j], repeat(1, j - i))
             out.append(n)
         return out
 
@@ -171,16 +174,31 @@ class BlockRelease:
             self.num_free_blocks += n
 
 
+_MAX_RANGES = 8  # (drops kept as ranges up to this many per group, then per slot: `_left_one` is quadratic in them)
+
+
+def _left_one(ref, i: int, j: int, prior: tuple) -> int:
+    """Slots of `ref` (the group's counts over its slots [i, j)) with one reference left after
+    the earlier leavers' drops, one per range of `prior` covering the slot: counted piece by
+    piece between the ranges' ends, in C (a next turn that took back its previous turn's
+    blocks, `held_hits.take_back`, leaves after it over hundreds of slots)."""
+    cuts = sorted({i, j, *(x for a, b in prior for x in (a, b) if i < x < j)})
+    n = 0
+    for a, b in zip(cuts, cuts[1:]):
+        c = sum(1 for a2, b2 in prior if a2 <= a and b <= b2)
+        n += ref[a - i:b - i].count(c + 1)
+    return n
+
+
 def _drops(g: Group, dropped: dict) -> list[int]:
-    """The references dropped per slot of `g` so far (`blocks_freed`): kept as the one range
-    of slots a first request dropped, expanded to a list when another comes to the group."""
+    """The references dropped per slot of `g` so far (`blocks_freed`): kept as the ranges of
+    slots the requests before dropped, expanded to a list when one with copies comes."""
     drops = dropped.get(g)
     if type(drops) is list:
         return drops
     arr = [0] * len(g.ref)
-    if drops is not None:
-        i, j = drops
-        arr[i:j] = repeat(1, j - i)
+    for i, j in drops or ():
+        arr[i:j] = map(add, arr[i:j], repeat(1, j - i))
     dropped[g] = arr
     return arr
 
