@@ -18,7 +18,8 @@ before):
   and of the stretch then take the same blocks of the queue in either order (the stretch's
   come from those free when it was planned, less those the joiners took). Or in blocks that
   a request still running at step s holds (Mooncake's shared first blocks: a reference more
-  in either order, `held_hits.py`), not one held only by requests that left before s;
+  in either order, `held_hits.py`), or, for a whole prompt, only requests that left before s
+  (its previous turn, its growth and registrations made first: taken back, `held_hits.py`);
 - the keys it registers (its prompt's full blocks past its hits, which also bound what its
   lookup could find) are neither indexed nor in the registrations the stretch planned
   (`KVCacheManager.keys_conflict_many`'s kept plan, which covers every step of the stretch):
@@ -59,7 +60,7 @@ from typing import Any, NamedTuple
 from servesim.replica import policy_stops
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.finish_notices import tell_last, untold_by
-from servesim.replica.held_hits import held_by_departed, log_shared
+from servesim.replica.held_hits import departed_only, log_shared, settle_departed, take_back
 from servesim.replica.join_keys import REFUSED, add_keyed, unplanned
 from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.kv_prefix_caching import WHOLE
@@ -93,6 +94,7 @@ class _Turn(NamedTuple):
     num_running: int  # requests running at step s
     blocks: int  # its blocks, hits and new
     shared: int  # its hits on blocks a running request holds
+    back: list | tuple  # its hits on blocks held only by requests that left before step s (`departed_only`)
     kept: tuple | None  # the stretch's registration plan, checked against its runs
 
 
@@ -167,6 +169,7 @@ def _fits(engine, st: Stretch, req: Request, s: int, chain: tuple | None, num_ru
     """The turn's lookup, step s's share of it and its blocks, if its hits, blocks and keys
     let it join as the module's conditions say (None if not)."""
     sched, kv = engine.scheduler, engine.kv
+    settle_departed(kv, st, s, req)  # (its previous turn's blocks, if it left before s: registered now)
     hits = kv.get_computed_blocks(req)
     if hits.num_own:
         return None
@@ -201,12 +204,17 @@ def _fits(engine, st: Stretch, req: Request, s: int, chain: tuple | None, num_ru
     if pops > free and (pops := st.blocks_needed(steps, bs)) > free:
         return None
     prefix = kv._prefix
-    shared = 0
+    shared, back = 0, ()
     if hits.num_keyed:
-        if (shared := hits.num_keyed - prefix.num_free(hits)) and (stall or held_by_departed(kv, st, s, hits)):
-            # a hit block held only by requests that left before step s (`held_hits.py`); or
-            # any held one for a prompt-only step (its blocks are counted as stall32 built it)
-            return None
+        if shared := hits.num_keyed - prefix.num_free(hits):
+            if stall:  # (any held one for a prompt-only step: its blocks are counted as stall32 built it)
+                return None
+            # hit blocks held only by requests that left before step s: stepping freed them at
+            # their finish and takes them back from the free queue (`held_hits.py`; a whole
+            # prompt only, and no finish that keeps its blocks)
+            back = departed_only(kv, st, s, hits)
+            if back is None or (back and (chunked is not None or chain is not None or timed is not None)):
+                return None
         groups = [g for g, _, _ in hits.extents]
         # (the rests of turns that joined with chunks pop their blocks before step s too)
         later = sum(n for _, _, n in st.rests) if st.rests else 0
@@ -223,7 +231,7 @@ def _fits(engine, st: Stretch, req: Request, s: int, chain: tuple | None, num_ru
         if runs is None or (kept := unplanned(kv, st, keys, runs, hits.num_keyed, s,
                                                   s - 1 if chunked is None else steps - 1)) is REFUSED:
             return None
-    return _Turn(req, s, n, c, cached, hits, stall, chain, chunked, num_running, blocks, shared, kept)
+    return _Turn(req, s, n, c, cached, hits, stall, chain, chunked, num_running, blocks, shared, back, kept)
 
 
 def _step_s(engine, st: Stretch, t: _Turn) -> tuple[float, bool] | None:
@@ -284,6 +292,8 @@ def _join(engine, st: Stretch, now_s: float, t: _Turn, step_s: float, lean: bool
     # the policy's `join` (`admit_whole`) with the hits just found: `VLLMSteps.admit`'s calls
     # for a request without KV store tokens, admitted whole (or with its first chunk c)
     sched.before_join()
+    if t.back:
+        take_back(st, s, t.back)
     if not kv.allocate_slots(req, c, t.hits):
         raise AssertionError(f"request {req.id} could not join the stretch")
     sched.waiting.remove(req)

@@ -225,6 +225,30 @@ class PrefixCaching:
             held.num_keyed = full
             held.num_plain -= full - k0
 
+    def register_settled(self, req: Any, num_tokens: int) -> None:
+        """`cache_full_blocks(req, num_tokens)` for a request of a stretch whose registrations the
+        kept plan holds, ahead of the stretch's (a turn that left it before a next turn joins:
+        `held_hits.settle_departed`). The plan less its item stays valid, as a plan less an
+        item does (`_apply_planned`): kept so, or dropped if it was stale already."""
+        held = self._held.get(req.id)
+        if held is None:
+            return
+        planned, prefix = self._planned, self._prefix
+        valid = planned is not None and planned[3] == prefix.num_inserts
+        self._cache_full_blocks(req, held, num_tokens)
+        if type(held.keys) is BlockKeys:  # (its next turn builds its keys from them, as after its release)
+            self._recent_keys.keep(held.keys)
+        if not valid:
+            self._planned = None
+            return
+        lst, n, more, _, (plan, seen, groups), tokens, caps = planned
+        j = next((j for j, item in enumerate(plan) if item[0] is held), None)  # (its item: one at most)
+        if j is not None:
+            groups.discard(plan[j][1])  # (the group it extended: another item may now)
+            plan, tokens = plan[:j] + plan[j + 1:], tokens[:j] + tokens[j + 1:]
+            caps = None if caps is None else caps[:j] + caps[j + 1:]
+        self._planned = (lst, n, more, prefix.num_inserts, (plan, seen, groups), tokens, caps)
+
     def _apply_planned(self, reqs_tokens: list[tuple[Any, int]], more_tokens: int, last: list[int] | None) -> bool:
         """`cache_full_blocks_many` by the plan `keys_conflict_many` kept, if it was made for
         these requests and as many tokens or more (then trimmed: a stretch cut short), no key

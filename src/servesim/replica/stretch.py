@@ -49,7 +49,7 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
                  "_p", "_f", "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
-                 "waiting_to", "spent_to", "timers", "in_order")
+                 "waiting_to", "spent_to", "timers", "in_order", "taken_back", "settled", "sessions")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -174,6 +174,14 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         # (step, blocks) of keyed joiners' prefix hits that running requests held already (in
         # use before the join: `replica/held_hits.py`), or None
         self.join_shared: list[tuple[int, int]] | None = None
+        # (join step, step freed, blocks) of keyed joiners' prefix hits on blocks held only by
+        # requests that left before (logged free between: `held_hits.take_back`), or None
+        self.taken_back: list[tuple[int, int, int]] | None = None
+        # turns that left before a next turn's join and got their growth and registrations then
+        # (`held_hits.settle_departed`: the apply skips them), index in `reqs` -> blocks grown; or None
+        self.settled: dict[int, int] | None = None
+        # (entries of `keyed` seen, session id -> its latest place there): `held_hits._latest_of`
+        self.sessions: tuple[int, dict] | None = None
         # the step of the rest of a prompt whose chunks spend the budget in the steps before it
         # (`replica/chunk_rest.py`: arrivals seen before it wait, `rest_keeps_arrival`); 0: none
         self.spent_to = 0

@@ -57,6 +57,9 @@ class StretchApply:
         if st.timers is not None:  # (the policy's timers fired inside it: their blocks freed at their steps)
             frees = frees + policy_stops.late_timers(st)
         joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
+        if st.settled and joined:  # (a joiner settled since holds its growth already: logged at its steps)
+            n0, settled = len(reqs) - len(joined), st.settled
+            joined = [b - settled.get(n0 + j, 0) for j, b in enumerate(joined)]
         cut = ()  # (turns cut inside their chunk steps: `apply_rests`)
         if st.stalls:
             new_blocks += [(reqs[i], c) for i, c in grown.items()]
@@ -75,6 +78,8 @@ class StretchApply:
                     cut = apply_rests(st, steps_of, new_blocks, frees)
             if st.join_shared:  # (hits on held blocks, logged as in use from the join's first step: those already were)
                 frees += [(s, c) for s, c in st.join_shared if s < k]
+            if st.taken_back:  # (of those, the ones stepping freed at a finish before: free between)
+                frees += [f for s, r, n in st.taken_back if s < k for f in ((r, n), (s, -n))]
         kv_used = BlockGrowth(self.kv.num_gpu_blocks - st.free_blocks, first_new, steps_of, bs, frees)
         if st.in_order and finished:  # (SGLang's radix cache: growth and releases in step order)
             allocate_in_order(self.kv, st, steps_of, finished, bs)
@@ -108,6 +113,11 @@ class StretchApply:
         grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
         frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
                  for i in finished if (m := steps_of[i]) < k]
+        if st.settled:  # (turns that left before a next turn's join got their growth then: `settle_departed`)
+            settled = st.settled
+            got = {id(reqs[i]) for i in settled}
+            new_blocks = [grant for grant in new_blocks if id(grant[0]) not in got]
+            frees = [(m, n - settled.get(i, 0)) for (m, n), i in zip(frees, [i for i in finished if steps_of[i] < k])]
         if st.kept is not None:  # (a finish that keeps its blocks, a pin, frees none of them)
             keeps = st.kept[0]
             frees = [f for f, i in zip(frees, [i for i in finished if steps_of[i] < k]) if not keeps(reqs[i])]
