@@ -33,7 +33,6 @@ from bisect import bisect_right
 from operator import indexOf
 
 
-
 def departed_only(kv, st, s: int, hits) -> list[tuple[int, int]] | None:
     """The blocks among `hits` held only by requests of the stretch `st` that left it before
     step s (their blocks are not freed until the stretch is applied), as (the step the last of

@@ -192,7 +192,8 @@ def _left_one(ref, i: int, j: int, prior: tuple) -> int:
 
 def _drops(g: Group, dropped: dict) -> list[int]:
     """The references dropped per slot of `g` so far (`blocks_freed`): kept as the ranges of
-    slots the requests before dropped, expanded to a list when one with copies comes."""
+    slots the requests before dropped, expanded to a list past `_MAX_RANGES` of them or when one
+    with copies comes."""
     drops = dropped.get(g)
     if type(drops) is list:
         return drops
