@@ -25,7 +25,6 @@ from servesim.replica.schedulers.queues import ARRIVAL_ID  # (sarathi's decode o
 from servesim.workload.request import Request
 
 
-
 def shared_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], decode_ctxs: list[int],
                         prefills: list[tuple[Request, int]], ff: Any = None) -> bool:
     """Run the shared step just scheduled (`decodes`, one prompt's last chunk, the next one's

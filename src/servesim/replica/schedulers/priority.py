@@ -126,10 +126,6 @@ class KeyedScheduler(CountsAppends, VLLMSteps):
             self.running.sort(key=key)
         self._sorted_static = static
 
-    def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
-        self._appended += 1  # (swapped in: appended to `running`, `CountsAppends`' count)
-        return super().resume(req, out, num_tokens, keep_cpu_copy)
-
     @property
     def _swaps(self) -> bool:
         return self.preemption_mode == "swap"

@@ -172,10 +172,15 @@ ARRIVAL_ID = attrgetter("arrival_s", "id")  # (arrival order, ties by id: the sa
 class CountsAppends:
     """A policy that counts the requests appended to `running` since it last put it in order (a
     mixin before the `Scheduler` class; `_appended`): an admission (`start`), a hand-over
-    (`add_transferred`); a policy appending by another path (a swap-in, `resume`) counts there
-    too. Removals keep an order, so only those counted need placing (`kept_order`)."""
+    (`add_transferred`), a swap-in (`resume`, of the policies that swap); a policy appending by
+    another path counts there too. Removals keep an order, so only those counted need placing
+    (`kept_order`)."""
 
     _appended = 0
+
+    def resume(self, req: Request, out, num_tokens: int, keep_cpu_copy: bool = False) -> int:
+        self._appended += 1
+        return super().resume(req, out, num_tokens, keep_cpu_copy)
 
     def start(self, req: Request, num_cached: int, num_tokens: int, out) -> None:
         super().start(req, num_cached, num_tokens, out)

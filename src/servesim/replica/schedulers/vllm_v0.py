@@ -149,10 +149,6 @@ class VLLMV0Scheduler(ArrivalOrdered, VLLMSteps):
         out.scheduled += [(r, 1) for r in kept]
         self.running = kept
 
-    def resume(self, req: Request, out: SchedulerOutput, num_tokens: int, keep_cpu_copy: bool = False) -> int:
-        self._appended += 1  # (swapped in: appended to `running`, `CountsAppends`' count)
-        return super().resume(req, out, num_tokens, keep_cpu_copy)
-
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.swap_or_recompute(req, out, self.params.preemption_mode == "swap")
 
