@@ -8,6 +8,7 @@ import pytest
 from servesim.core.loop import PRIO_ARRIVAL
 from servesim.metrics.sections import SectionInput
 from servesim.metrics.sections.programs import completion_times_s, section
+from servesim.replica.schedulers.continuum import ProgramQueue
 from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request
 
@@ -190,6 +191,30 @@ def test_waiting_heap_sheds_the_entries_of_calls_gone():
     assert listed[0] is first and list(walk) == listed[1:]
     assert listed == sorted(listed, key=queue._order)
     assert listed == [queue.pop() for _ in range(len(listed))]
+
+
+def test_standalone_calls_queue_in_program_order_until_a_job_arrives():
+    """While every call is standalone the queue is a deque kept in (arrival, id) order (the
+    program queue's order then; C-level length and iteration); a preempted call re-enters at
+    its place, not at the front as vLLM's. The first job's call turns it into the program
+    queue, holding the same calls in the same order."""
+    sched = make_engine(num_blocks=100, scheduler="continuum")[1]
+    rng = np.random.default_rng(3)
+    reqs = [make_request(i, 10, 1, arrival=float(rng.integers(0, 30))) for i in range(60)]  # (out of order, ties)
+    for r in reqs:
+        sched.add_request(r, r.arrival_s)
+    for r in reqs[::5]:
+        sched.waiting.remove(r)
+    for r in reqs[::10]:
+        sched.waiting.prepend(r)  # (preempted: back at its arrival's place)
+    by_arrival = sorted([r for i, r in enumerate(reqs) if i % 5 or not i % 10], key=lambda r: (r.arrival_s, r.id))
+    assert type(sched.waiting) is not ProgramQueue and list(sched.waiting) == by_arrival
+    call = make_request(60, 10, 1, arrival=12.5, program_id=4)
+    sched.add_request(call, call.arrival_s)
+    queue = sched.waiting
+    assert type(queue) is ProgramQueue and len(queue) == len(by_arrival) + 1
+    expected = sorted(by_arrival + [call], key=lambda r: (r.arrival_s, r.id))
+    assert list(queue) == expected == [queue.pop() for _ in range(len(expected))]
 
 
 def test_job_checks_read_ids_as_jobs_would():
