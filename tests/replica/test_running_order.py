@@ -32,6 +32,8 @@ def test_running_batch_is_in_key_order_after_every_sort(sets, placing, monkeypat
     seen = {"sorts": 0, "placed": 0}
 
     def checked(self, key):
+        # (static keys sorted at the last step and nothing appended since: left as it is, no sort)
+        seen["placed"] += not self._appended and self.static_keys and self._sorted_static
         order(self, key)
         seen["sorts"] += 1
         assert self.running == sorted(self.running, key=key)
@@ -39,6 +41,7 @@ def test_running_batch_is_in_key_order_after_every_sort(sets, placing, monkeypat
 
     def counted(running, appended, key):
         seen["placed"] += appended * 8 <= len(running)  # (else it sorts)
+        assert appended  # (none appended: `_order_running` keeps the batch without a call)
         return kept(running, appended, key)
 
     monkeypatch.setattr(KeyedScheduler, "_order_running", checked)

@@ -121,7 +121,8 @@ class KeyedScheduler(CountsAppends, VLLMSteps):
         static, appended = self.static_keys, self._appended
         self._appended = 0
         if static and self._sorted_static:
-            self.running[:] = kept_order(self.running, appended, key)
+            if appended:  # (none: in order as it is)
+                self.running[:] = kept_order(self.running, appended, key)
         else:
             self.running.sort(key=key)
         self._sorted_static = static
@@ -203,10 +204,12 @@ class KeyedScheduler(CountsAppends, VLLMSteps):
                 and self._sorts_last(self.running[-1]))
 
     def _sorts_last(self, req: Request) -> bool:
-        """Is `req`'s key larger than every other running request's (static keys)?"""
+        """Is `req`'s key larger than every other running request's (static keys)? `req`: the
+        last running request, or one not running."""
         key = self.sort_key()
-        k = key(req)
-        return all(key(r) < k for r in self.running if r is not req)
+        running = self.running
+        others = running[:-1] if running and running[-1] is req else running
+        return not others or max(map(key, others)) < key(req)  # (in C: the key is a dict's lookup)
 
     def repeat_order(self, output: SchedulerOutput) -> list[Request] | None:
         # Each step re-sorts the running requests by key: a static key gives the repeated
