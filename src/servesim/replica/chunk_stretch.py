@@ -244,12 +244,15 @@ def chunk_fast_forward(engine, now_s: float, out: Any, decodes: list[Request], d
     # steps 0, 1, ... give the prompt a full chunk and leave it unfinished; the decodes run
     # until the first of them emits its last token (or on through it: `chunk_through.py`)
     kmax = -(-(prompt.num_tokens - prompt.num_computed_tokens) // chunk) - 1
+    least = min_chunk_steps(engine.scheduler)
+    if kmax < least:
+        return False  # (the decodes' departures only lower it: no pass over them)
     rem = [r.output_len - r.num_output_tokens for r in decodes]
     kd = min(rem, default=kmax)
     through = kd < kmax and chunks_through(engine, decodes)
     if not through:
         kmax = min(kmax, kd)
-    if kmax < min_chunk_steps(engine.scheduler):
+    if kmax < least:
         return False
     end0 = now_s + engine.perf.step_time_s([(chunk, prompt.num_computed_tokens)], decode_ctxs)
     return plan_chunk_stretch(engine, chunk_stretch(engine, now_s, end0, out, decodes, decode_ctxs, prompt, chunk,
