@@ -217,6 +217,25 @@ def test_standalone_calls_queue_in_program_order_until_a_job_arrives():
     assert list(queue) == expected == [queue.pop() for _ in range(len(expected))]
 
 
+def test_a_job_call_handed_over_pins_and_orders_the_queue():
+    """A job's call that comes in handed over from another replica (a decode hand-off, a
+    migration: `add_transferred`, not `add_request`) turns the queue into the program queue
+    too, and its finish pins its blocks, beside a standalone call whose finish frees them."""
+    sched, kv = make_engine(num_blocks=100, scheduler="continuum")[1:3]
+    alone, call = make_request(0, 32, 4), make_request(1, 32, 4, program_id=9)
+    sched.add_request(alone, 0.0)
+    assert type(sched.waiting) is not ProgramQueue
+    for req in (alone, call):
+        kv.allocate_slots(req, req.num_tokens)
+    sched.waiting.pop()
+    sched.running.append(alone)
+    sched.add_transferred(call, 0.0)
+    assert type(sched.waiting) is ProgramQueue
+    sched.finish_all([alone, call], 1.0)
+    assert not sched.running and list(sched.pins) == [("program", 9)]
+    assert kv.num_blocks_of(call.id) == 2 and kv.num_free_blocks == 98
+
+
 def test_job_checks_read_ids_as_jobs_would():
     """`joins_last` and `_jobs_apart` read the running calls' program and session ids in C; a
     program's call carrying a session id is the program's job, not the session's, so it neither

@@ -165,8 +165,8 @@ class ContinuumScheduler(VLLMScheduler):
         super().__init__(params, config, kv, perf)
         self.first_entry_s: dict = {}  # job -> arrival of its first call
         self.pins: dict = {}  # job -> (id of the finished call holding the blocks, deadline)
-        # Until a job's first call arrives the queue is `arrival_queue` (the same order); then
-        # a `ProgramQueue` (`add_request`). Standalone runs (azure-conv) keep the deque: the
+        # Until a job's first call comes in the queue is `arrival_queue` (the same order); then
+        # a `ProgramQueue` (`_job_held`). Standalone runs (azure-conv) keep the deque: the
         # heap's Python-level walk and length cost continuum 20 % of its time there.
         self.waiting = arrival_queue()
         self._released = False
@@ -180,11 +180,19 @@ class ContinuumScheduler(VLLMScheduler):
 
     def add_request(self, req: Request, now_s: float) -> None:
         if req.program_id is not None or req.session_id is not None:  # (`job_of`'s test, without its tuple)
-            job = job_of(req)
-            if not self.first_entry_s:
-                self.waiting = ProgramQueue(self, self.waiting)
-            self.first_entry_s.setdefault(job, req.arrival_s)
+            self._job_held()
+            self.first_entry_s.setdefault(job_of(req), req.arrival_s)
         super().add_request(req, now_s)
+
+    def add_transferred(self, req: Request, now_s: float) -> None:
+        if req.program_id is not None or req.session_id is not None:  # (its finish may pin: the queue's order)
+            self._job_held()
+        super().add_transferred(req, now_s)
+
+    def _job_held(self) -> None:
+        """A job's call comes in: the queue is the program queue from then on."""
+        if type(self.waiting) is not ProgramQueue:
+            self.waiting = ProgramQueue(self, self.waiting)
 
     def pins_on_finish(self, req: Request) -> bool:
         """Will `req`'s finish pin its blocks (rather than free them)?"""
@@ -205,11 +213,11 @@ class ContinuumScheduler(VLLMScheduler):
         self.pins[job] = (req.id, t + self.params.ttl_s)
 
     def finish_all(self, reqs: list[Request], now_s: float) -> None:
-        if self.first_entry_s or len(reqs) < 2:
+        if len(reqs) < 2 or any(map(self.pins_on_finish, reqs)):
             for req in reqs:
                 self.finish(req, now_s)
         else:
-            self._finish_at_once(reqs)  # (standalone calls pin nothing: vLLM's finishes)
+            self._finish_at_once(reqs)  # (none pins: each `finish` is vLLM's)
 
     keeps_blocks = pins_on_finish  # (a stretch through finishes counts no blocks freed by a pin)
 
@@ -314,9 +322,9 @@ class ContinuumScheduler(VLLMScheduler):
             return False
         if len(self.running) >= self.config.max_num_seqs:
             return True  # the admission loop does not run at all
-        head = self.waiting[0]  # (the queue is `arrival_queue`: no job yet)
+        head = self.waiting.peek()
         return (self._head_blocked_by_kv and head is self._blocked_head
-                and (req is None or ARRIVAL_ID(req) > ARRIVAL_ID(head)))
+                and (req is None or ARRIVAL_ID(req) > ARRIVAL_ID(head)))  # (no job's first arrival: the queue's order)
 
     def joins_last(self, req: Request, now_s: float) -> bool:
         """May `req`, the one waiting call, join the stretch in flight as vLLM's next turns do
