@@ -111,16 +111,17 @@ class StretchApply:
         # a request that finished before the last step frees all its blocks after its last step
         held = st.freed_blocks(self.kv)
         grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
-        frees = [(m, held(reqs[i]) + max(0, (m - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
-                 for i in finished if (m := steps_of[i]) < k]
+        before = [i for i in finished if steps_of[i] < k]  # (those whose finish frees before the last step)
+        frees = [(steps_of[i], held(reqs[i]) + max(0, (steps_of[i] - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
+                 for i in before]
         if st.settled:  # (turns that left before a next turn's join got their growth then: `settle_departed`)
             settled = st.settled
             got = {id(reqs[i]) for i in settled}
             new_blocks = [grant for grant in new_blocks if id(grant[0]) not in got]
-            frees = [(m, n - settled.get(i, 0)) for (m, n), i in zip(frees, [i for i in finished if steps_of[i] < k])]
+            frees = [(m, n - settled.get(i, 0)) for (m, n), i in zip(frees, before)]
         if st.kept is not None:  # (a finish that keeps its blocks, a pin, frees none of them)
             keeps = st.kept[0]
-            frees = [f for f, i in zip(frees, [i for i in finished if steps_of[i] < k]) if not keeps(reqs[i])]
+            frees = [f for f, i in zip(frees, before) if not keeps(reqs[i])]
         return steps_of, new_blocks, finished, frees, grown
 
     def _apply_blocks(self, st: Stretch, new_blocks: list, cut) -> None:

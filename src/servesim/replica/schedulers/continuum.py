@@ -179,20 +179,21 @@ class ContinuumScheduler(VLLMScheduler):
                                              through_timers=True)
 
     def add_request(self, req: Request, now_s: float) -> None:
-        if req.program_id is not None or req.session_id is not None:  # (`job_of`'s test, without its tuple)
-            self._job_held()
+        if self._job_held(req):
             self.first_entry_s.setdefault(job_of(req), req.arrival_s)
         super().add_request(req, now_s)
 
     def add_transferred(self, req: Request, now_s: float) -> None:
-        if req.program_id is not None or req.session_id is not None:  # (its finish may pin: the queue's order)
-            self._job_held()
+        self._job_held(req)  # (its finish may pin: the queue's order)
         super().add_transferred(req, now_s)
 
-    def _job_held(self) -> None:
-        """A job's call comes in: the queue is the program queue from then on."""
+    def _job_held(self, req: Request) -> bool:
+        """Is `req`, coming in, a job's call? From the first on, the queue is the program queue."""
+        if req.program_id is None and req.session_id is None:  # (`job_of`'s test, without its tuple)
+            return False
         if type(self.waiting) is not ProgramQueue:
             self.waiting = ProgramQueue(self, self.waiting)
+        return True
 
     def pins_on_finish(self, req: Request) -> bool:
         """Will `req`'s finish pin its blocks (rather than free them)?"""
