@@ -138,15 +138,17 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
     def blocks_needed(self, req: Any, num_new_tokens: int, computed: Hits | Sequence = ()) -> int:
         """Free blocks an `allocate_slots` call would consume (cached-free hits included)."""
         held = self._held.get(req.id)
-        have = held.num_keyed + held.num_plain if held else 0
-        num_hit = len(computed)
-        total = req.num_computed_tokens + num_hit * self.block_size + num_new_tokens
-        need = cdiv(total, self.block_size) - have - num_hit
-        if not computed:
-            return max(need, 0)
-        if not computed.num_keyed:
-            return max(need, 0) + computed.num_own
-        return max(need, 0) + self._prefix.num_free(computed) + computed.num_own
+        # (the hits' blocks counted apart: the new tokens' blocks start past them, a whole number of blocks)
+        need = -(-(req.num_computed_tokens + num_new_tokens) // self.block_size)
+        if held is not None:
+            need -= held.num_keyed + held.num_plain
+        if need < 0:
+            need = 0
+        if type(computed) is not Hits:  # (empty: any other `computed`)
+            return need
+        if computed.num_keyed:
+            need += self._prefix.num_free(computed)
+        return need + computed.num_own
 
     # ---------------------------------------------------------------- mutation
     def allocate_slots(self, req: Any, num_new_tokens: int, computed: Hits | Sequence = ()) -> bool:
@@ -167,8 +169,13 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             end = req.prompt_len + req.num_output_tokens
             self._cache_full_blocks(req, held, total if total < end else end)
             return True
-        if held is None and not computed and not req.kv_block_keys:  # a new request without prefix keys
-            need = -(-(req.num_computed_tokens + num_new_tokens) // bs)
+        # (a `Hits`' counts read once: its truth is a Python `__len__` call; any other `computed` is empty)
+        num_keyed, num_own = (computed.num_keyed, computed.num_own) if type(computed) is Hits else (0, 0)
+        keys = req.kv_block_keys
+        need = -(-(req.num_computed_tokens + num_new_tokens) // bs)
+        if held is None and not (num_keyed or num_own) and (
+                keys is None or not (keys.num_blocks if type(keys) is BlockKeys else keys)):
+            # a new request without prefix keys
             if need > self.num_free_blocks:
                 return False
             if self._tails:
@@ -176,18 +183,22 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             self._pop_free(need)
             self._held[req.id] = Held(num_plain=need)
             return True
-        if self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks:
+        if held is not None:
+            need -= held.num_keyed + held.num_plain
+        # `blocks_needed`, less its pass over the hits' extents where a bound of it fits (the
+        # usual case): at most `num_keyed` of the hits sit in the free queue
+        if ((need if need > 0 else 0) + num_keyed + num_own > self.num_free_blocks
+                and (not num_keyed or self.blocks_needed(req, num_new_tokens, computed) > self.num_free_blocks)):
             return False
         if held is None:
-            keys = req.kv_block_keys
             if type(keys) is BlockKeys and keys.run_keys._list is None and self._recent_keys:
                 # A policy that registers without looking up hits first (orca, sarathi, vtc):
                 # a next turn's keys from its previous turn's, as a lookup would build them.
                 self._recent_keys.reuse_into(keys)
             held = self._held[req.id] = Held(keys=keys)
         tail = self._tails.pop(req.id, None) if self._tails else None
-        num_keyed = computed.num_keyed if computed else 0
-        num_own = computed.num_own if computed and tail is not None else 0
+        if tail is None:
+            num_own = 0
         if num_own:  # the surviving unique blocks leave their run (the rest become anonymous)
             tail.count -= num_own
             self.num_free_blocks -= num_own

@@ -52,13 +52,15 @@ class PrefixCaching:
         blocks, then (all keys hit) the request's own surviving unique blocks."""
         keys = req.kv_block_keys
         tail = self._tails.get(req.id) if self._tails else None
-        if not self.enable_prefix_caching or not (keys or tail):
+        # (a `BlockKeys`' length read as its attribute: its `__len__` and `__bool__` are Python calls)
+        is_block_keys = type(keys) is BlockKeys
+        num_keys = keys.num_blocks if is_block_keys else len(keys) if keys else 0
+        if not self.enable_prefix_caching or not (num_keys or tail):
             return _NO_HITS
-        if self._recent_keys and type(keys) is BlockKeys:
+        if is_block_keys and self._recent_keys:
             self._recent_keys.reuse_into(keys)
-        limit = (req.num_tokens - 1) // self.block_size
-        num_keys = len(keys) if keys else 0
-        exts = self._prefix.leading_cached(keys, min(num_keys, limit)) if keys else []
+        limit = (req.prompt_len + req.num_output_tokens - 1) // self.block_size
+        exts = self._prefix.leading_cached(keys, num_keys if num_keys < limit else limit) if num_keys else []
         nk = exts[-1][2] if exts else 0
         if nk < num_keys or tail is None or limit <= nk:
             return Hits(nk, 0, exts)
@@ -297,7 +299,8 @@ class PrefixCaching:
         keys = req.kv_block_keys
         if not self.enable_prefix_caching or keys is None:
             return
-        full = min(full, len(keys), k0 + held.num_plain)
+        n = keys.num_blocks if type(keys) is BlockKeys else len(keys)  # (not a Python `__len__` call)
+        full = min(full, n, k0 + held.num_plain)
         if full > k0:
             self._prefix.register(keys, held, k0, full)
             held.num_keyed = full
