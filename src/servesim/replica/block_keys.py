@@ -55,7 +55,9 @@ class BlockKeys(Sequence):
     def __init__(self, hash_ids: Sequence, hash_block_tokens: int, block_size: int) -> None:
         H = hash_block_tokens
         # len(self), read as an attribute on hot paths (len() of a BlockKeys is a Python call)
-        self.num_blocks = n = len(hash_ids) * H // block_size
+        # (an `IdRanges`' length read from its bounds: its `__len__` is a Python call)
+        num_ids = hash_ids.bounds[-1] if type(hash_ids) is IdRanges else len(hash_ids)
+        self.num_blocks = n = num_ids * H // block_size
         # hash block m holds the positions p with m*H < (p+1)*bs <= (m+1)*H: [m*H//bs, (m+1)*H//bs)
         if H % block_size == 0:  # the usual case: H/bs blocks per hash id, no empty hash block
             # No copies: a request keeps its keys for its lifetime, and a copy per block (ids,
@@ -108,8 +110,9 @@ class BlockKeys(Sequence):
         ids, r, lst = built
         rk = self.run_keys
         mine = self._ids
-        # (the lengths read once: len() of an `IdRanges` is a Python call)
-        num_ids, num_mine = len(ids), len(mine)
+        # (the lengths read once, an `IdRanges`' from its bounds: its `__len__` is a Python call)
+        num_ids = ids.bounds[-1] if type(ids) is IdRanges else len(ids)
+        num_mine = mine.bounds[-1] if type(mine) is IdRanges else len(mine)
         n = min(num_ids, num_mine)
         if rk._list is not None or type(self.starts) is not range or self.starts.step != r or n < 2:
             return False
@@ -127,6 +130,8 @@ class BlockKeys(Sequence):
                 lst += pack_ranges(rest.bounds, rest.firsts, self.starts[n:])
             rk._list = lst
             return True
+        if type(mine) is tuple and type(ids) is tuple and mine[n - 1] != ids[n - 1]:
+            return False  # (the last common id differs, the usual miss of a trace's requests sharing their first ids)
         new = mine[n:]  # (sliced once: the type check and the packing read it)
         if (mine[:n] != ids if n == num_ids else mine[:n] != ids[:n]) or not set(map(type, new)) <= {int}:
             return False

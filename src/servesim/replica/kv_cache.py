@@ -211,7 +211,8 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         if new > 0:
             self._pop_free(new)
             held.num_plain += new
-        self._cache_full_blocks(req, held, min(total, req.num_tokens))
+        end = req.prompt_len + req.num_output_tokens
+        self._cache_full_blocks(req, held, total if total < end else end)
         return True
 
     def allocate_decodes(self, reqs: list[Any]) -> bool:

@@ -30,7 +30,7 @@ class PrefixRegistration(DiagonalRecord):
     `_forget`; reads go through `_group_at`, `_groups` and `_absent` (prefix_diagonals.py)."""
 
     num_inserts: int  # calls that added keys to the index (a plan of `plan_appends` is valid while unchanged)
-    _unindexed: tuple | None  # (keys, k0, k1, num_inserts, `_dead_lead`'s answer) of `unindexed`'s last True answer
+    _unindexed: tuple | None  # (keys, k0, k1, num_inserts, `_dead_lead`'s answer, the runs) of `unindexed`'s last True answer
     _dead: dict[Group, int]  # (`retire`)
     _num_dead: int
     dead_capacity: int
@@ -52,7 +52,7 @@ class PrefixRegistration(DiagonalRecord):
         if not self._absent(keys, runs, i0, i0 + len(runs)) and (
                 k0 % keys.starts.step or (lead := self._dead_lead(keys, runs, k0, k1)) is None or lead[0].num_cached):
             return None  # (a live group's evicted slots: indexed, as they always were)
-        self._unindexed = (keys, k0, k1, self.num_inserts, lead)
+        self._unindexed = (keys, k0, k1, self.num_inserts, lead, runs)
         return runs
 
     def register(self, keys: Sequence, held: Held, k0: int, k1: int) -> None:
@@ -81,9 +81,14 @@ class PrefixRegistration(DiagonalRecord):
         slots there are not cached (`_dead_lead`: a dead group, a next turn's context evicted
         whole): those slots are filled again and the new runs appended to that group. False
         (nothing done) otherwise."""
-        runs = _runs_from(keys, k0, k1)
-        if runs is None:
-            return False
+        u = self._unindexed
+        if u is not None and u[0] is keys and u[1] == k0 and u[2] == k1 and u[3] == self.num_inserts:
+            runs = u[5]  # (the same slice of the keys' list, which stays as it is while they are held)
+        else:
+            u = None
+            runs = _runs_from(keys, k0, k1)
+            if runs is None:
+                return False
         segs = held.segs
         seg = segs[-1] if segs else None
         g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
@@ -93,9 +98,7 @@ class PrefixRegistration(DiagonalRecord):
                 return False
             runs = runs[1:]
         i0 = i1 - len(runs)
-        u = self._unindexed
-        if u is not None and u[0] is keys and u[1] == k0 and u[2] == k1 and u[3] == self.num_inserts and (
-                u[4] is None or (self._group_at(keys, i0) is u[4][0] and not u[4][0].num_cached)):  # (still dead)
+        if u is not None and (u[4] is None or (self._group_at(keys, i0) is u[4][0] and not u[4][0].num_cached)):  # (still dead)
             lead = u[4]
         elif self._absent(keys, runs, i0, i1):
             lead = None

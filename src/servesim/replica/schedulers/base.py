@@ -255,7 +255,7 @@ class Scheduler(FastForwardHooks):
         if req.num_preemptions == 0:
             req.num_cached_tokens = num_cached
         req.num_cached_tokens_total += num_cached
-        self.kv.record_query(req.num_tokens, num_cached)
+        self.kv.record_query(req.prompt_len + req.num_output_tokens, num_cached)  # (`num_tokens`, without its property call)
         out.scheduled.append((req, num_tokens))
 
     def preempt(self, req: Request, out: SchedulerOutput) -> None:

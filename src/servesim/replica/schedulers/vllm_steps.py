@@ -183,7 +183,7 @@ class VLLMSteps(Scheduler):
         the rest of its prompt, capped by `long_prefill_token_threshold` and `budget`; 0 if it
         does not fit the budget and chunked prefill is off."""
         _, _, threshold, chunked = self.limits
-        n = req.num_tokens - num_cached
+        n = req.prompt_len + req.num_output_tokens - num_cached  # (`num_tokens`, without its property call)
         if 0 < threshold < n:
             n = threshold
         if not chunked and n > budget:
