@@ -97,7 +97,7 @@ class Replica:
             # its earlier life (an elastic cluster held it meanwhile): remember where each part
             # of its runs was made, and keep its runs here apart from those
             if not req.moves:
-                req.moves.append((0, req.replica))
+                req.moves = [(0, req.replica)]  # (the empty tuple every request starts with)
             req.moves.append((len(req.token_steps), self.index))
             moved_runs.note(self.engine.moved, req)
         req.replica = self.index
