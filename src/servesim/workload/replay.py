@@ -12,7 +12,7 @@ from servesim.errors import InputError
 from servesim.workload.attributes import AttributeMix
 from servesim.workload.config import WorkloadConfig
 from servesim.workload.request import Request
-from servesim.workload.trace_arrays import read_rows
+from servesim.workload.trace_arrays import hash_ids, read_rows
 from servesim.workload.traces.readers import Row, TraceReader
 from servesim.workload.traces.registry import resolve_trace
 from servesim.workload.traces.schema import DEFAULT_HASH_BLOCK_TOKENS
@@ -54,7 +54,7 @@ class TraceWorkload:
     def _array_arrivals(self, arrays) -> Iterator[Request]:
         """The requests `_row_arrivals` makes from a shipped trace's rows, from its arrays: the
         same float operations on each time, made a column at a time."""
-        rows, ids = arrays
+        rows, runs = arrays
         start, end = self._trace.start_s, self._trace.end_s
         limit, duration = self._cfg.num_requests, self._cfg.duration_s
         rel = rows["arrival_s"] - rows["arrival_s"][:1]
@@ -64,8 +64,8 @@ class TraceWorkload:
         if duration is not None:
             arrival = arrival[:int(np.searchsorted(arrival, duration, side="right"))]
         n = len(arrival) if limit is None else min(len(arrival), limit)
-        hashes, shared = (repeat(()), None) if ids is None else _hash_tuples(rows["num_hash_ids"], ids, first,
-                                                                             first + n)
+        hashes, shared = (repeat(()), None) if runs is None else _hash_tuples(rows["num_hash_ids"], runs, first,
+                                                                              first + n)
         rows = rows[first:first + n]
         reqs = map(Request, range(n), arrival[:n].tolist(), np.maximum(rows["prompt_len"], 1).tolist(),
                    np.maximum(rows["output_len"], 1).tolist(), hashes, repeat(DEFAULT_HASH_BLOCK_TOKENS))
@@ -122,14 +122,14 @@ class TraceWorkload:
         return []  # a replay is open loop
 
 
-def _hash_tuples(counts: np.ndarray, ids: np.ndarray, first: int,
+def _hash_tuples(counts: np.ndarray, runs: np.ndarray, first: int,
                  stop: int) -> tuple[Iterator[tuple[int, ...]], list[int]]:
     """The hash ids of rows [first, stop) as the tuples of ints the reader parses (`counts`:
-    every row's number of ids, `ids`: all rows' ids in file order): the rows' ids become one
+    every row's number of ids, `runs`: all rows' ids in file order, as `id_runs`): the rows' ids become one
     tuple of ints, then each row's is a slice of it (a tuple too); with each row's
     `Request.num_shared_hash_ids` (`shared_counts`)."""
     ends = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))[first:stop + 1]
-    replayed = ids[ends[0]:ends[-1]]
+    replayed = hash_ids(runs, int(ends[0]), int(ends[-1]))
     flat = tuple(replayed.tolist())
     ends = ends - ends[0]
     shared = shared_counts(replayed, ends)
