@@ -145,18 +145,15 @@ def tokens_by_interval(end_k: np.ndarray, prefill: np.ndarray, output: np.ndarra
     `np.unique(end_k, return_inverse=True)` and two weighted `np.bincount`s over it give
     them, without the sort when `end_k` never decreases (one replica's steps, in order: the
     usual case). Token counts are integers, so sums in any order are those floats exactly:
-    output tokens are summed as integer running totals read at group ends, prompt tokens
-    only where a step has some (the first step of a stretch)."""
+    each group's are summed as integers (`reduceat`: one pass, where running totals read at
+    the group ends took a cumulative sum, a third of this function's time)."""
     n = len(end_k)
     if n < 2 or not (end_k[1:] >= end_k[:-1]).all():
         at, inverse = unique_sorted(end_k)
         return at, np.bincount(inverse, weights=prefill), np.bincount(inverse, weights=output)
     first = np.concatenate(([0], np.flatnonzero(end_k[1:] != end_k[:-1]) + 1))  # each group's first step
-    total = np.cumsum(output, dtype=np.int64)
-    out = np.diff(total[np.append(first[1:], n) - 1], prepend=0).astype(np.float64)
-    has = np.flatnonzero(prefill)
-    group = np.searchsorted(first, has, side="right") - 1
-    pre = np.bincount(group, weights=prefill[has], minlength=len(first))
+    out = np.add.reduceat(output, first, dtype=np.int64).astype(np.float64)
+    pre = np.add.reduceat(prefill, first, dtype=np.int64).astype(np.float64)
     return end_k[first], pre, out
 
 
