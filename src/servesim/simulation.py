@@ -214,13 +214,16 @@ def _key_flags(cluster: Cluster, pools: list[PoolSpec], shared_only: bool) -> No
     (`PoolSpec.cache_read_outside`, `replica/keyed_join.py`). Keys only for the hash ids other
     requests may share (`shared_only`) where nothing but the replica's own vLLM cache keeps KV by
     them (`Engine.shared_keys_only`; a policy that may swap keys every id of a request from its
-    first preemption on: `Scheduler.key_every_id`)."""
+    first preemption on: `Scheduler.key_every_id`). Among several replicas, a request finishing
+    inside a stretch offers its built keys to its next turn (`RecentKeys.offer`)."""
     keyed_joins = not any(p.cache_read_outside for p in pools)
     for r in cluster.replicas:
         engine, sched = r.engine, r.engine.scheduler
         engine.keyed_joins = keyed_joins and admits_keyed(engine)
         engine.cache_read_outside = not keyed_joins
         engine.shared_keys_only = shared_only and type(engine.kv) is KVCacheManager and not sched.sorts_by_keys
+        if type(engine.kv) is KVCacheManager:
+            engine.kv.offers_keys = len(cluster.replicas) > 1
 
 
 def _end_run(cluster: Cluster, now_s: float, table: RequestTable, helper, keep_steps: bool) -> None:

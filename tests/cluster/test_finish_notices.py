@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from servesim import load_scenario, simulate
 from servesim.replica.fast_forward import FastForwarding
+from servesim.replica.recent_keys import RecentKeys
 from servesim.replica.replica import Replica
 
-from .helpers import assert_same_steps, count_tells, outcome, reads_everything, sessions_both  # noqa: F401  (fixture)
+from .helpers import (SESSIONS, assert_same_steps, count_tells, outcome, reads_everything,  # noqa: F401  (fixture)
+                      sessions_both)
 
 # Short think times and a busy replica: next turns arrive while stretches holding other
 # conversations' turns run, and several turns finish inside each stretch.
@@ -204,3 +207,27 @@ def test_arrivals_join_after_finishes_at_the_last_step_are_told(think_s, schedul
         assert not refused, refused
     else:
         assert len(refused) >= 2, refused  # (vllm: 3 of those 4 make a follow-up at once; vtc: 2 of 3)
+
+
+def test_a_turn_finished_inside_a_stretch_offers_its_keys_to_its_next_turn(monkeypatch):
+    """Among several replicas a next turn often reaches another replica before the stretch of its
+    previous turn is applied (which frees its blocks and keeps its keys): the finish offers the
+    keys when it is told (`RecentKeys.offer`), and the next turn builds its own from a copy.
+    The results are those without the offers (the keys are the same ints)."""
+    sets = BUSY + ["replicas=4"]
+    copied = []
+    reuse_into = RecentKeys.reuse_into
+
+    def counted(self, keys):
+        entry = self._by_first.get(keys.first_id())
+        reuse_into(self, keys)
+        if entry is not None and len(entry) == 4 and keys.first_id() not in self._by_first:
+            copied.append(keys)
+
+    monkeypatch.setattr(RecentKeys, "reuse_into", counted)
+    offered = simulate(load_scenario(SESSIONS, sets))
+    assert len(copied) > 0.2 * len(offered.requests), len(copied)  # next turns built from offered keys (234 of 500)
+    monkeypatch.setattr(RecentKeys, "offer", lambda self, keys: None)
+    plain = simulate(load_scenario(SESSIONS, sets))
+    assert outcome(offered) == outcome(plain)
+    assert offered.summary()["prefix_cache_hit_rate"] == plain.summary()["prefix_cache_hit_rate"] > 0.1

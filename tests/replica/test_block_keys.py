@@ -200,6 +200,33 @@ def test_a_next_turn_on_another_replica_reuses_the_previous_turns_keys():
     assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]
 
 
+def test_a_finished_turns_offered_keys_are_copied_by_its_next_turn():
+    """A turn that finished inside a stretch offers its built keys before the stretch frees its
+    blocks (`RecentKeys.offer`): its next turn, on another replica, builds its keys from a copy
+    (the finished turn still holds the list); the free then keeps the list itself as before."""
+    from servesim.replica.kv_cache import KVCacheManager
+    from servesim.replica.recent_keys import RecentKeys
+    from tests.factories import make_request
+
+    store = RecentKeys()
+    a, b = KVCacheManager(10_000, 16), KVCacheManager(10_000, 16)
+    a.share_recent_keys(store), b.share_recent_keys(store)
+    first = make_request(1, 300 * 16, 10, hash_ids=tuple(range(7, 307)), hash_block_tokens=16)
+    first.kv_block_keys = BlockKeys(first.hash_ids, 16, 16)
+    assert a.allocate_slots(first, first.prompt_len, a.get_computed_blocks(first))
+    own = first.kv_block_keys.run_keys._list
+    want = own[:]
+    a.offer_keys(first.kv_block_keys)
+    nxt = make_request(2, 320 * 16, 10, hash_ids=first.hash_ids + tuple(range(900, 920)), hash_block_tokens=16)
+    nxt.kv_block_keys = BlockKeys(nxt.hash_ids, 16, 16)
+    assert b.get_computed_blocks(nxt).num_keyed == 0 and not store  # built from the offered keys
+    assert nxt.kv_block_keys.run_keys._list is not own  # (a copy: the finished turn's list unchanged)
+    assert first.kv_block_keys.run_keys._list is own and own == want
+    assert nxt.kv_block_keys.run_keys[:] == BlockKeys(nxt.hash_ids, 16, 16).run_keys[:]
+    a.free(first.id)
+    assert store._by_first[7][2] is own  # kept whole at the free, as without the offer
+
+
 def test_the_replicas_of_a_pool_share_their_recent_keys():
     from pathlib import Path
 

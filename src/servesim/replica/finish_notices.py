@@ -24,6 +24,7 @@ from bisect import bisect_right
 from typing import Any
 
 from servesim.core.loop import PRIO_STEP_END
+from servesim.replica.block_keys import BlockKeys
 from servesim.workload.request import RequestState
 
 
@@ -102,11 +103,14 @@ def tell(engine: Any, st: Any, now_s: float) -> list[int]:
     m = bisect_right(rem, rem[n], n)  # those whose last token is this step's, in finish order
     reqs, told = st.reqs, engine.scheduler.finish_noticed
     told_now = st.departure_order()[n:m]
+    offer = engine.kv.offer_keys if engine.keys_seen and getattr(engine.kv, "offers_keys", False) else None
     for i in told_now:
         req = reqs[i]
         req.state = RequestState.FINISHED
         req.finish_s = now_s
         told(req, now_s)  # (before its follow-ups: a policy's `add_request` may read its finish)
+        if offer is not None and type(req.kv_block_keys) is BlockKeys:
+            offer(req.kv_block_keys)  # (its next turn may look its keys up before the stretch frees it)
         engine.notice(req, now_s)
     st.num_noticed = m
     return told_now

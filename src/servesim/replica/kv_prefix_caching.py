@@ -47,6 +47,11 @@ class PrefixCaching:
         keys = req.kv_block_keys or block_keys(req, self.block_size)
         return sum(p1 - p0 for _, p0, p1 in self._prefix.leading_cached(keys, len(keys))) * self.block_size
 
+    def offer_keys(self, keys: BlockKeys) -> None:
+        """A request that finished inside a stretch offers its built keys to its next turn
+        before the stretch frees its blocks (`RecentKeys.offer`)."""
+        self._recent_keys.offer(keys)
+
     def get_computed_blocks(self, req: Any) -> Hits:
         """Longest run of cached blocks matching the request's prefix (vLLM v1 rule): keyed
         blocks, then (all keys hit) the request's own surviving unique blocks."""

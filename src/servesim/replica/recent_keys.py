@@ -16,6 +16,7 @@ from servesim.replica.block_keys import BlockKeys
 RECENT_KEYS = 64
 # Shorter key lists are cheap to build again: not worth an entry.
 MIN_RUNS = 64
+SHARED = None  # (the fourth field of an entry `offer` made: its list is still the request's)
 
 
 class RecentKeys:
@@ -39,7 +40,20 @@ class RecentKeys:
         built = keys.take_run_keys()
         if built is None or len(built[2]) < MIN_RUNS:
             return
-        first = keys.first_id()  # (not built[0][0]: an `IdRanges` indexed is a Python call)
+        self._put(keys.first_id(), built)  # (not built[0][0]: an `IdRanges` indexed is a Python call)
+
+    def offer(self, keys: BlockKeys) -> None:
+        """Keep a request's built keys when it finishes inside a stretch, shared: its blocks are
+        freed, and its keys kept (`keep`), when the stretch is applied, which at many replicas
+        often comes after its next turn reached another replica (2,069 of vllm sessions' 4,234
+        lookups at 8 replicas found nothing, 1,371 at 1, about its first turns: those then
+        packed their whole context). The request still reads the list: `reuse_into` copies it."""
+        lst = keys.run_keys._list
+        if lst is None or len(lst) < MIN_RUNS or type(keys.starts) is not range or type(lst[0]) is not int:
+            return
+        self._put(keys.first_id(), (keys._ids, keys.starts.step, lst, SHARED))
+
+    def _put(self, first: Hashable, built: tuple) -> None:
         recent = self._by_first
         recent.pop(first, None)
         recent[first] = built
@@ -50,5 +64,8 @@ class RecentKeys:
         """Let `keys` take a kept parent's built keys if its ids extend them (used once)."""
         first = keys.first_id()
         built = self._by_first.get(first)
-        if built is not None and keys.reuse(built):
-            del self._by_first[first]
+        if built is not None:
+            if len(built) == 4:  # (offered: the finished request's own list, copied)
+                built = (built[0], built[1], built[2][:])
+            if keys.reuse(built):
+                del self._by_first[first]
