@@ -99,7 +99,7 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         self._tails = self._queue.tails  # live tagged runs of preempted requests, by owner
         self._held: dict[Any, Held] = {}
         self._recent_keys = RecentKeys().shared()  # a next turn builds its keys from its parent's
-        self.offers_keys = False  # finishes inside stretches offer their keys (`RecentKeys.offer`): one of many replicas
+        self.offers_keys = False  # finishes inside stretches offer their keys (`RecentKeys.offer`): many replicas
         self._planned = None  # a stretch's registration, planned by `keys_conflict_many`
         # What the engine's last stepped step told of its decodes (`token_advance.advance_and_tell`:
         # the decodes, those of them that finished, those going on whose next token starts a

@@ -16,7 +16,7 @@ from servesim.replica.block_keys import BlockKeys
 RECENT_KEYS = 64
 # Shorter key lists are cheap to build again: not worth an entry.
 MIN_RUNS = 64
-SHARED = None  # (the fourth field of an entry `offer` made: its list is still the request's)
+OFFERED = "offered"  # (the fourth field of an entry `offer` made: its list is still the request's)
 
 
 class RecentKeys:
@@ -51,7 +51,7 @@ class RecentKeys:
         lst = keys.run_keys._list
         if lst is None or len(lst) < MIN_RUNS or type(keys.starts) is not range or type(lst[0]) is not int:
             return
-        self._put(keys.first_id(), (keys._ids, keys.starts.step, lst, SHARED))
+        self._put(keys.first_id(), (keys._ids, keys.starts.step, lst, OFFERED))
 
     def _put(self, first: Hashable, built: tuple) -> None:
         recent = self._by_first
