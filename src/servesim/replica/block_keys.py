@@ -92,15 +92,19 @@ class BlockKeys(Sequence):
         self._tuple = None
         self._idents = None
 
-    def take_run_keys(self) -> tuple[tuple, int, list] | None:
+    def built_run_keys(self) -> tuple[tuple, int, list] | None:
         """(ids, run length, run keys) if the run keys are built, packed ints, over runs of
-        one length: what `reuse` takes. The list then belongs to the caller (these keys
-        forget it, and build it again if read)."""
+        one length: what `reuse` takes. The list is still these keys' (`take_run_keys`)."""
         lst = self.run_keys._list
         if lst is None or type(self.starts) is not range or not lst or type(lst[0]) is not int:
             return None
-        self.run_keys._list = None
         return self._ids, self.starts.step, lst
+
+    def take_run_keys(self) -> tuple[tuple, int, list] | None:
+        """`built_run_keys`, the list given to the caller: these keys forget it (and build it again if read)."""
+        if (built := self.built_run_keys()) is not None:
+            self.run_keys._list = None
+        return built
 
     def reuse(self, built: tuple[tuple, int, list]) -> bool:
         """Build the run keys from another request's (`take_run_keys`) when its ids start

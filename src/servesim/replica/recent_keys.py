@@ -48,10 +48,10 @@ class RecentKeys:
         often comes after its next turn reached another replica (2,069 of vllm sessions' 4,234
         lookups at 8 replicas found nothing, 1,371 at 1, about its first turns: those then
         packed their whole context). The request still reads the list: `reuse_into` copies it."""
-        lst = keys.run_keys._list
-        if lst is None or len(lst) < MIN_RUNS or type(keys.starts) is not range or type(lst[0]) is not int:
+        built = keys.built_run_keys()
+        if built is None or len(built[2]) < MIN_RUNS:
             return
-        self._put(keys.first_id(), (keys._ids, keys.starts.step, lst, OFFERED))
+        self._put(keys.first_id(), (*built, OFFERED))
 
     def _put(self, first: Hashable, built: tuple) -> None:
         recent = self._by_first
