@@ -123,6 +123,81 @@ def test_decodes_told_by_the_last_step_are_what_the_allocation_finds(scheduler, 
     assert taken["taken"] > 0.5 * taken["told"], taken
 
 
+def _keyed_requests(seed: int = 3, n: int = 120):
+    """Requests with prefix keys past their prompts (their answers' blocks register as they
+    decode), a few prompts shared by groups of them."""
+    rng = random.Random(seed)
+    reqs = []
+    for i in range(n):
+        prompt, output = rng.randint(20, 300), rng.randint(5, 120)
+        shared = tuple(1000 * (1 + i % 4) + j for j in range(min(prompt // 16, 6)))
+        own = (prompt + output) // 16 - len(shared)
+        ids = shared + tuple(range(10**6 * (i + 1), 10**6 * (i + 1) + own))
+        reqs.append(make_request(i, prompt, output, arrival=0.004 * (i // 3), hash_ids=ids, hash_block_tokens=16))
+    return reqs
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "andes", "fastswitch", "priority"])
+def test_keyed_decodes_told_only_after_a_pass_registered_their_blocks(scheduler, monkeypatch):
+    """With prefix keys the engine tells the KV cache of the decodes its allocation pass gave a
+    token (`KVCacheManager.passed`): each has its full keyed blocks registered, so the edges,
+    those whose token starts or completes a block, are the only ones that may need a block or
+    register one. Checked at every allocation that takes the word; the run is the same
+    request for request as one whose allocations look at every request, and the word is taken."""
+    from servesim.replica.block_keys import BlockKeys
+
+    known = KVCacheManager._known_decodes
+    taken = {"told": 0, "taken": 0, "registering edges": 0}
+
+    def checked(self, reqs):
+        taken["told"] += 1
+        m, edges = known(self, reqs)
+        if m:
+            taken["taken"] += 1
+            bs = self.block_size
+            assert edges == [r for r in reqs[:m] if r.num_computed_tokens % bs in (0, bs - 1)]
+            for r in reqs[:m]:
+                h, keys = self._held[r.id], r.kv_block_keys
+                full = min((r.num_computed_tokens + 1) // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys))
+                if r not in edges:
+                    assert r.num_computed_tokens < (h.num_keyed + h.num_plain) * bs and h.num_keyed >= full
+                elif h.num_keyed < full:
+                    taken["registering edges"] += 1
+        return m, edges
+
+    runs = []
+    for told in (checked, lambda self, reqs: (0, ())):
+        monkeypatch.setattr(KVCacheManager, "_known_decodes", told)
+        engine, sched, kv, loop, done = _overloaded(scheduler)
+        reqs = _keyed_requests()
+        serve(engine, loop, reqs)
+        engine.drain(loop.now_s)
+        kv.check_all_free()
+        assert engine.keys_seen and len(done) == len(reqs)
+        runs.append(_outcomes(reqs))
+    assert runs[0] == runs[1]
+    assert taken["taken"] > 0.5 * taken["told"] and taken["registering edges"] > 20, taken
+
+
+def test_keyed_decodes_not_all_passed_are_not_told():
+    """With prefix keys a step tells the cache of its decodes only if its allocation pass gave
+    every one its token (another way in may leave keyed blocks unregistered); the pass's word
+    is read once."""
+    engine, sched, kv, loop, done = make_engine()
+    a, b, c = (make_request(i, 31, 50) for i in range(3))
+    assert engine._told_kv([a, b]) is kv  # (no keys seen: the cache is told)
+    engine.keys_seen = True
+    assert engine._told_kv([a, b]) is None  # (no pass)
+    kv.passed = []
+    assert engine._told_kv([a, b]) is None  # (a pass that gave nobody a token)
+    kv.passed = [a, b]
+    assert engine._told_kv([a, b, c]) is None and kv.passed is None
+    kv.passed = [a, c, b]
+    assert engine._told_kv([a, b]) is None
+    kv.passed = [a, b, c]
+    assert engine._told_kv([a, b]) is kv and kv.passed is None
+
+
 def test_the_last_steps_word_is_not_taken_for_another_batch():
     """A batch that is not the told decodes in their order (one left, two swapped, fewer), or
     whose last one was taken out and is back in its prompt, is looked at request by request."""

@@ -205,6 +205,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         sched = self.scheduler
         if self.ports is not None:
             self.ports.at_boundary(now_s)
+        self.kv.passed = [] if self.keys_seen else None  # (what this `schedule`'s allocation gives: `_told_kv`)
         out = sched.schedule(now_s)
         self.kv.expected = None  # (what the last step told it holds for this `schedule` only)
         scheduled = out.scheduled
@@ -317,7 +318,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
-        finished = advance_decodes_step(decodes, step, self._told_kv())
+        finished = advance_decodes_step(decodes, step, self._told_kv(decodes), self.keys_seen)
         prefill_tokens = 0
         emitted = len(decodes)
         ports, handoffs = self.ports, []
@@ -351,12 +352,12 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         else:
             self._finish_and_continue(out, finished, now_s)
 
-    def _told_kv(self) -> KVCacheManager | None:
-        """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`): one whose
-        allocations read the note (not the ranks' caches of attention DP), for a batch without
-        prefix keys and without KV ports; else None."""
-        told = not self.keys_seen and self.ports is None and isinstance(self.kv, KVCacheManager)
-        return self.kv if told else None
+    def _told_kv(self, decodes: list[Request]) -> KVCacheManager | None:
+        """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`): one whose allocations
+        read it (not attention DP's ranks'), without KV ports; with keys, if its pass took them all (`passed_all`)."""
+        kv = self.kv
+        told = self.ports is None and isinstance(kv, KVCacheManager) and (not self.keys_seen or kv.passed_all(decodes))
+        return kv if told else None
 
     def emit(self, req: Request, step: int, time_s: float) -> None:
         """Record one token emitted at the end of `step` (at `time_s`)."""

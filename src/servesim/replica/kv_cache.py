@@ -105,6 +105,11 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         # the decodes, those of them that finished, those going on whose next token starts a
         # block), for the allocation of the next `schedule` only (the engine clears it).
         self.expected: tuple[list, tuple, list] | None = None
+        # The requests the last `_allocate_decodes` pass gave their token, each with every full
+        # keyed block registered (all or nothing: `register_appends`): a batch with prefix keys
+        # is told only of decodes such a pass covered (`Engine._told_kv`). Kept only where the
+        # engine asks (a list, empty before its `schedule`): None, no pass copies its requests.
+        self.passed: list | None = None
         self.num_planned_registrations = 0
         # Statistics for the prefix-cache hit rate (vLLM: hits / queried tokens).
         self.num_queried_tokens = 0
@@ -249,9 +254,10 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         n = len(reqs)
         start, edges = self._known_decodes(reqs) if self.expected is not None else (0, ())
         rest = reqs[start:] if start else reqs
-        for r in edges:  # (of the leading `start`, known to decode: only these may need a block)
+        for r in edges:  # (of the leading `start`, known to decode: only these may need a block or register one)
             h = held[r.id]
-            if r.num_computed_tokens >= (h.num_keyed + h.num_plain) * bs:
+            nc = r.num_computed_tokens
+            if nc >= (h.num_keyed + h.num_plain) * bs:
                 if len(grow) == free:
                     if whole:
                         return 0
@@ -259,6 +265,11 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
                     rest = ()  # (the run stops here)
                     break
                 grow.append(h)
+            if prefix and (keys := r.kv_block_keys) is not None:  # (as below)
+                nk = h.num_keyed
+                if nk < (kn := keys.num_blocks if type(keys) is BlockKeys else len(keys)) and nk < (
+                        full := (nc + 1) // bs):
+                    reg.append((keys, h, nk, full if full < kn else kn))
         for r in rest:  # (no index kept: the first that stops the run is found once, by identity)
             nc = r.num_computed_tokens
             no = r.num_output_tokens
@@ -300,7 +311,16 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
             self._pop_free(len(grow))
             for h in grow:
                 h.num_plain += 1
+        if self.passed is not None:
+            self.passed = reqs[:n]  # (a copy: the scheduler's lists change before the step ends)
         return n  # (`register_appends` moved the registered blocks from plain to keyed)
+
+    def passed_all(self, decodes: list[Any]) -> bool:
+        """Did the last allocation pass give each of `decodes` its token (`passed`, read once)?
+        Then each has every full keyed block registered: only those whose next token completes
+        a block may register one (a request moved in or allocated alone may have left some)."""
+        passed, self.passed = self.passed, None
+        return type(self) is KVCacheManager and bool(passed) and passed[:len(decodes)] == decodes
 
     def _known_decodes(self, reqs: list[Any]) -> tuple[int, list]:
         """(m, edges): the leading m of `reqs` are the last step's decodes that go on, in their
