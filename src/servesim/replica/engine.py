@@ -205,7 +205,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         sched = self.scheduler
         if self.ports is not None:
             self.ports.at_boundary(now_s)
-        self.kv.passed = [] if self.keys_seen else None  # (what this `schedule`'s allocation gives: `_told_kv`)
+        self.kv.passed = [] if self.keys_seen and not sched.reorders_running else None  # (for `_told_kv`)
         out = sched.schedule(now_s)
         self.kv.expected = None  # (what the last step told it holds for this `schedule` only)
         scheduled = out.scheduled
@@ -353,11 +353,11 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
             self._finish_and_continue(out, finished, now_s)
 
     def _told_kv(self, decodes: list[Request]) -> KVCacheManager | None:
-        """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`): one whose allocations
-        read it (not attention DP's ranks'), without KV ports; with keys, if its pass took them all (`passed_all`)."""
+        """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`): one whose allocations read it
+        (not attention DP's ranks'), no KV ports, a batch kept in order; keyed, if its pass took all (`passed_all`)."""
         kv = self.kv
-        told = self.ports is None and isinstance(kv, KVCacheManager) and (not self.keys_seen or kv.passed_all(decodes))
-        return kv if told else None
+        told = self.ports is None and isinstance(kv, KVCacheManager) and not self.scheduler.reorders_running
+        return kv if told and (not self.keys_seen or kv.passed_all(decodes)) else None
 
     def emit(self, req: Request, step: int, time_s: float) -> None:
         """Record one token emitted at the end of `step` (at `time_s`)."""

@@ -94,7 +94,14 @@ class AutellixAccounting:
             entry = run_lazy.get(req)
             if entry is not None and entry[1] == t:  # (else settled since, a stale entry)
                 due_now.append(req)
-        reqs = list(map(itemgetter(0), output.scheduled))
+        # (the scheduler's list of the leading decodes is `scheduled`'s first n requests, copied in C: `evict`
+        # drops it when it takes one out, and the engine appends the step's other decodes to it)
+        known, n = output.known_decodes, output.num_known_decodes
+        if known is None:
+            reqs = list(map(itemgetter(0), output.scheduled))
+        else:
+            reqs = known[:n]
+            reqs += map(itemgetter(0), output.scheduled[n:])
         # the eager ones, in one pass (settling a missed call below leaves them as they are:
         # it was not scheduled); those left are lazy and scheduled, fewer than all lazy ones
         # only if a lazy call missed this step
