@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, block_idents, fold, pack_long, range_bounds
+from servesim.replica.block_keys import BlockKeys, block_idents
+from servesim.replica.packed_keys import RUN_KEY_BASE, fold, pack_long, range_bounds
 
 
 def _per_block(ids, H, bs):
@@ -320,7 +321,7 @@ def test_generated_ids_carry_their_ranges_and_build_the_same_keys(monkeypatch, t
     keys are packed from the carried ranges (no `range_bounds` search) and a next turn's are
     reused from its previous turn's without comparing its ids (no tuple slice), each equal to
     the keys of the plain tuple of the same ids."""
-    import servesim.replica.block_keys as bk
+    import servesim.replica.packed_keys as pk
     from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds, IdRanges
 
     firsts, follow = HashIds(16), HashIds(16, FOLLOW_UP_IDS)
@@ -332,7 +333,7 @@ def test_generated_ids_carry_their_ranges_and_build_the_same_keys(monkeypatch, t
     assert all(type(t) is IdRanges for t in turns) and turns[1].bounds == (0, 20, 300, 400)
     assert firsts.extend(turns[1], 350 * 16).bounds == (0, 20, 300, 350)  # (a shorter context: cut)
     assert all(t == tuple(t) and hash(t) == hash(tuple(t)) for t in turns)  # a tuple for every reader
-    monkeypatch.setattr(bk, "range_bounds", lambda *a: pytest.fail("ranges searched"))
+    monkeypatch.setattr(pk, "range_bounds", lambda *a: pytest.fail("ranges searched"))
     keys = BlockKeys(turns[0], 16, 16)
     assert keys.run_keys[:] == [fold(h) * RUN_KEY_BASE + i for i, h in enumerate(turns[0])]  # packed by its ranges
     fast = 0
@@ -402,7 +403,7 @@ def test_a_follow_ups_run_keys_are_folded_into_a_c_long():
     `fold(id)` = id - F - 2**28: two-digit ints within a C long (a `range` of keys, not Python
     arithmetic per key), the same whichever way they are built (its ranges, a tuple of the same
     ids read back from a trace, id by id, a next turn's reuse), one-to-one with (id, start)."""
-    from servesim.replica.block_keys import id_keys
+    from servesim.replica.packed_keys import id_keys
     from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds, IdRanges
 
     firsts, follow = HashIds(16), HashIds(16, FOLLOW_UP_IDS)
@@ -432,7 +433,7 @@ def test_fold_is_one_to_one_and_ranges_across_its_ends_pack_id_by_id(edge):
     """`fold` swaps [F, F + 2**28) with [-2**28, 0), in order, and keeps every other id: it is
     its own inverse, so keys stay one-to-one; a range of ids across one of those ends is cut
     there and packs as id by id would."""
-    from servesim.replica.block_keys import id_keys, pack_ranges
+    from servesim.replica.packed_keys import id_keys, pack_ranges
 
     ids = range(edge - 40, edge + 40)
     folded = [fold(h) for h in ids]

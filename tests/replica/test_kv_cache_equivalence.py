@@ -13,7 +13,8 @@ import random
 
 import pytest
 
-from servesim.replica.block_keys import BlockKeys, range_bounds
+from servesim.replica.block_keys import BlockKeys
+from servesim.replica.packed_keys import range_bounds
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.workload.prefix import IdRanges
 from tests.factories import make_request

@@ -1,6 +1,6 @@
 """The prefix index's keys by diagonal: a registration's keys indexed as a few ranges, not one by one.
 
-A run key packs (id, first position) one-to-one (`RUN_KEY_BASE`, `fold`: block_keys.py), and run i
+A run key packs (id, first position) one-to-one (`RUN_KEY_BASE`, `fold`: packed_keys.py), and run i
 starts at position i * r (r: a run's length in blocks), so for keys of one run length a key
 determines its id h and its run i, and so its *diagonal* h - i. Along a range of consecutive ids
 at consecutive runs the diagonal is one number, and a generated request's ids are a few such
@@ -31,7 +31,8 @@ from itertools import repeat
 from collections import deque
 from typing import TYPE_CHECKING, Hashable, Sequence
 
-from servesim.replica.block_keys import RUN_KEY_BASE, BlockKeys, fold, runs_of
+from servesim.replica.block_keys import BlockKeys, runs_of
+from servesim.replica.packed_keys import RUN_KEY_BASE, fold
 from servesim.workload.prefix import IdRanges
 
 if TYPE_CHECKING:
