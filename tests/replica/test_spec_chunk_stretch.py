@@ -13,6 +13,7 @@ from servesim.replica.spec_stretch import SpecStretch
 from tests.cluster.helpers import assert_same_steps, outcome, reads_everything, run  # noqa: F401  (fixture)
 from tests.factories import VectorOnlyToyPerf, applied_steps, make_engine, make_request, serve
 from tests.replica.test_chunk_stretch import long_prompts
+from tests.replica.test_shared_chunk import overload
 from tests.replica.test_spec_fast_forward import assert_same_spec_run
 
 
@@ -108,3 +109,20 @@ def test_a_prompt_alone_runs_its_chunks_as_one_stretch(chunk_steps):
     b = spec_engine_run(b_reqs, False, 3000)
     assert chunk_steps == [9]
     assert_same_spec_run(a, b, a_reqs, b_reqs, 3000)
+
+
+@pytest.mark.parametrize("seed,num_blocks", [(1, 3000), (2, 300)])
+def test_shared_steps_start_spec_chunk_stretches(monkeypatch, seed, num_blocks):
+    """Under overload a prompt always waits, so the step of one prompt's last chunk gives the
+    rest of the budget to the next prompt's first chunk (Sarathi's shared step): with
+    speculating decodes it is step 0 of a chunk stretch whose later chunks are the budget the
+    decodes leave (the first prompt one of them), and the run is stepping's."""
+    shared = applied_steps(monkeypatch, SpecStretch, lambda s: s.prompt is not None and s._extra0 != 0)
+    a_reqs, b_reqs = overload(seed), overload(seed)
+    a = spec_engine_run(a_reqs, True, num_blocks)
+    fast = list(shared)
+    b = spec_engine_run(b_reqs, False, num_blocks)
+    assert shared == fast and b.num_fast_forwarded_steps == 0  # (stepping plans none)
+    # (107 and 109 shared stretches of 150 prompts, 4.3 and 4.0 steps each, when written)
+    assert len(fast) > 0.5 * len(a_reqs) and sum(fast) > 3 * len(fast), (len(fast), sum(fast))
+    assert_same_spec_run(a, b, a_reqs, b_reqs, num_blocks)

@@ -1,25 +1,23 @@
 """One replica: the step loop of a vLLM-style engine in virtual time.
 
-Each step: the scheduler picks the batch (allocating KV blocks, maybe preempting), the
-performance model prices it, and at the step's end the engine advances the requests, emits
-tokens and finishes requests. When the batch is decode-only and the scheduler says the next
-steps would repeat it (`fast_forward`), the engine runs many steps as one event, stopping
-before anything could change the decision: the first finish, an arrival here, a policy timer,
-or the step that would run out of KV blocks (see `replica/fast_forward.py`). The result is
-identical to stepping one by one (tested).
+Each step: the scheduler picks the batch (allocating KV blocks, maybe preempting), the performance model
+prices it, and at the step's end the engine advances the requests, emits tokens and finishes requests. When
+the batch is decode-only and the scheduler says the next steps would repeat it (`fast_forward`), the engine
+runs many steps as one event, stopping before anything could change the decision: the first finish, an
+arrival here, a policy timer, or the step that would run out of KV blocks (see `replica/fast_forward.py`).
+The result is identical to stepping one by one (tested).
 
 Swaps: a scheduler moves KV between tiers while it decides (`Scheduler.swap_out/swap_in`) and
 lists the requests in its output; the engine prices the copies with `replica.swap` and the
 scheduler's `swap_mechanics`: synchronous copies lengthen the step (vLLM v0), overlapped ones
 occupy a PCIe stream per direction and make a swapped-in request schedulable only when its copy
-is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied
-by the engine to every decoding request, whatever the scheduler (see `replica/spec_decode.py`);
-steps that repeat are fast-forwarded by `replica/spec_stretch.py`.
+is done (FastSwitch). Speculative decoding (`EngineConfig.num_speculative_tokens`) is applied by the engine
+to every decoding request, whatever the scheduler (see `replica/spec_decode.py`); steps that repeat are
+fast-forwarded by `replica/spec_stretch.py`.
 
-A request's arrival (admission checks, keeping or cutting the stretch in flight) is
-`EngineArrivals`' (`replica/engine_arrivals.py`); the swap pricing and timer wake-ups are
-`StepWaits`' (`replica/engine_waits.py`); clock changes, crashes, restarts and the end of run are
-`EngineLifecycle`'s (`replica/engine_lifecycle.py`).
+A request's arrival (admission checks, keeping or cutting the stretch in flight) is `EngineArrivals`'
+(`replica/engine_arrivals.py`); the swap pricing and timer wake-ups are `StepWaits`' (`replica/engine_waits.py`);
+clock changes, crashes, restarts and the end of run are `EngineLifecycle`'s (`replica/engine_lifecycle.py`).
 """
 
 from __future__ import annotations
@@ -258,7 +256,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                     and self._fast_forward(now_s, out, decodes, decode_ctxs, prefills, ff, dt)):
                 return
         if self._spec_k:
-            chunk = bool(prefills) and self._repeats_chunk(out, swap_s)
+            chunk = self._repeats_chunk(out, swap_s) if prefills else 0
             if (ff.repeat or chunk) and self._spec_ff and spec_fast_forward(self, now_s, out, dt, decodes, prefills, ff, chunk):
                 return  # speculative decode steps fast-forwarded (`replica/spec_stretch.py`)
         payload = (now_s, out, decodes, prefills, sched.num_running, sched.num_waiting, self._epoch)
@@ -295,13 +293,15 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                 and (chunk_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills, ff)
                      or shared_fast_forward(self, now_s, out, decodes, decode_ctxs, prefills, ff)))
 
-    def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> bool:
-        """May the steps after this one repeat its prompt chunk beside the same speculating
-        decodes (a `SpecStretch` with the prompt, which arrivals do not cut: asked even when
-        `fast_forward` says no)? The only place that decides it (`spec_fast_forward` is told)."""
+    def _repeats_chunk(self, out: SchedulerOutput, swap_s: float) -> int:
+        """A prompt's chunk in each of the next steps, if they repeat beside the same speculating
+        decodes (a `SpecStretch` with it, not cut by arrivals: asked even when `fast_forward` says
+        no), else 0: this one's (`repeats_chunk`: decodes, then it) or the budget left beside a
+        prompt that finishes now (`shares_chunk`). Decided only here (`spec_fast_forward` is told)."""
         sched = self.scheduler  # (only for prompts whose chunks allocate nothing: `chunks_allocate`)
-        return (self.config.fast_forward and not swap_s and self.ports is None and not sched.chunks_allocate
-                and sched.repeats_chunk(out))
+        if not self.config.fast_forward or swap_s or self.ports is not None or sched.chunks_allocate:
+            return 0
+        return out.scheduled[-1][1] if sched.repeats_chunk(out) else sched.shares_chunk(out)
 
     def _on_start(self, now_s: float, epoch: int) -> None:
         if epoch == self._epoch:

@@ -164,16 +164,18 @@ def end_spec_decode(engine, req: Request, accepted: int, step: int, now_s: float
 
 
 def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Request], prefills: list, ff,
-                      chunk: bool) -> bool:
+                      chunk: int) -> bool:
     """Run step 0 (the step `speculate` just planned: `plain` decodes, then `prefills`: prompt
     chunks (req, tokens) and speculative decodes (req, (1 + k, accepted))) and the speculative
     decode steps that repeat it as one event. False, changing nothing, if the step is not one
     to repeat (a prompt not finished, a policy whose order may change, a prefix block still to
     register) or fewer than two steps would be safe. Step 0 keeps `scheduled`'s order, the
     later steps the policy's `repeat_order` (a re-sort by a key decodes do not change), up to
-    its `repeat_order_limit`. A prompt in progress is repeated only where `chunk` says its
-    next chunks take the budget the decodes leave (`Engine._repeats_chunk`: the stretch then
-    runs them beside the speculative decodes until its last chunk, `SpecStretch.prompt`)."""
+    its `repeat_order_limit`. A prompt in progress is repeated only where `chunk` gives its
+    next chunks, the budget the decodes leave (`Engine._repeats_chunk`: the stretch then runs
+    them beside the speculative decodes until its last chunk, `SpecStretch.prompt`); its chunk
+    in step 0 may be larger, beside a prompt finishing there that decodes from step 1 (Sarathi's
+    shared step, `Scheduler.shares_chunk`)."""
     bs = engine.kv.block_size
     for req, n in out.scheduled:  # a prefix block still to register would be registered by stepping only
         keys = req.kv_block_keys  # (a prompt in progress took its keys at admission: `Scheduler.repeats_chunk`)
@@ -188,12 +190,12 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         if type(n) is tuple:  # a speculative decode: it emits its accepted drafts + 1
             e = min(n[1] + 1, left)
             step0[id(req)] = (req, e, e, 2)
-        elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and ff.after_prefill:
-            step0[id(req)] = (req, n, 1, 1)
+        elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and (ff.after_prefill or chunk):
+            step0[id(req)] = (req, n, 1, 1)  # (with `chunk`: the policy vouches it decodes from step 1)
         elif prompt is None and chunk:
-            if req.num_computed_tokens + 2 * n >= req.num_tokens:
+            if req.num_computed_tokens + n + chunk >= req.num_tokens:
                 return False  # (step 1 would run its last chunk: nothing to repeat)
-            prompt = (req, n)  # (the policy vouches its chunks allocate and register nothing)
+            prompt = (req, chunk, n - chunk)  # (the policy vouches its chunks allocate and register nothing)
         else:
             return False  # a prompt still in progress gets a chunk, not a decode, next step
     step0_reqs = [r for r, _ in out.scheduled]
@@ -223,9 +225,9 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
         return False  # a lone replica's next arrival comes during step 0 and would cut there
     until_s, max_steps = sched.repeat_order_limit(out)
     max_steps = min(max_steps, ff.max_steps)  # (the policy's cap: `FastForward.max_steps`)
-    if prompt is not None:  # steps 0 .. K - 1 give it full chunks and leave it unfinished
-        req, chunk = prompt
-        max_steps = min(max_steps, -(-(req.num_tokens - req.num_computed_tokens) // chunk) - 1)
+    if prompt is not None:  # steps 0 .. K - 1 give it full chunks (step 0 `extra0` more) and leave it unfinished
+        req, chunk, extra0 = prompt
+        max_steps = min(max_steps, -(-(req.num_tokens - req.num_computed_tokens - extra0) // chunk) - 1)
     st = SpecStretch(engine, now_s, out, batch, order, dt0_s, through, until_s, max_steps, prompt)
     st.price(engine._own_horizon_s())  # (up to the next event anywhere: `SpecStretch.price`)
     if st.k < 2:

@@ -75,22 +75,23 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     __slots__ = ("start_s", "out", "reqs", "prefills", "through", "num_running", "num_waiting", "waiting_from",
                  "final", "gen", "_next_event_s", "_loop", "_perf", "_ahead", "_decode_fn", "_affine", "_verify_fn",
                  "_verify_time_fn", "_sums_form", "_acceptance_rate", "_draws", "_k_max", "_draft_ratio", "_bs",
-                 "_fns", "prompt", "chunk", "spends_budget", "_cached0", "_chunk_form", "free_blocks", "_used0",
+                 "_fns", "prompt", "chunk", "_extra0", "spends_budget", "_cached0", "_chunk_form", "free_blocks", "_used0",
                  "_adv0", "_ctx", "_rem", "_held", "_active", "ends", "sizes", "_runs", "_emits", "_grants", "_alloc",
                  "_rows", "_finishes", "_free_at", "_extra_step", "kmax", "_until_s", "_num0", "_joined",
                  "_join_blocks", "_dropped")
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
                  dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
-                 prompt: tuple[Request, int] | None = None) -> None:
+                 prompt: tuple[Request, int, int] | None = None) -> None:
         """`step0`: per request in step 0's batch order, (request, tokens it computes in step 0,
         tokens it emits then, 0 plain decode / 1 prompt chunk / 2 speculative decode); `order`:
         the indices of those requests in the order of the later steps' batches; `until_s`,
         `max_steps`: how long that order holds (`Scheduler.repeat_order_limit`: the steps
         that start before `until_s`, at most `max_steps` of them); `prompt`: (a prompt in
-        progress, its chunk) run in every step beside the decodes, first in the verify pass as
-        `speculate` lists it (`Scheduler.repeats_chunk`; `max_steps` stops before its last
-        chunk, `through` is False), or None."""
+        progress, its chunk, how many more tokens its chunk in step 0 has) run in every step
+        beside the decodes, first in the verify pass as `speculate` lists it
+        (`Scheduler.repeats_chunk`, or `shares_chunk`: more in step 0, beside a prompt's last
+        chunk; `max_steps` stops before its last chunk, `through` is False), or None."""
         sched = engine.scheduler
         # (no decodes: a prompt's chunks alone)
         batch, adv0, emits0, kinds = map(list, zip(*step0)) if step0 else ([], [], [], [])
@@ -112,11 +113,13 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             env = engine._spec_env = spec_env(engine)
         (self._perf, self._ahead, self._decode_fn, self._affine, self._verify_fn, self._verify_time_fn,
          self._sums_form, self._acceptance_rate, self._draws, self._k_max, self._draft_ratio, self._bs, self._fns) = env
-        self.prompt, self.chunk = prompt if prompt is not None else (None, 0)
+        self.prompt, self.chunk, self._extra0 = prompt if prompt is not None else (None, 0, 0)
         self.spends_budget = prompt is not None  # (its steps give the prompt the budget the decodes leave)
         if prompt is not None:  # (steps with a chunk: priced one by one, `_chunk_step_time_s`)
             self._verify_fn = None
-            self._cached0 = prompt[0].num_computed_tokens  # the prompt's tokens in KV when step 0 starts
+            # the prompt's tokens in KV when step 0 starts, as if its chunk there were `chunk`
+            # (step j >= 1 runs over `_cached0 + j * chunk`)
+            self._cached0 = prompt[0].num_computed_tokens + self._extra0
             self._chunk_form: Any = False  # `PerfModel.chunk_verify_time_fn` of the batch (None: none; False: not yet)
         kv = engine.kv
         self.free_blocks = kv.num_free_blocks  # after step 0's allocations
@@ -234,9 +237,10 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
 
     def prompt_tokens_before(self, j: int) -> int:
         """As `Stretch.prompt_tokens_before`: prompts finished in step 0 (or when joining)
-        leave one token each; a prompt in progress has computed a chunk in each of steps 0..j-1."""
+        leave one token each; a prompt in progress has computed a chunk in each of steps 0..j-1
+        (`_extra0` more in step 0)."""
         joined = sum(n - 1 for s, _, n in self._joined if s < j) if self._joined else 0
-        return sum(n - 1 for _, n in self.prefills) + j * self.chunk + joined
+        return sum(n - 1 for _, n in self.prefills) + (j * self.chunk + self._extra0 if j else 0) + joined
 
     def tokens_before(self, j: int) -> int:
         """Tokens emitted by steps 0..j-1."""
@@ -280,7 +284,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             if req.first_token_s is None:
                 req.first_token_s = self.ends[j]
         if self.prompt is not None:
-            self.prompt.num_computed_tokens += k * self.chunk
+            self.prompt.num_computed_tokens += k * self.chunk + self._extra0
         grants = [0] * len(reqs)
         for step in self._grants[1:k]:
             for i, nb in step:
@@ -312,7 +316,9 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             for j, blocks in self._free_at:
                 freed[j] += blocks  # (j <= k: `_keep` drops the later ones)
             kv = [u - f for u, f in zip(kv, accumulate(freed))]
-        prefill = [self.chunk] * k if self.prompt is not None else sum(n for _, n in self.prefills)
+        prefill = sum(n for _, n in self.prefills)
+        if self.prompt is not None:  # (its chunks, step 0's beside the prompts finished there)
+            prefill = [prefill + self.chunk + self._extra0] + [self.chunk] * (k - 1)
         if self._joined:  # the joining prompts' tokens at their steps, their blocks in use from then on
             prefill = [prefill] + [0] * (k - 1)
             for j, _, n in self._joined:

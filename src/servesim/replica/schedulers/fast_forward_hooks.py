@@ -96,7 +96,9 @@ class FastForwardHooks:
         run the decodes and the first prompt (decoding from its first token) beside the second
         prompt's next chunks, each taking the whole budget they leave, as `repeats_chunk`
         holds? Then the chunk size of those steps (> 0), else 0. Chunks allocate nothing
-        there (not `chunks_allocate`). Must not change any state. The default, 0: stepped."""
+        there (not `chunks_allocate`). The engine runs them as a chunk stretch from this step
+        (`replica/shared_chunk.py`; with speculative decoding a `SpecStretch` with the second
+        prompt, `Engine._repeats_chunk`). Must not change any state. The default, 0: stepped."""
         return 0
 
     def chunk_keeps_arrival(self, req: Request | None) -> bool:

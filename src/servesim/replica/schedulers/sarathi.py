@@ -12,8 +12,8 @@ per-step token budget τ (a decode counts one token):
 Ongoing decodes are never paused by a prefill (no generation stalls); a long prompt is spread
 over several steps (the engine fast-forwards a prompt's chunks beside the same decodes as one
 event: `repeats_chunk`, `replica/chunk_stretch.py`; from the step where the previous prompt's
-last chunk shares the budget with its first: `shares_chunk`, `replica/shared_chunk.py`). Sarathi has no prefix cache: prompts are
-always computed in full.
+last chunk shares the budget with its first: `shares_chunk`, `replica/shared_chunk.py`, or with speculative
+decoding `replica/spec_stretch.py`). Sarathi has no prefix cache: prompts are always computed in full.
 `max_num_seqs` comes from the engine arguments (Sarathi's own default is 128).
 """
 
