@@ -69,15 +69,15 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
     grows = False
     kept = None  # (its finishes free their blocks: `spec_decode.py` plans none through a finish that pins)
 
-    # (slots: with its 51 attributes in a dict, past CPython 3.11's 30 inline values, every
+    # (slots: with its 50-odd attributes in a dict, past CPython 3.11's 30 inline values, every
     # attribute its pricing loops and apply read took the dict's slower look-up; `spends_budget`
     # is read by `Engine.arrival_keeps`)
     __slots__ = ("start_s", "out", "reqs", "prefills", "through", "num_running", "num_waiting", "waiting_from",
                  "final", "gen", "_next_event_s", "_loop", "_perf", "_ahead", "_decode_fn", "_affine", "_verify_fn",
                  "_verify_time_fn", "_sums_form", "_acceptance_rate", "_draws", "_k_max", "_draft_ratio", "_bs",
-                 "_fns", "prompt", "chunk", "_extra0", "spends_budget", "_cached0", "_chunk_form", "free_blocks", "_used0",
-                 "_adv0", "_ctx", "_rem", "_held", "_active", "ends", "sizes", "_runs", "_emits", "_grants", "_alloc",
-                 "_rows", "_finishes", "_free_at", "_extra_step", "kmax", "_until_s", "_num0", "_joined",
+                 "_fns", "prompt", "chunk", "_extra0", "spends_budget", "_cached0", "_chunk_form", "free_blocks",
+                 "_used0", "_adv0", "_ctx", "_rem", "_held", "_active", "ends", "sizes", "_runs", "_emits", "_grants",
+                 "_alloc", "_rows", "_finishes", "_free_at", "_extra_step", "kmax", "_until_s", "_num0", "_joined",
                  "_join_blocks", "_dropped")
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
