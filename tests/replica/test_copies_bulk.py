@@ -42,7 +42,7 @@ def _run(seed: int, H: int, num_blocks: int, steps: int) -> dict[str, int]:
         assert new.num_free_blocks == ref.num_free_blocks
         index = new._prefix.indexed()
         for g in set(index.values()):
-            assert {rk for rk, h in index.items() if h is g} == set(g.runs)
+            assert {rk for rk, h in index.items() if h is g} == set(new._prefix.group_runs(g))
         for a, b in running:
             assert new.num_blocks_of(a.id) == ref.num_blocks_of(b.id)
 

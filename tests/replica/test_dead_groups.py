@@ -93,7 +93,7 @@ def test_dead_groups_past_the_capacity_are_dropped_oldest_first():
     new_kv.free(1), ref_kv.free(1)
     new_kv.free(2), ref_kv.free(2)
     _evict_all(new_kv, ref_kv, 99)  # a dies first (8 keys kept), then b (14 > 10: a's keys dropped)
-    assert ga.runs == [] and gb.num_cached == 0 and len(gb.runs) == 6 and len(prefix.indexed()) == 6
+    assert ga.num_runs == 0 and gb.num_cached == 0 and gb.num_runs == 6 and len(prefix.indexed()) == 6
     assert list(prefix._dead) == [gb] and prefix._num_dead == 6
     # each next turn: nothing hit, its blocks registered (b's into its own group again)
     a2, ra2 = _turn(3, list(range(100, 109)), 9)
@@ -119,7 +119,7 @@ def test_a_first_chunk_takes_back_part_of_a_dead_group_and_its_later_chunks_regi
     _evict_all(new_kv, ref_kv, 99)
     t2, r2 = _turn(2, ids, 12)
     _admit(new_kv, ref_kv, t2, r2, 3 * BS)  # a first chunk of 3 blocks
-    assert new_kv._held[2].segs == [[group, 0, 3]] and len(group.runs) == 3 and len(prefix.indexed()) == 3
+    assert new_kv._held[2].segs == [[group, 0, 3]] and group.num_runs == 3 and len(prefix.indexed()) == 3
     assert prefix.num_taken_back == 1
     # the rest of the prompt in one chunk: its keys are new (a plan of the bulk registration holds)
     assert prefix.unindexed(t2.kv_block_keys, 3, 12) is not None

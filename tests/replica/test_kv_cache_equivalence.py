@@ -81,8 +81,9 @@ def _run(seed: int, H: int, num_blocks: int, steps: int, ranges: bool = False, m
         prefix = new._prefix
         index = prefix.indexed()
         for g in set(index.values()):
-            assert {rk for rk, h in index.items() if h is g} == set(g.runs) and len(set(g.runs)) == len(g.runs)
-            assert all(prefix._group_of_key(rk) is g for rk in g.runs)
+            runs = prefix.group_runs(g)
+            assert {rk for rk, h in index.items() if h is g} == set(runs) and len(set(runs)) == len(runs) == g.num_runs
+            assert all(prefix._group_of_key(rk) is g for rk in runs)
         for p in running:
             assert new.num_blocks_of(p.new.id) == ref.num_blocks_of(p.ref.id)
         # each free-queue entry's live count is its slots still carrying its stamp (`Group.evict`

@@ -40,13 +40,14 @@ def check_record(kv: KVCacheManager, pairs: list, rng: random.Random, answered: 
     assert not p._index
     groups = {x[2] for pieces in p._diags.values() for x in pieces}
     for g in groups:
-        assert sum(x[1] - x[0] for d, x in g.diags) == len(g.runs) and all(d is not None for d, _ in g.diags)
+        assert sum(x[1] - x[0] for d, x in g.diags) == g.num_runs and all(d is not None for d, _ in g.diags)
+        assert g.runs == []  # (keys recorded by diagonal are not listed)
     for pieces in p._diags.values():
         spans = sorted((x[0], x[1]) for x in pieces)
         assert all(a < b for a, b in spans) and all(b <= a2 for (_, b), (a2, _) in zip(spans, spans[1:]))
     index = {}
     for g in groups:
-        index.update(zip(g.runs, repeat(g)))
+        index.update(zip(p.group_runs(g), repeat(g)))
     assert p.indexed() == index
     for pair in rng.sample(pairs, min(3, len(pairs))):
         keys = pair.new.kv_block_keys
@@ -58,6 +59,11 @@ def check_record(kv: KVCacheManager, pairs: list, rng: random.Random, answered: 
         absent = p._absent(keys, runs[i0:i1], i0, i1)
         assert absent == index.keys().isdisjoint(runs[i0:i1])
         answered["absent" if absent else "indexed"] += 1
+        g = index.get(runs[i0])
+        if g is not None:  # the leading runs in g's, read from its pieces (`_runs_in`): those the dict maps to g
+            m = next((t for t, k in enumerate(runs[i0:i1]) if index.get(k) is not g), i1 - i0)
+            assert p._runs_in(g, keys, i0, i1) == m
+            answered["runs in group"] += m > 1
 
 
 @pytest.mark.parametrize("H", [16, 32, 512])
@@ -68,7 +74,7 @@ def test_the_record_holds_the_index_keys_and_answers_through_a_random_life(H, se
                   more_checks=lambda kv, pairs: check_record(kv, pairs, rng, answered))
     assert counts["hits"] > 20 and counts["preempt"] > 20 and counts["bulk keys"] > 0, counts
     # (both answers were given: intervals with no key indexed, and others with some)
-    assert answered["absent"] > 20 and answered["indexed"] > 100, answered
+    assert answered["absent"] > 20 and answered["indexed"] > 100 and answered["runs in group"] > 20, answered
 
 
 class NoProbes(dict):
@@ -115,7 +121,7 @@ def test_a_next_turn_registers_its_new_message_without_a_dict_insert_or_probe():
     t2 = _turn(2, follow.extend(first_ids, 30 * BS), 30)  # its context, then 18 blocks of new ids
     assert kv._prefix.unindexed(t2.kv_block_keys, 12, 29) is not None  # (a keyed join's check)
     assert _admit(kv, t2) == 12  # (hits its context, registers its new message)
-    assert p.num_absent > before and sum(len(g.runs) for g in set(p.indexed().values())) == 20 + 12 + 18
+    assert p.num_absent > before and sum(g.num_runs for g in set(p.indexed().values())) == 20 + 12 + 18
     # (the context's piece, and the new message's on the follow-up range's diagonal, in its group)
     g = kv._held[2].segs[-1][0]
     assert [x[1][:2] for x in g.diags] == [[0, 12], [12, 30]] and len(p._diags) == 3

@@ -13,9 +13,10 @@ key when the group is dropped: about a fifth of a sessions request at 8 replicas
 away from its context registers hundreds of keys again). `DiagonalRecord` keeps, per diagonal, the
 *pieces* indexed on it: [first run, end run, group], disjoint (a key is indexed only when absent), a
 decode's blocks continuing a piece extending it in place. A group lists its pieces in the order of
-its runs (`Group.diags`), so its drop, or a dead group cut at its end, takes them back. The dict
-`_index` keeps only the keys whose diagonal is not read from ranges (ids that are not an `IdRanges`:
-a trace's, Mooncake's; another run length): *untracked*, listed by a group as [None, count].
+its runs (`Group.diags`), so its drop, or a dead group cut at its end, takes them back; their keys
+are not listed one by one anywhere (a piece gives them back: `group_runs`). The dict `_index` keeps
+only the keys whose diagonal is not read from ranges (ids that are not an `IdRanges`: a trace's,
+Mooncake's; another run length): *untracked*, listed by a group as [None, count] and in `Group.runs`.
 
 Every read of the index goes through this record and the dict both (a key is in one of them at
 most): `_group_at` (which group a run maps to), `_groups` (a stretch of runs, `extents`), `_absent`
@@ -172,13 +173,14 @@ class DiagonalRecord:
                 pieces: list[tuple[int, int, int]] | None = None) -> None:
         """Runs [i0, i1) of `keys` (their run keys: `runs`, none indexed) now map to `g`, which
         lists them after its runs. `pieces`: their `diagonal_pieces` if found already (tracked keys)."""
-        g.runs += runs
         if i1 <= i0:
             return
+        g.num_runs += i1 - i0
         diags = g.diags
         if pieces is None:
             ids = self._tracked(keys)
             if ids is None:
+                g.runs += runs
                 self._index.update(zip(runs, repeat(g)))
                 if diags and diags[-1][0] is None:
                     diags[-1][1] += i1 - i0
@@ -202,10 +204,9 @@ class DiagonalRecord:
                 diags.append([d, x])
 
     def _forget(self, g: Group, n: int) -> None:
-        """The last `n` runs `g` lists leave the index (all of them: its drop); the caller
-        removes them from `g.runs`."""
+        """The last `n` runs `g` lists leave the index and its lists (all of them: its drop)."""
         diags, rec, runs = g.diags, self._diags, g.runs
-        end = len(runs)
+        g.num_runs -= n
         while n:
             last = diags[-1]
             d, x = last
@@ -216,7 +217,9 @@ class DiagonalRecord:
                     c = n
                 else:
                     diags.pop()
-                deque(map(self._index.pop, runs[end - c:end], repeat(None)), maxlen=0)  # (None: a run listed twice)
+                end = len(runs) - c
+                deque(map(self._index.pop, runs[end:], repeat(None)), maxlen=0)  # (None: a run listed twice)
+                del runs[end:]
             else:
                 c = x[1] - x[0]
                 if c > n:  # (a dead group cut inside one piece: `_register_new`)
@@ -229,18 +232,23 @@ class DiagonalRecord:
                         del rec[d]
                     else:
                         del pieces[next(t for t, y in enumerate(pieces) if y is x)]
-            end -= c
             n -= c
 
     def indexed(self) -> dict:
         """Every indexed run key -> its group (the dict's and the record's: for tests)."""
         out = dict(self._index)
-        groups = {x[2] for pieces in self._diags.values() for x in pieces}
-        for g in groups:
-            off = 0
-            for d, x in g.diags:
-                c = x if d is None else x[1] - x[0]
-                if d is not None:
-                    out.update(zip(g.runs[off:off + c], repeat(g)))
-                off += c
+        for g in {x[2] for pieces in self._diags.values() for x in pieces}:
+            out.update(zip(self.group_runs(g), repeat(g)))
+        return out
+
+    def group_runs(self, g: Group) -> list:
+        """The run keys the index maps to `g`, in order: those recorded by diagonal packed back
+        from their pieces (id = diagonal + run, at position run * r), the others as listed (for tests)."""
+        out, off, r = [], 0, self._run_len
+        for d, x in g.diags:
+            if d is None:
+                out += g.runs[off:off + x]
+                off += x
+            else:
+                out += [fold(d + i) * RUN_KEY_BASE + i * r for i in range(x[0], x[1])]
         return out

@@ -1,7 +1,7 @@
 """Per-slot state of the cached KV blocks of one prefix-cache group (extent), in flat typed arrays.
 
 A group holds the blocks of a stretch of consecutive block positions (slot = position),
-registered under the key runs listed in `runs` (`block_keys.py`): a request registering a
+registered under the key runs its `diags` list (`block_keys.py`): a request registering a
 prefix extends the group it last registered into when that ends where it continues, so one
 request's prefix, and a conversation's growing context, is a handful of groups rather than
 hundreds of block objects. Each position of a group belongs to one run, and every cached block
@@ -49,11 +49,16 @@ _NP_MIN = 48
 class Group:
     """The registered blocks of one extent of positions (see the module docstring)."""
 
-    __slots__ = ("runs", "diags", "lo", "ref", "stamp", "num_cached")
+    __slots__ = ("runs", "num_runs", "diags", "lo", "ref", "stamp", "num_cached")
 
     def __init__(self, s0: int) -> None:
-        self.runs: list[Hashable] = []  # run keys the index maps here
-        self.diags: list[list] = []  # [diagonal, piece] or [None, count] of `runs`, in order (prefix_diagonals.py)
+        # The index maps `num_runs` run keys here, listed in `diags` in order: [diagonal, piece] for
+        # keys recorded by diagonal (read back from the piece, not listed: a generated conversation's
+        # group has a key per slot, hundreds), [None, count] for the next `count` keys of `runs`, the
+        # others (a trace's, Mooncake's), which are listed (prefix_diagonals.py)
+        self.runs: list[Hashable] = []
+        self.num_runs = 0
+        self.diags: list[list] = []
         self.lo = s0
         self.ref = array("i")
         self.stamp = array("q")

@@ -19,6 +19,7 @@ from operator import ne
 from typing import Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
+from servesim.replica.prefix_diagonals import diagonal_pieces
 from servesim.replica.prefix_groups import Group
 from servesim.replica.prefix_registration import PrefixRegistration
 
@@ -90,7 +91,7 @@ class PrefixIndex(PrefixRegistration):
         # The runs that continue g's own, in order, map to g without a lookup each (as in
         # `_leading_runs_of`): a policy computing a cached context again (`sarathi`, `vtc`,
         # `orca`) registers a next turn's prompt over its previous turn's group, hundreds of runs.
-        m = _runs_in_group(g, run_keys, i0, i1, starts) if g is not None else 0
+        m = self._runs_in(g, keys, i0, i1) if g is not None and type(starts) is range else 0
         gs = [g] * m + self._groups(keys, i0 + m, i1) if m else self._groups(keys, i0, i1)
         out = []
         k, n = 0, len(gs)
@@ -147,7 +148,7 @@ class PrefixIndex(PrefixRegistration):
         g = self._group_at(keys, i0)
         if g is None:
             return None
-        m = _runs_in_group(g, keys.run_keys.as_list(), i0, i0 + len(runs), starts)
+        m = self._runs_in(g, keys, i0, i0 + len(runs))
         if not m:
             return None
         e = (i0 + m) * r
@@ -162,21 +163,32 @@ class PrefixIndex(PrefixRegistration):
             return None
         return g, e, m
 
-    @staticmethod
-    def _leading_runs_of(keys: Sequence, g: Group, num_keys: int) -> int:
+    def _leading_runs_of(self, keys: Sequence, g: Group, num_keys: int) -> int:
         """How many leading positions (of the first `num_keys`) map to `g`, known without a
         lookup per run: as many runs as keys' first runs and g's first runs have in common (all
         of g's: a conversation's next turn, whose context registered into one group; one or a
         few: a Mooncake prompt sharing its first hash blocks with another's group), or 0 (not
         known).
 
-        Exact because a run key in `g.runs` maps to g as long as g is indexed (a key is
-        indexed only when absent, and leaves only when its group is dropped, which empties
-        `g.runs`), so each of keys' runs equal to one of g's maps to g."""
+        Exact because a run key of g's (listed in `g.runs` or on one of its pieces) maps to g
+        as long as g is indexed (a key is indexed only when absent, and leaves only when its
+        group is dropped, which empties both), so each of keys' runs equal to one of g's maps to g."""
         if type(keys) is not BlockKeys or type(keys.starts) is not range:
             return 0
-        return min(_runs_in_group(g, keys.run_keys.as_list(), 0, -(-num_keys // keys.starts.step), keys.starts)
-                   * keys.starts.step, num_keys)
+        return min(self._runs_in(g, keys, 0, -(-num_keys // keys.starts.step)) * keys.starts.step, num_keys)
+
+    def _runs_in(self, g: Group, keys: Sequence, i0: int, i1: int) -> int:
+        """How many of runs i0, i0 + 1, ... (below i1) of `keys` map to `g`, in order, known
+        without a lookup per run: read from g's listed keys or its pieces by diagonal, whichever
+        it has; 0 if not known (runs of several lengths, a group with both, or keys not recorded
+        by diagonal beside pieces)."""
+        if g.runs:
+            if len(g.runs) != g.num_runs:
+                return 0
+            run_keys, starts, _ = runs_of(keys)
+            return _listed_runs_in(g, run_keys, i0, i1, starts) if type(starts) is range else 0
+        ids = self._tracked(keys) if g.num_runs else None
+        return _common_runs(g.diags, diagonal_pieces(ids, i0, i1)) if ids is not None else 0
 
     def num_free(self, hits: Hits) -> int:
         """Blocks of the hit's keyed part that sit in the free queue."""
@@ -193,13 +205,12 @@ class PrefixIndex(PrefixRegistration):
         return n
 
 
-def _runs_in_group(g: Group, run_keys: list, i0: int, i1: int, starts: Sequence[int]) -> int:
-    """How many of runs i0, i0 + 1, ... (below i1) are, in order, the runs `g.runs` lists from
-    the one holding g's first slot on (a group's runs are listed in the order of its slots when
-    runs have one length), so map to g: 0 if not known. Exact whatever the guess, as
-    `_leading_runs_of` says: a run key listed in `g.runs` maps to g while g is indexed."""
-    if type(starts) is not range:
-        return 0
+def _listed_runs_in(g: Group, run_keys: list, i0: int, i1: int, starts: range) -> int:
+    """`_runs_in` of a group whose keys are all listed: how many of runs i0, i0 + 1, ... (below
+    i1) are, in order, the runs `g.runs` lists from the one holding g's first slot on (a group's
+    runs are listed in the order of its slots when runs have one length), so map to g: 0 if not
+    known. Exact whatever the guess, as `_leading_runs_of` says: a run key listed in `g.runs`
+    maps to g while g is indexed."""
     runs = g.runs
     off = i0 - g.lo // starts.step
     n = min(len(runs) - off, i1 - i0)
@@ -213,3 +224,29 @@ def _runs_in_group(g: Group, run_keys: list, i0: int, i1: int, starts: Sequence[
     # else the first run that differs, found in C, stopping there (a Mooncake prompt's group
     # is another prompt's: usually they share only the first hash block or two)
     return next(compress(count(), map(ne, runs if off == 0 else runs[off:off + n], mine)))
+
+
+def _common_runs(diags: list, pieces: list) -> int:
+    """`_runs_in` of a group whose keys are all recorded by diagonal: how many leading runs of
+    `pieces` (a request's (diagonal, first run, end run) from its run i0, `diagonal_pieces`) lie,
+    in order, on the group's pieces `diags` ([diagonal, [first run, end run, group]] in the order
+    of its runs), each run on a piece of its own diagonal, so its key is indexed to the group."""
+    if not pieces:
+        return 0
+    m = i0 = pieces[0][1]
+    t, n = 0, len(diags)
+    while t < n and diags[t][1][1] <= m:  # (the group's piece holding run i0, if any)
+        t += 1
+    for d, _, e in pieces:
+        while m < e:
+            if t == n:
+                return m - i0
+            gd, x = diags[t]
+            if gd != d or x[0] > m:
+                return m - i0
+            if x[1] > e:
+                m = e
+            else:
+                m = x[1]
+                t += 1
+    return m - i0

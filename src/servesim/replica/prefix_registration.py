@@ -116,13 +116,13 @@ class PrefixRegistration(DiagonalRecord):
             g.ref[i:j] = ONE * (j - i)  # (their stamps are 0: evicted)
             g.num_cached += j - i
             self.num_taken_back += 1
-            if dead and j < len(g.ref) and len(g.runs) == len(g.ref):
+            if dead and j < len(g.ref) and g.num_runs == len(g.ref):
                 # A dead group filled in part (a prompt's first chunk): its keys past the part leave
                 # the index, as its drop at the eviction would have taken them, so that the later
                 # chunks register as new keys (a stretch's plan, `plan_appends`, takes only keys not
                 # indexed). (A key per slot: the group's runs are its slots' keys in order.)
-                self._forget(g, len(g.runs) - j)
-                del g.runs[j:], g.ref[j:], g.stamp[j:]
+                self._forget(g, g.num_runs - j)
+                del g.ref[j:], g.stamp[j:]
             if k1 > e:
                 runs = runs[m:]
                 self._insert(keys, runs, i1 - len(runs), i1, g)
@@ -277,7 +277,7 @@ class PrefixRegistration(DiagonalRecord):
         by its next turn into the same group, its keys neither popped nor inserted again. Exact
         since a key indexed to a slot that is not cached answers every lookup as a key not
         indexed (no hit), as a live group's evicted slots always did."""
-        if not self.dead_capacity or len(group.runs) != len(group.ref):
+        if not self.dead_capacity or group.num_runs != len(group.ref):
             # (kept only with a key per block, a generated workload's: with runs of many blocks, a
             # Mooncake trace's 512-token hash blocks, keys kept indexed refused a join of vllm
             # mooncake at 1 replica, 2 steps of 107,236 stepped more, and next turns are few)
@@ -286,7 +286,7 @@ class PrefixRegistration(DiagonalRecord):
         dead = self._dead
         if group in dead:  # (died before, taken back by a next turn, and died again)
             self._num_dead -= dead.pop(group)
-        n = dead[group] = len(group.runs)
+        n = dead[group] = group.num_runs
         self._num_dead += n
         while self._num_dead > self.dead_capacity:
             g = next(iter(dead))
@@ -300,9 +300,8 @@ class PrefixRegistration(DiagonalRecord):
         group whose runs then list it, and leaves only here; `test_kv_cache_equivalence.py`
         asserts it after every operation), so its pieces by diagonal leave their diagonals and
         its other keys are popped from the dict without looking at the owners (`_forget`)."""
-        if group.runs:
-            self._forget(group, len(group.runs))
-        group.runs = []
+        if group.num_runs:
+            self._forget(group, group.num_runs)
 
     def conflicts(self, ranges: list[tuple[Sequence, int, int]]) -> bool:
         """Would registering keys [p0, p1) of each (keys, p0, p1) meet a cached key, or a key
