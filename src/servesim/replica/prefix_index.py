@@ -19,9 +19,9 @@ from operator import ne
 from typing import Any, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, runs_of
-from servesim.replica.prefix_diagonals import diagonal_pieces
 from servesim.replica.prefix_groups import Group
 from servesim.replica.prefix_registration import PrefixRegistration
+from servesim.workload.prefix import IdRanges
 
 
 @dataclass(slots=True)
@@ -188,7 +188,7 @@ class PrefixIndex(PrefixRegistration):
             run_keys, starts, _ = runs_of(keys)
             return _listed_runs_in(g, run_keys, i0, i1, starts) if type(starts) is range else 0
         ids = self._tracked(keys) if g.num_runs else None
-        return _common_runs(g.diags, diagonal_pieces(ids, i0, i1)) if ids is not None else 0
+        return _common_runs(g.diags, ids, i0, i1) if ids is not None else 0
 
     def num_free(self, hits: Hits) -> int:
         """Blocks of the hit's keyed part that sit in the free queue."""
@@ -226,27 +226,30 @@ def _listed_runs_in(g: Group, run_keys: list, i0: int, i1: int, starts: range) -
     return next(compress(count(), map(ne, runs if off == 0 else runs[off:off + n], mine)))
 
 
-def _common_runs(diags: list, pieces: list) -> int:
-    """`_runs_in` of a group whose keys are all recorded by diagonal: how many leading runs of
-    `pieces` (a request's (diagonal, first run, end run) from its run i0, `diagonal_pieces`) lie,
-    in order, on the group's pieces `diags` ([diagonal, [first run, end run, group]] in the order
-    of its runs), each run on a piece of its own diagonal, so its key is indexed to the group."""
-    if not pieces:
-        return 0
-    m = i0 = pieces[0][1]
+def _common_runs(diags: list, ids: IdRanges, i0: int, i1: int) -> int:
+    """`_runs_in` of a group whose keys are all recorded by diagonal: how many of runs i0, i0 +
+    1, ... (below i1) of the ids `ids` lie, in order, on the group's pieces `diags` ([diagonal,
+    [first run, end run, group]] in the order of its runs), each on a piece of its own diagonal
+    (its range's first id less its first run, `diagonal_pieces`), so its key is indexed there.
+    (The ranges walked beside the pieces: a next turn's context is its previous turn's group,
+    a few pieces.)"""
+    b, f = ids.bounds, ids.firsts
+    k = bisect_right(b, i0) - 1  # (the range holding run m, below)
     t, n = 0, len(diags)
-    while t < n and diags[t][1][1] <= m:  # (the group's piece holding run i0, if any)
+    while t < n and diags[t][1][1] <= i0:  # (the group's piece holding run i0, if any)
         t += 1
-    for d, _, e in pieces:
-        while m < e:
-            if t == n:
-                return m - i0
-            gd, x = diags[t]
-            if gd != d or x[0] > m:
-                return m - i0
-            if x[1] > e:
-                m = e
-            else:
-                m = x[1]
-                t += 1
+    m = i0
+    while t < n and m < i1:
+        d, x = diags[t]
+        if x[0] > m:
+            break
+        while b[k + 1] <= m:
+            k += 1
+        if d != f[k] - b[k]:
+            break
+        e = b[k + 1]
+        if x[1] <= e:
+            e = x[1]
+            t += 1
+        m = e if e < i1 else i1
     return m - i0
