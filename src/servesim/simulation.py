@@ -99,6 +99,9 @@ def _run(scenario: Scenario, progress: Progress | None, keep_requests: bool, kee
         if spill is not None:
             spill.cleanup()
         raise
+    finally:
+        for pool in pools:  # (its turns' built keys, hundreds each, which the collection after the run would walk)
+            pool.recent_keys.clear()
 
 
 def _simulate(scenario: Scenario, progress: Progress | None, pools: list[PoolSpec], keep_requests: bool,

@@ -36,6 +36,10 @@ class RecentKeys:
     def __bool__(self) -> bool:
         return bool(self._by_first)
 
+    def clear(self) -> None:
+        """Forget every entry (the run is over)."""
+        self._by_first.clear()
+
     def keep(self, keys: BlockKeys) -> None:
         built = keys.take_run_keys()
         if built is None or len(built[2]) < MIN_RUNS:
