@@ -172,7 +172,8 @@ class DiagonalRecord:
     def _insert(self, keys: Sequence, runs: list, i0: int, i1: int, g: Group,
                 pieces: list[tuple[int, int, int]] | None = None) -> None:
         """Runs [i0, i1) of `keys` (their run keys: `runs`, none indexed) now map to `g`, which
-        lists them after its runs. `pieces`: their `diagonal_pieces` if found already (tracked keys)."""
+        counts them after its runs (and lists them if they go to the dict). `pieces`: their
+        `diagonal_pieces` if found already (tracked keys)."""
         if i1 <= i0:
             return
         g.num_runs += i1 - i0
@@ -204,7 +205,7 @@ class DiagonalRecord:
                 diags.append([d, x])
 
     def _forget(self, g: Group, n: int) -> None:
-        """The last `n` runs `g` lists leave the index and its lists (all of them: its drop)."""
+        """The last `n` runs mapped to `g` leave the index and `g` (all of them: its drop)."""
         diags, rec, runs = g.diags, self._diags, g.runs
         g.num_runs -= n
         while n:
