@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from servesim import load_scenario, simulate
+from servesim.replica.block_keys import BlockKeys
 from servesim.replica.fast_forward import FastForwarding
 from servesim.replica.recent_keys import RecentKeys
 from servesim.replica.replica import Replica
@@ -213,8 +214,12 @@ def test_a_turn_finished_inside_a_stretch_offers_its_keys_to_its_next_turn(monke
     """Among several replicas a next turn often reaches another replica before the stretch of its
     previous turn is applied (which frees its blocks and keeps its keys): the finish offers the
     keys when it is told (`RecentKeys.offer`), and the next turn builds its own from a copy.
-    The results are those without the offers (the keys are the same ints)."""
+    The results are those without the offers (the keys are the same ints). The ids are given as
+    a trace gives them (tuples: a generated conversation's ranges are registered by range, and
+    no list is built to offer)."""
     sets = BUSY + ["replicas=4"]
+    init = BlockKeys.__init__
+    monkeypatch.setattr(BlockKeys, "__init__", lambda self, ids, *a: init(self, tuple(ids), *a))
     copied = []
     reuse_into = RecentKeys.reuse_into
 

@@ -368,7 +368,9 @@ def test_id_ranges_that_differ_fall_back_to_comparing_ids():
 def test_a_freed_turns_keys_are_kept_and_reused_by_first_id_without_indexing_its_ids(monkeypatch):
     """A turn's `IdRanges` ids are kept under their first id when its blocks are freed, and its
     next turn takes them by that id and packs its fresh range, all read from the ranges
-    (`firsts`): indexing an `IdRanges` is a Python call per read, made at every free."""
+    (`firsts`): indexing an `IdRanges` is a Python call per read, made at every free. (The
+    prefix cache's own registration reads such runs by range and builds no list: built here as
+    a reader of the keys one by one does, the radix cache's `block_idents`.)"""
     from servesim.replica.kv_cache import KVCacheManager
     from servesim.workload.prefix import FOLLOW_UP_IDS, HashIds, IdRanges
     from tests.factories import make_request
@@ -389,6 +391,8 @@ def test_a_freed_turns_keys_are_kept_and_reused_by_first_id_without_indexing_its
     first.kv_block_keys = BlockKeys(ids, 16, 16)
     assert first.kv_block_keys.first_id() == 0 and BlockKeys(firsts.fresh(0), 16, 16).first_id() is None
     assert kv.allocate_slots(first, first.prompt_len, kv.get_computed_blocks(first))
+    assert first.kv_block_keys.run_keys._list is None  # (registered by range)
+    first.kv_block_keys.run_keys.as_list()
     kv.free(first.id)
     assert list(kv._recent_keys._by_first) == [0]  # kept under the conversation's first id
     nxt = make_request(2, 340 * 16, 10, hash_ids=nxt_ids, hash_block_tokens=16)

@@ -13,7 +13,7 @@ none is indexed (`PrefixIndex.unindexed`, which also gives the runs): vLLM's key
 
 from __future__ import annotations
 
-from servesim.replica.block_keys import BlockKeys
+from servesim.replica.block_keys import BlockKeys, run_values
 from servesim.replica.plan_runs import plan_meets
 from servesim.replica.prefix_registration import _runs_from
 
@@ -22,7 +22,7 @@ REFUSED = False
 
 
 def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -> tuple | bool | None:
-    """Check the run keys `runs` (those of `keys`' positions from k0 on) that a request joining
+    """Check the runs `runs` (those of `keys`' positions from k0 on, `_runs_from`'s) that a request joining
     the stretch `st` at step s registers (`PrefixIndex.unindexed` found none of them indexed)
     against a plan that must cover the stretch's registrations up to step `last` (s - 1 for a
     whole prompt: step s's are read here; the rest's step for one joining with chunks, whose
@@ -40,7 +40,8 @@ def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -
         return REFUSED
     if plan_meets(planned[4], keys, runs, k0 // keys.starts.step if type(keys.starts) is range else None):
         return REFUSED
-    if planned[2] < s and ((more := _step_keys(st, s, kv.block_size)) is None or not more.isdisjoint(runs)):
+    if planned[2] < s and ((more := _step_keys(st, s, kv.block_size)) is None
+                           or (more and not more.isdisjoint(run_values(keys, runs)))):
         return REFUSED
     if planned[2] < last:
         return REFUSED
@@ -61,7 +62,7 @@ def _step_keys(st, s: int, bs: int) -> set | None:
                 runs = _runs_from(keys, b, b + 1)
                 if runs is None:
                     return None
-                out.update(runs)
+                out.update(run_values(keys, runs))
     return out
 
 

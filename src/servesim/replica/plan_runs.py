@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from servesim.replica.block_keys import BlockKeys
+from servesim.replica.block_keys import BlockKeys, run_values
 from servesim.replica.prefix_diagonals import diagonal_pieces
 from servesim.workload.prefix import IdRanges
 
@@ -62,13 +62,13 @@ class PlanRuns:
 
 
 def plan_meets(planned: tuple, keys: Sequence, runs: list, i0: int | None) -> bool:
-    """Does a plan of `plan_appends` register one of `runs`, runs i0, i0 + 1, ... of `keys`
-    (i0 None: runs of `keys` that are not consecutive)?"""
+    """Does a plan of `plan_appends` register one of `runs` (`_runs_from`'s), runs i0, i0 + 1,
+    ... of `keys` (i0 None: runs of `keys` that are not consecutive)?"""
     plan, seen, _ = planned
     if type(seen) is not PlanRuns:
-        return not seen.isdisjoint(runs)
+        return not seen.isdisjoint(run_values(keys, runs))
     ids = seen.takes(keys) if i0 is not None else None
     if ids is not None:
         return seen.meets(ids, i0, i0 + len(runs))
     # (keys whose runs are not told by diagonal: against the plan's run keys themselves)
-    return not set().union(*(item[5] for item in plan)).isdisjoint(runs)
+    return not set().union(*(run_values(item[7], item[5]) for item in plan)).isdisjoint(run_values(keys, runs))

@@ -32,7 +32,7 @@ from itertools import repeat
 from collections import deque
 from typing import TYPE_CHECKING, Hashable, Sequence
 
-from servesim.replica.block_keys import BlockKeys, runs_of
+from servesim.replica.block_keys import BlockKeys, run_values, runs_of
 from servesim.replica.packed_keys import RUN_KEY_BASE, fold
 from servesim.workload.prefix import IdRanges
 
@@ -78,21 +78,22 @@ class DiagonalRecord:
             return None
         return ids
 
-    def _absent(self, keys: Sequence, runs: list, i0: int, i1: int) -> bool:
-        """Is none of runs [i0, i1) of `keys` (their run keys: `runs`) indexed? Range by range
-        on the record for tracked keys (the dict probed only while it holds any); key by key
-        otherwise."""
+    def _absent(self, keys: Sequence, runs: Sequence, i0: int, i1: int) -> bool:
+        """Is none of runs [i0, i1) of `keys` (their run keys, or their range: `runs`, as
+        `_runs_from` gives them) indexed? Range by range on the record for tracked keys (the
+        dict probed only while it holds any); key by key otherwise."""
         if not self._diags:  # (nothing recorded: the dict alone, as for a trace's keys, Mooncake's)
-            return not self._index or self._index.keys().isdisjoint(runs)
+            return not self._index or self._index.keys().isdisjoint(run_values(keys, runs))
         ids = self._tracked(keys)
         if ids is None:
+            runs = run_values(keys, runs)
             if self._index and not self._index.keys().isdisjoint(runs):
                 return False
             return not self._diags or all(self._decoded(k) is None for k in runs)
-        return self._absent_on(diagonal_pieces(ids, i0, i1), runs)
+        return self._absent_on(diagonal_pieces(ids, i0, i1), runs, keys)
 
-    def _absent_on(self, pieces: list[tuple[int, int, int]], runs: list) -> bool:
-        """`_absent` of tracked keys' runs by their pieces (`diagonal_pieces`) and run keys."""
+    def _absent_on(self, pieces: list[tuple[int, int, int]], runs: Sequence, keys: Sequence) -> bool:
+        """`_absent` of tracked keys' runs by their pieces (`diagonal_pieces`) and `runs`."""
         rec = self._diags
         for d, a, e in pieces:
             on = rec.get(d)
@@ -101,7 +102,7 @@ class DiagonalRecord:
                     if x[0] < e and a < x[1]:
                         return False
         if self._index:
-            return self._index.keys().isdisjoint(runs)
+            return self._index.keys().isdisjoint(run_values(keys, runs))
         self.num_absent += 1
         return True
 
@@ -181,6 +182,7 @@ class DiagonalRecord:
         if pieces is None:
             ids = self._tracked(keys)
             if ids is None:
+                runs = run_values(keys, runs)
                 g.runs += runs
                 self._index.update(zip(runs, repeat(g)))
                 if diags and diags[-1][0] is None:

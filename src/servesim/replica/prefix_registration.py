@@ -6,7 +6,8 @@ dead group for a next turn to take back (`retire`), until the dead groups' capac
 from the index (`drop`); `conflicts` tells the engine whether registering many requests in bulk
 would differ from registering them step by step. These are the index's writes and their preconditions,
 apart from the lookups in prefix_index.py (which only read it), and the usual cases here are
-decided in C on run keys (`_runs_from`) with a search by position only when they fail. A
+decided on runs (`_runs_from`: by diagonal for ids that are ranges, in C on run keys for the
+others) with a search by position only when they fail. A
 mixin: they share the index (its record by diagonal, prefix_diagonals.py) and `PrefixIndex.extents`.
 """
 
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
-from servesim.replica.block_keys import BlockKeys, runs_of
+from servesim.replica.block_keys import BlockKeys, run_values, runs_of
 from servesim.replica.copies import add_copies, has_copy
 from servesim.replica.plan_runs import PlanRuns
 from servesim.replica.prefix_diagonals import DiagonalRecord, diagonal_pieces
 from servesim.replica.prefix_groups import NO_STAMP, ONE, Group
+from servesim.workload.prefix import IdRanges
 
 if TYPE_CHECKING:
     from servesim.replica.prefix_index import Held
@@ -38,7 +40,7 @@ class PrefixRegistration(DiagonalRecord):
     _dead_lead: Any  # `PrefixIndex._dead_lead`
 
     def unindexed(self, keys: Sequence, k0: int, k1: int) -> list | None:
-        """The run keys of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed, or
+        """The runs of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed, or
         those indexed are a dead group's (`_dead_lead`: a context evicted whole, whose keys stay
         indexed, `retire`), else None. The answer holds until a key enters the index or the
         group is taken back (drops only remove keys), so `_register_new` of the same positions
@@ -179,20 +181,14 @@ class PrefixRegistration(DiagonalRecord):
             if type(starts) is not range:
                 return None
             r = starts.step
-            lst = keys.run_keys._list
-            if lst is None:
-                lst = keys.run_keys.as_list()
             segs = held.segs
             seg = segs[-1] if segs else None
             g = seg[0] if seg is not None and seg[0].lo + len(seg[0].ref) == k0 else None
-            if r == 1:  # (a run per block: sessions' keys)
-                runs = lst[k0:k1]
-            else:
-                runs = lst[k0 // r:-(-k1 // r)]
-                if k0 % r:  # inside a run: held's last group must hold its first part
-                    if g is None or self._group_at(keys, k0 // r) is not g:
-                        return None
-                    del runs[0]
+            runs = _runs_from(keys, k0, k1)
+            if k0 % r:  # inside a run: held's last group must hold its first part
+                if g is None or self._group_at(keys, k0 // r) is not g:
+                    return None
+                runs = runs[1:]
             if g is None:
                 g = Group(k0)  # (nothing refers to it unless the plan is applied)
                 seg = None
@@ -208,16 +204,16 @@ class PrefixRegistration(DiagonalRecord):
             if rec is not None:
                 ids = rec.takes(keys)
                 if ids is None:  # (the plan's runs as a set from here on, those planned so far included)
-                    prior = [item[5] for item in plan]
+                    prior = [run_values(item[7], item[5]) for item in plan]
                     fresh = set().union(*prior)
                     num_runs = sum(map(len, prior))
                     seen = rec = None
                 elif not rec.add(pieces := diagonal_pieces(ids, i0, i1)):
                     return None  # (a run listed twice)
             if rec is None:
-                fresh.update(runs)
+                fresh.update(run_values(keys, runs))
                 num_runs += len(runs)
-            if not (self._absent(keys, runs, i0, i1) if pieces is None else self._absent_on(pieces, runs)):
+            if not (self._absent(keys, runs, i0, i1) if pieces is None else self._absent_on(pieces, runs, keys)):
                 return None  # (a run indexed)
             plan.append((held, g, seg, k0, k1, runs, r, keys, pieces))
         if rec is not None:
@@ -368,13 +364,19 @@ class PrefixRegistration(DiagonalRecord):
         return False
 
 
-def _runs_from(keys: Sequence, p0: int, p1: int) -> list | None:
-    """The run keys of positions [p0, p1), from the run holding p0, if `keys` is a
-    `BlockKeys` with runs of equal length, else None."""
+def _runs_from(keys: Sequence, p0: int, p1: int) -> Sequence | None:
+    """The runs of positions [p0, p1), from the run holding p0, if `keys` is a `BlockKeys` with
+    runs of equal length, else None: their run keys, or for ids that are ranges (a generated
+    conversation's) the range of the runs' indices, their keys not built (the index reads such
+    keys by diagonal; `run_values` gives them where they are read one by one)."""
     if type(keys) is not BlockKeys:
         return None
     starts = keys.starts
     if type(starts) is not range:
         return None
     r = starts.step
+    ids = keys._ids
+    if type(ids) is IdRanges:
+        e = -(-p1 // r)
+        return range(p0 // r, e if e < ids.bounds[-1] else ids.bounds[-1])
     return keys.run_keys.as_list()[p0 // r:-(-p1 // r)]

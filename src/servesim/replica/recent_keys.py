@@ -2,7 +2,9 @@
 
 A next turn's context starts with its previous turn's; building its run keys from the previous
 turn's (`BlockKeys.reuse`) rather than packing the whole context again keeps a long session's
-turns O(new tokens). The store is bounded: a key list is about 40 bytes per run.
+turns O(new tokens). The store is bounded: a key list is about 40 bytes per run. (A generated
+conversation's ids are ranges, which the prefix cache registers by range without building the
+list: its keys come here only where something read them one by one, the radix cache's idents.)
 """
 
 from __future__ import annotations
