@@ -19,7 +19,7 @@ from itertools import repeat
 import pytest
 
 from servesim import load_scenario, simulate
-from servesim.replica.block_keys import BlockKeys
+from servesim.replica.block_keys import BlockKeys, RunKeys
 from servesim.replica.kv_cache import KVCacheManager
 from servesim.replica.prefix_diagonals import DiagonalRecord, diagonal_pieces
 from servesim.workload.prefix import HashIds
@@ -180,9 +180,12 @@ def test_sessions_give_the_same_results_with_keys_recorded_by_diagonal(extra, mo
 @pytest.mark.parametrize("extra", [["scheduler.name=vllm"], ["replicas=4", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
 def test_sessions_with_keys_recorded_by_diagonal_give_steppings_results(extra, monkeypatch):
     """Fast-forward against stepping, both with the record: the keys of every registration go
-    in as pieces (counted), none key by key into the dict, and the results and step log agree."""
+    in as pieces (counted), none key by key into the dict, no request's run-key list is built
+    (its runs go by range, `_runs_from`), and the results and step log agree."""
     calls = Counter()
     insert = DiagonalRecord._insert
+    build = RunKeys._build
+    monkeypatch.setattr(RunKeys, "_build", lambda self: calls.update(["built"]) or build(self))
 
     def counted(self, keys, runs, i0, i1, g, pieces=None):
         calls["tracked" if self._tracked(keys) is not None else "dict"] += i1 - i0
@@ -195,7 +198,7 @@ def test_sessions_with_keys_recorded_by_diagonal_give_steppings_results(extra, m
     fast = simulate(load_scenario(SESSIONS, TIGHT + extra), keep_steps=True)
     by_fast = dict(calls)
     slow = simulate(load_scenario(SESSIONS, TIGHT + extra + ["engine.fast_forward=false"]), keep_steps=True)
-    assert by_fast.get("tracked", 0) > 10_000 and "dict" not in calls, calls  # (the path ran, in both)
+    assert by_fast.get("tracked", 0) > 10_000 and "dict" not in calls and "built" not in calls, calls  # (in both)
     assert calls["tracked"] == 2 * by_fast["tracked"]  # (stepping registers the same keys)
     assert by_fast.get("planned", 0) > 1_000, by_fast  # (a stretch's plan hands its pieces to `_insert`)
     assert fast.num_fast_forwarded_steps > 0 and slow.num_fast_forwarded_steps == 0
