@@ -245,7 +245,7 @@ def runs_of(keys: Sequence) -> tuple[Sequence, Sequence[int], Sequence[int]]:
     return [(None, k) for k in keys], range(len(keys)), range(1, len(keys) + 1)
 
 
-def run_values(keys: BlockKeys, runs: Sequence) -> Sequence:
+def run_values(keys: Sequence, runs: Sequence) -> Sequence:
     """The run keys `runs` stands for: itself, or, for a range of run indices (`_runs_from`'s answer
     for ids that are ranges), those of `keys`' list (built if it is not)."""
     return keys.run_keys.as_list()[runs.start:runs.stop] if type(runs) is range else runs

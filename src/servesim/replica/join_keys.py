@@ -13,6 +13,8 @@ none is indexed (`PrefixIndex.unindexed`, which also gives the runs): vLLM's key
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from servesim.replica.block_keys import BlockKeys, run_values
 from servesim.replica.plan_runs import plan_meets
 from servesim.replica.prefix_registration import _runs_from
@@ -21,7 +23,7 @@ from servesim.replica.prefix_registration import _runs_from
 REFUSED = False
 
 
-def unplanned(kv, st, keys: BlockKeys, runs: list, k0: int, s: int, last: int) -> tuple | bool | None:
+def unplanned(kv, st, keys: BlockKeys, runs: Sequence, k0: int, s: int, last: int) -> tuple | bool | None:
     """Check the runs `runs` (those of `keys`' positions from k0 on, `_runs_from`'s) that a request joining
     the stretch `st` at step s registers (`PrefixIndex.unindexed` found none of them indexed)
     against a plan that must cover the stretch's registrations up to step `last` (s - 1 for a

@@ -61,7 +61,7 @@ class PlanRuns:
         return False
 
 
-def plan_meets(planned: tuple, keys: Sequence, runs: list, i0: int | None) -> bool:
+def plan_meets(planned: tuple, keys: Sequence, runs: Sequence, i0: int | None) -> bool:
     """Does a plan of `plan_appends` register one of `runs` (`_runs_from`'s), runs i0, i0 + 1,
     ... of `keys` (i0 None: runs of `keys` that are not consecutive)?"""
     plan, seen, _ = planned

@@ -33,7 +33,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Hashable, Sequence
 
 from servesim.replica.block_keys import BlockKeys, run_values, runs_of
-from servesim.replica.packed_keys import RUN_KEY_BASE, fold
+from servesim.replica.packed_keys import RUN_KEY_BASE, fold, id_keys
 from servesim.workload.prefix import IdRanges
 
 if TYPE_CHECKING:
@@ -170,9 +170,9 @@ class DiagonalRecord:
                     return x[2]
         return None
 
-    def _insert(self, keys: Sequence, runs: list, i0: int, i1: int, g: Group,
+    def _insert(self, keys: Sequence, runs: Sequence, i0: int, i1: int, g: Group,
                 pieces: list[tuple[int, int, int]] | None = None) -> None:
-        """Runs [i0, i1) of `keys` (their run keys: `runs`, none indexed) now map to `g`, which
+        """Runs [i0, i1) of `keys` (their run keys or their range: `runs`, none indexed) now map to `g`, which
         counts them after its runs (and lists them if they go to the dict). `pieces`: their
         `diagonal_pieces` if found already (tracked keys)."""
         if i1 <= i0:
@@ -252,6 +252,6 @@ class DiagonalRecord:
             if d is None:
                 out += g.runs[off:off + x]
                 off += x
-            else:
-                out += [fold(d + i) * RUN_KEY_BASE + i * r for i in range(x[0], x[1])]
+            else:  # (runs a..e-1 hold the ids d + a, d + a + 1, ... at positions a * r, (a + 1) * r, ...)
+                out += id_keys(d + x[0], x[1] - x[0], x[0] * r, r)
         return out

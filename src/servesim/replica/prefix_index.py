@@ -131,7 +131,7 @@ class PrefixIndex(PrefixRegistration):
                 break
         return out
 
-    def _dead_lead(self, keys: Sequence, runs: list, k0: int, k1: int) -> tuple | None:
+    def _dead_lead(self, keys: Sequence, runs: Sequence, k0: int, k1: int) -> tuple | None:
         """(group, e, m) when the first m of `runs` (the run keys of positions [k0, k1) of
         `keys`, k0 at a run's start) are, in order, the runs `group` lists from k0's on, so map
         to it (`_leading_runs_of`), none of its slots in [k0, e) is cached (e: where those runs

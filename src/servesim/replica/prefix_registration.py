@@ -39,7 +39,7 @@ class PrefixRegistration(DiagonalRecord):
     num_taken_back: int
     _dead_lead: Any  # `PrefixIndex._dead_lead`
 
-    def unindexed(self, keys: Sequence, k0: int, k1: int) -> list | None:
+    def unindexed(self, keys: Sequence, k0: int, k1: int) -> Sequence | None:
         """The runs of positions [k0, k1) of `keys` (`_runs_from`) if none is indexed, or
         those indexed are a dead group's (`_dead_lead`: a context evicted whole, whose keys stay
         indexed, `retire`), else None. The answer holds until a key enters the index or the
