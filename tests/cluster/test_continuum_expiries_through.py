@@ -42,7 +42,7 @@ def run_both(sets: list[str], monkeypatch) -> tuple:
 
     monkeypatch.setattr(ContinuumScheduler, "fire_timers", counted_fire)
     monkeypatch.setattr(policy_stops, "fire_before_join", counted_join)
-    monkeypatch.setattr(policy_stops, "late_timers", lambda st: (where.append("late"), late_timers(st))[1])
+    monkeypatch.setattr(policy_stops, "late_timers", lambda st, pins: (where.append("late"), late_timers(st, pins))[1])
     fast = simulate(load_scenario(str(EXAMPLES / "sessions.yaml"), sets), keep_steps=True)
     n_join, n_late = len(at_join), len(late)
     slow = simulate(load_scenario(str(EXAMPLES / "sessions.yaml"), sets + ["engine.fast_forward=false"]),
@@ -67,8 +67,8 @@ def test_pins_expire_inside_stretches_exactly(extra, monkeypatch):
 
 def test_expiries_among_pinning_finishes_exactly(monkeypatch):
     """Busy conversations with a short TTL: pins made before a stretch expire inside it among
-    finishes that pin (processed late) and next turns that join; the first late pin's timer
-    still ends it (`stop_at_finish_timer`)."""
+    finishes that pin (processed late, their own pins' timers fired among them) and next turns
+    that join."""
     fast, slow, at_join, late = run_both(BUSY + ["scheduler.ttl_s=0.3"], monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)

@@ -1,6 +1,8 @@
 """Continuum's stretches run on through finishes that pin (`ContinuumScheduler.fast_forward`,
-`FastForward.finish_timer_s`): the finished turn keeps its blocks, its pin's timer bounds the
-stretch, and the results are those of stepping."""
+`FastForward.finish_timer_s`): the finished turn keeps its blocks and its pin's timer fires
+inside the stretch where the blocks are its own (`policy_stops.late_timers`), or bounds it
+where another request shares one (`policy_stops.stop_at_shared_pin`); the results are those
+of stepping."""
 
 from __future__ import annotations
 
@@ -23,47 +25,66 @@ BUSY = ["scheduler.name=continuum", "workload.num_requests=400", "workload.arriv
 
 def run_both(path: Path, sets: list[str], monkeypatch) -> tuple:
     """(fast-forwarded, stepped) results, the fast run's finishes processed late that pinned
-    (their time before the stretch's end) and its stretches the first pin's timer shortened."""
-    late, timed = [], []
+    (their time before the stretch's end), its stretches a pin sharing a block shortened, and
+    the pins set inside a stretch whose timers it fired among its finishes."""
+    late, timed, fired = [], [], []
     finish = ContinuumScheduler.finish
-    stop = policy_stops.stop_at_finish_timer
+    stop, late_timers = policy_stops.stop_at_shared_pin, policy_stops.late_timers
 
     def counted_finish(self, req, now_s):
         if req.finish_s is not None and req.finish_s < now_s and self.pins_on_finish(req):
             late.append(req.id)
         finish(self, req, now_s)
 
-    def counted_stop(st):
+    def counted_stop(st, kv):
         k = st.k
-        stop(st)
+        stop(st, kv)
         if st.k < k:
             timed.append(k - st.k)
 
+    def counted_late(st, pins):
+        fired.extend(pins)
+        return late_timers(st, pins)
+
     monkeypatch.setattr(ContinuumScheduler, "finish", counted_finish)
-    monkeypatch.setattr(policy_stops, "stop_at_finish_timer", counted_stop)
+    monkeypatch.setattr(policy_stops, "stop_at_shared_pin", counted_stop)
+    monkeypatch.setattr(policy_stops, "late_timers", counted_late)
     fast = simulate(load_scenario(str(path), sets), keep_steps=True)
-    n_late, n_timed = len(late), len(timed)
+    counts = len(late), len(timed), len(fired)
     slow = simulate(load_scenario(str(path), sets + ["engine.fast_forward=false"]), keep_steps=True)
-    assert (len(late), len(timed)) == (n_late, n_timed)  # (stepping processes every finish at its step)
-    return fast, slow, n_late, n_timed
+    assert (len(late), len(timed), len(fired)) == counts  # (stepping processes every finish at its step)
+    return fast, slow, *counts
 
 
 @pytest.mark.parametrize("extra", [[], ["replicas=2", "router.name=least-requests", "workload.arrival.rate_per_s=4"]])
 def test_stretches_run_through_pinning_finishes_exactly(extra, monkeypatch):
-    fast, slow, late, _ = run_both(EXAMPLES / "sessions.yaml", BUSY + extra, monkeypatch)
+    fast, slow, late, _, _ = run_both(EXAMPLES / "sessions.yaml", BUSY + extra, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert late > 0.3 * len(fast.requests), late  # turns that pinned inside a stretch
 
 
-def test_the_first_pins_timer_ends_the_stretch_exactly(monkeypatch):
-    """A short TTL: pins made inside a stretch expire within it unless it stops at the step
-    that starts at or after the first one's deadline (that step's `schedule` frees them)."""
-    fast, slow, late, timed = run_both(EXAMPLES / "sessions.yaml", BUSY + ["scheduler.ttl_s=0.3"], monkeypatch)
+def test_pins_set_inside_a_stretch_expire_inside_it_exactly(monkeypatch):
+    """A short TTL: pins made inside a stretch expire within it. A conversation's blocks are
+    its own, so the stretch runs on and fires each expiry among its finishes when applied
+    (before, the first one's deadline ended it); the step log's KV use is stepping's."""
+    fast, slow, late, timed, fired = run_both(EXAMPLES / "sessions.yaml", BUSY + ["scheduler.ttl_s=0.3"],
+                                              monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert late > 0.3 * len(fast.requests), late
-    assert timed > 10, timed  # stretches the timer shortened
+    assert timed == 0 and fired > 0.1 * len(fast.requests), (timed, fired)
+
+
+def test_a_pin_on_a_shared_prompt_ends_the_stretch_exactly(monkeypatch):
+    """Conversations that start with one system prompt: a pin holds blocks other requests
+    hold too, and its expiry frees what their frees before it leave. Such a timer bounds the
+    stretch (the step starting at or after it is stepping's)."""
+    sets = BUSY + ["scheduler.ttl_s=0.3", "workload.shared_prefix.tokens=256"]
+    fast, slow, late, timed, _ = run_both(EXAMPLES / "sessions.yaml", sets, monkeypatch)
+    assert outcome(fast) == outcome(slow)
+    assert_same_steps(fast, slow)
+    assert late > 0.3 * len(fast.requests) and timed > 10, (late, timed)
 
 
 def test_programs_calls_pin_through_with_their_siblings_apart(monkeypatch):
@@ -71,7 +92,7 @@ def test_programs_calls_pin_through_with_their_siblings_apart(monkeypatch):
     finishes only while no two running calls share a program (a sibling's next step would
     release the pin) and no running call's program holds one."""
     sets = ["scheduler.name=continuum", "workload.num_requests=300", "workload.arrival.rate_per_s=2"]
-    fast, slow, late, _ = run_both(EXAMPLES / "agent-programs.yaml", sets, monkeypatch)
+    fast, slow, late, _, _ = run_both(EXAMPLES / "agent-programs.yaml", sets, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert late > 0.05 * len(fast.requests), late
@@ -107,7 +128,7 @@ def test_next_turns_join_the_stretch_in_flight_exactly(extra, monkeypatch):
     no pin's timer is due at the join step; the rest end it as before. With a long TTL most
     next turns find their pin held and end the stretch."""
     joins = keyed_joins(monkeypatch)
-    fast, slow, late, _ = run_both(EXAMPLES / "sessions.yaml", BUSY + extra, monkeypatch)
+    fast, slow, late, _, _ = run_both(EXAMPLES / "sessions.yaml", BUSY + extra, monkeypatch)
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
     assert len(joins) > 0.1 * len(fast.requests), len(joins)

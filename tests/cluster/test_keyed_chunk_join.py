@@ -130,7 +130,8 @@ def test_continuum_turns_join_in_chunks_through_its_pins(router, monkeypatch):
         return apply_rests(st, steps_of, *args)
 
     monkeypatch.setattr(keyed_join, "policy_stops",
-                        SimpleNamespace(stop_before=counted_stop, fire_before_join=policy_stops.fire_before_join))
+                        SimpleNamespace(stop_before=counted_stop, fire_before_join=policy_stops.fire_before_join,
+                                        first_shared_pin=policy_stops.first_shared_pin))
     monkeypatch.setattr(stretch_apply, "apply_rests", counted_apply)  # (before `run_both` wraps it)
     sets = BUSY + ["scheduler.name=continuum", "workload.shared_prefix.tokens=512", "replicas=4",
                    f"router.name={router}", "workload.arrival.rate_per_s=6"]

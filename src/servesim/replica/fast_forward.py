@@ -125,7 +125,8 @@ class FastForwarding(StretchApply):
             st.keyed_last = [r.output_len - r.num_output_tokens - 1 for r, _ in keyed]
         st.in_order = through and in_order
         if through and ff.finish_timer_s != INF:  # (finishes that pin: blocks kept, a timer after each)
-            st.kept = (self.scheduler.keeps_blocks, ff.finish_timer_s)
+            st.kept = (self.scheduler.keeps_blocks, ff.finish_timer_s, self.scheduler.finish_timer_key)
+            st.own_pins = {}
         st.timers = timers
         if prefills:
             st.rank = policy_rank(self.scheduler, out, reqs, len(decodes))

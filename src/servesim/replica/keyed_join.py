@@ -157,8 +157,8 @@ def _waiting_turn(engine, st: Stretch, now_s: float) -> tuple | None:
         return None
     if (timer_s := sched.next_timer_s()) <= now_s:
         return None  # (a policy timer due at step s: stepping's `schedule` there acts on it first)
-    if (timed := st.kept) is not None and (r := rem[0]) < s and st.ends_view[r - 1] + timed[1] <= now_s:
-        return None  # (a finish processed late set one due there: continuum's first pin in the stretch)
+    if (timed := st.kept) is not None and rem[0] < s and policy_stops.first_shared_pin(st, engine.kv, now_s) <= now_s:
+        return None  # (a finish processed late set one due there on shared blocks: a pin the stretch stops at)
     if timed is None and sched.keeps_blocks(req):
         return None  # (its finish would pin in a stretch that counts every finish's blocks freed)
     return req, s, chain, num_running, timer_s, timed
@@ -301,6 +301,8 @@ def _join(engine, st: Stretch, now_s: float, t: _Turn, step_s: float, lean: bool
     if req.first_scheduled_s is None:
         req.first_scheduled_s = now_s
     sched.keyed_joined(req)
+    if shared and st.own_pins:  # (it shares a running request's blocks now: whose pins are own asked again)
+        st.own_pins.clear()
     if t.stall:
         ctx1 = num_tokens - s
         _stall_keyed(kv, st, s, kept)

@@ -3,16 +3,21 @@ step would decide otherwise than the stretch assumes (`FastForwarding._limit` ca
 first, before the KV and key limits): a policy that reorders its batch between steps
 (`Scheduler.reorders_running`: autellix's levels) at a step two requests leave together, and a
 policy whose finishes keep their blocks under a timer (`FastForward.finish_timer_s`: continuum's
-pins) at the first such timer. And the policy timers a stretch runs through instead
-(`FastForward.through_timers`: continuum's pins held before it, expiring inside it): fired at a
-join (`fire_before_join`) or when the stretch is applied (`late_timers`), in stepping's order.
+pins) at the first such timer whose blocks another request shares. And the policy timers a
+stretch runs through instead: those held before it (`FastForward.through_timers`), fired at a
+join (`fire_before_join`) or when the stretch is applied (`late_timers`), and those its own
+finishes set on blocks their request alone holds, fired when it is applied (`late_timers`), all
+in stepping's order.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from operator import itemgetter
 
 from servesim.replica.stretch import Stretch
+
+INF = float("inf")
 
 
 def limit(st: Stretch, scheduler, noticed: bool, k_safe: int) -> None:
@@ -29,7 +34,7 @@ def limit(st: Stretch, scheduler, noticed: bool, k_safe: int) -> None:
             st.truncate(max(st.k - 1, k_safe))
             st.final = True
     if st.kept is not None and st.k > st._sorted_rem[0] + 1:
-        stop_at_finish_timer(st)
+        stop_at_shared_pin(st, scheduler.kv)
 
 
 def end_before_shared_departure(st: Stretch, k_safe: int) -> None:
@@ -51,17 +56,37 @@ def end_before_shared_departure(st: Stretch, k_safe: int) -> None:
             return
 
 
-def stop_at_finish_timer(st: Stretch) -> None:
+def stop_at_shared_pin(st: Stretch, kv) -> None:
     """Shorten `st`, a stretch through finishes that may keep their blocks and set a timer
-    (`FastForward.finish_timer_s`: continuum's pins), to the steps that start before its first
-    departure's timer: the step starting at or after it is the policy's (its `schedule` acts on
-    the timer: an expired pin frees its blocks). The first departure's is the earliest timer
-    (one delay for all); it is counted whether or not that finish keeps its blocks, the
-    same bound or an earlier one. Called with the first departure before the last step."""
-    r = st._sorted_rem[0]  # (its last token is step r - 1's, ending at ends[r - 1])
-    # (the finish's time + the delay, as the policy adds them; with the pins held before the
-    # stretch no longer bounding it, this bound is most stretches' at 8 replicas)
-    stop_before(st, st.ends_view[r - 1] + st.kept[1])
+    (`FastForward.finish_timer_s`: continuum's pins), to the steps that start before the first
+    such timer it cannot run through (`first_shared_pin`): the step starting at or after it is
+    the policy's (its `schedule` expires the pin, freeing what the other frees before it leave
+    free). Called with the first departure before the last step."""
+    t = first_shared_pin(st, kv, st.ends_view[st.k - 2])  # (a timer up to step k - 2's end falls in a step below k)
+    if t != INF:
+        stop_before(st, t)
+
+
+def first_shared_pin(st: Stretch, kv, until_s: float) -> float:
+    """The earliest time up to `until_s` at which a pin set by a finish in `st` expires
+    (the finish's step end + the delay, as the policy adds them) whose blocks are not its
+    request's alone; INF if none. A pin on blocks only its request holds frees exactly those,
+    whatever the other requests do (nothing takes a held block inside a stretch, and no turn
+    that hits a block of a request that left joins one with pins: `keyed_join`), so the stretch
+    runs through its timer (`late_timers`). Whether a request's blocks are its own is asked
+    once (`Stretch.own_pins`) until a joining turn hits a running request's blocks."""
+    keeps, delay = st.kept[0], st.kept[1]
+    ends, k, own = st.ends_view, st.k, st.own_pins
+    first = INF
+    for r, req in zip(st.remaining, st.reqs):
+        if r <= k and (t := ends[r - 1] + delay) <= until_s and t < first and keeps(req):
+            alone = own.get(req.id)
+            if alone is None:
+                alone = own[req.id] = (not (st.rests and any(st.reqs[i] is req for _, i, _ in st.rests))
+                                       and kv.blocks_freed([req.id], {})[0] == kv.num_blocks_of(req.id))
+            if not alone:
+                first = t
+    return first
 
 
 def stop_before(st: Stretch, t: float) -> None:
@@ -102,15 +127,21 @@ def fire_before_join(sched, st: Stretch) -> None:
         st.timers[1] = [p for i, p in enumerate(pending) if i not in gone]
 
 
-def late_timers(st: Stretch) -> list[tuple[int, int]]:
+def late_timers(st: Stretch, pins: list[tuple[int, object, int]]) -> list[tuple[int, int]]:
     """When the stretch (of k steps) is applied: the timers run through whose step lies below
     k, to fire among its finishes (`Engine._finish_and_continue`: each after the finishes at or
-    before its step's start, by step and then in the policy's order), kept in `st.timers[3]`
-    as (step start, key); returns the (step, blocks) freed by every timer fired in it, those
-    fired at joins included (the step log's frees)."""
+    before its step's start, by step, those held before the stretch first, as the policy lists
+    them), kept in `st.timers[3]` as (step start, key); returns the (step, blocks) freed by every
+    timer fired in it, those fired at joins included (the step log's frees). `pins`: the
+    (step, key, blocks) of the pins its finishes set that expire inside it, in finish order."""
+    if st.timers is None:
+        st.timers = [INF, [], [], None]
     _, pending, fired, _ = st.timers
     k = st.k
     due = sorted((m, i) for i, (t, _, _) in enumerate(pending) if (m := st.timer_step(t)) < k)
+    late = [(m, pending[i][1], pending[i][2]) for m, i in due]
+    if pins:
+        late = sorted(late + pins, key=itemgetter(0))  # (stable: at one step, the older pins first)
     ends = st.ends_view
-    st.timers[3] = [(ends[m - 1], pending[i][1]) for m, i in due]
-    return fired + [(m, pending[i][2]) for m, i in due]
+    st.timers[3] = [(ends[m - 1], key) for m, key, _ in late]
+    return fired + [(m, n) for m, _, n in late]

@@ -49,7 +49,7 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
                  "_p", "_f", "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
-                 "waiting_to", "spent_to", "timers", "in_order", "taken_back", "settled", "sessions")
+                 "waiting_to", "spent_to", "timers", "in_order", "taken_back", "settled", "sessions", "own_pins")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -111,8 +111,11 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         self.keyed_last: list[int] | None = None
         self._freed: dict | None = None  # `freed_blocks`' answers, by request id
         # through finishes that may keep their blocks (`FastForward.finish_timer_s`): (the
-        # policy's `keeps_blocks`, the timer's seconds after a finish); None: every finish frees
-        self.kept: tuple[Callable[[Any], bool], float] | None = None
+        # policy's `keeps_blocks`, the timer's seconds after a finish, its `finish_timer_key`);
+        # None: every finish frees. And whether each such request's blocks are its own (by id:
+        # `policy_stops.first_shared_pin`)
+        self.kept: tuple[Callable[[Any], bool], float, Callable[[Any], Any]] | None = None
+        self.own_pins: dict[Any, bool] | None = None
         # the policy's timers it runs through (`FastForward.through_timers`): [the first timer
         # that bounds it, [(time, key, blocks)] not fired yet, [(step, blocks)] fired at a join,
         # the (step start, key) fired late, set when applied] (`replica/policy_stops.py`); None: none

@@ -45,6 +45,7 @@ class StretchApply:
         first_new = st.first_new
         first = self.recorder.num_steps
         nd = len(st.decodes)
+        pins = ()  # (the timers of pins set inside it that fire there: `_kept`)
         if k < st.first_finish and not st.stalls:  # nobody finished: every request ran all k steps
             steps_of = [k] * len(reqs)
             new_blocks = [(req, (k - f - 1) // bs + 1) for req, f in zip(reqs, first_new) if f < k]
@@ -54,8 +55,10 @@ class StretchApply:
             steps_of, new_blocks, finished, frees, grown = self._departures(st, bs)
             if not st.stalls:
                 advance_decodes(st.decodes, steps_of, first)
-        if st.timers is not None:  # (the policy's timers fired inside it: their blocks freed at their steps)
-            frees = frees + policy_stops.late_timers(st)
+            if st.kept is not None:  # (finishes that keep their blocks, pins, and the timers they set inside it)
+                frees, pins = self._kept(st, steps_of, finished, frees)
+        if st.timers is not None or pins:  # (the policy's timers fired inside it: their blocks freed at their steps)
+            frees = frees + policy_stops.late_timers(st, pins)
         joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
         if st.settled and joined:  # (a joiner settled since holds its growth already: logged at its steps)
             n0, settled = len(reqs) - len(joined), st.settled
@@ -100,7 +103,8 @@ class StretchApply:
     def _departures(self, st: Stretch, bs: int) -> tuple[list[int], list, list[int], list, dict]:
         """For a stretch some requests left before its end: (the steps each request ran, the
         blocks each got, those that finished in finish order, the (step, blocks) their finishes
-        freed before the last step, the blocks grown before prompt-only steps by request)."""
+        freed before the last step, the blocks grown before prompt-only steps by request). A
+        finish that keeps its blocks (`Stretch.kept`) is listed with its growth alone: `_kept`."""
         k, reqs, first_new = st.k, st.reqs, st.first_new
         steps_of = [r if r < k else k for r in st.remaining]  # steps each request runs in the stretch
         # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
@@ -119,10 +123,23 @@ class StretchApply:
             got = {id(reqs[i]) for i in settled}
             new_blocks = [grant for grant in new_blocks if id(grant[0]) not in got]
             frees = [(m, n - settled.get(i, 0)) for (m, n), i in zip(frees, before)]
-        if st.kept is not None:  # (a finish that keeps its blocks, a pin, frees none of them)
-            keeps = st.kept[0]
-            frees = [f for f, i in zip(frees, before) if not keeps(reqs[i])]
         return steps_of, new_blocks, finished, frees, grown
+
+    def _kept(self, st: Stretch, steps_of: list[int], finished: list[int], frees: list) -> tuple[list, list]:
+        """`_departures`' frees without those of finishes that keep their blocks (a pin frees
+        none), and the (step, key, blocks) of the timers those set that fall inside the stretch,
+        in finish order: each frees at its step what the request held at its finish (its blocks
+        are its own: `policy_stops.first_shared_pin`)."""
+        keeps, delay, key_of = st.kept
+        k, reqs, endv = st.k, st.reqs, st.ends_view
+        kept, pins = [], []
+        for f, i in zip(frees, (i for i in finished if steps_of[i] < k)):  # (`_departures`' `before`)
+            req = reqs[i]
+            if not keeps(req):
+                kept.append(f)
+            elif (m := st.timer_step(endv[f[0] - 1] + delay)) < k:
+                pins.append((m, key_of(req), self.kv.num_blocks_of(req.id) + f[1]))  # (its growth in `f`)
+        return kept, pins
 
     def _apply_blocks(self, st: Stretch, new_blocks: list, cut) -> None:
         """The stretch's KV: the blocks its requests grew, and the full blocks of those with

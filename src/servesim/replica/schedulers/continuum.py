@@ -222,6 +222,9 @@ class ContinuumScheduler(VLLMScheduler):
 
     keeps_blocks = pins_on_finish  # (a stretch through finishes counts no blocks freed by a pin)
 
+    def finish_timer_key(self, req: Request):
+        return job_of(req)  # (a pin's timer, `fire_timers`: its job's)
+
     # ---- pins ----------------------------------------------------------------------
     def _unpin(self, job) -> None:
         pin = self.pins.pop(job, None)
@@ -356,9 +359,9 @@ class ContinuumScheduler(VLLMScheduler):
 
     def fast_forward(self, output: SchedulerOutput) -> FastForward:
         # vLLM's answer (prompts finished this step decode with the rest), unless a pin was
-        # released. Through finishes (vLLM's answer for its own `finish`) only while no running
-        # request would pin: a pin adds a timer and keeps blocks, so a stretch must stop there;
-        # a finish that pins nothing frees its blocks as vLLM's does.
+        # released. Through finishes (vLLM's answer for its own `finish`): a finish that pins
+        # nothing frees its blocks as vLLM's does; one that pins keeps them and adds a timer
+        # (the engine fires it inside the stretch or stops there), while the jobs are apart.
         if self._released:
             return NO_FAST_FORWARD
         ff = super().fast_forward(output)
@@ -374,10 +377,10 @@ class ContinuumScheduler(VLLMScheduler):
     def _jobs_apart(self) -> bool:
         """May the running requests' finishes pin inside a stretch, nothing waiting? Then
         stepping's steps after a pinning finish decode the others as before (`schedule`'s
-        release loop reads only the scheduled calls' jobs, and the new pin's timer bounds the
-        stretch: `FastForward.finish_timer_s`) if no running call's job holds a pin (its finish
-        would free the old one: `_unpin`) and no two share a job (a finish's pin would be
-        released by its sibling's next step)."""
+        release loop reads only the scheduled calls' jobs, and the new pin's timer fires inside
+        the stretch or bounds it: `FastForward.finish_timer_s`) if no running call's job holds
+        a pin (its finish would free the old one: `_unpin`) and no two share a job (a finish's
+        pin would be released by its sibling's next step)."""
         jobs = [j for j in map(job_of, self.running) if j is not None]
         return len(set(jobs)) == len(jobs) and self.pins.keys().isdisjoint(jobs)
 

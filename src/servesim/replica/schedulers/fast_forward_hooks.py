@@ -115,6 +115,12 @@ class FastForwardHooks:
         them? Read only for a stretch whose answer has a finite `finish_timer_s`."""
         return False
 
+    def finish_timer_key(self, req: Request) -> object:
+        """The key of the timer `req`'s finish sets when it keeps its blocks (`keeps_blocks`),
+        which `fire_timers` takes: a stretch through that finish may fire it among its finishes
+        (`replica/policy_stops.py`). Read only where `keeps_blocks` is."""
+        raise NotImplementedError
+
     def stretch_timers(self) -> list | None:
         """For a stretch whose answer has `through_timers` (nothing waits): [the first timer
         it must stop before, [(time, key, blocks)] of the timers it may run through, [], None]

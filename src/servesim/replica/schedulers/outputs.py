@@ -78,8 +78,9 @@ class FastForward:
     finish_timer_s: float = float("inf")
     """With `through_finishes`: a finish may keep its KV blocks allocated (the policy's
     `keeps_blocks`) and sets a policy timer this long after its step's end (continuum's pins).
-    The engine counts no blocks freed by such finishes and stops the stretch before the first
-    step that starts at or after its first finish's end plus this (the timer's `schedule`)."""
+    The engine counts no blocks freed by such finishes. A timer on blocks the request alone
+    holds fires inside the stretch (`finish_timer_key` names it), any other stops it before the
+    first step that starts at or after it (that step's `schedule`: `replica/policy_stops.py`)."""
     through_timers: bool = False
     """With `through_finishes` and nothing waiting: the policy's timers that `stretch_timers`
     lists fire inside the stretch, each at the first step that starts at or after its time (as
