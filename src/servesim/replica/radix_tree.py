@@ -169,7 +169,7 @@ class RadixTree:
             self.tree_blocks -= k
             self._truly_free += k
             if k < n:  # its last blocks go; the rest is still the oldest leaf
-                node.idents = node.idents[:n - k]
+                del node.idents[n - k:]  # (in place: the node's own list, of up to thousands of ids)
                 self._push_if_evictable(node)
                 continue
             node.alive = False
