@@ -52,11 +52,9 @@ class StretchApply:
             finished, frees = [], []
             advance_decodes_by(st.decodes, k, first)
         else:
-            steps_of, new_blocks, finished, frees, grown = self._departures(st, bs)
+            steps_of, new_blocks, finished, frees, grown, pins = self._departures(st, bs)
             if not st.stalls:
                 advance_decodes(st.decodes, steps_of, first)
-            if st.kept is not None:  # (finishes that keep their blocks, pins, and the timers they set inside it)
-                frees, pins = self._kept(st, steps_of, finished, frees)
         if st.timers is not None or pins:  # (the policy's timers fired inside it: their blocks freed at their steps)
             frees = frees + policy_stops.late_timers(st, pins)
         joined = self.kv.num_blocks_list([req for _, req, _ in st.joins]) if st.joins else []
@@ -100,11 +98,11 @@ class StretchApply:
                                        silent_at=silent_at, silent_n=silent_n)
         return done
 
-    def _departures(self, st: Stretch, bs: int) -> tuple[list[int], list, list[int], list, dict]:
+    def _departures(self, st: Stretch, bs: int) -> tuple[list[int], list, list[int], list, dict, list]:
         """For a stretch some requests left before its end: (the steps each request ran, the
         blocks each got, those that finished in finish order, the (step, blocks) their finishes
-        freed before the last step, the blocks grown before prompt-only steps by request). A
-        finish that keeps its blocks (`Stretch.kept`) is listed with its growth alone: `_kept`."""
+        freed before the last step, the blocks grown before prompt-only steps by request, the
+        timers of pins set inside it that fire there: `_kept`)."""
         k, reqs, first_new = st.k, st.reqs, st.first_new
         steps_of = [r if r < k else k for r in st.remaining]  # steps each request runs in the stretch
         # blocks each request gets at steps f, f + bs, ... below m (the steps it runs)
@@ -123,17 +121,21 @@ class StretchApply:
             got = {id(reqs[i]) for i in settled}
             new_blocks = [grant for grant in new_blocks if id(grant[0]) not in got]
             frees = [(m, n - settled.get(i, 0)) for (m, n), i in zip(frees, before)]
-        return steps_of, new_blocks, finished, frees, grown
+        pins = ()
+        if st.kept is not None:  # (finishes that keep their blocks, pins, and the timers they set inside it)
+            frees, pins = self._kept(st, before, frees)
+        return steps_of, new_blocks, finished, frees, grown, pins
 
-    def _kept(self, st: Stretch, steps_of: list[int], finished: list[int], frees: list) -> tuple[list, list]:
-        """`_departures`' frees without those of finishes that keep their blocks (a pin frees
-        none), and the (step, key, blocks) of the timers those set that fall inside the stretch,
-        in finish order: each frees at its step what the request held at its finish (its blocks
-        are its own: `policy_stops.first_shared_pin`)."""
+    def _kept(self, st: Stretch, before: list[int], frees: list) -> tuple[list, list]:
+        """`_departures`' frees (of the requests `before`, which left before the last step, in
+        finish order; a finish that keeps its blocks listed with its growth alone) without those
+        of finishes that keep their blocks (a pin frees none), and the (step, key, blocks) of the
+        timers those set that fall inside the stretch, in finish order: each frees at its step
+        what the request held at its finish (its blocks are its own: `policy_stops.first_shared_pin`)."""
         keeps, delay, key_of = st.kept
         k, reqs, endv = st.k, st.reqs, st.ends_view
         kept, pins = [], []
-        for f, i in zip(frees, (i for i in finished if steps_of[i] < k)):  # (`_departures`' `before`)
+        for f, i in zip(frees, before):
             req = reqs[i]
             if not keeps(req):
                 kept.append(f)
