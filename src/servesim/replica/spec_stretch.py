@@ -78,7 +78,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
                  "_fns", "prompt", "chunk", "_extra0", "spends_budget", "_cached0", "_chunk_form", "free_blocks",
                  "_used0", "_adv0", "_ctx", "_rem", "_held", "_active", "ends", "sizes", "_runs", "_emits", "_grants",
                  "_alloc", "_rows", "_finishes", "_free_at", "_extra_step", "kmax", "_until_s", "_num0", "_joined",
-                 "_join_blocks", "_dropped")
+                 "_join_blocks", "_stalled", "_dropped")
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
                  dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
@@ -149,6 +149,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         self._num0 = n  # requests of step 0 (those that joined come after them in `reqs`)
         self._joined: list[tuple[int, int, int]] = []  # (step, index, prompt tokens) of requests that joined
         self._join_blocks: list[tuple[int, int]] = []  # (step, blocks the joining prompts took then)
+        self._stalled: list[tuple[int, int]] = []  # (step, decodes stalled) of prompt-only join steps
         self._dropped: tuple[list, list, list] = ([], [], [])  # (runs, emits, grants) of the steps cut off
         if gone:
             self._done_with(0, gone)
@@ -208,6 +209,8 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
             self._joined = [x for x in self._joined if x[0] < k]  # (a crash during a join step: admitted, not run)
         if self._join_blocks and self._join_blocks[-1][0] > k:
             self._join_blocks = [x for x in self._join_blocks if x[0] <= k]
+        if self._stalled and self._stalled[-1][0] >= k:
+            self._stalled = [x for x in self._stalled if x[0] < k]
 
     def finished_before(self, j: int) -> int:
         """How many requests emitted their last token in steps 0..j-1."""
@@ -304,6 +307,8 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         once (`Recorder.log_steps`)."""
         n0, run0 = self._num0, self.num_running
         running = [run0] + [run0 - n0 + len(act) for act in self._runs[1:k]]
+        for j, n in self._stalled:  # (a prompt-only step runs the joiners alone: the decodes it stalled run too)
+            running[j] += n
         waiting = [self.num_waiting] * k
         if self.waiting_from:  # one more waits from each step listed on
             more = [0] * (k + 1)

@@ -68,6 +68,26 @@ class SpecStretchJoins:
         dt = self._prompts_step_time_s([(n, 0) for _, n in joins], act, ctx_sum, used)
         return self.ends[-1] + dt, emits, grants, alloc, rows + used, done_plain + done_spec
 
+    def _stall_step(self, joins: list, blocks: int) -> tuple | None:
+        """Step s (= k) as stepping runs it for a prefill-first policy (`stalls_decodes`): the
+        prompts of `joins` (none cached) alone, the decodes stalled (no token, block or
+        acceptance row), priced as `Engine._start_step` prices a step without decodes; in
+        `_join_step`'s form, or None if `blocks` do not fit beside the decodes' grants so far."""
+        alloc = self._alloc[-1]
+        if alloc + blocks > self.free_blocks:  # (frees inside the stretch are not counted on)
+            return None
+        dt = self._perf.step_time_s([(n, 0) for _, n in joins], [])
+        return self.ends[-1] + dt, [], [], alloc, self._rows[len(self.ends) - 1], []
+
+    def last_stall(self) -> int | None:
+        """The step of its last prompt-only join step (None: none), as `Scheduler.stall_wait` asks."""
+        return self._stalled[-1][0] if self._stalled else None
+
+    def running_at(self) -> list:
+        """The (request, tokens) of the requests running at the next step (`Scheduler.stall_admits`)."""
+        reqs, ctx = self.reqs, self._ctx
+        return [(reqs[i], ctx[i] + 1) for i in self._active]
+
     def free_at_boundary(self) -> int:
         """KV blocks free at the boundary of the next step, as stepping has them: those free at
         the start (less the joined prompts'), less the decodes' grants, plus the blocks of the
@@ -85,10 +105,11 @@ class SpecStretchJoins:
         self.through = False
         self.final = False
 
-    def join(self, joins: list, blocks: int, step: tuple, order: list[int], kv) -> None:
+    def join(self, joins: list, blocks: int, step: tuple, order: list[int], kv, stall: bool = False) -> None:
         """Add step s (`_join_step`'s answer): the decodes of `_active` and the prompts of
         `joins` (admitted now, their `blocks` taken), each emitting its first token; from step
-        s + 1 on the batch runs in `order` (indices into `reqs`, the newcomers appended)."""
+        s + 1 on the batch runs in `order` (indices into `reqs`, the newcomers appended). With
+        `stall` (`_stall_step`'s answer) step s runs the prompts alone."""
         end_s, emits, grants, alloc, rows, done = step
         s = len(self.ends)
         reqs, ctx, rem, held = self.reqs, self._ctx, self._rem, self._held
@@ -109,7 +130,9 @@ class SpecStretchJoins:
         self.free_blocks -= blocks  # (the prompts' blocks: the later steps' grants fit in the rest)
         self.ends.append(end_s)
         self.sizes.append(sum(emits) + len(joins))
-        self._runs.append(act + new)
+        if stall:
+            self._stalled.append((s, len(act)))
+        self._runs.append(new if stall else act + new)
         self._emits.append(emits + [1] * len(joins))
         self._grants.append(grants)
         self._alloc.append(alloc)

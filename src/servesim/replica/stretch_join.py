@@ -25,7 +25,11 @@ the order the policy's `repeat_order` gives the grown batch. Step s is priced by
 rules (`SpecStretchJoins._join_step`) and the stretch prices on. Every block of the stretch (the
 lookahead slots, the prompts' and those the policy keeps free at admission) must fit in those
 free when it was planned, so each allocation stepping makes at step s (the decodes' slots, the
-prompts, the lookahead) succeeds there too. Checked by `tests/replica/test_spec_join.py`.
+prompts, the lookahead) succeeds there too. Checked by `tests/replica/test_spec_join.py`. A
+prefill-first policy's step s (`stalls_decodes`: vLLM V0, SGLang, VTC's mini-batch where its
+count lets it run at s) runs the prompts alone, priced as stepping prices a step without decodes
+(`SpecStretchJoins._stall_step`): the decodes stall there (no token, slot or acceptance row)
+and speculate from s + 1 with the newcomers. Checked by `tests/replica/test_spec_stall_join.py`.
 """
 
 from __future__ import annotations
@@ -258,12 +262,11 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     on. True if they joined (its end event is rescheduled); False changes nothing read later
     (the cut stretch's running state may be rewound: it is applied from its per-step lists)."""
     sched = engine.scheduler
-    if (sched.stalls_decodes or not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
+    if (not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
             or now_s >= st._until_s or st.kmax != UNLIMITED_STEPS or st._perf is not engine.perf
             or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False  # (a policy whose order holds up to a number of steps never joins; one whose
-        # order holds up to a time, only before it; a prefill-first one's prompt-only step is not
-        # built for speculative stretches)
+        # order holds up to a time, only before it)
     st.rewind()  # (to the last step kept: the step s to price follows it)
     act = st._active
     if len(st.reqs) - len(act) > len(act) + MAX_EXTRA_DEPARTED:
@@ -271,6 +274,10 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     joins = sched.arrivals_join(len(act))
     if not joins or any(req.output_len < 2 for req, _ in joins):
         return False  # (a one-token request would finish in its prompt's step: left to stepping)
+    stall = sched.stalls_decodes  # (a prefill-first policy: the prompts' step runs them alone)
+    if stall and (sched.stall_wait(s := len(st.ends), last := st.last_stall())
+                  or not sched.stall_admits(joins, s, last, st.running_at)):
+        return False  # (held to a later step, as vtc's count may: not built for speculative stretches)
     reqs = st.reqs
     grown = SchedulerOutput([(reqs[i], 1) for i in act] + joins)
     if sched.repeat_order(grown) is None:
@@ -284,7 +291,7 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
         if until_s <= now_s:
             return False
     blocks, kept = sched.join_blocks(joins)
-    step = st._join_step(joins, blocks + kept)
+    step = st._stall_step(joins, blocks + kept) if stall else st._join_step(joins, blocks + kept)
     if step is None:  # the blocks of step s and the prompts do not fit in those free at the start
         if not sched.holds_blocked_head(joins, st.free_at_boundary()):
             return False
@@ -304,7 +311,7 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     order = [index[id(r)] for r in sched.repeat_order(grown) if id(r) in index]  # (trtllm: `running`, departed too)
     if len(order) != len(index):
         raise AssertionError("repeat_order does not list the grown batch")
-    st.join(joins, blocks, step, order, engine.kv)
+    st.join(joins, blocks, step, order, engine.kv, stall)
     engine.num_joined_arrivals += len(joins)
     st.price(engine._own_horizon_s())  # (up to the next event anywhere, as `spec_fast_forward`)
     engine._schedule_stretch_end(st)
