@@ -78,7 +78,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
                  "_fns", "prompt", "chunk", "_extra0", "spends_budget", "_cached0", "_chunk_form", "free_blocks",
                  "_used0", "_adv0", "_ctx", "_rem", "_held", "_active", "ends", "sizes", "_runs", "_emits", "_grants",
                  "_alloc", "_rows", "_finishes", "_free_at", "_extra_step", "kmax", "_until_s", "_num0", "_joined",
-                 "_join_blocks", "_stalled", "_dropped")
+                 "_join_blocks", "_stalled", "held_arrivals", "_waiting_to", "_dropped")
 
     def __init__(self, engine, start_s: float, out: Any, step0: list[tuple[Request, int, int, int]], order: list[int],
                  dt0_s: float, through: bool, until_s: float = math.inf, max_steps: int = 1 << 62,
@@ -150,6 +150,8 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         self._joined: list[tuple[int, int, int]] = []  # (step, index, prompt tokens) of requests that joined
         self._join_blocks: list[tuple[int, int]] = []  # (step, blocks the joining prompts took then)
         self._stalled: list[tuple[int, int]] = []  # (step, decodes stalled) of prompt-only join steps
+        self.held_arrivals = 0  # waiting requests held to step `kmax`, where they may join (`hold`)
+        self._waiting_to: list[int] = []  # steps from which one fewer waits (a held request joined)
         self._dropped: tuple[list, list, list] = ([], [], [])  # (runs, emits, grants) of the steps cut off
         if gone:
             self._done_with(0, gone)
@@ -310,10 +312,12 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         for j, n in self._stalled:  # (a prompt-only step runs the joiners alone: the decodes it stalled run too)
             running[j] += n
         waiting = [self.num_waiting] * k
-        if self.waiting_from:  # one more waits from each step listed on
+        if self.waiting_from:  # one more waits from each step listed on (one fewer from each `_waiting_to`)
             more = [0] * (k + 1)
             for j in self.waiting_from:
                 more[min(j, k)] += 1
+            for j in self._waiting_to:
+                more[min(j, k)] -= 1
             waiting = [w + m for w, m in zip(waiting, accumulate(more))]
         kv = [self._used0 + a for a in self._alloc[:k]]
         if self._free_at:  # (blocks of requests that finished before step j)

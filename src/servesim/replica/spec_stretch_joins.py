@@ -95,6 +95,23 @@ class SpecStretchJoins:
         s = len(self.ends)
         return self.free_blocks - self._alloc[-1] + sum(b for j, b in self._free_at if j <= s)
 
+    def hold(self, num_waiting: int, s2: int) -> bool:
+        """The `num_waiting` requests waiting at the next step s (the first `held_arrivals` of
+        them held already) wait up to step s2, where a policy that admits only every so many
+        decode steps (vtc's `max_wait_tokens`: `Scheduler.stall_wait`) may admit them: the
+        same decodes until then, priced no further (`kmax`), where the stretch's end asks again.
+        False, changing nothing, if none runs at s; a stretch whose requests all leave before s2
+        ends there (stepping's `schedule` then admits as soon as none runs)."""
+        if not self._active:
+            return False
+        s = len(self.ends)
+        del self._rows[s:]  # (the entry a cut kept for a crash's step in flight: priced again)
+        self.waiting_from += [s] * (num_waiting - self.held_arrivals)
+        self.held_arrivals = num_waiting
+        self.kmax = s2
+        self.final = False
+        return True
+
     def hold_waiting(self, num_waiting: int) -> None:
         """Go on from the next step with `num_waiting` requests waiting behind a blocked head:
         the same decodes, up to the next finish (which may admit the head), as a stretch

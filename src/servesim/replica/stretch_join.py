@@ -262,9 +262,10 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     on. True if they joined (its end event is rescheduled); False changes nothing read later
     (the cut stretch's running state may be rewound: it is applied from its per-step lists)."""
     sched = engine.scheduler
-    if (not st.through or st.prompt is not None or st.num_waiting or st.waiting_from or st._extra_step
-            or now_s >= st._until_s or st.kmax != UNLIMITED_STEPS or st._perf is not engine.perf
-            or engine.ports is not None or len(sched.running) != len(st.reqs)):
+    held = st.held_arrivals  # (waiting up to `kmax`, the step where they may join: `SpecStretch.hold`)
+    if (not st.through or st.prompt is not None or st.num_waiting or len(st.waiting_from) != held or st._extra_step
+            or now_s >= st._until_s or (st.kmax < len(st.ends) if held else st.kmax != UNLIMITED_STEPS)
+            or st._perf is not engine.perf or engine.ports is not None or len(sched.running) != len(st.reqs)):
         return False  # (a policy whose order holds up to a number of steps never joins; one whose
         # order holds up to a time, only before it)
     st.rewind()  # (to the last step kept: the step s to price follows it)
@@ -275,9 +276,17 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
     if not joins or any(req.output_len < 2 for req, _ in joins):
         return False  # (a one-token request would finish in its prompt's step: left to stepping)
     stall = sched.stalls_decodes  # (a prefill-first policy: the prompts' step runs them alone)
-    if stall and (sched.stall_wait(s := len(st.ends), last := st.last_stall())
-                  or not sched.stall_admits(joins, s, last, st.running_at)):
-        return False  # (held to a later step, as vtc's count may: not built for speculative stretches)
+    if stall:
+        s, last = len(st.ends), st.last_stall()
+        if wait := sched.stall_wait(s, last):  # (vtc's count: they wait, the same decodes running, to step s + wait)
+            if not st.hold(len(joins), s + wait):
+                return False
+            engine.num_held_arrivals += 1
+            st.price(engine._own_horizon_s())
+            engine._schedule_stretch_end(st)
+            return True
+        if not sched.stall_admits(joins, s, last, st.running_at):
+            return False
     reqs = st.reqs
     grown = SchedulerOutput([(reqs[i], 1) for i in act] + joins)
     if sched.repeat_order(grown) is None:
@@ -302,6 +311,10 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
         engine._schedule_stretch_end(st)
         return True
     st._until_s = until_s
+    if held:  # (they wait no more from this step on)
+        st._waiting_to += [len(st.ends)] * held
+        st.held_arrivals = 0
+        st.kmax = UNLIMITED_STEPS
     sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
     for req, _ in joins:
         if req.first_scheduled_s is None:
