@@ -103,7 +103,7 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
         self.through = through
         self.num_running = sched.num_running  # the scheduler's counts when step 0 was scheduled
         self.num_waiting = sched.num_waiting
-        self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept)
+        self.waiting_from: list[int] = []  # steps from which one more request waits (arrivals kept or held)
         self.final = False  # cut, or nothing more to price: never extended again
         self.gen = 0  # bumped whenever the pending end event is replaced
         self._next_event_s = engine.next_event_s
