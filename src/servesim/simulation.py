@@ -295,10 +295,11 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     # An API server that streams tokens at a cost sees every step's tokens: this engine steps one by one.
     streams = frontend.token_s() > 0
     config = pool.config.model_copy(update={"fast_forward": False}) if streams else pool.config
+    last = cluster.replicas[-1].engine if cluster.replicas else None  # (the pool's last, if it has one yet)
     engine = Engine(config, scheduler, kv, pool.perf, cluster.loop, Recorder(keep_steps), None, until_s=until_s,
                     rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
                     next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 20 * n,
-                    notice=feed.notice if feed.closed_loop else None)
+                    notice=feed.notice if feed.closed_loop else None, decode_fns=last and last.decode_fns)
     # The front end's own stream only when it draws (time_cv > 0): other runs stay byte-identical.
     fe_rng = np.random.default_rng(seeds[index].spawn(1)[0]) if frontend.time_cv > 0 else None
     replica = Replica(index, pool.name, engine, pool.make_parts, FrontEnd(frontend, fe_rng) if frontend.active else None)

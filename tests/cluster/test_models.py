@@ -56,3 +56,20 @@ def test_requests_for_a_model_whose_replicas_crashed_for_good_fail_while_the_clu
     res = CliRunner().invoke(app, ["run", str(scenario), "--out", str(tmp_path / "run")])
     failed = by["llama-3.1-8b"][RequestState.FAILED]
     assert res.exit_code == 0 and f"not served: {failed} (no live replica)" in res.stdout and "rejected: " not in res.stdout
+
+
+def test_a_pools_engines_share_its_decode_forms(monkeypatch):
+    """The engines of a pool read one memo of its perf model's decode forms (`DecodeFns`, made
+    once for the pool instead of once a replica); a clock change gives an engine its own."""
+    from servesim.replica.engine import Engine
+    from tests.cluster.helpers import run
+
+    engines = []
+    init = Engine.__init__
+    monkeypatch.setattr(Engine, "__init__", lambda self, *a, **k: (init(self, *a, **k), engines.append(self))[0])
+    run(["replicas=4", "router.name=least-requests"])
+    assert len(engines) == 4 and len({id(e.decode_fns) for e in engines}) == 1
+    memo = engines[0].decode_fns
+    assert memo.perf is engines[0].perf and memo.forms is not None and len(memo) > 1  # (built, and read by all)
+    engines[1].set_perf(engines[1].perf, 0.0)
+    assert engines[1].decode_fns is not memo and engines[2].decode_fns is memo

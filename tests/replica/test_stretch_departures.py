@@ -59,11 +59,11 @@ def test_finished_by_counts_the_requests_whose_last_step_ended_before_t(perf, re
     """`finished_by(t)` (a scan of the first departures, a search beyond four) is the count
     its definition gives: requests whose last step ended before t and is not the stretch's
     last, at every step boundary, just before and after it, and as the stretch grows."""
-    from servesim.replica.fast_forward import FastForwarding
+    from servesim.replica.fast_forward import DecodeFns, FastForwarding
 
     class _Forms(FastForwarding):
         def __init__(self) -> None:
-            self.perf, self._forms = perf, None
+            self.perf, self.decode_fns = perf, DecodeFns(perf)
 
     st = Stretch(0.0, 0.02, None, [], [], [_Req() for _ in remaining], [500] * len(remaining), list(remaining), True,
                  lambda k: perf.decode_time_fn(k) or False, perf, 0, _Forms()._decode_forms if forms else lambda n: None)
@@ -227,7 +227,7 @@ def test_no_stretch_is_built_when_step_1_cannot_start_before_the_horizon(monkeyp
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])  # (the CPU time added to the GPU step, or overlapped: max)
 def test_the_affine_loop_prices_as_the_scalar_calls_bit_for_bit(engine, monkeypatch):
     from servesim.perf.config import PerfConfig
-    from servesim.replica.fast_forward import FastForwarding
+    from servesim.replica.fast_forward import DecodeFns, FastForwarding
     from servesim.replica.stretch_pricing import StretchPricing
 
     perf = build_perf_model("llama-3.1-8b", "h100-sxm", config=PerfConfig(engine=engine))
@@ -235,7 +235,7 @@ def test_the_affine_loop_prices_as_the_scalar_calls_bit_for_bit(engine, monkeypa
 
     class _Forms(FastForwarding):
         def __init__(self) -> None:
-            self.perf, self._forms = perf, None
+            self.perf, self.decode_fns = perf, DecodeFns(perf)
 
     affine = []
     plain = StretchPricing._price_affine

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from servesim.perf.build import build_perf_model
-from servesim.replica.fast_forward import FastForwarding
+from servesim.replica.fast_forward import DecodeFns, FastForwarding
 from servesim.replica import stretch_chunks
 from servesim.replica.stretch import Stretch
 
@@ -19,7 +19,7 @@ class _Forms(FastForwarding):
 
     def __init__(self, perf) -> None:
         self.perf = perf
-        self._forms = None
+        self.decode_fns = DecodeFns(perf)
 
 
 class _Req:

@@ -72,7 +72,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  "busy", "num_steps", "num_fast_forwarded_steps", "num_joined_arrivals", "num_held_arrivals",
                  "num_finish_admissions", "rng", "_spec_k", "spec_draws", "_spec_ff", "swap_stall_s",
                  "swap_transfer_s", "num_swap_copies", "num_swapped_blocks", "_link_free_s", "_wake_s",
-                 "_decode_fns", "_forms", "_spec_env", "defer_finishes", "keyed_through", "notice", "follow_ups",
+                 "decode_fns", "_spec_env", "defer_finishes", "keyed_through", "notice", "follow_ups",
                  "deliver", "keyed_joins", "cache_read_outside", "keys_seen",
                  "sole_arrival", "shared_keys_only", "_unevented", "_admission_error", "moved")
 
@@ -80,7 +80,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
                  recorder: Recorder, on_done: DoneCallback, until_s: float = float("inf"),
                  rng: np.random.Generator | None = None, defer_finishes: bool = False,
                  next_event_s: Callable[[], float] | None = None, lookahead: float = 1.0,
-                 notice: DoneCallback | None = None) -> None:
+                 notice: DoneCallback | None = None, decode_fns: DecodeFns | None = None) -> None:
         self.config = config
         # what every arrival is checked against (`_reject_reason`), as plain values (a pydantic
         # field's read takes about four plain reads): max_model_len, and the longest prompt
@@ -116,8 +116,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self.ports: KVPorts | None = None
         self._count_from_zero()
         self._speculation(config, rng)
-        self._decode_fns = DecodeFns(perf)  # (`_decode_fn`)
-        self._forms = None  # the perf model's affine decode forms by batch size, False: none (`_decode_forms`)
+        # (`_decode_fn`, `_decode_forms`: one a pool, its perf model's)
+        self.decode_fns = decode_fns if decode_fns is not None and decode_fns.perf is perf else DecodeFns(perf)
         self._spec_env: tuple | None = None  # (`spec_stretch.spec_env`, for the perf model it names first)
         self._wiring(defer_finishes, kv, notice)
         self._policy_checks()  # (`_admission_error`)

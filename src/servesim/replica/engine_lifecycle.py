@@ -32,8 +32,7 @@ class EngineLifecycle:
         stretch is cut there, exactly as an arrival cuts it."""
         self._cut(now_s)
         self.perf = perf
-        self._decode_fns = DecodeFns(perf)
-        self._forms = None
+        self.decode_fns = DecodeFns(perf)
 
     # ------------------------------------------------------------------ failures
     def crash(self, now_s: float) -> list[Request]:

@@ -42,13 +42,16 @@ _NOTICED = (Stretch, ThroughChunkStretch)
 
 class DecodeFns(dict):
     """The perf model's scalar decode step time functions by batch size, made on first use
-    (`PerfModel.decode_time_fn`, False where it has none)."""
+    (`PerfModel.decode_time_fn`, False where it has none), and its affine decode forms by batch
+    size (`forms`, `FastForwarding._decode_forms`). The engines of a pool share one
+    (`simulation._add_replica`): the same floats, made once instead of once a replica."""
 
-    __slots__ = ("perf",)
+    __slots__ = ("perf", "forms")
 
     def __init__(self, perf) -> None:
         super().__init__()
         self.perf = perf
+        self.forms: DecodeForms | bool | None = None  # (False: the model has no affine form)
 
     def __missing__(self, n: int):
         f = self[n] = self.perf.decode_time_fn(n) or False
@@ -275,7 +278,8 @@ class FastForwarding(StretchApply):
     def _decode_forms(self, n: int) -> DecodeForms | None:
         """The perf model's affine decode forms for batch sizes 0..n (at least), as arrays
         indexed by batch size, extended on demand (None: the model has no affine form)."""
-        forms = self._forms
+        fns = self.decode_fns
+        forms = fns.forms
         if forms is False:
             return None
         if forms is not None and len(forms[0]) > n:
@@ -283,20 +287,20 @@ class FastForwarding(StretchApply):
         affine = getattr(self.perf, "decode_affine", None)
         first = affine(max(n, 1)) if affine else None
         if first is None:
-            self._forms = False
+            fns.forms = False
             return None
         size = max(2 * n, 64) + 1
         coeffs = [(0.0, 0.0)] + [affine(k)[::2] for k in range(1, size)]  # (base, cpu) per batch size
         base, cpu = (np.array(col, dtype=float) for col in zip(*coeffs))
-        self._forms = (base, cpu, first[1], first[3], RunTimes(base, cpu, first[1], first[3]))
-        return self._forms
+        fns.forms = (base, cpu, first[1], first[3], RunTimes(base, cpu, first[1], first[3]))
+        return fns.forms
 
     @property
     def _decode_fn(self) -> DecodeFn:
         """The perf model's scalar decode step time for n sequences, memoised (False: none):
         n -> function, the memo's own `__getitem__` (a stretch asks it at each join and
         departure; a C call once the batch size was seen)."""
-        return self._decode_fns.__getitem__
+        return self.decode_fns.__getitem__
 
     def settle_before(self, now_s: float) -> None:
         """Apply the steps of the stretch in flight that ended before `now_s`, and go on from
