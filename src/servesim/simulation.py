@@ -295,7 +295,7 @@ def _add_replica(cluster: Cluster, pool: PoolSpec, until_s: float, defer: bool, 
     # An API server that streams tokens at a cost sees every step's tokens: this engine steps one by one.
     streams = frontend.token_s() > 0
     config = pool.config.model_copy(update={"fast_forward": False}) if streams else pool.config
-    last = cluster.replicas[-1].engine if cluster.replicas else None  # (its memo shared if its perf model is this one's)
+    last = cluster.replicas[-1].engine if cluster.replicas else None  # (its memo shared for the same perf model)
     engine = Engine(config, scheduler, kv, pool.perf, cluster.loop, Recorder(keep_steps), None, until_s=until_s,
                     rng=np.random.default_rng(seeds[index]), defer_finishes=defer,
                     next_event_s=feed.next_arrival_s, lookahead=1 if n == 1 else 20 * n,
