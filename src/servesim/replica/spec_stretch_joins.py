@@ -4,6 +4,8 @@ which holds the state; `replica/stretch_join.py` decides when they may join (`sp
 
 from __future__ import annotations
 
+from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
+
 
 class SpecStretchJoins:
     """`SpecStretch`'s methods for requests that join it (state set by `SpecStretch.__init__`:
@@ -104,22 +106,23 @@ class SpecStretchJoins:
         ends there (stepping's `schedule` then admits as soon as none runs)."""
         if not self._active:
             return False
-        s = len(self.ends)
-        del self._rows[s:]  # (the entry a cut kept for a crash's step in flight: priced again)
-        self.waiting_from += [s] * (num_waiting - self.held_arrivals)
+        self._wait(num_waiting - self.held_arrivals)
         self.held_arrivals = num_waiting
         self.kmax = s2
-        self.final = False
         return True
 
     def hold_waiting(self, num_waiting: int) -> None:
         """Go on from the next step with `num_waiting` requests waiting behind a blocked head:
         the same decodes, up to the next finish (which may admit the head), as a stretch
         planned with them waiting (`through` False)."""
+        self._wait(num_waiting)
+        self.through = False
+
+    def _wait(self, n: int) -> None:
+        """Go on from the next step s, `n` more requests waiting from there (the step log's count)."""
         s = len(self.ends)
         del self._rows[s:]  # (the entry a cut kept for a crash's step in flight: priced again)
-        self.waiting_from += [s] * num_waiting
-        self.through = False
+        self.waiting_from += [s] * n
         self.final = False
 
     def join(self, joins: list, blocks: int, step: tuple, order: list[int], kv, stall: bool = False) -> None:
@@ -129,6 +132,10 @@ class SpecStretchJoins:
         `stall` (`_stall_step`'s answer) step s runs the prompts alone."""
         end_s, emits, grants, alloc, rows, done = step
         s = len(self.ends)
+        if self.held_arrivals:  # (those held to this step: they wait no more, and the stretch goes on past it)
+            self._waiting_to += [s] * self.held_arrivals
+            self.held_arrivals = 0
+            self.kmax = UNLIMITED_STEPS
         reqs, ctx, rem, held = self.reqs, self._ctx, self._rem, self._held
         act = self._active
         for i, e in zip(act, emits):

@@ -282,9 +282,7 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
             if not st.hold(len(joins), s + wait):
                 return False
             engine.num_held_arrivals += 1
-            st.price(engine._own_horizon_s())
-            engine._schedule_stretch_end(st)
-            return True
+            return _spec_priced_on(engine, st)
         if not sched.stall_admits(joins, s, last, st.running_at):
             return False
     reqs = st.reqs
@@ -307,14 +305,8 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
         # nor in those stepping has free there: the head waits for a finish (orca's reservation)
         st.hold_waiting(sched.num_waiting)
         engine.num_held_arrivals += 1
-        st.price(engine._own_horizon_s())
-        engine._schedule_stretch_end(st)
-        return True
+        return _spec_priced_on(engine, st)
     st._until_s = until_s
-    if held:  # (they wait no more from this step on)
-        st._waiting_to += [len(st.ends)] * held
-        st.held_arrivals = 0
-        st.kmax = UNLIMITED_STEPS
     sched.join(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
     for req, _ in joins:
         if req.first_scheduled_s is None:
@@ -326,7 +318,12 @@ def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
         raise AssertionError("repeat_order does not list the grown batch")
     st.join(joins, blocks, step, order, engine.kv, stall)
     engine.num_joined_arrivals += len(joins)
-    st.price(engine._own_horizon_s())  # (up to the next event anywhere, as `spec_fast_forward`)
+    return _spec_priced_on(engine, st)
+
+
+def _spec_priced_on(engine, st: SpecStretch) -> bool:
+    """Price `st` on up to the next event anywhere (as `spec_fast_forward`) and reschedule its end: True."""
+    st.price(engine._own_horizon_s())
     engine._schedule_stretch_end(st)
     return True
 
