@@ -193,15 +193,19 @@ def _rest_of(sched, pending: tuple, num_running: int) -> tuple[int | None, int]:
 
 def _admit_step_s(perf, st: AdmitStretch, s: int, num_running: int, chunks: list[tuple[int, int]]) -> float:
     """The time of step s: the `num_running` decodes and the prompts' chunks ((tokens, context)
-    in step order). With the model's chunk form (no sliding window) `step_time_s` reads the
-    decodes' contexts only through their number and sum, which the pricing holds: one chunk is
-    that form itself, several are priced with one context carrying the sum (bit-identical, no
-    pass over the batch); else the decodes' contexts are listed."""
-    chunk_fn = getattr(perf, "chunk_time_fn", None)
-    if chunk_fn is not None and st._f is not None and st._priced == s and (num_running or len(chunks) == 1):
-        f = chunk_fn(num_running, chunks[0][0])
-        if f is not None:
-            if len(chunks) == 1:
-                return f(chunks[0][1], st._ctx_sum)  # (the scalar state is step s's: its context sum)
-            return perf.step_time_s(chunks, [st._ctx_sum] + [0] * (num_running - 1))
+    in step order). Without sliding windows `step_time_s` reads the decodes' contexts only
+    through their number and sum, which the pricing holds: the perf model's forms of such a
+    step price it from the sum (bit-identical, no pass over the batch, and no chunk form
+    built for one use: the batch size and the prompts vary from boundary to boundary); else
+    the decodes' contexts are listed."""
+    if st._f is not None and st._priced == s and (num_running or len(chunks) == 1):
+        if len(chunks) == 1:
+            (n, cached), = chunks
+            form = getattr(perf, "prompt_step_s", None)
+            step_s = form(num_running, n, st._ctx_sum, cached) if form is not None else None
+        else:
+            form = getattr(perf, "prompts_step_s", None)
+            step_s = form(chunks, num_running, st._ctx_sum) if form is not None else None
+        if step_s is not None:
+            return step_s
     return perf.step_time_s(chunks, [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s])

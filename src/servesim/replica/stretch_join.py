@@ -247,11 +247,11 @@ def _join_step_s(perf, st: Stretch, s: int, num_running: int, joins: list) -> fl
     and the joining prompts (none cached). One prompt beside decodes whose context sum the
     pricing already holds: the perf model's form of that step, bit-identical to
     `step_time_s` (no pass over the batch); else `step_time_s` itself."""
-    chunk_fn = getattr(perf, "chunk_time_fn", None)
-    if len(joins) == 1 and chunk_fn is not None and st._f is not None and st._priced == s:
-        f = chunk_fn(num_running, joins[0][1])
-        if f is not None:
-            return f(0, st._ctx_sum)  # (the scalar state is step s's: its context sum)
+    form = getattr(perf, "prompt_step_s", None) if len(joins) == 1 else None
+    if form is not None and st._f is not None and st._priced == s:
+        step_s = form(num_running, joins[0][1], st._ctx_sum)  # (the scalar state is step s's: its context sum)
+        if step_s is not None:
+            return step_s
     ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
     return perf.step_time_s([(n, 0) for _, n in joins], ctxs)
 
