@@ -12,7 +12,7 @@ from bisect import bisect_right
 from servesim.replica.admission_stretch import AdmitStretch
 from servesim.replica.schedulers.outputs import UNLIMITED_STEPS
 from servesim.replica.stretch_growth import GrowthCount
-from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _admit, stall_step_s
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _admit, prompts_at_s, stall_step_s
 
 
 def admission_fast_forward(engine, now_s: float, end0_s: float, horizon_s: float, out, decodes: list,
@@ -139,7 +139,7 @@ def _join(engine, st: AdmitStretch, s: int, num_running: int, joins: list, now_s
     if pending is not None:
         _, req, c, _ = pending
         chunks.insert(0, (req.num_tokens - c, c))  # (the running pass runs before admission)
-    step_s = _admit_step_s(engine.perf, st, s, num_running, chunks)
+    step_s = prompts_at_s(engine.perf, st, s, num_running, chunks)
     if joins:
         sched.admit_at_finish(joins, st.out)  # (listed in the output the stretch's end hands `end_step`)
     new = [req for req, _ in joins]
@@ -189,23 +189,3 @@ def _rest_of(sched, pending: tuple, num_running: int) -> tuple[int | None, int]:
     if rest > max_num_batched_tokens - num_running or 0 < threshold < rest:
         return None, 0
     return rest, -(-req.num_tokens // sched.kv.block_size) - blocks
-
-
-def _admit_step_s(perf, st: AdmitStretch, s: int, num_running: int, chunks: list[tuple[int, int]]) -> float:
-    """The time of step s: the `num_running` decodes and the prompts' chunks ((tokens, context)
-    in step order). Without sliding windows `step_time_s` reads the decodes' contexts only
-    through their number and sum, which the pricing holds: the perf model's forms of such a
-    step price it from the sum (bit-identical, no pass over the batch, and no chunk form
-    built for one use: the batch size and the prompts vary from boundary to boundary); else
-    the decodes' contexts are listed."""
-    if st._f is not None and st._priced == s and (num_running or len(chunks) == 1):
-        if len(chunks) == 1:
-            (n, cached), = chunks
-            form = getattr(perf, "prompt_step_s", None)
-            step_s = form(num_running, n, st._ctx_sum, cached) if form is not None else None
-        else:
-            form = getattr(perf, "prompts_step_s", None)
-            step_s = form(chunks, num_running, st._ctx_sum) if form is not None else None
-        if step_s is not None:
-            return step_s
-    return perf.step_time_s(chunks, [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s])

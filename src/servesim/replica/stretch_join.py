@@ -243,17 +243,30 @@ def _join_one(engine, st: Stretch, now_s: float, joins: list, blocks: int, num_r
 
 
 def _join_step_s(perf, st: Stretch, s: int, num_running: int, joins: list) -> float:
-    """The time of step s: the `num_running` decodes still running (contexts ctx1 + s - 1)
-    and the joining prompts (none cached). One prompt beside decodes whose context sum the
-    pricing already holds: the perf model's form of that step, bit-identical to
-    `step_time_s` (no pass over the batch); else `step_time_s` itself."""
-    form = getattr(perf, "prompt_step_s", None) if len(joins) == 1 else None
-    if form is not None and st._f is not None and st._priced == s:
-        step_s = form(num_running, joins[0][1], st._ctx_sum)  # (the scalar state is step s's: its context sum)
+    """The time of step s: the `num_running` decodes still running and the joining prompts
+    (none cached): `prompts_at_s`."""
+    return prompts_at_s(perf, st, s, num_running, [(n, 0) for _, n in joins])
+
+
+def prompts_at_s(perf, st: Stretch, s: int, num_running: int, chunks: list[tuple[int, int]]) -> float:
+    """The time of step s: the `num_running` decodes still running (contexts ctx1 + s - 1) and
+    the prompts' chunks ((tokens, context) in step order). Without sliding windows
+    `step_time_s` reads the decodes' contexts only through their number and sum, which the
+    pricing holds when its scalar state is step s's: the perf model's forms of such a step
+    price it from the sum (bit-identical, no pass over the batch, and no chunk form built for
+    one use: the batch size and the prompts vary from join to join); else `step_time_s` over
+    the decodes' contexts."""
+    if st._f is not None and st._priced == s and (num_running or len(chunks) == 1):
+        if len(chunks) == 1:
+            (n, cached), = chunks
+            form = getattr(perf, "prompt_step_s", None)
+            step_s = form(num_running, n, st._ctx_sum, cached) if form is not None else None
+        else:
+            form = getattr(perf, "prompts_step_s", None)
+            step_s = form(chunks, num_running, st._ctx_sum) if form is not None else None
         if step_s is not None:
             return step_s
-    ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
-    return perf.step_time_s([(n, 0) for _, n in joins], ctxs)
+    return perf.step_time_s(chunks, [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s])
 
 
 def spec_join_arrivals(engine, st: SpecStretch, now_s: float) -> bool:
