@@ -74,8 +74,9 @@ def first_shared_pin(st: Stretch, kv, until_s: float) -> float:
     whatever the other requests do (nothing takes a held block inside a stretch, and no turn
     that hits a block of a request that left joins one with pins: `keyed_join`), so the stretch
     runs through its timer (`late_timers`); no call of its job waits there to keep it (a call
-    arriving cuts the stretch: `ContinuumScheduler.arrival_keeps_batch`). Whether a request's blocks are its own is asked
-    once (`Stretch.own_pins`) until a joining turn hits a running request's blocks."""
+    arriving cuts the stretch: `ContinuumScheduler.arrival_keeps_batch`). Whether a request's
+    blocks are its own is asked once (`Stretch.own_pins`) until a joining turn hits a running
+    request's blocks."""
     keeps, delay = st.kept[0], st.kept[1]
     ends, k, own = st.ends_view, st.k, st.own_pins
     first = INF
