@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from array import array
 
-from servesim.replica.prefix_groups import NO_STAMP, NONE, ONE, Group
+from servesim.replica.prefix_groups import NO_STAMP, NONE, ONE, Group, count_of
 
 
 def test_fills_are_typed_arrays_of_one_value():
@@ -14,6 +14,25 @@ def test_fills_are_typed_arrays_of_one_value():
     g = Group(0)
     g.append_held(3)
     assert g.ref.typecode == "i" and g.stamp.typecode == "q"
+
+
+def test_count_of_is_arrays_count_for_one_value_short_and_long_mixed_ranges():
+    """`count_of`: one value over the range (one comparison), a short mixed range (array's
+    loop) and a long one (numpy): each `array.count`'s answer, for counts and large stamps."""
+    import random
+
+    from servesim.replica.prefix_groups import _NP_MIN
+
+    rng = random.Random(3)
+    assert count_of(array("i"), 0) == 0
+    assert count_of(ONE * 500, 1) == 500 and count_of(ONE * 500, 0) == 0 and count_of(NONE * 7, -1) == 7
+    for trial in range(300):
+        n = rng.choice([1, 2, _NP_MIN - 1, _NP_MIN, 300])
+        code, vals = rng.choice([("i", [-1, 0, 1, 2]), ("q", [0, 2**40, 2**40 + 1])])
+        pool = vals[:rng.choice([1, 2, len(vals)])]  # (one value: the usual case)
+        r = array(code, [rng.choice(pool) for _ in range(n)])
+        for v in vals:
+            assert count_of(r, v) == r.count(v), (trial, code, v)
 
 
 def test_a_group_through_register_hit_release_and_evict():

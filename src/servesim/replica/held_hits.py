@@ -32,6 +32,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from operator import indexOf
 
+from servesim.replica.prefix_groups import count_of
+
 
 def departed_only(kv, st, s: int, hits) -> list[tuple[int, int]] | None:
     """The blocks among `hits` held only by requests of the stretch `st` that left it before
@@ -53,7 +55,7 @@ def departed_only(kv, st, s: int, hits) -> list[tuple[int, int]] | None:
                         over.append((g, a1, b1, r))
     if len(over) == 1:  # (the usual case: one departed holder of the shared first blocks)
         g, a, b, r = over[0]
-        n = g.ref[a - g.lo:b - g.lo].count(1)
+        n = count_of(g.ref[a - g.lo:b - g.lo], 1)
         return [(r, n)] if n else []
     # each range of slots with the same departed holders: the slots held by those alone
     back = []
@@ -62,7 +64,7 @@ def departed_only(kv, st, s: int, hits) -> list[tuple[int, int]] | None:
         cuts = sorted({x for a, b, _ in mine for x in (a, b)})
         for a, b in zip(cuts, cuts[1:]):
             left = [r for a2, b2, r in mine if a2 <= a and b <= b2]
-            if left and (n := g.ref[a - g.lo:b - g.lo].count(len(left))):
+            if left and (n := count_of(g.ref[a - g.lo:b - g.lo], len(left))):
                 back.append((max(left), n))
     return back
 

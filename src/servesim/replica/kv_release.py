@@ -17,7 +17,7 @@ from typing import Any, Hashable
 from servesim.replica.block_keys import BlockKeys
 from servesim.replica.copies import copies_within
 from servesim.replica.free_queue import FreeQueue
-from servesim.replica.prefix_groups import ONE, Group
+from servesim.replica.prefix_groups import ONE, Group, count_of
 from servesim.replica.prefix_index import Held
 from servesim.replica.recent_keys import RecentKeys
 
@@ -91,7 +91,7 @@ class BlockRelease:
                 # shared blocks: freed by the last holder to leave (references left, per slot)
                 prior = dropped.get(g)
                 if prior is None:  # (the usual case: the first of those leaving to hold some)
-                    n += ref.count(1)
+                    n += count_of(ref, 1)
                     dropped[g] = ((i, j),)
                 elif type(prior) is tuple and len(prior) < _MAX_RANGES:  # (the ranges earlier leavers dropped)
                     n += _left_one(ref, i, j, prior)
@@ -186,7 +186,7 @@ def _left_one(ref, i: int, j: int, prior: tuple) -> int:
     n = 0
     for a, b in zip(cuts, cuts[1:]):
         c = sum(1 for a2, b2 in prior if a2 <= a and b <= b2)
-        n += ref[a - i:b - i].count(c + 1)
+        n += count_of(ref[a - i:b - i], c + 1)
     return n
 
 
@@ -219,7 +219,7 @@ def _freed_with_copies(g: Group, ref: list[int], p0: int, inside: list[tuple[int
             i, j = q - lo, a - lo
             d = drops[i:j]
             if d.count(0) == j - i:  # (the usual case: no earlier leaver dropped a reference there)
-                n += ref[q - p0:a - p0].count(1)
+                n += count_of(ref[q - p0:a - p0], 1)
                 drops[i:j] = [1] * (j - i)
             else:
                 n += list(map(sub, ref[q - p0:a - p0], d)).count(1)
