@@ -99,6 +99,8 @@ class SpecStretchPricing:
         tokens left - 1 is the tighter bound), and k = 0 only on a request's last token."""
         if len(self._active) == 1 and self.prompt is None:
             self._lone_steps(horizon)
+            if self.final or self.ends[-1] >= horizon or len(self.ends) >= self.kmax:
+                return  # (the loop below would take no step: not its set-up either)
         ctx, rem, held = self._ctx, self._rem, self._held
         k_max, bs, kmax = self._k_max, self._bs, self.kmax
         ends, sizes, runs, emits_of, grants_of, allocs, rows_of = (
