@@ -91,7 +91,7 @@ class BlockKeys(Sequence):
         # (the lengths read once, an `IdRanges`' from its bounds: its `__len__` is a Python call)
         num_ids = ids.bounds[-1] if type(ids) is IdRanges else len(ids)
         num_mine = mine.bounds[-1] if type(mine) is IdRanges else len(mine)
-        n = min(num_ids, num_mine)
+        n = num_mine if num_mine < num_ids else num_ids
         if rk._list is not None or type(self.starts) is not range or self.starts.step != r or n < 2:
             return False
         # Packed as `RunKeys` would (all ids ints): the common ids equal the other's, which

@@ -191,8 +191,10 @@ class FastForwarding(StretchApply):
         reached uncut (or lets the newcomers join it)."""
         next_s = self.next_event_s()
         if self.lookahead > 1 or self.arrival_keeps(False, None):  # (a decode stretch's)
-            next_s = max(now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0_s, math.inf))
-        return min(next_s, self._own_horizon_s(timers))
+            a, b = now_s + (next_s - now_s) * self.lookahead, math.nextafter(end0_s, math.inf)
+            next_s = b if b > a else a
+        own = self._own_horizon_s(timers)
+        return own if own < next_s else next_s
 
     def _schedule_stretch_end(self, st: Stretch) -> None:
         """(Re)schedule the event that applies the stretch; any earlier one becomes void."""
@@ -273,7 +275,8 @@ class FastForwarding(StretchApply):
     def _own_horizon_s(self, timers: list | None = None) -> float:
         """The next time this replica changes by itself: a policy timer or the end of the run
         (`timers`: a stretch's that it runs through, `Stretch.timers`: the first it does not)."""
-        return min(self.until_s, self.scheduler.next_timer_s() if timers is None else timers[0])
+        t = self.scheduler.next_timer_s() if timers is None else timers[0]
+        return t if t < self.until_s else self.until_s
 
     def _decode_forms(self, n: int) -> DecodeForms | None:
         """The perf model's affine decode forms for batch sizes 0..n (at least), as arrays
@@ -341,7 +344,9 @@ class FastForwarding(StretchApply):
             # Nothing touched this replica: extend to at least four times the stretch's span so far.
             k = st.k
             own = self._own_horizon_s(st.timers if type(st) is Stretch else None)
-            horizon = min(own, max(self.next_event_s(), 4 * st.end_s - 3 * st.start_s))
+            a, b = self.next_event_s(), 4 * st.end_s - 3 * st.start_s
+            b = b if b > a else a
+            horizon = b if b < own else own
             if self.join_ahead and type(st) is Stretch and st.through:
                 # A busy replica among many whose join priced a few steps ahead (its scalar state
                 # kept at the last of them): as many again, from that state, rather than a numpy

@@ -224,7 +224,11 @@ def _fits(engine, st: Stretch, req: Request, s: int, chain: tuple | None, num_ru
     keys = req.kv_block_keys
     if keys is not None and type(keys) is not BlockKeys:
         return None
-    end = min(num_tokens // bs, keys.num_blocks) if keys is not None else 0
+    end = 0
+    if keys is not None:
+        end, nb = num_tokens // bs, keys.num_blocks
+        if nb < end:
+            end = nb
     kept = None  # the stretch's registration plan, checked against the runs this turn registers
     if end > hits.num_keyed:  # (its lookup read at most these keys past its hits)
         runs = prefix.unindexed(keys, hits.num_keyed, end)

@@ -164,7 +164,9 @@ class PrefixCaching:
             keys = req.kv_block_keys
             held = held_of.get(req.id)
             if held is not None and keys is not None:
-                end = min(n // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys))
+                end, m = n // bs, keys.num_blocks if type(keys) is BlockKeys else len(keys)
+                if m < end:
+                    end = m
                 if held.num_keyed < end:
                     ranges.append((keys, held.num_keyed, end))
         return bool(ranges) and self._prefix.conflicts(ranges)
@@ -305,7 +307,10 @@ class PrefixCaching:
         if not self.enable_prefix_caching or keys is None:
             return
         n = keys.num_blocks if type(keys) is BlockKeys else len(keys)  # (not a Python `__len__` call)
-        full = min(full, n, k0 + held.num_plain)
+        if n < full:  # (`min(full, n, k0 + num_plain)` without the builtin's call)
+            full = n
+        if (c := k0 + held.num_plain) < full:
+            full = c
         if full > k0:
             self._prefix.register(keys, held, k0, full)
             held.num_keyed = full

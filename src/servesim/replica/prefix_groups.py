@@ -105,7 +105,9 @@ class Group:
         if i < 0:
             return 0
         if self.num_cached == len(self.ref):  # every slot cached (a conversation's context, usually): no scan
-            return max(min(s1 - self.lo, self.num_cached) - i, 0)
+            a, c = s1 - self.lo, self.num_cached
+            m = (c if c < a else a) - i
+            return 0 if 0 > m else m
         r = self.ref[i:s1 - self.lo]
         return r.index(-1) if -1 in r else len(r)
 
@@ -215,7 +217,7 @@ class Group:
         evicted, new end slot)."""
         i, j = s0 - self.lo, s1 - self.lo
         st, ref = self.stamp, self.ref
-        k = min(n, j - i)
+        k = j - i if j - i < n else n
         # The usual case: the last k slots are all still in the entry: known when all its slots
         # are (no hit since: 6,418 of 6,444 evictions of vllm mooncake at one replica), else
         # checked over those k only (an allocation often takes a block or two of hundreds).
@@ -231,7 +233,7 @@ class Group:
             c = seg.count(stamp)
             if not c:
                 return 0, s0
-            k = min(n, c)
+            k = c if c < n else n
             rev = seg[::-1]
             x = -1
             for _ in range(k):

@@ -213,7 +213,9 @@ def _listed_runs_in(g: Group, run_keys: list, i0: int, i1: int, starts: range) -
     maps to g while g is indexed."""
     runs = g.runs
     off = i0 - g.lo // starts.step
-    n = min(len(runs) - off, i1 - i0)
+    n, m = len(runs) - off, i1 - i0
+    if m < n:
+        n = m
     if off < 0 or n < 2:
         return 0
     # (compared without a copy of a list that is exactly n long: a next turn's context group

@@ -188,7 +188,7 @@ def spec_fast_forward(engine, now_s: float, out, dt0_s: float, plain: list[Reque
     for req, n in prefills:
         left = req.output_len - req.num_output_tokens
         if type(n) is tuple:  # a speculative decode: it emits its accepted drafts + 1
-            e = min(n[1] + 1, left)
+            e = left if left < (e := n[1] + 1) else e
             step0[id(req)] = (req, e, e, 2)
         elif n == req.prompt_len + req.num_output_tokens - req.num_computed_tokens and (ff.after_prefill or chunk):
             step0[id(req)] = (req, n, 1, 1)  # (with `chunk`: the policy vouches it decodes from step 1)

@@ -172,7 +172,8 @@ class SpecStretch(SpecStretchPricing, SpecStretchJoins):
 
     def step_in_flight(self, t: float) -> int:
         """The step running at `t` (the last one if `t` is at or after the end)."""
-        return min(bisect_left(self.ends, t), len(self.ends) - 1)
+        j, last = bisect_left(self.ends, t), len(self.ends) - 1
+        return last if last < j else j
 
     def add_waiting(self, t: float) -> None:
         """A request joined the waiting queue at `t` without cutting the stretch (as `Stretch`)."""

@@ -34,7 +34,11 @@ class SpecStretchPricing:
             if self._ahead > 1:  # (several replicas: the next arrival is more likely another's)
                 now_s = self._loop.now_s
                 next_s = now_s + (next_s - now_s) * self._ahead
-            horizon = min(horizon, max(next_s, math.nextafter(ends[-1], math.inf)))
+            b = math.nextafter(ends[-1], math.inf)
+            if b > next_s:
+                next_s = b
+            if next_s < horizon:
+                horizon = next_s
         if horizon >= self._until_s:  # (the policy's order holds only so far)
             horizon = self._until_s
         # (a block pays only past `least_block_steps` steps before the horizon: mostly not, at

@@ -67,7 +67,7 @@ class StretchApply:
             prefill_tokens, prefill_at = apply_stalled(st, steps_of, first, frees, joined)
             # (the growth before each stall as an entry of its own; each stall's requests silent)
             first_new = first_new + [f for _, f, _ in st.grown]
-            steps_of = steps_of + [min(s, steps_of[i]) for i, _, s in st.grown]
+            steps_of = steps_of + [m if (m := steps_of[i]) < s else s for i, _, s in st.grown]
             silent_at, silent_n = st.stalled_before(k)
         else:
             prefill_tokens = apply_step0_prompts(st.prefills, steps_of[nd:], first, st.ends_view)
@@ -114,8 +114,8 @@ class StretchApply:
         held = st.freed_blocks(self.kv)
         grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
         before = [i for i in finished if steps_of[i] < k]  # (those whose finish frees before the last step)
-        frees = [(steps_of[i], held(reqs[i]) + max(0, (steps_of[i] - first_new[i] - 1) // bs + 1) + grown.get(i, 0))
-                 for i in before]
+        frees = [(steps_of[i], held(reqs[i]) + (g if (g := (steps_of[i] - first_new[i] - 1) // bs + 1) > 0 else 0)
+                  + grown.get(i, 0)) for i in before]
         if st.settled:  # (turns that left before a next turn's join got their growth then: `settle_departed`)
             settled = st.settled
             got = {id(reqs[i]) for i in settled}

@@ -308,7 +308,8 @@ class StretchPricing:
         ctx_sum, active = self._ctx_sum, self._active
         rem = self._sorted_rem
         leave_at = rem[self._p] if rem is not None and self._p < len(rem) else -1  # next departure step (> j)
-        stop = min(stop, self.kmax)
+        if self.kmax < stop:
+            stop = self.kmax
         # Each step's end is stored as it is priced, at index j: appended to a list, or written
         # through the array's memoryview (about 290 instructions a step, where a list of the
         # steps packed and copied in after the loop cost about 9,000 a call of 20 steps). The
@@ -317,7 +318,7 @@ class StretchPricing:
         arr = type(ends) is not list
         if arr:
             ends = self._endv
-            lim = min(stop, len(ends))
+            lim = n if (n := len(ends)) < stop else stop
         else:
             del ends[j:]  # (what a truncation dropped)
             lim = stop
@@ -337,7 +338,7 @@ class StretchPricing:
                 self._priced = j  # (the array is full: `_room` doubles it, keeping the steps so far)
                 self._room(1)
                 ends = self._endv
-                lim = min(stop, len(ends))
+                lim = n if (n := len(ends)) < stop else stop
             else:
                 break
         self._ctx_sum, self._active = ctx_sum, active

@@ -24,7 +24,9 @@ def grown_blocks(st: Stretch, steps_of: list[int], block_size: int) -> dict[int,
     only: a stretch cut by a crash may stop before a stall)."""
     counts: dict[int, int] = {}
     for i, f, s in st.grown:
-        m = min(s, steps_of[i])
+        m = steps_of[i]
+        if not m < s:
+            m = s
         if f < m:
             counts[i] = counts.get(i, 0) + (m - f - 1) // block_size + 1
     return counts

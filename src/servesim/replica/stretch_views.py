@@ -63,7 +63,7 @@ class StretchViews:
             p = bisect_right(rem, j, p)
             # (every request gone, p = n: a chunk stretch's prompt runs on alone; a decode
             # stretch never gets there, j < kmax, the largest remaining)
-            stop = min(rem[p], k) if p < n else k
+            stop = k if p >= n or k < (r := rem[p]) else r
             sizes.append(n - p)
             lens.append(stop - j)
             j = stop

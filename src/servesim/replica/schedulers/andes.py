@@ -144,11 +144,12 @@ class AndesScheduler(VLLMSteps):
             if n > 0 and last_token.get(req.id, now_s) - arrival < ttft + n * lat and tok_lat <= lat:  # (`keeps_pace`)
                 q_serve = 1.0
             else:
-                q_serve = 1.0 - ((exp_len - min(n + served_ahead, exp_len)) / exp_len) ** 2
+                a = n + served_ahead
+                q_serve = 1.0 - ((exp_len - (exp_len if exp_len < a else a)) / exp_len) ** 2
             if n == 0:
                 q_wait = 1.0 if t + horizon <= ttft else 0.0
             else:
-                q_wait = 1.0 - ((exp_len - min(n, exp_len)) / exp_len) ** 2
+                q_wait = 1.0 - ((exp_len - (exp_len if exp_len < n else n)) / exp_len) ** 2
             out.append((q_serve - q_wait) * boost / round((req.prompt_len + n + 1) / bs + 0.5))
         return out
 

@@ -223,7 +223,8 @@ class AutellixAccounting:
             p = program(req)
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
             disc = discount.get(p, 0.0)
-            level = bisect_right(thresholds, max(raw - disc, 0.0))
+            x = raw - disc
+            level = bisect_right(thresholds, 0.0 if 0.0 > x else x)
             keys[req] = (level, req.arrival_s, req.id)
             if idle and req in idle:
                 continue  # (not scheduled in this step: eager until it is, `_idle`)
@@ -262,7 +263,8 @@ class AutellixAccounting:
             if atlas:
                 raw = base[req.id] + (raw if calls < 0 else value(calls))
             disc = discount.get(program(req), 0.0)
-            level = bisect_right(thresholds, max(raw - disc, 0.0))
+            x = raw - disc
+            level = bisect_right(thresholds, 0.0 if 0.0 > x else x)
             keys[req] = (level, req.arrival_s, req.id)
             if level >= len(thresholds):
                 run_lazy[req] = (slot, inf, calls)

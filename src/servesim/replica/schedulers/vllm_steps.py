@@ -188,7 +188,7 @@ class VLLMSteps(Scheduler):
             n = threshold
         if not chunked and n > budget:
             return 0
-        return min(n, budget)
+        return budget if budget < n else n
 
     def admit(self, req: Request, budget: int, out: SchedulerOutput, make_room: MakeRoom | None = None) -> int | None:
         """Admit waiting `req` with its prefix-cache hits and first chunk; the budget left, or
