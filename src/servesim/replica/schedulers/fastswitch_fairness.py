@@ -115,7 +115,11 @@ class FastSwitchFairness:
                 computed = req.num_computed_tokens
                 if req is prompt:
                     computed -= n * (start + k - last_refresh)
-                new_in = max(old_in, min(computed, req.prompt_len)) if emitted > 0 or req is prompt else old_in
+                if emitted > 0 or req is prompt:  # (max(old_in, min(computed, prompt)), as conditions)
+                    new_in = p_len if (p_len := req.prompt_len) < computed else computed
+                    new_in = new_in if new_in > old_in else old_in
+                else:
+                    new_in = old_in
                 delta = p.input_price * (new_in - old_in) + p.output_price * emitted
                 snap[req.tenant] = snap.get(req.tenant, 0.0) + delta
             self._snapshot, self._snap_step = snap, last_refresh

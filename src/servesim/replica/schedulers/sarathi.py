@@ -53,7 +53,7 @@ class SarathiScheduler(ArrivalOrdered, Scheduler):
         # 2) partially prefilled requests (their blocks were allocated at admission)
         for req in prefilling:
             kept.append(req)
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            n = budget if budget < (n := req.num_tokens - req.num_computed_tokens) else n
             if n > 0:
                 self.kv.allocate_slots(req, n)
                 out.scheduled.append((req, n))
@@ -129,7 +129,7 @@ class SarathiScheduler(ArrivalOrdered, Scheduler):
             self.running.append(req)
             self._appended += 1
             req.state = RequestState.RUNNING
-            n = min(req.num_tokens, budget)
+            n = budget if budget < (n := req.num_tokens) else n
             out.scheduled.append((req, n))
             budget -= n
 

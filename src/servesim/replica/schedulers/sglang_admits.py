@@ -55,7 +55,9 @@ def admits_at_finish(sched, num_running: int, free_blocks: int, ratio: float) ->
         if not is_fresh(req):
             return None
         ext = req.num_tokens
-        total = ext + min(max(sched.max_new(req) - req.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
+        left = sched.max_new(req) - req.num_output_tokens
+        left = 0 if 0 > left else left
+        total = ext + (CLIP_MAX_NEW_TOKENS if CLIP_MAX_NEW_TOKENS < left else left)
         if total >= rem_total and running:
             break  # its tokens do not fit: at the floor, fewer yet over decode steps
         if ext >= rem_input and joins:
