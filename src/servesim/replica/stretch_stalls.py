@@ -25,7 +25,7 @@ def grown_blocks(st: Stretch, steps_of: list[int], block_size: int) -> dict[int,
     counts: dict[int, int] = {}
     for i, f, s in st.grown:
         m = steps_of[i]
-        if not m < s:
+        if s <= m:  # (`min(s, m)` without the builtin's call)
             m = s
         if f < m:
             counts[i] = counts.get(i, 0) + (m - f - 1) // block_size + 1
