@@ -66,7 +66,7 @@ from servesim.replica.keyed_chunk_join import chunks_fit, join_in_chunks
 from servesim.replica.kv_prefix_caching import WHOLE
 from servesim.replica.schedulers.arrival_joins import never_computed
 from servesim.replica.stretch import Stretch
-from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _join_step_s, _priced_on, departs_together
+from servesim.replica.stretch_join import MAX_EXTRA_DEPARTED, _priced_on, departs_together, prompts_at_s
 from servesim.workload.request import Request
 
 
@@ -275,16 +275,10 @@ def _step_s(engine, st: Stretch, t: _Turn) -> tuple[float, bool] | None:
         st._sync()
     # (the scalar state is step s's)
     lean = chain is None and chunked is None and st._f is not None and st._priced == s
-    step_fn = getattr(engine.perf, "prompt_step_s", None) if lean else None
-    if chunked is not None or t.stall or chain is not None:
-        pass  # (priced above, or its steps after the admission: `join_in_chunks`)
-    elif step_fn is not None and (step_s := step_fn(num_running, n, st._ctx_sum, cached)) is not None:
-        pass  # (`step_time_s([(n, cached)], ctxs)`'s floats, from their sum)
-    elif cached:  # (stepping prices its chunk beside its cached context and the decodes')
-        ctxs = [c + s - 1 for c, r in zip(st.ctx1, st.remaining) if r > s]
-        step_s = engine.perf.step_time_s([(n, cached)], ctxs)
-    else:
-        step_s = _join_step_s(engine.perf, st, s, num_running, [(t.req, n)])
+    if chunked is None and not t.stall and chain is None:  # (else priced above, or by `join_in_chunks`)
+        # stepping prices its prompt beside its cached context and the decodes': from their
+        # context sum where the scalar state is step s's, as any join's (`prompts_at_s`)
+        step_s = prompts_at_s(engine.perf, st, s, num_running, [(n, cached)])
     return step_s, lean
 
 
