@@ -5,7 +5,7 @@ arrival (a queue's length, truth and iteration; a form by batch size) are C call
 from collections import deque
 
 from servesim.replica.fast_forward import DecodeFns
-from servesim.replica.schedulers.queues import FCFSQueue, SortedWaiting
+from servesim.replica.schedulers.queues import DensityQueue, FCFSQueue, SortedWaiting
 
 
 def test_fcfs_queue_order_and_answers():
@@ -23,6 +23,30 @@ def test_fcfs_queue_order_and_answers():
     # len, truth and iteration are the deque's own (no Python method per call)
     assert type(q).__len__ is deque.__len__ and type(q).__iter__ is deque.__iter__
     assert not hasattr(q, "__dict__")
+
+
+def test_density_queue_removes_as_a_deque_does_found_by_id_or_not():
+    """Andes's queue: `remove` takes the same request out as `deque.remove` (the first that
+    is it), whether bisection on the ids finds it (arrivals in id order) or the ids are out of
+    order there (prepended requests: the scan from the front)."""
+    import random
+    from types import SimpleNamespace
+
+    rng = random.Random(3)
+    for trial in range(300):
+        reqs = [SimpleNamespace(id=i) for i in range(rng.randint(1, 120))]
+        q, ref = DensityQueue(), deque()
+        for r in reqs:
+            if rng.random() < 0.15 and len(q):  # (a preempted one back at the front: out of id order)
+                x = rng.choice(list(q))
+                q.remove(x), ref.remove(x)
+                q.prepend(x), ref.appendleft(x)
+            q.append(r), ref.append(r)
+        while ref:
+            x = rng.choice(list(ref))
+            q.remove(x), ref.remove(x)
+            assert list(q) == list(ref)
+        assert not q
 
 
 def test_rekeyed_moves_each_request_as_a_remove_and_insert_would():

@@ -45,6 +45,7 @@ from servesim.replica.schedulers.andes_pending import SWAPPED, WAITING, PendingO
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.queues import DensityQueue
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -84,6 +85,7 @@ class AndesScheduler(VLLMSteps):
         self._qoe: dict[Request, tuple[float, float, float, float]] = {}
         # the pending requests in density order, kept up to date by the hooks below
         self._pending = PendingOrder(self)
+        self.waiting = DensityQueue()  # (admitted by density from anywhere in it)
 
     # ---- QoE model -------------------------------------------------------------------
     def _targets(self, req: Request) -> tuple[float, float]:

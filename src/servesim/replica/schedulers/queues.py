@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator
 
 from servesim.workload.request import Request
 
+REQUEST_ID = attrgetter("id")
+
 
 class FCFSQueue(deque):
     """First come, first served; preempted requests go back to the front (vLLM v1).
@@ -28,6 +30,27 @@ class FCFSQueue(deque):
         return self[0]
 
     # (`append`, `remove`, `clear`, `len`, `iter`: the deque's)
+
+
+class DensityQueue(FCFSQueue):
+    """`FCFSQueue` for a policy that admits from anywhere in it (Andes, by density). Requests
+    arrive in id order and most stay in it (a preempted one goes back to the front), so
+    `remove` looks a request up by bisection on the ids, `deque.remove`'s scan from the front
+    where that finds another. That scan compared about 550 requests of 830 per admission in
+    an overloaded Andes queue (5.5 % of its azure-conv-10x cell at 1 replica)."""
+
+    __slots__ = ()
+
+    def remove(self, req: Request) -> None:
+        if self[0] is req:
+            deque.popleft(self)
+            return
+        if len(self) > 32:
+            i = bisect_left(self, req.id, key=REQUEST_ID)
+            if i < len(self) and self[i] is req:
+                del self[i]
+                return
+        deque.remove(self, req)
 
 
 class PriorityQueue:
