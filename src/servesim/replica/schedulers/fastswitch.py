@@ -59,8 +59,9 @@ def _latest(reqs: list[Request]) -> Request | None:
     if not arrivals:
         return None
     last = max(arrivals)
-    if arrivals.count(last) == 1:
-        return reqs[arrivals.index(last)]
+    i = arrivals.index(last)
+    if last not in arrivals[i + 1:]:  # (one scan past the max where `count` made a second)
+        return reqs[i]
     return max(reqs, key=ARRIVAL_ID)
 
 
