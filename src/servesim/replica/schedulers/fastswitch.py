@@ -40,14 +40,13 @@ from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
 from servesim.replica.schedulers.fastswitch_stretches import FastSwitchStretches
-from servesim.replica.schedulers.queues import ARRIVAL_ID
+from servesim.replica.schedulers.queues import ARRIVAL_ID, REQUEST_ID
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
 from servesim.workload.request import Request, RequestState
 
 _ARRIVAL_S = attrgetter("arrival_s")
 _STATE = attrgetter("state")
-_ID = attrgetter("id")
 RUNNING = RequestState.RUNNING
 
 
@@ -238,7 +237,7 @@ class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
         states = map(RUNNING.__ne__, map(_STATE, islice(order, i, i + budget)))
         end = next(compress(count(i), states), min(len(order), i + budget))
         if (ready := self.swap_ready_s) and end > i:
-            end = next(compress(count(i), map(ready.__contains__, map(_ID, islice(order, i, end)))), end)
+            end = next(compress(count(i), map(ready.__contains__, map(REQUEST_ID, islice(order, i, end)))), end)
         return self.kv.allocate_leading_decodes(order[i:end]) if end > i else 0
 
     def _order(self) -> list[Request]:

@@ -12,8 +12,6 @@ from typing import Any, Callable, Iterator
 
 from servesim.workload.request import Request
 
-REQUEST_ID = attrgetter("id")
-
 
 class FCFSQueue(deque):
     """First come, first served; preempted requests go back to the front (vLLM v1).
@@ -192,6 +190,7 @@ def take_out(items, old: dict, keys: dict) -> list:
 
 
 ARRIVAL_ID = attrgetter("arrival_s", "id")  # (arrival order, ties by id: the same tuples as a lambda, built in C)
+REQUEST_ID = attrgetter("id")
 
 
 class CountsAppends:
