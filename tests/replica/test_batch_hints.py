@@ -182,7 +182,7 @@ def test_keyed_decodes_told_only_after_a_pass_registered_their_blocks(scheduler,
 def test_keyed_decodes_not_all_passed_are_not_told():
     """With prefix keys a step tells the cache of its decodes only if its allocation pass gave
     every one its token (another way in may leave keyed blocks unregistered); the pass's word
-    is read once. A policy that reorders its batch is not told."""
+    is read once. A policy that reorders its batch is told only without keys (as a set)."""
     engine, sched, kv, loop, done = make_engine()
     a, b, c = (make_request(i, 31, 50) for i in range(3))
     assert engine._told_kv([a, b]) is kv  # (no keys seen: the cache is told)
@@ -196,10 +196,59 @@ def test_keyed_decodes_not_all_passed_are_not_told():
     assert engine._told_kv([a, b]) is None
     kv.passed = [a, b, c]
     assert engine._told_kv([a, b]) is kv and kv.passed is None
-    # a policy that sorts its batch every step (autellix's levels) is told nothing: the next
-    # allocation would seldom find the decodes in their order
-    engine = make_engine(scheduler="autellix")[0]
-    assert engine.scheduler.reorders_running and engine._told_kv([a, b]) is None
+    # a policy that sorts its batch every step (autellix's levels) is told without keys (as a
+    # set: `quiet_decodes`), not with them: its allocation pass keeps no `passed`
+    engine, _, kv = make_engine(scheduler="autellix")[:3]
+    assert engine.scheduler.reorders_running and engine._told_kv([a, b]) is kv
+    engine.keys_seen = True
+    kv.passed = None  # (what `_start_step` leaves for a policy that reorders)
+    assert engine._told_kv([a, b]) is None
+
+
+def test_a_reordered_batch_is_told_the_decodes_that_need_nothing(monkeypatch):
+    """Autellix sorts its batch by level at every step, so the engine tells the cache of the
+    decodes going on whose next token falls in a block they hold, as a set (`quiet_decodes`),
+    and its allocation passes look only at the others, in their order. Whenever a pass takes
+    the set, each of them in its batch decodes and has room for its token; the run is the same
+    request for request as one told nothing, and the set is taken at most steps, the batch
+    reordered (levels move: a short first quantum) and requests preempted."""
+    from servesim.replica.engine import Engine
+
+    allocate = KVCacheManager._allocate_decodes
+    seen = {"passes": 0, "set": 0, "quiet": 0, "reordered": 0}
+
+    def checked(self, reqs, whole):
+        seen["passes"] += 1
+        told = self.expected
+        if type(told) is set:
+            seen["set"] += 1
+            for r in filter(told.__contains__, reqs):
+                h = self._held[r.id]
+                assert r.num_output_tokens and r.prompt_len + r.num_output_tokens == r.num_computed_tokens + 1
+                assert r.num_computed_tokens < (h.num_keyed + h.num_plain) * self.block_size
+                seen["quiet"] += 1
+        return allocate(self, reqs, whole)
+
+    monkeypatch.setattr(KVCacheManager, "_allocate_decodes", checked)
+    runs = []
+    for told in (Engine._told_kv, lambda self, decodes: None):
+        monkeypatch.setattr(Engine, "_told_kv", told)
+        engine, sched, kv, loop, done = _overloaded("autellix", {"base_quantum_s": 0.002})
+        order = sched._order_running
+
+        def watched(key):
+            before = list(sched.running)
+            order(key)
+            seen["reordered"] += [r for r in sched.running if r in before] != before
+        sched._order_running = watched
+        reqs = _requests(seed=13, n=120)
+        serve(engine, loop, reqs)
+        engine.drain(loop.now_s)
+        kv.check_all_free()
+        assert len(done) == len(reqs) and any(r.num_preemptions for r in reqs)
+        runs.append(_outcomes(reqs))
+    assert runs[0] == runs[1]
+    assert seen["set"] > 0.4 * seen["passes"] and seen["quiet"] > 3000 and seen["reordered"] > 100, seen
 
 
 def test_the_last_steps_word_is_not_taken_for_another_batch():

@@ -318,7 +318,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         if self.on_change:
             self.on_change(now_s)
         step = self.recorder.num_steps
-        finished = advance_decodes_step(decodes, step, self._told_kv(decodes), self.keys_seen)
+        finished = advance_decodes_step(decodes, step, self._told_kv(decodes), self.keys_seen,
+                                        not self.scheduler.reorders_running)
         prefill_tokens = 0
         emitted = len(decodes)
         ports, handoffs = self.ports, []
@@ -354,9 +355,10 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
 
     def _told_kv(self, decodes: list[Request]) -> KVCacheManager | None:
         """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`): one whose allocations read it
-        (not attention DP's ranks'), no KV ports, a batch kept in order; keyed, if its pass took all (`passed_all`)."""
+        (not attention DP's ranks'), no KV ports; keyed, if its pass took all (`passed_all`: a batch kept in order).
+        A batch sorted again before the next allocation (`reorders_running`) is told as a set: `advance_and_tell`."""
         kv = self.kv
-        told = self.ports is None and isinstance(kv, KVCacheManager) and not self.scheduler.reorders_running
+        told = self.ports is None and isinstance(kv, KVCacheManager)
         return kv if told and (not self.keys_seen or kv.passed_all(decodes)) else None
 
     def emit(self, req: Request, step: int, time_s: float) -> None:

@@ -46,6 +46,7 @@ methods come from mixins, one per responsibility: prefix lookups and registratio
 
 from __future__ import annotations
 
+from itertools import filterfalse
 from typing import Any, Sequence
 
 from servesim.replica.block_keys import BlockKeys, block_keys
@@ -103,8 +104,9 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         self._planned = None  # a stretch's registration, planned by `keys_conflict_many`
         # What the engine's last stepped step told of its decodes (`token_advance.advance_and_tell`:
         # the decodes, those of them that finished, those going on whose next token starts a
-        # block), for the allocation of the next `schedule` only (the engine clears it).
-        self.expected: tuple[list, tuple, list] | None = None
+        # block), for the allocation of the next `schedule` only (the engine clears it); a set, of
+        # those going on and not edges, where the batch is sorted again before it (`quiet_decodes`).
+        self.expected: tuple[list, tuple, list] | set | None = None
         # The requests the last `_allocate_decodes` pass gave their token, each with every full
         # keyed block registered (all or nothing: `register_appends`): a batch with prefix keys
         # is told only of decodes such a pass covered (`Engine._told_kv`). Kept only where the
@@ -252,8 +254,18 @@ class KVCacheManager(PrefixCaching, BlockRelease, CPUSwap):
         prefix = self.enable_prefix_caching
         free = self.num_free_blocks
         n = len(reqs)
-        start, edges = self._known_decodes(reqs) if self.expected is not None else (0, ())
-        rest = reqs[start:] if start else reqs
+        told = self.expected
+        if told is None:
+            start, edges, rest = 0, (), reqs
+        elif type(told) is set:
+            # (a batch sorted again since it was told, Autellix's: those told to need nothing, in C,
+            # the others looked at below in the allocation's order. Kept for the schedule's later
+            # passes: nothing before the engine clears it changes those told of, but an eviction,
+            # which takes the request out of the batch for the rest of the schedule)
+            start, edges, rest = 0, (), filterfalse(told.__contains__, reqs)
+        else:
+            start, edges = self._known_decodes(reqs)
+            rest = reqs[start:] if start else reqs
         for r in edges:  # (of the leading `start`, known to decode: only these may need a block or register one)
             h = held[r.id]
             nc = r.num_computed_tokens

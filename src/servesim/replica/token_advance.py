@@ -83,12 +83,12 @@ def advance_decodes_by(decodes: list[Request], m: int, first: int) -> None:
 
 
 def advance_decodes_step(decodes: list[Request], step: int, kv: KVCacheManager | None = None,
-                         keyed: bool = False) -> list[Request]:
+                         keyed: bool = False, in_order: bool = True) -> list[Request]:
     """`advance_decodes_by(decodes, 1, step)` for one stepped step, returning those that emitted
     their last token, in order: the engine's one pass over the batch where it took two. With
     `kv`, also tells it what its next allocation will find (`advance_and_tell`)."""
     if kv is not None:
-        return advance_and_tell(decodes, step, kv, keyed)
+        return advance_and_tell(decodes, step, kv, keyed, in_order)
     prev = step - 1
     finished = []
     for req in decodes:
@@ -104,7 +104,8 @@ def advance_decodes_step(decodes: list[Request], step: int, kv: KVCacheManager |
     return finished
 
 
-def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager, keyed: bool = False) -> list[Request]:
+def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager, keyed: bool = False,
+                     in_order: bool = True) -> list[Request]:
     """`advance_decodes_step`, telling `kv` which of the decodes go on (all but those that
     finished) and which of those start a block with their next token (`edges`): in the next
     step's allocation only these may need a block, the others' tokens fall in blocks they hold
@@ -112,7 +113,9 @@ def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager, keye
     `Engine._told_kv`): those whose next token completes a block are edges too, the only ones
     that may register one. One look per request here saves the allocation's pass over
     the batch (a stepped step's largest cost under overload). A loop of its own: the edge test
-    in `advance_decodes_step`'s, for batches not told, cost vllm mooncake 1 1 % of its instructions."""
+    in `advance_decodes_step`'s, for batches not told, cost vllm mooncake 1 1 % of its instructions.
+    Not `in_order` (a policy that sorts its batch again before the next allocation, Autellix's
+    levels): told as the set of those going on that are not edges (`quiet_decodes`)."""
     prev, bs = step - 1, kv.block_size
     finished, edges = [], []
     # (two loops that differ in the edge test alone: one with a test of `keyed`'s offset per
@@ -144,8 +147,17 @@ def advance_and_tell(decodes: list[Request], step: int, kv: KVCacheManager, keye
             elif not nc % bs:
                 edges.append(req)
     if len(finished) < len(decodes):  # (a copy: the engine adds the step's other finishes to its list)
-        kv.expected = (decodes, tuple(finished), edges)
+        kv.expected = (decodes, tuple(finished), edges) if in_order else quiet_decodes(decodes, finished, edges)
     return finished
+
+
+def quiet_decodes(decodes: list[Request], finished: list[Request], edges: list[Request]) -> set[Request]:
+    """The decodes going on whose next token falls in a block they hold (none to grow or
+    register): what a batch whose order changes is told (`KVCacheManager._allocate_decodes`
+    passes over them in C, in whatever order the allocation lists them). Made in C too."""
+    quiet = set(decodes)  # (requests hash by identity)
+    quiet.difference_update(finished, edges)
+    return quiet
 
 
 def delivered_at(prefills: list, finished: list[Request], client_s: float, now_s: float) -> None:
