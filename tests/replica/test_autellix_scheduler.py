@@ -119,6 +119,43 @@ def test_kept_keys_equal_fresh_keys_at_every_step(params):
     assert max(checked) > 10 and len(checked) >= len(steps) > 100
 
 
+def test_an_idle_lone_calls_key_stands_while_it_waits_for_budget():
+    """A lone call running but left out of a step (a prompt chunked behind another's) is keyed
+    at the step's end; while it stays idle nothing moves its service, so later passes leave its
+    key as it is (`_idle_keyed`). Checked against the key from its service before every
+    decision; the run is the same step for step as one that keys it at every step."""
+    from bisect import bisect_right
+
+    def run(stand: bool):
+        engine, sched, kv, loop, done = make_engine(num_blocks=200, scheduler="autellix", max_num_seqs=8,
+                                                    max_num_batched_tokens=32, fast_forward=False,
+                                                    params={"base_quantum_s": 0.01})
+        reqs = [make_request(i, 40 + 30 * (i % 4), 5 + 3 * (i % 5), arrival=0.002 * i) for i in range(30)]
+        schedule, step_end, stood = sched.schedule, sched.on_step_end, []
+
+        def checking(now_s):
+            for r in sched._idle_keyed & sched._idle:
+                p = sched.program(r)
+                x = max(sched.service_s[p] - sched.discount_s.get(p, 0.0), 0.0)
+                assert sched._keys[r] == (bisect_right(sched.thresholds, x), r.arrival_s, r.id)
+                stood.append(r.id)
+            return schedule(now_s)
+
+        def keying_all(output, now_s):
+            if not stand:
+                sched._idle_keyed = frozenset()
+            step_end(output, now_s)
+
+        sched.schedule, sched.on_step_end = checking, keying_all
+        steps = run_logged(engine, loop, reqs)
+        assert len(done) == 30 and all(r.state == RequestState.FINISHED for r in reqs)
+        return steps, [(r.id, r.first_token_s, r.finish_s) for r in reqs], stood
+
+    steps, outcomes, stood = run(True)
+    assert run(False)[:2] == (steps, outcomes)
+    assert len(stood) > 50 and len(set(stood)) > 5
+
+
 @pytest.mark.parametrize("preemption_mode, mode", [("swap", "plas"), ("recompute", "plas"), ("swap", "atlas")])
 def test_lazy_waiting_time_of_lone_calls_is_exactly_the_per_step_sum(preemption_mode, mode):
     """Lone calls (no program, no session) have their waiting time added when they stop

@@ -75,7 +75,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     max_join_chunks = 1
     # Its own state in slots: with the base classes' 16 attributes, its 39 in the instance dict
     # were past CPython 3.11's 30 inline values (every attribute read took the dict's look-up)
-    __slots__ = ("_calls_held", "_due", "_due_seq", "_entered", "_idle", "_joined", "_keys", "_lazy", "_lazy_turn",
+    __slots__ = ("_calls_held", "_due", "_due_seq", "_entered", "_idle", "_idle_keyed", "_joined", "_keys", "_lazy", "_lazy_turn",
                  "_queued_s", "_run_due", "_run_lazy", "_run_sums", "_step_start_s", "_told",
                  "_transferred", "_wait_sums", "call_base_s", "call_service_s", "discount_s", "preemption_mode",
                  "service_s", "thresholds", "wait_s")
@@ -136,6 +136,10 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # while it waits for budget). Eager credits give the same floats: nothing is added
         # while it is not scheduled, each step's length once it is.
         self._idle: set[Request] = set()
+        # Those of them that are lone calls, keyed at the last step's end: while they stay idle
+        # nothing moves their service or discount, so their keys stand (`_rekey_running` passes
+        # over them: a Mooncake prompt waiting for budget behind another's chunks, step after step).
+        self._idle_keyed: set[Request] | frozenset = frozenset()
         # A session's call is credited lazily too while it is its session's only call held (a
         # chat's turns follow one another): its program then serves only it and nothing else
         # moves its key, as for a lone call. `_calls_held[session]`: its calls held here;

@@ -219,7 +219,10 @@ class AutellixAccounting:
         base, discount, keys, run_lazy = self.call_base_s, self.discount_s, self._keys, self._run_lazy
         thresholds, held, lazy_turn = self.thresholds, self._calls_held, self._lazy_turn
         open_sum, idle = self._run_sums.open, self._idle
+        stand = self._idle_keyed & idle if idle else ()  # (lone, idle since the last pass: keys as they were)
         for req in filterfalse(run_lazy.__contains__, self.running):  # (`_fresh_key`, inlined)
+            if stand and req in stand:
+                continue
             p = program(req)
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
             disc = discount.get(p, 0.0)
@@ -245,6 +248,7 @@ class AutellixAccounting:
                     run_lazy[req] = (open_sum(s0), t, calls)
                     self._due_seq += 1
                     heappush(self._run_due, (t, self._due_seq, req))
+        self._idle_keyed = {r for r in idle if r.program_id is None and r.session_id is None} if idle else frozenset()
 
     def _rekey_due(self, due: list, now_s: float) -> None:
         """Keys of the lazy running calls due in this step (`_credit`), read from their sums after
