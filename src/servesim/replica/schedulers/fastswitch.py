@@ -31,8 +31,8 @@ The fairness bookkeeping (counters, snapshot, lift, held requests, `_key`) is
 from __future__ import annotations
 
 from functools import partial
-from itertools import compress, count, islice
-from operator import attrgetter
+from itertools import compress, count, islice, repeat
+from operator import attrgetter, is_not
 
 from pydantic import Field
 
@@ -234,7 +234,9 @@ class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
         walk asks `is_swap_ready`, which forgets a copy done; for the others it answers yes
         and changes nothing), within the budget: how many got their token (in C but for the
         bulk call: the run's end found by iterators, not a Python loop)."""
-        states = map(RUNNING.__ne__, map(_STATE, islice(order, i, i + budget)))
+        # (states are the enum's members: `is_not` a plain C function of two, where the member's
+        # bound `__ne__` took a wrapper call and the int comparison per request, about 40 % more)
+        states = map(is_not, map(_STATE, islice(order, i, i + budget)), repeat(RUNNING))
         end = next(compress(count(i), states), min(len(order), i + budget))
         if (ready := self.swap_ready_s) and end > i:
             end = next(compress(count(i), map(ready.__contains__, map(REQUEST_ID, islice(order, i, end)))), end)
