@@ -40,6 +40,7 @@ from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
 from servesim.replica.schedulers.fastswitch_stretches import FastSwitchStretches
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.replica.schedulers.queues import ARRIVAL_ID, REQUEST_ID
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
@@ -138,7 +139,7 @@ class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
         first = self._decodes_from(order, 0, budget)  # (the walk's first steps, nothing admitted between)
         if first:
             out.known_decodes = known = order[:first]
-            out.scheduled = [(req, 1) for req in known]
+            out.scheduled = one_token_each(known)
             out.num_known_decodes = first
             budget -= first
             running_left -= first
@@ -147,7 +148,7 @@ class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
             req = order[i]
             if req.state == RequestState.RUNNING:
                 if i >= walked_to and budget > 0 and (k := self._decodes_from(order, i, budget)):
-                    out.scheduled.extend([(r, 1) for r in order[i:i + k]])
+                    out.scheduled += one_token_each(order[i:i + k])
                     budget -= k
                     running_left -= k
                     i += k - 1

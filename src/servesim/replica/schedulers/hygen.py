@@ -28,6 +28,7 @@ from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_of
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -94,7 +95,7 @@ class HyGenScheduler(VLLMSteps):
             # form); the loop goes on from the first one left (under overload the batch's
             # chunked prompt, last, or a decode without a free block).
             out.known_decodes = known = online[:i]
-            out.scheduled = [(req, 1) for req in known]
+            out.scheduled = one_token_each(known)
             out.num_known_decodes = i
             budget -= i
         scheduled = out.scheduled  # (`evict` edits it in place)
@@ -119,7 +120,7 @@ class HyGenScheduler(VLLMSteps):
                 # fit. (The victims, taken from the end, are not decodes any more: recomputed.)
                 k = lead(online[i:i + budget])
                 if k:
-                    scheduled.extend([(r, 1) for r in online[i:i + k]])
+                    scheduled += one_token_each(online[i:i + k])
                     budget -= k
                     i += k
         if not any(r for r in out.preempted if not r.is_offline):

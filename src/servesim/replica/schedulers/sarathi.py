@@ -26,6 +26,7 @@ from servesim.replica.schedulers.arrival_joins import is_fresh, whole_prompts
 from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_THROUGH, FastForward, Scheduler, SchedulerOutput, SchedulerParams,
 )
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.replica.schedulers.queues import ARRIVAL_ID, ArrivalOrdered
 from servesim.workload.request import Request, RequestState
 
@@ -85,7 +86,7 @@ class SarathiScheduler(ArrivalOrdered, Scheduler):
                 bulk = False  # (the next is not a decode, or does not fit: the walk's)
                 if k:
                     taken = queue[i:i + k]
-                    scheduled.extend([(r, 1) for r in taken])
+                    scheduled += one_token_each(taken)
                     kept.extend(taken)
                     i += k
                     continue

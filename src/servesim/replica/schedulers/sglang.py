@@ -47,6 +47,7 @@ from servesim.replica.radix_cache import RadixKVCache
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.batch_passes import CLIP_MAX_NEW_TOKENS, decoding_requests
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.replica.schedulers.queues import SortedWaiting
 from servesim.replica.schedulers.sglang_admits import SGLangFinishAdmits
 from servesim.replica.schedulers.sglang_policy import ordered_waiting
@@ -222,7 +223,7 @@ class SGLangScheduler(SGLangStretches, SGLangFinishAdmits, SGLangReserve, Schedu
                     out.scheduled.append((req, 1))
         else:  # everyone fits: the same blocks, taken in the same order, as one by one
             self.kv.allocate_plain_many(grants)
-            out.scheduled = [(req, 1) for req in decoding]
+            out.scheduled = one_token_each(decoding)
             out.num_known_decodes = len(decoding)
             out.known_decodes = decoding[:]
         if out.scheduled and not out.preempted:

@@ -51,6 +51,7 @@ from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.batch_passes import decoding_requests
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.replica.schedulers.trtllm_stretches import TRTLLMStretches
 from servesim.workload.request import Request
 
@@ -200,7 +201,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         if not self.waiting and running and len(running) <= min(self.max_num_tokens, self.max_batch_size) \
                 and self.kv.allocate_decodes(running):
             # Same outcome as the passes below: everyone generates and every block fits.
-            out.scheduled = [(req, 1) for req in running]
+            out.scheduled = one_token_each(running)
             out.num_known_decodes = len(running)
             out.known_decodes = running[:]
             return out
@@ -288,7 +289,7 @@ class TRTLLMScheduler(TRTLLMStretches, Scheduler):
         gen = self.gen_tokens
         count = self.kv.allocate_leading_decodes(fitting[:min(budget // gen, cap)])
         tokens = count * gen
-        out.scheduled += [(req, 1) for req in fitting[:count]]
+        out.scheduled += one_token_each(fitting[:count])
         contexts: list[tuple[Request, int, object]] = []  # (request, context tokens left, hits or None)
         for i in range(count, len(fitting) if count < cap else count):
             req = fitting[i]

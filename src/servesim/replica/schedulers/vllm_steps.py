@@ -21,6 +21,7 @@ from operator import indexOf, itemgetter
 from typing import Callable
 
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.workload.request import Request
 
 # Frees room for a request that cannot get its blocks or a sequence slot: returns the tokens
@@ -64,7 +65,7 @@ class VLLMSteps(Scheduler):
             i = self.kv.allocate_leading_decodes(running if len(running) <= budget else running[:budget])
             if i:
                 out.known_decodes = known = running[:i]
-                out.scheduled = [(req, 1) for req in known]
+                out.scheduled = one_token_each(known)
                 out.num_known_decodes = i
                 budget -= i
                 if i == len(running):
@@ -109,7 +110,7 @@ class VLLMSteps(Scheduler):
                 # to the first that is not a decode or does not fit.
                 k = self.kv.allocate_leading_decodes(running[i:i + budget])
                 if k:
-                    scheduled.extend([(r, 1) for r in running[i:i + k]])
+                    scheduled += one_token_each(running[i:i + k])
                     budget -= k
                     i += k
         return budget

@@ -34,6 +34,7 @@ from servesim.replica.schedulers.base import (
     SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_until_blocked
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.replica.schedulers.queues import ARRIVAL_ID, ArrivalOrdered
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request
@@ -146,7 +147,7 @@ class VLLMV0Scheduler(ArrivalOrdered, VLLMSteps):
             if req is None:
                 order[i - 1] = None  # (preempted: not kept)
         kept = [r for r in order[:end] if r is not None]
-        out.scheduled += [(r, 1) for r in kept]
+        out.scheduled += one_token_each(kept)
         self.running = kept
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:

@@ -37,6 +37,7 @@ from pydantic import Field
 from servesim.replica.kv_cache import cdiv
 from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput, SchedulerParams
+from servesim.replica.schedulers.outputs import one_token_each
 from servesim.replica.schedulers.vtc_peak import FewPeakItems, PeakItems, peak_items
 from servesim.replica.schedulers.vtc_stretches import VTCStretches
 from servesim.workload.request import Request, RequestState
@@ -171,7 +172,7 @@ class VTCScheduler(VTCStretches, Scheduler):
         running, kv = self.running, self.kv
         i = out.num_known_decodes = kv.allocate_leading_decodes(running)  # (the engine's hint: decodes)
         out.known_decodes = known = running[:i]
-        out.scheduled = [(req, 1) for req in known]
+        out.scheduled = one_token_each(known)
         while i < len(running):
             req = running[i]
             preempted = False
@@ -188,7 +189,7 @@ class VTCScheduler(VTCStretches, Scheduler):
             # for another reason (a block key another request registered) would fail again,
             # and retrying after every request would scan the batch once per request.
             if preempted and (k := kv.allocate_leading_decodes(running[i:])) > 0:
-                out.scheduled += [(req, 1) for req in running[i:i + k]]
+                out.scheduled += one_token_each(running[i:i + k])
                 i += k
         if out.scheduled:
             self._mark_decodes(out, 0)
