@@ -75,8 +75,8 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
     max_join_chunks = 1
     # Its own state in slots: with the base classes' 16 attributes, its 39 in the instance dict
     # were past CPython 3.11's 30 inline values (every attribute read took the dict's look-up)
-    __slots__ = ("_calls_held", "_due", "_due_seq", "_entered", "_idle", "_idle_keyed", "_joined", "_keys", "_lazy", "_lazy_turn",
-                 "_queued_s", "_run_due", "_run_lazy", "_run_sums", "_step_start_s", "_told",
+    __slots__ = ("_calls_held", "_due", "_due_seq", "_entered", "_idle", "_idle_keyed", "_joined", "_keys", "_lazy",
+                 "_lazy_turn", "_queued_s", "_run_due", "_run_lazy", "_run_sums", "_step_start_s", "_told",
                  "_transferred", "_wait_sums", "call_base_s", "call_service_s", "discount_s", "preemption_mode",
                  "service_s", "thresholds", "wait_s")
 
