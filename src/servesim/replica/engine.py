@@ -354,9 +354,8 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
             self._finish_and_continue(out, finished, now_s)
 
     def _told_kv(self, decodes: list[Request]) -> KVCacheManager | None:
-        """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`): one whose allocations read it
-        (not attention DP's ranks'), no KV ports; keyed, if its pass took all (`passed_all`: a batch kept in order).
-        A batch sorted again before the next allocation (`reorders_running`) is told as a set: `advance_and_tell`."""
+        """The KV cache a stepped step tells of its decodes (`KVCacheManager.expected`, a set if the batch is sorted
+        again): one whose allocations read it (not attention DP's ranks'), no KV ports; keyed, if its pass took all."""
         kv = self.kv
         told = self.ports is None and isinstance(kv, KVCacheManager)
         return kv if told and (not self.keys_seen or kv.passed_all(decodes)) else None
