@@ -79,10 +79,14 @@ def first_shared_pin(st: Stretch, kv, until_s: float) -> float:
     request's blocks."""
     keeps, delay = st.kept[0], st.kept[1]
     ends, k, own = st.ends_view, st.k, st.own_pins
+    r = st._sorted_rem[0]  # (the first departure's pin expires first: mostly after `until_s`)
+    if r > k or ends[r - 1] + delay > until_s:
+        return INF
     first = INF
     for r, req in zip(st.remaining, st.reqs):
-        if r <= k and (t := ends[r - 1] + delay) <= until_s and t < first and keeps(req):
-            alone = own.get(req.id)
+        # (a request found alone was kept: its answer is read before the policy is asked again)
+        if (r <= k and (t := ends[r - 1] + delay) <= until_s and t < first
+                and (alone := own.get(req.id)) is not True and keeps(req)):
             if alone is None:
                 alone = own[req.id] = (not (st.rests and any(st.reqs[i] is req for _, i, _ in st.rests))
                                        and kv.blocks_freed([req.id], {})[0] == kv.num_blocks_of(req.id))
