@@ -360,7 +360,13 @@ def _stall_keyed(kv, st: Stretch, s: int, kept: tuple | None) -> None:
             stalled.append(r)
     if planned is not None and stalled:
         _, _, _, _, plan, tokens, caps = planned
-        at = {id(item[0]): i for i, item in enumerate(plan[0])}  # (an item per request with blocks to register)
+        items = plan[0]  # (an item per request with blocks to register; joins append theirs)
+        if st.plan_at is None or st.plan_at[0] is not items:
+            st.plan_at = [items, {}, 0]
+        _, at, mapped = st.plan_at
+        if mapped < len(items):
+            at.update({id(items[i][0]): i for i in range(mapped, len(items))})
+            st.plan_at[2] = len(items)
         held_of = kv._held
         for r in stalled:
             i = at.get(id(held_of.get(r.id)))

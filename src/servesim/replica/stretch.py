@@ -49,7 +49,8 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
                  "_p", "_f", "_ctx_total", "_prefix_sums", "_ends", "_endv", "_priced", "_step1_s", "joins", "join_blocks", "limited",
                  "_need_at", "keyed_last", "_freed", "num_noticed", "notice_at", "notice_id", "stalls", "grown",
                  "_stall_need", "prompt_runs", "join_shared", "rests", "_fin", "kept", "chain_at", "held",
-                 "waiting_to", "spent_to", "timers", "in_order", "taken_back", "settled", "sessions", "own_pins")
+                 "waiting_to", "spent_to", "timers", "in_order", "taken_back", "settled", "sessions", "own_pins",
+                 "plan_at")
     grows = False  # does a prompt's chunk allocate blocks at each step? (a vLLM `ChunkStretch` sets its own)
     spends_budget = False  # do its steps spend the whole token budget on a prompt's chunks? (`Engine.arrival_keeps`)
 
@@ -109,6 +110,9 @@ class Stretch(StretchJoins, StretchPricing, StretchViews):
         # `through` with prefix keys: the last step of each keyed request (remaining - 1), up
         # to which it registers its blocks; None otherwise (every one registers up to k - 1)
         self.keyed_last: list[int] | None = None
+        # the kept registration plan's items and each one's index by its request's held blocks
+        # (`id`), as far as they were mapped (`keyed_join._stall_keyed`: the plan grows by joins)
+        self.plan_at: list | None = None
         self._freed: dict | None = None  # `freed_blocks`' answers, by request id
         # through finishes that may keep their blocks (`FastForward.finish_timer_s`): (the
         # policy's `keeps_blocks`, the timer's seconds after a finish, its `finish_timer_key`);
