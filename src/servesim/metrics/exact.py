@@ -24,8 +24,10 @@ _HIGH_MASK = np.uint64((1 << 64) - (1 << _LOW))
 _CHUNK = 1 << 16  # values summed per bincount (each bin's partial sums stay far below 2^53 units: exact)
 # Consecutive values are added into different copies of the bins (lanes): values of one
 # magnitude fall in one bin, and a long run of additions to one accumulator, each waiting for
-# the previous, made numpy's bincount ~20 times slower on arrays beyond the CPU caches.
-_LANES = 4
+# the previous, made numpy's bincount ~20 times slower on arrays beyond the CPU caches. A
+# step log's durations (one bin for most of a stretch's steps) still waited on each other
+# with 4 lanes: 8 took a tenth off a matrix cell's sums (orca sessions at 8 replicas).
+_LANES = 8
 _LANE = np.arange(_CHUNK, dtype=np.intp) % _LANES
 _E = np.maximum(np.arange(_BINS) & 0x7FF, 1) - 1075  # log2 of the unit in the last place, per bin
 _UNIT_LO = _E  # a low part is a multiple of 2^(exponent - 1075) below 2^26 of them
