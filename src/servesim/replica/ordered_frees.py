@@ -23,8 +23,6 @@ Exact as stepping one by one: tests/replica/test_ordered_frees.py.
 
 from __future__ import annotations
 
-from servesim.replica.stretch_joins import _growth
-
 
 def allocate_in_order(kv, st, steps_of: list[int], finished: list[int], block_size: int) -> None:
     """The stretch `st`'s growth and its finished requests' releases, run by run of steps
@@ -35,8 +33,11 @@ def allocate_in_order(kv, st, steps_of: list[int], finished: list[int], block_si
     while lo < k:
         hi = steps_of[finished[i]] if i < n else k  # (the next departure: after its last step, hi - 1)
         if hi > lo:
-            grants = [(req, c) for req, f, m in zip(reqs, first_new, steps_of)
-                      if f < m and (c := _growth(f, lo, hi if hi < m else m, block_size))]
+            # (`_growth(f, lo, min(hi, m), block_size)` written out: a call per request and run
+            # was most of this pass, at every departure of the stretch)
+            grants = [(req, (h - 1 - g) // block_size + 1) for req, f, m in zip(reqs, first_new, steps_of)
+                      if f < m and (g := f if f >= lo else f + (lo - f + block_size - 1) // block_size * block_size)
+                      < (h := hi if hi < m else m)]
             kv.allocate_plain_many(grants)
         while i < n and steps_of[finished[i]] == hi:
             kv.cache_finished(reqs[finished[i]])
