@@ -79,8 +79,8 @@ def first_shared_pin(st: Stretch, kv, until_s: float) -> float:
     request's blocks."""
     keeps, delay = st.kept[0], st.kept[1]
     ends, k, own = st.ends_view, st.k, st.own_pins
-    r = st._sorted_rem[0]  # (the first departure's pin expires first: mostly after `until_s`)
-    if r > k or ends[r - 1] + delay > until_s:
+    r0 = st._sorted_rem[0]  # (the first departure's pin expires first: mostly after `until_s`)
+    if r0 > k or ends[r0 - 1] + delay > until_s:
         return INF
     first = INF
     for r, req in zip(st.remaining, st.reqs):
