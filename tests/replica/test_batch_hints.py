@@ -275,3 +275,50 @@ def test_the_last_steps_word_is_not_taken_for_another_batch():
     assert told([a, b, d, e]) == (0, ())
     e.num_computed_tokens = e.prompt_len
     assert told([a, b, d, e], edges=[b]) == (4, [b])
+
+
+def test_decode_runs_past_the_known_decodes_are_decodes(monkeypatch):
+    """The running pass's later runs of decodes (`SchedulerOutput.decode_runs`: Autellix's batch
+    sorted by level puts new prompts before older decodes) hold decodes only, in order, past the
+    known ones, also after evictions took entries out before or inside them; the engine's split
+    taking them gives the same run request for request as one testing every entry."""
+    from servesim.replica import step_batch
+    from servesim.replica.schedulers.vllm_steps import VLLMSteps
+
+    evict = VLLMSteps.evict
+    seen = {"runs": 0, "entries": 0, "shifted": 0}
+
+    def counted(self, victim, out, *args, **kwargs):
+        seen["shifted"] += bool(out.decode_runs)
+        return evict(self, victim, out, *args, **kwargs)
+
+    monkeypatch.setattr(VLLMSteps, "evict", counted)
+    split = step_batch.split_batch
+
+    def checked(out, now_s):
+        last = out.num_known_decodes
+        for start, end in out.decode_runs or ():
+            assert last <= start <= end <= len(out.scheduled)
+            for r, n in out.scheduled[start:end]:
+                assert n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens == r.num_computed_tokens + 1
+            seen["runs"] += 1
+            seen["entries"] += end - start
+            last = end
+        return split(out, now_s)
+
+    def untold(out, now_s):
+        out.decode_runs = None
+        return split(out, now_s)
+
+    runs = []
+    for hint in (checked, untold):
+        monkeypatch.setattr("servesim.replica.engine.split_batch", hint)
+        engine, sched, kv, loop, done = _overloaded("autellix", {"base_quantum_s": 0.002})
+        reqs = _requests(seed=13, n=120)
+        serve(engine, loop, reqs)
+        engine.drain(loop.now_s)
+        kv.check_all_free()
+        assert len(done) == len(reqs) and any(r.num_preemptions for r in reqs)
+        runs.append(_outcomes(reqs))
+    assert runs[0] == runs[1]
+    assert seen["runs"] > 100 and seen["entries"] > 1000 and seen["shifted"] > 10, seen

@@ -42,6 +42,7 @@ from servesim.replica.shared_chunk import shared_fast_forward
 from servesim.replica.spec_decode import (acceptance_draws, end_spec_decode, spec_fast_forward, spec_stepped,
                                           speculate)
 from servesim.replica.fast_forward import DecodeFns, FastForwarding
+from servesim.replica.step_batch import split_batch
 from servesim.replica.token_advance import advance_decodes_step, delivered_at
 from servesim.workload.request import Request, RequestState
 
@@ -227,19 +228,7 @@ class Engine(EngineArrivals, FastForwarding, StepWaits, EngineLifecycle):
         self.busy = True
         if len(scheduled) == 1 and not swap_s and self._start_lone(now_s, out, *scheduled[0]):
             return
-        # A decode: one token scheduled and only the last generated token left to compute.
-        known = out.num_known_decodes  # (and `known_decodes` those requests, where the scheduler handed them over)
-        decodes = [r for r, _ in scheduled[:known]] if out.known_decodes is None else out.known_decodes
-        prefills = []
-        # the rest: decodes and prompt (or recompute) chunks, split in one pass (the known
-        # decodes are a prefix of `scheduled`, so prefills keep their scheduled order)
-        for r, n in (scheduled[known:] if known else scheduled):
-            if n == 1 and r.num_output_tokens and r.prompt_len + r.num_output_tokens - r.num_computed_tokens == 1:
-                decodes.append(r)
-            else:
-                prefills.append((r, n))
-                if r.first_scheduled_s is None:
-                    r.first_scheduled_s = now_s
+        decodes, prefills = split_batch(out, now_s)
         decode_ctxs = [r.num_computed_tokens for r in decodes]
         ff = (sched.fast_forward(out) if self.config.fast_forward and not swap_s
               and (self.ports is None or self.ports.allows_stretch(prefills)) else NO_FAST_FORWARD)

@@ -39,6 +39,10 @@ class SchedulerOutput:
     # Those requests as a list of the caller's own, where the scheduler has them (None: read
     # from `scheduled`): the engine's pass over a batch of decodes becomes a copy.
     known_decodes: list[Request] | None = None
+    # Further runs of decodes past the known ones, as [start, end) index pairs of `scheduled` in
+    # order (a running pass's decodes allocated in bulk after a prompt chunk or an eviction:
+    # Autellix's batch, sorted by level, puts new prompts before older decodes). None: none.
+    decode_runs: list[list[int]] | None = None
     # Attention data parallelism only (replica/attention_dp.py): the step's split over the
     # attention ranks, one (prefill chunks, decode contexts) pair per rank, which the engine prices
     # with the perf model's `lockstep_step_time_s` (a lock-step step depends on each rank's batch,

@@ -110,6 +110,9 @@ class VLLMSteps(Scheduler):
                 # to the first that is not a decode or does not fit.
                 k = self.kv.allocate_leading_decodes(running[i:i + budget])
                 if k:
+                    if out.decode_runs is None:
+                        out.decode_runs = []
+                    out.decode_runs.append([len(scheduled), len(scheduled) + k])
                     scheduled += one_token_each(running[i:i + k])
                     budget -= k
                     i += k
@@ -159,6 +162,12 @@ class VLLMSteps(Scheduler):
             if j < out.num_known_decodes:  # the known decodes stay a prefix of `scheduled`
                 out.num_known_decodes -= 1
                 out.known_decodes = None  # (the engine reads them from `scheduled`)
+            if out.decode_runs:  # the runs' entries after it move up by one
+                for run in out.decode_runs:
+                    if run[1] > j:
+                        run[1] -= 1
+                        if run[0] > j:
+                            run[0] -= 1
         # It is in `running` once, near its end too: there a scan from the front (`list.remove`)
         # compared every request before it
         running = self.running
