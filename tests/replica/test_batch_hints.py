@@ -277,11 +277,14 @@ def test_the_last_steps_word_is_not_taken_for_another_batch():
     assert told([a, b, d, e], edges=[b]) == (4, [b])
 
 
-def test_decode_runs_past_the_known_decodes_are_decodes(monkeypatch):
+@pytest.mark.parametrize("scheduler, params, least", [("autellix", {"base_quantum_s": 0.002}, (1000, 10)),
+                                                      ("fastswitch", None, (50, 5))])
+def test_decode_runs_past_the_known_decodes_are_decodes(scheduler, params, least, monkeypatch):
     """The running pass's later runs of decodes (`SchedulerOutput.decode_runs`: Autellix's batch
-    sorted by level puts new prompts before older decodes) hold decodes only, in order, past the
-    known ones, also after evictions took entries out before or inside them; the engine's split
-    taking them gives the same run request for request as one testing every entry."""
+    sorted by level puts new prompts before older decodes; FastSwitch's walk, admissions and
+    swaps between them) hold decodes only, in order, past the known ones, also after evictions
+    took entries out before or inside them; the engine's split taking them gives the same run
+    request for request as one testing every entry."""
     from servesim.replica import step_batch
     from servesim.replica.schedulers.vllm_steps import VLLMSteps
 
@@ -313,7 +316,7 @@ def test_decode_runs_past_the_known_decodes_are_decodes(monkeypatch):
     runs = []
     for hint in (checked, untold):
         monkeypatch.setattr("servesim.replica.engine.split_batch", hint)
-        engine, sched, kv, loop, done = _overloaded("autellix", {"base_quantum_s": 0.002})
+        engine, sched, kv, loop, done = _overloaded(scheduler, params)
         reqs = _requests(seed=13, n=120)
         serve(engine, loop, reqs)
         engine.drain(loop.now_s)
@@ -321,4 +324,4 @@ def test_decode_runs_past_the_known_decodes_are_decodes(monkeypatch):
         assert len(done) == len(reqs) and any(r.num_preemptions for r in reqs)
         runs.append(_outcomes(reqs))
     assert runs[0] == runs[1]
-    assert seen["runs"] > 100 and seen["entries"] > 1000 and seen["shifted"] > 10, seen
+    assert seen["entries"] > least[0] and seen["shifted"] > least[1], seen  # (taken, and kept in place by evictions)

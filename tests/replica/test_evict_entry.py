@@ -1,8 +1,9 @@
 """`VLLMSteps.evict` finds the victim's entry in the step's output from its end first (an
 admission's victim is among the last few entries) and in the rest otherwise: wherever the
 entry is, or if the victim was not scheduled, the step's output, the refund and the known
-decodes are those of a scan from the front. It takes the victim out of `running` by the same
-lookup from the end (`_tail_position`)."""
+decodes are those of a scan from the front, and the later runs of decodes stay on their
+entries. It takes the victim out of `running` by the same lookup from the end
+(`_tail_position`)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,19 @@ def test_the_tail_position_is_exact_and_only_in_the_tail():
         for j, req in enumerate(running):
             assert vllm_steps._tail_position(running, req) == (j if j >= n - vllm_steps._TAIL else -1)
         assert vllm_steps._tail_position(running, object()) == -1
+
+
+@pytest.mark.parametrize("pos", [*range(NUM), None])
+def test_evict_keeps_the_decode_runs_on_their_entries(pos):
+    """`decode_runs` (index ranges of `scheduled`) cover the same entries, less the victim's,
+    after its entry is taken out before, inside or after them (or when it had none)."""
+    sched, out, reqs = _step()
+    out.decode_runs = [[3, 7], [7, 8], [12, 16], [18, 18]]
+    covered = [[e[0] for e in out.scheduled[a:b]] for a, b in out.decode_runs]
+    victim = reqs[NUM] if pos is None else reqs[pos]
+    if pos is None:
+        sched.waiting.remove(victim)
+        sched.running.append(victim)
+    sched.evict(victim, out)
+    assert [[e[0] for e in out.scheduled[a:b]] for a, b in out.decode_runs] == [
+        [r for r in run if r is not victim] for run in covered]

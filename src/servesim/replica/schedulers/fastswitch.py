@@ -40,7 +40,7 @@ from servesim.replica.schedulers import register
 from servesim.replica.schedulers.base import SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.fastswitch_fairness import FastSwitchFairness, integral_prices
 from servesim.replica.schedulers.fastswitch_stretches import FastSwitchStretches
-from servesim.replica.schedulers.outputs import one_token_each
+from servesim.replica.schedulers.outputs import append_decodes, one_token_each
 from servesim.replica.schedulers.queues import ARRIVAL_ID, REQUEST_ID
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.replica.swap import SwapMechanics
@@ -148,7 +148,7 @@ class FastSwitchScheduler(FastSwitchStretches, FastSwitchFairness, VLLMSteps):
             req = order[i]
             if req.state == RequestState.RUNNING:
                 if i >= walked_to and budget > 0 and (k := self._decodes_from(order, i, budget)):
-                    out.scheduled += one_token_each(order[i:i + k])
+                    append_decodes(out, order[i:i + k])
                     budget -= k
                     running_left -= k
                     i += k - 1

@@ -21,7 +21,7 @@ from operator import indexOf, itemgetter
 from typing import Callable
 
 from servesim.replica.schedulers.base import Scheduler, SchedulerOutput
-from servesim.replica.schedulers.outputs import one_token_each
+from servesim.replica.schedulers.outputs import append_decodes, one_token_each
 from servesim.workload.request import Request
 
 # Frees room for a request that cannot get its blocks or a sequence slot: returns the tokens
@@ -110,10 +110,7 @@ class VLLMSteps(Scheduler):
                 # to the first that is not a decode or does not fit.
                 k = self.kv.allocate_leading_decodes(running[i:i + budget])
                 if k:
-                    if out.decode_runs is None:
-                        out.decode_runs = []
-                    out.decode_runs.append([len(scheduled), len(scheduled) + k])
-                    scheduled += one_token_each(running[i:i + k])
+                    append_decodes(out, running[i:i + k])
                     budget -= k
                     i += k
         return budget
