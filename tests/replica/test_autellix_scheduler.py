@@ -4,9 +4,31 @@ from __future__ import annotations
 
 import pytest
 
+from servesim.replica.schedulers.autellix_accounting import LEVEL_SHIFT, arrival_order
 from servesim.workload.request import RequestState
 from tests.factories import make_engine, make_request
 from tests.replica.test_vllm_scheduler import run_logged
+
+
+def _key(level: int, req) -> int:
+    """A call's key at `level`: (level, arrival_s, id) as one int."""
+    return level << LEVEL_SHIFT | arrival_order(req)
+
+
+def test_a_calls_key_is_ordered_as_level_arrival_and_id():
+    """A key (one int: `arrival_order` under the level) compares as the tuple (level, arrival_s,
+    id) does: negative and signed-zero arrival times, ties broken by ids of either sign."""
+    times = [0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e-300, 0.5, -0.5, 3.25, -3.25, 1e300, -1e300, float("inf"),
+             -float("inf")]
+    ids = [0, 1, -1, 7, 2**63 - 1, -2**63]
+    reqs = [make_request(i, 8, 4, arrival=t) for t in times for i in ids]
+    keyed = [(level, r) for level in (0, 1, 6) for r in reqs]
+    by_tuple = sorted(keyed, key=lambda e: (e[0], e[1].arrival_s, e[1].id))
+    by_int = sorted(keyed, key=lambda e: _key(*e))
+    assert [(lv, r.arrival_s, r.id) for lv, r in by_int] == [(lv, r.arrival_s, r.id) for lv, r in by_tuple]
+    for a, b in zip(by_int, by_int[1:]):  # (equal tuples, -0.0 and 0.0's, give equal keys)
+        same = (a[0], a[1].arrival_s, a[1].id) == (b[0], b[1].arrival_s, b[1].id)
+        assert (_key(*a) == _key(*b)) == same
 
 
 def test_a_new_program_preempts_a_program_with_more_service():
@@ -107,7 +129,7 @@ def test_kept_keys_equal_fresh_keys_at_every_step(params):
 
     def checking(now_s):
         held = [*sched.running, *sched.waiting, *sched.swapped]
-        assert all(sched.key(r) == (sched.level(r), r.arrival_s, r.id) for r in held)
+        assert all(sched.key(r) == _key(sched.level(r), r) for r in held)
         checked.append(len(held))
         return schedule(now_s)
 
@@ -137,7 +159,7 @@ def test_an_idle_lone_calls_key_stands_while_it_waits_for_budget():
             for r in sched._idle_keyed & sched._idle:
                 p = sched.program(r)
                 x = max(sched.service_s[p] - sched.discount_s.get(p, 0.0), 0.0)
-                assert sched._keys[r] == (bisect_right(sched.thresholds, x), r.arrival_s, r.id)
+                assert sched._keys[r] == _key(bisect_right(sched.thresholds, x), r)
                 stood.append(r.id)
             return schedule(now_s)
 
@@ -318,7 +340,7 @@ def test_waiting_queue_kept_in_key_order_by_moving_the_rekeyed_calls(monkeypatch
         if sched.waiting.clean:
             assert waiting == sorted(waiting, key=lambda r: (sched.level(r), r.arrival_s, r.id))
             checked.append(len(waiting))
-        assert all(sched.key(r) == (sched.level(r), r.arrival_s, r.id) for r in waiting)
+        assert all(sched.key(r) == _key(sched.level(r), r) for r in waiting)
         return schedule(now_s)
 
     sched.schedule = checking
@@ -343,5 +365,5 @@ def test_a_call_handed_over_is_keyed_at_the_next_step_start():
     assert moved in sched.running and moved not in sched._keys
     before = sched._keys[first]
     sched.begin_step(0.2)
-    assert sched._keys[moved] == (1, moved.arrival_s, moved.id)
+    assert sched._keys[moved] == _key(1, moved)
     assert sched._keys[first] == before  # (keyed when it was added; a step end re-keys it)

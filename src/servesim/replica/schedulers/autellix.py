@@ -34,7 +34,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from servesim.replica.schedulers import register
-from servesim.replica.schedulers.autellix_accounting import AutellixAccounting, StepSums, due_after
+from servesim.replica.schedulers.autellix_accounting import (LEVEL_SHIFT, AutellixAccounting, StepSums, arrival_order,
+                                                             due_after)
 from servesim.replica.schedulers.base import UNLIMITED_STEPS, SchedulerOutput, SchedulerParams
 from servesim.replica.schedulers.priority import KeyedScheduler
 from servesim.workload.request import Request
@@ -106,7 +107,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         # Each held call's key, kept up to date: service and discounts change only at step
         # ends (`on_step_end` recomputes the keys of the programs served or promoted), so a
         # waiting call's key is not recomputed every step and the queue stays nearly sorted.
-        self._keys: dict[Request, tuple] = {}  # (requests hash by identity)
+        self._keys: dict[Request, int] = {}  # (requests hash by identity)
         self.waiting.key = self._keys.__getitem__  # kept sorted: the waiting pass flags key changes
         # Waiting time added lazily: while a lone call (no program or session) waits, its
         # program's waiting time only grows by each step's length, and it cannot be promoted
@@ -287,10 +288,10 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         self._entered.clear()
         return super().drain(now_s)
 
-    def _fresh_key(self, req: Request) -> tuple:
-        return (self.level(req), req.arrival_s, req.id)
+    def _fresh_key(self, req: Request) -> int:
+        return self.level(req) << LEVEL_SHIFT | arrival_order(req)  # ((level, arrival_s, id) as one int)
 
-    def key(self, req: Request) -> tuple:
+    def key(self, req: Request) -> int:
         k = self._keys.get(req)
         if k is None:
             k = self._keys[req] = self._fresh_key(req)
@@ -300,7 +301,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
         return self._keys.__getitem__  # every held call has its key (`begin_step`)
 
     def preempt_key(self, req: Request) -> int:
-        return self.key(req)[0]  # the level: only a higher queue preempts; within a queue, FCFS
+        return self.key(req) >> LEVEL_SHIFT  # the level: only a higher queue preempts; within a queue, FCFS
 
     def begin_step(self, now_s: float) -> None:
         self._step_start_s = now_s
@@ -391,7 +392,7 @@ class AutellixScheduler(AutellixAccounting, KeyedScheduler):
             raw = base[req.id] + call_service[req.id] if atlas else service[p]
             disc = discount.get(p, 0.0)
             level = bisect_right(thresholds, max(raw - disc, 0.0))
-            if level != keys[req][0]:
+            if level != keys[req] >> LEVEL_SHIFT:
                 return -inf, 0  # (a key not up to date: do not repeat)
             if level < len(thresholds):
                 gap_s = (thresholds[level] + disc - raw) / (1 if atlas else calls[p])
