@@ -91,6 +91,16 @@ def _outcomes(reqs) -> list:
     return [(r.id, r.finish_s, r.first_token_s, r.token_steps, r.num_preemptions) for r in reqs]
 
 
+def _preempting_run(engine, kv, loop, done, reqs) -> list:
+    """Serve `reqs` to the end; every block is free again and every request finished, some
+    preempted on the way; their outcomes."""
+    serve(engine, loop, reqs)
+    engine.drain(loop.now_s)
+    kv.check_all_free()
+    assert len(done) == len(reqs) and any(r.num_preemptions for r in reqs)
+    return _outcomes(reqs)
+
+
 @pytest.mark.parametrize("scheduler", ["vllm", "andes", "fastswitch", "priority", "sarathi"])
 def test_decodes_told_by_the_last_step_are_what_the_allocation_finds(scheduler, monkeypatch):
     """Whenever the allocation takes the last step's word (`_known_decodes`), its leading m
@@ -241,12 +251,7 @@ def test_a_reordered_batch_is_told_the_decodes_that_need_nothing(monkeypatch):
             order(key)
             seen["reordered"] += [r for r in sched.running if r in before] != before
         sched._order_running = watched
-        reqs = _requests(seed=13, n=120)
-        serve(engine, loop, reqs)
-        engine.drain(loop.now_s)
-        kv.check_all_free()
-        assert len(done) == len(reqs) and any(r.num_preemptions for r in reqs)
-        runs.append(_outcomes(reqs))
+        runs.append(_preempting_run(engine, kv, loop, done, _requests(seed=13, n=120)))
     assert runs[0] == runs[1]
     assert seen["set"] > 0.4 * seen["passes"] and seen["quiet"] > 3000 and seen["reordered"] > 100, seen
 
@@ -317,11 +322,6 @@ def test_decode_runs_past_the_known_decodes_are_decodes(scheduler, params, least
     for hint in (checked, untold):
         monkeypatch.setattr("servesim.replica.engine.split_batch", hint)
         engine, sched, kv, loop, done = _overloaded(scheduler, params)
-        reqs = _requests(seed=13, n=120)
-        serve(engine, loop, reqs)
-        engine.drain(loop.now_s)
-        kv.check_all_free()
-        assert len(done) == len(reqs) and any(r.num_preemptions for r in reqs)
-        runs.append(_outcomes(reqs))
+        runs.append(_preempting_run(engine, kv, loop, done, _requests(seed=13, n=120)))
     assert runs[0] == runs[1]
     assert seen["entries"] > least[0] and seen["shifted"] > least[1], seen  # (taken, and kept in place by evictions)
