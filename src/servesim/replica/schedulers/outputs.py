@@ -59,12 +59,12 @@ def one_token_each(reqs) -> list[tuple[Request, int]]:
 def append_decodes(out: SchedulerOutput, reqs: list[Request]) -> None:
     """Append decodes `reqs` (one token each, known to decode: a running pass's bulk allocation)
     to `out.scheduled`, as a run of `decode_runs`."""
-    start = len(out.scheduled)
+    run = [len(out.scheduled), len(out.scheduled) + len(reqs)]
     out.scheduled += one_token_each(reqs)
     if out.decode_runs is None:
-        out.decode_runs = [[start, start + len(reqs)]]
+        out.decode_runs = [run]
     else:
-        out.decode_runs.append([start, start + len(reqs)])
+        out.decode_runs.append(run)
 
 
 UNLIMITED_STEPS = 1 << 62  # (`Scheduler.repeat_order_limit`, `FastForward.max_steps`: no step limit)
