@@ -282,14 +282,15 @@ def test_the_last_steps_word_is_not_taken_for_another_batch():
     assert told([a, b, d, e], edges=[b]) == (4, [b])
 
 
-@pytest.mark.parametrize("scheduler, params, least", [("autellix", {"base_quantum_s": 0.002}, (1000, 10)),
-                                                      ("fastswitch", None, (50, 5))])
+@pytest.mark.parametrize("scheduler, params, least", [("autellix", {"base_quantum_s": 0.002}, (1000, 11)),
+                                                      ("fastswitch", None, (50, 6)), ("hygen", None, (40, 0))])
 def test_decode_runs_past_the_known_decodes_are_decodes(scheduler, params, least, monkeypatch):
     """The running pass's later runs of decodes (`SchedulerOutput.decode_runs`: Autellix's batch
     sorted by level puts new prompts before older decodes; FastSwitch's walk, admissions and
-    swaps between them) hold decodes only, in order, past the known ones, also after evictions
-    took entries out before or inside them; the engine's split taking them gives the same run
-    request for request as one testing every entry."""
+    swaps between them; HyGen's online pass after a prompt chunk) hold decodes only, in order,
+    past the known ones, also after evictions took entries out before or inside them; the
+    engine's split taking them gives the same run request for request as one testing every
+    entry."""
     from servesim.replica import step_batch
     from servesim.replica.schedulers.vllm_steps import VLLMSteps
 
@@ -324,4 +325,5 @@ def test_decode_runs_past_the_known_decodes_are_decodes(scheduler, params, least
         engine, sched, kv, loop, done = _overloaded(scheduler, params)
         runs.append(_preempting_run(engine, kv, loop, done, _requests(seed=13, n=120)))
     assert runs[0] == runs[1]
-    assert seen["entries"] > least[0] and seen["shifted"] > least[1], seen  # (taken, and kept in place by evictions)
+    # (taken, and kept in place by evictions: HyGen's victims here all come after its runs)
+    assert seen["entries"] > least[0] and seen["shifted"] >= least[1], seen

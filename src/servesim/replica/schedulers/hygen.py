@@ -28,7 +28,7 @@ from servesim.replica.schedulers.base import (
     NO_FAST_FORWARD, REPEAT_AFTER_PREFILL, REPEAT_THROUGH, FastForward, SchedulerOutput, SchedulerParams,
 )
 from servesim.replica.schedulers.finish_admits import admits_of
-from servesim.replica.schedulers.outputs import one_token_each
+from servesim.replica.schedulers.outputs import append_decodes, one_token_each
 from servesim.replica.schedulers.vllm_steps import VLLMSteps
 from servesim.workload.request import Request, RequestState
 
@@ -120,7 +120,7 @@ class HyGenScheduler(VLLMSteps):
                 # fit. (The victims, taken from the end, are not decodes any more: recomputed.)
                 k = lead(online[i:i + budget])
                 if k:
-                    scheduled += one_token_each(online[i:i + k])
+                    append_decodes(out, online[i:i + k])  # (a run the engine takes without its test)
                     budget -= k
                     i += k
         if not any(r for r in out.preempted if not r.is_offline):
