@@ -79,20 +79,25 @@ def first_shared_pin(st: Stretch, kv, until_s: float) -> float:
     request's blocks."""
     keeps, delay = st.kept[0], st.kept[1]
     ends, k, own = st.ends_view, st.k, st.own_pins
-    r0 = st._sorted_rem[0]  # (the first departure's pin expires first: mostly after `until_s`)
-    if r0 > k or ends[r0 - 1] + delay > until_s:
-        return INF
-    first = INF
-    for r, req in zip(st.remaining, st.reqs):
+    # The pins expire in the order of the departures' steps: those are read in increasing order
+    # of remaining (`_sorted_rem`, each request found by a C scan of `remaining`, as `_leave`
+    # finds it) up to the first whose pin is shared, not the whole batch.
+    remaining, reqs, rem = st.remaining, st.reqs, st._sorted_rem
+    i = r_prev = -1
+    for r in rem:
+        if r > k or (t := ends[r - 1] + delay) > until_s:
+            break
+        i = remaining.index(r, i + 1 if r == r_prev else 0)
+        r_prev = r
+        req = reqs[i]
         # (a request found alone was kept: its answer is read before the policy is asked again)
-        if (r <= k and (t := ends[r - 1] + delay) <= until_s and t < first
-                and (alone := own.get(req.id)) is not True and keeps(req)):
+        if (alone := own.get(req.id)) is not True and keeps(req):
             if alone is None:
-                alone = own[req.id] = (not (st.rests and any(st.reqs[i] is req for _, i, _ in st.rests))
+                alone = own[req.id] = (not (st.rests and any(reqs[j] is req for _, j, _ in st.rests))
                                        and kv.blocks_freed([req.id], {})[0] == kv.num_blocks_of(req.id))
             if not alone:
-                first = t
-    return first
+                return t
+    return INF
 
 
 def stop_before(st: Stretch, t: float) -> None:
