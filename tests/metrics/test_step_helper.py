@@ -301,8 +301,9 @@ def test_a_process_running_other_threads_reduces_in_process():
 
 def _logged_buffer():
     """A buffer with every kind of chunk: a single step, stretches with growth, frees,
-    arrivals kept waiting and arrivals that joined with their prompts (its columns are what
-    the helper is sent)."""
+    arrivals kept waiting and arrivals that joined with their prompts, a prompt's chunk stretch
+    (a span: its prompt tokens per step, a request more running than emit) (its columns are
+    what the helper is sent)."""
     from servesim.metrics.recorder import BatchRuns, BlockGrowth, Recorder
 
     rec = Recorder(keep_steps=False)
@@ -312,6 +313,8 @@ def _logged_buffer():
                                                                                       [(40, 6)]), 12, [5, 20],
                          prefill_at=[(7, 900), (33, 45)])
     rec.log_decode_steps(float(ends[-1]), [1.2, 1.3], [2, 2], 0, BlockGrowth(35, [1], [2], 16, []))
+    rec.log_chunk_steps(1.3, [1.4, 1.5, 1.6, 1.7, 1.8], BatchRuns([2, 1], [3, 2]), 2, BlockGrowth(37, [2], [5], 16, []),
+                        [512, 511, 511, 510, 64], [1], 1)
     return rec._buf
 
 
@@ -323,12 +326,15 @@ def test_a_buffer_sent_as_raw_columns_expands_to_the_same_steps():
     copies = [np.frombuffer(bytes(memoryview(a).cast("B")), dtype=a.dtype) for a in arrays]
     back = step_helper.StepBuffer.from_wire(buf.num_steps, buf.block_size, copies)
     a, b = buf.log(500), back.log(500)
-    assert len(b) == buf.num_steps == 73
+    assert len(b) == buf.num_steps == 78
     for c in ("start_s", "end_s", "prefill_tokens", "output_tokens", "num_running", "num_waiting", "kv_used_blocks"):
         assert getattr(a, c).dtype == getattr(b, c).dtype
         np.testing.assert_array_equal(getattr(a, c), getattr(b, c))
     assert b.kv_used_blocks[0] == 30 and b.num_waiting.tolist()[1:8] == [1, 1, 1, 1, 1, 2, 2]
     assert b.prefill_tokens[[1, 8, 34]].tolist() == [12, 900, 45]
+    assert b.prefill_tokens[73:].tolist() == [512, 511, 511, 510, 64] and len(buf.span_at.array()) == 1
+    assert b.num_running[73:].tolist() == [3, 3, 3, 2, 2] and b.output_tokens[73:].tolist() == [2, 2, 2, 1, 1]
+    assert b.num_waiting[73:].tolist() == [2, 3, 3, 3, 3]
 
 
 def test_writes_cut_short_are_continued_and_read_back_whole(monkeypatch):

@@ -14,7 +14,7 @@ Unless the recorder was made with `keep_steps=False`, the chunks are also kept, 
 
 from __future__ import annotations
 
-from itertools import islice, repeat
+from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
@@ -165,19 +165,18 @@ class Recorder:
                         silent: int) -> None:
         """`log_decode_steps` for a chunk stretch (replica/chunk_stretch.py): every step runs
         one prompt's chunk, `prefill_tokens[j]` tokens in step j, and `silent` requests more
-        than emit a token (the prompt); the steps' prompt tokens and silent requests written
-        to the buffer as ranges, in C, rather than as (step, value) pairs."""
+        than emit a token (the prompt); the stretch's steps written to the buffer as one span (its
+        prompt tokens after the first listed in C), rather than as (step, value) pairs."""
         b = self._buf
         k = len(ends_s)
         local = self._stretch(b, start_s, ends_s, batch, num_waiting, kv_used_blocks, prefill_tokens[0])
         if waiting_from:
             b.waiting_from.extend([local + step for step in waiting_from])
+        b.span_at.append(local)
+        b.span_len.append(k)
+        b.span_silent.append(silent)
         if k > 1:
-            b.prefill_at.extend(range(local + 1, local + k))
-            b.prefill_more.extend(islice(prefill_tokens, 1, k))
-        if silent:
-            b.silent_at.extend(range(local, local + k))
-            b.silent_n.extend(repeat(silent, k))
+            b.span_prefill.extend(islice(prefill_tokens, 1, k))
         b.num_steps += k
         self.num_steps += k
         if self.num_steps >= self._flush_at:

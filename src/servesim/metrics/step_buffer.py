@@ -12,7 +12,7 @@ from itertools import chain
 
 import numpy as np
 
-from servesim.metrics.step_log import StepLog, StepTimes
+from servesim.metrics.step_log import StepLog, StepTimes, positions
 
 # the fields of a chunk's row in `StepBuffer.chunks` (a, b: see there)
 CHUNK_FIELDS = ("start_s", "prefill0", "num_waiting", "len", "single", "a", "b")
@@ -169,10 +169,11 @@ class Packed:
 
 # the per-run and per-event columns of a buffer (lists while it fills, see `Ints`)
 _LISTS = ("waiting_from", "run_size", "run_len", "growth_first_new", "growth_runs", "free_at", "free_blocks",
-          "prefill_at", "prefill_more", "waiting_to", "silent_at", "silent_n")
+          "prefill_at", "prefill_more", "waiting_to", "silent_at", "silent_n", "span_at", "span_len", "span_silent",
+          "span_prefill")
 #: dtypes of the arrays `StepBuffer.wire` gives: the chunks' table (flat), the end times, `_LISTS`
 WIRE = (np.float64, np.float64, np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64,
-        np.int64, np.int32, np.int64, np.int64, np.int64)
+        np.int64, np.int32, np.int64, np.int64, np.int64, np.int64, np.int64, np.int64, np.int32)
 
 
 class StepBuffer:
@@ -210,6 +211,14 @@ class StepBuffer:
         # chunk, admitted inside an admission stretch, whose rest runs in the next step)
         self.silent_at = Ints(np.int64)
         self.silent_n = Ints(np.int64)  # (how many more run than emit at each of those steps)
+        # a chunk stretch's steps as one entry (`Recorder.log_chunk_steps`: a Sarathi prompt's
+        # chunks, about 26 steps each on Mooncake): its first step, its number of steps, how many
+        # more requests run than emit in each, and its steps' prompt tokens after its first
+        # (`span_prefill`, one value a step): ranges where the lists above take an entry a step
+        self.span_at = Ints(np.int64)
+        self.span_len = Ints(np.int64)
+        self.span_silent = Ints(np.int64)
+        self.span_prefill = Ints(np.int32)
 
     def pack(self) -> None:
         """Hold the per-run lists as arrays (a buffer kept for the whole run: 4-8 bytes a
@@ -249,6 +258,11 @@ class StepBuffer:
         silent = self.silent_at.array()
         if len(silent):
             np.add.at(running, silent, self.silent_n.array())  # (a step may be listed twice: summed)
+        spans = self.span_at.array()
+        if len(spans):  # (a span's steps are its own: none is listed above)
+            span_len, extra = self.span_len.array(), self.span_silent.array()
+            some = extra != 0
+            running[positions(spans[some], span_len[some])] += np.repeat(extra[some], span_len[some])
         return StepLog(start_s=start_s, end_s=end_s, prefill_tokens=prefill, output_tokens=emitted,
                        num_running=running, num_waiting=self._waiting(first, lens, chunks["num_waiting"]),
                        kv_used_blocks=self._block_usage(first, lens, single, chunks), num_gpu_blocks=num_gpu_blocks)
@@ -270,6 +284,9 @@ class StepBuffer:
         at = self.prefill_at.array()
         if len(at):
             prefill[at] += self.prefill_more.array()  # (steps distinct, never a chunk's first)
+        spans = self.span_at.array()
+        if len(spans):  # (a span's steps after its first: in no list above)
+            prefill[positions(spans + 1, self.span_len.array() - 1)] = self.span_prefill.array()
         return start_s, end_s, prefill
 
     def _waiting(self, first: np.ndarray, lens: np.ndarray, first_waiting: np.ndarray) -> np.ndarray:
