@@ -132,6 +132,24 @@ class ChunkThrough:
         self._priced = k
         self._take(k)
 
+    def _chunks_to(self, k: int) -> tuple[list[int], int]:
+        """The prompt tokens of steps 0..k-1, `chunk + d(j)`, and the sum of their d(j): made run
+        by run between departures (a list repeated per run, not a search per step)."""
+        chunk, tokens, j, gone = self.chunk, [], 0, 0
+        for p, r in enumerate(self._sorted_rem):  # (d(j) is p from step r on, for the p-th departure r)
+            if r >= k:
+                break
+            if r > j:
+                tokens += [chunk + p] * (r - j)
+                gone += p * (r - j)
+                j = r
+        else:
+            p = len(self._sorted_rem)
+        if j < k:
+            tokens += [chunk + p] * (k - j)
+            gone += p * (k - j)
+        return tokens, gone
+
     def apply_through(self, engine) -> list[Request]:
         """`ChunkStretch.apply` through finishes: advance the decodes (each up to its last token), the prompt, the KV blocks and the
         step log by the stretch's steps; returns the decodes that finished in it, in finish
@@ -151,8 +169,7 @@ class ChunkThrough:
             if (m := steps_of[i]) < k:
                 f = first_new[i]
                 frees.append((m, held(decodes[i]) + ((m - f - 1) // bs + 1 if f < m else 0)))
-        gone = [bisect_right(self._sorted_rem, j) for j in range(k)]
-        tokens = [self.chunk + d for d in gone]
+        tokens, gone = self._chunks_to(k)
         if self.shared is not None:  # its last chunk and first token in step 0, then decodes
             req, r = self.shared
             tokens[0] += self.extra0 + r
@@ -166,7 +183,7 @@ class ChunkThrough:
                                 if f < m], self.ahead)
         kv.cache_full_blocks_many(self.keyed, k - 1, self.keyed_last)
         ends = self._ends[:k]
-        self.prompt.num_computed_tokens += k * self.chunk + sum(gone) + self.extra0
+        self.prompt.num_computed_tokens += k * self.chunk + gone + self.extra0
         log_chunk_steps(rec, self, ends, tokens,
                         BlockGrowth(kv.num_gpu_blocks - self.free_blocks, first_new, steps_of, bs, frees))
         finished = [decodes[i] for i in done]
