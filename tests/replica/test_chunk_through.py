@@ -116,3 +116,25 @@ def test_cluster_reads_after_a_finish_inside_are_exact(through_steps, monkeypatc
     assert reads[0] == reads[1]
     assert outcome(results[0]) == outcome(results[1])
     assert_same_steps(*results)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_chunks_made_run_by_run_are_the_chunks_step_by_step(seed):
+    """`_chunks_to(k)`: step j's prompt tokens `chunk + d(j)`, d(j) the decodes whose last token
+    was a step before j (ties and departures at or past k included), and the sum of the d(j)."""
+    import random
+    from bisect import bisect_right
+
+    from servesim.replica.chunk_through import ChunkThrough
+
+    class Stub:
+        _chunks_to = ChunkThrough._chunks_to
+
+    rng = random.Random(seed)
+    for _ in range(500):
+        st = Stub()
+        st.chunk = rng.randint(1, 600)
+        st._sorted_rem = sorted(rng.randint(1, 40) for _ in range(rng.randint(0, 8)))
+        k = rng.randint(0, 45)
+        gone = [bisect_right(st._sorted_rem, j) for j in range(k)]
+        assert st._chunks_to(k) == ([st.chunk + d for d in gone], sum(gone))
