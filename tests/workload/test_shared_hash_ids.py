@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from servesim import load_scenario
 from servesim.workload import build_workload
@@ -26,6 +27,24 @@ def test_each_row_keeps_its_ids_up_to_the_last_one_another_row_has():
     # (5 6): none shared, one kept (a request with ids keeps prefix keys); (7 8 9): 9 is in the
     # next row, so the unshared 7 and 8 before it stay; (10 11 10): an id twice in one row counts
     assert shared_counts(np.array([], dtype=np.int64), np.array([0, 0])) == [0]
+
+
+@pytest.mark.parametrize("shift", [0, -20, 1 << 40])
+def test_ids_counted_by_value_or_sorted_give_the_same_counts(shift):
+    """Small non-negative ids are counted by value (`bincount`), others (negative, or far above
+    their number) sorted (`unique`): the same counts either way."""
+    ids = np.array([1, 2, 3, 1, 2, 4, 5, 6, 7, 8, 9, 9, 10, 11, 10], dtype=np.int64) + shift
+    ends = np.array([0, 3, 6, 8, 8, 11, 12, 15])
+    assert shared_counts(ids, ends) == [2, 2, 1, 0, 3, 1, 3]
+    rng = np.random.default_rng(7)
+    many = rng.integers(0, 3000, 5000) + shift
+    bounds = np.concatenate(([0], np.sort(rng.integers(0, 5000, 400)), [5000]))
+    sorted_way = np.unique(many, return_inverse=True, return_counts=True)
+    repeated = sorted_way[2][sorted_way[1]] > 1
+    last = np.maximum.accumulate(np.where(repeated, np.arange(1, 5001), 0))
+    starts, stops = bounds[:-1], bounds[1:]
+    expected = np.where(stops > starts, np.maximum(last[np.maximum(stops - 1, 0)] - starts, 1), 0).tolist()
+    assert shared_counts(many, bounds) == expected
 
 
 def test_the_mooncake_replay_sets_the_counts_from_the_replayed_rows_only():

@@ -150,9 +150,14 @@ def shared_counts(ids: np.ndarray, ends: np.ndarray) -> list[int]:
     n = len(ids)
     if not n:
         return [0] * (len(ends) - 1)
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo >= 0 and hi < 4 * n + 1024:  # (small ids, as Mooncake's: counted by value, no sort; 9 ms -> 0.5 ms)
+        repeated = np.bincount(ids)[ids] > 1
+    else:
+        _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        repeated = counts[inverse.reshape(-1)] > 1
     # the end (index + 1) of the last shared id at or before each position
-    last = np.maximum.accumulate(np.where(counts[inverse.reshape(-1)] > 1, np.arange(1, n + 1), 0))
+    last = np.maximum.accumulate(np.where(repeated, np.arange(1, n + 1), 0))
     starts, stops = ends[:-1], ends[1:]
     upto = last[np.maximum(stops - 1, 0)] - starts  # (leading ids to the row's last shared one; <= 0: none)
     return np.where(stops > starts, np.maximum(upto, 1), 0).tolist()
