@@ -114,6 +114,8 @@ class StretchApply:
         held = st.freed_blocks(self.kv)
         grown = grown_blocks(st, steps_of, bs) if st.grown else {}  # (before prompt-only steps)
         before = [i for i in finished if steps_of[i] < k]  # (those whose finish frees before the last step)
+        if before:  # (with prefix keys: all of them counted in one `blocks_freed` pass, read below one by one)
+            held(reqs[before[-1]])
         frees = [(steps_of[i], held(reqs[i]) + (g if (g := (steps_of[i] - first_new[i] - 1) // bs + 1) > 0 else 0)
                   + grown.get(i, 0)) for i in before]
         if st.settled:  # (turns that left before a next turn's join got their growth then: `settle_departed`)
