@@ -151,7 +151,7 @@ def shared_counts(ids: np.ndarray, ends: np.ndarray) -> list[int]:
     if not n:
         return [0] * (len(ends) - 1)
     lo, hi = int(ids.min()), int(ids.max())
-    if lo >= 0 and hi < 4 * n + 1024:  # (small ids, as Mooncake's: counted by value, no sort; 9 ms -> 0.5 ms)
+    if lo >= 0 and hi < 4 * n + 1024:  # (small ids, as Mooncake's: counted by value, 1 ms where the sort took 9)
         repeated = np.bincount(ids)[ids] > 1
     else:
         _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
