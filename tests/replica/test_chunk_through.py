@@ -121,7 +121,8 @@ def test_cluster_reads_after_a_finish_inside_are_exact(through_steps, monkeypatc
 @pytest.mark.parametrize("seed", range(4))
 def test_the_chunks_made_run_by_run_are_the_chunks_step_by_step(seed):
     """`_chunks_to(k)`: step j's prompt tokens `chunk + d(j)`, d(j) the decodes whose last token
-    was a step before j (ties and departures at or past k included), and the sum of the d(j)."""
+    was a step before j (ties and departures at or past k included); `_gone_before(k)`: the sum
+    of the d(j)."""
     import random
     from bisect import bisect_right
 
@@ -129,6 +130,7 @@ def test_the_chunks_made_run_by_run_are_the_chunks_step_by_step(seed):
 
     class Stub:
         _chunks_to = ChunkThrough._chunks_to
+        _gone_before = ChunkThrough._gone_before
 
     rng = random.Random(seed)
     for _ in range(500):
@@ -137,4 +139,4 @@ def test_the_chunks_made_run_by_run_are_the_chunks_step_by_step(seed):
         st._sorted_rem = sorted(rng.randint(1, 40) for _ in range(rng.randint(0, 8)))
         k = rng.randint(0, 45)
         gone = [bisect_right(st._sorted_rem, j) for j in range(k)]
-        assert st._chunks_to(k) == ([st.chunk + d for d in gone], sum(gone))
+        assert st._chunks_to(k) == [st.chunk + d for d in gone] and st._gone_before(k) == sum(gone)

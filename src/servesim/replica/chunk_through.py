@@ -90,10 +90,14 @@ class ChunkThrough:
 
     def prompt_tokens_before(self, j: int) -> int:
         """`ChunkStretch`'s count plus the tokens the departures added to the chunks of steps
-        0..j-1: sum over i < j of d(i) = sum over departures r <= j of (j - r)."""
+        0..j-1 (`_gone_before`)."""
+        return super().prompt_tokens_before(j) + self._gone_before(j)
+
+    def _gone_before(self, j: int) -> int:
+        """sum over i < j of d(i) = sum over departures r <= j of (j - r)."""
         srt = self._sorted_rem
         p = bisect_right(srt, j)
-        return super().prompt_tokens_before(j) + p * j - sum(srt[:p])
+        return p * j - sum(srt[:p])
 
     def blocks_added(self, j: int, block_size: int, blocks_held) -> int:
         """With prefix keys a finish frees what `blocks_freed` counts (`freed_blocks`)."""
@@ -132,23 +136,21 @@ class ChunkThrough:
         self._priced = k
         self._take(k)
 
-    def _chunks_to(self, k: int) -> tuple[list[int], int]:
-        """The prompt tokens of steps 0..k-1, `chunk + d(j)`, and the sum of their d(j): made run
-        by run between departures (a list repeated per run, not a search per step)."""
-        chunk, tokens, j, gone = self.chunk, [], 0, 0
+    def _chunks_to(self, k: int) -> list[int]:
+        """The prompt tokens of steps 0..k-1, `chunk + d(j)`: made run by run between departures
+        (a list repeated per run, not a search per step)."""
+        chunk, tokens, j = self.chunk, [], 0
         for p, r in enumerate(self._sorted_rem):  # (d(j) is p from step r on, for the p-th departure r)
             if r >= k:
                 break
             if r > j:
                 tokens += [chunk + p] * (r - j)
-                gone += p * (r - j)
                 j = r
         else:
             p = len(self._sorted_rem)
         if j < k:
             tokens += [chunk + p] * (k - j)
-            gone += p * (k - j)
-        return tokens, gone
+        return tokens
 
     def apply_through(self, engine) -> list[Request]:
         """`ChunkStretch.apply` through finishes: advance the decodes (each up to its last token), the prompt, the KV blocks and the
@@ -169,7 +171,7 @@ class ChunkThrough:
             if (m := steps_of[i]) < k:
                 f = first_new[i]
                 frees.append((m, held(decodes[i]) + ((m - f - 1) // bs + 1 if f < m else 0)))
-        tokens, gone = self._chunks_to(k)
+        tokens = self._chunks_to(k)
         if self.shared is not None:  # its last chunk and first token in step 0, then decodes
             req, r = self.shared
             tokens[0] += self.extra0 + r
@@ -183,7 +185,7 @@ class ChunkThrough:
                                 if f < m], self.ahead)
         kv.cache_full_blocks_many(self.keyed, k - 1, self.keyed_last)
         ends = self._ends[:k]
-        self.prompt.num_computed_tokens += k * self.chunk + gone + self.extra0
+        self.prompt.num_computed_tokens += k * self.chunk + self._gone_before(k) + self.extra0
         log_chunk_steps(rec, self, ends, tokens,
                         BlockGrowth(kv.num_gpu_blocks - self.free_blocks, first_new, steps_of, bs, frees))
         finished = [decodes[i] for i in done]
