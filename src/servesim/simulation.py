@@ -19,6 +19,7 @@ from servesim.cluster.routers import Router, get_router
 from servesim.cluster.polca import PowerManager, check_power
 from servesim.cluster.setup import build_disaggregator, build_kv_store, build_migrator
 from servesim.cluster.scaling import scaled_pools, start_controllers
+from servesim.core.allocator import keep_freed_memory
 from servesim.core.loop import EventLoop
 from servesim.errors import InputError
 from servesim.metrics.disaggregation import migration_section
@@ -65,6 +66,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     # the oldest generation uncounted, which the collector's rule for full collections (a quarter
     # more objects there than after the last one) does not see: a process running many
     # simulations (validate, plan, compare) grew by about a run's memory per run.
+    keep_freed_memory()  # (numpy's chunk-sized arrays reuse the pages the last ones freed: core/allocator.py)
     gc.freeze()
     gc_was_enabled = gc.isenabled()
     gc.disable()
