@@ -27,6 +27,7 @@ from servesim.invariants import check_invariants
 from servesim.metrics.elastic import elastic_info
 from servesim.metrics.recorder import Recorder
 from servesim.metrics.request_table import RequestTable
+from servesim.metrics.series_parts import HeldBytes
 from servesim.metrics.step_helper import ReducerHelper, helper_wanted
 from servesim.metrics.step_reduce import StepReducer
 from servesim.replica.engine import Engine
@@ -322,8 +323,9 @@ def _start_reducers(cluster: Cluster, interval_s: float, spill: tempfile.Tempora
     there (metrics/step_helper.py; returned, None: here); KV usage in the time series is a
     share of all replicas' blocks; step end times go to files in `spill` (None: kept in the logs)."""
     total = sum(r.engine.kv.num_gpu_blocks for r in cluster.replicas)
-    reducers = [StepReducer(interval_s, total, None if spill is None else Path(spill.name) / f"ends-{r.index}.f8")
-                for r in cluster.replicas]
+    held = HeldBytes()  # (what all of them hold before files: series_parts.py)
+    reducers = [StepReducer(interval_s, total, None if spill is None else Path(spill.name) / f"ends-{r.index}.f8",
+                            held) for r in cluster.replicas]
     helper = ReducerHelper(reducers, spill and spill.name) if helper_wanted() else None
     for i, (r, reducer) in enumerate(zip(cluster.replicas, reducers)):
         r.engine.recorder.start(reducer, helper, i)

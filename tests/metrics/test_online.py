@@ -14,6 +14,7 @@ import pytest
 
 from servesim import load_scenario, simulate
 from servesim.metrics.exact import ExactSum, WeightedValues, exact_sum
+from servesim.metrics import series_parts
 from servesim.metrics.recorder import Recorder
 from servesim.metrics.summary import weighted_percentiles
 
@@ -68,7 +69,12 @@ def test_step_ends_and_row_files_are_deleted_with_the_result(monkeypatch):
     held = one_chunk.replicas[0].stats
     assert held.held_ends is not None and len(held.held_ends) == one_chunk.summary()["num_steps"]
     assert not any(p.name.startswith("ends-") for p in Path(one_chunk.spill.name).iterdir())  # (one chunk: held)
-    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 100)  # several chunks: the ends and partials go to files
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 100)  # several chunks: held while the run's budget lasts
+    held_all = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
+    assert held_all.replicas[0].stats.held_ends is not None  # (no file: in memory, as one chunk's)
+    assert not any(p.name.startswith("ends-") for p in Path(held_all.spill.name).iterdir())
+    assert _outputs(held_all) == _outputs(one_chunk)
+    monkeypatch.setattr(series_parts, "HELD_BYTES", 0)  # none beyond the first chunk: the ends and partials go to files
     result = simulate(load_scenario(None, POISSON + ["workload.num_requests=300"]), keep_requests=False)
     assert json.dumps(result.summary() | {"wall_time_s": 0}) == json.dumps(one_chunk.summary() | {"wall_time_s": 0})
     folder = Path(result.spill.name)
@@ -94,6 +100,7 @@ def _held_bytes(num_requests: int) -> tuple[int, int]:
 
 def test_step_log_memory_plateaus(monkeypatch):
     monkeypatch.setattr(Recorder, "CHUNK_STEPS", 1000)  # several reductions per run
+    monkeypatch.setattr(series_parts, "HELD_BYTES", 0)  # (nothing held beyond a first chunk: files)
     steps, held = _held_bytes(1000)
     steps4, held4 = _held_bytes(4000)
     assert steps4 > 3 * steps
@@ -322,3 +329,21 @@ def test_tokens_by_interval_are_the_weighted_bincounts_over_unique_intervals():
             assert g.dtype == e.dtype and g.tobytes() == e.tobytes()
     no_prompt = tokens_by_interval(np.array([0, 0, 2]), np.zeros(3, dtype=np.int32), np.ones(3, dtype=np.int32))
     assert [a.tolist() for a in no_prompt] == [[0, 2], [0.0, 0.0], [2.0, 1.0]]
+
+
+def test_a_runs_held_bytes_run_out_midway_with_the_same_outputs(monkeypatch):
+    """The replicas' step ends and partials share one budget of held bytes (`HeldBytes`): those
+    that find it spent go to files, the others stay in memory, and the outputs are the same as
+    with everything in files or everything held."""
+    monkeypatch.setattr(Recorder, "CHUNK_STEPS", 200)  # (about 11 chunks a replica, 1.6 kB of ends each)
+    sets = POISSON + ["workload.num_requests=600", "replicas=3", "router.name=round-robin"]
+    outs, held = [], []
+    for budget in (0, 30_000, 1 << 30):
+        monkeypatch.setattr(series_parts, "HELD_BYTES", budget)
+        result = simulate(load_scenario(None, sets), keep_requests=False)
+        outs.append(_outputs(result))
+        held.append(sum(r.stats.held_ends is not None for r in result.replicas))
+        files = [p for p in Path(result.spill.name).iterdir() if p.name.startswith("ends-") and p.suffix == ".f8"]
+        assert len(files) == 3 - held[-1]  # (a replica's ends: in memory or in its file)
+    assert held == [0, 2, 3]  # (30 kB: the first replica's ends spill, the budget lasts for the others')
+    assert outs[0] == outs[1] == outs[2]

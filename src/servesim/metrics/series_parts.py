@@ -41,34 +41,73 @@ def append_to(path: Path, *arrays: np.ndarray) -> None:
             f.write(np.ascontiguousarray(values).data)  # (the array's buffer: no copy)
 
 
+#: A run's `HeldBytes`: the step ends of about 60 chunks of steps (128 kB each) with their partials,
+#: all a 4,000-request matrix cell makes (orca sessions 1: 36 chunks; 8 replicas: 2-3 each); also
+#: the most a long run's peak memory grows by it.
+HELD_BYTES = 8 << 20
+
+
+class HeldBytes:
+    """What a run's spools and step-end lists may hold in memory beyond each one's first piece,
+    before it goes to its file (shared by every replica's: the run's memory stays bounded however
+    many replicas there are). A file made costs more than its bytes: about 15-40 us of CPU on a
+    host's disk, 0.2-0.5 ms in some temporary folders (measured on the 2-core host's /tmp), and
+    a run of a few chunks a replica made four a replica (8 replicas: 32)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, nbytes: int | None = None) -> None:
+        self.left = HELD_BYTES if nbytes is None else nbytes
+
+    def take(self, nbytes: int) -> bool:
+        """Hold `nbytes` more if the budget has them."""
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
+
+    def give(self, nbytes: int) -> None:
+        """Held bytes written to a file: room again."""
+        self.left += nbytes
+
+
 class Spool:
     """Pieces of records of one dtype (a field `k` first), appended in order. With a `path`,
-    the first piece is held until a second comes (then both go to the file): a run of one
-    chunk of steps per replica, as most short runs are, makes no file (each file made, written,
-    read back and deleted costs about 0.1-0.5 ms)."""
+    the first piece is held, and later ones while `held` (the run's `HeldBytes`) has room; the
+    piece that finds none goes to the file with those held (their bytes given back), and every
+    later one after them: a run of a few chunks of steps, as most short runs are, makes no file
+    (each file made, written, read back and deleted costs about 0.1-0.5 ms)."""
 
-    def __init__(self, dtype: np.dtype, path: Path | None = None) -> None:
+    def __init__(self, dtype: np.dtype, path: Path | None = None, held: HeldBytes | None = None) -> None:
         self.dtype = dtype
-        self.path = path  # (made by the second piece: see `append_to`)
+        self.path = path  # (made when the pieces spill: see `append_to`)
+        self._budget = held
         self._held: list[np.ndarray] = []  # the pieces not in the file
         self.lengths: list[int] = []  # records of each piece
         self.min_keys: list[int] = []  # smallest key of each piece
+        self.spilled = False  # are the pieces in the file?
 
     def append(self, records: np.ndarray) -> None:
         if not len(records):
             return
         self.lengths.append(len(records))
         self.min_keys.append(int(records["k"].min()))
-        if self.path is None or len(self.lengths) == 1:
+        if self.path is None or not self.spilled and (not self._held or self._budget is not None
+                                                       and self._budget.take(records.nbytes)):
             self._held.append(records)
         else:
             append_to(self.path, *self._held, records)
+            if self._budget is not None:  # (the first piece was held without it)
+                self._budget.give(sum(p.nbytes for p in self._held[1:]))
             self._held = []
+            self.spilled = True
 
-    @property
-    def spilled(self) -> bool:
-        """Are the pieces in the file?"""
-        return self.path is not None and len(self.lengths) > 1
+    def hold_no_more(self) -> None:
+        """Pieces held beyond the first go to the file now (`StepReducer.hold_no_more`)."""
+        if self.path is not None and len(self._held) > 1:
+            append_to(self.path, *self._held)
+            self._held = []
+            self.spilled = True
 
     def pieces(self):
         """Every piece, in the order appended."""
@@ -131,12 +170,12 @@ class SeriesParts:
     """One replica's time-series partials: three spools (files `<prefix>.ranges` etc. when
     given a prefix, else in memory)."""
 
-    def __init__(self, prefix: Path | None = None) -> None:
+    def __init__(self, prefix: Path | None = None, held: HeldBytes | None = None) -> None:
         def path(kind: str) -> Path | None:
             return None if prefix is None else prefix.with_name(f"{prefix.name}.{kind}")
-        self.ranges = Spool(RANGES, path("ranges"))
-        self.tokens = Spool(TOKENS, path("tokens"))
-        self.marks = Spool(MARKS, path("marks"))
+        self.ranges = Spool(RANGES, path("ranges"), held)
+        self.tokens = Spool(TOKENS, path("tokens"), held)
+        self.marks = Spool(MARKS, path("marks"), held)
 
     def add(self, lo: np.ndarray, hi: np.ndarray, at: np.ndarray, prompt: np.ndarray, output: np.ndarray,
             edge_k: np.ndarray, values: np.ndarray) -> None:

@@ -243,6 +243,8 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: st
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     fd = down.fileno()
+    for reducer in reducers:  # (their pickles go back up the pipe at the end: chunks held beyond the first go to files)
+        reducer.hold_no_more()
     itl = ITLStream(len(reducers), folder)
     try:
         while True:

@@ -12,12 +12,13 @@ end in it, and which intervals hold a step. All of these are reduced chunk by ch
   at every interval edge a step touches; an edge no step touches holds the integral after
   the last step before it;
 - step end times go to a file (8 bytes a step on disk, read back in chunks), or are left to
-  the full log when the recorder keeps it; a replica's first chunk is held until a second
-  comes, so a run of one chunk a replica (most short runs) makes no file.
+  the full log when the recorder keeps it; a replica's first chunk is held, and later ones
+  while the run's budget of held bytes (`HeldBytes`, `HELD_BYTES`) has room, so a run of a few
+  chunks a replica (most short runs) makes no file.
 
 The time-series partials of each chunk go to spools (series_parts.py), files beside the step
-ends when there is a spill folder (the first piece held, as the ends): memory held does not
-grow with the steps nor with the intervals; the time series reads them back a block of
+ends when there is a spill folder (held as the ends are): memory held does not grow with the
+steps nor with the intervals beyond that budget; the time series reads them back a block of
 intervals at a time.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from servesim.metrics.exact import ExactSum
 from servesim.metrics.recorder import StepLog, positions
-from servesim.metrics.series_parts import SeriesParts, append_to
+from servesim.metrics.series_parts import HeldBytes, SeriesParts, append_to
 
 LEVELS = ("num_running", "num_waiting", "kv_usage")
 
@@ -37,7 +38,8 @@ LEVELS = ("num_running", "num_waiting", "kv_usage")
 class StepReducer:
     """Totals, sums and time-series partials of one replica's steps (see the module doc)."""
 
-    def __init__(self, interval_s: float, total_blocks: int, ends_path: Path | None = None) -> None:
+    def __init__(self, interval_s: float, total_blocks: int, ends_path: Path | None = None,
+                 held: HeldBytes | None = None) -> None:
         self.interval_s = interval_s  # the time series' interval
         self.total_blocks = total_blocks  # KV blocks of every replica the time series sums (KV usage share)
         self.num_steps = 0
@@ -46,13 +48,15 @@ class StepReducer:
         self.backwards = False  # a step ended before the previous one, or before it started
         self.busy_s = ExactSum()
         self.level_s = {"num_running": ExactSum(), "num_waiting": ExactSum(), "kv_used_blocks": ExactSum()}
-        self.ends_path = ends_path  # (made by the second chunk of steps: `append_to`)
-        # the first chunk's step ends, held until a second comes (a run of one chunk a replica
-        # writes no file: `Spool`'s rule; memory still holds at most a chunk, as the recorder does)
-        self.held_ends: np.ndarray | None = None
+        self.ends_path = ends_path  # (made when the step ends spill: `append_to`)
+        # the step ends not in the file: the first chunk's, and later ones while the run's `held`
+        # has room (`Spool`'s rule: a run of a few chunks a replica writes no file)
+        self._held = held if held is not None else HeldBytes(0)
+        self._ends: list[np.ndarray] = []
+        self._ends_spilled = False
         self._area = [0.0, 0.0, 0.0]  # integral of each level up to the last step's end
         # busy interval ranges, tokens per interval and integrals at edges, per chunk
-        self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""))
+        self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""), self._held)
 
     def add(self, log: StepLog) -> None:
         n = len(log)
@@ -71,12 +75,13 @@ class StepReducer:
         self.level_s["num_waiting"].add(log.num_waiting * busy)
         self.level_s["kv_used_blocks"].add(log.kv_used_blocks * busy)
         if self.ends_path is not None:
-            if self.num_steps == n:
-                self.held_ends = np.array(end, dtype=np.float64)  # (a copy: the log's arrays are the buffer's)
+            if not self._ends_spilled and (not self._ends or self._held.take(8 * n)):
+                self._ends.append(np.array(end, dtype=np.float64))  # (a copy: the log's arrays are the buffer's)
             else:
-                append_to(self.ends_path, *(() if self.held_ends is None else (self.held_ends,)),
-                          np.ascontiguousarray(end, dtype=np.float64))
-                self.held_ends = None
+                append_to(self.ends_path, *self._ends, np.ascontiguousarray(end, dtype=np.float64))
+                self._held.give(sum(a.nbytes for a in self._ends[1:]))  # (the first chunk was held without it)
+                self._ends = []
+                self._ends_spilled = True
         self._reduce_series(log, busy, running_s)
 
     def _reduce_series(self, log: StepLog, busy: np.ndarray, running_s: np.ndarray | None = None) -> None:
@@ -107,10 +112,31 @@ class StepReducer:
     def _levels(self, log: StepLog) -> tuple[np.ndarray, ...]:
         return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
 
+    def hold_no_more(self) -> None:
+        """From now on hold only what the first chunk's rule holds (a helper process's reducers,
+        whose pickles go back to the loop's process: a run's held bytes would fill the pipe):
+        the step ends and partials held beyond a first piece go to their files now."""
+        self._held.left = 0
+        if len(self._ends) > 1:
+            append_to(self.ends_path, *self._ends)
+            self._ends = []
+            self._ends_spilled = True
+        for spool in (self.parts.ranges, self.parts.tokens, self.parts.marks):
+            spool.hold_no_more()
+
+    @property
+    def held_ends(self) -> np.ndarray | None:
+        """Every step end, when none went to the file (None: they are in `ends_path`, or not kept)."""
+        if self._ends_spilled or not self._ends:
+            return None
+        if len(self._ends) > 1:
+            self._ends = [np.concatenate(self._ends)]
+        return self._ends[0]
+
     def nbytes(self) -> int:
         """Bytes held in memory: the time-series partials (none per interval when spooled to
-        files) and a first chunk's step ends held."""
-        return self.parts.nbytes() + (0 if self.held_ends is None else self.held_ends.nbytes)
+        files) and the step ends not in the file."""
+        return self.parts.nbytes() + sum(a.nbytes for a in self._ends)
 
 
 def floor_div(times: np.ndarray, interval: float) -> np.ndarray:
