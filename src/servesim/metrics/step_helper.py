@@ -206,6 +206,10 @@ class ReducerHelper:
                 self._proc.join()
 
     def _start(self) -> None:
+        # (the child's reducers go back pickled at the end, and this process's copies are done
+        # with: the step ends held beyond a first chunk go to their files before the fork)
+        for reducer in self.reducers:
+            reducer.hold_no_more()
         ctx = multiprocessing.get_context("fork")
         down_r, down_w = ctx.Pipe(duplex=False)  # buffers to the child
         up_r, up_w = ctx.Pipe(duplex=False)  # its answer
@@ -243,8 +247,6 @@ def _serve(down, up, parent_ends: tuple, reducers: list[StepReducer], folder: st
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     fd = down.fileno()
-    for reducer in reducers:  # (their pickles go back up the pipe at the end: chunks held beyond the first go to files)
-        reducer.hold_no_more()
     itl = ITLStream(len(reducers), folder)
     try:
         while True:

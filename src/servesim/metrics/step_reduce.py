@@ -113,9 +113,10 @@ class StepReducer:
         return log.num_running, log.num_waiting, log.kv_used_blocks / self.total_blocks
 
     def hold_no_more(self) -> None:
-        """From now on hold only what the first chunk's rule holds (a helper process's reducers,
-        whose pickles go back to the loop's process: a run's held bytes would fill the pipe):
-        the step ends and partials held beyond a first piece go to their files now."""
+        """From now on hold only what the first chunk's rule holds (reducers handed to the step
+        log's helper process, whose pickles come back through a pipe, and whose parent's copies
+        would keep the held bytes twice): the step ends and partials held beyond a first piece go
+        to their files now."""
         self._held.left = 0
         if len(self._ends) > 1:
             append_to(self.ends_path, *self._ends)
