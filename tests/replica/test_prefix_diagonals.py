@@ -21,7 +21,7 @@ import pytest
 from servesim import load_scenario, simulate
 from servesim.replica.block_keys import BlockKeys, RunKeys
 from servesim.replica.kv_cache import KVCacheManager
-from servesim.replica.prefix_diagonals import DiagonalRecord, diagonal_pieces
+from servesim.replica.prefix_diagonals import DiagonalRecord, diagonal_at, diagonal_pieces
 from servesim.workload.prefix import HashIds
 from tests.cluster.helpers import SESSIONS, assert_same_steps, keep_kv_caches, outcome
 from tests.replica.test_dead_groups import TIGHT
@@ -204,3 +204,18 @@ def test_sessions_with_keys_recorded_by_diagonal_give_steppings_results(extra, m
     assert fast.num_fast_forwarded_steps > 0 and slow.num_fast_forwarded_steps == 0
     assert outcome(fast) == outcome(slow)
     assert_same_steps(fast, slow)
+
+
+def test_one_runs_diagonal_is_its_piece_s():
+    """`diagonal_at(ids, i)` (the look-up of one run, `_group_at`'s) is the diagonal of the one
+    piece `diagonal_pieces(ids, i, i + 1)` gives, in every range, first and last runs included."""
+    from servesim.workload.prefix import IdRanges
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        bounds = [0]
+        for _ in range(rng.randint(1, 5)):
+            bounds.append(bounds[-1] + rng.randint(1, 6))
+        ids = IdRanges.of_ranges(tuple(rng.randint(0, 1000) for _ in bounds[:-1]), tuple(bounds))
+        for i in range(bounds[-1]):
+            assert diagonal_at(ids, i) == diagonal_pieces(ids, i, i + 1)[0][0]

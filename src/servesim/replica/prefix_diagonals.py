@@ -60,6 +60,14 @@ def diagonal_pieces(ids: IdRanges, i0: int, i1: int) -> list[tuple[int, int, int
     return out
 
 
+def diagonal_at(ids: IdRanges, i: int) -> int:
+    """The diagonal of run i of `ids` (`diagonal_pieces(ids, i, i + 1)[0][0]`, without its list:
+    a lookup of one run, the first of every prefix-cache probe)."""
+    b = ids.bounds
+    k = bisect_right(b, i) - 1  # (the range holding run i)
+    return ids.firsts[k] - b[k]
+
+
 class DiagonalRecord:
     """The index's keys by diagonal and piece, and the dict of the others (see the module docstring)."""
 
@@ -113,9 +121,7 @@ class DiagonalRecord:
         ids = self._tracked(keys)
         if ids is None:
             return self._group_of_key(runs_of(keys)[0][i])
-        pieces = None
-        if self._diags:
-            pieces = self._diags.get(diagonal_pieces(ids, i, i + 1)[0][0])
+        pieces = self._diags.get(diagonal_at(ids, i))
         if pieces is not None:
             for x in pieces:
                 if x[0] <= i < x[1]:
