@@ -56,6 +56,7 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     the result); `keep_steps=True` also keeps every step in `result.steps` (tests and tools that
     look at single steps), as do runs whose power, scaling or disaggregation sections read every
     step. Scratch files live in `result.spill`, deleted with the result or when the run fails."""
+    keep_freed_memory()  # (numpy's chunk-sized arrays reuse the pages the last ones freed: core/allocator.py)
     # What exists before the run (modules, the scenario, the caller's objects) outlives it: frozen,
     # the cyclic collector does not scan it. A fresh process owes a full collection after its
     # imports (about 45,000 objects: 15 ms, a sixth of a 200-request run), which would otherwise
@@ -67,7 +68,6 @@ def simulate(scenario: Scenario, progress: Progress | None = None, *, keep_reque
     # the oldest generation uncounted, which the collector's rule for full collections (a quarter
     # more objects there than after the last one) does not see: a process running many
     # simulations (validate, plan, compare) grew by about a run's memory per run.
-    keep_freed_memory()  # (numpy's chunk-sized arrays reuse the pages the last ones freed: core/allocator.py)
     gc.freeze()
     gc_was_enabled = gc.isenabled()
     gc.disable()
