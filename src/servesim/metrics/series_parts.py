@@ -71,48 +71,64 @@ class HeldBytes:
         self.left += nbytes
 
 
-class Spool:
-    """Pieces of records of one dtype (a field `k` first), appended in order. With a `path`,
-    the first piece is held, and later ones while `held` (the run's `HeldBytes`) has room; the
-    piece that finds none goes to the file with those held (their bytes given back), and every
-    later one after them: a run of a few chunks of steps, as most short runs are, makes no file
-    (each file made, written, read back and deleted costs about 0.1-0.5 ms)."""
+class HeldFile:
+    """Arrays appended to the file at `path` (made when they spill: see `append_to`), the first
+    held in memory, and later ones while `held` (the run's `HeldBytes`; none: the first alone)
+    has room; the array that finds none goes to the file with those held (their bytes given
+    back), and every later one after them: a run of a few chunks of steps, as most short runs
+    are, makes no file (each file made, written, read back and deleted costs about 0.1-0.5 ms).
+    Without a `path` every array is held."""
+
+    def __init__(self, path: Path | None = None, held: HeldBytes | None = None) -> None:
+        self.path = path
+        self._budget = held if held is not None else HeldBytes(0)
+        self.held: list[np.ndarray] = []  # the arrays not in the file
+        self.spilled = False  # are the arrays in the file?
+
+    def append(self, values: np.ndarray) -> None:
+        if self.path is None or not self.spilled and (not self.held or self._budget.take(values.nbytes)):
+            self.held.append(values)
+        else:
+            append_to(self.path, *self.held, values)
+            self._budget.give(sum(a.nbytes for a in self.held[1:]))  # (the first was held without it)
+            self.held = []
+            self.spilled = True
+
+    def hold_no_more(self) -> None:
+        """Arrays held beyond the first go to the file now, and the run's budget is spent (reducers
+        handed to the step log's helper process: `StepReducer.hold_no_more`)."""
+        self._budget.left = 0
+        if self.path is not None and len(self.held) > 1:
+            append_to(self.path, *self.held)
+            self.held = []
+            self.spilled = True
+
+    def held_nbytes(self) -> int:
+        """Bytes of the arrays held."""
+        return sum(a.nbytes for a in self.held)
+
+
+class Spool(HeldFile):
+    """Pieces of records of one dtype (a field `k` first), appended in order: held, or in a
+    file (`HeldFile`'s rule)."""
 
     def __init__(self, dtype: np.dtype, path: Path | None = None, held: HeldBytes | None = None) -> None:
+        super().__init__(path, held)
         self.dtype = dtype
-        self.path = path  # (made when the pieces spill: see `append_to`)
-        self._budget = held
-        self._held: list[np.ndarray] = []  # the pieces not in the file
         self.lengths: list[int] = []  # records of each piece
         self.min_keys: list[int] = []  # smallest key of each piece
-        self.spilled = False  # are the pieces in the file?
 
     def append(self, records: np.ndarray) -> None:
         if not len(records):
             return
         self.lengths.append(len(records))
         self.min_keys.append(int(records["k"].min()))
-        if self.path is None or not self.spilled and (not self._held or self._budget is not None
-                                                       and self._budget.take(records.nbytes)):
-            self._held.append(records)
-        else:
-            append_to(self.path, *self._held, records)
-            if self._budget is not None:  # (the first piece was held without it)
-                self._budget.give(sum(p.nbytes for p in self._held[1:]))
-            self._held = []
-            self.spilled = True
-
-    def hold_no_more(self) -> None:
-        """Pieces held beyond the first go to the file now (`StepReducer.hold_no_more`)."""
-        if self.path is not None and len(self._held) > 1:
-            append_to(self.path, *self._held)
-            self._held = []
-            self.spilled = True
+        super().append(records)
 
     def pieces(self):
         """Every piece, in the order appended."""
         if not self.spilled:
-            yield from self._held
+            yield from self.held
             return
         with open(self.path, "rb") as f:
             for n in self.lengths:
@@ -120,7 +136,7 @@ class Spool:
 
     def nbytes(self) -> int:
         """Bytes held in memory (the pieces without a file, and each piece's length and key)."""
-        return sum(p.nbytes for p in self._held) + 16 * len(self.lengths)
+        return self.held_nbytes() + 16 * len(self.lengths)
 
 
 class Stream:
@@ -184,6 +200,10 @@ class SeriesParts:
         self.ranges.append(records(RANGES, k=lo, hi=hi))
         self.tokens.append(records(TOKENS, k=at, prompt=prompt, output=output))
         self.marks.append(records(MARKS, k=edge_k, v=values))
+
+    def hold_no_more(self) -> None:
+        for spool in (self.ranges, self.tokens, self.marks):
+            spool.hold_no_more()
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in (self.ranges, self.tokens, self.marks))

@@ -30,7 +30,7 @@ import numpy as np
 
 from servesim.metrics.exact import ExactSum
 from servesim.metrics.recorder import StepLog, positions
-from servesim.metrics.series_parts import HeldBytes, SeriesParts, append_to
+from servesim.metrics.series_parts import HeldBytes, HeldFile, SeriesParts
 
 LEVELS = ("num_running", "num_waiting", "kv_usage")
 
@@ -49,14 +49,12 @@ class StepReducer:
         self.busy_s = ExactSum()
         self.level_s = {"num_running": ExactSum(), "num_waiting": ExactSum(), "kv_used_blocks": ExactSum()}
         self.ends_path = ends_path  # (made when the step ends spill: `append_to`)
-        # the step ends not in the file: the first chunk's, and later ones while the run's `held`
-        # has room (`Spool`'s rule: a run of a few chunks a replica writes no file)
-        self._held = held if held is not None else HeldBytes(0)
-        self._ends: list[np.ndarray] = []
-        self._ends_spilled = False
+        # the step ends, held while the run's `held` has room (`HeldFile`: a run of a few chunks a
+        # replica writes no file)
+        self._ends = HeldFile(ends_path, held)
         self._area = [0.0, 0.0, 0.0]  # integral of each level up to the last step's end
         # busy interval ranges, tokens per interval and integrals at edges, per chunk
-        self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""), self._held)
+        self.parts = SeriesParts(None if ends_path is None else ends_path.with_suffix(""), held)
 
     def add(self, log: StepLog) -> None:
         n = len(log)
@@ -75,13 +73,7 @@ class StepReducer:
         self.level_s["num_waiting"].add(log.num_waiting * busy)
         self.level_s["kv_used_blocks"].add(log.kv_used_blocks * busy)
         if self.ends_path is not None:
-            if not self._ends_spilled and (not self._ends or self._held.take(8 * n)):
-                self._ends.append(np.array(end, dtype=np.float64))  # (a copy: the log's arrays are the buffer's)
-            else:
-                append_to(self.ends_path, *self._ends, np.ascontiguousarray(end, dtype=np.float64))
-                self._held.give(sum(a.nbytes for a in self._ends[1:]))  # (the first chunk was held without it)
-                self._ends = []
-                self._ends_spilled = True
+            self._ends.append(np.array(end, dtype=np.float64))  # (a copy: the log's arrays are the buffer's)
         self._reduce_series(log, busy, running_s)
 
     def _reduce_series(self, log: StepLog, busy: np.ndarray, running_s: np.ndarray | None = None) -> None:
@@ -117,27 +109,23 @@ class StepReducer:
         log's helper process, whose pickles come back through a pipe, and whose parent's copies
         would keep the held bytes twice): the step ends and partials held beyond a first piece go
         to their files now."""
-        self._held.left = 0
-        if len(self._ends) > 1:
-            append_to(self.ends_path, *self._ends)
-            self._ends = []
-            self._ends_spilled = True
-        for spool in (self.parts.ranges, self.parts.tokens, self.parts.marks):
-            spool.hold_no_more()
+        self._ends.hold_no_more()
+        self.parts.hold_no_more()
 
     @property
     def held_ends(self) -> np.ndarray | None:
         """Every step end, when none went to the file (None: they are in `ends_path`, or not kept)."""
-        if self._ends_spilled or not self._ends:
+        held = self._ends.held
+        if self._ends.spilled or not held:
             return None
-        if len(self._ends) > 1:
-            self._ends = [np.concatenate(self._ends)]
-        return self._ends[0]
+        if len(held) > 1:
+            held[:] = [np.concatenate(held)]
+        return held[0]
 
     def nbytes(self) -> int:
         """Bytes held in memory: the time-series partials (none per interval when spooled to
         files) and the step ends not in the file."""
-        return self.parts.nbytes() + sum(a.nbytes for a in self._ends)
+        return self.parts.nbytes() + self._ends.held_nbytes()
 
 
 def floor_div(times: np.ndarray, interval: float) -> np.ndarray:
